@@ -1,0 +1,1 @@
+"""ssmkit.bench."""

@@ -1,0 +1,51 @@
+"""Input checks shared by every public function (DESIGN.md: clear ``ValueError``, no silent broadcast)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def check_floating(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a floating-point (real) tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must have a floating-point dtype (float32 or float64); got {x.dtype}")
+
+
+def check_shape(x: torch.Tensor, expected: Sequence[int | None], name: str, letters: str) -> None:
+    """Raise ``ValueError`` unless ``x.shape`` matches ``expected`` (``None`` = any size >= 1).
+
+    Args:
+        x: the tensor to check.
+        expected: one entry per dimension; an int must match exactly, ``None`` accepts any size >= 1.
+        name: the argument name used in the message.
+        letters: the shape in letters, e.g. ``"(B, L, H)"``, used in the message.
+    """
+    shape = tuple(x.shape)
+    want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
+    if len(shape) != len(expected):
+        raise ValueError(f"{name} must be {letters} = {want} ({len(expected)} dimensions); got shape {shape}")
+    for size, e in zip(shape, expected):
+        if (e is None and size < 1) or (e is not None and size != e):
+            raise ValueError(f"{name} must be {letters} = {want}; got shape {shape}")
+
+
+def check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:
+    """Check a (B, L, H) floating sequence with H = ``d_model`` and L >= 1."""
+    check_floating(x, name)
+    if x.dim() != 3:
+        raise ValueError(f"{name} must be (B, L, H) with H={d_model}; got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} must have length L >= 1; got shape {tuple(x.shape)}")
+    if x.shape[2] != d_model:
+        raise ValueError(f"{name} must be (B, L, {d_model}) for d_model={d_model}; got {tuple(x.shape)}")
+
+
+def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or inf (used by the trainer; the math lets them through)."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} has {bad} non-finite values (NaN or inf)")

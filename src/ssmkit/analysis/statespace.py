@@ -1,0 +1,645 @@
+"""A bank of discrete-time LTI systems in the control convention, exported by LTI layers for analysis.
+
+Deep SSM layers (S4, arXiv:2111.00396; S4D, arXiv:2206.11893; DSS, arXiv:2203.14343; S5, arXiv:2208.04933;
+LRU, arXiv:2303.06349) are linear time-invariant maps between a static nonlinearity and the next: their linear
+part is an ordinary discrete-time state-space system. `StateSpace` holds G such systems in the convention of
+control textbooks and python-control,
+
+    x[k+1] = A x[k] + B u[k],      y[k] = C x[k] + D u[k],
+
+and offers what a control engineer asks of them: poles, transmission zeros, DC gain, frequency response,
+stability, the H-infinity norm, simulation, and conversion to scipy and python-control objects.
+
+The SSM papers write the recurrence with the state already updated by the current input
+(S4, arXiv:2111.00396, eq. 3): x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k + D u_k. With ξ[k] := x_{k-1} this is
+ξ[k+1] = Ā ξ[k] + B̄ u[k], y[k] = C Ā ξ[k] + (D + C B̄) u[k], so A = Ā, B = B̄, C' = C Ā, D' = D + C B̄
+(`StateSpace.from_ssm`, `StateSpace.from_diagonal`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.linalg
+import scipy.signal
+import torch
+
+__all__ = ["StateSpace"]
+
+# Memory bound (bytes) of one block of the (G, W, n, m) work array in frequency evaluations.
+_CHUNK_BYTES = 1 << 26
+# Uniform grid points on [0, pi] used by `hinf_norm` before refinement (pole angles are added to it).
+_HINF_GRID = 512
+# Golden-section iterations of `hinf_norm`: shrink each bracket by 0.618**80 ~ 2e-17 (to float resolution).
+_HINF_ITERS = 80
+# Number of grid local maxima refined per system by `hinf_norm`.
+_HINF_PEAKS = 4
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    """Copy a torch tensor or array-like into a float64 or complex128 numpy array (detach, cpu)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        if t.dtype == torch.bool:
+            raise ValueError(f"{name} must be a real or complex numeric array; got dtype {t.dtype}")
+        t = t.to(torch.complex128 if t.is_complex() else torch.float64)
+        a = t.resolve_conj().resolve_neg().numpy()
+    else:
+        a = np.asarray(x)
+        if a.dtype.kind not in "fciu":
+            raise ValueError(f"{name} must be a real or complex numeric array; got dtype {a.dtype}")
+    return np.array(a, dtype=np.complex128 if np.iscomplexobj(a) else np.float64, copy=True)
+
+
+def _check_dims(a: np.ndarray, name: str, letters: str, want: tuple[int | None, ...]) -> None:
+    """Raise ``ValueError`` unless ``a.shape`` matches ``want`` (``None`` = any size >= 1), python-control style."""
+    text = "(" + ", ".join("?" if w is None else str(w) for w in want) + ("," if len(want) == 1 else "") + ")"
+    found = tuple(a.shape)
+    if len(found) != len(want):
+        dims = f"{len(want)} dimension" + ("" if len(want) == 1 else "s")
+        raise ValueError(f"{name} must be {letters} = {text} ({dims}); got {found}")
+    if any((w is None and s < 1) or (w is not None and s != w) for s, w in zip(found, want)):
+        raise ValueError(f"{name} must be {letters} = {text}; got {found}")
+
+
+def _check_dt(dt: Any) -> float:
+    """Return ``dt`` as a float, or raise ``ValueError`` unless it is a finite number > 0."""
+    if isinstance(dt, bool) or not isinstance(dt, (int, float, np.integer, np.floating)):
+        raise ValueError(f"dt must be a positive float (sampling time in seconds); got {dt!r}")
+    if not (math.isfinite(float(dt)) and float(dt) > 0.0):
+        raise ValueError(f"dt must be a positive float (sampling time in seconds); got {dt!r}")
+    return float(dt)
+
+
+class StateSpace:
+    """A bank of G discrete-time LTI systems x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k].
+
+    System g has state x (n), input u (m) and output y (p): ``A[g]`` (n, n), ``B[g]`` (n, m), ``C[g]`` (p, n),
+    ``D[g]`` (p, m), sampled every ``dt`` seconds. This is the convention of python-control and scipy.signal.
+
+    A SISO bank (S4, S4D, DSS, EMA: one system per channel) has G = H, m = p = 1; a MIMO layer (S5, LRU)
+    has G = 1, m = p = H. In ssmkit's batch-first layout ``(B, L, G*m)``, input channels g*m .. (g+1)*m - 1
+    drive system g and output channels g*p .. (g+1)*p - 1 come from it.
+
+    SSM-paper convention (S4, arXiv:2111.00396, eq. 3): x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k + D u_k.
+    It maps onto the control convention as A = Ā, B = B̄, C' = C Ā, D' = D + C B̄ (the control state x[k] is
+    the paper's x_{k-1}); `from_ssm` and `from_diagonal` apply this mapping.
+
+    Complex systems: A, B, C, D may be complex. Inputs are always real and the physical output is the real part,
+    y[k] = Re(C x[k] + D u[k]), as in the layers (S4D's y = 2 Re(C x) + D u, LRU's y = Re(C h) + D u). Every
+    method describes this physical system, so it agrees with the equivalent real realisation `to_real()`
+    (2n real states): `simulate`, `frequency_response`, `dcgain`, `hinf_norm` and `zeros` give the same values
+    for both. `poles()` returns the n eigenvalues of A; the physical system's poles are these and their complex
+    conjugates (`to_real().poles()` lists all 2n). `to_scipy` and `to_control` need a real system.
+
+    Matrices are stored as read-only numpy arrays (float64, or complex128 when any of A, B, C, D is complex),
+    copied from the torch tensors (detached, moved to the CPU) or arrays given.
+
+    Args:
+        A: (G, n, n) state matrix (real or complex).
+        B: (G, n, m) input matrix (real or complex).
+        C: (G, p, n) output matrix (real or complex).
+        D: (G, p, m) feedthrough matrix (real or complex).
+        dt: sampling time in seconds, a float > 0.
+    """
+
+    def __init__(self, A: Any, B: Any, C: Any, D: Any, dt: float = 1.0) -> None:
+        self._A, self._B, self._C, self._D = self._validate(A, B, C, D, ("A", "B", "C", "D"))
+        self._dt = _check_dt(dt)
+        self._schur: tuple[np.ndarray, ...] | None = None
+
+    @staticmethod
+    def _validate(A: Any, B: Any, C: Any, D: Any, names: Sequence[str]) -> tuple[np.ndarray, ...]:
+        """Convert the four matrices, check their shapes against each other, and give them one dtype."""
+        mats = [_as_array(M, nm) for M, nm in zip((A, B, C, D), names)]
+        A_, B_, C_, D_ = mats
+        nA, nB, nC, nD = names
+        if A_.ndim == 3 and A_.shape[1] != A_.shape[2]:
+            raise ValueError(f"{nA} must be (G, n, n) with square (n, n) blocks; got {tuple(A_.shape)}")
+        _check_dims(A_, nA, "(G, n, n)", (None, None, None))
+        G, n = A_.shape[0], A_.shape[1]
+        m = B_.shape[2] if B_.ndim == 3 else None
+        _check_dims(B_, nB, "(G, n, m)", (G, n, m))
+        m = B_.shape[2]
+        p = C_.shape[1] if C_.ndim == 3 else None
+        _check_dims(C_, nC, "(G, p, n)", (G, p, n))
+        p = C_.shape[1]
+        _check_dims(D_, nD, "(G, p, m)", (G, p, m))
+        dtype = np.complex128 if any(np.iscomplexobj(M) for M in mats) else np.float64
+        out = tuple(M.astype(dtype, copy=False) for M in mats)
+        for M in out:
+            M.setflags(write=False)  # read-only: the cached Schur form must stay valid
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # python-control names
+    @property
+    def A(self) -> np.ndarray:
+        """(G, n, n) state matrices."""
+        return self._A
+
+    @property
+    def B(self) -> np.ndarray:
+        """(G, n, m) input matrices."""
+        return self._B
+
+    @property
+    def C(self) -> np.ndarray:
+        """(G, p, n) output matrices."""
+        return self._C
+
+    @property
+    def D(self) -> np.ndarray:
+        """(G, p, m) feedthrough matrices."""
+        return self._D
+
+    @property
+    def dt(self) -> float:
+        """Sampling time in seconds."""
+        return self._dt
+
+    @property
+    def nstates(self) -> int:
+        """n, the number of states of each system (complex states for a complex bank)."""
+        return self._A.shape[1]
+
+    @property
+    def ninputs(self) -> int:
+        """m, the number of inputs of each system."""
+        return self._B.shape[2]
+
+    @property
+    def noutputs(self) -> int:
+        """p, the number of outputs of each system."""
+        return self._C.shape[1]
+
+    @property
+    def nsystems(self) -> int:
+        """G, the number of systems in the bank."""
+        return self._A.shape[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """numpy dtype of the matrices: float64 or complex128."""
+        return self._A.dtype
+
+    @property
+    def is_complex(self) -> bool:
+        """True when the matrices are complex (the physical output is then the real part)."""
+        return np.iscomplexobj(self._A)
+
+    def __len__(self) -> int:
+        return self.nsystems
+
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> StateSpace:
+        """The bank of the selected systems: an int gives a bank of one, a slice/index array/bool mask several."""
+        G = self.nsystems
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            g = int(index)
+            if not -G <= g < G:
+                raise IndexError(f"system index {g} is out of range for a bank of G = {G} systems")
+            index = slice(g % G, g % G + 1)
+        elif not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.dtype.kind not in "biu" or index.ndim != 1:
+                raise TypeError(f"index must be an int, a slice, or a 1-D int/bool array; got {index!r}")
+        sel = np.arange(G)[index]  # (G',) selected system indices
+        if sel.size == 0:
+            raise ValueError(f"index selects no system of the G = {G} in the bank; got {index!r}")
+        return StateSpace(self._A[sel], self._B[sel], self._C[sel], self._D[sel], self._dt)
+
+    def __repr__(self) -> str:
+        return (
+            f"StateSpace(nsystems={self.nsystems}, nstates={self.nstates}, ninputs={self.ninputs}, "
+            f"noutputs={self.noutputs}, dt={self.dt}, dtype={self.dtype})"
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # constructors from the SSM-paper convention
+    @classmethod
+    def from_ssm(cls, A_bar: Any, B_bar: Any, C: Any, D: Any, dt: float = 1.0) -> StateSpace:
+        """The bank for x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k + D u_k (S4, arXiv:2111.00396, eq. 3).
+
+        Returns A = Ā, B = B̄, C' = C Ā, D' = D + C B̄ (the control state x[k] is the paper's x_{k-1}).
+
+        Args:
+            A_bar: (G, n, n) discrete state matrix Ā (real or complex).
+            B_bar: (G, n, m) discrete input matrix B̄ (real or complex).
+            C: (G, p, n) output matrix (real or complex).
+            D: (G, p, m) feedthrough matrix (real or complex).
+            dt: sampling time in seconds, > 0.
+
+        Returns:
+            StateSpace with A (G, n, n), B (G, n, m), C (G, p, n), D (G, p, m).
+        """
+        Ab, Bb, C_, D_ = cls._validate(A_bar, B_bar, C, D, ("A_bar", "B_bar", "C", "D"))
+        return cls(Ab, Bb, C_ @ Ab, D_ + C_ @ Bb, dt)  # (G, p, n), (G, p, m)
+
+    @classmethod
+    def from_diagonal(
+        cls, A_bar: Any, B_bar: Any, C: Any, D: Any | None, dt: float = 1.0, conjugate_pairs: bool = True
+    ) -> StateSpace:
+        """The real SISO bank of diagonal SSMs x_k = Ā ⊙ x_{k-1} + B̄ u_k, y_k = Re(c Σ_n C_n x_{k,n}) + D u_k.
+
+        S4D (arXiv:2206.11893, eq. 6 with its 2·Re output) and DSS/LRU (Re output) in the SSM-paper convention:
+        c = 2 when ``conjugate_pairs`` (each complex mode stands for itself and its conjugate, as S4D keeps
+        N/2 modes), else c = 1. Each mode Ā_n = a + ib becomes a 2×2 rotation block [[a, -b], [b, a]] acting on
+        (Re x_n, Im x_n), with input column (Re B̄_n, Im B̄_n) and output row c·(Re C_n, -Im C_n); the mapping to
+        the control convention (C' = C Ā, D' = D + C B̄) is then applied. The result is real with n = 2M states
+        per system, so n = d_state for a layer that keeps M = d_state / 2 conjugate-pair modes.
+
+        Args:
+            A_bar: (H, M) complex discrete eigenvalues Ā (real accepted: b = 0).
+            B_bar: (H, M) complex discrete input vector B̄.
+            C: (H, M) complex output vector.
+            D: (H,) real skip gain, or None for 0.
+            dt: sampling time in seconds, > 0.
+            conjugate_pairs: True for the 2·Re output (S4D), False for Re (DSS, LRU).
+
+        Returns:
+            Real StateSpace with G = H, n = 2M, m = p = 1.
+        """
+        Ab = _as_array(A_bar, "A_bar").astype(np.complex128)
+        _check_dims(Ab, "A_bar", "(H, M)", (None, None))
+        H, M = Ab.shape
+        Bb = _as_array(B_bar, "B_bar").astype(np.complex128)
+        _check_dims(Bb, "B_bar", "(H, M)", (H, M))
+        Cc = _as_array(C, "C").astype(np.complex128)
+        _check_dims(Cc, "C", "(H, M)", (H, M))
+        Dd = np.zeros(H) if D is None else _as_array(D, "D")
+        if np.iscomplexobj(Dd):
+            raise ValueError(f"D must be real (H,) = ({H},); got a complex array")
+        _check_dims(Dd, "D", "(H,)", (H,))
+        c = 2.0 if conjugate_pairs else 1.0
+        # 1. real 2x2 blocks of Ā, stacked (H, M, 2, 2) then placed on the block diagonal (H, 2M, 2M)
+        a, b = Ab.real, Ab.imag  # (H, M)
+        blocks = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], -2)  # (H, M, 2, 2)
+        A = np.zeros((H, M, 2, M, 2))
+        A[:, np.arange(M), :, np.arange(M), :] = blocks.transpose(1, 0, 2, 3)  # (M, H, 2, 2) diagonal blocks
+        A = A.reshape(H, 2 * M, 2 * M)  # (H, 2M, 2M)
+        # 2. B̄ as (Re, Im) per mode: (H, 2M, 1)
+        B = np.stack([Bb.real, Bb.imag], -1).reshape(H, 2 * M, 1)  # (H, M, 2) -> (H, 2M, 1)
+        # 3. C' = c·Re(C Ā ·) as a row (Re, -Im) of C_n Ā_n per mode: (H, 1, 2M)
+        CA = Cc * Ab  # (H, M)
+        C_out = c * np.stack([CA.real, -CA.imag], -1).reshape(H, 1, 2 * M)  # (H, M, 2) -> (H, 1, 2M)
+        # 4. D' = D + c·Re(Σ_n C_n B̄_n): (H, 1, 1)
+        D_out = (Dd + c * (Cc * Bb).sum(-1).real).reshape(H, 1, 1)  # (H,) -> (H, 1, 1)
+        return cls(A, B, C_out, D_out, dt)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # realisations and converters
+    def to_real(self) -> StateSpace:
+        """An equivalent real realisation (2n states) of a complex bank whose output is the real part.
+
+        With x = x_r + i x_i and real u: A_R = [[A_r, -A_i], [A_i, A_r]], B_R = [[B_r], [B_i]],
+        C_R = [C_r, -C_i], D_R = Re D. A real bank is returned unchanged (the same object).
+
+        Returns:
+            Real StateSpace with A (G, 2n, 2n), B (G, 2n, m), C (G, p, 2n), D (G, p, m).
+        """
+        if not self.is_complex:
+            return self
+        A, B, C = self._A, self._B, self._C
+        A_R = np.block([[A.real, -A.imag], [A.imag, A.real]])  # (G, 2n, 2n)
+        B_R = np.concatenate([B.real, B.imag], axis=1)  # (G, 2n, m)
+        C_R = np.concatenate([C.real, -C.imag], axis=2)  # (G, p, 2n)
+        return StateSpace(A_R, B_R, C_R, self._D.real, self._dt)
+
+    def to_scipy(self) -> list[scipy.signal.dlti]:
+        """One ``scipy.signal.dlti`` (a ``StateSpaceDiscrete``, with ``dt``) per system.
+
+        scipy's ``dlsim`` takes and returns signals with time on axis 0, ``(L, m)`` -> ``(L, p)``; ssmkit
+        puts time on axis 1 of ``(B, L, H)``.
+
+        Returns:
+            list of G ``scipy.signal.StateSpaceDiscrete``.
+        """
+        self._require_real("to_scipy")
+        return [
+            scipy.signal.dlti(self._A[g], self._B[g], self._C[g], self._D[g], dt=self._dt)
+            for g in range(self.nsystems)
+        ]
+
+    def to_control(self) -> list[Any]:
+        """One python-control ``StateSpace`` (discrete, ``dt`` set) per system; needs ``pip install control``.
+
+        python-control's time responses (``forced_response``) take and return signals with time on the last
+        axis, ``(m, L)`` -> ``(p, L)``; ssmkit puts time on axis 1 of ``(B, L, H)``.
+
+        Returns:
+            list of G ``control.StateSpace``.
+        """
+        self._require_real("to_control")
+        try:
+            import control
+        except ImportError as err:
+            raise ImportError(
+                "StateSpace.to_control needs python-control: pip install control (or pip install ssmkit[control])"
+            ) from err
+        return [
+            control.ss(self._A[g], self._B[g], self._C[g], self._D[g], self._dt) for g in range(self.nsystems)
+        ]
+
+    def _require_real(self, what: str) -> None:
+        if self.is_complex:
+            raise ValueError(
+                f"{what} needs a real system; this bank is complex (output = real part): call to_real() first"
+            )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # analysis
+    def poles(self) -> np.ndarray:
+        """Eigenvalues of each A (python-control ``poles``); for a complex bank their conjugates are poles too.
+
+        Returns:
+            (G, n) complex.
+        """
+        return np.linalg.eigvals(self._A).astype(np.complex128)
+
+    def stable_mask(self) -> np.ndarray:
+        """Whether each system is asymptotically stable: every pole strictly inside the unit circle.
+
+        Returns:
+            (G,) bool.
+        """
+        return np.all(np.abs(self.poles()) < 1.0, axis=1)
+
+    def is_stable(self) -> bool:
+        """True when every system of the bank is asymptotically stable (all poles with |z| < 1)."""
+        return bool(self.stable_mask().all())
+
+    def zeros(self) -> list[np.ndarray]:
+        """Transmission (invariant) zeros of each square system: finite z where the Rosenbrock matrix is singular.
+
+        The zeros are the finite generalised eigenvalues of the pencil [[A, B], [C, D]] - z [[I, 0], [0, 0]]
+        (Emami-Naeini & Van Dooren, Automatica 18(4), 1982); for a SISO system these are the roots of the
+        numerator of C (zI - A)^{-1} B + D, since det [[zI - A, -B], [C, D]] = det(zI - A) H(z). A generalised
+        eigenvalue α/β with |β| <= 100 (n + m) eps is taken as infinite (QZ keeps ‖E‖ = 1, so such a β is
+        rounding noise); zeros of extreme modulus (~1/eps) may be dropped with them. Non-minimal realisations
+        also report their
+        decoupling zeros (an uncontrollable or unobservable mode's eigenvalue), as python-control does. A
+        complex bank reports the zeros of its physical real-part system (`to_real`). Systems whose transfer
+        matrix is singular for every z (e.g. C = 0, D = 0) have no defined zeros; the result is then arbitrary.
+
+        Returns:
+            list of G complex arrays (each of length <= n; zeros of system g in any order).
+        """
+        if self.is_complex:
+            return self.to_real().zeros()
+        n, m, p = self.nstates, self.ninputs, self.noutputs
+        if m != p:
+            raise NotImplementedError(f"zeros() needs square systems (m == p); got m = {m}, p = {p}")
+        E = np.zeros((n + m, n + m))
+        E[:n, :n] = np.eye(n)
+        out = []
+        for g in range(self.nsystems):
+            M = np.block([[self._A[g], self._B[g]], [self._C[g], self._D[g]]])  # (n + m, n + m)
+            alpha, beta = scipy.linalg.eigvals(M, E, homogeneous_eigvals=True)  # (n + m,) each
+            finite = np.abs(beta) > 100 * (n + m) * np.finfo(np.float64).eps
+            out.append((alpha[finite] / beta[finite]).astype(np.complex128))
+        return out
+
+    def dcgain(self) -> np.ndarray:
+        """Steady-state gain C (I - A)^{-1} B + D of each system (the real part for a complex bank).
+
+        A system with a pole at z = 1 exactly (I - A singular) gets inf, as in python-control.
+
+        Returns:
+            (G, p, m) float64.
+        """
+        G, n = self.nsystems, self.nstates
+        I_minus_A = np.eye(n) - self._A  # (G, n, n)
+        out = np.full((G, self.noutputs, self.ninputs), np.inf)
+        for g in range(G):
+            try:
+                X = np.linalg.solve(I_minus_A[g], self._B[g])  # (n, m)
+            except np.linalg.LinAlgError:
+                continue
+            out[g] = (self._C[g] @ X + self._D[g]).real  # (p, m)
+        return out
+
+    def frequency_response(self, omega: Any) -> np.ndarray:
+        """Frequency response H(z) = C (zI - A)^{-1} B + D at z = exp(1j · omega · dt), omega in rad/s.
+
+        This is python-control's convention for discrete systems (``sys.frequency_response(omega)``, which
+        returns an object whose ``.complex`` is this array per system; its Nyquist frequency is pi / dt and
+        H is 2 pi / dt periodic in omega). For a complex bank it is the response of the physical real-part
+        system, (H(z) + conj(H(conj z))) / 2, which equals `to_real().frequency_response(omega)`.
+        Computed from a complex Schur form A = Z T Z^H per system and triangular solves with (zI - T)
+        (backward stable; no inverse, no eigenvector basis); when T is diagonal to rounding (normal A, e.g.
+        every `from_diagonal` bank) the solve reduces to the modal sum Σ_n (C Z)_n (Z^H B)_n / (z - T_nn).
+
+        Args:
+            omega: (W,) real frequencies in rad/s (a scalar gives W = 1).
+
+        Returns:
+            (G, p, m, W) complex.
+        """
+        w = np.atleast_1d(_as_array(omega, "omega"))
+        if np.iscomplexobj(w) or w.ndim != 1:
+            raise ValueError(f"omega must be a real 1-D array (W,) in rad/s; got {w.dtype} {tuple(w.shape)}")
+        z = np.broadcast_to(np.exp(1j * w * self._dt), (self.nsystems, w.size))  # (G, W)
+        return self._physical(z)
+
+    def hinf_norm(self) -> np.ndarray:
+        """H-infinity norm of each system: sup over θ in [0, π] of σ_max(H(e^{jθ})); inf if not stable.
+
+        Algorithm: 1. σ_max on a grid of 512 uniform angles plus, for every pole λ, the angles
+        |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2} (so resonances narrower than the grid are sampled);
+        2. the 4 largest local maxima of the grid are refined by golden-section search within their grid
+        neighbours (80 steps, to float resolution in θ); the norm is the largest value seen.
+        The value is a lower bound, exact to float precision times the peak's conditioning when the peak lies
+        in one of those brackets (tested ≤ 1e-6 relative; seen ~1e-15 for 1 - |λ| = 0.1, ~1e-12 for 1e-4,
+        ~1e-9 for 1e-6), which the pole angles make the case unless a peak is narrower than 1 - |λ| suggests.
+        It is not a certified bound (that needs Hamiltonian-pencil bisection, Boyd-Balakrishnan /
+        Bruinsma-Steinbuch). A system with any pole on or outside the unit circle gets inf,
+        even when that mode is uncontrollable or unobservable. A complex bank uses its physical response.
+
+        Returns:
+            (G,) float64.
+        """
+        out = np.full(self.nsystems, np.inf)
+        stable = np.flatnonzero(self.stable_mask())
+        if stable.size == 0:
+            return out
+        sub = self[stable]
+        Gs = len(sub)
+        # 1. grid: uniform angles and the neighbourhood of every pole angle
+        lam = sub.poles()  # (Gs, n)
+        width = np.maximum(1.0 - np.abs(lam), 1e-12)  # (Gs, n)
+        offsets = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+        near = np.abs(np.angle(lam))[..., None] + width[..., None] * offsets  # (Gs, n, 7)
+        uniform = np.broadcast_to(np.linspace(0.0, np.pi, _HINF_GRID), (Gs, _HINF_GRID))
+        theta = np.sort(np.clip(np.concatenate([uniform, near.reshape(Gs, -1)], 1), 0.0, np.pi), 1)  # (Gs, Wg)
+        f = sub._sigma_max(theta)  # (Gs, Wg)
+        best = f.max(1)  # (Gs,)
+        # 2. brackets around the largest local maxima
+        Wg = theta.shape[1]
+        left = np.concatenate([np.full((Gs, 1), -np.inf), f[:, :-1]], 1)  # (Gs, Wg) left neighbour
+        right = np.concatenate([f[:, 1:], np.full((Gs, 1), -np.inf)], 1)  # (Gs, Wg) right neighbour
+        score = np.where((f >= left) & (f >= right), f, -np.inf)  # (Gs, Wg)
+        K = min(_HINF_PEAKS, Wg)
+        idx = np.argsort(-score, axis=1)[:, :K]  # (Gs, K)
+        lo = np.take_along_axis(theta, np.maximum(idx - 1, 0), 1)  # (Gs, K)
+        hi = np.take_along_axis(theta, np.minimum(idx + 1, Wg - 1), 1)  # (Gs, K)
+        # 3. golden-section maximisation in every bracket at once
+        r = (math.sqrt(5.0) - 1.0) / 2.0
+        c, d = hi - r * (hi - lo), lo + r * (hi - lo)
+        fc, fd = sub._sigma_max(c), sub._sigma_max(d)  # (Gs, K)
+        for _ in range(_HINF_ITERS):
+            keep_left = fc > fd  # the max lies in [lo, d]
+            lo = np.where(keep_left, lo, c)
+            hi = np.where(keep_left, d, hi)
+            new = np.where(keep_left, hi - r * (hi - lo), lo + r * (hi - lo))  # (Gs, K)
+            fnew = sub._sigma_max(new)
+            c, fc, d, fd = (
+                np.where(keep_left, new, d),
+                np.where(keep_left, fnew, fd),
+                np.where(keep_left, c, new),
+                np.where(keep_left, fc, fnew),
+            )
+            best = np.maximum(best, np.maximum(fc, fd).max(1))
+        out[stable] = best
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # frequency-domain internals
+    def _schur_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Complex Schur form per system, A = Z T Z^H, cached.
+
+        Returns:
+            T (G, n, n) complex upper triangular, Z^H B (G, n, m) complex, C Z (G, p, n) complex, and
+            normal (G,) bool: T is diagonal up to rounding (max |T_ij|, i < j, <= 16 n eps ||A||_F), as for
+            every bank built by `from_diagonal`; such systems use the modal formula in `_transfer`.
+        """
+        if self._schur is None:
+            G, n = self.nsystems, self.nstates
+            T = np.empty((G, n, n), np.complex128)
+            Z = np.empty((G, n, n), np.complex128)
+            for g in range(G):
+                T[g], Z[g] = scipy.linalg.schur(self._A[g].astype(np.complex128), output="complex")
+            Zh = Z.conj().transpose(0, 2, 1)  # (G, n, n)
+            off = np.abs(np.triu(T, 1)).max((1, 2))  # (G,)
+            tol = 16 * n * np.finfo(np.float64).eps * np.linalg.norm(self._A, axis=(1, 2))  # (G,)
+            self._schur = (T, Zh @ self._B, self._C @ Z, off <= tol)  # (G, n, n), (G, n, m), (G, p, n), (G,)
+        return self._schur
+
+    def _transfer(self, z: np.ndarray) -> np.ndarray:
+        """C (zI - A)^{-1} B + D of each system g at its own points z[g] (no real part taken).
+
+        With A = Z T Z^H: H(z) = (C Z) (zI - T)^{-1} (Z^H B) + D, solved by back substitution in T (or, when T
+        is diagonal, the modal sum Σ_n (C Z)_n (Z^H B)_n / (z - T_nn)), in blocks of z of bounded memory.
+
+        Args:
+            z: (G, W) complex evaluation points.
+
+        Returns:
+            (G, p, m, W) complex.
+        """
+        T, Bt, Ct, normal = self._schur_form()
+        G, n, m, p = self.nsystems, self.nstates, self.ninputs, self.noutputs
+        W = z.shape[1]
+        out = np.empty((G, p, m, W), np.complex128)
+        step = max(1, _CHUNK_BYTES // (16 * G * n * max(m, p)))
+        lam = np.diagonal(T, axis1=1, axis2=2)  # (G, n)
+        residues = (Ct[:, :, :, None] * Bt[:, None, :, :]).transpose(0, 1, 3, 2).reshape(G, p * m, n)  # (G, pm, n)
+        modal, tri = np.flatnonzero(normal), np.flatnonzero(~normal)  # (Gm,), (Gt,) system indices
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for s in range(0, W, step):
+                zc = z[:, s : s + step]  # (G, Wc)
+                Wc = zc.shape[1]
+                H = np.empty((G, p, m, Wc), np.complex128)
+                if modal.size:  # normal systems: modal sum
+                    R = 1.0 / (zc[modal, None, :] - lam[modal, :, None])  # (Gm, n, Wc)
+                    H[modal] = (residues[modal] @ R).reshape(modal.size, p, m, Wc)  # (Gm, pm, Wc) -> (Gm, p, m, Wc)
+                if tri.size:  # the others: back substitution in T
+                    H[tri] = self._triangular(T[tri], Bt[tri], Ct[tri], zc[tri])
+                out[..., s : s + step] = H + self._D[..., None]  # (G, p, m, Wc)
+        return out
+
+    @staticmethod
+    def _triangular(T: np.ndarray, Bt: np.ndarray, Ct: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Ct (zI - T)^{-1} Bt for upper triangular T (Gt, n, n), Bt (Gt, n, m), Ct (Gt, p, n), z (Gt, Wc).
+
+        Returns:
+            (Gt, p, m, Wc) complex.
+        """
+        Gt, n, m = Bt.shape
+        Wc = z.shape[1]
+        Y = np.empty((Gt, n, Wc, m), np.complex128)  # solution of (zI - T) Y = Bt at every z
+        for i in range(n - 1, -1, -1):  # back substitution, row i: (z - T_ii) Y_i = Bt_i + Σ_{j>i} T_ij Y_j
+            acc = np.broadcast_to(Bt[:, i, None, :], (Gt, Wc, m))  # (Gt, Wc, m)
+            if i < n - 1:
+                rest = Y[:, i + 1 :].reshape(Gt, n - 1 - i, Wc * m)  # (Gt, n-1-i, Wc*m)
+                acc = acc + (T[:, i : i + 1, i + 1 :] @ rest).reshape(Gt, Wc, m)  # (Gt, 1, Wc*m) -> (Gt, Wc, m)
+            Y[:, i] = acc / (z - T[:, i, i, None])[..., None]  # (Gt, Wc, m)
+        H = Ct @ Y.reshape(Gt, n, Wc * m)  # (Gt, p, n) @ (Gt, n, Wc*m) -> (Gt, p, Wc*m)
+        return H.reshape(Gt, -1, Wc, m).transpose(0, 1, 3, 2)  # (Gt, p, m, Wc)
+
+    def _physical(self, z: np.ndarray) -> np.ndarray:
+        """Transfer of the physical system at z (G, W): H(z), or (H(z) + conj H(conj z)) / 2 if complex."""
+        if not self.is_complex:
+            return self._transfer(z)
+        W = z.shape[1]
+        both = self._transfer(np.concatenate([z, z.conj()], 1))  # (G, p, m, 2W)
+        return 0.5 * (both[..., :W] + both[..., W:].conj())  # (G, p, m, W)
+
+    def _sigma_max(self, theta: np.ndarray) -> np.ndarray:
+        """Largest singular value of the physical H(e^{jθ}) for θ (G, W) per system -> (G, W)."""
+        H = self._physical(np.exp(1j * theta)).transpose(0, 3, 1, 2)  # (G, W, p, m)
+        if H.shape[2] == 1 or H.shape[3] == 1:
+            return np.sqrt((np.abs(H) ** 2).sum((2, 3)))  # (G, W): a vector's norm is its σ_max
+        return np.linalg.svd(H, compute_uv=False)[..., 0]  # (G, W)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # time domain
+    def simulate(self, u: Any, x0: Any | None = None, return_state: bool = False) -> Any:
+        """Output of the bank for input u: x[k+1] = A x[k] + B u[k], y[k] = Re(C x[k] + D u[k]), x[0] = x0.
+
+        A float64 (complex128 state for a complex bank) torch loop over time with batched matmuls: the test
+        oracle for the systems that layers export. Time is axis 1 (ssmkit's batch-first layout); scipy's
+        ``dlsim`` puts it on axis 0 and python-control's ``forced_response`` on the last axis.
+
+        Args:
+            u: (B, L, G*m) real input (torch or numpy); channels g*m .. (g+1)*m - 1 drive system g.
+            x0: (B, G, n) initial state (complex for a complex bank), or None for zeros.
+            return_state: also return the state after the last input, x[L].
+
+        Returns:
+            y (B, L, G*p) float64 torch tensor, on u's device when u is a torch tensor (else on the CPU);
+            with ``return_state``, the pair (y, x[L]) with x[L] (B, G, n) float64 (complex128 if complex).
+        """
+        G, n, m, p = self.nsystems, self.nstates, self.ninputs, self.noutputs
+        dev = u.device if isinstance(u, torch.Tensor) else torch.device("cpu")
+        ut = u.detach() if isinstance(u, torch.Tensor) else torch.from_numpy(np.asarray(u))
+        if ut.is_complex() or not (ut.is_floating_point() or ut.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"u must be a real floating (B, L, G*m) array; got dtype {ut.dtype}")
+        if ut.dim() != 3 or ut.shape[2] != G * m or ut.shape[0] < 1 or ut.shape[1] < 1:
+            raise ValueError(f"u must be (B, L, G*m) = (?, ?, {G * m}) with B, L >= 1; got {tuple(ut.shape)}")
+        Bsz, L = ut.shape[0], ut.shape[1]
+        sdt = torch.complex128 if self.is_complex else torch.float64
+        A, Bm, C, D = (torch.tensor(M, device=dev) for M in (self._A, self._B, self._C, self._D))  # copies
+        # time-major, batch last, so that every step is one batched matmul over the G systems
+        us = ut.to(dev, torch.float64).reshape(Bsz, L, G, m).permute(1, 2, 3, 0).to(sdt)  # (L, G, m, B)
+        if x0 is None:
+            x = torch.zeros(G, n, Bsz, dtype=sdt, device=dev)  # (G, n, B)
+        else:
+            xt = x0.detach() if isinstance(x0, torch.Tensor) else torch.from_numpy(np.asarray(x0))
+            if xt.is_complex() and not self.is_complex:
+                raise ValueError(f"x0 must be real for a real system; got dtype {xt.dtype}")
+            if tuple(xt.shape) != (Bsz, G, n):
+                raise ValueError(f"x0 must be (B, G, n) = ({Bsz}, {G}, {n}); got {tuple(xt.shape)}")
+            x = xt.to(dev, sdt).permute(1, 2, 0).contiguous()  # (B, G, n) -> (G, n, B)
+        ys = []
+        for k in range(L):
+            uk = us[k]  # (G, m, B)
+            ys.append(torch.bmm(C, x) + torch.bmm(D, uk))  # (G, p, n) @ (G, n, B) -> (G, p, B)
+            x = torch.bmm(A, x) + torch.bmm(Bm, uk)  # (G, n, B)
+        y = torch.stack(ys, 0).real.permute(3, 0, 1, 2).reshape(Bsz, L, G * p)  # (L, G, p, B) -> (B, L, G*p)
+        y = y.to(torch.float64).contiguous()
+        x = x.permute(2, 0, 1)  # (G, n, B) -> (B, G, n)
+        if return_state:
+            return y, x.contiguous()
+        return y

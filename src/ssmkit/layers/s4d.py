@@ -1,0 +1,161 @@
+"""S4D: "On the Parameterization and Initialization of Diagonal State Space Models", arXiv 2206.11893.
+
+A bank of H independent single-input single-output diagonal SSMs, each with N/2 complex modes that
+stand for N/2 conjugate pairs (so the real-equivalent state size is N = ``d_state``):
+
+    λ_n = -exp(a_n) + i b_n                      (Re λ < 0 by construction, §3.2)
+    ZOH:      Ā = exp(Δλ),  B̄ = (exp(Δλ) - 1)/λ · B            (§3.1)
+    bilinear: Ā = (1 + Δλ/2)/(1 - Δλ/2),  B̄ = Δ B/(1 - Δλ/2)
+    x_t = Ā x_{t-1} + B̄ u_t,   y_t = 2 Re(Σ_n C_n x_{t,n}) + D u_t
+    K_l = 2 Re Σ_n C_n B̄_n Ā_n^l,   y = K ⊛ u + D u          (eq. 5)
+
+Initialisations (§4): ``lin`` b_n = πn; ``inv`` b_n = (N/π)(N/(2n+1) - 1); ``real`` λ_n = -(n+1);
+``legs`` λ and B from the normal part of HiPPO-LegS. Re λ = -½ except for ``real``. B = 1 except
+for ``legs`` (B = V*B_HiPPO with Im clipped to ±2, without the ½ that the paper's theory
+suggests: we follow the official code). C ~ CN(0, 1) (real and imaginary parts each N(0, ½)),
+D ~ N(0, 1), log Δ ~ U[log dt_min, log dt_max] per channel.
+
+Choices (docs/design.md): A, B are per channel (not tied); the imaginary part is stored
+untransformed; Δ is stored as log Δ; the ``real`` and ``lin`` inits keep b_0 = 0 exactly
+(the official code clamps it to 1e-4, which changes nothing measurable).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
+from ssmkit.ops.discretize import bilinear, zoh
+from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
+from ssmkit.layers.base import LTILayer, check_choice, check_length, register, register_ssm_parameter
+
+INITS = ("legs", "inv", "lin", "real")
+DISCRETIZATIONS = ("zoh", "bilinear")
+
+
+@register("s4d")
+class S4D(LTILayer):
+    """Diagonal state-space layer (S4D), arXiv 2206.11893.
+
+    Args:
+        d_model: H, the number of channels (one SISO system each).
+        d_state: N, the real-equivalent state size per channel (N/2 complex conjugate-pair modes); even.
+        init: eigenvalue initialisation, one of
+            ``"legs"`` -- diagonal (normal) part of HiPPO-LegS (S4D-LegS, the official default);
+            ``"inv"`` -- inverse-law imaginary parts (S4D-Inv);
+            ``"lin"`` -- linear imaginary parts πn (S4D-Lin);
+            ``"real"`` -- real eigenvalues -(n+1) (S4D-Real).
+        discretization: ``"zoh"`` (zero-order hold, the default) or ``"bilinear"``.
+        dt_min, dt_max: range of the log-uniform initial step size Δ.
+        lr: learning rate of Δ, A and B (weight decay 0); ``None`` = the global lr, ``0.0`` = frozen.
+        bidirectional: add an anti-causal kernel with its own C (no ``step`` then).
+        device, dtype: of the parameters (dtype real: float32 or float64).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        init: str = "legs",
+        discretization: str = "zoh",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        lr: float | None = 1e-3,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.init = init
+        self.discretization = discretization
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.lr = lr
+        self.bidirectional = bidirectional
+        check_length(d_model, "d_model")
+        if not isinstance(d_state, int) or d_state < 2 or d_state % 2:
+            raise ValueError(f"d_state must be an even int >= 2 (N/2 conjugate pairs); got {d_state!r}")
+        check_choice(init, INITS, "init")
+        check_choice(discretization, DISCRETIZATIONS, "discretization")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        H, M = d_model, d_state // 2
+        n_out = 2 if bidirectional else 1
+        register_ssm_parameter(self, "log_dt", torch.empty(H, **factory), lr)
+        register_ssm_parameter(self, "log_A_real", torch.empty(H, M, **factory), lr)
+        register_ssm_parameter(self, "A_imag", torch.empty(H, M, **factory), lr)
+        register_ssm_parameter(self, "B", torch.empty(H, M, 2, **factory), lr)
+        self.C = nn.Parameter(torch.empty(n_out, H, M, 2, **factory))
+        self.D = nn.Parameter(torch.empty(H, **factory))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every parameter from the initialisation of the paper (the only re-init path)."""
+        H = self.d_model
+        Lambda = s4d_eigenvalues(self.init, self.d_state)  # (M,) complex128
+        B = s4d_input_matrix(self.init, self.d_state)  # (M,) complex128
+        log_dt = torch.rand(H, dtype=torch.float64) * (math.log(self.dt_max) - math.log(self.dt_min))
+        self.log_dt.copy_(log_dt + math.log(self.dt_min))
+        self.log_A_real.copy_(torch.log(-Lambda.real).expand(H, -1))
+        self.A_imag.copy_(Lambda.imag.expand(H, -1))
+        self.B.copy_(torch.view_as_real(B).expand(H, -1, -1))
+        self.C.copy_(torch.randn(self.C.shape, dtype=torch.float64) * math.sqrt(0.5))
+        self.D.copy_(torch.randn(H, dtype=torch.float64))
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ā (H, N/2) complex, B̄ (H, N/2) complex, and C (C, H, N/2) complex, C = 1 or 2 output channels."""
+        Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)  # (H, M)
+        B = torch.view_as_complex(self.B)  # (H, M)
+        dt = torch.exp(self.log_dt).unsqueeze(-1)  # (H, 1)
+        A_bar, B_bar = (zoh if self.discretization == "zoh" else bilinear)(Lambda, B, dt)
+        return A_bar, B_bar, torch.view_as_complex(self.C)
+
+    def _forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        u = x.to(self.D.dtype)
+        A_bar, B_bar, C = self.discrete()
+        if self.bidirectional:
+            y = diagonal_ssm_bidirectional(u, A_bar, B_bar, 2 * C)
+            h = None
+        else:
+            y, h = diagonal_ssm(u, A_bar, B_bar, 2 * C[0], state)
+        return (y + self.D * u).to(x.dtype), h
+
+    def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = x_t.to(self.D.dtype)
+        A_bar, B_bar, C = self.discrete()
+        y, h = diagonal_ssm_step(u, A_bar, B_bar, 2 * C[0], state)
+        return (y + self.D * u).to(x_t.dtype), h
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """Zeros (B, H, N/2), complex64 (complex128 for a float64 layer)."""
+        dtype = torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
+        return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=dtype, device=self.D.device)
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """K_l = 2 Re Σ_n C_n B̄_n Ā_n^l: (H, L), or (2, H, L) when bidirectional."""
+        check_length(L)
+        A_bar, B_bar, C = self.discrete()
+        K = diagonal_kernel(A_bar, B_bar, 2 * C, L)  # (C, H, L)
+        return K if self.bidirectional else K[0]
+
+    def state_space(self):
+        """The layer as H real SISO systems with N states (2×2 blocks per conjugate pair), control convention."""
+        from ssmkit.analysis.statespace import StateSpace
+
+        if self.bidirectional:
+            raise ValueError("a bidirectional S4D is not causal and has no state-space realisation")
+        A_bar, B_bar, C = self.discrete()
+        return StateSpace.from_diagonal(A_bar, B_bar, C[0], self.D, dt=1.0, conjugate_pairs=True)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, init={self.init!r}, "
+            f"discretization={self.discretization!r}, bidirectional={self.bidirectional}"
+        )

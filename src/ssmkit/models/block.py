@@ -1,0 +1,111 @@
+"""The residual block around a sequence layer: the deep Wiener structure.
+
+An LTI layer followed by a static nonlinearity and a linear skip is a Wiener system; a stack of
+such blocks is a deep Wiener model (Bonassi et al., arXiv 2312.06211). The block computes
+
+    prenorm:   y = x + Dropout(Out(σ(Layer(Norm(x)))))
+    postnorm:  y = Norm(x + Dropout(Out(σ(Layer(x)))))
+
+with Out a GLU (Linear H→2H then a_1 ⊙ sigmoid(a_2), the S4 default), a Linear H→H, or nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssmkit.layers.base import SequenceLayer, State, check_choice
+
+NORMS = ("layer", "batch", "rms", None)
+ACTIVATIONS = ("gelu", "silu", "relu", "tanh", None)
+MIXER_OUTS = ("glu", "linear", None)
+
+
+class _BatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channel axis of (B, L, H) or (B, H) inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, L, H) via (B, H, L)
+        return super().forward(x)
+
+
+def _make_norm(norm: str | None, H: int, device, dtype) -> nn.Module:
+    if norm == "layer":
+        return nn.LayerNorm(H, device=device, dtype=dtype)
+    if norm == "rms":
+        return nn.RMSNorm(H, device=device, dtype=dtype)
+    if norm == "batch":
+        return _BatchNorm(H, device=device, dtype=dtype)
+    return nn.Identity()
+
+
+def _make_activation(activation: str | None) -> nn.Module:
+    return {"gelu": nn.GELU(), "silu": nn.SiLU(), "relu": nn.ReLU(), "tanh": nn.Tanh(), None: nn.Identity()}[activation]
+
+
+class Block(nn.Module):
+    """Residual block: norm -> layer -> activation -> output projection -> dropout -> + input.
+
+    Args:
+        layer: the sequence-mixing layer (its ``d_model`` sets the width H).
+        norm: ``"layer"`` (LayerNorm), ``"batch"`` (BatchNorm over channels; ``step`` only in eval
+            mode, where it is a fixed affine map), ``"rms"`` (RMSNorm) or None.
+        prenorm: normalise the block input (True) or the residual sum (False).
+        activation: ``"gelu"``, ``"silu"``, ``"relu"``, ``"tanh"`` or None, applied to the layer output.
+        mixer_out: ``"glu"`` (Linear H→2H + GLU), ``"linear"`` (Linear H→H) or None.
+        dropout: dropout probability after the output projection.
+        device, dtype: of the block's own parameters (norm and projection).
+    """
+
+    def __init__(
+        self,
+        layer: SequenceLayer,
+        norm: str | None = "layer",
+        prenorm: bool = True,
+        activation: str | None = "gelu",
+        mixer_out: str | None = "glu",
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice(norm, NORMS, "norm")
+        check_choice(activation, ACTIVATIONS, "activation")
+        check_choice(mixer_out, MIXER_OUTS, "mixer_out")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        self.layer = layer
+        self.norm_name = norm
+        self.prenorm = prenorm
+        H = layer.d_model
+        self.d_model = H
+        self.norm = _make_norm(norm, H, device, dtype)
+        self.activation = _make_activation(activation)
+        if mixer_out == "glu":
+            self.out = nn.Sequential(nn.Linear(H, 2 * H, device=device, dtype=dtype), nn.GLU(dim=-1))
+        elif mixer_out == "linear":
+            self.out = nn.Linear(H, H, device=device, dtype=dtype)
+        else:
+            self.out = nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State | None]:
+        """x (B, L, H) -> (y (B, L, H), final state of the layer)."""
+        z = self.norm(x) if self.prenorm else x
+        z, state = self.layer(z, state)
+        y = x + self.dropout(self.out(self.activation(z)))  # (B, L, H)
+        return (y if self.prenorm else self.norm(y)), state
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """x_t (B, H) -> (y_t (B, H), next state): one recurrent step of the block."""
+        if self.norm_name == "batch" and self.training:
+            raise RuntimeError("Block(norm='batch').step needs eval mode: in training mode BatchNorm uses batch statistics")
+        z = self.norm(x_t) if self.prenorm else x_t
+        z, state = self.layer.step(z, state)
+        y = x_t + self.dropout(self.out(self.activation(z)))  # (B, H)
+        return (y if self.prenorm else self.norm(y)), state
+
+    def initial_state(self, batch_size: int) -> State:
+        """The layer's zero state."""
+        return self.layer.initial_state(batch_size)

@@ -1,0 +1,153 @@
+"""SequenceModel: encoder -> residual blocks -> pooling -> head, with the same three views as a layer.
+
+``forward(x, state)`` runs whole sequences, ``step(x_t, state)`` one time step, and
+``initial_state(batch_size)`` gives the zero state of every block (a list, one entry per block).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssmkit.layers.base import build, check_choice
+from ssmkit.models.block import Block
+from ssmkit.utils import check_floating
+
+HEADS = ("classify", "regress", "lm")
+POOLS = ("mean", "last", None)
+
+
+class SequenceModel(nn.Module):
+    """A deep SSM: encoder, ``n_layers`` residual :class:`Block` s, optional pooling, linear head.
+
+    Args:
+        d_input: channels of a real input (B, L, d_input); ignored when ``vocab_size`` is given.
+        d_model: width H of every block.
+        n_layers: number of blocks.
+        layer: registered layer name (see ``ssmkit.layers.available()``).
+        layer_options: keyword arguments of the layer's constructor, passed in one hop (``d_model``
+            is set by the model).
+        d_output: output size (classes, regression targets, or vocabulary for ``"lm"``).
+        head: ``"classify"`` (logits), ``"regress"`` (values) or ``"lm"`` (per-step logits over the
+            vocabulary; needs ``pool=None``).
+        pool: ``"mean"`` over time, ``"last"`` time step, or None (per-step outputs).
+        vocab_size: if given, inputs are token ids (B, L) embedded by ``nn.Embedding``.
+        norm, prenorm, activation, mixer_out, dropout: block options (see :class:`Block`).
+        device, dtype: of all parameters.
+
+    ``step`` returns the head applied to the current time step (what ``pool="last"`` or
+    ``pool=None`` gives at that step); a ``pool="mean"`` model's running mean is not formed.
+    """
+
+    def __init__(
+        self,
+        d_input: int,
+        d_model: int,
+        n_layers: int,
+        layer: str,
+        layer_options: dict[str, Any] | None,
+        d_output: int,
+        head: str = "classify",
+        pool: str | None = "mean",
+        vocab_size: int | None = None,
+        norm: str | None = "layer",
+        prenorm: bool = True,
+        activation: str | None = "gelu",
+        mixer_out: str | None = "glu",
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice(head, HEADS, "head")
+        check_choice(pool, POOLS, "pool")
+        if head == "lm" and pool is not None:
+            raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1; got {n_layers}")
+        options = dict(layer_options or {})
+        if "d_model" in options:
+            raise ValueError("layer_options must not set d_model: the model sets it from its own d_model")
+        self.d_input = d_input
+        self.d_model = d_model
+        self.vocab_size = vocab_size
+        self.head_name = head
+        self.pool = pool
+        factory = {"device": device, "dtype": dtype}
+        if vocab_size is not None:
+            self.encoder: nn.Module = nn.Embedding(vocab_size, d_model, **factory)
+        else:
+            self.encoder = nn.Linear(d_input, d_model, **factory)
+        self.blocks = nn.ModuleList(
+            Block(
+                build(layer, d_model=d_model, device=device, dtype=dtype, **options),
+                norm=norm,
+                prenorm=prenorm,
+                activation=activation,
+                mixer_out=mixer_out,
+                dropout=dropout,
+                **factory,
+            )
+            for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model, **factory) if (prenorm and norm is not None) else nn.Identity()
+        self.head = nn.Linear(d_model, d_output, **factory)
+
+    def _encode(self, x: torch.Tensor, per_step: bool) -> torch.Tensor:
+        rank = 1 if per_step else 2
+        if self.vocab_size is not None:
+            if x.dtype not in (torch.int64, torch.int32) or x.dim() != rank:
+                want = "(B,)" if per_step else "(B, L)"
+                raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype}")
+            return self.encoder(x)
+        check_floating(x, "x")
+        want = f"(B, {self.d_input})" if per_step else f"(B, L, {self.d_input})"
+        if x.dim() != rank + 1 or x.shape[-1] != self.d_input or (not per_step and x.shape[1] == 0):
+            raise ValueError(f"x must be {want} for d_input={self.d_input}; got {tuple(x.shape)}")
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+        """Run whole sequences.
+
+        Args:
+            x: (B, L, d_input) real, or (B, L) token ids when ``vocab_size`` is set.
+            state: list of per-block states (from ``initial_state``, ``step`` or ``forward``), or None.
+
+        Returns:
+            out: (B, d_output) when pooled, else (B, L, d_output); and the list of final block states.
+        """
+        h = self._encode(x, per_step=False)  # (B, L, H)
+        states = self._check_states(state, h.shape[0])
+        new_states = []
+        for block, s in zip(self.blocks, states):
+            h, s = block(h, s)
+            new_states.append(s)
+        h = self.final_norm(h)
+        if self.pool == "mean":
+            h = h.mean(dim=1)  # (B, H)
+        elif self.pool == "last":
+            h = h[:, -1]  # (B, H)
+        return self.head(h), new_states
+
+    def step(self, x_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """One time step: x_t (B, d_input) or token ids (B,) -> (out_t (B, d_output), next states)."""
+        h = self._encode(x_t, per_step=True)  # (B, H)
+        states = self._check_states(state, h.shape[0])
+        new_states = []
+        for block, s in zip(self.blocks, states):
+            h, s = block.step(h, s)
+            new_states.append(s)
+        return self.head(self.final_norm(h)), new_states
+
+    def initial_state(self, batch_size: int) -> list:
+        """Zero states, one per block."""
+        return [block.initial_state(batch_size) for block in self.blocks]
+
+    def _check_states(self, state: list | None, batch_size: int) -> list:
+        if state is None:
+            return [None] * len(self.blocks)
+        if not isinstance(state, (list, tuple)) or len(state) != len(self.blocks):
+            raise ValueError(f"state must be a list of {len(self.blocks)} block states (as initial_state); got {type(state).__name__}")
+        return list(state)

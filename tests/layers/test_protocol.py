@@ -39,6 +39,9 @@ VARIANTS: dict[str, list[dict]] = {
         {"d_state": 8, "l_max": 32, "init": "fout"},
     ],
 }
+# S4-FouT keeps a mode with Re λ = -1e-4 (the official clamp of its zero real parts): converting between
+# C̃ and C loses ~4 digits there (1 - Ā^L ≈ L Δ 1e-4), so gradients of different algorithms agree to ~3e-6.
+GRAD_TOL = {("s4", "fout"): 1e-5}
 CASES = [(name, opts) for name in NAMES for opts in VARIANTS.get(name, [{}])]
 IDS = [f"{name}-{i}" for name in NAMES for i in range(len(VARIANTS.get(name, [{}])))]
 H = 3
@@ -125,8 +128,9 @@ def test_chunked_equals_one_pass(name, opts, dtype, backend):
         y1, h1 = layer(x[:, :20])
         y2, _ = layer(x[:, 20:], h1)
         grads_chunked = torch.autograd.grad((torch.cat([y1, y2], 1) * g).sum(), [x, *layer.parameters()])
+    tol = max(10 * TOL[dtype], GRAD_TOL.get((name, opts.get("init")), 0.0))  # gradients sum many terms
     for a, b in zip(grads_chunked, grads):
-        assert rel_err(a, b) < 10 * TOL[dtype]  # gradients sum many terms: one decade of slack
+        assert rel_err(a, b) < tol
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
@@ -135,9 +139,11 @@ def test_causality(name, opts):
     x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
     x2 = x.clone()
     x2[:, 17:] += torch.randn_like(x2[:, 17:])
-    y, _ = layer(x)
-    y2, _ = layer(x2)
-    assert torch.equal(y[:, :17], y2[:, :17])
+    with torch.no_grad():
+        y, _ = layer(x)
+        y2, _ = layer(x2)
+    # FFT convolutions mix all times by rounding only (~1e-16 relative); anything larger is a leak.
+    assert float((y[:, :17] - y2[:, :17]).abs().max()) < 1e-12 * float(y.abs().max())
     assert not torch.allclose(y[:, 17:], y2[:, 17:])
 
 
@@ -156,8 +162,9 @@ def test_fast_path_gradients_equal_reference(name, opts):
             y, h = layer(x, h0)
             loss = (y * torch.cos(y)).sum() + (h.abs() ** 2).sum()
             grads = torch.autograd.grad(loss, params)
+        tol = GRAD_TOL.get((name, opts.get("init")), 1e-9)  # float64 paths agree to ~1e-12 otherwise
         for a, b in zip(grads, g_ref):
-            assert rel_err(a, b) < 1e-9  # float64 paths of different algorithms agree to ~1e-12
+            assert rel_err(a, b) < tol
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)

@@ -1,0 +1,405 @@
+"""S4: "Efficiently Modeling Long Sequences with Structured State Spaces", arXiv 2111.00396.
+
+A bank of H single-input single-output state-space models with a diagonal-plus-low-rank (DPLR) state matrix,
+initialised from HiPPO ("How to Train Your HiPPO", arXiv 2206.12037, for the LegT/LagT/FouT inits). Each channel
+holds N/2 complex modes x (the kept half of N/2 conjugate pairs; N = ``d_state``) of the full state x_f = [x, x̄]:
+
+    A = diag(Λ_f) - Σ_i P_f,i P_f,i*         Λ_f = [Λ, Λ̄], P_f,i = [P_i, P̄_i]   (§3.1, rank r = 1 or 2)
+    Ā = (I - ΔA/2)⁻¹(I + ΔA/2),  B̄ = (I - ΔA/2)⁻¹ Δ B_f                          (bilinear, eq. 3)
+    x_l = Ā x_{l-1} + B̄ u_l,     y_l = C_trueᵀ x_f,l + D u_l = 2 Re Σ_n C_n x_l,n + D u_l
+    K_l = C_trueᵀ Ā^l B̄,         y = K ⊛ u + D ⊙ u                                  (eq. 4-5)
+
+The kernel is computed by Algorithm 1 (Cauchy sums + Woodbury + inverse FFT, :func:`ssmkit.ops.cauchy.dplr_kernel`)
+from the trainable C̃ = (I - Ā^{L_k})ᵀ C_true, where L_k (buffer ``l_kernel``) is the length C̃ is attuned to
+(unconjugated transpose: the convention y = Cᵀx; the paper's (I - Ā^L)*C belongs to its y = C*x convention).
+``step`` runs the exact bilinear recurrence in O(N) per channel (D = (2/Δ - Λ)⁻¹, E = 2/Δ + Λ):
+
+    v = E⊙x - P(P*x) + 2B u,    x' = D⊙v - (D⊙P)(I + P*(D⊙P))⁻¹ P*(D⊙v),    y = 2 Re Σ C_true x' + D u
+
+with every P*v over the full state equal to 2 Re Σ_half P̄ v. It does NOT diagonalise Ā (the official default,
+which drifts away from the convolution), so step == forward to rounding (float32 1e-5, float64 1e-10).
+An initial state s (= x_{-1}) adds C_trueᵀ Ā^{l+1} s_f to y_l, computed as an extra kernel input
+B_s = (1/Δ)(I + ΔA/2)s (so that B̄_s = Ā s); the final state comes from the dense recurrence (chunked GEMMs,
+:func:`ssmkit.ops.dense.dense_final_state`) in the real basis z = [Re x, Im x] of the half state. With the
+"reference" backend the forward is the step loop (the oracle).
+
+Choices and departures (each one documented in docs/design.md):
+- Init (``init``): NPLR of the HiPPO matrix, Λ = the kept eigenvalues (Im λ <= 0), P̃ = V*P, B̃ = V*B with
+  Im B̃ clipped to ±``B_clip`` (official default 2.0, phase convention: first eigenvector entry real; the clip
+  changes 11 of 32 entries for LegS at N = 64). No ½ on B: the full conjugate-pair DPLR system is the HiPPO system
+  in a unitary basis, so B̃ = V*B reproduces it (the ½ question concerns only S4D's diagonal approximation).
+- LegT, LagT and FouT have Re λ = 0 after the NPLR; as the official ``inv_transform`` does, -Re λ is clamped to at
+  least 1e-4 at init (FouT would otherwise give 0/0 at ω = 1).
+- Λ is stored as ``log_A_real`` = log(-Re λ) and ``A_imag`` (so Re λ < 0 always); Δ as ``log_dt`` (the official
+  class default; its layer config uses softplus instead). Complex parameters are stored as real (..., 2) views.
+- ``n_ssm`` = 1 (official config) ties Λ, P, B across channels (channel h uses copy h mod n_ssm); Δ, C̃ and D are
+  per channel. Δ, Λ, P, B carry the optimiser marks (lr ``lr``, weight decay 0); C̃ and D are plain parameters.
+- C ~ CN(0, 1) (real and imaginary parts N(0, ½)) is converted ONCE, in the constructor, to C̃ = (I - Ā^{l_max})ᵀ C
+  (float64). A longer input doubles the attuned length in place (under no_grad): C̃ ← (I + Ā^{L_k})ᵀ C̃,
+  L_k ← 2 L_k, until L_k >= L (as the official code; it changes C̃'s value, so do it before building an optimizer
+  if sequences longer than ``l_max`` are expected, and do not run a longer forward between a forward and its
+  backward). ``step`` recovers C_true by solving (I - Ā^{L_k})ᵀ C_true = C̃ (dense, float64).
+- Precision: the kernel is computed in float64/complex128 for every layer dtype and then cast. With Re λ ≈ -1e-4
+  (LegT/LagT/FouT) the Woodbury step cancels large Cauchy sums: a complex64 kernel is off by up to ~3e-4 relative
+  (LegS: ~1e-6), which breaks step == forward at 1e-5. The real-basis Ā, B̄ (for the final state) and C_true are
+  formed in float64. ``step`` computes in float64 and rounds the state once per step to the layer's complex dtype
+  (a float32 step drifts by 6e-6 relative over 4096 LegS steps and 7e-5 for LagT; 2e-7 and 1e-6 this way).
+  Under autocast the SSM core runs in the parameters' dtype and y is cast back to x's dtype.
+- ``step`` caches its coefficients while the parameters (their ``_version``) and l_kernel are unchanged and no
+  gradient is needed; with grad enabled it recomputes them each call (a dense float64 solve), so run generation
+  under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ssmkit.layers.base import LTILayer, check_choice, check_length, register, register_ssm_parameter
+from ssmkit.ops.backend import get_backend
+from ssmkit.ops.cauchy import dplr_kernel
+from ssmkit.ops.dense import dense_final_state
+from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
+from ssmkit.ops.hippo import nplr
+
+INITS = ("legs", "legt", "lagt", "fout")
+RANK = {"legs": 1, "legt": 2, "lagt": 1, "fout": 1}
+_MIN_NEG_REAL = 1e-4  # -Re λ >= 1e-4 at init, as the official inv_transform
+_F64, _C128 = torch.float64, torch.complex128
+
+
+def _small_inverse(Y: Tensor) -> Tensor:
+    """Inverse of a batch of r x r matrices (..., r, r), in closed form for r <= 2 (no per-matrix LAPACK call)."""
+    r = Y.shape[-1]
+    if r == 1:
+        return 1 / Y
+    if r == 2:
+        a, b, c, d = Y[..., 0, 0], Y[..., 0, 1], Y[..., 1, 0], Y[..., 1, 1]
+        return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / (a * d - b * c)[..., None, None]
+    return torch.linalg.inv(Y)
+
+
+def _to_real_row(C: Tensor) -> Tensor:
+    """An output vector C (..., N/2) complex as the real row c with C_fᵀ x_f = c · [Re x, Im x]: [2 Re C, -2 Im C]."""
+    return torch.cat([2 * C.real, -2 * C.imag], dim=-1)  # (..., N)
+
+
+def _from_real_row(c: Tensor) -> Tensor:
+    """Inverse of :func:`_to_real_row`: c (..., N) real -> C (..., N/2) complex."""
+    M = c.shape[-1] // 2
+    return torch.complex(c[..., :M], -c[..., M:]) / 2  # (..., N/2)
+
+
+@register("s4")
+class S4(LTILayer):
+    """Structured state-space layer with a DPLR state matrix (S4), arXiv 2111.00396.
+
+    Args:
+        d_model: H, the number of channels (one SISO system each).
+        d_state: N, the real-equivalent state size per channel (N/2 conjugate-pair modes); even, >= 2.
+        l_max: initial attuned kernel length L_k (C̃ is attuned to it; longer inputs double it).
+        init: HiPPO matrix of the initialisation, one of
+            ``"legs"`` -- scaled Legendre (rank-1 correction, Re λ = -½; the paper's default);
+            ``"legt"`` -- translated Legendre (rank-2 correction, Re λ clamped to -1e-4);
+            ``"lagt"`` -- translated Laguerre (rank 1, Re λ clamped to -1e-4);
+            ``"fout"`` -- translated Fourier (rank 1, Re λ clamped to -1e-4).
+        dt_min, dt_max: range of the log-uniform initial step size Δ (per channel).
+        n_ssm: number of independent copies of (Λ, P, B) shared over the channels; 1 = tied (official config),
+            None = one per channel; must divide d_model.
+        lr: learning rate of Δ, Λ, P, B (weight decay 0); ``None`` = the global lr, ``0.0`` = frozen.
+        bidirectional: add an anti-causal kernel with its own C̃ (no ``step``, no state, no state space then).
+        B_clip: bound on |Im B̃| at init (official 2.0), or None for no clip.
+        device, dtype: of the parameters (dtype real: float32 or float64).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        l_max: int = 1024,
+        init: str = "legs",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        n_ssm: int | None = 1,
+        lr: float | None = 1e-3,
+        bidirectional: bool = False,
+        B_clip: float | None = 2.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.l_max = l_max
+        self.init = init
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.n_ssm = n_ssm
+        self.lr = lr
+        self.bidirectional = bidirectional
+        self.B_clip = B_clip
+        check_length(d_model, "d_model")
+        if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
+            raise ValueError(f"d_state must be an even int >= 2 (N/2 conjugate pairs); got {d_state!r}")
+        check_length(l_max, "l_max")
+        check_choice(init, INITS, "init")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+        if n_ssm is not None and (isinstance(n_ssm, bool) or not isinstance(n_ssm, int) or n_ssm < 1):
+            raise ValueError(f"n_ssm must be a positive int dividing d_model, or None; got {n_ssm!r}")
+        if n_ssm is not None and d_model % n_ssm:
+            raise ValueError(f"d_model must be divisible by n_ssm; got d_model={d_model}, n_ssm={n_ssm}")
+        if lr is not None and not lr >= 0:
+            raise ValueError(f"lr must be a float >= 0 or None; got {lr!r}")
+        if B_clip is not None and not B_clip > 0:
+            raise ValueError(f"B_clip must be a positive float or None; got {B_clip!r}")
+        dtype = dtype or torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
+        factory = {"device": device, "dtype": dtype}
+        H, M, G, r = d_model, d_state // 2, n_ssm or d_model, RANK[init]
+        register_ssm_parameter(self, "log_dt", torch.empty(H, **factory), lr)
+        register_ssm_parameter(self, "log_A_real", torch.empty(G, M, **factory), lr)
+        register_ssm_parameter(self, "A_imag", torch.empty(G, M, **factory), lr)
+        register_ssm_parameter(self, "P", torch.empty(r, G, M, 2, **factory), lr)
+        register_ssm_parameter(self, "B", torch.empty(G, M, 2, **factory), lr)
+        self.C_tilde = nn.Parameter(torch.empty(2 if bidirectional else 1, H, M, 2, **factory))
+        self.D = nn.Parameter(torch.empty(H, **factory))
+        self.register_buffer("l_kernel", torch.tensor(l_max, dtype=torch.long, device=device))
+        self._step_cache: tuple[tuple, tuple[Tensor, ...]] | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Parameters
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every parameter from the paper's initialisation (the only re-init path); l_kernel = l_max."""
+        H, M = self.d_model, self.d_state // 2
+        G = self.log_A_real.shape[0]
+        init = nplr(self.init, self.d_state, self.B_clip)  # Lambda (M,), P (r, M), B (M,), complex128
+        neg_real = (-init.Lambda.real).clamp(min=_MIN_NEG_REAL)  # (M,)
+        self.log_A_real.copy_(torch.log(neg_real).expand(G, M))
+        self.A_imag.copy_(init.Lambda.imag.expand(G, M))
+        self.P.copy_(torch.view_as_real(init.P)[:, None].expand(-1, G, M, 2))
+        self.B.copy_(torch.view_as_real(init.B).expand(G, M, 2))
+        log_dt = torch.rand(H, dtype=_F64) * (math.log(self.dt_max) - math.log(self.dt_min)) + math.log(self.dt_min)
+        self.log_dt.copy_(log_dt)
+        self.D.copy_(torch.randn(H, dtype=_F64))
+        self.l_kernel.fill_(self.l_max)
+        C = torch.randn(self.C_tilde.shape[:-1], dtype=_C128).to(self.D.device)  # (C, H, N/2): CN(0, 1)
+        A_bar, _ = self._real_system()
+        A_L = torch.linalg.matrix_power(A_bar, self.l_max)  # (H, N, N)
+        c = _to_real_row(C)  # (C, H, N)
+        self.C_tilde.copy_(torch.view_as_real(_from_real_row(c - torch.einsum("hmn,chm->chn", A_L, c))))  # (I - Ā^L)ᵀ C
+        self._step_cache = None
+
+    def _ssm(self, real: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(Λ (H, N/2), P (r, H, N/2), B (H, N/2)) complex and Δ (H,) real in precision ``real``, differentiable."""
+        H, G = self.d_model, self.log_A_real.shape[0]
+        Lambda = torch.complex(-torch.exp(self.log_A_real.to(real)), self.A_imag.to(real))  # (G, M)
+        P = torch.view_as_complex(self.P.to(real))  # (r, G, M)
+        B = torch.view_as_complex(self.B.to(real))  # (G, M)
+        rep = H // G  # channel h uses copy h mod G
+        return Lambda.repeat(rep, 1), P.repeat(1, rep, 1), B.repeat(rep, 1), torch.exp(self.log_dt.to(real))
+
+    def _real_system(self) -> tuple[Tensor, Tensor]:
+        """Ā (H, N, N) and B̄ (H, N) in float64 in the real basis z = [Re x, Im x] of the half state.
+
+        Bilinear rule (arXiv 2111.00396 eq. 3) without a dense solve: with M = 2/Δ - A = diag(1/D_f) + Σ_i P_f,i P_f,i*
+        (D = (2/Δ - Λ)⁻¹), Woodbury gives M⁻¹ = diag(D_f) - Σ_ij (D_f P_f,i) (Y⁻¹)_ij (P_f,j* D_f) with the r x r
+        Y = I + P*(D P), and then Ā = (4/Δ) M⁻¹ - I, B̄ = 2 M⁻¹ B_f. In the basis x_f = T z, T = [[I, iI], [I, -iI]]:
+        T⁻¹ diag(D_f) T = [[Re D, -Im D], [Im D, Re D]], T⁻¹(D_f P_f,i) = [Re DP_i; Im DP_i],
+        (P_f,j* D_f) T = [2 Re P̄_j D, -2 Im P̄_j D] and T⁻¹ B_f = [Re B; Im B].
+        """
+        Lambda, P, B, dt = self._ssm(_F64)
+        D = 1 / (2 / dt[:, None] - Lambda)  # (H, N/2)
+        re, im = torch.diag_embed(D.real), torch.diag_embed(D.imag)  # (H, N/2, N/2)
+        rot = torch.cat([torch.cat([re, -im], -1), torch.cat([im, re], -1)], -2)  # (H, N, N)
+        DP, PD = D * P, P.conj() * D  # (r, H, N/2) each
+        Y = 2 * torch.einsum("jhm,ihm->hji", P.conj(), DP).real  # (H, r, r): Y[j, i] = P_j* D P_i
+        Y_inv = _small_inverse(torch.eye(P.shape[0], dtype=_F64, device=D.device) + Y)  # (H, r, r)
+        left = torch.cat([DP.real, DP.imag], dim=-1)  # (r, H, N)
+        right = torch.cat([2 * PD.real, -2 * PD.imag], dim=-1)  # (r, H, N)
+        M_inv = rot - torch.einsum("ihn,hij,jhm->hnm", left, Y_inv, right)  # (H, N, N)
+        eye = torch.eye(M_inv.shape[-1], dtype=_F64, device=D.device)  # (N, N)
+        A_bar = (4 / dt)[:, None, None] * M_inv - eye  # (H, N, N)
+        B_bar = 2 * torch.einsum("hnm,hm->hn", M_inv, torch.cat([B.real, B.imag], dim=-1))  # (H, N)
+        return A_bar, B_bar
+
+    def _C_tilde(self) -> Tensor:
+        """C̃ (C, H, N/2) complex128."""
+        return torch.view_as_complex(self.C_tilde.to(_F64))
+
+    def _C_true(self) -> Tensor:
+        """C_true (C, H, N/2) complex128, solving (I - Ā^{L_k})ᵀ C_true = C̃ (in the real basis, float64)."""
+        A_bar, _ = self._real_system()
+        A_L = torch.linalg.matrix_power(A_bar, int(self.l_kernel))  # (H, N, N)
+        eye = torch.eye(A_bar.shape[-1], dtype=_F64, device=A_bar.device)  # (N, N)
+        c_t = _to_real_row(self._C_tilde())  # (C, H, N)
+        return _from_real_row(torch.linalg.solve((eye - A_L).mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
+
+    @torch.no_grad()
+    def _attune(self, L: int) -> None:
+        """Double the attuned length until l_kernel >= L: C̃ ← (I + Ā^{L_k})ᵀ C̃, L_k ← 2 L_k (in place)."""
+        if int(self.l_kernel) >= L:
+            return
+        A_bar, _ = self._real_system()
+        A_pow = torch.linalg.matrix_power(A_bar, int(self.l_kernel))  # (H, N, N): Ā^{L_k}
+        c = _to_real_row(self._C_tilde())  # (C, H, N)
+        while int(self.l_kernel) < L:
+            c = c + torch.einsum("hmn,chm->chn", A_pow, c)  # (I + Ā^{L_k})ᵀ C̃: (C, H, N)
+            A_pow = A_pow @ A_pow  # (H, N, N): Ā^{2 L_k}
+            self.l_kernel.mul_(2)
+        self.C_tilde.copy_(torch.view_as_real(_from_real_row(c)))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Kernel and forward
+
+    def kernel(self, L: int) -> Tensor:
+        """The convolution kernel K_l = C_trueᵀ Ā^l B̄, l < L (arXiv 2111.00396 Alg. 1), in the layer's dtype.
+
+        Computed in float64 at the attuned length l_kernel (doubled first if L > l_kernel) and truncated to L.
+
+        Args:
+            L: kernel length, >= 1.
+
+        Returns:
+            (H, L) real, or (2, H, L) when bidirectional (causal kernel, then the anti-causal one whose tap 0
+            acts at lag -1).
+        """
+        check_length(L)
+        self._attune(L)
+        Lambda, P, B, dt = self._ssm(_F64)
+        K = dplr_kernel(Lambda, P, B[None], self._C_tilde(), dt, int(self.l_kernel))  # (1, C, H, L_k)
+        K = K[0, :, :, :L].to(self.D.dtype)  # (C, H, L)
+        return K if self.bidirectional else K[0]
+
+    def _state_input(self, s: Tensor, Lambda: Tensor, P: Tensor, dt: Tensor) -> Tensor:
+        """B_s = (1/Δ)(I + ΔA/2) s on the half state: s/Δ + ½(Λ⊙s - Σ_i P_i 2Re Σ_n P̄_i,n s_n). (B, H, N/2)."""
+        P_s = 2 * torch.einsum("ihm,bhm->bih", P.conj(), s).real  # (B, r, H)
+        low_rank = (P[None] * P_s[..., None]).sum(1)  # (B, r, H, N/2) -> (B, H, N/2)
+        return s / dt[:, None] + 0.5 * (Lambda * s - low_rank)  # (B, H, N/2)
+
+    def _forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        real = self.D.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            u = x.to(real)  # (B, L, H)
+            L = u.shape[1]
+            self._attune(L)  # on every backend, so that C̃ means the same after any forward
+            if get_backend() == "reference" and not self.bidirectional:  # the oracle; a two-sided layer has no
+                return self._forward_by_steps(u, state, x.dtype)  # recurrence: its reference is the dense kernel
+            Lambda, P, B, dt = self._ssm(_F64)
+            B_in = B[None]  # (1, H, N/2)
+            if state is not None:
+                B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
+                B_in = torch.cat([B_in, B_s], dim=0)  # (1 + B, H, N/2)
+            K = dplr_kernel(Lambda, P, B_in, self._C_tilde(), dt, int(self.l_kernel))  # (S, C, H, L_k)
+            K = K[..., :L].to(real)  # (S, C, H, L)
+            if self.bidirectional:
+                return (bidirectional_conv(u, K[0]) + self.D * u).to(x.dtype), None
+            y = causal_conv(u, K[0, 0]) + self.D * u  # (B, L, H)
+            if state is not None:
+                y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
+            A_z, B_z = self._real_system()  # float64: the op forms its power tables before rounding
+            z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
+            z = dense_final_state(u, A_z, B_z, z0)  # (B, H, N) in u's precision
+            M = self.d_state // 2
+            return y.to(x.dtype), torch.complex(z[..., :M], z[..., M:])  # (B, H, N/2)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Recurrence
+
+    def _step_key(self) -> tuple:
+        tensors = (self.log_dt, self.log_A_real, self.A_imag, self.P, self.B, self.C_tilde)
+        return tuple((t.data_ptr(), t._version) for t in tensors) + (int(self.l_kernel), self.D.dtype)
+
+    def _step_coefficients(self) -> tuple[Tensor, ...]:
+        """(D (H, N/2), E (H, N/2), P (r, H, N/2), D⊙P (r, H, N/2), 2B (H, N/2), C_true (H, N/2)) complex128 and
+        (I + P*(D⊙P))⁻¹ (H, r, r) float64; cached while the parameters and l_kernel are unchanged and no gradient
+        is needed (recomputed, differentiably, when one is)."""
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        key = self._step_key()
+        if not needs_grad and self._step_cache is not None and self._step_cache[0] == key:
+            return self._step_cache[1]
+        with torch.set_grad_enabled(needs_grad):
+            Lambda, P, B, dt = self._ssm(_F64)
+            D = 1 / (2 / dt[:, None] - Lambda)  # (H, N/2)
+            E = 2 / dt[:, None] + Lambda  # (H, N/2)
+            DP = D * P  # (r, H, N/2)
+            Y = 2 * torch.einsum("jhm,ihm->hji", P.conj(), DP).real  # (H, r, r): Y[j, i] = P_j* D P_i
+            Y_inv = _small_inverse(torch.eye(P.shape[0], dtype=_F64, device=Y.device) + Y)  # (H, r, r)
+            C_true = self._C_true()[0]  # (H, N/2)
+            coeffs = (D, E, P, DP, 2 * B, C_true, Y_inv)
+        if not needs_grad:
+            self._step_cache = (key, coeffs)
+        return coeffs
+
+    @staticmethod
+    def _recur(u: Tensor, x: Tensor, coeffs: tuple[Tensor, ...], D_skip: Tensor) -> tuple[Tensor, Tensor]:
+        """One bilinear DPLR step on the half state: u (B, H) real, x (B, H, N/2) complex -> y (B, H), x'."""
+        D, E, P, DP, B2, C, Y_inv = coeffs
+        P_x = 2 * torch.einsum("ihm,bhm->bih", P.conj(), x).real  # (B, r, H)
+        v = E * x - (P[None] * P_x[..., None]).sum(1) + B2 * u[..., None]  # (B, H, N/2)
+        Dv = D * v  # (B, H, N/2)
+        P_Dv = 2 * torch.einsum("ihm,bhm->bih", P.conj(), Dv).real  # (B, r, H)
+        coef = torch.einsum("hij,bjh->bih", Y_inv, P_Dv)  # (B, r, H)
+        x_new = Dv - (DP[None] * coef[..., None]).sum(1)  # (B, r, H, N/2) -> (B, H, N/2)
+        y = 2 * torch.einsum("hm,bhm->bh", C, x_new).real + D_skip * u  # (B, H)
+        return y, x_new
+
+    def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        # In float64 whatever the layer's dtype: the state is rounded once per step (a float32 step accumulates
+        # 6e-6 relative error in the state over 4096 LegS steps, 7e-5 for LagT; 2e-7 and 1e-6 in float64).
+        with torch.autocast(device_type=x_t.device.type, enabled=False):
+            y, h = self._recur(x_t.to(_F64), state.to(_C128), self._step_coefficients(), self.D.to(_F64))
+        return y.to(x_t.dtype), h.to(state.dtype)
+
+    def _forward_by_steps(self, u: Tensor, state: Tensor | None, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The oracle forward of the "reference" backend: the O(N) step over the sequence (as ``step``)."""
+        h = self.initial_state(u.shape[0]) if state is None else state
+        coeffs, D_skip = self._step_coefficients(), self.D.to(_F64)
+        ys = []
+        for t in range(u.shape[1]):
+            y_t, h_t = self._recur(u[:, t].to(_F64), h.to(_C128), coeffs, D_skip)
+            h = h_t.to(h.dtype)
+            ys.append(y_t)
+        return torch.stack(ys, dim=1).to(out_dtype), h  # (B, L, H)
+
+    def initial_state(self, batch_size: int) -> Tensor:
+        """Zeros (B, H, N/2), complex64 (complex128 for a float64 layer), on the layer's device."""
+        dtype = torch.complex128 if self.D.dtype == _F64 else torch.complex64
+        return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=dtype, device=self.D.device)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Analysis
+
+    def state_space(self):  # -> ssmkit.analysis.StateSpace
+        """The layer as H real SISO systems with N states (basis z = [Re x, Im x]), control convention.
+
+        Returns a ``StateSpace`` with A (H, N, N), B (H, N, 1), C (H, 1, N), D (H, 1, 1), dt = 1 (one sample);
+        raises ``ValueError`` for a bidirectional layer.
+
+        Ā, B̄ in the real basis z = [Re x, Im x] (see ``_real_system``), output row [2 Re C_true, -2 Im C_true],
+        mapped by ``StateSpace.from_ssm`` (A = Ā, B = B̄, C' = CĀ, D' = D + CB̄). Computed in float64.
+        """
+        from ssmkit.analysis.statespace import StateSpace
+
+        if self.bidirectional:
+            raise ValueError(
+                "S4(bidirectional=True) is not causal (its output depends on later inputs), so it has no causal "
+                "state-space realisation"
+            )
+        with torch.no_grad():
+            A_z, B_z = self._real_system()
+            C_z = _to_real_row(self._C_true()[0])  # (H, N)
+            D = self.D.to(_F64)
+            return StateSpace.from_ssm(A_z, B_z[..., None], C_z[:, None, :], D[:, None, None], dt=1.0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, l_max={self.l_max}, init={self.init!r}, "
+            f"n_ssm={self.n_ssm}, bidirectional={self.bidirectional}, l_kernel={int(self.l_kernel)}"
+        )

@@ -1,0 +1,356 @@
+"""The S4 DPLR convolution kernel: Cauchy sums, the Woodbury correction and an inverse FFT.
+
+Implements Algorithm 1 of "Efficiently Modeling Long Sequences with Structured State Spaces" (S4, Gu, Goel, Ré;
+arXiv 2111.00396, §3.2-3.3) in the convention of ``docs/design.md`` / notes core-checked §3: the state matrix of
+the full conjugate-pair state x_f = [x, conj x] (size N, N/2 pairs) is
+
+    A = diag(Λ_f) - Σ_i P_f,i P_f,i*,     Λ_f = [Λ, conj Λ],  P_f,i = [P_i, conj P_i],
+
+discretised by the bilinear rule, and the output is y = C_trueᵀ x_f (unconjugated). The kernel
+K_l = C_trueᵀ Ā^l B̄ (l < L) has the truncated generating function, at the roots of unity ω_k = e^{-2πik/L},
+
+    K̂(ω) = Σ_l K_l ω^l = C̃ᵀ (I - Ā ω)⁻¹ B̄ = (2/(1+ω)) C̃ᵀ (z - A)⁻¹ B_f,   z = (2/Δ)(1-ω)/(1+ω),
+
+with C̃ = (I - Ā^L)ᵀ C_true (the trainable C̃ of the layer). With A = Λ - PP* the Woodbury identity reduces
+(z - A)⁻¹ to Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n) over ALL N indices (both members of each pair)
+with Q = conj P as the unconjugated second factor:
+
+    C̃ᵀ(z - A)⁻¹B = r_{B C̃} - Σ_ij r_{P_i C̃} [(I + M)⁻¹]_ij r_{B Q_j},   M_ji = r_{P_i Q_j}   (rank r).
+
+On the unit circle z = i (2/Δ) tan(πk/L) is purely imaginary and 2/(1+ω) = 1 + i tan(πk/L). The point ω = -1
+(k = L/2, even L) is not evaluated by the Cauchy sums (there z = ∞); its exact limit K̂(-1) = (Δ/2) C̃ᵀB_f is
+used instead. Finally K = irfft(K̂, n=L).
+
+Every Cauchy sum shares one matrix 1/(z_m - λ_n) per channel, so :func:`cauchy` stacks all products a ⊙ b along a
+leading dimension and applies the matrix as one batched GEMM per block of evaluation points (blocks of at most
+``_BLOCK_BYTES``); its backward recomputes the blocks instead of storing the (…, N, M) matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ssmkit.ops.backend import get_backend, unavailable
+
+_COMPLEX = (torch.complex64, torch.complex128)
+# Bytes of one block of the Cauchy matrix 1/(z_m - w_n). Small blocks stay in cache (measured on 2 CPU cores,
+# H=128, N=64, M=2049: 2-8 MB blocks are 2-4x faster than one 134 MB block); the cap of the brief is 64 MB.
+_BLOCK_BYTES = 1 << 22
+
+
+def _check_complex(x: Tensor, name: str, letters: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a complex torch.Tensor {letters}; got {type(x).__name__}")
+    if x.dtype not in _COMPLEX:
+        raise ValueError(f"{name} must be {letters} complex (complex64 or complex128); got {x.dtype}")
+
+
+def _check_cauchy_args(v: Tensor, z: Tensor, w: Tensor) -> None:
+    _check_complex(v, "v", "(..., N)")
+    _check_complex(z, "z", "(..., M)")
+    _check_complex(w, "w", "(..., N)")
+    if not v.dtype == z.dtype == w.dtype:
+        raise ValueError(f"v, z and w must share one complex dtype; got {v.dtype}, {z.dtype}, {w.dtype}")
+    if v.dim() < 1 or z.dim() < 1 or w.dim() < 1:
+        shapes = f"{tuple(v.shape)}, {tuple(z.shape)}, {tuple(w.shape)}"
+        raise ValueError(f"v, z, w need a last dimension (N, M, N); got shapes {shapes}")
+    if v.shape[-1] != w.shape[-1]:
+        raise ValueError(f"v must be (..., N) with N = {w.shape[-1]} as w; got shape {tuple(v.shape)}")
+    try:
+        torch.broadcast_shapes(v.shape[:-1], z.shape[:-1], w.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"the batch dimensions of v {tuple(v.shape)}, z {tuple(z.shape)} and w {tuple(w.shape)} "
+            "must broadcast together"
+        ) from None
+
+
+def cauchy_reference(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+    """Cauchy sums by the direct formula: out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]).
+
+    arXiv 2111.00396 §3.3 (the Cauchy kernel of Algorithm 1). Builds the whole (..., M, N) array.
+
+    Args:
+        v: (..., N) complex numerators.
+        z: (..., M) complex evaluation points.
+        w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
+
+    Returns:
+        (..., M) complex, the broadcast batch shape of v, z, w followed by M.
+    """
+    _check_cauchy_args(v, z, w)
+    return (v.unsqueeze(-2) / (z.unsqueeze(-1) - w.unsqueeze(-2))).sum(-1)  # (..., M, N) -> (..., M)
+
+
+def _block(M: int, G: int, N: int, itemsize: int) -> int:
+    """Number of evaluation points per block so that a (G, N, block) matrix holds at most _BLOCK_BYTES."""
+    return max(1, min(M, _BLOCK_BYTES // max(1, G * N * itemsize)))
+
+
+class _CauchyMatmul(torch.autograd.Function):
+    """out[g, k, m] = Σ_n v[g, k, n] / (z[g, m] - w[g, n]) in blocks of m, with a recomputing backward.
+
+    All three inputs enter holomorphically, so (PyTorch's convention for complex autograd) the gradient of a
+    real loss is grad_x = Σ conj(∂out/∂x) · grad_out:
+        ∂out_km/∂v_kn = c_nm,   ∂out_km/∂w_n = v_kn c_nm²,   ∂out_km/∂z_m = -Σ_n v_kn c_nm²,   c = 1/(z - w).
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, z: Tensor, w: Tensor) -> Tensor:  # v (G, K, N), z (G, M), w (G, N)
+        G, K, N = v.shape
+        M = z.shape[-1]
+        step = _block(M, G, N, v.element_size())
+        out = torch.empty(G, K, M, dtype=v.dtype, device=v.device)  # (G, K, M)
+        for m0 in range(0, M, step):
+            c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m)
+            out[:, :, m0 : m0 + step] = v @ c  # (G, K, N) @ (G, N, m) -> (G, K, m)
+        ctx.save_for_backward(v, z, w)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # g (G, K, M)
+        v, z, w = ctx.saved_tensors
+        need_v, need_z, need_w = ctx.needs_input_grad
+        G, K, N = v.shape
+        M = z.shape[-1]
+        step = _block(M, G, N, v.element_size())
+        gv = torch.zeros_like(v) if need_v else None  # (G, K, N)
+        gw_k = torch.zeros_like(v) if need_w else None  # (G, K, N), summed over k at the end
+        gz = torch.empty_like(z) if need_z else None  # (G, M)
+        v_conj = v.conj()
+        for m0 in range(0, M, step):
+            g_m = g[:, :, m0 : m0 + step]  # (G, K, m)
+            c_conj = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_().conj_physical_()  # (G, N, m)
+            if need_v:
+                gv += g_m @ c_conj.transpose(1, 2)  # (G, K, m) @ (G, m, N) -> (G, K, N)
+            if need_w or need_z:
+                c2_conj = c_conj * c_conj  # (G, N, m)
+                if need_w:
+                    gw_k += g_m @ c2_conj.transpose(1, 2)  # (G, K, N)
+                if need_z:
+                    gz[:, m0 : m0 + step] = -(g_m * (v_conj @ c2_conj)).sum(1)  # (G, K, m) -> (G, m)
+        gw = (gw_k * v_conj).sum(1) if need_w else None  # (G, K, N) -> (G, N)
+        return gv, gz, gw
+
+
+def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+    """Cauchy sums as one batched GEMM per block: out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]).
+
+    arXiv 2111.00396 §3.3. The Cauchy matrix 1/(z_m - w_n) depends only on the batch dimensions shared with z and
+    w (the channels G); the leading dimensions of v that z and w do not have (the K stacked products) reuse it:
+    a (G, K, N) @ (G, N, M) product, built and applied in blocks of M of at most 4 MB (also in the backward, which
+    recomputes the blocks, so memory stays O(G·(K·N + K·M)) whatever the length).
+
+    Args:
+        v: (..., N) complex numerators.
+        z: (..., M) complex evaluation points.
+        w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
+
+    Returns:
+        (..., M) complex, the broadcast batch shape of v, z, w followed by M.
+    """
+    _check_cauchy_args(v, z, w)
+    N, M = w.shape[-1], z.shape[-1]
+    shared = torch.broadcast_shapes(z.shape[:-1], w.shape[:-1])
+    batch = torch.broadcast_shapes(v.shape[:-1], shared)
+    n_lead = len(batch) - len(shared)
+    lead, channels = batch[:n_lead], batch[n_lead:]  # K dims (only in v), G dims (shared by z, w)
+    G, K = math.prod(channels), math.prod(lead)
+    v_g = v.expand(*batch, N).reshape(K, G, N).transpose(0, 1)  # (K, G, N) -> (G, K, N)
+    z_g = z.expand(*channels, M).reshape(G, M)  # (G, M)
+    w_g = w.expand(*channels, N).reshape(G, N)  # (G, N)
+    out = _CauchyMatmul.apply(v_g.contiguous(), z_g.contiguous(), w_g.contiguous())  # (G, K, M)
+    return out.transpose(0, 1).reshape(*batch, M)  # (K, G, M) -> (..., M)
+
+
+def cauchy(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+    """Cauchy sums out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]) (arXiv 2111.00396 §3.3, Alg. 1).
+
+    Backends (``ssmkit.ops.set_backend``):
+        ``"reference"`` -- :func:`cauchy_reference` (direct formula);
+        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`cauchy_matmul` (blocked batched GEMM; the same path on
+        every device: building the kernel has no FFT-specific variant);
+        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
+
+    Args:
+        v: (..., N) complex numerators.
+        z: (..., M) complex evaluation points.
+        w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
+
+    Returns:
+        (..., M) complex, the broadcast batch shape of v, z, w followed by M.
+    """
+    backend = get_backend()
+    if backend == "reference":
+        return cauchy_reference(v, z, w)
+    if backend == "triton":
+        raise unavailable("cauchy", backend, "it has no Triton kernel; use 'auto' (a blocked GEMM that runs on GPU)")
+    return cauchy_matmul(v, z, w)
+
+
+def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> None:
+    _check_complex(Lambda, "Lambda", "(H, N/2)")
+    _check_complex(P, "P", "(r, H, N/2)")
+    _check_complex(B, "B", "(S, H, N/2)")
+    _check_complex(C, "C", "(C, H, N/2)")
+    if Lambda.dim() != 2:
+        raise ValueError(f"Lambda must be (H, N/2) complex; got shape {tuple(Lambda.shape)}")
+    H, Nh = Lambda.shape
+    for x, name, letters in ((P, "P", "r"), (B, "B", "S"), (C, "C", "C")):
+        if x.dim() != 3 or tuple(x.shape[1:]) != (H, Nh):
+            raise ValueError(f"{name} must be ({letters}, H, N/2) = (?, {H}, {Nh}) complex; got shape {tuple(x.shape)}")
+        if x.dtype != Lambda.dtype:
+            raise ValueError(f"{name} must have Lambda's dtype {Lambda.dtype}; got {x.dtype}")
+    if B.shape[0] < 1 or C.shape[0] < 1:
+        raise ValueError(f"B and C need at least one vector (S, C >= 1); got {tuple(B.shape)}, {tuple(C.shape)}")
+    real = torch.float32 if Lambda.dtype == torch.complex64 else torch.float64
+    if not isinstance(dt, Tensor) or dt.dtype != real or tuple(dt.shape) != (H,):
+        got = f"{tuple(dt.shape)} {dt.dtype}" if isinstance(dt, Tensor) else type(dt).__name__
+        raise ValueError(f"dt must be (H,) = ({H},) {real} (the real dtype of Lambda); got {got}")
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"L must be an int >= 1; got {L!r}")
+
+
+def _woodbury(r: Tensor, S: int, n_out: int) -> Tensor:
+    """C̃ᵀ(z - A)⁻¹B from the Cauchy sums of the products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j}.
+
+    k[s, c] = r[s, c] - Σ_ij r[S+i, c] [(I + M)⁻¹]_ij r[s, n_out+j],  M[j, i] = r[S+i, n_out+j]   (rank R).
+
+    Args:
+        r: (S+R, C+R, H, M) complex Cauchy sums, r[a, b] = Σ_n a_n b_n / (z - λ_n).
+        S: number of input vectors; n_out: number of output vectors C.
+
+    Returns:
+        (S, C, H, M) complex.
+    """
+    R = r.shape[0] - S
+    k = r[:S, :n_out]  # (S, C, H, M)
+    if R == 0:
+        return k
+    r_pc = r[S:, :n_out]  # (R, C, H, M): a = P_i, b = C̃_c
+    r_bq = r[:S, n_out:]  # (S, R, H, M): a = B_s, b = Q_j
+    # Y = I + P*(z - Λ)⁻¹P as a matrix: Y[j, i] = δ_ji + Σ_n conj(P_j)_n P_i,n / (z - λ_n) = δ_ji + r[S+i, C+j].
+    Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None, None] + r[S:, n_out:].transpose(0, 1)  # (R, R, H, M)
+    if R == 1:
+        return k - r_pc[0][None] * r_bq[:, 0][:, None] / Y[0, 0]  # (S, C, H, M)
+    if R == 2:  # closed-form 2x2 inverse
+        det = Y[0, 0] * Y[1, 1] - Y[0, 1] * Y[1, 0]  # (H, M)
+        Y_inv = torch.stack([torch.stack([Y[1, 1], -Y[0, 1]]), torch.stack([-Y[1, 0], Y[0, 0]])]) / det  # (R, R, H, M)
+    else:
+        Y_inv = torch.linalg.inv(Y.permute(2, 3, 0, 1)).permute(2, 3, 0, 1)  # (H, M, R, R) -> (R, R, H, M)
+    return k - torch.einsum("ichm,ijhm,sjhm->schm", r_pc, Y_inv, r_bq)  # (S, C, H, M)
+
+
+def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
+    """S4 DPLR kernel by Cauchy sums, Woodbury and an inverse FFT (arXiv 2111.00396 Alg. 1, §3.3).
+
+    K[s, c, h, l] = C_trueᵀ Ā^l B̄_s over the full conjugate-pair state, where C = C̃ = (I - Ā^L)ᵀ C_true; see the
+    module docstring for the steps. Same signature and result as :func:`dplr_kernel_reference`.
+
+    Args:
+        Lambda: (H, N/2) complex eigenvalues Λ, one per conjugate pair.
+        P: (r, H, N/2) complex low-rank factors (r >= 0), A = diag(Λ_f) - Σ_i P_f,i P_f,i*.
+        B: (S, H, N/2) complex input vectors (S >= 1).
+        C: (C, H, N/2) complex C̃ of the length-L generating function (C >= 1 output vectors).
+        dt: (H,) real step sizes Δ (the real dtype of Lambda).
+        L: kernel length (also the length C̃ is attuned to), >= 1.
+
+    Returns:
+        K (S, C, H, L) real.
+    """
+    _check_dplr_args(Lambda, P, B, C, dt, L)
+    S, n_out = B.shape[0], C.shape[0]
+    # 1. Evaluation points ω_k = e^{-2πik/L}, k < L/2 (the point ω = -1 of an even L is done in step 5):
+    #    z_k = (2/Δ)(1 - ω)/(1 + ω) = i (2/Δ) tan(πk/L),   2/(1 + ω) = 1 + i tan(πk/L).
+    n_reg = (L + 1) // 2
+    tan = torch.tan(torch.arange(n_reg, dtype=dt.dtype, device=dt.device) * (math.pi / L))  # (M,)
+    z = torch.complex(torch.zeros_like(dt)[:, None] * tan, (2 / dt)[:, None] * tan)  # (H, M)
+    # 2. All products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j = conj P_j}, over both members of each pair.
+    a = torch.cat([B, P], dim=0)  # (S+r, H, N/2)
+    b = torch.cat([C, P.conj()], dim=0)  # (C+r, H, N/2)
+    ab = a[:, None] * b[None, :]  # (S+r, C+r, H, N/2)
+    ab = torch.cat([ab, ab.conj()], dim=-1)  # (S+r, C+r, H, N)
+    w = torch.cat([Lambda, Lambda.conj()], dim=-1)  # (H, N)
+    # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n): one blocked GEMM per channel.
+    r = cauchy(ab, z, w)  # (S+r, C+r, H, M)
+    # 4. Woodbury, then the factor 2/(1 + ω).
+    k = _woodbury(r, S, n_out)  # (S, C, H, M)
+    k = k * torch.complex(torch.ones_like(tan), tan)  # (S, C, H, M)
+    # 5. ω = -1 (even L): z = ∞ and K̂ = (Δ/2) C̃ᵀ B_f = Δ Re Σ_half C̃ B.
+    if L % 2 == 0:
+        nyquist = dt * (B[:, None] * C[None, :]).sum(-1).real  # (S, C, H)
+        k = torch.cat([k, nyquist.to(k.dtype)[..., None]], dim=-1)  # (S, C, H, L/2 + 1)
+    # 6. Back to the time domain.
+    return torch.fft.irfft(k, n=L)  # (S, C, H, L)
+
+
+def dplr_kernel_reference(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
+    """S4 DPLR kernel from the dense bilinear system (the oracle): K[s, c, h, l] = C_trueᵀ Ā^l B̄_s.
+
+    arXiv 2111.00396 eq. 3-5 on the full conjugate-pair state: A = diag(Λ_f) - Σ_i P_f,i P_f,i*,
+    Ā = (I - ΔA/2)⁻¹(I + ΔA/2), B̄_s = (I - ΔA/2)⁻¹ Δ B_f,s; C_true solves (I - Ā^L)ᵀ C_true = C̃_f; the powers
+    Ā^l B̄ are formed by a loop over l. Dense O(N³ + L N²) work per channel, in the input precision.
+
+    Args:
+        Lambda: (H, N/2) complex eigenvalues Λ, one per conjugate pair.
+        P: (r, H, N/2) complex low-rank factors (r >= 0), A = diag(Λ_f) - Σ_i P_f,i P_f,i*.
+        B: (S, H, N/2) complex input vectors (S >= 1).
+        C: (C, H, N/2) complex C̃ of the length-L generating function (C >= 1 output vectors).
+        dt: (H,) real step sizes Δ (the real dtype of Lambda).
+        L: kernel length (also the length C̃ is attuned to), >= 1.
+
+    Returns:
+        K (S, C, H, L) real.
+    """
+    _check_dplr_args(Lambda, P, B, C, dt, L)
+    N = 2 * Lambda.shape[-1]
+    full = lambda x: torch.cat([x, x.conj()], dim=-1)  # noqa: E731  (..., N/2) -> (..., N)
+    A = torch.diag_embed(full(Lambda)) - torch.einsum("ihn,ihm->hnm", full(P), full(P).conj())  # (H, N, N)
+    eye = torch.eye(N, dtype=A.dtype, device=A.device)  # (N, N)
+    half = (dt / 2).to(A.dtype)[:, None, None] * A  # (H, N, N)
+    A_bar = torch.linalg.solve(eye - half, eye + half)  # (H, N, N)
+    B_bar = torch.linalg.solve(eye - half, (dt.to(A.dtype)[:, None] * full(B)).unsqueeze(-1)).squeeze(-1)  # (S, H, N)
+    A_L = torch.linalg.matrix_power(A_bar, L)  # (H, N, N)
+    C_true = torch.linalg.solve((eye - A_L).transpose(-1, -2), full(C).unsqueeze(-1)).squeeze(-1)  # (C, H, N)
+    taps = []
+    x = B_bar  # (S, H, N): Ā^l B̄ at l = 0
+    for _ in range(L):
+        taps.append(torch.einsum("chn,shn->sch", C_true, x).real)  # (S, C, H)
+        x = torch.einsum("hnm,shm->shn", A_bar, x)  # (S, H, N)
+    return torch.stack(taps, dim=-1)  # (S, C, H, L)
+
+
+def dplr_kernel(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
+    """S4 DPLR convolution kernel K[s, c, h, l] = C_trueᵀ Ā^l B̄_s, l < L (arXiv 2111.00396 Alg. 1, §3.3).
+
+    The full conjugate-pair system A = diag(Λ_f) - Σ_i P_f,i P_f,i* (Λ_f = [Λ, conj Λ], P_f = [P, conj P]) with
+    bilinear discretisation; the output vector is given as C̃ = (I - Ā^L)ᵀ C_true (the trainable C̃ of S4, in the
+    unconjugated y = Cᵀx convention). Input vectors B_s beyond the layer's B̃ give, e.g., the output contribution of
+    an initial state s (with B_s = (1/Δ)(I + ΔA/2)s, so that B̄_s = Ā s).
+
+    Backends (``ssmkit.ops.set_backend``):
+        ``"reference"`` -- :func:`dplr_kernel_reference` (dense matrices, loop over l);
+        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`dplr_kernel_fast` (Cauchy GEMM + Woodbury + irfft);
+        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
+
+    Args:
+        Lambda: (H, N/2) complex eigenvalues Λ, one per conjugate pair.
+        P: (r, H, N/2) complex low-rank factors (r >= 0).
+        B: (S, H, N/2) complex input vectors (S >= 1).
+        C: (C, H, N/2) complex C̃ of the length-L generating function (C >= 1 output vectors).
+        dt: (H,) real step sizes Δ (the real dtype of Lambda).
+        L: kernel length (also the length C̃ is attuned to), >= 1.
+
+    Returns:
+        K (S, C, H, L) real (float32 for complex64 inputs, float64 for complex128).
+    """
+    backend = get_backend()
+    if backend == "reference":
+        return dplr_kernel_reference(Lambda, P, B, C, dt, L)
+    if backend == "triton":
+        raise unavailable("dplr_kernel", backend, "it has no Triton kernel; use 'auto' (runs on GPU as well)")
+    return dplr_kernel_fast(Lambda, P, B, C, dt, L)

@@ -1,0 +1,111 @@
+"""Final state of dense LTI recurrences (ssmkit.ops.dense): chunked GEMM path against the loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ssmkit.ops as ops
+from ssmkit.ops.dense import dense_final_state, dense_final_state_chunked, dense_final_state_reference
+from tests.conftest import rel_err
+
+COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def system(H, N, dtype, complex_, device, seed=0):
+    """A stable random Ā (spectral radius < 1) and B̄, real or complex."""
+    g = torch.Generator().manual_seed(seed)
+    kind = COMPLEX_OF[dtype] if complex_ else dtype
+    A = torch.randn(H, N, N, dtype=kind, generator=g) / (2 * N**0.5)
+    B = torch.randn(H, N, dtype=kind, generator=g)
+    return A.to(device), B.to(device)
+
+
+def test_by_hand(device):
+    # N = 1: Ā = 1/2, B̄ = 1, u = (1, 2, 3): x = 1/4 + 2/2 + 3 = 4.25; with x_{-1} = 4 add 4/8 = 0.5.
+    u = torch.tensor([[[1.0], [2.0], [3.0]]], dtype=torch.float64, device=device)
+    A = torch.full((1, 1, 1), 0.5, dtype=torch.float64, device=device)
+    B = torch.ones(1, 1, dtype=torch.float64, device=device)
+    s = torch.full((1, 1, 1), 4.0, dtype=torch.float64, device=device)
+    for f in (dense_final_state_reference, dense_final_state_chunked):
+        assert f(u, A, B).item() == pytest.approx(4.25, abs=1e-15)
+        assert f(u, A, B, s).item() == pytest.approx(4.75, abs=1e-15)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("L", [1, 2, 7, 13, 64, 100])
+def test_chunked_equals_reference(L, dtype, complex_, with_state, device):
+    H, N, Bsz = 3, 5, 2
+    A, B = system(H, N, dtype, complex_, device)
+    u = torch.randn(Bsz, L, H, dtype=dtype, device=device)
+    s = torch.randn(Bsz, H, N, dtype=A.dtype, device=device) if with_state else None
+    out = dense_final_state_chunked(u, A, B, s)
+    assert out.shape == (Bsz, H, N) and out.dtype == A.dtype
+    wide = torch.complex128 if complex_ else torch.float64
+    ref = dense_final_state_reference(u.double(), A.to(wide), B.to(wide), None if s is None else s.to(wide))
+    # float64: sums of <= 100 terms in a different order; float32: the GEMM and carry round at ~1e-7 per term.
+    assert rel_err(out, ref) < (1e-13 if dtype == torch.float64 else 2e-6)
+
+
+def test_double_precision_matrix_with_float32_input(device):
+    # A_bar in float64 with a float32 u: tables from the exact matrix, result in complex64.
+    H, N, L = 2, 6, 300
+    A, B = system(H, N, torch.float64, True, device, seed=1)
+    A = A / A.abs().amax((-1, -2), keepdim=True) * 0.25 + torch.eye(N, device=device) * 0.7  # slow modes
+    u = torch.randn(2, L, H, dtype=torch.float32, device=device)
+    s = torch.randn(2, H, N, dtype=torch.complex64, device=device)
+    ref = dense_final_state_reference(u.double(), A, B, s.to(torch.complex128))
+    for f in (dense_final_state_chunked, dense_final_state_reference):
+        out = f(u, A, B, s)
+        assert out.dtype == torch.complex64
+        assert rel_err(out, ref) < 2e-6  # float32 GEMM/carry over 300 steps (measured ~2e-7)
+
+
+def test_gradcheck(device):
+    H, N, L = 2, 3, 11
+    for complex_ in (False, True):
+        A, B = system(H, N, torch.float64, complex_, device, seed=2)
+        u = torch.randn(2, L, H, dtype=torch.float64, device=device)
+        s = torch.randn(2, H, N, dtype=A.dtype, device=device)
+        leaves = tuple(t.clone().requires_grad_() for t in (u, A, B, s))
+        assert torch.autograd.gradcheck(dense_final_state_chunked, leaves)
+
+
+def test_gradients_equal_reference(device):
+    H, N, L = 3, 4, 37
+    A, B = system(H, N, torch.float64, True, device, seed=3)
+    u = torch.randn(2, L, H, dtype=torch.float64, device=device)
+    s = torch.randn(2, H, N, dtype=A.dtype, device=device)
+    g = torch.randn(2, H, N, dtype=A.dtype, device=device)
+    grads = []
+    for f in (dense_final_state_chunked, dense_final_state_reference):
+        leaves = [t.clone().requires_grad_() for t in (u, A, B, s)]
+        grads.append(torch.autograd.grad((f(*leaves) * g.conj()).real.sum(), leaves))
+    for a, b in zip(*grads):
+        assert rel_err(a, b) < 1e-12  # float64, different summation order
+
+
+def test_dispatch_and_errors(device):
+    A, B = system(2, 3, torch.float64, False, device)
+    u = torch.randn(1, 9, 2, dtype=torch.float64, device=device)
+    with ops.use_backend("reference"):
+        assert torch.equal(dense_final_state(u, A, B), dense_final_state_reference(u, A, B))
+    for backend in ("auto", "chunked", "fft"):
+        with ops.use_backend(backend):
+            assert torch.equal(dense_final_state(u, A, B), dense_final_state_chunked(u, A, B))
+    with ops.use_backend("triton"), pytest.raises(RuntimeError, match="triton"):
+        dense_final_state(u, A, B)
+    with pytest.raises(ValueError, match=r"u must be a real \(B, L, H\)"):
+        dense_final_state(u.to(torch.complex128), A, B)
+    with pytest.raises(ValueError, match=r"u must be \(B, L, H\) with L >= 1"):
+        dense_final_state(u[:, :0], A, B)
+    with pytest.raises(ValueError, match=r"A_bar must be \(H, N, N\) with H = 2"):
+        dense_final_state(u, A[:1], B)
+    with pytest.raises(ValueError, match="A_bar must have u's precision"):
+        dense_final_state(u.double(), A.float(), B.float())
+    with pytest.raises(ValueError, match=r"B_bar must be \(H, N\) = \(2, 3\)"):
+        dense_final_state(u, A, B[:, :2])
+    with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(1, 2, 3\)"):
+        dense_final_state(u, A, B, torch.zeros(2, 2, 3, dtype=torch.float64, device=device))

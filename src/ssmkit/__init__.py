@@ -8,11 +8,17 @@ Shape letters used in every docstring:
     L  sequence length (time)
     H  channels (d_model)
     N  state size (``d_state``; the real-equivalent size, conjugate pairs hold N/2 complex modes)
+    M  complex modes per channel (N/2 for conjugate-pair layers)
     P  head dimension
     G  number of systems or groups in a bank
     C  output channels of a kernel (e.g. 2 for a bidirectional kernel)
+    S  input vectors of a kernel (e.g. the input matrix plus initial states)
     r  rank of a low-rank correction
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 
+from ssmkit import analysis, layers, models, ops, train
+
 __version__ = "0.1.0"
+
+__all__ = ["analysis", "layers", "models", "ops", "train", "__version__"]

@@ -69,7 +69,7 @@ def register_ssm_parameter(
     lr: float | None,
     weight_decay: float = 0.0,
 ) -> None:
-    """Register ``value`` on ``module`` as an SSM parameter with optimizer marks (STYLE.md rule 13).
+    """Register ``value`` on ``module`` under ``name`` as an SSM parameter with optimizer marks (STYLE.md rule 13).
 
     ``lr=None`` keeps the global learning rate; ``lr=0.0`` freezes the tensor (it becomes a buffer,
     saved in the state dict, not trained). The mark ``_optim = {"lr": lr, "weight_decay": wd}``

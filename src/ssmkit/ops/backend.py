@@ -39,7 +39,7 @@ def get_backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Context manager form of :func:`set_backend`; restores the previous backend on exit."""
+    """Context manager form of :func:`set_backend`: use backend ``name`` inside, restore the previous one on exit."""
     previous = _current
     set_backend(name)
     try:

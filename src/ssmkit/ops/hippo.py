@@ -257,7 +257,7 @@ def dss_eigenvalues(N_modes: int) -> Tensor:
         N_modes: number of complex modes (DSS's N).
 
     Returns:
-        Lambda (N_modes,) complex128.
+        Lambda (M,) complex128, M = N_modes.
     """
     _check_N(N_modes, name="N_modes")
     A, _ = transition("legs", 2 * N_modes)

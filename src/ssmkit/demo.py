@@ -1,6 +1,6 @@
 """End-to-end demo: train a small S4D SequenceModel on the adding problem, then run it recurrently.
 
-    python -m ssmkit.demo [--seconds 90] [--length 200] [--layer s4d]
+    python -m ssmkit.demo [--seconds 120] [--length 200] [--layer s4d]
 
 1. Trains with a plain PyTorch loop (AdamW with the SSM parameter groups) for a fixed time budget on
    this machine, printing the train and test MSE against the trivial baseline 1/6 ≈ 0.167.
@@ -23,7 +23,7 @@ from ssmkit.train import param_groups
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssmkit.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=90.0, help="training time budget (default 90)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="training time budget (default 120)")
     parser.add_argument("--length", type=int, default=200, help="sequence length L (default 200)")
     parser.add_argument("--layer", default="s4d", choices=available(), help="layer name (default s4d)")
     parser.add_argument("--d-model", type=int, default=64)

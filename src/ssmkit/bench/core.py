@@ -4,8 +4,8 @@
 
 Times forward and forward+backward of each layer under each backend (``auto``: the default fast
 path; ``fft``: kernel + FFT convolution; ``reference``: the plain recurrent loop) in one run, and
-prints the speed-up of each fast path over the loop. Figures are medians of ``--repeats`` runs after
-one warm-up (the loop runs once: it is slow and its time varies little).
+prints the speed-up of each fast path over the loop. The backends are interleaved within each of
+``--repeats`` rounds; times and speed-ups are medians over the rounds.
 """
 
 from __future__ import annotations
@@ -26,23 +26,22 @@ LAYERS = ("s4d", "s4")
 BACKENDS = ("auto", "fft", "reference")
 
 
-def _time(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after one warm-up."""
+def _once(fn) -> float:
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
 
 
-def measure(name: str, backend: str, batch: int, d_model: int, d_state: int, length: int, repeats: int) -> dict:
-    """Forward and forward+backward seconds of one layer under one backend."""
+def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int, repeats: int) -> list[dict]:
+    """Forward and forward+backward seconds of one layer under every backend, interleaved.
+
+    Each repeat times every backend once, the reference loop included, so that the speed-up of a fast
+    path is a ratio of times taken under the same machine conditions (this shared VM drifts by ±50 %
+    over minutes); the figures are medians over the repeats, after one warm-up of the fast paths.
+    """
     torch.manual_seed(0)
     layer = layers.build(name, d_model=d_model, d_state=d_state)
     x = torch.randn(batch, length, d_model)
-    reps = 1 if backend == "reference" else repeats
 
     def forward() -> None:
         with torch.no_grad():
@@ -54,10 +53,33 @@ def measure(name: str, backend: str, batch: int, d_model: int, d_state: int, len
         y, _ = layer(xg)
         y.square().mean().backward()
 
-    with use_backend(backend):
-        fwd = _time(forward, reps)
-        fwd_bwd = _time(forward_backward, reps)
-    return {"layer": name, "backend": backend, "forward_s": fwd, "forward_backward_s": fwd_bwd}
+    times: dict[str, dict[str, list[float]]] = {b: {"forward": [], "forward_backward": []} for b in BACKENDS}
+    for backend in BACKENDS[:-1]:
+        with use_backend(backend):
+            forward()
+            forward_backward()
+    for _ in range(repeats):
+        for backend in BACKENDS:
+            with use_backend(backend):
+                times[backend]["forward"].append(_once(forward))
+                times[backend]["forward_backward"].append(_once(forward_backward))
+    ref = times["reference"]
+    rows = []
+    for backend in BACKENDS:
+        t = times[backend]
+        rows.append(
+            {
+                "layer": name,
+                "backend": backend,
+                "forward_s": statistics.median(t["forward"]),
+                "forward_backward_s": statistics.median(t["forward_backward"]),
+                "forward_speedup": statistics.median(r / f for r, f in zip(ref["forward"], t["forward"])),
+                "forward_backward_speedup": statistics.median(
+                    r / f for r, f in zip(ref["forward_backward"], t["forward_backward"])
+                ),
+            }
+        )
+    return rows
 
 
 def machine() -> str:
@@ -85,13 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ssmkit bench core: {shape}; {machine()}")
     rows = []
     for name in args.layers:
-        results = {b: measure(name, b, args.batch, args.d_model, args.d_state, args.length, args.repeats) for b in BACKENDS}
-        ref = results["reference"]
-        for backend in BACKENDS:
-            r = results[backend]
-            r["forward_speedup"] = ref["forward_s"] / r["forward_s"]
-            r["forward_backward_speedup"] = ref["forward_backward_s"] / r["forward_backward_s"]
-            rows.append(r)
+        rows += measure_layer(name, args.batch, args.d_model, args.d_state, args.length, args.repeats)
     print("| layer | backend | forward ms | vs loop | forward+backward ms | vs loop |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -1,0 +1,18 @@
+"""The core benchmark runs end to end at tiny sizes and writes its JSON (no timing is asserted)."""
+
+import json
+
+from ssmkit.bench.core import main
+
+
+def test_core_bench_writes_results(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--batch", "1", "--d-model", "3", "--d-state", "4", "--length", "16", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["results"]
+    assert {(r["layer"], r["backend"]) for r in rows} == {(l, b) for l in ("s4d", "s4") for b in ("auto", "fft", "reference")}
+    for r in rows:
+        assert r["forward_s"] > 0 and r["forward_backward_s"] > 0
+        if r["backend"] == "reference":
+            assert r["forward_speedup"] == 1.0
+    assert "| s4 | auto |" in capsys.readouterr().out

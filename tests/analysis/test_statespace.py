@@ -150,7 +150,7 @@ def test_frequency_response_vs_scipy_dfreqresp():
 
 
 def test_frequency_response_vs_control_mimo():
-    control = pytest.importorskip("control")
+    pytest.importorskip("control")  # used through StateSpace.to_control()
     rng = np.random.default_rng(5)
     ss = StateSpace(*random_bank(rng, G, N, M_IN, P_OUT), dt=0.05)
     omega = np.linspace(0.1, 60.0, 29)
@@ -301,7 +301,7 @@ def test_modal_and_triangular_paths_agree():
     mixed = StateSpace(np.concatenate([ss.A, A]), np.concatenate([ss.B, B]), np.concatenate([ss.C, C]),
                        np.concatenate([ss.D, D]))
     assert mixed._schur_form()[3].tolist() == [True] * G + [False] * 2
-    control = pytest.importorskip("control")
+    pytest.importorskip("control")  # used through StateSpace.to_control()
     omega = np.linspace(0.0, math.pi, 17)
     H = mixed.frequency_response(omega)
     for g, sys_g in enumerate(mixed.to_control()):
@@ -331,7 +331,7 @@ def test_to_real_preserves_everything():
 # ---------------------------------------------------------------------------------------------------------------
 # zeros, stability, indexing, converters
 def test_zeros_vs_control():
-    control = pytest.importorskip("control")
+    pytest.importorskip("control")  # used through StateSpace.to_control()
     rng = np.random.default_rng(14)
     for m in (1, 2):
         ss = StateSpace(*random_bank(rng, G, N + 1, m, m))

@@ -14,6 +14,7 @@ which attaches the ``_optim`` marks read by :func:`ssmkit.train.param_groups`.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, ClassVar, TypeVar
 
 import torch
@@ -194,6 +195,24 @@ def check_length(L: int, name: str = "L") -> None:
     """Raise ``ValueError`` unless L is a positive int."""
     if not isinstance(L, int) or isinstance(L, bool) or L < 1:
         raise ValueError(f"{name} must be a positive int; got {L!r}")
+
+
+def check_even_state(d_state: int, meaning: str) -> None:
+    """Raise ``ValueError`` unless ``d_state`` is an even int >= 2; ``meaning`` says what it holds."""
+    if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
+        raise ValueError(f"d_state must be an even int >= 2 ({meaning}); got {d_state!r}")
+
+
+def check_dt_range(dt_min: float, dt_max: float) -> None:
+    """Raise ``ValueError`` unless 0 < dt_min <= dt_max."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+
+
+def log_uniform_log_dt(shape: tuple[int, ...], dt_min: float, dt_max: float) -> torch.Tensor:
+    """log Δ with Δ log-uniform in [dt_min, dt_max] (the S4 family's init, arXiv 2206.11893 §4): float64 (shape)."""
+    low, high = math.log(dt_min), math.log(dt_max)
+    return torch.rand(shape, dtype=torch.float64) * (high - low) + low
 
 
 def check_choice(value: str, choices: tuple[str, ...], name: str) -> None:

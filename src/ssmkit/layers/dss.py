@@ -24,12 +24,20 @@ The official 1/(λ(e^{LΔλ} - 1)) is regularised as conj(x)/(|x|² + 1e-7); we 
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from ssmkit.layers.base import LTILayer, check_choice, check_length, register, register_ssm_parameter
+from ssmkit.layers.base import (
+    LTILayer,
+    check_choice,
+    check_dt_range,
+    check_even_state,
+    check_length,
+    log_uniform_log_dt,
+    register,
+    register_ssm_parameter,
+)
 from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
 from ssmkit.ops.hippo import dss_eigenvalues
 
@@ -80,15 +88,13 @@ class DSS(LTILayer):
         self.lr = lr
         self.bidirectional = bidirectional
         check_length(d_model, "d_model")
-        if not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be an even int >= 2 (2 x the number of complex modes); got {d_state!r}")
+        check_even_state(d_state, "2 x the number of complex modes")
         check_choice(version, VERSIONS, "version")
         if version == "softmax":
             if l_max is None:
                 raise ValueError("version='softmax' normalises the kernel over l_max: give l_max (an int >= 1)")
             check_length(l_max, "l_max")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+        check_dt_range(dt_min, dt_max)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         H, M = d_model, d_state // 2
         register_ssm_parameter(self, "log_dt", torch.empty(H, 2 if separate_dt else 1, **factory), lr)
@@ -105,8 +111,8 @@ class DSS(LTILayer):
         Lambda = dss_eigenvalues(self.d_state // 2)  # (M,) complex128
         self.Lambda_real.copy_(torch.log(-Lambda.real) if self.version == "exp" else Lambda.real)
         self.Lambda_imag.copy_(Lambda.imag)
-        log_dt = torch.rand(self.d_model, 1, dtype=torch.float64) * (math.log(self.dt_max) - math.log(self.dt_min))
-        self.log_dt.copy_((log_dt + math.log(self.dt_min)).expand_as(self.log_dt))
+        log_dt = log_uniform_log_dt((self.d_model, 1), self.dt_min, self.dt_max)  # one draw for re and im
+        self.log_dt.copy_(log_dt.expand_as(self.log_dt))
         self.W.copy_(torch.randn(self.W.shape, dtype=torch.float64))
         self.D.copy_(torch.randn(self.d_model, dtype=torch.float64))
 

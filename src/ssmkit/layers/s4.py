@@ -52,12 +52,20 @@ Choices and departures (each one documented in docs/design.md):
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
 
-from ssmkit.layers.base import LTILayer, check_choice, check_length, register, register_ssm_parameter
+from ssmkit.layers.base import (
+    LTILayer,
+    check_choice,
+    check_dt_range,
+    check_even_state,
+    check_length,
+    log_uniform_log_dt,
+    register,
+    register_ssm_parameter,
+)
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.cauchy import dplr_kernel
 from ssmkit.ops.dense import dense_final_state
@@ -141,12 +149,10 @@ class S4(LTILayer):
         self.bidirectional = bidirectional
         self.B_clip = B_clip
         check_length(d_model, "d_model")
-        if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be an even int >= 2 (N/2 conjugate pairs); got {d_state!r}")
+        check_even_state(d_state, "N/2 conjugate pairs")
         check_length(l_max, "l_max")
         check_choice(init, INITS, "init")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+        check_dt_range(dt_min, dt_max)
         if n_ssm is not None and (isinstance(n_ssm, bool) or not isinstance(n_ssm, int) or n_ssm < 1):
             raise ValueError(f"n_ssm must be a positive int dividing d_model, or None; got {n_ssm!r}")
         if n_ssm is not None and d_model % n_ssm:
@@ -185,7 +191,7 @@ class S4(LTILayer):
         self.A_imag.copy_(init.Lambda.imag.expand(G, M))
         self.P.copy_(torch.view_as_real(init.P)[:, None].expand(-1, G, M, 2))
         self.B.copy_(torch.view_as_real(init.B).expand(G, M, 2))
-        log_dt = torch.rand(H, dtype=_F64) * (math.log(self.dt_max) - math.log(self.dt_min)) + math.log(self.dt_min)
+        log_dt = log_uniform_log_dt((H,), self.dt_min, self.dt_max)
         self.log_dt.copy_(log_dt)
         self.D.copy_(torch.randn(H, dtype=_F64))
         self.l_kernel.fill_(self.l_max)

@@ -30,7 +30,16 @@ from torch import nn
 from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
 from ssmkit.ops.discretize import bilinear, zoh
 from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
-from ssmkit.layers.base import LTILayer, check_choice, check_length, register, register_ssm_parameter
+from ssmkit.layers.base import (
+    LTILayer,
+    check_choice,
+    check_dt_range,
+    check_even_state,
+    check_length,
+    log_uniform_log_dt,
+    register,
+    register_ssm_parameter,
+)
 
 INITS = ("legs", "inv", "lin", "real")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -78,12 +87,10 @@ class S4D(LTILayer):
         self.lr = lr
         self.bidirectional = bidirectional
         check_length(d_model, "d_model")
-        if not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be an even int >= 2 (N/2 conjugate pairs); got {d_state!r}")
+        check_even_state(d_state, "N/2 conjugate pairs")
         check_choice(init, INITS, "init")
         check_choice(discretization, DISCRETIZATIONS, "discretization")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+        check_dt_range(dt_min, dt_max)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         H, M = d_model, d_state // 2
         n_out = 2 if bidirectional else 1
@@ -101,8 +108,7 @@ class S4D(LTILayer):
         H = self.d_model
         Lambda = s4d_eigenvalues(self.init, self.d_state)  # (M,) complex128
         B = s4d_input_matrix(self.init, self.d_state)  # (M,) complex128
-        log_dt = torch.rand(H, dtype=torch.float64) * (math.log(self.dt_max) - math.log(self.dt_min))
-        self.log_dt.copy_(log_dt + math.log(self.dt_min))
+        self.log_dt.copy_(log_uniform_log_dt((H,), self.dt_min, self.dt_max))
         self.log_A_real.copy_(torch.log(-Lambda.real).expand(H, -1))
         self.A_imag.copy_(Lambda.imag.expand(H, -1))
         self.B.copy_(torch.view_as_real(B).expand(H, -1, -1))

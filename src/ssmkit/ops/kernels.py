@@ -88,7 +88,6 @@ def _power_table(base: torch.Tensor, count: int) -> torch.Tensor:
     """
     table = torch.ones_like(base).unsqueeze(-1)  # (H, N, 1): base^0
     while table.shape[-1] < count:
-        k = table.shape[-1]
         base_k = table[..., -1:] * base.unsqueeze(-1)  # (H, N, 1): base^k
         table = torch.cat([table, table * base_k], dim=-1)  # (H, N, 2k): base^0 .. base^{2k−1}
     return table[..., :count]

@@ -15,14 +15,15 @@ which attaches the ``_optim`` marks read by :func:`ssmkit.train.param_groups`.
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar, TypeVar
+from typing import Callable, ClassVar, TypeVar, Union
 
 import torch
 from torch import nn
 
 from ssmkit.utils import check_floating, check_sequence
 
-State = torch.Tensor
+State = Union[torch.Tensor, tuple["State", ...]]
+"""A layer state: one tensor, or a tuple of states (e.g. a convolution state and an SSM state)."""
 
 _REGISTRY: dict[str, type["SequenceLayer"]] = {}
 
@@ -160,14 +161,7 @@ class SequenceLayer(nn.Module):
         raise NotImplementedError
 
     def _check_state(self, state: State, batch_size: int) -> None:
-        expected = self.initial_state(batch_size)
-        if not isinstance(state, torch.Tensor):
-            raise ValueError(f"state must be a tensor like initial_state({batch_size}); got {type(state).__name__}")
-        if state.shape != expected.shape or state.dtype != expected.dtype:
-            raise ValueError(
-                f"state must be {tuple(expected.shape)} {expected.dtype} (as initial_state({batch_size})); "
-                f"got {tuple(state.shape)} {state.dtype}"
-            )
+        _check_state_like(state, self.initial_state(batch_size), f"initial_state({batch_size})", "state")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"
@@ -189,6 +183,24 @@ class LTILayer(SequenceLayer):
     def state_space(self):  # -> ssmkit.analysis.StateSpace
         """The layer as a bank of discrete-time systems in the control convention."""
         raise NotImplementedError
+
+
+def _check_state_like(state: object, expected: State, origin: str, name: str) -> None:
+    """Raise ``ValueError`` unless ``state`` has the structure, shapes and dtypes of ``expected``."""
+    if isinstance(expected, tuple):
+        if not isinstance(state, tuple) or len(state) != len(expected):
+            found = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(f"{name} must be a tuple of {len(expected)} states (as {origin}); got {found}")
+        for i, (s, e) in enumerate(zip(state, expected)):
+            _check_state_like(s, e, origin, f"{name}[{i}]")
+        return
+    if not isinstance(state, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor like {origin}; got {type(state).__name__}")
+    if state.shape != expected.shape or state.dtype != expected.dtype:
+        raise ValueError(
+            f"{name} must be {tuple(expected.shape)} {expected.dtype} (as {origin}); "
+            f"got {tuple(state.shape)} {state.dtype}"
+        )
 
 
 def check_length(L: int, name: str = "L") -> None:

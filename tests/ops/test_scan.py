@@ -161,6 +161,80 @@ def test_scan_state_hand_off(k, kind, device):
 
 
 # ----------------------------------------------------------------------------------------------------
+# ssm_scan: skip D (y_t += D u_t, folded into K_0 by the chunked path) and the no-autograd branch
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("real_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["complex", "real"])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("L", [1, 13, 64, 200])
+@pytest.mark.parametrize("path", [ssm_scan_reference, ssm_scan_chunked, ssm_scan])
+def test_scan_skip_matches_oracle(path, L, with_state, kind, real_dtype, device):
+    A_bar, B_bar, C = make_params(H, N, real_dtype, kind, device)
+    u = torch.randn(Bsz, L, H, dtype=real_dtype, device=device)
+    D = torch.randn(H, dtype=real_dtype, device=device)
+    state = make_state(Bsz, A_bar) if with_state else None
+    y, x = path(u, A_bar, B_bar, C, state, D=D)
+    y_ref, x_ref = oracle(u, A_bar, B_bar, C, state)
+    y_ref = y_ref + D.double() * u.double()  # (B, L, H)
+    assert rel_err(y, y_ref) < TOL[real_dtype]
+    assert rel_err(x, x_ref if kind == "complex" else x_ref.real) < TOL[real_dtype]
+
+
+def test_scan_skip_hand_value(device):
+    # Ā = 0.5, B̄ = 1, C = 1, D = 2, u = [1, 0, 0]: x = [1, 0.5, 0.25], y = x + 2u = [3, 0.5, 0.25]
+    A_bar, B_bar, C = (torch.full((1, 1), v, dtype=torch.complex128, device=device) for v in (0.5, 1.0, 1.0))
+    u = torch.tensor([[[1.0], [0.0], [0.0]]], dtype=torch.float64, device=device)
+    D = torch.tensor([2.0], dtype=torch.float64, device=device)
+    want = torch.tensor([[[3.0], [0.5], [0.25]]], dtype=torch.float64, device=device)
+    for path in (ssm_scan_reference, ssm_scan_chunked):
+        y, x = path(u, A_bar, B_bar, C, D=D)
+        torch.testing.assert_close(y, want)
+        torch.testing.assert_close(x, torch.full((1, 1, 1), 0.25 + 0j, dtype=torch.complex128, device=device))
+
+
+@pytest.mark.parametrize("kind", ["complex", "real"])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize(("Bn", "L", "chunk_size"), [(1, 5, 8), (1, 64, 8), (2, 64, 64), (3, 77, 8), (2, 200, 64)])
+def test_scan_chunked_no_grad_branch_equals_autograd_branch(Bn, L, chunk_size, with_state, kind, device):
+    """The in-place branch (no input requires grad) and the autograd branch compute the same thing:
+    one chunk, several chunks, one or more sequences, a partial last chunk, with and without a state."""
+    A_bar, B_bar, C = make_params(H, N, torch.float64, kind, device)
+    u = torch.randn(Bn, L, H, dtype=torch.float64, device=device)
+    D = torch.randn(H, dtype=torch.float64, device=device)
+    state = make_state(Bn, A_bar) if with_state else None
+    y0, x0 = ssm_scan_chunked(u, A_bar, B_bar, C, state, chunk_size=chunk_size, D=D)  # no-grad branch
+    y1, x1 = ssm_scan_chunked(u.requires_grad_(), A_bar, B_bar, C, state, chunk_size=chunk_size, D=D)
+    assert y1.requires_grad and not y0.requires_grad
+    # both are float64 sums of the same terms in a different order (rounding only)
+    assert rel_err(y0, y1.detach()) < TOL64
+    assert rel_err(x0, x1.detach()) < TOL64
+    with torch.no_grad():  # grad mode off also takes the in-place branch
+        y2, _ = ssm_scan_chunked(u, A_bar, B_bar, C, state, chunk_size=chunk_size, D=D)
+    assert rel_err(y2, y1.detach()) < TOL64
+
+
+def test_scan_skip_gradients_equal_reference(device):
+    A_bar, B_bar, C = make_params(H, N, torch.float64, "complex", device)
+    u = torch.randn(Bsz, 77, H, dtype=torch.float64, device=device)
+    D = torch.randn(H, dtype=torch.float64, device=device)
+    gy = torch.randn(Bsz, 77, H, dtype=torch.float64, device=device)
+
+    def grads(path):
+        inputs = [t.clone().requires_grad_() for t in (u, D)]
+        y, _ = path(inputs[0], A_bar, B_bar, C, D=inputs[1])
+        return torch.autograd.grad((y * gy).sum(), inputs)
+
+    for g, g_ref in zip(grads(lambda *a, **k: ssm_scan_chunked(*a, chunk_size=8, **k)), grads(ssm_scan_reference)):
+        assert rel_err(g, g_ref) < TOL64
+    inputs = [t.clone().requires_grad_() for t in (u, A_bar, B_bar, C, D)]
+    assert torch.autograd.gradcheck(
+        lambda u_, a, b, c, d: ssm_scan_chunked(u_[:, :7, :2], a[:2], b[:2], c[:2], chunk_size=3, D=d[:2]), inputs
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
 # ssm_scan: gradients
 # ----------------------------------------------------------------------------------------------------
 
@@ -399,6 +473,23 @@ def test_scan_bad_inputs(change, match, device):
         for path in (ssm_final_state_reference, ssm_final_state_chunked):
             with pytest.raises(ValueError, match=match):
                 path(**args)
+
+
+@pytest.mark.parametrize(
+    ("D", "match"),
+    [
+        (lambda d: d[:2], r"D must be \(H,\) = \(3,\) \(from u\); got \(2,\)"),
+        (lambda d: d.float(), r"D must be real with u's dtype torch.float64; got torch.float32"),
+        (lambda d: d.to(torch.complex128), r"D must be real with u's dtype torch.float64; got torch.complex128"),
+    ],
+)
+def test_scan_bad_skip(D, match, device):
+    A_bar, B_bar, C = make_params(H, N, torch.float64, "complex", device)
+    u = torch.randn(Bsz, 13, H, dtype=torch.float64, device=device)
+    bad = D(torch.randn(H, dtype=torch.float64, device=device))
+    for path in (ssm_scan_reference, ssm_scan_chunked, ssm_scan):
+        with pytest.raises(ValueError, match=match):
+            path(u, A_bar, B_bar, C, D=bad)
 
 
 def test_bad_chunk_size(device):

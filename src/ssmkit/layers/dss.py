@@ -136,11 +136,11 @@ class DSS(LTILayer):
         u = x.to(self.D.dtype)
         A_bar, B_bar, W = self.discrete()
         if self.bidirectional:
-            y = diagonal_ssm_bidirectional(u, A_bar, B_bar, W)
+            y = diagonal_ssm_bidirectional(u, A_bar, B_bar, W) + self.D * u  # (B, L, H)
             h = None
         else:
-            y, h = diagonal_ssm(u, A_bar, B_bar, W[0], state)
-        return (y + self.D * u).to(x.dtype), h
+            y, h = diagonal_ssm(u, A_bar, B_bar, W[0], state, D=self.D)  # skip D folded into K_0
+        return y.to(x.dtype), h
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = x_t.to(self.D.dtype)

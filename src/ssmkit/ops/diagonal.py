@@ -42,21 +42,29 @@ def diagonal_ssm(
     B_bar: torch.Tensor,
     C: torch.Tensor,
     state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the diagonal SSM over a sequence, from ``state`` (zeros if None).
+
+    y_t = Re(Σ_n C_n x_{t,n}) + D u_t: the skip D enters the kernel as K_0 + D (the chunked scan's
+    Toeplitz diagonal, the FFT kernel's first tap), so it costs no separate pass over (B, L, H).
 
     Args:
         u: (B, L, H) real input.
         A_bar, B_bar, C: (H, M) complex (or all real).
         state: (B, H, M) state x_{-1} before the first input, or None.
+        D: (H,) real skip (u's dtype), or None for none.
 
     Returns:
-        y (B, L, H) without any skip term, and the final state x_{L-1} (B, H, M).
+        y (B, L, H) including the skip D u, and the final state x_{L-1} (B, H, M).
     """
     if get_backend() != "fft":
-        return ssm_scan(u, A_bar, B_bar, C, state)
+        return ssm_scan(u, A_bar, B_bar, C, state, D=D)
     L = u.shape[1]
-    y = causal_conv(u, diagonal_kernel(A_bar, B_bar, C, L))  # (B, L, H)
+    K = diagonal_kernel(A_bar, B_bar, C, L)  # (H, L)
+    if D is not None:
+        K = torch.cat([K[:, :1] + D[:, None], K[:, 1:]], dim=1)  # (H, L): K_0 + D
+    y = causal_conv(u, K)  # (B, L, H)
     if state is not None:
         y = y + initial_state_output(C, A_bar, state, L)  # (B, L, H)
     return y, ssm_final_state(u, A_bar, B_bar, state)

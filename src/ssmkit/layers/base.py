@@ -20,6 +20,7 @@ from typing import Callable, ClassVar, TypeVar, Union
 import torch
 from torch import nn
 
+from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
 from ssmkit.utils import check_floating, check_sequence
 
 State = Union[torch.Tensor, tuple["State", ...]]
@@ -183,6 +184,64 @@ class LTILayer(SequenceLayer):
     def state_space(self):  # -> ssmkit.analysis.StateSpace
         """The layer as a bank of discrete-time systems in the control convention."""
         raise NotImplementedError
+
+
+class DiagonalLTILayer(LTILayer):
+    """An LTI layer that is a bank of H diagonal SISO systems with M complex modes each:
+
+        x_t = Ā ⊙ x_{t-1} + B̄ u_t,   y_t = Re(Σ_n C_n x_{t,n}) + D u_t      (arXiv 2206.11893 §2)
+
+    Subclasses implement :meth:`discrete` and hold ``D`` (H,) and ``bidirectional``; the forward
+    (chunked scan or FFT convolution, see :mod:`ssmkit.ops.diagonal`), step, kernel, initial state and
+    state-space export are shared. Conjugate-pair layers (S4D) fold their factor 2 into C.
+    """
+
+    D: torch.Tensor
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ā (H, M) complex, B̄ (H, M) complex and C (C, H, M) complex with y = Re(Σ C x) + D u (C = 2 if bidirectional)."""
+        raise NotImplementedError
+
+    @property
+    def n_modes(self) -> int:
+        """M, the complex modes per channel (the state is (B, H, M))."""
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State | None]:
+        u = x.to(self.D.dtype)
+        A_bar, B_bar, C = self.discrete()
+        if self.bidirectional:
+            y = diagonal_ssm_bidirectional(u, A_bar, B_bar, C) + self.D * u  # (B, L, H)
+            return y.to(x.dtype), None
+        y, h = diagonal_ssm(u, A_bar, B_bar, C[0], state, D=self.D)  # (B, L, H); the skip rides on K_0
+        return y.to(x.dtype), h
+
+    def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        u = x_t.to(self.D.dtype)
+        A_bar, B_bar, C = self.discrete()
+        y, h = diagonal_ssm_step(u, A_bar, B_bar, C[0], state)  # (B, H)
+        return (y + self.D * u).to(x_t.dtype), h
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """Zeros (B, H, M), complex64 (complex128 for a float64 layer)."""
+        dtype = torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
+        return torch.zeros(batch_size, self.d_model, self.n_modes, dtype=dtype, device=self.D.device)
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """K_l = Re Σ_n C_n B̄_n Ā_n^l (the skip D not included): (H, L), or (2, H, L) when bidirectional."""
+        check_length(L)
+        A_bar, B_bar, C = self.discrete()
+        K = diagonal_kernel(A_bar, B_bar, C, L)  # (C, H, L)
+        return K if self.bidirectional else K[0]
+
+    def state_space(self):
+        """The layer as H real SISO systems with 2M states (a 2×2 rotation block per mode), control convention."""
+        from ssmkit.analysis.statespace import StateSpace
+
+        if self.bidirectional:
+            raise ValueError(f"a bidirectional {type(self).__name__} is not causal and has no state-space realisation")
+        A_bar, B_bar, C = self.discrete()
+        return StateSpace.from_diagonal(A_bar, B_bar, C[0], self.D, dt=1.0, conjugate_pairs=False)
 
 
 def _check_state_like(state: object, expected: State, origin: str, name: str) -> None:

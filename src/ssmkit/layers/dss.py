@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.base import (
-    LTILayer,
+    DiagonalLTILayer,
     check_choice,
     check_dt_range,
     check_even_state,
@@ -38,14 +38,13 @@ from ssmkit.layers.base import (
     register,
     register_ssm_parameter,
 )
-from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
 from ssmkit.ops.hippo import dss_eigenvalues
 
 VERSIONS = ("exp", "softmax")
 
 
 @register("dss")
-class DSS(LTILayer):
+class DSS(DiagonalLTILayer):
     """Diagonal state space layer (DSS), arXiv 2203.14343.
 
     Args:
@@ -132,42 +131,10 @@ class DSS(LTILayer):
             W_tilde = W * (A_bar - 1) * x.conj() / (x.abs() ** 2 + 1e-7)  # (C, H, M)
         return A_bar, torch.ones_like(A_bar), W_tilde
 
-    def _forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        u = x.to(self.D.dtype)
-        A_bar, B_bar, W = self.discrete()
-        if self.bidirectional:
-            y = diagonal_ssm_bidirectional(u, A_bar, B_bar, W) + self.D * u  # (B, L, H)
-            h = None
-        else:
-            y, h = diagonal_ssm(u, A_bar, B_bar, W[0], state, D=self.D)  # skip D folded into K_0
-        return y.to(x.dtype), h
-
-    def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u = x_t.to(self.D.dtype)
-        A_bar, B_bar, W = self.discrete()
-        y, h = diagonal_ssm_step(u, A_bar, B_bar, W[0], state)
-        return (y + self.D * u).to(x_t.dtype), h
-
-    def initial_state(self, batch_size: int) -> torch.Tensor:
-        """Zeros (B, H, M), complex64 (complex128 for a float64 layer)."""
-        dtype = torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
-        return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=dtype, device=self.D.device)
-
-    def kernel(self, L: int) -> torch.Tensor:
-        """K_l = Re Σ_n W̃_n e^{lΔλ_n}: (H, L), or (2, H, L) when bidirectional."""
-        check_length(L)
-        A_bar, B_bar, W = self.discrete()
-        K = diagonal_kernel(A_bar, B_bar, W, L)  # (C, H, L)
-        return K if self.bidirectional else K[0]
-
-    def state_space(self):
-        """The layer as H real SISO systems with 2M states (a 2×2 block per complex mode), control convention."""
-        from ssmkit.analysis.statespace import StateSpace
-
-        if self.bidirectional:
-            raise ValueError("a bidirectional DSS is not causal and has no state-space realisation")
-        A_bar, B_bar, W = self.discrete()
-        return StateSpace.from_diagonal(A_bar, B_bar, W[0], self.D, dt=1.0, conjugate_pairs=False)
+    @property
+    def n_modes(self) -> int:
+        """M = d_state / 2 complex modes per channel."""
+        return self.d_state // 2
 
     def extra_repr(self) -> str:
         return (

@@ -27,11 +27,10 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
 from ssmkit.ops.discretize import bilinear, zoh
 from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
 from ssmkit.layers.base import (
-    LTILayer,
+    DiagonalLTILayer,
     check_choice,
     check_dt_range,
     check_even_state,
@@ -46,7 +45,7 @@ DISCRETIZATIONS = ("zoh", "bilinear")
 
 
 @register("s4d")
-class S4D(LTILayer):
+class S4D(DiagonalLTILayer):
     """Diagonal state-space layer (S4D), arXiv 2206.11893.
 
     Args:
@@ -116,49 +115,17 @@ class S4D(LTILayer):
         self.D.copy_(torch.randn(H, dtype=torch.float64))
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ā (H, N/2) complex, B̄ (H, N/2) complex, and C (C, H, N/2) complex, C = 1 or 2 output channels."""
+        """Ā (H, M), B̄ (H, M) and 2C (C, H, M), complex, M = N/2: y = Re(Σ 2C x) + D u = 2 Re(Σ C x) + D u."""
         Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)  # (H, M)
         B = torch.view_as_complex(self.B)  # (H, M)
         dt = torch.exp(self.log_dt).unsqueeze(-1)  # (H, 1)
         A_bar, B_bar = (zoh if self.discretization == "zoh" else bilinear)(Lambda, B, dt)
-        return A_bar, B_bar, torch.view_as_complex(self.C)
+        return A_bar, B_bar, 2 * torch.view_as_complex(self.C)  # (H, M), (H, M), (C, H, M)
 
-    def _forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        u = x.to(self.D.dtype)
-        A_bar, B_bar, C = self.discrete()
-        if self.bidirectional:
-            y = diagonal_ssm_bidirectional(u, A_bar, B_bar, 2 * C) + self.D * u  # (B, L, H)
-            h = None
-        else:
-            y, h = diagonal_ssm(u, A_bar, B_bar, 2 * C[0], state, D=self.D)  # skip D folded into K_0
-        return y.to(x.dtype), h
-
-    def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u = x_t.to(self.D.dtype)
-        A_bar, B_bar, C = self.discrete()
-        y, h = diagonal_ssm_step(u, A_bar, B_bar, 2 * C[0], state)
-        return (y + self.D * u).to(x_t.dtype), h
-
-    def initial_state(self, batch_size: int) -> torch.Tensor:
-        """Zeros (B, H, N/2), complex64 (complex128 for a float64 layer)."""
-        dtype = torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
-        return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=dtype, device=self.D.device)
-
-    def kernel(self, L: int) -> torch.Tensor:
-        """K_l = 2 Re Σ_n C_n B̄_n Ā_n^l: (H, L), or (2, H, L) when bidirectional."""
-        check_length(L)
-        A_bar, B_bar, C = self.discrete()
-        K = diagonal_kernel(A_bar, B_bar, 2 * C, L)  # (C, H, L)
-        return K if self.bidirectional else K[0]
-
-    def state_space(self):
-        """The layer as H real SISO systems with N states (2×2 blocks per conjugate pair), control convention."""
-        from ssmkit.analysis.statespace import StateSpace
-
-        if self.bidirectional:
-            raise ValueError("a bidirectional S4D is not causal and has no state-space realisation")
-        A_bar, B_bar, C = self.discrete()
-        return StateSpace.from_diagonal(A_bar, B_bar, C[0], self.D, dt=1.0, conjugate_pairs=True)
+    @property
+    def n_modes(self) -> int:
+        """M = N/2 conjugate-pair modes per channel."""
+        return self.d_state // 2
 
     def extra_repr(self) -> str:
         return (

@@ -281,6 +281,23 @@ def test_dtypes_and_initial_state(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_autocast_keeps_the_core_in_float32(name):
+    # DESIGN.md: under autocast the SSM core still runs in float32; y comes back in x's dtype.
+    layer = layers.build(name, d_model=H, device=DEVICE)
+    x = torch.randn(2, 300, H, device=DEVICE)
+    with torch.no_grad():
+        y, h = layer(x)
+        with torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16):
+            y_amp, h_amp = layer(x)
+            y_bf16, _ = layer(x.to(torch.bfloat16))
+            y_t, _ = layer.step(x[:, 0].to(torch.bfloat16), layer.initial_state(2))
+    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < 1e-6  # same float32 arithmetic
+    assert state_err(h_amp, h) < 1e-6
+    assert y_bf16.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16
+    assert rel_err(y_bf16.float(), y) < 2e-2  # bf16 input and output rounding (8-bit mantissa)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_ssm_parameters_carry_optimizer_marks(name):
     layer = layers.build(name, d_model=H)
     marked = [n for n, p in layer.named_parameters() if hasattr(p, "_optim")]

@@ -118,3 +118,17 @@ def test_block_structure_and_batchnorm_step():
         Block(layer, norm="group")
     with pytest.raises(ValueError, match="dropout"):
         Block(layer, dropout=1.5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_runs_under_autocast(name):
+    torch.manual_seed(5)
+    model = SequenceModel(2, 8, 2, name, SMALL.get(name, {}), 3, head="regress", pool="last", device=DEVICE).eval()
+    x = torch.randn(2, 40, 2, device=DEVICE)
+    with torch.no_grad():
+        y, _ = model(x)
+        with torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16):
+            y_amp, states = model(x)
+    assert bool(torch.isfinite(y_amp).all())
+    assert rel_err(y_amp.float(), y) < 5e-2  # bf16 projections around a float32 SSM core
+    assert all(s.dtype == torch.complex64 for s in states)  # the SSM state stays complex64

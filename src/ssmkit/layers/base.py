@@ -208,19 +208,23 @@ class DiagonalLTILayer(LTILayer):
         raise NotImplementedError
 
     def _forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State | None]:
-        u = x.to(self.D.dtype)
-        A_bar, B_bar, C = self.discrete()
-        if self.bidirectional:
-            y = diagonal_ssm_bidirectional(u, A_bar, B_bar, C) + self.D * u  # (B, L, H)
-            return y.to(x.dtype), None
-        y, h = diagonal_ssm(u, A_bar, B_bar, C[0], state, D=self.D)  # (B, L, H); the skip rides on K_0
+        # the SSM core runs in the parameters' dtype, outside autocast (DESIGN.md: float32 under AMP)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            u = x.to(self.D.dtype)
+            A_bar, B_bar, C = self.discrete()
+            if self.bidirectional:
+                y = diagonal_ssm_bidirectional(u, A_bar, B_bar, C) + self.D * u  # (B, L, H)
+                return y.to(x.dtype), None
+            y, h = diagonal_ssm(u, A_bar, B_bar, C[0], state, D=self.D)  # (B, L, H); the skip rides on K_0
         return y.to(x.dtype), h
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        u = x_t.to(self.D.dtype)
-        A_bar, B_bar, C = self.discrete()
-        y, h = diagonal_ssm_step(u, A_bar, B_bar, C[0], state)  # (B, H)
-        return (y + self.D * u).to(x_t.dtype), h
+        with torch.autocast(device_type=x_t.device.type, enabled=False):
+            u = x_t.to(self.D.dtype)
+            A_bar, B_bar, C = self.discrete()
+            y, h = diagonal_ssm_step(u, A_bar, B_bar, C[0], state)  # (B, H)
+            y = y + self.D * u
+        return y.to(x_t.dtype), h
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """Zeros (B, H, M), complex64 (complex128 for a float64 layer)."""

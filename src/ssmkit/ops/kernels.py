@@ -24,6 +24,7 @@ import math
 import torch
 
 from ssmkit.ops.backend import get_backend, unavailable
+from ssmkit.ops.powers import power_table
 
 _REAL = (torch.float32, torch.float64)
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -76,23 +77,6 @@ def vandermonde_reference(W: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch
     return torch.stack(taps, dim=-1)  # (..., H, L)
 
 
-def _power_table(base: torch.Tensor, count: int) -> torch.Tensor:
-    """base^j for j = 0..count−1 by repeated doubling (each entry a product of O(log count) factors).
-
-    Args:
-        base: (H, N) real or complex.
-        count: number of powers, >= 1.
-
-    Returns:
-        (H, N, count) powers, same dtype as base.
-    """
-    table = torch.ones_like(base).unsqueeze(-1)  # (H, N, 1): base^0
-    while table.shape[-1] < count:
-        base_k = table[..., -1:] * base.unsqueeze(-1)  # (H, N, 1): base^k
-        table = torch.cat([table, table * base_k], dim=-1)  # (H, N, 2k): base^0 .. base^{2k−1}
-    return table[..., :count]
-
-
 def _block_size(L: int, batch: int) -> int:
     """Inner block T of the split l = q·T + r.
 
@@ -131,9 +115,9 @@ def vandermonde_gemm(W: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.Tens
     # 1. Power tables in double precision: Ā^r (r < T) and Ā^{qT} (q < Q).
     wide = torch.complex128 if A_bar.is_complex() else torch.float64
     A_wide = A_bar.to(wide)  # (H, N)
-    inner = _power_table(A_wide, T)  # (H, N, T): Ā^r
+    inner = power_table(A_wide, T)  # (H, N, T): Ā^r
     A_T = inner[..., -1] * A_wide  # (H, N): Ā^T
-    outer = _power_table(A_T, Q).to(A_bar.dtype)  # (H, N, Q): Ā^{qT}
+    outer = power_table(A_T, Q).to(A_bar.dtype)  # (H, N, Q): Ā^{qT}
     inner = inner.to(A_bar.dtype)
 
     # 2. Left factor X[h, b, q, n] = W[b, h, n] Ā[h, n]^{qT}, batch folded into the GEMM rows.

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops.backend import get_backend, unavailable
+from ssmkit.ops.powers import power_table
 from ssmkit.utils import check_floating
 
 _REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -191,24 +192,7 @@ def _powers(a: torch.Tensor, n: int) -> torch.Tensor:
     so float32 tables gave a state error ~L·eps (1.8e-5 at L = 4096 against 1.4e-6 for the loop).
     """
     wide = a.to(_WIDE.get(a.dtype, a.dtype))  # products in double precision, rounded once at the end
-    # the powers grow along a leading axis: cat there is one block copy (along the last axis it was
-    # an element-wise gather, 2 ms for (128, 32, 65) complex128)
-    base = wide
-    if torch.is_grad_enabled() and wide.requires_grad:
-        p = torch.ones_like(wide).unsqueeze(0)  # (1, ...)
-        while p.shape[0] < n:
-            p = torch.cat([p, p[: n - p.shape[0]] * base], dim=0)  # (min(2m, n), ...)
-            base = base * base
-    else:  # no graph: fill one buffer in place, no concatenations
-        p = wide.new_empty((n, *wide.shape))  # (n, ...)
-        p[0] = 1
-        m = 1
-        while m < n:
-            k = min(m, n - m)
-            torch.mul(p[:k], base, out=p[m : m + k])  # (k, ...): a^(m..m+k-1)
-            base = base * base
-            m += k
-    return p.to(a.dtype).movedim(0, -1)  # (..., n)
+    return power_table(wide, n).to(a.dtype)  # (..., n)
 
 
 def _int_power(a: torch.Tensor, n: int) -> torch.Tensor:

@@ -1,13 +1,61 @@
-"""Shared fixtures: the test device comes from SSMKIT_TEST_DEVICE (default cpu)."""
+"""Shared fixtures and helpers: the test device comes from SSMKIT_TEST_DEVICE (default cpu)."""
 
 import os
 
 import pytest
 import torch
 
+import ssmkit.layers as layers
 import ssmkit.ops as ops
+from ssmkit.layers.state import map_state
 
 DEVICE = torch.device(os.environ.get("SSMKIT_TEST_DEVICE", "cpu"))
+H = 3  # channels of the layer tests (distinct from B = 2 and the state sizes, so a swapped axis cannot broadcast)
+
+# Small per-layer options that keep the tests fast; the variants widen the grid (every init and discretisation of a
+# layer should appear). A layer not listed is tested with its defaults. The first variant is the layer's
+# representative in the tests that take one.
+VARIANTS: dict[str, list[dict]] = {
+    "s4d": [
+        {"d_state": 8, "init": "legs"},
+        {"d_state": 6, "init": "inv", "discretization": "bilinear"},
+        {"d_state": 4, "init": "lin"},
+        {"d_state": 8, "init": "real", "discretization": "bilinear"},
+    ],
+    "dss": [
+        {"d_state": 8, "version": "exp"},
+        {"d_state": 6, "version": "softmax", "l_max": 40},
+        {"d_state": 8, "version": "exp", "separate_dt": False},
+    ],
+    "s4": [
+        {"d_state": 8, "l_max": 32, "init": "legs"},
+        {"d_state": 8, "l_max": 16, "init": "legt"},
+        {"d_state": 6, "l_max": 32, "init": "lagt", "n_ssm": None},
+        {"d_state": 8, "l_max": 32, "init": "fout"},
+    ],
+}
+
+
+def variants(name: str) -> list[dict]:
+    """The option sets a layer is tested with."""
+    return VARIANTS.get(name, [{}])
+
+
+def make_layer(name: str, opts: dict | None = None, dtype: torch.dtype = torch.float64, seed: int = 1, **extra):
+    """Build layer ``name`` with d_model = H on the test device, from a fixed seed."""
+    torch.manual_seed(seed)
+    options = {**(variants(name)[0] if opts is None else opts), **extra}
+    return layers.build(name, d_model=H, device=DEVICE, dtype=dtype, **options)
+
+
+def run_steps(layer, x: torch.Tensor, state=None):
+    """Run ``layer.step`` over x (B, L, H) from ``state`` (zeros if None): (y (B, L, H), final state)."""
+    h = layer.initial_state(x.shape[0]) if state is None else state
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, h = layer.step(x[:, t], h)
+        ys.append(y_t)
+    return torch.stack(ys, dim=1), h
 
 
 @pytest.fixture
@@ -37,11 +85,7 @@ def leaves(state) -> list[torch.Tensor]:
     return [state]
 
 
-def state_map(fn, state):
-    """Apply ``fn`` to every tensor of a state, keeping its structure."""
-    if isinstance(state, tuple):
-        return tuple(state_map(fn, s) for s in state)
-    return fn(state)
+state_map = map_state
 
 
 def state_err(a, b) -> float:

@@ -40,6 +40,8 @@ def check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:
         raise ValueError(f"{name} must be (B, L, H) with H={d_model}; got shape {tuple(x.shape)}")
     if x.shape[1] == 0:
         raise ValueError(f"{name} must have length L >= 1; got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must have batch size B >= 1; got shape {tuple(x.shape)}")
     if x.shape[2] != d_model:
         raise ValueError(f"{name} must be (B, L, {d_model}) for d_model={d_model}; got {tuple(x.shape)}")
 
@@ -49,3 +51,22 @@ def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} has {bad} non-finite values (NaN or inf)")
+
+
+def check_finite_sequence(x: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` naming the first batch item and time step where the (B, L, H) ``x`` is NaN or inf.
+
+    Args:
+        x: (B, L, H) tensor (any floating dtype).
+        what: what ``x`` is, for the message (e.g. "the output of block 2").
+    """
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    first = bad.any(dim=2).nonzero()  # (K, 2): (b, t) pairs in row-major order
+    t = int(first[:, 1].min())  # the earliest time step over the batch
+    b = int(first[first[:, 1] == t][0, 0])
+    raise ValueError(
+        f"{what} is not finite (NaN or inf) from time step {t} on (first at batch item {b}, time step {t}; "
+        f"{int(bad.sum())} non-finite values in all)"
+    )

@@ -1,8 +1,9 @@
-"""The layer protocol of DESIGN.md, checked for every registered layer.
+"""The layer protocol of docs/design.md, checked for every registered layer.
 
-Parametrised over ``ssmkit.layers.available()``, so a new layer is tested the moment it registers:
-step = forward, chunked = one pass (outputs and gradients), causality, gradients of the fast paths
-= the reference path, exported state space = forward, bidirectional behaviour, bad inputs.
+Parametrised over ``ssmkit.layers.available()`` and each layer's declared capabilities and backends, so a new
+layer is tested the moment it registers: step = forward, chunked = one pass (outputs and gradients), causality,
+gradients of every backend = the reference backend, exported state space = forward, kernel = impulse response,
+bidirectional behaviour, the NotImplementedError of a missing capability, autocast.
 """
 
 from __future__ import annotations
@@ -14,84 +15,64 @@ import torch
 
 import ssmkit.layers as layers
 import ssmkit.ops as ops
-from tests.conftest import DEVICE, leaves, rel_err, state_err, state_map
+from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, run_steps, state_err, state_map, variants
 
 NAMES = layers.available()
-
-# Small per-layer options that keep the tests fast; variants widen the grid (every init and
-# discretisation of a layer should appear here). A layer not listed is tested with its defaults.
-VARIANTS: dict[str, list[dict]] = {
-    "s4d": [
-        {"d_state": 8, "init": "legs"},
-        {"d_state": 6, "init": "inv", "discretization": "bilinear"},
-        {"d_state": 4, "init": "lin"},
-        {"d_state": 8, "init": "real", "discretization": "bilinear"},
-    ],
-    "dss": [
-        {"d_state": 8, "version": "exp"},
-        {"d_state": 6, "version": "softmax", "l_max": 40},
-        {"d_state": 8, "version": "exp", "separate_dt": False},
-    ],
-    "s4": [
-        {"d_state": 8, "l_max": 32, "init": "legs"},
-        {"d_state": 8, "l_max": 16, "init": "legt"},
-        {"d_state": 6, "l_max": 32, "init": "lagt", "n_ssm": None},
-        {"d_state": 8, "l_max": 32, "init": "fout"},
-    ],
-}
-# S4-FouT keeps a mode with Re λ = -1e-4 (the official clamp of its zero real parts): converting between
-# C̃ and C loses ~4 digits there (1 - Ā^L ≈ L Δ 1e-4), so gradients of different algorithms agree to ~3e-6.
+# S4-FouT keeps a mode with Re λ = -1e-4 (the official clamp of its zero real parts): converting between C̃ and C
+# loses ~4 digits there (1 - Ā^L ≈ L Δ 1e-4), so gradients of different algorithms agree to ~3e-6.
 GRAD_TOL = {("s4", "fout"): 1e-5}
-CASES = [(name, opts) for name in NAMES for opts in VARIANTS.get(name, [{}])]
-IDS = [f"{name}-{i}" for name in NAMES for i in range(len(VARIANTS.get(name, [{}])))]
-H = 3
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}  # DESIGN.md rule 1: fp32 1e-5, fp64 1e-10 relative
+CASES = [(name, opts) for name in NAMES for opts in variants(name)]
+IDS = [f"{name}-{i}" for name in NAMES for i in range(len(variants(name)))]
+BACKEND_CASES = [
+    (name, opts, backend) for name, opts in CASES for backend in ("auto", *layers.layer_class(name).backends)
+]
+BACKEND_IDS = [f"{name}-{i}-{b}" for name in NAMES for i, _ in enumerate(variants(name))
+               for b in ("auto", *layers.layer_class(name).backends)]
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}  # docs/design.md rule 1: fp32 1e-5, fp64 1e-10 relative
 
 
-def make(name: str, opts: dict, dtype: torch.dtype = torch.float64, **extra) -> layers.SequenceLayer:
-    torch.manual_seed(1)
-    return layers.build(name, d_model=H, device=DEVICE, dtype=dtype, **{**opts, **extra})
-
-
-def run_steps(layer, x: torch.Tensor, state=None):
-    h = layer.initial_state(x.shape[0]) if state is None else state
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, h = layer.step(x[:, t], h)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1), h
-
-
-def supports(name: str, option: str) -> bool:
+def supports_option(name: str, option: str) -> bool:
     return option in inspect.signature(layers.layer_class(name)).parameters
 
 
-def test_registry_lists_the_core_layers():
+def test_registry_builds_every_layer_by_name():
     assert {"s4", "s4d", "dss"} <= set(NAMES)
-    assert NAMES == sorted(NAMES)
+    for name in NAMES:
+        layer = layers.build(name, d_model=H)
+        assert isinstance(layer, layers.SequenceLayer) and layer.name == name
+        assert layers.layer_class(name) is type(layer)
+    with pytest.raises(ValueError, match="already registered by"):
+        layers.register(NAMES[0])(type("Other", (layers.SequenceLayer,), {}))
 
 
-@pytest.mark.parametrize("backend", ["auto", "fft", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,opts", CASES, ids=IDS)
-def test_step_equals_forward(name, opts, dtype, backend):
-    layer = make(name, opts, dtype)
+@pytest.mark.parametrize("name,opts,backend", BACKEND_CASES, ids=BACKEND_IDS)
+def test_step_equals_forward(name, opts, backend, dtype):
+    layer = make_layer(name, opts, dtype)
     x = torch.randn(2, 37, H, device=DEVICE, dtype=dtype)
+    if not layer.supports("step"):
+        with pytest.raises(NotImplementedError, match="has no step"):
+            layer.step(x[:, 0], layer.initial_state(2))
+        return
     h0 = state_map(lambda t: t + 0.3 * torch.randn_like(t), layer.initial_state(2))  # nonzero start
-    with ops.use_backend(backend):
-        y, h = layer(x, h0)
-    y_step, h_step = run_steps(layer, x, h0)
+    with torch.no_grad():
+        with ops.use_backend(backend):
+            y, h = layer(x, h0)
+        y_step, h_step = run_steps(layer, x, h0)
     assert y.dtype == dtype and y.shape == x.shape
     assert rel_err(y, y_step) < TOL[dtype]
     assert state_err(h, h_step) < TOL[dtype]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", NAMES)
 def test_step_equals_forward_long(name, dtype):
-    # L = 4096 with each layer's default options (DESIGN.md rule 1 up to L = 4096).
+    # L = 4096 with each layer's default options (docs/design.md rule 1 up to L = 4096).
     torch.manual_seed(2)
     layer = layers.build(name, d_model=H, device=DEVICE, dtype=dtype)
+    if not layer.supports("step"):
+        pytest.skip(f"{name} has no step (tested in test_step_equals_forward)")
     x = torch.randn(1, 4096, H, device=DEVICE, dtype=dtype)
     with torch.no_grad():
         y, h = layer(x)
@@ -110,14 +91,15 @@ def test_smoke_long_sequence(name):
     assert all(bool(torch.isfinite(t).all()) for t in leaves(h))
 
 
-@pytest.mark.parametrize("backend", ["auto", "fft"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,opts", CASES, ids=IDS)
-def test_chunked_equals_one_pass(name, opts, dtype, backend):
-    layer = make(name, opts, dtype)
+@pytest.mark.parametrize("name,opts,backend", BACKEND_CASES, ids=BACKEND_IDS)
+def test_chunked_equals_one_pass(name, opts, backend, dtype):
+    layer = make_layer(name, opts, dtype)
     x = torch.randn(2, 50, H, device=DEVICE, dtype=dtype, requires_grad=True)
     with ops.use_backend(backend):
         y, h = layer(x)
+        y_no_state, none = layer(x, return_state=False)
+        assert none is None and torch.equal(y_no_state, y)  # skipping the final state changes nothing else
         for k in (1, 17, 49):
             y1, h1 = layer(x[:, :k])
             y2, h2 = layer(x[:, k:], h1)
@@ -135,7 +117,7 @@ def test_chunked_equals_one_pass(name, opts, dtype, backend):
 
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
 def test_causality(name, opts):
-    layer = make(name, opts)
+    layer = make_layer(name, opts)
     x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
     x2 = x.clone()
     x2[:, 17:] += torch.randn_like(x2[:, 17:])
@@ -148,8 +130,8 @@ def test_causality(name, opts):
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
-def test_fast_path_gradients_equal_reference(name, opts):
-    layer = make(name, opts)
+def test_every_backend_has_the_reference_gradients(name, opts):
+    layer = make_layer(name, opts)
     x = torch.randn(2, 21, H, device=DEVICE, dtype=torch.float64, requires_grad=True)
     h0 = state_map(lambda t: (0.5 * torch.randn_like(t)).requires_grad_(), layer.initial_state(2))
     params = [x, *leaves(h0), *layer.parameters()]
@@ -159,31 +141,40 @@ def test_fast_path_gradients_equal_reference(name, opts):
 
     with ops.use_backend("reference"):
         y_ref, h_ref = layer(x, h0)
-        loss = objective(y_ref, h_ref)
-        g_ref = torch.autograd.grad(loss, params)
-    for backend in ("auto", "fft"):
+        g_ref = torch.autograd.grad(objective(y_ref, h_ref), params)
+    for backend in ("auto", *layer.backends):
         with ops.use_backend(backend):
             y, h = layer(x, h0)
-            loss = objective(y, h)
-            grads = torch.autograd.grad(loss, params)
+            grads = torch.autograd.grad(objective(y, h), params)
         tol = GRAD_TOL.get((name, opts.get("init")), 1e-9)  # float64 paths agree to ~1e-12 otherwise
         for a, b in zip(grads, g_ref):
-            assert rel_err(a, b) < tol
+            assert rel_err(a, b) < tol, backend
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
 def test_gradcheck_fast_path(name, opts):
-    layer = make(name, opts)
+    layer = make_layer(name, opts)
     x = torch.randn(1, 9, H, device=DEVICE, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda inp: layer(inp)[0], (x,), atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_backend_for_the_layer_raises(name):
+    layer = make_layer(name)
+    missing = [b for b in ("reference", "chunked", "fft", "triton") if b not in layer.backends]
+    for backend in missing:
+        with ops.use_backend(backend), pytest.raises(RuntimeError, match=f"backend '{backend}' was forced"):
+            layer(torch.randn(2, 5, H, device=DEVICE, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
 def test_state_space_simulation_equals_forward(name, opts, dtype):
-    if not layers.layer_class(name).is_lti:
-        pytest.skip(f"{name} is not LTI: it has no state-space export")
-    layer = make(name, opts, dtype)
+    layer = make_layer(name, opts, dtype)
+    if not layer.supports("state_space"):
+        with pytest.raises(NotImplementedError, match="has no state space"):
+            layer.state_space()
+        return
     ss = layer.state_space()
     assert ss.nsystems * ss.ninputs == H and ss.nsystems * ss.noutputs == H
     x = torch.randn(2, 40, H, device=DEVICE, dtype=dtype)
@@ -193,28 +184,38 @@ def test_state_space_simulation_equals_forward(name, opts, dtype):
     assert rel_err(y, y_sim) < TOL[dtype]
 
 
+def _impulse_responses(L: int) -> torch.Tensor:
+    """x (H, L, H): sequence i has a unit impulse on channel i at t = 0."""
+    x = torch.zeros(H, L, H, device=DEVICE, dtype=torch.float64)
+    x[torch.arange(H), 0, torch.arange(H)] = 1
+    return x
+
+
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
-def test_kernel_is_impulse_response(name, opts):
-    layer_cls = layers.layer_class(name)
-    if not layer_cls.is_lti:
-        pytest.skip(f"{name} is not LTI")
-    layer = make(name, opts)
+def test_kernel_is_the_impulse_response(name, opts):
+    # y = K ⊛ u exactly (the skip is K's tap 0): the kernel equals the forward's and the exported system's
+    # response to unit impulses, read as (H_out, H_in, L) whether the layer is a SISO bank or MIMO.
+    layer = make_layer(name, opts)
     L = 25
-    impulse = torch.zeros(1, L, H, device=DEVICE, dtype=torch.float64)
-    impulse[:, 0] = 1
+    if not layer.supports("kernel"):
+        with pytest.raises(NotImplementedError, match="has no kernel"):
+            layer.kernel(L)
+        return
     with torch.no_grad():
-        y, _ = layer(impulse)
         K = layer.kernel(L)
-    assert K.shape == (H, L)
-    direct = K.clone()
-    direct[:, 0] += layer.D  # the skip acts at lag 0
-    assert rel_err(y[0].T, direct) < 1e-10
+        K = torch.diag_embed(K.transpose(0, 1)).permute(1, 2, 0) if K.dim() == 2 else K  # (H_out, H_in, L)
+        assert K.shape == (H, H, L)
+        impulses = _impulse_responses(L)
+        y, _ = layer(impulses)  # y[i, t, o] = K[o, i, t]
+        assert rel_err(y.permute(2, 0, 1), K) < 1e-10
+        if layer.supports("state_space"):
+            y_sim = layer.state_space().simulate(impulses.cpu())
+            assert rel_err(y_sim.permute(2, 0, 1), K) < 1e-10
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if supports(n, "bidirectional")])
+@pytest.mark.parametrize("name", [n for n in NAMES if supports_option(n, "bidirectional")])
 def test_bidirectional(name):
-    opts = VARIANTS.get(name, [{}])[0]
-    layer = make(name, opts, bidirectional=True)
+    layer = make_layer(name, bidirectional=True)
     x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
     y, h = layer(x)
     assert h is None and y.shape == x.shape
@@ -222,51 +223,25 @@ def test_bidirectional(name):
     x2[:, 20] += 1.0
     y2, _ = layer(x2)
     assert not torch.allclose(y[:, :20], y2[:, :20])  # the past sees the future
+    assert not layer.supports("step") and not layer.supports("state_space")
     with pytest.raises(NotImplementedError, match="inputs after t"):
-        layer.step(x[:, 0], layer.initial_state(2) if hasattr(layer, "initial_state") else None)
+        layer.step(x[:, 0], layer.initial_state(2))
     with pytest.raises(ValueError, match="no recurrent state"):
         layer(x, torch.zeros(1))
-    if layer.is_lti:
+    with pytest.raises(NotImplementedError, match="not causal"):
+        layer.state_space()
+    if layer.supports("kernel"):
         K = layer.kernel(30)
         assert K.shape == (2, H, 30)
-        # reference: y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s + D u_t
+        # reference: y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (the skip D is K0's tap 0)
         ref = torch.zeros_like(y)
         for t in range(30):
             for s in range(30):
                 k = K[0, :, t - s] if s <= t else K[1, :, s - t - 1]
                 ref[:, t] += k * x[:, s]
-        ref += layer.D * x
-        assert rel_err(y, ref) < 1e-10
-        with pytest.raises(ValueError, match="not causal"):
-            layer.state_space()
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_bad_inputs_raise_clear_errors(name):
-    layer = make(name, VARIANTS.get(name, [{}])[0])
-    with pytest.raises(ValueError, match=r"\(B, L, H\)"):
-        layer(torch.randn(5, H, dtype=torch.float64))
-    with pytest.raises(ValueError, match=rf"\(B, L, {H}\)"):
-        layer(torch.randn(2, 5, H + 1, dtype=torch.float64))
-    with pytest.raises(ValueError, match="length L >= 1"):
-        layer(torch.randn(2, 0, H, dtype=torch.float64))
-    with pytest.raises(ValueError, match="floating-point"):
-        layer(torch.ones(2, 5, H, dtype=torch.int64))
-    bad_state = torch.zeros(3, 1, dtype=torch.complex128)
-    with pytest.raises(ValueError, match="initial_state"):
-        layer(torch.randn(2, 5, H, dtype=torch.float64), bad_state)
-    with pytest.raises(ValueError, match=rf"\(B, {H}\)"):
-        layer.step(torch.randn(2, H + 2, dtype=torch.float64), layer.initial_state(2))
-    if supports(name, "init"):
-        with pytest.raises(ValueError, match="init must be one of"):
-            layers.build(name, d_model=H, init="no-such-init")
-    with pytest.raises(TypeError):
-        layers.build(name, d_model=H, no_such_option=1)
-
-
-def test_unknown_layer_name():
-    with pytest.raises(ValueError, match="available layers"):
-        layers.build("no-such-layer", d_model=4)
+        for backend in ("auto", *layer.backends):
+            with ops.use_backend(backend):
+                assert rel_err(layer(x)[0], ref) < 1e-10, backend
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -282,7 +257,7 @@ def test_dtypes_and_initial_state(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_autocast_keeps_the_core_in_float32(name):
-    # DESIGN.md: under autocast the SSM core still runs in float32; y comes back in x's dtype.
+    # docs/design.md: under autocast the SSM core still runs in float32; y comes back in x's dtype.
     layer = layers.build(name, d_model=H, device=DEVICE)
     x = torch.randn(2, 300, H, device=DEVICE)
     with torch.no_grad():
@@ -298,10 +273,11 @@ def test_autocast_keeps_the_core_in_float32(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_ssm_parameters_carry_optimizer_marks(name):
-    layer = layers.build(name, d_model=H)
-    marked = [n for n, p in layer.named_parameters() if hasattr(p, "_optim")]
-    assert marked, f"{name} marks no SSM parameter with _optim"
-    for n, p in layer.named_parameters():
-        if hasattr(p, "_optim"):
-            assert p._optim["weight_decay"] == 0.0 and p._no_reinit
+def test_capability_declarations_are_consistent(name):
+    cls = layers.layer_class(name)
+    layer = make_layer(name)
+    for capability in ("kernel", "state_space", "step"):
+        assert layer.supports(capability) == getattr(cls.capabilities, capability)  # unidirectional default
+    assert set(cls.backends) <= {"reference", "chunked", "fft", "triton"} and "reference" in cls.backends
+    with pytest.raises(ValueError, match="capability must be one of"):
+        layer.supports("teleport")

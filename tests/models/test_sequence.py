@@ -7,7 +7,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.layers import build
-from ssmkit.models import Block, SequenceModel
+from ssmkit.models import Block, SequenceModel, SequenceModelConfig
 from tests.conftest import DEVICE, rel_err, state_err
 
 NAMES = layers.available()
@@ -132,3 +132,96 @@ def test_model_runs_under_autocast(name):
     assert bool(torch.isfinite(y_amp).all())
     assert rel_err(y_amp.float(), y) < 5e-2  # bf16 projections around a float32 SSM core
     assert all(s.dtype == torch.complex64 for s in states)  # the SSM state stays complex64
+
+
+def test_config_round_trips_through_json_and_yaml(tmp_path):
+    model = SequenceModel(3, 8, 2, "s4", {"d_state": 4, "l_max": 16, "init": "legt"}, 5, head="regress", pool=None,
+                          norm="rms", dropout=0.1)
+    config = model.config
+    assert config == SequenceModelConfig(d_input=3, d_model=8, n_layers=2, layer="s4", d_output=5,
+                                         layer_options={"d_state": 4, "l_max": 16, "init": "legt"},
+                                         head="regress", pool=None, norm="rms", dropout=0.1)
+    for name in ("model.json", "model.yaml"):
+        config.save(tmp_path / name)
+        assert SequenceModelConfig.load(tmp_path / name) == config
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]  # atomic writes leave no temp file
+    torch.manual_seed(0)
+    twin = SequenceModel.from_config(SequenceModelConfig.from_json(config.to_json()))
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 7, 3)
+    model.eval(), twin.eval()
+    assert torch.equal(model(x)[0], twin(x)[0])
+    with pytest.raises(ValueError, match=r"unknown SequenceModelConfig keys \['n_layer'\]"):
+        SequenceModelConfig.from_dict({**config.to_dict(), "n_layer": 3})
+    with pytest.raises(ValueError, match=r"needs the keys \['layer'\]"):
+        SequenceModelConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "layer"})
+    with pytest.raises(ValueError, match=r"must end in .json, .yaml or .yml"):
+        config.save(tmp_path / "model.txt")
+
+
+def test_layer_options_default_to_none_and_parameters_are_counted():
+    model = SequenceModel(2, 8, 1, "s4d", d_output=3)
+    assert model.config.layer_options == {}
+    by_hand = sum(p.numel() for p in model.parameters())
+    assert model.num_parameters() == by_hand and f"parameters={by_hand:,}" in repr(model)
+    model.blocks[0].layer.D.requires_grad_(False)
+    assert model.num_parameters(trainable_only=True) == by_hand - 8
+    with pytest.raises(ValueError, match="d_output is required"):
+        SequenceModel(2, 8, 1, "s4d")
+    with pytest.raises(ValueError, match="n_layers must be a positive int"):
+        SequenceModel(2, 8, 0, "s4d", d_output=3)
+
+
+def test_return_state_false_skips_the_states():
+    model = model_for("s4", head="regress", pool=None)
+    x = torch.randn(2, 9, 2, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        y, states = model(x)
+        y2, none = model(x, return_state=False)
+    assert none is None and torch.equal(y, y2) and len(states) == 2
+
+
+def test_finite_check_names_the_first_bad_step():
+    model = SequenceModel(2, 4, 2, "s4d", {"d_state": 4}, 1, check_finite=True)
+    x = torch.randn(3, 1000, 2)
+    x[1, 900, 0] = float("nan")
+    with pytest.raises(ValueError, match="the input x is not finite .*batch item 1, time step 900"):
+        model(x)
+    with pytest.raises(ValueError, match="batch item 1"):
+        model.step(x[:, 900], model.initial_state(3))
+    unchecked = SequenceModel(2, 4, 2, "s4d", {"d_state": 4}, 1)
+    assert not bool(torch.isfinite(unchecked(x)[0]).all())  # without the check the NaN goes through silently
+    with torch.no_grad():
+        model.blocks[1].layer.C.fill_(float("inf"))  # a bad parameter: the input is fine, block 1's output is not
+    with pytest.raises(ValueError, match="the output of block 1 is not finite .*time step 0"):
+        model(torch.randn(2, 10, 2))
+
+
+class _Gated(layers.SequenceLayer):
+    """A toy mixer with its own gate: it declares no block activation and no output projection."""
+
+    block_defaults = layers.BlockDefaults(activation=None, mixer_out=None)
+
+    def __init__(self, d_model):
+        super().__init__()
+        self.d_model = d_model
+        self.gate = torch.nn.Linear(d_model, d_model)
+
+    def state_spec(self):
+        return layers.TensorSpec((self.d_model,), torch.float32)
+
+    def _forward(self, x, state, return_state):
+        return x * torch.sigmoid(self.gate(x)), (x[:, -1] if return_state else None)
+
+
+def test_block_reads_the_layer_defaults():
+    lti = Block(build("s4d", d_model=4, d_state=4))
+    assert isinstance(lti.activation, torch.nn.GELU) and isinstance(lti.out[1], torch.nn.GLU)
+    gated = Block(_Gated(4))
+    assert isinstance(gated.activation, torch.nn.Identity) and isinstance(gated.out, torch.nn.Identity)
+    forced = Block(_Gated(4), activation="tanh", mixer_out="linear")
+    assert isinstance(forced.activation, torch.nn.Tanh) and isinstance(forced.out, torch.nn.Linear)
+    x = torch.randn(2, 5, 4)
+    y, _ = gated(x)
+    z = gated.norm(x)
+    assert torch.allclose(y, x + z * torch.sigmoid(gated.layer.gate(z)))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssmkit.layers import build, register_ssm_parameter
+from ssmkit.layers import build, optim_marks, register_ssm_parameter
 from ssmkit.models import SequenceModel
 from ssmkit.train import param_groups
 
@@ -11,14 +11,15 @@ from ssmkit.train import param_groups
 def test_groups_follow_marks(capsys):
     model = SequenceModel(2, 8, 2, "s4d", {"d_state": 4, "lr": 1e-3}, 1)
     groups = param_groups(model, lr=1e-2, weight_decay=0.1, verbose=True)
-    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-2, 0.1), (1e-3, 0.0)]
-    ssm = {id(p) for p in groups[1]["params"]}
+    # decayed weights, then norms and biases without decay, then the SSM parameters with their marks
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-2, 0.1), (1e-2, 0.0), (1e-3, 0.0)]
+    ssm = {id(p) for p in groups[2]["params"]}
     for name, p in model.named_parameters():
         is_ssm = name.split(".")[-1] in {"log_dt", "log_A_real", "A_imag", "B"}
         assert (id(p) in ssm) == is_ssm, name
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     out = capsys.readouterr().out
-    assert out.count("param group") == 2 and "lr=0.001, weight_decay=0" in out
+    assert out.count("param group") == 3 and "lr=0.001, weight_decay=0" in out
     torch.optim.AdamW(groups)  # accepted by a real optimizer
 
 
@@ -32,7 +33,8 @@ def test_global_lr_mark_and_frozen_parameters():
     assert {"log_dt", "log_A_real", "A_imag", "B"} <= {n for n, _ in frozen.named_buffers()}
     module = torch.nn.Module()
     register_ssm_parameter(module, "w", torch.zeros(2), lr=2e-4, weight_decay=0.01)
-    assert module.w._optim == {"lr": 2e-4, "weight_decay": 0.01}
+    assert optim_marks(module) == {"w": {"lr": 2e-4, "weight_decay": 0.01}}
+    assert [(g["lr"], g["weight_decay"]) for g in param_groups(module, lr=1.0, weight_decay=0.5)] == [(2e-4, 0.01)]
 
 
 def test_bad_settings():

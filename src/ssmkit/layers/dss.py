@@ -1,46 +1,56 @@
 """DSS: "Diagonal State Spaces are as Effective as Structured State Spaces", arXiv 2203.14343.
 
-A bank of H SISO diagonal SSMs sharing M complex modes λ_n (no conjugate pairing: the output is the
-real part, with no factor 2, so the real-equivalent state size is ``d_state`` = 2M). With separate
-steps for the real and imaginary parts, Δλ := Δ_re Re λ + i Δ_im Im λ (1/λ uses the raw λ):
+A bank of H SISO diagonal SSMs sharing M complex modes λ_n (no conjugate pairing: the output is the real part, with
+no factor 2, so the real-equivalent state size is ``d_state`` = 2M). With separate steps for the real and imaginary
+parts, z_n := Δ_re Re λ_n + i Δ_im Im λ_n (and 1/λ uses the raw λ):
 
-    DSS-exp (§3.2, Re λ = -exp(·)):   K_l = Re Σ_n W_n (e^{Δλ_n} - 1)/λ_n · e^{lΔλ_n}
-    DSS-softmax (§3.2, Prop. 1):      K_l = Re Σ_n W_n (1/λ_n) e^{lΔλ_n} (e^{Δλ_n} - 1)/(e^{L_max Δλ_n} - 1)
+    DSS-exp (§3.2, Re λ = -exp(·)):   K_l = Re Σ_n W_n (e^{z_n} - 1)/λ_n · e^{l z_n}
+    DSS-softmax (§3.2, Prop. 1):      K_l = Re Σ_n W_n (1/λ_n) e^{l z_n} (e^{z_n} - 1)/(e^{L_max z_n} - 1)
     y = K ⊛ u + D u
 
-Both are the diagonal recurrence x_t = e^{Δλ} x_{t-1} + u_t, y_t = Re(Σ_n W̃_n x_{t,n}) + D u_t with
-W̃ the factor in front of e^{lΔλ}, which gives the step and the state-space views exactly.
+Both are the diagonal recurrence x_t = e^{z} x_{t-1} + u_t, y_t = Re(Σ_n W̃_n x_{t,n}) + D u_t with W̃ the factor in
+front of e^{l z}, which gives the step and the state-space views exactly. e^{z} - 1 is evaluated as z·φ(z) with
+φ(z) = (e^z - 1)/z by its series near 0 (the direct difference loses every digit as Δ → 0: at Δ = 1e-6 a float32
+kernel was 0.5-6 % off the float64 one; with φ it stays at float32 rounding).
 
-Initialisation: λ = the eigenvalues with positive imaginary part of the skew part of HiPPO-LegS(2M),
-minus ½ (shared by all channels); W real and imaginary parts each N(0, 1); D ~ N(0, 1);
-log Δ ~ U[log dt_min, log dt_max] per channel, the same draw for the real and imaginary steps.
+Initialisation: λ = the eigenvalues with positive imaginary part of the skew part of HiPPO-LegS(2M), minus ½
+(shared by all channels); W real and imaginary parts each N(0, 1); D ~ N(0, 1); log Δ ~ U[log dt_min, log dt_max]
+per channel, the same draw for the real and imaginary steps.
 
-Choices (docs/design.md): the softmax normalisation length is fixed at ``l_max`` (the official code
-normalises by the length of each input; the two agree when L = l_max). With it fixed the layer is a
-genuine LTI system, so step, chunked forward and any length L work; a mode with Re(Δλ) > 0 makes the
-recurrent state grow like e^{t Re Δλ}, which stays finite while l_max·Re(Δλ) < 88 (float32).
-The official 1/(λ(e^{LΔλ} - 1)) is regularised as conj(x)/(|x|² + 1e-7); we keep that.
+Choices (docs/design.md): the softmax normalisation length is fixed at ``l_max`` (the official code normalises by
+the length of each input; the two agree when L = l_max). With it fixed the layer is a genuine LTI system, so step,
+chunked forward and any length L work; a mode with Re(z) > 0 makes the recurrent state grow like e^{t Re z}, which
+stays finite while l_max·Re(z) < 88 (float32). The official 1/(λ(e^{L z} - 1)) is regularised as
+conj(x)/(|x|² + 1e-7); we keep that. W is trained like S4D's C and S4's C̃ (global lr and weight decay; the official
+DSS gives it lr 1e-3 and no decay), so that swapping the layer name compares like with like.
+
+Non-finite inputs spread from the first bad step (step, reference), from the start of its 64-step chunk (chunked
+scan) or over the whole sequence (FFT path).
 """
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
-from ssmkit.layers.base import (
-    DiagonalLTILayer,
+from ssmkit.layers.checks import (
     check_choice,
     check_dt_range,
     check_even_state,
     check_length,
-    log_uniform_log_dt,
-    register,
-    register_ssm_parameter,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
 )
+from ssmkit.layers.diagonal import DiagonalLTILayer
+from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.registry import register
+from ssmkit.ops.discretize import _expm1_over_z
 from ssmkit.ops.hippo import dss_eigenvalues
 
 VERSIONS = ("exp", "softmax")
+_SOFTMAX_EPS = 1e-7  # the official regulariser of 1/(λ(e^{L z} - 1))
 
 
 @register("dss")
@@ -49,23 +59,25 @@ class DSS(DiagonalLTILayer):
 
     Args:
         d_model: H, the number of channels (one SISO system each).
-        d_state: real-equivalent state size N = 2M for M complex modes (the paper's N is M:
-            its default N = 64 is ``d_state=128``); even.
-        version: ``"exp"`` -- Re λ = -exp(·), plain ZOH kernel (DSS-exp); ``"softmax"`` -- λ free,
-            kernel normalised over the length ``l_max`` (DSS-softmax; needs ``l_max``).
+        d_state: real-equivalent state size N = 2M for M complex modes (the paper's N counts complex modes: its
+            N = 64 is ``d_state=128``); even. The default 64 matches S4 and S4D.
+        version: ``"exp"`` -- Re λ = -exp(·), plain ZOH kernel (DSS-exp); ``"softmax"`` -- λ free, kernel
+            normalised over the length ``l_max`` (DSS-softmax; needs ``l_max``).
         l_max: normalisation length of DSS-softmax (ignored by DSS-exp).
         dt_min, dt_max: range of the log-uniform initial step size Δ.
         separate_dt: separate steps for the real and imaginary parts of λ (the paper's default).
-        lr: learning rate of Δ, λ and W (weight decay 0, as in the official code); ``None`` =
-            the global lr, ``0.0`` = frozen.
+        lr: learning rate of Δ and λ (weight decay 0); ``None`` = the global lr, ``0.0`` = frozen.
         bidirectional: add an anti-causal kernel with its own W (no ``step`` then).
-        device, dtype: of the parameters.
+        device, dtype: of the parameters (dtype real: float32 or float64).
+
+    Parameters: ``log_dt`` (H, 2) or (H, 1); ``log_A_real`` (M,) = log(-Re λ) for DSS-exp, ``A_real`` (M,) = Re λ for
+    DSS-softmax (it may turn positive); ``A_imag`` (M,); ``W`` (C, H, M, 2) (complex as a real pair); ``D`` (H,).
     """
 
     def __init__(
         self,
         d_model: int,
-        d_state: int = 128,
+        d_state: int = 64,
         version: str = "exp",
         l_max: int | None = None,
         dt_min: float = 1e-3,
@@ -86,7 +98,7 @@ class DSS(DiagonalLTILayer):
         self.separate_dt = separate_dt
         self.lr = lr
         self.bidirectional = bidirectional
-        check_length(d_model, "d_model")
+        check_positive_int(d_model, "d_model")
         check_even_state(d_state, "2 x the number of complex modes")
         check_choice(version, VERSIONS, "version")
         if version == "softmax":
@@ -94,13 +106,14 @@ class DSS(DiagonalLTILayer):
                 raise ValueError("version='softmax' normalises the kernel over l_max: give l_max (an int >= 1)")
             check_length(l_max, "l_max")
         check_dt_range(dt_min, dt_max)
-        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        check_lr(lr)
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
         H, M = d_model, d_state // 2
         register_ssm_parameter(self, "log_dt", torch.empty(H, 2 if separate_dt else 1, **factory), lr)
-        # DSS-exp stores log(-Re λ); DSS-softmax stores Re λ itself (it may become positive).
-        register_ssm_parameter(self, "Lambda_real", torch.empty(M, **factory), lr)
-        register_ssm_parameter(self, "Lambda_imag", torch.empty(M, **factory), lr)
-        register_ssm_parameter(self, "W", torch.empty(2 if bidirectional else 1, H, M, 2, **factory), lr)
+        real_name = "log_A_real" if version == "exp" else "A_real"
+        register_ssm_parameter(self, real_name, torch.empty(M, **factory), lr)
+        register_ssm_parameter(self, "A_imag", torch.empty(M, **factory), lr)
+        self.W = nn.Parameter(torch.empty(2 if bidirectional else 1, H, M, 2, **factory))
         self.D = nn.Parameter(torch.empty(H, **factory))
         self.reset_parameters()
 
@@ -108,27 +121,36 @@ class DSS(DiagonalLTILayer):
     def reset_parameters(self) -> None:
         """Draw every parameter from the initialisation of the paper (the only re-init path)."""
         Lambda = dss_eigenvalues(self.d_state // 2)  # (M,) complex128
-        self.Lambda_real.copy_(torch.log(-Lambda.real) if self.version == "exp" else Lambda.real)
-        self.Lambda_imag.copy_(Lambda.imag)
+        if self.version == "exp":
+            self.log_A_real.copy_(torch.log(-Lambda.real))
+        else:
+            self.A_real.copy_(Lambda.real)
+        self.A_imag.copy_(Lambda.imag)
         log_dt = log_uniform_log_dt((self.d_model, 1), self.dt_min, self.dt_max)  # one draw for re and im
         self.log_dt.copy_(log_dt.expand_as(self.log_dt))
         self.W.copy_(torch.randn(self.W.shape, dtype=torch.float64))
         self.D.copy_(torch.randn(self.d_model, dtype=torch.float64))
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Ā = e^{Δλ} (H, M), B̄ = 1 (H, M), and W̃ (C, H, M), all complex."""
-        re = -torch.exp(self.Lambda_real) if self.version == "exp" else self.Lambda_real
-        Lambda = torch.complex(re, self.Lambda_imag)  # (M,)
+        """Ā = e^{z} (H, M), B̄ = 1 (H, M), and W̃ (C, H, M), all complex.
+
+        DSS-exp: W̃ = W (e^z - 1)/λ = W φ(z) (z/λ); DSS-softmax: W̃ = W (e^z - 1) conj(x)/(|x|² + 1e-7) with
+        x = λ (e^{L z} - 1) = λ L z φ(L z), L = l_max; φ(z) = (e^z - 1)/z evaluated stably near 0.
+        """
+        re = -torch.exp(self.log_A_real) if self.version == "exp" else self.A_real  # (M,)
+        Lambda = torch.complex(re, self.A_imag)  # (M,)
         dt = torch.exp(self.log_dt)  # (H, 2) or (H, 1)
         dt_re, dt_im = dt[:, :1], dt[:, -1:]  # (H, 1) each
-        dtLambda = torch.complex(dt_re * re, dt_im * self.Lambda_imag)  # (H, M)
-        A_bar = torch.exp(dtLambda)  # (H, M)
+        z = torch.complex(dt_re * re, dt_im * self.A_imag)  # (H, M): Δλ with separate steps
+        A_bar = torch.exp(z)  # (H, M)
         W = torch.view_as_complex(self.W)  # (C, H, M)
         if self.version == "exp":
-            W_tilde = W * (A_bar - 1) / Lambda  # (C, H, M)
+            W_tilde = W * _expm1_over_z(z) * (z / Lambda)  # (C, H, M): W (e^z - 1)/λ
         else:
-            x = Lambda * (torch.exp(self.l_max * dtLambda) - 1)  # (H, M): λ (e^{L Δλ} - 1)
-            W_tilde = W * (A_bar - 1) * x.conj() / (x.abs() ** 2 + 1e-7)  # (C, H, M)
+            Lz = self.l_max * z  # (H, M)
+            x = Lambda * Lz * _expm1_over_z(Lz)  # (H, M): λ (e^{L z} - 1)
+            A_bar_minus_1 = z * _expm1_over_z(z)  # (H, M): e^z - 1 without cancellation
+            W_tilde = W * A_bar_minus_1 * x.conj() / (x.abs() ** 2 + _SOFTMAX_EPS)  # (C, H, M)
         return A_bar, torch.ones_like(A_bar), W_tilde
 
     @property

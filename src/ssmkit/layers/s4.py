@@ -10,11 +10,11 @@ holds N/2 complex modes x (the kept half of N/2 conjugate pairs; N = ``d_state``
     K_l = C_trueᵀ Ā^l B̄,         y = K ⊛ u + D ⊙ u                                  (eq. 4-5)
 
 The kernel is computed by Algorithm 1 (Cauchy sums + Woodbury + inverse FFT, :func:`ssmkit.ops.cauchy.dplr_kernel`)
-from the trainable C̃ = (I - Ā^{L_k})ᵀ C_true, where L_k (buffer ``l_kernel``) is the length C̃ is attuned to
+from the trainable C̃ = (I - Ā^{L_k})ᵀ C_true, where L_k is the length C̃ is attuned to (``l_max``, see below)
 (unconjugated transpose: the convention y = Cᵀx; the paper's (I - Ā^L)*C belongs to its y = C*x convention).
-``step`` runs the exact bilinear recurrence in O(N) per channel (D = (2/Δ - Λ)⁻¹, E = 2/Δ + Λ):
+``step`` runs the exact bilinear recurrence in O(N) per channel (R = (2/Δ - Λ)⁻¹, E = 2/Δ + Λ):
 
-    v = E⊙x - P(P*x) + 2B u,    x' = D⊙v - (D⊙P)(I + P*(D⊙P))⁻¹ P*(D⊙v),    y = 2 Re Σ C_true x' + D u
+    v = E⊙x - P(P*x) + 2B u,    x' = R⊙v - (R⊙P)(I + P*(R⊙P))⁻¹ P*(R⊙v),    y = 2 Re Σ C_true x' + D u
 
 with every P*v over the full state equal to 2 Re Σ_half P̄ v. It does NOT diagonalise Ā (the official default,
 which drifts away from the convolution), so step == forward to rounding (float32 1e-5, float64 1e-10).
@@ -34,39 +34,49 @@ Choices and departures (each one documented in docs/design.md):
   class default; its layer config uses softplus instead). Complex parameters are stored as real (..., 2) views.
 - ``n_ssm`` = 1 (official config) ties Λ, P, B across channels (channel h uses copy h mod n_ssm); Δ, C̃ and D are
   per channel. Δ, Λ, P, B carry the optimiser marks (lr ``lr``, weight decay 0); C̃ and D are plain parameters.
-- C ~ CN(0, 1) (real and imaginary parts N(0, ½)) is converted ONCE, in the constructor, to C̃ = (I - Ā^{l_max})ᵀ C
-  (float64). A longer input doubles the attuned length in place (under no_grad): C̃ ← (I + Ā^{L_k})ᵀ C̃,
-  L_k ← 2 L_k, until L_k >= L (as the official code; it changes C̃'s value, so do it before building an optimizer
-  if sequences longer than ``l_max`` are expected, and do not run a longer forward between a forward and its
-  backward). ``step`` recovers C_true by solving (I - Ā^{L_k})ᵀ C_true = C̃ (dense, float64).
+- C ~ CN(0, 1) (real and imaginary parts N(0, ½)) is converted once, in ``reset_parameters``, to the trainable
+  C̃ = (I - Ā^{l_max})ᵀ C (float64): C̃ is attuned to ``l_max``, a fixed constructor option. An input longer than
+  ``l_max`` uses C̃ attuned to L_k = l_max·2^k >= L, computed functionally in each call by the doubling
+  C̃_{2K} = (I + Ā^K)ᵀ C̃_K (dense float64 products, differentiable): ``forward`` never writes to a parameter, so a
+  layer is safe to call from several threads and at several lengths within one autograd graph. (The official code
+  rewrites C̃ in place instead, which races between threads and corrupts gradients across lengths.) Inputs longer
+  than ``l_max`` cost the O(H N³ log(L/l_max)) doubling on every call: set ``l_max`` to the longest length you use.
+  ``step`` and ``state_space`` recover C_true by solving (I - Ā^{l_max})ᵀ C_true = C̃ (dense, float64).
 - Precision: the kernel is computed in float64/complex128 for every layer dtype and then cast. With Re λ ≈ -1e-4
   (LegT/LagT/FouT) the Woodbury step cancels large Cauchy sums: a complex64 kernel is off by up to ~3e-4 relative
   (LegS: ~1e-6), which breaks step == forward at 1e-5. The real-basis Ā, B̄ (for the final state) and C_true are
   formed in float64. ``step`` computes in float64 and rounds the state once per step to the layer's complex dtype
   (a float32 step drifts by 6e-6 relative over 4096 LegS steps and 7e-5 for LagT; 2e-7 and 1e-6 this way).
   Under autocast the SSM core runs in the parameters' dtype and y is cast back to x's dtype.
-- ``step`` caches its coefficients while the parameters (their ``_version``) and l_kernel are unchanged and no
-  gradient is needed; with grad enabled it recomputes them each call (a dense float64 solve), so run generation
-  under ``torch.no_grad()``.
+- ``step`` caches its coefficients while the parameters keep their values (compared by value, so fused optimizers
+  and ``.data`` edits are seen: :class:`ssmkit.layers.cache.ValueCache`) and no gradient is needed; with grad
+  enabled it recomputes them each call (a dense float64 solve), so run generation under ``torch.no_grad()``.
+- Backends: ``"fft"`` (and ``"auto"``) = DPLR kernel + FFT convolution; ``"reference"`` = the step loop.
+- Non-finite inputs: the FFT convolution spreads a NaN/inf at any time step over the whole output (t = 0 on).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ssmkit.layers.base import (
-    LTILayer,
+from ssmkit.layers.cache import ValueCache
+from ssmkit.layers.checks import (
     check_choice,
     check_dt_range,
     check_even_state,
     check_length,
-    log_uniform_log_dt,
-    register,
-    register_ssm_parameter,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
 )
-from ssmkit.ops.backend import get_backend
+from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.registry import register
+from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.cauchy import dplr_kernel
 from ssmkit.ops.dense import dense_final_state
 from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
@@ -101,13 +111,13 @@ def _from_real_row(c: Tensor) -> Tensor:
 
 
 @register("s4")
-class S4(LTILayer):
+class S4(SequenceLayer):
     """Structured state-space layer with a DPLR state matrix (S4), arXiv 2111.00396.
 
     Args:
         d_model: H, the number of channels (one SISO system each).
         d_state: N, the real-equivalent state size per channel (N/2 conjugate-pair modes); even, >= 2.
-        l_max: initial attuned kernel length L_k (C̃ is attuned to it; longer inputs double it).
+        l_max: the length C̃ is attuned to (inputs up to l_max are cheapest; longer ones cost a doubling per call).
         init: HiPPO matrix of the initialisation, one of
             ``"legs"`` -- scaled Legendre (rank-1 correction, Re λ = -½; the paper's default);
             ``"legt"`` -- translated Legendre (rank-2 correction, Re λ clamped to -1e-4);
@@ -121,6 +131,9 @@ class S4(LTILayer):
         B_clip: bound on |Im B̃| at init (official 2.0), or None for no clip.
         device, dtype: of the parameters (dtype real: float32 or float64).
     """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
+    backends: ClassVar[tuple[str, ...]] = ("reference", "fft")
 
     def __init__(
         self,
@@ -148,7 +161,7 @@ class S4(LTILayer):
         self.lr = lr
         self.bidirectional = bidirectional
         self.B_clip = B_clip
-        check_length(d_model, "d_model")
+        check_positive_int(d_model, "d_model")
         check_even_state(d_state, "N/2 conjugate pairs")
         check_length(l_max, "l_max")
         check_choice(init, INITS, "init")
@@ -157,14 +170,10 @@ class S4(LTILayer):
             raise ValueError(f"n_ssm must be a positive int dividing d_model, or None; got {n_ssm!r}")
         if n_ssm is not None and d_model % n_ssm:
             raise ValueError(f"d_model must be divisible by n_ssm; got d_model={d_model}, n_ssm={n_ssm}")
-        if lr is not None and not lr >= 0:
-            raise ValueError(f"lr must be a float >= 0 or None; got {lr!r}")
+        check_lr(lr)
         if B_clip is not None and not B_clip > 0:
             raise ValueError(f"B_clip must be a positive float or None; got {B_clip!r}")
-        dtype = dtype or torch.get_default_dtype()
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
         H, M, G, r = d_model, d_state // 2, n_ssm or d_model, RANK[init]
         register_ssm_parameter(self, "log_dt", torch.empty(H, **factory), lr)
         register_ssm_parameter(self, "log_A_real", torch.empty(G, M, **factory), lr)
@@ -173,8 +182,7 @@ class S4(LTILayer):
         register_ssm_parameter(self, "B", torch.empty(G, M, 2, **factory), lr)
         self.C_tilde = nn.Parameter(torch.empty(2 if bidirectional else 1, H, M, 2, **factory))
         self.D = nn.Parameter(torch.empty(H, **factory))
-        self.register_buffer("l_kernel", torch.tensor(l_max, dtype=torch.long, device=device))
-        self._step_cache: tuple[tuple, tuple[Tensor, ...]] | None = None
+        self._step_cache: ValueCache = ValueCache()
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ class S4(LTILayer):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Draw every parameter from the paper's initialisation (the only re-init path); l_kernel = l_max."""
+        """Draw every parameter from the paper's initialisation (the only re-init path)."""
         H, M = self.d_model, self.d_state // 2
         G = self.log_A_real.shape[0]
         init = nplr(self.init, self.d_state, self.B_clip)  # Lambda (M,), P (r, M), B (M,), complex128
@@ -194,13 +202,12 @@ class S4(LTILayer):
         log_dt = log_uniform_log_dt((H,), self.dt_min, self.dt_max)
         self.log_dt.copy_(log_dt)
         self.D.copy_(torch.randn(H, dtype=_F64))
-        self.l_kernel.fill_(self.l_max)
         C = torch.randn(self.C_tilde.shape[:-1], dtype=_C128).to(self.D.device)  # (C, H, N/2): CN(0, 1)
         A_bar, _ = self._real_system()
         A_L = torch.linalg.matrix_power(A_bar, self.l_max)  # (H, N, N)
         c = _to_real_row(C)  # (C, H, N)
         self.C_tilde.copy_(torch.view_as_real(_from_real_row(c - torch.einsum("hmn,chm->chn", A_L, c))))  # (I - Ā^L)ᵀ C
-        self._step_cache = None
+        self._step_cache.clear()
 
     def _ssm(self, real: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(Λ (H, N/2), P (r, H, N/2), B (H, N/2)) complex and Δ (H,) real in precision ``real``, differentiable."""
@@ -240,47 +247,45 @@ class S4(LTILayer):
         return torch.view_as_complex(self.C_tilde.to(_F64))
 
     def _C_true(self) -> Tensor:
-        """C_true (C, H, N/2) complex128, solving (I - Ā^{L_k})ᵀ C_true = C̃ (in the real basis, float64)."""
+        """C_true (C, H, N/2) complex128, solving (I - Ā^{l_max})ᵀ C_true = C̃ (in the real basis, float64)."""
         A_bar, _ = self._real_system()
-        A_L = torch.linalg.matrix_power(A_bar, int(self.l_kernel))  # (H, N, N)
+        A_L = torch.linalg.matrix_power(A_bar, self.l_max)  # (H, N, N)
         eye = torch.eye(A_bar.shape[-1], dtype=_F64, device=A_bar.device)  # (N, N)
         c_t = _to_real_row(self._C_tilde())  # (C, H, N)
         return _from_real_row(torch.linalg.solve((eye - A_L).mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
 
-    @torch.no_grad()
-    def _attune(self, L: int) -> None:
-        """Double the attuned length until l_kernel >= L: C̃ ← (I + Ā^{L_k})ᵀ C̃, L_k ← 2 L_k (in place)."""
-        if int(self.l_kernel) >= L:
-            return
+    def _attuned_C_tilde(self, L: int) -> tuple[Tensor, int]:
+        """C̃ attuned to L_k = l_max·2^k >= L (k >= 0 smallest), computed functionally: (C, H, N/2) complex128 and L_k.
+
+        C̃_{2K} = (I + Ā^K)ᵀ C̃_K (arXiv 2111.00396 §3.3: the generating function of length 2K from that of length K),
+        in the real basis and float64; differentiable, and the stored parameter is never written.
+        """
+        C_t = self._C_tilde()  # (C, H, N/2)
+        L_k = self.l_max
+        if L <= L_k:
+            return C_t, L_k
         A_bar, _ = self._real_system()
-        A_pow = torch.linalg.matrix_power(A_bar, int(self.l_kernel))  # (H, N, N): Ā^{L_k}
-        c = _to_real_row(self._C_tilde())  # (C, H, N)
-        while int(self.l_kernel) < L:
+        A_pow = torch.linalg.matrix_power(A_bar, L_k)  # (H, N, N): Ā^{L_k}
+        c = _to_real_row(C_t)  # (C, H, N)
+        while L_k < L:
             c = c + torch.einsum("hmn,chm->chn", A_pow, c)  # (I + Ā^{L_k})ᵀ C̃: (C, H, N)
-            A_pow = A_pow @ A_pow  # (H, N, N): Ā^{2 L_k}
-            self.l_kernel.mul_(2)
-        self.C_tilde.copy_(torch.view_as_real(_from_real_row(c)))
+            L_k *= 2
+            if L_k < L:
+                A_pow = A_pow @ A_pow  # (H, N, N): Ā^{2 L_k}
+        return _from_real_row(c), L_k
 
     # ------------------------------------------------------------------------------------------------------------
     # Kernel and forward
 
-    def kernel(self, L: int) -> Tensor:
-        """The convolution kernel K_l = C_trueᵀ Ā^l B̄, l < L (arXiv 2111.00396 Alg. 1), in the layer's dtype.
-
-        Computed in float64 at the attuned length l_kernel (doubled first if L > l_kernel) and truncated to L.
-
-        Args:
-            L: kernel length, >= 1.
-
-        Returns:
-            (H, L) real, or (2, H, L) when bidirectional (causal kernel, then the anti-causal one whose tap 0
-            acts at lag -1).
-        """
-        check_length(L)
-        self._attune(L)
+    def _kernel(self, L: int) -> Tensor:
+        """K_l = C_trueᵀ Ā^l B̄ + D δ_l, l < L (arXiv 2111.00396 Alg. 1), computed in float64 at the attuned length
+        L_k >= L and truncated; (H, L) or (2, H, L) in the layer's dtype (see ``SequenceLayer.kernel``)."""
         Lambda, P, B, dt = self._ssm(_F64)
-        K = dplr_kernel(Lambda, P, B[None], self._C_tilde(), dt, int(self.l_kernel))  # (1, C, H, L_k)
-        K = K[0, :, :, :L].to(self.D.dtype)  # (C, H, L)
+        C_t, L_k = self._attuned_C_tilde(L)
+        K = dplr_kernel(Lambda, P, B[None], C_t, dt, L_k)[0, :, :, :L]  # (C, H, L)
+        skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
+        skip[0, :, 0] = self.D
+        K = torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1).to(self.D.dtype)  # (C, H, L): D on the causal tap 0
         return K if self.bidirectional else K[0]
 
     def _state_input(self, s: Tensor, Lambda: Tensor, P: Tensor, dt: Tensor) -> Tensor:
@@ -289,26 +294,29 @@ class S4(LTILayer):
         low_rank = (P[None] * P_s[..., None]).sum(1)  # (B, r, H, N/2) -> (B, H, N/2)
         return s / dt[:, None] + 0.5 * (Lambda * s - low_rank)  # (B, H, N/2)
 
-    def _forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _forward(self, x: Tensor, state: Tensor | None, return_state: bool) -> tuple[Tensor, Tensor | None]:
+        backend = self._backend()
         real = self.D.dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with float32_core(x.device.type):
             u = x.to(real)  # (B, L, H)
             L = u.shape[1]
-            self._attune(L)  # on every backend, so that C̃ means the same after any forward
-            if get_backend() == "reference" and not self.bidirectional:  # the oracle; a two-sided layer has no
-                return self._forward_by_steps(u, state, x.dtype)  # recurrence: its reference is the dense kernel
+            if backend == "reference" and not self.bidirectional:  # the oracle; a two-sided layer has no
+                return self._forward_by_steps(u, state, x.dtype, return_state)  # recurrence: its reference is the dense kernel
             Lambda, P, B, dt = self._ssm(_F64)
+            C_t, L_k = self._attuned_C_tilde(L)
             B_in = B[None]  # (1, H, N/2)
             if state is not None:
                 B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
                 B_in = torch.cat([B_in, B_s], dim=0)  # (1 + B, H, N/2)
-            K = dplr_kernel(Lambda, P, B_in, self._C_tilde(), dt, int(self.l_kernel))  # (S, C, H, L_k)
+            K = dplr_kernel(Lambda, P, B_in, C_t, dt, L_k)  # (S, C, H, L_k)
             K = K[..., :L].to(real)  # (S, C, H, L)
             if self.bidirectional:
                 return (bidirectional_conv(u, K[0]) + self.D * u).to(x.dtype), None
             y = causal_conv(u, K[0, 0]) + self.D * u  # (B, L, H)
             if state is not None:
                 y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
+            if not return_state:
+                return y.to(x.dtype), None
             A_z, B_z = self._real_system()  # float64: the op forms its power tables before rounding
             z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
             z = dense_final_state(u, A_z, B_z, z0)  # (B, H, N) in u's precision
@@ -318,52 +326,48 @@ class S4(LTILayer):
     # ------------------------------------------------------------------------------------------------------------
     # Recurrence
 
-    def _step_key(self) -> tuple:
-        tensors = (self.log_dt, self.log_A_real, self.A_imag, self.P, self.B, self.C_tilde)
-        return tuple((t.data_ptr(), t._version) for t in tensors) + (int(self.l_kernel), self.D.dtype)
-
     def _step_coefficients(self) -> tuple[Tensor, ...]:
-        """(D (H, N/2), E (H, N/2), P (r, H, N/2), D⊙P (r, H, N/2), 2B (H, N/2), C_true (H, N/2)) complex128 and
-        (I + P*(D⊙P))⁻¹ (H, r, r) float64; cached while the parameters and l_kernel are unchanged and no gradient
-        is needed (recomputed, differentiably, when one is)."""
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        key = self._step_key()
-        if not needs_grad and self._step_cache is not None and self._step_cache[0] == key:
-            return self._step_cache[1]
-        with torch.set_grad_enabled(needs_grad):
-            Lambda, P, B, dt = self._ssm(_F64)
-            D = 1 / (2 / dt[:, None] - Lambda)  # (H, N/2)
-            E = 2 / dt[:, None] + Lambda  # (H, N/2)
-            DP = D * P  # (r, H, N/2)
-            Y = 2 * torch.einsum("jhm,ihm->hji", P.conj(), DP).real  # (H, r, r): Y[j, i] = P_j* D P_i
-            Y_inv = _small_inverse(torch.eye(P.shape[0], dtype=_F64, device=Y.device) + Y)  # (H, r, r)
-            C_true = self._C_true()[0]  # (H, N/2)
-            coeffs = (D, E, P, DP, 2 * B, C_true, Y_inv)
-        if not needs_grad:
-            self._step_cache = (key, coeffs)
-        return coeffs
+        """(R (H, N/2), E (H, N/2), P (r, H, N/2), R⊙P (r, H, N/2), 2B (H, N/2), C_true (H, N/2)) complex128 and
+        (I + P*(R⊙P))⁻¹ (H, r, r) float64, with R = (2/Δ - Λ)⁻¹ and E = 2/Δ + Λ; cached while the parameters keep their
+        values and no gradient is needed (recomputed, differentiably, when one is)."""
+        tensors = [*self.parameters(), *self.buffers()]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self._compute_step_coefficients()
+        return self._step_cache.get(tensors, self._compute_step_coefficients)
+
+    def _compute_step_coefficients(self) -> tuple[Tensor, ...]:
+        Lambda, P, B, dt = self._ssm(_F64)
+        R = 1 / (2 / dt[:, None] - Lambda)  # (H, N/2)
+        E = 2 / dt[:, None] + Lambda  # (H, N/2)
+        RP = R * P  # (r, H, N/2)
+        Y = 2 * torch.einsum("jhm,ihm->hji", P.conj(), RP).real  # (H, r, r): Y[j, i] = P_j* R P_i
+        Y_inv = _small_inverse(torch.eye(P.shape[0], dtype=_F64, device=Y.device) + Y)  # (H, r, r)
+        C_true = self._C_true()[0]  # (H, N/2)
+        return (R, E, P, RP, 2 * B, C_true, Y_inv)
 
     @staticmethod
     def _recur(u: Tensor, x: Tensor, coeffs: tuple[Tensor, ...], D_skip: Tensor) -> tuple[Tensor, Tensor]:
         """One bilinear DPLR step on the half state: u (B, H) real, x (B, H, N/2) complex -> y (B, H), x'."""
-        D, E, P, DP, B2, C, Y_inv = coeffs
+        R, E, P, RP, B2, C, Y_inv = coeffs
         P_x = 2 * torch.einsum("ihm,bhm->bih", P.conj(), x).real  # (B, r, H)
         v = E * x - (P[None] * P_x[..., None]).sum(1) + B2 * u[..., None]  # (B, H, N/2)
-        Dv = D * v  # (B, H, N/2)
-        P_Dv = 2 * torch.einsum("ihm,bhm->bih", P.conj(), Dv).real  # (B, r, H)
-        coef = torch.einsum("hij,bjh->bih", Y_inv, P_Dv)  # (B, r, H)
-        x_new = Dv - (DP[None] * coef[..., None]).sum(1)  # (B, r, H, N/2) -> (B, H, N/2)
+        Rv = R * v  # (B, H, N/2)
+        P_Rv = 2 * torch.einsum("ihm,bhm->bih", P.conj(), Rv).real  # (B, r, H)
+        coef = torch.einsum("hij,bjh->bih", Y_inv, P_Rv)  # (B, r, H)
+        x_new = Rv - (RP[None] * coef[..., None]).sum(1)  # (B, r, H, N/2) -> (B, H, N/2)
         y = 2 * torch.einsum("hm,bhm->bh", C, x_new).real + D_skip * u  # (B, H)
         return y, x_new
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         # In float64 whatever the layer's dtype: the state is rounded once per step (a float32 step accumulates
         # 6e-6 relative error in the state over 4096 LegS steps, 7e-5 for LagT; 2e-7 and 1e-6 in float64).
-        with torch.autocast(device_type=x_t.device.type, enabled=False):
+        with float32_core(x_t.device.type):
             y, h = self._recur(x_t.to(_F64), state.to(_C128), self._step_coefficients(), self.D.to(_F64))
         return y.to(x_t.dtype), h.to(state.dtype)
 
-    def _forward_by_steps(self, u: Tensor, state: Tensor | None, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def _forward_by_steps(
+        self, u: Tensor, state: Tensor | None, out_dtype: torch.dtype, return_state: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """The oracle forward of the "reference" backend: the O(N) step over the sequence (as ``step``)."""
         h = self.initial_state(u.shape[0]) if state is None else state
         coeffs, D_skip = self._step_coefficients(), self.D.to(_F64)
@@ -372,40 +376,34 @@ class S4(LTILayer):
             y_t, h_t = self._recur(u[:, t].to(_F64), h.to(_C128), coeffs, D_skip)
             h = h_t.to(h.dtype)
             ys.append(y_t)
-        return torch.stack(ys, dim=1).to(out_dtype), h  # (B, L, H)
+        return torch.stack(ys, dim=1).to(out_dtype), (h if return_state else None)  # (B, L, H)
 
-    def initial_state(self, batch_size: int) -> Tensor:
-        """Zeros (B, H, N/2), complex64 (complex128 for a float64 layer), on the layer's device."""
-        dtype = torch.complex128 if self.D.dtype == _F64 else torch.complex64
-        return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=dtype, device=self.D.device)
+    def state_spec(self) -> TensorSpec:
+        """The kept half x of the conjugate-pair state: (H, N/2) complex64 (complex128 for a float64 layer)."""
+        return TensorSpec((self.d_model, self.d_state // 2), torch.complex128 if self.D.dtype == _F64 else torch.complex64)
+
+    def state_device(self) -> torch.device:
+        return self.D.device
 
     # ------------------------------------------------------------------------------------------------------------
     # Analysis
 
-    def state_space(self):  # -> ssmkit.analysis.StateSpace
+    def _state_space(self):  # -> ssmkit.analysis.StateSpace
         """The layer as H real SISO systems with N states (basis z = [Re x, Im x]), control convention.
 
-        Returns a ``StateSpace`` with A (H, N, N), B (H, N, 1), C (H, 1, N), D (H, 1, 1), dt = 1 (one sample);
-        raises ``ValueError`` for a bidirectional layer.
-
+        Returns a ``StateSpace`` with A (H, N, N), B (H, N, 1), C (H, 1, N), D (H, 1, 1), dt = 1 (one sample).
         Ā, B̄ in the real basis z = [Re x, Im x] (see ``_real_system``), output row [2 Re C_true, -2 Im C_true],
         mapped by ``StateSpace.from_ssm`` (A = Ā, B = B̄, C' = CĀ, D' = D + CB̄). Computed in float64.
         """
         from ssmkit.analysis.statespace import StateSpace
 
-        if self.bidirectional:
-            raise ValueError(
-                "S4(bidirectional=True) is not causal (its output depends on later inputs), so it has no causal "
-                "state-space realisation"
-            )
-        with torch.no_grad():
-            A_z, B_z = self._real_system()
-            C_z = _to_real_row(self._C_true()[0])  # (H, N)
-            D = self.D.to(_F64)
-            return StateSpace.from_ssm(A_z, B_z[..., None], C_z[:, None, :], D[:, None, None], dt=1.0)
+        A_z, B_z = self._real_system()
+        C_z = _to_real_row(self._C_true()[0])  # (H, N)
+        D = self.D.to(_F64)
+        return StateSpace.from_ssm(A_z, B_z[..., None], C_z[:, None, :], D[:, None, None], dt=1.0)
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_state={self.d_state}, l_max={self.l_max}, init={self.init!r}, "
-            f"n_ssm={self.n_ssm}, bidirectional={self.bidirectional}, l_kernel={int(self.l_kernel)}"
+            f"n_ssm={self.n_ssm}, bidirectional={self.bidirectional}"
         )

@@ -29,16 +29,11 @@ from torch import nn
 
 from ssmkit.ops.discretize import bilinear, zoh
 from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
-from ssmkit.layers.base import (
-    DiagonalLTILayer,
-    check_choice,
-    check_dt_range,
-    check_even_state,
-    check_length,
-    log_uniform_log_dt,
-    register,
-    register_ssm_parameter,
-)
+from ssmkit.layers.checks import check_choice, check_dt_range, check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.diagonal import DiagonalLTILayer
+from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.registry import register
 
 INITS = ("legs", "inv", "lin", "real")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -85,12 +80,13 @@ class S4D(DiagonalLTILayer):
         self.dt_max = dt_max
         self.lr = lr
         self.bidirectional = bidirectional
-        check_length(d_model, "d_model")
+        check_positive_int(d_model, "d_model")
         check_even_state(d_state, "N/2 conjugate pairs")
         check_choice(init, INITS, "init")
         check_choice(discretization, DISCRETIZATIONS, "discretization")
         check_dt_range(dt_min, dt_max)
-        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        check_lr(lr)
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
         H, M = d_model, d_state // 2
         n_out = 2 if bidirectional else 1
         register_ssm_parameter(self, "log_dt", torch.empty(H, **factory), lr)

@@ -1,12 +1,14 @@
 """The residual block around a sequence layer: the deep Wiener structure.
 
-An LTI layer followed by a static nonlinearity and a linear skip is a Wiener system; a stack of
-such blocks is a deep Wiener model (Bonassi et al., arXiv 2312.06211). The block computes
+An LTI layer followed by a static nonlinearity and a linear skip is a Wiener system; a stack of such blocks is a
+deep Wiener model (Bonassi et al., arXiv 2312.06211). The block computes
 
     prenorm:   y = x + Dropout(Out(σ(Layer(Norm(x)))))
     postnorm:  y = Norm(x + Dropout(Out(σ(Layer(x)))))
 
-with Out a GLU (Linear H→2H then a_1 ⊙ sigmoid(a_2), the S4 default), a Linear H→H, or nothing.
+with Out a GLU (Linear H→2H then a_1 ⊙ sigmoid(a_2), the S4 default), a Linear H→H, or nothing. By default σ and
+Out are what the layer declares (``layer.block_defaults``): LTI layers get GELU and a GLU, mixers that carry their
+own gates and projections (Mamba, Hawk, ...) get neither.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssmkit.layers.base import SequenceLayer, State, check_choice
+from ssmkit.layers.checks import check_choice
+from ssmkit.layers.protocol import SequenceLayer
+from ssmkit.layers.state import State
 
 NORMS = ("layer", "batch", "rms", None)
-ACTIVATIONS = ("gelu", "silu", "relu", "tanh", None)
-MIXER_OUTS = ("glu", "linear", None)
+ACTIVATIONS = ("auto", "gelu", "silu", "relu", "tanh", None)
+MIXER_OUTS = ("auto", "glu", "linear", None)
 
 
 class _BatchNorm(nn.BatchNorm1d):
@@ -30,7 +34,8 @@ class _BatchNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
-def _make_norm(norm: str | None, H: int, device, dtype) -> nn.Module:
+def make_norm(norm: str | None, H: int, device, dtype) -> nn.Module:
+    """The normalisation module named ``norm`` (one of ``NORMS``) over H channels (identity for None)."""
     if norm == "layer":
         return nn.LayerNorm(H, device=device, dtype=dtype)
     if norm == "rms":
@@ -49,11 +54,13 @@ class Block(nn.Module):
 
     Args:
         layer: the sequence-mixing layer (its ``d_model`` sets the width H).
-        norm: ``"layer"`` (LayerNorm), ``"batch"`` (BatchNorm over channels; ``step`` only in eval
-            mode, where it is a fixed affine map), ``"rms"`` (RMSNorm) or None.
+        norm: ``"layer"`` (LayerNorm), ``"batch"`` (BatchNorm over channels; ``step`` only in eval mode, where it
+            is a fixed affine map), ``"rms"`` (RMSNorm) or None.
         prenorm: normalise the block input (True) or the residual sum (False).
-        activation: ``"gelu"``, ``"silu"``, ``"relu"``, ``"tanh"`` or None, applied to the layer output.
-        mixer_out: ``"glu"`` (Linear H→2H + GLU), ``"linear"`` (Linear H→H) or None.
+        activation: ``"auto"`` (the layer's ``block_defaults``), ``"gelu"``, ``"silu"``, ``"relu"``, ``"tanh"`` or
+            None, applied to the layer output.
+        mixer_out: ``"auto"`` (the layer's ``block_defaults``), ``"glu"`` (Linear H→2H + GLU), ``"linear"``
+            (Linear H→H) or None.
         dropout: dropout probability after the output projection.
         device, dtype: of the block's own parameters (norm and projection).
     """
@@ -63,8 +70,8 @@ class Block(nn.Module):
         layer: SequenceLayer,
         norm: str | None = "layer",
         prenorm: bool = True,
-        activation: str | None = "gelu",
-        mixer_out: str | None = "glu",
+        activation: str | None = "auto",
+        mixer_out: str | None = "auto",
         dropout: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -75,12 +82,15 @@ class Block(nn.Module):
         check_choice(mixer_out, MIXER_OUTS, "mixer_out")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        defaults = layer.block_defaults
+        activation = defaults.activation if activation == "auto" else activation
+        mixer_out = defaults.mixer_out if mixer_out == "auto" else mixer_out
         self.layer = layer
         self.norm_name = norm
         self.prenorm = prenorm
         H = layer.d_model
         self.d_model = H
-        self.norm = _make_norm(norm, H, device, dtype)
+        self.norm = make_norm(norm, H, device, dtype)
         self.activation = _make_activation(activation)
         if mixer_out == "glu":
             self.out = nn.Sequential(nn.Linear(H, 2 * H, device=device, dtype=dtype), nn.GLU(dim=-1))
@@ -90,10 +100,12 @@ class Block(nn.Module):
             self.out = nn.Identity()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State | None]:
-        """x (B, L, H) -> (y (B, L, H), final state of the layer)."""
+    def forward(
+        self, x: torch.Tensor, state: State | None = None, return_state: bool = True
+    ) -> tuple[torch.Tensor, State | None]:
+        """x (B, L, H) -> (y (B, L, H), final state of the layer, or None when ``return_state`` is False)."""
         z = self.norm(x) if self.prenorm else x
-        z, state = self.layer(z, state)
+        z, state = self.layer(z, state, return_state=return_state)
         y = x + self.dropout(self.out(self.activation(z)))  # (B, L, H)
         return (y if self.prenorm else self.norm(y)), state
 
@@ -107,5 +119,5 @@ class Block(nn.Module):
         return (y if self.prenorm else self.norm(y)), state
 
     def initial_state(self, batch_size: int) -> State:
-        """The layer's zero state."""
+        """The layer's zero state for ``batch_size`` sequences."""
         return self.layer.initial_state(batch_size)

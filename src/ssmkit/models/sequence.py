@@ -1,7 +1,8 @@
 """SequenceModel: encoder -> residual blocks -> pooling -> head, with the same three views as a layer.
 
-``forward(x, state)`` runs whole sequences, ``step(x_t, state)`` one time step, and
-``initial_state(batch_size)`` gives the zero state of every block (a list, one entry per block).
+``forward(x, state)`` runs whole sequences, ``step(x_t, state)`` one time step, and ``initial_state(batch_size)``
+gives the zero state of every block (a list, one entry per block). ``SequenceModel.from_config`` builds a model from
+a :class:`SequenceModelConfig`, and ``model.config`` gives it back.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssmkit.layers.base import build, check_choice
+from ssmkit.layers.checks import check_choice, check_positive_int
+from ssmkit.layers.registry import build
 from ssmkit.models.block import Block
-from ssmkit.utils import check_floating
+from ssmkit.models.config import SequenceModelConfig
+from ssmkit.utils import check_floating, check_finite_sequence
 
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
@@ -27,18 +30,21 @@ class SequenceModel(nn.Module):
         d_model: width H of every block.
         n_layers: number of blocks.
         layer: registered layer name (see ``ssmkit.layers.available()``).
-        layer_options: keyword arguments of the layer's constructor, passed in one hop (``d_model``
-            is set by the model).
-        d_output: output size (classes, regression targets, or vocabulary for ``"lm"``).
-        head: ``"classify"`` (logits), ``"regress"`` (values) or ``"lm"`` (per-step logits over the
-            vocabulary; needs ``pool=None``).
+        layer_options: keyword arguments of the layer's constructor, passed in one hop (``d_model``, ``device`` and
+            ``dtype`` are set by the model); None or {} = the layer's defaults.
+        d_output: output size (classes, regression targets, or vocabulary for ``"lm"``); required.
+        head: ``"classify"`` (logits), ``"regress"`` (values) or ``"lm"`` (per-step logits over the vocabulary;
+            needs ``pool=None``).
         pool: ``"mean"`` over time, ``"last"`` time step, or None (per-step outputs).
         vocab_size: if given, inputs are token ids (B, L) embedded by ``nn.Embedding``.
-        norm, prenorm, activation, mixer_out, dropout: block options (see :class:`Block`).
+        norm, prenorm, activation, mixer_out, dropout: block options (see :class:`Block`; ``"auto"`` activation and
+            output projection are the layer's declared defaults).
+        check_finite: check the input and every block's output for NaN/inf and raise ``ValueError`` naming the
+            first bad batch item and time step (off by default: it costs a pass over every activation).
         device, dtype: of all parameters.
 
-    ``step`` returns the head applied to the current time step (what ``pool="last"`` or
-    ``pool=None`` gives at that step); a ``pool="mean"`` model's running mean is not formed.
+    ``step`` returns the head applied to the current time step (what ``pool="last"`` or ``pool=None`` gives at that
+    step); a ``pool="mean"`` model's running mean is not formed. ``num_parameters()`` counts the parameters.
     """
 
     def __init__(
@@ -47,34 +53,44 @@ class SequenceModel(nn.Module):
         d_model: int,
         n_layers: int,
         layer: str,
-        layer_options: dict[str, Any] | None,
-        d_output: int,
+        layer_options: dict[str, Any] | None = None,
+        d_output: int | None = None,
         head: str = "classify",
         pool: str | None = "mean",
         vocab_size: int | None = None,
         norm: str | None = "layer",
         prenorm: bool = True,
-        activation: str | None = "gelu",
-        mixer_out: str | None = "glu",
+        activation: str | None = "auto",
+        mixer_out: str | None = "auto",
         dropout: float = 0.0,
+        check_finite: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if d_output is None:
+            raise ValueError("d_output is required: the number of classes, regression targets or vocabulary entries")
+        for name, value in (("d_input", d_input), ("d_model", d_model), ("n_layers", n_layers), ("d_output", d_output)):
+            check_positive_int(value, name)
         check_choice(head, HEADS, "head")
         check_choice(pool, POOLS, "pool")
         if head == "lm" and pool is not None:
             raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1; got {n_layers}")
         options = dict(layer_options or {})
-        if "d_model" in options:
-            raise ValueError("layer_options must not set d_model: the model sets it from its own d_model")
+        for key in ("d_model", "device", "dtype"):
+            if key in options:
+                raise ValueError(f"layer_options must not set {key}: the model sets it from its own {key}")
+        self._config = SequenceModelConfig(
+            d_input=d_input, d_model=d_model, n_layers=n_layers, layer=layer, d_output=d_output,
+            layer_options=options, head=head, pool=pool, vocab_size=vocab_size, norm=norm, prenorm=prenorm,
+            activation=activation, mixer_out=mixer_out, dropout=dropout, check_finite=check_finite,
+        )
         self.d_input = d_input
         self.d_model = d_model
         self.vocab_size = vocab_size
         self.head_name = head
         self.pool = pool
+        self.check_finite = check_finite
         factory = {"device": device, "dtype": dtype}
         if vocab_size is not None:
             self.encoder: nn.Module = nn.Embedding(vocab_size, d_model, **factory)
@@ -95,6 +111,33 @@ class SequenceModel(nn.Module):
         self.final_norm = nn.LayerNorm(d_model, **factory) if (prenorm and norm is not None) else nn.Identity()
         self.head = nn.Linear(d_model, d_output, **factory)
 
+    @classmethod
+    def from_config(
+        cls, config: SequenceModelConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> "SequenceModel":
+        """Build the model a :class:`SequenceModelConfig` describes.
+
+        Args:
+            config: the configuration.
+            device, dtype: of all parameters.
+
+        Returns:
+            the model.
+        """
+        return cls(**config.to_dict(), device=device, dtype=dtype)
+
+    @property
+    def config(self) -> SequenceModelConfig:
+        """The configuration this model was built from (a copy)."""
+        return SequenceModelConfig.from_dict(self._config.to_dict())
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """The number of parameters (each shared tensor once); only those with ``requires_grad`` if asked."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def extra_repr(self) -> str:
+        return f"layer={self._config.layer!r}, parameters={self.num_parameters():,}"
+
     def _encode(self, x: torch.Tensor, per_step: bool) -> torch.Tensor:
         rank = 1 if per_step else 2
         if self.vocab_size is not None:
@@ -106,38 +149,48 @@ class SequenceModel(nn.Module):
         want = f"(B, {self.d_input})" if per_step else f"(B, L, {self.d_input})"
         if x.dim() != rank + 1 or x.shape[-1] != self.d_input or (not per_step and x.shape[1] == 0):
             raise ValueError(f"x must be {want} for d_input={self.d_input}; got {tuple(x.shape)}")
+        if self.check_finite:
+            check_finite_sequence(x if not per_step else x[:, None], "the input x")
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+    def forward(
+        self, x: torch.Tensor, state: list | None = None, return_state: bool = True
+    ) -> tuple[torch.Tensor, list | None]:
         """Run whole sequences.
 
         Args:
             x: (B, L, d_input) real, or (B, L) token ids when ``vocab_size`` is set.
             state: list of per-block states (from ``initial_state``, ``step`` or ``forward``), or None.
+            return_state: compute and return the final block states (False skips that work; training needs none).
 
         Returns:
-            out: (B, d_output) when pooled, else (B, L, d_output); and the list of final block states.
+            out: (B, d_output) when pooled, else (B, L, d_output); and the list of final block states (None when
+            ``return_state`` is False).
         """
         h = self._encode(x, per_step=False)  # (B, L, H)
-        states = self._check_states(state, h.shape[0])
+        states = self._check_states(state)
         new_states = []
-        for block, s in zip(self.blocks, states):
-            h, s = block(h, s)
+        for i, (block, s) in enumerate(zip(self.blocks, states)):
+            h, s = block(h, s, return_state=return_state)
+            if self.check_finite:
+                check_finite_sequence(h, f"the output of block {i}")
             new_states.append(s)
         h = self.final_norm(h)
         if self.pool == "mean":
             h = h.mean(dim=1)  # (B, H)
         elif self.pool == "last":
             h = h[:, -1]  # (B, H)
-        return self.head(h), new_states
+        return self.head(h), (new_states if return_state else None)
 
     def step(self, x_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         """One time step: x_t (B, d_input) or token ids (B,) -> (out_t (B, d_output), next states)."""
         h = self._encode(x_t, per_step=True)  # (B, H)
-        states = self._check_states(state, h.shape[0])
+        states = self._check_states(state, required=True)
         new_states = []
-        for block, s in zip(self.blocks, states):
+        for i, (block, s) in enumerate(zip(self.blocks, states)):
             h, s = block.step(h, s)
+            if self.check_finite:
+                check_finite_sequence(h[:, None], f"the output of block {i}")
             new_states.append(s)
         return self.head(self.final_norm(h)), new_states
 
@@ -145,9 +198,11 @@ class SequenceModel(nn.Module):
         """Zero states, one per block."""
         return [block.initial_state(batch_size) for block in self.blocks]
 
-    def _check_states(self, state: list | None, batch_size: int) -> list:
-        if state is None:
+    def _check_states(self, state: list | None, required: bool = False) -> list:
+        if state is None and not required:
             return [None] * len(self.blocks)
         if not isinstance(state, (list, tuple)) or len(state) != len(self.blocks):
-            raise ValueError(f"state must be a list of {len(self.blocks)} block states (as initial_state); got {type(state).__name__}")
+            raise ValueError(
+                f"state must be a list of {len(self.blocks)} block states (as initial_state); got {type(state).__name__}"
+            )
         return list(state)

@@ -1,55 +1,69 @@
-"""Optimizer parameter groups from the ``_optim`` marks that layers attach to SSM parameters.
+"""Optimizer parameter groups from the optimizer marks that layers attach to their SSM parameters.
 
-The papers train the SSM parameters (Δ, A/Λ, B, P; DSS also W) with a smaller learning rate
-(0.001) and no weight decay (arXiv 2111.00396 App. D; notes/core-checked.md §5); everything else
-uses the global settings. Marks are attached where the parameter is created
-(:func:`ssmkit.layers.base.register_ssm_parameter`).
+The papers train the SSM parameters (Δ, A/Λ, B, P) with a smaller learning rate (0.001) and no weight decay
+(arXiv 2111.00396 App. D; arXiv 2206.11893); everything else uses the global settings, except that norms and
+biases are kept out of weight decay (the common AdamW practice, e.g. karpathy/nanoGPT ``configure_optimizers``).
+Marks are attached where the parameter is created (:func:`ssmkit.layers.register_ssm_parameter`) and kept on the
+module, so they survive ``copy.deepcopy``, ``AveragedModel``, ``load_state_dict(assign=True)`` and ``.to("meta")``.
+Every layer is treated alike: only Δ, A/Λ, B and P are marked; output weights (S4D's C, S4's C̃, DSS's W) and the
+skip D get the global settings.
 """
 
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from ssmkit.layers.marks import marked_parameters
+
+_NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, _NormBase)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, verbose: bool = False) -> list[dict]:
-    """Split ``model``'s trainable parameters into optimizer groups by their ``_optim`` marks.
+def _is_norm_or_bias(model: nn.Module, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    return leaf == "bias" or isinstance(model.get_submodule(owner), _NORMS)
 
-    Unmarked parameters form the first group with ``lr`` and ``weight_decay``. Marked parameters are
-    grouped by their (lr, weight_decay) marks; a mark without ``lr`` keeps the global ``lr``.
+
+def param_groups(
+    model: nn.Module, lr: float, weight_decay: float, decay_norms_and_biases: bool = False, verbose: bool = False
+) -> list[dict]:
+    """Split ``model``'s trainable parameters into optimizer groups.
+
+    Unmarked parameters get ``lr`` and ``weight_decay``, except norm weights and biases, which get no weight decay
+    unless ``decay_norms_and_biases``. Marked SSM parameters get their marks (a mark without ``lr`` keeps the global
+    ``lr``). Groups with equal (lr, weight decay) are merged; the first group holds the decayed parameters.
 
     Args:
         model: any module.
-        lr: global learning rate.
-        weight_decay: global weight decay.
-        verbose: print one line per group with its size (STYLE.md rule 13).
+        lr: global learning rate, > 0.
+        weight_decay: global weight decay, >= 0.
+        decay_norms_and_biases: also decay the weights of norm layers and every bias.
+        verbose: print one line per group with its size.
 
     Returns:
         A list of dicts for ``torch.optim.AdamW(groups)`` (keys ``params``, ``lr``, ``weight_decay``).
     """
-    if lr <= 0:
+    if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr}")
-    if weight_decay < 0:
+    if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
-    default: list[nn.Parameter] = []
-    special: dict[tuple[float, float], list[nn.Parameter]] = {}
-    seen: set[int] = set()
-    for param in model.parameters():
-        if not param.requires_grad or id(param) in seen:
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {(float(lr), float(weight_decay)): []}
+    for name, param, marks in marked_parameters(model):
+        if not param.requires_grad:
             continue
-        seen.add(id(param))
-        marks = getattr(param, "_optim", None)
-        if marks is None:
-            default.append(param)
-            continue
-        key = (float(marks.get("lr", lr)), float(marks.get("weight_decay", weight_decay)))
-        special.setdefault(key, []).append(param)
-    groups = [{"params": default, "lr": lr, "weight_decay": weight_decay}] if default else []
-    groups += [{"params": ps, "lr": glr, "weight_decay": gwd} for (glr, gwd), ps in sorted(special.items())]
+        if marks is not None:
+            key = (float(marks.get("lr", lr)), float(marks.get("weight_decay", weight_decay)))
+        elif not decay_norms_and_biases and _is_norm_or_bias(model, name):
+            key = (float(lr), 0.0)
+        else:
+            key = (float(lr), float(weight_decay))
+        groups.setdefault(key, []).append(param)
+    result = [{"params": ps, "lr": glr, "weight_decay": gwd} for (glr, gwd), ps in groups.items() if ps]
     if verbose:
-        for group in groups:
+        for group in result:
             count = sum(p.numel() for p in group["params"])
             print(
                 f"param group: {len(group['params'])} tensors, {count:,} parameters, "
                 f"lr={group['lr']:g}, weight_decay={group['weight_decay']:g}"
             )
-    return groups
+    return result

@@ -1,0 +1,71 @@
+"""Validators shared by every layer constructor: each raises ``ValueError`` naming the argument, what was
+expected and what was found (so every layer rejects bad options with the same words)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PARAMETER_DTYPES = (torch.float32, torch.float64)
+
+
+def check_positive_int(value: object, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= 1 (bool rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def check_length(L: object, name: str = "L") -> None:
+    """Raise ``ValueError`` unless L is a positive int (a sequence or kernel length)."""
+    check_positive_int(L, name)
+
+
+def check_even_state(d_state: object, meaning: str) -> None:
+    """Raise ``ValueError`` unless ``d_state`` is an even int >= 2; ``meaning`` says what it holds."""
+    if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
+        raise ValueError(f"d_state must be an even int >= 2 ({meaning}); got {d_state!r}")
+
+
+def check_dt_range(dt_min: object, dt_max: object) -> None:
+    """Raise ``ValueError`` unless dt_min and dt_max are finite floats with 0 < dt_min <= dt_max."""
+    for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite float > 0; got {value!r}")
+    if not 0 < dt_min <= dt_max:  # type: ignore[operator]
+        raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+
+
+def check_lr(lr: object, name: str = "lr") -> None:
+    """Raise ``ValueError`` unless ``lr`` is None (the global learning rate) or a finite float >= 0 (0 = frozen)."""
+    if lr is None:
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"{name} must be a finite float >= 0 (0 freezes the parameters) or None; got {lr!r}")
+
+
+def check_choice(value: object, choices: tuple, name: str) -> None:
+    """Raise ``ValueError`` naming the valid set unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def parameter_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of a layer's parameters: ``dtype`` or the default dtype; float32 and float64 only.
+
+    Mixed precision is autocast's job: the layer keeps float32 (or float64) parameters and runs its SSM core in
+    them, while autocast runs the surrounding projections in bf16/fp16.
+    """
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    if dtype not in PARAMETER_DTYPES:
+        raise ValueError(
+            f"dtype must be torch.float32 or torch.float64 (the layer keeps real float32/float64 parameters; for "
+            f"mixed precision use torch.autocast, under which the SSM core stays in float32); got {dtype}"
+        )
+    return dtype
+
+
+def check_batch_size(batch_size: object) -> None:
+    """Raise ``ValueError`` unless ``batch_size`` is an int >= 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")

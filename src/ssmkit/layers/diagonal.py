@@ -1,0 +1,101 @@
+"""The shared implementation of the diagonal LTI layers (S4D, DSS): a bank of H SISO systems with M complex modes.
+
+    x_t = Ā ⊙ x_{t-1} + B̄ u_t,   y_t = Re(Σ_n C_n x_{t,n}) + D u_t      (arXiv 2206.11893 §2)
+
+A subclass gives the discretised matrices (:meth:`DiagonalLTILayer.discrete`) and the skip ``D``; the three views
+(chunked scan, kernel + FFT convolution, recurrent step), the kernel, the state and the state-space export are
+here. Conjugate-pair layers (S4D) fold their factor 2 into C.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ssmkit.layers.cache import ValueCache
+from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+class DiagonalLTILayer(SequenceLayer):
+    """A bank of H diagonal SISO systems with M complex modes each (see the module docstring).
+
+    Subclasses implement :meth:`discrete` and :attr:`n_modes` and hold ``D`` (H,) and ``bidirectional``.
+    ``step`` reuses the discrete matrices while the parameters keep their values (:class:`ValueCache`), so a
+    recurrent step costs little more than its arithmetic.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
+    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft")
+
+    D: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._step_cache: ValueCache = ValueCache()
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ā (H, M), B̄ (H, M) and C (C, H, M), complex, with y = Re(Σ C x) + D u (C = 2 if bidirectional)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement discrete()")
+
+    @property
+    def n_modes(self) -> int:
+        """M, the complex modes per channel (the state is (B, H, M))."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement n_modes")
+
+    def state_spec(self) -> TensorSpec:
+        """The state x_{t} of every mode: (H, M) complex64 (complex128 for a float64 layer)."""
+        return TensorSpec((self.d_model, self.n_modes), _COMPLEX[self.D.dtype])
+
+    def state_device(self) -> torch.device:
+        return self.D.device
+
+    def _forward(self, x: torch.Tensor, state: torch.Tensor | None, return_state: bool):
+        self._backend()
+        with float32_core(x.device.type):
+            u = x.to(self.D.dtype)
+            A_bar, B_bar, C = self.discrete()
+            if self.bidirectional:
+                y = diagonal_ssm_bidirectional(u, A_bar, B_bar, C) + self.D * u  # (B, L, H)
+                return y.to(x.dtype), None
+            y, h = diagonal_ssm(u, A_bar, B_bar, C[0], state, D=self.D)  # (B, L, H); the skip rides on K_0
+        return y.to(x.dtype), (h if return_state else None)
+
+    def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Ā, B̄, C[0]) for ``step``: cached while the parameters keep their values and no gradient is needed."""
+        tensors = [*self.parameters(), *self.buffers()]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self._causal_discrete()
+        return self._step_cache.get(tensors, self._causal_discrete)
+
+    def _causal_discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        A_bar, B_bar, C = self.discrete()
+        return A_bar, B_bar, C[0]
+
+    def _step(self, x_t: torch.Tensor, state: torch.Tensor):
+        with float32_core(x_t.device.type):
+            u = x_t.to(self.D.dtype)
+            A_bar, B_bar, C = self._step_matrices()
+            y, h = diagonal_ssm_step(u, A_bar, B_bar, C, state)  # (B, H)
+            y = y + self.D * u
+        return y.to(x_t.dtype), h
+
+    def _kernel(self, L: int) -> torch.Tensor:
+        """K_l = Re Σ_n C_n B̄_n Ā_n^l + D δ_l: (H, L), or (2, H, L) when bidirectional (the skip on the causal one)."""
+        A_bar, B_bar, C = self.discrete()
+        K = diagonal_kernel(A_bar, B_bar, C, L)  # (C, H, L)
+        skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
+        skip[0, :, 0] = self.D
+        K = torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1)  # (C, H, L)
+        return K if self.bidirectional else K[0]
+
+    def _state_space(self):
+        """The layer as H real SISO systems with 2M states (a 2×2 rotation block per mode), control convention."""
+        from ssmkit.analysis.statespace import StateSpace
+
+        A_bar, B_bar, C = self.discrete()
+        return StateSpace.from_diagonal(A_bar, B_bar, C[0], self.D, dt=1.0, conjugate_pairs=False)

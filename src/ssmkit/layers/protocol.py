@@ -1,0 +1,253 @@
+"""The layer protocol every ssmkit layer follows, and the capabilities a layer may add to it.
+
+    y, h = layer(x)                      # x (B, L, H) -> y (B, L, H), h = final state
+    y, h = layer(x, state=h0)            # continue from a state
+    y, _ = layer(x, return_state=False)  # skip computing the final state (training)
+    h0 = layer.initial_state(batch_size) # zeros of the right shape/dtype/device
+    y_t, h = layer.step(x_t, h)          # x_t (B, H) -> y_t (B, H), O(state) work
+
+A layer is the sequence-mixing core only; norms, residuals and (for LTI layers) the nonlinearity live in
+:class:`ssmkit.models.Block`. Beyond ``forward`` a layer declares which of three capabilities its class has
+(:class:`Capabilities`): a convolution kernel, a state-space realisation, a recurrent step with a finite state.
+A capability the layer lacks raises ``NotImplementedError`` saying why.
+
+Non-finite inputs: the math lets NaN and inf through, and how far they spread depends on the path. The step and
+the reference loop make outputs non-finite from the first bad time step on; the chunked scan from the start of
+the chunk (64 steps) holding it; an FFT convolution from t = 0 (every output mixes every frequency). Use
+``SequenceModel(check_finite=True)`` or :func:`ssmkit.utils.check_finite` to find the first bad step.
+
+``torch.jit.trace`` is not supported (a trace freezes the sequence length into the graph and gives silently wrong
+outputs at other lengths): layers raise under it. Use ``torch.compile``, which captures S4, S4D and DSS in full.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ClassVar, ContextManager, Mapping
+
+import torch
+from torch import nn
+
+from ssmkit.layers.checks import check_batch_size, check_length
+from ssmkit.layers.state import State, StateSpec, check_state, zeros_from_spec
+from ssmkit.ops.backend import get_backend
+from ssmkit.utils import check_floating, check_sequence
+
+CAPABILITIES = ("kernel", "state_space", "step")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a layer class can do beyond ``forward``.
+
+    Attributes:
+        kernel: ``kernel(L)`` gives the convolution kernel: the layer is y = K ⊛ u.
+        state_space: ``state_space()`` gives a finite-dimensional LTI realisation (:class:`ssmkit.analysis.StateSpace`).
+        step: ``step(x_t, state)`` runs one recurrent step with a finite (or growing, for attention) state.
+    """
+
+    kernel: bool = False
+    state_space: bool = False
+    step: bool = True
+
+
+@dataclass(frozen=True)
+class BlockDefaults:
+    """The activation and output projection :class:`ssmkit.models.Block` puts after a layer unless told otherwise.
+
+    LTI layers are linear maps and get a nonlinearity and a GLU (the S4 block); mixers that carry their own gates
+    and projections (Mamba, Mamba-2, H3, GSS, Mega, Hawk) declare ``BlockDefaults(None, None)``.
+
+    Attributes:
+        activation: ``"gelu"``, ``"silu"``, ``"relu"``, ``"tanh"`` or None.
+        mixer_out: ``"glu"``, ``"linear"`` or None.
+    """
+
+    activation: str | None = "gelu"
+    mixer_out: str | None = "glu"
+
+
+def float32_core(device_type: str) -> ContextManager:
+    """The context in which a layer runs its SSM core: autocast disabled, so the core computes in the parameters'
+    dtype (float32 or float64) while autocast runs the block's projections in bf16/fp16.
+
+    Args:
+        device_type: the input's device type (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        a context manager (a no-op when autocast is not enabled on that device).
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class SequenceLayer(nn.Module):
+    """Base class of every sequence-mixing layer: ``y, h = layer(x, state)``.
+
+    Subclasses set the class attributes below and implement ``state_spec``, ``_forward`` and, for each capability
+    they declare, ``_step``, ``_kernel`` and ``_state_space``; this class checks every input and state, so every
+    layer raises the same clear errors.
+
+    Class attributes:
+        name: the registry name (set by :func:`ssmkit.layers.register`).
+        capabilities: what the layer class can do (:class:`Capabilities`).
+        missing: why a capability is absent, by capability name (the ``NotImplementedError`` message).
+        backends: the backends (``ssmkit.ops.set_backend``) under which ``forward`` runs, besides ``"auto"``.
+        block_defaults: what :class:`ssmkit.models.Block` puts after the layer by default.
+    """
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    missing: ClassVar[Mapping[str, str]] = {}
+    backends: ClassVar[tuple[str, ...]] = ("reference",)
+    block_defaults: ClassVar[BlockDefaults] = BlockDefaults()
+
+    d_model: int
+    bidirectional: bool = False
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Capabilities
+
+    def unsupported(self, capability: str) -> str | None:
+        """Why this layer (with its options) lacks ``capability`` (``"kernel"``, ``"state_space"``, ``"step"``),
+        or None when it has it."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"capability must be one of {CAPABILITIES}; got {capability!r}")
+        if not getattr(self.capabilities, capability):
+            return self.missing.get(capability, "the layer does not define it")
+        if self.bidirectional and capability == "step":
+            return "its output at time t depends on inputs after t (bidirectional=True), so it cannot run one step at a time"
+        if self.bidirectional and capability == "state_space":
+            return "it is not causal (bidirectional=True: its output depends on later inputs), so it has no causal state-space realisation"
+        return None
+
+    def supports(self, capability: str) -> bool:
+        """Whether this layer (with its options) has ``capability``: ``"kernel"``, ``"state_space"`` or ``"step"``."""
+        return self.unsupported(capability) is None
+
+    def _require(self, capability: str) -> None:
+        why = self.unsupported(capability)
+        if why is not None:
+            raise NotImplementedError(f"{type(self).__name__} has no {capability.replace('_', ' ')}: {why}")
+
+    def _backend(self) -> str:
+        """The backend of this call (``ssmkit.ops.get_backend()``), checked against the layer's ``backends``."""
+        backend = get_backend()
+        if backend != "auto" and backend not in self.backends:
+            raise RuntimeError(
+                f"{type(self).__name__}: backend {backend!r} was forced with ssmkit.ops.set_backend but this layer "
+                f"runs under {('auto',) + self.backends}"
+            )
+        return backend
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The protocol
+
+    def forward(
+        self, x: torch.Tensor, state: State | None = None, return_state: bool = True
+    ) -> tuple[torch.Tensor, State | None]:
+        """Run the layer over a whole sequence.
+
+        Args:
+            x: (B, L, H) real input, H = ``d_model``.
+            state: the state before the first input (from ``initial_state``, ``step`` or a previous call), or None
+                for zeros. Must be None for bidirectional layers.
+            return_state: compute and return the final state (False skips that work and returns None; models ask
+                for it only when they carry state).
+
+        Returns:
+            y (B, L, H) in x's dtype, and the final state (None when not asked for, or for bidirectional layers).
+        """
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                f"{type(self).__name__}: torch.jit.trace is not supported (a trace freezes the sequence length and "
+                "gives wrong outputs at other lengths); use torch.compile or run the module eagerly"
+            )
+        check_sequence(x, self.d_model, "x")
+        if state is not None:
+            if self.bidirectional:
+                raise ValueError(f"{type(self).__name__}(bidirectional=True) has no recurrent state: pass state=None")
+            check_state(state, self.state_spec(), x.shape[0], self.state_device())
+        return self._forward(x, state, bool(return_state) and not self.bidirectional)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One recurrent step: x_t (B, H) -> y_t (B, H) and the next state, O(state) work.
+
+        Args:
+            x_t: (B, H) real input at one time step.
+            state: the current state (from ``initial_state`` or a previous ``step``/``forward``).
+
+        Returns:
+            y_t (B, H) in x_t's dtype, and the next state.
+        """
+        self._require("step")
+        check_floating(x_t, "x_t")
+        if x_t.dim() != 2 or x_t.shape[1] != self.d_model or x_t.shape[0] < 1:
+            raise ValueError(f"x_t must be (B, {self.d_model}) for d_model={self.d_model}, B >= 1; got {tuple(x_t.shape)}")
+        check_state(state, self.state_spec(), x_t.shape[0], self.state_device())
+        return self._step(x_t, state)
+
+    def initial_state(self, batch_size: int) -> State:
+        """The zero state of ``batch_size`` sequences, on the layer's device (see ``state_spec``).
+
+        Args:
+            batch_size: B, an int >= 1.
+
+        Returns:
+            the state: (B, ...) tensors with the structure of ``state_spec()``.
+        """
+        check_batch_size(batch_size)
+        return zeros_from_spec(self.state_spec(), batch_size, self.state_device())
+
+    def state_spec(self) -> StateSpec:
+        """What the layer's state is, per sequence: a :class:`ssmkit.layers.TensorSpec` or a tuple of them."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its state (state_spec)")
+
+    def state_device(self) -> torch.device:
+        """The device of the layer's state: that of its first parameter or buffer."""
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """The convolution kernel of length L, including the skip at lag 0, so that y = K ⊛ u exactly.
+
+        Args:
+            L: kernel length, >= 1.
+
+        Returns:
+            (H, L) for a bank of SISO systems, (H_out, H_in, L) for a MIMO layer, with a leading 2 when
+            bidirectional (the causal kernel, then the anti-causal one whose tap 0 acts at lag -1).
+        """
+        self._require("kernel")
+        check_length(L)
+        return self._kernel(L)
+
+    def state_space(self):  # -> ssmkit.analysis.StateSpace
+        """The layer as a bank of discrete-time systems in the control convention (:class:`ssmkit.analysis.StateSpace`):
+        simulating it from a zero state reproduces ``layer(x)[0]``."""
+        self._require("state_space")
+        with torch.no_grad():
+            return self._state_space()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Implemented by subclasses
+
+    def _forward(self, x: torch.Tensor, state: State | None, return_state: bool) -> tuple[torch.Tensor, State | None]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _forward")
+
+    def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _step")
+
+    def _kernel(self, L: int) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _kernel")
+
+    def _state_space(self):
+        raise NotImplementedError(f"{type(self).__name__} does not implement _state_space")
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}"

@@ -1,0 +1,105 @@
+"""Layer states and their specs: what a layer carries from one call (or step) to the next.
+
+A layer describes its state with a spec (:meth:`SequenceLayer.state_spec`): a :class:`TensorSpec` for one tensor,
+or a tuple of specs (a ``NamedTuple`` of specs for a state with named parts, such as a convolution state and an SSM
+state). The base class builds ``initial_state`` from the spec and checks every state given to ``forward`` and
+``step`` against it (structure, shape, dtype, device), so each layer reports a wrong state in the same words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+State = Union[torch.Tensor, tuple["State", ...]]
+"""A layer state: one tensor, or a tuple (possibly a NamedTuple) of states."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a layer state, per sequence: the full tensor is (B, *shape).
+
+    Attributes:
+        shape: the size of every axis after the batch axis.
+        dtype: the tensor's dtype (complex64 for the modes of a float32 diagonal SSM, ...).
+        growing: index into ``shape`` of an axis whose length grows with the sequence (an attention key/value
+            cache): ``initial_state`` gives it length 0 and any length is accepted there; None for fixed states.
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    growing: int | None = None
+
+
+StateSpec = Union[TensorSpec, tuple["StateSpec", ...]]
+"""A state spec: a TensorSpec, or a tuple (possibly a NamedTuple) of specs."""
+
+
+def _rebuild(spec: tuple, parts: list) -> tuple:
+    """A tuple of ``parts`` of the same type as ``spec`` (a NamedTuple class or plain tuple)."""
+    return tuple(parts) if type(spec) is tuple else type(spec)(*parts)
+
+
+def zeros_from_spec(spec: StateSpec, batch_size: int, device: torch.device) -> State:
+    """The zero state of ``batch_size`` sequences on ``device``, with the structure of ``spec``.
+
+    Args:
+        spec: the layer's state spec.
+        batch_size: B.
+        device: where to allocate the state.
+
+    Returns:
+        a tensor (B, *spec.shape) of zeros (a growing axis has length 0), or the tuple of such tensors.
+    """
+    if isinstance(spec, tuple):
+        return _rebuild(spec, [zeros_from_spec(s, batch_size, device) for s in spec])
+    shape = list(spec.shape)
+    if spec.growing is not None:
+        shape[spec.growing] = 0
+    return torch.zeros(batch_size, *shape, dtype=spec.dtype, device=device)
+
+
+def _describe(spec: TensorSpec, batch_size: int) -> str:
+    dims = [str(batch_size)] + [("any" if i == spec.growing else str(n)) for i, n in enumerate(spec.shape)]
+    return f"({', '.join(dims)}) {spec.dtype}"
+
+
+def check_state(state: object, spec: StateSpec, batch_size: int, device: torch.device, name: str = "state") -> None:
+    """Raise ``ValueError`` unless ``state`` has the structure, shapes, dtypes and device that ``spec`` describes.
+
+    Args:
+        state: the state to check (a tensor or a tuple of states).
+        spec: the layer's state spec.
+        batch_size: B, the batch size of the input the state goes with.
+        device: the layer's device.
+        name: the name used in the message (``state``, ``state[1]``, ...).
+    """
+    if isinstance(spec, tuple):
+        if not isinstance(state, tuple) or len(state) != len(spec):
+            found = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(f"{name} must be a tuple of {len(spec)} states (as initial_state({batch_size})); got {found}")
+        for i, (s, sp) in enumerate(zip(state, spec)):
+            check_state(s, sp, batch_size, device, f"{name}[{i}]")
+        return
+    if not isinstance(state, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor like initial_state({batch_size}); got {type(state).__name__}")
+    want = (batch_size, *spec.shape)
+    shape_ok = state.dim() == len(want) and all(
+        s == w or (spec.growing is not None and i == spec.growing + 1) for i, (s, w) in enumerate(zip(state.shape, want))
+    )
+    if not shape_ok or state.dtype != spec.dtype:
+        raise ValueError(
+            f"{name} must be {_describe(spec, batch_size)} (as initial_state({batch_size})); "
+            f"got {tuple(state.shape)} {state.dtype}"
+        )
+    if state.device != device:
+        raise ValueError(f"{name} must be on the layer's device {device}; got {state.device}")
+
+
+def map_state(fn, state: State) -> State:
+    """Apply ``fn`` to every tensor of ``state``, keeping its structure (NamedTuples included)."""
+    if isinstance(state, tuple):
+        return _rebuild(state, [map_state(fn, s) for s in state])
+    return fn(state)

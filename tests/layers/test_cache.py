@@ -1,0 +1,112 @@
+"""The step's cache of discrete matrices is correct under every way PyTorch users update weights.
+
+Each test updates the parameters after a first ``step`` has filled the cache, then checks step = forward. Keyed on
+``Parameter._version`` (the earlier design) S4's step went stale after a fused AdamW step or a ``p.data`` edit, by
+5e-3 to 0.24 relative.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import ssmkit.layers as layers
+from ssmkit.layers.cache import ValueCache
+from tests.conftest import DEVICE, H, make_layer, rel_err, run_steps
+
+NAMES = [name for name in layers.available() if make_layer(name).supports("step")]
+TOL = 1e-10  # float64 layers: step = forward (docs/design.md rule 1)
+
+
+def fill_cache(layer):
+    with torch.no_grad():
+        layer.step(torch.randn(2, H, device=DEVICE, dtype=torch.float64), layer.initial_state(2))
+
+
+def assert_step_equals_forward(layer):
+    x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        y, h = layer(x)
+        y_step, h_step = run_steps(layer, x)
+    assert rel_err(y_step, y) < TOL and rel_err(h_step, h) < TOL
+
+
+def adamw_step(layer, **options):
+    x = torch.randn(2, 20, H, device=DEVICE, dtype=torch.float64)
+    opt = torch.optim.AdamW(layer.parameters(), lr=3e-2, **options)
+    layer(x)[0].square().mean().backward()
+    opt.step()
+
+
+UPDATES = {
+    "fused_adamw": lambda layer: adamw_step(layer, fused=True),
+    "foreach_adamw": lambda layer: adamw_step(layer, foreach=True),
+    "data_mul_": lambda layer: [p.data.mul_(0.9) for p in layer.parameters()],
+    "data_assign": lambda layer: [setattr(p, "data", p.data * 1.1) for p in layer.parameters()],
+    "no_grad_copy_": lambda layer: torch.no_grad()(lambda: [p.copy_(p * 0.95) for p in layer.parameters()])(),
+    "load_state_dict": lambda layer: layer.load_state_dict(make_layer(layer.name, seed=7).state_dict()),
+    "load_state_dict_assign": lambda layer: layer.load_state_dict(make_layer(layer.name, seed=8).state_dict(), assign=True),
+    "reset_parameters": lambda layer: (torch.manual_seed(9), layer.reset_parameters()),
+}
+
+
+@pytest.mark.parametrize("update", list(UPDATES))
+@pytest.mark.parametrize("name", NAMES)
+def test_step_cache_follows_every_kind_of_update(name, update):
+    layer = make_layer(name)
+    fill_cache(layer)
+    before = run_steps(layer, torch.ones(1, 3, H, device=DEVICE, dtype=torch.float64))[0]
+    UPDATES[update](layer)
+    after = run_steps(layer, torch.ones(1, 3, H, device=DEVICE, dtype=torch.float64))[0]
+    assert not torch.equal(before, after)  # the update changed the layer
+    assert_step_equals_forward(layer)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_cache_follows_dtype_and_copies(name):
+    layer = make_layer(name, dtype=torch.float32)
+    with torch.no_grad():
+        layer.step(torch.randn(2, H, device=DEVICE), layer.initial_state(2))
+    double = copy.deepcopy(layer).double()
+    assert_step_equals_forward(double)
+    twin = copy.deepcopy(double)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.05)
+    assert_step_equals_forward(twin)
+    assert_step_equals_forward(double)  # the copy's update did not leak into the original
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_is_differentiable_and_matches_forward_gradients(name):
+    layer = make_layer(name)
+    x = torch.randn(2, 6, H, device=DEVICE, dtype=torch.float64)
+    fill_cache(layer)  # a filled cache must not be used when gradients are needed
+    y, h = run_steps(layer, x)
+    params = list(layer.parameters())
+    grads = torch.autograd.grad(y.sum() + h.abs().sum(), params)
+    y_f, h_f = layer(x)
+    grads_f = torch.autograd.grad(y_f.sum() + h_f.abs().sum(), params)
+    for a, b in zip(grads, grads_f):
+        assert rel_err(a, b) < 1e-9  # float64
+
+
+def test_value_cache_recomputes_on_any_change():
+    calls = []
+    a, b = torch.ones(3), torch.zeros(2)
+    cache: ValueCache[int] = ValueCache()
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    assert cache.get([a, b], compute) == 1
+    assert cache.get([a, b], compute) == 1  # same values: reused
+    a.data.mul_(2)  # no version bump
+    assert cache.get([a, b], compute) == 2
+    assert cache.get([a, b.double()], compute) == 3  # dtype change
+    assert cache.get([a], compute) == 4  # a different list
+    cache.clear()
+    assert cache.get([a], compute) == 5

@@ -1,0 +1,106 @@
+"""Bad input gets a clear ValueError naming what was expected, for every registered layer (constructor options,
+inputs, states, batch sizes, devices, dtypes)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import torch
+
+import ssmkit.layers as layers
+from tests.conftest import DEVICE, H, make_layer, state_map, variants
+
+NAMES = layers.available()
+
+
+def options_of(name: str) -> set[str]:
+    return set(inspect.signature(layers.layer_class(name)).parameters)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_inputs_raise_clear_errors(name):
+    layer = make_layer(name)
+    with pytest.raises(ValueError, match=r"\(B, L, H\)"):
+        layer(torch.randn(5, H, dtype=torch.float64))
+    with pytest.raises(ValueError, match=rf"\(B, L, {H}\)"):
+        layer(torch.randn(2, 5, H + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="length L >= 1"):
+        layer(torch.randn(2, 0, H, dtype=torch.float64))
+    with pytest.raises(ValueError, match="batch size B >= 1"):
+        layer(torch.randn(0, 5, H, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating-point"):
+        layer(torch.ones(2, 5, H, dtype=torch.int64))
+    bad_state = torch.zeros(3, 1, dtype=torch.complex128)
+    with pytest.raises(ValueError, match=r"as initial_state\(2\)"):
+        layer(torch.randn(2, 5, H, dtype=torch.float64), bad_state)
+    with pytest.raises(ValueError, match=rf"\(B, {H}\)"):
+        layer.step(torch.randn(2, H + 2, dtype=torch.float64), layer.initial_state(2))
+    with pytest.raises(ValueError, match=rf"\(B, {H}\)"):
+        layer.step(torch.randn(0, H, dtype=torch.float64), layer.initial_state(1))
+    with pytest.raises(TypeError):
+        layers.build(name, d_model=H, no_such_option=1)
+    with pytest.raises(TypeError):
+        layer(torch.randn(2, 5, H, dtype=torch.float64), stat=None)  # a misspelt argument is not absorbed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_initial_state_needs_a_positive_int(name):
+    layer = make_layer(name)
+    for bad in (-1, 0, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            layer.initial_state(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_on_another_device_is_named(name):
+    layer = make_layer(name)
+    x = torch.randn(2, 5, H, device=DEVICE, dtype=torch.float64)
+    elsewhere = state_map(lambda t: t.to("meta"), layer.initial_state(2))  # any device but the layer's
+    with pytest.raises(ValueError, match="must be on the layer's device"):
+        layer(x, elsewhere)
+    with pytest.raises(ValueError, match="must be on the layer's device"):
+        layer.step(x[:, 0], elsewhere)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constructor_options_are_validated(name):
+    opts = options_of(name)
+    base = variants(name)[0]
+    with pytest.raises(ValueError, match="d_model must be a positive int"):
+        layers.build(name, **{**base, "d_model": 0})
+    if "lr" in opts:
+        for bad in (-1e-3, math.nan, math.inf):
+            with pytest.raises(ValueError, match="lr must be a finite float >= 0"):
+                layers.build(name, d_model=H, **{**base, "lr": bad})
+    if "dt_min" in opts:
+        for dt_min, dt_max in ((math.nan, 0.1), (1e-3, math.inf), (0.0, 0.1), (0.1, 0.01)):
+            with pytest.raises(ValueError, match="dt_m"):
+                layers.build(name, d_model=H, **{**base, "dt_min": dt_min, "dt_max": dt_max})
+    if "init" in opts:
+        with pytest.raises(ValueError, match="init must be one of"):
+            layers.build(name, d_model=H, **{**base, "init": "no-such-init"})
+    if "d_state" in opts:
+        with pytest.raises(ValueError, match="d_state must be"):
+            layers.build(name, d_model=H, **{**base, "d_state": 0})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.complex64, torch.int32])
+@pytest.mark.parametrize("name", NAMES)
+def test_unsupported_parameter_dtype_points_to_autocast(name, dtype):
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64.*autocast"):
+        layers.build(name, d_model=H, dtype=dtype)
+
+
+def test_unknown_layer_name():
+    with pytest.raises(ValueError, match="available layers"):
+        layers.build("no-such-layer", d_model=4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_trace_raises_instead_of_freezing_the_length(name):
+    layer = make_layer(name)
+    x = torch.randn(1, 10, H, device=DEVICE, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="torch.jit.trace is not supported"):
+        torch.jit.trace(lambda inp: layer(inp)[0], (x,))

@@ -1,0 +1,103 @@
+"""State specs: initial states built from a layer's spec, and every given state checked against it (tuple, named
+and growing states included)."""
+
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from ssmkit.layers import SequenceLayer, TensorSpec
+
+
+class DelayState(NamedTuple):
+    last: torch.Tensor
+    total: torch.Tensor
+
+
+class TwoStateDelay(SequenceLayer):
+    """Unregistered toy layer y_t = u_{t-1} + s_t with a named two-part state (last input, running sum s)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+
+    def state_spec(self):
+        spec = TensorSpec((self.d_model,), torch.float64)
+        return DelayState(spec, spec)
+
+    def _step(self, x_t, state):
+        last, total = state
+        total = total + x_t
+        return last + total, DelayState(x_t, total)
+
+    def _forward(self, x, state, return_state):
+        state = self.initial_state(x.shape[0]) if state is None else state
+        ys = []
+        for x_t in x.unbind(1):
+            y_t, state = self._step(x_t, state)
+            ys.append(y_t)
+        return torch.stack(ys, 1), (state if return_state else None)
+
+
+class Cache(SequenceLayer):
+    """Unregistered toy layer with a growing state (all past inputs, like an attention KV cache): y_t = Σ_{s≤t} u_s."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+
+    def state_spec(self):
+        return TensorSpec((0, self.d_model), torch.float64, growing=0)
+
+    def _step(self, x_t, state):
+        state = torch.cat([state, x_t[:, None]], dim=1)
+        return state.sum(1), state
+
+    def _forward(self, x, state, return_state):
+        past = self.initial_state(x.shape[0]) if state is None else state
+        full = torch.cat([past, x], dim=1)
+        y = full.cumsum(1)[:, past.shape[1]:]
+        return y, (full if return_state else None)
+
+
+def test_named_tuple_state_roundtrip_and_errors():
+    layer = TwoStateDelay(3)
+    h0 = layer.initial_state(2)
+    assert isinstance(h0, DelayState) and h0.last.shape == (2, 3) and not bool(h0.total.abs().sum())
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    y, h = layer(x)
+    y2, _ = layer(x[:, 2:], layer(x[:, :2])[1])
+    assert torch.allclose(y[:, 2:], y2)
+    expected = torch.cat([torch.zeros(2, 1, 3, dtype=torch.float64), x[:, :-1]], 1) + x.cumsum(1)
+    assert torch.allclose(y, expected)
+    with pytest.raises(ValueError, match=r"state must be a tuple of 2 states \(as initial_state\(2\)\); got Tensor"):
+        layer(x, h[0])
+    with pytest.raises(ValueError, match=r"state\[1\] must be \(2, 3\) torch.float64"):
+        layer(x, (h[0], h[1][:, :2]))
+    with pytest.raises(ValueError, match=r"got a tuple of 1"):
+        layer.step(x[:, 0], (h[0],))
+    assert layer(x, tuple(h))[0].shape == x.shape  # a plain tuple with the right parts is accepted
+
+
+def test_growing_state_accepts_any_length():
+    layer = Cache(3)
+    h0 = layer.initial_state(2)
+    assert h0.shape == (2, 0, 3)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    y, h = layer(x)
+    assert h.shape == (2, 6, 3)
+    y1, h1 = layer(x[:, :4])
+    y2, h2 = layer(x[:, 4:], h1)  # a state of length 4 is accepted
+    assert torch.allclose(torch.cat([y1, y2], 1), y) and torch.equal(h2, h)
+    y_t, h_t = layer.step(x[:, 0], h1)
+    assert h_t.shape == (2, 5, 3)
+    with pytest.raises(ValueError, match=r"state must be \(2, any, 3\) torch.float64"):
+        layer(x, h[:, :, :2])
+
+
+def test_missing_capabilities_say_why():
+    layer = TwoStateDelay(3)  # declares no kernel and no state space
+    with pytest.raises(NotImplementedError, match="TwoStateDelay has no kernel: the layer does not define it"):
+        layer.kernel(4)
+    with pytest.raises(NotImplementedError, match="has no state space"):
+        layer.state_space()

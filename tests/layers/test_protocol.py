@@ -281,3 +281,21 @@ def test_capability_declarations_are_consistent(name):
     assert set(cls.backends) <= {"reference", "chunked", "fft", "triton"} and "reference" in cls.backends
     with pytest.raises(ValueError, match="capability must be one of"):
         layer.supports("teleport")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deferred_initialisation_on_the_meta_device(name):
+    # Large models are built on "meta" (no memory), moved with to_empty and initialised by reset_parameters:
+    # the result equals a layer built directly from the same seed.
+    meta = layers.build(name, d_model=H, device="meta")
+    assert all(p.device.type == "meta" for p in meta.parameters())
+    assert all(t.device.type == "meta" for t in leaves(meta.initial_state(2)))
+    layer = meta.to_empty(device=DEVICE)
+    torch.manual_seed(4)
+    layer.reset_parameters()
+    torch.manual_seed(4)
+    direct = layers.build(name, d_model=H, device=DEVICE)
+    for (n, a), b in zip(layer.state_dict().items(), direct.state_dict().values()):
+        assert torch.equal(a, b), n
+    x = torch.randn(2, 9, H, device=DEVICE)
+    assert torch.equal(layer(x)[0], direct(x)[0])

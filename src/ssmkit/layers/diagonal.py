@@ -67,7 +67,7 @@ class DiagonalLTILayer(SequenceLayer):
 
     def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Ā, B̄, C[0]) for ``step``: cached while the parameters keep their values and no gradient is needed."""
-        tensors = [*self.parameters(), *self.buffers()]
+        tensors = self.own_tensors()
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return self._causal_discrete()
         return self._step_cache.get(tensors, self._causal_discrete)

@@ -213,6 +213,11 @@ class SequenceLayer(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
+    def own_tensors(self) -> list[torch.Tensor]:
+        """The layer's own parameters and buffers (not those of sub-modules): what a cache of values computed from
+        them must watch (read straight from the module's dicts: a step calls this every time)."""
+        return [t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None]
+
     def kernel(self, L: int) -> torch.Tensor:
         """The convolution kernel of length L, including the skip at lag 0, so that y = K ⊛ u exactly.
 

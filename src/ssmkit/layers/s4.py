@@ -330,7 +330,7 @@ class S4(SequenceLayer):
         """(R (H, N/2), E (H, N/2), P (r, H, N/2), R⊙P (r, H, N/2), 2B (H, N/2), C_true (H, N/2)) complex128 and
         (I + P*(R⊙P))⁻¹ (H, r, r) float64, with R = (2/Δ - Λ)⁻¹ and E = 2/Δ + Λ; cached while the parameters keep their
         values and no gradient is needed (recomputed, differentiably, when one is)."""
-        tensors = [*self.parameters(), *self.buffers()]
+        tensors = self.own_tensors()
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return self._compute_step_coefficients()
         return self._step_cache.get(tensors, self._compute_step_coefficients)

@@ -39,14 +39,14 @@ def test_model_path_never_imports_scipy_signal():
 
 def test_analysis_loads_on_attribute_access_and_scipy_signal_only_for_to_scipy():
     loaded = loaded_after(
-        "import torch, ssmkit\n"
-        "assert 'analysis' in dir(ssmkit)\n"
+        "import sys, torch, ssmkit\n"
+        "assert 'analysis' in dir(ssmkit) and 'ssmkit.analysis' not in sys.modules\n"
         "ss = ssmkit.analysis.StateSpace.from_diagonal(torch.full((2, 3), 0.5j), torch.ones(2, 3), torch.ones(2, 3), None)\n"
-        "assert ss.is_stable() and ss.hinf_norm().shape == (2,) and ss.frequency_response([0.1]).shape == (2, 1, 1, 1)"
+        "assert ss.is_stable() and ss.hinf_norm().shape == (2,) and ss.frequency_response([0.1]).shape == (2, 1, 1, 1)\n"
+        "assert 'scipy.signal' not in sys.modules, 'analysis without to_scipy loaded scipy.signal'\n"
+        "assert len(ss.to_scipy()) == 2"
     )
-    assert loaded["ssmkit.analysis"] and loaded["scipy.linalg"] and not loaded["scipy.signal"], loaded
-    loaded = loaded_after("import ssmkit\nssmkit.analysis.StateSpace([[[0.5]]], [[[1.0]]], [[[1.0]]], [[[0.0]]]).to_scipy()")
-    assert loaded["scipy.signal"], loaded
+    assert loaded["ssmkit.analysis"] and loaded["scipy.linalg"] and loaded["scipy.signal"], loaded
 
 
 def test_unknown_attribute_raises_attribute_error():

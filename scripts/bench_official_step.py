@@ -1,6 +1,7 @@
 """Recurrent step speed of the official S4D (state-spaces/s4) beside ssmkit's, at the shapes of `ssmkit bench step`.
 
-    python scripts/bench_official_step.py --s4-file PATH/TO/state-spaces/s4/models/s4/s4.py [--batch 1 8] [--d-model 128 256]
+    python scripts/bench_official_step.py --s4-file PATH/TO/state-spaces/s4/models/s4/s4.py
+        [--batch 1 8] [--d-model 128 256] [--d-state 64] [--steps 400] [--repeats 7]
 
 The official standalone file is NOT part of ssmkit: bring your own checkout (the figures in docs/benchmarks.md
 used commit e757cef) and `pip install einops`; its one Lightning import is stubbed (see
@@ -25,7 +26,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.bench.core import machine
-from ssmkit.bench.step import BARE, _bare_stepper, time_steppers
+from ssmkit.bench.step import BARE, bare_stepper, time_steppers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from crosscheck_official_s4 import load_official  # noqa: E402  (a sibling script, not a package)
@@ -53,13 +54,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; medians (default 7)")
     args = parser.parse_args()
     off = load_official(args.s4_file)
-    print(f"official S4D step vs ssmkit: N={args.d_state}, float32, no_grad, {args.steps} steps x {args.repeats} rounds; "
-          f"{machine()}")
+    print(f"official S4D step vs ssmkit: N={args.d_state}, float32, no_grad, {args.steps} steps x "
+          f"{args.repeats} rounds; {machine()}")
     rows = []
     for batch in args.batch:
         for d_model in args.d_model:
             torch.manual_seed(0)
-            steppers = {BARE: _bare_stepper(batch, d_model, args.d_state)}
+            steppers = {BARE: bare_stepper(batch, d_model, args.d_state)}
             layer = layers.build("s4d", d_model=d_model, d_state=args.d_state).eval()
             steppers["ssmkit s4d"] = (layer.step, layer.initial_state(batch))
             steppers.update(official_steppers(off, batch, d_model, args.d_state))

@@ -52,8 +52,10 @@ def test_command_line_exit_status():
     # the real process exit status, through `python -m ssmkit.cli` (the `ssmkit` script calls the same main)
     src = str(pathlib.Path(ssmkit.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = lambda *args: subprocess.run([sys.executable, "-m", "ssmkit.cli", *args], env=env, capture_output=True, text=True)
-    ok, bad = run("--help"), run("frob")
+    ok, bad = (
+        subprocess.run([sys.executable, "-m", "ssmkit.cli", arg], env=env, capture_output=True, text=True)
+        for arg in ("--help", "frob")
+    )
     assert ok.returncode == 0 and "usage: ssmkit" in ok.stdout
     assert bad.returncode == 2 and "usage: ssmkit" in bad.stderr
 

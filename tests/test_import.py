@@ -41,8 +41,10 @@ def test_analysis_loads_on_attribute_access_and_scipy_signal_only_for_to_scipy()
     loaded = loaded_after(
         "import sys, torch, ssmkit\n"
         "assert 'analysis' in dir(ssmkit) and 'ssmkit.analysis' not in sys.modules\n"
-        "ss = ssmkit.analysis.StateSpace.from_diagonal(torch.full((2, 3), 0.5j), torch.ones(2, 3), torch.ones(2, 3), None)\n"
-        "assert ss.is_stable() and ss.hinf_norm().shape == (2,) and ss.frequency_response([0.1]).shape == (2, 1, 1, 1)\n"
+        "a, b = torch.full((2, 3), 0.5j), torch.ones(2, 3)\n"
+        "ss = ssmkit.analysis.StateSpace.from_diagonal(a, b, b, None)\n"
+        "assert ss.is_stable() and ss.hinf_norm().shape == (2,)\n"
+        "assert ss.frequency_response([0.1]).shape == (2, 1, 1, 1)\n"
         "assert 'scipy.signal' not in sys.modules, 'analysis without to_scipy loaded scipy.signal'\n"
         "assert len(ss.to_scipy()) == 2"
     )

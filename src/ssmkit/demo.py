@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.demo") -> 
     rel = diff / y_parallel.abs().max().item()
     equal = rel <= STEP_TOLERANCE
     print(f"recurrent run, {x.shape[1]} steps x 8 sequences: max |step - parallel| = {diff:.2e} "
-          f"(relative {rel:.2e}): {'equal' if equal else 'NOT equal'} to fp32 precision (tolerance {STEP_TOLERANCE:.0e})")
+          f"(relative {rel:.2e}): {'equal' if equal else 'NOT equal'} to fp32 precision "
+          f"(tolerance {STEP_TOLERANCE:.0e})")
     ok = learned and equal
     print("demo passed" if ok else "demo FAILED")
     return 0 if ok else 1

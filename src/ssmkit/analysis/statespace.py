@@ -470,7 +470,7 @@ class StateSpace:
     # ----------------------------------------------------------------------------------------------------------
     # frequency-domain internals
     def _schur_form(self) -> frequency.SchurForm:
-        """The complex Schur form of every system (`frequency.schur_form`), computed once (the matrices are read-only)."""
+        """The complex Schur form of every system (`frequency.schur_form`), computed once (A, B, C are read-only)."""
         if self._schur is None:
             self._schur = frequency.schur_form(self._A, self._B, self._C)
         return self._schur

@@ -9,11 +9,13 @@ arithmetic** of a diagonal SSM, with Ā, B̄, C, D precomputed as plain tensors 
 
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,    y_t = 2 Re(Σ_n C_n x_{t,n}) + D u_t      (S4D, arXiv 2206.11893 §2)
 
-the floor that a step of S4D (or DSS, or S4's diagonal part) can reach in PyTorch, and prints each
-layer's time as a multiple of it. Every (batch, d_model) shape is timed in ``--repeats`` rounds; each
-round times the bare arithmetic and every layer once, ``--steps`` steps each, after one warm-up of
-``--steps`` // 4 steps, so a ratio compares times taken under the same machine conditions (this shared
-VM drifts by ±50 %). Times and ratios are medians over the rounds.
+the floor that a diagonal layer's step (S4D, DSS) can reach in PyTorch, and prints each layer's time as a
+multiple of it (S4's DPLR step does more work than this, and is shown against the same floor). Every
+(batch, d_model) shape is timed in ``--repeats`` rounds; each round times the bare arithmetic and every
+layer once, ``--steps`` steps each, after one warm-up of ``--steps`` // 4 steps, so a ratio compares times
+taken under the same machine conditions (this shared VM drifts by ±50 %). Times and ratios are medians
+over the rounds. Run it on a quiet machine: 2-thread steps this small slow down 100× while other processes
+hold the CPUs (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ BARE = "bare"  # the name of the bare-arithmetic row
 def bare_diagonal_step(
     u_t: torch.Tensor, x: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, D: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of a diagonal SSM with its discrete matrices given: x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = 2 Re(Σ C x_t) + D u_t.
+    """One diagonal SSM step from its discrete matrices: x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = 2 Re(Σ C x_t) + D u_t.
 
     S4D (arXiv 2206.11893 §2), conjugate pairs folded into the factor 2; plain torch ops, no checks.
 
@@ -54,8 +56,17 @@ def bare_diagonal_step(
     return y, x
 
 
-def _bare_stepper(batch: int, d_model: int, d_state: int) -> tuple[Callable, torch.Tensor]:
-    """The bare step on random float32 / complex64 tensors of a layer's shapes (M = d_state / 2), and its zero state."""
+def bare_stepper(batch: int, d_model: int, d_state: int) -> tuple[Callable, torch.Tensor]:
+    """`bare_diagonal_step` bound to random complex64 Ā, B̄, C (H, M), M = d_state / 2, and D (H,); its zero state.
+
+    Args:
+        batch: B.
+        d_model: H.
+        d_state: N, even (the layers' real-equivalent state size).
+
+    Returns:
+        step(u_t (B, H), x (B, H, M)) -> (y_t (B, H), x_t (B, H, M)), and the zero state (B, H, M) complex64.
+    """
     H, M = d_model, d_state // 2
     g = torch.Generator().manual_seed(0)
     radius = torch.rand(H, M, generator=g) * 0.5 + 0.45  # |Ā| in [0.45, 0.95]: stable, no denormals
@@ -79,7 +90,9 @@ def _time_steps(step: Callable, state, inputs: torch.Tensor) -> tuple[float, obj
 
 
 @torch.no_grad()
-def time_steppers(steppers: dict[str, tuple[Callable, object]], batch: int, d_model: int, steps: int, repeats: int) -> list[dict]:
+def time_steppers(
+    steppers: dict[str, tuple[Callable, object]], batch: int, d_model: int, steps: int, repeats: int
+) -> list[dict]:
     """Time several step functions at one shape in interleaved rounds; the first is the reference of the ratios.
 
     Args:
@@ -123,7 +136,7 @@ def time_steppers(steppers: dict[str, tuple[Callable, object]], batch: int, d_mo
 def measure_shape(names: list[str], batch: int, d_model: int, d_state: int, steps: int, repeats: int) -> list[dict]:
     """The bare arithmetic and the layers ``names`` at one shape (B, H, N), timed by `time_steppers`."""
     torch.manual_seed(0)
-    steppers: dict[str, tuple[Callable, object]] = {BARE: _bare_stepper(batch, d_model, d_state)}
+    steppers: dict[str, tuple[Callable, object]] = {BARE: bare_stepper(batch, d_model, d_state)}
     for name in names:
         layer = layers.build(name, d_model=d_model, d_state=d_state).eval()
         steppers[name] = (layer.step, layer.initial_state(batch))
@@ -147,7 +160,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench step
     for option in ("steps", "repeats"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be >= 1; got {getattr(args, option)}")
-    print(f"ssmkit bench step: N={args.d_state}, float32, no_grad, {args.steps} steps x {args.repeats} rounds; {machine()}")
+    print(f"ssmkit bench step: N={args.d_state}, float32, no_grad, {args.steps} steps x {args.repeats} rounds; "
+          f"{machine()}")
     rows = []
     for batch in args.batch:
         for d_model in args.d_model:

@@ -1,16 +1,68 @@
-"""The `ssmkit` command and the demo entry point run (tiny settings; no timing or learning asserted)."""
+"""The `ssmkit` command: help for every command, usage errors, and the demo end to end at tiny settings.
 
+No timing or learning is asserted; the demo's tiny run is expected to fail its pass mark (exit 1).
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import ssmkit
 from ssmkit.cli import main as cli_main
 from ssmkit.demo import main as demo_main
 
 
-def test_cli_usage(capsys):
-    assert cli_main([]) == 2
-    assert "commands: bench, demo" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["--help"], ["usage: ssmkit", "bench", "demo"]),
+        (["bench", "--help"], ["usage: ssmkit bench", "core", "step"]),
+        (["bench", "core", "--help"], ["usage: ssmkit bench core", "--length"]),
+        (["bench", "step", "--help"], ["usage: ssmkit bench step", "--layers", "--batch"]),
+        (["demo", "--help"], ["usage: ssmkit demo", "--steps", "Exit status 0"]),
+    ],
+)
+def test_help_exits_0(argv, expect, capsys):
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(text in out for text in expect), out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["frob"], "argument COMMAND: invalid choice: 'frob'"),
+        (["bench"], "the following arguments are required: SUITE"),
+        (["bench", "frob"], "argument SUITE: invalid choice: 'frob'"),
+        (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["demo", "--steps", "0"], "--steps must be >= 1; got 0"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_usage_line(argv, message, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ssmkit") and message in err, err
+
+
+def test_command_line_exit_status():
+    # the real process exit status, through `python -m ssmkit.cli` (the `ssmkit` script calls the same main)
+    src = str(pathlib.Path(ssmkit.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ok, bad = (
+        subprocess.run([sys.executable, "-m", "ssmkit.cli", arg], env=env, capture_output=True, text=True)
+        for arg in ("--help", "frob")
+    )
+    assert ok.returncode == 0 and "usage: ssmkit" in ok.stdout
+    assert bad.returncode == 2 and "usage: ssmkit" in bad.stderr
 
 
 def test_demo_runs_and_checks_step_equals_forward(capsys):
-    demo_main(["--seconds", "0.5", "--length", "24", "--d-model", "8", "--n-layers", "1", "--batch-size", "4"])
+    code = demo_main(["--steps", "3", "--length", "24", "--d-model", "8", "--n-layers", "1", "--batch-size", "4"])
     out = capsys.readouterr().out
-    assert "trivial baseline" in out and "final test MSE" in out
+    assert "trivial baseline" in out and "trained 3 steps in" in out and "steps/s" in out
+    assert "FAIL (pass mark 10%)" in out and "demo FAILED" in out and code == 1  # 3 steps learn nothing
     assert "equal to fp32 precision" in out and "NOT equal" not in out

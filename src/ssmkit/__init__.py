@@ -17,8 +17,25 @@ Shape letters used in every docstring:
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 
-from ssmkit import analysis, layers, models, ops, train
+import importlib
+from types import ModuleType
+
+from ssmkit import layers, models, ops, train
 
 __version__ = "0.1.0"
 
 __all__ = ["analysis", "layers", "models", "ops", "train", "__version__"]
+
+# Subpackages imported on first attribute access (PEP 562), so that `import ssmkit` stays light; the model path
+# never needs them. `ssmkit.analysis` is first loaded by `layer.state_space()` or by the user.
+_LAZY = ("analysis",)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY:
+        return importlib.import_module(f"ssmkit.{name}")  # the import also sets the attribute on this module
+    raise AttributeError(f"module 'ssmkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

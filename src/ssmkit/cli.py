@@ -1,23 +1,59 @@
-"""The ``ssmkit`` command. Subcommands so far: ``bench`` (performance suites) and ``demo``."""
+"""The ``ssmkit`` command: ``ssmkit bench SUITE`` (performance suites) and ``ssmkit demo`` (end-to-end run).
+
+    ssmkit --help                # the commands
+    ssmkit bench --help          # the suites
+    ssmkit bench step --help     # one suite's options
+    ssmkit demo --help           # the demo's options
+
+Each command parses its own options (``--help`` included), so this parser only picks the command; its
+module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
+usage line for an unknown command or option (argparse's convention).
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from ssmkit.bench import add_suite_parsers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: one sub-command per command; options after the command are passed on to it."""
+    parser = argparse.ArgumentParser(
+        prog="ssmkit",
+        description="Deep structured state-space models for PyTorch: benchmarks and the end-to-end demo.",
+        epilog="Run 'ssmkit COMMAND --help' for a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
+    bench = commands.add_parser(
+        "bench",
+        help="run a performance suite",
+        description="Run a performance suite; 'ssmkit bench SUITE --help' lists its options.",
+    )
+    add_suite_parsers(bench)
+    commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
+                        add_help=False)
+    return parser
+
+
+def _dispatch(argv: list[str]) -> int:
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "bench":
+        from ssmkit.bench import run as run_suite
+
+        return run_suite(args.suite, rest, prog=f"ssmkit bench {args.suite}")
+    from ssmkit.demo import main as demo_main
+
+    return demo_main(rest, prog="ssmkit demo")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    commands = ("bench", "demo")
-    if not argv or argv[0] not in commands:
-        print(f"usage: ssmkit COMMAND [options]; commands: {', '.join(commands)}", file=sys.stderr)
-        return 2
-    if argv[0] == "bench":
-        from ssmkit.bench.__main__ import main as bench_main
-
-        return bench_main(argv[1:])
-    from ssmkit.demo import main as demo_main
-
-    return demo_main(argv[1:])
+    """Run the command in ``argv`` (default: the process arguments) and return its exit status."""
+    try:
+        return _dispatch(sys.argv[1:] if argv is None else argv)
+    except SystemExit as stop:  # argparse exits on --help (0) and on usage errors (2)
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
 
 
 if __name__ == "__main__":

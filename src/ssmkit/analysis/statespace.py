@@ -19,23 +19,17 @@ The SSM papers write the recurrence with the state already updated by the curren
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import scipy.linalg
-import scipy.signal
 import torch
 
-__all__ = ["StateSpace"]
+from ssmkit.analysis import frequency, norms
 
-# Memory bound (bytes) of one block of the (G, W, n, m) work array in frequency evaluations.
-_CHUNK_BYTES = 1 << 26
-# Uniform grid points on [0, pi] used by `hinf_norm` before refinement (pole angles are added to it).
-_HINF_GRID = 512
-# Golden-section iterations of `hinf_norm`: shrink each bracket by 0.618**80 ~ 2e-17 (to float resolution).
-_HINF_ITERS = 80
-# Number of grid local maxima refined per system by `hinf_norm`.
-_HINF_PEAKS = 4
+if TYPE_CHECKING:  # scipy.signal costs ~45 MiB: imported by `to_scipy` only, never by `import ssmkit`
+    import scipy.signal
+
+__all__ = ["StateSpace"]
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -108,7 +102,7 @@ class StateSpace:
     def __init__(self, A: Any, B: Any, C: Any, D: Any, dt: float = 1.0) -> None:
         self._A, self._B, self._C, self._D = self._validate(A, B, C, D, ("A", "B", "C", "D"))
         self._dt = _check_dt(dt)
-        self._schur: tuple[np.ndarray, ...] | None = None
+        self._schur: frequency.SchurForm | None = None
 
     @staticmethod
     def _validate(A: Any, B: Any, C: Any, D: Any, names: Sequence[str]) -> tuple[np.ndarray, ...]:
@@ -307,7 +301,7 @@ class StateSpace:
         C_R = np.concatenate([C.real, -C.imag], axis=2)  # (G, p, 2n)
         return StateSpace(A_R, B_R, C_R, self._D.real, self._dt)
 
-    def to_scipy(self) -> list[scipy.signal.dlti]:
+    def to_scipy(self) -> list["scipy.signal.dlti"]:
         """One ``scipy.signal.dlti`` (a ``StateSpaceDiscrete``, with ``dt``) per system.
 
         scipy's ``dlsim`` takes and returns signals with time on axis 0, ``(L, m)`` -> ``(L, p)``; ssmkit
@@ -316,6 +310,8 @@ class StateSpace:
         Returns:
             list of G ``scipy.signal.StateSpaceDiscrete``.
         """
+        import scipy.signal
+
         self._require_real("to_scipy")
         return [
             scipy.signal.dlti(self._A[g], self._B[g], self._C[g], self._D[g], dt=self._dt)
@@ -386,6 +382,8 @@ class StateSpace:
         Returns:
             list of G complex arrays (each of length <= n; zeros of system g in any order).
         """
+        import scipy.linalg
+
         if self.is_complex:
             return self.to_real().zeros()
         n, m, p = self.nstates, self.ninputs, self.noutputs
@@ -429,7 +427,8 @@ class StateSpace:
         system, (H(z) + conj(H(conj z))) / 2, which equals `to_real().frequency_response(omega)`.
         Computed from a complex Schur form A = Z T Z^H per system and triangular solves with (zI - T)
         (backward stable; no inverse, no eigenvector basis); when T is diagonal to rounding (normal A, e.g.
-        every `from_diagonal` bank) the solve reduces to the modal sum Σ_n (C Z)_n (Z^H B)_n / (z - T_nn).
+        every `from_diagonal` bank) the solve reduces to the modal sum Σ_n (C Z)_n (Z^H B)_n / (z - T_nn)
+        (`ssmkit.analysis.frequency`; the Schur form is computed once per bank).
 
         Args:
             omega: (W,) real frequencies in rad/s (a scalar gives W = 1).
@@ -456,142 +455,41 @@ class StateSpace:
         It is not a certified bound (that needs Hamiltonian-pencil bisection, Boyd-Balakrishnan /
         Bruinsma-Steinbuch). A system with any pole on or outside the unit circle gets inf,
         even when that mode is uncontrollable or unobservable. A complex bank uses its physical response.
+        The search is `ssmkit.analysis.norms.hinf_norm`, applied to the stable systems.
 
         Returns:
             (G,) float64.
         """
         out = np.full(self.nsystems, np.inf)
         stable = np.flatnonzero(self.stable_mask())
-        if stable.size == 0:
-            return out
-        sub = self[stable]
-        Gs = len(sub)
-        # 1. grid: uniform angles and the neighbourhood of every pole angle
-        lam = sub.poles()  # (Gs, n)
-        width = np.maximum(1.0 - np.abs(lam), 1e-12)  # (Gs, n)
-        offsets = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
-        near = np.abs(np.angle(lam))[..., None] + width[..., None] * offsets  # (Gs, n, 7)
-        uniform = np.broadcast_to(np.linspace(0.0, np.pi, _HINF_GRID), (Gs, _HINF_GRID))
-        theta = np.sort(np.clip(np.concatenate([uniform, near.reshape(Gs, -1)], 1), 0.0, np.pi), 1)  # (Gs, Wg)
-        f = sub._sigma_max(theta)  # (Gs, Wg)
-        best = f.max(1)  # (Gs,)
-        # 2. brackets around the largest local maxima
-        Wg = theta.shape[1]
-        left = np.concatenate([np.full((Gs, 1), -np.inf), f[:, :-1]], 1)  # (Gs, Wg) left neighbour
-        right = np.concatenate([f[:, 1:], np.full((Gs, 1), -np.inf)], 1)  # (Gs, Wg) right neighbour
-        score = np.where((f >= left) & (f >= right), f, -np.inf)  # (Gs, Wg)
-        K = min(_HINF_PEAKS, Wg)
-        idx = np.argsort(-score, axis=1)[:, :K]  # (Gs, K)
-        lo = np.take_along_axis(theta, np.maximum(idx - 1, 0), 1)  # (Gs, K)
-        hi = np.take_along_axis(theta, np.minimum(idx + 1, Wg - 1), 1)  # (Gs, K)
-        # 3. golden-section maximisation in every bracket at once
-        r = (math.sqrt(5.0) - 1.0) / 2.0
-        c, d = hi - r * (hi - lo), lo + r * (hi - lo)
-        fc, fd = sub._sigma_max(c), sub._sigma_max(d)  # (Gs, K)
-        for _ in range(_HINF_ITERS):
-            keep_left = fc > fd  # the max lies in [lo, d]
-            lo = np.where(keep_left, lo, c)
-            hi = np.where(keep_left, d, hi)
-            new = np.where(keep_left, hi - r * (hi - lo), lo + r * (hi - lo))  # (Gs, K)
-            fnew = sub._sigma_max(new)
-            c, fc, d, fd = (
-                np.where(keep_left, new, d),
-                np.where(keep_left, fnew, fd),
-                np.where(keep_left, c, new),
-                np.where(keep_left, fc, fnew),
-            )
-            best = np.maximum(best, np.maximum(fc, fd).max(1))
-        out[stable] = best
+        if stable.size:
+            sub = self[stable]
+            out[stable] = norms.hinf_norm(sub._sigma_max, sub.poles())
         return out
 
     # ----------------------------------------------------------------------------------------------------------
     # frequency-domain internals
-    def _schur_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Complex Schur form per system, A = Z T Z^H, cached.
-
-        Returns:
-            T (G, n, n) complex upper triangular, Z^H B (G, n, m) complex, C Z (G, p, n) complex, and
-            normal (G,) bool: T is diagonal up to rounding (max |T_ij|, i < j, <= 16 n eps ||A||_F), as for
-            every bank built by `from_diagonal`; such systems use the modal formula in `_transfer`.
-        """
+    def _schur_form(self) -> frequency.SchurForm:
+        """The complex Schur form of every system (`frequency.schur_form`), computed once (A, B, C are read-only)."""
         if self._schur is None:
-            G, n = self.nsystems, self.nstates
-            T = np.empty((G, n, n), np.complex128)
-            Z = np.empty((G, n, n), np.complex128)
-            for g in range(G):
-                T[g], Z[g] = scipy.linalg.schur(self._A[g].astype(np.complex128), output="complex")
-            Zh = Z.conj().transpose(0, 2, 1)  # (G, n, n)
-            off = np.abs(np.triu(T, 1)).max((1, 2))  # (G,)
-            tol = 16 * n * np.finfo(np.float64).eps * np.linalg.norm(self._A, axis=(1, 2))  # (G,)
-            self._schur = (T, Zh @ self._B, self._C @ Z, off <= tol)  # (G, n, n), (G, n, m), (G, p, n), (G,)
+            self._schur = frequency.schur_form(self._A, self._B, self._C)
         return self._schur
 
     def _transfer(self, z: np.ndarray) -> np.ndarray:
-        """C (zI - A)^{-1} B + D of each system g at its own points z[g] (no real part taken).
+        """C (zI - A)^{-1} B + D of each system g at its own points z (G, W), no real part taken -> (G, p, m, W)."""
+        return frequency.schur_transfer(self._schur_form(), self._D, z)
 
-        With A = Z T Z^H: H(z) = (C Z) (zI - T)^{-1} (Z^H B) + D, solved by back substitution in T (or, when T
-        is diagonal, the modal sum Σ_n (C Z)_n (Z^H B)_n / (z - T_nn)), in blocks of z of bounded memory.
-
-        Args:
-            z: (G, W) complex evaluation points.
-
-        Returns:
-            (G, p, m, W) complex.
-        """
-        T, Bt, Ct, normal = self._schur_form()
-        G, n, m, p = self.nsystems, self.nstates, self.ninputs, self.noutputs
-        W = z.shape[1]
-        out = np.empty((G, p, m, W), np.complex128)
-        step = max(1, _CHUNK_BYTES // (16 * G * n * max(m, p)))
-        lam = np.diagonal(T, axis1=1, axis2=2)  # (G, n)
-        residues = (Ct[:, :, :, None] * Bt[:, None, :, :]).transpose(0, 1, 3, 2).reshape(G, p * m, n)  # (G, pm, n)
-        modal, tri = np.flatnonzero(normal), np.flatnonzero(~normal)  # (Gm,), (Gt,) system indices
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for s in range(0, W, step):
-                zc = z[:, s : s + step]  # (G, Wc)
-                Wc = zc.shape[1]
-                H = np.empty((G, p, m, Wc), np.complex128)
-                if modal.size:  # normal systems: modal sum
-                    R = 1.0 / (zc[modal, None, :] - lam[modal, :, None])  # (Gm, n, Wc)
-                    H[modal] = (residues[modal] @ R).reshape(modal.size, p, m, Wc)  # (Gm, pm, Wc) -> (Gm, p, m, Wc)
-                if tri.size:  # the others: back substitution in T
-                    H[tri] = self._triangular(T[tri], Bt[tri], Ct[tri], zc[tri])
-                out[..., s : s + step] = H + self._D[..., None]  # (G, p, m, Wc)
-        return out
-
-    @staticmethod
-    def _triangular(T: np.ndarray, Bt: np.ndarray, Ct: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Ct (zI - T)^{-1} Bt for upper triangular T (Gt, n, n), Bt (Gt, n, m), Ct (Gt, p, n), z (Gt, Wc).
-
-        Returns:
-            (Gt, p, m, Wc) complex.
-        """
-        Gt, n, m = Bt.shape
-        Wc = z.shape[1]
-        Y = np.empty((Gt, n, Wc, m), np.complex128)  # solution of (zI - T) Y = Bt at every z
-        for i in range(n - 1, -1, -1):  # back substitution, row i: (z - T_ii) Y_i = Bt_i + Σ_{j>i} T_ij Y_j
-            acc = np.broadcast_to(Bt[:, i, None, :], (Gt, Wc, m))  # (Gt, Wc, m)
-            if i < n - 1:
-                rest = Y[:, i + 1 :].reshape(Gt, n - 1 - i, Wc * m)  # (Gt, n-1-i, Wc*m)
-                acc = acc + (T[:, i : i + 1, i + 1 :] @ rest).reshape(Gt, Wc, m)  # (Gt, 1, Wc*m) -> (Gt, Wc, m)
-            Y[:, i] = acc / (z - T[:, i, i, None])[..., None]  # (Gt, Wc, m)
-        H = Ct @ Y.reshape(Gt, n, Wc * m)  # (Gt, p, n) @ (Gt, n, Wc*m) -> (Gt, p, Wc*m)
-        return H.reshape(Gt, -1, Wc, m).transpose(0, 1, 3, 2)  # (Gt, p, m, Wc)
+    _triangular = staticmethod(frequency.triangular_transfer)  # Ct (zI - T)^{-1} Bt, kept here for its tests
 
     def _physical(self, z: np.ndarray) -> np.ndarray:
         """Transfer of the physical system at z (G, W): H(z), or (H(z) + conj H(conj z)) / 2 if complex."""
         if not self.is_complex:
             return self._transfer(z)
-        W = z.shape[1]
-        both = self._transfer(np.concatenate([z, z.conj()], 1))  # (G, p, m, 2W)
-        return 0.5 * (both[..., :W] + both[..., W:].conj())  # (G, p, m, W)
+        return frequency.physical_transfer(self._schur_form(), self._D, z)
 
     def _sigma_max(self, theta: np.ndarray) -> np.ndarray:
         """Largest singular value of the physical H(e^{jθ}) for θ (G, W) per system -> (G, W)."""
-        H = self._physical(np.exp(1j * theta)).transpose(0, 3, 1, 2)  # (G, W, p, m)
-        if H.shape[2] == 1 or H.shape[3] == 1:
-            return np.sqrt((np.abs(H) ** 2).sum((2, 3)))  # (G, W): a vector's norm is its σ_max
-        return np.linalg.svd(H, compute_uv=False)[..., 0]  # (G, W)
+        return norms.sigma_max(self._physical(np.exp(1j * theta)))
 
     # ----------------------------------------------------------------------------------------------------------
     # time domain

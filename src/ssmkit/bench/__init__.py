@@ -1,1 +1,31 @@
-"""ssmkit.bench."""
+"""Performance suites, run as ``ssmkit bench SUITE [options]`` or ``python -m ssmkit.bench SUITE [options]``.
+
+    core   forward and forward+backward of S4D and S4: fast paths against the reference loops
+    step   recurrent generation: each layer's ``step`` against the bare diagonal-SSM step arithmetic
+
+Each suite is a module with ``main(argv, prog) -> int`` that parses its own options; it is imported only
+when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# Suite name -> one-line summary (shown by `ssmkit bench --help`); the module is ssmkit.bench.<name>.
+SUITES = {
+    "core": "forward and forward+backward of S4D and S4: fast paths against the reference loops",
+    "step": "recurrent step of each layer (tokens/s) against the bare diagonal-SSM step arithmetic",
+}
+
+
+def add_suite_parsers(parser: argparse.ArgumentParser) -> None:
+    """Add one sub-command per suite to ``parser``; each passes its options (``--help`` too) to the suite."""
+    suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True, title="suites")
+    for name, summary in SUITES.items():
+        suites.add_parser(name, help=summary, add_help=False)
+
+
+def run(suite: str, argv: list[str], prog: str) -> int:
+    """Run ``suite``'s ``main`` on its own options ``argv``; ``prog`` names the command in its usage line."""
+    return importlib.import_module(f"ssmkit.bench.{suite}").main(argv, prog=prog)

@@ -1,6 +1,6 @@
 """Core performance benchmark: fast paths of S4D and S4 against their reference loops.
 
-    python -m ssmkit.bench core [--batch 8 --d-model 128 --d-state 64 --length 4096] [--json PATH]
+    ssmkit bench core [--batch 8 --d-model 128 --d-state 64 --length 4096] [--json PATH]
 
 Times forward and forward+backward of each layer under each backend (``auto``: the default fast
 path; ``fft``: kernel + FFT convolution; ``reference``: the plain recurrent loop) in one run, and
@@ -93,8 +93,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ssmkit.bench core", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--d-state", type=int, default=64)

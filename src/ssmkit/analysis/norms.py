@@ -1,0 +1,120 @@
+"""System norms of a bank of discrete-time systems: the largest singular value and the H-infinity norm.
+
+For a stable discrete-time system with transfer function H(z),
+
+    ||H||_∞ = sup_{θ ∈ [0, π]} σ_max(H(e^{jθ}))
+
+(Zhou, Doyle & Glover, Robust and Optimal Control, 1996, §4.3; θ ∈ [0, π] suffices for a real system, whose
+H(e^{-jθ}) = conj H(e^{jθ})). ``StateSpace.hinf_norm`` evaluates it through these functions.
+
+Letters: G systems, n states, m inputs, p outputs, W evaluation points per system.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["hinf_norm", "sigma_max"]
+
+# Uniform grid points on [0, pi] used by `hinf_norm` before refinement (pole angles are added to it).
+_HINF_GRID = 512
+# Golden-section iterations of `hinf_norm`: shrink each bracket by 0.618**80 ~ 2e-17 (to float resolution).
+_HINF_ITERS = 80
+# Number of grid local maxima refined per system by `hinf_norm`.
+_HINF_PEAKS = 4
+
+
+def sigma_max(H: np.ndarray) -> np.ndarray:
+    """Largest singular value σ_max(H) of each p × m response matrix H[g, :, :, w].
+
+    A row or column (p = 1 or m = 1) is a vector, whose σ_max is its Euclidean norm; otherwise an SVD.
+
+    Args:
+        H: (G, p, m, W) complex responses.
+
+    Returns:
+        (G, W) float64.
+    """
+    if H.ndim != 4:
+        raise ValueError(f"H must be (G, p, m, W) (4 dimensions); got {tuple(H.shape)}")
+    H = H.transpose(0, 3, 1, 2)  # (G, W, p, m)
+    if H.shape[2] == 1 or H.shape[3] == 1:
+        return np.sqrt((np.abs(H) ** 2).sum((2, 3)))  # (G, W): a vector's norm is its σ_max
+    return np.linalg.svd(H, compute_uv=False)[..., 0]  # (G, W)
+
+
+def hinf_norm(gain: Callable[[np.ndarray], np.ndarray], poles: np.ndarray) -> np.ndarray:
+    """H-infinity norm sup_{θ ∈ [0, π]} gain(θ) of G stable systems, gain(θ) = σ_max(H(e^{jθ})).
+
+    For a `StateSpace` call ``ss.hinf_norm()``, which gives inf to unstable systems and calls this for the rest.
+
+    Algorithm: 1. the gain on a grid of 512 uniform angles plus, for every pole λ, the angles
+    |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2} (so resonances narrower than the grid are sampled);
+    2. the 4 largest local maxima of the grid are refined by golden-section search within their grid
+    neighbours (80 steps, to float resolution in θ); the norm is the largest value seen.
+    The value is a lower bound, exact to float precision times the peak's conditioning when the peak lies in one
+    of those brackets (seen ~1e-15 relative for 1 - |λ| = 0.1, ~1e-12 for 1e-4, ~1e-9 for 1e-6), which the pole
+    angles make the case unless a peak is narrower than 1 - |λ| suggests. It is not a certified bound (that
+    needs Hamiltonian-pencil bisection, Boyd-Balakrishnan / Bruinsma-Steinbuch).
+
+    Args:
+        gain: function mapping angles θ (G, W) in [0, π], one row per system, to σ_max (G, W) of that system's
+            response at e^{jθ} (e.g. `sigma_max` of `ssmkit.analysis.frequency.physical_transfer`).
+        poles: (G, n) complex poles of each system, all strictly inside the unit circle.
+
+    Returns:
+        (G,) float64.
+    """
+    if not callable(gain):
+        raise TypeError(
+            "gain must be a function θ (G, W) -> σ_max (G, W); got "
+            f"{type(gain).__name__} (for a StateSpace, call its hinf_norm() method)"
+        )
+    lam = np.asarray(poles)
+    if lam.ndim != 2:
+        raise ValueError(f"poles must be (G, n) (2 dimensions); got {tuple(lam.shape)}")
+    if lam.size and not np.all(np.abs(lam) < 1.0):
+        g = int(np.flatnonzero(~np.all(np.abs(lam) < 1.0, axis=1))[0])
+        raise ValueError(
+            f"poles must lie strictly inside the unit circle (stable systems); got |λ| = "
+            f"{np.abs(lam[g]).max():.6g} for system {g}"
+        )
+    Gs = lam.shape[0]
+    # 1. grid: uniform angles and the neighbourhood of every pole angle
+    width = np.maximum(1.0 - np.abs(lam), 1e-12)  # (Gs, n)
+    offsets = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    near = np.abs(np.angle(lam))[..., None] + width[..., None] * offsets  # (Gs, n, 7)
+    uniform = np.broadcast_to(np.linspace(0.0, np.pi, _HINF_GRID), (Gs, _HINF_GRID))
+    theta = np.sort(np.clip(np.concatenate([uniform, near.reshape(Gs, -1)], 1), 0.0, np.pi), 1)  # (Gs, Wg)
+    f = gain(theta)  # (Gs, Wg)
+    best = f.max(1)  # (Gs,)
+    # 2. brackets around the largest local maxima
+    Wg = theta.shape[1]
+    left = np.concatenate([np.full((Gs, 1), -np.inf), f[:, :-1]], 1)  # (Gs, Wg) left neighbour
+    right = np.concatenate([f[:, 1:], np.full((Gs, 1), -np.inf)], 1)  # (Gs, Wg) right neighbour
+    score = np.where((f >= left) & (f >= right), f, -np.inf)  # (Gs, Wg)
+    K = min(_HINF_PEAKS, Wg)
+    idx = np.argsort(-score, axis=1)[:, :K]  # (Gs, K)
+    lo = np.take_along_axis(theta, np.maximum(idx - 1, 0), 1)  # (Gs, K)
+    hi = np.take_along_axis(theta, np.minimum(idx + 1, Wg - 1), 1)  # (Gs, K)
+    # 3. golden-section maximisation in every bracket at once
+    r = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = hi - r * (hi - lo), lo + r * (hi - lo)
+    fc, fd = gain(c), gain(d)  # (Gs, K)
+    for _ in range(_HINF_ITERS):
+        keep_left = fc > fd  # the max lies in [lo, d]
+        lo = np.where(keep_left, lo, c)
+        hi = np.where(keep_left, d, hi)
+        new = np.where(keep_left, hi - r * (hi - lo), lo + r * (hi - lo))  # (Gs, K)
+        fnew = gain(new)
+        c, fc, d, fd = (
+            np.where(keep_left, new, d),
+            np.where(keep_left, fnew, fd),
+            np.where(keep_left, c, new),
+            np.where(keep_left, fc, fnew),
+        )
+        best = np.maximum(best, np.maximum(fc, fd).max(1))
+    return best

@@ -1,0 +1,56 @@
+"""`import ssmkit` and the model path stay light: scipy.signal (and ssmkit.analysis) load only when asked for.
+
+Each check runs in a fresh interpreter, since this test process has long imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import ssmkit
+
+SRC = str(pathlib.Path(ssmkit.__file__).resolve().parents[1])
+
+
+def loaded_after(code: str) -> dict[str, bool]:
+    """Run ``code`` in a new interpreter; report which of the watched modules it loaded."""
+    watched = ["scipy", "scipy.signal", "scipy.linalg", "ssmkit.analysis"]
+    probe = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {watched!r}}}))"
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_model_path_never_imports_scipy_signal():
+    loaded = loaded_after(
+        "import torch, ssmkit, ssmkit.layers\n"
+        "y, h = ssmkit.layers.build('s4d', d_model=4)(torch.randn(1, 5, 4))\n"
+        "assert y.shape == (1, 5, 4)"
+    )
+    assert not loaded["scipy.signal"] and not loaded["ssmkit.analysis"], loaded
+
+
+def test_analysis_loads_on_attribute_access_and_scipy_signal_only_for_to_scipy():
+    loaded = loaded_after(
+        "import sys, torch, ssmkit\n"
+        "assert 'analysis' in dir(ssmkit) and 'ssmkit.analysis' not in sys.modules\n"
+        "a, b = torch.full((2, 3), 0.5j), torch.ones(2, 3)\n"
+        "ss = ssmkit.analysis.StateSpace.from_diagonal(a, b, b, None)\n"
+        "assert ss.is_stable() and ss.hinf_norm().shape == (2,)\n"
+        "assert ss.frequency_response([0.1]).shape == (2, 1, 1, 1)\n"
+        "assert 'scipy.signal' not in sys.modules, 'analysis without to_scipy loaded scipy.signal'\n"
+        "assert len(ss.to_scipy()) == 2"
+    )
+    assert loaded["ssmkit.analysis"] and loaded["scipy.linalg"] and loaded["scipy.signal"], loaded
+
+
+def test_unknown_attribute_raises_attribute_error():
+    with pytest.raises(AttributeError, match="module 'ssmkit' has no attribute 'not_a_module'"):
+        ssmkit.not_a_module  # noqa: B018

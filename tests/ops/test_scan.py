@@ -13,15 +13,13 @@ import pytest
 import torch
 
 from ssmkit.ops.backend import use_backend
+from ssmkit.ops.chunked import ssm_scan_chunked
+from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_chunked, linear_recurrence_reference
 from ssmkit.ops.scan import (
-    linear_recurrence,
-    linear_recurrence_chunked,
-    linear_recurrence_reference,
     ssm_final_state,
     ssm_final_state_chunked,
     ssm_final_state_reference,
     ssm_scan,
-    ssm_scan_chunked,
     ssm_scan_reference,
 )
 from tests.conftest import rel_err
@@ -428,19 +426,21 @@ def test_dispatch(device):
         assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) == 0.0
     with use_backend("chunked"):
         assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) < TOL64
+    # "fft" is the kernel + FFT convolution path of the scan (it used to live in ops.diagonal)
+    with use_backend("fft"):
+        assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) < TOL64
     for backend in ("fft", "triton"):
         with use_backend(backend):
-            with pytest.raises(RuntimeError, match=f"ssm_scan: backend '{backend}'"):
-                ssm_scan(u, A_bar, B_bar, C)
             with pytest.raises(RuntimeError, match=f"linear_recurrence: backend '{backend}'"):
                 linear_recurrence(u, u)
-    # the final state is the companion of the FFT convolution path, so it runs under "fft"
-    with use_backend("fft"):
-        x_ref = ssm_final_state_reference(u, A_bar, B_bar)
-        assert rel_err(ssm_final_state(u, A_bar, B_bar), x_ref) < TOL64
     with use_backend("triton"):
-        with pytest.raises(RuntimeError, match="ssm_final_state: backend 'triton'"):
-            ssm_final_state(u, A_bar, B_bar)
+        with pytest.raises(RuntimeError, match="ssm_scan: backend 'triton'"):
+            ssm_scan(u, A_bar, B_bar, C)
+    # a final state has no frequency-domain form: "fft" raises (it was silently accepted before)
+    for backend in ("fft", "triton"):
+        with use_backend(backend):
+            with pytest.raises(RuntimeError, match=f"ssm_final_state: backend '{backend}'.*'reference', 'chunked'"):
+                ssm_final_state(u, A_bar, B_bar)
 
 
 @pytest.mark.parametrize(

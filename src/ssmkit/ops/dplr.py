@@ -277,6 +277,16 @@ def dplr_step_reference(u: Tensor, x: Tensor, A_bar: Tensor, B_bar: Tensor, C: T
     Returns:
         y (B, H) real (the real part of Cᵀ x'), and the next full state x_t (B, H, N) complex.
     """
+    if A_bar.dim() != 3 or A_bar.shape[1] != A_bar.shape[2]:
+        raise ValueError(f"A_bar must be (H, N, N); got shape {tuple(A_bar.shape)}")
+    Hn, N = A_bar.shape[:2]
+    if x.dim() != 3 or x.shape[1:] != (Hn, N):
+        raise ValueError(f"x must be (B, H, N) = (B, {Hn}, {N}); got shape {tuple(x.shape)}")
+    for name, t in (("B_bar", B_bar), ("C", C)):
+        if t.shape != (Hn, N):
+            raise ValueError(f"{name} must be (H, N) = ({Hn}, {N}); got shape {tuple(t.shape)}")
+    if u.shape != (x.shape[0], Hn):
+        raise ValueError(f"u must be (B, H) = ({x.shape[0]}, {Hn}); got shape {tuple(u.shape)}")
     x_new = torch.einsum("hnm,bhm->bhn", A_bar, x) + B_bar * u[..., None].to(B_bar.dtype)  # (B, H, N)
     y = torch.einsum("hn,bhn->bh", C, x_new).real  # (B, H)
     return y, x_new

@@ -165,7 +165,9 @@ def _chunk_operators(
     if D is not None:
         K = torch.cat([K[:, :1] + D[:, None], K[:, 1:]], dim=1)  # (H, T): K_0 + D
     K_pad = F.pad(K, (T - 1, 0))  # (H, 2T-1): T-1 zeros, then K_0..K_{T-1}
-    toeplitz = K_pad.unfold(-1, T, 1).flip(1)  # (H, T, T): [h, s, t] = K_pad[T-1-s+t]
+    lag = torch.arange(T, device=K.device)
+    toeplitz = K_pad[:, T - 1 - lag[:, None] + lag[None, :]]  # (H, T, T): [h, s, t] = K_pad[T-1-s+t] (a gather:
+    # unlike unfold, its backward has a vmap batching rule)
     to_state = pack(powers[:, :T].flip(1) * B_bar[:, None])  # (H, T, 2N)
     W = C[:, None] * powers[:, 1:]  # (H, T, N): C_n Ā_n^{t+1}
     if W.is_complex():

@@ -224,11 +224,11 @@ def ssm_scan_chunked(
     # one 2-D transpose (cheaper than a 3-D permute copy on CPU): rows (b, c, t) -> columns
     u_c = transpose(u_pad.reshape(Bsz * n_chunks * T, H)).reshape(H, Bsz * n_chunks, T)  # (H, B·nc, T)
 
-    # 1. Intra-chunk outputs and the input part of every chunk-final state, all chunks at once.
+    # Steps (1) and (3, input part) of the module docstring, all chunks at once.
     y_c = torch.bmm(u_c, toeplitz)  # (H, B·nc, T)
     z = unpack(torch.bmm(u_c, to_state).reshape(H, Bsz, n_chunks, -1), is_complex)  # (H, B, nc, N)
 
-    # 2. Carry across chunks: x_prev of chunk c+1 = Ā^T x_prev of chunk c + z_c (unbind: cheap backward).
+    # Step (3), carry across chunks: x_prev of chunk c+1 = Ā^T x_prev of chunk c + z_c (unbind: cheap backward).
     x = state.permute(1, 0, 2) if state is not None else torch.zeros_like(z[:, :, 0])  # (H, B, N)
     z_list = z.unbind(2)  # nc × (H, B, N)
     A_T_b = A_T[:, None, :].expand(H, Bsz, N)  # (H, B, N); one reduction over B in backward, not nc
@@ -238,7 +238,7 @@ def ssm_scan_chunked(
         x = torch.addcmul(z_list[c], A_T_b, x)  # (H, B, N)
     prev.append(x)
 
-    # 3. Contribution of the carried state to every step of its chunk, all chunks at once.
+    # Step (2): contribution of the carried state to every step of its chunk, all chunks at once.
     x_prev = pack(torch.stack(prev, dim=2)).reshape(H, Bsz * n_chunks, -1)  # (H, B·nc, 2N)
     if tracing():  # vmap may batch x_prev but not y_c: no in-place there
         y_c = torch.baddbmm(y_c, x_prev, from_state)  # (H, B·nc, T)
@@ -249,7 +249,7 @@ def ssm_scan_chunked(
     if not return_state:
         return y, None
 
-    # 4. Final state: the last chunk holds only r real steps (the padding must not advance the state).
+    # Final state: the last chunk holds only r real steps (the padding must not advance the state).
     if r == T:
         x = torch.addcmul(z_list[-1], A_T_b, x)  # (H, B, N)
     else:

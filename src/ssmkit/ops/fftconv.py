@@ -128,10 +128,13 @@ class _CircularConv(torch.autograd.Function):
         u, k = inputs
         _, U, K_f = output
         ctx.mark_non_differentiable(U, K_f)
+        ctx.set_materialize_grads(False)  # no zero tensors for the spectra's (never used) gradients
         ctx.save_for_backward(u, k, U, K_f)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor, _dU, _dK) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if dy is None:  # y did not reach the loss
+            return None, None
         u, k, U, K_f = ctx.saved_tensors
         n, L = k.shape[-1], u.shape[1]
         if torch.is_grad_enabled():  # create_graph=True: spectra with history, for second derivatives

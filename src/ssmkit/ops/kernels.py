@@ -16,6 +16,10 @@ Two paths, same signature:
   built by repeated doubling in float64/complex128, whatever the input precision, so the only
   float32 rounding is in the GEMM. Nothing of size (…, H, N, L) is ever allocated
   (REFERENCE.md §6.1: 22 ms against 370 ms for a complex ``exp`` over (H, N, L)).
+
+The output of an initial state s = x_{-1}, y0_l = Re Σ_n C_n Ā_n^{l+1} s_n, is the same product with the state
+folded into the weights, W = C Ā s (one weight set per sequence): ``initial_state_output_reference`` (the free
+recurrence) and ``initial_state_output_vandermonde`` (backend ``"chunked"``, by ``vandermonde_gemm``).
 """
 
 from __future__ import annotations
@@ -138,6 +142,31 @@ def vandermonde_gemm(W: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.Tens
     return K.transpose(0, 1).reshape(*batch, H, L)  # (..., H, L)
 
 
+_VANDERMONDE = {"reference": vandermonde_reference, "chunked": vandermonde_gemm}
+
+
+def vandermonde(W: torch.Tensor, A_bar: torch.Tensor, L: int, *, backend: str | None = None) -> torch.Tensor:
+    """Diagonal SSM convolution kernel K_l = Re Σ_n W_n Ā_n^l, l = 0..L−1 (arXiv 2206.11893 §3).
+
+    For S4D with conjugate pairs pass W = 2·C·B̄ (C (H, N) complex, B̄ (H, N) complex) to get
+    K_l = 2 Re Σ_n C_n B̄_n Ā_n^l; for a state contribution pass W of shape (B, H, N).
+
+    Backends: ``"reference"`` -> :func:`vandermonde_reference` (loop over l); ``"chunked"`` ->
+    :func:`vandermonde_gemm` (power table + GEMM, the same matmul-shaped path on every device); ``"auto"`` ->
+    ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
+
+    Args:
+        W: (..., H, N) weights, real or complex (float32/64, complex64/128); leading batch dims allowed.
+        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as W.
+        L: kernel length, >= 1.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        (..., H, L) real kernel (float32 for float32/complex64 inputs, float64 otherwise).
+    """
+    return dispatch("vandermonde", _VANDERMONDE, backend, auto="chunked")(W, A_bar, L)
+
+
 # --------------------------------------------------------------------------------------------------
 # Output of an initial state
 
@@ -240,28 +269,3 @@ def initial_state_output(
     """
     impl = dispatch("initial_state_output", _INITIAL_STATE_OUTPUT, backend, auto="chunked")
     return impl(C, A_bar, state, L)
-
-
-_VANDERMONDE = {"reference": vandermonde_reference, "chunked": vandermonde_gemm}
-
-
-def vandermonde(W: torch.Tensor, A_bar: torch.Tensor, L: int, *, backend: str | None = None) -> torch.Tensor:
-    """Diagonal SSM convolution kernel K_l = Re Σ_n W_n Ā_n^l, l = 0..L−1 (arXiv 2206.11893 §3).
-
-    For S4D with conjugate pairs pass W = 2·C·B̄ (C (H, N) complex, B̄ (H, N) complex) to get
-    K_l = 2 Re Σ_n C_n B̄_n Ā_n^l; for a state contribution pass W of shape (B, H, N).
-
-    Backends: ``"reference"`` -> :func:`vandermonde_reference` (loop over l); ``"chunked"`` ->
-    :func:`vandermonde_gemm` (power table + GEMM, the same matmul-shaped path on every device); ``"auto"`` ->
-    ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
-
-    Args:
-        W: (..., H, N) weights, real or complex (float32/64, complex64/128); leading batch dims allowed.
-        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as W.
-        L: kernel length, >= 1.
-        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
-
-    Returns:
-        (..., H, L) real kernel (float32 for float32/complex64 inputs, float64 otherwise).
-    """
-    return dispatch("vandermonde", _VANDERMONDE, backend, auto="chunked")(W, A_bar, L)

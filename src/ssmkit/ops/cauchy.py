@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssmkit.ops.backend import dispatch
+from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.dplr import bilinear_dplr, small_inverse
 
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -97,9 +97,10 @@ class _CauchyMatmul(torch.autograd.Function):
     All three inputs enter holomorphically, so (PyTorch's convention for complex autograd) the gradient of a
     real loss is grad_x = Σ conj(∂out/∂x) · grad_out:
         ∂out_km/∂v_kn = c_nm,   ∂out_km/∂w_n = v_kn c_nm²,   ∂out_km/∂z_m = -Σ_n v_kn c_nm²,   c = 1/(z - w).
-    Forward and backward are functional (blocks are concatenated, gradients summed out of place), so
-    torch.func's generated vmap rule batches them, and the backward is itself differentiable (second
-    derivatives exist).
+    Under torch.func and torch.compile nothing is written into a preallocated buffer (the forward's blocks are
+    concatenated; gradients are summed into the first block's term), so the generated vmap rule batches both
+    passes; in-place steps touch only fresh tensors, and none while a double backward is being recorded, so
+    second derivatives exist.
     """
 
     generate_vmap_rule = True
@@ -109,10 +110,19 @@ class _CauchyMatmul(torch.autograd.Function):
         G, K, N = v.shape
         M = z.shape[-1]
         step = _block(M, G, N, v.element_size())
+        # eager: one output buffer, so every block's 1/(z - w) reuses the previous one's memory (keeping the
+        # blocks alive for a cat made each new block page-fault: forward 2x slower); under torch.func or
+        # torch.compile the blocks are concatenated (no writes into a buffer that vmap could not batch)
+        out = None if tracing() else torch.empty(G, K, M, dtype=v.dtype, device=v.device)  # (G, K, M)
         blocks = []
         for m0 in range(0, M, step):
             c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m)
-            blocks.append(v @ c)  # (G, K, N) @ (G, N, m) -> (G, K, m)
+            if out is None:
+                blocks.append(v @ c)  # (G, K, N) @ (G, N, m) -> (G, K, m)
+            else:
+                out[:, :, m0 : m0 + step] = v @ c  # (G, K, m)
+        if out is not None:
+            return out
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (G, K, M)
 
     @staticmethod
@@ -129,17 +139,21 @@ class _CauchyMatmul(torch.autograd.Function):
         gv = gw_k = None  # (G, K, N) sums over the blocks (gw_k summed over k at the end)
         gz_blocks = []  # (G, m) each
         v_conj = v.conj()
+        # create_graph=True: keep 1/(z - w) intact for the double backward (reciprocal's derivative reads it)
+        recording = torch.is_grad_enabled()
         for m0 in range(0, M, step):
             g_m = g[:, :, m0 : m0 + step]  # (G, K, m)
-            c_conj = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal().conj_physical()  # (G, N, m)
+            c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m), in place on a fresh tensor
+            c_conj = c.conj_physical() if recording else c.conj_physical_()  # (G, N, m); a lazy conj() view
+            # would be copied by every GEMM that reads it
             if need_v:
                 term = g_m @ c_conj.transpose(1, 2)  # (G, K, m) @ (G, m, N) -> (G, K, N)
-                gv = term if gv is None else gv + term
+                gv = term if gv is None else (gv + term if recording else gv.add_(term))
             if need_w or need_z:
                 c2_conj = c_conj * c_conj  # (G, N, m)
                 if need_w:
                     term = g_m @ c2_conj.transpose(1, 2)  # (G, K, N)
-                    gw_k = term if gw_k is None else gw_k + term
+                    gw_k = term if gw_k is None else (gw_k + term if recording else gw_k.add_(term))
                 if need_z:
                     gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1))  # (G, K, m) -> (G, m)
         gw = (gw_k * v_conj).sum(1) if need_w else None  # (G, K, N) -> (G, N)

@@ -18,7 +18,11 @@ steps carries the (B, H, N) state across chunks, then step (2) runs for all chun
 size B·L·H·N is ever allocated; complex matrices enter the GEMMs as real/imaginary pairs (REFERENCE §6:
 ATen's complex kernels are scalar code on CPU, real BLAS is not).
 
-One copy of the algorithm serves autograd, no-grad inference, torch.func and torch.compile.
+One copy of the algorithm serves autograd, no-grad inference, torch.func and torch.compile. The former in-place
+no-grad branch (carrying the states inside the step (3) GEMM output, fed one chunk behind) made the no-grad
+forward 8-13 % faster (median 10 %, 12 interleaved runs; B=8, H=128, 32 complex modes, L=4096, float32, 2-core
+CPU): not a clear enough gain for a second copy of the algorithm, so it was removed. A short in-place carry
+inside this function recovered only 4 of those points.
 """
 
 from __future__ import annotations

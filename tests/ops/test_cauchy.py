@@ -81,11 +81,15 @@ def test_cauchy_dispatch(device):
     v, z, w = crandn(3, 4, device=device), crandn(3, 5, device=device), crandn(3, 4, device=device)
     with ops.use_backend("reference"):
         assert torch.equal(cauchy(v, z, w), cauchy_reference(v, z, w))
-    for backend in ("auto", "chunked", "fft"):
+    for backend in ("auto", "chunked"):
         with ops.use_backend(backend):
             assert torch.equal(cauchy(v, z, w), cauchy_matmul(v, z, w))
     with ops.use_backend("triton"), pytest.raises(RuntimeError, match="triton"):
         cauchy(v, z, w)
+    # the blocked GEMM is a time-domain ("chunked") algorithm: no "fft" path
+    with ops.use_backend("fft"), pytest.raises(RuntimeError, match="cauchy: backend 'fft'"):
+        cauchy(v, z, w)
+    assert torch.equal(cauchy(v, z, w, backend="reference"), cauchy_reference(v, z, w))
 
 
 def test_cauchy_bad_inputs(device):
@@ -216,6 +220,10 @@ def test_dplr_kernel_dispatch_and_errors(device):
         assert torch.equal(dplr_kernel(*args, 5), dplr_kernel_fast(*args, 5))
     with ops.use_backend("triton"), pytest.raises(RuntimeError, match="triton"):
         dplr_kernel(*args, 5)
+    # Algorithm 1 evaluates the generating function at the roots of unity and inverts an FFT: no "chunked" path
+    with ops.use_backend("chunked"), pytest.raises(RuntimeError, match="dplr_kernel: backend 'chunked'"):
+        dplr_kernel(*args, 5)
+    assert torch.equal(dplr_kernel(*args, 5, backend="auto"), dplr_kernel_fast(*args, 5))
     Lambda, P, B, C, dt = args
     with pytest.raises(ValueError, match=r"Lambda must be \(H, N/2\) complex"):
         dplr_kernel(Lambda.real, P, B, C, dt, 5)

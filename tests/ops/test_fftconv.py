@@ -16,11 +16,13 @@ from ssmkit.ops.fftconv import (
     causal_conv,
     causal_conv_fft,
     causal_conv_reference,
+)
+from ssmkit.ops.kernels import (
     initial_state_output,
     initial_state_output_reference,
     initial_state_output_vandermonde,
+    vandermonde,
 )
-from ssmkit.ops.kernels import vandermonde
 from tests.conftest import rel_err
 
 B, H, N = 2, 3, 4  # pairwise-distinct small sizes (with L=13) so a swapped axis cannot broadcast
@@ -59,7 +61,7 @@ def test_bidirectional_hand_value(backend, device):
     assert y.flatten().tolist() == pytest.approx([21.0, 32.0, 3.0], abs=1e-13)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fft"])
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
 def test_initial_state_hand_value(backend, device):
     # One mode, C = 1, Ā = 0.5, s = 1: y0_l = 0.5^{l+1} (the state is x_{−1}, so the first output has one Ā).
     one = torch.ones(1, 1, dtype=torch.complex64, device=device)
@@ -222,12 +224,23 @@ def test_dispatch(device):
         assert torch.equal(causal_conv(u, K), causal_conv_reference(u, K))
         assert torch.equal(bidirectional_conv(u, K2), bidirectional_conv_reference(u, K2))
         assert torch.equal(initial_state_output(C, A_bar, s, 13), initial_state_output_reference(C, A_bar, s, 13))
-    for backend in ("auto", "chunked", "fft"):
+    for backend in ("auto", "fft"):  # the convolutions: reference and fft (auto -> fft)
         with ops.use_backend(backend):
             assert torch.equal(causal_conv(u, K), causal_conv_fft(u, K))
             assert torch.equal(bidirectional_conv(u, K2), bidirectional_conv_fft(u, K2))
+    for backend in ("auto", "chunked"):  # the initial-state output: reference and chunked (auto -> chunked)
+        with ops.use_backend(backend):
             assert torch.equal(initial_state_output(C, A_bar, s, 13),
                                initial_state_output_vandermonde(C, A_bar, s, 13))
+    # a backend an op does not have raises, from the context and per call
+    with ops.use_backend("chunked"):
+        with pytest.raises(RuntimeError, match="causal_conv: backend 'chunked'.*'auto', 'reference', 'fft'"):
+            causal_conv(u, K)
+        with pytest.raises(RuntimeError, match="bidirectional_conv: backend 'chunked'"):
+            bidirectional_conv(u, K2)
+    with pytest.raises(RuntimeError, match="initial_state_output: backend 'fft'.*'auto', 'reference', 'chunked'"):
+        initial_state_output(C, A_bar, s, 13, backend="fft")
+    assert torch.equal(causal_conv(u, K, backend="reference"), causal_conv_reference(u, K))
     with ops.use_backend("triton"):
         with pytest.raises(RuntimeError, match="causal_conv: backend 'triton'"):
             causal_conv(u, K)

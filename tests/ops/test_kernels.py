@@ -185,11 +185,17 @@ def test_dispatch(device):
     W, A_bar = random_system(torch.complex64, device)
     with ops.use_backend("reference"):
         assert torch.equal(vandermonde(W, A_bar, 13), vandermonde_reference(W, A_bar, 13))
-    for backend in ("auto", "chunked", "fft"):
+    for backend in ("auto", "chunked"):
         with ops.use_backend(backend):
             assert torch.equal(vandermonde(W, A_bar, 13), vandermonde_gemm(W, A_bar, 13))
     with ops.use_backend("triton"), pytest.raises(RuntimeError, match="vandermonde: backend 'triton'"):
         vandermonde(W, A_bar, 13)
+    # the Vandermonde kernel is a time-domain GEMM: it has no "fft" path (context or per call)
+    with ops.use_backend("fft"), pytest.raises(RuntimeError, match="vandermonde: backend 'fft'"):
+        vandermonde(W, A_bar, 13)
+    with pytest.raises(RuntimeError, match="vandermonde: backend 'fft'.*'auto', 'reference', 'chunked'"):
+        vandermonde(W, A_bar, 13, backend="fft")
+    assert torch.equal(vandermonde(W, A_bar, 13, backend="reference"), vandermonde_reference(W, A_bar, 13))
 
 
 @pytest.mark.parametrize("fn", [vandermonde, vandermonde_reference, vandermonde_gemm])

@@ -1,4 +1,4 @@
-"""Tests of ssmkit.ops.scan: the diagonal SSM scan, its final state and the generic linear recurrence.
+"""Tests of ssmkit.ops.scan and ssmkit.ops.chunked: the diagonal SSM scan (loop, chunked, FFT) and its final state.
 
 Every fast path is compared with its loop reference and with an independent float64 oracle (the
 convolution view K_l = Re Σ C B̄ Ā^l plus the initial-state term, arXiv 2206.11893 §2), on outputs,
@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from ssmkit.ops.backend import use_backend
+from ssmkit.ops.chunked import ssm_scan_chunked
+from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_chunked
+import ssmkit.ops.scan as scan_module
 from ssmkit.ops.scan import (
-    linear_recurrence,
-    linear_recurrence_chunked,
-    linear_recurrence_reference,
     ssm_final_state,
     ssm_final_state_chunked,
     ssm_final_state_reference,
     ssm_scan,
-    ssm_scan_chunked,
+    ssm_scan_fft,
     ssm_scan_reference,
 )
 from tests.conftest import rel_err
@@ -282,6 +282,102 @@ def test_scan_chunked_gradients_equal_reference(L, kind, real_dtype, device):
 
 
 # ----------------------------------------------------------------------------------------------------
+# ssm_scan: the FFT (convolution) path and return_state
+# ----------------------------------------------------------------------------------------------------
+
+# float32 FFT path: the kernel GEMM (<= 2e-6, tests/ops/test_kernels.py) plus rfft/irfft rounding of ~eps·log2(n)
+# relative to the signal (<= 5e-6, tests/ops/test_fftconv.py); observed <= 2e-7 here, so 2e-5 is generous but
+# stays below any error a wrong tap or a missing state term would make (>= 1e-2).
+TOL_FFT = {torch.float32: 2e-5, torch.float64: TOL64}
+
+
+@pytest.mark.parametrize("real_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["complex", "real"])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("with_D", [False, True])
+@pytest.mark.parametrize("L", [1, 13, 64, 200])
+def test_scan_fft_matches_oracle(L, with_D, with_state, kind, real_dtype, device):
+    A_bar, B_bar, C = make_params(H, N, real_dtype, kind, device)
+    u = torch.randn(Bsz, L, H, dtype=real_dtype, device=device)
+    D = torch.randn(H, dtype=real_dtype, device=device) if with_D else None
+    state = make_state(Bsz, A_bar) if with_state else None
+    y, x = ssm_scan_fft(u, A_bar, B_bar, C, state, D)
+    y_ref, x_ref = oracle(u, A_bar, B_bar, C, state)
+    if with_D:
+        y_ref = y_ref + D.double() * u.double()  # (B, L, H)
+    assert y.shape == (Bsz, L, H) and y.dtype == real_dtype and x.dtype == A_bar.dtype
+    assert rel_err(y, y_ref) < TOL_FFT[real_dtype]
+    assert rel_err(x, x_ref if kind == "complex" else x_ref.real) < TOL[real_dtype]  # the chunked final state
+
+
+def test_scan_fft_hand_value(device):
+    # Ā = 0.5, B̄ = 1, C = 1, D = 2, u = [1, 0, 0], x_{-1} = 4: y = [1 + 2 + 0.5·4, 0.5 + 0.25·4, 0.25 + 0.125·4]
+    A_bar, B_bar, C = (torch.full((1, 1), v, dtype=torch.complex128, device=device) for v in (0.5, 1.0, 1.0))
+    u = torch.tensor([[[1.0], [0.0], [0.0]]], dtype=torch.float64, device=device)
+    D = torch.tensor([2.0], dtype=torch.float64, device=device)
+    state = torch.full((1, 1, 1), 4.0 + 0j, dtype=torch.complex128, device=device)
+    y, x = ssm_scan(u, A_bar, B_bar, C, state, D, backend="fft")
+    torch.testing.assert_close(y, torch.tensor([[[5.0], [1.5], [0.75]]], dtype=torch.float64, device=device))
+    torch.testing.assert_close(x, torch.full((1, 1, 1), 0.75 + 0j, dtype=torch.complex128, device=device))
+
+
+@pytest.mark.parametrize("kind", ["complex", "real"])
+def test_scan_fft_gradients_equal_reference(kind, device):
+    A_bar, B_bar, C = make_params(H, N, torch.float64, kind, device)
+    u = torch.randn(Bsz, 77, H, dtype=torch.float64, device=device)
+    D = torch.randn(H, dtype=torch.float64, device=device)
+    state = make_state(Bsz, A_bar)
+    gy, gx = torch.randn_like(u), torch.randn_like(state)
+    grads = []
+    for backend in ("reference", "fft"):
+        inputs = [t.clone().requires_grad_() for t in (u, A_bar, B_bar, C, state, D)]
+        y, x = ssm_scan(*inputs, backend=backend)
+        loss = (y * gy).sum() + (x * gx.conj()).real.sum()
+        grads.append(torch.autograd.grad(loss, inputs))
+    for name, g, g_ref in zip(("u", "A_bar", "B_bar", "C", "state", "D"), grads[1], grads[0]):
+        assert rel_err(g, g_ref) < TOL64, name  # float64, FFT vs loop
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "fft", "auto"])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_return_state_false(backend, with_state, device):
+    A_bar, B_bar, C = make_params(H, N, torch.float64, "complex", device)
+    u = torch.randn(Bsz, 77, H, dtype=torch.float64, device=device)
+    D = torch.randn(H, dtype=torch.float64, device=device)
+    state = make_state(Bsz, A_bar) if with_state else None
+    y, x = ssm_scan(u, A_bar, B_bar, C, state, D, backend=backend)
+    y0, none = ssm_scan(u, A_bar, B_bar, C, state, D, return_state=False, backend=backend)
+    assert none is None and x is not None
+    assert torch.equal(y0, y)  # the same arithmetic for y either way
+
+
+def test_fft_path_skips_the_final_state(monkeypatch, device):
+    A_bar, B_bar, C = make_params(H, N, torch.float64, "complex", device)
+    u = torch.randn(Bsz, 13, H, dtype=torch.float64, device=device)
+
+    def no_final_state(*args, **kwargs):
+        raise AssertionError("the final state was computed")
+
+    monkeypatch.setattr(scan_module, "ssm_final_state_chunked", no_final_state)
+    y, x = ssm_scan(u, A_bar, B_bar, C, make_state(Bsz, A_bar), return_state=False, backend="fft")
+    assert x is None and y.shape == (Bsz, 13, H)
+    with pytest.raises(AssertionError, match="the final state was computed"):  # the patch is the one in use
+        ssm_scan(u, A_bar, B_bar, C, backend="fft")
+
+
+def test_forced_context_selects_only_the_outer_op(monkeypatch, device):
+    """Under use_backend("fft") the scan's FFT path calls its sub-ops with explicit backends (the Vandermonde
+    kernel and the initial-state output have no "fft" path and would raise if they read the context)."""
+    A_bar, B_bar, C = make_params(H, N, torch.float64, "complex", device)
+    u = torch.randn(Bsz, 13, H, dtype=torch.float64, device=device)
+    state = make_state(Bsz, A_bar)
+    with use_backend("fft"):
+        y, x = ssm_scan(u, A_bar, B_bar, C, state)
+    y_ref, x_ref = ssm_scan_reference(u, A_bar, B_bar, C, state)
+    assert rel_err(y, y_ref) < TOL64 and rel_err(x, x_ref) < TOL64
+
+
+# ----------------------------------------------------------------------------------------------------
 # ssm_final_state
 # ----------------------------------------------------------------------------------------------------
 
@@ -333,89 +429,6 @@ def test_final_state_gradients(kind, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# linear_recurrence
-# ----------------------------------------------------------------------------------------------------
-
-
-def make_gates(L: int, dtype: torch.dtype, device: torch.device, D: int = 5):
-    a = torch.rand(Bsz, L, D, dtype=torch.float64) * 1.2 - 0.1  # some negative, some > 1
-    if dtype.is_complex:
-        a = torch.polar(a.abs(), math.pi * (2 * torch.rand_like(a) - 1))
-    a[:, L // 2] = 0  # a reset in the middle
-    b = torch.randn(Bsz, L, D, dtype=dtype)
-    return a.to(device=device, dtype=dtype), b.to(device)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128])
-@pytest.mark.parametrize("with_h0", [False, True])
-@pytest.mark.parametrize("L", [1, 13, 64, 200])
-@pytest.mark.parametrize("chunk_size", [None, 1, 7, 64])
-def test_linear_recurrence_chunked_equals_reference(chunk_size, L, with_h0, dtype, device):
-    a, b = make_gates(L, dtype, device)
-    h0 = torch.randn(Bsz, 5, dtype=dtype, device=device) if with_h0 else None
-    h, h_last = linear_recurrence_chunked(a, b, h0, chunk_size=chunk_size)
-    h_ref, h_last_ref = linear_recurrence_reference(a, b, h0)
-    assert h.shape == (Bsz, L, 5) and h.dtype == dtype and h_last.shape == (Bsz, 5)
-    # the chunked path reassociates products of <= T gates: float32 rounding differs by ~T·eps (gates up to 1.1)
-    tol = 1e-5 if dtype in (torch.float32, torch.complex64) else TOL64
-    assert rel_err(h, h_ref) < tol
-    assert rel_err(h_last, h_last_ref) < tol
-    assert rel_err(h_last, h[:, -1]) == 0.0
-    with use_backend("reference"):
-        assert rel_err(linear_recurrence(a, b, h0)[0], h_ref) == 0.0
-    assert rel_err(linear_recurrence(a, b, h0)[0], h_ref) < tol
-
-
-def test_linear_recurrence_hand_value(device):
-    # a = [0.5, 0, 0.5], b = [1, 2, 0], h0 = 4: h = [0.5·4 + 1, 0·3 + 2, 0.5·2 + 0] = [3, 2, 1]
-    a = torch.tensor([[[0.5], [0.0], [0.5]]], dtype=torch.float64, device=device)
-    b = torch.tensor([[[1.0], [2.0], [0.0]]], dtype=torch.float64, device=device)
-    h0 = torch.full((1, 1), 4.0, dtype=torch.float64, device=device)
-    for path in (linear_recurrence_reference, linear_recurrence_chunked):
-        h, h_last = path(a, b, h0)
-        torch.testing.assert_close(h, torch.tensor([[[3.0], [2.0], [1.0]]], dtype=torch.float64, device=device))
-        torch.testing.assert_close(h_last, torch.full((1, 1), 1.0, dtype=torch.float64, device=device))
-
-
-def test_linear_recurrence_large_gates(device):
-    # |a| = 2 for 200 steps grows to 2^200 ~ 1.6e60: products only, so no overflow or loss in float64
-    a = torch.full((1, 200, 2), 2.0, dtype=torch.float64, device=device)
-    b = torch.randn(1, 200, 2, dtype=torch.float64, device=device)
-    h, _ = linear_recurrence_chunked(a, b, chunk_size=16)
-    h_ref, _ = linear_recurrence_reference(a, b)
-    assert rel_err(h, h_ref) < TOL64
-
-
-def test_linear_recurrence_wide_input_runs_one_chunk(device):
-    # B·H >= 8192: chunk_size=None runs a single chunk (the plain loop); same states as the reference
-    a, b = make_gates(13, torch.float64, device, D=4096)
-    h, h_last = linear_recurrence_chunked(a, b)
-    h_ref, _ = linear_recurrence_reference(a, b)
-    assert rel_err(h, h_ref) < TOL64
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_linear_recurrence_gradients(dtype, device):
-    a, b = make_gates(7, dtype, device, D=2)
-    h0 = torch.randn(Bsz, 2, dtype=dtype, device=device)
-    inputs = [t.clone().requires_grad_() for t in (a, b, h0)]
-    assert torch.autograd.gradcheck(lambda *x: linear_recurrence_chunked(*x, chunk_size=3), inputs)
-    # the backward is the same Function in reverse time, so second-order gradients work too
-    assert torch.autograd.gradgradcheck(lambda *x: linear_recurrence_chunked(*x, chunk_size=3), inputs)
-    a, b = make_gates(200, dtype, device)
-    h0 = torch.randn(Bsz, 5, dtype=dtype, device=device)
-    gh, gl = torch.randn_like(b), torch.randn_like(h0)
-    grads = []
-    for path in (linear_recurrence_reference, linear_recurrence_chunked):
-        inputs = [t.clone().requires_grad_() for t in (a, b, h0)]
-        h, h_last = path(*inputs)
-        loss = (h * gh.conj()).real.sum() + (h_last * gl.conj()).real.sum()
-        grads.append(torch.autograd.grad(loss, inputs))
-    for name, g, g_ref in zip(("a", "b", "h0"), grads[1], grads[0]):
-        assert rel_err(g, g_ref) < TOL64, name
-
-
-# ----------------------------------------------------------------------------------------------------
 # dispatch and input checks
 # ----------------------------------------------------------------------------------------------------
 
@@ -428,19 +441,21 @@ def test_dispatch(device):
         assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) == 0.0
     with use_backend("chunked"):
         assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) < TOL64
+    # "fft" is the kernel + FFT convolution path of the scan (it used to live in ops.diagonal)
+    with use_backend("fft"):
+        assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) < TOL64
     for backend in ("fft", "triton"):
         with use_backend(backend):
-            with pytest.raises(RuntimeError, match=f"ssm_scan: backend '{backend}'"):
-                ssm_scan(u, A_bar, B_bar, C)
             with pytest.raises(RuntimeError, match=f"linear_recurrence: backend '{backend}'"):
                 linear_recurrence(u, u)
-    # the final state is the companion of the FFT convolution path, so it runs under "fft"
-    with use_backend("fft"):
-        x_ref = ssm_final_state_reference(u, A_bar, B_bar)
-        assert rel_err(ssm_final_state(u, A_bar, B_bar), x_ref) < TOL64
     with use_backend("triton"):
-        with pytest.raises(RuntimeError, match="ssm_final_state: backend 'triton'"):
-            ssm_final_state(u, A_bar, B_bar)
+        with pytest.raises(RuntimeError, match="ssm_scan: backend 'triton'"):
+            ssm_scan(u, A_bar, B_bar, C)
+    # a final state has no frequency-domain form: "fft" raises (it was silently accepted before)
+    for backend in ("fft", "triton"):
+        with use_backend(backend):
+            with pytest.raises(RuntimeError, match=f"ssm_final_state: backend '{backend}'.*'reference', 'chunked'"):
+                ssm_final_state(u, A_bar, B_bar)
 
 
 @pytest.mark.parametrize(
@@ -499,23 +514,3 @@ def test_bad_chunk_size(device):
         ssm_scan_chunked(u, A_bar, B_bar, C, chunk_size=0)
     with pytest.raises(ValueError, match="chunk_size must be a positive int; got 2.5"):
         linear_recurrence_chunked(u, u, chunk_size=2.5)
-
-
-@pytest.mark.parametrize(
-    "a_shape, b_shape, a_dtype, b_dtype, h0_shape, match",
-    [
-        ((2, 13, 5), (2, 12, 5), torch.float64, torch.float64, None, r"a and b must both be \(B, L, H\)"),
-        ((2, 0, 5), (2, 0, 5), torch.float64, torch.float64, None, r"a and b must have length L >= 1"),
-        ((13, 5), (13, 5), torch.float64, torch.float64, None, r"a must be \(B, L, H\)"),
-        ((2, 13, 5), (2, 13, 5), torch.float64, torch.complex128, None, r"a and b must share one dtype"),
-        ((2, 13, 5), (2, 13, 5), torch.int64, torch.int64, None, r"a must be float32/float64 or complex"),
-        ((2, 13, 5), (2, 13, 5), torch.float64, torch.float64, (2, 4), r"h0 must be \(B, H\) = \(2, 5\)"),
-    ],
-)
-def test_linear_recurrence_bad_inputs(a_shape, b_shape, a_dtype, b_dtype, h0_shape, match, device):
-    a = torch.zeros(a_shape, dtype=a_dtype, device=device)
-    b = torch.zeros(b_shape, dtype=b_dtype, device=device)
-    h0 = None if h0_shape is None else torch.zeros(h0_shape, dtype=a_dtype, device=device)
-    for path in (linear_recurrence_reference, linear_recurrence_chunked):
-        with pytest.raises(ValueError, match=match):
-            path(a, b, h0)

@@ -1,41 +1,49 @@
-"""Pure tensor math: HiPPO matrices, discretisation, SSM kernels, FFT convolution, scans.
+"""Pure tensor math: HiPPO matrices, discretisation, SSM kernels, FFT convolution, scans and recurrences.
 
-Nothing here is an ``nn.Module``; every op has a ``<op>_reference`` oracle beside its fast path, and
-:func:`set_backend` forces one path for tests and debugging.
+Nothing here is an ``nn.Module``. Every op has a ``<op>_reference`` oracle beside its fast paths and one
+dispatch table from backend name to implementation (:mod:`ssmkit.ops.backend`): :func:`set_backend` and
+:func:`use_backend` choose the backend of the current thread or task, and every dispatching op takes a
+keyword-only ``backend=`` that overrides it for one call.
+
+Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT path, final state),
+``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
+kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
+``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``dense`` (final state of a dense recurrence),
+``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
+layers' views of a diagonal SSM).
 """
 
 from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from ssmkit.ops.cauchy import dplr_kernel, dplr_kernel_reference  # cauchy() stays in its module (same name)
 from ssmkit.ops.dense import dense_final_state, dense_final_state_reference
 from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
-from ssmkit.ops.discretize import bilinear, bilinear_dplr, zoh, zoh_reference
-from ssmkit.ops.fftconv import (
-    bidirectional_conv,
-    bidirectional_conv_reference,
-    causal_conv,
-    causal_conv_reference,
-    initial_state_output,
-    initial_state_output_reference,
+from ssmkit.ops.discretize import bilinear, zoh, zoh_reference
+from ssmkit.ops.dplr import (
+    DPLRStepCoefficients,
+    bilinear_dplr,
+    bilinear_dplr_real,
+    dplr_matrix,
+    dplr_step,
+    dplr_step_coefficients,
+    dplr_step_reference,
+    small_inverse,
 )
+from ssmkit.ops.fftconv import bidirectional_conv, bidirectional_conv_reference, causal_conv, causal_conv_reference
 from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correction, s4d_eigenvalues, s4d_input_matrix, transition
-from ssmkit.ops.kernels import vandermonde, vandermonde_reference
-from ssmkit.ops.scan import (
-    linear_recurrence,
-    linear_recurrence_reference,
-    ssm_final_state,
-    ssm_final_state_reference,
-    ssm_scan,
-    ssm_scan_reference,
-)
+from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
+from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
+from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 
 __all__ = [
     "BACKENDS",
+    "DPLRStepCoefficients",
     "MEASURES",
     "NPLR",
     "bidirectional_conv",
     "bidirectional_conv_reference",
     "bilinear",
     "bilinear_dplr",
+    "bilinear_dplr_real",
     "causal_conv",
     "causal_conv_reference",
     "dense_final_state",
@@ -46,6 +54,10 @@ __all__ = [
     "diagonal_ssm_step",
     "dplr_kernel",
     "dplr_kernel_reference",
+    "dplr_matrix",
+    "dplr_step",
+    "dplr_step_coefficients",
+    "dplr_step_reference",
     "dss_eigenvalues",
     "get_backend",
     "initial_state_output",
@@ -57,6 +69,7 @@ __all__ = [
     "s4d_eigenvalues",
     "s4d_input_matrix",
     "set_backend",
+    "small_inverse",
     "ssm_final_state",
     "ssm_final_state_reference",
     "ssm_scan",

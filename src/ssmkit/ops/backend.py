@@ -1,53 +1,122 @@
 """Choice of execution path for the ops (one visible place; STYLE.md rule 7).
 
-``auto`` lets each op pick its fast path by device and size; the other names force one path
-for tests and debugging. A forced path that the op does not have, or that cannot run here,
-raises ``RuntimeError`` -- never a silent fallback.
+Every dispatching op has ONE table from backend name to implementation, and every name means one thing:
+
+    ``"reference"``  the op's ``<op>_reference`` oracle (a loop or the direct formula);
+    ``"chunked"``    a time-domain, matmul-shaped algorithm (chunked scan, blocked GEMM, power-table GEMM);
+    ``"fft"``        a frequency-domain (FFT) algorithm;
+    ``"triton"``     a Triton GPU kernel (none exists yet);
+    ``"auto"``       the op's own choice among the names of its table.
+
+The backend in force is a :class:`contextvars.ContextVar` (default ``"auto"``): :func:`set_backend` and
+:func:`use_backend` change it for the current thread or asyncio task only, and :func:`use_backend` restores
+it with the variable's token. Every op also takes a keyword-only ``backend=`` that overrides the context for
+that call. An op forced to a name it does not have raises ``RuntimeError`` naming the op and its backends --
+never a silent fallback. An op that calls other ops passes them an explicit backend, so a forced context
+selects the path of the op called from outside only.
+
+Under ``torch.compile`` the context backend is read once, when the graph is traced (dynamo cannot trace nor
+guard a ``ContextVar``): a compiled function keeps the path it was traced with until it is recompiled. A
+per-call ``backend=`` argument is a constant that dynamo guards, so it recompiles when it changes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import contextvars
+from typing import Callable, Iterator, Mapping, TypeVar
+
+import torch
 
 BACKENDS = ("auto", "reference", "chunked", "fft", "triton")
 
-_current = "auto"
+_BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("ssmkit_ops_backend", default="auto")
+
+F = TypeVar("F", bound=Callable)
+
+
+def _check_name(name: object, argument: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"{argument} must be one of {BACKENDS}; got {name!r}")
+    return name
 
 
 def set_backend(name: str) -> None:
-    """Force an execution path for every op.
+    """Force an execution path for every op in the current context (thread or asyncio task).
 
     Args:
         name: one of
             ``"auto"`` (default) -- each op picks its fastest available path;
             ``"reference"`` -- plain loops / direct formulas (the test oracle);
-            ``"chunked"`` -- matmul-shaped chunked algorithms (CPU and GPU);
-            ``"fft"`` -- convolution kernels applied by FFT where the op is LTI;
-            ``"triton"`` -- Triton GPU kernels (raises where none is available).
+            ``"chunked"`` -- time-domain matmul-shaped algorithms (CPU and GPU);
+            ``"fft"`` -- frequency-domain (FFT) algorithms;
+            ``"triton"`` -- Triton GPU kernels (none yet: every op raises).
     """
-    global _current
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {name!r}")
-    _current = name
+    _BACKEND.set(_check_name(name, "backend"))
+
+
+@torch.compiler.assume_constant_result
+def _context_backend() -> str:
+    # dynamo cannot trace ContextVar.get; read it at trace time and bake the value in (see the module docstring)
+    return _BACKEND.get()
 
 
 def get_backend() -> str:
-    """The backend name set by :func:`set_backend` (``"auto"`` unless changed)."""
-    return _current
+    """The backend of the current context, set by :func:`set_backend` or :func:`use_backend` (``"auto"`` unless changed)."""
+    return _context_backend()
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Context manager form of :func:`set_backend`: use backend ``name`` inside, restore the previous one on exit."""
-    previous = _current
-    set_backend(name)
+    """Use backend ``name`` inside the ``with`` block in the current context; restore the previous one on exit.
+
+    The previous value is restored with the ContextVar token, so the block never changes what another thread or
+    asyncio task sees, and concurrent blocks in different threads or tasks each restore their own backend.
+
+    Args:
+        name: a backend name, as for :func:`set_backend`.
+    """
+    token = _BACKEND.set(_check_name(name, "backend"))
     try:
         yield
     finally:
-        set_backend(previous)
+        _BACKEND.reset(token)
 
 
-def unavailable(op: str, backend: str, why: str) -> RuntimeError:
-    """The error raised when a forced backend cannot run ``op`` (STYLE.md rule 7)."""
-    return RuntimeError(f"{op}: backend {backend!r} was forced with ssmkit.ops.set_backend but {why}")
+def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str) -> F:
+    """The implementation of ``op`` for ``backend`` (None: the context's backend), from the op's table.
+
+    Args:
+        op: the op's name, for the error message.
+        table: backend name -> implementation; the keys are the backends the op has (never ``"auto"``).
+        backend: the per-call override, or None for :func:`get_backend`.
+        auto: the key of ``table`` that ``"auto"`` selects.
+
+    Returns:
+        the implementation (a callable with the signature of the op's reference).
+
+    Raises:
+        ValueError: ``backend`` is not one of :data:`BACKENDS`.
+        RuntimeError: the op has no such backend (names the op and the backends it has).
+    """
+    if backend is None:
+        name, how = get_backend(), "by ssmkit.ops.set_backend/use_backend"
+    else:
+        name, how = _check_name(backend, "backend"), "by its backend= argument"
+    if name == "auto":
+        return table[auto]
+    impl = table.get(name)
+    if impl is None:
+        has = ", ".join(repr(b) for b in ("auto", *table))
+        raise RuntimeError(f"{op}: backend {name!r} was forced {how} but {op} has only the backends {has}")
+    return impl
+
+
+def tracing() -> bool:
+    """True while torch.func transforms (vmap, grad, jacrev, ...) or torch.compile trace the ops.
+
+    Fast paths that write into fresh buffers in place (``out=``, blocked slice copies) take their functional
+    form then, which vmap batches and dynamo captures; in eager mode the in-place form saves memory traffic.
+    This is the one place where that choice is made.
+    """
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()

@@ -33,7 +33,8 @@ import math
 import torch
 from torch import Tensor
 
-from ssmkit.ops.backend import get_backend, unavailable
+from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.dplr import bilinear_dplr, small_inverse
 
 _COMPLEX = (torch.complex64, torch.complex128)
 # Bytes of one block of the Cauchy matrix 1/(z_m - w_n). Small blocks stay in cache (measured on 2 CPU cores,
@@ -96,44 +97,67 @@ class _CauchyMatmul(torch.autograd.Function):
     All three inputs enter holomorphically, so (PyTorch's convention for complex autograd) the gradient of a
     real loss is grad_x = Σ conj(∂out/∂x) · grad_out:
         ∂out_km/∂v_kn = c_nm,   ∂out_km/∂w_n = v_kn c_nm²,   ∂out_km/∂z_m = -Σ_n v_kn c_nm²,   c = 1/(z - w).
+    Under torch.func and torch.compile nothing is written into a preallocated buffer (the forward's blocks are
+    concatenated; gradients are summed into the first block's term), so the generated vmap rule batches both
+    passes; in-place steps touch only fresh tensors, and none while a double backward is being recorded, so
+    second derivatives exist.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, v: Tensor, z: Tensor, w: Tensor) -> Tensor:  # v (G, K, N), z (G, M), w (G, N)
+    def forward(v: Tensor, z: Tensor, w: Tensor) -> Tensor:  # v (G, K, N), z (G, M), w (G, N)
         G, K, N = v.shape
         M = z.shape[-1]
         step = _block(M, G, N, v.element_size())
-        out = torch.empty(G, K, M, dtype=v.dtype, device=v.device)  # (G, K, M)
+        # eager: one output buffer, so every block's 1/(z - w) reuses the previous one's memory (keeping the
+        # blocks alive for a cat made each new block page-fault: forward 2x slower); under torch.func or
+        # torch.compile the blocks are concatenated (no writes into a buffer that vmap could not batch)
+        out = None if tracing() else torch.empty(G, K, M, dtype=v.dtype, device=v.device)  # (G, K, M)
+        blocks = []
         for m0 in range(0, M, step):
             c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m)
-            out[:, :, m0 : m0 + step] = v @ c  # (G, K, N) @ (G, N, m) -> (G, K, m)
-        ctx.save_for_backward(v, z, w)
-        return out
+            if out is None:
+                blocks.append(v @ c)  # (G, K, N) @ (G, N, m) -> (G, K, m)
+            else:
+                out[:, :, m0 : m0 + step] = v @ c  # (G, K, m)
+        if out is not None:
+            return out
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (G, K, M)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # g (G, K, M)
         v, z, w = ctx.saved_tensors
         need_v, need_z, need_w = ctx.needs_input_grad
         G, K, N = v.shape
         M = z.shape[-1]
         step = _block(M, G, N, v.element_size())
-        gv = torch.zeros_like(v) if need_v else None  # (G, K, N)
-        gw_k = torch.zeros_like(v) if need_w else None  # (G, K, N), summed over k at the end
-        gz = torch.empty_like(z) if need_z else None  # (G, M)
+        gv = gw_k = None  # (G, K, N) sums over the blocks (gw_k summed over k at the end)
+        gz_blocks = []  # (G, m) each
         v_conj = v.conj()
+        # create_graph=True: keep 1/(z - w) intact for the double backward (reciprocal's derivative reads it)
+        recording = torch.is_grad_enabled()
         for m0 in range(0, M, step):
             g_m = g[:, :, m0 : m0 + step]  # (G, K, m)
-            c_conj = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_().conj_physical_()  # (G, N, m)
+            c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m), in place on a fresh tensor
+            c_conj = c.conj_physical() if recording else c.conj_physical_()  # (G, N, m); a lazy conj() view
+            # would be copied by every GEMM that reads it
             if need_v:
-                gv += g_m @ c_conj.transpose(1, 2)  # (G, K, m) @ (G, m, N) -> (G, K, N)
+                term = g_m @ c_conj.transpose(1, 2)  # (G, K, m) @ (G, m, N) -> (G, K, N)
+                gv = term if gv is None else (gv + term if recording else gv.add_(term))
             if need_w or need_z:
                 c2_conj = c_conj * c_conj  # (G, N, m)
                 if need_w:
-                    gw_k += g_m @ c2_conj.transpose(1, 2)  # (G, K, N)
+                    term = g_m @ c2_conj.transpose(1, 2)  # (G, K, N)
+                    gw_k = term if gw_k is None else (gw_k + term if recording else gw_k.add_(term))
                 if need_z:
-                    gz[:, m0 : m0 + step] = -(g_m * (v_conj @ c2_conj)).sum(1)  # (G, K, m) -> (G, m)
+                    gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1))  # (G, K, m) -> (G, m)
         gw = (gw_k * v_conj).sum(1) if need_w else None  # (G, K, N) -> (G, N)
+        gz = torch.cat(gz_blocks, dim=-1) if need_z else None  # (G, M)
         return gv, gz, gw
 
 
@@ -167,29 +191,26 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     return out.transpose(0, 1).reshape(*batch, M)  # (K, G, M) -> (..., M)
 
 
-def cauchy(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+_CAUCHY = {"reference": cauchy_reference, "chunked": cauchy_matmul}
+
+
+def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Tensor:
     """Cauchy sums out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]) (arXiv 2111.00396 §3.3, Alg. 1).
 
-    Backends (``ssmkit.ops.set_backend``):
-        ``"reference"`` -- :func:`cauchy_reference` (direct formula);
-        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`cauchy_matmul` (blocked batched GEMM; the same path on
-        every device: building the kernel has no FFT-specific variant);
-        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
+    Backends: ``"reference"`` -> :func:`cauchy_reference` (direct formula); ``"chunked"`` ->
+    :func:`cauchy_matmul` (blocked batched GEMM, the same path on every device); ``"auto"`` -> ``"chunked"``;
+    ``"fft"`` and ``"triton"`` raise.
 
     Args:
         v: (..., N) complex numerators.
         z: (..., M) complex evaluation points.
         w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
         (..., M) complex, the broadcast batch shape of v, z, w followed by M.
     """
-    backend = get_backend()
-    if backend == "reference":
-        return cauchy_reference(v, z, w)
-    if backend == "triton":
-        raise unavailable("cauchy", backend, "it has no Triton kernel; use 'auto' (a blocked GEMM that runs on GPU)")
-    return cauchy_matmul(v, z, w)
+    return dispatch("cauchy", _CAUCHY, backend, auto="chunked")(v, z, w)
 
 
 def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> None:
@@ -235,13 +256,9 @@ def _woodbury(r: Tensor, S: int, n_out: int) -> Tensor:
     r_bq = r[:S, n_out:]  # (S, R, H, M): a = B_s, b = Q_j
     # Y = I + P*(z - Λ)⁻¹P as a matrix: Y[j, i] = δ_ji + Σ_n conj(P_j)_n P_i,n / (z - λ_n) = δ_ji + r[S+i, C+j].
     Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None, None] + r[S:, n_out:].transpose(0, 1)  # (R, R, H, M)
+    Y_inv = small_inverse(Y.permute(2, 3, 0, 1)).permute(2, 3, 0, 1)  # (H, M, R, R) -> (R, R, H, M)
     if R == 1:
-        return k - r_pc[0][None] * r_bq[:, 0][:, None] / Y[0, 0]  # (S, C, H, M)
-    if R == 2:  # closed-form 2x2 inverse
-        det = Y[0, 0] * Y[1, 1] - Y[0, 1] * Y[1, 0]  # (H, M)
-        Y_inv = torch.stack([torch.stack([Y[1, 1], -Y[0, 1]]), torch.stack([-Y[1, 0], Y[0, 0]])]) / det  # (R, R, H, M)
-    else:
-        Y_inv = torch.linalg.inv(Y.permute(2, 3, 0, 1)).permute(2, 3, 0, 1)  # (H, M, R, R) -> (R, R, H, M)
+        return k - r_pc[0][None] * r_bq[:, 0][:, None] * Y_inv[0, 0]  # (S, C, H, M)
     return k - torch.einsum("ichm,ijhm,sjhm->schm", r_pc, Y_inv, r_bq)  # (S, C, H, M)
 
 
@@ -276,7 +293,7 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     ab = torch.cat([ab, ab.conj()], dim=-1)  # (S+r, C+r, H, N)
     w = torch.cat([Lambda, Lambda.conj()], dim=-1)  # (H, N)
     # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n): one blocked GEMM per channel.
-    r = cauchy(ab, z, w)  # (S+r, C+r, H, M)
+    r = cauchy(ab, z, w, backend="chunked")  # (S+r, C+r, H, M)
     # 4. Woodbury, then the factor 2/(1 + ω).
     k = _woodbury(r, S, n_out)  # (S, C, H, M)
     k = k * torch.complex(torch.ones_like(tan), tan)  # (S, C, H, M)
@@ -292,7 +309,7 @@ def dplr_kernel_reference(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: T
     """S4 DPLR kernel from the dense bilinear system (the oracle): K[s, c, h, l] = C_trueᵀ Ā^l B̄_s.
 
     arXiv 2111.00396 eq. 3-5 on the full conjugate-pair state: A = diag(Λ_f) - Σ_i P_f,i P_f,i*,
-    Ā = (I - ΔA/2)⁻¹(I + ΔA/2), B̄_s = (I - ΔA/2)⁻¹ Δ B_f,s; C_true solves (I - Ā^L)ᵀ C_true = C̃_f; the powers
+    Ā = (I - ΔA/2)⁻¹(I + ΔA/2), B̄_s = (I - ΔA/2)⁻¹ Δ B_f,s (both by :func:`ssmkit.ops.dplr.bilinear_dplr`); C_true solves (I - Ā^L)ᵀ C_true = C̃_f; the powers
     Ā^l B̄ are formed by a loop over l. Dense O(N³ + L N²) work per channel, in the input precision.
 
     Args:
@@ -307,13 +324,9 @@ def dplr_kernel_reference(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: T
         K (S, C, H, L) real.
     """
     _check_dplr_args(Lambda, P, B, C, dt, L)
-    N = 2 * Lambda.shape[-1]
     full = lambda x: torch.cat([x, x.conj()], dim=-1)  # noqa: E731  (..., N/2) -> (..., N)
-    A = torch.diag_embed(full(Lambda)) - torch.einsum("ihn,ihm->hnm", full(P), full(P).conj())  # (H, N, N)
-    eye = torch.eye(N, dtype=A.dtype, device=A.device)  # (N, N)
-    half = (dt / 2).to(A.dtype)[:, None, None] * A  # (H, N, N)
-    A_bar = torch.linalg.solve(eye - half, eye + half)  # (H, N, N)
-    B_bar = torch.linalg.solve(eye - half, (dt.to(A.dtype)[:, None] * full(B)).unsqueeze(-1)).squeeze(-1)  # (S, H, N)
+    A_bar, B_bar = bilinear_dplr(Lambda, P, B, dt)  # (H, N, N), (S, H, N)
+    eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)  # (N, N)
     A_L = torch.linalg.matrix_power(A_bar, L)  # (H, N, N)
     C_true = torch.linalg.solve((eye - A_L).transpose(-1, -2), full(C).unsqueeze(-1)).squeeze(-1)  # (C, H, N)
     taps = []
@@ -324,7 +337,12 @@ def dplr_kernel_reference(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: T
     return torch.stack(taps, dim=-1)  # (S, C, H, L)
 
 
-def dplr_kernel(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
+_DPLR_KERNEL = {"reference": dplr_kernel_reference, "fft": dplr_kernel_fast}
+
+
+def dplr_kernel(
+    Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int, *, backend: str | None = None
+) -> Tensor:
     """S4 DPLR convolution kernel K[s, c, h, l] = C_trueᵀ Ā^l B̄_s, l < L (arXiv 2111.00396 Alg. 1, §3.3).
 
     The full conjugate-pair system A = diag(Λ_f) - Σ_i P_f,i P_f,i* (Λ_f = [Λ, conj Λ], P_f = [P, conj P]) with
@@ -332,10 +350,9 @@ def dplr_kernel(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: 
     unconjugated y = Cᵀx convention). Input vectors B_s beyond the layer's B̃ give, e.g., the output contribution of
     an initial state s (with B_s = (1/Δ)(I + ΔA/2)s, so that B̄_s = Ā s).
 
-    Backends (``ssmkit.ops.set_backend``):
-        ``"reference"`` -- :func:`dplr_kernel_reference` (dense matrices, loop over l);
-        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`dplr_kernel_fast` (Cauchy GEMM + Woodbury + irfft);
-        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
+    Backends: ``"reference"`` -> :func:`dplr_kernel_reference` (dense matrices, loop over l); ``"fft"`` ->
+    :func:`dplr_kernel_fast` (the generating function at the roots of unity by Cauchy GEMMs + Woodbury, then an
+    inverse FFT: a frequency-domain algorithm); ``"auto"`` -> ``"fft"``; ``"chunked"`` and ``"triton"`` raise.
 
     Args:
         Lambda: (H, N/2) complex eigenvalues Λ, one per conjugate pair.
@@ -344,13 +361,9 @@ def dplr_kernel(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: 
         C: (C, H, N/2) complex C̃ of the length-L generating function (C >= 1 output vectors).
         dt: (H,) real step sizes Δ (the real dtype of Lambda).
         L: kernel length (also the length C̃ is attuned to), >= 1.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
         K (S, C, H, L) real (float32 for complex64 inputs, float64 for complex128).
     """
-    backend = get_backend()
-    if backend == "reference":
-        return dplr_kernel_reference(Lambda, P, B, C, dt, L)
-    if backend == "triton":
-        raise unavailable("dplr_kernel", backend, "it has no Triton kernel; use 'auto' (runs on GPU as well)")
-    return dplr_kernel_fast(Lambda, P, B, C, dt, L)
+    return dispatch("dplr_kernel", _DPLR_KERNEL, backend, auto="fft")(Lambda, P, B, C, dt, L)

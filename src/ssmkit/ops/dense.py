@@ -21,11 +21,12 @@ Two paths, same signature:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
-from ssmkit.ops.backend import get_backend, unavailable
+from ssmkit.ops.backend import dispatch, get_backend
 
 _REAL_OF = {torch.float32: torch.float32, torch.float64: torch.float64,
             torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -146,14 +147,19 @@ def dense_final_state_chunked(u: Tensor, A_bar: Tensor, B_bar: Tensor, state: Te
     return x
 
 
-def dense_final_state(u: Tensor, A_bar: Tensor, B_bar: Tensor, state: Tensor | None = None) -> Tensor:
+_DENSE_FINAL_STATE = {"reference": dense_final_state_reference, "chunked": dense_final_state_chunked}
+
+
+def dense_final_state(
+    u: Tensor, A_bar: Tensor, B_bar: Tensor, state: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
     """Final state x_{L-1} = Ā^L x_{-1} + Σ_{l<L} Ā^{L-1-l} B̄ u_l of a dense LTI recurrence (arXiv 2111.00396 eq. 3).
 
-    Backends (``ssmkit.ops.set_backend``):
-        ``"reference"`` -- :func:`dense_final_state_reference` (the recurrence);
-        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`dense_final_state_chunked` (chunked GEMMs; a final state has
-        no FFT form, so the convolution backend uses the same path);
-        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
+    Backends: ``"reference"`` -> :func:`dense_final_state_reference` (the recurrence); ``"chunked"`` ->
+    :func:`dense_final_state_chunked` (chunked GEMMs); ``"auto"`` -> ``"chunked"``; ``"fft"`` and ``"triton"``
+    raise (a final state has no frequency-domain form). Transitional: while ``layers/s4.py`` still calls this
+    op without ``backend=`` from its FFT forward, a *context* backend ``"fft"`` runs ``"chunked"`` with a
+    DeprecationWarning; a per-call ``backend="fft"`` raises.
 
     The result has u's precision; Ā and B̄ may be given in double precision for a float32 u (the fast path then
     forms its power tables from them before rounding, which keeps slow modes accurate).
@@ -163,13 +169,19 @@ def dense_final_state(u: Tensor, A_bar: Tensor, B_bar: Tensor, state: Tensor | N
         A_bar: (H, N, N) real or complex state matrix Ā, in u's precision or in double precision.
         B_bar: (H, N) input vector B̄, A_bar's dtype.
         state: (B, H, N) state x_{-1} before the first input (A_bar's dtype or the result's), or None for zeros.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
         x_{L-1} (B, H, N) in u's precision, complex when A_bar is complex.
     """
-    backend = get_backend()
-    if backend == "reference":
-        return dense_final_state_reference(u, A_bar, B_bar, state)
-    if backend == "triton":
-        raise unavailable("dense_final_state", backend, "it has no Triton kernel; use 'auto' (GEMMs run on GPU)")
-    return dense_final_state_chunked(u, A_bar, B_bar, state)
+    if backend is None and get_backend() == "fft":
+        # TRANSITIONAL: remove with this branch's test once layers/s4.py passes backend="chunked" (or calls
+        # the op only under "auto"/"chunked"/"reference"). S4's FFT forward runs its final state here.
+        warnings.warn(
+            "dense_final_state has no 'fft' backend; the context backend 'fft' runs 'chunked' until the S4 layer "
+            "passes backend='chunked' (this fallback will then be removed)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        backend = "chunked"
+    return dispatch("dense_final_state", _DENSE_FINAL_STATE, backend, auto="chunked")(u, A_bar, B_bar, state)

@@ -5,7 +5,8 @@ Diagonal State Space Models" (S4D, arXiv 2206.11893, §3) and "Efficiently Model
 Structured State Spaces" (S4, arXiv 2111.00396, eq. 3). The continuous system dx/dt = A x + B u becomes
 x_k = A_bar x_{k-1} + B_bar u_k with step size dt.
 
-Discretisation is elementwise (or one small solve per channel) with a single code path, so it does not dispatch
+The DPLR (S4) forms -- dense and Woodbury bilinear, and the O(N) step -- live in :mod:`ssmkit.ops.dplr`;
+``bilinear_dplr`` is re-exported here. Discretisation is elementwise with a single code path, so it does not dispatch
 on :func:`ssmkit.ops.get_backend`; :func:`zoh_reference` is the direct formula that the tests compare against.
 """
 
@@ -16,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from ssmkit.ops.dplr import bilinear_dplr  # noqa: F401  (re-export: the DPLR forms live in ssmkit.ops.dplr)
 from ssmkit.utils import check_floating
 
 # phi(z) = (exp(z) - 1)/z is evaluated by its Taylor series for |z| < _SERIES_RADIUS. Degree 17 truncates
@@ -110,47 +112,3 @@ def bilinear(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
     _check_diagonal(Lambda, B, dt)
     half = dt * Lambda / 2  # (H, N)
     return (1 + half) / (1 - half), dt * B / (1 - half)
-
-
-def bilinear_dplr(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-    """Dense bilinear discretisation of the full conjugate-pair DPLR system (arXiv 2111.00396 eq. 3, §3.3).
-
-    With Lambda_f = [Lambda, conj Lambda], P_f = [P, conj P], B_f = [B, conj B] (length N) and
-    A = diag(Lambda_f) - sum_i P_f,i P_f,i*:
-        A_bar = (I - dt A/2)^-1 (I + dt A/2),   B_bar = (I - dt A/2)^-1 dt B_f.
-    This is the (complex-basis form of the) real system; used for state-space export and as a test oracle.
-
-    Args:
-        Lambda: (H, N/2) complex eigenvalues, one per conjugate pair.
-        P: (r, H, N/2) complex low-rank factors (r >= 0).
-        B: (H, N/2) complex input vector.
-        dt: (H,) real step sizes.
-
-    Returns:
-        (A_bar, B_bar): A_bar (H, N, N) complex, B_bar (H, N) complex.
-    """
-    _check_complex(Lambda, "Lambda", "(H, N/2)")
-    _check_complex(P, "P", "(r, H, N/2)")
-    _check_complex(B, "B", "(H, N/2)")
-    check_floating(dt, "dt")
-    if Lambda.dim() != 2:
-        raise ValueError(f"Lambda must be (H, N/2) complex; got shape {tuple(Lambda.shape)}")
-    H, M = Lambda.shape
-    if P.dim() != 3 or P.shape[1:] != (H, M):
-        raise ValueError(f"P must be (r, H, N/2) = (r, {H}, {M}) complex; got shape {tuple(P.shape)}")
-    if B.shape != (H, M):
-        raise ValueError(f"B must be (H, N/2) = ({H}, {M}) like Lambda; got shape {tuple(B.shape)}")
-    if dt.shape != (H,):
-        raise ValueError(f"dt must be (H,) = ({H},); got shape {tuple(dt.shape)}")
-    # 1. The full N = 2M system in the eigenbasis.
-    Lambda_f = torch.cat([Lambda, Lambda.conj()], dim=-1)  # (H, N)
-    P_f = torch.cat([P, P.conj()], dim=-1)  # (r, H, N)
-    B_f = torch.cat([B, B.conj()], dim=-1)  # (H, N)
-    A = torch.diag_embed(Lambda_f) - torch.einsum("rhn,rhm->hnm", P_f, P_f.conj())  # (H, N, N)
-    # 2. Tustin: solve with (I - dt A/2) for both A_bar and B_bar.
-    eye = torch.eye(2 * M, dtype=A.dtype, device=A.device)  # (N, N)
-    half = dt[:, None, None] / 2 * A  # (H, N, N)
-    left = eye - half  # (H, N, N)
-    A_bar = torch.linalg.solve(left, eye + half)  # (H, N, N)
-    B_bar = torch.linalg.solve(left, (dt[:, None] * B_f).unsqueeze(-1)).squeeze(-1)  # (H, N, 1) -> (H, N)
-    return A_bar, B_bar

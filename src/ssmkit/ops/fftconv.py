@@ -15,11 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.backend import get_backend, unavailable
-from ssmkit.ops.kernels import vandermonde_gemm
+from ssmkit.ops.backend import dispatch
 
 _REAL = (torch.float32, torch.float64)
-_COMPLEX = (torch.complex64, torch.complex128)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,14 +65,6 @@ def _fft_size(n_min: int) -> int:
         n += 2
 
 
-def _dispatch(op: str) -> str:
-    """The path for an FFT op: "reference", or "fft" for auto/chunked/fft; "triton" raises."""
-    backend = get_backend()
-    if backend == "triton":
-        raise unavailable(op, backend, "it has no Triton kernel; use 'auto' (torch.fft runs on GPU)")
-    return "reference" if backend == "reference" else "fft"
-
-
 # --------------------------------------------------------------------------------------------------
 # Causal convolution
 
@@ -119,19 +109,32 @@ class _CircularConv(torch.autograd.Function):
     autograd's generic rfft backward runs a full complex FFT (measured fwd+bwd 142 ms against 185 ms,
     B=8, H=128, L=4096, 2 CPU cores).
     Under ``create_graph=True`` the same formulas are rebuilt from u and k with history, so second
-    derivatives are exact too.
+    derivatives are exact too. The forward also returns the spectra û, k̂ (non-differentiable) so that
+    ``setup_context`` can save them; every step is a pure tensor op, so torch.func's generated vmap rule
+    batches it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def forward(u: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, L = k.shape[-1], u.shape[1]
         U = _time_spectrum(u, n)  # (B, H, n//2 + 1)
         K_f = torch.fft.rfft(k)  # (H, n//2 + 1)
-        ctx.save_for_backward(u, k, U, K_f)
-        return _from_spectrum(U * K_f, n, L)  # (B, L, H)
+        return _from_spectrum(U * K_f, n, L), U, K_f  # (B, L, H), spectra
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def setup_context(ctx, inputs, output) -> None:
+        u, k = inputs
+        _, U, K_f = output
+        ctx.mark_non_differentiable(U, K_f)
+        ctx.set_materialize_grads(False)  # no zero tensors for the spectra's (never used) gradients
+        ctx.save_for_backward(u, k, U, K_f)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor, _dU, _dK) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if dy is None:  # y did not reach the loss
+            return None, None
         u, k, U, K_f = ctx.saved_tensors
         n, L = k.shape[-1], u.shape[1]
         if torch.is_grad_enabled():  # create_graph=True: spectra with history, for second derivatives
@@ -140,6 +143,11 @@ class _CircularConv(torch.autograd.Function):
         du = _from_spectrum(dY * K_f.conj(), n, L) if ctx.needs_input_grad[0] else None  # (B, L, H)
         dk = torch.fft.irfft((dY * U.conj()).sum(0), n=n) if ctx.needs_input_grad[1] else None  # (H, n)
         return du, dk
+
+
+def _circular_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """y[t] = Σ_{s<L} k[(t − s) mod n] u[s], t < L: u (B, L, H), k (H, n) -> (B, L, H) (see ``_CircularConv``)."""
+    return _CircularConv.apply(u, k)[0]
 
 
 def causal_conv_fft(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -159,27 +167,28 @@ def causal_conv_fft(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     L = u.shape[1]
     n = _fft_size(2 * L)
     k = F.pad(K[:, :L], (0, n - L))  # (H, n): taps 0..L−1, then zeros (no wrap-around onto t < L)
-    return _CircularConv.apply(u, k)
+    return _circular_conv(u, k)
 
 
-def causal_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+_CAUSAL_CONV = {"reference": causal_conv_reference, "fft": causal_conv_fft}
+
+
+def causal_conv(u: torch.Tensor, K: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Causal depthwise convolution y[b, t, h] = Σ_{s≤t} K[h, t−s] u[b, s, h] (arXiv 2111.00396 §3.3).
 
-    Backends (``ssmkit.ops.set_backend``):
-        ``"reference"`` -- :func:`causal_conv_reference` (loop over lags);
-        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`causal_conv_fft` (torch.fft rfft/irfft, any device);
-        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
+    Backends: ``"reference"`` -> :func:`causal_conv_reference` (loop over lags); ``"fft"`` ->
+    :func:`causal_conv_fft` (torch.fft rfft/irfft, any device); ``"auto"`` -> ``"fft"``; ``"chunked"`` and
+    ``"triton"`` raise.
 
     Args:
         u: (B, L, H) real input (float32 or float64).
         K: (H, L_k) real kernel with L_k >= L, same dtype as u; only the first L taps are used.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
         (B, L, H) output, u's dtype.
     """
-    if _dispatch("causal_conv") == "reference":
-        return causal_conv_reference(u, K)
-    return causal_conv_fft(u, K)
+    return dispatch("causal_conv", _CAUSAL_CONV, backend, auto="fft")(u, K)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,127 +239,28 @@ def bidirectional_conv_fft(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     n = _fft_size(2 * L)
     gap = K.new_zeros(K.shape[1], n - 2 * L)  # (H, n − 2L)
     k = torch.cat([K[0, :, :L], gap, K[1, :, :L].flip(-1)], dim=-1)  # (H, n): lags 0..L−1, then −L..−1
-    return _CircularConv.apply(u, k)
+    return _circular_conv(u, k)
 
 
-def bidirectional_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+_BIDIRECTIONAL_CONV = {"reference": bidirectional_conv_reference, "fft": bidirectional_conv_fft}
+
+
+def bidirectional_conv(u: torch.Tensor, K: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Two-sided depthwise convolution: y[t] = Σ_{s≤t} K[0, t−s] u[s] + Σ_{s>t} K[1, s−t−1] u[s].
 
     arXiv 2111.00396 (bidirectional S4). K[1]'s tap 0 acts at lag −1 (the next input); see
     :func:`bidirectional_conv_reference`.
 
-    Backends (``ssmkit.ops.set_backend``):
-        ``"reference"`` -- :func:`bidirectional_conv_reference` (loops over lags);
-        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`bidirectional_conv_fft` (torch.fft, any device);
-        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
+    Backends: ``"reference"`` -> :func:`bidirectional_conv_reference` (loops over lags); ``"fft"`` ->
+    :func:`bidirectional_conv_fft` (torch.fft, any device); ``"auto"`` -> ``"fft"``; ``"chunked"`` and
+    ``"triton"`` raise.
 
     Args:
         u: (B, L, H) real input (float32 or float64).
         K: (2, H, L_k) real kernels (forward, backward) with L_k >= L, same dtype as u.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
         (B, L, H) output, u's dtype.
     """
-    if _dispatch("bidirectional_conv") == "reference":
-        return bidirectional_conv_reference(u, K)
-    return bidirectional_conv_fft(u, K)
-
-
-# --------------------------------------------------------------------------------------------------
-# Output of an initial state
-
-
-def _check_state_args(C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int) -> None:
-    """Check C, A_bar (H, N) and state (B, H, N) of one float/complex dtype, and L >= 1."""
-    for name, x in (("C", C), ("A_bar", A_bar), ("state", state)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-        if x.dtype not in _REAL + _COMPLEX:
-            raise ValueError(f"{name} must be float32, float64, complex64 or complex128; got {x.dtype}")
-    if A_bar.dim() != 2:
-        raise ValueError(f"A_bar must be (H, N) (2 dimensions); got shape {tuple(A_bar.shape)}")
-    H, N = A_bar.shape
-    if tuple(C.shape) != (H, N):
-        raise ValueError(f"C must be (H, N) = ({H}, {N}) to match A_bar; got shape {tuple(C.shape)}")
-    if state.dim() != 3 or tuple(state.shape[1:]) != (H, N) or state.shape[0] < 1:
-        raise ValueError(f"state must be (B, H, N) = (?, {H}, {N}); got shape {tuple(state.shape)}")
-    if not (C.dtype == A_bar.dtype == state.dtype):
-        raise ValueError(
-            f"C, A_bar and state must have one dtype; got {C.dtype}, {A_bar.dtype}, {state.dtype}"
-        )
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-        raise ValueError(f"L must be an int >= 1; got {L!r}")
-
-
-def initial_state_output_reference(
-    C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int
-) -> torch.Tensor:
-    """Output of an initial state by the free recurrence x_l = Ā x_{l−1}, y_l = Re(C x_l), x_{−1} = s.
-
-    y0[b, l, h] = Re Σ_n C[h, n] Ā[h, n]^{l+1} s[b, h, n] (S4D state forwarding, arXiv 2206.11893;
-    shared/notes/core-checked.md §2: s is the state before the first input). Loop over l; the oracle.
-
-    Args:
-        C: (H, N) output weights, real or complex (pass 2·C for conjugate-pair S4D modes).
-        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as C.
-        state: (B, H, N) initial state s = x_{−1}, same dtype as C.
-        L: number of output steps, >= 1.
-
-    Returns:
-        (B, L, H) real output (float32 for float32/complex64 inputs, float64 otherwise).
-    """
-    _check_state_args(C, A_bar, state, L)
-    x = state
-    ys = []
-    for _ in range(L):
-        x = A_bar * x  # (B, H, N): x_l = Ā x_{l−1}
-        y = (C * x).sum(-1)  # (B, H)
-        ys.append(y.real if y.is_complex() else y)
-    return torch.stack(ys, dim=1)  # (B, L, H)
-
-
-def initial_state_output_vandermonde(
-    C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int
-) -> torch.Tensor:
-    """Output of an initial state as a batched Vandermonde product: y0[b, l, h] = Re Σ_n W Ā^l.
-
-    With W[b, h, n] = C[h, n] Ā[h, n] s[b, h, n] (arXiv 2206.11893 §3 kernel with the state folded into
-    B̄: B̄_s = Ā s); computed by :func:`ssmkit.ops.kernels.vandermonde_gemm`, never allocating (B, H, N, L).
-
-    Args:
-        C: (H, N) output weights, real or complex (pass 2·C for conjugate-pair S4D modes).
-        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as C.
-        state: (B, H, N) initial state s = x_{−1}, same dtype as C.
-        L: number of output steps, >= 1.
-
-    Returns:
-        (B, L, H) real output (float32 for float32/complex64 inputs, float64 otherwise).
-    """
-    _check_state_args(C, A_bar, state, L)
-    W = C * A_bar * state  # (B, H, N)
-    return vandermonde_gemm(W, A_bar, L).transpose(1, 2).contiguous()  # (B, L, H)
-
-
-def initial_state_output(C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int) -> torch.Tensor:
-    """Output of an initial state s = x_{−1}: y0[b, l, h] = Re Σ_n C[h, n] Ā[h, n]^{l+1} s[b, h, n].
-
-    S4D state forwarding (arXiv 2206.11893; shared/notes/core-checked.md §2: y_l += 2Re(C Ā^{l+1} s) for
-    conjugate pairs, so pass 2·C there). Add it to the convolution output of the zero-state response.
-
-    Backends (``ssmkit.ops.set_backend``):
-        ``"reference"`` -- :func:`initial_state_output_reference` (loop over l);
-        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`initial_state_output_vandermonde` (power table + GEMM);
-        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel).
-
-    Args:
-        C: (H, N) output weights, real or complex.
-        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as C.
-        state: (B, H, N) initial state s = x_{−1}, same dtype as C.
-        L: number of output steps, >= 1.
-
-    Returns:
-        (B, L, H) real output (float32 for float32/complex64 inputs, float64 otherwise).
-    """
-    if _dispatch("initial_state_output") == "reference":
-        return initial_state_output_reference(C, A_bar, state, L)
-    return initial_state_output_vandermonde(C, A_bar, state, L)
+    return dispatch("bidirectional_conv", _BIDIRECTIONAL_CONV, backend, auto="fft")(u, K)

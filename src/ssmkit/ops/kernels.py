@@ -1,4 +1,5 @@
-"""Diagonal SSM convolution kernels: the Vandermonde product K_l = Re Σ_n W_n Ā_n^l.
+"""Diagonal SSM convolution kernels: the Vandermonde product K_l = Re Σ_n W_n Ā_n^l, and the output of an
+initial state, which is the same product with the state folded into the weights.
 
 Implements the kernel of a diagonal state-space model from "On the Parameterization and Initialization
 of Diagonal State Space Models" (S4D, Gu, Gupta, Goel, Ré; arXiv 2206.11893, §3: K = (C ∘ B̄) · V_L(Ā),
@@ -7,7 +8,7 @@ conjugate pair) into the weights W.
 
 Two paths, same signature:
 - ``vandermonde_reference``: a loop over l with repeated products (the test oracle).
-- the fast path of ``vandermonde``: a two-level power table and one batched real GEMM. Write
+- ``vandermonde_gemm`` (backend ``"chunked"``): a two-level power table and one batched real GEMM. Write
   l = q·T + r with T ≈ √L; then Ā^l = Ā^{qT} · Ā^r and
   K[h, q·T + r] = Re Σ_n (W Ā^{qT})[h, q, n] · (Ā^r)[h, n, r],
   a (Q × N) @ (N × T) product per channel. Complex operands go through the real/imag split
@@ -15,6 +16,10 @@ Two paths, same signature:
   built by repeated doubling in float64/complex128, whatever the input precision, so the only
   float32 rounding is in the GEMM. Nothing of size (…, H, N, L) is ever allocated
   (REFERENCE.md §6.1: 22 ms against 370 ms for a complex ``exp`` over (H, N, L)).
+
+The output of an initial state s = x_{-1}, y0_l = Re Σ_n C_n Ā_n^{l+1} s_n, is the same product with the state
+folded into the weights, W = C Ā s (one weight set per sequence): ``initial_state_output_reference`` (the free
+recurrence) and ``initial_state_output_vandermonde`` (backend ``"chunked"``, by ``vandermonde_gemm``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import math
 
 import torch
 
-from ssmkit.ops.backend import get_backend, unavailable
+from ssmkit.ops.backend import dispatch
 from ssmkit.ops.powers import power_table
 
 _REAL = (torch.float32, torch.float64)
@@ -137,31 +142,130 @@ def vandermonde_gemm(W: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.Tens
     return K.transpose(0, 1).reshape(*batch, H, L)  # (..., H, L)
 
 
-def vandermonde(W: torch.Tensor, A_bar: torch.Tensor, L: int) -> torch.Tensor:
+_VANDERMONDE = {"reference": vandermonde_reference, "chunked": vandermonde_gemm}
+
+
+def vandermonde(W: torch.Tensor, A_bar: torch.Tensor, L: int, *, backend: str | None = None) -> torch.Tensor:
     """Diagonal SSM convolution kernel K_l = Re Σ_n W_n Ā_n^l, l = 0..L−1 (arXiv 2206.11893 §3).
 
     For S4D with conjugate pairs pass W = 2·C·B̄ (C (H, N) complex, B̄ (H, N) complex) to get
     K_l = 2 Re Σ_n C_n B̄_n Ā_n^l; for a state contribution pass W of shape (B, H, N).
 
-    Backends (``ssmkit.ops.set_backend``):
-        ``"reference"`` -- :func:`vandermonde_reference` (loop over l);
-        ``"auto"``, ``"chunked"``, ``"fft"`` -- :func:`vandermonde_gemm` (power table + GEMM; the same
-        matmul-shaped path on every device);
-        ``"triton"`` -- raises ``RuntimeError`` (no Triton kernel; the GEMM path already runs on GPU).
+    Backends: ``"reference"`` -> :func:`vandermonde_reference` (loop over l); ``"chunked"`` ->
+    :func:`vandermonde_gemm` (power table + GEMM, the same matmul-shaped path on every device); ``"auto"`` ->
+    ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
 
     Args:
         W: (..., H, N) weights, real or complex (float32/64, complex64/128); leading batch dims allowed.
         A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as W.
         L: kernel length, >= 1.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
         (..., H, L) real kernel (float32 for float32/complex64 inputs, float64 otherwise).
     """
-    backend = get_backend()
-    if backend == "reference":
-        return vandermonde_reference(W, A_bar, L)
-    if backend == "triton":
-        raise unavailable(
-            "vandermonde", backend, "it has no Triton kernel; use 'auto' (a GEMM that runs on GPU)"
+    return dispatch("vandermonde", _VANDERMONDE, backend, auto="chunked")(W, A_bar, L)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output of an initial state
+
+
+def _check_state_args(C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int) -> None:
+    """Check C, A_bar (H, N) and state (B, H, N) of one float/complex dtype, and L >= 1."""
+    for name, x in (("C", C), ("A_bar", A_bar), ("state", state)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+        if x.dtype not in _REAL + _COMPLEX:
+            raise ValueError(f"{name} must be float32, float64, complex64 or complex128; got {x.dtype}")
+    if A_bar.dim() != 2:
+        raise ValueError(f"A_bar must be (H, N) (2 dimensions); got shape {tuple(A_bar.shape)}")
+    H, N = A_bar.shape
+    if tuple(C.shape) != (H, N):
+        raise ValueError(f"C must be (H, N) = ({H}, {N}) to match A_bar; got shape {tuple(C.shape)}")
+    if state.dim() != 3 or tuple(state.shape[1:]) != (H, N) or state.shape[0] < 1:
+        raise ValueError(f"state must be (B, H, N) = (?, {H}, {N}); got shape {tuple(state.shape)}")
+    if not (C.dtype == A_bar.dtype == state.dtype):
+        raise ValueError(
+            f"C, A_bar and state must have one dtype; got {C.dtype}, {A_bar.dtype}, {state.dtype}"
         )
-    return vandermonde_gemm(W, A_bar, L)
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"L must be an int >= 1; got {L!r}")
+
+
+def initial_state_output_reference(
+    C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int
+) -> torch.Tensor:
+    """Output of an initial state by the free recurrence x_l = Ā x_{l−1}, y_l = Re(C x_l), x_{−1} = s.
+
+    y0[b, l, h] = Re Σ_n C[h, n] Ā[h, n]^{l+1} s[b, h, n] (S4D state forwarding, arXiv 2206.11893;
+    shared/notes/core-checked.md §2: s is the state before the first input). Loop over l; the oracle.
+
+    Args:
+        C: (H, N) output weights, real or complex (pass 2·C for conjugate-pair S4D modes).
+        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as C.
+        state: (B, H, N) initial state s = x_{−1}, same dtype as C.
+        L: number of output steps, >= 1.
+
+    Returns:
+        (B, L, H) real output (float32 for float32/complex64 inputs, float64 otherwise).
+    """
+    _check_state_args(C, A_bar, state, L)
+    x = state
+    ys = []
+    for _ in range(L):
+        x = A_bar * x  # (B, H, N): x_l = Ā x_{l−1}
+        y = (C * x).sum(-1)  # (B, H)
+        ys.append(y.real if y.is_complex() else y)
+    return torch.stack(ys, dim=1)  # (B, L, H)
+
+
+def initial_state_output_vandermonde(
+    C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int
+) -> torch.Tensor:
+    """Output of an initial state as a batched Vandermonde product: y0[b, l, h] = Re Σ_n W Ā^l.
+
+    With W[b, h, n] = C[h, n] Ā[h, n] s[b, h, n] (arXiv 2206.11893 §3 kernel with the state folded into
+    B̄: B̄_s = Ā s); computed by :func:`vandermonde_gemm`, never allocating (B, H, N, L).
+
+    Args:
+        C: (H, N) output weights, real or complex (pass 2·C for conjugate-pair S4D modes).
+        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as C.
+        state: (B, H, N) initial state s = x_{−1}, same dtype as C.
+        L: number of output steps, >= 1.
+
+    Returns:
+        (B, L, H) real output (float32 for float32/complex64 inputs, float64 otherwise).
+    """
+    _check_state_args(C, A_bar, state, L)
+    W = C * A_bar * state  # (B, H, N)
+    return vandermonde_gemm(W, A_bar, L).transpose(1, 2).contiguous()  # (B, L, H)
+
+
+_INITIAL_STATE_OUTPUT = {"reference": initial_state_output_reference, "chunked": initial_state_output_vandermonde}
+
+
+def initial_state_output(
+    C: torch.Tensor, A_bar: torch.Tensor, state: torch.Tensor, L: int, *, backend: str | None = None
+) -> torch.Tensor:
+    """Output of an initial state s = x_{−1}: y0[b, l, h] = Re Σ_n C[h, n] Ā[h, n]^{l+1} s[b, h, n].
+
+    S4D state forwarding (arXiv 2206.11893; shared/notes/core-checked.md §2: y_l += 2Re(C Ā^{l+1} s) for
+    conjugate pairs, so pass 2·C there). Add it to the convolution output of the zero-state response.
+
+    Backends: ``"reference"`` -> :func:`initial_state_output_reference` (loop over l); ``"chunked"`` ->
+    :func:`initial_state_output_vandermonde` (power table + GEMM); ``"auto"`` -> ``"chunked"``; ``"fft"`` and
+    ``"triton"`` raise.
+
+    Args:
+        C: (H, N) output weights, real or complex.
+        A_bar: (H, N) discrete diagonal state matrix Ā, same dtype as C.
+        state: (B, H, N) initial state s = x_{−1}, same dtype as C.
+        L: number of output steps, >= 1.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        (B, L, H) real output (float32 for float32/complex64 inputs, float64 otherwise).
+    """
+    impl = dispatch("initial_state_output", _INITIAL_STATE_OUTPUT, backend, auto="chunked")
+    return impl(C, A_bar, state, L)

@@ -1,8 +1,11 @@
-"""Power tables a^k, k = 0..n-1, shared by the chunked scan and the Vandermonde kernel."""
+"""Power tables a^k, k = 0..n-1, and integer powers a^n, shared by the chunked scan, the recurrence and the
+Vandermonde kernel. Products only (no logarithm), so a = 0 and negative or complex a are exact cases."""
 
 from __future__ import annotations
 
 import torch
+
+from ssmkit.ops.backend import tracing
 
 
 def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -21,7 +24,7 @@ def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
     # the powers grow along a leading axis: cat there is one block copy (along the last axis it was
     # an element-wise gather, 2 ms for (128, 32, 65) complex128)
     base = a
-    if torch.is_grad_enabled() and a.requires_grad:
+    if (torch.is_grad_enabled() and a.requires_grad) or tracing():  # functional form (autograd, vmap, compile)
         p = torch.ones_like(a).unsqueeze(0)  # (1, ...)
         while p.shape[0] < n:
             p = torch.cat([p, p[: n - p.shape[0]] * base], dim=0)  # (min(2m, n), ...)
@@ -36,3 +39,24 @@ def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
             base = base * base
             m += k
     return p.movedim(0, -1)  # (..., n)
+
+
+def int_power(a: torch.Tensor, n: int) -> torch.Tensor:
+    """a^n (n >= 0 a Python int) by binary exponentiation in a's dtype: exact at a = 0 and differentiable.
+
+    Args:
+        a: (...) real or complex.
+        n: the exponent, >= 0.
+
+    Returns:
+        (...) a^n, a's dtype (a^0 = 1).
+    """
+    result = torch.ones_like(a)
+    base = a
+    while n:
+        if n & 1:
+            result = result * base
+        n >>= 1
+        if n:
+            base = base * base
+    return result

@@ -1,0 +1,277 @@
+"""The generic first-order linear recurrence h_t = a_t ⊙ h_{t-1} + b_t, over any trailing channel shape.
+
+The diagonal linear RNN of LRU ("Resurrecting Recurrent Neural Networks for Long Sequences", Orvieto et al.,
+arXiv 2303.06349, eq. 1) and of Mamba's selective scan (Gu & Dao, arXiv 2312.00752, eq. 2a): b is (B, L, *S)
+and the gate a is either time-varying, (B, L, *S) like b, or time-invariant, of the channel shape S alone
+(e.g. (H,) or (H, N)); a time-invariant gate is never expanded to b's shape.
+
+The fast path is a two-level scan in chunks of T steps: (1) each chunk's end state from zero and its gate
+product (Π_t a_t, or the power a^T of a time-invariant gate), for all chunks at once; (2) a carry across the
+L/T chunks; (3) every chunk again from its true start state. It uses only multiplications and additions (no
+division, no logarithm), so zero, tiny or huge gates behave as in the plain loop. Its backward is the
+adjoint recurrence (the same scan in reverse time with conj(a)), so it stores only the states.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ssmkit.ops._checks import check_chunk_size
+from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.powers import int_power
+
+
+def _check_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> bool:
+    """Validate a, b, h0 and say whether a is time-invariant (shape S) rather than time-varying (b's shape)."""
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise ValueError(f"{name} must be float32/float64 or complex64/complex128; got {x.dtype}")
+    if b.dim() < 3:
+        raise ValueError(
+            f"a must be (B, L, H) -- generally (B, L, *S), or S alone when time-invariant -- with b (B, L, *S) "
+            f"of 3 or more dimensions; got a {tuple(a.shape)} and b {tuple(b.shape)}"
+        )
+    S = tuple(b.shape[2:])
+    invariant = tuple(a.shape) == S
+    if not invariant and a.shape != b.shape:
+        raise ValueError(
+            f"a and b must both be (B, L, H) -- generally (B, L, *S) -- or a must be the time-invariant channel "
+            f"shape S = {S}; got a {tuple(a.shape)} and b {tuple(b.shape)}"
+        )
+    if b.shape[1] == 0:
+        raise ValueError(f"a and b must have length L >= 1; got shape {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"a and b must share one dtype; got a {a.dtype} and b {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"a and b must be on one device; got a on {a.device} and b on {b.device}")
+    if h0 is not None:
+        want = (b.shape[0], *S)
+        if not isinstance(h0, torch.Tensor) or tuple(h0.shape) != want:
+            found = tuple(h0.shape) if isinstance(h0, torch.Tensor) else type(h0).__name__
+            raise ValueError(f"h0 must be (B, H) = {want} ((B, *S): b's shape without L); got {found}")
+        if h0.dtype != a.dtype:
+            raise ValueError(f"h0 must have the dtype of a ({a.dtype}); got {h0.dtype}")
+        if h0.device != a.device:
+            raise ValueError(f"h0 must be on a's device {a.device}; got {h0.device}")
+    return invariant
+
+
+def linear_recurrence_reference(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-order linear recurrence by a plain loop (the oracle of :func:`linear_recurrence`).
+
+    h_t = a_t ⊙ h_{t-1} + b_t, h_{-1} = h0  (the diagonal linear RNN of arXiv 2303.06349 eq. 1 / 2312.00752
+    eq. 2a; a time-invariant gate a_t = a).
+
+    Args:
+        a: (B, L, *S) time-varying gates, or (*S) one time-invariant gate per channel; real or complex
+            (S: any channel shape, e.g. (H,) or (H, N)).
+        b: (B, L, *S) inputs, a's dtype.
+        h0: (B, *S) initial state h_{-1}, or None for zeros.
+
+    Returns:
+        h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
+    """
+    invariant = _check_recurrence(a, b, h0)
+    h = h0 if h0 is not None else torch.zeros_like(b[:, 0])  # (B, *S)
+    gates = itertools.repeat(a) if invariant else a.unbind(1)
+    hs = []
+    for a_t, b_t in zip(gates, b.unbind(1)):
+        h = a_t * h + b_t  # (B, *S)
+        hs.append(h)
+    return torch.stack(hs, dim=1), h  # (B, L, *S), (B, *S)
+
+
+_LOOP_WIDTH = 8192  # B·H from which one plain loop beats chunking on CPU (measured; see linear_recurrence_chunked)
+
+
+def _recurrence_states(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, T: int, reverse: bool
+) -> torch.Tensor:
+    """All states of h_t = a_t ⊙ h_{t-1} + b_t (or, reversed, h_t = a_t ⊙ h_{t+1} + b_t), no autograd graph.
+
+    Two-level scan in chunks of T: (1) each chunk's end state from zero, g_end, and its gate product P
+    (Π a, or a^T when a is time-invariant), for all chunks at once (T steps); (2) carry:
+    start(next) = P ⊙ start + g_end (L/T steps); (3) rerun every chunk from its start state (T steps). With one
+    chunk this is the plain loop. In eager mode the steps write into preallocated buffers (``out=``); under
+    torch.func or torch.compile (:func:`ssmkit.ops.backend.tracing`) they are out-of-place and stacked.
+
+    Args:
+        a: (B, L, H) time-varying gates, or (H,) time-invariant ones; b's dtype.
+        b: (B, L, H) inputs.
+        h0: (B, H) state before the first step (h_{-1}; h_L when reversed), or None for zeros.
+        T: chunk length.
+        reverse: run from t = L-1 down to 0.
+
+    Returns:
+        h: (B, L, H).
+    """
+    Bsz, L, H = b.shape
+    invariant = a.dim() == 1
+    T = min(T, L)
+    n_chunks = -(-L // T)
+    pad = n_chunks * T - L
+    if pad:  # padded steps lie after the end of the scan (before its start when reversed) and are cut off
+        where = (0, 0, pad, 0) if reverse else (0, 0, 0, pad)
+        b = F.pad(b, where)  # (B, nc·T, H)
+        a = a if invariant else F.pad(a, where, value=1.0)  # (B, nc·T, H)
+    b_c = b.reshape(Bsz, n_chunks, T, H)  # (B, nc, T, H)
+    a_c = None if invariant else a.reshape(Bsz, n_chunks, T, H)  # (B, nc, T, H)
+
+    def gate(t: int) -> torch.Tensor:
+        return a if invariant else a_c[:, :, t]  # (H,) or (B, nc, H)
+
+    inplace = not tracing()
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    h_in = h0 if h0 is not None else b.new_zeros(Bsz, H)  # (B, H)
+    if n_chunks == 1:
+        starts = h_in[:, None]  # (B, 1, H)
+    else:
+        # 1. local scans from zero, keeping only each chunk's last value, and the chunk's gate product
+        g_end = b_c[:, :, steps[0]].clone() if inplace else b_c[:, :, steps[0]]  # (B, nc, H)
+        for t in steps[1:]:
+            if inplace:
+                torch.addcmul(b_c[:, :, t], gate(t), g_end, out=g_end)  # (B, nc, H)
+            else:
+                g_end = torch.addcmul(b_c[:, :, t], gate(t), g_end)  # (B, nc, H)
+        P_end = int_power(a, T) if invariant else a_c.prod(dim=2)  # (H,) or (B, nc, H)
+        # 2. carry across chunks
+        order = range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)
+        start_list = [None] * n_chunks
+        for c in order:
+            start_list[c] = h_in
+            h_in = torch.addcmul(g_end[:, c], P_end if invariant else P_end[:, c], h_in)  # (B, H)
+        starts = torch.stack(start_list, dim=1)  # (B, nc, H)
+    # 3. every chunk from its start state
+    prev = starts
+    if inplace:  # written straight into the output
+        h = torch.empty_like(b_c)  # (B, nc, T, H)
+        for t in steps:
+            prev = torch.addcmul(b_c[:, :, t], gate(t), prev, out=h[:, :, t])  # (B, nc, H)
+    else:
+        outs = [None] * T
+        for t in steps:
+            prev = outs[t] = torch.addcmul(b_c[:, :, t], gate(t), prev)  # (B, nc, H)
+        h = torch.stack(outs, dim=2)  # (B, nc, T, H)
+    h = h.reshape(Bsz, n_chunks * T, H)  # (B, nc·T, H)
+    return h[:, pad:] if reverse else h[:, :L]  # (B, L, H)
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """h = scan(a, b, h0) with the adjoint recurrence as backward; a (B, L, H) time-varying or (H,) invariant.
+
+    Forward direction, h_t = a_t h_{t-1} + b_t. For a loss with gradient G_t = ∂ℓ/∂h_t (PyTorch's conjugate
+    convention) the total adjoint obeys the reverse recurrence λ_t = G_t + conj(a_{t+1}) λ_{t+1},
+    λ_{L-1} = G_{L-1}; then ∂ℓ/∂b_t = λ_t, ∂ℓ/∂a_t = λ_t conj(h_{t-1}) (summed over B and t for a
+    time-invariant a), ∂ℓ/∂h0 = conj(a_0) λ_0. The reversed direction mirrors this. The adjoint is this same
+    Function run in the other direction, so gradients of any order work; every step is a tensor op, so
+    torch.func's generated vmap rule batches forward and backward.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a, b, h0, T, reverse):  # type: ignore[override]
+        return _recurrence_states(a, b, h0, T, reverse)  # (B, L, H)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        a, _, h0, T, reverse = inputs
+        ctx.save_for_backward(a, output, h0)
+        ctx.T, ctx.reverse = T, reverse
+
+    @staticmethod
+    def backward(ctx, G):  # type: ignore[override]
+        a, h, h0 = ctx.saved_tensors
+        invariant = a.dim() == 1
+        if invariant:  # λ_t = G_t + conj(a) λ_{t±1}, from zero beyond the end
+            a_adj = a.conj()  # (H,)
+        elif not ctx.reverse:
+            a_adj = F.pad(a[:, 1:].conj(), (0, 0, 0, 1))  # (B, L, H): conj(a_{t+1}), 0 at t = L-1
+        else:
+            a_adj = F.pad(a[:, :-1].conj(), (0, 0, 1, 0))  # (B, L, H): conj(a_{t-1}), 0 at t = 0
+        lam = _LinearRecurrence.apply(a_adj, G, None, ctx.T, not ctx.reverse)  # (B, L, H)
+        edge = -1 if ctx.reverse else 0
+        grad_a = grad_h0 = None
+        if ctx.needs_input_grad[0]:
+            # conj() is a lazy view; cat writes it out physically in the same pass
+            h_first = h0[:, None].conj() if h0 is not None else torch.zeros_like(h[:, :1])  # (B, 1, H)
+            if not ctx.reverse:
+                h_prev_conj = torch.cat([h_first, h[:, :-1].conj()], dim=1)  # (B, L, H): conj(h_{t-1})
+            else:
+                h_prev_conj = torch.cat([h[:, 1:].conj(), h_first], dim=1)  # (B, L, H): conj(h_{t+1})
+            grad_a = (lam * h_prev_conj).sum((0, 1)) if invariant else lam * h_prev_conj  # (H,) or (B, L, H)
+        if h0 is not None and ctx.needs_input_grad[2]:
+            grad_h0 = lam[:, edge] * (a.conj() if invariant else a[:, edge].conj())  # (B, H)
+        return grad_a, lam, grad_h0, None, None
+
+
+def linear_recurrence_chunked(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-order linear recurrence by a two-level chunked scan; equals :func:`linear_recurrence_reference`.
+
+    h_t = a_t ⊙ h_{t-1} + b_t (arXiv 2303.06349 eq. 1), in chunks of T steps: (1) each chunk's end state
+    from zero and its gate product (Π a_t, or a^T for a time-invariant a), for all chunks at once; (2) carry
+    the state across the L/T chunks; (3) rerun every chunk from its true start state. That is 2T + L/T
+    sequential steps instead of L, each over B·(L/T)·prod(S) elements. Only products and sums are used (no
+    division, no logarithm), so a_t = 0 and tiny or huge gates behave as in the loop; states differ from the
+    loop's only by the rounding of the reassociated chunk carry (a product of <= T gates). The backward is the
+    adjoint recurrence, run by the same scan in reverse time (see ``_LinearRecurrence``), so it costs one more
+    scan and stores only h. A time-invariant a stays (*S) throughout (forward and backward).
+
+    Args:
+        a: (B, L, *S) time-varying gates, or (*S) one time-invariant gate per channel; real or complex.
+        b: (B, L, *S) inputs, a's dtype.
+        h0: (B, *S) initial state h_{-1}, or None for zeros.
+        chunk_size: T. None picks 64 when B·prod(S) < 8192, where a loop is bound by per-step dispatch
+            (measured 3-15× faster than the loop for B·H <= 512, L = 4096, on a 2-core CPU), and T = L
+            (one chunk, i.e. the plain loop, which moves the least memory) for wider inputs.
+
+    Returns:
+        h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
+    """
+    invariant = _check_recurrence(a, b, h0)
+    Bsz, L = b.shape[:2]
+    S = tuple(b.shape[2:])
+    H = math.prod(S)
+    if chunk_size is None:
+        chunk_size = 64 if Bsz * H < _LOOP_WIDTH else L
+    check_chunk_size(chunk_size)
+    a_flat = a.reshape(H) if invariant else a.reshape(Bsz, L, H)  # (H,) or (B, L, H)
+    h0_flat = None if h0 is None else h0.reshape(Bsz, H)  # (B, H)
+    h = _LinearRecurrence.apply(a_flat, b.reshape(Bsz, L, H), h0_flat, chunk_size, False)  # (B, L, H)
+    h = h.reshape(Bsz, L, *S)  # (B, L, *S)
+    return h, h[:, -1]  # (B, L, *S), (B, *S)
+
+
+_LINEAR_RECURRENCE = {"reference": linear_recurrence_reference, "chunked": linear_recurrence_chunked}
+
+
+def linear_recurrence(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-order linear recurrence h_t = a_t ⊙ h_{t-1} + b_t; the path is chosen by the backend.
+
+    (arXiv 2303.06349 eq. 1; a_t = a for a time-invariant gate.) Backends: ``"reference"`` ->
+    :func:`linear_recurrence_reference` (loop); ``"chunked"`` -> :func:`linear_recurrence_chunked` (two-level
+    chunked scan); ``"auto"`` -> ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
+
+    Args:
+        a: (B, L, *S) time-varying gates, or (*S) one time-invariant gate per channel; real or complex
+            (S: any channel shape, e.g. (H,) or (H, N)).
+        b: (B, L, *S) inputs, a's dtype.
+        h0: (B, *S) initial state h_{-1}, or None for zeros.
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
+    """
+    return dispatch("linear_recurrence", _LINEAR_RECURRENCE, backend, auto="chunked")(a, b, h0)

@@ -3,7 +3,7 @@
 Every layer has exactly equal convolution / scan / recurrent-step views and, when it is linear
 time-invariant, exports its state-space realisation for control-theoretic analysis.
 
-Shape letters used in every docstring:
+Shape letters used in every docstring (each means one thing; tests/test_docs.py enforces the legend):
     B  batch size
     L  sequence length (time)
     H  channels (d_model)
@@ -14,6 +14,11 @@ Shape letters used in every docstring:
     C  output channels of a kernel (e.g. 2 for a bidirectional kernel)
     S  input vectors of a kernel (e.g. the input matrix plus initial states)
     r  rank of a low-rank correction
+    W  frequencies (or points on the unit circle) at which a transfer function is evaluated
+    T  steps per chunk of a chunked algorithm
+    n  states of one system of a StateSpace bank (control convention)
+    m  inputs of one system of a StateSpace bank
+    p  outputs of one system of a StateSpace bank
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 

@@ -97,12 +97,11 @@ def test_dispatch_and_errors(device):
             assert torch.equal(dense_final_state(u, A, B), dense_final_state_chunked(u, A, B))
     with ops.use_backend("triton"), pytest.raises(RuntimeError, match="triton"):
         dense_final_state(u, A, B)
-    # no "fft" path: a per-call "fft" raises; the context "fft" still runs "chunked", with a DeprecationWarning,
-    # until layers/s4.py passes backend="chunked" (TRANSITIONAL: then the context "fft" raises too)
+    # no "fft" path: a final state has no frequency-domain form, so "fft" raises, per call or from the context
     with pytest.raises(RuntimeError, match="dense_final_state: backend 'fft'.*'auto', 'reference', 'chunked'"):
         dense_final_state(u, A, B, backend="fft")
-    with ops.use_backend("fft"), pytest.warns(DeprecationWarning, match="dense_final_state has no 'fft' backend"):
-        assert torch.equal(dense_final_state(u, A, B), dense_final_state_chunked(u, A, B))
+    with ops.use_backend("fft"), pytest.raises(RuntimeError, match="dense_final_state: backend 'fft'"):
+        dense_final_state(u, A, B)
     with pytest.raises(ValueError, match=r"u must be a real \(B, L, H\)"):
         dense_final_state(u.to(torch.complex128), A, B)
     with pytest.raises(ValueError, match=r"u must be \(B, L, H\) with L >= 1"):

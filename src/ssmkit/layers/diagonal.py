@@ -16,7 +16,9 @@ import torch
 from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.state import TensorSpec
-from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
+from ssmkit.ops.backend import get_backend
+from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm_bidirectional, diagonal_ssm_step
+from ssmkit.ops.scan import ssm_scan
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -55,15 +57,26 @@ class DiagonalLTILayer(SequenceLayer):
         return self.D.device
 
     def _forward(self, x: torch.Tensor, state: torch.Tensor | None, return_state: bool):
-        self._backend()
+        backend = self._backend()
         with float32_core(x.device.type):
             u = x.to(self.D.dtype)
             A_bar, B_bar, C = self.discrete()
             if self.bidirectional:
-                y = diagonal_ssm_bidirectional(u, A_bar, B_bar, C) + self.D * u  # (B, L, H)
-                return y.to(x.dtype), None
-            y, h = diagonal_ssm(u, A_bar, B_bar, C[0], state, D=self.D)  # (B, L, H); the skip rides on K_0
-        return y.to(x.dtype), (h if return_state else None)
+                return (self._two_sided(u, A_bar, B_bar, C, backend) + self.D * u).to(x.dtype), None
+            y, h = ssm_scan(u, A_bar, B_bar, C[0], state, D=self.D, return_state=return_state, backend=backend)
+        return y.to(x.dtype), h  # (B, L, H); the skip rides on K_0
+
+    @staticmethod
+    def _two_sided(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, backend: str) -> torch.Tensor:
+        """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (no skip): by one two-sided FFT convolution, or, under
+        ``"chunked"``, by two scans: the anti-causal part is, in reversed time τ = L-1-t, the scan of the reversed
+        input with C[1] delayed by one step (y'_τ = z_{τ-1})."""
+        if backend != "chunked":
+            return diagonal_ssm_bidirectional(u, A_bar, B_bar, C, backend=backend)  # (B, L, H)
+        y, _ = ssm_scan(u, A_bar, B_bar, C[0], return_state=False, backend="chunked")  # (B, L, H)
+        z, _ = ssm_scan(u.flip(1), A_bar, B_bar, C[1], return_state=False, backend="chunked")  # (B, L, H) reversed
+        anti = torch.nn.functional.pad(z[:, :-1], (0, 0, 1, 0)).flip(1)  # (B, L, H): delay by one, back in time order
+        return y + anti
 
     def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Ā, B̄, C[0]) for ``step``: cached while the parameters keep their values and no gradient is needed."""
@@ -87,7 +100,8 @@ class DiagonalLTILayer(SequenceLayer):
     def _kernel(self, L: int) -> torch.Tensor:
         """K_l = Re Σ_n C_n B̄_n Ā_n^l + D δ_l: (H, L), or (2, H, L) when bidirectional (the skip on the causal one)."""
         A_bar, B_bar, C = self.discrete()
-        K = diagonal_kernel(A_bar, B_bar, C, L)  # (C, H, L)
+        backend = "reference" if get_backend() == "reference" else "chunked"  # kernel() is not a forward: any context
+        K = diagonal_kernel(A_bar, B_bar, C, L, backend=backend)  # (C, H, L)
         skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
         skip[0, :, 0] = self.D
         K = torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1)  # (C, H, L)

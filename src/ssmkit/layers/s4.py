@@ -77,8 +77,10 @@ from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.backend import get_backend
 from ssmkit.ops.cauchy import dplr_kernel
 from ssmkit.ops.dense import dense_final_state
+from ssmkit.ops.dplr import DPLRStepCoefficients, bilinear_dplr_real, dplr_step, dplr_step_coefficients
 from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
 from ssmkit.ops.hippo import nplr
 
@@ -86,17 +88,6 @@ INITS = ("legs", "legt", "lagt", "fout")
 RANK = {"legs": 1, "legt": 2, "lagt": 1, "fout": 1}
 _MIN_NEG_REAL = 1e-4  # -Re λ >= 1e-4 at init, as the official inv_transform
 _F64, _C128 = torch.float64, torch.complex128
-
-
-def _small_inverse(Y: Tensor) -> Tensor:
-    """Inverse of a batch of r x r matrices (..., r, r), in closed form for r <= 2 (no per-matrix LAPACK call)."""
-    r = Y.shape[-1]
-    if r == 1:
-        return 1 / Y
-    if r == 2:
-        a, b, c, d = Y[..., 0, 0], Y[..., 0, 1], Y[..., 1, 0], Y[..., 1, 1]
-        return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / (a * d - b * c)[..., None, None]
-    return torch.linalg.inv(Y)
 
 
 def _to_real_row(C: Tensor) -> Tensor:
@@ -219,28 +210,10 @@ class S4(SequenceLayer):
         return Lambda.repeat(rep, 1), P.repeat(1, rep, 1), B.repeat(rep, 1), torch.exp(self.log_dt.to(real))
 
     def _real_system(self) -> tuple[Tensor, Tensor]:
-        """Ā (H, N, N) and B̄ (H, N) in float64 in the real basis z = [Re x, Im x] of the half state.
-
-        Bilinear rule (arXiv 2111.00396 eq. 3) without a dense solve: with M = 2/Δ - A = diag(1/D_f) + Σ_i P_f,i P_f,i*
-        (D = (2/Δ - Λ)⁻¹), Woodbury gives M⁻¹ = diag(D_f) - Σ_ij (D_f P_f,i) (Y⁻¹)_ij (P_f,j* D_f) with the r x r
-        Y = I + P*(D P), and then Ā = (4/Δ) M⁻¹ - I, B̄ = 2 M⁻¹ B_f. In the basis x_f = T z, T = [[I, iI], [I, -iI]]:
-        T⁻¹ diag(D_f) T = [[Re D, -Im D], [Im D, Re D]], T⁻¹(D_f P_f,i) = [Re DP_i; Im DP_i],
-        (P_f,j* D_f) T = [2 Re P̄_j D, -2 Im P̄_j D] and T⁻¹ B_f = [Re B; Im B].
-        """
+        """Ā (H, N, N) and B̄ (H, N) in float64 in the real basis z = [Re x, Im x] of the half state
+        (:func:`ssmkit.ops.dplr.bilinear_dplr_real`)."""
         Lambda, P, B, dt = self._ssm(_F64)
-        D = 1 / (2 / dt[:, None] - Lambda)  # (H, N/2)
-        re, im = torch.diag_embed(D.real), torch.diag_embed(D.imag)  # (H, N/2, N/2)
-        rot = torch.cat([torch.cat([re, -im], -1), torch.cat([im, re], -1)], -2)  # (H, N, N)
-        DP, PD = D * P, P.conj() * D  # (r, H, N/2) each
-        Y = 2 * torch.einsum("jhm,ihm->hji", P.conj(), DP).real  # (H, r, r): Y[j, i] = P_j* D P_i
-        Y_inv = _small_inverse(torch.eye(P.shape[0], dtype=_F64, device=D.device) + Y)  # (H, r, r)
-        left = torch.cat([DP.real, DP.imag], dim=-1)  # (r, H, N)
-        right = torch.cat([2 * PD.real, -2 * PD.imag], dim=-1)  # (r, H, N)
-        M_inv = rot - torch.einsum("ihn,hij,jhm->hnm", left, Y_inv, right)  # (H, N, N)
-        eye = torch.eye(M_inv.shape[-1], dtype=_F64, device=D.device)  # (N, N)
-        A_bar = (4 / dt)[:, None, None] * M_inv - eye  # (H, N, N)
-        B_bar = 2 * torch.einsum("hnm,hm->hn", M_inv, torch.cat([B.real, B.imag], dim=-1))  # (H, N)
-        return A_bar, B_bar
+        return bilinear_dplr_real(Lambda, P, B, dt)
 
     def _C_tilde(self) -> Tensor:
         """C̃ (C, H, N/2) complex128."""
@@ -282,7 +255,8 @@ class S4(SequenceLayer):
         L_k >= L and truncated; (H, L) or (2, H, L) in the layer's dtype (see ``SequenceLayer.kernel``)."""
         Lambda, P, B, dt = self._ssm(_F64)
         C_t, L_k = self._attuned_C_tilde(L)
-        K = dplr_kernel(Lambda, P, B[None], C_t, dt, L_k)[0, :, :, :L]  # (C, H, L)
+        backend = "reference" if get_backend() == "reference" else "fft"  # kernel() is not a forward: any context
+        K = dplr_kernel(Lambda, P, B[None], C_t, dt, L_k, backend=backend)[0, :, :, :L]  # (C, H, L)
         skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
         skip[0, :, 0] = self.D
         K = torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1).to(self.D.dtype)  # (C, H, L): D on the causal tap 0
@@ -302,67 +276,54 @@ class S4(SequenceLayer):
             L = u.shape[1]
             if backend == "reference" and not self.bidirectional:  # the oracle; a two-sided layer has no
                 return self._forward_by_steps(u, state, x.dtype, return_state)  # recurrence: its reference is the dense kernel
+            fft = "reference" if backend == "reference" else "fft"  # the kernel and the convolutions
             Lambda, P, B, dt = self._ssm(_F64)
             C_t, L_k = self._attuned_C_tilde(L)
             B_in = B[None]  # (1, H, N/2)
             if state is not None:
                 B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
                 B_in = torch.cat([B_in, B_s], dim=0)  # (1 + B, H, N/2)
-            K = dplr_kernel(Lambda, P, B_in, C_t, dt, L_k)  # (S, C, H, L_k)
+            K = dplr_kernel(Lambda, P, B_in, C_t, dt, L_k, backend=fft)  # (S, C, H, L_k)
             K = K[..., :L].to(real)  # (S, C, H, L)
             if self.bidirectional:
-                return (bidirectional_conv(u, K[0]) + self.D * u).to(x.dtype), None
-            y = causal_conv(u, K[0, 0]) + self.D * u  # (B, L, H)
+                return (bidirectional_conv(u, K[0], backend=fft) + self.D * u).to(x.dtype), None
+            y = causal_conv(u, K[0, 0], backend=fft) + self.D * u  # (B, L, H)
             if state is not None:
                 y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
             if not return_state:
                 return y.to(x.dtype), None
             A_z, B_z = self._real_system()  # float64: the op forms its power tables before rounding
             z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
-            z = dense_final_state(u, A_z, B_z, z0)  # (B, H, N) in u's precision
+            z = dense_final_state(u, A_z, B_z, z0, backend="chunked")  # (B, H, N) in u's precision
             M = self.d_state // 2
             return y.to(x.dtype), torch.complex(z[..., :M], z[..., M:])  # (B, H, N/2)
 
     # ------------------------------------------------------------------------------------------------------------
     # Recurrence
 
-    def _step_coefficients(self) -> tuple[Tensor, ...]:
-        """(R (H, N/2), E (H, N/2), P (r, H, N/2), R⊙P (r, H, N/2), 2B (H, N/2), C_true (H, N/2)) complex128 and
-        (I + P*(R⊙P))⁻¹ (H, r, r) float64, with R = (2/Δ - Λ)⁻¹ and E = 2/Δ + Λ; cached while the parameters keep their
-        values and no gradient is needed (recomputed, differentiably, when one is)."""
+    def _step_coefficients(self) -> tuple[DPLRStepCoefficients, Tensor]:
+        """The O(N) step's coefficients (:func:`ssmkit.ops.dplr.dplr_step_coefficients`) and C_true (H, N/2), complex128;
+        cached while the parameters keep their values and no gradient is needed (recomputed, differentiably, when one
+        is)."""
         tensors = self.own_tensors()
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return self._compute_step_coefficients()
         return self._step_cache.get(tensors, self._compute_step_coefficients)
 
-    def _compute_step_coefficients(self) -> tuple[Tensor, ...]:
+    def _compute_step_coefficients(self) -> tuple[DPLRStepCoefficients, Tensor]:
         Lambda, P, B, dt = self._ssm(_F64)
-        R = 1 / (2 / dt[:, None] - Lambda)  # (H, N/2)
-        E = 2 / dt[:, None] + Lambda  # (H, N/2)
-        RP = R * P  # (r, H, N/2)
-        Y = 2 * torch.einsum("jhm,ihm->hji", P.conj(), RP).real  # (H, r, r): Y[j, i] = P_j* R P_i
-        Y_inv = _small_inverse(torch.eye(P.shape[0], dtype=_F64, device=Y.device) + Y)  # (H, r, r)
-        C_true = self._C_true()[0]  # (H, N/2)
-        return (R, E, P, RP, 2 * B, C_true, Y_inv)
+        return dplr_step_coefficients(Lambda, P, B, dt), self._C_true()[0]
 
-    @staticmethod
-    def _recur(u: Tensor, x: Tensor, coeffs: tuple[Tensor, ...], D_skip: Tensor) -> tuple[Tensor, Tensor]:
-        """One bilinear DPLR step on the half state: u (B, H) real, x (B, H, N/2) complex -> y (B, H), x'."""
-        R, E, P, RP, B2, C, Y_inv = coeffs
-        P_x = 2 * torch.einsum("ihm,bhm->bih", P.conj(), x).real  # (B, r, H)
-        v = E * x - (P[None] * P_x[..., None]).sum(1) + B2 * u[..., None]  # (B, H, N/2)
-        Rv = R * v  # (B, H, N/2)
-        P_Rv = 2 * torch.einsum("ihm,bhm->bih", P.conj(), Rv).real  # (B, r, H)
-        coef = torch.einsum("hij,bjh->bih", Y_inv, P_Rv)  # (B, r, H)
-        x_new = Rv - (RP[None] * coef[..., None]).sum(1)  # (B, r, H, N/2) -> (B, H, N/2)
-        y = 2 * torch.einsum("hm,bhm->bh", C, x_new).real + D_skip * u  # (B, H)
-        return y, x_new
+    def _recur(self, u: Tensor, x: Tensor, coeffs: tuple[DPLRStepCoefficients, Tensor]) -> tuple[Tensor, Tensor]:
+        """One bilinear DPLR step in float64: u (B, H) real, x (B, H, N/2) complex -> y (B, H) with the skip, x'."""
+        y, x_new = dplr_step(u, x, coeffs[0], coeffs[1])  # (B, H), (B, H, N/2)
+        return y + self.D.to(_F64) * u, x_new
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         # In float64 whatever the layer's dtype: the state is rounded once per step (a float32 step accumulates
         # 6e-6 relative error in the state over 4096 LegS steps, 7e-5 for LagT; 2e-7 and 1e-6 in float64).
         with float32_core(x_t.device.type):
-            y, h = self._recur(x_t.to(_F64), state.to(_C128), self._step_coefficients(), self.D.to(_F64))
+            y, h = self._recur(x_t.to(_F64), state.to(_C128), self._step_coefficients())
         return y.to(x_t.dtype), h.to(state.dtype)
 
     def _forward_by_steps(
@@ -370,10 +331,10 @@ class S4(SequenceLayer):
     ) -> tuple[Tensor, Tensor | None]:
         """The oracle forward of the "reference" backend: the O(N) step over the sequence (as ``step``)."""
         h = self.initial_state(u.shape[0]) if state is None else state
-        coeffs, D_skip = self._step_coefficients(), self.D.to(_F64)
+        coeffs = self._step_coefficients()
         ys = []
         for t in range(u.shape[1]):
-            y_t, h_t = self._recur(u[:, t].to(_F64), h.to(_C128), coeffs, D_skip)
+            y_t, h_t = self._recur(u[:, t].to(_F64), h.to(_C128), coeffs)
             h = h_t.to(h.dtype)
             ys.append(y_t)
         return torch.stack(ys, dim=1).to(out_dtype), (h if return_state else None)  # (B, L, H)

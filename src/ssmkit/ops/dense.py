@@ -21,12 +21,11 @@ Two paths, same signature:
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
 
-from ssmkit.ops.backend import dispatch, get_backend
+from ssmkit.ops.backend import dispatch
 
 _REAL_OF = {torch.float32: torch.float32, torch.float64: torch.float64,
             torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -157,9 +156,7 @@ def dense_final_state(
 
     Backends: ``"reference"`` -> :func:`dense_final_state_reference` (the recurrence); ``"chunked"`` ->
     :func:`dense_final_state_chunked` (chunked GEMMs); ``"auto"`` -> ``"chunked"``; ``"fft"`` and ``"triton"``
-    raise (a final state has no frequency-domain form). Transitional: while ``layers/s4.py`` still calls this
-    op without ``backend=`` from its FFT forward, a *context* backend ``"fft"`` runs ``"chunked"`` with a
-    DeprecationWarning; a per-call ``backend="fft"`` raises.
+    raise (a final state has no frequency-domain form).
 
     The result has u's precision; Ā and B̄ may be given in double precision for a float32 u (the fast path then
     forms its power tables from them before rounding, which keeps slow modes accurate).
@@ -174,14 +171,4 @@ def dense_final_state(
     Returns:
         x_{L-1} (B, H, N) in u's precision, complex when A_bar is complex.
     """
-    if backend is None and get_backend() == "fft":
-        # TRANSITIONAL: remove with this branch's test once layers/s4.py passes backend="chunked" (or calls
-        # the op only under "auto"/"chunked"/"reference"). S4's FFT forward runs its final state here.
-        warnings.warn(
-            "dense_final_state has no 'fft' backend; the context backend 'fft' runs 'chunked' until the S4 layer "
-            "passes backend='chunked' (this fallback will then be removed)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        backend = "chunked"
     return dispatch("dense_final_state", _DENSE_FINAL_STATE, backend, auto="chunked")(u, A_bar, B_bar, state)

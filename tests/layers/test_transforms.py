@@ -1,0 +1,77 @@
+"""Every layer under torch.compile(fullgraph=True) and the torch.func transforms (grad, vmap, jacrev): the same
+numbers as eager autograd. (The ops have their own tests in tests/ops/test_func.py and test_compile.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, grad, jacrev, vmap
+
+import ssmkit.layers as layers
+from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, state_map
+
+NAMES = layers.available()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_fullgraph_matches_eager(name):
+    # aot_eager captures the whole forward and backward in one graph (the default inductor backend also works:
+    # 6-21 s of compilation per layer on 2 CPU cores, docs/benchmarks.md; too slow for every CI run).
+    torch._dynamo.reset()
+    layer = make_layer(name, dtype=torch.float32)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 70, H, device=DEVICE, requires_grad=True)  # 70 > l_max: S4's attuned C̃ is traced too
+    h0 = state_map(lambda t: 0.3 * torch.randn_like(t), layer.initial_state(2))
+    y, h = compiled(x, h0)
+    y_eager, h_eager = layer(x, h0)
+    assert rel_err(y, y_eager) < 1e-6 and rel_err(leaves(h)[0], leaves(h_eager)[0]) < 1e-6
+    g = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+    g_eager = torch.autograd.grad(y_eager.square().sum(), [x, *layer.parameters()])
+    for a, b in zip(g, g_eager):
+        assert rel_err(a, b) < 1e-5
+    y_only, none = compiled(x, return_state=False)
+    assert none is None and rel_err(y_only, layer(x)[0]) < 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_func_grad_of_the_parameters(name):
+    layer = make_layer(name)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    x = torch.randn(2, 15, H, device=DEVICE, dtype=torch.float64)
+
+    def loss(p):
+        y, _ = functional_call(layer, p, (x,))
+        return (y * torch.sin(y)).sum()
+
+    g = grad(loss)(params)
+    y, _ = layer(x)
+    g_ref = torch.autograd.grad((y * torch.sin(y)).sum(), list(layer.parameters()))
+    for (name_, a), b in zip(g.items(), g_ref):
+        assert rel_err(a, b) < 1e-10, name_
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_over_samples_equals_the_batch(name):
+    layer = make_layer(name)
+    x = torch.randn(4, 12, H, device=DEVICE, dtype=torch.float64)
+    per_sample = vmap(lambda xi: layer(xi[None])[0][0])(x)
+    assert rel_err(per_sample, layer(x)[0]) < 1e-12
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jacrev_of_the_input_equals_the_kernel(name):
+    # For an LTI layer dy_t/du_s = K[t - s] (0 for s > t): the Jacobian of a length-8 input is the Toeplitz
+    # matrix of the kernel; for any layer it equals autograd's Jacobian.
+    layer = make_layer(name)
+    x = torch.randn(1, 8, H, device=DEVICE, dtype=torch.float64)
+    J = jacrev(lambda inp: layer(inp)[0])(x)  # (1, 8, H, 1, 8, H)
+    J_ref = torch.autograd.functional.jacobian(lambda inp: layer(inp)[0], x)
+    assert rel_err(J, J_ref) < 1e-12
+    if layer.supports("kernel"):
+        with torch.no_grad():
+            K = layer.kernel(8)  # (H, 8): a SISO bank
+        toeplitz = torch.zeros(8, 8, H, device=DEVICE, dtype=torch.float64)  # [t, s, h] = K[h, t - s], s <= t
+        for t in range(8):
+            toeplitz[t, : t + 1] = K[:, : t + 1].flip(1).T
+        expected = torch.diag_embed(toeplitz).permute(0, 2, 1, 3)  # (8, H, 8, H): channels do not mix
+        assert rel_err(J[0, :, :, 0], expected) < 1e-10

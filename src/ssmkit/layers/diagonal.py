@@ -17,7 +17,13 @@ from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
-from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm_bidirectional, diagonal_ssm_step
+from ssmkit.ops.diagonal import (
+    DiagonalStepCoefficients,
+    diagonal_kernel,
+    diagonal_ssm_bidirectional,
+    diagonal_ssm_step,
+    diagonal_step_coefficients,
+)
 from ssmkit.ops.scan import ssm_scan
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -78,23 +84,21 @@ class DiagonalLTILayer(SequenceLayer):
         anti = torch.nn.functional.pad(z[:, :-1], (0, 0, 1, 0)).flip(1)  # (B, L, H): delay by one, back in time order
         return y + anti
 
-    def _step_matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Ā, B̄, C[0]) for ``step``: cached while the parameters keep their values and no gradient is needed."""
+    def _step_coefficients(self) -> DiagonalStepCoefficients:
+        """Ā, B̄, C[0] prepared for ``step``: cached while the parameters keep their values and no gradient is needed."""
         tensors = self.own_tensors()
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return self._causal_discrete()
-        return self._step_cache.get(tensors, self._causal_discrete)
+            return self._compute_step_coefficients()
+        return self._step_cache.get(tensors, self._compute_step_coefficients)
 
-    def _causal_discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _compute_step_coefficients(self) -> DiagonalStepCoefficients:
         A_bar, B_bar, C = self.discrete()
-        return A_bar, B_bar, C[0]
+        return diagonal_step_coefficients(A_bar, B_bar, C[0])
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor):
         with float32_core(x_t.device.type):
             u = x_t.to(self.D.dtype)
-            A_bar, B_bar, C = self._step_matrices()
-            y, h = diagonal_ssm_step(u, A_bar, B_bar, C, state)  # (B, H)
-            y = y + self.D * u
+            y, h = diagonal_ssm_step(u, self._step_coefficients(), state, D=self.D)  # (B, H), (B, H, M)
         return y.to(x_t.dtype), h
 
     def _kernel(self, L: int) -> torch.Tensor:

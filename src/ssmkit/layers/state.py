@@ -86,9 +86,12 @@ def check_state(state: object, spec: StateSpec, batch_size: int, device: torch.d
     if not isinstance(state, torch.Tensor):
         raise ValueError(f"{name} must be a tensor like initial_state({batch_size}); got {type(state).__name__}")
     want = (batch_size, *spec.shape)
-    shape_ok = state.dim() == len(want) and all(
-        s == w or (spec.growing is not None and i == spec.growing + 1) for i, (s, w) in enumerate(zip(state.shape, want))
-    )
+    if spec.growing is None:
+        shape_ok = state.shape == want
+    else:
+        shape_ok = state.dim() == len(want) and all(
+            s == w or i == spec.growing + 1 for i, (s, w) in enumerate(zip(state.shape, want))
+        )
     if not shape_ok or state.dtype != spec.dtype:
         raise ValueError(
             f"{name} must be {_describe(spec, batch_size)} (as initial_state({batch_size})); "

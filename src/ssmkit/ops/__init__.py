@@ -16,7 +16,14 @@ layers' views of a diagonal SSM).
 from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from ssmkit.ops.cauchy import dplr_kernel, dplr_kernel_reference  # cauchy() stays in its module (same name)
 from ssmkit.ops.dense import dense_final_state, dense_final_state_reference
-from ssmkit.ops.diagonal import diagonal_kernel, diagonal_ssm, diagonal_ssm_bidirectional, diagonal_ssm_step
+from ssmkit.ops.diagonal import (
+    DiagonalStepCoefficients,
+    diagonal_kernel,
+    diagonal_ssm,
+    diagonal_ssm_bidirectional,
+    diagonal_ssm_step,
+    diagonal_step_coefficients,
+)
 from ssmkit.ops.discretize import bilinear, zoh, zoh_reference
 from ssmkit.ops.dplr import (
     DPLRStepCoefficients,
@@ -35,6 +42,7 @@ from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 
 __all__ = [
+    "DiagonalStepCoefficients",
     "BACKENDS",
     "DPLRStepCoefficients",
     "MEASURES",
@@ -52,6 +60,7 @@ __all__ = [
     "diagonal_ssm",
     "diagonal_ssm_bidirectional",
     "diagonal_ssm_step",
+    "diagonal_step_coefficients",
     "dplr_kernel",
     "dplr_kernel_reference",
     "dplr_matrix",

@@ -11,9 +11,11 @@ own dispatch; :func:`diagonal_ssm` is a thin wrapper over it, kept for the layer
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from ssmkit.ops.backend import dispatch
+from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.fftconv import bidirectional_conv
 from ssmkit.ops.kernels import vandermonde
 from ssmkit.ops.scan import ssm_scan
@@ -103,19 +105,65 @@ def diagonal_ssm_bidirectional(
     return dispatch("diagonal_ssm_bidirectional", _BIDIRECTIONAL, backend, auto="fft")(u, A_bar, B_bar, C)
 
 
+class DiagonalStepCoefficients(NamedTuple):
+    """The matrices of one diagonal SSM step, in the layout the step reads (from :func:`diagonal_step_coefficients`).
+
+    Attributes:
+        A_bar: (H, M) complex (or real) Ā.
+        B_bar: (H, M, 2) real view of a complex B̄ (or (H, M) real).
+        C_row: (H, 2M) real [Re C_1, -Im C_1, Re C_2, ...], so that Re Σ_n C_n x_n = C_row · view_as_real(x)
+            (or (H, M) real C).
+    """
+
+    A_bar: torch.Tensor
+    B_bar: torch.Tensor
+    C_row: torch.Tensor
+
+
+def diagonal_step_coefficients(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor) -> DiagonalStepCoefficients:
+    """Prepare Ā, B̄, C for :func:`diagonal_ssm_step` (computed once, reused for every step).
+
+    Args:
+        A_bar, B_bar, C: (H, M) complex (or all real).
+
+    Returns:
+        :class:`DiagonalStepCoefficients`.
+    """
+    if not A_bar.is_complex():
+        return DiagonalStepCoefficients(A_bar, B_bar, C)
+    C_row = torch.view_as_real(C.conj().resolve_conj()).flatten(-2)  # (H, 2M): [Re C, -Im C] per mode
+    return DiagonalStepCoefficients(A_bar, torch.view_as_real(B_bar.resolve_conj()), C_row)
+
+
 def diagonal_ssm_step(
-    u_t: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, state: torch.Tensor
+    u_t: torch.Tensor, coeffs: DiagonalStepCoefficients, state: torch.Tensor, D: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = Re(Σ_n C_n x_{t,n}), in O(H·M).
+    """One step x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = Re(Σ_n C_n x_{t,n}) + D u_t, in O(H·M) (arXiv 2206.11893 §2).
+
+    Four real kernels in eager mode (this is the hot loop of generation and control): Ā ⊙ x, then B̄ u added in
+    place through the real view (a complex × real product has no fused kernel), Re Σ_n C_n x_n as one real
+    ``vecdot`` with the prepared row (complex reductions are scalar code on CPU), and the skip as one ``addcmul``.
+    Under torch.func or torch.compile the in-place add takes its functional form.
 
     Args:
         u_t: (B, H) real input.
-        A_bar, B_bar, C: (H, M) complex (or all real).
-        state: (B, H, M) x_{t-1}.
+        coeffs: Ā, B̄, C prepared by :func:`diagonal_step_coefficients`.
+        state: (B, H, M) x_{t-1}, complex (or real), Ā's dtype.
+        D: (H,) real skip, or None for none.
 
     Returns:
-        y_t (B, H) real (no skip term) and x_t (B, H, M).
+        y_t (B, H) real (with D u_t when D is given) and x_t (B, H, M).
     """
-    x = A_bar * state + B_bar * u_t.unsqueeze(-1)  # (B, H, M)
-    y = (C * x).sum(-1)  # (B, H)
-    return (y.real if y.is_complex() else y), x
+    A_bar, B_bar, C_row = coeffs
+    u = u_t.unsqueeze(-1)  # (B, H, 1)
+    if not A_bar.is_complex():
+        x = torch.addcmul(A_bar * state, B_bar, u)  # (B, H, M)
+        y = torch.linalg.vecdot(C_row, x)  # (B, H)
+    else:
+        if tracing():
+            x = A_bar * state + torch.view_as_complex(B_bar) * u  # (B, H, M)
+        else:
+            x = A_bar * state  # (B, H, M): a fresh tensor, so the in-place add below is safe
+            torch.view_as_real(x).addcmul_(B_bar, u.unsqueeze(-1))  # (B, H, M, 2): += B̄ u
+        y = torch.linalg.vecdot(C_row, torch.view_as_real(x).flatten(-2))  # (B, H): Re Σ_n C_n x_n
+    return (y if D is None else torch.addcmul(y, D, u_t)), x

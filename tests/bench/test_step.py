@@ -14,7 +14,7 @@ def test_step_bench_writes_results(tmp_path, capsys):
     argv = ["--batch", "2", "--d-model", "3", "--d-state", "4", "--steps", "2", "--repeats", "1", "--json", str(out)]
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["layer"] for r in rows] == ["bare", *available()]
+    assert [r["layer"] for r in rows] == ["bare", *[f"{n}{s}" for n in available() for s in ("", " (frozen)")]]
     for r in rows:
         assert r["batch"] == 2 and r["d_model"] == 3 and r["us_per_step"] > 0
         assert r["tokens_per_s"] == pytest.approx(2e6 / r["us_per_step"])

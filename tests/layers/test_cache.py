@@ -110,3 +110,43 @@ def test_value_cache_recomputes_on_any_change():
     assert cache.get([a], compute) == 4  # a different list
     cache.clear()
     assert cache.get([a], compute) == 5
+
+
+def test_frozen_parameters_checks_once_per_block():
+    from ssmkit.layers import frozen_parameters
+
+    calls = []
+    a = torch.ones(3)
+    cache: ValueCache[int] = ValueCache()
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    assert cache.get([a], compute) == 1
+    a.data.mul_(2)  # changed before the block: seen at the block's first lookup
+    with frozen_parameters():
+        assert cache.get([a], compute) == 2
+        a.data.mul_(2)  # changed inside the block: the promise is broken, the cache trusts the block
+        assert cache.get([a], compute) == 2
+        b = a.clone()
+        assert cache.get([b], compute) == 3  # another tensor object is checked again (its values differ from 2's)
+    with frozen_parameters():  # a new block checks the values again: a equals b, so 3 stays valid
+        assert cache.get([a], compute) == 3
+        a.data.add_(1)
+    assert cache.get([a], compute) == 4  # outside a block every lookup compares
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_inside_frozen_parameters_equals_forward(name):
+    from ssmkit.layers import frozen_parameters
+
+    layer = make_layer(name)
+    fill_cache(layer)
+    UPDATES["fused_adamw"](layer)  # before the block: must be seen
+    x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad(), frozen_parameters():
+        y_step, h_step = run_steps(layer, x)
+    with torch.no_grad():
+        y, h = layer(x)
+    assert rel_err(y_step, y) < TOL and rel_err(h_step, h) < TOL

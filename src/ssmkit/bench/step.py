@@ -10,7 +10,9 @@ arithmetic** of a diagonal SSM, with Ā, B̄, C, D precomputed as plain tensors 
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,    y_t = 2 Re(Σ_n C_n x_{t,n}) + D u_t      (S4D, arXiv 2206.11893 §2)
 
 the floor that a diagonal layer's step (S4D, DSS) can reach in PyTorch, and prints each layer's time as a
-multiple of it (S4's DPLR step does more work than this, and is shown against the same floor). Every
+multiple of it. Each layer is timed twice: plainly (its step cache compares the parameter values on every call,
+which keeps it correct under any weight update) and inside ``ssmkit.layers.frozen_parameters()`` (the generation
+loop's promise that no weight changes: the values are compared once per block) (S4's DPLR step does more work than this, and is shown against the same floor). Every
 (batch, d_model) shape is timed in ``--repeats`` rounds; each round times the bare arithmetic and every
 layer once, ``--steps`` steps each, after one warm-up of ``--steps`` // 4 steps, so a ratio compares times
 taken under the same machine conditions (this shared VM drifts by ±50 %). Times and ratios are medians
@@ -21,6 +23,7 @@ hold the CPUs (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,6 +36,7 @@ import ssmkit.layers as layers
 from ssmkit.bench.core import machine
 
 BARE = "bare"  # the name of the bare-arithmetic row
+FROZEN = " (frozen)"  # the suffix of the rows timed inside ssmkit.layers.frozen_parameters()
 
 
 def bare_diagonal_step(
@@ -81,12 +85,14 @@ def bare_stepper(batch: int, d_model: int, d_state: int) -> tuple[Callable, torc
     return step, torch.zeros(batch, H, M, dtype=torch.complex64)
 
 
-def _time_steps(step: Callable, state, inputs: torch.Tensor) -> tuple[float, object]:
-    """Seconds to run ``step`` over ``inputs`` (T, B, H) from ``state``; also the state reached."""
-    start = time.perf_counter()
-    for u_t in inputs:
-        _, state = step(u_t, state)
-    return time.perf_counter() - start, state
+def _time_steps(step: Callable, state, inputs: torch.Tensor, frozen: bool) -> tuple[float, object]:
+    """Seconds to run ``step`` over ``inputs`` (T, B, H) from ``state`` (inside ``frozen_parameters()`` when
+    ``frozen``); also the state reached."""
+    with layers.frozen_parameters() if frozen else contextlib.nullcontext():
+        start = time.perf_counter()
+        for u_t in inputs:
+            _, state = step(u_t, state)
+        return time.perf_counter() - start, state
 
 
 @torch.no_grad()
@@ -97,7 +103,8 @@ def time_steppers(
 
     Args:
         steppers: name -> (step, state) with ``step(x_t, state) -> (y_t, next state)``, x_t (B, H); the first
-            entry (the bare arithmetic in this suite) is the denominator of every ``vs_bare`` ratio.
+            entry (the bare arithmetic in this suite) is the denominator of every ``vs_bare`` ratio. A name
+            ending in ``FROZEN`` is timed inside ``ssmkit.layers.frozen_parameters()`` (a generation loop).
         batch: B, the rows of every x_t.
         d_model: H, the channels of every x_t.
         steps: steps timed per entry per round (after a warm-up of steps // 4).
@@ -110,11 +117,11 @@ def time_steppers(
     inputs = torch.randn(steps, batch, d_model)  # (T, B, H)
     states = {}
     for name, (step, state) in steppers.items():  # warm-up (first calls build caches and allocator pools)
-        states[name] = _time_steps(step, state, inputs[: max(1, steps // 4)])[1]
+        states[name] = _time_steps(step, state, inputs[: max(1, steps // 4)], name.endswith(FROZEN))[1]
     times: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(repeats):
         for name, (step, _) in steppers.items():
-            seconds, states[name] = _time_steps(step, states[name], inputs)
+            seconds, states[name] = _time_steps(step, states[name], inputs, name.endswith(FROZEN))
             times[name].append(seconds / steps)
     first = times[next(iter(times))]
     rows = []
@@ -140,6 +147,7 @@ def measure_shape(names: list[str], batch: int, d_model: int, d_state: int, step
     for name in names:
         layer = layers.build(name, d_model=d_model, d_state=d_state).eval()
         steppers[name] = (layer.step, layer.initial_state(batch))
+        steppers[name + FROZEN] = (layer.step, layer.initial_state(batch))
     rows = time_steppers(steppers, batch, d_model, steps, repeats)
     for r in rows:
         r["d_state"] = d_state

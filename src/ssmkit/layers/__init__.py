@@ -9,6 +9,7 @@ specs), ``registry.py`` (``register``, ``build``, ``available``), ``marks.py`` (
 shared diagonal LTI implementation), then one file per published layer.
 """
 
+from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dss import DSS
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
@@ -31,6 +32,7 @@ __all__ = [
     "TensorSpec",
     "available",
     "build",
+    "frozen_parameters",
     "layer_class",
     "marked_parameters",
     "optim_marks",

@@ -5,17 +5,48 @@ times the step's own arithmetic; generation and controllers call ``step`` thousa
 parameters. A cache keyed on ``Parameter._version`` or ``data_ptr`` goes stale: ``torch.optim.AdamW(fused=True)``
 and edits through ``p.data`` (weight averaging, ``p.data.mul_()``) change values without bumping the version
 counter. :class:`ValueCache` therefore keys on the values themselves: it keeps a copy of the tensors it was
-computed from and compares them with ``torch.equal`` on every lookup (a few microseconds per small tensor).
-It is used only when no gradient is needed; with autograd on, the value is recomputed, differentiably.
+computed from and compares them with ``torch.equal`` on every lookup. It is used only when no gradient is needed;
+with autograd on, the value is recomputed, differentiably.
+
+The comparison reads every parameter once per lookup, which at batch size 1 costs about as much as the step's
+arithmetic. Inside :func:`frozen_parameters` (a promise that no parameter changes within the block, as in a
+generation loop) a cache compares the values once, at its first lookup in the block, and then trusts the same
+tensor objects for the rest of it.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Sequence, TypeVar
+import contextlib
+import contextvars
+import itertools
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 import torch
 
 V = TypeVar("V")
+
+_FROZEN: contextvars.ContextVar[int] = contextvars.ContextVar("ssmkit_frozen_parameters", default=0)
+_SCOPES = itertools.count(1)
+
+
+@contextlib.contextmanager
+def frozen_parameters() -> Iterator[None]:
+    """Promise that no parameter changes inside the block, so that step caches skip their per-step comparison.
+
+    Each cache still compares the parameter values once, at its first lookup inside the block (so weights changed
+    before the block are seen), and then reuses its value while it is given the same tensor objects. Changing a
+    parameter's values inside the block breaks the promise: ``step`` may then use the old values. The setting is
+    per thread (a ``ContextVar``); blocks nest.
+
+        with torch.no_grad(), ssmkit.layers.frozen_parameters():
+            for t in range(L):
+                y_t, h = model.step(x[:, t], h)
+    """
+    token = _FROZEN.set(next(_SCOPES))
+    try:
+        yield
+    finally:
+        _FROZEN.reset(token)
 
 
 def _same(snapshot: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> bool:
@@ -35,11 +66,12 @@ class ValueCache(Generic[V]):
     """
 
     def __init__(self) -> None:
-        self._entry: tuple[tuple[torch.Tensor, ...], V] | None = None
+        # (snapshot of the values, the value, the frozen scope it was last checked in, ids of the source tensors)
+        self._entry: tuple[tuple[torch.Tensor, ...], V, int, tuple[int, ...]] | None = None
 
     def get(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V]) -> V:
         """``compute()``, reused while every tensor of ``tensors`` equals (value, shape, dtype, device) the copy
-        taken when it was computed.
+        taken when it was computed (inside :func:`frozen_parameters`: checked once per block).
 
         Args:
             tensors: the tensors the value depends on (the layer's parameters and buffers).
@@ -48,13 +80,19 @@ class ValueCache(Generic[V]):
         Returns:
             the cached or freshly computed value.
         """
-        entry = self._entry
-        if entry is not None and _same(entry[0], tensors):
-            return entry[1]
+        entry, scope = self._entry, _FROZEN.get()
+        if entry is not None:
+            snapshot, value, checked_in, ids = entry
+            if scope and checked_in == scope and ids == tuple(map(id, tensors)):
+                return value
+            if _same(snapshot, tensors):
+                if scope:
+                    self._entry = (snapshot, value, scope, tuple(map(id, tensors)))
+                return value
         with torch.no_grad():
             value = compute()
             snapshot = tuple(t.detach().clone() for t in tensors)
-        self._entry = (snapshot, value)
+        self._entry = (snapshot, value, scope, tuple(map(id, tensors)))
         return value
 
     def clear(self) -> None:

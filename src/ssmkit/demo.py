@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.demo") -> 
     def test_mse() -> float:
         model.eval()
         with torch.no_grad():
-            mse = loss_fn(model(x_test)[0], y_test).item()
+            mse = loss_fn(model(x_test, return_state=False)[0], y_test).item()
         model.train()
         return mse
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.demo") -> 
     start, testing, running = time.perf_counter(), 0.0, []
     for step in range(1, args.steps + 1):
         x, y = adding_problem(args.batch_size, args.length, generator=gen)
-        loss = loss_fn(model(x)[0], y)
+        loss = loss_fn(model(x, return_state=False)[0], y)  # training needs no final state
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,4 +1,4 @@
-"""Input checks shared by every public function (DESIGN.md: clear ``ValueError``, no silent broadcast)."""
+"""Input checks shared by every public function (docs/design.md: clear ``ValueError``, no silent broadcast)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Choice of execution path for the ops (one visible place; STYLE.md rule 7).
+"""Choice of execution path for the ops (one visible place).
 
 Every dispatching op has ONE table from backend name to implementation, and every name means one thing:
 

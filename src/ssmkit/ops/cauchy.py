@@ -1,7 +1,7 @@
 """The S4 DPLR convolution kernel: Cauchy sums, the Woodbury correction and an inverse FFT.
 
 Implements Algorithm 1 of "Efficiently Modeling Long Sequences with Structured State Spaces" (S4, Gu, Goel, Ré;
-arXiv 2111.00396, §3.2-3.3) in the convention of ``docs/design.md`` / notes core-checked §3: the state matrix of
+arXiv 2111.00396, §3.2-3.3) in the convention of ``docs/design.md`` (y = C̃ᵀ x unconjugated, as the official state-spaces/s4 code @ e757cef): the state matrix of
 the full conjugate-pair state x_f = [x, conj x] (size N, N/2 pairs) is
 
     A = diag(Λ_f) - Σ_i P_f,i P_f,i*,     Λ_f = [Λ, conj Λ],  P_f,i = [P_i, conj P_i],
@@ -15,7 +15,7 @@ with C̃ = (I - Ā^L)ᵀ C_true (the trainable C̃ of the layer). With A = Λ - 
 (z - A)⁻¹ to Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n) over ALL N indices (both members of each pair)
 with Q = conj P as the unconjugated second factor:
 
-    C̃ᵀ(z - A)⁻¹B = r_{B C̃} - Σ_ij r_{P_i C̃} [(I + M)⁻¹]_ij r_{B Q_j},   M_ji = r_{P_i Q_j}   (rank r).
+    C̃ᵀ(z - A)⁻¹B = r_{B C̃} - Σ_ij r_{P_i C̃} [Y⁻¹]_ij r_{B Q_j},   Y_ji = δ_ji + r_{P_i Q_j}   (rank r).
 
 On the unit circle z = i (2/Δ) tan(πk/L) is purely imaginary and 2/(1+ω) = 1 + i tan(πk/L). The point ω = -1
 (k = L/2, even L) is not evaluated by the Cauchy sums (there z = ∞); its exact limit K̂(-1) = (Δ/2) C̃ᵀB_f is
@@ -23,7 +23,7 @@ used instead. Finally K = irfft(K̂, n=L).
 
 Every Cauchy sum shares one matrix 1/(z_m - λ_n) per channel, so :func:`cauchy` stacks all products a ⊙ b along a
 leading dimension and applies the matrix as one batched GEMM per block of evaluation points (blocks of at most
-``_BLOCK_BYTES``); its backward recomputes the blocks instead of storing the (…, N, M) matrix.
+``_BLOCK_BYTES``); its backward recomputes the blocks instead of storing the (…, N, W) matrix.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ssmkit.ops.dplr import bilinear_dplr, small_inverse
 
 _COMPLEX = (torch.complex64, torch.complex128)
 # Bytes of one block of the Cauchy matrix 1/(z_m - w_n). Small blocks stay in cache (measured on 2 CPU cores,
-# H=128, N=64, M=2049: 2-8 MB blocks are 2-4x faster than one 134 MB block); the cap of the brief is 64 MB.
+# H=128, N=64, W=2049 points: 2-8 MB blocks are 2-4x faster than one 134 MB block); the cap of the brief is 64 MB.
 _BLOCK_BYTES = 1 << 22
 
 
@@ -51,13 +51,13 @@ def _check_complex(x: Tensor, name: str, letters: str) -> None:
 
 def _check_cauchy_args(v: Tensor, z: Tensor, w: Tensor) -> None:
     _check_complex(v, "v", "(..., N)")
-    _check_complex(z, "z", "(..., M)")
+    _check_complex(z, "z", "(..., W)")
     _check_complex(w, "w", "(..., N)")
     if not v.dtype == z.dtype == w.dtype:
         raise ValueError(f"v, z and w must share one complex dtype; got {v.dtype}, {z.dtype}, {w.dtype}")
     if v.dim() < 1 or z.dim() < 1 or w.dim() < 1:
         shapes = f"{tuple(v.shape)}, {tuple(z.shape)}, {tuple(w.shape)}"
-        raise ValueError(f"v, z, w need a last dimension (N, M, N); got shapes {shapes}")
+        raise ValueError(f"v, z, w need a last dimension (N, W, N); got shapes {shapes}")
     if v.shape[-1] != w.shape[-1]:
         raise ValueError(f"v must be (..., N) with N = {w.shape[-1]} as w; got shape {tuple(v.shape)}")
     try:
@@ -72,23 +72,23 @@ def _check_cauchy_args(v: Tensor, z: Tensor, w: Tensor) -> None:
 def cauchy_reference(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     """Cauchy sums by the direct formula: out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]).
 
-    arXiv 2111.00396 §3.3 (the Cauchy kernel of Algorithm 1). Builds the whole (..., M, N) array.
+    arXiv 2111.00396 §3.3 (the Cauchy kernel of Algorithm 1). Builds the whole (..., W, N) array.
 
     Args:
         v: (..., N) complex numerators.
-        z: (..., M) complex evaluation points.
+        z: (..., W) complex evaluation points.
         w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
 
     Returns:
-        (..., M) complex, the broadcast batch shape of v, z, w followed by M.
+        (..., W) complex, the broadcast batch shape of v, z, w followed by W.
     """
     _check_cauchy_args(v, z, w)
-    return (v.unsqueeze(-2) / (z.unsqueeze(-1) - w.unsqueeze(-2))).sum(-1)  # (..., M, N) -> (..., M)
+    return (v.unsqueeze(-2) / (z.unsqueeze(-1) - w.unsqueeze(-2))).sum(-1)  # (..., W, N) -> (..., W)
 
 
-def _block(M: int, G: int, N: int, itemsize: int) -> int:
+def _block(W: int, G: int, N: int, itemsize: int) -> int:
     """Number of evaluation points per block so that a (G, N, block) matrix holds at most _BLOCK_BYTES."""
-    return max(1, min(M, _BLOCK_BYTES // max(1, G * N * itemsize)))
+    return max(1, min(W, _BLOCK_BYTES // max(1, G * N * itemsize)))
 
 
 class _CauchyMatmul(torch.autograd.Function):
@@ -106,58 +106,58 @@ class _CauchyMatmul(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(v: Tensor, z: Tensor, w: Tensor) -> Tensor:  # v (G, K, N), z (G, M), w (G, N)
-        G, K, N = v.shape
-        M = z.shape[-1]
-        step = _block(M, G, N, v.element_size())
+    def forward(v: Tensor, z: Tensor, w: Tensor) -> Tensor:  # v (G, S, N), z (G, W), w (G, N)
+        G, S, N = v.shape
+        W = z.shape[-1]
+        step = _block(W, G, N, v.element_size())
         # eager: one output buffer, so every block's 1/(z - w) reuses the previous one's memory (keeping the
         # blocks alive for a cat made each new block page-fault: forward 2x slower); under torch.func or
         # torch.compile the blocks are concatenated (no writes into a buffer that vmap could not batch)
-        out = None if tracing() else torch.empty(G, K, M, dtype=v.dtype, device=v.device)  # (G, K, M)
+        out = None if tracing() else torch.empty(G, S, W, dtype=v.dtype, device=v.device)  # (G, S, W)
         blocks = []
-        for m0 in range(0, M, step):
+        for m0 in range(0, W, step):
             c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m)
             if out is None:
-                blocks.append(v @ c)  # (G, K, N) @ (G, N, m) -> (G, K, m)
+                blocks.append(v @ c)  # (G, S, N) @ (G, N, m) -> (G, S, m)
             else:
-                out[:, :, m0 : m0 + step] = v @ c  # (G, K, m)
+                out[:, :, m0 : m0 + step] = v @ c  # (G, S, m)
         if out is not None:
             return out
-        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (G, K, M)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (G, S, W)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # g (G, K, M)
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # g (G, S, W)
         v, z, w = ctx.saved_tensors
         need_v, need_z, need_w = ctx.needs_input_grad
-        G, K, N = v.shape
-        M = z.shape[-1]
-        step = _block(M, G, N, v.element_size())
-        gv = gw_k = None  # (G, K, N) sums over the blocks (gw_k summed over k at the end)
+        G, S, N = v.shape
+        W = z.shape[-1]
+        step = _block(W, G, N, v.element_size())
+        gv = gw_k = None  # (G, S, N) sums over the blocks (gw_k summed over k at the end)
         gz_blocks = []  # (G, m) each
         v_conj = v.conj()
         # create_graph=True: keep 1/(z - w) intact for the double backward (reciprocal's derivative reads it)
         recording = torch.is_grad_enabled()
-        for m0 in range(0, M, step):
-            g_m = g[:, :, m0 : m0 + step]  # (G, K, m)
+        for m0 in range(0, W, step):
+            g_m = g[:, :, m0 : m0 + step]  # (G, S, m)
             c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m), in place on a fresh tensor
             c_conj = c.conj_physical() if recording else c.conj_physical_()  # (G, N, m); a lazy conj() view
             # would be copied by every GEMM that reads it
             if need_v:
-                term = g_m @ c_conj.transpose(1, 2)  # (G, K, m) @ (G, m, N) -> (G, K, N)
+                term = g_m @ c_conj.transpose(1, 2)  # (G, S, m) @ (G, m, N) -> (G, S, N)
                 gv = term if gv is None else (gv + term if recording else gv.add_(term))
             if need_w or need_z:
                 c2_conj = c_conj * c_conj  # (G, N, m)
                 if need_w:
-                    term = g_m @ c2_conj.transpose(1, 2)  # (G, K, N)
+                    term = g_m @ c2_conj.transpose(1, 2)  # (G, S, N)
                     gw_k = term if gw_k is None else (gw_k + term if recording else gw_k.add_(term))
                 if need_z:
-                    gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1))  # (G, K, m) -> (G, m)
-        gw = (gw_k * v_conj).sum(1) if need_w else None  # (G, K, N) -> (G, N)
-        gz = torch.cat(gz_blocks, dim=-1) if need_z else None  # (G, M)
+                    gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1))  # (G, S, m) -> (G, m)
+        gw = (gw_k * v_conj).sum(1) if need_w else None  # (G, S, N) -> (G, N)
+        gz = torch.cat(gz_blocks, dim=-1) if need_z else None  # (G, W)
         return gv, gz, gw
 
 
@@ -165,30 +165,30 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     """Cauchy sums as one batched GEMM per block: out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]).
 
     arXiv 2111.00396 §3.3. The Cauchy matrix 1/(z_m - w_n) depends only on the batch dimensions shared with z and
-    w (the channels G); the leading dimensions of v that z and w do not have (the K stacked products) reuse it:
-    a (G, K, N) @ (G, N, M) product, built and applied in blocks of M of at most 4 MB (also in the backward, which
-    recomputes the blocks, so memory stays O(G·(K·N + K·M)) whatever the length).
+    w (the channels G); the leading dimensions of v that z and w do not have (the S stacked products) reuse it:
+    a (G, S, N) @ (G, N, W) product, built and applied in blocks of points of at most 4 MB (also in the backward, which
+    recomputes the blocks, so memory stays O(G·(S·N + S·W)) whatever the length).
 
     Args:
         v: (..., N) complex numerators.
-        z: (..., M) complex evaluation points.
+        z: (..., W) complex evaluation points.
         w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
 
     Returns:
-        (..., M) complex, the broadcast batch shape of v, z, w followed by M.
+        (..., W) complex, the broadcast batch shape of v, z, w followed by W.
     """
     _check_cauchy_args(v, z, w)
-    N, M = w.shape[-1], z.shape[-1]
+    N, W = w.shape[-1], z.shape[-1]
     shared = torch.broadcast_shapes(z.shape[:-1], w.shape[:-1])
     batch = torch.broadcast_shapes(v.shape[:-1], shared)
     n_lead = len(batch) - len(shared)
-    lead, channels = batch[:n_lead], batch[n_lead:]  # K dims (only in v), G dims (shared by z, w)
-    G, K = math.prod(channels), math.prod(lead)
-    v_g = v.expand(*batch, N).reshape(K, G, N).transpose(0, 1)  # (K, G, N) -> (G, K, N)
-    z_g = z.expand(*channels, M).reshape(G, M)  # (G, M)
+    lead, channels = batch[:n_lead], batch[n_lead:]  # S dims (only in v), G dims (shared by z, w)
+    G, S = math.prod(channels), math.prod(lead)
+    v_g = v.expand(*batch, N).reshape(S, G, N).transpose(0, 1)  # (S, G, N) -> (G, S, N)
+    z_g = z.expand(*channels, W).reshape(G, W)  # (G, W)
     w_g = w.expand(*channels, N).reshape(G, N)  # (G, N)
-    out = _CauchyMatmul.apply(v_g.contiguous(), z_g.contiguous(), w_g.contiguous())  # (G, K, M)
-    return out.transpose(0, 1).reshape(*batch, M)  # (K, G, M) -> (..., M)
+    out = _CauchyMatmul.apply(v_g.contiguous(), z_g.contiguous(), w_g.contiguous())  # (G, S, W)
+    return out.transpose(0, 1).reshape(*batch, W)  # (S, G, W) -> (..., W)
 
 
 _CAUCHY = {"reference": cauchy_reference, "chunked": cauchy_matmul}
@@ -203,12 +203,12 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Te
 
     Args:
         v: (..., N) complex numerators.
-        z: (..., M) complex evaluation points.
+        z: (..., W) complex evaluation points.
         w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
         backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
-        (..., M) complex, the broadcast batch shape of v, z, w followed by M.
+        (..., W) complex, the broadcast batch shape of v, z, w followed by W.
     """
     return dispatch("cauchy", _CAUCHY, backend, auto="chunked")(v, z, w)
 
@@ -239,27 +239,27 @@ def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
 def _woodbury(r: Tensor, S: int, n_out: int) -> Tensor:
     """C̃ᵀ(z - A)⁻¹B from the Cauchy sums of the products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j}.
 
-    k[s, c] = r[s, c] - Σ_ij r[S+i, c] [(I + M)⁻¹]_ij r[s, n_out+j],  M[j, i] = r[S+i, n_out+j]   (rank R).
+    k[s, c] = r[s, c] - Σ_ij r[S+i, c] [Y⁻¹]_ij r[s, n_out+j],  Y[j, i] = δ_ji + r[S+i, n_out+j]   (rank R).
 
     Args:
-        r: (S+R, C+R, H, M) complex Cauchy sums, r[a, b] = Σ_n a_n b_n / (z - λ_n).
+        r: (S+R, C+R, H, W) complex Cauchy sums, r[a, b] = Σ_n a_n b_n / (z - λ_n).
         S: number of input vectors; n_out: number of output vectors C.
 
     Returns:
-        (S, C, H, M) complex.
+        (S, C, H, W) complex.
     """
     R = r.shape[0] - S
-    k = r[:S, :n_out]  # (S, C, H, M)
+    k = r[:S, :n_out]  # (S, C, H, W)
     if R == 0:
         return k
-    r_pc = r[S:, :n_out]  # (R, C, H, M): a = P_i, b = C̃_c
-    r_bq = r[:S, n_out:]  # (S, R, H, M): a = B_s, b = Q_j
+    r_pc = r[S:, :n_out]  # (R, C, H, W): a = P_i, b = C̃_c
+    r_bq = r[:S, n_out:]  # (S, R, H, W): a = B_s, b = Q_j
     # Y = I + P*(z - Λ)⁻¹P as a matrix: Y[j, i] = δ_ji + Σ_n conj(P_j)_n P_i,n / (z - λ_n) = δ_ji + r[S+i, C+j].
-    Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None, None] + r[S:, n_out:].transpose(0, 1)  # (R, R, H, M)
-    Y_inv = small_inverse(Y.permute(2, 3, 0, 1)).permute(2, 3, 0, 1)  # (H, M, R, R) -> (R, R, H, M)
+    Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None, None] + r[S:, n_out:].transpose(0, 1)  # (R, R, H, W)
+    Y_inv = small_inverse(Y.permute(2, 3, 0, 1)).permute(2, 3, 0, 1)  # (H, W, R, R) -> (R, R, H, W)
     if R == 1:
-        return k - r_pc[0][None] * r_bq[:, 0][:, None] * Y_inv[0, 0]  # (S, C, H, M)
-    return k - torch.einsum("ichm,ijhm,sjhm->schm", r_pc, Y_inv, r_bq)  # (S, C, H, M)
+        return k - r_pc[0][None] * r_bq[:, 0][:, None] * Y_inv[0, 0]  # (S, C, H, W)
+    return k - torch.einsum("ichm,ijhm,sjhm->schm", r_pc, Y_inv, r_bq)  # (S, C, H, W)
 
 
 def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
@@ -284,8 +284,8 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     # 1. Evaluation points ω_k = e^{-2πik/L}, k < L/2 (the point ω = -1 of an even L is done in step 5):
     #    z_k = (2/Δ)(1 - ω)/(1 + ω) = i (2/Δ) tan(πk/L),   2/(1 + ω) = 1 + i tan(πk/L).
     n_reg = (L + 1) // 2
-    tan = torch.tan(torch.arange(n_reg, dtype=dt.dtype, device=dt.device) * (math.pi / L))  # (M,)
-    z = torch.complex(torch.zeros_like(dt)[:, None] * tan, (2 / dt)[:, None] * tan)  # (H, M)
+    tan = torch.tan(torch.arange(n_reg, dtype=dt.dtype, device=dt.device) * (math.pi / L))  # (W,)
+    z = torch.complex(torch.zeros_like(dt)[:, None] * tan, (2 / dt)[:, None] * tan)  # (H, W)
     # 2. All products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j = conj P_j}, over both members of each pair.
     a = torch.cat([B, P], dim=0)  # (S+r, H, N/2)
     b = torch.cat([C, P.conj()], dim=0)  # (C+r, H, N/2)
@@ -293,10 +293,10 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     ab = torch.cat([ab, ab.conj()], dim=-1)  # (S+r, C+r, H, N)
     w = torch.cat([Lambda, Lambda.conj()], dim=-1)  # (H, N)
     # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n): one blocked GEMM per channel.
-    r = cauchy(ab, z, w, backend="chunked")  # (S+r, C+r, H, M)
+    r = cauchy(ab, z, w, backend="chunked")  # (S+r, C+r, H, W)
     # 4. Woodbury, then the factor 2/(1 + ω).
-    k = _woodbury(r, S, n_out)  # (S, C, H, M)
-    k = k * torch.complex(torch.ones_like(tan), tan)  # (S, C, H, M)
+    k = _woodbury(r, S, n_out)  # (S, C, H, W)
+    k = k * torch.complex(torch.ones_like(tan), tan)  # (S, C, H, W)
     # 5. ω = -1 (even L): z = ∞ and K̂ = (Δ/2) C̃ᵀ B_f = Δ Re Σ_half C̃ B.
     if L % 2 == 0:
         nyquist = dt * (B[:, None] * C[None, :]).sum(-1).real  # (S, C, H)

@@ -15,8 +15,8 @@ diagonal Ā so that every chunk shares the same matrices. For chunks of T steps:
 
 Steps (1) and (3, input part) run for all chunks at once as batched matrix products, then a loop of L/T
 steps carries the (B, H, N) state across chunks, then step (2) runs for all chunks at once. No tensor of
-size B·L·H·N is ever allocated; complex matrices enter the GEMMs as real/imaginary pairs (REFERENCE §6:
-ATen's complex kernels are scalar code on CPU, real BLAS is not).
+size B·L·H·N is ever allocated; complex matrices enter the GEMMs as real/imaginary pairs (ATen's
+complex kernels are scalar code on CPU, real BLAS is not).
 
 One copy of the algorithm serves autograd, no-grad inference, torch.func and torch.compile. The former in-place
 no-grad branch (carrying the states inside the step (3) GEMM output, fed one chunk behind) made the no-grad
@@ -112,19 +112,19 @@ class _Transpose(torch.autograd.Function):
 
 
 def transpose(x: torch.Tensor) -> torch.Tensor:
-    """(R, S) -> contiguous (S, R) whose gradient is contiguous too (see ``_Transpose``).
+    """A 2-D tensor transposed into a new contiguous tensor whose gradient is contiguous too (see ``_Transpose``).
 
     Args:
-        x: (R, S).
+        x: a 2-D tensor.
 
     Returns:
-        (S, R) contiguous.
+        its transpose, contiguous.
     """
     return _Transpose.apply(x)
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:
-    """(..., N) complex -> (..., 2N) real with interleaved (re, im) pairs; real tensors pass through.
+    """(..., N) complex -> (..., 2N) real with interleaved real and imaginary parts; real tensors pass through.
 
     Args:
         z: (..., N) complex or real.
@@ -207,7 +207,7 @@ def ssm_scan_chunked(
         state: (B, H, N) complex (or real) state x_{-1}, or None for zeros.
         D: (H,) real skip (feed-through), y_t += D u_t; None for no skip.
         return_state: whether to compute the final state (else None is returned in its place).
-        chunk_size: T, steps per chunk (64 is fastest on CPU, REFERENCE §6.1); min(T, L) is used.
+        chunk_size: T, steps per chunk (64 is fastest on CPU, docs/benchmarks.md); min(T, L) is used.
 
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).

@@ -5,7 +5,7 @@ State Spaces" (S4, Gu, Goel, Ré; arXiv 2111.00396, §3.3): the causal convoluti
 kernel, computed as irfft(rfft(u) · rfft(K)) with an FFT length n ≥ 2L (zero padding, so the circular
 convolution equals the linear one on the first L outputs). Also the two-sided (bidirectional) form used by
 S4's ``bidirectional=True`` and the output of a nonzero initial state of a diagonal SSM, which is the
-"state forwarding" of S4/S4D (arXiv 2206.11893; shared/notes/core-checked.md §2).
+"state forwarding" of S4/S4D (arXiv 2206.11893; official state-spaces/s4 @ e757cef).
 
 Every op has a direct O(L²) (or O(L·N)) loop ``<op>_reference`` beside it.
 """
@@ -151,7 +151,7 @@ def _circular_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def causal_conv_fft(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Causal depthwise convolution by FFT: y = irfft(rfft(u, n) · rfft(K, n), n)[:L], n >= 2L.
+    """Causal depthwise convolution by FFT: the first L samples of irfft(rfft(u) · rfft(K)), both zero padded to a length >= 2L.
 
     arXiv 2111.00396 §3.3. Same result as :func:`causal_conv_reference`; n is the smallest even
     2·3·5-smooth size >= 2L, so the circular convolution never wraps onto the first L outputs.

@@ -71,7 +71,7 @@ def transition(measure: str, N: int) -> tuple[Tensor, Tensor]:
         N: state size (even for "fout").
 
     Returns:
-        (A, B): A (N, N) float64, B (N,) float64.
+        A (N, N) float64 and B (N,) float64.
     """
     _check_measure(measure)
     _check_N(N, even=measure == "fout", why=" for measure 'fout' (cosine/sine pairs)")

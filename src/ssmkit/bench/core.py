@@ -4,7 +4,8 @@
 
 Times forward and forward+backward of each layer under each backend (``auto``: the default fast
 path; ``fft``: kernel + FFT convolution; ``reference``: the plain recurrent loop) in one run, and
-prints the speed-up of each fast path over the loop. The backends are interleaved within each of
+prints the speed-up of each fast path over the loop. The fast paths are also timed with
+``return_state=False`` (what training runs: no final state is computed). The backends are interleaved within each of
 ``--repeats`` rounds; times and speed-ups are medians over the rounds.
 """
 
@@ -43,17 +44,19 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
     layer = layers.build(name, d_model=d_model, d_state=d_state)
     x = torch.randn(batch, length, d_model)
 
-    def forward() -> None:
+    def forward(return_state: bool = True) -> None:
         with torch.no_grad():
-            layer(x)
+            layer(x, return_state=return_state)
 
-    def forward_backward() -> None:
+    def forward_backward(return_state: bool = True) -> None:
         layer.zero_grad(set_to_none=True)
         xg = x.detach().requires_grad_()
-        y, _ = layer(xg)
-        y.square().mean().backward()
+        y, h = layer(xg, return_state=return_state)
+        loss = y.square().mean() + (0 if h is None else h.abs().mean())
+        loss.backward()
 
-    times: dict[str, dict[str, list[float]]] = {b: {"forward": [], "forward_backward": []} for b in BACKENDS}
+    kinds = ("forward", "forward_backward", "forward_no_state", "forward_backward_no_state")
+    times: dict[str, dict[str, list[float]]] = {b: {k: [] for k in kinds} for b in BACKENDS}
     for backend in BACKENDS[:-1]:
         with use_backend(backend):
             forward()
@@ -63,6 +66,9 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
             with use_backend(backend):
                 times[backend]["forward"].append(_once(forward))
                 times[backend]["forward_backward"].append(_once(forward_backward))
+                if backend != "reference":  # the loop computes its state anyway
+                    times[backend]["forward_no_state"].append(_once(lambda: forward(False)))
+                    times[backend]["forward_backward_no_state"].append(_once(lambda: forward_backward(False)))
     ref = times["reference"]
     rows = []
     for backend in BACKENDS:
@@ -73,6 +79,10 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
                 "backend": backend,
                 "forward_s": statistics.median(t["forward"]),
                 "forward_backward_s": statistics.median(t["forward_backward"]),
+                "forward_no_state_s": statistics.median(t["forward_no_state"]) if t["forward_no_state"] else None,
+                "forward_backward_no_state_s": (
+                    statistics.median(t["forward_backward_no_state"]) if t["forward_backward_no_state"] else None
+                ),
                 "forward_speedup": statistics.median(r / f for r, f in zip(ref["forward"], t["forward"])),
                 "forward_backward_speedup": statistics.median(
                     r / f for r, f in zip(ref["forward_backward"], t["forward_backward"])
@@ -108,12 +118,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core
     rows = []
     for name in args.layers:
         rows += measure_layer(name, args.batch, args.d_model, args.d_state, args.length, args.repeats)
-    print("| layer | backend | forward ms | vs loop | forward+backward ms | vs loop |")
-    print("|---|---|---|---|---|---|")
+    print("| layer | backend | forward ms | vs loop | forward+backward ms | vs loop | forward, no state | "
+          "fwd+bwd, no state |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        extra = [r["forward_no_state_s"], r["forward_backward_no_state_s"]]
+        extra_text = " | ".join("-" if v is None else f"{1e3 * v:.1f}" for v in extra)
         print(
             f"| {r['layer']} | {r['backend']} | {1e3 * r['forward_s']:.1f} | {r['forward_speedup']:.1f}x | "
-            f"{1e3 * r['forward_backward_s']:.1f} | {r['forward_backward_speedup']:.1f}x |"
+            f"{1e3 * r['forward_backward_s']:.1f} | {r['forward_backward_speedup']:.1f}x | {extra_text} |"
         )
     if args.json:
         tmp = args.json + ".tmp"

@@ -10,6 +10,7 @@ per sequence per step, N = d_state = 64 (32 conjugate-pair modes):
 
     bare               x = Ā ⊙ x + B̄ u, y = 2 Re(Σ C x) + D u on precomputed tensors (ssmkit.bench.step)
     ssmkit s4d         ssmkit.layers.build("s4d", ...).step (public method, whatever it caches)
+    ssmkit s4d (frozen) the same inside ssmkit.layers.frozen_parameters() (a generation loop)
     official FFTConv   FFTConv(mode="diag", activation=None).step after setup_step(): kernel step + D u
     official kernel    its SSMKernelDiag.step alone (no D u): two einsums in, one out
 
@@ -26,7 +27,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.bench.core import machine
-from ssmkit.bench.step import BARE, bare_stepper, time_steppers
+from ssmkit.bench.step import BARE, FROZEN, bare_stepper, time_steppers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from crosscheck_official_s4 import load_official  # noqa: E402  (a sibling script, not a package)
@@ -63,6 +64,7 @@ def main() -> int:
             steppers = {BARE: bare_stepper(batch, d_model, args.d_state)}
             layer = layers.build("s4d", d_model=d_model, d_state=args.d_state).eval()
             steppers["ssmkit s4d"] = (layer.step, layer.initial_state(batch))
+            steppers["ssmkit s4d" + FROZEN] = (layer.step, layer.initial_state(batch))  # in frozen_parameters()
             steppers.update(official_steppers(off, batch, d_model, args.d_state))
             rows += time_steppers(steppers, batch, d_model, args.steps, args.repeats)
     print("| step | B | H | µs/step | tokens/s | x bare |")

@@ -57,9 +57,12 @@ UPDATES = {
 def test_step_cache_follows_every_kind_of_update(name, update):
     layer = make_layer(name)
     fill_cache(layer)
-    before = run_steps(layer, torch.ones(1, 3, H, device=DEVICE, dtype=torch.float64))[0]
+    ones = torch.ones(1, 3, H, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        before = run_steps(layer, ones)[0]
     UPDATES[update](layer)
-    after = run_steps(layer, torch.ones(1, 3, H, device=DEVICE, dtype=torch.float64))[0]
+    with torch.no_grad():
+        after = run_steps(layer, ones)[0]
     assert not torch.equal(before, after)  # the update changed the layer
     assert_step_equals_forward(layer)
 

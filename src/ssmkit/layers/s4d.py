@@ -18,6 +18,10 @@ D ~ N(0, 1), log Δ ~ U[log dt_min, log dt_max] per channel.
 Choices (docs/design.md): A, B are per channel (not tied); the imaginary part is stored
 untransformed; Δ is stored as log Δ; the ``real`` and ``lin`` inits keep b_0 = 0 exactly
 (the official code clamps it to 1e-4, which changes nothing measurable).
+
+Backends: ``"chunked"`` (and ``"auto"``) = the chunked scan; ``"fft"`` = kernel + FFT convolution; ``"reference"``
+= the loop. ``kernel(L)`` includes D on tap 0 (y = K ⊛ u exactly). Non-finite inputs spread from the first bad step
+(step, reference), from the start of its 64-step chunk (chunked scan) or over the whole sequence (FFT path).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m ssmkit.bench core
+	$(PY) -m ssmkit.bench step
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

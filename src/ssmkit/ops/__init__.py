@@ -19,7 +19,6 @@ from ssmkit.ops.dense import dense_final_state, dense_final_state_reference
 from ssmkit.ops.diagonal import (
     DiagonalStepCoefficients,
     diagonal_kernel,
-    diagonal_ssm,
     diagonal_ssm_bidirectional,
     diagonal_ssm_step,
     diagonal_step_coefficients,
@@ -57,7 +56,6 @@ __all__ = [
     "dense_final_state",
     "dense_final_state_reference",
     "diagonal_kernel",
-    "diagonal_ssm",
     "diagonal_ssm_bidirectional",
     "diagonal_ssm_step",
     "diagonal_step_coefficients",

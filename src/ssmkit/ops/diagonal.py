@@ -1,4 +1,4 @@
-"""The three views of a diagonal LTI SSM for the layers: scan (any backend), kernel, and one recurrent step.
+"""The views of a diagonal LTI SSM the layers use beside the scan: kernel, two-sided convolution, recurrent step.
 
 A bank of H single-input single-output systems with M diagonal modes each (arXiv 2206.11893 §2):
 
@@ -6,7 +6,7 @@ A bank of H single-input single-output systems with M diagonal modes each (arXiv
 
 Layers with conjugate-pair modes (S4D) pass 2·C; layers with plain complex modes (DSS) pass C. The choice
 between the scan's paths (loop, chunked GEMMs, kernel + FFT convolution) is :func:`ssmkit.ops.scan.ssm_scan`'s
-own dispatch; :func:`diagonal_ssm` is a thin wrapper over it, kept for the layers' current call sites.
+own dispatch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.fftconv import bidirectional_conv
 from ssmkit.ops.kernels import vandermonde
-from ssmkit.ops.scan import ssm_scan
 
 
 def diagonal_kernel(
@@ -40,36 +39,6 @@ def diagonal_kernel(
         (H, L) real kernel, or (C, H, L) when C has an output-channel dimension.
     """
     return vandermonde(C * B_bar, A_bar, L, backend=backend)
-
-
-def diagonal_ssm(
-    u: torch.Tensor,
-    A_bar: torch.Tensor,
-    B_bar: torch.Tensor,
-    C: torch.Tensor,
-    state: torch.Tensor | None = None,
-    D: torch.Tensor | None = None,
-    *,
-    return_state: bool = True,
-    backend: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the diagonal SSM over a sequence, from ``state`` (zeros if None): :func:`ssmkit.ops.scan.ssm_scan`.
-
-    y_t = Re(Σ_n C_n x_{t,n}) + D u_t (arXiv 2206.11893 §2). Backends: those of ``ssm_scan`` (``"reference"``,
-    ``"chunked"``, ``"fft"``; ``"auto"`` -> ``"chunked"``).
-
-    Args:
-        u: (B, L, H) real input.
-        A_bar, B_bar, C: (H, M) complex (or all real).
-        state: (B, H, M) state x_{-1} before the first input, or None.
-        D: (H,) real skip (u's dtype), or None for none.
-        return_state: whether to compute the final state (else None in its place).
-        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
-
-    Returns:
-        y (B, L, H) including the skip D u, and the final state x_{L-1} (B, H, M) (or None).
-    """
-    return ssm_scan(u, A_bar, B_bar, C, state, D, return_state=return_state, backend=backend)
 
 
 def _bidirectional_reference(u, A_bar, B_bar, C):

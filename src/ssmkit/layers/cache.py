@@ -95,6 +95,21 @@ class ValueCache(Generic[V]):
         self._entry = (snapshot, value, scope, tuple(map(id, tensors)))
         return value
 
+    def get_unless_grad(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V]) -> V:
+        """``compute()`` with autograd (not cached) when grad mode is on and a tensor requires grad, else :meth:`get`:
+        the step of a layer stays differentiable and is cached for generation.
+
+        Args:
+            tensors: the tensors the value depends on (the layer's parameters and buffers).
+            compute: computes the value.
+
+        Returns:
+            the value.
+        """
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return compute()
+        return self.get(tensors, compute)
+
     def clear(self) -> None:
         """Drop the cached value."""
         self._entry = None

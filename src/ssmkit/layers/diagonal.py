@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ssmkit.layers.cache import ValueCache
-from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.diagonal import (
@@ -86,10 +86,7 @@ class DiagonalLTILayer(SequenceLayer):
 
     def _step_coefficients(self) -> DiagonalStepCoefficients:
         """Ā, B̄, C[0] prepared for ``step``: cached while the parameters keep their values and no gradient is needed."""
-        tensors = self.own_tensors()
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return self._compute_step_coefficients()
-        return self._step_cache.get(tensors, self._compute_step_coefficients)
+        return self._step_cache.get_unless_grad(self.own_tensors(), self._compute_step_coefficients)
 
     def _compute_step_coefficients(self) -> DiagonalStepCoefficients:
         A_bar, B_bar, C = self.discrete()
@@ -105,10 +102,7 @@ class DiagonalLTILayer(SequenceLayer):
         """K_l = Re Σ_n C_n B̄_n Ā_n^l + D δ_l: (H, L), or (2, H, L) when bidirectional (the skip on the causal one)."""
         A_bar, B_bar, C = self.discrete()
         backend = "reference" if get_backend() == "reference" else "chunked"  # kernel() is not a forward: any context
-        K = diagonal_kernel(A_bar, B_bar, C, L, backend=backend)  # (C, H, L)
-        skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
-        skip[0, :, 0] = self.D
-        K = torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1)  # (C, H, L)
+        K = with_skip(diagonal_kernel(A_bar, B_bar, C, L, backend=backend), self.D)  # (C, H, L)
         return K if self.bidirectional else K[0]
 
     def _state_space(self):

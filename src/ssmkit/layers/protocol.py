@@ -83,6 +83,21 @@ def float32_core(device_type: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
+def with_skip(K: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """A kernel with the skip added on the causal kernel's tap 0, so that y = K ⊛ u includes D u.
+
+    Args:
+        K: (C, H, L) kernels without the skip (C = 1 causal, or 2: causal then anti-causal).
+        D: (H,) skip, K's dtype.
+
+    Returns:
+        (C, H, L): K with K[0, :, 0] + D.
+    """
+    skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
+    skip[0, :, 0] = D
+    return torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1)  # (C, H, L)
+
+
 class SequenceLayer(nn.Module):
     """Base class of every sequence-mixing layer: ``y, h = layer(x, state)``.
 

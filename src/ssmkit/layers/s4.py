@@ -74,7 +74,7 @@ from ssmkit.layers.checks import (
 )
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
 from ssmkit.layers.registry import register
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
@@ -227,17 +227,19 @@ class S4(SequenceLayer):
         c_t = _to_real_row(self._C_tilde())  # (C, H, N)
         return _from_real_row(torch.linalg.solve((eye - A_L).mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
 
-    def _attuned_C_tilde(self, L: int) -> tuple[Tensor, int]:
+    def _attuned_C_tilde(self, L: int, A_bar: Tensor | None = None) -> tuple[Tensor, int]:
         """C̃ attuned to L_k = l_max·2^k >= L (k >= 0 smallest), computed functionally: (C, H, N/2) complex128 and L_k.
 
         C̃_{2K} = (I + Ā^K)ᵀ C̃_K (arXiv 2111.00396 §3.3: the generating function of length 2K from that of length K),
-        in the real basis and float64; differentiable, and the stored parameter is never written.
+        in the real basis and float64; differentiable, and the stored parameter is never written. ``A_bar``: the
+        real-basis Ā (H, N, N) if the caller has it (else it is computed when needed).
         """
         C_t = self._C_tilde()  # (C, H, N/2)
         L_k = self.l_max
         if L <= L_k:
             return C_t, L_k
-        A_bar, _ = self._real_system()
+        if A_bar is None:
+            A_bar, _ = self._real_system()
         A_pow = torch.linalg.matrix_power(A_bar, L_k)  # (H, N, N): Ā^{L_k}
         c = _to_real_row(C_t)  # (C, H, N)
         while L_k < L:
@@ -257,9 +259,7 @@ class S4(SequenceLayer):
         C_t, L_k = self._attuned_C_tilde(L)
         backend = "reference" if get_backend() == "reference" else "fft"  # kernel() is not a forward: any context
         K = dplr_kernel(Lambda, P, B[None], C_t, dt, L_k, backend=backend)[0, :, :, :L]  # (C, H, L)
-        skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
-        skip[0, :, 0] = self.D
-        K = torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1).to(self.D.dtype)  # (C, H, L): D on the causal tap 0
+        K = with_skip(K, self.D.to(K.dtype)).to(self.D.dtype)  # (C, H, L): D on the causal tap 0
         return K if self.bidirectional else K[0]
 
     def _state_input(self, s: Tensor, Lambda: Tensor, P: Tensor, dt: Tensor) -> Tensor:
@@ -278,7 +278,9 @@ class S4(SequenceLayer):
                 return self._forward_by_steps(u, state, x.dtype, return_state)  # recurrence: its reference is the dense kernel
             fft = "reference" if backend == "reference" else "fft"  # the kernel and the convolutions
             Lambda, P, B, dt = self._ssm(_F64)
-            C_t, L_k = self._attuned_C_tilde(L)
+            needs_real = return_state or L > self.l_max  # the real-basis Ā (and B̄), formed once for both uses
+            A_z, B_z = bilinear_dplr_real(Lambda, P, B, dt) if needs_real else (None, None)  # float64
+            C_t, L_k = self._attuned_C_tilde(L, A_z)
             B_in = B[None]  # (1, H, N/2)
             if state is not None:
                 B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
@@ -292,9 +294,8 @@ class S4(SequenceLayer):
                 y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
             if not return_state:
                 return y.to(x.dtype), None
-            A_z, B_z = self._real_system()  # float64: the op forms its power tables before rounding
             z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
-            z = dense_final_state(u, A_z, B_z, z0, backend="chunked")  # (B, H, N) in u's precision
+            z = dense_final_state(u, A_z, B_z, z0, backend="chunked")  # (B, H, N); float64 Ā, B̄: tables before rounding
             M = self.d_state // 2
             return y.to(x.dtype), torch.complex(z[..., :M], z[..., M:])  # (B, H, N/2)
 
@@ -305,10 +306,7 @@ class S4(SequenceLayer):
         """The O(N) step's coefficients (:func:`ssmkit.ops.dplr.dplr_step_coefficients`) and C_true (H, N/2), complex128;
         cached while the parameters keep their values and no gradient is needed (recomputed, differentiably, when one
         is)."""
-        tensors = self.own_tensors()
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return self._compute_step_coefficients()
-        return self._step_cache.get(tensors, self._compute_step_coefficients)
+        return self._step_cache.get_unless_grad(self.own_tensors(), self._compute_step_coefficients)
 
     def _compute_step_coefficients(self) -> tuple[DPLRStepCoefficients, Tensor]:
         Lambda, P, B, dt = self._ssm(_F64)

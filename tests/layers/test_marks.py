@@ -85,3 +85,14 @@ def test_default_d_state_means_the_same_everywhere(name):
     layer = layers.build(name, d_model=H)
     if layer.supports("state_space"):
         assert layer.state_space().to_real().nstates == 64  # the real-equivalent state size per system
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_marked_parameters_are_protected_from_generic_reinitialisation(name):
+    from ssmkit.layers.marks import is_protected
+
+    layer = make_layer(name)
+    for param_name, _ in layer.named_parameters():
+        assert is_protected(layer, param_name) == (param_name in layers.optim_marks(layer))
+    assert not is_protected(copy.deepcopy(layer), "D") and any(
+        is_protected(copy.deepcopy(layer), n) for n, _ in layer.named_parameters())

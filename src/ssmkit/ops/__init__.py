@@ -8,13 +8,14 @@ keyword-only ``backend=`` that overrides it for one call.
 Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT path, final state),
 ``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
 kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
-``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``dense`` (final state of a dense recurrence),
+``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
 ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
 layers' views of a diagonal SSM).
 """
 
 from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from ssmkit.ops.cauchy import dplr_kernel, dplr_kernel_reference  # cauchy() stays in its module (same name)
+from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
 from ssmkit.ops.dense import dense_final_state, dense_final_state_reference
 from ssmkit.ops.diagonal import (
     DiagonalStepCoefficients,
@@ -52,6 +53,9 @@ __all__ = [
     "bilinear_dplr",
     "bilinear_dplr_real",
     "causal_conv",
+    "causal_conv1d",
+    "causal_conv1d_reference",
+    "causal_conv1d_step",
     "causal_conv_reference",
     "dense_final_state",
     "dense_final_state_reference",

@@ -1,0 +1,111 @@
+"""Causal depthwise (short) convolution with a carried state: the short convolutions of Mamba, Mamba-2, Hawk,
+H3 and Hyena.
+
+    y_{t,h} = Σ_{k=0}^{W-1} w_{h,k} x_{t-W+1+k, h} + b_h        (taps in ``nn.Conv1d`` order: w_{h,W-1} acts on x_t)
+
+The state is the last W-1 inputs (B, H, W-1), oldest first, zeros before the sequence starts; so a sequence cut
+anywhere and continued from the state gives the one-pass output. The weight layout is ``nn.Conv1d(H, H, W,
+groups=H).weight[:, 0]``, so a depthwise ``nn.Conv1d``'s weights copy across unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssmkit.utils import check_floating
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor | None, step: bool) -> None:
+    check_floating(x, "x_t" if step else "x")
+    if step and x.dim() != 2:
+        raise ValueError(f"x_t must be (B, H) (2 dimensions); got shape {tuple(x.shape)}")
+    if not step and (x.dim() != 3 or x.shape[1] == 0):
+        raise ValueError(f"x must be (B, L, H) with L >= 1; got shape {tuple(x.shape)}")
+    H = x.shape[-1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != H or weight.shape[1] < 1:
+        found = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be (H, W) with H={H} (from x) and W >= 1; got {found}")
+    for name, t in (("weight", weight), ("bias", bias), ("state", state)):
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} must have x's dtype {x.dtype}; got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}; got {t.device}")
+    if bias is not None and tuple(bias.shape) != (H,):
+        raise ValueError(f"bias must be (H,) = ({H},); got {tuple(bias.shape)}")
+    W = weight.shape[1]
+    if state is not None and tuple(state.shape) != (x.shape[0], H, W - 1):
+        raise ValueError(f"state must be (B, H, W-1) = ({x.shape[0]}, {H}, {W - 1}); got {tuple(state.shape)}")
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal depthwise convolution of x with W taps per channel, continued from ``state`` (one ``conv1d`` call).
+
+    Args:
+        x: (B, L, H) input.
+        weight: (H, W) taps, ``nn.Conv1d`` order (the last tap multiplies the current input).
+        bias: (H,) or None.
+        state: (B, H, W-1) the W-1 inputs before x (oldest first), or None for zeros.
+        return_state: also return the last W-1 inputs (the state after x).
+
+    Returns:
+        y (B, L, H) and the final state (B, H, W-1) (None when not asked for).
+    """
+    _check(x, weight, bias, state, step=False)
+    Bsz, L, H = x.shape
+    W = weight.shape[1]
+    xt = x.transpose(1, 2)  # (B, H, L)
+    if state is None:
+        padded = F.pad(xt, (W - 1, 0))  # (B, H, W-1+L)
+    else:
+        padded = torch.cat([state, xt], dim=-1)  # (B, H, W-1+L)
+    y = F.conv1d(padded, weight.unsqueeze(1), bias, groups=H).transpose(1, 2)  # (B, L, H)
+    if not return_state:
+        return y, None
+    return y, padded[:, :, padded.shape[-1] - (W - 1):]  # (B, H, W-1)
+
+
+def causal_conv1d_step(
+    x_t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of :func:`causal_conv1d`: y_t = Σ_k w_k x_{t-W+1+k} + b from the last W-1 inputs.
+
+    Args:
+        x_t: (B, H) the current input.
+        weight: (H, W) taps.
+        bias: (H,) or None.
+        state: (B, H, W-1) the previous W-1 inputs, oldest first.
+
+    Returns:
+        y_t (B, H) and the next state (B, H, W-1).
+    """
+    _check(x_t, weight, bias, state, step=True)
+    window = torch.cat([state, x_t.unsqueeze(-1)], dim=-1)  # (B, H, W)
+    y = (window * weight).sum(-1)  # (B, H)
+    if bias is not None:
+        y = y + bias
+    return y, window[:, :, 1:]
+
+
+def causal_conv1d_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, state: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The oracle of :func:`causal_conv1d`: the sum over taps, one time step at a time (same arguments)."""
+    _check(x, weight, bias, state, step=False)
+    Bsz, L, H = x.shape
+    W = weight.shape[1]
+    past = torch.zeros(Bsz, H, W - 1, dtype=x.dtype, device=x.device) if state is None else state
+    history = torch.cat([past, x.transpose(1, 2)], dim=-1)  # (B, H, W-1+L)
+    ys = []
+    for t in range(L):
+        y_t = sum(weight[:, k] * history[:, :, t + k] for k in range(W))  # (B, H)
+        ys.append(y_t if bias is None else y_t + bias)
+    return torch.stack(ys, dim=1), history[:, :, L:]

@@ -98,7 +98,17 @@ def causal_conv1d_step(
 def causal_conv1d_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, state: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The oracle of :func:`causal_conv1d`: the sum over taps, one time step at a time (same arguments)."""
+    """The oracle of :func:`causal_conv1d`: the sum over taps, one time step at a time.
+
+    Args:
+        x: (B, L, H) input.
+        weight: (H, W) taps (the last one multiplies the current input).
+        bias: (H,) or None.
+        state: (B, H, W-1) the W-1 inputs before x, or None for zeros.
+
+    Returns:
+        y (B, L, H) and the final state (B, H, W-1).
+    """
     _check(x, weight, bias, state, step=False)
     Bsz, L, H = x.shape
     W = weight.shape[1]

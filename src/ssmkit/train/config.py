@@ -19,6 +19,8 @@ class TrainConfig:
             :func:`ssmkit.train.param_groups`).
         weight_decay: AdamW's weight decay for unmarked weights (never on SSM parameters, norms or biases).
         max_steps: the optimizer steps of the run (the budget; the schedule ends here).
+        max_time: also stop after this many seconds of training (None: no time limit); the schedule still spans
+            ``max_steps``, so a run stopped by time ends before its learning rate has decayed.
         warmup_steps: linear warm-up steps before the cosine decay.
         lr_floor: the cosine schedule's final factor.
         grad_clip: clip the gradient norm to this value (None: no clipping).
@@ -39,6 +41,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.05
     max_steps: int = 1000
+    max_time: float | None = None
     warmup_steps: int = 100
     lr_floor: float = 0.0
     grad_clip: float | None = None
@@ -70,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a number >= 0; got {self.weight_decay!r}")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
             raise ValueError(f"grad_clip must be None or a number > 0; got {self.grad_clip!r}")
+        if self.max_time is not None and not (isinstance(self.max_time, (int, float)) and self.max_time > 0):
+            raise ValueError(f"max_time must be None or a number of seconds > 0; got {self.max_time!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
         if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or self.early_stopping < 1):

@@ -15,6 +15,7 @@ cluster the same code runs under ``torchrun`` or SLURM (Lightning reads their en
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -71,6 +72,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     extra_callbacks: Sequence[Any] = (),
+    labels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``train``, validate on ``val``, evaluate the final weights on ``test``.
 
@@ -85,6 +87,7 @@ def fit(
         resume: continue from ``out_dir/checkpoints/last.ckpt`` if it exists (else start fresh).
         progress: show Lightning's progress bar.
         extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
+        labels: entries to put first in the result record (task, model, ...).
 
     Returns:
         the result record (also written to ``out_dir/result.json``): final validation and test metrics, parameters,
@@ -126,6 +129,7 @@ def fit(
         strategy=cfg.strategy,
         precision=_LIGHTNING_PRECISION[cfg.precision],
         max_steps=cfg.max_steps,
+        max_time=datetime.timedelta(seconds=cfg.max_time) if cfg.max_time is not None else None,
         val_check_interval=(cfg.val_every or cfg.max_steps) if val is not None else None,
         check_val_every_n_epoch=None,
         limit_val_batches=1.0 if val is not None else 0,
@@ -144,6 +148,7 @@ def fit(
     if os.path.isfile(last) and load_checkpoint(last)["global_step"] != trainer.global_step or not os.path.isfile(last):
         trainer.save_checkpoint(last)  # the final weights (the periodic checkpoints stop at a multiple of the period)
     result: dict[str, Any] = {
+        **(labels or {}),
         "steps": int(trainer.global_step),
         "parameters": module.model.num_parameters(),
         "train_seconds": throughput.seconds,

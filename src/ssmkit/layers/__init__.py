@@ -11,6 +11,7 @@ shared diagonal LTI implementation), then one file per published layer.
 
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
+from ssmkit.layers.dlr import DLR
 from ssmkit.layers.dss import DSS
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
@@ -22,6 +23,7 @@ from ssmkit.layers.state import State, StateSpec, TensorSpec
 __all__ = [
     "BlockDefaults",
     "Capabilities",
+    "DLR",
     "DSS",
     "DiagonalLTILayer",
     "S4",

@@ -16,6 +16,7 @@ from ssmkit.layers.dss import DSS
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import available, build, layer_class, register
+from ssmkit.layers.rglru import RGLRU, RGLRUState
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
 from ssmkit.layers.state import State, StateSpec, TensorSpec
@@ -26,6 +27,8 @@ __all__ = [
     "DLR",
     "DSS",
     "DiagonalLTILayer",
+    "RGLRU",
+    "RGLRUState",
     "S4",
     "S4D",
     "SequenceLayer",

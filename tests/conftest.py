@@ -33,6 +33,15 @@ VARIANTS: dict[str, list[dict]] = {
         {"d_state": 6, "l_max": 32, "init": "lagt", "n_ssm": None},
         {"d_state": 8, "l_max": 32, "init": "fout"},
     ],
+    "dlr": [
+        {"d_state": 8, "init": "omega"},
+        {"d_state": 6, "init": "randn", "lr_W": 1e-4},
+    ],
+    "rglru": [
+        {"lru_width": 4, "n_heads": 2},
+        {"init": "paper", "conv_width": 2},
+        {"lru_width": 6, "n_heads": 3, "c": 4.0, "conv_width": 3},
+    ],
 }
 
 

@@ -15,7 +15,7 @@ from ssmkit.train import param_groups
 from tests.conftest import H, make_layer
 
 NAMES = layers.available()
-SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P"}  # Δ, A/Λ, B, P of any layer
+SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_sqrt_neg_real", "Lambda"}  # Δ, A/Λ, B, P of any layer
 
 
 def grouping(model: torch.nn.Module) -> list[tuple[float, float, list[str]]]:

@@ -65,13 +65,19 @@ def test_schur_stability_holds_for_adversarial_parameters(layer, opts):
             lay.A_imag.copy_(torch.empty_like(lay.A_imag).uniform_(-1e4, 1e4, generator=g))
             lay.log_dt.copy_(torch.empty_like(lay.log_dt).uniform_(-8, 6, generator=g))
     assert m.spectral_radius() < 1.0 and m.is_stable()
-    # δISS in practice: two simulations from different initial states converge under the same input
-    u = torch.randn(1, 3000, 2, dtype=torch.float64)
+
+
+def test_simulations_from_different_states_converge():
+    # δISS in practice: with Schur blocks and a Lipschitz σ, two simulations from different initial states under the
+    # same input converge (the blocks' slowest mode here decays like exp(-0.5 · 0.05 t))
+    m = model(layer_options={"d_state": 4, "dt_min": 0.05, "dt_max": 0.1})
+    u = torch.randn(1, 1500, 2, dtype=torch.float64)
     with torch.no_grad():
         a, _ = m(u)
         s = [t + 5 * torch.randn_like(t) for t in m.initial_state(1)]
         b, _ = m(u, s)
-    assert float((a[0, -50:] - b[0, -50:]).abs().max()) < float((a[0, :5] - b[0, :5]).abs().max())
+    start = float((a[0, :5] - b[0, :5]).abs().max())
+    assert start > 1e-2 and float((a[0, -50:] - b[0, -50:]).abs().max()) < 1e-6 * start
 
 
 def test_split_tail_keeps_records_apart():

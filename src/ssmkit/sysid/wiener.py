@@ -49,7 +49,7 @@ class DeepWiener(nn.Module):
         dt: the sampling time Ts of the data, seconds.
         timescale: (τ_min, τ_max) in seconds: the range of the layers' initial Δ (passed as dt_min = τ_min / Ts,
             dt_max = τ_max / Ts in samples); None keeps the layer's defaults.
-        encoder_window: n > 0 adds an initial-state encoder reading n past samples of (u, y); 0 for none.
+        encoder_window: n > 0 adds an initial-state encoder reading n past samples of the input and output; 0 for none.
         encoder_hidden: width of the encoder's hidden layer.
         device, dtype: of the parameters.
     """

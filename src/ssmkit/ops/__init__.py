@@ -40,7 +40,7 @@ from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correct
 from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
 from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
-from ssmkit.ops.ssd import ssd, ssd_chunked, ssd_reference, ssd_step
+from ssmkit.ops.ssd import ssd_chunked, ssd_reference, ssd_step  # ssd() stays in its module (same name)
 
 __all__ = [
     "DiagonalStepCoefficients",
@@ -82,7 +82,6 @@ __all__ = [
     "s4d_input_matrix",
     "set_backend",
     "small_inverse",
-    "ssd",
     "ssd_chunked",
     "ssd_reference",
     "ssd_step",

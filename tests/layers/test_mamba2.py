@@ -146,6 +146,18 @@ def test_initialisation():
     assert spec.conv.shape == (128 + 2 * 4, 3) and spec.ssm.shape == (64, 2, 4)
 
 
+def test_optimizer_groups():
+    from ssmkit.train import param_groups
+
+    layer = layers.build("mamba2", d_model=8, headdim=2, d_state=4, lr=1e-3)
+    names = {id(p): n for n, p in layer.named_parameters()}
+    groups = {(g["lr"], g["weight_decay"]): sorted(names[id(p)] for p in g["params"])
+              for g in param_groups(layer, lr=1e-2, weight_decay=0.1)}
+    assert groups[(1e-3, 0.0)] == ["A_log", "dt_bias"]  # the SSM parameters: their own lr, no weight decay
+    assert "norm.weight" in groups[(1e-2, 0.0)] and "conv.bias" in groups[(1e-2, 0.0)]  # norms and biases
+    assert {"D", "in_proj.weight", "out_proj.weight", "conv.weight"} == set(groups[(1e-2, 0.1)])  # D like any skip
+
+
 def test_defaults_are_the_official_ones():
     layer = layers.build("mamba2", d_model=64)
     assert (layer.d_state, layer.d_conv, layer.expand, layer.headdim, layer.ngroups, layer.chunk_size) == (128, 4, 2, 64, 1, 256)

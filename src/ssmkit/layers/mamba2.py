@@ -57,11 +57,12 @@ class Mamba2State(NamedTuple):
     ssm: torch.Tensor
 
 
-class GatedRMSNorm(nn.Module):
+class GatedRMSNorm(nn.RMSNorm):
     """Grouped RMSNorm with a SiLU gate: RMSNorm_G(y ⊙ SiLU(z)) · w, or RMSNorm_G(y) · w ⊙ SiLU(z) before the gate.
 
     RMSNorm_G(v) divides each of G groups of E/G channels by √(mean of its squares + eps) (arXiv 2405.21060 §7;
-    the grouping keeps the norm local to a tensor-parallel shard).
+    the grouping keeps the norm local to a tensor-parallel shard). A subclass of ``nn.RMSNorm``, so optimizer
+    grouping treats its weight as a norm weight (no weight decay).
 
     Args:
         channels: E, the channels normalised.
@@ -80,17 +81,10 @@ class GatedRMSNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(channels, eps=eps, elementwise_affine=True, device=device, dtype=dtype)
         self.channels = channels
         self.groups = groups
         self.norm_before_gate = norm_before_gate
-        self.eps = eps
-        self.weight = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        self.weight.fill_(1.0)
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y, z (..., E) -> (..., E) gated and normalised."""
@@ -102,7 +96,7 @@ class GatedRMSNorm(nn.Module):
         return out * F.silu(z) if self.norm_before_gate else out
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, groups={self.groups}, norm_before_gate={self.norm_before_gate}"
+        return f"channels={self.channels}, groups={self.groups}, norm_before_gate={self.norm_before_gate}, eps={self.eps}"
 
 
 def _check_flag(value: object, name: str) -> None:

@@ -42,7 +42,23 @@ VARIANTS: dict[str, list[dict]] = {
         {"init": "paper", "conv_width": 2},
         {"lru_width": 6, "n_heads": 3, "c": 4.0, "conv_width": 3},
     ],
+    # headdim divides expand·H = 6; chunk sizes that leave a partial last chunk at the tests' lengths (37, 50, 21, 9)
+    "mamba2": [
+        {"d_state": 4, "headdim": 2, "chunk_size": 8},
+        {"d_state": 5, "headdim": 3, "ngroups": 2, "chunk_size": 16, "norm_before_gate": True, "D_has_hdim": True,
+         "bias": True},
+        {"d_state": 3, "headdim": 2, "ngroups": 3, "chunk_size": 5, "rmsnorm": False, "conv_bias": False, "d_conv": 2},
+    ],
 }
+
+# Options without which a layer cannot be built at the tests' widths (d_model 3 or 4): Mamba-2's default heads of
+# headdim 64 need expand·d_model to be a multiple of 64. The tests that build a layer with its defaults add these.
+NEEDED_AT_TINY_WIDTH: dict[str, dict] = {"mamba2": {"headdim": 2}}
+
+
+def build_default(name: str, **options):
+    """Build layer ``name`` with its defaults, plus only the options it needs at the tests' tiny widths."""
+    return layers.build(name, **{**NEEDED_AT_TINY_WIDTH.get(name, {}), **options})
 
 
 def variants(name: str) -> list[dict]:

@@ -7,6 +7,7 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     B  batch size
     L  sequence length (time)
     H  channels (d_model)
+    E  inner channels of a mixer (expand·d_model, Mamba-2)
     N  state size (``d_state``; the real-equivalent size, conjugate pairs hold N/2 complex modes)
     M  complex modes per channel (N/2 for conjugate-pair layers)
     P  head dimension

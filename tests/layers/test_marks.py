@@ -12,10 +12,12 @@ from torch.optim.swa_utils import AveragedModel
 import ssmkit.layers as layers
 from ssmkit.models import SequenceModel
 from ssmkit.train import param_groups
-from tests.conftest import H, make_layer
+from tests.conftest import NEEDED_AT_TINY_WIDTH, H, build_default, make_layer
 
 NAMES = layers.available()
-SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_sqrt_neg_real", "Lambda"}  # Δ, A/Λ, B, P of any layer
+SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_sqrt_neg_real", "Lambda", "A_log", "dt_bias"}  # Δ, A/Λ, B, P of any layer
+# Layers whose paper's default state size is not 64 (Mamba-2's N per head is 128, as in the official module)
+PAPER_D_STATE = {"mamba2": 128}
 
 
 def grouping(model: torch.nn.Module) -> list[tuple[float, float, list[str]]]:
@@ -43,7 +45,7 @@ def rebuilt(model: torch.nn.Module, how: str) -> torch.nn.Module:
 @pytest.mark.parametrize("how", ["deepcopy", "averaged_model", "load_state_dict_assign", "meta_and_back"])
 @pytest.mark.parametrize("name", NAMES)
 def test_marks_survive_copies(name, how):
-    model = SequenceModel(2, 4, 2, name, {"lr": 1e-3}, 1)
+    model = SequenceModel(2, 4, 2, name, {**NEEDED_AT_TINY_WIDTH.get(name, {}), "lr": 1e-3}, 1)
     expected = grouping(model)
     assert any(lr == 1e-3 for lr, _, _ in expected)  # the SSM group exists
     assert grouping(rebuilt(model, how)) == expected
@@ -81,8 +83,8 @@ def test_default_d_state_means_the_same_everywhere(name):
     signature = inspect.signature(layers.layer_class(name))
     if "d_state" not in signature.parameters:
         pytest.skip(f"{name} has no d_state")
-    assert signature.parameters["d_state"].default == 64
-    layer = layers.build(name, d_model=H)
+    assert signature.parameters["d_state"].default == PAPER_D_STATE.get(name, 64)
+    layer = build_default(name, d_model=H)
     if layer.supports("state_space"):
         assert layer.state_space().to_real().nstates == 64  # the real-equivalent state size per system
 

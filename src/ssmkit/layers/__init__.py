@@ -13,6 +13,7 @@ from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dlr import DLR
 from ssmkit.layers.dss import DSS
+from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import available, build, layer_class, register
@@ -29,6 +30,7 @@ __all__ = [
     "DiagonalLTILayer",
     "RGLRU",
     "RGLRUState",
+    "Mamba2",
     "S4",
     "S4D",
     "SequenceLayer",

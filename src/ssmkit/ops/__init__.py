@@ -9,7 +9,7 @@ Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT
 ``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
 kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
-``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
+``ssd`` (Mamba-2's scan with a scalar decay per head), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
 layers' views of a diagonal SSM).
 """
 
@@ -40,6 +40,7 @@ from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correct
 from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
 from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
+from ssmkit.ops.ssd import ssd_chunked, ssd_reference, ssd_step  # ssd() stays in its module (same name)
 
 __all__ = [
     "DiagonalStepCoefficients",
@@ -81,6 +82,9 @@ __all__ = [
     "s4d_input_matrix",
     "set_backend",
     "small_inverse",
+    "ssd_chunked",
+    "ssd_reference",
+    "ssd_step",
     "ssm_final_state",
     "ssm_final_state_reference",
     "ssm_scan",

@@ -10,7 +10,7 @@ Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT
 kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
 ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
-layers' views of a diagonal SSM).
+layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU: scan, kernel, step).
 """
 
 from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
@@ -38,6 +38,15 @@ from ssmkit.ops.dplr import (
 from ssmkit.ops.fftconv import bidirectional_conv, bidirectional_conv_reference, causal_conv, causal_conv_reference
 from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correction, s4d_eigenvalues, s4d_input_matrix, transition
 from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
+from ssmkit.ops.mimo import (
+    MIMOStepCoefficients,
+    mimo_kernel,
+    mimo_kernel_reference,
+    mimo_scan,
+    mimo_scan_reference,
+    mimo_ssm_step,
+    mimo_step_coefficients,
+)
 from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 
@@ -46,6 +55,7 @@ __all__ = [
     "BACKENDS",
     "DPLRStepCoefficients",
     "MEASURES",
+    "MIMOStepCoefficients",
     "NPLR",
     "bidirectional_conv",
     "bidirectional_conv_reference",
@@ -75,6 +85,12 @@ __all__ = [
     "initial_state_output_reference",
     "linear_recurrence",
     "linear_recurrence_reference",
+    "mimo_kernel",
+    "mimo_kernel_reference",
+    "mimo_scan",
+    "mimo_scan_reference",
+    "mimo_ssm_step",
+    "mimo_step_coefficients",
     "nplr",
     "rank_correction",
     "s4d_eigenvalues",

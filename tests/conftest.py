@@ -33,6 +33,15 @@ VARIANTS: dict[str, list[dict]] = {
         {"d_state": 6, "l_max": 32, "init": "lagt", "n_ssm": None},
         {"d_state": 8, "l_max": 32, "init": "fout"},
     ],
+    "s5": [
+        {"d_state": 8, "blocks": 2},
+        {"d_state": 12, "blocks": 1, "discretization": "bilinear", "C_init": "lecun_normal", "step_rescale": 2.0},
+        {"d_state": 16, "blocks": 2, "conj_sym": False, "C_init": "complex_normal", "clip_eigs": True},
+    ],
+    "lru": [
+        {"d_state": 8},
+        {"d_state": 6, "r_min": 0.9, "r_max": 0.999, "max_phase": 0.314},
+    ],
 }
 
 

@@ -15,7 +15,8 @@ from ssmkit.train import param_groups
 from tests.conftest import H, make_layer
 
 NAMES = layers.available()
-SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P"}  # Δ, A/Λ, B, P of any layer
+# Δ, A/Λ, B, P of any layer; LRU stores λ = exp(-exp(log_nu) + i exp(log_theta)) and γ = exp(log_gamma)
+SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "log_nu", "log_theta", "log_gamma"}
 
 
 def grouping(model: torch.nn.Module) -> list[tuple[float, float, list[str]]]:

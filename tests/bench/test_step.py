@@ -11,7 +11,8 @@ from ssmkit.layers import available, build
 
 def test_step_bench_writes_results(tmp_path, capsys):
     out = tmp_path / "step.json"
-    argv = ["--batch", "2", "--d-model", "3", "--d-state", "4", "--steps", "2", "--repeats", "1", "--json", str(out)]
+    argv = ["--batch", "2", "--d-model", "3", "--d-state", "16",  # S5: 8 blocks of 2
+            "--steps", "2", "--repeats", "1", "--json", str(out)]
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
     assert [r["layer"] for r in rows] == ["bare", *[f"{n}{s}" for n in available() for s in ("", " (frozen)")]]

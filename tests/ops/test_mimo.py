@@ -183,6 +183,10 @@ def test_step_equals_the_scan(dtype, device):
 def test_errors_name_the_expected_shape():
     A, B, C, D = system(torch.complex128, torch.device("cpu"))
     u = torch.randn(Bsz, 9, H, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"u must be \(B, L, H\)"):
+        mimo_scan(u[:, 0], A, B, C)
+    with pytest.raises(ValueError, match=r"u must be \(B, L, H\)"):
+        mimo_scan(u[:, :0], A, B, C)
     with pytest.raises(ValueError, match=r"A_bar must be \(M,\)"):
         mimo_scan_reference(u, A[None], B, C)
     with pytest.raises(ValueError, match=r"B_bar must be \(M, H\) = \(5, 3\)"):

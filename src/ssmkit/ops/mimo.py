@@ -37,10 +37,10 @@ def _check_mimo(
     u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor | None, state: torch.Tensor | None,
     D: torch.Tensor | None,
 ) -> None:
-    """Validate u (B, L, H) or (B, H), Ā (M,), B̄ (M, H), C (H, M), the state (B, M) and the skip D (H,)."""
+    """Validate u (B, L, H), Ā (M,), B̄ (M, H), C (H, M), the state (B, M) and the skip D (H,)."""
     check_floating(u, "u")
-    if u.dim() not in (2, 3) or 0 in u.shape:
-        raise ValueError(f"u must be (B, L, H) (or (B, H) for one step) with B, L, H >= 1; got {tuple(u.shape)}")
+    if u.dim() != 3 or 0 in u.shape:
+        raise ValueError(f"u must be (B, L, H) with B, L, H >= 1; got {tuple(u.shape)}")
     Bsz, H = u.shape[0], u.shape[-1]
     for name, p in (("A_bar", A_bar), ("B_bar", B_bar), ("C", C)):
         if p is None:
@@ -157,7 +157,7 @@ def mimo_scan_chunked(
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(C x_t) + D ⊙ u_t  (arXiv 2208.04933 eq. 2-3), in three steps:
     (1) v = u B̄ᵀ for all t (one real GEMM); (2) x_t = Ā ⊙ x_{t-1} + v_t by the chunked time-invariant
     recurrence (:func:`ssmkit.ops.recurrence.linear_recurrence_chunked`); (3) y = Re(x Cᵀ) + D u (one real GEMM).
-    Work ~ 4·B·L·H·M flops of GEMM plus the scan; memory O(B·L·M) (never B·L·H·M).
+    Work: two real GEMMs of ~4·B·L·H·M flops each, plus the scan; memory O(B·L·M) (never B·L·H·M).
 
     Args:
         u: (B, L, H) real input.

@@ -49,6 +49,15 @@ VARIANTS: dict[str, list[dict]] = {
          "bias": True},
         {"d_state": 3, "headdim": 2, "ngroups": 3, "chunk_size": 5, "rmsnorm": False, "conv_bias": False, "d_conv": 2},
     ],
+    "s5": [
+        {"d_state": 8, "blocks": 2},
+        {"d_state": 12, "blocks": 1, "discretization": "bilinear", "C_init": "lecun_normal", "step_rescale": 2.0},
+        {"d_state": 16, "blocks": 2, "conj_sym": False, "C_init": "complex_normal", "clip_eigs": True},
+    ],
+    "lru": [
+        {"d_state": 8},
+        {"d_state": 6, "r_min": 0.9, "r_max": 0.999, "max_phase": 0.314},
+    ],
 }
 
 # Options without which a layer cannot be built at the tests' widths (d_model 3 or 4): Mamba-2's default heads of

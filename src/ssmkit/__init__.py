@@ -9,7 +9,7 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     H  channels (d_model)
     E  inner channels of a mixer (expand·d_model, Mamba-2)
     N  state size (``d_state``; the real-equivalent size, conjugate pairs hold N/2 complex modes)
-    M  complex modes per channel (N/2 for conjugate-pair layers)
+    M  complex modes per channel (N/2 for conjugate-pair layers), or of the one MIMO system of S5 and LRU
     P  head dimension
     G  number of systems or groups in a bank
     C  output channels of a kernel (e.g. 2 for a bidirectional kernel)

@@ -15,7 +15,9 @@ from ssmkit.train import param_groups
 from tests.conftest import NEEDED_AT_TINY_WIDTH, H, build_default, make_layer
 
 NAMES = layers.available()
-SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_sqrt_neg_real", "Lambda", "A_log", "dt_bias"}  # Δ, A/Λ, B, P of any layer
+# Δ, A/Λ, B, P of any layer; LRU stores λ = exp(-exp(log_nu) + i exp(log_theta)) and γ = exp(log_gamma)
+SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_sqrt_neg_real", "Lambda", "A_log", "dt_bias",
+             "log_nu", "log_theta", "log_gamma"}
 # Layers whose paper's default state size is not 64 (Mamba-2's N per head is 128, as in the official module)
 PAPER_D_STATE = {"mamba2": 128}
 

@@ -9,8 +9,9 @@ Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT
 ``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
 kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
-``ssd`` (Mamba-2's scan with a scalar decay per head), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
-layers' views of a diagonal SSM).
+``ssd`` (Mamba-2's scan with a scalar decay per head), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
+(HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:
+scan, kernel, step).
 """
 
 from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
@@ -38,6 +39,15 @@ from ssmkit.ops.dplr import (
 from ssmkit.ops.fftconv import bidirectional_conv, bidirectional_conv_reference, causal_conv, causal_conv_reference
 from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correction, s4d_eigenvalues, s4d_input_matrix, transition
 from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
+from ssmkit.ops.mimo import (
+    MIMOStepCoefficients,
+    mimo_kernel,
+    mimo_kernel_reference,
+    mimo_scan,
+    mimo_scan_reference,
+    mimo_ssm_step,
+    mimo_step_coefficients,
+)
 from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 from ssmkit.ops.ssd import ssd_chunked, ssd_reference, ssd_step  # ssd() stays in its module (same name)
@@ -47,6 +57,7 @@ __all__ = [
     "BACKENDS",
     "DPLRStepCoefficients",
     "MEASURES",
+    "MIMOStepCoefficients",
     "NPLR",
     "bidirectional_conv",
     "bidirectional_conv_reference",
@@ -76,6 +87,12 @@ __all__ = [
     "initial_state_output_reference",
     "linear_recurrence",
     "linear_recurrence_reference",
+    "mimo_kernel",
+    "mimo_kernel_reference",
+    "mimo_scan",
+    "mimo_scan_reference",
+    "mimo_ssm_step",
+    "mimo_step_coefficients",
     "nplr",
     "rank_correction",
     "s4d_eigenvalues",

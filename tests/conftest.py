@@ -33,6 +33,11 @@ VARIANTS: dict[str, list[dict]] = {
         {"d_state": 6, "l_max": 32, "init": "lagt", "n_ssm": None},
         {"d_state": 8, "l_max": 32, "init": "fout"},
     ],
+    "sgconv": [
+        {"l_max": 32, "kernel_dim": 8},  # 3 scales, K_len = 32 taps (< the test lengths: the window state is cut)
+        {"l_max": 20, "kernel_dim": 4, "decay_min": 1.5, "decay_max": 3.0},  # 4 scales, per-channel decay
+        {"l_max": 8, "kernel_dim": 4},  # 2 scales, K_len = 8
+    ],
 }
 
 

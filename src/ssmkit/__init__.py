@@ -19,6 +19,8 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     n  states of one system of a StateSpace bank (control convention)
     m  inputs of one system of a StateSpace bank
     p  outputs of one system of a StateSpace bank
+    K  taps of a long convolution kernel (SGConv) or implicit filter (Hyena)
+    O  stages of Hyena's recurrence (order - 1)
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 

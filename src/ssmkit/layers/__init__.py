@@ -17,6 +17,7 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import available, build, layer_class, register
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
+from ssmkit.layers.sgconv import SGConv
 from ssmkit.layers.state import State, StateSpec, TensorSpec
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "S4",
     "S4D",
     "SequenceLayer",
+    "SGConv",
     "State",
     "StateSpec",
     "TensorSpec",

@@ -266,10 +266,15 @@ def test_autocast_keeps_the_core_in_float32(name):
             y_amp, h_amp = layer(x)
             y_bf16, _ = layer(x.to(torch.bfloat16))
             y_t, _ = layer.step(x[:, 0].to(torch.bfloat16), layer.initial_state(2))
-    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < 1e-6  # same float32 arithmetic
-    assert state_err(h_amp, h) < 1e-6
+    # A mixer's own projections (BlockDefaults(None, None): GSS, Hyena, ...) run in bf16 under autocast, around the
+    # float32 core: a few bf16 roundings (8-bit mantissa); an LTI layer runs the same float32 arithmetic.
+    mixer = layer.block_defaults == layers.BlockDefaults(None, None)
+    tol = 3e-2 if mixer else 1e-6
+    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < tol
+    assert [t.dtype for t in leaves(h_amp)] == [t.dtype for t in leaves(h)]  # the state stays float32/complex64
+    assert state_err(h_amp, h) < tol
     assert y_bf16.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16
-    assert rel_err(y_bf16.float(), y) < 2e-2  # bf16 input and output rounding (8-bit mantissa)
+    assert rel_err(y_bf16.float(), y) < (3e-2 if mixer else 2e-2)  # bf16 input and output rounding
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -30,11 +30,9 @@ def conv_with_past(
     Returns:
         y (B, L, H) the outputs at the new inputs, and the whole input [past, u] (B, T + L, H).
     """
-    if past is not None and past.shape[-1] > 0:
+    T = 0 if past is None else past.shape[-1]
+    if past is not None:  # also when T = 0: the (empty) state stays in the graph
         u = torch.cat([past.transpose(1, 2), u], dim=1)  # (B, T+L, H)
-        T = past.shape[-1]
-    else:
-        T = 0
     y = causal_conv(u, K[:, : u.shape[1]], backend=backend)  # (B, T+L, H)
     return y[:, T:], u
 

@@ -38,6 +38,10 @@ VARIANTS: dict[str, list[dict]] = {
         {"l_max": 20, "kernel_dim": 4, "decay_min": 1.5, "decay_max": 3.0},  # 4 scales, per-channel decay
         {"l_max": 8, "kernel_dim": 4},  # 2 scales, K_len = 8
     ],
+    "gss": [
+        {"d_state": 8, "bottleneck": 1},  # H_s = 3 SSM channels (the default bottleneck 4 leaves one at d_model = 3)
+        {"d_state": 6, "expand": 2, "bottleneck": 2},
+    ],
     "hyena": [
         {"l_max": 64, "filter_width": 8},
         {"l_max": 16, "order": 3, "filter_width": 8, "emb_dim": 5, "n_inner": 1, "sine_freq": 10.0, "short_width": 4},

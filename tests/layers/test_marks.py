@@ -17,8 +17,8 @@ from tests.conftest import H, make_layer
 NAMES = layers.available()
 SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P"}  # Δ, A/Λ, B, P of any layer
 # ... and what generates the kernel of a long-convolution layer, trained with its own lr as the papers do:
-# SGConv's sub-kernels, Hyena's implicit-filter FFN (weights, biases, sine frequency).
-SSM_NAMES |= {"sub_kernels", "w_in", "b_in", "w_hidden", "b_hidden", "w_out", "freq"}
+# SGConv's sub-kernels, Hyena's implicit-filter FFN (weights, biases, sine frequency); GSS's Im λ is under exp.
+SSM_NAMES |= {"log_A_imag", "sub_kernels", "w_in", "b_in", "w_hidden", "b_hidden", "w_out", "freq"}
 
 
 def all_marks(layer: torch.nn.Module) -> dict[str, dict]:

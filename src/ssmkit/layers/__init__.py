@@ -12,6 +12,7 @@ shared diagonal LTI implementation), then one file per published layer.
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dss import DSS
+from ssmkit.layers.gss import GSS, GSSDiagonal
 from ssmkit.layers.hyena import Hyena, HyenaFilter, HyenaState
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
@@ -26,6 +27,8 @@ __all__ = [
     "Capabilities",
     "DSS",
     "DiagonalLTILayer",
+    "GSS",
+    "GSSDiagonal",
     "Hyena",
     "HyenaFilter",
     "HyenaState",

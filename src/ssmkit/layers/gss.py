@@ -1,6 +1,6 @@
 """GSS: "Long Range Language Modeling via Gated State Spaces", Mehta et al., arXiv 2206.13947.
 
-A gated block around a bottlenecked diagonal SSM (§3, the paper's pseudocode), with E = d_model, F = expand·E the
+A gated block around a bottlenecked diagonal SSM (the paper's pseudocode), with E = d_model, F = expand·E the
 gate width and H_s = max(⌈E / bottleneck⌉, 2) the SSM width:
 
     g = GELU(W_g x)                     F wide      gate branch, no bias

@@ -1,13 +1,13 @@
 """Hyena: "Hyena Hierarchy: Towards Larger Convolutional Language Models", Poli et al., arXiv 2302.10866.
 
-An order-N recurrence of element-wise gates and long implicit convolutions (§3.1, eq. 3; Algorithm 3):
+An order-N recurrence of element-wise gates and long implicit convolutions (§3.1; Algorithm 3, the forward pass):
 
     (x_0, x_1, ..., x_{N-1}, v) = ShortConv(W_in u)              causal depthwise, 3 taps, over (N+1)·H channels
     for o = 0, ..., N-2 with i = N-1-o  (the gates in reverse order x_{N-1}, ..., x_1, as the official code):
         z = x_i ⊙ v,    v = h_o ⊛ z + b_o ⊙ z                     h_o causal long filter, b_o per-channel filter bias
     y = W_out(x_0 ⊙ v)
 
-Implicit filters (§3.3, Algorithm 2): with normalised time t_n = n/(l_max - 1) at tap n,
+Implicit filters (§3.3; Algorithm 2, the filter): with normalised time t_n = n/(l_max - 1) at tap n,
 
     h_o(n) = exp(-|δ_c| t_n) · FFN(PosEnc(n))_c,       c = o·H + channel
     PosEnc(n) = [t_n, cos(2π f_k n / l_max), -sin(2π f_k n / l_max)],  f_k = linspace(1e-4, bands - 1, bands)

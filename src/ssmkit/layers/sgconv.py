@@ -1,7 +1,7 @@
 """SGConv: "What Makes Convolutional Models Great on Long Sequence Modeling?", Li et al., arXiv 2210.09298.
 
 A long convolution whose kernel is built from S short sub-kernels w_i ∈ R^d (d = ``kernel_dim``), each upsampled to
-cover a window twice as long as the one before and weighted by a decay α^i (§3.1, eq. 2):
+cover a window twice as long as the one before and weighted by a decay α^i (the paper's §3):
 
     K̃ = concat_{i=0}^{S-1} α^i · Upsample_{r_i}(w_i),   r_0 = 1, r_i = 2^{i-1} for i >= 1,   α = 1/decay
     S = 1 + ⌈log₂(l_max / d)⌉,   K = K̃ / ‖K̃‖₂ (per channel, the norm frozen at initialisation),   y = K ⊛ u + D ⊙ u
@@ -51,7 +51,7 @@ def _n_scales(l_max: int, kernel_dim: int) -> int:
 
 
 def _sgconv_kernel(sub_kernels: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
-    """The unnormalised SGConv kernel K̃ = concat_i α^i · Upsample_{r_i}(w_i), α = 1/decay (arXiv 2210.09298 eq. 2).
+    """The unnormalised SGConv kernel K̃ = concat_i α^i · Upsample_{r_i}(w_i), α = 1/decay (arXiv 2210.09298).
 
     sub_kernels (scales, C, H, d) holds the w_i (C = 2 when bidirectional), decay (H,) the per-channel decay;
     returns K̃ (C, H, K) with K = d·2^{scales-1} taps.

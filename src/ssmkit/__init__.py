@@ -22,6 +22,8 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     p  outputs of one system of a StateSpace bank
     V  classes or vocabulary entries of a model's output
     D  inner channels of a mixer layer (RG-LRU's ``lru_width``)
+    K  taps of a long convolution kernel (SGConv) or implicit filter (Hyena)
+    O  stages of Hyena's recurrence (order - 1)
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 

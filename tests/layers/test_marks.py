@@ -20,6 +20,15 @@ SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_sqrt_neg_r
              "log_nu", "log_theta", "log_gamma"}
 # Layers whose paper's default state size is not 64 (Mamba-2's N per head is 128, as in the official module)
 PAPER_D_STATE = {"mamba2": 128}
+# ... and what generates the kernel of a long-convolution layer, trained with its own lr as the papers do:
+# SGConv's sub-kernels, Hyena's implicit-filter FFN (weights, biases, sine frequency); GSS's Im λ is under exp.
+SSM_NAMES |= {"log_A_imag", "sub_kernels", "w_in", "b_in", "w_hidden", "b_hidden", "w_out", "freq"}
+
+
+def all_marks(layer: torch.nn.Module) -> dict[str, dict]:
+    """The marks of the layer and of its sub-modules (GSS's inner SSM, Hyena's filter), by qualified name."""
+    return {f"{prefix}.{n}" if prefix else n: mark for prefix, module in layer.named_modules()
+            for n, mark in layers.optim_marks(module).items()}
 
 
 def grouping(model: torch.nn.Module) -> list[tuple[float, float, list[str]]]:
@@ -56,12 +65,13 @@ def test_marks_survive_copies(name, how):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_layer_marks_only_its_ssm_parameters(name):
     layer = make_layer(name, lr=1e-3)
-    marks = layers.optim_marks(layer)
-    assert marks and set(marks) <= SSM_NAMES, set(marks) - SSM_NAMES
+    marks = all_marks(layer)
+    local = {n.split(".")[-1] for n in marks}
+    assert marks and local <= SSM_NAMES, local - SSM_NAMES
     for mark in marks.values():
         assert mark == {"lr": 1e-3, "weight_decay": 0.0}
     frozen = make_layer(name, lr=0.0)
-    assert not layers.optim_marks(frozen)
+    assert not all_marks(frozen)
     assert set(marks) <= {n for n, _ in frozen.named_buffers()}  # lr = 0 freezes them as buffers
 
 
@@ -96,7 +106,9 @@ def test_marked_parameters_are_protected_from_generic_reinitialisation(name):
     from ssmkit.layers.marks import is_protected
 
     layer = make_layer(name)
-    for param_name, _ in layer.named_parameters():
-        assert is_protected(layer, param_name) == (param_name in layers.optim_marks(layer))
-    assert not is_protected(copy.deepcopy(layer), "D") and any(
-        is_protected(copy.deepcopy(layer), n) for n, _ in layer.named_parameters())
+    for _, module in layer.named_modules():  # marks live on the module owning the parameter
+        for param_name, _ in module.named_parameters(recurse=False):
+            assert is_protected(module, param_name) == (param_name in layers.optim_marks(module))
+    twin = copy.deepcopy(layer)
+    assert not is_protected(twin, "D") and any(
+        is_protected(module, n) for module in twin.modules() for n, _ in module.named_parameters(recurse=False))

@@ -16,6 +16,8 @@ from ssmkit.layers.dlr import DLR
 from ssmkit.layers.dss import DSS
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.lru import LRU
+from ssmkit.layers.gss import GSS, GSSDiagonal
+from ssmkit.layers.hyena import Hyena, HyenaFilter, HyenaState
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
@@ -24,6 +26,7 @@ from ssmkit.layers.rglru import RGLRU, RGLRUState
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
 from ssmkit.layers.s5 import S5
+from ssmkit.layers.sgconv import SGConv
 from ssmkit.layers.state import State, StateSpec, TensorSpec
 
 __all__ = [
@@ -37,10 +40,16 @@ __all__ = [
     "Mamba2",
     "LRU",
     "MIMODiagonalLTILayer",
+    "GSS",
+    "GSSDiagonal",
+    "Hyena",
+    "HyenaFilter",
+    "HyenaState",
     "S4",
     "S4D",
     "S5",
     "SequenceLayer",
+    "SGConv",
     "State",
     "StateSpec",
     "TensorSpec",

@@ -19,6 +19,10 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     n  states of one system of a StateSpace bank (control convention)
     m  inputs of one system of a StateSpace bank
     p  outputs of one system of a StateSpace bank
+    E  attention heads
+    K  key positions an attention query may see (a cache of earlier steps, then the new ones)
+    Z  query/key dimension of Mega's shared representation
+    V  value dimension of Mega's attention
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 

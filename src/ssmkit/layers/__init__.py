@@ -9,6 +9,7 @@ specs), ``registry.py`` (``register``, ``build``, ``available``), ``marks.py`` (
 shared diagonal LTI implementation), then one file per published layer.
 """
 
+from ssmkit.layers.attention import Attention, KVCache
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dss import DSS
@@ -21,11 +22,13 @@ from ssmkit.layers.s4d import S4D
 from ssmkit.layers.state import State, StateSpec, TensorSpec
 
 __all__ = [
+    "Attention",
     "BlockDefaults",
     "Capabilities",
     "DSS",
     "DiagonalLTILayer",
     "EMA",
+    "KVCache",
     "S4",
     "S4D",
     "SequenceLayer",

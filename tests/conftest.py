@@ -38,6 +38,12 @@ VARIANTS: dict[str, list[dict]] = {
         {"n_heads": 1, "head_dim": 6, "window": 5, "bias": True},
         {"n_heads": 2, "head_dim": 3, "positional": None, "window": 1},
     ],
+    "mega": [
+        {"d_state": 2, "d_qk": 4, "d_v": 5, "chunk_size": 8},
+        {"d_state": 3, "d_qk": 6, "d_v": 4, "chunk_size": None, "max_positions": 64, "attention": "laplace"},
+        {"d_state": 2, "d_qk": 4, "d_v": 5, "chunk_size": 6, "positional": "rotary", "attention": "laplace"},
+        {"d_state": 2, "d_qk": 4, "d_v": 2, "chunk_size": None, "positional": "rotary"},
+    ],
     "ema": [
         {"d_state": 4},
         {"d_state": 1},

@@ -14,6 +14,7 @@ from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dss import DSS
 from ssmkit.layers.ema import EMA
+from ssmkit.layers.mega import Mega, MegaState
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import available, build, layer_class, register
@@ -29,6 +30,8 @@ __all__ = [
     "DiagonalLTILayer",
     "EMA",
     "KVCache",
+    "Mega",
+    "MegaState",
     "S4",
     "S4D",
     "SequenceLayer",

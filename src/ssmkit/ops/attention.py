@@ -59,7 +59,7 @@ def causal_mask(Lq: int, K: int, window: int | None, device: torch.device | None
         first: the position of key column 0 (the mask covers keys first..K-1 when a block uses a slice of them).
 
     Returns:
-        (L, K - first) bool mask, True where attention is allowed.
+        (L, K) bool mask, True where attention is allowed (with ``first`` > 0 only the columns of keys first..K-1).
     """
     p = torch.arange(K - Lq, K, device=device)[:, None]  # (L, 1) query positions
     j = torch.arange(first, K, device=device)[None, :]  # (1, K - first) key positions

@@ -63,8 +63,9 @@ def test_unbounded_cache_grows_and_holds_every_position():
     x = torch.randn(1, 11, H, device=DEVICE, dtype=torch.float64)
     _, h = layer(x)
     assert isinstance(h, KVCache) and h.keys.shape == (1, 2, 11, 4) and h.values.shape == (1, 2, 11, 4)
+    assert h.position.tolist() == [[11.0]]
     y_t, h2 = layer.step(x[:, 0], h)
-    assert h2.keys.shape[2] == 12
+    assert h2.keys.shape[2] == 12 and h2.position.tolist() == [[12.0]]
     assert layer.initial_state(3).keys.shape == (3, 2, 0, 4)
 
 
@@ -72,15 +73,18 @@ def test_bad_caches_raise():
     layer = make_layer("attention", {"n_heads": 2, "head_dim": 4, "window": 4})
     x = torch.randn(2, 5, H, device=DEVICE, dtype=torch.float64)
     z = lambda n: torch.zeros(2, 2, n, 4, device=DEVICE, dtype=torch.float64)  # noqa: E731
+    p = torch.zeros(2, 1, device=DEVICE, dtype=torch.float64)
     with pytest.raises(ValueError, match="one length; got 2 keys and 3 values"):
-        layer(x, KVCache(z(2), z(3)))
+        layer(x, KVCache(z(2), z(3), p))
     with pytest.raises(ValueError, match="at most window - 1 = 3 positions; got 4"):
-        layer.step(x[:, 0], KVCache(z(4), z(4)))
+        layer.step(x[:, 0], KVCache(z(4), z(4), p))
     with pytest.raises(ValueError, match=r"state\[0\] must be \(2, 2, any, 4\)"):
-        layer(x, KVCache(torch.zeros(2, 2, 3, 5, device=DEVICE, dtype=torch.float64), z(3)))
+        layer(x, KVCache(torch.zeros(2, 2, 3, 5, device=DEVICE, dtype=torch.float64), z(3), p))
     with pytest.raises(ValueError, match=r"state\[1\] must be"):
-        layer(x, KVCache(z(1), z(1).float()))
-    with pytest.raises(ValueError, match="tuple of 2 states"):
+        layer(x, KVCache(z(1), z(1).float(), p))
+    with pytest.raises(ValueError, match=r"state\[2\] must be \(2, 1\) torch.float64"):
+        layer(x, KVCache(z(1), z(1), p.float()))
+    with pytest.raises(ValueError, match="tuple of 3 states"):
         layer(x, z(1))
 
 
@@ -99,3 +103,14 @@ def test_options():
         layers.build("attention", d_model=H, n_heads=0)
     with pytest.raises(NotImplementedError, match="not linear in its input"):
         layer.kernel(4)
+
+
+def test_long_sliding_decoding_in_float32_does_not_drift():
+    # Each key is rotated once, at its own position, so a window that slides for 700 steps adds no rounding.
+    layer = make_layer("attention", {"n_heads": 2, "head_dim": 8, "window": 64}, dtype=torch.float32)
+    x = torch.randn(1, 700, H, device=DEVICE)
+    with torch.no_grad():
+        y, h = layer(x)
+        y_steps, h_steps = run_steps(layer, x)
+    assert rel_err(y_steps, y) < 1e-5 and rel_err(h_steps.keys, h.keys) < 1e-5
+    assert h.position.tolist() == [[700.0]]

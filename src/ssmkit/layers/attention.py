@@ -6,13 +6,12 @@ hybrids (Griffin-style local attention, arXiv 2402.19427 §2.4) and comparisons 
     o_t = Σ_{s seen by t} softmax_s(q_t · k_s / √P) v_s  (s <= t, and s > t - window with a window)
     y_t = concat_heads(o_t) W_o
 
-The state is a key/value cache (:class:`KVCache`): the keys (before rotation) and values of the positions a later query
-can see, with a growing length axis. ``forward(x, state)`` continues exactly: the new queries attend to the cache and
-to the causal part of the new keys. Without a window the cache holds every position so far (grows without bound);
-with ``window`` it keeps the last ``window - 1`` positions (a fixed-size cache once full). Cached key j is kept rotated
-at position j (its index in the cache) and the new steps are rotated at c, c+1, ... (c = the cache length): rotary
-scores depend only on position differences, so the cache needs no absolute position. When a windowed cache drops d
-positions from its front, its keys are turned back by d positions (one rotation, no recomputation).
+The state is a key/value cache (:class:`KVCache`): the keys and values of the positions a later query can see, with a
+growing length axis, and the position of the next step. ``forward(x, state)`` continues exactly: the new queries
+attend to the cache and to the causal part of the new keys. Without a window the cache holds every position so far
+(grows without bound); with ``window`` it keeps the last ``window - 1`` positions (a fixed-size cache once full). Keys
+are cached rotated at their own positions (computed once, from float64 angles), so a sliding cache never re-rotates:
+the stored position (float64, exact for integers below 2^53) is what a full window would otherwise lose.
 
 The whole layer runs in the parameters' dtype, also under autocast (as every ssmkit layer: docs/design.md).
 """
@@ -34,15 +33,17 @@ POSITIONALS = ("rotary", None)
 
 
 class KVCache(NamedTuple):
-    """An attention layer's state: the keys and values of the positions later queries can see.
+    """An attention layer's state: the keys and values of the positions later queries can see, and the next position.
 
     Attributes:
-        keys: (B, E, K, P) keys, oldest first (K grows); with rotary positions key j is rotated at position j.
+        keys: (B, E, K, P) keys, oldest first (K grows); with rotary positions each is rotated at its own position.
         values: (B, E, K, P) values, oldest first.
+        position: (B, 1) float64, the position of the next step (the number of steps so far from a zero state).
     """
 
     keys: torch.Tensor
     values: torch.Tensor
+    position: torch.Tensor
 
 
 def check_cache(state: KVCache, limit: int | None, name: str = "state") -> None:
@@ -130,9 +131,9 @@ class Attention(SequenceLayer):
         self.out.reset_parameters()
 
     def state_spec(self) -> KVCache:
-        """Keys and values (E, K, P) each, in the parameters' dtype, K growing from 0."""
+        """Keys and values (E, K, P) each, in the parameters' dtype, K growing from 0; the next position (1,) float64."""
         spec = TensorSpec((self.n_heads, 0, self.head_dim), self.qkv.weight.dtype, growing=1)
-        return KVCache(spec, spec)
+        return KVCache(spec, spec, TensorSpec((1,), torch.float64))
 
     def state_device(self) -> torch.device:
         return self.qkv.weight.device
@@ -152,33 +153,31 @@ class Attention(SequenceLayer):
     def _attend(self, x: torch.Tensor, state: KVCache | None, backend: str, return_state: bool):
         """y (B, L, H) and the new cache of x (B, L, H) after ``state``.
 
-        Steps: (1) q, k, v of the new positions, rotated at c, c+1, ... (c = the cache length: cached key j is kept
-        rotated at position j); (2) attention over the cache and the new keys; (3) the new cache: the last
-        ``window - 1`` keys (all without a window), turned back by the d positions dropped from its front, so that
-        key j is again rotated at position j (rotary scores depend only on position differences)."""
-        state = None if state is None else KVCache(*state)  # a plain (keys, values) tuple is accepted too
+        Steps: (1) q, k, v of the new steps, rotated at their positions p0, p0+1, ... (p0 = the state's position);
+        (2) attention over the cache and the new keys; (3) the new cache: the last ``window - 1`` keys and values (all
+        without a window) and the position p0 + L."""
+        Bsz, L, _ = x.shape
+        state = None if state is None else KVCache(*state)  # a plain tuple is accepted too
         q, k, v = self._heads(x)  # (B, E, L, P)
-        L, c = q.shape[2], 0 if state is None else state.keys.shape[2]
+        start = x.new_zeros((Bsz, 1), dtype=torch.float64) if state is None else state.position  # (B, 1)
         if self.positional == "rotary":
-            positions = torch.arange(c, c + L, device=x.device)  # (L,)
+            positions = (start + torch.arange(L, device=x.device))[:, None]  # (B, 1, L): broadcast over the heads
             q, k = rotary(q, positions, self.rotary_base), rotary(k, positions, self.rotary_base)  # (B, E, L, P)
         if state is not None:
             check_cache(state, self.cache_limit)
             k = torch.cat([state.keys, k], dim=2)  # (B, E, K, P): cache first
             v = torch.cat([state.values, v], dim=2)
         o = causal_attention(q, k, v, self.window, backend=backend)  # (B, E, L, P)
-        y = self.out(o.transpose(1, 2).reshape(x.shape[0], L, -1))  # (B, L, H)
+        y = self.out(o.transpose(1, 2).reshape(Bsz, L, -1))  # (B, L, H)
         if not return_state:
             return y, None
         K = k.shape[2]
         dropped = 0 if self.cache_limit is None else max(0, K - self.cache_limit)
-        keys, values = k[:, :, dropped:], v[:, :, dropped:]  # (B, E, K - d, P)
-        if self.positional == "rotary" and dropped:
-            keys = rotary(keys, torch.tensor([-dropped], device=x.device), self.rotary_base)  # back by d positions
-        return y, KVCache(keys, values)
+        return y, KVCache(k[:, :, dropped:], v[:, :, dropped:], start + L)
 
     def _forward(self, x: torch.Tensor, state: KVCache | None, return_state: bool):
-        backend = "chunked" if self._backend() == "auto" else self._backend()
+        backend = self._backend()
+        backend = "chunked" if backend == "auto" else backend
         with float32_core(x.device.type):
             y, h = self._attend(x.to(self.qkv.weight.dtype), state, backend, return_state)
         return y.to(x.dtype), h

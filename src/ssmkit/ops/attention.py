@@ -165,7 +165,8 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
 
     Args:
         x: (..., L, P) queries or keys, P even.
-        positions: (L,) integer positions of the rows, or (1,) for one position (angle) shared by every row.
+        positions: (..., L) positions of the rows (integers, or any real numbers), broadcastable against x's
+            leading axes: (L,) for one sequence of positions, (B, 1, L) per batch item of (B, E, L, P) heads.
         base: the frequency base (10000 in RoFormer).
 
     Returns:
@@ -175,7 +176,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
     if P % 2:
         raise ValueError(f"rotary positions need an even head dimension P; got P={P}")
     theta = base ** (-torch.arange(0, P // 2, dtype=torch.float64, device=x.device) * 2.0 / P)  # (P/2,)
-    angle = positions.to(torch.float64)[:, None] * theta  # (L, P/2) or (1, P/2)
-    cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)  # (L, P/2)
+    angle = positions.to(torch.float64)[..., None] * theta  # (..., L, P/2)
+    cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)  # (..., L, P/2)
     x1, x2 = x[..., : P // 2], x[..., P // 2 :]  # (..., L, P/2)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (..., L, P)

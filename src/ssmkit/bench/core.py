@@ -12,6 +12,7 @@ prints the speed-up of each fast path over the loop. The fast paths are also tim
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -33,6 +34,12 @@ def _once(fn) -> float:
     return time.perf_counter() - start
 
 
+def build_for_bench(name: str, d_model: int, d_state: int) -> layers.SequenceLayer:
+    """Layer ``name`` with ``d_model`` channels, and ``d_state`` when the layer has a state size (attention has none)."""
+    takes_state = "d_state" in inspect.signature(layers.layer_class(name)).parameters
+    return layers.build(name, d_model=d_model, **({"d_state": d_state} if takes_state else {}))
+
+
 def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int, repeats: int) -> list[dict]:
     """Forward and forward+backward seconds of one layer under every backend, interleaved.
 
@@ -41,7 +48,7 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
     over minutes); the figures are medians over the repeats, after one warm-up of the fast paths.
     """
     torch.manual_seed(0)
-    layer = layers.build(name, d_model=d_model, d_state=d_state)
+    layer = build_for_bench(name, d_model, d_state)
     x = torch.randn(batch, length, d_model)
     backends = [b for b in BACKENDS if b == "auto" or b in layer.backends]  # S5 and LRU have no fft path
 

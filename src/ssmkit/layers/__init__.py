@@ -10,6 +10,7 @@ shared diagonal LTI implementation), ``mimo.py`` (the shared MIMO diagonal imple
 file per published layer.
 """
 
+from ssmkit.layers.attention import Attention, KVCache
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dlr import DLR
@@ -18,6 +19,8 @@ from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.lru import LRU
 from ssmkit.layers.gss import GSS, GSSDiagonal
 from ssmkit.layers.hyena import Hyena, HyenaFilter, HyenaState
+from ssmkit.layers.ema import EMA
+from ssmkit.layers.mega import Mega, MegaState
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
@@ -30,6 +33,7 @@ from ssmkit.layers.sgconv import SGConv
 from ssmkit.layers.state import State, StateSpec, TensorSpec
 
 __all__ = [
+    "Attention",
     "BlockDefaults",
     "Capabilities",
     "DLR",
@@ -45,6 +49,10 @@ __all__ = [
     "Hyena",
     "HyenaFilter",
     "HyenaState",
+    "EMA",
+    "KVCache",
+    "Mega",
+    "MegaState",
     "S4",
     "S4D",
     "S5",

@@ -54,7 +54,7 @@ def _sgconv_kernel(sub_kernels: torch.Tensor, decay: torch.Tensor) -> torch.Tens
     """The unnormalised SGConv kernel K̃ = concat_i α^i · Upsample_{r_i}(w_i), α = 1/decay (arXiv 2210.09298).
 
     sub_kernels (scales, C, H, d) holds the w_i (C = 2 when bidirectional), decay (H,) the per-channel decay;
-    returns K̃ (C, H, K) with K = d·2^{scales-1} taps.
+    returns K̃ (C, H, F) with F = d·2^{scales-1} taps.
     """
     S = sub_kernels.shape[0]
     parts = []
@@ -63,7 +63,7 @@ def _sgconv_kernel(sub_kernels: torch.Tensor, decay: torch.Tensor) -> torch.Tens
         if i > 1:
             w = F.interpolate(w, scale_factor=float(2 ** (i - 1)), mode="linear")  # (C, H, d·2^{i-1})
         parts.append(w * decay.unsqueeze(-1) ** (-i))  # α^i per channel
-    return torch.cat(parts, dim=-1)  # (C, H, K)
+    return torch.cat(parts, dim=-1)  # (C, H, F)
 
 
 @register("sgconv")
@@ -146,8 +146,8 @@ class SGConv(SequenceLayer):
         return torch.linspace(self.decay_min, self.decay_max, self.d_model, dtype=w.dtype, device=w.device)
 
     def _full_kernel(self) -> torch.Tensor:
-        """K̃/‖K̃‖₂ with D on the causal kernel's tap 0: (C, H, K)."""
-        K = _sgconv_kernel(self.sub_kernels, self._decay()) / self.kernel_norm.unsqueeze(-1)  # (C, H, K)
+        """K̃/‖K̃‖₂ with D on the causal kernel's tap 0: (C, H, F)."""
+        K = _sgconv_kernel(self.sub_kernels, self._decay()) / self.kernel_norm.unsqueeze(-1)  # (C, H, F)
         return with_skip(K, self.D)
 
     @property
@@ -167,7 +167,7 @@ class SGConv(SequenceLayer):
         with float32_core(x.device.type):
             u = x.to(self.D.dtype)
             L = u.shape[1]
-            K = self._full_kernel()  # (C, H, K)
+            K = self._full_kernel()  # (C, H, F)
             if self.bidirectional:
                 return bidirectional_conv(u, fit_length(K, L), backend=backend).to(x.dtype), None
             T = 0 if state is None else state.shape[-1]
@@ -176,14 +176,14 @@ class SGConv(SequenceLayer):
         return y.to(x.dtype), h
 
     def _step_taps(self) -> torch.Tensor:
-        """(H, K) the causal kernel with its taps reversed (oldest input first), for ``step``."""
+        """(H, F) the causal kernel with its taps reversed (oldest input first), for ``step``."""
         return self._step_cache.get_unless_grad([self.sub_kernels, self.D, self.kernel_norm],
                                                 lambda: self._full_kernel()[0].flip(-1))
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor):
         """y_t = Σ_{j<K_len} K_j u_{t-j} over the window [state, x_t]; the window moves by one."""
         with float32_core(x_t.device.type):
-            window = torch.cat([state, x_t.to(self.D.dtype).unsqueeze(-1)], dim=-1)  # (B, H, K)
+            window = torch.cat([state, x_t.to(self.D.dtype).unsqueeze(-1)], dim=-1)  # (B, H, F)
             y = (window * self._step_taps()).sum(-1)  # (B, H)
         return y.to(x_t.dtype), window[:, :, 1:]
 

@@ -14,6 +14,7 @@ kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``ca
 scan, kernel, step).
 """
 
+from ssmkit.ops.attention import causal_attention, causal_attention_reference, causal_mask, rotary
 from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from ssmkit.ops.cauchy import dplr_kernel, dplr_kernel_reference  # cauchy() stays in its module (same name)
 from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
@@ -64,11 +65,14 @@ __all__ = [
     "bilinear",
     "bilinear_dplr",
     "bilinear_dplr_real",
+    "causal_attention",
+    "causal_attention_reference",
     "causal_conv",
     "causal_conv1d",
     "causal_conv1d_reference",
     "causal_conv1d_step",
     "causal_conv_reference",
+    "causal_mask",
     "dense_final_state",
     "dense_final_state_reference",
     "diagonal_kernel",
@@ -95,6 +99,7 @@ __all__ = [
     "mimo_step_coefficients",
     "nplr",
     "rank_correction",
+    "rotary",
     "s4d_eigenvalues",
     "s4d_input_matrix",
     "set_backend",

@@ -11,7 +11,7 @@ Generator (re-derived from the paper and the Zoology description): with vocabula
 5. inputs are positions 0 .. L − 1, targets positions 1 .. L, with −100 except where the input is a queried key:
    the model sees k_i and must output v_i at that same position.
 
-Paper grid: V = 8192, (L, D) in {(64, 4), (128, 8), (256, 16), (512, 64)}, 100,000 train / 3,000 test.
+Paper grid: V = 8192; L = 64, 128, 256, 512 with D = 4, 8, 16, 64 pairs; 100,000 train / 3,000 test.
 """
 
 from __future__ import annotations

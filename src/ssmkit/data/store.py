@@ -19,7 +19,12 @@ import torch
 
 
 class DataMissingError(FileNotFoundError):
-    """A data set's files are not where ssmkit looks for them; the message is one line saying where to put them."""
+    """A data set's files are not where ssmkit looks for them; the message is one line saying where to put them.
+
+    Args:
+        args: the message (one line), as for any exception.
+        kwargs: none are used (FileNotFoundError's signature).
+    """
 
 
 def data_root(root: str | os.PathLike | None = None) -> pathlib.Path:

@@ -7,7 +7,7 @@
     splits = task.splits()                             # {"train": Dataset, "val": ..., "test": ...}
     x, y = splits["train"][0]
 
-Every split is a ``torch.utils.data.TensorDataset`` of ``(x, y)`` pairs. The inputs are token ids ``(B, L)``
+Every split is a ``torch.utils.data.TensorDataset`` of pairs ``x, y``. The inputs are token ids ``(B, L)``
 (int64, ``info().vocab_size`` ids) or features ``(B, L, H)`` (float32, H = ``info().d_input``). The targets
 depend on ``info().target``:
 

@@ -140,14 +140,31 @@ class FileTask(Task):
         """The paths (relative to :meth:`folder`) that must exist."""
         raise NotImplementedError
 
+    def alternatives(self, name: str) -> list[str]:
+        """The file names accepted for the required ``name`` (e.g. also ``name.gz``); default just ``name``.
+
+        Args:
+            name: an entry of :meth:`required`.
+        """
+        return [name]
+
+    def locate(self, name: str, root: str | os.PathLike | None = None):
+        """The path of the first existing alternative of ``name`` in :meth:`folder`, or None.
+
+        Args:
+            name: an entry of :meth:`required`.
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        base = self.folder(root)
+        return next((base / a for a in self.alternatives(name) if (base / a).exists()), None)
+
     def present(self, root: str | os.PathLike | None = None) -> bool:
         """Whether every required file is in :meth:`folder`.
 
         Args:
             root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
         """
-        base = self.folder(root)
-        return all((base / p).exists() for p in self.required())
+        return all(self.locate(p, root) is not None for p in self.required())
 
     def check_present(self, root: str | os.PathLike | None = None) -> None:
         """Raise ``DataMissingError`` (one line: what is missing and where to put it) unless :meth:`present`.
@@ -155,11 +172,10 @@ class FileTask(Task):
         Args:
             root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
         """
-        base = self.folder(root)
-        missing = [p for p in self.required() if not (base / p).exists()]
+        missing = [p for p in self.required() if self.locate(p, root) is None]
         if missing:
             raise DataMissingError(
-                f"{self.name}: data not found: put {', '.join(missing)} in {base} ({self.info().needs})"
+                f"{self.name}: data not found: put {', '.join(missing)} in {self.folder(root)} ({self.info().needs})"
             )
 
 

@@ -1,9 +1,12 @@
-"""The ``ssmkit`` command: ``ssmkit bench SUITE`` (performance suites) and ``ssmkit demo`` (end-to-end run).
+"""The ``ssmkit`` command: ``ssmkit bench SUITE`` (performance suites), ``ssmkit demo`` (end-to-end run),
+``ssmkit tasks`` (the tasks and whether their data is present) and ``ssmkit data get|extract`` (data sets).
 
     ssmkit --help                # the commands
     ssmkit bench --help          # the suites
     ssmkit bench step --help     # one suite's options
     ssmkit demo --help           # the demo's options
+    ssmkit tasks                 # every task and whether its data is present
+    ssmkit data get mnist        # fetch MNIST and verify its SHA-256 values
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
@@ -16,6 +19,7 @@ import argparse
 import sys
 
 from ssmkit.bench import add_suite_parsers
+from ssmkit.data.commands import add_parsers as add_data_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_parsers(bench)
     commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
                         add_help=False)
+    add_data_parsers(commands)
     return parser
 
 
@@ -43,6 +48,12 @@ def _dispatch(argv: list[str]) -> int:
         from ssmkit.bench import run as run_suite
 
         return run_suite(args.suite, rest, prog=f"ssmkit bench {args.suite}")
+    if args.command in ("tasks", "data"):
+        from ssmkit.data.commands import run as run_data
+
+        if rest:
+            build_parser().parse_args(argv)  # exits 2 naming the unrecognised arguments
+        return run_data(args)
     from ssmkit.demo import main as demo_main
 
     return demo_main(rest, prog="ssmkit demo")

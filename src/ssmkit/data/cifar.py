@@ -116,7 +116,7 @@ class _Cifar(FileTask):
         return {"train": sets[0].subset(train), "val": sets[0].subset(val), "test": sets[1]}
 
 
-_WHERE = "the CIFAR-10 python batches (cifar-10-python.tar.gz unpacked: data_batch_1..5, test_batch)"
+_WHERE = "the CIFAR-10 python batches (data_batch_1..5, test_batch from cifar-10-python.tar.gz)"
 
 
 @register_task("scifar")

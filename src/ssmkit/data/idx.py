@@ -127,9 +127,9 @@ class _IdxImages(FileTask):
         return {"train": sets[0].subset(train), "val": sets[0].subset(val), "test": sets[1]}
 
 
-_MNIST_WHERE = "the four MNIST idx files, plain or .gz; 'ssmkit data get mnist' fetches them"
-_FASHION_WHERE = ("the four Fashion-MNIST idx files (.gz is fine): 'apt-get install dataset-fashion-mnist' puts them "
-                  "in /usr/share/datasets/fashion-mnist")
+_MNIST_WHERE = "the four MNIST idx files (plain or .gz; 'ssmkit data get mnist' fetches them)"
+_FASHION_WHERE = ("the four Fashion-MNIST idx files (.gz is fine; 'apt-get install dataset-fashion-mnist' puts them "
+                  "in /usr/share/datasets/fashion-mnist)")
 
 
 @register_task("smnist")

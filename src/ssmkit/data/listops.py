@@ -377,7 +377,7 @@ class LRAListOpsTask(FileTask):
         """Token inputs (B, l_max), 10 classes, vocabulary 18."""
         return TaskInfo(self.name, "ListOps (LRA release)", "files", "classify", self.l_max, None, len(VOCAB), 10,
                         "LRA release lra_release.gz (arXiv 2011.04006)",
-                        "the LRA release's listops-1000 folder (lra_release.gz)")
+                        "the LRA release's ListOps TSV files (from lra_release.gz, folder listops-1000)")
 
     def splits(self, root: str | os.PathLike | None = None):
         """Read the three TSV files.

@@ -82,7 +82,7 @@ class LRATextTask(FileTask):
         """Token inputs (B, l_max) of 257 byte ids, 2 classes."""
         return TaskInfo(self.name, "LRA Text (byte-level IMDB)", "files", "classify", self.l_max, None, BYTE_VOCAB, 2,
                         "IMDB reviews (Maas et al. 2011); LRA (arXiv 2011.04006)",
-                        "the IMDB release aclImdb_v1.tar.gz unpacked (aclImdb/train/pos ...)")
+                        "the unpacked IMDB release aclImdb_v1.tar.gz (train/pos, train/neg, test/pos, test/neg)")
 
     def _read(self, base: pathlib.Path) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
@@ -159,7 +159,7 @@ class LRARetrievalTask(FileTask):
         """Token inputs (B, 2·l_max) of 257 byte ids, 2 classes."""
         return TaskInfo(self.name, "LRA Retrieval (AAN, pair as one sequence)", "files", "classify", 2 * self.l_max,
                         None, BYTE_VOCAB, 2, "ACL Anthology Network pairs; LRA release (arXiv 2011.04006)",
-                        "the LRA release's tsv_data folder (lra_release.gz)")
+                        "the LRA release's AAN TSV files (from lra_release.gz, folder tsv_data)")
 
     def splits(self, root: str | os.PathLike | None = None) -> dict[str, TensorDataset]:
         """Read the three TSV files (``eval`` is the validation split).
@@ -239,7 +239,8 @@ class _PathfinderFiles(FileTask):
         """Float inputs (B, size², 1) in [−1, 1], 2 classes."""
         return TaskInfo(self.name, f"LRA {self.label} ({self.difficulty})", "files", "classify", self.size ** 2, 1,
                         None, 2, "LRA release (arXiv 2011.04006); Linsley et al. 2018",
-                        f"the LRA release's pathfinder{self.size} folder (lra_release.gz)")
+                        f"the contents of the LRA release's pathfinder{self.size}/{self.difficulty} "
+                        "(metadata/ and imgs/; from lra_release.gz)")
 
     def splits(self, root: str | os.PathLike | None = None) -> dict[str, ScaledSequences]:
         """Decode (or load the decoded cache) and split 80 / 10 / 10 with ``random_split`` seeded by ``seed``.

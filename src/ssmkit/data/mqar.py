@@ -4,8 +4,8 @@ Generator (re-derived from the paper and the Zoology description): with vocabula
 
 1. draw D distinct keys from [1, V/2) and D distinct values from [V/2, V) per example;
 2. write the pairs first: k_1 v_1 k_2 v_2 … (2D tokens);
-3. draw D distinct gaps g_i in {0, …, S − 1}, S = (L − 2D) // 2, with P(g) ∝ (g + 1)^(a − 1), a = 0.01 (a power
-   law: queries tend to come soon after the context);
+3. draw D distinct gaps g_i in {0, …, S − 1}, S = (L − 2D) // 2, with P(g) ∝ (g + 1)^(a − 1), a = 0.01
+   (a power law: queries tend to come soon after the context);
 4. place key k_i at position 2D + 2 g_i of a length-(L + 1) sequence and its value right after it; every other
    position is 0 (the paper's ``random_non_queries=False``);
 5. inputs are positions 0 .. L − 1, targets positions 1 .. L, with −100 except where the input is a queried key:

@@ -437,4 +437,5 @@ class PathfinderTask(GeneratedTask):
         from ssmkit.data.store import cached
 
         tensors = cached(self.name, self.options(), self.generate, root)
-        return {s: ScaledSequences(tensors[f"{s}_x"], tensors[f"{s}_y"], 2 / 255, -1.0) for s in ("train", "val", "test")}
+        return {s: ScaledSequences(tensors[f"{s}_x"], tensors[f"{s}_y"], 2 / 255, -1.0)
+                for s in ("train", "val", "test")}

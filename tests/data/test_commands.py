@@ -53,6 +53,9 @@ def test_data_get_mnist(tmp_path, monkeypatch, capsys):
     assert cli_main(["data", "get", "mnist", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err == "ssmkit data get mnist: could not get MNIST (no network)\n"
+    monkeypatch.setattr(fetch, "get_fashion_mnist", lambda root: (root / "fashion-mnist", "debian"))
+    assert cli_main(["data", "get", "fashion-mnist", "--root", str(tmp_path)]) == 0
+    assert "fashion-mnist: unpacked from the Debian package dataset-fashion-mnist" in capsys.readouterr().out
     assert cli_main(["data", "get", "cifar"]) == 2
     assert "invalid choice: 'cifar'" in capsys.readouterr().err
 

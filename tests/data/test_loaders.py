@@ -137,10 +137,13 @@ def test_aan_pairs(tmp_path):
     folder.mkdir(parents=True)
     for split in ("train", "eval", "test"):
         rows = [f"{lab}\tdoc{i}\tdoc{i + 1}\tfirst text {i}\tsecond {i}" for i, lab in enumerate(["1.0", "0.0"])]
+        rows.append("1\tdoc7\tdoc8\tb'caf\\xc3\\xa9 \\'q\\''\tb\"x\"")  # the release's bytes-literal cells
         (folder / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
     task = get_task("lra_retrieval", l_max=16)
     x, y = task.splits(tmp_path)["val"].tensors
-    assert x.shape == (2, 32) and y.tolist() == [1, 0] and task.info().length == 32
+    assert x.shape == (3, 32) and y.tolist() == [1, 0, 1] and task.info().length == 32
+    assert x[2, :16].tolist() == encode_bytes("café 'q'".encode(), 16).tolist()  # decoded, not b'...' characters
+    assert x[2, 16:].tolist() == encode_bytes(b"x", 16).tolist()
     assert x[1, :16].tolist() == encode_bytes("first text 1", 16).tolist()
     assert x[1, 16:].tolist() == encode_bytes("second 1", 16).tolist()
 

@@ -8,9 +8,10 @@ padded to ``l_max``.
 - Text (IMDB): the Stanford release ``aclImdb_v1.tar.gz`` unpacked at ``<root>/aclImdb``
   (``{train,test}/{pos,neg}/*.txt``); label 1 = positive. LRA truncates at 4,000 bytes (S4: 4,096).
 - Retrieval (AAN): ``<root>/lra_release/tsv_data/new_aan_pairs.{train,eval,test}.tsv``, tab-separated rows
-  ``label, id1, id2, text1, text2`` without a header. Each document is cut to ``l_max`` bytes; the input is the two
-  documents one after the other, (B, 2L) (LRA encodes them separately in a two-tower model; a single sequence
-  model reads the pair as one sequence).
+  ``label, id1, id2, text1, text2`` without a header. Text cells written as Python bytes literals (``b'...'``, as
+  third-party loaders of the release decode them) are decoded with ``ast.literal_eval``; other cells are taken as
+  they are. Each document is cut to ``l_max`` bytes; the input is the two documents one after the other, (B, 2L)
+  (LRA encodes them separately in a two-tower model; a single sequence model reads the pair as one sequence).
 - Pathfinder / Path-X: ``<root>/lra_release/pathfinder32`` (or ``pathfinder128``) ``/<difficulty>/metadata/<n>.npy``,
   text rows ``subfolder file_name index label ...``, and the PNGs at ``<difficulty>/<subfolder>/<file_name>``. As in
   S4, only ``curv_contour_length_14`` is used, pixels are scaled to [−1, 1], images flattened in raster order
@@ -22,6 +23,7 @@ padded to ``l_max``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import pathlib
@@ -108,6 +110,18 @@ class LRATextTask(FileTask):
                 "test": TensorDataset(xt, yt)}
 
 
+def _document(cell: str) -> str | bytes:
+    """A text cell; the release writes documents as Python bytes literals (``b'...'``), decoded here safely."""
+    if len(cell) >= 3 and cell[0] == "b" and cell[1] in "'\"" and cell[-1] == cell[1]:
+        try:
+            value = ast.literal_eval(cell)  # literals only: no code runs
+        except (ValueError, SyntaxError):
+            return cell
+        if isinstance(value, bytes):
+            return value
+    return cell
+
+
 def read_aan_tsv(path: str | os.PathLike, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Read an AAN pairs TSV (``label, id1, id2, text1, text2``; no header).
 
@@ -126,7 +140,8 @@ def read_aan_tsv(path: str | os.PathLike, l_max: int) -> tuple[torch.Tensor, tor
                 raise ValueError(f"{path}:{i}: expected 5 tab-separated cells (label, id1, id2, text1, text2); "
                                  f"got {len(cells)}")
             ys.append(int(float(cells[0])))
-            xs.append(np.concatenate([encode_bytes(cells[3], l_max), encode_bytes(cells[4], l_max)]))
+            first, second = (encode_bytes(_document(c), l_max) for c in cells[3:5])
+            xs.append(np.concatenate([first, second]))
     if not xs:
         raise ValueError(f"{path}: no rows")
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys)

@@ -244,3 +244,43 @@ def test_digits():
     x, y = splits["train"].tensors
     assert x.shape == (1257, 64, 1) and float(x.max()) == 1.0 and float(x.min()) == 0.0
     assert set(y.tolist()) == set(range(10))
+
+
+def test_path_x_png_folder(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "lra_release" / "pathfinder128" / "curv_contour_length_14"
+    (folder / "imgs" / "0").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    rows, images = [], []
+    for i in range(10):
+        img = rng.integers(0, 256, (128, 128), dtype=np.uint8)
+        Image.fromarray(img).save(folder / "imgs" / "0" / f"sample_{i}.png")
+        rows.append(f"imgs/0 sample_{i}.png {i} {i % 2} 1.8 14 4 5 1.5 2 1")
+        images.append(img)
+    (folder / "metadata" / "0.npy").write_text("\n".join(rows) + "\n")
+    splits = get_task("lra_pathx").splits(tmp_path)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [8, 1, 1]
+    x, y = splits["test"][0]
+    stored = splits["test"].tensors[0][0, :, 0].numpy()
+    k = next(k for k, img in enumerate(images) if np.array_equal(img.reshape(-1), stored))  # which image it is
+    assert x.shape == (128 * 128, 1) and int(y) == k % 2
+    assert torch.allclose(x[:, 0], torch.tensor(stored * 2 / 255.0 - 1, dtype=torch.float32), atol=1e-6)
+
+
+def test_speech_commands_sc35(tmp_path):
+    from ssmkit.data.speech import WORDS35
+
+    base = tmp_path / "speech_commands"
+    for word in WORDS35:
+        (base / word).mkdir(parents=True)
+        for i in range(2):
+            write_wav(base / word / f"c{i}_nohash_0.wav", rng.integers(-1000, 1000, 400))
+    (base / "validation_list.txt").write_text("zero/c0_nohash_0.wav\n")
+    (base / "testing_list.txt").write_text("backward/c1_nohash_0.wav\nwow/c1_nohash_0.wav\n")
+    task = get_task("sc35")
+    assert task.info().n_classes == 35
+    splits = task.splits(tmp_path)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [67, 1, 2]
+    assert sorted(splits["test"].tensors[1].tolist()) == [WORDS35.index("backward"), WORDS35.index("wow")]
+    assert splits["val"].tensors[1].tolist() == [WORDS35.index("zero")]

@@ -265,7 +265,7 @@ def test_path_x_png_folder(tmp_path):
     stored = splits["test"].tensors[0][0, :, 0].numpy()
     k = next(k for k, img in enumerate(images) if np.array_equal(img.reshape(-1), stored))  # which image it is
     assert x.shape == (128 * 128, 1) and int(y) == k % 2
-    assert torch.allclose(x[:, 0], torch.tensor(stored * 2 / 255.0 - 1, dtype=torch.float32), atol=1e-6)
+    assert torch.allclose(x[:, 0], torch.tensor(stored.astype(np.float64) * 2 / 255 - 1, dtype=torch.float32), atol=1e-6)
 
 
 def test_speech_commands_sc35(tmp_path):

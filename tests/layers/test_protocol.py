@@ -266,8 +266,13 @@ def test_autocast_keeps_the_core_in_float32(name):
             y_amp, h_amp = layer(x)
             y_bf16, _ = layer(x.to(torch.bfloat16))
             y_t, _ = layer.step(x[:, 0].to(torch.bfloat16), layer.initial_state(2))
-    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < 1e-6  # same float32 arithmetic
-    assert state_err(h_amp, h) < 1e-6
+    # An LTI layer runs the same float32 arithmetic; a mixer's own projections run in bf16 (8-bit mantissa) around
+    # its float32 core (docs/design.md), so its output and state move by the bf16 rounding of q, k, v, ...
+    mixer = layers.layer_class(name).block_defaults == layers.BlockDefaults(None, None)
+    tol = 3e-2 if mixer else 1e-6
+    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < tol
+    assert state_err(h_amp, h) < tol
+    assert all(t.dtype in (torch.float32, torch.complex64) for t in leaves(h_amp))  # the state stays float32
     assert y_bf16.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16
     assert rel_err(y_bf16.float(), y) < 2e-2  # bf16 input and output rounding (8-bit mantissa)
 

@@ -11,7 +11,7 @@ from ssmkit.models import Block, SequenceModel, SequenceModelConfig
 from tests.conftest import DEVICE, leaves, rel_err, state_err
 
 NAMES = layers.available()
-SMALL = {"s4d": {"d_state": 8}, "dss": {"d_state": 8}, "s4": {"d_state": 8, "l_max": 32}, "liquid_s4": {"d_state": 8, "l_max": 32}}
+SMALL = {"s4d": {"d_state": 8}, "dss": {"d_state": 8}, "s4": {"d_state": 8, "l_max": 32}, "liquid_s4": {"d_state": 8, "l_max": 32}, "h3": {"d_state": 8}}
 
 
 def model_for(name: str, **kw) -> SequenceModel:

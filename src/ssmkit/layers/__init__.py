@@ -12,6 +12,7 @@ shared diagonal LTI implementation), then one file per published layer.
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dss import DSS
+from ssmkit.layers.h3 import H3
 from ssmkit.layers.liquid import LiquidS4
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
@@ -25,6 +26,7 @@ __all__ = [
     "Capabilities",
     "DSS",
     "DiagonalLTILayer",
+    "H3",
     "LiquidS4",
     "S4",
     "S4D",

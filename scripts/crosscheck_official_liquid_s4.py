@@ -7,12 +7,12 @@ The official code is NOT part of ssmkit: bring your own copy (docs/benchmarks.md
 bypassed: the S4 module and its kernel are loaded as plain modules, with a logging stub. Runs the official S4 with
 ``linear=True`` (the SSM alone), PB kernel, degree 2, ``allcombs=False``, and the same module with the liquid kernel
 switched off, and prints:
-1. the official liquid term (PB minus plain) against flip_t(c_off · u_t u_{t-1}), with c_off = Re Σ C̃_f B̄_f β
-   formed here from the official tensors (B̄ from the diagonal Λ only, β = Σ B̄_f): the official term is our causal
-   term reversed in time;
+1. the official liquid term (PB minus plain) against flip_t(c_off · u_t u_{t-1}), with c_off = Re Σ C_f B̄_f β
+   formed here from the tensors the official forward reads (the kernel wrapper's initial C, B, Λ, Δ; B̄ from the
+   diagonal Λ only, β = Σ B̄_f): the official term is our causal term reversed in time;
 2. ssmkit's S4 part with the official parameters copied (log Δ, Λ, P, B, C̃ attuned to l_max, D) against the
    official plain output;
-3. the official coefficient c_off against ssmkit's c = C_trueᵀ B̄ β (full DPLR B̄, C_true rather than C̃).
+3. the official coefficient c_off against ssmkit's c = C_trueᵀ B̄ β (the full DPLR B̄).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
     print(f"2. ssmkit S4 part vs official plain output: {err(y_ours - liquid_ours, y_plain):.2e}")
     ratio = c_off / (K0 * beta)
     print(f"3. c_off / ssmkit's c per channel: min {float(ratio.min()):.4f}, max {float(ratio.max()):.4f} "
-          f"(B̄ from Λ alone vs the full DPLR B̄, C̃ vs C_true); flip_t(official term) vs ssmkit's term "
+          f"(B̄ from Λ alone vs the full DPLR B̄); flip_t(official term) vs ssmkit's term "
           f"{err(liquid_off.flip(1), liquid_ours):.2e}")
 
 

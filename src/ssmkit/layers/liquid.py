@@ -39,7 +39,8 @@ Departures from the official code (raminmh/liquid-s4, ``src/models/sequence/ss/s
   off_t = c · u_{L-1-t} u_{L-2-t} (docs/benchmarks.md).
 - B̄ and β come from the full DPLR discretisation (P included) of the same system as S4's kernel; the official
   code uses the diagonal Λ only, and its PB recursion gives B̄ β^{2^{p-1}-1} (equal to ours for p = 2).
-- PB's coefficient is C_trueᵀ B̄^{(p)} (the system's own C); the official code uses C̃ = (I - Ā^L)ᵀ C_true.
+- PB's coefficient is C_trueᵀ B̄^{(p)} from the trained parameters; the official code reads the kernel's initial C, Λ,
+  B, Δ kept as plain tensors, so its C and Re Λ there never train (docs/benchmarks.md).
 - The official KB multiplies spectra from FFTs of different lengths (a complex FFT of length L+1 against a real FFT
   of length 2L), which is not a convolution; here KB is the exact causal convolution above.
 - No ``allcombs=True`` (all p-combinations of past inputs have no finite causal state) and no bidirectional form.

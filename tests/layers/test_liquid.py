@@ -46,16 +46,20 @@ def kernel_taps(A_bar, B_bar, C_true, L):
     return torch.stack(taps, dim=-1)
 
 
-@pytest.mark.parametrize("liquid_kernel", ["pb", "kb"])
-def test_degree_two_equals_the_unrolled_sum(liquid_kernel):
-    # y_k = Σ_l K_l u_{k-l} + D u_k + β (K_0 u_k u_{k-1}) for PB, + β Σ_l K_l u_{k-l} u_{k-l-1} for KB.
-    layer = make_layer("liquid_s4", {"d_state": 8, "l_max": 32, "liquid_kernel": liquid_kernel}).cpu()
+CONTRACT = {None: lambda v: v, "tanh": torch.tanh, "lecun": lambda v: 1.7159 * torch.tanh(0.666 * v)}
+
+
+@pytest.mark.parametrize("liquid_kernel,contract", [("pb", None), ("kb", None), ("pb", "lecun"), ("kb", "tanh")])
+def test_degree_two_equals_the_unrolled_sum(liquid_kernel, contract):
+    # y_k = Σ_l K_l u_{k-l} + D u_k + β K_0 f(u_k u_{k-1}) for PB, + β Σ_l K_l f(u_{k-l} u_{k-l-1}) for KB.
+    opts = {"d_state": 8, "l_max": 32, "liquid_kernel": liquid_kernel, "liquid_contract": contract}
+    layer = make_layer("liquid_s4", opts).cpu()
     L = 12
     A_bar, B_bar, C_true, D = dense_system(layer)
     beta = B_bar.sum(-1).real  # (H,): 1ᵀ B̄ over the full state
     K = kernel_taps(A_bar, B_bar, C_true, L)  # (H, L)
     u = torch.randn(2, L, H, dtype=torch.float64)
-    pair = lambda t: u[:, t] * u[:, t - 1] if t >= 1 else torch.zeros_like(u[:, 0])  # noqa: E731
+    pair = lambda t: CONTRACT[contract](u[:, t] * u[:, t - 1] if t >= 1 else torch.zeros_like(u[:, 0]))  # noqa: E731
     y_ref = torch.zeros_like(u)
     for k in range(L):
         y_ref[:, k] = D * u[:, k]
@@ -90,7 +94,8 @@ def test_two_steps_equal_the_liquid_system_run_exactly():
 
 
 @pytest.mark.parametrize("opts", [
-    {"liquid_kernel": "pb", "liquid_degree": 3},
+    {"liquid_kernel": "pb", "liquid_degree": 3, "liquid_contract": "tanh"},
+    {"liquid_kernel": "pb", "liquid_degree": 4, "init": "lagt"},
     {"liquid_kernel": "kb", "liquid_degree": 4, "liquid_contract": "lecun"},
 ])
 def test_step_equals_forward_with_carried_inputs(opts):

@@ -26,6 +26,7 @@ Choices (docs/design.md), following the official code (HazyResearch/H3, ``src/mo
   output projection with bias.
 - The heads' outputs are ordered j·H + h as in the official code, so its weights copy across unchanged.
 - ``forward`` with a state continues from it (the official forward ignores a given state's output contribution).
+- No ``l_max``: the diagonal SSM always acts over the whole input (the official ``l_max=None``).
 Backends: those of S4D (``"chunked"``, ``"fft"``, ``"reference"``) for the diagonal SSM; the shift convolution uses its
 loop oracle under ``"reference"``. Under autocast the projections run in bf16/fp16 and both SSMs in float32.
 """

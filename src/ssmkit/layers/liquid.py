@@ -1,6 +1,6 @@
 """Liquid-S4: "Liquid Structural State-Space Models", Hasani et al., arXiv 2209.12951 — built causally.
 
-The liquid (linearised LTC) system lets the input modulate the transition (§3, eq. 3-4, bilinear as S4):
+The paper's liquid (linearised LTC) state space lets the input modulate the transition (discretised bilinearly, as S4):
 
     x_k = (Ā + B̄ u_k 1ᵀ) x_{k-1} + B̄ u_k,      y_k = C_trueᵀ x_k + D u_k
 
@@ -12,7 +12,7 @@ is S4's output K ⊛ u plus terms of degree p >= 2 in the inputs. Those in which
     u^{(p)}_t = u_t u_{t-1} ... u_{t-p+1}   (the product of the p latest inputs: CAUSAL),
 
 so that, with K_l = C_trueᵀ Ā^l B̄ (S4's kernel without the skip), their sum over l is β^{p-1} K ⊛ u^{(p)}: the
-paper's liquid kernel K̄_liquid^{(p)} = K̄ B̄^{p-1}. The two kernels of the paper (§3, Algorithm 1) keep degrees
+paper's liquid kernel K̄_liquid^{(p)} = K̄ B̄^{p-1}. The paper's two liquid kernels, PB and KB, keep degrees
 p = 2 .. P (``liquid_degree``) and differ in which lags l they keep. With the liquid input
 
     s_t = Σ_{p=2}^{P} β^{p-1} f(u^{(p)}_t)        (f = ``liquid_contract``: identity, tanh or LeCun's tanh)

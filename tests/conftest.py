@@ -86,6 +86,14 @@ VARIANTS: dict[str, list[dict]] = {
         {"d_state": 4},
         {"d_state": 1},
     ],
+    "liquid_s4": [  # two variants only (each runs S4's kernel): tests/layers/test_liquid.py covers more options
+        {"d_state": 8, "l_max": 32, "liquid_kernel": "pb", "liquid_degree": 2},
+        {"d_state": 6, "l_max": 16, "liquid_kernel": "kb", "liquid_degree": 3, "liquid_contract": "lecun", "init": "legt"},
+    ],
+    "h3": [
+        {"d_state": 8},
+        {"d_state": 4, "head_dim": 3, "init": "inv", "discretization": "zoh"},
+    ],
 }
 
 # Options without which a layer cannot be built at the tests' widths (d_model 3 or 4): Mamba-2's default heads of

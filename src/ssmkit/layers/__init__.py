@@ -21,6 +21,8 @@ from ssmkit.layers.gss import GSS, GSSDiagonal
 from ssmkit.layers.hyena import Hyena, HyenaFilter, HyenaState
 from ssmkit.layers.ema import EMA
 from ssmkit.layers.mega import Mega, MegaState
+from ssmkit.layers.h3 import H3
+from ssmkit.layers.liquid import LiquidS4
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
@@ -53,6 +55,8 @@ __all__ = [
     "KVCache",
     "Mega",
     "MegaState",
+    "H3",
+    "LiquidS4",
     "S4",
     "S4D",
     "S5",

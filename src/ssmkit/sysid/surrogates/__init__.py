@@ -86,7 +86,7 @@ def duffing_surrogate(seed: int = 0, n_period: int = 8192, n_records: int = 10, 
     _check(noise_rms, n_period=n_period, n_records=n_records, n_arrow=n_arrow)
     dt = 1.0 / duffing.FS
     u = np.concatenate([duffing.odd_multisine(n_period, n_records, rms=rms, seed=seed),
-                        duffing.odd_multisine(n_period, 1, rms=rms, seed=seed + 1)])  # (R + 1, n)
+                        duffing.odd_multisine(n_period, 1, rms=rms, seed=seed + 1)])  # (records + 1, n_period)
     y = duffing.simulate(np.tile(u, 2), params)[:, n_period:]  # the second (steady-state) period
     y = _noisy(y, noise_rms, seed + 3)
     ua = duffing.arrow(n_arrow, peak_rms=2 * rms, seed=seed + 2)

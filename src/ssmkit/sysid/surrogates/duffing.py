@@ -44,7 +44,7 @@ def simulate(u: np.ndarray, params: DuffingParameters = DuffingParameters(), dt:
     """Integrate the oscillator over one or several records at once (RK4, zero-order-hold input).
 
     Args:
-        u: (n,) or (R, n) inputs (V), R records simulated together.
+        u: (L,) or (B, L) inputs (V), B records simulated together.
         params: the coefficients.
         dt: the sampling time (s).
         substeps: RK4 steps per sample.
@@ -54,7 +54,7 @@ def simulate(u: np.ndarray, params: DuffingParameters = DuffingParameters(), dt:
         y at the sampling instants, the shape of ``u`` (the first sample is the initial y).
     """
     one = np.ndim(u) == 1
-    u = np.atleast_2d(np.asarray(u, dtype=np.float64))  # (R, n)
+    u = np.atleast_2d(np.asarray(u, dtype=np.float64))  # (B, L)
     w2, c, k3 = (2.0 * math.pi * params.f0) ** 2, 4.0 * math.pi * params.f0 * params.zeta, params.k3
     h = dt / substeps
     if one:  # python floats: several times faster than numpy scalars
@@ -85,13 +85,13 @@ def odd_multisine(n: int, records: int = 1, fmax: float = 200.0, rms: float = 0.
 
     Args:
         n: samples per period.
-        records: independent realisations R.
+        records: independent realisations.
         fmax: the highest excited frequency (Hz).
         rms: the RMS (V).
         seed: the phases' seed.
 
     Returns:
-        (R, n) inputs (V).
+        (B, L) inputs (V), B = ``records``, L = ``n``.
     """
     lines = np.arange(1, n // 2, 2)
     lines = lines[lines * FS / n <= fmax]

@@ -43,7 +43,8 @@ class WHParameters:
 
 
 def filters(params: WHParameters = WHParameters()) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(b, a) of G₁ (Chebyshev I) and of G₂ (inverse Chebyshev), discrete at fs = 51.2 kHz."""
+    """The numerator and denominator coefficients [b, a] of G₁ (Chebyshev I) and of G₂ (inverse Chebyshev), discrete
+    at fs = 51.2 kHz."""
     g1 = signal.cheby1(params.order, params.ripple_db, params.edge_hz, fs=FS)
     g2 = signal.cheby2(params.order, params.stop_db, params.stop_hz, fs=FS)
     return g1, g2

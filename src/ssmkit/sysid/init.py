@@ -164,7 +164,7 @@ def modes(poles: np.ndarray, n_modes: int, r_min: float = 1e-3, r_max: float = 0
         r_min, r_max: the clipping of |z|.
 
     Returns:
-        (k,) complex modes, k <= M.
+        (M,) complex modes at most (fewer when fewer poles were given).
     """
     z = np.asarray(poles, dtype=np.complex128).ravel()
     scale = np.maximum(np.abs(z), 1e-12)
@@ -191,7 +191,7 @@ def set_discrete_poles(layer: torch.nn.Module, z: np.ndarray) -> None:
 
     Args:
         layer: an ``s4d``, ``s5``, ``dlr`` or ``lru`` layer.
-        z: (k,) complex modes with 0 < |z| < 1, k <= the layer's M (from :func:`modes`).
+        z: (M,) complex modes at most (from :func:`modes`), 0 < |z| < 1; the first ones are written.
     """
     kind = _kind(layer)
     z = np.asarray(z, dtype=np.complex128).ravel()
@@ -239,7 +239,7 @@ def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecor
         r_max: the largest |z| written (< 1: Schur).
 
     Returns:
-        (k,) the complex modes written (k <= M).
+        (M,) complex modes at most: those written.
     """
     layer = model.layers[0] if hasattr(model, "layers") else model
     _kind(layer)

@@ -1,6 +1,6 @@
 """Compare initialisations of a deep Wiener model's first layer on Bouc-Wen: HiPPO (S4D-LegS, the default), the
 LRU ring (|z| in [0.1, 0.95], phase in [0, 2π), Bonassi et al.'s setting) and data-driven (PO-MOESP poles of the
-training data, ssmkit.sysid.init: ``data`` of order 2M = every mode, ``data4`` of order 4 with the other modes HiPPO). Same model, data, seeds and budget for each; prints a Markdown table of the
+training data, ssmkit.sysid.init: ``data`` at the order read off the singular values, ``dataK`` at order K, the other modes HiPPO). Same model, data, seeds and budget for each; prints a Markdown table of the
 multisine-test RMSE before training (the linear start) and after, plus the data-driven poles.
 
     PYTHONPATH=src python scripts/sysid_init_compare.py --data ../shared/data/bouc_wen --steps 300 --seeds 0 1
@@ -32,7 +32,7 @@ def build(init: str, seed: int, train, d_model: int, d_state: int, layers: int) 
     model.set_normalisation([r.u for r in train], [r.y for r in train])
     if init == "ring":
         set_discrete_poles(model.layers[0], modes(ring_poles(d_state // 2, 0.1, 0.95, 2 * math.pi, seed=seed), d_state // 2))
-    elif init.startswith("data"):  # "data": order 2M (every mode); "data4": order 4, the other modes stay HiPPO
+    elif init.startswith("data"):  # "data": order from the singular values; "dataK": order K
         init_from_data(model, train, method="subspace", order=int(init[4:]) if init[4:] else None)
     return model
 
@@ -52,8 +52,8 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=8)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--inits", nargs="+", default=["hippo", "ring", "data", "data4"],
-                        help="hippo, ring, data (order 2M) or dataK (order K, other modes HiPPO)")
+    parser.add_argument("--inits", nargs="+", default=["hippo", "ring", "data", "data4", "data16"],
+                        help="hippo, ring, data (order from the singular values) or dataK (order K); modes beyond the estimate stay HiPPO")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()

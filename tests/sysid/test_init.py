@@ -97,3 +97,10 @@ def test_init_from_data_puts_the_systems_poles_in_the_first_layer():
         init_from_data(build("dss", d_model=2, d_state=4), records)
     with pytest.raises(ValueError, match="method"):
         init_from_data(model, records, method="n4sid2")
+
+
+def test_order_is_read_off_the_singular_values():
+    assert len(subspace_poles(_siso_records(), None, max_order=12)) == 5
+    model = DeepWiener(1, 1, d_model=2, n_layers=1, layer="s4d", layer_options={"d_state": 16}, dtype=torch.float64)
+    assert init_from_data(model, _siso_records(), method="arx").shape == (3,)  # order 5 -> two pairs and a real pole
+    assert _match(np.asarray(model.state_space()[0].poles()).ravel(), Z_TRUE) < 1e-8

@@ -23,7 +23,9 @@ The parametrisation is inverted exactly, so the layer's discrete eigenvalues equ
 - LRU: ν = log(−log|z|), θ = log(arg z) (arg z floored at 1e-4: θ parametrises a positive phase; a real pole
   keeps a negligible rotation), γ = √(1 − |z|²) as the LRU's own initialisation.
 
-Modes beyond the estimated ones keep their current (HiPPO, ring, ...) values. :func:`ring_poles` draws the LRU-style
+Modes beyond the estimated ones keep their current (HiPPO, ring, ...) values. By default the order is read off the
+subspace singular values (their largest drop): a full-order fit (every mode) adds spurious slow poles — on Bouc-Wen
+a real pole at |z| = 0.9999 that training windows cannot see, which ruined long simulations (docs/results.md). :func:`ring_poles` draws the LRU-style
 ring initialisation for comparisons.
 """
 
@@ -92,23 +94,30 @@ def _hankel(x: np.ndarray, first: int, rows: int, cols: int) -> np.ndarray:
     return np.concatenate([x[first + i: first + i + cols].T for i in range(rows)], axis=0)
 
 
-def subspace_poles(records: Sequence[IORecord] | IORecord, order: int, horizon: int | None = None) -> np.ndarray:
+def subspace_poles(records: Sequence[IORecord] | IORecord, order: int | None = None, horizon: int | None = None,
+                   max_order: int = 16) -> np.ndarray:
     """Poles of a PO-MOESP subspace estimate of the records' linear dynamics (every input and output).
 
     Args:
         records: the estimation records (each (L, m) inputs and (L, p) outputs).
-        order: n, the state dimension.
-        horizon: i, block rows of past and of future (default max(2n, 10)); > n / p.
+        order: n, the state dimension; None picks it at the largest drop between consecutive singular values
+            (σ_k / σ_{k+1}) among the first ``max_order`` (the usual reading of an N4SID singular-value plot).
+        horizon: i, block rows of past and of future (default max(2n, 10), n = ``order`` or ``max_order``);
+            i · p must exceed n.
+        max_order: the largest order considered when ``order`` is None.
 
     Returns:
         (n,) complex poles.
     """
-    _check_order(order)
+    if order is not None:
+        _check_order(order)
+    _check_order(max_order)
+    n_max = order if order is not None else max_order
     data = _arrays(records)
-    i = horizon if horizon is not None else max(2 * order, 10)
+    i = horizon if horizon is not None else max(2 * n_max, 10)
     m, p = data[0][0].shape[1], data[0][1].shape[1]
-    if isinstance(i, bool) or not isinstance(i, int) or i * p <= order:
-        raise ValueError(f"horizon must be an int with horizon · p > order ({order}, p = {p}); got {horizon!r}")
+    if isinstance(i, bool) or not isinstance(i, int) or i * p <= n_max:
+        raise ValueError(f"horizon must be an int with horizon · p > order ({n_max}, p = {p}); got {horizon!r}")
     u_std = np.concatenate([u for u, _ in data]).std(0) + 1e-300
     y_std = np.concatenate([y for _, y in data]).std(0) + 1e-300
     blocks = []
@@ -127,8 +136,11 @@ def subspace_poles(records: Sequence[IORecord] | IORecord, order: int, horizon: 
     mf, wp = m * i, (m + p) * i
     L32 = Lq[mf + wp:, mf:mf + wp]  # future outputs explained by the past, the future inputs removed
     U, s, _ = np.linalg.svd(L32, full_matrices=False)
-    if order > s.size:
-        raise ValueError(f"order {order} exceeds the {s.size} singular values available: raise the horizon")
+    if n_max > s.size:
+        raise ValueError(f"order {n_max} exceeds the {s.size} singular values available: raise the horizon")
+    if order is None:
+        head = np.maximum(s[: n_max + 1], 1e-300 * s[0])
+        order = int(np.argmax(head[:-1] / head[1:])) + 1 if head.size > 1 else 1
     gamma = U[:, :order] * np.sqrt(s[:order])
     A = np.linalg.lstsq(gamma[:-p], gamma[p:], rcond=None)[0]
     return np.linalg.eigvals(A).astype(np.complex128)
@@ -235,7 +247,8 @@ def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecor
         model: a :class:`ssmkit.sysid.DeepWiener` (its first layer is set) or a supported layer itself.
         records: the estimation records.
         method: ``"subspace"`` (PO-MOESP, every input and output) or ``"arx"`` (least squares, the first output).
-        order: the linear model's order (default 2M, the layer's real-equivalent state size).
+        order: the linear model's order; None picks it from the subspace singular values (largest drop among the
+            first 2M, M the layer's modes). Modes beyond the estimated ones keep their values.
         r_max: the largest |z| written (< 1: Schur).
 
     Returns:
@@ -245,8 +258,11 @@ def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecor
     _kind(layer)
     if method not in ("subspace", "arx"):
         raise ValueError(f"method must be 'subspace' or 'arx'; got {method!r}")
-    n = order if order is not None else 2 * layer.n_modes
-    poles = subspace_poles(records, n) if method == "subspace" else arx_poles(records, n)
+    top = 2 * layer.n_modes
+    if method == "subspace":
+        poles = subspace_poles(records, order, max_order=top)
+    else:
+        poles = arx_poles(records, order if order is not None else len(subspace_poles(records, None, max_order=top)))
     z = modes(poles, layer.n_modes, r_max=r_max)
     set_discrete_poles(layer, z)
     return z

@@ -1,7 +1,8 @@
 """Compare initialisations of a deep Wiener model's first layer on Bouc-Wen: HiPPO (S4D-LegS, the default), the
 LRU ring (|z| in [0.1, 0.95], phase in [0, 2π), Bonassi et al.'s setting) and data-driven (PO-MOESP poles of the
-training data, ssmkit.sysid.init: ``data`` at the order read off the singular values, ``dataK`` at order K, the other modes HiPPO). Same model, data, seeds and budget for each; prints a Markdown table of the
-multisine-test RMSE before training (the linear start) and after, plus the data-driven poles.
+training data, ssmkit.sysid.init: ``data`` at the order read off the singular values, ``dataK`` at order K; modes
+beyond the estimate stay HiPPO). Same model, data, seeds and budget for each; prints a Markdown table of the
+multisine-test RMSE before training and after, plus the data-driven poles.
 
     PYTHONPATH=src python scripts/sysid_init_compare.py --data ../shared/data/bouc_wen --steps 300 --seeds 0 1
 
@@ -53,14 +54,14 @@ def main() -> None:
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--inits", nargs="+", default=["hippo", "ring", "data", "data4", "data16"],
-                        help="hippo, ring, data (order from the singular values) or dataK (order K); modes beyond the estimate stay HiPPO")
+                        help="hippo, ring, data (order from the singular values) or dataK (order K)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     bench = bouc_wen(args.data, train_periods=args.periods)
     print(f"training data simulated in {time.perf_counter() - t0:.0f} s")
     train = bench.train
-    z = modes(subspace_poles(train, args.d_state), args.d_state // 2)
+    z = modes(subspace_poles(train, None, max_order=args.d_state), args.d_state // 2)
     fs = 1 / bench.dt
     print("data-driven modes (f Hz, ζ):", ", ".join(
         f"({abs(np.angle(p)) * fs / (2 * math.pi):.2f}, {-math.log(abs(p)) / math.hypot(math.log(abs(p)), np.angle(p)):.4f})" for p in z))

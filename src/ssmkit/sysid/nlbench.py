@@ -8,7 +8,8 @@ initialisation windows and reporting units of the ``nonlinear_benchmarks`` packa
 Each loader reads the official file from ``folder`` itself or from the sub-folder where ``nonlinear_benchmarks``
 1.0.1 keeps it (``WienerHammerBenchMark/``, ``Silverbox/SilverboxFiles/``, ``EMPS/``, ``CED/``,
 ``ParWH/ParWHFiles/``), so its cache root ``~/.nonlinear_benchmarks`` can be passed as ``folder``. Nothing is
-downloaded: a missing file raises ``FileNotFoundError`` in one line saying what to put where. ``check=True``
+downloaded: a missing file raises ``FileNotFoundError`` in one line saying what to put where. (The package itself
+is not used: it reads files on disk only when its downloaded archive lies next to them, and downloads otherwise.) ``check=True``
 verifies the SHA-256 where a digest is pinned (EMPS) and the official sample counts otherwise.
 
 Reporting units (the official submission templates; the 1.0.1 README swaps EMPS and CED): RMSE in mV for

@@ -72,7 +72,7 @@ def duffing_surrogate(seed: int = 0, n_period: int = 8192, n_records: int = 10, 
     fresh realisation and on an arrow whose end exceeds the training amplitude (twice the RMS); init window 50; mV.
 
     Args:
-        seed: the seed (estimation phases: seed; test phases: seed + 1; arrow: seed + 2; noise: seed + 3).
+        seed: the seed (estimation phases: seed; test phases: seed + 1; arrow: seed + 2; noise: seed + 3 and + 4).
         n_period: samples per multisine period.
         n_records: estimation realisations.
         n_arrow: samples of the arrow test.

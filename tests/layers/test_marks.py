@@ -15,7 +15,8 @@ from ssmkit.train import param_groups
 from tests.conftest import H, make_layer
 
 NAMES = layers.available()
-SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P"}  # Δ, A/Λ, B, P of any layer
+SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_log", "dt_bias"}  # Δ, A/Λ, B, P of any layer
+D_STATE_DEFAULT = {"mamba": 16}  # N per inner channel of a selective SSM (the paper's default); 64 otherwise
 
 
 def grouping(model: torch.nn.Module) -> list[tuple[float, float, list[str]]]:
@@ -81,10 +82,10 @@ def test_default_d_state_means_the_same_everywhere(name):
     signature = inspect.signature(layers.layer_class(name))
     if "d_state" not in signature.parameters:
         pytest.skip(f"{name} has no d_state")
-    assert signature.parameters["d_state"].default == 64
+    assert signature.parameters["d_state"].default == D_STATE_DEFAULT.get(name, 64)
     layer = layers.build(name, d_model=H)
     if layer.supports("state_space"):
-        assert layer.state_space().to_real().nstates == 64  # the real-equivalent state size per system
+        assert layer.state_space().to_real().nstates == D_STATE_DEFAULT.get(name, 64)  # the real-equivalent state size per system
 
 
 @pytest.mark.parametrize("name", NAMES)

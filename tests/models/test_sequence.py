@@ -8,7 +8,7 @@ import torch
 import ssmkit.layers as layers
 from ssmkit.layers import build
 from ssmkit.models import Block, SequenceModel, SequenceModelConfig
-from tests.conftest import DEVICE, rel_err, state_err
+from tests.conftest import DEVICE, leaves, rel_err, state_err
 
 NAMES = layers.available()
 SMALL = {"s4d": {"d_state": 8}, "dss": {"d_state": 8}, "s4": {"d_state": 8, "l_max": 32}}
@@ -131,7 +131,7 @@ def test_model_runs_under_autocast(name):
             y_amp, states = model(x)
     assert bool(torch.isfinite(y_amp).all())
     assert rel_err(y_amp.float(), y) < 5e-2  # bf16 projections around a float32 SSM core
-    assert all(s.dtype == torch.complex64 for s in states)  # the SSM state stays complex64
+    assert all(t.dtype in (torch.complex64, torch.float32) for t in leaves(states))  # the SSM state stays single precision
 
 
 def test_config_round_trips_through_json_and_yaml(tmp_path):

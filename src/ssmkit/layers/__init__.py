@@ -12,6 +12,7 @@ shared diagonal LTI implementation), then one file per published layer.
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dss import DSS
+from ssmkit.layers.mamba import Mamba, MambaState
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import available, build, layer_class, register
@@ -24,6 +25,8 @@ __all__ = [
     "Capabilities",
     "DSS",
     "DiagonalLTILayer",
+    "Mamba",
+    "MambaState",
     "S4",
     "S4D",
     "SequenceLayer",

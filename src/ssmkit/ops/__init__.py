@@ -8,7 +8,7 @@ keyword-only ``backend=`` that overrides it for one call.
 Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT path, final state),
 ``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
 kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
-``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
+``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``selective`` (Mamba's selective scan), ``dense`` (final state of a dense recurrence),
 ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
 layers' views of a diagonal SSM).
 """
@@ -39,6 +39,7 @@ from ssmkit.ops.fftconv import bidirectional_conv, bidirectional_conv_reference,
 from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correction, s4d_eigenvalues, s4d_input_matrix, transition
 from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
 from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
+from ssmkit.ops.selective import selective_scan, selective_scan_reference, selective_step
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 
 __all__ = [
@@ -79,6 +80,9 @@ __all__ = [
     "rank_correction",
     "s4d_eigenvalues",
     "s4d_input_matrix",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_step",
     "set_backend",
     "small_inverse",
     "ssm_final_state",

@@ -305,8 +305,8 @@ class _SelectiveScan(torch.autograd.Function):
 
 
 def default_chunk_size(batch: int, H: int, N: int) -> int:
-    """The chunk length T of :func:`selective_scan_chunked`: a chunk of Ā (T, B, H, N) near 2^20 values (4 MiB in
-    float32, so the chunk's few buffers stay in a CPU's cache), T a power of two in [8, 128].
+    """The chunk length T of :func:`selective_scan_chunked`: the largest power of two in [8, 128] with a chunk of Ā
+    (T, B, H, N) of at most 2^19 values (2 MiB in float32, so the chunk's few buffers stay in a CPU's caches).
 
     Args:
         batch: B.
@@ -317,7 +317,7 @@ def default_chunk_size(batch: int, H: int, N: int) -> int:
         T.
     """
     T = 8
-    while T < 128 and 2 * T * batch * H * N <= 2**20:
+    while T < 128 and 2 * T * batch * H * N <= 2**19:
         T *= 2
     return T
 

@@ -229,7 +229,8 @@ class _SelectiveScan(torch.autograd.Function):
     Inputs (time-major, channels split into G groups of P, the state axis N before P so that the contractions
     over N are matrix products and those over P contiguous sums): Δ, u (L, B, G, P), A (G, N, P),
     B, C (L, B, G, N), h0 (B, G, N, P) or None, T. Outputs y (L, B, G, P), h_{L-1} (B, G, N, P) and the states at
-    the chunk starts (nc, B, G, N, P), which are saved for the backward.
+    the chunk starts (nc, B, G, N, P), which are saved for the backward (empty when ``keep_starts`` is False: no
+    gradient will be asked for).
 
     Backward, per chunk in reverse with the adjoint carried in: recompute Ā, B̄u and the states h; then
     λ_t = C_t g_t + Ā_{t+1} ⊙ λ_{t+1} (λ beyond the chunk enters as the carry Ā_{t1} ⊙ λ_{t1}); then
@@ -241,7 +242,7 @@ class _SelectiveScan(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(dt, u, A, B, C, h0, T):  # type: ignore[override]
+    def forward(dt, u, A, B, C, h0, T, keep_starts):  # type: ignore[override]
         L = u.shape[0]
         inplace = not tracing()
         A2 = A * LOG2_E  # (G, N, P)
@@ -249,16 +250,17 @@ class _SelectiveScan(torch.autograd.Function):
         ys, starts = [], []
         for t0 in range(0, L, T):
             t1 = min(t0 + T, L)
-            starts.append(h)
+            if keep_starts:
+                starts.append(h)
             A_bar, Bu, _ = _chunk_inputs(dt, u, A2, B, t0, t1)  # (T, B, G, N, P) x2
             hs = _scan_chunk(A_bar, Bu, h, inplace=inplace)  # (T, B, G, N, P)
             h = hs[-1].clone() if inplace else hs[-1]  # (B, G, N, P), not a view that keeps the chunk alive
             ys.append(torch.matmul(C[t0:t1].unsqueeze(-2), hs).squeeze(-2))  # (T, B, G, P)
-        return torch.cat(ys), h, torch.stack(starts)
+        return torch.cat(ys), h, (torch.stack(starts) if keep_starts else h.new_empty(0))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        dt, u, A, B, C, h0, T = inputs
+        dt, u, A, B, C, h0, T, _ = inputs
         ctx.save_for_backward(dt, u, A, B, C, output[2])
         ctx.T = T
         ctx.has_h0 = h0 is not None
@@ -301,7 +303,7 @@ class _SelectiveScan(torch.autograd.Function):
             g_u.append(g_dtu * dt_c)  # (T, B, G, P)
         g_h0 = lam_next if ctx.has_h0 else None  # Ā_0 ⊙ λ_0 of the first chunk
         cat = lambda parts: torch.cat(parts[::-1])  # noqa: E731  (chunks were visited last first)
-        return cat(g_dt), cat(g_u), g_A, cat(g_B), cat(g_C), g_h0, None
+        return cat(g_dt), cat(g_u), g_A, cat(g_B), cat(g_C), g_h0, None, None
 
 
 def default_chunk_size(batch: int, H: int, N: int) -> int:
@@ -378,7 +380,8 @@ def selective_scan_chunked(
     h0 = None if state is None else state.reshape(Bsz, G, P, N).transpose(-1, -2).contiguous()  # (B, G, N, P)
     A_t = A.reshape(G, P, N).transpose(-1, -2).contiguous()  # (G, N, P)
     # 2. the chunked scan
-    y, h, _ = _SelectiveScan.apply(dt, major(u), A_t, BC(B), BC(C), h0, chunk_size)
+    keep_starts = torch.is_grad_enabled()  # the chunk-start states are kept only for a backward
+    y, h, _ = _SelectiveScan.apply(dt, major(u), A_t, BC(B), BC(C), h0, chunk_size, keep_starts)
     y = y.reshape(L, Bsz, H).transpose(0, 1).contiguous()  # (B, L, H)
     h = h.transpose(-1, -2).reshape(Bsz, H, N) if return_state else None  # (B, H, N)
     # 3. skip and gate

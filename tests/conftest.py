@@ -37,6 +37,15 @@ VARIANTS: dict[str, list[dict]] = {
         {"d_state": 4},
         {"d_state": 3, "d_conv": 2, "expand": 1, "dt_rank": 2, "dt_init": "constant", "bias": True, "conv_bias": False},
     ],
+    "dlr": [
+        {"d_state": 8, "init": "omega"},
+        {"d_state": 6, "init": "randn", "lr_W": 1e-4},
+    ],
+    "rglru": [
+        {"lru_width": 4, "n_heads": 2},
+        {"init": "paper", "conv_width": 2},
+        {"lru_width": 6, "n_heads": 3, "c": 4.0, "conv_width": 3},
+    ],
 }
 
 

@@ -66,3 +66,20 @@ def test_demo_runs_and_checks_step_equals_forward(capsys):
     assert "trivial baseline" in out and "trained 3 steps in" in out and "steps/s" in out
     assert "FAIL (pass mark 10%)" in out and "demo FAILED" in out and code == 1  # 3 steps learn nothing
     assert "equal to fp32 precision" in out and "NOT equal" not in out
+
+
+def test_train_and_compare_help_and_budget_parsing(capsys):
+    from ssmkit.train.commands import parse_budget, results_table
+
+    assert cli_main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--task" in out and "--train.lr" in out and "--resume" in out
+    assert cli_main(["compare", "--help"]) == 0
+    assert "--budget" in capsys.readouterr().out
+    assert parse_budget("500") == (500, None) and parse_budget("90s") == (None, 90.0)
+    assert parse_budget("1.5h") == (None, 5400.0) and parse_budget("5m") == (None, 300.0)
+    with pytest.raises(ValueError, match="--budget must be"):
+        parse_budget("ten")
+    table = results_table([{"model": "s4d", "test_accuracy": 0.5, "parameters": 1234, "steps": 10,
+                            "train_seconds": 2.0, "tokens_per_second": 1e4}])
+    assert "| s4d | 50.00 % | 1,234 | 10 | 2.0 | 10,000 |" in table

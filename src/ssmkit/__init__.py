@@ -19,6 +19,8 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     n  states of one system of a StateSpace bank (control convention)
     m  inputs of one system of a StateSpace bank
     p  outputs of one system of a StateSpace bank
+    V  classes or vocabulary entries of a model's output
+    D  inner channels of a mixer layer (RG-LRU's ``lru_width``)
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 

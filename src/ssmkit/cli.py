@@ -1,6 +1,9 @@
-"""The ``ssmkit`` command: ``ssmkit bench SUITE`` (performance suites) and ``ssmkit demo`` (end-to-end run).
+"""The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites) and
+``demo`` (end-to-end run).
 
     ssmkit --help                # the commands
+    ssmkit train --help          # one model on one task (jsonargparse: every Experiment field is an option)
+    ssmkit compare --help        # several models, one budget, a table and a plot
     ssmkit bench --help          # the suites
     ssmkit bench step --help     # one suite's options
     ssmkit demo --help           # the demo's options
@@ -22,10 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: one sub-command per command; options after the command are passed on to it."""
     parser = argparse.ArgumentParser(
         prog="ssmkit",
-        description="Deep structured state-space models for PyTorch: benchmarks and the end-to-end demo.",
+        description="Deep structured state-space models for PyTorch: training, comparisons, benchmarks and the demo.",
         epilog="Run 'ssmkit COMMAND --help' for a command's options.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
+    commands.add_parser("train", help="train one model on one task", add_help=False)
+    commands.add_parser("compare", help="train several models with the same budget: table, results files, plot",
+                        add_help=False)
+    commands.add_parser("configs", help="list the experiment configs shipped in the package", add_help=False)
     bench = commands.add_parser(
         "bench",
         help="run a performance suite",
@@ -43,6 +50,11 @@ def _dispatch(argv: list[str]) -> int:
         from ssmkit.bench import run as run_suite
 
         return run_suite(args.suite, rest, prog=f"ssmkit bench {args.suite}")
+    if args.command in ("train", "compare", "configs"):
+        from ssmkit.train import commands
+
+        entry = {"train": commands.train_main, "compare": commands.compare_main, "configs": commands.configs_main}
+        return entry[args.command](rest, prog=f"ssmkit {args.command}")
     from ssmkit.demo import main as demo_main
 
     return demo_main(rest, prog="ssmkit demo")

@@ -30,7 +30,7 @@ def assert_step_equals_forward(layer):
     with torch.no_grad():
         y, h = layer(x)
         y_step, h_step = run_steps(layer, x)
-    assert rel_err(y_step, y) < TOL and state_err(h_step, h) < TOL  # states may be tuples (Mamba)
+    assert rel_err(y_step, y) < TOL and state_err(h_step, h) < TOL
 
 
 def adamw_step(layer, **options):
@@ -152,4 +152,4 @@ def test_step_inside_frozen_parameters_equals_forward(name):
         y_step, h_step = run_steps(layer, x)
     with torch.no_grad():
         y, h = layer(x)
-    assert rel_err(y_step, y) < TOL and state_err(h_step, h) < TOL  # states may be tuples (Mamba)
+    assert rel_err(y_step, y) < TOL and state_err(h_step, h) < TOL

@@ -15,7 +15,7 @@ from ssmkit.train import param_groups
 from tests.conftest import H, make_layer
 
 NAMES = layers.available()
-SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_log", "dt_bias"}  # Δ, A/Λ, B, P of any layer
+SSM_NAMES = {"log_dt", "log_A_real", "A_real", "A_imag", "B", "P", "A_sqrt_neg_real", "Lambda", "A_log", "dt_bias"}  # Δ, A/Λ, B, P of any layer
 D_STATE_DEFAULT = {"mamba": 16}  # N per inner channel of a selective SSM (the paper's default); 64 otherwise
 
 

@@ -8,21 +8,21 @@ import torch
 import ssmkit.layers as layers
 from ssmkit.layers import build
 from ssmkit.models import Block, SequenceModel, SequenceModelConfig
-from tests.conftest import DEVICE, leaves, rel_err, state_err
+from tests.conftest import DEVICE, H, leaves, rel_err, state_err, variants
 
 NAMES = layers.available()
-SMALL = {"s4d": {"d_state": 8}, "dss": {"d_state": 8}, "s4": {"d_state": 8, "l_max": 32}}
+STEP_NAMES = [name for name in NAMES if layers.layer_class(name).capabilities.step]
 
 
 def model_for(name: str, **kw) -> SequenceModel:
     torch.manual_seed(3)
-    opts = dict(d_input=2, d_model=4, n_layers=2, layer=name, layer_options=SMALL.get(name, {}), d_output=3)
+    opts = dict(d_input=2, d_model=H, n_layers=2, layer=name, layer_options=variants(name)[0], d_output=3)
     opts.update(kw)
     return SequenceModel(device=DEVICE, dtype=torch.float64, **opts).eval()
 
 
 @pytest.mark.parametrize("norm", ["layer", "rms", "batch", None])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STEP_NAMES)
 def test_model_step_equals_forward(name, norm):
     model = model_for(name, head="regress", pool=None, norm=norm)
     x = torch.randn(2, 19, 2, device=DEVICE, dtype=torch.float64)
@@ -92,6 +92,12 @@ def test_model_bad_inputs():
         SequenceModel(2, 4, 1, "s4d", {}, 3, head="nope")
     with pytest.raises(ValueError, match="must not set d_model"):
         SequenceModel(2, 4, 1, "s4d", {"d_model": 4}, 3)
+    with pytest.raises(ValueError, match="one name per block"):
+        SequenceModel(2, 4, 2, ["s4d"], None, 3)
+    with pytest.raises(ValueError, match=r"unknown layer names \['nope'\]"):
+        SequenceModel(2, 4, 2, ["s4d", "nope"], None, 3)
+    with pytest.raises(ValueError, match=r"\['s4'\] are not in the pattern"):
+        SequenceModel(2, 4, 2, ["s4d", "dss"], {"s4": {"l_max": 8}}, 3)
     with pytest.raises(TypeError):
         SequenceModel(2, 4, 1, "s4d", {"no_such_option": 1}, 3)
 
@@ -123,15 +129,16 @@ def test_block_structure_and_batchnorm_step():
 @pytest.mark.parametrize("name", NAMES)
 def test_model_runs_under_autocast(name):
     torch.manual_seed(5)
-    model = SequenceModel(2, 8, 2, name, SMALL.get(name, {}), 3, head="regress", pool="last", device=DEVICE).eval()
+    model = SequenceModel(2, H, 2, name, variants(name)[0], 3, head="regress", pool="last", device=DEVICE).eval()
     x = torch.randn(2, 40, 2, device=DEVICE)
     with torch.no_grad():
         y, _ = model(x)
         with torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16):
             y_amp, states = model(x)
     assert bool(torch.isfinite(y_amp).all())
-    assert rel_err(y_amp.float(), y) < 5e-2  # bf16 projections around a float32 SSM core
-    assert all(t.dtype in (torch.complex64, torch.float32) for t in leaves(states))  # the SSM state stays single precision
+    assert rel_err(y_amp.float(), y) < 0.1  # bf16 projections (3 significant digits) around a float32 SSM core, H = 3
+    # the states keep their declared dtypes (complex64 / float32 SSM states), not bf16
+    assert [t.dtype for t in leaves(states)] == [t.dtype for t in leaves(model.initial_state(2))]
 
 
 def test_config_round_trips_through_json_and_yaml(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import statistics
@@ -145,7 +146,8 @@ def measure_shape(names: list[str], batch: int, d_model: int, d_state: int, step
     torch.manual_seed(0)
     steppers: dict[str, tuple[Callable, object]] = {BARE: bare_stepper(batch, d_model, d_state)}
     for name in names:
-        layer = layers.build(name, d_model=d_model, d_state=d_state).eval()
+        sized = "d_state" in inspect.signature(layers.layer_class(name)).parameters  # RG-LRU's state is its width
+        layer = layers.build(name, d_model=d_model, **({"d_state": d_state} if sized else {})).eval()
         steppers[name] = (layer.step, layer.initial_state(batch))
         steppers[name + FROZEN] = (layer.step, layer.initial_state(batch))
     rows = time_steppers(steppers, batch, d_model, steps, repeats)

@@ -11,11 +11,13 @@ shared diagonal LTI implementation), then one file per published layer.
 
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
+from ssmkit.layers.dlr import DLR
 from ssmkit.layers.dss import DSS
 from ssmkit.layers.mamba import Mamba, MambaState
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import available, build, layer_class, register
+from ssmkit.layers.rglru import RGLRU, RGLRUState
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
 from ssmkit.layers.state import State, StateSpec, TensorSpec
@@ -23,10 +25,13 @@ from ssmkit.layers.state import State, StateSpec, TensorSpec
 __all__ = [
     "BlockDefaults",
     "Capabilities",
+    "DLR",
     "DSS",
     "DiagonalLTILayer",
     "Mamba",
     "MambaState",
+    "RGLRU",
+    "RGLRUState",
     "S4",
     "S4D",
     "SequenceLayer",

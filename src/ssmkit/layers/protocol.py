@@ -175,6 +175,11 @@ class SequenceLayer(nn.Module):
         Returns:
             y (B, L, H) in x's dtype, and the final state (None when not asked for, or for bidirectional layers).
         """
+        self._check_forward(x, state)
+        return self._forward(x, state, bool(return_state) and not self.bidirectional)
+
+    def _check_forward(self, x: torch.Tensor, state: State | None) -> None:
+        """The checks of ``forward`` (for layers whose ``forward`` takes more arguments, such as segment starts)."""
         if torch.jit.is_tracing():
             raise RuntimeError(
                 f"{type(self).__name__}: torch.jit.trace is not supported (a trace freezes the sequence length and "
@@ -185,7 +190,6 @@ class SequenceLayer(nn.Module):
             if self.bidirectional:
                 raise ValueError(f"{type(self).__name__}(bidirectional=True) has no recurrent state: pass state=None")
             check_state(state, self.state_spec(), x.shape[0], self.state_device())
-        return self._forward(x, state, bool(return_state) and not self.bidirectional)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One recurrent step: x_t (B, H) -> y_t (B, H) and the next state, O(state) work.
@@ -197,12 +201,16 @@ class SequenceLayer(nn.Module):
         Returns:
             y_t (B, H) in x_t's dtype, and the next state.
         """
+        self._check_step(x_t, state)
+        return self._step(x_t, state)
+
+    def _check_step(self, x_t: torch.Tensor, state: State) -> None:
+        """The checks of ``step`` (for layers whose ``step`` takes more arguments)."""
         self._require("step")
         check_floating(x_t, "x_t")
         if x_t.dim() != 2 or x_t.shape[1] != self.d_model or x_t.shape[0] < 1:
             raise ValueError(f"x_t must be (B, {self.d_model}) for d_model={self.d_model}, B >= 1; got {tuple(x_t.shape)}")
         check_state(state, self.state_spec(), x_t.shape[0], self.state_device())
-        return self._step(x_t, state)
 
     def initial_state(self, batch_size: int) -> State:
         """The zero state of ``batch_size`` sequences, on the layer's device (see ``state_spec``).

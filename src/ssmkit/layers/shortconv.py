@@ -14,7 +14,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_positive_int, parameter_dtype
 from ssmkit.layers.state import TensorSpec
-from ssmkit.ops.conv import causal_conv1d, causal_conv1d_step
+from ssmkit.ops.conv import causal_conv1d, causal_conv1d_segments, causal_conv1d_step
 
 
 class ShortConv(nn.Module):
@@ -59,9 +59,18 @@ class ShortConv(nn.Module):
         return TensorSpec((self.channels, self.width - 1), self.weight.dtype)
 
     def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None, return_state: bool = True
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor | None = None,
+        return_state: bool = True,
+        resets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, L, H) -> y (B, L, H) and the state after x (B, H, W-1); x must have the parameters' dtype."""
+        """x (B, L, H) -> y (B, L, H) and the state after x (B, H, W-1); x must have the parameters' dtype.
+
+        ``resets`` (B, L) bool marks segment starts: the filter then never reaches across one
+        (:func:`ssmkit.ops.conv.causal_conv1d_segments`)."""
+        if resets is not None:
+            return causal_conv1d_segments(x, self.weight, self.bias, state, resets, return_state)
         return causal_conv1d(x, self.weight, self.bias, state, return_state)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

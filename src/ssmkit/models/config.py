@@ -25,9 +25,10 @@ class SequenceModelConfig:
         d_input: channels of a real input (ignored when ``vocab_size`` is set).
         d_model: width H of every block.
         n_layers: number of blocks.
-        layer: registered layer name (``ssmkit.layers.available()``).
+        layer: registered layer name (``ssmkit.layers.available()``), or a list of ``n_layers`` names (a hybrid).
         d_output: output size (classes, targets, or vocabulary).
-        layer_options: options of the layer's constructor (empty: the layer's own defaults, the paper's).
+        layer_options: options of the layer's constructor (empty: the layer's own defaults, the paper's); for a
+            hybrid, a dict from layer name to that layer's options.
         head: ``"classify"``, ``"regress"`` or ``"lm"``.
         pool: ``"mean"``, ``"last"`` or None.
         vocab_size: token vocabulary (inputs are ids), or None for real inputs.
@@ -42,7 +43,7 @@ class SequenceModelConfig:
     d_input: int
     d_model: int
     n_layers: int
-    layer: str
+    layer: str | list[str]
     d_output: int
     layer_options: dict[str, Any] = field(default_factory=dict)
     head: str = "classify"

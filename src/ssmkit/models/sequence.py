@@ -3,6 +3,9 @@
 ``forward(x, state)`` runs whole sequences, ``step(x_t, state)`` one time step, and ``initial_state(batch_size)``
 gives the zero state of every block (a list, one entry per block). ``SequenceModel.from_config`` builds a model from
 a :class:`SequenceModelConfig`, and ``model.config`` gives it back.
+
+Hybrids are configuration: ``layer`` may be a list with one layer name per block (see
+:mod:`ssmkit.models.pattern`), e.g. ``["mamba", "mamba", "attention"]``, with ``layer_options`` keyed by name.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ssmkit.layers.checks import check_choice, check_positive_int
 from ssmkit.layers.registry import build
 from ssmkit.models.block import Block
 from ssmkit.models.config import SequenceModelConfig
+from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.utils import check_floating, check_finite_sequence
 
 HEADS = ("classify", "regress", "lm")
@@ -29,9 +33,11 @@ class SequenceModel(nn.Module):
         d_input: channels of a real input (B, L, d_input); ignored when ``vocab_size`` is given.
         d_model: width H of every block.
         n_layers: number of blocks.
-        layer: registered layer name (see ``ssmkit.layers.available()``).
+        layer: registered layer name (see ``ssmkit.layers.available()``), or a pattern: a list of ``n_layers``
+            names, one per block (a hybrid; :func:`ssmkit.models.interleave` writes the common ones).
         layer_options: keyword arguments of the layer's constructor, passed in one hop (``d_model``, ``device`` and
-            ``dtype`` are set by the model); None or {} = the layer's defaults.
+            ``dtype`` are set by the model); None or {} = the layer's defaults. With a pattern: a dict from layer
+            name to that layer's options (names without an entry get their defaults).
         d_output: output size (classes, regression targets, or vocabulary for ``"lm"``); required.
         head: ``"classify"`` (logits), ``"regress"`` (values) or ``"lm"`` (per-step logits over the vocabulary;
             needs ``pool=None``).
@@ -76,10 +82,12 @@ class SequenceModel(nn.Module):
         check_choice(pool, POOLS, "pool")
         if head == "lm" and pool is not None:
             raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
+        names = check_pattern(layer, n_layers)
+        block_options = options_per_block(layer, names, layer_options)
         options = dict(layer_options or {})
-        for key in ("d_model", "device", "dtype"):
-            if key in options:
-                raise ValueError(f"layer_options must not set {key}: the model sets it from its own {key}")
+        if not isinstance(layer, str):
+            layer = list(names)
+            options = {name: dict(opts) for name, opts in options.items()}
         self._config = SequenceModelConfig(
             d_input=d_input, d_model=d_model, n_layers=n_layers, layer=layer, d_output=d_output,
             layer_options=options, head=head, pool=pool, vocab_size=vocab_size, norm=norm, prenorm=prenorm,
@@ -98,7 +106,7 @@ class SequenceModel(nn.Module):
             self.encoder = nn.Linear(d_input, d_model, **factory)
         self.blocks = nn.ModuleList(
             Block(
-                build(layer, d_model=d_model, device=device, dtype=dtype, **options),
+                build(name, d_model=d_model, device=device, dtype=dtype, **opts),
                 norm=norm,
                 prenorm=prenorm,
                 activation=activation,
@@ -106,7 +114,7 @@ class SequenceModel(nn.Module):
                 dropout=dropout,
                 **factory,
             )
-            for _ in range(n_layers)
+            for name, opts in zip(names, block_options)
         )
         self.final_norm = nn.LayerNorm(d_model, **factory) if (prenorm and norm is not None) else nn.Identity()
         self.head = nn.Linear(d_model, d_output, **factory)

@@ -119,3 +119,60 @@ def causal_conv1d_reference(
         y_t = sum(weight[:, k] * history[:, :, t + k] for k in range(W))  # (B, H)
         ys.append(y_t if bias is None else y_t + bias)
     return torch.stack(ys, dim=1), history[:, :, L:]
+
+
+def causal_conv1d_segments(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    state: torch.Tensor | None,
+    resets: torch.Tensor,
+    return_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`causal_conv1d` that does not look across segment starts (the document mask of Griffin's Conv1D,
+    arXiv 2402.19427; as recurrentgemma masks its training pass).
+
+        y_t = Σ_{k=0}^{W-1} m_{t,k} w_{W-1-k} ⊙ x_{t-k} + b,   m_{t,k} = 1 iff no segment starts in (t-k, t]
+
+    so each segment is convolved as if it began from a zero state. The returned state holds the last W-1 inputs with
+    those before the latest segment start among them zeroed, so continuing from it equals one pass. Costs W
+    shifted multiply-adds over (B, L, H) (no (B, L, H, W) tensor).
+
+    Args:
+        x: (B, L, H) input.
+        weight: (H, W) taps (the last one multiplies the current input).
+        bias: (H,) or None.
+        state: (B, H, W-1) the W-1 inputs before x (oldest first), or None for zeros.
+        resets: (B, L) bool, True at the first step of a segment.
+        return_state: also return the state after x.
+
+    Returns:
+        y (B, L, H) and the final state (B, H, W-1) (None when not asked for).
+    """
+    _check(x, weight, bias, state, step=False)
+    Bsz, L, H = x.shape
+    W = weight.shape[1]
+    if not isinstance(resets, torch.Tensor) or resets.dtype != torch.bool or tuple(resets.shape) != (Bsz, L):
+        found = f"{tuple(resets.shape)} {resets.dtype}" if isinstance(resets, torch.Tensor) else type(resets).__name__
+        raise ValueError(f"resets must be a (B, L) = ({Bsz}, {L}) bool tensor; got {found}")
+    if resets.device != x.device:
+        raise ValueError(f"resets must be on x's device {x.device}; got {resets.device}")
+    past = x.new_zeros(Bsz, W - 1, H) if state is None else state.transpose(1, 2)  # (B, W-1, H)
+    xp = torch.cat([past, x], dim=1)  # (B, W-1+L, H): x_t at W-1+t
+    rp = F.pad(resets, (W - 1, 0))  # (B, W-1+L): no segment starts inside the state
+    keep = torch.ones_like(resets)  # (B, L): m_{t,0} = 1
+    y = xp[:, W - 1:] * weight[:, W - 1]  # (B, L, H): tap 0
+    for k in range(1, W):
+        keep = keep & ~rp[:, W - k: W - k + L]  # (B, L): no start at t-k+1 either
+        y = y + keep[..., None] * xp[:, W - 1 - k: W - 1 - k + L] * weight[:, W - 1 - k]  # (B, L, H)
+    if bias is not None:
+        y = y + bias
+    if not return_state:
+        return y, None
+    if W == 1:
+        return y, x.new_zeros(Bsz, H, 0)
+    # entry q of the state survives iff no segment starts in (q, L-1]
+    tail = rp[:, rp.shape[1] - (W - 1):]  # (B, W-1): starts at the state's positions q
+    later = torch.cat([tail[:, 1:], tail.new_zeros(Bsz, 1)], dim=1)  # (B, W-1): a start at q+1
+    survive = ~later.flip(1).cummax(dim=1).values.flip(1)  # (B, W-1): no start in (q, L-1]
+    return y, (xp[:, xp.shape[1] - (W - 1):] * survive[..., None]).transpose(1, 2)  # (B, H, W-1)

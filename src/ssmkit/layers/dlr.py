@@ -1,0 +1,153 @@
+"""DLR: "Simplifying and Understanding State Space Models with Diagonal Linear RNNs", Gupta, Mehta & Berant,
+arXiv 2212.00768.
+
+A bank of H SISO convolutions sharing M complex modes, with no discretisation step: the eigenvalues are learned
+directly in discrete time,
+
+    Λ_n = -a_n² + i b_n,   λ_n = e^{Λ_n}   (|λ_n| = e^{-a_n²} ≤ 1 for every real a_n, b_n)
+    K_{h,l} = Re Σ_n W_{h,n} λ_n^l,   l = 0 … L-1          (the official kernel: no Δ, no factor 2, no normalisation)
+    y = K ⊛ u + D u
+
+Λ (a and b) is one vector per layer, shared by all H channels (unlike S4D/DSS); W ∈ ℂ^{H×M} is the only
+per-channel SSM parameter (the input vector is all ones, so W is B∘C folded into one).
+
+Recurrent view (derived here; the official code has only the convolution). Define the complex state s_t ∈ ℂᴹ by
+
+    s_t = λ ⊙ s_{t-1} + 𝟙 u_t,  s_{-1} = 0,      y_t = Re(Σ_n W_{h,n} s_{t,n}) + D_h u_t.
+
+Unrolling, s_t = Σ_{j≥0} λ^j u_{t-j}, so Re(W s_t) = Σ_j (Re Σ_n W_n λ_n^j) u_{t-j} = Σ_j K_j u_{t-j} because u
+is real (Re(z u) = Re(z) u): the recurrence reproduces the kernel exactly. It is the diagonal LTI system
+Ā = λ, B̄ = 1, C = W with a real-part output, so the chunked scan, the recurrent step and the state-space export of
+:class:`ssmkit.layers.DiagonalLTILayer` apply unchanged. No modes are paired: the M modes are all kept and the
+output is Re (not 2 Re); the real-equivalent state size is ``d_state`` = 2M (the paper's N counts complex modes,
+so its N = 1024 is ``d_state=2048``).
+
+Initialisation (the official ``DLRKernel``): ``"omega"`` -- Λ_n = -Δ_n/2 + i 2πn/M with Δ_n log-uniform in
+[dt_min, dt_max] per mode (λ_n = e^{-Δ_n/2} ω^n: damped M-th roots of unity), i.e. a_n = √(Δ_n/2), b_n = 2πn/M;
+``"randn"`` -- b_n ~ N(0, 1) mod 2π, a as above. W: real and imaginary parts each N(0, 1)/M; D ~ N(0, 1). Δ only
+sets the initial decay (|λ| = e^{-Δ/2}); it is not a parameter.
+
+Optimisation: Λ (a and b) trains with lr 1e-4 and no weight decay, as the official config ``dlr.yaml``. (The
+official code meant a to share Λ's lr, but a quirk registers it with the global optimiser lr; its README runs set
+both equal.) The official config also gives W lr 1e-4 and no weight decay: ``lr_W=1e-4`` does that; by default W
+trains like every other layer's output weights (the global lr and weight decay), so swapping layer names compares
+like with like.
+
+Not carried over from the official code: ``max_kernel_length`` (a truncated kernel has no finite state), the
+``version`` variants without decay or with real W, ``kernel_to_real`` other than ``"real"`` (``"prod"`` multiplies
+two kernels and has no state of M modes), and several output channels (the GELU and output projection live in
+:class:`ssmkit.models.Block`). ``bidirectional=True`` adds a second W sharing Λ, as the official code does; its
+anti-causal kernel acts from lag -1 (the current input counted once).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmkit.layers.checks import check_choice, check_dt_range, check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.diagonal import DiagonalLTILayer
+from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.registry import register
+
+INITS = ("omega", "randn")
+
+
+@register("dlr")
+class DLR(DiagonalLTILayer):
+    """Diagonal linear RNN layer (DLR), arXiv 2212.00768: K_l = Re Σ_n W_n λ_n^l with λ_n = e^{-a_n² + i b_n}.
+
+    Args:
+        d_model: H, the number of channels (one SISO system each, all sharing the M eigenvalues).
+        d_state: real-equivalent state size 2M for M complex modes (the paper's N counts complex modes: its
+            N = 1024 is ``d_state=2048``); even. The default 64 matches S4, S4D and DSS.
+        init: imaginary parts of Λ at initialisation, one of
+            ``"omega"`` -- b_n = 2πn/M, the M-th roots of unity (the official default);
+            ``"randn"`` -- b_n ~ N(0, 1) mod 2π.
+        dt_min, dt_max: range of the log-uniform Δ_n that sets the initial decay Re Λ_n = -Δ_n/2.
+        lr: learning rate of Λ (a and b; weight decay 0); ``None`` = the global lr, ``0.0`` = frozen.
+        lr_W: learning rate of W (weight decay 0); ``None`` (default) = the global lr and weight decay, as every
+            layer's C; ``1e-4`` is the official setting.
+        bidirectional: add an anti-causal kernel with its own W and the same Λ (no ``step`` then).
+        device, dtype: of the parameters (dtype real: float32 or float64).
+
+    Parameters: ``A_sqrt_neg_real`` (M,) = a with Re Λ = -a²; ``A_imag`` (M,) = b; ``W`` (C, H, M, 2) (complex as a
+    real pair, C = 2 when bidirectional); ``D`` (H,).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        init: str = "omega",
+        dt_min: float = 1e-4,
+        dt_max: float = 1e-1,
+        lr: float | None = 1e-4,
+        lr_W: float | None = None,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.init = init
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.lr = lr
+        self.lr_W = lr_W
+        self.bidirectional = bidirectional
+        check_positive_int(d_model, "d_model")
+        check_even_state(d_state, "2 x the number of complex modes")
+        check_choice(init, INITS, "init")
+        check_dt_range(dt_min, dt_max)
+        check_lr(lr)
+        check_lr(lr_W, "lr_W")
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
+        H, M = d_model, d_state // 2
+        register_ssm_parameter(self, "A_sqrt_neg_real", torch.empty(M, **factory), lr)
+        register_ssm_parameter(self, "A_imag", torch.empty(M, **factory), lr)
+        W = torch.empty(2 if bidirectional else 1, H, M, 2, **factory)
+        if lr_W is None:
+            self.W = nn.Parameter(W)
+        else:
+            register_ssm_parameter(self, "W", W, lr_W)
+        self.D = nn.Parameter(torch.empty(H, **factory))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every parameter from the official initialisation (the only re-init path)."""
+        M = self.n_modes
+        dt = torch.exp(log_uniform_log_dt((M,), self.dt_min, self.dt_max))  # (M,) one Δ per mode
+        self.A_sqrt_neg_real.copy_(torch.sqrt(dt / 2))  # Re Λ = -a² = -Δ/2
+        if self.init == "omega":
+            b = 2 * math.pi * torch.arange(M, dtype=torch.float64) / M  # (M,)
+        else:
+            b = torch.randn(M, dtype=torch.float64)
+        self.A_imag.copy_(torch.remainder(b, 2 * math.pi))
+        self.W.copy_(torch.randn(self.W.shape, dtype=torch.float64) / M)  # W_scale = 1/M on re and im
+        self.D.copy_(torch.randn(self.d_model, dtype=torch.float64))
+
+    def eigenvalues(self) -> torch.Tensor:
+        """λ = e^{Λ}, Λ = -a² + i b: (M,) complex, |λ| = e^{-a²} ≤ 1 whatever the parameter values."""
+        return torch.exp(torch.complex(-self.A_sqrt_neg_real.square(), self.A_imag))  # (M,)
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ā = λ (H, M) (the shared modes), B̄ = 1 (H, M) and W (C, H, M), all complex: y = Re(Σ W s) + D u."""
+        A_bar = self.eigenvalues().expand(self.d_model, -1)  # (H, M)
+        return A_bar, torch.ones_like(A_bar), torch.view_as_complex(self.W)  # (H, M), (H, M), (C, H, M)
+
+    @property
+    def n_modes(self) -> int:
+        """M = d_state / 2 complex modes (shared by all channels)."""
+        return self.d_state // 2
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, init={self.init!r}, "
+            f"bidirectional={self.bidirectional}"
+        )

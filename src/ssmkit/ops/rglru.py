@@ -1,0 +1,135 @@
+"""The Real-Gated Linear Recurrent Unit (RG-LRU) of Griffin and Hawk: De et al., "Griffin: Mixing Gated Linear
+Recurrences with Local Attention for Efficient Language Models", arXiv 2402.19427 §2.4.
+
+    r_t = σ(W_a x_t + b_a)                 recurrence gate
+    i_t = σ(W_x x_t + b_x)                 input gate
+    a_t = a^{c r_t},  a = σ(Λ),  c = 8     (log a_t = -c r_t softplus(-Λ))
+    h_t = a_t ⊙ h_{t-1} + √(1 - a_t²) ⊙ (i_t ⊙ x_t)
+
+At a segment start (a reset) the recurrence forgets the past and the input is not normalised: a_t = 0 and the
+multiplier √(1 - a_t²) is replaced by 1 (recurrentgemma's convention), so h_t = i_t ⊙ x_t.
+
+The square root has a clipped backward (recurrentgemma, needed for bfloat16 training): d√v/dv = 1/(2√v) is
+replaced by 1/√max(4v, 1/1000²), i.e. it never exceeds 1000 (reached where 1 - a_t² < 2.5e-7).
+
+The gates are computed by the layer (they are linear maps); this file holds the elementwise part and the scan, which
+runs on :func:`ssmkit.ops.recurrence.linear_recurrence` (a chunked fast path and a loop reference).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssmkit.ops.recurrence import linear_recurrence
+
+MAX_SQRT_GRADIENT = 1000.0  # recurrentgemma's bound on the derivative of the square root
+
+
+class _SqrtBoundedGradient(torch.autograd.Function):
+    """√v with the backward g / √max(4v, 1/G²): the true derivative 1/(2√v), clipped at G."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(v, max_grad):  # type: ignore[override]
+        return torch.sqrt(v)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        v, max_grad = inputs
+        ctx.save_for_backward(v)
+        ctx.max_grad = max_grad
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (v,) = ctx.saved_tensors
+        return grad / torch.sqrt(torch.clamp(4.0 * v, min=1.0 / ctx.max_grad**2)), None
+
+
+def sqrt_bounded_gradient(v: torch.Tensor, max_grad: float = MAX_SQRT_GRADIENT) -> torch.Tensor:
+    """√v whose derivative is clipped: d/dv = 1/√max(4v, 1/max_grad²) = min(1/(2√v), max_grad).
+
+    The RG-LRU's input normalisation √(1 - a_t²) (arXiv 2402.19427 §2.4) with recurrentgemma's clipped backward.
+
+    Args:
+        v: (B, L, H) values >= 0 (any shape).
+        max_grad: the largest derivative, G (1000 in recurrentgemma).
+
+    Returns:
+        (B, L, H) √v, v's shape and dtype.
+    """
+    return _SqrtBoundedGradient.apply(v, float(max_grad))
+
+
+def rglru(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    i: torch.Tensor,
+    Lambda: torch.Tensor,
+    c: float = 8.0,
+    h0: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RG-LRU recurrence over a sequence, given its gates (arXiv 2402.19427 §2.4, eqs. 1-4).
+
+    h_t = a_t ⊙ h_{t-1} + √(1 - a_t²) ⊙ i_t ⊙ x_t with log a_t = -c r_t softplus(-Λ); at a reset a_t = 0 and the
+    multiplier is 1. 1 - a_t² is formed as -expm1(2 log a_t) (no cancellation as a_t → 1). The scan is
+    :func:`ssmkit.ops.recurrence.linear_recurrence` with the time-varying gate a_t.
+
+    Args:
+        x: (B, L, H) input of the RG-LRU (after the short convolution).
+        r: (B, L, H) recurrence gate in (0, 1), x's dtype.
+        i: (B, L, H) input gate in (0, 1), x's dtype.
+        Lambda: (H,) Λ, with a = σ(Λ), x's dtype.
+        c: the constant c of a_t = a^{c r_t} (8 in the paper).
+        h0: (B, H) state before x, or None for zeros.
+        resets: (B, L) bool, True where a segment starts (the state before it is dropped), or None for none.
+        backend: of the scan (``"reference"``, ``"chunked"``, ``"auto"``), or None for the context's.
+
+    Returns:
+        h (B, L, H) every state, and the last one (B, H).
+    """
+    log_a = -c * r * F.softplus(-Lambda)  # (B, L, H): log a^{c r_t} = c r_t log σ(Λ)
+    a = torch.exp(log_a)  # (B, L, H)
+    multiplier = sqrt_bounded_gradient(-torch.expm1(2 * log_a))  # (B, L, H): √(1 - a_t²)
+    if resets is not None:
+        keep = ~resets[..., None]  # (B, L, 1)
+        a = a * keep  # (B, L, H): 0 at a segment start
+        multiplier = torch.where(keep, multiplier, torch.ones_like(multiplier))  # (B, L, H): 1 there
+    return linear_recurrence(a, multiplier * (i * x), h0, backend=backend)  # (B, L, H), (B, H)
+
+
+def rglru_step(
+    x_t: torch.Tensor,
+    r_t: torch.Tensor,
+    i_t: torch.Tensor,
+    Lambda: torch.Tensor,
+    c: float,
+    h: torch.Tensor,
+    reset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One step of :func:`rglru`: h_t = a_t ⊙ h_{t-1} + √(1 - a_t²) ⊙ i_t ⊙ x_t (a_t = 0, multiplier 1 at a reset).
+
+    Args:
+        x_t: (B, H) input at one time step.
+        r_t: (B, H) recurrence gate.
+        i_t: (B, H) input gate.
+        Lambda: (H,) Λ, with a = σ(Λ).
+        c: the constant c of a_t = a^{c r_t}.
+        h: (B, H) state h_{t-1}.
+        reset: (B,) bool, True where this step starts a segment, or None.
+
+    Returns:
+        (B, H) h_t.
+    """
+    log_a = -c * r_t * F.softplus(-Lambda)  # (B, H)
+    a = torch.exp(log_a)  # (B, H)
+    multiplier = sqrt_bounded_gradient(-torch.expm1(2 * log_a))  # (B, H)
+    if reset is not None:
+        keep = ~reset[:, None]  # (B, 1)
+        a = a * keep
+        multiplier = torch.where(keep, multiplier, torch.ones_like(multiplier))
+    return a * h + multiplier * (i_t * x_t)  # (B, H)

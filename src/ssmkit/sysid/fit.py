@@ -1,0 +1,213 @@
+"""Training a deep Wiener model by simulation error on truncated windows of one or several experiments.
+
+    history = fit_simulation(model, bench.train, config=SimulationFit(window=256, steps=3000))
+
+Each optimizer step draws ``batch_size`` windows of ``window`` samples, each inside one record (a window never
+spans two experiments: no concatenation artefacts), simulates the model over the window from its initial state and
+minimises the mean squared simulation error of the normalised outputs:
+
+    loss = mean_t w_t · |(ŷ_t - y_t) / σ_y|²,   w_t = γ^t / mean(γ^t)        (γ = ``decay``; γ = 1: plain MSE)
+
+The initial state of a window is the encoder's estimate from the ``encoder_window`` samples before it when the
+model has an encoder, else the rest state with the first ``washout`` samples left out of the loss. Validation
+simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
+validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
+training stops after ``patience`` validations without improvement. SSM parameters keep their marked learning rates
+and get weight decay only when ``ssm_weight_decay`` is set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ssmkit.layers.marks import marked_parameters
+from ssmkit.sysid.metrics import rmse
+from ssmkit.sysid.records import IORecord
+from ssmkit.sysid.wiener import DeepWiener
+
+
+@dataclass
+class SimulationFit:
+    """Options of :func:`fit_simulation`.
+
+    Args:
+        window: samples per training window T.
+        batch_size: windows per optimizer step.
+        steps: optimizer steps at most.
+        lr: AdamW learning rate of the unmarked parameters (SSM parameters keep their marked rate).
+        weight_decay: AdamW weight decay of the unmarked weights.
+        ssm_weight_decay: weight decay of the marked SSM parameters (None: none, the papers' setting).
+        decay: γ of the decaying-weight MSE (None: plain MSE).
+        washout: samples at the start of each window left out of the loss when the model has no encoder.
+        val_fraction: the tail of every estimation record held out for validation (when no validation records
+            are given); 0 for no validation.
+        val_every: validate every this many steps.
+        patience: stop after this many validations without a lower validation RMSE (None: never).
+        grad_clip: clip the gradient norm (None: no clipping).
+        seed: the seed of the window draws.
+    """
+
+    window: int = 256
+    batch_size: int = 16
+    steps: int = 2000
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    ssm_weight_decay: float | None = None
+    decay: float | None = None
+    washout: int = 0
+    val_fraction: float = 0.2
+    val_every: int = 50
+    patience: int | None = 20
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val: int = 2) -> tuple[list[IORecord], list[IORecord]]:
+    """Hold out the last ``fraction`` of every record: (estimation parts, validation parts).
+
+    Args:
+        records: the estimation records.
+        fraction: in [0, 1).
+        min_train: shortest estimation part (a training window).
+        min_val: shortest validation part.
+
+    Returns:
+        the two lists of records.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1); got {fraction!r}")
+    if fraction == 0:
+        return list(records), []
+    train, val = [], []
+    for r in records:
+        cut = int(round(len(r) * (1 - fraction)))
+        if cut < min_train or len(r) - cut < min_val:
+            raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short to hold out {fraction:.0%} and keep "
+                             f"{min_train} samples for training windows: lower window or val_fraction")
+        train.append(IORecord(r.u[:cut], r.y[:cut], r.dt, f"{r.name} [:{cut}]"))
+        val.append(IORecord(r.u[cut:], r.y[cut:], r.dt, f"{r.name} [{cut}:]"))
+    return train, val
+
+
+def _groups(model: DeepWiener, cfg: SimulationFit) -> list[dict]:
+    plain, marked = [], {}
+    for _, p, marks in marked_parameters(model):
+        if not p.requires_grad:
+            continue
+        if marks is None:
+            plain.append(p)
+        else:
+            key = float(marks.get("lr", cfg.lr))
+            marked.setdefault(key, []).append(p)
+    groups = [{"params": plain, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    for lr, ps in marked.items():
+        groups.append({"params": ps, "lr": lr, "weight_decay": cfg.ssm_weight_decay or 0.0})
+    return groups
+
+
+def simulate_record(model: DeepWiener, record: IORecord) -> tuple[torch.Tensor, int]:
+    """Simulate a whole record: from the encoder's state after its first ``encoder_window`` samples (those are then
+    not simulated), or from rest.
+
+    Args:
+        model: the model.
+        record: the record (its measured outputs feed only the encoder).
+
+    Returns:
+        ŷ (L, p) with the first ``start`` samples equal to the measurement, and ``start``.
+    """
+    dtype = model.u_mean.dtype
+    u = record.u.to(dtype)[None]
+    y = record.y.to(dtype)[None]
+    n = model.encoder_window
+    if n:
+        state = model.estimate_state(u[:, :n], y[:, :n])
+        y_sim, _ = model(u[:, n:], state, return_state=False)
+        return torch.cat([y[0, :n], y_sim[0]]), n
+    y_sim, _ = model(u, return_state=False)
+    return y_sim[0], 0
+
+
+def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord] | None = None,
+                   config: SimulationFit | None = None, log: bool = False) -> dict[str, Any]:
+    """Train ``model`` by simulation error (module docstring); returns the training history.
+
+    Args:
+        model: the deep Wiener model (its normalisation is set from the estimation records).
+        train: estimation records.
+        val: validation records, or None to hold out the tail of every estimation record.
+        config: the options.
+        log: print progress lines.
+
+    Returns:
+        {"train_loss": [...], "val_rmse": [(step, [per output])], "best_step", "best_val_rmse", "seconds", "steps"}.
+    """
+    cfg = config or SimulationFit()
+    n_enc = model.encoder_window
+    if val is None and cfg.val_fraction > 0:
+        train, val = split_tail(train, cfg.val_fraction, cfg.window + n_enc, n_enc + 2)
+    for r in train:
+        if len(r) < cfg.window + n_enc:
+            raise ValueError(f"record {r.name!r} has {len(r)} samples, fewer than window + encoder_window = {cfg.window + n_enc}")
+    model.set_normalisation([r.u for r in train], [r.y for r in train])
+    dtype = model.u_mean.dtype
+    us = [r.u.to(dtype) for r in train]
+    ys = [r.y.to(dtype) for r in train]
+    lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64)
+    g = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(_groups(model, cfg))
+    weights = torch.ones(cfg.window, dtype=dtype)
+    if cfg.decay is not None:
+        weights = cfg.decay ** torch.arange(cfg.window, dtype=dtype)
+        weights = weights / weights.mean()
+    if n_enc == 0 and cfg.washout:
+        weights[: cfg.washout] = 0
+        weights = weights * cfg.window / weights.sum()
+    history: dict[str, Any] = {"train_loss": [], "val_rmse": [], "best_step": 0, "best_val_rmse": math.inf}
+    best_state = copy.deepcopy(model.state_dict())
+    bad, start = 0, time.perf_counter()
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        which = torch.multinomial(lengths, cfg.batch_size, replacement=True, generator=g)
+        offsets = (torch.rand(cfg.batch_size, generator=g, dtype=torch.float64) * lengths[which]).long()
+        u_b = torch.stack([us[i][o: o + n_enc + cfg.window] for i, o in zip(which.tolist(), offsets.tolist())])
+        y_b = torch.stack([ys[i][o: o + n_enc + cfg.window] for i, o in zip(which.tolist(), offsets.tolist())])
+        state = model.estimate_state(u_b[:, :n_enc], y_b[:, :n_enc]) if n_enc else None
+        y_hat, _ = model(u_b[:, n_enc:], state, return_state=False)
+        err = (y_hat - y_b[:, n_enc:]) / model.y_std
+        loss = (weights[None, :, None] * err ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        history["train_loss"].append(float(loss.detach()))
+        if val and (step % cfg.val_every == 0 or step == cfg.steps):
+            with torch.no_grad():
+                sims = [simulate_record(model, r) for r in val]
+                score = rmse([s[n:] for s, n in sims], [r.y[n:] for r, (_, n) in zip(val, sims)])
+            score_list = torch.atleast_1d(score).tolist()
+            history["val_rmse"].append((step, score_list))
+            mean_score = sum(score_list) / len(score_list)
+            if log:
+                print(f"step {step}: train loss {float(loss.detach()):.4g}, validation RMSE {score_list}")
+            if mean_score < history["best_val_rmse"]:
+                history["best_val_rmse"], history["best_step"] = mean_score, step
+                best_state = copy.deepcopy(model.state_dict())
+                bad = 0
+            else:
+                bad += 1
+                if cfg.patience is not None and bad >= cfg.patience:
+                    break
+    if val:
+        model.load_state_dict(best_state)
+    history["steps"] = step
+    history["seconds"] = time.perf_counter() - start
+    return history

@@ -1,0 +1,157 @@
+"""Simulation metrics of system identification, with their conventions stated (they differ between tools).
+
+All metrics skip the first ``n_init`` samples (the benchmark's initialisation window: a model started from a zero
+state needs it) and are computed per output channel over the remaining samples, pooling every experiment given:
+
+    RMSE   = sqrt(mean_t (ŷ_t - y_t)²)                 in the output's physical unit (benchmarks report V, m, mV)
+    NRMSE  = RMSE / std(y)      (normalise="std", the default: nonlinear_benchmarks, dynoNet, MATLAB's fit)
+           = RMSE / (max y - min y)   (normalise="range": SysIdentPy's convention; not comparable with the above)
+    fit %  = 100 (1 - RMSE / std(y))                   (the standard fit index)
+    R²     = 1 - (RMSE / std(y))²
+    MAE    = mean_t |ŷ_t - y_t|
+
+std is the population standard deviation (ddof = 0) of the measured y after the window, as nonlinear_benchmarks
+1.0.1 computes it. Not the same as Bonassi et al.'s code (arXiv 2312.06211), whose "fit" is
+100 (1 - mean|e| / mean|y - ȳ|) normalised by the model's output without a window: ssmkit does not report that one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+NORMALISATIONS = ("std", "range")
+
+
+def _pooled(y_pred, y_true, n_init: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack experiments after their init windows: (T, p) predictions and measurements (float64)."""
+    preds = list(y_pred) if isinstance(y_pred, (list, tuple)) else [y_pred]
+    trues = list(y_true) if isinstance(y_true, (list, tuple)) else [y_true]
+    if len(preds) != len(trues) or not preds:
+        raise ValueError(f"y_pred and y_true must be two tensors or two equally long lists of them; got {len(preds)} and {len(trues)}")
+    if not isinstance(n_init, int) or isinstance(n_init, bool) or n_init < 0:
+        raise ValueError(f"n_init must be an int >= 0 (samples skipped at the start of each experiment); got {n_init!r}")
+    ps, ts = [], []
+    for i, (p, t) in enumerate(zip(preds, trues)):
+        p, t = torch.as_tensor(p), torch.as_tensor(t)
+        if p.shape != t.shape:
+            raise ValueError(f"experiment {i}: y_pred and y_true must have one shape, (L,) or (L, p); got {tuple(p.shape)} and {tuple(t.shape)}")
+        if p.dim() not in (1, 2):
+            raise ValueError(f"experiment {i}: signals must be (L,) or (L, p) (time first); got {tuple(p.shape)}")
+        if p.shape[0] <= n_init:
+            raise ValueError(f"experiment {i}: length {p.shape[0]} leaves nothing after the init window n_init={n_init}")
+        p = p.reshape(p.shape[0], -1)[n_init:]
+        t = t.reshape(t.shape[0], -1)[n_init:]
+        ps.append(p.detach().to(torch.float64))
+        ts.append(t.detach().to(torch.float64))
+    return torch.cat(ps), torch.cat(ts)
+
+
+def rmse(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+    """Root-mean-square error per output channel, in the output's unit.
+
+    Args:
+        y_pred: (L,) or (L, p) simulated output, or a list of them (one per experiment).
+        y_true: the measured output(s), same shapes.
+        n_init: samples skipped at the start of each experiment.
+
+    Returns:
+        (p,) float64 (a 0-d tensor for (L,) signals).
+    """
+    p, t = _pooled(y_pred, y_true, n_init)
+    out = ((p - t) ** 2).mean(0).sqrt()
+    return out.squeeze(0) if out.numel() == 1 else out
+
+
+def mae(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+    """Mean absolute error per output channel (same arguments and shapes as :func:`rmse`).
+
+    Args:
+        y_pred: (L,) or (L, p) simulated output, or a list of them.
+        y_true: the measured output(s).
+        n_init: samples skipped at the start of each experiment.
+
+    Returns:
+        (p,) float64 (0-d for (L,) signals).
+    """
+    p, t = _pooled(y_pred, y_true, n_init)
+    out = (p - t).abs().mean(0)
+    return out.squeeze(0) if out.numel() == 1 else out
+
+
+def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std") -> torch.Tensor:
+    """RMSE divided by the measured output's std (default) or range, after the window.
+
+    Args:
+        y_pred: (L,) or (L, p) simulated output, or a list of them.
+        y_true: the measured output(s).
+        n_init: samples skipped at the start of each experiment.
+        normalise: ``"std"`` (population std of y_true, the standard) or ``"range"`` (max - min, SysIdentPy).
+
+    Returns:
+        (p,) float64 (0-d for (L,) signals).
+    """
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"normalise must be one of {NORMALISATIONS}; got {normalise!r}")
+    p, t = _pooled(y_pred, y_true, n_init)
+    err = ((p - t) ** 2).mean(0).sqrt()
+    scale = t.std(0, correction=0) if normalise == "std" else t.amax(0) - t.amin(0)
+    out = err / scale
+    return out.squeeze(0) if out.numel() == 1 else out
+
+
+def fit_percent(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+    """The standard fit index 100 (1 - RMSE / std(y)) per output channel.
+
+    Args:
+        y_pred: (L,) or (L, p) simulated output, or a list of them.
+        y_true: the measured output(s).
+        n_init: samples skipped at the start of each experiment.
+
+    Returns:
+        (p,) float64 in percent (0-d for (L,) signals).
+    """
+    return 100.0 * (1.0 - nrmse(y_pred, y_true, n_init))
+
+
+def r_squared(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+    """R² = 1 - (RMSE / std(y))² per output channel (the window is honoured, unlike a known pitfall elsewhere).
+
+    Args:
+        y_pred: (L,) or (L, p) simulated output, or a list of them.
+        y_true: the measured output(s).
+        n_init: samples skipped at the start of each experiment.
+
+    Returns:
+        (p,) float64 (0-d for (L,) signals).
+    """
+    return 1.0 - nrmse(y_pred, y_true, n_init) ** 2
+
+
+def sysid_metrics(y_pred, y_true, n_init: int = 0, names: Sequence[str] = ("rmse", "nrmse", "fit", "r2", "mae")) -> dict[str, list[float]]:
+    """Every metric at once, as plain lists (one value per output channel) for reports.
+
+    Args:
+        y_pred: (L,) or (L, p) simulated output, or a list of them.
+        y_true: the measured output(s).
+        n_init: samples skipped at the start of each experiment.
+        names: which of ``rmse``, ``nrmse``, ``nrmse_range``, ``fit``, ``r2``, ``mae`` to compute.
+
+    Returns:
+        {name: [value per output channel]} plus ``n_init``.
+    """
+    table = {
+        "rmse": lambda: rmse(y_pred, y_true, n_init),
+        "nrmse": lambda: nrmse(y_pred, y_true, n_init),
+        "nrmse_range": lambda: nrmse(y_pred, y_true, n_init, normalise="range"),
+        "fit": lambda: fit_percent(y_pred, y_true, n_init),
+        "r2": lambda: r_squared(y_pred, y_true, n_init),
+        "mae": lambda: mae(y_pred, y_true, n_init),
+    }
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise ValueError(f"unknown metric names {unknown}; known: {sorted(table)}")
+    out: dict[str, list[float]] = {name: torch.atleast_1d(table[name]()).tolist() for name in names}
+    out["n_init"] = [float(n_init)]
+    return out

@@ -1,0 +1,90 @@
+"""Input-output records and benchmarks: what system-identification data and its evaluation protocol are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class IORecord:
+    """One experiment: an input and the measured output, sampled every ``dt`` seconds.
+
+    Args:
+        u: (L, m) inputs, float64, physical units.
+        y: (L, p) outputs, float64, physical units.
+        dt: the sampling time Ts (s).
+        name: where it comes from (file, level, seed).
+    """
+
+    u: torch.Tensor
+    y: torch.Tensor
+    dt: float
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for which in ("u", "y"):
+            t = getattr(self, which)
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] < 1:
+                found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{which} must be a (L, {'m' if which == 'u' else 'p'}) tensor with L >= 1; got {found}")
+        if self.u.shape[0] != self.y.shape[0]:
+            raise ValueError(f"u and y must have one length L; got {self.u.shape[0]} and {self.y.shape[0]}")
+        if not self.dt > 0:
+            raise ValueError(f"dt must be > 0 seconds; got {self.dt!r}")
+
+    def __len__(self) -> int:
+        return self.u.shape[0]
+
+
+@dataclass
+class Published:
+    """A published result on a benchmark's test set: who, the simulation RMSE (in the benchmark's reporting unit),
+    and the source."""
+
+    method: str
+    rmse: float
+    source: str
+
+
+@dataclass
+class SysidBenchmark:
+    """A benchmark: estimation and test records with the official protocol.
+
+    Args:
+        name: the registry name.
+        title: the name to report under.
+        train: estimation records.
+        test: test records (the official ones).
+        n_init: samples skipped at the start of each test record before scoring (the official window).
+        unit: the unit results are reported in (``"V"``, ``"m"``, ``"mV"``, ...).
+        scale: the factor from the data's unit to ``unit`` (1000 for mV of data in V).
+        published: published test results in ``unit``, with sources.
+        notes: how the data were made or split.
+    """
+
+    name: str
+    title: str
+    train: list[IORecord]
+    test: list[IORecord]
+    n_init: int
+    unit: str
+    scale: float = 1.0
+    published: list[Published] = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def dt(self) -> float:
+        """The sampling time Ts of the records (s)."""
+        return self.train[0].dt
+
+    @property
+    def n_inputs(self) -> int:
+        """m, the inputs per time step."""
+        return self.train[0].u.shape[1]
+
+    @property
+    def n_outputs(self) -> int:
+        """p, the outputs per time step."""
+        return self.train[0].y.shape[1]

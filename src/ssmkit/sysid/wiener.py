@@ -1,0 +1,289 @@
+"""Deep Wiener models (Bonassi et al., arXiv 2312.06211): a stack of LTI SSM layers, each followed by a static
+nonlinearity and a linear skip, between input and output normalisation, with an optional initial-state encoder.
+
+    ū = (u - μ_u) / σ_u,   x⁰ = E ū                                       (encoder, m → H)
+    block ℓ:  η = LTI_ℓ(x^{ℓ-1}),   x^ℓ = σ(η) + F_ℓ x^{ℓ-1}               (a Wiener system plus a linear skip)
+    y = σ_y (W x^L + b) + μ_y                                              (decoder, H → p)
+
+Every LTI_ℓ is any registered ssmkit layer with a state-space realisation (``s4d``, ``lru``, ``s5``, ``s4``, ...).
+The model follows the layer protocol: ``forward(u, state)`` simulates a whole record, ``step(u_t, state)`` one
+sample (a controller runs it on line), ``initial_state(B)`` is zeros, and ``estimate_state(u_past, y_past)`` gives
+the state after a window of measured data (the encoder), so a simulation need not start from rest.
+
+Stability (δISS). If every LTI block is Schur stable (spectral radius < 1) and σ is Lipschitz, each block is
+incrementally input-to-state stable and so is the cascade: two simulations from different initial states converge,
+and bounded input differences give bounded output differences. The default layers guarantee Schur stability by
+construction for every parameter value (S4D: Re λ = -exp(·) < 0, so |exp(Δλ)| < 1; LRU: |λ| = exp(-exp(ν)) < 1);
+:meth:`DeepWiener.is_stable` checks the trained model's exported poles.
+
+Sampling time: ``dt`` is the data's Ts in seconds; :meth:`state_space` exports each block with that ``dt``, so poles
+and frequency responses come in physical units, and ``timescale`` gives the layers' Δ range in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ssmkit.layers.checks import check_positive_int, parameter_dtype
+from ssmkit.layers.registry import build, layer_class
+from ssmkit.layers.state import TensorSpec, check_state
+
+ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
+
+
+class DeepWiener(nn.Module):
+    """A deep Wiener model of an m-input p-output system (see the module docstring).
+
+    Args:
+        n_inputs: m, inputs per sample.
+        n_outputs: p, outputs per sample.
+        d_model: H, the width of every block.
+        n_layers: the number of Wiener blocks.
+        layer: a registered LTI layer name (it must have a state-space realisation).
+        layer_options: the layer's options (``d_state``, inits, ...), without ``d_model``/``device``/``dtype``.
+        activation: σ, one of ``"elu"`` (Bonassi et al.), ``"gelu"``, ``"tanh"``, ``"relu"``, ``"silu"``, None.
+        dt: the sampling time Ts of the data, seconds.
+        timescale: (τ_min, τ_max) in seconds: the range of the layers' initial Δ (passed as dt_min = τ_min / Ts,
+            dt_max = τ_max / Ts in samples); None keeps the layer's defaults.
+        encoder_window: n > 0 adds an initial-state encoder reading n past samples of the input and output; 0 for none.
+        encoder_hidden: width of the encoder's hidden layer.
+        device, dtype: of the parameters.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        d_model: int = 8,
+        n_layers: int = 4,
+        layer: str = "s4d",
+        layer_options: dict[str, Any] | None = None,
+        activation: str | None = "elu",
+        dt: float = 1.0,
+        timescale: tuple[float, float] | None = None,
+        encoder_window: int = 0,
+        encoder_hidden: int = 64,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_inputs", n_inputs), ("n_outputs", n_outputs), ("d_model", d_model), ("n_layers", n_layers)):
+            check_positive_int(value, name)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}; got {activation!r}")
+        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be the sampling time in seconds, a number > 0; got {dt!r}")
+        cls = layer_class(layer)
+        if not cls.capabilities.state_space:
+            raise ValueError(
+                f"DeepWiener needs LTI layers with a state-space realisation; {layer!r} has none "
+                f"(LTI layers: {[n for n in _lti_layers()]})"
+            )
+        if not isinstance(encoder_window, int) or encoder_window < 0:
+            raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
+        options = dict(layer_options or {})
+        for key in ("d_model", "device", "dtype"):
+            if key in options:
+                raise ValueError(f"layer_options must not set {key}: the model sets it")
+        if timescale is not None:
+            lo, hi = timescale
+            if not (0 < lo < hi):
+                raise ValueError(f"timescale must be (τ_min, τ_max) seconds with 0 < τ_min < τ_max; got {timescale!r}")
+            options.setdefault("dt_min", lo / dt)
+            options.setdefault("dt_max", hi / dt)
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
+        self.n_inputs, self.n_outputs, self.d_model = n_inputs, n_outputs, d_model
+        self.dt = float(dt)
+        self.layer_name = layer
+        self.encoder_window = encoder_window
+        self.register_buffer("u_mean", torch.zeros(n_inputs, **factory))
+        self.register_buffer("u_std", torch.ones(n_inputs, **factory))
+        self.register_buffer("y_mean", torch.zeros(n_outputs, **factory))
+        self.register_buffer("y_std", torch.ones(n_outputs, **factory))
+        self.encoder = nn.Linear(n_inputs, d_model, **factory)
+        self.layers = nn.ModuleList(build(layer, d_model=d_model, **factory, **options) for _ in range(n_layers))
+        self.skips = nn.ModuleList(nn.Linear(d_model, d_model, bias=False, **factory) for _ in range(n_layers))
+        self.activation = ACTIVATIONS[activation]()
+        self.decoder = nn.Linear(d_model, n_outputs, **factory)
+        with torch.no_grad():
+            for skip in self.skips:
+                skip.weight.copy_(torch.eye(d_model))  # start as a residual stack: x^ℓ = σ(η) + x^{ℓ-1}
+        sizes = [_real_size(layer_.state_spec()) for layer_ in self.layers]
+        self._state_sizes = sizes
+        self.state_encoder = None
+        if encoder_window:
+            self.state_encoder = nn.Sequential(
+                nn.Linear(encoder_window * (n_inputs + n_outputs), encoder_hidden, **factory),
+                nn.Tanh(),
+                nn.Linear(encoder_hidden, sum(sizes), **factory),
+            )
+            with torch.no_grad():
+                self.state_encoder[-1].weight.mul_(0.1)
+                self.state_encoder[-1].bias.zero_()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # normalisation
+
+    @torch.no_grad()
+    def set_normalisation(self, u: Sequence[torch.Tensor], y: Sequence[torch.Tensor]) -> None:
+        """Store the mean and std of the estimation data (every record pooled) for the input and output scaling.
+
+        Args:
+            u: records (L, m) of inputs.
+            y: records (L, p) of outputs.
+        """
+        uu, yy = torch.cat(list(u)), torch.cat(list(y))
+        self.u_mean.copy_(uu.mean(0))
+        self.u_std.copy_(uu.std(0, correction=0).clamp_min(1e-12))
+        self.y_mean.copy_(yy.mean(0))
+        self.y_std.copy_(yy.std(0, correction=0).clamp_min(1e-12))
+
+    def _check(self, u: torch.Tensor, per_step: bool) -> None:
+        want = (2 if per_step else 3)
+        if not isinstance(u, torch.Tensor) or u.dim() != want or u.shape[-1] != self.n_inputs or 0 in u.shape:
+            shape = f"(B, {self.n_inputs})" if per_step else f"(B, L, {self.n_inputs})"
+            found = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"u must be {shape} for n_inputs={self.n_inputs}; got {found}")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the protocol
+
+    def initial_state(self, batch_size: int) -> list:
+        """The state at rest: one zero state per block."""
+        return [layer.initial_state(batch_size) for layer in self.layers]
+
+    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True):
+        """Simulate: u (B, L, m) in physical units -> y (B, L, p) in physical units, from ``state`` (None: rest).
+
+        Args:
+            u: (B, L, m) inputs.
+            state: per-block states (``initial_state``, ``estimate_state``, ``step`` or a previous call), or None.
+            return_state: also return the final states.
+
+        Returns:
+            y (B, L, p) and the list of final block states (None when not asked for).
+        """
+        self._check(u, per_step=False)
+        states = state if state is not None else [None] * len(self.layers)
+        if len(states) != len(self.layers):
+            raise ValueError(f"state must be a list of {len(self.layers)} block states; got {len(states)}")
+        x = self.encoder((u - self.u_mean) / self.u_std)  # (B, L, H)
+        finals = []
+        for layer, skip, s in zip(self.layers, self.skips, states):
+            eta, s = layer(x, s, return_state=return_state)
+            x = self.activation(eta) + skip(x)
+            finals.append(s)
+        y = self.decoder(x) * self.y_std + self.y_mean  # (B, L, p)
+        return y, (finals if return_state else None)
+
+    def step(self, u_t: torch.Tensor, state: list):
+        """One sample: u_t (B, m) -> y_t (B, p) and the next states (what a controller runs on line).
+
+        Args:
+            u_t: (B, m) inputs at one sample.
+            state: per-block states.
+
+        Returns:
+            y_t (B, p) and the next states.
+        """
+        self._check(u_t, per_step=True)
+        if not isinstance(state, (list, tuple)) or len(state) != len(self.layers):
+            raise ValueError(f"state must be a list of {len(self.layers)} block states (from initial_state)")
+        x = self.encoder((u_t - self.u_mean) / self.u_std)  # (B, H)
+        nxt = []
+        for layer, skip, s in zip(self.layers, self.skips, state):
+            eta, s = layer.step(x, s)
+            x = self.activation(eta) + skip(x)
+            nxt.append(s)
+        return self.decoder(x) * self.y_std + self.y_mean, nxt
+
+    def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor) -> list:
+        """The block states after a window of measured data, by the initial-state encoder (``encoder_window`` = n).
+
+        Args:
+            u_past: (B, n, m) the n inputs before the simulation starts.
+            y_past: (B, n, p) the n measured outputs there.
+
+        Returns:
+            per-block states to pass to ``forward``.
+        """
+        if self.state_encoder is None:
+            raise ValueError("this DeepWiener has no state encoder: build it with encoder_window > 0")
+        n = self.encoder_window
+        if u_past.dim() != 3 or u_past.shape[1:] != (n, self.n_inputs) or y_past.shape != (u_past.shape[0], n, self.n_outputs):
+            raise ValueError(
+                f"u_past must be (B, {n}, {self.n_inputs}) and y_past (B, {n}, {self.n_outputs}) for encoder_window={n}; "
+                f"got {tuple(u_past.shape)} and {tuple(y_past.shape)}"
+            )
+        features = torch.cat([(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std], dim=-1)
+        v = self.state_encoder(features.flatten(1))  # (B, Σ sizes)
+        states, start = [], 0
+        for layer, size in zip(self.layers, self._state_sizes):
+            states.append(_state_from_vector(layer.state_spec(), v[:, start:start + size]))
+            start += size
+        for layer, s in zip(self.layers, states):
+            check_state(s, layer.state_spec(), u_past.shape[0], layer.state_device())
+        return states
+
+    # ------------------------------------------------------------------------------------------------------------
+    # analysis
+
+    def state_space(self) -> list:
+        """Each block's LTI part as a :class:`ssmkit.analysis.StateSpace` bank with ``dt`` = Ts seconds."""
+        from ssmkit.analysis.statespace import StateSpace
+
+        out = []
+        for layer in self.layers:
+            ss = layer.state_space()
+            out.append(StateSpace(ss.A, ss.B, ss.C, ss.D, dt=self.dt))
+        return out
+
+    def spectral_radius(self) -> float:
+        """The largest pole magnitude over every block (< 1: every block Schur stable)."""
+        import numpy as np
+
+        return max(float(np.abs(ss.poles()).max()) for ss in self.state_space())
+
+    def is_stable(self) -> bool:
+        """Whether every block is Schur stable, hence the model δISS (module docstring)."""
+        return self.spectral_radius() < 1.0
+
+
+def _lti_layers() -> list[str]:
+    from ssmkit.layers.registry import available
+
+    return [n for n in available() if layer_class(n).capabilities.state_space]
+
+
+def _leaves(spec) -> list[TensorSpec]:
+    return [spec] if isinstance(spec, TensorSpec) else [leaf for s in spec for leaf in _leaves(s)]
+
+
+def _real_size(spec) -> int:
+    """Real numbers in one sequence's state of this spec (complex entries count twice)."""
+    total = 0
+    for leaf in _leaves(spec):
+        if leaf.growing is not None:
+            raise ValueError("DeepWiener needs layers with a fixed-size state")
+        n = math.prod(leaf.shape)
+        total += 2 * n if leaf.dtype.is_complex else n
+    return total
+
+
+def _state_from_vector(spec, v: torch.Tensor):
+    """Build a state of ``spec`` from real vectors v (B, size)."""
+    if isinstance(spec, TensorSpec):
+        B = v.shape[0]
+        if spec.dtype.is_complex:
+            return torch.view_as_complex(v.reshape(B, *spec.shape, 2).contiguous()).to(spec.dtype)
+        return v.reshape(B, *spec.shape).to(spec.dtype)
+    parts, start = [], 0
+    for s in spec:
+        size = _real_size(s)
+        parts.append(_state_from_vector(s, v[:, start:start + size]))
+        start += size
+    return tuple(parts) if type(spec) is tuple else type(spec)(*parts)

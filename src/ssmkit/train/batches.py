@@ -1,0 +1,130 @@
+"""Training batches as a pure function of (seed, step, rank): the order that makes a resumed run exact.
+
+A run that restarts from a checkpoint at optimizer step s must see the batches the uninterrupted run saw from s
+on. Here the batch of step s is computed, not iterated to: epoch e = ⌊s·G / n⌋ shuffles the n samples with a
+generator seeded by (seed, e), and step s takes the G = world_size × batch_size samples after position s·G (wrapping
+into the next epoch's order), of which rank r takes its ``batch_size``. So the stream restarts at any step, on any
+rank, without saving a data-loader state; the last incomplete part of an epoch is used, not dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from ssmkit.layers.checks import check_positive_int
+
+
+def _check_tensors(tensors: Sequence[torch.Tensor]) -> int:
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise ValueError("tensors must be a non-empty sequence of tensors (inputs, targets, ...)")
+    n = tensors[0].shape[0]
+    if n == 0 or any(t.shape[0] != n for t in tensors):
+        raise ValueError(f"every tensor must hold the same number n >= 1 of samples on axis 0; got {[t.shape[0] for t in tensors]}")
+    return n
+
+
+class StepBatches:
+    """An endless iterable of training batches, batch s = a function of (seed, s, rank) (module docstring).
+
+    Args:
+        tensors: (n, ...) tensors sampled together (inputs and targets).
+        batch_size: samples per rank and step.
+        seed: the shuffling seed.
+        start_step: the first step to yield (a resumed run's global step).
+        rank, world_size: this process's place in data-parallel training.
+        shuffle: shuffle each epoch (False: the samples in order, for tests).
+    """
+
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        batch_size: int,
+        seed: int = 0,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
+        self.n = _check_tensors(tensors)
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(world_size, "world_size")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size = {world_size}); got {rank!r}")
+        if not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"start_step must be an int >= 0; got {start_step!r}")
+        self.tensors = tuple(tensors)
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.start_step = start_step
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                order = torch.randperm(self.n, generator=g)
+            else:
+                order = torch.arange(self.n)
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """The sample indices of this rank at optimizer step ``step``: (batch_size,) int64."""
+        G = self.batch_size * self.world_size
+        first = step * G + self.rank * self.batch_size
+        positions = torch.arange(first, first + self.batch_size)
+        epochs = positions // self.n
+        out = torch.empty(self.batch_size, dtype=torch.long)
+        for e in epochs.unique().tolist():
+            where = epochs == e
+            out[where] = self._epoch_order(e)[positions[where] % self.n]
+        return out
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        step = self.start_step
+        while True:
+            idx = self.indices(step)
+            yield tuple(t[idx] for t in self.tensors)
+            step += 1
+
+
+class EvalBatches:
+    """A finite iterable of evaluation batches with a length (one data loader to Lightning, not a list of them).
+
+    Args:
+        batches: the batches, tuples of tensors.
+    """
+
+    def __init__(self, batches: list[tuple[torch.Tensor, ...]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return iter(self.batches)
+
+
+def eval_batches(tensors: Sequence[torch.Tensor], batch_size: int, rank: int = 0, world_size: int = 1) -> EvalBatches:
+    """The evaluation batches of this rank: rank r takes samples r, r + world_size, ... in order (so every rank has
+    work when n >= world_size, and each sample is scored once).
+
+    Args:
+        tensors: (n, ...) tensors.
+        batch_size: samples per batch.
+        rank, world_size: this process's place in data-parallel evaluation.
+
+    Returns:
+        the batches (tuples of tensors) as :class:`EvalBatches`; each sample is in exactly one rank's batches.
+    """
+    n = _check_tensors(tensors)
+    check_positive_int(batch_size, "batch_size")
+    if n < world_size:
+        raise ValueError(f"an evaluation split needs at least world_size = {world_size} samples; got {n}")
+    mine = torch.arange(rank, n, world_size)
+    return EvalBatches([tuple(t[mine[s:s + batch_size]] for t in tensors) for s in range(0, len(mine), batch_size)])

@@ -1,0 +1,69 @@
+"""Checkpoint files written atomically and read with ``torch.load(weights_only=True)``.
+
+A checkpoint is written to a temporary name in the target folder, flushed to disk, and renamed over the target, so a
+run killed while saving leaves the previous checkpoint intact, never half a file. Reading uses ``weights_only=True``:
+a checkpoint holds tensors and plain containers only, and loading one cannot run code. :class:`AtomicCheckpointIO`
+puts both behind Lightning's ``CheckpointIO`` interface (Lightning itself is imported only here and in the trainer).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import CheckpointIO
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and an atomic rename.
+
+    Args:
+        obj: what to save (tensors and plain containers, so that it loads with ``weights_only=True``).
+        path: the file to write; its folder is created if needed.
+    """
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".ckpt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True`` (no code runs while loading).
+
+    Args:
+        path: the checkpoint file.
+        map_location: where to put its tensors (default the CPU).
+
+    Returns:
+        the checkpoint dict.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class AtomicCheckpointIO(CheckpointIO):
+    """Lightning checkpoint I/O: atomic writes (:func:`save_atomic`), ``weights_only=True`` reads."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise ValueError("AtomicCheckpointIO takes no storage_options")
+        save_atomic(checkpoint, path)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        return load_checkpoint(path, map_location if map_location is not None else "cpu")
+
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        if os.path.exists(path):
+            os.remove(path)

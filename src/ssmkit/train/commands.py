@@ -1,0 +1,234 @@
+"""The training commands of the ``ssmkit`` CLI: ``train``, ``compare`` and ``configs``.
+
+    ssmkit train --task mnist1d --model s4d --train.max_steps 2000 [--config file.yaml | lra/listops-s4] [--resume]
+    ssmkit compare --task mnist1d --models s4d,s5,mamba --budget 500      # steps; or 90s / 5m / 1h of training
+    ssmkit configs                                                         # the shipped experiment configs
+
+Options are parsed with jsonargparse from the :class:`Experiment` and :class:`TrainConfig` dataclasses, so every
+field is an option (``--d_model 128``, ``--layer_options '{d_state: 32}'``, ``--train.lr 0.01``) and a YAML file
+given by ``--config`` sets them all (later options override it). A ``--config`` that is not a file is looked up among
+the configs shipped in the package (``ssmkit configs`` lists them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from importlib import resources
+from typing import Any
+
+from ssmkit.train.experiment import Experiment
+
+_PACKAGE_CONFIGS = "configs"
+
+
+def shipped_configs() -> list[str]:
+    """The names of the experiment configs shipped in the package (``lra/listops-s4``, ...)."""
+    root = resources.files("ssmkit") / _PACKAGE_CONFIGS
+    names = []
+
+    def walk(folder, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+            elif entry.name.endswith(".yaml"):
+                names.append(prefix + entry.name[: -len(".yaml")])
+
+    if root.is_dir():
+        walk(root, "")
+    return sorted(names)
+
+
+def resolve_config(name: str) -> str:
+    """A ``--config`` value as a file path: the file itself, or the shipped config of that name.
+
+    Args:
+        name: a path to a YAML file, or a shipped config name such as ``lra/listops-s4``.
+
+    Returns:
+        the path of the YAML file.
+    """
+    if os.path.isfile(name):
+        return name
+    path = resources.files("ssmkit") / _PACKAGE_CONFIGS / f"{name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        raise ValueError(f"--config {name!r} is neither a file nor a shipped config; shipped: {', '.join(shipped_configs()) or 'none'}")
+    return str(path)
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    return out
+
+
+def _parser(prog: str, compare: bool):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    if compare:
+        description = ("Train several models on one task with the same budget; print a markdown table and write "
+                       "results.json, results.csv and results.png to the output folder.")
+    else:
+        description = "Train one model on one task (checkpoints, metrics and result.json go to the output folder)."
+    parser = ArgumentParser(prog=prog, description=description, env_prefix="SSMKIT", default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="a YAML experiment: a file, or a shipped config name ('ssmkit configs' lists them)")
+    parser.add_class_arguments(Experiment, nested_key=None, fail_untyped=True)
+    if compare:
+        parser.add_argument("--models", type=str, required=True,
+                            help="comma-separated layer names to compare (each with layer_options[name] if given)")
+        parser.add_argument("--budget", type=str, required=True,
+                            help="the same budget for every model: optimizer steps (500) or training time (90s, 5m, 1h)")
+    parser.add_argument("--out", type=str, default=None, help="output folder (default runs/<task>-<model>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _experiment(parser, cfg) -> Experiment:
+    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
+    fields = {k: getattr(init, k) for k in Experiment.__dataclass_fields__}
+    return Experiment(**fields)
+
+
+def train_main(argv: list[str], prog: str = "ssmkit train") -> int:
+    """``ssmkit train``: parse the experiment, run it, print the result record (exit 0) or the error (exit 1)."""
+    parser = _parser(prog, compare=False)
+    cfg = parser.parse_args(_resolve_config_args(argv))
+    experiment = _experiment(parser, cfg)
+    model = experiment.model if isinstance(experiment.model, str) else "+".join(experiment.model)
+    out = cfg.out or os.path.join("runs", f"{experiment.task}-{model}")
+    from ssmkit.train.experiment import run_experiment
+
+    result = run_experiment(experiment, out, resume=cfg.resume, progress=not cfg.no_progress)
+    print(json.dumps(result, indent=2))
+    print(f"results in {out}")
+    return 0
+
+
+def parse_budget(text: str) -> tuple[int | None, float | None]:
+    """A budget as (steps, None) for ``"500"`` or (None, seconds) for ``"90s"``, ``"5m"``, ``"1.5h"``.
+
+    Args:
+        text: the budget.
+
+    Returns:
+        (max_steps, max_seconds), one of them None.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match:
+        raise ValueError(f"--budget must be a number of steps (500) or a time (90s, 5m, 1h); got {text!r}")
+    value, unit = float(match.group(1)), match.group(2)
+    if not unit:
+        if value != int(value) or value < 1:
+            raise ValueError(f"a step budget must be a positive integer; got {text!r}")
+        return int(value), None
+    return None, value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
+    """``ssmkit compare``: train each model with the same budget, then tabulate, save and plot the results."""
+    import dataclasses
+
+    parser = _parser(prog, compare=True)
+    cfg = parser.parse_args(_resolve_config_args(argv))
+    base = _experiment(parser, cfg)
+    models = [m.strip() for m in cfg.models.split(",") if m.strip()]
+    if not models:
+        parser.error("--models must name at least one layer")
+    steps, seconds = parse_budget(cfg.budget)
+    out = cfg.out or os.path.join("runs", f"compare-{base.task}")
+    os.makedirs(out, exist_ok=True)
+    from ssmkit.train.experiment import run_experiment
+
+    results = []
+    for name in models:
+        train = dataclasses.replace(base.train, **({"max_steps": steps} if steps else {"max_time": seconds}))
+        if steps and train.warmup_steps >= steps:
+            train = dataclasses.replace(train, warmup_steps=steps // 10)
+        options = base.layer_options.get(name, {}) if all(isinstance(v, dict) for v in base.layer_options.values()) else {}
+        experiment = dataclasses.replace(base, model=name, layer_options=dict(options), train=train)
+        print(f"== {name}: {cfg.budget} on {base.task}", file=sys.stderr)
+        result = run_experiment(experiment, os.path.join(out, name), resume=cfg.resume, progress=not cfg.no_progress)
+        results.append(result)
+    table = results_table(results)
+    print(table)
+    write_results(results, out)
+    print(f"results in {out}: results.json, results.csv, results.png, results.md")
+    return 0
+
+
+def _metric(result: dict[str, Any]) -> tuple[str, float | None]:
+    for key in ("test_accuracy", "test_mse", "val_accuracy", "val_mse"):
+        if key in result:
+            return key, result[key]
+    return "metric", None
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    """The comparison as a markdown table: model, test metric, parameters, steps, train time, tokens/s.
+
+    Args:
+        results: result records of :func:`ssmkit.train.fit` (with ``model``).
+
+    Returns:
+        the table text.
+    """
+    key = _metric(results[0])[0] if results else "metric"
+    lines = [f"| model | {key} | parameters | steps | train time (s) | tokens/s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        value = _metric(r)[1]
+        shown = "—" if value is None else (f"{100 * value:.2f} %" if "accuracy" in key else f"{value:.4g}")
+        tps = r.get("tokens_per_second")
+        lines.append(f"| {r.get('model')} | {shown} | {r['parameters']:,} | {r['steps']} | {r['train_seconds']:.1f} | "
+                     f"{'—' if tps is None else f'{tps:,.0f}'} |")
+    return "\n".join(lines)
+
+
+def write_results(results: list[dict[str, Any]], out: str) -> None:
+    """Write results.json, results.csv, results.md and (with matplotlib) results.png into ``out``, atomically.
+
+    Args:
+        results: result records with ``model``.
+        out: the folder.
+    """
+    def atomic(path: str, write) -> None:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+
+    atomic(os.path.join(out, "results.json"), lambda f: json.dump(results, f, indent=2))
+    atomic(os.path.join(out, "results.md"), lambda f: f.write(results_table(results) + "\n"))
+    keys = sorted({k for r in results for k in r}, key=lambda k: (k not in ("task", "model"), k))
+
+    def write_csv(f) -> None:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(results)
+
+    atomic(os.path.join(out, "results.csv"), write_csv)
+    try:
+        from ssmkit.train.plots import plot_comparison
+    except ImportError:  # matplotlib is optional
+        print("matplotlib is not installed: no results.png (pip install matplotlib)", file=sys.stderr)
+        return
+    plot_comparison(results, out)
+
+
+def configs_main(argv: list[str], prog: str = "ssmkit configs") -> int:
+    """``ssmkit configs``: list the shipped experiment configs (``--config NAME`` runs one)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description="List the experiment configs shipped in the package.")
+    parser.parse_args(argv)
+    for name in shipped_configs():
+        print(name)
+    return 0

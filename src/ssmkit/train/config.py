@@ -1,0 +1,103 @@
+"""The typed training configuration (what ``ssmkit train`` reads from YAML and the command line)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
+
+
+@dataclass
+class TrainConfig:
+    """How one model is trained: optimiser, schedule, budget, precision, checkpoints, data parallelism.
+
+    Args:
+        batch_size: samples per process and optimizer step.
+        lr: the global peak learning rate of AdamW (SSM parameters keep the rate their layer marks, see
+            :func:`ssmkit.train.param_groups`).
+        weight_decay: AdamW's weight decay for unmarked weights (never on SSM parameters, norms or biases).
+        max_steps: the optimizer steps of the run (the budget; the schedule ends here).
+        max_time: also stop after this many seconds of training (None: no time limit); the schedule still spans
+            ``max_steps``, so a run stopped by time ends before its learning rate has decayed.
+        warmup_steps: linear warm-up steps before the cosine decay.
+        lr_floor: the cosine schedule's final factor.
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+        precision: ``"32"``, ``"64"`` (float64 parameters), ``"bf16-mixed"`` or ``"16-mixed"`` (autocast; the SSM
+            cores stay float32).
+        seed: the seed of the initialisation and of the batch order.
+        val_every: validate every this many steps (0: only at the end).
+        checkpoint_every: write a checkpoint every this many steps (0: only at the end).
+        early_stopping: stop after this many validations without a better validation loss (None: never).
+        devices: processes (CPU) or GPUs used for data parallelism.
+        strategy: Lightning's strategy, ``"auto"`` or ``"ddp"``, ``"ddp_spawn"``, ...
+        accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"``.
+        eval_batch_size: batch size of validation and test (None: ``batch_size``).
+        log_every: write the training metrics every this many steps.
+    """
+
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    max_steps: int = 1000
+    max_time: float | None = None
+    warmup_steps: int = 100
+    lr_floor: float = 0.0
+    grad_clip: float | None = None
+    precision: str = "32"
+    seed: int = 0
+    val_every: int = 250
+    checkpoint_every: int = 250
+    early_stopping: int | None = None
+    devices: int = 1
+    strategy: str = "auto"
+    accelerator: str = "cpu"
+    eval_batch_size: int | None = None
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "devices", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        for name in ("warmup_steps", "val_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0; got {value!r}")
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps must be < max_steps = {self.max_steps}; got {self.warmup_steps}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a number > 0; got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a number >= 0; got {self.weight_decay!r}")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be None or a number > 0; got {self.grad_clip!r}")
+        if self.max_time is not None and not (isinstance(self.max_time, (int, float)) and self.max_time > 0):
+            raise ValueError(f"max_time must be None or a number of seconds > 0; got {self.max_time!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
+        if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or self.early_stopping < 1):
+            raise ValueError(f"early_stopping must be None or a positive int; got {self.early_stopping!r}")
+        if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1):
+            raise ValueError(f"eval_batch_size must be None or a positive int; got {self.eval_batch_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a plain dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; unknown keys raise ``ValueError`` naming them and the valid keys.
+
+        Args:
+            data: option names and values.
+
+        Returns:
+            the configuration.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {names}")
+        return cls(**data)

@@ -1,0 +1,120 @@
+"""An experiment: one model on one task with one training configuration, as ``ssmkit train`` and the shipped
+configs describe it.
+
+    task: listops                      # a name of ssmkit.data.available_tasks()
+    task_options: {}                   # the task's options (sizes, seed)
+    model: s4                          # a layer name, or a list of names (a hybrid)
+    layer_options: {d_state: 64}       # the layer's options (by name for a hybrid)
+    d_model: 128
+    n_layers: 6
+    train: {lr: 0.01, max_steps: 5000} # TrainConfig
+
+The task decides what the model reads and predicts (its ``TaskInfo``): token or real inputs, the number of classes
+or targets, and the head (``"classify"`` for one label, ``"regress"``, ``"lm"`` for a target per step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssmkit.models import SequenceModelConfig
+from ssmkit.train.config import TrainConfig
+
+_HEADS = {"classify": "classify", "regress": "regress", "tokens": "lm"}
+
+
+@dataclass
+class Experiment:
+    """One training run's full description (everything but where it writes).
+
+    Args:
+        task: the task name (``ssmkit tasks`` lists them).
+        model: the layer name of every block, or a list of names, one per block (a hybrid).
+        task_options: options of the task (sizes, seed, length).
+        layer_options: the layer's constructor options (for a hybrid: a dict from layer name to options).
+        d_model: width H of every block.
+        n_layers: blocks.
+        norm: ``"layer"``, ``"batch"``, ``"rms"`` or None.
+        prenorm: normalise block inputs (True) or residual sums (False).
+        activation: the block activation (``"auto"``: the layer's default).
+        mixer_out: the block output projection (``"auto"``: the layer's default).
+        dropout: dropout in every block.
+        pool: ``"mean"`` or ``"last"`` for sequence-level targets (ignored for per-step targets).
+        train: the training configuration.
+    """
+
+    task: str
+    model: str | list[str] = "s4d"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    layer_options: dict[str, Any] = field(default_factory=dict)
+    d_model: int = 64
+    n_layers: int = 4
+    norm: str | None = "layer"
+    prenorm: bool = True
+    activation: str | None = "auto"
+    mixer_out: str | None = "auto"
+    dropout: float = 0.0
+    pool: str | None = "mean"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The experiment as a plain dict (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def model_config(self, info) -> SequenceModelConfig:
+        """The model for a task (``info``: the task's :class:`ssmkit.data.TaskInfo`).
+
+        Args:
+            info: what the task gives: inputs (tokens or features), targets (classify, regress, tokens), classes.
+
+        Returns:
+            the :class:`SequenceModelConfig`.
+        """
+        head = _HEADS[info.target]
+        return SequenceModelConfig(
+            d_input=info.d_input or 1,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            layer=self.model,
+            d_output=info.n_classes,
+            layer_options=dict(self.layer_options),
+            head=head,
+            pool=None if head == "lm" else self.pool,
+            vocab_size=info.vocab_size,
+            norm=self.norm,
+            prenorm=self.prenorm,
+            activation=self.activation,
+            mixer_out=self.mixer_out,
+            dropout=self.dropout,
+        )
+
+
+def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Load the task, build the model, train it (:func:`ssmkit.train.fit`), and return the result record.
+
+    Args:
+        experiment: what to run.
+        out_dir: the run folder.
+        resume: continue from the run folder's last checkpoint.
+        progress: show the progress bar.
+
+    Returns:
+        the result record of :func:`ssmkit.train.fit`, with the task's title, the model and the test metric.
+    """
+    from ssmkit.data import get_task
+    from ssmkit.train.run import fit
+
+    task = get_task(experiment.task, **experiment.task_options)
+    info = task.info()
+    splits = task.splits()
+    tensors = {name: tuple(ds.tensors) for name, ds in splits.items()}
+    config = experiment.model_config(info)
+    labels = {"task": info.title, "model": experiment.model if isinstance(experiment.model, str) else "+".join(experiment.model)}
+    return fit(config, experiment.train, tensors["train"], tensors.get("val"), tensors.get("test"), out_dir,
+               resume=resume, progress=progress, labels=labels)

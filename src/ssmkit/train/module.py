@@ -1,0 +1,151 @@
+"""The Lightning side of training: a LightningModule around :class:`ssmkit.models.SequenceModel` and a data module
+whose training batches are a function of the step (:mod:`ssmkit.train.batches`).
+
+The optimiser is the papers' (arXiv 2111.00396 App. D; arXiv 2206.11893): AdamW over :func:`ssmkit.train.param_groups`
+(SSM parameters at their own learning rate, no weight decay on them, norms or biases) with a per-step warm-up +
+cosine schedule (:mod:`ssmkit.train.schedule`). A non-finite training loss stops the run with
+:class:`NonFiniteLossError` naming the step, before anything is written, so the last checkpoint stays the last good one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+
+from ssmkit.models import SequenceModel, SequenceModelConfig
+from ssmkit.train.batches import EvalBatches, StepBatches, eval_batches
+from ssmkit.train.config import TrainConfig
+from ssmkit.train.objective import METRIC_NAMES, summed_loss_and_metric
+from ssmkit.train.optim import param_groups
+from ssmkit.train.schedule import warmup_cosine
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class SequenceLightningModule(pl.LightningModule):
+    """Trains a :class:`SequenceModel` for its head's objective (:mod:`ssmkit.train.objective`).
+
+    Args:
+        model: the model configuration (a :class:`SequenceModelConfig` or its dict).
+        train: the training configuration (a :class:`TrainConfig` or its dict).
+
+    Both are saved as plain dicts in every checkpoint (``hyper_parameters``), so a checkpoint rebuilds its model.
+    """
+
+    def __init__(self, model: SequenceModelConfig | dict, train: TrainConfig | dict) -> None:
+        super().__init__()
+        model_cfg = model if isinstance(model, SequenceModelConfig) else SequenceModelConfig.from_dict(dict(model))
+        train_cfg = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(dict(train))
+        self.save_hyperparameters({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()})
+        self.model_config = model_cfg
+        self.train_config = train_cfg
+        self.model = SequenceModel.from_config(model_cfg)
+        self.head = model_cfg.head
+        self.checkpoint_dir: str | None = None
+        self._sums: dict[str, list[torch.Tensor]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.model(x, return_state=False)
+        return out
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x), y)
+        loss = loss_sum / count.clamp_min(1.0)
+        if not bool(torch.isfinite(loss)):
+            where = f"; the last good checkpoint is in {self.checkpoint_dir}" if self.checkpoint_dir else ""
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss.detach())} at step {self.global_step} (batch {batch_idx}); training "
+                f"stopped before the update{where}. Lower the learning rate or clip gradients (grad_clip)."
+            )
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log(f"train_{METRIC_NAMES[self.head]}", metric_sum / count.clamp_min(1.0), on_step=True, on_epoch=False)
+        return loss
+
+    def _accumulate(self, stage: str, batch: Sequence[torch.Tensor]) -> None:
+        x, y = batch
+        parts = summed_loss_and_metric(self.head, self(x), y)
+        sums = self._sums.setdefault(stage, [torch.zeros((), device=self.device) for _ in range(3)])
+        for i, part in enumerate(parts):
+            sums[i] = sums[i] + part.detach().to(sums[i].device)
+
+    def _log_stage(self, stage: str) -> None:
+        sums = self._sums.pop(stage, None)
+        if sums is None:
+            return
+        loss_sum, metric_sum, count = (self.trainer.strategy.reduce(s, reduce_op="sum") for s in sums)
+        count = count.clamp_min(1.0)
+        self.log(f"{stage}_loss", loss_sum / count, prog_bar=stage == "val", sync_dist=False)
+        self.log(f"{stage}_{METRIC_NAMES[self.head]}", metric_sum / count, prog_bar=stage == "val", sync_dist=False)
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._accumulate("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage("val")
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._accumulate("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.train_config
+        optimizer = torch.optim.AdamW(param_groups(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_floor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ssmkit_rng"] = torch.get_rng_state()  # dropout masks continue exactly after a resume
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "ssmkit_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["ssmkit_rng"])
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Training, validation and test tensors served as step-indexed batches (:class:`StepBatches`).
+
+    Args:
+        train: (inputs, targets) tensors of the training split.
+        val: the validation split, or None.
+        test: the test split, or None.
+        batch_size: samples per process and step.
+        eval_batch_size: samples per evaluation batch.
+        seed: the batch-order seed.
+    """
+
+    def __init__(
+        self,
+        train: Sequence[torch.Tensor],
+        val: Sequence[torch.Tensor] | None,
+        test: Sequence[torch.Tensor] | None,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.train_split, self.val_split, self.test_split = train, val, test
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> StepBatches:
+        trainer = self.trainer
+        return StepBatches(self.train_split, self.batch_size, seed=self.seed, start_step=trainer.global_step,
+                           rank=trainer.global_rank, world_size=trainer.world_size)
+
+    def val_dataloader(self) -> EvalBatches:
+        if self.val_split is None:
+            return EvalBatches([])
+        return eval_batches(self.val_split, self.eval_batch_size, self.trainer.global_rank, self.trainer.world_size)
+
+    def test_dataloader(self) -> EvalBatches:
+        if self.test_split is None:
+            return EvalBatches([])
+        return eval_batches(self.test_split, self.eval_batch_size, self.trainer.global_rank, self.trainer.world_size)

@@ -1,0 +1,58 @@
+"""The comparison plot of ``ssmkit compare``: validation curves over steps, and the test metric per model."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _curve(run_dir: str, key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for path in sorted(glob.glob(os.path.join(run_dir, "logs", "version_*", "metrics.csv"))):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get(key):
+                    steps.append(int(row["step"]) + 1)
+                    values.append(float(row[key]))
+    return steps, values
+
+
+def plot_comparison(results: list[dict[str, Any]], out: str) -> str:
+    """Draw results.png in ``out``: each model's validation metric against the step, and a bar chart of the test
+    metric (the run folders are ``out/<model>``).
+
+    Args:
+        results: result records with ``model``.
+        out: the comparison folder.
+
+    Returns:
+        the path of the PNG.
+    """
+    metric = "accuracy" if any("test_accuracy" in r or "val_accuracy" in r for r in results) else "mse"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        steps, values = _curve(os.path.join(out, str(r["model"])), f"val_{metric}")
+        if steps:
+            left.plot(steps, values, marker="o", label=str(r["model"]))
+    left.set_xlabel("optimizer step")
+    left.set_ylabel(f"validation {metric}")
+    left.legend()
+    names = [str(r["model"]) for r in results]
+    scores = [r.get(f"test_{metric}", r.get(f"val_{metric}", float("nan"))) for r in results]
+    right.bar(names, scores)
+    right.set_ylabel(f"test {metric}")
+    right.set_title(str(results[0].get("task", "")) if results else "")
+    fig.tight_layout()
+    path = os.path.join(out, "results.png")
+    tmp = os.path.join(out, ".tmp-results.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

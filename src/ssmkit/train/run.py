@@ -1,0 +1,165 @@
+"""``fit``: train one model on given splits with Lightning, with checkpoints, exact resume and a results record.
+
+    result = fit(model_config, TrainConfig(max_steps=2000), train=(inputs, targets), val=val_split,
+                 test=test_split, out_dir="runs/listops-s4d", resume=True)
+
+The run folder holds ``checkpoints/`` (every ``checkpoint_every`` steps and at the end; ``last.ckpt`` is the newest),
+``metrics.csv`` (Lightning's CSV log), ``model.json`` and ``train.json`` (the configurations) and ``result.json``.
+``resume=True`` continues from ``checkpoints/last.ckpt`` when it exists: the weights, optimiser, schedule, step
+counter and RNG are restored and the batches continue where they stopped (:mod:`ssmkit.train.batches`), so the
+final weights equal those of an uninterrupted run on the same machine.
+
+Data parallelism (``devices=N``, ``strategy="ddp"``) is Lightning's: on CPU it runs N processes over gloo; on a
+cluster the same code runs under ``torchrun`` or SLURM (Lightning reads their environment variables).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ssmkit.models import SequenceModelConfig
+from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
+from ssmkit.train.config import TrainConfig
+
+_LIGHTNING_PRECISION = {"32": "32-true", "64": "64-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+
+
+def _write_json(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+class _Throughput:
+    """Wall time spent in training steps and samples seen (a Lightning callback; built lazily with Lightning)."""
+
+    def __new__(cls):
+        import lightning.pytorch as pl
+
+        class Throughput(pl.Callback):
+            def __init__(self) -> None:
+                self.seconds = 0.0
+                self.samples = 0
+                self.tokens = 0
+                self._start = 0.0
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+                self._start = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+                self.seconds += time.perf_counter() - self._start
+                x = batch[0]
+                self.samples += int(x.shape[0]) * trainer.world_size
+                self.tokens += int(x.shape[0] * (x.shape[1] if x.dim() > 1 else 1)) * trainer.world_size
+
+        return Throughput()
+
+
+def fit(
+    model: SequenceModelConfig,
+    train_config: TrainConfig,
+    train: Sequence[torch.Tensor],
+    val: Sequence[torch.Tensor] | None,
+    test: Sequence[torch.Tensor] | None,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    extra_callbacks: Sequence[Any] = (),
+    labels: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``train``, validate on ``val``, evaluate the final weights on ``test``.
+
+    Args:
+        model: the model configuration.
+        train_config: optimiser, schedule, budget, precision, checkpoints (:class:`TrainConfig`).
+        train: (inputs, targets) of the training split: inputs (n, L, d_input) or token ids (n, L); targets as
+            the head needs (:mod:`ssmkit.train.objective`).
+        val: the validation split, or None.
+        test: the test split, or None.
+        out_dir: the run folder.
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` if it exists (else start fresh).
+        progress: show Lightning's progress bar.
+        extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
+        labels: entries to put first in the result record (task, model, ...).
+
+    Returns:
+        the result record (also written to ``out_dir/result.json``): final validation and test metrics, parameters,
+        steps, training seconds, samples/s and tokens/s.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ssmkit.train.checkpoint import AtomicCheckpointIO, load_checkpoint
+    from ssmkit.train.module import SequenceLightningModule, TensorDataModule
+
+    cfg = train_config
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    last = os.path.join(ckpt_dir, "last.ckpt")
+    resume_from = last if (resume and os.path.isfile(last)) else None
+    if resume_from is None and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        if not resume:
+            raise ValueError(f"{ckpt_dir} already holds checkpoints: pass resume=True (--resume) to continue that run, or use another out_dir")
+    _write_json(model.to_dict(), os.path.join(out_dir, "model.json"))
+    _write_json(cfg.to_dict(), os.path.join(out_dir, "train.json"))
+
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    module = SequenceLightningModule(model, cfg)
+    module.checkpoint_dir = ckpt_dir
+    data = TensorDataModule(train, val, test, cfg.batch_size, cfg.eval_batch_size or cfg.batch_size, cfg.seed)
+    every = cfg.checkpoint_every or cfg.max_steps
+    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=every, save_last=True,
+                                  save_top_k=1, auto_insert_metric_name=False)
+    throughput = _Throughput()
+    callbacks = [checkpoints, throughput, *extra_callbacks]
+    if cfg.early_stopping is not None and val is not None:
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=cfg.early_stopping, mode="min"))
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=_LIGHTNING_PRECISION[cfg.precision],
+        max_steps=cfg.max_steps,
+        max_time=datetime.timedelta(seconds=cfg.max_time) if cfg.max_time is not None else None,
+        val_check_interval=(cfg.val_every or cfg.max_steps) if val is not None else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1.0 if val is not None else 0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.grad_clip,
+        log_every_n_steps=cfg.log_every,
+        logger=CSVLogger(out_dir, name="logs"),  # logs/version_k: a resumed run starts a new file
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    if os.path.isfile(last) and load_checkpoint(last)["global_step"] != trainer.global_step or not os.path.isfile(last):
+        trainer.save_checkpoint(last)  # the final weights (the periodic checkpoints stop at a multiple of the period)
+    result: dict[str, Any] = {
+        **(labels or {}),
+        "steps": int(trainer.global_step),
+        "parameters": module.model.num_parameters(),
+        "train_seconds": throughput.seconds,
+        "samples_per_second": throughput.samples / throughput.seconds if throughput.seconds else None,
+        "tokens_per_second": throughput.tokens / throughput.seconds if throughput.seconds else None,
+        "resumed_from": resume_from,
+    }
+    result.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")})
+    if test is not None:
+        metrics = trainer.test(module, datamodule=data, verbose=False)
+        result.update({k: float(v) for k, v in metrics[0].items()} if metrics else {})
+    if trainer.is_global_zero:
+        _write_json(result, os.path.join(out_dir, "result.json"))
+    return result

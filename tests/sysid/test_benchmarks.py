@@ -1,0 +1,46 @@
+"""Benchmark loaders on the real files (../shared/data, skipped when absent) and on small fixtures."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+from ssmkit.sysid.benchmarks import cascaded_tanks, f16, load_benchmark
+
+DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
+
+
+@needs_data
+def test_cascaded_tanks_official_split():
+    bench = cascaded_tanks(DATA / "cascaded_tanks")
+    assert bench.dt == 4.0 and bench.n_init == 50 and bench.unit == "V"
+    (tr,), (te,) = bench.train, bench.test
+    assert tr.u.shape == (1024, 1) and te.y.shape == (1024, 1)
+    assert float(tr.u[0, 0]) == pytest.approx(3.2567) and float(te.y[0, 0]) == pytest.approx(4.9728)
+    assert any(p.rmse == 0.306 for p in bench.published)
+
+
+@needs_data
+def test_f16_levels_and_outputs():
+    bench = f16(DATA / "f16gvt", check=False)
+    assert [r.name for r in bench.train] == [f"FullMSine level {k}" for k in (1, 3, 5, 7)]
+    assert [r.name for r in bench.test] == [f"FullMSine level {k}" for k in (2, 4, 6)]
+    assert bench.train[0].u.shape == (73728, 1) and bench.train[0].y.shape == (73728, 3)
+    assert bench.dt == pytest.approx(1 / 400)
+    one = f16(DATA / "f16gvt", output_index=2, check=False)
+    assert torch.equal(one.test[0].y[:, 0], bench.test[0].y[:, 2])
+
+
+def test_fixture_file_and_clear_errors(tmp_path):
+    (tmp_path / "dataBenchmark.csv").write_text('"uEst","uVal","yEst","yVal","Ts",\n1,2,3,4,4,\n5,6,7,8,,\n')
+    bench = cascaded_tanks(tmp_path, check=False)
+    assert bench.train[0].u[:, 0].tolist() == [1.0, 5.0] and bench.test[0].y[:, 0].tolist() == [4.0, 8.0]
+    with pytest.raises(ValueError, match="is not the official file"):
+        cascaded_tanks(tmp_path)
+    with pytest.raises(FileNotFoundError, match="put the official file in"):
+        cascaded_tanks(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        load_benchmark("silverbox2")

@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m ssmkit.bench core
 	$(PY) -m ssmkit.bench step
+	$(PY) -m ssmkit.bench ssd
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -15,7 +15,9 @@ import torch
 
 import ssmkit.layers as layers
 import ssmkit.ops as ops
-from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, run_steps, state_err, state_map, variants
+from tests.conftest import (
+    DEVICE, H, build_default, leaves, make_layer, rel_err, run_steps, state_err, state_map, variants,
+)
 
 NAMES = layers.available()
 # S4-FouT keeps a mode with Re λ = -1e-4 (the official clamp of its zero real parts): converting between C̃ and C
@@ -38,7 +40,7 @@ def supports_option(name: str, option: str) -> bool:
 def test_registry_builds_every_layer_by_name():
     assert {"s4", "s4d", "dss"} <= set(NAMES)
     for name in NAMES:
-        layer = layers.build(name, d_model=H)
+        layer = build_default(name, d_model=H)
         assert isinstance(layer, layers.SequenceLayer) and layer.name == name
         assert layers.layer_class(name) is type(layer)
     with pytest.raises(ValueError, match="already registered by"):
@@ -70,7 +72,7 @@ def test_step_equals_forward(name, opts, backend, dtype):
 def test_step_equals_forward_long(name, dtype):
     # L = 4096 with each layer's default options (docs/design.md rule 1 up to L = 4096).
     torch.manual_seed(2)
-    layer = layers.build(name, d_model=H, device=DEVICE, dtype=dtype)
+    layer = build_default(name, d_model=H, device=DEVICE, dtype=dtype)
     if not layer.supports("step"):
         pytest.skip(f"{name} has no step (tested in test_step_equals_forward)")
     x = torch.randn(1, 4096, H, device=DEVICE, dtype=dtype)
@@ -83,7 +85,7 @@ def test_step_equals_forward_long(name, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_long_sequence(name):
-    layer = layers.build(name, d_model=H, device=DEVICE)
+    layer = build_default(name, d_model=H, device=DEVICE)
     x = torch.randn(1, 16384, H, device=DEVICE)
     with torch.no_grad():
         y, h = layer(x)
@@ -232,13 +234,13 @@ def test_bidirectional(name):
         layer.state_space()
     if layer.supports("kernel"):
         K = layer.kernel(30)
-        assert K.shape == (2, H, 30)
+        assert K.shape in ((2, H, 30), (2, H, H, 30))  # a SISO bank or a MIMO system (H_out, H_in)
         # reference: y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (the skip D is K0's tap 0)
         ref = torch.zeros_like(y)
         for t in range(30):
             for s in range(30):
-                k = K[0, :, t - s] if s <= t else K[1, :, s - t - 1]
-                ref[:, t] += k * x[:, s]
+                k = K[0, ..., t - s] if s <= t else K[1, ..., s - t - 1]  # (H,) or (H_out, H_in)
+                ref[:, t] += k * x[:, s] if K.dim() == 3 else x[:, s] @ k.T
         for backend in ("auto", *layer.backends):
             with ops.use_backend(backend):
                 assert rel_err(layer(x)[0], ref) < 1e-10, backend
@@ -247,7 +249,7 @@ def test_bidirectional(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_dtypes_and_initial_state(name):
     for dtype in (torch.float32, torch.float64):
-        layer = layers.build(name, d_model=H, dtype=dtype, device=DEVICE)
+        layer = build_default(name, d_model=H, dtype=dtype, device=DEVICE)
         for t in leaves(layer.initial_state(4)):
             assert t.shape[0] == 4 and t.device.type == DEVICE.type
             assert not bool(t.abs().sum())
@@ -258,7 +260,7 @@ def test_dtypes_and_initial_state(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_autocast_keeps_the_core_in_float32(name):
     # docs/design.md: under autocast the SSM core still runs in float32; y comes back in x's dtype.
-    layer = layers.build(name, d_model=H, device=DEVICE)
+    layer = build_default(name, d_model=H, device=DEVICE)
     x = torch.randn(2, 300, H, device=DEVICE)
     with torch.no_grad():
         y, h = layer(x)
@@ -266,13 +268,15 @@ def test_autocast_keeps_the_core_in_float32(name):
             y_amp, h_amp = layer(x)
             y_bf16, _ = layer(x.to(torch.bfloat16))
             y_t, _ = layer.step(x[:, 0].to(torch.bfloat16), layer.initial_state(2))
-    # LTI layers: the same float32 arithmetic. Mixers (own projections) run those in bf16, the core in float32.
-    tol = 2e-2 if layer.block_defaults == layers.BlockDefaults(None, None) else 1e-6
-    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < tol
-    assert state_err(h_amp, h) < tol
-    assert [t.dtype for t in leaves(h_amp)] == [t.dtype for t in leaves(h)]  # the state keeps its float32 dtype
+    # A mixer with its own projections (block_defaults (None, None)) runs them in bf16 under autocast: its output and
+    # state carry the bf16 rounding of the projections' inputs and weights (8-bit mantissa, 2^-9 each, summed over a
+    # few channels). LTI layers have no projections: the same float32 arithmetic.
+    mixer = layer.block_defaults == layers.BlockDefaults(None, None)
+    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < (3e-2 if mixer else 1e-6)
+    assert state_err(h_amp, h) < (3e-2 if mixer else 1e-6)
+    assert all(t.dtype == s.dtype for t, s in zip(leaves(h_amp), leaves(h)))  # the state keeps its dtype
     assert y_bf16.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16
-    assert rel_err(y_bf16.float(), y) < 2e-2  # bf16 input and output rounding (8-bit mantissa)
+    assert rel_err(y_bf16.float(), y) < (4e-2 if mixer else 2e-2)  # bf16 input and output rounding (8-bit mantissa)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -290,14 +294,14 @@ def test_capability_declarations_are_consistent(name):
 def test_deferred_initialisation_on_the_meta_device(name):
     # Large models are built on "meta" (no memory), moved with to_empty and initialised by reset_parameters:
     # the result equals a layer built directly from the same seed.
-    meta = layers.build(name, d_model=H, device="meta")
+    meta = build_default(name, d_model=H, device="meta")
     assert all(p.device.type == "meta" for p in meta.parameters())
     assert all(t.device.type == "meta" for t in leaves(meta.initial_state(2)))
     layer = meta.to_empty(device=DEVICE)
     torch.manual_seed(4)
     layer.reset_parameters()
     torch.manual_seed(4)
-    direct = layers.build(name, d_model=H, device=DEVICE)
+    direct = build_default(name, d_model=H, device=DEVICE)
     for (n, a), b in zip(layer.state_dict().items(), direct.state_dict().values()):
         assert torch.equal(a, b), n
     x = torch.randn(2, 9, H, device=DEVICE)

@@ -33,6 +33,10 @@ VARIANTS: dict[str, list[dict]] = {
         {"d_state": 6, "l_max": 32, "init": "lagt", "n_ssm": None},
         {"d_state": 8, "l_max": 32, "init": "fout"},
     ],
+    "mamba": [
+        {"d_state": 4},
+        {"d_state": 3, "d_conv": 2, "expand": 1, "dt_rank": 2, "dt_init": "constant", "bias": True, "conv_bias": False},
+    ],
     "dlr": [
         {"d_state": 8, "init": "omega"},
         {"d_state": 6, "init": "randn", "lr_W": 1e-4},

@@ -26,7 +26,7 @@ SSM_NAMES |= {"logit_alpha", "logit_delta", "beta"}  # Mega's EMA: α, δ (its A
 SSM_LAYERS = [n for n in NAMES if "lr" in __import__("inspect").signature(layers.layer_class(n)).parameters]
 # the default d_state is 64 for every layer except where the paper fixes another: Mamba-2's N per head is 128 (the
 # official module), Mega's EMA dimension is 16 in every published recipe (arXiv 2209.10655)
-PAPER_D_STATE = {"mamba2": 128, "ema": 16, "mega": 16}
+PAPER_D_STATE = {"mamba": 16, "mamba2": 128, "ema": 16, "mega": 16}
 
 
 def all_marks(layer: torch.nn.Module) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dlr import DLR
 from ssmkit.layers.dss import DSS
+from ssmkit.layers.mamba import Mamba, MambaState
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.lru import LRU
 from ssmkit.layers.gss import GSS, GSSDiagonal
@@ -41,6 +42,8 @@ __all__ = [
     "DLR",
     "DSS",
     "DiagonalLTILayer",
+    "Mamba",
+    "MambaState",
     "RGLRU",
     "RGLRUState",
     "Mamba2",

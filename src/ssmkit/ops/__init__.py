@@ -9,7 +9,7 @@ Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT
 ``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
 kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
-``ssd`` (Mamba-2's scan with a scalar decay per head), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
+``ssd`` (Mamba-2's scan with a scalar decay per head), ``selective`` (Mamba's selective scan), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
 (HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:
 scan, kernel, step).
 """
@@ -50,6 +50,7 @@ from ssmkit.ops.mimo import (
     mimo_step_coefficients,
 )
 from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
+from ssmkit.ops.selective import selective_scan, selective_scan_reference, selective_step
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 from ssmkit.ops.ssd import ssd_chunked, ssd_reference, ssd_step  # ssd() stays in its module (same name)
 
@@ -102,6 +103,9 @@ __all__ = [
     "rotary",
     "s4d_eigenvalues",
     "s4d_input_matrix",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_step",
     "set_backend",
     "small_inverse",
     "ssd_chunked",

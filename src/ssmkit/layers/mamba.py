@@ -1,0 +1,214 @@
+"""Mamba: "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", Gu & Dao, arXiv 2312.00752.
+
+The Mamba-1 mixer (§3.4, Figure 3), with E = ``expand`` and H_in = E·d_model inner channels:
+
+    x, z = split(W_in u)                                   in-projection to 2 H_in (no bias by default)
+    x ← SiLU(conv_W(x))                                    causal depthwise convolution, W = d_conv taps, with bias
+    (δ, B_t, C_t) = W_x x                                  δ ∈ R^R (R = dt_rank), B_t, C_t ∈ R^N shared by all channels
+    Δ_t = softplus(W_Δ δ + b_Δ)                            per channel
+    h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_t,  y_t = C_t · h_t + D ⊙ x_t        (S6, Algorithm 2)
+    out = W_out(y ⊙ SiLU(z))
+
+A = -exp(A_log) (H_in, N), A_log = log(1..N) for every channel (S4D-Real); D = 1; W_Δ ~ U[±R^{-½}·dt_scale]
+("random") or R^{-½}·dt_scale ("constant"); b_Δ = softplus⁻¹(Δ₀), Δ₀ = exp(U[log dt_min, log dt_max]) floored at
+``dt_init_floor``. B̄ = Δ B (Euler) as in the official code, not the ZOH of the paper's eq. 4.
+
+Parameters and optimisation: A_log and b_Δ (``dt_bias``, the official ``dt_proj.bias``) are SSM parameters with
+weight decay 0 and the learning rate ``lr``; the skip D is a weight like every layer's skip (docs/design.md: the
+official code exempts D from weight decay too).
+
+The state is ``MambaState(conv, ssm)``: the last W-1 inputs of the convolution (B, H_in, W-1) and the SSM state
+(B, H_in, N). Unlike the official module, ``forward`` starts from a given state and returns the final state, and
+gradients flow through both. Under autocast the in- and out-projections run in bf16/fp16 and everything between
+them (convolution, W_x, W_Δ, the scan, the gate) in the parameters' dtype (``float32_core``).
+
+Backends: ``"chunked"`` (and ``"auto"``) = :func:`ssmkit.ops.selective.selective_scan_chunked`; ``"reference"`` = the
+loop :func:`ssmkit.ops.selective.selective_scan_reference`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import skip_init
+
+from ssmkit.layers.checks import check_choice, check_dt_range, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.registry import register
+from ssmkit.layers.shortconv import ShortConv
+from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.selective import selective_scan, selective_step
+
+DT_INITS = ("random", "constant")
+
+
+class MambaState(NamedTuple):
+    """The state of a :class:`Mamba` layer: ``conv`` (B, H, W-1) the last W-1 convolution inputs (H = the inner
+    channels), ``ssm`` (B, H, N) the selective SSM's state."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+def _check_positive_float(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite float > 0; got {value!r}")
+
+
+@register("mamba")
+class Mamba(SequenceLayer):
+    """The Mamba-1 mixer (selective SSM with its projections, convolution and gate), arXiv 2312.00752.
+
+    Args:
+        d_model: channels of the input and output.
+        d_state: N, the SSM state size per inner channel.
+        d_conv: W, the taps of the causal depthwise convolution.
+        expand: E, inner channels H_in = E·d_model.
+        dt_rank: R, the rank of the Δ projection, or ``"auto"`` = ⌈d_model/16⌉.
+        dt_min, dt_max: range of the log-uniform initial Δ (through the bias b_Δ).
+        dt_init: initialisation of W_Δ, one of
+            ``"random"`` -- uniform on ±R^{-½}·dt_scale (the official default);
+            ``"constant"`` -- every entry R^{-½}·dt_scale.
+        dt_scale: scale of W_Δ's initialisation.
+        dt_init_floor: lower bound of the initial Δ.
+        conv_bias: learn a bias in the convolution.
+        bias: learn biases in the in- and out-projections.
+        lr: learning rate of A_log and the Δ bias b_Δ (weight decay 0); None = the global lr (the official
+            training), 0.0 = frozen.
+        device, dtype: of the parameters (float32 or float64).
+    """
+
+    capabilities = Capabilities(kernel=False, state_space=False, step=True)
+    missing = {
+        "kernel": "it is selective: Δ, B and C depend on the input, so it is not a convolution",
+        "state_space": "it is selective (time-varying and input-dependent), so it has no LTI realisation",
+    }
+    backends = ("reference", "chunked")
+    block_defaults = BlockDefaults(activation=None, mixer_out=None)
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        lr: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.dt_rank = dt_rank
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.dt_init = dt_init
+        self.dt_scale = dt_scale
+        self.dt_init_floor = dt_init_floor
+        self.conv_bias = conv_bias
+        self.bias = bias
+        self.lr = lr
+        check_positive_int(d_model, "d_model")
+        check_positive_int(d_state, "d_state")
+        check_positive_int(d_conv, "d_conv")
+        check_positive_int(expand, "expand")
+        if dt_rank != "auto":
+            check_positive_int(dt_rank, "dt_rank (or 'auto')")
+        check_dt_range(dt_min, dt_max)
+        check_choice(dt_init, DT_INITS, "dt_init")
+        _check_positive_float(dt_scale, "dt_scale")
+        _check_positive_float(dt_init_floor, "dt_init_floor")
+        check_lr(lr)
+        device = torch.empty(0, device=device).device  # None -> the default device (skip_init needs a real one)
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
+        self.d_inner = H = expand * d_model
+        self.rank = R = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        # sub-modules are built without their own initialisation: reset_parameters draws every value, so a layer
+        # built on "meta" and reset equals one built directly from the same seed
+        self.in_proj = skip_init(nn.Linear, d_model, 2 * H, bias=bias, **factory)
+        self.conv1d = skip_init(ShortConv, H, d_conv, bias=conv_bias, **factory)
+        self.x_proj = skip_init(nn.Linear, H, R + 2 * d_state, bias=False, **factory)
+        self.dt_proj = skip_init(nn.Linear, R, H, bias=False, **factory)
+        register_ssm_parameter(self, "dt_bias", torch.empty(H, **factory), lr)  # b_Δ (the official dt_proj.bias)
+        register_ssm_parameter(self, "A_log", torch.empty(H, d_state, **factory), lr)
+        self.D = nn.Parameter(torch.empty(H, **factory))
+        self.out_proj = skip_init(nn.Linear, H, d_model, bias=bias, **factory)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every parameter from the official initialisation (the only re-init path)."""
+        self.in_proj.reset_parameters()
+        self.conv1d.reset_parameters()
+        self.x_proj.reset_parameters()
+        std = self.rank**-0.5 * self.dt_scale
+        if self.dt_init == "constant":
+            self.dt_proj.weight.fill_(std)
+        else:
+            self.dt_proj.weight.uniform_(-std, std)
+        log_dt = torch.rand(self.d_inner, dtype=torch.float64) * (math.log(self.dt_max) - math.log(self.dt_min))
+        dt = torch.exp(log_dt + math.log(self.dt_min)).clamp(min=self.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(Δ₀) = Δ₀ + log(1 - e^{-Δ₀})
+        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float64)).expand(self.d_inner, -1))
+        self.D.fill_(1.0)
+        self.out_proj.reset_parameters()
+
+    def state_spec(self) -> MambaState:
+        """``MambaState(conv (H_in, W-1), ssm (H_in, N))`` in the parameters' dtype."""
+        dtype = self.A_log.dtype
+        return MambaState(TensorSpec((self.d_inner, self.d_conv - 1), dtype), TensorSpec((self.d_inner, self.d_state), dtype))
+
+    def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """δ projected to the channels (..., H_in), B and C (..., N), and A (H_in, N), from the convolved x (..., H_in)."""
+        R, N = self.rank, self.d_state
+        delta_low, B, C = self.x_proj(x).split([R, N, N], dim=-1)  # (..., R), (..., N), (..., N)
+        delta = self.dt_proj(delta_low)  # (..., H_in): b_Δ is added inside the scan
+        return delta, B, C, -torch.exp(self.A_log)
+
+    def _forward(self, x: torch.Tensor, state: MambaState | None, return_state: bool) -> tuple[torch.Tensor, MambaState | None]:
+        backend = "reference" if self._backend() == "reference" else "chunked"
+        dtype = self.A_log.dtype
+        xs, z = self.in_proj(x.to(dtype)).chunk(2, dim=-1)  # (B, L, H_in) each (bf16/fp16 under autocast)
+        with float32_core(x.device.type):
+            xs, z = xs.to(dtype), z.to(dtype)
+            xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state)  # (B, L, H_in)
+            xc = F.silu(xc)
+            delta, B, C, A = self._scan_inputs(xc)
+            y, ssm_state = selective_scan(
+                xc, delta, A, B, C, self.D, z, self.dt_bias, True,
+                None if state is None else state.ssm, return_state, backend=backend,
+            )  # (B, L, H_in)
+        y = self.out_proj(y).to(x.dtype)  # (B, L, H)
+        return y, (MambaState(conv_state, ssm_state) if return_state else None)
+
+    def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        dtype = self.A_log.dtype
+        xs, z = self.in_proj(x_t.to(dtype)).chunk(2, dim=-1)  # (B, H_in) each
+        with float32_core(x_t.device.type):
+            xs, z = xs.to(dtype), z.to(dtype)
+            xc, conv_state = self.conv1d.step(xs, state.conv)  # (B, H_in)
+            xc = F.silu(xc)
+            delta, B, C, A = self._scan_inputs(xc)
+            y, ssm_state = selective_step(xc, delta, A, B, C, self.D, z, self.dt_bias, True, state.ssm)  # (B, H_in)
+        return self.out_proj(y).to(x_t.dtype), MambaState(conv_state, ssm_state)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+            f"dt_rank={self.rank}, dt_init={self.dt_init!r}"
+        )

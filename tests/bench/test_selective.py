@@ -1,0 +1,29 @@
+"""The selective-scan benchmark runs end to end at tiny sizes, writes its JSON and reports a failing case (here: an
+address-space limit far too small to import torch) as an error row instead of stopping (no timing is asserted)."""
+
+import json
+
+from ssmkit.bench.selective import main
+
+
+def test_selective_bench_writes_results(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--batch", "1", "--d-model", "4", "--d-state", "3", "--length", "9", "--repeats", "1", "--threads", "1",
+            "--cases", "chunked", "loop", "--json", str(out)]
+    assert main(argv) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"chunked", "loop"}
+    for r in rows.values():
+        assert r["forward_s"] > 0 and r["forward_backward_s"] > 0 and r["peak_rss_mib"] >= r["base_rss_mib"] > 0
+    assert rows["chunked"]["forward_backward_speedup_vs_loop"] > 0 and "forward_speedup_vs_loop" not in rows["loop"]
+    assert "| chunked |" in capsys.readouterr().out
+
+
+def test_a_failing_case_is_reported(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--batch", "1", "--d-model", "4", "--length", "9", "--repeats", "2", "--cases", "chunked",
+            "--memory-limit-gib", "0.05", "--json", str(out)]
+    assert main(argv) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["case"] == "chunked" and row["error"]
+    assert "| chunked | failed:" in capsys.readouterr().out

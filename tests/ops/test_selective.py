@@ -1,0 +1,212 @@
+"""The selective scan (ssmkit.ops.selective): every path against an independent float64 loop written here in numpy,
+gradients (gradcheck, and the chunked backward against autograd through the loop), the one-step op, a hand-computed
+case and the input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ssmkit.ops as ops
+from ssmkit.ops.selective import default_chunk_size, selective_scan_chunked, selective_scan_reference, selective_step
+from tests.conftest import DEVICE, rel_err
+
+F64 = torch.float64
+Bsz, L, H, N = 2, 13, 6, 4  # pairwise distinct, L not a multiple of the chunk sizes below
+
+
+def inputs(G: int | None = None, dtype=F64, L: int = L, seed: int = 0, requires_grad: bool = False):
+    """u, δ (B, L, H), A (H, N) < 0, B, C (B, L, N) or (B, L, G, N), D, b_Δ (H,), z (B, L, H), h0 (B, H, N)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, dtype=dtype, generator=g)  # noqa: E731
+    bc = (Bsz, L, N) if G is None else (Bsz, L, G, N)
+    out = dict(u=r(Bsz, L, H), delta=r(Bsz, L, H), A=-torch.rand(H, N, dtype=dtype, generator=g) * 2 - 0.1, B=r(*bc),
+               C=r(*bc), D=r(H), z=r(Bsz, L, H), delta_bias=r(H) * 0.5, state=r(Bsz, H, N))
+    return {k: v.to(DEVICE).requires_grad_(requires_grad) for k, v in out.items()}
+
+
+def numpy_loop(u, delta, A, B, C, D, z, delta_bias, state):
+    """The selective scan in float64 numpy, one channel, state and step at a time (independent of ssmkit)."""
+    u, delta, A, B, C, D, z, b, h = (np.asarray(t.detach().cpu(), dtype=np.float64) for t in (u, delta, A, B, C, D, z, delta_bias, state))
+    Bsz_, L_, H_ = u.shape
+    N_ = A.shape[1]
+    P = H_ // (B.shape[2] if B.ndim == 4 else 1)
+    y = np.zeros_like(u)
+    h = h.copy()
+    for bi in range(Bsz_):
+        for t in range(L_):
+            for c in range(H_):
+                x = delta[bi, t, c] + b[c]
+                dt = max(x, 0.0) + math.log1p(math.exp(-abs(x)))  # softplus
+                Bv = B[bi, t, c // P] if B.ndim == 4 else B[bi, t]
+                Cv = C[bi, t, c // P] if C.ndim == 4 else C[bi, t]
+                acc = 0.0
+                for n in range(N_):
+                    h[bi, c, n] = math.exp(dt * A[c, n]) * h[bi, c, n] + dt * Bv[n] * u[bi, t, c]
+                    acc += Cv[n] * h[bi, c, n]
+                gate = z[bi, t, c] / (1 + math.exp(-z[bi, t, c]))  # SiLU
+                y[bi, t, c] = (acc + D[c] * u[bi, t, c]) * gate
+    return torch.from_numpy(y), torch.from_numpy(h)
+
+
+PATHS = {
+    "reference": selective_scan_reference,
+    "chunked T=4": lambda *a: selective_scan_chunked(*a, chunk_size=4),
+    "chunked T=5": lambda *a: selective_scan_chunked(*a, chunk_size=5),
+    "chunked T=1": lambda *a: selective_scan_chunked(*a, chunk_size=1),
+    "chunked default": selective_scan_chunked,
+}
+
+
+@pytest.mark.parametrize("G", [None, 1, 3])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_path_equals_an_independent_float64_loop(path, G):
+    p = inputs(G)
+    y_np, h_np = numpy_loop(**p)
+    y, h = PATHS[path](p["u"], p["delta"], p["A"], p["B"], p["C"], p["D"], p["z"], p["delta_bias"], True, p["state"])
+    assert rel_err(y, y_np) < 1e-12 and rel_err(h, h_np) < 1e-12  # float64: rounding only
+
+
+def test_options_off_and_the_dispatch():
+    p = inputs()
+    # no D, no z, no bias, no softplus: y = C · h with Δ = δ (made positive here)
+    delta = p["delta"].abs()
+    y, h = selective_scan_reference(p["u"], delta, p["A"], p["B"], p["C"])
+    for backend in ("auto", "chunked", "reference"):
+        y2, h2 = ops.selective_scan(p["u"], delta, p["A"], p["B"], p["C"], backend=backend)
+        assert rel_err(y2, y) < 1e-12 and rel_err(h2, h) < 1e-12
+    y3, none = ops.selective_scan(p["u"], delta, p["A"], p["B"], p["C"], return_state=False)
+    assert none is None and rel_err(y3, y) < 1e-12
+    with pytest.raises(RuntimeError, match="selective_scan: backend 'fft' was forced"):
+        ops.selective_scan(p["u"], delta, p["A"], p["B"], p["C"], backend="fft")
+
+
+def test_a_hand_computed_case():
+    # one channel, one state, A = -ln 2, Δ = 1 (no softplus): h_t = h_{t-1}/2 + u_t B_t, y_t = C_t h_t + D u_t
+    u = torch.tensor([[[1.0], [2.0], [0.0]]], dtype=F64, device=DEVICE)
+    ones = torch.ones(1, 3, 1, dtype=F64, device=DEVICE)
+    A = torch.tensor([[-math.log(2.0)]], dtype=F64, device=DEVICE)
+    C = torch.tensor([[[1.0], [3.0], [-1.0]]], dtype=F64, device=DEVICE)
+    D = torch.tensor([0.5], dtype=F64, device=DEVICE)
+    h0 = torch.tensor([[[4.0]]], dtype=F64, device=DEVICE)
+    # h = 4/2 + 1 = 3, 3/2 + 2 = 3.5, 3.5/2 = 1.75; y = 3 + 0.5, 10.5 + 1, -1.75
+    for fn in (selective_scan_reference, lambda *a, **k: selective_scan_chunked(*a, **k, chunk_size=2)):
+        y, h = fn(u, ones, A, ones, C, D, state=h0)
+        assert torch.allclose(y.flatten(), torch.tensor([3.5, 11.5, -1.75], dtype=F64, device=DEVICE), atol=1e-14)
+        assert torch.allclose(h.flatten(), torch.tensor([1.75], dtype=F64, device=DEVICE), atol=1e-14)
+
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "state")
+
+
+def scan_args(p):
+    return [p[k] for k in NAMES]
+
+
+@pytest.mark.parametrize("G", [None, 2])
+def test_gradcheck_of_the_chunked_path(G):
+    # every input and the initial state, through the output and the final state (float64, tiny)
+    g = torch.Generator().manual_seed(3)
+    p = {k: v[:1, :7] if v.dim() >= 3 and k not in ("A", "state") else v for k, v in inputs(G, L=7).items()}
+    p["state"] = p["state"][:1]
+    p = {k: v.detach().clone().requires_grad_() for k, v in p.items()}
+    w = torch.randn(1, 7, H, dtype=F64, generator=g).to(DEVICE)
+
+    def f(*args):
+        y, h = selective_scan_chunked(*args[:8], True, args[8], chunk_size=3)
+        return (y * w).sum() + h.square().sum()
+
+    assert torch.autograd.gradcheck(f, tuple(scan_args(p)), atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 4, 5, 64])
+@pytest.mark.parametrize("G", [None, 3])
+def test_chunked_gradients_equal_the_reference_loop(G, T):
+    p = inputs(G, requires_grad=True)
+    args = scan_args(p)
+    gy = torch.randn(Bsz, L, H, dtype=F64, device=DEVICE)
+    gh = torch.randn(Bsz, H, N, dtype=F64, device=DEVICE)
+
+    def grads(fn):
+        y, h = fn(*args[:8], True, args[8])
+        return torch.autograd.grad((y * gy).sum() + (h * gh).sum(), args)
+
+    ref = grads(selective_scan_reference)
+    got = grads(lambda *a: selective_scan_chunked(*a, chunk_size=T))
+    for name, a, b in zip(NAMES, got, ref):
+        assert rel_err(a, b) < 1e-12, name
+
+
+def test_float32_chunked_path_is_as_accurate_as_the_float32_loop():
+    # L = 300 with realistic magnitudes (Δ ~ 1e-3..1e-1 through softplus, A = -(1..N)); errors against float64
+    p = inputs(dtype=F64, L=300, seed=5)
+    p["A"] = -torch.arange(1, N + 1, dtype=F64, device=DEVICE).expand(H, N).contiguous()
+    p["delta"] = p["delta"] - 3.0
+    y64, h64 = selective_scan_reference(*scan_args(p)[:8], True, p["state"])
+    p32 = [t.float() for t in scan_args(p)]
+    y_ref, h_ref = selective_scan_reference(*p32[:8], True, p32[8])
+    y_ch, h_ch = selective_scan_chunked(*p32[:8], True, p32[8])
+    assert rel_err(y_ch, y64) < max(2 * rel_err(y_ref, y64), 1e-6)
+    assert rel_err(h_ch, h64) < max(2 * rel_err(h_ref, h64), 1e-6)
+
+
+@pytest.mark.parametrize("G", [None, 3])
+def test_step_equals_the_scan(G):
+    p = inputs(G)
+    y, h = selective_scan_reference(*scan_args(p)[:8], True, p["state"])
+    state = p["state"]
+    for t in range(L):
+        y_t, state = selective_step(p["u"][:, t], p["delta"][:, t], p["A"], p["B"][:, t], p["C"][:, t], p["D"], p["z"][:, t],
+                                    p["delta_bias"], True, state)
+        assert rel_err(y_t, y[:, t]) < 1e-12
+    assert rel_err(state, h) < 1e-12
+
+
+def test_default_chunk_size():
+    assert default_chunk_size(8, 512, 16) == 8  # a chunk of Ā: 8·8·512·16 = 2^19 values
+    assert default_chunk_size(1, 6, 4) == 128
+    assert all(8 <= default_chunk_size(b, 64, 16) <= 128 for b in (1, 4, 64, 4096))
+
+
+BAD = [
+    (dict(u=torch.randn(2, 5)), r"u must be \(B, L, H\)"),
+    (dict(u=torch.randn(2, 0, 6)), r"u must be \(B, L, H\) with B, L >= 1"),
+    (dict(u=torch.ones(2, 5, 6, dtype=torch.int64)), "floating-point"),
+    (dict(delta=torch.randn(2, 5, 7)), r"delta must be \(B, L, H\)"),
+    (dict(A=torch.randn(5, 4)), r"A must be \(H, N\) with H=6"),
+    (dict(B=torch.randn(2, 5, 3)), "B and C must have one shape"),
+    (dict(B=torch.randn(2, 5, 3), C=torch.randn(2, 5, 3)), r"B and C must be \(B, L, N\) = \(2, 5, 4\) or grouped"),
+    (dict(B=torch.randn(2, 5, 4, 4), C=torch.randn(2, 5, 4, 4)), "G dividing H=6"),
+    (dict(D=torch.randn(5)), r"D must be \(H,\) = \(6,\)"),
+    (dict(delta_bias=torch.randn(6, 1)), r"delta_bias must be \(H,\)"),
+    (dict(z=torch.randn(2, 5, 5)), r"z must be \(B, L, H\)"),
+    (dict(state=torch.randn(2, 6, 5)), r"state must be \(B, H, N\) = \(2, 6, 4\)"),
+    (dict(state=torch.randn(2, 6, 4, dtype=F64)), "state must have u's dtype torch.float32"),
+    (dict(A=[[1.0]]), "A must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("bad,match", BAD)
+def test_bad_inputs_raise(bad, match, backend):
+    good = dict(u=torch.randn(2, 5, 6), delta=torch.randn(2, 5, 6), A=-torch.rand(6, 4), B=torch.randn(2, 5, 4),
+                C=torch.randn(2, 5, 4), D=torch.randn(6), z=torch.randn(2, 5, 6), delta_bias=torch.randn(6),
+                state=torch.randn(2, 6, 4))
+    args = {**good, **bad}
+    with pytest.raises(ValueError, match=match):
+        ops.selective_scan(*[args[k] for k in NAMES[:8]], True, args["state"], backend=backend)
+
+
+def test_step_bad_inputs_raise():
+    with pytest.raises(ValueError, match=r"u_t must be \(B, H\)"):
+        selective_step(torch.randn(2, 5, 6), torch.randn(2, 5, 6), -torch.rand(6, 4), torch.randn(2, 4), torch.randn(2, 4),
+                       None, None, None, True, torch.zeros(2, 6, 4))
+    with pytest.raises(ValueError, match=r"B and C must be \(B, N\) = \(2, 4\)"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 6), -torch.rand(6, 4), torch.randn(2, 5), torch.randn(2, 5),
+                       None, None, None, True, torch.zeros(2, 6, 4))
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        selective_scan_chunked(torch.randn(2, 5, 6), torch.randn(2, 5, 6), -torch.rand(6, 4), torch.randn(2, 5, 4),
+                               torch.randn(2, 5, 4), chunk_size=0)

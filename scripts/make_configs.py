@@ -276,8 +276,10 @@ def s5(cell: str):
         "PyTorch's default momentum",
     ]
     if a["opt"] != "standard":
-        notes.append(f"opt_config {a['opt']} (B trained at the global lr and/or weight decay on C): ssmkit uses the "
-                     "'standard' grouping (Λ, B̃, Δ at the SSM lr without weight decay; C̃, D global)")
+        what = {"BandCdecay": "weight decay on B as well as C, B at the SSM lr",
+                "BfastandCdecay": "weight decay on B as well as C, B at the global lr"}[a["opt"]]
+        notes.append(f"opt_config {a['opt']} ({what}): ssmkit uses the 'standard' grouping (Λ, B̃, Δ at the SSM lr "
+                     "without weight decay; C̃, D at the global lr with weight decay)")
     if a.get("dt_global"):
         notes.append("dt_global: True (Δ at the global lr): ssmkit trains Δ at the layer's lr")
     notes.append("early-stopping patience and lr-on-plateau options of run_train.py keep their no-op defaults")

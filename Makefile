@@ -1,4 +1,5 @@
-# ssmkit: `make demo` runs the end-to-end example, `make test` runs the test-suite.
+# ssmkit: `make demo` runs the end-to-end example, `make test` runs the test-suite, `make wheel-check` builds the wheel
+# and runs the installed `ssmkit` from a fresh virtual environment (what a plain `pip install` gives a user).
 # Each target creates .venv with pip on first use (torch pinned to the CPU build that installs offline here).
 
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench install clean wheel-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,24 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The wheel in a fresh venv, used from outside the checkout: --help, the shipped configs (package data), and a
+# 3-step train from a shipped config (its model and training settings, on the bundled 8x8 digits at a tiny width).
+WHEEL_VENV ?= /tmp/ssmkit-wheel-check
+wheel-check: $(VENV)/.installed
+	rm -rf dist $(WHEEL_VENV)
+	$(PY) -m pip wheel -q --no-deps . -w dist/
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q $(TORCH)
+	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls dist/ssmkit-*.whl)[train,data]"
+	cd $(WHEEL_VENV) && bin/ssmkit --help > /dev/null
+	cd $(WHEEL_VENV) && bin/ssmkit train --help > /dev/null
+	cd $(WHEEL_VENV) && bin/ssmkit configs > configs.txt && grep -qx lra/listops-s4 configs.txt
+	cd $(WHEEL_VENV) && bin/ssmkit train --config sequential/smnist-s4 --task digits --d_model 8 --n_layers 1 \
+		--train.max_steps 3 --train.warmup_steps 0 --train.batch_size 16 --train.val_every 0 \
+		--train.checkpoint_every 0 --train.accelerator cpu --out $(WHEEL_VENV)/run --no-progress
+	test -f $(WHEEL_VENV)/run/result.json
+	@echo "wheel-check: OK ($$(ls dist/ssmkit-*.whl))"
 
 # `ssmkit compare` on MNIST-1D with every registered layer, the same step budget each (a step count, not a time
 # budget: the same models on a slow or busy machine); fails if a layer stays below 30 % (chance is 10 %).

@@ -1,0 +1,157 @@
+"""The chunked SSD scan of Mamba-2 as a Triton kernel (forward; the backward recomputes through the torch path).
+
+Dao & Gu, "Transformers are SSMs", arXiv 2405.21060 (§3 eq. 2 with Ā_t = exp(Δ_t A) I; §6 for the chunked
+algorithm). Per head h with state H_t ∈ R^{P×N}:
+
+    H_t = exp(Δ_t A_h) H_{t-1} + Δ_t x_t B_tᵀ,      y_t = H_t C_t
+
+One program per (batch row b, head h, block of BP head channels), chunks of T steps in order, the state (BP, N)
+in registers. Per chunk, with a_t = Δ_t A_h and its running sum cs_t inside the chunk (Δ = 0 past the end: decay
+1, no input):
+    (1) intra-chunk: y = ((C Bᵀ) ∘ 𝓛 ∘ Δ_sᵀ) x, 𝓛_ts = exp(cs_t - cs_s) for s ≤ t        (two tl.dot)
+    (2) the carried state's output: y_t += exp(cs_t) C_t Hᵀ                                 (tl.dot)
+    (3) H ← exp(cs_{T-1}) H + Σ_s exp(cs_{T-1} - cs_s) Δ_s x_s B_sᵀ                       (tl.dot)
+The decays are differences of running sums inside one chunk (the torch path sums each segment from its own terms,
+:func:`ssmkit.ops.ssd.segment_sums`; here the chunk is short and the error is ~|cs|·eps). Matmuls run in IEEE
+precision (no TF32) so that float32 results match the references to ~1e-6.
+
+Backward: the kernel saves only its inputs; the backward re-runs :func:`ssmkit.ops.ssd.ssd_chunked` under autograd
+and differentiates it (recompute). A fused backward kernel is future work (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ssmkit.ops._checks import check_chunk_size
+from ssmkit.ops.ssd import _check_ssd, ssd_chunked
+
+DEFAULT_CHUNK = 64  # T
+MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
+
+
+@triton.jit
+def _ssd_fwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, hL_ptr,
+    L, H, P, G, N, R, n_chunks,
+    T: tl.constexpr, BP: tl.constexpr, NB: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    hd = tl.program_id(1)
+    g = hd // R  # the head's group
+    p = tl.program_id(2) * BP + tl.arange(0, BP)  # (BP,)
+    n = tl.arange(0, NB)  # (NB,)
+    t = tl.arange(0, T)  # (T,)
+    pm = p < P
+    nm = n < N
+    A_h = tl.load(A_ptr + hd)
+    s_off = ((b * H + hd) * P + p[:, None]) * N + n[None, :]  # (BP, NB)
+    sm = pm[:, None] & nm[None, :]
+    if HAS_H0:
+        S = tl.load(h0_ptr + s_off, mask=sm, other=0.0)  # (BP, NB)
+    else:
+        S = tl.zeros((BP, NB), dtype=h0_ptr.dtype.element_ty)
+    causal = t[:, None] >= t[None, :]  # (T, T): s ≤ t
+    for c in range(0, n_chunks):
+        tt = (c * T + t).to(tl.int64)  # (T,)
+        tm = tt < L
+        dtv = tl.load(dt_ptr + (b * L + tt) * H + hd, mask=tm, other=0.0)  # (T,)
+        cs = tl.cumsum(dtv * A_h, 0)  # (T,): Σ_{k≤t} a_k within the chunk
+        xv = tl.load(x_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], mask=tm[:, None] & pm[None, :], other=0.0)
+        bc_off = ((b * L + tt[:, None]) * G + g) * N + n[None, :]  # (T, NB)
+        bcm = tm[:, None] & nm[None, :]
+        Bv = tl.load(B_ptr + bc_off, mask=bcm, other=0.0)  # (T, NB)
+        Cv = tl.load(C_ptr + bc_off, mask=bcm, other=0.0)  # (T, NB)
+        # (1) intra-chunk outputs
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision="ieee")  # (T, T)
+        decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (T, T): 𝓛
+        y = tl.dot(CB * decay * dtv[None, :], xv, input_precision="ieee")  # (T, BP)
+        # (2) the carried state's output
+        y += tl.exp(cs)[:, None] * tl.dot(Cv, tl.trans(S), input_precision="ieee")  # (T, BP)
+        tl.store(y_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], y, mask=tm[:, None] & pm[None, :])
+        # (3) the state at the chunk's end
+        cs_end = tl.sum(tl.where(t == T - 1, cs, 0.0), axis=0)
+        w = dtv * tl.exp(cs_end - cs)  # (T,)
+        S = tl.exp(cs_end) * S + tl.dot(tl.trans(xv * w[:, None]), Bv, input_precision="ieee")  # (BP, NB)
+    tl.store(hL_ptr + s_off, S, mask=sm)
+
+
+def _ssd_forward(x, dt, A, B, C, h0, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    Bsz, L, H, P = x.shape
+    G, N = B.shape[2:]
+    BP = max(16, min(64, triton.next_power_of_2(P)))
+    NB = max(16, triton.next_power_of_2(N))
+    x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
+    y = torch.empty_like(x)  # (B, L, H, P)
+    hL = x.new_empty(Bsz, H, P, N)
+    h0_arg = h0.contiguous() if h0 is not None else hL  # read only when HAS_H0
+    grid = (Bsz, H, triton.cdiv(P, BP))
+    _ssd_fwd_kernel[grid](
+        x, dt, A, B, C, h0_arg, y, hL, L, H, P, G, N, H // G, triton.cdiv(L, T),
+        T=T, BP=BP, NB=NB, HAS_H0=h0 is not None,
+    )
+    return y, hL
+
+
+class _SSD(torch.autograd.Function):
+    """y, H_L by the forward kernel; the backward differentiates :func:`ssmkit.ops.ssd.ssd_chunked` (recompute)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, T):  # type: ignore[override]
+        ctx.save_for_backward(x, dt, A, B, C, h0)
+        ctx.T = T
+        return _ssd_forward(x, dt, A, B, C, h0, T)
+
+    @staticmethod
+    def backward(ctx, gy, gh):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]
+        with torch.enable_grad():
+            y, h = ssd_chunked(*inputs, chunk_size=ctx.T)
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            outs, grads = [], []
+            for o, go in ((y, gy), (h, gh)):
+                if go is not None:
+                    outs.append(o)
+                    grads.append(go)
+            found = torch.autograd.grad(outs, wanted, grads, allow_unused=True) if wanted and outs else []
+        it = iter(found)
+        result = [next(it) if t is not None and t.requires_grad else None for t in inputs]
+        return (*result, None)
+
+
+def ssd_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SSD scan by the chunked Triton kernel; equals :func:`ssmkit.ops.ssd.ssd_reference`.
+
+    H_t = exp(Δ_t A_h) H_{t-1} + Δ_t x_t B_tᵀ, y_t = H_t C_t per head (arXiv 2405.21060 §3, chunked as in §6).
+
+    Args:
+        x: (B, L, H, P) inputs, H heads of P channels.
+        dt: (B, L, H) step sizes Δ > 0.
+        A: (H,) decay rates, A < 0.
+        B: (B, L, G, N) input vectors, G groups dividing H.
+        C: (B, L, G, N) output vectors.
+        h0: (B, H, P, N) initial state, or None for zeros.
+        chunk_size: the chunk length asked for (None: 64). The kernel's tile T is the power of two in [16, 64] at
+            or above it (tl.dot needs tiles of at least 16; a (T, T) decay tile above 64 no longer fits in
+            registers); the chunk length changes speed only, not the result beyond rounding.
+
+    Returns:
+        y (B, L, H, P) and the final state (B, H, P, N).
+    """
+    _check_ssd(x, dt, A, B, C, h0)
+    asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
+    check_chunk_size(asked)
+    T = min(MAX_CHUNK, max(16, triton.next_power_of_2(asked)))  # tl.dot tiles: >= 16; registers: <= 64
+    return _SSD.apply(x, dt, A, B, C, h0, T)

@@ -6,9 +6,10 @@ it at import time, so ssmkit imports cleanly without Triton. The backend is usab
 - CUDA: ``triton`` imports, the kernels compile, and a smoke call (a tiny scan and a tiny SSD, each compared with
   its reference) succeeds on that device. An import that succeeds is not enough: a driver, compiler or
   architecture mismatch only shows when a kernel is built and launched.
-- CPU: only under Triton's interpreter, i.e. with ``TRITON_INTERPRET=1`` in the environment when the kernels are
-  first imported (Triton fixes the mode when it decorates a kernel) and when the op is called. This is slow and
-  meant for tests (CI runs the kernels this way, at tiny sizes); the same smoke call decides.
+- CPU: only under Triton's interpreter, i.e. with ``TRITON_INTERPRET=1`` in the environment of the process from
+  its start (Triton fixes the mode when it decorates a function, its own library included, and ``import torch``
+  imports triton) and when the op is called. This is slow and meant for tests (CI runs the kernels this way, at
+  tiny sizes: tests/conftest.py sets the variable); the same smoke call decides.
 - any other device: never.
 
 The verdict is cached per device (and, on CPU, per ``TRITON_INTERPRET`` value); :func:`triton_status` returns it
@@ -101,8 +102,8 @@ def triton_status(device: torch.device | str, op: str = "ssm_scan", dtype: torch
     elif device.type == "cpu" and not interpreting():
         verdict = (
             False,
-            "the Triton kernels run on CUDA devices only (got cpu); set TRITON_INTERPRET=1 before ssmkit's kernels are "
-            "first used to run them in Triton's CPU interpreter (slow: for tests)",
+            "the Triton kernels run on CUDA devices only (got cpu); start the process with TRITON_INTERPRET=1 in its "
+            "environment to run them in Triton's CPU interpreter (slow: for tests)",
         )
     elif device.type == "cuda" and not torch.cuda.is_available():
         verdict = (False, "torch.cuda.is_available() is False")
@@ -113,7 +114,10 @@ def triton_status(device: torch.device | str, op: str = "ssm_scan", dtype: torch
             _smoke(op, device, dtype)
             verdict = (True, "")
         except Exception as e:  # noqa: BLE001  (any failure of the smoke call means: not usable; the reason is kept)
-            verdict = (False, f"the smoke call failed: {type(e).__name__}: {e}")
+            hint = ""
+            if device.type == "cpu" and "outside of the scope of a kernel" in str(e):
+                hint = " (TRITON_INTERPRET=1 was set after triton was imported; set it when the process starts)"
+            verdict = (False, f"the smoke call failed: {type(e).__name__}: {e}{hint}")
     _STATUS[key] = verdict
     return verdict
 

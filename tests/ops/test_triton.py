@@ -257,3 +257,15 @@ def test_gpu_s4d_runs_a_million_steps_at_batch_one():
             y_ref, h_ref = layer(x)
     assert rel_err(y, y_ref) < 1e-4 and rel_err(h, h_ref) < 1e-4
     assert torch.isfinite(x.grad).all()
+
+
+@needs_triton
+def test_the_first_call_may_come_without_grad():
+    # the gate's smoke call differentiates the kernels: it must work when the first call is a no-grad forward
+    from ssmkit.ops import triton_gate
+
+    x, dt, A, B, C, h0 = (cast(t, torch.float32) for t in ssd_inputs(L=9, H=2, G=1))
+    triton_gate._STATUS.clear()
+    with torch.inference_mode():
+        y, _ = ssd(x, dt, A, B, C, h0, backend="triton")
+    assert rel_err(y, ssd_reference(x, dt, A, B, C, h0)[0]) < TOL[torch.float32]

@@ -3,6 +3,7 @@
     core   forward and forward+backward of S4D and S4: fast paths against the reference loops
     step   recurrent generation: each layer's ``step`` against the bare diagonal-SSM step arithmetic
     ssd    Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step
+    gpu    the scan and SSD ops under every backend (triton included) against the device's copy bandwidth
 
 Each suite is a module with ``main(argv, prog) -> int`` that parses its own options; it is imported only
 when run.
@@ -18,6 +19,7 @@ SUITES = {
     "core": "forward and forward+backward of S4D and S4: fast paths against the reference loops",
     "step": "recurrent step of each layer (tokens/s) against the bare diagonal-SSM step arithmetic",
     "ssd": "Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step",
+    "gpu": "the scan and SSD ops under every backend (triton included) against the device's copy bandwidth",
 }
 
 

@@ -71,10 +71,11 @@ def _smoke(op: str, device: torch.device, dtype: torch.dtype) -> None:
         raise ValueError(f"op must be one of {OPS}; got {op!r}")
     outs = []
     for fn in (fast, ref):
-        leaves = [a.clone().requires_grad_() for a in args]
-        y, x = fn(*leaves)
-        loss = y.square().sum() + (x.abs().square().sum())
-        outs.append([y, x, *torch.autograd.grad(loss, leaves)])
+        with torch.inference_mode(False), torch.enable_grad():  # the first call may come from a no-grad forward
+            leaves = [a.clone().requires_grad_() for a in args]
+            y, x = fn(*leaves)
+            loss = y.square().sum() + (x.abs().square().sum())
+            outs.append([y, x, *torch.autograd.grad(loss, leaves)])
     for a, b in zip(*outs):
         if not _close(a.detach(), b.detach(), dtype):
             raise RuntimeError(f"the {op} kernel's smoke call disagrees with its reference")

@@ -5,12 +5,13 @@ folded into C by the caller, as the layers do: pass 2·C):
 
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,    y_t = Re(Σ_n C_n x_{t,n}) + D u_t
 
-Forward kernel, one program per (batch row b, block of BH channels), chunks of T steps in order; the state
-x (BH, N) stays in registers between chunks. Per chunk:
-    (1) load u (T, BH) and form B̄ u_t (T, BH, N);
-    (2) the chunk's states from zero by an associative scan over t with (a, b)∘(a', b') = (a'a, a'b + b')
-        (Martin & Cundy, arXiv 1709.04057), plus the carried state's free response Ā^{t+1} x_prev (a power table);
-    (3) y_t = Σ_n Re(C_n x_{t,n}) + D u_t, written as (T, BH): the (B, L, H, N) states never reach memory;
+Forward kernel, one program per (batch row b, block of channels), chunks of T steps in order; the block's
+states stay in registers between chunks. Per chunk:
+    (1) load the chunk's inputs u_t of the block's channels and form B̄ u_t for every step, channel and mode;
+    (2) the chunk's states from zero by an associative scan over t of the maps x -> a x + b, composed as
+        a'(a x + b) + b' (Martin & Cundy, arXiv 1709.04057), plus the carried state's free response Ā^{t+1} x_prev (a power table);
+    (3) y_t = Σ_n Re(C_n x_{t,n}) + D u_t, reduced in registers and written: the (B, L, H, N) states never reach
+        memory;
     (4) x_prev ← the chunk's last state; with gradients wanted, x_prev is also written as the chunk's checkpoint
         (B, L/T, H, N).
 

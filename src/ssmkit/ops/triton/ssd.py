@@ -5,8 +5,8 @@ algorithm). Per head h with state H_t ∈ R^{P×N}:
 
     H_t = exp(Δ_t A_h) H_{t-1} + Δ_t x_t B_tᵀ,      y_t = H_t C_t
 
-One program per (batch row b, head h, block of BP head channels), chunks of T steps in order, the state (BP, N)
-in registers. Per chunk, with a_t = Δ_t A_h and its running sum cs_t inside the chunk (Δ = 0 past the end: decay
+One program per (batch row b, head h, block of head channels), chunks of T steps in order, the block's rows of
+the state in registers. Per chunk, with a_t = Δ_t A_h and its running sum cs_t inside the chunk (Δ = 0 past the end: decay
 1, no input):
     (1) intra-chunk: y = ((C Bᵀ) ∘ 𝓛 ∘ Δ_sᵀ) x, 𝓛_ts = exp(cs_t - cs_s) for s ≤ t        (two tl.dot)
     (2) the carried state's output: y_t += exp(cs_t) C_t Hᵀ                                 (tl.dot)
@@ -78,11 +78,36 @@ def _ssd_fwd_kernel(
     tl.store(hL_ptr + s_off, S, mask=sm)
 
 
+def tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """The kernel's tiles: the chunk length (at most the T asked), the head channels per program and the padded N.
+
+    Every tile is a power of two >= 16 (tl.dot). The kernel stages its dot operands in shared memory; compiled for
+    sm_90 (Triton 3.9, 4 warps) it needs 181 KB with chunk 64, 32 channels and N padded to 128 in float32 (chunk 32
+    in float64), 132 KB with chunk 64, 64 channels, N 64 in float32, 171 KB with chunk 16, 16 channels, N 256 in
+    float64 -- under the 227 KB of an H100/H200 -- hence the caps: at most 32 channels, chunks of at most 32 in
+    float64, halved again for N > 128.
+
+    Args:
+        P: the head dimension.
+        N: the state size.
+        T: the chunk length asked for (a power of two >= 16).
+        dtype: float32 or float64.
+
+    Returns:
+        (chunk length, channels per program, padded state size), each a power of two >= 16.
+    """
+    BP = max(16, min(32, triton.next_power_of_2(P)))
+    NB = max(16, triton.next_power_of_2(N))
+    cap = MAX_CHUNK if dtype == torch.float32 else MAX_CHUNK // 2
+    if NB > 128:
+        cap //= 2
+    return max(16, min(T, cap)), BP, NB
+
+
 def _ssd_forward(x, dt, A, B, C, h0, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     Bsz, L, H, P = x.shape
     G, N = B.shape[2:]
-    BP = max(16, min(64, triton.next_power_of_2(P)))
-    NB = max(16, triton.next_power_of_2(N))
+    T, BP, NB = tiles(P, N, T, x.dtype)
     x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
     y = torch.empty_like(x)  # (B, L, H, P)
     hL = x.new_empty(Bsz, H, P, N)
@@ -143,9 +168,9 @@ def ssd_triton(
         B: (B, L, G, N) input vectors, G groups dividing H.
         C: (B, L, G, N) output vectors.
         h0: (B, H, P, N) initial state, or None for zeros.
-        chunk_size: the chunk length asked for (None: 64). The kernel's tile T is the power of two in [16, 64] at
-            or above it (tl.dot needs tiles of at least 16; a (T, T) decay tile above 64 no longer fits in
-            registers); the chunk length changes speed only, not the result beyond rounding.
+        chunk_size: the chunk length asked for (None: 64). The kernel's tile T is the power of two at or above it,
+            within [16, 64] (float64: [16, 32]; halved for N > 128) -- see :func:`tiles`; the chunk length changes
+            speed only, not the result beyond rounding.
 
     Returns:
         y (B, L, H, P) and the final state (B, H, P, N).
@@ -153,5 +178,5 @@ def ssd_triton(
     _check_ssd(x, dt, A, B, C, h0)
     asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
     check_chunk_size(asked)
-    T = min(MAX_CHUNK, max(16, triton.next_power_of_2(asked)))  # tl.dot tiles: >= 16; registers: <= 64
+    T = tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
     return _SSD.apply(x, dt, A, B, C, h0, T)

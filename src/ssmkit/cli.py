@@ -1,5 +1,6 @@
-"""The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites) and
-``demo`` (end-to-end run).
+"""The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites),
+``demo`` (end-to-end run), ``tasks`` (the tasks and whether their data is present) and ``data get|extract`` (data
+sets).
 
     ssmkit --help                # the commands
     ssmkit train --help          # one model on one task (jsonargparse: every Experiment field is an option)
@@ -7,6 +8,8 @@
     ssmkit bench --help          # the suites
     ssmkit bench step --help     # one suite's options
     ssmkit demo --help           # the demo's options
+    ssmkit tasks                 # every task and whether its data is present
+    ssmkit data get mnist        # fetch MNIST and verify its SHA-256 values
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
@@ -19,6 +22,7 @@ import argparse
 import sys
 
 from ssmkit.bench import add_suite_parsers
+from ssmkit.data.commands import add_parsers as add_data_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_parsers(bench)
     commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
                         add_help=False)
+    add_data_parsers(commands)
     return parser
 
 
@@ -55,6 +60,12 @@ def _dispatch(argv: list[str]) -> int:
 
         entry = {"train": commands.train_main, "compare": commands.compare_main, "configs": commands.configs_main}
         return entry[args.command](rest, prog=f"ssmkit {args.command}")
+    if args.command in ("tasks", "data"):
+        from ssmkit.data.commands import run as run_data
+
+        if rest:
+            build_parser().parse_args(argv)  # exits 2 naming the unrecognised arguments
+        return run_data(args)
     from ssmkit.demo import main as demo_main
 
     return demo_main(rest, prog="ssmkit demo")

@@ -260,12 +260,13 @@ def test_gpu_s4d_runs_a_million_steps_at_batch_one():
 
 
 @needs_triton
-def test_the_first_call_may_come_without_grad():
-    # the gate's smoke call differentiates the kernels: it must work when the first call is a no-grad forward
+def test_the_first_call_may_come_without_grad_and_under_autocast():
+    # the gate's smoke call differentiates the kernels and compares them at float32 tolerances: it must work when the
+    # first call is a no-grad forward under autocast
     from ssmkit.ops import triton_gate
 
     x, dt, A, B, C, h0 = (cast(t, torch.float32) for t in ssd_inputs(L=9, H=2, G=1))
     triton_gate._STATUS.clear()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         y, _ = ssd(x, dt, A, B, C, h0, backend="triton")
     assert rel_err(y, ssd_reference(x, dt, A, B, C, h0)[0]) < TOL[torch.float32]

@@ -71,7 +71,8 @@ def _smoke(op: str, device: torch.device, dtype: torch.dtype) -> None:
         raise ValueError(f"op must be one of {OPS}; got {op!r}")
     outs = []
     for fn in (fast, ref):
-        with torch.inference_mode(False), torch.enable_grad():  # the first call may come from a no-grad forward
+        # the first call may come from a no-grad or autocast forward: the check runs in plain float32/float64
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
             leaves = [a.clone().requires_grad_() for a in args]
             y, x = fn(*leaves)
             loss = y.square().sum() + (x.abs().square().sum())

@@ -133,7 +133,7 @@ class _SSD(torch.autograd.Function):
     def backward(ctx, gy, gh):  # type: ignore[override]
         saved = ctx.saved_tensors
         inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(saved[0].device.type, enabled=False):  # the forward's precision
             y, h = ssd_chunked(*inputs, chunk_size=ctx.T)
             wanted = [t for t in inputs if t is not None and t.requires_grad]
             outs, grads = [], []

@@ -1,9 +1,9 @@
-"""Compile ssmkit's Triton kernels for a GPU architecture on a machine without a GPU, and print their shared memory.
+"""Compile ssmkit's Triton kernels for a GPU architecture without a GPU; print shared memory, registers, spills.
 
     env -u TRITON_INTERPRET PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--quick]
 
-Catches what Triton's CPU interpreter cannot: lowering errors (scans over a 3-D tile, float64 tl.dot) and shared
-memory beyond the device's limit (227 KB per block on sm_90). Uses the ptxas bundled with triton; nothing runs.
+Catches what Triton's CPU interpreter cannot: lowering errors (scans over a 3-D tile, float64 tl.dot), shared
+memory beyond the device's limit (227 KB per block on sm_90) and register spills (STACK > 0 in cuobjdump's line). Uses the ptxas bundled with triton; nothing runs.
 The SSD kernel compiles slowly on a small CPU (tens of seconds per configuration); --quick skips the largest ones.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import tempfile
 import time
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -25,11 +27,21 @@ from ssmkit.ops.triton import scan as S  # noqa: E402
 from ssmkit.ops.triton import ssd as D  # noqa: E402
 
 
-def compile_one(fn, signature: dict, constexprs: dict, target: GPUTarget) -> tuple[int, float]:
+def compile_one(fn, signature: dict, constexprs: dict, target: GPUTarget) -> tuple[int, str, float]:
+    """Shared memory in bytes, the register/stack line of ``cuobjdump -res-usage`` and the seconds taken."""
     start = time.perf_counter()
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
-                            options={"num_warps": 4})
-    return kernel.metadata.shared, time.perf_counter() - start
+                            options={"num_warps": 8})  # as both launchers
+    seconds = time.perf_counter() - start
+    usage = "?"
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if os.path.exists(cuobjdump):
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        usage = " ".join(w for line in out.splitlines() if "REG:" in line for w in line.split()[:2])
+    return kernel.metadata.shared, usage, seconds
 
 
 def main() -> int:
@@ -55,14 +67,14 @@ def main() -> int:
             T, BP, NB = D.tiles(P, N, D.DEFAULT_CHUNK, dtype)
             cases.append((f"ssd forward P={P} N={N}", D._ssd_fwd_kernel,
                           {k: p for k in ("x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "h0_ptr", "y_ptr", "hL_ptr")},
-                          {"T": T, "BP": BP, "NB": NB, "HAS_H0": True}))
+                          {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))
         for label, fn, pointers, constexprs in cases:
             ints = [a for a in fn.arg_names if a not in pointers and a not in constexprs]
             signature = {**pointers, **{a: "i32" for a in ints}, **{a: "constexpr" for a in constexprs}}
             signature = {a: signature[a] for a in fn.arg_names}
             try:
-                shared, seconds = compile_one(fn, signature, constexprs, target)
-                print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {seconds:.0f} s")
+                shared, usage, seconds = compile_one(fn, signature, constexprs, target)
+                print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
                 failed += shared > 227 * 1024
             except Exception as e:  # noqa: BLE001
                 print(f"{name} {label} {constexprs}: FAILED {type(e).__name__}: {str(e)[:500]}")

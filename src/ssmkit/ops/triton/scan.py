@@ -41,7 +41,12 @@ from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.chunked import wide_powers
 
 DEFAULT_CHUNK = 32  # T: steps per chunk (the scan's tile height)
-DEFAULT_BLOCK_H = 2  # BH: channels per program
+DEFAULT_BLOCK_H = 2  # BH: channels per program of the forward
+BACKWARD_BLOCK_H = 1  # channels per program of the backward (it holds about twice the forward's tiles)
+NUM_WARPS = 8
+# Compiled for sm_90 (Triton 3.9, 32 complex modes, T = 32, float32), registers per thread: forward 2 channels
+# 224 with 4 warps, 128 with 8; backward 2 channels 255 + spills with 4 or 8 warps, 1 channel 255 + 32 B of
+# spills with 4 warps, 146 and none with 8. Hence 8 warps, 2 and 1 channels (not timed on a GPU yet).
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -257,7 +262,7 @@ class _FusedScan(torch.autograd.Function):
         grid = (Bsz, triton.cdiv(H, BH))
         _scan_fwd_kernel[grid](
             u, y, coef, pw, d, x0, xL, ck, L, H, n_chunks,
-            T=T, BH=BH, NP=NP, HAS_X0=state is not None, HAS_D=D is not None, SAVE_CK=save,
+            T=T, BH=BH, NP=NP, HAS_X0=state is not None, HAS_D=D is not None, SAVE_CK=save, num_warps=NUM_WARPS,
         )
         if save:
             ctx.save_for_backward(u, coef, pw, ck, D)
@@ -274,10 +279,11 @@ class _FusedScan(torch.autograd.Function):
         gpar = u.new_empty(Bsz, 6, H, NP)
         gx0 = u.new_empty(Bsz, H, NP, 2)
         d = D.contiguous() if D is not None else u.new_empty(1)
+        BH = min(BH, BACKWARD_BLOCK_H)
         grid = (Bsz, triton.cdiv(H, BH))
         _scan_bwd_kernel[grid](
             u, gy, coef, pw, d, ck, gxL, gu, gpar, gx0, L, H, n_chunks,
-            T=T, BH=BH, NP=NP, HAS_D=D is not None,
+            T=T, BH=BH, NP=NP, HAS_D=D is not None, num_warps=NUM_WARPS,
         )
         g = gpar.sum(0)[:, :, :N]  # (6, H, N)
         gA, gB, gC = (torch.complex(g[2 * i], g[2 * i + 1]) for i in range(3))  # (H, N) each
@@ -313,7 +319,8 @@ def ssm_scan_triton(
         D: (H,) real skip, or None.
         return_state: whether to return the final state (else None in its place).
         chunk_size: T, steps per chunk (a power of two; the tile height of the in-chunk scan).
-        block_h: BH, channels per program (a power of two).
+        block_h: channels per program of the forward (a power of two); the backward takes at most
+            ``BACKWARD_BLOCK_H`` of them.
 
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).

@@ -13,7 +13,10 @@ the state in registers. Per chunk, with a_t = Δ_t A_h and its running sum cs_t 
     (3) H ← exp(cs_{T-1}) H + Σ_s exp(cs_{T-1} - cs_s) Δ_s x_s B_sᵀ                       (tl.dot)
 The decays are differences of running sums inside one chunk (the torch path sums each segment from its own terms,
 :func:`ssmkit.ops.ssd.segment_sums`; here the chunk is short and the error is ~|cs|·eps). Matmuls run in IEEE
-precision (no TF32) so that float32 results match the references to ~1e-6.
+precision: float32 as "tf32x3" (three TF32 tensor-core products, about float32's accuracy), float64 as "ieee".
+Compiled for sm_90 (Triton 3.9) at chunk 64, 32 channels, N 128, float32, the kernel still spills: 255 registers and
+2.2 KB of stack per thread with 8 warps ("ieee" float32 instead: 32 registers and 8.4 KB of stack) -- it needs a
+tuning session on a GPU (split N, smaller operand tiles).
 
 Backward: the kernel saves only its inputs; the backward re-runs :func:`ssmkit.ops.ssd.ssd_chunked` under autograd
 and differentiates it (recompute). A fused backward kernel is future work (docs/design.md).
@@ -36,7 +39,7 @@ MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, hL_ptr,
     L, H, P, G, N, R, n_chunks,
-    T: tl.constexpr, BP: tl.constexpr, NB: tl.constexpr, HAS_H0: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, NB: tl.constexpr, HAS_H0: tl.constexpr, PREC: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     hd = tl.program_id(1)
@@ -65,16 +68,16 @@ def _ssd_fwd_kernel(
         Bv = tl.load(B_ptr + bc_off, mask=bcm, other=0.0)  # (T, NB)
         Cv = tl.load(C_ptr + bc_off, mask=bcm, other=0.0)  # (T, NB)
         # (1) intra-chunk outputs
-        CB = tl.dot(Cv, tl.trans(Bv), input_precision="ieee")  # (T, T)
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (T, T)
         decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (T, T): 𝓛
-        y = tl.dot(CB * decay * dtv[None, :], xv, input_precision="ieee")  # (T, BP)
+        y = tl.dot(CB * decay * dtv[None, :], xv, input_precision=PREC)  # (T, BP)
         # (2) the carried state's output
-        y += tl.exp(cs)[:, None] * tl.dot(Cv, tl.trans(S), input_precision="ieee")  # (T, BP)
+        y += tl.exp(cs)[:, None] * tl.dot(Cv, tl.trans(S), input_precision=PREC)  # (T, BP)
         tl.store(y_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], y, mask=tm[:, None] & pm[None, :])
         # (3) the state at the chunk's end
         cs_end = tl.sum(tl.where(t == T - 1, cs, 0.0), axis=0)
         w = dtv * tl.exp(cs_end - cs)  # (T,)
-        S = tl.exp(cs_end) * S + tl.dot(tl.trans(xv * w[:, None]), Bv, input_precision="ieee")  # (BP, NB)
+        S = tl.exp(cs_end) * S + tl.dot(tl.trans(xv * w[:, None]), Bv, input_precision=PREC)  # (BP, NB)
     tl.store(hL_ptr + s_off, S, mask=sm)
 
 
@@ -115,7 +118,7 @@ def _ssd_forward(x, dt, A, B, C, h0, T: int) -> tuple[torch.Tensor, torch.Tensor
     grid = (Bsz, H, triton.cdiv(P, BP))
     _ssd_fwd_kernel[grid](
         x, dt, A, B, C, h0_arg, y, hL, L, H, P, G, N, H // G, triton.cdiv(L, T),
-        T=T, BP=BP, NB=NB, HAS_H0=h0 is not None,
+        T=T, BP=BP, NB=NB, HAS_H0=h0 is not None, PREC="tf32x3" if x.dtype == torch.float32 else "ieee", num_warps=8,
     )
     return y, hL
 

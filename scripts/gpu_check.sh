@@ -3,6 +3,11 @@
 #
 #   OUT=/some/dir scripts/gpu_check.sh [env] [kernels] [bench] [suite]     (no stage named: all four, in this order)
 #
+# Where one command may run at most 10 minutes (the device tool of these sessions), call it three times:
+#   scripts/gpu_check.sh env kernels    (<= 8 min)     scripts/gpu_check.sh bench    (<= 4 min)
+#   scripts/gpu_check.sh suite          (<= 9 min)
+# Triton compiles every kernel on first use (a fresh machine has no cache): count about a minute for that.
+#
 # Stages (each under its own time limit, so that a hang in one leaves the others their time; results under $OUT):
 #   env      nvidia-smi, python/torch/triton/CUDA versions, the packages the tests import       -> env.txt
 #   kernels  tests/ops/test_triton.py on CUDA (the Triton kernels against their references at real sizes,
@@ -12,7 +17,8 @@
 #            2,2048,32,64,128; 8,4096,16,64,64, with the copy bandwidth measured in the same run  -> bench_gpu.md/.json
 #   suite    the whole test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels)
 #                                                                                                -> suite.txt, suite.xml
-# Time limits in seconds: KERNELS_S (300), BENCH_S (300), SUITE_S (540). Python: $PYTHON (python).
+# Time limits in seconds: KERNELS_S (240, for each of its two pytest runs), BENCH_S (240), SUITE_S (540).
+# Python: $PYTHON (python).
 # Nothing here installs anything; ssmkit runs from src/ (PYTHONPATH). Exit status: the number of failed stages.
 set -u
 OUT=${OUT:-gpu_check_out}
@@ -52,14 +58,14 @@ PY
 }
 
 run_kernels() {
-  timeout "${KERNELS_S:-300}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops/test_triton.py \
+  timeout "${KERNELS_S:-240}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops/test_triton.py \
     > "$OUT/kernels.txt" 2>&1 || return 1
-  timeout "${KERNELS_S:-300}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops tests/bench \
+  timeout "${KERNELS_S:-240}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops tests/bench \
     > "$OUT/ops.txt" 2>&1
 }
 
 run_bench() {
-  timeout "${BENCH_S:-300}" "$PYTHON" -m ssmkit.bench gpu --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2>&1
+  timeout "${BENCH_S:-240}" "$PYTHON" -m ssmkit.bench gpu --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2>&1
 }
 
 run_suite() {

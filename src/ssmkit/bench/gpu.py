@@ -1,7 +1,7 @@
 """GPU benchmark: the diagonal scan and the SSD scan under every backend, against the device's copy bandwidth.
 
     ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--ssd-shapes B,L,H,P,N ...]
-                     [--backends chunked fft triton] [--repeats 10] [--json PATH]
+                     [--backends chunked fft triton] [--repeats 5] [--json PATH]
 
 Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
 the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D uses them, N = d_state/2 modes)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--scan-shapes", nargs="*", default=SCAN_SHAPES, help="B,H,d_state,L (d_state/2 complex modes)")
     parser.add_argument("--ssd-shapes", nargs="*", default=SSD_SHAPES, help="B,L,H,P,N (one group)")
     parser.add_argument("--backends", nargs="+", default=["chunked", "fft", "triton"])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--copy-bytes", type=int, default=1 << 30)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)

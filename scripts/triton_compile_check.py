@@ -61,7 +61,7 @@ def main() -> int:
             ("scan backward", S._scan_bwd_kernel,
              {k: p for k in ("u_ptr", "dy_ptr", "coef_ptr", "pw_ptr", "d_ptr", "ck_ptr", "gxL_ptr", "gu_ptr", "gpar_ptr",
                              "gx0_ptr")},
-             {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": 32, "HAS_D": True}),
+             {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": 32, "HAS_D": True}),
         ]
         for P, N in ((64, 64), (64, 128)) if not args.quick else ((64, 64),):
             T, BP, NB = D.tiles(P, N, D.DEFAULT_CHUNK, dtype)

@@ -85,10 +85,10 @@ def tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """The kernel's tiles: the chunk length (at most the T asked), the head channels per program and the padded N.
 
     Every tile is a power of two >= 16 (tl.dot). The kernel stages its dot operands in shared memory; compiled for
-    sm_90 (Triton 3.9, 4 warps) it needs 181 KB with chunk 64, 32 channels and N padded to 128 in float32 (chunk 32
-    in float64), 132 KB with chunk 64, 64 channels, N 64 in float32, 171 KB with chunk 16, 16 channels, N 256 in
-    float64 -- under the 227 KB of an H100/H200 -- hence the caps: at most 32 channels, chunks of at most 32 in
-    float64, halved again for N > 128.
+    sm_90 (Triton 3.9, 8 warps) it needs 209 KB with chunk 64, 32 channels and N padded to 128 in float32 and 177 KB
+    with chunk 32 in float64 (4 warps: 171 KB with chunk 16, 16 channels, N 256 in float64) -- under the 227 KB of
+    an H100/H200; 64 channels, or chunk 64 in float64, went over -- hence the caps: at most 32 channels, chunks of
+    at most 32 in float64, halved again for N > 128.
 
     Args:
         P: the head dimension.

@@ -2,8 +2,14 @@
 
 import os
 
-import pytest
-import torch
+# The Triton kernels run on the CPU in Triton's interpreter (tests/ops/test_triton.py), which must be chosen before
+# triton is first imported -- and torch imports it -- so it is set here, before torch, for CPU runs (unless the
+# environment says otherwise). It changes nothing else: "auto" never picks the kernels on the CPU.
+if os.environ.get("SSMKIT_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import ssmkit.layers as layers
 import ssmkit.ops as ops

@@ -10,6 +10,7 @@ import torch
 
 import ssmkit.ops as ops
 from ssmkit.ops.backend import BACKENDS, dispatch, get_backend, set_backend, use_backend
+from ssmkit.ops.triton_gate import triton_available
 
 
 def run_threads(*targets):
@@ -157,7 +158,7 @@ def test_dispatch_table():
 
 # Every dispatching op and the backends it has ("auto" aside): one meaning per name (ssmkit.ops.backend).
 TABLES = {
-    "ssm_scan": ("reference", "chunked", "fft"),
+    "ssm_scan": ("reference", "chunked", "fft", "triton"),
     "ssm_final_state": ("reference", "chunked"),
     "linear_recurrence": ("reference", "chunked"),
     "vandermonde": ("reference", "chunked"),
@@ -205,7 +206,10 @@ def test_every_op_has_its_table_and_raises_outside_it(op):
     call = _calls()[op]
     first = None
     for backend in BACKENDS:
-        if backend == "auto" or backend in TABLES[op]:
+        if backend == "triton" and backend in TABLES[op] and not triton_available("cpu", op, torch.float64):
+            with pytest.raises(RuntimeError, match=rf"^{op}: backend 'triton' was forced but cannot run"):
+                call(backend)  # runs in tests/ops/test_triton.py where triton is installed
+        elif backend == "auto" or backend in TABLES[op]:
             out = call(backend)
             out = out[0] if isinstance(out, tuple) else out
             first = out if first is None else first

@@ -4,6 +4,7 @@
     step   recurrent generation: each layer's ``step`` against the bare diagonal-SSM step arithmetic
     ssd    Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step
     selective  one Mamba block: the chunked selective scan against the per-step loop and mambapy, with peak memory
+    gpu    the scan and SSD ops under every backend (triton included) against the device's copy bandwidth
 
 Each suite is a module with ``main(argv, prog) -> int`` that parses its own options; it is imported only
 when run.
@@ -20,6 +21,7 @@ SUITES = {
     "step": "recurrent step of each layer (tokens/s) against the bare diagonal-SSM step arithmetic",
     "ssd": "Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step",
     "selective": "one Mamba block: chunked selective scan against the per-step loop and mambapy, with peak memory",
+    "gpu": "the scan and SSD ops under every backend (triton included) against the device's copy bandwidth",
 }
 
 

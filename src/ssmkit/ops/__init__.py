@@ -53,6 +53,7 @@ from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
 from ssmkit.ops.selective import selective_scan, selective_scan_reference, selective_step
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 from ssmkit.ops.ssd import ssd_chunked, ssd_reference, ssd_step  # ssd() stays in its module (same name)
+from ssmkit.ops.triton_gate import triton_available, triton_status
 
 __all__ = [
     "DiagonalStepCoefficients",
@@ -116,6 +117,8 @@ __all__ = [
     "ssm_scan",
     "ssm_scan_reference",
     "transition",
+    "triton_available",
+    "triton_status",
     "use_backend",
     "vandermonde",
     "vandermonde_reference",

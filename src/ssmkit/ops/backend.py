@@ -5,8 +5,9 @@ Every dispatching op has ONE table from backend name to implementation, and ever
     ``"reference"``  the op's ``<op>_reference`` oracle (a loop or the direct formula);
     ``"chunked"``    a time-domain, matmul-shaped algorithm (chunked scan, blocked GEMM, power-table GEMM);
     ``"fft"``        a frequency-domain (FFT) algorithm;
-    ``"triton"``     a Triton GPU kernel (none exists yet);
-    ``"auto"``       the op's own choice among the names of its table.
+    ``"triton"``     a Triton GPU kernel (:mod:`ssmkit.ops.triton`; usable only where :mod:`ssmkit.ops.triton_gate`'s
+                     smoke call succeeded: CUDA, or Triton's CPU interpreter under ``TRITON_INTERPRET=1``);
+    ``"auto"``       the op's own choice among the names of its table (``"triton"`` only on CUDA, where it runs).
 
 The backend in force is a :class:`contextvars.ContextVar` (default ``"auto"``): :func:`set_backend` and
 :func:`use_backend` change it for the current thread or asyncio task only, and :func:`use_backend` restores
@@ -50,7 +51,8 @@ def set_backend(name: str) -> None:
             ``"reference"`` -- plain loops / direct formulas (the test oracle);
             ``"chunked"`` -- time-domain matmul-shaped algorithms (CPU and GPU);
             ``"fft"`` -- frequency-domain (FFT) algorithms;
-            ``"triton"`` -- Triton GPU kernels (none yet: every op raises).
+            ``"triton"`` -- Triton GPU kernels (ssm_scan and ssd; an op without one raises, and so does a forced
+            ``"triton"`` where the kernels cannot run).
     """
     _BACKEND.set(_check_name(name, "backend"))
 

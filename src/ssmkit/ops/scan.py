@@ -25,6 +25,7 @@ from ssmkit.ops.backend import dispatch
 from ssmkit.ops.chunked import pack, ssm_scan_chunked, transpose, unpack, wide_int_power, wide_powers
 from ssmkit.ops.fftconv import causal_conv
 from ssmkit.ops.kernels import initial_state_output, vandermonde
+from ssmkit.ops.triton_gate import prefer_triton, ssm_scan_triton
 
 # ----------------------------------------------------------------------------------------------------
 # References
@@ -202,7 +203,7 @@ def ssm_scan_fft(
 # Dispatch
 # ----------------------------------------------------------------------------------------------------
 
-_SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ssm_scan_fft}
+_SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ssm_scan_fft, "triton": ssm_scan_triton}
 _FINAL_STATE = {"reference": ssm_final_state_reference, "chunked": ssm_final_state_chunked}
 
 
@@ -225,7 +226,9 @@ def ssm_scan(
 
     Backends: ``"reference"`` -> :func:`ssm_scan_reference` (loop); ``"chunked"`` ->
     :func:`ssmkit.ops.chunked.ssm_scan_chunked` (chunked GEMMs); ``"fft"`` -> :func:`ssm_scan_fft` (kernel +
-    FFT convolution; the final state by chunked GEMMs); ``"auto"`` -> ``"chunked"``; ``"triton"`` raises.
+    FFT convolution; the final state by chunked GEMMs); ``"triton"`` -> the fused Triton kernels
+    (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
+    ``TRITON_INTERPRET=1``; raises elsewhere); ``"auto"`` -> ``"triton"`` on CUDA when it runs, else ``"chunked"``.
 
     Args:
         u: (B, L, H) real input (float32 or float64).
@@ -241,7 +244,7 @@ def ssm_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
-    impl = dispatch("ssm_scan", _SCAN, backend, auto="chunked")
+    impl = dispatch("ssm_scan", _SCAN, backend, auto="triton" if prefer_triton(u, "ssm_scan") else "chunked")
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 
 

@@ -222,7 +222,13 @@ def ssd_chunked(
     return y.reshape(Bsz, nc * T, H, P)[:, :L], h  # (B, L, H, P), (B, H, P, N)
 
 
-_SSD = {"reference": ssd_reference, "chunked": ssd_chunked}
+def _ssd_triton(x, dt, A, B, C, h0=None, *, chunk_size=None):
+    from ssmkit.ops.triton_gate import ssd_triton  # the gate imports this module for its smoke call
+
+    return ssd_triton(x, dt, A, B, C, h0, chunk_size=chunk_size)
+
+
+_SSD = {"reference": ssd_reference, "chunked": ssd_chunked, "triton": _ssd_triton}
 
 
 def ssd(
@@ -238,8 +244,11 @@ def ssd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SSD scan H_t = exp(Δ_t A) H_{t-1} + Δ_t x_t B_tᵀ, y_t = H_t C_t (arXiv 2405.21060 §3); path by backend.
 
-    Backends: ``"reference"`` -> :func:`ssd_reference` (the recurrence, step by step); ``"chunked"`` and
-    ``"auto"`` -> :func:`ssd_chunked` (the chunked SSD algorithm); ``"fft"`` and ``"triton"`` raise.
+    Backends: ``"reference"`` -> :func:`ssd_reference` (the recurrence, step by step); ``"chunked"`` ->
+    :func:`ssd_chunked` (the chunked SSD algorithm); ``"triton"`` -> the chunked Triton kernel
+    (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
+    ``TRITON_INTERPRET=1``; its chunk size is a power of two >= 16, None: 64); ``"auto"`` -> ``"triton"`` on CUDA
+    when it runs, else ``"chunked"``; ``"fft"`` raises.
 
     Args:
         x: (B, L, H, P) inputs, H heads of P channels.
@@ -254,7 +263,9 @@ def ssd(
     Returns:
         y (B, L, H, P) and the final state (B, H, P, N).
     """
-    impl = dispatch("ssd", _SSD, backend, auto="chunked")
-    if impl is ssd_chunked:
-        return ssd_chunked(x, dt, A, B, C, h0, chunk_size=chunk_size)
+    from ssmkit.ops.triton_gate import prefer_triton
+
+    impl = dispatch("ssd", _SSD, backend, auto="triton" if prefer_triton(x, "ssd") else "chunked")
+    if impl is ssd_chunked or impl is _ssd_triton:
+        return impl(x, dt, A, B, C, h0, chunk_size=chunk_size)
     return impl(x, dt, A, B, C, h0)

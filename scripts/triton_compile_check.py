@@ -1,0 +1,86 @@
+"""Compile ssmkit's Triton kernels for a GPU architecture without a GPU; print shared memory, registers, spills.
+
+    env -u TRITON_INTERPRET PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--quick]
+
+Catches what Triton's CPU interpreter cannot: lowering errors (scans over a 3-D tile, float64 tl.dot), shared
+memory beyond the device's limit (227 KB per block on sm_90) and register spills (STACK > 0 in cuobjdump's line). Uses the ptxas bundled with triton; nothing runs.
+The SSD kernel compiles slowly on a small CPU (tens of seconds per configuration); --quick skips the largest ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    raise SystemExit("unset TRITON_INTERPRET: the interpreter does not compile")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from ssmkit.ops.triton import scan as S  # noqa: E402
+from ssmkit.ops.triton import ssd as D  # noqa: E402
+
+
+def compile_one(fn, signature: dict, constexprs: dict, target: GPUTarget) -> tuple[int, str, float]:
+    """Shared memory in bytes, the register/stack line of ``cuobjdump -res-usage`` and the seconds taken."""
+    start = time.perf_counter()
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
+                            options={"num_warps": 8})  # as both launchers
+    seconds = time.perf_counter() - start
+    usage = "?"
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if os.path.exists(cuobjdump):
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        usage = " ".join(w for line in out.splitlines() if "REG:" in line for w in line.split()[:2])
+    return kernel.metadata.shared, usage, seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability as an int (90: H100/H200)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    target = GPUTarget("cuda", args.arch, 32)
+    print(f"triton {triton.__version__}, target sm_{args.arch}")
+    failed = 0
+    for dtype, name in ((torch.float32, "fp32"), (torch.float64, "fp64")):
+        p = "*" + name
+        cases = [
+            ("scan forward", S._scan_fwd_kernel,
+             {k: p for k in ("u_ptr", "y_ptr", "coef_ptr", "pw_ptr", "d_ptr", "x0_ptr", "xL_ptr", "ck_ptr")},
+             {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": 32, "HAS_X0": True, "HAS_D": True, "SAVE_CK": True}),
+            ("scan backward", S._scan_bwd_kernel,
+             {k: p for k in ("u_ptr", "dy_ptr", "coef_ptr", "pw_ptr", "d_ptr", "ck_ptr", "gxL_ptr", "gu_ptr", "gpar_ptr",
+                             "gx0_ptr")},
+             {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": 32, "HAS_D": True}),
+        ]
+        for P, N in ((64, 64), (64, 128)) if not args.quick else ((64, 64),):
+            T, BP, NB = D.tiles(P, N, D.DEFAULT_CHUNK, dtype)
+            cases.append((f"ssd forward P={P} N={N}", D._ssd_fwd_kernel,
+                          {k: p for k in ("x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "h0_ptr", "y_ptr", "hL_ptr")},
+                          {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))
+        for label, fn, pointers, constexprs in cases:
+            ints = [a for a in fn.arg_names if a not in pointers and a not in constexprs]
+            signature = {**pointers, **{a: "i32" for a in ints}, **{a: "constexpr" for a in constexprs}}
+            signature = {a: signature[a] for a in fn.arg_names}
+            try:
+                shared, usage, seconds = compile_one(fn, signature, constexprs, target)
+                print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
+                failed += shared > 227 * 1024
+            except Exception as e:  # noqa: BLE001
+                print(f"{name} {label} {constexprs}: FAILED {type(e).__name__}: {str(e)[:500]}")
+                failed += 1
+    return failed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""GPU benchmark: the diagonal scan and the SSD scan under every backend, against the device's copy bandwidth.
+
+    ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--ssd-shapes B,L,H,P,N ...]
+                     [--backends chunked fft triton] [--repeats 5] [--json PATH]
+
+Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
+the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D uses them, N = d_state/2 modes)
+forward (no grad, no final state) and forward+backward under each backend, with the fraction of the bound
+achieved: a fused scan must read u and write y, 8·B·L·H bytes, so bound = 8·B·L·H / bandwidth
+(a fused kernel that keeps the state in registers moves nothing else of size L);
+(3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, bound = bytes of x, Δ, B, C read and
+y written. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA (perf_counter
+around a synchronise elsewhere). The backends run in turns within each repeat, so that ratios compare like
+conditions. A backend that fails (e.g. ``triton`` where it cannot run) is reported with its error, not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from ssmkit.bench.core import machine
+from ssmkit.ops.scan import ssm_scan
+from ssmkit.ops.ssd import ssd
+
+SCAN_SHAPES = ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,1048576", "64,768,64,4096"]
+SSD_SHAPES = ["2,2048,32,64,128", "8,4096,16,64,64"]
+
+
+def _timer(device: torch.device):
+    """A function timing one call of fn in seconds on ``device``."""
+    if device.type == "cuda":
+
+        def once(fn) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / 1e3
+
+    else:
+
+        def once(fn) -> float:
+            t = time.perf_counter()
+            fn()
+            return time.perf_counter() - t
+
+    return once
+
+
+def copy_bandwidth(device: torch.device, n_bytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Bytes per second of a device copy (``clone`` of n_bytes: n_bytes read + n_bytes written).
+
+    Args:
+        device: the device to measure.
+        n_bytes: the size of the copied tensor.
+        repeats: calls; the median is used.
+    """
+    x = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    once = _timer(device)
+    once(lambda: x.clone())
+    return 2 * n_bytes / statistics.median(once(lambda: x.clone()) for _ in range(repeats))
+
+
+def _scan_case(shape: str, device: torch.device):
+    Bsz, H, d_state, L = (int(v) for v in shape.split(","))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    M = d_state // 2  # conjugate-pair modes
+    A = torch.polar(torch.rand(H, M, generator=g) * 0.1 + 0.899, torch.rand(H, M, generator=g) * 3)
+    params = [t.to(device) for t in (A, torch.randn(H, M, dtype=torch.complex64, generator=g),
+                                      2 * torch.randn(H, M, dtype=torch.complex64, generator=g), torch.randn(H, generator=g))]
+    u = torch.randn(Bsz, L, H, generator=g).to(device)
+
+    def forward(backend: str) -> None:
+        with torch.no_grad():
+            ssm_scan(u, params[0], params[1], params[2], None, params[3], return_state=False, backend=backend)
+
+    def forward_backward(backend: str) -> None:
+        leaves = [u.detach().requires_grad_()] + [p.detach().requires_grad_() for p in params]
+        y, _ = ssm_scan(leaves[0], leaves[1], leaves[2], leaves[3], None, leaves[4], return_state=False, backend=backend)
+        y.sum().backward()
+
+    return {"B": Bsz, "H": H, "N": d_state, "L": L}, 8 * Bsz * L * H, forward, forward_backward
+
+
+def _ssd_case(shape: str, device: torch.device):
+    Bsz, L, H, P, N = (int(v) for v in shape.split(","))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    inputs = [t.to(device) for t in (
+        torch.randn(Bsz, L, H, P, generator=g), torch.nn.functional.softplus(torch.randn(Bsz, L, H, generator=g)),
+        -(torch.rand(H, generator=g) * 3 + 0.5), torch.randn(Bsz, L, 1, N, generator=g), torch.randn(Bsz, L, 1, N, generator=g))]
+
+    def forward(backend: str) -> None:
+        with torch.no_grad():
+            ssd(*inputs, backend=backend)
+
+    def forward_backward(backend: str) -> None:
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        y, h = ssd(*leaves, backend=backend)
+        (y.sum() + h.sum()).backward()
+
+    n_bytes = 4 * Bsz * L * (2 * H * P + H + 2 * N)  # x, Δ, B, C read; y written
+    return {"B": Bsz, "L": L, "H": H, "P": P, "N": N}, n_bytes, forward, forward_backward
+
+
+def measure(op: str, shape: str, backends: list[str], device: torch.device, bandwidth: float, repeats: int) -> list[dict]:
+    """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan" or "ssd")."""
+    dims, n_bytes, forward, forward_backward = (_scan_case if op == "scan" else _ssd_case)(shape, device)
+    once = _timer(device)
+    errors, times = {}, {b: {"forward": [], "forward_backward": []} for b in backends}
+    for b in backends:
+        try:
+            forward(b)
+            forward_backward(b)
+        except Exception as e:  # noqa: BLE001  (reported in the table; the other backends still run)
+            errors[b] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    ok = [b for b in backends if b not in errors]
+    for _ in range(repeats):
+        for b in ok:
+            times[b]["forward"].append(once(lambda: forward(b)))
+            times[b]["forward_backward"].append(once(lambda: forward_backward(b)))
+    bound = n_bytes / bandwidth
+    rows = []
+    for b in backends:
+        row = {"op": op, **dims, "backend": b, "bytes": n_bytes, "bound_s": bound}
+        if b in errors:
+            row["error"] = errors[b]
+        else:
+            fwd, fb = (statistics.median(times[b][k]) for k in ("forward", "forward_backward"))
+            row.update(forward_s=fwd, forward_backward_s=fb, forward_fraction_of_bound=bound / fwd)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--scan-shapes", nargs="*", default=SCAN_SHAPES, help="B,H,d_state,L (d_state/2 complex modes)")
+    parser.add_argument("--ssd-shapes", nargs="*", default=SSD_SHAPES, help="B,L,H,P,N (one group)")
+    parser.add_argument("--backends", nargs="+", default=["chunked", "fft", "triton"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--copy-bytes", type=int, default=1 << 30)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    bandwidth = copy_bandwidth(device, args.copy_bytes)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
+    header = f"ssmkit bench gpu: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s"
+    try:
+        import triton
+
+        header += f"; triton {triton.__version__}"
+    except ImportError:
+        header += "; triton not installed"
+    print(header)
+    rows = []
+    for shape in args.scan_shapes:
+        rows += measure("scan", shape, args.backends, device, bandwidth, args.repeats)
+    for shape in args.ssd_shapes:
+        rows += measure("ssd", shape, [b for b in args.backends if b != "fft"], device, bandwidth, args.repeats)
+    print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        shape = ",".join(f"{k}={r[k]}" for k in ("B", "L", "H", "P", "N") if k in r)
+        if "error" in r:
+            print(f"| {r['op']} | {shape} | {r['backend']} | {r['error']} | | | |")
+        else:
+            print(f"| {r['op']} | {shape} | {r['backend']} | {1e3 * r['forward_s']:.3f} | "
+                  f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | {100 * r['forward_fraction_of_bound']:.1f} % |")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"header": header, "bandwidth_Bps": bandwidth, "results": rows}, f, indent=2)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,341 @@
+"""The diagonal LTI scan fused with its output contraction, as Triton kernels (forward and backward).
+
+Diagonal LTI SSM, recurrent view (Gu, Gupta, Goel, Ré, arXiv 2206.11893, §2), complex modes (conjugate pairs are
+folded into C by the caller, as the layers do: pass 2·C):
+
+    x_t = Ā ⊙ x_{t-1} + B̄ u_t,    y_t = Re(Σ_n C_n x_{t,n}) + D u_t
+
+Forward kernel, one program per (batch row b, block of channels), chunks of T steps in order; the block's
+states stay in registers between chunks. Per chunk:
+    (1) load the chunk's inputs u_t of the block's channels and form B̄ u_t for every step, channel and mode;
+    (2) the chunk's states from zero by an associative scan over t of the maps x -> a x + b, composed as
+        a'(a x + b) + b' (Martin & Cundy, arXiv 1709.04057), plus the carried state's free response Ā^{t+1} x_prev (a power table);
+    (3) y_t = Σ_n Re(C_n x_{t,n}) + D u_t, reduced in registers and written: the (B, L, H, N) states never reach
+        memory;
+    (4) x_prev ← the chunk's last state; with gradients wanted, x_prev is also written as the chunk's checkpoint
+        (B, L/T, H, N).
+
+Backward kernel (adjoint of the recurrence, in PyTorch's convention for complex gradients, ḡ = ∂ℒ/∂Re + i ∂ℒ/∂Im):
+λ_t = conj(Ā) λ_{t+1} + conj(C) dy_t with λ_{L-1} ∋ the final state's gradient, and
+
+    du_t = Re Σ_n conj(B̄_n) λ_{t,n} + D dy_t,   dB̄ = Σ u_t λ_t,   dĀ = Σ conj(x_{t-1}) λ_t,   dC = Σ dy_t conj(x_t),
+    dx_{-1} = conj(Ā) λ_0.
+
+Chunks run in reverse; each recomputes its states from its checkpoint (step 2 again), and its λ_t (and λ_{t+1},
+for dĀ without shifting a tile) by reverse associative scans plus the carried gradient μ (what flows into the
+chunk's last state from later steps, the final state's gradient at first) times conj(Ā)^k. The sums over t stay
+in registers; the sums over b are one torch reduction of a (B, 6, H, N) buffer (deterministic: no atomics).
+
+Power tables Ā^k (k ≤ T) are built in float64 and rounded once (:func:`ssmkit.ops.chunked.wide_powers`), as in
+the chunked path. Tile sizes are first choices, not tuned on a GPU yet (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
+from ssmkit.ops.chunked import wide_powers
+
+DEFAULT_CHUNK = 32  # T: steps per chunk (the scan's tile height)
+DEFAULT_BLOCK_H = 2  # BH: channels per program of the forward
+BACKWARD_BLOCK_H = 1  # channels per program of the backward (it holds about twice the forward's tiles)
+NUM_WARPS = 8
+# Compiled for sm_90 (Triton 3.9, 32 complex modes, T = 32, float32), registers per thread: forward 2 channels
+# 224 with 4 warps, 128 with 8; backward 2 channels 255 + spills with 4 or 8 warps, 1 channel 255 + 32 B of
+# spills with 4 warps, 146 and none with 8. Hence 8 warps, 2 and 1 channels (not timed on a GPU yet).
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+@triton.jit
+def _combine(ar, ai, br, bi, cr, ci, dr, di):
+    # (a, b) then (c, d): x -> c (a x + b) + d = (c a) x + (c b + d), complex numbers as (re, im) pairs
+    return cr * ar - ci * ai, cr * ai + ci * ar, cr * br - ci * bi + dr, cr * bi + ci * br + di
+
+
+@triton.jit
+def _chunk_states(uu, ar, ai, br, bi, pr1, pi1, xr, xi):
+    # uu (T, BH, 1) inputs; ar.. (1, BH, NP) Ā and B̄; pr1, pi1 (T, BH, NP) Ā^{t+1}; xr, xi (1, BH, NP) x_prev
+    zero = pr1 * 0
+    _, _, sr, si = tl.associative_scan((ar + zero, ai + zero, br * uu, bi * uu), 0, _combine)
+    return sr + pr1 * xr - pi1 * xi, si + pr1 * xi + pi1 * xr  # (T, BH, NP): x_t of the chunk
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, y_ptr, coef_ptr, pw_ptr, d_ptr, x0_ptr, xL_ptr, ck_ptr,
+    L, H, n_chunks,
+    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr,
+    HAS_X0: tl.constexpr, HAS_D: tl.constexpr, SAVE_CK: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    t = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]  # (1, BH, 1)
+    n = tl.arange(0, NP)[None, None, :]  # (1, 1, NP)
+    hm = h < H
+    hnm = hm & (n < NP)  # (1, BH, NP)
+    HN = H * NP
+    ar = tl.load(coef_ptr + h * NP + n, mask=hnm, other=0.0)
+    ai = tl.load(coef_ptr + HN + h * NP + n, mask=hnm, other=0.0)
+    br = tl.load(coef_ptr + 2 * HN + h * NP + n, mask=hnm, other=0.0)
+    bi = tl.load(coef_ptr + 3 * HN + h * NP + n, mask=hnm, other=0.0)
+    cr = tl.load(coef_ptr + 4 * HN + h * NP + n, mask=hnm, other=0.0)
+    ci = tl.load(coef_ptr + 5 * HN + h * NP + n, mask=hnm, other=0.0)
+    pbase = pw_ptr + h * (T + 1) * NP + n
+    PWI = H * (T + 1) * NP
+    pr1 = tl.load(pbase + (t + 1) * NP, mask=hnm, other=0.0)  # (T, BH, NP): Ā^{t+1}
+    pi1 = tl.load(pbase + PWI + (t + 1) * NP, mask=hnm, other=0.0)
+    s_off = ((b * H + h) * NP + n) * 2  # (1, BH, NP): (b, h, n, re/im) of a state
+    if HAS_X0:
+        xr = tl.load(x0_ptr + s_off, mask=hnm, other=0.0)
+        xi = tl.load(x0_ptr + s_off + 1, mask=hnm, other=0.0)
+    else:
+        xr = ar * 0
+        xi = ar * 0
+    t2 = tl.arange(0, T)[:, None]  # (T, 1)
+    h2 = tl.program_id(1) * BH + tl.arange(0, BH)[None, :]  # (1, BH)
+    if HAS_D:
+        dd = tl.load(d_ptr + h2, mask=h2 < H, other=0.0)  # (1, BH)
+    row = u_ptr + b * L * H
+    yrow = y_ptr + b * L * H
+    for c in range(0, n_chunks):
+        t0 = c * T
+        tt = (t0 + t).to(tl.int64)  # (T, 1, 1)
+        uu = tl.load(row + tt * H + h, mask=(tt < L) & hm, other=0.0)  # (T, BH, 1)
+        if SAVE_CK:
+            ck = ck_ptr + (((b * n_chunks + c) * H + h) * NP + n) * 2
+            tl.store(ck, xr, mask=hnm)
+            tl.store(ck + 1, xi, mask=hnm)
+        Xr, Xi = _chunk_states(uu, ar, ai, br, bi, pr1, pi1, xr, xi)  # (T, BH, NP)
+        yv = tl.sum(cr * Xr - ci * Xi, axis=2)  # (T, BH)
+        if HAS_D:
+            yv += dd * tl.sum(uu, axis=2)
+        tt2 = (t0 + t2).to(tl.int64)
+        tl.store(yrow + tt2 * H + h2, yv, mask=(tt2 < L) & (h2 < H))
+        last = tl.minimum(L - t0, T) - 1  # the chunk's last real step
+        xr = tl.sum(tl.where(t == last, Xr, 0.0), axis=0)[None, :, :]  # (1, BH, NP)
+        xi = tl.sum(tl.where(t == last, Xi, 0.0), axis=0)[None, :, :]
+    tl.store(xL_ptr + s_off, xr, mask=hnm)
+    tl.store(xL_ptr + s_off + 1, xi, mask=hnm)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dy_ptr, coef_ptr, pw_ptr, d_ptr, ck_ptr, gxL_ptr, gu_ptr, gpar_ptr, gx0_ptr,
+    L, H, n_chunks,
+    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    t = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]  # (1, BH, 1)
+    n = tl.arange(0, NP)[None, None, :]  # (1, 1, NP)
+    hm = h < H
+    hnm = hm & (n < NP)
+    HN = H * NP
+    ar = tl.load(coef_ptr + h * NP + n, mask=hnm, other=0.0)
+    ai = tl.load(coef_ptr + HN + h * NP + n, mask=hnm, other=0.0)
+    br = tl.load(coef_ptr + 2 * HN + h * NP + n, mask=hnm, other=0.0)
+    bi = tl.load(coef_ptr + 3 * HN + h * NP + n, mask=hnm, other=0.0)
+    cr = tl.load(coef_ptr + 4 * HN + h * NP + n, mask=hnm, other=0.0)
+    ci = tl.load(coef_ptr + 5 * HN + h * NP + n, mask=hnm, other=0.0)
+    pbase = pw_ptr + h * (T + 1) * NP + n
+    PWI = H * (T + 1) * NP
+    pr1 = tl.load(pbase + (t + 1) * NP, mask=hnm, other=0.0)  # (T, BH, NP): Ā^{t+1}
+    pi1 = tl.load(pbase + PWI + (t + 1) * NP, mask=hnm, other=0.0)
+    s_off = ((b * H + h) * NP + n) * 2
+    mr = tl.load(gxL_ptr + s_off, mask=hnm, other=0.0)  # (1, BH, NP): μ, the gradient into the chunk's last state
+    mi = tl.load(gxL_ptr + s_off + 1, mask=hnm, other=0.0)
+    zero2 = tl.sum(ar * 0, axis=0)  # (BH, NP)
+    gAr = zero2
+    gAi = zero2
+    gBr = zero2
+    gBi = zero2
+    gCr = zero2
+    gCi = zero2
+    t2 = tl.arange(0, T)[:, None]  # (T, 1)
+    h2 = tl.program_id(1) * BH + tl.arange(0, BH)[None, :]  # (1, BH)
+    if HAS_D:
+        dd = tl.load(d_ptr + h2, mask=h2 < H, other=0.0)  # (1, BH)
+    row = u_ptr + b * L * H
+    dyrow = dy_ptr + b * L * H
+    gurow = gu_ptr + b * L * H
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t0 = c * T
+        r = tl.minimum(L - t0, T)  # real steps in this chunk
+        tt = (t0 + t).to(tl.int64)
+        uu = tl.load(row + tt * H + h, mask=(tt < L) & hm, other=0.0)  # (T, BH, 1)
+        ck = ck_ptr + (((b * n_chunks + c) * H + h) * NP + n) * 2
+        xr = tl.load(ck, mask=hnm, other=0.0)  # (1, BH, NP): the state before the chunk
+        xi = tl.load(ck + 1, mask=hnm, other=0.0)
+        Xr, Xi = _chunk_states(uu, ar, ai, br, bi, pr1, pi1, xr, xi)  # (T, BH, NP): x_t
+        dyv = tl.load(dyrow + tt * H + h, mask=(t < r) & hm, other=0.0)  # (T, BH, 1): dy_t
+        dys = tl.load(dyrow + (tt + 1) * H + h, mask=(t + 1 < r) & hm, other=0.0)  # dy_{t+1} inside the chunk
+        zero = pr1 * 0
+        # λ_t = Σ_{s≥t} conj(Ā)^{s-t} conj(C) dy_s (reverse scan) + conj(Ā)^{r-1-t} μ
+        _, _, lr, li = tl.associative_scan((ar + zero, zero - ai, cr * dyv, -ci * dyv), 0, _combine, reverse=True)
+        k = r - 1 - t
+        qr = tl.load(pbase + k * NP, mask=(k >= 0) & hnm, other=0.0)
+        qi = -tl.load(pbase + PWI + k * NP, mask=(k >= 0) & hnm, other=0.0)
+        lr += qr * mr - qi * mi
+        li += qr * mi + qi * mr
+        # λ_{t+1} for t ≤ r-2 (zero at t = r-1: that product belongs to the next chunk's first step)
+        _, _, nr, ni = tl.associative_scan((ar + zero, zero - ai, cr * dys, -ci * dys), 0, _combine, reverse=True)
+        k = r - 2 - t
+        qr = tl.load(pbase + k * NP, mask=(k >= 0) & hnm, other=0.0)
+        qi = -tl.load(pbase + PWI + k * NP, mask=(k >= 0) & hnm, other=0.0)
+        nr += qr * mr - qi * mi
+        ni += qr * mi + qi * mr
+        # du_t = Re Σ_n conj(B̄_n) λ_{t,n} + D dy_t
+        gu = tl.sum(br * lr + bi * li, axis=2)  # (T, BH)
+        if HAS_D:
+            gu += dd * tl.sum(dyv, axis=2)
+        tt2 = (t0 + t2).to(tl.int64)
+        tl.store(gurow + tt2 * H + h2, gu, mask=(t2 < r) & (h2 < H))
+        gBr += tl.sum(uu * lr, axis=0)
+        gBi += tl.sum(uu * li, axis=0)
+        gCr += tl.sum(dyv * Xr, axis=0)
+        gCi -= tl.sum(dyv * Xi, axis=0)
+        l0r = tl.sum(tl.where(t == 0, lr, 0.0), axis=0)  # (BH, NP): λ at the chunk's first step
+        l0i = tl.sum(tl.where(t == 0, li, 0.0), axis=0)
+        x0r = tl.sum(xr, axis=0)  # (BH, NP)
+        x0i = tl.sum(xi, axis=0)
+        # dĀ += conj(x_{t0-1}) λ_{t0} + Σ_t conj(x_t) λ_{t+1}
+        gAr += x0r * l0r + x0i * l0i + tl.sum(Xr * nr + Xi * ni, axis=0)
+        gAi += x0r * l0i - x0i * l0r + tl.sum(Xr * ni - Xi * nr, axis=0)
+        # μ for the previous chunk: conj(Ā) λ_{t0}
+        mr = ar * l0r[None, :, :] + ai * l0i[None, :, :]
+        mi = ar * l0i[None, :, :] - ai * l0r[None, :, :]
+    tl.store(gx0_ptr + s_off, mr, mask=hnm)
+    tl.store(gx0_ptr + s_off + 1, mi, mask=hnm)
+    h2c = tl.program_id(1) * BH + tl.arange(0, BH)[:, None]  # (BH, 1)
+    n2 = tl.arange(0, NP)[None, :]  # (1, NP)
+    m2 = (h2c < H) & (n2 < NP)
+    gp = gpar_ptr + b * 6 * HN + h2c * NP + n2
+    tl.store(gp, gAr, mask=m2)
+    tl.store(gp + HN, gAi, mask=m2)
+    tl.store(gp + 2 * HN, gBr, mask=m2)
+    tl.store(gp + 3 * HN, gBi, mask=m2)
+    tl.store(gp + 4 * HN, gCr, mask=m2)
+    tl.store(gp + 5 * HN, gCi, mask=m2)
+
+
+def _tables(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, T: int, NP: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """coef (6, H, NP) = [Re Ā, Im Ā, Re B̄, Im B̄, Re C, Im C] and pw (2, H, T+1, NP) = Re, Im of Ā^k, zero-padded."""
+    N = A_bar.shape[1]
+    coef = torch.stack([A_bar.real, A_bar.imag, B_bar.real, B_bar.imag, C.real, C.imag])  # (6, H, N)
+    powers = wide_powers(A_bar, T + 1).transpose(1, 2)  # (H, T+1, N)
+    pw = torch.stack([powers.real, powers.imag])  # (2, H, T+1, N)
+    return F.pad(coef, (0, NP - N)).contiguous(), F.pad(pw, (0, NP - N)).contiguous()
+
+
+def _real_state(x: torch.Tensor, NP: int) -> torch.Tensor:
+    """(B, H, N) complex -> (B, H, NP, 2) real, zero-padded, contiguous."""
+    return F.pad(torch.view_as_real(x), (0, 0, 0, NP - x.shape[-1])).contiguous()
+
+
+def _complex_state(x: torch.Tensor, N: int) -> torch.Tensor:
+    """(..., NP, 2) real -> (..., N) complex."""
+    return torch.view_as_complex(x[..., :N, :].contiguous())
+
+
+class _FusedScan(torch.autograd.Function):
+    """y, x_L of the diagonal scan by the forward kernel; gradients of u, Ā, B̄, C, x_{-1}, D by the backward kernel."""
+
+    @staticmethod
+    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH):  # type: ignore[override]
+        Bsz, L, H = u.shape
+        N = A_bar.shape[1]
+        NP = max(triton.next_power_of_2(N), 2)
+        n_chunks = triton.cdiv(L, T)
+        coef, pw = _tables(A_bar, B_bar, C, T, NP)
+        u = u.contiguous()
+        y = torch.empty_like(u)  # (B, L, H)
+        xL = u.new_empty(Bsz, H, NP, 2)
+        save = any(ctx.needs_input_grad[:6])
+        ck = u.new_empty(Bsz, n_chunks, H, NP, 2) if save else u.new_empty(1)  # chunk checkpoints
+        x0 = _real_state(state, NP) if state is not None else u.new_empty(1)
+        d = D.contiguous() if D is not None else u.new_empty(1)
+        grid = (Bsz, triton.cdiv(H, BH))
+        _scan_fwd_kernel[grid](
+            u, y, coef, pw, d, x0, xL, ck, L, H, n_chunks,
+            T=T, BH=BH, NP=NP, HAS_X0=state is not None, HAS_D=D is not None, SAVE_CK=save, num_warps=NUM_WARPS,
+        )
+        if save:
+            ctx.save_for_backward(u, coef, pw, ck, D)
+        ctx.shape = (Bsz, L, H, N, NP, n_chunks, T, BH, state is not None)
+        return y, _complex_state(xL, N)
+
+    @staticmethod
+    def backward(ctx, gy, gxL):  # type: ignore[override]
+        u, coef, pw, ck, D = ctx.saved_tensors
+        Bsz, L, H, N, NP, n_chunks, T, BH, has_state = ctx.shape
+        gy = torch.zeros_like(u) if gy is None else gy.contiguous()
+        gxL = u.new_zeros(Bsz, H, NP, 2) if gxL is None else _real_state(gxL, NP)
+        gu = torch.empty_like(u)
+        gpar = u.new_empty(Bsz, 6, H, NP)
+        gx0 = u.new_empty(Bsz, H, NP, 2)
+        d = D.contiguous() if D is not None else u.new_empty(1)
+        BH = min(BH, BACKWARD_BLOCK_H)
+        grid = (Bsz, triton.cdiv(H, BH))
+        _scan_bwd_kernel[grid](
+            u, gy, coef, pw, d, ck, gxL, gu, gpar, gx0, L, H, n_chunks,
+            T=T, BH=BH, NP=NP, HAS_D=D is not None, num_warps=NUM_WARPS,
+        )
+        g = gpar.sum(0)[:, :, :N]  # (6, H, N)
+        gA, gB, gC = (torch.complex(g[2 * i], g[2 * i + 1]) for i in range(3))  # (H, N) each
+        gstate = _complex_state(gx0, N) if has_state else None
+        gD = (gy * u).sum((0, 1)) if D is not None else None
+        return gu, gA, gB, gC, gstate, gD, None, None
+
+
+def ssm_scan_triton(
+    u: torch.Tensor,
+    A_bar: torch.Tensor,
+    B_bar: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+    block_h: int = DEFAULT_BLOCK_H,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Diagonal SSM by the fused Triton kernels; equals :func:`ssmkit.ops.scan.ssm_scan_reference`.
+
+    x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(Σ_n C_n x_{t,n}) + D u_t  (arXiv 2206.11893 §2), the states only in
+    registers; memory: y plus B·⌈L/T⌉·H·N checkpoints when a gradient is needed. Real parameters run as complex
+    ones with zero imaginary parts (their gradients are the real parts).
+
+    Args:
+        u: (B, L, H) real input, float32 or float64.
+        A_bar: (H, N) complex (or real) discrete state matrix (diagonal).
+        B_bar: (H, N) complex (or real) discrete input matrix.
+        C: (H, N) complex (or real) output matrix; pass 2·C for conjugate-pair halves.
+        state: (B, H, N) state x_{-1} in A_bar's dtype, or None for zeros.
+        D: (H,) real skip, or None.
+        return_state: whether to return the final state (else None in its place).
+        chunk_size: T, steps per chunk (a power of two; the tile height of the in-chunk scan).
+        block_h: channels per program of the forward (a power of two); the backward takes at most
+            ``BACKWARD_BLOCK_H`` of them.
+
+    Returns:
+        y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
+    """
+    check_params(u, state, A_bar=A_bar, B_bar=B_bar, C=C)
+    check_skip(D, u)
+    check_chunk_size(chunk_size)
+    for name, v in (("chunk_size", chunk_size), ("block_h", block_h)):
+        if not isinstance(v, int) or v < 1 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two (a Triton tile size); got {v!r}")
+    is_complex = A_bar.is_complex()
+    cdtype = _COMPLEX[u.dtype]
+    A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts
+    x0 = state.to(cdtype) if state is not None else None
+    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h)
+    if not return_state:
+        return y, None
+    return y, (xL if is_complex else xL.real)

@@ -1,0 +1,185 @@
+"""The chunked SSD scan of Mamba-2 as a Triton kernel (forward; the backward recomputes through the torch path).
+
+Dao & Gu, "Transformers are SSMs", arXiv 2405.21060 (§3 eq. 2 with Ā_t = exp(Δ_t A) I; §6 for the chunked
+algorithm). Per head h with state H_t ∈ R^{P×N}:
+
+    H_t = exp(Δ_t A_h) H_{t-1} + Δ_t x_t B_tᵀ,      y_t = H_t C_t
+
+One program per (batch row b, head h, block of head channels), chunks of T steps in order, the block's rows of
+the state in registers. Per chunk, with a_t = Δ_t A_h and its running sum cs_t inside the chunk (Δ = 0 past the end: decay
+1, no input):
+    (1) intra-chunk: y = ((C Bᵀ) ∘ 𝓛 ∘ Δ_sᵀ) x, 𝓛_ts = exp(cs_t - cs_s) for s ≤ t        (two tl.dot)
+    (2) the carried state's output: y_t += exp(cs_t) C_t Hᵀ                                 (tl.dot)
+    (3) H ← exp(cs_{T-1}) H + Σ_s exp(cs_{T-1} - cs_s) Δ_s x_s B_sᵀ                       (tl.dot)
+The decays are differences of running sums inside one chunk (the torch path sums each segment from its own terms,
+:func:`ssmkit.ops.ssd.segment_sums`; here the chunk is short and the error is ~|cs|·eps). Matmuls run in IEEE
+precision: float32 as "tf32x3" (three TF32 tensor-core products, about float32's accuracy), float64 as "ieee".
+Compiled for sm_90 (Triton 3.9) at chunk 64, 32 channels, N 128, float32, the kernel still spills: 255 registers and
+2.2 KB of stack per thread with 8 warps ("ieee" float32 instead: 32 registers and 8.4 KB of stack) -- it needs a
+tuning session on a GPU (split N, smaller operand tiles).
+
+Backward: the kernel saves only its inputs; the backward re-runs :func:`ssmkit.ops.ssd.ssd_chunked` under autograd
+and differentiates it (recompute). A fused backward kernel is future work (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ssmkit.ops._checks import check_chunk_size
+from ssmkit.ops.ssd import _check_ssd, ssd_chunked
+
+DEFAULT_CHUNK = 64  # T
+MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
+
+
+@triton.jit
+def _ssd_fwd_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, hL_ptr,
+    L, H, P, G, N, R, n_chunks,
+    T: tl.constexpr, BP: tl.constexpr, NB: tl.constexpr, HAS_H0: tl.constexpr, PREC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    hd = tl.program_id(1)
+    g = hd // R  # the head's group
+    p = tl.program_id(2) * BP + tl.arange(0, BP)  # (BP,)
+    n = tl.arange(0, NB)  # (NB,)
+    t = tl.arange(0, T)  # (T,)
+    pm = p < P
+    nm = n < N
+    A_h = tl.load(A_ptr + hd)
+    s_off = ((b * H + hd) * P + p[:, None]) * N + n[None, :]  # (BP, NB)
+    sm = pm[:, None] & nm[None, :]
+    if HAS_H0:
+        S = tl.load(h0_ptr + s_off, mask=sm, other=0.0)  # (BP, NB)
+    else:
+        S = tl.zeros((BP, NB), dtype=h0_ptr.dtype.element_ty)
+    causal = t[:, None] >= t[None, :]  # (T, T): s ≤ t
+    for c in range(0, n_chunks):
+        tt = (c * T + t).to(tl.int64)  # (T,)
+        tm = tt < L
+        dtv = tl.load(dt_ptr + (b * L + tt) * H + hd, mask=tm, other=0.0)  # (T,)
+        cs = tl.cumsum(dtv * A_h, 0)  # (T,): Σ_{k≤t} a_k within the chunk
+        xv = tl.load(x_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], mask=tm[:, None] & pm[None, :], other=0.0)
+        bc_off = ((b * L + tt[:, None]) * G + g) * N + n[None, :]  # (T, NB)
+        bcm = tm[:, None] & nm[None, :]
+        Bv = tl.load(B_ptr + bc_off, mask=bcm, other=0.0)  # (T, NB)
+        Cv = tl.load(C_ptr + bc_off, mask=bcm, other=0.0)  # (T, NB)
+        # (1) intra-chunk outputs
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (T, T)
+        decay = tl.exp(tl.where(causal, cs[:, None] - cs[None, :], float("-inf")))  # (T, T): 𝓛
+        y = tl.dot(CB * decay * dtv[None, :], xv, input_precision=PREC)  # (T, BP)
+        # (2) the carried state's output
+        y += tl.exp(cs)[:, None] * tl.dot(Cv, tl.trans(S), input_precision=PREC)  # (T, BP)
+        tl.store(y_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], y, mask=tm[:, None] & pm[None, :])
+        # (3) the state at the chunk's end
+        cs_end = tl.sum(tl.where(t == T - 1, cs, 0.0), axis=0)
+        w = dtv * tl.exp(cs_end - cs)  # (T,)
+        S = tl.exp(cs_end) * S + tl.dot(tl.trans(xv * w[:, None]), Bv, input_precision=PREC)  # (BP, NB)
+    tl.store(hL_ptr + s_off, S, mask=sm)
+
+
+def tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """The kernel's tiles: the chunk length (at most the T asked), the head channels per program and the padded N.
+
+    Every tile is a power of two >= 16 (tl.dot). The kernel stages its dot operands in shared memory; compiled for
+    sm_90 (Triton 3.9, 8 warps) it needs 209 KB with chunk 64, 32 channels and N padded to 128 in float32 and 177 KB
+    with chunk 32 in float64 (4 warps: 171 KB with chunk 16, 16 channels, N 256 in float64) -- under the 227 KB of
+    an H100/H200; 64 channels, or chunk 64 in float64, went over -- hence the caps: at most 32 channels, chunks of
+    at most 32 in float64, halved again for N > 128.
+
+    Args:
+        P: the head dimension.
+        N: the state size.
+        T: the chunk length asked for (a power of two >= 16).
+        dtype: float32 or float64.
+
+    Returns:
+        (chunk length, channels per program, padded state size), each a power of two >= 16.
+    """
+    BP = max(16, min(32, triton.next_power_of_2(P)))
+    NB = max(16, triton.next_power_of_2(N))
+    cap = MAX_CHUNK if dtype == torch.float32 else MAX_CHUNK // 2
+    if NB > 128:
+        cap //= 2
+    return max(16, min(T, cap)), BP, NB
+
+
+def _ssd_forward(x, dt, A, B, C, h0, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    Bsz, L, H, P = x.shape
+    G, N = B.shape[2:]
+    T, BP, NB = tiles(P, N, T, x.dtype)
+    x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
+    y = torch.empty_like(x)  # (B, L, H, P)
+    hL = x.new_empty(Bsz, H, P, N)
+    h0_arg = h0.contiguous() if h0 is not None else hL  # read only when HAS_H0
+    grid = (Bsz, H, triton.cdiv(P, BP))
+    _ssd_fwd_kernel[grid](
+        x, dt, A, B, C, h0_arg, y, hL, L, H, P, G, N, H // G, triton.cdiv(L, T),
+        T=T, BP=BP, NB=NB, HAS_H0=h0 is not None, PREC="tf32x3" if x.dtype == torch.float32 else "ieee", num_warps=8,
+    )
+    return y, hL
+
+
+class _SSD(torch.autograd.Function):
+    """y, H_L by the forward kernel; the backward differentiates :func:`ssmkit.ops.ssd.ssd_chunked` (recompute)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, T):  # type: ignore[override]
+        ctx.save_for_backward(x, dt, A, B, C, h0)
+        ctx.T = T
+        return _ssd_forward(x, dt, A, B, C, h0, T)
+
+    @staticmethod
+    def backward(ctx, gy, gh):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]
+        with torch.enable_grad(), torch.autocast(saved[0].device.type, enabled=False):  # the forward's precision
+            y, h = ssd_chunked(*inputs, chunk_size=ctx.T)
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            outs, grads = [], []
+            for o, go in ((y, gy), (h, gh)):
+                if go is not None:
+                    outs.append(o)
+                    grads.append(go)
+            found = torch.autograd.grad(outs, wanted, grads, allow_unused=True) if wanted and outs else []
+        it = iter(found)
+        result = [next(it) if t is not None and t.requires_grad else None for t in inputs]
+        return (*result, None)
+
+
+def ssd_triton(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SSD scan by the chunked Triton kernel; equals :func:`ssmkit.ops.ssd.ssd_reference`.
+
+    H_t = exp(Δ_t A_h) H_{t-1} + Δ_t x_t B_tᵀ, y_t = H_t C_t per head (arXiv 2405.21060 §3, chunked as in §6).
+
+    Args:
+        x: (B, L, H, P) inputs, H heads of P channels.
+        dt: (B, L, H) step sizes Δ > 0.
+        A: (H,) decay rates, A < 0.
+        B: (B, L, G, N) input vectors, G groups dividing H.
+        C: (B, L, G, N) output vectors.
+        h0: (B, H, P, N) initial state, or None for zeros.
+        chunk_size: the chunk length asked for (None: 64). The kernel's tile T is the power of two at or above it,
+            within [16, 64] (float64: [16, 32]; halved for N > 128) -- see :func:`tiles`; the chunk length changes
+            speed only, not the result beyond rounding.
+
+    Returns:
+        y (B, L, H, P) and the final state (B, H, P, N).
+    """
+    _check_ssd(x, dt, A, B, C, h0)
+    asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
+    check_chunk_size(asked)
+    T = tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
+    return _SSD.apply(x, dt, A, B, C, h0, T)

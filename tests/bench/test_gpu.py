@@ -1,0 +1,37 @@
+"""The GPU benchmark runs end to end on the CPU at tiny sizes (triton in its interpreter) and writes its JSON.
+
+No timing is asserted; a backend that cannot run is reported with its error instead of stopping the run.
+"""
+
+import json
+
+from ssmkit.bench.gpu import main
+from ssmkit.ops.triton_gate import triton_available
+
+
+def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
+    if not triton_available("cpu"):
+        monkeypatch.setenv("TRITON_INTERPRET", "0")  # then triton's row carries the gate's error
+    out = tmp_path / "gpu.json"
+    argv = ["--device", "cpu", "--scan-shapes", "1,3,4,9", "--ssd-shapes", "1,9,2,2,3", "--repeats", "1",
+            "--copy-bytes", "4096", "--json", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    assert data["bandwidth_Bps"] > 0
+    assert [(r["op"], r["backend"]) for r in rows] == [
+        ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("ssd", "chunked"), ("ssd", "triton")]
+    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[3]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
+    for r in rows:
+        if r["backend"] == "triton" and not triton_available("cpu"):
+            assert "cannot run on cpu" in r["error"]
+        else:
+            assert r["forward_s"] > 0 and r["forward_backward_s"] > 0 and r["forward_fraction_of_bound"] > 0
+    assert "| scan | B=1,L=9,H=3,N=4 | triton |" in capsys.readouterr().out
+
+
+def test_gpu_bench_is_a_suite(capsys):
+    from ssmkit.cli import main as cli
+
+    assert cli(["bench", "gpu", "--help"]) == 0
+    assert "--scan-shapes" in capsys.readouterr().out

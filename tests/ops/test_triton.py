@@ -1,0 +1,272 @@
+"""The Triton kernels (ssmkit.ops.triton) against their references, and the gate that enables them.
+
+On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before torch and
+triton are imported: the interpreter cannot be switched on later), at
+tiny sizes that are not multiples of the tiles (L = 37 with chunks of 16, H = 3 with blocks of 2 channels, N = 5
+modes in a tile of 8); these run in CI wherever triton is installed (it is in the ``dev`` extra). The tests marked
+``gpu`` run with SSMKIT_TEST_DEVICE=cuda at real sizes (scripts/gpu_check.sh) and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from ssmkit.ops.scan import ssm_scan, ssm_scan_reference
+from ssmkit.ops.ssd import ssd, ssd_chunked, ssd_reference
+from ssmkit.ops.triton_gate import prefer_triton, triton_status
+from tests.conftest import DEVICE, rel_err
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton, or the dev extra)")
+on_gpu = pytest.mark.skipif(DEVICE.type != "cuda", reason="GPU test: set SSMKIT_TEST_DEVICE=cuda on a machine with CUDA")
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}  # float32: ~10 roundings per step, float64 reference
+COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def scan_inputs(kind: str, L: int = 37, H: int = 3, N: int = 5, Bsz: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    """u (B, L, H), Ā, B̄, C (H, N), x_{-1} (B, H, N), D (H,) in float64 / complex128 (or real), on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    u = torch.randn(Bsz, L, H, generator=g, dtype=f64)
+    D = torch.randn(H, generator=g, dtype=f64)
+    if kind == "complex":
+        A = torch.polar(torch.rand(H, N, generator=g, dtype=f64) * 0.35 + 0.6, torch.randn(H, N, generator=g, dtype=f64) * 2)
+        B, C = (torch.randn(H, N, generator=g, dtype=torch.complex128) for _ in range(2))
+        x0 = torch.randn(Bsz, H, N, generator=g, dtype=torch.complex128)
+    else:
+        A = torch.rand(H, N, generator=g, dtype=f64) * 1.8 - 0.9
+        B, C = (torch.randn(H, N, generator=g, dtype=f64) for _ in range(2))
+        x0 = torch.randn(Bsz, H, N, generator=g, dtype=f64)
+    return [u, A, B, C, x0, D]
+
+
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(device=DEVICE, dtype=COMPLEX[dtype] if t.is_complex() else dtype)
+
+
+def scan_values_and_grads(fn, inputs, with_state: bool, with_D: bool, seed: int = 1):
+    """y, x_L and the gradients of a random linear function of both, for every input that is given."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    u, A, B, C, x0, D = leaves
+    y, x = fn(u, A, B, C, x0 if with_state else None, D if with_D else None)
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+    gx = torch.randn(x.shape, generator=g, dtype=torch.complex128 if x.is_complex() else torch.float64).to(x)
+    loss = (y * gy).sum() + (x * gx.conj()).real.sum()
+    used = [u, A, B, C] + ([x0] if with_state else []) + ([D] if with_D else [])
+    return [y, x, *torch.autograd.grad(loss, used)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the gate
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_forced_triton_without_cuda_or_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    u, A, B, C, x0, D = scan_inputs("complex", L=5)
+    with pytest.raises(RuntimeError, match=r"ssm_scan: backend 'triton' was forced but cannot run on cpu.*TRITON_INTERPRET=1"):
+        ssm_scan(u, A, B, C, x0, D, backend="triton")
+    ok, reason = triton_status("cpu", "ssd", torch.float32)
+    assert not ok and "CUDA devices only" in reason
+    assert not triton_status("meta")[0] and "CUDA devices only" in triton_status("meta")[1]
+
+
+def test_auto_never_picks_triton_on_the_cpu():
+    u = torch.randn(2, 5, 3)
+    assert not prefer_triton(u, "ssm_scan") and not prefer_triton(u, "ssd")
+
+
+@needs_triton
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the interpreter is the CPU's Triton")
+def test_the_interpreter_is_enabled_by_a_smoke_call_per_op_and_dtype():
+    for op in ("ssm_scan", "ssd"):
+        for dtype in (torch.float32, torch.float64):
+            assert triton_status("cpu", op, dtype) == (True, ""), (op, dtype)
+    assert triton_status("cpu", "ssm_scan", torch.float16) == (False, "the Triton kernels take float32 or float64 inputs; got torch.float16")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the fused diagonal scan
+# ----------------------------------------------------------------------------------------------------
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "dtype,kind,with_state,with_D",
+    [
+        (torch.float32, "complex", True, True),
+        (torch.float64, "complex", True, True),
+        (torch.float64, "complex", False, False),
+        (torch.float64, "real", True, True),
+    ],
+)
+def test_scan_values_and_gradients_equal_the_reference(dtype, kind, with_state, with_D):
+    inputs = scan_inputs(kind)
+    got = scan_values_and_grads(
+        lambda *a: ssm_scan(*a, backend="triton"), [cast(t, dtype) for t in inputs], with_state, with_D
+    )
+    want = scan_values_and_grads(ssm_scan_reference, inputs, with_state, with_D)
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert a.dtype == cast(b, dtype).dtype, name
+        assert rel_err(a, b) < TOL[dtype], name
+
+
+@needs_triton
+@pytest.mark.parametrize("L", [5, 32, 33])  # shorter than a chunk, a multiple of it, one step past it
+def test_scan_at_chunk_boundaries(L):
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    u, A, B, C, x0, D = (cast(t, torch.float64) for t in scan_inputs("complex", L=L, H=5, N=3))
+    y, x = ssm_scan_triton(u, A, B, C, x0, D, chunk_size=16, block_h=4)
+    y_ref, x_ref = ssm_scan_reference(u, A, B, C, x0, D)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
+    y, none = ssm_scan_triton(u, A, B, C, x0, D, return_state=False)
+    assert none is None and rel_err(y, y_ref) < 1e-12
+
+
+@needs_triton
+def test_scan_hand_computed():
+    # one real mode, Ā = 1/2, B̄ = C = 1, x_{-1} = 2, an impulse: y_t = 2^-t + 2·2^-(t+1) = 2^(1-t) exactly
+    u = torch.zeros(1, 20, 1, dtype=torch.float64, device=DEVICE)
+    u[0, 0, 0] = 1.0
+    one = torch.ones(1, 1, dtype=torch.float64, device=DEVICE)
+    y, x = ssm_scan(u, 0.5 * one, one, one, 2 * one[None], backend="triton")
+    t = torch.arange(20, dtype=torch.float64, device=DEVICE)
+    assert torch.equal(y[0, :, 0], 2.0 ** (1 - t))
+    assert torch.equal(x, torch.full((1, 1, 1), 2.0 ** -18, dtype=torch.float64, device=DEVICE))
+
+
+@needs_triton
+def test_scan_rejects_tiles_that_are_not_powers_of_two():
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    u, A, B, C, _, _ = (cast(t, torch.float64) for t in scan_inputs("complex", L=5))
+    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
+        ssm_scan_triton(u, A, B, C, chunk_size=12)
+    with pytest.raises(ValueError, match="block_h must be a power of two"):
+        ssm_scan_triton(u, A, B, C, block_h=3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the chunked SSD
+# ----------------------------------------------------------------------------------------------------
+
+
+def ssd_inputs(L: int = 37, H: int = 4, P: int = 3, G: int = 2, N: int = 5, Bsz: int = 2, seed: int = 0):
+    """x (B, L, H, P), Δ (B, L, H), A (H,), B and C (B, L, G, N), h0 (B, H, P, N), float64 on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    return [
+        torch.randn(Bsz, L, H, P, generator=g, dtype=f64),
+        torch.nn.functional.softplus(torch.randn(Bsz, L, H, generator=g, dtype=f64)),
+        -(torch.rand(H, generator=g, dtype=f64) * 3 + 0.5),
+        torch.randn(Bsz, L, G, N, generator=g, dtype=f64),
+        torch.randn(Bsz, L, G, N, generator=g, dtype=f64),
+        torch.randn(Bsz, H, P, N, generator=g, dtype=f64),
+    ]
+
+
+def ssd_values_and_grads(fn, inputs, seed: int = 1):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    y, h = fn(*leaves)
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+    gh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
+    return [y, h, *torch.autograd.grad((y * gy).sum() + (h * gh).sum(), leaves)]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ssd_values_and_gradients_equal_the_reference(dtype):
+    inputs = ssd_inputs()
+    got = ssd_values_and_grads(lambda *a: ssd(*a, chunk_size=16, backend="triton"), [cast(t, dtype) for t in inputs])
+    want = ssd_values_and_grads(ssd_reference, inputs)
+    for name, a, b in zip(["y", "h_L", "x", "dt", "A", "B", "C", "h0"], got, want):
+        assert a.dtype == dtype, name
+        assert rel_err(a, b) < TOL[dtype], name
+
+
+@needs_triton
+@pytest.mark.parametrize("chunk_size", [5, 256])  # tiles 16 and 64: any chunk length is accepted
+def test_ssd_without_initial_state_and_any_chunk_length(chunk_size):
+    x, dt, A, B, C, _ = (cast(t, torch.float64) for t in ssd_inputs(L=21, H=3, G=1))
+    y, h = ssd(x, dt, A, B, C, chunk_size=chunk_size, backend="triton")
+    y_ref, h_ref = ssd_reference(x, dt, A, B, C)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12
+
+
+# ----------------------------------------------------------------------------------------------------
+# on a GPU, at real sizes (scripts/gpu_check.sh)
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_gpu_auto_picks_the_kernels():
+    u = torch.randn(2, 5, 3, device=DEVICE)
+    for op in ("ssm_scan", "ssd"):
+        for dtype in (torch.float32, torch.float64):
+            assert triton_status(DEVICE, op, dtype) == (True, ""), (op, dtype, triton_status(DEVICE, op, dtype))
+    assert prefer_triton(u, "ssm_scan") and prefer_triton(u.double(), "ssd")
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_scan_at_a_real_size(dtype):
+    # B·L·H·N = 4·4133·256·32 complex modes (S4D's d_state 64): never a multiple of the tiles in L
+    inputs = [t.to(DEVICE) for t in scan_inputs("complex", L=4133, H=256, N=32, Bsz=4)]
+    got = scan_values_and_grads(lambda *a: ssm_scan(*a, backend="triton"), [cast(t, dtype) for t in inputs], True, True)
+    want = scan_values_and_grads(lambda *a: ssm_scan(*a, backend="chunked"), inputs, True, True)  # float64 oracle
+    tol = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]  # float32: 4133 steps of rounding
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_ssd_at_a_real_size(dtype):
+    inputs = [t.to(DEVICE) for t in ssd_inputs(L=1037, H=8, P=64, G=2, N=64, Bsz=2)]
+    got = ssd_values_and_grads(lambda *a: ssd(*a, backend="triton"), [cast(t, dtype) for t in inputs])
+    want = ssd_values_and_grads(ssd_chunked, inputs)  # float64 oracle
+    tol = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
+    for name, a, b in zip(["y", "h_L", "x", "dt", "A", "B", "C", "h0"], got, want):
+        assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@on_gpu
+def test_gpu_s4d_runs_a_million_steps_at_batch_one():
+    import ssmkit.layers as layers
+
+    torch.manual_seed(0)
+    layer = layers.build("s4d", d_model=32, d_state=64, device=DEVICE)
+    x = torch.randn(1, 2**20, 32, device=DEVICE, requires_grad=True)
+    y, h = layer(x)  # "auto": the fused kernel
+    (y.square().mean() + h.abs().mean()).backward()
+    with torch.no_grad():
+        from ssmkit.ops import use_backend
+
+        with use_backend("chunked"):
+            y_ref, h_ref = layer(x)
+    assert rel_err(y, y_ref) < 1e-4 and rel_err(h, h_ref) < 1e-4
+    assert torch.isfinite(x.grad).all()
+
+
+@needs_triton
+def test_the_first_call_may_come_without_grad_and_under_autocast():
+    # the gate's smoke call differentiates the kernels and compares them at float32 tolerances: it must work when the
+    # first call is a no-grad forward under autocast
+    from ssmkit.ops import triton_gate
+
+    x, dt, A, B, C, h0 = (cast(t, torch.float32) for t in ssd_inputs(L=9, H=2, G=1))
+    triton_gate._STATUS.clear()
+    with torch.inference_mode(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        y, _ = ssd(x, dt, A, B, C, h0, backend="triton")
+    assert rel_err(y, ssd_reference(x, dt, A, B, C, h0)[0]) < TOL[torch.float32]

@@ -1,11 +1,13 @@
-"""The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites) and
-``demo`` (end-to-end run).
+"""The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites),
+``analyze`` and ``zoo`` (control analysis) and ``demo`` (end-to-end run).
 
     ssmkit --help                # the commands
     ssmkit train --help          # one model on one task (jsonargparse: every Experiment field is an option)
     ssmkit compare --help        # several models, one budget, a table and a plot
     ssmkit bench --help          # the suites
     ssmkit bench step --help     # one suite's options
+    ssmkit analyze --help        # a checkpoint's poles, H-infinity norms, Bode plots
+    ssmkit zoo --help            # the control-theoretic table of the layers
     ssmkit demo --help           # the demo's options
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a performance suite; 'ssmkit bench SUITE --help' lists its options.",
     )
     add_suite_parsers(bench)
+    commands.add_parser("analyze", help="control analysis of a checkpoint's LTI layers: poles, H-infinity, Bode plots",
+                        add_help=False)
+    commands.add_parser("zoo", help="the control-theoretic table of the registered layers", add_help=False)
     commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
                         add_help=False)
     return parser
@@ -54,6 +59,11 @@ def _dispatch(argv: list[str]) -> int:
         from ssmkit.train import commands
 
         entry = {"train": commands.train_main, "compare": commands.compare_main, "configs": commands.configs_main}
+        return entry[args.command](rest, prog=f"ssmkit {args.command}")
+    if args.command in ("analyze", "zoo"):
+        from ssmkit.analysis import commands as analysis_commands
+
+        entry = {"analyze": analysis_commands.analyze_main, "zoo": analysis_commands.zoo_main}
         return entry[args.command](rest, prog=f"ssmkit {args.command}")
     from ssmkit.demo import main as demo_main
 

@@ -21,6 +21,7 @@ from ssmkit.layers.rglru import RGLRU, RGLRUState
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
 from ssmkit.layers.state import State, StateSpec, TensorSpec
+from ssmkit.layers.zoo import ZooEntry
 
 __all__ = [
     "BlockDefaults",
@@ -37,6 +38,7 @@ __all__ = [
     "State",
     "StateSpec",
     "TensorSpec",
+    "ZooEntry",
     "available",
     "build",
     "frozen_parameters",

@@ -26,6 +26,11 @@ def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.0):
     return fig, axes
 
 
+def _units(dt: float) -> tuple[str, str]:
+    """Axis units of time and frequency: seconds and rad/s, or samples and rad/sample when dt = 1."""
+    return ("s", "rad/s") if dt != 1.0 else ("samples", "rad/sample")
+
+
 def channel_pairs(system: StateSpace, channels: int) -> list[tuple[int, int, int]]:
     """The entries a plot shows, as triples of indices (system g, output i, input j): at most ``channels``.
 
@@ -94,7 +99,8 @@ def plot_poles(results: Sequence[LayerAnalysis], path: str) -> str:
 
 
 def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, points: int = 400) -> str:
-    """Bode magnitude (dB) and phase (degrees) of every layer, up to the Nyquist frequency π / dt (rad/s).
+    """Bode magnitude (dB) and phase (degrees) of every layer, up to the Nyquist frequency π / dt (rad/s; rad/sample
+    when dt = 1).
 
     Args:
         results: the layers' analyses.
@@ -119,7 +125,7 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
         row[0].set_ylabel("dB")
         row[1].set_ylabel("degrees")
         for ax in row:
-            ax.set_xlabel("ω (rad/s)")
+            ax.set_xlabel(f"ω ({_units(r.system.dt)[1]})")
             ax.grid(True, which="both", lw=0.3)
     fig.savefig(path, dpi=110)
     return path
@@ -132,7 +138,7 @@ def response_length(result: LayerAnalysis, longest: int = 1024) -> int:
 
 
 def plot_responses(results: Sequence[LayerAnalysis], path: str, channels: int = 8, longest: int = 1024) -> str:
-    """Impulse and step responses of every layer (time in seconds).
+    """Impulse and step responses of every layer (time in seconds; in samples when dt = 1).
 
     Args:
         results: the layers' analyses.
@@ -154,7 +160,7 @@ def plot_responses(results: Sequence[LayerAnalysis], path: str, channels: int = 
         row[0].set_title(f"{r.name} ({r.layer}): impulse response", fontsize=9)
         row[1].set_title(f"{r.name}: step response", fontsize=9)
         for ax in row:
-            ax.set_xlabel("t (s)")
+            ax.set_xlabel(f"t ({_units(r.system.dt)[0]})")
             ax.grid(True, lw=0.3)
     fig.savefig(path, dpi=110)
     return path

@@ -89,7 +89,10 @@ def zoo_table(d_model: int = 64, names: Sequence[str] | None = None) -> list[dic
     for name in available() if names is None else names:
         cls = layer_class(name)
         entry = zoo_entry(cls)
-        layer = build(name, d_model=d_model, device="meta")  # nothing allocated; the state spec only
+        try:
+            layer = build(name, d_model=d_model, device="meta")  # nothing allocated; the state spec only
+        except ValueError as err:
+            raise ValueError(f"layer {name!r} cannot be built with its defaults at d_model={d_model}: {err}") from err
         caps = cls.capabilities
         rows.append({
             "layer": name,

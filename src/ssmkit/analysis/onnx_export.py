@@ -216,26 +216,35 @@ class OnnxExport:
 def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     """The exported graph's state parts from a model state (``forward``/``step``'s), when every LTI layer is modal.
 
-    Modal LTI layers hold ``view_as_real`` of the layer's complex state (module docstring); other parts are copied.
+    The model's state list holds one entry per sequence layer, in module order (a SequenceModel's blocks, a
+    DeepWiener's layers). A modal LTI layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module
+    docstring); a mixer's parts are copied; a dense realisation (S4) has its own basis and raises.
 
     Args:
         model: the model that was exported.
-        state: its per-block state list.
+        state: its per-layer state list.
 
     Returns:
         the numpy state parts, in the order of ``OnnxExport.state_names``.
     """
-    converted = real_step_model(model)
+    from ssmkit.layers.protocol import SequenceLayer
+
+    layers = [m for m in model.modules() if isinstance(m, SequenceLayer)]
+    if not isinstance(state, (list, tuple)) or len(state) != len(layers):
+        raise ValueError(f"state must be a list of {len(layers)} layer states (one per sequence layer, in order)")
     out = []
-    for part, template in zip(_flatten(state), _flatten(converted.initial_state(1))):
-        if part.is_complex():
-            part = torch.view_as_real(part)
-        if tuple(part.shape[1:]) != tuple(template.shape[1:]):
-            raise NotImplementedError(
-                f"a state part of shape {tuple(part.shape)} has no direct counterpart {tuple(template.shape)} in the "
-                "exported graph (a dense realisation's basis differs from the layer's state): start from zeros"
-            )
-        out.append(part.detach().cpu().to(template.dtype).numpy())
+    for layer, entry in zip(layers, state):
+        if layer.supports("state_space"):
+            real = RealLTIStep(layer.state_space())
+            if not real.modal or not entry.is_complex():
+                raise NotImplementedError(
+                    f"{type(layer).__name__}'s state has no direct counterpart in the exported graph (its realisation "
+                    "is dense, in its own basis): start the ONNX graph from zeros"
+                )
+            entry = torch.view_as_real(entry).reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2)
+        dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
+        out += [part.detach().cpu().to(dtype if part.is_floating_point() else part.dtype).numpy()
+                for part in _flatten(entry)]
     return out
 
 

@@ -40,6 +40,7 @@ def test_s4d_layer_against_its_eigenvalues():
         # continuous poles s = log(z)/Ts = Δλ/Ts (|Im Δλ| < π here, so the principal log is exact)
         s_want = np.concatenate([dlam[h], dlam[h].conj()]) / Ts
         np.testing.assert_allclose(_by_imag(r.poles_continuous[h]), _by_imag(s_want), rtol=1e-10)
+    assert r.spectral_abscissa == pytest.approx(dlam.real.max() / Ts, rel=1e-10)
     rho = np.abs(z_exact).max()
     assert r.spectral_radius == pytest.approx(rho, rel=1e-12)
     assert r.stability_margin == pytest.approx(1 - rho, rel=1e-9)

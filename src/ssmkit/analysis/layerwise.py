@@ -36,6 +36,7 @@ class LayerAnalysis:
         system: the exported bank, real realisation, with ``dt`` in seconds: A (G, n, n), B (G, n, m), ...
         poles: (G, n) complex discrete poles z of each system.
         poles_continuous: (G, n) complex equivalent continuous poles s = log(z) / dt, in 1/s.
+        spectral_abscissa: max Re s over the bank, 1/s (< 0: stable; -1/slowest_time_constant).
         spectral_radius: max |z| over the bank.
         stability_margin: 1 - spectral_radius (> 0: Schur stable).
         slowest_time_constant: the largest τ = -dt / log|z| over the bank, seconds (inf if any |z| >= 1).
@@ -49,6 +50,7 @@ class LayerAnalysis:
     system: StateSpace
     poles: np.ndarray
     poles_continuous: np.ndarray
+    spectral_abscissa: float
     spectral_radius: float
     stability_margin: float
     slowest_time_constant: float
@@ -143,6 +145,7 @@ def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-1
         system=system,
         poles=z,
         poles_continuous=s,
+        spectral_abscissa=float(s.real.max()),
         spectral_radius=rho,
         stability_margin=1.0 - rho,
         slowest_time_constant=float(tau.max()),

@@ -69,7 +69,8 @@ def impulse_response(system: StateSpace, length: int) -> np.ndarray:
 
 
 def plot_poles(results: Sequence[LayerAnalysis], path: str) -> str:
-    """The discrete poles of every layer in the z-plane, with the unit circle.
+    """The poles of every layer: discrete z with the unit circle (top row), equivalent continuous s = log(z)/dt
+    (bottom row, 1/s; poles at z = 0 have no finite s and are left out).
 
     Args:
         results: the layers' analyses.
@@ -78,22 +79,32 @@ def plot_poles(results: Sequence[LayerAnalysis], path: str) -> str:
     Returns:
         ``path``.
     """
-    cols = min(len(results), 4) or 1
-    rows = -(-len(results) // cols) if results else 1
-    fig, axes = _figure(rows, cols, 3.6, 3.6)
+    cols = max(len(results), 1)
+    fig, axes = _figure(2, cols, 3.6, 3.4)
     t = np.linspace(0, 2 * np.pi, 400)
-    for k, ax in enumerate(axes.flat):
+    for k in range(cols):
+        top, bottom = axes[0, k], axes[1, k]
         if k >= len(results):
-            ax.set_axis_off()
+            top.set_axis_off()
+            bottom.set_axis_off()
             continue
         r = results[k]
-        ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8)
+        top.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8)
         z = r.poles.ravel()
-        ax.scatter(z.real, z.imag, s=8, marker="x", color="C3")
-        ax.set_aspect("equal")
-        ax.set_title(f"{r.name} ({r.layer})\nρ = {r.spectral_radius:.6f}", fontsize=9)
-        ax.set_xlabel("Re z")
-        ax.set_ylabel("Im z")
+        top.scatter(z.real, z.imag, s=8, marker="x", color="C3")
+        top.set_aspect("equal")
+        top.set_title(f"{r.name} ({r.layer})\nρ = {r.spectral_radius:.6f}", fontsize=9)
+        top.set_xlabel("Re z")
+        top.set_ylabel("Im z")
+        s = r.poles_continuous.ravel()
+        s = s[np.isfinite(s)]
+        unit = "1/s" if r.system.dt != 1.0 else "1/sample"
+        bottom.scatter(s.real, s.imag, s=8, marker="x", color="C0")
+        bottom.axvline(0.0, color="0.6", lw=0.8)
+        bottom.set_xscale("symlog", linthresh=max(float(np.abs(s.real).min()) if s.size else 1.0, 1e-12))
+        bottom.set_title(f"s = log(z)/dt, slowest τ = {r.slowest_time_constant:.4g}", fontsize=9)
+        bottom.set_xlabel(f"Re s ({unit})")
+        bottom.set_ylabel(f"Im s ({unit})")
     fig.savefig(path, dpi=110)
     return path
 

@@ -46,6 +46,7 @@ def layer_record(result: LayerAnalysis) -> dict[str, Any]:
         "dt": result.system.dt,
         "stable": result.stable,
         "spectral_radius": result.spectral_radius,
+        "spectral_abscissa": _finite(result.spectral_abscissa),
         "stability_margin": result.stability_margin,
         "slowest_time_constant": _finite(result.slowest_time_constant),
         "fastest_time_constant": _finite(result.fastest_time_constant),
@@ -84,6 +85,7 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
     """
     dt = results[0].system.dt if results else 1.0
     unit = "s" if dt != 1.0 else "samples"
+    rate = "1/s" if dt != 1.0 else "1/sample"
     lines = [f"# Control analysis: {title}", ""]
     if results:
         stable = all(r.stable for r in results)
@@ -92,15 +94,16 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
             f"{len(results)} LTI layer(s), sampling time dt = {dt:g} s. Every layer Schur stable: "
             f"**{'yes' if stable else 'NO'}** (largest spectral radius {worst.spectral_radius:.6f} in {worst.name}).",
             "",
-            f"| layer | type | G × (n states, m in, p out) | spectral radius | margin 1 − ρ | slowest τ ({unit}) | "
-            f"fastest τ ({unit}) | DC gain range | H∞ (max over G) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"| layer | type | G × (n states, m in, p out) | spectral radius | margin 1 − ρ | max Re s ({rate}) | "
+            f"slowest τ ({unit}) | fastest τ ({unit}) | DC gain range | H∞ (max over G) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results:
             s = r.system
             lines.append(
                 f"| {r.name} | {r.layer} | {s.nsystems} × ({s.nstates}, {s.ninputs}, {s.noutputs}) | "
-                f"{r.spectral_radius:.6f} | {r.stability_margin:.3g} | {_fmt(r.slowest_time_constant)} | "
+                f"{r.spectral_radius:.6f} | {r.stability_margin:.3g} | {_fmt(r.spectral_abscissa)} | "
+                f"{_fmt(r.slowest_time_constant)} | "
                 f"{_fmt(r.fastest_time_constant)} | [{_fmt(r.dc_gain.min())}, {_fmt(r.dc_gain.max())}] | "
                 f"{_fmt(r.hinf.max())} |"
             )

@@ -63,6 +63,9 @@ def test_analyze_options_and_errors(checkpoint, tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a checkpoint of 'ssmkit train'"):
         cli_main(["analyze", str(tmp_path / "other.pt")])
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds no state_dict"):
+        cli_main(["analyze", str(tmp_path / "list.pt")])
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         cli_main(["analyze", str(tmp_path / "missing.ckpt")])
 
@@ -92,3 +95,19 @@ def test_zoo_with_a_checkpoint(checkpoint, tmp_path, capsys):
 def test_help(argv, expect, capsys):
     assert cli_main(argv) == 0
     assert expect in capsys.readouterr().out
+
+
+def test_analyze_a_deep_wiener_file(tmp_path):
+    from ssmkit.sysid.wiener import DeepWiener
+
+    arguments = {"n_inputs": 1, "n_outputs": 1, "d_model": 3, "n_layers": 2, "layer": "s4d",
+                 "layer_options": {"d_state": 4}, "dt": 0.004, "timescale": (0.01, 1.0)}
+    torch.manual_seed(0)
+    model = DeepWiener(**arguments)
+    torch.save({"deep_wiener": arguments, "state_dict": model.state_dict()}, tmp_path / "model.pt")
+    loaded = load_model(str(tmp_path / "model.pt"))
+    assert isinstance(loaded, DeepWiener) and loaded.dt == 0.004
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert cli_main(["analyze", str(tmp_path / "model.pt"), "--out", str(tmp_path / "a"), "--no-plots"]) == 0
+    record = json.load(open(tmp_path / "a" / "analysis.json"))
+    assert record["dt"] == 0.004 and [l["name"] for l in record["layers"]] == ["layers.0", "layers.1"]

@@ -4,7 +4,7 @@
     ssmkit zoo [--checkpoint CKPT] [--out DIR] [--format markdown|csv]
 
 ``analyze`` rebuilds the model from the checkpoint's configuration (``hyper_parameters["model"]``, written by
-``ssmkit train``), loads its weights and writes the report of :func:`ssmkit.analysis.write_report` (default folder:
+``ssmkit train``; or a DeepWiener's arguments, see `load_model`), loads its weights and writes the report of :func:`ssmkit.analysis.write_report` (default folder:
 ``analysis/`` beside the checkpoints folder). ``zoo`` prints the table of :mod:`ssmkit.analysis.zoo`; with
 ``--out`` it writes ``zoo.md``, ``zoo.csv`` (and ``poles.csv`` with ``--checkpoint``) there.
 """
@@ -18,24 +18,40 @@ __all__ = ["analyze_main", "load_model", "zoo_main"]
 
 
 def load_model(path: str):
-    """The :class:`ssmkit.models.SequenceModel` of a trainer checkpoint, with its weights, in eval mode.
+    """The model of a checkpoint, with its weights, in eval mode.
+
+    Two layouts are read: a checkpoint of ``ssmkit train`` (``hyper_parameters["model"]``, a SequenceModelConfig
+    dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel`; a dict
+    with ``deep_wiener`` (the keyword arguments of :class:`ssmkit.sysid.wiener.DeepWiener`, ``dt`` included) and
+    ``state_dict`` (the model's own keys) gives a DeepWiener.
 
     Args:
-        path: a checkpoint written by ``ssmkit train`` (``checkpoints/last.ckpt``).
+        path: the checkpoint file (read with ``torch.load(weights_only=True)``).
 
     Returns:
         the model.
     """
-    from ssmkit.models import SequenceModel, SequenceModelConfig
-    from ssmkit.train.checkpoint import load_checkpoint
+    import torch
 
-    checkpoint = load_checkpoint(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path!r} holds no state_dict: not a checkpoint of 'ssmkit train' nor a DeepWiener file")
+    if "deep_wiener" in checkpoint:
+        from ssmkit.sysid.wiener import DeepWiener
+
+        model = DeepWiener(**dict(checkpoint["deep_wiener"]))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.eval()
     hyper = checkpoint.get("hyper_parameters") or {}
-    if "model" not in hyper or "state_dict" not in checkpoint:
+    if "model" not in hyper:
         raise ValueError(
-            f"{path!r} is not a checkpoint of 'ssmkit train': it needs hyper_parameters['model'] (the model "
-            f"configuration) and a state_dict; found keys {sorted(checkpoint)}"
+            f"{path!r} is not a checkpoint of 'ssmkit train' (no hyper_parameters['model'], the model configuration) "
+            f"nor a DeepWiener file (no 'deep_wiener' arguments); found keys {sorted(checkpoint)}"
         )
+    from ssmkit.models import SequenceModel, SequenceModelConfig
+
     model = SequenceModel.from_config(SequenceModelConfig.from_dict(dict(hyper["model"])))
     prefix = "model."
     weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -58,9 +74,11 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
         "margin, DC gain, certified H-infinity norm, Bode plots, impulse and step responses, learned kernels; "
         "writes summary.md, analysis.json and PNG figures.",
     )
-    parser.add_argument("checkpoint", help="a checkpoint written by 'ssmkit train' (checkpoints/last.ckpt)")
+    parser.add_argument("checkpoint", help="a checkpoint written by 'ssmkit train' (checkpoints/last.ckpt), or a "
+                        "DeepWiener file {'deep_wiener': its arguments, 'state_dict': ...}")
     parser.add_argument("--out", default=None, help="output folder (default: analysis/ beside checkpoints/)")
-    parser.add_argument("--dt", type=float, default=None, help="sampling time in seconds (default 1: time in samples)")
+    parser.add_argument("--dt", type=float, default=None,
+                        help="sampling time in seconds (default: the model's, a DeepWiener's Ts; else 1 = samples)")
     parser.add_argument("--channels", type=int, default=8, help="channels per layer in the figures (default 8)")
     parser.add_argument("--no-plots", dest="no_plots", action="store_true", help="write summary.md and analysis.json only")
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     H  channels (d_model)
     E  inner channels of a mixer (expand·d_model, Mamba-2)
     N  state size (``d_state``; the real-equivalent size, conjugate pairs hold N/2 complex modes)
-    M  complex modes per channel (N/2 for conjugate-pair layers)
+    M  complex modes per channel (N/2 for conjugate-pair layers), or of the one MIMO system of S5 and LRU
     P  head dimension
     G  number of systems or groups in a bank
     C  output channels of a kernel (e.g. 2 for a bidirectional kernel)
@@ -20,8 +20,14 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     n  states of one system of a StateSpace bank (control convention)
     m  inputs of one system of a StateSpace bank
     p  outputs of one system of a StateSpace bank
-    V  classes or vocabulary entries of a model's output
+    Y  classes or vocabulary entries of a model's output
     D  inner channels of a mixer layer (RG-LRU's ``lru_width``)
+    F  taps of a long convolution kernel (SGConv) or implicit filter (Hyena)
+    O  stages of Hyena's recurrence (order - 1)
+    E  attention heads
+    K  key positions an attention query may see (a cache of earlier steps, then the new ones)
+    Z  query/key dimension of Mega's shared representation
+    V  value dimension of Mega's attention
 Complex tensors are marked "complex"; everything else is real floating point.
 """
 

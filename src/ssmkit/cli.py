@@ -1,5 +1,6 @@
 """The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites),
-``analyze`` and ``zoo`` (control analysis) and ``demo`` (end-to-end run).
+``demo`` (end-to-end run), ``tasks`` (the tasks and whether their data is present), ``data get|extract`` (data
+sets), ``analyze`` and ``zoo`` (control analysis).
 
     ssmkit --help                # the commands
     ssmkit train --help          # one model on one task (jsonargparse: every Experiment field is an option)
@@ -9,6 +10,8 @@
     ssmkit analyze --help        # a checkpoint's poles, H-infinity norms, Bode plots
     ssmkit zoo --help            # the control-theoretic table of the layers
     ssmkit demo --help           # the demo's options
+    ssmkit tasks                 # every task and whether its data is present
+    ssmkit data get mnist        # fetch MNIST and verify its SHA-256 values
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
@@ -21,6 +24,7 @@ import argparse
 import sys
 
 from ssmkit.bench import add_suite_parsers
+from ssmkit.data.commands import add_parsers as add_data_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("zoo", help="the control-theoretic table of the registered layers", add_help=False)
     commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
                         add_help=False)
+    add_data_parsers(commands)
     return parser
 
 
@@ -65,6 +70,12 @@ def _dispatch(argv: list[str]) -> int:
 
         entry = {"analyze": analysis_commands.analyze_main, "zoo": analysis_commands.zoo_main}
         return entry[args.command](rest, prog=f"ssmkit {args.command}")
+    if args.command in ("tasks", "data"):
+        from ssmkit.data.commands import run as run_data
+
+        if rest:
+            build_parser().parse_args(argv)  # exits 2 naming the unrecognised arguments
+        return run_data(args)
     from ssmkit.demo import main as demo_main
 
     return demo_main(rest, prog="ssmkit demo")

@@ -16,7 +16,11 @@ from tests.conftest import DEVICE, H, NEEDED_AT_TINY_WIDTH, make_layer, rel_err,
 
 LTI = [n for n in layers.available() if layers.layer_class(n).capabilities.state_space]
 STEP = [n for n in layers.available() if layers.layer_class(n).capabilities.step]
-MODAL = {"s4d", "dss", "dlr", "s5", "lru"}  # diagonal layers: their realisation runs in modal form
+MODAL = {"s4d", "dss", "dlr", "s5", "lru", "ema"}  # diagonal layers: their realisation runs in modal form
+# layers whose step must export to ONNX; the others raise NotImplementedError with the reason and are skipped (a growing
+# key/value cache or long-convolution history: attention, mega, hyena; a complex state inside a mixer: gss, h3,
+# liquid_s4)
+MUST_EXPORT = {"s4", "s4d", "dss", "dlr", "s5", "lru", "ema", "rglru", "mamba2", "sgconv"}
 
 
 def _truncated_response(system, L):
@@ -131,7 +135,12 @@ def test_onnx_step_equals_model_step(name, tmp_path):
     y_ref, _ = _run_step(model, u)
     y_real, _ = _run_step(real_step_model(model), u)
     assert rel_err(y_real, y_ref) <= 1e-5  # float32: the realisation is exported in float64 and rounded once
-    info = export_onnx(model, str(tmp_path / f"{name}.onnx"))
+    try:
+        info = export_onnx(model, str(tmp_path / f"{name}.onnx"))
+    except NotImplementedError as why:
+        if name in MUST_EXPORT:
+            raise
+        pytest.skip(f"{name} does not export to ONNX: {why}")
     y_onnx, _ = _run_onnx(model, info, u)
     assert rel_err(y_onnx, y_ref) <= 1e-5  # float32 step, fp32 runtime
 

@@ -487,3 +487,37 @@ def test_dtype_and_from_ssm_from_diagonal_errors():
         StateSpace.from_diagonal(c, c, c, np.zeros((3, 1)))
     with pytest.raises(ValueError, match=r"D must be real \(H,\) = \(3,\); got a complex array"):
         StateSpace.from_diagonal(c, c, c, np.zeros(3, complex))
+
+
+@pytest.mark.parametrize("conjugate_pairs", [True, False])
+def test_from_diagonal_mimo_equals_complex_loop(conjugate_pairs, device):
+    # S5/LRU: one system, M modes, H inputs and outputs; the export simulates the complex MIMO loop.
+    rng = np.random.default_rng(13)
+    H, Mm = 3, 4
+    A_bar = rng.uniform(0.5, 0.95, Mm) * np.exp(1j * rng.uniform(0, math.pi, Mm))  # (M,) complex
+    B_bar = rng.standard_normal((Mm, H)) + 1j * rng.standard_normal((Mm, H))
+    C = rng.standard_normal((H, Mm)) + 1j * rng.standard_normal((H, Mm))
+    D = rng.standard_normal(H)
+    ss = StateSpace.from_diagonal_mimo(A_bar, B_bar, torch.from_numpy(C), D, dt=0.5, conjugate_pairs=conjugate_pairs)
+    assert not ss.is_complex and (ss.nsystems, ss.nstates, ss.ninputs, ss.noutputs) == (1, 2 * Mm, H, H)
+    c = 2.0 if conjugate_pairs else 1.0
+    u = rng.standard_normal((BATCH, L, H))
+    x = np.zeros((BATCH, Mm), np.complex128)  # (B, M)
+    ref = []
+    for k in range(L):
+        x = A_bar * x + u[:, k] @ B_bar.T  # (B, M)
+        ref.append((c * x @ C.T).real + D * u[:, k])  # (B, H)
+    y = ss.simulate(torch.from_numpy(u).to(device))
+    assert rel_err(y, torch.from_numpy(np.stack(ref, 1))) < 1e-12  # float64, L = 13
+    assert match_sets(ss.poles()[0], np.concatenate([A_bar, A_bar.conj()])) < 1e-12  # exact 2x2 blocks
+    # hand value: one real mode a = 0.5, B̄ = [1, 2], C = [[3], [4]], D = 0 -> D' = c·C B̄, C' = c·C·a
+    one = StateSpace.from_diagonal_mimo(np.array([0.5]), np.array([[1.0, 2.0]]), np.array([[3.0], [4.0]]), None,
+                                        conjugate_pairs=conjugate_pairs)
+    assert np.allclose(one.D[0], c * np.array([[3.0, 6.0], [4.0, 8.0]]))
+    assert np.allclose(one.C[0], c * np.array([[1.5, 0.0], [2.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"B_bar must be \(M, H\)"):
+        StateSpace.from_diagonal_mimo(A_bar, B_bar[:3], C, D)
+    with pytest.raises(ValueError, match=r"C must be \(H, M\)"):
+        StateSpace.from_diagonal_mimo(A_bar, B_bar, C.T, D)
+    with pytest.raises(ValueError, match=r"D must be \(H,\)"):
+        StateSpace.from_diagonal_mimo(A_bar, B_bar, C, np.zeros(4))

@@ -11,8 +11,9 @@ from ssmkit.layers import available, build
 
 def test_step_bench_writes_results(tmp_path, capsys):
     out = tmp_path / "step.json"
-    # d_model 32: the smallest width at which every layer builds with its defaults (Mamba-2: expand·32 = one head of 64)
-    argv = ["--batch", "2", "--d-model", "32", "--d-state", "4", "--steps", "2", "--repeats", "1", "--json", str(out)]
+    # d_model 32: the smallest width at which every layer builds with its defaults (Mamba-2: expand·32 = one head of
+    # 64); d_state 16: S5's 8 blocks of 2
+    argv = ["--batch", "2", "--d-model", "32", "--d-state", "16", "--steps", "2", "--repeats", "1", "--json", str(out)]
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
     assert [r["layer"] for r in rows] == ["bare", *[f"{n}{s}" for n in available() for s in ("", " (frozen)")]]

@@ -234,13 +234,13 @@ def test_bidirectional(name):
         layer.state_space()
     if layer.supports("kernel"):
         K = layer.kernel(30)
-        assert K.shape == (2, H, 30)
+        assert K.shape in ((2, H, 30), (2, H, H, 30))  # a SISO bank or a MIMO system (H_out, H_in)
         # reference: y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (the skip D is K0's tap 0)
         ref = torch.zeros_like(y)
         for t in range(30):
             for s in range(30):
-                k = K[0, :, t - s] if s <= t else K[1, :, s - t - 1]
-                ref[:, t] += k * x[:, s]
+                k = K[0, ..., t - s] if s <= t else K[1, ..., s - t - 1]  # (H,) or (H_out, H_in)
+                ref[:, t] += k * x[:, s] if K.dim() == 3 else x[:, s] @ k.T
         for backend in ("auto", *layer.backends):
             with ops.use_backend(backend):
                 assert rel_err(layer(x)[0], ref) < 1e-10, backend

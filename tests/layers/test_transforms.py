@@ -69,9 +69,11 @@ def test_jacrev_of_the_input_equals_the_kernel(name):
     assert rel_err(J, J_ref) < 1e-12
     if layer.supports("kernel"):
         with torch.no_grad():
-            K = layer.kernel(8)  # (H, 8): a SISO bank
-        toeplitz = torch.zeros(8, 8, H, device=DEVICE, dtype=torch.float64)  # [t, s, h] = K[h, t - s], s <= t
+            K = layer.kernel(8)  # (H, 8) for a SISO bank, (H_out, H_in, 8) for a MIMO system
+        if K.dim() == 2:
+            K = torch.diag_embed(K.T).permute(1, 2, 0)  # (H, H, 8): channels do not mix
+        toeplitz = torch.zeros(8, 8, H, H, device=DEVICE, dtype=torch.float64)  # [t, s, o, i] = K[o, i, t - s]
         for t in range(8):
-            toeplitz[t, : t + 1] = K[:, : t + 1].flip(1).T
-        expected = torch.diag_embed(toeplitz).permute(0, 2, 1, 3)  # (8, H, 8, H): channels do not mix
+            toeplitz[t, : t + 1] = K[..., : t + 1].flip(-1).permute(2, 0, 1)
+        expected = toeplitz.permute(0, 2, 1, 3)  # (8, H_out, 8, H_in)
         assert rel_err(J[0, :, :, 0], expected) < 1e-10

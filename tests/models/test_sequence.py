@@ -137,7 +137,7 @@ def test_model_runs_under_autocast(name):
             y_amp, states = model(x)
     assert bool(torch.isfinite(y_amp).all())
     assert rel_err(y_amp.float(), y) < 0.1  # bf16 projections (3 significant digits) around a float32 SSM core, H = 3
-    # the states keep their declared dtypes (complex64 / float32 SSM states), not bf16
+    # the states keep their declared dtypes (complex64 / float32 SSM states; attention's float64 position), not bf16
     assert [t.dtype for t in leaves(states)] == [t.dtype for t in leaves(model.initial_state(2))]
 
 

@@ -15,6 +15,7 @@ from ssmkit.ops.hippo import (
     rank_correction,
     s4d_eigenvalues,
     s4d_input_matrix,
+    s5_eigen,
     transition,
 )
 from tests.conftest import rel_err
@@ -217,3 +218,25 @@ def test_nplr_and_dss_inits_are_computed_once_and_handed_out_as_copies():
     lam = dss_eigenvalues(8)
     lam.zero_()
     assert bool((dss_eigenvalues(8).real == -0.5).all()) and _dss_eigenvalues_cached.cache_info().hits >= 1
+
+
+@pytest.mark.parametrize("conj_sym", [True, False])
+def test_s5_eigen_blocks(conj_sym):
+    # S5 (arXiv 2208.04933): the normal LegS block's eigenpairs on a block diagonal; V is unitary on its columns.
+    P, J = 16, 2
+    Lambda, V = s5_eigen(P, J, conj_sym)
+    M = P // 2 if conj_sym else P
+    assert Lambda.shape == (M,) and V.shape == (P, M)
+    assert torch.allclose(Lambda.real, torch.full((M,), -0.5, dtype=torch.float64))
+    assert (V.conj().T @ V - torch.eye(M, dtype=V.dtype)).abs().max() < 1e-12
+    A, B = transition("legs", P // J)
+    p = rank_correction("legs", P // J)[0]
+    S = (A + torch.outer(p, p)).to(torch.complex128)  # the normal part of one block
+    block = slice(0, P // J)
+    half = slice(0, M // J)
+    assert (S @ V[block, half] - V[block, half] * Lambda[half]).abs().max() < 1e-12  # S V = V Λ
+    assert V[P // J :, : M // J].abs().max() == 0  # block diagonal
+    if conj_sym:
+        assert float(Lambda.imag.max()) < 0  # the Im λ < 0 half of each pair
+    with pytest.raises(ValueError, match="P must be a positive multiple of 2·blocks = 4"):
+        s5_eigen(10, 2)

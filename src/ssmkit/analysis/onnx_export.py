@@ -14,6 +14,7 @@ in the control convention, x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (``l
   modes; each step costs O(G M (m + p)). For these layers the state equals ``torch.view_as_real`` of the layer's own
   state (the control state x[k] is the SSM papers' x_{k-1}), so a state from ``forward`` carries over
   (`onnx_state`).
+- **diagonal** when A is real diagonal (Mega's EMA): the state is (B, G, n), the layer's own state, O(G n (m + p)).
 - **dense** otherwise (S4's DPLR realisation): the state is (B, G, n) in the realisation's basis, O(G n²) per step.
 
 The other layers (gated, time-varying mixers) keep their own ``step``, exported as traced; a layer whose state is
@@ -35,6 +36,12 @@ from ssmkit.analysis.layerwise import lti_layers
 from ssmkit.analysis.statespace import StateSpace
 
 __all__ = ["OnnxExport", "RealLTIStep", "StepFunction", "export_onnx", "onnx_state", "real_step_model"]
+
+
+def _is_diagonal(A: np.ndarray) -> bool:
+    """Whether every A[g] (real) is diagonal."""
+    n = A.shape[1]
+    return n == 1 or not np.any(A[:, ~np.eye(n, dtype=bool)])
 
 
 def _modal_form(system: StateSpace) -> tuple[np.ndarray, ...] | None:
@@ -68,7 +75,8 @@ class RealLTIStep(nn.Module):
         system: the layer's ``state_space()`` (G systems, n states, m inputs, p outputs; real or complex).
         dtype: real dtype of the buffers and the state (float32 or float64).
 
-    The state is (B, G, M, 2) in the modal form and (B, G, n) in the dense form (see the module docstring).
+    The state is (B, G, M, 2) in the modal form and (B, G, n) in the diagonal and dense forms (module docstring);
+    ``kind`` names the form and ``modal`` is True for the modal and diagonal ones (elementwise in the state).
     """
 
     def __init__(self, system: StateSpace, dtype: torch.dtype = torch.float32) -> None:
@@ -76,24 +84,31 @@ class RealLTIStep(nn.Module):
         self.d_model = system.nsystems * system.ninputs
         self.G, self.m, self.p = system.nsystems, system.ninputs, system.noutputs
         self.dtype = dtype
-        modal = _modal_form(system)
-        self.modal = modal is not None
         as_t = lambda a: torch.tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
-        if self.modal:
+        real = system.to_real()
+        n = real.nstates
+        modal = None if _is_diagonal(real.A) else _modal_form(system)
+        self.kind = "diagonal" if _is_diagonal(real.A) else ("modal" if modal is not None else "dense")
+        self.modal = self.kind != "dense"
+        if self.kind == "diagonal":
+            self.n = n
+            for name, value in (("a", np.diagonal(real.A, axis1=1, axis2=2)), ("B", real.B), ("C", real.C),
+                                ("D", real.D)):
+                self.register_buffer(name, as_t(value))
+        elif self.kind == "modal":
             lam, B, C, D = modal
             self.M = lam.shape[1]
             for name, value in (("lam_re", lam.real), ("lam_im", lam.imag), ("B_re", B.real), ("B_im", B.imag),
                                 ("C_re", C.real), ("C_im", C.imag), ("D", D)):
                 self.register_buffer(name, as_t(value))
         else:
-            real = system.to_real()
-            self.n = real.nstates
+            self.n = n
             for name, value in (("A", real.A), ("B", real.B), ("C", real.C), ("D", real.D)):
                 self.register_buffer(name, as_t(value))
 
     def state_shape(self) -> tuple[int, ...]:
         """The state of one sequence: (G, M, 2) modal, (G, n) dense."""
-        return (self.G, self.M, 2) if self.modal else (self.G, self.n)
+        return (self.G, self.M, 2) if self.kind == "modal" else (self.G, self.n)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """Zeros (B, *state_shape()) in the buffers' dtype and device.
@@ -118,7 +133,10 @@ class RealLTIStep(nn.Module):
         """
         u = x_t.to(self.dtype).reshape(x_t.shape[0], self.G, self.m)  # (B, G, m)
         y = torch.einsum("gpm,bgm->bgp", self.D, u)  # (B, G, p)
-        if self.modal:
+        if self.kind == "diagonal":
+            y = y + torch.einsum("gpn,bgn->bgp", self.C, state)
+            new = self.a * state + torch.einsum("gnm,bgm->bgn", self.B, u)  # (B, G, n)
+        elif self.kind == "modal":
             xr, xi = state[..., 0], state[..., 1]  # (B, G, M) each
             y = y + torch.einsum("gpk,bgk->bgp", self.C_re, xr) - torch.einsum("gpk,bgk->bgp", self.C_im, xi)
             xr_new = self.lam_re * xr - self.lam_im * xi + torch.einsum("gkm,bgm->bgk", self.B_re, u)  # (B, G, M)
@@ -141,7 +159,7 @@ def real_step_model(model: nn.Module) -> nn.Module:
         the converted copy (the original is untouched).
     """
     copied = copy.deepcopy(model).eval()
-    for name, layer in list(lti_layers(copied)):
+    for name, layer in _outer_lti_layers(copied):
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
         replacement = RealLTIStep(layer.state_space(), dtype=dtype).to(layer.state_device())
         if not name:
@@ -149,6 +167,21 @@ def real_step_model(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(copied.get_submodule(parent_name) if parent_name else copied, child, replacement)
     return copied
+
+
+def _outer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The sequence layers of ``model`` that are not inside another one (a GSS's inner SSM is the GSS's business)."""
+    from ssmkit.layers.protocol import SequenceLayer
+
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, SequenceLayer) and not any(name.startswith(f"{outer}.") or not outer for outer, _ in found):
+            found.append((name, module))
+    return found
+
+
+def _outer_lti_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in _outer_layers(model) if m.supports("state_space")]
 
 
 def _flatten(state: Any) -> list[torch.Tensor]:
@@ -227,21 +260,21 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     Returns:
         the numpy state parts, in the order of ``OnnxExport.state_names``.
     """
-    from ssmkit.layers.protocol import SequenceLayer
-
-    layers = [m for m in model.modules() if isinstance(m, SequenceLayer)]
+    layers = [m for _, m in _outer_layers(model)]
     if not isinstance(state, (list, tuple)) or len(state) != len(layers):
         raise ValueError(f"state must be a list of {len(layers)} layer states (one per sequence layer, in order)")
     out = []
     for layer, entry in zip(layers, state):
         if layer.supports("state_space"):
             real = RealLTIStep(layer.state_space())
-            if not real.modal or not entry.is_complex():
+            if real.kind == "dense" or entry.is_complex() != (real.kind == "modal"):
                 raise NotImplementedError(
                     f"{type(layer).__name__}'s state has no direct counterpart in the exported graph (its realisation "
                     "is dense, in its own basis): start the ONNX graph from zeros"
                 )
-            entry = torch.view_as_real(entry).reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2)
+            if entry.is_complex():
+                entry = torch.view_as_real(entry)  # (..., 2): the modal form's (Re, Im) pairs
+            entry = entry.reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2) or (B, G, n)
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
         out += [part.detach().cpu().to(dtype if part.is_floating_point() else part.dtype).numpy()
                 for part in _flatten(entry)]
@@ -270,14 +303,19 @@ def export_onnx(model: nn.Module, path: str, batch_size: int = 1, opset_version:
     fn = StepFunction(converted).eval()
     state = _flatten(converted.initial_state(batch_size))
     for i, part in enumerate(state):
+        if 0 in part.shape:
+            raise NotImplementedError(
+                f"state part {i} {tuple(part.shape)} has a growing axis (a key/value cache or a long-convolution history): "
+                "a fixed-shape ONNX graph cannot hold it"
+            )
         if part.is_complex():
             raise NotImplementedError(
                 f"state part {i} is complex ({part.dtype}): ONNX has no complex tensors, and the layer holding it has no "
-                "state-space realisation to export in real arithmetic"
+                "state-space realisation of its own to export in real arithmetic (e.g. an LTI core inside a gated mixer)"
             )
     names = tuple(f"state_{i}" for i in range(len(state)))
     outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
-    with torch.no_grad():
+    with torch.enable_grad():  # step caches compare parameter values unless autograd is on: not traceable
         try:
             torch.onnx.export(fn, (u, *state), path, input_names=["u", *names], output_names=list(outputs),
                               opset_version=opset_version, dynamo=True, external_data=False, optimize=True,

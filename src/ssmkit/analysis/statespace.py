@@ -282,6 +282,57 @@ class StateSpace:
         D_out = (Dd + c * (Cc * Bb).sum(-1).real).reshape(H, 1, 1)  # (H,) -> (H, 1, 1)
         return cls(A, B, C_out, D_out, dt)
 
+    @classmethod
+    def from_diagonal_mimo(
+        cls, A_bar: Any, B_bar: Any, C: Any, D: Any | None, dt: float = 1.0, conjugate_pairs: bool = True
+    ) -> StateSpace:
+        """The real MIMO system of a diagonal SSM x_k = Ā ⊙ x_{k-1} + B̄ u_k, y_k = Re(c C x_k) + D ⊙ u_k.
+
+        S5 (arXiv:2208.04933, eq. 2-3, with its 2·Re output when ``conjugate_pairs``: c = 2) and LRU
+        (arXiv:2303.06349, eq. 1, Re output: c = 1): one system driven by all H channels. Each mode Ā_m = a + ib
+        becomes a 2×2 rotation block [[a, -b], [b, a]] on (Re x_m, Im x_m), with input rows (Re B̄_m, Im B̄_m) and
+        output columns c·(Re C_m, -Im C_m); the mapping to the control convention (C' = C Ā, D' = D + C B̄) is
+        then applied. The result is real with n = 2M states.
+
+        Args:
+            A_bar: (M,) complex discrete eigenvalues Ā (real accepted: b = 0).
+            B_bar: (M, H) complex discrete input matrix B̄.
+            C: (H, M) complex output matrix.
+            D: (H,) real skip gains (a diagonal feedthrough), or None for 0.
+            dt: sampling time in seconds, > 0.
+            conjugate_pairs: True for the 2·Re output (S5), False for Re (LRU).
+
+        Returns:
+            Real StateSpace with G = 1, n = 2M, m = p = H.
+        """
+        Ab = _as_array(A_bar, "A_bar").astype(np.complex128)
+        _check_dims(Ab, "A_bar", "(M,)", (None,))
+        M = Ab.shape[0]
+        Bb = _as_array(B_bar, "B_bar").astype(np.complex128)
+        _check_dims(Bb, "B_bar", "(M, H)", (M, None))
+        H = Bb.shape[1]
+        Cc = _as_array(C, "C").astype(np.complex128)
+        _check_dims(Cc, "C", "(H, M)", (H, M))
+        Dd = np.zeros(H) if D is None else _as_array(D, "D")
+        if np.iscomplexobj(Dd):
+            raise ValueError(f"D must be real (H,) = ({H},); got a complex array")
+        _check_dims(Dd, "D", "(H,)", (H,))
+        c = 2.0 if conjugate_pairs else 1.0
+        # 1. Ā as 2x2 rotation blocks on the diagonal: (2M, 2M)
+        a, b = Ab.real, Ab.imag  # (M,)
+        blocks = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], -2)  # (M, 2, 2)
+        A = np.zeros((M, 2, M, 2))
+        A[np.arange(M), :, np.arange(M), :] = blocks  # (M, 2, 2) diagonal blocks
+        A = A.reshape(2 * M, 2 * M)  # (2M, 2M)
+        # 2. B̄ as (Re, Im) rows per mode: (2M, H)
+        B = np.stack([Bb.real, Bb.imag], 1).reshape(2 * M, H)  # (M, 2, H) -> (2M, H)
+        # 3. C' = c·Re(C Ā ·) as columns (Re, -Im) of C_m Ā_m per mode: (H, 2M)
+        CA = Cc * Ab  # (H, M)
+        C_out = c * np.stack([CA.real, -CA.imag], -1).reshape(H, 2 * M)  # (H, M, 2) -> (H, 2M)
+        # 4. D' = diag(D) + c·Re(C B̄): (H, H)
+        D_out = np.diag(Dd) + c * (Cc @ Bb).real  # (H, H)
+        return cls(A[None], B[None], C_out[None], D_out[None], dt)
+
     # ----------------------------------------------------------------------------------------------------------
     # realisations and converters
     def to_real(self) -> StateSpace:

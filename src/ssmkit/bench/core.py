@@ -1,9 +1,9 @@
-"""Core performance benchmark: fast paths of S4D and S4 against their reference loops.
+"""Core performance benchmark: fast paths of S4D, S4, S5 and LRU against their reference loops.
 
     ssmkit bench core [--batch 8 --d-model 128 --d-state 64 --length 4096] [--json PATH]
 
 Times forward and forward+backward of each layer under each backend (``auto``: the default fast
-path; ``fft``: kernel + FFT convolution; ``reference``: the plain recurrent loop) in one run, and
+path; ``fft``: kernel + FFT convolution, for the layers that have it; ``reference``: the plain recurrent loop) in one run, and
 prints the speed-up of each fast path over the loop. The fast paths are also timed with
 ``return_state=False`` (what training runs: no final state is computed). The backends are interleaved within each of
 ``--repeats`` rounds; times and speed-ups are medians over the rounds.
@@ -12,6 +12,7 @@ prints the speed-up of each fast path over the loop. The fast paths are also tim
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ import torch
 import ssmkit.layers as layers
 from ssmkit.ops import use_backend
 
-LAYERS = ("s4d", "s4")
+LAYERS = ("s4d", "s4", "s5", "lru")
 BACKENDS = ("auto", "fft", "reference")
 
 
@@ -31,6 +32,12 @@ def _once(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def build_for_bench(name: str, d_model: int, d_state: int) -> layers.SequenceLayer:
+    """Layer ``name`` with ``d_model`` channels, and ``d_state`` when the layer has a state size (attention has none)."""
+    takes_state = "d_state" in inspect.signature(layers.layer_class(name)).parameters
+    return layers.build(name, d_model=d_model, **({"d_state": d_state} if takes_state else {}))
 
 
 def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int, repeats: int) -> list[dict]:
@@ -41,8 +48,9 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
     over minutes); the figures are medians over the repeats, after one warm-up of the fast paths.
     """
     torch.manual_seed(0)
-    layer = layers.build(name, d_model=d_model, d_state=d_state)
+    layer = build_for_bench(name, d_model, d_state)
     x = torch.randn(batch, length, d_model)
+    backends = [b for b in BACKENDS if b == "auto" or b in layer.backends]  # S5 and LRU have no fft path
 
     def forward(return_state: bool = True) -> None:
         with torch.no_grad():
@@ -56,13 +64,13 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
         loss.backward()
 
     kinds = ("forward", "forward_backward", "forward_no_state", "forward_backward_no_state")
-    times: dict[str, dict[str, list[float]]] = {b: {k: [] for k in kinds} for b in BACKENDS}
-    for backend in BACKENDS[:-1]:
+    times: dict[str, dict[str, list[float]]] = {b: {k: [] for k in kinds} for b in backends}
+    for backend in backends[:-1]:
         with use_backend(backend):
             forward()
             forward_backward()
     for _ in range(repeats):
-        for backend in BACKENDS:
+        for backend in backends:
             with use_backend(backend):
                 times[backend]["forward"].append(_once(forward))
                 times[backend]["forward_backward"].append(_once(forward_backward))
@@ -71,7 +79,7 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
                     times[backend]["forward_backward_no_state"].append(_once(lambda: forward_backward(False)))
     ref = times["reference"]
     rows = []
-    for backend in BACKENDS:
+    for backend in backends:
         t = times[backend]
         rows.append(
             {

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 import ssmkit.layers as layers
-from ssmkit.bench.core import machine
+from ssmkit.bench.core import build_for_bench, machine
 
 BARE = "bare"  # the name of the bare-arithmetic row
 FROZEN = " (frozen)"  # the suffix of the rows timed inside ssmkit.layers.frozen_parameters()
@@ -146,8 +146,7 @@ def measure_shape(names: list[str], batch: int, d_model: int, d_state: int, step
     torch.manual_seed(0)
     steppers: dict[str, tuple[Callable, object]] = {BARE: bare_stepper(batch, d_model, d_state)}
     for name in names:
-        sized = "d_state" in inspect.signature(layers.layer_class(name)).parameters  # RG-LRU's state is its width
-        layer = layers.build(name, d_model=d_model, **({"d_state": d_state} if sized else {})).eval()
+        layer = build_for_bench(name, d_model, d_state).eval()
         steppers[name] = (layer.step, layer.initial_state(batch))
         steppers[name + FROZEN] = (layer.step, layer.initial_state(batch))
     rows = time_steppers(steppers, batch, d_model, steps, repeats)

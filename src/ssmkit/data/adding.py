@@ -8,7 +8,11 @@ Le et al. Always predicting the mean target 1 gives MSE = Var(u1 + u2) = 2/12 = 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+
+from ssmkit.data.task import GeneratedTask, TaskInfo, check_positive, register_task, split_generator
 
 TRIVIAL_MSE = 1.0 / 6.0
 
@@ -39,3 +43,41 @@ def adding_problem(
     markers[rows, second] = 1.0
     y = (values * markers).sum(dim=1, keepdim=True)  # (B, 1)
     return torch.stack([values, markers], dim=-1), y
+
+
+@register_task("adding")
+@dataclasses.dataclass(frozen=True)
+class AddingTask(GeneratedTask):
+    """The adding problem as a task: inputs (B, L, 2), target the sum (B, 1), MSE; trivial MSE 1/6.
+
+    Args:
+        length: sequence length L.
+        n_train: training sequences.
+        n_val: validation sequences.
+        n_test: test sequences.
+        seed: the seed of every split.
+    """
+
+    length: int = 200
+    n_train: int = 10_000
+    n_val: int = 1_000
+    n_test: int = 1_000
+    seed: int = 0
+
+    def __post_init__(self):
+        check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
+        if self.length < 2:
+            raise ValueError(f"length must be >= 2; got {self.length}")
+
+    def info(self) -> TaskInfo:
+        """Float inputs (B, L, 2), one regression target."""
+        return TaskInfo(self.name, f"Adding problem (L={self.length})", "generated", "regress", self.length, 2,
+                        None, 1, "Hochreiter & Schmidhuber 1997; Le et al. 2015 (arXiv 1504.00941)",
+                        "nothing (generated)")
+
+    def generate(self) -> dict[str, torch.Tensor]:
+        """Draw the three splits."""
+        out = {}
+        for i, (split, n) in enumerate(zip(("train", "val", "test"), (self.n_train, self.n_val, self.n_test))):
+            out[f"{split}_x"], out[f"{split}_y"] = adding_problem(n, self.length, split_generator(self.seed, i))
+        return out

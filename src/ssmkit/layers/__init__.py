@@ -1,29 +1,42 @@
 """Sequence-mixing layers behind one protocol; each registers itself by name.
 
-    ssmkit.layers.available()                  # ["dss", "s4", "s4d"]
+    ssmkit.layers.available()                  # ["dss", "lru", "s4", "s4d", "s5"]
     layer = ssmkit.layers.build("s4d", d_model=64, d_state=64, init="inv")
 
 Files: ``protocol.py`` (the :class:`SequenceLayer` protocol, capabilities, block defaults), ``state.py`` (state
 specs), ``registry.py`` (``register``, ``build``, ``available``), ``marks.py`` (optimizer marks of SSM parameters),
 ``checks.py`` (constructor validators), ``cache.py`` (the value-keyed cache of the step), ``diagonal.py`` (the
-shared diagonal LTI implementation), then one file per published layer.
+shared diagonal LTI implementation), ``mimo.py`` (the shared MIMO diagonal implementation of S5 and LRU), then one
+file per published layer.
 """
 
+from ssmkit.layers.attention import Attention, KVCache
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dlr import DLR
 from ssmkit.layers.dss import DSS
 from ssmkit.layers.mamba2 import Mamba2
+from ssmkit.layers.lru import LRU
+from ssmkit.layers.gss import GSS, GSSDiagonal
+from ssmkit.layers.hyena import Hyena, HyenaFilter, HyenaState
+from ssmkit.layers.ema import EMA
+from ssmkit.layers.mega import Mega, MegaState
+from ssmkit.layers.h3 import H3
+from ssmkit.layers.liquid import LiquidS4
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
+from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import available, build, layer_class, register
 from ssmkit.layers.rglru import RGLRU, RGLRUState
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
+from ssmkit.layers.s5 import S5
+from ssmkit.layers.sgconv import SGConv
 from ssmkit.layers.state import State, StateSpec, TensorSpec
 from ssmkit.layers.zoo import ZooEntry
 
 __all__ = [
+    "Attention",
     "BlockDefaults",
     "Capabilities",
     "DLR",
@@ -32,9 +45,24 @@ __all__ = [
     "RGLRU",
     "RGLRUState",
     "Mamba2",
+    "LRU",
+    "MIMODiagonalLTILayer",
+    "GSS",
+    "GSSDiagonal",
+    "Hyena",
+    "HyenaFilter",
+    "HyenaState",
+    "EMA",
+    "KVCache",
+    "Mega",
+    "MegaState",
+    "H3",
+    "LiquidS4",
     "S4",
     "S4D",
+    "S5",
     "SequenceLayer",
+    "SGConv",
     "State",
     "StateSpec",
     "TensorSpec",

@@ -39,6 +39,7 @@ class DiagonalLTILayer(SequenceLayer):
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
     backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft")
+    complex_modes: ClassVar[bool] = True  # False: real modes (Mega's EMA), a real state of the parameters' dtype
 
     D: torch.Tensor
 
@@ -56,8 +57,8 @@ class DiagonalLTILayer(SequenceLayer):
         raise NotImplementedError(f"{type(self).__name__} does not implement n_modes")
 
     def state_spec(self) -> TensorSpec:
-        """The state x_{t} of every mode: (H, M) complex64 (complex128 for a float64 layer)."""
-        return TensorSpec((self.d_model, self.n_modes), _COMPLEX[self.D.dtype])
+        """The state x_{t} of every mode: (H, M) complex64 (complex128 for a float64 layer); real for real modes."""
+        return TensorSpec((self.d_model, self.n_modes), _COMPLEX[self.D.dtype] if self.complex_modes else self.D.dtype)
 
     def state_device(self) -> torch.device:
         return self.D.device

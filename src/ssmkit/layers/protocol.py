@@ -134,12 +134,12 @@ class SequenceLayer(nn.Module):
         or None when it has it."""
         if capability not in CAPABILITIES:
             raise ValueError(f"capability must be one of {CAPABILITIES}; got {capability!r}")
-        if not getattr(self.capabilities, capability):
-            return self.missing.get(capability, "the layer does not define it")
         if self.bidirectional and capability == "step":
             return "its output at time t depends on inputs after t (bidirectional=True), so it cannot run one step at a time"
         if self.bidirectional and capability == "state_space":
             return "it is not causal (bidirectional=True: its output depends on later inputs), so it has no causal state-space realisation"
+        if not getattr(self.capabilities, capability):
+            return self.missing.get(capability, "the layer does not define it")
         return None
 
     def supports(self, capability: str) -> bool:

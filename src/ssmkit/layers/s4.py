@@ -282,34 +282,51 @@ class S4(SequenceLayer):
 
     def _forward(self, x: Tensor, state: Tensor | None, return_state: bool) -> tuple[Tensor, Tensor | None]:
         backend = self._backend()
-        real = self.D.dtype
         with float32_core(x.device.type):
-            u = x.to(real)  # (B, L, H)
-            L = u.shape[1]
+            u = x.to(self.D.dtype)  # (B, L, H)
             if backend == "reference" and not self.bidirectional:  # the oracle; a two-sided layer has no
                 return self._forward_by_steps(u, state, x.dtype, return_state)  # recurrence: its reference is the dense kernel
-            fft = "reference" if backend == "reference" else "fft"  # the kernel and the convolutions
-            Lambda, P, B, dt = self._ssm(_F64)
-            needs_real = return_state or L > self.l_max  # the real-basis Ā (and B̄), formed once for both uses
-            A_z, B_z = bilinear_dplr_real(Lambda, P, B, dt) if needs_real else (None, None)  # float64
-            C_t, L_k = self._attuned_C_tilde(L, A_z)
-            B_in = B[None]  # (1, H, N/2)
-            if state is not None:
-                B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
-                B_in = torch.cat([B_in, B_s], dim=0)  # (1 + B, H, N/2)
-            K = dplr_kernel(Lambda, P, B_in, C_t, dt, L_k, backend=fft)  # (S, C, H, L_k)
-            K = K[..., :L].to(real)  # (S, C, H, L)
-            if self.bidirectional:
-                return (bidirectional_conv(u, K[0], backend=fft) + self.D * u).to(x.dtype), None
-            y = causal_conv(u, K[0, 0], backend=fft) + self.D * u  # (B, L, H)
-            if state is not None:
-                y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
-            if not return_state:
-                return y.to(x.dtype), None
-            z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
-            z = dense_final_state(u, A_z, B_z, z0, backend="chunked")  # (B, H, N); float64 Ā, B̄: tables before rounding
-            M = self.d_state // 2
-            return y.to(x.dtype), torch.complex(z[..., :M], z[..., M:])  # (B, H, N/2)
+            y, h, _ = self._convolve(u, state, return_state, "reference" if backend == "reference" else "fft")
+        return y.to(x.dtype), h
+
+    def _convolve(
+        self, u: Tensor, state: Tensor | None, return_state: bool, fft: str
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The convolution view: y = K ⊛ u + D u (+ the initial state's output), the final state, and K.
+
+        Args:
+            u: (B, L, H) input in the parameters' dtype.
+            state: (B, H, N/2) complex x_{-1}, or None for zeros.
+            return_state: also compute the final state (else None).
+            fft: backend of the kernel and the convolutions (``"fft"`` or ``"reference"``).
+
+        Returns:
+            y (B, L, H) in u's dtype, the final state (B, H, N/2) or None, and the kernel without the skip
+            (C, H, L) in u's dtype (what a subclass reads its tap K_0 = C_trueᵀ B̄ from).
+        """
+        real = self.D.dtype
+        L = u.shape[1]
+        Lambda, P, B, dt = self._ssm(_F64)
+        needs_real = return_state or L > self.l_max  # the real-basis Ā (and B̄), formed once for both uses
+        A_z, B_z = bilinear_dplr_real(Lambda, P, B, dt) if needs_real else (None, None)  # float64
+        C_t, L_k = self._attuned_C_tilde(L, A_z)
+        B_in = B[None]  # (1, H, N/2)
+        if state is not None:
+            B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
+            B_in = torch.cat([B_in, B_s], dim=0)  # (1 + B, H, N/2)
+        K = dplr_kernel(Lambda, P, B_in, C_t, dt, L_k, backend=fft)  # (S, C, H, L_k)
+        K = K[..., :L].to(real)  # (S, C, H, L)
+        if self.bidirectional:
+            return bidirectional_conv(u, K[0], backend=fft) + self.D * u, None, K[0]
+        y = causal_conv(u, K[0, 0], backend=fft) + self.D * u  # (B, L, H)
+        if state is not None:
+            y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
+        if not return_state:
+            return y, None, K[0]
+        z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
+        z = dense_final_state(u, A_z, B_z, z0, backend="chunked")  # (B, H, N); float64 Ā, B̄: tables before rounding
+        M = self.d_state // 2
+        return y, torch.complex(z[..., :M], z[..., M:]), K[0]  # (B, H, N/2)
 
     # ------------------------------------------------------------------------------------------------------------
     # Recurrence

@@ -25,9 +25,12 @@ class ZooEntry:
             implicit convolution).
         parametrisation: how A (or Ā) is parametrised, in the paper's symbols (e.g. ``λ = -exp(a) + i b``).
         discretisation: how the discrete Ā, B̄ are formed (``"ZOH"``, ``"bilinear"``, ``"none (discrete time)"``, ...).
-        time_varying: True when Ā, B̄ or C depend on the input (selective, LTV/LIV); False for an LTI layer.
+        time_varying: True when the sequence mixing depends on the input (selective SSMs, liquid terms, attention
+            weights: LTV/LIV); False when the recurrence or convolution is LTI, even if gates multiply its input or
+            output (GSS, H3, Hyena).
         stable_by_construction: True when every parameter value gives a strictly stable recurrence (|Ā| < 1, for
-            every input if time-varying).
+            every input if time-varying), or, for layers without a recurrence (FIR kernels, attention), bounded
+            outputs for bounded inputs.
         stability: the condition in words (the constraint that makes it stable, or why it is not guaranteed).
         step_cost: cost of one recurrent step per sequence, big-O in the legend's letters (H, N, P, E, L).
         sequence_cost: cost of a forward pass over L steps per sequence, big-O, with the algorithm.

@@ -9,10 +9,12 @@ Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT
 ``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
 kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
-``ssd`` (Mamba-2's scan with a scalar decay per head), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo`` (HiPPO matrices), ``diagonal`` (the
-layers' views of a diagonal SSM).
+``ssd`` (Mamba-2's scan with a scalar decay per head), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
+(HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:
+scan, kernel, step).
 """
 
+from ssmkit.ops.attention import causal_attention, causal_attention_reference, causal_mask, rotary
 from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
 from ssmkit.ops.cauchy import dplr_kernel, dplr_kernel_reference  # cauchy() stays in its module (same name)
 from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
@@ -38,6 +40,15 @@ from ssmkit.ops.dplr import (
 from ssmkit.ops.fftconv import bidirectional_conv, bidirectional_conv_reference, causal_conv, causal_conv_reference
 from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correction, s4d_eigenvalues, s4d_input_matrix, transition
 from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
+from ssmkit.ops.mimo import (
+    MIMOStepCoefficients,
+    mimo_kernel,
+    mimo_kernel_reference,
+    mimo_scan,
+    mimo_scan_reference,
+    mimo_ssm_step,
+    mimo_step_coefficients,
+)
 from ssmkit.ops.recurrence import linear_recurrence, linear_recurrence_reference
 from ssmkit.ops.scan import ssm_final_state, ssm_final_state_reference, ssm_scan, ssm_scan_reference
 from ssmkit.ops.ssd import ssd_chunked, ssd_reference, ssd_step  # ssd() stays in its module (same name)
@@ -47,17 +58,21 @@ __all__ = [
     "BACKENDS",
     "DPLRStepCoefficients",
     "MEASURES",
+    "MIMOStepCoefficients",
     "NPLR",
     "bidirectional_conv",
     "bidirectional_conv_reference",
     "bilinear",
     "bilinear_dplr",
     "bilinear_dplr_real",
+    "causal_attention",
+    "causal_attention_reference",
     "causal_conv",
     "causal_conv1d",
     "causal_conv1d_reference",
     "causal_conv1d_step",
     "causal_conv_reference",
+    "causal_mask",
     "dense_final_state",
     "dense_final_state_reference",
     "diagonal_kernel",
@@ -76,8 +91,15 @@ __all__ = [
     "initial_state_output_reference",
     "linear_recurrence",
     "linear_recurrence_reference",
+    "mimo_kernel",
+    "mimo_kernel_reference",
+    "mimo_scan",
+    "mimo_scan_reference",
+    "mimo_ssm_step",
+    "mimo_step_coefficients",
     "nplr",
     "rank_correction",
+    "rotary",
     "s4d_eigenvalues",
     "s4d_input_matrix",
     "set_backend",

@@ -282,3 +282,32 @@ def _dss_eigenvalues_cached(N_modes: int) -> Tensor:
     w = torch.linalg.eigvalsh(-1j * K.to(_C128))  # (2N,) ascending; K has eigenvalues i w
     w = w.flip(0)[:N_modes]  # (N,) the positive half, largest first
     return torch.complex(torch.full_like(w, -0.5), w)
+
+
+def s5_eigen(P: int, blocks: int, conj_sym: bool = True) -> tuple[Tensor, Tensor]:
+    """S5's init: eigenvalues and eigenvectors of the normal part of HiPPO-LegS, block-diagonal with J blocks.
+
+    S5 (arXiv 2208.04933 §4.3 and App. B.1.1): the normal part S = A_LegS + P Pᵀ (P_n = √(n + ½)) of a block of
+    size P/J is diagonalised, S = V Λ V*, with Re Λ = -½ and V unitary (:func:`nplr` with no clip); the J blocks
+    repeat it on the block diagonal. With ``conj_sym`` one eigenvalue of each conjugate pair is kept (the
+    Im λ < 0 half, as the official code keeps the first half of an ascending eigh), so there are M = P/2 modes and
+    V is (P, P/2); without it all P eigenvalues are kept, M = P, V is (P, P). B̃ = V* B and C̃ = C V.
+
+    Args:
+        P: the state size of the full (un-halved) system: P/J must be an even int.
+        blocks: J, the number of blocks.
+        conj_sym: keep one eigenvalue per conjugate pair.
+
+    Returns:
+        Lambda (M,) complex128 and V (P, M) complex128 (block-diagonal).
+    """
+    _check_N(blocks, name="blocks")
+    if isinstance(P, bool) or not isinstance(P, int) or P < 2 or P % (2 * blocks):
+        raise ValueError(f"P must be a positive multiple of 2·blocks = {2 * blocks} (even blocks of P/J); got {P!r}")
+    size = P // blocks
+    Lambda, _, _, V = nplr("legs", size, B_clip=None)  # (size/2,), (size, size/2)
+    if not conj_sym:
+        Lambda, V = torch.cat([Lambda, Lambda.conj()]), torch.cat([V, V.conj()], dim=1)  # (size,), (size, size)
+    Lambda = Lambda.repeat(blocks)  # (M,)
+    V = torch.block_diag(*([V] * blocks))  # (P, M)
+    return Lambda, V

@@ -61,16 +61,17 @@ def _file(folder: pathlib.Path, key: str, check: bool) -> pathlib.Path:
 
 
 def _columns(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """A benchmark CSV (header row; trailing empty column; the sampling column filled only on row 1) by column."""
+    """A benchmark CSV (header row; trailing empty column; the sampling column, ``Ts`` or ``Fs``, filled only on row 1)
+    by column: the dense columns through numpy's C parser, the sampling column from the first data row."""
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    names = [n for n in rows[0] if n]
-    cols: dict[str, list[float]] = {n: [] for n in names}
-    for row in rows[1:]:
-        for n, v in zip(names, row):
-            if v != "":
-                cols[n].append(float(v))
-    return {n: np.asarray(v) for n, v in cols.items()}
+        names = [n for n in next(csv.reader(f)) if n]
+        first = next(csv.reader(f))
+    sparse = [i for i, n in enumerate(names) if n in ("Ts", "Fs")]
+    dense = [i for i in range(len(names)) if i not in sparse]
+    table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=dense, ndmin=2)  # (L, len(dense))
+    cols = {names[i]: table[:, j] for j, i in enumerate(dense)}
+    cols.update({names[i]: np.asarray([float(first[i])]) for i in sparse})
+    return cols
 
 
 def _t(*arrays: np.ndarray) -> torch.Tensor:

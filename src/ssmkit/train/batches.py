@@ -9,7 +9,7 @@ rank, without saving a data-loader state; the last incomplete part of an epoch i
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -35,6 +35,7 @@ class StepBatches:
         start_step: the first step to yield (a resumed run's global step).
         rank, world_size: this process's place in data-parallel training.
         shuffle: shuffle each epoch (False: the samples in order, for tests).
+        transform: applied to each batch (e.g. integer pixels to scaled floats), or None.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class StepBatches:
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
     ) -> None:
         self.n = _check_tensors(tensors)
         check_positive_int(batch_size, "batch_size")
@@ -61,6 +63,7 @@ class StepBatches:
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        self.transform = transform
         self._order: tuple[int, torch.Tensor] | None = None
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -89,7 +92,8 @@ class StepBatches:
         step = self.start_step
         while True:
             idx = self.indices(step)
-            yield tuple(t[idx] for t in self.tensors)
+            batch = tuple(t[idx] for t in self.tensors)
+            yield self.transform(batch) if self.transform is not None else batch
             step += 1
 
 
@@ -110,7 +114,13 @@ class EvalBatches:
         return iter(self.batches)
 
 
-def eval_batches(tensors: Sequence[torch.Tensor], batch_size: int, rank: int = 0, world_size: int = 1) -> EvalBatches:
+def eval_batches(
+    tensors: Sequence[torch.Tensor],
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
+) -> EvalBatches:
     """The evaluation batches of this rank: rank r takes samples r, r + world_size, ... in order (so every rank has
     work when n >= world_size, and each sample is scored once).
 
@@ -118,6 +128,7 @@ def eval_batches(tensors: Sequence[torch.Tensor], batch_size: int, rank: int = 0
         tensors: (n, ...) tensors.
         batch_size: samples per batch.
         rank, world_size: this process's place in data-parallel evaluation.
+        transform: applied to each batch, or None.
 
     Returns:
         the batches (tuples of tensors) as :class:`EvalBatches`; each sample is in exactly one rank's batches.
@@ -127,4 +138,5 @@ def eval_batches(tensors: Sequence[torch.Tensor], batch_size: int, rank: int = 0
     if n < world_size:
         raise ValueError(f"an evaluation split needs at least world_size = {world_size} samples; got {n}")
     mine = torch.arange(rank, n, world_size)
-    return EvalBatches([tuple(t[mine[s:s + batch_size]] for t in tensors) for s in range(0, len(mine), batch_size)])
+    batches = [tuple(t[mine[s:s + batch_size]] for t in tensors) for s in range(0, len(mine), batch_size)]
+    return EvalBatches([transform(b) for b in batches] if transform is not None else batches)

@@ -83,7 +83,10 @@ def _parser(prog: str, compare: bool):
     parser.add_class_arguments(Experiment, nested_key=None, fail_untyped=True)
     if compare:
         parser.add_argument("--models", type=str, required=True,
-                            help="comma-separated layer names to compare (each with layer_options[name] if given)")
+                            help="comma-separated layer names to compare (each with layer_options[name] if given), "
+                                 "or 'all' for every registered layer")
+        parser.add_argument("--fail-below", dest="fail_below", type=float, default=None,
+                            help="exit 1 if any model's test accuracy is below this fraction (a pass mark)")
         parser.add_argument("--budget", type=str, required=True,
                             help="the same budget for every model: optimizer steps (500) or training time (90s, 5m, 1h)")
     parser.add_argument("--out", type=str, default=None, help="output folder (default runs/<task>-<model>)")
@@ -141,6 +144,10 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
     cfg = parser.parse_args(_resolve_config_args(argv))
     base = _experiment(parser, cfg)
     models = [m.strip() for m in cfg.models.split(",") if m.strip()]
+    if models == ["all"]:
+        from ssmkit.layers import available
+
+        models = available()
     if not models:
         parser.error("--models must name at least one layer")
     steps, seconds = parse_budget(cfg.budget)
@@ -162,6 +169,11 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
     print(table)
     write_results(results, out)
     print(f"results in {out}: results.json, results.csv, results.png, results.md")
+    if cfg.fail_below is not None:
+        low = [r["model"] for r in results if r.get("test_accuracy", r.get("val_accuracy", 0.0)) < cfg.fail_below]
+        if low:
+            print(f"below the pass mark {cfg.fail_below:.0%}: {', '.join(low)}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -114,7 +114,28 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
     info = task.info()
     splits = task.splits()
     tensors = {name: tuple(ds.tensors) for name, ds in splits.items()}
+    transform = _batch_transform(next(iter(splits.values())))
     config = experiment.model_config(info)
     labels = {"task": info.title, "model": experiment.model if isinstance(experiment.model, str) else "+".join(experiment.model)}
     return fit(config, experiment.train, tensors["train"], tensors.get("val"), tensors.get("test"), out_dir,
-               resume=resume, progress=progress, labels=labels)
+               resume=resume, progress=progress, labels=labels, transform=transform)
+
+
+def _batch_transform(dataset):
+    """How a batch of a task's stored tensors becomes model input: scaled floats for integer-stored sequences
+    (images, audio: ``ScaledSequences``), nothing for plain tensor datasets."""
+    scale, shift = getattr(dataset, "scale", None), getattr(dataset, "shift", None)
+    if scale is None or shift is None:
+        return None
+    return _Scale(scale, shift)
+
+
+class _Scale:
+    """x ↦ x · scale + shift in float32 (a picklable batch transform for data-parallel workers)."""
+
+    def __init__(self, scale, shift) -> None:
+        self.scale, self.shift = scale, shift
+
+    def __call__(self, batch):
+        x, *rest = batch
+        return (x.float() * self.scale + self.shift, *rest)

@@ -9,7 +9,7 @@ cosine schedule (:mod:`ssmkit.train.schedule`). A non-finite training loss stops
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -118,6 +118,7 @@ class TensorDataModule(pl.LightningDataModule):
         batch_size: samples per process and step.
         eval_batch_size: samples per evaluation batch.
         seed: the batch-order seed.
+        transform: applied to every batch (e.g. stored integer pixels to scaled floats), or None.
     """
 
     def __init__(
@@ -128,8 +129,10 @@ class TensorDataModule(pl.LightningDataModule):
         batch_size: int,
         eval_batch_size: int,
         seed: int,
+        transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
     ) -> None:
         super().__init__()
+        self.transform = transform
         self.train_split, self.val_split, self.test_split = train, val, test
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -138,14 +141,16 @@ class TensorDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> StepBatches:
         trainer = self.trainer
         return StepBatches(self.train_split, self.batch_size, seed=self.seed, start_step=trainer.global_step,
-                           rank=trainer.global_rank, world_size=trainer.world_size)
+                           rank=trainer.global_rank, world_size=trainer.world_size, transform=self.transform)
 
     def val_dataloader(self) -> EvalBatches:
         if self.val_split is None:
             return EvalBatches([])
-        return eval_batches(self.val_split, self.eval_batch_size, self.trainer.global_rank, self.trainer.world_size)
+        return eval_batches(self.val_split, self.eval_batch_size, self.trainer.global_rank, self.trainer.world_size,
+                            self.transform)
 
     def test_dataloader(self) -> EvalBatches:
         if self.test_split is None:
             return EvalBatches([])
-        return eval_batches(self.test_split, self.eval_batch_size, self.trainer.global_rank, self.trainer.world_size)
+        return eval_batches(self.test_split, self.eval_batch_size, self.trainer.global_rank, self.trainer.world_size,
+                            self.transform)

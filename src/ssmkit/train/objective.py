@@ -2,7 +2,7 @@
 
     classify:  cross-entropy of logits (B, C) against labels (B,);       metric: accuracy
     regress:   squared error of outputs against targets of their shape;  metric: mean squared error
-    lm:        cross-entropy of per-step logits (B, L, V) against (B, L); metric: accuracy over the scored steps
+    lm:        cross-entropy of per-step logits (B, L, Y) against (B, L); metric: accuracy over the scored steps
                (targets equal to -100 are not scored: copying and recall tasks score only their answer steps)
 """
 
@@ -19,7 +19,7 @@ def summed_loss_and_metric(head: str, out: torch.Tensor, y: torch.Tensor) -> tup
 
     Args:
         head: ``"classify"``, ``"regress"`` or ``"lm"``.
-        out: the model output: (B, C) logits, (B, ...) regression outputs, or (B, L, V) logits.
+        out: the model output: (B, C) logits, (B, ...) regression outputs, or (B, L, Y) logits.
         y: (B,) labels, targets of ``out``'s shape, or (B, L) token targets (``-100`` = not scored).
 
     Returns:
@@ -39,7 +39,7 @@ def summed_loss_and_metric(head: str, out: torch.Tensor, y: torch.Tensor) -> tup
         return err.sum(), err.sum().detach(), torch.tensor(float(err.numel()), device=out.device)
     if head == "lm":
         if out.dim() != 3 or y.shape != out.shape[:2]:
-            raise ValueError(f"language modelling needs logits (B, L, V) and targets (B, L); got {tuple(out.shape)} and {tuple(y.shape)}")
+            raise ValueError(f"language modelling needs logits (B, L, Y) and targets (B, L); got {tuple(out.shape)} and {tuple(y.shape)}")
         flat = out.float().reshape(-1, out.shape[-1])
         target = y.reshape(-1)
         loss = F.cross_entropy(flat, target, ignore_index=IGNORE, reduction="sum")

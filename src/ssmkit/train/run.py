@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -73,6 +74,7 @@ def fit(
     progress: bool = True,
     extra_callbacks: Sequence[Any] = (),
     labels: dict[str, Any] | None = None,
+    transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``train``, validate on ``val``, evaluate the final weights on ``test``.
 
@@ -88,6 +90,7 @@ def fit(
         progress: show Lightning's progress bar.
         extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
         labels: entries to put first in the result record (task, model, ...).
+        transform: applied to every batch of every split (e.g. stored integers to scaled floats), or None.
 
     Returns:
         the result record (also written to ``out_dir/result.json``): final validation and test metrics, parameters,
@@ -101,6 +104,7 @@ def fit(
     from ssmkit.train.module import SequenceLightningModule, TensorDataModule
 
     cfg = train_config
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no hardware and tip banners: results speak
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     ckpt_dir = os.path.join(out_dir, "checkpoints")
@@ -115,7 +119,7 @@ def fit(
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SequenceLightningModule(model, cfg)
     module.checkpoint_dir = ckpt_dir
-    data = TensorDataModule(train, val, test, cfg.batch_size, cfg.eval_batch_size or cfg.batch_size, cfg.seed)
+    data = TensorDataModule(train, val, test, cfg.batch_size, cfg.eval_batch_size or cfg.batch_size, cfg.seed, transform)
     every = cfg.checkpoint_every or cfg.max_steps
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=every, save_last=True,
                                   save_top_k=1, auto_insert_metric_name=False)
@@ -132,7 +136,7 @@ def fit(
         max_time=datetime.timedelta(seconds=cfg.max_time) if cfg.max_time is not None else None,
         val_check_interval=(cfg.val_every or cfg.max_steps) if val is not None else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=1.0 if val is not None else 0,
+        **({} if val is not None else {"limit_val_batches": 0}),
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.grad_clip,
         log_every_n_steps=cfg.log_every,

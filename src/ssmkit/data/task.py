@@ -1,0 +1,272 @@
+"""Tasks by name: what a task gives (``TaskInfo``), the ``Task`` base classes and the registry.
+
+    ssmkit.data.available_tasks()                      # ["adding", "copying", ..., "smnist", ...]
+    task = ssmkit.data.get_task("mqar", length=64, num_kv_pairs=4, n_train=1000)
+    task.info()                                        # shapes, classes, vocabulary, length, source
+    task.present()                                     # False until generated / while the files are missing
+    splits = task.splits()                             # {"train": Dataset, "val": ..., "test": ...}
+    x, y = splits["train"][0]
+
+Every split is a ``torch.utils.data.TensorDataset`` of pairs ``x, y``. The inputs are token ids ``(B, L)``
+(int64, ``info().vocab_size`` ids) or features ``(B, L, H)`` (float32, H = ``info().d_input``). The targets
+depend on ``info().target``:
+
+- ``"classify"``: one class per sequence, ``y`` is ``(B,)`` int64 in ``[0, n_classes)``.
+- ``"regress"``: ``y`` is ``(B, n_classes)`` float32 (``n_classes`` = number of regression targets).
+- ``"tokens"``: one class per position, ``y`` is ``(B, L)`` int64 with ``-100`` (PyTorch's ``ignore_index``)
+  wherever the loss is not taken.
+
+A task is a dataclass whose fields are its options (with the paper's defaults): ``get_task(name, **options)``
+passes the options in one hop to the class, so a misspelt option fails with Python's own ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from ssmkit.data.store import DataMissingError, cache_path, cached, data_root
+
+IGNORE_INDEX = -100  # targets at positions without a loss (PyTorch's cross_entropy ignore_index)
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """What a task gives.
+
+    Args:
+        name: the registry name.
+        title: the name to report results under (e.g. "ListOps (regenerated)").
+        kind: "generated" (made by ssmkit from a seed and cached), "bundled" (shipped by an installed package)
+            or "files" (read from files the user has).
+        target: "classify", "regress" or "tokens" (see the module docstring).
+        length: the sequence length L of the inputs (padded length for variable-length data; the training
+            length where the test split is longer).
+        d_input: features per step H of float inputs (B, L, H); None for token inputs (B, L).
+        vocab_size: number of token ids of token inputs; None for float inputs.
+        n_classes: classes (classify, tokens) or regression targets (regress): the model's d_output.
+        source: where the data comes from (paper, generator, release).
+        needs: what must be present for the task to run (where to put the files).
+    """
+
+    name: str
+    title: str
+    kind: str
+    target: str
+    length: int
+    d_input: int | None
+    vocab_size: int | None
+    n_classes: int
+    source: str
+    needs: str
+
+
+class Task:
+    """Base of every task: ``info()``, ``present(root)`` and ``splits(root)``."""
+
+    name: ClassVar[str] = ""
+
+    def info(self) -> TaskInfo:
+        """What the task gives (shapes, classes, vocabulary, source)."""
+        raise NotImplementedError
+
+    def present(self, root: str | os.PathLike | None = None) -> bool:
+        """Whether the data is there (generated tasks: whether they are cached).
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        raise NotImplementedError
+
+    def splits(self, root: str | os.PathLike | None = None) -> dict[str, TensorDataset]:
+        """The train / val / test datasets (``DataMissingError`` with one line if the files are missing).
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        raise NotImplementedError
+
+
+class GeneratedTask(Task):
+    """A task made from a seed by :meth:`generate` and cached under ``<root>/generated/<name>/``.
+
+    Subclasses are dataclasses whose fields (the seed included) are the options and the cache key.
+    """
+
+    def options(self) -> dict:
+        """The options (dataclass fields) as a JSON-serialisable dict."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def generate(self) -> dict[str, torch.Tensor]:
+        """Draw every split: ``{"train_x": ..., "train_y": ..., "val_x": ..., ...}`` (any extra splits too)."""
+        raise NotImplementedError
+
+    def present(self, root: str | os.PathLike | None = None) -> bool:
+        """Whether this task with these options is already in the cache.
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        return cache_path(self.name, self.options(), root).exists()
+
+    def splits(self, root: str | os.PathLike | None = None) -> dict[str, TensorDataset]:
+        """Load the splits from the cache, generating and caching them (atomically) the first time.
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        tensors = cached(self.name, self.options(), self.generate, root)
+        return tensor_splits(tensors)
+
+
+class FileTask(Task):
+    """A task read from files the user has, under ``<root>/<folder>`` (``folder`` is set per task)."""
+
+    def folder(self, root: str | os.PathLike | None = None):
+        """The folder the files must be in.
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        raise NotImplementedError
+
+    def required(self) -> list[str]:
+        """The paths (relative to :meth:`folder`) that must exist."""
+        raise NotImplementedError
+
+    def alternatives(self, name: str) -> list[str]:
+        """The file names accepted for the required ``name`` (e.g. also ``name.gz``); default just ``name``.
+
+        Args:
+            name: an entry of :meth:`required`.
+        """
+        return [name]
+
+    def locate(self, name: str, root: str | os.PathLike | None = None):
+        """The path of the first existing alternative of ``name`` in :meth:`folder`, or None.
+
+        Args:
+            name: an entry of :meth:`required`.
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        base = self.folder(root)
+        return next((base / a for a in self.alternatives(name) if (base / a).exists()), None)
+
+    def present(self, root: str | os.PathLike | None = None) -> bool:
+        """Whether every required file is in :meth:`folder`.
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        return all(self.locate(p, root) is not None for p in self.required())
+
+    def check_present(self, root: str | os.PathLike | None = None) -> None:
+        """Raise ``DataMissingError`` (one line: what is missing and where to put it) unless :meth:`present`.
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        missing = [p for p in self.required() if self.locate(p, root) is None]
+        if missing:
+            raise DataMissingError(
+                f"{self.name}: data not found: put {', '.join(missing)} in {self.folder(root)} ({self.info().needs})"
+            )
+
+
+def tensor_splits(tensors: dict[str, torch.Tensor]) -> dict[str, TensorDataset]:
+    """Pair ``<split>_x`` / ``<split>_y`` tensors into TensorDatasets (integer tensors widened to int64).
+
+    Args:
+        tensors: ``{"train_x": (B, L) or (B, L, H), "train_y": (B,) or (B, L) or (B, C), ...}``.
+    """
+    out = {}
+    for key in tensors:
+        if key.endswith("_x"):
+            split = key[:-2]
+            x, y = tensors[key], tensors[f"{split}_y"]
+            out[split] = TensorDataset(_widen(x), _widen(y))
+    return out
+
+
+def _widen(t: torch.Tensor) -> torch.Tensor:
+    return t.long() if not t.is_floating_point() and t.dtype != torch.bool else t
+
+
+def compact_ids(t: torch.Tensor) -> torch.Tensor:
+    """Token ids stored compactly for the cache (int16 when they fit, else int32); widened again on load.
+
+    Args:
+        t: integer tensor of ids (any shape), -100 allowed.
+    """
+    if t.numel() == 0 or (int(t.min()) >= -32768 and int(t.max()) <= 32767):
+        return t.to(torch.int16)
+    return t.to(torch.int32)
+
+
+def split_generator(seed: int, split: int) -> torch.Generator:
+    """An independent torch generator for split number ``split`` of a task seeded with ``seed``.
+
+    Args:
+        seed: the task's seed.
+        split: 0 train, 1 val, 2 test, 3... extra splits.
+    """
+    state = np.random.SeedSequence([seed, split]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def check_positive(**sizes: int) -> None:
+    """Raise ``ValueError`` naming the first option that is not an int >= 1.
+
+    Args:
+        sizes: option name -> value.
+    """
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an int >= 1; got {value!r}")
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+T = TypeVar("T", bound=type)
+
+
+def register_task(name: str) -> Callable[[T], T]:
+    """Class decorator adding a task class to the registry under ``name`` (also stored as ``cls.name``).
+
+    Args:
+        name: the registry name (lower case, as typed on the command line).
+    """
+
+    def add(cls: T) -> T:
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"task name {name!r} is already registered by {_TASKS[name].__name__}")
+        _TASKS[name] = cls
+        cls.name = name
+        return cls
+
+    return add
+
+
+def available_tasks() -> list[str]:
+    """Sorted names of every registered task."""
+    return sorted(_TASKS)
+
+
+def get_task(name: str, **options: object) -> Task:
+    """The task registered under ``name``, built with ``options`` (its dataclass fields; defaults otherwise).
+
+    Args:
+        name: a name from :func:`available_tasks`.
+        options: the task's options (e.g. ``seed``, ``n_train``, ``length``), passed to its constructor.
+    """
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; available tasks: {available_tasks()}")
+    return _TASKS[name](**options)
+
+

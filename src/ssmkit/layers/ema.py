@@ -1,0 +1,166 @@
+"""Mega's multi-dimensional damped EMA: "Mega: Moving Average Equipped Gated Attention", arXiv 2209.10655, §2.2 and §3.1.
+
+A bank of H single-input single-output real diagonal SSMs, each with N real modes (N = ``d_state``, the paper's
+EMA dimension h; 16 in every published recipe). Per channel d and mode n (eq. 2-3):
+
+    h_t = α ⊙ β ⊙ u_t + (1 - α ⊙ δ) ⊙ h_{t-1}
+    y_t = Σ_n γ_n h_{t,n} / √N + ω ⊙ u_t
+
+that is Ā = 1 - αδ, B̄ = αβ, C = γ/√N, D = ω, and the kernel K_l = Σ_n (γ_n/√N) α_n β_n (1 - α_n δ_n)^l (+ ω at
+l = 0). α and δ are sigmoids of unconstrained parameters (the official code; the stored tensors carry the transform
+in their names). Initialisation (official ``MultiHeadEMA``): both logits ~ N(0, 0.2²); β = +1, -1, +1, ... over n
+plus N(0, 0.02²) noise; γ ~ N(0, 1) per (channel, mode); ω ~ N(0, 1) per channel.
+
+The official layer ends in SiLU(y + ω u); here the layer is the linear map only (the static nonlinearity lives in
+the Block, docs/design.md), and :class:`ssmkit.layers.Mega` applies the SiLU itself.
+
+Views and backends (real modes through the shared diagonal machinery): ``"chunked"`` (and ``"auto"``) = the chunked
+scan; ``"fft"`` = kernel + FFT convolution; ``"reference"`` = the loop. The kernel is the Vandermonde product of
+:func:`ssmkit.ops.vandermonde` (power tables built in float64 by products; the official code forms
+exp(l·log(1 - αδ)) in float32 -- the same numbers up to rounding). ``bidirectional=True`` adds a second set of
+α, δ, β, γ (as the official code) for an anti-causal kernel whose tap 0 acts at lag -1 (the current input is
+counted once, by the causal kernel; the official code counts it in both directions). ω is shared.
+The official ``truncation`` (a kernel shorter than L) is not offered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmkit.layers.checks import check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.diagonal import DiagonalLTILayer
+from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.protocol import with_skip
+from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
+from ssmkit.ops.backend import get_backend
+from ssmkit.ops.fftconv import bidirectional_conv
+from ssmkit.ops.kernels import vandermonde
+from ssmkit.ops.scan import ssm_scan
+
+
+@register("ema")
+class EMA(DiagonalLTILayer):
+    """Multi-dimensional damped exponential moving average (Mega's EMA), arXiv 2209.10655 eq. 2-3.
+
+    Args:
+        d_model: H, the number of channels (one SISO system each).
+        d_state: N, the EMA dimension per channel (real modes; 16 in the paper's recipes, 2 in the official class).
+        lr: learning rate of α, δ and β (weight decay 0); ``None`` = the global lr (as Mega trains), ``0.0`` =
+            frozen.
+        bidirectional: add an anti-causal EMA with its own α, δ, β, γ (no ``step`` then).
+        device, dtype: of the parameters (float32 or float64).
+    """
+
+    zoo = ZooEntry(
+        paper='arXiv 2209.10655',
+        structure='diagonal',
+        parametrisation='Ā = 1 - α ⊙ δ, B̄ = α ⊙ β, α, δ = sigmoid(·), real, N modes per channel (damped EMA)',
+        discretisation='none (discrete time)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability='0 < 1 - αδ < 1 for every parameter value (α, δ ∈ (0, 1))',
+        step_cost='O(H N)',
+        sequence_cost='O(H N L) chunked scan; O(H N L + H L log L) kernel + FFT',
+    )
+
+    complex_modes = False
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        lr: float | None = None,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.lr = lr
+        self.bidirectional = bidirectional
+        check_positive_int(d_model, "d_model")
+        check_positive_int(d_state, "d_state")
+        check_lr(lr)
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
+        shape = (2 if bidirectional else 1, d_model, d_state)  # (C, H, N): one row per direction
+        register_ssm_parameter(self, "logit_alpha", torch.empty(shape, **factory), lr)  # α = σ(logit_alpha)
+        register_ssm_parameter(self, "logit_delta", torch.empty(shape, **factory), lr)  # δ = σ(logit_delta)
+        register_ssm_parameter(self, "beta", torch.empty(shape, **factory), lr)
+        self.gamma = nn.Parameter(torch.empty(shape, **factory))
+        self.D = nn.Parameter(torch.empty(d_model, **factory))  # ω, the paper's residual weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every parameter from the official initialisation (the only re-init path)."""
+        shape = self.gamma.shape
+        self.logit_alpha.copy_(torch.randn(shape, dtype=torch.float64) * 0.2)
+        self.logit_delta.copy_(torch.randn(shape, dtype=torch.float64) * 0.2)
+        signs = 1.0 - 2.0 * (torch.arange(self.d_state) % 2).to(torch.float64)  # +1, -1, +1, ...
+        self.beta.copy_(signs + torch.randn(shape, dtype=torch.float64) * 0.02)
+        self.gamma.copy_(torch.randn(shape, dtype=torch.float64))
+        self.D.copy_(torch.randn(self.d_model, dtype=torch.float64))
+
+    def directions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ā = 1 - αδ, B̄ = αβ and C = γ/√N of each direction: three (C, H, N) real tensors (C = 2 if bidirectional)."""
+        alpha = torch.sigmoid(self.logit_alpha)  # (C, H, N)
+        delta = torch.sigmoid(self.logit_delta)  # (C, H, N)
+        return 1.0 - alpha * delta, alpha * self.beta, self.gamma / math.sqrt(self.d_state)
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ā (H, N), B̄ (H, N) and C (1, H, N) of the causal EMA, real."""
+        A_bar, B_bar, C = self.directions()
+        return A_bar[0], B_bar[0], C[:1]
+
+    @property
+    def n_modes(self) -> int:
+        """N real modes per channel."""
+        return self.d_state
+
+    def _kernels(self, L: int, backend: str) -> torch.Tensor:
+        """K_c,l = Σ_n C_c,n B̄_c,n Ā_c,n^l for each direction c, without the skip: (C, H, L)."""
+        A_bar, B_bar, C = self.directions()
+        n_dir, H, N = A_bar.shape
+        K = vandermonde((C * B_bar).reshape(n_dir * H, N), A_bar.reshape(n_dir * H, N), L, backend=backend)  # (C·H, L)
+        return K.reshape(n_dir, H, L)
+
+    def _two_sided(self, u, A_bar, B_bar, C, backend):  # type: ignore[override]
+        """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (no skip), each direction with its own Ā, B̄, C: one
+        two-sided convolution (``reference``: loop kernel and loop convolution; ``fft``/``auto``), or two scans
+        (``chunked``), the anti-causal one on the reversed input, delayed by one step."""
+        if backend != "chunked":
+            kernel_backend = "reference" if backend == "reference" else "chunked"
+            return bidirectional_conv(u, self._kernels(u.shape[1], kernel_backend), backend="reference" if backend == "reference" else "fft")
+        A, Bb, Cc = self.directions()
+        y, _ = ssm_scan(u, A[0], Bb[0], Cc[0], return_state=False, backend="chunked")  # (B, L, H)
+        z, _ = ssm_scan(u.flip(1), A[1], Bb[1], Cc[1], return_state=False, backend="chunked")  # (B, L, H) reversed
+        return y + torch.nn.functional.pad(z[:, :-1], (0, 0, 1, 0)).flip(1)  # (B, L, H)
+
+    def _kernel(self, L: int) -> torch.Tensor:
+        """K_l = Σ_n (γ_n/√N) α_n β_n (1 - α_n δ_n)^l + ω δ_l: (H, L), or (2, H, L) when bidirectional."""
+        backend = "reference" if get_backend() == "reference" else "chunked"  # kernel() is not a forward: any context
+        K = with_skip(self._kernels(L, backend), self.D)  # (C, H, L)
+        return K if self.bidirectional else K[0]
+
+    def _state_space(self):
+        """The layer as H real SISO systems with N states each (diagonal Ā), control convention:
+        A = diag(Ā), B = B̄, C' = C Ā, D' = ω + Σ_n C_n B̄_n."""
+        from ssmkit.analysis.statespace import StateSpace
+
+        A_bar, B_bar, C = (t.detach().double().cpu() for t in self.discrete())
+        C = C[0]
+        return StateSpace(
+            torch.diag_embed(A_bar).numpy(),  # (H, N, N)
+            B_bar.unsqueeze(-1).numpy(),  # (H, N, 1)
+            (C * A_bar).unsqueeze(-2).numpy(),  # (H, 1, N)
+            (self.D.detach().double().cpu() + (C * B_bar).sum(-1)).reshape(-1, 1, 1).numpy(),  # (H, 1, 1)
+            dt=1.0,
+        )
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_state={self.d_state}, bidirectional={self.bidirectional}"

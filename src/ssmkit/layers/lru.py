@@ -1,0 +1,148 @@
+"""LRU: "Resurrecting Recurrent Neural Networks for Long Sequences", Orvieto et al., arXiv 2303.06349.
+
+A linear recurrent unit: one multi-input multi-output diagonal recurrence over all H channels, in discrete time
+(no discretisation), with M complex states whose output is the real part (eq. 1, §3, App. A):
+
+    λ_j = exp(-exp(ν_j) + i exp(θ_j))                 (exponential parametrisation, §3.3: |λ_j| < 1 always)
+    γ_j = sqrt(1 - |λ_j|²)                            (normalisation, §3.4; trainable, stored as log γ)
+    x_t = λ ⊙ x_{t-1} + γ ⊙ (B u_t),   y_t = Re(C x_t) + D ⊙ u_t
+
+Initialisation (App. A; minimal-LRU): |λ|² uniform on [r_min², r_max²] (λ uniform on the ring's area),
+ν = log(-½ log(u (r_max² - r_min²) + r_min²)), θ = log(max_phase · u) with u ~ U[0, 1); log γ from the initial λ;
+B = B_re + i B_im with B_re, B_im each N(0, 1/(2H)); C = C_re + i C_im with C_re, C_im each N(0, 1/M);
+D ~ N(0, 1). Defaults r_min = 0, r_max = 1, max_phase = 6.28 (minimal-LRU; the paper tunes them per task, e.g. a ring
+close to 1 and a small phase for long-range tasks).
+
+Choices (docs/design.md): ``d_state`` = 2M, the real-equivalent size of the M complex states (the paper's and
+minimal-LRU's ``d_hidden`` = M counts complex states, like DSS's N: its default d_hidden = 128 is ``d_state=256``;
+64 by default here, like every ssmkit layer). Stability in floating point: the decay rate exp(ν) is floored at 1e-6
+(|λ| ≤ e^{-1e-6} ≈ 1 - 1e-6, a time constant of 10⁶ steps that float32 still tells from 1): without the floor,
+exp(ν) < 3e-8 rounds |λ| to exactly 1 in float32 once training pushes ν below -17.3. ν, θ, log γ and B carry their
+own learning rate ``lr`` and no weight decay (minimal-LRU: the "ssm" group at half the base lr, 0.5 × 1e-3);
+C and D are trained like every layer's C and D. ``bidirectional`` (an ssmkit extension, not in the paper) adds a
+backward recurrence with the same λ, γ, B and its own C, as S5 does (:mod:`ssmkit.layers.mimo`).
+Backends: ``"chunked"`` (and ``"auto"``) = :func:`ssmkit.ops.mimo.mimo_scan_chunked`; ``"reference"`` = the loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmkit.layers.checks import check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.mimo import MIMODiagonalLTILayer
+from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
+
+RATE_FLOOR = 1e-6  # smallest decay rate exp(ν): |λ| <= exp(-1e-6) < 1 in float32
+
+
+@register("lru")
+class LRU(MIMODiagonalLTILayer):
+    """Linear recurrent unit (LRU), arXiv 2303.06349: one MIMO diagonal recurrence over all channels.
+
+    Args:
+        d_model: H, the number of channels (inputs and outputs of the one system).
+        d_state: 2M, the real-equivalent state size of the M complex states (the paper's d_hidden = M); even.
+        r_min, r_max: the initial ring of eigenvalue magnitudes, 0 <= r_min <= r_max <= 1.
+        max_phase: the initial phases are uniform in [0, max_phase), > 0.
+        lr: learning rate of ν, θ, log γ and B (weight decay 0); ``None`` = the global lr, ``0.0`` = frozen.
+        bidirectional: add a backward recurrence with its own C (no ``step`` then; not in the paper).
+        device, dtype: of the parameters (dtype real: float32 or float64).
+
+    Parameters: ``log_nu``, ``log_theta``, ``log_gamma`` (M,) (the paper's ν, θ and log γ: λ = exp(-exp(ν) +
+    i exp(θ))); ``B`` (M, H, 2) as a real pair; ``C`` (C, H, M, 2) as a real pair (C = 2 when bidirectional);
+    ``D`` (H,).
+    """
+
+    zoo = ZooEntry(
+        paper='arXiv 2303.06349',
+        structure='diagonal',
+        parametrisation='λ = exp(-exp(ν) + i exp(θ)), one MIMO system (B (M, H), C (H, M)); γ = √(1 - |λ|²) input scaling',
+        discretisation='none (discrete time)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability='Schur: |λ| = exp(-exp(ν)) < 1 for every ν (rate floored at 1e-6)',
+        step_cost='O(H N)',
+        sequence_cost='O(L H N) chunked MIMO scan',
+    )
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        r_min: float = 0.0,
+        r_max: float = 1.0,
+        max_phase: float = 6.28,
+        lr: float | None = 5e-4,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.r_min = r_min
+        self.r_max = r_max
+        self.max_phase = max_phase
+        self.lr = lr
+        self.bidirectional = bidirectional
+        check_positive_int(d_model, "d_model")
+        check_even_state(d_state, "2 x the number of complex states, the paper's d_hidden")
+        for name, value in (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite float; got {value!r}")
+        if not 0 <= r_min <= r_max <= 1:
+            raise ValueError(f"r_min and r_max must satisfy 0 <= r_min <= r_max <= 1; got {r_min}, {r_max}")
+        if not max_phase > 0:
+            raise ValueError(f"max_phase must be a float > 0 (radians); got {max_phase!r}")
+        check_lr(lr)
+        factory = {"device": device, "dtype": parameter_dtype(dtype)}
+        H, M = d_model, d_state // 2
+        register_ssm_parameter(self, "log_nu", torch.empty(M, **factory), lr)
+        register_ssm_parameter(self, "log_theta", torch.empty(M, **factory), lr)
+        register_ssm_parameter(self, "log_gamma", torch.empty(M, **factory), lr)
+        register_ssm_parameter(self, "B", torch.empty(M, H, 2, **factory), lr)
+        self.C = nn.Parameter(torch.empty(2 if bidirectional else 1, H, M, 2, **factory))
+        self.D = nn.Parameter(torch.empty(H, **factory))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every parameter from the initialisation of the paper's App. A (the only re-init path)."""
+        H, M = self.d_model, self.n_modes
+        u1 = torch.rand(M, dtype=torch.float64)
+        u2 = torch.rand(M, dtype=torch.float64)
+        log_nu = torch.log(-0.5 * torch.log(u1 * (self.r_max**2 - self.r_min**2) + self.r_min**2))  # (M,)
+        log_theta = torch.log(self.max_phase * u2)  # (M,)
+        modulus_sq = torch.exp(-2 * torch.exp(log_nu))  # |λ|² (M,)
+        self.log_nu.copy_(log_nu)
+        self.log_theta.copy_(log_theta)
+        self.log_gamma.copy_(0.5 * torch.log1p(-modulus_sq))  # log sqrt(1 - |λ|²)
+        self.B.copy_(torch.randn(M, H, 2, dtype=torch.float64) / math.sqrt(2 * H))
+        self.C.copy_(torch.randn(self.C.shape, dtype=torch.float64) / math.sqrt(M))
+        self.D.copy_(torch.randn(H, dtype=torch.float64))
+
+    def eigenvalues(self) -> torch.Tensor:
+        """λ = exp(-max(exp(ν), 1e-6) + i exp(θ)): (M,) complex, |λ| < 1 for every parameter value."""
+        rate = torch.exp(self.log_nu).clamp(min=RATE_FLOOR)  # (M,)
+        return torch.exp(torch.complex(-rate, torch.exp(self.log_theta)))  # (M,)
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """λ (M,), γ ⊙ B (M, H) and C (C, H, M), complex: y = Re(C x) + D u."""
+        B_bar = torch.exp(self.log_gamma)[:, None] * torch.view_as_complex(self.B)  # (M, H)
+        return self.eigenvalues(), B_bar, torch.view_as_complex(self.C)
+
+    @property
+    def n_modes(self) -> int:
+        """M = d_state / 2 complex states (the paper's d_hidden)."""
+        return self.d_state // 2
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, r_max={self.r_max}, "
+            f"max_phase={self.max_phase}, bidirectional={self.bidirectional}"
+        )

@@ -122,3 +122,14 @@ def test_write_report(tmp_path):
     assert f"{results[0].spectral_radius:.6f}" in text
     no_plots = write_report(model, str(tmp_path / "np"), plots=False)
     assert set(no_plots) == {"json", "summary"}
+
+
+@pytest.mark.skipif("gss" not in __import__("ssmkit").layers.available(), reason="GSS is not registered")
+def test_an_lti_core_inside_a_mixer_is_analysed():
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=1, d_model=4, n_layers=1, layer="gss", d_output=1, head="regress", pool=None)
+    results = analyze_model(model)
+    assert [(r.name, r.layer) for r in results] == [("blocks.0.layer.ssm", "GSSDiagonal")]
+    inner = model.blocks[0].layer.ssm
+    assert results[0].spectral_radius == pytest.approx(np.abs(inner.state_space().poles()).max(), rel=1e-12)
+    assert [(n, l) for n, l, _ in skipped_layers(model)] == [("blocks.0.layer", "gss")]

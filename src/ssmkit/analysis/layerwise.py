@@ -98,7 +98,7 @@ def skipped_layers(model: nn.Module) -> list[tuple[str, str, str]]:
     from ssmkit.layers.protocol import SequenceLayer
 
     return [
-        (name, type(m).name, m.unsupported("state_space") or "")
+        (name, type(m).name or type(m).__name__, m.unsupported("state_space") or "")
         for name, m in model.named_modules()
         if isinstance(m, SequenceLayer) and not m.supports("state_space")
     ]
@@ -141,7 +141,7 @@ def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-1
     tau = time_constants(z, dt)
     return LayerAnalysis(
         name=name,
-        layer=type(layer).name,
+        layer=type(layer).name or type(layer).__name__,  # an unregistered inner SSM (GSS) by its class
         system=system,
         poles=z,
         poles_continuous=s,

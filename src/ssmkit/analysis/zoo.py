@@ -137,7 +137,7 @@ def pole_statistics(model: nn.Module, dt: float | None = None) -> list[dict[str,
     for name, module in model.named_modules():
         if not isinstance(module, SequenceLayer):
             continue
-        row: dict[str, Any] = {"name": name, "layer": type(module).name}
+        row: dict[str, Any] = {"name": name, "layer": type(module).name or type(module).__name__}
         if name in lti:
             z = module.state_space().to_real().poles()  # (G, n)
             tau = time_constants(z, step)

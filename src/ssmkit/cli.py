@@ -1,12 +1,14 @@
 """The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites),
-``demo`` (end-to-end run), ``tasks`` (the tasks and whether their data is present) and ``data get|extract`` (data
-sets).
+``demo`` (end-to-end run), ``tasks`` (the tasks and whether their data is present), ``data get|extract`` (data
+sets), ``analyze`` and ``zoo`` (control analysis).
 
     ssmkit --help                # the commands
     ssmkit train --help          # one model on one task (jsonargparse: every Experiment field is an option)
     ssmkit compare --help        # several models, one budget, a table and a plot
     ssmkit bench --help          # the suites
     ssmkit bench step --help     # one suite's options
+    ssmkit analyze --help        # a checkpoint's poles, H-infinity norms, Bode plots
+    ssmkit zoo --help            # the control-theoretic table of the layers
     ssmkit demo --help           # the demo's options
     ssmkit tasks                 # every task and whether its data is present
     ssmkit data get mnist        # fetch MNIST and verify its SHA-256 values
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a performance suite; 'ssmkit bench SUITE --help' lists its options.",
     )
     add_suite_parsers(bench)
+    commands.add_parser("analyze", help="control analysis of a checkpoint's LTI layers: poles, H-infinity, Bode plots",
+                        add_help=False)
+    commands.add_parser("zoo", help="the control-theoretic table of the registered layers", add_help=False)
     commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
                         add_help=False)
     add_data_parsers(commands)
@@ -59,6 +64,11 @@ def _dispatch(argv: list[str]) -> int:
         from ssmkit.train import commands
 
         entry = {"train": commands.train_main, "compare": commands.compare_main, "configs": commands.configs_main}
+        return entry[args.command](rest, prog=f"ssmkit {args.command}")
+    if args.command in ("analyze", "zoo"):
+        from ssmkit.analysis import commands as analysis_commands
+
+        entry = {"analyze": analysis_commands.analyze_main, "zoo": analysis_commands.zoo_main}
         return entry[args.command](rest, prog=f"ssmkit {args.command}")
     if args.command in ("tasks", "data"):
         from ssmkit.data.commands import run as run_data

@@ -2,7 +2,12 @@
 
     statespace.py   StateSpace, the bank of discrete-time systems that LTI layers export
     frequency.py    transfer functions through a complex Schur form (modal sum, back substitution, real part)
-    norms.py        σ_max and the H-infinity norm
+    norms.py        σ_max and the H-infinity norm by grid search; hinf.py: the certified one (Cayley + Hamiltonian)
+    layerwise.py    every LTI layer of a model: poles (discrete, continuous), margin, time constants, DC gain, H∞
+    plots.py        PNG figures (poles, Bode, impulse/step responses, kernels); report.py: summary.md + JSON + PNGs
+    onnx_export.py  a model's one-step function as an ONNX graph in real arithmetic (embedded controllers)
+    zoo.py          the control-theoretic table of the registered layers (``ssmkit zoo``)
+    commands.py     ``ssmkit analyze`` and ``ssmkit zoo``
 
 scipy is imported inside the functions that need it, so importing this package does not load scipy.
 """
@@ -15,17 +20,32 @@ from ssmkit.analysis.frequency import (
     schur_transfer,
     triangular_transfer,
 )
+from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers
 from ssmkit.analysis.norms import hinf_norm, sigma_max
+from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
+from ssmkit.analysis.report import write_report
 from ssmkit.analysis.statespace import StateSpace
+from ssmkit.analysis.zoo import pole_statistics, zoo_table
 
 __all__ = [
+    "LayerAnalysis",
+    "OnnxExport",
+    "RealLTIStep",
     "SchurForm",
     "StateSpace",
+    "analyze_model",
+    "export_onnx",
     "hinf_norm",
+    "lti_layers",
     "modal_transfer",
+    "onnx_state",
     "physical_transfer",
+    "pole_statistics",
+    "real_step_model",
     "schur_form",
     "schur_transfer",
     "sigma_max",
     "triangular_transfer",
+    "write_report",
+    "zoo_table",
 ]

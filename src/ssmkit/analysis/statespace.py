@@ -493,29 +493,60 @@ class StateSpace:
         z = np.broadcast_to(np.exp(1j * w * self._dt), (self.nsystems, w.size))  # (G, W)
         return self._physical(z)
 
-    def hinf_norm(self) -> np.ndarray:
+    def hinf_norm(self, method: str = "hamiltonian", tol: float = 1e-10) -> np.ndarray:
         """H-infinity norm of each system: sup over θ in [0, π] of σ_max(H(e^{jθ})); inf if not stable.
 
-        Algorithm: 1. σ_max on a grid of 512 uniform angles plus, for every pole λ, the angles
-        |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2} (so resonances narrower than the grid are sampled);
-        2. the 4 largest local maxima of the grid are refined by golden-section search within their grid
-        neighbours (80 steps, to float resolution in θ); the norm is the largest value seen.
-        The value is a lower bound, exact to float precision times the peak's conditioning when the peak lies
-        in one of those brackets (tested ≤ 1e-6 relative; seen ~1e-15 for 1 - |λ| = 0.1, ~1e-12 for 1e-4,
-        ~1e-9 for 1e-6), which the pole angles make the case unless a peak is narrower than 1 - |λ| suggests.
-        It is not a certified bound (that needs Hamiltonian-pencil bisection, Boyd-Balakrishnan /
-        Bruinsma-Steinbuch). A system with any pole on or outside the unit circle gets inf,
-        even when that mode is uncontrollable or unobservable. A complex bank uses its physical response.
-        The search is `ssmkit.analysis.norms.hinf_norm`, applied to the stable systems.
+        Methods:
+            ``"hamiltonian"`` (default) -- certified: the bilinear (Cayley) map to continuous time and the
+            Hamiltonian imaginary-eigenvalue test in the two-step iteration of Bruinsma & Steinbuch
+            (`ssmkit.analysis.hinf`). The value γ_lo is attained and the norm is certified ≤ (1 + 2 tol) γ_lo
+            (`hinf_bounds` returns both ends).
+            ``"grid"`` -- a dense grid (512 uniform angles plus, for every pole λ, the angles
+            |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2}) refined by golden-section search around the 4 largest
+            local maxima (`ssmkit.analysis.norms.hinf_norm`): a lower bound, exact to float precision times the
+            peak's conditioning when the peak lies in one of those brackets (~1e-15 relative for 1 - |λ| = 0.1,
+            ~1e-12 for 1e-4, ~1e-9 for 1e-6), but not certified.
+        A system with any pole on or outside the unit circle gets inf, even when that mode is uncontrollable or
+        unobservable. A complex bank uses its physical (real-part) response.
+
+        Args:
+            method: ``"hamiltonian"`` or ``"grid"``.
+            tol: relative width of the certified bracket (``"hamiltonian"`` only), > 0.
 
         Returns:
             (G,) float64.
         """
-        out = np.full(self.nsystems, np.inf)
-        stable = np.flatnonzero(self.stable_mask())
-        if stable.size:
-            sub = self[stable]
-            out[stable] = norms.hinf_norm(sub._sigma_max, sub.poles())
+        if method == "grid":
+            out = np.full(self.nsystems, np.inf)
+            stable = np.flatnonzero(self.stable_mask())
+            if stable.size:
+                sub = self[stable]
+                out[stable] = norms.hinf_norm(sub._sigma_max, sub.poles())
+            return out
+        if method != "hamiltonian":
+            raise ValueError(f"method must be one of ('hamiltonian', 'grid'); got {method!r}")
+        return self.hinf_bounds(tol)[:, 0]
+
+    def hinf_bounds(self, tol: float = 1e-10) -> np.ndarray:
+        """Certified bracket [γ_lo, γ_hi] of each system's H-infinity norm (inf, inf for unstable systems).
+
+        γ_lo = σ_max(H(e^{jθ})) at some θ (attained); γ_hi = (1 + 2 tol) γ_lo, for which the Hamiltonian of the
+        Cayley-transformed system has no imaginary eigenvalue (`ssmkit.analysis.hinf.hinf_bracket`).
+
+        Args:
+            tol: relative width of the bracket, > 0.
+
+        Returns:
+            (G, 2) float64: γ_lo, γ_hi per system.
+        """
+        from ssmkit.analysis import hinf
+
+        real = self.to_real()
+        out = np.full((self.nsystems, 2), np.inf)
+        for g in np.flatnonzero(self.stable_mask()):
+            sub = real[int(g)]
+            gain = lambda theta, sub=sub: sub._sigma_max(theta[None])[0]  # noqa: E731  (W,) -> (W,)
+            out[g] = hinf.hinf_bracket(real.A[g], real.B[g], real.C[g], real.D[g], gain, tol)
         return out
 
     # ----------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ssmkit.layers.s4d import S4D
 from ssmkit.layers.s5 import S5
 from ssmkit.layers.sgconv import SGConv
 from ssmkit.layers.state import State, StateSpec, TensorSpec
+from ssmkit.layers.zoo import ZooEntry
 
 __all__ = [
     "Attention",
@@ -68,6 +69,7 @@ __all__ = [
     "State",
     "StateSpec",
     "TensorSpec",
+    "ZooEntry",
     "available",
     "build",
     "frozen_parameters",

@@ -26,6 +26,7 @@ from torch import nn
 from ssmkit.layers.checks import check_choice, check_positive_int, parameter_dtype
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.attention import causal_attention, rotary
 
@@ -79,6 +80,18 @@ class Attention(SequenceLayer):
 
     The projections are ``nn.Linear`` layers with PyTorch's default initialisation.
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 1706.03762',
+        structure='none',
+        parametrisation='softmax(q k^T / √P) v over the cached positions (rotary positions optional)',
+        discretisation='none',
+        time_varying=True,
+        stable_by_construction=True,
+        stability='no recurrence: the output is a convex combination of cached values (bounded); the cache grows with L',
+        step_cost='O(E t) at step t (O(E window) with a window)',
+        sequence_cost='O(L² E) (O(L window E) windowed)',
+    )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=False, state_space=False, step=True)
     missing = {

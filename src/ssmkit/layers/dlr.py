@@ -52,6 +52,7 @@ from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 
 INITS = ("omega", "randn")
 
@@ -77,6 +78,18 @@ class DLR(DiagonalLTILayer):
     Parameters: ``A_sqrt_neg_real`` (M,) = a with Re Λ = -a²; ``A_imag`` (M,) = b; ``W`` (C, H, M, 2) (complex as a
     real pair, C = 2 when bidirectional); ``D`` (H,).
     """
+
+    zoo = ZooEntry(
+        paper="arXiv 2212.00768",
+        structure="diagonal",
+        parametrisation="λ = exp(-a² + i b), complex, shared by the channels",
+        discretisation="none (discrete time)",
+        time_varying=False,
+        stable_by_construction=False,
+        stability="|λ| = exp(-a²) ≤ 1: non-expansive, marginally stable at a = 0",
+        step_cost="O(H N)",
+        sequence_cost="O(H N L) chunked scan; O(H N L + H L log L) kernel + FFT",
+    )
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import _expm1_over_z
 from ssmkit.ops.hippo import dss_eigenvalues
 
@@ -73,6 +74,18 @@ class DSS(DiagonalLTILayer):
     Parameters: ``log_dt`` (H, 2) or (H, 1); ``log_A_real`` (M,) = log(-Re λ) for DSS-exp, ``A_real`` (M,) = Re λ for
     DSS-softmax (it may turn positive); ``A_imag`` (M,); ``W`` (C, H, M, 2) (complex as a real pair); ``D`` (H,).
     """
+
+    zoo = ZooEntry(
+        paper="arXiv 2203.14343",
+        structure="diagonal",
+        parametrisation="λ complex, shared by the channels; exp: Re λ = -exp(·); softmax: Re λ free",
+        discretisation="ZOH-like e^{Δλ}, separate Δ for Re and Im (kernel normalised by the softmax over l_max)",
+        time_varying=False,
+        stable_by_construction=False,
+        stability="exp (default): Hurwitz, Re λ = -exp(·) < 0; softmax: Re λ is unconstrained (growing modes allowed)",
+        step_cost="O(H N)",
+        sequence_cost="O(H N L) chunked scan; O(H N L + H L log L) kernel + FFT",
+    )
 
     def __init__(
         self,

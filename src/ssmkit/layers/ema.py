@@ -35,6 +35,7 @@ from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import with_skip
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.fftconv import bidirectional_conv
 from ssmkit.ops.kernels import vandermonde
@@ -53,6 +54,18 @@ class EMA(DiagonalLTILayer):
         bidirectional: add an anti-causal EMA with its own α, δ, β, γ (no ``step`` then).
         device, dtype: of the parameters (float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2209.10655',
+        structure='diagonal',
+        parametrisation='Ā = 1 - α ⊙ δ, B̄ = α ⊙ β, α, δ = sigmoid(·), real, N modes per channel (damped EMA)',
+        discretisation='none (discrete time)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability='0 < 1 - αδ < 1 for every parameter value (α, δ ∈ (0, 1))',
+        step_cost='O(H N)',
+        sequence_cost='O(H N L) chunked scan; O(H N L + H L log L) kernel + FFT',
+    )
 
     complex_modes = False
 

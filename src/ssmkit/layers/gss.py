@@ -42,6 +42,7 @@ from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import zoh
 
 
@@ -117,6 +118,18 @@ class GSS(SequenceLayer):
         lr: learning rate of λ (weight decay 0); None = the global lr, 0.0 = frozen. B and Δ are always frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2206.13947',
+        structure='diagonal',
+        parametrisation='simplified DSS in a gated block: λ = -exp(a) + i exp(b) shared by the SSM channels, B = 1, Δ = 1 frozen',
+        discretisation='e^{λ} (Δ = 1, ZOH-like)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability="Re λ = -exp(a) < 0, so |e^λ| < 1 (the gates multiply the SSM's input and output, not its state)",
+        step_cost='O(E F + H_s N) (projections dominate; H_s the bottleneck width, F the gate width)',
+        sequence_cost='O(L E F + H_s N L) chunked scan',
+    )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=False, state_space=False, step=True)
     missing: ClassVar[Mapping[str, str]] = {

@@ -45,6 +45,7 @@ from ssmkit.layers.checks import check_choice, check_dt_range, check_even_state,
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.s4d import DISCRETIZATIONS, INITS, S4D
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
@@ -79,6 +80,18 @@ class H3(SequenceLayer):
             ``None`` = the global lr, ``0.0`` = frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2212.14052',
+        structure='diagonal',
+        parametrisation='shift SSM (A = shift: an N-tap FIR on k) and a diagonal SSM per head (S4D-Lin init) on k v^T',
+        discretisation='bilinear (diagonal SSM); none (shift SSM)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability='shift SSM: nilpotent A (FIR); diagonal SSM: Re λ < 0 (S4D parametrisation), bilinear keeps |Ā| < 1',
+        step_cost='O(H P² N) (P² products per head) + O(d_model²) projections',
+        sequence_cost='O(L H P² N) diagonal scans + O(L d_model²) projections',
+    )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=False, state_space=False, step=True)
     missing: ClassVar[dict[str, str]] = {

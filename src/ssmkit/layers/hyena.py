@@ -44,6 +44,7 @@ from ssmkit.layers.longconv import conv_with_past
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec
 
@@ -146,6 +147,18 @@ class Hyena(SequenceLayer):
         lr: learning rate of the filter FFN and ω (weight decay 0); None = the global lr, 0.0 = frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2302.10866',
+        structure='none',
+        parametrisation='implicit long filters h(n) = exp(-|δ| t_n) FFN(PosEnc(n)), gated by projections of the input',
+        discretisation='none (filters defined on the taps)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability='no recurrence: FIR filters of l_max taps (no poles, bounded for any parameters)',
+        step_cost='O(order H l_max) (each long filter over a window of l_max inputs)',
+        sequence_cost='O(order H L log L) FFT convolutions',
+    )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=False, state_space=False, step=True)
     missing: ClassVar[Mapping[str, str]] = {

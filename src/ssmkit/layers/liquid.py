@@ -59,6 +59,7 @@ from torch import Tensor
 from ssmkit.layers.checks import check_choice
 from ssmkit.layers.protocol import Capabilities, float32_core
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.dplr import DPLRStepCoefficients, dplr_step, dplr_step_coefficients
@@ -108,6 +109,18 @@ class LiquidS4(S4):
         B_clip: bound on |Im B̃| at init (official 2.0), or None.
         device, dtype: of the parameters (dtype real: float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2209.12951',
+        structure='DPLR',
+        parametrisation="S4's A = diag(Λ) - P P* plus the liquid term B̄ u_k 1ᵀ (input-dependent transition)",
+        discretisation='bilinear, learned Δ per channel',
+        time_varying=True,
+        stable_by_construction=False,
+        stability='the LTI part is Hurwitz (as S4); the transition Ā + B̄ u_k 1ᵀ can leave the unit disc for large inputs',
+        step_cost='O(liquid order × H N)',
+        sequence_cost='O(liquid order × (H N (L + log L) + H L log L)) kernels + FFT',
+    )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=False, state_space=False, step=True)
     missing: ClassVar[dict[str, str]] = {

@@ -35,6 +35,7 @@ from ssmkit.layers.checks import check_even_state, check_lr, check_positive_int,
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 
 RATE_FLOOR = 1e-6  # smallest decay rate exp(ν): |λ| <= exp(-1e-6) < 1 in float32
 
@@ -56,6 +57,18 @@ class LRU(MIMODiagonalLTILayer):
     i exp(θ))); ``B`` (M, H, 2) as a real pair; ``C`` (C, H, M, 2) as a real pair (C = 2 when bidirectional);
     ``D`` (H,).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2303.06349',
+        structure='diagonal',
+        parametrisation='λ = exp(-exp(ν) + i exp(θ)), one MIMO system (B (M, H), C (H, M)); γ = √(1 - |λ|²) input scaling',
+        discretisation='none (discrete time)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability='Schur: |λ| = exp(-exp(ν)) < 1 for every ν (rate floored at 1e-6)',
+        step_cost='O(H N)',
+        sequence_cost='O(L H N) chunked MIMO scan',
+    )
 
     def __init__(
         self,

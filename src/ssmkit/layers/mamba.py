@@ -41,6 +41,7 @@ from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.shortconv import ShortConv
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.selective import selective_scan, selective_step
 
@@ -90,6 +91,17 @@ class Mamba(SequenceLayer):
     }
     backends = ("reference", "chunked")
     block_defaults = BlockDefaults(activation=None, mixer_out=None)
+    zoo = ZooEntry(
+        paper="arXiv 2312.00752",
+        structure="diagonal",
+        parametrisation="A = -exp(A_log) per inner channel and state (S4D-Real init); Δ_t, B_t, C_t from the input",
+        discretisation="ZOH for A, Euler (Δ_t B_t) for B",
+        time_varying=True,
+        stable_by_construction=True,
+        stability="exp(Δ_t A) ∈ (0, 1) for every input (A < 0, Δ_t = softplus(·) > 0)",
+        step_cost="O(D N + H D) (selective state update and projections)",
+        sequence_cost="O(L D N) chunked selective scan; + O(L H D) projections",
+    )
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ from ssmkit.layers.checks import check_dt_range, check_lr, check_positive_int, p
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.ssd import ssd, ssd_step
@@ -142,6 +143,17 @@ class Mamba2(SequenceLayer):
     }
     backends = ("reference", "chunked")
     block_defaults = BlockDefaults(activation=None, mixer_out=None)
+    zoo = ZooEntry(
+        paper="arXiv 2405.21060",
+        structure="scalar",
+        parametrisation="A = -exp(A_log) per head (Ā_t = exp(Δ_t A) I); Δ_t, B_t, C_t from the input",
+        discretisation="ZOH for A, Euler (Δ_t B_t) for B",
+        time_varying=True,
+        stable_by_construction=True,
+        stability="exp(Δ_t A) ∈ (0, 1) for every input (A < 0, Δ_t = softplus(·) > 0)",
+        step_cost="O(E N + H E) (SSM update and projections)",
+        sequence_cost="O(L E N + L E T) chunked SSD, chunk T; + O(L H E) projections",
+    )
 
     def __init__(
         self,

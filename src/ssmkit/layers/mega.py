@@ -52,6 +52,7 @@ from ssmkit.layers.checks import check_choice, check_lr, check_positive_int, par
 from ssmkit.layers.ema import EMA
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 
 ATTENTIONS = ("softmax", "laplace")
@@ -104,6 +105,18 @@ class Mega(SequenceLayer):
         lr: learning rate of the EMA's α, δ, β (weight decay 0); None = the global lr.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2209.10655',
+        structure='diagonal',
+        parametrisation='damped EMA (Ā = 1 - α ⊙ δ, real) then single-head gated attention',
+        discretisation='none (discrete time)',
+        time_varying=True,
+        stable_by_construction=True,
+        stability='EMA: 0 < 1 - αδ < 1; attention: a convex combination of cached values (bounded)',
+        step_cost='O(H N + Z t) at step t (Z the shared dimension; O(Z chunk) with chunks)',
+        sequence_cost='O(H N L + L² Z) (O(L chunk Z) chunked)',
+    )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=False, state_space=False, step=True)
     missing = {

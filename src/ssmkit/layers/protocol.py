@@ -31,6 +31,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_batch_size, check_length
 from ssmkit.layers.state import State, StateSpec, check_state, zeros_from_spec
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.backend import get_backend
 from ssmkit.utils import check_floating, check_sequence
 
@@ -111,6 +112,8 @@ class SequenceLayer(nn.Module):
         missing: why a capability is absent, by capability name (the ``NotImplementedError`` message).
         backends: the backends (``ssmkit.ops.set_backend``) under which ``forward`` runs, besides ``"auto"``.
         block_defaults: what :class:`ssmkit.models.Block` puts after the layer by default.
+        zoo: the layer's control-theoretic description (:class:`ssmkit.layers.ZooEntry`), declared by every
+            registered class itself (``ssmkit zoo`` refuses an inherited or missing one).
     """
 
     name: ClassVar[str] = ""
@@ -118,6 +121,7 @@ class SequenceLayer(nn.Module):
     missing: ClassVar[Mapping[str, str]] = {}
     backends: ClassVar[tuple[str, ...]] = ("reference",)
     block_defaults: ClassVar[BlockDefaults] = BlockDefaults()
+    zoo: ClassVar[ZooEntry | None] = None
 
     d_model: int
     bidirectional: bool = False

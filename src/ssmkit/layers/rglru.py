@@ -45,6 +45,7 @@ from ssmkit.layers.checks import check_choice, check_lr, check_positive_int, par
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.rglru import rglru, rglru_step
@@ -129,6 +130,17 @@ class RGLRU(SequenceLayer):
     }
     backends: ClassVar[tuple[str, ...]] = ("reference", "chunked")
     block_defaults: ClassVar[BlockDefaults] = BlockDefaults(activation=None, mixer_out=None)
+    zoo = ZooEntry(
+        paper="arXiv 2402.19427",
+        structure="diagonal",
+        parametrisation="a_t = σ(Λ)^{c r_t}, real, gated by r_t(x) and i_t(x); input scaled by √(1 - a_t²)",
+        discretisation="none (discrete time)",
+        time_varying=True,
+        stable_by_construction=True,
+        stability="0 < a_t < 1 for every input (σ(Λ) ∈ (0, 1), c r_t > 0)",
+        step_cost="O(H D + D² / heads) (gates and projections; D = lru_width)",
+        sequence_cost="O(L (H D + D² / heads)) chunked linear recurrence",
+    )
 
     def __init__(
         self,

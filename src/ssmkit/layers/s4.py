@@ -76,6 +76,7 @@ from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.cauchy import dplr_kernel
@@ -125,6 +126,17 @@ class S4(SequenceLayer):
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
     backends: ClassVar[tuple[str, ...]] = ("reference", "fft")
+    zoo = ZooEntry(
+        paper="arXiv 2111.00396",
+        structure="DPLR",
+        parametrisation="A = diag(Λ) - P P*, Re Λ = -exp(a), HiPPO init (NPLR)",
+        discretisation="bilinear, learned Δ per channel",
+        time_varying=False,
+        stable_by_construction=True,
+        stability="Hurwitz: the Hermitian part diag(Re Λ) - P P* is negative definite; bilinear keeps it Schur",
+        step_cost="O(H N) (Woodbury step)",
+        sequence_cost="O(H N (L + log L) + H L log L) Cauchy kernel + FFT",
+    )
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 
 INITS = ("legs", "inv", "lin", "real")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -61,6 +62,18 @@ class S4D(DiagonalLTILayer):
         bidirectional: add an anti-causal kernel with its own C (no ``step`` then).
         device, dtype: of the parameters (dtype real: float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper="arXiv 2206.11893",
+        structure="diagonal",
+        parametrisation="λ = -exp(a) + i b, complex, per channel (N/2 conjugate pairs)",
+        discretisation="ZOH (default) or bilinear, learned Δ per channel",
+        time_varying=False,
+        stable_by_construction=True,
+        stability="Hurwitz: Re λ = -exp(a) < 0, so |Ā| < 1 for every Δ > 0",
+        step_cost="O(H N)",
+        sequence_cost="O(H N L) chunked scan; O(H N L + H L log L) kernel + FFT",
+    )
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ from ssmkit.layers.init import lecun_normal, log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import bilinear, zoh
 from ssmkit.ops.hippo import s5_eigen
 
@@ -72,6 +73,18 @@ class S5(MIMODiagonalLTILayer):
     Parameters: ``A_real`` = Re Λ, ``A_imag`` = Im Λ, ``log_dt`` (M,); ``B`` (M, H, 2) = B̃ as a real pair;
     ``C`` (C, H, M, 2) = C̃ as a real pair (C = 2 when bidirectional); ``D`` (H,).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2208.04933',
+        structure='diagonal',
+        parametrisation='Λ complex diagonal, one MIMO system shared by the H channels (B̃ (M, H), C̃ (H, M)); Re Λ stored as is',
+        discretisation='ZOH (default) or bilinear, learned Δ per state',
+        time_varying=False,
+        stable_by_construction=False,
+        stability='Hurwitz only with clip_eigs=True (Re Λ ≤ -1e-4); by default Re Λ is unconstrained',
+        step_cost='O(H N)',
+        sequence_cost='O(L H N) chunked MIMO scan',
+    )
 
     def __init__(
         self,

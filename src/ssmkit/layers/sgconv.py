@@ -38,6 +38,7 @@ from ssmkit.layers.longconv import conv_with_past, fit_length, last_inputs
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
 from ssmkit.layers.registry import register
+from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.fftconv import bidirectional_conv
 
@@ -81,6 +82,18 @@ class SGConv(SequenceLayer):
         bidirectional: add an anti-causal kernel with its own sub-kernels (no ``step`` then).
         device, dtype: of the parameters (float32 or float64).
     """
+
+    zoo = ZooEntry(
+        paper='arXiv 2210.09298',
+        structure='none',
+        parametrisation='kernel = concatenated upsampled sub-kernels w_i weighted by decay^(-i), normalised',
+        discretisation='none (kernel on the taps)',
+        time_varying=False,
+        stable_by_construction=True,
+        stability='no recurrence: an FIR of K_len taps (no poles, bounded for any parameters)',
+        step_cost='O(H K_len) (a window of K_len inputs)',
+        sequence_cost='O(H L log L) FFT convolution',
+    )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=False, step=True)
     missing: ClassVar[Mapping[str, str]] = {

@@ -1,0 +1,134 @@
+"""The analysis commands of the ``ssmkit`` CLI: ``analyze`` (a checkpoint's LTI layers) and ``zoo`` (the layer table).
+
+    ssmkit analyze runs/adding-s4d/checkpoints/last.ckpt [--out DIR] [--dt 0.004] [--channels 8] [--no-plots]
+    ssmkit zoo [--checkpoint CKPT] [--out DIR] [--format markdown|csv]
+
+``analyze`` rebuilds the model from the checkpoint's configuration (``hyper_parameters["model"]``, written by
+``ssmkit train``; or a DeepWiener's arguments, see `load_model`), loads its weights and writes the report of :func:`ssmkit.analysis.write_report` (default folder:
+``analysis/`` beside the checkpoints folder). ``zoo`` prints the table of :mod:`ssmkit.analysis.zoo`; with
+``--out`` it writes ``zoo.md``, ``zoo.csv`` (and ``poles.csv`` with ``--checkpoint``) there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = ["analyze_main", "load_model", "zoo_main"]
+
+
+def load_model(path: str):
+    """The model of a checkpoint, with its weights, in eval mode.
+
+    Two layouts are read: a checkpoint of ``ssmkit train`` (``hyper_parameters["model"]``, a SequenceModelConfig
+    dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel`; a dict
+    with ``deep_wiener`` (the keyword arguments of :class:`ssmkit.sysid.wiener.DeepWiener`, ``dt`` included) and
+    ``state_dict`` (the model's own keys) gives a DeepWiener.
+
+    Args:
+        path: the checkpoint file (read with ``torch.load(weights_only=True)``).
+
+    Returns:
+        the model.
+    """
+    import torch
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path!r} holds no state_dict: not a checkpoint of 'ssmkit train' nor a DeepWiener file")
+    if "deep_wiener" in checkpoint:
+        from ssmkit.sysid.wiener import DeepWiener
+
+        model = DeepWiener(**dict(checkpoint["deep_wiener"]))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.eval()
+    hyper = checkpoint.get("hyper_parameters") or {}
+    if "model" not in hyper:
+        raise ValueError(
+            f"{path!r} is not a checkpoint of 'ssmkit train' (no hyper_parameters['model'], the model configuration) "
+            f"nor a DeepWiener file (no 'deep_wiener' arguments); found keys {sorted(checkpoint)}"
+        )
+    from ssmkit.models import SequenceModel, SequenceModelConfig
+
+    model = SequenceModel.from_config(SequenceModelConfig.from_dict(dict(hyper["model"])))
+    prefix = "model."
+    weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _default_out(checkpoint: str) -> str:
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.basename(folder) == "checkpoints":
+        folder = os.path.dirname(folder)
+    return os.path.join(folder, "analysis")
+
+
+def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
+    """``ssmkit analyze CHECKPOINT``: write the control analysis of a trained model; exit 0."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Control analysis of a trained model's LTI layers: poles (discrete and continuous), stability "
+        "margin, DC gain, certified H-infinity norm, Bode plots, impulse and step responses, learned kernels; "
+        "writes summary.md, analysis.json and PNG figures.",
+    )
+    parser.add_argument("checkpoint", help="a checkpoint written by 'ssmkit train' (checkpoints/last.ckpt), or a "
+                        "DeepWiener file {'deep_wiener': its arguments, 'state_dict': ...}")
+    parser.add_argument("--out", default=None, help="output folder (default: analysis/ beside checkpoints/)")
+    parser.add_argument("--dt", type=float, default=None,
+                        help="sampling time in seconds (default: the model's, a DeepWiener's Ts; else 1 = samples)")
+    parser.add_argument("--channels", type=int, default=8, help="channels per layer in the figures (default 8)")
+    parser.add_argument("--no-plots", dest="no_plots", action="store_true", help="write summary.md and analysis.json only")
+    args = parser.parse_args(argv)
+    if args.dt is not None and not args.dt > 0:
+        parser.error(f"--dt must be > 0; got {args.dt}")
+    if args.channels < 1:
+        parser.error(f"--channels must be >= 1; got {args.channels}")
+    from ssmkit.analysis.report import write_report
+
+    model = load_model(args.checkpoint)
+    out = args.out or _default_out(args.checkpoint)
+    paths = write_report(model, out, title=args.checkpoint, dt=args.dt, channels=args.channels, plots=not args.no_plots)
+    with open(paths["summary"]) as f:
+        print(f.read(), end="")
+    print(f"analysis in {out}: " + ", ".join(os.path.basename(p) for p in paths.values()))
+    return 0
+
+
+def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
+    """``ssmkit zoo``: print the table of the registered layers (markdown or CSV), optionally write both; exit 0."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="The control-theoretic table of every registered layer (arXiv 2403.16899's comparison), built "
+        "from the layers' declarations; with --checkpoint, the trained model's pole statistics per layer.",
+    )
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint of 'ssmkit train': add measured pole statistics")
+    parser.add_argument("--out", default=None, help="write zoo.md, zoo.csv (and poles.csv) into this folder")
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what to print (default markdown)")
+    parser.add_argument("--d-model", dest="d_model", type=int, default=64,
+                        help="width at which state sizes are counted (default 64)")
+    args = parser.parse_args(argv)
+    if args.d_model < 1:
+        parser.error(f"--d-model must be >= 1; got {args.d_model}")
+    from ssmkit.analysis import zoo
+
+    table = zoo.zoo_table(d_model=args.d_model)
+    measured = zoo.pole_statistics(load_model(args.checkpoint)) if args.checkpoint else None
+    files = {"zoo.md": zoo.to_markdown(table, measured), "zoo.csv": zoo.to_csv(table)}
+    if measured is not None:
+        files["poles.csv"] = zoo.to_csv(table, measured)
+    if args.format == "markdown":
+        print(files["zoo.md"], end="")
+    else:
+        print(files["zoo.csv"], end="")
+        if measured is not None:
+            print("\n" + files["poles.csv"], end="")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        for name, body in files.items():
+            with open(os.path.join(args.out, name), "w") as f:
+                f.write(body)
+        print(f"{', '.join(files)} in {args.out}")
+    return 0

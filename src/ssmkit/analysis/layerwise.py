@@ -1,0 +1,172 @@
+"""Control analysis of every LTI layer of a model: poles, stability margin, time constants, DC gain, H∞ norm.
+
+    results = ssmkit.analysis.analyze_model(model)          # a SequenceModel, a DeepWiener, any nn.Module
+    for r in results: print(r.name, r.spectral_radius, r.hinf.max())
+
+Each layer that has a state-space realisation (``layer.supports("state_space")``) is exported as a
+:class:`StateSpace` bank sampled every ``dt`` seconds (a model's ``dt`` attribute, e.g. a DeepWiener's Ts, else 1:
+time in samples). Its discrete poles z (those of the real realisation: conjugates included) map to the equivalent
+continuous poles s = log(z) / dt (the ZOH correspondence z = e^{s dt}; Δ-discretised layers such as S4D-ZOH give back
+Δλ / dt exactly, up to the branch of the logarithm). The stability margin is 1 - ρ with ρ = max |z| the spectral
+radius; a mode's time constant is τ = -dt / log |z| (the e-folding time of its envelope).
+
+Letters: G systems of a bank, n states, m inputs, p outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from torch import nn
+
+from ssmkit.analysis.statespace import StateSpace
+
+__all__ = ["LayerAnalysis", "analyze_model", "lti_layers", "model_dt", "skipped_layers", "time_constants"]
+
+
+@dataclass(frozen=True)
+class LayerAnalysis:
+    """The control-theoretic figures of one LTI layer of a model.
+
+    Attributes:
+        name: the layer's module path in the model (``blocks.0.layer``).
+        layer: its registry name (``s4d``).
+        system: the exported bank, real realisation, with ``dt`` in seconds: A (G, n, n), B (G, n, m), ...
+        poles: (G, n) complex discrete poles z of each system.
+        poles_continuous: (G, n) complex equivalent continuous poles s = log(z) / dt, in 1/s.
+        spectral_abscissa: max Re s over the bank, 1/s (< 0: stable; -1/slowest_time_constant).
+        spectral_radius: max |z| over the bank.
+        stability_margin: 1 - spectral_radius (> 0: Schur stable).
+        slowest_time_constant: the largest τ = -dt / log|z| over the bank, seconds (inf if any |z| >= 1).
+        fastest_time_constant: the smallest τ, seconds (0 for a pole at z = 0).
+        dc_gain: (G, p, m) float64 steady-state gains (inf for a pole at z = 1).
+        hinf: (G,) certified H∞ norms (inf for unstable systems; ``StateSpace.hinf_norm``).
+    """
+
+    name: str
+    layer: str
+    system: StateSpace
+    poles: np.ndarray
+    poles_continuous: np.ndarray
+    spectral_abscissa: float
+    spectral_radius: float
+    stability_margin: float
+    slowest_time_constant: float
+    fastest_time_constant: float
+    dc_gain: np.ndarray
+    hinf: np.ndarray
+
+    @property
+    def stable(self) -> bool:
+        """Whether every system of the layer is Schur stable."""
+        return self.spectral_radius < 1.0
+
+
+def model_dt(model: nn.Module) -> float:
+    """The sampling time of a model in seconds: its ``dt`` attribute (a DeepWiener's Ts), else 1.0 (samples)."""
+    dt = getattr(model, "dt", 1.0)
+    return float(dt) if isinstance(dt, (int, float)) and dt > 0 else 1.0
+
+
+def lti_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """The (module path, layer) of every sequence layer of ``model`` that has a state-space realisation, in order.
+
+    Args:
+        model: any module (a SequenceModel, a DeepWiener, a layer itself).
+
+    Returns:
+        an iterator of (name, layer) pairs; a layer that is the model itself is named ``""``.
+    """
+    from ssmkit.layers.protocol import SequenceLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, SequenceLayer) and module.supports("state_space"):
+            yield name, module
+
+
+def skipped_layers(model: nn.Module) -> list[tuple[str, str, str]]:
+    """The sequence layers of ``model`` without a state-space realisation: (module path, registry name, why).
+
+    Args:
+        model: any module.
+
+    Returns:
+        a list of (name, layer name, reason) triples.
+    """
+    from ssmkit.layers.protocol import SequenceLayer
+
+    return [
+        (name, type(m).name or type(m).__name__, m.unsupported("state_space") or "")
+        for name, m in model.named_modules()
+        if isinstance(m, SequenceLayer) and not m.supports("state_space")
+    ]
+
+
+def time_constants(poles: np.ndarray, dt: float) -> np.ndarray:
+    """τ = -dt / log|z| of each discrete pole (inf for |z| >= 1, 0 for z = 0).
+
+    Args:
+        poles: (...) complex discrete poles.
+        dt: sampling time, seconds.
+
+    Returns:
+        (...) float64 seconds.
+    """
+    r = np.abs(poles)
+    with np.errstate(divide="ignore"):
+        tau = np.where(r < 1.0, -dt / np.log(np.where(r > 0, r, 1.0)), np.inf)  # (...)
+    return np.where(r == 0, 0.0, tau)
+
+
+def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-10) -> LayerAnalysis:
+    """The figures of one LTI layer (see :class:`LayerAnalysis`).
+
+    Args:
+        name: the layer's module path.
+        layer: a sequence layer with a state-space realisation.
+        dt: sampling time, seconds.
+        hinf_tol: relative width of the certified H∞ bracket.
+
+    Returns:
+        the :class:`LayerAnalysis`.
+    """
+    exported = layer.state_space()
+    system = StateSpace(exported.A, exported.B, exported.C, exported.D, dt=dt).to_real()
+    z = system.poles()  # (G, n)
+    with np.errstate(divide="ignore"):
+        s = np.log(z.astype(np.complex128)) / dt  # (G, n): z = e^{s dt}
+    rho = float(np.abs(z).max())
+    tau = time_constants(z, dt)
+    return LayerAnalysis(
+        name=name,
+        layer=type(layer).name or type(layer).__name__,  # an unregistered inner SSM (GSS) by its class
+        system=system,
+        poles=z,
+        poles_continuous=s,
+        spectral_abscissa=float(s.real.max()),
+        spectral_radius=rho,
+        stability_margin=1.0 - rho,
+        slowest_time_constant=float(tau.max()),
+        fastest_time_constant=float(tau.min()),
+        dc_gain=system.dcgain(),
+        hinf=system.hinf_norm("hamiltonian", hinf_tol),
+    )
+
+
+def analyze_model(model: nn.Module, dt: float | None = None, hinf_tol: float = 1e-10) -> list[LayerAnalysis]:
+    """Analyse every LTI layer of ``model`` (those with ``supports("state_space")``), in module order.
+
+    Args:
+        model: a SequenceModel, a DeepWiener, a layer, or any module holding ssmkit layers.
+        dt: sampling time in seconds; None = the model's ``dt`` attribute if it has one, else 1 (samples).
+        hinf_tol: relative width of the certified H∞ bracket.
+
+    Returns:
+        one :class:`LayerAnalysis` per LTI layer (empty if the model has none; see `skipped_layers`).
+    """
+    step = model_dt(model) if dt is None else float(dt)
+    if not step > 0:
+        raise ValueError(f"dt must be the sampling time in seconds, > 0; got {dt!r}")
+    return [analyze_layer(name, layer, step, hinf_tol) for name, layer in lti_layers(model)]

@@ -1,0 +1,342 @@
+"""Export of a model's one-step recurrent function to ONNX, for embedded controllers (onnxruntime, TensorRT, ...).
+
+    info = ssmkit.analysis.export_onnx(model, "controller.onnx")      # a SequenceModel or a DeepWiener
+    session = onnxruntime.InferenceSession("controller.onnx")
+    state = info.initial_state(batch_size=1)                          # numpy zeros, one array per state part
+    y, *state = session.run(None, {"u": u_t, **dict(zip(info.state_names, state))})
+
+The exported graph computes ``y_t, state' = model.step(u_t, state)`` with real arithmetic only (ONNX and most runtimes
+have no complex tensors). Every LTI layer (``supports("state_space")``) is replaced by its exported real realisation
+in the control convention, x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (``layer.state_space()``), run as:
+
+- **modal** when A is diagonal (complex) or block diagonal with 2×2 rotation blocks [[a, -b], [b, a]] (every
+  diagonal layer: S4D, DSS, DLR, S5, LRU): the state is (B, G, M, 2), the real and imaginary parts of the M complex
+  modes; each step costs O(G M (m + p)). For these layers the state equals ``torch.view_as_real`` of the layer's own
+  state (the control state x[k] is the SSM papers' x_{k-1}), so a state from ``forward`` carries over
+  (`onnx_state`).
+- **diagonal** when A is real diagonal (Mega's EMA): the state is (B, G, n), the layer's own state, O(G n (m + p)).
+- **dense** otherwise (S4's DPLR realisation): the state is (B, G, n) in the realisation's basis, O(G n²) per step.
+
+The other layers (gated, time-varying mixers) keep their own ``step``, exported as traced; a layer whose state is
+complex, or whose step the exporter cannot trace, makes `export_onnx` raise ``NotImplementedError`` naming it.
+The ONNX graph has a fixed batch size (``batch_size``; 1 for a controller).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssmkit.analysis.layerwise import lti_layers
+from ssmkit.analysis.statespace import StateSpace
+
+__all__ = ["OnnxExport", "RealLTIStep", "StepFunction", "export_onnx", "onnx_state", "real_step_model"]
+
+
+def _is_diagonal(A: np.ndarray) -> bool:
+    """Whether every A[g] (real) is diagonal."""
+    n = A.shape[1]
+    return n == 1 or not np.any(A[:, ~np.eye(n, dtype=bool)])
+
+
+def _modal_form(system: StateSpace) -> tuple[np.ndarray, ...] | None:
+    """(λ (G, M), B (G, M, m), C (G, p, M) complex, D (G, p, m) real) with y = Re(C x) + D u, or None if not modal."""
+    A, B, C, D = system.A, system.B, system.C, system.D
+    G, n = A.shape[0], A.shape[1]
+    if system.is_complex:
+        if np.any(A[:, ~np.eye(n, dtype=bool)]):
+            return None
+        return np.diagonal(A, axis1=1, axis2=2), B, C, D.real
+    if n % 2:
+        return None
+    M = n // 2
+    mask = np.kron(np.eye(M, dtype=bool), np.ones((2, 2), dtype=bool))  # (n, n) the 2×2 diagonal blocks
+    if np.any(A[:, ~mask]):
+        return None
+    a, b = A[:, 0::2, 0::2][:, np.arange(M), np.arange(M)], A[:, 1::2, 0::2][:, np.arange(M), np.arange(M)]  # (G, M)
+    if not (np.array_equal(A[:, 1::2, 1::2][:, np.arange(M), np.arange(M)], a)
+            and np.array_equal(A[:, 0::2, 1::2][:, np.arange(M), np.arange(M)], -b)):
+        return None
+    lam = a + 1j * b  # (G, M): the block acts on (Re x, Im x) as multiplication by λ
+    B_c = B[:, 0::2, :] + 1j * B[:, 1::2, :]  # (G, M, m)
+    C_c = C[:, :, 0::2] - 1j * C[:, :, 1::2]  # (G, p, M): Re(C_c x) = C_re-row · Re x + C_im-row · Im x
+    return lam, B_c, C_c, D
+
+
+class RealLTIStep(nn.Module):
+    """One step of an LTI layer's exported realisation in real arithmetic: y = C x + D u, x' = A x + B u.
+
+    Args:
+        system: the layer's ``state_space()`` (G systems, n states, m inputs, p outputs; real or complex).
+        dtype: real dtype of the buffers and the state (float32 or float64).
+
+    The state is (B, G, M, 2) in the modal form and (B, G, n) in the diagonal and dense forms (module docstring);
+    ``kind`` names the form and ``modal`` is True for the modal and diagonal ones (elementwise in the state).
+    """
+
+    def __init__(self, system: StateSpace, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.d_model = system.nsystems * system.ninputs
+        self.G, self.m, self.p = system.nsystems, system.ninputs, system.noutputs
+        self.dtype = dtype
+        as_t = lambda a: torch.tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+        real = system.to_real()
+        n = real.nstates
+        modal = None if _is_diagonal(real.A) else _modal_form(system)
+        self.kind = "diagonal" if _is_diagonal(real.A) else ("modal" if modal is not None else "dense")
+        self.modal = self.kind != "dense"
+        if self.kind == "diagonal":
+            self.n = n
+            for name, value in (("a", np.diagonal(real.A, axis1=1, axis2=2)), ("B", real.B), ("C", real.C),
+                                ("D", real.D)):
+                self.register_buffer(name, as_t(value))
+        elif self.kind == "modal":
+            lam, B, C, D = modal
+            self.M = lam.shape[1]
+            for name, value in (("lam_re", lam.real), ("lam_im", lam.imag), ("B_re", B.real), ("B_im", B.imag),
+                                ("C_re", C.real), ("C_im", C.imag), ("D", D)):
+                self.register_buffer(name, as_t(value))
+        else:
+            self.n = n
+            for name, value in (("A", real.A), ("B", real.B), ("C", real.C), ("D", real.D)):
+                self.register_buffer(name, as_t(value))
+
+    def state_shape(self) -> tuple[int, ...]:
+        """The state of one sequence: (G, M, 2) modal, (G, n) dense."""
+        return (self.G, self.M, 2) if self.kind == "modal" else (self.G, self.n)
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """Zeros (B, *state_shape()) in the buffers' dtype and device.
+
+        Args:
+            batch_size: B.
+
+        Returns:
+            (B, G, M, 2) or (B, G, n).
+        """
+        return torch.zeros((batch_size,) + self.state_shape(), dtype=self.dtype, device=self.D.device)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (B, G·m) -> y_t (B, G·p) and the next state (same shape as ``state``).
+
+        Args:
+            x_t: (B, G·m) input.
+            state: (B, G, M, 2) or (B, G, n).
+
+        Returns:
+            y_t (B, G·p) in x_t's dtype, and the next state.
+        """
+        u = x_t.to(self.dtype).reshape(x_t.shape[0], self.G, self.m)  # (B, G, m)
+        y = torch.einsum("gpm,bgm->bgp", self.D, u)  # (B, G, p)
+        if self.kind == "diagonal":
+            y = y + torch.einsum("gpn,bgn->bgp", self.C, state)
+            new = self.a * state + torch.einsum("gnm,bgm->bgn", self.B, u)  # (B, G, n)
+        elif self.kind == "modal":
+            xr, xi = state[..., 0], state[..., 1]  # (B, G, M) each
+            y = y + torch.einsum("gpk,bgk->bgp", self.C_re, xr) - torch.einsum("gpk,bgk->bgp", self.C_im, xi)
+            xr_new = self.lam_re * xr - self.lam_im * xi + torch.einsum("gkm,bgm->bgk", self.B_re, u)  # (B, G, M)
+            xi_new = self.lam_im * xr + self.lam_re * xi + torch.einsum("gkm,bgm->bgk", self.B_im, u)  # (B, G, M)
+            new = torch.stack([xr_new, xi_new], dim=-1)  # (B, G, M, 2)
+        else:
+            y = y + torch.einsum("gpn,bgn->bgp", self.C, state)
+            new = torch.einsum("gij,bgj->bgi", self.A, state) + torch.einsum("gnm,bgm->bgn", self.B, u)  # (B, G, n)
+        return y.reshape(x_t.shape[0], self.G * self.p).to(x_t.dtype), new
+
+
+def real_step_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) whose LTI layers are replaced by their `RealLTIStep`: its ``step`` and
+    ``initial_state`` then use real states only, and its outputs equal ``model.step``'s.
+
+    Args:
+        model: a SequenceModel, a DeepWiener or any module whose ``step(u_t, state)`` calls its layers' ``step``.
+
+    Returns:
+        the converted copy (the original is untouched).
+    """
+    copied = copy.deepcopy(model).eval()
+    for name, layer in _outer_lti_layers(copied):
+        dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
+        replacement = RealLTIStep(layer.state_space(), dtype=dtype).to(layer.state_device())
+        if not name:
+            return replacement
+        parent_name, _, child = name.rpartition(".")
+        setattr(copied.get_submodule(parent_name) if parent_name else copied, child, replacement)
+    return copied
+
+
+def _outer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The sequence layers of ``model`` that are not inside another one (a GSS's inner SSM is the GSS's business)."""
+    from ssmkit.layers.protocol import SequenceLayer
+
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, SequenceLayer) and not any(name.startswith(f"{outer}.") or not outer for outer, _ in found):
+            found.append((name, module))
+    return found
+
+
+def _outer_lti_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in _outer_layers(model) if m.supports("state_space")]
+
+
+def _flatten(state: Any) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for part in state for t in _flatten(part)]
+
+
+def _unflatten(template: Any, flat: list[torch.Tensor], start: int = 0) -> tuple[Any, int]:
+    if isinstance(template, torch.Tensor):
+        return flat[start], start + 1
+    parts = []
+    for part in template:
+        value, start = _unflatten(part, flat, start)
+        parts.append(value)
+    if isinstance(template, list):
+        return parts, start
+    return (type(template)(*parts) if hasattr(template, "_fields") else tuple(parts)), start
+
+
+class StepFunction(nn.Module):
+    """``(u_t, *state parts) -> (y_t, *next state parts)``: a model's step with a flat list of real state tensors.
+
+    Args:
+        model: a model with ``step(u_t, state)`` and ``initial_state(batch_size)`` (see `real_step_model`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._template = model.initial_state(1)
+
+    def forward(self, u_t: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step: u_t (B, m) (or token ids (B,)) and the flat state parts -> y_t (B, p) and the next parts."""
+        structured, _ = _unflatten(self._template, list(state))
+        y, new = self.model.step(u_t, structured)
+        return (y, *_flatten(new))
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What `export_onnx` wrote: the file, the graph's input/output names, and the state part shapes.
+
+    Attributes:
+        path: the ONNX file.
+        input_name: the input's name (``"u"``).
+        state_names: the state inputs, in order (``"state_0"``, ...).
+        output_names: ``"y"`` then the next-state outputs (``"next_state_0"``, ...).
+        state_shapes: each state part's shape, batch first.
+        state_dtypes: each state part's numpy dtype.
+    """
+
+    path: str
+    input_name: str
+    state_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    state_shapes: tuple[tuple[int, ...], ...]
+    state_dtypes: tuple[np.dtype, ...]
+
+    def initial_state(self) -> list[np.ndarray]:
+        """Zero states, one numpy array per state part (the rest state of the model)."""
+        return [np.zeros(s, dtype=d) for s, d in zip(self.state_shapes, self.state_dtypes)]
+
+
+def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
+    """The exported graph's state parts from a model state (``forward``/``step``'s), when every LTI layer is modal.
+
+    The model's state list holds one entry per sequence layer, in module order (a SequenceModel's blocks, a
+    DeepWiener's layers). A modal LTI layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module
+    docstring); a mixer's parts are copied; a dense realisation (S4) has its own basis and raises.
+
+    Args:
+        model: the model that was exported.
+        state: its per-layer state list.
+
+    Returns:
+        the numpy state parts, in the order of ``OnnxExport.state_names``.
+    """
+    layers = [m for _, m in _outer_layers(model)]
+    if not isinstance(state, (list, tuple)) or len(state) != len(layers):
+        raise ValueError(f"state must be a list of {len(layers)} layer states (one per sequence layer, in order)")
+    out = []
+    for layer, entry in zip(layers, state):
+        if layer.supports("state_space"):
+            real = RealLTIStep(layer.state_space())
+            if real.kind == "dense" or entry.is_complex() != (real.kind == "modal"):
+                raise NotImplementedError(
+                    f"{type(layer).__name__}'s state has no direct counterpart in the exported graph (its realisation "
+                    "is dense, in its own basis): start the ONNX graph from zeros"
+                )
+            if entry.is_complex():
+                entry = torch.view_as_real(entry)  # (..., 2): the modal form's (Re, Im) pairs
+            entry = entry.reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2) or (B, G, n)
+        dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
+        out += [part.detach().cpu().to(dtype if part.is_floating_point() else part.dtype).numpy()
+                for part in _flatten(entry)]
+    return out
+
+
+def export_onnx(model: nn.Module, path: str, batch_size: int = 1, opset_version: int = 18) -> OnnxExport:
+    """Write ``model.step`` as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` (module docstring).
+
+    Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
+
+    Args:
+        model: a SequenceModel (real inputs (B, d_input) or token ids (B,)) or a DeepWiener, in eval mode or not
+            (the exported copy is put in eval mode).
+        path: the ONNX file to write.
+        batch_size: the graph's fixed batch size B.
+        opset_version: the ONNX opset.
+
+    Returns:
+        an :class:`OnnxExport` describing the graph.
+    """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    u = _example_input(model, batch_size)
+    converted = real_step_model(model)
+    fn = StepFunction(converted).eval()
+    state = _flatten(converted.initial_state(batch_size))
+    for i, part in enumerate(state):
+        if 0 in part.shape:
+            raise NotImplementedError(
+                f"state part {i} {tuple(part.shape)} has a growing axis (a key/value cache or a long-convolution history): "
+                "a fixed-shape ONNX graph cannot hold it"
+            )
+        if part.is_complex():
+            raise NotImplementedError(
+                f"state part {i} is complex ({part.dtype}): ONNX has no complex tensors, and the layer holding it has no "
+                "state-space realisation of its own to export in real arithmetic (e.g. an LTI core inside a gated mixer)"
+            )
+    names = tuple(f"state_{i}" for i in range(len(state)))
+    outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
+    with torch.enable_grad():  # step caches compare parameter values unless autograd is on: not traceable
+        try:
+            torch.onnx.export(fn, (u, *state), path, input_names=["u", *names], output_names=list(outputs),
+                              opset_version=opset_version, dynamo=True, external_data=False, optimize=True,
+                              verbose=False)
+        except ImportError:
+            raise
+        except Exception as err:  # the exporter's own errors name the op it could not convert
+            raise NotImplementedError(f"{type(model).__name__}.step could not be exported to ONNX: {err}") from err
+    return OnnxExport(
+        path=str(path), input_name="u", state_names=names, output_names=outputs,
+        state_shapes=tuple(tuple(p.shape) for p in state),
+        state_dtypes=tuple(np.dtype(str(p.dtype).removeprefix("torch.")) for p in state),
+    )
+
+
+def _example_input(model: nn.Module, batch_size: int) -> torch.Tensor:
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    if getattr(model, "vocab_size", None) is not None:
+        return torch.zeros(batch_size, dtype=torch.int64, device=device)
+    width = getattr(model, "d_input", None) or getattr(model, "n_inputs", None)
+    if width is None:
+        raise ValueError(f"cannot tell the input width of {type(model).__name__}: it needs d_input or n_inputs")
+    dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
+    return torch.zeros(batch_size, width, dtype=dtype, device=device)

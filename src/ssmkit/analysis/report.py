@@ -1,0 +1,194 @@
+"""The analysis report of a model: a one-page markdown summary, the figures as PNGs and the numbers as JSON.
+
+    paths = ssmkit.analysis.write_report(model, "runs/x/analysis", title="runs/x/checkpoints/last.ckpt")
+
+Files: ``summary.md`` (a table per LTI layer: systems, states, spectral radius, stability margin, time constants,
+DC gain range, H∞ norm; the layers without a realisation and why; the figures), ``analysis.json``, ``poles.png``,
+``bode.png``, ``responses.png`` (impulse and step), ``kernels.png`` (the learned kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers, model_dt, skipped_layers
+
+__all__ = ["layer_record", "summary_markdown", "write_report"]
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def layer_record(result: LayerAnalysis) -> dict[str, Any]:
+    """A JSON-ready record of one layer's figures (inf written as null).
+
+    Args:
+        result: the layer's analysis.
+
+    Returns:
+        a dict of plain numbers and lists.
+    """
+    dc = result.dc_gain
+    return {
+        "name": result.name,
+        "layer": result.layer,
+        "systems": result.system.nsystems,
+        "states": result.system.nstates,
+        "inputs": result.system.ninputs,
+        "outputs": result.system.noutputs,
+        "dt": result.system.dt,
+        "stable": result.stable,
+        "spectral_radius": result.spectral_radius,
+        "spectral_abscissa": _finite(result.spectral_abscissa),
+        "stability_margin": result.stability_margin,
+        "slowest_time_constant": _finite(result.slowest_time_constant),
+        "fastest_time_constant": _finite(result.fastest_time_constant),
+        "dc_gain_min": _finite(dc.min()),
+        "dc_gain_max": _finite(dc.max()),
+        "hinf_max": _finite(result.hinf.max()),
+        "hinf": [_finite(h) for h in result.hinf],
+        "poles_real": _clean(result.poles.real),
+        "poles_imag": _clean(result.poles.imag),
+        "poles_continuous_real": _clean(result.poles_continuous.real),
+        "poles_continuous_imag": _clean(result.poles_continuous.imag),
+    }
+
+
+def _clean(a: np.ndarray) -> list:
+    """A nested list with non-finite entries as None (JSON has no inf)."""
+    return np.where(np.isfinite(a), a, None).tolist()
+
+
+def _fmt(x: float | None, spec: str = ".4g") -> str:
+    return "—" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str, str]], title: str,
+                     figures: list[str]) -> str:
+    """The one-page summary as markdown.
+
+    Args:
+        results: the LTI layers' analyses.
+        skipped: (module path, layer name, reason) of the layers without a realisation.
+        title: what was analysed (a checkpoint path).
+        figures: PNG file names to embed.
+
+    Returns:
+        the markdown text.
+    """
+    dt = results[0].system.dt if results else 1.0
+    unit = "s" if dt != 1.0 else "samples"
+    rate = "1/s" if dt != 1.0 else "1/sample"
+    lines = [f"# Control analysis: {title}", ""]
+    if results:
+        stable = all(r.stable for r in results)
+        worst = max(results, key=lambda r: r.spectral_radius)
+        lines += [
+            f"{len(results)} LTI layer(s), sampling time dt = {dt:g} s. Every layer Schur stable: "
+            f"**{'yes' if stable else 'NO'}** (largest spectral radius {worst.spectral_radius:.6f} in {worst.name}).",
+            "",
+            f"| layer | type | G × (n states, m in, p out) | spectral radius | margin 1 − ρ | max Re s ({rate}) | "
+            f"slowest τ ({unit}) | fastest τ ({unit}) | DC gain range | H∞ (max over G) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results:
+            s = r.system
+            lines.append(
+                f"| {r.name} | {r.layer} | {s.nsystems} × ({s.nstates}, {s.ninputs}, {s.noutputs}) | "
+                f"{r.spectral_radius:.6f} | {r.stability_margin:.3g} | {_fmt(r.spectral_abscissa)} | "
+                f"{_fmt(r.slowest_time_constant)} | "
+                f"{_fmt(r.fastest_time_constant)} | [{_fmt(r.dc_gain.min())}, {_fmt(r.dc_gain.max())}] | "
+                f"{_fmt(r.hinf.max())} |"
+            )
+        lines += [
+            "",
+            "Poles z are those of each layer's real realisation (control convention x[k+1] = A x[k] + B u[k]); "
+            "equivalent continuous poles s = log(z)/dt are in analysis.json's layers (time constants τ = −dt / log|z|). "
+            "H∞ norms are certified (Cayley map + Hamiltonian test, relative bracket 2e-10).",
+        ]
+    else:
+        lines.append("The model has no layer with a state-space realisation.")
+    if skipped:
+        lines += ["", "Layers without a state-space realisation (not analysed):", ""]
+        lines += [f"- {name} ({layer}): {why}" for name, layer, why in skipped]
+    if figures:
+        lines.append("")
+        lines += [f"![{os.path.splitext(f)[0]}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _kernels(model: nn.Module, results: list[LayerAnalysis]) -> list[tuple[str, np.ndarray]]:
+    from ssmkit.analysis.plots import impulse_response, response_length
+
+    layers = dict(lti_layers(model))
+    out = []
+    for r in results:
+        L = response_length(r, 512)
+        layer = layers[r.name]
+        if layer.supports("kernel"):
+            with torch.no_grad():
+                K = layer.kernel(L).detach().cpu().double().numpy()  # (H, L) or (H_out, H_in, L)
+            if K.ndim == 3:
+                K = np.stack([K[i, i] for i in range(min(K.shape[0], K.shape[1]))])  # (H, L) diagonal
+            title = f"{r.name} ({r.layer}): kernel K (channels × lags)"
+        else:
+            h = impulse_response(r.system, L)  # (G, p, m, L)
+            K = h[:, 0, 0] if r.system.nsystems > 1 else np.stack([h[0, i, i] for i in range(min(h.shape[1:3]))])
+            title = f"{r.name} ({r.layer}): impulse response of the realisation (no kernel view)"
+        out.append((title, K))
+    return out
+
+
+def write_report(model: nn.Module, out: str, title: str = "model", dt: float | None = None, channels: int = 8,
+                 plots: bool = True) -> dict[str, str]:
+    """Analyse ``model`` and write summary.md, analysis.json and (with matplotlib) the PNG figures into ``out``.
+
+    Args:
+        model: a SequenceModel, a DeepWiener or any module holding ssmkit layers.
+        out: the output folder (created).
+        title: what the summary calls the model (the checkpoint path).
+        dt: sampling time in seconds (None: the model's ``dt``, else 1).
+        channels: the most channels per layer in the figures.
+        plots: draw the figures (False: markdown and JSON only).
+
+    Returns:
+        the written files by kind (``summary``, ``json``, ``poles``, ``bode``, ``responses``, ``kernels``).
+    """
+    os.makedirs(out, exist_ok=True)
+    results = analyze_model(model, dt)
+    skipped = skipped_layers(model)
+    paths: dict[str, str] = {}
+    figures: list[str] = []
+    if plots and results:
+        from ssmkit.analysis import plots as figs
+
+        paths["poles"] = figs.plot_poles(results, os.path.join(out, "poles.png"))
+        paths["bode"] = figs.plot_bode(results, os.path.join(out, "bode.png"), channels)
+        paths["responses"] = figs.plot_responses(results, os.path.join(out, "responses.png"), channels)
+        paths["kernels"] = figs.plot_kernels(_kernels(model, results), os.path.join(out, "kernels.png"))
+        figures = [os.path.basename(paths[k]) for k in ("poles", "bode", "responses", "kernels")]
+    record = {
+        "title": title,
+        "dt": model_dt(model) if dt is None else dt,
+        "layers": [layer_record(r) for r in results],
+        "skipped": [{"name": n, "layer": l, "reason": why} for n, l, why in skipped],
+    }
+    paths["json"] = os.path.join(out, "analysis.json")
+    _write_text(paths["json"], json.dumps(record, indent=1, allow_nan=False))
+    paths["summary"] = os.path.join(out, "summary.md")
+    _write_text(paths["summary"], summary_markdown(results, skipped, title, figures))
+    return paths
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,5 +1,5 @@
-"""The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites) and
-``demo`` (end-to-end run).
+"""The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites),
+``demo`` (end-to-end run) and ``sysid`` (system identification on a benchmark).
 
     ssmkit --help                # the commands
     ssmkit train --help          # one model on one task (jsonargparse: every Experiment field is an option)
@@ -7,6 +7,7 @@
     ssmkit bench --help          # the suites
     ssmkit bench step --help     # one suite's options
     ssmkit demo --help           # the demo's options
+    ssmkit sysid --help          # identify a sysid benchmark (deep Wiener model), report and figures
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_parsers(bench)
     commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
                         add_help=False)
+    commands.add_parser("sysid", help="identify a system-identification benchmark with a deep Wiener model: report, "
+                        "table next to published results, figures", add_help=False)
     return parser
 
 
@@ -55,6 +58,10 @@ def _dispatch(argv: list[str]) -> int:
 
         entry = {"train": commands.train_main, "compare": commands.compare_main, "configs": commands.configs_main}
         return entry[args.command](rest, prog=f"ssmkit {args.command}")
+    if args.command == "sysid":
+        from ssmkit.sysid.commands import sysid_main
+
+        return sysid_main(rest, prog="ssmkit sysid")
     from ssmkit.demo import main as demo_main
 
     return demo_main(rest, prog="ssmkit demo")

@@ -56,11 +56,12 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # 1 024 samples at Ts = 4 s; the level starts near 5 V, so the state is estimated from the official 50-sample
-    # init window (not scored) by the encoder; Δ·Ts between 0.4 s and 40 s (validation 0.51 V against 0.62 V for
-    # 0.04–4 s and 1.69 V for the layer's default 1e-3–0.1 samples; docs/results.md)
+    # init window (not scored) by the encoder. Tuned on the validation tail (docs/results.md): Δ·Ts in 0.4–40 s
+    # (validation 0.51 V against 0.62 V for 0.04–4 s and 1.69 V for the layer's default 1e-3–0.1 samples), windows
+    # of 256 × 16 (0.39 V against 0.51 V for 512 × 8), H = N = 8 (16 overfits: 0.80 V)
     "cascaded_tanks": Recipe(d_model=8, n_layers=4, d_state=8, timescale=(0.4, 40.0), encoder_window=50,
-                             window=512, batch_size=8, steps=2000, lr=3e-3, val_fraction=0.2, val_every=25,
-                             patience=40),
+                             window=256, batch_size=16, steps=5000, lr=3e-3, val_fraction=0.2, val_every=25,
+                             patience=60),
     # 750 Hz, a 35.6 Hz resonance damped 1.1 %: Δ between 0.1 ms and 10 ms; no init window in the official test, the
     # simulation starts from rest and the first samples of each training window are left out of the loss
     "bouc_wen": Recipe(d_model=16, n_layers=4, d_state=16, timescale=(1e-4, 1e-2), encoder_window=0, window=512,

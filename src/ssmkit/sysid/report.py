@@ -64,9 +64,9 @@ def _plots(folder: pathlib.Path, bench: SysidBenchmark, sims: list[torch.Tensor]
         n = bench.n_init
         y = r.y[n:, 0].numpy() * bench.scale
         e = (y_sim[n:, 0] - r.y[n:, 0]).numpy() * bench.scale
-        f = np.fft.rfftfreq(len(y), r.dt)
-        ax.semilogy(f, np.abs(np.fft.rfft(y - y.mean())) / len(y), lw=0.8, label=f"measured, {r.name}")
-        ax.semilogy(f, np.abs(np.fft.rfft(e)) / len(y), lw=0.8, label=f"error, {r.name}")
+        f = np.fft.rfftfreq(len(y), r.dt)[1:]  # without DC (the measured mean is removed)
+        ax.loglog(f, np.abs(np.fft.rfft(y - y.mean()))[1:] / len(y), lw=0.8, label=f"measured, {r.name}")
+        ax.loglog(f, np.abs(np.fft.rfft(e))[1:] / len(y), lw=0.8, label=f"error, {r.name}")
     ax.set(title=f"{bench.title}: amplitude spectra after the init window", xlabel="frequency (Hz)",
            ylabel=f"|DFT| / L ({bench.unit})")
     ax.legend(fontsize=8)

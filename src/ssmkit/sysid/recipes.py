@@ -19,7 +19,7 @@ class Recipe:
         d_state: N, the state size per channel of each LTI layer.
         activation: σ of the blocks.
         timescale: (τ_min, τ_max), the range of the layers' initial Δ in seconds (None: the layer's default).
-        encoder_window: samples of past (u, y) read by the initial-state encoder (0: start from rest).
+        encoder_window: samples of past inputs and outputs read by the initial-state encoder (0: start from rest).
         window: training window T (samples simulated per window).
         batch_size: windows per step.
         steps: optimizer steps at most.

@@ -8,6 +8,8 @@ estimation/validation/test records and is scored the same way (simulation RMSE a
     PYTHONPATH=src /tmp/peers/bin/python scripts/sysid_peers.py --benchmark cascaded_tanks \
         --data-folder ../shared/data/cascaded_tanks --steps 2000 --out peers-tanks.json
 
+deepSI saves checkpoints under ``~/.deepSI-checkpoints``: set HOME to a scratch folder to keep them elsewhere.
+
 The budget: the recipe's number of optimizer steps, its validation split (the tail ``val_fraction`` of the
 estimation record) and validation every ``val_every`` steps with the best weights kept, for every tool. Each tool
 keeps its own batch convention: SUBNET draws ``subnet_batch`` windows of T = ``subnet_T`` samples (deepSI's
@@ -72,8 +74,6 @@ def run_subnet(bench, train, val, steps: int, val_every: int, T: int, batch: int
         for r in bench.test:
             s = model.simulate(io(r, pad))
             y = np.asarray(s.y).reshape(len(r) + pad, -1)[pad:]
-            if not bench.n_init:
-                pass
             sims.append(torch.as_tensor(y, dtype=torch.float64))
     return sims, seconds
 
@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    os.environ.setdefault("HOME", "/tmp")
     bench = load_benchmark(args.benchmark, args.data_folder)
     recipe = recipe_for(args.benchmark)
     steps = args.steps or recipe.steps

@@ -1,6 +1,7 @@
 """The ``ssmkit`` command: training (``train``, ``compare``, ``configs``), ``bench SUITE`` (performance suites),
 ``demo`` (end-to-end run), ``tasks`` (the tasks and whether their data is present), ``data get|extract`` (data
-sets), ``analyze`` and ``zoo`` (control analysis).
+sets), ``analyze`` and ``zoo`` (control analysis) and ``sysid``
+(system identification on a benchmark).
 
     ssmkit --help                # the commands
     ssmkit train --help          # one model on one task (jsonargparse: every Experiment field is an option)
@@ -12,6 +13,7 @@ sets), ``analyze`` and ``zoo`` (control analysis).
     ssmkit demo --help           # the demo's options
     ssmkit tasks                 # every task and whether its data is present
     ssmkit data get mnist        # fetch MNIST and verify its SHA-256 values
+    ssmkit sysid --help          # identify a sysid benchmark (deep Wiener model), report and figures
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="train a small S4D model on the adding problem, then run it step by step",
                         add_help=False)
     add_data_parsers(commands)
+    commands.add_parser("sysid", help="identify a system-identification benchmark with a deep Wiener model: report, "
+                        "table next to published results, figures", add_help=False)
     return parser
 
 
@@ -76,6 +80,10 @@ def _dispatch(argv: list[str]) -> int:
         if rest:
             build_parser().parse_args(argv)  # exits 2 naming the unrecognised arguments
         return run_data(args)
+    if args.command == "sysid":
+        from ssmkit.sysid.commands import sysid_main
+
+        return sysid_main(rest, prog="ssmkit sysid")
     from ssmkit.demo import main as demo_main
 
     return demo_main(rest, prog="ssmkit demo")

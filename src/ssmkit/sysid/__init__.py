@@ -1,10 +1,14 @@
 """System identification with deep SSMs: metrics with explicit conventions (``metrics``), input-output records and
 benchmarks (``records``), loaders of the real benchmarks (``benchmarks``: Cascaded Tanks, F-16 GVT, Bouc-Wen) and the
-Bouc-Wen simulator (``boucwen``)."""
+Bouc-Wen simulator (``boucwen``); the workflow (``recipes``, ``workflow``: identify and evaluate on a benchmark),
+one-step-ahead prediction (``prediction``), the report (``report``) and the ``ssmkit sysid`` command (``commands``)."""
 
 from ssmkit.sysid.benchmarks import BENCHMARKS, load_benchmark
 from ssmkit.sysid.metrics import fit_percent, mae, nrmse, r_squared, rmse, sysid_metrics
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
+from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
+from ssmkit.sysid.recipes import RECIPES, Recipe, recipe_for
+from ssmkit.sysid.workflow import build_model, evaluate, identify
 
 __all__ = [
     "BENCHMARKS",
@@ -18,4 +22,14 @@ __all__ = [
     "r_squared",
     "rmse",
     "sysid_metrics",
+    # the workflow
+    "RECIPES",
+    "Recipe",
+    "build_model",
+    "evaluate",
+    "free_run",
+    "identify",
+    "predict_one_step",
+    "prediction_record",
+    "recipe_for",
 ]

@@ -1,0 +1,99 @@
+"""One-step-ahead prediction with a deep Wiener model, for comparison with simulation training.
+
+A predictor is a :class:`~ssmkit.sysid.wiener.DeepWiener` with m + p inputs fed [u_t, y_{t-1}] (the input now and
+the output measured one sample before) and trained to output y_t:
+
+    ŷ_t = f(u_{≤t}, y_{≤t-1})                                   (one-step-ahead prediction, the NARX/ARX setting)
+
+Training minimises the one-step prediction error on windows of the shifted records (:func:`prediction_record`) with
+:func:`~ssmkit.sysid.fit.fit_simulation` (validation then scores one-step predictions). A benchmark scores the
+*simulation* of a model, so :func:`free_run` runs the predictor in closed loop, feeding back its own ŷ_{t-1} in
+place of the measurement after the first ``n_warm`` samples (there it reads the measured outputs): the comparison
+tells how much a predictor trained on one-step error loses when it has to simulate.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.sysid.records import IORecord
+from ssmkit.sysid.wiener import DeepWiener
+
+
+def prediction_record(record: IORecord) -> IORecord:
+    """The one-step-ahead record of ``record``: inputs [u_t, y_{t-1}] (L - 1, m + p), outputs y_t (L - 1, p), t ≥ 1.
+
+    Args:
+        record: an experiment with L ≥ 2 samples.
+
+    Returns:
+        the shifted record (one sample shorter).
+    """
+    if len(record) < 2:
+        raise ValueError(f"record {record.name!r} needs at least 2 samples for one-step-ahead prediction; got {len(record)}")
+    u = torch.cat([record.u[1:], record.y[:-1]], dim=-1)
+    return IORecord(u, record.y[1:], record.dt, f"{record.name} (one-step-ahead)")
+
+
+def check_predictor(model: DeepWiener, n_inputs: int, n_outputs: int) -> None:
+    """Raise ValueError unless ``model`` takes [u, y_prev] (m + p inputs) and returns p outputs.
+
+    Args:
+        model: the predictor.
+        n_inputs: m of the data.
+        n_outputs: p of the data.
+    """
+    if model.n_inputs != n_inputs + n_outputs or model.n_outputs != n_outputs:
+        raise ValueError(f"a one-step-ahead predictor of an {n_inputs}-input {n_outputs}-output system needs "
+                         f"n_inputs = m + p = {n_inputs + n_outputs} and n_outputs = {n_outputs}; "
+                         f"got {model.n_inputs} and {model.n_outputs}")
+
+
+@torch.no_grad()
+def predict_one_step(model: DeepWiener, record: IORecord) -> torch.Tensor:
+    """One-step-ahead predictions ŷ_t from the measured y_{t-1} (t ≥ 1), from rest; ŷ_0 is the measured y_0.
+
+    Args:
+        model: a predictor (m + p inputs, p outputs).
+        record: the experiment (L, m) → (L, p).
+
+    Returns:
+        ŷ (L, p).
+    """
+    check_predictor(model, record.u.shape[1], record.y.shape[1])
+    shifted = prediction_record(record)
+    dtype = model.u_mean.dtype
+    y_hat, _ = model(shifted.u.to(dtype)[None], return_state=False)
+    return torch.cat([record.y[:1].to(dtype), y_hat[0]])
+
+
+@torch.no_grad()
+def free_run(model: DeepWiener, record: IORecord, n_warm: int = 0) -> torch.Tensor:
+    """Simulate with a predictor: its own ŷ_{t-1} replaces the measurement after the first ``n_warm`` samples.
+
+    The first ``n_warm`` samples are one-step predictions from the measured outputs (they warm the state up and are
+    returned as measured); from then on the model runs one sample at a time with ``step``.
+
+    Args:
+        model: a predictor (m + p inputs, p outputs).
+        record: the experiment; its outputs are read only in the warm-up window.
+        n_warm: samples with measured outputs fed back (≥ 1; the benchmark's init window is the honest choice).
+
+    Returns:
+        ŷ (L, p), equal to the measurement in the first ``n_warm`` samples.
+    """
+    check_predictor(model, record.u.shape[1], record.y.shape[1])
+    if not isinstance(n_warm, int) or not 1 <= n_warm < len(record):
+        raise ValueError(f"n_warm must be an int in [1, {len(record) - 1}] (samples read from the measurement); got {n_warm!r}")
+    dtype = model.u_mean.dtype
+    u, y = record.u.to(dtype), record.y.to(dtype)
+    state = model.initial_state(1)
+    if n_warm > 1:
+        warm = torch.cat([u[1:n_warm], y[: n_warm - 1]], dim=-1)[None]
+        _, state = model(warm, state)
+    out = [y[:n_warm]]
+    y_prev = y[n_warm - 1: n_warm]  # (1, p)
+    for t in range(n_warm, len(record)):
+        y_prev, state = model.step(torch.cat([u[t: t + 1], y_prev], dim=-1), state)
+        out.append(y_prev)
+    return torch.cat(out)

@@ -1,0 +1,84 @@
+"""Default recipes per benchmark: the model size, the Δ timescale in seconds and the training options that
+``ssmkit sysid`` uses when the user does not set them (tuned on the estimation data only; see docs/results.md).
+
+    recipe = recipe_for("cascaded_tanks")       # a Recipe; dataclasses.replace(recipe, steps=500) to change one
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build and train a deep Wiener model on one benchmark.
+
+    Args:
+        d_model: H, the width of the blocks.
+        n_layers: the number of Wiener blocks.
+        d_state: N, the state size per channel of each LTI layer.
+        activation: σ of the blocks.
+        timescale: (τ_min, τ_max), the range of the layers' initial Δ in seconds (None: the layer's default).
+        encoder_window: samples of past inputs and outputs read by the initial-state encoder (0: start from rest).
+        window: training window T (samples simulated per window).
+        batch_size: windows per step.
+        steps: optimizer steps at most.
+        lr: learning rate of the non-SSM weights (SSM parameters keep their marked rate).
+        ssm_lr: the marked learning rate of the SSM parameters (None: the layer's default).
+        decay: γ of the decaying-weight MSE (None: plain MSE).
+        washout: samples left out of the loss at the start of a window (no encoder).
+        val_fraction: the tail of the estimation records held out for validation and early stopping.
+        val_every: validate every this many steps.
+        patience: validations without improvement before stopping.
+        weight_decay: AdamW weight decay of the non-SSM weights.
+        ssm_weight_decay: weight decay of the SSM parameters (None: none).
+    """
+
+    d_model: int = 16
+    n_layers: int = 4
+    d_state: int = 16
+    activation: str = "elu"
+    timescale: tuple[float, float] | None = None
+    encoder_window: int = 0
+    window: int = 256
+    batch_size: int = 16
+    steps: int = 2000
+    lr: float = 3e-3
+    ssm_lr: float | None = None
+    decay: float | None = None
+    washout: int = 0
+    val_fraction: float = 0.2
+    val_every: int = 25
+    patience: int = 40
+    weight_decay: float = 0.0
+    ssm_weight_decay: float | None = None
+
+
+RECIPES: dict[str, Recipe] = {
+    # 1 024 samples at Ts = 4 s; the level starts near 5 V, so the state is estimated from the official 50-sample
+    # init window (not scored) by the encoder. Tuned on the validation tail (docs/results.md): Δ·Ts in 0.4–40 s
+    # (validation 0.51 V against 0.62 V for 0.04–4 s and 1.69 V for the layer's default 1e-3–0.1 samples), windows
+    # of 256 × 16 (0.39 V against 0.51 V for 512 × 8), H = N = 8 (16 overfits: 0.80 V)
+    "cascaded_tanks": Recipe(d_model=8, n_layers=4, d_state=8, timescale=(0.4, 40.0), encoder_window=50,
+                             window=256, batch_size=16, steps=5000, lr=3e-3, val_fraction=0.2, val_every=25,
+                             patience=60),
+    # 750 Hz, a 35.6 Hz resonance damped 1.1 %: Δ·Ts between 0.1 ms and 10 ms; no init window in the official test, so
+    # the simulation starts from rest and the first 100 samples of each training window are left out of the loss.
+    # Validation was still falling after 3 000 steps at lr 3e-3 and 3 000 more at 1e-3 (docs/results.md)
+    "bouc_wen": Recipe(d_model=16, n_layers=4, d_state=16, timescale=(1e-4, 1e-2), encoder_window=0, window=512,
+                       batch_size=16, steps=6000, lr=3e-3, washout=100, val_fraction=0.2, val_every=50, patience=20),
+    "f16": Recipe(d_model=16, n_layers=4, d_state=16, timescale=(2.5e-5, 2.5e-2), encoder_window=50, window=512,
+                  batch_size=16, steps=3000, lr=3e-3, val_fraction=0.1, val_every=50, patience=20),
+}
+
+
+def recipe_for(benchmark: str) -> Recipe:
+    """The default recipe of ``benchmark`` (a generic one for benchmarks without their own).
+
+    Args:
+        benchmark: the benchmark's registry name.
+
+    Returns:
+        the recipe.
+    """
+    return RECIPES.get(benchmark, Recipe())

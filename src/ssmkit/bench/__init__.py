@@ -3,6 +3,9 @@
     core   forward and forward+backward of S4D and S4: fast paths against the reference loops
     step   recurrent generation: each layer's ``step`` against the bare diagonal-SSM step arithmetic
     ssd    Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step
+    cases       named cases (layer × B × L × H × N × dtype × mode) against the machine's limits and the peers
+    contention  each case alone, then beside N busy processes: ssmkit's and the peers' slow-downs
+    crossover   the chunked scan against the FFT path over L: the entries of ``auto``'s table
 
 Each suite is a module with ``main(argv, prog) -> int`` that parses its own options; it is imported only
 when run.
@@ -18,6 +21,9 @@ SUITES = {
     "core": "forward and forward+backward of S4D and S4: fast paths against the reference loops",
     "step": "recurrent step of each layer (tokens/s) against the bare diagonal-SSM step arithmetic",
     "ssd": "Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step",
+    "cases": "named cases against the machine's copy bandwidth and GEMM rate and the peers: table, JSON, PNG",
+    "contention": "each case alone, then beside N busy processes: ssmkit's and the peers' slow-downs",
+    "crossover": "the chunked scan against the FFT path over L: the entries of auto's table (ssmkit.ops.scan)",
 }
 
 

@@ -166,7 +166,7 @@ def _chunk_operators(
     to_state = pack(powers[:, :T].flip(1) * B_bar[:, None])  # (H, T, 2N)
     W = C[:, None] * powers[:, 1:]  # (H, T, N): C_n Ā_n^{t+1}
     if W.is_complex():
-        from_state = torch.stack([W.real, -W.imag], dim=-1).flatten(2).transpose(1, 2)  # (H, 2N, T), rows (n, re/im)
+        from_state = pack(W.conj().resolve_conj()).transpose(1, 2)  # (H, 2N, T), rows (n, re/im): [Re, -Im]
     else:
         from_state = W.transpose(1, 2)  # (H, N, T)
     return toeplitz, to_state, from_state, powers
@@ -198,7 +198,7 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
     local = [cols[0]]  # inclusive scan inside each group, from a zero state
     for i in range(1, G):
         local.append(torch.addcmul(cols[i], A_g, local[-1]))  # (H, B, ng, N)
-    powers = wide_powers(A_T, G + 1)  # (H, N, G+1): (Ā^T)^i
+    powers = power_table(A_T, G + 1)  # (H, N, G+1): (Ā^T)^i, i <= G ≈ √nc products deep (no wide copy needed)
     A_G = powers[..., G][:, None, :].expand(H, Bsz, N)  # (H, B, N)
     ends = local[-1].unbind(2)  # ng × (H, B, N)
     carried = [x0 if x0 is not None else torch.zeros_like(ends[0])]  # the state before each group

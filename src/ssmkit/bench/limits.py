@@ -5,12 +5,13 @@ Two limits, each measured by the run that uses it (a figure from another day on 
     copy bandwidth  bytes read + written per second by ``dst.copy_(src)`` of a buffer larger than the caches
     FLOP rate       float32 multiply-adds per second of a large square GEMM (the practical peak of this BLAS)
 
-and two lower bounds of a case (B, L, H, N), from docs/benchmarks.md and REFERENCE §6.4 (the fused-scan model):
+and two lower bounds of a case (B, L, H, N), from the fused-scan model of docs/benchmarks.md (a scan that never writes its state):
 
     bytes  forward ``2·B·L·H·s`` (read u, write y); forward+backward ``4·B·L·H·s`` (u, dy in; y, du out);
            step ``B·H·(2·s + 2·N·s)`` per token (u in, y out, the state read and written)
-    flops  ``6·B·L·H·N`` forward (per (b, t, h): N/2 complex modes, a complex multiply-add of the state, the
-           input and the output term ≈ 12 real flops each); forward+backward 3x forward; step ``6·B·H·N`` per token
+    flops  ``6·B·L·H·N`` forward (per batch row, step and channel: N/2 complex modes, a complex multiply-add
+           of the state, the input and the output term ≈ 12 real flops each); forward+backward 3x forward;
+           step ``6·B·H·N`` per token
 
 The achieved fraction of a bound is bound time / measured time (1.0 = at the limit).
 """

@@ -21,7 +21,7 @@ def hybrid(names: list[str], **kw) -> SequenceModel:
 
 
 def test_interleave_writes_the_usual_patterns():
-    assert interleave("s4d", "dss", 6, every=3) == ["s4d", "s4d", "dss"] * 2  # as Griffin: two recurrent, one attention
+    assert interleave("rglru", "attention", 6, every=3) == ["rglru", "rglru", "attention"] * 2  # Griffin
     assert interleave("s4d", "dss", 4, every=2, offset=0) == ["dss", "s4d", "dss", "s4d"]
     assert interleave("s4d", "dss", 3, every=1) == ["dss"] * 3
     with pytest.raises(ValueError, match="offset must be"):
@@ -64,3 +64,20 @@ def test_per_layer_options_and_the_config_round_trip(tmp_path):
     # a name in the pattern without options gets the layer's defaults
     defaults = SequenceModel(2, H, 2, ["s4d", "dss"], {"s4d": {"d_state": 4}}, 3)
     assert defaults.blocks[1].layer.d_state == layers.layer_class("dss")(d_model=H).d_state
+
+
+def test_griffin_style_hybrid_with_local_attention_decodes_as_its_forward():
+    names = interleave("rglru", "attention", 3, every=3)
+    torch.manual_seed(8)
+    model = SequenceModel(2, H, 3, names, {"rglru": variants("rglru")[0], "attention": {"n_heads": 1, "head_dim": 4,
+                                                                                         "window": 4}},
+                          3, head="regress", pool=None, device=DEVICE, dtype=torch.float64).eval()
+    x = torch.randn(2, 15, 2, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        y, _ = model(x)
+        s, ys = model.initial_state(2), []
+        for t in range(15):
+            y_t, s = model.step(x[:, t], s)
+            ys.append(y_t)
+    assert rel_err(torch.stack(ys, 1), y) < 1e-10
+    assert model.blocks[2].layer.window == 4

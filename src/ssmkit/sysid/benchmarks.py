@@ -1,4 +1,6 @@
-"""Loaders of the real benchmarks that ship as files (Cascaded Tanks, F-16 GVT, the Bouc-Wen test sets), by name.
+"""Benchmarks by name: loaders of the real benchmarks that ship as files (Cascaded Tanks, F-16 GVT, the Bouc-Wen
+test sets here; Wiener-Hammerstein 2009, Silverbox, EMPS, CED, Parallel WH in :mod:`ssmkit.sysid.nlbench`) and the
+simulated surrogates (:mod:`ssmkit.sysid.surrogates`).
 
     bench = load_benchmark("cascaded_tanks", folder="path/to/cascaded_tanks")
     bench.train[0].u, bench.test[0].y, bench.n_init, bench.unit
@@ -18,9 +20,11 @@ import pathlib
 from typing import Callable
 
 import numpy as np
-import torch
 
+from ssmkit.sysid.datafiles import default_folder, to_channels as _t
+from ssmkit.sysid.nlbench import ced, emps, parallel_wh, silverbox, wiener_hammerstein
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
+from ssmkit.sysid.surrogates import SURROGATES
 
 SHA256 = {
     "cascaded_tanks/dataBenchmark.csv": "ef2388ed822f3aef4aa80d6b0f2b466dd80b361786b3eafc7a2957c31ea323a7",
@@ -37,16 +41,6 @@ SHA256 = {
     "bouc_wen/yval_sinesweep.mat": "52b49f7ff62487bf75efbed95bf759b06d8bad1127a8e63bc242e119d72bc57b",
 }
 SOURCE = "nonlinearbenchmark.org (files as committed in forgi86/dynonet)"
-
-
-def default_folder(name: str) -> pathlib.Path:
-    """``$SSMKIT_DATA/sysid/<name>`` (``$SSMKIT_DATA`` defaults to ``~/.cache/ssmkit``).
-
-    Args:
-        name: the benchmark's folder name (``cascaded_tanks``, ``f16gvt``, ``bouc_wen``).
-    """
-    root = os.environ.get("SSMKIT_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "ssmkit")
-    return pathlib.Path(root) / "sysid" / name
 
 
 def _file(folder: pathlib.Path, key: str, check: bool) -> pathlib.Path:
@@ -72,10 +66,6 @@ def _columns(path: pathlib.Path) -> dict[str, np.ndarray]:
     cols = {names[i]: table[:, j] for j, i in enumerate(dense)}
     cols.update({names[i]: np.asarray([float(first[i])]) for i in sparse})
     return cols
-
-
-def _t(*arrays: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.stack(arrays, axis=1), dtype=torch.float64)  # (L, channels)
 
 
 def cascaded_tanks(folder: str | os.PathLike | None = None, check: bool = True) -> SysidBenchmark:
@@ -195,23 +185,34 @@ def bouc_wen(folder: str | os.PathLike | None = None, train_periods: int = 5, tr
     )
 
 
-BENCHMARKS: dict[str, Callable[..., SysidBenchmark]] = {
+FILE_BENCHMARKS: dict[str, Callable[..., SysidBenchmark]] = {
     "cascaded_tanks": cascaded_tanks,
     "f16": f16,
     "bouc_wen": bouc_wen,
+    "wiener_hammerstein": wiener_hammerstein,
+    "silverbox": silverbox,
+    "emps": emps,
+    "ced": ced,
+    "parallel_wh": parallel_wh,
 }
+BENCHMARKS: dict[str, Callable[..., SysidBenchmark]] = {**FILE_BENCHMARKS, **SURROGATES}
 
 
 def load_benchmark(name: str, folder: str | os.PathLike | None = None) -> SysidBenchmark:
-    """A benchmark by name (``cascaded_tanks``, ``f16``, ``bouc_wen``) with its default options.
+    """A benchmark by name with its default options: the real ones read from files (``cascaded_tanks``, ``f16``,
+    ``bouc_wen``, ``wiener_hammerstein``, ``silverbox``, ``emps``, ``ced``, ``parallel_wh``) and the simulated
+    surrogates (``wh_surrogate``, ``duffing_surrogate``, ``tanks_surrogate``, ``emps_surrogate``; seed 0).
 
     Args:
         name: the benchmark.
-        folder: where its files are (default ``$SSMKIT_DATA/sysid/<folder name>``).
+        folder: where its files are (default ``$SSMKIT_DATA/sysid/<folder name>``); surrogates read no files and
+            ignore it.
 
     Returns:
         the benchmark.
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+    if name in SURROGATES:
+        return SURROGATES[name]()
     return BENCHMARKS[name](folder)

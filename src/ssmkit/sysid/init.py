@@ -1,0 +1,268 @@
+"""Data-driven initialisation of a deep Wiener model's first LTI layer (a future direction of Bonassi et al.,
+arXiv 2312.06211, §"future research": start the eigenvalues from a best linear approximation or a subspace
+estimate of the data rather than HiPPO or a random ring).
+
+    z = subspace_poles(bench.train, order=8)          # discrete poles of a linear model of the data
+    init_from_data(model, bench.train)                 # the same, written into model.layers[0]
+
+Estimates (both pool several experiments without concatenating them):
+
+- :func:`arx_poles`, the best linear approximation by least squares: the ARX model
+  y_t + a₁ y_{t−1} + … + a_n y_{t−n} = Σ_j Σ_{k=0..n} b_{jk} u_{j,t−k}  (one output, every input, common denominator);
+  the poles are the roots of z^n + a₁ z^{n−1} + … + a_n. Unbiased for noise-free data; biased by output noise.
+- :func:`subspace_poles`, PO-MOESP (Verhaegen 1994), for several inputs and outputs: block Hankel matrices of i
+  past and i future samples, an LQ factorisation, the SVD of the future outputs' part explained by the past,
+  Γ_i from its n leading singular vectors, A = Γ_i[:−p]⁺ Γ_i[p:], the poles = eig(A).
+
+Poles → layer (:func:`set_discrete_poles`): one complex mode per conjugate pair (the one with Im z ≥ 0) or per
+real pole, the slowest (largest |z|) first; |z| is clipped into [r_min, r_max] (r_max < 1: Schur, so stable).
+The parametrisation is inverted exactly, so the layer's discrete eigenvalues equal the poles:
+
+- S4D (ZOH): λ = log(z)/Δ per channel (Re λ = log|z|/Δ < 0); bilinear: λ = (2/Δ)(z − 1)/(z + 1). Δ is kept.
+- S5: the same with its per-mode Δ.   DLR: Λ = log z (a = √(−log|z|), b = arg z).
+- LRU: ν = log(−log|z|), θ = log(arg z) (arg z floored at 1e-4: θ parametrises a positive phase; a real pole
+  keeps a negligible rotation), γ = √(1 − |z|²) as the LRU's own initialisation.
+
+Modes beyond the estimated ones keep their current (HiPPO, ring, ...) values. By default the order is read off the
+subspace singular values (their largest drop): a full-order fit (every mode) adds spurious slow poles — on Bouc-Wen
+a real pole at |z| = 0.9999 that training windows cannot see, which ruined long simulations (docs/results.md). :func:`ring_poles` draws the LRU-style
+ring initialisation for comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ssmkit.sysid.records import IORecord
+
+SUPPORTED = ("s4d", "s5", "dlr", "lru")
+
+
+def _arrays(records: Sequence[IORecord] | IORecord) -> list[tuple[np.ndarray, np.ndarray]]:
+    recs = [records] if isinstance(records, IORecord) else list(records)
+    if not recs or not all(isinstance(r, IORecord) for r in recs):
+        raise ValueError("records must be an IORecord or a non-empty list of IORecords")
+    return [(r.u.detach().cpu().numpy().astype(np.float64), r.y.detach().cpu().numpy().astype(np.float64)) for r in recs]
+
+
+def _check_order(order: int) -> None:
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an int >= 1 (the number of poles); got {order!r}")
+
+
+def arx_poles(records: Sequence[IORecord] | IORecord, order: int, output_index: int = 0) -> np.ndarray:
+    """Poles of the least-squares ARX model of one output from every input (module docstring).
+
+    Args:
+        records: the estimation records (each (L, m) inputs and (L, p) outputs).
+        order: n, the number of poles.
+        output_index: which output.
+
+    Returns:
+        (n,) complex poles.
+    """
+    _check_order(order)
+    data = _arrays(records)
+    n = order
+    rows, rhs = [], []
+    u_std = np.concatenate([u for u, _ in data]).std(0) + 1e-300
+    y_std = np.concatenate([y[:, output_index] for _, y in data]).std() + 1e-300
+    for u, y in data:
+        if not 0 <= output_index < y.shape[1]:
+            raise ValueError(f"output_index must be in [0, {y.shape[1]}); got {output_index}")
+        yy, uu = y[:, output_index] / y_std, u / u_std
+        L = yy.shape[0]
+        if L <= n + 1:
+            continue
+        t = np.arange(n, L)
+        past_y = np.stack([-yy[t - k] for k in range(1, n + 1)], axis=1)
+        past_u = np.concatenate([uu[t - k] for k in range(n + 1)], axis=1)
+        rows.append(np.concatenate([past_y, past_u], axis=1))
+        rhs.append(yy[t])
+    if not rows:
+        raise ValueError(f"every record is too short for an ARX model of order {order}")
+    theta = np.linalg.lstsq(np.concatenate(rows), np.concatenate(rhs), rcond=None)[0]
+    return np.roots(np.concatenate([[1.0], theta[:n]])).astype(np.complex128)
+
+
+def _hankel(x: np.ndarray, first: int, rows: int, cols: int) -> np.ndarray:
+    """Block Hankel (rows·c, cols) of x (L, c) starting at sample ``first``."""
+    return np.concatenate([x[first + i: first + i + cols].T for i in range(rows)], axis=0)
+
+
+def subspace_poles(records: Sequence[IORecord] | IORecord, order: int | None = None, horizon: int | None = None,
+                   max_order: int = 16) -> np.ndarray:
+    """Poles of a PO-MOESP subspace estimate of the records' linear dynamics (every input and output).
+
+    Args:
+        records: the estimation records (each (L, m) inputs and (L, p) outputs).
+        order: n, the state dimension; None picks it at the largest drop between consecutive singular values
+            (σ_k / σ_{k+1}) among the first ``max_order`` (the usual reading of an N4SID singular-value plot).
+        horizon: i, block rows of past and of future (default max(2n, 10), n = ``order`` or ``max_order``);
+            i · p must exceed n.
+        max_order: the largest order considered when ``order`` is None.
+
+    Returns:
+        (n,) complex poles.
+    """
+    if order is not None:
+        _check_order(order)
+    _check_order(max_order)
+    n_max = order if order is not None else max_order
+    data = _arrays(records)
+    i = horizon if horizon is not None else max(2 * n_max, 10)
+    m, p = data[0][0].shape[1], data[0][1].shape[1]
+    if isinstance(i, bool) or not isinstance(i, int) or i * p <= n_max:
+        raise ValueError(f"horizon must be an int with horizon · p > order ({n_max}, p = {p}); got {horizon!r}")
+    u_std = np.concatenate([u for u, _ in data]).std(0) + 1e-300
+    y_std = np.concatenate([y for _, y in data]).std(0) + 1e-300
+    blocks = []
+    for u, y in data:
+        u, y = u / u_std, y / y_std
+        cols = u.shape[0] - 2 * i + 1
+        if cols < 1:
+            continue
+        blocks.append(np.concatenate([_hankel(u, i, i, cols), _hankel(u, 0, i, cols), _hankel(y, 0, i, cols),
+                                      _hankel(y, i, i, cols)], axis=0))
+    if not blocks:
+        raise ValueError(f"every record is shorter than 2 · horizon = {2 * i} samples")
+    H = np.concatenate(blocks, axis=1) / math.sqrt(sum(b.shape[1] for b in blocks))
+    R = np.linalg.qr(H.T, mode="r")  # H = Rᵀ Qᵀ: Rᵀ is the L of the LQ factorisation
+    Lq = R.T
+    mf, wp = m * i, (m + p) * i
+    L32 = Lq[mf + wp:, mf:mf + wp]  # future outputs explained by the past, the future inputs removed
+    U, s, _ = np.linalg.svd(L32, full_matrices=False)
+    if n_max > s.size:
+        raise ValueError(f"order {n_max} exceeds the {s.size} singular values available: raise the horizon")
+    if order is None:
+        head = np.maximum(s[: n_max + 1], 1e-300 * s[0])
+        order = int(np.argmax(head[:-1] / head[1:])) + 1 if head.size > 1 else 1
+    gamma = U[:, :order] * np.sqrt(s[:order])
+    A = np.linalg.lstsq(gamma[:-p], gamma[p:], rcond=None)[0]
+    return np.linalg.eigvals(A).astype(np.complex128)
+
+
+def ring_poles(n_modes: int, r_min: float = 0.5, r_max: float = 0.99, max_phase: float = math.pi, seed: int = 0) -> np.ndarray:
+    """The ring initialisation of the LRU (arXiv 2303.06349, App. A): |z|² uniform in [r_min², r_max²], arg z uniform
+    in [0, max_phase).
+
+    Args:
+        n_modes: M, the modes.
+        r_min, r_max: the ring, 0 <= r_min < r_max < 1.
+        max_phase: the largest phase (rad).
+        seed: the seed.
+
+    Returns:
+        (M,) complex poles.
+    """
+    if not 0 <= r_min < r_max < 1:
+        raise ValueError(f"need 0 <= r_min < r_max < 1; got {r_min}, {r_max}")
+    rng = np.random.default_rng(seed)
+    r = np.sqrt(rng.uniform(r_min**2, r_max**2, n_modes))
+    return r * np.exp(1j * rng.uniform(0.0, max_phase, n_modes))
+
+
+def modes(poles: np.ndarray, n_modes: int, r_min: float = 1e-3, r_max: float = 0.9999) -> np.ndarray:
+    """One complex mode per conjugate pair (Im z > 0 kept) or real pole, the slowest first, at most ``n_modes``,
+    with |z| clipped into [r_min, r_max].
+
+    Args:
+        poles: (n,) complex poles (conjugate pairs come in pairs, as from a real model).
+        n_modes: M, the layer's modes.
+        r_min, r_max: the clipping of |z|.
+
+    Returns:
+        (M,) complex modes at most (fewer when fewer poles were given).
+    """
+    z = np.asarray(poles, dtype=np.complex128).ravel()
+    scale = np.maximum(np.abs(z), 1e-12)
+    real = np.abs(z.imag) <= 1e-9 * scale
+    keep = np.concatenate([z[real].real.astype(np.complex128), z[~real & (z.imag > 0)]])
+    keep = keep[np.argsort(-np.abs(keep), kind="stable")][:n_modes]
+    radius = np.clip(np.abs(keep), r_min, r_max)
+    return radius * np.exp(1j * np.angle(keep))
+
+
+def _kind(layer: torch.nn.Module) -> str:
+    from ssmkit.layers.registry import available, layer_class
+
+    for name in SUPPORTED:
+        if name in available() and isinstance(layer, layer_class(name)):
+            return name
+    raise ValueError(f"data-driven initialisation supports the layers {list(SUPPORTED)}; got {type(layer).__name__}")
+
+
+@torch.no_grad()
+def set_discrete_poles(layer: torch.nn.Module, z: np.ndarray) -> None:
+    """Write discrete eigenvalues into the first k modes of a layer (every channel), inverting its parametrisation
+    (module docstring); the other modes keep their values.
+
+    Args:
+        layer: an ``s4d``, ``s5``, ``dlr`` or ``lru`` layer.
+        z: (M,) complex modes at most (from :func:`modes`), 0 < |z| < 1; the first ones are written.
+    """
+    kind = _kind(layer)
+    z = np.asarray(z, dtype=np.complex128).ravel()
+    M = layer.n_modes
+    if z.size > M or z.size == 0 or not np.all((np.abs(z) > 0) & (np.abs(z) < 1)):
+        raise ValueError(f"z must hold 1..{M} modes with 0 < |z| < 1 (use modes()); got {z.size} with |z| in "
+                         f"[{np.abs(z).min() if z.size else 0}, {np.abs(z).max() if z.size else 0}]")
+    k = z.size
+    zt = torch.as_tensor(z)
+    logz = torch.log(zt)  # (k,) log|z| + i arg z
+    if kind in ("s4d", "s5"):
+        dt = torch.exp(layer.log_dt.detach().double())  # S4D (H,), S5 (M,)
+        if kind == "s5":
+            dt = layer.step_rescale * dt[:k]  # (k,)
+        else:
+            dt = dt[:, None]  # (H, 1)
+        if layer.discretization == "zoh":
+            lam = logz / dt
+        else:
+            lam = (2.0 / dt) * (zt - 1) / (zt + 1)
+        if kind == "s4d":
+            layer.log_A_real[:, :k] = torch.log(-lam.real).to(layer.log_A_real.dtype)
+            layer.A_imag[:, :k] = lam.imag.to(layer.A_imag.dtype)
+        else:
+            layer.A_real[:k] = lam.real.to(layer.A_real.dtype)
+            layer.A_imag[:k] = lam.imag.to(layer.A_imag.dtype)
+    elif kind == "dlr":
+        layer.A_sqrt_neg_real[:k] = torch.sqrt(-logz.real).to(layer.A_sqrt_neg_real.dtype)
+        layer.A_imag[:k] = logz.imag.to(layer.A_imag.dtype)
+    else:  # lru
+        layer.log_nu[:k] = torch.log(-logz.real).to(layer.log_nu.dtype)
+        layer.log_theta[:k] = torch.log(logz.imag.abs().clamp(min=1e-4)).to(layer.log_theta.dtype)
+        layer.log_gamma[:k] = (0.5 * torch.log1p(-zt.abs() ** 2)).to(layer.log_gamma.dtype)
+
+
+def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecord, method: str = "subspace",
+                   order: int | None = None, r_max: float = 0.9999) -> np.ndarray:
+    """Initialise the first LTI layer's eigenvalues from a linear model of the data.
+
+    Args:
+        model: a :class:`ssmkit.sysid.DeepWiener` (its first layer is set) or a supported layer itself.
+        records: the estimation records.
+        method: ``"subspace"`` (PO-MOESP, every input and output) or ``"arx"`` (least squares, the first output).
+        order: the linear model's order; None picks it from the subspace singular values (largest drop among the
+            first 2M, M the layer's modes). Modes beyond the estimated ones keep their values.
+        r_max: the largest |z| written (< 1: Schur).
+
+    Returns:
+        (M,) complex modes at most: those written.
+    """
+    layer = model.layers[0] if hasattr(model, "layers") else model
+    _kind(layer)
+    if method not in ("subspace", "arx"):
+        raise ValueError(f"method must be 'subspace' or 'arx'; got {method!r}")
+    top = 2 * layer.n_modes
+    if method == "subspace":
+        poles = subspace_poles(records, order, max_order=top)
+    else:
+        poles = arx_poles(records, order if order is not None else len(subspace_poles(records, None, max_order=top)))
+    z = modes(poles, layer.n_modes, r_max=r_max)
+    set_discrete_poles(layer, z)
+    return z

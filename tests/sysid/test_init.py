@@ -1,0 +1,106 @@
+"""Data-driven initialisation: pole estimates on known linear systems, the inversion of every supported
+parametrisation, and the whole path into a DeepWiener's first layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import signal
+
+from ssmkit.layers import available, build
+from ssmkit.sysid.wiener import DeepWiener
+from ssmkit.sysid.init import arx_poles, init_from_data, modes, ring_poles, set_discrete_poles, subspace_poles
+from ssmkit.sysid.records import IORecord
+
+Z_TRUE = np.array([0.95 * np.exp(0.3j), 0.95 * np.exp(-0.3j), 0.8 * np.exp(1.2j), 0.8 * np.exp(-1.2j), 0.5])
+
+
+def _siso_records(noise: float = 0.0, seed: int = 0) -> list[IORecord]:
+    a = np.real(np.poly(Z_TRUE))
+    b = [0.0, 0.5, -0.2, 0.1, 0.05, 0.02]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(2):  # two experiments, each from rest: pooled, never concatenated
+        u = rng.standard_normal(1500)
+        y = signal.lfilter(b, a, u) + noise * rng.standard_normal(1500)
+        out.append(IORecord(torch.tensor(u[:, None]), torch.tensor(y[:, None]), 1.0))
+    return out
+
+
+def _match(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Largest distance from a true pole to its nearest estimate."""
+    return float(max(np.abs(estimate - t).min() for t in truth))
+
+
+@pytest.mark.parametrize("estimator", [arx_poles, subspace_poles])
+def test_poles_of_a_known_system_are_recovered(estimator):
+    assert _match(estimator(_siso_records(), 5), Z_TRUE) < 1e-8
+
+
+def test_subspace_recovers_a_mimo_system_and_tolerates_noise():
+    rng = np.random.default_rng(1)
+    A = np.diag([0.9, 0.7])
+    A = np.block([[A, np.zeros((2, 2))], [np.zeros((2, 2)), 0.85 * np.array([[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]])]])
+    B, C = rng.standard_normal((4, 2)), rng.standard_normal((2, 4))
+    u = rng.standard_normal((3000, 2))
+    x, ys = np.zeros(4), []
+    for t in range(3000):
+        ys.append(C @ x)
+        x = A @ x + B @ u[t]
+    rec = IORecord(torch.tensor(u), torch.tensor(np.array(ys)), 1.0)
+    assert _match(subspace_poles(rec, 4), np.linalg.eigvals(A)) < 1e-8
+    noisy = _siso_records(noise=0.02, seed=2)  # output noise of ~2 % of the output's std
+    assert _match(subspace_poles(noisy, 5), Z_TRUE) < 0.05
+
+
+def test_modes_pick_one_per_pair_slowest_first_and_clip():
+    z = np.array([0.5, 0.9 * np.exp(0.2j), 0.9 * np.exp(-0.2j), 1.2 * np.exp(1j), 1.2 * np.exp(-1j), -0.3])
+    m = modes(z, 3, r_max=0.99)
+    assert m.shape == (3,) and np.all(m.imag >= 0)
+    assert m[0] == pytest.approx(0.99 * np.exp(1j)) and m[1] == pytest.approx(0.9 * np.exp(0.2j)) and m[2] == pytest.approx(0.5)
+    r = ring_poles(64, 0.6, 0.9, 1.0, seed=3)
+    assert np.all((np.abs(r) >= 0.6) & (np.abs(r) <= 0.9)) and np.all((np.angle(r) >= 0) & (np.angle(r) < 1.0))
+
+
+LAYERS = [("s4d", {"d_state": 8}), ("s4d", {"d_state": 8, "discretization": "bilinear"}), ("dlr", {"d_state": 8}),
+          ("lru", {"d_state": 8}), ("s5", {"d_state": 8, "blocks": 1})]
+
+
+@pytest.mark.parametrize("name,options", LAYERS, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
+def test_set_discrete_poles_inverts_each_parametrisation(name, options):
+    if name not in available():
+        pytest.skip(f"{name} is not registered on this branch")
+    torch.manual_seed(0)
+    layer = build(name, d_model=3, dtype=torch.float64, **options)
+    before = layer.discrete()[0].detach().clone()
+    z = np.array([0.97 * np.exp(0.05j), 0.6 * np.exp(2.0j), -0.4 + 0j])
+    set_discrete_poles(layer, z)
+    after = layer.discrete()[0].detach()  # (H, M) or (M,)
+    got = after[..., :3] if after.dim() == 1 else after[:, :3]
+    expected = torch.as_tensor(z).expand_as(got)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    assert torch.equal(after[..., 3:], before[..., 3:])  # the other modes keep their values
+    with pytest.raises(ValueError, match="0 < |z| < 1"):
+        set_discrete_poles(layer, np.array([1.01]))
+
+
+def test_init_from_data_puts_the_systems_poles_in_the_first_layer():
+    records = _siso_records()
+    model = DeepWiener(1, 1, d_model=4, n_layers=2, layer="s4d", layer_options={"d_state": 10}, dtype=torch.float64)
+    written = init_from_data(model, records, method="subspace", order=5)
+    assert written.shape == (3,)  # two pairs and a real pole
+    poles = np.concatenate([np.asarray(p) for p in [model.state_space()[0].poles()]]).ravel()
+    assert _match(poles, Z_TRUE) < 1e-8
+    assert model.is_stable()
+    with pytest.raises(ValueError, match="supports the layers"):
+        init_from_data(build("dss", d_model=2, d_state=4), records)
+    with pytest.raises(ValueError, match="method"):
+        init_from_data(model, records, method="n4sid2")
+
+
+def test_order_is_read_off_the_singular_values():
+    assert len(subspace_poles(_siso_records(), None, max_order=12)) == 5
+    model = DeepWiener(1, 1, d_model=2, n_layers=1, layer="s4d", layer_options={"d_state": 16}, dtype=torch.float64)
+    assert init_from_data(model, _siso_records(), method="arx").shape == (3,)  # order 5 -> two pairs and a real pole
+    assert _match(np.asarray(model.state_space()[0].poles()).ravel(), Z_TRUE) < 1e-8

@@ -1,0 +1,133 @@
+"""Surrogate simulators against closed forms (linear limits, steady states, energy) and their determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import signal
+
+from ssmkit.sysid.benchmarks import load_benchmark
+from ssmkit.sysid.surrogates import duffing, duffing_surrogate, emps, emps_surrogate, tanks, tanks_surrogate, wh, wh_surrogate
+
+
+def test_wh_filters_match_their_specification():
+    (b1, a1), (b2, a2) = wh.filters()
+    assert b1.sum() / a1.sum() == pytest.approx(1.0, abs=1e-12) and b2.sum() / a2.sum() == pytest.approx(1.0, abs=1e-12)
+    f = np.linspace(1.0, 20000.0, 4000)
+    g1 = np.abs(signal.freqz(b1, a1, worN=f, fs=wh.FS)[1])
+    g2 = np.abs(signal.freqz(b2, a2, worN=f, fs=wh.FS)[1])
+    passband = f <= 4400.0
+    assert g1[passband].max() <= 1 + 1e-9 and g1[passband].min() >= 10 ** (-0.5 / 20) - 1e-9  # 0.5 dB ripple
+    assert g2[f >= 5000.0].max() <= 10 ** (-40 / 20) + 1e-9  # 40 dB stop band
+
+
+def test_wh_linear_limit_and_clamp():
+    u = wh.excitation(3000, seed=1)
+    (b1, a1), (b2, a2) = wh.filters()
+    linear = wh.simulate(u, wh.WHParameters(clamp=None))
+    assert np.allclose(linear, signal.lfilter(b2, a2, signal.lfilter(b1, a1, u)), rtol=0, atol=1e-14)
+    x = np.array([-2.0, -0.1, 0.0, 1e-6, 0.3, 5.0])
+    fx = wh.nonlinearity(x, 0.3)
+    assert np.array_equal(fx[:3], x[:3]) and fx[3] == pytest.approx(1e-6) and fx[-1] < 0.3 and fx[4] == pytest.approx(0.3 * math.tanh(1))
+
+
+def test_wh_surrogate_split_and_determinism():
+    a = wh_surrogate(seed=3, n_train=500, n_test=300, n_lead=100)
+    b = wh_surrogate(seed=3, n_train=500, n_test=300, n_lead=100)
+    c = wh_surrogate(seed=4, n_train=500, n_test=300, n_lead=100)
+    assert torch.equal(a.train[0].y, b.train[0].y) and not torch.equal(a.train[0].y, c.train[0].y)
+    assert (len(a.train[0]), len(a.test[0]), a.n_init, a.unit) == (500, 300, 50, "mV")
+    assert "surrogate" in a.name and "simulated" in a.title.lower() and not a.published
+    u = wh.excitation(900, seed=3)  # the split cuts one record from rest
+    assert np.allclose(a.test[0].y[:, 0].numpy(), wh.simulate(u)[600:])
+
+
+def test_duffing_linear_limit_equals_exact_zoh_discretisation():
+    p = duffing.DuffingParameters(k3=0.0)
+    w0 = 2 * math.pi * p.f0
+    A = np.array([[0.0, 1.0], [-w0 * w0, -2 * p.zeta * w0]])
+    Ad, Bd, Cd, Dd, _ = signal.cont2discrete((A, np.array([[0.0], [w0 * w0]]), np.eye(2)[:1], np.zeros((1, 1))), 1 / duffing.FS)
+    u = duffing.arrow(600, seed=5)
+    x, expected = np.zeros(2), []
+    for uk in u:  # y_k is the state before u_k acts (the simulator's convention)
+        expected.append(x[0])
+        x = Ad @ x + Bd[:, 0] * uk
+    y = duffing.simulate(u, p)
+    assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()  # RK4 error
+
+
+def test_duffing_conserves_energy_without_damping():
+    p = duffing.DuffingParameters(zeta=0.0, k3=2.0)
+    y0, dt = 0.4, 1 / (duffing.FS * 50)  # a fine grid, so sampled turning points are the true ones to ~1e-4
+    y = duffing.simulate(np.zeros(5000), p, dt=dt, substeps=1, state=(y0, 0.0))
+    peaks = y[1:-1][(y[1:-1] > y[:-2]) & (y[1:-1] >= y[2:])]
+    # at a turning point ẏ = 0, so E = ω₀²(½y² + ¼k₃y⁴): E is conserved iff every peak returns to y0
+    energy = lambda yy: 0.5 * yy**2 + 0.25 * p.k3 * yy**4  # noqa: E731
+    assert len(peaks) > 5 and np.abs(energy(peaks) / energy(y0) - 1).max() < 1e-3
+    lin = duffing.simulate(np.zeros(5000), duffing.DuffingParameters(zeta=0.0, k3=0.0), dt=dt, substeps=1, state=(y0, 0.0))
+    t = np.arange(5000) * dt
+    assert np.abs(lin - y0 * np.cos(2 * math.pi * p.f0 * t)).max() < 1e-6  # the linear limit: y0 cos ω₀t
+
+
+def test_duffing_surrogate_records_and_determinism():
+    a = duffing_surrogate(seed=1, n_period=256, n_records=2, n_arrow=300)
+    b = duffing_surrogate(seed=1, n_period=256, n_records=2, n_arrow=300)
+    assert [len(r) for r in a.train] == [256, 256] and [len(r) for r in a.test] == [256, 300]
+    assert all(torch.equal(r.y, s.y) for r, s in zip(a.train + a.test, b.train + b.test))
+    assert a.test[1].u[-50:].abs().max() > a.train[0].u.abs().max()  # the arrow extrapolates
+    spectrum = np.abs(np.fft.rfft(a.train[0].u[:, 0].numpy()))
+    assert spectrum[2::2].max() < 1e-9 * spectrum.max()  # odd lines only
+
+
+@pytest.mark.parametrize("u", [2.0, 4.0, 6.0])
+def test_tanks_steady_state_below_overflow(u):
+    p = tanks.TanksParameters()
+    x1, x2 = tanks.simulate(np.full(1500, u), p, x0=(0.0, 0.0))
+    e1, e2 = (p.k4 * u / p.k1) ** 2, (p.k2 / p.k3) ** 2 * (p.k4 * u / p.k1) ** 2
+    assert tanks.steady_state(u, p) == pytest.approx((e1, e2))
+    assert x1[-1] == pytest.approx(e1, rel=1e-6) and x2[-1] == pytest.approx(e2, rel=1e-6)
+
+
+def test_tanks_overflow_caps_and_spills():
+    p = tanks.TanksParameters(k2=0.02, spill=0.3)  # the lower tank stays below its height
+    u = 12.0
+    x1, x2 = tanks.simulate(np.full(2000, u), p, x0=(0.0, 0.0))
+    assert x1.max() <= p.h1 and x2.max() <= p.h2
+    e2 = ((p.k2 * math.sqrt(p.h1) + p.spill * (p.k4 * u - p.k1 * math.sqrt(p.h1))) / p.k3) ** 2
+    assert x1[-1] == pytest.approx(p.h1) and x2[-1] == pytest.approx(e2, rel=1e-6)
+    bench = tanks_surrogate(seed=2, n=200)
+    u0 = float(bench.test[0].u[0, 0])  # each record starts at rest for its first input
+    assert bench.dt == 4.0 and float(bench.test[0].y[0, 0]) == pytest.approx(tanks.steady_state(u0)[1], rel=1e-12)
+    assert torch.equal(bench.train[0].y, tanks_surrogate(seed=2, n=200).train[0].y)
+
+
+def test_emps_plant_terminal_velocity_and_sticking():
+    p = emps.EMPSParameters()
+    force = 100.0
+    q, v = emps.simulate_plant(np.full(9000, force), p)
+    assert v[-1] == pytest.approx((force - p.offset - p.Fc) / p.Fv, rel=1e-6)
+    q, v = emps.simulate_plant(np.full(200, p.offset + 0.9 * p.Fc), p)  # below the Coulomb level: no motion
+    assert np.all(q == 0) and np.all(v == 0)
+
+
+def test_emps_closed_loop_steady_state_error_from_offset():
+    p = emps.EMPSParameters(Fc=0.0)
+    volts, q = emps.simulate(np.full(3000, 0.1), p)
+    assert q[-1] == pytest.approx(0.1 - p.offset / (p.gtau * p.kv * p.kp), abs=1e-10)
+    assert q[-1] != pytest.approx(0.1, abs=1e-7)  # the offset is visible
+    assert volts[-1] == pytest.approx(p.offset / p.gtau, rel=1e-6) and np.abs(volts).max() <= p.v_max
+
+
+def test_emps_surrogate_determinism_and_load_by_name():
+    a = emps_surrogate(seed=5, n=1500)
+    b = emps_surrogate(seed=5, n=1500)
+    assert torch.equal(a.train[0].u, b.train[0].u) and torch.equal(a.test[0].y, b.test[0].y)
+    assert (a.n_init, a.unit, a.scale, a.dt) == (20, "mm", 1000.0, 1e-3)
+    ref = emps.reference(1500, seed=5)
+    assert ref.min() >= 0.0 and ref.max() <= 0.2
+    assert float((a.train[0].y[:, 0] - torch.as_tensor(ref)).abs().max()) < 2e-3  # the loop tracks the reference
+    wh_bench = load_benchmark("wh_surrogate", folder="/ignored")
+    assert len(wh_bench.train[0]) == 100000 and len(wh_bench.test[0]) == 78800

@@ -21,10 +21,43 @@ def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
     """
     # one cumprod over [1, a, a, ..., a] (6 ops whatever n; the former doubling loop took 3 ops per doubling, and
     # per-op dispatch dominates at these (H, N) sizes: issue 16). Depth n products: callers pass double precision.
+    return _PowerTable.apply(a, n)
+
+
+def _cumprod_table(a: torch.Tensor, n: int) -> torch.Tensor:
     ones = torch.ones_like(a).unsqueeze(-1)  # (..., 1)
     if n == 1:
         return ones
     return torch.cat([ones, a.unsqueeze(-1).expand(*a.shape, n - 1)], dim=-1).cumprod(-1)  # (..., n)
+
+
+class _PowerTable(torch.autograd.Function):
+    """a -> [a^0, ..., a^{n-1}] by one cumprod, with the backward of the formula: grad_a = Σ_k conj(k a^{k-1}) g_k.
+
+    cumprod's own backward divides by its input, which gives NaN where a is tiny and its powers underflow; this one
+    multiplies the saved table by k instead (exact at a = 0 too). Pure tensor ops, so torch.func's generated vmap
+    rule batches it and double backward goes through the saved table.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a: torch.Tensor, n: int) -> torch.Tensor:  # type: ignore[override]
+        return _cumprod_table(a, n)  # (..., n)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        (table,) = ctx.saved_tensors  # (..., n)
+        n = table.shape[-1]
+        if n == 1:
+            return torch.zeros_like(table[..., 0]), None
+        k = torch.arange(1, n, dtype=table.real.dtype, device=table.device)  # (n-1,)
+        derivative = table[..., :-1] * k  # (..., n-1): d a^k / da = k a^{k-1}
+        return (g[..., 1:] * derivative.conj()).sum(-1), None
 
 
 def int_power(a: torch.Tensor, n: int) -> torch.Tensor:

@@ -39,7 +39,9 @@ from ssmkit.ops.dplr import bilinear_dplr, small_inverse
 _COMPLEX = (torch.complex64, torch.complex128)
 # Bytes of one block of the Cauchy matrix 1/(z_m - w_n). Small blocks stay in cache (measured on 2 CPU cores,
 # H=128, N=64, W=2049 points: 2-8 MB blocks are 2-4x faster than one 134 MB block); the cap of the brief is 64 MB.
-_BLOCK_BYTES = 1 << 22
+# 8 MB, the top of that range: every block costs ~6 aten ops, and op count sets the slow-down under CPU
+# contention (issue 16; 4 MB blocks made S4's forward ~1150 ops at B=8, H=128, L=4096).
+_BLOCK_BYTES = 1 << 23
 
 
 def _check_complex(x: Tensor, name: str, letters: str) -> None:
@@ -115,12 +117,13 @@ class _CauchyMatmul(torch.autograd.Function):
         # torch.compile the blocks are concatenated (no writes into a buffer that vmap could not batch)
         out = None if tracing() else torch.empty(G, S, W, dtype=v.dtype, device=v.device)  # (G, S, W)
         blocks = []
+        z_row, w_col = z[:, None, :], w[:, :, None]  # (G, 1, W), (G, N, 1): once, not per block (issue 16: ops)
         for m0 in range(0, W, step):
-            c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m)
+            c = (z_row[:, :, m0 : m0 + step] - w_col).reciprocal_()  # (G, N, m)
             if out is None:
-                blocks.append(v @ c)  # (G, S, N) @ (G, N, m) -> (G, S, m)
+                blocks.append(torch.bmm(v, c))  # (G, S, N) @ (G, N, m) -> (G, S, m)
             else:
-                out[:, :, m0 : m0 + step] = v @ c  # (G, S, m)
+                out[:, :, m0 : m0 + step] = torch.bmm(v, c)  # (G, S, m); bmm, not @: 1 aten op instead of 4
         if out is not None:
             return out
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (G, S, W)

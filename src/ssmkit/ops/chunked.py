@@ -27,6 +27,8 @@ inside this function recovered only 4 of those points.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -67,26 +69,15 @@ def wide_int_power(a: torch.Tensor, n: int) -> torch.Tensor:
     return int_power(a.to(_WIDE.get(a.dtype, a.dtype)), n).to(a.dtype)
 
 
-_TRANSPOSE_BLOCK = 1024
-_TRANSPOSE_ROWS = 16
-
-
 def _transpose_copy(x: torch.Tensor) -> torch.Tensor:
-    """Transpose of a 2-D tensor (R, S) into a new contiguous (S, R), copied in blocks on CPU (cache-friendlier
-    than one strided copy). Measured on the 2-core CI machine, float32: 32768 × 128 in row blocks of 1024,
-    2.6 ms instead of 5-10 ms; 128 × 32768 in blocks of 16 source rows, 2.6-3.4 ms instead of 5.7 ms. Under
-    torch.func or torch.compile (:func:`ssmkit.ops.backend.tracing`) it is one plain copy."""
-    R, S = x.shape
-    if x.device.type != "cpu" or max(R, S) <= 2 * _TRANSPOSE_BLOCK or tracing():
-        return x.t().contiguous()  # (S, R)
-    out = x.new_empty(S, R)  # (S, R)
-    if R > 2 * _TRANSPOSE_BLOCK:
-        for i in range(0, R, _TRANSPOSE_BLOCK):
-            out[:, i : i + _TRANSPOSE_BLOCK] = x[i : i + _TRANSPOSE_BLOCK].t()
-    else:
-        for i in range(0, R, _TRANSPOSE_ROWS):
-            out[:, i : i + _TRANSPOSE_ROWS] = x[i : i + _TRANSPOSE_ROWS].t()
-    return out
+    """Transpose of a 2-D tensor (R, S) into a new contiguous (S, R), as ONE copy op.
+
+    ATen copies a transposed 2-D matrix into a contiguous one by its own cache-blocked kernel. The former Python
+    loop over blocks of 1024 rows was faster on a quiet 2-core machine (2.6 ms against 5-10 ms for 32768 x 128
+    float32) but cost 3 aten ops per block (~130 ops at B=8, L=4096), and every op is a point where a loaded
+    machine makes the process wait (issue 16: 2.6-6.8x slow-down under one competing process). One op wins there.
+    """
+    return x.t().contiguous()  # (S, R)
 
 
 class _Transpose(torch.autograd.Function):
@@ -164,7 +155,7 @@ def _chunk_operators(
         powers: (H, T+1, N) Ā^k for k = 0..T, complex (or real).
     """
     powers = wide_powers(A_bar, T + 1).transpose(1, 2).contiguous()  # (H, T+1, N)
-    K = torch.einsum("hn,hkn->hk", C * B_bar, powers[:, :T])  # (H, T)
+    K = (powers[:, :T] * (C * B_bar)[:, None]).sum(-1)  # (H, T); an einsum here was 13 aten ops
     K = K.real if K.is_complex() else K
     if D is not None:
         K = torch.cat([K[:, :1] + D[:, None], K[:, 1:]], dim=1)  # (H, T): K_0 + D
@@ -175,10 +166,52 @@ def _chunk_operators(
     to_state = pack(powers[:, :T].flip(1) * B_bar[:, None])  # (H, T, 2N)
     W = C[:, None] * powers[:, 1:]  # (H, T, N): C_n Ā_n^{t+1}
     if W.is_complex():
-        from_state = torch.stack([W.real, -W.imag], dim=-1).flatten(2).transpose(1, 2)  # (H, 2N, T), rows (n, re/im)
+        from_state = pack(W.conj().resolve_conj()).transpose(1, 2)  # (H, 2N, T), rows (n, re/im): [Re, -Im]
     else:
         from_state = W.transpose(1, 2)  # (H, N, T)
     return toeplitz, to_state, from_state, powers
+
+
+def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states between chunks: x_c = Ā^T x_{c-1} + z_c, with x_{-1} = x0, by a two-level loop.
+
+    The nc chunks form ng groups of G ≈ √nc: one loop of G-1 steps scans every group at once, one loop of ng-1
+    steps carries the group ends, and one product adds each group's carried state Ā^{Ti} x to its steps, so the
+    carry costs ~2√nc + 20 aten ops instead of ~nc (issue 16: per-op overhead dominates under CPU contention)
+    for ~3 passes over (H, B, nc, N) (the one-level loop made 2).
+
+    Args:
+        z: (H, B, nc, N) every chunk's input part Σ_k Ā^{T-1-k} B̄ u_k (complex or real).
+        A_T: (H, N) Ā^T.
+        x0: (H, B, N) the state before the first chunk, or None for zeros.
+
+    Returns:
+        (H, B, nc, N) the state before each chunk, and (H, B, N) the state after the last chunk.
+    """
+    H, Bsz, nc, N = z.shape
+    G = max(1, math.isqrt(nc - 1) + 1) if nc > 1 else 1  # ceil(√nc)
+    ng = -(-nc // G)
+    pad = ng * G - nc
+    zg = (F.pad(z, (0, 0, 0, pad)) if pad else z).reshape(H, Bsz, ng, G, N)  # zero inputs after the end
+    A_g = A_T[:, None, None, :].expand(H, Bsz, ng, N)  # (H, B, ng, N): one reduction in backward
+    cols = zg.unbind(3)  # G × (H, B, ng, N)
+    local = [cols[0]]  # inclusive scan inside each group, from a zero state
+    for i in range(1, G):
+        local.append(torch.addcmul(cols[i], A_g, local[-1]))  # (H, B, ng, N)
+    powers = power_table(A_T, G + 1)  # (H, N, G+1): (Ā^T)^i, i <= G ≈ √nc products deep (no wide copy needed)
+    A_G = powers[..., G][:, None, :].expand(H, Bsz, N)  # (H, B, N)
+    ends = local[-1].unbind(2)  # ng × (H, B, N)
+    carried = [x0 if x0 is not None else torch.zeros_like(ends[0])]  # the state before each group
+    for g in range(ng - 1):
+        carried.append(torch.addcmul(ends[g], A_G, carried[-1]))  # (H, B, N)
+    carried_t = torch.stack(carried, dim=2)  # (H, B, ng, N)
+    # state before chunk g·G + i: (Ā^T)^i x_g + local[g, i-1] (nothing local for i = 0)
+    before = torch.stack([torch.zeros_like(local[0]), *local[:-1]], dim=3)  # (H, B, ng, G, N)
+    decay = powers[..., :G].transpose(1, 2)[:, None, None]  # (H, 1, 1, G, N)
+    prev = torch.addcmul(before, decay, carried_t.unsqueeze(3)).reshape(H, Bsz, ng * G, N)  # (H, B, ng·G, N)
+    prev = prev[:, :, :nc] if pad else prev  # (H, B, nc, N)
+    last = torch.addcmul(z[:, :, -1], A_T[:, None, :], prev[:, :, -1])  # (H, B, N): after chunk nc-1
+    return prev, last
 
 
 def ssm_scan_chunked(
@@ -232,18 +265,12 @@ def ssm_scan_chunked(
     y_c = torch.bmm(u_c, toeplitz)  # (H, B·nc, T)
     z = unpack(torch.bmm(u_c, to_state).reshape(H, Bsz, n_chunks, -1), is_complex)  # (H, B, nc, N)
 
-    # Step (3), carry across chunks: x_prev of chunk c+1 = Ā^T x_prev of chunk c + z_c (unbind: cheap backward).
-    x = state.permute(1, 0, 2) if state is not None else torch.zeros_like(z[:, :, 0])  # (H, B, N)
-    z_list = z.unbind(2)  # nc × (H, B, N)
-    A_T_b = A_T[:, None, :].expand(H, Bsz, N)  # (H, B, N); one reduction over B in backward, not nc
-    prev = []
-    for c in range(n_chunks - 1):
-        prev.append(x)
-        x = torch.addcmul(z_list[c], A_T_b, x)  # (H, B, N)
-    prev.append(x)
+    # Step (3), carry across chunks (two-level, ~2·√nc small ops instead of nc).
+    x0 = state.permute(1, 0, 2) if state is not None else None  # (H, B, N)
+    x_prev_c, x = _carry(z, A_T, x0)  # (H, B, nc, N) state before each chunk, (H, B, N) after the last one
 
     # Step (2): contribution of the carried state to every step of its chunk, all chunks at once.
-    x_prev = pack(torch.stack(prev, dim=2)).reshape(H, Bsz * n_chunks, -1)  # (H, B·nc, 2N)
+    x_prev = pack(x_prev_c).reshape(H, Bsz * n_chunks, -1)  # (H, B·nc, 2N)
     if tracing():  # vmap may batch x_prev but not y_c: no in-place there
         y_c = torch.baddbmm(y_c, x_prev, from_state)  # (H, B·nc, T)
     else:
@@ -254,9 +281,8 @@ def ssm_scan_chunked(
         return y, None
 
     # Final state: the last chunk holds only r real steps (the padding must not advance the state).
-    if r == T:
-        x = torch.addcmul(z_list[-1], A_T_b, x)  # (H, B, N)
-    else:
+    if r < T:  # x is the state after the padded last chunk: redo that chunk from the state before it
+        x = x_prev_c[:, :, -1]  # (H, B, N)
         u_tail = u_c.reshape(H, Bsz, n_chunks, T)[:, :, -1, :r]  # (H, B, r)
         x_in = unpack(torch.bmm(u_tail, to_state[:, T - r :, :]), is_complex)  # (H, B, N)
         x = powers[:, r, None] * x + x_in  # (H, B, N)

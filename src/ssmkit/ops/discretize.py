@@ -52,9 +52,11 @@ def _expm1_over_z(z: Tensor) -> Tensor:
     # Each branch only sees inputs where it is accurate and finite, so the unused branch gives no NaN gradient.
     z_series = torch.where(small, z, torch.zeros_like(z))
     z_direct = torch.where(small, torch.ones_like(z), z)
-    series = torch.full_like(z, _SERIES_COEFFS[-1])
-    for c in reversed(_SERIES_COEFFS[:-1]):  # Horner
-        series = series * z_series + c
+    # the powers z^1..z^17 by one cumprod and the polynomial as one product with the coefficients (a Horner loop
+    # was 34 small ops; the per-op dispatch cost dominates at this (H, N) size, issue 16)
+    powers = z_series.unsqueeze(-1).expand(*z.shape, len(_SERIES_COEFFS) - 1).cumprod(-1)  # (..., 17): z^1..z^17
+    coeffs = torch.tensor(_SERIES_COEFFS[1:], dtype=z.dtype, device=z.device)  # (17,)
+    series = torch.matmul(powers, coeffs) + _SERIES_COEFFS[0]  # (...)
     direct = torch.expm1(z_direct) / z_direct
     return torch.where(small, series, direct)
 

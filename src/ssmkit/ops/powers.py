@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.ops.backend import tracing
-
 
 def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
-    """a^k for k = 0..n-1 along a new last axis, by repeated doubling (each entry ~log2 n products deep).
+    """a^k for k = 0..n-1 along a new last axis, by one cumulative product (entry k is k products deep).
 
     The table is computed in a's dtype; callers that need accuracy pass a double-precision ``a`` and
-    round the table once (a float32 table drifts by ~k·eps, since every doubling doubles the error).
+    round the table once (a float32 table drifts by ~k·eps).
 
     Args:
         a: (...) real or complex.
@@ -21,24 +19,45 @@ def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
     Returns:
         (..., n) with [..., k] = a^k (a^0 = 1, also for a = 0), a's dtype.
     """
-    # the powers grow along a leading axis: cat there is one block copy (along the last axis it was
-    # an element-wise gather, 2 ms for (128, 32, 65) complex128)
-    base = a
-    if (torch.is_grad_enabled() and a.requires_grad) or tracing():  # functional form (autograd, vmap, compile)
-        p = torch.ones_like(a).unsqueeze(0)  # (1, ...)
-        while p.shape[0] < n:
-            p = torch.cat([p, p[: n - p.shape[0]] * base], dim=0)  # (min(2m, n), ...)
-            base = base * base
-    else:  # no graph: fill one buffer in place, no concatenations
-        p = a.new_empty((n, *a.shape))  # (n, ...)
-        p[0] = 1
-        m = 1
-        while m < n:
-            k = min(m, n - m)
-            torch.mul(p[:k], base, out=p[m : m + k])  # (k, ...): a^(m..m+k-1)
-            base = base * base
-            m += k
-    return p.movedim(0, -1)  # (..., n)
+    # one cumprod over [1, a, a, ..., a] (6 ops whatever n; the former doubling loop took 3 ops per doubling, and
+    # per-op dispatch dominates at these (H, N) sizes: issue 16). Depth n products: callers pass double precision.
+    return _PowerTable.apply(a, n)
+
+
+def _cumprod_table(a: torch.Tensor, n: int) -> torch.Tensor:
+    ones = torch.ones_like(a).unsqueeze(-1)  # (..., 1)
+    if n == 1:
+        return ones
+    return torch.cat([ones, a.unsqueeze(-1).expand(*a.shape, n - 1)], dim=-1).cumprod(-1)  # (..., n)
+
+
+class _PowerTable(torch.autograd.Function):
+    """a -> [a^0, ..., a^{n-1}] by one cumprod, with the backward of the formula: grad_a = Σ_k conj(k a^{k-1}) g_k.
+
+    cumprod's own backward divides by its input, which gives NaN where a is tiny and its powers underflow; this one
+    multiplies the saved table by k instead (exact at a = 0 too). Pure tensor ops, so torch.func's generated vmap
+    rule batches it and double backward goes through the saved table.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a: torch.Tensor, n: int) -> torch.Tensor:  # type: ignore[override]
+        return _cumprod_table(a, n)  # (..., n)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        (table,) = ctx.saved_tensors  # (..., n)
+        n = table.shape[-1]
+        if n == 1:
+            return torch.zeros_like(table[..., 0]), None
+        k = torch.arange(1, n, dtype=table.real.dtype, device=table.device)  # (n-1,)
+        derivative = table[..., :-1] * k  # (..., n-1): d a^k / da = k a^{k-1}
+        return (g[..., 1:] * derivative.conj()).sum(-1), None
 
 
 def int_power(a: torch.Tensor, n: int) -> torch.Tensor:

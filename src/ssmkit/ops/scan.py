@@ -204,6 +204,38 @@ def ssm_scan_fft(
 # ----------------------------------------------------------------------------------------------------
 
 _SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ssm_scan_fft, "triton": ssm_scan_triton}
+
+# ``auto``'s choice between the chunked scan and the FFT path, keyed by (device type, return_state): the FFT path
+# is taken for L in [lo, hi) (hi None: no upper end); elsewhere, and for a None entry, the chunked scan.
+# TO BE MEASURED on a quiet machine with ``ssmkit bench crossover`` (it prints the entries to put here). Until
+# then the entries encode the figures of docs/benchmarks.md: on the 2-core CPU the chunked scan beat the FFT
+# path at every measured L (L = 4096: 22.0 against 31.8 ms with the state, 22.0 against 24.7 without;
+# L = 16384: 2.3x), so the CPU entries are None; CUDA likewise until the GPU run.
+FFT_LENGTHS: dict[tuple[str, bool], tuple[int, int | None] | None] = {
+    ("cpu", True): None,  # to be measured
+    ("cpu", False): None,  # to be measured
+    ("cuda", True): None,  # to be measured on the GPU
+    ("cuda", False): None,  # to be measured on the GPU
+}
+
+
+def auto_scan_backend(u: torch.Tensor, return_state: bool = True) -> str:
+    """The path ``"auto"`` takes for :func:`ssm_scan`: ``"fft"`` when L lies in the measured FFT range of
+    :data:`FFT_LENGTHS` for u's device type and ``return_state``, else ``"chunked"``.
+
+    Args:
+        u: (B, L, H) input.
+        return_state: whether the final state is asked for (the FFT path pays extra GEMMs for it).
+
+    Returns:
+        ``"fft"`` or ``"chunked"``.
+    """
+    span = FFT_LENGTHS.get((u.device.type, bool(return_state)))
+    if span is None:
+        return "chunked"
+    lo, hi = span
+    L = u.shape[1]
+    return "fft" if L >= lo and (hi is None or L < hi) else "chunked"
 _FINAL_STATE = {"reference": ssm_final_state_reference, "chunked": ssm_final_state_chunked}
 
 
@@ -228,7 +260,8 @@ def ssm_scan(
     :func:`ssmkit.ops.chunked.ssm_scan_chunked` (chunked GEMMs); ``"fft"`` -> :func:`ssm_scan_fft` (kernel +
     FFT convolution; the final state by chunked GEMMs); ``"triton"`` -> the fused Triton kernels
     (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
-    ``TRITON_INTERPRET=1``; raises elsewhere); ``"auto"`` -> ``"triton"`` on CUDA when it runs, else ``"chunked"``.
+    ``TRITON_INTERPRET=1``; raises elsewhere); ``"auto"`` -> ``"triton"`` on CUDA when it runs, else
+    :func:`auto_scan_backend` (the chunked scan, or the FFT path over the measured range of L of :data:`FFT_LENGTHS`).
 
     Args:
         u: (B, L, H) real input (float32 or float64).
@@ -244,7 +277,8 @@ def ssm_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
-    impl = dispatch("ssm_scan", _SCAN, backend, auto="triton" if prefer_triton(u, "ssm_scan") else "chunked")
+    auto = "triton" if prefer_triton(u, "ssm_scan") else auto_scan_backend(u, return_state)
+    impl = dispatch("ssm_scan", _SCAN, backend, auto=auto)
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 
 

@@ -1,0 +1,35 @@
+"""``auto`` picks the chunked scan or the FFT path by (device, return_state, L) from ssmkit.ops.scan.FFT_LENGTHS."""
+
+import torch
+
+import ssmkit.ops.scan as scan
+from tests.conftest import DEVICE
+
+
+def test_auto_follows_the_crossover_table(monkeypatch):
+    u = torch.zeros(1, 512, 2, device=DEVICE)
+    monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, True), None)
+    assert scan.auto_scan_backend(u, True) == "chunked"
+    monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, True), (256, 1024))
+    assert scan.auto_scan_backend(u, True) == "fft"
+    assert scan.auto_scan_backend(torch.zeros(1, 1024, 2, device=DEVICE), True) == "chunked"  # hi excluded
+    assert scan.auto_scan_backend(torch.zeros(1, 255, 2, device=DEVICE), True) == "chunked"
+    monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, False), (256, None))
+    assert scan.auto_scan_backend(torch.zeros(1, 1 << 16, 2, device=DEVICE), False) == "fft"
+
+
+def test_auto_runs_the_path_the_table_names(monkeypatch):
+    """With the FFT range covering L, ``auto`` gives the FFT path's result, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    H, N, L = 3, 4, 40
+    A_bar = torch.polar(torch.rand(H, N, generator=g, dtype=torch.float64) * 0.5 + 0.4,
+                        torch.rand(H, N, generator=g, dtype=torch.float64)).to(DEVICE)
+    B_bar = torch.randn(H, N, generator=g, dtype=torch.complex128).to(DEVICE)
+    C = torch.randn(H, N, generator=g, dtype=torch.complex128).to(DEVICE)
+    u = torch.randn(2, L, H, generator=g, dtype=torch.float64).to(DEVICE)
+    monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, True), (8, None))
+    y_auto, x_auto = scan.ssm_scan(u, A_bar, B_bar, C, backend="auto")
+    y_fft, x_fft = scan.ssm_scan(u, A_bar, B_bar, C, backend="fft")
+    y_ref, _ = scan.ssm_scan(u, A_bar, B_bar, C, backend="reference")
+    assert torch.equal(y_auto, y_fft) and torch.equal(x_auto, x_fft)
+    assert (y_auto - y_ref).abs().max() < 1e-10 * y_ref.abs().max()

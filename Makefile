@@ -21,7 +21,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The wheel in a fresh venv, used from outside the checkout: --help, the shipped configs (package data), and a
-# 3-step train from a shipped config (its model and training settings, on the bundled 8x8 digits at a tiny width).
+# 3-step train from a shipped config (its model and training settings, on the bundled 8x8 digits at a tiny width),
+# and the native backend's status (its C source is package data; the build needs a C compiler, else it says why).
 WHEEL_VENV ?= /tmp/ssmkit-wheel-check
 wheel-check: $(VENV)/.installed
 	rm -rf dist $(WHEEL_VENV)
@@ -36,6 +37,8 @@ wheel-check: $(VENV)/.installed
 		--train.max_steps 3 --train.warmup_steps 0 --train.batch_size 16 --train.val_every 0 \
 		--train.checkpoint_every 0 --train.accelerator cpu --out $(WHEEL_VENV)/run --no-progress
 	test -f $(WHEEL_VENV)/run/result.json
+	cd $(WHEEL_VENV) && SSMKIT_NATIVE_CACHE=$(WHEEL_VENV)/native bin/python -c "import torch, ssmkit.ops.native as n; \
+		print('native backend:', n.native_status(torch.float32))"
 	@echo "wheel-check: OK ($$(ls dist/ssmkit-*.whl))"
 
 # `ssmkit compare` on MNIST-1D with every registered layer, 1,000 steps each (~5 min on 2 cores) (a step count, not a time

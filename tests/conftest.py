@@ -128,6 +128,19 @@ def make_layer(name: str, opts: dict | None = None, dtype: torch.dtype = torch.f
     return layers.build(name, d_model=H, device=DEVICE, dtype=dtype, **options)
 
 
+def runnable_backends(layer) -> tuple[str, ...]:
+    """The layer's (or layer class's) backends that can run on the test device: ``"native"`` (C kernels) only on the
+    CPU where they build; the others everywhere (a layer's ``"triton"`` would be filtered the same way)."""
+    from ssmkit.ops.native import native_available
+
+    def ok(backend: str) -> bool:
+        if backend == "native":
+            return DEVICE.type == "cpu" and native_available(torch.float32) and native_available(torch.float64)
+        return True
+
+    return tuple(b for b in layer.backends if ok(b))
+
+
 def run_steps(layer, x: torch.Tensor, state=None):
     """Run ``layer.step`` over x (B, L, H) from ``state`` (zeros if None): (y (B, L, H), final state)."""
     h = layer.initial_state(x.shape[0]) if state is None else state

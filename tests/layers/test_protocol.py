@@ -16,7 +16,7 @@ import torch
 import ssmkit.layers as layers
 import ssmkit.ops as ops
 from tests.conftest import (
-    DEVICE, H, build_default, leaves, make_layer, rel_err, run_steps, state_err, state_map, variants,
+    DEVICE, H, build_default, leaves, make_layer, rel_err, run_steps, runnable_backends, state_err, state_map, variants,
 )
 
 NAMES = layers.available()
@@ -26,10 +26,10 @@ GRAD_TOL = {("s4", "fout"): 1e-5}
 CASES = [(name, opts) for name in NAMES for opts in variants(name)]
 IDS = [f"{name}-{i}" for name in NAMES for i in range(len(variants(name)))]
 BACKEND_CASES = [
-    (name, opts, backend) for name, opts in CASES for backend in ("auto", *layers.layer_class(name).backends)
+    (name, opts, backend) for name, opts in CASES for backend in ("auto", *runnable_backends(layers.layer_class(name)))
 ]
 BACKEND_IDS = [f"{name}-{i}-{b}" for name in NAMES for i, _ in enumerate(variants(name))
-               for b in ("auto", *layers.layer_class(name).backends)]
+               for b in ("auto", *runnable_backends(layers.layer_class(name)))]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}  # docs/design.md rule 1: fp32 1e-5, fp64 1e-10 relative
 
 
@@ -144,7 +144,7 @@ def test_every_backend_has_the_reference_gradients(name, opts):
     with ops.use_backend("reference"):
         y_ref, h_ref = layer(x, h0)
         g_ref = torch.autograd.grad(objective(y_ref, h_ref), params)
-    for backend in ("auto", *layer.backends):
+    for backend in ("auto", *runnable_backends(layer)):
         with ops.use_backend(backend):
             y, h = layer(x, h0)
             grads = torch.autograd.grad(objective(y, h), params)
@@ -163,7 +163,7 @@ def test_gradcheck_fast_path(name, opts):
 @pytest.mark.parametrize("name", NAMES)
 def test_unknown_backend_for_the_layer_raises(name):
     layer = make_layer(name)
-    missing = [b for b in ("reference", "chunked", "fft", "triton") if b not in layer.backends]
+    missing = [b for b in ops.BACKENDS[1:] if b not in layer.backends]
     for backend in missing:
         with ops.use_backend(backend), pytest.raises(RuntimeError, match=f"backend '{backend}' was forced"):
             layer(torch.randn(2, 5, H, device=DEVICE, dtype=torch.float64))
@@ -241,7 +241,7 @@ def test_bidirectional(name):
             for s in range(30):
                 k = K[0, ..., t - s] if s <= t else K[1, ..., s - t - 1]  # (H,) or (H_out, H_in)
                 ref[:, t] += k * x[:, s] if K.dim() == 3 else x[:, s] @ k.T
-        for backend in ("auto", *layer.backends):
+        for backend in ("auto", *runnable_backends(layer)):
             with ops.use_backend(backend):
                 assert rel_err(layer(x)[0], ref) < 1e-10, backend
 
@@ -285,7 +285,7 @@ def test_capability_declarations_are_consistent(name):
     layer = make_layer(name)
     for capability in ("kernel", "state_space", "step"):
         assert layer.supports(capability) == getattr(cls.capabilities, capability)  # unidirectional default
-    assert set(cls.backends) <= {"reference", "chunked", "fft", "triton"} and "reference" in cls.backends
+    assert set(cls.backends) <= set(ops.BACKENDS[1:]) and "reference" in cls.backends
     with pytest.raises(ValueError, match="capability must be one of"):
         layer.supports("teleport")
 

@@ -10,6 +10,7 @@ import torch
 
 import ssmkit.ops as ops
 from ssmkit.ops.backend import BACKENDS, dispatch, get_backend, set_backend, use_backend
+from ssmkit.ops.native import native_available
 from ssmkit.ops.triton_gate import triton_available
 
 
@@ -130,7 +131,7 @@ def test_nested_blocks_and_exceptions_restore():
 
 def test_bad_names():
     for bad in ("fast", None, 3):
-        with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'chunked', 'fft', 'triton'\)"):
+        with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'chunked', 'fft', 'triton', 'native'\)"):
             set_backend(bad)
         with pytest.raises(ValueError, match="backend must be one of"):
             with use_backend(bad):
@@ -153,7 +154,7 @@ def test_dispatch_table():
         dispatch("op", table, None, auto="chunked")
     with pytest.raises(RuntimeError, match="op: backend 'triton' was forced by its backend= argument"):
         dispatch("op", table, "triton", auto="chunked")
-    assert BACKENDS == ("auto", "reference", "chunked", "fft", "triton")
+    assert BACKENDS == ("auto", "reference", "chunked", "fft", "triton", "native")
 
 
 # Every dispatching op and the backends it has ("auto" aside): one meaning per name (ssmkit.ops.backend).
@@ -169,6 +170,7 @@ TABLES = {
     "dplr_kernel": ("reference", "fft"),
     "dense_final_state": ("reference", "chunked"),
     "diagonal_ssm_bidirectional": ("reference", "fft"),
+    "selective_scan": ("reference", "chunked", "native"),
 }
 
 
@@ -186,6 +188,7 @@ def _calls():
     P1, B1, Ct1 = c(1, 3, 2), c(1, 3, 2), c(1, 3, 2)
     A_dense, B_dense = 0.3 * c(3, 4, 4), c(3, 4)
     K1, K2 = u[0].T.contiguous(), u[:2].transpose(1, 2).contiguous()  # (H, L), (2, H, L)
+    BCs = torch.cat([u, u[..., :1]], -1)  # (B, L, N = 4): the selective scan's B_t and C_t
     return {
         "ssm_scan": lambda b: ops.ssm_scan(u, A, Bb, C, backend=b),
         "ssm_final_state": lambda b: ops.ssm_final_state(u, A, Bb, backend=b),
@@ -198,6 +201,7 @@ def _calls():
         "dplr_kernel": lambda b: ops.dplr_kernel(Lam, P1, B1, Ct1, dt, 5, backend=b),
         "dense_final_state": lambda b: ops.dense_final_state(u, A_dense, B_dense, backend=b),
         "diagonal_ssm_bidirectional": lambda b: ops.diagonal_ssm_bidirectional(u, A, Bb, C2, backend=b),
+        "selective_scan": lambda b: ops.selective_scan(u, u, -A.real.abs(), BCs, BCs.flip(-1), backend=b),
     }
 
 
@@ -209,6 +213,9 @@ def test_every_op_has_its_table_and_raises_outside_it(op):
         if backend == "triton" and backend in TABLES[op] and not triton_available("cpu", op, torch.float64):
             with pytest.raises(RuntimeError, match=rf"^{op}: backend 'triton' was forced but cannot run"):
                 call(backend)  # runs in tests/ops/test_triton.py where triton is installed
+        elif backend == "native" and backend in TABLES[op] and not native_available(torch.float64):
+            with pytest.raises(RuntimeError, match=rf"^{op}: backend 'native' cannot run here"):
+                call(backend)  # no C compiler (or SSMKIT_NATIVE=0): tests/ops/test_native.py
         elif backend == "auto" or backend in TABLES[op]:
             out = call(backend)
             out = out[0] if isinstance(out, tuple) else out

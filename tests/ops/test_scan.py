@@ -445,7 +445,7 @@ def test_dispatch(device):
     # "fft" is the kernel + FFT convolution path of the scan (it used to live in ops.diagonal)
     with use_backend("fft"):
         assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) < TOL64
-    for backend in ("fft", "triton"):
+    for backend in ("fft", "triton", "native"):
         with use_backend(backend):
             with pytest.raises(RuntimeError, match=f"linear_recurrence: backend '{backend}'"):
                 linear_recurrence(u, u)
@@ -454,7 +454,7 @@ def test_dispatch(device):
             with pytest.raises(RuntimeError, match="ssm_scan: backend 'triton' was forced but cannot run"):
                 ssm_scan(u, A_bar, B_bar, C)
     # a final state has no frequency-domain form: "fft" raises (it was silently accepted before)
-    for backend in ("fft", "triton"):
+    for backend in ("fft", "triton", "native"):
         with use_backend(backend):
             with pytest.raises(RuntimeError, match=f"ssm_final_state: backend '{backend}'.*'reference', 'chunked'"):
                 ssm_final_state(u, A_bar, B_bar)

@@ -11,8 +11,13 @@ import pytest
 import torch
 
 import ssmkit.ops as ops
+from ssmkit.ops.native import native_available, selective_scan_native
 from ssmkit.ops.selective import default_chunk_size, selective_scan_chunked, selective_scan_reference, selective_step
 from tests.conftest import DEVICE, rel_err
+
+# the C kernel runs on the CPU where it builds (tests/ops/test_native.py covers the build and its refusals)
+NATIVE = DEVICE.type == "cpu" and native_available(torch.float64) and native_available(torch.float32)
+needs_native = pytest.mark.skipif(not NATIVE, reason="the native backend runs on the CPU where a C compiler builds it")
 
 F64 = torch.float64
 Bsz, L, H, N = 2, 13, 6, 4  # pairwise distinct, L not a multiple of the chunk sizes below
@@ -58,12 +63,16 @@ PATHS = {
     "chunked T=5": lambda *a: selective_scan_chunked(*a, chunk_size=5),
     "chunked T=1": lambda *a: selective_scan_chunked(*a, chunk_size=1),
     "chunked default": selective_scan_chunked,
+    "native T=4": lambda *a: selective_scan_native(*a, chunk_size=4),
+    "native default": selective_scan_native,
 }
 
 
 @pytest.mark.parametrize("G", [None, 1, 3])
 @pytest.mark.parametrize("path", list(PATHS))
 def test_every_path_equals_an_independent_float64_loop(path, G):
+    if path.startswith("native") and not NATIVE:
+        pytest.skip("the native backend runs on the CPU where a C compiler builds it")
     p = inputs(G)
     y_np, h_np = numpy_loop(**p)
     y, h = PATHS[path](p["u"], p["delta"], p["A"], p["B"], p["C"], p["D"], p["z"], p["delta_bias"], True, p["state"])
@@ -75,7 +84,7 @@ def test_options_off_and_the_dispatch():
     # no D, no z, no bias, no softplus: y = C · h with Δ = δ (made positive here)
     delta = p["delta"].abs()
     y, h = selective_scan_reference(p["u"], delta, p["A"], p["B"], p["C"])
-    for backend in ("auto", "chunked", "reference"):
+    for backend in ("auto", "chunked", "reference", *(("native",) if NATIVE else ())):
         y2, h2 = ops.selective_scan(p["u"], delta, p["A"], p["B"], p["C"], backend=backend)
         assert rel_err(y2, y) < 1e-12 and rel_err(h2, h) < 1e-12
     y3, none = ops.selective_scan(p["u"], delta, p["A"], p["B"], p["C"], return_state=False)
@@ -93,7 +102,10 @@ def test_a_hand_computed_case():
     D = torch.tensor([0.5], dtype=F64, device=DEVICE)
     h0 = torch.tensor([[[4.0]]], dtype=F64, device=DEVICE)
     # h = 4/2 + 1 = 3, 3/2 + 2 = 3.5, 3.5/2 = 1.75; y = 3 + 0.5, 10.5 + 1, -1.75
-    for fn in (selective_scan_reference, lambda *a, **k: selective_scan_chunked(*a, **k, chunk_size=2)):
+    fns = [selective_scan_reference, lambda *a, **k: selective_scan_chunked(*a, **k, chunk_size=2)]
+    if NATIVE:
+        fns.append(lambda *a, **k: selective_scan_native(*a, **k, chunk_size=2))
+    for fn in fns:
         y, h = fn(u, ones, A, ones, C, D, state=h0)
         assert torch.allclose(y.flatten(), torch.tensor([3.5, 11.5, -1.75], dtype=F64, device=DEVICE), atol=1e-14)
         assert torch.allclose(h.flatten(), torch.tensor([1.75], dtype=F64, device=DEVICE), atol=1e-14)
@@ -106,8 +118,9 @@ def scan_args(p):
     return [p[k] for k in NAMES]
 
 
+@pytest.mark.parametrize("path", ["chunked", pytest.param("native", marks=needs_native)])
 @pytest.mark.parametrize("G", [None, 2])
-def test_gradcheck_of_the_chunked_path(G):
+def test_gradcheck_of_the_fast_paths(G, path):
     # every input and the initial state, through the output and the final state (float64, tiny)
     g = torch.Generator().manual_seed(3)
     p = {k: v[:1, :7] if v.dim() >= 3 and k not in ("A", "state") else v for k, v in inputs(G, L=7).items()}
@@ -115,16 +128,19 @@ def test_gradcheck_of_the_chunked_path(G):
     p = {k: v.detach().clone().requires_grad_() for k, v in p.items()}
     w = torch.randn(1, 7, H, dtype=F64, generator=g).to(DEVICE)
 
+    fast = selective_scan_chunked if path == "chunked" else selective_scan_native
+
     def f(*args):
-        y, h = selective_scan_chunked(*args[:8], True, args[8], chunk_size=3)
+        y, h = fast(*args[:8], True, args[8], chunk_size=3)
         return (y * w).sum() + h.square().sum()
 
     assert torch.autograd.gradcheck(f, tuple(scan_args(p)), atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["chunked", pytest.param("native", marks=needs_native)])
 @pytest.mark.parametrize("T", [1, 4, 5, 64])
 @pytest.mark.parametrize("G", [None, 3])
-def test_chunked_gradients_equal_the_reference_loop(G, T):
+def test_fast_gradients_equal_the_reference_loop(G, T, path):
     p = inputs(G, requires_grad=True)
     args = scan_args(p)
     gy = torch.randn(Bsz, L, H, dtype=F64, device=DEVICE)
@@ -135,12 +151,14 @@ def test_chunked_gradients_equal_the_reference_loop(G, T):
         return torch.autograd.grad((y * gy).sum() + (h * gh).sum(), args)
 
     ref = grads(selective_scan_reference)
-    got = grads(lambda *a: selective_scan_chunked(*a, chunk_size=T))
+    fast = selective_scan_chunked if path == "chunked" else selective_scan_native
+    got = grads(lambda *a: fast(*a, chunk_size=T))
     for name, a, b in zip(NAMES, got, ref):
         assert rel_err(a, b) < 1e-12, name
 
 
-def test_float32_chunked_path_is_as_accurate_as_the_float32_loop():
+@pytest.mark.parametrize("path", ["chunked", pytest.param("native", marks=needs_native)])
+def test_float32_fast_paths_are_as_accurate_as_the_float32_loop(path):
     # L = 300 with realistic magnitudes (Δ ~ 1e-3..1e-1 through softplus, A = -(1..N)); errors against float64
     p = inputs(dtype=F64, L=300, seed=5)
     p["A"] = -torch.arange(1, N + 1, dtype=F64, device=DEVICE).expand(H, N).contiguous()
@@ -148,7 +166,8 @@ def test_float32_chunked_path_is_as_accurate_as_the_float32_loop():
     y64, h64 = selective_scan_reference(*scan_args(p)[:8], True, p["state"])
     p32 = [t.float() for t in scan_args(p)]
     y_ref, h_ref = selective_scan_reference(*p32[:8], True, p32[8])
-    y_ch, h_ch = selective_scan_chunked(*p32[:8], True, p32[8])
+    fast = selective_scan_chunked if path == "chunked" else selective_scan_native
+    y_ch, h_ch = fast(*p32[:8], True, p32[8])
     assert rel_err(y_ch, y64) < max(2 * rel_err(y_ref, y64), 1e-6)
     assert rel_err(h_ch, h64) < max(2 * rel_err(h_ref, h64), 1e-6)
 
@@ -189,7 +208,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("backend", ["reference", "chunked", "native"])
 @pytest.mark.parametrize("bad,match", BAD)
 def test_bad_inputs_raise(bad, match, backend):
     good = dict(u=torch.randn(2, 5, 6), delta=torch.randn(2, 5, 6), A=-torch.rand(6, 4), B=torch.randn(2, 5, 4),

@@ -1,10 +1,11 @@
 """Selective-scan benchmark: one Mamba block, forward and forward+backward, with each way of running its scan.
 
     ssmkit bench selective [--batch 8 --d-model 256 --d-state 16 --expand 2 --length 4096 --threads 2]
-                           [--cases chunked loop mambapy] [--repeats 3] [--memory-limit-gib G] [--json PATH]
+                           [--cases native chunked loop mambapy] [--repeats 3] [--memory-limit-gib G] [--json PATH]
 
 Cases (the same block: in-projection, convolution, selective scan, gate, out-projection):
-    ``chunked``  ssmkit's Mamba layer, its chunked selective scan (the default);
+    ``native``   ssmkit's Mamba layer, its C-kernel selective scan (``"auto"``'s choice on the CPU where it builds);
+    ``chunked``  ssmkit's Mamba layer, its chunked selective scan in PyTorch;
     ``loop``     ssmkit's Mamba layer with the plain per-step loop (``selective_scan_reference``: ``unbind`` over time);
     ``mambapy``  mambapy's MambaBlock (its Blelloch parallel scan ``pscan``), when mambapy is installed.
 
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 
-CASES = ("chunked", "loop", "mambapy")
+CASES = ("native", "chunked", "loop", "mambapy")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def _build(case: str, d_model: int, d_state: int, expand: int):
     from ssmkit.ops import use_backend
 
     layer = layers.build("mamba", d_model=d_model, d_state=d_state, expand=expand)
-    backend = "reference" if case == "loop" else "chunked"
+    backend = {"loop": "reference", "chunked": "chunked", "native": "native"}[case]
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with use_backend(backend):

@@ -22,8 +22,9 @@ The state is ``MambaState(conv, ssm)``: the last W-1 inputs of the convolution (
 gradients flow through both. Under autocast the in- and out-projections run in bf16/fp16 and everything between
 them (convolution, W_x, W_Δ, the scan, the gate) in the parameters' dtype (``float32_core``).
 
-Backends: ``"chunked"`` (and ``"auto"``) = :func:`ssmkit.ops.selective.selective_scan_chunked`; ``"reference"`` = the
-loop :func:`ssmkit.ops.selective.selective_scan_reference`.
+Backends: ``"chunked"`` = :func:`ssmkit.ops.selective.selective_scan_chunked`; ``"native"`` = the C kernel
+:func:`ssmkit.ops.native.selective_scan_native` (CPU); ``"auto"`` = native on the CPU where it runs, else chunked;
+``"reference"`` = the loop :func:`ssmkit.ops.selective.selective_scan_reference`.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Mamba(SequenceLayer):
         "kernel": "it is selective: Δ, B and C depend on the input, so it is not a convolution",
         "state_space": "it is selective (time-varying and input-dependent), so it has no LTI realisation",
     }
-    backends = ("reference", "chunked")
+    backends = ("reference", "chunked", "native")
     block_defaults = BlockDefaults(activation=None, mixer_out=None)
     zoo = ZooEntry(
         paper="arXiv 2312.00752",
@@ -193,7 +194,7 @@ class Mamba(SequenceLayer):
         return delta, B, C, -torch.exp(self.A_log)
 
     def _forward(self, x: torch.Tensor, state: MambaState | None, return_state: bool) -> tuple[torch.Tensor, MambaState | None]:
-        backend = "reference" if self._backend() == "reference" else "chunked"
+        backend = self._backend()
         dtype = self.A_log.dtype
         xs, z = self.in_proj(x.to(dtype)).chunk(2, dim=-1)  # (B, L, H_in) each (bf16/fp16 under autocast)
         with float32_core(x.device.type):

@@ -7,7 +7,10 @@ Every dispatching op has ONE table from backend name to implementation, and ever
     ``"fft"``        a frequency-domain (FFT) algorithm;
     ``"triton"``     a Triton GPU kernel (:mod:`ssmkit.ops.triton`; usable only where :mod:`ssmkit.ops.triton_gate`'s
                      smoke call succeeded: CUDA, or Triton's CPU interpreter under ``TRITON_INTERPRET=1``);
-    ``"auto"``       the op's own choice among the names of its table (``"triton"`` only on CUDA, where it runs).
+    ``"native"``     a C kernel for the CPU (:mod:`ssmkit.ops.native`; compiled on first use with the system's C
+                     compiler and usable only where its smoke call succeeded);
+    ``"auto"``       the op's own choice among the names of its table (``"triton"`` only on CUDA, where it runs;
+                     ``"native"`` only on the CPU, where it runs, and never while torch.func or torch.compile trace).
 
 The backend in force is a :class:`contextvars.ContextVar` (default ``"auto"``): :func:`set_backend` and
 :func:`use_backend` change it for the current thread or asyncio task only, and :func:`use_backend` restores
@@ -29,7 +32,7 @@ from typing import Callable, Iterator, Mapping, TypeVar
 
 import torch
 
-BACKENDS = ("auto", "reference", "chunked", "fft", "triton")
+BACKENDS = ("auto", "reference", "chunked", "fft", "triton", "native")
 
 _BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("ssmkit_ops_backend", default="auto")
 
@@ -52,7 +55,9 @@ def set_backend(name: str) -> None:
             ``"chunked"`` -- time-domain matmul-shaped algorithms (CPU and GPU);
             ``"fft"`` -- frequency-domain (FFT) algorithms;
             ``"triton"`` -- Triton GPU kernels (ssm_scan and ssd; an op without one raises, and so does a forced
-            ``"triton"`` where the kernels cannot run).
+            ``"triton"`` where the kernels cannot run);
+            ``"native"`` -- C kernels for the CPU (selective_scan; an op without one raises, and so does a forced
+            ``"native"`` where the kernel cannot be built).
     """
     _BACKEND.set(_check_name(name, "backend"))
 

@@ -1,0 +1,117 @@
+"""Build and load the C kernels of the ``"native"`` backend (the CPU's compiled fast paths).
+
+A kernel source (a ``.c`` file beside this module) is compiled once per machine with the system's C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``: the first that exists) into a shared library under the cache folder
+(``$SSMKIT_NATIVE_CACHE``, default ``~/.cache/ssmkit/native``), and loaded with :mod:`ctypes`: no Python headers, no
+build tool, no torch C++ extension. The library's name carries a hash of the source, the compiler's version, the
+flags and the CPU's feature flags, so an edited source, another compiler or a cache folder shared with a different
+CPU builds afresh (``-march=native`` code must never run on a CPU without those instructions). The library is
+written under a temporary name and renamed: a concurrent or interrupted build never leaves a half-written file.
+
+``SSMKIT_NATIVE=0`` in the environment disables the backend (every build is refused with that reason).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).resolve().parent
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=gnu11")
+DTYPE_FLAGS = {"float32": (), "float64": ("-DSS_DOUBLE",)}
+
+
+class NativeBuildError(RuntimeError):
+    """The C kernels cannot be built or loaded here (the message says why)."""
+
+
+def cache_dir() -> Path:
+    """The folder of the built libraries: ``$SSMKIT_NATIVE_CACHE`` or ``~/.cache/ssmkit/native``."""
+    return Path(os.environ.get("SSMKIT_NATIVE_CACHE") or Path.home() / ".cache" / "ssmkit" / "native")
+
+
+def compiler() -> str:
+    """The C compiler to use: ``$CC`` when set, else the first of cc, gcc, clang on the PATH.
+
+    Raises:
+        NativeBuildError: none is found.
+    """
+    for name in ([os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise NativeBuildError("no C compiler found (set CC, or install gcc or clang)")
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(cc: str) -> str:
+    out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.splitlines()[0] if out.stdout else cc
+
+
+def library_path(source: str, dtype: str) -> Path:
+    """Where the library of ``source`` (a file name beside this module) for ``dtype`` is, or will be, cached."""
+    cc = compiler()
+    text = (SOURCE_DIR / source).read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([text, _version(cc).encode(), " ".join(FLAGS + DTYPE_FLAGS[dtype]).encode(), _cpu_flags().encode()])
+    ).hexdigest()[:16]
+    return cache_dir() / f"{Path(source).stem}-{dtype}-{key}.so"
+
+
+def build(source: str, dtype: str) -> Path:
+    """Compile ``source`` for ``dtype`` ("float32" or "float64") unless its library is cached; return its path.
+
+    Raises:
+        NativeBuildError: the backend is disabled, no compiler is found, or the compiler fails (its message
+            is included).
+    """
+    if os.environ.get("SSMKIT_NATIVE", "1") == "0":
+        raise NativeBuildError("disabled by SSMKIT_NATIVE=0")
+    if dtype not in DTYPE_FLAGS:
+        raise ValueError(f"dtype must be one of {tuple(DTYPE_FLAGS)}; got {dtype!r}")
+    path = library_path(source, dtype)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", prefix=path.stem + ".", dir=path.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler(), *FLAGS, *DTYPE_FLAGS[dtype], "-o", tmp, str(SOURCE_DIR / source), "-lm"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise NativeBuildError(f"{' '.join(cmd)} failed:\n{out.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load(source: str, dtype: str) -> ctypes.CDLL:
+    """Build (if needed) and load the library of ``source`` for ``dtype``.
+
+    Raises:
+        NativeBuildError: as :func:`build`, or the library does not load.
+    """
+    path = build(source, dtype)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as err:
+        raise NativeBuildError(f"cannot load {path}: {err}") from err

@@ -1,0 +1,149 @@
+"""The "native" backend (ssmkit.ops.native): building the C kernel (cache, refusals, a failing compiler), and the
+selective-scan kernel against the float64 loop at shapes that exercise its channel blocks, groups, chunk tails and
+threads, its float32 exp2 over the whole exponent range, and the dispatch of "auto". (tests/ops/test_selective.py
+runs it beside the other paths against an independent numpy loop, with gradcheck.)"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+import ssmkit.ops as ops
+from ssmkit.ops.native import build, native_available, native_status, selective_scan_native
+from ssmkit.ops.native.build import NativeBuildError
+from ssmkit.ops.selective import _auto, selective_scan_reference
+from tests.conftest import DEVICE, rel_err
+
+F64 = torch.float64
+pytestmark = pytest.mark.skipif(
+    DEVICE.type != "cpu" or not (native_available(torch.float32) and native_available(F64)),
+    reason="the native backend runs on the CPU where a C compiler builds it",
+)
+
+
+def test_build_caches_its_library_and_names_it_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMKIT_NATIVE_CACHE", str(tmp_path))
+    path = build.build("selective_scan.c", "float32")
+    assert path.parent == tmp_path and path.exists() and "selective_scan-float32-" in path.name
+    stamp = path.stat().st_mtime_ns
+    assert build.build("selective_scan.c", "float32") == path and path.stat().st_mtime_ns == stamp  # not rebuilt
+    assert build.library_path("selective_scan.c", "float64") != path  # one library per dtype
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_a_failing_compiler_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMKIT_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # exists on every POSIX system and fails
+    with pytest.raises(NativeBuildError, match="failed"):
+        build.build("selective_scan.c", "float32")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("CC", "no-such-compiler-ssmkit")
+    with pytest.raises(NativeBuildError, match="no C compiler found"):
+        build.build("selective_scan.c", "float32")
+
+
+def test_disabled_by_the_environment(monkeypatch):
+    monkeypatch.setenv("SSMKIT_NATIVE", "0")
+    with pytest.raises(NativeBuildError, match="disabled by SSMKIT_NATIVE=0"):
+        build.build("selective_scan.c", "float32")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        monkeypatch.delenv("SSMKIT_NATIVE")
+        build.build("selective_scan.c", "float16")
+    ok, why = native_status(torch.float16)
+    assert not ok and "float32 or float64" in why
+
+
+def inputs(Bsz, L, H, N, G, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    bc = (Bsz, L, N) if G is None else (Bsz, L, G, N)
+    p = dict(u=r(Bsz, L, H), delta=r(Bsz, L, H) - 1, A=-torch.rand(H, N, generator=g, dtype=F64) * 3 - 0.1, B=r(*bc),
+             C=r(*bc), D=r(H), z=r(Bsz, L, H), delta_bias=0.3 * r(H), state=r(Bsz, H, N))
+    return {k: v.to(dtype) for k, v in p.items()}
+
+
+ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+# (B, L, H, N, G): one partial block; three blocks (64, 64, 2); groups of 65 channels (a block and a one-channel tail
+# per group); a chunk boundary inside L and a last chunk of one step (L = 33 with T = 8)
+SHAPES = [(2, 9, 5, 3, None), (1, 33, 130, 4, None), (3, 17, 130, 2, 2), (2, 12, 128, 5, 4)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_forward_and_gradients_equal_the_loop_in_float64(shape, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the kernel's split over Python threads
+    p = {k: v.requires_grad_() for k, v in inputs(*shape).items()}
+    args = [p[k] for k in ORDER]
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(p["u"].shape, generator=g, dtype=F64)
+    gh = torch.randn(p["state"].shape, generator=g, dtype=F64)
+    out = {}
+    for name, fn in (("ref", selective_scan_reference), ("native", lambda *a, **k: selective_scan_native(*a, **k, chunk_size=8))):
+        y, h = fn(*args, delta_softplus=True, state=p["state"])
+        grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), [*args, p["state"]])
+        out[name] = (y, h, *grads)
+    for a, b in zip(out["native"], out["ref"]):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_float32_exp2_over_the_exponent_range():
+    # one step from h0 with B = 0: y = Σ_n C_n exp(Δ A_n) h0_n, here one state per channel so y = exp(ΔA) h0 exactly
+    H = 200
+    x = torch.linspace(-87.0, 87.0, H, dtype=F64)  # ΔA: exp(x) spans the normal float32 range
+    A = x.reshape(H, 1)
+    ones = torch.ones(1, 1, H, dtype=F64)
+    zeros = torch.zeros(1, 1, 1, dtype=F64)
+    h0 = torch.ones(1, H, 1, dtype=F64)
+    y, _ = selective_scan_native(ones.float(), ones.float(), A.float(), zeros.float(), zeros.float() + 1,
+                                 state=h0.float())
+    exact = torch.exp(A.float().double().squeeze(1))  # of the float32 exponent the kernel was given
+    rel = ((y.double().flatten() - exact) / exact).abs().max().item()
+    torch_rel = ((torch.exp(A.float()).double().squeeze(1) - exact) / exact).abs().max().item()
+    assert rel < 2.5e-7 and rel < 4 * torch_rel  # float32 rounding (ulp 1.2e-7 relative at most), as torch.exp
+    # beyond the range: exp(ΔA) for ΔA < -88 is 0 (a state that has decayed), never NaN
+    y2, h2 = selective_scan_native(ones.float(), ones.float(), torch.full((H, 1), -500.0), zeros.float(),
+                                   zeros.float() + 1, state=h0.float())
+    assert torch.equal(y2, torch.zeros_like(y2)) and torch.equal(h2, torch.zeros_like(h2))
+
+
+def test_float32_long_sequence_against_float64():
+    # Mamba's magnitudes (Δ ~ 1e-3..1e-1, A = -(1..N)) over L = 2000: the float32 kernel stays at float32 rounding
+    p = inputs(2, 2000, 70, 16, None, seed=4)
+    p["A"] = -torch.arange(1, 17, dtype=F64).expand(70, 16).contiguous()
+    p["delta"] = p["delta"] - 3
+    y64, h64 = selective_scan_reference(*[p[k] for k in ORDER], True, p["state"])
+    p32 = {k: v.float() for k, v in p.items()}
+    y32, h32 = selective_scan_native(*[p32[k] for k in ORDER], True, p32["state"])
+    ref32, _ = selective_scan_reference(*[p32[k] for k in ORDER], True, p32["state"])
+    assert rel_err(y32, y64) < max(2 * rel_err(ref32, y64), 1e-6) and rel_err(h32, h64) < 1e-6
+
+
+def test_auto_takes_the_kernel_in_eager_mode_only():
+    u = torch.randn(1, 4, 3)
+    assert _auto(u) == "native" and _auto(u.double()) == "native"
+    assert _auto(u.half()) == "chunked"  # no float16 kernel
+    p = inputs(1, 6, 3, 2, None)
+    args = [p[k] for k in ORDER]
+    y = ops.selective_scan(*args, True, p["state"])[0]
+    traced = torch.func.vmap(lambda u_: ops.selective_scan(u_, *args[1:], True, p["state"])[0])(p["u"].unsqueeze(0))
+    assert rel_err(traced[0], y) < 1e-12  # under vmap "auto" runs the chunked path, with the same result
+
+
+def test_no_gradient_is_kept_without_grad():
+    # under no_grad the forward keeps no chunk states; with grad but no input requiring it, none either
+    p = inputs(1, 20, 3, 2, None)
+    args = [p[k] for k in ORDER]
+    with torch.no_grad():
+        y0 = selective_scan_native(*args, True, p["state"])[0]
+    y1 = selective_scan_native(*args, True, p["state"])[0]
+    assert torch.equal(y0, y1) and not y1.requires_grad
+
+
+def test_the_cache_folder_defaults_under_the_home(monkeypatch):
+    monkeypatch.delenv("SSMKIT_NATIVE_CACHE", raising=False)
+    assert build.cache_dir() == build.Path.home() / ".cache" / "ssmkit" / "native"
+    assert math.isfinite(float(os.cpu_count() or 1))

@@ -159,7 +159,7 @@ def test_dispatch_table():
 
 # Every dispatching op and the backends it has ("auto" aside): one meaning per name (ssmkit.ops.backend).
 TABLES = {
-    "ssm_scan": ("reference", "chunked", "fft", "triton"),
+    "ssm_scan": ("reference", "chunked", "fft", "triton", "native"),
     "ssm_final_state": ("reference", "chunked"),
     "linear_recurrence": ("reference", "chunked"),
     "vandermonde": ("reference", "chunked"),
@@ -213,7 +213,7 @@ def test_every_op_has_its_table_and_raises_outside_it(op):
         if backend == "triton" and backend in TABLES[op] and not triton_available("cpu", op, torch.float64):
             with pytest.raises(RuntimeError, match=rf"^{op}: backend 'triton' was forced but cannot run"):
                 call(backend)  # runs in tests/ops/test_triton.py where triton is installed
-        elif backend == "native" and backend in TABLES[op] and not native_available(torch.float64):
+        elif backend == "native" and backend in TABLES[op] and not native_available(op, torch.float64):
             with pytest.raises(RuntimeError, match=rf"^{op}: backend 'native' cannot run here"):
                 call(backend)  # no C compiler (or SSMKIT_NATIVE=0): tests/ops/test_native.py
         elif backend == "auto" or backend in TABLES[op]:

@@ -19,7 +19,7 @@ from tests.conftest import DEVICE, rel_err
 
 F64 = torch.float64
 pytestmark = pytest.mark.skipif(
-    DEVICE.type != "cpu" or not (native_available(torch.float32) and native_available(F64)),
+    DEVICE.type != "cpu" or not (native_available("selective_scan", torch.float32) and native_available("selective_scan", F64)),
     reason="the native backend runs on the CPU where a C compiler builds it",
 )
 
@@ -52,7 +52,7 @@ def test_disabled_by_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="dtype must be one of"):
         monkeypatch.delenv("SSMKIT_NATIVE")
         build.build("selective_scan.c", "float16")
-    ok, why = native_status(torch.float16)
+    ok, why = native_status("selective_scan", torch.float16)
     assert not ok and "float32 or float64" in why
 
 
@@ -147,3 +147,71 @@ def test_the_cache_folder_defaults_under_the_home(monkeypatch):
     monkeypatch.delenv("SSMKIT_NATIVE_CACHE", raising=False)
     assert build.cache_dir() == build.Path.home() / ".cache" / "ssmkit" / "native"
     assert math.isfinite(float(os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The diagonal LTI scan (ssm_scan_native)
+
+from ssmkit.ops.native import ssm_scan_native  # noqa: E402
+from ssmkit.ops.scan import auto_scan_backend, ssm_scan_reference  # noqa: E402
+
+C128 = torch.complex128
+
+
+def diag_inputs(Bsz, L, H, N, seed=0, dtype=C128):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    A = torch.polar(torch.rand(H, N, generator=g, dtype=F64) * 0.6 + 0.35, r(H, N) * 2)
+    return dict(u=r(Bsz, L, H), A=A.to(dtype), B=torch.complex(r(H, N), r(H, N)).to(dtype),
+                C=torch.complex(r(H, N), r(H, N)).to(dtype), x0=torch.complex(r(Bsz, H, N), r(Bsz, H, N)).to(dtype),
+                D=r(H))
+
+
+# (B, L, H, N): one partial channel block; blocks of 16 + a tail of 3; modes not a multiple of the kernel's block of 4;
+# chunk boundaries inside L and a one-step last chunk (T = 8 below)
+DIAG_SHAPES = [(2, 9, 5, 3), (1, 33, 35, 5), (3, 17, 16, 8), (2, 25, 19, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", DIAG_SHAPES, ids=[str(s) for s in DIAG_SHAPES])
+@pytest.mark.parametrize("with_D", [True, False])
+def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads, with_D, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    p = {k: v.requires_grad_() for k, v in diag_inputs(*shape).items()}
+    D = p["D"] if with_D else None
+    leaves_ = [p["u"], p["A"], p["B"], p["C"], p["x0"], *([D] if with_D else [])]
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(p["u"].shape, generator=g, dtype=F64)
+    gx = torch.complex(torch.randn(p["x0"].shape, generator=g, dtype=F64), torch.randn(p["x0"].shape, generator=g, dtype=F64))
+    out = {}
+    for name, fn in (("ref", ssm_scan_reference), ("native", lambda *a, **k: ssm_scan_native(*a, **k, chunk_size=8))):
+        y, x = fn(p["u"], p["A"], p["B"], p["C"], p["x0"], D)
+        loss = (y * gy).sum() + (x * gx.conj()).real.sum()
+        out[name] = (y, x, *torch.autograd.grad(loss, leaves_))
+    for a, b in zip(out["native"], out["ref"]):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_diagonal_float32_long_sequence_against_float64():
+    # S4D-like magnitudes (|Ā| up to 0.999) over L = 3000: the float32 kernel is as accurate as the float32 loop
+    p = diag_inputs(2, 3000, 20, 8, seed=3)
+    p["A"] = torch.polar(torch.linspace(0.9, 0.999, 160, dtype=F64).reshape(20, 8), p["A"].angle())
+    y64, x64 = ssm_scan_reference(p["u"], p["A"], p["B"], p["C"], p["x0"], p["D"])
+    q = {k: (v.to(torch.complex64) if v.is_complex() else v.float()) for k, v in p.items()}
+    y32, x32 = ssm_scan_native(q["u"], q["A"], q["B"], q["C"], q["x0"], q["D"])
+    r32, s32 = ssm_scan_reference(q["u"], q["A"], q["B"], q["C"], q["x0"], q["D"])
+    assert rel_err(y32, y64) < max(2 * rel_err(r32, y64), 1e-6)
+    assert rel_err(x32, x64) < max(2 * rel_err(s32, x64), 1e-6)
+
+
+def test_diagonal_conjugate_views_and_the_dispatch():
+    p = diag_inputs(2, 12, 6, 4)
+    A_conj = p["A"].conj()  # a conjugate view (torch's lazy conj bit): the kernel must read its values, not its storage
+    y, x = ssm_scan_native(p["u"], A_conj, p["B"], p["C"].conj(), p["x0"].conj(), p["D"])
+    y_ref, x_ref = ssm_scan_reference(p["u"], A_conj.resolve_conj(), p["B"], p["C"].conj().resolve_conj(),
+                                      p["x0"].conj().resolve_conj(), p["D"])
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
+    assert auto_scan_backend(p["u"], True, p["A"]) == "native"
+    assert auto_scan_backend(p["u"], True, p["A"].real) != "native"  # real modes (EMA) stay on the PyTorch paths
+    with pytest.raises(RuntimeError, match="ssm_scan: backend 'native' cannot run here: .*real Ā runs chunked"):
+        ops.ssm_scan(p["u"], p["A"].real, p["B"].real, p["C"].real, backend="native")

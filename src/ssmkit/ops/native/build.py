@@ -115,3 +115,34 @@ def load(source: str, dtype: str) -> ctypes.CDLL:
         return ctypes.CDLL(str(path))
     except OSError as err:
         raise NativeBuildError(f"cannot load {path}: {err}") from err
+
+
+_BOUND: dict[tuple[str, str], dict] = {}
+
+
+def bind(source: str, dtype: "torch.dtype", signatures: dict[str, tuple[list, object]]) -> dict:
+    """The C functions of ``source`` for a torch dtype (float32 -> the ``_f32`` symbols, float64 -> ``_f64``), with
+    their ctypes argument and result types set; built and loaded on first use, then cached.
+
+    Args:
+        source: the kernel's file name beside this module.
+        dtype: torch.float32 or torch.float64.
+        signatures: function name (without the dtype suffix) -> (argtypes, restype).
+
+    Raises:
+        NativeBuildError: as :func:`load`.
+    """
+    import torch
+
+    name = {torch.float32: "float32", torch.float64: "float64"}[dtype]
+    key = (source, name)
+    if key not in _BOUND:
+        lib = load(source, name)
+        suffix = "f32" if name == "float32" else "f64"
+        fns = {}
+        for fn_name, (argtypes, restype) in signatures.items():
+            fn = getattr(lib, f"{fn_name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, restype
+            fns[fn_name] = fn
+        _BOUND[key] = fns
+    return _BOUND[key]

@@ -11,63 +11,33 @@ stay in PyTorch, under autograd. The work (batch × group × channel block) is s
 Python threads; :mod:`ctypes` releases the GIL during each call, so they run in parallel. The backward recomputes the
 states chunk by chunk from the chunk-start states the forward kept (B·H·N per ``T`` steps).
 
-Usable where :func:`native_status` says so: the library built (:mod:`ssmkit.ops.native.build`) and a smoke call
-matched the reference, forward and gradients. The backward is not itself differentiable (no double backward), and
+Usable where :func:`ssmkit.ops.native.gate.native_status` says so: the library built
+(:mod:`ssmkit.ops.native.build`) and a smoke call matched the reference, forward and gradients. The backward is not itself differentiable (no double backward), and
 the kernel cannot be traced by torch.func or torch.compile: ``"auto"`` picks the chunked path then.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ssmkit.ops.native.build import NativeBuildError, load
-
-DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-_LIBS: dict[str, ctypes.CDLL] = {}
-_STATUS: dict[str, tuple[bool, str]] = {}
-_LOCK = threading.Lock()
-_POOL: list[ThreadPoolExecutor] = []
+from ssmkit.ops.native.build import bind
+from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.parallel import parts, ptr as _ptr, run_parts as _run
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {  # the C functions of selective_scan.c: (argument types, result type)
+    "ss_items": ([_i64] * 3, _i64),
+    "ss_forward": ([_p] * 9 + [_i64] * 8, None),
+    "ss_backward": ([_p] * 14 + [_i64] * 8, ctypes.c_int),
+}
 
 
-def _library(dtype: torch.dtype) -> ctypes.CDLL:
-    """The loaded kernel library for ``dtype`` (built on first use)."""
-    name = DTYPES[dtype]
-    lib = _LIBS.get(name)
-    if lib is None:
-        lib = load("selective_scan.c", name)
-        suffix = "f32" if dtype == torch.float32 else "f64"
-        items, fwd, bwd = (getattr(lib, f"{f}_{suffix}") for f in ("ss_items", "ss_forward", "ss_backward"))
-        items.argtypes, items.restype = [_i64] * 3, _i64
-        fwd.argtypes, fwd.restype = [_p] * 9 + [_i64] * 8, None
-        bwd.argtypes, bwd.restype = [_p] * 14 + [_i64] * 8, ctypes.c_int
-        _LIBS[name] = lib = (items, fwd, bwd)  # type: ignore[assignment]
-    return lib  # type: ignore[return-value]
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _run(fn, n_items: int, make_args) -> list:
-    """Run ``fn(*make_args(part, item0, item1))`` over [0, n_items) split into ``torch.get_num_threads()`` parts."""
-    parts = max(1, min(torch.get_num_threads(), n_items))
-    bounds = [(k * n_items // parts, (k + 1) * n_items // parts) for k in range(parts)]
-    if parts == 1:
-        return [fn(*make_args(0, 0, n_items))]
-    with _LOCK:
-        if not _POOL or _POOL[0]._max_workers < parts:  # noqa: SLF001
-            if _POOL:
-                _POOL.pop().shutdown(wait=False)
-            _POOL.append(ThreadPoolExecutor(max_workers=parts, thread_name_prefix="ssmkit-native"))
-        pool = _POOL[0]
-    futures = [pool.submit(fn, *make_args(k, i0, i1)) for k, (i0, i1) in enumerate(bounds)]
-    return [f.result() for f in futures]
+def _library(dtype: torch.dtype) -> tuple:
+    """The kernel's (items, forward, backward) functions for ``dtype`` (built on first use)."""
+    fns = bind("selective_scan.c", dtype, SIGNATURES)
+    return fns["ss_items"], fns["ss_forward"], fns["ss_backward"]
 
 
 def default_chunk(N: int, itemsize: int) -> int:
@@ -114,13 +84,13 @@ class _NativeScan(torch.autograd.Function):
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         n_items = items(Bsz, H, G)
-        parts = max(1, min(torch.get_num_threads(), n_items))
+        k = parts(n_items)
         g_y = u.new_zeros(u.shape) if g_y is None else g_y.contiguous()
         g_h = None if g_h is None else g_h.contiguous()
         g_dt, g_u = torch.empty_like(u), torch.empty_like(u)
         g_h0 = u.new_empty(Bsz, H, N) if ctx.has_h0 else None
-        g_B, g_C = B.new_zeros(parts, *B.shape), C.new_zeros(parts, *C.shape)  # one partial sum per thread
-        g_A = A.new_zeros(parts, N, H)
+        g_B, g_C = B.new_zeros(k, *B.shape), C.new_zeros(k, *C.shape)  # one partial sum per thread
+        g_A = A.new_zeros(k, N, H)
         shared = [_ptr(x) for x in (u, dt, At, B, C, ckpt, g_y, g_h, g_dt, g_u, g_h0)]
 
         def args(k, i0, i1):
@@ -129,56 +99,6 @@ class _NativeScan(torch.autograd.Function):
         if any(_run(bwd, n_items, args)):
             raise MemoryError("selective_scan native: the backward could not allocate its chunk buffers")
         return g_dt, g_u, g_A.sum(0).t(), g_B.sum(0), g_C.sum(0), g_h0, None, None
-
-
-def native_status(dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
-    """Whether the native selective scan runs here in ``dtype``, and why not: (ok, reason).
-
-    Decided once per dtype by building the library and a smoke call (a tiny scan with an initial state, forward and
-    every gradient) compared with :func:`ssmkit.ops.selective.selective_scan_reference`.
-    """
-    name = DTYPES.get(dtype)
-    if name is None:
-        return False, f"the native selective scan runs in float32 or float64, not {dtype}"
-    if name not in _STATUS:
-        try:
-            _smoke(dtype)
-            _STATUS[name] = (True, "built and checked against the reference")
-        except NativeBuildError as err:
-            _STATUS[name] = (False, str(err))
-        except Exception as err:  # a wrong result or a crash in the smoke call: never use the kernel
-            _STATUS[name] = (False, f"the smoke call failed: {type(err).__name__}: {err}")
-    return _STATUS[name]
-
-
-def native_available(dtype: torch.dtype = torch.float32) -> bool:
-    """True when :func:`native_status` says the kernel runs here in ``dtype``."""
-    return native_status(dtype)[0]
-
-
-def _smoke(dtype: torch.dtype) -> None:
-    from ssmkit.ops.selective import selective_scan_reference
-
-    g = torch.Generator().manual_seed(0)
-    Bsz, L, H, N, G = 2, 11, 70, 3, 2  # two channel blocks in one group, a chunk boundary inside L
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
-
-    args = [rand(Bsz, L, H), rand(Bsz, L, H), -torch.rand(H, N, generator=g, dtype=torch.float64).to(dtype) - 0.5,
-            rand(Bsz, L, G, N), rand(Bsz, L, G, N), rand(Bsz, H, N)]
-    outs = []
-    for fn in (lambda *a: _scan(*a[:5], None, None, None, True, a[5], True, 4),
-               lambda *a: selective_scan_reference(*a[:5], delta_softplus=True, state=a[5])):
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
-            leaves = [a.clone().requires_grad_() for a in args]
-            y, h = fn(*leaves)
-            loss = (y * torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)).square().sum() + h.square().sum()
-            outs.append([y, h, *torch.autograd.grad(loss, leaves)])
-    tol = 1e-9 if dtype == torch.float64 else 1e-4
-    for a, b in zip(*outs):
-        if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):
-            raise RuntimeError("the kernel's result differs from the reference")
 
 
 def selective_scan_native(
@@ -220,21 +140,21 @@ def selective_scan_native(
         y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
 
     Raises:
-        RuntimeError: the kernel cannot run here (:func:`native_status` gives the reason), or the inputs are not on
-            the CPU.
+        RuntimeError: the kernel cannot run here (``native_status("selective_scan", dtype)`` gives the reason), or
+            the inputs are not on the CPU.
     """
     from ssmkit.ops.selective import _check_selective
 
     _check_selective(u, delta, A, B, C, D, z, delta_bias, state)
     if u.device.type != "cpu":
         raise RuntimeError(f"selective_scan: backend 'native' runs on the CPU; the inputs are on {u.device}")
-    ok, why = native_status(u.dtype)
+    ok, why = native_status("selective_scan", u.dtype)
     if not ok:
         raise RuntimeError(f"selective_scan: backend 'native' cannot run here: {why}")
-    return _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size)
+    return scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size)
 
 
-def _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size):
+def scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size):
     """:func:`selective_scan_native` after its checks (the smoke call enters here)."""
     from ssmkit.ops._checks import check_chunk_size
     from ssmkit.ops.selective import _dt, _finish

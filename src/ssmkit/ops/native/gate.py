@@ -1,0 +1,92 @@
+"""Whether a native (C) kernel runs here, decided once per (op, dtype) by building it and a smoke call.
+
+The smoke call runs the op's kernel at a tiny size -- an initial state, a chunk boundary, several channel blocks --
+and compares its outputs and every gradient with the op's reference in the same dtype; any difference, build error
+or crash marks the kernel unusable, with the reason, for the rest of the process. ``"auto"`` asks
+:func:`native_available`; a forced ``"native"`` that cannot run raises with :func:`native_status`'s reason.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.ops.native.build import NativeBuildError
+
+OPS = ("selective_scan", "ssm_scan")
+DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
+
+
+def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
+    """Whether the native kernel of ``op`` runs here for real dtype ``dtype``, and why not: (ok, reason).
+
+    Args:
+        op: one of :data:`OPS`.
+        dtype: the real dtype of the op's input u (float32 or float64).
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}; got {op!r}")
+    name = DTYPES.get(dtype)
+    if name is None:
+        return False, f"the native kernels run in float32 or float64, not {dtype}"
+    key = (op, name)
+    if key not in _STATUS:
+        try:
+            _smoke(op, dtype)
+            _STATUS[key] = (True, "built and checked against the reference")
+        except NativeBuildError as err:
+            _STATUS[key] = (False, str(err))
+        except Exception as err:  # a wrong result or a crash in the smoke call: never use the kernel
+            _STATUS[key] = (False, f"the smoke call failed: {type(err).__name__}: {err}")
+    return _STATUS[key]
+
+
+def native_available(op: str, dtype: torch.dtype = torch.float32) -> bool:
+    """True when :func:`native_status` says the native kernel of ``op`` runs here in ``dtype``."""
+    return native_status(op, dtype)[0]
+
+
+def _compare(fast, ref, args: list[torch.Tensor], weight: torch.Tensor, dtype: torch.dtype) -> None:
+    """Outputs and every gradient of ``fast`` and ``ref`` on ``args`` agree to the dtype's tolerance, or raise."""
+    outs = []
+    for fn in (fast, ref):
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            leaves = [a.clone().requires_grad_() for a in args]
+            y, h = fn(*leaves)
+            loss = (y * weight).square().sum() + h.abs().square().sum()
+            outs.append([y, h, *torch.autograd.grad(loss, leaves)])
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for a, b in zip(*outs):
+        if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):
+            raise RuntimeError("the kernel's result differs from the reference")
+
+
+def _smoke(op: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    f64 = torch.float64
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=f64).to(dtype)
+
+    if op == "selective_scan":
+        from ssmkit.ops.native.selective import scan_unchecked
+        from ssmkit.ops.selective import selective_scan_reference
+
+        Bsz, L, H, N, G = 2, 11, 70, 3, 2  # two channel blocks in one group, a chunk boundary inside L
+        args = [rand(Bsz, L, H), rand(Bsz, L, H), -torch.rand(H, N, generator=g, dtype=f64).to(dtype) - 0.5,
+                rand(Bsz, L, G, N), rand(Bsz, L, G, N), rand(Bsz, H, N)]
+        fast = lambda *a: scan_unchecked(*a[:5], None, None, None, True, a[5], True, 4)  # noqa: E731
+        ref = lambda *a: selective_scan_reference(*a[:5], delta_softplus=True, state=a[5])  # noqa: E731
+    else:
+        from ssmkit.ops.native.diagonal import scan_unchecked
+        from ssmkit.ops.scan import ssm_scan_reference
+
+        Bsz, L, H, N = 2, 11, 19, 3  # two channel blocks, a chunk boundary inside L
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        crand = lambda *s: torch.complex(rand(*s), rand(*s)).to(cdtype)  # noqa: E731
+        A = torch.polar(torch.rand(H, N, generator=g, dtype=f64) * 0.5 + 0.4, rand(H, N).double()).to(cdtype)
+        args = [rand(Bsz, L, H), A, crand(H, N), crand(H, N), crand(Bsz, H, N), rand(H)]
+        fast = lambda *a: scan_unchecked(*a, True, 4)  # noqa: E731
+        ref = lambda *a: ssm_scan_reference(*a)  # noqa: E731
+    weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
+    _compare(fast, ref, args, weight, dtype)

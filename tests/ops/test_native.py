@@ -215,3 +215,18 @@ def test_diagonal_conjugate_views_and_the_dispatch():
     assert auto_scan_backend(p["u"], True, p["A"].real) != "native"  # real modes (EMA) stay on the PyTorch paths
     with pytest.raises(RuntimeError, match="ssm_scan: backend 'native' cannot run here: .*real Ā runs chunked"):
         ops.ssm_scan(p["u"], p["A"].real, p["B"].real, p["C"].real, backend="native")
+
+
+def test_float32_softplus_and_gate_over_their_range():
+    # one step from rest with u = B = C = 1: y = Δ = softplus(δ) exactly, then the gate: out = y SiLU(z)
+    H = 241
+    delta = torch.linspace(-30.0, 30.0, H).reshape(1, 1, H)  # both branches of log1p and the x > 20 pass-through
+    ones = torch.ones(1, 1, 1)
+    A = -torch.ones(H, 1)
+    y, _ = selective_scan_native(torch.ones(1, 1, H), delta, A, ones, ones, delta_softplus=True)
+    exact = torch.nn.functional.softplus(delta.double())
+    assert ((y.double() - exact).abs() / exact).max().item() < 3e-7
+    z = torch.linspace(-20.0, 20.0, H).reshape(1, 1, H)
+    y2, _ = selective_scan_native(torch.ones(1, 1, H), delta, A, ones, ones, z=z, delta_softplus=True)
+    exact2 = exact * torch.nn.functional.silu(z.double())
+    assert ((y2.double() - exact2).abs() / exact2.abs().clamp_min(1e-30)).max().item() < 5e-7

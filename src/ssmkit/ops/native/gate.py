@@ -75,8 +75,9 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         Bsz, L, H, N, G = 2, 11, 70, 3, 2  # two channel blocks in one group, a chunk boundary inside L
         args = [rand(Bsz, L, H), rand(Bsz, L, H), -torch.rand(H, N, generator=g, dtype=f64).to(dtype) - 0.5,
                 rand(Bsz, L, G, N), rand(Bsz, L, G, N), rand(Bsz, H, N)]
-        fast = lambda *a: scan_unchecked(*a[:5], None, None, None, True, a[5], True, 4)  # noqa: E731
-        ref = lambda *a: selective_scan_reference(*a[:5], delta_softplus=True, state=a[5])  # noqa: E731
+        args += [rand(H), rand(Bsz, L, H), rand(H)]  # D, z, b_Δ
+        fast = lambda *a: scan_unchecked(*a[:5], a[6], a[7], a[8], True, a[5], True, 4)  # noqa: E731
+        ref = lambda *a: selective_scan_reference(*a[:5], a[6], a[7], a[8], True, a[5])  # noqa: E731
     else:
         from ssmkit.ops.native.diagonal import scan_unchecked
         from ssmkit.ops.scan import ssm_scan_reference

@@ -230,3 +230,29 @@ def test_float32_softplus_and_gate_over_their_range():
     y2, _ = selective_scan_native(torch.ones(1, 1, H), delta, A, ones, ones, z=z, delta_softplus=True)
     exact2 = exact * torch.nn.functional.silu(z.double())
     assert ((y2.double() - exact2).abs() / exact2.abs().clamp_min(1e-30)).max().item() < 5e-7
+
+
+def test_inference_mode_and_a_forked_child():
+    import multiprocessing as mp
+
+    p = inputs(2, 20, 70, 3, None)
+    args = [p[k] for k in ORDER]
+    with torch.inference_mode():
+        y_inf = selective_scan_native(*args, True, p["state"])[0]
+    assert torch.equal(y_inf, selective_scan_native(*args, True, p["state"])[0])
+    if "fork" not in mp.get_all_start_methods():
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parent's pool has threads now; the child must not wait on them
+    try:
+        selective_scan_native(*args, True, p["state"])
+        with mp.get_context("fork").Pool(1) as pool:
+            y_child = pool.apply_async(_child_scan, (args, p["state"])).get(timeout=120)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y_child, y_inf)
+
+
+def _child_scan(args, state):
+    torch.set_num_threads(2)
+    return selective_scan_native(*args, True, state)[0]

@@ -2,11 +2,13 @@
 
 The kernels of :mod:`ssmkit.ops.native` take a range of work items [item0, item1) (a batch row and a block of
 channels); :mod:`ctypes` releases the GIL while a foreign function runs, so one call per thread runs the parts in
-parallel. One thread pool serves every kernel (grown when more threads are asked for).
+parallel. One thread pool serves every kernel (grown when more threads are asked for; made afresh in a forked child,
+which inherits the pool object but not its threads).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
@@ -15,6 +17,7 @@ import torch
 
 _LOCK = threading.Lock()
 _POOL: list[ThreadPoolExecutor] = []
+_PID = [os.getpid()]  # the process the pool's threads belong to (a forked child inherits the object, not the threads)
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
@@ -35,6 +38,9 @@ def run_parts(fn: Callable, n_items: int, make_args: Callable[[int, int, int], S
     if k == 1:
         return [fn(*make_args(0, 0, n_items))]
     with _LOCK:
+        if _PID[0] != os.getpid():  # forked: the parent's threads do not exist here
+            _POOL.clear()
+            _PID[0] = os.getpid()
         if not _POOL or _POOL[0]._max_workers < k:  # noqa: SLF001
             if _POOL:
                 _POOL.pop().shutdown(wait=False)

@@ -171,6 +171,7 @@ TABLES = {
     "dense_final_state": ("reference", "chunked"),
     "diagonal_ssm_bidirectional": ("reference", "fft"),
     "selective_scan": ("reference", "chunked", "native"),
+    "causal_conv1d": ("reference", "chunked", "native"),
 }
 
 
@@ -201,6 +202,7 @@ def _calls():
         "dplr_kernel": lambda b: ops.dplr_kernel(Lam, P1, B1, Ct1, dt, 5, backend=b),
         "dense_final_state": lambda b: ops.dense_final_state(u, A_dense, B_dense, backend=b),
         "diagonal_ssm_bidirectional": lambda b: ops.diagonal_ssm_bidirectional(u, A, Bb, C2, backend=b),
+        "causal_conv1d": lambda b: ops.causal_conv1d(u, K1[:, :4], None, backend=b),
         "selective_scan": lambda b: ops.selective_scan(u, u, -A.real.abs(), BCs, BCs.flip(-1), backend=b),
     }
 

@@ -256,3 +256,52 @@ def test_inference_mode_and_a_forked_child():
 def _child_scan(args, state):
     torch.set_num_threads(2)
     return selective_scan_native(*args, True, state)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The short causal convolution (causal_conv1d_native)
+
+from ssmkit.ops.conv import causal_conv1d_reference  # noqa: E402
+from ssmkit.ops.native import causal_conv1d_native  # noqa: E402
+
+# (B, L, H, W): a partial channel block; two blocks and a tail; L shorter than the state (the final state mixes the
+# initial state and x); one tap (no state)
+CONV_SHAPES = [(2, 9, 5, 4), (1, 13, 130, 3), (3, 2, 7, 4), (2, 6, 3, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=[str(s) for s in CONV_SHAPES])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("strided", [False, True])
+def test_conv_forward_and_gradients_equal_the_loop_in_float64(shape, threads, activation, strided, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    Bsz, L, H, W = shape
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    # strided: x is the first half of a wider projection's output (batch and time strides 2H, no copy)
+    base = r(Bsz, L, 2 * H if strided else H).requires_grad_()
+    x = base[..., :H] if strided else base
+    w, b, st = r(H, W).requires_grad_(), r(H).requires_grad_(), r(Bsz, H, W - 1).requires_grad_()
+    gy, gs = r(Bsz, L, H), r(Bsz, H, W - 1)
+    out = {}
+    for name, fn in (("ref", lambda *a: causal_conv1d_reference(*a)),
+                     ("native", lambda *a: causal_conv1d_native(*a, activation=activation))):
+        y, s = fn(x, w, b, st)
+        if name == "ref" and activation == "silu":
+            y = torch.nn.functional.silu(y)
+        out[name] = (y, s, *torch.autograd.grad((y * gy).sum() + (s * gs).sum(), [base, w, b, st]))
+    for a, b_ in zip(out["native"], out["ref"]):
+        assert rel_err(a, b_) < 1e-12
+
+
+def test_conv_dispatch_and_the_mamba_block_path():
+    x = torch.randn(2, 7, 3, dtype=F64)
+    w, b = torch.randn(3, 4, dtype=F64), torch.randn(3, dtype=F64)
+    y_ref, s_ref = causal_conv1d_reference(x, w, b)
+    for backend in ("auto", "chunked", "native", "reference"):
+        y, s = ops.causal_conv1d(x, w, b, backend=backend, activation="silu")
+        assert rel_err(y, torch.nn.functional.silu(y_ref)) < 1e-12 and rel_err(s, s_ref) < 1e-12, backend
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ops.causal_conv1d(x, w, b, activation="gelu")
+    with pytest.raises(RuntimeError, match="causal_conv1d: backend 'fft' was forced"):
+        ops.causal_conv1d(x, w, b, backend="fft")

@@ -199,8 +199,7 @@ class Mamba(SequenceLayer):
         xs, z = self.in_proj(x.to(dtype)).chunk(2, dim=-1)  # (B, L, H_in) each (bf16/fp16 under autocast)
         with float32_core(x.device.type):
             xs, z = xs.to(dtype), z.to(dtype)
-            xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state)  # (B, L, H_in)
-            xc = F.silu(xc)
+            xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state, activation="silu")  # (B, L, H_in)
             delta, B, C, A = self._scan_inputs(xc)
             y, ssm_state = selective_scan(
                 xc, delta, A, B, C, self.D, z, self.dt_bias, True,

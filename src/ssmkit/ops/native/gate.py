@@ -12,7 +12,7 @@ import torch
 
 from ssmkit.ops.native.build import NativeBuildError
 
-OPS = ("selective_scan", "ssm_scan")
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -53,7 +53,7 @@ def _compare(fast, ref, args: list[torch.Tensor], weight: torch.Tensor, dtype: t
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
             leaves = [a.clone().requires_grad_() for a in args]
             y, h = fn(*leaves)
-            loss = (y * weight).square().sum() + h.abs().square().sum()
+            loss = (y * weight[:, : y.shape[1]]).square().sum() + h.abs().square().sum()  # weight (1, 2L, 1)
             outs.append([y, h, *torch.autograd.grad(loss, leaves)])
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     for a, b in zip(*outs):
@@ -78,6 +78,14 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args += [rand(H), rand(Bsz, L, H), rand(H)]  # D, z, b_Δ
         fast = lambda *a: scan_unchecked(*a[:5], a[6], a[7], a[8], True, a[5], True, 4)  # noqa: E731
         ref = lambda *a: selective_scan_reference(*a[:5], a[6], a[7], a[8], True, a[5])  # noqa: E731
+    elif op == "causal_conv1d":
+        from ssmkit.ops.conv import causal_conv1d_reference
+        from ssmkit.ops.native.conv import conv_unchecked
+
+        Bsz, L, H, W = 2, 6, 70, 4  # two channel blocks; L > W - 1 and a state
+        args = [rand(Bsz, L, H), rand(H, W), rand(H), rand(Bsz, H, W - 1)]
+        fast = lambda *a: conv_unchecked(*a, True, "silu")  # noqa: E731
+        ref = lambda *a: (lambda y, s: (torch.nn.functional.silu(y), s))(*causal_conv1d_reference(*a))  # noqa: E731
     else:
         from ssmkit.ops.native.diagonal import scan_unchecked
         from ssmkit.ops.scan import ssm_scan_reference
@@ -89,5 +97,5 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args = [rand(Bsz, L, H), A, crand(H, N), crand(H, N), crand(Bsz, H, N), rand(H)]
         fast = lambda *a: scan_unchecked(*a, True, 4)  # noqa: E731
         ref = lambda *a: ssm_scan_reference(*a)  # noqa: E731
-    weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
+    weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
     _compare(fast, ref, args, weight, dtype)

@@ -9,45 +9,12 @@
  * g_pre = g_y ⊙ act'(pre), then ∂e_p = Σ_k w_k g_pre[p-k] (+ the final state's gradient for p ≥ L), ∂x_s = ∂e_{s+W-1},
  * ∂state_j = ∂e_j, ∂w_k = Σ_{b,t} g_pre[t] e_{t+k}, ∂b = Σ_{b,t} g_pre[t]; ∂w and ∂b go to per-thread partials.
  *
- * Compiled twice: as float (exp of SiLU's logistic by range reduction and a polynomial, as in selective_scan.c) and
- * with -DSS_DOUBLE as double (libm).
+ * Compiled twice, as float and as double (common.h: the type and the exp of SiLU's logistic).
  */
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef SS_DOUBLE
-typedef double real;
-#define SUFFIX(name) name##_f64
-static inline real expr(real x) { return exp(x); }
-#else
-typedef float real;
-#define SUFFIX(name) name##_f32
-/* e^x: 2^k e^r with k = round(x / ln 2), r = x - k ln 2 (ln 2 in two parts), e^r by its degree-7 Taylor polynomial;
- * x clamped to [-88, 88]. */
-static inline real expr(real x) {
-    x = x < -88.0f ? -88.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    int32_t k = (int32_t)(x * 1.4426950408889634f + 128.5f) - 128;
-    float kf = (float)k;
-    float r = x - kf * 0.693145751953125f;
-    r = r - kf * 1.428606765330187e-06f;
-    float p = 1.9841269841269841e-04f;
-    p = p * r + 1.3888888888888889e-03f;
-    p = p * r + 8.3333333333333333e-03f;
-    p = p * r + 4.1666666666666667e-02f;
-    p = p * r + 1.6666666666666667e-01f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } s = {.i = (k + 127) << 23};
-    return p * s.f;
-}
-#endif
+#include "common.h"
 
 #define VEC 64
 

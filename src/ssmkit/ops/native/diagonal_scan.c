@@ -22,17 +22,10 @@
  *
  * Compiled twice: as float and with -DSS_DOUBLE as double.
  */
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef SS_DOUBLE
-typedef double real;
-#define SUFFIX(name) name##_f64
-#else
-typedef float real;
-#define SUFFIX(name) name##_f32
-#endif
+#include "common.h"
 
 #define VEC 16 /* channels per item: the item's parameters (6 N VEC) and states (2 N VEC) stay in L1 for N ≤ 64 */
 #define MB 4   /* modes advanced together in the forward: independent recurrences hide the FMA latency */

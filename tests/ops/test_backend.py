@@ -161,7 +161,7 @@ def test_dispatch_table():
 TABLES = {
     "ssm_scan": ("reference", "chunked", "fft", "triton", "native"),
     "ssm_final_state": ("reference", "chunked"),
-    "linear_recurrence": ("reference", "chunked"),
+    "linear_recurrence": ("reference", "chunked", "native"),
     "vandermonde": ("reference", "chunked"),
     "initial_state_output": ("reference", "chunked"),
     "causal_conv": ("reference", "fft"),

@@ -305,3 +305,58 @@ def test_conv_dispatch_and_the_mamba_block_path():
         ops.causal_conv1d(x, w, b, activation="gelu")
     with pytest.raises(RuntimeError, match="causal_conv1d: backend 'fft' was forced"):
         ops.causal_conv1d(x, w, b, backend="fft")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The linear recurrence (linear_recurrence_native) and the MIMO scan on it
+
+from ssmkit.ops.mimo import mimo_scan_native, mimo_scan_reference  # noqa: E402
+from ssmkit.ops.native import linear_recurrence_native  # noqa: E402
+from ssmkit.ops.recurrence import linear_recurrence_reference  # noqa: E402
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("cplx", [False, True])
+@pytest.mark.parametrize("varying", [False, True])
+@pytest.mark.parametrize("S", [(5,), (3, 23), (70,)])  # a partial block; two channel axes; three blocks of 32
+def test_recurrence_forward_and_gradients_equal_the_loop_in_float64(S, varying, cplx, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    g = torch.Generator().manual_seed(0)
+    Bsz, L = 2, 17
+    dtype = C128 if cplx else F64
+
+    def r(*s):
+        x = torch.randn(*s, generator=g, dtype=F64)
+        return torch.complex(x, torch.randn(*s, generator=g, dtype=F64)) if cplx else x
+
+    a = (r(Bsz, L, *S) if varying else r(*S)) * 0.6
+    a, b, h0 = a.requires_grad_(), r(Bsz, L, *S).requires_grad_(), r(Bsz, *S).requires_grad_()
+    gh, gl = r(Bsz, L, *S), r(Bsz, *S)
+    out = {}
+    for name, fn in (("ref", linear_recurrence_reference), ("native", linear_recurrence_native)):
+        h, last = fn(a, b, h0)
+        loss = (h * gh.conj()).real.sum() + (last * gl.conj()).real.sum()
+        out[name] = (h, last, *torch.autograd.grad(loss, [a, b, h0]))
+    for x, y in zip(out["native"], out["ref"]):
+        assert x.dtype == dtype and rel_err(x, y) < 1e-12
+
+
+def test_recurrence_zero_and_huge_gates_and_the_mimo_scan():
+    b = torch.randn(1, 6, 4, dtype=F64)
+    a = torch.tensor([0.0, 1e200, -2.0, 1.0], dtype=F64)
+    h, _ = linear_recurrence_native(a, b)
+    ref, _ = linear_recurrence_reference(a, b)
+    assert torch.equal(torch.isfinite(h), torch.isfinite(ref))
+    assert rel_err(h[torch.isfinite(ref)], ref[torch.isfinite(ref)]) < 1e-15
+    g = torch.Generator().manual_seed(2)
+    M, H = 6, 5
+    A = torch.polar(torch.rand(M, generator=g, dtype=F64) * 0.5 + 0.4, torch.randn(M, generator=g, dtype=F64))
+    Bm = torch.randn(M, H, generator=g, dtype=C128)
+    Cm = torch.randn(H, M, generator=g, dtype=C128)
+    u = torch.randn(2, 19, H, generator=g, dtype=F64)
+    x0 = torch.randn(2, M, generator=g, dtype=C128)
+    D = torch.randn(H, generator=g, dtype=F64)
+    y, x = mimo_scan_native(u, A, Bm, Cm, x0, D)
+    y_ref, x_ref = mimo_scan_reference(u, A, Bm, Cm, x0, D)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
+    assert ops.mimo_scan(u, A, Bm, Cm, x0, D, backend="native")[0].shape == y.shape

@@ -12,7 +12,7 @@ import torch
 
 from ssmkit.ops.native.build import NativeBuildError
 
-OPS = ("selective_scan", "ssm_scan", "causal_conv1d")
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -53,7 +53,7 @@ def _compare(fast, ref, args: list[torch.Tensor], weight: torch.Tensor, dtype: t
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
             leaves = [a.clone().requires_grad_() for a in args]
             y, h = fn(*leaves)
-            loss = (y * weight[:, : y.shape[1]]).square().sum() + h.abs().square().sum()  # weight (1, 2L, 1)
+            loss = (y * weight[:, : y.shape[1]]).abs().square().sum() + h.abs().square().sum()  # weight (1, ≥L, 1)
             outs.append([y, h, *torch.autograd.grad(loss, leaves)])
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     for a, b in zip(*outs):
@@ -78,6 +78,20 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args += [rand(H), rand(Bsz, L, H), rand(H)]  # D, z, b_Δ
         fast = lambda *a: scan_unchecked(*a[:5], a[6], a[7], a[8], True, a[5], True, 4)  # noqa: E731
         ref = lambda *a: selective_scan_reference(*a[:5], a[6], a[7], a[8], True, a[5])  # noqa: E731
+    elif op == "linear_recurrence":
+        from ssmkit.ops.native.recurrence import recurrence_unchecked
+        from ssmkit.ops.recurrence import linear_recurrence_reference
+
+        Bsz, L, H = 2, 11, 40  # two channel blocks; a complex time-invariant gate and a real time-varying one
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        a = torch.polar(torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.4, rand(H).double()).to(cdtype)
+        bc = torch.complex(rand(Bsz, L, H), rand(Bsz, L, H)).to(cdtype)
+        hc = torch.complex(rand(Bsz, H), rand(Bsz, H)).to(cdtype)
+        weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
+        _compare(recurrence_unchecked, linear_recurrence_reference, [a, bc, hc], weight, dtype)
+        args = [torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype), rand(Bsz, L, H), rand(Bsz, H)]
+        _compare(recurrence_unchecked, linear_recurrence_reference, args, weight, dtype)
+        return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference
         from ssmkit.ops.native.conv import conv_unchecked

@@ -209,3 +209,16 @@ def test_export_errors(tmp_path):
         export_onnx(model, str(tmp_path / "x.onnx"), batch_size=0)
     with pytest.raises(ValueError, match="cannot tell the input width"):
         export_onnx(torch.nn.Sequential(make_layer("s4d")), str(tmp_path / "x.onnx"))
+
+
+def test_onnx_token_ids_any_batch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=1, vocab_size=7, d_model=4, n_layers=1, layer="s4d", layer_options={"d_state": 4},
+                          d_output=3, head="regress", pool=None).eval()
+    info = export_onnx(model, str(tmp_path / "tokens.onnx"))
+    for B in (1, 4):  # token ids (B,) in, one graph
+        tokens = torch.randint(0, 7, (B, 5))
+        y_onnx, _ = _run_onnx(model, info, tokens)
+        y_ref, _ = _run_step(model, tokens)
+        assert y_onnx.shape == (B, 5, 3) and rel_err(y_onnx, y_ref) <= 1e-5

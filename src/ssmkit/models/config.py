@@ -32,6 +32,8 @@ class SequenceModelConfig:
         head: ``"classify"``, ``"regress"`` or ``"lm"``.
         pool: ``"mean"``, ``"last"`` or None.
         vocab_size: token vocabulary (inputs are ids), or None for real inputs.
+        pair: inputs are pairs (B, 2, L) encoded by a dual encoder (LRA retrieval).
+        pad_id: the padding token id that pooling ignores, or None.
         norm: ``"layer"``, ``"batch"``, ``"rms"`` or None.
         prenorm: normalise block inputs (True) or residual sums (False).
         activation: ``"auto"`` = the layer's declared default (GELU for LTI layers, none for gated mixers).
@@ -49,6 +51,8 @@ class SequenceModelConfig:
     head: str = "classify"
     pool: str | None = "mean"
     vocab_size: int | None = None
+    pair: bool = False
+    pad_id: int | None = None
     norm: str | None = "layer"
     prenorm: bool = True
     activation: str | None = "auto"

@@ -101,9 +101,9 @@ def fit(
         extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
         labels: entries to put first in the result record (task, model, ...).
         transform: applied to every batch of every split (e.g. stored integers to scaled floats), or None.
-        extra_tests: more evaluation splits by name (e.g. ``{"test@1024": (x, y)}``: induction heads at a longer
-            length than trained), each scored like ``test``; their metrics are recorded as ``<name>_loss`` and
-            ``<name>_<metric>``.
+        extra_tests: more evaluation splits by name, each an (inputs, targets) pair of tensors scored like ``test``
+            (e.g. ``test@1024``: induction heads at a longer length than trained); their metrics are recorded as
+            ``<name>_loss`` and ``<name>_<metric>``.
 
     Returns:
         the result record (also written to ``out_dir/result.json``): final validation and test metrics (and those of

@@ -32,14 +32,14 @@ class SequenceModelConfig:
         head: ``"classify"``, ``"regress"`` or ``"lm"``.
         pool: ``"mean"``, ``"last"`` or None.
         vocab_size: token vocabulary (inputs are ids), or None for real inputs.
-        pair: inputs are pairs (B, 2, L) encoded by a dual encoder (LRA retrieval).
-        pad_id: the padding token id that pooling ignores, or None.
         norm: ``"layer"``, ``"batch"``, ``"rms"`` or None.
         prenorm: normalise block inputs (True) or residual sums (False).
         activation: ``"auto"`` = the layer's declared default (GELU for LTI layers, none for gated mixers).
         mixer_out: ``"auto"`` = the layer's declared default (GLU for LTI layers, none for gated mixers).
         dropout: dropout probability in every block.
         check_finite: raise on the first non-finite value (see ``SequenceModel``).
+        pair: inputs are pairs (B, 2, L) encoded by a dual encoder (LRA retrieval).
+        pad_id: the padding token id that pooling ignores, or None.
     """
 
     d_input: int
@@ -51,14 +51,14 @@ class SequenceModelConfig:
     head: str = "classify"
     pool: str | None = "mean"
     vocab_size: int | None = None
-    pair: bool = False
-    pad_id: int | None = None
     norm: str | None = "layer"
     prenorm: bool = True
     activation: str | None = "auto"
     mixer_out: str | None = "auto"
     dropout: float = 0.0
     check_finite: bool = False
+    pair: bool = False
+    pad_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict (JSON/YAML-ready)."""

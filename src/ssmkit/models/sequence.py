@@ -48,15 +48,15 @@ class SequenceModel(nn.Module):
             needs ``pool=None``).
         pool: ``"mean"`` over time, ``"last"`` time step, or None (per-step outputs).
         vocab_size: if given, inputs are token ids (B, L) embedded by ``nn.Embedding``.
+        norm, prenorm, activation, mixer_out, dropout: block options (see :class:`Block`; ``"auto"`` activation and
+            output projection are the layer's declared defaults).
+        check_finite: check the input and every block's output for NaN/inf and raise ``ValueError`` naming the
+            first bad batch item and time step (off by default: it costs a pass over every activation).
         pair: inputs are pairs (B, 2, L) of sequences (or (B, 2, L, d_input)), each encoded separately by the same
             encoder and blocks and pooled; the head is a :class:`~ssmkit.models.dual.DualEncoderHead` on
             [a, b, a ⊙ b, a − b] (a dual encoder; needs ``head="classify"`` and a pool).
         pad_id: token id of padding (needs ``vocab_size``): pooling ignores the positions holding it ("mean"
             averages the others, "last" takes the last other one), as S4's ``use_lengths``; None pools every position.
-        norm, prenorm, activation, mixer_out, dropout: block options (see :class:`Block`; ``"auto"`` activation and
-            output projection are the layer's declared defaults).
-        check_finite: check the input and every block's output for NaN/inf and raise ``ValueError`` naming the
-            first bad batch item and time step (off by default: it costs a pass over every activation).
         device, dtype: of all parameters.
 
     ``step`` returns the head applied to the current time step (what ``pool="last"`` or ``pool=None`` gives at that
@@ -74,14 +74,14 @@ class SequenceModel(nn.Module):
         head: str = "classify",
         pool: str | None = "mean",
         vocab_size: int | None = None,
-        pair: bool = False,
-        pad_id: int | None = None,
         norm: str | None = "layer",
         prenorm: bool = True,
         activation: str | None = "auto",
         mixer_out: str | None = "auto",
         dropout: float = 0.0,
         check_finite: bool = False,
+        pair: bool = False,
+        pad_id: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -80,8 +80,16 @@ from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.cauchy import dplr_kernel
-from ssmkit.ops.dense import dense_final_state
-from ssmkit.ops.dplr import DPLRStepCoefficients, bilinear_dplr_real, dplr_step, dplr_step_coefficients
+from ssmkit.ops.dense import dense_final_state_chunked, matrix_power_from_chain, power_chain
+from ssmkit.ops.dplr import (
+    DPLRStepCoefficients,
+    bilinear_dplr_pairs,
+    bilinear_dplr_real,
+    dplr_step,
+    dplr_step_coefficients,
+    from_pairs,
+    to_pairs,
+)
 from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
 from ssmkit.ops.hippo import nplr
 
@@ -239,27 +247,34 @@ class S4(SequenceLayer):
         c_t = _to_real_row(self._C_tilde())  # (C, H, N)
         return _from_real_row(torch.linalg.solve((eye - A_L).mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
 
-    def _attuned_C_tilde(self, L: int, A_bar: Tensor | None = None) -> tuple[Tensor, int]:
+    def _attuned_C_tilde(self, L: int, chain: list[Tensor] | None = None) -> tuple[Tensor, int]:
         """C̃ attuned to L_k = l_max·2^k >= L (k >= 0 smallest), computed functionally: (C, H, N/2) complex128 and L_k.
 
         C̃_{2K} = (I + Ā^K)ᵀ C̃_K (arXiv 2111.00396 §3.3: the generating function of length 2K from that of length K),
-        in the real basis and float64; differentiable, and the stored parameter is never written. ``A_bar``: the
-        real-basis Ā (H, N, N) if the caller has it (else it is computed when needed).
+        in the interleaved real basis and float64; differentiable, and the stored parameter is never written.
+        ``chain``: the squares [Ā, Ā², Ā⁴, ...] of the interleaved real-basis Ā (H, N, N) if the caller has them (the
+        list is extended in place with the squares computed here, for the caller's final state), else None.
         """
         C_t = self._C_tilde()  # (C, H, N/2)
         L_k = self.l_max
         if L <= L_k:
             return C_t, L_k
-        if A_bar is None:
-            A_bar, _ = self._real_system()
-        A_pow = torch.linalg.matrix_power(A_bar, L_k)  # (H, N, N): Ā^{L_k}
-        c = _to_real_row(C_t)  # (C, H, N)
-        while L_k < L:
-            c = c + torch.einsum("hmn,chm->chn", A_pow, c)  # (I + Ā^{L_k})ᵀ C̃: (C, H, N)
+        if chain is None:
+            chain = [bilinear_dplr_pairs(*self._ssm(_F64))[0]]
+        doublings = (-(-L // L_k) - 1).bit_length()  # L_k·2^doublings >= L
+        # The row c = conj(C̃) in pairs (C_fᵀ x_f = 2 c·z, linear in c): c <- c + c Ā^K, one baddbmm per doubling.
+        c = to_pairs(C_t.conj_physical()).transpose(0, 1)  # (H, C, N)
+        if L_k & (L_k - 1) == 0:  # a power of two: Ā^{L_k·2^i} are squares of Ā
+            j0 = L_k.bit_length() - 1
+            chain[:] = power_chain(chain[0], j0 + doublings, chain)
+            powers = chain[j0 : j0 + doublings]
+        else:
+            chain[:] = power_chain(chain[0], L_k.bit_length(), chain)
+            powers = power_chain(matrix_power_from_chain(chain, L_k), doublings)
+        for A_pow in powers:
+            c = torch.baddbmm(c, c, A_pow)  # (H, C, N): c (I + Ā^K)
             L_k *= 2
-            if L_k < L:
-                A_pow = A_pow @ A_pow  # (H, N, N): Ā^{2 L_k}
-        return _from_real_row(c), L_k
+        return from_pairs(c.transpose(0, 1)).conj_physical(), L_k  # (C, H, N/2)
 
     # ------------------------------------------------------------------------------------------------------------
     # Kernel and forward
@@ -307,9 +322,13 @@ class S4(SequenceLayer):
         real = self.D.dtype
         L = u.shape[1]
         Lambda, P, B, dt = self._ssm(_F64)
-        needs_real = return_state or L > self.l_max  # the real-basis Ā (and B̄), formed once for both uses
-        A_z, B_z = bilinear_dplr_real(Lambda, P, B, dt) if needs_real else (None, None)  # float64
-        C_t, L_k = self._attuned_C_tilde(L, A_z)
+        # The interleaved real-basis Ā, B̄ (float64) and the squares of Ā, formed once for the attuning and the final
+        # state (the squares are shared: C̃'s doublings use Ā^{l_max·2^k}, the final state's table and tree Ā^{2^j}).
+        chain = None
+        if return_state or L > self.l_max:
+            A_z, B_z = bilinear_dplr_pairs(Lambda, P, B, dt)  # (H, N, N), (H, N)
+            chain = [A_z]
+        C_t, L_k = self._attuned_C_tilde(L, chain)
         B_in = B[None]  # (1, H, N/2)
         if state is not None:
             B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
@@ -318,15 +337,14 @@ class S4(SequenceLayer):
         K = K[..., :L].to(real)  # (S, C, H, L)
         if self.bidirectional:
             return bidirectional_conv(u, K[0], backend=fft) + self.D * u, None, K[0]
-        y = causal_conv(u, K[0, 0], backend=fft) + self.D * u  # (B, L, H)
+        y = torch.addcmul(causal_conv(u, K[0, 0], backend=fft), self.D, u)  # (B, L, H)
         if state is not None:
             y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
         if not return_state:
             return y, None, K[0]
-        z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
-        z = dense_final_state(u, A_z, B_z, z0, backend="chunked")  # (B, H, N); float64 Ā, B̄: tables before rounding
-        M = self.d_state // 2
-        return y, torch.complex(z[..., :M], z[..., M:]), K[0]  # (B, H, N/2)
+        z0 = None if state is None else to_pairs(state)  # (B, H, N) real view of the complex state
+        z = dense_final_state_chunked(u, chain[0], B_z, z0, powers=chain)  # (B, H, N); float64 Ā, B̄: tables before rounding
+        return y, from_pairs(z), K[0]  # (B, H, N/2)
 
     # ------------------------------------------------------------------------------------------------------------
     # Recurrence

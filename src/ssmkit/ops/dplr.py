@@ -179,6 +179,56 @@ def bilinear_dplr_real(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tupl
     return A_bar, B_bar
 
 
+def to_pairs(x: Tensor) -> Tensor:
+    """Half state x (..., N/2) complex -> z (..., N) real in the interleaved basis [Re x_0, Im x_0, Re x_1, ...] (a view)."""
+    return torch.view_as_real(x).flatten(-2)  # (..., N)
+
+
+def from_pairs(z: Tensor) -> Tensor:
+    """Inverse of :func:`to_pairs`: z (..., N) real (last-dim stride 1) -> x (..., N/2) complex (a view)."""
+    return torch.view_as_complex(z.unflatten(-1, (-1, 2)))  # (..., N/2)
+
+
+def bilinear_dplr_pairs(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """Bilinear DPLR discretisation in the interleaved real basis z = [Re x_0, Im x_0, Re x_1, ...] of the half state.
+
+    arXiv 2111.00396 eq. 3 in few, large operations (issue 16): in this basis A = diag(Λ_f) - Σ_i P_f,i P_f,i* is
+        A_z = blockdiag([[Re λ_m, -Im λ_m], [Im λ_m, Re λ_m]]) - 2 Σ_i p_i p_iᵀ,   p_i = [Re P_i,0, Im P_i,0, ...],
+    (P_f,i* x_f = 2 Re Σ_half P̄_i x = 2 p_iᵀ z), and with E = (I - ΔA_z/2)⁻¹ (one batched LU inverse of a matrix
+    whose eigenvalues 1 - Δλ/2 have real part >= 1):
+        Ā = (I - ΔA/2)⁻¹(I + ΔA/2) = 2E - I,   B̄ = Δ E b,   b = [Re B_0, Im B_0, ...].
+    Equals P⁻¹ (T⁻¹ Ā_c T) P of :func:`bilinear_dplr` and :func:`bilinear_dplr_real` for the permutation P
+    between the two real bases. Computed in the input precision (S4 passes complex128).
+
+    Args:
+        Lambda: (H, N/2) complex eigenvalues, one per conjugate pair.
+        P: (r, H, N/2) complex low-rank factors (r >= 0).
+        B: (H, N/2) complex input vector, or (S, H, N/2) for S input vectors (any leading dims).
+        dt: (H,) real step sizes.
+
+    Returns:
+        (A_bar, B_bar): A_bar (H, N, N) real, B_bar (H, N) real (with B's leading dims), Lambda's real dtype.
+    """
+    H, M = _check_dplr(Lambda, P, B, dt)
+    # 1. A_z: the 2 x 2 rotation blocks of Λ (rows [a, -b] and [b, a]: the real and imaginary parts of λ̄ and iλ̄)
+    #    placed on the block diagonal by one product with δ_mm', then the rank-r term.
+    real = torch.float64 if Lambda.dtype == torch.complex128 else torch.float32
+    lam_conj = Lambda.conj_physical()  # (H, M)
+    rot = torch.view_as_real(torch.stack([lam_conj, lam_conj * 1j], dim=-1))  # (H, M, 2, 2)
+    delta = torch.eye(M, dtype=real, device=Lambda.device).view(M, 1, M, 1)  # (M, 1, M, 1)
+    A = (rot[:, :, :, None, :] * delta).view(H, 2 * M, 2 * M)  # (H, M, 2, M, 2) -> (H, N, N)
+    p = to_pairs(P)  # (r, H, N)
+    A = torch.baddbmm(A, p.permute(1, 2, 0), p.transpose(0, 1), alpha=-2)  # (H, N, N): - 2 Σ_i p_i p_iᵀ
+    # 2. E = (I - ΔA/2)⁻¹, Ā = 2E - I, B̄ = Δ E b.
+    eye = torch.eye(2 * M, dtype=real, device=Lambda.device)  # (N, N)
+    E = torch.linalg.inv(torch.addcmul(eye, A, (dt / -2)[:, None, None]))  # (H, N, N)
+    A_bar = 2 * E - eye  # (H, N, N)
+    b = to_pairs(B) * dt[:, None]  # (..., H, N)
+    if B.dim() == 2:
+        return A_bar, torch.bmm(E, b.unsqueeze(-1)).view(H, 2 * M)  # (H, N)
+    return A_bar, (E @ b.unsqueeze(-1)).squeeze(-1)  # (..., H, N)
+
+
 class DPLRStepCoefficients(NamedTuple):
     """Coefficients of the O(N) bilinear DPLR step (:func:`dplr_step`), from :func:`dplr_step_coefficients`.
 

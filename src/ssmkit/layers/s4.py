@@ -97,6 +97,7 @@ INITS = ("legs", "legt", "lagt", "fout")
 RANK = {"legs": 1, "legt": 2, "lagt": 1, "fout": 1}
 _MIN_NEG_REAL = 1e-4  # -Re λ >= 1e-4 at init, as the official inv_transform
 _F64, _C128 = torch.float64, torch.complex128
+_CONJ = torch.tensor([1.0, -1.0], dtype=_F64)  # (Re, Im) -> (Re, -Im) on a view_as_real pair (a constant: no op per call)
 
 
 def _to_real_row(C: Tensor) -> Tensor:
@@ -220,13 +221,19 @@ class S4(SequenceLayer):
         self.C_tilde.copy_(torch.view_as_real(_from_real_row(c - torch.einsum("hmn,chm->chn", A_L, c))))  # (I - Ā^L)ᵀ C
         self._step_cache.clear()
 
-    def _ssm(self, real: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(Λ (H, N/2), P (r, H, N/2), B (H, N/2)) complex and Δ (H,) real in precision ``real``, differentiable."""
+    def _ssm(self, real: torch.dtype, shared: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(Λ (H, N/2), P (r, H, N/2), B (H, N/2)) complex and Δ (H,) real in precision ``real``, differentiable.
+
+        ``shared``: with one copy of (Λ, P, B) for all channels (n_ssm = 1), return it with H = 1 instead of repeated
+        (the convolution path's ops broadcast it: 3 aten ops and the copies fewer).
+        """
         H, G = self.d_model, self.log_A_real.shape[0]
         Lambda = torch.complex(-torch.exp(self.log_A_real.to(real)), self.A_imag.to(real))  # (G, M)
         P = torch.view_as_complex(self.P.to(real))  # (r, G, M)
         B = torch.view_as_complex(self.B.to(real))  # (G, M)
         rep = H // G  # channel h uses copy h mod G
+        if rep == 1 or (shared and G == 1):
+            return Lambda, P, B, torch.exp(self.log_dt.to(real))
         return Lambda.repeat(rep, 1), P.repeat(1, rep, 1), B.repeat(rep, 1), torch.exp(self.log_dt.to(real))
 
     def _real_system(self) -> tuple[Tensor, Tensor]:
@@ -255,15 +262,15 @@ class S4(SequenceLayer):
         ``chain``: the squares [Ā, Ā², Ā⁴, ...] of the interleaved real-basis Ā (H, N, N) if the caller has them (the
         list is extended in place with the squares computed here, for the caller's final state), else None.
         """
-        C_t = self._C_tilde()  # (C, H, N/2)
         L_k = self.l_max
         if L <= L_k:
-            return C_t, L_k
+            return self._C_tilde(), L_k  # (C, H, N/2)
         if chain is None:
             chain = [bilinear_dplr_pairs(*self._ssm(_F64))[0]]
         doublings = (-(-L // L_k) - 1).bit_length()  # L_k·2^doublings >= L
         # The row c = conj(C̃) in pairs (C_fᵀ x_f = 2 c·z, linear in c): c <- c + c Ā^K, one baddbmm per doubling.
-        c = to_pairs(C_t.conj_physical()).transpose(0, 1)  # (H, C, N)
+        c = (self.C_tilde * _CONJ.to(self.C_tilde.device)).flatten(-2).transpose(0, 1)  # (H, C, N) float64 (promoted):
+        # the stored (C, H, N/2, 2) parameter is C̃'s view_as_real
         if L_k & (L_k - 1) == 0:  # a power of two: Ā^{L_k·2^i} are squares of Ā
             j0 = L_k.bit_length() - 1
             chain[:] = power_chain(chain[0], j0 + doublings, chain)
@@ -274,7 +281,7 @@ class S4(SequenceLayer):
         for A_pow in powers:
             c = torch.baddbmm(c, c, A_pow)  # (H, C, N): c (I + Ā^K)
             L_k *= 2
-        return from_pairs(c.transpose(0, 1)).conj_physical(), L_k  # (C, H, N/2)
+        return torch.view_as_complex(c.transpose(0, 1).unflatten(-1, (-1, 2)) * _CONJ.to(c.device)), L_k  # (C, H, N/2)
 
     # ------------------------------------------------------------------------------------------------------------
     # Kernel and forward
@@ -321,7 +328,7 @@ class S4(SequenceLayer):
         """
         real = self.D.dtype
         L = u.shape[1]
-        Lambda, P, B, dt = self._ssm(_F64)
+        Lambda, P, B, dt = self._ssm(_F64, shared=True)  # (1 or H, N/2) ...: broadcast over the channels
         # The interleaved real-basis Ā, B̄ (float64) and the squares of Ā, formed once for the attuning and the final
         # state (the squares are shared: C̃'s doublings use Ā^{l_max·2^k}, the final state's table and tree Ā^{2^j}).
         chain = None
@@ -332,19 +339,20 @@ class S4(SequenceLayer):
         B_in = B[None]  # (1, H, N/2)
         if state is not None:
             B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
-            B_in = torch.cat([B_in, B_s], dim=0)  # (1 + B, H, N/2)
+            B_in = torch.cat([B_in.expand(1, *B_s.shape[1:]), B_s], dim=0)  # (1 + B, H, N/2)
         K = dplr_kernel(Lambda, P, B_in, C_t, dt, L_k, backend=fft)  # (S, C, H, L_k)
-        K = K[..., :L].to(real)  # (S, C, H, L)
+        K = (K if L == L_k else K[..., :L]).to(real)  # (S, C, H, L)
         if self.bidirectional:
             return bidirectional_conv(u, K[0], backend=fft) + self.D * u, None, K[0]
-        y = torch.addcmul(causal_conv(u, K[0, 0], backend=fft), self.D, u)  # (B, L, H)
+        K_u = K.view(1, *K.shape[2:]) if state is None else K[0]  # (1, H, L): the input's kernel (C = 1)
+        y = torch.addcmul(causal_conv(u, K_u[0], backend=fft), self.D, u)  # (B, L, H)
         if state is not None:
             y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
         if not return_state:
-            return y, None, K[0]
+            return y, None, K_u
         z0 = None if state is None else to_pairs(state)  # (B, H, N) real view of the complex state
         z = dense_final_state_chunked(u, chain[0], B_z, z0, powers=chain)  # (B, H, N); float64 Ā, B̄: tables before rounding
-        return y, from_pairs(z), K[0]  # (B, H, N/2)
+        return y, from_pairs(z), K_u  # (B, H, N/2)
 
     # ------------------------------------------------------------------------------------------------------------
     # Recurrence

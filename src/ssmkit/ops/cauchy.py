@@ -43,7 +43,7 @@ _COMPLEX = (torch.complex64, torch.complex128)
 # 64 MiB (at B=8, H=128, N=64, L=4096 the complex128 matrix (H, N, L/2 + 1) is 269 MB: 5 blocks; 8 MB blocks made
 # 32 and S4's forward ~505 ops). Smaller blocks stay in cache (2-8 MB blocks measured 2-4x faster than one 134 MB
 # block on 2 quiet CPU cores): larger blocks trade some speed alone for fewer ops (to be re-measured quietly).
-_BLOCK_BYTES = 1 << 26
+_BLOCK_BYTES = 96 << 20
 
 
 def _check_complex(x: Tensor, name: str, letters: str) -> None:
@@ -101,7 +101,7 @@ def _blocks(W: int, G: int, N: int, itemsize: int) -> tuple[int, int]:
 class _CauchyMatmul(torch.autograd.Function):
     """out[g, s, m] = Σ_n v[g, s, n] / (z[g, m] - b[m] w[g, n]) in blocks of m, with a recomputing backward.
 
-    b is a constant (no gradient), None for b = 1 (plain Cauchy sums). v, z and w enter holomorphically, so
+    b is a constant (no gradient), None for b = 1 (plain Cauchy sums); w may be (1, N), shared by the channels. v, z and w enter holomorphically, so
     (PyTorch's convention for complex autograd) the gradient of a real loss is grad_x = Σ conj(∂out/∂x) · grad_out:
         ∂out_sm/∂v_sn = c_nm,   ∂out_sm/∂w_n = b_m v_sn c_nm²,   ∂out_sm/∂z_m = -Σ_n v_sn c_nm²,   c = 1/(z - b w).
     Eager mode: one output buffer and one block buffer reused by every block, 3 aten ops per block (fill the
@@ -114,11 +114,11 @@ class _CauchyMatmul(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(v: Tensor, z: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # v (G, S, N), z (G, W), w (G, N), b (W,)
+    def forward(v: Tensor, z: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # v (G, S, N), z (G, 1, W), w (G, N), b (W,)
         G, S, N = v.shape
         W = z.shape[-1]
         _, step = _blocks(W, G, N, v.element_size())
-        z_blocks = z[:, None, :].split(step, dim=-1)  # (G, 1, m) each
+        z_blocks = z.split(step, dim=-1)  # (G, 1, m) each
         b_blocks = (None,) * len(z_blocks) if b is None else b.split(step)  # (m,) each
         w_col = w[:, :, None]  # (G, N, 1)
         if tracing():
@@ -157,12 +157,12 @@ class _CauchyMatmul(torch.autograd.Function):
             g_plain = g.split(step, dim=-1)
         else:
             g_plain = g_blocks
-        z_blocks = z[:, None, :].split(step, dim=-1)  # (G, 1, m) each
+        z_blocks = z.split(step, dim=-1)  # (G, 1, m) each
         b_blocks = (None,) * len(z_blocks) if b is None else b.split(step)
         w_col = w[:, :, None]  # (G, N, 1)
         gv = torch.zeros_like(v) if need_v else None  # (G, S, N)
         gw_s = torch.zeros_like(v) if need_w else None  # (G, S, N), summed over s at the end
-        gz = torch.empty_like(z) if need_z else None  # (G, W)
+        gz = torch.empty_like(z) if need_z else None  # (G, 1, W)
         gz_blocks = gz.split(step, dim=-1) if need_z else (None,) * len(z_blocks)
         minus_v_conj = -v.conj() if need_z else None  # (G, S, N)
         buf = torch.empty(G, N, step, dtype=v.dtype, device=v.device)
@@ -181,8 +181,10 @@ class _CauchyMatmul(torch.autograd.Function):
                 if need_w:
                     gw_s.baddbmm_(gb_i, c_t)  # += (G, S, m) @ (G, m, N)
                 if need_z:
-                    torch.sum(g_i * torch.bmm(minus_v_conj, c), dim=1, out=gz_i)  # (G, S, m) -> (G, m)
+                    torch.sum(g_i * torch.bmm(minus_v_conj, c), dim=1, keepdim=True, out=gz_i)  # (G, 1, m)
         gw = (gw_s * v.conj()).sum(1) if need_w else None  # (G, S, N) -> (G, N)
+        if need_w and w.shape[0] != G:  # w shared by the channels (1, N)
+            gw = gw.sum(0, keepdim=True)
         return gv, gz, gw, None
 
 
@@ -197,7 +199,7 @@ def _cauchy_backward_functional(g, v, z, w, b, need_v, need_z, need_w):
     for m0 in range(0, W, step):
         g_m = g[:, :, m0 : m0 + step]  # (G, S, m)
         b_m = 1 if b is None else b[m0 : m0 + step]  # (m,)
-        c_conj = (z[:, None, m0 : m0 + step] - b_m * w[:, :, None]).reciprocal().conj_physical()  # (G, N, m)
+        c_conj = (z[:, :, m0 : m0 + step] - b_m * w[:, :, None]).reciprocal().conj_physical()  # (G, N, m)
         if need_v:
             term = g_m @ c_conj.transpose(1, 2)  # (G, S, m) @ (G, m, N) -> (G, S, N)
             gv = term if gv is None else gv + term
@@ -208,9 +210,11 @@ def _cauchy_backward_functional(g, v, z, w, b, need_v, need_z, need_w):
                 term = gb @ c2_conj.transpose(1, 2)  # (G, S, N)
                 gw_s = term if gw_s is None else gw_s + term
             if need_z:
-                gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1))  # (G, S, m) -> (G, m)
+                gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1, keepdim=True))  # (G, S, m) -> (G, 1, m)
     gw = (gw_s * v_conj).sum(1) if need_w else None  # (G, S, N) -> (G, N)
-    gz = torch.cat(gz_blocks, dim=-1) if need_z else None  # (G, W)
+    if need_w and w.shape[0] != G:  # w shared by the channels (1, N)
+        gw = gw.sum(0, keepdim=True)
+    gz = torch.cat(gz_blocks, dim=-1) if need_z else None  # (G, 1, W)
     return gv, gz, gw
 
 
@@ -240,7 +244,7 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     v_g = v.expand(*batch, N).reshape(S, G, N).transpose(0, 1)  # (S, G, N) -> (G, S, N)
     z_g = z.expand(*channels, W).reshape(G, W)  # (G, W)
     w_g = w.expand(*channels, N).reshape(G, N)  # (G, N)
-    out = _CauchyMatmul.apply(v_g.contiguous(), z_g.contiguous(), w_g.contiguous(), None)  # (G, S, W)
+    out = _CauchyMatmul.apply(v_g.contiguous(), z_g[:, None, :].contiguous(), w_g.contiguous(), None)  # (G, S, W)
     return out.transpose(0, 1).reshape(*batch, W)  # (S, G, W) -> (..., W)
 
 
@@ -273,10 +277,18 @@ def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     _check_complex(C, "C", "(C, H, N/2)")
     if Lambda.dim() != 2:
         raise ValueError(f"Lambda must be (H, N/2) complex; got shape {tuple(Lambda.shape)}")
-    H, Nh = Lambda.shape
-    for x, name, letters in ((P, "P", "r"), (B, "B", "S"), (C, "C", "C")):
-        if x.dim() != 3 or tuple(x.shape[1:]) != (H, Nh):
-            raise ValueError(f"{name} must be ({letters}, H, N/2) = (?, {H}, {Nh}) complex; got shape {tuple(x.shape)}")
+    if C.dim() != 3:
+        raise ValueError(f"C must be (C, H, N/2) complex; got shape {tuple(C.shape)}")
+    H, Nh = C.shape[1:]
+    if tuple(Lambda.shape) not in ((H, Nh), (1, Nh)):
+        raise ValueError(f"Lambda must be (H, N/2) = ({H}, {Nh}) (or (1, N/2), shared) complex; got {tuple(Lambda.shape)}")
+    shared = ((1, Nh),) if Lambda.shape[0] == 1 else ()  # a shared Λ (1, N/2) allows a shared P and B
+    for x, name, letters in ((P, "P", "r"), (B, "B", "S")):
+        if x.dim() != 3 or tuple(x.shape[1:]) not in ((H, Nh), *shared):
+            raise ValueError(
+                f"{name} must be ({letters}, H, N/2) = (?, {H}, {Nh}) (or H = 1, shared) complex; got shape {tuple(x.shape)}"
+            )
+    for x, name in ((P, "P"), (B, "B"), (C, "C")):
         if x.dtype != Lambda.dtype:
             raise ValueError(f"{name} must have Lambda's dtype {Lambda.dtype}; got {x.dtype}")
     if B.shape[0] < 1 or C.shape[0] < 1:
@@ -312,7 +324,7 @@ def _unit_roots_cached(L: int, dtype: torch.dtype, device: torch.device) -> tupl
         return _unit_roots_uncached(L, dtype, device)
 
 
-def _woodbury(r: Tensor, S: int, n_out: int, g: Tensor) -> Tensor:
+def _woodbury(r: Tensor, S: int, n_out: int, R: int, g: Tensor) -> Tensor:
     """K̂ = C̃ᵀ 2(α - βA)⁻¹ B_f from the scaled Cauchy sums ρ_ab = Σ_n a_n b_n / ((1-ω)/Δ - g λ_n), g = (1+ω)/2.
 
     With A = Λ - Σ_i P_i Q_i (Q = P*) and D = α - βΛ (α = (2/Δ)(1-ω), β = 1+ω), Woodbury gives
@@ -320,19 +332,23 @@ def _woodbury(r: Tensor, S: int, n_out: int, g: Tensor) -> Tensor:
     finite at ω = -1 (g = 0: no correction).
 
     Args:
-        r: (H, S+R, C+R, W) complex scaled Cauchy sums, r[:, a, b] = ρ_ab.
-        S: number of input vectors; n_out: number of output vectors C.
+        r: (H, (S+R)(C+R), W) complex scaled Cauchy sums, r[:, a(C+R) + b] = ρ_ab.
+        S: number of input vectors; n_out: number of output vectors C; R: the rank.
         g: (W,) complex (1 + ω)/2.
 
     Returns:
         (H, S, C, W) complex.
     """
-    R = r.shape[1] - S
+    H, _, W = r.shape
     if R == 0:
-        return r
-    (r_b, r_p) = r.split([S, R], dim=1)  # (H, S, C+R, W), (H, R, C+R, W)
-    k, r_bq = r_b.split([n_out, R], dim=2)  # ρ_{B_s C̃_c} (H, S, C, W), ρ_{B_s Q_j} (H, S, R, W)
-    r_pc, r_pq = r_p.split([n_out, R], dim=2)  # ρ_{P_i C̃_c} (H, R, C, W), ρ_{P_i Q_j} (H, R, R, W)
+        return r.view(H, S, n_out, W)
+    if S == n_out == R == 1:  # the common case: one view and one unbind (3 splits otherwise)
+        k, r_bq, r_pc, r_pq = r.view(H, 4, 1, 1, W).unbind(1)  # (H, 1, 1, W) each
+    else:
+        r = r.view(H, S + R, n_out + R, W)
+        (r_b, r_p) = r.split([S, R], dim=1)  # (H, S, C+R, W), (H, R, C+R, W)
+        k, r_bq = r_b.split([n_out, R], dim=2)  # ρ_{B_s C̃_c} (H, S, C, W), ρ_{B_s Q_j} (H, S, R, W)
+        r_pc, r_pq = r_p.split([n_out, R], dim=2)  # ρ_{P_i C̃_c} (H, R, C, W), ρ_{P_i Q_j} (H, R, R, W)
     if R == 1:  # g Y⁻¹ = g / (1 + g ρ_PQ)
         return torch.addcmul(k, r_pc, r_bq * (g / (1 + g * r_pq)), value=-1)  # (H, S, C, W)
     Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None] + g * r_pq.transpose(1, 2)  # (H, R_j, R_i, W)
@@ -359,14 +375,14 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     """
     _check_dplr_args(Lambda, P, B, C, dt, L)
     S, n_out = B.shape[0], C.shape[0]
-    H, M = Lambda.shape
+    H, M = C.shape[1:]
     # 1. The rfft bins ω_k = e^{-2πik/L}, k <= L/2, as the points (1 - ω)/Δ and the weights g = (1 + ω)/2.
     one_minus, g = _unit_roots(L, Lambda.dtype, Lambda.device)  # (W,) each
-    z = one_minus / dt[:, None]  # (H, W)
+    z = one_minus / dt.view(H, 1, 1)  # (H, 1, W)
     # 2. All products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j = conj P_j}, over both members of each pair.
     # (conj_physical: one aten op, where a lazy conj() is resolved by a second one inside cat)
-    a = torch.cat([B, P], dim=0).transpose(0, 1)  # (H, S+r, N/2)
-    b = torch.cat([C, P.conj_physical()], dim=0).transpose(0, 1)  # (H, C+r, N/2)
+    a = torch.cat([B, P if P.shape[1] == B.shape[1] else P.expand(-1, H, -1)], dim=0).transpose(0, 1)  # (H, S+r, N/2)
+    b = torch.cat([C, P.conj_physical().expand(-1, H, -1)], dim=0).transpose(0, 1)  # (H, C+r, N/2)
     ab = a[:, :, None] * b[:, None]  # (H, S+r, C+r, N/2)
     ab = torch.cat([ab, ab.conj_physical()], dim=-1)  # (H, S+r, C+r, N)
     w = torch.cat([Lambda, Lambda.conj_physical()], dim=-1)  # (H, N)
@@ -374,7 +390,7 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     n_ab = ab.shape[1] * ab.shape[2]
     r = _CauchyMatmul.apply(ab.view(H, n_ab, 2 * M), z, w, g)  # (H, (S+r)(C+r), W)
     # 4. Woodbury (finite at ω = -1, where K̂ = (Δ/2) C̃ᵀ B_f), then back to the time domain.
-    k = _woodbury(r.view(H, ab.shape[1], ab.shape[2], -1), S, n_out, g)  # (H, S, C, W)
+    k = _woodbury(r, S, n_out, P.shape[0], g)  # (H, S, C, W)
     return torch.fft.irfft(k.permute(1, 2, 0, 3), n=L)  # (S, C, H, L)
 
 
@@ -397,6 +413,8 @@ def dplr_kernel_reference(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: T
         K (S, C, H, L) real.
     """
     _check_dplr_args(Lambda, P, B, C, dt, L)
+    H = C.shape[1]
+    Lambda, P, B = Lambda.expand(H, -1), P.expand(-1, H, -1), B.expand(-1, H, -1)  # shared (H = 1) -> per channel
     full = lambda x: torch.cat([x, x.conj()], dim=-1)  # noqa: E731  (..., N/2) -> (..., N)
     A_bar, B_bar = bilinear_dplr(Lambda, P, B, dt)  # (H, N, N), (S, H, N)
     eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)  # (N, N)

@@ -89,8 +89,8 @@ def dense_final_state_reference(u: Tensor, A_bar: Tensor, B_bar: Tensor, state: 
 
 # Bytes of the (H, T, N) double-precision table of Ā^k B̄ (k < T): the chunk length T is the largest power of two
 # with a table of at most this size (and at most the padded length). Few chunks mean a short carry tree: every
-# table doubling and every tree level is ~2-3 aten ops (issue 16), so T = L/8 at B=8, H=128, N=64, L=4096.
-_TABLE_BYTES = 1 << 25
+# table doubling and every tree level is ~2-3 aten ops (issue 16), so T = L/4 at B=8, H=128, N=64, L=4096.
+_TABLE_BYTES = 1 << 26
 
 
 def power_chain(A: Tensor, n: int, powers: list[Tensor] | None = None) -> list[Tensor]:
@@ -134,7 +134,7 @@ def dense_final_state_chunked(
 
     Steps 1-4 of the module docstring. Same signature and result as :func:`dense_final_state_reference`. The
     tables are formed in double precision from the given Ā, B̄ (pass them in double precision with a float32 u for
-    the most accurate float32 result); the chunk GEMM runs in u's precision, the tree in the tables' precision.
+    the most accurate float32 result); the chunk GEMM and the tree run in double precision too; the result is cast to u's precision.
 
     Args:
         u: (B, L, H) real input (float32 or float64).
@@ -164,13 +164,16 @@ def dense_final_state_chunked(
     for j in range(T.bit_length() - 1):
         W = torch.cat([torch.bmm(chain[j], W), W], dim=2)  # (H, N, 2k)
     # 2. Chunk sums S[h, :, (b, c)] = Σ_j W[h, :, j] u[b, cT + j, h] after front zero-padding to n_chunks·T: one GEMM.
-    u_pad = torch.nn.functional.pad(u, (0, 0, n_chunks * T - L, 0))  # (B, n_chunks·T, H)
+    #    In double precision (u is cast once; the tables stay as formed).
+    u_pad = u.to(W.real.dtype if W.is_complex() else wide)  # (B, L, H)
+    if n_chunks * T > L:
+        u_pad = torch.nn.functional.pad(u_pad, (0, 0, n_chunks * T - L, 0))  # (B, n_chunks·T, H)
     U = u_pad.view(Bsz * n_chunks, T, H).permute(2, 1, 0)  # (H, T, B·n_chunks)
     if W.is_complex():  # complex W times real U: one real GEMM over the real and imaginary rows
-        S = torch.bmm(torch.view_as_real(W.to(work)).transpose(2, 3).reshape(H, 2 * N, T), U)  # (H, 2N, B·n_chunks)
-        S = torch.view_as_complex(S.view(H, N, 2, -1).transpose(2, 3).contiguous()).to(wide)  # (H, N, B·n_chunks)
+        S = torch.bmm(torch.view_as_real(W).transpose(2, 3).reshape(H, 2 * N, T), U)  # (H, 2N, B·n_chunks)
+        S = torch.view_as_complex(S.view(H, N, 2, -1).transpose(2, 3).contiguous())  # (H, N, B·n_chunks)
     else:
-        S = torch.bmm(W.to(work), U).to(wide)  # (H, N, B·n_chunks)
+        S = torch.bmm(W, U)  # (H, N, B·n_chunks)
     # 3. Carry tree: pair adjacent chunks, x = Ā^{T·2^k} x_old + x_new, until one chunk is left per sequence.
     level = T.bit_length() - 1  # chain index of Ā^T
     n = n_chunks

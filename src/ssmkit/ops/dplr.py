@@ -183,12 +183,26 @@ def bilinear_dplr_real(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tupl
 
 
 def to_pairs(x: Tensor) -> Tensor:
-    """Half state x (..., N/2) complex -> z (..., N) real in the interleaved basis [Re x_0, Im x_0, Re x_1, ...] (a view)."""
+    """A half state in the interleaved real basis z = [Re x_0, Im x_0, Re x_1, ...] (a view, no copy).
+
+    Args:
+        x: (..., N/2) complex.
+
+    Returns:
+        z (..., N) real, x's real dtype.
+    """
     return torch.view_as_real(x).flatten(-2)  # (..., N)
 
 
 def from_pairs(z: Tensor) -> Tensor:
-    """Inverse of :func:`to_pairs`: z (..., N) real (last-dim stride 1) -> x (..., N/2) complex (a view)."""
+    """Inverse of :func:`to_pairs` (a view, no copy).
+
+    Args:
+        z: (..., N) real with last-dimension stride 1 (and even strides elsewhere).
+
+    Returns:
+        x (..., N/2) complex.
+    """
     return torch.view_as_complex(z.unflatten(-1, (-1, 2)))  # (..., N/2)
 
 

@@ -19,9 +19,11 @@ from the trainable C̃ = (I - Ā^{L_k})ᵀ C_true, where L_k is the length C̃ i
 with every P*v over the full state equal to 2 Re Σ_half P̄ v. It does NOT diagonalise Ā (the official default,
 which drifts away from the convolution), so step == forward to rounding (float32 1e-5, float64 1e-10).
 An initial state s (= x_{-1}) adds C_trueᵀ Ā^{l+1} s_f to y_l, computed as an extra kernel input
-B_s = (1/Δ)(I + ΔA/2)s (so that B̄_s = Ā s); the final state comes from the dense recurrence (chunked GEMMs,
-:func:`ssmkit.ops.dense.dense_final_state`) in the real basis z = [Re x, Im x] of the half state. With the
-"reference" backend the forward is the step loop (the oracle).
+B_s = (1/Δ)(I + ΔA/2)s (so that B̄_s = Ā s); the final state comes from the dense recurrence (one GEMM and a carry
+tree, :func:`ssmkit.ops.dense.dense_final_state_chunked`) in the interleaved real basis z = [Re x_0, Im x_0, ...] of
+the half state (:func:`ssmkit.ops.dplr.bilinear_dplr_pairs`: a view of the complex state, no copy). The squares
+Ā^(2^j) are formed once per call and shared by C̃'s attuning and the final state. With the "reference" backend the
+forward is the step loop (the oracle).
 
 Choices and departures (each one documented in docs/design.md):
 - Init (``init``): NPLR of the HiPPO matrix, Λ = the kept eigenvalues (Im λ <= 0), P̃ = V*P, B̃ = V*B with
@@ -37,7 +39,7 @@ Choices and departures (each one documented in docs/design.md):
 - C ~ CN(0, 1) (real and imaginary parts N(0, ½)) is converted once, in ``reset_parameters``, to the trainable
   C̃ = (I - Ā^{l_max})ᵀ C (float64): C̃ is attuned to ``l_max``, a fixed constructor option. An input longer than
   ``l_max`` uses C̃ attuned to L_k = l_max·2^k >= L, computed functionally in each call by the doubling
-  C̃_{2K} = (I + Ā^K)ᵀ C̃_K (dense float64 products, differentiable): ``forward`` never writes to a parameter, so a
+  C̃_{2K} = (I + Ā^K)ᵀ C̃_K (dense float64 products, differentiable, Ā^K from the shared squares): ``forward`` never writes to a parameter, so a
   layer is safe to call from several threads and at several lengths within one autograd graph. (The official code
   rewrites C̃ in place instead, which races between threads and corrupts gradients across lengths.) Inputs longer
   than ``l_max`` cost the O(H N³ log(L/l_max)) doubling on every call: set ``l_max`` to the longest length you use.

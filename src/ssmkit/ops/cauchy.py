@@ -17,13 +17,19 @@ with Q = conj P as the unconjugated second factor:
 
     C̃ᵀ(z - A)⁻¹B = r_{B C̃} - Σ_ij r_{P_i C̃} [Y⁻¹]_ij r_{B Q_j},   Y_ji = δ_ji + r_{P_i Q_j}   (rank r).
 
-On the unit circle z = i (2/Δ) tan(πk/L) is purely imaginary and 2/(1+ω) = 1 + i tan(πk/L). The point ω = -1
-(k = L/2, even L) is not evaluated by the Cauchy sums (there z = ∞); its exact limit K̂(-1) = (Δ/2) C̃ᵀB_f is
-used instead. Finally K = irfft(K̂, n=L).
+On the unit circle the factor 2/(1+ω) is folded into the Cauchy sums (issue 16): with α = (2/Δ)(1-ω),
+β = 1+ω and D = α - βΛ, (2/(1+ω))(z - A)⁻¹ = 2(α - βA)⁻¹, so the kernel uses the scaled sums
+ρ_ab(ω) = Σ_n a_n b_n / ((1-ω)/Δ - g λ_n), g = (1+ω)/2, and Woodbury becomes
+K̂ = ρ_{B C̃} - Σ_ij ρ_{P_i C̃} [g Y⁻¹]_ij ρ_{B Q_j},  Y_ji = δ_ji + g ρ_{P_i Q_j}. Every rfft bin k = 0..L/2 is
+evaluated alike: at ω = -1 (g = 0) the correction vanishes and ρ = (Δ/2) Σ_n a_n b_n, the exact limit
+K̂(-1) = (Δ/2) C̃ᵀB_f, with no special case. Finally K = irfft(K̂, n=L). The points 1-ω and g are
+parameter-free and cached per (L, dtype, device).
 
-Every Cauchy sum shares one matrix 1/(z_m - λ_n) per channel, so :func:`cauchy` stacks all products a ⊙ b along a
-leading dimension and applies the matrix as one batched GEMM per block of evaluation points (blocks of at most
-``_BLOCK_BYTES``); its backward recomputes the blocks instead of storing the (…, N, W) matrix.
+Every Cauchy sum shares one matrix 1/(z_m - b_m λ_n) per channel, so all products a ⊙ b are stacked along a leading
+dimension and the matrix is applied as one batched GEMM per block of evaluation points (blocks of at most
+``_BLOCK_BYTES``, 3 aten ops each in eager mode: fill a reused buffer, invert it in place, one bmm into the
+output); the backward recomputes the blocks instead of storing the (…, N, W) matrix. Λ, P and B may be given once
+for all channels ((1, N/2), S4's n_ssm = 1): they broadcast.
 """
 
 from __future__ import annotations
@@ -38,11 +44,11 @@ from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.dplr import bilinear_dplr, small_inverse
 
 _COMPLEX = (torch.complex64, torch.complex128)
-# Bytes of one block of the Cauchy matrix 1/(z_m - b_m w_n). Every block costs 3 aten ops in the forward and ~11 in
+# Bytes of one block of the Cauchy matrix 1/(z_m - b_m w_n). Every block costs 3 aten ops in the forward and ~9 in
 # the backward, and the op count sets the slow-down under CPU contention (issue 16), so blocks are large: at most
-# 64 MiB (at B=8, H=128, N=64, L=4096 the complex128 matrix (H, N, L/2 + 1) is 269 MB: 5 blocks; 8 MB blocks made
-# 32 and S4's forward ~505 ops). Smaller blocks stay in cache (2-8 MB blocks measured 2-4x faster than one 134 MB
-# block on 2 quiet CPU cores): larger blocks trade some speed alone for fewer ops (to be re-measured quietly).
+# 96 MiB (at H=128, N=64, L=4096 the complex128 matrix (H, N, L/2 + 1) is 269 MB: 3 blocks of 85 MiB; 8 MB blocks
+# made 32 and S4's forward ~505 ops). Smaller blocks stay in cache (2-8 MB blocks measured 2-4x faster than one
+# 134 MB block on 2 quiet CPU cores): larger blocks trade some speed alone for fewer ops (to be re-measured quietly).
 _BLOCK_BYTES = 96 << 20
 
 
@@ -223,7 +229,7 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
 
     arXiv 2111.00396 §3.3. The Cauchy matrix 1/(z_m - w_n) depends only on the batch dimensions shared with z and
     w (the channels G); the leading dimensions of v that z and w do not have (the S stacked products) reuse it:
-    a (G, S, N) @ (G, N, W) product, built and applied in blocks of points of at most 64 MiB (also in the backward, which
+    a (G, S, N) @ (G, N, W) product, built and applied in blocks of points of at most ``_BLOCK_BYTES`` (also in the backward, which
     recomputes the blocks, so memory stays O(G·(S·N + S·W)) whatever the length).
 
     Args:

@@ -8,14 +8,18 @@ after the last of L inputs is
 
 Two paths, same signature:
 - ``dense_final_state_reference``: the recurrence, one matrix-vector product per step (the test oracle).
-- ``dense_final_state_chunked``: with chunks of T inputs (T a power of two near √L, the sequence padded with zeros
-  at the front to a multiple of T, which leaves the sum unchanged):
-    1. table W_k = Ā^k B̄ (k < T) and Ā^T by log2(T) doublings (in float64/complex128, then cast);
-    2. the input sum of every chunk, S_c = Σ_j Ā^{T-1-j} B̄ u_{cT+j}, as one real GEMM (B·L/T, T) @ (T, N) per
-       channel (complex W split into real and imaginary columns);
-    3. a carry loop x_c = Ā^T x_{c-1} + S_c over the L/T chunks;
-    4. the initial state's term Ā^L x_{-1} (matrix power by squaring, in double precision).
-  Work ≈ B·L·H·N (the GEMM) + (L/T)·B·H·N² + log(L)·H·N³; nothing of size (B, L, H, N) is allocated.
+- ``dense_final_state_chunked``: with chunks of T inputs (T a power of two, the largest whose (H, T, N) double
+  precision table stays within ``_TABLE_BYTES``; the sequence padded with zeros at the front to a multiple of T,
+  which leaves the sum unchanged):
+    1. the squares Ā^(2^j) (:func:`power_chain`, one bmm each; a caller that has some passes them in) and the table
+       W_k = Ā^k B̄ (k < T) by log2(T) doublings W_2k = [Ā^k W_k, W_k], in float64/complex128;
+    2. the input sum of every chunk, S_c = Σ_j Ā^{T-1-j} B̄ u_{cT+j}, as one GEMM (N, T) @ (T, B·L/T) per channel
+       (complex W split into real and imaginary rows), in double precision;
+    3. a carry tree over the L/T chunks: adjacent chunks pair up as x = Ā^{T·2^k} x_old + x_new (one baddbmm per
+       level, an odd count padded with a zero chunk in front), log2(L/T) levels;
+    4. the initial state's term Ā^L x_{-1} (Ā^L as the product of the squares over the set bits of L).
+  Work ≈ B·L·H·N (the GEMM) + B·(L/T)·H·N² (the tree) + log(L)·H·N³ (the squares); ~2 aten ops per doubling and
+  ~3 per tree level (issue 16: the former carry loop was one op per chunk); nothing of size (B, L, H, N) is allocated.
 """
 
 from __future__ import annotations

@@ -1,0 +1,374 @@
+"""The selective scan of Mamba-1 as Triton kernels, forward and backward, with Δ's softplus, the skip and the gate fused.
+
+"Mamba: Linear-Time Sequence Modeling with Selective State Spaces", Gu & Dao, arXiv 2312.00752, §3.2 Algorithm 2
+(eq. 2a-2b, with the official code's B̄ = Δ B) -- the semantics of
+:func:`ssmkit.ops.selective.selective_scan_reference`, per channel h and state n:
+
+    Δ_t = softplus(δ_t + b_Δ),   h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t,   y_t = (C_t · h_t + D u_t) ⊙ SiLU(z_t)
+
+u, δ, z, y (B, L, H); A (H, N); B_t, C_t (B, L, G, N), one pair per group of P = H/G consecutive channels; an initial
+state h_{-1} (B, H, N) and the final state h_{L-1} out, both differentiable (the official kernel has neither).
+
+Forward kernel: one program per (batch row b, group g, block of BH channels of the group); the block's (BH, N) states
+stay in registers for the whole sequence, chunks of T steps in order. Per chunk it loads the (T, BH) tiles of δ, u, z
+and the (T, N) tiles of B, C once, forms Δ (softplus, bias), Ā = exp(Δ A) and B̄u = Δ u B on a (T, BH, N) tile, folds
+the carried state into the first step (b_0 += Ā_0 ⊙ h) and runs an associative scan over time of the maps
+h -> a h + b (composed as a'(a h + b) + b'; Martin & Cundy, arXiv 1709.04057): the chunk's states, in registers.
+Then y_t = C_t · h_t + D u_t, times SiLU(z_t), is reduced over N and written; the (B, L, H, N) states never reach
+memory. Steps past L get Δ = 0 (Ā = 1, no input): the state passes through them unchanged, so the chunk's last row is
+the carry. With gradients wanted, the state at every chunk start is written (B, ⌈L/T⌉, H, N).
+
+Backward kernel, chunks in reverse with μ, the gradient flowing into the chunk's last state from later steps (∂ℓ/∂h_{L-1}
+at first): recompute the chunk's states from its checkpoint (the forward's scan again); the pre-gate output
+o_t = C_t · h_t + D u_t gives ∂z = g o SiLU'(z) and the gate's g ← g SiLU(z); then the adjoint
+λ_t = C_t g_t + Ā_{t+1} ⊙ λ_{t+1} (with μ entering at the chunk's last row) by a reverse associative scan, Ā_{t+1} from
+Δ loaded one step ahead; then
+
+    ∂C_t = Σ_h g_t h_t,   ∂(Δu)_t = B_t · λ_t,   ∂B_t = Σ_h λ_t (Δu)_t,   Γ_t = λ_t ⊙ Ā_t h_{t-1} = λ_t ⊙ (h_t - B̄u_t),
+    ∂Δ_t = Σ_n Γ_t A + ∂(Δu)_t u_t,   ∂A = Σ_{b,t} Γ_t Δ_t,   ∂u_t = ∂(Δu)_t Δ_t + D g_t,   ∂D = Σ_{b,t} g_t u_t,
+    ∂δ_t = ∂Δ_t softplus'(δ_t + b_Δ),   ∂b_Δ = Σ_{b,t} ∂δ_t,   μ ← Ā_{t0} ⊙ λ_{t0},   ∂h_{-1} = μ after the first chunk.
+
+(the same algorithm as ``_SelectiveScan.backward`` in ops/selective.py and ops/native/selective_scan.c; Γ uses
+Ā_t h_{t-1} = h_t - B̄u_t, so no shifted state tile is needed). The sums over t stay in registers; ∂A, ∂D, ∂b_Δ are
+written per batch row and summed by torch (deterministic); ∂B and ∂C, sums over the channels of a group, are summed
+over the block in registers and added into (B, L, G, N) by atomics (their float32 rounding order varies run to run).
+
+Softplus, skip and gate are fused (the bytes moved: u, δ, z, B, C read and y written, as the official kernel), not
+left to PyTorch around the kernel (which would add ~3 passes over (B, L, H)). Softplus follows torch's
+``F.softplus`` (threshold 20: Δ = δ above it, derivative 1), log1p(e^x) computed as log(1+e)·e/((1+e)-1).
+Tile sizes (T, BH, warps) are first choices, not tuned on a GPU yet (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ssmkit.ops._checks import check_chunk_size
+
+DEFAULT_CHUNK = 32  # T: steps per chunk (the tile height of the scans over time; the checkpoint interval)
+DEFAULT_BLOCK_H = 4  # BH: channels per program of the forward
+BACKWARD_BLOCK_H = 2  # channels per program of the backward (it holds about three times the forward's tiles)
+NUM_WARPS = 4
+
+
+@triton.jit
+def _lin(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+    return a2 * a1, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # torch's F.softplus (beta 1, threshold 20); log1p(e) = log(1 + e) e / ((1 + e) - 1), exact where 1 + e rounds to 1
+    e = tl.exp(tl.minimum(x, 20.0))
+    v = 1.0 + e
+    lp = tl.where(v == 1.0, e, tl.log(v) * (e / (v - 1.0)))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _softplus_grad(x):
+    # d softplus / dx = e / (1 + e) (1 above the threshold), as torch's softplus backward
+    e = tl.exp(tl.minimum(x, 20.0))
+    return tl.where(x > 20.0, 1.0, e / (1.0 + e))
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _chunk(
+    u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, N, h2, hm2, n2,
+    T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    # the chunk's tiles: u, δ + b_Δ (T, BH); Δ (T, BH), zero past L; Ā, B̄u (T, BH, NP); B_t, C_t (T, 1, NP)
+    tt = t0 + tl.arange(0, T)[:, None].to(tl.int64)  # (T, 1)
+    m2 = (tt < L) & hm2  # (T, BH)
+    off = (b * L + tt) * H + h2
+    uu = tl.load(u_ptr + off, mask=m2, other=0.0)
+    x = tl.load(dl_ptr + off, mask=m2, other=0.0)
+    if HAS_BIAS:
+        x += bias2
+    if SOFTPLUS:
+        dt = _softplus(x)
+    else:
+        dt = x
+    dt = tl.where(m2, dt, 0.0)  # steps past L and channels past the block: Ā = 1, B̄u = 0
+    bc = ((b * L + tt) * G + g) * N + n2  # (T, NP)
+    mbc = (tt < L) & (n2 < N)
+    Bt = tl.load(B_ptr + bc, mask=mbc, other=0.0)[:, None, :]  # (T, 1, NP)
+    Ct = tl.load(C_ptr + bc, mask=mbc, other=0.0)[:, None, :]
+    dA = tl.exp(dt[:, :, None] * A3)  # (T, BH, NP)
+    dBu = (dt * uu)[:, :, None] * Bt  # (T, BH, NP)
+    return uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu
+
+
+@triton.jit
+def _selective_fwd_kernel(
+    u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hL_ptr, ck_ptr,
+    L, H, G, P, N, n_chunks, n_blk,
+    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE_CK: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) // n_blk
+    ch = (tl.program_id(1) % n_blk) * BH + tl.arange(0, BH)  # (BH,) channels within the group
+    hh = g * P + ch  # (BH,) channels
+    h2, hm2 = hh[None, :], (ch < P)[None, :]  # (1, BH)
+    n2 = tl.arange(0, NP)[None, :]  # (1, NP)
+    t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    s_off = (hh[:, None] * N + n2)[None, :, :]  # (1, BH, NP): (h, n) of a state
+    sm = hm2[:, :, None] & (n2 < N)[None, :, :]
+    A3 = tl.load(A_ptr + s_off, mask=sm, other=0.0)  # (1, BH, NP)
+    if HAS_H0:
+        hs = tl.load(h0_ptr + b * H * N + s_off, mask=sm, other=0.0)
+    else:
+        hs = A3 * 0.0
+    bias2 = A3  # placeholder when HAS_BIAS is False
+    if HAS_BIAS:
+        bias2 = tl.load(bias_ptr + h2, mask=hm2, other=0.0)  # (1, BH)
+    if HAS_D:
+        D2 = tl.load(D_ptr + h2, mask=hm2, other=0.0)
+    for c in range(0, n_chunks):
+        t0 = c * T
+        if SAVE_CK:
+            tl.store(ck_ptr + (b * n_chunks + c) * H * N + s_off, hs, mask=sm)
+        uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu = _chunk(
+            u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, N, h2, hm2, n2, T, HAS_BIAS, SOFTPLUS
+        )
+        dBu = tl.where(t3 == 0, dBu + dA * hs, dBu)  # the carried state enters at the first step
+        _, Hs = tl.associative_scan((dA, dBu), 0, _lin)  # (T, BH, NP): h_t
+        y = tl.sum(Hs * Ct, axis=2)  # (T, BH)
+        if HAS_D:
+            y += D2 * uu
+        if HAS_Z:
+            z = tl.load(z_ptr + off, mask=m2, other=0.0)
+            y *= z * _sigmoid(z)
+        tl.store(y_ptr + off, y, mask=m2)
+        hs = tl.sum(tl.where(t3 == T - 1, Hs, 0.0), axis=0)[None, :, :]  # (1, BH, NP): the last row (Δ = 0 past L)
+    tl.store(hL_ptr + b * H * N + s_off, hs, mask=sm)
+
+
+@triton.jit
+def _selective_bwd_kernel(
+    u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ck_ptr, gy_ptr, ghL_ptr,
+    gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, gA_ptr, gD_ptr, gbias_ptr, gh0_ptr,
+    L, H, G, P, N, n_chunks, n_blk,
+    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_GHL: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, WANT_GH0: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) // n_blk
+    ch = (tl.program_id(1) % n_blk) * BH + tl.arange(0, BH)
+    hh = g * P + ch
+    h2, hm2 = hh[None, :], (ch < P)[None, :]
+    n2 = tl.arange(0, NP)[None, :]
+    t3 = tl.arange(0, T)[:, None, None]
+    t2 = tl.arange(0, T)[:, None]
+    s_off = (hh[:, None] * N + n2)[None, :, :]
+    sm = hm2[:, :, None] & (n2 < N)[None, :, :]
+    A3 = tl.load(A_ptr + s_off, mask=sm, other=0.0)
+    if HAS_GHL:
+        mu = tl.load(ghL_ptr + b * H * N + s_off, mask=sm, other=0.0)  # (1, BH, NP)
+    else:
+        mu = A3 * 0.0
+    bias2 = A3
+    if HAS_BIAS:
+        bias2 = tl.load(bias_ptr + h2, mask=hm2, other=0.0)
+    if HAS_D:
+        D2 = tl.load(D_ptr + h2, mask=hm2, other=0.0)
+    gA = tl.sum(A3 * 0.0, axis=0)  # (BH, NP)
+    gD = tl.sum(gA, axis=1) * 0.0  # (BH,)
+    gbias = gD
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t0 = c * T
+        # 1. the chunk's states from its checkpoint
+        hprev = tl.load(ck_ptr + (b * n_chunks + c) * H * N + s_off, mask=sm, other=0.0)
+        uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu = _chunk(
+            u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, N, h2, hm2, n2, T, HAS_BIAS, SOFTPLUS
+        )
+        _, Hs = tl.associative_scan((dA, tl.where(t3 == 0, dBu + dA * hprev, dBu)), 0, _lin)  # (T, BH, NP)
+        # 2. the gate and the skip
+        gy = tl.load(gy_ptr + off, mask=m2, other=0.0)  # (T, BH)
+        if HAS_Z:
+            z = tl.load(z_ptr + off, mask=m2, other=0.0)
+            s = _sigmoid(z)
+            o = tl.sum(Hs * Ct, axis=2)
+            if HAS_D:
+                o += D2 * uu
+            tl.store(gz_ptr + off, gy * o * s * (1.0 + z * (1.0 - s)), mask=m2)
+            gy = gy * z * s
+        if HAS_D:
+            gD += tl.sum(gy * uu, axis=0)
+        # 3. the adjoint λ_t = C_t g_t + Ā_{t+1} λ_{t+1}, μ entering at the last row (Δ = 0 past L: λ passes unchanged)
+        tn = t0 + 1 + t2.to(tl.int64)  # (T, 1): the next step
+        mn = (t2 + 1 < T) & (tn < L) & hm2
+        xn = tl.load(dl_ptr + (b * L + tn) * H + h2, mask=mn, other=0.0)
+        if HAS_BIAS:
+            xn += bias2
+        if SOFTPLUS:
+            xn = _softplus(xn)
+        dAn = tl.exp(tl.where(mn, xn, 0.0)[:, :, None] * A3)  # (T, BH, NP): Ā_{t+1} (1 at the last row: unused)
+        gy3 = gy[:, :, None]
+        beta = Ct * gy3
+        beta = tl.where(t3 == T - 1, beta + mu, beta)
+        _, lam = tl.associative_scan((dAn, beta), 0, _lin, reverse=True)  # (T, BH, NP): λ_t
+        # 4. the gradients
+        gC = tl.sum(Hs * gy3, axis=1)  # (T, NP)
+        dtu = dt * uu
+        gB = tl.sum(lam * dtu[:, :, None], axis=1)
+        tl.atomic_add(gB_ptr + bc, gB, mask=mbc)
+        tl.atomic_add(gC_ptr + bc, gC, mask=mbc)
+        gdtu = tl.sum(lam * Bt, axis=2)  # (T, BH)
+        Gam = lam * (Hs - dBu)  # λ_t ⊙ Ā_t h_{t-1}
+        gA += tl.sum(Gam * dt[:, :, None], axis=0)
+        gdt = tl.sum(Gam * A3, axis=2) + gdtu * uu
+        gu = gdtu * dt
+        if HAS_D:
+            gu += D2 * gy
+        tl.store(gu_ptr + off, gu, mask=m2)
+        if SOFTPLUS:
+            gdt = gdt * _softplus_grad(x)
+        gdt = tl.where(m2, gdt, 0.0)
+        tl.store(gdl_ptr + off, gdt, mask=m2)
+        gbias += tl.sum(gdt, axis=0)
+        mu = tl.sum(tl.where(t3 == 0, dA * lam, 0.0), axis=0)[None, :, :]  # Ā_{t0} ⊙ λ_{t0}
+    if WANT_GH0:
+        tl.store(gh0_ptr + b * H * N + s_off, mu, mask=sm)
+    s2 = hh[:, None] * N + n2  # (BH, NP)
+    tl.store(gA_ptr + b * H * N + s2, gA, mask=(ch < P)[:, None] & (n2 < N))
+    hm1 = ch < P
+    if HAS_D:
+        tl.store(gD_ptr + b * H + hh, gD, mask=hm1)
+    if HAS_BIAS:
+        tl.store(gbias_ptr + b * H + hh, gbias, mask=hm1)
+
+
+class _TritonSelectiveScan(torch.autograd.Function):
+    """y (B, L, H) and h_{L-1} (B, H, N) by the forward kernel; every gradient by the backward kernel.
+
+    Inputs: u, δ, z (B, L, H) contiguous (z or None), A (H, N), B, C (B, L, G, N) contiguous, D, b_Δ (H,) or None,
+    h0 (B, H, N) or None, softplus, T, BH.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, T, BH):  # type: ignore[override]
+        Bsz, L, H = u.shape
+        G, N = B.shape[2], B.shape[3]
+        P = H // G
+        NP = max(triton.next_power_of_2(N), 2)
+        n_chunks = triton.cdiv(L, T)
+        BH = min(BH, max(triton.next_power_of_2(P), 1))
+        n_blk = triton.cdiv(P, BH)
+        save = any(ctx.needs_input_grad[:9])
+        y = torch.empty_like(u)
+        hL = u.new_empty(Bsz, H, N)
+        ck = u.new_empty(Bsz, n_chunks, H, N) if save else u.new_empty(1)
+        dummy = u.new_empty(1)
+        opt = lambda t: dummy if t is None else t.contiguous()  # noqa: E731
+        A_c, D_c, bias_c, h0_c = opt(A), opt(D), opt(delta_bias), opt(h0)
+        _selective_fwd_kernel[(Bsz, G * n_blk)](
+            u, delta, opt(z), A_c, B, C, D_c, bias_c, h0_c, y, hL, ck,
+            L, H, G, P, N, n_chunks, n_blk,
+            T=T, BH=BH, NP=NP, HAS_H0=h0 is not None, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE_CK=save, num_warps=NUM_WARPS,
+        )
+        if save:
+            ctx.save_for_backward(u, delta, z, A_c, B, C, D, delta_bias, ck)
+        ctx.shape = (Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, h0 is not None)
+        ctx.set_materialize_grads(False)  # ghL is None when the final state is unused
+        return y, hL
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, ghL):  # type: ignore[override]
+        u, delta, z, A, B, C, D, delta_bias, ck = ctx.saved_tensors
+        Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, has_h0 = ctx.shape
+        gy = torch.zeros_like(u) if gy is None else gy.contiguous()
+        dummy = u.new_empty(1)
+        gu, gdl = torch.empty_like(u), torch.empty_like(u)
+        gz = torch.empty_like(u) if z is not None else dummy
+        gB, gC = torch.zeros_like(B), torch.zeros_like(C)  # atomics add into these
+        gA = u.new_empty(Bsz, H, N)
+        gD = u.new_empty(Bsz, H) if D is not None else dummy
+        gbias = u.new_empty(Bsz, H) if delta_bias is not None else dummy
+        gh0 = u.new_empty(Bsz, H, N) if has_h0 else dummy
+        BH = min(BACKWARD_BLOCK_H, max(triton.next_power_of_2(P), 1))
+        n_blk = triton.cdiv(P, BH)
+        opt = lambda t: dummy if t is None else t  # noqa: E731
+        _selective_bwd_kernel[(Bsz, G * n_blk)](
+            u, delta, opt(z), A, B, C, opt(D), opt(delta_bias), ck, gy, opt(None if ghL is None else ghL.contiguous()),
+            gu, gdl, gz, gB, gC, gA, gD, gbias, gh0,
+            L, H, G, P, N, n_chunks, n_blk,
+            T=T, BH=BH, NP=NP, HAS_GHL=ghL is not None, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, WANT_GH0=has_h0, num_warps=NUM_WARPS,
+        )
+        return (
+            gu, gdl, gz if z is not None else None, gA.sum(0), gB, gC,
+            gD.sum(0) if D is not None else None, gbias.sum(0) if delta_bias is not None else None,
+            gh0 if has_h0 else None, None, None, None,
+        )
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    state: torch.Tensor | None = None,
+    return_state: bool = True,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    block_h: int = DEFAULT_BLOCK_H,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The selective scan by the fused Triton kernels; equals :func:`ssmkit.ops.selective.selective_scan_reference`.
+
+    h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t, y_t = (C_t · h_t + D ⊙ u_t) ⊙ SiLU(z_t), Δ = softplus(δ + b_Δ)
+    (arXiv 2312.00752 Algorithm 2), the states only in registers; memory: y plus B·⌈L/T⌉·H·N checkpoints when a
+    gradient is needed. Every input is differentiable, the initial state and (through the final state) the last
+    steps included; the backward is not itself differentiable.
+
+    Args:
+        u: (B, L, H) input, float32 or float64.
+        delta: (B, L, H) step sizes δ before the bias and softplus.
+        A: (H, N) state matrix.
+        B: (B, L, N) input matrices shared by all channels, or (B, L, G, N), one per group of H/G channels.
+        C: (B, L, N) or (B, L, G, N) output matrices, B's shape.
+        D: (H,) skip, or None.
+        z: (B, L, H) gate, or None.
+        delta_bias: (H,) bias b_Δ added to δ, or None.
+        delta_softplus: Δ = softplus(δ + b_Δ) when True, δ + b_Δ otherwise.
+        state: (B, H, N) state h_{-1}, or None for zeros.
+        return_state: also return the final state.
+        chunk_size: T, steps per chunk (a power of two: the tile height of the scans and the checkpoint interval).
+        block_h: channels per program of the forward (a power of two); the backward takes at most
+            ``BACKWARD_BLOCK_H``.
+
+    Returns:
+        y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
+    """
+    from ssmkit.ops.selective import _check_selective
+
+    _check_selective(u, delta, A, B, C, D, z, delta_bias, state)
+    check_chunk_size(chunk_size)
+    for name, v in (("chunk_size", chunk_size), ("block_h", block_h)):
+        if not isinstance(v, int) or v < 1 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two (a Triton tile size); got {v!r}")
+    grouped = B.dim() == 4
+    Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
+    Cg = (C if grouped else C.unsqueeze(2)).contiguous()
+    y, h = _TritonSelectiveScan.apply(
+        u.contiguous(), delta.contiguous(), None if z is None else z.contiguous(), A, Bg, Cg, D, delta_bias, state,
+        bool(delta_softplus), chunk_size, block_h,
+    )
+    return y, (h if return_state else None)

@@ -50,7 +50,12 @@ from ssmkit.ops._checks import check_chunk_size
 DEFAULT_CHUNK = 32  # T: steps per chunk (the tile height of the scans over time; the checkpoint interval)
 DEFAULT_BLOCK_H = 4  # BH: channels per program of the forward
 BACKWARD_BLOCK_H = 2  # channels per program of the backward (it holds about three times the forward's tiles)
-NUM_WARPS = 4
+NUM_WARPS = 4  # forward
+BACKWARD_NUM_WARPS = 8
+# Compiled for sm_90 (Triton 3.9, N = 16, float32, every option on; scripts/triton_compile_check.py), registers per
+# thread without spills: forward T = 32, 4 channels, 4 warps 95 (T = 64: 127 with 2 channels, 162 with 4);
+# backward T = 32, 2 channels, 8 warps 138 (4 warps: 168 + 16 B of spills; 1 channel, 4 warps: 114). Not timed on a
+# GPU yet: ``ssmkit bench gpu --selective-tiles`` compares tiles there.
 
 
 @triton.jit
@@ -257,7 +262,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, T, BH):  # type: ignore[override]
+    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, T, BH, BH_bwd):  # type: ignore[override]
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         P = H // G
@@ -280,7 +285,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
         )
         if save:
             ctx.save_for_backward(u, delta, z, A_c, B, C, D, delta_bias, ck)
-        ctx.shape = (Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, h0 is not None)
+        ctx.shape = (Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, h0 is not None, BH_bwd)
         ctx.set_materialize_grads(False)  # ghL is None when the final state is unused
         return y, hL
 
@@ -288,7 +293,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, ghL):  # type: ignore[override]
         u, delta, z, A, B, C, D, delta_bias, ck = ctx.saved_tensors
-        Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, has_h0 = ctx.shape
+        Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, has_h0, BH = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         dummy = u.new_empty(1)
         gu, gdl = torch.empty_like(u), torch.empty_like(u)
@@ -298,7 +303,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
         gD = u.new_empty(Bsz, H) if D is not None else dummy
         gbias = u.new_empty(Bsz, H) if delta_bias is not None else dummy
         gh0 = u.new_empty(Bsz, H, N) if has_h0 else dummy
-        BH = min(BACKWARD_BLOCK_H, max(triton.next_power_of_2(P), 1))
+        BH = min(BH, max(triton.next_power_of_2(P), 1))
         n_blk = triton.cdiv(P, BH)
         opt = lambda t: dummy if t is None else t  # noqa: E731
         _selective_bwd_kernel[(Bsz, G * n_blk)](
@@ -306,12 +311,12 @@ class _TritonSelectiveScan(torch.autograd.Function):
             gu, gdl, gz, gB, gC, gA, gD, gbias, gh0,
             L, H, G, P, N, n_chunks, n_blk,
             T=T, BH=BH, NP=NP, HAS_GHL=ghL is not None, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, WANT_GH0=has_h0, num_warps=NUM_WARPS,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, WANT_GH0=has_h0, num_warps=BACKWARD_NUM_WARPS,
         )
         return (
             gu, gdl, gz if z is not None else None, gA.sum(0), gB, gC,
             gD.sum(0) if D is not None else None, gbias.sum(0) if delta_bias is not None else None,
-            gh0 if has_h0 else None, None, None, None,
+            gh0 if has_h0 else None, None, None, None, None,
         )
 
 
@@ -330,6 +335,7 @@ def selective_scan_triton(
     *,
     chunk_size: int = DEFAULT_CHUNK,
     block_h: int = DEFAULT_BLOCK_H,
+    backward_block_h: int = BACKWARD_BLOCK_H,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The selective scan by the fused Triton kernels; equals :func:`ssmkit.ops.selective.selective_scan_reference`.
 
@@ -351,8 +357,8 @@ def selective_scan_triton(
         state: (B, H, N) state h_{-1}, or None for zeros.
         return_state: also return the final state.
         chunk_size: T, steps per chunk (a power of two: the tile height of the scans and the checkpoint interval).
-        block_h: channels per program of the forward (a power of two); the backward takes at most
-            ``BACKWARD_BLOCK_H``.
+        block_h: channels per program of the forward (a power of two).
+        backward_block_h: channels per program of the backward (a power of two).
 
     Returns:
         y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
@@ -361,7 +367,7 @@ def selective_scan_triton(
 
     _check_selective(u, delta, A, B, C, D, z, delta_bias, state)
     check_chunk_size(chunk_size)
-    for name, v in (("chunk_size", chunk_size), ("block_h", block_h)):
+    for name, v in (("chunk_size", chunk_size), ("block_h", block_h), ("backward_block_h", backward_block_h)):
         if not isinstance(v, int) or v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two (a Triton tile size); got {v!r}")
     grouped = B.dim() == 4
@@ -369,6 +375,6 @@ def selective_scan_triton(
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
     y, h = _TritonSelectiveScan.apply(
         u.contiguous(), delta.contiguous(), None if z is None else z.contiguous(), A, Bg, Cg, D, delta_bias, state,
-        bool(delta_softplus), chunk_size, block_h,
+        bool(delta_softplus), chunk_size, block_h, backward_block_h,
     )
     return y, (h if return_state else None)

@@ -82,7 +82,7 @@ def main() -> int:
             signature = {**pointers, **{a: "i32" for a in ints}, **{a: "constexpr" for a in constexprs}}
             signature = {a: signature[a] for a in fn.arg_names}
             try:
-                warps = SS.NUM_WARPS if label.startswith("selective") else 8
+                warps = {"selective forward": SS.NUM_WARPS, "selective backward": SS.BACKWARD_NUM_WARPS}.get(label, 8)
                 shared, usage, seconds = compile_one(fn, signature, constexprs, target, warps)
                 print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
                 failed += shared > 227 * 1024

@@ -71,10 +71,12 @@ def _smoke(op: str, device: torch.device, dtype: torch.dtype) -> None:
         from ssmkit.ops.selective import selective_scan_reference
         from ssmkit.ops.triton.selective import selective_scan_triton as kernel
 
-        # L = 9 in chunks of 4 (a padded last chunk), H = 3 in blocks of 2, every option on: D, z, b_Δ, softplus, h0
-        A = (-torch.rand(3, 2, generator=g, dtype=f64) - 0.5).to(device=device, dtype=dtype)
-        args = [rand(2, 9, 3), rand(2, 9, 3), A, rand(2, 9, 2), rand(2, 9, 2), rand(3), rand(2, 9, 3), rand(3), rand(2, 3, 2)]
-        fast = lambda *a: kernel(*a[:8], True, a[8], chunk_size=4, block_h=2, backward_block_h=2)  # noqa: E731
+        # the kernels' default tiles (the layouts of real calls): L = 37 in chunks of 32 (a padded last chunk), H = 5
+        # channels in blocks of 4 and 2 (partial blocks), N = 3 in a tile of 4; every option on: D, z, b_Δ, softplus, h0
+        A = (-torch.rand(5, 3, generator=g, dtype=f64) - 0.5).to(device=device, dtype=dtype)
+        args = [rand(2, 37, 5), rand(2, 37, 5), A, rand(2, 37, 3), rand(2, 37, 3), rand(5), rand(2, 37, 5), rand(5),
+                rand(2, 5, 3)]
+        fast = lambda *a: kernel(*a[:8], True, a[8])  # noqa: E731
         ref = lambda *a: selective_scan_reference(*a[:8], True, a[8])  # noqa: E731
     else:
         raise ValueError(f"op must be one of {OPS}; got {op!r}")

@@ -70,19 +70,22 @@ def main() -> int:
             cases.append((f"ssd forward P={P} N={N}", D._ssd_fwd_kernel,
                           {k: p for k in ("x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "h0_ptr", "y_ptr", "hL_ptr")},
                           {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))
-        sel = dict(NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)  # Mamba's N = 16, every option
+        tiles = SS.DEFAULT_TILES
+        sel = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NUM_STAGES=tiles.num_stages)
         cases.append(("selective forward", SS._selective_fwd_kernel,
                       {k: p for k in SS._selective_fwd_kernel.arg_names if k.endswith("_ptr")},
-                      {"T": SS.DEFAULT_CHUNK, "BH": SS.DEFAULT_BLOCK_H, **sel, "HAS_H0": True, "SAVE_CK": True}))
+                      {"T": tiles.forward_chunk, "BH": tiles.block_h, **sel, "HAS_H0": True, "SAVE_CK": True,
+                       "CK_EVERY": tiles.chunk // tiles.forward_chunk}))
         cases.append(("selective backward", SS._selective_bwd_kernel,
                       {k: p for k in SS._selective_bwd_kernel.arg_names if k.endswith("_ptr")},
-                      {"T": SS.DEFAULT_CHUNK, "BH": SS.BACKWARD_BLOCK_H, **sel, "HAS_GHL": True, "WANT_GH0": True}))
+                      {"T": tiles.chunk, "BH": tiles.backward_block_h, **sel, "HAS_GHL": True, "WANT_GH0": True}))
         for label, fn, pointers, constexprs in [c for c in cases if args.only in c[0]]:
             ints = [a for a in fn.arg_names if a not in pointers and a not in constexprs]
             signature = {**pointers, **{a: "i32" for a in ints}, **{a: "constexpr" for a in constexprs}}
             signature = {a: signature[a] for a in fn.arg_names}
             try:
-                warps = {"selective forward": SS.NUM_WARPS, "selective backward": SS.BACKWARD_NUM_WARPS}.get(label, 8)
+                warps = {"selective forward": SS.DEFAULT_TILES.num_warps,
+                         "selective backward": SS.DEFAULT_TILES.backward_num_warps}.get(label, 8)
                 shared, usage, seconds = compile_one(fn, signature, constexprs, target, warps)
                 print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
                 failed += shared > 227 * 1024

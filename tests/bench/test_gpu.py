@@ -15,14 +15,14 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # then triton's row carries the gate's error
     out = tmp_path / "gpu.json"
     argv = ["--device", "cpu", "--scan-shapes", "1,3,4,9", "--ssd-shapes", "1,9,2,2,3", "--selective-shapes", "1,3,2,9",
-            "--selective-tiles", "4,2,1", "--repeats", "1", "--copy-bytes", "4096", "--json", str(out)]
+            "--selective-tiles", "4,2,2,1", "--repeats", "1", "--copy-bytes", "4096", "--json", str(out)]
     assert main(argv) == 0
     data = json.loads(out.read_text())
     rows = data["results"]
     assert data["bandwidth_Bps"] > 0
     assert [(r["op"], r["backend"]) for r in rows] == [
         ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("ssd", "chunked"), ("ssd", "triton"),
-        ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,1"), ("selective", "mamba_ssm")]
+        ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm")]
     assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[3]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
     assert rows[5]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
     if importlib.util.find_spec("mamba_ssm") is None:

@@ -3,8 +3,8 @@
 On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before torch and
 triton are imported: the interpreter cannot be switched on later), at
 tiny sizes that are not multiples of the tiles (L = 37 with chunks of 16, H = 3 with blocks of 2 channels, N = 5
-modes in a tile of 8; the selective scan: L = 37 in chunks of 32, P = 3 channels per group in blocks of 4 and 2, N = 5 in a
-tile of 8); these run in CI wherever triton is installed (it is in the ``dev`` extra). The tests marked
+modes in a tile of 8; the selective scan: L = 37 in forward tiles of 8 and checkpoint chunks of 32, P = 3 channels per group in
+blocks of 4, N = 5 in a tile of 8); these run in CI wherever triton is installed (it is in the ``dev`` extra). The tests marked
 ``gpu`` run with SSMKIT_TEST_DEVICE=cuda at real sizes (scripts/gpu_check.sh) and are skipped elsewhere.
 """
 
@@ -238,7 +238,7 @@ CORE = {"u", "delta", "A", "B", "C"}
 @pytest.mark.parametrize(
     "dtype,G,use,softplus",
     [
-        (torch.float32, 2, EVERY_INPUT, True),  # grouped: P = 3 channels per group, a block of 4 (forward), 2 (backward)
+        (torch.float32, 2, EVERY_INPUT, True),  # grouped: P = 3 channels per group, in a block of 4
         (torch.float64, 2, EVERY_INPUT, True),
         (torch.float64, None, EVERY_INPUT - {"z"}, True),  # B, C shared by every channel
         (torch.float64, 3, CORE, False),  # no skip, gate, bias, softplus or initial state
@@ -257,10 +257,10 @@ def test_selective_values_and_gradients_equal_the_reference(dtype, G, use, softp
 @needs_triton
 @pytest.mark.parametrize("L", [5, 16, 17])  # shorter than a chunk, a multiple of it, one step past it
 def test_selective_at_chunk_boundaries(L):
-    from ssmkit.ops.triton.selective import selective_scan_triton
+    from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
 
     x = {k: v.to(DEVICE) for k, v in selective_inputs(L=L, H=5, N=3, G=None).items()}
-    y, h = selective_scan_triton(**x, delta_softplus=True, chunk_size=16, block_h=4)
+    y, h = selective_scan_triton(**x, delta_softplus=True, tiles=Tiles(chunk=16, forward_chunk=4, block_h=4))
     y_ref, h_ref = selective_scan_reference(**x, delta_softplus=True)
     assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12
     y, none = selective_scan_triton(**x, delta_softplus=True, return_state=False)
@@ -298,13 +298,15 @@ def test_selective_only_the_final_state_or_only_y_is_differentiated():
 
 @needs_triton
 def test_selective_rejects_tiles_that_are_not_powers_of_two():
-    from ssmkit.ops.triton.selective import selective_scan_triton
+    from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
 
     x = {k: v.to(DEVICE) for k, v in selective_inputs(L=5, H=3, N=2, G=None).items()}
-    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
-        selective_scan_triton(**x, chunk_size=12)
-    with pytest.raises(ValueError, match="backward_block_h must be a power of two"):
-        selective_scan_triton(**x, backward_block_h=3)
+    with pytest.raises(ValueError, match="tiles.chunk must be a power of two"):
+        selective_scan_triton(**x, tiles=Tiles(chunk=12))
+    with pytest.raises(ValueError, match="tiles.backward_block_h must be a power of two"):
+        selective_scan_triton(**x, tiles=Tiles(backward_block_h=3))
+    with pytest.raises(ValueError, match="tiles.forward_chunk must be <= tiles.chunk"):
+        selective_scan_triton(**x, tiles=Tiles(chunk=8, forward_chunk=16))
     with pytest.raises(ValueError, match=r"A must be \(H, N\)"):
         selective_scan_triton(**{**x, "A": x["A"][:2]})
 

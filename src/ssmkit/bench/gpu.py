@@ -2,7 +2,7 @@
 copy bandwidth (and against mamba-ssm's CUDA selective scan where it is installed).
 
     ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--ssd-shapes B,L,H,P,N ...]
-                     [--selective-shapes B,H,N,L ...] [--selective-tiles T,BH,BHb ...]
+                     [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
                      [--backends chunked fft triton] [--repeats 5] [--json PATH]
 
 Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
@@ -13,7 +13,7 @@ achieved: a fused scan must read u and write y, 8·B·L·H bytes, so bound = 8·
 (3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, bound = bytes of x, Δ, B, C read and
 y written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
 initial state; d_inner = H channels, N states) under ``chunked`` and ``triton``, the Triton kernel also at the tiles
-of ``--selective-tiles`` (chunk T, forward and backward channels per program), and mamba-ssm's ``selective_scan_fn``
+of ``--selective-tiles`` (:class:`ssmkit.ops.triton.selective.Tiles`), and mamba-ssm's ``selective_scan_fn``
 (CUDA) when it imports -- each in its own layout, made outside the timing (mamba-ssm's is time-last (B, H, L)) --
 bound = bytes of u, δ, z, B, C read and y written, 16·B·L·H + 8·B·L·N. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA (perf_counter
 around a synchronise elsewhere). The backends run in turns within each repeat, so that ratios compare like
@@ -38,7 +38,9 @@ SCAN_SHAPES = ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,104
 SSD_SHAPES = ["2,2048,32,64,128", "8,4096,16,64,64"]
 # B, d_inner, N, L: a Mamba block of d_model 256 (expand 2, N 16) at L = 1k and 4k (the issue's shape), and d_model 768
 SELECTIVE_SHAPES = ["8,512,16,1024", "8,512,16,4096", "8,1536,16,2048"]
-SELECTIVE_TILES = ["16,8,2", "64,2,1", "32,2,1"]  # T, forward channels, backward channels (the defaults: 32,4,2)
+# more tiles of the Triton selective scan, as the fields of ssmkit.ops.triton.selective.Tiles in order (chunk,
+# forward_chunk, block_h, backward_block_h, num_warps, backward_num_warps, num_stages; the defaults: 32,8,4,4,1,4,1)
+SELECTIVE_TILES = ["32,32,4,4,4,4", "16,8,4,4,1,2", "32,8,4,4,1,4,2", "64,16,4,2,2,4"]
 
 
 def _timer(device: torch.device):
@@ -129,7 +131,7 @@ def _mamba_ssm_selective():
 
 def _selective_case(shape: str, device: torch.device):
     from ssmkit.ops.selective import selective_scan
-    from ssmkit.ops.triton.selective import selective_scan_triton
+    from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
     from ssmkit.ops.triton_gate import require_triton
 
     Bsz, H, N, L = (int(v) for v in shape.split(","))
@@ -146,9 +148,8 @@ def _selective_case(shape: str, device: torch.device):
             return _mamba_ssm_selective()(u, delta, A_, B, C, D_, z, bias, True, False)
         if backend.startswith("triton:"):
             require_triton("selective_scan", u)
-            T, bh, bhb = (int(v) for v in backend.split(":")[1].split(","))
-            return selective_scan_triton(u, delta, A_, B, C, D_, z, bias, True, None, False, chunk_size=T,
-                                         block_h=bh, backward_block_h=bhb)[0]
+            tiles = Tiles(*(int(v) for v in backend.split(":")[1].split(",")))
+            return selective_scan_triton(u, delta, A_, B, C, D_, z, bias, True, None, False, tiles=tiles)[0]
         return selective_scan(u, delta, A_, B, C, D_, z, bias, True, None, False, backend=backend)[0]
 
     def inputs(backend: str):
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--selective-shapes", nargs="*", default=SELECTIVE_SHAPES,
                         help="B,d_inner,N,L (B and C shared, with D, z, Δ bias and softplus)")
     parser.add_argument("--selective-tiles", nargs="*", default=SELECTIVE_TILES,
-                        help="T,BH,BHb: more tiles of the Triton selective scan (chunk, forward and backward channels)")
+                        help="more tiles of the Triton selective scan: the fields of ssmkit.ops.triton.selective.Tiles "
+                             "in order, comma-separated (a prefix; the rest default)")
     parser.add_argument("--backends", nargs="+", default=["chunked", "fft", "triton"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--copy-bytes", type=int, default=1 << 30)

@@ -41,21 +41,35 @@ Tile sizes (T, BH, warps) are first choices, not tuned on a GPU yet (docs/benchm
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-from ssmkit.ops._checks import check_chunk_size
 
-DEFAULT_CHUNK = 32  # T: steps per chunk (the tile height of the scans over time; the checkpoint interval)
-DEFAULT_BLOCK_H = 4  # BH: channels per program of the forward
-BACKWARD_BLOCK_H = 2  # channels per program of the backward (it holds about three times the forward's tiles)
-NUM_WARPS = 4  # forward
-BACKWARD_NUM_WARPS = 8
-# Compiled for sm_90 (Triton 3.9, N = 16, float32, every option on; scripts/triton_compile_check.py), registers per
-# thread without spills: forward T = 32, 4 channels, 4 warps 95 (T = 64: 127 with 2 channels, 162 with 4);
-# backward T = 32, 2 channels, 8 warps 138 (4 warps: 168 + 16 B of spills; 1 channel, 4 warps: 114). Not timed on a
-# GPU yet: ``ssmkit bench gpu --selective-tiles`` compares tiles there.
+class Tiles(NamedTuple):
+    """Tile sizes and launch options of the kernels (all powers of two but ``num_stages``).
+
+    ``chunk`` is the checkpoint interval: the forward keeps the state every ``chunk`` steps for the backward, whose
+    tile height it is; the forward scans tiles of ``forward_chunk`` ≤ ``chunk`` steps.
+    """
+
+    chunk: int = 32  # the backward's tile height and the checkpoint interval (B·H·N states per chunk)
+    forward_chunk: int = 8  # the forward's tile height
+    block_h: int = 4  # channels per program of the forward
+    backward_block_h: int = 4  # channels per program of the backward
+    num_warps: int = 1  # warps per program of the forward
+    backward_num_warps: int = 4
+    num_stages: int = 1  # software pipelining of the chunk loops' loads (tl.range num_stages; > 1: async copies ahead)
+
+
+# The defaults were chosen without a GPU, by compiling for sm_90 (Triton 3.9, N = 16, float32, every option on;
+# scripts/triton_compile_check.py) and counting the SASS of one loop iteration per state element held by a thread:
+# forward (T 8, 4 channels, 1 warp) 42 instructions, 64 registers, no barrier in the loop (T 32, 4 channels, 4
+# warps: 55 and 16 barriers); backward (T 32, 4 channels, 4 warps) 126, 241 registers, no spill (T 32, 2 channels,
+# 8 warps: 420). Static counts are not times: `ssmkit bench gpu --selective-tiles` compares tiles on a GPU.
+DEFAULT_TILES = Tiles()
 
 
 @triton.jit
@@ -87,8 +101,8 @@ def _sigmoid(z):
 
 @triton.jit
 def _chunk(
-    u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, N, h2, hm2, n2,
-    T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2,
+    N: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     # the chunk's tiles: u, δ + b_Δ (T, BH); Δ (T, BH), zero past L; Ā, B̄u (T, BH, NP); B_t, C_t (T, 1, NP)
     tt = t0 + tl.arange(0, T)[:, None].to(tl.int64)  # (T, 1)
@@ -104,7 +118,10 @@ def _chunk(
         dt = x
     dt = tl.where(m2, dt, 0.0)  # steps past L and channels past the block: Ā = 1, B̄u = 0
     bc = ((b * L + tt) * G + g) * N + n2  # (T, NP)
-    mbc = (tt < L) & (n2 < N)
+    if N == n2.shape[1]:  # N a power of two: no mask along the states (vector loads)
+        mbc = (tt < L) & (n2 >= 0)
+    else:
+        mbc = (tt < L) & (n2 < N)
     Bt = tl.load(B_ptr + bc, mask=mbc, other=0.0)[:, None, :]  # (T, 1, NP)
     Ct = tl.load(C_ptr + bc, mask=mbc, other=0.0)[:, None, :]
     dA = tl.exp(dt[:, :, None] * A3)  # (T, BH, NP)
@@ -115,9 +132,10 @@ def _chunk(
 @triton.jit
 def _selective_fwd_kernel(
     u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hL_ptr, ck_ptr,
-    L, H, G, P, N, n_chunks, n_blk,
-    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr,
+    L, H, G, P, n_chunks, n_blk,
+    N: tl.constexpr, T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SAVE_CK: tl.constexpr,
+    CK_EVERY: tl.constexpr = 1, NUM_STAGES: tl.constexpr = 1,
 ):
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1) // n_blk
@@ -138,12 +156,13 @@ def _selective_fwd_kernel(
         bias2 = tl.load(bias_ptr + h2, mask=hm2, other=0.0)  # (1, BH)
     if HAS_D:
         D2 = tl.load(D_ptr + h2, mask=hm2, other=0.0)
-    for c in range(0, n_chunks):
+    for c in tl.range(0, n_chunks, num_stages=NUM_STAGES):
         t0 = c * T
-        if SAVE_CK:
-            tl.store(ck_ptr + (b * n_chunks + c) * H * N + s_off, hs, mask=sm)
+        if SAVE_CK:  # the state before every CK_EVERY-th tile: checkpoint c // CK_EVERY
+            n_ck = (n_chunks + CK_EVERY - 1) // CK_EVERY
+            tl.store(ck_ptr + (b * n_ck + c // CK_EVERY) * H * N + s_off, hs, mask=sm & (c % CK_EVERY == 0))
         uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu = _chunk(
-            u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, N, h2, hm2, n2, T, HAS_BIAS, SOFTPLUS
+            u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2, N, T, HAS_BIAS, SOFTPLUS
         )
         dBu = tl.where(t3 == 0, dBu + dA * hs, dBu)  # the carried state enters at the first step
         _, Hs = tl.associative_scan((dA, dBu), 0, _lin)  # (T, BH, NP): h_t
@@ -162,9 +181,10 @@ def _selective_fwd_kernel(
 def _selective_bwd_kernel(
     u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ck_ptr, gy_ptr, ghL_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, gA_ptr, gD_ptr, gbias_ptr, gh0_ptr,
-    L, H, G, P, N, n_chunks, n_blk,
-    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_GHL: tl.constexpr, HAS_D: tl.constexpr,
+    L, H, G, P, n_chunks, n_blk,
+    N: tl.constexpr, T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_GHL: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, WANT_GH0: tl.constexpr,
+    NUM_STAGES: tl.constexpr = 1,
 ):
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1) // n_blk
@@ -189,13 +209,13 @@ def _selective_bwd_kernel(
     gA = tl.sum(A3 * 0.0, axis=0)  # (BH, NP)
     gD = tl.sum(gA, axis=1) * 0.0  # (BH,)
     gbias = gD
-    for i in range(0, n_chunks):
+    for i in tl.range(0, n_chunks, num_stages=NUM_STAGES):
         c = n_chunks - 1 - i
         t0 = c * T
         # 1. the chunk's states from its checkpoint
         hprev = tl.load(ck_ptr + (b * n_chunks + c) * H * N + s_off, mask=sm, other=0.0)
         uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu = _chunk(
-            u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, N, h2, hm2, n2, T, HAS_BIAS, SOFTPLUS
+            u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2, N, T, HAS_BIAS, SOFTPLUS
         )
         _, Hs = tl.associative_scan((dA, tl.where(t3 == 0, dBu + dA * hprev, dBu)), 0, _lin)  # (T, BH, NP)
         # 2. the gate and the skip
@@ -258,34 +278,36 @@ class _TritonSelectiveScan(torch.autograd.Function):
     """y (B, L, H) and h_{L-1} (B, H, N) by the forward kernel; every gradient by the backward kernel.
 
     Inputs: u, δ, z (B, L, H) contiguous (z or None), A (H, N), B, C (B, L, G, N) contiguous, D, b_Δ (H,) or None,
-    h0 (B, H, N) or None, softplus, T, BH.
+    h0 (B, H, N) or None, softplus, tiles (:class:`Tiles`).
     """
 
     @staticmethod
-    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, T, BH, BH_bwd):  # type: ignore[override]
+    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, tiles):  # type: ignore[override]
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         P = H // G
         NP = max(triton.next_power_of_2(N), 2)
-        n_chunks = triton.cdiv(L, T)
-        BH = min(BH, max(triton.next_power_of_2(P), 1))
+        T = tiles.forward_chunk
+        BH = min(tiles.block_h, triton.next_power_of_2(P))
         n_blk = triton.cdiv(P, BH)
+        n_ck = triton.cdiv(L, tiles.chunk)
         save = any(ctx.needs_input_grad[:9])
         y = torch.empty_like(u)
         hL = u.new_empty(Bsz, H, N)
-        ck = u.new_empty(Bsz, n_chunks, H, N) if save else u.new_empty(1)
+        ck = u.new_empty(Bsz, n_ck, H, N) if save else u.new_empty(1)  # the states every tiles.chunk steps
         dummy = u.new_empty(1)
         opt = lambda t: dummy if t is None else t.contiguous()  # noqa: E731
         A_c, D_c, bias_c, h0_c = opt(A), opt(D), opt(delta_bias), opt(h0)
         _selective_fwd_kernel[(Bsz, G * n_blk)](
             u, delta, opt(z), A_c, B, C, D_c, bias_c, h0_c, y, hL, ck,
-            L, H, G, P, N, n_chunks, n_blk,
-            T=T, BH=BH, NP=NP, HAS_H0=h0 is not None, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE_CK=save, num_warps=NUM_WARPS,
+            L, H, G, P, triton.cdiv(L, T), n_blk,
+            N=N, T=T, BH=BH, NP=NP, HAS_H0=h0 is not None, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE_CK=save, CK_EVERY=tiles.chunk // T,
+            NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
         )
         if save:
             ctx.save_for_backward(u, delta, z, A_c, B, C, D, delta_bias, ck)
-        ctx.shape = (Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, h0 is not None, BH_bwd)
+        ctx.shape = (Bsz, L, H, G, P, N, NP, n_ck, softplus, h0 is not None, tiles)
         ctx.set_materialize_grads(False)  # ghL is None when the final state is unused
         return y, hL
 
@@ -293,7 +315,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, ghL):  # type: ignore[override]
         u, delta, z, A, B, C, D, delta_bias, ck = ctx.saved_tensors
-        Bsz, L, H, G, P, N, NP, n_chunks, T, softplus, has_h0, BH = ctx.shape
+        Bsz, L, H, G, P, N, NP, n_ck, softplus, has_h0, tiles = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         dummy = u.new_empty(1)
         gu, gdl = torch.empty_like(u), torch.empty_like(u)
@@ -303,21 +325,35 @@ class _TritonSelectiveScan(torch.autograd.Function):
         gD = u.new_empty(Bsz, H) if D is not None else dummy
         gbias = u.new_empty(Bsz, H) if delta_bias is not None else dummy
         gh0 = u.new_empty(Bsz, H, N) if has_h0 else dummy
-        BH = min(BH, max(triton.next_power_of_2(P), 1))
+        BH = min(tiles.backward_block_h, triton.next_power_of_2(P))
         n_blk = triton.cdiv(P, BH)
         opt = lambda t: dummy if t is None else t  # noqa: E731
         _selective_bwd_kernel[(Bsz, G * n_blk)](
             u, delta, opt(z), A, B, C, opt(D), opt(delta_bias), ck, gy, opt(None if ghL is None else ghL.contiguous()),
             gu, gdl, gz, gB, gC, gA, gD, gbias, gh0,
-            L, H, G, P, N, n_chunks, n_blk,
-            T=T, BH=BH, NP=NP, HAS_GHL=ghL is not None, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, WANT_GH0=has_h0, num_warps=BACKWARD_NUM_WARPS,
+            L, H, G, P, n_ck, n_blk,
+            N=N, T=tiles.chunk, BH=BH, NP=NP, HAS_GHL=ghL is not None, HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, WANT_GH0=has_h0,
+            NUM_STAGES=tiles.num_stages, num_warps=tiles.backward_num_warps,
         )
         return (
             gu, gdl, gz if z is not None else None, gA.sum(0), gB, gC,
             gD.sum(0) if D is not None else None, gbias.sum(0) if delta_bias is not None else None,
-            gh0 if has_h0 else None, None, None, None, None,
+            gh0 if has_h0 else None, None, None,
         )
+
+
+def _check_tiles(tiles: Tiles) -> None:
+    """Raise ValueError unless every tile size is a power of two, forward_chunk ≤ chunk and num_stages ≥ 1."""
+    if not isinstance(tiles, Tiles):
+        raise ValueError(f"tiles must be a Tiles; got {type(tiles).__name__}")
+    for name, v in tiles._asdict().items():
+        if name != "num_stages" and (not isinstance(v, int) or v < 1 or v & (v - 1)):
+            raise ValueError(f"tiles.{name} must be a power of two (a Triton tile size); got {v!r}")
+    if tiles.forward_chunk > tiles.chunk:
+        raise ValueError(f"tiles.forward_chunk must be <= tiles.chunk; got {tiles.forward_chunk} > {tiles.chunk}")
+    if not isinstance(tiles.num_stages, int) or tiles.num_stages < 1:
+        raise ValueError(f"tiles.num_stages must be an int >= 1; got {tiles.num_stages!r}")
 
 
 def selective_scan_triton(
@@ -333,9 +369,7 @@ def selective_scan_triton(
     state: torch.Tensor | None = None,
     return_state: bool = True,
     *,
-    chunk_size: int = DEFAULT_CHUNK,
-    block_h: int = DEFAULT_BLOCK_H,
-    backward_block_h: int = BACKWARD_BLOCK_H,
+    tiles: Tiles = DEFAULT_TILES,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The selective scan by the fused Triton kernels; equals :func:`ssmkit.ops.selective.selective_scan_reference`.
 
@@ -356,9 +390,8 @@ def selective_scan_triton(
         delta_softplus: Δ = softplus(δ + b_Δ) when True, δ + b_Δ otherwise.
         state: (B, H, N) state h_{-1}, or None for zeros.
         return_state: also return the final state.
-        chunk_size: T, steps per chunk (a power of two: the tile height of the scans and the checkpoint interval).
-        block_h: channels per program of the forward (a power of two).
-        backward_block_h: channels per program of the backward (a power of two).
+        tiles: tile sizes and launch options (:class:`Tiles`; a speed setting: the result is the same within
+            rounding).
 
     Returns:
         y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
@@ -366,15 +399,12 @@ def selective_scan_triton(
     from ssmkit.ops.selective import _check_selective
 
     _check_selective(u, delta, A, B, C, D, z, delta_bias, state)
-    check_chunk_size(chunk_size)
-    for name, v in (("chunk_size", chunk_size), ("block_h", block_h), ("backward_block_h", backward_block_h)):
-        if not isinstance(v, int) or v < 1 or v & (v - 1):
-            raise ValueError(f"{name} must be a power of two (a Triton tile size); got {v!r}")
+    _check_tiles(tiles)
     grouped = B.dim() == 4
     Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
     y, h = _TritonSelectiveScan.apply(
         u.contiguous(), delta.contiguous(), None if z is None else z.contiguous(), A, Bg, Cg, D, delta_bias, state,
-        bool(delta_softplus), chunk_size, block_h, backward_block_h,
+        bool(delta_softplus), tiles,
     )
     return y, (h if return_state else None)

@@ -268,6 +268,20 @@ def test_selective_at_chunk_boundaries(L):
 
 
 @needs_triton
+def test_selective_with_a_large_state_shrinks_the_default_tiles():
+    from ssmkit.ops.triton.selective import DEFAULT_TILES, fit_tiles
+
+    # N = 40: a state tile of 64, so one channel per program and the same tile sizes as N = 16 with four
+    assert fit_tiles(DEFAULT_TILES, 64)[:4] == (32, 8, 1, 1) and fit_tiles(DEFAULT_TILES, 16) == DEFAULT_TILES
+    inputs = selective_inputs(L=11, H=3, N=40, G=None)
+    kernel = lambda **a: selective_scan(**a, backend="triton")  # noqa: E731
+    names, got = selective_values_and_grads(kernel, inputs, torch.float64, EVERY_INPUT, True)
+    _, want = selective_values_and_grads(selective_scan_reference, inputs, torch.float64, EVERY_INPUT, True)
+    for name, a, b in zip(names, got, want):
+        assert rel_err(a, b) < TOL[torch.float64], name
+
+
+@needs_triton
 def test_selective_hand_computed():
     # A = 0 (Ā = 1), Δ = B = C = 1, u = 1, h_{-1} = 3, D = 2: h_t = 3 + (t + 1) and y_t = h_t + 2 exactly
     one = torch.ones(1, 20, 1, dtype=torch.float64, device=DEVICE)

@@ -70,6 +70,26 @@ class Tiles(NamedTuple):
 # warps: 55 and 16 barriers); backward (T 32, 4 channels, 4 warps) 126, 241 registers, no spill (T 32, 2 channels,
 # 8 warps: 420). Static counts are not times: `ssmkit bench gpu --selective-tiles` compares tiles on a GPU.
 DEFAULT_TILES = Tiles()
+FORWARD_TILE_ELEMENTS = 512  # T_f · BH · N per program of the forward at the defaults (N = 16), kept for larger N
+BACKWARD_TILE_ELEMENTS = 2048  # chunk · BH · N of the backward
+
+
+def fit_tiles(tiles: Tiles, NP: int) -> Tiles:
+    """The default tiles shrunk for a state tile of NP > 16 (fewer channels, then shorter chunks), so that a
+    program's tiles stay the size compiled and counted at N = 16; tiles given explicitly are kept as they are.
+
+    Args:
+        tiles: the tiles asked for.
+        NP: the state tile, N rounded up to a power of two.
+    """
+    if tiles != DEFAULT_TILES:
+        return tiles
+    fwd, bwd = FORWARD_TILE_ELEMENTS // NP, BACKWARD_TILE_ELEMENTS // NP
+    chunk = min(tiles.chunk, max(bwd, 2))
+    forward_chunk = min(tiles.forward_chunk, max(fwd, 2), chunk)
+    block_h = min(tiles.block_h, max(fwd // forward_chunk, 1))
+    backward_block_h = min(tiles.backward_block_h, max(bwd // chunk, 1))
+    return tiles._replace(chunk=chunk, forward_chunk=forward_chunk, block_h=block_h, backward_block_h=backward_block_h)
 
 
 @triton.jit
@@ -287,6 +307,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
         G, N = B.shape[2], B.shape[3]
         P = H // G
         NP = max(triton.next_power_of_2(N), 2)
+        tiles = fit_tiles(tiles, NP)
         T = tiles.forward_chunk
         BH = min(tiles.block_h, triton.next_power_of_2(P))
         n_blk = triton.cdiv(P, BH)

@@ -9,16 +9,17 @@
 u, δ, z, y (B, L, H); A (H, N); B_t, C_t (B, L, G, N), one pair per group of P = H/G consecutive channels; an initial
 state h_{-1} (B, H, N) and the final state h_{L-1} out, both differentiable (the official kernel has neither).
 
-Forward kernel: one program per (batch row b, group g, block of BH channels of the group); the block's (BH, N) states
-stay in registers for the whole sequence, chunks of T steps in order. Per chunk it loads the (T, BH) tiles of δ, u, z
-and the (T, N) tiles of B, C once, forms Δ (softplus, bias), Ā = exp(Δ A) and B̄u = Δ u B on a (T, BH, N) tile, folds
-the carried state into the first step (b_0 += Ā_0 ⊙ h) and runs an associative scan over time of the maps
-h -> a h + b (composed as a'(a h + b) + b'; Martin & Cundy, arXiv 1709.04057): the chunk's states, in registers.
-Then y_t = C_t · h_t + D u_t, times SiLU(z_t), is reduced over N and written; the (B, L, H, N) states never reach
-memory. Steps past L get Δ = 0 (Ā = 1, no input): the state passes through them unchanged, so the chunk's last row is
-the carry. With gradients wanted, the state at every chunk start is written (B, ⌈L/T⌉, H, N).
+Forward kernel: one program per (batch row b, group g, block of channels of the group); the block's states (N per
+channel) stay in registers for the whole sequence, tiles of T_f steps in order. Per tile it loads δ, u, z of the
+block's channels and the B, C rows of its steps once, forms Δ (softplus, bias), Ā = exp(Δ A) and B̄u = Δ u B for every
+step, channel and state, folds the carried state into the first step (b_0 += Ā_0 ⊙ h) and runs an associative scan
+over time of the maps h -> a h + b (composed as a'(a h + b) + b'; Martin & Cundy, arXiv 1709.04057): the tile's
+states, in registers. Then y_t = C_t · h_t + D u_t, times SiLU(z_t), is reduced over N and written; the (B, L, H, N)
+states never reach memory. Steps past L get Δ = 0 (Ā = 1, no input): the state passes through them unchanged, so the
+tile's last row is the carry. With gradients wanted, the state is written every T steps (``Tiles.chunk``, a multiple
+of T_f): (B, ⌈L/T⌉, H, N) checkpoints.
 
-Backward kernel, chunks in reverse with μ, the gradient flowing into the chunk's last state from later steps (∂ℓ/∂h_{L-1}
+Backward kernel, chunks of T steps in reverse with μ, the gradient flowing into the chunk's last state from later steps (∂ℓ/∂h_{L-1}
 at first): recompute the chunk's states from its checkpoint (the forward's scan again); the pre-gate output
 o_t = C_t · h_t + D u_t gives ∂z = g o SiLU'(z) and the gate's g ← g SiLU(z); then the adjoint
 λ_t = C_t g_t + Ā_{t+1} ⊙ λ_{t+1} (with μ entering at the chunk's last row) by a reverse associative scan, Ā_{t+1} from
@@ -36,7 +37,7 @@ over the block in registers and added into (B, L, G, N) by atomics (their float3
 Softplus, skip and gate are fused (the bytes moved: u, δ, z, B, C read and y written, as the official kernel), not
 left to PyTorch around the kernel (which would add ~3 passes over (B, L, H)). Softplus follows torch's
 ``F.softplus`` (threshold 20: Δ = δ above it, derivative 1), log1p(e^x) computed as log(1+e)·e/((1+e)-1).
-Tile sizes (T, BH, warps) are first choices, not tuned on a GPU yet (docs/benchmarks.md).
+Tile sizes (:class:`Tiles`) are first choices, not tuned on a GPU yet (docs/benchmarks.md).
 """
 
 from __future__ import annotations

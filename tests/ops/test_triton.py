@@ -282,15 +282,30 @@ def test_selective_with_a_large_state_shrinks_the_default_tiles():
 
 
 @needs_triton
+def test_selective_takes_strided_inputs():
+    # A, D, b_Δ as strided views and u, δ, B transposed views: the kernels index contiguous copies, gradients included
+    x = selective_inputs(L=7, H=3, N=2, G=None)
+    base = {k: x[k].repeat_interleave(2, dim=0).requires_grad_() for k in ("A", "D", "delta_bias")}
+    views = {k: v[::2] for k, v in base.items()}  # every other row: the same values, stride 2
+    u, delta, B = (x[k].transpose(0, 1).contiguous().transpose(0, 1).requires_grad_() for k in ("u", "delta", "B"))
+    out = []
+    for fn in (lambda **a: selective_scan(**a, backend="triton"), selective_scan_reference):
+        y, h = fn(**{**x, **views, "u": u, "delta": delta, "B": B}, delta_softplus=True)
+        leaves = [*base.values(), u, delta, B]
+        out.append([y, h, *torch.autograd.grad((y.square().sum() + h.sum()), leaves)])
+    for a, b in zip(*out):
+        assert rel_err(a, b) < 1e-12
+
+
+@needs_triton
 def test_selective_hand_computed():
     # A = 0 (Ā = 1), Δ = B = C = 1, u = 1, h_{-1} = 3, D = 2: h_t = 3 + (t + 1) and y_t = h_t + 2 exactly
     one = torch.ones(1, 20, 1, dtype=torch.float64, device=DEVICE)
-    zero_A = torch.zeros(1, 1, dtype=torch.float64, device=DEVICE)
-    D = torch.full((1,), 2.0, dtype=torch.float64, device=DEVICE)
-    y, h = selective_scan(one, one, zero_A, one, one, D, state=torch.full((1, 1, 1), 3.0, dtype=torch.float64, device=DEVICE),
+    full = lambda shape, v: torch.full(shape, v, dtype=torch.float64, device=DEVICE)  # noqa: E731
+    y, h = selective_scan(one, one, full((1, 1), 0.0), one, one, full((1,), 2.0), state=full((1, 1, 1), 3.0),
                           backend="triton")
     t = torch.arange(20, dtype=torch.float64, device=DEVICE)
-    assert torch.equal(y[0, :, 0], t + 6) and torch.equal(h, torch.full((1, 1, 1), 23.0, dtype=torch.float64, device=DEVICE))
+    assert torch.equal(y[0, :, 0], t + 6) and torch.equal(h, full((1, 1, 1), 23.0))
 
 
 @needs_triton
@@ -393,7 +408,8 @@ def test_gpu_selective_at_a_real_size(dtype, G):
     # Mamba's d_inner 520 (not a multiple of the channel blocks), N = 16, L = 1037 (not a multiple of the chunk)
     inputs = selective_inputs(L=1037, H=520, N=16, G=G, Bsz=2)
     inputs["delta"] = inputs["delta"] - 2.0  # Δ ~ softplus(N(-2, 1)) as in a trained Mamba: the state remembers
-    names, got = selective_values_and_grads(lambda **a: selective_scan(**a, backend="triton"), inputs, dtype, EVERY_INPUT, True)
+    kernel = lambda **a: selective_scan(**a, backend="triton")  # noqa: E731
+    names, got = selective_values_and_grads(kernel, inputs, dtype, EVERY_INPUT, True)
     _, want = selective_values_and_grads(selective_scan_chunked, inputs, torch.float64, EVERY_INPUT, True)  # float64 oracle
     tol = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
     for name, a, b in zip(names, got, want):

@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
                   f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | {100 * r['forward_fraction_of_bound']:.1f} % |")
     for r in rows:
         if "forward_vs_mamba_ssm" in r and r["backend"] != "mamba_ssm":
-            print(f"selective {r['B']},{r['L']},{r['H']},{r['N']} {r['backend']}: forward {r['forward_vs_mamba_ssm']:.2f}x, "
-                  f"fwd+bwd {r['forward_backward_vs_mamba_ssm']:.2f}x mamba-ssm's time")
+            print(f"selective {r['B']},{r['L']},{r['H']},{r['N']} {r['backend']}: "
+                  f"forward {r['forward_vs_mamba_ssm']:.2f}x, fwd+bwd {r['forward_backward_vs_mamba_ssm']:.2f}x mamba-ssm's time")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

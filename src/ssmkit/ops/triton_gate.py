@@ -246,7 +246,7 @@ def selective_scan_triton(
     state: torch.Tensor | None = None,
     return_state: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The selective scan of Mamba by the fused Triton kernels (:func:`ssmkit.ops.triton.selective.selective_scan_triton`).
+    """The selective scan of Mamba by the fused Triton kernels (``ssmkit.ops.triton.selective``).
 
     h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t, y_t = (C_t · h_t + D ⊙ u_t) ⊙ SiLU(z_t), Δ = softplus(δ + b_Δ)
     (arXiv 2312.00752 Algorithm 2).

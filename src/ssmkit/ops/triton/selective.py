@@ -327,8 +327,9 @@ class _TritonSelectiveScan(torch.autograd.Function):
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE_CK=save, CK_EVERY=tiles.chunk // T,
             NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
         )
-        if save:
-            ctx.save_for_backward(u, delta, z, A_c, B, C, D, delta_bias, ck)
+        if save:  # D and b_Δ contiguous (the kernels index them densely), None where absent
+            D_s, bias_s = (None if t is None else c for t, c in ((D, D_c), (delta_bias, bias_c)))
+            ctx.save_for_backward(u, delta, z, A_c, B, C, D_s, bias_s, ck)
         ctx.shape = (Bsz, L, H, G, P, N, NP, n_ck, softplus, h0 is not None, tiles)
         ctx.set_materialize_grads(False)  # ghL is None when the final state is unused
         return y, hL

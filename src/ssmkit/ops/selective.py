@@ -431,7 +431,7 @@ def _auto(u: torch.Tensor) -> str:
     where it runs, in eager mode; else the chunked scan."""
     if prefer_triton(u, "selective_scan"):
         return "triton"
-    if u.device.type == "cpu" and not tracing() and native_available(u.dtype):
+    if u.device.type == "cpu" and not tracing() and native_available("selective_scan", u.dtype):
         return "native"
     return "chunked"
 

@@ -33,7 +33,7 @@ TRAIN_SIZES = {"listops": 96_000, "text": 25_000, "retrieval": 147_086, "image":
 TASKS = {"listops": "lra_listops", "text": "lra_text", "retrieval": "lra_retrieval", "image": "lra_image",
          "pathfinder": "lra_pathfinder", "pathx": "lra_pathx", "smnist": "smnist", "psmnist": "psmnist",
          "scifar": "scifar"}
-LENGTHS = {"listops": 2048, "text": 4096, "retrieval": 8000, "image": 1024, "pathfinder": 1024, "pathx": 16384,
+LENGTHS = {"listops": 2048, "text": 4096, "retrieval": 4000, "image": 1024, "pathfinder": 1024, "pathx": 16384,
            "smnist": 784, "psmnist": 784, "scifar": 1024}
 TITLES = {"listops": "LRA ListOps", "text": "LRA Text (byte-level IMDB)", "retrieval": "LRA Retrieval (AAN)",
           "image": "LRA Image (grayscale CIFAR-10)", "pathfinder": "LRA Pathfinder-32", "pathx": "LRA Path-X (128×128)",
@@ -63,8 +63,11 @@ NAMES = {"s4": "S4", "s4d": "S4D", "dss": "DSS", "s5": "S5", "lru": "LRU", "mega
 COMMON_NOTES = [
     "the schedule is ssmkit's linear warm-up + cosine decay to lr_floor (per optimizer step)",
 ]
-RETRIEVAL_NOTE = ("Retrieval: the original encodes the two documents separately (two 4,000-byte sequences, features "
-                  "[u, v, u*v, u-v] into the head); ssmkit's lra_retrieval task reads the pair as one 8,000-step sequence")
+RETRIEVAL_NOTE = ("Retrieval: a dual encoder as the original (lra_retrieval gives pairs, so the model is built with "
+                  "pair: true): each 4,000-byte document is encoded by the same layers, mean-pooled over its bytes "
+                  "(padding skipped, S4's use_lengths), and the head is S4's retrieval decoder, Linear(4H, H), GELU, "
+                  "Linear(H, 2) on [a, b, a*b, a-b]; a source whose head differs (the original LRA code: two ReLU layers "
+                  "of H and H/2, mean over every position) is mapped onto this one head")
 
 
 def steps_per_epoch(cell: str, batch_size: int) -> int:

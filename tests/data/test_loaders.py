@@ -141,11 +141,14 @@ def test_aan_pairs(tmp_path):
         (folder / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
     task = get_task("lra_retrieval", l_max=16)
     x, y = task.splits(tmp_path)["val"].tensors
-    assert x.shape == (3, 32) and y.tolist() == [1, 0, 1] and task.info().length == 32
-    assert x[2, :16].tolist() == encode_bytes("café 'q'".encode(), 16).tolist()  # decoded, not b'...' characters
-    assert x[2, 16:].tolist() == encode_bytes(b"x", 16).tolist()
-    assert x[1, :16].tolist() == encode_bytes("first text 1", 16).tolist()
-    assert x[1, 16:].tolist() == encode_bytes("second 1", 16).tolist()
+    info = task.info()
+    assert x.shape == (3, 2, 16) and y.tolist() == [1, 0, 1]  # pairs (B, 2, L): the two documents kept apart
+    assert info.pair and info.pad_id == 0 and info.length == 16
+    assert x[2, 0].tolist() == encode_bytes("café 'q'".encode(), 16).tolist()  # decoded, not b'...' characters
+    assert x[2, 1].tolist() == encode_bytes(b"x", 16).tolist()
+    assert x[1, 0].tolist() == encode_bytes("first text 1", 16).tolist()
+    assert x[1, 1].tolist() == encode_bytes("second 1", 16).tolist()
+    assert x[1, 1, len("second 1"):].eq(0).all()  # padded with 0, the pad_id pooling skips
 
 
 def test_pathfinder_png_folders(tmp_path):

@@ -108,3 +108,19 @@ def test_identifies_a_known_wiener_system():
         y_sim, _ = simulate_record(m, test)
     assert history["best_step"] > 0
     assert float(fit_percent(y_sim, test.y, n_init=20)) > 55.0  # a linear model of it reaches ~45 %
+
+
+def test_cosine_schedule_decays_every_rate_to_zero():
+    import math
+
+    r = IORecord(torch.randn(60, 2, dtype=torch.float64), torch.randn(60, 3, dtype=torch.float64), 1.0, "r")
+    steps, lr = 6, 1e-2
+    m = model()
+    history = fit_simulation(m, [r], config=SimulationFit(window=20, batch_size=2, steps=steps, lr=lr, val_fraction=0,
+                                                          schedule="cosine"))
+    want = [lr * 0.5 * (1 + math.cos(math.pi * k / steps)) for k in range(1, steps + 1)]  # after step k
+    assert history["lr"] == pytest.approx(want, abs=1e-15) and history["lr"][-1] == pytest.approx(0.0, abs=1e-15)
+    constant = fit_simulation(model(), [r], config=SimulationFit(window=20, batch_size=2, steps=3, lr=lr, val_fraction=0))
+    assert constant["lr"] == [lr] * 3
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        fit_simulation(model(), [r], config=SimulationFit(window=20, steps=1, val_fraction=0, schedule="step"))

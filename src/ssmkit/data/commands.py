@@ -67,7 +67,7 @@ def describe(task, root: pathlib.Path) -> list[str]:
     else:
         status = f"missing: put {info.needs} in {task.folder(root)}"
     if info.vocab_size is not None:
-        given = f"tokens (B, {info.length}), vocab {info.vocab_size}"
+        given = f"tokens (B, {'2, ' if info.pair else ''}{info.length}), vocab {info.vocab_size}"
     else:
         given = f"float (B, {info.length}, {info.d_input})"
     target = {"classify": f"{info.n_classes} classes", "regress": f"{info.n_classes} value(s)",

@@ -10,8 +10,8 @@ padded to ``l_max``.
 - Retrieval (AAN): ``<root>/lra_release/tsv_data/new_aan_pairs.{train,eval,test}.tsv``, tab-separated rows
   ``label, id1, id2, text1, text2`` without a header. Text cells written as Python bytes literals (``b'...'``, as
   third-party loaders of the release decode them) are decoded with ``ast.literal_eval``; other cells are taken as
-  they are. Each document is cut to ``l_max`` bytes; the input is the two documents one after the other, (B, 2L)
-  (LRA encodes them separately in a two-tower model; a single sequence model reads the pair as one sequence).
+  they are. Each document is cut to ``l_max`` bytes and padded with 0; the input keeps the two documents apart,
+  (B, 2, L), for a dual encoder that encodes each separately (LRA's two-tower setup; ``SequenceModel(pair=True)``).
 - Pathfinder / Path-X: ``<root>/lra_release/pathfinder32`` (or ``pathfinder128``) ``/<difficulty>/metadata/<n>.npy``,
   text rows ``subfolder file_name index label ...``, and the PNGs at ``<difficulty>/<subfolder>/<file_name>``. As in
   S4, only ``curv_contour_length_14`` is used, pixels are scaled to [−1, 1], images flattened in raster order
@@ -130,7 +130,7 @@ def read_aan_tsv(path: str | os.PathLike, l_max: int) -> tuple[torch.Tensor, tor
         l_max: bytes kept per document.
 
     Returns:
-        x (B, 2L) int16 ids (the two documents, each padded to L = ``l_max``); y (B,) int64 labels.
+        x (B, 2, L) int16 ids (the two documents, each padded with 0 to L = ``l_max``); y (B,) int64 labels.
     """
     xs, ys = [], []
     with open(path, encoding="utf-8") as f:
@@ -141,7 +141,7 @@ def read_aan_tsv(path: str | os.PathLike, l_max: int) -> tuple[torch.Tensor, tor
                                  f"got {len(cells)}")
             ys.append(int(float(cells[0])))
             first, second = (encode_bytes(_document(c), l_max) for c in cells[3:5])
-            xs.append(np.concatenate([first, second]))
+            xs.append(np.stack([first, second]))
     if not xs:
         raise ValueError(f"{path}: no rows")
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys)
@@ -171,10 +171,10 @@ class LRARetrievalTask(FileTask):
         return [f"new_aan_pairs.{s}.tsv" for s in ("train", "eval", "test")]
 
     def info(self) -> TaskInfo:
-        """Token inputs (B, 2·l_max) of 257 byte ids, 2 classes."""
-        return TaskInfo(self.name, "LRA Retrieval (AAN, pair as one sequence)", "files", "classify", 2 * self.l_max,
+        """Token pairs (B, 2, l_max) of 257 byte ids (0 pads), 2 classes."""
+        return TaskInfo(self.name, "LRA Retrieval (AAN, dual encoder)", "files", "classify", self.l_max,
                         None, BYTE_VOCAB, 2, "ACL Anthology Network pairs; LRA release (arXiv 2011.04006)",
-                        "the LRA release's AAN TSV files (from lra_release.gz, folder tsv_data)")
+                        "the LRA release's AAN TSV files (from lra_release.gz, folder tsv_data)", pair=True, pad_id=0)
 
     def splits(self, root: str | os.PathLike | None = None) -> dict[str, TensorDataset]:
         """Read the three TSV files (``eval`` is the validation split).

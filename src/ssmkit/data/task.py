@@ -8,7 +8,8 @@
     x, y = splits["train"][0]
 
 Every split is a ``torch.utils.data.TensorDataset`` of pairs ``x, y``. The inputs are token ids ``(B, L)``
-(int64, ``info().vocab_size`` ids) or features ``(B, L, H)`` (float32, H = ``info().d_input``). The targets
+(int64, ``info().vocab_size`` ids) or features ``(B, L, H)`` (float32, H = ``info().d_input``); a pair task
+(``info().pair``, LRA retrieval) gives two sequences per item, ``(B, 2, L)``. The targets
 depend on ``info().target``:
 
 - ``"classify"``: one class per sequence, ``y`` is ``(B,)`` int64 in ``[0, n_classes)``.
@@ -53,6 +54,9 @@ class TaskInfo:
         n_classes: classes (classify, tokens) or regression targets (regress): the model's d_output.
         source: where the data comes from (paper, generator, release).
         needs: what must be present for the task to run (where to put the files).
+        pair: the inputs are pairs of sequences, (B, 2, L) token ids or (B, 2, L, H) features, to be encoded
+            separately (a dual encoder, as LRA retrieval); the target is about the pair.
+        pad_id: the token id that pads sequences to ``length`` (a model's pooling can skip it), or None.
     """
 
     name: str
@@ -65,6 +69,8 @@ class TaskInfo:
     n_classes: int
     source: str
     needs: str
+    pair: bool = False
+    pad_id: int | None = None
 
 
 class Task:

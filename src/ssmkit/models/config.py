@@ -38,6 +38,8 @@ class SequenceModelConfig:
         mixer_out: ``"auto"`` = the layer's declared default (GLU for LTI layers, none for gated mixers).
         dropout: dropout probability in every block.
         check_finite: raise on the first non-finite value (see ``SequenceModel``).
+        pair: inputs are pairs (B, 2, L) encoded by a dual encoder (LRA retrieval).
+        pad_id: the padding token id that pooling ignores, or None.
     """
 
     d_input: int
@@ -55,6 +57,8 @@ class SequenceModelConfig:
     mixer_out: str | None = "auto"
     dropout: float = 0.0
     check_finite: bool = False
+    pair: bool = False
+    pad_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict (JSON/YAML-ready)."""

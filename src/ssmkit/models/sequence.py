@@ -6,6 +6,10 @@ a :class:`SequenceModelConfig`, and ``model.config`` gives it back.
 
 Hybrids are configuration: ``layer`` may be a list with one layer name per block (see
 :mod:`ssmkit.models.pattern`), e.g. ``["mamba", "mamba", "attention"]``, with ``layer_options`` keyed by name.
+
+Pairs are configuration too: ``pair=True`` makes a dual encoder (LRA retrieval, arXiv 2011.04006): inputs (B, 2, L),
+each sequence encoded by the same blocks and pooled, and a :class:`ssmkit.models.dual.DualEncoderHead` on
+[a, b, a ⊙ b, a − b]. ``pad_id`` keeps padding tokens out of the pooling.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ssmkit.layers.checks import check_choice, check_positive_int
 from ssmkit.layers.registry import build
 from ssmkit.models.block import Block
 from ssmkit.models.config import SequenceModelConfig
+from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.utils import check_floating, check_finite_sequence
 
@@ -47,6 +52,11 @@ class SequenceModel(nn.Module):
             output projection are the layer's declared defaults).
         check_finite: check the input and every block's output for NaN/inf and raise ``ValueError`` naming the
             first bad batch item and time step (off by default: it costs a pass over every activation).
+        pair: inputs are pairs (B, 2, L) of sequences (or (B, 2, L, d_input)), each encoded separately by the same
+            encoder and blocks and pooled; the head is a :class:`~ssmkit.models.dual.DualEncoderHead` on
+            [a, b, a ⊙ b, a − b] (a dual encoder; needs ``head="classify"`` and a pool).
+        pad_id: token id of padding (needs ``vocab_size``): pooling ignores the positions holding it ("mean"
+            averages the others, "last" takes the last other one), as S4's ``use_lengths``; None pools every position.
         device, dtype: of all parameters.
 
     ``step`` returns the head applied to the current time step (what ``pool="last"`` or ``pool=None`` gives at that
@@ -70,6 +80,8 @@ class SequenceModel(nn.Module):
         mixer_out: str | None = "auto",
         dropout: float = 0.0,
         check_finite: bool = False,
+        pair: bool = False,
+        pad_id: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -82,6 +94,14 @@ class SequenceModel(nn.Module):
         check_choice(pool, POOLS, "pool")
         if head == "lm" and pool is not None:
             raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
+        if not isinstance(pair, bool):
+            raise ValueError(f"pair must be True or False; got {pair!r}")
+        if pair and (head != "classify" or pool is None):
+            raise ValueError(f"pair=True (a dual encoder) needs head='classify' and a pool; got head={head!r}, pool={pool!r}")
+        if pad_id is not None and (vocab_size is None or isinstance(pad_id, bool) or not isinstance(pad_id, int)
+                                   or not 0 <= pad_id < vocab_size):
+            raise ValueError(f"pad_id must be None or a token id in [0, vocab_size) of a token model; got {pad_id!r} "
+                             f"with vocab_size={vocab_size!r}")
         names = check_pattern(layer, n_layers)
         block_options = options_per_block(layer, names, layer_options)
         options = dict(layer_options or {})
@@ -90,7 +110,8 @@ class SequenceModel(nn.Module):
             options = {name: dict(opts) for name, opts in options.items()}
         self._config = SequenceModelConfig(
             d_input=d_input, d_model=d_model, n_layers=n_layers, layer=layer, d_output=d_output,
-            layer_options=options, head=head, pool=pool, vocab_size=vocab_size, norm=norm, prenorm=prenorm,
+            layer_options=options, head=head, pool=pool, vocab_size=vocab_size, pair=pair, pad_id=pad_id, norm=norm,
+            prenorm=prenorm,
             activation=activation, mixer_out=mixer_out, dropout=dropout, check_finite=check_finite,
         )
         self.d_input = d_input
@@ -98,6 +119,8 @@ class SequenceModel(nn.Module):
         self.vocab_size = vocab_size
         self.head_name = head
         self.pool = pool
+        self.pair = pair
+        self.pad_id = pad_id
         self.check_finite = check_finite
         factory = {"device": device, "dtype": dtype}
         if vocab_size is not None:
@@ -117,7 +140,7 @@ class SequenceModel(nn.Module):
             for name, opts in zip(names, block_options)
         )
         self.final_norm = nn.LayerNorm(d_model, **factory) if (prenorm and norm is not None) else nn.Identity()
-        self.head = nn.Linear(d_model, d_output, **factory)
+        self.head: nn.Module = DualEncoderHead(d_model, d_output, **factory) if pair else nn.Linear(d_model, d_output, **factory)
 
     @classmethod
     def from_config(
@@ -167,13 +190,36 @@ class SequenceModel(nn.Module):
         """Run whole sequences.
 
         Args:
-            x: (B, L, d_input) real, or (B, L) token ids when ``vocab_size`` is set.
+            x: (B, L, d_input) real, or (B, L) token ids when ``vocab_size`` is set; with ``pair``, (B, 2, L, d_input)
+                or (B, 2, L): two sequences per item.
             state: list of per-block states (from ``initial_state``, ``step`` or ``forward``), or None.
             return_state: compute and return the final block states (False skips that work; training needs none).
 
         Returns:
             out: (B, d_output) when pooled, else (B, L, d_output); and the list of final block states (None when
-            ``return_state`` is False).
+            ``return_state`` is False; with ``pair``, the states of the 2B sequences, item i's at 2i and 2i + 1).
+        """
+        if self.pair:
+            if x.dim() < 3 or x.shape[1] != 2:
+                raise ValueError(f"a pair model (pair=True) reads pairs (B, 2, L) or (B, 2, L, d_input); got {tuple(x.shape)}")
+            features, states = self.features(x.flatten(0, 1), state, return_state)  # (2B, H)
+            a, b = features.unflatten(0, (-1, 2)).unbind(1)  # (B, H) each
+            return self.head(a, b), states
+        features, states = self.features(x, state, return_state)
+        return self.head(features), states
+
+    def features(
+        self, x: torch.Tensor, state: list | None = None, return_state: bool = True
+    ) -> tuple[torch.Tensor, list | None]:
+        """The normalised, pooled output of the last block: what the head reads (one sequence per item).
+
+        Args:
+            x: (B, L, d_input) real, or (B, L) token ids when ``vocab_size`` is set.
+            state: list of per-block states, or None.
+            return_state: compute and return the final block states.
+
+        Returns:
+            (B, H) when pooled, else (B, L, H); and the list of final block states (or None).
         """
         h = self._encode(x, per_step=False)  # (B, L, H)
         states = self._check_states(state)
@@ -184,14 +230,18 @@ class SequenceModel(nn.Module):
                 check_finite_sequence(h, f"the output of block {i}")
             new_states.append(s)
         h = self.final_norm(h)
+        keep = None if self.pad_id is None else x != self.pad_id  # (B, L)
         if self.pool == "mean":
-            h = h.mean(dim=1)  # (B, H)
+            h = masked_mean(h, keep)  # (B, H)
         elif self.pool == "last":
-            h = h[:, -1]  # (B, H)
-        return self.head(h), (new_states if return_state else None)
+            h = masked_last(h, keep)  # (B, H)
+        return h, (new_states if return_state else None)
 
     def step(self, x_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         """One time step: x_t (B, d_input) or token ids (B,) -> (out_t (B, d_output), next states)."""
+        if self.pair:
+            raise NotImplementedError("a pair model (pair=True) classifies whole pairs; step one tower's sequence with "
+                                      "features() of a model built with pair=False")
         h = self._encode(x_t, per_step=True)  # (B, H)
         states = self._check_states(state, required=True)
         new_states = []

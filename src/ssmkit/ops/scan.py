@@ -208,15 +208,15 @@ def ssm_scan_fft(
 _SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ssm_scan_fft, "triton": ssm_scan_triton,
          "native": ssm_scan_native}
 
-# ``auto``'s choice between the chunked scan and the FFT path, keyed by (device type, return_state): the FFT path
-# is taken for L in [lo, hi) (hi None: no upper end); elsewhere, and for a None entry, the chunked scan.
-# TO BE MEASURED on a quiet machine with ``ssmkit bench crossover`` (it prints the entries to put here). Until
-# then the entries encode the figures of docs/benchmarks.md: on the 2-core CPU the chunked scan beat the FFT
-# path at every measured L (L = 4096: 22.0 against 31.8 ms with the state, 22.0 against 24.7 without;
-# L = 16384: 2.3x), so the CPU entries are None; CUDA likewise until the GPU run.
+# ``auto``'s choice between the chunked scan and the FFT path where the C kernel does not run (no compiler, real
+# modes, not the CPU), keyed by (device type, return_state): the FFT path is taken for L in [lo, hi) (hi None: no
+# upper end); elsewhere, and for a None entry, the chunked scan. The CPU entries are what ``ssmkit bench crossover``
+# printed on the quiet 2-core VM (2026-11-30, B = 8, H = 128, N = 64; docs/benchmarks.md): the FFT path was faster
+# only at L = 512 with the final state (0.86x the chunked time) and at L = 256-512 without it (0.52-0.53x), and slower
+# from L = 1024 on (1.2-1.9x with the state). CUDA: to be measured on the GPU.
 FFT_LENGTHS: dict[tuple[str, bool], tuple[int, int | None] | None] = {
-    ("cpu", True): None,  # to be measured
-    ("cpu", False): None,  # to be measured
+    ("cpu", True): (512, 1024),
+    ("cpu", False): (256, 1024),
     ("cuda", True): None,  # to be measured on the GPU
     ("cuda", False): None,  # to be measured on the GPU
 }

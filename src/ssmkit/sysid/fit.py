@@ -13,7 +13,8 @@ model has an encoder, else the rest state with the first ``washout`` samples lef
 simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
 validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
 training stops after ``patience`` validations without improvement. SSM parameters keep their marked learning rates
-and get weight decay only when ``ssm_weight_decay`` is set.
+and get weight decay only when ``ssm_weight_decay`` is set; ``schedule="cosine"`` decays every rate to 0 over
+``steps``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener
+from ssmkit.train.schedule import warmup_cosine
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -51,6 +55,8 @@ class SimulationFit:
         patience: stop after this many validations without a lower validation RMSE (None: never).
         grad_clip: clip the gradient norm (None: no clipping).
         seed: the seed of the window draws.
+        schedule: ``"constant"`` learning rates, or ``"cosine"``: every group's rate decays to 0 over ``steps``
+            (half a cosine, no warm-up; :func:`ssmkit.train.warmup_cosine`).
     """
 
     window: int = 256
@@ -66,6 +72,7 @@ class SimulationFit:
     patience: int | None = 20
     grad_clip: float | None = 1.0
     seed: int = 0
+    schedule: str = "constant"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,9 +154,12 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         log: print progress lines.
 
     Returns:
-        {"train_loss": [...], "val_rmse": [(step, [per output])], "best_step", "best_val_rmse", "seconds", "steps"}.
+        {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [per output])],
+        "best_step", "best_val_rmse", "seconds", "steps"}.
     """
     cfg = config or SimulationFit()
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}; got {cfg.schedule!r}")
     n_enc = model.encoder_window
     if val is None and cfg.val_fraction > 0:
         train, val = split_tail(train, cfg.val_fraction, cfg.window + n_enc, n_enc + 2)
@@ -163,6 +173,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(_groups(model, cfg))
+    scheduler = warmup_cosine(optimizer, 0, cfg.steps) if cfg.schedule == "cosine" else None
     weights = torch.ones(cfg.window, dtype=dtype)
     if cfg.decay is not None:
         weights = cfg.decay ** torch.arange(cfg.window, dtype=dtype)
@@ -170,7 +181,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     if n_enc == 0 and cfg.washout:
         weights[: cfg.washout] = 0
         weights = weights * cfg.window / weights.sum()
-    history: dict[str, Any] = {"train_loss": [], "val_rmse": [], "best_step": 0, "best_val_rmse": math.inf}
+    history: dict[str, Any] = {"train_loss": [], "lr": [], "val_rmse": [], "best_step": 0, "best_val_rmse": math.inf}
     best_state = copy.deepcopy(model.state_dict())
     bad, start = 0, time.perf_counter()
     step = 0
@@ -188,7 +199,10 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         history["train_loss"].append(float(loss.detach()))
+        history["lr"].append(optimizer.param_groups[0]["lr"])  # the rate of the next step
         if val and (step % cfg.val_every == 0 or step == cfg.steps):
             with torch.no_grad():
                 sims = [simulate_record(model, r) for r in val]

@@ -32,6 +32,7 @@ class Recipe:
         patience: validations without improvement before stopping.
         weight_decay: AdamW weight decay of the non-SSM weights.
         ssm_weight_decay: weight decay of the SSM parameters (None: none).
+        schedule: ``"constant"`` or ``"cosine"`` (the rates decay to 0 over ``steps``).
     """
 
     d_model: int = 16
@@ -52,6 +53,7 @@ class Recipe:
     patience: int = 40
     weight_decay: float = 0.0
     ssm_weight_decay: float | None = None
+    schedule: str = "constant"
 
 
 RECIPES: dict[str, Recipe] = {

@@ -184,8 +184,16 @@ def _metric(result: dict[str, Any]) -> tuple[str, float | None]:
     return "metric", None
 
 
+def _extra_test_keys(results: list[dict[str, Any]], key: str) -> list[str]:
+    """The ``test@<L>_<metric>`` keys of extra test splits (longer lengths), shortest length first."""
+    metric = key.split("_", 1)[-1]
+    found = {k for r in results for k in r if re.fullmatch(rf"test@(\d+)_{metric}", k)}
+    return sorted(found, key=lambda k: int(k[len("test@"):].split("_", 1)[0]))
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
-    """The comparison as a markdown table: model, test metric, parameters, steps, train time, tokens/s.
+    """The comparison as a markdown table: model, test metric (and the metric of every extra test split, e.g. the
+    longer lengths of induction heads), parameters, steps, train time, tokens/s.
 
     Args:
         results: result records of :func:`ssmkit.train.fit` (with ``model``).
@@ -194,13 +202,19 @@ def results_table(results: list[dict[str, Any]]) -> str:
         the table text.
     """
     key = _metric(results[0])[0] if results else "metric"
-    lines = [f"| model | {key} | parameters | steps | train time (s) | tokens/s |", "|---|---|---|---|---|---|"]
+    extra = _extra_test_keys(results, key)
+
+    def shown(value) -> str:
+        return "—" if value is None else (f"{100 * value:.2f} %" if "accuracy" in key else f"{value:.4g}")
+
+    extra_head = "".join(f" {k} |" for k in extra)
+    lines = [f"| model | {key} |{extra_head} parameters | steps | train time (s) | tokens/s |",
+             "|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
     for r in results:
-        value = _metric(r)[1]
-        shown = "—" if value is None else (f"{100 * value:.2f} %" if "accuracy" in key else f"{value:.4g}")
         tps = r.get("tokens_per_second")
-        lines.append(f"| {r.get('model')} | {shown} | {r['parameters']:,} | {r['steps']} | {r['train_seconds']:.1f} | "
-                     f"{'—' if tps is None else f'{tps:,.0f}'} |")
+        cells = "".join(f" {shown(r.get(k))} |" for k in extra)
+        lines.append(f"| {r.get('model')} | {shown(_metric(r)[1])} |{cells} {r['parameters']:,} | {r['steps']} | "
+                     f"{r['train_seconds']:.1f} | {'—' if tps is None else f'{tps:,.0f}'} |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ configs describe it.
     train: {lr: 0.01, max_steps: 5000} # TrainConfig
 
 The task decides what the model reads and predicts (its ``TaskInfo``): token or real inputs, the number of classes
-or targets, and the head (``"classify"`` for one label, ``"regress"``, ``"lm"`` for a target per step).
+or targets, the head (``"classify"`` for one label, ``"regress"``, ``"lm"`` for a target per step), whether inputs
+are pairs for a dual encoder (LRA retrieval) and which token pads (pooling skips it).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class Experiment:
             head=head,
             pool=None if head == "lm" else self.pool,
             vocab_size=info.vocab_size,
+            pair=info.pair,
+            pad_id=info.pad_id,
             norm=self.norm,
             prenorm=self.prenorm,
             activation=self.activation,
@@ -105,7 +108,8 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
         progress: show the progress bar.
 
     Returns:
-        the result record of :func:`ssmkit.train.fit`, with the task's title, the model and the test metric.
+        the result record of :func:`ssmkit.train.fit`, with the task's title, the model and the test metric; a task
+        with extra test splits ``test@<L>`` (induction heads at longer lengths) adds ``test@<L>_<metric>`` for each.
     """
     from ssmkit.data import get_task
     from ssmkit.train.run import fit
@@ -117,8 +121,9 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
     transform = _batch_transform(next(iter(splits.values())))
     config = experiment.model_config(info)
     labels = {"task": info.title, "model": experiment.model if isinstance(experiment.model, str) else "+".join(experiment.model)}
+    extra = {name: t for name, t in tensors.items() if name.startswith("test@")}
     return fit(config, experiment.train, tensors["train"], tensors.get("val"), tensors.get("test"), out_dir,
-               resume=resume, progress=progress, labels=labels, transform=transform)
+               resume=resume, progress=progress, labels=labels, transform=transform, extra_tests=extra or None)
 
 
 def _batch_transform(dataset):

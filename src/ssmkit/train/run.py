@@ -58,9 +58,18 @@ class _Throughput:
                 self.seconds += time.perf_counter() - self._start
                 x = batch[0]
                 self.samples += int(x.shape[0]) * trainer.world_size
-                self.tokens += int(x.shape[0] * (x.shape[1] if x.dim() > 1 else 1)) * trainer.world_size
+                self.tokens += _tokens(x) * trainer.world_size
 
         return Throughput()
+
+
+def _tokens(x: torch.Tensor) -> int:
+    """Time steps in a batch of inputs: token ids (B, L) or pairs (B, 2, L) count every id; features (B, L, H) or pairs
+    (B, 2, L, H) count every step, not every feature."""
+    if x.dim() <= 1:
+        return int(x.shape[0]) if x.dim() == 1 else 1
+    steps = x.numel()
+    return int(steps // x.shape[-1]) if x.is_floating_point() and x.dim() >= 3 else int(steps)
 
 
 def fit(
@@ -75,8 +84,9 @@ def fit(
     extra_callbacks: Sequence[Any] = (),
     labels: dict[str, Any] | None = None,
     transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
+    extra_tests: dict[str, Sequence[torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``train``, validate on ``val``, evaluate the final weights on ``test``.
+    """Train ``model`` on ``train``, validate on ``val``, evaluate the final weights on ``test`` (and ``extra_tests``).
 
     Args:
         model: the model configuration.
@@ -91,15 +101,19 @@ def fit(
         extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
         labels: entries to put first in the result record (task, model, ...).
         transform: applied to every batch of every split (e.g. stored integers to scaled floats), or None.
+        extra_tests: more evaluation splits by name, each an (inputs, targets) pair of tensors scored like ``test``
+            (e.g. ``test@1024``: induction heads at a longer length than trained); their metrics are recorded as
+            ``<name>_loss`` and ``<name>_<metric>``.
 
     Returns:
-        the result record (also written to ``out_dir/result.json``): final validation and test metrics, parameters,
-        steps, training seconds, samples/s and tokens/s.
+        the result record (also written to ``out_dir/result.json``): final validation and test metrics (and those of
+        ``extra_tests``), parameters, steps, training seconds, samples/s and tokens/s.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from ssmkit.train.batches import eval_batches
     from ssmkit.train.checkpoint import AtomicCheckpointIO, load_checkpoint
     from ssmkit.train.module import SequenceLightningModule, TensorDataModule
 
@@ -164,6 +178,10 @@ def fit(
     if test is not None:
         metrics = trainer.test(module, datamodule=data, verbose=False)
         result.update({k: float(v) for k, v in metrics[0].items()} if metrics else {})
+    for name, tensors in (extra_tests or {}).items():
+        batches = eval_batches(tensors, data.eval_batch_size, trainer.global_rank, trainer.world_size, transform)
+        metrics = trainer.test(module, dataloaders=batches, verbose=False)
+        result.update({f"{name}_{k.removeprefix('test_')}": float(v) for k, v in metrics[0].items()} if metrics else {})
     if trainer.is_global_zero:
         _write_json(result, os.path.join(out_dir, "result.json"))
     return result

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check of ssmkit, in one go: run it from the repository root on a machine with an NVIDIA GPU.
 #
-#   OUT=/some/dir scripts/gpu_check.sh [env] [kernels] [bench] [suite]     (no stage named: all four, in this order)
+#   OUT=/some/dir scripts/gpu_check.sh [env] [kernels] [bench] [suite] [selective]
+#                                       (no stage named: env kernels bench suite, in this order)
 #
 # Where one command may run at most 10 minutes (the device tool of these sessions), call it three times:
-#   scripts/gpu_check.sh env kernels    (<= 8 min)     scripts/gpu_check.sh bench    (<= 4 min)
+#   scripts/gpu_check.sh env kernels    (<= 8 min)     scripts/gpu_check.sh bench    (<= 5 min)
 #   scripts/gpu_check.sh suite          (<= 9 min)
 # Triton compiles every kernel on first use (a fresh machine has no cache): count about a minute for that.
 #
@@ -14,10 +15,16 @@
 #            the L = 2^20 S4D run, the gate's smoke calls), then the whole ops suite on CUDA    -> kernels.txt, ops.txt
 #   bench    ssmkit bench gpu: ssm_scan (chunked / fft / triton) and ssd (chunked / triton), float32, at
 #            B,H,d_state,L = 8,128,64,{1024,4096,16384}; 1,128,64,1048576; 64,768,64,4096 and SSD B,L,H,P,N =
-#            2,2048,32,64,128; 8,4096,16,64,64, with the copy bandwidth measured in the same run  -> bench_gpu.md/.json
+#            2,2048,32,64,128; 8,4096,16,64,64; the selective scan (chunked / triton at its default and 3 more tiles /
+#            mamba-ssm's CUDA kernel when it imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096}
+#            (a Mamba block of d_model 256, expand 2) and 8,1536,16,2048; with the copy bandwidth measured in the
+#            same run                                                                       -> bench_gpu.md/.json
 #   suite    the whole test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels)
 #                                                                                                -> suite.txt, suite.xml
-# Time limits in seconds: KERNELS_S (240, for each of its two pytest runs), BENCH_S (240), SUITE_S (540).
+#   selective  only the selective scan (<= 5 min): its CUDA tests (test_triton.py -k "selective or gate or auto or mamba"),
+#            then its bench (the scan and SSD shapes left out)               -> selective.txt, bench_selective.md/.json
+# Time limits in seconds: KERNELS_S (240, for each of its two pytest runs), BENCH_S (300), SUITE_S (540),
+# SELECTIVE_S (150, for each of its two runs).
 # Python: $PYTHON (python).
 # Nothing here installs anything; ssmkit runs from src/ (PYTHONPATH). Exit status: the number of failed stages.
 set -u
@@ -50,7 +57,7 @@ for name in ("triton", "numpy", "scipy", "pytest", "lightning", "jsonargparse", 
     except Exception as e:  # noqa: BLE001
         print(name, "MISSING:", type(e).__name__, e)
 from ssmkit.ops.triton_gate import triton_status
-for op in ("ssm_scan", "ssd"):
+for op in ("ssm_scan", "ssd", "selective_scan"):
     for dtype in (torch.float32, torch.float64):
         print("triton_status", op, dtype, triton_status("cuda", op, dtype))
 PY
@@ -65,7 +72,15 @@ run_kernels() {
 }
 
 run_bench() {
-  timeout "${BENCH_S:-240}" "$PYTHON" -m ssmkit.bench gpu --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2>&1
+  timeout "${BENCH_S:-300}" "$PYTHON" -m ssmkit.bench gpu --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2>&1
+}
+
+run_selective() {
+  timeout "${SELECTIVE_S:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops/test_triton.py \
+    -k "selective or gate or auto or mamba" > "$OUT/selective.txt" 2>&1
+  local tests=$?
+  timeout "${SELECTIVE_S:-150}" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes \
+    --json "$OUT/bench_selective.json" > "$OUT/bench_selective.md" 2>&1 && return "$tests"
 }
 
 run_suite() {
@@ -75,8 +90,8 @@ run_suite() {
 
 for stage in "${stages[@]}"; do
   case "$stage" in
-    env|kernels|bench|suite) ;;
-    *) echo "unknown stage '$stage' (env, kernels, bench, suite)" >&2; exit 64 ;;
+    env|kernels|bench|suite|selective) ;;
+    *) echo "unknown stage '$stage' (env, kernels, bench, suite, selective)" >&2; exit 64 ;;
   esac
   start=$(date +%s)
   if "run_$stage"; then status=ok; else status="FAILED ($?)"; failed=$((failed + 1)); fi

@@ -1,6 +1,6 @@
 """Compile ssmkit's Triton kernels for a GPU architecture without a GPU; print shared memory, registers, spills.
 
-    env -u TRITON_INTERPRET PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--quick]
+    env -u TRITON_INTERPRET PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--quick] [--only selective]
 
 Catches what Triton's CPU interpreter cannot: lowering errors (scans over a 3-D tile, float64 tl.dot), shared
 memory beyond the device's limit (227 KB per block on sm_90) and register spills (STACK > 0 in cuobjdump's line). Uses the ptxas bundled with triton; nothing runs.
@@ -24,14 +24,15 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from ssmkit.ops.triton import scan as S  # noqa: E402
+from ssmkit.ops.triton import selective as SS  # noqa: E402
 from ssmkit.ops.triton import ssd as D  # noqa: E402
 
 
-def compile_one(fn, signature: dict, constexprs: dict, target: GPUTarget) -> tuple[int, str, float]:
+def compile_one(fn, signature: dict, constexprs: dict, target: GPUTarget, num_warps: int = 8) -> tuple[int, str, float]:
     """Shared memory in bytes, the register/stack line of ``cuobjdump -res-usage`` and the seconds taken."""
     start = time.perf_counter()
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
-                            options={"num_warps": 8})  # as both launchers
+                            options={"num_warps": num_warps})  # as the launchers
     seconds = time.perf_counter() - start
     usage = "?"
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -48,6 +49,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability as an int (90: H100/H200)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="", help="compile only the kernels whose label contains this text")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     print(f"triton {triton.__version__}, target sm_{args.arch}")
@@ -68,12 +70,23 @@ def main() -> int:
             cases.append((f"ssd forward P={P} N={N}", D._ssd_fwd_kernel,
                           {k: p for k in ("x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "h0_ptr", "y_ptr", "hL_ptr")},
                           {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))
-        for label, fn, pointers, constexprs in cases:
+        tiles = SS.DEFAULT_TILES
+        sel = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NUM_STAGES=tiles.num_stages)
+        cases.append(("selective forward", SS._selective_fwd_kernel,
+                      {k: p for k in SS._selective_fwd_kernel.arg_names if k.endswith("_ptr")},
+                      {"T": tiles.forward_chunk, "BH": tiles.block_h, **sel, "HAS_H0": True, "SAVE_CK": True,
+                       "CK_EVERY": tiles.chunk // tiles.forward_chunk}))
+        cases.append(("selective backward", SS._selective_bwd_kernel,
+                      {k: p for k in SS._selective_bwd_kernel.arg_names if k.endswith("_ptr")},
+                      {"T": tiles.chunk, "BH": tiles.backward_block_h, **sel, "HAS_GHL": True, "WANT_GH0": True}))
+        for label, fn, pointers, constexprs in [c for c in cases if args.only in c[0]]:
             ints = [a for a in fn.arg_names if a not in pointers and a not in constexprs]
             signature = {**pointers, **{a: "i32" for a in ints}, **{a: "constexpr" for a in constexprs}}
             signature = {a: signature[a] for a in fn.arg_names}
             try:
-                shared, usage, seconds = compile_one(fn, signature, constexprs, target)
+                warps = {"selective forward": SS.DEFAULT_TILES.num_warps,
+                         "selective backward": SS.DEFAULT_TILES.backward_num_warps}.get(label, 8)
+                shared, usage, seconds = compile_one(fn, signature, constexprs, target, warps)
                 print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
                 failed += shared > 227 * 1024
             except Exception as e:  # noqa: BLE001

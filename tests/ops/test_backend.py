@@ -170,7 +170,7 @@ TABLES = {
     "dplr_kernel": ("reference", "fft"),
     "dense_final_state": ("reference", "chunked"),
     "diagonal_ssm_bidirectional": ("reference", "fft"),
-    "selective_scan": ("reference", "chunked", "native"),
+    "selective_scan": ("reference", "chunked", "native", "triton"),
     "causal_conv1d": ("reference", "chunked", "native"),
 }
 

@@ -3,7 +3,8 @@
 On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before torch and
 triton are imported: the interpreter cannot be switched on later), at
 tiny sizes that are not multiples of the tiles (L = 37 with chunks of 16, H = 3 with blocks of 2 channels, N = 5
-modes in a tile of 8); these run in CI wherever triton is installed (it is in the ``dev`` extra). The tests marked
+modes in a tile of 8; the selective scan: L = 37 in forward tiles of 8 and checkpoint chunks of 32, P = 3 channels per group in
+blocks of 4, N = 5 in a tile of 8); these run in CI wherever triton is installed (it is in the ``dev`` extra). The tests marked
 ``gpu`` run with SSMKIT_TEST_DEVICE=cuda at real sizes (scripts/gpu_check.sh) and are skipped elsewhere.
 """
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from ssmkit.ops.scan import ssm_scan, ssm_scan_reference
+from ssmkit.ops.selective import selective_scan, selective_scan_chunked, selective_scan_reference
 from ssmkit.ops.ssd import ssd, ssd_chunked, ssd_reference
 from ssmkit.ops.triton_gate import prefer_triton, triton_status
 from tests.conftest import DEVICE, rel_err
@@ -77,13 +79,13 @@ def test_forced_triton_without_cuda_or_interpreter_raises(monkeypatch):
 
 def test_auto_never_picks_triton_on_the_cpu():
     u = torch.randn(2, 5, 3)
-    assert not prefer_triton(u, "ssm_scan") and not prefer_triton(u, "ssd")
+    assert not any(prefer_triton(u, op) for op in ("ssm_scan", "ssd", "selective_scan"))
 
 
 @needs_triton
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the interpreter is the CPU's Triton")
 def test_the_interpreter_is_enabled_by_a_smoke_call_per_op_and_dtype():
-    for op in ("ssm_scan", "ssd"):
+    for op in ("ssm_scan", "ssd", "selective_scan"):
         for dtype in (torch.float32, torch.float64):
             assert triton_status("cpu", op, dtype) == (True, ""), (op, dtype)
     assert triton_status("cpu", "ssm_scan", torch.float16) == (False, "the Triton kernels take float32 or float64 inputs; got torch.float16")
@@ -200,6 +202,145 @@ def test_ssd_without_initial_state_and_any_chunk_length(chunk_size):
 
 
 # ----------------------------------------------------------------------------------------------------
+# the fused selective scan (Mamba-1)
+# ----------------------------------------------------------------------------------------------------
+
+SELECTIVE_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "state"]
+
+
+def selective_inputs(L: int = 37, H: int = 6, N: int = 5, G: int | None = 2, Bsz: int = 2, seed: int = 0) -> dict:
+    """u, δ, z (B, L, H), A (H, N) < 0, B and C (B, L, N) or (B, L, G, N), D and b_Δ (H,), h_{-1} (B, H, N); float64."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    bc = (Bsz, L, N) if G is None else (Bsz, L, G, N)
+    return {
+        "u": r(Bsz, L, H), "delta": r(Bsz, L, H), "A": -(torch.rand(H, N, generator=g, dtype=torch.float64) * 2 + 0.2),
+        "B": r(*bc), "C": r(*bc), "D": r(H), "z": r(Bsz, L, H), "delta_bias": 0.5 * r(H), "state": r(Bsz, H, N),
+    }
+
+
+def selective_values_and_grads(fn, inputs: dict, dtype: torch.dtype, use: set, softplus: bool, seed: int = 1):
+    """y, h_{L-1} and the gradients of a random linear function of both for the inputs in ``use`` (the others None)."""
+    leaves = {k: (v.to(device=DEVICE, dtype=dtype).requires_grad_() if k in use else None) for k, v in inputs.items()}
+    y, h = fn(**leaves, delta_softplus=softplus)
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+    gh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
+    used = [k for k in SELECTIVE_NAMES if k in use]
+    return ["y", "h_L", *used], [y, h, *torch.autograd.grad((y * gy).sum() + (h * gh).sum(), [leaves[k] for k in used])]
+
+
+EVERY_INPUT = set(SELECTIVE_NAMES)
+CORE = {"u", "delta", "A", "B", "C"}
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "dtype,G,use,softplus",
+    [
+        (torch.float32, 2, EVERY_INPUT, True),  # grouped: P = 3 channels per group, in a block of 4
+        (torch.float64, 2, EVERY_INPUT, True),
+        (torch.float64, None, EVERY_INPUT - {"z"}, True),  # B, C shared by every channel
+        (torch.float64, 3, CORE, False),  # no skip, gate, bias, softplus or initial state
+    ],
+)
+def test_selective_values_and_gradients_equal_the_reference(dtype, G, use, softplus):
+    inputs = selective_inputs(G=G)
+    kernel = lambda **a: selective_scan(**a, backend="triton")  # noqa: E731
+    names, got = selective_values_and_grads(kernel, inputs, dtype, use, softplus)
+    _, want = selective_values_and_grads(selective_scan_reference, inputs, torch.float64, use, softplus)
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        assert rel_err(a, b) < TOL[dtype], name
+
+
+@needs_triton
+@pytest.mark.parametrize("L", [5, 16, 17])  # shorter than a chunk, a multiple of it, one step past it
+def test_selective_at_chunk_boundaries(L):
+    from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
+
+    x = {k: v.to(DEVICE) for k, v in selective_inputs(L=L, H=5, N=3, G=None).items()}
+    y, h = selective_scan_triton(**x, delta_softplus=True, tiles=Tiles(chunk=16, forward_chunk=4, block_h=4))
+    y_ref, h_ref = selective_scan_reference(**x, delta_softplus=True)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12
+    y, none = selective_scan_triton(**x, delta_softplus=True, return_state=False)
+    assert none is None and rel_err(y, y_ref) < 1e-12
+
+
+@needs_triton
+def test_selective_with_a_large_state_shrinks_the_default_tiles():
+    from ssmkit.ops.triton.selective import DEFAULT_TILES, fit_tiles
+
+    # N = 40: a state tile of 64, so one channel per program and the same tile sizes as N = 16 with four
+    assert fit_tiles(DEFAULT_TILES, 64)[:4] == (32, 8, 1, 1) and fit_tiles(DEFAULT_TILES, 16) == DEFAULT_TILES
+    inputs = selective_inputs(L=11, H=3, N=40, G=None)
+    kernel = lambda **a: selective_scan(**a, backend="triton")  # noqa: E731
+    names, got = selective_values_and_grads(kernel, inputs, torch.float64, EVERY_INPUT, True)
+    _, want = selective_values_and_grads(selective_scan_reference, inputs, torch.float64, EVERY_INPUT, True)
+    for name, a, b in zip(names, got, want):
+        assert rel_err(a, b) < TOL[torch.float64], name
+
+
+@needs_triton
+def test_selective_takes_strided_inputs():
+    # A, D, b_Δ as strided views and u, δ, B transposed views: the kernels index contiguous copies, gradients included
+    x = selective_inputs(L=7, H=3, N=2, G=None)
+    base = {k: x[k].repeat_interleave(2, dim=0).requires_grad_() for k in ("A", "D", "delta_bias")}
+    views = {k: v[::2] for k, v in base.items()}  # every other row: the same values, stride 2
+    u, delta, B = (x[k].transpose(0, 1).contiguous().transpose(0, 1).requires_grad_() for k in ("u", "delta", "B"))
+    out = []
+    for fn in (lambda **a: selective_scan(**a, backend="triton"), selective_scan_reference):
+        y, h = fn(**{**x, **views, "u": u, "delta": delta, "B": B}, delta_softplus=True)
+        leaves = [*base.values(), u, delta, B]
+        out.append([y, h, *torch.autograd.grad((y.square().sum() + h.sum()), leaves)])
+    for a, b in zip(*out):
+        assert rel_err(a, b) < 1e-12
+
+
+@needs_triton
+def test_selective_hand_computed():
+    # A = 0 (Ā = 1), Δ = B = C = 1, u = 1, h_{-1} = 3, D = 2: h_t = 3 + (t + 1) and y_t = h_t + 2 exactly
+    one = torch.ones(1, 20, 1, dtype=torch.float64, device=DEVICE)
+    full = lambda shape, v: torch.full(shape, v, dtype=torch.float64, device=DEVICE)  # noqa: E731
+    y, h = selective_scan(one, one, full((1, 1), 0.0), one, one, full((1,), 2.0), state=full((1, 1, 1), 3.0),
+                          backend="triton")
+    t = torch.arange(20, dtype=torch.float64, device=DEVICE)
+    assert torch.equal(y[0, :, 0], t + 6) and torch.equal(h, full((1, 1, 1), 23.0))
+
+
+@needs_triton
+def test_selective_only_the_final_state_or_only_y_is_differentiated():
+    # the backward with no gradient for y (only h_{L-1} used) and with none for h_{L-1} (return_state=False)
+    x = selective_inputs(L=9, H=3, N=2, G=None)
+    for out in (0, 1):
+        grads = []
+        for fn in (lambda **a: selective_scan(**a, backend="triton", return_state=out == 1),
+                   lambda **a: selective_scan_reference(**a, return_state=out == 1)):
+            leaves = {k: v.to(DEVICE).requires_grad_() for k, v in x.items()}
+            res = fn(**leaves, delta_softplus=True)
+            leaves = list(leaves.values())
+            got = torch.autograd.grad(res[out].sum(), leaves, allow_unused=True)  # h_{L-1} uses neither C, D nor z
+            grads.append([torch.zeros_like(v) if g is None else g for g, v in zip(got, leaves)])
+        for name, a, b in zip(SELECTIVE_NAMES, *grads):
+            assert (a - b).abs().max() <= 1e-12 * b.abs().max().clamp_min(1.0), (out, name)
+
+
+@needs_triton
+def test_selective_rejects_tiles_that_are_not_powers_of_two():
+    from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
+
+    x = {k: v.to(DEVICE) for k, v in selective_inputs(L=5, H=3, N=2, G=None).items()}
+    with pytest.raises(ValueError, match="tiles.chunk must be a power of two"):
+        selective_scan_triton(**x, tiles=Tiles(chunk=12))
+    with pytest.raises(ValueError, match="tiles.backward_block_h must be a power of two"):
+        selective_scan_triton(**x, tiles=Tiles(backward_block_h=3))
+    with pytest.raises(ValueError, match="tiles.forward_chunk must be <= tiles.chunk"):
+        selective_scan_triton(**x, tiles=Tiles(chunk=8, forward_chunk=16))
+    with pytest.raises(ValueError, match=r"A must be \(H, N\)"):
+        selective_scan_triton(**{**x, "A": x["A"][:2]})
+
+
+# ----------------------------------------------------------------------------------------------------
 # on a GPU, at real sizes (scripts/gpu_check.sh)
 # ----------------------------------------------------------------------------------------------------
 
@@ -208,10 +349,10 @@ def test_ssd_without_initial_state_and_any_chunk_length(chunk_size):
 @on_gpu
 def test_gpu_auto_picks_the_kernels():
     u = torch.randn(2, 5, 3, device=DEVICE)
-    for op in ("ssm_scan", "ssd"):
+    for op in ("ssm_scan", "ssd", "selective_scan"):
         for dtype in (torch.float32, torch.float64):
             assert triton_status(DEVICE, op, dtype) == (True, ""), (op, dtype, triton_status(DEVICE, op, dtype))
-    assert prefer_triton(u, "ssm_scan") and prefer_triton(u.double(), "ssd")
+    assert prefer_triton(u, "ssm_scan") and prefer_triton(u.double(), "ssd") and prefer_triton(u, "selective_scan")
 
 
 @pytest.mark.gpu
@@ -257,6 +398,63 @@ def test_gpu_s4d_runs_a_million_steps_at_batch_one():
             y_ref, h_ref = layer(x)
     assert rel_err(y, y_ref) < 1e-4 and rel_err(h, h_ref) < 1e-4
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.gpu
+@on_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("G", [None, 4])
+def test_gpu_selective_at_a_real_size(dtype, G):
+    # Mamba's d_inner 520 (not a multiple of the channel blocks), N = 16, L = 1037 (not a multiple of the chunk)
+    inputs = selective_inputs(L=1037, H=520, N=16, G=G, Bsz=2)
+    inputs["delta"] = inputs["delta"] - 2.0  # Δ ~ softplus(N(-2, 1)) as in a trained Mamba: the state remembers
+    kernel = lambda **a: selective_scan(**a, backend="triton")  # noqa: E731
+    names, got = selective_values_and_grads(kernel, inputs, dtype, EVERY_INPUT, True)
+    _, want = selective_values_and_grads(selective_scan_chunked, inputs, torch.float64, EVERY_INPUT, True)  # float64 oracle
+    tol = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
+    for name, a, b in zip(names, got, want):
+        assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_gpu_mamba_layer_auto_is_the_kernel():
+    import ssmkit.layers as layers
+    from ssmkit.ops import use_backend
+
+    torch.manual_seed(0)
+    layer = layers.build("mamba", d_model=64, d_state=16, device=DEVICE)
+    x = torch.randn(2, 333, 64, device=DEVICE, requires_grad=True)
+    y, state = layer(x)  # "auto": the Triton kernel on CUDA
+    (y.square().mean() + state.ssm.square().mean()).backward()
+    g_auto = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
+    layer.zero_grad()
+    x.grad = None
+    with use_backend("chunked"):
+        y_ref, state_ref = layer(x)
+        (y_ref.square().mean() + state_ref.ssm.square().mean()).backward()
+    g_ref = [p.grad for p in layer.parameters()] + [x.grad]
+    assert rel_err(y, y_ref) < 1e-4 and rel_err(state.ssm, state_ref.ssm) < 1e-4
+    for a, b in zip(g_auto, g_ref):
+        assert rel_err(a, b) < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@on_gpu
+def test_gpu_mamba_runs_a_million_steps_at_batch_one():
+    import ssmkit.layers as layers
+
+    torch.manual_seed(0)
+    layer = layers.build("mamba", d_model=32, d_state=16, device=DEVICE)
+    x = torch.randn(1, 2**20, 32, device=DEVICE, requires_grad=True)
+    y, state = layer(x)  # "auto": the fused kernel
+    (y.square().mean() + state.ssm.square().mean()).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y).all()
+    with torch.no_grad():
+        y_half, mid = layer(x[:, : 2**19])
+        y_rest, end = layer(x[:, 2**19 :], mid)  # the state hand-off at the half: one pass
+    assert rel_err(torch.cat([y_half, y_rest], 1), y) < 1e-4 and rel_err(end.ssm, state.ssm) < 1e-4
 
 
 @needs_triton

@@ -1,6 +1,8 @@
-"""GPU benchmark: the diagonal scan and the SSD scan under every backend, against the device's copy bandwidth.
+"""GPU benchmark: the diagonal scan, the SSD scan and the selective scan under every backend, against the device's
+copy bandwidth (and against mamba-ssm's CUDA selective scan where it is installed).
 
     ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--ssd-shapes B,L,H,P,N ...]
+                     [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
                      [--backends chunked fft triton] [--repeats 5] [--json PATH]
 
 Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
@@ -9,7 +11,11 @@ forward (no grad, no final state) and forward+backward under each backend, with 
 achieved: a fused scan must read u and write y, 8·B·L·H bytes, so bound = 8·B·L·H / bandwidth
 (a fused kernel that keeps the state in registers moves nothing else of size L);
 (3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, bound = bytes of x, Δ, B, C read and
-y written. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA (perf_counter
+y written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
+initial state; d_inner = H channels, N states) under ``chunked`` and ``triton``, the Triton kernel also at the tiles
+of ``--selective-tiles`` (:class:`ssmkit.ops.triton.selective.Tiles`), and mamba-ssm's ``selective_scan_fn``
+(CUDA) when it imports -- each in its own layout, made outside the timing (mamba-ssm's is time-last (B, H, L)) --
+bound = bytes of u, δ, z, B, C read and y written, 16·B·L·H + 8·B·L·N. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA (perf_counter
 around a synchronise elsewhere). The backends run in turns within each repeat, so that ratios compare like
 conditions. A backend that fails (e.g. ``triton`` where it cannot run) is reported with its error, not timed.
 """
@@ -30,6 +36,11 @@ from ssmkit.ops.ssd import ssd
 
 SCAN_SHAPES = ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,1048576", "64,768,64,4096"]
 SSD_SHAPES = ["2,2048,32,64,128", "8,4096,16,64,64"]
+# B, d_inner, N, L: a Mamba block of d_model 256 (expand 2, N 16) at L = 1k and 4k (the issue's shape), and d_model 768
+SELECTIVE_SHAPES = ["8,512,16,1024", "8,512,16,4096", "8,1536,16,2048"]
+# more tiles of the Triton selective scan, as the fields of ssmkit.ops.triton.selective.Tiles in order (chunk,
+# forward_chunk, block_h, backward_block_h, num_warps, backward_num_warps, num_stages; the defaults: 32,8,4,4,1,4,1)
+SELECTIVE_TILES = ["32,32,4,4,4,4", "16,8,4,4,1,2", "32,8,4,4,1,4,2", "64,16,4,2,2,4"]
 
 
 def _timer(device: torch.device):
@@ -109,9 +120,56 @@ def _ssd_case(shape: str, device: torch.device):
     return {"B": Bsz, "L": L, "H": H, "P": P, "N": N}, n_bytes, forward, forward_backward
 
 
+def _mamba_ssm_selective():
+    """mamba-ssm's CUDA ``selective_scan_fn`` (raises ImportError with the reason where it is not installed)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as e:  # noqa: BLE001  (an ImportError, or a missing/broken CUDA extension)
+        raise ImportError(f"mamba-ssm is not importable here ({type(e).__name__}: {e}); pip install mamba-ssm") from e
+    return selective_scan_fn
+
+
+def _selective_case(shape: str, device: torch.device):
+    from ssmkit.ops.selective import selective_scan
+    from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
+    from ssmkit.ops.triton_gate import require_triton
+
+    Bsz, H, N, L = (int(v) for v in shape.split(","))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(H, 1)  # S4D-Real, as Mamba initialises A
+    params = [t.to(device) for t in (A, torch.ones(H), torch.rand(H, generator=g) * 4 - 5)]  # A, D, b_Δ
+    ins = [torch.randn(Bsz, L, H, generator=g).to(device) for _ in range(3)]  # u, δ, z
+    bc = [torch.randn(Bsz, L, N, generator=g).to(device) for _ in range(2)]  # B, C
+    time_last = [x.transpose(1, 2).contiguous() for x in ins + bc]  # mamba-ssm's layout: (B, H, L), (B, N, L)
+
+    def call(backend: str, leaves):
+        (A_, D_, bias), (u, delta, z, B, C) = leaves[:3], leaves[3:]
+        if backend == "mamba_ssm":
+            return _mamba_ssm_selective()(u, delta, A_, B, C, D_, z, bias, True, False)
+        if backend.startswith("triton:"):
+            require_triton("selective_scan", u)
+            tiles = Tiles(*(int(v) for v in backend.split(":")[1].split(",")))
+            return selective_scan_triton(u, delta, A_, B, C, D_, z, bias, True, None, False, tiles=tiles)[0]
+        return selective_scan(u, delta, A_, B, C, D_, z, bias, True, None, False, backend=backend)[0]
+
+    def inputs(backend: str):
+        return params + (time_last if backend == "mamba_ssm" else ins + bc)
+
+    def forward(backend: str) -> None:
+        with torch.no_grad():
+            call(backend, inputs(backend))
+
+    def forward_backward(backend: str) -> None:
+        call(backend, [t.detach().requires_grad_() for t in inputs(backend)]).sum().backward()
+
+    return {"B": Bsz, "L": L, "H": H, "N": N}, 16 * Bsz * L * H + 8 * Bsz * L * N, forward, forward_backward
+
+
 def measure(op: str, shape: str, backends: list[str], device: torch.device, bandwidth: float, repeats: int) -> list[dict]:
-    """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan" or "ssd")."""
-    dims, n_bytes, forward, forward_backward = (_scan_case if op == "scan" else _ssd_case)(shape, device)
+    """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan", "ssd" or
+    "selective")."""
+    case = {"scan": _scan_case, "ssd": _ssd_case, "selective": _selective_case}[op]
+    dims, n_bytes, forward, forward_backward = case(shape, device)
     once = _timer(device)
     errors, times = {}, {b: {"forward": [], "forward_backward": []} for b in backends}
     for b in backends:
@@ -143,6 +201,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--scan-shapes", nargs="*", default=SCAN_SHAPES, help="B,H,d_state,L (d_state/2 complex modes)")
     parser.add_argument("--ssd-shapes", nargs="*", default=SSD_SHAPES, help="B,L,H,P,N (one group)")
+    parser.add_argument("--selective-shapes", nargs="*", default=SELECTIVE_SHAPES,
+                        help="B,d_inner,N,L (B and C shared, with D, z, Δ bias and softplus)")
+    parser.add_argument("--selective-tiles", nargs="*", default=SELECTIVE_TILES,
+                        help="more tiles of the Triton selective scan: the fields of ssmkit.ops.triton.selective.Tiles "
+                             "in order, comma-separated (a prefix; the rest default)")
     parser.add_argument("--backends", nargs="+", default=["chunked", "fft", "triton"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--copy-bytes", type=int, default=1 << 30)
@@ -164,6 +227,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         rows += measure("scan", shape, args.backends, device, bandwidth, args.repeats)
     for shape in args.ssd_shapes:
         rows += measure("ssd", shape, [b for b in args.backends if b != "fft"], device, bandwidth, args.repeats)
+    selective = [b for b in args.backends if b != "fft"]
+    if "triton" in selective:
+        selective += [f"triton:{tiles}" for tiles in args.selective_tiles]
+    for shape in args.selective_shapes:
+        group = measure("selective", shape, selective + ["mamba_ssm"], device, bandwidth, args.repeats)
+        peer = group[-1]
+        if "error" not in peer:  # each backend's time over mamba-ssm's CUDA kernel's (< 1: faster)
+            for r in group:
+                if "error" not in r:
+                    r["forward_vs_mamba_ssm"] = r["forward_s"] / peer["forward_s"]
+                    r["forward_backward_vs_mamba_ssm"] = r["forward_backward_s"] / peer["forward_backward_s"]
+        rows += group
     print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -173,6 +248,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         else:
             print(f"| {r['op']} | {shape} | {r['backend']} | {1e3 * r['forward_s']:.3f} | "
                   f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | {100 * r['forward_fraction_of_bound']:.1f} % |")
+    for r in rows:
+        if "forward_vs_mamba_ssm" in r and r["backend"] != "mamba_ssm":
+            print(f"selective {r['B']},{r['L']},{r['H']},{r['N']} {r['backend']}: "
+                  f"forward {r['forward_vs_mamba_ssm']:.2f}x, fwd+bwd {r['forward_backward_vs_mamba_ssm']:.2f}x mamba-ssm's time")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

@@ -14,9 +14,11 @@ Paths (one dispatch table, :mod:`ssmkit.ops.backend`):
     ``"reference"`` -- :func:`selective_scan_reference`, the plain loop (autograd through every step);
     ``"chunked"``   -- :func:`selective_scan_chunked`, T time steps at a time with its own backward;
     ``"native"``    -- :func:`ssmkit.ops.native.selective_scan_native`, a C kernel (CPU) that makes one pass over
-                       time per block of channels with the states in a local array, forward and backward.
-``"auto"`` takes ``"native"`` on the CPU where its smoke call succeeded, in eager mode (not under torch.func or
-torch.compile), and ``"chunked"`` otherwise.
+                       time per block of channels with the states in a local array, forward and backward;
+    ``"triton"``    -- :func:`ssmkit.ops.triton.selective.selective_scan_triton`, fused Triton kernels (GPU) with the
+                       states in registers, softplus, skip and gate fused, forward and backward.
+``"auto"`` takes ``"triton"`` on CUDA and ``"native"`` on the CPU where their smoke calls succeeded, in eager mode (not
+under torch.func or torch.compile), and ``"chunked"`` otherwise.
 
 The chunked path never holds more than one chunk of the (B, L, H, N) states: per chunk of T steps it forms
 Ā and B̄u (T, B, H, N), runs the recurrence through them in place and contracts the states with C in one
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.native import native_available, selective_scan_native
+from ssmkit.ops.triton_gate import prefer_triton, selective_scan_triton
 from ssmkit.utils import check_floating
 
 
@@ -417,11 +420,17 @@ def selective_scan_chunked(
     return _finish(y, u, D, z), h
 
 
-_SELECTIVE_SCAN = {"reference": selective_scan_reference, "chunked": selective_scan_chunked, "native": selective_scan_native}
+_SELECTIVE_SCAN = {
+    "reference": selective_scan_reference, "chunked": selective_scan_chunked, "native": selective_scan_native,
+    "triton": selective_scan_triton,
+}
 
 
 def _auto(u: torch.Tensor) -> str:
-    """``"auto"``'s path for input u: the C kernel on the CPU where it runs, in eager mode; else the chunked scan."""
+    """``"auto"``'s path for input u: the Triton kernels on CUDA where their smoke call passed, the C kernel on the CPU
+    where it runs, in eager mode; else the chunked scan."""
+    if prefer_triton(u, "selective_scan"):
+        return "triton"
     if u.device.type == "cpu" and not tracing() and native_available("selective_scan", u.dtype):
         return "native"
     return "chunked"
@@ -447,10 +456,11 @@ def selective_scan(
     h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t, y_t = C_t · h_t + D ⊙ u_t, y_t ⊙ SiLU(z_t), Δ = softplus(δ + b_Δ)
     (arXiv 2312.00752 Algorithm 2). Backends: ``"reference"`` -> :func:`selective_scan_reference` (loop);
     ``"chunked"`` -> :func:`selective_scan_chunked`; ``"native"`` -> :func:`ssmkit.ops.native.selective_scan_native`
-    (CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs and nothing traces, else ``"chunked"``; ``"fft"`` and
-    ``"triton"`` raise. The scan runs in the dtype of its inputs; call it outside autocast (layers use
-    ``float32_core``). The native path's backward is not itself differentiable: force ``"chunked"`` for a
-    double backward.
+    (CPU); ``"triton"`` -> the fused Triton kernels (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke
+    call, or the CPU interpreter under ``TRITON_INTERPRET=1``); ``"auto"`` -> ``"triton"`` on CUDA where it runs,
+    ``"native"`` on the CPU where it runs, when nothing traces, else ``"chunked"``; ``"fft"`` raises. The scan runs in
+    the dtype of its inputs; call it outside autocast (layers use ``float32_core``). The native and triton paths'
+    backwards are not themselves differentiable: force ``"chunked"`` for a double backward.
 
     Args:
         u: (B, L, H) input.

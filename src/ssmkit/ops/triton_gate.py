@@ -3,8 +3,8 @@
 The Triton kernels live in :mod:`ssmkit.ops.triton`, which imports ``triton`` at its top; this module never imports
 it at import time, so ssmkit imports cleanly without Triton. The backend is usable on a device when:
 
-- CUDA: ``triton`` imports, the kernels compile, and a smoke call (a tiny scan and a tiny SSD, each compared with
-  its reference) succeeds on that device. An import that succeeds is not enough: a driver, compiler or
+- CUDA: ``triton`` imports, the kernels compile, and a smoke call (a tiny scan, SSD or selective scan, each compared
+  with its reference, forward and gradients) succeeds on that device. An import that succeeds is not enough: a driver, compiler or
   architecture mismatch only shows when a kernel is built and launched.
 - CPU: only under Triton's interpreter, i.e. with ``TRITON_INTERPRET=1`` in the environment of the process from
   its start (Triton fixes the mode when it decorates a function, its own library included, and ``import torch``
@@ -28,7 +28,7 @@ import torch
 from ssmkit.ops.backend import tracing
 
 _STATUS: dict[tuple, tuple[bool, str]] = {}
-OPS = ("ssm_scan", "ssd")
+OPS = ("ssm_scan", "ssd", "selective_scan")
 
 
 def interpreting() -> bool:
@@ -67,6 +67,17 @@ def _smoke(op: str, device: torch.device, dtype: torch.dtype) -> None:
         A = (-torch.rand(2, generator=g, dtype=f64) - 0.5).to(device=device, dtype=dtype)
         args = [rand(1, 20, 2, 2), dt, A, rand(1, 20, 1, 3), rand(1, 20, 1, 3), rand(1, 2, 2, 3)]
         fast, ref = (lambda *a: kernel(*a, chunk_size=16)), ssd_reference
+    elif op == "selective_scan":
+        from ssmkit.ops.selective import selective_scan_reference
+        from ssmkit.ops.triton.selective import selective_scan_triton as kernel
+
+        # the kernels' default tiles (the layouts of real calls): L = 37 in chunks of 32 (a padded last chunk), H = 5
+        # channels in blocks of 4 and 2 (partial blocks), N = 3 in a tile of 4; every option on: D, z, b_Δ, softplus, h0
+        A = (-torch.rand(5, 3, generator=g, dtype=f64) - 0.5).to(device=device, dtype=dtype)
+        args = [rand(2, 37, 5), rand(2, 37, 5), A, rand(2, 37, 3), rand(2, 37, 3), rand(5), rand(2, 37, 5), rand(5),
+                rand(2, 5, 3)]
+        fast = lambda *a: kernel(*a[:8], True, a[8])  # noqa: E731
+        ref = lambda *a: selective_scan_reference(*a[:8], True, a[8])  # noqa: E731
     else:
         raise ValueError(f"op must be one of {OPS}; got {op!r}")
     outs = []
@@ -87,7 +98,7 @@ def triton_status(device: torch.device | str, op: str = "ssm_scan", dtype: torch
 
     Args:
         device: the device of the op's tensors.
-        op: ``"ssm_scan"`` or ``"ssd"``.
+        op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
         dtype: the real dtype of the op's inputs (float32 or float64).
 
     Returns:
@@ -129,7 +140,7 @@ def triton_available(device: torch.device | str, op: str = "ssm_scan", dtype: to
 
     Args:
         device: the device of the op's tensors.
-        op: ``"ssm_scan"`` or ``"ssd"``.
+        op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
         dtype: the real dtype of the op's inputs.
     """
     return triton_status(device, op, dtype)[0]
@@ -140,7 +151,7 @@ def prefer_triton(t: torch.Tensor, op: str) -> bool:
 
     Args:
         t: the op's first input (its device and dtype decide).
-        op: ``"ssm_scan"`` or ``"ssd"``.
+        op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
     """
     return t.device.type == "cuda" and not tracing() and triton_available(t.device, op, t.dtype)
 
@@ -149,7 +160,7 @@ def require_triton(op: str, t: torch.Tensor) -> None:
     """Raise ``RuntimeError`` naming ``op`` and the reason unless its kernel runs on t's device in t's dtype.
 
     Args:
-        op: ``"ssm_scan"`` or ``"ssd"``.
+        op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
         t: the op's first input.
     """
     ok, reason = triton_status(t.device, op, t.dtype)
@@ -220,3 +231,43 @@ def ssd_triton(
     from ssmkit.ops.triton.ssd import ssd_triton as kernel
 
     return kernel(x, dt, A, B, C, h0, chunk_size=chunk_size)
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    state: torch.Tensor | None = None,
+    return_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The selective scan of Mamba by the fused Triton kernels (``ssmkit.ops.triton.selective``).
+
+    h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t, y_t = (C_t · h_t + D ⊙ u_t) ⊙ SiLU(z_t), Δ = softplus(δ + b_Δ)
+    (arXiv 2312.00752 Algorithm 2).
+
+    Args:
+        u: (B, L, H) input.
+        delta: (B, L, H) step sizes δ before the bias and softplus.
+        A: (H, N) state matrix.
+        B: (B, L, N) input matrices shared by all channels, or (B, L, G, N), one per group of H/G channels.
+        C: (B, L, N) or (B, L, G, N) output matrices, B's shape.
+        D: (H,) skip, or None.
+        z: (B, L, H) gate, or None.
+        delta_bias: (H,) bias b_Δ added to δ, or None.
+        delta_softplus: Δ = softplus(δ + b_Δ) when True, δ + b_Δ otherwise.
+        state: (B, H, N) state h_{-1}, or None for zeros.
+        return_state: also return the final state.
+
+    Returns:
+        y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
+    """
+    require_triton("selective_scan", u)
+    from ssmkit.ops.triton.selective import selective_scan_triton as kernel
+
+    return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state)

@@ -13,7 +13,8 @@ model has an encoder, else the rest state with the first ``washout`` samples lef
 simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
 validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
 training stops after ``patience`` validations without improvement. SSM parameters keep their marked learning rates
-and get weight decay only when ``ssm_weight_decay`` is set.
+and get weight decay only when ``ssm_weight_decay`` is set. ``lr_schedule="cosine"`` scales every group's rate by
+(1 + cos(π s / S)) / 2 at step s of S = ``steps`` (to zero at the last step); ``"constant"`` keeps it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SimulationFit:
         patience: stop after this many validations without a lower validation RMSE (None: never).
         grad_clip: clip the gradient norm (None: no clipping).
         seed: the seed of the window draws.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (every group's rate decays to zero at ``steps``).
     """
 
     window: int = 256
@@ -66,7 +68,29 @@ class SimulationFit:
     patience: int | None = 20
     grad_clip: float | None = 1.0
     seed: int = 0
+    lr_schedule: str = "constant"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The multiplier of every group's learning rate for optimizer step ``step`` (1-based) of ``steps``.
+
+    Args:
+        schedule: one of ``LR_SCHEDULES``.
+        step: the step about to be taken, 1 ≤ step ≤ steps.
+        steps: the total number of steps.
+
+    Returns:
+        1 for ``"constant"``; (1 + cos(π (step - 1) / steps)) / 2 for ``"cosine"`` (1 at the first step).
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {schedule!r}")
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
 
 
 def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val: int = 2) -> tuple[list[IORecord], list[IORecord]]:
@@ -147,9 +171,12 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         log: print progress lines.
 
     Returns:
-        {"train_loss": [...], "val_rmse": [(step, [per output])], "best_step", "best_val_rmse", "seconds", "steps"}.
+        {"train_loss": [...], "lr": [the unmarked weights' rate per step], "val_rmse": [(step, [per output])],
+        "best_step", "best_val_rmse", "seconds", "steps"}.
     """
     cfg = config or SimulationFit()
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {cfg.lr_schedule!r}")
     n_enc = model.encoder_window
     if val is None and cfg.val_fraction > 0:
         train, val = split_tail(train, cfg.val_fraction, cfg.window + n_enc, n_enc + 2)
@@ -163,6 +190,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(_groups(model, cfg))
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     weights = torch.ones(cfg.window, dtype=dtype)
     if cfg.decay is not None:
         weights = cfg.decay ** torch.arange(cfg.window, dtype=dtype)
@@ -170,7 +198,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     if n_enc == 0 and cfg.washout:
         weights[: cfg.washout] = 0
         weights = weights * cfg.window / weights.sum()
-    history: dict[str, Any] = {"train_loss": [], "val_rmse": [], "best_step": 0, "best_val_rmse": math.inf}
+    history: dict[str, Any] = {"train_loss": [], "lr": [], "val_rmse": [], "best_step": 0, "best_val_rmse": math.inf}
     best_state = copy.deepcopy(model.state_dict())
     bad, start = 0, time.perf_counter()
     step = 0
@@ -185,10 +213,14 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         loss = (weights[None, :, None] * err ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        factor = lr_factor(cfg.lr_schedule, step, cfg.steps)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         history["train_loss"].append(float(loss.detach()))
+        history["lr"].append(optimizer.param_groups[0]["lr"])
         if val and (step % cfg.val_every == 0 or step == cfg.steps):
             with torch.no_grad():
                 sims = [simulate_record(model, r) for r in val]

@@ -20,14 +20,19 @@ class Recipe:
         activation: σ of the blocks.
         timescale: (τ_min, τ_max), the range of the layers' initial Δ in seconds (None: the layer's default).
         encoder_window: samples of past inputs and outputs read by the initial-state encoder (0: start from rest).
+        train_records: independent training records to simulate where the benchmark's training data are simulated
+            (Bouc-Wen); 1 elsewhere.
         window: training window T (samples simulated per window).
         batch_size: windows per step.
         steps: optimizer steps at most.
         lr: learning rate of the non-SSM weights (SSM parameters keep their marked rate).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (every rate decays to zero at ``steps``).
         ssm_lr: the marked learning rate of the SSM parameters (None: the layer's default).
         decay: γ of the decaying-weight MSE (None: plain MSE).
         washout: samples left out of the loss at the start of a window (no encoder).
         val_fraction: the tail of the estimation records held out for validation and early stopping.
+        val_records: k > 0 holds the last k estimation records out of training whole and validates on their last
+            ``val_fraction`` (for periodic data, whose tail repeats the trained periods); 0: the tail of every record.
         val_every: validate every this many steps.
         patience: validations without improvement before stopping.
         weight_decay: AdamW weight decay of the non-SSM weights.
@@ -40,14 +45,17 @@ class Recipe:
     activation: str = "elu"
     timescale: tuple[float, float] | None = None
     encoder_window: int = 0
+    train_records: int = 1
     window: int = 256
     batch_size: int = 16
     steps: int = 2000
     lr: float = 3e-3
+    lr_schedule: str = "constant"
     ssm_lr: float | None = None
     decay: float | None = None
     washout: int = 0
     val_fraction: float = 0.2
+    val_records: int = 0
     val_every: int = 25
     patience: int = 40
     weight_decay: float = 0.0

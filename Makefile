@@ -37,8 +37,9 @@ wheel-check: $(VENV)/.installed
 		--train.max_steps 3 --train.warmup_steps 0 --train.batch_size 16 --train.val_every 0 \
 		--train.checkpoint_every 0 --train.accelerator cpu --out $(WHEEL_VENV)/run --no-progress
 	test -f $(WHEEL_VENV)/run/result.json
-	cd $(WHEEL_VENV) && SSMKIT_NATIVE_CACHE=$(WHEEL_VENV)/native bin/python -c "import torch, ssmkit.ops.native as n; \
-		print('native backend:', n.native_status(torch.float32))"
+	cd $(WHEEL_VENV) && SSMKIT_NATIVE_CACHE=$(WHEEL_VENV)/native bin/python -c "import shutil, torch, ssmkit.ops.native as n; \
+		s = [n.native_status(op) for op in ('selective_scan', 'ssm_scan', 'causal_conv1d', 'linear_recurrence')]; print('native backend:', s); \
+		assert all(ok for ok, _ in s) or not shutil.which('cc'), s"
 	@echo "wheel-check: OK ($$(ls dist/ssmkit-*.whl))"
 
 # `ssmkit compare` on MNIST-1D with every registered layer, 1,000 steps each (~5 min on 2 cores) (a step count, not a time

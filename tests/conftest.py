@@ -135,7 +135,8 @@ def runnable_backends(layer) -> tuple[str, ...]:
 
     def ok(backend: str) -> bool:
         if backend == "native":
-            return DEVICE.type == "cpu" and native_available(torch.float32) and native_available(torch.float64)
+            return DEVICE.type == "cpu" and all(native_available(op, dt) for op in ("selective_scan", "ssm_scan")
+                                                 for dt in (torch.float32, torch.float64))
         return True
 
     return tuple(b for b in layer.backends if ok(b))

@@ -106,7 +106,7 @@ def _run_onnx(model, info, u):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(info.path, providers=["CPUExecutionProvider"])
-    state = info.initial_state()
+    state = info.initial_state(u.shape[0])
     ys = []
     for t in range(u.shape[1]):
         y, *state = session.run(None, {info.input_name: u[:, t].numpy(), **dict(zip(info.state_names, state))})
@@ -141,8 +141,12 @@ def test_onnx_step_equals_model_step(name, tmp_path):
         if name in MUST_EXPORT:
             raise
         pytest.skip(f"{name} does not export to ONNX: {why}")
+    assert info.batch_size is None
     y_onnx, _ = _run_onnx(model, info, u)
     assert rel_err(y_onnx, y_ref) <= 1e-5  # float32 step, fp32 runtime
+    u3 = torch.randn(3, 5, 2)  # the same graph at another batch size (its batch axis is dynamic)
+    y_onnx3, _ = _run_onnx(model, info, u3)
+    assert y_onnx3.shape[0] == 3 and rel_err(y_onnx3, _run_step(model, u3)[0]) <= 1e-5
 
     # continue in ONNX from the state of a forward pass over the first 7 samples
     with torch.no_grad():
@@ -168,16 +172,53 @@ def test_onnx_deep_wiener(tmp_path):
     u = torch.randn(1, 10, 2)
     y_ref, _ = _run_step(model, u)
     info = export_onnx(model, str(tmp_path / "wiener.onnx"))
-    assert info.state_shapes == ((1, 4, 3, 2), (1, 4, 3, 2))
+    assert info.state_shapes == ((4, 3, 2), (4, 3, 2)) and info.batch_size is None
     y_onnx, _ = _run_onnx(model, info, u)
     assert rel_err(y_onnx, y_ref) <= 1e-5
+    for B in (1, 5):  # one graph, any batch size: a batch of scenarios from states estimated by the encoder
+        u_b = torch.randn(B, 10, 2)
+        y_onnx_b, state_onnx = _run_onnx(model, info, u_b)
+        y_ref_b, state_ref = _run_step(model, u_b)
+        assert y_onnx_b.shape == (B, 10, 1) and rel_err(y_onnx_b, y_ref_b) <= 1e-5
+        for got, want in zip(state_onnx, onnx_state(model, state_ref)):
+            assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_onnx_fixed_batch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+    from ssmkit.sysid.wiener import DeepWiener
+
+    torch.manual_seed(1)
+    model = DeepWiener(n_inputs=1, n_outputs=2, d_model=3, n_layers=1, layer="s4d", layer_options={"d_state": 4}).eval()
+    info = export_onnx(model, str(tmp_path / "fixed.onnx"), batch_size=3)
+    assert info.batch_size == 3 and [p.shape for p in info.initial_state()] == [(3, 3, 2, 2)]
+    session = onnxruntime.InferenceSession(info.path, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [3, 1]
+    u = torch.randn(3, 6, 1)
+    assert rel_err(_run_onnx(model, info, u)[0], _run_step(model, u)[0]) <= 1e-5
+    with pytest.raises(ValueError, match="the graph's fixed batch size"):
+        info.initial_state(2)
 
 
 def test_export_errors(tmp_path):
     model = _sequence_model("s4d")
     with pytest.raises(ValueError, match="state must be a list of 2 layer states"):
         onnx_state(model, [None])
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be None"):
         export_onnx(model, str(tmp_path / "x.onnx"), batch_size=0)
     with pytest.raises(ValueError, match="cannot tell the input width"):
         export_onnx(torch.nn.Sequential(make_layer("s4d")), str(tmp_path / "x.onnx"))
+
+
+def test_onnx_token_ids_any_batch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=1, vocab_size=7, d_model=4, n_layers=1, layer="s4d", layer_options={"d_state": 4},
+                          d_output=3, head="regress", pool=None).eval()
+    info = export_onnx(model, str(tmp_path / "tokens.onnx"))
+    for B in (1, 4):  # token ids (B,) in, one graph
+        tokens = torch.randint(0, 7, (B, 5))
+        y_onnx, _ = _run_onnx(model, info, tokens)
+        y_ref, _ = _run_step(model, tokens)
+        assert y_onnx.shape == (B, 5, 3) and rel_err(y_onnx, y_ref) <= 1e-5

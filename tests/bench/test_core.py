@@ -10,8 +10,8 @@ def test_core_bench_writes_results(tmp_path, capsys):
     assert main(["--batch", "1", "--d-model", "3", "--d-state", "16", "--length", "16", "--repeats", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = result["results"]
-    expect = {(l, b) for l in ("s4d", "s4") for b in ("auto", "fft", "reference")}
-    expect |= {(l, b) for l in ("s5", "lru") for b in ("auto", "reference")}  # d_state 16: S5's 8 blocks of 2
+    expect = {("s4d", b) for b in ("auto", "chunked", "fft", "reference")} | {("s4", b) for b in ("auto", "fft", "reference")}
+    expect |= {(l, b) for l in ("s5", "lru") for b in ("auto", "chunked", "reference")}  # d_state 16: S5's 8 blocks of 2
     assert {(r["layer"], r["backend"]) for r in rows} == expect
     for r in rows:
         assert r["forward_s"] > 0 and r["forward_backward_s"] > 0

@@ -159,9 +159,9 @@ def test_dispatch_table():
 
 # Every dispatching op and the backends it has ("auto" aside): one meaning per name (ssmkit.ops.backend).
 TABLES = {
-    "ssm_scan": ("reference", "chunked", "fft", "triton"),
+    "ssm_scan": ("reference", "chunked", "fft", "triton", "native"),
     "ssm_final_state": ("reference", "chunked"),
-    "linear_recurrence": ("reference", "chunked"),
+    "linear_recurrence": ("reference", "chunked", "native"),
     "vandermonde": ("reference", "chunked"),
     "initial_state_output": ("reference", "chunked"),
     "causal_conv": ("reference", "fft"),
@@ -171,6 +171,7 @@ TABLES = {
     "dense_final_state": ("reference", "chunked"),
     "diagonal_ssm_bidirectional": ("reference", "fft"),
     "selective_scan": ("reference", "chunked", "native"),
+    "causal_conv1d": ("reference", "chunked", "native"),
 }
 
 
@@ -201,6 +202,7 @@ def _calls():
         "dplr_kernel": lambda b: ops.dplr_kernel(Lam, P1, B1, Ct1, dt, 5, backend=b),
         "dense_final_state": lambda b: ops.dense_final_state(u, A_dense, B_dense, backend=b),
         "diagonal_ssm_bidirectional": lambda b: ops.diagonal_ssm_bidirectional(u, A, Bb, C2, backend=b),
+        "causal_conv1d": lambda b: ops.causal_conv1d(u, K1[:, :4], None, backend=b),
         "selective_scan": lambda b: ops.selective_scan(u, u, -A.real.abs(), BCs, BCs.flip(-1), backend=b),
     }
 
@@ -213,7 +215,7 @@ def test_every_op_has_its_table_and_raises_outside_it(op):
         if backend == "triton" and backend in TABLES[op] and not triton_available("cpu", op, torch.float64):
             with pytest.raises(RuntimeError, match=rf"^{op}: backend 'triton' was forced but cannot run"):
                 call(backend)  # runs in tests/ops/test_triton.py where triton is installed
-        elif backend == "native" and backend in TABLES[op] and not native_available(torch.float64):
+        elif backend == "native" and backend in TABLES[op] and not native_available(op, torch.float64):
             with pytest.raises(RuntimeError, match=rf"^{op}: backend 'native' cannot run here"):
                 call(backend)  # no C compiler (or SSMKIT_NATIVE=0): tests/ops/test_native.py
         elif backend == "auto" or backend in TABLES[op]:

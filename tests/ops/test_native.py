@@ -19,7 +19,7 @@ from tests.conftest import DEVICE, rel_err
 
 F64 = torch.float64
 pytestmark = pytest.mark.skipif(
-    DEVICE.type != "cpu" or not (native_available(torch.float32) and native_available(F64)),
+    DEVICE.type != "cpu" or not (native_available("selective_scan", torch.float32) and native_available("selective_scan", F64)),
     reason="the native backend runs on the CPU where a C compiler builds it",
 )
 
@@ -52,7 +52,7 @@ def test_disabled_by_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="dtype must be one of"):
         monkeypatch.delenv("SSMKIT_NATIVE")
         build.build("selective_scan.c", "float16")
-    ok, why = native_status(torch.float16)
+    ok, why = native_status("selective_scan", torch.float16)
     assert not ok and "float32 or float64" in why
 
 
@@ -147,3 +147,216 @@ def test_the_cache_folder_defaults_under_the_home(monkeypatch):
     monkeypatch.delenv("SSMKIT_NATIVE_CACHE", raising=False)
     assert build.cache_dir() == build.Path.home() / ".cache" / "ssmkit" / "native"
     assert math.isfinite(float(os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The diagonal LTI scan (ssm_scan_native)
+
+from ssmkit.ops.native import ssm_scan_native  # noqa: E402
+from ssmkit.ops.scan import auto_scan_backend, ssm_scan_reference  # noqa: E402
+
+C128 = torch.complex128
+
+
+def diag_inputs(Bsz, L, H, N, seed=0, dtype=C128):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    A = torch.polar(torch.rand(H, N, generator=g, dtype=F64) * 0.6 + 0.35, r(H, N) * 2)
+    return dict(u=r(Bsz, L, H), A=A.to(dtype), B=torch.complex(r(H, N), r(H, N)).to(dtype),
+                C=torch.complex(r(H, N), r(H, N)).to(dtype), x0=torch.complex(r(Bsz, H, N), r(Bsz, H, N)).to(dtype),
+                D=r(H))
+
+
+# (B, L, H, N): one partial channel block; blocks of 16 + a tail of 3; modes not a multiple of the kernel's block of 4;
+# chunk boundaries inside L and a one-step last chunk (T = 8 below)
+DIAG_SHAPES = [(2, 9, 5, 3), (1, 33, 35, 5), (3, 17, 16, 8), (2, 25, 19, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", DIAG_SHAPES, ids=[str(s) for s in DIAG_SHAPES])
+@pytest.mark.parametrize("with_D", [True, False])
+def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads, with_D, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    p = {k: v.requires_grad_() for k, v in diag_inputs(*shape).items()}
+    D = p["D"] if with_D else None
+    leaves_ = [p["u"], p["A"], p["B"], p["C"], p["x0"], *([D] if with_D else [])]
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(p["u"].shape, generator=g, dtype=F64)
+    gx = torch.complex(torch.randn(p["x0"].shape, generator=g, dtype=F64), torch.randn(p["x0"].shape, generator=g, dtype=F64))
+    out = {}
+    for name, fn in (("ref", ssm_scan_reference), ("native", lambda *a, **k: ssm_scan_native(*a, **k, chunk_size=8))):
+        y, x = fn(p["u"], p["A"], p["B"], p["C"], p["x0"], D)
+        loss = (y * gy).sum() + (x * gx.conj()).real.sum()
+        out[name] = (y, x, *torch.autograd.grad(loss, leaves_))
+    for a, b in zip(out["native"], out["ref"]):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_diagonal_float32_long_sequence_against_float64():
+    # S4D-like magnitudes (|Ā| up to 0.999) over L = 3000: the float32 kernel is as accurate as the float32 loop
+    p = diag_inputs(2, 3000, 20, 8, seed=3)
+    p["A"] = torch.polar(torch.linspace(0.9, 0.999, 160, dtype=F64).reshape(20, 8), p["A"].angle())
+    y64, x64 = ssm_scan_reference(p["u"], p["A"], p["B"], p["C"], p["x0"], p["D"])
+    q = {k: (v.to(torch.complex64) if v.is_complex() else v.float()) for k, v in p.items()}
+    y32, x32 = ssm_scan_native(q["u"], q["A"], q["B"], q["C"], q["x0"], q["D"])
+    r32, s32 = ssm_scan_reference(q["u"], q["A"], q["B"], q["C"], q["x0"], q["D"])
+    assert rel_err(y32, y64) < max(2 * rel_err(r32, y64), 1e-6)
+    assert rel_err(x32, x64) < max(2 * rel_err(s32, x64), 1e-6)
+
+
+def test_diagonal_conjugate_views_and_the_dispatch():
+    p = diag_inputs(2, 12, 6, 4)
+    A_conj = p["A"].conj()  # a conjugate view (torch's lazy conj bit): the kernel must read its values, not its storage
+    y, x = ssm_scan_native(p["u"], A_conj, p["B"], p["C"].conj(), p["x0"].conj(), p["D"])
+    y_ref, x_ref = ssm_scan_reference(p["u"], A_conj.resolve_conj(), p["B"], p["C"].conj().resolve_conj(),
+                                      p["x0"].conj().resolve_conj(), p["D"])
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
+    assert auto_scan_backend(p["u"], True, p["A"]) == "native"
+    assert auto_scan_backend(p["u"], True, p["A"].real) != "native"  # real modes (EMA) stay on the PyTorch paths
+    with pytest.raises(RuntimeError, match="ssm_scan: backend 'native' cannot run here: .*real Ā runs chunked"):
+        ops.ssm_scan(p["u"], p["A"].real, p["B"].real, p["C"].real, backend="native")
+
+
+def test_float32_softplus_and_gate_over_their_range():
+    # one step from rest with u = B = C = 1: y = Δ = softplus(δ) exactly, then the gate: out = y SiLU(z)
+    H = 241
+    delta = torch.linspace(-30.0, 30.0, H).reshape(1, 1, H)  # both branches of log1p and the x > 20 pass-through
+    ones = torch.ones(1, 1, 1)
+    A = -torch.ones(H, 1)
+    y, _ = selective_scan_native(torch.ones(1, 1, H), delta, A, ones, ones, delta_softplus=True)
+    exact = torch.nn.functional.softplus(delta.double())
+    assert ((y.double() - exact).abs() / exact).max().item() < 3e-7
+    z = torch.linspace(-20.0, 20.0, H).reshape(1, 1, H)
+    y2, _ = selective_scan_native(torch.ones(1, 1, H), delta, A, ones, ones, z=z, delta_softplus=True)
+    exact2 = exact * torch.nn.functional.silu(z.double())
+    assert ((y2.double() - exact2).abs() / exact2.abs().clamp_min(1e-30)).max().item() < 5e-7
+
+
+def test_inference_mode_and_a_forked_child():
+    import multiprocessing as mp
+
+    p = inputs(2, 20, 70, 3, None)
+    args = [p[k] for k in ORDER]
+    with torch.inference_mode():
+        y_inf = selective_scan_native(*args, True, p["state"])[0]
+    assert torch.equal(y_inf, selective_scan_native(*args, True, p["state"])[0])
+    if "fork" not in mp.get_all_start_methods():
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parent's pool has threads now; the child must not wait on them
+    try:
+        selective_scan_native(*args, True, p["state"])
+        with mp.get_context("fork").Pool(1) as pool:
+            y_child = pool.apply_async(_child_scan, (args, p["state"])).get(timeout=120)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y_child, y_inf)
+
+
+def _child_scan(args, state):
+    torch.set_num_threads(2)
+    return selective_scan_native(*args, True, state)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The short causal convolution (causal_conv1d_native)
+
+from ssmkit.ops.conv import causal_conv1d_reference  # noqa: E402
+from ssmkit.ops.native import causal_conv1d_native  # noqa: E402
+
+# (B, L, H, W): a partial channel block; two blocks and a tail; L shorter than the state (the final state mixes the
+# initial state and x); one tap (no state)
+CONV_SHAPES = [(2, 9, 5, 4), (1, 13, 130, 3), (3, 2, 7, 4), (2, 6, 3, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=[str(s) for s in CONV_SHAPES])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("strided", [False, True])
+def test_conv_forward_and_gradients_equal_the_loop_in_float64(shape, threads, activation, strided, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    Bsz, L, H, W = shape
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    # strided: x is the first half of a wider projection's output (batch and time strides 2H, no copy)
+    base = r(Bsz, L, 2 * H if strided else H).requires_grad_()
+    x = base[..., :H] if strided else base
+    w, b, st = r(H, W).requires_grad_(), r(H).requires_grad_(), r(Bsz, H, W - 1).requires_grad_()
+    gy, gs = r(Bsz, L, H), r(Bsz, H, W - 1)
+    out = {}
+    for name, fn in (("ref", lambda *a: causal_conv1d_reference(*a)),
+                     ("native", lambda *a: causal_conv1d_native(*a, activation=activation))):
+        y, s = fn(x, w, b, st)
+        if name == "ref" and activation == "silu":
+            y = torch.nn.functional.silu(y)
+        out[name] = (y, s, *torch.autograd.grad((y * gy).sum() + (s * gs).sum(), [base, w, b, st]))
+    for a, b_ in zip(out["native"], out["ref"]):
+        assert rel_err(a, b_) < 1e-12
+
+
+def test_conv_dispatch_and_the_mamba_block_path():
+    x = torch.randn(2, 7, 3, dtype=F64)
+    w, b = torch.randn(3, 4, dtype=F64), torch.randn(3, dtype=F64)
+    y_ref, s_ref = causal_conv1d_reference(x, w, b)
+    for backend in ("auto", "chunked", "native", "reference"):
+        y, s = ops.causal_conv1d(x, w, b, backend=backend, activation="silu")
+        assert rel_err(y, torch.nn.functional.silu(y_ref)) < 1e-12 and rel_err(s, s_ref) < 1e-12, backend
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ops.causal_conv1d(x, w, b, activation="gelu")
+    with pytest.raises(RuntimeError, match="causal_conv1d: backend 'fft' was forced"):
+        ops.causal_conv1d(x, w, b, backend="fft")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The linear recurrence (linear_recurrence_native) and the MIMO scan on it
+
+from ssmkit.ops.mimo import mimo_scan_native, mimo_scan_reference  # noqa: E402
+from ssmkit.ops.native import linear_recurrence_native  # noqa: E402
+from ssmkit.ops.recurrence import linear_recurrence_reference  # noqa: E402
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("cplx", [False, True])
+@pytest.mark.parametrize("varying", [False, True])
+@pytest.mark.parametrize("S", [(5,), (3, 23), (70,)])  # a partial block; two channel axes; three blocks of 32
+def test_recurrence_forward_and_gradients_equal_the_loop_in_float64(S, varying, cplx, threads, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    g = torch.Generator().manual_seed(0)
+    Bsz, L = 2, 17
+    dtype = C128 if cplx else F64
+
+    def r(*s):
+        x = torch.randn(*s, generator=g, dtype=F64)
+        return torch.complex(x, torch.randn(*s, generator=g, dtype=F64)) if cplx else x
+
+    a = (r(Bsz, L, *S) if varying else r(*S)) * 0.6
+    a, b, h0 = a.requires_grad_(), r(Bsz, L, *S).requires_grad_(), r(Bsz, *S).requires_grad_()
+    gh, gl = r(Bsz, L, *S), r(Bsz, *S)
+    out = {}
+    for name, fn in (("ref", linear_recurrence_reference), ("native", linear_recurrence_native)):
+        h, last = fn(a, b, h0)
+        loss = (h * gh.conj()).real.sum() + (last * gl.conj()).real.sum()
+        out[name] = (h, last, *torch.autograd.grad(loss, [a, b, h0]))
+    for x, y in zip(out["native"], out["ref"]):
+        assert x.dtype == dtype and rel_err(x, y) < 1e-12
+
+
+def test_recurrence_zero_and_huge_gates_and_the_mimo_scan():
+    b = torch.randn(1, 6, 4, dtype=F64)
+    a = torch.tensor([0.0, 1e200, -2.0, 1.0], dtype=F64)
+    h, _ = linear_recurrence_native(a, b)
+    ref, _ = linear_recurrence_reference(a, b)
+    assert torch.equal(torch.isfinite(h), torch.isfinite(ref))
+    assert rel_err(h[torch.isfinite(ref)], ref[torch.isfinite(ref)]) < 1e-15
+    g = torch.Generator().manual_seed(2)
+    M, H = 6, 5
+    A = torch.polar(torch.rand(M, generator=g, dtype=F64) * 0.5 + 0.4, torch.randn(M, generator=g, dtype=F64))
+    Bm = torch.randn(M, H, generator=g, dtype=C128)
+    Cm = torch.randn(H, M, generator=g, dtype=C128)
+    u = torch.randn(2, 19, H, generator=g, dtype=F64)
+    x0 = torch.randn(2, M, generator=g, dtype=C128)
+    D = torch.randn(H, generator=g, dtype=F64)
+    y, x = mimo_scan_native(u, A, Bm, Cm, x0, D)
+    y_ref, x_ref = mimo_scan_reference(u, A, Bm, Cm, x0, D)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
+    assert ops.mimo_scan(u, A, Bm, Cm, x0, D, backend="native")[0].shape == y.shape

@@ -445,7 +445,7 @@ def test_dispatch(device):
     # "fft" is the kernel + FFT convolution path of the scan (it used to live in ops.diagonal)
     with use_backend("fft"):
         assert rel_err(ssm_scan(u, A_bar, B_bar, C)[0], y_ref) < TOL64
-    for backend in ("fft", "triton", "native"):
+    for backend in ("fft", "triton"):
         with use_backend(backend):
             with pytest.raises(RuntimeError, match=f"linear_recurrence: backend '{backend}'"):
                 linear_recurrence(u, u)

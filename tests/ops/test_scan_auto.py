@@ -1,4 +1,5 @@
-"""``auto`` picks the chunked scan or the FFT path by (device, return_state, L) from ssmkit.ops.scan.FFT_LENGTHS."""
+"""``auto`` picks the C kernel for complex parameters on the CPU where it builds; otherwise the chunked scan or the FFT
+path by (device, return_state, L) from ssmkit.ops.scan.FFT_LENGTHS."""
 
 import torch
 
@@ -19,7 +20,8 @@ def test_auto_follows_the_crossover_table(monkeypatch):
 
 
 def test_auto_runs_the_path_the_table_names(monkeypatch):
-    """With the FFT range covering L, ``auto`` gives the FFT path's result, bit for bit."""
+    """With the FFT range covering L (and no C kernel), ``auto`` gives the FFT path's result, bit for bit."""
+    monkeypatch.setattr(scan, "native_available", lambda op, dtype: False)
     g = torch.Generator().manual_seed(0)
     H, N, L = 3, 4, 40
     A_bar = torch.polar(torch.rand(H, N, generator=g, dtype=torch.float64) * 0.5 + 0.4,
@@ -33,3 +35,14 @@ def test_auto_runs_the_path_the_table_names(monkeypatch):
     y_ref, _ = scan.ssm_scan(u, A_bar, B_bar, C, backend="reference")
     assert torch.equal(y_auto, y_fft) and torch.equal(x_auto, x_fft)
     assert (y_auto - y_ref).abs().max() < 1e-10 * y_ref.abs().max()
+
+
+def test_auto_takes_the_c_kernel_for_complex_parameters_on_the_cpu(monkeypatch):
+    from ssmkit.ops.native import native_available
+
+    u = torch.zeros(1, 512, 2, device=DEVICE)
+    A = torch.full((2, 3), 0.5 + 0.1j, dtype=torch.complex64, device=DEVICE)
+    monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, True), (256, 1024))
+    expected = "native" if DEVICE.type == "cpu" and native_available("ssm_scan", torch.float32) else "fft"
+    assert scan.auto_scan_backend(u, True, A) == expected
+    assert scan.auto_scan_backend(u, True, A.real) == "fft"  # real modes: the table decides

@@ -16,7 +16,7 @@ from ssmkit.ops.selective import default_chunk_size, selective_scan_chunked, sel
 from tests.conftest import DEVICE, rel_err
 
 # the C kernel runs on the CPU where it builds (tests/ops/test_native.py covers the build and its refusals)
-NATIVE = DEVICE.type == "cpu" and native_available(torch.float64) and native_available(torch.float32)
+NATIVE = DEVICE.type == "cpu" and native_available("selective_scan", torch.float64) and native_available("selective_scan", torch.float32)
 needs_native = pytest.mark.skipif(not NATIVE, reason="the native backend runs on the CPU where a C compiler builds it")
 
 F64 = torch.float64

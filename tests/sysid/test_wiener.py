@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import signal
 
-from ssmkit.sysid.fit import SimulationFit, fit_simulation, lr_factor, simulate_record, split_tail
+from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, split_tail
 from ssmkit.sysid.metrics import fit_percent
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener
@@ -110,20 +110,17 @@ def test_identifies_a_known_wiener_system():
     assert float(fit_percent(y_sim, test.y, n_init=20)) > 55.0  # a linear model of it reaches ~45 %
 
 
-def test_cosine_lr_schedule_follows_the_closed_form():
-    rng = np.random.default_rng(1)
-    u = rng.standard_normal(400)
-    train = [IORecord(torch.tensor(u)[:, None], torch.tensor(np.tanh(u))[:, None], 1.0, "train")]
-    m = model(n_inputs=1, n_outputs=1)
-    steps = 8
-    history = fit_simulation(m, train, config=SimulationFit(window=32, batch_size=2, steps=steps, lr=1e-2,
-                                                            val_fraction=0, lr_schedule="cosine"))
-    want = [1e-2 * 0.5 * (1 + np.cos(np.pi * (s - 1) / steps)) for s in range(1, steps + 1)]
-    assert np.allclose(history["lr"], want, rtol=1e-12, atol=0)
-    assert lr_factor("cosine", steps // 2 + 1, steps) == pytest.approx(0.5, abs=1e-15)
-    assert lr_factor("constant", 5, steps) == 1.0
-    constant = fit_simulation(model(n_inputs=1, n_outputs=1), train,
-                              config=SimulationFit(window=32, batch_size=2, steps=3, lr=1e-2, val_fraction=0))
-    assert constant["lr"] == [1e-2] * 3
-    with pytest.raises(ValueError, match="lr_schedule"):
-        fit_simulation(m, train, config=SimulationFit(window=32, steps=1, val_fraction=0, lr_schedule="linear"))
+def test_cosine_schedule_decays_every_rate_to_zero():
+    import math
+
+    r = IORecord(torch.randn(60, 2, dtype=torch.float64), torch.randn(60, 3, dtype=torch.float64), 1.0, "r")
+    steps, lr = 6, 1e-2
+    m = model()
+    history = fit_simulation(m, [r], config=SimulationFit(window=20, batch_size=2, steps=steps, lr=lr, val_fraction=0,
+                                                          schedule="cosine"))
+    want = [lr * 0.5 * (1 + math.cos(math.pi * k / steps)) for k in range(1, steps + 1)]  # after step k
+    assert history["lr"] == pytest.approx(want, abs=1e-15) and history["lr"][-1] == pytest.approx(0.0, abs=1e-15)
+    constant = fit_simulation(model(), [r], config=SimulationFit(window=20, batch_size=2, steps=3, lr=lr, val_fraction=0))
+    assert constant["lr"] == [lr] * 3
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        fit_simulation(model(), [r], config=SimulationFit(window=20, steps=1, val_fraction=0, schedule="step"))

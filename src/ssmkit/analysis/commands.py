@@ -4,7 +4,7 @@
     ssmkit zoo [--checkpoint CKPT] [--out DIR] [--format markdown|csv]
 
 ``analyze`` rebuilds the model from the checkpoint's configuration (``hyper_parameters["model"]``, written by
-``ssmkit train``; or a DeepWiener's arguments, see `load_model`), loads its weights and writes the report of :func:`ssmkit.analysis.write_report` (default folder:
+``ssmkit train``; or a DeepWiener's arguments, as in the ``model.pt`` that ``ssmkit sysid`` writes; see `load_model`), loads its weights and writes the report of :func:`ssmkit.analysis.write_report` (default folder:
 ``analysis/`` beside the checkpoints folder). ``zoo`` prints the table of :mod:`ssmkit.analysis.zoo`; with
 ``--out`` it writes ``zoo.md``, ``zoo.csv`` (and ``poles.csv`` with ``--checkpoint``) there.
 """
@@ -21,9 +21,9 @@ def load_model(path: str):
     """The model of a checkpoint, with its weights, in eval mode.
 
     Two layouts are read: a checkpoint of ``ssmkit train`` (``hyper_parameters["model"]``, a SequenceModelConfig
-    dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel`; a dict
-    with ``deep_wiener`` (the keyword arguments of :class:`ssmkit.sysid.wiener.DeepWiener`, ``dt`` included) and
-    ``state_dict`` (the model's own keys) gives a DeepWiener.
+    dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel`; a
+    DeepWiener file (``DeepWiener.checkpoint()``: ``deep_wiener``, the constructor's keyword arguments with ``dt``,
+    and ``state_dict``; the ``model.pt`` of an ``ssmkit sysid`` run folder) gives a DeepWiener in the saved dtype.
 
     Args:
         path: the checkpoint file (read with ``torch.load(weights_only=True)``).
@@ -41,10 +41,13 @@ def load_model(path: str):
     if "deep_wiener" in checkpoint:
         from ssmkit.sysid.wiener import DeepWiener
 
-        model = DeepWiener(**dict(checkpoint["deep_wiener"]))
-        model.load_state_dict(checkpoint["state_dict"])
-        return model.eval()
+        return DeepWiener.from_checkpoint(checkpoint)
     hyper = checkpoint.get("hyper_parameters") or {}
+    if "model" not in hyper and "benchmark" in checkpoint:
+        raise ValueError(
+            f"{path!r} was written by an earlier 'ssmkit sysid' that did not store the model's arguments (no "
+            "'deep_wiener' entry): rerun 'ssmkit sysid' to get a model.pt that 'ssmkit analyze' reads"
+        )
     if "model" not in hyper:
         raise ValueError(
             f"{path!r} is not a checkpoint of 'ssmkit train' (no hyper_parameters['model'], the model configuration) "
@@ -74,9 +77,10 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
         "margin, DC gain, certified H-infinity norm, Bode plots, impulse and step responses, learned kernels; "
         "writes summary.md, analysis.json and PNG figures.",
     )
-    parser.add_argument("checkpoint", help="a checkpoint written by 'ssmkit train' (checkpoints/last.ckpt), or a "
-                        "DeepWiener file {'deep_wiener': its arguments, 'state_dict': ...}")
-    parser.add_argument("--out", default=None, help="output folder (default: analysis/ beside checkpoints/)")
+    parser.add_argument("checkpoint", help="a checkpoint written by 'ssmkit train' (checkpoints/last.ckpt), or the "
+                        "model.pt of an 'ssmkit sysid' run (a DeepWiener: {'deep_wiener': its arguments, 'state_dict'})")
+    parser.add_argument("--out", default=None, help="output folder (default: analysis/ beside checkpoints/, or beside "
+                        "the file)")
     parser.add_argument("--dt", type=float, default=None,
                         help="sampling time in seconds (default: the model's, a DeepWiener's Ts; else 1 = samples)")
     parser.add_argument("--channels", type=int, default=8, help="channels per layer in the figures (default 8)")

@@ -2,7 +2,7 @@
 
     info = ssmkit.analysis.export_onnx(model, "controller.onnx")      # a SequenceModel or a DeepWiener
     session = onnxruntime.InferenceSession("controller.onnx")
-    state = info.initial_state(batch_size=1)                          # numpy zeros, one array per state part
+    state = info.initial_state(batch_size=4)                          # numpy zeros, one array per state part
     y, *state = session.run(None, {"u": u_t, **dict(zip(info.state_names, state))})
 
 The exported graph computes ``y_t, state' = model.step(u_t, state)`` with real arithmetic only (ONNX and most runtimes
@@ -19,7 +19,9 @@ in the control convention, x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (``l
 
 The other layers (gated, time-varying mixers) keep their own ``step``, exported as traced; a layer whose state is
 complex, or whose step the exporter cannot trace, makes `export_onnx` raise ``NotImplementedError`` naming it.
-The ONNX graph has a fixed batch size (``batch_size``; 1 for a controller).
+The batch axis of the graph's input, state and outputs is dynamic (named ``batch``): a graph exported once runs with
+any batch size (1 for a controller, more to simulate several scenarios). ``batch_size=B`` fixes it instead, for
+runtimes that want static shapes. The trace uses an example batch of 2 (torch.export specialises a size-1 axis).
 """
 
 from __future__ import annotations
@@ -230,8 +232,9 @@ class OnnxExport:
         input_name: the input's name (``"u"``).
         state_names: the state inputs, in order (``"state_0"``, ...).
         output_names: ``"y"`` then the next-state outputs (``"next_state_0"``, ...).
-        state_shapes: each state part's shape, batch first.
+        state_shapes: each state part's shape for one sequence (without the batch axis).
         state_dtypes: each state part's numpy dtype.
+        batch_size: the graph's fixed batch size, or None when its batch axis is dynamic (any B).
     """
 
     path: str
@@ -240,10 +243,22 @@ class OnnxExport:
     output_names: tuple[str, ...]
     state_shapes: tuple[tuple[int, ...], ...]
     state_dtypes: tuple[np.dtype, ...]
+    batch_size: int | None = None
 
-    def initial_state(self) -> list[np.ndarray]:
-        """Zero states, one numpy array per state part (the rest state of the model)."""
-        return [np.zeros(s, dtype=d) for s, d in zip(self.state_shapes, self.state_dtypes)]
+    def initial_state(self, batch_size: int | None = None) -> list[np.ndarray]:
+        """Zero states, one numpy array (B, *shape) per state part (the rest state of the model).
+
+        Args:
+            batch_size: B (default: the graph's fixed batch size, else 1); a fixed-batch graph accepts only its own.
+
+        Returns:
+            the state parts, in the order of ``state_names``.
+        """
+        B = batch_size if batch_size is not None else (self.batch_size or 1)
+        if not (isinstance(B, int) and B >= 1) or (self.batch_size is not None and B != self.batch_size):
+            want = f"{self.batch_size} (the graph's fixed batch size)" if self.batch_size is not None else "an int >= 1"
+            raise ValueError(f"batch_size must be {want}; got {batch_size!r}")
+        return [np.zeros((B,) + s, dtype=d) for s, d in zip(self.state_shapes, self.state_dtypes)]
 
 
 def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
@@ -281,8 +296,9 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     return out
 
 
-def export_onnx(model: nn.Module, path: str, batch_size: int = 1, opset_version: int = 18) -> OnnxExport:
-    """Write ``model.step`` as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` (module docstring).
+def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opset_version: int = 18) -> OnnxExport:
+    """Write ``model.step`` as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` (module docstring), with a
+    dynamic batch axis unless ``batch_size`` is given.
 
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 
@@ -290,18 +306,19 @@ def export_onnx(model: nn.Module, path: str, batch_size: int = 1, opset_version:
         model: a SequenceModel (real inputs (B, d_input) or token ids (B,)) or a DeepWiener, in eval mode or not
             (the exported copy is put in eval mode).
         path: the ONNX file to write.
-        batch_size: the graph's fixed batch size B.
+        batch_size: None (default) for a dynamic batch axis (any B at run time); an int B fixes it.
         opset_version: the ONNX opset.
 
     Returns:
         an :class:`OnnxExport` describing the graph.
     """
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-    u = _example_input(model, batch_size)
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
+    example = batch_size or 2  # a size-1 axis would be specialised by torch.export
+    u = _example_input(model, example)
     converted = real_step_model(model)
     fn = StepFunction(converted).eval()
-    state = _flatten(converted.initial_state(batch_size))
+    state = _flatten(converted.initial_state(example))
     for i, part in enumerate(state):
         if 0 in part.shape:
             raise NotImplementedError(
@@ -315,19 +332,24 @@ def export_onnx(model: nn.Module, path: str, batch_size: int = 1, opset_version:
             )
     names = tuple(f"state_{i}" for i in range(len(state)))
     outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
+    dynamic = None
+    if batch_size is None:
+        batch = torch.export.Dim("batch")
+        dynamic = ({0: batch}, tuple({0: batch} for _ in state))  # (u_t, *state): the batch axis of every input
     with torch.enable_grad():  # step caches compare parameter values unless autograd is on: not traceable
         try:
             torch.onnx.export(fn, (u, *state), path, input_names=["u", *names], output_names=list(outputs),
                               opset_version=opset_version, dynamo=True, external_data=False, optimize=True,
-                              verbose=False)
+                              verbose=False, dynamic_shapes=dynamic)
         except ImportError:
             raise
         except Exception as err:  # the exporter's own errors name the op it could not convert
             raise NotImplementedError(f"{type(model).__name__}.step could not be exported to ONNX: {err}") from err
     return OnnxExport(
         path=str(path), input_name="u", state_names=names, output_names=outputs,
-        state_shapes=tuple(tuple(p.shape) for p in state),
+        state_shapes=tuple(tuple(p.shape[1:]) for p in state),
         state_dtypes=tuple(np.dtype(str(p.dtype).removeprefix("torch.")) for p in state),
+        batch_size=batch_size,
     )
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers, model_dt, skipped_layers
+from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers, model_dt, skipped_layers, time_constants
 
-__all__ = ["layer_record", "summary_markdown", "write_report"]
+__all__ = ["layer_record", "slowest_modes", "summary_markdown", "write_report"]
 
 
 def _finite(x: float) -> float | None:
@@ -54,6 +54,7 @@ def layer_record(result: LayerAnalysis) -> dict[str, Any]:
         "dc_gain_max": _finite(dc.max()),
         "hinf_max": _finite(result.hinf.max()),
         "hinf": [_finite(h) for h in result.hinf],
+        "slowest_modes": slowest_modes(result),
         "poles_real": _clean(result.poles.real),
         "poles_imag": _clean(result.poles.imag),
         "poles_continuous_real": _clean(result.poles_continuous.real),
@@ -70,8 +71,36 @@ def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "—" if x is None or not np.isfinite(x) else format(x, spec)
 
 
+def slowest_modes(result: LayerAnalysis, count: int = 3) -> list[dict[str, float]]:
+    """The ``count`` slowest modes of a layer (largest |z|; one pole of each conjugate pair), in physical units.
+
+    Args:
+        result: the layer's analysis (its ``system.dt`` in seconds, or 1 for samples).
+        count: how many modes.
+
+    Returns:
+        one dict per mode: ``system`` (index in the bank), ``z`` magnitude ``abs_z`` and angle ``arg_z`` (rad),
+        ``s_real``/``s_imag`` (s = log(z)/dt, 1/s), ``frequency`` (|Im s| / 2π, Hz), ``damping``
+        (ζ = −Re s / |s|), ``tau`` (−dt / log|z|, s); non-finite values as None.
+    """
+    z, s = result.poles, result.poles_continuous  # (G, n)
+    g, k = np.nonzero(z.imag >= 0)  # the upper half-plane: one pole per conjugate pair, real poles kept
+    order = np.argsort(-np.abs(z[g, k]), kind="stable")[:count]
+    modes = []
+    for i in order:
+        zi, si = z[g[i], k[i]], s[g[i], k[i]]
+        size = abs(si)
+        tau = time_constants(np.asarray(zi), result.system.dt)
+        modes.append({
+            "system": int(g[i]), "abs_z": float(abs(zi)), "arg_z": float(np.angle(zi)),
+            "s_real": _finite(si.real), "s_imag": _finite(si.imag), "frequency": _finite(abs(si.imag) / (2 * np.pi)),
+            "damping": _finite(-si.real / size) if np.isfinite(size) and size > 0 else None, "tau": _finite(float(tau)),
+        })
+    return modes
+
+
 def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str, str]], title: str,
-                     figures: list[str]) -> str:
+                     figures: list[str], seconds: bool | None = None) -> str:
     """The one-page summary as markdown.
 
     Args:
@@ -79,19 +108,22 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
         skipped: (module path, layer name, reason) of the layers without a realisation.
         title: what was analysed (a checkpoint path).
         figures: PNG file names to embed.
+        seconds: whether dt is a sampling time in seconds (None: when dt ≠ 1; else times are in samples).
 
     Returns:
         the markdown text.
     """
     dt = results[0].system.dt if results else 1.0
-    unit = "s" if dt != 1.0 else "samples"
-    rate = "1/s" if dt != 1.0 else "1/sample"
+    physical = dt != 1.0 if seconds is None else seconds
+    unit = "s" if physical else "samples"
+    rate = "1/s" if physical else "1/sample"
+    freq = "Hz" if physical else "cycles/sample"
     lines = [f"# Control analysis: {title}", ""]
     if results:
         stable = all(r.stable for r in results)
         worst = max(results, key=lambda r: r.spectral_radius)
         lines += [
-            f"{len(results)} LTI layer(s), sampling time dt = {dt:g} s. Every layer Schur stable: "
+            f"{len(results)} LTI layer(s), sampling time dt = {dt:g} {unit if physical else '(samples)'}. Every layer Schur stable: "
             f"**{'yes' if stable else 'NO'}** (largest spectral radius {worst.spectral_radius:.6f} in {worst.name}).",
             "",
             f"| layer | type | G × (n states, m in, p out) | spectral radius | margin 1 − ρ | max Re s ({rate}) | "
@@ -112,7 +144,18 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
             "Poles z are those of each layer's real realisation (control convention x[k+1] = A x[k] + B u[k]); "
             "equivalent continuous poles s = log(z)/dt are in analysis.json's layers (time constants τ = −dt / log|z|). "
             "H∞ norms are certified (Cayley map + Hamiltonian test, relative bracket 2e-10).",
+            "",
+            f"Slowest modes per layer (one pole of each conjugate pair; s = log(z)/dt in {rate}, frequency |Im s|/2π "
+            f"in {freq}, damping ζ = −Re s/|s|, τ in {unit}):",
+            "",
+            f"| layer | system | \\|z\\| | arg z (rad) | s | frequency ({freq}) | ζ | τ ({unit}) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        for r in results:
+            for m in slowest_modes(r):
+                s_text = f"{_fmt(m['s_real'])} {'+' if (m['s_imag'] or 0) >= 0 else '−'} {_fmt(abs(m['s_imag'] or 0))}i"
+                lines.append(f"| {r.name} | {m['system']} | {m['abs_z']:.6f} | {m['arg_z']:.4g} | {s_text} | "
+                             f"{_fmt(m['frequency'])} | {_fmt(m['damping'], '.3g')} | {_fmt(m['tau'])} |")
     else:
         lines.append("The model has no layer with a state-space realisation.")
     if skipped:
@@ -183,7 +226,8 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     paths["json"] = os.path.join(out, "analysis.json")
     _write_text(paths["json"], json.dumps(record, indent=1, allow_nan=False))
     paths["summary"] = os.path.join(out, "summary.md")
-    _write_text(paths["summary"], summary_markdown(results, skipped, title, figures))
+    seconds = dt is not None or hasattr(model, "dt")  # a DeepWiener carries its Ts; else dt = 1 means samples
+    _write_text(paths["summary"], summary_markdown(results, skipped, title, figures, seconds))
     return paths
 
 

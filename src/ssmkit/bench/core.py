@@ -25,7 +25,7 @@ import ssmkit.layers as layers
 from ssmkit.ops import use_backend
 
 LAYERS = ("s4d", "s4", "s5", "lru")
-BACKENDS = ("auto", "fft", "reference")
+BACKENDS = ("auto", "chunked", "fft", "reference")  # auto: the C kernel on the CPU where it builds
 
 
 def _once(fn) -> float:

@@ -38,7 +38,7 @@ class DiagonalLTILayer(SequenceLayer):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
-    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft")
+    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft", "native")  # native: complex modes only
     complex_modes: ClassVar[bool] = True  # False: real modes (Mega's EMA), a real state of the parameters' dtype
 
     D: torch.Tensor
@@ -76,12 +76,12 @@ class DiagonalLTILayer(SequenceLayer):
     @staticmethod
     def _two_sided(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, backend: str) -> torch.Tensor:
         """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (no skip): by one two-sided FFT convolution, or, under
-        ``"chunked"``, by two scans: the anti-causal part is, in reversed time τ = L-1-t, the scan of the reversed
-        input with C[1] delayed by one step (y'_τ = z_{τ-1})."""
-        if backend != "chunked":
+        ``"chunked"`` or ``"native"``, by two scans: the anti-causal part is, in reversed time τ = L-1-t, the scan of
+        the reversed input with C[1] delayed by one step (y'_τ = z_{τ-1})."""
+        if backend not in ("chunked", "native"):
             return diagonal_ssm_bidirectional(u, A_bar, B_bar, C, backend=backend)  # (B, L, H)
-        y, _ = ssm_scan(u, A_bar, B_bar, C[0], return_state=False, backend="chunked")  # (B, L, H)
-        z, _ = ssm_scan(u.flip(1), A_bar, B_bar, C[1], return_state=False, backend="chunked")  # (B, L, H) reversed
+        y, _ = ssm_scan(u, A_bar, B_bar, C[0], return_state=False, backend=backend)  # (B, L, H)
+        z, _ = ssm_scan(u.flip(1), A_bar, B_bar, C[1], return_state=False, backend=backend)  # (B, L, H) reversed
         anti = torch.nn.functional.pad(z[:, :-1], (0, 0, 1, 0)).flip(1)  # (B, L, H): delay by one, back in time order
         return y + anti
 

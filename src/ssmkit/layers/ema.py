@@ -68,6 +68,7 @@ class EMA(DiagonalLTILayer):
     )
 
     complex_modes = False
+    backends = ("reference", "chunked", "fft")  # no "native": the C kernel takes complex modes
 
     def __init__(
         self,

@@ -224,7 +224,7 @@ class H3(SequenceLayer):
             if backend == "reference":
                 k, shift = causal_conv1d_reference(k, taps, None, shift0)  # (B, L, d_model), (B, d_model, N-1)
             else:
-                k, shift = causal_conv1d(k, taps, None, shift0, return_state)
+                k, shift = causal_conv1d(k, taps, None, shift0, return_state, backend="auto")  # C kernel or F.conv1d
             z = self._pairs(k, v)  # (B, L, P, P, H)
             z = z.permute(0, 2, 3, 1, 4).reshape(Bsz * P * P, L, H)  # (B·P·P, L, H)
             h0 = None if state is None else state.ssm.flatten(0, 2)  # (B·P·P, H, N/2)

@@ -193,14 +193,23 @@ class Mamba(SequenceLayer):
         delta = self.dt_proj(delta_low)  # (..., H_in): b_Δ is added inside the scan
         return delta, B, C, -torch.exp(self.A_log)
 
+    def _in_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, z = split(W_in u) as two matmuls on the halves of ``in_proj``'s weight: each half comes out contiguous
+        (the kernels read it without a copy) and the backward adds two (B, L, d_model) input gradients instead of
+        concatenating two (B, L, H_in) halves (a copy of 2·B·L·H_in values)."""
+        W, b = self.in_proj.weight, self.in_proj.bias
+        H = self.d_inner
+        xs = F.linear(x, W[:H], None if b is None else b[:H])  # (B, L, H_in)
+        z = F.linear(x, W[H:], None if b is None else b[H:])  # (B, L, H_in)
+        return xs, z
+
     def _forward(self, x: torch.Tensor, state: MambaState | None, return_state: bool) -> tuple[torch.Tensor, MambaState | None]:
         backend = self._backend()
         dtype = self.A_log.dtype
-        xs, z = self.in_proj(x.to(dtype)).chunk(2, dim=-1)  # (B, L, H_in) each (bf16/fp16 under autocast)
+        xs, z = self._in_projection(x.to(dtype))  # (B, L, H_in) each (bf16/fp16 under autocast)
         with float32_core(x.device.type):
             xs, z = xs.to(dtype), z.to(dtype)
-            xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state)  # (B, L, H_in)
-            xc = F.silu(xc)
+            xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state, activation="silu")  # (B, L, H_in)
             delta, B, C, A = self._scan_inputs(xc)
             y, ssm_state = selective_scan(
                 xc, delta, A, B, C, self.D, z, self.dt_bias, True,

@@ -275,8 +275,8 @@ class Mamba2(SequenceLayer):
         zxbcdt = self.in_proj(x.to(dtype))  # (B, L, 2E + 2GN + E/P); bf16 under autocast
         with float32_core(x.device.type):
             z, xBC, dt = self._split(zxbcdt.to(dtype))
-            xBC, conv_state = self.conv(xBC, None if state is None else state.conv, return_state)  # (B, L, E + 2GN)
-            xs, B, C = F.silu(xBC).split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+            xBC, conv_state = self.conv(xBC, None if state is None else state.conv, return_state, activation="silu")
+            xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
             xs = xs.unflatten(-1, (self.nheads, self.headdim))  # (B, L, E/P, P)
             dt = F.softplus(dt + self.dt_bias)  # (B, L, E/P)
             A = -torch.exp(self.A_log)  # (E/P,)

@@ -39,7 +39,7 @@ class MIMODiagonalLTILayer(SequenceLayer):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
-    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked")
+    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "native")
 
     D: torch.Tensor
 

@@ -128,7 +128,7 @@ class RGLRU(SequenceLayer):
         "kernel": "its gates depend on the input (a_t = a^{c r_t(x)}), so it is not a convolution",
         "state_space": "it is input-dependent (time-varying gates), so it has no LTI realisation",
     }
-    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked")
+    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "native")
     block_defaults: ClassVar[BlockDefaults] = BlockDefaults(activation=None, mixer_out=None)
     zoo = ZooEntry(
         paper="arXiv 2402.19427",
@@ -273,7 +273,7 @@ class RGLRU(SequenceLayer):
 
     def _forward(self, x: torch.Tensor, state: RGLRUState | None, return_state: bool,
                  resets: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState | None]:
-        backend = "reference" if self._backend() == "reference" else "chunked"
+        backend = self._backend()  # auto: the C kernel on the CPU where it runs
         dtype = self.Lambda.dtype
         u = x.to(dtype)
         g = F.gelu(self.in_gate(u), approximate="tanh")  # (B, L, D): bf16 under autocast

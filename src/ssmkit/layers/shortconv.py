@@ -14,7 +14,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_positive_int, parameter_dtype
 from ssmkit.layers.state import TensorSpec
-from ssmkit.ops.conv import causal_conv1d, causal_conv1d_segments, causal_conv1d_step
+from ssmkit.ops.conv import causal_conv1d, causal_conv1d_segments, causal_conv1d_step, check_activation
 
 
 class ShortConv(nn.Module):
@@ -64,14 +64,20 @@ class ShortConv(nn.Module):
         state: torch.Tensor | None = None,
         return_state: bool = True,
         resets: torch.Tensor | None = None,
+        activation: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, L, H) -> y (B, L, H) and the state after x (B, H, W-1); x must have the parameters' dtype.
 
         ``resets`` (B, L) bool marks segment starts: the filter then never reaches across one
-        (:func:`ssmkit.ops.conv.causal_conv1d_segments`)."""
+        (:func:`ssmkit.ops.conv.causal_conv1d_segments`). ``activation`` None or ``"silu"``: applied to y (fused
+        on the C kernel's path). The convolution runs on its ``"auto"`` path whatever backend the enclosing layer was
+        forced to (a layer's backends name its scan's paths): the C kernel on the CPU where it runs, else
+        ``F.conv1d``."""
         if resets is not None:
-            return causal_conv1d_segments(x, self.weight, self.bias, state, resets, return_state)
-        return causal_conv1d(x, self.weight, self.bias, state, return_state)
+            check_activation(activation)
+            y, st = causal_conv1d_segments(x, self.weight, self.bias, state, resets, return_state)
+            return (torch.nn.functional.silu(y) if activation == "silu" else y), st
+        return causal_conv1d(x, self.weight, self.bias, state, return_state, activation=activation, backend="auto")
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (B, H) -> y_t (B, H) and the next state (B, H, W-1)."""

@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.native.conv import causal_conv1d_native
+from ssmkit.ops.native.gate import native_available
 from ssmkit.utils import check_floating
 
 
@@ -40,26 +43,30 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sta
         raise ValueError(f"state must be (B, H, W-1) = ({x.shape[0]}, {H}, {W - 1}); got {tuple(state.shape)}")
 
 
-def causal_conv1d(
+ACTIVATIONS = (None, "silu")
+
+
+def check_activation(activation: object) -> None:
+    """``activation`` must be one of :data:`ACTIVATIONS`."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
+
+
+def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    return F.silu(y) if activation == "silu" else y
+
+
+def causal_conv1d_torch(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     state: torch.Tensor | None = None,
     return_state: bool = True,
+    activation: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Causal depthwise convolution of x with W taps per channel, continued from ``state`` (one ``conv1d`` call).
-
-    Args:
-        x: (B, L, H) input.
-        weight: (H, W) taps, ``nn.Conv1d`` order (the last tap multiplies the current input).
-        bias: (H,) or None.
-        state: (B, H, W-1) the W-1 inputs before x (oldest first), or None for zeros.
-        return_state: also return the last W-1 inputs (the state after x).
-
-    Returns:
-        y (B, L, H) and the final state (B, H, W-1) (None when not asked for).
-    """
+    """:func:`causal_conv1d` by one grouped ``F.conv1d`` call on the transposed input (backend ``"chunked"``)."""
     _check(x, weight, bias, state, step=False)
+    check_activation(activation)
     Bsz, L, H = x.shape
     W = weight.shape[1]
     xt = x.transpose(1, 2)  # (B, H, L)
@@ -67,10 +74,59 @@ def causal_conv1d(
         padded = F.pad(xt, (W - 1, 0))  # (B, H, W-1+L)
     else:
         padded = torch.cat([state, xt], dim=-1)  # (B, H, W-1+L)
-    y = F.conv1d(padded, weight.unsqueeze(1), bias, groups=H).transpose(1, 2)  # (B, L, H)
+    y = _activate(F.conv1d(padded, weight.unsqueeze(1), bias, groups=H).transpose(1, 2), activation)  # (B, L, H)
     if not return_state:
         return y, None
     return y, padded[:, :, padded.shape[-1] - (W - 1):]  # (B, H, W-1)
+
+
+def _reference(x, weight, bias=None, state=None, return_state=True, activation=None):
+    check_activation(activation)
+    y, st = causal_conv1d_reference(x, weight, bias, state)
+    return _activate(y, activation), (st if return_state else None)
+
+
+_CONV = {"reference": _reference, "chunked": causal_conv1d_torch, "native": causal_conv1d_native}
+
+
+def _auto(x: torch.Tensor) -> str:
+    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else ``F.conv1d``."""
+    if x.device.type == "cpu" and not tracing() and native_available("causal_conv1d", x.dtype):
+        return "native"
+    return "chunked"
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = True,
+    *,
+    activation: str | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal depthwise convolution of x with W taps per channel, continued from ``state``, then ``activation``.
+
+    y_t = act(Σ_k w_k ⊙ x_{t-W+1+k} + b). Backends: ``"reference"`` -> :func:`causal_conv1d_reference` (a loop over
+    time); ``"chunked"`` -> :func:`causal_conv1d_torch` (one ``F.conv1d``); ``"native"`` ->
+    :func:`ssmkit.ops.native.causal_conv1d_native` (C kernel, CPU: the (B, L, H) layout, x read through its strides,
+    the activation fused); ``"auto"`` -> ``"native"`` on the CPU where it runs and nothing traces, else ``"chunked"``.
+
+    Args:
+        x: (B, L, H) input.
+        weight: (H, W) taps, ``nn.Conv1d`` order (the last tap multiplies the current input).
+        bias: (H,) or None.
+        state: (B, H, W-1) the W-1 inputs before x (oldest first), or None for zeros.
+        return_state: also return the last W-1 inputs (the state after x).
+        activation: None, or ``"silu"`` (Mamba's and Mamba-2's convolution is followed by SiLU).
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        y (B, L, H) and the final state (B, H, W-1) (None when not asked for).
+    """
+    impl = dispatch("causal_conv1d", _CONV, backend, auto=_auto(x))
+    return impl(x, weight, bias, state, return_state, activation)
 
 
 def causal_conv1d_step(

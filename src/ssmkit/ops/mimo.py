@@ -27,8 +27,10 @@ from typing import NamedTuple
 import torch
 
 from ssmkit.ops._checks import REAL_OF, check_chunk_size
-from ssmkit.ops.backend import dispatch
+from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.chunked import pack, unpack, wide_powers
+from ssmkit.ops.native.gate import native_available
+from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.recurrence import linear_recurrence_chunked
 from ssmkit.utils import check_floating
 
@@ -188,7 +190,46 @@ def mimo_scan_chunked(
     return y.reshape(Bsz, L, H), (x_last if return_state else None)
 
 
-_SCAN = {"reference": mimo_scan_reference, "chunked": mimo_scan_chunked}
+def mimo_scan_native(
+    u: torch.Tensor,
+    A_bar: torch.Tensor,
+    B_bar: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MIMO diagonal SSM by GEMMs and the C kernel's scan of the modes; equals :func:`mimo_scan_reference`.
+
+    x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(C x_t) + D ⊙ u_t  (arXiv 2208.04933 eq. 2-3): the three steps of
+    :func:`mimo_scan_chunked` with step (2) by :func:`ssmkit.ops.native.linear_recurrence_native` (one pass over time;
+    CPU only, where its smoke call succeeded).
+
+    Args:
+        u: (B, L, H) real input.
+        A_bar: (M,) complex (or real) diagonal of the discrete state matrix.
+        B_bar: (M, H) complex (or real) discrete input matrix.
+        C: (H, M) complex (or real) output matrix; pass 2·C for conjugate-pair halves.
+        state: (B, M) complex (or real) state x_{-1}, or None for zeros.
+        D: (H,) real skip, y_t += D ⊙ u_t; None for no skip.
+        return_state: whether to return the final state (else None in its place).
+
+    Returns:
+        y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, M) in A_bar's dtype (or None).
+    """
+    _check_mimo(u, A_bar, B_bar, C, state, D)
+    Bsz, L, H = u.shape
+    is_complex = A_bar.is_complex()
+    v = unpack(u.reshape(Bsz * L, H) @ _input_matrix(B_bar), is_complex).reshape(Bsz, L, -1)  # (B, L, M)
+    x, x_last = linear_recurrence_native(A_bar, v, state)  # (B, L, M), (B, M)
+    y = pack(x).reshape(Bsz * L, -1) @ _output_matrix(C)  # (B·L, H)
+    if D is not None:
+        y = torch.addcmul(y, u.reshape(Bsz * L, H), D)  # (B·L, H)
+    return y.reshape(Bsz, L, H), (x_last if return_state else None)
+
+
+_SCAN = {"reference": mimo_scan_reference, "chunked": mimo_scan_chunked, "native": mimo_scan_native}
 
 
 def mimo_scan(
@@ -206,7 +247,9 @@ def mimo_scan(
 
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(C x_t) + D ⊙ u_t  (arXiv 2208.04933 eq. 2-3; arXiv 2303.06349 eq. 1).
     Backends: ``"reference"`` -> :func:`mimo_scan_reference` (loop); ``"chunked"`` -> :func:`mimo_scan_chunked`
-    (GEMMs + chunked scan of the modes); ``"auto"`` -> ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
+    (GEMMs + chunked scan of the modes); ``"native"`` -> :func:`mimo_scan_native` (GEMMs + the C kernel's scan of
+    the modes, CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs and nothing traces, else ``"chunked"``;
+    ``"fft"`` and ``"triton"`` raise.
 
     Args:
         u: (B, L, H) real input.
@@ -221,7 +264,9 @@ def mimo_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, M) in A_bar's dtype (or None).
     """
-    impl = dispatch("mimo_scan", _SCAN, backend, auto="chunked")
+    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(A_bar.dtype, A_bar.dtype)
+    native = u.device.type == "cpu" and not tracing() and native_available("linear_recurrence", real)
+    impl = dispatch("mimo_scan", _SCAN, backend, auto="native" if native else "chunked")
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.native.gate import native_available
+from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.powers import int_power
 
 
@@ -252,7 +254,19 @@ def linear_recurrence_chunked(
     return h, h[:, -1]  # (B, L, *S), (B, *S)
 
 
-_LINEAR_RECURRENCE = {"reference": linear_recurrence_reference, "chunked": linear_recurrence_chunked}
+_LINEAR_RECURRENCE = {
+    "reference": linear_recurrence_reference,
+    "chunked": linear_recurrence_chunked,
+    "native": linear_recurrence_native,
+}
+
+
+def _auto(b: torch.Tensor) -> str:
+    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else the chunked scan."""
+    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(b.dtype, b.dtype)
+    if b.device.type == "cpu" and not tracing() and native_available("linear_recurrence", real):
+        return "native"
+    return "chunked"
 
 
 def linear_recurrence(
@@ -262,7 +276,8 @@ def linear_recurrence(
 
     (arXiv 2303.06349 eq. 1; a_t = a for a time-invariant gate.) Backends: ``"reference"`` ->
     :func:`linear_recurrence_reference` (loop); ``"chunked"`` -> :func:`linear_recurrence_chunked` (two-level
-    chunked scan); ``"auto"`` -> ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
+    chunked scan); ``"native"`` -> :func:`ssmkit.ops.native.linear_recurrence_native` (C kernel, CPU); ``"auto"`` ->
+    ``"native"`` on the CPU where it runs and nothing traces, else ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
 
     Args:
         a: (B, L, *S) time-varying gates, or (*S) one time-invariant gate per channel; real or complex
@@ -274,4 +289,4 @@ def linear_recurrence(
     Returns:
         h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
     """
-    return dispatch("linear_recurrence", _LINEAR_RECURRENCE, backend, auto="chunked")(a, b, h0)
+    return dispatch("linear_recurrence", _LINEAR_RECURRENCE, backend, auto=_auto(b))(a, b, h0)

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
-from ssmkit.ops.backend import dispatch
+from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.chunked import pack, ssm_scan_chunked, transpose, unpack, wide_int_power, wide_powers
 from ssmkit.ops.fftconv import causal_conv
 from ssmkit.ops.kernels import initial_state_output, vandermonde
+from ssmkit.ops.native.diagonal import native_diagonal_ok, ssm_scan_native
+from ssmkit.ops.native.gate import native_available
 from ssmkit.ops.triton_gate import prefer_triton, ssm_scan_triton
 
 # ----------------------------------------------------------------------------------------------------
@@ -203,33 +205,39 @@ def ssm_scan_fft(
 # Dispatch
 # ----------------------------------------------------------------------------------------------------
 
-_SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ssm_scan_fft, "triton": ssm_scan_triton}
+_SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ssm_scan_fft, "triton": ssm_scan_triton,
+         "native": ssm_scan_native}
 
-# ``auto``'s choice between the chunked scan and the FFT path, keyed by (device type, return_state): the FFT path
-# is taken for L in [lo, hi) (hi None: no upper end); elsewhere, and for a None entry, the chunked scan.
-# TO BE MEASURED on a quiet machine with ``ssmkit bench crossover`` (it prints the entries to put here). Until
-# then the entries encode the figures of docs/benchmarks.md: on the 2-core CPU the chunked scan beat the FFT
-# path at every measured L (L = 4096: 22.0 against 31.8 ms with the state, 22.0 against 24.7 without;
-# L = 16384: 2.3x), so the CPU entries are None; CUDA likewise until the GPU run.
+# ``auto``'s choice between the chunked scan and the FFT path where the C kernel does not run (no compiler, real
+# modes, not the CPU), keyed by (device type, return_state): the FFT path is taken for L in [lo, hi) (hi None: no
+# upper end); elsewhere, and for a None entry, the chunked scan. The CPU entries are what ``ssmkit bench crossover``
+# printed on the quiet 2-core VM (2026-11-30, B = 8, H = 128, N = 64; docs/benchmarks.md): the FFT path was faster
+# only at L = 512 with the final state (0.86x the chunked time) and at L = 256-512 without it (0.52-0.53x), and slower
+# from L = 1024 on (1.2-1.9x with the state). CUDA: to be measured on the GPU.
 FFT_LENGTHS: dict[tuple[str, bool], tuple[int, int | None] | None] = {
-    ("cpu", True): None,  # to be measured
-    ("cpu", False): None,  # to be measured
+    ("cpu", True): (512, 1024),
+    ("cpu", False): (256, 1024),
     ("cuda", True): None,  # to be measured on the GPU
     ("cuda", False): None,  # to be measured on the GPU
 }
 
 
-def auto_scan_backend(u: torch.Tensor, return_state: bool = True) -> str:
-    """The path ``"auto"`` takes for :func:`ssm_scan`: ``"fft"`` when L lies in the measured FFT range of
-    :data:`FFT_LENGTHS` for u's device type and ``return_state``, else ``"chunked"``.
+def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.Tensor | None = None) -> str:
+    """The path ``"auto"`` takes for :func:`ssm_scan` off CUDA: ``"native"`` (the C kernel) on the CPU for complex
+    Ā where it runs and nothing traces; else ``"fft"`` when L lies in the measured FFT range of :data:`FFT_LENGTHS`
+    for u's device type and ``return_state``, else ``"chunked"``.
 
     Args:
         u: (B, L, H) input.
         return_state: whether the final state is asked for (the FFT path pays extra GEMMs for it).
+        A_bar: (H, N) the state matrix (its dtype decides whether the C kernel takes it), or None: not the kernel.
 
     Returns:
-        ``"fft"`` or ``"chunked"``.
+        ``"native"``, ``"fft"`` or ``"chunked"``.
     """
+    if (A_bar is not None and not tracing() and native_diagonal_ok(u, A_bar) is None
+            and native_available("ssm_scan", u.dtype)):
+        return "native"
     span = FFT_LENGTHS.get((u.device.type, bool(return_state)))
     if span is None:
         return "chunked"
@@ -260,8 +268,11 @@ def ssm_scan(
     :func:`ssmkit.ops.chunked.ssm_scan_chunked` (chunked GEMMs); ``"fft"`` -> :func:`ssm_scan_fft` (kernel +
     FFT convolution; the final state by chunked GEMMs); ``"triton"`` -> the fused Triton kernels
     (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
-    ``TRITON_INTERPRET=1``; raises elsewhere); ``"auto"`` -> ``"triton"`` on CUDA when it runs, else
-    :func:`auto_scan_backend` (the chunked scan, or the FFT path over the measured range of L of :data:`FFT_LENGTHS`).
+    ``TRITON_INTERPRET=1``; raises elsewhere); ``"native"`` -> :func:`ssmkit.ops.native.ssm_scan_native` (the C
+    kernel, CPU, complex parameters); ``"auto"`` -> ``"triton"`` on CUDA when it runs, else
+    :func:`auto_scan_backend` (the C kernel on the CPU for complex Ā; else the chunked scan, or the FFT path over
+    the measured range of L of :data:`FFT_LENGTHS`). The native path's backward is not itself differentiable: force
+    ``"chunked"`` for a double backward.
 
     Args:
         u: (B, L, H) real input (float32 or float64).
@@ -277,7 +288,7 @@ def ssm_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
-    auto = "triton" if prefer_triton(u, "ssm_scan") else auto_scan_backend(u, return_state)
+    auto = "triton" if prefer_triton(u, "ssm_scan") else auto_scan_backend(u, return_state, A_bar)
     impl = dispatch("ssm_scan", _SCAN, backend, auto=auto)
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 

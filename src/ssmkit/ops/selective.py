@@ -422,7 +422,7 @@ _SELECTIVE_SCAN = {"reference": selective_scan_reference, "chunked": selective_s
 
 def _auto(u: torch.Tensor) -> str:
     """``"auto"``'s path for input u: the C kernel on the CPU where it runs, in eager mode; else the chunked scan."""
-    if u.device.type == "cpu" and not tracing() and native_available(u.dtype):
+    if u.device.type == "cpu" and not tracing() and native_available("selective_scan", u.dtype):
         return "native"
     return "chunked"
 

@@ -5,7 +5,8 @@
 
 Every option left unset takes the benchmark's recipe value (:mod:`ssmkit.sysid.recipes`); ``--recipe.*`` sets any
 recipe field (``--recipe.lr 0.01``, ``--recipe.timescale '[0.04, 4]'``). Writes ``results.json``, ``report.md``,
-``simulation.png`` and ``error_spectrum.png`` to ``--out`` (default ``runs/sysid-<benchmark>-<model>``) and prints
+``simulation.png``, ``error_spectrum.png`` and ``model.pt`` (``DeepWiener.checkpoint``: the model's arguments and
+weights, with the recipe; ``ssmkit analyze model.pt`` analyses its LTI layers) to ``--out`` (default ``runs/sysid-<benchmark>-<model>``) and prints
 the results table.
 """
 
@@ -97,8 +98,8 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }
     write_report(out, bench, label, scores, run, plots=not cfg.no_plots)
-    torch.save({"state_dict": model.state_dict(), "recipe": dataclasses.asdict(recipe), "model": cfg.model,
-                "mode": cfg.mode, "benchmark": cfg.benchmark}, os.path.join(out, "model.pt"))
+    torch.save(model.checkpoint(recipe=dataclasses.asdict(recipe), model=cfg.model, mode=cfg.mode,
+                                benchmark=cfg.benchmark), os.path.join(out, "model.pt"))  # `ssmkit analyze` reads it
     print(results_table(bench, label, scores))
     print(f"trained {history['steps']} steps in {seconds:.1f} s (best validation at step {history['best_step']}); "
           f"report in {out}")

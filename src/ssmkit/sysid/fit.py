@@ -13,8 +13,8 @@ model has an encoder, else the rest state with the first ``washout`` samples lef
 simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
 validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
 training stops after ``patience`` validations without improvement. SSM parameters keep their marked learning rates
-and get weight decay only when ``ssm_weight_decay`` is set. ``lr_schedule="cosine"`` scales every group's rate by
-(1 + cos(π s / S)) / 2 at step s of S = ``steps`` (to zero at the last step); ``"constant"`` keeps it.
+and get weight decay only when ``ssm_weight_decay`` is set; ``schedule="cosine"`` decays every rate to 0 over
+``steps``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener
+from ssmkit.train.schedule import warmup_cosine
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -52,7 +55,8 @@ class SimulationFit:
         patience: stop after this many validations without a lower validation RMSE (None: never).
         grad_clip: clip the gradient norm (None: no clipping).
         seed: the seed of the window draws.
-        lr_schedule: ``"constant"`` or ``"cosine"`` (every group's rate decays to zero at ``steps``).
+        schedule: ``"constant"`` learning rates, or ``"cosine"``: every group's rate decays to 0 over ``steps``
+            (half a cosine, no warm-up; :func:`ssmkit.train.warmup_cosine`).
     """
 
     window: int = 256
@@ -68,29 +72,8 @@ class SimulationFit:
     patience: int | None = 20
     grad_clip: float | None = 1.0
     seed: int = 0
-    lr_schedule: str = "constant"
+    schedule: str = "constant"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def lr_factor(schedule: str, step: int, steps: int) -> float:
-    """The multiplier of every group's learning rate for optimizer step ``step`` (1-based) of ``steps``.
-
-    Args:
-        schedule: one of ``LR_SCHEDULES``.
-        step: the step about to be taken, 1 ≤ step ≤ steps.
-        steps: the total number of steps.
-
-    Returns:
-        1 for ``"constant"``; (1 + cos(π (step - 1) / steps)) / 2 for ``"cosine"`` (1 at the first step).
-    """
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {schedule!r}")
-    if schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
 
 
 def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val: int = 2) -> tuple[list[IORecord], list[IORecord]]:
@@ -171,12 +154,12 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         log: print progress lines.
 
     Returns:
-        {"train_loss": [...], "lr": [the unmarked weights' rate per step], "val_rmse": [(step, [per output])],
+        {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [per output])],
         "best_step", "best_val_rmse", "seconds", "steps"}.
     """
     cfg = config or SimulationFit()
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {cfg.lr_schedule!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}; got {cfg.schedule!r}")
     n_enc = model.encoder_window
     if val is None and cfg.val_fraction > 0:
         train, val = split_tail(train, cfg.val_fraction, cfg.window + n_enc, n_enc + 2)
@@ -190,7 +173,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(_groups(model, cfg))
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    scheduler = warmup_cosine(optimizer, 0, cfg.steps) if cfg.schedule == "cosine" else None
     weights = torch.ones(cfg.window, dtype=dtype)
     if cfg.decay is not None:
         weights = cfg.decay ** torch.arange(cfg.window, dtype=dtype)
@@ -213,14 +196,13 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         loss = (weights[None, :, None] * err ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        factor = lr_factor(cfg.lr_schedule, step, cfg.steps)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         history["train_loss"].append(float(loss.detach()))
-        history["lr"].append(optimizer.param_groups[0]["lr"])
+        history["lr"].append(optimizer.param_groups[0]["lr"])  # the rate of the next step
         if val and (step % cfg.val_every == 0 or step == cfg.steps):
             with torch.no_grad():
                 sims = [simulate_record(model, r) for r in val]

@@ -26,7 +26,6 @@ class Recipe:
         batch_size: windows per step.
         steps: optimizer steps at most.
         lr: learning rate of the non-SSM weights (SSM parameters keep their marked rate).
-        lr_schedule: ``"constant"`` or ``"cosine"`` (every rate decays to zero at ``steps``).
         ssm_lr: the marked learning rate of the SSM parameters (None: the layer's default).
         decay: γ of the decaying-weight MSE (None: plain MSE).
         washout: samples left out of the loss at the start of a window (no encoder).
@@ -37,6 +36,7 @@ class Recipe:
         patience: validations without improvement before stopping.
         weight_decay: AdamW weight decay of the non-SSM weights.
         ssm_weight_decay: weight decay of the SSM parameters (None: none).
+        schedule: ``"constant"`` or ``"cosine"`` (the rates decay to 0 over ``steps``).
     """
 
     d_model: int = 16
@@ -50,7 +50,6 @@ class Recipe:
     batch_size: int = 16
     steps: int = 2000
     lr: float = 3e-3
-    lr_schedule: str = "constant"
     ssm_lr: float | None = None
     decay: float | None = None
     washout: int = 0
@@ -60,6 +59,7 @@ class Recipe:
     patience: int = 40
     weight_decay: float = 0.0
     ssm_weight_decay: float | None = None
+    schedule: str = "constant"
 
 
 RECIPES: dict[str, Recipe] = {
@@ -77,7 +77,7 @@ RECIPES: dict[str, Recipe] = {
     # 12 000 steps: held-out validation 5.13e-5 m against 7.57e-5 m for the previous recipe (H = N = 16, one record,
     # 6 000 steps at a constant rate; docs/results.md)
     "bouc_wen": Recipe(d_model=32, n_layers=4, d_state=32, timescale=(1e-4, 1e-2), encoder_window=0, train_records=17,
-                       window=512, batch_size=16, steps=12000, lr=3e-3, lr_schedule="cosine", washout=100,
+                       window=512, batch_size=16, steps=12000, lr=3e-3, schedule="cosine", washout=100,
                        val_fraction=0.2, val_records=1, val_every=100, patience=1000),
     "f16": Recipe(d_model=16, n_layers=4, d_state=16, timescale=(2.5e-5, 2.5e-2), encoder_window=50, window=512,
                   batch_size=16, steps=3000, lr=3e-3, val_fraction=0.1, val_every=50, patience=20),

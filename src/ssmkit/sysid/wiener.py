@@ -96,6 +96,13 @@ class DeepWiener(nn.Module):
             options.setdefault("dt_min", lo / dt)
             options.setdefault("dt_max", hi / dt)
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
+        # the constructor's arguments (plain values): a saved model is {"deep_wiener": these, "state_dict": ...}
+        self.arguments: dict[str, Any] = {
+            "n_inputs": n_inputs, "n_outputs": n_outputs, "d_model": d_model, "n_layers": n_layers, "layer": layer,
+            "layer_options": dict(layer_options or {}), "activation": activation, "dt": float(dt),
+            "timescale": None if timescale is None else tuple(float(v) for v in timescale),
+            "encoder_window": encoder_window, "encoder_hidden": encoder_hidden,
+        }
         self.n_inputs, self.n_outputs, self.d_model = n_inputs, n_outputs, d_model
         self.dt = float(dt)
         self.layer_name = layer
@@ -228,6 +235,41 @@ class DeepWiener(nn.Module):
         for layer, s in zip(self.layers, states):
             check_state(s, layer.state_spec(), u_past.shape[0], layer.state_device())
         return states
+
+    # ------------------------------------------------------------------------------------------------------------
+    # saving
+
+    def checkpoint(self, **metadata: Any) -> dict[str, Any]:
+        """What ``torch.save`` writes for this model (``ssmkit sysid``'s ``model.pt``; ``ssmkit analyze`` reads it).
+
+        Args:
+            metadata: more plain entries to store beside the model (recipe, benchmark, mode, ...).
+
+        Returns:
+            {"deep_wiener": the constructor's arguments (``arguments``), "state_dict": ..., **metadata}.
+        """
+        for key in ("deep_wiener", "state_dict"):
+            if key in metadata:
+                raise ValueError(f"metadata must not set {key!r}: the model sets it")
+        return {"deep_wiener": dict(self.arguments), "state_dict": self.state_dict(), **metadata}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "DeepWiener":
+        """The model of a :meth:`checkpoint` dict (built in the saved weights' dtype, weights loaded strictly).
+
+        Args:
+            checkpoint: a dict with ``deep_wiener`` (the constructor's arguments) and ``state_dict``.
+
+        Returns:
+            the model, in eval mode.
+        """
+        if not isinstance(checkpoint, dict) or "deep_wiener" not in checkpoint or "state_dict" not in checkpoint:
+            raise ValueError("a DeepWiener checkpoint is a dict with 'deep_wiener' (its arguments) and 'state_dict'")
+        state = checkpoint["state_dict"]
+        dtype = state["u_mean"].dtype if "u_mean" in state else None
+        model = cls(**dict(checkpoint["deep_wiener"]), dtype=dtype)
+        model.load_state_dict(state)
+        return model.eval()
 
     # ------------------------------------------------------------------------------------------------------------
     # analysis

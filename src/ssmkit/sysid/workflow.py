@@ -73,8 +73,7 @@ def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
     return SimulationFit(window=recipe.window, batch_size=recipe.batch_size, steps=recipe.steps, lr=recipe.lr,
                          weight_decay=recipe.weight_decay, ssm_weight_decay=recipe.ssm_weight_decay,
                          decay=recipe.decay, washout=recipe.washout, val_fraction=recipe.val_fraction,
-                         val_every=recipe.val_every, patience=recipe.patience, seed=seed,
-                         lr_schedule=recipe.lr_schedule)
+                         val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule)
 
 
 def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], list[IORecord] | None]:

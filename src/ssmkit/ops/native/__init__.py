@@ -1,11 +1,25 @@
 """The ``"native"`` backend: C kernels for the CPU, compiled on first use with the system's C compiler.
 
-``build`` compiles and caches a kernel library and loads it with :mod:`ctypes`; ``selective`` is Mamba's selective
-scan on it (:func:`selective_scan_native`). A kernel is used only after :func:`native_status` built it and a smoke
-call matched the op's reference; without a compiler (or with ``SSMKIT_NATIVE=0``) the backend reports why and
-``"auto"`` keeps the PyTorch paths.
+``build`` compiles and caches a kernel library and loads it with :mod:`ctypes`; ``gate`` decides, per op and dtype,
+whether a kernel runs here (a build and a smoke call against the op's reference); ``parallel`` splits a call over
+``torch.get_num_threads()`` threads. The kernels: Mamba's selective scan (:func:`selective_scan_native`), the
+diagonal LTI scan of the S4D family (:func:`ssm_scan_native`), the short causal convolution with an optional SiLU
+(:func:`causal_conv1d_native`) and the first-order linear recurrence (:func:`linear_recurrence_native`: the modes of
+S5 and LRU, the RG-LRU's scan). Without a compiler (or with ``SSMKIT_NATIVE=0``) the
+backend reports why and ``"auto"`` keeps the PyTorch paths.
 """
 
-from ssmkit.ops.native.selective import native_available, native_status, selective_scan_native
+from ssmkit.ops.native.conv import causal_conv1d_native
+from ssmkit.ops.native.diagonal import ssm_scan_native
+from ssmkit.ops.native.gate import native_available, native_status
+from ssmkit.ops.native.recurrence import linear_recurrence_native
+from ssmkit.ops.native.selective import selective_scan_native
 
-__all__ = ["native_available", "native_status", "selective_scan_native"]
+__all__ = [
+    "causal_conv1d_native",
+    "linear_recurrence_native",
+    "native_available",
+    "native_status",
+    "selective_scan_native",
+    "ssm_scan_native",
+]

@@ -3,8 +3,8 @@
 A kernel source (a ``.c`` file beside this module) is compiled once per machine with the system's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``: the first that exists) into a shared library under the cache folder
 (``$SSMKIT_NATIVE_CACHE``, default ``~/.cache/ssmkit/native``), and loaded with :mod:`ctypes`: no Python headers, no
-build tool, no torch C++ extension. The library's name carries a hash of the source, the compiler's version, the
-flags and the CPU's feature flags, so an edited source, another compiler or a cache folder shared with a different
+build tool, no torch C++ extension. The library's name carries a hash of the source (and the shared headers beside it),
+the compiler's version, the flags and the CPU's feature flags, so an edited source, another compiler or a cache folder shared with a different
 CPU builds afresh (``-march=native`` code must never run on a CPU without those instructions). The library is
 written under a temporary name and renamed: a concurrent or interrupted build never leaves a half-written file.
 
@@ -68,7 +68,7 @@ def _version(cc: str) -> str:
 def library_path(source: str, dtype: str) -> Path:
     """Where the library of ``source`` (a file name beside this module) for ``dtype`` is, or will be, cached."""
     cc = compiler()
-    text = (SOURCE_DIR / source).read_bytes()
+    text = b"\0".join(f.read_bytes() for f in [SOURCE_DIR / source, *sorted(SOURCE_DIR.glob("*.h"))])  # + headers
     key = hashlib.sha256(
         b"\0".join([text, _version(cc).encode(), " ".join(FLAGS + DTYPE_FLAGS[dtype]).encode(), _cpu_flags().encode()])
     ).hexdigest()[:16]
@@ -93,9 +93,14 @@ def build(source: str, dtype: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", prefix=path.stem + ".", dir=path.parent)
     os.close(fd)
     try:
-        cmd = [compiler(), *FLAGS, *DTYPE_FLAGS[dtype], "-o", tmp, str(SOURCE_DIR / source), "-lm"]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:
+        cc = compiler()
+        # -march=native first; a compiler that does not know it (some clang builds) gets the portable flags
+        for flags in (FLAGS, tuple(f for f in FLAGS if f != "-march=native")):
+            cmd = [cc, *flags, *DTYPE_FLAGS[dtype], "-o", tmp, str(SOURCE_DIR / source), "-lm"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if out.returncode == 0:
+                break
+        else:
             raise NativeBuildError(f"{' '.join(cmd)} failed:\n{out.stderr.strip()[-2000:]}")
         os.replace(tmp, path)
     finally:
@@ -115,3 +120,34 @@ def load(source: str, dtype: str) -> ctypes.CDLL:
         return ctypes.CDLL(str(path))
     except OSError as err:
         raise NativeBuildError(f"cannot load {path}: {err}") from err
+
+
+_BOUND: dict[tuple[str, str], dict] = {}
+
+
+def bind(source: str, dtype: "torch.dtype", signatures: dict[str, tuple[list, object]]) -> dict:
+    """The C functions of ``source`` for a torch dtype (float32 -> the ``_f32`` symbols, float64 -> ``_f64``), with
+    their ctypes argument and result types set; built and loaded on first use, then cached.
+
+    Args:
+        source: the kernel's file name beside this module.
+        dtype: torch.float32 or torch.float64.
+        signatures: function name (without the dtype suffix) -> (argtypes, restype).
+
+    Raises:
+        NativeBuildError: as :func:`load`.
+    """
+    import torch
+
+    name = {torch.float32: "float32", torch.float64: "float64"}[dtype]
+    key = (source, name)
+    if key not in _BOUND:
+        lib = load(source, name)
+        suffix = "f32" if name == "float32" else "f64"
+        fns = {}
+        for fn_name, (argtypes, restype) in signatures.items():
+            fn = getattr(lib, f"{fn_name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, restype
+            fns[fn_name] = fn
+        _BOUND[key] = fns
+    return _BOUND[key]

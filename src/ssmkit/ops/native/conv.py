@@ -1,0 +1,126 @@
+"""The causal depthwise (short) convolution by the compiled C kernel (``causal_conv.c``), forward and backward, on the
+CPU, optionally followed by SiLU (the short convolutions of Mamba, Mamba-2, Hawk, H3 and Hyena).
+
+y_{t,h} = act(Σ_k w_{h,k} x_{t-W+1+k, h} + b_h), continued from the state (the last W-1 inputs) -- the semantics of
+:func:`ssmkit.ops.conv.causal_conv1d_reference` (then SiLU). It works in the (B, L, H) layout and reads x through its
+strides (a slice of an in-projection's output needs no copy), where ``F.conv1d`` needs two transposed copies; with the
+activation fused, the pre-activation is never stored (the backward recomputes it from x).
+
+Usable where ``native_status("causal_conv1d", dtype)`` says so (:mod:`ssmkit.ops.native.gate`); the backward is not
+itself differentiable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from ssmkit.ops.native.build import bind
+from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.parallel import parts, ptr, run_parts
+
+_i64, _p = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {  # the C functions of causal_conv.c: (argument types, result type)
+    "cc_items": ([_i64] * 2, _i64),
+    "cc_forward": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _p] + [_i64] * 6, ctypes.c_int),
+    "cc_backward": ([_p, _i64, _i64, _p, _p, _p, _i64] + [_p] * 6 + [_i64] * 6, ctypes.c_int),
+}
+ACTIVATIONS = (None, "silu")
+
+
+class _NativeConv(torch.autograd.Function):
+    """y = act(causal depthwise conv(x) + b) and the final state, by the C kernel.
+
+    Inputs: x (B, L, H) with unit channel stride, weight (H, W), bias (H,) or None, state (B, H, W-1) or None, silu
+    (bool). Outputs y (B, L, H) contiguous and the state after x (B, H, W-1).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, state, silu):  # type: ignore[override]
+        fns = bind("causal_conv.c", x.dtype, SIGNATURES)
+        Bsz, L, H = x.shape
+        W = weight.shape[1]
+        wt = weight.t().contiguous()  # (W, H)
+        bias_c, state_c = (None if t is None else t.contiguous() for t in (bias, state))
+        y = x.new_empty(Bsz, L, H)
+        stL = x.new_empty(Bsz, H, W - 1)
+        args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias_c), ptr(state_c), int(silu), ptr(y), ptr(stL),
+                Bsz, L, H, W]
+        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1))):
+            raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
+        ctx.save_for_backward(x, wt, bias_c, state_c)
+        ctx.silu, ctx.has_bias, ctx.has_state = silu, bias is not None, state is not None
+        return y, stL
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_y, g_st):  # type: ignore[override]
+        x, wt, bias, state = ctx.saved_tensors
+        fns = bind("causal_conv.c", x.dtype, SIGNATURES)
+        Bsz, L, H = x.shape
+        W = wt.shape[0]
+        n_items = fns["cc_items"](Bsz, H)
+        k = parts(n_items)
+        g_y = x.new_zeros(Bsz, L, H) if g_y is None else g_y.contiguous()
+        g_st = None if g_st is None else g_st.contiguous()
+        g_x = x.new_empty(Bsz, L, H)
+        g_state = x.new_empty(Bsz, H, W - 1) if ctx.has_state else None
+        g_P = x.new_zeros(k, W + 1, H)  # per thread: ∂w (transposed) and ∂b
+        scratch = x.new_empty(k, L, 64)  # g_pre of one item per thread
+        shared = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(ctx.silu), ptr(g_y), ptr(g_st),
+                  ptr(g_x), ptr(g_state)]
+
+        def args(part, i0, i1):
+            return (*shared, ptr(g_P[part]), ptr(scratch[part]), Bsz, L, H, W, i0, i1)
+
+        if any(run_parts(fns["cc_backward"], n_items, args)):
+            raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")
+        g_P = g_P.sum(0)
+        return g_x, g_P[:W].t(), (g_P[W] if ctx.has_bias else None), g_state, None
+
+
+def conv_unchecked(x, weight, bias, state, return_state, activation):
+    """:func:`causal_conv1d_native` after its checks (the smoke call enters here)."""
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    y, st = _NativeConv.apply(x, weight, bias, state, activation == "silu")
+    return y, (st if return_state else None)
+
+
+def causal_conv1d_native(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
+    return_state: bool = True,
+    activation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal depthwise convolution (then ``activation``) by the C kernel; equals the reference.
+
+    y_t = act(Σ_k w_k ⊙ x_{t-W+1+k} + b), continued from ``state`` (the W-1 inputs before x, oldest first).
+
+    Args:
+        x: (B, L, H) input on the CPU, float32 or float64 (any batch and time strides; channels contiguous or copied).
+        weight: (H, W) taps, ``nn.Conv1d`` order (the last one multiplies the current input).
+        bias: (H,) or None.
+        state: (B, H, W-1) the W-1 inputs before x, or None for zeros.
+        return_state: also return the last W-1 inputs (the state after x).
+        activation: None or ``"silu"`` (fused: y = SiLU(conv)).
+
+    Returns:
+        y (B, L, H) and the final state (B, H, W-1) (None when not asked for).
+
+    Raises:
+        RuntimeError: the kernel cannot run here (the reason from ``native_status``), or x is not on the CPU.
+    """
+    from ssmkit.ops.conv import _check, check_activation
+
+    _check(x, weight, bias, state, step=False)
+    check_activation(activation)
+    if x.device.type != "cpu":
+        raise RuntimeError(f"causal_conv1d: backend 'native' runs on the CPU; x is on {x.device}")
+    ok, why = native_status("causal_conv1d", x.dtype)
+    if not ok:
+        raise RuntimeError(f"causal_conv1d: backend 'native' cannot run here: {why}")
+    return conv_unchecked(x, weight, bias, state, return_state, activation)

@@ -1,0 +1,171 @@
+"""The diagonal LTI SSM over a sequence by the compiled C kernel (``diagonal_scan.c``), forward and backward, on the CPU.
+
+x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(Σ_n C_n x_{t,n}) + D u_t  (arXiv 2206.11893 §2, recurrent view) -- the
+semantics of :func:`ssmkit.ops.scan.ssm_scan_reference` for complex Ā, B̄, C (the S4D family: S4D, DSS, ...), with an
+initial state in and a differentiable final state out.
+
+The kernel makes one pass over time per block of 16 channels, with the block's complex states and parameters in
+local arrays (real and imaginary parts apart), the skip fused; its backward recomputes each chunk's states from the
+chunk-start states the forward kept (2·B·H·N reals per ``T`` steps) and runs the adjoint. One call is a handful of
+aten ops (the parameters' real/imaginary split and the sums of the per-thread partial gradients), so it does not slow
+down under CPU contention the way a path of hundreds of small ops does.
+
+Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
+kept real) is not handled here: ``"auto"`` keeps the chunked path for it. The backward is not itself differentiable
+(no double backward) and cannot be traced by torch.func or torch.compile: ``"auto"`` picks the chunked path then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from ssmkit.ops.native.build import bind
+from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.parallel import parts, ptr, run_parts
+
+_i64, _p = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result type)
+    "ds_items": ([_i64] * 2, _i64),
+    "ds_forward": ([_p] * 12 + [_i64] * 7, ctypes.c_int),
+    "ds_backward": ([_p] * 14 + [_i64] * 7, ctypes.c_int),
+}
+COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def default_chunk(N: int, itemsize: int) -> int:
+    """The backward's chunk length T: the largest power of two ≤ 64 whose recomputed states (2 (T+1) N × 16 reals)
+    fit in 256 KiB (a core's L2 share), at least 8."""
+    T = 64
+    while T > 8 and 2 * (T + 1) * N * 16 * itemsize > 256 * 1024:
+        T //= 2
+    return T
+
+
+def _split(Z: torch.Tensor) -> list[torch.Tensor]:
+    """(H, N) complex -> [Re, Im] as contiguous (N, H) reals (the kernel's layout)."""
+    Z = Z.resolve_conj()
+    return [Z.real.t().contiguous(), Z.imag.t().contiguous()]
+
+
+class _NativeDiagonal(torch.autograd.Function):
+    """x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = Re(Σ_n C_n x_t) + D u_t by the C kernel.
+
+    Inputs: u (B, L, H) real contiguous, Ā, B̄, C (H, N) complex, D (H,) or None, x0 (B, H, N) complex or None,
+    T (the backward's chunk length), keep (keep the chunk-start states for a backward). Outputs y (B, L, H) and
+    x_{L-1} (B, H, N).
+    """
+
+    @staticmethod
+    def forward(ctx, u, A_bar, B_bar, C, D, x0, T, keep):  # type: ignore[override]
+        fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
+        Bsz, L, H = u.shape
+        N = A_bar.shape[1]
+        pars = [*_split(A_bar), *_split(B_bar), *_split(C)]  # (N, H) x 6
+        Dc = None if D is None else D.contiguous()
+        x0c = None if x0 is None else x0.resolve_conj().contiguous()
+        y = torch.empty_like(u)
+        xL = torch.empty(Bsz, H, N, dtype=A_bar.dtype)
+        ckpt = u.new_empty(Bsz, -(-L // T), 2, N, H) if keep else None  # the states at the chunk starts
+        args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), ptr(ckpt), Bsz, L, H, N, T]
+        if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1))):
+            raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
+        ctx.save_for_backward(u, *pars, Dc, ckpt)
+        ctx.T, ctx.has_x0, ctx.has_D, ctx.cdtype = T, x0 is not None, D is not None, A_bar.dtype
+        return y, xL
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_y, g_x):  # type: ignore[override]
+        u, *pars, Dc, ckpt = ctx.saved_tensors
+        if ckpt is None:
+            raise RuntimeError("ssm_scan native: the forward kept no states for a backward (it ran without grad)")
+        fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
+        Bsz, L, H = u.shape
+        N = pars[0].shape[0]
+        n_items = fns["ds_items"](Bsz, H)
+        k = parts(n_items)
+        g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
+        g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
+        g_u = torch.empty_like(u)
+        g_x0 = torch.empty(Bsz, H, N, dtype=ctx.cdtype) if ctx.has_x0 else None
+        g = u.new_zeros(k, 7, N, H)  # per thread: ∂Ā, ∂B̄, ∂C (re, im) and ∂D
+        shared = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(ckpt), ptr(g_y), ptr(g_xc), ptr(g_u), ptr(g_x0)]
+
+        def args(part, i0, i1):
+            return (*shared, ptr(g[part]), Bsz, L, H, N, ctx.T, i0, i1)
+
+        if any(run_parts(fns["ds_backward"], n_items, args)):
+            raise MemoryError("ssm_scan native: the backward could not allocate its chunk buffers")
+        g = g.sum(0)  # (7, N, H)
+        cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (N, H) pair -> (H, N) complex
+        g_D = g[6, 0] if ctx.has_D else None
+        return g_u, cplx(0), cplx(2), cplx(4), g_D, g_x0, None, None
+
+
+def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):
+    """:func:`ssm_scan_native` after its checks (the smoke call enters here)."""
+    from ssmkit.ops._checks import check_chunk_size
+
+    N = A_bar.shape[1]
+    if chunk_size is None:
+        chunk_size = default_chunk(N, u.element_size())
+    check_chunk_size(chunk_size)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, A_bar, B_bar, C, D, state))
+    y, x = _NativeDiagonal.apply(u.contiguous(), A_bar, B_bar, C, D, state, chunk_size, keep)
+    return y, (x if return_state else None)
+
+
+def native_diagonal_ok(u: torch.Tensor, A_bar: torch.Tensor) -> str | None:
+    """Why the kernel cannot take these inputs (None when it can): CPU, complex Ā of u's precision."""
+    if u.device.type != "cpu":
+        return f"it runs on the CPU; the inputs are on {u.device}"
+    if COMPLEX_OF.get(u.dtype) != A_bar.dtype:
+        return f"it takes complex parameters of u's precision (u {u.dtype}, Ā {A_bar.dtype}); real Ā runs chunked"
+    return None
+
+
+def ssm_scan_native(
+    u: torch.Tensor,
+    A_bar: torch.Tensor,
+    B_bar: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Diagonal LTI SSM by the C kernel; equals :func:`ssmkit.ops.scan.ssm_scan_reference`.
+
+    x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(Σ_n C_n x_{t,n}) + D u_t  (arXiv 2206.11893 §2). Steps: (1) the parameters
+    split into real and imaginary (N, H) arrays; (2) the kernel's pass over time per block of channels (the chunk-start
+    states kept when a gradient will be asked for); nothing else.
+
+    Args:
+        u: (B, L, H) real input, float32 or float64, on the CPU.
+        A_bar: (H, N) complex discrete state matrix (diagonal), complex64 for float32 u, complex128 for float64.
+        B_bar: (H, N) complex discrete input matrix.
+        C: (H, N) complex output matrix; pass 2·C for conjugate-pair halves.
+        state: (B, H, N) complex state x_{-1}, or None for zeros.
+        D: (H,) real skip, or None.
+        return_state: whether to return the final state (else None in its place).
+        chunk_size: T, the backward's recompute chunk, or None for :func:`default_chunk`.
+
+    Returns:
+        y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) complex (or None).
+
+    Raises:
+        RuntimeError: the kernel cannot run here or cannot take these inputs (real Ā, not on the CPU); the message
+            says why.
+    """
+    from ssmkit.ops._checks import check_params, check_skip
+
+    check_params(u, state, A_bar=A_bar, B_bar=B_bar, C=C)
+    check_skip(D, u)
+    why = native_diagonal_ok(u, A_bar)
+    ok, status = native_status("ssm_scan", u.dtype)
+    if why is not None or not ok:
+        raise RuntimeError(f"ssm_scan: backend 'native' cannot run here: {why or status}")
+    return scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size)

@@ -1,0 +1,115 @@
+"""Whether a native (C) kernel runs here, decided once per (op, dtype) by building it and a smoke call.
+
+The smoke call runs the op's kernel at a tiny size -- an initial state, a chunk boundary, several channel blocks --
+and compares its outputs and every gradient with the op's reference in the same dtype; any difference, build error
+or crash marks the kernel unusable, with the reason, for the rest of the process. ``"auto"`` asks
+:func:`native_available`; a forced ``"native"`` that cannot run raises with :func:`native_status`'s reason.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.ops.native.build import NativeBuildError
+
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence")
+DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
+
+
+def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
+    """Whether the native kernel of ``op`` runs here for real dtype ``dtype``, and why not: (ok, reason).
+
+    Args:
+        op: one of :data:`OPS`.
+        dtype: the real dtype of the op's input u (float32 or float64).
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}; got {op!r}")
+    name = DTYPES.get(dtype)
+    if name is None:
+        return False, f"the native kernels run in float32 or float64, not {dtype}"
+    key = (op, name)
+    if key not in _STATUS:
+        try:
+            _smoke(op, dtype)
+            _STATUS[key] = (True, "built and checked against the reference")
+        except NativeBuildError as err:
+            _STATUS[key] = (False, str(err))
+        except Exception as err:  # a wrong result or a crash in the smoke call: never use the kernel
+            _STATUS[key] = (False, f"the smoke call failed: {type(err).__name__}: {err}")
+    return _STATUS[key]
+
+
+def native_available(op: str, dtype: torch.dtype = torch.float32) -> bool:
+    """True when :func:`native_status` says the native kernel of ``op`` runs here in ``dtype``."""
+    return native_status(op, dtype)[0]
+
+
+def _compare(fast, ref, args: list[torch.Tensor], weight: torch.Tensor, dtype: torch.dtype) -> None:
+    """Outputs and every gradient of ``fast`` and ``ref`` on ``args`` agree to the dtype's tolerance, or raise."""
+    outs = []
+    for fn in (fast, ref):
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            leaves = [a.clone().requires_grad_() for a in args]
+            y, h = fn(*leaves)
+            loss = (y * weight[:, : y.shape[1]]).abs().square().sum() + h.abs().square().sum()  # weight (1, ≥L, 1)
+            outs.append([y, h, *torch.autograd.grad(loss, leaves)])
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for a, b in zip(*outs):
+        if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):
+            raise RuntimeError("the kernel's result differs from the reference")
+
+
+def _smoke(op: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    f64 = torch.float64
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=f64).to(dtype)
+
+    if op == "selective_scan":
+        from ssmkit.ops.native.selective import scan_unchecked
+        from ssmkit.ops.selective import selective_scan_reference
+
+        Bsz, L, H, N, G = 2, 11, 70, 3, 2  # two channel blocks in one group, a chunk boundary inside L
+        args = [rand(Bsz, L, H), rand(Bsz, L, H), -torch.rand(H, N, generator=g, dtype=f64).to(dtype) - 0.5,
+                rand(Bsz, L, G, N), rand(Bsz, L, G, N), rand(Bsz, H, N)]
+        args += [rand(H), rand(Bsz, L, H), rand(H)]  # D, z, b_Δ
+        fast = lambda *a: scan_unchecked(*a[:5], a[6], a[7], a[8], True, a[5], True, 4)  # noqa: E731
+        ref = lambda *a: selective_scan_reference(*a[:5], a[6], a[7], a[8], True, a[5])  # noqa: E731
+    elif op == "linear_recurrence":
+        from ssmkit.ops.native.recurrence import recurrence_unchecked
+        from ssmkit.ops.recurrence import linear_recurrence_reference
+
+        Bsz, L, H = 2, 11, 40  # two channel blocks; a complex time-invariant gate and a real time-varying one
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        a = torch.polar(torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.4, rand(H).double()).to(cdtype)
+        bc = torch.complex(rand(Bsz, L, H), rand(Bsz, L, H)).to(cdtype)
+        hc = torch.complex(rand(Bsz, H), rand(Bsz, H)).to(cdtype)
+        weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
+        _compare(recurrence_unchecked, linear_recurrence_reference, [a, bc, hc], weight, dtype)
+        args = [torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype), rand(Bsz, L, H), rand(Bsz, H)]
+        _compare(recurrence_unchecked, linear_recurrence_reference, args, weight, dtype)
+        return
+    elif op == "causal_conv1d":
+        from ssmkit.ops.conv import causal_conv1d_reference
+        from ssmkit.ops.native.conv import conv_unchecked
+
+        Bsz, L, H, W = 2, 6, 70, 4  # two channel blocks; L > W - 1 and a state
+        args = [rand(Bsz, L, H), rand(H, W), rand(H), rand(Bsz, H, W - 1)]
+        fast = lambda *a: conv_unchecked(*a, True, "silu")  # noqa: E731
+        ref = lambda *a: (lambda y, s: (torch.nn.functional.silu(y), s))(*causal_conv1d_reference(*a))  # noqa: E731
+    else:
+        from ssmkit.ops.native.diagonal import scan_unchecked
+        from ssmkit.ops.scan import ssm_scan_reference
+
+        Bsz, L, H, N = 2, 11, 19, 3  # two channel blocks, a chunk boundary inside L
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        crand = lambda *s: torch.complex(rand(*s), rand(*s)).to(cdtype)  # noqa: E731
+        A = torch.polar(torch.rand(H, N, generator=g, dtype=f64) * 0.5 + 0.4, rand(H, N).double()).to(cdtype)
+        args = [rand(Bsz, L, H), A, crand(H, N), crand(H, N), crand(Bsz, H, N), rand(H)]
+        fast = lambda *a: scan_unchecked(*a, True, 4)  # noqa: E731
+        ref = lambda *a: ssm_scan_reference(*a)  # noqa: E731
+    weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
+    _compare(fast, ref, args, weight, dtype)

@@ -1,0 +1,120 @@
+/* The first-order linear recurrence h_t = a_t ⊙ h_{t-1} + b_t on the CPU, forward and backward, real or complex
+ * (interleaved re/im, as torch stores complex tensors), with a time-varying gate a (B, L, K) or a time-invariant one
+ * (K); b, h (B, L, K); h0 (B, K) or NULL. (LRU, arXiv 2303.06349 eq. 1: the modes of S5/LRU, the RG-LRU's scan.)
+ *
+ * Work items are (batch row, block of VEC channels); one pass over time each. The backward is the adjoint recurrence
+ * (PyTorch's convention for complex gradients):
+ *
+ *     λ_t = g_t + conj(a_{t+1}) ⊙ λ_{t+1} (λ_{L-1} also takes the final state's gradient),   ∂b_t = λ_t,
+ *     ∂a_t = λ_t ⊙ conj(h_{t-1}) (time-varying; summed over b and t into per-thread partials when time-invariant),
+ *     ∂h_{-1} = conj(a_0) ⊙ λ_0.
+ *
+ * Compiled twice, as float and as double (common.h).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#define VEC 32
+
+/* Number of items for (B, K). */
+int64_t SUFFIX(lr_items)(int64_t Bsz, int64_t K) { return Bsz * ((K + VEC - 1) / VEC); }
+
+/* Forward over items [item0, item1): h (B, L, K) (complex: interleaved pairs, K complex channels). */
+void SUFFIX(lr_forward)(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
+                        int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1) {
+    (void)Bsz;
+    const int64_t nblk = (K + VEC - 1) / VEC, z = cplx ? 2 : 1; /* reals per channel */
+    real hr[VEC], hi[VEC];
+    for (int64_t item = item0; item < item1; item++) {
+        const int64_t bb = item / nblk, c0 = (item % nblk) * VEC, w = K - c0 < VEC ? K - c0 : VEC;
+        for (int64_t c = 0; c < w; c++) {
+            hr[c] = h0 ? h0[(bb * K + c0 + c) * z] : 0;
+            hi[c] = (h0 && cplx) ? h0[(bb * K + c0 + c) * z + 1] : 0;
+        }
+        for (int64_t t = 0; t < L; t++) {
+            const int64_t row = (bb * L + t) * K + c0;
+            const real *restrict at = a + (varying ? row : c0) * z, *restrict bt = b + row * z;
+            real *restrict ht = h + row * z;
+            if (cplx) {
+#pragma omp simd
+                for (int64_t c = 0; c < w; c++) {
+                    real ar = at[2 * c], ai = at[2 * c + 1];
+                    real nr = ar * hr[c] - ai * hi[c] + bt[2 * c];
+                    real ni = ar * hi[c] + ai * hr[c] + bt[2 * c + 1];
+                    hr[c] = nr, hi[c] = ni;
+                    ht[2 * c] = nr, ht[2 * c + 1] = ni;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < w; c++) {
+                    hr[c] = at[c] * hr[c] + bt[c];
+                    ht[c] = hr[c];
+                }
+            }
+        }
+    }
+}
+
+/* Backward over items [item0, item1): from the states h (B, L, K), g (B, L, K) and glast (B, K) or NULL (either of g,
+ * glast may be NULL for zero), writes gb (B, L, K), ga (B, L, K) when time-varying, gh0 (B, K) when not NULL; a
+ * time-invariant ∂a is added into this thread's partial gA (K). */
+void SUFFIX(lr_backward)(const real *a, int64_t varying, const real *h0, const real *h, const real *g,
+                         const real *glast, real *gb, real *ga, real *gh0, real *gA, int64_t cplx, int64_t Bsz,
+                         int64_t L, int64_t K, int64_t item0, int64_t item1) {
+    (void)Bsz;
+    const int64_t nblk = (K + VEC - 1) / VEC, z = cplx ? 2 : 1;
+    real lr[VEC], li[VEC], sr[VEC], si[VEC], zeros[2 * VEC] = {0};
+    for (int64_t item = item0; item < item1; item++) {
+        const int64_t bb = item / nblk, c0 = (item % nblk) * VEC, w = K - c0 < VEC ? K - c0 : VEC;
+        for (int64_t c = 0; c < w; c++) {
+            lr[c] = glast ? glast[(bb * K + c0 + c) * z] : 0;
+            li[c] = (glast && cplx) ? glast[(bb * K + c0 + c) * z + 1] : 0;
+            sr[c] = 0, si[c] = 0;
+        }
+        for (int64_t t = L - 1; t >= 0; t--) {
+            const int64_t row = (bb * L + t) * K + c0;
+            const real *restrict at = a + (varying ? row : c0) * z;
+            const real *restrict gt = g ? g + row * z : zeros;
+            /* h_{t-1}: the previous row, or h0 (zeros) at t = 0 */
+            const real *restrict hp = t > 0 ? h + (row - K) * z : (h0 ? h0 + (bb * K + c0) * z : zeros);
+            real *restrict gbt = gb + row * z, *restrict gat = varying ? ga + row * z : sr;
+            if (cplx) {
+                /* λ conj(h_{t-1}) goes to ∂a_t (time-varying) or is summed into (sr, si) (time-invariant) */
+                real *restrict dst_r = varying ? gat : sr, *restrict dst_i = varying ? gat + 1 : si;
+                const int64_t stride = varying ? 2 : 1;
+#pragma omp simd
+                for (int64_t c = 0; c < w; c++) {
+                    real mr = lr[c] + gt[2 * c], mi = li[c] + gt[2 * c + 1]; /* λ_t */
+                    real pr = hp[2 * c], pi = hp[2 * c + 1];
+                    gbt[2 * c] = mr, gbt[2 * c + 1] = mi;
+                    real dar = mr * pr + mi * pi, dai = mi * pr - mr * pi; /* λ conj(h_{t-1}) */
+                    dst_r[stride * c] = (varying ? 0 : dst_r[stride * c]) + dar;
+                    dst_i[stride * c] = (varying ? 0 : dst_i[stride * c]) + dai;
+                    real ar = at[2 * c], ai = at[2 * c + 1];
+                    lr[c] = ar * mr + ai * mi; /* conj(a_t) λ_t */
+                    li[c] = ar * mi - ai * mr;
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < w; c++) {
+                    real m = lr[c] + gt[c];
+                    gbt[c] = m;
+                    gat[c] = (varying ? 0 : gat[c]) + m * hp[c]; /* ∂a_t, or the sum in sr */
+                    lr[c] = at[c] * m;
+                }
+            }
+        }
+        for (int64_t c = 0; c < w; c++) {
+            if (gh0) {
+                gh0[(bb * K + c0 + c) * z] = lr[c];
+                if (cplx) gh0[(bb * K + c0 + c) * z + 1] = li[c];
+            }
+            if (!varying) {
+                gA[(c0 + c) * z] += sr[c];
+                if (cplx) gA[(c0 + c) * z + 1] += si[c];
+            }
+        }
+    }
+}

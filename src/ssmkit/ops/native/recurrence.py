@@ -1,0 +1,114 @@
+"""The first-order linear recurrence h_t = a_t ⊙ h_{t-1} + b_t by the compiled C kernel (``linear_recurrence.c``),
+forward and backward, on the CPU: real or complex, a time-varying (B, L, *S) or time-invariant (*S) gate.
+
+The semantics of :func:`ssmkit.ops.recurrence.linear_recurrence_reference` (arXiv 2303.06349 eq. 1): one pass over time
+per batch row and block of channels, where the chunked PyTorch path makes ~2T + L/T passes of small ops. Its backward
+is the adjoint recurrence over the stored states. Usable where ``native_status("linear_recurrence", dtype)`` says so
+(:mod:`ssmkit.ops.native.gate`); the backward is not itself differentiable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+from ssmkit.ops.native.build import bind
+from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.parallel import parts, ptr, run_parts
+
+_i64, _p = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {  # the C functions of linear_recurrence.c: (argument types, result type)
+    "lr_items": ([_i64] * 2, _i64),
+    "lr_forward": ([_p, _i64, _p, _p, _p] + [_i64] * 6, None),
+    "lr_backward": ([_p, _i64] + [_p] * 8 + [_i64] * 6, None),
+}
+REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def _real_dtype(t: torch.Tensor) -> torch.dtype:
+    return REAL_OF.get(t.dtype, t.dtype)
+
+
+class _NativeRecurrence(torch.autograd.Function):
+    """h_t = a_t ⊙ h_{t-1} + b_t by the C kernel. Inputs: a (B, L, K) or (K,), b (B, L, K), h0 (B, K) or None, all
+    contiguous and of one dtype. Outputs: h (B, L, K) and h_{L-1} (B, K)."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0):  # type: ignore[override]
+        fns = bind("linear_recurrence.c", _real_dtype(b), SIGNATURES)
+        Bsz, L, K = b.shape
+        varying, cplx = a.dim() == 3, b.is_complex()
+        h = torch.empty_like(b)
+        args = [ptr(a), int(varying), ptr(b), ptr(h0), ptr(h), int(cplx), Bsz, L, K]
+        run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), lambda k, i0, i1: (*args, i0, i1))
+        ctx.save_for_backward(a, h0, h)
+        ctx.varying, ctx.cplx = varying, cplx
+        return h, h[:, -1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_h, g_last):  # type: ignore[override]
+        a, h0, h = ctx.saved_tensors
+        fns = bind("linear_recurrence.c", _real_dtype(h), SIGNATURES)
+        Bsz, L, K = h.shape
+        n_items = fns["lr_items"](Bsz, K)
+        k = parts(n_items)
+        g_h = None if g_h is None else g_h.resolve_conj().contiguous()
+        g_last = None if g_last is None else g_last.resolve_conj().contiguous()
+        g_b = torch.empty_like(h)
+        g_a = torch.empty_like(h) if ctx.varying else None
+        g_h0 = torch.empty_like(h0) if h0 is not None else None
+        z = 2 if ctx.cplx else 1
+        g_A = h.new_zeros(k, K * z, dtype=_real_dtype(h))  # per thread: a time-invariant gate's gradient
+        shared = [ptr(a), int(ctx.varying), ptr(h0), ptr(h), ptr(g_h), ptr(g_last), ptr(g_b), ptr(g_a), ptr(g_h0)]
+
+        def args(part, i0, i1):
+            return (*shared, ptr(g_A[part]), int(ctx.cplx), Bsz, L, K, i0, i1)
+
+        run_parts(fns["lr_backward"], n_items, args)
+        if not ctx.varying:
+            g_A = g_A.sum(0)
+            g_a = torch.view_as_complex(g_A.view(K, 2)) if ctx.cplx else g_A
+        return g_a, g_b, g_h0
+
+
+def recurrence_unchecked(a, b, h0):
+    """:func:`linear_recurrence_native` after its checks (the smoke call enters here)."""
+    Bsz, L = b.shape[:2]
+    S = tuple(b.shape[2:])
+    K = math.prod(S)
+    flat = lambda t, *lead: t.resolve_conj().reshape(*lead, K).contiguous()  # noqa: E731
+    a_f = flat(a, Bsz, L) if a.shape == b.shape else flat(a)
+    h, h_last = _NativeRecurrence.apply(a_f, flat(b, Bsz, L), None if h0 is None else flat(h0, Bsz))
+    return h.reshape(Bsz, L, *S), h_last.reshape(Bsz, *S)
+
+
+def linear_recurrence_native(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-order linear recurrence by the C kernel; equals :func:`ssmkit.ops.recurrence.linear_recurrence_reference`.
+
+    h_t = a_t ⊙ h_{t-1} + b_t (arXiv 2303.06349 eq. 1; a_t = a for a time-invariant gate).
+
+    Args:
+        a: (B, L, *S) time-varying gates, or (*S) one time-invariant gate per channel; real or complex, on the CPU.
+        b: (B, L, *S) inputs, a's dtype.
+        h0: (B, *S) initial state h_{-1}, or None for zeros.
+
+    Returns:
+        h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
+
+    Raises:
+        RuntimeError: the kernel cannot run here (the reason from ``native_status``), or the inputs are not on the CPU.
+    """
+    from ssmkit.ops.recurrence import _check_recurrence
+
+    _check_recurrence(a, b, h0)
+    if b.device.type != "cpu":
+        raise RuntimeError(f"linear_recurrence: backend 'native' runs on the CPU; b is on {b.device}")
+    ok, why = native_status("linear_recurrence", _real_dtype(b))
+    if not ok:
+        raise RuntimeError(f"linear_recurrence: backend 'native' cannot run here: {why}")
+    return recurrence_unchecked(a, b, h0)

@@ -20,6 +20,7 @@ from scipy import signal
 from ssmkit.sysid import boucwen
 from ssmkit.sysid.benchmarks import bouc_wen
 from ssmkit.sysid.recipes import Recipe
+from ssmkit.sysid.wiener import DeepWiener
 from ssmkit.sysid.workflow import build_model
 
 
@@ -45,10 +46,16 @@ def main() -> None:
     if args.model is None:
         return
     ck = torch.load(args.model, weights_only=False)
-    recipe = dict(ck["recipe"])
-    recipe["timescale"] = tuple(recipe["timescale"]) if recipe["timescale"] is not None else None
-    model = build_model(bench, ck["model"], Recipe(**recipe))
-    model.load_state_dict(ck["state_dict"])
+    if "deep_wiener" in ck:  # DeepWiener.checkpoint()
+        model = DeepWiener.from_checkpoint(ck)
+    else:  # an older model.pt: the recipe and the weights
+        recipe = dict(ck["recipe"])
+        recipe["timescale"] = tuple(recipe["timescale"]) if recipe["timescale"] is not None else None
+        if "lr_schedule" in recipe:  # written on the bw branch before main's `schedule` (the same factor)
+            recipe["schedule"] = recipe.pop("lr_schedule")
+        model = build_model(bench, ck["model"], Recipe(**recipe))
+        model.load_state_dict(ck["state_dict"])
+    model = model.float()
     with torch.no_grad():
         once, _ = model(test.u.float()[None], return_state=False)  # (1, n, 1)
         twice, _ = model(torch.cat([test.u, test.u]).float()[None], return_state=False)  # (1, 2n, 1)

@@ -44,3 +44,17 @@ def test_fixture_file_and_clear_errors(tmp_path):
         cascaded_tanks(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown benchmark"):
         load_benchmark("silverbox2")
+
+
+def test_train_records_reach_only_the_simulated_benchmarks(monkeypatch):
+    from ssmkit.sysid import benchmarks
+
+    seen = []
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "bouc_wen", lambda folder, train_records: seen.append((folder, train_records)))
+    load_benchmark("bouc_wen", "somewhere", train_records=3)
+    load_benchmark("bouc_wen", "somewhere")
+    assert seen == [("somewhere", 3), ("somewhere", 1)]
+    with pytest.raises(ValueError, match="fixed estimation records"):
+        load_benchmark("cascaded_tanks", "somewhere", train_records=2)
+    with pytest.raises(ValueError, match="train_records must be an int >= 1"):
+        load_benchmark("bouc_wen", "somewhere", train_records=0)

@@ -18,7 +18,7 @@ from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_recor
 from ssmkit.sysid.recipes import Recipe, recipe_for
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
 from ssmkit.sysid.report import results_table, write_report
-from ssmkit.sysid.workflow import build_model, evaluate, identify
+from ssmkit.sysid.workflow import build_model, evaluate, held_out, identify
 from tests.conftest import rel_err
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -54,6 +54,20 @@ def test_recipes_and_model_from_recipe():
         build_model(bench, "s4d", r, mode="narx")
     tanks = recipe_for("cascaded_tanks")
     assert tanks.encoder_window == 50 and tanks.timescale is not None  # the official init window feeds the encoder
+
+
+def test_held_out_records_validate_on_their_tail_only():
+    recs = [IORecord(torch.arange(10.0)[:, None] + 100 * k, torch.zeros(10, 1), 1.0, f"r{k}") for k in range(3)]
+    train, val = held_out(recs, Recipe(val_records=1, val_fraction=0.2))
+    assert [r.name for r in train] == ["r0", "r1"] and train[1].u[:, 0].tolist() == [100.0 + i for i in range(10)]
+    assert len(val) == 1 and val[0].u[:, 0].tolist() == [208.0, 209.0]  # the last 20 % of the last record only
+    assert held_out(recs, Recipe()) == (recs, None)
+    with pytest.raises(ValueError, match="leaves no record to train on"):
+        held_out(recs, Recipe(val_records=3))
+    with pytest.raises(ValueError, match="val_fraction"):
+        held_out(recs, Recipe(val_records=1, val_fraction=0.0))
+    with pytest.raises(ValueError, match="val_records must be"):
+        held_out(recs, Recipe(val_records=-1))
 
 
 @pytest.mark.slow

@@ -196,9 +196,10 @@ FILE_BENCHMARKS: dict[str, Callable[..., SysidBenchmark]] = {
     "parallel_wh": parallel_wh,
 }
 BENCHMARKS: dict[str, Callable[..., SysidBenchmark]] = {**FILE_BENCHMARKS, **SURROGATES}
+SIMULATED_TRAINING = ("bouc_wen",)  # official test files, training records simulated by the benchmark's recipe
 
 
-def load_benchmark(name: str, folder: str | os.PathLike | None = None) -> SysidBenchmark:
+def load_benchmark(name: str, folder: str | os.PathLike | None = None, train_records: int = 1) -> SysidBenchmark:
     """A benchmark by name with its default options: the real ones read from files (``cascaded_tanks``, ``f16``,
     ``bouc_wen``, ``wiener_hammerstein``, ``silverbox``, ``emps``, ``ced``, ``parallel_wh``) and the simulated
     surrogates (``wh_surrogate``, ``duffing_surrogate``, ``tanks_surrogate``, ``emps_surrogate``; seed 0).
@@ -207,12 +208,21 @@ def load_benchmark(name: str, folder: str | os.PathLike | None = None) -> SysidB
         name: the benchmark.
         folder: where its files are (default ``$SSMKIT_DATA/sysid/<folder name>``); surrogates read no files and
             ignore it.
+        train_records: independent training records to simulate, for the benchmarks whose training data are
+            simulated by their recipe (``bouc_wen``: 5-period multisines, seeds 0, 2, 4, ...); must be 1 for others.
 
     Returns:
         the benchmark.
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+    if isinstance(train_records, bool) or not isinstance(train_records, int) or train_records < 1:
+        raise ValueError(f"train_records must be an int >= 1; got {train_records!r}")
+    if train_records != 1 and name not in SIMULATED_TRAINING:
+        raise ValueError(f"train_records applies to benchmarks with simulated training data {SIMULATED_TRAINING}; "
+                         f"{name!r} has fixed estimation records: leave it at 1")
     if name in SURROGATES:
         return SURROGATES[name]()
+    if name in SIMULATED_TRAINING:
+        return BENCHMARKS[name](folder, train_records=train_records)
     return BENCHMARKS[name](folder)

@@ -76,7 +76,7 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
     if cfg.mode not in MODES:
         parser.error(f"--mode must be one of {MODES}; got {cfg.mode!r}")
     recipe = recipe_from_args(cfg.benchmark, cfg)
-    bench = load_benchmark(cfg.benchmark, cfg.data_folder)
+    bench = load_benchmark(cfg.benchmark, cfg.data_folder, train_records=recipe.train_records)
     start = time.perf_counter()
     model, history = identify(bench, cfg.model, recipe, cfg.mode, seed=cfg.seed, log=cfg.log)
     seconds = time.perf_counter() - start

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from ssmkit.layers.registry import layer_class
-from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record
+from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, split_tail
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
 from ssmkit.sysid.recipes import Recipe
-from ssmkit.sysid.records import SysidBenchmark
+from ssmkit.sysid.records import IORecord, SysidBenchmark
 from ssmkit.sysid.wiener import DeepWiener
 
 MODES = ("simulation", "prediction")
@@ -76,9 +76,35 @@ def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
                          val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule)
 
 
+def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], list[IORecord] | None]:
+    """The records to train on and the validation records of ``recipe``: with ``val_records`` = k > 0, the first
+    records whole and the last ``val_fraction`` of each of the last k (a record never serves both); with k = 0,
+    every record and None (:func:`fit_simulation` then holds out the tail of each).
+
+    Args:
+        records: the estimation records.
+        recipe: its ``val_records``, ``val_fraction``, ``window`` and ``encoder_window``.
+
+    Returns:
+        (training records, validation records or None).
+    """
+    k = recipe.val_records
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"val_records must be an int >= 0; got {k!r}")
+    if k == 0:
+        return list(records), None
+    if k >= len(records):
+        raise ValueError(f"val_records = {k} leaves no record to train on: there are {len(records)} estimation records")
+    if not 0 < recipe.val_fraction < 1:
+        raise ValueError(f"val_records > 0 needs val_fraction in (0, 1) (the validated tail); got {recipe.val_fraction!r}")
+    _, val = split_tail(records[-k:], recipe.val_fraction, 1, recipe.encoder_window + 2)
+    return list(records[:-k]), val
+
+
 def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation", seed: int = 0,
              dtype: torch.dtype | None = None, log: bool = False) -> tuple[DeepWiener, dict[str, Any]]:
-    """Build and train a deep Wiener model on ``bench``'s estimation records (validation: their tail).
+    """Build and train a deep Wiener model on ``bench``'s estimation records (validation: their tail, or with
+    ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training).
 
     Args:
         bench: the benchmark.
@@ -95,7 +121,8 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     torch.manual_seed(seed)
     model = build_model(bench, layer, recipe, mode, dtype)
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
-    history = fit_simulation(model, train, config=fit_config(recipe, seed), log=log)
+    train, val = held_out(train, recipe)
+    history = fit_simulation(model, train, val, config=fit_config(recipe, seed), log=log)
     history["mode"] = mode
     return model, history
 

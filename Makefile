@@ -43,9 +43,11 @@ wheel-check: $(VENV)/.installed
 	@echo "wheel-check: OK ($$(ls dist/ssmkit-*.whl))"
 
 # `ssmkit compare` on MNIST-1D with every registered layer, 1,000 steps each (~5 min on 2 cores) (a step count, not a time
-# budget: the same models on a slow or busy machine); fails if a layer stays below 30 % (chance is 10 %).
+# budget: the same models on a slow or busy machine); fails if a layer stays below 30 % (chance is 10 %). The demo's
+# own output folder is replaced on every run (a second `make demo` would otherwise refuse its old checkpoints).
 DEMO_OUT ?= runs/demo-mnist1d
 demo: $(VENV)/.installed
+	rm -rf $(DEMO_OUT)
 	$(PY) -m ssmkit compare --task mnist1d --models all --budget 1000 --d_model 32 --n_layers 2 \
 		--train.batch_size 64 --train.lr 0.01 --train.warmup_steps 100 --train.val_every 250 \
 		--train.checkpoint_every 0 --no-progress --out $(DEMO_OUT) --fail-below 0.3

@@ -21,7 +21,7 @@ def test_auto_follows_the_crossover_table(monkeypatch):
 
 def test_auto_runs_the_path_the_table_names(monkeypatch):
     """With the FFT range covering L (and no C kernel), ``auto`` gives the FFT path's result, bit for bit."""
-    monkeypatch.setattr(scan, "native_available", lambda op, dtype: False)
+    monkeypatch.setattr(scan, "prefer_native", lambda op, x: False)
     g = torch.Generator().manual_seed(0)
     H, N, L = 3, 4, 40
     A_bar = torch.polar(torch.rand(H, N, generator=g, dtype=torch.float64) * 0.5 + 0.4,

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.backend import dispatch
 from ssmkit.ops.native.conv import causal_conv1d_native
-from ssmkit.ops.native.gate import native_available
+from ssmkit.ops.native.gate import prefer_native
 from ssmkit.utils import check_floating
 
 
@@ -91,9 +91,7 @@ _CONV = {"reference": _reference, "chunked": causal_conv1d_torch, "native": caus
 
 def _auto(x: torch.Tensor) -> str:
     """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else ``F.conv1d``."""
-    if x.device.type == "cpu" and not tracing() and native_available("causal_conv1d", x.dtype):
-        return "native"
-    return "chunked"
+    return "native" if prefer_native("causal_conv1d", x) else "chunked"
 
 
 def causal_conv1d(

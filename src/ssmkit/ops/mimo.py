@@ -27,9 +27,9 @@ from typing import NamedTuple
 import torch
 
 from ssmkit.ops._checks import REAL_OF, check_chunk_size
-from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.backend import dispatch
 from ssmkit.ops.chunked import pack, unpack, wide_powers
-from ssmkit.ops.native.gate import native_available
+from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.recurrence import linear_recurrence_chunked
 from ssmkit.utils import check_floating
@@ -264,8 +264,7 @@ def mimo_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, M) in A_bar's dtype (or None).
     """
-    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(A_bar.dtype, A_bar.dtype)
-    native = u.device.type == "cpu" and not tracing() and native_available("linear_recurrence", real)
+    native = prefer_native("linear_recurrence", A_bar)  # A_bar on u's device (checked by the paths)
     impl = dispatch("mimo_scan", _SCAN, backend, auto="native" if native else "chunked")
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
-from ssmkit.ops.native.gate import native_available
+from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.powers import int_power
 
@@ -263,10 +263,7 @@ _LINEAR_RECURRENCE = {
 
 def _auto(b: torch.Tensor) -> str:
     """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else the chunked scan."""
-    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(b.dtype, b.dtype)
-    if b.device.type == "cpu" and not tracing() and native_available("linear_recurrence", real):
-        return "native"
-    return "chunked"
+    return "native" if prefer_native("linear_recurrence", b) else "chunked"
 
 
 def linear_recurrence(

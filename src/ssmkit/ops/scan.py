@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
-from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.backend import dispatch
 from ssmkit.ops.chunked import pack, ssm_scan_chunked, transpose, unpack, wide_int_power, wide_powers
 from ssmkit.ops.fftconv import causal_conv
 from ssmkit.ops.kernels import initial_state_output, vandermonde
 from ssmkit.ops.native.diagonal import native_diagonal_ok, ssm_scan_native
-from ssmkit.ops.native.gate import native_available
+from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.triton_gate import prefer_triton, ssm_scan_triton
 
 # ----------------------------------------------------------------------------------------------------
@@ -235,8 +235,7 @@ def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.T
     Returns:
         ``"native"``, ``"fft"`` or ``"chunked"``.
     """
-    if (A_bar is not None and not tracing() and native_diagonal_ok(u, A_bar) is None
-            and native_available("ssm_scan", u.dtype)):
+    if A_bar is not None and native_diagonal_ok(u, A_bar) is None and prefer_native("ssm_scan", u):
         return "native"
     span = FFT_LENGTHS.get((u.device.type, bool(return_state)))
     if span is None:

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
-from ssmkit.ops.native import native_available, selective_scan_native
+from ssmkit.ops.native import selective_scan_native
+from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.triton_gate import prefer_triton, selective_scan_triton
 from ssmkit.utils import check_floating
 
@@ -431,7 +432,7 @@ def _auto(u: torch.Tensor) -> str:
     where it runs, in eager mode; else the chunked scan."""
     if prefer_triton(u, "selective_scan"):
         return "triton"
-    if u.device.type == "cpu" and not tracing() and native_available("selective_scan", u.dtype):
+    if prefer_native("selective_scan", u):
         return "native"
     return "chunked"
 

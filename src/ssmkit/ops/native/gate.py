@@ -46,6 +46,20 @@ def native_available(op: str, dtype: torch.dtype = torch.float32) -> bool:
     return native_status(op, dtype)[0]
 
 
+def prefer_native(op: str, x: torch.Tensor) -> bool:
+    """Whether ``"auto"`` takes the native kernel of ``op`` for input x: x on the CPU, nothing tracing (torch.func and
+    torch.compile cannot see into a ctypes call), and the kernel usable for x's real dtype (complex -> its real part).
+
+    Args:
+        op: one of :data:`OPS`.
+        x: the op's main input (its device and dtype decide).
+    """
+    from ssmkit.ops._checks import REAL_OF
+    from ssmkit.ops.backend import tracing
+
+    return x.device.type == "cpu" and not tracing() and native_available(op, REAL_OF.get(x.dtype, x.dtype))
+
+
 def _compare(fast, ref, args: list[torch.Tensor], weight: torch.Tensor, dtype: torch.dtype) -> None:
     """Outputs and every gradient of ``fast`` and ``ref`` on ``args`` agree to the dtype's tolerance, or raise."""
     outs = []

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.parallel import parts, ptr, run_parts
@@ -24,7 +25,6 @@ SIGNATURES = {  # the C functions of linear_recurrence.c: (argument types, resul
     "lr_forward": ([_p, _i64, _p, _p, _p] + [_i64] * 6, None),
     "lr_backward": ([_p, _i64] + [_p] * 8 + [_i64] * 6, None),
 }
-REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 def _real_dtype(t: torch.Tensor) -> torch.dtype:

@@ -177,12 +177,18 @@ def mimo_scan_chunked(
     _check_mimo(u, A_bar, B_bar, C, state, D)
     if chunk_size is not None:
         check_chunk_size(chunk_size)
+    scan = lambda a, v, h0: linear_recurrence_chunked(a, v, h0, chunk_size=chunk_size)  # noqa: E731
+    return _project_scan_read(u, A_bar, B_bar, C, state, D, return_state, scan)
+
+
+def _project_scan_read(u, A_bar, B_bar, C, state, D, return_state, scan):
+    """The three steps of the MIMO scan, with step (2) by ``scan(Ā, v, x0) -> (x, x_last)``."""
     Bsz, L, H = u.shape
     is_complex = A_bar.is_complex()
     # 1. every input projected onto the modes at once
     v = unpack(u.reshape(Bsz * L, H) @ _input_matrix(B_bar), is_complex).reshape(Bsz, L, -1)  # (B, L, M)
-    # 2. the M decoupled modes, scanned in chunks
-    x, x_last = linear_recurrence_chunked(A_bar, v, state, chunk_size=chunk_size)  # (B, L, M), (B, M)
+    # 2. the M decoupled modes
+    x, x_last = scan(A_bar, v, state)  # (B, L, M), (B, M)
     # 3. read out through C, the skip fused as one addmm
     y = pack(x).reshape(Bsz * L, -1) @ _output_matrix(C)  # (B·L, H)
     if D is not None:
@@ -219,14 +225,7 @@ def mimo_scan_native(
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, M) in A_bar's dtype (or None).
     """
     _check_mimo(u, A_bar, B_bar, C, state, D)
-    Bsz, L, H = u.shape
-    is_complex = A_bar.is_complex()
-    v = unpack(u.reshape(Bsz * L, H) @ _input_matrix(B_bar), is_complex).reshape(Bsz, L, -1)  # (B, L, M)
-    x, x_last = linear_recurrence_native(A_bar, v, state)  # (B, L, M), (B, M)
-    y = pack(x).reshape(Bsz * L, -1) @ _output_matrix(C)  # (B·L, H)
-    if D is not None:
-        y = torch.addcmul(y, u.reshape(Bsz * L, H), D)  # (B·L, H)
-    return y.reshape(Bsz, L, H), (x_last if return_state else None)
+    return _project_scan_read(u, A_bar, B_bar, C, state, D, return_state, linear_recurrence_native)
 
 
 _SCAN = {"reference": mimo_scan_reference, "chunked": mimo_scan_chunked, "native": mimo_scan_native}

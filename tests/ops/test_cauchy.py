@@ -235,26 +235,3 @@ def test_dplr_kernel_dispatch_and_errors(device):
         dplr_kernel(Lambda, P, B, C, dt.float(), 5)
     with pytest.raises(ValueError, match="L must be an int >= 1"):
         dplr_kernel(Lambda, P, B, C, dt, 0)
-
-
-def test_dplr_kernel_in_blocks_and_shared(device, monkeypatch):
-    """Many Cauchy blocks (forward and the recomputing backward) and Λ, P, B shared by the channels ((1, N/2), as
-    S4 passes them for n_ssm = 1): values and gradients equal the one-block, per-channel kernel and the reference."""
-    args, _ = hippo_case("legt", 6, 3, 1, 1, 16, device, seed=7)  # rank 2, W = 9 rfft bins
-    Lambda, P, B, C, dt = args  # Λ and P equal in every channel, B not
-    shared = (Lambda[:1], P[:, :1], B[:, :1], C, dt)
-    args = (Lambda, P, B[:, :1].expand(-1, 3, -1), C, dt)
-    g = torch.randn(1, 1, 3, 16, dtype=torch.float64, device=device)
-
-    def run(f, inputs):
-        leaves = [t.clone().requires_grad_() for t in inputs]
-        K = f(*leaves, 16)
-        return K, torch.autograd.grad((K * g).sum(), leaves)
-
-    K_ref, grads_ref = run(dplr_kernel_reference, shared)
-    K_one, _ = run(dplr_kernel_fast, args)
-    monkeypatch.setattr(cauchy_mod, "_BLOCK_BYTES", 3 * 6 * 16 * 2)  # 2 points a block: 5 blocks (2+2+2+2+1)
-    K_blk, grads_blk = run(dplr_kernel_fast, shared)
-    assert rel_err(K_blk, K_one) < 1e-12 and rel_err(K_blk, K_ref) < 1e-9  # LegT: C̃ -> C_true mildly ill-conditioned
-    for a, b in zip(grads_blk, grads_ref):
-        assert a.shape == b.shape and rel_err(a, b) < 1e-9

@@ -114,29 +114,3 @@ def test_dispatch_and_errors(device):
         dense_final_state(u, A, B[:, :2])
     with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(1, 2, 3\)"):
         dense_final_state(u, A, B, torch.zeros(2, 2, 3, dtype=torch.float64, device=device))
-
-
-@pytest.mark.parametrize("complex_", [False, True])
-@pytest.mark.parametrize("L", [1, 37, 64, 100])
-def test_chunked_carry_tree_equals_reference(L, complex_, device, monkeypatch):
-    """Small tables force the carry tree (chunks of T = 1, 2 or 4, odd chunk counts padded in front) and the squares
-    passed in by the caller are reused: float64 against the recurrence."""
-    import ssmkit.ops.dense as dense_mod
-
-    g = torch.Generator().manual_seed(L)
-    H, N, Bsz = 3, 4, 2
-    dtype = torch.complex128 if complex_ else torch.float64
-    A = (torch.randn(H, N, N, dtype=torch.float64, generator=g) / 3).to(dtype)
-    Bv = torch.randn(H, N, dtype=torch.float64, generator=g).to(dtype)
-    u = torch.randn(Bsz, L, H, dtype=torch.float64, generator=g)
-    s = torch.randn(Bsz, H, N, dtype=torch.float64, generator=g).to(dtype)
-    A, Bv, u, s = (t.to(device) for t in (A, Bv, u, s))
-    want = dense_final_state_reference(u, A, Bv, s)
-    item = 16 if complex_ else 8
-    for T in (1, 2, 4):
-        monkeypatch.setattr(dense_mod, "_TABLE_BYTES", H * T * N * item)
-        assert dense_mod._chunk(L, H, N, item) == min(T, 1 << max(0, (L - 1).bit_length()))
-        chain = [A, A @ A]  # a prefix of the squares: reused and extended
-        out = dense_final_state_chunked(u, A, Bv, s, powers=chain)
-        assert rel_err(out, want) < 1e-12  # measured ~1e-15
-        assert rel_err(dense_final_state_chunked(u, A, Bv), dense_final_state_reference(u, A, Bv)) < 1e-12

@@ -14,15 +14,12 @@ import torch
 from ssmkit.ops.dplr import (
     DPLRStepCoefficients,
     bilinear_dplr,
-    bilinear_dplr_pairs,
     bilinear_dplr_real,
     dplr_matrix,
     dplr_step,
     dplr_step_coefficients,
     dplr_step_reference,
-    from_pairs,
     small_inverse,
-    to_pairs,
 )
 from ssmkit.ops.hippo import nplr
 from tests.conftest import rel_err
@@ -232,41 +229,3 @@ def test_bad_inputs(device):
         dplr_step_reference(u, x, A_c, B_c, full(C))
     with pytest.raises(ValueError, match=r"C must be \(H, N\) = \(3, 8\); got shape \(3, 4\)"):
         dplr_step_reference(u, x_f, A_c, B_c, C)
-
-
-# --------------------------------------------------------------------------------------------------
-# The interleaved real basis (issue 16: the S4 layer's hot path)
-
-
-@pytest.mark.parametrize("r", [0, 1, 2])
-def test_bilinear_dplr_pairs_equals_dense_complex(r, device):
-    """Ā, B̄ in z = [Re x_0, Im x_0, ...] equal T⁻¹ Ā_c T of the dense complex LU solve, reordered to pairs."""
-    Lambda, P, Bv, _, dt = random_dplr(r, device, seed=5)
-    A_c, B_c = bilinear_dplr(Lambda, P, Bv, dt)  # (H, N, N), (H, N) complex basis
-    T = real_basis(2 * M, device)  # block basis [Re x, Im x]
-    perm = torch.stack([torch.arange(M), torch.arange(M) + M], -1).flatten().to(device)  # pairs -> block index
-    A_want = (torch.linalg.inv(T) @ A_c @ T).real[:, perm][:, :, perm]
-    B_want = (torch.linalg.inv(T) @ B_c.unsqueeze(-1)).squeeze(-1).real[:, perm]
-    A_z, B_z = bilinear_dplr_pairs(Lambda, P, Bv, dt)
-    assert A_z.shape == (H, 2 * M, 2 * M) and A_z.dtype == F64 and B_z.shape == (H, 2 * M)
-    assert rel_err(A_z, A_want) < 1e-13 and rel_err(B_z, B_want) < 1e-13  # two LU solves: a few ulps
-    Bs = torch.randn(2, H, M, dtype=C128, device=device)  # S input vectors
-    _, B_s = bilinear_dplr_pairs(Lambda, P, Bs, dt)
-    _, B_blocks = bilinear_dplr_real(Lambda, P, Bs, dt)
-    assert B_s.shape == (2, H, 2 * M) and rel_err(B_s, B_blocks[..., perm]) < 1e-13
-    # the pairs view helpers are inverses, and z·(pairs row of conj C) = Re Σ C x
-    x = torch.randn(2, H, M, dtype=C128, device=device)
-    assert torch.equal(from_pairs(to_pairs(x)), x)
-    assert to_pairs(x)[0, 0, :2].tolist() == [x[0, 0, 0].real.item(), x[0, 0, 0].imag.item()]
-
-
-def test_bilinear_dplr_pairs_shared_by_channels(device):
-    """Λ, P, B given once ((1, N/2)) broadcast over the channels of dt: the same as repeating them."""
-    Lambda, P, Bv, _, dt = random_dplr(1, device, seed=6)
-    one = (Lambda[:1], P[:, :1], Bv[:1])
-    A_1, B_1 = bilinear_dplr_pairs(*one, dt)
-    A_h, B_h = bilinear_dplr_pairs(one[0].expand(H, M), one[1].expand(1, H, M), one[2].expand(H, M), dt)
-    assert A_1.shape == (H, 2 * M, 2 * M) and B_1.shape == (H, 2 * M)
-    assert torch.equal(A_1, A_h) and torch.equal(B_1, B_h)
-    with pytest.raises(ValueError, match="shared Lambda"):
-        bilinear_dplr_pairs(Lambda[:1], P, Bv, dt)  # P per channel with a shared Λ

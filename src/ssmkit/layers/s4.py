@@ -19,11 +19,9 @@ from the trainable C̃ = (I - Ā^{L_k})ᵀ C_true, where L_k is the length C̃ i
 with every P*v over the full state equal to 2 Re Σ_half P̄ v. It does NOT diagonalise Ā (the official default,
 which drifts away from the convolution), so step == forward to rounding (float32 1e-5, float64 1e-10).
 An initial state s (= x_{-1}) adds C_trueᵀ Ā^{l+1} s_f to y_l, computed as an extra kernel input
-B_s = (1/Δ)(I + ΔA/2)s (so that B̄_s = Ā s); the final state comes from the dense recurrence (one GEMM and a carry
-tree, :func:`ssmkit.ops.dense.dense_final_state_chunked`) in the interleaved real basis z = [Re x_0, Im x_0, ...] of
-the half state (:func:`ssmkit.ops.dplr.bilinear_dplr_pairs`: a view of the complex state, no copy). The squares
-Ā^(2^j) are formed once per call and shared by C̃'s attuning and the final state. With the "reference" backend the
-forward is the step loop (the oracle).
+B_s = (1/Δ)(I + ΔA/2)s (so that B̄_s = Ā s); the final state comes from the dense recurrence (chunked GEMMs,
+:func:`ssmkit.ops.dense.dense_final_state`) in the real basis z = [Re x, Im x] of the half state. With the
+"reference" backend the forward is the step loop (the oracle).
 
 Choices and departures (each one documented in docs/design.md):
 - Init (``init``): NPLR of the HiPPO matrix, Λ = the kept eigenvalues (Im λ <= 0), P̃ = V*P, B̃ = V*B with
@@ -39,7 +37,7 @@ Choices and departures (each one documented in docs/design.md):
 - C ~ CN(0, 1) (real and imaginary parts N(0, ½)) is converted once, in ``reset_parameters``, to the trainable
   C̃ = (I - Ā^{l_max})ᵀ C (float64): C̃ is attuned to ``l_max``, a fixed constructor option. An input longer than
   ``l_max`` uses C̃ attuned to L_k = l_max·2^k >= L, computed functionally in each call by the doubling
-  C̃_{2K} = (I + Ā^K)ᵀ C̃_K (dense float64 products, differentiable, Ā^K from the shared squares): ``forward`` never writes to a parameter, so a
+  C̃_{2K} = (I + Ā^K)ᵀ C̃_K (dense float64 products, differentiable): ``forward`` never writes to a parameter, so a
   layer is safe to call from several threads and at several lengths within one autograd graph. (The official code
   rewrites C̃ in place instead, which races between threads and corrupts gradients across lengths.) Inputs longer
   than ``l_max`` cost the O(H N³ log(L/l_max)) doubling on every call: set ``l_max`` to the longest length you use.
@@ -82,16 +80,8 @@ from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.cauchy import dplr_kernel
-from ssmkit.ops.dense import dense_final_state_chunked, matrix_power_from_chain, power_chain
-from ssmkit.ops.dplr import (
-    DPLRStepCoefficients,
-    bilinear_dplr_pairs,
-    bilinear_dplr_real,
-    dplr_step,
-    dplr_step_coefficients,
-    from_pairs,
-    to_pairs,
-)
+from ssmkit.ops.dense import dense_final_state
+from ssmkit.ops.dplr import DPLRStepCoefficients, bilinear_dplr_real, dplr_step, dplr_step_coefficients
 from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
 from ssmkit.ops.hippo import nplr
 
@@ -99,7 +89,6 @@ INITS = ("legs", "legt", "lagt", "fout")
 RANK = {"legs": 1, "legt": 2, "lagt": 1, "fout": 1}
 _MIN_NEG_REAL = 1e-4  # -Re λ >= 1e-4 at init, as the official inv_transform
 _F64, _C128 = torch.float64, torch.complex128
-_CONJ = torch.tensor([1.0, -1.0], dtype=_F64)  # (Re, Im) -> (Re, -Im) on a view_as_real pair (a constant: no op per call)
 
 
 def _to_real_row(C: Tensor) -> Tensor:
@@ -223,19 +212,13 @@ class S4(SequenceLayer):
         self.C_tilde.copy_(torch.view_as_real(_from_real_row(c - torch.einsum("hmn,chm->chn", A_L, c))))  # (I - Ā^L)ᵀ C
         self._step_cache.clear()
 
-    def _ssm(self, real: torch.dtype, shared: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(Λ (H, N/2), P (r, H, N/2), B (H, N/2)) complex and Δ (H,) real in precision ``real``, differentiable.
-
-        ``shared``: with one copy of (Λ, P, B) for all channels (n_ssm = 1), return it with H = 1 instead of repeated
-        (the convolution path's ops broadcast it: 3 aten ops and the copies fewer).
-        """
+    def _ssm(self, real: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(Λ (H, N/2), P (r, H, N/2), B (H, N/2)) complex and Δ (H,) real in precision ``real``, differentiable."""
         H, G = self.d_model, self.log_A_real.shape[0]
         Lambda = torch.complex(-torch.exp(self.log_A_real.to(real)), self.A_imag.to(real))  # (G, M)
         P = torch.view_as_complex(self.P.to(real))  # (r, G, M)
         B = torch.view_as_complex(self.B.to(real))  # (G, M)
         rep = H // G  # channel h uses copy h mod G
-        if rep == 1 or (shared and G == 1):
-            return Lambda, P, B, torch.exp(self.log_dt.to(real))
         return Lambda.repeat(rep, 1), P.repeat(1, rep, 1), B.repeat(rep, 1), torch.exp(self.log_dt.to(real))
 
     def _real_system(self) -> tuple[Tensor, Tensor]:
@@ -256,34 +239,27 @@ class S4(SequenceLayer):
         c_t = _to_real_row(self._C_tilde())  # (C, H, N)
         return _from_real_row(torch.linalg.solve((eye - A_L).mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
 
-    def _attuned_C_tilde(self, L: int, chain: list[Tensor] | None = None) -> tuple[Tensor, int]:
+    def _attuned_C_tilde(self, L: int, A_bar: Tensor | None = None) -> tuple[Tensor, int]:
         """C̃ attuned to L_k = l_max·2^k >= L (k >= 0 smallest), computed functionally: (C, H, N/2) complex128 and L_k.
 
         C̃_{2K} = (I + Ā^K)ᵀ C̃_K (arXiv 2111.00396 §3.3: the generating function of length 2K from that of length K),
-        in the interleaved real basis and float64; differentiable, and the stored parameter is never written.
-        ``chain``: the squares [Ā, Ā², Ā⁴, ...] of the interleaved real-basis Ā (H, N, N) if the caller has them (the
-        list is extended in place with the squares computed here, for the caller's final state), else None.
+        in the real basis and float64; differentiable, and the stored parameter is never written. ``A_bar``: the
+        real-basis Ā (H, N, N) if the caller has it (else it is computed when needed).
         """
+        C_t = self._C_tilde()  # (C, H, N/2)
         L_k = self.l_max
         if L <= L_k:
-            return self._C_tilde(), L_k  # (C, H, N/2)
-        if chain is None:
-            chain = [bilinear_dplr_pairs(*self._ssm(_F64))[0]]
-        doublings = (-(-L // L_k) - 1).bit_length()  # L_k·2^doublings >= L
-        # The row c = conj(C̃) in pairs (C_fᵀ x_f = 2 c·z, linear in c): c <- c + c Ā^K, one baddbmm per doubling.
-        c = (self.C_tilde * _CONJ.to(self.C_tilde.device)).flatten(-2).transpose(0, 1)  # (H, C, N) float64 (promoted):
-        # the stored (C, H, N/2, 2) parameter is C̃'s view_as_real
-        if L_k & (L_k - 1) == 0:  # a power of two: Ā^{L_k·2^i} are squares of Ā
-            j0 = L_k.bit_length() - 1
-            chain[:] = power_chain(chain[0], j0 + doublings, chain)
-            powers = chain[j0 : j0 + doublings]
-        else:
-            chain[:] = power_chain(chain[0], L_k.bit_length(), chain)
-            powers = power_chain(matrix_power_from_chain(chain, L_k), doublings)
-        for A_pow in powers:
-            c = torch.baddbmm(c, c, A_pow)  # (H, C, N): c (I + Ā^K)
+            return C_t, L_k
+        if A_bar is None:
+            A_bar, _ = self._real_system()
+        A_pow = torch.linalg.matrix_power(A_bar, L_k)  # (H, N, N): Ā^{L_k}
+        c = _to_real_row(C_t)  # (C, H, N)
+        while L_k < L:
+            c = c + torch.einsum("hmn,chm->chn", A_pow, c)  # (I + Ā^{L_k})ᵀ C̃: (C, H, N)
             L_k *= 2
-        return torch.view_as_complex(c.transpose(0, 1).unflatten(-1, (-1, 2)) * _CONJ.to(c.device)), L_k  # (C, H, N/2)
+            if L_k < L:
+                A_pow = A_pow @ A_pow  # (H, N, N): Ā^{2 L_k}
+        return _from_real_row(c), L_k
 
     # ------------------------------------------------------------------------------------------------------------
     # Kernel and forward
@@ -330,31 +306,27 @@ class S4(SequenceLayer):
         """
         real = self.D.dtype
         L = u.shape[1]
-        Lambda, P, B, dt = self._ssm(_F64, shared=True)  # (1 or H, N/2) ...: broadcast over the channels
-        # The interleaved real-basis Ā, B̄ (float64) and the squares of Ā, formed once for the attuning and the final
-        # state (the squares are shared: C̃'s doublings use Ā^{l_max·2^k}, the final state's table and tree Ā^{2^j}).
-        chain = None
-        if return_state or L > self.l_max:
-            A_z, B_z = bilinear_dplr_pairs(Lambda, P, B, dt)  # (H, N, N), (H, N)
-            chain = [A_z]
-        C_t, L_k = self._attuned_C_tilde(L, chain)
+        Lambda, P, B, dt = self._ssm(_F64)
+        needs_real = return_state or L > self.l_max  # the real-basis Ā (and B̄), formed once for both uses
+        A_z, B_z = bilinear_dplr_real(Lambda, P, B, dt) if needs_real else (None, None)  # float64
+        C_t, L_k = self._attuned_C_tilde(L, A_z)
         B_in = B[None]  # (1, H, N/2)
         if state is not None:
             B_s = self._state_input(state.to(_C128), Lambda, P, dt)  # (B, H, N/2)
-            B_in = torch.cat([B_in.expand(1, *B_s.shape[1:]), B_s], dim=0)  # (1 + B, H, N/2)
+            B_in = torch.cat([B_in, B_s], dim=0)  # (1 + B, H, N/2)
         K = dplr_kernel(Lambda, P, B_in, C_t, dt, L_k, backend=fft)  # (S, C, H, L_k)
-        K = (K if L == L_k else K[..., :L]).to(real)  # (S, C, H, L)
+        K = K[..., :L].to(real)  # (S, C, H, L)
         if self.bidirectional:
             return bidirectional_conv(u, K[0], backend=fft) + self.D * u, None, K[0]
-        K_u = K.view(1, *K.shape[2:]) if state is None else K[0]  # (1, H, L): the input's kernel (C = 1)
-        y = torch.addcmul(causal_conv(u, K_u[0], backend=fft), self.D, u)  # (B, L, H)
+        y = causal_conv(u, K[0, 0], backend=fft) + self.D * u  # (B, L, H)
         if state is not None:
             y = y + K[1:, 0].transpose(1, 2)  # (B, H, L) -> (B, L, H)
         if not return_state:
-            return y, None, K_u
-        z0 = None if state is None else to_pairs(state)  # (B, H, N) real view of the complex state
-        z = dense_final_state_chunked(u, chain[0], B_z, z0, powers=chain)  # (B, H, N); float64 Ā, B̄: tables before rounding
-        return y, from_pairs(z), K_u  # (B, H, N/2)
+            return y, None, K[0]
+        z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
+        z = dense_final_state(u, A_z, B_z, z0, backend="chunked")  # (B, H, N); float64 Ā, B̄: tables before rounding
+        M = self.d_state // 2
+        return y, torch.complex(z[..., :M], z[..., M:]), K[0]  # (B, H, N/2)
 
     # ------------------------------------------------------------------------------------------------------------
     # Recurrence

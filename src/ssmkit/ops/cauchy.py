@@ -17,24 +17,17 @@ with Q = conj P as the unconjugated second factor:
 
     C̃ᵀ(z - A)⁻¹B = r_{B C̃} - Σ_ij r_{P_i C̃} [Y⁻¹]_ij r_{B Q_j},   Y_ji = δ_ji + r_{P_i Q_j}   (rank r).
 
-On the unit circle the factor 2/(1+ω) is folded into the Cauchy sums (issue 16): with α = (2/Δ)(1-ω),
-β = 1+ω and D = α - βΛ, (2/(1+ω))(z - A)⁻¹ = 2(α - βA)⁻¹, so the kernel uses the scaled sums
-ρ_ab(ω) = Σ_n a_n b_n / ((1-ω)/Δ - g λ_n), g = (1+ω)/2, and Woodbury becomes
-K̂ = ρ_{B C̃} - Σ_ij ρ_{P_i C̃} [g Y⁻¹]_ij ρ_{B Q_j},  Y_ji = δ_ji + g ρ_{P_i Q_j}. Every rfft bin k = 0..L/2 is
-evaluated alike: at ω = -1 (g = 0) the correction vanishes and ρ = (Δ/2) Σ_n a_n b_n, the exact limit
-K̂(-1) = (Δ/2) C̃ᵀB_f, with no special case. Finally K = irfft(K̂, n=L). The points 1-ω and g are
-parameter-free and cached per (L, dtype, device).
+On the unit circle z = i (2/Δ) tan(πk/L) is purely imaginary and 2/(1+ω) = 1 + i tan(πk/L). The point ω = -1
+(k = L/2, even L) is not evaluated by the Cauchy sums (there z = ∞); its exact limit K̂(-1) = (Δ/2) C̃ᵀB_f is
+used instead. Finally K = irfft(K̂, n=L).
 
-Every Cauchy sum shares one matrix 1/(z_m - b_m λ_n) per channel, so all products a ⊙ b are stacked along a leading
-dimension and the matrix is applied as one batched GEMM per block of evaluation points (blocks of at most
-``_BLOCK_BYTES``, 3 aten ops each in eager mode: fill a reused buffer, invert it in place, one bmm into the
-output); the backward recomputes the blocks instead of storing the (…, N, W) matrix. Λ, P and B may be given once
-for all channels ((1, N/2), S4's n_ssm = 1): they broadcast.
+Every Cauchy sum shares one matrix 1/(z_m - λ_n) per channel, so :func:`cauchy` stacks all products a ⊙ b along a
+leading dimension and applies the matrix as one batched GEMM per block of evaluation points (blocks of at most
+``_BLOCK_BYTES``); its backward recomputes the blocks instead of storing the (…, N, W) matrix.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -44,12 +37,11 @@ from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.dplr import bilinear_dplr, small_inverse
 
 _COMPLEX = (torch.complex64, torch.complex128)
-# Bytes of one block of the Cauchy matrix 1/(z_m - b_m w_n). Every block costs 3 aten ops in the forward and ~9 in
-# the backward, and the op count sets the slow-down under CPU contention (issue 16), so blocks are large: at most
-# 96 MiB (at H=128, N=64, L=4096 the complex128 matrix (H, N, L/2 + 1) is 269 MB: 3 blocks of 85 MiB; 8 MB blocks
-# made 32 and S4's forward ~505 ops). Smaller blocks stay in cache (2-8 MB blocks measured 2-4x faster than one
-# 134 MB block on 2 quiet CPU cores): larger blocks trade some speed alone for fewer ops (to be re-measured quietly).
-_BLOCK_BYTES = 96 << 20
+# Bytes of one block of the Cauchy matrix 1/(z_m - w_n). Small blocks stay in cache (measured on 2 CPU cores,
+# H=128, N=64, W=2049 points: 2-8 MB blocks are 2-4x faster than one 134 MB block); the cap of the brief is 64 MB.
+# 8 MB, the top of that range: every block costs ~6 aten ops, and op count sets the slow-down under CPU
+# contention (issue 16; 4 MB blocks made S4's forward ~1150 ops at B=8, H=128, L=4096).
+_BLOCK_BYTES = 1 << 23
 
 
 def _check_complex(x: Tensor, name: str, letters: str) -> None:
@@ -96,132 +88,80 @@ def cauchy_reference(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     return (v.unsqueeze(-2) / (z.unsqueeze(-1) - w.unsqueeze(-2))).sum(-1)  # (..., W, N) -> (..., W)
 
 
-def _blocks(W: int, G: int, N: int, itemsize: int) -> tuple[int, int]:
-    """(number of blocks, points per block): the fewest blocks of (G, N, step) points of at most _BLOCK_BYTES
-    each, all of one length but the last."""
-    n_blocks = min(W, max(1, -(-W * G * N * itemsize // _BLOCK_BYTES)))
-    step = -(-W // n_blocks)
-    return -(-W // step), step
+def _block(W: int, G: int, N: int, itemsize: int) -> int:
+    """Number of evaluation points per block so that a (G, N, block) matrix holds at most _BLOCK_BYTES."""
+    return max(1, min(W, _BLOCK_BYTES // max(1, G * N * itemsize)))
 
 
 class _CauchyMatmul(torch.autograd.Function):
-    """out[g, s, m] = Σ_n v[g, s, n] / (z[g, m] - b[m] w[g, n]) in blocks of m, with a recomputing backward.
+    """out[g, k, m] = Σ_n v[g, k, n] / (z[g, m] - w[g, n]) in blocks of m, with a recomputing backward.
 
-    b is a constant (no gradient), None for b = 1 (plain Cauchy sums); w may be (1, N), shared by the channels. v, z and w enter holomorphically, so
-    (PyTorch's convention for complex autograd) the gradient of a real loss is grad_x = Σ conj(∂out/∂x) · grad_out:
-        ∂out_sm/∂v_sn = c_nm,   ∂out_sm/∂w_n = b_m v_sn c_nm²,   ∂out_sm/∂z_m = -Σ_n v_sn c_nm²,   c = 1/(z - b w).
-    Eager mode: one output buffer and one block buffer reused by every block, 3 aten ops per block (fill the
-    block with z - b w, invert it in place, one bmm into the output's slice); the backward likewise accumulates
-    into preallocated gradients. Under torch.func and torch.compile (``tracing()``) and while a double backward is
-    being recorded, every step is functional instead (blocks concatenated, gradients summed), so the generated vmap
-    rule batches both passes and second derivatives exist.
+    All three inputs enter holomorphically, so (PyTorch's convention for complex autograd) the gradient of a
+    real loss is grad_x = Σ conj(∂out/∂x) · grad_out:
+        ∂out_km/∂v_kn = c_nm,   ∂out_km/∂w_n = v_kn c_nm²,   ∂out_km/∂z_m = -Σ_n v_kn c_nm²,   c = 1/(z - w).
+    Under torch.func and torch.compile nothing is written into a preallocated buffer (the forward's blocks are
+    concatenated; gradients are summed into the first block's term), so the generated vmap rule batches both
+    passes; in-place steps touch only fresh tensors, and none while a double backward is being recorded, so
+    second derivatives exist.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(v: Tensor, z: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # v (G, S, N), z (G, 1, W), w (G, N), b (W,)
+    def forward(v: Tensor, z: Tensor, w: Tensor) -> Tensor:  # v (G, S, N), z (G, W), w (G, N)
         G, S, N = v.shape
         W = z.shape[-1]
-        _, step = _blocks(W, G, N, v.element_size())
-        z_blocks = z.split(step, dim=-1)  # (G, 1, m) each
-        b_blocks = (None,) * len(z_blocks) if b is None else b.split(step)  # (m,) each
-        w_col = w[:, :, None]  # (G, N, 1)
-        if tracing():
-            outs = [torch.bmm(v, (z_i - w_col if b_i is None else z_i - b_i * w_col).reciprocal())
-                    for z_i, b_i in zip(z_blocks, b_blocks)]  # (G, S, m) each
-            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (G, S, W)
-        out = torch.empty(G, S, W, dtype=v.dtype, device=v.device)  # (G, S, W)
-        buf = torch.empty(G, N, step, dtype=v.dtype, device=v.device)  # (G, N, step): every block's matrix
-        for z_i, b_i, out_i in zip(z_blocks, b_blocks, out.split(step, dim=-1)):
-            c = buf if z_i.shape[-1] == step else buf[:, :, : z_i.shape[-1]]  # (G, N, m)
-            if b_i is None:
-                torch.sub(z_i, w_col, out=c)
+        step = _block(W, G, N, v.element_size())
+        # eager: one output buffer, so every block's 1/(z - w) reuses the previous one's memory (keeping the
+        # blocks alive for a cat made each new block page-fault: forward 2x slower); under torch.func or
+        # torch.compile the blocks are concatenated (no writes into a buffer that vmap could not batch)
+        out = None if tracing() else torch.empty(G, S, W, dtype=v.dtype, device=v.device)  # (G, S, W)
+        blocks = []
+        z_row, w_col = z[:, None, :], w[:, :, None]  # (G, 1, W), (G, N, 1): once, not per block (issue 16: ops)
+        for m0 in range(0, W, step):
+            c = (z_row[:, :, m0 : m0 + step] - w_col).reciprocal_()  # (G, N, m)
+            if out is None:
+                blocks.append(torch.bmm(v, c))  # (G, S, N) @ (G, N, m) -> (G, S, m)
             else:
-                torch.addcmul(z_i, b_i, w_col, value=-1, out=c)
-            torch.bmm(v, c.reciprocal_(), out=out_i)  # (G, S, N) @ (G, N, m) -> (G, S, m)
-        return out
+                out[:, :, m0 : m0 + step] = torch.bmm(v, c)  # (G, S, m); bmm, not @: 1 aten op instead of 4
+        if out is not None:
+            return out
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (G, S, W)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs[:3])
-        ctx.b = inputs[3]
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:  # g (G, S, W)
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # g (G, S, W)
         v, z, w = ctx.saved_tensors
-        b = ctx.b
-        need_v, need_z, need_w = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled() or tracing():
-            return (*_cauchy_backward_functional(g, v, z, w, b, need_v, need_z, need_w), None)
+        need_v, need_z, need_w = ctx.needs_input_grad
         G, S, N = v.shape
         W = z.shape[-1]
-        _, step = _blocks(W, G, N, v.element_size())
-        g_blocks = g.split(step, dim=-1)  # (G, S, m) each
-        if b is not None and need_w:
-            g_blocks = (g * b.conj()).split(step, dim=-1)  # b folded into g for gw (gv and gz read g alone)
-            g_plain = g.split(step, dim=-1)
-        else:
-            g_plain = g_blocks
-        z_blocks = z.split(step, dim=-1)  # (G, 1, m) each
-        b_blocks = (None,) * len(z_blocks) if b is None else b.split(step)
-        w_col = w[:, :, None]  # (G, N, 1)
-        gv = torch.zeros_like(v) if need_v else None  # (G, S, N)
-        gw_s = torch.zeros_like(v) if need_w else None  # (G, S, N), summed over s at the end
-        gz = torch.empty_like(z) if need_z else None  # (G, 1, W)
-        gz_blocks = gz.split(step, dim=-1) if need_z else (None,) * len(z_blocks)
-        minus_v_conj = -v.conj() if need_z else None  # (G, S, N)
-        buf = torch.empty(G, N, step, dtype=v.dtype, device=v.device)
-        for z_i, b_i, g_i, gb_i, gz_i in zip(z_blocks, b_blocks, g_plain, g_blocks, gz_blocks):
-            c = buf if z_i.shape[-1] == step else buf[:, :, : z_i.shape[-1]]  # (G, N, m)
-            if b_i is None:
-                torch.sub(z_i, w_col, out=c)
-            else:
-                torch.addcmul(z_i, b_i, w_col, value=-1, out=c)
-            c = c.reciprocal_().conj_physical_()  # (G, N, m): conj(c), a physical conj (a lazy one is copied per GEMM)
-            c_t = c.transpose(1, 2)  # (G, m, N), a view that follows c's in-place square below
+        step = _block(W, G, N, v.element_size())
+        gv = gw_k = None  # (G, S, N) sums over the blocks (gw_k summed over k at the end)
+        gz_blocks = []  # (G, m) each
+        v_conj = v.conj()
+        # create_graph=True: keep 1/(z - w) intact for the double backward (reciprocal's derivative reads it)
+        recording = torch.is_grad_enabled()
+        for m0 in range(0, W, step):
+            g_m = g[:, :, m0 : m0 + step]  # (G, S, m)
+            c = (z[:, None, m0 : m0 + step] - w[:, :, None]).reciprocal_()  # (G, N, m), in place on a fresh tensor
+            c_conj = c.conj_physical() if recording else c.conj_physical_()  # (G, N, m); a lazy conj() view
+            # would be copied by every GEMM that reads it
             if need_v:
-                gv.baddbmm_(g_i, c_t)  # += (G, S, m) @ (G, m, N)
+                term = g_m @ c_conj.transpose(1, 2)  # (G, S, m) @ (G, m, N) -> (G, S, N)
+                gv = term if gv is None else (gv + term if recording else gv.add_(term))
             if need_w or need_z:
-                c.mul_(c)  # (G, N, m): conj(c)²
+                c2_conj = c_conj * c_conj  # (G, N, m)
                 if need_w:
-                    gw_s.baddbmm_(gb_i, c_t)  # += (G, S, m) @ (G, m, N)
+                    term = g_m @ c2_conj.transpose(1, 2)  # (G, S, N)
+                    gw_k = term if gw_k is None else (gw_k + term if recording else gw_k.add_(term))
                 if need_z:
-                    torch.sum(g_i * torch.bmm(minus_v_conj, c), dim=1, keepdim=True, out=gz_i)  # (G, 1, m)
-        gw = (gw_s * v.conj()).sum(1) if need_w else None  # (G, S, N) -> (G, N)
-        if need_w and w.shape[0] != G:  # w shared by the channels (1, N)
-            gw = gw.sum(0, keepdim=True)
-        return gv, gz, gw, None
-
-
-def _cauchy_backward_functional(g, v, z, w, b, need_v, need_z, need_w):
-    """The backward of :class:`_CauchyMatmul` by functional ops (torch.func, torch.compile, create_graph=True)."""
-    G, S, N = v.shape
-    W = z.shape[-1]
-    _, step = _blocks(W, G, N, v.element_size())
-    gv = gw_s = None  # (G, S, N) sums over the blocks (gw_s summed over s at the end)
-    gz_blocks = []  # (G, m) each
-    v_conj = v.conj()
-    for m0 in range(0, W, step):
-        g_m = g[:, :, m0 : m0 + step]  # (G, S, m)
-        b_m = 1 if b is None else b[m0 : m0 + step]  # (m,)
-        c_conj = (z[:, :, m0 : m0 + step] - b_m * w[:, :, None]).reciprocal().conj_physical()  # (G, N, m)
-        if need_v:
-            term = g_m @ c_conj.transpose(1, 2)  # (G, S, m) @ (G, m, N) -> (G, S, N)
-            gv = term if gv is None else gv + term
-        if need_w or need_z:
-            c2_conj = c_conj * c_conj  # (G, N, m)
-            if need_w:
-                gb = g_m if b is None else g_m * b_m.conj()
-                term = gb @ c2_conj.transpose(1, 2)  # (G, S, N)
-                gw_s = term if gw_s is None else gw_s + term
-            if need_z:
-                gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1, keepdim=True))  # (G, S, m) -> (G, 1, m)
-    gw = (gw_s * v_conj).sum(1) if need_w else None  # (G, S, N) -> (G, N)
-    if need_w and w.shape[0] != G:  # w shared by the channels (1, N)
-        gw = gw.sum(0, keepdim=True)
-    gz = torch.cat(gz_blocks, dim=-1) if need_z else None  # (G, 1, W)
-    return gv, gz, gw
+                    gz_blocks.append(-(g_m * (v_conj @ c2_conj)).sum(1))  # (G, S, m) -> (G, m)
+        gw = (gw_k * v_conj).sum(1) if need_w else None  # (G, S, N) -> (G, N)
+        gz = torch.cat(gz_blocks, dim=-1) if need_z else None  # (G, W)
+        return gv, gz, gw
 
 
 def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
@@ -229,7 +169,7 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
 
     arXiv 2111.00396 §3.3. The Cauchy matrix 1/(z_m - w_n) depends only on the batch dimensions shared with z and
     w (the channels G); the leading dimensions of v that z and w do not have (the S stacked products) reuse it:
-    a (G, S, N) @ (G, N, W) product, built and applied in blocks of points of at most ``_BLOCK_BYTES`` (also in the backward, which
+    a (G, S, N) @ (G, N, W) product, built and applied in blocks of points of at most 4 MB (also in the backward, which
     recomputes the blocks, so memory stays O(G·(S·N + S·W)) whatever the length).
 
     Args:
@@ -250,7 +190,7 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     v_g = v.expand(*batch, N).reshape(S, G, N).transpose(0, 1)  # (S, G, N) -> (G, S, N)
     z_g = z.expand(*channels, W).reshape(G, W)  # (G, W)
     w_g = w.expand(*channels, N).reshape(G, N)  # (G, N)
-    out = _CauchyMatmul.apply(v_g.contiguous(), z_g[:, None, :].contiguous(), w_g.contiguous(), None)  # (G, S, W)
+    out = _CauchyMatmul.apply(v_g.contiguous(), z_g.contiguous(), w_g.contiguous())  # (G, S, W)
     return out.transpose(0, 1).reshape(*batch, W)  # (S, G, W) -> (..., W)
 
 
@@ -283,18 +223,10 @@ def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     _check_complex(C, "C", "(C, H, N/2)")
     if Lambda.dim() != 2:
         raise ValueError(f"Lambda must be (H, N/2) complex; got shape {tuple(Lambda.shape)}")
-    if C.dim() != 3:
-        raise ValueError(f"C must be (C, H, N/2) complex; got shape {tuple(C.shape)}")
-    H, Nh = C.shape[1:]
-    if tuple(Lambda.shape) not in ((H, Nh), (1, Nh)):
-        raise ValueError(f"Lambda must be (H, N/2) = ({H}, {Nh}) (or (1, N/2), shared) complex; got {tuple(Lambda.shape)}")
-    shared = ((1, Nh),) if Lambda.shape[0] == 1 else ()  # a shared Λ (1, N/2) allows a shared P and B
-    for x, name, letters in ((P, "P", "r"), (B, "B", "S")):
-        if x.dim() != 3 or tuple(x.shape[1:]) not in ((H, Nh), *shared):
-            raise ValueError(
-                f"{name} must be ({letters}, H, N/2) = (?, {H}, {Nh}) (or H = 1, shared) complex; got shape {tuple(x.shape)}"
-            )
-    for x, name in ((P, "P"), (B, "B"), (C, "C")):
+    H, Nh = Lambda.shape
+    for x, name, letters in ((P, "P", "r"), (B, "B", "S"), (C, "C", "C")):
+        if x.dim() != 3 or tuple(x.shape[1:]) != (H, Nh):
+            raise ValueError(f"{name} must be ({letters}, H, N/2) = (?, {H}, {Nh}) complex; got shape {tuple(x.shape)}")
         if x.dtype != Lambda.dtype:
             raise ValueError(f"{name} must have Lambda's dtype {Lambda.dtype}; got {x.dtype}")
     if B.shape[0] < 1 or C.shape[0] < 1:
@@ -307,59 +239,30 @@ def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
         raise ValueError(f"L must be an int >= 1; got {L!r}")
 
 
-def _unit_roots(L: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(1 - ω_k, (1 + ω_k)/2) at the rfft bins ω_k = e^{-2πik/L}, k = 0..L//2: two (L//2 + 1,) complex tensors.
+def _woodbury(r: Tensor, S: int, n_out: int) -> Tensor:
+    """C̃ᵀ(z - A)⁻¹B from the Cauchy sums of the products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j}.
 
-    Parameter-free, so cached per (L, dtype, device) in eager mode (no aten op per call; created outside inference
-    mode so that autograd may save them); computed in the graph while tracing. Angles in float64.
-    """
-    if tracing():
-        return _unit_roots_uncached(L, dtype, device)
-    return _unit_roots_cached(L, dtype, torch.device(device))
-
-
-def _unit_roots_uncached(L: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    k = torch.arange(L // 2 + 1, dtype=torch.float64, device=device)  # (W,)
-    omega = torch.polar(torch.ones_like(k), k * (-2 * math.pi / L)).to(dtype)  # (W,)
-    return 1 - omega, (1 + omega) / 2
-
-
-@functools.lru_cache(maxsize=64)
-def _unit_roots_cached(L: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    with torch.inference_mode(False), torch.no_grad():
-        return _unit_roots_uncached(L, dtype, device)
-
-
-def _woodbury(r: Tensor, S: int, n_out: int, R: int, g: Tensor) -> Tensor:
-    """K̂ = C̃ᵀ 2(α - βA)⁻¹ B_f from the scaled Cauchy sums ρ_ab = Σ_n a_n b_n / ((1-ω)/Δ - g λ_n), g = (1+ω)/2.
-
-    With A = Λ - Σ_i P_i Q_i (Q = P*) and D = α - βΛ (α = (2/Δ)(1-ω), β = 1+ω), Woodbury gives
-        K̂[s, c] = ρ[s, c] - Σ_ij ρ[S+i, c] [g Y⁻¹]_ij ρ[s, n_out+j],   Y[j, i] = δ_ji + g ρ[S+i, n_out+j]   (rank R),
-    finite at ω = -1 (g = 0: no correction).
+    k[s, c] = r[s, c] - Σ_ij r[S+i, c] [Y⁻¹]_ij r[s, n_out+j],  Y[j, i] = δ_ji + r[S+i, n_out+j]   (rank R).
 
     Args:
-        r: (H, (S+R)(C+R), W) complex scaled Cauchy sums, r[:, a(C+R) + b] = ρ_ab.
-        S: number of input vectors; n_out: number of output vectors C; R: the rank.
-        g: (W,) complex (1 + ω)/2.
+        r: (S+R, C+R, H, W) complex Cauchy sums, r[a, b] = Σ_n a_n b_n / (z - λ_n).
+        S: number of input vectors; n_out: number of output vectors C.
 
     Returns:
-        (H, S, C, W) complex.
+        (S, C, H, W) complex.
     """
-    H, _, W = r.shape
+    R = r.shape[0] - S
+    k = r[:S, :n_out]  # (S, C, H, W)
     if R == 0:
-        return r.view(H, S, n_out, W)
-    if S == n_out == R == 1:  # the common case: one view and one unbind (3 splits otherwise)
-        k, r_bq, r_pc, r_pq = r.view(H, 4, 1, 1, W).unbind(1)  # (H, 1, 1, W) each
-    else:
-        r = r.view(H, S + R, n_out + R, W)
-        (r_b, r_p) = r.split([S, R], dim=1)  # (H, S, C+R, W), (H, R, C+R, W)
-        k, r_bq = r_b.split([n_out, R], dim=2)  # ρ_{B_s C̃_c} (H, S, C, W), ρ_{B_s Q_j} (H, S, R, W)
-        r_pc, r_pq = r_p.split([n_out, R], dim=2)  # ρ_{P_i C̃_c} (H, R, C, W), ρ_{P_i Q_j} (H, R, R, W)
-    if R == 1:  # g Y⁻¹ = g / (1 + g ρ_PQ)
-        return torch.addcmul(k, r_pc, r_bq * (g / (1 + g * r_pq)), value=-1)  # (H, S, C, W)
-    Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None] + g * r_pq.transpose(1, 2)  # (H, R_j, R_i, W)
-    Y_inv = small_inverse(Y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) * g  # (H, W, R, R) -> (H, R, R, W): g Y⁻¹
-    return k - torch.einsum("hicm,hijm,hsjm->hscm", r_pc, Y_inv, r_bq)  # (H, S, C, W)
+        return k
+    r_pc = r[S:, :n_out]  # (R, C, H, W): a = P_i, b = C̃_c
+    r_bq = r[:S, n_out:]  # (S, R, H, W): a = B_s, b = Q_j
+    # Y = I + P*(z - Λ)⁻¹P as a matrix: Y[j, i] = δ_ji + Σ_n conj(P_j)_n P_i,n / (z - λ_n) = δ_ji + r[S+i, C+j].
+    Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None, None] + r[S:, n_out:].transpose(0, 1)  # (R, R, H, W)
+    Y_inv = small_inverse(Y.permute(2, 3, 0, 1)).permute(2, 3, 0, 1)  # (H, W, R, R) -> (R, R, H, W)
+    if R == 1:
+        return k - r_pc[0][None] * r_bq[:, 0][:, None] * Y_inv[0, 0]  # (S, C, H, W)
+    return k - torch.einsum("ichm,ijhm,sjhm->schm", r_pc, Y_inv, r_bq)  # (S, C, H, W)
 
 
 def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
@@ -381,23 +284,28 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     """
     _check_dplr_args(Lambda, P, B, C, dt, L)
     S, n_out = B.shape[0], C.shape[0]
-    H, M = C.shape[1:]
-    # 1. The rfft bins ω_k = e^{-2πik/L}, k <= L/2, as the points (1 - ω)/Δ and the weights g = (1 + ω)/2.
-    one_minus, g = _unit_roots(L, Lambda.dtype, Lambda.device)  # (W,) each
-    z = one_minus / dt.view(H, 1, 1)  # (H, 1, W)
+    # 1. Evaluation points ω_k = e^{-2πik/L}, k < L/2 (the point ω = -1 of an even L is done in step 5):
+    #    z_k = (2/Δ)(1 - ω)/(1 + ω) = i (2/Δ) tan(πk/L),   2/(1 + ω) = 1 + i tan(πk/L).
+    n_reg = (L + 1) // 2
+    tan = torch.tan(torch.arange(n_reg, dtype=dt.dtype, device=dt.device) * (math.pi / L))  # (W,)
+    z = torch.complex(torch.zeros_like(dt)[:, None] * tan, (2 / dt)[:, None] * tan)  # (H, W)
     # 2. All products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j = conj P_j}, over both members of each pair.
-    # (conj_physical: one aten op, where a lazy conj() is resolved by a second one inside cat)
-    a = torch.cat([B, P if P.shape[1] == B.shape[1] else P.expand(-1, H, -1)], dim=0).transpose(0, 1)  # (H, S+r, N/2)
-    b = torch.cat([C, P.conj_physical().expand(-1, H, -1)], dim=0).transpose(0, 1)  # (H, C+r, N/2)
-    ab = a[:, :, None] * b[:, None]  # (H, S+r, C+r, N/2)
-    ab = torch.cat([ab, ab.conj_physical()], dim=-1)  # (H, S+r, C+r, N)
-    w = torch.cat([Lambda, Lambda.conj_physical()], dim=-1)  # (H, N)
-    # 3. Scaled Cauchy sums ρ_ab(ω) = Σ_n a_n b_n / ((1-ω)/Δ - g λ_n) = (2/(1+ω)) r_ab(z): one blocked GEMM per channel.
-    n_ab = ab.shape[1] * ab.shape[2]
-    r = _CauchyMatmul.apply(ab.view(H, n_ab, 2 * M), z, w, g)  # (H, (S+r)(C+r), W)
-    # 4. Woodbury (finite at ω = -1, where K̂ = (Δ/2) C̃ᵀ B_f), then back to the time domain.
-    k = _woodbury(r, S, n_out, P.shape[0], g)  # (H, S, C, W)
-    return torch.fft.irfft(k.permute(1, 2, 0, 3), n=L)  # (S, C, H, L)
+    a = torch.cat([B, P], dim=0)  # (S+r, H, N/2)
+    b = torch.cat([C, P.conj()], dim=0)  # (C+r, H, N/2)
+    ab = a[:, None] * b[None, :]  # (S+r, C+r, H, N/2)
+    ab = torch.cat([ab, ab.conj()], dim=-1)  # (S+r, C+r, H, N)
+    w = torch.cat([Lambda, Lambda.conj()], dim=-1)  # (H, N)
+    # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n): one blocked GEMM per channel.
+    r = cauchy(ab, z, w, backend="chunked")  # (S+r, C+r, H, W)
+    # 4. Woodbury, then the factor 2/(1 + ω).
+    k = _woodbury(r, S, n_out)  # (S, C, H, W)
+    k = k * torch.complex(torch.ones_like(tan), tan)  # (S, C, H, W)
+    # 5. ω = -1 (even L): z = ∞ and K̂ = (Δ/2) C̃ᵀ B_f = Δ Re Σ_half C̃ B.
+    if L % 2 == 0:
+        nyquist = dt * (B[:, None] * C[None, :]).sum(-1).real  # (S, C, H)
+        k = torch.cat([k, nyquist.to(k.dtype)[..., None]], dim=-1)  # (S, C, H, L/2 + 1)
+    # 6. Back to the time domain.
+    return torch.fft.irfft(k, n=L)  # (S, C, H, L)
 
 
 def dplr_kernel_reference(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
@@ -419,8 +327,6 @@ def dplr_kernel_reference(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: T
         K (S, C, H, L) real.
     """
     _check_dplr_args(Lambda, P, B, C, dt, L)
-    H = C.shape[1]
-    Lambda, P, B = Lambda.expand(H, -1), P.expand(-1, H, -1), B.expand(-1, H, -1)  # shared (H = 1) -> per channel
     full = lambda x: torch.cat([x, x.conj()], dim=-1)  # noqa: E731  (..., N/2) -> (..., N)
     A_bar, B_bar = bilinear_dplr(Lambda, P, B, dt)  # (H, N, N), (S, H, N)
     eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)  # (N, N)

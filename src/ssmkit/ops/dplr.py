@@ -24,13 +24,10 @@ Discretisation has a single path per form, so nothing here dispatches on the bac
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
-
-from ssmkit.ops.backend import tracing
 
 from ssmkit.utils import check_floating
 
@@ -180,111 +177,6 @@ def bilinear_dplr_real(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tupl
     A_bar = (4 / dt)[:, None, None] * M_inv - eye  # (H, N, N)
     B_bar = 2 * torch.einsum("hnm,...hm->...hn", M_inv, torch.cat([B.real, B.imag], dim=-1))  # (..., H, N)
     return A_bar, B_bar
-
-
-def to_pairs(x: Tensor) -> Tensor:
-    """A half state in the interleaved real basis z = [Re x_0, Im x_0, Re x_1, ...] (a view, no copy).
-
-    Args:
-        x: (..., N/2) complex.
-
-    Returns:
-        z (..., N) real, x's real dtype.
-    """
-    return torch.view_as_real(x).flatten(-2)  # (..., N)
-
-
-def from_pairs(z: Tensor) -> Tensor:
-    """Inverse of :func:`to_pairs` (a view, no copy).
-
-    Args:
-        z: (..., N) real with last-dimension stride 1 (and even strides elsewhere).
-
-    Returns:
-        x (..., N/2) complex.
-    """
-    return torch.view_as_complex(z.unflatten(-1, (-1, 2)))  # (..., N/2)
-
-
-def bilinear_dplr_pairs(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-    """Bilinear DPLR discretisation in the interleaved real basis z = [Re x_0, Im x_0, Re x_1, ...] of the half state.
-
-    arXiv 2111.00396 eq. 3 in few, large operations (issue 16): in this basis A = diag(Λ_f) - Σ_i P_f,i P_f,i* is
-        A_z = blockdiag([[Re λ_m, -Im λ_m], [Im λ_m, Re λ_m]]) - 2 Σ_i p_i p_iᵀ,   p_i = [Re P_i,0, Im P_i,0, ...],
-    (P_f,i* x_f = 2 Re Σ_half P̄_i x = 2 p_iᵀ z), and with E = (I - ΔA_z/2)⁻¹ (one batched LU inverse of a matrix
-    whose eigenvalues 1 - Δλ/2 have real part >= 1):
-        Ā = (I - ΔA/2)⁻¹(I + ΔA/2) = 2E - I,   B̄ = Δ E b,   b = [Re B_0, Im B_0, ...].
-    Equals P⁻¹ (T⁻¹ Ā_c T) P of :func:`bilinear_dplr` and :func:`bilinear_dplr_real` for the permutation P
-    between the two real bases. Computed in the input precision (S4 passes complex128).
-
-    Args:
-        Lambda: (H, N/2) complex eigenvalues, one per conjugate pair, or (1, N/2) shared by the channels.
-        P: (r, H, N/2) complex low-rank factors (r >= 0), or (r, 1, N/2) shared.
-        B: (H, N/2) complex input vector (or (1, N/2) shared), or (S, H, N/2) for S input vectors (any leading dims).
-        dt: (H,) real step sizes (H is taken from dt).
-
-    Returns:
-        (A_bar, B_bar): A_bar (H, N, N) real, B_bar (H, N) real (with B's leading dims), Lambda's real dtype.
-    """
-    H, M = _check_shared(Lambda, P, B, dt)
-    # 1. A_z: the 2 x 2 rotation blocks of Λ (rows [a, -b] and [b, a]: the real and imaginary parts of λ̄ and iλ̄)
-    #    placed on the block diagonal by one product with δ_mm', then the rank-r term.
-    real = torch.float64 if Lambda.dtype == torch.complex128 else torch.float32
-    delta, eye, minus_eye = _identities(M, real, Lambda.device)  # (M, 1, M, 1) δ_mm', (N, N) I and -I
-    lam_conj = Lambda.conj_physical()  # (H, M)
-    rot = torch.view_as_real(torch.stack([lam_conj, lam_conj * 1j], dim=-1))  # (H, M, 2, 2)
-    A = (rot[:, :, :, None, :] * delta).view(-1, 2 * M, 2 * M)  # (H, M, 2, M, 2) -> (H, N, N) (or H = 1, shared)
-    p = to_pairs(P)  # (r, H, N)
-    A = torch.baddbmm(A, p.permute(1, 2, 0), p.transpose(0, 1), alpha=-2)  # (H, N, N): - 2 Σ_i p_i p_iᵀ
-    # 2. E = (I - ΔA/2)⁻¹, Ā = 2E - I, B̄ = Δ E b.
-    dt_col = dt.view(H, 1, 1)  # (H, 1, 1)
-    E = torch.linalg.inv_ex(torch.addcmul(eye, A, dt_col, value=-0.5))[0]  # (H, N, N); never singular
-    # (eigenvalues 1 - Δλ/2, Re >= 1), so no error check (an op and a device sync)
-    A_bar = torch.add(minus_eye, E, alpha=2)  # (H, N, N): 2E - I
-    b = to_pairs(B).unsqueeze(-1) * dt_col  # (..., H, N, 1)
-    if B.dim() == 2:
-        return A_bar, torch.bmm(E, b).view(H, 2 * M)  # (H, N)
-    return A_bar, (E @ b).squeeze(-1)  # (..., H, N)
-
-
-def _check_shared(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[int, int]:
-    """:func:`_check_dplr` where Λ, P, B may have 1 in place of H (shared by the channels); H from dt (H,)."""
-    check_floating(dt, "dt")
-    if dt.dim() != 1:
-        raise ValueError(f"dt must be (H,); got shape {tuple(dt.shape)}")
-    H = dt.shape[0]
-    if Lambda.dim() == 2 and Lambda.shape[0] == 1 and H > 1:
-        h1 = Lambda.shape[0]
-        if P.dim() != 3 or P.shape[1] != h1 or B.dim() < 2 or B.shape[-2] not in (1, H):
-            raise ValueError(
-                f"with a shared Lambda (1, N/2), P must be (r, 1, N/2) and B (..., 1 or H, N/2); got shapes "
-                f"{tuple(P.shape)}, {tuple(B.shape)}"
-            )
-        _check_dplr(Lambda, P)
-        _check_complex(B, "B", "(..., 1 or H, N/2)")
-        if B.shape[-1] != Lambda.shape[1] or B.dtype != Lambda.dtype:
-            raise ValueError(f"B must be (..., N/2) = (..., {Lambda.shape[1]}) {Lambda.dtype}; got {tuple(B.shape)} {B.dtype}")
-        return H, Lambda.shape[1]
-    return _check_dplr(Lambda, P, B, dt)
-
-
-def _identities(M: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """δ_mm' as (M, 1, M, 1), the identity (2M, 2M) and its negative: cached per (M, dtype, device) in eager mode (no aten op per
-    call; created outside inference mode so that autograd may save them), built in the graph while tracing."""
-    if tracing():
-        return _identities_uncached(M, dtype, device)
-    return _identities_cached(M, dtype, torch.device(device))
-
-
-def _identities_uncached(M: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    eye = torch.eye(2 * M, dtype=dtype, device=device)  # (2M, 2M)
-    return torch.eye(M, dtype=dtype, device=device).view(M, 1, M, 1), eye, -eye
-
-
-@functools.lru_cache(maxsize=64)
-def _identities_cached(M: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    with torch.inference_mode(False), torch.no_grad():
-        return _identities_uncached(M, dtype, device)
 
 
 class DPLRStepCoefficients(NamedTuple):

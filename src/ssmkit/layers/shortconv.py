@@ -14,7 +14,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_positive_int, parameter_dtype
 from ssmkit.layers.state import TensorSpec
-from ssmkit.ops.conv import causal_conv1d, causal_conv1d_segments, causal_conv1d_step, check_activation
+from ssmkit.ops.conv import activate, causal_conv1d, causal_conv1d_segments, causal_conv1d_step, check_activation
 
 
 class ShortConv(nn.Module):
@@ -74,9 +74,9 @@ class ShortConv(nn.Module):
         forced to (a layer's backends name its scan's paths): the C kernel on the CPU where it runs, else
         ``F.conv1d``."""
         if resets is not None:
-            check_activation(activation)
+            check_activation(activation)  # before the work, as the other path does
             y, st = causal_conv1d_segments(x, self.weight, self.bias, state, resets, return_state)
-            return (torch.nn.functional.silu(y) if activation == "silu" else y), st
+            return activate(y, activation), st
         return causal_conv1d(x, self.weight, self.bias, state, return_state, activation=activation, backend="auto")
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,7 +52,9 @@ def check_activation(activation: object) -> None:
         raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
 
 
-def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+def activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """``activation`` (one of :data:`ACTIVATIONS`) applied to y (B, L, H): SiLU, or y itself for None."""
+    check_activation(activation)
     return F.silu(y) if activation == "silu" else y
 
 
@@ -74,7 +76,7 @@ def causal_conv1d_torch(
         padded = F.pad(xt, (W - 1, 0))  # (B, H, W-1+L)
     else:
         padded = torch.cat([state, xt], dim=-1)  # (B, H, W-1+L)
-    y = _activate(F.conv1d(padded, weight.unsqueeze(1), bias, groups=H).transpose(1, 2), activation)  # (B, L, H)
+    y = activate(F.conv1d(padded, weight.unsqueeze(1), bias, groups=H).transpose(1, 2), activation)  # (B, L, H)
     if not return_state:
         return y, None
     return y, padded[:, :, padded.shape[-1] - (W - 1):]  # (B, H, W-1)
@@ -83,7 +85,7 @@ def causal_conv1d_torch(
 def _reference(x, weight, bias=None, state=None, return_state=True, activation=None):
     check_activation(activation)
     y, st = causal_conv1d_reference(x, weight, bias, state)
-    return _activate(y, activation), (st if return_state else None)
+    return activate(y, activation), (st if return_state else None)
 
 
 _CONV = {"reference": _reference, "chunked": causal_conv1d_torch, "native": causal_conv1d_native}

@@ -5,6 +5,8 @@ runs it beside the other paths against an independent numpy loop, with gradcheck
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -53,6 +55,21 @@ def test_disabled_by_the_environment(monkeypatch):
     assert not ok and "float32 or float64" in why
 
 
+def test_openmp_builds_apart_and_shares_torchs_runtime(tmp_path, monkeypatch):
+    from ssmkit.ops.native.selective import SIGNATURES
+
+    monkeypatch.setenv("SSMKIT_NATIVE_CACHE", str(tmp_path))
+    with_openmp = build.library_path("selective_scan.c", "float32")
+    monkeypatch.setenv("SSMKIT_NATIVE_OPENMP", "0")
+    assert build.library_path("selective_scan.c", "float32") != with_openmp  # another library, not a stale one
+    assert build.bind("selective_scan.c", torch.float32, SIGNATURES)["openmp"] is False
+    monkeypatch.setenv("SSMKIT_NATIVE_OPENMP", "1")
+    if build.bind("selective_scan.c", torch.float32, SIGNATURES)["openmp"] and os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as maps:  # one OpenMP runtime in the process: torch's (found by its soname)
+            runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+        assert len(runtimes) == 1, runtimes
+
+
 def inputs(Bsz, L, H, N, G, dtype=F64, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
@@ -64,15 +81,25 @@ def inputs(Bsz, L, H, N, G, dtype=F64, seed=0):
 
 ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
+# How a kernel call is threaded: (threads, SSMKIT_NATIVE_OPENMP): one thread; three OpenMP threads (the kernels'
+# partial sums per OpenMP thread); three Python threads over a library built without OpenMP (the fallback)
+THREADINGS = [(1, "1"), (3, "1"), (3, "0")]
+THREADING_IDS = ["1-thread", "3-openmp", "3-python-threads"]
+
+
+def use_threads(monkeypatch, threads: int, openmp: str) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setenv("SSMKIT_NATIVE_OPENMP", openmp)
+
 # (B, L, H, N, G): one partial block; three blocks (64, 64, 2); groups of 65 channels (a block and a one-channel tail
 # per group); a chunk boundary inside L and a last chunk of one step (L = 33 with T = 8)
 SHAPES = [(2, 9, 5, 3, None), (1, 33, 130, 4, None), (3, 17, 130, 2, 2), (2, 12, 128, 5, 4)]
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
 def test_forward_and_gradients_equal_the_loop_in_float64(shape, threads, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the kernel's split over Python threads
+    use_threads(monkeypatch, *threads)
     p = {k: v.requires_grad_() for k, v in inputs(*shape).items()}
     args = [p[k] for k in ORDER]
     g = torch.Generator().manual_seed(1)
@@ -168,11 +195,11 @@ def diag_inputs(Bsz, L, H, N, seed=0, dtype=C128):
 DIAG_SHAPES = [(2, 9, 5, 3), (1, 33, 35, 5), (3, 17, 16, 8), (2, 25, 19, 1)]
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)
 @pytest.mark.parametrize("shape", DIAG_SHAPES, ids=[str(s) for s in DIAG_SHAPES])
 @pytest.mark.parametrize("with_D", [True, False])
 def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads, with_D, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    use_threads(monkeypatch, *threads)
     p = {k: v.requires_grad_() for k, v in diag_inputs(*shape).items()}
     D = p["D"] if with_D else None
     leaves_ = [p["u"], p["A"], p["B"], p["C"], p["x0"], *([D] if with_D else [])]
@@ -265,12 +292,12 @@ from ssmkit.ops.native import causal_conv1d_native  # noqa: E402
 CONV_SHAPES = [(2, 9, 5, 4), (1, 13, 130, 3), (3, 2, 7, 4), (2, 6, 3, 1)]
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=[str(s) for s in CONV_SHAPES])
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("strided", [False, True])
 def test_conv_forward_and_gradients_equal_the_loop_in_float64(shape, threads, activation, strided, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    use_threads(monkeypatch, *threads)
     Bsz, L, H, W = shape
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
@@ -311,12 +338,12 @@ from ssmkit.ops.native import linear_recurrence_native  # noqa: E402
 from ssmkit.ops.recurrence import linear_recurrence_reference  # noqa: E402
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)
 @pytest.mark.parametrize("cplx", [False, True])
 @pytest.mark.parametrize("varying", [False, True])
 @pytest.mark.parametrize("S", [(5,), (3, 23), (70,)])  # a partial block; two channel axes; three blocks of 32
 def test_recurrence_forward_and_gradients_equal_the_loop_in_float64(S, varying, cplx, threads, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    use_threads(monkeypatch, *threads)
     g = torch.Generator().manual_seed(0)
     Bsz, L = 2, 17
     dtype = C128 if cplx else F64

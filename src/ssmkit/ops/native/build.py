@@ -9,6 +9,11 @@ CPU builds afresh (``-march=native`` code must never run on a CPU without those 
 written under a temporary name and renamed: a concurrent or interrupted build never leaves a half-written file.
 
 ``SSMKIT_NATIVE=0`` in the environment disables the backend (every build is refused with that reason).
+
+Threads: the kernels are compiled with ``-fopenmp`` (their items run on the OpenMP runtime torch ships and uses:
+:mod:`ssmkit.ops.native.parallel`); a compiler without OpenMP, or ``SSMKIT_NATIVE_OPENMP=0``, builds them without it
+(``-fopenmp-simd`` only), and their calls are split over Python threads instead. Each library says which it is
+(``native_openmp``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=gnu11")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=gnu11")
 DTYPE_FLAGS = {"float32": (), "float64": ("-DSS_DOUBLE",)}
 
 
@@ -65,13 +70,25 @@ def _version(cc: str) -> str:
     return out.stdout.splitlines()[0] if out.stdout else cc
 
 
+def openmp_requested() -> bool:
+    """Whether the kernels are built with OpenMP: yes unless ``SSMKIT_NATIVE_OPENMP=0`` (read at each build)."""
+    return os.environ.get("SSMKIT_NATIVE_OPENMP", "1") != "0"
+
+
+def _flag_sets(dtype: str) -> list[tuple[str, ...]]:
+    """The flag sets to try in order: OpenMP (when requested) before none, ``-march=native`` before the portable
+    flags (a compiler that does not know one of them gets the next set)."""
+    no_omp = tuple("-fopenmp-simd" if f == "-fopenmp" else f for f in FLAGS)
+    sets = ([FLAGS] if openmp_requested() else []) + [no_omp]
+    return [(*fl, *DTYPE_FLAGS[dtype]) for s in sets for fl in (s, tuple(f for f in s if f != "-march=native"))]
+
+
 def library_path(source: str, dtype: str) -> Path:
     """Where the library of ``source`` (a file name beside this module) for ``dtype`` is, or will be, cached."""
     cc = compiler()
     text = b"\0".join(f.read_bytes() for f in [SOURCE_DIR / source, *sorted(SOURCE_DIR.glob("*.h"))])  # + headers
-    key = hashlib.sha256(
-        b"\0".join([text, _version(cc).encode(), " ".join(FLAGS + DTYPE_FLAGS[dtype]).encode(), _cpu_flags().encode()])
-    ).hexdigest()[:16]
+    flags = " ".join(_flag_sets(dtype)[0]).encode()
+    key = hashlib.sha256(b"\0".join([text, _version(cc).encode(), flags, _cpu_flags().encode()])).hexdigest()[:16]
     return cache_dir() / f"{Path(source).stem}-{dtype}-{key}.so"
 
 
@@ -94,9 +111,8 @@ def build(source: str, dtype: str) -> Path:
     os.close(fd)
     try:
         cc = compiler()
-        # -march=native first; a compiler that does not know it (some clang builds) gets the portable flags
-        for flags in (FLAGS, tuple(f for f in FLAGS if f != "-march=native")):
-            cmd = [cc, *flags, *DTYPE_FLAGS[dtype], "-o", tmp, str(SOURCE_DIR / source), "-lm"]
+        for flags in _flag_sets(dtype):
+            cmd = [cc, *flags, "-o", tmp, str(SOURCE_DIR / source), "-lm"]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if out.returncode == 0:
                 break
@@ -127,7 +143,8 @@ _BOUND: dict[tuple[str, str], dict] = {}
 
 def bind(source: str, dtype: "torch.dtype", signatures: dict[str, tuple[list, object]]) -> dict:
     """The C functions of ``source`` for a torch dtype (float32 -> the ``_f32`` symbols, float64 -> ``_f64``), with
-    their ctypes argument and result types set; built and loaded on first use, then cached.
+    their ctypes argument and result types set, and ``"openmp"``: whether the library was built with OpenMP; built and
+    loaded on first use, then cached.
 
     Args:
         source: the kernel's file name beside this module.
@@ -140,11 +157,13 @@ def bind(source: str, dtype: "torch.dtype", signatures: dict[str, tuple[list, ob
     import torch
 
     name = {torch.float32: "float32", torch.float64: "float64"}[dtype]
-    key = (source, name)
+    key = (source, name, openmp_requested())
     if key not in _BOUND:
         lib = load(source, name)
         suffix = "f32" if name == "float32" else "f64"
-        fns = {}
+        openmp = getattr(lib, f"native_openmp_{suffix}")
+        openmp.argtypes, openmp.restype = [], ctypes.c_int
+        fns: dict = {"openmp": bool(openmp())}
         for fn_name, (argtypes, restype) in signatures.items():
             fn = getattr(lib, f"{fn_name}_{suffix}")
             fn.argtypes, fn.restype = argtypes, restype

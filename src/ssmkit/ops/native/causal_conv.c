@@ -33,12 +33,12 @@ static inline const real *erow(const real *rows, const real *x, int64_t xb, int6
     return p < W - 1 ? rows + p * VEC : x + b * xb + (p - (W - 1)) * xt + c0;
 }
 
-/* Forward over items [item0, item1): y (B, L, H) contiguous, the final state stL (B, H, W-1) when not NULL.
+/* Forward over items [item0, item1) on the calling thread: y (B, L, H) contiguous, the final state stL (B, H, W-1) when not NULL.
  * wt (W, H) the taps transposed; bias (H,), state (B, H, W-1) or NULL; silu: apply SiLU. Returns 0, or 1 when out of
  * memory. */
-int SUFFIX(cc_forward)(const real *x, int64_t xb, int64_t xt, const real *wt, const real *bias, const real *state,
-                       int64_t silu, real *y, real *stL, int64_t Bsz, int64_t L, int64_t H, int64_t W, int64_t item0,
-                       int64_t item1) {
+static int forward_range(const real *x, int64_t xb, int64_t xt, const real *wt, const real *bias, const real *state,
+                         int64_t silu, real *y, real *stL, int64_t Bsz, int64_t L, int64_t H, int64_t W, int64_t item0,
+                         int64_t item1) {
     (void)Bsz;
     const int64_t nblk = (H + VEC - 1) / VEC;
     real *rows = malloc(sizeof(real) * (W > 1 ? W - 1 : 1) * VEC);
@@ -72,12 +72,12 @@ int SUFFIX(cc_forward)(const real *x, int64_t xb, int64_t xt, const real *wt, co
     return 0;
 }
 
-/* Backward over items [item0, item1): from gy (B, L, H) contiguous and gstL (B, H, W-1) or NULL, writes gx (B, L, H)
+/* Backward over items [item0, item1) on the calling thread: from gy (B, L, H) contiguous and gstL (B, H, W-1) or NULL, writes gx (B, L, H)
  * contiguous and gst0 (B, H, W-1) when not NULL, and adds into this thread's partials gP (W + 1, H): ∂w (transposed,
  * rows 0..W-1) and ∂b (row W). gpre is a scratch buffer of L × VEC values. Returns 0, or 1 when out of memory. */
-int SUFFIX(cc_backward)(const real *x, int64_t xb, int64_t xt, const real *wt, const real *bias, const real *state,
-                        int64_t silu, const real *gy, const real *gstL, real *gx, real *gst0, real *gP, real *gpre,
-                        int64_t Bsz, int64_t L, int64_t H, int64_t W, int64_t item0, int64_t item1) {
+static int backward_range(const real *x, int64_t xb, int64_t xt, const real *wt, const real *bias, const real *state,
+                          int64_t silu, const real *gy, const real *gstL, real *gx, real *gst0, real *gP, real *gpre,
+                          int64_t Bsz, int64_t L, int64_t H, int64_t W, int64_t item0, int64_t item1) {
     (void)Bsz;
     const int64_t nblk = (H + VEC - 1) / VEC;
     real *rows = malloc(sizeof(real) * (W > 1 ? W - 1 : 1) * VEC);
@@ -141,4 +141,30 @@ int SUFFIX(cc_backward)(const real *x, int64_t xb, int64_t xt, const real *wt, c
     }
     free(rows);
     return 0;
+}
+
+/* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
+ * time; thread i adds into the partials gP + i·(W+1)·H and uses the scratch gpre + i·L·VEC. Return 0, or 1 when out of
+ * memory. */
+int SUFFIX(cc_forward)(const real *x, int64_t xb, int64_t xt, const real *wt, const real *bias, const real *state,
+                       int64_t silu, real *y, real *stL, int64_t Bsz, int64_t L, int64_t H, int64_t W, int64_t item0,
+                       int64_t item1, int64_t nthreads) {
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++)
+        failed |= forward_range(x, xb, xt, wt, bias, state, silu, y, stL, Bsz, L, H, W, item, item + 1);
+    return failed;
+}
+
+int SUFFIX(cc_backward)(const real *x, int64_t xb, int64_t xt, const real *wt, const real *bias, const real *state,
+                        int64_t silu, const real *gy, const real *gstL, real *gx, real *gst0, real *gP, real *gpre,
+                        int64_t Bsz, int64_t L, int64_t H, int64_t W, int64_t item0, int64_t item1, int64_t nthreads) {
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++) {
+        const int64_t p = thread_index();
+        failed |= backward_range(x, xb, xt, wt, bias, state, silu, gy, gstL, gx, gst0, gP + p * (W + 1) * H,
+                                 gpre + p * L * VEC, Bsz, L, H, W, item, item + 1);
+    }
+    return failed;
 }

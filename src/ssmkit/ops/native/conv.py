@@ -23,8 +23,8 @@ from ssmkit.ops.native.parallel import parts, ptr, run_parts
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of causal_conv.c: (argument types, result type)
     "cc_items": ([_i64] * 2, _i64),
-    "cc_forward": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _p] + [_i64] * 6, ctypes.c_int),
-    "cc_backward": ([_p, _i64, _i64, _p, _p, _p, _i64] + [_p] * 6 + [_i64] * 6, ctypes.c_int),
+    "cc_forward": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _p] + [_i64] * 7, ctypes.c_int),
+    "cc_backward": ([_p, _i64, _i64, _p, _p, _p, _i64] + [_p] * 6 + [_i64] * 7, ctypes.c_int),
 }
 ACTIVATIONS = (None, "silu")
 
@@ -47,7 +47,8 @@ class _NativeConv(torch.autograd.Function):
         stL = x.new_empty(Bsz, H, W - 1)
         args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias_c), ptr(state_c), int(silu), ptr(y), ptr(stL),
                 Bsz, L, H, W]
-        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1))):
+        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1),
+                         fns["openmp"])):
             raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
         ctx.save_for_backward(x, wt, bias_c, state_c)
         ctx.silu, ctx.has_bias, ctx.has_state = silu, bias is not None, state is not None
@@ -74,7 +75,7 @@ class _NativeConv(torch.autograd.Function):
         def args(part, i0, i1):
             return (*shared, ptr(g_P[part]), ptr(scratch[part]), Bsz, L, H, W, i0, i1)
 
-        if any(run_parts(fns["cc_backward"], n_items, args)):
+        if any(run_parts(fns["cc_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")
         g_P = g_P.sum(0)
         return g_x, g_P[:W].t(), (g_P[W] if ctx.has_bias else None), g_state, None

@@ -28,8 +28,8 @@ from ssmkit.ops.native.parallel import parts, ptr, run_parts
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result type)
     "ds_items": ([_i64] * 2, _i64),
-    "ds_forward": ([_p] * 12 + [_i64] * 7, ctypes.c_int),
-    "ds_backward": ([_p] * 14 + [_i64] * 7, ctypes.c_int),
+    "ds_forward": ([_p] * 12 + [_i64] * 8, ctypes.c_int),
+    "ds_backward": ([_p] * 14 + [_i64] * 8, ctypes.c_int),
 }
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -69,7 +69,8 @@ class _NativeDiagonal(torch.autograd.Function):
         xL = torch.empty(Bsz, H, N, dtype=A_bar.dtype)
         ckpt = u.new_empty(Bsz, -(-L // T), 2, N, H) if keep else None  # the states at the chunk starts
         args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), ptr(ckpt), Bsz, L, H, N, T]
-        if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1))):
+        if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1),
+                         fns["openmp"])):
             raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
         ctx.save_for_backward(u, *pars, Dc, ckpt)
         ctx.T, ctx.has_x0, ctx.has_D, ctx.cdtype = T, x0 is not None, D is not None, A_bar.dtype
@@ -96,7 +97,7 @@ class _NativeDiagonal(torch.autograd.Function):
         def args(part, i0, i1):
             return (*shared, ptr(g[part]), Bsz, L, H, N, ctx.T, i0, i1)
 
-        if any(run_parts(fns["ds_backward"], n_items, args)):
+        if any(run_parts(fns["ds_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("ssm_scan native: the backward could not allocate its chunk buffers")
         g = g.sum(0)  # (7, N, H)
         cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (N, H) pair -> (H, N) complex

@@ -78,13 +78,13 @@ static void gather(real *dst, const real *src, int64_t N, int64_t H, int64_t c0,
         for (int64_t c = 0; c < VEC; c++) dst[n * VEC + c] = (c < w && n < N) ? src[n * H + c0 + c] : 0;
 }
 
-/* Forward over items [item0, item1): y (B, L, H); the final state xL (B, H, N, 2) and the chunk-start states
+/* Forward over items [item0, item1) on the calling thread: y (B, L, H); the final state xL (B, H, N, 2) and the chunk-start states
  * ckpt (B, ceil(L/T), 2, N, H) when not NULL; x0 (B, H, N, 2) or NULL for zeros. Time runs in chunks of T steps;
  * inside a chunk the loop is mode-major (for each n, all T steps), so a mode's parameters and state stay in
  * registers and only u and y are read and written per step. Returns 0, or 1 when out of memory. */
-int SUFFIX(ds_forward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
-                       const real *ci, const real *D, const real *x0, real *y, real *xL, real *ckpt, int64_t Bsz,
-                       int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1) {
+static int forward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
+                         const real *ci, const real *D, const real *x0, real *y, real *xL, real *ckpt, int64_t Bsz,
+                         int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1) {
     (void)Bsz;
     const int64_t NP = (N + MB - 1) / MB * MB, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
     real *buf = malloc(sizeof(real) * (8 * S + 2 * T * VEC));
@@ -151,15 +151,15 @@ int SUFFIX(ds_forward)(const real *u, const real *ar, const real *ai, const real
     return 0;
 }
 
-/* Backward over items [item0, item1), from the chunk-start states ckpt (B, ceil(L/T), 2, N, H), the output gradient
+/* Backward over items [item0, item1) on the calling thread, from the chunk-start states ckpt (B, ceil(L/T), 2, N, H), the output gradient
  * gy (B, L, H) and the final-state gradient gxL (B, H, N, 2) or NULL. Writes gu (B, L, H) and gx0 (B, H, N, 2) (when
  * not NULL) for its channels, and adds into this thread's partials g (7, N, H): ∂Ā re/im, ∂B̄ re/im, ∂C re/im,
  * then ∂D in row 6 (its first H values). Mode-major inside each chunk, as the forward. Returns 0, or 1 when out of
  * memory. */
-int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
-                        const real *ci, const real *D, const real *ckpt, const real *gy, const real *gxL, real *gu,
-                        real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
-                        int64_t item1) {
+static int backward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
+                          const real *ci, const real *D, const real *ckpt, const real *gy, const real *gxL, real *gu,
+                          real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
+                          int64_t item1) {
     (void)Bsz;
     const int64_t NP = (N + MB - 1) / MB * MB, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
     real *buf = malloc(sizeof(real) * (14 * S + 2 * (T + 1) * S + 3 * T * VEC));
@@ -272,4 +272,28 @@ int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const rea
     }
     free(buf);
     return 0;
+}
+
+/* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
+ * time; thread i adds into the partials g + i·7·N·H. Return 0, or 1 when out of memory. */
+int SUFFIX(ds_forward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
+                       const real *ci, const real *D, const real *x0, real *y, real *xL, real *ckpt, int64_t Bsz,
+                       int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1, int64_t nthreads) {
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++)
+        failed |= forward_range(u, ar, ai, br, bi, cr, ci, D, x0, y, xL, ckpt, Bsz, L, H, N, T, item, item + 1);
+    return failed;
+}
+
+int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
+                        const real *ci, const real *D, const real *ckpt, const real *gy, const real *gxL, real *gu,
+                        real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
+                        int64_t item1, int64_t nthreads) {
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++)
+        failed |= backward_range(u, ar, ai, br, bi, cr, ci, D, ckpt, gy, gxL, gu, gx0, g + thread_index() * 7 * N * H,
+                                 Bsz, L, H, N, T, item, item + 1);
+    return failed;
 }

@@ -22,8 +22,8 @@
 int64_t SUFFIX(lr_items)(int64_t Bsz, int64_t K) { return Bsz * ((K + VEC - 1) / VEC); }
 
 /* Forward over items [item0, item1): h (B, L, K) (complex: interleaved pairs, K complex channels). */
-void SUFFIX(lr_forward)(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
-                        int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1) {
+static void forward_range(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
+                          int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1) {
     (void)Bsz;
     const int64_t nblk = (K + VEC - 1) / VEC, z = cplx ? 2 : 1; /* reals per channel */
     real hr[VEC], hi[VEC];
@@ -60,9 +60,9 @@ void SUFFIX(lr_forward)(const real *a, int64_t varying, const real *b, const rea
 /* Backward over items [item0, item1): from the states h (B, L, K), g (B, L, K) and glast (B, K) or NULL (either of g,
  * glast may be NULL for zero), writes gb (B, L, K), ga (B, L, K) when time-varying, gh0 (B, K) when not NULL; a
  * time-invariant ∂a is added into this thread's partial gA (K). */
-void SUFFIX(lr_backward)(const real *a, int64_t varying, const real *h0, const real *h, const real *g,
-                         const real *glast, real *gb, real *ga, real *gh0, real *gA, int64_t cplx, int64_t Bsz,
-                         int64_t L, int64_t K, int64_t item0, int64_t item1) {
+static void backward_range(const real *a, int64_t varying, const real *h0, const real *h, const real *g,
+                           const real *glast, real *gb, real *ga, real *gh0, real *gA, int64_t cplx, int64_t Bsz,
+                           int64_t L, int64_t K, int64_t item0, int64_t item1) {
     (void)Bsz;
     const int64_t nblk = (K + VEC - 1) / VEC, z = cplx ? 2 : 1;
     real lr[VEC], li[VEC], sr[VEC], si[VEC], zeros[2 * VEC] = {0};
@@ -117,4 +117,21 @@ void SUFFIX(lr_backward)(const real *a, int64_t varying, const real *h0, const r
             }
         }
     }
+}
+
+/* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
+ * time; thread i adds into the partial gA + i·K·z (z = 2 reals per complex channel). */
+void SUFFIX(lr_forward)(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
+                        int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1, int64_t nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    for (int64_t item = item0; item < item1; item++) forward_range(a, varying, b, h0, h, cplx, Bsz, L, K, item, item + 1);
+}
+
+void SUFFIX(lr_backward)(const real *a, int64_t varying, const real *h0, const real *h, const real *g,
+                         const real *glast, real *gb, real *ga, real *gh0, real *gA, int64_t cplx, int64_t Bsz,
+                         int64_t L, int64_t K, int64_t item0, int64_t item1, int64_t nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    for (int64_t item = item0; item < item1; item++)
+        backward_range(a, varying, h0, h, g, glast, gb, ga, gh0, gA + thread_index() * K * (cplx ? 2 : 1), cplx, Bsz, L,
+                       K, item, item + 1);
 }

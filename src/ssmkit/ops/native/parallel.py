@@ -1,9 +1,16 @@
-"""Running a C kernel over work items on ``torch.get_num_threads()`` Python threads.
+"""Running a C kernel over its work items on ``torch.get_num_threads()`` threads.
 
 The kernels of :mod:`ssmkit.ops.native` take a range of work items [item0, item1) (a batch row and a block of
-channels); :mod:`ctypes` releases the GIL while a foreign function runs, so one call per thread runs the parts in
-parallel. One thread pool serves every kernel (grown when more threads are asked for; made afresh in a forked child,
-which inherits the pool object but not its threads).
+channels) and a thread count. Built with OpenMP (the default where the compiler has it), one call runs the whole range
+on that many threads of the OpenMP runtime, which is torch's own: torch ships libgomp and the kernels find it by its
+soname, so they run on the threads torch's parallel ops use (no second pool competing for the cores, and the workers
+that spin after a torch op pick the kernel's items up at once). Items are handed out one at a time, so a thread that
+loses its core to another process takes fewer. Built without OpenMP, the range is split over Python threads instead
+(:mod:`ctypes` releases the GIL during each call), handed out dynamically from a shared counter.
+
+In a process forked after this module was imported the kernels run on one thread: a forked child of a process that has
+used GNU OpenMP hangs in its next multi-threaded region (torch's own parallel ops do too; ``torch.utils.data`` workers
+set one thread for this reason).
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ import torch
 
 _LOCK = threading.Lock()
 _POOL: list[ThreadPoolExecutor] = []
-_PID = [os.getpid()]  # the process the pool's threads belong to (a forked child inherits the object, not the threads)
+_FORKED = [False]  # set in a child forked after import (os.register_at_fork)
+
+
+def _after_fork_in_child() -> None:
+    _FORKED[0] = True
+    _POOL.clear()  # the parent's threads do not exist here
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
@@ -27,25 +42,28 @@ def ptr(t: torch.Tensor | None) -> int | None:
 
 
 def parts(n_items: int) -> int:
-    """How many parts (threads) [0, n_items) is split into: ``torch.get_num_threads()``, at most one per item."""
+    """How many threads run [0, n_items) (and how many partial-sum buffers a kernel needs): ``torch.get_num_threads()``,
+    at most one per item; 1 in a forked child (see the module's docstring)."""
+    if _FORKED[0]:
+        return 1
     return max(1, min(torch.get_num_threads(), n_items))
 
 
-def run_parts(fn: Callable, n_items: int, make_args: Callable[[int, int, int], Sequence]) -> list:
-    """Run ``fn(*make_args(part, item0, item1))`` over [0, n_items) on :func:`parts` worker threads and return the
-    results of every call.
+def run_parts(fn: Callable, n_items: int, make_args: Callable[[int, int, int], Sequence], openmp: bool) -> list:
+    """Run the kernel ``fn`` over the items [0, n_items) on :func:`parts` threads and return the result of every call.
 
-    The items are handed out dynamically, a few at a time (about 8 batches per worker), from a shared counter: a
-    worker that loses its core to another process takes fewer items instead of holding the whole call back (with a
-    static split, one busy process beside a 2-thread call doubles its time). ``part`` is the worker's index, so
-    per-worker partial buffers stay per worker: a kernel adds into them over all the ranges it is given."""
+    Args:
+        fn: a kernel entry whose last three arguments are item0, item1 and the thread count.
+        n_items: the number of work items.
+        make_args: ``(part, item0, item1) ->`` the arguments before the thread count; ``part`` selects the
+            partial-sum buffers of a Python worker thread (OpenMP: always 0, the kernel offsets them per thread).
+        openmp: ``fn``'s library was built with OpenMP (one call on :func:`parts` OpenMP threads); otherwise the range
+            is split over Python threads (each call on one thread).
+    """
     k = parts(n_items)
-    if k == 1:
-        return [fn(*make_args(0, 0, n_items))]
+    if openmp or k == 1:
+        return [fn(*make_args(0, 0, n_items), k)]
     with _LOCK:
-        if _PID[0] != os.getpid():  # forked: the parent's threads do not exist here
-            _POOL.clear()
-            _PID[0] = os.getpid()
         if not _POOL or _POOL[0]._max_workers < k - 1:  # noqa: SLF001
             if _POOL:
                 _POOL.pop().shutdown(wait=False)
@@ -57,7 +75,7 @@ def run_parts(fn: Callable, n_items: int, make_args: Callable[[int, int, int], S
     def worker(part: int) -> list:
         results = []
         while (i0 := next(counter)) < n_items:
-            results.append(fn(*make_args(part, i0, min(i0 + step, n_items))))
+            results.append(fn(*make_args(part, i0, min(i0 + step, n_items)), 1))
         return results
 
     futures = [pool.submit(worker, i) for i in range(1, k)]

@@ -22,8 +22,8 @@ from ssmkit.ops.native.parallel import parts, ptr, run_parts
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of linear_recurrence.c: (argument types, result type)
     "lr_items": ([_i64] * 2, _i64),
-    "lr_forward": ([_p, _i64, _p, _p, _p] + [_i64] * 6, None),
-    "lr_backward": ([_p, _i64] + [_p] * 8 + [_i64] * 6, None),
+    "lr_forward": ([_p, _i64, _p, _p, _p] + [_i64] * 7, None),
+    "lr_backward": ([_p, _i64] + [_p] * 8 + [_i64] * 7, None),
 }
 
 
@@ -42,7 +42,8 @@ class _NativeRecurrence(torch.autograd.Function):
         varying, cplx = a.dim() == 3, b.is_complex()
         h = torch.empty_like(b)
         args = [ptr(a), int(varying), ptr(b), ptr(h0), ptr(h), int(cplx), Bsz, L, K]
-        run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), lambda k, i0, i1: (*args, i0, i1))
+        run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), lambda k, i0, i1: (*args, i0, i1),
+                         fns["openmp"])
         ctx.save_for_backward(a, h0, h)
         ctx.varying, ctx.cplx = varying, cplx
         return h, h[:, -1].clone()
@@ -67,7 +68,7 @@ class _NativeRecurrence(torch.autograd.Function):
         def args(part, i0, i1):
             return (*shared, ptr(g_A[part]), int(ctx.cplx), Bsz, L, K, i0, i1)
 
-        run_parts(fns["lr_backward"], n_items, args)
+        run_parts(fns["lr_backward"], n_items, args, fns["openmp"])
         if not ctx.varying:
             g_A = g_A.sum(0)
             g_a = torch.view_as_complex(g_A.view(K, 2)) if ctx.cplx else g_A

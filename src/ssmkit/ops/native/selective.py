@@ -8,8 +8,8 @@ out.
 The C kernel runs the whole op: per block of 64 channels it keeps the N states in a local array and makes one pass over
 time (the chunked PyTorch path makes ~20 passes over chunk buffers), with Δ's softplus, the skip and the gate fused
 (they are elementwise over (B, L, H): done in PyTorch they cost a pass over memory each, forward and backward). The
-work (batch × group × channel block) is split over ``torch.get_num_threads()``
-Python threads; :mod:`ctypes` releases the GIL during each call, so they run in parallel. The backward recomputes the
+work items (batch × group × channel block) run on ``torch.get_num_threads()`` threads of torch's OpenMP runtime
+(:mod:`ssmkit.ops.native.parallel`). The backward recomputes the
 states chunk by chunk from the chunk-start states the forward kept (B·H·N per ``T`` steps).
 
 Usable where :func:`ssmkit.ops.native.gate.native_status` says so: the library built
@@ -30,15 +30,9 @@ from ssmkit.ops.native.parallel import parts, ptr as _ptr, run_parts as _run
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of selective_scan.c: (argument types, result type)
     "ss_items": ([_i64] * 3, _i64),
-    "ss_forward": ([_p] * 3 + [_i64] + [_p] * 9 + [_i64] * 8, ctypes.c_int),
-    "ss_backward": ([_p] * 3 + [_i64] + [_p] * 15 + [_i64] * 8, ctypes.c_int),
+    "ss_forward": ([_p] * 3 + [_i64] + [_p] * 9 + [_i64] * 9, ctypes.c_int),
+    "ss_backward": ([_p] * 3 + [_i64] + [_p] * 15 + [_i64] * 9, ctypes.c_int),
 }
-
-
-def _library(dtype: torch.dtype) -> tuple:
-    """The kernel's (items, forward, backward) functions for ``dtype`` (built on first use)."""
-    fns = bind("selective_scan.c", dtype, SIGNATURES)
-    return fns["ss_items"], fns["ss_forward"], fns["ss_backward"]
 
 
 def default_chunk(N: int, itemsize: int) -> int:
@@ -62,7 +56,7 @@ class _NativeScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, delta, u, A, B, C, D, z, bias, softplus, h0, T, keep):  # type: ignore[override]
-        items, fwd, _ = _library(u.dtype)
+        fns = bind("selective_scan.c", u.dtype, SIGNATURES)
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         At = A.t().contiguous()  # (N, H)
@@ -72,7 +66,8 @@ class _NativeScan(torch.autograd.Function):
         ckpt = u.new_empty(Bsz, -(-L // T), N, H) if keep else None  # the states at the chunk starts
         args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), *(_ptr(t) for t in (At, B, C, D, z, h0, out, hL, ckpt)),
                 Bsz, L, H, G, N, T]
-        if any(_run(fwd, items(Bsz, H, G), lambda k, i0, i1: (*args, i0, i1))):
+        n_items = fns["ss_items"](Bsz, H, G)
+        if any(_run(fns["ss_forward"], n_items, lambda k, i0, i1: (*args, i0, i1), fns["openmp"])):
             raise MemoryError("selective_scan native: the forward could not allocate its state buffer")
         ctx.save_for_backward(delta, u, At, B, C, D, z, bias, ckpt)
         ctx.T, ctx.softplus, ctx.has_h0 = T, softplus, h0 is not None
@@ -84,10 +79,10 @@ class _NativeScan(torch.autograd.Function):
         delta, u, At, B, C, D, z, bias, ckpt = ctx.saved_tensors
         if ckpt is None:
             raise RuntimeError("selective_scan native: the forward kept no states for a backward (it ran without grad)")
-        items, _, bwd = _library(u.dtype)
+        fns = bind("selective_scan.c", u.dtype, SIGNATURES)
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
-        n_items = items(Bsz, H, G)
+        n_items = fns["ss_items"](Bsz, H, G)
         k = parts(n_items)
         g_out = u.new_zeros(u.shape) if g_out is None else g_out.contiguous()
         g_h = None if g_h is None else g_h.contiguous()
@@ -102,7 +97,7 @@ class _NativeScan(torch.autograd.Function):
         def args(part, i0, i1):
             return (*shared, _ptr(g_B[part]), _ptr(g_C[part]), _ptr(g_P[part]), Bsz, L, H, G, N, ctx.T, i0, i1)
 
-        if any(_run(bwd, n_items, args)):
+        if any(_run(fns["ss_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("selective_scan native: the backward could not allocate its chunk buffers")
         g_P = g_P.sum(0)
         g_D = g_P[N] if D is not None else None

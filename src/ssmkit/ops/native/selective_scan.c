@@ -87,160 +87,187 @@ static inline void row_dt(const inputs_t *in, int64_t row, int64_t c0, int64_t w
     }
 }
 
-/* Forward over items [item0, item1): out (B, L, H); the final state hL (B, H, N) and the chunk-start states
- * ckpt (B, ceil(L/T), N, H) when not NULL; h0 (B, H, N) or NULL for zeros. Returns 0, or 1 when out of memory. */
+/* The forward of one item; h (N × VEC) is the calling thread's state buffer. */
+static void forward_item(const inputs_t *in, item_t it, const real *h0, real *out, real *hL, real *ckpt, real *h) {
+    const int64_t w = it.w, c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
+    const int64_t nc = (L + T - 1) / T;
+    const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
+    real d[VEC], uu[VEC], x[VEC], y[VEC];
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < VEC; c++) h[n * VEC + c] = (h0 && c < w) ? h0[(it.b * H + c0 + c) * N + n] : 0;
+    for (int64_t t = 0; t < L; t++) {
+        if (ckpt && t % T == 0) {
+            real *dst = ckpt + (it.b * nc + t / T) * N * H + c0;
+            for (int64_t n = 0; n < N; n++) memcpy(dst + n * H, h + n * VEC, sizeof(real) * w);
+        }
+        const int64_t row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
+        prefetch_step(in, it.b, t + PF, c0, w);
+        row_dt(in, row, c0, w, d, uu, x, NULL);
+        for (int64_t c = 0; c < w; c++) y[c] = D ? D[c0 + c] * uu[c] : 0;
+        for (int64_t n = 0; n < N; n++) {
+            const real Bn = Bm[bc + n], Cn = Cm[bc + n];
+            const real *restrict An = At + n * H + c0;
+            real *restrict hn = h + n * VEC;
+#pragma omp simd
+            for (int64_t c = 0; c < w; c++) {
+                real hv = expr(d[c] * An[c]) * hn[c] + x[c] * Bn;
+                hn[c] = hv;
+                y[c] += Cn * hv;
+            }
+        }
+        if (z)
+            for (int64_t c = 0; c < w; c++) {
+                real zz = z[row + c];
+                y[c] *= zz * sigmoidr(zz);
+            }
+        memcpy(out + row, y, sizeof(real) * w);
+    }
+    if (hL)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < w; c++) hL[(it.b * H + c0 + c) * N + n] = h[n * VEC + c];
+}
+
+/* Forward over items [item0, item1) on nthreads threads: out (B, L, H); the final state hL (B, H, N) and the
+ * chunk-start states ckpt (B, ceil(L/T), N, H) when not NULL; h0 (B, H, N) or NULL for zeros. Returns 0, or 1 when
+ * out of memory. */
 int SUFFIX(ss_forward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *At,
                        const real *Bm, const real *Cm, const real *D, const real *z, const real *h0, real *out, real *hL,
                        real *ckpt, int64_t Bsz, int64_t L, int64_t H, int64_t G, int64_t N, int64_t T, int64_t item0,
-                       int64_t item1) {
+                       int64_t item1, int64_t nthreads) {
     (void)Bsz;
     const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T};
-    const int64_t nc = (L + T - 1) / T;
-    real *h = malloc(sizeof(real) * N * VEC);
-    if (!h) return 1;
-    real d[VEC], uu[VEC], x[VEC], y[VEC];
-    for (int64_t item = item0; item < item1; item++) {
-        const item_t it = item_of(item, H, G);
-        const int64_t w = it.w, c0 = it.c0;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < VEC; c++) h[n * VEC + c] = (h0 && c < w) ? h0[(it.b * H + c0 + c) * N + n] : 0;
-        for (int64_t t = 0; t < L; t++) {
-            if (ckpt && t % T == 0) {
-                real *dst = ckpt + (it.b * nc + t / T) * N * H + c0;
-                for (int64_t n = 0; n < N; n++) memcpy(dst + n * H, h + n * VEC, sizeof(real) * w);
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : failed)
+    {
+        real *h = malloc(sizeof(real) * N * VEC);
+        failed |= !h;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = item0; item < item1; item++)
+            if (h) forward_item(&in, item_of(item, H, G), h0, out, hL, ckpt, h);
+        free(h);
+    }
+    return failed;
+}
+
+/* The chunk buffers of one backward thread: hs[i] = the state before step t0 + i of the chunk, ab[i] = Ā of step
+ * t0 + i, lam = the adjoint carried in (Ā_{t+1} ⊙ λ_{t+1}), gAl = the item's ∂A. */
+typedef struct {
+    real *hs, *ab, *lam, *gAl;
+} chunk_t;
+
+/* The backward of one item, adding into the calling thread's partials gB, gC, gP. */
+static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const real *gout, const real *ghL,
+                          real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP, chunk_t buf) {
+    const int64_t w = it.w, c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
+    const int64_t nc = (L + T - 1) / T, S = N * VEC;
+    const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
+    real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
+    real d[VEC], uu[VEC], x[VEC], sp[VEC], g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC];
+    memset(gAl, 0, sizeof(real) * S);
+    for (int64_t c = 0; c < VEC; c++) gDl[c] = 0, gbl[c] = 0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < VEC; c++) lam[n * VEC + c] = (ghL && c < w) ? ghL[(it.b * H + c0 + c) * N + n] : 0;
+    for (int64_t k = nc - 1; k >= 0; k--) {
+        const int64_t t0 = k * T, t1 = t0 + T < L ? t0 + T : L;
+        /* 1. the chunk's states, from its start */
+        const real *src = ckpt + (it.b * nc + k) * N * H + c0;
+        for (int64_t n = 0; n < N; n++) memcpy(hs + n * VEC, src + n * H, sizeof(real) * w);
+        for (int64_t t = t0; t < t1; t++) {
+            const int64_t i = t - t0, row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
+            prefetch_step(in, it.b, t + PF, c0, w);
+            row_dt(in, row, c0, w, d, uu, x, NULL);
+            for (int64_t n = 0; n < N; n++) {
+                const real Bn = Bm[bc + n];
+                const real *restrict An = At + n * H + c0;
+                const real *restrict hp = hs + i * S + n * VEC;
+                real *restrict hn = hs + (i + 1) * S + n * VEC, *restrict abar = ab + i * S + n * VEC;
+#pragma omp simd
+                for (int64_t c = 0; c < w; c++) {
+                    real a = expr(d[c] * An[c]);
+                    abar[c] = a;
+                    hn[c] = a * hp[c] + x[c] * Bn;
+                }
             }
-            const int64_t row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
-            prefetch_step(&in, it.b, t + PF, c0, w);
-            row_dt(&in, row, c0, w, d, uu, x, NULL);
-            for (int64_t c = 0; c < w; c++) y[c] = D ? D[c0 + c] * uu[c] : 0;
+        }
+        /* 2. the adjoint backwards through the chunk, and the gradients */
+        for (int64_t t = t1 - 1; t >= t0; t--) {
+            const int64_t i = t - t0, row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
+            if (t - PF >= t0) prefetch_row(gout + row - PF * H, w);
+            row_dt(in, row, c0, w, d, uu, x, sp);
+            for (int64_t c = 0; c < w; c++) g[c] = gout[row + c], gdtu[c] = 0, gdA[c] = 0, yv[c] = 0;
+            if (z)
+                for (int64_t c = 0; c < w; c++) g[c] *= z[row + c] * sigmoidr(z[row + c]); /* the gradient reaching y_t */
             for (int64_t n = 0; n < N; n++) {
                 const real Bn = Bm[bc + n], Cn = Cm[bc + n];
                 const real *restrict An = At + n * H + c0;
-                real *restrict hn = h + n * VEC;
-#pragma omp simd
+                const real *restrict hn = hs + (i + 1) * S + n * VEC, *restrict hp = hs + i * S + n * VEC;
+                const real *restrict abar = ab + i * S + n * VEC;
+                real *restrict ln = lam + n * VEC, *restrict gan = gAl + n * VEC;
+                real sC = 0, sB = 0;
+#pragma omp simd reduction(+ : sC, sB)
                 for (int64_t c = 0; c < w; c++) {
-                    real hv = expr(d[c] * An[c]) * hn[c] + x[c] * Bn;
-                    hn[c] = hv;
-                    y[c] += Cn * hv;
+                    real l = ln[c] + Cn * g[c]; /* λ_t */
+                    sC += g[c] * hn[c];
+                    sB += l * x[c];
+                    yv[c] += Cn * hn[c]; /* y_t, for the gate's gradient */
+                    gdtu[c] += Bn * l;
+                    real Gam = l * abar[c] * hp[c];
+                    gdA[c] += Gam * An[c];
+                    gan[c] += Gam * d[c];
+                    ln[c] = abar[c] * l; /* the carry into step t-1 */
                 }
+                gC[bc + n] += sC;
+                gB[bc + n] += sB;
             }
             if (z)
                 for (int64_t c = 0; c < w; c++) {
-                    real zz = z[row + c];
-                    y[c] *= zz * sigmoidr(zz);
+                    real zz = z[row + c], s = sigmoidr(zz), Dc = D ? D[c0 + c] : 0;
+                    gz[row + c] = gout[row + c] * (yv[c] + Dc * uu[c]) * s * (1 + zz * (1 - s)); /* SiLU' */
                 }
-            memcpy(out + row, y, sizeof(real) * w);
+            for (int64_t c = 0; c < w; c++) {
+                const real Dc = D ? D[c0 + c] : 0;
+                gDl[c] += g[c] * uu[c];
+                gu[row + c] = gdtu[c] * d[c] + g[c] * Dc;
+                real gd = (gdA[c] + gdtu[c] * uu[c]) * sp[c]; /* ∂Δ (Σ_n Γ A + ∂(Δu) u) through softplus */
+                gdelta[row + c] = gd;
+                gbl[c] += gd;
+            }
         }
-        if (hL)
-            for (int64_t n = 0; n < N; n++)
-                for (int64_t c = 0; c < w; c++) hL[(it.b * H + c0 + c) * N + n] = h[n * VEC + c];
     }
-    free(h);
-    return 0;
+    if (gh0)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < w; c++) gh0[(it.b * H + c0 + c) * N + n] = lam[n * VEC + c];
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < w; c++) gP[n * H + c0 + c] += gAl[n * VEC + c];
+    for (int64_t c = 0; c < w; c++) gP[N * H + c0 + c] += gDl[c], gP[(N + 1) * H + c0 + c] += gbl[c];
 }
 
-/* Backward over items [item0, item1), from the forward's chunk-start states ckpt (B, ceil(L/T), N, H), the output
- * gradient gout (B, L, H) and the final-state gradient ghL (B, H, N) or NULL. Writes gdelta, gu (B, L, H), gz (B, L, H)
- * (when z is given) and gh0 (B, H, N) (when not NULL) for its channels, and adds into this thread's partials gB, gC
- * (B, L, G, N) and gP (N + 2, H): ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1. Returns 0, or 1 when out of memory. */
+/* Backward over items [item0, item1) on nthreads threads, from the forward's chunk-start states ckpt
+ * (B, ceil(L/T), N, H), the output gradient gout (B, L, H) and the final-state gradient ghL (B, H, N) or NULL. Writes
+ * gdelta, gu (B, L, H), gz (B, L, H) (when z is given) and gh0 (B, H, N) (when not NULL) for its channels, and adds into
+ * the partials of its threads: thread i's are gB, gC + i·B·L·G·N ((B, L, G, N) each) and gP + i·(N+2)·H ((N + 2, H):
+ * ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1). Returns 0, or 1 when out of memory. */
 int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *At,
                         const real *Bm, const real *Cm, const real *D, const real *z, const real *ckpt, const real *gout,
                         const real *ghL, real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP,
                         int64_t Bsz, int64_t L, int64_t H, int64_t G, int64_t N, int64_t T, int64_t item0,
-                        int64_t item1) {
-    (void)Bsz;
+                        int64_t item1, int64_t nthreads) {
     const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T};
-    const int64_t nc = (L + T - 1) / T, S = N * VEC;
-    real *hs = malloc(sizeof(real) * (T + 1) * S); /* hs[i] = the state before step t0 + i of the chunk */
-    real *ab = malloc(sizeof(real) * T * S);       /* ab[i] = Ā of step t0 + i */
-    real *lam = malloc(sizeof(real) * S);          /* the adjoint carried in: Ā_{t+1} ⊙ λ_{t+1} */
-    real *gAl = malloc(sizeof(real) * S);
-    if (!hs || !ab || !lam || !gAl) {
-        free(hs), free(ab), free(lam), free(gAl);
-        return 1;
+    const int64_t S = N * VEC, nbc = Bsz * L * G * N;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : failed)
+    {
+        const int64_t p = thread_index();
+        chunk_t buf = {malloc(sizeof(real) * (T + 1) * S), malloc(sizeof(real) * T * S), malloc(sizeof(real) * S),
+                       malloc(sizeof(real) * S)};
+        const int ok = buf.hs && buf.ab && buf.lam && buf.gAl;
+        failed |= !ok;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = item0; item < item1; item++)
+            if (ok)
+                backward_item(&in, item_of(item, H, G), ckpt, gout, ghL, gdelta, gu, gz, gh0, gB + p * nbc,
+                              gC + p * nbc, gP + p * (N + 2) * H, buf);
+        free(buf.hs), free(buf.ab), free(buf.lam), free(buf.gAl);
     }
-    real d[VEC], uu[VEC], x[VEC], sp[VEC], g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC];
-    for (int64_t item = item0; item < item1; item++) {
-        const item_t it = item_of(item, H, G);
-        const int64_t w = it.w, c0 = it.c0;
-        memset(gAl, 0, sizeof(real) * S);
-        for (int64_t c = 0; c < VEC; c++) gDl[c] = 0, gbl[c] = 0;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < VEC; c++) lam[n * VEC + c] = (ghL && c < w) ? ghL[(it.b * H + c0 + c) * N + n] : 0;
-        for (int64_t k = nc - 1; k >= 0; k--) {
-            const int64_t t0 = k * T, t1 = t0 + T < L ? t0 + T : L;
-            /* 1. the chunk's states, from its start */
-            const real *src = ckpt + (it.b * nc + k) * N * H + c0;
-            for (int64_t n = 0; n < N; n++) memcpy(hs + n * VEC, src + n * H, sizeof(real) * w);
-            for (int64_t t = t0; t < t1; t++) {
-                const int64_t i = t - t0, row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
-                prefetch_step(&in, it.b, t + PF, c0, w);
-                row_dt(&in, row, c0, w, d, uu, x, NULL);
-                for (int64_t n = 0; n < N; n++) {
-                    const real Bn = Bm[bc + n];
-                    const real *restrict An = At + n * H + c0;
-                    const real *restrict hp = hs + i * S + n * VEC;
-                    real *restrict hn = hs + (i + 1) * S + n * VEC, *restrict abar = ab + i * S + n * VEC;
-#pragma omp simd
-                    for (int64_t c = 0; c < w; c++) {
-                        real a = expr(d[c] * An[c]);
-                        abar[c] = a;
-                        hn[c] = a * hp[c] + x[c] * Bn;
-                    }
-                }
-            }
-            /* 2. the adjoint backwards through the chunk, and the gradients */
-            for (int64_t t = t1 - 1; t >= t0; t--) {
-                const int64_t i = t - t0, row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
-                if (t - PF >= t0) prefetch_row(gout + row - PF * H, w);
-                row_dt(&in, row, c0, w, d, uu, x, sp);
-                for (int64_t c = 0; c < w; c++) g[c] = gout[row + c], gdtu[c] = 0, gdA[c] = 0, yv[c] = 0;
-                if (z)
-                    for (int64_t c = 0; c < w; c++) g[c] *= z[row + c] * sigmoidr(z[row + c]); /* the gradient reaching y_t */
-                for (int64_t n = 0; n < N; n++) {
-                    const real Bn = Bm[bc + n], Cn = Cm[bc + n];
-                    const real *restrict An = At + n * H + c0;
-                    const real *restrict hn = hs + (i + 1) * S + n * VEC, *restrict hp = hs + i * S + n * VEC;
-                    const real *restrict abar = ab + i * S + n * VEC;
-                    real *restrict ln = lam + n * VEC, *restrict gan = gAl + n * VEC;
-                    real sC = 0, sB = 0;
-#pragma omp simd reduction(+ : sC, sB)
-                    for (int64_t c = 0; c < w; c++) {
-                        real l = ln[c] + Cn * g[c]; /* λ_t */
-                        sC += g[c] * hn[c];
-                        sB += l * x[c];
-                        yv[c] += Cn * hn[c]; /* y_t, for the gate's gradient */
-                        gdtu[c] += Bn * l;
-                        real Gam = l * abar[c] * hp[c];
-                        gdA[c] += Gam * An[c];
-                        gan[c] += Gam * d[c];
-                        ln[c] = abar[c] * l; /* the carry into step t-1 */
-                    }
-                    gC[bc + n] += sC;
-                    gB[bc + n] += sB;
-                }
-                if (z)
-                    for (int64_t c = 0; c < w; c++) {
-                        real zz = z[row + c], s = sigmoidr(zz), Dc = D ? D[c0 + c] : 0;
-                        gz[row + c] = gout[row + c] * (yv[c] + Dc * uu[c]) * s * (1 + zz * (1 - s)); /* SiLU' */
-                    }
-                for (int64_t c = 0; c < w; c++) {
-                    const real Dc = D ? D[c0 + c] : 0;
-                    gDl[c] += g[c] * uu[c];
-                    gu[row + c] = gdtu[c] * d[c] + g[c] * Dc;
-                    real gd = (gdA[c] + gdtu[c] * uu[c]) * sp[c]; /* ∂Δ (Σ_n Γ A + ∂(Δu) u) through softplus */
-                    gdelta[row + c] = gd;
-                    gbl[c] += gd;
-                }
-            }
-        }
-        if (gh0)
-            for (int64_t n = 0; n < N; n++)
-                for (int64_t c = 0; c < w; c++) gh0[(it.b * H + c0 + c) * N + n] = lam[n * VEC + c];
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < w; c++) gP[n * H + c0 + c] += gAl[n * VEC + c];
-        for (int64_t c = 0; c < w; c++) gP[N * H + c0 + c] += gDl[c], gP[(N + 1) * H + c0 + c] += gbl[c];
-    }
-    free(hs), free(ab), free(lam), free(gAl);
-    return 0;
+    return failed;
 }

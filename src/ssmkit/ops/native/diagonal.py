@@ -5,8 +5,10 @@ semantics of :func:`ssmkit.ops.scan.ssm_scan_reference` for complex Ā, B̄, C (
 initial state in and a differentiable final state out.
 
 The kernel makes one pass over time per block of 16 channels, with the block's complex states and parameters in
-local arrays (real and imaginary parts apart), the skip fused; its backward recomputes each chunk's states from the
-chunk-start states the forward kept (2·B·H·N reals per ``T`` steps) and runs the adjoint. One call is a handful of
+local arrays (real and imaginary parts apart), the skip fused. Its backward needs no states: one pass backwards over
+time runs two adjoint recurrences per mode, μ_t = g_t + conj(Ā) μ_{t+1} and ν_t = μ_{t+1} + conj(Ā) ν_{t+1}, and the
+gradients are sums of u_t μ_t and u_t ν_t (``diagonal_scan.c`` derives them): half the work of recomputing the states
+and running the adjoint of the state, and nothing kept from the forward but its inputs. One call is a handful of
 aten ops (the parameters' real/imaginary split and the sums of the per-thread partial gradients), so it does not slow
 down under CPU contention the way a path of hundreds of small ops does.
 
@@ -28,19 +30,17 @@ from ssmkit.ops.native.parallel import parts, ptr, run_parts
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result type)
     "ds_items": ([_i64] * 2, _i64),
-    "ds_forward": ([_p] * 12 + [_i64] * 8, ctypes.c_int),
+    "ds_forward": ([_p] * 11 + [_i64] * 8, ctypes.c_int),
     "ds_backward": ([_p] * 14 + [_i64] * 8, ctypes.c_int),
 }
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def default_chunk(N: int, itemsize: int) -> int:
-    """The backward's chunk length T: the largest power of two ≤ 64 whose recomputed states (2 (T+1) N × 16 reals)
-    fit in 256 KiB (a core's L2 share), at least 8."""
-    T = 64
-    while T > 8 and 2 * (T + 1) * N * 16 * itemsize > 256 * 1024:
-        T //= 2
-    return T
+    """The kernel's chunk length T: the time steps whose rows of u, y and the gradients (T × 16 values each) it
+    buffers at a time, 64 (a few KiB, whatever N and the dtype: the arguments are kept for the callers)."""
+    del N, itemsize
+    return 64
 
 
 def _split(Z: torch.Tensor) -> list[torch.Tensor]:
@@ -53,12 +53,12 @@ class _NativeDiagonal(torch.autograd.Function):
     """x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = Re(Σ_n C_n x_t) + D u_t by the C kernel.
 
     Inputs: u (B, L, H) real contiguous, Ā, B̄, C (H, N) complex, D (H,) or None, x0 (B, H, N) complex or None,
-    T (the backward's chunk length), keep (keep the chunk-start states for a backward). Outputs y (B, L, H) and
-    x_{L-1} (B, H, N).
+    T (the kernel's chunk of rows). Outputs y (B, L, H) and x_{L-1} (B, H, N). The final state's gradient is not
+    materialised when nothing uses the state (None): the backward then skips its seeded adjoint pair.
     """
 
     @staticmethod
-    def forward(ctx, u, A_bar, B_bar, C, D, x0, T, keep):  # type: ignore[override]
+    def forward(ctx, u, A_bar, B_bar, C, D, x0, T):  # type: ignore[override]
         fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
         Bsz, L, H = u.shape
         N = A_bar.shape[1]
@@ -67,21 +67,19 @@ class _NativeDiagonal(torch.autograd.Function):
         x0c = None if x0 is None else x0.resolve_conj().contiguous()
         y = torch.empty_like(u)
         xL = torch.empty(Bsz, H, N, dtype=A_bar.dtype)
-        ckpt = u.new_empty(Bsz, -(-L // T), 2, N, H) if keep else None  # the states at the chunk starts
-        args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), ptr(ckpt), Bsz, L, H, N, T]
+        args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), Bsz, L, H, N, T]
         if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1),
                          fns["openmp"])):
             raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
-        ctx.save_for_backward(u, *pars, Dc, ckpt)
-        ctx.T, ctx.has_x0, ctx.has_D, ctx.cdtype = T, x0 is not None, D is not None, A_bar.dtype
+        ctx.save_for_backward(u, *pars, Dc, x0c)
+        ctx.T, ctx.has_D, ctx.cdtype = T, D is not None, A_bar.dtype
+        ctx.set_materialize_grads(False)
         return y, xL
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_y, g_x):  # type: ignore[override]
-        u, *pars, Dc, ckpt = ctx.saved_tensors
-        if ckpt is None:
-            raise RuntimeError("ssm_scan native: the forward kept no states for a backward (it ran without grad)")
+        u, *pars, Dc, x0c = ctx.saved_tensors
         fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
         Bsz, L, H = u.shape
         N = pars[0].shape[0]
@@ -90,19 +88,19 @@ class _NativeDiagonal(torch.autograd.Function):
         g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
         g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
         g_u = torch.empty_like(u)
-        g_x0 = torch.empty(Bsz, H, N, dtype=ctx.cdtype) if ctx.has_x0 else None
+        g_x0 = torch.empty(Bsz, H, N, dtype=ctx.cdtype) if x0c is not None else None
         g = u.new_zeros(k, 7, N, H)  # per thread: ∂Ā, ∂B̄, ∂C (re, im) and ∂D
-        shared = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(ckpt), ptr(g_y), ptr(g_xc), ptr(g_u), ptr(g_x0)]
+        shared = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(g_y), ptr(g_xc), ptr(g_u), ptr(g_x0)]
 
         def args(part, i0, i1):
             return (*shared, ptr(g[part]), Bsz, L, H, N, ctx.T, i0, i1)
 
         if any(run_parts(fns["ds_backward"], n_items, args, fns["openmp"])):
-            raise MemoryError("ssm_scan native: the backward could not allocate its chunk buffers")
+            raise MemoryError("ssm_scan native: the backward could not allocate its buffers")
         g = g.sum(0)  # (7, N, H)
         cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (N, H) pair -> (H, N) complex
         g_D = g[6, 0] if ctx.has_D else None
-        return g_u, cplx(0), cplx(2), cplx(4), g_D, g_x0, None, None
+        return g_u, cplx(0), cplx(2), cplx(4), g_D, g_x0, None
 
 
 def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):
@@ -113,8 +111,7 @@ def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):
     if chunk_size is None:
         chunk_size = default_chunk(N, u.element_size())
     check_chunk_size(chunk_size)
-    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, A_bar, B_bar, C, D, state))
-    y, x = _NativeDiagonal.apply(u.contiguous(), A_bar, B_bar, C, D, state, chunk_size, keep)
+    y, x = _NativeDiagonal.apply(u.contiguous(), A_bar, B_bar, C, D, state, chunk_size)
     return y, (x if return_state else None)
 
 
@@ -152,7 +149,7 @@ def ssm_scan_native(
         state: (B, H, N) complex state x_{-1}, or None for zeros.
         D: (H,) real skip, or None.
         return_state: whether to return the final state (else None in its place).
-        chunk_size: T, the backward's recompute chunk, or None for :func:`default_chunk`.
+        chunk_size: T, the kernel's chunk of rows, or None for :func:`default_chunk`.
 
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) complex (or None).

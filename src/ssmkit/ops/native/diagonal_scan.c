@@ -7,18 +7,29 @@
  * with u, y (B, L, H) real; Ā, B̄, C given as real and imaginary parts, each transposed to (N, H); D (H,) or NULL;
  * x (B, H, N) complex, interleaved (re, im) as torch stores complex tensors. The skip is fused.
  *
- * Work is split into items (b, block of up to VEC channels); a caller thread runs items [item0, item1). An item
- * keeps its N × VEC complex states in local arrays and reads u once, so the (B, L, H, N) states are never written;
- * time runs in chunks of T steps, mode-major inside a chunk (MB modes at a time, their states in registers).
- * The forward stores the states at chunk starts (every T steps) when asked; the backward recomputes each chunk's
- * states from them and runs the adjoint (PyTorch's convention for complex gradients: ∂ℓ/∂Re + i ∂ℓ/∂Im)
+ * Work is split into items (b, block of up to VEC channels). An item keeps its N × VEC complex states in local
+ * arrays and reads u once, so the (B, L, H, N) states are never written; time runs in chunks of T steps (u, y and the
+ * gradients of a chunk in small row buffers), mode-major inside a chunk (MB modes at a time, their states in
+ * registers).
  *
- *     λ_t = conj(C) g_t + conj(Ā) ⊙ λ_{t+1},   ∂Ā = Σ_{b,t} λ_t conj(x_{t-1}),   ∂B̄ = Σ_{b,t} λ_t u_t,
- *     ∂C = Σ_{b,t} g_t conj(x_t),   ∂u_t = Re Σ_n conj(B̄) λ_t + D g_t,   ∂D = Σ_{b,t} g_t u_t,
- *     ∂x_{-1} = conj(Ā) ⊙ λ_0
+ * The backward needs no states. With w = C B̄ and the adjoints (PyTorch's convention for complex gradients:
+ * ∂ℓ/∂Re + i ∂ℓ/∂Im; ā = conj(Ā))
  *
- * backwards through each chunk. ∂Ā, ∂B̄, ∂C, ∂D sum over batch and time, so each caller thread adds into its own
- * partial buffers (the caller sums them).
+ *     μ_t = g_t + ā μ_{t+1},   ν_t = μ_{t+1} + ā ν_{t+1}     (μ_L = ν_L = 0; ν_t = Σ_{s>t} (s-t) ā^{s-t-1} g_s)
+ *
+ * run backwards over time, the gradients of y_t = Re(w Σ_{s≤t} Ā^{t-s} u_s) + D u_t are
+ *
+ *     ∂B̄ = conj(C) P,   ∂C = conj(B̄) P,   ∂Ā = conj(w) Q,   P = Σ_{b,t} u_t μ_t,   Q = Σ_{b,t} u_t ν_t,
+ *     ∂u_t = Re Σ_n conj(w) μ_t + D g_t,   ∂D = Σ_{b,t} g_t u_t
+ *
+ * (∂C: Σ_t g_t conj(x_t) = conj(B̄) Σ_s u_s Σ_{t≥s} ā^{t-s} g_t; ∂Ā: d/dĀ of Ā^k is k Ā^{k-1}; so one pass of two
+ * recurrences and three accumulations per mode and step, where recomputing the states and the adjoint λ = conj(C) μ
+ * took twice as many operations and a buffer of states per chunk). An initial state x_{-1} adds
+ * ∂C += conj(x_{-1}) ā μ_0, ∂Ā += conj(C x_{-1}) ν_{-1}, ∂x_{-1} = conj(C) ā μ_0 (ν_{-1} = μ_0 + ā ν_0); a gradient G
+ * on the final state x_{L-1} is a second, seeded pair μ'_{L-1} = G, μ'_{t-1} = ā μ'_t, ν'_{t-1} = μ'_t + ā ν'_t, run
+ * only when G is given: ∂B̄ += Σ u_t μ'_t, ∂Ā += conj(B̄) Σ u_t ν'_t + conj(x_{-1}) ν'_{-1}, ∂u_t += Re(conj(B̄) μ'_t),
+ * ∂x_{-1} += μ'_{-1}. ∂Ā, ∂B̄, ∂C, ∂D sum over batch and time, so each thread adds into its own partial buffers (the
+ * caller sums them).
  *
  * Compiled twice: as float and with -DSS_DOUBLE as double.
  */
@@ -78,12 +89,13 @@ static void gather(real *dst, const real *src, int64_t N, int64_t H, int64_t c0,
         for (int64_t c = 0; c < VEC; c++) dst[n * VEC + c] = (c < w && n < N) ? src[n * H + c0 + c] : 0;
 }
 
-/* Forward over items [item0, item1) on the calling thread: y (B, L, H); the final state xL (B, H, N, 2) and the chunk-start states
- * ckpt (B, ceil(L/T), 2, N, H) when not NULL; x0 (B, H, N, 2) or NULL for zeros. Time runs in chunks of T steps;
- * inside a chunk the loop is mode-major (for each n, all T steps), so a mode's parameters and state stay in
- * registers and only u and y are read and written per step. Returns 0, or 1 when out of memory. */
+/* Forward over items [item0, item1) on the calling thread: y (B, L, H); the final state xL (B, H, N, 2) when not
+ * NULL; x0 (B, H, N, 2) or NULL for zeros. Time runs in chunks of T steps; inside a chunk the loop is mode-major (for
+ * each n, all T steps), so a mode's parameters and state stay in registers and only u and y are read and written per
+ * step. From a zero state the scan runs on x̃ = x / B̄ (x̃_t = Ā x̃_{t-1} + u_t, y_t = Re Σ_n w x̃_t, w = C B̄; x = B̄ x̃
+ * at the end): 6 operations per mode and step instead of 8. Returns 0, or 1 when out of memory. */
 static int forward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
-                         const real *ci, const real *D, const real *x0, real *y, real *xL, real *ckpt, int64_t Bsz,
+                         const real *ci, const real *D, const real *x0, real *y, real *xL, int64_t Bsz,
                          int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1) {
     (void)Bsz;
     const int64_t NP = (N + MB - 1) / MB * MB, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
@@ -97,6 +109,11 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
         gather(Bi, bi, N, H, c0, w), gather(Cr, cr, N, H, c0, w), gather(Ci, ci, N, H, c0, w);
         vreal Dv = {0};
         for (int64_t c = 0; c < w && D; c++) Dv[c] = D[c0 + c];
+        if (!x0)
+            for (int64_t o = 0; o < S; o++) { /* C ← w = C B̄ for the scan of x̃ */
+                const real r = Cr[o] * Br[o] - Ci[o] * Bi[o], im = Cr[o] * Bi[o] + Ci[o] * Br[o];
+                Cr[o] = r, Ci[o] = im;
+            }
         for (int64_t n = 0; n < NP; n++)
             for (int64_t c = 0; c < VEC; c++) {
                 const real *s = x0 && c < w && n < N ? x0 + ((b * H + c0 + c) * N + n) * 2 : NULL;
@@ -105,13 +122,6 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
             }
         for (int64_t k = 0; k < nc; k++) {
             const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
-            if (ckpt) {
-                real *dst = ckpt + (b * nc + k) * 2 * N * H + c0;
-                for (int64_t n = 0; n < N; n++) {
-                    memcpy(dst + n * H, xr + n * VEC, sizeof(real) * w);
-                    memcpy(dst + (N + n) * H, xi + n * VEC, sizeof(real) * w);
-                }
-            }
             load_rows(ub, u + (b * L + t0) * H + c0, nt, H, w);
             for (int64_t i = 0; i < nt; i++) vstore(yb + i * VEC, Dv * vload(ub + i * VEC));
             for (int64_t n0 = 0; n0 < NP; n0 += MB) {
@@ -123,13 +133,25 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
                     a_r[m] = vload(Ar + o), a_i[m] = vload(Ai + o), b_r[m] = vload(Br + o), b_i[m] = vload(Bi + o);
                     c_r[m] = vload(Cr + o), c_i[m] = vload(Ci + o);
                 }
-                for (int64_t i = 0; i < nt; i++) {
+                for (int64_t i = 0; i < nt && x0; i++) {
                     const vreal uu = vload(ub + i * VEC);
                     vreal ym[MB];
                     #pragma GCC unroll 8
                     for (int m = 0; m < MB; m++) {
                         vreal nr = a_r[m] * pr[m] - a_i[m] * pi[m] + b_r[m] * uu;
                         vreal ni = a_r[m] * pi[m] + a_i[m] * pr[m] + b_i[m] * uu;
+                        pr[m] = nr, pi[m] = ni;
+                        ym[m] = c_r[m] * nr - c_i[m] * ni;
+                    }
+                    vstore(yb + i * VEC, vload(yb + i * VEC) + ((ym[0] + ym[1]) + (ym[2] + ym[3])));
+                }
+                for (int64_t i = 0; i < nt && !x0; i++) { /* x̃: B̄ = 1, C = w */
+                    const vreal uu = vload(ub + i * VEC);
+                    vreal ym[MB];
+                    #pragma GCC unroll 8
+                    for (int m = 0; m < MB; m++) {
+                        vreal nr = a_r[m] * pr[m] - a_i[m] * pi[m] + uu;
+                        vreal ni = a_r[m] * pi[m] + a_i[m] * pr[m];
                         pr[m] = nr, pi[m] = ni;
                         ym[m] = c_r[m] * nr - c_i[m] * ni;
                     }
@@ -144,47 +166,101 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
             for (int64_t n = 0; n < N; n++)
                 for (int64_t c = 0; c < w; c++) {
                     real *d = xL + ((b * H + c0 + c) * N + n) * 2;
-                    d[0] = xr[n * VEC + c], d[1] = xi[n * VEC + c];
+                    const real pr = xr[n * VEC + c], pi = xi[n * VEC + c], b_r = Br[n * VEC + c], b_i = Bi[n * VEC + c];
+                    if (x0)
+                        d[0] = pr, d[1] = pi;
+                    else /* x = B̄ x̃ */
+                        d[0] = b_r * pr - b_i * pi, d[1] = b_r * pi + b_i * pr;
                 }
     }
     free(buf);
     return 0;
 }
 
-/* Backward over items [item0, item1) on the calling thread, from the chunk-start states ckpt (B, ceil(L/T), 2, N, H), the output gradient
- * gy (B, L, H) and the final-state gradient gxL (B, H, N, 2) or NULL. Writes gu (B, L, H) and gx0 (B, H, N, 2) (when
- * not NULL) for its channels, and adds into this thread's partials g (7, N, H): ∂Ā re/im, ∂B̄ re/im, ∂C re/im,
- * then ∂D in row 6 (its first H values). Mode-major inside each chunk, as the forward. Returns 0, or 1 when out of
- * memory. */
+/* The per-mode vectors of one adjoint pair (μ, ν) and its sums (P, Q), real and imaginary parts: 8 (NP, VEC) blocks. */
+enum { MR, MI, NR, NI, PR, PI, QR, QI, NADJ };
+
+/* Steps [i0 - nt + 1 .. i0] of the chunk, backwards, for the modes [n0, n0 + MBB) of the pair at adj: ν ← μ + ā ν,
+ * μ ← g + ā μ (g = the chunk's gb; none when gb is NULL: the seeded pair, whose μ starts at G and which adds before it
+ * advances), P += u μ, Q += u ν, and ∂u += Re(conj(v) μ) into gub (v = w for the g-driven pair, B̄ for the seeded). */
+static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *Ar, const real *Ai, const real *Vr,
+                                 const real *Vi, const real *ub, const real *gb, real *gub, int64_t nt) {
+    vreal a_r[MBB], a_i[MBB], v_r[MBB], v_i[MBB], mr[MBB], mi[MBB], nr[MBB], ni[MBB], pr[MBB], pi[MBB], qr[MBB], qi[MBB];
+    #pragma GCC unroll 8
+    for (int m = 0; m < MBB; m++) {
+        const int64_t o = (n0 + m) * VEC;
+        a_r[m] = vload(Ar + o), a_i[m] = vload(Ai + o), v_r[m] = vload(Vr + o), v_i[m] = vload(Vi + o);
+        mr[m] = vload(adj + MR * S + o), mi[m] = vload(adj + MI * S + o), nr[m] = vload(adj + NR * S + o);
+        ni[m] = vload(adj + NI * S + o), pr[m] = vload(adj + PR * S + o), pi[m] = vload(adj + PI * S + o);
+        qr[m] = vload(adj + QR * S + o), qi[m] = vload(adj + QI * S + o);
+    }
+    for (int64_t i = nt - 1; i >= 0; i--) {
+        const vreal uu = vload(ub + i * VEC);
+        vreal gum[MBB];
+        if (gb) {
+            const vreal gg = vload(gb + i * VEC);
+            #pragma GCC unroll 8
+            for (int m = 0; m < MBB; m++) {
+                const vreal n_r = mr[m] + a_r[m] * nr[m] + a_i[m] * ni[m], n_i = mi[m] + a_r[m] * ni[m] - a_i[m] * nr[m];
+                const vreal m_r = gg + a_r[m] * mr[m] + a_i[m] * mi[m], m_i = a_r[m] * mi[m] - a_i[m] * mr[m];
+                nr[m] = n_r, ni[m] = n_i, mr[m] = m_r, mi[m] = m_i;
+                pr[m] += uu * m_r, pi[m] += uu * m_i, qr[m] += uu * n_r, qi[m] += uu * n_i;
+                gum[m] = v_r[m] * m_r + v_i[m] * m_i;
+            }
+        } else {
+            #pragma GCC unroll 8
+            for (int m = 0; m < MBB; m++) {
+                pr[m] += uu * mr[m], pi[m] += uu * mi[m], qr[m] += uu * nr[m], qi[m] += uu * ni[m];
+                gum[m] = v_r[m] * mr[m] + v_i[m] * mi[m];
+                const vreal n_r = mr[m] + a_r[m] * nr[m] + a_i[m] * ni[m], n_i = mi[m] + a_r[m] * ni[m] - a_i[m] * nr[m];
+                const vreal m_r = a_r[m] * mr[m] + a_i[m] * mi[m], m_i = a_r[m] * mi[m] - a_i[m] * mr[m];
+                nr[m] = n_r, ni[m] = n_i, mr[m] = m_r, mi[m] = m_i;
+            }
+        }
+        vstore(gub + i * VEC, vload(gub + i * VEC) + (gum[0] + gum[1]));
+    }
+    #pragma GCC unroll 8
+    for (int m = 0; m < MBB; m++) {
+        const int64_t o = (n0 + m) * VEC;
+        vstore(adj + MR * S + o, mr[m]), vstore(adj + MI * S + o, mi[m]), vstore(adj + NR * S + o, nr[m]);
+        vstore(adj + NI * S + o, ni[m]), vstore(adj + PR * S + o, pr[m]), vstore(adj + PI * S + o, pi[m]);
+        vstore(adj + QR * S + o, qr[m]), vstore(adj + QI * S + o, qi[m]);
+    }
+}
+
+/* Backward over items [item0, item1) on the calling thread, from the output gradient gy (B, L, H), the final-state
+ * gradient gxL (B, H, N, 2) or NULL and the initial state x0 (B, H, N, 2) or NULL. Writes gu (B, L, H) and gx0
+ * (B, H, N, 2) (when not NULL) for its channels, and adds into this thread's partials g (7, N, H): ∂Ā re/im, ∂B̄ re/im,
+ * ∂C re/im, then ∂D in row 6 (its first H values). Mode-major inside each chunk, as the forward. Returns 0, or 1 when
+ * out of memory. */
 static int backward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
-                          const real *ci, const real *D, const real *ckpt, const real *gy, const real *gxL, real *gu,
+                          const real *ci, const real *D, const real *x0, const real *gy, const real *gxL, real *gu,
                           real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
                           int64_t item1) {
     (void)Bsz;
     const int64_t NP = (N + MB - 1) / MB * MB, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
-    real *buf = malloc(sizeof(real) * (14 * S + 2 * (T + 1) * S + 3 * T * VEC));
+    real *buf = malloc(sizeof(real) * ((8 + 2 * NADJ) * S + 3 * T * VEC));
     if (!buf) return 1;
     real *Ar = buf, *Ai = buf + S, *Br = buf + 2 * S, *Bi = buf + 3 * S, *Cr = buf + 4 * S, *Ci = buf + 5 * S;
-    real *lr = buf + 6 * S, *li = buf + 7 * S;  /* the adjoint carried in: conj(Ā) λ_{t+1} */
-    real *G = buf + 8 * S;                      /* this item's ∂Ā, ∂B̄, ∂C (re, im): 6 (N, VEC) blocks */
-    real *hr = buf + 14 * S, *hi = hr + (T + 1) * S; /* hr[i] = the state before step t0 + i, (T+1, N, VEC) */
-    real *ub = hi + (T + 1) * S, *gb = ub + T * VEC, *gub = gb + T * VEC; /* (T, VEC): u, g and ∂u of a chunk */
+    real *Wr = buf + 6 * S, *Wi = buf + 7 * S;             /* w = C B̄ */
+    real *adj = buf + 8 * S, *seed = adj + NADJ * S;       /* the g-driven pair and the seeded pair (when gxL) */
+    real *ub = seed + NADJ * S, *gb = ub + T * VEC, *gub = gb + T * VEC; /* (T, VEC): u, g and ∂u of a chunk */
     for (int64_t item = item0; item < item1; item++) {
         const int64_t b = item / nblk, c0 = (item % nblk) * VEC, w = H - c0 < VEC ? H - c0 : VEC;
         gather(Ar, ar, N, H, c0, w), gather(Ai, ai, N, H, c0, w), gather(Br, br, N, H, c0, w);
         gather(Bi, bi, N, H, c0, w), gather(Cr, cr, N, H, c0, w), gather(Ci, ci, N, H, c0, w);
-        memset(G, 0, sizeof(real) * 6 * S);
+        for (int64_t o = 0; o < S; o++) Wr[o] = Cr[o] * Br[o] - Ci[o] * Bi[o], Wi[o] = Cr[o] * Bi[o] + Ci[o] * Br[o];
+        memset(adj, 0, sizeof(real) * 2 * NADJ * S);
+        if (gxL)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t c = 0; c < w; c++) {
+                    const real *s = gxL + ((b * H + c0 + c) * N + n) * 2;
+                    seed[MR * S + n * VEC + c] = s[0], seed[MI * S + n * VEC + c] = s[1];
+                }
         vreal Dv = {0}, gD = {0};
         for (int64_t c = 0; c < w && D; c++) Dv[c] = D[c0 + c];
-        for (int64_t n = 0; n < NP; n++)
-            for (int64_t c = 0; c < VEC; c++) {
-                const real *s = gxL && c < w && n < N ? gxL + ((b * H + c0 + c) * N + n) * 2 : NULL;
-                lr[n * VEC + c] = s ? s[0] : 0;
-                li[n * VEC + c] = s ? s[1] : 0;
-            }
         for (int64_t k = nc - 1; k >= 0; k--) {
             const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
-            const real *src = ckpt + (b * nc + k) * 2 * N * H + c0;
             load_rows(ub, u + (b * L + t0) * H + c0, nt, H, w);
             load_rows(gb, gy + (b * L + t0) * H + c0, nt, H, w);
             for (int64_t i = 0; i < nt; i++) {
@@ -192,82 +268,52 @@ static int backward_range(const real *u, const real *ar, const real *ai, const r
                 vstore(gub + i * VEC, Dv * g_);
                 gD += g_ * vload(ub + i * VEC);
             }
-            /* 1. the chunk's states, from its start (MB modes at a time, as the forward) */
-            for (int64_t n = 0; n < NP; n++)
-                for (int64_t c = 0; c < VEC; c++) {
-                    int ok = c < w && n < N;
-                    hr[n * VEC + c] = ok ? src[n * H + c] : 0;
-                    hi[n * VEC + c] = ok ? src[(N + n) * H + c] : 0;
-                }
-            for (int64_t n0 = 0; n0 < NP; n0 += MB) {
-                vreal pr[MB], pi[MB], a_r[MB], a_i[MB], b_r[MB], b_i[MB];
-                #pragma GCC unroll 8
-                for (int m = 0; m < MB; m++) {
-                    const int64_t o = (n0 + m) * VEC;
-                    pr[m] = vload(hr + o), pi[m] = vload(hi + o);
-                    a_r[m] = vload(Ar + o), a_i[m] = vload(Ai + o), b_r[m] = vload(Br + o), b_i[m] = vload(Bi + o);
-                }
-                for (int64_t i = 0; i < nt; i++) {
-                    const vreal uu = vload(ub + i * VEC);
-                    #pragma GCC unroll 8
-                    for (int m = 0; m < MB; m++) {
-                        const int64_t o = (i + 1) * S + (n0 + m) * VEC;
-                        vreal nr = a_r[m] * pr[m] - a_i[m] * pi[m] + b_r[m] * uu;
-                        vreal ni = a_r[m] * pi[m] + a_i[m] * pr[m] + b_i[m] * uu;
-                        pr[m] = nr, pi[m] = ni;
-                        vstore(hr + o, nr), vstore(hi + o, ni);
-                    }
-                }
-            }
-            /* 2. the adjoint backwards through the chunk, and the gradients (MBB modes at a time) */
-            for (int64_t n0 = 0; n0 < NP; n0 += MBB) {
-                vreal a_r[MBB], a_i[MBB], b_r[MBB], b_i[MBB], c_r[MBB], c_i[MBB], l_r[MBB], l_i[MBB];
-                vreal gar[MBB], gai[MBB], gbr[MBB], gbi[MBB], gcr[MBB], gci[MBB];
-                #pragma GCC unroll 8
-                for (int m = 0; m < MBB; m++) {
-                    const int64_t o = (n0 + m) * VEC;
-                    a_r[m] = vload(Ar + o), a_i[m] = vload(Ai + o), b_r[m] = vload(Br + o), b_i[m] = vload(Bi + o);
-                    c_r[m] = vload(Cr + o), c_i[m] = vload(Ci + o), l_r[m] = vload(lr + o), l_i[m] = vload(li + o);
-                    gar[m] = vload(G + o), gai[m] = vload(G + S + o), gbr[m] = vload(G + 2 * S + o);
-                    gbi[m] = vload(G + 3 * S + o), gcr[m] = vload(G + 4 * S + o), gci[m] = vload(G + 5 * S + o);
-                }
-                for (int64_t i = nt - 1; i >= 0; i--) {
-                    const vreal uu = vload(ub + i * VEC), gg = vload(gb + i * VEC);
-                    vreal gum[MBB];
-                    #pragma GCC unroll 8
-                    for (int m = 0; m < MBB; m++) {
-                        const int64_t o1 = (i + 1) * S + (n0 + m) * VEC, o0 = i * S + (n0 + m) * VEC;
-                        const vreal xr = vload(hr + o1), xi = vload(hi + o1), qr = vload(hr + o0), qi = vload(hi + o0);
-                        vreal mr = c_r[m] * gg + l_r[m], mi = l_i[m] - c_i[m] * gg; /* λ_t = conj(C) g_t + carry */
-                        gcr[m] += gg * xr, gci[m] -= gg * xi;                        /* g conj(x_t) */
-                        gbr[m] += mr * uu, gbi[m] += mi * uu;                        /* λ u */
-                        gar[m] += mr * qr + mi * qi;                                 /* λ conj(x_{t-1}) */
-                        gai[m] += mi * qr - mr * qi;
-                        gum[m] = b_r[m] * mr + b_i[m] * mi;                          /* Re conj(B̄) λ */
-                        l_r[m] = a_r[m] * mr + a_i[m] * mi;                          /* conj(Ā) λ_t */
-                        l_i[m] = a_r[m] * mi - a_i[m] * mr;
-                    }
-                    vstore(gub + i * VEC, vload(gub + i * VEC) + (gum[0] + gum[1]));
-                }
-                #pragma GCC unroll 8
-                for (int m = 0; m < MBB; m++) {
-                    const int64_t o = (n0 + m) * VEC;
-                    vstore(lr + o, l_r[m]), vstore(li + o, l_i[m]);
-                    vstore(G + o, gar[m]), vstore(G + S + o, gai[m]), vstore(G + 2 * S + o, gbr[m]);
-                    vstore(G + 3 * S + o, gbi[m]), vstore(G + 4 * S + o, gcr[m]), vstore(G + 5 * S + o, gci[m]);
-                }
-            }
+            for (int64_t n0 = 0; n0 < NP; n0 += MBB) adjoint_steps(adj, S, n0, Ar, Ai, Wr, Wi, ub, gb, gub, nt);
+            if (gxL)
+                for (int64_t n0 = 0; n0 < NP; n0 += MBB) adjoint_steps(seed, S, n0, Ar, Ai, Br, Bi, ub, NULL, gub, nt);
             store_rows(gu + (b * L + t0) * H + c0, gub, nt, H, w);
         }
-        if (gx0)
-            for (int64_t n = 0; n < N; n++)
-                for (int64_t c = 0; c < w; c++) {
-                    real *d = gx0 + ((b * H + c0 + c) * N + n) * 2;
-                    d[0] = lr[n * VEC + c], d[1] = li[n * VEC + c];
+        /* the sums into the parameters' gradients, and the initial state's terms (scalar: once per item) */
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < w; c++) {
+                const int64_t o = n * VEC + c, h = (n * H) + c0 + c;
+                const real a_r = Ar[o], a_i = Ai[o], b_r = Br[o], b_i = Bi[o], c_r = Cr[o], c_i = Ci[o];
+                const real w_r = Wr[o], w_i = Wi[o];
+                const real *A = adj;
+                real P_r = A[PR * S + o], P_i = A[PI * S + o], Q_r = A[QR * S + o], Q_i = A[QI * S + o];
+                real gA_r = w_r * Q_r + w_i * Q_i, gA_i = w_r * Q_i - w_i * Q_r;       /* conj(w) Q */
+                real gB_r = c_r * P_r + c_i * P_i, gB_i = c_r * P_i - c_i * P_r;       /* conj(C) P */
+                real gC_r = b_r * P_r + b_i * P_i, gC_i = b_r * P_i - b_i * P_r;       /* conj(B̄) P */
+                real gx_r = 0, gx_i = 0;
+                const real *s0 = x0 ? x0 + ((b * H + c0 + c) * N + n) * 2 : NULL;
+                if (s0) {
+                    const real m_r = A[MR * S + o], m_i = A[MI * S + o], n_r = A[NR * S + o], n_i = A[NI * S + o];
+                    const real e_r = a_r * m_r + a_i * m_i, e_i = a_r * m_i - a_i * m_r; /* ā μ_0 */
+                    const real v_r = m_r + a_r * n_r + a_i * n_i, v_i = m_i + a_r * n_i - a_i * n_r; /* ν_{-1} */
+                    const real x_r = s0[0], x_i = s0[1];
+                    gC_r += x_r * e_r + x_i * e_i, gC_i += x_r * e_i - x_i * e_r;    /* conj(x_{-1}) ā μ_0 */
+                    gx_r = c_r * e_r + c_i * e_i, gx_i = c_r * e_i - c_i * e_r;       /* conj(C) ā μ_0 */
+                    const real k_r = c_r * x_r - c_i * x_i, k_i = c_r * x_i + c_i * x_r; /* C x_{-1} */
+                    gA_r += k_r * v_r + k_i * v_i, gA_i += k_r * v_i - k_i * v_r;
                 }
-        for (int64_t r = 0; r < 6; r++)
-            for (int64_t n = 0; n < N; n++)
-                for (int64_t c = 0; c < w; c++) g[(r * N + n) * H + c0 + c] += G[r * S + n * VEC + c];
+                if (gxL) {
+                    const real *Sd = seed;
+                    const real p_r = Sd[PR * S + o], p_i = Sd[PI * S + o], q_r = Sd[QR * S + o], q_i = Sd[QI * S + o];
+                    gB_r += p_r, gB_i += p_i;
+                    gA_r += b_r * q_r + b_i * q_i, gA_i += b_r * q_i - b_i * q_r;     /* conj(B̄) Q' */
+                    if (s0) {
+                        const real x_r = s0[0], x_i = s0[1], v_r = Sd[NR * S + o], v_i = Sd[NI * S + o];
+                        gA_r += x_r * v_r + x_i * v_i, gA_i += x_r * v_i - x_i * v_r; /* conj(x_{-1}) ν'_{-1} */
+                        gx_r += Sd[MR * S + o], gx_i += Sd[MI * S + o];                /* μ'_{-1} */
+                    }
+                }
+                g[h] += gA_r, g[N * H + h] += gA_i, g[2 * N * H + h] += gB_r, g[3 * N * H + h] += gB_i;
+                g[4 * N * H + h] += gC_r, g[5 * N * H + h] += gC_i;
+                if (gx0) {
+                    real *d = gx0 + ((b * H + c0 + c) * N + n) * 2;
+                    d[0] = gx_r, d[1] = gx_i;
+                }
+            }
         for (int64_t c = 0; c < w; c++) g[6 * N * H + c0 + c] += gD[c];
     }
     free(buf);
@@ -277,23 +323,23 @@ static int backward_range(const real *u, const real *ar, const real *ai, const r
 /* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
  * time; thread i adds into the partials g + i·7·N·H. Return 0, or 1 when out of memory. */
 int SUFFIX(ds_forward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
-                       const real *ci, const real *D, const real *x0, real *y, real *xL, real *ckpt, int64_t Bsz,
+                       const real *ci, const real *D, const real *x0, real *y, real *xL, int64_t Bsz,
                        int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1, int64_t nthreads) {
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
-        failed |= forward_range(u, ar, ai, br, bi, cr, ci, D, x0, y, xL, ckpt, Bsz, L, H, N, T, item, item + 1);
+        failed |= forward_range(u, ar, ai, br, bi, cr, ci, D, x0, y, xL, Bsz, L, H, N, T, item, item + 1);
     return failed;
 }
 
 int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
-                        const real *ci, const real *D, const real *ckpt, const real *gy, const real *gxL, real *gu,
+                        const real *ci, const real *D, const real *x0, const real *gy, const real *gxL, real *gu,
                         real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
                         int64_t item1, int64_t nthreads) {
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
-        failed |= backward_range(u, ar, ai, br, bi, cr, ci, D, ckpt, gy, gxL, gu, gx0, g + thread_index() * 7 * N * H,
+        failed |= backward_range(u, ar, ai, br, bi, cr, ci, D, x0, gy, gxL, gu, gx0, g + thread_index() * 7 * N * H,
                                  Bsz, L, H, N, T, item, item + 1);
     return failed;
 }

@@ -18,6 +18,7 @@ from ssmkit.ops.cauchy import (
     dplr_kernel_reference,
 )
 from ssmkit.ops.hippo import MEASURES, nplr
+from ssmkit.ops.native import cauchy_native, native_available
 from tests.conftest import rel_err
 
 C64, C128 = torch.complex64, torch.complex128
@@ -31,13 +32,18 @@ def crandn(*shape, dtype=C128, device="cpu"):
 # cauchy
 
 
+def _native(device) -> tuple:
+    """The C kernel's path where it runs (the CPU with a C compiler), for the lists of paths under test."""
+    return (cauchy_native,) if torch.device(device).type == "cpu" and native_available("cauchy", torch.float64) else ()
+
+
 def test_cauchy_by_hand(device):
     v = torch.tensor([1.0, 2.0], dtype=C128, device=device)
     w = torch.tensor([0.0, 1.0 + 1.0j], dtype=C128, device=device)
     z = torch.tensor([2.0, 1.0j], dtype=C128, device=device)
     # z=2: 1/2 + 2/(1 - 1j) = 0.5 + (1 + 1j);  z=i: 1/i + 2/(-1) = -i - 2
     want = torch.tensor([1.5 + 1.0j, -2.0 - 1.0j], dtype=C128, device=device)
-    for f in (cauchy_reference, cauchy_matmul):
+    for f in (cauchy_reference, cauchy_matmul, *_native(device)):
         assert torch.allclose(f(v, z, w), want, atol=1e-15)
 
 
@@ -58,6 +64,24 @@ def test_cauchy_matmul_equals_reference(dtype, device, monkeypatch):
     assert rel_err(out, cauchy_reference(v, z[0], w)) < tol
 
 
+@pytest.mark.parametrize("dtype", [C64, C128])
+@pytest.mark.parametrize("W", [1, 64, 65, 130])
+def test_cauchy_native_equals_reference(dtype, W, device):
+    # blocks of 64 points: one point, one whole block, a block and one point, two blocks and a tail of 2; v with two
+    # leading numerator dims (2 x 5) over 3 channels, then z shared by every channel
+    if not _native(device):
+        pytest.skip("the native kernel runs on the CPU where a C compiler builds it")
+    v = crandn(2, 5, 3, 7, dtype=dtype, device=device)
+    w = crandn(3, 7, dtype=dtype, device=device)
+    z = crandn(3, W, dtype=dtype, device=device) * 3
+    ref = cauchy_reference(v.to(C128), z.to(C128), w.to(C128))
+    tol = 1e-13 if dtype == C128 else 1e-5
+    out = cauchy_native(v, z, w)
+    assert out.shape == (2, 5, 3, W) and out.dtype == dtype
+    assert rel_err(out, ref) < tol
+    assert rel_err(cauchy_native(v, z[0], w), cauchy_reference(v, z[0], w)) < tol
+
+
 def test_cauchy_gradcheck(device):
     v = crandn(2, 3, 4, device=device).requires_grad_()
     z = (crandn(3, 5, device=device) * 3).requires_grad_()
@@ -69,21 +93,27 @@ def test_cauchy_gradients_equal_reference(device):
     v, z, w = crandn(4, 2, 6, device=device), 2 * crandn(2, 9, device=device), crandn(2, 6, device=device)
     g = crandn(4, 2, 9, device=device)
     grads = []
-    for f in (cauchy_matmul, cauchy_reference):
+    for f in (cauchy_reference, cauchy_matmul, *_native(device)):
         leaves = [t.clone().requires_grad_() for t in (v, z, w)]
         out = f(*leaves)
         grads.append(torch.autograd.grad((out * g.conj()).real.sum(), leaves))
-    for a, b in zip(*grads):
-        assert rel_err(a, b) < 1e-13  # same sums, different order
+    for other in grads[1:]:
+        for a, b in zip(other, grads[0]):
+            assert rel_err(a, b) < 1e-13  # same sums, different order
+    if _native(device):  # only the gradients asked for are computed (the others stay None)
+        leaves = [v.clone().requires_grad_(), z, w.clone().requires_grad_()]
+        g_v, g_w = torch.autograd.grad((cauchy_native(*leaves) * g.conj()).real.sum(), [leaves[0], leaves[2]])
+        assert rel_err(g_v, grads[0][0]) < 1e-13 and rel_err(g_w, grads[0][2]) < 1e-13
 
 
 def test_cauchy_dispatch(device):
     v, z, w = crandn(3, 4, device=device), crandn(3, 5, device=device), crandn(3, 4, device=device)
     with ops.use_backend("reference"):
         assert torch.equal(cauchy(v, z, w), cauchy_reference(v, z, w))
-    for backend in ("auto", "chunked"):
-        with ops.use_backend(backend):
-            assert torch.equal(cauchy(v, z, w), cauchy_matmul(v, z, w))
+    with ops.use_backend("chunked"):
+        assert torch.equal(cauchy(v, z, w), cauchy_matmul(v, z, w))
+    with ops.use_backend("auto"):  # the C kernel on the CPU where it runs (eager mode), else the blocked GEMM
+        assert torch.equal(cauchy(v, z, w), (_native(device) or (cauchy_matmul,))[0](v, z, w))
     with ops.use_backend("triton"), pytest.raises(RuntimeError, match="triton"):
         cauchy(v, z, w)
     # the blocked GEMM is a time-domain ("chunked") algorithm: no "fft" path
@@ -235,3 +265,19 @@ def test_dplr_kernel_dispatch_and_errors(device):
         dplr_kernel(Lambda, P, B, C, dt.float(), 5)
     with pytest.raises(ValueError, match="L must be an int >= 1"):
         dplr_kernel(Lambda, P, B, C, dt, 0)
+
+
+def test_dplr_kernel_cauchy_sums_follow_the_context(device, monkeypatch):
+    # inside Algorithm 1 the Cauchy sums take the context's backend where the Cauchy op has it, else "auto" (a context
+    # "fft" selects the kernel itself and must not reach the Cauchy op, which has no "fft" path)
+    args, _ = hippo_case("legs", 4, 2, 1, 1, 5, device)
+    used = []
+    for name in ("reference", "chunked", "native"):
+        impl = cauchy_mod._CAUCHY[name]
+        monkeypatch.setitem(cauchy_mod._CAUCHY, name, lambda *a, _n=name, _f=impl: used.append(_n) or _f(*a))
+    exact = dplr_kernel_reference(*args, 5)
+    for context, path in (("chunked", "chunked"), ("reference", "reference"), ("fft", None)):
+        with ops.use_backend(context):
+            K = dplr_kernel(*args, 5, backend="fft")
+        assert used.pop() == (path or ("native" if _native(device) else "chunked"))
+        assert rel_err(K, exact) < 1e-10

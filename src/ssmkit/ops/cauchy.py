@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.backend import dispatch, get_backend, tracing
 from ssmkit.ops.dplr import bilinear_dplr, small_inverse
 
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -181,6 +181,13 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
         (..., W) complex, the broadcast batch shape of v, z, w followed by W.
     """
     _check_cauchy_args(v, z, w)
+    v_g, z_g, w_g, batch = grouped(v, z, w)
+    return ungrouped(_CauchyMatmul.apply(v_g, z_g, w_g), batch)
+
+
+def grouped(v: Tensor, z: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, torch.Size]:
+    """The Cauchy sums' inputs as channels G (the batch dimensions z and w share) × S numerators (the leading
+    dimensions only v has): v (G, S, N), z (G, W), w (G, N), contiguous, and the broadcast batch shape."""
     N, W = w.shape[-1], z.shape[-1]
     shared = torch.broadcast_shapes(z.shape[:-1], w.shape[:-1])
     batch = torch.broadcast_shapes(v.shape[:-1], shared)
@@ -190,19 +197,40 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     v_g = v.expand(*batch, N).reshape(S, G, N).transpose(0, 1)  # (S, G, N) -> (G, S, N)
     z_g = z.expand(*channels, W).reshape(G, W)  # (G, W)
     w_g = w.expand(*channels, N).reshape(G, N)  # (G, N)
-    out = _CauchyMatmul.apply(v_g.contiguous(), z_g.contiguous(), w_g.contiguous())  # (G, S, W)
-    return out.transpose(0, 1).reshape(*batch, W)  # (S, G, W) -> (..., W)
+    return v_g.contiguous(), z_g.contiguous(), w_g.contiguous(), batch
 
 
-_CAUCHY = {"reference": cauchy_reference, "chunked": cauchy_matmul}
+def ungrouped(out: Tensor, batch: torch.Size) -> Tensor:
+    """(G, S, W) sums back to the batch shape of :func:`grouped`'s inputs: (..., W)."""
+    return out.transpose(0, 1).reshape(*batch, out.shape[-1])  # (S, G, W) -> (..., W)
+
+
+def _cauchy_native(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+    from ssmkit.ops.native.cauchy import cauchy_native
+
+    return cauchy_native(v, z, w)
+
+
+_CAUCHY = {"reference": cauchy_reference, "chunked": cauchy_matmul, "native": _cauchy_native}
+
+
+def _auto(v: Tensor) -> str:
+    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode (no double backward there: see
+    :func:`cauchy`); else the blocked GEMM."""
+    from ssmkit.ops.native.gate import prefer_native
+
+    return "native" if prefer_native("cauchy", v) else "chunked"
 
 
 def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Tensor:
     """Cauchy sums out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]) (arXiv 2111.00396 §3.3, Alg. 1).
 
     Backends: ``"reference"`` -> :func:`cauchy_reference` (direct formula); ``"chunked"`` ->
-    :func:`cauchy_matmul` (blocked batched GEMM, the same path on every device); ``"auto"`` -> ``"chunked"``;
-    ``"fft"`` and ``"triton"`` raise.
+    :func:`cauchy_matmul` (blocked batched GEMM, the same path on every device, twice differentiable);
+    ``"native"`` -> :func:`ssmkit.ops.native.cauchy_native` (the C kernel, CPU, once differentiable); ``"auto"`` ->
+    ``"native"`` on the CPU in eager mode where the kernel runs, else ``"chunked"``; ``"fft"`` and ``"triton"``
+    raise. (For a second derivative through S4's kernel on the CPU, force ``"chunked"``, e.g. with
+    ``ssmkit.ops.use_backend("chunked")`` around a ``dplr_kernel(..., backend="fft")`` call.)
 
     Args:
         v: (..., N) complex numerators.
@@ -213,7 +241,7 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Te
     Returns:
         (..., W) complex, the broadcast batch shape of v, z, w followed by W.
     """
-    return dispatch("cauchy", _CAUCHY, backend, auto="chunked")(v, z, w)
+    return dispatch("cauchy", _CAUCHY, backend, auto=_auto(v))(v, z, w)
 
 
 def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> None:
@@ -265,6 +293,14 @@ def _woodbury(r: Tensor, S: int, n_out: int) -> Tensor:
     return k - torch.einsum("ichm,ijhm,sjhm->schm", r_pc, Y_inv, r_bq)  # (S, C, H, W)
 
 
+def _cauchy_backend() -> str:
+    """The Cauchy sums' backend inside :func:`dplr_kernel_fast`: the context's (``ssmkit.ops.use_backend``) when the
+    Cauchy op has it (``"chunked"``, ``"native"``, ``"reference"``), else ``"auto"`` (a context ``"fft"``, which
+    selects this very kernel, says nothing about how its Cauchy sums run)."""
+    name = get_backend()
+    return name if name in _CAUCHY else "auto"
+
+
 def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> Tensor:
     """S4 DPLR kernel by Cauchy sums, Woodbury and an inverse FFT (arXiv 2111.00396 Alg. 1, §3.3).
 
@@ -296,7 +332,7 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     ab = torch.cat([ab, ab.conj()], dim=-1)  # (S+r, C+r, H, N)
     w = torch.cat([Lambda, Lambda.conj()], dim=-1)  # (H, N)
     # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n): one blocked GEMM per channel.
-    r = cauchy(ab, z, w, backend="chunked")  # (S+r, C+r, H, W)
+    r = cauchy(ab, z, w, backend=_cauchy_backend())  # (S+r, C+r, H, W)
     # 4. Woodbury, then the factor 2/(1 + ω).
     k = _woodbury(r, S, n_out)  # (S, C, H, W)
     k = k * torch.complex(torch.ones_like(tan), tan)  # (S, C, H, W)

@@ -4,11 +4,12 @@
 whether a kernel runs here (a build and a smoke call against the op's reference); ``parallel`` splits a call over
 ``torch.get_num_threads()`` threads. The kernels: Mamba's selective scan (:func:`selective_scan_native`), the
 diagonal LTI scan of the S4D family (:func:`ssm_scan_native`), the short causal convolution with an optional SiLU
-(:func:`causal_conv1d_native`) and the first-order linear recurrence (:func:`linear_recurrence_native`: the modes of
-S5 and LRU, the RG-LRU's scan). Without a compiler (or with ``SSMKIT_NATIVE=0``) the
-backend reports why and ``"auto"`` keeps the PyTorch paths.
+(:func:`causal_conv1d_native`), the first-order linear recurrence (:func:`linear_recurrence_native`: the modes of
+S5 and LRU, the RG-LRU's scan) and the Cauchy sums of S4's kernel (:func:`cauchy_native`). Without a compiler (or
+with ``SSMKIT_NATIVE=0``) the backend reports why and ``"auto"`` keeps the PyTorch paths.
 """
 
+from ssmkit.ops.native.cauchy import cauchy_native
 from ssmkit.ops.native.conv import causal_conv1d_native
 from ssmkit.ops.native.diagonal import ssm_scan_native
 from ssmkit.ops.native.gate import native_available, native_status
@@ -16,6 +17,7 @@ from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.native.selective import selective_scan_native
 
 __all__ = [
+    "cauchy_native",
     "causal_conv1d_native",
     "linear_recurrence_native",
     "native_available",

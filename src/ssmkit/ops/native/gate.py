@@ -12,7 +12,7 @@ import torch
 
 from ssmkit.ops.native.build import NativeBuildError
 
-OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence")
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -105,6 +105,19 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         _compare(recurrence_unchecked, linear_recurrence_reference, [a, bc, hc], weight, dtype)
         args = [torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype), rand(Bsz, L, H), rand(Bsz, H)]
         _compare(recurrence_unchecked, linear_recurrence_reference, args, weight, dtype)
+        return
+    elif op == "cauchy":
+        from ssmkit.ops.cauchy import cauchy_reference
+        from ssmkit.ops.native.cauchy import sums_unchecked
+
+        S, G, N, W = 2, 3, 5, 70  # two numerators per channel; two blocks of points (64 and a tail of 6)
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        v = torch.complex(rand(S, G, N), rand(S, G, N)).to(cdtype)
+        z = torch.complex(torch.zeros(G, W, dtype=f64), 10 * torch.rand(G, W, generator=g, dtype=f64)).to(cdtype)
+        w = torch.complex(-0.5 - torch.rand(G, N, generator=g, dtype=f64), rand(G, N).double()).to(cdtype)
+        weight = torch.linspace(-1, 1, W, dtype=dtype)
+        pair = lambda fn: lambda *a: (fn(*a), a[2])  # noqa: E731  (the sums, and w as a stand-in "state")
+        _compare(pair(sums_unchecked), pair(cauchy_reference), [v, z, w], weight.view(1, 1, W), dtype)
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference

@@ -1,0 +1,100 @@
+"""Cauchy sums by the compiled C kernel (``cauchy.c``), forward and backward, on the CPU.
+
+out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]) (S4's Cauchy kernel, arXiv 2111.00396 §3.3, Algorithm 1) --
+the semantics of :func:`ssmkit.ops.cauchy.cauchy_reference`. One kernel call per direction: per channel, the points
+in blocks of 64, each block's 1/(z - w) computed once per pole and applied to every numerator; the (N, W) Cauchy
+matrix is never stored (the PyTorch path, :func:`ssmkit.ops.cauchy.cauchy_matmul`, builds and applies it in blocks of
+~8 MB at ~6 aten ops per block, and again in its backward), so S4's kernel costs a handful of aten ops.
+
+Usable where ``native_status("cauchy", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). The backward is not itself
+differentiable (no double backward: the ``"chunked"`` path is) and the kernel cannot be traced by torch.func or
+torch.compile: ``"auto"`` picks the chunked path then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from ssmkit.ops.native.build import bind
+from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.parallel import ptr, run_parts
+
+_i64, _p = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {  # the C functions of cauchy.c: (argument types, result type)
+    "cy_forward": ([_p] * 4 + [_i64] * 7, ctypes.c_int),
+    "cy_backward": ([_p] * 7 + [_i64] * 7, ctypes.c_int),
+}
+REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+class _NativeCauchy(torch.autograd.Function):
+    """out (G, S, W) = Σ_n v (G, S, N) / (z (G, W) - w (G, N)) by the C kernel; contiguous complex inputs."""
+
+    @staticmethod
+    def forward(ctx, v, z, w):  # type: ignore[override]
+        fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
+        G, S, N = v.shape
+        W = z.shape[-1]
+        out = torch.empty(G, S, W, dtype=v.dtype)
+        args = [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W]
+        if any(run_parts(fns["cy_forward"], G, lambda k, i0, i1: (*args, i0, i1), fns["openmp"])):
+            raise MemoryError("cauchy native: the forward could not allocate its buffer")
+        ctx.save_for_backward(v, z, w)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):  # type: ignore[override]
+        v, z, w = ctx.saved_tensors
+        need_v, need_z, need_w = ctx.needs_input_grad
+        fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
+        G, S, N = v.shape
+        W = z.shape[-1]
+        g_out = g_out.resolve_conj().contiguous()
+        g_v = torch.empty_like(v) if need_v else None
+        g_z = torch.empty_like(z) if need_z else None
+        g_w = torch.empty_like(w) if need_w else None
+        args = [ptr(v), ptr(z), ptr(w), ptr(g_out), ptr(g_v), ptr(g_z), ptr(g_w), G, S, N, W]
+        if any(run_parts(fns["cy_backward"], G, lambda k, i0, i1: (*args, i0, i1), fns["openmp"])):
+            raise MemoryError("cauchy native: the backward could not allocate its buffers")
+        return g_v, g_z, g_w
+
+
+def cauchy_native(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Cauchy sums by the C kernel: out[..., m] = Σ_n v[..., n] / (z[..., m] - w[..., n]) (arXiv 2111.00396 §3.3).
+
+    Equals :func:`ssmkit.ops.cauchy.cauchy_reference`; the inputs broadcast as there (the batch dimensions z and w
+    share are the channels; v's further leading dimensions are numerators that reuse each channel's Cauchy matrix).
+
+    Args:
+        v: (..., N) complex numerators (complex64 or complex128), on the CPU.
+        z: (..., W) complex evaluation points.
+        w: (..., N) complex poles (same dtype as v, z); batch dimensions of v, z, w broadcast.
+
+    Returns:
+        (..., W) complex, the broadcast batch shape of v, z, w followed by W.
+
+    Raises:
+        ValueError: as :func:`ssmkit.ops.cauchy.cauchy_reference`.
+        RuntimeError: the kernel cannot run here (``native_status("cauchy", dtype)`` gives the reason), or the inputs
+            are not on the CPU.
+    """
+    from ssmkit.ops.cauchy import _check_cauchy_args
+
+    _check_cauchy_args(v, z, w)
+    if v.device.type != "cpu" or z.device.type != "cpu" or w.device.type != "cpu":
+        raise RuntimeError(f"cauchy: backend 'native' runs on the CPU; the inputs are on {v.device}")
+    ok, why = native_status("cauchy", REAL_OF[v.dtype])
+    if not ok:
+        raise RuntimeError(f"cauchy: backend 'native' cannot run here: {why}")
+    return sums_unchecked(v, z, w)
+
+
+def sums_unchecked(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """:func:`cauchy_native` after its checks (the smoke call enters here)."""
+    from ssmkit.ops.cauchy import grouped, ungrouped
+
+    v_g, z_g, w_g, batch = grouped(v, z, w)
+    return ungrouped(_NativeCauchy.apply(v_g, z_g, w_g), batch)

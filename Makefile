@@ -38,7 +38,7 @@ wheel-check: $(VENV)/.installed
 		--train.checkpoint_every 0 --train.accelerator cpu --out $(WHEEL_VENV)/run --no-progress
 	test -f $(WHEEL_VENV)/run/result.json
 	cd $(WHEEL_VENV) && SSMKIT_NATIVE_CACHE=$(WHEEL_VENV)/native bin/python -c "import shutil, torch, ssmkit.ops.native as n; \
-		s = [n.native_status(op) for op in ('selective_scan', 'ssm_scan', 'causal_conv1d', 'linear_recurrence')]; print('native backend:', s); \
+		s = [n.native_status(op) for op in n.gate.OPS]; print('native backend:', s); \
 		assert all(ok for ok, _ in s) or not shutil.which('cc'), s"
 	@echo "wheel-check: OK ($$(ls dist/ssmkit-*.whl))"
 

@@ -65,10 +65,11 @@ def test_cauchy_matmul_equals_reference(dtype, device, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [C64, C128])
-@pytest.mark.parametrize("W", [1, 64, 65, 130])
+@pytest.mark.parametrize("W", [1, 64, 65, 300])
 def test_cauchy_native_equals_reference(dtype, W, device):
-    # blocks of 64 points: one point, one whole block, a block and one point, two blocks and a tail of 2; v with two
-    # leading numerator dims (2 x 5) over 3 channels, then z shared by every channel
+    # the forward's blocks of 64 points and the backward's of 256: one point, one whole forward block, a block and one
+    # point, four blocks and a tail of 44 (a backward block and a tail); v with two leading numerator dims (2 x 5)
+    # over 3 channels, then z shared by every channel
     if not _native(device):
         pytest.skip("the native kernel runs on the CPU where a C compiler builds it")
     v = crandn(2, 5, 3, 7, dtype=dtype, device=device)
@@ -80,6 +81,13 @@ def test_cauchy_native_equals_reference(dtype, W, device):
     assert out.shape == (2, 5, 3, W) and out.dtype == dtype
     assert rel_err(out, ref) < tol
     assert rel_err(cauchy_native(v, z[0], w), cauchy_reference(v, z[0], w)) < tol
+    g = crandn(2, 5, 3, W, dtype=C128, device=device)
+    grads = []
+    for f, args in ((cauchy_native, (v, z, w)), (cauchy_reference, (v.to(C128), z.to(C128), w.to(C128)))):
+        leaves = [t.clone().requires_grad_() for t in args]
+        grads.append(torch.autograd.grad((f(*leaves) * g.to(leaves[0].dtype).conj()).real.sum(), leaves))
+    for a, b in zip(*grads):
+        assert rel_err(a, b) < 10 * tol
 
 
 def test_cauchy_gradcheck(device):

@@ -70,6 +70,29 @@ def test_held_out_records_validate_on_their_tail_only():
         held_out(recs, Recipe(val_records=-1))
 
 
+def test_restarts_keep_the_run_with_the_lowest_validation_rmse():
+    bench = wiener_bench(400, 100)
+    recipe = Recipe(d_model=2, n_layers=1, d_state=4, timescale=(0.5, 5.0), encoder_window=10, window=40,
+                    batch_size=4, steps=12, lr=1e-2, val_fraction=0.25, val_every=4, patience=None)
+    singles = {}
+    for s in (3, 4, 5):  # seed 1 with 3 restarts trains from seeds 3, 4 and 5
+        m, h = identify(bench, "s4d", recipe, seed=s, dtype=torch.float64)
+        singles[s] = (h["best_val_rmse"], m.state_dict())
+    model, history = identify(bench, "s4d", dataclasses.replace(recipe, restarts=3), seed=1, dtype=torch.float64)
+    chosen = min(singles, key=lambda s: singles[s][0])
+    assert [r["seed"] for r in history["restarts"]] == [3, 4, 5] and history["seed"] == chosen
+    assert [r["best_val_rmse"] for r in history["restarts"]] == [singles[s][0] for s in (3, 4, 5)]
+    assert len({singles[s][0] for s in singles}) == 3  # the seeds differ, so the choice is not vacuous
+    assert history["best_val_rmse"] == singles[chosen][0]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, singles[chosen][1][name]), name
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="restarts must be"):
+            identify(bench, "s4d", dataclasses.replace(recipe, restarts=bad))
+    with pytest.raises(ValueError, match="set val_fraction > 0"):
+        identify(bench, "s4d", dataclasses.replace(recipe, restarts=2, val_fraction=0.0))
+
+
 @pytest.mark.slow
 def test_simulation_workflow_identifies_a_wiener_system_after_the_init_window():
     bench = wiener_bench()

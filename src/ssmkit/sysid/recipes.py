@@ -37,6 +37,11 @@ class Recipe:
         weight_decay: AdamW weight decay of the non-SSM weights.
         ssm_weight_decay: weight decay of the SSM parameters (None: none).
         schedule: ``"constant"`` or ``"cosine"`` (the rates decay to 0 over ``steps``).
+        min_steps: early stopping cannot stop training before this step.
+        average: β of the exponential moving average of the weights that is validated and kept (None: the last
+            iterate).
+        restarts: k trainings from different seeds, of which the one with the lowest validation RMSE is kept
+            (k times the cost; :func:`ssmkit.sysid.identify`).
     """
 
     d_model: int = 16
@@ -60,6 +65,9 @@ class Recipe:
     weight_decay: float = 0.0
     ssm_weight_decay: float | None = None
     schedule: str = "constant"
+    min_steps: int = 0
+    average: float | None = None
+    restarts: int = 1
 
 
 RECIPES: dict[str, Recipe] = {

@@ -54,6 +54,7 @@ def test_recipes_and_model_from_recipe():
         build_model(bench, "s4d", r, mode="narx")
     tanks = recipe_for("cascaded_tanks")
     assert tanks.encoder_window == 50 and tanks.timescale is not None  # the official init window feeds the encoder
+    assert tanks.restarts == 5 and recipe_for("bouc_wen").restarts == 1
 
 
 def test_held_out_records_validate_on_their_tail_only():
@@ -179,6 +180,10 @@ def test_cli_end_to_end_on_cascaded_tanks(tmp_path, capsys):
     assert res["benchmark"] == "cascaded_tanks" and res["unit"] == "V" and res["n_init"] == 50
     assert res["recipe"]["steps"] == 3 and res["recipe"]["d_model"] == 4 and res["recipe"]["encoder_window"] == 50
     assert res["steps_run"] == 3 and res["stable"] is True
+    runs = res["restarts"]  # the recipe's 5 restarts from seeds 0..4; the lowest validation RMSE is kept
+    assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4] and "kept seed" in printed
+    best = min(runs, key=lambda r: r["best_val_rmse"])
+    assert res["chosen_seed"] == best["seed"] and res["best_val_rmse"] == pytest.approx(best["best_val_rmse"], rel=1e-12)
     assert 0 < res["test"][0]["rmse"][0] < 100 and np.isfinite(res["test"][0]["fit"][0])
     for name in ("report.md", "simulation.png", "error_spectrum.png", "model.pt"):
         assert (out / name).is_file()

@@ -54,6 +54,7 @@ def test_recipes_and_model_from_recipe():
         build_model(bench, "s4d", r, mode="narx")
     tanks = recipe_for("cascaded_tanks")
     assert tanks.encoder_window == 50 and tanks.timescale is not None  # the official init window feeds the encoder
+    assert tanks.restarts == 5 and recipe_for("bouc_wen").restarts == 1
 
 
 def test_held_out_records_validate_on_their_tail_only():
@@ -68,6 +69,29 @@ def test_held_out_records_validate_on_their_tail_only():
         held_out(recs, Recipe(val_records=1, val_fraction=0.0))
     with pytest.raises(ValueError, match="val_records must be"):
         held_out(recs, Recipe(val_records=-1))
+
+
+def test_restarts_keep_the_run_with_the_lowest_validation_rmse():
+    bench = wiener_bench(400, 100)
+    recipe = Recipe(d_model=2, n_layers=1, d_state=4, timescale=(0.5, 5.0), encoder_window=10, window=40,
+                    batch_size=4, steps=12, lr=1e-2, val_fraction=0.25, val_every=4, patience=None)
+    singles = {}
+    for s in (3, 4, 5):  # seed 1 with 3 restarts trains from seeds 3, 4 and 5
+        m, h = identify(bench, "s4d", recipe, seed=s, dtype=torch.float64)
+        singles[s] = (h["best_val_rmse"], m.state_dict())
+    model, history = identify(bench, "s4d", dataclasses.replace(recipe, restarts=3), seed=1, dtype=torch.float64)
+    chosen = min(singles, key=lambda s: singles[s][0])
+    assert [r["seed"] for r in history["restarts"]] == [3, 4, 5] and history["seed"] == chosen
+    assert [r["best_val_rmse"] for r in history["restarts"]] == [singles[s][0] for s in (3, 4, 5)]
+    assert len({singles[s][0] for s in singles}) == 3  # the seeds differ, so the choice is not vacuous
+    assert history["best_val_rmse"] == singles[chosen][0]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, singles[chosen][1][name]), name
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="restarts must be"):
+            identify(bench, "s4d", dataclasses.replace(recipe, restarts=bad))
+    with pytest.raises(ValueError, match="set val_fraction > 0"):
+        identify(bench, "s4d", dataclasses.replace(recipe, restarts=2, val_fraction=0.0))
 
 
 @pytest.mark.slow
@@ -156,6 +180,10 @@ def test_cli_end_to_end_on_cascaded_tanks(tmp_path, capsys):
     assert res["benchmark"] == "cascaded_tanks" and res["unit"] == "V" and res["n_init"] == 50
     assert res["recipe"]["steps"] == 3 and res["recipe"]["d_model"] == 4 and res["recipe"]["encoder_window"] == 50
     assert res["steps_run"] == 3 and res["stable"] is True
+    runs = res["restarts"]  # the recipe's 5 restarts from seeds 0..4; the lowest validation RMSE is kept
+    assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4] and "kept seed" in printed
+    best = min(runs, key=lambda r: r["best_val_rmse"])
+    assert res["chosen_seed"] == best["seed"] and res["best_val_rmse"] == pytest.approx(best["best_val_rmse"], rel=1e-12)
     assert 0 < res["test"][0]["rmse"][0] < 100 and np.isfinite(res["test"][0]["fit"][0])
     for name in ("report.md", "simulation.png", "error_spectrum.png", "model.pt"):
         assert (out / name).is_file()

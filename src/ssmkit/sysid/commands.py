@@ -92,6 +92,8 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "steps_run": history["steps"],
         "best_step": history["best_step"],
         "best_val_rmse": history["best_val_rmse"] * bench.scale,
+        "restarts": [{**r, "best_val_rmse": r["best_val_rmse"] * bench.scale} for r in history.get("restarts", [])],
+        "chosen_seed": history.get("seed", cfg.seed),
         "parameters": sum(p.numel() for p in model.parameters()),
         "stable": model.is_stable(),
         "spectral_radius": model.spectral_radius(),
@@ -101,6 +103,7 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
     torch.save(model.checkpoint(recipe=dataclasses.asdict(recipe), model=cfg.model, mode=cfg.mode,
                                 benchmark=cfg.benchmark), os.path.join(out, "model.pt"))  # `ssmkit analyze` reads it
     print(results_table(bench, label, scores))
-    print(f"trained {history['steps']} steps in {seconds:.1f} s (best validation at step {history['best_step']}); "
+    chosen = f" (run {len(history['restarts'])} times; kept seed {history['seed']})" if "restarts" in history else ""
+    print(f"trained {history['steps']} steps in {seconds:.1f} s{chosen} (best validation at step {history['best_step']}); "
           f"report in {out}")
     return 0

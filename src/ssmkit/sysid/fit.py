@@ -12,7 +12,9 @@ The initial state of a window is the encoder's estimate from the ``encoder_windo
 model has an encoder, else the rest state with the first ``washout`` samples left out of the loss. Validation
 simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
 validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
-training stops after ``patience`` validations without improvement. SSM parameters keep their marked learning rates
+training stops after ``patience`` validations without improvement, but not before step ``min_steps``. With
+``average`` = β the validated (and kept) weights are the exponential moving average of the iterates
+(:class:`ssmkit.sysid.averaging.WeightAverage`), not the last iterate. SSM parameters keep their marked learning rates
 and get weight decay only when ``ssm_weight_decay`` is set; ``schedule="cosine"`` decays every rate to 0 over
 ``steps``.
 """
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from ssmkit.layers.marks import marked_parameters
+from ssmkit.sysid.averaging import WeightAverage
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener
@@ -57,6 +60,10 @@ class SimulationFit:
         seed: the seed of the window draws.
         schedule: ``"constant"`` learning rates, or ``"cosine"``: every group's rate decays to 0 over ``steps``
             (half a cosine, no warm-up; :func:`ssmkit.train.warmup_cosine`).
+        min_steps: early stopping cannot stop training before this step (0: from the first validation).
+        average: β of an exponential moving average of the weights, updated after every step; validation scores
+            (and the best weights kept are) the averaged weights; without validation the model ends with them
+            (None: the last iterate).
     """
 
     window: int = 256
@@ -73,6 +80,8 @@ class SimulationFit:
     grad_clip: float | None = 1.0
     seed: int = 0
     schedule: str = "constant"
+    min_steps: int = 0
+    average: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,6 +169,11 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     cfg = config or SimulationFit()
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {cfg.schedule!r}")
+    if isinstance(cfg.min_steps, bool) or not isinstance(cfg.min_steps, int) or cfg.min_steps < 0:
+        raise ValueError(f"min_steps must be an int >= 0; got {cfg.min_steps!r}")
+    if cfg.average is not None and (isinstance(cfg.average, bool) or not isinstance(cfg.average, (int, float))
+                                    or not 0 <= cfg.average < 1):
+        raise ValueError(f"average must be None or a number in [0, 1); got {cfg.average!r}")
     n_enc = model.encoder_window
     if val is None and cfg.val_fraction > 0:
         train, val = split_tail(train, cfg.val_fraction, cfg.window + n_enc, n_enc + 2)
@@ -183,6 +197,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         weights = weights * cfg.window / weights.sum()
     history: dict[str, Any] = {"train_loss": [], "lr": [], "val_rmse": [], "best_step": 0, "best_val_rmse": math.inf}
     best_state = copy.deepcopy(model.state_dict())
+    average = WeightAverage(model, cfg.average) if cfg.average is not None else None
     bad, start = 0, time.perf_counter()
     step = 0
     for step in range(1, cfg.steps + 1):
@@ -201,11 +216,14 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if average is not None:
+            average.update(model)
+        scored = model if average is None else average.module
         history["train_loss"].append(float(loss.detach()))
         history["lr"].append(optimizer.param_groups[0]["lr"])  # the rate of the next step
         if val and (step % cfg.val_every == 0 or step == cfg.steps):
             with torch.no_grad():
-                sims = [simulate_record(model, r) for r in val]
+                sims = [simulate_record(scored, r) for r in val]
                 score = rmse([s[n:] for s, n in sims], [r.y[n:] for r, (_, n) in zip(val, sims)])
             score_list = torch.atleast_1d(score).tolist()
             history["val_rmse"].append((step, score_list))
@@ -214,14 +232,16 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
                 print(f"step {step}: train loss {float(loss.detach()):.4g}, validation RMSE {score_list}")
             if mean_score < history["best_val_rmse"]:
                 history["best_val_rmse"], history["best_step"] = mean_score, step
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(scored.state_dict())
                 bad = 0
             else:
                 bad += 1
-                if cfg.patience is not None and bad >= cfg.patience:
+                if cfg.patience is not None and bad >= cfg.patience and step >= cfg.min_steps:
                     break
     if val:
         model.load_state_dict(best_state)
+    elif average is not None:
+        model.load_state_dict(average.state_dict())
     history["steps"] = step
     history["seconds"] = time.perf_counter() - start
     return history

@@ -37,6 +37,11 @@ class Recipe:
         weight_decay: AdamW weight decay of the non-SSM weights.
         ssm_weight_decay: weight decay of the SSM parameters (None: none).
         schedule: ``"constant"`` or ``"cosine"`` (the rates decay to 0 over ``steps``).
+        min_steps: early stopping cannot stop training before this step.
+        average: β of the exponential moving average of the weights that is validated and kept (None: the last
+            iterate).
+        restarts: k trainings from different seeds, of which the one with the lowest validation RMSE is kept
+            (k times the cost; :func:`ssmkit.sysid.identify`).
     """
 
     d_model: int = 16
@@ -60,16 +65,21 @@ class Recipe:
     weight_decay: float = 0.0
     ssm_weight_decay: float | None = None
     schedule: str = "constant"
+    min_steps: int = 0
+    average: float | None = None
+    restarts: int = 1
 
 
 RECIPES: dict[str, Recipe] = {
     # 1 024 samples at Ts = 4 s; the level starts near 5 V, so the state is estimated from the official 50-sample
     # init window (not scored) by the encoder. Tuned on the validation tail (docs/results.md): Δ·Ts in 0.4–40 s
     # (validation 0.51 V against 0.62 V for 0.04–4 s and 1.69 V for the layer's default 1e-3–0.1 samples), windows
-    # of 256 × 16 (0.39 V against 0.51 V for 512 × 8), H = N = 8 (16 overfits: 0.80 V)
+    # of 256 × 16 (0.39 V against 0.51 V for 512 × 8), H = N = 8 (16 overfits: 0.80 V). The seed decides more than
+    # any of these (one run's validation 0.31–0.83 V over 25 seeds), so the recipe trains 5 times and keeps the run
+    # with the lowest validation RMSE: seeds 0–4 validate at 0.376 ± 0.061 V against 0.564 ± 0.182 V for one run
     "cascaded_tanks": Recipe(d_model=8, n_layers=4, d_state=8, timescale=(0.4, 40.0), encoder_window=50,
                              window=256, batch_size=16, steps=5000, lr=3e-3, val_fraction=0.2, val_every=25,
-                             patience=60),
+                             patience=60, restarts=5),
     # 750 Hz, a 35.6 Hz resonance damped 1.1 %: Δ·Ts between 0.1 ms and 10 ms; no init window in the official test, so
     # the simulation starts from rest and the first 100 samples of each training window are left out of the loss.
     # 17 simulated 5-period multisine realisations: 16 to train on, the last held out whole (its last period is the

@@ -73,7 +73,8 @@ def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
     return SimulationFit(window=recipe.window, batch_size=recipe.batch_size, steps=recipe.steps, lr=recipe.lr,
                          weight_decay=recipe.weight_decay, ssm_weight_decay=recipe.ssm_weight_decay,
                          decay=recipe.decay, washout=recipe.washout, val_fraction=recipe.val_fraction,
-                         val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule)
+                         val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule,
+                         min_steps=recipe.min_steps, average=recipe.average)
 
 
 def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], list[IORecord] | None]:
@@ -106,6 +107,10 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     """Build and train a deep Wiener model on ``bench``'s estimation records (validation: their tail, or with
     ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training).
 
+    With ``recipe.restarts`` = k > 1 the model is trained k times, from the seeds ``seed·k``, …, ``seed·k + k − 1``
+    (disjoint for different ``seed``), and the run with the lowest best validation RMSE is returned: model
+    selection on the estimation data only, at k times the cost.
+
     Args:
         bench: the benchmark.
         layer: the LTI layer name.
@@ -116,14 +121,33 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         log: print progress.
 
     Returns:
-        the trained model (best validation weights) and the training history.
+        the trained model (best validation weights) and the training history (of the chosen run; with restarts
+        also ``"restarts"``: [{"seed", "best_val_rmse", "best_step", "steps", "seconds"} per run], ``"seed"``: the
+        chosen run's seed and ``"seconds"``: the time of all runs).
     """
-    torch.manual_seed(seed)
-    model = build_model(bench, layer, recipe, mode, dtype)
+    k = recipe.restarts
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"restarts must be an int >= 1; got {k!r}")
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
     train, val = held_out(train, recipe)
-    history = fit_simulation(model, train, val, config=fit_config(recipe, seed), log=log)
-    history["mode"] = mode
+    if k > 1 and not val and recipe.val_fraction == 0:
+        raise ValueError("restarts > 1 chooses a run by its validation RMSE: set val_fraction > 0")
+    best: tuple[DeepWiener, dict[str, Any]] | None = None
+    runs = []
+    for run_seed in range(seed * k, seed * k + k):
+        torch.manual_seed(run_seed)
+        model = build_model(bench, layer, recipe, mode, dtype)
+        history = fit_simulation(model, train, val, config=fit_config(recipe, run_seed), log=log)
+        history["mode"] = mode
+        runs.append({"seed": run_seed, "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
+                     "steps": history["steps"], "seconds": history["seconds"]})
+        if best is None or history["best_val_rmse"] < best[1]["best_val_rmse"]:
+            best = (model, history)
+    model, history = best
+    if k > 1:
+        history["restarts"] = runs
+        history["seed"] = min(runs, key=lambda r: r["best_val_rmse"])["seed"]
+        history["seconds"] = sum(r["seconds"] for r in runs)
     return model, history
 
 

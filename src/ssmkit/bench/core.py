@@ -34,10 +34,15 @@ def _once(fn) -> float:
     return time.perf_counter() - start
 
 
-def build_for_bench(name: str, d_model: int, d_state: int) -> layers.SequenceLayer:
-    """Layer ``name`` with ``d_model`` channels, and ``d_state`` when the layer has a state size (attention has none)."""
-    takes_state = "d_state" in inspect.signature(layers.layer_class(name)).parameters
-    return layers.build(name, d_model=d_model, **({"d_state": d_state} if takes_state else {}))
+def build_for_bench(name: str, d_model: int, d_state: int, length: int | None = None) -> layers.SequenceLayer:
+    """Layer ``name`` with ``d_model`` channels, ``d_state`` when the layer has a state size (attention has none), and
+    ``l_max = length`` when given and the layer has an ``l_max`` (S4 attunes C̃ to it: a shorter one costs a doubling
+    in every call; the official S4 is timed with ``l_max = L`` too)."""
+    params = inspect.signature(layers.layer_class(name)).parameters
+    options = {"d_state": d_state} if "d_state" in params else {}
+    if length is not None and "l_max" in params:
+        options["l_max"] = length
+    return layers.build(name, d_model=d_model, **options)
 
 
 def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int, repeats: int) -> list[dict]:
@@ -48,7 +53,7 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
     over minutes); the figures are medians over the repeats, after one warm-up of the fast paths.
     """
     torch.manual_seed(0)
-    layer = build_for_bench(name, d_model, d_state)
+    layer = build_for_bench(name, d_model, d_state, length)
     x = torch.randn(batch, length, d_model)
     backends = [b for b in BACKENDS if b == "auto" or b in layer.backends]  # S5 and LRU have no fft path
 

@@ -106,7 +106,8 @@ def ssmkit_runner(case: Case, backend: str) -> Callable[[], None]:
     from ssmkit.ops import use_backend
 
     torch.manual_seed(0)
-    layer = build_for_bench(case.layer, case.d_model, case.d_state).to(case.torch_dtype)
+    layer = build_for_bench(case.layer, case.d_model, case.d_state, case.length if case.mode != "step" else None)
+    layer = layer.to(case.torch_dtype)
     if case.mode == "step":
         layer.eval()
         if not layer.capabilities.step:
@@ -174,7 +175,8 @@ def _loop(case: Case) -> Callable[[], None]:
     from ssmkit.layers.diagonal import DiagonalLTILayer
 
     torch.manual_seed(0)
-    layer = build_for_bench(case.layer, case.d_model, case.d_state).to(case.torch_dtype)
+    layer = build_for_bench(case.layer, case.d_model, case.d_state, case.length if case.mode != "step" else None)
+    layer = layer.to(case.torch_dtype)
     if not isinstance(layer, DiagonalLTILayer) or layer.bidirectional:
         raise PeerUnavailable(f"the plain loop covers the diagonal LTI layers (s4d, dss), not {case.layer}")
 

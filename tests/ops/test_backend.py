@@ -166,7 +166,7 @@ TABLES = {
     "initial_state_output": ("reference", "chunked"),
     "causal_conv": ("reference", "fft"),
     "bidirectional_conv": ("reference", "fft"),
-    "cauchy": ("reference", "chunked"),
+    "cauchy": ("reference", "chunked", "native"),
     "dplr_kernel": ("reference", "fft"),
     "dense_final_state": ("reference", "chunked"),
     "diagonal_ssm_bidirectional": ("reference", "fft"),

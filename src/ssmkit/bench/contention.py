@@ -103,6 +103,8 @@ def measure(case: Case, peers: list[str], s4_file: str | None, busy: int, kind: 
             repeats: int) -> tuple[list[dict], list[str]]:
     """Rows (implementation, alone s, loaded s, slow-down, aten ops) of one case, and notes."""
     fns, notes = implementations(case, peers, s4_file, reference=False)
+    for fn in fns.values():  # once first: a native kernel's one-time build and smoke call are not the call's ops
+        fn()
     ops = {name: count_ops(fn) for name, fn in fns.items()}
     alone = time_interleaved(fns, repeats)
     with busy_processes(busy, kind):

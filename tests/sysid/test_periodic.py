@@ -86,8 +86,8 @@ def test_bad_input_raises():
 
 
 def _bench_of_own_steady_state() -> tuple[SysidBenchmark, object]:
-    """A deep Wiener model (float64, random weights, fast modes) and a benchmark whose periodic test record's output is that
-    model's own steady state over one period (simulated after 5 periods), plus a non-periodic record."""
+    """A deep Wiener model (float64, random weights, fast modes) and a benchmark whose periodic test record's output
+    is that model's own steady state over one period (simulated after 5 periods), plus a non-periodic record."""
     torch.manual_seed(0)
     u = periodic_input(1)
     train = [IORecord(periodic_input(3), torch.zeros(3 * P, 1, dtype=torch.float64), 1.0, "train")]

@@ -181,8 +181,9 @@ def bouc_wen(folder: str | os.PathLike | None = None, train_periods: int = 5, tr
         n_init=0,
         unit="m",
         published=[
-            Published("PNLSS (Esfahani et al. 2017)", 1.87e-5, "forgi86/dynonet paper (arXiv 2006.02250), multisine test; "
-                      "below the true system's from-rest score (4.62e-5): most likely not scored from rest on every sample"),
+            Published("PNLSS (Esfahani et al. 2017)", 1.87e-5, "forgi86/dynonet paper (arXiv 2006.02250), multisine "
+                      "test; below the true system's from-rest score (4.62e-5): most likely not scored from rest on "
+                      "every sample"),
             Published("dynoNet", 4.52e-5, "arXiv 2006.02250, multisine test (the paper's 'mm' is m); its BW_test.py "
                       "simulates from rest and leaves the first 300 samples unscored"),
             Published("NFIR (Belz et al. 2017)", 16.3e-5, "arXiv 2006.02250, multisine test"),

@@ -168,7 +168,8 @@ def periodic_steady_state(simulate: Callable[[torch.Tensor], torch.Tensor], u: t
         (L, p) the simulated output over the record after ``prime`` periods.
     """
     if not isinstance(u, torch.Tensor) or u.dim() != 2 or u.shape[0] < 1:
-        raise ValueError(f"u must be an (L, m) tensor with L >= 1; got {tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}")
+        found = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"u must be an (L, m) tensor with L >= 1; got {found}")
     n = u.shape[0]
     p = n if period is None else period
     if isinstance(p, bool) or not isinstance(p, int) or p < 1 or n % p:
@@ -246,6 +247,7 @@ def evaluate(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulation",
             one = predict_one_step(model, r)
             entry["one_step_rmse"] = [v * bench.scale for v in sysid_metrics(one, r.y, n_init=max(bench.n_init, 1), names=("rmse",))["rmse"]]
         if steady_state is not None and r.period is not None:
-            entry["steady_state"] = {"prime": steady_state, **_scores(simulate_periodic(model, r, steady_state), r, bench)}
+            y_steady = simulate_periodic(model, r, steady_state)
+            entry["steady_state"] = {"prime": steady_state, **_scores(y_steady, r, bench)}
         records.append(entry)
     return {"records": records, "simulations": sims}

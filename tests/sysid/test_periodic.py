@@ -119,3 +119,25 @@ def test_evaluate_scores_both_ways_and_the_table_shows_both():
         evaluate(model, bench, steady_state=0)
     with pytest.raises(ValueError, match="steady_state scores simulation models"):
         evaluate(model, bench, mode="prediction", steady_state=1)
+
+
+def test_cli_reports_both_scores_for_a_periodic_record(tmp_path, capsys, monkeypatch):
+    import json
+
+    import ssmkit.sysid.benchmarks as benchmarks
+    from ssmkit.cli import main
+
+    bench, _ = _bench_of_own_steady_state()
+    monkeypatch.setattr(benchmarks, "load_benchmark", lambda name, folder, train_records=1: bench)
+    args = ["sysid", "--benchmark", "toy", "--steps", "2", "--recipe.d_model", "2", "--recipe.n_layers", "1",
+            "--recipe.d_state", "2", "--recipe.window", "64", "--recipe.val_every", "1", "--no-plots"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "| periodic | " in printed and "this run, from rest (official, headline)" in printed
+    assert "periodic steady state (1 period of the same input first; not the official protocol)" in printed
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["test"][0]["steady_state"]["prime"] == 1 and "steady_state" not in res["test"][1]
+    assert "Periodic steady state:" in (tmp_path / "a" / "report.md").read_text()
+    assert main(args + ["--out", str(tmp_path / "b"), "--steady-state-periods", "0"]) == 0  # off
+    assert "steady_state" not in json.loads((tmp_path / "b" / "results.json").read_text())["test"][0]
+    assert main(args + ["--steady-state-periods", "-1"]) == 2

@@ -37,6 +37,9 @@ class Recipe:
         weight_decay: AdamW weight decay of the non-SSM weights.
         ssm_weight_decay: weight decay of the SSM parameters (None: none).
         schedule: ``"constant"`` or ``"cosine"`` (the rates decay to 0 over ``steps``).
+        first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
+            layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
+            automatic order; simulation mode only).
     """
 
     d_model: int = 16
@@ -60,6 +63,7 @@ class Recipe:
     weight_decay: float = 0.0
     ssm_weight_decay: float | None = None
     schedule: str = "constant"
+    first_layer_init: str = "layer"
 
 
 RECIPES: dict[str, Recipe] = {

@@ -26,6 +26,7 @@ import torch
 
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, split_tail
+from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
 from ssmkit.sysid.recipes import Recipe
@@ -33,6 +34,7 @@ from ssmkit.sysid.records import IORecord, SysidBenchmark
 from ssmkit.sysid.wiener import DeepWiener
 
 MODES = ("simulation", "prediction")
+FIRST_LAYER_INITS = ("layer", "data")
 
 
 def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation",
@@ -111,7 +113,9 @@ def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], l
 def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation", seed: int = 0,
              dtype: torch.dtype | None = None, log: bool = False) -> tuple[DeepWiener, dict[str, Any]]:
     """Build and train a deep Wiener model on ``bench``'s estimation records (validation: their tail, or with
-    ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training).
+    ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training). With
+    ``recipe.first_layer_init = "data"`` the first layer's eigenvalues start from a subspace estimate of the training
+    records (:func:`ssmkit.sysid.init.init_from_data`).
 
     Args:
         bench: the benchmark.
@@ -125,10 +129,16 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     Returns:
         the trained model (best validation weights) and the training history.
     """
+    if recipe.first_layer_init not in FIRST_LAYER_INITS:
+        raise ValueError(f"first_layer_init must be one of {FIRST_LAYER_INITS}; got {recipe.first_layer_init!r}")
+    if recipe.first_layer_init == "data" and mode != "simulation":
+        raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
     torch.manual_seed(seed)
     model = build_model(bench, layer, recipe, mode, dtype)
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
     train, val = held_out(train, recipe)
+    if recipe.first_layer_init == "data":
+        init_from_data(model, train)  # from the training records only (never the validation or test records)
     history = fit_simulation(model, train, val, config=fit_config(recipe, seed), log=log)
     history["mode"] = mode
     return model, history

@@ -8,6 +8,11 @@ estimation/validation/test records and is scored the same way (simulation RMSE a
     PYTHONPATH=src /tmp/peers/bin/python scripts/sysid_peers.py --benchmark cascaded_tanks \
         --data-folder ../shared/data/cascaded_tanks --steps 2000 --out peers-tanks.json
 
+Periodic test records (Bouc-Wen's multisine) are also scored in periodic steady state (``--steady-state k``,
+default 1: the model simulated from rest on k periods of the same input, then the record scored; not the official
+protocol), and ``--also-skip N`` adds the from-rest score without the first N samples (dynoNet's own Bouc-Wen test
+script leaves 300 out).
+
 deepSI saves checkpoints under ``~/.deepSI-checkpoints``: set HOME to a scratch folder to keep them elsewhere.
 
 The budget: the recipe's number of optimizer steps, its validation split (the tail ``val_fraction`` of the
@@ -41,6 +46,8 @@ from ssmkit.sysid.benchmarks import load_benchmark
 from ssmkit.sysid.fit import split_tail
 from ssmkit.sysid.metrics import fit_percent, rmse
 from ssmkit.sysid.recipes import recipe_for
+from ssmkit.sysid.records import IORecord
+from ssmkit.sysid.workflow import periodic_steady_state
 
 
 def run_subnet(bench, train, val, steps: int, val_every: int, T: int, batch: int, nx: int, seed: int):
@@ -69,13 +76,17 @@ def run_subnet(bench, train, val, steps: int, val_every: int, T: int, batch: int
     deepSI.fit(model, tr, va, n_its=steps, T=min(T, min(len(r) for r in train) - n_past - 1), batch_size=batch,
                val_freq=val_every, optimizer=optimizer)
     seconds = time.perf_counter() - start
-    sims = []
+    def simulate(r):
+        s = model.simulate(io(r, pad))
+        return torch.as_tensor(np.asarray(s.y).reshape(len(r) + pad, -1)[pad:], dtype=torch.float64)
+
+    def from_rest(u):  # for the periodic steady state: only where the encoder reads padded rest (no init window)
+        if not pad:
+            raise ValueError("SUBNET's encoder reads measured outputs here: no periodic steady state without them")
+        return simulate(IORecord(u, torch.zeros(u.shape[0], bench.n_outputs, dtype=torch.float64), bench.dt))
+
     with torch.no_grad():
-        for r in bench.test:
-            s = model.simulate(io(r, pad))
-            y = np.asarray(s.y).reshape(len(r) + pad, -1)[pad:]
-            sims.append(torch.as_tensor(y, dtype=torch.float64))
-    return sims, seconds
+        return [simulate(r) for r in bench.test], from_rest, seconds
 
 
 class DynoNetWHL(torch.nn.Module):
@@ -103,9 +114,11 @@ def run_dynonet(bench, train, val, steps: int, val_every: int, seed: int, lr: fl
     model = DynoNetWHL(bench.n_inputs, bench.n_outputs)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
+    def from_rest(u):  # dynoNet's G-blocks start from zero initial conditions
+        return model(((u - u_mean) / u_std).float()[None])[0].double() * y_std + y_mean
+
     def sim(r):
-        u = ((r.u - u_mean) / u_std).float()[None]
-        return (model(u)[0].double() * y_std + y_mean)
+        return from_rest(r.u)
 
     best, best_state, start = float("inf"), copy.deepcopy(model.state_dict()), time.perf_counter()
     for step in range(1, steps + 1):
@@ -121,7 +134,7 @@ def run_dynonet(bench, train, val, steps: int, val_every: int, seed: int, lr: fl
     seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
     with torch.no_grad():
-        return [sim(r) for r in bench.test], seconds
+        return [sim(r) for r in bench.test], from_rest, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subnet-nx", dest="subnet_nx", type=int, default=8)
     parser.add_argument("--dynonet-lr", dest="dynonet_lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steady-state", dest="steady_state", type=int, default=1,
+                        help="also score periodic test records in periodic steady state after k periods (0: off)")
+    parser.add_argument("--also-skip", dest="also_skip", type=int, default=0,
+                        help="also score from rest with the first N samples unscored (dynoNet's BW_test.py: 300)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -145,19 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for peer in args.peers.split(","):
         if peer == "subnet":
-            sims, seconds = run_subnet(bench, train, val, steps, recipe.val_every, args.subnet_T, args.subnet_batch,
+            sims, from_rest, seconds = run_subnet(bench, train, val, steps, recipe.val_every, args.subnet_T, args.subnet_batch,
                                        args.subnet_nx, args.seed)
             import deepSI
 
             version = f"deepSI {getattr(deepSI, '__version__', _dist_version('deepsi'))}"
         elif peer == "dynonet":
-            sims, seconds = run_dynonet(bench, train, val, steps, recipe.val_every, args.seed, args.dynonet_lr)
+            sims, from_rest, seconds = run_dynonet(bench, train, val, steps, recipe.val_every, args.seed,
+                                                   args.dynonet_lr)
             version = f"dynonet {_dist_version('dynonet')}"
         else:
             raise SystemExit(f"unknown peer {peer!r}: subnet or dynonet")
         scores = [{"name": r.name,
                    "rmse": float(rmse(s, r.y, n_init=bench.n_init)) * bench.scale,
                    "fit": float(fit_percent(s, r.y, n_init=bench.n_init))} for r, s in zip(bench.test, sims)]
+        for entry, r, s in zip(scores, bench.test, sims):
+            if args.also_skip:  # from rest, the first N samples unscored (dynoNet's BW_test.py: 300)
+                skipped = rmse(s, r.y, n_init=max(bench.n_init, args.also_skip))
+                entry[f"rmse_skip_{args.also_skip}"] = float(skipped) * bench.scale
+            if args.steady_state and r.period is not None:  # periodic steady state (not the official protocol)
+                with torch.no_grad():
+                    steady = periodic_steady_state(from_rest, r.u, r.period, args.steady_state)
+                entry["steady_state"] = {"prime": args.steady_state,
+                                         "rmse": float(rmse(steady, r.y, n_init=bench.n_init)) * bench.scale,
+                                         "fit": float(fit_percent(steady, r.y, n_init=bench.n_init))}
         entry = {"peer": peer, "version": version, "steps": steps, "train_seconds": seconds, "test": scores}
         results.append(entry)
         print(json.dumps(entry), flush=True)

@@ -104,3 +104,28 @@ def test_order_is_read_off_the_singular_values():
     model = DeepWiener(1, 1, d_model=2, n_layers=1, layer="s4d", layer_options={"d_state": 16}, dtype=torch.float64)
     assert init_from_data(model, _siso_records(), method="arx").shape == (3,)  # order 5 -> two pairs and a real pole
     assert _match(np.asarray(model.state_space()[0].poles()).ravel(), Z_TRUE) < 1e-8
+
+
+def test_recipe_first_layer_init_data_runs_init_from_data_in_identify(monkeypatch):
+    import ssmkit.sysid.workflow as workflow
+    from ssmkit.sysid.recipes import Recipe
+    from ssmkit.sysid.records import SysidBenchmark
+
+    records = _siso_records()
+    bench = SysidBenchmark("lin", "linear", records, records[:1], 0, "V")
+    seen = {}
+
+    def no_training(model, train, val, config, log):  # stop before training: the poles are the initial ones
+        seen["train"] = train
+        return {"steps": 0, "best_step": 0, "best_val_rmse": 0.0, "seconds": 0.0}
+
+    monkeypatch.setattr(workflow, "fit_simulation", no_training)
+    recipe = Recipe(d_model=2, n_layers=1, d_state=16, first_layer_init="data")
+    model, _ = workflow.identify(bench, "s4d", recipe, dtype=torch.float64)
+    assert _match(np.asarray(model.state_space()[0].poles()).ravel(), Z_TRUE) < 1e-8  # order 5 read off, written
+    hippo, _ = workflow.identify(bench, "s4d", Recipe(d_model=2, n_layers=1, d_state=16), dtype=torch.float64)
+    assert _match(np.asarray(hippo.state_space()[0].poles()).ravel(), Z_TRUE) > 1e-2  # the default is unchanged
+    with pytest.raises(ValueError, match="first_layer_init must be one of"):
+        workflow.identify(bench, "s4d", Recipe(first_layer_init="ring"))
+    with pytest.raises(ValueError, match="simulation mode only"):
+        workflow.identify(bench, "s4d", recipe, mode="prediction")

@@ -42,6 +42,9 @@ class Recipe:
             iterate).
         restarts: k trainings from different seeds, of which the one with the lowest validation RMSE is kept
             (k times the cost; :func:`ssmkit.sysid.identify`).
+        first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
+            layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
+            automatic order; simulation mode only).
     """
 
     d_model: int = 16
@@ -68,6 +71,7 @@ class Recipe:
     min_steps: int = 0
     average: float | None = None
     restarts: int = 1
+    first_layer_init: str = "layer"
 
 
 RECIPES: dict[str, Recipe] = {
@@ -88,7 +92,7 @@ RECIPES: dict[str, Recipe] = {
     # 6 000 steps at a constant rate; docs/results.md)
     "bouc_wen": Recipe(d_model=32, n_layers=4, d_state=32, timescale=(1e-4, 1e-2), encoder_window=0, train_records=17,
                        window=512, batch_size=16, steps=12000, lr=3e-3, schedule="cosine", washout=100,
-                       val_fraction=0.2, val_records=1, val_every=100, patience=1000),
+                       val_fraction=0.2, val_records=1, val_every=100, patience=1000, first_layer_init="data"),
     "f16": Recipe(d_model=16, n_layers=4, d_state=16, timescale=(2.5e-5, 2.5e-2), encoder_window=50, window=512,
                   batch_size=16, steps=3000, lr=3e-3, val_fraction=0.1, val_every=50, patience=20),
 }

@@ -16,12 +16,16 @@ class IORecord:
         y: (L, p) outputs, float64, physical units.
         dt: the sampling time Ts (s).
         name: where it comes from (file, level, seed).
+        period: P when the input is periodic with P samples and the record holds a whole number L / P of its
+            periods (a multisine test); None otherwise. Enables the periodic-steady-state score
+            (:func:`ssmkit.sysid.workflow.periodic_steady_state`); the official score does not use it.
     """
 
     u: torch.Tensor
     y: torch.Tensor
     dt: float
     name: str = ""
+    period: int | None = None
 
     def __post_init__(self) -> None:
         for which in ("u", "y"):
@@ -33,6 +37,11 @@ class IORecord:
             raise ValueError(f"u and y must have one length L; got {self.u.shape[0]} and {self.y.shape[0]}")
         if not self.dt > 0:
             raise ValueError(f"dt must be > 0 seconds; got {self.dt!r}")
+        if self.period is not None:
+            p = self.period
+            if isinstance(p, bool) or not isinstance(p, int) or p < 1 or self.u.shape[0] % p:
+                raise ValueError(f"period must be None or an int P >= 1 dividing the record's length "
+                                 f"{self.u.shape[0]} (a whole number of periods); got {p!r}")
 
     def __len__(self) -> int:
         return self.u.shape[0]

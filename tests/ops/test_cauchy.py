@@ -81,6 +81,8 @@ def test_cauchy_native_equals_reference(dtype, W, device):
     assert out.shape == (2, 5, 3, W) and out.dtype == dtype
     assert rel_err(out, ref) < tol
     assert rel_err(cauchy_native(v, z[0], w), cauchy_reference(v, z[0], w)) < tol
+    # lazy conj() views (their memory holds the unconjugated values)
+    assert rel_err(cauchy_native(v.conj(), z.conj(), w.conj()), cauchy_reference(v.conj(), z.conj(), w.conj())) < tol
     g = crandn(2, 5, 3, W, dtype=C128, device=device)
     grads = []
     for f, args in ((cauchy_native, (v, z, w)), (cauchy_reference, (v.to(C128), z.to(C128), w.to(C128)))):

@@ -97,4 +97,5 @@ def sums_unchecked(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.T
     from ssmkit.ops.cauchy import grouped, ungrouped
 
     v_g, z_g, w_g, batch = grouped(v, z, w)
-    return ungrouped(_NativeCauchy.apply(v_g, z_g, w_g), batch)
+    v_g, z_g, w_g = (t.resolve_conj() for t in (v_g, z_g, w_g))  # a lazy conj() view's memory holds the unconjugated
+    return ungrouped(_NativeCauchy.apply(v_g, z_g, w_g), batch)  # values: the kernel reads memory

@@ -43,7 +43,7 @@ class _NativeRecurrence(torch.autograd.Function):
         h = torch.empty_like(b)
         args = [ptr(a), int(varying), ptr(b), ptr(h0), ptr(h), int(cplx), Bsz, L, K]
         run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), lambda k, i0, i1: (*args, i0, i1),
-                         fns["openmp"])
+                  fns["openmp"])
         ctx.save_for_backward(a, h0, h)
         ctx.varying, ctx.cplx = varying, cplx
         return h, h[:, -1].clone()

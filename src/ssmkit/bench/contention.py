@@ -13,8 +13,9 @@ dispatched 10-40x more ops than the official one). This suite measures exactly t
 2. the same after starting ``--busy`` competing processes itself: ``spin`` (a pure-Python busy loop, one core
    each) or ``matmul`` (single-threaded float32 GEMMs, which also load the memory system);
 3. the busy processes are stopped (by their process ids, also on error), and the table gives each
-   implementation's medians alone and loaded and the slow-down = loaded / alone, plus the aten-op count of
-   one call (a TorchDispatchMode count: deterministic, unlike the times).
+   implementation's medians alone and loaded and the slow-down = loaded / alone, the range of the loaded times (the
+   median hides a bimodal loaded time: see docs/benchmarks.md), plus the aten-op count of one call (a
+   TorchDispatchMode count, after a warm-up call: deterministic, unlike the times).
 """
 
 from __future__ import annotations
@@ -145,11 +146,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cont
                 r, n = measure(case, args.peers, args.s4_file, args.busy, args.busy_kind, args.repeats)
                 rows += r
                 notes += n
-    print("| case | implementation | aten ops | alone ms | loaded ms | slow-down |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
+    print("| case | implementation | aten ops | alone ms | loaded ms | slow-down | loaded range ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:  # the range shows a bimodal loaded time (spin-waiting threads) that the median hides
         print(f"| {r['case']} | {r['impl']} | {r['aten_ops']} | {1e3 * r['alone_s']:.2f} | "
-              f"{1e3 * r['loaded_s']:.2f} | {r['slowdown']:.2f}x |")
+              f"{1e3 * r['loaded_s']:.2f} | {r['slowdown']:.2f}x | "
+              f"{1e3 * min(r['loaded_all']):.2f}-{1e3 * max(r['loaded_all']):.2f} |")
     for n in dict.fromkeys(notes):
         print(f"note: {n}")
     if args.json:

@@ -22,9 +22,9 @@ from ssmkit.ops.native.parallel import parts, ptr, run_parts
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of causal_conv.c: (argument types, result type)
-    "cc_items": ([_i64] * 2, _i64),
+    "cc_items": ([_i64] * 3, _i64),
     "cc_forward": ([_p, _i64, _i64, _p, _p, _p, _i64, _p, _p] + [_i64] * 7, ctypes.c_int),
-    "cc_backward": ([_p, _i64, _i64, _p, _p, _p, _i64] + [_p] * 6 + [_i64] * 7, ctypes.c_int),
+    "cc_backward": ([_p, _i64, _i64, _p, _p, _p, _i64] + [_p] * 5 + [_i64] * 7, ctypes.c_int),
 }
 ACTIVATIONS = (None, "silu")
 
@@ -47,7 +47,7 @@ class _NativeConv(torch.autograd.Function):
         stL = x.new_empty(Bsz, H, W - 1)
         args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias_c), ptr(state_c), int(silu), ptr(y), ptr(stL),
                 Bsz, L, H, W]
-        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1),
+        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, L, W), lambda k, i0, i1: (*args, i0, i1),
                          fns["openmp"])):
             raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
         ctx.save_for_backward(x, wt, bias_c, state_c)
@@ -61,19 +61,18 @@ class _NativeConv(torch.autograd.Function):
         fns = bind("causal_conv.c", x.dtype, SIGNATURES)
         Bsz, L, H = x.shape
         W = wt.shape[0]
-        n_items = fns["cc_items"](Bsz, H)
+        n_items = fns["cc_items"](Bsz, L, W)
         k = parts(n_items)
         g_y = x.new_zeros(Bsz, L, H) if g_y is None else g_y.contiguous()
         g_st = None if g_st is None else g_st.contiguous()
         g_x = x.new_empty(Bsz, L, H)
         g_state = x.new_empty(Bsz, H, W - 1) if ctx.has_state else None
         g_P = x.new_zeros(k, W + 1, H)  # per thread: ∂w (transposed) and ∂b
-        scratch = x.new_empty(k, L, 64)  # g_pre of one item per thread
         shared = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(ctx.silu), ptr(g_y), ptr(g_st),
                   ptr(g_x), ptr(g_state)]
 
         def args(part, i0, i1):
-            return (*shared, ptr(g_P[part]), ptr(scratch[part]), Bsz, L, H, W, i0, i1)
+            return (*shared, ptr(g_P[part]), Bsz, L, H, W, i0, i1)
 
         if any(run_parts(fns["cc_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")

@@ -326,8 +326,9 @@ from ssmkit.ops.native import causal_conv1d_native  # noqa: E402
 
 # (B, L, H, W): odd channel counts; L shorter than the state (the final state mixes the initial state and x); one tap
 # (no state); three time blocks of the kernel's 64 steps with a tail of 22 (a block's backward reads the W-1 steps of
-# g_pre after it; ∂state comes from the first block, the final state from the last)
-CONV_SHAPES = [(2, 9, 5, 4), (1, 13, 130, 3), (3, 2, 7, 4), (2, 6, 3, 1), (2, 150, 19, 4)]
+# g_pre after it; ∂state comes from the first block, the final state from the last); 69 state rows (W - 1 > 64: the
+# blocks grow to W - 1 steps, so the first one still holds every state row)
+CONV_SHAPES = [(2, 9, 5, 4), (1, 13, 130, 3), (3, 2, 7, 4), (2, 6, 3, 1), (2, 150, 19, 4), (1, 150, 3, 70)]
 
 
 @pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)

@@ -19,6 +19,17 @@ def test_selective_bench_writes_results(tmp_path, capsys):
     assert "| chunked |" in capsys.readouterr().out
 
 
+def test_the_projections_floor_and_its_bound(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--batch", "1", "--d-model", "4", "--d-state", "3", "--length", "9", "--repeats", "1", "--threads", "1",
+            "--cases", "loop", "projections", "--json", str(out)]
+    assert main(argv) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["projections"]["forward_backward_s"] > 0 and rows["projections"]["forward_backward_speedup_vs_loop"] > 0
+    printed = capsys.readouterr().out
+    assert "| projections |" in printed and "bound: with the scan, convolution and elementwise work free" in printed
+
+
 def test_a_failing_case_is_reported(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--batch", "1", "--d-model", "4", "--length", "9", "--repeats", "2", "--cases", "chunked",

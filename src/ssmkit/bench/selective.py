@@ -1,13 +1,17 @@
 """Selective-scan benchmark: one Mamba block, forward and forward+backward, with each way of running its scan.
 
     ssmkit bench selective [--batch 8 --d-model 256 --d-state 16 --expand 2 --length 4096 --threads 2]
-                           [--cases native chunked loop mambapy] [--repeats 3] [--memory-limit-gib G] [--json PATH]
+                           [--cases native chunked loop mambapy projections] [--repeats 3] [--memory-limit-gib G]
+                           [--json PATH]
 
 Cases (the same block: in-projection, convolution, selective scan, gate, out-projection):
     ``native``   ssmkit's Mamba layer, its C-kernel selective scan (``"auto"``'s choice on the CPU where it builds);
     ``chunked``  ssmkit's Mamba layer, its chunked selective scan in PyTorch;
     ``loop``     ssmkit's Mamba layer with the plain per-step loop (``selective_scan_reference``: ``unbind`` over time);
-    ``mambapy``  mambapy's MambaBlock (its Blelloch parallel scan ``pscan``), when mambapy is installed.
+    ``mambapy``  mambapy's MambaBlock (its Blelloch parallel scan ``pscan``), when mambapy is installed;
+    ``projections``  not a way to run the block but its floor: the same layer's four projections alone (in-projection
+                 halves, x_proj, dt_proj, out-projection; 15 GEMMs forward and backward), which every case runs. The
+                 loop's time over this one bounds what any scan, convolution or fusion can give against the loop.
 
 Every measurement runs in a fresh subprocess, so that its peak resident memory (``ru_maxrss``) is that case's alone;
 the cases alternate within each of ``--repeats`` rounds and the figures are medians over the rounds. A case that
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import time
 
-CASES = ("native", "chunked", "loop", "mambapy")
+CASES = ("native", "chunked", "loop", "mambapy", "projections")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -53,6 +57,15 @@ def _build(case: str, d_model: int, d_state: int, expand: int):
     from ssmkit.ops import use_backend
 
     layer = layers.build("mamba", d_model=d_model, d_state=d_state, expand=expand)
+    if case == "projections":
+        R, N = layer.rank, layer.d_state
+
+        def projections(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            xs, z = layer._in_projection(x)  # (B, L, H_in) each
+            delta_low, B, C = layer.x_proj(xs).split([R, N, N], dim=-1)
+            return layer.out_proj(z), layer.dt_proj(delta_low), B, C  # z stands for the gated scan output
+
+        return layer, projections
     backend = {"loop": "reference", "chunked": "chunked", "native": "native"}[case]
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +86,16 @@ def worker(case: str, batch: int, d_model: int, d_state: int, expand: int, lengt
     x = torch.randn(batch, length, d_model)
     base = _rss_mib()
 
+    grads: list = []  # the projections' output gradients, made once (no elementwise pass in their timing)
+
     def forward_backward() -> None:
         module.zero_grad(set_to_none=True)
-        run(x.detach().requires_grad_()).square().mean().backward()
+        out = run(x.detach().requires_grad_())
+        if isinstance(out, tuple):
+            grads[:] = grads or [torch.randn_like(o) for o in out]
+            torch.autograd.backward(out, grads)
+        else:
+            out.square().mean().backward()
 
     forward_backward()  # warm-up
     start = time.perf_counter()
@@ -192,6 +212,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench sele
         print(f"| {r['case']} | {1e3 * r['forward_s']:.1f} | {speed('forward_speedup_vs_loop')} | "
               f"{1e3 * r['forward_backward_s']:.1f} | {speed('forward_backward_speedup_vs_loop')} | "
               f"{r['peak_rss_mib']:.0f} ({r['base_rss_mib']:.0f}) |")
+    floor = {r["case"]: r for r in rows if "error" not in r}
+    if "projections" in floor and "loop" in floor:
+        print(f"bound: with the scan, convolution and elementwise work free, the block would be at most "
+              f"{floor['loop']['forward_backward_s'] / floor['projections']['forward_backward_s']:.1f}x the loop "
+              f"(forward+backward; its projections take {1e3 * floor['projections']['forward_backward_s']:.1f} ms)")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

@@ -422,3 +422,45 @@ def test_recurrence_zero_and_huge_gates_and_the_mimo_scan():
     y_ref, x_ref = mimo_scan_reference(u, A, Bm, Cm, x0, D)
     assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
     assert ops.mimo_scan(u, A, Bm, Cm, x0, D, backend="native")[0].shape == y.shape
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reproducibility: the kernels' partial sums belong to work items (or batch rows), never to threads, and are summed in
+# a fixed order, so a gradient does not depend on the thread count or on how the items were scheduled
+
+
+def _native_grads(op: str) -> list[torch.Tensor]:
+    from ssmkit.ops.native import linear_recurrence_native
+
+    g = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731  (float32: its sums are the ones order changes)
+    if op == "selective_scan":
+        leaves = [r(3, 40, 130), r(3, 40, 130) - 1, -torch.rand(130, 5, generator=g) - 0.5, r(3, 40, 2, 5),
+                  r(3, 40, 2, 5), r(130), r(3, 40, 130), r(130)]
+        fn = lambda u, d, A, B, C, D, z, b: selective_scan_native(u, d, A, B, C, D, z, b, True)[0]  # noqa: E731
+    elif op == "ssm_scan":
+        A = torch.polar(torch.rand(35, 6, generator=g) * 0.5 + 0.45, r(35, 6)).to(torch.complex64)
+        leaves = [r(3, 70, 35), A, torch.complex(r(35, 6), r(35, 6)), torch.complex(r(35, 6), r(35, 6)), r(35)]
+        fn = lambda u, A, B, C, D: ssm_scan_native(u, A, B, C, None, D)[0]  # noqa: E731
+    elif op == "causal_conv1d":
+        leaves = [r(3, 150, 19), r(19, 4), r(19)]
+        fn = lambda x, w, b: causal_conv1d_native(x, w, b, activation="silu")[0]  # noqa: E731
+    else:
+        leaves = [torch.polar(torch.rand(40, generator=g) * 0.5 + 0.4, r(40)).to(torch.complex64),
+                  torch.complex(r(3, 50, 40), r(3, 50, 40))]
+        fn = lambda a, b: linear_recurrence_native(a, b)[0]  # noqa: E731
+    leaves = [t.requires_grad_() for t in leaves]
+    y = fn(*leaves)
+    weight = torch.randn(y.shape, generator=g, dtype=y.real.dtype)
+    return list(torch.autograd.grad((y.real if y.is_complex() else y).mul(weight).sum(), leaves))
+
+
+@pytest.mark.parametrize("op", ["selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence"])
+def test_gradients_do_not_depend_on_the_threads(op, monkeypatch):
+    runs = []
+    for threads in THREADINGS:
+        use_threads(monkeypatch, *threads)
+        runs.append(_native_grads(op))
+    for other in runs[1:]:
+        for a, b in zip(other, runs[0]):
+            assert torch.equal(a, b)  # bit for bit: 1 thread, 3 OpenMP threads, 3 Python threads

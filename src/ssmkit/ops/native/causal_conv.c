@@ -93,7 +93,8 @@ int SUFFIX(cc_forward)(const real *x, int64_t xb, int64_t xt, const real *wt, co
 
 /* Backward of the items [item0, item1) on nthreads threads: from gy (B, L, H) contiguous and gstL (B, H, W-1) or NULL,
  * writes gx (B, L, H) contiguous and gst0 (B, H, W-1) when not NULL (by the first item of each row), and adds into the
- * partials of its threads: thread i's are gP + i·(W+1)·H, (W + 1, H): ∂w (transposed, rows 0..W-1) and ∂b (row W).
+ * item's own partials, gP + item·(W+1)·H, (W + 1, H): ∂w (transposed, rows 0..W-1) and ∂b (row W) (per item, not per
+ * thread: the caller's sum over items then has a fixed order, so the result does not depend on the scheduling).
  * Returns 0, or 1 when out of memory. */
 int SUFFIX(cc_backward)(const real *x, int64_t xb, int64_t xt, const real *wt, const real *bias, const real *state,
                         int64_t silu, const real *gy, const real *gstL, real *gx, real *gst0, real *gP, int64_t Bsz,
@@ -106,12 +107,12 @@ int SUFFIX(cc_backward)(const real *x, int64_t xb, int64_t xt, const real *wt, c
         /* W-1 state rows, one row of ∂e, and g_pre for the TB + W - 1 steps from the item's first */
         real *rows = malloc(sizeof(real) * (W + TB + W - 1) * H);
         failed |= !rows;
-        real *restrict gw = gP + thread_index() * (W + 1) * H, *restrict gbias = gw + W * H;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++) {
             if (!rows) continue;
             const int64_t b = item / nb, t0 = (item % nb) * TB, t1 = t0 + TB < L ? t0 + TB : L;
             const int64_t t2 = t1 + W - 1 < L ? t1 + W - 1 : L; /* g_pre is needed on [t0, t2) */
+            real *restrict gw = gP + item * (W + 1) * H, *restrict gbias = gw + W * H; /* the item's own partials */
             real *restrict ge = rows + (W - 1) * H, *restrict gpre = ge + H;
             if (t0 < W - 1) state_rows(rows, state, b, H, W);
             /* 1. g_pre = g_y ⊙ act'(pre), the pre-activation recomputed */

@@ -18,7 +18,7 @@ import torch
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import parts, ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_parts
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of causal_conv.c: (argument types, result type)
@@ -62,17 +62,16 @@ class _NativeConv(torch.autograd.Function):
         Bsz, L, H = x.shape
         W = wt.shape[0]
         n_items = fns["cc_items"](Bsz, L, W)
-        k = parts(n_items)
         g_y = x.new_zeros(Bsz, L, H) if g_y is None else g_y.contiguous()
         g_st = None if g_st is None else g_st.contiguous()
         g_x = x.new_empty(Bsz, L, H)
         g_state = x.new_empty(Bsz, H, W - 1) if ctx.has_state else None
-        g_P = x.new_zeros(k, W + 1, H)  # per thread: ∂w (transposed) and ∂b
+        g_P = x.new_zeros(n_items, W + 1, H)  # per item (a fixed summation order): ∂w (transposed) and ∂b
         shared = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(ctx.silu), ptr(g_y), ptr(g_st),
                   ptr(g_x), ptr(g_state)]
 
         def args(part, i0, i1):
-            return (*shared, ptr(g_P[part]), Bsz, L, H, W, i0, i1)
+            return (*shared, ptr(g_P), Bsz, L, H, W, i0, i1)
 
         if any(run_parts(fns["cc_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")

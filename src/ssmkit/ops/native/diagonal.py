@@ -25,7 +25,7 @@ import torch
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import parts, ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_parts
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result type)
@@ -84,16 +84,15 @@ class _NativeDiagonal(torch.autograd.Function):
         Bsz, L, H = u.shape
         N = pars[0].shape[0]
         n_items = fns["ds_items"](Bsz, H)
-        k = parts(n_items)
         g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
         g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
         g_u = torch.empty_like(u)
         g_x0 = torch.empty(Bsz, H, N, dtype=ctx.cdtype) if x0c is not None else None
-        g = u.new_zeros(k, 7, N, H)  # per thread: ∂Ā, ∂B̄, ∂C (re, im) and ∂D
+        g = u.new_zeros(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
         shared = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(g_y), ptr(g_xc), ptr(g_u), ptr(g_x0)]
 
         def args(part, i0, i1):
-            return (*shared, ptr(g[part]), Bsz, L, H, N, ctx.T, i0, i1)
+            return (*shared, ptr(g), Bsz, L, H, N, ctx.T, i0, i1)
 
         if any(run_parts(fns["ds_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("ssm_scan native: the backward could not allocate its buffers")

@@ -321,7 +321,8 @@ static int backward_range(const real *u, const real *ar, const real *ai, const r
 }
 
 /* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
- * time; thread i adds into the partials g + i·7·N·H. Return 0, or 1 when out of memory. */
+ * time; the items of batch row b add into the partials g + b·7·N·H (disjoint channels; per row, not per thread, so
+ * the caller's sum has a fixed order whatever the scheduling). Return 0, or 1 when out of memory. */
 int SUFFIX(ds_forward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                        const real *ci, const real *D, const real *x0, real *y, real *xL, int64_t Bsz,
                        int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1, int64_t nthreads) {
@@ -339,7 +340,7 @@ int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const rea
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
-        failed |= backward_range(u, ar, ai, br, bi, cr, ci, D, x0, gy, gxL, gu, gx0, g + thread_index() * 7 * N * H,
+        failed |= backward_range(u, ar, ai, br, bi, cr, ci, D, x0, gy, gxL, gu, gx0, g + (item / ((H + VEC - 1) / VEC)) * 7 * N * H,
                                  Bsz, L, H, N, T, item, item + 1);
     return failed;
 }

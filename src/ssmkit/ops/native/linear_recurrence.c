@@ -120,7 +120,8 @@ static void backward_range(const real *a, int64_t varying, const real *h0, const
 }
 
 /* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
- * time; thread i adds into the partial gA + i·K·z (z = 2 reals per complex channel). */
+ * time; the items of batch row b add into the partial gA + b·K·z (z = 2 reals per complex channel; disjoint channels;
+ * per row, not per thread, so the caller's sum has a fixed order whatever the scheduling). */
 void SUFFIX(lr_forward)(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
                         int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1, int64_t nthreads) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
@@ -132,6 +133,6 @@ void SUFFIX(lr_backward)(const real *a, int64_t varying, const real *h0, const r
                          int64_t L, int64_t K, int64_t item0, int64_t item1, int64_t nthreads) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int64_t item = item0; item < item1; item++)
-        backward_range(a, varying, h0, h, g, glast, gb, ga, gh0, gA + thread_index() * K * (cplx ? 2 : 1), cplx, Bsz, L,
+        backward_range(a, varying, h0, h, g, glast, gb, ga, gh0, gA + (item / ((K + VEC - 1) / VEC)) * K * (cplx ? 2 : 1), cplx, Bsz, L,
                        K, item, item + 1);
 }

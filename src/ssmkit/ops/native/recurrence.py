@@ -17,7 +17,7 @@ import torch
 from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import parts, ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_parts
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of linear_recurrence.c: (argument types, result type)
@@ -55,18 +55,17 @@ class _NativeRecurrence(torch.autograd.Function):
         fns = bind("linear_recurrence.c", _real_dtype(h), SIGNATURES)
         Bsz, L, K = h.shape
         n_items = fns["lr_items"](Bsz, K)
-        k = parts(n_items)
         g_h = None if g_h is None else g_h.resolve_conj().contiguous()
         g_last = None if g_last is None else g_last.resolve_conj().contiguous()
         g_b = torch.empty_like(h)
         g_a = torch.empty_like(h) if ctx.varying else None
         g_h0 = torch.empty_like(h0) if h0 is not None else None
         z = 2 if ctx.cplx else 1
-        g_A = h.new_zeros(k, K * z, dtype=_real_dtype(h))  # per thread: a time-invariant gate's gradient
+        g_A = h.new_zeros(Bsz, K * z, dtype=_real_dtype(h))  # per batch row: a time-invariant gate's gradient
         shared = [ptr(a), int(ctx.varying), ptr(h0), ptr(h), ptr(g_h), ptr(g_last), ptr(g_b), ptr(g_a), ptr(g_h0)]
 
         def args(part, i0, i1):
-            return (*shared, ptr(g_A[part]), int(ctx.cplx), Bsz, L, K, i0, i1)
+            return (*shared, ptr(g_A), int(ctx.cplx), Bsz, L, K, i0, i1)
 
         run_parts(fns["lr_backward"], n_items, args, fns["openmp"])
         if not ctx.varying:

@@ -25,7 +25,7 @@ import torch
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import parts, ptr as _ptr, run_parts as _run
+from ssmkit.ops.native.parallel import ptr as _ptr, run_parts as _run
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of selective_scan.c: (argument types, result type)
@@ -83,19 +83,19 @@ class _NativeScan(torch.autograd.Function):
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         n_items = fns["ss_items"](Bsz, H, G)
-        k = parts(n_items)
+        nblk = -(-(H // G) // 64)  # the kernel's channel blocks per group (VEC = 64)
         g_out = u.new_zeros(u.shape) if g_out is None else g_out.contiguous()
         g_h = None if g_h is None else g_h.contiguous()
         g_delta, g_u = torch.empty_like(u), torch.empty_like(u)
         g_z = torch.empty_like(u) if z is not None else None
         g_h0 = u.new_empty(Bsz, H, N) if ctx.has_h0 else None
-        g_B, g_C = B.new_zeros(k, *B.shape), C.new_zeros(k, *C.shape)  # one partial sum per thread
-        g_P = u.new_zeros(k, N + 2, H)  # per thread: ∂A (N rows, transposed), ∂D, ∂b_Δ
+        g_B, g_C = B.new_zeros(nblk, *B.shape), C.new_zeros(nblk, *C.shape)  # one partial sum per channel block
+        g_P = u.new_zeros(Bsz, N + 2, H)  # per batch row: ∂A (N rows, transposed), ∂D, ∂b_Δ
         shared = [_ptr(u), _ptr(delta), _ptr(bias), int(ctx.softplus),
                   *(_ptr(t) for t in (At, B, C, D, z, ckpt, g_out, g_h, g_delta, g_u, g_z, g_h0))]
 
         def args(part, i0, i1):
-            return (*shared, _ptr(g_B[part]), _ptr(g_C[part]), _ptr(g_P[part]), Bsz, L, H, G, N, ctx.T, i0, i1)
+            return (*shared, _ptr(g_B), _ptr(g_C), _ptr(g_P), Bsz, L, H, G, N, ctx.T, i0, i1)
 
         if any(_run(fns["ss_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("selective_scan native: the backward could not allocate its chunk buffers")

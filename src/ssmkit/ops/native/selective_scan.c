@@ -245,28 +245,32 @@ static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const
 /* Backward over items [item0, item1) on nthreads threads, from the forward's chunk-start states ckpt
  * (B, ceil(L/T), N, H), the output gradient gout (B, L, H) and the final-state gradient ghL (B, H, N) or NULL. Writes
  * gdelta, gu (B, L, H), gz (B, L, H) (when z is given) and gh0 (B, H, N) (when not NULL) for its channels, and adds into
- * the partials of its threads: thread i's are gB, gC + i·B·L·G·N ((B, L, G, N) each) and gP + i·(N+2)·H ((N + 2, H):
- * ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1). Returns 0, or 1 when out of memory. */
+ * partials chosen by the item, not the thread, so that the caller's sums have a fixed order whatever the scheduling:
+ * the items of channel block k (within their group) into gB, gC + k·B·L·G·N ((B, L, G, N) each; their (b, g) differ),
+ * the items of batch row b into gP + b·(N+2)·H ((N + 2, H): ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1; their
+ * channels differ). Returns 0, or 1 when out of memory. */
 int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *At,
                         const real *Bm, const real *Cm, const real *D, const real *z, const real *ckpt, const real *gout,
                         const real *ghL, real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP,
                         int64_t Bsz, int64_t L, int64_t H, int64_t G, int64_t N, int64_t T, int64_t item0,
                         int64_t item1, int64_t nthreads) {
     const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T};
-    const int64_t S = N * VEC, nbc = Bsz * L * G * N;
+    const int64_t S = N * VEC, nbc = Bsz * L * G * N, nblk = (H / G + VEC - 1) / VEC;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
-        const int64_t p = thread_index();
         chunk_t buf = {malloc(sizeof(real) * (T + 1) * S), malloc(sizeof(real) * T * S), malloc(sizeof(real) * S),
                        malloc(sizeof(real) * S)};
         const int ok = buf.hs && buf.ab && buf.lam && buf.gAl;
         failed |= !ok;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
-            if (ok)
-                backward_item(&in, item_of(item, H, G), ckpt, gout, ghL, gdelta, gu, gz, gh0, gB + p * nbc,
-                              gC + p * nbc, gP + p * (N + 2) * H, buf);
+            if (ok) {
+                const item_t it = item_of(item, H, G);
+                const int64_t k = item % nblk; /* the channel block within its group */
+                backward_item(&in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB + k * nbc, gC + k * nbc,
+                              gP + it.b * (N + 2) * H, buf);
+            }
         free(buf.hs), free(buf.ab), free(buf.lam), free(buf.gAl);
     }
     return failed;

@@ -39,7 +39,7 @@ class _NativeCauchy(torch.autograd.Function):
         W = z.shape[-1]
         out = torch.empty(G, S, W, dtype=v.dtype)
         args = [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W]
-        if any(run_parts(fns["cy_forward"], G, lambda k, i0, i1: (*args, i0, i1), fns["openmp"])):
+        if any(run_parts(fns["cy_forward"], G, args, fns["openmp"])):
             raise MemoryError("cauchy native: the forward could not allocate its buffer")
         ctx.save_for_backward(v, z, w)
         return out
@@ -57,7 +57,7 @@ class _NativeCauchy(torch.autograd.Function):
         g_z = torch.empty_like(z) if need_z else None
         g_w = torch.empty_like(w) if need_w else None
         args = [ptr(v), ptr(z), ptr(w), ptr(g_out), ptr(g_v), ptr(g_z), ptr(g_w), G, S, N, W]
-        if any(run_parts(fns["cy_backward"], G, lambda k, i0, i1: (*args, i0, i1), fns["openmp"])):
+        if any(run_parts(fns["cy_backward"], G, args, fns["openmp"])):
             raise MemoryError("cauchy native: the backward could not allocate its buffers")
         return g_v, g_z, g_w
 

@@ -47,8 +47,7 @@ class _NativeConv(torch.autograd.Function):
         stL = x.new_empty(Bsz, H, W - 1)
         args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias_c), ptr(state_c), int(silu), ptr(y), ptr(stL),
                 Bsz, L, H, W]
-        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, L, W), lambda k, i0, i1: (*args, i0, i1),
-                         fns["openmp"])):
+        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, L, W), args, fns["openmp"])):
             raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
         ctx.save_for_backward(x, wt, bias_c, state_c)
         ctx.silu, ctx.has_bias, ctx.has_state = silu, bias is not None, state is not None
@@ -70,8 +69,7 @@ class _NativeConv(torch.autograd.Function):
         shared = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(ctx.silu), ptr(g_y), ptr(g_st),
                   ptr(g_x), ptr(g_state)]
 
-        def args(part, i0, i1):
-            return (*shared, ptr(g_P), Bsz, L, H, W, i0, i1)
+        args = [*shared, ptr(g_P), Bsz, L, H, W]
 
         if any(run_parts(fns["cc_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")

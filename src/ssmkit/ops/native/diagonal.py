@@ -9,7 +9,7 @@ local arrays (real and imaginary parts apart), the skip fused. Its backward need
 time runs two adjoint recurrences per mode, μ_t = g_t + conj(Ā) μ_{t+1} and ν_t = μ_{t+1} + conj(Ā) ν_{t+1}, and the
 gradients are sums of u_t μ_t and u_t ν_t (``diagonal_scan.c`` derives them): half the work of recomputing the states
 and running the adjoint of the state, and nothing kept from the forward but its inputs. One call is a handful of
-aten ops (the parameters' real/imaginary split and the sums of the per-thread partial gradients), so it does not slow
+aten ops (the parameters' real/imaginary split and the sums of the partial gradients), so it does not slow
 down under CPU contention the way a path of hundreds of small ops does.
 
 Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
@@ -68,8 +68,7 @@ class _NativeDiagonal(torch.autograd.Function):
         y = torch.empty_like(u)
         xL = torch.empty(Bsz, H, N, dtype=A_bar.dtype)
         args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), Bsz, L, H, N, T]
-        if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), lambda k, i0, i1: (*args, i0, i1),
-                         fns["openmp"])):
+        if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
             raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
         ctx.save_for_backward(u, *pars, Dc, x0c)
         ctx.T, ctx.has_D, ctx.cdtype = T, D is not None, A_bar.dtype
@@ -91,8 +90,7 @@ class _NativeDiagonal(torch.autograd.Function):
         g = u.new_zeros(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
         shared = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(g_y), ptr(g_xc), ptr(g_u), ptr(g_x0)]
 
-        def args(part, i0, i1):
-            return (*shared, ptr(g), Bsz, L, H, N, ctx.T, i0, i1)
+        args = [*shared, ptr(g), Bsz, L, H, N, ctx.T]
 
         if any(run_parts(fns["ds_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("ssm_scan native: the backward could not allocate its buffers")

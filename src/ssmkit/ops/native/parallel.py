@@ -42,27 +42,27 @@ def ptr(t: torch.Tensor | None) -> int | None:
 
 
 def parts(n_items: int) -> int:
-    """How many threads run [0, n_items) (and how many partial-sum buffers a kernel needs): ``torch.get_num_threads()``,
-    at most one per item; 1 in a forked child (see the module's docstring)."""
+    """How many threads run [0, n_items): ``torch.get_num_threads()``, at most one per item; 1 in a forked child (see
+    the module's docstring)."""
     if _FORKED[0]:
         return 1
     return max(1, min(torch.get_num_threads(), n_items))
 
 
-def run_parts(fn: Callable, n_items: int, make_args: Callable[[int, int, int], Sequence], openmp: bool) -> list:
+def run_parts(fn: Callable, n_items: int, args: Sequence, openmp: bool) -> list:
     """Run the kernel ``fn`` over the items [0, n_items) on :func:`parts` threads and return the result of every call.
 
     Args:
         fn: a kernel entry whose last three arguments are item0, item1 and the thread count.
         n_items: the number of work items.
-        make_args: ``(part, item0, item1) ->`` the arguments before the thread count; ``part`` selects the
-            partial-sum buffers of a Python worker thread (OpenMP: always 0, the kernel offsets them per thread).
+        args: the arguments before those three. (A kernel's partial sums belong to its items, not to threads, so every
+            call gets the same arguments.)
         openmp: ``fn``'s library was built with OpenMP (one call on :func:`parts` OpenMP threads); otherwise the range
             is split over Python threads (each call on one thread).
     """
     k = parts(n_items)
     if openmp or k == 1:
-        return [fn(*make_args(0, 0, n_items), k)]
+        return [fn(*args, 0, n_items, k)]
     with _LOCK:
         if not _POOL or _POOL[0]._max_workers < k - 1:  # noqa: SLF001
             if _POOL:
@@ -72,12 +72,12 @@ def run_parts(fn: Callable, n_items: int, make_args: Callable[[int, int, int], S
     step = max(1, n_items // (8 * k))
     counter = itertools.count(0, step)  # next() on an itertools.count is atomic under the GIL
 
-    def worker(part: int) -> list:
+    def worker() -> list:
         results = []
         while (i0 := next(counter)) < n_items:
-            results.append(fn(*make_args(part, i0, min(i0 + step, n_items)), 1))
+            results.append(fn(*args, i0, min(i0 + step, n_items), 1))
         return results
 
-    futures = [pool.submit(worker, i) for i in range(1, k)]
-    first = worker(0)  # the calling thread works too (it would only wait)
+    futures = [pool.submit(worker) for _ in range(1, k)]
+    first = worker()  # the calling thread works too (it would only wait)
     return first + [r for f in futures for r in f.result()]

@@ -42,8 +42,7 @@ class _NativeRecurrence(torch.autograd.Function):
         varying, cplx = a.dim() == 3, b.is_complex()
         h = torch.empty_like(b)
         args = [ptr(a), int(varying), ptr(b), ptr(h0), ptr(h), int(cplx), Bsz, L, K]
-        run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), lambda k, i0, i1: (*args, i0, i1),
-                  fns["openmp"])
+        run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), args, fns["openmp"])
         ctx.save_for_backward(a, h0, h)
         ctx.varying, ctx.cplx = varying, cplx
         return h, h[:, -1].clone()
@@ -64,8 +63,7 @@ class _NativeRecurrence(torch.autograd.Function):
         g_A = h.new_zeros(Bsz, K * z, dtype=_real_dtype(h))  # per batch row: a time-invariant gate's gradient
         shared = [ptr(a), int(ctx.varying), ptr(h0), ptr(h), ptr(g_h), ptr(g_last), ptr(g_b), ptr(g_a), ptr(g_h0)]
 
-        def args(part, i0, i1):
-            return (*shared, ptr(g_A), int(ctx.cplx), Bsz, L, K, i0, i1)
+        args = [*shared, ptr(g_A), int(ctx.cplx), Bsz, L, K]
 
         run_parts(fns["lr_backward"], n_items, args, fns["openmp"])
         if not ctx.varying:

@@ -67,7 +67,7 @@ class _NativeScan(torch.autograd.Function):
         args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), *(_ptr(t) for t in (At, B, C, D, z, h0, out, hL, ckpt)),
                 Bsz, L, H, G, N, T]
         n_items = fns["ss_items"](Bsz, H, G)
-        if any(_run(fns["ss_forward"], n_items, lambda k, i0, i1: (*args, i0, i1), fns["openmp"])):
+        if any(_run(fns["ss_forward"], n_items, args, fns["openmp"])):
             raise MemoryError("selective_scan native: the forward could not allocate its state buffer")
         ctx.save_for_backward(delta, u, At, B, C, D, z, bias, ckpt)
         ctx.T, ctx.softplus, ctx.has_h0 = T, softplus, h0 is not None
@@ -94,8 +94,7 @@ class _NativeScan(torch.autograd.Function):
         shared = [_ptr(u), _ptr(delta), _ptr(bias), int(ctx.softplus),
                   *(_ptr(t) for t in (At, B, C, D, z, ckpt, g_out, g_h, g_delta, g_u, g_z, g_h0))]
 
-        def args(part, i0, i1):
-            return (*shared, _ptr(g_B), _ptr(g_C), _ptr(g_P), Bsz, L, H, G, N, ctx.T, i0, i1)
+        args = [*shared, _ptr(g_B), _ptr(g_C), _ptr(g_P), Bsz, L, H, G, N, ctx.T]
 
         if any(_run(fns["ss_backward"], n_items, args, fns["openmp"])):
             raise MemoryError("selective_scan native: the backward could not allocate its chunk buffers")

@@ -73,16 +73,14 @@ static inline real log1pr(real e) {
 #endif
 
 /* Threads. Compiled with -fopenmp, a kernel entry runs its work items on `nthreads` threads of the OpenMP runtime,
- * handed out one at a time (a thread that loses its core to another process takes fewer); thread_index() picks the
- * thread's own partial-sum buffers. The runtime is libgomp, found by its soname: when torch (which ships libgomp and
- * runs its own parallel ops on it) is loaded first, the kernels run on torch's thread pool instead of beside it.
- * Without -fopenmp the pragmas are ignored and an entry runs its items on the calling thread. */
+ * handed out one at a time (a thread that loses its core to another process takes fewer); the partial sums an item
+ * adds into belong to the item (or its batch row), not to the thread, so the results do not depend on the schedule.
+ * The runtime is libgomp, found by its soname: when torch (which ships libgomp and runs its own parallel ops on it) is
+ * loaded first, the kernels run on torch's thread pool instead of beside it. Without -fopenmp the pragmas are ignored
+ * and an entry runs its items on the calling thread. */
 #ifdef _OPENMP
-#include <omp.h>
-static inline int64_t thread_index(void) { return omp_get_thread_num(); }
 #define NATIVE_OPENMP 1
 #else
-static inline int64_t thread_index(void) { return 0; }
 #define NATIVE_OPENMP 0
 #endif
 /* 1 when this library was compiled with OpenMP: its entries then take nthreads > 1. */

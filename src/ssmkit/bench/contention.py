@@ -15,7 +15,7 @@ dispatched 10-40x more ops than the official one). This suite measures exactly t
 3. the busy processes are stopped (by their process ids, also on error), and the table gives each
    implementation's medians alone and loaded and the slow-down = loaded / alone, the range of the loaded times (the
    median hides a bimodal loaded time: see docs/benchmarks.md), plus the aten-op count of one call (a
-   TorchDispatchMode count, after a warm-up call: deterministic, unlike the times).
+   TorchDispatchMode count of a second call: deterministic, unlike the times).
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_ops(fn: Callable[[], object]) -> int:
-    """The aten ops that one call of ``fn`` dispatches (forward and, for a training call, backward)."""
+    """The aten ops that one call of ``fn`` dispatches (forward and, for a training call, backward), counted on a
+    second call: the first one may also run one-time work (a native kernel's build and smoke call) that is not the
+    call's."""
+    fn()
     with OpCounter() as counter:
         fn()
     return counter.total
@@ -104,8 +107,6 @@ def measure(case: Case, peers: list[str], s4_file: str | None, busy: int, kind: 
             repeats: int) -> tuple[list[dict], list[str]]:
     """Rows (implementation, alone s, loaded s, slow-down, aten ops) of one case, and notes."""
     fns, notes = implementations(case, peers, s4_file, reference=False)
-    for fn in fns.values():  # once first: a native kernel's one-time build and smoke call are not the call's ops
-        fn()
     ops = {name: count_ops(fn) for name, fn in fns.items()}
     alone = time_interleaved(fns, repeats)
     with busy_processes(busy, kind):

@@ -69,7 +69,7 @@ int SUFFIX(cc_forward)(const real *x, int64_t xb, int64_t xt, const real *wt, co
             if (!rows) continue;
             const int64_t b = item / nb, t0 = (item % nb) * TB, t1 = t0 + TB < L ? t0 + TB : L;
             real *restrict acc = rows + (W - 1) * H;
-            if (t0 < W - 1 || (stL && t1 == L)) state_rows(rows, state, b, H, W);
+            if (t0 < W - 1) state_rows(rows, state, b, H, W); /* only rows p < W-1 read it (stL too: then L < W-1) */
             for (int64_t t = t0; t < t1; t++) {
                 pre_row(acc, rows, x, xb, xt, wt, bias, b, t, H, W);
                 real *restrict out = y + (b * L + t) * H;

@@ -83,7 +83,7 @@ class _NativeScan(torch.autograd.Function):
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         n_items = fns["ss_items"](Bsz, H, G)
-        nblk = -(-(H // G) // 64)  # the kernel's channel blocks per group (VEC = 64)
+        nblk = n_items // (Bsz * G)  # the kernel's channel blocks per group
         g_out = u.new_zeros(u.shape) if g_out is None else g_out.contiguous()
         g_h = None if g_h is None else g_h.contiguous()
         g_delta, g_u = torch.empty_like(u), torch.empty_like(u)

@@ -18,6 +18,10 @@ sets), ``analyze`` and ``zoo`` (control analysis) and ``sysid``
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
 usage line for an unknown command or option (argparse's convention).
+
+Every command first makes the C library keep freed memory for reuse (:func:`ssmkit.memory.keep_freed_memory`: large
+CPU tensors then skip the kernel's page zeroing, ~20 % of a long-sequence training step here);
+``SSMKIT_KEEP_FREED_MEMORY=0`` in the environment turns that off.
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ def _dispatch(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process arguments) and return its exit status."""
+    from ssmkit.memory import keep_freed_memory_from_env
+
+    keep_freed_memory_from_env()  # large CPU tensors reuse freed pages (ssmkit.memory; SSMKIT_KEEP_FREED_MEMORY=0: off)
     try:
         return _dispatch(sys.argv[1:] if argv is None else argv)
     except SystemExit as stop:  # argparse exits on --help (0) and on usage errors (2)

@@ -17,7 +17,9 @@ Every measurement runs in a fresh subprocess, so that its peak resident memory (
 the cases alternate within each of ``--repeats`` rounds and the figures are medians over the rounds. A case that
 fails -- out of memory, most likely -- is reported with its error instead of its times. ``--memory-limit-gib`` caps
 each subprocess's address space (default: 3/4 of the machine's memory), so that an oversized case fails with an
-allocation error rather than calling the kernel's OOM killer on a shared machine.
+allocation error rather than calling the kernel's OOM killer on a shared machine. Each subprocess keeps freed memory
+for reuse (:func:`ssmkit.memory.keep_freed_memory`, as the ``ssmkit`` command does) unless
+``SSMKIT_KEEP_FREED_MEMORY=0`` is set, which the header line reports.
 """
 
 from __future__ import annotations
@@ -192,7 +194,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench sele
     parser.add_argument("--worker", choices=CASES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        from ssmkit.memory import keep_freed_memory_from_env
+
         _limit_memory(args.memory_limit_gib)
+        keep_freed_memory_from_env()  # every case alike, as the ssmkit command does (SSMKIT_KEEP_FREED_MEMORY=0: off)
         result = worker(args.worker, args.batch, args.d_model, args.d_state, args.expand, args.length, args.threads)
         print(json.dumps(result))
         return 0
@@ -200,7 +205,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench sele
 
     shape = f"B={args.batch}, d_model={args.d_model}, N={args.d_state}, expand={args.expand}, L={args.length}"
     threads = f"{args.threads} threads per case" if args.threads else "torch's default threads"
-    print(f"ssmkit bench selective: one Mamba block, {shape}, float32; {threads}; {machine()}")
+    kept = "off" if os.environ.get("SSMKIT_KEEP_FREED_MEMORY", "1").strip() == "0" else "on"
+    print(f"ssmkit bench selective: one Mamba block, {shape}, float32; {threads}; freed memory kept: {kept}; "
+          f"{machine()}")
     rows = run_all(args)
     print("| case | forward ms | vs loop | forward+backward ms | vs loop | peak RSS MiB (before the first call) |")
     print("|---|---|---|---|---|---|")

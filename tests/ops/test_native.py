@@ -424,6 +424,62 @@ def test_recurrence_zero_and_huge_gates_and_the_mimo_scan():
     assert ops.mimo_scan(u, A, Bm, Cm, x0, D, backend="native")[0].shape == y.shape
 
 
+@pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)
+@pytest.mark.parametrize("cplx", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("with_D", [False, True])
+def test_mimo_scan_forward_and_every_gradient_equal_the_loop_in_float64(cplx, with_state, with_D, threads, monkeypatch):
+    # The native MIMO scan is one autograd node with a hand-written backward (ops/native/mimo.py): every leaf's
+    # gradient, the final state's among them, against autograd through the reference loop.
+    use_threads(monkeypatch, *threads)
+    g = torch.Generator().manual_seed(3)
+    M, H, Bsz, L = 7, 5, 2, 23
+    dtype = C128 if cplx else F64
+
+    def r(*shape):
+        x = torch.randn(*shape, generator=g, dtype=F64)
+        return torch.complex(x, torch.randn(*shape, generator=g, dtype=F64)) if cplx else x
+
+    A = torch.polar(torch.rand(M, generator=g, dtype=F64) * 0.5 + 0.4, torch.randn(M, generator=g, dtype=F64))
+    A = A if cplx else A.real
+    leaves = [torch.randn(Bsz, L, H, generator=g, dtype=F64), A, r(M, H), r(H, M)]
+    leaves += [r(Bsz, M) if with_state else None, torch.randn(H, generator=g, dtype=F64) if with_D else None]
+    leaves = [None if t is None else t.clone().requires_grad_() for t in leaves]
+    gy, gx = torch.randn(Bsz, L, H, generator=g, dtype=F64), r(Bsz, M)
+    out = {}
+    for name, fn in (("ref", mimo_scan_reference), ("native", mimo_scan_native)):
+        y, x = fn(*leaves)
+        loss = (y * gy).sum() + (x * gx.conj()).real.sum()
+        present = [t for t in leaves if t is not None]
+        out[name] = (y, x, *torch.autograd.grad(loss, present))
+    for a, b in zip(out["native"], out["ref"]):
+        assert a.dtype == b.dtype and rel_err(a, b) < 1e-12
+    assert out["native"][1].dtype == dtype
+
+
+def test_mimo_scan_gradients_without_the_final_state_or_with_some_leaves_frozen():
+    g = torch.Generator().manual_seed(4)
+    M, H = 4, 3
+    A = torch.polar(torch.rand(M, generator=g, dtype=F64) * 0.5 + 0.4, torch.randn(M, generator=g, dtype=F64))
+    Bm, Cm = torch.randn(M, H, generator=g, dtype=C128), torch.randn(H, M, generator=g, dtype=C128)
+    u, D = torch.randn(2, 9, H, generator=g, dtype=F64), torch.randn(H, generator=g, dtype=F64)
+    gy = torch.randn(2, 9, H, generator=g, dtype=F64)
+    for frozen in ("u", "A", "B", "C", "D"):  # one leaf without requires_grad at a time; return_state=False
+        leaves = {"u": u, "A": A, "B": Bm, "C": Cm, "D": D}
+        leaves = {k: v.clone().requires_grad_(k != frozen) for k, v in leaves.items()}
+        grads = {}
+        for name, fn in (("ref", mimo_scan_reference), ("native", mimo_scan_native)):
+            y, none = fn(leaves["u"], leaves["A"], leaves["B"], leaves["C"], None, leaves["D"], return_state=False)
+            assert none is None
+            wanted = [v for k, v in leaves.items() if k != frozen]
+            grads[name] = torch.autograd.grad((y * gy).sum(), wanted)
+        for a, b in zip(grads["native"], grads["ref"]):
+            assert rel_err(a, b) < 1e-12, frozen
+    y, x = mimo_scan_native(u, A, Bm, Cm.requires_grad_(), None, D)  # only the final state carries a gradient
+    (gC,) = torch.autograd.grad(x.abs().sum(), [Cm], allow_unused=True)
+    assert gC is None  # the read-out does not touch the state
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Reproducibility: the kernels' partial sums belong to work items (or batch rows), never to threads, and are summed in
 # a fixed order, so a gradient does not depend on the thread count or on how the items were scheduled

@@ -29,8 +29,8 @@ import torch
 from ssmkit.ops._checks import REAL_OF, check_chunk_size
 from ssmkit.ops.backend import dispatch
 from ssmkit.ops.chunked import pack, unpack, wide_powers
-from ssmkit.ops.native.gate import prefer_native
-from ssmkit.ops.native.recurrence import linear_recurrence_native
+from ssmkit.ops.native.gate import native_status, prefer_native
+from ssmkit.ops.native.mimo import mimo_native_unchecked
 from ssmkit.ops.recurrence import linear_recurrence_chunked
 from ssmkit.utils import check_floating
 
@@ -209,8 +209,9 @@ def mimo_scan_native(
     """MIMO diagonal SSM by GEMMs and the C kernel's scan of the modes; equals :func:`mimo_scan_reference`.
 
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(C x_t) + D ⊙ u_t  (arXiv 2208.04933 eq. 2-3): the three steps of
-    :func:`mimo_scan_chunked` with step (2) by :func:`ssmkit.ops.native.linear_recurrence_native` (one pass over time;
-    CPU only, where its smoke call succeeded).
+    :func:`mimo_scan_chunked` with step (2) by the C kernel of :func:`ssmkit.ops.native.linear_recurrence_native` (one
+    pass over time), as one autograd node with its backward written out (:mod:`ssmkit.ops.native.mimo`: the skip
+    fused in place both ways). CPU only, where the recurrence kernel's smoke call succeeded.
 
     Args:
         u: (B, L, H) real input.
@@ -225,7 +226,13 @@ def mimo_scan_native(
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, M) in A_bar's dtype (or None).
     """
     _check_mimo(u, A_bar, B_bar, C, state, D)
-    return _project_scan_read(u, A_bar, B_bar, C, state, D, return_state, linear_recurrence_native)
+    if u.device.type != "cpu":
+        raise RuntimeError(f"mimo_scan: backend 'native' runs on the CPU; u is on {u.device}")
+    ok, why = native_status("linear_recurrence", REAL_OF.get(A_bar.dtype, A_bar.dtype))
+    if not ok:
+        raise RuntimeError(f"mimo_scan: backend 'native' cannot run here: {why}")
+    y, x_last = mimo_native_unchecked(u, A_bar, _input_matrix(B_bar), _output_matrix(C), state, D)
+    return y, (x_last if return_state else None)
 
 
 _SCAN = {"reference": mimo_scan_reference, "chunked": mimo_scan_chunked, "native": mimo_scan_native}

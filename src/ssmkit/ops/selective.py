@@ -153,20 +153,20 @@ def selective_scan_reference(
     _check_selective(u, delta, A, B, C, D, z, delta_bias, state)
     Bsz, L, H = u.shape
     N = A.shape[1]
-    grouped = B.dim() == 4
-    P = H // B.shape[2] if grouped else H
-    dt = _dt(delta, delta_bias, delta_softplus)
-    h = torch.zeros(Bsz, H, N, dtype=u.dtype, device=u.device) if state is None else state
+    # Channels as (G, P): channel h = g·P + p uses group g's B_t, C_t by broadcasting (G = 1 without groups)
+    G = B.shape[2] if B.dim() == 4 else 1
+    P = H // G
+    dt = _dt(delta, delta_bias, delta_softplus).reshape(Bsz, L, G, P, 1)  # (B, L, G, P, 1)
+    x = dt * u.reshape(Bsz, L, G, P, 1)  # (B, L, G, P, 1): Δ u
+    B, C = B.reshape(Bsz, L, G, 1, N), C.reshape(Bsz, L, G, 1, N)  # (B, L, G, 1, N)
+    A = A.reshape(G, P, N)
+    h = torch.zeros(Bsz, G, P, N, dtype=u.dtype, device=u.device) if state is None else state.reshape(Bsz, G, P, N)
     ys = []
-    for u_t, dt_t, B_t, C_t in zip(u.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
-        if grouped:  # (B, G, N) -> (B, H, N): channel h uses group h // P
-            B_t, C_t = B_t.repeat_interleave(P, dim=1), C_t.repeat_interleave(P, dim=1)
-        else:  # (B, N) -> (B, 1, N)
-            B_t, C_t = B_t.unsqueeze(1), C_t.unsqueeze(1)
-        h = torch.exp(dt_t.unsqueeze(-1) * A) * h + (dt_t * u_t).unsqueeze(-1) * B_t  # (B, H, N)
-        ys.append((h * C_t).sum(-1))  # (B, H)
-    y = _finish(torch.stack(ys, dim=1), u, D, z)  # (B, L, H)
-    return y, (h if return_state else None)
+    for dt_t, x_t, B_t, C_t in zip(dt.unbind(1), x.unbind(1), B.unbind(1), C.unbind(1)):
+        h = torch.exp(dt_t * A) * h + x_t * B_t  # (B, G, P, N)
+        ys.append((h * C_t).sum(-1))  # (B, G, P)
+    y = _finish(torch.stack(ys, dim=1).reshape(Bsz, L, H), u, D, z)  # (B, L, H)
+    return y, (h.reshape(Bsz, H, N) if return_state else None)
 
 
 def _scan_chunk(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, inplace: bool) -> torch.Tensor:

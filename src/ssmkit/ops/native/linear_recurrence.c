@@ -21,14 +21,18 @@
 /* Number of items for (B, K). */
 int64_t SUFFIX(lr_items)(int64_t Bsz, int64_t K) { return Bsz * ((K + VEC - 1) / VEC); }
 
-/* Forward over items [item0, item1): h (B, L, K) (complex: interleaved pairs, K complex channels). */
-static void forward_range(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
-                          int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1) {
+/* Forward over items [item0, item1): h (B, L, K) (complex: interleaved pairs, K complex channels). wfix = VEC when
+ * every item is a full block, else 0; inlined by forward_item with constant wfix, varying and cplx, so that the
+ * channel loops of a full block are straight vector code with no branches inside (see forward_item). */
+static inline __attribute__((always_inline)) void forward_range(const real *a, int64_t varying, const real *b,
+                                                                const real *h0, real *h, int64_t cplx, int64_t Bsz,
+                                                                int64_t L, int64_t K, int64_t item0, int64_t item1,
+                                                                int64_t wfix) {
     (void)Bsz;
     const int64_t nblk = (K + VEC - 1) / VEC, z = cplx ? 2 : 1; /* reals per channel */
     real hr[VEC], hi[VEC];
     for (int64_t item = item0; item < item1; item++) {
-        const int64_t bb = item / nblk, c0 = (item % nblk) * VEC, w = K - c0 < VEC ? K - c0 : VEC;
+        const int64_t bb = item / nblk, c0 = (item % nblk) * VEC, w = wfix ? wfix : (K - c0 < VEC ? K - c0 : VEC);
         for (int64_t c = 0; c < w; c++) {
             hr[c] = h0 ? h0[(bb * K + c0 + c) * z] : 0;
             hi[c] = (h0 && cplx) ? h0[(bb * K + c0 + c) * z + 1] : 0;
@@ -60,14 +64,16 @@ static void forward_range(const real *a, int64_t varying, const real *b, const r
 /* Backward over items [item0, item1): from the states h (B, L, K), g (B, L, K) and glast (B, K) or NULL (either of g,
  * glast may be NULL for zero), writes gb (B, L, K), ga (B, L, K) when time-varying, gh0 (B, K) when not NULL; a
  * time-invariant ∂a is added into this thread's partial gA (K). */
-static void backward_range(const real *a, int64_t varying, const real *h0, const real *h, const real *g,
-                           const real *glast, real *gb, real *ga, real *gh0, real *gA, int64_t cplx, int64_t Bsz,
-                           int64_t L, int64_t K, int64_t item0, int64_t item1) {
+static inline __attribute__((always_inline)) void backward_range(const real *a, int64_t varying, const real *h0,
+                                                                 const real *h, const real *g, const real *glast,
+                                                                 real *gb, real *ga, real *gh0, real *gA, int64_t cplx,
+                                                                 int64_t Bsz, int64_t L, int64_t K, int64_t item0,
+                                                                 int64_t item1, int64_t wfix) {
     (void)Bsz;
     const int64_t nblk = (K + VEC - 1) / VEC, z = cplx ? 2 : 1;
     real lr[VEC], li[VEC], sr[VEC], si[VEC], zeros[2 * VEC] = {0};
     for (int64_t item = item0; item < item1; item++) {
-        const int64_t bb = item / nblk, c0 = (item % nblk) * VEC, w = K - c0 < VEC ? K - c0 : VEC;
+        const int64_t bb = item / nblk, c0 = (item % nblk) * VEC, w = wfix ? wfix : (K - c0 < VEC ? K - c0 : VEC);
         for (int64_t c = 0; c < w; c++) {
             lr[c] = glast ? glast[(bb * K + c0 + c) * z] : 0;
             li[c] = (glast && cplx) ? glast[(bb * K + c0 + c) * z + 1] : 0;
@@ -122,10 +128,38 @@ static void backward_range(const real *a, int64_t varying, const real *h0, const
 /* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
  * time; the items of batch row b add into the partial gA + b·K·z (z = 2 reals per complex channel; disjoint channels;
  * per row, not per thread, so the caller's sum has a fixed order whatever the scheduling). */
+/* One item, by the copy of forward_range for its case: a full block with each (varying, cplx) as constants, or the
+ * generic copy for a partial block. (The constant copies are what makes the RG-LRU's and S5/LRU's scans vector code
+ * without per-element branches on varying and cplx.) */
+static void forward_item(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
+                         int64_t Bsz, int64_t L, int64_t K, int64_t item) {
+#define FWD(V, C, W) forward_range(a, V, b, h0, h, C, Bsz, L, K, item, item + 1, W)
+    if (K - (item % ((K + VEC - 1) / VEC)) * VEC < VEC)
+        FWD(varying, cplx, 0);
+    else if (cplx)
+        varying ? FWD(1, 1, VEC) : FWD(0, 1, VEC);
+    else
+        varying ? FWD(1, 0, VEC) : FWD(0, 0, VEC);
+#undef FWD
+}
+
+static void backward_item(const real *a, int64_t varying, const real *h0, const real *h, const real *g,
+                          const real *glast, real *gb, real *ga, real *gh0, real *gA, int64_t cplx, int64_t Bsz,
+                          int64_t L, int64_t K, int64_t item) {
+#define BWD(V, C, W) backward_range(a, V, h0, h, g, glast, gb, ga, gh0, gA, C, Bsz, L, K, item, item + 1, W)
+    if (K - (item % ((K + VEC - 1) / VEC)) * VEC < VEC)
+        BWD(varying, cplx, 0);
+    else if (cplx)
+        varying ? BWD(1, 1, VEC) : BWD(0, 1, VEC);
+    else
+        varying ? BWD(1, 0, VEC) : BWD(0, 0, VEC);
+#undef BWD
+}
+
 void SUFFIX(lr_forward)(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
                         int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1, int64_t nthreads) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
-    for (int64_t item = item0; item < item1; item++) forward_range(a, varying, b, h0, h, cplx, Bsz, L, K, item, item + 1);
+    for (int64_t item = item0; item < item1; item++) forward_item(a, varying, b, h0, h, cplx, Bsz, L, K, item);
 }
 
 void SUFFIX(lr_backward)(const real *a, int64_t varying, const real *h0, const real *h, const real *g,
@@ -133,6 +167,6 @@ void SUFFIX(lr_backward)(const real *a, int64_t varying, const real *h0, const r
                          int64_t L, int64_t K, int64_t item0, int64_t item1, int64_t nthreads) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int64_t item = item0; item < item1; item++)
-        backward_range(a, varying, h0, h, g, glast, gb, ga, gh0, gA + (item / ((K + VEC - 1) / VEC)) * K * (cplx ? 2 : 1), cplx, Bsz, L,
-                       K, item, item + 1);
+        backward_item(a, varying, h0, h, g, glast, gb, ga, gh0, gA + (item / ((K + VEC - 1) / VEC)) * K * (cplx ? 2 : 1),
+                      cplx, Bsz, L, K, item);
 }

@@ -125,21 +125,23 @@ static inline __attribute__((always_inline)) void backward_range(const real *a, 
     }
 }
 
-/* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
- * time; the items of batch row b add into the partial gA + b·K·z (z = 2 reals per complex channel; disjoint channels;
- * per row, not per thread, so the caller's sum has a fixed order whatever the scheduling). */
-/* One item, by the copy of forward_range for its case: a full block with each (varying, cplx) as constants, or the
- * generic copy for a partial block. (The constant copies are what makes the RG-LRU's and S5/LRU's scans vector code
- * without per-element branches on varying and cplx.) */
+/* One item by the copy of forward_range or backward_range for its case: a full block with varying and cplx as
+ * constants, or the generic copy for a partial block. (The constant copies make the RG-LRU's and S5/LRU's scans
+ * vector code without per-element branches on varying and cplx.) CALL(V, C, W) runs the copy. */
+#define BY_CASE(CALL)                                                                                                  \
+    do {                                                                                                               \
+        if (K - (item % ((K + VEC - 1) / VEC)) * VEC < VEC)                                                            \
+            CALL(varying, cplx, 0);                                                                                    \
+        else if (cplx)                                                                                                 \
+            varying ? CALL(1, 1, VEC) : CALL(0, 1, VEC);                                                               \
+        else                                                                                                           \
+            varying ? CALL(1, 0, VEC) : CALL(0, 0, VEC);                                                               \
+    } while (0)
+
 static void forward_item(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
                          int64_t Bsz, int64_t L, int64_t K, int64_t item) {
 #define FWD(V, C, W) forward_range(a, V, b, h0, h, C, Bsz, L, K, item, item + 1, W)
-    if (K - (item % ((K + VEC - 1) / VEC)) * VEC < VEC)
-        FWD(varying, cplx, 0);
-    else if (cplx)
-        varying ? FWD(1, 1, VEC) : FWD(0, 1, VEC);
-    else
-        varying ? FWD(1, 0, VEC) : FWD(0, 0, VEC);
+    BY_CASE(FWD);
 #undef FWD
 }
 
@@ -147,15 +149,13 @@ static void backward_item(const real *a, int64_t varying, const real *h0, const 
                           const real *glast, real *gb, real *ga, real *gh0, real *gA, int64_t cplx, int64_t Bsz,
                           int64_t L, int64_t K, int64_t item) {
 #define BWD(V, C, W) backward_range(a, V, h0, h, g, glast, gb, ga, gh0, gA, C, Bsz, L, K, item, item + 1, W)
-    if (K - (item % ((K + VEC - 1) / VEC)) * VEC < VEC)
-        BWD(varying, cplx, 0);
-    else if (cplx)
-        varying ? BWD(1, 1, VEC) : BWD(0, 1, VEC);
-    else
-        varying ? BWD(1, 0, VEC) : BWD(0, 0, VEC);
+    BY_CASE(BWD);
 #undef BWD
 }
 
+/* The entries: forward_item and backward_item over the items [item0, item1) on nthreads threads, one item at a
+ * time; the items of batch row b add into the partial gA + b·K·z (z = 2 reals per complex channel; disjoint channels;
+ * per row, not per thread, so the caller's sum has a fixed order whatever the scheduling). */
 void SUFFIX(lr_forward)(const real *a, int64_t varying, const real *b, const real *h0, real *h, int64_t cplx,
                         int64_t Bsz, int64_t L, int64_t K, int64_t item0, int64_t item1, int64_t nthreads) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)

@@ -13,6 +13,13 @@ default 1: the model simulated from rest on k periods of the same input, then th
 protocol), and ``--also-skip N`` adds the from-rest score without the first N samples (dynoNet's own Bouc-Wen test
 script leaves 300 out).
 
+``--records recipe`` trains every tool on the records ssmkit's recipe trains on (Bouc-Wen: the recipe's 17 simulated
+5-period realisations, seeds 0, 2, ..., 32, the first 16 trained on whole and the last period of the 17th held out
+for validation, simulated from rest: ``ssmkit.sysid.workflow.held_out``); ``--records tail`` (the default) keeps the
+first sessions' split (one record, its last ``val_fraction`` held out). Several records are never concatenated:
+deepSI takes them as a list (its windows never cross a record's end) and dynoNet simulates them as one batch of
+separate sequences, each from zero initial conditions.
+
 deepSI saves checkpoints under ``~/.deepSI-checkpoints``: set HOME to a scratch folder to keep them elsewhere.
 
 The budget: the recipe's number of optimizer steps, its validation split (the tail ``val_fraction`` of the
@@ -24,9 +31,14 @@ Models (the tools' published settings for these benchmarks, scaled to the budget
 - SUBNET (Beintema et al., deepSI 0.4.x): nx states, MLP_res_net f/h/encoder, encoder window na = nb = the
   benchmark's init window (Cascaded Tanks: 50) or 20 samples of zero-padded rest before the record (Bouc-Wen, whose
   official test has no init window; ssmkit's model also starts from rest there).
-- dynoNet (Forgione & Piga): G1(1→8, nb = na = 3) → F (8→4, 10 tanh units) → G2(4→1, 3, 3) plus a parallel linear
-  G(1→1, 3, 3), the Wiener-Hammerstein-plus-linear structure of the dynoNet Bouc-Wen example, from zero initial
-  conditions (dynoNet has no state estimation) on inputs and outputs normalised by the estimation statistics.
+- dynoNet (Forgione & Piga), ``--dynonet-structure small`` (the default): G1(1→8, nb = na = 3) → F (8→4, 10 tanh
+  units) → G2(4→1, 3, 3) plus a parallel linear G(1→1, 3, 3), a smaller Wiener-Hammerstein-plus-linear structure;
+  ``--dynonet-structure paper``: the structure of the dynoNet paper's Bouc-Wen section (arXiv 2006.02250 §5.2; its
+  ``examples/BW/BW_train.py``): G1(1→8, nb = na = 3, one input delay) → F1(8→4, 10 tanh units) → G2(4→4, 3, 3) →
+  F2(4→1, 10 tanh units), plus a parallel G3(1→1, nb = na = 2, one input delay); the paper trains it 10 000 Adam
+  steps at lr 2e-3 on the whole record with the first 300 samples out of the loss (``--dynonet-lr 2e-3
+  --dynonet-skip 300``). Both from zero initial conditions (dynoNet has no state estimation) on inputs and outputs
+  normalised by the estimation statistics.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ from ssmkit.sysid.fit import split_tail
 from ssmkit.sysid.metrics import fit_percent, rmse
 from ssmkit.sysid.recipes import recipe_for
 from ssmkit.sysid.records import IORecord
-from ssmkit.sysid.workflow import periodic_steady_state
+from ssmkit.sysid.workflow import held_out, periodic_steady_state
 
 
 def run_subnet(bench, train, val, steps: int, val_every: int, T: int, batch: int, nx: int, seed: int):
@@ -106,13 +118,61 @@ class DynoNetWHL(torch.nn.Module):
         return self.g2(self.f(self.g1(u))) + self.lin(u)
 
 
-def run_dynonet(bench, train, val, steps: int, val_every: int, seed: int, lr: float):
-    """Train dynoNet on the whole estimation part per step; return (one simulation per test record, seconds)."""
+class DynoNetPaperBW(torch.nn.Module):
+    """G1 → F1 → G2 → F2 plus a parallel G3 (the dynoNet paper's Bouc-Wen structure, arXiv 2006.02250 §5.2)."""
+
+    def __init__(self, m: int, p: int):
+        super().__init__()
+        from dynonet.lti import MimoLinearDynamicalOperator
+        from dynonet.static import MimoStaticNonLinearity
+
+        self.g1 = MimoLinearDynamicalOperator(m, 8, n_b=3, n_a=3, n_k=1)
+        self.f1 = MimoStaticNonLinearity(8, 4, n_hidden=10, activation="tanh")
+        self.g2 = MimoLinearDynamicalOperator(4, 4, n_b=3, n_a=3)
+        self.f2 = MimoStaticNonLinearity(4, p, n_hidden=10, activation="tanh")
+        self.g3 = MimoLinearDynamicalOperator(m, p, n_b=2, n_a=2, n_k=1)
+
+    def forward(self, u):
+        return self.f2(self.g2(self.f1(self.g1(u)))) + self.g3(u)
+
+
+DYNONET_STRUCTURES = {"small": DynoNetWHL, "paper": DynoNetPaperBW}
+
+
+def batch_records(records: list[IORecord]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Group records into batches of separate sequences (never concatenated): records of equal length are stacked.
+
+    Args:
+        records: the records.
+
+    Returns:
+        [(u (R, L, m), y (R, L, p)) per distinct length L], in the order the lengths first occur.
+    """
+    if not records:
+        raise ValueError("batch_records needs at least one record")
+    groups: dict[int, list[IORecord]] = {}
+    for r in records:
+        groups.setdefault(len(r), []).append(r)
+    return [(torch.stack([r.u for r in g]), torch.stack([r.y for r in g])) for g in groups.values()]
+
+
+def run_dynonet(bench, train, val, steps: int, val_every: int, seed: int, lr: float, structure: str = "small",
+                skip: int = 0, records_per_step: int = 0):
+    """Train dynoNet on the whole estimation records per step (one batch of separate sequences, each from zero
+    initial conditions; the first ``skip`` samples of each out of the loss), or with ``records_per_step`` = k > 0 on
+    k of them drawn at random each step (records of equal length only); return (one simulation per test record,
+    seconds)."""
     torch.manual_seed(seed)
+    draw = torch.Generator().manual_seed(seed)
     uu, yy = torch.cat([r.u for r in train]), torch.cat([r.y for r in train])
     u_mean, u_std, y_mean, y_std = uu.mean(0), uu.std(0), yy.mean(0), yy.std(0)
-    model = DynoNetWHL(bench.n_inputs, bench.n_outputs)
+    model = DYNONET_STRUCTURES[structure](bench.n_inputs, bench.n_outputs)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    batches = [(((u - u_mean) / u_std).float(), y) for u, y in batch_records(train)]
+    n_train = sum(u.shape[0] for u, _ in batches)
+    if records_per_step and (len(batches) > 1 or not 0 < records_per_step <= n_train):
+        raise ValueError(f"records_per_step must be in 1..{n_train} and the records of equal length; got "
+                         f"{records_per_step} for lengths {sorted({len(r) for r in train})}")
 
     def from_rest(u):  # dynoNet's G-blocks start from zero initial conditions
         return model(((u - u_mean) / u_std).float()[None])[0].double() * y_std + y_mean
@@ -121,8 +181,14 @@ def run_dynonet(bench, train, val, steps: int, val_every: int, seed: int, lr: fl
         return from_rest(r.u)
 
     best, best_state, start = float("inf"), copy.deepcopy(model.state_dict()), time.perf_counter()
-    for step in range(1, steps + 1):
-        loss = sum((((sim(r) - r.y) / y_std) ** 2).mean() for r in train) / len(train)
+    for step in range(1, steps + 1):  # the mean squared normalised error over records (weighted by count) and samples
+        if records_per_step:
+            pick = torch.randperm(n_train, generator=draw)[:records_per_step]
+            step_batches = [(batches[0][0][pick], batches[0][1][pick])]
+        else:
+            step_batches = batches
+        loss = sum((((model(u).double() * y_std + y_mean - y) / y_std)[:, skip:] ** 2).mean() * u.shape[0]
+                   for u, y in step_batches) / sum(u.shape[0] for u, _ in step_batches)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -131,6 +197,8 @@ def run_dynonet(bench, train, val, steps: int, val_every: int, seed: int, lr: fl
                 score = float(rmse([sim(r) for r in val], [r.y for r in val]).mean())
             if score < best:
                 best, best_state = score, copy.deepcopy(model.state_dict())
+            print(f"step {step} loss {float(loss.detach()):.3g} val {score:.4g} best {best:.4g} "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
     seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
     with torch.no_grad():
@@ -147,6 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subnet-batch", dest="subnet_batch", type=int, default=256)
     parser.add_argument("--subnet-nx", dest="subnet_nx", type=int, default=8)
     parser.add_argument("--dynonet-lr", dest="dynonet_lr", type=float, default=1e-3)
+    parser.add_argument("--dynonet-structure", dest="dynonet_structure", choices=sorted(DYNONET_STRUCTURES),
+                        default="small", help="small (G-F-G + G) or paper (the paper's Bouc-Wen G-F-G-F + G)")
+    parser.add_argument("--dynonet-skip", dest="dynonet_skip", type=int, default=0,
+                        help="samples at the start of each record out of dynoNet's loss (the paper's Bouc-Wen: 300)")
+    parser.add_argument("--dynonet-records-per-step", dest="dynonet_records_per_step", type=int, default=0,
+                        help="k > 0: dynoNet steps on k training records drawn at random (0: all, the paper's setting)")
+    parser.add_argument("--records", choices=("tail", "recipe"), default="tail",
+                        help="tail: one record, its tail validates; recipe: the ssmkit recipe's training records and "
+                             "held-out validation record (Bouc-Wen: 16 + 1 realisations)")
+    parser.add_argument("--val-every", dest="val_every", type=int, default=None,
+                        help="validate every this many steps (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steady-state", dest="steady_state", type=int, default=1,
                         help="also score periodic test records in periodic steady state after k periods (0: off)")
@@ -155,22 +234,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    bench = load_benchmark(args.benchmark, args.data_folder)
     recipe = recipe_for(args.benchmark)
     steps = args.steps or recipe.steps
-    train, val = split_tail(bench.train, recipe.val_fraction, max(bench.n_init, 20) + 60, max(bench.n_init, 20) + 2)
+    val_every = args.val_every or recipe.val_every
+    if args.records == "recipe":  # the records ssmkit's recipe trains and validates on
+        bench = load_benchmark(args.benchmark, args.data_folder, train_records=recipe.train_records)
+        train, val = held_out(bench.train, recipe)
+        if val is None:
+            train, val = split_tail(bench.train, recipe.val_fraction, max(bench.n_init, 20) + 60,
+                                    max(bench.n_init, 20) + 2)
+    else:
+        bench = load_benchmark(args.benchmark, args.data_folder)
+        train, val = split_tail(bench.train, recipe.val_fraction, max(bench.n_init, 20) + 60,
+                                max(bench.n_init, 20) + 2)
+    print(f"training records: {[r.name for r in train]}; validation: {[r.name for r in val]}", flush=True)
     results = []
     for peer in args.peers.split(","):
         if peer == "subnet":
-            sims, from_rest, seconds = run_subnet(bench, train, val, steps, recipe.val_every, args.subnet_T, args.subnet_batch,
-                                       args.subnet_nx, args.seed)
+            sims, from_rest, seconds = run_subnet(bench, train, val, steps, val_every, args.subnet_T,
+                                                  args.subnet_batch, args.subnet_nx, args.seed)
             import deepSI
 
             version = f"deepSI {getattr(deepSI, '__version__', _dist_version('deepsi'))}"
         elif peer == "dynonet":
-            sims, from_rest, seconds = run_dynonet(bench, train, val, steps, recipe.val_every, args.seed,
-                                                   args.dynonet_lr)
-            version = f"dynonet {_dist_version('dynonet')}"
+            sims, from_rest, seconds = run_dynonet(bench, train, val, steps, val_every, args.seed,
+                                                   args.dynonet_lr, args.dynonet_structure, args.dynonet_skip,
+                                                   args.dynonet_records_per_step)
+            version = (f"dynonet {_dist_version('dynonet')}, {args.dynonet_structure} structure, lr {args.dynonet_lr}, "
+                       f"loss skip {args.dynonet_skip}, records per step {args.dynonet_records_per_step or 'all'}")
         else:
             raise SystemExit(f"unknown peer {peer!r}: subnet or dynonet")
         scores = [{"name": r.name,
@@ -186,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["steady_state"] = {"prime": args.steady_state,
                                          "rmse": float(rmse(steady, r.y, n_init=bench.n_init)) * bench.scale,
                                          "fit": float(fit_percent(steady, r.y, n_init=bench.n_init))}
-        entry = {"peer": peer, "version": version, "steps": steps, "train_seconds": seconds, "test": scores}
+        entry = {"peer": peer, "version": version, "steps": steps, "train_seconds": seconds, "seed": args.seed,
+                 "records": args.records, "train_records": len(train), "test": scores}
         results.append(entry)
         print(json.dumps(entry), flush=True)
     meta = {"benchmark": bench.name, "unit": bench.unit, "n_init": bench.n_init, "val_fraction": recipe.val_fraction,

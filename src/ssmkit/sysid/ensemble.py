@@ -15,6 +15,7 @@ validation tail is a weak selector; averaging k runs reduces the variance that c
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -174,9 +175,10 @@ class WienerEnsemble(nn.Module):
         return [ss for m in self.members for ss in m.state_space()]
 
     def spectral_radius(self) -> float:
-        """The largest pole magnitude over every block of every member (< 1: all Schur stable)."""
-        return max(m.spectral_radius() for m in self.members)
+        """The largest pole magnitude over every LTI block of every member (< 1: all Schur stable; nan without any)."""
+        radii = [r for r in (m.spectral_radius() for m in self.members) if not math.isnan(r)]
+        return max(radii, default=math.nan)
 
     def is_stable(self) -> bool:
-        """Whether every block of every member is Schur stable, hence every branch and the average δISS."""
-        return self.spectral_radius() < 1.0
+        """Whether every member is stable (:meth:`DeepWiener.is_stable`), hence every branch and the average δISS."""
+        return all(m.is_stable() for m in self.members)

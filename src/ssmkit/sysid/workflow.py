@@ -46,7 +46,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
 
     Args:
         bench: the benchmark (its m, p and Ts).
-        layer: the LTI layer name.
+        layer: the layer name: an LTI layer, or a selective one (``mamba``, ``rglru``: the model is then built with
+            ``time_varying=True``, its blocks no longer Wiener systems).
         recipe: sizes, timescale and encoder window.
         mode: ``"simulation"`` or ``"prediction"``.
         dtype: of the parameters (None: float32).
@@ -70,9 +71,10 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
                          "encoder would read scored samples")
     if encoder and bench.n_init == 0:
         encoder = 0  # no unscored samples to read: simulate from rest
+    time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
                       layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
-                      encoder_window=encoder, dtype=dtype)
+                      encoder_window=encoder, time_varying=time_varying, dtype=dtype)
 
 
 def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:

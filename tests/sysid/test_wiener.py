@@ -124,3 +124,29 @@ def test_cosine_schedule_decays_every_rate_to_zero():
     assert constant["lr"] == [lr] * 3
     with pytest.raises(ValueError, match="schedule must be one of"):
         fit_simulation(model(), [r], config=SimulationFit(window=20, steps=1, val_fraction=0, schedule="step"))
+
+
+@pytest.mark.parametrize("layer,opts", [("mamba", {"d_state": 4}), ("rglru", {})])
+def test_time_varying_blocks_step_equals_forward_and_leave_the_analysis_to_lti_blocks(layer, opts):
+    with pytest.raises(ValueError, match="time_varying=True accepts selective layers"):
+        model(layer=layer, layer_options=opts)
+    with pytest.raises(ValueError, match="time_varying must be a bool"):
+        model(layer="s4d", time_varying=1)
+    m = model(layer=layer, layer_options=opts, encoder_window=4, time_varying=True)
+    assert m.arguments["time_varying"] is True and not m.lti and "time_varying" not in model().arguments
+    u = torch.randn(2, 15, 2, dtype=torch.float64, device=DEVICE)
+    state = m.estimate_state(torch.randn(2, 4, 2, dtype=torch.float64, device=DEVICE),
+                             torch.randn(2, 4, 3, dtype=torch.float64, device=DEVICE))
+    with torch.no_grad():
+        y, _ = m(u, state)
+        s, ys = state, []
+        for t in range(15):
+            y_t, s = m.step(u[:, t], s)
+            ys.append(y_t)
+        y_rest, _ = m(u)
+    assert rel_err(torch.stack(ys, 1), y) < 1e-10
+    assert rel_err(y, y_rest) > 1e-6  # the encoder's state reaches the selective layers' states
+    assert m.state_space() == [] and np.isnan(m.spectral_radius()) and m.is_stable() is False  # no certificate
+    again = DeepWiener.from_checkpoint(m.checkpoint())
+    with torch.no_grad():
+        assert torch.equal(again(u, state)[0], y)

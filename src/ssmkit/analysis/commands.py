@@ -23,7 +23,9 @@ def load_model(path: str):
     Two layouts are read: a checkpoint of ``ssmkit train`` (``hyper_parameters["model"]``, a SequenceModelConfig
     dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel`; a
     DeepWiener file (``DeepWiener.checkpoint()``: ``deep_wiener``, the constructor's keyword arguments with ``dt``,
-    and ``state_dict``; the ``model.pt`` of an ``ssmkit sysid`` run folder) gives a DeepWiener in the saved dtype.
+    and ``state_dict``; the ``model.pt`` of an ``ssmkit sysid`` run folder) gives a DeepWiener in the saved dtype, and
+    a WienerEnsemble file (``wiener_ensemble``: the members' arguments, ``state_dict``; ``--recipe.combine average``)
+    gives the ensemble, whose layers are named by member (``members.0.layers.0``, ...).
 
     Args:
         path: the checkpoint file (read with ``torch.load(weights_only=True)``).
@@ -42,6 +44,10 @@ def load_model(path: str):
         from ssmkit.sysid.wiener import DeepWiener
 
         return DeepWiener.from_checkpoint(checkpoint)
+    if "wiener_ensemble" in checkpoint:
+        from ssmkit.sysid.ensemble import WienerEnsemble
+
+        return WienerEnsemble.from_checkpoint(checkpoint)
     hyper = checkpoint.get("hyper_parameters") or {}
     if "model" not in hyper and "benchmark" in checkpoint:
         raise ValueError(

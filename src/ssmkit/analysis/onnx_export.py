@@ -261,11 +261,17 @@ class OnnxExport:
         return [np.zeros((B,) + s, dtype=d) for s, d in zip(self.state_shapes, self.state_dtypes)]
 
 
+def _layer_entries(state: list) -> list:
+    """The per-layer entries of a (possibly nested) list of states: lists are flattened, a layer's own state (a
+    tensor or a tuple of parts) is an entry."""
+    return [e for part in state for e in (_layer_entries(part) if isinstance(part, list) else [part])]
+
+
 def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     """The exported graph's state parts from a model state (``forward``/``step``'s), when every LTI layer is modal.
 
     The model's state list holds one entry per sequence layer, in module order (a SequenceModel's blocks, a
-    DeepWiener's layers). A modal LTI layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module
+    DeepWiener's layers); nested lists are read in order (a WienerEnsemble's list of member states). A modal LTI layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module
     docstring); a mixer's parts are copied; a dense realisation (S4) has its own basis and raises.
 
     Args:
@@ -276,6 +282,8 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
         the numpy state parts, in the order of ``OnnxExport.state_names``.
     """
     layers = [m for _, m in _outer_layers(model)]
+    if isinstance(state, list):
+        state = _layer_entries(state)
     if not isinstance(state, (list, tuple)) or len(state) != len(layers):
         raise ValueError(f"state must be a list of {len(layers)} layer states (one per sequence layer, in order)")
     out = []

@@ -1,9 +1,11 @@
 """System identification with deep SSMs: metrics with explicit conventions (``metrics``), input-output records and
 benchmarks (``records``), loaders of the real benchmarks (``benchmarks``: Cascaded Tanks, F-16 GVT, Bouc-Wen) and the
 Bouc-Wen simulator (``boucwen``); the workflow (``recipes``, ``workflow``: identify and evaluate on a benchmark),
-one-step-ahead prediction (``prediction``), the report (``report``) and the ``ssmkit sysid`` command (``commands``)."""
+one-step-ahead prediction (``prediction``), the ensemble of restarts (``ensemble``), the report (``report``) and the
+``ssmkit sysid`` command (``commands``)."""
 
 from ssmkit.sysid.benchmarks import BENCHMARKS, load_benchmark
+from ssmkit.sysid.ensemble import WienerEnsemble
 from ssmkit.sysid.metrics import fit_percent, mae, nrmse, r_squared, rmse, sysid_metrics
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -14,6 +16,7 @@ __all__ = [
     "BENCHMARKS",
     "IORecord",
     "Published",
+    "WienerEnsemble",
     "SysidBenchmark",
     "fit_percent",
     "load_benchmark",

@@ -8,10 +8,12 @@ official protocol, the headline) and in periodic steady state after ``--steady-s
 input (default 1; 0 turns it off; :func:`ssmkit.sysid.workflow.periodic_steady_state`).
 
 Every option left unset takes the benchmark's recipe value (:mod:`ssmkit.sysid.recipes`); ``--recipe.*`` sets any
-recipe field (``--recipe.lr 0.01``, ``--recipe.timescale '[0.04, 4]'``). Writes ``results.json``, ``report.md``,
-``simulation.png``, ``error_spectrum.png`` and ``model.pt`` (``DeepWiener.checkpoint``: the model's arguments and
-weights, with the recipe; ``ssmkit analyze model.pt`` analyses its LTI layers) to ``--out`` (default ``runs/sysid-<benchmark>-<model>``) and prints
-the results table.
+recipe field (``--recipe.lr 0.01``, ``--recipe.timescale '[0.04, 4]'``; ``--recipe.combine average`` keeps the
+average of the restarts, a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`, instead of the best one). Writes
+``results.json``, ``report.md``, ``simulation.png``, ``error_spectrum.png`` and ``model.pt``
+(``DeepWiener.checkpoint`` or ``WienerEnsemble.checkpoint``: the model's arguments and weights, with the recipe;
+``ssmkit analyze model.pt`` analyses its LTI layers) to ``--out`` (default ``runs/sysid-<benchmark>-<model>``) and
+prints the results table.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
     seconds = time.perf_counter() - start
     steady = cfg.steady_state_periods if cfg.steady_state_periods and cfg.mode == "simulation" else None
     scores = evaluate(model, bench, cfg.mode, steady_state=steady)
-    label = f"deep Wiener {cfg.model} ({cfg.mode})"
+    ensemble = history.get("combine") == "average"
+    label = f"deep Wiener {cfg.model} ({cfg.mode})" + (f", average of {len(model)} runs" if ensemble else "")
     out = cfg.out or os.path.join("runs", f"sysid-{cfg.benchmark}-{cfg.model}")
     run = {
         "model": cfg.model,
@@ -103,7 +106,8 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "best_step": history["best_step"],
         "best_val_rmse": history["best_val_rmse"] * bench.scale,
         "restarts": [{**r, "best_val_rmse": r["best_val_rmse"] * bench.scale} for r in history.get("restarts", [])],
-        "chosen_seed": history.get("seed", cfg.seed),
+        "chosen_seed": history.get("seed", cfg.seed),  # None for an ensemble (every run is kept)
+        "combine": recipe.combine,
         "parameters": sum(p.numel() for p in model.parameters()),
         "stable": model.is_stable(),
         "spectral_radius": model.spectral_radius(),
@@ -114,6 +118,8 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
                                 benchmark=cfg.benchmark), os.path.join(out, "model.pt"))  # `ssmkit analyze` reads it
     print(results_table(bench, label, scores))
     chosen = f" (run {len(history['restarts'])} times; kept seed {history['seed']})" if "restarts" in history else ""
+    if ensemble:
+        chosen = f" (run {len(history['restarts'])} times; kept the average of every run)"
     print(f"trained {history['steps']} steps in {seconds:.1f} s{chosen} (best validation at step {history['best_step']}); "
           f"report in {out}")
     return 0

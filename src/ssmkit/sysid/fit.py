@@ -151,6 +151,23 @@ def simulate_record(model: DeepWiener, record: IORecord) -> tuple[torch.Tensor, 
     return y_sim[0], 0
 
 
+@torch.no_grad()
+def validation_rmse(model: DeepWiener, records: list[IORecord]) -> list[float]:
+    """The RMSE per output of ``model``'s simulation of whole records (:func:`simulate_record`; the samples that fed
+    the encoder are not scored), pooled over the records, in the data's unit.
+
+    Args:
+        model: a DeepWiener (or a model with the same ``forward``/``estimate_state``: a WienerEnsemble).
+        records: the validation records.
+
+    Returns:
+        one RMSE per output channel.
+    """
+    sims = [simulate_record(model, r) for r in records]
+    score = rmse([s[n:] for s, n in sims], [r.y[n:] for r, (_, n) in zip(records, sims)])
+    return torch.atleast_1d(score).tolist()
+
+
 def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord] | None = None,
                    config: SimulationFit | None = None, log: bool = False) -> dict[str, Any]:
     """Train ``model`` by simulation error (module docstring); returns the training history.
@@ -222,10 +239,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         history["train_loss"].append(float(loss.detach()))
         history["lr"].append(optimizer.param_groups[0]["lr"])  # the rate of the next step
         if val and (step % cfg.val_every == 0 or step == cfg.steps):
-            with torch.no_grad():
-                sims = [simulate_record(scored, r) for r in val]
-                score = rmse([s[n:] for s, n in sims], [r.y[n:] for r, (_, n) in zip(val, sims)])
-            score_list = torch.atleast_1d(score).tolist()
+            score_list = validation_rmse(scored, val)
             history["val_rmse"].append((step, score_list))
             mean_score = sum(score_list) / len(score_list)
             if log:

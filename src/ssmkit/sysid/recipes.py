@@ -40,8 +40,11 @@ class Recipe:
         min_steps: early stopping cannot stop training before this step.
         average: β of the exponential moving average of the weights that is validated and kept (None: the last
             iterate).
-        restarts: k trainings from different seeds, of which the one with the lowest validation RMSE is kept
-            (k times the cost; :func:`ssmkit.sysid.identify`).
+        restarts: k trainings from different seeds, combined by ``combine`` (k times the cost;
+            :func:`ssmkit.sysid.identify`).
+        combine: how the k restarts become one model: ``"best"``, the run with the lowest validation RMSE, or
+            ``"average"``, a :class:`ssmkit.sysid.ensemble.WienerEnsemble` averaging the k runs' outputs (k times the
+            parameters and the per-step cost of one run).
         first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
             layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
             automatic order; simulation mode only).
@@ -72,6 +75,7 @@ class Recipe:
     average: float | None = None
     restarts: int = 1
     first_layer_init: str = "layer"
+    combine: str = "best"
 
 
 RECIPES: dict[str, Recipe] = {

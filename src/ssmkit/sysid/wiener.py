@@ -16,6 +16,11 @@ and bounded input differences give bounded output differences. The default layer
 construction for every parameter value (S4D: Re λ = -exp(·) < 0, so |exp(Δλ)| < 1; LRU: |λ| = exp(-exp(ν)) < 1);
 :meth:`DeepWiener.is_stable` checks the trained model's exported poles.
 
+Time-varying blocks (``time_varying=True``, opt-in): a selective layer (``mamba``, ``mamba2``, ``rglru``) in place of
+LTI_ℓ, its Δ_t (or gate) a function of the block's input, so a block can have level-dependent time constants. Such a
+block is not a Wiener system and has no realisation: :meth:`state_space` and the control analysis cover the LTI
+blocks only, and :meth:`is_stable` certifies nothing about the others (it returns False for a model that has any).
+
 Sampling time: ``dt`` is the data's Ts in seconds; :meth:`state_space` exports each block with that ``dt``, so poles
 and frequency responses come in physical units, and ``timescale`` gives the layers' Δ range in seconds.
 """
@@ -51,6 +56,9 @@ class DeepWiener(nn.Module):
             dt_max = τ_max / Ts in samples); None keeps the layer's defaults.
         encoder_window: n > 0 adds an initial-state encoder reading n past samples of the input and output; 0 for none.
         encoder_hidden: width of the encoder's hidden layer.
+        time_varying: also accept layers without a state-space realisation (selective, input-dependent: ``mamba``,
+            ``rglru``; they need ``step`` and a fixed-size state); False (the default) keeps the model a deep
+            Wiener model of LTI blocks.
         device, dtype: of the parameters.
     """
 
@@ -67,6 +75,7 @@ class DeepWiener(nn.Module):
         timescale: tuple[float, float] | None = None,
         encoder_window: int = 0,
         encoder_hidden: int = 64,
+        time_varying: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -77,12 +86,16 @@ class DeepWiener(nn.Module):
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}; got {activation!r}")
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be the sampling time in seconds, a number > 0; got {dt!r}")
+        if not isinstance(time_varying, bool):
+            raise ValueError(f"time_varying must be a bool; got {time_varying!r}")
         cls = layer_class(layer)
-        if not cls.capabilities.state_space:
+        if not cls.capabilities.state_space and not time_varying:
             raise ValueError(
                 f"DeepWiener needs LTI layers with a state-space realisation; {layer!r} has none "
-                f"(LTI layers: {[n for n in _lti_layers()]})"
+                f"(LTI layers: {[n for n in _lti_layers()]}; time_varying=True accepts selective layers)"
             )
+        if not cls.capabilities.step:
+            raise ValueError(f"DeepWiener runs its layers one sample at a time: {layer!r} has no step")
         if not isinstance(encoder_window, int) or encoder_window < 0:
             raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
         options = dict(layer_options or {})
@@ -103,6 +116,9 @@ class DeepWiener(nn.Module):
             "timescale": None if timescale is None else tuple(float(v) for v in timescale),
             "encoder_window": encoder_window, "encoder_hidden": encoder_hidden,
         }
+        if time_varying:  # stored only when set: checkpoints of LTI models keep their arguments
+            self.arguments["time_varying"] = True
+        self.lti = bool(cls.capabilities.state_space)
         self.n_inputs, self.n_outputs, self.d_model = n_inputs, n_outputs, d_model
         self.dt = float(dt)
         self.layer_name = layer
@@ -275,24 +291,28 @@ class DeepWiener(nn.Module):
     # analysis
 
     def state_space(self) -> list:
-        """Each block's LTI part as a :class:`ssmkit.analysis.StateSpace` bank with ``dt`` = Ts seconds."""
+        """Each block's LTI part as a :class:`ssmkit.analysis.StateSpace` bank with ``dt`` = Ts seconds (time-varying
+        blocks have none: the list is empty for them)."""
         from ssmkit.analysis.statespace import StateSpace
 
         out = []
         for layer in self.layers:
+            if not layer.supports("state_space"):
+                continue
             ss = layer.state_space()
             out.append(StateSpace(ss.A, ss.B, ss.C, ss.D, dt=self.dt))
         return out
 
     def spectral_radius(self) -> float:
-        """The largest pole magnitude over every block (< 1: every block Schur stable)."""
+        """The largest pole magnitude over every LTI block (< 1: every block Schur stable; nan without LTI blocks)."""
         import numpy as np
 
-        return max(float(np.abs(ss.poles()).max()) for ss in self.state_space())
+        return max((float(np.abs(ss.poles()).max()) for ss in self.state_space()), default=math.nan)
 
     def is_stable(self) -> bool:
-        """Whether every block is Schur stable, hence the model δISS (module docstring)."""
-        return self.spectral_radius() < 1.0
+        """Whether every block is LTI and Schur stable, hence the model δISS (module docstring; False for a model
+        with time-varying blocks: no certificate)."""
+        return self.lti and self.spectral_radius() < 1.0
 
 
 def _lti_layers() -> list[str]:

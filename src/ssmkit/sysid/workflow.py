@@ -20,12 +20,14 @@ even the true system has: on Bouc-Wen it scores 4.62e-5 m from rest, 7.1e-7 m on
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import torch
 
 from ssmkit.layers.registry import layer_class
-from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, split_tail
+from ssmkit.sysid.ensemble import WienerEnsemble
+from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, split_tail, validation_rmse
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -35,6 +37,7 @@ from ssmkit.sysid.wiener import DeepWiener
 
 MODES = ("simulation", "prediction")
 FIRST_LAYER_INITS = ("layer", "data")
+COMBINES = ("best", "average")
 
 
 def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation",
@@ -43,7 +46,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
 
     Args:
         bench: the benchmark (its m, p and Ts).
-        layer: the LTI layer name.
+        layer: the layer name: an LTI layer, or a selective one (``mamba``, ``rglru``: the model is then built with
+            ``time_varying=True``, its blocks no longer Wiener systems).
         recipe: sizes, timescale and encoder window.
         mode: ``"simulation"`` or ``"prediction"``.
         dtype: of the parameters (None: float32).
@@ -67,9 +71,10 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
                          "encoder would read scored samples")
     if encoder and bench.n_init == 0:
         encoder = 0  # no unscored samples to read: simulate from rest
+    time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
                       layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
-                      encoder_window=encoder, dtype=dtype)
+                      encoder_window=encoder, time_varying=time_varying, dtype=dtype)
 
 
 def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
@@ -119,8 +124,10 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     records (:func:`ssmkit.sysid.init.init_from_data`).
 
     With ``recipe.restarts`` = k > 1 the model is trained k times, from the seeds ``seed·k``, …, ``seed·k + k − 1``
-    (disjoint for different ``seed``), and the run with the lowest best validation RMSE is returned: model
-    selection on the estimation data only, at k times the cost.
+    (disjoint for different ``seed``), and combined by ``recipe.combine``: ``"best"`` returns the run with the lowest
+    best validation RMSE (model selection on the estimation data only), ``"average"`` a
+    :class:`~ssmkit.sysid.ensemble.WienerEnsemble` of the k runs (each at its best validation weights), whose
+    validation RMSE is that of the averaged simulation; both at k times the training cost.
 
     Args:
         bench: the benchmark.
@@ -132,23 +139,28 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         log: print progress.
 
     Returns:
-        the trained model (best validation weights) and the training history (of the chosen run; with restarts
-        also ``"restarts"``: [{"seed", "best_val_rmse", "best_step", "steps", "seconds"} per run], ``"seed"``: the
-        chosen run's seed and ``"seconds"``: the time of all runs).
+        the trained model (best validation weights; a WienerEnsemble with ``combine="average"``) and the training
+        history (of the chosen run; with restarts also ``"restarts"``: [{"seed", "best_val_rmse", "best_step",
+        "steps", "seconds"} per run], ``"seed"``: the chosen run's seed and ``"seconds"``: the time of all runs; with
+        ``combine="average"`` the history holds ``"combine"``, ``"restarts"``, ``"seconds"``, ``"mode"``,
+        ``"best_val_rmse"`` (the ensemble's), ``"steps"`` (summed over the runs), ``"best_step"`` (per run) and
+        ``"seed"`` None).
     """
     k = recipe.restarts
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"restarts must be an int >= 1; got {k!r}")
+    if recipe.combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}; got {recipe.combine!r}")
     if recipe.first_layer_init not in FIRST_LAYER_INITS:
         raise ValueError(f"first_layer_init must be one of {FIRST_LAYER_INITS}; got {recipe.first_layer_init!r}")
     if recipe.first_layer_init == "data" and mode != "simulation":
         raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
     train, val = held_out(train, recipe)
-    if k > 1 and not val and recipe.val_fraction == 0:
+    if k > 1 and not val and recipe.val_fraction == 0 and recipe.combine == "best":
         raise ValueError("restarts > 1 chooses a run by its validation RMSE: set val_fraction > 0")
     best: tuple[DeepWiener, dict[str, Any]] | None = None
-    runs = []
+    runs, members = [], []
     for run_seed in range(seed * k, seed * k + k):
         torch.manual_seed(run_seed)
         model = build_model(bench, layer, recipe, mode, dtype)
@@ -158,13 +170,30 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         history["mode"] = mode
         runs.append({"seed": run_seed, "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
                      "steps": history["steps"], "seconds": history["seconds"]})
+        members.append(model)
         if best is None or history["best_val_rmse"] < best[1]["best_val_rmse"]:
             best = (model, history)
+    if recipe.combine == "average":
+        return _ensemble(members, runs, train, val, recipe, mode)
     model, history = best
     if k > 1:
         history["restarts"] = runs
         history["seed"] = min(runs, key=lambda r: r["best_val_rmse"])["seed"]
         history["seconds"] = sum(r["seconds"] for r in runs)
+    return model, history
+
+
+def _ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list[IORecord],
+              val: list[IORecord] | None, recipe: Recipe, mode: str) -> tuple[WienerEnsemble, dict[str, Any]]:
+    """The ensemble of the trained runs and its history, validated on the records the runs validated on."""
+    model = WienerEnsemble(members)
+    n = model.encoder_window
+    if val is None and recipe.val_fraction > 0:  # the tails fit_simulation held out (the same split, deterministic)
+        val = split_tail(train, recipe.val_fraction, recipe.window + n, n + 2)[1]
+    score = validation_rmse(model, val) if val else [math.inf]
+    history = {"combine": "average", "mode": mode, "restarts": runs, "seed": None,
+               "best_val_rmse": sum(score) / len(score), "best_step": [r["best_step"] for r in runs],
+               "steps": sum(r["steps"] for r in runs), "seconds": sum(r["seconds"] for r in runs)}
     return model, history
 
 

@@ -1,0 +1,124 @@
+"""Train single runs of a sysid recipe over run seeds, one after another, keep each run's validation and test
+simulations, and score the two ways of combining k restarts from them: the best run by validation (``combine="best"``)
+and the average of the k runs' simulations (``combine="average"``, a :class:`ssmkit.sysid.ensemble.WienerEnsemble`).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/sysid_ensemble_seeds.py --data-folder ../shared/data/cascaded_tanks \
+        --runs 0-24 --k 5 --label recipe --store runs/tanks3 [--model s4d] [--set decay=0.995 n_layers=6]
+
+``identify(..., seed=s)`` with ``restarts = k`` trains the run seeds s·k … s·k + k − 1, so the runs 0 … 5k−1 give
+``--seed`` 0 … 4 of both combinations (runs are deterministic for a given code and seed). Each run's simulations go
+to ``--store/<label>.pt`` (a run already there is not trained again); one JSON line per run is printed with the machine
+load (``os.getloadavg``) before and after it. The test RMSE is printed for the record: choose on validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from ssmkit.sysid.benchmarks import load_benchmark
+from ssmkit.sysid.fit import simulate_record, split_tail
+from ssmkit.sysid.metrics import rmse
+from ssmkit.sysid.recipes import recipe_for
+from ssmkit.sysid.workflow import held_out, identify, simulate_test
+
+
+def _runs(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(text)]
+
+
+def _val_score(sims: list[torch.Tensor], val, n: int) -> float:
+    return float(torch.atleast_1d(rmse([s[n:] for s in sims], [r.y[n:] for r in val])).mean())
+
+
+def _test_score(sims: list[torch.Tensor], bench) -> float:
+    return float(torch.atleast_1d(rmse(sims, [r.y for r in bench.test], n_init=bench.n_init)).mean()) * bench.scale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--benchmark", default="cascaded_tanks")
+    parser.add_argument("--model", default="s4d")
+    parser.add_argument("--data-folder", dest="data_folder", default=None)
+    parser.add_argument("--runs", default="0-24", help="run seeds: N or LO-HI")
+    parser.add_argument("--k", type=int, default=5, help="restarts per --seed")
+    parser.add_argument("--set", nargs="*", default=[], help="FIELD=VALUE recipe overrides (Python literals)")
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--store", default="runs/tanks3")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    changes = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        changes[key] = ast.literal_eval(value)
+    if isinstance(changes.get("timescale"), list):
+        changes["timescale"] = tuple(changes["timescale"])
+    recipe = dataclasses.replace(recipe_for(args.benchmark), **changes, restarts=1)
+    bench = load_benchmark(args.benchmark, args.data_folder, train_records=recipe.train_records)
+    os.makedirs(args.store, exist_ok=True)
+    path = os.path.join(args.store, f"{args.label}.pt")
+    store = torch.load(path) if os.path.isfile(path) else {"model": args.model, "set": changes, "runs": {}}
+    train, val = held_out(bench.train, recipe)
+    n_enc = None
+    for seed in _runs(args.runs):
+        if seed in store["runs"]:
+            continue
+        load_before = os.getloadavg()
+        start = time.perf_counter()
+        model, history = identify(bench, args.model, recipe, seed=seed)
+        seconds = time.perf_counter() - start
+        n_enc = model.encoder_window
+        val_records = val if val is not None else split_tail(train, recipe.val_fraction, recipe.window + n_enc, n_enc + 2)[1]
+        with torch.no_grad():
+            val_sims = [simulate_record(model, r)[0].double() for r in val_records]
+            test_sims = [s.double() for s in simulate_test(model, bench)]
+        row = {"label": args.label, "model": args.model, "set": changes, "seed": seed, "steps": history["steps"],
+               "best_step": history["best_step"], "val": history["best_val_rmse"] * bench.scale,
+               "val_check": _val_score(val_sims, val_records, n_enc) * bench.scale, "test": _test_score(test_sims, bench),
+               "seconds": round(seconds, 1), "load_before": load_before, "load_after": os.getloadavg()}
+        print(json.dumps(row), flush=True)
+        store["runs"][seed] = {**row, "val_sims": val_sims, "test_sims": test_sims, "n_enc": n_enc}
+        torch.save(store, path)
+    summarize(store, bench, recipe, train, val, args.k)
+
+
+def summarize(store, bench, recipe, train, val, k: int) -> None:
+    runs = store["runs"]
+    groups = sorted({s // k for s in runs if all(t in runs for t in range(s // k * k, s // k * k + k))})
+    rows = {"best": ([], []), "average": ([], [])}
+    for g in groups:
+        members = [runs[s] for s in range(g * k, g * k + k)]
+        n = members[0]["n_enc"]
+        val_records = val if val is not None else split_tail(train, recipe.val_fraction, recipe.window + n, n + 2)[1]
+        best = min(members, key=lambda r: r["val"])
+        mean_val = [torch.stack([m["val_sims"][i] for m in members]).mean(0) for i in range(len(val_records))]
+        mean_test = [torch.stack([m["test_sims"][i] for m in members]).mean(0) for i in range(len(bench.test))]
+        avg = (_val_score(mean_val, val_records, n) * bench.scale, _test_score(mean_test, bench))
+        rows["best"][0].append(best["val"])
+        rows["best"][1].append(best["test"])
+        rows["average"][0].append(avg[0])
+        rows["average"][1].append(avg[1])
+        print(f"--seed {g}: best of {k} seed {best['seed']}: val {best['val']:.3f} test {best['test']:.3f}; "
+              f"average: val {avg[0]:.3f} test {avg[1]:.3f}; steps {[m['steps'] for m in members]}, "
+              f"seconds {sum(m['seconds'] for m in members):.0f}")
+    singles = [runs[s] for s in sorted(runs)]
+    print(f"single runs ({len(singles)}): val {statistics.mean(r['val'] for r in singles):.3f}, "
+          f"test {statistics.mean(r['test'] for r in singles):.3f}")
+    for name, (v, t) in rows.items():
+        if len(v) > 1:
+            print(f"{name} of {k} over --seed {groups}: validation {statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}, "
+                  f"test {statistics.mean(t):.3f} ± {statistics.stdev(t):.3f} ({bench.unit})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""An ensemble of deep Wiener models: the average of the outputs of k trained members (``Recipe.combine="average"``).
+
+    ŷ_t = (1/k) Σ_j ŷ^{(j)}_t,     ŷ^{(j)} = DeepWiener_j(u; x^{(j)}_0)                    (members j = 1 … k)
+
+Each member keeps its own normalisation, blocks and initial-state encoder; the ensemble's state is the list of the
+members' states (``[state_1, …, state_k]``, each a DeepWiener state), so ``forward``, ``step``, ``initial_state`` and
+``estimate_state`` follow the layer protocol exactly as a DeepWiener does and a controller runs ``step`` on line.
+The ensemble is itself a deep Wiener-type model with k parallel branches whose outputs are averaged (a sum of k
+Wiener cascades, scaled by 1/k): every branch is δISS when its LTI blocks are Schur stable, hence so is the average.
+
+Why: on a small record (Cascaded Tanks: 1 024 samples) the seed decides much of a run's test error, and the
+validation tail is a weak selector; averaging k runs reduces the variance that choosing one of them cannot
+(docs/results.md). The cost is k times the parameters and the per-step work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ssmkit.sysid.wiener import DeepWiener
+
+_SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window")
+
+
+class WienerEnsemble(nn.Module):
+    """The average of k deep Wiener models' outputs (see the module docstring).
+
+    Args:
+        members: k >= 1 :class:`DeepWiener` models with the same inputs, outputs, sampling time, encoder window and
+            parameter dtype (the restarts of one recipe).
+    """
+
+    def __init__(self, members: Sequence[DeepWiener]) -> None:
+        super().__init__()
+        members = list(members) if isinstance(members, (list, tuple, nn.ModuleList)) else members
+        if not isinstance(members, list) or not members:
+            raise ValueError(f"members must be a non-empty list of DeepWiener models; got {type(members).__name__}")
+        for i, m in enumerate(members):
+            if not isinstance(m, DeepWiener):
+                raise ValueError(f"members[{i}] must be a DeepWiener; got {type(m).__name__}")
+        first = members[0]
+        for i, m in enumerate(members[1:], start=1):
+            for name in _SHARED:
+                if getattr(m, name) != getattr(first, name):
+                    raise ValueError(f"members must share {name}: members[0] has {getattr(first, name)!r}, "
+                                     f"members[{i}] has {getattr(m, name)!r}")
+            if m.u_mean.dtype != first.u_mean.dtype:
+                raise ValueError(f"members must share the parameter dtype: members[0] is {first.u_mean.dtype}, "
+                                 f"members[{i}] is {m.u_mean.dtype}")
+        self.members = nn.ModuleList(members)
+        self.n_inputs, self.n_outputs = first.n_inputs, first.n_outputs
+        self.dt = first.dt
+        self.encoder_window = first.encoder_window
+
+    @property
+    def u_mean(self) -> torch.Tensor:
+        """The first member's input mean (its dtype and device are the ensemble's)."""
+        return self.members[0].u_mean
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def _check_state(self, state) -> None:
+        if not isinstance(state, (list, tuple)) or len(state) != len(self.members):
+            raise ValueError(f"state must be a list of {len(self.members)} member states (one DeepWiener state per member)")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the protocol
+
+    def initial_state(self, batch_size: int) -> list:
+        """The state at rest: one DeepWiener rest state per member."""
+        return [m.initial_state(batch_size) for m in self.members]
+
+    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True):
+        """Simulate every member and average: u (B, L, m) -> y (B, L, p), from ``state`` (None: rest).
+
+        Args:
+            u: (B, L, m) inputs in physical units.
+            state: the members' states (``initial_state``, ``estimate_state``, ``step`` or a previous call), or None.
+            return_state: also return the final states.
+
+        Returns:
+            y (B, L, p), the mean of the members' outputs, and the list of their final states (None when not asked).
+        """
+        if state is None:
+            state = [None] * len(self.members)
+        self._check_state(state)
+        ys, finals = [], []
+        for member, s in zip(self.members, state):
+            y, s = member(u, s, return_state=return_state)
+            ys.append(y)
+            finals.append(s)
+        return torch.stack(ys).mean(0), (finals if return_state else None)
+
+    def step(self, u_t: torch.Tensor, state: list):
+        """One sample: u_t (B, m) -> y_t (B, p), the mean of the members' steps, and the next states.
+
+        Args:
+            u_t: (B, m) inputs at one sample.
+            state: the members' states.
+
+        Returns:
+            y_t (B, p) and the next states.
+        """
+        self._check_state(state)
+        ys, nxt = [], []
+        for member, s in zip(self.members, state):
+            y, s = member.step(u_t, s)
+            ys.append(y)
+            nxt.append(s)
+        return torch.stack(ys).mean(0), nxt
+
+    def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor) -> list:
+        """Every member's state after a window of measured data, by its own initial-state encoder.
+
+        Args:
+            u_past: (B, n, m) the n = ``encoder_window`` inputs before the simulation starts.
+            y_past: (B, n, p) the measured outputs there.
+
+        Returns:
+            the members' states, to pass to ``forward``.
+        """
+        return [m.estimate_state(u_past, y_past) for m in self.members]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # saving
+
+    def checkpoint(self, **metadata: Any) -> dict[str, Any]:
+        """What ``torch.save`` writes for this ensemble (``ssmkit sysid``'s ``model.pt``; ``ssmkit analyze`` reads it).
+
+        Args:
+            metadata: more plain entries to store beside the model (recipe, benchmark, mode, ...).
+
+        Returns:
+            {"wiener_ensemble": [each member's constructor arguments], "state_dict": ..., **metadata}.
+        """
+        for key in ("wiener_ensemble", "deep_wiener", "state_dict"):
+            if key in metadata:
+                raise ValueError(f"metadata must not set {key!r}: the model sets it")
+        return {"wiener_ensemble": [dict(m.arguments) for m in self.members], "state_dict": self.state_dict(), **metadata}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "WienerEnsemble":
+        """The ensemble of a :meth:`checkpoint` dict (members built in the saved dtype, weights loaded strictly).
+
+        Args:
+            checkpoint: a dict with ``wiener_ensemble`` (a list of member arguments) and ``state_dict``.
+
+        Returns:
+            the ensemble, in eval mode.
+        """
+        if (not isinstance(checkpoint, dict) or "wiener_ensemble" not in checkpoint or "state_dict" not in checkpoint
+                or not isinstance(checkpoint["wiener_ensemble"], (list, tuple)) or not checkpoint["wiener_ensemble"]):
+            raise ValueError("a WienerEnsemble checkpoint is a dict with 'wiener_ensemble' (a non-empty list of member "
+                             "arguments) and 'state_dict'")
+        state = checkpoint["state_dict"]
+        members = []
+        for i, arguments in enumerate(checkpoint["wiener_ensemble"]):
+            key = f"members.{i}.u_mean"
+            dtype = state[key].dtype if key in state else None
+            members.append(DeepWiener(**dict(arguments), dtype=dtype))
+        model = cls(members)
+        model.load_state_dict(state)
+        return model.eval()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # analysis
+
+    def state_space(self) -> list:
+        """Every member's blocks' LTI parts, member after member (:meth:`DeepWiener.state_space`), ``dt`` = Ts."""
+        return [ss for m in self.members for ss in m.state_space()]
+
+    def spectral_radius(self) -> float:
+        """The largest pole magnitude over every LTI block of every member (< 1: all Schur stable; nan without any)."""
+        radii = [r for r in (m.spectral_radius() for m in self.members) if not math.isnan(r)]
+        return max(radii, default=math.nan)
+
+    def is_stable(self) -> bool:
+        """Whether every member is stable (:meth:`DeepWiener.is_stable`), hence every branch and the average δISS."""
+        return all(m.is_stable() for m in self.members)

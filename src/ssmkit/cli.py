@@ -20,7 +20,8 @@ module is imported when the command runs. Exit status: the command's own, 0 for 
 usage line for an unknown command or option (argparse's convention).
 
 Every command first makes the C library keep freed memory for reuse (:func:`ssmkit.memory.keep_freed_memory`: large
-CPU tensors then skip the kernel's page zeroing, ~20 % of a long-sequence training step here);
+CPU tensors then skip the kernel's page zeroing: a Mamba block's training step 26 % faster here, its peak memory
+30 % higher);
 ``SSMKIT_KEEP_FREED_MEMORY=0`` in the environment turns that off.
 """
 

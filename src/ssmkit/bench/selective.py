@@ -19,7 +19,9 @@ fails -- out of memory, most likely -- is reported with its error instead of its
 each subprocess's address space (default: 3/4 of the machine's memory), so that an oversized case fails with an
 allocation error rather than calling the kernel's OOM killer on a shared machine. Each subprocess keeps freed memory
 for reuse (:func:`ssmkit.memory.keep_freed_memory`, as the ``ssmkit`` command does) unless
-``SSMKIT_KEEP_FREED_MEMORY=0`` is set, which the header line reports.
+``SSMKIT_KEEP_FREED_MEMORY=0`` is set, which the header line reports. Kept memory costs peak RSS: mambapy's block, whose
+temporaries are 1 GiB each, needs 14.3 GiB instead of 9.4 at the default shape, more address space than the default
+cap leaves on a 24 GiB machine (pass ``--memory-limit-gib 22``, or turn the setting off).
 """
 
 from __future__ import annotations

@@ -69,3 +69,11 @@ def test_the_environment_switch_is_read_and_checked(monkeypatch):
     monkeypatch.setenv(memory.ENV, "yes")
     with pytest.raises(ValueError, match="SSMKIT_KEEP_FREED_MEMORY must be 0 or 1"):
         memory.keep_freed_memory_from_env()
+
+
+def test_the_command_reports_a_malformed_switch_as_a_usage_error(monkeypatch, capsys):
+    from ssmkit.cli import main
+
+    monkeypatch.setenv(memory.ENV, "on")
+    assert main(["--help"]) == 2
+    assert "SSMKIT_KEEP_FREED_MEMORY must be 0 or 1; got 'on'" in capsys.readouterr().err

@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process arguments) and return its exit status."""
     from ssmkit.memory import keep_freed_memory_from_env
 
-    keep_freed_memory_from_env()  # large CPU tensors reuse freed pages (ssmkit.memory; SSMKIT_KEEP_FREED_MEMORY=0: off)
+    try:
+        keep_freed_memory_from_env()  # large CPU tensors reuse freed pages (ssmkit.memory; SSMKIT_KEEP_FREED_MEMORY=0: off)
+    except ValueError as bad:  # a malformed SSMKIT_KEEP_FREED_MEMORY: a usage error, as argparse reports its own
+        print(f"ssmkit: error: {bad}", file=sys.stderr)
+        return 2
     try:
         return _dispatch(sys.argv[1:] if argv is None else argv)
     except SystemExit as stop:  # argparse exits on --help (0) and on usage errors (2)

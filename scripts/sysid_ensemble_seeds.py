@@ -14,7 +14,6 @@ load (``os.getloadavg``) before and after it. The test RMSE is printed for the r
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import os
@@ -28,6 +27,7 @@ from ssmkit.sysid.fit import simulate_record, split_tail
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.recipes import recipe_for
 from ssmkit.sysid.workflow import held_out, identify, simulate_test
+from sysid_seeds import recipe_overrides  # scripts/ is on sys.path when a script runs
 
 
 def _runs(text: str) -> list[int]:
@@ -57,12 +57,7 @@ def main() -> None:
     parser.add_argument("--store", default="runs/tanks3")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    changes = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        changes[key] = ast.literal_eval(value)
-    if isinstance(changes.get("timescale"), list):
-        changes["timescale"] = tuple(changes["timescale"])
+    changes = recipe_overrides(args.set)
     recipe = dataclasses.replace(recipe_for(args.benchmark), **changes, restarts=1)
     bench = load_benchmark(args.benchmark, args.data_folder, train_records=recipe.train_records)
     os.makedirs(args.store, exist_ok=True)

@@ -26,6 +26,17 @@ from ssmkit.sysid.recipes import recipe_for
 from ssmkit.sysid.workflow import evaluate, identify
 
 
+def recipe_overrides(items: list[str]) -> dict:
+    """``FIELD=VALUE`` strings (VALUE a Python literal) as recipe field changes; a list timescale becomes a tuple."""
+    changes = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        changes[key] = ast.literal_eval(value)
+    if isinstance(changes.get("timescale"), list):
+        changes["timescale"] = tuple(changes["timescale"])
+    return changes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--benchmark", default="cascaded_tanks")
@@ -37,12 +48,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    changes = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        changes[key] = ast.literal_eval(value)
-    if isinstance(changes.get("timescale"), list):
-        changes["timescale"] = tuple(changes["timescale"])
+    changes = recipe_overrides(args.set)
     recipe = dataclasses.replace(recipe_for(args.benchmark), **changes)
     bench = load_benchmark(args.benchmark, args.data_folder, train_records=recipe.train_records)
     vals, tests = [], []

@@ -19,7 +19,7 @@ from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.recipes import Recipe
 from ssmkit.sysid.wiener import DeepWiener
 from ssmkit.sysid.workflow import evaluate, identify
-from tests.conftest import DEVICE, rel_err
+from tests.conftest import DEVICE, rel_err, run_steps
 from tests.sysid.test_workflow import DATA, needs_data, wiener_bench
 
 
@@ -50,16 +50,13 @@ def test_output_is_the_mean_of_the_members_and_step_equals_forward():
         ref = sum(m(u, m.estimate_state(u_past, y_past))[0] for m in ms) / 3
         state = ens.estimate_state(u_past, y_past)
         y, final = ens(u, state)
-        s, ys = state, []
-        for t in range(20):
-            y_t, s = ens.step(u[:, t], s)
-            ys.append(y_t)
+        y_steps, _ = run_steps(ens, u, state)
         y1, s1 = ens(u[:, :8], state)
         y2, _ = ens(u[:, 8:], s1)
         y_rest = ens(u, return_state=False)[0]
         ref_rest = sum(m(u)[0] for m in ms) / 3
     assert y.shape == (2, 20, 3) and rel_err(y, ref) < 1e-12
-    assert rel_err(torch.stack(ys, 1), y) < 1e-10  # step = forward
+    assert rel_err(y_steps, y) < 1e-10  # step = forward
     assert rel_err(torch.cat([y1, y2], 1), y) < 1e-10  # chunked with the returned state = one pass
     assert rel_err(y_rest, ref_rest) < 1e-12  # from rest
     assert len(final) == 3 and all(len(f) == 2 for f in final)  # one DeepWiener state (2 blocks) per member

@@ -12,7 +12,7 @@ from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, spl
 from ssmkit.sysid.metrics import fit_percent
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener
-from tests.conftest import DEVICE, rel_err
+from tests.conftest import DEVICE, rel_err, run_steps
 
 
 def model(**kw) -> DeepWiener:
@@ -30,13 +30,10 @@ def test_step_equals_forward_and_encoder_states_continue():
                              torch.randn(2, 5, 3, dtype=torch.float64, device=DEVICE))
     with torch.no_grad():
         y, final = m(u, state)
-        s, ys = state, []
-        for t in range(25):
-            y_t, s = m.step(u[:, t], s)
-            ys.append(y_t)
+        y_steps, _ = run_steps(m, u, state)
         y1, s1 = m(u[:, :11], state)
         y2, _ = m(u[:, 11:], s1)
-    assert rel_err(torch.stack(ys, 1), y) < 1e-10
+    assert rel_err(y_steps, y) < 1e-10
     assert rel_err(torch.cat([y1, y2], 1), y) < 1e-10
     with pytest.raises(ValueError, match=r"u must be \(B, L, 2\)"):
         m(torch.randn(2, 5, 3, dtype=torch.float64))
@@ -139,12 +136,9 @@ def test_time_varying_blocks_step_equals_forward_and_leave_the_analysis_to_lti_b
                              torch.randn(2, 4, 3, dtype=torch.float64, device=DEVICE))
     with torch.no_grad():
         y, _ = m(u, state)
-        s, ys = state, []
-        for t in range(15):
-            y_t, s = m.step(u[:, t], s)
-            ys.append(y_t)
+        y_steps, _ = run_steps(m, u, state)
         y_rest, _ = m(u)
-    assert rel_err(torch.stack(ys, 1), y) < 1e-10
+    assert rel_err(y_steps, y) < 1e-10
     assert rel_err(y, y_rest) > 1e-6  # the encoder's state reaches the selective layers' states
     assert m.state_space() == [] and np.isnan(m.spectral_radius()) and m.is_stable() is False  # no certificate
     again = DeepWiener.from_checkpoint(m.checkpoint())

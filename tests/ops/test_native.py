@@ -99,8 +99,10 @@ def use_threads(monkeypatch, threads: int, openmp: str) -> None:
     monkeypatch.setenv("SSMKIT_NATIVE_OPENMP", openmp)
 
 # (B, L, H, N, G): one partial block; three blocks (64, 64, 2); groups of 65 channels (a block and a one-channel tail
-# per group); a chunk boundary inside L and a last chunk of one step (L = 33 with T = 8)
-SHAPES = [(2, 9, 5, 3, None), (1, 33, 130, 4, None), (3, 17, 130, 2, 2), (2, 12, 128, 5, 4)]
+# per group); a chunk boundary inside L and a last chunk of one step (L = 33 with T = 8); a full block of 64 channels
+# with N = 20 states (the vector adjoint sums ∂B, ∂C over 8 or 16 states at a time: two or three such groups, the
+# last one partial)
+SHAPES = [(2, 9, 5, 3, None), (1, 33, 130, 4, None), (3, 17, 130, 2, 2), (2, 12, 128, 5, 4), (2, 11, 64, 20, None)]
 
 
 @pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)
@@ -151,6 +153,22 @@ def test_float32_long_sequence_against_float64():
     y32, h32 = selective_scan_native(*[p32[k] for k in ORDER], True, p32["state"])
     ref32, _ = selective_scan_reference(*[p32[k] for k in ORDER], True, p32["state"])
     assert rel_err(y32, y64) < max(2 * rel_err(ref32, y64), 1e-6) and rel_err(h32, h64) < 1e-6
+
+
+def test_float32_gradients_of_full_blocks_against_float64():
+    # two full blocks of 64 channels, N = 20 (the float32 vector adjoint: one group of 16 states and a partial one of
+    # 4): every gradient within float32 rounding of the float64 loop's, as the float32 loop's is
+    p = inputs(2, 40, 128, 20, None, seed=5)
+    g = torch.Generator().manual_seed(6)
+    gy = torch.randn(p["u"].shape, generator=g, dtype=F64)
+    grads = {}
+    for name, dtype, fn in (("64", F64, selective_scan_reference), ("ref32", torch.float32, selective_scan_reference),
+                            ("native32", torch.float32, selective_scan_native)):
+        q = {k: v.to(dtype).requires_grad_() for k, v in p.items()}
+        y, h = fn(*[q[k] for k in ORDER], True, q["state"])
+        grads[name] = torch.autograd.grad((y * gy.to(dtype)).sum() + h.sum(), [*[q[k] for k in ORDER], q["state"]])
+    for a, r, b in zip(grads["native32"], grads["ref32"], grads["64"]):
+        assert rel_err(a.double(), b) < max(4 * rel_err(r.double(), b), 1e-6)
 
 
 def test_auto_takes_the_kernel_in_eager_mode_only():

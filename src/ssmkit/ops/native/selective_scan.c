@@ -34,10 +34,12 @@
 
 #define LANES (64 / (int64_t)sizeof(real)) /* a 64-byte vector's lanes */
 
-/* out[i] += Σ_j r[i·LANES + j] for the first k rows of r (LANES × LANES). With vector shuffles, the rows are summed
- * all at once by a transposing tree (log2 LANES levels: pairs of rows exchange halves of their lane blocks and add),
- * LANES - 1 vector additions in all; a compiler's sum of one row's lanes without -ffast-math is instead a chain of
- * LANES dependent scalar additions, which took a sixth of the selective backward. */
+/* Vectors of LANES values (GCC >= 12 and clang: vector extensions and __builtin_shufflevector; HAVE_VEC is 0 on
+ * other compilers, which take the scalar loops). transpose_sum(v) returns s with s[i] = Σ_j v[i][j], the lane sums of
+ * the LANES vectors v[0..LANES) all at once, by a transposing tree: log2 LANES levels, at each of which pairs of
+ * vectors exchange halves of their lane blocks and add (LANES - 1 vector additions in all; v is overwritten). A
+ * compiler sums one vector's lanes in lane order without -ffast-math, a chain of LANES dependent scalar additions:
+ * per state and step, for ∂B and ∂C, that was a sixth of the selective backward. */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
 typedef real vec_t __attribute__((vector_size(64)));
 typedef real vec_u __attribute__((vector_size(64), aligned(sizeof(real)))); /* an unaligned load or store */

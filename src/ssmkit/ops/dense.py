@@ -120,8 +120,8 @@ def dense_final_state_chunked(u: Tensor, A_bar: Tensor, B_bar: Tensor, state: Te
     W = B_bar.to(wide).unsqueeze(-1)  # (H, N, 1)
     A_T = A_bar.to(wide)  # (H, N, N): Ā^(number of columns of W)
     while W.shape[-1] < T:
-        W = torch.cat([W, A_T @ W], dim=-1)  # (H, N, 2k)
-        A_T = A_T @ A_T  # (H, N, N)
+        W = torch.cat([W, torch.bmm(A_T, W)], dim=-1)  # (H, N, 2k); bmm: one aten op (matmul dispatches six)
+        A_T = torch.bmm(A_T, A_T)  # (H, N, N)
     work = _work_dtype(u, A_bar)
     W, A_T = W.to(work), A_T.to(work)
     # 2. Chunk sums S[h, b, c] = Σ_j W[h, :, T-1-j] u[b, cT+j, h] after front zero-padding to n_chunks·T.
@@ -129,10 +129,10 @@ def dense_final_state_chunked(u: Tensor, A_bar: Tensor, B_bar: Tensor, state: Te
     U = u_pad.reshape(Bsz * n_chunks, T, H).permute(2, 0, 1)  # (H, B·n_chunks, T)
     W_rev = W.flip(-1).transpose(1, 2)  # (H, T, N): row j holds Ā^{T-1-j} B̄
     if W_rev.is_complex():
-        S = U @ torch.view_as_real(W_rev).reshape(H, T, 2 * N)  # (H, B·n_chunks, 2N)
+        S = torch.bmm(U, torch.view_as_real(W_rev).reshape(H, T, 2 * N))  # (H, B·n_chunks, 2N)
         S = torch.view_as_complex(S.reshape(H, Bsz, n_chunks, N, 2))  # (H, B, n_chunks, N)
     else:
-        S = (U @ W_rev).reshape(H, Bsz, n_chunks, N)  # (H, B, n_chunks, N)
+        S = torch.bmm(U, W_rev).reshape(H, Bsz, n_chunks, N)  # (H, B, n_chunks, N)
     # 3. Carry across chunks: x_c = Ā^T x_{c-1} + S_c, x kept as (H, N, B) for batched matvecs.
     S = S.permute(2, 0, 3, 1).unbind(0)  # n_chunks x (H, N, B); unbind's backward is one stack (not a zero
     x = S[0]  # (H, N, B)                   fill of the whole S per chunk, as indexing S[:, :, c] would be)

@@ -166,16 +166,20 @@ def bilinear_dplr_real(Lambda: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tupl
     re, im = torch.diag_embed(R.real), torch.diag_embed(R.imag)  # (H, N/2, N/2)
     rot = torch.cat([torch.cat([re, -im], -1), torch.cat([im, re], -1)], -2)  # (H, N, N)
     # 2. The r × r matrix Y = I + P* R P (real) and its inverse.
+    # (batched products by bmm, one aten op each: einsum and matmul dispatch 6-17 per product here)
     RP, PR = R * P, P.conj() * R  # (r, H, N/2) each
-    Y = 2 * torch.einsum("jhm,ihm->hji", P.conj(), RP).real  # (H, r, r): Y[j, i] = P_j* R P_i
+    Y = 2 * torch.bmm(P.conj().permute(1, 0, 2), RP.permute(1, 2, 0)).real  # (H, r, r): Y[j, i] = P_j* R P_i
     Y_inv = small_inverse(torch.eye(P.shape[0], dtype=Y.dtype, device=Y.device) + Y)  # (H, r, r)
     # 3. M⁻¹ in the real basis, then Ā and B̄.
     left = torch.cat([RP.real, RP.imag], dim=-1)  # (r, H, N)
     right = torch.cat([2 * PR.real, -2 * PR.imag], dim=-1)  # (r, H, N)
-    M_inv = rot - torch.einsum("ihn,hij,jhm->hnm", left, Y_inv, right)  # (H, N, N)
+    M_inv = rot - torch.bmm(torch.bmm(left.permute(1, 2, 0), Y_inv), right.permute(1, 0, 2))  # (H, N, N)
     eye = torch.eye(M_inv.shape[-1], dtype=M_inv.dtype, device=M_inv.device)  # (N, N)
     A_bar = (4 / dt)[:, None, None] * M_inv - eye  # (H, N, N)
-    B_bar = 2 * torch.einsum("hnm,...hm->...hn", M_inv, torch.cat([B.real, B.imag], dim=-1))  # (..., H, N)
+    B_f = torch.cat([B.real, B.imag], dim=-1)  # (..., H, N)
+    H, N = M_inv.shape[0], M_inv.shape[-1]
+    B_bar = torch.bmm(M_inv, B_f.reshape(-1, H, N).permute(1, 2, 0))  # (H, N, S): S = the leading dims' size
+    B_bar = 2 * B_bar.permute(2, 0, 1).reshape(B_f.shape)  # (..., H, N)
     return A_bar, B_bar
 
 

@@ -62,8 +62,10 @@ from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.workflow import held_out, periodic_steady_state
 
 
-def run_subnet(bench, train, val, steps: int, val_every: int, T: int, batch: int, nx: int, seed: int):
-    """Train deepSI's SUBNET; return (one simulation per test record, seconds)."""
+def run_subnet(bench, train, val, steps: int, val_every: int, T: int, batch: int, nx: int, seed: int,
+               device: str = "cpu"):
+    """Train deepSI's SUBNET on ``device`` (deepSI's own option; it hands the model back on the CPU, where the test
+    records are simulated); return (one simulation per test record, seconds)."""
     import deepSI
     from nonlinear_benchmarks import Input_output_data
 
@@ -82,11 +84,12 @@ def run_subnet(bench, train, val, steps: int, val_every: int, T: int, batch: int
     tr = [io(r, pad) for r in train]
     va = [io(r, pad) for r in val]
     nu, ny, norm = deepSI.get_nu_ny_and_auto_norm(tr)
-    model = deepSI.SUBNET(nu, ny, norm, nx=nx, nb=n_past, na=n_past)
+    model = deepSI.SUBNET(nu, ny, norm, nx=nx, nb=n_past, na=n_past).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     deepSI.fit(model, tr, va, n_its=steps, T=min(T, min(len(r) for r in train) - n_past - 1), batch_size=batch,
-               val_freq=val_every, optimizer=optimizer)
+               val_freq=val_every, optimizer=optimizer, device=device)
+    model.cpu()
     seconds = time.perf_counter() - start
     def simulate(r):
         s = model.simulate(io(r, pad))
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-every", dest="val_every", type=int, default=None,
                         help="validate every this many steps (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where SUBNET trains (deepSI's option: cpu, cuda); dynoNet's "
+                        "filters run through scipy on the CPU, so dynoNet always trains on the CPU")
     parser.add_argument("--steady-state", dest="steady_state", type=int, default=1,
                         help="also score periodic test records in periodic steady state after k periods (0: off)")
     parser.add_argument("--also-skip", dest="also_skip", type=int, default=0,
@@ -252,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     for peer in args.peers.split(","):
         if peer == "subnet":
             sims, from_rest, seconds = run_subnet(bench, train, val, steps, val_every, args.subnet_T,
-                                                  args.subnet_batch, args.subnet_nx, args.seed)
+                                                  args.subnet_batch, args.subnet_nx, args.seed, args.device)
             import deepSI
 
-            version = f"deepSI {getattr(deepSI, '__version__', _dist_version('deepsi'))}"
+            version = f"deepSI {getattr(deepSI, '__version__', _dist_version('deepsi'))}, T {args.subnet_T}, " \
+                      f"batch {args.subnet_batch}, nx {args.subnet_nx}, device {args.device}"
         elif peer == "dynonet":
             sims, from_rest, seconds = run_dynonet(bench, train, val, steps, val_every, args.seed,
                                                    args.dynonet_lr, args.dynonet_structure, args.dynonet_skip,
@@ -265,20 +271,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"unknown peer {peer!r}: subnet or dynonet")
         scores = [{"name": r.name,
-                   "rmse": float(rmse(s, r.y, n_init=bench.n_init)) * bench.scale,
-                   "fit": float(fit_percent(s, r.y, n_init=bench.n_init))} for r, s in zip(bench.test, sims)]
+                   "rmse": per_output(rmse(s, r.y, n_init=bench.n_init) * bench.scale),
+                   "fit": per_output(fit_percent(s, r.y, n_init=bench.n_init))} for r, s in zip(bench.test, sims)]
         for entry, r, s in zip(scores, bench.test, sims):
             if args.also_skip:  # from rest, the first N samples unscored (dynoNet's BW_test.py: 300)
                 skipped = rmse(s, r.y, n_init=max(bench.n_init, args.also_skip))
-                entry[f"rmse_skip_{args.also_skip}"] = float(skipped) * bench.scale
+                entry[f"rmse_skip_{args.also_skip}"] = per_output(skipped * bench.scale)
             if args.steady_state and r.period is not None:  # periodic steady state (not the official protocol)
                 with torch.no_grad():
                     steady = periodic_steady_state(from_rest, r.u, r.period, args.steady_state)
                 entry["steady_state"] = {"prime": args.steady_state,
-                                         "rmse": float(rmse(steady, r.y, n_init=bench.n_init)) * bench.scale,
-                                         "fit": float(fit_percent(steady, r.y, n_init=bench.n_init))}
+                                         "rmse": per_output(rmse(steady, r.y, n_init=bench.n_init) * bench.scale),
+                                         "fit": per_output(fit_percent(steady, r.y, n_init=bench.n_init))}
+        ys = [r.y for r in bench.test]  # every test record pooled (after each one's init window)
+        overall = {"rmse": per_output(rmse(sims, ys, n_init=bench.n_init) * bench.scale),
+                   "fit": per_output(fit_percent(sims, ys, n_init=bench.n_init))}
         entry = {"peer": peer, "version": version, "steps": steps, "train_seconds": seconds, "seed": args.seed,
-                 "records": args.records, "train_records": len(train), "test": scores}
+                 "records": args.records, "train_records": len(train), "test": scores, "test_overall": overall,
+                 "load_after": os.getloadavg()}
         results.append(entry)
         print(json.dumps(entry), flush=True)
     meta = {"benchmark": bench.name, "unit": bench.unit, "n_init": bench.n_init, "val_fraction": recipe.val_fraction,
@@ -288,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "w") as f:
             json.dump(meta, f, indent=2)
     return 0
+
+
+def per_output(score: torch.Tensor) -> float | list[float]:
+    """A metric as JSON: a float for one output channel (a 0-d or one-element tensor), else one float per channel."""
+    score = torch.atleast_1d(torch.as_tensor(score))
+    return float(score[0]) if score.numel() == 1 else score.tolist()
 
 
 def _dist_version(name: str) -> str:

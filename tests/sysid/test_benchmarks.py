@@ -32,6 +32,11 @@ def test_f16_levels_and_outputs():
     assert bench.dt == pytest.approx(1 / 400)
     one = f16(DATA / "f16gvt", output_index=2, check=False)
     assert torch.equal(one.test[0].y[:, 0], bench.test[0].y[:, 2])
+    # every level is one multisine realisation at another amplitude (what the F-16 recipe's tuning split rests on):
+    # periods of 8 192 samples, the first period of estimation level 3 and of test level 4 the same signal scaled
+    u3, u4 = bench.train[1].u[:8192, 0], bench.test[1].u[:8192, 0]
+    assert float(torch.corrcoef(torch.stack([u3, u4]))[0, 1]) > 0.99
+    assert float(u4.std() / u3.std()) == pytest.approx(61.36 / 36.84, rel=0.01)
 
 
 def test_fixture_file_and_clear_errors(tmp_path):

@@ -42,3 +42,9 @@ def test_batch_records_stacks_equal_lengths_as_separate_sequences():
 def test_batch_records_rejects_no_records():
     with pytest.raises(ValueError, match="at least one record"):
         _script().batch_records([])
+
+
+def test_per_output_keeps_single_outputs_as_floats_and_lists_channels():
+    per_output = _script().per_output
+    assert per_output(torch.tensor(0.25)) == 0.25 and per_output(torch.tensor([1.5])) == 1.5
+    assert per_output(torch.tensor([0.5, 2.0, 3.25], dtype=torch.float64)) == [0.5, 2.0, 3.25]

@@ -19,7 +19,7 @@ from ssmkit.sysid.recipes import Recipe, recipe_for
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
 from ssmkit.sysid.report import results_table, write_report
 from ssmkit.sysid.workflow import build_model, evaluate, held_out, identify
-from tests.conftest import rel_err
+from tests.conftest import DEVICE, rel_err
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
@@ -109,6 +109,31 @@ def test_simulation_workflow_identifies_a_wiener_system_after_the_init_window():
     assert rec["fit"][0] > 50.0  # the mean alone scores 0 %, a linear model of this system ~45 %
 
 
+def test_training_on_the_test_device_scores_like_the_same_weights_on_the_cpu():
+    # identify(device=...) trains where the model lives (the records are copied there); simulations, validation and
+    # scores come back on the CPU and equal those of the same weights moved to the CPU (SSMKIT_TEST_DEVICE=cuda
+    # exercises the copies; on the CPU the two paths coincide)
+    bench = wiener_bench(400, 120)
+    recipe = Recipe(d_model=3, n_layers=2, d_state=4, timescale=(0.5, 5.0), encoder_window=20, window=48,
+                    batch_size=4, steps=4, lr=1e-2, val_fraction=0.2, val_every=2, patience=None,
+                    first_layer_init="data")
+    model, history = identify(bench, "s4d", recipe, dtype=torch.float64, device=DEVICE)
+    assert all(p.device.type == DEVICE.type for p in model.parameters()) and history["steps"] == 4
+    on_cpu = build_model(bench, "s4d", recipe, dtype=torch.float64)
+    on_cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    got, ref = evaluate(model, bench), evaluate(on_cpu, bench)
+    assert got["simulations"][0].device.type == "cpu"
+    assert rel_err(got["simulations"][0], ref["simulations"][0]) < 1e-10
+    assert got["records"][0]["rmse"][0] == pytest.approx(ref["records"][0]["rmse"][0], rel=1e-10)
+    predictor = build_model(bench, "s4d", Recipe(d_model=3, n_layers=1, d_state=4), mode="prediction",
+                            dtype=torch.float64, device=DEVICE)
+    twin = build_model(bench, "s4d", Recipe(d_model=3, n_layers=1, d_state=4), mode="prediction", dtype=torch.float64)
+    twin.load_state_dict({k: v.cpu() for k, v in predictor.state_dict().items()})
+    test = bench.test[0]
+    assert rel_err(free_run(predictor, test, n_warm=10), free_run(twin, test, n_warm=10)) < 1e-10
+    assert rel_err(predict_one_step(predictor, test), predict_one_step(twin, test)) < 1e-10
+
+
 def test_prediction_records_and_free_run_equal_the_one_step_recursion():
     r = IORecord(torch.arange(6.0)[:, None], 10 + torch.arange(6.0)[:, None], 1.0, "r")
     s = prediction_record(r)
@@ -188,3 +213,4 @@ def test_cli_end_to_end_on_cascaded_tanks(tmp_path, capsys):
     for name in ("report.md", "simulation.png", "error_spectrum.png", "model.pt"):
         assert (out / name).is_file()
     assert main(["sysid", "--benchmark", "cascaded_tanks", "--mode", "narx", "--data-folder", str(DATA)]) == 2
+    assert main(["sysid", "--benchmark", "cascaded_tanks", "--device", "gpu0", "--data-folder", str(DATA)]) == 2

@@ -2,6 +2,7 @@
 
     ssmkit sysid --benchmark cascaded_tanks --model s4d --data-folder DATA/cascaded_tanks [--steps 2000] [--out DIR]
     ssmkit sysid --benchmark bouc_wen --model s4d --data-folder DATA/bouc_wen --mode prediction
+    ssmkit sysid --benchmark f16 --model s4d --data-folder DATA/f16gvt --device cuda
 
 A test record that is one or more periods of a periodic input (Bouc-Wen's multisine) is scored twice: from rest (the
 official protocol, the headline) and in periodic steady state after ``--steady-state-periods`` periods of the same
@@ -40,6 +41,8 @@ def _parser(prog: str):
                         help="the folder holding the benchmark's official files (default $SSMKIT_DATA/sysid/<name>)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps at most (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the window draws")
+    parser.add_argument("--device", type=str, default="cpu",
+                        help="where the model trains and simulates (cpu, cuda, cuda:1); data and scores stay on the CPU")
     parser.add_argument("--out", type=str, default=None, help="output folder (default runs/sysid-<benchmark>-<model>)")
     parser.add_argument("--steady-state-periods", dest="steady_state_periods", type=int, default=1,
                         help="also score periodic test records (Bouc-Wen's multisine) in periodic steady state after "
@@ -86,10 +89,16 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         parser.error(f"--mode must be one of {MODES}; got {cfg.mode!r}")
     if cfg.steady_state_periods < 0:
         parser.error(f"--steady-state-periods must be >= 0; got {cfg.steady_state_periods}")
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {cfg.device}: torch {torch.__version__} sees no CUDA device here")
     recipe = recipe_from_args(cfg.benchmark, cfg)
     bench = load_benchmark(cfg.benchmark, cfg.data_folder, train_records=recipe.train_records)
     start = time.perf_counter()
-    model, history = identify(bench, cfg.model, recipe, cfg.mode, seed=cfg.seed, log=cfg.log)
+    model, history = identify(bench, cfg.model, recipe, cfg.mode, seed=cfg.seed, log=cfg.log, device=device)
     seconds = time.perf_counter() - start
     steady = cfg.steady_state_periods if cfg.steady_state_periods and cfg.mode == "simulation" else None
     scores = evaluate(model, bench, cfg.mode, steady_state=steady)
@@ -112,6 +121,7 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "stable": model.is_stable(),
         "spectral_radius": model.spectral_radius(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
     }
     write_report(out, bench, label, scores, run, plots=not cfg.no_plots)
     torch.save(model.checkpoint(recipe=dataclasses.asdict(recipe), model=cfg.model, mode=cfg.mode,

@@ -137,18 +137,19 @@ def simulate_record(model: DeepWiener, record: IORecord) -> tuple[torch.Tensor, 
         record: the record (its measured outputs feed only the encoder).
 
     Returns:
-        ŷ (L, p) with the first ``start`` samples equal to the measurement, and ``start``.
+        ŷ (L, p) on the CPU (the model may sit on any device) with the first ``start`` samples equal to the
+        measurement, and ``start``.
     """
-    dtype = model.u_mean.dtype
-    u = record.u.to(dtype)[None]
-    y = record.y.to(dtype)[None]
+    to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
+    u = record.u.to(**to)[None]
+    y = record.y.to(**to)[None]
     n = model.encoder_window
     if n:
         state = model.estimate_state(u[:, :n], y[:, :n])
         y_sim, _ = model(u[:, n:], state, return_state=False)
-        return torch.cat([y[0, :n], y_sim[0]]), n
+        return torch.cat([y[0, :n], y_sim[0]]).cpu(), n
     y_sim, _ = model(u, return_state=False)
-    return y_sim[0], 0
+    return y_sim[0].cpu(), 0
 
 
 @torch.no_grad()
@@ -198,16 +199,16 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         if len(r) < cfg.window + n_enc:
             raise ValueError(f"record {r.name!r} has {len(r)} samples, fewer than window + encoder_window = {cfg.window + n_enc}")
     model.set_normalisation([r.u for r in train], [r.y for r in train])
-    dtype = model.u_mean.dtype
-    us = [r.u.to(dtype) for r in train]
-    ys = [r.y.to(dtype) for r in train]
+    dtype, device = model.u_mean.dtype, model.u_mean.device  # the records move to the model's device once
+    us = [r.u.to(device=device, dtype=dtype) for r in train]
+    ys = [r.y.to(device=device, dtype=dtype) for r in train]
     lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(_groups(model, cfg))
     scheduler = warmup_cosine(optimizer, 0, cfg.steps) if cfg.schedule == "cosine" else None
-    weights = torch.ones(cfg.window, dtype=dtype)
+    weights = torch.ones(cfg.window, dtype=dtype, device=device)
     if cfg.decay is not None:
-        weights = cfg.decay ** torch.arange(cfg.window, dtype=dtype)
+        weights = cfg.decay ** torch.arange(cfg.window, dtype=dtype, device=device)
         weights = weights / weights.mean()
     if n_enc == 0 and cfg.washout:
         weights[: cfg.washout] = 0

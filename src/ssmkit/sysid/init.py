@@ -215,7 +215,7 @@ def set_discrete_poles(layer: torch.nn.Module, z: np.ndarray) -> None:
     zt = torch.as_tensor(z)
     logz = torch.log(zt)  # (k,) log|z| + i arg z
     if kind in ("s4d", "s5"):
-        dt = torch.exp(layer.log_dt.detach().double())  # S4D (H,), S5 (M,)
+        dt = torch.exp(layer.log_dt.detach().double()).cpu()  # S4D (H,), S5 (M,); z is on the CPU
         if kind == "s5":
             dt = layer.step_rescale * dt[:k]  # (k,)
         else:

@@ -63,8 +63,8 @@ def predict_one_step(model: DeepWiener, record: IORecord) -> torch.Tensor:
     check_predictor(model, record.u.shape[1], record.y.shape[1])
     shifted = prediction_record(record)
     dtype = model.u_mean.dtype
-    y_hat, _ = model(shifted.u.to(dtype)[None], return_state=False)
-    return torch.cat([record.y[:1].to(dtype), y_hat[0]])
+    y_hat, _ = model(shifted.u.to(device=model.u_mean.device, dtype=dtype)[None], return_state=False)
+    return torch.cat([record.y[:1].to(dtype), y_hat[0].cpu()])
 
 
 @torch.no_grad()
@@ -85,8 +85,8 @@ def free_run(model: DeepWiener, record: IORecord, n_warm: int = 0) -> torch.Tens
     check_predictor(model, record.u.shape[1], record.y.shape[1])
     if not isinstance(n_warm, int) or not 1 <= n_warm < len(record):
         raise ValueError(f"n_warm must be an int in [1, {len(record) - 1}] (samples read from the measurement); got {n_warm!r}")
-    dtype = model.u_mean.dtype
-    u, y = record.u.to(dtype), record.y.to(dtype)
+    to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
+    u, y = record.u.to(**to), record.y.to(**to)
     state = model.initial_state(1)
     if n_warm > 1:
         warm = torch.cat([u[1:n_warm], y[: n_warm - 1]], dim=-1)[None]
@@ -96,4 +96,4 @@ def free_run(model: DeepWiener, record: IORecord, n_warm: int = 0) -> torch.Tens
     for t in range(n_warm, len(record)):
         y_prev, state = model.step(torch.cat([u[t: t + 1], y_prev], dim=-1), state)
         out.append(y_prev)
-    return torch.cat(out)
+    return torch.cat(out).cpu()

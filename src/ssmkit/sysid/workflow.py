@@ -41,7 +41,7 @@ COMBINES = ("best", "average")
 
 
 def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation",
-                dtype: torch.dtype | None = None) -> DeepWiener:
+                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> DeepWiener:
     """The deep Wiener model of ``recipe`` for ``bench``'s inputs and outputs (a predictor takes [u_t, y_{t-1}]).
 
     Args:
@@ -51,6 +51,7 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
         recipe: sizes, timescale and encoder window.
         mode: ``"simulation"`` or ``"prediction"``.
         dtype: of the parameters (None: float32).
+        device: of the parameters (None: the CPU); training moves the records there, simulations come back on the CPU.
 
     Returns:
         the untrained model.
@@ -74,7 +75,7 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
     time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
                       layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
-                      encoder_window=encoder, time_varying=time_varying, dtype=dtype)
+                      encoder_window=encoder, time_varying=time_varying, device=device, dtype=dtype)
 
 
 def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
@@ -117,7 +118,8 @@ def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], l
 
 
 def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation", seed: int = 0,
-             dtype: torch.dtype | None = None, log: bool = False) -> tuple[DeepWiener, dict[str, Any]]:
+             dtype: torch.dtype | None = None, log: bool = False,
+             device: torch.device | str | None = None) -> tuple[DeepWiener, dict[str, Any]]:
     """Build and train a deep Wiener model on ``bench``'s estimation records (validation: their tail, or with
     ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training). With
     ``recipe.first_layer_init = "data"`` the first layer's eigenvalues start from a subspace estimate of the training
@@ -137,6 +139,8 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         seed: of the initialisation and the window draws.
         dtype: of the parameters.
         log: print progress.
+        device: where the model trains (``"cuda"`` on a GPU; None: the CPU); the records stay on the CPU and each
+            training record is copied there once.
 
     Returns:
         the trained model (best validation weights; a WienerEnsemble with ``combine="average"``) and the training
@@ -163,7 +167,7 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     runs, members = [], []
     for run_seed in range(seed * k, seed * k + k):
         torch.manual_seed(run_seed)
-        model = build_model(bench, layer, recipe, mode, dtype)
+        model = build_model(bench, layer, recipe, mode, dtype, device)
         if recipe.first_layer_init == "data":
             init_from_data(model, train)  # from the training records only (never the validation or test records)
         history = fit_simulation(model, train, val, config=fit_config(recipe, run_seed), log=log)
@@ -266,10 +270,10 @@ def simulate_periodic(model: DeepWiener, record: IORecord, prime: int = 1) -> to
     """
     if record.period is None:
         raise ValueError(f"record {record.name!r} has no period: the periodic steady state needs IORecord.period")
-    dtype = model.u_mean.dtype
+    to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
 
     def simulate(u: torch.Tensor) -> torch.Tensor:
-        return model(u.to(dtype)[None], return_state=False)[0][0]
+        return model(u.to(**to)[None], return_state=False)[0][0].cpu()
 
     return periodic_steady_state(simulate, record.u, record.period, prime)
 

@@ -45,6 +45,15 @@ class Recipe:
         combine: how the k restarts become one model: ``"best"``, the run with the lowest validation RMSE, or
             ``"average"``, a :class:`ssmkit.sysid.ensemble.WienerEnsemble` averaging the k runs' outputs (k times the
             parameters and the per-step cost of one run).
+        validation: ``"tail"``: every run validates on the tail (``val_fraction``, ``val_records``) and the runs are
+            compared on it; ``"kfold"``: run i of the k ``restarts`` holds out the i-th of k contiguous blocks of every
+            estimation record and validates on it, simulated from the record's start (k-fold cross-validation,
+            :func:`ssmkit.sysid.fit.fold_blocks`); the runs' out-of-fold errors pooled over all k blocks, i.e. over
+            the whole record, are the validation score. Needs ``restarts`` >= 2 and ``combine="average"`` (the runs
+            validate on different blocks, so choosing one by its score would compare blocks, not runs).
+        output_range: (lo, hi), the output sensor's range in physical units (None: no limit): the model clips its
+            output to it and training treats measurements at a limit as censored
+            (:class:`ssmkit.sysid.wiener.DeepWiener`).
         first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
             layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
             automatic order; simulation mode only).
@@ -76,6 +85,8 @@ class Recipe:
     restarts: int = 1
     first_layer_init: str = "layer"
     combine: str = "best"
+    validation: str = "tail"
+    output_range: tuple[float | None, float | None] | None = None
 
 
 RECIPES: dict[str, Recipe] = {

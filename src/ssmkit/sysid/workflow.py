@@ -27,7 +27,8 @@ import torch
 
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
-from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, split_tail, validation_rmse
+from ssmkit.sysid.fit import (SimulationFit, block_errors, fit_simulation, fold_blocks, simulate_record, split_tail,
+                              validation_rmse)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -38,6 +39,7 @@ from ssmkit.sysid.wiener import DeepWiener
 MODES = ("simulation", "prediction")
 FIRST_LAYER_INITS = ("layer", "data")
 COMBINES = ("best", "average")
+VALIDATIONS = ("tail", "kfold")
 
 
 def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation",
@@ -74,7 +76,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
     time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
                       layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
-                      encoder_window=encoder, time_varying=time_varying, dtype=dtype)
+                      encoder_window=encoder, time_varying=time_varying, output_range=recipe.output_range,
+                      dtype=dtype)
 
 
 def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
@@ -127,7 +130,11 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     (disjoint for different ``seed``), and combined by ``recipe.combine``: ``"best"`` returns the run with the lowest
     best validation RMSE (model selection on the estimation data only), ``"average"`` a
     :class:`~ssmkit.sysid.ensemble.WienerEnsemble` of the k runs (each at its best validation weights), whose
-    validation RMSE is that of the averaged simulation; both at k times the training cost.
+    validation RMSE is that of the averaged simulation; both at k times the training cost. With
+    ``recipe.validation = "kfold"`` run i holds out the i-th of k blocks of every estimation record instead of the tail
+    (:func:`ssmkit.sysid.fit.fold_blocks`), the runs are averaged, and the validation RMSE is the runs' out-of-fold
+    RMSE pooled over the k blocks (each run scored on the block it never saw; a cross-validation estimate of one
+    run's error over the whole estimation data, not the ensemble's).
 
     Args:
         bench: the benchmark.
@@ -155,24 +162,23 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         raise ValueError(f"first_layer_init must be one of {FIRST_LAYER_INITS}; got {recipe.first_layer_init!r}")
     if recipe.first_layer_init == "data" and mode != "simulation":
         raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
+    kfold = _check_validation(recipe)
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
-    train, val = held_out(train, recipe)
+    train, val = held_out(train, recipe) if not kfold else (list(train), None)
     if k > 1 and not val and recipe.val_fraction == 0 and recipe.combine == "best":
         raise ValueError("restarts > 1 chooses a run by its validation RMSE: set val_fraction > 0")
     best: tuple[DeepWiener, dict[str, Any]] | None = None
     runs, members = [], []
     for run_seed in range(seed * k, seed * k + k):
-        torch.manual_seed(run_seed)
-        model = build_model(bench, layer, recipe, mode, dtype)
-        if recipe.first_layer_init == "data":
-            init_from_data(model, train)  # from the training records only (never the validation or test records)
-        history = fit_simulation(model, train, val, config=fit_config(recipe, run_seed), log=log)
-        history["mode"] = mode
+        fold = run_seed - seed * k if kfold else None
+        model, history = train_run(bench, layer, recipe, train, val, run_seed, mode, dtype, fold, log)
         runs.append({"seed": run_seed, "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
                      "steps": history["steps"], "seconds": history["seconds"]})
         members.append(model)
         if best is None or history["best_val_rmse"] < best[1]["best_val_rmse"]:
             best = (model, history)
+    if kfold:
+        return _ensemble(members, runs, train, val, recipe, mode, folds=k)
     if recipe.combine == "average":
         return _ensemble(members, runs, train, val, recipe, mode)
     model, history = best
@@ -183,17 +189,92 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     return model, history
 
 
+def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IORecord], val: list[IORecord] | None,
+              run_seed: int, mode: str = "simulation", dtype: torch.dtype | None = None, fold: int | None = None,
+              log: bool = False) -> tuple[DeepWiener, dict[str, Any]]:
+    """One training run of :func:`identify` (it runs ``restarts`` of these), from ``torch.manual_seed(run_seed)``.
+
+    Args:
+        bench: the benchmark (the model's inputs, outputs and Ts).
+        layer: the layer name.
+        recipe: model and training options.
+        train: the training records (:func:`held_out`'s first part; whole records with k-fold validation).
+        val: the validation records (None: the tails, or the fold's blocks).
+        run_seed: of the initialisation and the window draws.
+        mode: ``"simulation"`` or ``"prediction"`` (``train`` then holds prediction records).
+        dtype: of the parameters.
+        fold: with ``recipe.validation = "kfold"``, the block i of k = ``recipe.restarts`` held out
+            (:func:`ssmkit.sysid.fit.fold_blocks`); None otherwise.
+        log: print progress.
+
+    Returns:
+        the model at its best validation weights and its history (with ``"mode"``, and ``"fold"`` when given).
+    """
+    torch.manual_seed(run_seed)
+    model = build_model(bench, layer, recipe, mode, dtype)
+    if recipe.first_layer_init == "data":
+        init_from_data(model, train)  # from the training records only (never the validation or test records)
+    blocks = fold_blocks([len(r) for r in train], recipe.restarts, fold) if fold is not None else None
+    history = fit_simulation(model, train, val, config=fit_config(recipe, run_seed), log=log, blocks=blocks)
+    history["mode"] = mode
+    if fold is not None:
+        history["fold"] = fold
+    return model, history
+
+
+def _check_validation(recipe: Recipe) -> bool:
+    """Whether ``recipe`` validates by k-fold blocks (ValueError for a combination that cannot)."""
+    if recipe.validation not in VALIDATIONS:
+        raise ValueError(f"validation must be one of {VALIDATIONS}; got {recipe.validation!r}")
+    if recipe.validation == "tail":
+        return False
+    if recipe.restarts < 2:
+        raise ValueError("validation='kfold' holds out one block per restart: set restarts = k >= 2 (the folds)")
+    if recipe.combine != "average":
+        raise ValueError("validation='kfold' scores every run on a different block, so the runs cannot be ranked by "
+                         "their scores: set combine='average'")
+    if recipe.val_records:
+        raise ValueError("validation='kfold' holds out blocks of every estimation record: set val_records = 0")
+    if recipe.first_layer_init == "data":
+        raise ValueError("validation='kfold' with first_layer_init='data' would estimate poles from held-out "
+                         "outputs: use first_layer_init='layer'")
+    return True
+
+
+def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord]) -> list[float]:
+    """The k-fold validation RMSE per output: member i simulated on ``records`` and scored on block i of k
+    (:func:`ssmkit.sysid.fit.fold_blocks`, the block it was not trained on), the errors pooled over the k blocks.
+
+    Args:
+        members: the k runs, in fold order.
+        records: the estimation records the folds split.
+
+    Returns:
+        one RMSE per output channel.
+    """
+    k = len(members)
+    errors = [block_errors(m, records, fold_blocks([len(r) for r in records], k, i))[0] for i, m in enumerate(members)]
+    return torch.cat(errors).double().pow(2).mean(0).sqrt().tolist()
+
+
 def _ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list[IORecord],
-              val: list[IORecord] | None, recipe: Recipe, mode: str) -> tuple[WienerEnsemble, dict[str, Any]]:
-    """The ensemble of the trained runs and its history, validated on the records the runs validated on."""
+              val: list[IORecord] | None, recipe: Recipe, mode: str,
+              folds: int | None = None) -> tuple[WienerEnsemble, dict[str, Any]]:
+    """The ensemble of the trained runs and its history, validated on the records the runs validated on (with
+    ``folds``: the out-of-fold RMSE of the runs)."""
     model = WienerEnsemble(members)
     n = model.encoder_window
-    if val is None and recipe.val_fraction > 0:  # the tails fit_simulation held out (the same split, deterministic)
+    if val is None and recipe.val_fraction > 0 and folds is None:  # the tails fit_simulation held out (deterministic)
         val = split_tail(train, recipe.val_fraction, recipe.window + n, n + 2)[1]
-    score = validation_rmse(model, val) if val else [math.inf]
+    if folds is not None:
+        score = out_of_fold_rmse(members, train)
+    else:
+        score = validation_rmse(model, val) if val else [math.inf]
     history = {"combine": "average", "mode": mode, "restarts": runs, "seed": None,
                "best_val_rmse": sum(score) / len(score), "best_step": [r["best_step"] for r in runs],
                "steps": sum(r["steps"] for r in runs), "seconds": sum(r["seconds"] for r in runs)}
+    if folds is not None:
+        history["validation"] = "kfold"
     return model, history
 
 

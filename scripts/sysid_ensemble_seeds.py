@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import time
@@ -101,7 +102,7 @@ def main() -> None:
         summarize_kfold(store, bench, args.k)
     else:
         summarize(store, bench, recipe, train, val, args.k)
-    levels(store, bench, args.k)
+    levels(store, bench, args.k, recipe.val_fraction)
 
 
 def summarize(store, bench, recipe, train, val, k: int) -> None:
@@ -158,26 +159,67 @@ def summarize_kfold(store, bench, k: int) -> None:
     if len(vals) > 1:
         print(f"k-fold, average of {k} over --seed {groups}: validation {statistics.mean(vals):.3f} ± "
               f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f} ({bench.unit})")
+    # restarts = 2k, folds = k, combine = "best": --seed p trains the runs of groups 2p and 2p + 1 and keeps, on each
+    # block, the run with the lower score there
+    pairs = [p for p in range(len(groups) // 2) if 2 * p in groups and 2 * p + 1 in groups]
+    vals, tests, avg_vals, avg_tests = [], [], [], []
+    for p in pairs:
+        both = [runs[s] for s in range(2 * p * k, 2 * p * k + 2 * k)]
+        kept = [min((both[f], both[f + k]), key=lambda r: r["val"]) for f in range(k)]
+        mean_test = [torch.stack([m["test_sims"][i] for m in kept]).mean(0) for i in range(len(bench.test))]
+        vals.append(_oof(kept, bench, k))
+        tests.append(_test_score(mean_test, bench))
+        mean_all = [torch.stack([m["test_sims"][i] for m in both]).mean(0) for i in range(len(bench.test))]
+        avg_vals.append(math.sqrt((_oof(both[:k], bench, k) ** 2 + _oof(both[k:], bench, k) ** 2) / 2))  # same blocks
+        avg_tests.append(_test_score(mean_all, bench))
+        print(f"--seed {p} (restarts {2 * k}, folds {k}): best on each block: validation {vals[-1]:.3f}, test "
+              f"{tests[-1]:.3f} (kept runs {[r['seed'] for r in kept]}); average of {2 * k}: validation "
+              f"{avg_vals[-1]:.3f}, test {avg_tests[-1]:.3f}")
+    if len(pairs) > 1:
+        print(f"k-fold, best on each block of 2 over --seed {pairs}: validation {statistics.mean(vals):.3f} ± "
+              f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f}; "
+              f"average of {2 * k}: validation {statistics.mean(avg_vals):.3f} ± {statistics.stdev(avg_vals):.3f}, "
+              f"test {statistics.mean(avg_tests):.3f} ± {statistics.stdev(avg_tests):.3f} ({bench.unit})")
 
 
-def levels(store, bench, k: int) -> None:
-    """The test error of the k-run averages by measured level, pooled over the complete groups."""
+def _by_level(e: torch.Tensor, y: torch.Tensor) -> str:
+    parts = []
+    for lo, hi in ((0, 4), (4, 8), (8, 9.5), (9.5, 11)):
+        m = (y >= lo) & (y < hi)
+        if m.any():
+            parts.append(f"[{lo}, {hi}) V (n {int(m.sum())}): RMSE {float(e[m].pow(2).mean().sqrt()):.3f}, "
+                         f"bias {float(e[m].mean()):+.3f}")
+    return "; ".join(parts)
+
+
+def levels(store, bench, k: int, val_fraction: float = 0.2) -> None:
+    """The error by measured level, pooled over the complete groups: on the test record for the k-run averages, and
+    on the estimation record for single runs, each scored only where it did not train (its fold with k-fold
+    validation, the validation tail otherwise)."""
     runs = store["runs"]
     groups = sorted({s // k for s in runs if all(t in runs for t in range(s // k * k, s // k * k + k))})
     if not groups or bench.name != "cascaded_tanks":
         return
-    errs, ys = [], []
+    errs, ys, est_errs, est_ys = [], [], [], []
+    y = bench.test[0].y[bench.n_init:, 0].double()
+    y_est = bench.train[0].y[:, 0].double()
+    n_est = len(y_est)
     for g in groups:
         sim = torch.stack([runs[s]["test_sims"][0] for s in range(g * k, g * k + k)]).mean(0)[bench.n_init:, 0]
-        y = bench.test[0].y[bench.n_init:, 0].double()
         errs.append(sim - y)
         ys.append(y)
-    e, y = torch.cat(errs), torch.cat(ys)
-    parts = []
-    for lo, hi in ((0, 4), (4, 8), (8, 9.5), (9.5, 11)):
-        m = (y >= lo) & (y < hi)
-        parts.append(f"[{lo}, {hi}) V: RMSE {float(e[m].pow(2).mean().sqrt()):.3f}, bias {float(e[m].mean()):+.3f}")
-    print("test error of the averages by level: " + "; ".join(parts))
+        for s in range(g * k, g * k + k):
+            run = runs[s]
+            if run.get("fold") is not None:
+                b = fold_blocks([n_est], k, run["fold"])[0]
+                lo, hi = max(b.start, run["n_enc"]), b.stop
+            else:  # the tail's samples, simulated from the record's start (as the test is)
+                lo, hi = int(round(n_est * (1 - val_fraction))), n_est
+            est_errs.append(run["est_sims"][0][lo:hi, 0] - y_est[lo:hi])
+            est_ys.append(y_est[lo:hi])
+    print("test error of the averages by level: " + _by_level(torch.cat(errs), torch.cat(ys)))
+    print("held-out estimation error of single runs (simulated from the record's start) by level: "
+          + _by_level(torch.cat(est_errs), torch.cat(est_ys)))
 
 
 if __name__ == "__main__":

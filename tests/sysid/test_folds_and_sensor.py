@@ -144,8 +144,24 @@ def test_kfold_identify_averages_the_folds_and_scores_them_out_of_fold():
         errors.append((y_sim[lo:100 * i + 100] - r.y[lo:100 * i + 100]).numpy())
     want = float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
     assert history["best_val_rmse"] == pytest.approx(want, rel=1e-12)
-    assert out_of_fold_rmse(list(model.members), bench.train)[0] == pytest.approx(want, rel=1e-12)
-    for name, value, match in (("combine", "best", "set combine='average'"), ("restarts", 1, "restarts = k >= 2"),
-                               ("validation", "loo", "validation must be one of")):
+    assert out_of_fold_rmse(list(model.members), bench.train, [0, 1, 2], 3)[0] == pytest.approx(want, rel=1e-12)
+    for changes, match in (({"restarts": 1}, "folds = K >= 2"), ({"folds": 2}, "must be a multiple of folds"),
+                           ({"validation": "loo"}, "validation must be one of")):
         with pytest.raises(ValueError, match=match):
-            identify(bench, "s4d", dataclasses.replace(recipe, **{name: value}))
+            identify(bench, "s4d", dataclasses.replace(recipe, **changes))
+
+
+def test_kfold_best_keeps_the_lowest_scoring_run_of_each_block():
+    bench = wiener_bench(300, 60)
+    recipe = Recipe(d_model=2, n_layers=1, d_state=4, timescale=(0.5, 5.0), encoder_window=10, window=40,
+                    batch_size=4, steps=8, lr=1e-2, val_every=4, patience=None, restarts=4, folds=2,
+                    combine="best", validation="kfold")
+    model, history = identify(bench, "s4d", recipe, seed=0, dtype=torch.float64)
+    runs = history["restarts"]
+    assert [r["fold"] for r in runs] == [0, 1, 0, 1] and len(model) == 2 and history["folds"] == 2
+    chosen = [min((0, 2), key=lambda i: runs[i]["best_val_rmse"]), min((1, 3), key=lambda i: runs[i]["best_val_rmse"])]
+    assert [i for i, r in enumerate(runs) if r["kept"]] == chosen
+    assert len({r["best_val_rmse"] for r in runs}) == 4  # distinct scores: the choice is not vacuous
+    # the score pools the kept runs' blocks (each run's best score is its block RMSE at the weights it keeps)
+    squared = [runs[i]["best_val_rmse"] ** 2 * n for i, n in zip(chosen, (140, 150))]  # blocks [10, 150), [150, 300)
+    assert history["best_val_rmse"] == pytest.approx(math.sqrt(sum(squared) / 290), rel=1e-10)

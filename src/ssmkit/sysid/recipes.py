@@ -46,11 +46,13 @@ class Recipe:
             ``"average"``, a :class:`ssmkit.sysid.ensemble.WienerEnsemble` averaging the k runs' outputs (k times the
             parameters and the per-step cost of one run).
         validation: ``"tail"``: every run validates on the tail (``val_fraction``, ``val_records``) and the runs are
-            compared on it; ``"kfold"``: run i of the k ``restarts`` holds out the i-th of k contiguous blocks of every
-            estimation record and validates on it, simulated from the record's start (k-fold cross-validation,
-            :func:`ssmkit.sysid.fit.fold_blocks`); the runs' out-of-fold errors pooled over all k blocks, i.e. over
-            the whole record, are the validation score. Needs ``restarts`` >= 2 and ``combine="average"`` (the runs
-            validate on different blocks, so choosing one by its score would compare blocks, not runs).
+            compared on it; ``"kfold"``: run i of the ``restarts`` holds out block i mod K of K = ``folds`` contiguous
+            blocks of every estimation record and validates on it, simulated from the record's start (k-fold
+            cross-validation, :func:`ssmkit.sysid.fit.fold_blocks`). The result is an ensemble of K runs or more:
+            ``combine="average"`` keeps every run, ``combine="best"`` the run with the lowest score on each block
+            (runs are only compared on the same block); the validation score is the kept runs' out-of-fold errors
+            pooled over the K blocks, i.e. over the whole record.
+        folds: K for ``validation="kfold"`` (None: ``restarts``); ``restarts`` must be a multiple of K.
         output_range: (lo, hi), the output sensor's range in physical units (None: no limit): the model clips its
             output to it and training treats measurements at a limit as censored
             (:class:`ssmkit.sysid.wiener.DeepWiener`).
@@ -86,6 +88,7 @@ class Recipe:
     first_layer_init: str = "layer"
     combine: str = "best"
     validation: str = "tail"
+    folds: int | None = None
     output_range: tuple[float | None, float | None] | None = None
 
 

@@ -131,10 +131,11 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     best validation RMSE (model selection on the estimation data only), ``"average"`` a
     :class:`~ssmkit.sysid.ensemble.WienerEnsemble` of the k runs (each at its best validation weights), whose
     validation RMSE is that of the averaged simulation; both at k times the training cost. With
-    ``recipe.validation = "kfold"`` run i holds out the i-th of k blocks of every estimation record instead of the tail
-    (:func:`ssmkit.sysid.fit.fold_blocks`), the runs are averaged, and the validation RMSE is the runs' out-of-fold
-    RMSE pooled over the k blocks (each run scored on the block it never saw; a cross-validation estimate of one
-    run's error over the whole estimation data, not the ensemble's).
+    ``recipe.validation = "kfold"`` run i holds out block i mod K of K = ``recipe.folds`` blocks of every estimation
+    record instead of the tail (:func:`ssmkit.sysid.fit.fold_blocks`); the result is a WienerEnsemble of every run
+    (``"average"``) or of the run with the lowest score on each block (``"best"``), and the validation RMSE is the
+    kept runs' out-of-fold RMSE pooled over the K blocks (each run scored on the block it never saw; a
+    cross-validation estimate of one run's error over the whole estimation data, not the ensemble's).
 
     Args:
         bench: the benchmark.
@@ -162,15 +163,16 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         raise ValueError(f"first_layer_init must be one of {FIRST_LAYER_INITS}; got {recipe.first_layer_init!r}")
     if recipe.first_layer_init == "data" and mode != "simulation":
         raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
-    kfold = _check_validation(recipe)
+    folds = _check_validation(recipe)
+    kfold = folds is not None
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
     train, val = held_out(train, recipe) if not kfold else (list(train), None)
-    if k > 1 and not val and recipe.val_fraction == 0 and recipe.combine == "best":
+    if k > 1 and not kfold and not val and recipe.val_fraction == 0 and recipe.combine == "best":
         raise ValueError("restarts > 1 chooses a run by its validation RMSE: set val_fraction > 0")
     best: tuple[DeepWiener, dict[str, Any]] | None = None
     runs, members = [], []
     for run_seed in range(seed * k, seed * k + k):
-        fold = run_seed - seed * k if kfold else None
+        fold = (run_seed - seed * k) % folds if kfold else None
         model, history = train_run(bench, layer, recipe, train, val, run_seed, mode, dtype, fold, log)
         runs.append({"seed": run_seed, "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
                      "steps": history["steps"], "seconds": history["seconds"]})
@@ -178,7 +180,7 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         if best is None or history["best_val_rmse"] < best[1]["best_val_rmse"]:
             best = (model, history)
     if kfold:
-        return _ensemble(members, runs, train, val, recipe, mode, folds=k)
+        return _fold_ensemble(members, runs, train, recipe, mode, folds)
     if recipe.combine == "average":
         return _ensemble(members, runs, train, val, recipe, mode)
     model, history = best
@@ -203,8 +205,8 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
         run_seed: of the initialisation and the window draws.
         mode: ``"simulation"`` or ``"prediction"`` (``train`` then holds prediction records).
         dtype: of the parameters.
-        fold: with ``recipe.validation = "kfold"``, the block i of k = ``recipe.restarts`` held out
-            (:func:`ssmkit.sysid.fit.fold_blocks`); None otherwise.
+        fold: with ``recipe.validation = "kfold"``, the block i of K = ``recipe.folds`` (None: ``restarts``) held
+            out (:func:`ssmkit.sysid.fit.fold_blocks`); None otherwise.
         log: print progress.
 
     Returns:
@@ -214,7 +216,8 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     model = build_model(bench, layer, recipe, mode, dtype)
     if recipe.first_layer_init == "data":
         init_from_data(model, train)  # from the training records only (never the validation or test records)
-    blocks = fold_blocks([len(r) for r in train], recipe.restarts, fold) if fold is not None else None
+    n_folds = recipe.folds or recipe.restarts
+    blocks = fold_blocks([len(r) for r in train], n_folds, fold) if fold is not None else None
     history = fit_simulation(model, train, val, config=fit_config(recipe, run_seed), log=log, blocks=blocks)
     history["mode"] = mode
     if fold is not None:
@@ -222,59 +225,72 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     return model, history
 
 
-def _check_validation(recipe: Recipe) -> bool:
-    """Whether ``recipe`` validates by k-fold blocks (ValueError for a combination that cannot)."""
+def _check_validation(recipe: Recipe) -> int | None:
+    """K, the number of blocks, when ``recipe`` validates by k-fold blocks, else None (ValueError for a combination
+    that cannot)."""
     if recipe.validation not in VALIDATIONS:
         raise ValueError(f"validation must be one of {VALIDATIONS}; got {recipe.validation!r}")
     if recipe.validation == "tail":
-        return False
-    if recipe.restarts < 2:
-        raise ValueError("validation='kfold' holds out one block per restart: set restarts = k >= 2 (the folds)")
-    if recipe.combine != "average":
-        raise ValueError("validation='kfold' scores every run on a different block, so the runs cannot be ranked by "
-                         "their scores: set combine='average'")
+        return None
+    k = recipe.folds if recipe.folds is not None else recipe.restarts
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"validation='kfold' needs folds = K >= 2 blocks (folds None: restarts); got {k!r}")
+    if recipe.restarts % k:
+        raise ValueError(f"validation='kfold' holds out block i mod K in run i: restarts ({recipe.restarts}) must be "
+                         f"a multiple of folds ({k})")
     if recipe.val_records:
         raise ValueError("validation='kfold' holds out blocks of every estimation record: set val_records = 0")
     if recipe.first_layer_init == "data":
         raise ValueError("validation='kfold' with first_layer_init='data' would estimate poles from held-out "
                          "outputs: use first_layer_init='layer'")
-    return True
+    return k
 
 
-def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord]) -> list[float]:
-    """The k-fold validation RMSE per output: member i simulated on ``records`` and scored on block i of k
-    (:func:`ssmkit.sysid.fit.fold_blocks`, the block it was not trained on), the errors pooled over the k blocks.
+def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord], folds: list[int], k: int) -> list[float]:
+    """The k-fold validation RMSE per output: member j simulated on ``records`` and scored on block ``folds[j]`` of k
+    (:func:`ssmkit.sysid.fit.fold_blocks`, the block it was not trained on), the errors pooled over the members.
 
     Args:
-        members: the k runs, in fold order.
+        members: the runs.
         records: the estimation records the folds split.
+        folds: the block each member held out.
+        k: the number of blocks.
 
     Returns:
         one RMSE per output channel.
     """
-    k = len(members)
-    errors = [block_errors(m, records, fold_blocks([len(r) for r in records], k, i))[0] for i, m in enumerate(members)]
+    lengths = [len(r) for r in records]
+    errors = [block_errors(m, records, fold_blocks(lengths, k, f))[0] for m, f in zip(members, folds)]
     return torch.cat(errors).double().pow(2).mean(0).sqrt().tolist()
 
 
+def _fold_ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list[IORecord], recipe: Recipe,
+                   mode: str, k: int) -> tuple[WienerEnsemble, dict[str, Any]]:
+    """The ensemble of k-fold runs (every run, or the best on each block) and its out-of-fold validation RMSE."""
+    folds = [i % k for i in range(len(members))]
+    keep = list(range(len(members)))
+    if recipe.combine == "best":
+        keep = [min((i for i in keep if folds[i] == f), key=lambda i: runs[i]["best_val_rmse"]) for f in range(k)]
+    score = out_of_fold_rmse([members[i] for i in keep], train, [folds[i] for i in keep], k)
+    for i, run in enumerate(runs):
+        run["fold"], run["kept"] = folds[i], i in keep
+    history = {"combine": recipe.combine, "validation": "kfold", "folds": k, "mode": mode, "restarts": runs,
+               "seed": None, "best_val_rmse": sum(score) / len(score), "best_step": [runs[i]["best_step"] for i in keep],
+               "steps": sum(r["steps"] for r in runs), "seconds": sum(r["seconds"] for r in runs)}
+    return WienerEnsemble([members[i] for i in keep]), history
+
+
 def _ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list[IORecord],
-              val: list[IORecord] | None, recipe: Recipe, mode: str,
-              folds: int | None = None) -> tuple[WienerEnsemble, dict[str, Any]]:
-    """The ensemble of the trained runs and its history, validated on the records the runs validated on (with
-    ``folds``: the out-of-fold RMSE of the runs)."""
+              val: list[IORecord] | None, recipe: Recipe, mode: str) -> tuple[WienerEnsemble, dict[str, Any]]:
+    """The ensemble of the trained runs and its history, validated on the records the runs validated on."""
     model = WienerEnsemble(members)
     n = model.encoder_window
-    if val is None and recipe.val_fraction > 0 and folds is None:  # the tails fit_simulation held out (deterministic)
+    if val is None and recipe.val_fraction > 0:  # the tails fit_simulation held out (the same split, deterministic)
         val = split_tail(train, recipe.val_fraction, recipe.window + n, n + 2)[1]
-    if folds is not None:
-        score = out_of_fold_rmse(members, train)
-    else:
-        score = validation_rmse(model, val) if val else [math.inf]
+    score = validation_rmse(model, val) if val else [math.inf]
     history = {"combine": "average", "mode": mode, "restarts": runs, "seed": None,
                "best_val_rmse": sum(score) / len(score), "best_step": [r["best_step"] for r in runs],
                "steps": sum(r["steps"] for r in runs), "seconds": sum(r["seconds"] for r in runs)}
-    if folds is not None:
-        history["validation"] = "kfold"
     return model, history
 
 

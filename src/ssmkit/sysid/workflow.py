@@ -216,9 +216,12 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     model = build_model(bench, layer, recipe, mode, dtype)
     if recipe.first_layer_init == "data":
         init_from_data(model, train)  # from the training records only (never the validation or test records)
-    n_folds = recipe.folds or recipe.restarts
-    blocks = fold_blocks([len(r) for r in train], n_folds, fold) if fold is not None else None
-    history = fit_simulation(model, train, val, config=fit_config(recipe, run_seed), log=log, blocks=blocks)
+    config = fit_config(recipe, run_seed)
+    if fold is None:
+        history = fit_simulation(model, train, val, config=config, log=log)
+    else:
+        blocks = fold_blocks([len(r) for r in train], recipe.folds or recipe.restarts, fold)
+        history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)
     history["mode"] = mode
     if fold is not None:
         history["fold"] = fold

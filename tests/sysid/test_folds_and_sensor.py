@@ -165,3 +165,23 @@ def test_kfold_best_keeps_the_lowest_scoring_run_of_each_block():
     # the score pools the kept runs' blocks (each run's best score is its block RMSE at the weights it keeps)
     squared = [runs[i]["best_val_rmse"] ** 2 * n for i, n in zip(chosen, (140, 150))]  # blocks [10, 150), [150, 300)
     assert history["best_val_rmse"] == pytest.approx(math.sqrt(sum(squared) / 290), rel=1e-10)
+
+
+def test_onnx_export_keeps_the_sensor_clip(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ssmkit.analysis.onnx_export import export_onnx
+    from tests.analysis.test_export import _run_onnx, _run_step
+
+    torch.manual_seed(0)
+    free = DeepWiener(n_inputs=1, n_outputs=1, d_model=3, n_layers=1, layer="s4d", layer_options={"d_state": 4}).eval()
+    u = torch.randn(2, 12, 1) * 3
+    y_free, _ = _run_step(free, u)
+    hi = float(y_free.median())
+    model = DeepWiener(n_inputs=1, n_outputs=1, d_model=3, n_layers=1, layer="s4d", layer_options={"d_state": 4},
+                       output_range=(None, hi)).eval()
+    model.load_state_dict(free.state_dict())
+    y_ref, _ = _run_step(model, u)
+    info = export_onnx(model, str(tmp_path / "clipped.onnx"))
+    y_onnx, _ = _run_onnx(model, info, u)
+    assert (y_ref == hi).sum() >= 6 and torch.equal(y_ref, y_free.clamp(max=hi))
+    assert rel_err(y_onnx, y_ref) <= 1e-5

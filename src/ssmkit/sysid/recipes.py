@@ -51,7 +51,7 @@ class Recipe:
             cross-validation, :func:`ssmkit.sysid.fit.fold_blocks`). The result is an ensemble of K runs or more:
             ``combine="average"`` keeps every run, ``combine="best"`` the run with the lowest score on each block
             (runs are only compared on the same block); the validation score is the kept runs' out-of-fold errors
-            pooled over the K blocks, i.e. over the whole record.
+            pooled over the K blocks, i.e. over the whole record (``val_fraction`` is then unused).
         folds: K for ``validation="kfold"`` (None: ``restarts``); ``restarts`` must be a multiple of K.
         output_range: (lo, hi), the output sensor's range in physical units (None: no limit): the model clips its
             output to it and training treats measurements at a limit as censored

@@ -53,8 +53,8 @@ class Recipe:
             (runs are only compared on the same block); the validation score is the kept runs' out-of-fold errors
             pooled over the K blocks, i.e. over the whole record (``val_fraction`` is then unused).
         folds: K for ``validation="kfold"`` (None: ``restarts``); ``restarts`` must be a multiple of K.
-        output_range: (lo, hi), the output sensor's range in physical units (None: no limit): the model clips its
-            output to it and training treats measurements at a limit as censored
+        output_range: the output sensor's range, a pair of limits lo < hi in physical units (None: no limit): the
+            model clips its output to it and training treats measurements at a limit as censored
             (:class:`ssmkit.sysid.wiener.DeepWiener`).
         first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
             layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,

@@ -21,10 +21,10 @@ LTI_ℓ, its Δ_t (or gate) a function of the block's input, so a block can have
 block is not a Wiener system and has no realisation: :meth:`state_space` and the control analysis cover the LTI
 blocks only, and :meth:`is_stable` certifies nothing about the others (it returns False for a model that has any).
 
-Sensor range (``output_range=(lo, hi)``, opt-in): a sensor that saturates (Cascaded Tanks' level sensor at 10 V)
-measures y = min(max(ŷ, lo), hi) of the process output ŷ. The model then clips its simulated output to that range,
-and training scores a measured sample at a limit as censored (:meth:`DeepWiener.censored_error`): it says only that
-the process is beyond the limit, so ŷ beyond it is not penalised and ŷ short of it is. The blocks, decoder and skip
+Sensor range (``output_range``, a pair of limits lo < hi; opt-in): a sensor that saturates (Cascaded Tanks' level
+sensor at 10 V) measures y = min(max(ŷ, lo), hi) of the process output ŷ. The model then clips its simulated output
+to that range, and training scores a measured sample at a limit as censored (:meth:`DeepWiener.censored_error`): it
+says only that the process is beyond the limit, so ŷ beyond it is not penalised and ŷ short of it is. The blocks, decoder and skip
 stay linear in ŷ's range, so the state keeps the unclipped level.
 
 Sampling time: ``dt`` is the data's Ts in seconds; :meth:`state_space` exports each block with that ``dt``, so poles
@@ -65,9 +65,9 @@ class DeepWiener(nn.Module):
         time_varying: also accept layers without a state-space realisation (selective, input-dependent: ``mamba``,
             ``rglru``; they need ``step`` and a fixed-size state); False (the default) keeps the model a deep
             Wiener model of LTI blocks.
-        output_range: (lo, hi), the output sensor's range in physical units (either may be None: no limit on that
-            side; the same range for every output): the output is clipped to it and training treats measurements at
-            a limit as censored (module docstring). None: no clipping.
+        output_range: the output sensor's range, a pair of limits lo < hi in physical units (either may be None: no
+            limit on that side; the same range for every output): the output is clipped to it and training treats
+            measurements at a limit as censored (module docstring). None: no clipping.
         device, dtype: of the parameters.
     """
 
@@ -367,7 +367,7 @@ class DeepWiener(nn.Module):
 
 
 def _check_range(output_range) -> tuple[float | None, float | None] | None:
-    """``output_range`` as a (lo, hi) tuple of floats or None, or a ValueError naming the expectation."""
+    """``output_range`` as a pair of floats or None (lo < hi), or a ValueError naming the expectation."""
     if output_range is None:
         return None
     ok = isinstance(output_range, (tuple, list)) and len(output_range) == 2

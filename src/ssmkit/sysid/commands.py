@@ -102,7 +102,7 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
     seconds = time.perf_counter() - start
     steady = cfg.steady_state_periods if cfg.steady_state_periods and cfg.mode == "simulation" else None
     scores = evaluate(model, bench, cfg.mode, steady_state=steady)
-    ensemble = history.get("combine") == "average"
+    ensemble = history.get("combine") == "average" or history.get("validation") == "kfold"
     label = f"deep Wiener {cfg.model} ({cfg.mode})" + (f", average of {len(model)} runs" if ensemble else "")
     out = cfg.out or os.path.join("runs", f"sysid-{cfg.benchmark}-{cfg.model}")
     run = {
@@ -130,6 +130,9 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
     chosen = f" (run {len(history['restarts'])} times; kept seed {history['seed']})" if "restarts" in history else ""
     if ensemble:
         chosen = f" (run {len(history['restarts'])} times; kept the average of every run)"
+    if history.get("validation") == "kfold":
+        chosen = (f" (run {len(history['restarts'])} times over {history['folds']} held-out blocks; kept the average "
+                  f"of {len(model)} runs: {'the best on each block' if history['combine'] == 'best' else 'every run'})")
     print(f"trained {history['steps']} steps in {seconds:.1f} s{chosen} (best validation at step {history['best_step']}); "
           f"report in {out}")
     return 0

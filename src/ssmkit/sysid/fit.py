@@ -17,6 +17,16 @@ training stops after ``patience`` validations without improvement, but not befor
 (:class:`ssmkit.sysid.averaging.WeightAverage`), not the last iterate. SSM parameters keep their marked learning rates
 and get weight decay only when ``ssm_weight_decay`` is set; ``schedule="cosine"`` decays every rate to 0 over
 ``steps``.
+
+Held-out blocks (``blocks``, for k-fold validation): instead of a tail, contiguous blocks [start, stop) of the training
+records are held out. Their measured outputs never enter the loss, the normalisation or a training window's encoder
+part (a window may still simulate through a block, driven by the known inputs, with the loss left out there).
+Validation simulates every record that holds a block from its start (the encoder reads its first
+``encoder_window`` samples) and scores the blocks only, so the held-out samples are reached after a long free run,
+as the test record's samples are.
+
+A model with an ``output_range`` (a saturating sensor) is trained on its unclipped output with measurements at a
+limit treated as censored (:meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`).
 """
 
 from __future__ import annotations
@@ -37,6 +47,39 @@ from ssmkit.sysid.wiener import DeepWiener
 from ssmkit.train.schedule import warmup_cosine
 
 SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class Block:
+    """Samples [start, stop) of training record ``record`` held out for validation (k-fold; :func:`fit_simulation`).
+
+    Args:
+        record: the index of the record in the training list.
+        start: the first held-out sample.
+        stop: one past the last.
+    """
+
+    record: int
+    start: int
+    stop: int
+
+
+def fold_blocks(lengths: list[int], folds: int, fold: int) -> list[Block]:
+    """Block ``fold`` of ``folds`` contiguous, nearly equal blocks of every record (boundaries round(i·L / folds)).
+
+    Args:
+        lengths: the records' lengths L.
+        folds: K >= 2 blocks per record.
+        fold: which block, 0 … K − 1.
+
+    Returns:
+        one :class:`Block` per record.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2; got {folds!r}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ValueError(f"fold must be an int in [0, {folds}); got {fold!r}")
+    return [Block(i, int(round(fold * n / folds)), int(round((fold + 1) * n / folds))) for i, n in enumerate(lengths)]
 
 
 @dataclass
@@ -169,8 +212,77 @@ def validation_rmse(model: DeepWiener, records: list[IORecord]) -> list[float]:
     return torch.atleast_1d(score).tolist()
 
 
+def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The simulation errors on held-out blocks: each record holding a block is simulated whole from its start
+    (:func:`simulate_record`), and the samples of its blocks not read by the encoder are kept.
+
+    Args:
+        model: a DeepWiener (or a WienerEnsemble).
+        records: the training records the blocks index.
+        blocks: the held-out blocks.
+
+    Returns:
+        (errors (n, p) ŷ − y pooled over the blocks, in the data's unit; the block samples' measured outputs (n, p)).
+    """
+    errors, measured, sims = [], [], {}
+    with torch.no_grad():
+        for b in blocks:
+            if b.record not in sims:
+                sims[b.record] = simulate_record(model, records[b.record])
+            y_sim, n = sims[b.record]
+            lo = max(b.start, n)
+            y = records[b.record].y[lo:b.stop]
+            errors.append(y_sim[lo:b.stop].to(y.dtype) - y)
+            measured.append(y)
+    return torch.cat(errors), torch.cat(measured)
+
+
+def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block]) -> list[float]:
+    """The RMSE per output of ``model``'s simulation on held-out blocks, pooled over them (:func:`block_errors`).
+
+    Args:
+        model: a DeepWiener (or a WienerEnsemble).
+        records: the training records the blocks index.
+        blocks: the held-out blocks.
+
+    Returns:
+        one RMSE per output channel.
+    """
+    err, _ = block_errors(model, records, blocks)
+    return err.double().pow(2).mean(0).sqrt().tolist()
+
+
+def _check_blocks(blocks: list[Block], train: list[IORecord], n_enc: int) -> None:
+    for b in blocks:
+        if not isinstance(b, Block) or not 0 <= b.record < len(train):
+            raise ValueError(f"blocks must be Block(record, start, stop) with record an index into the {len(train)} "
+                             f"training records; got {b!r}")
+        if not 0 <= b.start < b.stop <= len(train[b.record]) or b.stop - max(b.start, n_enc) < 1:
+            raise ValueError(f"block {b!r} must satisfy 0 <= start < stop <= {len(train[b.record])} (the record's "
+                             f"length) and hold a sample after the encoder's first {n_enc}")
+
+
+def _block_windows(train: list[IORecord], blocks: list[Block], window: int, n_enc: int):
+    """The training windows' admissible (record, offset) pairs and each record's output mask (1 outside blocks)."""
+    masks, pairs = [], []
+    for i, r in enumerate(train):
+        mask = torch.ones(len(r), dtype=torch.bool)
+        for b in blocks:
+            if b.record == i:
+                mask[b.start:b.stop] = False
+        masks.append(mask)
+        for o in range(len(r) - window - n_enc + 1):
+            free = mask[o + n_enc: o + n_enc + window].any()
+            if mask[o: o + n_enc].all() and free:  # the encoder reads no held-out output; something is scored
+                pairs.append((i, o))
+    if not pairs:
+        raise ValueError(f"no training window of {window} + {n_enc} samples avoids the held-out blocks: lower window")
+    return masks, pairs
+
+
 def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord] | None = None,
-                   config: SimulationFit | None = None, log: bool = False) -> dict[str, Any]:
+                   config: SimulationFit | None = None, log: bool = False,
+                   blocks: list[Block] | None = None) -> dict[str, Any]:
     """Train ``model`` by simulation error (module docstring); returns the training history.
 
     Args:
@@ -179,6 +291,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         val: validation records, or None to hold out the tail of every estimation record.
         config: the options.
         log: print progress lines.
+        blocks: held-out blocks of ``train`` to validate on instead of ``val`` or a tail (module docstring); None:
+            no blocks.
 
     Returns:
         {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [per output])],
@@ -193,12 +307,20 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
                                     or not 0 <= cfg.average < 1):
         raise ValueError(f"average must be None or a number in [0, 1); got {cfg.average!r}")
     n_enc = model.encoder_window
-    if val is None and cfg.val_fraction > 0:
+    if blocks is not None:
+        if val is not None:
+            raise ValueError("give either validation records (val) or held-out blocks, not both")
+        _check_blocks(blocks, train, n_enc)
+    if val is None and cfg.val_fraction > 0 and blocks is None:
         train, val = split_tail(train, cfg.val_fraction, cfg.window + n_enc, n_enc + 2)
     for r in train:
         if len(r) < cfg.window + n_enc:
             raise ValueError(f"record {r.name!r} has {len(r)} samples, fewer than window + encoder_window = {cfg.window + n_enc}")
-    model.set_normalisation([r.u for r in train], [r.y for r in train])
+    masks, pairs = _block_windows(train, blocks, cfg.window, n_enc) if blocks else (None, None)
+    if masks is None:
+        model.set_normalisation([r.u for r in train], [r.y for r in train])
+    else:  # the held-out outputs do not enter the scaling either
+        model.set_normalisation([r.u for r in train], [r.y[m] for r, m in zip(train, masks)])
     dtype, device = model.u_mean.dtype, model.u_mean.device  # the records move to the model's device once
     us = [r.u.to(device=device, dtype=dtype) for r in train]
     ys = [r.y.to(device=device, dtype=dtype) for r in train]
@@ -219,14 +341,23 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     bad, start = 0, time.perf_counter()
     step = 0
     for step in range(1, cfg.steps + 1):
-        which = torch.multinomial(lengths, cfg.batch_size, replacement=True, generator=g)
-        offsets = (torch.rand(cfg.batch_size, generator=g, dtype=torch.float64) * lengths[which]).long()
-        u_b = torch.stack([us[i][o: o + n_enc + cfg.window] for i, o in zip(which.tolist(), offsets.tolist())])
-        y_b = torch.stack([ys[i][o: o + n_enc + cfg.window] for i, o in zip(which.tolist(), offsets.tolist())])
+        if pairs is None:
+            which = torch.multinomial(lengths, cfg.batch_size, replacement=True, generator=g)
+            offsets = (torch.rand(cfg.batch_size, generator=g, dtype=torch.float64) * lengths[which]).long()
+            drawn = list(zip(which.tolist(), offsets.tolist()))
+        else:
+            drawn = [pairs[j] for j in torch.randint(len(pairs), (cfg.batch_size,), generator=g).tolist()]
+        u_b = torch.stack([us[i][o: o + n_enc + cfg.window] for i, o in drawn])
+        y_b = torch.stack([ys[i][o: o + n_enc + cfg.window] for i, o in drawn])
         state = model.estimate_state(u_b[:, :n_enc], y_b[:, :n_enc]) if n_enc else None
-        y_hat, _ = model(u_b[:, n_enc:], state, return_state=False)
-        err = (y_hat - y_b[:, n_enc:]) / model.y_std
-        loss = (weights[None, :, None] * err ** 2).mean()
+        y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False)
+        err = model.censored_error(y_hat, y_b[:, n_enc:]) / model.y_std
+        if masks is None:
+            loss = (weights[None, :, None] * err ** 2).mean()
+        else:  # held-out samples weigh 0; the mean is over the scored ones
+            m = torch.stack([masks[i][o + n_enc: o + n_enc + cfg.window] for i, o in drawn])
+            m = m.to(device=device, dtype=dtype)[:, :, None]  # (B, window, 1)
+            loss = (weights[None, :, None] * m * err ** 2).sum() / (m.sum() * err.shape[-1])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -239,8 +370,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         scored = model if average is None else average.module
         history["train_loss"].append(float(loss.detach()))
         history["lr"].append(optimizer.param_groups[0]["lr"])  # the rate of the next step
-        if val and (step % cfg.val_every == 0 or step == cfg.steps):
-            score_list = validation_rmse(scored, val)
+        if (val or blocks) and (step % cfg.val_every == 0 or step == cfg.steps):
+            score_list = validation_rmse(scored, val) if val else block_rmse(scored, train, blocks)
             history["val_rmse"].append((step, score_list))
             mean_score = sum(score_list) / len(score_list)
             if log:
@@ -253,7 +384,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
                 bad += 1
                 if cfg.patience is not None and bad >= cfg.patience and step >= cfg.min_steps:
                     break
-    if val:
+    if val or blocks:
         model.load_state_dict(best_state)
     elif average is not None:
         model.load_state_dict(average.state_dict())

@@ -21,6 +21,12 @@ LTI_ℓ, its Δ_t (or gate) a function of the block's input, so a block can have
 block is not a Wiener system and has no realisation: :meth:`state_space` and the control analysis cover the LTI
 blocks only, and :meth:`is_stable` certifies nothing about the others (it returns False for a model that has any).
 
+Sensor range (``output_range``, a pair of limits lo < hi; opt-in): a sensor that saturates (Cascaded Tanks' level
+sensor at 10 V) measures y = min(max(ŷ, lo), hi) of the process output ŷ. The model then clips its simulated output
+to that range, and training scores a measured sample at a limit as censored (:meth:`DeepWiener.censored_error`): it
+says only that the process is beyond the limit, so ŷ beyond it is not penalised and ŷ short of it is. The blocks, decoder and skip
+stay linear in ŷ's range, so the state keeps the unclipped level.
+
 Sampling time: ``dt`` is the data's Ts in seconds; :meth:`state_space` exports each block with that ``dt``, so poles
 and frequency responses come in physical units, and ``timescale`` gives the layers' Δ range in seconds.
 """
@@ -59,6 +65,9 @@ class DeepWiener(nn.Module):
         time_varying: also accept layers without a state-space realisation (selective, input-dependent: ``mamba``,
             ``rglru``; they need ``step`` and a fixed-size state); False (the default) keeps the model a deep
             Wiener model of LTI blocks.
+        output_range: the output sensor's range, a pair of limits lo < hi in physical units (either may be None: no
+            limit on that side; the same range for every output): the output is clipped to it and training treats
+            measurements at a limit as censored (module docstring). None: no clipping.
         device, dtype: of the parameters.
     """
 
@@ -76,6 +85,7 @@ class DeepWiener(nn.Module):
         encoder_window: int = 0,
         encoder_hidden: int = 64,
         time_varying: bool = False,
+        output_range: tuple[float | None, float | None] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -98,6 +108,7 @@ class DeepWiener(nn.Module):
             raise ValueError(f"DeepWiener runs its layers one sample at a time: {layer!r} has no step")
         if not isinstance(encoder_window, int) or encoder_window < 0:
             raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
+        output_range = _check_range(output_range)
         options = dict(layer_options or {})
         for key in ("d_model", "device", "dtype"):
             if key in options:
@@ -118,6 +129,9 @@ class DeepWiener(nn.Module):
         }
         if time_varying:  # stored only when set: checkpoints of LTI models keep their arguments
             self.arguments["time_varying"] = True
+        if output_range is not None:  # likewise
+            self.arguments["output_range"] = output_range
+        self.output_range = output_range
         self.lti = bool(cls.capabilities.state_space)
         self.n_inputs, self.n_outputs, self.d_model = n_inputs, n_outputs, d_model
         self.dt = float(dt)
@@ -179,13 +193,14 @@ class DeepWiener(nn.Module):
         """The state at rest: one zero state per block."""
         return [layer.initial_state(batch_size) for layer in self.layers]
 
-    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True):
+    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True, saturate: bool = True):
         """Simulate: u (B, L, m) in physical units -> y (B, L, p) in physical units, from ``state`` (None: rest).
 
         Args:
             u: (B, L, m) inputs.
             state: per-block states (``initial_state``, ``estimate_state``, ``step`` or a previous call), or None.
             return_state: also return the final states.
+            saturate: clip the output to ``output_range`` (when set); False gives the unclipped ŷ (training).
 
         Returns:
             y (B, L, p) and the list of final block states (None when not asked for).
@@ -201,7 +216,7 @@ class DeepWiener(nn.Module):
             x = self.activation(eta) + skip(x)
             finals.append(s)
         y = self.decoder(x) * self.y_std + self.y_mean  # (B, L, p)
-        return y, (finals if return_state else None)
+        return (self.saturate(y) if saturate else y), (finals if return_state else None)
 
     def step(self, u_t: torch.Tensor, state: list):
         """One sample: u_t (B, m) -> y_t (B, p) and the next states (what a controller runs on line).
@@ -222,7 +237,43 @@ class DeepWiener(nn.Module):
             eta, s = layer.step(x, s)
             x = self.activation(eta) + skip(x)
             nxt.append(s)
-        return self.decoder(x) * self.y_std + self.y_mean, nxt
+        return self.saturate(self.decoder(x) * self.y_std + self.y_mean), nxt
+
+    def saturate(self, y: torch.Tensor) -> torch.Tensor:
+        """What the sensor measures of the process output: y clipped to ``output_range`` (unchanged without one).
+
+        Args:
+            y: (..., p) outputs in physical units.
+
+        Returns:
+            (..., p) the clipped outputs.
+        """
+        if self.output_range is None:
+            return y
+        lo, hi = self.output_range
+        return y.clamp(min=lo, max=hi)
+
+    def censored_error(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The simulation error ŷ − y with measurements at a limit of ``output_range`` treated as censored: where
+        y ≥ hi the error is min(ŷ − hi, 0) (the process may be anywhere above hi), where y ≤ lo it is max(ŷ − lo, 0);
+        elsewhere ŷ − y, so an unclipped ŷ beyond a limit is still penalised where the measurement is not at it.
+        Without ``output_range`` this is ŷ − y.
+
+        Args:
+            y_hat: (..., p) the unclipped simulated outputs (``forward(..., saturate=False)``).
+            y: (..., p) the measured outputs.
+
+        Returns:
+            (..., p) the errors, in physical units.
+        """
+        if self.output_range is None:
+            return y_hat - y
+        lo, hi = self.output_range
+        if hi is not None:
+            y_hat = torch.where(y >= hi, y_hat.clamp(max=hi), y_hat)
+        if lo is not None:
+            y_hat = torch.where(y <= lo, y_hat.clamp(min=lo), y_hat)
+        return y_hat - y
 
     def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor) -> list:
         """The block states after a window of measured data, by the initial-state encoder (``encoder_window`` = n).
@@ -313,6 +364,21 @@ class DeepWiener(nn.Module):
         """Whether every block is LTI and Schur stable, hence the model δISS (module docstring; False for a model
         with time-varying blocks: no certificate)."""
         return self.lti and self.spectral_radius() < 1.0
+
+
+def _check_range(output_range) -> tuple[float | None, float | None] | None:
+    """``output_range`` as a pair of floats or None (lo < hi), or a ValueError naming the expectation."""
+    if output_range is None:
+        return None
+    ok = isinstance(output_range, (tuple, list)) and len(output_range) == 2
+    ok = ok and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                    for v in output_range)
+    if ok and None not in output_range:
+        ok = output_range[0] < output_range[1]
+    if not ok or tuple(output_range) == (None, None):
+        raise ValueError(f"output_range must be None or (lo, hi) finite numbers (or None for no limit on a side) with "
+                         f"lo < hi and at least one set; got {output_range!r}")
+    return tuple(None if v is None else float(v) for v in output_range)
 
 
 def _lti_layers() -> list[str]:

@@ -27,7 +27,8 @@ import torch
 
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
-from ssmkit.sysid.fit import SimulationFit, fit_simulation, simulate_record, split_tail, validation_rmse
+from ssmkit.sysid.fit import (SimulationFit, block_errors, fit_simulation, fold_blocks, simulate_record, split_tail,
+                              validation_rmse)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -38,6 +39,7 @@ from ssmkit.sysid.wiener import DeepWiener
 MODES = ("simulation", "prediction")
 FIRST_LAYER_INITS = ("layer", "data")
 COMBINES = ("best", "average")
+VALIDATIONS = ("tail", "kfold")
 
 
 def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "simulation",
@@ -75,7 +77,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
     time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
                       layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
-                      encoder_window=encoder, time_varying=time_varying, device=device, dtype=dtype)
+                      encoder_window=encoder, time_varying=time_varying, output_range=recipe.output_range,
+                      device=device, dtype=dtype)
 
 
 def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
@@ -129,7 +132,12 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     (disjoint for different ``seed``), and combined by ``recipe.combine``: ``"best"`` returns the run with the lowest
     best validation RMSE (model selection on the estimation data only), ``"average"`` a
     :class:`~ssmkit.sysid.ensemble.WienerEnsemble` of the k runs (each at its best validation weights), whose
-    validation RMSE is that of the averaged simulation; both at k times the training cost.
+    validation RMSE is that of the averaged simulation; both at k times the training cost. With
+    ``recipe.validation = "kfold"`` run i holds out block i mod K of K = ``recipe.folds`` blocks of every estimation
+    record instead of the tail (:func:`ssmkit.sysid.fit.fold_blocks`); the result is a WienerEnsemble of every run
+    (``"average"``) or of the run with the lowest score on each block (``"best"``), and the validation RMSE is the
+    kept runs' out-of-fold RMSE pooled over the K blocks (each run scored on the block it never saw; a
+    cross-validation estimate of one run's error over the whole estimation data, not the ensemble's).
 
     Args:
         bench: the benchmark.
@@ -159,24 +167,24 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         raise ValueError(f"first_layer_init must be one of {FIRST_LAYER_INITS}; got {recipe.first_layer_init!r}")
     if recipe.first_layer_init == "data" and mode != "simulation":
         raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
+    folds = _check_validation(recipe)
+    kfold = folds is not None
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
-    train, val = held_out(train, recipe)
-    if k > 1 and not val and recipe.val_fraction == 0 and recipe.combine == "best":
+    train, val = held_out(train, recipe) if not kfold else (list(train), None)
+    if k > 1 and not kfold and not val and recipe.val_fraction == 0 and recipe.combine == "best":
         raise ValueError("restarts > 1 chooses a run by its validation RMSE: set val_fraction > 0")
     best: tuple[DeepWiener, dict[str, Any]] | None = None
     runs, members = [], []
     for run_seed in range(seed * k, seed * k + k):
-        torch.manual_seed(run_seed)
-        model = build_model(bench, layer, recipe, mode, dtype, device)
-        if recipe.first_layer_init == "data":
-            init_from_data(model, train)  # from the training records only (never the validation or test records)
-        history = fit_simulation(model, train, val, config=fit_config(recipe, run_seed), log=log)
-        history["mode"] = mode
+        fold = (run_seed - seed * k) % folds if kfold else None
+        model, history = train_run(bench, layer, recipe, train, val, run_seed, mode, dtype, fold, log, device)
         runs.append({"seed": run_seed, "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
                      "steps": history["steps"], "seconds": history["seconds"]})
         members.append(model)
         if best is None or history["best_val_rmse"] < best[1]["best_val_rmse"]:
             best = (model, history)
+    if kfold:
+        return _fold_ensemble(members, runs, train, recipe, mode, folds)
     if recipe.combine == "average":
         return _ensemble(members, runs, train, val, recipe, mode)
     model, history = best
@@ -185,6 +193,99 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         history["seed"] = min(runs, key=lambda r: r["best_val_rmse"])["seed"]
         history["seconds"] = sum(r["seconds"] for r in runs)
     return model, history
+
+
+def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IORecord], val: list[IORecord] | None,
+              run_seed: int, mode: str = "simulation", dtype: torch.dtype | None = None, fold: int | None = None,
+              log: bool = False, device: torch.device | str | None = None) -> tuple[DeepWiener, dict[str, Any]]:
+    """One training run of :func:`identify` (it runs ``restarts`` of these), from ``torch.manual_seed(run_seed)``.
+
+    Args:
+        bench: the benchmark (the model's inputs, outputs and Ts).
+        layer: the layer name.
+        recipe: model and training options.
+        train: the training records (:func:`held_out`'s first part; whole records with k-fold validation).
+        val: the validation records (None: the tails, or the fold's blocks).
+        run_seed: of the initialisation and the window draws.
+        mode: ``"simulation"`` or ``"prediction"`` (``train`` then holds prediction records).
+        dtype: of the parameters.
+        fold: with ``recipe.validation = "kfold"``, the block i of K = ``recipe.folds`` (None: ``restarts``) held
+            out (:func:`ssmkit.sysid.fit.fold_blocks`); None otherwise.
+        log: print progress.
+        device: of the model (None: the CPU; :func:`identify`).
+
+    Returns:
+        the model at its best validation weights and its history (with ``"mode"``, and ``"fold"`` when given).
+    """
+    torch.manual_seed(run_seed)
+    model = build_model(bench, layer, recipe, mode, dtype, device)
+    if recipe.first_layer_init == "data":
+        init_from_data(model, train)  # from the training records only (never the validation or test records)
+    config = fit_config(recipe, run_seed)
+    if fold is None:
+        history = fit_simulation(model, train, val, config=config, log=log)
+    else:
+        blocks = fold_blocks([len(r) for r in train], recipe.folds or recipe.restarts, fold)
+        history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)
+    history["mode"] = mode
+    if fold is not None:
+        history["fold"] = fold
+    return model, history
+
+
+def _check_validation(recipe: Recipe) -> int | None:
+    """K, the number of blocks, when ``recipe`` validates by k-fold blocks, else None (ValueError for a combination
+    that cannot)."""
+    if recipe.validation not in VALIDATIONS:
+        raise ValueError(f"validation must be one of {VALIDATIONS}; got {recipe.validation!r}")
+    if recipe.validation == "tail":
+        return None
+    k = recipe.folds if recipe.folds is not None else recipe.restarts
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"validation='kfold' needs folds = K >= 2 blocks (folds None: restarts); got {k!r}")
+    if recipe.restarts % k:
+        raise ValueError(f"validation='kfold' holds out block i mod K in run i: restarts ({recipe.restarts}) must be "
+                         f"a multiple of folds ({k})")
+    if recipe.val_records:
+        raise ValueError("validation='kfold' holds out blocks of every estimation record: set val_records = 0")
+    if recipe.first_layer_init == "data":
+        raise ValueError("validation='kfold' with first_layer_init='data' would estimate poles from held-out "
+                         "outputs: use first_layer_init='layer'")
+    return k
+
+
+def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord], folds: list[int], k: int) -> list[float]:
+    """The k-fold validation RMSE per output: member j simulated on ``records`` and scored on block ``folds[j]`` of k
+    (:func:`ssmkit.sysid.fit.fold_blocks`, the block it was not trained on), the errors pooled over the members.
+
+    Args:
+        members: the runs.
+        records: the estimation records the folds split.
+        folds: the block each member held out.
+        k: the number of blocks.
+
+    Returns:
+        one RMSE per output channel.
+    """
+    lengths = [len(r) for r in records]
+    errors = [block_errors(m, records, fold_blocks(lengths, k, f))[0] for m, f in zip(members, folds)]
+    return torch.cat(errors).double().pow(2).mean(0).sqrt().tolist()
+
+
+def _fold_ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list[IORecord], recipe: Recipe,
+                   mode: str, k: int) -> tuple[WienerEnsemble, dict[str, Any]]:
+    """The ensemble of k-fold runs (every run, or the best on each block) and its out-of-fold validation RMSE."""
+    folds = [i % k for i in range(len(members))]
+    keep = list(range(len(members)))
+    if recipe.combine == "best":
+        keep = [min((i for i in keep if folds[i] == f), key=lambda i: runs[i]["best_val_rmse"]) for f in range(k)]
+    score = out_of_fold_rmse([members[i] for i in keep], train, [folds[i] for i in keep], k)
+    for i, run in enumerate(runs):
+        run["fold"], run["kept"] = folds[i], i in keep
+    history = {"combine": recipe.combine, "validation": "kfold", "folds": k, "mode": mode, "restarts": runs,
+               "seed": None, "best_val_rmse": sum(score) / len(score), "best_step": [runs[i]["best_step"] for i in keep],
+               "steps": sum(r["steps"] for r in runs), "seconds": sum(r["seconds"] for r in runs)}
+    return WienerEnsemble([members[i] for i in keep]), history
 
 
 def _ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list[IORecord],

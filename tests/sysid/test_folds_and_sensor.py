@@ -16,15 +16,13 @@ from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener
 from ssmkit.sysid.workflow import identify, out_of_fold_rmse
 from tests.conftest import DEVICE, rel_err, run_steps
+from tests.sysid.test_wiener import model
 from tests.sysid.test_workflow import wiener_bench
 
 
 def small(**kw) -> DeepWiener:
-    torch.manual_seed(0)
-    opts = dict(n_inputs=1, n_outputs=1, d_model=3, n_layers=1, layer="s4d", layer_options={"d_state": 4},
-                dtype=torch.float64, device=DEVICE)
-    opts.update(kw)
-    return DeepWiener(**opts)
+    """test_wiener's model with one input, one output and one block of H = 3."""
+    return model(**{"n_inputs": 1, "n_outputs": 1, "d_model": 3, "n_layers": 1, **kw})
 
 
 def record(n: int, seed: int = 0) -> IORecord:

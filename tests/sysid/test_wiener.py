@@ -23,11 +23,18 @@ def model(**kw) -> DeepWiener:
     return DeepWiener(**opts)
 
 
+def input_and_encoded_state(m: DeepWiener, L: int, n: int) -> tuple[torch.Tensor, list]:
+    """A random input u (2, L, 2) for ``model()``'s shapes and the state its encoder estimates from n random past
+    samples of u and y."""
+    u = torch.randn(2, L, 2, dtype=torch.float64, device=DEVICE)
+    state = m.estimate_state(torch.randn(2, n, 2, dtype=torch.float64, device=DEVICE),
+                             torch.randn(2, n, 3, dtype=torch.float64, device=DEVICE))
+    return u, state
+
+
 def test_step_equals_forward_and_encoder_states_continue():
     m = model(encoder_window=5)
-    u = torch.randn(2, 25, 2, dtype=torch.float64, device=DEVICE)
-    state = m.estimate_state(torch.randn(2, 5, 2, dtype=torch.float64, device=DEVICE),
-                             torch.randn(2, 5, 3, dtype=torch.float64, device=DEVICE))
+    u, state = input_and_encoded_state(m, 25, 5)
     with torch.no_grad():
         y, final = m(u, state)
         y_steps, _ = run_steps(m, u, state)
@@ -131,9 +138,7 @@ def test_time_varying_blocks_step_equals_forward_and_leave_the_analysis_to_lti_b
         model(layer="s4d", time_varying=1)
     m = model(layer=layer, layer_options=opts, encoder_window=4, time_varying=True)
     assert m.arguments["time_varying"] is True and not m.lti and "time_varying" not in model().arguments
-    u = torch.randn(2, 15, 2, dtype=torch.float64, device=DEVICE)
-    state = m.estimate_state(torch.randn(2, 4, 2, dtype=torch.float64, device=DEVICE),
-                             torch.randn(2, 4, 3, dtype=torch.float64, device=DEVICE))
+    u, state = input_and_encoded_state(m, 15, 4)
     with torch.no_grad():
         y, _ = m(u, state)
         y_steps, _ = run_steps(m, u, state)

@@ -1,56 +1,64 @@
 #!/usr/bin/env bash
-# The GPU check of ssmkit, in one go: run it from the repository root on a machine with an NVIDIA GPU.
+# The GPU check of ssmkit in one command: run it from the repository root on a machine with an NVIDIA GPU.
 #
-#   OUT=/some/dir scripts/gpu_check.sh [env] [kernels] [bench] [suite] [selective]
-#                                       (no stage named: env kernels bench suite, in this order)
+#   OUT=/some/dir scripts/gpu_check.sh [stage ...]      (no stage named: env kernels suite bench f16, in this order)
 #
-# Where one command may run at most 10 minutes (the device tool of these sessions), call it three times:
-#   scripts/gpu_check.sh env kernels    (<= 8 min)     scripts/gpu_check.sh bench    (<= 5 min)
-#   scripts/gpu_check.sh suite          (<= 9 min)
-# Triton compiles every kernel on first use (a fresh machine has no cache): count about a minute for that.
+# Sized for the device tool of these sessions (15 minutes of device time per session, the machine's start included;
+# at most 10 minutes per command; at most 8 files come back): ONE command, all stages within TOTAL_S seconds
+# (default 480). Each stage runs under min(its own limit, the time left), so a hang in one leaves the later ones
+# theirs, and the script ends before the command's limit. Call it with the device tool's timeout_s >= TOTAL_S + 60.
+# Triton compiles every kernel on first use (a fresh machine has no cache): the kernels stage pays for that.
 #
-# Stages (each under its own time limit, so that a hang in one leaves the others their time; results under $OUT):
-#   env      nvidia-smi, python/torch/triton/CUDA versions, the packages the tests import       -> env.txt
-#   kernels  tests/ops/test_triton.py on CUDA (the Triton kernels against their references at real sizes,
-#            the L = 2^20 S4D run, the gate's smoke calls), then the whole ops suite on CUDA    -> kernels.txt, ops.txt
+# Stages (results in $OUT/gpu_check.tgz; $OUT/stages.txt and $OUT/summary.txt, also printed, stay outside it):
+#   env      nvidia-smi, python/torch/triton/CUDA versions, the packages the tests import, the Triton gate's verdicts
+#   kernels  tests/ops/test_triton.py on CUDA: the Triton kernels against their references at real sizes, the
+#            L = 2^20 S4D run, the gate's smoke calls                                       (KERNELS_S, 150 s)
+#   suite    the rest of the test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels),
+#            on WORKERS pytest-xdist processes (default 8) when xdist imports, else one    (SUITE_S, 240 s)
 #   bench    ssmkit bench gpu: ssm_scan (chunked / fft / triton) and ssd (chunked / triton), float32, at
 #            B,H,d_state,L = 8,128,64,{1024,4096,16384}; 1,128,64,1048576; 64,768,64,4096 and SSD B,L,H,P,N =
-#            2,2048,32,64,128; 8,4096,16,64,64; the selective scan (chunked / triton at its default and 3 more tiles /
-#            mamba-ssm's CUDA kernel when it imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096}
-#            (a Mamba block of d_model 256, expand 2) and 8,1536,16,2048; with the copy bandwidth measured in the
-#            same run                                                                       -> bench_gpu.md/.json
-#   suite    the whole test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels)
-#                                                                                                -> suite.txt, suite.xml
-#   selective  only the selective scan (<= 5 min): its CUDA tests (test_triton.py -k "selective or gate or auto or mamba"),
-#            then its bench (the scan and SSD shapes left out)               -> selective.txt, bench_selective.md/.json
-# Time limits in seconds: KERNELS_S (240, for each of its two pytest runs), BENCH_S (300), SUITE_S (540),
-# SELECTIVE_S (150, for each of its two runs).
-# Python: $PYTHON (python).
-# Nothing here installs anything; ssmkit runs from src/ (PYTHONPATH). Exit status: the number of failed stages.
+#            2,2048,32,64,128; 8,4096,16,64,64; the selective scan (chunked / triton / mamba-ssm's CUDA kernel when it
+#            imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096} and 8,1536,16,2048; with the
+#            copy bandwidth measured in the same run                                        (BENCH_S, 180 s)
+#   f16      issue 15's F-16 GVT run on the GPU: ssmkit sysid --benchmark f16 --model s4d --device cuda, data from
+#            F16_DIR (default ../shared/data/f16gvt, else .gpu-data/f16gvt: a copy carried beside the tree, since the
+#            device tool sends the repository alone)                                      (F16_S, 240 s)
+#   selective  (only when named) the selective scan alone: its CUDA tests, then its bench  (SELECTIVE_S, 150 s each)
+# Python: $PYTHON (python). Nothing here installs anything; ssmkit runs from src/ (PYTHONPATH). Exit status: the
+# number of failed or skipped stages.
 set -u
 OUT=${OUT:-gpu_check_out}
 PYTHON=${PYTHON:-python}
-mkdir -p "$OUT"
+TOTAL_S=${TOTAL_S:-480}
+mkdir -p "$OUT/all"
+LOG="$OUT/all"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export SSMKIT_TEST_DEVICE=cuda
+export SSMKIT_TEST_DEVICE=cuda PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env kernels bench suite)
+[ ${#stages[@]} -eq 0 ] && stages=(env kernels suite bench f16)
+deadline=$(( $(date +%s) + TOTAL_S ))
 failed=0
+
+limit() {  # the seconds a stage may take: its own limit, or what is left of TOTAL_S (5 s kept for packing)
+  local left=$(( deadline - $(date +%s) - 5 ))
+  echo $(( $1 < left ? $1 : left ))
+}
 
 run_env() {
   {
     date -u
     nvidia-smi || echo "nvidia-smi: not found"
-    "$PYTHON" - <<'PY'
+    command -v cc gcc || echo "no C compiler: the native CPU kernels fall back to PyTorch"
+    timeout "$(limit 60)" "$PYTHON" - <<'PY'
 import importlib, platform, sys
 print("python", sys.version.split()[0], platform.platform())
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
-for name in ("triton", "numpy", "scipy", "pytest", "lightning", "jsonargparse", "matplotlib", "control", "mambapy",
-             "mamba_ssm", "causal_conv1d", "accelerated_scan"):
+for name in ("triton", "numpy", "scipy", "pytest", "xdist", "lightning", "jsonargparse", "matplotlib", "control",
+             "onnx", "onnxruntime", "mambapy", "mamba_ssm", "causal_conv1d", "accelerated_scan"):
     try:
         m = importlib.import_module(name)
         print(name, getattr(m, "__version__", "?"))
@@ -61,40 +69,72 @@ for op in ("ssm_scan", "ssd", "selective_scan"):
     for dtype in (torch.float32, torch.float64):
         print("triton_status", op, dtype, triton_status("cuda", op, dtype))
 PY
-  } > "$OUT/env.txt" 2>&1
+  } > "$LOG/env.txt" 2>&1
 }
 
 run_kernels() {
-  timeout "${KERNELS_S:-240}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops/test_triton.py \
-    > "$OUT/kernels.txt" 2>&1 || return 1
-  timeout "${KERNELS_S:-240}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops tests/bench \
-    > "$OUT/ops.txt" 2>&1
-}
-
-run_bench() {
-  timeout "${BENCH_S:-300}" "$PYTHON" -m ssmkit.bench gpu --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2>&1
-}
-
-run_selective() {
-  timeout "${SELECTIVE_S:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 tests/ops/test_triton.py \
-    -k "selective or gate or auto or mamba" > "$OUT/selective.txt" 2>&1
-  local tests=$?
-  timeout "${SELECTIVE_S:-150}" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes \
-    --json "$OUT/bench_selective.json" > "$OUT/bench_selective.md" 2>&1 && return "$tests"
+  timeout "$(limit "${KERNELS_S:-150}")" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 \
+    tests/ops/test_triton.py > "$LOG/kernels.txt" 2>&1
 }
 
 run_suite() {
-  timeout "${SUITE_S:-540}" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=25 \
-    --junitxml="$OUT/suite.xml" tests > "$OUT/suite.txt" 2>&1
+  local workers=()
+  "$PYTHON" -c "import xdist" 2>/dev/null && workers=(-n "${WORKERS:-8}")
+  timeout "$(limit "${SUITE_S:-240}")" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=25 "${workers[@]}" \
+    --ignore=tests/ops/test_triton.py --junitxml="$LOG/suite.xml" tests > "$LOG/suite.txt" 2>&1
+}
+
+run_bench() {
+  timeout "$(limit "${BENCH_S:-180}")" "$PYTHON" -m ssmkit.bench gpu --json "$LOG/bench_gpu.json" \
+    > "$LOG/bench_gpu.md" 2>&1
+}
+
+run_f16() {
+  local data=${F16_DIR:-../shared/data/f16gvt}
+  [ -d "$data" ] || data=.gpu-data/f16gvt
+  if [ ! -d "$data" ]; then
+    echo "no F-16 data: set F16_DIR, or copy ../shared/data/f16gvt to .gpu-data/f16gvt and carry .gpu-data" \
+      > "$LOG/f16.txt"
+    return 1
+  fi
+  timeout "$(limit "${F16_S:-240}")" "$PYTHON" -m ssmkit sysid --benchmark f16 --model s4d --data-folder "$data" \
+    --device cuda --out "$LOG/f16" > "$LOG/f16.txt" 2>&1
+}
+
+run_selective() {
+  timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 \
+    tests/ops/test_triton.py -k "selective or gate or auto or mamba" > "$LOG/selective.txt" 2>&1
+  local tests=$?
+  timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes \
+    --json "$LOG/bench_selective.json" > "$LOG/bench_selective.md" 2>&1 && return "$tests"
 }
 
 for stage in "${stages[@]}"; do
   case "$stage" in
-    env|kernels|bench|suite|selective) ;;
-    *) echo "unknown stage '$stage' (env, kernels, bench, suite, selective)" >&2; exit 64 ;;
+    env|kernels|suite|bench|f16|selective) ;;
+    *) echo "unknown stage '$stage' (env, kernels, suite, bench, f16, selective)" >&2; exit 64 ;;
   esac
   start=$(date +%s)
-  if "run_$stage"; then status=ok; else status="FAILED ($?)"; failed=$((failed + 1)); fi
+  if [ "$(limit 10)" -lt 10 ]; then
+    status="SKIPPED (TOTAL_S spent)"; failed=$((failed + 1))
+  elif "run_$stage"; then
+    status=ok
+  else
+    code=$?; status="FAILED ($code$([ "$code" -eq 124 ] && echo ': time limit'))"; failed=$((failed + 1))
+  fi
   echo "$stage: $status in $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
 done
+
+# One summary (printed, so that the command's output carries it too) and one archive of everything.
+{
+  cat "$OUT/stages.txt"
+  for f in env kernels suite f16; do
+    [ -f "$LOG/$f.txt" ] && { echo; echo "== $f.txt (end)"; tail -n 25 "$LOG/$f.txt"; }
+  done
+  for f in bench_gpu bench_selective; do
+    [ -f "$LOG/$f.md" ] && { echo; echo "== $f.md"; cat "$LOG/$f.md"; }
+  done
+} > "$OUT/summary.txt"
+cat "$OUT/summary.txt"
+tar czf "$OUT/gpu_check.tgz" -C "$OUT" all && rm -rf "$OUT/all"
 exit "$failed"

@@ -153,3 +153,70 @@ def test_step_inside_frozen_parameters_equals_forward(name):
     with torch.no_grad():
         y, h = layer(x)
     assert rel_err(y_step, y) < TOL and state_err(h_step, h) < TOL
+
+
+def test_value_cache_key_replaces_the_entry():
+    calls = []
+    a = torch.ones(3)
+    cache: ValueCache[int] = ValueCache()
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    assert cache.get([a], compute, key=("L", 30)) == 1
+    assert cache.get([a], compute, key=("L", 30)) == 1  # same values, same key: reused
+    assert cache.get([a], compute, key=("L", 40)) == 2  # another key: recomputed
+    assert cache.get([a], compute, key=("L", 30)) == 3  # one entry: the first key's value was replaced
+
+
+# S4's forward keeps its kernel and final-state tables without a gradient (layers/s4.py, "_plan"): every way of
+# changing the weights must be seen, at every length and with or without an initial state.
+PLAN_LAYERS = ["s4", "liquid_s4"]
+
+
+def forward_both_ways(layer, x, state=None):
+    """The default call without a gradient (cached plan) and with one (recomputed): (y, final state) each."""
+    with torch.no_grad():
+        cached = layer(x, state)
+    fresh = layer(x, state)
+    return cached, fresh
+
+
+def assert_cached_equals_fresh(layer, L=30, with_state=False):
+    x = torch.randn(2, L, H, device=DEVICE, dtype=torch.float64)
+    state = None
+    if with_state:
+        with torch.no_grad():
+            state = layer(torch.randn(2, 7, H, device=DEVICE, dtype=torch.float64))[1]
+    (y_c, h_c), (y_f, h_f) = forward_both_ways(layer, x, state)
+    assert rel_err(y_c, y_f) < 1e-12 and state_err(h_c, h_f) < 1e-12
+
+
+@pytest.mark.parametrize("update", list(UPDATES))
+@pytest.mark.parametrize("name", PLAN_LAYERS)
+def test_forward_plan_follows_every_kind_of_update(name, update):
+    layer = make_layer(name)
+    assert_step_equals_forward(layer)  # fills the forward's plan (L = 30, final state) and the step's cache
+    assert_cached_equals_fresh(layer)
+    UPDATES[update](layer)
+    assert_step_equals_forward(layer)  # the no-grad forward against the step loop, after the update
+    assert_cached_equals_fresh(layer)
+
+
+@pytest.mark.parametrize("name", PLAN_LAYERS)
+def test_forward_plan_across_lengths_states_and_copies(name):
+    layer = make_layer(name)
+    for L, with_state in ((30, False), (40, False), (30, True), (30, False), (70, True)):  # 70 > l_max: attuned C̃
+        assert_cached_equals_fresh(layer, L, with_state)
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.02)
+    assert_cached_equals_fresh(twin, 70, True)
+    assert_cached_equals_fresh(layer, 70, True)  # the copy's update did not leak into the original
+    x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        y64 = layer(x)[0]
+        y32 = copy.deepcopy(layer).float()(x.float())[0]  # another dtype: a plan of its own
+    assert rel_err(y32, y64) < 1e-5

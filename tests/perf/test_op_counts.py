@@ -65,3 +65,20 @@ def test_s4_training_forward_dispatches_at_most_150_aten_ops(grad):
 
     n = count_ops(forward)
     assert 20 < n <= LIMIT, f"s4 forward dispatched {n} aten ops (limit {LIMIT})"
+
+
+def test_s4_inference_default_call_dispatches_at_most_150_aten_ops():
+    # S4's default call (final state included) without a gradient, repeated at one length: the kernel and the final
+    # state's tables come from the layer's plan cache (273 ops when formed in every call), the rest is the FFT
+    # convolution and the chunked final state's GEMM and carry
+    torch.manual_seed(0)
+    layer = layers.build("s4", d_model=4, d_state=64, l_max=L).to(DEVICE)
+    x = torch.randn(2, L, 4, device=DEVICE)
+
+    def forward():
+        with torch.no_grad():
+            y, h = layer(x)
+        assert y.shape == (2, L, 4) and h.shape == (2, 4, 32)
+
+    n = count_ops(forward)
+    assert 20 < n <= LIMIT, f"s4 inference forward dispatched {n} aten ops (limit {LIMIT})"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
-from typing import Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -66,49 +66,51 @@ class ValueCache(Generic[V]):
     """
 
     def __init__(self) -> None:
-        # (snapshot of the values, the value, the frozen scope it was last checked in, ids of the source tensors)
-        self._entry: tuple[tuple[torch.Tensor, ...], V, int, tuple[int, ...]] | None = None
+        # (key, snapshot of the values, the value, the frozen scope it was last checked in, ids of the source tensors)
+        self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, tuple[int, ...]] | None = None
 
-    def get(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V]) -> V:
+    def get(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V], key: Hashable = None) -> V:
         """``compute()``, reused while every tensor of ``tensors`` equals (value, shape, dtype, device) the copy
-        taken when it was computed (inside :func:`frozen_parameters`: checked once per block).
+        taken when it was computed (inside :func:`frozen_parameters`: checked once per block) and ``key`` is the same.
 
         Args:
             tensors: the tensors the value depends on (the layer's parameters and buffers).
             compute: recomputes the value; called without autograd.
+            key: what else the value depends on (an input length, a backend); another key replaces the entry.
 
         Returns:
             the cached or freshly computed value.
         """
         entry, scope = self._entry, _FROZEN.get()
-        if entry is not None:
-            snapshot, value, checked_in, ids = entry
+        if entry is not None and entry[0] == key:
+            _, snapshot, value, checked_in, ids = entry
             if scope and checked_in == scope and ids == tuple(map(id, tensors)):
                 return value
             if _same(snapshot, tensors):
                 if scope:
-                    self._entry = (snapshot, value, scope, tuple(map(id, tensors)))
+                    self._entry = (key, snapshot, value, scope, tuple(map(id, tensors)))
                 return value
         with torch.no_grad():
             value = compute()
             snapshot = tuple(t.detach().clone() for t in tensors)
-        self._entry = (snapshot, value, scope, tuple(map(id, tensors)))
+        self._entry = (key, snapshot, value, scope, tuple(map(id, tensors)))
         return value
 
-    def get_unless_grad(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V]) -> V:
+    def get_unless_grad(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V], key: Hashable = None) -> V:
         """``compute()`` with autograd (not cached) when grad mode is on and a tensor requires grad, else :meth:`get`:
         the step of a layer stays differentiable and is cached for generation.
 
         Args:
             tensors: the tensors the value depends on (the layer's parameters and buffers).
             compute: computes the value.
+            key: what else the value depends on (see :meth:`get`).
 
         Returns:
             the value.
         """
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return compute()
-        return self.get(tensors, compute)
+        return self.get(tensors, compute, key)
 
     def clear(self) -> None:
         """Drop the cached value."""

@@ -96,14 +96,21 @@ def test_step_is_differentiable_and_matches_forward_gradients(name):
         assert rel_err(a, b) < 1e-9  # float64
 
 
-def test_value_cache_recomputes_on_any_change():
+def counter():
+    """A compute function that returns how many times it has been called."""
     calls = []
-    a, b = torch.ones(3), torch.zeros(2)
-    cache: ValueCache[int] = ValueCache()
 
     def compute():
         calls.append(1)
         return len(calls)
+
+    return compute
+
+
+def test_value_cache_recomputes_on_any_change():
+    a, b = torch.ones(3), torch.zeros(2)
+    cache: ValueCache[int] = ValueCache()
+    compute = counter()
 
     assert cache.get([a, b], compute) == 1
     assert cache.get([a, b], compute) == 1  # same values: reused
@@ -118,13 +125,9 @@ def test_value_cache_recomputes_on_any_change():
 def test_frozen_parameters_checks_once_per_block():
     from ssmkit.layers import frozen_parameters
 
-    calls = []
     a = torch.ones(3)
     cache: ValueCache[int] = ValueCache()
-
-    def compute():
-        calls.append(1)
-        return len(calls)
+    compute = counter()
 
     assert cache.get([a], compute) == 1
     a.data.mul_(2)  # changed before the block: seen at the block's first lookup
@@ -156,13 +159,9 @@ def test_step_inside_frozen_parameters_equals_forward(name):
 
 
 def test_value_cache_key_replaces_the_entry():
-    calls = []
     a = torch.ones(3)
     cache: ValueCache[int] = ValueCache()
-
-    def compute():
-        calls.append(1)
-        return len(calls)
+    compute = counter()
 
     assert cache.get([a], compute, key=("L", 30)) == 1
     assert cache.get([a], compute, key=("L", 30)) == 1  # same values, same key: reused

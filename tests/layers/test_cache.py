@@ -219,3 +219,27 @@ def test_forward_plan_across_lengths_states_and_copies(name):
         y64 = layer(x)[0]
         y32 = copy.deepcopy(layer).float()(x.float())[0]  # another dtype: a plan of its own
     assert rel_err(y32, y64) < 1e-5
+
+
+def test_caches_are_not_pickled():
+    # torch.save of a whole module and copy.deepcopy carry the parameters, not a cached plan or step coefficients
+    import io
+
+    layer = make_layer("s4", dtype=torch.float32)
+
+    def saved_size():
+        buffer = io.BytesIO()
+        torch.save(layer, buffer)
+        return buffer.tell()
+
+    empty = saved_size()
+    x = torch.randn(2, 30, H, device=DEVICE)
+    with torch.no_grad():
+        y = layer(x)[0]
+        layer.step(x[:, 0], layer.initial_state(2))
+    assert layer._plan_cache._entry is not None and layer._step_cache._entry is not None
+    assert saved_size() == empty
+    twin = copy.deepcopy(layer)
+    assert twin._plan_cache._entry is None
+    with torch.no_grad():
+        assert torch.equal(twin(x)[0], y)

@@ -115,3 +115,8 @@ class ValueCache(Generic[V]):
     def clear(self) -> None:
         """Drop the cached value."""
         self._entry = None
+
+    def __getstate__(self) -> dict:
+        """Pickled (``torch.save`` of a whole module, ``copy.deepcopy``) empty: a cached value is recomputed on
+        demand, so it never enlarges a saved module (S4's forward plan is ~6 MB at H 128, N 64, L 4 096)."""
+        return {"_entry": None}

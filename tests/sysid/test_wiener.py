@@ -149,3 +149,22 @@ def test_time_varying_blocks_step_equals_forward_and_leave_the_analysis_to_lti_b
     again = DeepWiener.from_checkpoint(m.checkpoint())
     with torch.no_grad():
         assert torch.equal(again(u, state)[0], y)
+
+
+def test_a_float32_model_reads_float64_records_like_the_layers():
+    # benchmark records are float64; a float32 model used to fail in its encoder ("mat1 and mat2 must have the same
+    # dtype"). It now computes in float32 and answers in the input's dtype, as the layers do.
+    m = model(dtype=torch.float32, encoder_window=3)
+    u64 = torch.randn(2, 9, 2, dtype=torch.float64, device=DEVICE)
+    y_past = torch.randn(2, 3, 3, dtype=torch.float64, device=DEVICE)
+    with torch.no_grad():
+        state32 = m.estimate_state(u64[:, :3].float(), y_past.float())
+        state64 = m.estimate_state(u64[:, :3], y_past)
+        y32, _ = m(u64.float(), state32)
+        y64, _ = m(u64, state64)
+        y_t, _ = m.step(u64[:, 0], m.initial_state(2))
+        y_t32, _ = m.step(u64[:, 0].float(), m.initial_state(2))
+    assert y64.dtype == torch.float64 and y_t.dtype == torch.float64
+    assert torch.equal(y64, y32.double()) and torch.equal(y_t, y_t32.double())
+    with pytest.raises(ValueError, match="u must be real"):
+        m(u64.to(torch.complex128))

@@ -186,6 +186,14 @@ class DeepWiener(nn.Module):
             found = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"u must be {shape} for n_inputs={self.n_inputs}; got {found}")
 
+    def _as_model_dtype(self, u: torch.Tensor) -> tuple[torch.dtype, torch.Tensor]:
+        """(the dtype to return the output in, u in the parameters' dtype): the benchmark records are float64, and
+        a float32 model must read them as the layers read any real input."""
+        if u.is_complex():
+            raise ValueError(f"u must be real; got {u.dtype}")
+        dtype = self.u_mean.dtype
+        return (u.dtype if u.is_floating_point() else dtype), u.to(dtype)
+
     # ------------------------------------------------------------------------------------------------------------
     # the protocol
 
@@ -197,15 +205,17 @@ class DeepWiener(nn.Module):
         """Simulate: u (B, L, m) in physical units -> y (B, L, p) in physical units, from ``state`` (None: rest).
 
         Args:
-            u: (B, L, m) inputs.
+            u: (B, L, m) inputs, any real dtype (computed in the parameters' dtype, as the layers do).
             state: per-block states (``initial_state``, ``estimate_state``, ``step`` or a previous call), or None.
             return_state: also return the final states.
             saturate: clip the output to ``output_range`` (when set); False gives the unclipped ŷ (training).
 
         Returns:
-            y (B, L, p) and the list of final block states (None when not asked for).
+            y (B, L, p) in u's dtype (the parameters' for integer u), and the list of final block states (None when
+            not asked for).
         """
         self._check(u, per_step=False)
+        out_dtype, u = self._as_model_dtype(u)
         states = state if state is not None else [None] * len(self.layers)
         if len(states) != len(self.layers):
             raise ValueError(f"state must be a list of {len(self.layers)} block states; got {len(states)}")
@@ -216,19 +226,20 @@ class DeepWiener(nn.Module):
             x = self.activation(eta) + skip(x)
             finals.append(s)
         y = self.decoder(x) * self.y_std + self.y_mean  # (B, L, p)
-        return (self.saturate(y) if saturate else y), (finals if return_state else None)
+        return (self.saturate(y) if saturate else y).to(out_dtype), (finals if return_state else None)
 
     def step(self, u_t: torch.Tensor, state: list):
         """One sample: u_t (B, m) -> y_t (B, p) and the next states (what a controller runs on line).
 
         Args:
-            u_t: (B, m) inputs at one sample.
+            u_t: (B, m) inputs at one sample, any real dtype.
             state: per-block states.
 
         Returns:
-            y_t (B, p) and the next states.
+            y_t (B, p) in u_t's dtype (the parameters' for integer u_t), and the next states.
         """
         self._check(u_t, per_step=True)
+        out_dtype, u_t = self._as_model_dtype(u_t)
         if not isinstance(state, (list, tuple)) or len(state) != len(self.layers):
             raise ValueError(f"state must be a list of {len(self.layers)} block states (from initial_state)")
         x = self.encoder((u_t - self.u_mean) / self.u_std)  # (B, H)
@@ -237,7 +248,7 @@ class DeepWiener(nn.Module):
             eta, s = layer.step(x, s)
             x = self.activation(eta) + skip(x)
             nxt.append(s)
-        return self.saturate(self.decoder(x) * self.y_std + self.y_mean), nxt
+        return self.saturate(self.decoder(x) * self.y_std + self.y_mean).to(out_dtype), nxt
 
     def saturate(self, y: torch.Tensor) -> torch.Tensor:
         """What the sensor measures of the process output: y clipped to ``output_range`` (unchanged without one).
@@ -293,6 +304,7 @@ class DeepWiener(nn.Module):
                 f"u_past must be (B, {n}, {self.n_inputs}) and y_past (B, {n}, {self.n_outputs}) for encoder_window={n}; "
                 f"got {tuple(u_past.shape)} and {tuple(y_past.shape)}"
             )
+        u_past, y_past = u_past.to(self.u_mean.dtype), y_past.to(self.y_mean.dtype)  # float64 records, float32 model
         features = torch.cat([(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std], dim=-1)
         v = self.state_encoder(features.flatten(1))  # (B, Σ sizes)
         states, start = [], 0

@@ -65,6 +65,18 @@ def test_state_on_another_device_is_named(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_input_on_another_device_is_named(name):
+    # an input on another device than the parameters raised a RuntimeError from deep inside (autocast's "unknown
+    # device type", a matmul's device mismatch), not a ValueError naming the layer's device
+    layer = make_layer(name)
+    x = torch.randn(2, 5, H, device="meta", dtype=torch.float64)  # any device but the layer's
+    with pytest.raises(ValueError, match=rf"x must be on the layer's device {layer.state_device()}; got meta"):
+        layer(x)
+    with pytest.raises(ValueError, match=rf"x_t must be on the layer's device {layer.state_device()}; got meta"):
+        layer.step(x[:, 0], layer.initial_state(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_constructor_options_are_validated(name):
     opts = options_of(name)
     base = variants(name)[0]

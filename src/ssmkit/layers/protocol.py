@@ -190,10 +190,13 @@ class SequenceLayer(nn.Module):
                 "gives wrong outputs at other lengths); use torch.compile or run the module eagerly"
             )
         check_sequence(x, self.d_model, "x")
+        device = self.state_device()
+        if x.device != device:
+            raise ValueError(f"x must be on the layer's device {device}; got {x.device}")
         if state is not None:
             if self.bidirectional:
                 raise ValueError(f"{type(self).__name__}(bidirectional=True) has no recurrent state: pass state=None")
-            check_state(state, self.state_spec(), x.shape[0], self.state_device())
+            check_state(state, self.state_spec(), x.shape[0], device)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One recurrent step: x_t (B, H) -> y_t (B, H) and the next state, O(state) work.
@@ -214,7 +217,10 @@ class SequenceLayer(nn.Module):
         check_floating(x_t, "x_t")
         if x_t.dim() != 2 or x_t.shape[1] != self.d_model or x_t.shape[0] < 1:
             raise ValueError(f"x_t must be (B, {self.d_model}) for d_model={self.d_model}, B >= 1; got {tuple(x_t.shape)}")
-        check_state(state, self.state_spec(), x_t.shape[0], self.state_device())
+        device = self.state_device()
+        if x_t.device != device:
+            raise ValueError(f"x_t must be on the layer's device {device}; got {x_t.device}")
+        check_state(state, self.state_spec(), x_t.shape[0], device)
 
     def initial_state(self, batch_size: int) -> State:
         """The zero state of ``batch_size`` sequences, on the layer's device (see ``state_spec``).

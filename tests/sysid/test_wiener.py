@@ -168,3 +168,9 @@ def test_a_float32_model_reads_float64_records_like_the_layers():
     assert torch.equal(y64, y32.double()) and torch.equal(y_t, y_t32.double())
     with pytest.raises(ValueError, match="u must be real"):
         m(u64.to(torch.complex128))
+
+
+def test_deep_wiener_is_exported_where_the_docs_name_it():
+    import ssmkit.sysid
+
+    assert ssmkit.sysid.DeepWiener is DeepWiener and "DeepWiener" in ssmkit.sysid.__all__  # ssmkit.sysid.DeepWiener

@@ -13,7 +13,9 @@ A capability the layer lacks raises ``NotImplementedError`` saying why.
 
 Non-finite inputs: the math lets NaN and inf through, and how far they spread depends on the path. The step and
 the reference loop make outputs non-finite from the first bad time step on; the chunked scan from the start of
-the chunk (64 steps) holding it; an FFT convolution from t = 0 (every output mixes every frequency). Use
+the chunk (64 steps) holding it; an FFT convolution from t = 0 (every output mixes every frequency), and so does
+attention's ``forward`` (Mega's from the start of its attention chunk: a masked, zero attention weight times a NaN
+value is NaN). Use
 ``SequenceModel(check_finite=True)`` or :func:`ssmkit.utils.check_finite` to find the first bad step.
 
 ``torch.jit.trace`` is not supported (a trace freezes the sequence length into the graph and gives silently wrong

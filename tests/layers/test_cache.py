@@ -153,3 +153,27 @@ def test_step_inside_frozen_parameters_equals_forward(name):
     with torch.no_grad():
         y, h = layer(x)
     assert rel_err(y_step, y) < TOL and state_err(h_step, h) < TOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_cache_filled_in_inference_mode_serves_input_gradients(name):
+    # generation under torch.inference_mode() filled the cache with inference tensors; a later step of the frozen
+    # layer with autograd on (gradients for its input) then raised "Inference tensors cannot be saved for backward"
+    layer = make_layer(name).requires_grad_(False)
+    x = torch.randn(2, H, device=DEVICE, dtype=torch.float64)
+    with torch.inference_mode():
+        layer.step(x, layer.initial_state(2))
+    x_g = x.clone().requires_grad_()
+    y, _ = layer.step(x_g, layer.initial_state(2))
+    (g,) = torch.autograd.grad(y.sum(), x_g)
+    eps = 1e-6  # central difference of the frozen layer's first step, one input at a time
+    fd = torch.zeros_like(x)
+    with torch.no_grad():
+        for b in range(2):
+            for c in range(H):
+                e = torch.zeros_like(x)
+                e[b, c] = eps
+                y_p, _ = layer.step(x + e, layer.initial_state(2))
+                y_m, _ = layer.step(x - e, layer.initial_state(2))
+                fd[b, c] = (y_p.sum() - y_m.sum()) / (2 * eps)
+    assert rel_err(g, fd) < 1e-5

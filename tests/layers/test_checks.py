@@ -77,6 +77,20 @@ def test_input_on_another_device_is_named(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_half_precision_parameters_are_refused(name):
+    # .to(torch.bfloat16) after construction made 10 layers fail deep inside (complex bfloat16 is not a dtype) and
+    # 6 run their SSM core in bfloat16; the protocol keeps float32/float64 parameters (autocast for bf16 compute)
+    for dtype in (torch.bfloat16, torch.float16):
+        layer = make_layer(name).to(dtype)
+        x = torch.randn(2, 5, H, device=DEVICE, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"parameters are {dtype}, but ssmkit layers keep float32 or float64"):
+            layer(x)
+        if layer.supports("step"):
+            with pytest.raises(ValueError, match=rf"parameters are {dtype}"):
+                layer.step(x[:, 0], layer.initial_state(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_constructor_options_are_validated(name):
     opts = options_of(name)
     base = variants(name)[0]

@@ -94,7 +94,7 @@ class DeepWiener(nn.Module):
             check_positive_int(value, name)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}; got {activation!r}")
-        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        if isinstance(dt, bool) or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be the sampling time in seconds, a number > 0; got {dt!r}")
         if not isinstance(time_varying, bool):
             raise ValueError(f"time_varying must be a bool; got {time_varying!r}")
@@ -106,16 +106,20 @@ class DeepWiener(nn.Module):
             )
         if not cls.capabilities.step:
             raise ValueError(f"DeepWiener runs its layers one sample at a time: {layer!r} has no step")
-        if not isinstance(encoder_window, int) or encoder_window < 0:
+        if isinstance(encoder_window, bool) or not isinstance(encoder_window, int) or encoder_window < 0:
             raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
+        check_positive_int(encoder_hidden, "encoder_hidden")
         output_range = _check_range(output_range)
         options = dict(layer_options or {})
         for key in ("d_model", "device", "dtype"):
             if key in options:
                 raise ValueError(f"layer_options must not set {key}: the model sets it")
         if timescale is not None:
+            if (not isinstance(timescale, (tuple, list)) or len(timescale) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in timescale)):
+                raise ValueError(f"timescale must be None or (τ_min, τ_max) seconds, two numbers; got {timescale!r}")
             lo, hi = timescale
-            if not (0 < lo < hi):
+            if not (0 < lo < hi < math.inf):
                 raise ValueError(f"timescale must be (τ_min, τ_max) seconds with 0 < τ_min < τ_max; got {timescale!r}")
             options.setdefault("dt_min", lo / dt)
             options.setdefault("dt_max", hi / dt)

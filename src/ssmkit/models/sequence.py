@@ -189,12 +189,11 @@ class SequenceModel(nn.Module):
             x = x.to(self.encoder.weight.dtype)  # any real input, computed in the parameters' dtype (as the layers)
         return self.encoder(x)
 
-    def _output_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """The dtype ``forward``/``step`` answer in: x's for a real input outside autocast (as the layers), else
-        None (the head's own)."""
+    def _as_input_dtype(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out`` in x's dtype for a real input outside autocast (as the layers answer), else as the head gave it."""
         if self.vocab_size is not None or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
-            return None
-        return x.dtype
+            return out
+        return out.to(x.dtype)
 
     def forward(
         self, x: torch.Tensor, state: list | None = None, return_state: bool = True
@@ -218,9 +217,9 @@ class SequenceModel(nn.Module):
                 raise ValueError(f"a pair model (pair=True) reads pairs (B, 2, L) or (B, 2, L, d_input); got {tuple(x.shape)}")
             features, states = self.features(x.flatten(0, 1), state, return_state)  # (2B, H)
             a, b = features.unflatten(0, (-1, 2)).unbind(1)  # (B, H) each
-            return self.head(a, b).to(self._output_dtype(x)), states
+            return self._as_input_dtype(self.head(a, b), x), states
         features, states = self.features(x, state, return_state)
-        return self.head(features).to(self._output_dtype(x)), states
+        return self._as_input_dtype(self.head(features), x), states
 
     def features(
         self, x: torch.Tensor, state: list | None = None, return_state: bool = True
@@ -264,7 +263,7 @@ class SequenceModel(nn.Module):
             if self.check_finite:
                 check_finite_sequence(h[:, None], f"the output of block {i}")
             new_states.append(s)
-        return self.head(self.final_norm(h)).to(self._output_dtype(x_t)), new_states
+        return self._as_input_dtype(self.head(self.final_norm(h)), x_t), new_states
 
     def initial_state(self, batch_size: int) -> list:
         """Zero states, one per block."""

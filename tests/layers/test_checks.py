@@ -77,6 +77,18 @@ def test_input_on_another_device_is_named(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_forward_on_the_meta_device_says_to_initialise_first(name):
+    # a meta layer (deferred initialisation) given a meta input failed inside autocast ("unknown device type")
+    layer = layers.build(name, d_model=H, device="meta", **variants(name)[0])
+    x = torch.randn(2, 5, H, device="meta")
+    with pytest.raises(ValueError, match=r"not on 'meta'.*to_empty\(device=...\) and reset_parameters\(\)"):
+        layer(x)
+    if layer.supports("step"):
+        with pytest.raises(ValueError, match="not on 'meta'"):
+            layer.step(x[:, 0], layer.initial_state(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_half_precision_parameters_are_refused(name):
     # .to(torch.bfloat16) after construction made 10 layers fail deep inside (complex bfloat16 is not a dtype) and
     # 6 run their SSM core in bfloat16; the protocol keeps float32/float64 parameters (autocast for bf16 compute)

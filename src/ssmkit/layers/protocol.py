@@ -227,6 +227,9 @@ class SequenceLayer(nn.Module):
         device = self.state_device()
         if x.device != device:
             raise ValueError(f"{name} must be on the layer's device {device}; got {x.device}")
+        if device.type == "meta":
+            raise ValueError(f"{type(self).__name__} runs on a real device, not on 'meta' (which only defers the "
+                             "initialisation): call to_empty(device=...) and reset_parameters() first")
         self._check_parameter_dtype()
         return device
 

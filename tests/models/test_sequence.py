@@ -253,3 +253,15 @@ def test_model_reads_any_real_dtype_and_refuses_unknown_token_ids():
             lm(ids)
         with pytest.raises(ValueError, match=r"token ids in \[0, vocab_size\) = \[0, 7\)"):
             lm.step(ids[:, 2], lm.initial_state(1))
+
+
+def test_block_reads_any_real_dtype():
+    # a float64 input into a float32 Block failed in its LayerNorm ("mixed dtype (CPU)")
+    block = Block(build("s4d", d_model=4, d_state=4, device=DEVICE), device=DEVICE)
+    x = torch.randn(2, 5, 4, dtype=torch.float64, device=DEVICE)
+    y64, h64 = block(x)
+    y32, h32 = block(x.float())
+    assert y64.dtype == torch.float64 and torch.equal(y64, y32.double()) and torch.equal(h64, h32)
+    y_t, _ = block.step(x[:, 0], block.initial_state(2))
+    y_t32, _ = block.step(x[:, 0].float(), block.initial_state(2))
+    assert y_t.dtype == torch.float64 and torch.equal(y_t, y_t32.double())

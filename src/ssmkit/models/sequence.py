@@ -25,6 +25,7 @@ from ssmkit.models.block import Block
 from ssmkit.models.config import SequenceModelConfig
 from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.pattern import check_pattern, options_per_block
+from ssmkit.ops.backend import tracing
 from ssmkit.utils import check_floating, check_finite_sequence
 
 HEADS = ("classify", "regress", "lm")
@@ -175,7 +176,8 @@ class SequenceModel(nn.Module):
             if x.dtype not in (torch.int64, torch.int32) or x.dim() != rank:
                 want = "(B,)" if per_step else "(B, L)"
                 raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype}")
-            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
+            if x.numel() and not tracing() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):  # eager only:
+                # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
                 raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "
                                  f"{int(x.min())} to {int(x.max())}")
             return self.encoder(x)

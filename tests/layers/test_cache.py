@@ -243,3 +243,43 @@ def test_caches_are_not_pickled():
     assert twin._plan_cache._entry is None
     with torch.no_grad():
         assert torch.equal(twin(x)[0], y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_cache_filled_in_inference_mode_serves_input_gradients(name):
+    # generation under torch.inference_mode() filled the cache with inference tensors; a later step of the frozen
+    # layer with autograd on (gradients for its input) then raised "Inference tensors cannot be saved for backward"
+    layer = make_layer(name).requires_grad_(False)
+    x = torch.randn(2, H, device=DEVICE, dtype=torch.float64)
+    with torch.inference_mode():
+        layer.step(x, layer.initial_state(2))
+    x_g = x.clone().requires_grad_()
+    y, _ = layer.step(x_g, layer.initial_state(2))
+    (g,) = torch.autograd.grad(y.sum(), x_g)
+    eps = 1e-6  # central difference of the frozen layer's first step, one input at a time
+    fd = torch.zeros_like(x)
+    with torch.no_grad():
+        for b in range(2):
+            for c in range(H):
+                e = torch.zeros_like(x)
+                e[b, c] = eps
+                y_p, _ = layer.step(x + e, layer.initial_state(2))
+                y_m, _ = layer.step(x - e, layer.initial_state(2))
+                fd[b, c] = (y_p.sum() - y_m.sum()) / (2 * eps)
+    assert rel_err(g, fd) < 1e-5
+
+
+@pytest.mark.parametrize("name", PLAN_LAYERS)
+def test_a_forward_plan_filled_in_inference_mode_serves_input_gradients(name):
+    # S4's forward plan, filled under torch.inference_mode(), must not hold inference tensors either
+    layer = make_layer(name).requires_grad_(False)
+    x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
+    with torch.inference_mode():
+        y_inf = layer(x)[0]
+    x_g = x.clone().requires_grad_()
+    y, _ = layer(x_g)  # the frozen layer's plan from the cache, autograd on for the input
+    (g,) = torch.autograd.grad(y.square().sum(), x_g)
+    layer.requires_grad_(True)
+    x_r = x.clone().requires_grad_()
+    (g_ref,) = torch.autograd.grad(layer(x_r)[0].square().sum(), x_r)  # recomputed with the parameters' graph
+    assert rel_err(y, y_inf) < 1e-12 and rel_err(g, g_ref) < 1e-12

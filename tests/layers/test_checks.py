@@ -65,6 +65,44 @@ def test_state_on_another_device_is_named(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_input_on_another_device_is_named(name):
+    # an input on another device than the parameters raised a RuntimeError from deep inside (autocast's "unknown
+    # device type", a matmul's device mismatch), not a ValueError naming the layer's device
+    layer = make_layer(name)
+    x = torch.randn(2, 5, H, device="meta", dtype=torch.float64)  # any device but the layer's
+    with pytest.raises(ValueError, match=rf"x must be on the layer's device {layer.state_device()}; got meta"):
+        layer(x)
+    with pytest.raises(ValueError, match=rf"x_t must be on the layer's device {layer.state_device()}; got meta"):
+        layer.step(x[:, 0], layer.initial_state(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_on_the_meta_device_says_to_initialise_first(name):
+    # a meta layer (deferred initialisation) given a meta input failed inside autocast ("unknown device type")
+    layer = layers.build(name, d_model=H, device="meta", **variants(name)[0])
+    x = torch.randn(2, 5, H, device="meta")
+    with pytest.raises(ValueError, match=r"not on 'meta'.*to_empty\(device=...\) and reset_parameters\(\)"):
+        layer(x)
+    if layer.supports("step"):
+        with pytest.raises(ValueError, match="not on 'meta'"):
+            layer.step(x[:, 0], layer.initial_state(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_parameters_are_refused(name):
+    # .to(torch.bfloat16) after construction made 10 layers fail deep inside (complex bfloat16 is not a dtype) and
+    # 6 run their SSM core in bfloat16; the protocol keeps float32/float64 parameters (autocast for bf16 compute)
+    for dtype in (torch.bfloat16, torch.float16):
+        layer = make_layer(name).to(dtype)
+        x = torch.randn(2, 5, H, device=DEVICE, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"parameters are {dtype}, but ssmkit layers keep float32 or float64"):
+            layer(x)
+        if layer.supports("step"):
+            with pytest.raises(ValueError, match=rf"parameters are {dtype}"):
+                layer.step(x[:, 0], layer.initial_state(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_constructor_options_are_validated(name):
     opts = options_of(name)
     base = variants(name)[0]

@@ -232,3 +232,36 @@ def test_block_reads_the_layer_defaults():
     y, _ = gated(x)
     z = gated.norm(x)
     assert torch.allclose(y, x + z * torch.sigmoid(gated.layer.gate(z)))
+
+
+def test_model_reads_any_real_dtype_and_refuses_unknown_token_ids():
+    # a float64 or bfloat16 input into a float32 model failed in the encoder ("mat1 and mat2 must have the same
+    # dtype"); now it is computed in float32 and answered in the input's dtype, as the layers do
+    model = SequenceModel(2, 4, 1, "s4d", {"d_state": 4}, 3, head="regress", pool=None, device=DEVICE)
+    x = torch.randn(2, 5, 2, dtype=torch.float64, device=DEVICE)
+    y64, _ = model(x)
+    y32, _ = model(x.float())
+    assert y64.dtype == torch.float64 and torch.equal(y64, y32.double())
+    y_t, _ = model.step(x[:, 0].bfloat16(), model.initial_state(2))
+    y_t32, _ = model.step(x[:, 0].bfloat16().float(), model.initial_state(2))
+    assert y_t.dtype == torch.bfloat16 and torch.equal(y_t, y_t32.bfloat16())
+    # token ids outside [0, vocab_size) raised an IndexError from the embedding ("index out of range in self")
+    lm = SequenceModel(1, 4, 1, "s4d", {"d_state": 4}, 7, head="lm", pool=None, vocab_size=7, device=DEVICE)
+    for bad in (7, -1):
+        ids = torch.tensor([[0, 3, bad]], device=DEVICE)
+        with pytest.raises(ValueError, match=r"token ids in \[0, vocab_size\) = \[0, 7\)"):
+            lm(ids)
+        with pytest.raises(ValueError, match=r"token ids in \[0, vocab_size\) = \[0, 7\)"):
+            lm.step(ids[:, 2], lm.initial_state(1))
+
+
+def test_block_reads_any_real_dtype():
+    # a float64 input into a float32 Block failed in its LayerNorm ("mixed dtype (CPU)")
+    block = Block(build("s4d", d_model=4, d_state=4, device=DEVICE), device=DEVICE)
+    x = torch.randn(2, 5, 4, dtype=torch.float64, device=DEVICE)
+    y64, h64 = block(x)
+    y32, h32 = block(x.float())
+    assert y64.dtype == torch.float64 and torch.equal(y64, y32.double()) and torch.equal(h64, h32)
+    y_t, _ = block.step(x[:, 0], block.initial_state(2))
+    y_t32, _ = block.step(x[:, 0].float(), block.initial_state(2))
+    assert y_t.dtype == torch.float64 and torch.equal(y_t, y_t32.double())

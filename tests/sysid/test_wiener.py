@@ -3,6 +3,8 @@ a known Wiener system."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,49 @@ def test_time_varying_blocks_step_equals_forward_and_leave_the_analysis_to_lti_b
     again = DeepWiener.from_checkpoint(m.checkpoint())
     with torch.no_grad():
         assert torch.equal(again(u, state)[0], y)
+
+
+def test_a_float32_model_reads_float64_records_like_the_layers():
+    # benchmark records are float64; a float32 model used to fail in its encoder ("mat1 and mat2 must have the same
+    # dtype"). It now computes in float32 and answers in the input's dtype, as the layers do.
+    m = model(dtype=torch.float32, encoder_window=3)
+    u64 = torch.randn(2, 9, 2, dtype=torch.float64, device=DEVICE)
+    y_past = torch.randn(2, 3, 3, dtype=torch.float64, device=DEVICE)
+    with torch.no_grad():
+        state32 = m.estimate_state(u64[:, :3].float(), y_past.float())
+        state64 = m.estimate_state(u64[:, :3], y_past)
+        y32, _ = m(u64.float(), state32)
+        y64, _ = m(u64, state64)
+        y_t, _ = m.step(u64[:, 0], m.initial_state(2))
+        y_t32, _ = m.step(u64[:, 0].float(), m.initial_state(2))
+    assert y64.dtype == torch.float64 and y_t.dtype == torch.float64
+    assert torch.equal(y64, y32.double()) and torch.equal(y_t, y_t32.double())
+    with pytest.raises(ValueError, match="u must be real"):
+        m(u64.to(torch.complex128))
+
+
+def test_deep_wiener_is_exported_where_the_docs_name_it():
+    import ssmkit.sysid
+
+    assert ssmkit.sysid.DeepWiener is DeepWiener and "DeepWiener" in ssmkit.sysid.__all__  # ssmkit.sysid.DeepWiener
+
+
+def test_constructor_and_fit_options_are_validated():
+    # these were accepted (a bool dt or window, a zero-width encoder, a negative rate that ascends the loss, a washout
+    # as long as the window: every weight 0/0) or failed with a TypeError from deep inside
+    for bad, match in ((dict(timescale=5.0), "two numbers"), (dict(timescale=("a", "b")), "two numbers"),
+                       (dict(timescale=(1.0, math.inf)), "0 < τ_min < τ_max"), (dict(dt=True), "dt must be"),
+                       (dict(encoder_window=True), "encoder_window must be"),
+                       (dict(encoder_window=3, encoder_hidden=0), "encoder_hidden must be")):
+        with pytest.raises(ValueError, match=match):
+            model(**bad)
+    m = model()
+    u = torch.randn(200, 2, dtype=torch.float64)
+    records = [IORecord(u, torch.randn(200, 3, dtype=torch.float64), 1.0, "r")]
+    for bad, match in ((dict(lr=-1e-3), "lr must be a finite number >= 0"), (dict(steps=-1), "steps must be"),
+                       (dict(window=0), "window must be"), (dict(batch_size=0), "batch_size must be"),
+                       (dict(window=64, washout=64), r"washout must be an int in \[0, window\) = \[0, 64\)"),
+                       (dict(patience=0), "patience must be"), (dict(decay=0.0), "decay must be"),
+                       (dict(ssm_weight_decay=-1.0), "ssm_weight_decay must be")):
+        with pytest.raises(ValueError, match=match):
+            fit_simulation(m, records, None, SimulationFit(**{"window": 64, **bad}))

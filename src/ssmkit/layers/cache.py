@@ -90,7 +90,10 @@ class ValueCache(Generic[V]):
                 if scope:
                     self._entry = (key, snapshot, value, scope, tuple(map(id, tensors)))
                 return value
-        with torch.no_grad():
+        # never inference tensors, even when filled inside torch.inference_mode(): a later step with autograd on (a
+        # frozen layer, gradients wanted for its input) must be able to save the cached value for backward. Leaving
+        # inference mode turns grad mode back on, hence no_grad inside it.
+        with torch.inference_mode(False), torch.no_grad():
             value = compute()
             snapshot = tuple(t.detach().clone() for t in tensors)
         self._entry = (key, snapshot, value, scope, tuple(map(id, tensors)))

@@ -13,7 +13,9 @@ A capability the layer lacks raises ``NotImplementedError`` saying why.
 
 Non-finite inputs: the math lets NaN and inf through, and how far they spread depends on the path. The step and
 the reference loop make outputs non-finite from the first bad time step on; the chunked scan from the start of
-the chunk (64 steps) holding it; an FFT convolution from t = 0 (every output mixes every frequency). Use
+the chunk (64 steps) holding it; an FFT convolution from t = 0 (every output mixes every frequency), and so does
+attention's ``forward`` (Mega's from the start of its attention chunk: a masked, zero attention weight times a NaN
+value is NaN). Use
 ``SequenceModel(check_finite=True)`` or :func:`ssmkit.utils.check_finite` to find the first bad step.
 
 ``torch.jit.trace`` is not supported (a trace freezes the sequence length into the graph and gives silently wrong
@@ -190,10 +192,11 @@ class SequenceLayer(nn.Module):
                 "gives wrong outputs at other lengths); use torch.compile or run the module eagerly"
             )
         check_sequence(x, self.d_model, "x")
+        device = self._check_placement(x, "x")
         if state is not None:
             if self.bidirectional:
                 raise ValueError(f"{type(self).__name__}(bidirectional=True) has no recurrent state: pass state=None")
-            check_state(state, self.state_spec(), x.shape[0], self.state_device())
+            check_state(state, self.state_spec(), x.shape[0], device)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One recurrent step: x_t (B, H) -> y_t (B, H) and the next state, O(state) work.
@@ -214,7 +217,34 @@ class SequenceLayer(nn.Module):
         check_floating(x_t, "x_t")
         if x_t.dim() != 2 or x_t.shape[1] != self.d_model or x_t.shape[0] < 1:
             raise ValueError(f"x_t must be (B, {self.d_model}) for d_model={self.d_model}, B >= 1; got {tuple(x_t.shape)}")
-        check_state(state, self.state_spec(), x_t.shape[0], self.state_device())
+        device = self._check_placement(x_t, "x_t")
+        check_state(state, self.state_spec(), x_t.shape[0], device)
+
+    def _check_placement(self, x: torch.Tensor, name: str) -> torch.device:
+        """The layer's device, after checking that the input ``x`` is on it and that the parameters are float32 or
+        float64 (``.to(torch.bfloat16)`` after construction made some layers fail deep inside, others run their SSM
+        core in bfloat16)."""
+        device = self.state_device()
+        if x.device != device:
+            raise ValueError(f"{name} must be on the layer's device {device}; got {x.device}")
+        if device.type == "meta":
+            raise ValueError(f"{type(self).__name__} runs on a real device, not on 'meta' (which only defers the "
+                             "initialisation): call to_empty(device=...) and reset_parameters() first")
+        self._check_parameter_dtype()
+        return device
+
+    def _check_parameter_dtype(self) -> None:
+        """Raise ``ValueError`` unless the parameters are float32 or float64 (checked on the first one: the layer's
+        own, read from the module's dict as ``own_tensors`` does, since ``step`` calls this every time)."""
+        own = [t for t in self._parameters.values() if t is not None]
+        for p in own or self.parameters():
+            if p.dtype not in (torch.float32, torch.float64):
+                raise ValueError(
+                    f"{type(self).__name__}'s parameters are {p.dtype}, but ssmkit layers keep float32 or float64 "
+                    "parameters (not .half() or .to(torch.bfloat16)): for bfloat16/float16 compute keep them float32 "
+                    "and run under torch.autocast, which keeps the SSM core in float32"
+                )
+            break
 
     def initial_state(self, batch_size: int) -> State:
         """The zero state of ``batch_size`` sequences, on the layer's device (see ``state_spec``).
@@ -226,6 +256,7 @@ class SequenceLayer(nn.Module):
             the state: (B, ...) tensors with the structure of ``state_spec()``.
         """
         check_batch_size(batch_size)
+        self._check_parameter_dtype()
         return zeros_from_spec(self.state_spec(), batch_size, self.state_device())
 
     def state_spec(self) -> StateSpec:

@@ -103,20 +103,33 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, state: State | None = None, return_state: bool = True
     ) -> tuple[torch.Tensor, State | None]:
-        """x (B, L, H) -> (y (B, L, H), final state of the layer, or None when ``return_state`` is False)."""
+        """x (B, L, H) -> (y (B, L, H), final state of the layer, or None when ``return_state`` is False).
+
+        Any real x is computed in the parameters' dtype and answered in x's (as the layers; autocast aside)."""
+        x, dtype = self._as_parameter_dtype(x)
         z = self.norm(x) if self.prenorm else x
         z, state = self.layer(z, state, return_state=return_state)
         y = x + self.dropout(self.out(self.activation(z)))  # (B, L, H)
-        return (y if self.prenorm else self.norm(y)), state
+        return (y if self.prenorm else self.norm(y)).to(dtype), state
+
+    def _as_parameter_dtype(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+        """(x in the parameters' dtype outside autocast, x's dtype): a float64 input into a float32 block failed in
+        its norm with "mixed dtype"."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
+            return x, getattr(x, "dtype", None)  # the layer's checks name a bad input
+        for p in self.parameters():
+            return x.to(p.dtype), x.dtype
+        return x, x.dtype
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x_t (B, H) -> (y_t (B, H), next state): one recurrent step of the block."""
         if self.norm_name == "batch" and self.training:
             raise RuntimeError("Block(norm='batch').step needs eval mode: in training mode BatchNorm uses batch statistics")
+        x_t, dtype = self._as_parameter_dtype(x_t)
         z = self.norm(x_t) if self.prenorm else x_t
         z, state = self.layer.step(z, state)
         y = x_t + self.dropout(self.out(self.activation(z)))  # (B, H)
-        return (y if self.prenorm else self.norm(y)), state
+        return (y if self.prenorm else self.norm(y)).to(dtype), state
 
     def initial_state(self, batch_size: int) -> State:
         """The layer's zero state for ``batch_size`` sequences."""

@@ -25,6 +25,7 @@ from ssmkit.models.block import Block
 from ssmkit.models.config import SequenceModelConfig
 from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.pattern import check_pattern, options_per_block
+from ssmkit.ops.backend import tracing
 from ssmkit.utils import check_floating, check_finite_sequence
 
 HEADS = ("classify", "regress", "lm")
@@ -35,7 +36,7 @@ class SequenceModel(nn.Module):
     """A deep SSM: encoder, ``n_layers`` residual :class:`Block` s, optional pooling, linear head.
 
     Args:
-        d_input: channels of a real input (B, L, d_input); ignored when ``vocab_size`` is given.
+        d_input: channels of a real input (B, L, d_input); unused when ``vocab_size`` is given (still an int >= 1).
         d_model: width H of every block.
         n_layers: number of blocks.
         layer: registered layer name (see ``ssmkit.layers.available()``), or a pattern: a list of ``n_layers``
@@ -175,6 +176,10 @@ class SequenceModel(nn.Module):
             if x.dtype not in (torch.int64, torch.int32) or x.dim() != rank:
                 want = "(B,)" if per_step else "(B, L)"
                 raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype}")
+            if x.numel() and not tracing() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):  # eager only:
+                # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
+                raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "
+                                 f"{int(x.min())} to {int(x.max())}")
             return self.encoder(x)
         check_floating(x, "x")
         want = f"(B, {self.d_input})" if per_step else f"(B, L, {self.d_input})"
@@ -182,7 +187,15 @@ class SequenceModel(nn.Module):
             raise ValueError(f"x must be {want} for d_input={self.d_input}; got {tuple(x.shape)}")
         if self.check_finite:
             check_finite_sequence(x if not per_step else x[:, None], "the input x")
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.encoder.weight.dtype)  # any real input, computed in the parameters' dtype (as the layers)
         return self.encoder(x)
+
+    def _as_input_dtype(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``out`` in x's dtype for a real input outside autocast (as the layers answer), else as the head gave it."""
+        if self.vocab_size is not None or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
+            return out
+        return out.to(x.dtype)
 
     def forward(
         self, x: torch.Tensor, state: list | None = None, return_state: bool = True
@@ -190,13 +203,15 @@ class SequenceModel(nn.Module):
         """Run whole sequences.
 
         Args:
-            x: (B, L, d_input) real, or (B, L) token ids when ``vocab_size`` is set; with ``pair``, (B, 2, L, d_input)
-                or (B, 2, L): two sequences per item.
+            x: (B, L, d_input) real (any floating dtype: computed in the parameters' dtype), or (B, L) token ids in
+                [0, vocab_size) when ``vocab_size`` is set; with ``pair``, (B, 2, L, d_input) or (B, 2, L): two
+                sequences per item.
             state: list of per-block states (from ``initial_state``, ``step`` or ``forward``), or None.
             return_state: compute and return the final block states (False skips that work; training needs none).
 
         Returns:
-            out: (B, d_output) when pooled, else (B, L, d_output); and the list of final block states (None when
+            out: (B, d_output) when pooled, else (B, L, d_output), in x's dtype for a real x outside autocast (as the
+            layers); and the list of final block states (None when
             ``return_state`` is False; with ``pair``, the states of the 2B sequences, item i's at 2i and 2i + 1).
         """
         if self.pair:
@@ -204,9 +219,9 @@ class SequenceModel(nn.Module):
                 raise ValueError(f"a pair model (pair=True) reads pairs (B, 2, L) or (B, 2, L, d_input); got {tuple(x.shape)}")
             features, states = self.features(x.flatten(0, 1), state, return_state)  # (2B, H)
             a, b = features.unflatten(0, (-1, 2)).unbind(1)  # (B, H) each
-            return self.head(a, b), states
+            return self._as_input_dtype(self.head(a, b), x), states
         features, states = self.features(x, state, return_state)
-        return self.head(features), states
+        return self._as_input_dtype(self.head(features), x), states
 
     def features(
         self, x: torch.Tensor, state: list | None = None, return_state: bool = True
@@ -250,7 +265,7 @@ class SequenceModel(nn.Module):
             if self.check_finite:
                 check_finite_sequence(h[:, None], f"the output of block {i}")
             new_states.append(s)
-        return self.head(self.final_norm(h)), new_states
+        return self._as_input_dtype(self.head(self.final_norm(h)), x_t), new_states
 
     def initial_state(self, batch_size: int) -> list:
         """Zero states, one per block."""

@@ -8,12 +8,14 @@ from ssmkit.sysid.benchmarks import BENCHMARKS, load_benchmark
 from ssmkit.sysid.ensemble import WienerEnsemble
 from ssmkit.sysid.metrics import fit_percent, mae, nrmse, r_squared, rmse, sysid_metrics
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
+from ssmkit.sysid.wiener import DeepWiener
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
 from ssmkit.sysid.recipes import RECIPES, Recipe, recipe_for
 from ssmkit.sysid.workflow import build_model, evaluate, identify
 
 __all__ = [
     "BENCHMARKS",
+    "DeepWiener",
     "IORecord",
     "Published",
     "WienerEnsemble",

@@ -128,6 +128,41 @@ class SimulationFit:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_int(value: object, least: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= least
+
+
+def _is_number(value: object, least: float, strict: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > least if strict else value >= least
+
+
+def _check_fit_options(cfg: SimulationFit) -> None:
+    """Raise ``ValueError`` naming the first option of ``cfg`` out of its range (a negative rate would ascend the
+    loss, a washout as long as the window would weight every sample by 0/0)."""
+    for name in ("window", "batch_size", "val_every"):
+        if not _is_int(getattr(cfg, name), 1):
+            raise ValueError(f"{name} must be an int >= 1; got {getattr(cfg, name)!r}")
+    if not _is_int(cfg.steps, 0):
+        raise ValueError(f"steps must be an int >= 0; got {cfg.steps!r}")
+    if not _is_int(cfg.washout, 0) or cfg.washout >= cfg.window:
+        raise ValueError(f"washout must be an int in [0, window) = [0, {cfg.window}); got {cfg.washout!r}")
+    if cfg.patience is not None and not _is_int(cfg.patience, 1):
+        raise ValueError(f"patience must be None or an int >= 1; got {cfg.patience!r}")
+    if not _is_number(cfg.lr, 0.0, strict=False):
+        raise ValueError(f"lr must be a finite number >= 0; got {cfg.lr!r}")
+    for name in ("weight_decay", "ssm_weight_decay"):
+        value = getattr(cfg, name)
+        if (value is not None or name == "weight_decay") and not _is_number(value, 0.0, strict=False):
+            raise ValueError(f"{name} must be a finite number >= 0{' or None' if name != 'weight_decay' else ''}; "
+                             f"got {value!r}")
+    for name in ("decay", "grad_clip"):
+        value = getattr(cfg, name)
+        if value is not None and not _is_number(value, 0.0, strict=True):
+            raise ValueError(f"{name} must be None or a finite number > 0; got {value!r}")
+
+
 def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val: int = 2) -> tuple[list[IORecord], list[IORecord]]:
     """Hold out the last ``fraction`` of every record: (estimation parts, validation parts).
 
@@ -299,6 +334,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         "best_step", "best_val_rmse", "seconds", "steps"}.
     """
     cfg = config or SimulationFit()
+    _check_fit_options(cfg)
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {cfg.schedule!r}")
     if isinstance(cfg.min_steps, bool) or not isinstance(cfg.min_steps, int) or cfg.min_steps < 0:

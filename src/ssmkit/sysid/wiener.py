@@ -94,7 +94,7 @@ class DeepWiener(nn.Module):
             check_positive_int(value, name)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}; got {activation!r}")
-        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        if isinstance(dt, bool) or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be the sampling time in seconds, a number > 0; got {dt!r}")
         if not isinstance(time_varying, bool):
             raise ValueError(f"time_varying must be a bool; got {time_varying!r}")
@@ -106,16 +106,20 @@ class DeepWiener(nn.Module):
             )
         if not cls.capabilities.step:
             raise ValueError(f"DeepWiener runs its layers one sample at a time: {layer!r} has no step")
-        if not isinstance(encoder_window, int) or encoder_window < 0:
+        if isinstance(encoder_window, bool) or not isinstance(encoder_window, int) or encoder_window < 0:
             raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
+        check_positive_int(encoder_hidden, "encoder_hidden")
         output_range = _check_range(output_range)
         options = dict(layer_options or {})
         for key in ("d_model", "device", "dtype"):
             if key in options:
                 raise ValueError(f"layer_options must not set {key}: the model sets it")
         if timescale is not None:
+            if (not isinstance(timescale, (tuple, list)) or len(timescale) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in timescale)):
+                raise ValueError(f"timescale must be None or (τ_min, τ_max) seconds, two numbers; got {timescale!r}")
             lo, hi = timescale
-            if not (0 < lo < hi):
+            if not (0 < lo < hi < math.inf):
                 raise ValueError(f"timescale must be (τ_min, τ_max) seconds with 0 < τ_min < τ_max; got {timescale!r}")
             options.setdefault("dt_min", lo / dt)
             options.setdefault("dt_max", hi / dt)
@@ -186,6 +190,14 @@ class DeepWiener(nn.Module):
             found = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"u must be {shape} for n_inputs={self.n_inputs}; got {found}")
 
+    def _as_model_dtype(self, u: torch.Tensor) -> tuple[torch.dtype, torch.Tensor]:
+        """(the dtype to return the output in, u in the parameters' dtype): the benchmark records are float64, and
+        a float32 model must read them as the layers read any real input."""
+        if u.is_complex():
+            raise ValueError(f"u must be real; got {u.dtype}")
+        dtype = self.u_mean.dtype
+        return (u.dtype if u.is_floating_point() else dtype), u.to(dtype)
+
     # ------------------------------------------------------------------------------------------------------------
     # the protocol
 
@@ -197,15 +209,17 @@ class DeepWiener(nn.Module):
         """Simulate: u (B, L, m) in physical units -> y (B, L, p) in physical units, from ``state`` (None: rest).
 
         Args:
-            u: (B, L, m) inputs.
+            u: (B, L, m) inputs, any real dtype (computed in the parameters' dtype, as the layers do).
             state: per-block states (``initial_state``, ``estimate_state``, ``step`` or a previous call), or None.
             return_state: also return the final states.
             saturate: clip the output to ``output_range`` (when set); False gives the unclipped ŷ (training).
 
         Returns:
-            y (B, L, p) and the list of final block states (None when not asked for).
+            y (B, L, p) in u's dtype (the parameters' for integer u), and the list of final block states (None when
+            not asked for).
         """
         self._check(u, per_step=False)
+        out_dtype, u = self._as_model_dtype(u)
         states = state if state is not None else [None] * len(self.layers)
         if len(states) != len(self.layers):
             raise ValueError(f"state must be a list of {len(self.layers)} block states; got {len(states)}")
@@ -216,19 +230,20 @@ class DeepWiener(nn.Module):
             x = self.activation(eta) + skip(x)
             finals.append(s)
         y = self.decoder(x) * self.y_std + self.y_mean  # (B, L, p)
-        return (self.saturate(y) if saturate else y), (finals if return_state else None)
+        return (self.saturate(y) if saturate else y).to(out_dtype), (finals if return_state else None)
 
     def step(self, u_t: torch.Tensor, state: list):
         """One sample: u_t (B, m) -> y_t (B, p) and the next states (what a controller runs on line).
 
         Args:
-            u_t: (B, m) inputs at one sample.
+            u_t: (B, m) inputs at one sample, any real dtype.
             state: per-block states.
 
         Returns:
-            y_t (B, p) and the next states.
+            y_t (B, p) in u_t's dtype (the parameters' for integer u_t), and the next states.
         """
         self._check(u_t, per_step=True)
+        out_dtype, u_t = self._as_model_dtype(u_t)
         if not isinstance(state, (list, tuple)) or len(state) != len(self.layers):
             raise ValueError(f"state must be a list of {len(self.layers)} block states (from initial_state)")
         x = self.encoder((u_t - self.u_mean) / self.u_std)  # (B, H)
@@ -237,7 +252,7 @@ class DeepWiener(nn.Module):
             eta, s = layer.step(x, s)
             x = self.activation(eta) + skip(x)
             nxt.append(s)
-        return self.saturate(self.decoder(x) * self.y_std + self.y_mean), nxt
+        return self.saturate(self.decoder(x) * self.y_std + self.y_mean).to(out_dtype), nxt
 
     def saturate(self, y: torch.Tensor) -> torch.Tensor:
         """What the sensor measures of the process output: y clipped to ``output_range`` (unchanged without one).
@@ -293,6 +308,7 @@ class DeepWiener(nn.Module):
                 f"u_past must be (B, {n}, {self.n_inputs}) and y_past (B, {n}, {self.n_outputs}) for encoder_window={n}; "
                 f"got {tuple(u_past.shape)} and {tuple(y_past.shape)}"
             )
+        u_past, y_past = u_past.to(self.u_mean.dtype), y_past.to(self.y_mean.dtype)  # float64 records, float32 model
         features = torch.cat([(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std], dim=-1)
         v = self.state_encoder(features.flatten(1))  # (B, Σ sizes)
         states, start = [], 0

@@ -313,7 +313,17 @@ def simulate_test(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulat
 
     Returns:
         one (L, p) simulation per test record.
+
+    Raises:
+        ValueError: when the model's initial-state encoder reads more samples than the benchmark leaves unscored
+            (``encoder_window > n_init``): its simulation would hold measured outputs at scored samples.
     """
+    window = getattr(model, "encoder_window", 0)
+    if mode == "simulation" and window > bench.n_init:
+        raise ValueError(f"the model's encoder_window {window} exceeds the benchmark's init window n_init = "
+                         f"{bench.n_init}: its simulation copies the measured outputs of the first {window} samples, "
+                         f"so samples {bench.n_init}..{window - 1} would be scored against themselves; build the model "
+                         f"with encoder_window <= {bench.n_init}")
     if mode == "simulation":
         return [simulate_record(model, r)[0] for r in bench.test]
     return [free_run(model, r, max(bench.n_init, 1)) for r in bench.test]

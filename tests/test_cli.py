@@ -60,6 +60,18 @@ def test_command_line_exit_status():
     assert bad.returncode == 2 and "usage: ssmkit" in bad.stderr
 
 
+def test_command_line_user_errors_are_one_line(tmp_path):
+    # a missing data file: one `ssmkit: error:` line and status 2 from the process, the traceback only when asked
+    src = str(pathlib.Path(ssmkit.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    argv = [sys.executable, "-m", "ssmkit", "sysid", "--benchmark", "cascaded_tanks", "--data-folder", str(tmp_path)]
+    plain = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.startswith("ssmkit: error: cascaded_tanks: dataBenchmark.csv not found"), plain.stderr
+    traced = subprocess.run(argv, env=dict(env, SSMKIT_TRACEBACK="1"), capture_output=True, text=True)
+    assert traced.returncode == 1 and "Traceback" in traced.stderr and "FileNotFoundError" in traced.stderr
+
+
 def test_demo_runs_and_checks_step_equals_forward(capsys):
     code = demo_main(["--steps", "3", "--length", "24", "--d-model", "8", "--n-layers", "1", "--batch-size", "4"])
     out = capsys.readouterr().out

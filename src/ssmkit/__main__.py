@@ -1,5 +1,5 @@
 """``python -m ssmkit`` runs the ``ssmkit`` command."""
 
-from ssmkit.cli import main
+from ssmkit.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

@@ -17,7 +17,8 @@ sets), ``analyze`` and ``zoo`` (control analysis) and ``sysid``
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
-usage line for an unknown command or option (argparse's convention).
+usage line for an unknown command or option (argparse's convention), or with one ``ssmkit: error:`` line for a missing
+file or an invalid value (:func:`console`; ``SSMKIT_TRACEBACK=1`` shows the traceback).
 
 Every command first makes the C library keep freed memory for reuse (:func:`ssmkit.memory.keep_freed_memory`: large
 CPU tensors then skip the kernel's page zeroing: a Mamba block's training step 26 % faster here, its peak memory
@@ -28,6 +29,7 @@ CPU tensors then skip the kernel's page zeroing: a Mamba block's training step 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ssmkit.bench import add_suite_parsers
@@ -109,5 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
 
 
+def console() -> int:
+    """The ``ssmkit`` command as a process runs it: :func:`main`, with a user error -- a missing data file or folder,
+    an option value out of range (``FileNotFoundError``, ``ValueError``, each naming what was expected) -- reported
+    in one line, ``ssmkit: error: ...``, with exit status 2 instead of a traceback. ``SSMKIT_TRACEBACK=1`` in the
+    environment shows the traceback. (:func:`main`, called from Python, raises them.)"""
+    try:
+        return main()
+    except (FileNotFoundError, ValueError) as bad:
+        if os.environ.get("SSMKIT_TRACEBACK", "0") == "1":
+            raise
+        print(f"ssmkit: error: {bad}\n(set SSMKIT_TRACEBACK=1 for where it was raised)", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

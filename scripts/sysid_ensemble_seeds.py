@@ -162,6 +162,19 @@ def _oof_average(members, bench, k: int) -> float:
     return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
 
 
+def _oof_of_g(runs, groups, bench, k: int, g: int) -> float:
+    """The out-of-fold RMSE of block averages of g runs: block i scored by the mean of run i of the first g groups
+    (the g runs that held it out), a measure on the estimation data of what g members per block average out."""
+    errors = []
+    for i in range(k):
+        members = [runs[grp * k + i] for grp in groups[:g]]
+        for blk in fold_blocks([len(r) for r in bench.train], k, i):
+            lo = max(blk.start, members[0]["n_enc"])
+            sim = torch.stack([m["est_sims"][blk.record][lo:blk.stop] for m in members]).mean(0)
+            errors.append(sim - bench.train[blk.record].y[lo:blk.stop].double())
+    return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
+
+
 def summarize_kfold(store, bench, k: int) -> None:
     runs = store["runs"]
     groups = sorted({s // k for s in runs if all(t in runs for t in range(s // k * k, s // k * k + k))})
@@ -178,6 +191,10 @@ def summarize_kfold(store, bench, k: int) -> None:
     if len(vals) > 1:
         print(f"k-fold, average of {k} over --seed {groups}: validation {statistics.mean(vals):.3f} ± "
               f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f} ({bench.unit})")
+    if len(groups) > 1:
+        print("out of fold, each block scored by the average of the g runs that held it out (groups "
+              f"{groups[0]}…): " + ", ".join(f"g = {g}: {_oof_of_g(runs, groups, bench, k, g):.3f}"
+                                          for g in range(1, len(groups) + 1)))
     # restarts = 2k, folds = k, combine = "best": --seed p trains the runs of groups 2p and 2p + 1 and keeps, on each
     # block, the run with the lower score there
     pairs = [p for p in range(len(groups) // 2) if 2 * p in groups and 2 * p + 1 in groups]

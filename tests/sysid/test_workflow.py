@@ -58,6 +58,7 @@ def test_recipes_and_model_from_recipe():
     assert tanks.restarts == 5 and recipe_for("bouc_wen").restarts == 1
     # since tanks5 the restarts are the 5 folds of k-fold validation, averaged (docs/results.md, fifth round)
     assert (tanks.validation, tanks.folds, tanks.combine) == ("kfold", 5, "average")
+    assert tanks.first_layer_init == "data"  # from the record outside each run's block (tanks5)
     assert recipe_for("bouc_wen").validation == "tail" and recipe_for("f16").validation == "tail"
 
 
@@ -180,6 +181,24 @@ def test_one_step_ahead_training_predicts_an_arx_system():
     std = float(bench.test[0].y[10:].std(correction=0))
     assert rec["one_step_rmse"][0] < 0.1 * std  # a linear predictor exists: the one-step error is small
     assert rec["fit"][0] > 80.0  # and the free run simulates the linear system well
+    with pytest.raises(ValueError, match="which a predictor reads as inputs"):  # y_{t-1} would leak a held-out block
+        identify(bench, "s4d", dataclasses.replace(recipe, restarts=2, validation="kfold"), mode="prediction")
+
+
+def test_prediction_mode_on_the_command_line_trades_kfold_and_data_init_for_the_tail():
+    from types import SimpleNamespace
+
+    from ssmkit.sysid.commands import recipe_from_args
+
+    def args(mode, **recipe):
+        return SimpleNamespace(mode=mode, steps=None, recipe=recipe, get=lambda key: recipe if key == "recipe" else None)
+
+    assert recipe_from_args("cascaded_tanks", args("simulation")) == recipe_for("cascaded_tanks")
+    pred = recipe_from_args("cascaded_tanks", args("prediction"))
+    assert (pred.validation, pred.combine, pred.first_layer_init, pred.restarts) == ("tail", "best", "layer", 5)
+    assert recipe_from_args("bouc_wen", args("prediction")).first_layer_init == "layer"
+    kept = recipe_from_args("cascaded_tanks", args("prediction", validation="kfold", first_layer_init="data"))
+    assert (kept.validation, kept.first_layer_init) == ("kfold", "data")  # what the user sets is kept
 
 
 def test_report_files_and_table(tmp_path):

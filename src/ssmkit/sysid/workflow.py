@@ -170,6 +170,9 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
     folds = _check_validation(recipe)
     kfold = folds is not None
+    if kfold and mode != "simulation":
+        raise ValueError("validation='kfold' holds out blocks of outputs, which a predictor reads as inputs "
+                         "(y_{t-1}): use validation='tail' in prediction mode")
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
     train, val = held_out(train, recipe) if not kfold else (list(train), None)
     if k > 1 and not kfold and not val and recipe.val_fraction == 0 and recipe.combine == "best":

@@ -10,11 +10,15 @@ and the average of the k runs' simulations (``combine="average"``, a :class:`ssm
 to ``--store/<label>.pt`` (a run already there is not trained again); one JSON line per run is printed with the machine
 load (``os.getloadavg``) before and after it. The test RMSE is printed for the record: choose on validation.
 
-With ``--set validation="'kfold'"`` run seed s holds out block s mod k of k of the estimation record (what
+With k-fold validation (the Cascaded Tanks recipe's default since tanks5; ``--set validation="'kfold'"`` elsewhere,
+``--set validation="'tail'"`` for the tail) run seed s holds out block s mod k of k of the estimation record (what
 ``identify`` trains for ``--seed`` s // k with ``Recipe.validation = "kfold"``): every run's simulation of the whole
 estimation record is kept, a group's validation score is its runs' out-of-fold RMSE pooled over the k blocks, and
 only the average of the k runs is scored (choosing one run would compare different blocks). Every run also stores
 its simulation of the whole estimation record (``est_sims``), and the summary prints the averaged test error by level.
+With runs 0 … 10k−1 it also scores ``restarts = 2k, folds = k`` per pair of groups: the best run on each block, the
+average of all 2k, and the out-of-fold RMSE of the 2k-run average (each block scored by the mean of the two runs that
+held it out: the estimation data's own measure of what a second run per block adds).
 """
 
 from __future__ import annotations
@@ -65,8 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     changes = recipe_overrides(args.set)
-    kfold = changes.get("validation") == "kfold"
-    recipe = dataclasses.replace(recipe_for(args.benchmark), **changes, restarts=args.k if kfold else 1)
+    kfold = {**dataclasses.asdict(recipe_for(args.benchmark)), **changes}["validation"] == "kfold"
+    recipe = dataclasses.replace(recipe_for(args.benchmark), **changes, restarts=args.k if kfold else 1,
+                                 folds=args.k if kfold else None)
     bench = load_benchmark(args.benchmark, args.data_folder, train_records=recipe.train_records)
     os.makedirs(args.store, exist_ok=True)
     path = os.path.join(args.store, f"{args.label}.pt")
@@ -143,6 +148,33 @@ def _oof(members, bench, k: int) -> float:
     return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
 
 
+def _oof_average(members, bench, k: int) -> float:
+    """The out-of-fold RMSE of an ensemble of 2k runs (run i and run i + k held out block i): each block scored by
+    the average of the two runs that never saw it, i.e. what the 2k-run average would score there were it judged
+    only where none of its judges trained (the ensemble's own held-out estimate, not one run's)."""
+    errors = []
+    for i in range(k):
+        a, b = members[i], members[i + k]
+        for blk in fold_blocks([len(r) for r in bench.train], k, i):
+            lo = max(blk.start, a["n_enc"])
+            sim = (a["est_sims"][blk.record][lo:blk.stop] + b["est_sims"][blk.record][lo:blk.stop]) / 2
+            errors.append(sim - bench.train[blk.record].y[lo:blk.stop].double())
+    return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
+
+
+def _oof_of_g(runs, groups, bench, k: int, g: int) -> float:
+    """The out-of-fold RMSE of block averages of g runs: block i scored by the mean of run i of the first g groups
+    (the g runs that held it out), a measure on the estimation data of what g members per block average out."""
+    errors = []
+    for i in range(k):
+        members = [runs[grp * k + i] for grp in groups[:g]]
+        for blk in fold_blocks([len(r) for r in bench.train], k, i):
+            lo = max(blk.start, members[0]["n_enc"])
+            sim = torch.stack([m["est_sims"][blk.record][lo:blk.stop] for m in members]).mean(0)
+            errors.append(sim - bench.train[blk.record].y[lo:blk.stop].double())
+    return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
+
+
 def summarize_kfold(store, bench, k: int) -> None:
     runs = store["runs"]
     groups = sorted({s // k for s in runs if all(t in runs for t in range(s // k * k, s // k * k + k))})
@@ -159,10 +191,14 @@ def summarize_kfold(store, bench, k: int) -> None:
     if len(vals) > 1:
         print(f"k-fold, average of {k} over --seed {groups}: validation {statistics.mean(vals):.3f} ± "
               f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f} ({bench.unit})")
+    if len(groups) > 1:
+        print("out of fold, each block scored by the average of the g runs that held it out (groups "
+              f"{groups[0]}…): " + ", ".join(f"g = {g}: {_oof_of_g(runs, groups, bench, k, g):.3f}"
+                                          for g in range(1, len(groups) + 1)))
     # restarts = 2k, folds = k, combine = "best": --seed p trains the runs of groups 2p and 2p + 1 and keeps, on each
     # block, the run with the lower score there
     pairs = [p for p in range(len(groups) // 2) if 2 * p in groups and 2 * p + 1 in groups]
-    vals, tests, avg_vals, avg_tests = [], [], [], []
+    vals, tests, avg_vals, avg_tests, ens_vals = [], [], [], [], []
     for p in pairs:
         both = [runs[s] for s in range(2 * p * k, 2 * p * k + 2 * k)]
         kept = [min((both[f], both[f + k]), key=lambda r: r["val"]) for f in range(k)]
@@ -172,13 +208,15 @@ def summarize_kfold(store, bench, k: int) -> None:
         mean_all = [torch.stack([m["test_sims"][i] for m in both]).mean(0) for i in range(len(bench.test))]
         avg_vals.append(math.sqrt((_oof(both[:k], bench, k) ** 2 + _oof(both[k:], bench, k) ** 2) / 2))  # same blocks
         avg_tests.append(_test_score(mean_all, bench))
+        ens_vals.append(_oof_average(both, bench, k))
         print(f"--seed {p} (restarts {2 * k}, folds {k}): best on each block: validation {vals[-1]:.3f}, test "
               f"{tests[-1]:.3f} (kept runs {[r['seed'] for r in kept]}); average of {2 * k}: validation "
-              f"{avg_vals[-1]:.3f}, test {avg_tests[-1]:.3f}")
+              f"{avg_vals[-1]:.3f}, out of fold averaged by block {ens_vals[-1]:.3f}, test {avg_tests[-1]:.3f}")
     if len(pairs) > 1:
         print(f"k-fold, best on each block of 2 over --seed {pairs}: validation {statistics.mean(vals):.3f} ± "
               f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f}; "
-              f"average of {2 * k}: validation {statistics.mean(avg_vals):.3f} ± {statistics.stdev(avg_vals):.3f}, "
+              f"average of {2 * k}: validation {statistics.mean(avg_vals):.3f} ± {statistics.stdev(avg_vals):.3f} "
+              f"(out of fold averaged by block {statistics.mean(ens_vals):.3f} ± {statistics.stdev(ens_vals):.3f}), "
               f"test {statistics.mean(avg_tests):.3f} ± {statistics.stdev(avg_tests):.3f} ({bench.unit})")
 
 

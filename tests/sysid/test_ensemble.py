@@ -171,7 +171,7 @@ def test_cli_average_writes_an_ensemble_that_analyze_reads(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["sysid", "--benchmark", "cascaded_tanks", "--data-folder", str(DATA / "cascaded_tanks"), "--steps",
                  "2", "--recipe.val_every", "2", "--recipe.d_model", "2", "--recipe.n_layers", "1", "--recipe.restarts",
-                 "2", "--recipe.combine", "average", "--no-plots", "--out", str(out)])
+                 "2", "--recipe.combine", "average", "--recipe.validation", "tail", "--no-plots", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "average of 2 runs" in printed and "kept the average of every run" in printed

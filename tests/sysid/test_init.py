@@ -115,7 +115,7 @@ def test_recipe_first_layer_init_data_runs_init_from_data_in_identify(monkeypatc
     bench = SysidBenchmark("lin", "linear", records, records[:1], 0, "V")
     seen = {}
 
-    def no_training(model, train, val, config, log):  # stop before training: the poles are the initial ones
+    def no_training(model, train, val, config, log, blocks=None):  # stop before training: the initial poles
         seen["train"] = train
         return {"steps": 0, "best_step": 0, "best_val_rmse": 0.0, "seconds": 0.0}
 
@@ -129,3 +129,30 @@ def test_recipe_first_layer_init_data_runs_init_from_data_in_identify(monkeypatc
         workflow.identify(bench, "s4d", Recipe(first_layer_init="ring"))
     with pytest.raises(ValueError, match="simulation mode only"):
         workflow.identify(bench, "s4d", recipe, mode="prediction")
+
+
+def test_kfold_data_init_reads_only_the_outputs_outside_the_held_out_block(monkeypatch):
+    import ssmkit.sysid.workflow as workflow
+    from ssmkit.sysid.fit import fold_blocks
+    from ssmkit.sysid.recipes import Recipe
+    from ssmkit.sysid.records import SysidBenchmark
+
+    clean = _siso_records()
+    g = torch.Generator().manual_seed(0)
+    # block 1 of 3 ([500, 1000) of each record) replaced by garbage: only the run that holds it out may ignore it
+    records = [IORecord(r.u, torch.cat([r.y[:500], 50 * torch.randn(500, 1, generator=g, dtype=torch.float64),
+                                        r.y[1000:]]), 1.0, f"r{i}") for i, r in enumerate(clean)]
+    pieces = workflow.outside_blocks(records, fold_blocks([1500, 1500], 3, 1))
+    assert [p.name for p in pieces] == ["r0[0:500]", "r0[1000:1500]", "r1[0:500]", "r1[1000:1500]"]
+    assert all(torch.equal(p.y, c.y[a:a + 500]) for p, (c, a) in zip(pieces, [(clean[0], 0), (clean[0], 1000),
+                                                                              (clean[1], 0), (clean[1], 1000)]))
+    bench = SysidBenchmark("lin", "linear", records, records[:1], 0, "V")
+    monkeypatch.setattr(workflow, "fit_simulation", lambda model, train, val, config, log, blocks=None:
+                        {"steps": 0, "best_step": 0, "best_val_rmse": 0.0, "seconds": 0.0})
+    recipe = Recipe(d_model=2, n_layers=1, d_state=16, first_layer_init="data", restarts=3, validation="kfold",
+                    combine="average")
+    ensemble, history = workflow.identify(bench, "s4d", recipe, dtype=torch.float64)
+    assert [r["fold"] for r in history["restarts"]] == [0, 1, 2]
+    poles = [np.asarray(m.state_space()[0].poles()).ravel() for m in ensemble.members]
+    assert _match(poles[1], Z_TRUE) < 1e-8  # the run holding out the garbage block estimates the true poles
+    assert _match(poles[0], Z_TRUE) > 1e-2 and _match(poles[2], Z_TRUE) > 1e-2  # those reading it do not

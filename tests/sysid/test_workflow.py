@@ -4,6 +4,7 @@ the init window, the report files and the ``ssmkit sysid`` command end to end on
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import pathlib
 
@@ -55,6 +56,11 @@ def test_recipes_and_model_from_recipe():
     tanks = recipe_for("cascaded_tanks")
     assert tanks.encoder_window == 50 and tanks.timescale is not None  # the official init window feeds the encoder
     assert tanks.restarts == 5 and recipe_for("bouc_wen").restarts == 1
+    # since tanks5 the restarts are the 5 folds of k-fold validation, averaged (docs/results.md, fifth round)
+    assert (tanks.validation, tanks.folds, tanks.combine) == ("kfold", 5, "average")
+    assert tanks.first_layer_init == "data"  # from the record outside each run's block (tanks5)
+    assert tanks.ssm_weight_decay == 0.1 and recipe_for("bouc_wen").ssm_weight_decay is None
+    assert recipe_for("bouc_wen").validation == "tail" and recipe_for("f16").validation == "tail"
 
 
 def test_held_out_records_validate_on_their_tail_only():
@@ -176,6 +182,24 @@ def test_one_step_ahead_training_predicts_an_arx_system():
     std = float(bench.test[0].y[10:].std(correction=0))
     assert rec["one_step_rmse"][0] < 0.1 * std  # a linear predictor exists: the one-step error is small
     assert rec["fit"][0] > 80.0  # and the free run simulates the linear system well
+    with pytest.raises(ValueError, match="which a predictor reads as inputs"):  # y_{t-1} would leak a held-out block
+        identify(bench, "s4d", dataclasses.replace(recipe, restarts=2, validation="kfold"), mode="prediction")
+
+
+def test_prediction_mode_on_the_command_line_trades_kfold_and_data_init_for_the_tail():
+    from types import SimpleNamespace
+
+    from ssmkit.sysid.commands import recipe_from_args
+
+    def args(mode, **recipe):
+        return SimpleNamespace(mode=mode, steps=None, recipe=recipe, get=lambda key: recipe if key == "recipe" else None)
+
+    assert recipe_from_args("cascaded_tanks", args("simulation")) == recipe_for("cascaded_tanks")
+    pred = recipe_from_args("cascaded_tanks", args("prediction"))
+    assert (pred.validation, pred.combine, pred.first_layer_init, pred.restarts) == ("tail", "best", "layer", 5)
+    assert recipe_from_args("bouc_wen", args("prediction")).first_layer_init == "layer"
+    kept = recipe_from_args("cascaded_tanks", args("prediction", validation="kfold", first_layer_init="data"))
+    assert (kept.validation, kept.first_layer_init) == ("kfold", "data")  # what the user sets is kept
 
 
 def test_report_files_and_table(tmp_path):
@@ -204,11 +228,16 @@ def test_cli_end_to_end_on_cascaded_tanks(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["benchmark"] == "cascaded_tanks" and res["unit"] == "V" and res["n_init"] == 50
     assert res["recipe"]["steps"] == 3 and res["recipe"]["d_model"] == 4 and res["recipe"]["encoder_window"] == 50
-    assert res["steps_run"] == 3 and res["stable"] is True
-    runs = res["restarts"]  # the recipe's 5 restarts from seeds 0..4; the lowest validation RMSE is kept
-    assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4] and "kept seed" in printed
-    best = min(runs, key=lambda r: r["best_val_rmse"])
-    assert res["chosen_seed"] == best["seed"] and res["best_val_rmse"] == pytest.approx(best["best_val_rmse"], rel=1e-12)
+    assert res["steps_run"] == 15 and res["stable"] is True  # 3 steps in each of the 5 runs
+    runs = res["restarts"]  # the recipe's 5 restarts from seeds 0..4, run i holding out block i of 5; all averaged
+    assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4] and [r["fold"] for r in runs] == [0, 1, 2, 3, 4]
+    assert "over 5 held-out blocks; kept the average of 5 runs: every run" in printed
+    assert res["chosen_seed"] is None and res["combine"] == "average" and all(r["kept"] for r in runs)
+    # the out-of-fold score pools the runs' block RMSEs over the blocks' scored samples: [50, 205) (after the
+    # encoder's 50), [205, 410), [410, 614), [614, 819), [819, 1024)
+    scored = [155, 205, 204, 205, 205]
+    pooled = math.sqrt(sum(r["best_val_rmse"] ** 2 * n for r, n in zip(runs, scored)) / sum(scored))
+    assert len({r["best_val_rmse"] for r in runs}) == 5 and res["best_val_rmse"] == pytest.approx(pooled, rel=1e-10)
     assert 0 < res["test"][0]["rmse"][0] < 100 and np.isfinite(res["test"][0]["fit"][0])
     for name in ("report.md", "simulation.png", "error_spectrum.png", "model.pt"):
         assert (out / name).is_file()

@@ -72,6 +72,13 @@ def recipe_from_args(benchmark: str, cfg) -> Recipe:
         changes["steps"] = cfg.steps
     if changes.get("timescale") is not None:
         changes["timescale"] = tuple(float(v) for v in changes["timescale"])
+    if getattr(cfg, "mode", "simulation") == "prediction":
+        # a predictor reads y_{t-1} as an input: a held-out block's outputs would reach it, and a subspace estimate of
+        # u -> y poles does not describe [u, y_{t-1}] -> y; the recipe's k-fold and data init give way to the tail
+        # and the layer's init unless set on the command line
+        if "validation" not in changes:
+            changes.update(validation="tail", combine=changes.get("combine", "best"))
+        changes.setdefault("first_layer_init", "layer")
     return dataclasses.replace(recipe_for(benchmark), **changes)
 
 

@@ -27,8 +27,8 @@ import torch
 
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
-from ssmkit.sysid.fit import (SimulationFit, block_errors, fit_simulation, fold_blocks, simulate_record, split_tail,
-                              validation_rmse)
+from ssmkit.sysid.fit import (Block, SimulationFit, block_errors, fit_simulation, fold_blocks, simulate_record,
+                              split_tail, validation_rmse)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -126,7 +126,8 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     """Build and train a deep Wiener model on ``bench``'s estimation records (validation: their tail, or with
     ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training). With
     ``recipe.first_layer_init = "data"`` the first layer's eigenvalues start from a subspace estimate of the training
-    records (:func:`ssmkit.sysid.init.init_from_data`).
+    records (:func:`ssmkit.sysid.init.init_from_data`; under k-fold validation, of their parts outside the run's
+    held-out block, :func:`outside_blocks`).
 
     With ``recipe.restarts`` = k > 1 the model is trained k times, from the seeds ``seed·k``, …, ``seed·k + k − 1``
     (disjoint for different ``seed``), and combined by ``recipe.combine``: ``"best"`` returns the run with the lowest
@@ -169,6 +170,9 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
     folds = _check_validation(recipe)
     kfold = folds is not None
+    if kfold and mode != "simulation":
+        raise ValueError("validation='kfold' holds out blocks of outputs, which a predictor reads as inputs "
+                         "(y_{t-1}): use validation='tail' in prediction mode")
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
     train, val = held_out(train, recipe) if not kfold else (list(train), None)
     if k > 1 and not kfold and not val and recipe.val_fraction == 0 and recipe.combine == "best":
@@ -219,14 +223,12 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     """
     torch.manual_seed(run_seed)
     model = build_model(bench, layer, recipe, mode, dtype, device)
+    blocks = None if fold is None else fold_blocks([len(r) for r in train], recipe.folds or recipe.restarts, fold)
     if recipe.first_layer_init == "data":
-        init_from_data(model, train)  # from the training records only (never the validation or test records)
+        # from the training records only (never the validation or test records, nor a held-out block's outputs)
+        init_from_data(model, train if blocks is None else outside_blocks(train, blocks))
     config = fit_config(recipe, run_seed)
-    if fold is None:
-        history = fit_simulation(model, train, val, config=config, log=log)
-    else:
-        blocks = fold_blocks([len(r) for r in train], recipe.folds or recipe.restarts, fold)
-        history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)
+    history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)
     history["mode"] = mode
     if fold is not None:
         history["fold"] = fold
@@ -248,10 +250,29 @@ def _check_validation(recipe: Recipe) -> int | None:
                          f"a multiple of folds ({k})")
     if recipe.val_records:
         raise ValueError("validation='kfold' holds out blocks of every estimation record: set val_records = 0")
-    if recipe.first_layer_init == "data":
-        raise ValueError("validation='kfold' with first_layer_init='data' would estimate poles from held-out "
-                         "outputs: use first_layer_init='layer'")
     return k
+
+
+def outside_blocks(records: list[IORecord], blocks: list[Block]) -> list[IORecord]:
+    """The parts of ``records`` outside the held-out ``blocks``, as separate records (what a data-driven
+    initialisation may read under k-fold validation: no held-out output, no concatenation across a block).
+
+    Args:
+        records: the training records the blocks index.
+        blocks: the held-out blocks (:func:`ssmkit.sysid.fit.fold_blocks`).
+
+    Returns:
+        the non-empty pieces, in record order, each named ``name[start:stop]``.
+    """
+    pieces = []
+    for i, r in enumerate(records):
+        cuts = sorted((b.start, b.stop) for b in blocks if b.record == i)
+        start = 0
+        for lo, hi in cuts + [(len(r), len(r))]:
+            if lo > start:
+                pieces.append(IORecord(r.u[start:lo], r.y[start:lo], r.dt, f"{r.name}[{start}:{lo}]"))
+            start = max(start, hi)
+    return pieces
 
 
 def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord], folds: list[int], k: int) -> list[float]:

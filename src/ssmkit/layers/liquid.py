@@ -56,12 +56,14 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.checks import check_choice
 from ssmkit.layers.protocol import Capabilities, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.backend import tracing
 from ssmkit.ops.dplr import DPLRStepCoefficients, dplr_step, dplr_step_coefficients
 
 LIQUID_KERNELS = ("pb", "kb")
@@ -156,6 +158,7 @@ class LiquidS4(S4):
         self.liquid_kernel = liquid_kernel
         self.liquid_degree = liquid_degree
         self.liquid_contract = liquid_contract
+        self._beta_cache: ValueCache = ValueCache()  # β without a gradient, as S4's forward plan (value-keyed)
 
     # ------------------------------------------------------------------------------------------------------------
     # The liquid input
@@ -204,6 +207,11 @@ class LiquidS4(S4):
         K0, B_bar = dplr_step(one, torch.zeros(1, H, M, dtype=coeffs.R.dtype, device=coeffs.R.device), coeffs, C_true)
         return K0[0], 2 * B_bar[0].real.sum(-1)  # (H,), (H,)
 
+    def _beta(self) -> Tensor:
+        """β = 1ᵀ B̄ (H,) float64 from the O(N) step coefficients, differentiable (no C_true: only B̄ is read)."""
+        coeffs = dplr_step_coefficients(*self._ssm(_F64))  # O(N) per channel
+        return self._impulse(coeffs, torch.zeros_like(coeffs.R))[1]  # (H,)
+
     # ------------------------------------------------------------------------------------------------------------
     # Forward and step
 
@@ -221,9 +229,7 @@ class LiquidS4(S4):
             fft = "fft"
             ssm = None if state is None else state.ssm  # None: no initial-state kernel input
             past = u.new_zeros(u.shape[0], self.d_model, self.liquid_degree - 1) if state is None else state.inputs
-            coeffs = dplr_step_coefficients(*self._ssm(_F64))  # O(N) per channel, differentiable
-            zero_C = torch.zeros_like(coeffs.R)  # (H, N/2): only B̄ is read from this step
-            _, beta = self._impulse(coeffs, zero_C)
+            beta = self._beta() if tracing() else self._beta_cache.get_unless_grad(self.own_tensors(), self._beta)
             s, past = self._liquid_input(u, past, beta.to(u.dtype))  # (B, L, H), (B, H, P-1)
             if self.liquid_kernel == "kb":
                 y, h, _ = self._convolve(u + s, ssm, return_state, fft)  # K ⊛ (u + s) + D (u + s)

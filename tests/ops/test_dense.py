@@ -114,3 +114,19 @@ def test_dispatch_and_errors(device):
         dense_final_state(u, A, B[:, :2])
     with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(1, 2, 3\)"):
         dense_final_state(u, A, B, torch.zeros(2, 2, 3, dtype=torch.float64, device=device))
+
+
+def test_tabled_refuses_mismatched_inputs(device):
+    from ssmkit.ops.dense import dense_final_state_tabled, dense_state_tables
+
+    A, B = system(3, 5, torch.float64, False, device)
+    u = torch.randn(2, 20, 3, dtype=torch.float64, device=device)
+    tables = dense_state_tables(A, B, 20, torch.float64, initial_state=True)
+    s = torch.randn(2, 3, 5, dtype=torch.float64, device=device)
+    assert rel_err(dense_final_state_tabled(u, tables, s), dense_final_state_reference(u, A, B, s)) < 1e-13
+    with pytest.raises(ValueError, match=r"u must be \(B, 20, 3\) torch.float64"):
+        dense_final_state_tabled(u[:, :10], tables)
+    with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(2, 3, 5\); got \(2, 5, 3\)"):
+        dense_final_state_tabled(u, tables, s.transpose(1, 2))
+    with pytest.raises(ValueError, match="initial_state=True"):
+        dense_final_state_tabled(u, dense_state_tables(A, B, 20, torch.float64), s)

@@ -330,8 +330,8 @@ class S4(SequenceLayer):
         """
         real = self.D.dtype
         L = u.shape[1]
-        key = (L, fft, return_state, state is not None, real, u.device)
-        compute = lambda: self._plan(*key[:4])  # noqa: E731
+        key = (L, fft, return_state, state is not None)  # dtype and device: the cache compares the parameters'
+        compute = lambda: self._plan(*key)  # noqa: E731
         if tracing():  # torch.func / torch.compile: no cache lookups (they compare values) inside a trace
             plan = compute()
         else:

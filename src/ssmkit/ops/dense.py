@@ -160,6 +160,9 @@ def dense_final_state_tabled(u: Tensor, tables: DenseStateTables, state: Tensor 
                          f"{tuple(u.shape)} {u.dtype}")
     if state is not None and tables.A_L is None:
         raise ValueError("an initial state needs tables formed with initial_state=True (Ā^L)")
+    if state is not None and (not isinstance(state, Tensor) or tuple(state.shape) != (Bsz, H, N)):
+        got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
+        raise ValueError(f"state must be (B, H, N) = {(Bsz, H, N)}; got {got}")
     n_chunks = -(-L // T)
     # 2. Chunk sums S[h, b, c] = Σ_j W[h, :, T-1-j] u[b, cT+j, h] after front zero-padding to n_chunks·T.
     u_pad = torch.nn.functional.pad(u, (0, 0, n_chunks * T - L, 0))  # (B, n_chunks·T, H)

@@ -97,6 +97,35 @@ def test_peers_that_cannot_run_say_why():
         peer_runner("nobody", case)
 
 
+def test_peer_cast_keeps_complex_parameters_complex():
+    """``Module.to(float32)`` drops a complex parameter's imaginary part; the peers' cast keeps it (s5-pytorch)."""
+    from ssmkit.bench.peers import _cast
+
+    m = torch.nn.Module()
+    m.z = torch.nn.Parameter(torch.tensor([1.0 + 2.0j, -0.5 - 0.25j]))
+    m.w = torch.nn.Parameter(torch.tensor([3.0]))
+    m.register_buffer("k", torch.tensor([7]))
+    _cast(m, torch.float64)
+    assert m.z.dtype == torch.complex128 and m.w.dtype == torch.float64 and m.k.dtype == torch.int64
+    assert m.z.tolist() == [1.0 + 2.0j, -0.5 - 0.25j]
+    _cast(m, torch.float32)
+    assert m.z.dtype == torch.complex64 and m.z.imag.tolist() == [2.0, -0.25] and m.w.dtype == torch.float32
+
+
+def test_a_peer_that_fails_on_a_case_becomes_a_note(monkeypatch):
+    import ssmkit.bench.peers as peers
+
+    def broken(case):
+        def run():
+            raise RuntimeError("expected scalar type Float but found ComplexFloat\nmore lines")
+        return run
+
+    monkeypatch.setattr(peers, "_s5_pytorch", broken)
+    with pytest.raises(PeerUnavailable, match=r"failed on this case \(RuntimeError: expected scalar type Float but "
+                                              r"found ComplexFloat\)"):
+        peer_runner("s5-pytorch", Case("s5", 1, 8, 2, 4, "float32", "forward"))
+
+
 def test_mambapy_peer_runs_when_installed():
     pytest.importorskip("mambapy")
     for mode in ("forward", "forward_backward"):

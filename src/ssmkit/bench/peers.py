@@ -126,18 +126,33 @@ def ssmkit_runner(case: Case, backend: str) -> Callable[[], None]:
 
 
 def peer_runner(peer: str, case: Case, s4_file: str | None = None) -> Callable[[], None]:
-    """The callable of ``peer`` (one of :data:`PEERS`) for ``case``, or :class:`PeerUnavailable` with the reason."""
-    if peer == "official-s4":
-        return _official_s4(case, s4_file)
-    if peer == "loop":
-        return _loop(case)
-    if peer == "mambapy":
-        return _mambapy(case)
-    if peer == "accelerated-scan":
-        return _accelerated_scan(case)
-    if peer == "s5-pytorch":
-        return _s5_pytorch(case)
-    raise ValueError(f"peer must be one of {PEERS}; got {peer!r}")
+    """The callable of ``peer`` (one of :data:`PEERS`) for ``case``, or :class:`PeerUnavailable` with the reason.
+
+    The callable is run once here: a peer that fails on the case (its own error, e.g. a version of torch it does not
+    support) becomes a note naming the error instead of ending the whole bench.
+    """
+    builders = {"official-s4": lambda: _official_s4(case, s4_file), "loop": lambda: _loop(case),
+                "mambapy": lambda: _mambapy(case), "accelerated-scan": lambda: _accelerated_scan(case),
+                "s5-pytorch": lambda: _s5_pytorch(case)}
+    if peer not in builders:
+        raise ValueError(f"peer must be one of {PEERS}; got {peer!r}")
+    run = builders[peer]()
+    try:
+        run()
+    except Exception as e:  # the peer's own failure on this case
+        raise PeerUnavailable(f"failed on this case ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return run
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` with real floating tensors in ``dtype`` and complex ones in its complex counterpart.
+
+    ``Module.to(float32)`` casts complex parameters to real and drops their imaginary parts (with a warning only):
+    a peer that keeps complex parameters (s5-pytorch's Λ, B̃, C̃) then fails or, worse, runs a different model.
+    """
+    complex_dtype = {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype]
+    return module._apply(lambda t: t.to(complex_dtype) if t.is_complex()
+                         else t.to(dtype) if t.is_floating_point() else t)
 
 
 def _import(module: str, package: str):
@@ -161,7 +176,7 @@ def _official_s4(case: Case, s4_file: str | None) -> Callable[[], None]:
     torch.manual_seed(0)
     conv = off.FFTConv(d_model=case.d_model, d_state=case.d_state, mode=mode, init=init, transposed=False,
                        activation=None, dropout=0.0, l_max=case.length if case.mode != "step" else None)
-    conv = conv.to(case.torch_dtype)
+    conv = _cast(conv, case.torch_dtype)
     state = None
     if case.mode == "step":
         conv.eval()
@@ -204,7 +219,7 @@ def _mambapy(case: Case) -> Callable[[], None]:
     mamba = _import("mambapy.mamba", "mambapy")
     torch.manual_seed(0)
     block = mamba.MambaBlock(mamba.MambaConfig(d_model=case.d_model, n_layers=1, d_state=case.d_state))
-    block = block.to(case.torch_dtype)
+    block = _cast(block, case.torch_dtype)
     return runner(case, block, list(block.parameters()))
 
 
@@ -233,5 +248,5 @@ def _s5_pytorch(case: Case) -> Callable[[], None]:
         raise PeerUnavailable(f"s5-pytorch offers S5 only, not {case.layer}")
     s5 = _import("s5", "s5-pytorch")
     torch.manual_seed(0)
-    layer = s5.S5(case.d_model, case.d_state).to(case.torch_dtype)
+    layer = _cast(s5.S5(case.d_model, case.d_state), case.torch_dtype)
     return runner(case, layer, list(layer.parameters()))

@@ -160,7 +160,7 @@ def test_optimizer_groups():
 
 def test_defaults_are_the_official_ones():
     layer = layers.build("mamba2", d_model=64)
-    assert (layer.d_state, layer.d_conv, layer.expand, layer.headdim, layer.ngroups, layer.chunk_size) == (128, 4, 2, 64, 1, 256)
+    assert (layer.d_state, layer.d_conv, layer.expand, layer.headdim, layer.ngroups, layer.chunk_size) == (128, 4, 2, 64, 1, 64)
     assert layer.nheads == 2 and layer.in_proj.weight.shape == (2 * 128 + 2 * 128 + 2, 64)
     assert layer.in_proj.bias is None and layer.out_proj.bias is None and layer.conv.bias is not None
     assert layer.norm is not None and not layer.norm_before_gate and layer.D.shape == (2,)

@@ -10,7 +10,7 @@ The mixer, with E = expand·d_model inner channels in E/P heads of P = ``headdim
     out = W_out(RMSNorm_G(y ⊙ SiLU(z)) · w)                      (gated RMSNorm over G groups of E/G channels)
 
 Defaults and inits follow the official ``Mamba2`` module (state-spaces/mamba, read at e9594ce; see
-docs/design.md): d_state 128, d_conv 4, expand 2, headdim 64, ngroups 1, chunk 256; A ~ U[1, 16] per head stored as
+docs/design.md): d_state 128, d_conv 4, expand 2, headdim 64, ngroups 1; A ~ U[1, 16] per head stored as
 A_log = log(-A); Δ₀ = exp(U[log dt_min, log dt_max]) clamped below at dt_init_floor, dt_bias = softplus⁻¹(Δ₀);
 D = 1; w = 1; eps 1e-5; no bias on the projections, a bias on the conv (both switchable); the projections and
 the conv keep PyTorch's default inits. ``norm_before_gate=True`` gives RMSNorm_G(y)·w ⊙ SiLU(z);
@@ -126,6 +126,9 @@ class Mamba2(SequenceLayer):
         dt_min, dt_max: range of the log-uniform initial Δ.
         dt_init_floor: smallest initial Δ (Δ₀ is clamped to at least this).
         chunk_size: T, the steps per chunk of the chunked SSD algorithm (speed only; results equal within rounding).
+            64, not the official 256 (a tile size of its CUDA kernels): on the CPU 64 runs a Mamba-2 layer 1.5x
+            faster, forward and forward+backward, with a quarter of the decay masks' memory; the Triton kernel runs
+            any chunk as a tile of at most 64.
         rmsnorm: apply the gated RMSNorm (False: out = W_out(y ⊙ SiLU(z))).
         norm_before_gate: RMSNorm_G(y)·w ⊙ SiLU(z) instead of RMSNorm_G(y ⊙ SiLU(z))·w.
         D_has_hdim: one skip D per channel (E values) instead of one per head.
@@ -167,7 +170,7 @@ class Mamba2(SequenceLayer):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         dt_init_floor: float = 1e-4,
-        chunk_size: int = 256,
+        chunk_size: int = 64,
         rmsnorm: bool = True,
         norm_before_gate: bool = False,
         D_has_hdim: bool = False,

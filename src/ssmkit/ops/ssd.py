@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch
+from ssmkit.ops.recurrence import linear_recurrence
 
 
 def _check_ssd(
@@ -161,8 +162,8 @@ def ssd_chunked(
     In chunks of T steps (the last one padded with Δ = 0, which leaves the state unchanged), with a_t = Δ_t A:
     (1) the diagonal blocks of y = (𝓛 ∘ C Bᵀ)(Δ x); (2) each chunk's final state from zero; (3) the recurrence
     over chunks, from h0; (4) the output of each chunk's start state, exp(Σ_{k≤t} a_k) C_tᵀ H_start. Steps 1, 2
-    and 4 are batched matrix products over all chunks at once; step 3 is a loop of L/T elementwise steps. Memory
-    is O(B·H·L·T) for the decay masks plus the chunk states (B, L/T, H, P, N); no (B, L, H, P, N) tensor is formed.
+    and 4 are batched matrix products over all chunks at once; step 3 is one first-order linear recurrence over the
+    L/T chunks (:func:`ssmkit.ops.recurrence.linear_recurrence`). Memory is O(B·H·L·T) for the decay masks plus the chunk states (B, L/T, H, P, N); no (B, L, H, P, N) tensor is formed.
     Gradients come from autograd through these steps.
 
     Args:
@@ -205,15 +206,15 @@ def ssd_chunked(
     weighted = xdt * decay_to_end.permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (B, nc, T, G, R, P)
     chunk_states = torch.einsum("bcsgrp,bcsgn->bcgrpn", weighted, B_c)  # (B, nc, G, R, P, N)
 
-    # 3. recurrence over chunks: H_start(c+1) = exp(Σ_{chunk c} a) H_start(c) + S_c, from H_start(0) = h0
+    # 3. recurrence over chunks: H_start(c+1) = exp(Σ_{chunk c} a) H_start(c) + S_c, from H_start(0) = h0, as one
+    #    linear recurrence over the nc chunks (its own fast path and backward: a Python loop of selects here cost
+    #    a zero fill of every chunk state per chunk in the backward, O(nc²))
     log_decay_from_start = a.cumsum(dim=-1)  # (B, G, R, nc, T): Σ_{k=0}^{t} a_k (one sign: no cancellation)
-    chunk_decay = torch.exp(log_decay_from_start[..., -1]).reshape(Bsz, H, nc)  # (B, H, nc)
-    h = h0 if h0 is not None else x.new_zeros(Bsz, H, P, N)  # (B, H, P, N)
-    starts = []
-    for c in range(nc):
-        starts.append(h)
-        h = chunk_decay[:, :, c, None, None] * h + chunk_states[:, c].reshape(Bsz, H, P, N)  # (B, H, P, N)
-    start_states = torch.stack(starts, dim=1).reshape(Bsz, nc, G, R, P, N)  # (B, nc, G, R, P, N)
+    chunk_decay = torch.exp(log_decay_from_start[..., -1]).reshape(Bsz, H, nc).transpose(1, 2)  # (B, nc, H)
+    gates = chunk_decay[..., None, None].expand(Bsz, nc, H, P, N)  # (B, nc, H, P, N)
+    ends, h = linear_recurrence(gates, chunk_states.reshape(Bsz, nc, H, P, N), h0)  # (B, nc, H, P, N), (B, H, P, N)
+    first = h0 if h0 is not None else x.new_zeros(Bsz, H, P, N)  # (B, H, P, N)
+    start_states = torch.cat([first.unsqueeze(1), ends[:, :-1]], dim=1).reshape(Bsz, nc, G, R, P, N)
 
     # 4. output of each chunk's start state: y_t += exp(Σ_{k=0}^{t} a_k) C_tᵀ H_start
     y_start = torch.einsum("bctgn,bcgrpn->bctgrp", C_c, start_states)  # (B, nc, T, G, R, P)

@@ -110,6 +110,29 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path):
         load_checkpoint(tmp_path / "unsafe.ckpt")
 
 
+def test_resume_refuses_a_changed_model_or_schedule(tmp_path):
+    # the optimiser's groups and the schedule come back from the checkpoint: a longer max_steps was silently trained
+    # at the saved schedule's final lr (0), a new lr or weight decay silently ignored
+    x = torch.randn(16, 6, 1, generator=torch.Generator().manual_seed(0))
+    y = (x.sum(dim=(1, 2)) > 0).long()
+    model = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=2, layer_options={"d_state": 2})
+    train = TrainConfig(batch_size=4, max_steps=3, warmup_steps=1, checkpoint_every=0, log_every=1)
+    out = tmp_path / "run"
+    fit(model, train, (x, y), None, None, out, progress=False)
+    longer = TrainConfig(**{**train.to_dict(), "max_steps": 6})
+    with pytest.raises(ValueError, match=r"train max_steps: saved 3, given 6"):
+        fit(model, longer, (x, y), None, None, out, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"train lr: saved 0.003, given 0.01"):
+        fit(model, TrainConfig(**{**train.to_dict(), "lr": 0.01}), (x, y), None, None, out, resume=True, progress=False)
+    other = SequenceModelConfig(**{**model.to_dict(), "layer_options": {"d_state": 2, "lr": 0.01}})
+    with pytest.raises(ValueError, match=r"model layer_options: saved \{'d_state': 2\}"):
+        fit(other, train, (x, y), None, None, out, resume=True, progress=False)
+    assert '"max_steps": 3' in (out / "train.json").read_text()  # the run's record is not overwritten
+    done = fit(model, TrainConfig(**{**train.to_dict(), "val_every": 1}), (x, y), None, None, out, resume=True,
+               progress=False)  # what the checkpoint does not restore may change
+    assert done["steps"] == 3
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     whole = run(tmp_path, tmp_path / "whole")

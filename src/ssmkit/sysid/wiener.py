@@ -42,6 +42,7 @@ from torch import nn
 from ssmkit.layers.checks import check_positive_int, parameter_dtype
 from ssmkit.layers.registry import build, layer_class
 from ssmkit.layers.state import TensorSpec, check_state
+from ssmkit.models.pattern import check_layer_options
 
 ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
 
@@ -114,6 +115,7 @@ class DeepWiener(nn.Module):
         for key in ("d_model", "device", "dtype"):
             if key in options:
                 raise ValueError(f"layer_options must not set {key}: the model sets it")
+        check_layer_options(layer, options)  # a misspelt option: a ValueError naming the layer's options
         if timescale is not None:
             if (not isinstance(timescale, (tuple, list)) or len(timescale) != 2
                     or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in timescale)):

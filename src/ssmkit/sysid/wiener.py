@@ -33,6 +33,7 @@ and frequency responses come in physical units, and ``timescale`` gives the laye
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Sequence
 
@@ -123,6 +124,9 @@ class DeepWiener(nn.Module):
             lo, hi = timescale
             if not (0 < lo < hi < math.inf):
                 raise ValueError(f"timescale must be (τ_min, τ_max) seconds with 0 < τ_min < τ_max; got {timescale!r}")
+            if not {"dt_min", "dt_max"} <= set(inspect.signature(cls.__init__).parameters):
+                raise ValueError(f"timescale sets the layers' initial Δ range (dt_min, dt_max), and {layer!r} has no Δ: "
+                                 "leave timescale None and set its own init options in layer_options")
             options.setdefault("dt_min", lo / dt)
             options.setdefault("dt_max", hi / dt)
         factory = {"device": device, "dtype": parameter_dtype(dtype)}

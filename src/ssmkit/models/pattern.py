@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Sequence
 
-from ssmkit.layers.checks import check_positive_int
+from ssmkit.layers.checks import UnknownOptionError, check_positive_int
 from ssmkit.layers.registry import available, layer_class
 
 
@@ -101,11 +101,6 @@ def options_per_block(layer: str | Sequence[str], names: list[str], layer_option
                 raise ValueError(f"layer_options must not set {key} (for {name}): the model sets it from its own {key}")
         check_layer_options(name, opts)
     return [dict(per_name.get(name, {})) for name in names]
-
-
-class UnknownOptionError(ValueError, TypeError):
-    """An option a layer's constructor does not take. A ValueError, as every configuration error (the CLI reports it
-    in one line), and a TypeError, as Python's own error for an unexpected keyword argument."""
 
 
 def check_layer_options(name: str, options: dict[str, Any]) -> None:

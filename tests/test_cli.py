@@ -81,7 +81,8 @@ def test_demo_runs_and_checks_step_equals_forward(capsys):
 
 
 def test_train_and_compare_help_and_budget_parsing(capsys):
-    from ssmkit.train.commands import parse_budget, results_table
+    from ssmkit.train import TrainConfig
+    from ssmkit.train.commands import budget_config, parse_budget, per_model_options, results_table
 
     assert cli_main(["train", "--help"]) == 0
     out = capsys.readouterr().out
@@ -92,6 +93,16 @@ def test_train_and_compare_help_and_budget_parsing(capsys):
     assert parse_budget("1.5h") == (None, 5400.0) and parse_budget("5m") == (None, 300.0)
     with pytest.raises(ValueError, match="--budget must be"):
         parse_budget("ten")
+    # a step budget under the warm-up failed ('warmup_steps must be < max_steps') before the warm-up was shortened
+    assert (budget_config(TrainConfig(), 50, None).max_steps, budget_config(TrainConfig(), 50, None).warmup_steps) == (50, 5)
+    assert budget_config(TrainConfig(warmup_steps=10), 500, None).warmup_steps == 10
+    assert budget_config(TrainConfig(), None, 90.0).max_time == 90.0
+    assert per_model_options({"s4d": {"d_state": 4}}, ["s4d", "lru"]) == {"s4d": {"d_state": 4}, "lru": {}}
+    # flat options and misspelt names were ignored without a word: every model ran with its defaults
+    with pytest.raises(ValueError, match=r"keyed by layer name, e.g. '\{s4d: \{d_state: 32\}\}'; got the values of \['d_state'\]"):
+        per_model_options({"d_state": 4}, ["s4d", "lru"])
+    with pytest.raises(ValueError, match=r"entries for \['s4D'\], which are not layer names"):
+        per_model_options({"s4D": {"d_state": 4}}, ["s4d", "lru"])
     table = results_table([{"model": "s4d", "test_accuracy": 0.5, "parameters": 1234, "steps": 10,
                             "train_seconds": 2.0, "tokens_per_second": 1e4}])
     assert "| s4d | 50.00 % | 1,234 | 10 | 2.0 | 10,000 |" in table

@@ -41,6 +41,23 @@ def test_load_model_restores_the_weights(checkpoint):
         assert torch.equal(value, state[f"model.{name}"])
 
 
+def test_load_model_keeps_a_float64_run_in_float64(tmp_path):
+    # a run trained with precision "64" was rebuilt in float32 and its weights cast down without a word
+    from ssmkit.models import SequenceModel, SequenceModelConfig
+
+    config = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=1, layer_options={"d_state": 4})
+    model = SequenceModel.from_config(config, dtype=torch.float64)
+    with torch.no_grad():
+        model.blocks[0].layer.log_dt.fill_(-11.0)  # Δ ≈ 1.7e-5: poles 1 - O(1e-5), which float32 rounds
+    path = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": {"model": config.to_dict()},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    loaded = load_model(str(path))
+    assert loaded.encoder.weight.dtype == torch.float64
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert (loaded.blocks[0].layer.state_space().poles() == model.blocks[0].layer.state_space().poles()).all()
+
+
 def test_analyze_writes_the_report(checkpoint, capsys):
     pytest.importorskip("matplotlib")
     assert cli_main(["analyze", checkpoint, "--channels", "2"]) == 0

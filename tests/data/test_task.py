@@ -45,6 +45,14 @@ def test_regenerating_in_a_fresh_root_gives_the_same_data(tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (5, 9, 2)
 
 
+def test_a_misspelt_task_option_is_a_value_error_naming_the_options():
+    # it was Python's TypeError from the constructor, which the CLI showed as a traceback
+    with pytest.raises(ValueError, match=r"task 'adding' has no option\(s\) \['lenght'\]; its options are \[.*'length'"):
+        data.get_task("adding", lenght=9)
+    with pytest.raises(TypeError):  # still a TypeError for code that caught Python's own
+        data.get_task("adding", lenght=9)
+
+
 def test_atomic_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "f.bin"
     atomic_write_bytes(target, b"old")

@@ -100,6 +100,19 @@ def test_model_bad_inputs():
         SequenceModel(2, 4, 2, ["s4d", "dss"], {"s4": {"l_max": 8}}, 3)
     with pytest.raises(TypeError):
         SequenceModel(2, 4, 1, "s4d", {"no_such_option": 1}, 3)
+    # ... and a ValueError naming the layer's options, as every configuration error (the CLI's one-line report)
+    with pytest.raises(ValueError, match=r"layer 's4d' has no option\(s\) \['dstate'\]; its options are \['d_state', "):
+        SequenceModel(2, 4, 1, "s4d", {"dstate": 4}, 3)
+    with pytest.raises(ValueError, match=r"layer 'dss' has no option\(s\) \['l_maxx'\]"):
+        SequenceModel(2, 4, 2, ["s4d", "dss"], {"dss": {"l_maxx": 8}}, 3)
+    with pytest.raises(ValueError, match=r"layer_options must be a dict of the layer's options, or None; got \['d_state', 4\]"):
+        SequenceModel(2, 4, 1, "s4d", ["d_state", 4], 3)
+    # what a config file may hold: a string "false" is truthy (prenorm "false" built a pre-norm model), vocab_size 0 an
+    # empty embedding; both were accepted without a word
+    for option, value in (("prenorm", "false"), ("check_finite", "no"), ("pair", 0), ("dropout", "0.1"),
+                          ("dropout", True), ("vocab_size", 0), ("vocab_size", 5.0)):
+        with pytest.raises(ValueError, match=f"^{option} must be"):
+            SequenceModel(2, 4, 1, "s4d", {}, 3, **{option: value})
 
 
 def test_block_structure_and_batchnorm_step():

@@ -184,7 +184,9 @@ def test_constructor_and_fit_options_are_validated():
     for bad, match in ((dict(timescale=5.0), "two numbers"), (dict(timescale=("a", "b")), "two numbers"),
                        (dict(timescale=(1.0, math.inf)), "0 < τ_min < τ_max"), (dict(dt=True), "dt must be"),
                        (dict(encoder_window=True), "encoder_window must be"),
-                       (dict(encoder_window=3, encoder_hidden=0), "encoder_hidden must be")):
+                       (dict(encoder_window=3, encoder_hidden=0), "encoder_hidden must be"),
+                       (dict(layer_options={"dstate": 4}), r"layer 's4d' has no option\(s\) \['dstate'\]"),
+                       (dict(layer="lru", timescale=(1.0, 10.0)), r"'lru' has no Δ")):
         with pytest.raises(ValueError, match=match):
             model(**bad)
     m = model()

@@ -71,6 +71,14 @@ def test_warmup_cosine_schedule():
         WarmupCosine(5, 5)
 
 
+@pytest.mark.parametrize("field, value", [("lr", True), ("weight_decay", True), ("grad_clip", True), ("max_time", True),
+                                          ("seed", 1.5), ("seed", "0"), ("lr_floor", 2.0), ("lr_floor", "0.1")])
+def test_train_config_refuses_bools_for_numbers_and_bad_seeds_and_floors(field, value):
+    # a bool passed for a number (True is 1 to Python) was accepted silently; a bad floor failed only at the first step
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        TrainConfig(**{field: value})
+
+
 def test_step_batches_are_a_function_of_the_step():
     x = torch.arange(10).float()[:, None]
     y = torch.arange(10)
@@ -108,6 +116,29 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path):
     torch.save({"obj": Exception("code")}, tmp_path / "unsafe.ckpt")
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         load_checkpoint(tmp_path / "unsafe.ckpt")
+
+
+def test_resume_refuses_a_changed_model_or_schedule(tmp_path):
+    # the optimiser's groups and the schedule come back from the checkpoint: a longer max_steps was silently trained
+    # at the saved schedule's final lr (0), a new lr or weight decay silently ignored
+    x = torch.randn(16, 6, 1, generator=torch.Generator().manual_seed(0))
+    y = (x.sum(dim=(1, 2)) > 0).long()
+    model = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=2, layer_options={"d_state": 2})
+    train = TrainConfig(batch_size=4, max_steps=3, warmup_steps=1, checkpoint_every=0, log_every=1)
+    out = tmp_path / "run"
+    fit(model, train, (x, y), None, None, out, progress=False)
+    longer = TrainConfig(**{**train.to_dict(), "max_steps": 6})
+    with pytest.raises(ValueError, match=r"train max_steps: saved 3, given 6"):
+        fit(model, longer, (x, y), None, None, out, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"train lr: saved 0.003, given 0.01"):
+        fit(model, TrainConfig(**{**train.to_dict(), "lr": 0.01}), (x, y), None, None, out, resume=True, progress=False)
+    other = SequenceModelConfig(**{**model.to_dict(), "layer_options": {"d_state": 2, "lr": 0.01}})
+    with pytest.raises(ValueError, match=r"model layer_options: saved \{'d_state': 2\}"):
+        fit(other, train, (x, y), None, None, out, resume=True, progress=False)
+    assert '"max_steps": 3' in (out / "train.json").read_text()  # the run's record is not overwritten
+    done = fit(model, TrainConfig(**{**train.to_dict(), "val_every": 1}), (x, y), None, None, out, resume=True,
+               progress=False)  # what the checkpoint does not restore may change
+    assert done["steps"] == 3
 
 
 @pytest.mark.slow

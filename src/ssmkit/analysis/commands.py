@@ -21,7 +21,8 @@ def load_model(path: str):
     """The model of a checkpoint, with its weights, in eval mode.
 
     Two layouts are read: a checkpoint of ``ssmkit train`` (``hyper_parameters["model"]``, a SequenceModelConfig
-    dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel`; a
+    dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel` in the saved
+    weights' dtype; a
     DeepWiener file (``DeepWiener.checkpoint()``: ``deep_wiener``, the constructor's keyword arguments with ``dt``,
     and ``state_dict``; the ``model.pt`` of an ``ssmkit sysid`` run folder) gives a DeepWiener in the saved dtype, and
     a WienerEnsemble file (``wiener_ensemble``: the members' arguments, ``state_dict``; ``--recipe.combine average``)
@@ -61,9 +62,11 @@ def load_model(path: str):
         )
     from ssmkit.models import SequenceModel, SequenceModelConfig
 
-    model = SequenceModel.from_config(SequenceModelConfig.from_dict(dict(hyper["model"])))
     prefix = "model."
     weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    # in the saved weights' dtype: a float64 run (precision "64") loaded into float32 lost its poles' digits silently
+    dtype = next((v.dtype for v in weights.values() if v.is_floating_point()), None)
+    model = SequenceModel.from_config(SequenceModelConfig.from_dict(dict(hyper["model"])), dtype=dtype)
     model.load_state_dict(weights)
     return model.eval()
 

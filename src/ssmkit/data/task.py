@@ -24,6 +24,7 @@ passes the options in one hop to the class, so a misspelt option fails with Pyth
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from typing import Callable, ClassVar, TypeVar
 
@@ -32,6 +33,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmkit.data.store import DataMissingError, cache_path, cached, data_root
+from ssmkit.layers.checks import UnknownOptionError
 
 IGNORE_INDEX = -100  # targets at positions without a loss (PyTorch's cross_entropy ignore_index)
 SPLITS = ("train", "val", "test")
@@ -273,6 +275,10 @@ def get_task(name: str, **options: object) -> Task:
     """
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; available tasks: {available_tasks()}")
+    valid = [k for k in inspect.signature(_TASKS[name]).parameters]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:  # a misspelt key of --task_options: one line from the CLI, not a traceback
+        raise UnknownOptionError(f"task {name!r} has no option(s) {unknown}; its options are {valid}")
     return _TASKS[name](**options)
 
 

@@ -69,3 +69,8 @@ def check_batch_size(batch_size: object) -> None:
     """Raise ``ValueError`` unless ``batch_size`` is an int >= 1."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+
+
+class UnknownOptionError(ValueError, TypeError):
+    """An option a constructor does not take (a layer's, a task's). A ValueError, as every configuration error (the
+    CLI reports it in one line), and a TypeError, as Python's own error for an unexpected keyword argument."""

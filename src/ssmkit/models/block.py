@@ -80,8 +80,10 @@ class Block(nn.Module):
         check_choice(norm, NORMS, "norm")
         check_choice(activation, ACTIVATIONS, "activation")
         check_choice(mixer_out, MIXER_OUTS, "mixer_out")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
+        if not isinstance(prenorm, bool):  # a string "false" from a config file is truthy: post-norm would become pre-norm
+            raise ValueError(f"prenorm must be True or False; got {prenorm!r}")
         defaults = layer.block_defaults
         activation = defaults.activation if activation == "auto" else activation
         mixer_out = defaults.mixer_out if mixer_out == "auto" else mixer_out

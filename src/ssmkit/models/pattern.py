@@ -9,10 +9,11 @@ block in eight; GSS-Transformer, H3 + attention).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
-from ssmkit.layers.checks import check_positive_int
-from ssmkit.layers.registry import available
+from ssmkit.layers.checks import UnknownOptionError, check_positive_int
+from ssmkit.layers.registry import available, layer_class
 
 
 def interleave(base: str, insert: str, n_layers: int, every: int, offset: int | None = None) -> list[str]:
@@ -78,6 +79,8 @@ def options_per_block(layer: str | Sequence[str], names: list[str], layer_option
     Returns:
         one options dict per block (copies).
     """
+    if layer_options is not None and not isinstance(layer_options, dict):
+        raise ValueError(f"layer_options must be a dict of the layer's options, or None; got {layer_options!r}")
     options = dict(layer_options or {})
     if isinstance(layer, str):
         per_name = {layer: options}
@@ -96,4 +99,22 @@ def options_per_block(layer: str | Sequence[str], names: list[str], layer_option
         for key in ("d_model", "device", "dtype"):
             if key in opts:
                 raise ValueError(f"layer_options must not set {key} (for {name}): the model sets it from its own {key}")
+        check_layer_options(name, opts)
     return [dict(per_name.get(name, {})) for name in names]
+
+
+def check_layer_options(name: str, options: dict[str, Any]) -> None:
+    """Raise :class:`UnknownOptionError` naming the options that layer ``name``'s constructor does not take, and the
+    ones it does (what a misspelt key of a config file gets, instead of a TypeError from deep in the build).
+
+    Args:
+        name: a registered layer name.
+        options: the constructor options for it (without ``d_model``, ``device``, ``dtype``).
+    """
+    parameters = inspect.signature(layer_class(name).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [k for k in parameters if k not in ("self", "d_model", "device", "dtype")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UnknownOptionError(f"layer {name!r} has no option(s) {unknown}; its options are {valid}")

@@ -95,8 +95,11 @@ class SequenceModel(nn.Module):
         check_choice(pool, POOLS, "pool")
         if head == "lm" and pool is not None:
             raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
-        if not isinstance(pair, bool):
-            raise ValueError(f"pair must be True or False; got {pair!r}")
+        for name, value in (("pair", pair), ("check_finite", check_finite)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False; got {value!r}")
+        if vocab_size is not None:
+            check_positive_int(vocab_size, "vocab_size")
         if pair and (head != "classify" or pool is None):
             raise ValueError(f"pair=True (a dual encoder) needs head='classify' and a pool; got head={head!r}, pool={pool!r}")
         if pad_id is not None and (vocab_size is None or isinstance(pad_id, bool) or not isinstance(pad_id, int)

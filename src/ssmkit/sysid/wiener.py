@@ -33,6 +33,7 @@ and frequency responses come in physical units, and ``timescale`` gives the laye
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Sequence
 
@@ -42,6 +43,7 @@ from torch import nn
 from ssmkit.layers.checks import check_positive_int, parameter_dtype
 from ssmkit.layers.registry import build, layer_class
 from ssmkit.layers.state import TensorSpec, check_state
+from ssmkit.models.pattern import check_layer_options
 
 ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
 
@@ -114,6 +116,7 @@ class DeepWiener(nn.Module):
         for key in ("d_model", "device", "dtype"):
             if key in options:
                 raise ValueError(f"layer_options must not set {key}: the model sets it")
+        check_layer_options(layer, options)  # a misspelt option: a ValueError naming the layer's options
         if timescale is not None:
             if (not isinstance(timescale, (tuple, list)) or len(timescale) != 2
                     or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in timescale)):
@@ -121,6 +124,9 @@ class DeepWiener(nn.Module):
             lo, hi = timescale
             if not (0 < lo < hi < math.inf):
                 raise ValueError(f"timescale must be (τ_min, τ_max) seconds with 0 < τ_min < τ_max; got {timescale!r}")
+            if not {"dt_min", "dt_max"} <= set(inspect.signature(cls.__init__).parameters):
+                raise ValueError(f"timescale sets the layers' initial Δ range (dt_min, dt_max), and {layer!r} has no Δ: "
+                                 "leave timescale None and set its own init options in layer_options")
             options.setdefault("dt_min", lo / dt)
             options.setdefault("dt_max", hi / dt)
         factory = {"device": device, "dtype": parameter_dtype(dtype)}

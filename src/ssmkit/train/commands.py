@@ -20,6 +20,7 @@ import sys
 from importlib import resources
 from typing import Any
 
+from ssmkit.train.config import TrainConfig
 from ssmkit.train.experiment import Experiment
 
 _PACKAGE_CONFIGS = "configs"
@@ -136,6 +137,52 @@ def parse_budget(text: str) -> tuple[int | None, float | None]:
     return None, value * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
+def budget_config(train: TrainConfig, steps: int | None, seconds: float | None) -> TrainConfig:
+    """``train`` with a comparison's budget: ``max_steps = steps`` (a warm-up as long or longer shortened to a tenth
+    of the budget), or ``max_time = seconds``.
+
+    Args:
+        train: the experiment's training configuration.
+        steps: the step budget, or None.
+        seconds: the time budget, or None.
+
+    Returns:
+        the training configuration of every compared run.
+    """
+    import dataclasses
+
+    if steps is None:
+        return dataclasses.replace(train, max_time=seconds)
+    warmup = train.warmup_steps if train.warmup_steps < steps else steps // 10
+    return dataclasses.replace(train, max_steps=steps, warmup_steps=warmup)  # both at once: each is checked against the other
+
+
+def per_model_options(layer_options: dict[str, Any], models: list[str]) -> dict[str, dict[str, Any]]:
+    """Each compared model's layer options: ``layer_options[name]``, keyed by layer name ({} for a name without one).
+
+    Options not keyed by layer names (``{d_state: 32}``, one layer's options) are refused, as are keys that name no
+    registered layer: both were ignored without a word, so every model ran with its defaults.
+
+    Args:
+        layer_options: the experiment's ``layer_options``, e.g. ``{"s4d": {"d_state": 32}, "mamba2": {...}}``.
+        models: the compared layer names.
+
+    Returns:
+        {name: options} for every name of ``models`` (copies).
+    """
+    from ssmkit.layers import available
+
+    flat = [k for k, v in layer_options.items() if not isinstance(v, dict)]
+    if flat:
+        raise ValueError(
+            f"compare gives each model layer_options[name], so layer_options must be keyed by layer name, e.g. "
+            f"'{{{models[0]}: {{d_state: 32}}}}'; got the values of {flat} directly: {layer_options!r}")
+    unknown = sorted(set(layer_options) - set(available()))
+    if unknown:
+        raise ValueError(f"layer_options has entries for {unknown}, which are not layer names; layers: {available()}")
+    return {name: dict(layer_options.get(name, {})) for name in models}
+
+
 def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
     """``ssmkit compare``: train each model with the same budget, then tabulate, save and plot the results."""
     import dataclasses
@@ -151,17 +198,15 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
     if not models:
         parser.error("--models must name at least one layer")
     steps, seconds = parse_budget(cfg.budget)
+    options = per_model_options(base.layer_options, models)
     out = cfg.out or os.path.join("runs", f"compare-{base.task}")
     os.makedirs(out, exist_ok=True)
     from ssmkit.train.experiment import run_experiment
 
     results = []
     for name in models:
-        train = dataclasses.replace(base.train, **({"max_steps": steps} if steps else {"max_time": seconds}))
-        if steps and train.warmup_steps >= steps:
-            train = dataclasses.replace(train, warmup_steps=steps // 10)
-        options = base.layer_options.get(name, {}) if all(isinstance(v, dict) for v in base.layer_options.values()) else {}
-        experiment = dataclasses.replace(base, model=name, layer_options=dict(options), train=train)
+        train = budget_config(base.train, steps, seconds)
+        experiment = dataclasses.replace(base, model=name, layer_options=options[name], train=train)
         print(f"== {name}: {cfg.budget} on {base.task}", file=sys.stderr)
         result = run_experiment(experiment, os.path.join(out, name), resume=cfg.resume, progress=not cfg.no_progress)
         results.append(result)

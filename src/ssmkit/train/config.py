@@ -67,13 +67,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 0; got {value!r}")
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps must be < max_steps = {self.max_steps}; got {self.warmup_steps}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int; got {self.seed!r}")
+        # a bool is an int to Python: True would have become lr 1, a 1-second max_time, a clip at norm 1
+        if not (_is_number(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a number > 0; got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a number >= 0; got {self.weight_decay!r}")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+        if not (_is_number(self.lr_floor) and 0 <= self.lr_floor <= 1):
+            raise ValueError(f"lr_floor must be a number in [0, 1] (the schedule's final factor); got {self.lr_floor!r}")
+        if self.grad_clip is not None and not (_is_number(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip must be None or a number > 0; got {self.grad_clip!r}")
-        if self.max_time is not None and not (isinstance(self.max_time, (int, float)) and self.max_time > 0):
+        if self.max_time is not None and not (_is_number(self.max_time) and self.max_time > 0):
             raise ValueError(f"max_time must be None or a number of seconds > 0; got {self.max_time!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
@@ -101,3 +106,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {names}")
         return cls(**data)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -7,7 +7,8 @@ The run folder holds ``checkpoints/`` (every ``checkpoint_every`` steps and at t
 ``metrics.csv`` (Lightning's CSV log), ``model.json`` and ``train.json`` (the configurations) and ``result.json``.
 ``resume=True`` continues from ``checkpoints/last.ckpt`` when it exists: the weights, optimiser, schedule, step
 counter and RNG are restored and the batches continue where they stopped (:mod:`ssmkit.train.batches`), so the
-final weights equal those of an uninterrupted run on the same machine.
+final weights equal those of an uninterrupted run on the same machine. A resume with another model configuration or
+another lr, weight decay or schedule (whose saved values the optimiser and scheduler restore) is refused.
 
 Data parallelism (``devices=N``, ``strategy="ddp"``) is Lightning's: on CPU it runs N processes over gloo; on a
 cluster the same code runs under ``torchrun`` or SLURM (Lightning reads their environment variables).
@@ -72,6 +73,40 @@ def _tokens(x: torch.Tensor) -> int:
     return int(steps // x.shape[-1]) if x.is_floating_point() and x.dim() >= 3 else int(steps)
 
 
+# the TrainConfig fields a resumed run takes from the checkpoint (the optimiser's groups and the schedule's state), not
+# from the configuration given: a change to them would be silently ignored, so `fit` refuses it
+RESTORED_FIELDS = ("lr", "weight_decay", "max_steps", "warmup_steps", "lr_floor")
+
+
+def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_config: TrainConfig, path: str) -> None:
+    """Refuse to resume with a model, or a learning-rate schedule, other than the saved run's.
+
+    A resumed run restores the optimiser (each group's lr and weight decay, the SSM groups' included) and the
+    schedule (its warm-up, ``max_steps`` and floor) from the checkpoint, so new values of these would be ignored
+    without a word (extending ``max_steps`` would train on at the saved schedule's final lr, 0 by default).
+
+    Args:
+        saved: the checkpoint's ``hyper_parameters`` ({"model": ..., "train": ...} as plain dicts).
+        model: the model configuration given to the resumed run.
+        train_config: the training configuration given to it.
+        path: the checkpoint, named in the error.
+    """
+    changes = []
+    saved_model, given_model = saved.get("model"), model.to_dict()
+    if saved_model is not None and saved_model != given_model:
+        changes += [f"model {k}: saved {saved_model.get(k)!r}, given {given_model.get(k)!r}"
+                    for k in sorted(set(saved_model) | set(given_model)) if saved_model.get(k) != given_model.get(k)]
+    saved_train, given_train = saved.get("train") or {}, train_config.to_dict()
+    changes += [f"train {k}: saved {saved_train[k]!r}, given {given_train[k]!r}"
+                for k in RESTORED_FIELDS if k in saved_train and saved_train[k] != given_train[k]]
+    if changes:
+        raise ValueError(
+            f"resume continues the run saved in {path} with its own model, optimiser and schedule, but the "
+            f"configuration given differs ({'; '.join(changes)}): give the saved configuration (model.json, train.json "
+            "in the run folder), or start a new run in another out_dir"
+        )
+
+
 def fit(
     model: SequenceModelConfig,
     train_config: TrainConfig,
@@ -96,7 +131,8 @@ def fit(
         val: the validation split, or None.
         test: the test split, or None.
         out_dir: the run folder.
-        resume: continue from ``out_dir/checkpoints/last.ckpt`` if it exists (else start fresh).
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` if it exists (else start fresh); the model and the
+            schedule's fields (:data:`RESTORED_FIELDS`) must equal the saved run's (ValueError otherwise).
         progress: show Lightning's progress bar.
         extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
         labels: entries to put first in the result record (task, model, ...).
@@ -127,6 +163,8 @@ def fit(
     if resume_from is None and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         if not resume:
             raise ValueError(f"{ckpt_dir} already holds checkpoints: pass resume=True (--resume) to continue that run, or use another out_dir")
+    if resume_from is not None:
+        check_same_run(load_checkpoint(resume_from).get("hyper_parameters", {}), model, cfg, resume_from)
     _write_json(model.to_dict(), os.path.join(out_dir, "model.json"))
     _write_json(cfg.to_dict(), os.path.join(out_dir, "train.json"))
 

@@ -60,6 +60,8 @@ class Recipe:
             layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
             automatic order; simulation mode only; with ``validation="kfold"`` from the parts of the records outside
             the run's held-out block, :func:`ssmkit.sysid.workflow.outside_blocks`).
+        data_init_layers: with ``first_layer_init="data"``, how many leading Wiener blocks' layers start from the
+            same estimate (1: the first only; ``n_layers``: every layer); their other modes keep the layer's init.
     """
 
     d_model: int = 16
@@ -87,6 +89,7 @@ class Recipe:
     average: float | None = None
     restarts: int = 1
     first_layer_init: str = "layer"
+    data_init_layers: int = 1
     combine: str = "best"
     validation: str = "tail"
     folds: int | None = None

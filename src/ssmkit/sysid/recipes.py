@@ -62,6 +62,8 @@ class Recipe:
             the run's held-out block, :func:`ssmkit.sysid.workflow.outside_blocks`).
         data_init_layers: with ``first_layer_init="data"``, how many leading Wiener blocks' layers start from the
             same estimate (1: the first only; ``n_layers``: every layer); their other modes keep the layer's init.
+        level_weight: (level, w): training samples measured at or above ``level`` (physical units) weigh w in the
+            loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); validation is unweighted.
     """
 
     d_model: int = 16
@@ -90,6 +92,7 @@ class Recipe:
     restarts: int = 1
     first_layer_init: str = "layer"
     data_init_layers: int = 1
+    level_weight: tuple[float, float] | None = None
     combine: str = "best"
     validation: str = "tail"
     folds: int | None = None

@@ -103,7 +103,7 @@ RECIPES: dict[str, Recipe] = {
     # 1 024 samples at Ts = 4 s; the level starts near 5 V, so the state is estimated from the official 50-sample
     # init window (not scored) by the encoder. Tuned on the validation tail (docs/results.md): Δ·Ts in 0.4–40 s
     # (validation 0.51 V against 0.62 V for 0.04–4 s and 1.69 V for the layer's default 1e-3–0.1 samples), windows
-    # of 256 × 16 (0.39 V against 0.51 V for 512 × 8), H = N = 8 (both 16: 0.80 V). The seed decides more than
+    # of 256 × 16 (0.39 V against 0.51 V for 512 × 8), H = N = 8 (16 overfits: 0.80 V). The seed decides more than
     # any of these (one run's validation 0.31–0.83 V over 25 seeds), so the recipe trains 5 times and keeps the run
     # with the lowest validation RMSE: seeds 0–4 validate at 0.376 ± 0.061 V against 0.564 ± 0.182 V for one run.
     # The level sensor reads at most 10.0 V (52 estimation samples sit at exactly 10.0): output_range clips the

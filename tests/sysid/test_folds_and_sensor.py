@@ -85,6 +85,34 @@ def test_training_loss_is_the_censored_error_on_the_unclipped_output():
     assert history["train_loss"][0] == pytest.approx(float(np.mean(err ** 2)), rel=1e-12)
 
 
+def test_level_weight_weighs_the_samples_at_or_above_the_level_in_the_training_loss():
+    n, window = 6, 30
+    r = record(n + window)
+    hi = float(r.y[n:].quantile(0.7))
+    r = IORecord(r.u, r.y.clamp(max=hi), 1.0, "clipped")
+    level = float(r.y[n:].quantile(0.5))  # half the window at or above it, the sensor's limit among them
+    losses = {}
+    for lw in (None, (level, 3.0)):
+        m = small(output_range=(None, hi), encoder_window=n)
+        m.set_normalisation([r.u], [r.y])
+        with torch.no_grad():
+            state = m.estimate_state(r.u[None, :n], r.y[None, :n])
+            y_hat = m(r.u[None, n:], state, saturate=False)[0][0, :, 0].numpy()
+        cfg = SimulationFit(window=window, batch_size=2, steps=1, val_fraction=0.0, grad_clip=None, level_weight=lw)
+        losses[lw is None] = fit_simulation(m, [r], config=cfg)["train_loss"][0]
+    y = r.y[n:, 0].numpy()
+    err = np.where(y >= hi, np.minimum(y_hat - hi, 0.0), y_hat - y) / float(m.y_std)
+    w = np.where(y >= level, 3.0, 1.0)
+    assert 0.3 < np.mean(y >= level) < 0.7 and np.all(err != 0)  # both kinds of sample, each with an error
+    assert losses[True] == pytest.approx(float(np.mean(err ** 2)), rel=1e-12)
+    assert losses[False] == pytest.approx(float(np.mean(w * err ** 2)), rel=1e-12)
+    from ssmkit.sysid.workflow import fit_config
+    assert fit_config(Recipe(level_weight=(9.5, 3.0))).level_weight == (9.5, 3.0)
+    for bad in ((9.5,), (9.5, -1.0), (math.nan, 2.0), "9.5", (9.5, math.inf)):
+        with pytest.raises(ValueError, match="level_weight must be"):
+            fit_simulation(small(), [r], config=dataclasses.replace(cfg, level_weight=bad))
+
+
 def test_fold_blocks_split_each_record_into_contiguous_blocks():
     assert [(b.start, b.stop) for i in range(3) for b in fold_blocks([10], 3, i)] == [(0, 3), (3, 7), (7, 10)]
     assert fold_blocks([10, 20], 2, 1) == [Block(0, 5, 10), Block(1, 10, 20)]

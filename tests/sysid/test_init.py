@@ -99,6 +99,46 @@ def test_init_from_data_puts_the_systems_poles_in_the_first_layer():
         init_from_data(model, records, method="n4sid2")
 
 
+def test_init_from_data_writes_the_same_modes_into_each_chosen_layer():
+    records = _siso_records()
+    model = DeepWiener(1, 1, d_model=2, n_layers=3, layer="s4d", layer_options={"d_state": 10}, dtype=torch.float64)
+    last = model.layers[2].discrete()[0].detach().clone()
+    written = init_from_data(model, records, method="subspace", order=5, layers=2)
+    assert written.shape == (3,)
+    for i in (0, 1):  # the first two layers: the system's 5 poles, the rest of their modes as before
+        assert _match(np.asarray(model.state_space()[i].poles()).ravel(), Z_TRUE) < 1e-8
+        got = model.layers[i].discrete()[0].detach()[:, :3]
+        assert torch.allclose(got, torch.as_tensor(written).expand_as(got), rtol=0, atol=1e-12)
+    assert torch.equal(model.layers[2].discrete()[0].detach(), last)  # the third keeps its own init
+    for bad in (0, 4, True, 1.0):
+        with pytest.raises(ValueError, match="layers must be an int in"):
+            init_from_data(model, records, layers=bad)
+    with pytest.raises(ValueError, match=r"layers must be an int in \[1, 1\]"):
+        init_from_data(model.layers[0], records, layers=2)  # a layer itself is one layer
+
+
+def test_recipe_data_init_layers_sets_every_layer_in_identify(monkeypatch):
+    import ssmkit.sysid.workflow as workflow
+    from ssmkit.sysid.recipes import Recipe
+    from ssmkit.sysid.records import SysidBenchmark
+
+    records = _siso_records()
+    bench = SysidBenchmark("lin", "linear", records, records[:1], 0, "V")
+    monkeypatch.setattr(workflow, "fit_simulation", lambda model, train, val, config, log, blocks=None:
+                        {"steps": 0, "best_step": 0, "best_val_rmse": 0.0, "seconds": 0.0})
+    every = Recipe(d_model=2, n_layers=2, d_state=16, first_layer_init="data", data_init_layers=2)
+    model, _ = workflow.identify(bench, "s4d", every, dtype=torch.float64)
+    assert all(_match(np.asarray(model.state_space()[i].poles()).ravel(), Z_TRUE) < 1e-8 for i in (0, 1))
+    first, _ = workflow.identify(bench, "s4d", Recipe(d_model=2, n_layers=2, d_state=16, first_layer_init="data"),
+                                 dtype=torch.float64)  # the default, 1: the second layer keeps HiPPO
+    assert _match(np.asarray(first.state_space()[0].poles()).ravel(), Z_TRUE) < 1e-8
+    assert _match(np.asarray(first.state_space()[1].poles()).ravel(), Z_TRUE) > 1e-2
+    for bad in (0, 3, True):
+        with pytest.raises(ValueError, match="data_init_layers must be an int in"):
+            workflow.identify(bench, "s4d", Recipe(d_model=2, n_layers=2, d_state=16, first_layer_init="data",
+                                                   data_init_layers=bad))
+
+
 def test_order_is_read_off_the_singular_values():
     assert len(subspace_poles(_siso_records(), None, max_order=12)) == 5
     model = DeepWiener(1, 1, d_model=2, n_layers=1, layer="s4d", layer_options={"d_state": 16}, dtype=torch.float64)

@@ -60,6 +60,7 @@ def test_recipes_and_model_from_recipe():
     assert (tanks.validation, tanks.folds, tanks.combine) == ("kfold", 5, "average")
     assert tanks.first_layer_init == "data"  # from the record outside each run's block (tanks5)
     assert tanks.ssm_weight_decay == 0.1 and recipe_for("bouc_wen").ssm_weight_decay is None
+    assert (tanks.d_model, tanks.d_state, tanks.n_layers) == (16, 8, 4)  # H = 16 since tanks7
     assert recipe_for("bouc_wen").validation == "tail" and recipe_for("f16").validation == "tail"
 
 

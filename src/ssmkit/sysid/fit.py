@@ -107,6 +107,9 @@ class SimulationFit:
         average: β of an exponential moving average of the weights, updated after every step; validation scores
             (and the best weights kept are) the averaged weights; without validation the model ends with them
             (None: the last iterate).
+        level_weight: (level, w): in the training loss a sample whose measured output is at or above ``level``
+            (physical units; every output of a sample is weighed by its own level) weighs w, the others 1; the loss
+            stays a mean over the samples (None: every sample weighs 1). Validation is not weighted.
     """
 
     window: int = 256
@@ -125,6 +128,7 @@ class SimulationFit:
     schedule: str = "constant"
     min_steps: int = 0
     average: float | None = None
+    level_weight: tuple[float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -161,6 +165,10 @@ def _check_fit_options(cfg: SimulationFit) -> None:
         value = getattr(cfg, name)
         if value is not None and not _is_number(value, 0.0, strict=True):
             raise ValueError(f"{name} must be None or a finite number > 0; got {value!r}")
+    lw = cfg.level_weight
+    if lw is not None and not (isinstance(lw, (tuple, list)) and len(lw) == 2
+                               and _is_number(lw[0], -math.inf, strict=False) and _is_number(lw[1], 0.0, strict=False)):
+        raise ValueError(f"level_weight must be None or (level, w) with a finite level and a finite w >= 0; got {lw!r}")
 
 
 def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val: int = 2) -> tuple[list[IORecord], list[IORecord]]:
@@ -388,12 +396,16 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         state = model.estimate_state(u_b[:, :n_enc], y_b[:, :n_enc]) if n_enc else None
         y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False)
         err = model.censored_error(y_hat, y_b[:, n_enc:]) / model.y_std
+        square = err ** 2
+        if cfg.level_weight is not None:  # (B, window, p): w where the measured output is at or above the level
+            level, w = cfg.level_weight
+            square = square * torch.where(y_b[:, n_enc:] >= level, float(w), 1.0).to(dtype)
         if masks is None:
-            loss = (weights[None, :, None] * err ** 2).mean()
+            loss = (weights[None, :, None] * square).mean()
         else:  # held-out samples weigh 0; the mean is over the scored ones
             m = torch.stack([masks[i][o + n_enc: o + n_enc + cfg.window] for i, o in drawn])
             m = m.to(device=device, dtype=dtype)[:, :, None]  # (B, window, 1)
-            loss = (weights[None, :, None] * m * err ** 2).sum() / (m.sum() * err.shape[-1])
+            loss = (weights[None, :, None] * m * square).sum() / (m.sum() * err.shape[-1])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:

@@ -4,6 +4,7 @@ estimate of the data rather than HiPPO or a random ring).
 
     z = subspace_poles(bench.train, order=8)          # discrete poles of a linear model of the data
     init_from_data(model, bench.train)                 # the same, written into model.layers[0]
+    init_from_data(model, bench.train, layers=4)       # ... into each of model.layers[0:4]
 
 Estimates (both pool several experiments without concatenating them):
 
@@ -240,8 +241,8 @@ def set_discrete_poles(layer: torch.nn.Module, z: np.ndarray) -> None:
 
 
 def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecord, method: str = "subspace",
-                   order: int | None = None, r_max: float = 0.9999) -> np.ndarray:
-    """Initialise the first LTI layer's eigenvalues from a linear model of the data.
+                   order: int | None = None, r_max: float = 0.9999, layers: int = 1) -> np.ndarray:
+    """Initialise the first LTI layer's eigenvalues (or the first ``layers`` layers') from a linear model of the data.
 
     Args:
         model: a :class:`ssmkit.sysid.DeepWiener` (its first layer is set) or a supported layer itself.
@@ -250,12 +251,18 @@ def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecor
         order: the linear model's order; None picks it from the subspace singular values (largest drop among the
             first 2M, M the layer's modes). Modes beyond the estimated ones keep their values.
         r_max: the largest |z| written (< 1: Schur).
+        layers: how many leading LTI layers of ``model`` get the same modes (1: the first; ``len(model.layers)``:
+            every layer); 1 for a layer itself.
 
     Returns:
-        (M,) complex modes at most: those written.
+        (M,) complex modes at most: those written (into each of the ``layers`` layers).
     """
-    layer = model.layers[0] if hasattr(model, "layers") else model
-    _kind(layer)
+    stack = list(model.layers) if hasattr(model, "layers") else [model]
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= len(stack):
+        raise ValueError(f"layers must be an int in [1, {len(stack)}] (the model's LTI layers); got {layers!r}")
+    for layer in stack[:layers]:
+        _kind(layer)
+    layer = stack[0]
     if method not in ("subspace", "arx"):
         raise ValueError(f"method must be 'subspace' or 'arx'; got {method!r}")
     top = 2 * layer.n_modes
@@ -264,5 +271,6 @@ def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecor
     else:
         poles = arx_poles(records, order if order is not None else len(subspace_poles(records, None, max_order=top)))
     z = modes(poles, layer.n_modes, r_max=r_max)
-    set_discrete_poles(layer, z)
+    for each in stack[:layers]:
+        set_discrete_poles(each, z[:each.n_modes])
     return z

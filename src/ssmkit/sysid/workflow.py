@@ -92,7 +92,7 @@ def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
                          weight_decay=recipe.weight_decay, ssm_weight_decay=recipe.ssm_weight_decay,
                          decay=recipe.decay, washout=recipe.washout, val_fraction=recipe.val_fraction,
                          val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule,
-                         min_steps=recipe.min_steps, average=recipe.average)
+                         min_steps=recipe.min_steps, average=recipe.average, level_weight=recipe.level_weight)
 
 
 def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], list[IORecord] | None]:
@@ -125,7 +125,8 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
              device: torch.device | str | None = None) -> tuple[DeepWiener, dict[str, Any]]:
     """Build and train a deep Wiener model on ``bench``'s estimation records (validation: their tail, or with
     ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training). With
-    ``recipe.first_layer_init = "data"`` the first layer's eigenvalues start from a subspace estimate of the training
+    ``recipe.first_layer_init = "data"`` the first layer's eigenvalues (the first ``recipe.data_init_layers``
+    layers') start from a subspace estimate of the training
     records (:func:`ssmkit.sysid.init.init_from_data`; under k-fold validation, of their parts outside the run's
     held-out block, :func:`outside_blocks`).
 
@@ -168,6 +169,9 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         raise ValueError(f"first_layer_init must be one of {FIRST_LAYER_INITS}; got {recipe.first_layer_init!r}")
     if recipe.first_layer_init == "data" and mode != "simulation":
         raise ValueError("first_layer_init='data' estimates poles from u -> y records: simulation mode only")
+    layers = recipe.data_init_layers
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= recipe.n_layers:
+        raise ValueError(f"data_init_layers must be an int in [1, n_layers = {recipe.n_layers}]; got {layers!r}")
     folds = _check_validation(recipe)
     kfold = folds is not None
     if kfold and mode != "simulation":
@@ -226,7 +230,8 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     blocks = None if fold is None else fold_blocks([len(r) for r in train], recipe.folds or recipe.restarts, fold)
     if recipe.first_layer_init == "data":
         # from the training records only (never the validation or test records, nor a held-out block's outputs)
-        init_from_data(model, train if blocks is None else outside_blocks(train, blocks))
+        records = train if blocks is None else outside_blocks(train, blocks)
+        init_from_data(model, records, layers=recipe.data_init_layers)
     config = fit_config(recipe, run_seed)
     history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)
     history["mode"] = mode

@@ -11,6 +11,8 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 
 import ssmkit.layers as layers
 from ssmkit.layers.cache import ValueCache
@@ -40,6 +42,24 @@ def adamw_step(layer, **options):
     opt.step()
 
 
+class _Half(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return 0.5 * weight
+
+
+def parametrize_then_update(layer):
+    """Reparametrise every parameter (torch.nn.utils.parametrize: the tensor leaves the module's ``_parameters`` for
+    ``parametrizations.<name>.original``), fill the caches, then change the originals (a training step would)."""
+    for module in list(layer.modules()):
+        for name in [n for n, _ in module.named_parameters(recurse=False)]:
+            parametrize.register_parametrization(module, name, _Half())
+    fill_cache(layer)
+    with torch.no_grad():
+        layer(torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64))  # fills a forward plan (S4, Liquid-S4)
+        for p in layer.parameters():
+            p.mul_(0.9)
+
+
 UPDATES = {
     "fused_adamw": lambda layer: adamw_step(layer, fused=True),
     "foreach_adamw": lambda layer: adamw_step(layer, foreach=True),
@@ -49,6 +69,7 @@ UPDATES = {
     "load_state_dict": lambda layer: layer.load_state_dict(make_layer(layer.name, seed=7).state_dict()),
     "load_state_dict_assign": lambda layer: layer.load_state_dict(make_layer(layer.name, seed=8).state_dict(), assign=True),
     "reset_parameters": lambda layer: (torch.manual_seed(9), layer.reset_parameters()),
+    "parametrize": parametrize_then_update,
 }
 
 
@@ -94,6 +115,37 @@ def test_step_is_differentiable_and_matches_forward_gradients(name):
     grads_f = torch.autograd.grad(y_f.sum() + sum(t.abs().sum() for t in leaves(h_f)), params)
     for a, b in zip(grads, grads_f):
         assert rel_err(a, b) < 1e-9  # float64
+
+
+
+def _plain_name(name: str) -> str:
+    """``ssm.parametrizations.C.original`` -> ``ssm.C``."""
+    return name.replace("parametrizations.", "").replace(".original", "")
+
+
+@pytest.mark.parametrize("name", layers.available())
+def test_reparametrised_weights_reach_every_cache(name):
+    # torch.nn.utils.parametrize moves a parameter to parametrizations.<name>.original: caches keyed on the module's
+    # own tensors missed it, so step (and S4's forward plan) kept the weights of the first call after a training
+    # step, and S4 with all its parameters reparametrised got no gradient (its plan was computed without one).
+    layer = make_layer(name)
+    parametrize_then_update(layer)
+    plain = make_layer(name)  # the same buffers; its parameters hold the reparametrised values
+    with torch.no_grad():
+        for qualified, p in plain.named_parameters():
+            owner, _, leaf = qualified.rpartition(".")
+            p.copy_(getattr(layer.get_submodule(owner), leaf))
+    x = torch.randn(2, 30, H, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(layer(x)[0], plain(x)[0]) < 1e-12
+        if layer.supports("step"):
+            assert rel_err(run_steps(layer, x)[0], run_steps(plain, x)[0]) < 1e-12
+    params = dict(layer.named_parameters())
+    grads = torch.autograd.grad(layer(x)[0].square().sum(), list(params.values()))
+    plain_params = dict(plain.named_parameters())
+    grads_plain = torch.autograd.grad(plain(x)[0].square().sum(), [plain_params[_plain_name(n)] for n in params])
+    for g, g_plain in zip(grads, grads_plain):  # d/d original = 0.5 d/d weight
+        assert rel_err(g, 0.5 * g_plain) < 1e-10
 
 
 def counter():

@@ -273,8 +273,16 @@ class SequenceLayer(nn.Module):
 
     def own_tensors(self) -> list[torch.Tensor]:
         """The layer's own parameters and buffers (not those of sub-modules): what a cache of values computed from
-        them must watch (read straight from the module's dicts: a step calls this every time)."""
-        return [t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None]
+        them must watch (read straight from the module's dicts: a step calls this every time).
+
+        A tensor reparametrised with ``torch.nn.utils.parametrize`` (``weight_norm``, ``orthogonal``, a user's
+        constraint) has left ``_parameters`` for ``parametrizations.<name>.original``: its current value is watched
+        instead (without it a cache kept the first call's weights after a training step, and one whose tensors had
+        all moved there never recomputed with autograd on, so they got no gradient)."""
+        own = [t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None]
+        if "parametrizations" in self._modules:
+            own += [getattr(self, name) for name in self._modules["parametrizations"]]
+        return own
 
     def kernel(self, L: int) -> torch.Tensor:
         """The convolution kernel of length L, including the skip at lag 0, so that y = K ⊛ u exactly.

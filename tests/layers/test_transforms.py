@@ -77,3 +77,49 @@ def test_jacrev_of_the_input_equals_the_kernel(name):
             toeplitz[t, : t + 1] = K[..., : t + 1].flip(-1).permute(2, 0, 1)
         expected = toeplitz.permute(0, 2, 1, 3)  # (8, H_out, 8, H_in)
         assert rel_err(J[0, :, :, 0], expected) < 1e-10
+
+
+STEP_NAMES = [name for name in NAMES if make_layer(name).supports("step")]
+
+
+@pytest.mark.parametrize("name", STEP_NAMES)
+def test_vmap_over_an_ensembles_weights_steps_each_member(name):
+    # An ensemble's stacked weights (torch.func.stack_module_state) under vmap: the step's value cache compared them
+    # with torch.equal, which has no batching rule, and the wrapped snapshot it kept made every later step raise.
+    members = [make_layer(name, seed=s) for s in (1, 2, 3)]
+    params, buffers = torch.func.stack_module_state(members)
+    x = torch.randn(2, 4, H, device=DEVICE, dtype=torch.float64)
+
+    stepper = _Stepper(members[0])
+
+    def steps(p, b):
+        weights = {f"layer.{k}": v for k, v in (*p.items(), *b.items())}
+        h, ys = members[0].initial_state(2), []
+        for t in range(x.shape[1]):
+            y, h = functional_call(stepper, weights, (x[:, t], h))
+            ys.append(y)
+        return torch.stack(ys, dim=1)  # (B, L, H)
+
+    with torch.no_grad():
+        y = vmap(steps)(params, buffers)  # (3, B, L, H)
+        expected = []
+        for member in members:
+            h, ys = member.initial_state(2), []
+            for t in range(x.shape[1]):
+                y_t, h = member.step(x[:, t], h)
+                ys.append(y_t)
+            expected.append(torch.stack(ys, dim=1))
+        assert rel_err(y, torch.stack(expected)) < 1e-12
+        again = members[0].step(x[:, 0], members[0].initial_state(2))[0]  # the layer still steps outside vmap
+        assert rel_err(again, expected[0][:, 0]) < 1e-12
+
+
+class _Stepper(torch.nn.Module):
+    """A layer whose ``forward`` is its ``step`` (``functional_call`` calls ``forward``)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x_t, h):
+        return self.layer.step(x_t, h)

@@ -6,7 +6,8 @@ parameters. A cache keyed on ``Parameter._version`` or ``data_ptr`` goes stale: 
 and edits through ``p.data`` (weight averaging, ``p.data.mul_()``) change values without bumping the version
 counter. :class:`ValueCache` therefore keys on the values themselves: it keeps a copy of the tensors it was
 computed from and compares them with ``torch.equal`` on every lookup. It is used only when no gradient is needed;
-with autograd on, the value is recomputed, differentiably.
+with autograd on, the value is recomputed, differentiably, and so it is inside ``torch.func`` transforms (``vmap`` over
+an ensemble's stacked weights, ``grad``, ``jacrev``).
 
 The comparison reads every parameter once per lookup, which at batch size 1 costs about as much as the step's
 arithmetic. Inside :func:`frozen_parameters` (a promise that no parameter changes within the block, as in a
@@ -81,6 +82,10 @@ class ValueCache(Generic[V]):
         Returns:
             the cached or freshly computed value.
         """
+        # Inside vmap / grad / jacrev (an ensemble's stacked weights) the tensors are wrapped for that call only:
+        # torch.equal has no batching rule, and a wrapped snapshot kept here made every later lookup raise.
+        if torch._C._are_functorch_transforms_active():
+            return compute()
         entry, scope = self._entry, _FROZEN.get()
         if entry is not None and entry[0] == key:
             _, snapshot, value, checked_in, ids = entry

@@ -29,4 +29,4 @@ def test_ssd_bench_option_errors(capsys):
     assert "--groups must divide --heads" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--repeats", "0"])
-    assert "--repeats must be >= 1; got 0" in capsys.readouterr().err
+    assert "argument --repeats: must be an int >= 1; got 0" in capsys.readouterr().err

@@ -39,4 +39,4 @@ def test_bare_step_is_the_s4d_step():
 def test_step_bench_option_errors(capsys):
     with pytest.raises(SystemExit):
         main(["--repeats", "0"])
-    assert "--repeats must be >= 1; got 0" in capsys.readouterr().err
+    assert "argument --repeats: must be an int >= 1; got 0" in capsys.readouterr().err

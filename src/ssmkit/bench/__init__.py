@@ -31,6 +31,26 @@ SUITES = {
 }
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for sizes and counts (B, L, H, N, repeats): an int >= 1, else argparse's one-line usage
+    error naming the value (``--d-model -4`` failed deep inside with a traceback, ``--repeats 0`` with "no median for
+    empty data", after the suite had started).
+
+    Args:
+        text: the option's value as given on the command line.
+
+    Returns:
+        the int.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1; got {value}")
+    return value
+
+
 def add_suite_parsers(parser: argparse.ArgumentParser) -> None:
     """Add one sub-command per suite to ``parser``; each passes its options (``--help`` too) to the suite."""
     suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True, title="suites")

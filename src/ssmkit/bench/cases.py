@@ -28,6 +28,7 @@ import os
 import torch
 
 import ssmkit.layers as layers
+from ssmkit.bench import positive_int
 from ssmkit.bench.core import machine
 from ssmkit.bench.limits import (
     MODES,
@@ -139,19 +140,19 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cases") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=["s4d", "s4"], choices=layers.available())
-    parser.add_argument("--batch", nargs="+", type=int, default=[8])
-    parser.add_argument("--length", nargs="+", type=int, default=[1024, 4096, 16384])
-    parser.add_argument("--d-model", nargs="+", type=int, default=[128])
-    parser.add_argument("--d-state", nargs="+", type=int, default=[64])
+    parser.add_argument("--batch", nargs="+", type=positive_int, default=[8])
+    parser.add_argument("--length", nargs="+", type=positive_int, default=[1024, 4096, 16384])
+    parser.add_argument("--d-model", nargs="+", type=positive_int, default=[128])
+    parser.add_argument("--d-state", nargs="+", type=positive_int, default=[64])
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"])
     parser.add_argument("--modes", nargs="+", default=["forward", "forward_backward"], choices=MODES)
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
                         help="peers to time beside ssmkit when they can run (default: all)")
     parser.add_argument("--s4-file", default=None, help="the official state-spaces/s4 models/s4/s4.py")
     parser.add_argument("--reference", action="store_true", help="also time ssmkit's reference loops (slow)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians (default 3)")
-    parser.add_argument("--copy-mb", type=int, default=256, help="buffer size of the copy-bandwidth probe")
-    parser.add_argument("--gemm-size", type=int, default=2048, help="matrix side of the GEMM-rate probe")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds; medians (default 3)")
+    parser.add_argument("--copy-mb", type=positive_int, default=256, help="buffer size of the copy-bandwidth probe")
+    parser.add_argument("--gemm-size", type=positive_int, default=2048, help="matrix side of the GEMM-rate probe")
     parser.add_argument("--out", default="bench-out", help="directory for bench.json and the plots")
     args = parser.parse_args(argv)
     if args.repeats < 1:

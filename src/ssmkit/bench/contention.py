@@ -34,6 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssmkit.layers as layers
+from ssmkit.bench import positive_int
 from ssmkit.bench.cases import implementations
 from ssmkit.bench.core import machine
 from ssmkit.bench.limits import median, time_interleaved
@@ -122,10 +123,10 @@ def measure(case: Case, peers: list[str], s4_file: str | None, busy: int, kind: 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench contention") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=["s4d"], choices=layers.available())
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", nargs="+", type=int, default=[4096])
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--d-state", type=int, default=64)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--length", nargs="+", type=positive_int, default=[4096])
+    parser.add_argument("--d-model", type=positive_int, default=128)
+    parser.add_argument("--d-state", type=positive_int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--modes", nargs="+", default=["forward", "forward_backward"],
                         choices=["forward", "forward_backward", "step"])
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cont
     parser.add_argument("--s4-file", default=None, help="the official state-spaces/s4 models/s4/s4.py")
     parser.add_argument("--busy", type=int, default=1, help="competing busy processes to start (default 1)")
     parser.add_argument("--busy-kind", default="spin", choices=tuple(BUSY))
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per condition (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds per condition (default 5)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.busy < 0:

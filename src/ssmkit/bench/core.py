@@ -22,6 +22,7 @@ import time
 import torch
 
 import ssmkit.layers as layers
+from ssmkit.bench import positive_int
 from ssmkit.ops import use_backend
 
 LAYERS = ("s4d", "s4", "s5", "lru")
@@ -118,11 +119,11 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--d-state", type=int, default=64)
-    parser.add_argument("--length", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--d-model", type=positive_int, default=128)
+    parser.add_argument("--d-state", type=positive_int, default=64)
+    parser.add_argument("--length", type=positive_int, default=4096)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=layers.available())
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from ssmkit.bench import positive_int
 from ssmkit.bench.core import machine
 from ssmkit.bench.limits import median, time_interleaved
 from ssmkit.ops.scan import ssm_scan
@@ -69,11 +70,11 @@ def fft_span(ratios: dict[int, float]) -> tuple[int, int | None] | None:
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench crossover") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--d-state", type=int, default=64)
-    parser.add_argument("--length", nargs="+", type=int, default=DEFAULT_LENGTHS)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--d-model", type=positive_int, default=128)
+    parser.add_argument("--d-state", type=positive_int, default=64)
+    parser.add_argument("--length", nargs="+", type=positive_int, default=DEFAULT_LENGTHS)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)

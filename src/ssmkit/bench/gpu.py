@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from ssmkit.bench import positive_int
 from ssmkit.bench.core import machine
 from ssmkit.ops.scan import ssm_scan
 from ssmkit.ops.ssd import ssd
@@ -207,8 +208,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
                         help="more tiles of the Triton selective scan: the fields of ssmkit.ops.triton.selective.Tiles "
                              "in order, comma-separated (a prefix; the rest default)")
     parser.add_argument("--backends", nargs="+", default=["chunked", "fft", "triton"])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--copy-bytes", type=int, default=1 << 30)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--copy-bytes", type=positive_int, default=1 << 30)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

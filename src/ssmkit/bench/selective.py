@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from ssmkit.bench import positive_int
+
 CASES = ("native", "chunked", "loop", "mambapy", "projections")
 
 
@@ -183,13 +185,13 @@ def run_all(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench selective") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--d-state", type=int, default=16)
-    parser.add_argument("--expand", type=int, default=2)
-    parser.add_argument("--length", type=int, default=4096)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads in each case (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--d-model", type=positive_int, default=256)
+    parser.add_argument("--d-state", type=positive_int, default=16)
+    parser.add_argument("--expand", type=positive_int, default=2)
+    parser.add_argument("--length", type=positive_int, default=4096)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads in each case (default: torch's)")
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--memory-limit-gib", type=float, default=round(0.9 * _machine_memory_gib(), 1))
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")

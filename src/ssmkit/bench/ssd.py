@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import ssmkit.layers as layers
+from ssmkit.bench import positive_int
 from ssmkit.bench.core import _once, machine
 from ssmkit.ops import use_backend
 from ssmkit.ops.ssd import ssd
@@ -133,20 +134,17 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench ssd") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2, help="B (default 2)")
-    parser.add_argument("--length", type=int, default=2048, help="L (default 2048)")
-    parser.add_argument("--heads", type=int, default=8, help="H, SSD heads (default 8)")
-    parser.add_argument("--headdim", type=int, default=64, help="P (default 64)")
-    parser.add_argument("--d-state", type=int, default=128, help="N (default 128)")
-    parser.add_argument("--groups", type=int, default=1, help="G, groups of B and C (default 1)")
-    parser.add_argument("--chunk-size", type=int, nargs="+", default=[64, 256], help="chunk sizes T (default 64 256)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--batch", type=positive_int, default=2, help="B (default 2)")
+    parser.add_argument("--length", type=positive_int, default=2048, help="L (default 2048)")
+    parser.add_argument("--heads", type=positive_int, default=8, help="H, SSD heads (default 8)")
+    parser.add_argument("--headdim", type=positive_int, default=64, help="P (default 64)")
+    parser.add_argument("--d-state", type=positive_int, default=128, help="N (default 128)")
+    parser.add_argument("--groups", type=positive_int, default=1, help="G, groups of B and C (default 1)")
+    parser.add_argument("--chunk-size", type=positive_int, nargs="+", default=[64, 256], help="chunk sizes T (default 64 256)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the step-by-step loops")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    for option in ("batch", "length", "heads", "headdim", "d_state", "groups", "repeats"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be >= 1; got {getattr(args, option)}")
     if (args.heads * args.headdim) % 2 or args.heads % args.groups:
         parser.error("--heads × --headdim must be even (d_model = H·P/2) and --groups must divide --heads")
     shape = (f"B={args.batch}, L={args.length}, H={args.heads}, P={args.headdim}, N={args.d_state}, "

@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 import ssmkit.layers as layers
+from ssmkit.bench import positive_int
 from ssmkit.bench.core import build_for_bench, machine
 
 BARE = "bare"  # the name of the bare-arithmetic row
@@ -159,16 +160,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench step
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=layers.available(), choices=layers.available(),
                         help="layers to time (default: every registered layer)")
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8], help="batch sizes B (default 1 8)")
-    parser.add_argument("--d-model", nargs="+", type=int, default=[128, 256], help="channels H (default 128 256)")
-    parser.add_argument("--d-state", type=int, default=64, help="state size N = d_state (default 64)")
-    parser.add_argument("--steps", type=int, default=400, help="steps timed per layer per round (default 400)")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; medians over them (default 7)")
+    parser.add_argument("--batch", nargs="+", type=positive_int, default=[1, 8], help="batch sizes B (default 1 8)")
+    parser.add_argument("--d-model", nargs="+", type=positive_int, default=[128, 256], help="channels H (default 128 256)")
+    parser.add_argument("--d-state", type=positive_int, default=64, help="state size N = d_state (default 64)")
+    parser.add_argument("--steps", type=positive_int, default=400, help="steps timed per layer per round (default 400)")
+    parser.add_argument("--repeats", type=positive_int, default=7, help="interleaved rounds; medians over them (default 7)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    for option in ("steps", "repeats"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option} must be >= 1; got {getattr(args, option)}")
     print(f"ssmkit bench step: N={args.d_state}, float32, no_grad, {args.steps} steps x {args.repeats} rounds; "
           f"{machine()}")
     rows = []

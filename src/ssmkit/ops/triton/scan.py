@@ -38,7 +38,8 @@ import triton
 import triton.language as tl
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
-from ssmkit.ops.chunked import wide_powers
+from ssmkit.ops.chunked import ssm_scan_chunked, wide_powers
+from ssmkit.ops.triton.twice import graph_backward
 
 DEFAULT_CHUNK = 32  # T: steps per chunk (the scan's tile height)
 DEFAULT_BLOCK_H = 2  # BH: channels per program of the forward
@@ -252,6 +253,7 @@ class _FusedScan(torch.autograd.Function):
         NP = max(triton.next_power_of_2(N), 2)
         n_chunks = triton.cdiv(L, T)
         coef, pw = _tables(A_bar, B_bar, C, T, NP)
+        originals = (u, A_bar, B_bar, C, state, D)
         u = u.contiguous()
         y = torch.empty_like(u)  # (B, L, H)
         xL = u.new_empty(Bsz, H, NP, 2)
@@ -265,13 +267,15 @@ class _FusedScan(torch.autograd.Function):
             T=T, BH=BH, NP=NP, HAS_X0=state is not None, HAS_D=D is not None, SAVE_CK=save, num_warps=NUM_WARPS,
         )
         if save:
-            ctx.save_for_backward(u, coef, pw, ck, D)
+            ctx.save_for_backward(u, coef, pw, ck, D, *originals)
         ctx.shape = (Bsz, L, H, N, NP, n_chunks, T, BH, state is not None)
         return y, _complex_state(xL, N)
 
     @staticmethod
     def backward(ctx, gy, gxL):  # type: ignore[override]
-        u, coef, pw, ck, D = ctx.saved_tensors
+        u, coef, pw, ck, D, *originals = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/triton/twice.py)
+            return (*graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL)), None, None)
         Bsz, L, H, N, NP, n_chunks, T, BH, has_state = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         gxL = u.new_zeros(Bsz, H, NP, 2) if gxL is None else _real_state(gxL, NP)

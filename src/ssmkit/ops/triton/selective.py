@@ -48,6 +48,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmkit.ops.selective import selective_scan_chunked
+from ssmkit.ops.triton.twice import graph_backward
+
 
 class Tiles(NamedTuple):
     """Tile sizes and launch options of the kernels (all powers of two but ``num_stages``).
@@ -327,18 +330,25 @@ class _TritonSelectiveScan(torch.autograd.Function):
             HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE_CK=save, CK_EVERY=tiles.chunk // T,
             NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
         )
-        if save:  # D and b_Δ contiguous (the kernels index them densely), None where absent
+        if save:  # D and b_Δ contiguous (the kernels index them densely), None where absent; then A, D, b_Δ, h0 as given
             D_s, bias_s = (None if t is None else c for t, c in ((D, D_c), (delta_bias, bias_c)))
-            ctx.save_for_backward(u, delta, z, A_c, B, C, D_s, bias_s, ck)
+            ctx.save_for_backward(u, delta, z, A_c, B, C, D_s, bias_s, ck, A, D, delta_bias, h0)
         ctx.shape = (Bsz, L, H, G, P, N, NP, n_ck, softplus, h0 is not None, tiles)
         ctx.set_materialize_grads(False)  # ghL is None when the final state is unused
         return y, hL
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy, ghL):  # type: ignore[override]
-        u, delta, z, A, B, C, D, delta_bias, ck = ctx.saved_tensors
+        u, delta, z, A, B, C, D, delta_bias, ck, *given = ctx.saved_tensors
         Bsz, L, H, G, P, N, NP, n_ck, softplus, has_h0, tiles = ctx.shape
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/triton/twice.py)
+            inputs = (u, delta, z, given[0], B, C, given[1], given[2], given[3])  # as given to forward
+
+            def chunked(u, delta, z, A, B, C, D, delta_bias, h0):
+                return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, softplus, h0)
+
+            return (*graph_backward(chunked, inputs, ctx.needs_input_grad[:9], (gy, ghL)), None, None)
+        # the kernel's gradients (this path is not itself differentiable; autograd runs a plain backward without grad)
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         dummy = u.new_empty(1)
         gu, gdl = torch.empty_like(u), torch.empty_like(u)
@@ -399,7 +409,8 @@ def selective_scan_triton(
     h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t, y_t = (C_t · h_t + D ⊙ u_t) ⊙ SiLU(z_t), Δ = softplus(δ + b_Δ)
     (arXiv 2312.00752 Algorithm 2), the states only in registers; memory: y plus B·⌈L/T⌉·H·N checkpoints when a
     gradient is needed. Every input is differentiable, the initial state and (through the final state) the last
-    steps included; the backward is not itself differentiable.
+    steps included. A double backward (``create_graph``) differentiates the chunked scan instead of the backward kernel
+    (:mod:`ssmkit.ops.triton.twice`).
 
     Args:
         u: (B, L, H) input, float32 or float64.

@@ -11,7 +11,7 @@ kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``ca
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
 ``ssd`` (Mamba-2's scan with a scalar decay per head), ``selective`` (Mamba's selective scan), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
 (HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:
-scan, kernel, step).
+scan, kernel, step), ``twice`` (a kernel's backward when it is itself differentiated: through the chunked path).
 """
 
 from ssmkit.ops.attention import causal_attention, causal_attention_reference, causal_mask, rotary

@@ -6,5 +6,4 @@ package imports ``triton`` at its top.
     scan.py   the diagonal LTI scan fused with its output contraction, forward and backward
     ssd.py    the chunked SSD scan of Mamba-2
     selective.py  the selective scan of Mamba-1 (softplus, skip and gate fused), forward and backward
-    twice.py  the backward of a kernel that is itself differentiated (create_graph): through the chunked path
 """

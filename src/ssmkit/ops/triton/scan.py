@@ -39,7 +39,7 @@ import triton.language as tl
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.chunked import ssm_scan_chunked, wide_powers
-from ssmkit.ops.triton.twice import graph_backward
+from ssmkit.ops.twice import graph_backward
 
 DEFAULT_CHUNK = 32  # T: steps per chunk (the scan's tile height)
 DEFAULT_BLOCK_H = 2  # BH: channels per program of the forward
@@ -274,7 +274,7 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, gxL):  # type: ignore[override]
         u, coef, pw, ck, D, *originals = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/triton/twice.py)
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             return (*graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL)), None, None)
         Bsz, L, H, N, NP, n_chunks, T, BH, has_state = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()

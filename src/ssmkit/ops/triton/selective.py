@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from ssmkit.ops.selective import selective_scan_chunked
-from ssmkit.ops.triton.twice import graph_backward
+from ssmkit.ops.twice import graph_backward
 
 
 class Tiles(NamedTuple):
@@ -341,7 +341,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
     def backward(ctx, gy, ghL):  # type: ignore[override]
         u, delta, z, A, B, C, D, delta_bias, ck, *given = ctx.saved_tensors
         Bsz, L, H, G, P, N, NP, n_ck, softplus, has_h0, tiles = ctx.shape
-        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/triton/twice.py)
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             inputs = (u, delta, z, given[0], B, C, given[1], given[2], given[3])  # as given to forward
 
             def chunked(u, delta, z, A, B, C, D, delta_bias, h0):
@@ -410,7 +410,7 @@ def selective_scan_triton(
     (arXiv 2312.00752 Algorithm 2), the states only in registers; memory: y plus B·⌈L/T⌉·H·N checkpoints when a
     gradient is needed. Every input is differentiable, the initial state and (through the final state) the last
     steps included. A double backward (``create_graph``) differentiates the chunked scan instead of the backward kernel
-    (:mod:`ssmkit.ops.triton.twice`).
+    (:mod:`ssmkit.ops.twice`).
 
     Args:
         u: (B, L, H) input, float32 or float64.

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.ssd import _check_ssd, ssd_chunked
-from ssmkit.ops.triton.twice import graph_backward
+from ssmkit.ops.twice import graph_backward
 
 DEFAULT_CHUNK = 64  # T
 MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
@@ -136,7 +136,7 @@ class _SSD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, gh):  # type: ignore[override]
         saved = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a double backward, on the inputs themselves (ops/triton/twice.py)
+        if torch.is_grad_enabled():  # create_graph: a double backward, on the inputs themselves (ops/twice.py)
             chunked = lambda *a: ssd_chunked(*a, chunk_size=ctx.T)  # noqa: E731
             return (*graph_backward(chunked, saved, ctx.needs_input_grad[:6], (gy, gh)), None)
         inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]

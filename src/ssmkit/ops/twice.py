@@ -1,4 +1,5 @@
-"""The backward of a Triton kernel when that backward is itself differentiated (``create_graph=True``).
+"""The backward of a kernel (Triton; the C kernels could use it too) when that backward is itself differentiated
+(``create_graph=True``).
 
 A kernel's backward computes its gradients outside autograd, so under ``create_graph`` (a gradient penalty
 ‖∂L/∂x‖², a Hessian-vector product, MAML) they entered the graph as constants and the second-order part was lost

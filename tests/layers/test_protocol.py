@@ -153,6 +153,38 @@ def test_every_backend_has_the_reference_gradients(name, opts):
             assert rel_err(a, b) < tol, backend
 
 
+# Second derivatives PyTorch itself lacks on some paths (the layer's own code is not the limit).
+NO_SECOND_ORDER = {"attention": "PyTorch's fused scaled-dot-product attention kernels have no double backward"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_backend_has_the_reference_second_derivatives(name):
+    """A gradient penalty (create_graph) through each backend equals the reference's: the C and Triton kernels'
+    backwards and the recomputing chunked scans must not drop the second-order terms (docs/design.md, Probe 3)."""
+    if name in NO_SECOND_ORDER:
+        pytest.skip(NO_SECOND_ORDER[name])
+    layer = make_layer(name)
+    x = torch.randn(2, 70, H, device=DEVICE, dtype=torch.float64, requires_grad=True)  # > one 64-step chunk
+    h0 = state_map(lambda t: (0.5 * torch.randn_like(t)).requires_grad_(), layer.initial_state(2))
+    params = [x, *leaves(h0), *layer.parameters()]
+
+    def second_order():
+        y, h = layer(x, h0)
+        loss = (y * torch.cos(y)).sum() + sum((t.abs() ** 2).sum() for t in leaves(h))
+        g_x, = torch.autograd.grad(loss, x, create_graph=True)
+        return torch.autograd.grad((g_x ** 2).sum(), params, allow_unused=True)
+
+    with ops.use_backend("reference"):
+        want = second_order()
+    for backend in ("auto", *runnable_backends(layer)):
+        with ops.use_backend(backend):
+            got = second_order()
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert (a is None) == (b is None), (backend, i)
+            if b is not None:
+                assert rel_err(a, b) < GRAD_TOL.get((name, variants(name)[0].get("init")), 1e-9), (backend, i)
+
+
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
 def test_gradcheck_fast_path(name, opts):
     layer = make_layer(name, opts)

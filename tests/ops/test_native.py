@@ -538,3 +538,24 @@ def test_gradients_do_not_depend_on_the_threads(op, monkeypatch):
     for other in runs[1:]:
         for a, b in zip(other, runs[0]):
             assert torch.equal(a, b)  # bit for bit: 1 thread, 3 OpenMP threads, 3 Python threads
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu" or not native_available("ssm_scan", torch.float64), reason="C kernels: CPU")
+def test_the_first_native_call_may_come_inside_a_checkpoint(monkeypatch):
+    """The smoke call's own autograd ran inside torch.utils.checkpoint's non-reentrant region on a process's first
+    call, which then failed ("a different number of tensors was saved")."""
+    from torch.utils.checkpoint import checkpoint
+
+    import ssmkit.layers as layers
+    from ssmkit.ops.native import gate
+
+    torch.manual_seed(0)
+    layer = layers.build("s4d", d_model=4, d_state=8, dtype=torch.float64)
+    x = torch.randn(2, 20, 4, dtype=torch.float64, requires_grad=True)
+    with ops.use_backend("reference"):
+        want, = torch.autograd.grad((layer(x)[0] ** 2).sum(), x)
+    monkeypatch.setattr(gate, "_STATUS", {})  # as in a fresh process: the next native call runs the smoke call
+    y = checkpoint(lambda z: layer(z)[0], x, use_reentrant=False)
+    got, = torch.autograd.grad((y ** 2).sum(), x)
+    assert ("ssm_scan", "float64") in gate._STATUS and gate._STATUS[("ssm_scan", "float64")][0]
+    assert rel_err(got, want) < 1e-10

@@ -227,10 +227,9 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Te
 
     Backends: ``"reference"`` -> :func:`cauchy_reference` (direct formula); ``"chunked"`` ->
     :func:`cauchy_matmul` (blocked batched GEMM, the same path on every device, twice differentiable);
-    ``"native"`` -> :func:`ssmkit.ops.native.cauchy_native` (the C kernel, CPU, once differentiable); ``"auto"`` ->
-    ``"native"`` on the CPU in eager mode where the kernel runs, else ``"chunked"``; ``"fft"`` and ``"triton"``
-    raise. (For a second derivative through S4's kernel on the CPU, force ``"chunked"``, e.g. with
-    ``ssmkit.ops.use_backend("chunked")`` around a ``dplr_kernel(..., backend="fft")`` call.)
+    ``"native"`` -> :func:`ssmkit.ops.native.cauchy_native` (the C kernel, CPU; a second derivative goes through the
+    blocked GEMMs); ``"auto"`` -> ``"native"`` on the CPU in eager mode where the kernel runs, else ``"chunked"``;
+    ``"fft"`` and ``"triton"`` raise.
 
     Args:
         v: (..., N) complex numerators.

@@ -270,8 +270,8 @@ def ssm_scan(
     ``TRITON_INTERPRET=1``; raises elsewhere); ``"native"`` -> :func:`ssmkit.ops.native.ssm_scan_native` (the C
     kernel, CPU, complex parameters); ``"auto"`` -> ``"triton"`` on CUDA when it runs, else
     :func:`auto_scan_backend` (the C kernel on the CPU for complex Ā; else the chunked scan, or the FFT path over
-    the measured range of L of :data:`FFT_LENGTHS`). The native path's backward is not itself differentiable: force
-    ``"chunked"`` for a double backward.
+    the measured range of L of :data:`FFT_LENGTHS`). Every path is twice differentiable (the native and Triton
+    kernels' backwards then go through the chunked scan: :mod:`ssmkit.ops.twice`).
 
     Args:
         u: (B, L, H) real input (float32 or float64).

@@ -41,6 +41,7 @@ from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.native import selective_scan_native
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.triton_gate import prefer_triton, selective_scan_triton
+from ssmkit.ops.twice import graph_backward
 from ssmkit.utils import check_floating
 
 
@@ -252,6 +253,17 @@ def _chunk_inputs(dt, u, A2, B, t0, t1, out_A_bar=None, out_Bu=None):
     return A_bar, Bu, dtu
 
 
+def _core_loop(dt, u, A, B, C, h0):
+    """The core of :class:`_SelectiveScan` one step at a time in plain tensor ops (its double backward): dt, u
+    (L, B, G, P), A (G, N, P), B, C (L, B, G, N), h0 (B, G, N, P) or None -> y (L, B, G, P), h_{L-1} (B, G, N, P)."""
+    h = h0 if h0 is not None else u.new_zeros(*B.shape[1:], u.shape[-1])  # (B, G, N, P)
+    ys = []
+    for t in range(u.shape[0]):
+        h = torch.exp(dt[t].unsqueeze(-2) * A) * h + (dt[t] * u[t]).unsqueeze(-2) * B[t].unsqueeze(-1)
+        ys.append((C[t].unsqueeze(-1) * h).sum(-2))  # (B, G, P)
+    return torch.stack(ys), h
+
+
 class _SelectiveScan(torch.autograd.Function):
     """The core h_t = Ā_t ⊙ h_{t-1} + B̄_t u_t, y_t = C_t · h_t in chunks, time-major, with a recomputing backward.
 
@@ -266,6 +278,10 @@ class _SelectiveScan(torch.autograd.Function):
     ∂C_t = Σ_p g_{t,p} h_{t,p}, ∂(Δu)_t = B_t · λ_t, ∂B_t = Σ_p λ_{t,p} (Δu)_{t,p}, and with
     Γ_t = λ_t ⊙ Ā_t ⊙ h_{t-1} = ∂ℓ/∂(Δ_t A): ∂Δ_t = Σ_n Γ_t A + ∂(Δu)_t u_t, ∂A = Σ_{b,t} Γ_t Δ_t,
     ∂u_t = ∂(Δu)_t Δ_t; ∂h0 = Ā_0 ⊙ λ_0.
+
+    Differentiated itself (``create_graph``), the backward is autograd's through :func:`_core_loop`: the states it
+    recomputes from the saved chunk starts would carry no history (the starts are saved outside the graph), so the
+    gradients' dependence on everything before each chunk (and on h0) would be lost.
     """
 
     generate_vmap_rule = True
@@ -291,14 +307,16 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
         dt, u, A, B, C, h0, T, _ = inputs
-        ctx.save_for_backward(dt, u, A, B, C, output[2])
+        ctx.save_for_backward(dt, u, A, B, C, output[2], h0)
         ctx.T = T
         ctx.has_h0 = h0 is not None
         ctx.mark_non_differentiable(output[2])
 
     @staticmethod
     def backward(ctx, g_y, g_h, _g_starts):  # type: ignore[override]
-        dt, u, A, B, C, starts = ctx.saved_tensors
+        dt, u, A, B, C, starts, h0 = ctx.saved_tensors
+        if torch.is_grad_enabled() and not tracing():  # create_graph: a double backward (ops/twice.py)
+            return (*graph_backward(_core_loop, (dt, u, A, B, C, h0), ctx.needs_input_grad[:6], (g_y, g_h)), None, None)
         g_y, g_h = g_y.contiguous(), g_h.contiguous()  # (L, B, G, P), (B, G, N, P); as traced under torch.compile
         T, L = ctx.T, u.shape[0]
         inplace = not (tracing() or torch.is_grad_enabled())

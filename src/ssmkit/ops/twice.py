@@ -36,6 +36,10 @@ def graph_backward(
         one gradient per input (None where not needed), each with history.
     """
     device_type = next(t for t in inputs if t is not None).device.type
+    # Fresh aliases (views with the inputs' history): the gradient with respect to an alias is the partial derivative
+    # through this op alone. With the inputs themselves, a path from one input to another (Mamba's Δ, B and C are
+    # computed from its u) would be counted too, and the result would be a total derivative.
+    inputs = [None if t is None else t.view_as(t) for t in inputs]
     with torch.autocast(device_type, enabled=False), use_backend("reference"):
         outputs = path(*inputs)
     pairs = [(o, g) for o, g in zip(outputs, grads) if o is not None and g is not None]

@@ -20,6 +20,7 @@ import torch
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of cauchy.c: (argument types, result type)
@@ -45,10 +46,14 @@ class _NativeCauchy(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):  # type: ignore[override]
         v, z, w = ctx.saved_tensors
         need_v, need_z, need_w = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the blocked GEMMs (ops/twice.py)
+            from ssmkit.ops.cauchy import _CauchyMatmul
+
+            return tuple(graph_backward(lambda v, z, w: (_CauchyMatmul.apply(v, z, w),), (v, z, w),
+                                        ctx.needs_input_grad, (g_out,)))
         fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
         G, S, N = v.shape
         W = z.shape[-1]

@@ -6,8 +6,8 @@ y_{t,h} = act(Σ_k w_{h,k} x_{t-W+1+k, h} + b_h), continued from the state (the 
 strides (a slice of an in-projection's output needs no copy), where ``F.conv1d`` needs two transposed copies; with the
 activation fused, the pre-activation is never stored (the backward recomputes it from x).
 
-Usable where ``native_status("causal_conv1d", dtype)`` says so (:mod:`ssmkit.ops.native.gate`); the backward is not
-itself differentiable.
+Usable where ``native_status("causal_conv1d", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Differentiated itself
+(``create_graph``), the backward is that of ``F.conv1d`` (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of causal_conv.c: (argument types, result type)
@@ -49,14 +50,21 @@ class _NativeConv(torch.autograd.Function):
                 Bsz, L, H, W]
         if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, L, W), args, fns["openmp"])):
             raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
-        ctx.save_for_backward(x, wt, bias_c, state_c)
+        ctx.save_for_backward(x, wt, bias_c, state_c, weight, bias, state)  # then the inputs as given (double backward)
         ctx.silu, ctx.has_bias, ctx.has_state = silu, bias is not None, state is not None
         return y, stL
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_y, g_st):  # type: ignore[override]
-        x, wt, bias, state = ctx.saved_tensors
+        x, wt, bias, state = ctx.saved_tensors[:4]
+        if torch.is_grad_enabled():  # create_graph: a double backward, through F.conv1d (ops/twice.py)
+            from ssmkit.ops.conv import causal_conv1d_torch
+
+            def torch_path(x, weight, bias, state):
+                return causal_conv1d_torch(x, weight, bias, state, True, "silu" if ctx.silu else None)
+
+            given = (x, *ctx.saved_tensors[4:])
+            return (*graph_backward(torch_path, given, ctx.needs_input_grad[:4], (g_y, g_st)), None)
         fns = bind("causal_conv.c", x.dtype, SIGNATURES)
         Bsz, L, H = x.shape
         W = wt.shape[0]

@@ -13,8 +13,9 @@ aten ops (the parameters' real/imaginary split and the sums of the partial gradi
 down under CPU contention the way a path of hundreds of small ops does.
 
 Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
-kept real) is not handled here: ``"auto"`` keeps the chunked path for it. The backward is not itself differentiable
-(no double backward) and cannot be traced by torch.func or torch.compile: ``"auto"`` picks the chunked path then.
+kept real) is not handled here: ``"auto"`` keeps the chunked path for it. The kernel cannot be traced by torch.func or
+torch.compile: ``"auto"`` picks the chunked path then. Differentiated itself (``create_graph``), the backward is that of
+the chunked path (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result type)
@@ -70,15 +72,22 @@ class _NativeDiagonal(torch.autograd.Function):
         args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), Bsz, L, H, N, T]
         if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
             raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
-        ctx.save_for_backward(u, *pars, Dc, x0c)
+        ctx.save_for_backward(u, *pars, Dc, x0c, A_bar, B_bar, C, D, x0)  # then the inputs as given, for a double backward
         ctx.T, ctx.has_D, ctx.cdtype = T, D is not None, A_bar.dtype
         ctx.set_materialize_grads(False)
         return y, xL
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_y, g_x):  # type: ignore[override]
-        u, *pars, Dc, x0c = ctx.saved_tensors
+        u, *pars, Dc, x0c = ctx.saved_tensors[:9]
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
+            from ssmkit.ops.chunked import ssm_scan_chunked
+
+            def chunked(u, A_bar, B_bar, C, D, x0):
+                return ssm_scan_chunked(u, A_bar, B_bar, C, x0, D)
+
+            given = (u, *ctx.saved_tensors[9:])
+            return (*graph_backward(chunked, given, ctx.needs_input_grad[:6], (g_y, g_x)), None)
         fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
         Bsz, L, H = u.shape
         N = pars[0].shape[0]

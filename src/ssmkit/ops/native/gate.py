@@ -60,15 +60,22 @@ def prefer_native(op: str, x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not tracing() and native_available(op, REAL_OF.get(x.dtype, x.dtype))
 
 
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 def _compare(fast, ref, args: list[torch.Tensor], weight: torch.Tensor, dtype: torch.dtype) -> None:
     """Outputs and every gradient of ``fast`` and ``ref`` on ``args`` agree to the dtype's tolerance, or raise."""
-    outs = []
-    for fn in (fast, ref):
-        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+    # Identity hooks shield the smoke call's own autograd from a caller's: torch.utils.checkpoint's non-reentrant mode
+    # counts the tensors saved inside its region, and a process's first native call inside one ran this there
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False), \
+            torch.autograd.graph.saved_tensors_hooks(_same, _same):
+        outs = []
+        for fn in (fast, ref):
             leaves = [a.clone().requires_grad_() for a in args]
             y, h = fn(*leaves)
             loss = (y * weight[:, : y.shape[1]]).abs().square().sum() + h.abs().square().sum()  # weight (1, ≥L, 1)
-            outs.append([y, h, *torch.autograd.grad(loss, leaves)])
+            outs.append([y.detach(), h.detach(), *torch.autograd.grad(loss, leaves)])
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     for a, b in zip(*outs):
         if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):

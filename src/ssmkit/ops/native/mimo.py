@@ -11,7 +11,8 @@ backward is written out rather than chained through autograd's nodes:
 
 so the skip costs one in-place pass each way (no product tensor, no separate sum of u's two gradients), the GEMMs of
 a gradient not asked for (or of an output not used: no zeros are materialised) are skipped, and no tensor of the
-forward is kept beyond u and the states x.
+forward is kept beyond u and the states x. Differentiated itself (``create_graph``), the backward is that of the same
+three steps in tensor ops with the chunked scan (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops.native.recurrence import recurrence_backward, recurrence_forward
+from ssmkit.ops.twice import graph_backward
 
 
 class _NativeMimo(torch.autograd.Function):
@@ -40,9 +42,13 @@ class _NativeMimo(torch.autograd.Function):
         return y.view(Bsz, BL // Bsz, H), x[:, -1].clone()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_y, g_last):  # type: ignore[override]
         u, W_in, A_bar, W_out, D, x0, x = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a double backward, through tensor ops (ops/twice.py)
+            Bsz = x.shape[0]
+            path = lambda *inputs: _mimo_torch(*inputs, Bsz)  # noqa: E731
+            g = graph_backward(path, (u, W_in, A_bar, W_out, D, x0), ctx.needs_input_grad[:6], (g_y, g_last))
+            return (*g, None)
         need_u, need_in, need_A, need_out, need_D, need_x0 = ctx.needs_input_grad[:6]
         BL, H = u.shape
         g_u = g_in = g_A = g_out = g_D = g_x0 = None
@@ -68,6 +74,20 @@ class _NativeMimo(torch.autograd.Function):
                 if D is not None and g_y is not None:
                     g_u.addcmul_(g_y, D)
         return g_u, g_in, g_A, g_out, g_D, g_x0 if need_x0 else None, None
+
+
+def _mimo_torch(u, W_in, A_bar, W_out, D, x0, Bsz):
+    """The forward of :class:`_NativeMimo` in differentiable tensor ops (the scan chunked): (y (B, L, H), x_{L-1})."""
+    from ssmkit.ops.recurrence import linear_recurrence_chunked
+
+    BL, H = u.shape
+    v = u @ W_in  # (B·L, 2M)
+    b = torch.view_as_complex(v.view(Bsz, BL // Bsz, -1, 2)) if A_bar.is_complex() else v.view(Bsz, BL // Bsz, -1)
+    x, x_last = linear_recurrence_chunked(A_bar, b, x0)  # (B, L, M), (B, M)
+    y = (torch.view_as_real(x) if x.is_complex() else x).reshape(BL, -1) @ W_out  # (B·L, H)
+    if D is not None:
+        y = torch.addcmul(y, u, D)
+    return y.view(Bsz, BL // Bsz, H), x_last
 
 
 def mimo_native_unchecked(

@@ -4,7 +4,8 @@ forward and backward, on the CPU: real or complex, a time-varying (B, L, *S) or 
 The semantics of :func:`ssmkit.ops.recurrence.linear_recurrence_reference` (arXiv 2303.06349 eq. 1): one pass over time
 per batch row and block of channels, where the chunked PyTorch path makes ~2T + L/T passes of small ops. Its backward
 is the adjoint recurrence over the stored states. Usable where ``native_status("linear_recurrence", dtype)`` says so
-(:mod:`ssmkit.ops.native.gate`); the backward is not itself differentiable.
+(:mod:`ssmkit.ops.native.gate`). Differentiated itself (``create_graph``: a gradient penalty, a Hessian-vector
+product), the backward is the same adjoint written in differentiable tensor ops (:func:`adjoint_with_graph`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ctypes
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
@@ -77,10 +79,39 @@ class _NativeRecurrence(torch.autograd.Function):
         return h, h[:, -1].clone()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_h, g_last):  # type: ignore[override]
         a, h0, h = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the gradients must carry their history
+            return adjoint_with_graph(a, h0, h, g_h, g_last, ctx.needs_input_grad)
         return recurrence_backward(a, h0, h, g_h, g_last)
+
+
+def adjoint_with_graph(
+    a: torch.Tensor, h0: torch.Tensor | None, h: torch.Tensor, g_h: torch.Tensor, g_last: torch.Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(∂a, ∂b, ∂h0) of h_t = a_t ⊙ h_{t-1} + b_t in differentiable tensor ops, for a double backward.
+
+    The adjoint λ_t = G_t + conj(a_{t+1}) λ_{t+1} (G = g_h, plus g_last at t = L-1) by the chunked scan run backwards
+    in time; ∂b_t = λ_t, ∂a_t = λ_t conj(h_{t-1}) (summed over batch and time for a time-invariant a), ∂h0 =
+    conj(a_0) λ_0 (PyTorch's conjugate convention). The states h are the forward's output, so the gradients depend on
+    a, b and h0 through this node again: a, b (B, L, K) or a (K,), h0 (B, K) or None, g_h (B, L, K), g_last (B, K).
+    """
+    from ssmkit.ops.recurrence import linear_recurrence_chunked
+
+    invariant = a.dim() == 1
+    G = torch.cat([g_h[:, :-1], (g_h[:, -1] + g_last)[:, None]], dim=1)  # (B, L, K)
+    a_adj = a.conj() if invariant else F.pad(a[:, 1:].conj(), (0, 0, 0, 1))  # conj(a_{t+1}), 0 at t = L-1
+    lam = linear_recurrence_chunked(a_adj if invariant else a_adj.flip(1), G.flip(1))[0].flip(1)  # (B, L, K)
+    g_a = g_h0 = None
+    if needs[0]:
+        h_first = torch.zeros_like(h[:, :1]) if h0 is None else h0[:, None]  # (B, 1, K)
+        h_prev = torch.cat([h_first, h[:, :-1]], dim=1)  # (B, L, K)
+        g_a = lam * h_prev.conj()
+        g_a = g_a.sum((0, 1)) if invariant else g_a
+    if h0 is not None and needs[2]:
+        g_h0 = lam[:, 0] * (a if invariant else a[:, 0]).conj()
+    return g_a, lam, g_h0
 
 
 def recurrence_unchecked(a, b, h0):

@@ -13,8 +13,9 @@ work items (batch × group × channel block) run on ``torch.get_num_threads()`` 
 states chunk by chunk from the chunk-start states the forward kept (B·H·N per ``T`` steps).
 
 Usable where :func:`ssmkit.ops.native.gate.native_status` says so: the library built
-(:mod:`ssmkit.ops.native.build`) and a smoke call matched the reference, forward and gradients. The backward is not itself differentiable (no double backward), and
-the kernel cannot be traced by torch.func or torch.compile: ``"auto"`` picks the chunked path then.
+(:mod:`ssmkit.ops.native.build`) and a smoke call matched the reference, forward and gradients. The kernel cannot be
+traced by torch.func or torch.compile: ``"auto"`` picks the chunked path then. Differentiated itself (``create_graph``),
+the backward is the chunked path's (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.parallel import ptr as _ptr, run_parts as _run
+from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of selective_scan.c: (argument types, result type)
@@ -60,6 +62,7 @@ class _NativeScan(torch.autograd.Function):
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         At = A.t().contiguous()  # (N, H)
+        D_given, z_given, bias_given, h0_given = D, z, bias, h0  # as given: a double backward differentiates them
         D, z, bias, h0 = (None if t is None else t.contiguous() for t in (D, z, bias, h0))
         out = torch.empty_like(u)
         hL = u.new_empty(Bsz, H, N)
@@ -69,14 +72,24 @@ class _NativeScan(torch.autograd.Function):
         n_items = fns["ss_items"](Bsz, H, G)
         if any(_run(fns["ss_forward"], n_items, args, fns["openmp"])):
             raise MemoryError("selective_scan native: the forward could not allocate its state buffer")
-        ctx.save_for_backward(delta, u, At, B, C, D, z, bias, ckpt)
+        ctx.save_for_backward(delta, u, At, B, C, D, z, bias, ckpt, A, D_given, z_given, bias_given, h0_given)
         ctx.T, ctx.softplus, ctx.has_h0 = T, softplus, h0 is not None
         return out, hL
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_out, g_h):  # type: ignore[override]
-        delta, u, At, B, C, D, z, bias, ckpt = ctx.saved_tensors
+        delta, u, At, B, C, D, z, bias, ckpt = ctx.saved_tensors[:9]
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
+            from ssmkit.ops.selective import selective_scan_chunked
+
+            def chunked(delta, u, A, B, C, D, z, bias, h0):
+                return selective_scan_chunked(u, delta, A, B, C, D, z, bias, ctx.softplus, h0)
+
+            A, D, z, bias, h0 = ctx.saved_tensors[9:]
+            given = (delta, u, A, B, C, D, z, bias, h0)
+            needs = ctx.needs_input_grad[:8] + ctx.needs_input_grad[9:10]
+            g = graph_backward(chunked, given, needs, (g_out, g_h))
+            return (*g[:8], None, g[8], None, None)
         if ckpt is None:
             raise RuntimeError("selective_scan native: the forward kept no states for a backward (it ran without grad)")
         fns = bind("selective_scan.c", u.dtype, SIGNATURES)

@@ -215,8 +215,7 @@ _CAUCHY = {"reference": cauchy_reference, "chunked": cauchy_matmul, "native": _c
 
 
 def _auto(v: Tensor) -> str:
-    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode (no double backward there: see
-    :func:`cauchy`); else the blocked GEMM."""
+    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else the blocked GEMM."""
     from ssmkit.ops.native.gate import prefer_native
 
     return "native" if prefer_native("cauchy", v) else "chunked"

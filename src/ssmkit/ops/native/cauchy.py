@@ -6,9 +6,9 @@ in blocks of 64, each block's 1/(z - w) computed once per pole and applied to ev
 matrix is never stored (the PyTorch path, :func:`ssmkit.ops.cauchy.cauchy_matmul`, builds and applies it in blocks of
 ~8 MB at ~6 aten ops per block, and again in its backward), so S4's kernel costs a handful of aten ops.
 
-Usable where ``native_status("cauchy", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). The backward is not itself
-differentiable (no double backward: the ``"chunked"`` path is) and the kernel cannot be traced by torch.func or
-torch.compile: ``"auto"`` picks the chunked path then.
+Usable where ``native_status("cauchy", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). The kernel cannot be traced
+by torch.func or torch.compile: ``"auto"`` picks the chunked path then. Differentiated itself (``create_graph``), the
+backward is the blocked GEMMs' (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations

@@ -64,6 +64,9 @@ class Recipe:
             same estimate (1: the first only; ``n_layers``: every layer); their other modes keep the layer's init.
         level_weight: (level, w): training samples measured at or above ``level`` (physical units) weigh w in the
             loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); validation is unweighted.
+        first_activation: σ of the first Wiener block only (one of :data:`ssmkit.sysid.wiener.ACTIVATIONS`' names,
+            e.g. ``"tanh"``: a bounded first-block signal), the other blocks keeping ``activation``; None: every block
+            uses ``activation`` (:class:`ssmkit.sysid.wiener.DeepWiener`'s ``block_activations``).
     """
 
     d_model: int = 16
@@ -93,6 +96,7 @@ class Recipe:
     first_layer_init: str = "layer"
     data_init_layers: int = 1
     level_weight: tuple[float, float] | None = None
+    first_activation: str | None = None
     combine: str = "best"
     validation: str = "tail"
     folds: int | None = None

@@ -56,6 +56,8 @@ class Recipe:
         output_range: the output sensor's range, a pair of limits lo < hi in physical units (None: no limit): the
             model clips its output to it and training treats measurements at a limit as censored
             (:class:`ssmkit.sysid.wiener.DeepWiener`).
+        censor: with ``output_range``, train on measurements at a limit as censored (True) or as measured (False: the
+            process is taken to stop at the limit; :class:`ssmkit.sysid.fit.SimulationFit`).
         first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
             layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
             automatic order; simulation mode only; with ``validation="kfold"`` from the parts of the records outside
@@ -101,6 +103,7 @@ class Recipe:
     validation: str = "tail"
     folds: int | None = None
     output_range: tuple[float | None, float | None] | None = None
+    censor: bool = True
 
 
 RECIPES: dict[str, Recipe] = {

@@ -98,7 +98,8 @@ def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
                          weight_decay=recipe.weight_decay, ssm_weight_decay=recipe.ssm_weight_decay,
                          decay=recipe.decay, washout=recipe.washout, val_fraction=recipe.val_fraction,
                          val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule,
-                         min_steps=recipe.min_steps, average=recipe.average, level_weight=recipe.level_weight)
+                         min_steps=recipe.min_steps, average=recipe.average, level_weight=recipe.level_weight,
+                         censor=recipe.censor)
 
 
 def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], list[IORecord] | None]:

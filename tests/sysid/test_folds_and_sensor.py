@@ -211,3 +211,31 @@ def test_onnx_export_keeps_the_sensor_clip(tmp_path):
     y_onnx, _ = _run_onnx(model, info, u)
     assert (y_ref == hi).sum() >= 6 and torch.equal(y_ref, y_free.clamp(max=hi))
     assert rel_err(y_onnx, y_ref) <= 1e-5
+
+
+def test_censor_false_scores_the_limit_as_measured_on_both_sides():
+    n, window = 6, 30
+    r = record(n + window)
+    hi = float(r.y[n:].quantile(0.7))
+    r = IORecord(r.u, r.y.clamp(max=hi), 1.0, "clipped")
+    losses, y_hats = {}, {}
+    for censor in (True, False):
+        m = small(output_range=(None, hi), encoder_window=n)
+        with torch.no_grad():
+            m.decoder.weight.mul_(30.0)  # overshoots the limit at it and away from it
+        m.set_normalisation([r.u], [r.y])
+        with torch.no_grad():
+            state = m.estimate_state(r.u[None, :n], r.y[None, :n])
+            y_hats[censor] = m(r.u[None, n:], state, saturate=False)[0][0, :, 0].numpy()
+        cfg = SimulationFit(window=window, batch_size=2, steps=1, val_fraction=0.0, grad_clip=None, censor=censor)
+        losses[censor] = fit_simulation(m, [r], config=cfg)["train_loss"][0]
+        std = float(m.y_std)
+    y, y_hat = r.y[n:, 0].numpy(), y_hats[False]
+    assert ((y >= hi) & (y_hat > hi)).any()  # where the two differ: overshoot at the limit
+    assert losses[False] == pytest.approx(float(np.mean(((y_hat - y) / std) ** 2)), rel=1e-12)
+    censored = np.where(y >= hi, np.minimum(y_hat - hi, 0.0), y_hat - y) / std
+    assert losses[True] == pytest.approx(float(np.mean(censored ** 2)), rel=1e-12) and losses[True] < losses[False]
+    from ssmkit.sysid.workflow import fit_config
+    assert fit_config(Recipe()).censor is True and fit_config(Recipe(censor=False)).censor is False
+    with pytest.raises(ValueError, match="censor must be a bool"):
+        fit_simulation(small(), [r], config=dataclasses.replace(cfg, censor=1))

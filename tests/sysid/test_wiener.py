@@ -199,3 +199,44 @@ def test_constructor_and_fit_options_are_validated():
                        (dict(ssm_weight_decay=-1.0), "ssm_weight_decay must be")):
         with pytest.raises(ValueError, match=match):
             fit_simulation(m, records, None, SimulationFit(**{"window": 64, **bad}))
+
+
+def test_block_activations_give_each_block_its_own_sigma():
+    m = model(block_activations=("tanh", "elu"), encoder_window=4)
+    same = model(activation="elu", encoder_window=4)  # the same seed: the same weights
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), same.state_dict().values()))
+    u, state = input_and_encoded_state(m, 30, 4)
+    with torch.no_grad():
+        y, _ = m(u, state)
+        # by hand: block 1 tanh, block 2 ELU, each plus its linear skip
+        x = m.encoder((u - m.u_mean) / m.u_std)
+        for layer, skip, sigma, s in zip(m.layers, m.skips, (torch.tanh, torch.nn.functional.elu), state):
+            eta, _ = layer(x, s)
+            x = sigma(eta) + skip(x)
+        want = m.decoder(x) * m.y_std + m.y_mean
+        y_steps, _ = run_steps(m, u, state)
+        y_elu, _ = same(u, state)
+    assert rel_err(y, want) < 1e-12 and rel_err(y_steps, y) < 1e-10
+    assert rel_err(y_elu, y) > 1e-3  # the first block's σ matters
+    back = DeepWiener.from_checkpoint(m.checkpoint())
+    assert back.arguments["block_activations"] == ("tanh", "elu")
+    with torch.no_grad():
+        assert rel_err(back(u, state)[0], y) < 1e-12
+    assert "block_activations" not in same.arguments  # stored only when set: older checkpoints keep their arguments
+    for bad in (("tanh",), ("tanh", "sigmoid"), "tanh", ("tanh", 3)):
+        with pytest.raises(ValueError, match="block_activations must be None or 2"):
+            model(block_activations=bad)
+
+
+def test_recipe_first_activation_sets_the_first_block_only():
+    from ssmkit.sysid.recipes import Recipe
+    from ssmkit.sysid.workflow import build_model
+
+    class Bench:  # what build_model reads of a benchmark
+        n_inputs, n_outputs, dt, n_init = 1, 1, 4.0, 50
+
+    m = build_model(Bench(), "s4d", Recipe(d_model=2, n_layers=3, d_state=2, first_activation="tanh"))
+    assert [type(s).__name__ for s in m.block_activations] == ["Tanh", "ELU", "ELU"]
+    assert build_model(Bench(), "s4d", Recipe(d_model=2, n_layers=3, d_state=2)).block_activations is None
+    with pytest.raises(ValueError, match="first_activation must be None or one of"):
+        build_model(Bench(), "s4d", Recipe(d_model=2, n_layers=3, d_state=2, first_activation="sigmoid"))

@@ -59,7 +59,7 @@ def test_recipes_and_model_from_recipe():
     # since tanks5 the restarts are the 5 folds of k-fold validation, averaged (docs/results.md, fifth round)
     assert (tanks.validation, tanks.folds, tanks.combine) == ("kfold", 5, "average")
     assert tanks.first_layer_init == "data"  # from the record outside each run's block (tanks5)
-    assert tanks.ssm_weight_decay == 0.1 and recipe_for("bouc_wen").ssm_weight_decay is None
+    assert tanks.ssm_weight_decay == 0.2 and recipe_for("bouc_wen").ssm_weight_decay is None  # 0.2 since tanks8
     assert (tanks.d_model, tanks.d_state, tanks.n_layers) == (16, 8, 4)  # H = 16 since tanks7
     assert recipe_for("bouc_wen").validation == "tail" and recipe_for("f16").validation == "tail"
 

@@ -26,7 +26,9 @@ Validation simulates every record that holds a block from its start (the encoder
 as the test record's samples are.
 
 A model with an ``output_range`` (a saturating sensor) is trained on its unclipped output with measurements at a
-limit treated as censored (:meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`).
+limit treated as censored (:meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`); with ``censor=False`` they are
+scored as measured instead (ŷ − y on both sides: the process itself is taken to stop at the limit, as a tank that
+overflows there does), while the model still clips its simulated output to the range.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class SimulationFit:
         level_weight: (level, w): in the training loss a sample whose measured output is at or above ``level``
             (physical units; every output of a sample is weighed by its own level) weighs w, the others 1; the loss
             stays a mean over the samples (None: every sample weighs 1). Validation is not weighted.
+        censor: with a model ``output_range``, True scores a measurement at a limit as censored (the process may be
+            beyond it; :meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`), False as the measured value, on both
+            sides (module docstring). Validation scores the clipped simulation either way.
     """
 
     window: int = 256
@@ -129,6 +134,7 @@ class SimulationFit:
     min_steps: int = 0
     average: float | None = None
     level_weight: tuple[float, float] | None = None
+    censor: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,6 +175,8 @@ def _check_fit_options(cfg: SimulationFit) -> None:
     if lw is not None and not (isinstance(lw, (tuple, list)) and len(lw) == 2
                                and _is_number(lw[0], -math.inf, strict=False) and _is_number(lw[1], 0.0, strict=False)):
         raise ValueError(f"level_weight must be None or (level, w) with a finite level and a finite w >= 0; got {lw!r}")
+    if not isinstance(cfg.censor, bool):
+        raise ValueError(f"censor must be a bool; got {cfg.censor!r}")
 
 
 def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val: int = 2) -> tuple[list[IORecord], list[IORecord]]:
@@ -395,7 +403,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         y_b = torch.stack([ys[i][o: o + n_enc + cfg.window] for i, o in drawn])
         state = model.estimate_state(u_b[:, :n_enc], y_b[:, :n_enc]) if n_enc else None
         y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False)
-        err = model.censored_error(y_hat, y_b[:, n_enc:]) / model.y_std
+        err = (model.censored_error(y_hat, y_b[:, n_enc:]) if cfg.censor else y_hat - y_b[:, n_enc:]) / model.y_std
         square = err ** 2
         if cfg.level_weight is not None:  # (B, window, p): w where the measured output is at or above the level
             level, w = cfg.level_weight

@@ -27,6 +27,10 @@ to that range, and training scores a measured sample at a limit as censored (:me
 says only that the process is beyond the limit, so ŷ beyond it is not penalised and ŷ short of it is. The blocks, decoder and skip
 stay linear in ŷ's range, so the state keeps the unclipped level.
 
+Per-block nonlinearities (``block_activations``, opt-in): σ_ℓ may differ between blocks, e.g. a saturating tanh in the
+first block only (a bounded internal signal: an upper tank that empties or overflows) and ELU after it. Every σ in
+:data:`ACTIVATIONS` is Lipschitz, so the δISS argument below is unchanged.
+
 Sampling time: ``dt`` is the data's Ts in seconds; :meth:`state_space` exports each block with that ``dt``, so poles
 and frequency responses come in physical units, and ``timescale`` gives the layers' Δ range in seconds.
 """
@@ -70,6 +74,8 @@ class DeepWiener(nn.Module):
         output_range: the output sensor's range, a pair of limits lo < hi in physical units (either may be None: no
             limit on that side; the same range for every output): the output is clipped to it and training treats
             measurements at a limit as censored (module docstring). None: no clipping.
+        block_activations: one σ per block (``n_layers`` names from the same choices as ``activation``, None for
+            none) in place of ``activation`` (module docstring); None: every block uses ``activation``.
         device, dtype: of the parameters.
     """
 
@@ -88,6 +94,7 @@ class DeepWiener(nn.Module):
         encoder_hidden: int = 64,
         time_varying: bool = False,
         output_range: tuple[float | None, float | None] | None = None,
+        block_activations: Sequence[str | None] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -112,6 +119,12 @@ class DeepWiener(nn.Module):
             raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
         check_positive_int(encoder_hidden, "encoder_hidden")
         output_range = _check_range(output_range)
+        if block_activations is not None:
+            if (not isinstance(block_activations, (tuple, list)) or len(block_activations) != n_layers
+                    or any(not (a is None or isinstance(a, str)) or a not in ACTIVATIONS for a in block_activations)):
+                raise ValueError(f"block_activations must be None or {n_layers} (n_layers) names, each one of "
+                                 f"{list(ACTIVATIONS)}; got {block_activations!r}")
+            block_activations = tuple(block_activations)
         options = dict(layer_options or {})
         for key in ("d_model", "device", "dtype"):
             if key in options:
@@ -141,6 +154,8 @@ class DeepWiener(nn.Module):
             self.arguments["time_varying"] = True
         if output_range is not None:  # likewise
             self.arguments["output_range"] = output_range
+        if block_activations is not None:  # likewise
+            self.arguments["block_activations"] = block_activations
         self.output_range = output_range
         self.lti = bool(cls.capabilities.state_space)
         self.n_inputs, self.n_outputs, self.d_model = n_inputs, n_outputs, d_model
@@ -155,6 +170,9 @@ class DeepWiener(nn.Module):
         self.layers = nn.ModuleList(build(layer, d_model=d_model, **factory, **options) for _ in range(n_layers))
         self.skips = nn.ModuleList(nn.Linear(d_model, d_model, bias=False, **factory) for _ in range(n_layers))
         self.activation = ACTIVATIONS[activation]()
+        self.block_activations = None  # σ per block when they differ (no parameters: the state_dict is the same)
+        if block_activations is not None:
+            self.block_activations = nn.ModuleList(ACTIVATIONS[a]() for a in block_activations)
         self.decoder = nn.Linear(d_model, n_outputs, **factory)
         with torch.no_grad():
             for skip in self.skips:
@@ -231,9 +249,9 @@ class DeepWiener(nn.Module):
             raise ValueError(f"state must be a list of {len(self.layers)} block states; got {len(states)}")
         x = self.encoder((u - self.u_mean) / self.u_std)  # (B, L, H)
         finals = []
-        for layer, skip, s in zip(self.layers, self.skips, states):
+        for layer, skip, sigma, s in zip(self.layers, self.skips, self._sigmas(), states):
             eta, s = layer(x, s, return_state=return_state)
-            x = self.activation(eta) + skip(x)
+            x = sigma(eta) + skip(x)
             finals.append(s)
         y = self.decoder(x) * self.y_std + self.y_mean  # (B, L, p)
         return (self.saturate(y) if saturate else y).to(out_dtype), (finals if return_state else None)
@@ -254,11 +272,15 @@ class DeepWiener(nn.Module):
             raise ValueError(f"state must be a list of {len(self.layers)} block states (from initial_state)")
         x = self.encoder((u_t - self.u_mean) / self.u_std)  # (B, H)
         nxt = []
-        for layer, skip, s in zip(self.layers, self.skips, state):
+        for layer, skip, sigma, s in zip(self.layers, self.skips, self._sigmas(), state):
             eta, s = layer.step(x, s)
-            x = self.activation(eta) + skip(x)
+            x = sigma(eta) + skip(x)
             nxt.append(s)
         return self.saturate(self.decoder(x) * self.y_std + self.y_mean).to(out_dtype), nxt
+
+    def _sigmas(self) -> list[nn.Module]:
+        """σ_ℓ of every block."""
+        return list(self.block_activations) if self.block_activations is not None else [self.activation] * len(self.layers)
 
     def saturate(self, y: torch.Tensor) -> torch.Tensor:
         """What the sensor measures of the process output: y clipped to ``output_range`` (unchanged without one).

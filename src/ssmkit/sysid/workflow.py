@@ -34,7 +34,7 @@ from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
 from ssmkit.sysid.recipes import Recipe
 from ssmkit.sysid.records import IORecord, SysidBenchmark
-from ssmkit.sysid.wiener import DeepWiener
+from ssmkit.sysid.wiener import ACTIVATIONS, DeepWiener
 
 MODES = ("simulation", "prediction")
 FIRST_LAYER_INITS = ("layer", "data")
@@ -75,10 +75,16 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
     if encoder and bench.n_init == 0:
         encoder = 0  # no unscored samples to read: simulate from rest
     time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
+    sigmas = None
+    if recipe.first_activation is not None:  # the first block's σ, the others the recipe's activation
+        if not isinstance(recipe.first_activation, str) or recipe.first_activation not in ACTIVATIONS:
+            raise ValueError(f"first_activation must be None or one of {[a for a in ACTIVATIONS if a]}; got "
+                             f"{recipe.first_activation!r}")
+        sigmas = (recipe.first_activation,) + (recipe.activation,) * (recipe.n_layers - 1)
     return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
                       layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
                       encoder_window=encoder, time_varying=time_varying, output_range=recipe.output_range,
-                      device=device, dtype=dtype)
+                      block_activations=sigmas, device=device, dtype=dtype)
 
 
 def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
@@ -92,7 +98,8 @@ def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
                          weight_decay=recipe.weight_decay, ssm_weight_decay=recipe.ssm_weight_decay,
                          decay=recipe.decay, washout=recipe.washout, val_fraction=recipe.val_fraction,
                          val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule,
-                         min_steps=recipe.min_steps, average=recipe.average, level_weight=recipe.level_weight)
+                         min_steps=recipe.min_steps, average=recipe.average, level_weight=recipe.level_weight,
+                         censor=recipe.censor)
 
 
 def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], list[IORecord] | None]:

@@ -1,5 +1,5 @@
 """``python -m ssmkit`` runs the ``ssmkit`` command."""
 
-from ssmkit.cli import console
+from ssmkit.command import run
 
-raise SystemExit(console())
+raise SystemExit(run())

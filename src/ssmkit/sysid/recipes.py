@@ -64,6 +64,12 @@ class Recipe:
             same estimate (1: the first only; ``n_layers``: every layer); their other modes keep the layer's init.
         level_weight: (level, w): training samples measured at or above ``level`` (physical units) weigh w in the
             loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); validation is unweighted.
+        train_encoder: n > 0 on a benchmark without an init window (its test simulates from rest, so
+            ``encoder_window`` has nothing to read there): every training window starts from the state an
+            initial-state encoder estimates from the n samples (u, y) before it, instead of from rest with
+            ``washout`` samples out of the loss (SUBNET's training windows); validation still simulates from rest,
+            and the encoder is dropped from the trained model (:meth:`ssmkit.sysid.wiener.DeepWiener.drop_encoder`).
+            0: off. Simulation mode only.
     """
 
     d_model: int = 16
@@ -97,6 +103,7 @@ class Recipe:
     validation: str = "tail"
     folds: int | None = None
     output_range: tuple[float | None, float | None] | None = None
+    train_encoder: int = 0
 
 
 RECIPES: dict[str, Recipe] = {

@@ -9,7 +9,8 @@ minimises the mean squared simulation error of the normalised outputs:
     loss = mean_t w_t · |(ŷ_t - y_t) / σ_y|²,   w_t = γ^t / mean(γ^t)        (γ = ``decay``; γ = 1: plain MSE)
 
 The initial state of a window is the encoder's estimate from the ``encoder_window`` samples before it when the
-model has an encoder, else the rest state with the first ``washout`` samples left out of the loss. Validation
+model has an encoder, else the rest state with the first ``washout`` samples left out of the loss (with
+``validate_from_rest`` the encoder starts the training windows only and validation simulates from rest). Validation
 simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
 validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
 training stops after ``patience`` validations without improvement, but not before step ``min_steps``. With
@@ -288,7 +289,8 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
     return torch.cat(errors), torch.cat(measured)
 
 
-def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block], from_rest: bool = False) -> list[float]:
+def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block],
+               from_rest: bool = False) -> list[float]:
     """The RMSE per output of ``model``'s simulation on held-out blocks, pooled over them (:func:`block_errors`).
 
     Args:

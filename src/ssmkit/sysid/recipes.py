@@ -66,8 +66,8 @@ class Recipe:
             loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); validation is unweighted.
         train_encoder: n > 0 on a benchmark without an init window (its test simulates from rest, so
             ``encoder_window`` has nothing to read there): every training window starts from the state an
-            initial-state encoder estimates from the n samples (u, y) before it, instead of from rest with
-            ``washout`` samples out of the loss (SUBNET's training windows); validation still simulates from rest,
+            initial-state encoder estimates from the n samples of inputs and outputs before it, instead of from rest
+            with ``washout`` samples out of the loss (SUBNET's training windows); validation still simulates from rest,
             and the encoder is dropped from the trained model (:meth:`ssmkit.sysid.wiener.DeepWiener.drop_encoder`).
             0: off. Simulation mode only.
     """

@@ -80,7 +80,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
         raise ValueError(f"train_encoder must be an int >= 0; got {n_train!r}")
     if n_train and (mode != "simulation" or encoder):
         raise ValueError("train_encoder starts the training windows of a simulation model that has no encoder of its "
-                         f"own (mode 'simulation', no init window to read); got mode {mode!r}, encoder_window {encoder}")
+                         f"own (mode 'simulation', no init window to read); got mode {mode!r}, "
+                         f"encoder_window {encoder}")
     encoder = encoder or n_train  # a training-only encoder: train_run drops it after training
     time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,

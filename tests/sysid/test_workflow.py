@@ -3,6 +3,7 @@ the init window, the report files and the ``ssmkit sysid`` command end to end on
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import json
@@ -14,6 +15,7 @@ import torch
 from scipy import signal
 
 from ssmkit.cli import main
+from ssmkit.sysid.fit import SimulationFit, fit_simulation, validation_rmse
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
 from ssmkit.sysid.recipes import Recipe, recipe_for
@@ -62,6 +64,9 @@ def test_recipes_and_model_from_recipe():
     assert tanks.ssm_weight_decay == 0.2 and recipe_for("bouc_wen").ssm_weight_decay is None  # 0.2 since tanks8
     assert (tanks.d_model, tanks.d_state, tanks.n_layers) == (16, 8, 4)  # H = 16 since tanks7
     assert recipe_for("bouc_wen").validation == "tail" and recipe_for("f16").validation == "tail"
+    bw = recipe_for("bouc_wen")  # since bouc5 the cosine runs over 24 000 steps (docs/results.md, fifth session)
+    assert (bw.steps, bw.schedule, bw.window, bw.batch_size, bw.washout) == (24000, "cosine", 512, 16, 100)
+    assert (bw.d_model, bw.d_state, bw.n_layers, bw.first_layer_init, bw.train_encoder) == (32, 32, 4, "data", 0)
 
 
 def test_held_out_records_validate_on_their_tail_only():
@@ -256,3 +261,42 @@ def test_evaluate_refuses_an_encoder_that_reads_scored_samples():
     wide = dataclasses.replace(bench, n_init=10)
     with pytest.raises(ValueError, match="encoder_window 20 exceeds the benchmark's init window n_init = 10"):
         evaluate(model, wide)
+
+
+def test_a_training_only_encoder_starts_the_windows_and_is_dropped():
+    # Recipe.train_encoder: on a benchmark without an init window the training windows start from the encoder's
+    # state, validation simulates from rest, and the trained model has no encoder (its test starts from rest)
+    bench = wiener_bench(400, 100, n_init=0)
+    recipe = Recipe(d_model=2, n_layers=1, d_state=4, timescale=(0.5, 5.0), window=40, batch_size=4, steps=8,
+                    lr=1e-2, val_fraction=0.25, val_every=4, patience=None, train_encoder=6)
+    m = build_model(bench, "s4d", recipe, dtype=torch.float64)
+    assert m.encoder_window == 6 and m.state_encoder is not None
+    model, history = identify(bench, "s4d", recipe, dtype=torch.float64)
+    assert model.encoder_window == 0 and model.state_encoder is None and model.arguments["encoder_window"] == 0
+    # the kept validation score is the model's simulation of the validation tail from rest, every sample scored
+    tail = bench.train[0].u[300:], bench.train[0].y[300:]
+    with torch.no_grad():
+        y_sim = model(tail[0][None])[0][0]
+    assert history["best_val_rmse"] == pytest.approx(float(rmse(y_sim, tail[1])), rel=1e-10)
+    scores = evaluate(model, bench)  # from rest on the test record: allowed, the encoder is gone
+    assert math.isfinite(scores["records"][0]["rmse"][0])
+    # the encoder starts the windows (its weights are trained) and validation reads no measured output
+    torch.manual_seed(0)
+    m = build_model(bench, "s4d", recipe, dtype=torch.float64)
+    before = copy.deepcopy(m.state_encoder.state_dict())
+    train, val = bench.train[0].u[:300], bench.train[0].y[:300]
+    rec, tail_rec = IORecord(train, val, 0.5, "t"), IORecord(*tail, 0.5, "v")
+    h = fit_simulation(m, [rec], [tail_rec], SimulationFit(window=40, batch_size=4, steps=4, lr=1e-2, val_every=4,
+                                                             patience=None, validate_from_rest=True))
+    assert any(not torch.equal(before[k], v) for k, v in m.state_encoder.state_dict().items())
+    assert h["best_val_rmse"] == pytest.approx(validation_rmse(m, [tail_rec], from_rest=True)[0], rel=1e-12)
+    assert h["best_val_rmse"] != pytest.approx(validation_rmse(m, [tail_rec])[0], rel=1e-6)
+    with pytest.raises(ValueError, match="validate_from_rest must be a bool"):
+        fit_simulation(m, [rec], [tail_rec], SimulationFit(window=40, steps=1, validate_from_rest=1))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="train_encoder must be"):
+            build_model(bench, "s4d", dataclasses.replace(recipe, train_encoder=bad))
+    with pytest.raises(ValueError, match="no encoder of its own"):
+        build_model(bench, "s4d", recipe, mode="prediction")
+    with pytest.raises(ValueError, match="no encoder of its own"):
+        build_model(wiener_bench(200, 100, n_init=20), "s4d", dataclasses.replace(recipe, encoder_window=10))

@@ -9,7 +9,8 @@ minimises the mean squared simulation error of the normalised outputs:
     loss = mean_t w_t · |(ŷ_t - y_t) / σ_y|²,   w_t = γ^t / mean(γ^t)        (γ = ``decay``; γ = 1: plain MSE)
 
 The initial state of a window is the encoder's estimate from the ``encoder_window`` samples before it when the
-model has an encoder, else the rest state with the first ``washout`` samples left out of the loss. Validation
+model has an encoder, else the rest state with the first ``washout`` samples left out of the loss (with
+``validate_from_rest`` the encoder starts the training windows only and validation simulates from rest). Validation
 simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
 validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
 training stops after ``patience`` validations without improvement, but not before step ``min_steps``. With
@@ -115,6 +116,9 @@ class SimulationFit:
         censor: with a model ``output_range``, True scores a measurement at a limit as censored (the process may be
             beyond it; :meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`), False as the measured value, on both
             sides (module docstring). Validation scores the clipped simulation either way.
+        validate_from_rest: validation simulates every record from rest even when the model has an encoder (whose
+            state then starts the training windows only: a benchmark whose test starts from rest); False: the
+            encoder reads the first ``encoder_window`` samples of each validation record (:func:`simulate_record`).
     """
 
     window: int = 256
@@ -135,6 +139,7 @@ class SimulationFit:
     average: float | None = None
     level_weight: tuple[float, float] | None = None
     censor: bool = True
+    validate_from_rest: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -222,13 +227,14 @@ def _groups(model: DeepWiener, cfg: SimulationFit) -> list[dict]:
     return groups
 
 
-def simulate_record(model: DeepWiener, record: IORecord) -> tuple[torch.Tensor, int]:
+def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False) -> tuple[torch.Tensor, int]:
     """Simulate a whole record: from the encoder's state after its first ``encoder_window`` samples (those are then
     not simulated), or from rest.
 
     Args:
         model: the model.
         record: the record (its measured outputs feed only the encoder).
+        from_rest: simulate from rest even when the model has an encoder (then ``start`` is 0).
 
     Returns:
         ŷ (L, p) on the CPU (the model may sit on any device) with the first ``start`` samples equal to the
@@ -237,7 +243,7 @@ def simulate_record(model: DeepWiener, record: IORecord) -> tuple[torch.Tensor, 
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
     u = record.u.to(**to)[None]
     y = record.y.to(**to)[None]
-    n = model.encoder_window
+    n = 0 if from_rest else model.encoder_window
     if n:
         state = model.estimate_state(u[:, :n], y[:, :n])
         y_sim, _ = model(u[:, n:], state, return_state=False)
@@ -247,23 +253,25 @@ def simulate_record(model: DeepWiener, record: IORecord) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def validation_rmse(model: DeepWiener, records: list[IORecord]) -> list[float]:
+def validation_rmse(model: DeepWiener, records: list[IORecord], from_rest: bool = False) -> list[float]:
     """The RMSE per output of ``model``'s simulation of whole records (:func:`simulate_record`; the samples that fed
     the encoder are not scored), pooled over the records, in the data's unit.
 
     Args:
         model: a DeepWiener (or a model with the same ``forward``/``estimate_state``: a WienerEnsemble).
         records: the validation records.
+        from_rest: simulate from rest even when the model has an encoder (every sample scored).
 
     Returns:
         one RMSE per output channel.
     """
-    sims = [simulate_record(model, r) for r in records]
+    sims = [simulate_record(model, r, from_rest) for r in records]
     score = rmse([s[n:] for s, n in sims], [r.y[n:] for r, (_, n) in zip(records, sims)])
     return torch.atleast_1d(score).tolist()
 
 
-def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]) -> tuple[torch.Tensor, torch.Tensor]:
+def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block],
+                 from_rest: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The simulation errors on held-out blocks: each record holding a block is simulated whole from its start
     (:func:`simulate_record`), and the samples of its blocks not read by the encoder are kept.
 
@@ -271,6 +279,7 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
         model: a DeepWiener (or a WienerEnsemble).
         records: the training records the blocks index.
         blocks: the held-out blocks.
+        from_rest: simulate from rest even when the model has an encoder.
 
     Returns:
         (errors (n, p) ŷ − y pooled over the blocks, in the data's unit; the block samples' measured outputs (n, p)).
@@ -279,7 +288,7 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
     with torch.no_grad():
         for b in blocks:
             if b.record not in sims:
-                sims[b.record] = simulate_record(model, records[b.record])
+                sims[b.record] = simulate_record(model, records[b.record], from_rest)
             y_sim, n = sims[b.record]
             lo = max(b.start, n)
             y = records[b.record].y[lo:b.stop]
@@ -288,18 +297,20 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
     return torch.cat(errors), torch.cat(measured)
 
 
-def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block]) -> list[float]:
+def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block],
+               from_rest: bool = False) -> list[float]:
     """The RMSE per output of ``model``'s simulation on held-out blocks, pooled over them (:func:`block_errors`).
 
     Args:
         model: a DeepWiener (or a WienerEnsemble).
         records: the training records the blocks index.
         blocks: the held-out blocks.
+        from_rest: simulate from rest even when the model has an encoder.
 
     Returns:
         one RMSE per output channel.
     """
-    err, _ = block_errors(model, records, blocks)
+    err, _ = block_errors(model, records, blocks, from_rest)
     return err.double().pow(2).mean(0).sqrt().tolist()
 
 
@@ -351,6 +362,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     """
     cfg = config or SimulationFit()
     _check_fit_options(cfg)
+    if not isinstance(cfg.validate_from_rest, bool):
+        raise ValueError(f"validate_from_rest must be a bool; got {cfg.validate_from_rest!r}")
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {cfg.schedule!r}")
     if isinstance(cfg.min_steps, bool) or not isinstance(cfg.min_steps, int) or cfg.min_steps < 0:
@@ -427,7 +440,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         history["train_loss"].append(float(loss.detach()))
         history["lr"].append(optimizer.param_groups[0]["lr"])  # the rate of the next step
         if (val or blocks) and (step % cfg.val_every == 0 or step == cfg.steps):
-            score_list = validation_rmse(scored, val) if val else block_rmse(scored, train, blocks)
+            rest = cfg.validate_from_rest
+            score_list = validation_rmse(scored, val, rest) if val else block_rmse(scored, train, blocks, rest)
             history["val_rmse"].append((step, score_list))
             mean_score = sum(score_list) / len(score_list)
             if log:

@@ -347,6 +347,14 @@ class DeepWiener(nn.Module):
             check_state(s, layer.state_spec(), u_past.shape[0], layer.state_device())
         return states
 
+    def drop_encoder(self) -> None:
+        """Remove the initial-state encoder: the model then simulates from rest only, and its arguments (a
+        checkpoint's) say ``encoder_window`` 0. For an encoder that served training only (windows started from its
+        state, :attr:`ssmkit.sysid.recipes.Recipe.train_encoder`) on a benchmark whose test starts from rest."""
+        self.state_encoder = None
+        self.encoder_window = 0
+        self.arguments["encoder_window"] = 0
+
     # ------------------------------------------------------------------------------------------------------------
     # saving
 

@@ -56,7 +56,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
         device: of the parameters (None: the CPU); training moves the records there, simulations come back on the CPU.
 
     Returns:
-        the untrained model.
+        the untrained model (with ``recipe.train_encoder`` = n > 0: with an encoder of n samples, which
+        :func:`train_run` drops after training).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -74,6 +75,14 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
                          "encoder would read scored samples")
     if encoder and bench.n_init == 0:
         encoder = 0  # no unscored samples to read: simulate from rest
+    n_train = recipe.train_encoder
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 0:
+        raise ValueError(f"train_encoder must be an int >= 0; got {n_train!r}")
+    if n_train and (mode != "simulation" or encoder):
+        raise ValueError("train_encoder starts the training windows of a simulation model that has no encoder of its "
+                         f"own (mode 'simulation', no init window to read); got mode {mode!r}, "
+                         f"encoder_window {encoder}")
+    encoder = encoder or n_train  # a training-only encoder: train_run drops it after training
     time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     sigmas = None
     if recipe.first_activation is not None:  # the first block's σ, the others the recipe's activation
@@ -99,7 +108,7 @@ def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
                          decay=recipe.decay, washout=recipe.washout, val_fraction=recipe.val_fraction,
                          val_every=recipe.val_every, patience=recipe.patience, seed=seed, schedule=recipe.schedule,
                          min_steps=recipe.min_steps, average=recipe.average, level_weight=recipe.level_weight,
-                         censor=recipe.censor)
+                         censor=recipe.censor, validate_from_rest=bool(recipe.train_encoder))
 
 
 def held_out(records: list[IORecord], recipe: Recipe) -> tuple[list[IORecord], list[IORecord] | None]:
@@ -241,6 +250,8 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
         init_from_data(model, records, layers=recipe.data_init_layers)
     config = fit_config(recipe, run_seed)
     history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)
+    if recipe.train_encoder:
+        model.drop_encoder()  # it started the training windows; the model simulates from rest
     history["mode"] = mode
     if fold is not None:
         history["fold"] = fold

@@ -54,27 +54,3 @@ def test_analysis_loads_on_attribute_access_and_scipy_signal_only_for_to_scipy()
 def test_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="module 'ssmkit' has no attribute 'not_a_module'"):
         ssmkit.not_a_module  # noqa: B018
-
-
-def test_import_ssmkit_and_the_command_module_load_no_torch():
-    """The `ssmkit` command sets OMP_WAIT_POLICY before torch loads libgomp (ssmkit.command): neither the package nor
-    that module may import torch first."""
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = "import sys, ssmkit, ssmkit.command\nassert 'torch' not in sys.modules, 'torch loaded'\nprint('ok')"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
-
-
-@pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_command_sets_a_passive_wait_policy_unless_given(monkeypatch, given, expected):
-    import ssmkit.cli
-    from ssmkit.command import run
-
-    if given is None:
-        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    else:
-        monkeypatch.setenv("OMP_WAIT_POLICY", given)
-    seen = {}
-    monkeypatch.setattr(ssmkit.cli, "console", lambda: seen.setdefault("policy", os.environ.get("OMP_WAIT_POLICY")) and 0)
-    assert run() == 0
-    assert seen["policy"] == expected

@@ -34,14 +34,15 @@ Complex tensors are marked "complex"; everything else is real floating point.
 import importlib
 from types import ModuleType
 
+from ssmkit import layers, models, ops, train
+
 __version__ = "0.1.0"
 
 __all__ = ["analysis", "layers", "models", "ops", "train", "__version__"]
 
-# Subpackages imported on first attribute access (PEP 562), so that `import ssmkit` loads no torch: the `ssmkit`
-# command sets what must precede torch's import first (ssmkit.command). The model path never needs
-# `ssmkit.analysis`, which `layer.state_space()` or the user loads.
-_LAZY = ("analysis", "layers", "models", "ops", "train")
+# Subpackages imported on first attribute access (PEP 562), so that `import ssmkit` stays light; the model path
+# never needs them. `ssmkit.analysis` is first loaded by `layer.state_space()` or by the user.
+_LAZY = ("analysis",)
 
 
 def __getattr__(name: str) -> ModuleType:

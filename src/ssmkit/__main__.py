@@ -1,5 +1,5 @@
 """``python -m ssmkit`` runs the ``ssmkit`` command."""
 
-from ssmkit.command import run
+from ssmkit.cli import console
 
-raise SystemExit(run())
+raise SystemExit(console())

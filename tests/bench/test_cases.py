@@ -43,6 +43,19 @@ def test_machine_probes_return_positive_rates():
     assert gemm_flops(32, repeats=1) > 0
 
 
+@pytest.mark.parametrize("env,expected", [({}, "default OpenMP wait policy"),
+                                          ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"},
+                                           "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=10000")])
+def test_machine_line_names_the_openmp_wait_settings(monkeypatch, env, expected):
+    from ssmkit.bench.core import machine
+
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert machine().endswith(f"threads, {expected}")
+
+
 def test_cases_suite_writes_json_and_plots(tmp_path, capsys):
     out = tmp_path / "out"
     argv = TINY + ["--layers", "s4d", "--length", "8", "16", "--modes", "forward", "forward_backward", "step",

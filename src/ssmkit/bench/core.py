@@ -107,14 +107,17 @@ def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int
 
 
 def machine() -> str:
-    """One line naming the machine, torch version and thread count."""
+    """One line naming the machine, torch version, thread count and OpenMP wait settings (``OMP_WAIT_POLICY``,
+    ``GOMP_SPINCOUNT``: they decide how a call fares beside other busy processes; docs/benchmarks.md, 2026-12-01)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    waits = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{waits or 'default OpenMP wait policy'}")
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core") -> int:

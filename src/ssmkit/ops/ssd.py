@@ -163,7 +163,8 @@ def ssd_chunked(
     (1) the diagonal blocks of y = (𝓛 ∘ C Bᵀ)(Δ x); (2) each chunk's final state from zero; (3) the recurrence
     over chunks, from h0; (4) the output of each chunk's start state, exp(Σ_{k≤t} a_k) C_tᵀ H_start. Steps 1, 2
     and 4 are batched matrix products over all chunks at once; step 3 is one first-order linear recurrence over the
-    L/T chunks (:func:`ssmkit.ops.recurrence.linear_recurrence`). Memory is O(B·H·L·T) for the decay masks plus the chunk states (B, L/T, H, P, N); no (B, L, H, P, N) tensor is formed.
+    L/T chunks (:func:`ssmkit.ops.recurrence.linear_recurrence`). Memory is O(B·H·L·T) for the decay masks plus the
+    chunk states (B, L/T, H, P, N); no (B, L, H, P, N) tensor is formed.
     Gradients come from autograd through these steps.
 
     Args:

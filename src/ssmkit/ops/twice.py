@@ -1,12 +1,12 @@
-"""The backward of a kernel (Triton; the C kernels could use it too) when that backward is itself differentiated
-(``create_graph=True``).
+"""The backward of a kernel (Triton, C) when that backward is itself differentiated (``create_graph=True``).
 
 A kernel's backward computes its gradients outside autograd, so under ``create_graph`` (a gradient penalty
 ‖∂L/∂x‖², a Hessian-vector product, MAML) they entered the graph as constants and the second-order part was lost
 without an error. In that case the kernels' ``backward`` calls :func:`graph_backward` instead: autograd through the
 op's differentiable torch path (the chunked scan), on the original inputs, so the gradients carry their history.
-The ops that path calls run their reference backend: the C kernels' backwards (``ops/native``, e.g. the linear
-recurrence inside the chunked SSD) are not differentiable either.
+The ops that path calls run their reference backend (plain autograd, the oracle every fast path is tested against),
+so a second derivative never routes back into a kernel. The inputs are differentiated through fresh aliases, so
+each gradient is the partial derivative through this op alone, also where one input was computed from another.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ class _NativeDiagonal(torch.autograd.Function):
         args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), Bsz, L, H, N, T]
         if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
             raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
-        ctx.save_for_backward(u, *pars, Dc, x0c, A_bar, B_bar, C, D, x0)  # then the inputs as given, for a double backward
+        # then the inputs as given, for a double backward
+        ctx.save_for_backward(u, *pars, Dc, x0c, A_bar, B_bar, C, D, x0)
         ctx.T, ctx.has_D, ctx.cdtype = T, D is not None, A_bar.dtype
         ctx.set_materialize_grads(False)
         return y, xL

@@ -3,7 +3,8 @@ IMDB text, AAN retrieval pairs, Pathfinder-32 and Path-X (Pathfinder-128) PNG fo
 ``ssmkit.data.listops`` and Image in ``ssmkit.data.cifar``.
 
 Byte-level text: the UTF-8 bytes of a document, id = byte + 1 (0 is padding; vocabulary 257), truncated and
-padded to ``l_max``.
+padded to ``l_max``. Text and Retrieval declare ``pad_id`` 0, so mean pooling skips the padding, as S4
+(``use_lengths``) and S5 (``masked_meanpool``) pool IMDB and AAN.
 
 - Text (IMDB): the Stanford release ``aclImdb_v1.tar.gz`` unpacked at ``<root>/aclImdb``
   (``{train,test}/{pos,neg}/*.txt``); label 1 = positive. LRA truncates at 4,000 bytes (S4: 4,096).
@@ -81,10 +82,11 @@ class LRATextTask(FileTask):
         return ["train/pos", "train/neg", "test/pos", "test/neg"]
 
     def info(self) -> TaskInfo:
-        """Token inputs (B, l_max) of 257 byte ids, 2 classes."""
+        """Token inputs (B, l_max) of 257 byte ids (0 pads), 2 classes."""
         return TaskInfo(self.name, "LRA Text (byte-level IMDB)", "files", "classify", self.l_max, None, BYTE_VOCAB, 2,
                         "IMDB reviews (Maas et al. 2011); LRA (arXiv 2011.04006)",
-                        "the unpacked IMDB release aclImdb_v1.tar.gz (train/pos, train/neg, test/pos, test/neg)")
+                        "the unpacked IMDB release aclImdb_v1.tar.gz (train/pos, train/neg, test/pos, test/neg)",
+                        pad_id=0)
 
     def _read(self, base: pathlib.Path) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []

@@ -60,3 +60,49 @@ def test_generated_listops_declares_its_padding():
 
 def _digest(row: torch.Tensor) -> str:
     return hashlib.sha256(row.numpy().tobytes()).hexdigest()
+
+
+def _write_wav(path, samples):
+    import wave
+
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(np.asarray(samples, dtype="<i2").tobytes())
+
+
+def test_speech_commands_standardised_per_step_with_training_statistics(tmp_path):
+    """S4's SC loader (used by S4, S5 and Liquid-S4 for their published SC numbers) pads each clip to 16,000
+    samples, divides by 2^15, then standardises every time step with the training clips' mean and std (torch's
+    n − 1 std) plus 1e-5: ``normalize_all_data`` loops over the last axis, the 16,000 positions. Reference: float64
+    numpy over the fixture's training clips."""
+    from ssmkit.data.speech import WORDS10
+
+    base = tmp_path / "speech_commands"
+    clips = {}
+    for word in WORDS10:
+        (base / word).mkdir(parents=True)
+        for i in range(3):
+            samples = np.zeros(16000, dtype=np.int64)
+            n = int(rng.integers(12000, 16001))
+            samples[:n] = rng.integers(-3000, 3000, n) + 400  # an offset, so the mean matters too
+            _write_wav(base / word / f"s{i}_nohash_0.wav", samples[:n])
+            clips[f"{word}/s{i}_nohash_0.wav"] = samples
+    held = {"yes/s0_nohash_0.wav": "val", "go/s1_nohash_0.wav": "val", "no/s2_nohash_0.wav": "test"}
+    (base / "validation_list.txt").write_text("yes/s0_nohash_0.wav\ngo/s1_nohash_0.wav\n")
+    (base / "testing_list.txt").write_text("no/s2_nohash_0.wav\n")
+    train = np.stack([c for k, c in clips.items() if k not in held]) / 32768.0  # (27, 16000) float64
+    mean, std = train.mean(0), train.std(0, ddof=1)
+    splits = get_task("sc10").splits(tmp_path)
+    x, y = splits["test"][0]
+    want = (clips["no/s2_nohash_0.wav"] / 32768.0 - mean) / (std + 1e-5)
+    assert x.shape == (16000, 1) and int(y) == WORDS10.index("no")
+    assert np.allclose(x[:, 0].numpy(), want, rtol=1e-5, atol=1e-4)
+    x_train = torch.stack([splits["train"][i][0] for i in range(len(splits["train"]))])[..., 0].double()
+    assert np.allclose(x_train.mean(0).numpy(), 0.0, atol=1e-4)  # the training clips are standardised per step
+    assert np.allclose(x_train.std(0).numpy(), std / (std + 1e-5), atol=1e-4)
+    raw = get_task("sc10", normalize="none").splits(tmp_path)["test"][0][0]
+    assert torch.allclose(raw[:, 0], torch.tensor(clips["no/s2_nohash_0.wav"] / 32768.0, dtype=torch.float32))
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        get_task("sc35", normalize="global")

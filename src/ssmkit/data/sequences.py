@@ -16,8 +16,8 @@ class ScaledSequences(Dataset):
     Args:
         x: (B, L, H) integer tensor (uint8 pixels, int16 audio samples).
         y: (B,) int64 labels.
-        scale: (H,) or scalar multiplier per channel.
-        shift: (H,) or scalar offset per channel.
+        scale: scalar, (H,) per channel or (L, H) per step and channel multiplier.
+        shift: scalar, (H,) or (L, H) offset, like ``scale``.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, scale, shift):

@@ -6,6 +6,13 @@ mono WAV files at 16 kHz, plus ``validation_list.txt`` and ``testing_list.txt`` 
 (``word/file.wav``); every other file of a used word is training data. ``_background_noise_`` is not a word.
 Each clip is zero-padded at the end (or cut) to 16,000 samples and scaled to [−1, 1) (sample / 32768), giving
 (B, 16000, 1). Decoded clips are cached under ``<root>/decoded/`` (atomic write).
+
+Normalisation (``normalize``): ``"position"`` (the default) standardises every time step l with the mean and standard
+deviation (n − 1 denominator) of the training clips at that step, after padding:
+x'[l] = (x[l] / 32768 − μ_l) / (σ_l + 1e-5). This is what S4's loader does (state-spaces/s4
+``src/dataloaders/datasets/sc.py``, ``normalize_all_data`` loops over the 16,000 positions), and S5 and Liquid-S4
+use that loader, so the published SC numbers (REFERENCE.md §2) were measured on it. ``"none"`` keeps sample / 32768
+(the raw waveform, a much smaller scale than the standardised one).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ WORDS35 = (
 )
 WORDS10 = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SAMPLE_RATE = 16_000
+NORMALIZATIONS = ("position", "none")
 
 
 def read_wav(path: str | os.PathLike, length: int = SAMPLE_RATE) -> np.ndarray:
@@ -51,10 +59,41 @@ def read_wav(path: str | os.PathLike, length: int = SAMPLE_RATE) -> np.ndarray:
     return out
 
 
+def position_statistics(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean μ_l and standard deviation σ_l (n − 1 denominator) of each time step over the clips, of x / 32768.
+
+    Args:
+        x: (B, L, H) int16 samples, B >= 2.
+        chunk: clips summed at a time (bounds the float64 copy).
+
+    Returns:
+        μ and σ, each (L, H) float64.
+    """
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"the per-position statistics need at least 2 training clips; got {n}")
+    total = torch.zeros(x.shape[1:], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1:], dtype=torch.float64)
+    for start in range(0, n, chunk):
+        part = x[start:start + chunk].double() / 32768
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    mean = total / n
+    var = ((squares - n * mean * mean) / (n - 1)).clamp_min(0.0)
+    return mean, var.sqrt()
+
+
 @dataclasses.dataclass(frozen=True)
 class _SpeechCommands(FileTask):
+    normalize: str = "position"
+
     words = WORDS35
     label = "SC35"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS} ('position': S4's per-step training mean "
+                             f"and std; 'none': sample / 32768); got {self.normalize!r}")
 
     def folder(self, root: str | os.PathLike | None = None) -> pathlib.Path:
         """``<root>/speech_commands``.
@@ -105,20 +144,35 @@ class _SpeechCommands(FileTask):
         stamp += [(n, (base / n).stat().st_size) for n in ("validation_list.txt", "testing_list.txt")]
         tensors = cached(f"{self.name}-decoded", {"folder": str(base.resolve()), "files": stamp},
                          lambda: self._decode(base), root)
-        return {s: ScaledSequences(tensors[f"{s}_x"], tensors[f"{s}_y"], 1 / 32768, 0.0)
+        if self.normalize == "position":
+            mean, std = position_statistics(tensors["train_x"])
+            scale, shift = (1 / (32768 * (std + 1e-5))).float(), (-mean / (std + 1e-5)).float()  # (L, 1) each
+        else:
+            scale, shift = 1 / 32768, 0.0
+        return {s: ScaledSequences(tensors[f"{s}_x"], tensors[f"{s}_y"], scale, shift)
                 for s in ("train", "val", "test")}
 
 
 @register_task("sc35")
 @dataclasses.dataclass(frozen=True)
 class SC35Task(_SpeechCommands):
-    """Speech Commands, all 35 words, raw audio (B, 16000, 1)."""
+    """Speech Commands, all 35 words, raw audio (B, 16000, 1).
+
+    Args:
+        normalize: ``"position"`` (S4: each time step standardised with the training clips' mean and std) or
+            ``"none"`` (sample / 32768).
+    """
 
 
 @register_task("sc10")
 @dataclasses.dataclass(frozen=True)
 class SC10Task(_SpeechCommands):
-    """Speech Commands, the ten command words (yes, no, up, down, left, right, on, off, stop, go), raw audio."""
+    """Speech Commands, the ten command words (yes, no, up, down, left, right, on, off, stop, go), raw audio.
+
+    Args:
+        normalize: ``"position"`` (S4: each time step standardised with the training clips' mean and std) or
+            ``"none"`` (sample / 32768).
+    """
 
     words = WORDS10
     label = "SC10"

@@ -94,7 +94,7 @@ def test_speech_commands_standardised_per_step_with_training_statistics(tmp_path
     (base / "testing_list.txt").write_text("no/s2_nohash_0.wav\n")
     train = np.stack([c for k, c in clips.items() if k not in held]) / 32768.0  # (27, 16000) float64
     mean, std = train.mean(0), train.std(0, ddof=1)
-    splits = get_task("sc10").splits(tmp_path)
+    splits = get_task("sc10", split="lists").splits(tmp_path)
     x, y = splits["test"][0]
     want = (clips["no/s2_nohash_0.wav"] / 32768.0 - mean) / (std + 1e-5)
     assert x.shape == (16000, 1) and int(y) == WORDS10.index("no")
@@ -102,7 +102,53 @@ def test_speech_commands_standardised_per_step_with_training_statistics(tmp_path
     x_train = torch.stack([splits["train"][i][0] for i in range(len(splits["train"]))])[..., 0].double()
     assert np.allclose(x_train.mean(0).numpy(), 0.0, atol=1e-4)  # the training clips are standardised per step
     assert np.allclose(x_train.std(0).numpy(), std / (std + 1e-5), atol=1e-4)
-    raw = get_task("sc10", normalize="none").splits(tmp_path)["test"][0][0]
+    raw = get_task("sc10", normalize="none", split="lists").splits(tmp_path)["test"][0][0]
     assert torch.allclose(raw[:, 0], torch.tensor(clips["no/s2_nohash_0.wav"] / 32768.0, dtype=torch.float32))
     with pytest.raises(ValueError, match="normalize must be one of"):
         get_task("sc35", normalize="global")
+
+
+def test_sc10_follows_the_ckconv_protocol_of_the_published_numbers(tmp_path):
+    """S4's SC10 loader (``_process_data``, CKConv's protocol; S4 v1 98.32, DSS 97.7): only clips of exactly
+    16,000 samples, a stratified 70 / 15 / 15 split (sklearn ``train_test_split`` twice), statistics of the
+    training part. Checked: the short clips are gone, the class counts per split, no clip in two splits (by hash),
+    and the standardisation uses the training part only."""
+    from ssmkit.data.speech import WORDS10
+
+    base = tmp_path / "speech_commands"
+    full = {}
+    for c, word in enumerate(WORDS10):
+        (base / word).mkdir(parents=True)
+        for i in range(10 + c):
+            n = 16000 if i % 5 else 9000  # every fifth clip is short: dropped
+            samples = rng.integers(-2000, 2000, n)
+            _write_wav(base / word / f"k{i}_nohash_0.wav", samples)
+            if n == 16000:
+                full[_digest(torch.tensor(samples, dtype=torch.int16))] = c
+    (base / "validation_list.txt").write_text("yes/k1_nohash_0.wav\n")
+    (base / "testing_list.txt").write_text("no/k2_nohash_0.wav\n")
+    task = get_task("sc10")
+    assert "random 70/15/15" in task.info().title
+    raw = task.__class__(normalize="none").splits(tmp_path)
+    seen = {}
+    for name, data in raw.items():
+        x, y = data.tensors
+        for row, label in zip(x[..., 0], y.tolist()):
+            key = _digest(row)
+            assert key not in seen, "a clip in two splits"
+            assert full[key] == label
+            seen[key] = name
+    assert set(seen) == set(full)  # every full-length clip, no short one
+    for c in range(10):
+        n = sum(1 for k, label in full.items() if label == c)
+        counts = [sum(1 for k, s in seen.items() if s == split and full[k] == c) for split in ("train", "val", "test")]
+        n_train = int(0.7 * n)
+        assert counts == [n_train, (n - n_train) // 2, n - n_train - (n - n_train) // 2]
+    train = raw["train"].tensors[0][..., 0].double() / 32768
+    mean, std = train.mean(0), train.std(0)
+    x, _ = task.splits(tmp_path)["test"][0]
+    want = (raw["test"].tensors[0][0, :, 0].double() / 32768 - mean) / (std + 1e-5)
+    assert torch.allclose(x[:, 0].double(), want, rtol=1e-5, atol=1e-4)
+    assert get_task("sc10", seed=1).splits(tmp_path)["test"].tensors[0].shape == raw["test"].tensors[0].shape
+    with pytest.raises(ValueError, match="split must be one of"):
+        get_task("sc10", split="official")

@@ -493,11 +493,15 @@ def s4_mnist(cell: str):
         "without warm-up",
     ]
     if cell == "psmnist":
-        notes.append("the permutation: ssmkit's psmnist task records its own seeded permutation (permutation_seed 0), "
-                     "not the S4 loader's")
+        notes.append("the permutation is S4's (task_options.permute: bitreversal, the bit-reversal order of the S4 "
+                     "MNIST loader's default permute: True), not a random one; permute: random gives Le et al.'s "
+                     "task, which is not the one behind the published number")
+    else:
+        notes.append("sMNIST is the S4 mnist pipeline with dataset.permute: false (its default is the permuted task)")
     source = f"{S4_REPO} configs/pipeline/mnist.yaml + configs/model/s4.yaml defaults (no experiment file exists)"
     exp = experiment(cell, "s4", layer, d_model=256, n_layers=4, norm="layer", prenorm=True, dropout=0.0,
-                     batch_size=bs, lr=0.001, weight_decay=0.0, max_steps=steps, warmup_steps=0, seed=0)
+                     batch_size=bs, lr=0.001, weight_decay=0.0, max_steps=steps, warmup_steps=0, seed=0,
+                     task_options={"permute": "bitreversal"} if cell == "psmnist" else None)
     budget = f"max_steps {steps:,} = {epochs} epochs (trainer default) × {per_epoch:,} steps ({TRAIN_SIZES[cell]:,} / {bs})"
     return exp, source, budget, notes
 

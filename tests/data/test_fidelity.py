@@ -152,3 +152,40 @@ def test_sc10_follows_the_ckconv_protocol_of_the_published_numbers(tmp_path):
     assert get_task("sc10", seed=1).splits(tmp_path)["test"].tensors[0].shape == raw["test"].tensors[0].shape
     with pytest.raises(ValueError, match="split must be one of"):
         get_task("sc10", split="official")
+
+
+def _write_mnist(folder, n_train=12, n_test=5):
+    from ssmkit.data.idx import IDX_FILES, write_idx
+
+    images = rng.integers(0, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n_train + n_test).astype(np.uint8)
+    for name, array in zip(IDX_FILES, (images[:n_train], labels[:n_train], images[n_train:], labels[n_train:])):
+        write_idx(folder / name, array)
+    return images, labels
+
+
+def test_psmnist_bit_reversal_is_s4s_permutation_for_every_split(tmp_path):
+    """S4's MNIST loader permutes with ``bitreversal_permutation(784)`` (its dataset default ``permute: True``,
+    from the first release to HEAD): j -> the 10-bit reversal of j over 0 .. 1023, keeping values < 784 in that
+    order. Reference: Python's string reversal of the binary digits. The same permutation for train, val and test,
+    and the shipped psMNIST config asks for it."""
+    import yaml
+
+    from ssmkit.train.commands import resolve_config
+
+    want = [r for r in (int(format(j, "010b")[::-1], 2) for j in range(1024)) if r < 784]
+    task = get_task("psmnist", n_val=3, permute="bitreversal")
+    assert task.permutation().tolist() == want and sorted(want) == list(range(784))
+    assert task.info().title == "psMNIST (bit-reversal permutation, S4)"
+    images, _ = _write_mnist(tmp_path / "mnist")
+    splits = task.splits(tmp_path)
+    raster = images.reshape(len(images), 784)
+    test_x = splits["test"].tensors[0][..., 0].numpy()
+    assert (test_x == raster[12:][:, want]).all()
+    train_rows = {r.tobytes() for r in raster[:12][:, want]}
+    for name in ("train", "val"):
+        assert all(r.tobytes() in train_rows for r in splits[name].tensors[0][..., 0].numpy())
+    config = yaml.safe_load(open(resolve_config("sequential/psmnist-s4")))
+    assert config["task"] == "psmnist" and config["task_options"] == {"permute": "bitreversal"}
+    with pytest.raises(ValueError, match="permute must be one of"):
+        get_task("psmnist", permute="bit-reversal")

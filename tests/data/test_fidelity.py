@@ -189,3 +189,25 @@ def test_psmnist_bit_reversal_is_s4s_permutation_for_every_split(tmp_path):
     assert config["task"] == "psmnist" and config["task_options"] == {"permute": "bitreversal"}
     with pytest.raises(ValueError, match="permute must be one of"):
         get_task("psmnist", permute="bit-reversal")
+
+
+def test_validation_split_is_s4s_random_split(tmp_path):
+    """S4 carves validation out of MNIST and CIFAR-10 with ``random_split(train, (train_len, val_len),
+    generator=torch.Generator().manual_seed(42))`` (``split_train_val``, val_split 0.1). Reference: torch's
+    ``random_split`` itself, at the real sizes and on a MNIST fixture (by image hash, no image in two splits)."""
+    from ssmkit.data.sequences import split_off
+
+    for n, n_val in ((60_000, 6_000), (50_000, 5_000), (17, 5)):
+        train_s4, val_s4 = torch.utils.data.random_split(range(n), (n - n_val, n_val),
+                                                         generator=torch.Generator().manual_seed(42))
+        train, val = split_off(n, n_val, 42)
+        assert train.tolist() == sorted(train_s4.indices) and val.tolist() == sorted(val_s4.indices)
+    images, _ = _write_mnist(tmp_path / "mnist", n_train=17)
+    splits = get_task("smnist", n_val=5).splits(tmp_path)
+    _, val_s4 = torch.utils.data.random_split(range(17), (12, 5), generator=torch.Generator().manual_seed(42))
+    want = {images[i].tobytes() for i in val_s4.indices}
+    got = [r.tobytes() for r in splits["val"].tensors[0][..., 0].numpy()]
+    assert set(got) == want
+    train = {r.tobytes() for r in splits["train"].tensors[0][..., 0].numpy()}
+    test = {r.tobytes() for r in splits["test"].tensors[0][..., 0].numpy()}
+    assert not train & want and not train & test and not want & test and len(train) == 12

@@ -211,3 +211,20 @@ def test_validation_split_is_s4s_random_split(tmp_path):
     train = {r.tobytes() for r in splits["train"].tensors[0][..., 0].numpy()}
     test = {r.tobytes() for r in splits["test"].tensors[0][..., 0].numpy()}
     assert not train & want and not train & test and not want & test and len(train) == 12
+
+
+def test_aan_cells_are_read_as_the_lra_pipeline_reads_them(tmp_path):
+    """LRA's matching pipeline feeds the TSV cell string to ``ByteTextEncoder``, and S4 / S5 tokenise the CSV
+    cell with ``list(text)``: a cell written as a bytes literal is read as its characters, ``b'`` and escapes
+    included. The default does the same; ``decode=True`` is the opt-in departure."""
+    folder = tmp_path / "lra_release" / "tsv_data"
+    folder.mkdir(parents=True)
+    cell = "b'caf\\xc3\\xa9 \\n'"
+    for split in ("train", "eval", "test"):
+        (folder / f"new_aan_pairs.{split}.tsv").write_text(f"1\tdoc1\tdoc2\t{cell}\tplain text\n")
+    x, y = get_task("lra_retrieval", l_max=32).splits(tmp_path)["test"].tensors
+    assert x[0, 0, :len(cell)].tolist() == [b + 1 for b in cell.encode("ascii")] and int(x[0, 0, len(cell)]) == 0
+    assert x[0, 1, :10].tolist() == [b + 1 for b in b"plain text"] and int(y[0]) == 1
+    decoded = get_task("lra_retrieval", l_max=32, decode=True).splits(tmp_path)["test"].tensors[0]
+    want = "café \n".encode()
+    assert decoded[0, 0, :len(want)].tolist() == [b + 1 for b in want]

@@ -139,7 +139,7 @@ def test_aan_pairs(tmp_path):
         rows = [f"{lab}\tdoc{i}\tdoc{i + 1}\tfirst text {i}\tsecond {i}" for i, lab in enumerate(["1.0", "0.0"])]
         rows.append("1\tdoc7\tdoc8\tb'caf\\xc3\\xa9 \\'q\\''\tb\"x\"")  # the release's bytes-literal cells
         (folder / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
-    task = get_task("lra_retrieval", l_max=16)
+    task = get_task("lra_retrieval", l_max=16, decode=True)  # the default keeps the characters (test_fidelity)
     x, y = task.splits(tmp_path)["val"].tensors
     info = task.info()
     assert x.shape == (3, 2, 16) and y.tolist() == [1, 0, 1]  # pairs (B, 2, L): the two documents kept apart

@@ -69,6 +69,10 @@ RETRIEVAL_NOTE = ("Retrieval: a dual encoder as the original (lra_retrieval give
                   "Linear(H, 2) on [a, b, a*b, a-b]; a source whose head differs (the original LRA code: two ReLU layers "
                   "of H and H/2, mean over every position) is mapped onto this one head")
 
+CHAR_NOTE = ("IMDB tokens: the source's loader (S4's IMDB class) reads characters, keeps those seen at least 15 times "
+             "in training (others <unk>), appends <eos> after l_max − 1 characters; lra_text gives LRA's byte ids "
+             "(UTF-8 byte + 1, no <eos>), the same sequence for ASCII text, one id per byte for other characters")
+
 
 def steps_per_epoch(cell: str, batch_size: int) -> int:
     return math.ceil(TRAIN_SIZES[cell] / batch_size)
@@ -176,6 +180,7 @@ def s4_family(cell: str, model: str):
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     if cell == "text":
+        notes.append(CHAR_NOTE)
         notes.append("IMDB has no validation split; the original validates on test, ssmkit holds 2,500 training "
                      "reviews out (steps are counted on the original 25,000)")
     exp = experiment(cell, model, layer, d_model=m["d_model"], n_layers=m["n_layers"], norm="batch",
@@ -225,6 +230,7 @@ def dss(cell: str):
         notes.append("lr.log_dt 0.0001 (README command): ssmkit has one lr for Δ, Λ and W (0.001)")
     if cell == "text":
         notes.append("the DSS config truncates IMDB to 2,048 bytes (task_options.l_max: 2048)")
+        notes.append(CHAR_NOTE)
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     source = (f"{DSS_REPO} configs/experiment/{file} with model=dss (configs/model/dss.yaml, "
@@ -289,6 +295,7 @@ def s5(cell: str):
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     if cell == "text":
+        notes.append(CHAR_NOTE)
         notes.append("IMDB has no validation split; ssmkit holds 2,500 training reviews out")
     source = f"{S5_REPO} bin/run_experiments/{file} (other options: run_train.py defaults)"
     exp = experiment(cell, "s5", layer, d_model=a["d_model"], n_layers=a["n_layers"], norm="batch", prenorm=True,
@@ -465,6 +472,7 @@ def liquid(cell: str):
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     if cell == "text":
+        notes.append(CHAR_NOTE)
         notes.append("IMDB has no validation split; ssmkit holds 2,500 training reviews out")
     source = (f"{LIQUID_REPO} configs/experiment/lra/{file} (+ configs/scheduler/cosine_warmup.yaml default warm-up "
               "1,000 where the experiment sets none) and README.md (PB kernel)")

@@ -7,7 +7,9 @@ padded to ``l_max``. Text and Retrieval declare ``pad_id`` 0, so mean pooling sk
 (``use_lengths``) and S5 (``masked_meanpool``) pool IMDB and AAN.
 
 - Text (IMDB): the Stanford release ``aclImdb_v1.tar.gz`` unpacked at ``<root>/aclImdb``
-  (``{train,test}/{pos,neg}/*.txt``); label 1 = positive. LRA truncates at 4,000 bytes (S4: 4,096).
+  (``{train,test}/{pos,neg}/*.txt``); label 1 = positive. LRA's code truncates at 1,000 bytes in its base config
+  and 4,000 in ``transformer_tlb_base``; S4 and S5 keep 4,096 tokens (S4 reads characters, not bytes, and appends
+  ``<eos>``; for ASCII text the sequences agree).
 - Retrieval (AAN): ``<root>/lra_release/tsv_data/new_aan_pairs.{train,eval,test}.tsv``, tab-separated rows
   ``label, id1, id2, text1, text2`` without a header. By default every text cell is taken as it is, characters of a
   Python bytes literal (``b'...'``, escapes) included: the LRA input pipeline (``matching/input_pipeline.py``, the
@@ -62,7 +64,7 @@ class LRATextTask(FileTask):
     """Byte-level IMDB sentiment (LRA Text) from the ``aclImdb`` folder.
 
     Args:
-        l_max: bytes kept per review (LRA: 4,000; S4: 4,096).
+        l_max: bytes kept per review (S4, S5: 4,096; LRA's code: 1,000, or 4,000 in one config).
         n_val: training reviews moved to the validation split (IMDB has no validation set).
         seed: the seed of that split.
     """

@@ -198,14 +198,14 @@ def s4_family(cell: str, model: str):
 DSS_CELLS = {
     "listops": ("s4-lra-listops.yaml", dict(d_model=128, n_layers=6, prenorm=False, dropout=0.0, pool="mean"),
                 dict(batch_size=50, lr=0.01, weight_decay=0.01, epochs=50, seed=1112, patience=5), {}),
-    "text": ("s4-lra-imdb.yaml", dict(d_model=128, n_layers=4, prenorm=True, dropout=0.0, pool="mean"),
+    "text": ("s4-lra-imdb.yaml", dict(d_model=128, n_layers=4, prenorm=True, dropout=0.0, pool="last"),
              dict(batch_size=50, lr=0.01, weight_decay=0.0, epochs=40, seed=1112, patience=10), {}),
     "retrieval": ("s4-lra-aan.yaml", dict(d_model=256, n_layers=6, prenorm=True, dropout=0.0, pool="mean"),
                   dict(batch_size=64, lr=0.002, weight_decay=0.0, epochs=25, seed=1112, patience=20), {}),
     "image": ("s4-lra-cifar.yaml", dict(d_model=512, n_layers=6, prenorm=False, dropout=0.2, pool="mean"),
               dict(batch_size=50, lr=0.004, weight_decay=0.01, epochs=200, seed=0, patience=10), {}),
     "pathfinder": ("s4-lra-pathfinder.yaml", dict(d_model=256, n_layers=6, prenorm=True, dropout=0.1, pool="last"),
-                   dict(batch_size=100, lr=0.004, weight_decay=0.0, epochs=200, seed=1112, patience=10), {}),
+                   dict(batch_size=100, lr=0.004, weight_decay=0.0, epochs=200, seed=1112, patience=13), {}),
     "pathx": ("s4-lra-pathx.yaml", dict(d_model=256, n_layers=6, prenorm=True, dropout=0.0, pool="mean"),
               dict(batch_size=16, lr=0.0005, weight_decay=0.0, epochs=35, seed=1112, patience=40),
               dict(dt_min=0.0001, dt_max=0.01)),
@@ -230,6 +230,8 @@ def dss(cell: str):
         notes.append("lr.log_dt 0.0001 (README command): ssmkit has one lr for Δ, Λ and W (0.001)")
     if cell == "text":
         notes.append("the DSS config truncates IMDB to 2,048 bytes (task_options.l_max: 2048)")
+        notes.append("pool: last, the imdb pipeline's decoder (mode last, use_lengths: the output at the last "
+                     "non-padding position; S4's experiment overrides it to pool, DSS's does not)")
         notes.append(CHAR_NOTE)
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)

@@ -6,7 +6,9 @@ independently of scripts/make_configs.py, from the sources' files:
 - Liquid-S4: raminmh/liquid-s4@06031dc ``configs/experiment/lra/s4-lra-*.yaml`` (warm-up 1,000 = the
   cosine_warmup default where the experiment sets none);
 - DSS: ag1988/dss@777084e ``configs/experiment/s4-lra-*.yaml`` + the README's command lines (the imdb pipeline's
-  decoder is ``mode: last`` and the DSS experiment does not override it).
+  decoder is ``mode: last`` and the DSS experiment does not override it);
+- S5: lindermanlab/S5@3c18fdb ``bin/run_experiments/run_lra_*.sh`` with ``run_train.py``'s defaults (prenorm,
+  batch norm, pool, dt_max 0.1, dt_min 0.001 unless given, warmup_end 1 unless given); lr = ssm_lr_base × lr_factor.
 """
 
 import pytest
@@ -91,3 +93,31 @@ def test_dss_lra_configs(cell):
         d_model, n_layers, prenorm, dropout, pool)
     assert (t["batch_size"], t["lr"], t["weight_decay"], t["seed"]) == (batch, lr, wd, seed)
     assert t["max_steps"] == epochs * -(-TRAIN_SIZES[cell] // batch)
+
+
+# cell: (d_model, n_layers, dropout, P, blocks, C_init, bsz, ssm_lr, lr_factor, wd, epochs, warmup_end, seed, dt_min,
+#        clip_eigs)
+S5 = {
+    "listops": (128, 8, 0.0, 16, 8, "lecun_normal", 50, 0.001, 3, 0.04, 40, 1, 6554595, 0.001, False),
+    "text": (256, 6, 0.1, 192, 12, "lecun_normal", 50, 0.001, 4, 0.07, 35, 0, 8825365, 0.001, False),
+    "retrieval": (128, 6, 0.0, 256, 16, "trunc_standard_normal", 32, 0.001, 2, 0.05, 20, 1, 5464368, 0.001, False),
+    "image": (512, 6, 0.1, 384, 3, "lecun_normal", 50, 0.001, 4.5, 0.07, 250, 1, 16416, 0.001, True),
+    "pathfinder": (192, 6, 0.05, 256, 8, "trunc_standard_normal", 64, 0.0009, 5, 0.03, 200, 1, 8180844, 0.001,
+                   False),
+    "pathx": (128, 6, 0.0, 256, 16, "complex_normal", 32, 0.0006, 3, 0.06, 75, 1, 6429262, 0.0001, False),
+}
+
+
+@pytest.mark.parametrize("cell", list(S5))
+def test_s5_lra_configs(cell):
+    d_model, n_layers, dropout, P, blocks, C_init, bsz, ssm_lr, factor, wd, epochs, warmup, seed, dt_min, clip = S5[cell]
+    c = shipped(f"lra/{cell}-s5")
+    t, lay = c["train"], c["layer_options"]
+    assert (c["d_model"], c["n_layers"], c["prenorm"], c["norm"], c["dropout"], c["pool"]) == (
+        d_model, n_layers, True, "batch", dropout, "mean")
+    assert (lay["d_state"], lay["blocks"], lay["C_init"], lay["lr"], lay["dt_min"], lay["dt_max"], lay["clip_eigs"],
+            lay["bidirectional"]) == (P, blocks, C_init, ssm_lr, dt_min, 0.1, clip, True)
+    per_epoch = -(-TRAIN_SIZES[cell] // bsz)
+    assert (t["batch_size"], t["weight_decay"], t["seed"], t["max_steps"], t["warmup_steps"]) == (
+        bsz, wd, seed, epochs * per_epoch, warmup * per_epoch)
+    assert t["lr"] == pytest.approx(ssm_lr * factor, rel=1e-12)

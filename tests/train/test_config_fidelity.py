@@ -121,3 +121,10 @@ def test_s5_lra_configs(cell):
     assert (t["batch_size"], t["weight_decay"], t["seed"], t["max_steps"], t["warmup_steps"]) == (
         bsz, wd, seed, epochs * per_epoch, warmup * per_epoch)
     assert t["lr"] == pytest.approx(ssm_lr * factor, rel=1e-12)
+
+
+def test_mega_text_keeps_lras_4000_bytes():
+    """facebookresearch/mega@aeaa4b4 ``fairseq/models/lra/model.py``: ``mega_lra_imdb`` sets max_positions 4,002
+    (ListOps 2,002): its IMDB is LRA's 4,000-byte text, not S4's 4,096."""
+    c = shipped("lra/text-mega")
+    assert c["task_options"] == {"l_max": 4000} and c["layer_options"]["max_positions"] == 4000

@@ -228,3 +228,23 @@ def test_aan_cells_are_read_as_the_lra_pipeline_reads_them(tmp_path):
     decoded = get_task("lra_retrieval", l_max=32, decode=True).splits(tmp_path)["test"].tensors[0]
     want = "café \n".encode()
     assert decoded[0, 0, :len(want)].tolist() == [b + 1 for b in want]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("listops", dict(n_train=300, n_val=60, n_test=60, min_length=3, max_length=12, l_max=16, max_depth=4,
+                     workers=1)),
+    ("mqar", dict(length=64, num_kv_pairs=4, vocab_size=128, n_train=400, n_val=100, n_test=100)),
+    ("copying", dict(delay=5, n_tokens=10, vocab_size=10, n_train=400, n_val=100, n_test=100)),
+])
+def test_generated_splits_share_no_example(tmp_path, name, options):
+    """No example of one split is in another (SHA-256 of each input row). ListOps de-duplicates over all splits
+    before splitting, as LRA's generator (a set of trees, then the split) does, even at sizes where repeats are
+    common; the others draw each split from its own seed, so a repeat is a chance event at these sizes."""
+    splits = get_task(name, **options).splits(tmp_path)
+    seen = {}
+    for split in ("train", "val", "test"):
+        x = splits[split].tensors[0]
+        assert len(x) == options[f"n_{split}"]
+        for row in x:
+            key = _digest(row)
+            assert seen.setdefault(key, split) == split, f"an example of {split} is also in {seen[key]}"

@@ -70,12 +70,12 @@ def read_wav(path: str | os.PathLike, length: int = SAMPLE_RATE) -> np.ndarray:
     return out
 
 
-def position_statistics(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def position_statistics(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean μ_l and standard deviation σ_l (n − 1 denominator) of each time step over the clips, of x / 32768.
 
     Args:
         x: (B, L, H) int16 samples, B >= 2.
-        chunk: clips summed at a time (bounds the float64 copy).
+        chunk: clips summed at a time (bounds the int64 copy).
 
     Returns:
         μ and σ, each (L, H) float64.
@@ -83,15 +83,15 @@ def position_statistics(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tenso
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"the per-position statistics need at least 2 training clips; got {n}")
-    total = torch.zeros(x.shape[1:], dtype=torch.float64)
-    squares = torch.zeros(x.shape[1:], dtype=torch.float64)
+    total = torch.zeros(x.shape[1:], dtype=torch.int64)  # exact sums of the integer samples
+    squares = torch.zeros(x.shape[1:], dtype=torch.int64)
     for start in range(0, n, chunk):
-        part = x[start:start + chunk].double() / 32768
+        part = x[start:start + chunk].long()
         total += part.sum(0)
         squares += (part * part).sum(0)
-    mean = total / n
-    var = ((squares - n * mean * mean) / (n - 1)).clamp_min(0.0)
-    return mean, var.sqrt()
+    mean = total.double() / n
+    var = ((squares.double() - total.double() * mean) / (n - 1)).clamp_min(0.0)
+    return mean / 32768, var.sqrt() / 32768
 
 
 @dataclasses.dataclass(frozen=True)

@@ -128,3 +128,20 @@ def test_mega_text_keeps_lras_4000_bytes():
     (ListOps 2,002): its IMDB is LRA's 4,000-byte text, not S4's 4,096."""
     c = shipped("lra/text-mega")
     assert c["task_options"] == {"l_max": 4000} and c["layer_options"]["max_positions"] == 4000
+
+
+@pytest.mark.parametrize("cell, epochs", [("listops", 40), ("text", 35), ("image", 180), ("retrieval", 100),
+                                          ("pathfinder", 100), ("pathx", 100)])
+def test_lru_configs_are_minimal_lrus_defaults(cell, epochs):
+    """NicolasZucchet/minimal-LRU@bbd71b1 ``run_train.py`` defaults (4 layers, d_model 256, d_hidden 128 complex,
+    batch norm, pre-norm, dropout 0.1, batch 64, lr 1e-3, SSM lr 0.5 × 1e-3, weight decay 0.05, cosine to 1e-7,
+    seed 1919, 100 epochs) and its README's epochs (listops 40, imdb 35, colour cifar 180)."""
+    c = shipped(f"lra/{cell}-lru")
+    t, lay = c["train"], c["layer_options"]
+    assert c["task"] == ("scifar" if cell == "image" else f"lra_{cell}")
+    assert (c["d_model"], c["n_layers"], c["norm"], c["prenorm"], c["dropout"], c["pool"]) == (
+        256, 4, "batch", True, 0.1, "mean")
+    assert (lay["d_state"], lay["lr"]) == (256, 0.0005)
+    size = 45_000 if cell == "image" else TRAIN_SIZES[cell]
+    assert (t["batch_size"], t["lr"], t["weight_decay"], t["seed"], t["warmup_steps"]) == (64, 0.001, 0.05, 1919, 0)
+    assert t["max_steps"] == epochs * -(-size // 64) and t["lr"] * t["lr_floor"] == pytest.approx(1e-7)

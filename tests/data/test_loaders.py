@@ -205,7 +205,7 @@ def test_speech_commands_sc10(tmp_path):
             clips[f"{word}/ab{i}_nohash_0.wav"] = samples
     (base / "validation_list.txt").write_text("yes/ab0_nohash_0.wav\ngo/ab1_nohash_0.wav\ncat/ab0_nohash_0.wav\n")
     (base / "testing_list.txt").write_text("no/ab2_nohash_0.wav\n")
-    sc10 = get_task("sc10", normalize="none", split="lists")  # raw samples / 32768 (the default standardisation: test_fidelity)
+    sc10 = get_task("sc10", normalize="none", split="lists")  # raw / 32768 (the standardisation: test_fidelity)
     assert sc10.present(tmp_path) and not get_task("sc35").present(tmp_path)  # SC35 needs all 35 word folders
     splits = sc10.splits(tmp_path)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [27, 2, 1]

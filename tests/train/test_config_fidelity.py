@@ -110,7 +110,8 @@ S5 = {
 
 @pytest.mark.parametrize("cell", list(S5))
 def test_s5_lra_configs(cell):
-    d_model, n_layers, dropout, P, blocks, C_init, bsz, ssm_lr, factor, wd, epochs, warmup, seed, dt_min, clip = S5[cell]
+    (d_model, n_layers, dropout, P, blocks, C_init, bsz, ssm_lr, factor, wd, epochs, warmup, seed, dt_min,
+     clip) = S5[cell]
     c = shipped(f"lra/{cell}-s5")
     t, lay = c["train"], c["layer_options"]
     assert (c["d_model"], c["n_layers"], c["prenorm"], c["norm"], c["dropout"], c["pool"]) == (

@@ -15,8 +15,9 @@ padded to ``l_max``. Text and Retrieval declare ``pad_id`` 0, so mean pooling sk
   Python bytes literal (``b'...'``, escapes) included: the LRA input pipeline (``matching/input_pipeline.py``, the
   TSV string into ``ByteTextEncoder``), S4 and S5 (``list(text)`` of the CSV cell) read it so, and their numbers
   were measured on it. ``decode=True`` decodes such literals with ``ast.literal_eval`` (as some third-party loaders
-  do; shorter documents, a different input). Each document is cut to ``l_max`` bytes and padded with 0; the input keeps the two documents apart,
-  (B, 2, L), for a dual encoder that encodes each separately (LRA's two-tower setup; ``SequenceModel(pair=True)``).
+  do; shorter documents, a different input). Each document is cut to ``l_max`` bytes and padded with 0; the input
+  keeps the two documents apart, (B, 2, L), for a dual encoder that encodes each separately (LRA's two-tower
+  setup; ``SequenceModel(pair=True)``).
 - Pathfinder / Path-X: ``<root>/lra_release/pathfinder32`` (or ``pathfinder128``) ``/<difficulty>/metadata/<n>.npy``,
   text rows ``subfolder file_name index label ...``, and the PNGs at ``<difficulty>/<subfolder>/<file_name>``. As in
   S4, only ``curv_contour_length_14`` is used, pixels are scaled to [−1, 1], images flattened in raster order

@@ -68,6 +68,15 @@ static inline real atanh_series(float s) {
 static inline real log1p_unit(real e) { return atanh_series(e / (2.0f + e)); }
 #endif
 
+/* The target's vector width in bytes: one AVX-512 register where the compiler targets it, else 32 (one AVX2 register;
+ * two NEON or SSE registers). Kernels size their register blocks by it: a block sized for AVX-512's 32 registers of
+ * 64 bytes spills on AVX2's 16 of 32 bytes. */
+#if defined(__AVX512F__)
+#define VBYTES 64
+#else
+#define VBYTES 32
+#endif
+
 /* Threads. Compiled with -fopenmp, a kernel entry runs its work items on `nthreads` threads of the OpenMP runtime,
  * handed out one at a time (a thread that loses its core to another process takes fewer); the partial sums an item
  * adds into belong to the item (or its batch row), not to the thread, so the results do not depend on the schedule.

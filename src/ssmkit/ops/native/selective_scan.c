@@ -32,19 +32,13 @@
 
 #define VEC 64 /* channels per item: the state of an item is N × VEC values */
 
-/* The vector width: one AVX-512 register where the compiler targets it, else 32 bytes (one AVX2 register; two NEON or
- * SSE registers). With 64-byte vectors on a CPU without AVX-512 each vector takes two registers, the adjoint's
- * working set no longer fits the 16 of AVX2, and gcc spills it: the backward ran 8x slower than on AVX-512 on a Zen 3
- * VM (1.37 s against 0.17 s at B 8, L 4 096, H 512, N 16), where the forward ran 4.7x slower. */
+/* Vectors are VBYTES wide (common.h). With 64-byte vectors on a CPU without AVX-512 each vector took two registers, the
+ * adjoint's working set no longer fitted the 16 of AVX2, and gcc spilled it: the backward ran 8x slower than on
+ * AVX-512 on a Zen 3 VM (1.37 s against 0.17 s at B 8, L 4 096, H 512, N 16), where the forward ran 4.7x slower. */
 #ifdef SS_DOUBLE
 #define SS_REAL_BYTES 8
 #else
 #define SS_REAL_BYTES 4
-#endif
-#if defined(__AVX512F__)
-#define VBYTES 64
-#else
-#define VBYTES 32
 #endif
 #define LANES (VBYTES / (int64_t)sizeof(real)) /* a vector's lanes */
 

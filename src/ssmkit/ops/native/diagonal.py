@@ -5,8 +5,7 @@ semantics of :func:`ssmkit.ops.scan.ssm_scan_reference` for complex Ā, B̄, C (
 initial state in and a differentiable final state out.
 
 The kernel makes one pass over time per block of channels (one vector: 16 floats with AVX-512, 8 with AVX2), with the
-block's complex states and parameters in
-local arrays (real and imaginary parts apart), the skip fused. Its backward needs no states: one pass backwards over
+block's complex states and parameters in local arrays (real and imaginary parts apart), the skip fused. Its backward needs no states: one pass backwards over
 time runs two adjoint recurrences per mode, μ_t = g_t + conj(Ā) μ_{t+1} and ν_t = μ_{t+1} + conj(Ā) ν_{t+1}, and the
 gradients are sums of u_t μ_t and u_t ν_t (``diagonal_scan.c`` derives them): half the work of recomputing the states
 and running the adjoint of the state, and nothing kept from the forward but its inputs. One call is a handful of

@@ -187,6 +187,11 @@ def test_the_option_is_checked_and_a_run_without_validation_has_only_final(tmp_p
     assert result["test_accuracy"] == result["test_accuracy_final"]
     assert not any("best_val" in k for k in result)
     assert not os.path.exists(tmp_path / "b" / "checkpoints" / "best_val.ckpt")
+    _, val, _ = splits("classify")
+    with pytest.raises(RuntimeError, match=r"no validation ran \(val_every 8, the run stopped at step 4\)"):
+        fit(config, train_config(max_steps=4, val_every=8), train, val, test, tmp_path / "c", progress=False)
+    kept = json.loads((tmp_path / "c" / "result.json").read_text())
+    assert "test_accuracy_final" in kept and "test_accuracy" not in kept and "best_val_step" not in kept
 
 
 def test_the_monitored_metric_and_its_direction():

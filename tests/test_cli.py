@@ -3,6 +3,7 @@
 No timing or learning is asserted; the demo's tiny run is expected to fail its pass mark (exit 1).
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -106,3 +107,17 @@ def test_train_and_compare_help_and_budget_parsing(capsys):
     table = results_table([{"model": "s4d", "test_accuracy": 0.5, "parameters": 1234, "steps": 10,
                             "train_seconds": 2.0, "tokens_per_second": 1e4}])
     assert "| s4d | 50.00 % | 1,234 | 10 | 2.0 | 10,000 |" in table
+
+
+def test_train_passes_test_weights_through(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    tiny = ["train", "--task", "adding", "--task_options", "{length: 12, n_train: 64, n_val: 32, n_test: 32}",
+            "--model", "s4d", "--d_model", "4", "--n_layers", "1", "--train.batch_size", "16", "--train.max_steps", "4",
+            "--train.warmup_steps", "0", "--train.val_every", "2", "--train.checkpoint_every", "0", "--no-progress"]
+    assert cli_main(tiny + ["--train.test_weights", "best_val", "--out", str(tmp_path / "a")]) == 0
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert json.loads((tmp_path / "a" / "train.json").read_text())["test_weights"] == "best_val"
+    assert result["test_weights"] == "best_val" and result["best_val_step"] in (2, 4)
+    assert result["test_mse"] == result["test_mse_best_val"] and "test_mse_final" in result
+    with pytest.raises(ValueError, match=r"test_weights must be one of \('final', 'best_val'\); got 'best'"):
+        cli_main(tiny + ["--train.test_weights", "best", "--out", str(tmp_path / "b")])

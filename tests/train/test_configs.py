@@ -66,3 +66,13 @@ def test_shipped_files_match_their_generator():
         text = open(resolve_config(name)).read()
         assert text.startswith(head), name
         assert yaml.safe_load(text) == exp, name
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_tests_at_the_best_validation_as_its_source(name):
+    # every source selects its reported test number on validation (S4 codebase: best val/accuracy checkpoint, test
+    # logged at every validation; S5 and minimal-LRU: the test of the first best validation epoch; Mega:
+    # checkpoint_best.pt by validation accuracy); docs/design.md, "besttest"
+    text = open(resolve_config(name)).read()
+    assert yaml.safe_load(text)["train"]["test_weights"] == "best_val"
+    assert "# Test: at the best validation (test_weights: best_val" in text

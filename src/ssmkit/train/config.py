@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
+TEST_WEIGHTS = ("final", "best_val")
 
 
 @dataclass
@@ -35,6 +36,12 @@ class TrainConfig:
         accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"``.
         eval_batch_size: batch size of validation and test (None: ``batch_size``).
         log_every: write the training metrics every this many steps.
+        test_weights: which weights give the result's ``test_<metric>`` (and each extra test split's): ``"final"``
+            (the weights at the end of training, what ``trainer.test(model)`` scores in Lightning) or ``"best_val"``
+            (the weights of the validation with the best ``val_<metric>``: accuracy highest, MSE lowest, the first
+            of equal scores; how the published LRA numbers are selected, docs/design.md "besttest"). Both are
+            always recorded, as ``test_<metric>_final`` and ``test_<metric>_best_val``; ``"best_val"`` needs a
+            validation split.
     """
 
     batch_size: int = 32
@@ -55,6 +62,7 @@ class TrainConfig:
     accelerator: str = "cpu"
     eval_batch_size: int | None = None
     log_every: int = 50
+    test_weights: str = "final"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "devices", "log_every"):
@@ -84,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
         if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or self.early_stopping < 1):
             raise ValueError(f"early_stopping must be None or a positive int; got {self.early_stopping!r}")
+        if self.test_weights not in TEST_WEIGHTS:
+            raise ValueError(f"test_weights must be one of {TEST_WEIGHTS}; got {self.test_weights!r}")
         if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1):
             raise ValueError(f"eval_batch_size must be None or a positive int; got {self.eval_batch_size!r}")
 

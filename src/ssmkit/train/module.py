@@ -9,7 +9,7 @@ cosine schedule (:mod:`ssmkit.train.schedule`). A non-finite training loss stops
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -73,14 +73,48 @@ class SequenceLightningModule(pl.LightningModule):
         for i, part in enumerate(parts):
             sums[i] = sums[i] + part.detach().to(sums[i].device)
 
-    def _log_stage(self, stage: str) -> None:
+    def _reduced(self, stage: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean loss, mean metric) of a stage's sums over every batch and process, or None if it saw no batch."""
         sums = self._sums.pop(stage, None)
         if sums is None:
-            return
+            return None
         loss_sum, metric_sum, count = (self.trainer.strategy.reduce(s, reduce_op="sum") for s in sums)
         count = count.clamp_min(1.0)
-        self.log(f"{stage}_loss", loss_sum / count, prog_bar=stage == "val", sync_dist=False)
-        self.log(f"{stage}_{METRIC_NAMES[self.head]}", metric_sum / count, prog_bar=stage == "val", sync_dist=False)
+        return loss_sum / count, metric_sum / count
+
+    def _log_stage(self, stage: str) -> None:
+        means = self._reduced(stage)
+        if means is None:
+            return
+        self.log(f"{stage}_loss", means[0], prog_bar=stage == "val", sync_dist=False)
+        self.log(f"{stage}_{METRIC_NAMES[self.head]}", means[1], prog_bar=stage == "val", sync_dist=False)
+
+    def score(self, batches: Iterable[Sequence[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The current weights' ``{"loss": ..., "<metric>": ...}`` over ``batches`` (this process's share; summed
+        over processes), computed as a validation epoch computes them (eval mode, no gradients, the precision
+        plugin's input conversion and context) but logged nowhere.
+
+        Args:
+            batches: evaluation batches of (inputs, targets), e.g. the data module's ``val_dataloader()``.
+
+        Returns:
+            the mean loss and metric as scalar tensors, equal to the ``val_*`` values a validation would log.
+        """
+        trainer, was_training = self.trainer, self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    batch = trainer.strategy.batch_to_device(trainer.precision_plugin.convert_input(batch))
+                    with trainer.precision_plugin.val_step_context():
+                        self._accumulate("score", batch)
+            means = self._reduced("score")
+        finally:
+            self._sums.pop("score", None)
+            self.train(was_training)
+        if means is None:
+            raise ValueError("score needs at least one batch")
+        return {"loss": means[0], METRIC_NAMES[self.head]: means[1]}
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
         self._accumulate("val", batch)

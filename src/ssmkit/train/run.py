@@ -4,10 +4,15 @@
                  test=test_split, out_dir="runs/listops-s4d", resume=True)
 
 The run folder holds ``checkpoints/`` (every ``checkpoint_every`` steps and at the end; ``last.ckpt`` is the newest),
-``metrics.csv`` (Lightning's CSV log), ``model.json`` and ``train.json`` (the configurations) and ``result.json``.
+``metrics.csv`` (Lightning's CSV log), ``model.json`` and ``train.json`` (the configurations) and ``result.json``;
+with a validation split also ``checkpoints/best_val.ckpt``, the weights of the best validation
+(:mod:`ssmkit.train.best`). The test split is scored at the final weights and at the best validation's; the result's
+``test_<metric>`` is the one ``TrainConfig.test_weights`` selects, both are recorded as ``test_<metric>_final`` and
+``test_<metric>_best_val``.
 ``resume=True`` continues from ``checkpoints/last.ckpt`` when it exists: the weights, optimiser, schedule, step
 counter and RNG are restored and the batches continue where they stopped (:mod:`ssmkit.train.batches`), so the
-final weights equal those of an uninterrupted run on the same machine. A resume with another model configuration or
+final weights equal those of an uninterrupted run on the same machine, and so does the best validation (its
+weights and step are part of every checkpoint). A resume with another model configuration or
 another lr, weight decay or schedule (whose saved values the optimiser and scheduler restore) is refused.
 
 Data parallelism (``devices=N``, ``strategy="ddp"``) is Lightning's: on CPU it runs N processes over gloo; on a
@@ -121,7 +126,8 @@ def fit(
     transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
     extra_tests: dict[str, Sequence[torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``train``, validate on ``val``, evaluate the final weights on ``test`` (and ``extra_tests``).
+    """Train ``model`` on ``train``, validate on ``val``, evaluate on ``test`` (and ``extra_tests``) the final weights
+    and those of the best validation.
 
     Args:
         model: the model configuration.
@@ -142,18 +148,25 @@ def fit(
             ``<name>_loss`` and ``<name>_<metric>``.
 
     Returns:
-        the result record (also written to ``out_dir/result.json``): final validation and test metrics (and those of
-        ``extra_tests``), parameters, steps, training seconds, samples/s and tokens/s.
+        the result record (also written to ``out_dir/result.json``): the last validation's metrics; the test metrics
+        (and those of ``extra_tests``) at the weights ``train_config.test_weights`` selects, and each also as
+        ``<name>_final`` and ``<name>_best_val``; ``best_val_step``, ``best_val_epoch`` (epochs of training data
+        seen), ``best_val_loss`` and ``best_val_<metric>`` of the best validation (with a validation split);
+        ``test_weights``; parameters, steps, training seconds, samples/s and tokens/s.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from ssmkit.train.batches import eval_batches
+    from ssmkit.train.best import BestValidation
     from ssmkit.train.checkpoint import AtomicCheckpointIO, load_checkpoint
     from ssmkit.train.module import SequenceLightningModule, TensorDataModule
 
     cfg = train_config
+    if cfg.test_weights == "best_val" and val is None:
+        raise ValueError("test_weights 'best_val' selects the test at the best validation, but no validation split "
+                         "was given: give val, or use test_weights 'final'")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no hardware and tip banners: results speak
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -176,7 +189,9 @@ def fit(
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=every, save_last=True,
                                   save_top_k=1, auto_insert_metric_name=False)
     throughput = _Throughput()
-    callbacks = [checkpoints, throughput, *extra_callbacks]
+    val_interval = cfg.val_every or cfg.max_steps
+    best = BestValidation(model.head, val_interval) if val is not None else None
+    callbacks = [checkpoints, throughput, *([best] if best is not None else []), *extra_callbacks]
     if cfg.early_stopping is not None and val is not None:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=cfg.early_stopping, mode="min"))
     trainer = pl.Trainer(
@@ -186,7 +201,7 @@ def fit(
         precision=_LIGHTNING_PRECISION[cfg.precision],
         max_steps=cfg.max_steps,
         max_time=datetime.timedelta(seconds=cfg.max_time) if cfg.max_time is not None else None,
-        val_check_interval=(cfg.val_every or cfg.max_steps) if val is not None else None,
+        val_check_interval=val_interval if val is not None else None,
         check_val_every_n_epoch=None,
         **({} if val is not None else {"limit_val_batches": 0}),
         num_sanity_val_steps=0,
@@ -213,13 +228,43 @@ def fit(
         "resumed_from": resume_from,
     }
     result.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")})
-    if test is not None:
-        metrics = trainer.test(module, datamodule=data, verbose=False)
-        result.update({k: float(v) for k, v in metrics[0].items()} if metrics else {})
-    for name, tensors in (extra_tests or {}).items():
-        batches = eval_batches(tensors, data.eval_batch_size, trainer.global_rank, trainer.world_size, transform)
-        metrics = trainer.test(module, dataloaders=batches, verbose=False)
-        result.update({f"{name}_{k.removeprefix('test_')}": float(v) for k, v in metrics[0].items()} if metrics else {})
+
+    def tests() -> dict[str, float]:
+        scores: dict[str, float] = {}
+        if test is not None:
+            metrics = trainer.test(module, datamodule=data, verbose=False)
+            scores.update({k: float(v) for k, v in metrics[0].items()} if metrics else {})
+        for name, tensors in (extra_tests or {}).items():
+            batches = eval_batches(tensors, data.eval_batch_size, trainer.global_rank, trainer.world_size, transform)
+            metrics = trainer.test(module, dataloaders=batches, verbose=False)
+            named = metrics[0] if metrics else {}
+            scores.update({f"{name}_{k.removeprefix('test_')}": float(v) for k, v in named.items()})
+        return scores
+
+    final = tests()
+    at_best: dict[str, float] = {}
+    if best is not None:
+        best.catch_up(trainer, module)  # a resumed run that had already finished restores a pre-validation state
+    if best is not None and best.weights is not None:
+        result.update({"best_val_step": best.step,
+                       "best_val_epoch": best.step * cfg.batch_size * trainer.world_size / int(train[0].shape[0]),
+                       "best_val_loss": best.loss, f"best_{best.key}": best.score})
+        final_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(best.weights)
+        at_best = tests()
+        module.load_state_dict(final_weights)
+        if trainer.is_global_zero:
+            save_atomic({"state_dict": best.weights, "global_step": best.step, "monitor": best.key,
+                         "score": best.score, "hyper_parameters": dict(module.hparams)},
+                        os.path.join(ckpt_dir, "best_val.ckpt"))
+    chosen = at_best if cfg.test_weights == "best_val" else final
+    result.update(chosen)
+    result.update({f"{k}_final": v for k, v in final.items()})
+    result.update({f"{k}_best_val": v for k, v in at_best.items()})
+    result["test_weights"] = cfg.test_weights
     if trainer.is_global_zero:
         _write_json(result, os.path.join(out_dir, "result.json"))
+    if cfg.test_weights == "best_val" and best is not None and best.weights is None and final:
+        raise RuntimeError(f"test_weights 'best_val', but no validation ran (val_every {cfg.val_every}, the run "
+                           f"stopped at step {trainer.global_step}); result.json holds the final weights' tests")
     return result

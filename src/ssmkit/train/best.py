@@ -1,0 +1,104 @@
+"""The weights of the best validation, kept through a run and its resumptions, for a test at the best epoch.
+
+Published LRA numbers are test metrics at the best validation, not at the last step (docs/design.md, "besttest"):
+S5 and minimal-LRU test after every epoch and report the test of the epoch whose validation accuracy first reached
+its maximum; S4 logs the test at every validation and keeps the checkpoint of the best ``val/accuracy``; Mega keeps
+``checkpoint_best.pt`` by validation accuracy. :class:`BestValidation` follows the first rule: after every
+validation, if ``val_<metric>`` is strictly better than every earlier one (higher accuracy, lower MSE; NaN never),
+a copy of the weights (buffers included) replaces the kept one.
+
+A resumed run must select the same validation as an uninterrupted one. The kept weights, score and step are part of
+every checkpoint (the callback's state), so they come back with it. One validation is not: a periodic checkpoint at
+step s is written before the validation of step s, and Lightning does not repeat that validation after restoring
+the checkpoint; the callback scores it itself when the run starts again (:meth:`SequenceLightningModule.score`, from
+the restored weights, which are the weights that validation saw), so the outcome does not depend on where the run
+stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ssmkit.train.objective import METRIC_NAMES
+
+# the direction in which each head's validation metric improves
+MODES = {"accuracy": "max", "mse": "min"}
+
+
+def monitored(head: str) -> tuple[str, str]:
+    """The validation key a head's best epoch is chosen by, and its mode: ``("val_accuracy", "max")`` for
+    ``classify`` and ``lm``, ``("val_mse", "min")`` for ``regress``."""
+    metric = METRIC_NAMES[head]
+    return f"val_{metric}", MODES[metric]
+
+
+def is_better(new: float, best: float | None, mode: str) -> bool:
+    """Whether ``new`` strictly improves on ``best`` (None: nothing yet) in ``mode``, "max" or "min" (NaN never)."""
+    if new != new:
+        return False
+    if best is None:
+        return True
+    return new > best if mode == "max" else new < best
+
+
+class BestValidation(pl.Callback):
+    """Keeps a CPU copy of the weights of the best validation (module docstring).
+
+    Args:
+        head: the model head, which fixes the monitored metric and its mode (:func:`monitored`).
+        val_interval: optimizer steps between validations (validation runs at every multiple of it); the step a
+            resumed run starts at is scored again when it is such a multiple.
+
+    After ``fit``: ``step`` (the optimizer step of the best validation, None if none ran), ``score`` (its monitored
+    value), ``loss`` (its validation loss) and ``weights`` (the module's ``state_dict`` at that step, on the CPU).
+    """
+
+    def __init__(self, head: str, val_interval: int) -> None:
+        self.key, self.mode = monitored(head)
+        self.val_interval = val_interval
+        self.step: int | None = None
+        self.score: float | None = None
+        self.loss: float | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+        self.last_validated: int = -1
+
+    def _offer(self, module: pl.LightningModule, step: int, score: float, loss: float) -> None:
+        self.last_validated = step
+        if is_better(score, self.score, self.mode):
+            self.step, self.score, self.loss = step, score, loss
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.key not in trainer.callback_metrics:
+            return
+        metrics = trainer.callback_metrics
+        self._offer(module, trainer.global_step, float(metrics[self.key]), float(metrics["val_loss"]))
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.catch_up(trainer, module)
+
+    def catch_up(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """Score the validation of the current step if the run validates at it and this callback has not seen it:
+        the validation a restored checkpoint was written just before (called when training starts and after it)."""
+        step = trainer.global_step
+        if step == 0 or step % self.val_interval or self.last_validated >= step:
+            return
+        batches = trainer.datamodule.val_dataloader()
+        if len(batches) == 0:
+            return
+        means = module.score(batches)
+        self._offer(module, step, float(means[self.key.removeprefix("val_")]), float(means["loss"]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "mode": self.mode, "step": self.step, "score": self.score, "loss": self.loss,
+                "weights": self.weights, "last_validated": self.last_validated}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("key") != self.key or state_dict.get("mode") != self.mode:
+            raise ValueError(f"the checkpoint kept the best {state_dict.get('key')!r} ({state_dict.get('mode')}), "
+                             f"this run monitors {self.key!r} ({self.mode}): resume with the saved model configuration")
+        self.step, self.score, self.loss = state_dict["step"], state_dict["score"], state_dict["loss"]
+        self.weights, self.last_validated = state_dict["weights"], state_dict["last_validated"]

@@ -13,6 +13,7 @@ import torch
 from ssmkit.data import get_task
 from ssmkit.data.listops import generate_listops, write_listops_tsv
 from ssmkit.train.experiment import Experiment
+from tests.data.test_loaders import write_wav
 
 rng = np.random.default_rng(5)
 
@@ -62,16 +63,6 @@ def _digest(row: torch.Tensor) -> str:
     return hashlib.sha256(row.numpy().tobytes()).hexdigest()
 
 
-def _write_wav(path, samples):
-    import wave
-
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(16000)
-        f.writeframes(np.asarray(samples, dtype="<i2").tobytes())
-
-
 def test_speech_commands_standardised_per_step_with_training_statistics(tmp_path):
     """S4's SC loader (used by S4, S5 and Liquid-S4 for their published SC numbers) pads each clip to 16,000
     samples, divides by 2^15, then standardises every time step with the training clips' mean and std (torch's
@@ -87,7 +78,7 @@ def test_speech_commands_standardised_per_step_with_training_statistics(tmp_path
             samples = np.zeros(16000, dtype=np.int64)
             n = int(rng.integers(12000, 16001))
             samples[:n] = rng.integers(-3000, 3000, n) + 400  # an offset, so the mean matters too
-            _write_wav(base / word / f"s{i}_nohash_0.wav", samples[:n])
+            write_wav(base / word / f"s{i}_nohash_0.wav", samples[:n])
             clips[f"{word}/s{i}_nohash_0.wav"] = samples
     held = {"yes/s0_nohash_0.wav": "val", "go/s1_nohash_0.wav": "val", "no/s2_nohash_0.wav": "test"}
     (base / "validation_list.txt").write_text("yes/s0_nohash_0.wav\ngo/s1_nohash_0.wav\n")
@@ -122,7 +113,7 @@ def test_sc10_follows_the_ckconv_protocol_of_the_published_numbers(tmp_path):
         for i in range(10 + c):
             n = 16000 if i % 5 else 9000  # every fifth clip is short: dropped
             samples = rng.integers(-2000, 2000, n)
-            _write_wav(base / word / f"k{i}_nohash_0.wav", samples)
+            write_wav(base / word / f"k{i}_nohash_0.wav", samples)
             if n == 16000:
                 full[_digest(torch.tensor(samples, dtype=torch.int16))] = c
     (base / "validation_list.txt").write_text("yes/k1_nohash_0.wav\n")

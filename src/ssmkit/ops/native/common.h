@@ -5,7 +5,10 @@
  * loops that call them vectorise (libm's calls would not, without -ffast-math); the double ones are libm's.
  *
  *     expr(x)     e^x: 2^k e^r, k = round(x / ln 2), r = x - k ln 2 (ln 2 in two parts: r exact to rounding), e^r by
- *                 its degree-7 Taylor polynomial (remainder < 6e-9); x clamped to [-88, 88], below which it is 0
+ *                 its degree-6 minimax polynomial (Remez, relative error 1.9e-9; below float32's rounding: the worst
+ *                 error of expr over [-87, 88] is 1.10e-7 relative against 1.00e-7 with the degree-7 Taylor
+ *                 polynomial it replaced, one FMA fewer, 4-14 % less time in the scan's inner loop on Zen 3);
+ *                 x clamped to [-88, 88], below which it is 0
  *     expr_le88(x) the same for x ≤ 88 only (clamped below, not above: garbage beyond 88.7), for loops whose caller
  *                 guarantees it (the selective scan's exp(Δ A) with A ≤ 0 and Δ = softplus(·) ≥ 0): without the upper
  *                 clamp gcc vectorises the lower one as a mask, 35 % less time in the scan's inner loop on Zen 3
@@ -31,7 +34,7 @@ static inline real log1p_unit(real x) { return log1p(x); }
 typedef float real;
 #define SUFFIX(name) name##_f32
 /* e^x = 2^k · e^r with k = round(x / ln 2) and r = x - k ln 2 ∈ [-ln2/2, ln2/2] (Cody-Waite: ln 2 in two parts, so r
- * is exact to float32 rounding); e^r = Σ_{i≤7} r^i / i!, remainder < 6e-9. x is clamped below at -88: the result is
+ * is exact to float32 rounding); e^r by the degree-6 minimax polynomial above. x is clamped below at -88: the result is
  * then 0 (k = -127 gives the bit pattern of 0.0); no branches, so the loops vectorise. Above 88.7 the exponent field
  * overflows: only for x ≤ 88 (expr clamps there first). */
 static inline real expr_le88(real x) {
@@ -40,12 +43,11 @@ static inline real expr_le88(real x) {
     float kf = (float)k;
     float r = x - kf * 0.693145751953125f;   /* ln 2, high part (exact product for |k| < 2^8) */
     r = r - kf * 1.428606765330187e-06f;     /* ln 2, low part */
-    float p = 1.9841269841269841e-04f;       /* 1/7! */
-    p = p * r + 1.3888888888888889e-03f;     /* 1/6! */
-    p = p * r + 8.3333333333333333e-03f;     /* 1/5! */
-    p = p * r + 4.1666666666666667e-02f;     /* 1/4! */
-    p = p * r + 1.6666666666666667e-01f;     /* 1/3! */
-    p = p * r + 0.5f;
+    float p = 1.383684576e-03f; /* e^r by its degree-6 minimax polynomial (relative error; module docstring) */
+    p = p * r + 8.374815807e-03f;
+    p = p * r + 4.166822508e-02f;
+    p = p * r + 1.666641980e-01f;
+    p = p * r + 4.999999106e-01f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     union {

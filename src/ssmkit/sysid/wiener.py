@@ -264,6 +264,10 @@ class DeepWiener(nn.Module):
     def step(self, u_t: torch.Tensor, state: list):
         """One sample: u_t (B, m) -> y_t (B, p) and the next states (what a controller runs on line).
 
+        y_t depends on u_t itself (direct feedthrough: each block's D + C B̄ in the control convention, and the
+        skips), as the SSM recurrence reads u_t before its output; a feedback law u_t = K(y_t) around it is an
+        algebraic loop, so a controller feeds back y_{t-1} (or predicts with the planned u_t, as MPC does).
+
         Args:
             u_t: (B, m) inputs at one sample, any real dtype.
             state: per-block states.

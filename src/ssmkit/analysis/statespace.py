@@ -377,7 +377,9 @@ class StateSpace:
         """One python-control ``StateSpace`` (discrete, ``dt`` set) per system; needs ``pip install control``.
 
         python-control's time responses (``forced_response``) take and return signals with time on the last
-        axis, ``(m, L)`` -> ``(p, L)``; ssmkit puts time on axis 1 of ``(B, L, H)``.
+        axis, ``(m, L)`` -> ``(p, L)``; ssmkit puts time on axis 1 of ``(B, L, H)``. A SISO bank (one system per
+        channel) becomes one block-diagonal MIMO system with ``control.append(*ss.to_control())``, whose input and
+        output j are channel j (tests/analysis/test_control_export.py).
 
         Returns:
             list of G ``control.StateSpace``.

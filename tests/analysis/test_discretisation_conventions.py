@@ -70,7 +70,8 @@ def test_s4d_export_against_scipy_cont2discrete(discretization):
         u[0, 0, 0] = 1.0
         with torch.no_grad():
             y = layer(u)[0][0, :, 0].numpy()  # (6,)
-        # u_0 held over one step: x(Δ) = A⁻¹(e^{AΔ} - I) B; y_k = C e^{AΔk} x(Δ) for k >= 0 (the layer reads u_0 at k = 0)
+        # u_0 held over one step: x(Δ) = A⁻¹(e^{AΔ} - I) B; y_k = C e^{AΔk} x(Δ) for k >= 0 (the layer reads u_0
+        # at k = 0)
         x1 = np.linalg.solve(A_c, (scipy.linalg.expm(A_c * delta) - np.eye(A_c.shape[0])) @ B_c)
         want = [(C_c @ scipy.linalg.expm(A_c * delta * k) @ x1).item().real for k in range(6)]
         want[0] += D

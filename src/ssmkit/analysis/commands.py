@@ -117,8 +117,9 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
         description="The control-theoretic table of every registered layer (arXiv 2403.16899's comparison), built "
         "from the layers' declarations; with --checkpoint, the trained model's pole statistics per layer.",
     )
-    parser.add_argument("--checkpoint", default=None, help="a checkpoint of 'ssmkit train' or the model.pt of 'ssmkit sysid': add measured "
-                        "pole statistics")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint of 'ssmkit train' or the model.pt of 'ssmkit sysid': add measured pole "
+                        "statistics")
     parser.add_argument("--out", default=None, help="write zoo.md, zoo.csv (and poles.csv) into this folder")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what to print (default markdown)")
     parser.add_argument("--d-model", dest="d_model", type=int, default=64,

@@ -191,7 +191,8 @@ def to_markdown(rows: Sequence[dict[str, Any]], measured: Sequence[dict[str, Any
                                             "median_tau", "fastest_tau", "note"))
         if measured:
             unit, step = measured[0]["time_unit"], measured[0]["dt"]
-            lines += ["", f"Time constants τ = −dt / log|z| in {unit}" + (f" (dt = {step:g} s)." if unit == "s" else ".")]
+            where = f" (dt = {step:g} s)." if unit == "s" else "."
+            lines += ["", f"Time constants τ = −dt / log|z| in {unit}{where}"]
     return "\n".join(lines) + "\n"
 
 

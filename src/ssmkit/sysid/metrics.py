@@ -11,12 +11,14 @@ state needs it) and are computed per output channel over the remaining samples, 
     MAE    = mean_t |ŷ_t - y_t|
 
 std is the population standard deviation (ddof = 0) of the measured y after the window, as nonlinear_benchmarks
-1.0.1 computes it. Several experiments are pooled (one RMSE and one std over all their samples after each window; MATLAB's
-``compare`` instead reports one fit per experiment); several outputs are scored separately (one value per channel, never
+1.0.1 computes it. Not the same as Bonassi et al.'s code (arXiv 2312.06211), whose "fit" is
+100 (1 - mean|e| / mean|y - ȳ|) normalised by the model's output without a window: ssmkit does not report that one.
+
+Several experiments are pooled (one RMSE and one std over all their samples after each window; MATLAB's ``compare``
+reports one fit per experiment instead); several outputs are scored separately (one value per channel, never
 averaged). Signals are time first, (L,) or (L, p): a (p, L) signal, python-control's layout, has fewer samples than
 channels and is refused. A NaN in either signal makes that channel's scores NaN (nothing is masked: a diverged
-simulation shows), and a constant measured output (std 0) gives an infinite NRMSE and a fit of -inf %. Not the same as Bonassi et al.'s code (arXiv 2312.06211), whose "fit" is
-100 (1 - mean|e| / mean|y - ȳ|) normalised by the model's output without a window: ssmkit does not report that one.
+simulation shows), and a constant measured output (std 0) gives an infinite NRMSE and a fit of -inf %.
 """
 
 from __future__ import annotations

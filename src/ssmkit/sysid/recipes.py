@@ -158,7 +158,8 @@ RECIPES: dict[str, Recipe] = {
     # 128 windows of 64 samples started by a training encoder (train_encoder) validated far worse (6.93e-5)
     # Δ in 0.075-7.5 samples (Δ·Ts 0.1-10 ms as tuned): τ = Ts/Δ in 1/5625-1/56.25 s (0.18-17.8 ms)
     "bouc_wen": Recipe(d_model=32, n_layers=4, d_state=32, timescale=(1 / 5625, 1 / 56.25), encoder_window=0,
-                       train_records=17, window=512, batch_size=16, steps=24000, lr=3e-3, schedule="cosine", washout=100,
+                       train_records=17, window=512, batch_size=16, steps=24000, lr=3e-3, schedule="cosine",
+                       washout=100,
                        val_fraction=0.2, val_records=1, val_every=100, patience=1000, first_layer_init="data"),
     # 400 Hz, three accelerations (MIMO, p = 3), modes of a few to ~50 Hz lightly damped: Δ·Ts 25 µs–25 ms (0.01–10
     # samples). Every level is the same multisine realisation at another amplitude, so recipes were chosen on level 5

@@ -69,6 +69,10 @@ RETRIEVAL_NOTE = ("Retrieval: a dual encoder as the original (lra_retrieval give
                   "Linear(H, 2) on [a, b, a*b, a-b]; a source whose head differs (the original LRA code: two ReLU layers "
                   "of H and H/2, mean over every position) is mapped onto this one head")
 
+CHAR_NOTE = ("IMDB tokens: the source's loader (S4's IMDB class) reads characters, keeps those seen at least 15 times "
+             "in training (others <unk>), appends <eos> after l_max − 1 characters; lra_text gives LRA's byte ids "
+             "(UTF-8 byte + 1, no <eos>), the same sequence for ASCII text, one id per byte for other characters")
+
 
 def steps_per_epoch(cell: str, batch_size: int) -> int:
     return math.ceil(TRAIN_SIZES[cell] / batch_size)
@@ -176,6 +180,7 @@ def s4_family(cell: str, model: str):
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     if cell == "text":
+        notes.append(CHAR_NOTE)
         notes.append("IMDB has no validation split; the original validates on test, ssmkit holds 2,500 training "
                      "reviews out (steps are counted on the original 25,000)")
     exp = experiment(cell, model, layer, d_model=m["d_model"], n_layers=m["n_layers"], norm="batch",
@@ -193,14 +198,14 @@ def s4_family(cell: str, model: str):
 DSS_CELLS = {
     "listops": ("s4-lra-listops.yaml", dict(d_model=128, n_layers=6, prenorm=False, dropout=0.0, pool="mean"),
                 dict(batch_size=50, lr=0.01, weight_decay=0.01, epochs=50, seed=1112, patience=5), {}),
-    "text": ("s4-lra-imdb.yaml", dict(d_model=128, n_layers=4, prenorm=True, dropout=0.0, pool="mean"),
+    "text": ("s4-lra-imdb.yaml", dict(d_model=128, n_layers=4, prenorm=True, dropout=0.0, pool="last"),
              dict(batch_size=50, lr=0.01, weight_decay=0.0, epochs=40, seed=1112, patience=10), {}),
     "retrieval": ("s4-lra-aan.yaml", dict(d_model=256, n_layers=6, prenorm=True, dropout=0.0, pool="mean"),
                   dict(batch_size=64, lr=0.002, weight_decay=0.0, epochs=25, seed=1112, patience=20), {}),
     "image": ("s4-lra-cifar.yaml", dict(d_model=512, n_layers=6, prenorm=False, dropout=0.2, pool="mean"),
               dict(batch_size=50, lr=0.004, weight_decay=0.01, epochs=200, seed=0, patience=10), {}),
     "pathfinder": ("s4-lra-pathfinder.yaml", dict(d_model=256, n_layers=6, prenorm=True, dropout=0.1, pool="last"),
-                   dict(batch_size=100, lr=0.004, weight_decay=0.0, epochs=200, seed=1112, patience=10), {}),
+                   dict(batch_size=100, lr=0.004, weight_decay=0.0, epochs=200, seed=1112, patience=13), {}),
     "pathx": ("s4-lra-pathx.yaml", dict(d_model=256, n_layers=6, prenorm=True, dropout=0.0, pool="mean"),
               dict(batch_size=16, lr=0.0005, weight_decay=0.0, epochs=35, seed=1112, patience=40),
               dict(dt_min=0.0001, dt_max=0.01)),
@@ -225,6 +230,9 @@ def dss(cell: str):
         notes.append("lr.log_dt 0.0001 (README command): ssmkit has one lr for Δ, Λ and W (0.001)")
     if cell == "text":
         notes.append("the DSS config truncates IMDB to 2,048 bytes (task_options.l_max: 2048)")
+        notes.append("pool: last, the imdb pipeline's decoder (mode last, use_lengths: the output at the last "
+                     "non-padding position; S4's experiment overrides it to pool, DSS's does not)")
+        notes.append(CHAR_NOTE)
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     source = (f"{DSS_REPO} configs/experiment/{file} with model=dss (configs/model/dss.yaml, "
@@ -289,6 +297,7 @@ def s5(cell: str):
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     if cell == "text":
+        notes.append(CHAR_NOTE)
         notes.append("IMDB has no validation split; ssmkit holds 2,500 training reviews out")
     source = f"{S5_REPO} bin/run_experiments/{file} (other options: run_train.py defaults)"
     exp = experiment(cell, "s5", layer, d_model=a["d_model"], n_layers=a["n_layers"], norm="batch", prenorm=True,
@@ -368,7 +377,7 @@ MEGA_CELLS = {
 
 def mega(cell: str):
     arch, a = MEGA_CELLS[cell]
-    L = LENGTHS[cell]
+    L = 4000 if cell == "text" else LENGTHS[cell]  # mega_lra_imdb: max_positions 4002, the 4,000-byte LRA text
     bs = a["bs"] * a["freq"] * a.get("gpus", 1)
     layer = dict(d_state=16, d_qk=a["d_qk"], d_v=a["d_v"], attention=a["attention"], chunk_size=None,
                  positional="simple", max_positions=L, bidirectional=True)
@@ -393,11 +402,14 @@ def mega(cell: str):
         notes.append(RETRIEVAL_NOTE)
     if cell == "text":
         notes.append("IMDB has no validation split; ssmkit holds 2,500 training reviews out")
+        notes.append("IMDB truncated to 4,000 bytes (task_options.l_max: 4000): mega_lra_imdb's max_positions is "
+                     "4,002, LRA's 4,000-byte text (S4-based configs keep 4,096)")
     source = (f"{MEGA_REPO} examples/mega/README.lra.md (command for this task) and fairseq/models/lra/model.py "
               f"(architecture {arch})")
     exp = experiment(cell, "mega", layer, d_model=a["d_model"], n_layers=a["n_layers"], norm=a["norm"],
                      prenorm=a["prenorm"], dropout=a["dropout"], batch_size=bs, lr=a["lr"], weight_decay=a["wd"],
-                     max_steps=a["steps"], warmup_steps=a["warmup"], seed=1, grad_clip=1.0)
+                     max_steps=a["steps"], warmup_steps=a["warmup"], seed=1, grad_clip=1.0,
+                     task_options={"l_max": 4000} if cell == "text" else None)
     budget = (f"max_steps {a['steps']:,} = --max-update; warm-up {a['warmup']:,} = --warmup-updates; the README "
               "leaves the seed to the user ($SEED): seed 1")
     return exp, source, budget, notes
@@ -465,6 +477,7 @@ def liquid(cell: str):
     if cell == "retrieval":
         notes.append(RETRIEVAL_NOTE)
     if cell == "text":
+        notes.append(CHAR_NOTE)
         notes.append("IMDB has no validation split; ssmkit holds 2,500 training reviews out")
     source = (f"{LIQUID_REPO} configs/experiment/lra/{file} (+ configs/scheduler/cosine_warmup.yaml default warm-up "
               "1,000 where the experiment sets none) and README.md (PB kernel)")
@@ -493,11 +506,15 @@ def s4_mnist(cell: str):
         "without warm-up",
     ]
     if cell == "psmnist":
-        notes.append("the permutation: ssmkit's psmnist task records its own seeded permutation (permutation_seed 0), "
-                     "not the S4 loader's")
+        notes.append("the permutation is S4's (task_options.permute: bitreversal, the bit-reversal order of the S4 "
+                     "MNIST loader's default permute: True), not a random one; permute: random gives Le et al.'s "
+                     "task, which is not the one behind the published number")
+    else:
+        notes.append("sMNIST is the S4 mnist pipeline with dataset.permute: false (its default is the permuted task)")
     source = f"{S4_REPO} configs/pipeline/mnist.yaml + configs/model/s4.yaml defaults (no experiment file exists)"
     exp = experiment(cell, "s4", layer, d_model=256, n_layers=4, norm="layer", prenorm=True, dropout=0.0,
-                     batch_size=bs, lr=0.001, weight_decay=0.0, max_steps=steps, warmup_steps=0, seed=0)
+                     batch_size=bs, lr=0.001, weight_decay=0.0, max_steps=steps, warmup_steps=0, seed=0,
+                     task_options={"permute": "bitreversal"} if cell == "psmnist" else None)
     budget = f"max_steps {steps:,} = {epochs} epochs (trainer default) × {per_epoch:,} steps ({TRAIN_SIZES[cell]:,} / {bs})"
     return exp, source, budget, notes
 

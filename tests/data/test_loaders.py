@@ -139,7 +139,7 @@ def test_aan_pairs(tmp_path):
         rows = [f"{lab}\tdoc{i}\tdoc{i + 1}\tfirst text {i}\tsecond {i}" for i, lab in enumerate(["1.0", "0.0"])]
         rows.append("1\tdoc7\tdoc8\tb'caf\\xc3\\xa9 \\'q\\''\tb\"x\"")  # the release's bytes-literal cells
         (folder / f"new_aan_pairs.{split}.tsv").write_text("\n".join(rows) + "\n")
-    task = get_task("lra_retrieval", l_max=16)
+    task = get_task("lra_retrieval", l_max=16, decode=True)  # the default keeps the characters (test_fidelity)
     x, y = task.splits(tmp_path)["val"].tensors
     info = task.info()
     assert x.shape == (3, 2, 16) and y.tolist() == [1, 0, 1]  # pairs (B, 2, L): the two documents kept apart
@@ -205,7 +205,7 @@ def test_speech_commands_sc10(tmp_path):
             clips[f"{word}/ab{i}_nohash_0.wav"] = samples
     (base / "validation_list.txt").write_text("yes/ab0_nohash_0.wav\ngo/ab1_nohash_0.wav\ncat/ab0_nohash_0.wav\n")
     (base / "testing_list.txt").write_text("no/ab2_nohash_0.wav\n")
-    sc10 = get_task("sc10")
+    sc10 = get_task("sc10", normalize="none", split="lists")  # raw / 32768 (the standardisation: test_fidelity)
     assert sc10.present(tmp_path) and not get_task("sc35").present(tmp_path)  # SC35 needs all 35 word folders
     splits = sc10.splits(tmp_path)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [27, 2, 1]

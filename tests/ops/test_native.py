@@ -143,6 +143,35 @@ def test_float32_exp2_over_the_exponent_range():
     assert torch.equal(y2, torch.zeros_like(y2)) and torch.equal(h2, torch.zeros_like(h2))
 
 
+@pytest.mark.parametrize("positive", [False, True], ids=["A<=0", "some A>0"])
+def test_float32_exp_of_delta_A_on_both_kernel_paths(positive):
+    # With softplus Δ and A ≤ 0 (Mamba's case) the kernel takes exp(ΔA) without its upper clamp (ΔA ≤ 0 there); one
+    # positive entry of A sends every channel to the clamped exp. δ = 32 passes softplus unchanged (δ > 20), so
+    # ΔA = 32 A is exact; one state per channel from h0 = 1 with B = 0, C = 1: y = exp(ΔA). Three full blocks of 64
+    # channels (the vector instantiation) and a tail of 5.
+    H = 197
+    x = torch.linspace(-87.0, 0.0, H)
+    if positive:
+        x[-1] = 80.0
+    A = (x / 32).reshape(H, 1)
+    delta = torch.full((1, 1, H), 32.0)
+    ones, zeros = torch.ones(1, 1, 1), torch.zeros(1, 1, 1)
+    y, h = selective_scan_native(torch.ones(1, 1, H), delta, A, zeros, ones, delta_softplus=True,
+                                 state=torch.ones(1, H, 1))
+    exact = torch.exp(x.double())
+    rel = ((y.double().flatten() - exact) / exact).abs().max().item()
+    torch_rel = ((torch.exp(x).double() - exact) / exact).abs().max().item()
+    assert rel < 2.5e-7 and rel < 4 * torch_rel
+    assert torch.equal(h.flatten(), y.flatten())
+    # beyond the range the decayed state is exactly 0, on either path
+    A2 = torch.full((H, 1), -500.0 / 32)
+    if positive:
+        A2[-1] = 1.0
+    y2, _ = selective_scan_native(torch.ones(1, 1, H), delta, A2, zeros, ones, delta_softplus=True,
+                                  state=torch.ones(1, H, 1))
+    assert torch.equal(y2.flatten()[: H - 1], torch.zeros(H - 1))
+
+
 def test_float32_long_sequence_against_float64():
     # Mamba's magnitudes (Δ ~ 1e-3..1e-1, A = -(1..N)) over L = 2000: the float32 kernel stays at float32 rounding
     p = inputs(2, 2000, 70, 16, None, seed=4)

@@ -1,6 +1,6 @@
 """MNIST and Fashion-MNIST from idx files as pixel sequences: sMNIST, psMNIST and sequential Fashion-MNIST
 (Le et al. 2015, arXiv 1504.00941 §4.2: 784 steps of one pixel in raster order; psMNIST applies one fixed random
-permutation of the 784 positions, whose seed is part of the task's name).
+permutation of the 784 positions, whose seed is part of the task's name, or S4's bit-reversal order).
 
 idx format (LeCun & Cortes): two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
 0x0D float32, 0x0E float64), the number of dimensions, each dimension as a big-endian int32, then the data
@@ -146,28 +146,65 @@ class SMNISTTask(_IdxImages):
     where = _MNIST_WHERE
 
 
+def bit_reversal_permutation(n: int) -> torch.Tensor:
+    """The bit-reversal order of ``range(n)``: j ↦ rev_m(j) for j = 0 .. 2^m − 1 (m bits, 2^m >= n), keeping the
+    values below n in that order (the permutation of S4's MNIST loader, state-spaces/s4
+    ``src/utils/permutations.py``, ``bitreversal_permutation``).
+
+    Args:
+        n: the number of positions (>= 1).
+
+    Returns:
+        (n,) int64: position i of the permuted sequence holds item ``perm[i]``.
+    """
+    bits = max(1, (n - 1).bit_length())
+    j = torch.arange(1 << bits)
+    reversed_j = torch.zeros_like(j)
+    for b in range(bits):
+        reversed_j |= ((j >> b) & 1) << (bits - 1 - b)
+    return reversed_j[reversed_j < n]
+
+
+PERMUTATIONS = ("random", "bitreversal")
+
+
 @register_task("psmnist")
 @dataclasses.dataclass(frozen=True)
 class PSMNISTTask(_IdxImages):
-    """Permuted sequential MNIST: one fixed random permutation of the 784 positions, drawn from ``permutation_seed``.
+    """Permuted sequential MNIST: one fixed permutation of the 784 positions, the same for every split.
+
+    ``permute="random"`` (Le et al. 2015): ``torch.randperm(784)`` seeded with ``permutation_seed``.
+    ``permute="bitreversal"``: the bit-reversal order, the permutation of S4's MNIST loader (``permute: True``),
+    which S4's and S5's published psMNIST numbers were measured on; a different task from a random permutation.
 
     Args:
         n_val: training images moved to the validation split.
         seed: the seed of that split.
-        permutation_seed: the seed of the pixel permutation (recorded in the title).
+        permute: ``"random"`` or ``"bitreversal"`` (recorded in the title).
+        permutation_seed: the seed of the random permutation (recorded in the title).
     """
 
+    permute: str = "random"
     permutation_seed: int = 0
 
     source = "MNIST (LeCun & Cortes) idx files; Le et al. 2015 (arXiv 1504.00941)"
     where = _MNIST_WHERE
 
+    def __post_init__(self) -> None:
+        if self.permute not in PERMUTATIONS:
+            raise ValueError(f"permute must be one of {PERMUTATIONS} ('random': seeded randperm, Le et al.; "
+                             f"'bitreversal': S4's loader); got {self.permute!r}")
+
     @property
     def title(self) -> str:
+        if self.permute == "bitreversal":
+            return "psMNIST (bit-reversal permutation, S4)"
         return f"psMNIST (permutation seed {self.permutation_seed})"
 
     def permutation(self) -> torch.Tensor:
-        """The permutation of the 784 positions: ``torch.randperm(784)`` seeded with ``permutation_seed``."""
+        """The permutation of the 784 positions (see the class docstring)."""
+        if self.permute == "bitreversal":
+            return bit_reversal_permutation(784)
         return torch.randperm(784, generator=torch.Generator().manual_seed(self.permutation_seed))
 
 

@@ -25,6 +25,8 @@ Tokenisation (the current LRA pipeline and S4): the released text prints every n
 Vocabulary of 18: ``<pad>`` 0, ``<unk>`` 1, ``<eos>`` 2, the digits, the four operators and ``X``. S4 orders the
 ids by frequency in the training split; we fix the order above (a relabelling of the ids, nothing else).
 Sequences get ``<eos>`` appended (after truncation to ``l_max − 1``) and are padded with 0 to ``l_max`` = 2048.
+The task declares ``pad_id`` 0, so mean pooling averages over the tokens and ``<eos>`` only, as S4 (``use_lengths``)
+and S5 (``masked_meanpool``) pool ListOps.
 """
 
 from __future__ import annotations
@@ -335,7 +337,8 @@ class ListOpsTask(GeneratedTask):
             f"ListOps (regenerated, reduced: {self.n_train}/{self.n_val}/{self.n_test}, "
             f"{self.min_length} < length < {self.max_length})")
         return TaskInfo(self.name, title, "generated", "classify", self.l_max, None, len(VOCAB), 10,
-                        "LRA ListOps generator (arXiv 2011.04006), seeded regeneration", "nothing (generated)")
+                        "LRA ListOps generator (arXiv 2011.04006), seeded regeneration", "nothing (generated)",
+                        pad_id=PAD)
 
     def generate(self) -> dict[str, torch.Tensor]:
         """Draw the distinct expressions and split them in generation order."""
@@ -377,7 +380,7 @@ class LRAListOpsTask(FileTask):
         """Token inputs (B, l_max), 10 classes, vocabulary 18."""
         return TaskInfo(self.name, "ListOps (LRA release)", "files", "classify", self.l_max, None, len(VOCAB), 10,
                         "LRA release lra_release.gz (arXiv 2011.04006)",
-                        "the LRA release's ListOps TSV files (from lra_release.gz, folder listops-1000)")
+                        "the LRA release's ListOps TSV files (from lra_release.gz, folder listops-1000)", pad_id=PAD)
 
     def splits(self, root: str | os.PathLike | None = None):
         """Read the three TSV files.

@@ -3,15 +3,21 @@ IMDB text, AAN retrieval pairs, Pathfinder-32 and Path-X (Pathfinder-128) PNG fo
 ``ssmkit.data.listops`` and Image in ``ssmkit.data.cifar``.
 
 Byte-level text: the UTF-8 bytes of a document, id = byte + 1 (0 is padding; vocabulary 257), truncated and
-padded to ``l_max``.
+padded to ``l_max``. Text and Retrieval declare ``pad_id`` 0, so mean pooling skips the padding, as S4
+(``use_lengths``) and S5 (``masked_meanpool``) pool IMDB and AAN.
 
 - Text (IMDB): the Stanford release ``aclImdb_v1.tar.gz`` unpacked at ``<root>/aclImdb``
-  (``{train,test}/{pos,neg}/*.txt``); label 1 = positive. LRA truncates at 4,000 bytes (S4: 4,096).
+  (``{train,test}/{pos,neg}/*.txt``); label 1 = positive. LRA's code truncates at 1,000 bytes in its base config
+  and 4,000 in ``transformer_tlb_base``; S4 and S5 keep 4,096 tokens (S4 reads characters, not bytes, and appends
+  ``<eos>``; for ASCII text the sequences agree).
 - Retrieval (AAN): ``<root>/lra_release/tsv_data/new_aan_pairs.{train,eval,test}.tsv``, tab-separated rows
-  ``label, id1, id2, text1, text2`` without a header. Text cells written as Python bytes literals (``b'...'``, as
-  third-party loaders of the release decode them) are decoded with ``ast.literal_eval``; other cells are taken as
-  they are. Each document is cut to ``l_max`` bytes and padded with 0; the input keeps the two documents apart,
-  (B, 2, L), for a dual encoder that encodes each separately (LRA's two-tower setup; ``SequenceModel(pair=True)``).
+  ``label, id1, id2, text1, text2`` without a header. By default every text cell is taken as it is, characters of a
+  Python bytes literal (``b'...'``, escapes) included: the LRA input pipeline (``matching/input_pipeline.py``, the
+  TSV string into ``ByteTextEncoder``), S4 and S5 (``list(text)`` of the CSV cell) read it so, and their numbers
+  were measured on it. ``decode=True`` decodes such literals with ``ast.literal_eval`` (as some third-party loaders
+  do; shorter documents, a different input). Each document is cut to ``l_max`` bytes and padded with 0; the input
+  keeps the two documents apart, (B, 2, L), for a dual encoder that encodes each separately (LRA's two-tower
+  setup; ``SequenceModel(pair=True)``).
 - Pathfinder / Path-X: ``<root>/lra_release/pathfinder32`` (or ``pathfinder128``) ``/<difficulty>/metadata/<n>.npy``,
   text rows ``subfolder file_name index label ...``, and the PNGs at ``<difficulty>/<subfolder>/<file_name>``. As in
   S4, only ``curv_contour_length_14`` is used, pixels are scaled to [−1, 1], images flattened in raster order
@@ -59,7 +65,7 @@ class LRATextTask(FileTask):
     """Byte-level IMDB sentiment (LRA Text) from the ``aclImdb`` folder.
 
     Args:
-        l_max: bytes kept per review (LRA: 4,000; S4: 4,096).
+        l_max: bytes kept per review (S4, S5: 4,096; LRA's code: 1,000, or 4,000 in one config).
         n_val: training reviews moved to the validation split (IMDB has no validation set).
         seed: the seed of that split.
     """
@@ -81,10 +87,11 @@ class LRATextTask(FileTask):
         return ["train/pos", "train/neg", "test/pos", "test/neg"]
 
     def info(self) -> TaskInfo:
-        """Token inputs (B, l_max) of 257 byte ids, 2 classes."""
+        """Token inputs (B, l_max) of 257 byte ids (0 pads), 2 classes."""
         return TaskInfo(self.name, "LRA Text (byte-level IMDB)", "files", "classify", self.l_max, None, BYTE_VOCAB, 2,
                         "IMDB reviews (Maas et al. 2011); LRA (arXiv 2011.04006)",
-                        "the unpacked IMDB release aclImdb_v1.tar.gz (train/pos, train/neg, test/pos, test/neg)")
+                        "the unpacked IMDB release aclImdb_v1.tar.gz (train/pos, train/neg, test/pos, test/neg)",
+                        pad_id=0)
 
     def _read(self, base: pathlib.Path) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
@@ -122,12 +129,14 @@ def _document(cell: str) -> str | bytes:
     return cell
 
 
-def read_aan_tsv(path: str | os.PathLike, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+def read_aan_tsv(path: str | os.PathLike, l_max: int, decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Read an AAN pairs TSV (``label, id1, id2, text1, text2``; no header).
 
     Args:
         path: e.g. ``new_aan_pairs.train.tsv``.
         l_max: bytes kept per document.
+        decode: decode cells written as Python bytes literals (``b'...'``); False keeps the characters, as LRA,
+            S4 and S5 read them.
 
     Returns:
         x (B, 2, L) int16 ids (the two documents, each padded with 0 to L = ``l_max``); y (B,) int64 labels.
@@ -140,7 +149,7 @@ def read_aan_tsv(path: str | os.PathLike, l_max: int) -> tuple[torch.Tensor, tor
                 raise ValueError(f"{path}:{i}: expected 5 tab-separated cells (label, id1, id2, text1, text2); "
                                  f"got {len(cells)}")
             ys.append(int(float(cells[0])))
-            first, second = (encode_bytes(_document(c), l_max) for c in cells[3:5])
+            first, second = (encode_bytes(_document(c) if decode else c, l_max) for c in cells[3:5])
             xs.append(np.stack([first, second]))
     if not xs:
         raise ValueError(f"{path}: no rows")
@@ -154,9 +163,12 @@ class LRARetrievalTask(FileTask):
 
     Args:
         l_max: bytes kept per document (LRA: 4,000).
+        decode: decode text cells written as Python bytes literals (``b'...'``); False (the default) keeps their
+            characters, as the LRA pipeline, S4 and S5 do.
     """
 
     l_max: int = 4000
+    decode: bool = False
 
     def folder(self, root: str | os.PathLike | None = None) -> pathlib.Path:
         """``<root>/lra_release/tsv_data``.
@@ -185,7 +197,7 @@ class LRARetrievalTask(FileTask):
         self.check_present(root)
         out = {}
         for split, name in (("train", "train"), ("val", "eval"), ("test", "test")):
-            x, y = read_aan_tsv(self.folder(root) / f"new_aan_pairs.{name}.tsv", self.l_max)
+            x, y = read_aan_tsv(self.folder(root) / f"new_aan_pairs.{name}.tsv", self.l_max, self.decode)
             out[split] = TensorDataset(x.long(), y)
         return out
 

@@ -4,13 +4,13 @@ x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(Σ_n C_n x_{t,n}) + D u_t  (arXiv 2206
 semantics of :func:`ssmkit.ops.scan.ssm_scan_reference` for complex Ā, B̄, C (the S4D family: S4D, DSS, ...), with an
 initial state in and a differentiable final state out.
 
-The kernel makes one pass over time per block of 16 channels, with the block's complex states and parameters in
-local arrays (real and imaginary parts apart), the skip fused. Its backward needs no states: one pass backwards over
-time runs two adjoint recurrences per mode, μ_t = g_t + conj(Ā) μ_{t+1} and ν_t = μ_{t+1} + conj(Ā) ν_{t+1}, and the
-gradients are sums of u_t μ_t and u_t ν_t (``diagonal_scan.c`` derives them): half the work of recomputing the states
-and running the adjoint of the state, and nothing kept from the forward but its inputs. One call is a handful of
-aten ops (the parameters' real/imaginary split and the sums of the partial gradients), so it does not slow
-down under CPU contention the way a path of hundreds of small ops does.
+The kernel makes one pass over time per block of channels (one vector: 16 floats with AVX-512, 8 with AVX2), with
+the block's complex states and parameters in local arrays (real and imaginary parts apart), the skip fused. Its
+backward needs no states: one pass backwards over time runs two adjoint recurrences per mode, μ_t = g_t + conj(Ā)
+μ_{t+1} and ν_t = μ_{t+1} + conj(Ā) ν_{t+1}, and the gradients are sums of u_t μ_t and u_t ν_t (``diagonal_scan.c``
+derives them): half the work of recomputing the states and running the adjoint of the state, and nothing kept from
+the forward but its inputs. One call is a handful of aten ops (the parameters' real/imaginary split and the sums of
+the partial gradients), so it does not slow down under CPU contention the way a path of hundreds of small ops does.
 
 Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
 kept real) is not handled here: ``"auto"`` keeps the chunked path for it. The kernel cannot be traced by torch.func or

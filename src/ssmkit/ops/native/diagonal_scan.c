@@ -38,19 +38,38 @@
 
 #include "common.h"
 
-#define VEC 16 /* channels per item: the item's parameters (6 N VEC) and states (2 N VEC) stay in L1 for N ≤ 64 */
-#define MB 4   /* modes advanced together in the forward: independent recurrences hide the FMA latency */
-#define MBB 2  /* in the backward (its accumulators take more registers) */
+/* Channels per item: one vector of the target (common.h's VBYTES: 16 floats with AVX-512, 8 with AVX2). The item's
+ * parameters (6 N VEC) and states (2 N VEC) stay in L1 for N ≤ 64. Modes advanced together: MB in the forward
+ * (independent recurrences hide the FMA latency; each keeps 6 vectors live), MBB in the backward (12 each), sized to
+ * the registers: 32 with AVX-512, 16 with AVX2. With 16 floats per vector on AVX2 (two registers each) the blocks
+ * spilled: S4D's kernel ran ~7x the cycles of the AVX-512 build on a Zen 3 VM. */
+#define VEC (VBYTES / (int)sizeof(real))
+#if VBYTES == 64
+#define MB 4
+#define MBB 2
+#else /* measured on AVX2 (Zen 3, S4D at B 8, L 4 096, H 128, N 64, one thread): forward MB = 2, 3, 4: 34-38, 29-34,
+       * 26-27 ms (gcc keeps C in memory operands); backward MBB = 1, 2: 143-158, 148-178 ms */
+#define MB 4
+#define MBB 1
+#endif
 
-/* VEC channels as one value (GCC/clang vector extension: one AVX-512 register for float, two AVX2 registers, ...),
- * so a mode's state and accumulators live in registers across time steps. */
-typedef real vreal __attribute__((vector_size(VEC * sizeof(real))));
+/* VEC channels as one value (GCC/clang vector extension: one register of the target), so a mode's state and
+ * accumulators live in registers across time steps. */
+typedef real vreal __attribute__((vector_size(VBYTES)));
 static inline vreal vload(const real *p) {
     vreal v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 static inline void vstore(real *p, vreal v) { memcpy(p, &v, sizeof v); }
+
+/* The sum of the per-mode vectors v[0..k) (k = MB or MBB), in a fixed tree for k = 4. */
+static inline vreal sum_modes(const vreal *v, int k) {
+    if (k == 4) return (v[0] + v[1]) + (v[2] + v[3]);
+    vreal s = v[0];
+    for (int m = 1; m < k; m++) s += v[m];
+    return s;
+}
 
 /* Number of items for (B, H): the caller splits [0, n) among its threads. */
 int64_t SUFFIX(ds_items)(int64_t Bsz, int64_t H) { return Bsz * ((H + VEC - 1) / VEC); }
@@ -143,7 +162,7 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
                         pr[m] = nr, pi[m] = ni;
                         ym[m] = c_r[m] * nr - c_i[m] * ni;
                     }
-                    vstore(yb + i * VEC, vload(yb + i * VEC) + ((ym[0] + ym[1]) + (ym[2] + ym[3])));
+                    vstore(yb + i * VEC, vload(yb + i * VEC) + sum_modes(ym, MB));
                 }
                 for (int64_t i = 0; i < nt && !x0; i++) { /* x̃: B̄ = 1, C = w */
                     const vreal uu = vload(ub + i * VEC);
@@ -155,7 +174,7 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
                         pr[m] = nr, pi[m] = ni;
                         ym[m] = c_r[m] * nr - c_i[m] * ni;
                     }
-                    vstore(yb + i * VEC, vload(yb + i * VEC) + ((ym[0] + ym[1]) + (ym[2] + ym[3])));
+                    vstore(yb + i * VEC, vload(yb + i * VEC) + sum_modes(ym, MB));
                 }
                 #pragma GCC unroll 8
                 for (int m = 0; m < MB; m++) vstore(xr + (n0 + m) * VEC, pr[m]), vstore(xi + (n0 + m) * VEC, pi[m]);
@@ -217,7 +236,7 @@ static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *A
                 nr[m] = n_r, ni[m] = n_i, mr[m] = m_r, mi[m] = m_i;
             }
         }
-        vstore(gub + i * VEC, vload(gub + i * VEC) + (gum[0] + gum[1]));
+        vstore(gub + i * VEC, vload(gub + i * VEC) + sum_modes(gum, MBB));
     }
     #pragma GCC unroll 8
     for (int m = 0; m < MBB; m++) {

@@ -22,7 +22,7 @@
  * ∂δ_t = ∂Δ_t ⊙ σ(δ_t + b_Δ) (softplus' = the logistic σ), ∂b_Δ = Σ ∂δ_t. ∂B, ∂C, ∂A, ∂D and ∂b_Δ sum over channels
  * or batch and time, so each caller thread adds into its own partial buffers, which the caller sums.
  *
- * Compiled twice: as float (exp, log1p by range reduction and polynomials, ~1 ulp; see expr, log1pr) and with
+ * Compiled twice: as float (exp, log1p by range reduction and polynomials, ~1 ulp; see expr, log1p_unit) and with
  * -DSS_DOUBLE as double (libm's exp and log1p). Softplus follows torch.nn.functional.softplus: x above 20 passes as x.
  */
 #include <stdlib.h>
@@ -32,7 +32,15 @@
 
 #define VEC 64 /* channels per item: the state of an item is N × VEC values */
 
-#define LANES (64 / (int64_t)sizeof(real)) /* a 64-byte vector's lanes */
+/* Vectors are VBYTES wide (common.h). With 64-byte vectors on a CPU without AVX-512 each vector took two registers, the
+ * adjoint's working set no longer fitted the 16 of AVX2, and gcc spilled it: the backward ran 8x slower than on
+ * AVX-512 on a Zen 3 VM (1.37 s against 0.17 s at B 8, L 4 096, H 512, N 16), where the forward ran 4.7x slower. */
+#ifdef SS_DOUBLE
+#define SS_REAL_BYTES 8
+#else
+#define SS_REAL_BYTES 4
+#endif
+#define LANES (VBYTES / (int64_t)sizeof(real)) /* a vector's lanes */
 
 /* Vectors of LANES values (GCC >= 12 and clang: vector extensions and __builtin_shufflevector; HAVE_VEC is 0 on
  * other compilers, which take the scalar loops). transpose_sum(v) returns s with s[i] = Σ_j v[i][j], the lane sums of
@@ -41,16 +49,25 @@
  * compiler sums one vector's lanes in lane order without -ffast-math, a chain of LANES dependent scalar additions:
  * per state and step, for ∂B and ∂C, that was a sixth of the selective backward. */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-typedef real vec_t __attribute__((vector_size(64)));
-typedef real vec_u __attribute__((vector_size(64), aligned(sizeof(real)))); /* an unaligned load or store */
-#ifdef SS_DOUBLE
+typedef real vec_t __attribute__((vector_size(VBYTES)));
+typedef real vec_u __attribute__((vector_size(VBYTES), aligned(sizeof(real)))); /* an unaligned load or store */
+#define PAIR(a, b, lo, hi) (__builtin_shufflevector(a, b, lo) + __builtin_shufflevector(a, b, hi))
+#if VBYTES / SS_REAL_BYTES == 4
+#define LEVEL1 0, 1, 4, 5
+#define LEVEL1H 2, 3, 6, 7
+#define LEVEL2 0, 4, 2, 6
+#define LEVEL2H 1, 5, 3, 7
+static inline vec_t transpose_sum(vec_t *v) {
+    for (int k = 0; k < 2; k++) v[k] = PAIR(v[k], v[k + 2], LEVEL1, LEVEL1H);
+    return PAIR(v[0], v[1], LEVEL2, LEVEL2H);
+}
+#elif VBYTES / SS_REAL_BYTES == 8
 #define LEVEL1 0, 1, 2, 3, 8, 9, 10, 11
 #define LEVEL1H 4, 5, 6, 7, 12, 13, 14, 15
 #define LEVEL2 0, 1, 8, 9, 4, 5, 12, 13
 #define LEVEL2H 2, 3, 10, 11, 6, 7, 14, 15
 #define LEVEL3 0, 8, 2, 10, 4, 12, 6, 14
 #define LEVEL3H 1, 9, 3, 11, 5, 13, 7, 15
-#define PAIR(a, b, lo, hi) (__builtin_shufflevector(a, b, lo) + __builtin_shufflevector(a, b, hi))
 static inline vec_t transpose_sum(vec_t *v) {
     for (int k = 0; k < 4; k++) v[k] = PAIR(v[k], v[k + 4], LEVEL1, LEVEL1H);
     for (int k = 0; k < 2; k++) v[k] = PAIR(v[k], v[k + 2], LEVEL2, LEVEL2H);
@@ -65,7 +82,6 @@ static inline vec_t transpose_sum(vec_t *v) {
 #define LEVEL3H 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
 #define LEVEL4 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
 #define LEVEL4H 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
-#define PAIR(a, b, lo, hi) (__builtin_shufflevector(a, b, lo) + __builtin_shufflevector(a, b, hi))
 static inline vec_t transpose_sum(vec_t *v) {
     for (int k = 0; k < 8; k++) v[k] = PAIR(v[k], v[k + 8], LEVEL1, LEVEL1H);
     for (int k = 0; k < 4; k++) v[k] = PAIR(v[k], v[k + 4], LEVEL2, LEVEL2H);
@@ -104,7 +120,28 @@ int64_t SUFFIX(ss_items)(int64_t Bsz, int64_t H, int64_t G) {
 typedef struct {
     const real *u, *delta, *bias, *At, *Bm, *Cm, *D, *z; /* (B,L,H), (B,L,H), (H,), (N,H), (B,L,G,N) x2, (H,), (B,L,H) */
     int64_t softplus, L, H, G, N, T;
+    int le88; /* Δ_t A ≤ 0 for every input (softplus Δ ≥ 0 and A ≤ 0): exp(Δ A) by expr_le88, without the upper clamp */
 } inputs_t;
+
+/* The inputs, with le88 decided from softplus and A (N × H values, read once per call). */
+static inputs_t inputs_of(const real *u, const real *delta, const real *bias, const real *At, const real *Bm,
+                          const real *Cm, const real *D, const real *z, int64_t softplus, int64_t L, int64_t H,
+                          int64_t G, int64_t N, int64_t T) {
+    int nonpositive = 1;
+    for (int64_t i = 0; i < N * H; i++) nonpositive &= At[i] <= 0; /* false for NaN */
+    const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T, softplus && nonpositive};
+    return in;
+}
+
+/* exp(Δ A) in the scan's inner loops: without the upper clamp where le88 (a constant in each inlined copy) holds. */
+#define EXP_DA(le88, v) ((le88) ? expr_le88(v) : expr(v))
+
+/* The item's columns of A (N, H), transposed in At, into Al (N × VEC), zeros beyond w: rows of At are H apart, and
+ * at H = 512 (2 KiB) the N rows of a block fall into the same few L1 sets and evict each other every step. */
+static inline void gather_A(real *Al, const real *At, int64_t N, int64_t H, int64_t c0, int64_t w) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < VEC; c++) Al[n * VEC + c] = c < w ? At[n * H + c0 + c] : 0;
+}
 
 /* Prefetch the w values of a row (its 64-byte lines): rows are H apart in memory, so the hardware prefetcher, which
  * does not cross 4 KiB pages, misses one every step or two; asking PF steps ahead hides that latency. */
@@ -121,28 +158,41 @@ static inline void prefetch_step(const inputs_t *in, int64_t b, int64_t t, int64
     if (in->z) prefetch_row(in->z + row, w);
 }
 
-/* Δ = softplus(δ + b) (or δ + b), and Δ u, for the w channels of one row; sp ← softplus'(δ + b) = σ(δ + b) (or 1). */
+/* Δ = softplus(δ + b) (or δ + b), and Δ u, for the w channels of one row; sp ← softplus'(δ + b) = σ(δ + b) (or 1).
+ * The options are tested outside the loops, so that each loop is one straight vectorisable body (with the tests
+ * inside, gcc left the backward's copy scalar). */
 static inline void row_dt(const inputs_t *in, int64_t row, int64_t c0, int64_t w, real *restrict d, real *restrict uu,
                           real *restrict x, real *restrict sp) {
-    for (int64_t c = 0; c < w; c++) {
-        real v = in->delta[row + c] + (in->bias ? in->bias[c0 + c] : 0);
-        d[c] = in->softplus ? softplusr(v) : v;
-        if (sp) sp[c] = in->softplus ? sigmoidr(v) : 1;
-        uu[c] = in->u[row + c];
-        x[c] = d[c] * uu[c];
-    }
+    const real *restrict dl = in->delta + row, *restrict bias = in->bias ? in->bias + c0 : NULL;
+    if (bias)
+        for (int64_t c = 0; c < w; c++) d[c] = dl[c] + bias[c];
+    else
+        memcpy(d, dl, sizeof(real) * w);
+    if (in->softplus && sp)
+        for (int64_t c = 0; c < w; c++) {
+            const real v = d[c], e = exp_neg_abs(v);
+            d[c] = softplus_e(v, e), sp[c] = sigmoid_e(v, e);
+        }
+    else if (in->softplus)
+        for (int64_t c = 0; c < w; c++) d[c] = softplus_e(d[c], exp_neg_abs(d[c]));
+    else if (sp)
+        for (int64_t c = 0; c < w; c++) sp[c] = 1;
+    memcpy(uu, in->u + row, sizeof(real) * w);
+    for (int64_t c = 0; c < w; c++) x[c] = d[c] * uu[c];
 }
 
-/* The forward of one item of w channels; h (N × VEC) is the calling thread's state buffer. Inlined twice by
+/* The forward of one item of w channels; h (2N × VEC) is the calling thread's buffer: the states, then A's columns
+ * of the item (gather_A). Inlined three times by
  * forward_item: with w = VEC, a constant, so the channel loops compile to four straight 16-lane vectors with no
  * remainder or alignment code (12 % faster than one runtime-w copy at the issue's shape), and with w < VEC. */
 static inline __attribute__((always_inline)) void forward_item_w(const inputs_t *in, item_t it, const real *h0,
                                                                  real *out, real *hL, real *ckpt, real *h,
-                                                                 const int64_t w) {
+                                                                 const int64_t w, const int le88) {
     const int64_t c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
     const int64_t nc = (L + T - 1) / T;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real d[VEC], uu[VEC], x[VEC], y[VEC];
+    gather_A(h + N * VEC, At, N, H, c0, w);
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < VEC; c++) h[n * VEC + c] = (h0 && c < w) ? h0[(it.b * H + c0 + c) * N + n] : 0;
     for (int64_t t = 0; t < L; t++) {
@@ -156,11 +206,11 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
         for (int64_t c = 0; c < w; c++) y[c] = D ? D[c0 + c] * uu[c] : 0;
         for (int64_t n = 0; n < N; n++) {
             const real Bn = Bm[bc + n], Cn = Cm[bc + n];
-            const real *restrict An = At + n * H + c0;
+            const real *restrict An = h + (N + n) * VEC; /* A's row n, gathered */
             real *restrict hn = h + n * VEC;
 #pragma omp simd
             for (int64_t c = 0; c < w; c++) {
-                real hv = expr(d[c] * An[c]) * hn[c] + x[c] * Bn;
+                real hv = EXP_DA(le88, d[c] * An[c]) * hn[c] + x[c] * Bn;
                 hn[c] = hv;
                 y[c] += Cn * hv;
             }
@@ -178,10 +228,12 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
 }
 
 static void forward_item(const inputs_t *in, item_t it, const real *h0, real *out, real *hL, real *ckpt, real *h) {
-    if (it.w == VEC)
-        forward_item_w(in, it, h0, out, hL, ckpt, h, VEC); /* the constant width: see forward_item_w */
+    if (it.w == VEC && in->le88) /* the constant width (see forward_item_w) and exp(Δ A) without its upper clamp */
+        forward_item_w(in, it, h0, out, hL, ckpt, h, VEC, 1);
+    else if (it.w == VEC)
+        forward_item_w(in, it, h0, out, hL, ckpt, h, VEC, 0);
     else
-        forward_item_w(in, it, h0, out, hL, ckpt, h, it.w);
+        forward_item_w(in, it, h0, out, hL, ckpt, h, it.w, 0);
 }
 
 /* Forward over items [item0, item1) on nthreads threads: out (B, L, H); the final state hL (B, H, N) and the
@@ -192,11 +244,11 @@ int SUFFIX(ss_forward)(const real *u, const real *delta, const real *bias, int64
                        real *ckpt, int64_t Bsz, int64_t L, int64_t H, int64_t G, int64_t N, int64_t T, int64_t item0,
                        int64_t item1, int64_t nthreads) {
     (void)Bsz;
-    const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T};
+    const inputs_t in = inputs_of(u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T);
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
-        real *h = malloc(sizeof(real) * N * VEC);
+        real *h = malloc(sizeof(real) * 2 * N * VEC); /* the states, then A's columns of the item */
         failed |= !h;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
@@ -208,28 +260,35 @@ int SUFFIX(ss_forward)(const real *u, const real *delta, const real *bias, int64
 
 #if HAVE_VEC
 #define NV (VEC / LANES) /* vectors per block of VEC channels */
+/* Vectors per pass of the adjoint: its per-channel working set (three inputs and three accumulators per vector) must
+ * stay in registers -- 32 with AVX-512, one pass of the whole block; 16 with AVX2, passes of PV vectors. */
+#if VBYTES == 64
+#define PV NV
+#else
+#define PV 4
+#endif
 
 /* One step of the adjoint for a full block of VEC channels, in vectors (the scalar loop of backward_item_w does the
  * same for any width): λ, ∂A (gAl) updated in place over the N states; yv, gdtu, gdA (VEC) set to y_t, ∂(Δu)_t and
- * Σ_n Γ_t A; ∂B_t and ∂C_t (N) added into gB, gC. The sums over channels (∂B, ∂C) are kept as vectors, LANES states
- * at a time, and summed by transpose_sum. hn, hp, ab: h_t, h_{t-1}, Ā_t (N × VEC); An: A's row n at An + n·H. */
-static inline void adjoint_vec(int64_t N, int64_t H, const real *Bt, const real *Ct, const real *An, const real *hn,
+ * Σ_n Γ_t A; ∂B_t and ∂C_t (N) added into gB, gC. The channels run in passes of PV vectors; the sums over channels
+ * (∂B, ∂C) are kept as one vector per state (rc, rb: N rounded up to LANES), added over the passes, and summed
+ * LANES states at a time by transpose_sum. hn, hp, ab: h_t, h_{t-1}, Ā_t (N × VEC); An: A's columns of the block (N × VEC, gather_A). */
+static inline void adjoint_vec(int64_t N, const real *Bt, const real *Ct, const real *An, const real *hn,
                                const real *hp, const real *ab, real *lam, real *gAl, const real *g, const real *x,
-                               const real *d, real *yv, real *gdtu, real *gdA, real *gB, real *gC) {
-    vec_t gv[NV], xv[NV], dv[NV], yvv[NV], gtv[NV], gav[NV], rc[LANES], rb[LANES];
-    for (int q = 0; q < NV; q++) {
-        gv[q] = *(const vec_u *)(g + q * LANES), xv[q] = *(const vec_u *)(x + q * LANES);
-        dv[q] = *(const vec_u *)(d + q * LANES);
-        yvv[q] = (vec_t){0}, gtv[q] = (vec_t){0}, gav[q] = (vec_t){0};
-    }
-    for (int64_t n0 = 0; n0 < N; n0 += LANES) {
-        const int64_t k = N - n0 < LANES ? N - n0 : LANES;
-        for (int64_t m = 0; m < k; m++) {
-            const int64_t n = n0 + m;
+                               const real *d, real *yv, real *gdtu, real *gdA, real *gB, real *gC, vec_t *rc,
+                               vec_t *rb) {
+    for (int p = 0; p < NV; p += PV) {
+        vec_t gv[PV], xv[PV], dv[PV], yvv[PV], gtv[PV], gav[PV];
+        for (int q = 0; q < PV; q++) {
+            const int64_t o = (p + q) * LANES;
+            gv[q] = *(const vec_u *)(g + o), xv[q] = *(const vec_u *)(x + o), dv[q] = *(const vec_u *)(d + o);
+            yvv[q] = (vec_t){0}, gtv[q] = (vec_t){0}, gav[q] = (vec_t){0};
+        }
+        for (int64_t n = 0; n < N; n++) {
             const real Bn = Bt[n], Cn = Ct[n];
             vec_t pc = {0}, pb = {0};
-            for (int q = 0; q < NV; q++) {
-                const int64_t o = n * VEC + q * LANES;
+            for (int q = 0; q < PV; q++) {
+                const int64_t o = n * VEC + (p + q) * LANES;
                 const vec_t hv = *(const vec_u *)(hn + o), av = *(const vec_u *)(ab + o);
                 const vec_t l = *(vec_u *)(lam + o) + Cn * gv[q]; /* λ_t */
                 pc += gv[q] * hv;
@@ -237,28 +296,34 @@ static inline void adjoint_vec(int64_t N, int64_t H, const real *Bt, const real 
                 yvv[q] += Cn * hv; /* y_t, for the gate's gradient */
                 gtv[q] += Bn * l;
                 const vec_t Gam = l * av * *(const vec_u *)(hp + o);
-                gav[q] += Gam * *(const vec_u *)(An + n * H + q * LANES);
+                gav[q] += Gam * *(const vec_u *)(An + n * VEC + (p + q) * LANES);
                 *(vec_u *)(gAl + o) += Gam * dv[q];
                 *(vec_u *)(lam + o) = av * l; /* the carry into step t-1 */
             }
-            rc[m] = pc, rb[m] = pb;
+            if (p == 0)
+                rc[n] = pc, rb[n] = pb;
+            else
+                rc[n] += pc, rb[n] += pb;
         }
-        for (int64_t m = k; m < LANES; m++) rc[m] = (vec_t){0}, rb[m] = (vec_t){0};
-        const vec_t sc = transpose_sum(rc), sb = transpose_sum(rb);
-        for (int64_t m = 0; m < k; m++) gC[n0 + m] += sc[m], gB[n0 + m] += sb[m];
+        for (int q = 0; q < PV; q++) {
+            const int64_t o = (p + q) * LANES;
+            *(vec_u *)(yv + o) = yvv[q], *(vec_u *)(gdtu + o) = gtv[q], *(vec_u *)(gdA + o) = gav[q];
+        }
     }
-    for (int q = 0; q < NV; q++) {
-        *(vec_u *)(yv + q * LANES) = yvv[q], *(vec_u *)(gdtu + q * LANES) = gtv[q];
-        *(vec_u *)(gdA + q * LANES) = gav[q];
+    for (int64_t n0 = 0; n0 < N; n0 += LANES) {
+        const int64_t k = N - n0 < LANES ? N - n0 : LANES;
+        for (int64_t m = k; m < LANES; m++) rc[n0 + m] = (vec_t){0}, rb[n0 + m] = (vec_t){0};
+        const vec_t sc = transpose_sum(rc + n0), sb = transpose_sum(rb + n0);
+        for (int64_t m = 0; m < k; m++) gC[n0 + m] += sc[m], gB[n0 + m] += sb[m];
     }
 }
 #endif
 
 /* The chunk buffers of one backward thread: hs[i] = the state before step t0 + i of the chunk, ab[i] = Ā of step
  * t0 + i, rows[i] = Δ, u, Δu and softplus'(δ + b) of step t0 + i (4 × VEC, side by side: arrays a multiple of
- * 4 KiB apart would share L1 sets with hs and ab; computed once, in the recompute, and read by the adjoint), lam = the adjoint carried in (Ā_{t+1} ⊙ λ_{t+1}), gAl = the item's ∂A. */
+ * 4 KiB apart would share L1 sets with hs and ab; computed once, in the recompute, and read by the adjoint), lam = the adjoint carried in (Ā_{t+1} ⊙ λ_{t+1}), gAl = the item's ∂A, Al = its columns of A (gather_A). */
 typedef struct {
-    real *hs, *ab, *rows, *lam, *gAl;
+    real *hs, *ab, *rows, *lam, *gAl, *Al;
 } chunk_t;
 
 /* The backward of one item of w channels, adding into the item's partials gB, gC, gP; inlined twice by
@@ -267,13 +332,18 @@ typedef struct {
 static inline __attribute__((always_inline)) void backward_item_w(const inputs_t *in, item_t it, const real *ckpt,
                                                                   const real *gout, const real *ghL, real *gdelta,
                                                                   real *gu, real *gz, real *gh0, real *gB, real *gC,
-                                                                  real *gP, chunk_t buf, const int64_t w) {
+                                                                  real *gP, chunk_t buf, const int64_t w,
+                                                                  const int le88) {
     const int64_t c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
     const int64_t nc = (L + T - 1) / T, S = N * VEC;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
     real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC];
+#if HAVE_VEC
+    vec_t rc[(N + LANES - 1) / LANES * LANES], rb[(N + LANES - 1) / LANES * LANES]; /* adjoint_vec's sums over channels */
+#endif
     memset(gAl, 0, sizeof(real) * S);
+    gather_A(buf.Al, At, N, H, c0, w);
     for (int64_t c = 0; c < VEC; c++) gDl[c] = 0, gbl[c] = 0;
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < VEC; c++) lam[n * VEC + c] = (ghL && c < w) ? ghL[(it.b * H + c0 + c) * N + n] : 0;
@@ -289,12 +359,12 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
             row_dt(in, row, c0, w, d, d + VEC, x, d + 3 * VEC);
             for (int64_t n = 0; n < N; n++) {
                 const real Bn = Bm[bc + n];
-                const real *restrict An = At + n * H + c0;
+                const real *restrict An = buf.Al + n * VEC;
                 const real *restrict hp = hs + i * S + n * VEC;
                 real *restrict hn = hs + (i + 1) * S + n * VEC, *restrict abar = ab + i * S + n * VEC;
 #pragma omp simd
                 for (int64_t c = 0; c < w; c++) {
-                    real a = expr(d[c] * An[c]);
+                    real a = EXP_DA(le88, d[c] * An[c]);
                     abar[c] = a;
                     hn[c] = a * hp[c] + x[c] * Bn;
                 }
@@ -311,13 +381,13 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
                 for (int64_t c = 0; c < w; c++) g[c] *= z[row + c] * sigmoidr(z[row + c]); /* the gradient reaching y_t */
 #if HAVE_VEC
             if (w == VEC) /* a constant in each inlined copy */
-                adjoint_vec(N, H, Bm + bc, Cm + bc, At + c0, hs + (i + 1) * S, hs + i * S, ab + i * S, lam, gAl, g, x, d,
-                            yv, gdtu, gdA, gB + bc, gC + bc);
+                adjoint_vec(N, Bm + bc, Cm + bc, buf.Al, hs + (i + 1) * S, hs + i * S, ab + i * S, lam, gAl, g, x, d,
+                            yv, gdtu, gdA, gB + bc, gC + bc, rc, rb);
             else
 #endif
             for (int64_t n = 0; n < N; n++) {
                 const real Bn = Bm[bc + n], Cn = Cm[bc + n];
-                const real *restrict An = At + n * H + c0;
+                const real *restrict An = buf.Al + n * VEC;
                 const real *restrict hn = hs + (i + 1) * S + n * VEC, *restrict hp = hs + i * S + n * VEC;
                 const real *restrict abar = ab + i * S + n * VEC;
                 real *restrict ln = lam + n * VEC, *restrict gan = gAl + n * VEC;
@@ -362,10 +432,12 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
 
 static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const real *gout, const real *ghL,
                           real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP, chunk_t buf) {
-    if (it.w == VEC)
-        backward_item_w(in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB, gC, gP, buf, VEC);
+    if (it.w == VEC && in->le88)
+        backward_item_w(in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB, gC, gP, buf, VEC, 1);
+    else if (it.w == VEC)
+        backward_item_w(in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB, gC, gP, buf, VEC, 0);
     else
-        backward_item_w(in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB, gC, gP, buf, it.w);
+        backward_item_w(in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB, gC, gP, buf, it.w, 0);
 }
 
 /* Backward over items [item0, item1) on nthreads threads, from the forward's chunk-start states ckpt
@@ -380,14 +452,15 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
                         const real *ghL, real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP,
                         int64_t Bsz, int64_t L, int64_t H, int64_t G, int64_t N, int64_t T, int64_t item0,
                         int64_t item1, int64_t nthreads) {
-    const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T};
+    const inputs_t in = inputs_of(u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T);
     const int64_t S = N * VEC, nbc = Bsz * L * G * N, nblk = (H / G + VEC - 1) / VEC;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
         chunk_t buf = {malloc(sizeof(real) * (T + 1) * S), malloc(sizeof(real) * T * S),
-                       malloc(sizeof(real) * 4 * T * VEC), malloc(sizeof(real) * S), malloc(sizeof(real) * S)};
-        const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl;
+                       malloc(sizeof(real) * 4 * T * VEC), malloc(sizeof(real) * S), malloc(sizeof(real) * S),
+                       malloc(sizeof(real) * S)};
+        const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl && buf.Al;
         failed |= !ok;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
@@ -397,7 +470,7 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
                 backward_item(&in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB + k * nbc, gC + k * nbc,
                               gP + it.b * (N + 2) * H, buf);
             }
-        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl);
+        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al);
     }
     return failed;
 }

@@ -56,3 +56,12 @@ def test_recipes_keep_the_delta_range_they_were_tuned_with(benchmark, Ts, sample
                    timescale=recipe.timescale)
     assert m.layers[0].dt_min == pytest.approx(samples[0], rel=1e-12)
     assert m.layers[0].dt_max == pytest.approx(samples[1], rel=1e-12)
+
+
+def test_timescale_and_a_delta_range_in_layer_options_are_not_both_taken():
+    # layer_options' dt_min won silently over the timescale's (setdefault)
+    with pytest.raises(ValueError, match="either as timescale .* not both.*'dt_min': 0.5"):
+        DeepWiener(1, 1, d_model=2, n_layers=1, layer_options={"d_state": 4, "dt_min": 0.5}, dt=1.0,
+                   timescale=(1.0, 10.0))
+    m = DeepWiener(1, 1, d_model=2, n_layers=1, layer_options={"d_state": 4, "dt_min": 0.05}, dt=1.0)
+    assert m.layers[0].dt_min == 0.05  # without a timescale the layer's own option holds

@@ -145,8 +145,12 @@ class DeepWiener(nn.Module):
             if not {"dt_min", "dt_max"} <= set(inspect.signature(cls.__init__).parameters):
                 raise ValueError(f"timescale sets the layers' initial Δ range (dt_min, dt_max), and {layer!r} has no Δ: "
                                  "leave timescale None and set its own init options in layer_options")
-            options.setdefault("dt_min", dt / hi)  # Δ = Ts/τ: the longest time unit gives the smallest step
-            options.setdefault("dt_max", dt / lo)
+            if {"dt_min", "dt_max"} & set(options):
+                raise ValueError("give the layers' Δ range either as timescale (seconds) or as layer_options dt_min/"
+                                 f"dt_max (samples), not both; got timescale={timescale!r} and layer_options "
+                                 f"{ {k: options[k] for k in ('dt_min', 'dt_max') if k in options} }")
+            options["dt_min"] = dt / hi  # Δ = Ts/τ: the longest time unit gives the smallest step
+            options["dt_max"] = dt / lo
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
         # the constructor's arguments (plain values): a saved model is {"deep_wiener": these, "state_dict": ...}
         self.arguments: dict[str, Any] = {

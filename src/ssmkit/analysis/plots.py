@@ -121,7 +121,8 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
         results: the layers' analyses.
         path: the PNG to write.
         channels: the most channels per layer (see the module docstring).
-        points: frequencies per curve (log-spaced from 1e-3 × Nyquist).
+        points: frequencies per curve, log-spaced from 1e-3 × Nyquist or, when the slowest mode is slower, from
+            0.1 / τ_slowest (so the DC plateau shows; not below 1e-7 × Nyquist) up to Nyquist.
         seconds: whether dt is in seconds (None: when dt ≠ 1; else samples).
 
     Returns:
@@ -130,7 +131,10 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
     fig, axes = _figure(len(results), 2)
     for row, r in zip(axes, results):
         nyquist = np.pi / r.system.dt
-        omega = np.logspace(np.log10(nyquist) - 3, np.log10(nyquist), points)  # (W,) rad/s
+        lowest = 1e-3 * nyquist
+        if np.isfinite(r.slowest_time_constant) and r.slowest_time_constant > 0:  # a decade below the slowest corner
+            lowest = min(lowest, max(0.1 / r.slowest_time_constant, 1e-7 * nyquist))
+        omega = np.logspace(np.log10(lowest), np.log10(nyquist), points)  # (W,) rad/s
         H = r.system.frequency_response(omega)  # (G, p, m, W)
         for g, i, j in channel_pairs(r.system, channels):
             h = H[g, i, j]

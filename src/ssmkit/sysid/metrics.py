@@ -19,6 +19,9 @@ reports one fit per experiment instead); several outputs are scored separately (
 averaged). Signals are time first, (L,) or (L, p): a (p, L) signal, python-control's layout, has fewer samples than
 channels and is refused. A NaN in either signal makes that channel's scores NaN (nothing is masked: a diverged
 simulation shows), and a constant measured output (std 0) gives an infinite NRMSE and a fit of -inf %.
+
+MATLAB's names differ: ``goodnessOfFit(y_hat, y, 'NRMSE')`` returns 1 - NRMSE (a fit, 1 = perfect: ``fit / 100``
+here) and ``'NMSE'`` returns 1 - NRMSE² (R² here); ``compare`` reports fit %.
 """
 
 from __future__ import annotations

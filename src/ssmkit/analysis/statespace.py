@@ -85,8 +85,8 @@ class StateSpace:
     (`ssmkit.ops.discretize`). A layer's own export has dt = 1 (time in samples); ``DeepWiener.state_space`` and
     ``analyze_model`` re-export it with the model's Ts. A layer's state h (from ``forward`` or ``step``) is the
     exported system's state x[k], as ``simulate``'s x0 (B, G, n) (python-control's ``X0`` is one row of it):
-    ``view_as_real(h).reshape(B, G, n)`` for the complex diagonal layers (S4D, DSS, DLR, S5, LRU: (Re, Im) per
-    mode), ``cat([h.real, h.imag], -1)`` for S4, h itself for EMA (tests/analysis/test_control_export.py).
+    ``view_as_real(h).reshape(B, G, n)`` for the complex diagonal layers (S4D, DSS, DLR, S5, LRU: real then imaginary
+    part of each mode), ``cat([h.real, h.imag], -1)`` for S4, h itself for EMA (tests/analysis/test_control_export.py).
 
     Complex systems: A, B, C, D may be complex. Inputs are always real and the physical output is the real part,
     y[k] = Re(C x[k] + D u[k]), as in the layers (S4D's y = 2 Re(C x) + D u, LRU's y = Re(C h) + D u). Every

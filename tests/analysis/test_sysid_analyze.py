@@ -129,3 +129,16 @@ def test_checkpoint_round_trip_keeps_the_dtype():
         model.checkpoint(state_dict={})
     with pytest.raises(ValueError, match="a DeepWiener checkpoint is a dict"):
         DeepWiener.from_checkpoint({"state_dict": {}})
+
+
+def test_dt_may_not_contradict_the_models_sampling_time(tmp_path, capsys):
+    # --dt 1 on a Ts = 0.5 s DeepWiener reported its poles and time constants in "seconds" on a 1 s axis (probe 4)
+    from ssmkit.analysis.commands import analyze_main
+
+    torch.manual_seed(0)
+    model = DeepWiener(1, 1, d_model=2, n_layers=1, layer_options={"d_state": 4}, dt=0.5)
+    torch.save(model.checkpoint(), tmp_path / "model.pt")
+    with pytest.raises(SystemExit):
+        analyze_main([str(tmp_path / "model.pt"), "--dt", "1", "--no-plots", "--out", str(tmp_path / "a")])
+    assert "carries its sampling time Ts = 0.5 s; --dt 1 would put" in capsys.readouterr().err
+    assert analyze_main([str(tmp_path / "model.pt"), "--dt", "0.5", "--no-plots", "--out", str(tmp_path / "b")]) == 0

@@ -125,3 +125,17 @@ def test_pole_statistics_of_a_model():
     assert "## Measured poles of the checkpoint" in text and "| blocks.1.layer | rglru | — |" in text
     measured = list(csv.DictReader(io.StringIO(to_csv([], stats))))
     assert measured[0]["name"] == "blocks.0.layer"
+    assert stats[0]["time_unit"] == "samples" and "τ = −dt / log|z| in samples." in text
+
+
+def test_pole_statistics_say_seconds_for_a_model_with_a_sampling_time():
+    # the measured table printed τ without a unit; a DeepWiener's are in seconds (probe 4)
+    from ssmkit.sysid.wiener import DeepWiener
+
+    torch.manual_seed(0)
+    model = DeepWiener(1, 1, d_model=2, n_layers=1, layer_options={"d_state": 4}, dt=4.0)
+    (row,) = pole_statistics(model)
+    z = np.abs(model.state_space()[0].poles()).max()
+    assert row["slowest_tau"] == pytest.approx(-4.0 / np.log(z), rel=1e-12)
+    assert row["time_unit"] == "s" and row["dt"] == 4.0
+    assert "τ = −dt / log|z| in s (dt = 4 s)." in to_markdown([], [row])

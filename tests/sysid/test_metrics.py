@@ -45,3 +45,35 @@ def test_bad_inputs_raise():
         rmse([torch.zeros(3)], [torch.zeros(3), torch.zeros(3)])
     with pytest.raises(ValueError, match="unknown metric names"):
         sysid_metrics(torch.zeros(3), torch.ones(3), names=("bic",))
+
+
+def test_time_last_signals_are_refused_not_scored_per_sample():
+    # python-control's forced_response returns (p, L): a (1, L) record read time first is one sample of L channels,
+    # and rmse returned |e_t| per "channel" (probe 4)
+    y = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    y_hat = torch.tensor([1.0, 2.0, 3.5, 3.5, 5.0, 7.0])
+    with pytest.raises(ValueError, match=r"time first.*\(1, 6\).*transpose"):
+        rmse(y_hat[None], y[None])
+    with pytest.raises(ValueError, match=r"time first.*\(2, 6\)"):
+        sysid_metrics(torch.stack([y_hat, y_hat]), torch.stack([y, y]))
+    # the transpose is the one-channel answer: sqrt((0.25 + 0.25 + 1) / 6)
+    assert float(rmse(y_hat[:, None], y[:, None])[0]) == pytest.approx(math.sqrt(1.5 / 6), rel=1e-15)
+
+
+def test_nan_shows_in_its_channel_only():
+    y = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 7.0]])
+    y_hat = y.clone()
+    y_hat[1, 1] = float("nan")
+    out = rmse(y_hat, y)
+    assert float(out[0]) == 0.0 and math.isnan(float(out[1]))
+
+
+def test_one_output_as_a_column_keeps_its_channel_axis():
+    # (L, 1) signals give (1,) scores, as (L, p) gives (p,) (a MIMO loop over channels indexes them); (L,) gives 0-d
+    y = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    y_hat = torch.tensor([1.0, 2.5, 3.0, 4.0])
+    for fn in (rmse, mae, nrmse, fit_percent, r_squared):
+        assert fn(y_hat[:, None], y[:, None]).shape == (1,) and fn(y_hat, y).shape == ()
+        assert float(fn(y_hat[:, None], y[:, None])[0]) == float(fn(y_hat, y))
+    with pytest.raises(ValueError, match="the same outputs p"):
+        rmse([y_hat[:, None], torch.zeros(4, 2)], [y[:, None], torch.zeros(4, 2)])

@@ -48,7 +48,7 @@ def test_recipes_and_model_from_recipe():
                             encoder_window=10)
     m = build_model(bench, "s4d", r)
     assert m.dt == 0.5 and m.encoder_window == 10 and m.n_inputs == 1
-    assert m.layers[0].dt_min == pytest.approx(1.0) and m.layers[0].dt_max == pytest.approx(10.0)  # seconds / Ts
+    assert m.layers[0].dt_min == pytest.approx(0.1) and m.layers[0].dt_max == pytest.approx(1.0)  # Ts / seconds
     p = build_model(bench, "s4d", r, mode="prediction")
     assert p.n_inputs == 2 and p.encoder_window == 0  # [u_t, y_{t-1}], no encoder
     with pytest.raises(ValueError, match="exceeds the benchmark's init window"):

@@ -91,7 +91,8 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
     parser.add_argument("--out", default=None, help="output folder (default: analysis/ beside checkpoints/, or beside "
                         "the file)")
     parser.add_argument("--dt", type=float, default=None,
-                        help="sampling time in seconds (default: the model's, a DeepWiener's Ts; else 1 = samples)")
+                        help="sampling time in seconds of a model without one (default: the model's, a DeepWiener's Ts, "
+                        "which --dt may not contradict; else 1 = samples)")
     parser.add_argument("--channels", type=int, default=8, help="channels per layer in the figures (default 8)")
     parser.add_argument("--no-plots", dest="no_plots", action="store_true", help="write summary.md and analysis.json only")
     args = parser.parse_args(argv)
@@ -102,6 +103,10 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
     from ssmkit.analysis.report import write_report
 
     model = load_model(args.checkpoint)
+    own = getattr(model, "dt", None)
+    if args.dt is not None and isinstance(own, float) and abs(args.dt - own) > 1e-12 * own:
+        parser.error(f"the model carries its sampling time Ts = {own:g} s; --dt {args.dt:g} would put its poles, time "
+                     "constants and frequencies on another time axis: leave --dt out")
     out = args.out or _default_out(args.checkpoint)
     paths = write_report(model, out, title=args.checkpoint, dt=args.dt, channels=args.channels, plots=not args.no_plots)
     with open(paths["summary"]) as f:
@@ -117,7 +122,9 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
         description="The control-theoretic table of every registered layer (arXiv 2403.16899's comparison), built "
         "from the layers' declarations; with --checkpoint, the trained model's pole statistics per layer.",
     )
-    parser.add_argument("--checkpoint", default=None, help="a checkpoint of 'ssmkit train': add measured pole statistics")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint of 'ssmkit train' or the model.pt of 'ssmkit sysid': add measured pole "
+                        "statistics")
     parser.add_argument("--out", default=None, help="write zoo.md, zoo.csv (and poles.csv) into this folder")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what to print (default markdown)")
     parser.add_argument("--d-model", dest="d_model", type=int, default=64,

@@ -7,8 +7,9 @@ Each layer that has a state-space realisation (``layer.supports("state_space")``
 :class:`StateSpace` bank sampled every ``dt`` seconds (a model's ``dt`` attribute, e.g. a DeepWiener's Ts, else 1:
 time in samples). Its discrete poles z (those of the real realisation: conjugates included) map to the equivalent
 continuous poles s = log(z) / dt (the ZOH correspondence z = e^{s dt}; Δ-discretised layers such as S4D-ZOH give back
-Δλ / dt exactly, up to the branch of the logarithm). The stability margin is 1 - ρ with ρ = max |z| the spectral
-radius; a mode's time constant is τ = -dt / log |z| (the e-folding time of its envelope).
+Δλ / dt exactly, up to the branch of the logarithm; for bilinear layers such as S4, whose z is the Cayley map of Δλ,
+log(z) / dt is the continuous pole of the discrete system, not Δλ / dt). The stability margin is 1 - ρ with
+ρ = max |z| the spectral radius; a mode's time constant is τ = -dt / log |z| (the e-folding time of its envelope).
 
 Letters: G systems of a bank, n states, m inputs, p outputs.
 """

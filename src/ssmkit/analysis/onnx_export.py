@@ -15,7 +15,8 @@ in the control convention, x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (``l
   state (the control state x[k] is the SSM papers' x_{k-1}), so a state from ``forward`` carries over
   (`onnx_state`).
 - **diagonal** when A is real diagonal (Mega's EMA): the state is (B, G, n), the layer's own state, O(G n (m + p)).
-- **dense** otherwise (S4's DPLR realisation): the state is (B, G, n) in the realisation's basis, O(G n²) per step.
+- **dense** otherwise (S4's DPLR realisation): the state is (B, G, n) in the realisation's basis, O(G n²) per step;
+  for S4 that basis is [Re x, Im x] of the layer's own complex state x, so a state from ``forward`` carries over too.
 
 The other layers (gated, time-varying mixers) keep their own ``step``, exported as traced; a layer whose state is
 complex, or whose step the exporter cannot trace, makes `export_onnx` raise ``NotImplementedError`` naming it.
@@ -271,8 +272,11 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     """The exported graph's state parts from a model state (``forward``/``step``'s), when every LTI layer is modal.
 
     The model's state list holds one entry per sequence layer, in module order (a SequenceModel's blocks, a
-    DeepWiener's layers); nested lists are read in order (a WienerEnsemble's list of member states). A modal LTI layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module
-    docstring); a mixer's parts are copied; a dense realisation (S4) has its own basis and raises.
+    DeepWiener's layers); nested lists are read in order (a WienerEnsemble's list of member states). A modal LTI
+    layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module docstring); a dense realisation (S4)
+    is written in the real basis z = [Re x, Im x] of the layer's complex state x (B, H, N/2) (``S4._state_space``),
+    so its entry becomes (B, H, N) = cat(Re x, Im x); a real diagonal one (EMA) is the layer's own state; a mixer's
+    parts are copied.
 
     Args:
         model: the model that was exported.
@@ -290,12 +294,14 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     for layer, entry in zip(layers, state):
         if layer.supports("state_space"):
             real = RealLTIStep(layer.state_space())
-            if real.kind == "dense" or entry.is_complex() != (real.kind == "modal"):
+            if real.kind == "dense" and entry.is_complex() and 2 * entry.shape[-1] == real.n:
+                entry = torch.cat([entry.real, entry.imag], -1)  # (B, H, N/2) -> (B, H, N): the basis [Re x, Im x]
+            elif entry.is_complex() != (real.kind == "modal"):
                 raise NotImplementedError(
-                    f"{type(layer).__name__}'s state has no direct counterpart in the exported graph (its realisation "
-                    "is dense, in its own basis): start the ONNX graph from zeros"
+                    f"{type(layer).__name__}'s state {tuple(entry.shape)} has no direct counterpart in the exported "
+                    f"graph's {real.kind} realisation: start the ONNX graph from zeros"
                 )
-            if entry.is_complex():
+            elif entry.is_complex():
                 entry = torch.view_as_real(entry)  # (..., 2): the modal form's (Re, Im) pairs
             entry = entry.reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2) or (B, G, n)
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)

@@ -26,9 +26,11 @@ def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.0):
     return fig, axes
 
 
-def _units(dt: float) -> tuple[str, str]:
-    """Axis units of time and frequency: seconds and rad/s, or samples and rad/sample when dt = 1."""
-    return ("s", "rad/s") if dt != 1.0 else ("samples", "rad/sample")
+def _units(dt: float, seconds: bool | None = None) -> tuple[str, str]:
+    """Axis units of time and frequency: seconds and rad/s, or samples and rad/sample (``seconds`` False, or None and
+    dt = 1); the report passes ``seconds`` so that a model sampled at Ts = 1 s reads seconds, as its summary does."""
+    physical = dt != 1.0 if seconds is None else seconds
+    return ("s", "rad/s") if physical else ("samples", "rad/sample")
 
 
 def channel_pairs(system: StateSpace, channels: int) -> list[tuple[int, int, int]]:
@@ -68,13 +70,14 @@ def impulse_response(system: StateSpace, length: int) -> np.ndarray:
     return out.real.astype(np.float64)
 
 
-def plot_poles(results: Sequence[LayerAnalysis], path: str) -> str:
+def plot_poles(results: Sequence[LayerAnalysis], path: str, seconds: bool | None = None) -> str:
     """The poles of every layer: discrete z with the unit circle (top row), equivalent continuous s = log(z)/dt
     (bottom row, 1/s; poles at z = 0 have no finite s and are left out).
 
     Args:
         results: the layers' analyses.
         path: the PNG to write.
+        seconds: whether dt is in seconds (None: when dt ≠ 1; else samples).
 
     Returns:
         ``path``.
@@ -98,7 +101,7 @@ def plot_poles(results: Sequence[LayerAnalysis], path: str) -> str:
         top.set_ylabel("Im z")
         s = r.poles_continuous.ravel()
         s = s[np.isfinite(s)]
-        unit = "1/s" if r.system.dt != 1.0 else "1/sample"
+        unit = "1/s" if _units(r.system.dt, seconds)[0] == "s" else "1/sample"
         bottom.scatter(s.real, s.imag, s=8, marker="x", color="C0")
         bottom.axvline(0.0, color="0.6", lw=0.8)
         bottom.set_xscale("symlog", linthresh=max(float(np.abs(s.real).min()) if s.size else 1.0, 1e-12))
@@ -109,7 +112,8 @@ def plot_poles(results: Sequence[LayerAnalysis], path: str) -> str:
     return path
 
 
-def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, points: int = 400) -> str:
+def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, points: int = 400,
+              seconds: bool | None = None) -> str:
     """Bode magnitude (dB) and phase (degrees) of every layer, up to the Nyquist frequency π / dt (rad/s; rad/sample
     when dt = 1).
 
@@ -117,7 +121,9 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
         results: the layers' analyses.
         path: the PNG to write.
         channels: the most channels per layer (see the module docstring).
-        points: frequencies per curve (log-spaced from 1e-3 × Nyquist).
+        points: frequencies per curve, log-spaced from 1e-3 × Nyquist or, when the slowest mode is slower, from
+            0.1 / τ_slowest (so the DC plateau shows; not below 1e-7 × Nyquist) up to Nyquist.
+        seconds: whether dt is in seconds (None: when dt ≠ 1; else samples).
 
     Returns:
         ``path``.
@@ -125,7 +131,10 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
     fig, axes = _figure(len(results), 2)
     for row, r in zip(axes, results):
         nyquist = np.pi / r.system.dt
-        omega = np.logspace(np.log10(nyquist) - 3, np.log10(nyquist), points)  # (W,) rad/s
+        lowest = 1e-3 * nyquist
+        if np.isfinite(r.slowest_time_constant) and r.slowest_time_constant > 0:  # a decade below the slowest corner
+            lowest = min(lowest, max(0.1 / r.slowest_time_constant, 1e-7 * nyquist))
+        omega = np.logspace(np.log10(lowest), np.log10(nyquist), points)  # (W,) rad/s
         H = r.system.frequency_response(omega)  # (G, p, m, W)
         for g, i, j in channel_pairs(r.system, channels):
             h = H[g, i, j]
@@ -136,7 +145,7 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
         row[0].set_ylabel("dB")
         row[1].set_ylabel("degrees")
         for ax in row:
-            ax.set_xlabel(f"ω ({_units(r.system.dt)[1]})")
+            ax.set_xlabel(f"ω ({_units(r.system.dt, seconds)[1]})")
             ax.grid(True, which="both", lw=0.3)
     fig.savefig(path, dpi=110)
     return path
@@ -148,7 +157,8 @@ def response_length(result: LayerAnalysis, longest: int = 1024) -> int:
     return int(np.clip(np.ceil(5 * tau) if np.isfinite(tau) else longest, 32, longest))
 
 
-def plot_responses(results: Sequence[LayerAnalysis], path: str, channels: int = 8, longest: int = 1024) -> str:
+def plot_responses(results: Sequence[LayerAnalysis], path: str, channels: int = 8, longest: int = 1024,
+                   seconds: bool | None = None) -> str:
     """Impulse and step responses of every layer (time in seconds; in samples when dt = 1).
 
     Args:
@@ -156,6 +166,7 @@ def plot_responses(results: Sequence[LayerAnalysis], path: str, channels: int = 
         path: the PNG to write.
         channels: the most channels per layer.
         longest: the longest response shown, samples.
+        seconds: whether dt is in seconds (None: when dt ≠ 1; else samples).
 
     Returns:
         ``path``.
@@ -171,7 +182,7 @@ def plot_responses(results: Sequence[LayerAnalysis], path: str, channels: int = 
         row[0].set_title(f"{r.name} ({r.layer}): impulse response", fontsize=9)
         row[1].set_title(f"{r.name}: step response", fontsize=9)
         for ax in row:
-            ax.set_xlabel(f"t ({_units(r.system.dt)[0]})")
+            ax.set_xlabel(f"t ({_units(r.system.dt, seconds)[0]})")
             ax.grid(True, lw=0.3)
     fig.savefig(path, dpi=110)
     return path

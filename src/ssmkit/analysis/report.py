@@ -143,7 +143,13 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
             "",
             "Poles z are those of each layer's real realisation (control convention x[k+1] = A x[k] + B u[k]); "
             "equivalent continuous poles s = log(z)/dt are in analysis.json's layers (time constants τ = −dt / log|z|). "
-            "H∞ norms are certified (Cayley map + Hamiltonian test, relative bracket 2e-10).",
+            "H∞ norms are certified (Cayley map + Hamiltonian test, relative bracket 2e-10). DC gains and H∞ norms are "
+            "plain ratios (not dB) of each layer alone, between the model's internal signals (for a DeepWiener: after "
+            "the input normalisation and encoder, before the output decoder), not the model's gain from u to y.",
+            "",
+            f"Figures: Bode magnitude in dB and phase in degrees against ω in {'rad/s' if physical else 'rad/sample'} "
+            f"up to the Nyquist frequency π/dt; impulse (unit pulse at t = 0) and step responses against time in "
+            f"{unit}.",
             "",
             f"Slowest modes per layer (one pole of each conjugate pair; s = log(z)/dt in {rate}, frequency |Im s|/2π "
             f"in {freq}, damping ζ = −Re s/|s|, τ in {unit}):",
@@ -209,12 +215,13 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     skipped = skipped_layers(model)
     paths: dict[str, str] = {}
     figures: list[str] = []
+    seconds = dt is not None or hasattr(model, "dt")  # a DeepWiener carries its Ts; else dt = 1 means samples
     if plots and results:
         from ssmkit.analysis import plots as figs
 
-        paths["poles"] = figs.plot_poles(results, os.path.join(out, "poles.png"))
-        paths["bode"] = figs.plot_bode(results, os.path.join(out, "bode.png"), channels)
-        paths["responses"] = figs.plot_responses(results, os.path.join(out, "responses.png"), channels)
+        paths["poles"] = figs.plot_poles(results, os.path.join(out, "poles.png"), seconds)
+        paths["bode"] = figs.plot_bode(results, os.path.join(out, "bode.png"), channels, seconds=seconds)
+        paths["responses"] = figs.plot_responses(results, os.path.join(out, "responses.png"), channels, seconds=seconds)
         paths["kernels"] = figs.plot_kernels(_kernels(model, results), os.path.join(out, "kernels.png"))
         figures = [os.path.basename(paths[k]) for k in ("poles", "bode", "responses", "kernels")]
     record = {
@@ -226,7 +233,6 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     paths["json"] = os.path.join(out, "analysis.json")
     _write_text(paths["json"], json.dumps(record, indent=1, allow_nan=False))
     paths["summary"] = os.path.join(out, "summary.md")
-    seconds = dt is not None or hasattr(model, "dt")  # a DeepWiener carries its Ts; else dt = 1 means samples
     _write_text(paths["summary"], summary_markdown(results, skipped, title, figures, seconds))
     return paths
 

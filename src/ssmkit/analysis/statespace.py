@@ -79,7 +79,14 @@ class StateSpace:
 
     SSM-paper convention (S4, arXiv:2111.00396, eq. 3): x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k + D u_k.
     It maps onto the control convention as A = Ā, B = B̄, C' = C Ā, D' = D + C B̄ (the control state x[k] is
-    the paper's x_{k-1}); `from_ssm` and `from_diagonal` apply this mapping.
+    the paper's x_{k-1}); `from_ssm` and `from_diagonal` apply this mapping. Because the layer reads u_k before its
+    output, a ZOH layer's system is z times scipy's ``cont2discrete(..., "zoh")`` of its continuous (λ, B, C) plus D
+    (one sample ahead), and a bilinear one 2z/(z + 1) times Tustin's: same poles and DC gain
+    (`ssmkit.ops.discretize`). A layer's own export has dt = 1 (time in samples); ``DeepWiener.state_space`` and
+    ``analyze_model`` re-export it with the model's Ts. A layer's state h (from ``forward`` or ``step``) is the
+    exported system's state x[k], as ``simulate``'s x0 (B, G, n) (python-control's ``X0`` is one row of it):
+    ``view_as_real(h).reshape(B, G, n)`` for the complex diagonal layers (S4D, DSS, DLR, S5, LRU: real then imaginary
+    part of each mode), ``cat([h.real, h.imag], -1)`` for S4, h itself for EMA (tests/analysis/test_control_export.py).
 
     Complex systems: A, B, C, D may be complex. Inputs are always real and the physical output is the real part,
     y[k] = Re(C x[k] + D u[k]), as in the layers (S4D's y = 2 Re(C x) + D u, LRU's y = Re(C h) + D u). Every
@@ -373,7 +380,9 @@ class StateSpace:
         """One python-control ``StateSpace`` (discrete, ``dt`` set) per system; needs ``pip install control``.
 
         python-control's time responses (``forced_response``) take and return signals with time on the last
-        axis, ``(m, L)`` -> ``(p, L)``; ssmkit puts time on axis 1 of ``(B, L, H)``.
+        axis, ``(m, L)`` -> ``(p, L)``; ssmkit puts time on axis 1 of ``(B, L, H)``. A SISO bank (one system per
+        channel) becomes one block-diagonal MIMO system with ``control.append(*ss.to_control())``, whose input and
+        output j are channel j (tests/analysis/test_control_export.py).
 
         Returns:
             list of G ``control.StateSpace``.

@@ -127,11 +127,13 @@ def pole_statistics(model: nn.Module, dt: float | None = None) -> list[dict[str,
 
     Returns:
         a list of dicts with ``name``, ``layer``, ``spectral_radius``, ``stability_margin``, ``slowest_tau``,
-        ``median_tau``, ``fastest_tau``, ``note``.
+        ``median_tau``, ``fastest_tau``, ``time_unit`` (``"s"`` when ``dt`` is given or the model has one, as
+        ``ssmkit analyze`` decides, else ``"samples"``), ``dt`` and ``note``.
     """
     from ssmkit.layers.protocol import SequenceLayer
 
     step = model_dt(model) if dt is None else float(dt)
+    unit = "s" if dt is not None or hasattr(model, "dt") else "samples"
     lti = dict(lti_layers(model))
     rows = []
     for name, module in model.named_modules():
@@ -143,10 +145,11 @@ def pole_statistics(model: nn.Module, dt: float | None = None) -> list[dict[str,
             tau = time_constants(z, step)
             rho = float(np.abs(z).max())
             row.update(spectral_radius=rho, stability_margin=1.0 - rho, slowest_tau=float(tau.max()),
-                       median_tau=float(np.median(tau)), fastest_tau=float(tau.min()), note="")
+                       median_tau=float(np.median(tau)), fastest_tau=float(tau.min()), time_unit=unit, dt=step,
+                       note="")
         else:
             row.update(spectral_radius=None, stability_margin=None, slowest_tau=None, median_tau=None,
-                       fastest_tau=None, note=module.unsupported("state_space") or "")
+                       fastest_tau=None, time_unit=unit, dt=step, note=module.unsupported("state_space") or "")
         rows.append(row)
     return rows
 
@@ -186,6 +189,10 @@ def to_markdown(rows: Sequence[dict[str, Any]], measured: Sequence[dict[str, Any
         lines += ["", "## Measured poles of the checkpoint", ""]
         lines += _markdown_table(measured, ("name", "layer", "spectral_radius", "stability_margin", "slowest_tau",
                                             "median_tau", "fastest_tau", "note"))
+        if measured:
+            unit, step = measured[0]["time_unit"], measured[0]["dt"]
+            where = f" (dt = {step:g} s)." if unit == "s" else "."
+            lines += ["", f"Time constants τ = −dt / log|z| in {unit}{where}"]
     return "\n".join(lines) + "\n"
 
 

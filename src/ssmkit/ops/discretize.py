@@ -1,9 +1,16 @@
 """Discretisation of continuous-time diagonal and DPLR state-space models.
 
-Implements the zero-order-hold and bilinear (Tustin) rules of "On the Parameterization and Initialization of
+Implements the zero-order-hold and bilinear rules of "On the Parameterization and Initialization of
 Diagonal State Space Models" (S4D, arXiv 2206.11893, §3) and "Efficiently Modeling Long Sequences with
 Structured State Spaces" (S4, arXiv 2111.00396, eq. 3). The continuous system dx/dt = A x + B u becomes
 x_k = A_bar x_{k-1} + B_bar u_k with step size dt.
+
+Against the control textbooks' discretisations (scipy.signal.cont2discrete, MATLAB's c2d), which give
+x[k+1] = A_d x[k] + B_d u[k], y[k] = C_d x[k] + D_d u[k]: the poles (A_bar = A_d) and DC gains agree, but the SSM
+recurrence reads u_k before the output y_k = C x_k + D u_k, so with y's D left aside the transfer functions differ by
+a factor (tests/analysis/test_discretisation_conventions.py):
+    ZOH:      H_SSM(z) = z · H_zoh(z)                (one sample ahead of the sampled continuous system)
+    bilinear: H_SSM(z) = 2z/(z + 1) · H_tustin(z)    (B_bar = dt B/(1 - dt Lambda/2) is not Tustin's input map)
 
 The DPLR (S4) forms -- dense and Woodbury bilinear, and the O(N) step -- live in :mod:`ssmkit.ops.dplr`;
 ``bilinear_dplr`` is re-exported here. Discretisation is elementwise with a single code path, so it does not dispatch
@@ -99,9 +106,12 @@ def zoh_reference(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor
 
 
 def bilinear(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-    """Bilinear (Tustin) discretisation of a diagonal SSM (arXiv 2111.00396 eq. 3, 2206.11893 §3).
+    """Bilinear discretisation of a diagonal SSM (arXiv 2111.00396 eq. 3, 2206.11893 §3).
 
     A_bar = (1 + dt Lambda/2)/(1 - dt Lambda/2),  B_bar = dt B/(1 - dt Lambda/2).
+
+    A_bar is Tustin's; with x_k = A_bar x_{k-1} + B_bar u_k, y_k = C x_k the transfer function is 2z/(z + 1) times
+    Tustin's (scipy's ``cont2discrete(..., method="bilinear")``): same poles and DC gain (module docstring).
 
     Args:
         Lambda: (H, N) complex continuous-time eigenvalues.

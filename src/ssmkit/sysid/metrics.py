@@ -13,6 +13,15 @@ state needs it) and are computed per output channel over the remaining samples, 
 std is the population standard deviation (ddof = 0) of the measured y after the window, as nonlinear_benchmarks
 1.0.1 computes it. Not the same as Bonassi et al.'s code (arXiv 2312.06211), whose "fit" is
 100 (1 - mean|e| / mean|y - ȳ|) normalised by the model's output without a window: ssmkit does not report that one.
+
+Several experiments are pooled (one RMSE and one std over all their samples after each window; MATLAB's ``compare``
+reports one fit per experiment instead); several outputs are scored separately (one value per channel, never
+averaged). Signals are time first, (L,) or (L, p): a (p, L) signal, python-control's layout, has fewer samples than
+channels and is refused. A NaN in either signal makes that channel's scores NaN (nothing is masked: a diverged
+simulation shows), and a constant measured output (std 0) gives an infinite NRMSE and a fit of -inf %.
+
+MATLAB's names differ: ``goodnessOfFit(y_hat, y, 'NRMSE')`` returns 1 - NRMSE (a fit, 1 = perfect: ``fit / 100``
+here) and ``'NMSE'`` returns 1 - NRMSE² (R² here); ``compare`` reports fit %.
 """
 
 from __future__ import annotations
@@ -24,28 +33,35 @@ import torch
 NORMALISATIONS = ("std", "range")
 
 
-def _pooled(y_pred, y_true, n_init: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack experiments after their init windows: (T, p) predictions and measurements (float64)."""
+def _pooled(y_pred, y_true, n_init: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Stack experiments after their init windows: (T, p) predictions and measurements (float64), and whether the
+    signals were (L,) (the scores are then 0-d)."""
     preds = list(y_pred) if isinstance(y_pred, (list, tuple)) else [y_pred]
     trues = list(y_true) if isinstance(y_true, (list, tuple)) else [y_true]
     if len(preds) != len(trues) or not preds:
         raise ValueError(f"y_pred and y_true must be two tensors or two equally long lists of them; got {len(preds)} and {len(trues)}")
     if not isinstance(n_init, int) or isinstance(n_init, bool) or n_init < 0:
         raise ValueError(f"n_init must be an int >= 0 (samples skipped at the start of each experiment); got {n_init!r}")
-    ps, ts = [], []
+    ps, ts, flat = [], [], True
     for i, (p, t) in enumerate(zip(preds, trues)):
         p, t = torch.as_tensor(p), torch.as_tensor(t)
         if p.shape != t.shape:
             raise ValueError(f"experiment {i}: y_pred and y_true must have one shape, (L,) or (L, p); got {tuple(p.shape)} and {tuple(t.shape)}")
         if p.dim() not in (1, 2):
             raise ValueError(f"experiment {i}: signals must be (L,) or (L, p) (time first); got {tuple(p.shape)}")
+        if p.dim() == 2 and p.shape[0] < p.shape[1]:  # python-control and MATLAB's iddata rows put time last
+            raise ValueError(f"experiment {i}: signals must be time first, (L,) or (L, p); got {tuple(p.shape)}, fewer "
+                             "samples than channels: a (p, L) signal (python-control's layout)? pass its transpose")
         if p.shape[0] <= n_init:
             raise ValueError(f"experiment {i}: length {p.shape[0]} leaves nothing after the init window n_init={n_init}")
+        flat = flat and p.dim() == 1
         p = p.reshape(p.shape[0], -1)[n_init:]
         t = t.reshape(t.shape[0], -1)[n_init:]
         ps.append(p.detach().to(torch.float64))
         ts.append(t.detach().to(torch.float64))
-    return torch.cat(ps), torch.cat(ts)
+    if len({p.shape[1] for p in ps}) > 1:
+        raise ValueError(f"every experiment must have the same outputs p; got {[p.shape[1] for p in ps]}")
+    return torch.cat(ps), torch.cat(ts), flat
 
 
 def rmse(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
@@ -59,9 +75,9 @@ def rmse(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
     Returns:
         (p,) float64 (a 0-d tensor for (L,) signals).
     """
-    p, t = _pooled(y_pred, y_true, n_init)
+    p, t, flat = _pooled(y_pred, y_true, n_init)
     out = ((p - t) ** 2).mean(0).sqrt()
-    return out.squeeze(0) if out.numel() == 1 else out
+    return out.squeeze(0) if flat else out
 
 
 def mae(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
@@ -75,9 +91,9 @@ def mae(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
     Returns:
         (p,) float64 (0-d for (L,) signals).
     """
-    p, t = _pooled(y_pred, y_true, n_init)
+    p, t, flat = _pooled(y_pred, y_true, n_init)
     out = (p - t).abs().mean(0)
-    return out.squeeze(0) if out.numel() == 1 else out
+    return out.squeeze(0) if flat else out
 
 
 def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std") -> torch.Tensor:
@@ -94,11 +110,11 @@ def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std") -> torch.Tens
     """
     if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be one of {NORMALISATIONS}; got {normalise!r}")
-    p, t = _pooled(y_pred, y_true, n_init)
+    p, t, flat = _pooled(y_pred, y_true, n_init)
     err = ((p - t) ** 2).mean(0).sqrt()
     scale = t.std(0, correction=0) if normalise == "std" else t.amax(0) - t.amin(0)
     out = err / scale
-    return out.squeeze(0) if out.numel() == 1 else out
+    return out.squeeze(0) if flat else out
 
 
 def fit_percent(y_pred, y_true, n_init: int = 0) -> torch.Tensor:

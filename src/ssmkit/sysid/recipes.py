@@ -1,4 +1,4 @@
-"""Default recipes per benchmark: the model size, the Δ timescale in seconds and the training options that
+"""Default recipes per benchmark: the model size, the timescale in seconds and the training options that
 ``ssmkit sysid`` uses when the user does not set them (tuned on the estimation data only; see docs/results.md).
 
     recipe = recipe_for("cascaded_tanks")       # a Recipe; dataclasses.replace(recipe, steps=500) to change one
@@ -18,7 +18,8 @@ class Recipe:
         n_layers: the number of Wiener blocks.
         d_state: N, the state size per channel of each LTI layer.
         activation: σ of the blocks.
-        timescale: (τ_min, τ_max), the range of the layers' initial Δ in seconds (None: the layer's default).
+        timescale: (τ_min, τ_max) seconds, the range of the time unit of the layers' initial continuous dynamics
+            (``DeepWiener``'s ``timescale``: Δ = Ts/τ samples, continuous poles λ/τ); None: the layer's default Δ.
         encoder_window: samples of past inputs and outputs read by the initial-state encoder (0: start from rest).
         train_records: independent training records to simulate where the benchmark's training data are simulated
             (Bouc-Wen); 1 elsewhere.
@@ -113,6 +114,10 @@ class Recipe:
     train_encoder: int = 0
 
 
+# Timescales: until probe 4 a timescale (a, b) meant Δ·Ts in [a, b] s (Δ = a/Ts .. b/Ts samples), which moved the
+# initial poles in seconds as Ts² when Ts changed; it is now τ = Ts/Δ in [τ_min, τ_max] s. The values below give every
+# benchmark the Δ range in samples it was tuned with (the Δ·Ts figures in the comments and docs/results.md are those
+# runs' old convention: τ = Ts²/(Δ·Ts)). Cascaded Tanks' (0.4, 40) s is the same in both (Ts² = 16 s² = 0.4 · 40).
 RECIPES: dict[str, Recipe] = {
     # 1 024 samples at Ts = 4 s; the level starts near 5 V, so the state is estimated from the official 50-sample
     # init window (not scored) by the encoder. Tuned on the validation tail (docs/results.md): Δ·Ts in 0.4–40 s
@@ -151,8 +156,10 @@ RECIPES: dict[str, Recipe] = {
     # validation 3.85 / 3.91 / 3.64e-5 m against 4.27 / 4.11 / 4.77e-5 m at 12 000 (seeds 0-2, lower on all three),
     # steady state 2.79-2.81e-5 against 3.18-3.28e-5, 8-10 min on one thread (SUBNET's 12 000 steps: 9-11 min);
     # 128 windows of 64 samples started by a training encoder (train_encoder) validated far worse (6.93e-5)
-    "bouc_wen": Recipe(d_model=32, n_layers=4, d_state=32, timescale=(1e-4, 1e-2), encoder_window=0, train_records=17,
-                       window=512, batch_size=16, steps=24000, lr=3e-3, schedule="cosine", washout=100,
+    # Δ in 0.075-7.5 samples (Δ·Ts 0.1-10 ms as tuned): τ = Ts/Δ in 1/5625-1/56.25 s (0.18-17.8 ms)
+    "bouc_wen": Recipe(d_model=32, n_layers=4, d_state=32, timescale=(1 / 5625, 1 / 56.25), encoder_window=0,
+                       train_records=17, window=512, batch_size=16, steps=24000, lr=3e-3, schedule="cosine",
+                       washout=100,
                        val_fraction=0.2, val_records=1, val_every=100, patience=1000, first_layer_init="data"),
     # 400 Hz, three accelerations (MIMO, p = 3), modes of a few to ~50 Hz lightly damped: Δ·Ts 25 µs–25 ms (0.01–10
     # samples). Every level is the same multisine realisation at another amplitude, so recipes were chosen on level 5
@@ -160,7 +167,8 @@ RECIPES: dict[str, Recipe] = {
     # 2 048 × 8 validate at 0.336 m/s² against 0.452 for the first recipe's 512 × 16 (3 000 steps; 1 024 × 8: 0.350,
     # 4 096 × 4: 0.348); Δ·Ts 0.25–25 ms (0.612), 25–2 500 µs (0.479), 2.5–250 µs (0.729) and 2.5 µs–25 ms (0.367
     # at 1 024 × 8) all validate worse; a cosine decay over 10 000 steps does not help (0.331 against 0.328)
-    "f16": Recipe(d_model=16, n_layers=4, d_state=16, timescale=(2.5e-5, 2.5e-2), encoder_window=50, window=2048,
+    # Δ in 0.01-10 samples (Δ·Ts 25 µs-25 ms as tuned): τ = Ts/Δ in 0.25 ms-0.25 s
+    "f16": Recipe(d_model=16, n_layers=4, d_state=16, timescale=(2.5e-4, 0.25), encoder_window=50, window=2048,
                   batch_size=8, steps=10000, lr=3e-3, val_fraction=0.1, val_every=50, patience=20),
 }
 

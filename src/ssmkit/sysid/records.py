@@ -83,6 +83,25 @@ class SysidBenchmark:
     published: list[Published] = field(default_factory=list)
     notes: str = ""
 
+    def __post_init__(self) -> None:
+        records = list(self.train) + list(self.test)
+        if not self.train or not all(isinstance(r, IORecord) for r in records):
+            raise ValueError("train must be a non-empty list of IORecords, and test a list of IORecords")
+        first = self.train[0]
+        for r in records:
+            # a (m, L) array read as (L, m) (python-control's and MATLAB's time-last layout) has fewer samples than
+            # channels; a model needs one Ts and one set of channels
+            if len(r) < max(r.u.shape[1], r.y.shape[1]):
+                raise ValueError(f"record {r.name!r}: u {tuple(r.u.shape)} and y {tuple(r.y.shape)} have fewer samples "
+                                 "than channels: records are time first, (L, m) and (L, p); transpose time-last arrays")
+            if r.u.shape[1] != first.u.shape[1] or r.y.shape[1] != first.y.shape[1]:
+                raise ValueError(f"every record must have the same m inputs and p outputs; record {r.name!r} has "
+                                 f"{r.u.shape[1]} and {r.y.shape[1]}, {first.name!r} {first.u.shape[1]} and "
+                                 f"{first.y.shape[1]}")
+            if abs(r.dt - first.dt) > 1e-9 * first.dt:
+                raise ValueError(f"every record must have the same sampling time: record {r.name!r} has dt = {r.dt} "
+                                 f"s, {first.name!r} {first.dt} s (resample them to one Ts first)")
+
     @property
     def dt(self) -> float:
         """The sampling time Ts of the records (s)."""

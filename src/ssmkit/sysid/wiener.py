@@ -32,7 +32,11 @@ first block only (a bounded internal signal: an upper tank that empties or overf
 :data:`ACTIVATIONS` is Lipschitz, so the δISS argument below is unchanged.
 
 Sampling time: ``dt`` is the data's Ts in seconds; :meth:`state_space` exports each block with that ``dt``, so poles
-and frequency responses come in physical units, and ``timescale`` gives the layers' Δ range in seconds.
+and frequency responses come in physical units. ``timescale`` = (τ_min, τ_max) seconds sets the layers' initial Δ: a
+layer discretises ẋ = λ x with step Δ (samples per unit of its continuous time), so one unit of that time lasts
+τ = Ts/Δ seconds and the continuous poles are s = log(z)/Ts = Δλ/Ts = λ/τ (exact for ZOH). Δ = Ts/τ with τ drawn
+log-uniformly in [τ_min, τ_max] makes the initial dynamics in seconds independent of Ts (S4D-Lin's Re λ = -1/2 gives
+time constants 2τ): the same timescale fits the same process sampled at another rate.
 """
 
 from __future__ import annotations
@@ -64,8 +68,9 @@ class DeepWiener(nn.Module):
         layer_options: the layer's options (``d_state``, inits, ...), without ``d_model``/``device``/``dtype``.
         activation: σ, one of ``"elu"`` (Bonassi et al.), ``"gelu"``, ``"tanh"``, ``"relu"``, ``"silu"``, None.
         dt: the sampling time Ts of the data, seconds.
-        timescale: (τ_min, τ_max) in seconds: the range of the layers' initial Δ (passed as dt_min = τ_min / Ts,
-            dt_max = τ_max / Ts in samples); None keeps the layer's defaults.
+        timescale: (τ_min, τ_max) in seconds: the range of the time unit τ of the layers' continuous dynamics, so
+            the initial continuous poles are s = λ/τ (module docstring); passed as the layers' Δ range dt_min =
+            Ts / τ_max, dt_max = Ts / τ_min (in samples). None keeps the layer's defaults.
         encoder_window: n > 0 adds an initial-state encoder reading n past samples of the input and output; 0 for none.
         encoder_hidden: width of the encoder's hidden layer.
         time_varying: also accept layers without a state-space realisation (selective, input-dependent: ``mamba``,
@@ -140,8 +145,12 @@ class DeepWiener(nn.Module):
             if not {"dt_min", "dt_max"} <= set(inspect.signature(cls.__init__).parameters):
                 raise ValueError(f"timescale sets the layers' initial Δ range (dt_min, dt_max), and {layer!r} has no Δ: "
                                  "leave timescale None and set its own init options in layer_options")
-            options.setdefault("dt_min", lo / dt)
-            options.setdefault("dt_max", hi / dt)
+            if {"dt_min", "dt_max"} & set(options):
+                raise ValueError("give the layers' Δ range either as timescale (seconds) or as layer_options dt_min/"
+                                 f"dt_max (samples), not both; got timescale={timescale!r} and layer_options "
+                                 f"{ {k: options[k] for k in ('dt_min', 'dt_max') if k in options} }")
+            options["dt_min"] = dt / hi  # Δ = Ts/τ: the longest time unit gives the smallest step
+            options["dt_max"] = dt / lo
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
         # the constructor's arguments (plain values): a saved model is {"deep_wiener": these, "state_dict": ...}
         self.arguments: dict[str, Any] = {
@@ -258,6 +267,10 @@ class DeepWiener(nn.Module):
 
     def step(self, u_t: torch.Tensor, state: list):
         """One sample: u_t (B, m) -> y_t (B, p) and the next states (what a controller runs on line).
+
+        y_t depends on u_t itself (direct feedthrough: each block's D + C B̄ in the control convention, and the
+        skips), as the SSM recurrence reads u_t before its output; a feedback law u_t = K(y_t) around it is an
+        algebraic loop, so a controller feeds back y_{t-1} (or predicts with the planned u_t, as MPC does).
 
         Args:
             u_t: (B, m) inputs at one sample, any real dtype.

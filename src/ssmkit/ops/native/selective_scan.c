@@ -321,9 +321,10 @@ static inline void adjoint_vec(int64_t N, const real *Bt, const real *Ct, const 
 
 /* The chunk buffers of one backward thread: hs[i] = the state before step t0 + i of the chunk, ab[i] = Ā of step
  * t0 + i, rows[i] = Δ, u, Δu and softplus'(δ + b) of step t0 + i (4 × VEC, side by side: arrays a multiple of
- * 4 KiB apart would share L1 sets with hs and ab; computed once, in the recompute, and read by the adjoint), lam = the adjoint carried in (Ā_{t+1} ⊙ λ_{t+1}), gAl = the item's ∂A, Al = its columns of A (gather_A). */
+ * 4 KiB apart would share L1 sets with hs and ab; computed once, in the recompute, and read by the adjoint), lam = the adjoint carried in (Ā_{t+1} ⊙ λ_{t+1}), gAl = the item's ∂A, Al = its columns of A (gather_A), sums = adjoint_vec's
+ * two sums over channels (2 × NP vectors, NP = N rounded up to LANES; VBYTES-aligned, on the heap: N is the caller's). */
 typedef struct {
-    real *hs, *ab, *rows, *lam, *gAl, *Al;
+    real *hs, *ab, *rows, *lam, *gAl, *Al, *sums;
 } chunk_t;
 
 /* The backward of one item of w channels, adding into the item's partials gB, gC, gP; inlined twice by
@@ -340,7 +341,7 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
     real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
     real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC];
 #if HAVE_VEC
-    vec_t rc[(N + LANES - 1) / LANES * LANES], rb[(N + LANES - 1) / LANES * LANES]; /* adjoint_vec's sums over channels */
+    vec_t *rc = (vec_t *)buf.sums, *rb = rc + (N + LANES - 1) / LANES * LANES; /* adjoint_vec's sums over channels */
 #endif
     memset(gAl, 0, sizeof(real) * S);
     gather_A(buf.Al, At, N, H, c0, w);
@@ -459,8 +460,9 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
     {
         chunk_t buf = {malloc(sizeof(real) * (T + 1) * S), malloc(sizeof(real) * T * S),
                        malloc(sizeof(real) * 4 * T * VEC), malloc(sizeof(real) * S), malloc(sizeof(real) * S),
-                       malloc(sizeof(real) * S)};
-        const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl && buf.Al;
+                       malloc(sizeof(real) * S),
+                       aligned_alloc(VBYTES, 2 * ((N + LANES - 1) / LANES * LANES) * VBYTES)};
+        const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl && buf.Al && buf.sums;
         failed |= !ok;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
@@ -470,7 +472,7 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
                 backward_item(&in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB + k * nbc, gC + k * nbc,
                               gP + it.b * (N + 2) * H, buf);
             }
-        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al);
+        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al), free(buf.sums);
     }
     return failed;
 }

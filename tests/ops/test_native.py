@@ -101,8 +101,9 @@ def use_threads(monkeypatch, threads: int, openmp: str) -> None:
 # (B, L, H, N, G): one partial block; three blocks (64, 64, 2); groups of 65 channels (a block and a one-channel tail
 # per group); a chunk boundary inside L and a last chunk of one step (L = 33 with T = 8); a full block of 64 channels
 # with N = 20 states (the vector adjoint sums ∂B, ∂C over 8 or 16 states at a time: two or three such groups, the
-# last one partial)
-SHAPES = [(2, 9, 5, 3, None), (1, 33, 130, 4, None), (3, 17, 130, 2, 2), (2, 12, 128, 5, 4), (2, 11, 64, 20, None)]
+# last one partial); N = 300 states (the adjoint's per-thread buffer of sums over channels, 2 x N vectors)
+SHAPES = [(2, 9, 5, 3, None), (1, 33, 130, 4, None), (3, 17, 130, 2, 2), (2, 12, 128, 5, 4), (2, 11, 64, 20, None),
+          (1, 6, 64, 300, None)]
 
 
 @pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)

@@ -201,6 +201,37 @@ def test_ssd_without_initial_state_and_any_chunk_length(chunk_size):
     assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12
 
 
+@needs_triton
+def test_ssd_halves_its_tiles_when_a_launch_runs_out_of_shared_memory(monkeypatch):
+    # The SSD tiles' shared memory was measured with one Triton version; another may need more and refuse the launch
+    # (OutOfResources, raised before anything runs) at tiles the gate's tiny smoke call never uses. The launch is
+    # retried with the chunk, then the channels, halved; here a stand-in launcher refuses anything above 16 x 16.
+    from triton.runtime.errors import OutOfResources
+
+    from ssmkit.ops.triton import ssd as ssd_module
+
+    kernel, tried = ssd_module._ssd_fwd_kernel, []
+
+    class Tight:  # the kernel's launcher, refusing tiles above (T, BP) = (16, 16) as a GPU refuses too much shared memory
+        def __getitem__(self, grid):
+            def launch(*args, **options):
+                tried.append((options["T"], options["BP"]))
+                if options["T"] * options["BP"] > 256:
+                    raise OutOfResources(300_000, 232_448, "shared memory")
+                return kernel[grid](*args, **options)
+
+            return launch
+
+    monkeypatch.setattr(ssd_module, "_ssd_fwd_kernel", Tight())
+    monkeypatch.setattr(ssd_module, "_FITTED", {}, raising=False)
+    x, dt, A, B, C, h0 = (cast(t, torch.float32) for t in ssd_inputs(L=37, H=2, P=20, G=1))  # P 20: 32 channels a tile
+    y_ref, h_ref = ssd_reference(x, dt, A, B, C, h0)
+    for _ in range(2):
+        y, h = ssd(x, dt, A, B, C, h0, chunk_size=64, backend="triton")
+        assert rel_err(y, y_ref) < TOL[torch.float32] and rel_err(h, h_ref) < TOL[torch.float32]
+    assert tried == [(64, 32), (32, 32), (16, 32), (16, 16), (16, 16)]  # the second call starts at the tiles that ran
+
+
 # ----------------------------------------------------------------------------------------------------
 # the fused selective scan (Mamba-1)
 # ----------------------------------------------------------------------------------------------------
@@ -398,6 +429,22 @@ def test_gpu_s4d_runs_a_million_steps_at_batch_one():
             y_ref, h_ref = layer(x)
     assert rel_err(y, y_ref) < 1e-4 and rel_err(h, h_ref) < 1e-4
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@on_gpu
+def test_gpu_ssd_runs_a_million_steps_at_batch_one():
+    # the SSD kernel at L = 2^20 (offsets past 2^31 elements would need int64: (b·L + t)·H·P here is 2^26, the
+    # arithmetic is int64 throughout), forward against the chunked path, and a backward (the chunked recompute)
+    x, dt, A, B, C, h0 = (t.to(DEVICE, torch.float32) for t in ssd_inputs(L=2**20, H=4, P=16, G=1, N=16, Bsz=1))
+    leaves = [t.requires_grad_() for t in (x, dt, B, C)]
+    y, h = ssd(x, dt, A, B, C, h0, backend="triton")
+    (y.square().mean() + h.square().mean()).backward()
+    with torch.no_grad():
+        y_ref, h_ref = ssd_chunked(x, dt, A, B, C, h0)
+    assert rel_err(y, y_ref) < 1e-4 and rel_err(h, h_ref) < 1e-4
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
 
 
 @pytest.mark.gpu

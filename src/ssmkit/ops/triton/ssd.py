@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.ssd import _check_ssd, ssd_chunked
@@ -34,6 +35,8 @@ from ssmkit.ops.twice import graph_backward
 
 DEFAULT_CHUNK = 64  # T
 MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
+# (device, dtype, T, BP, NB) asked -> (T, BP) that launched: the tiles after a launch ran out of shared memory
+_FITTED: dict[tuple, tuple[int, int]] = {}
 
 
 @triton.jit
@@ -89,7 +92,10 @@ def tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int, int]:
     sm_90 (Triton 3.9, 8 warps) it needs 209 KB with chunk 64, 32 channels and N padded to 128 in float32 and 177 KB
     with chunk 32 in float64 (4 warps: 171 KB with chunk 16, 16 channels, N 256 in float64) -- under the 227 KB of
     an H100/H200; 64 channels, or chunk 64 in float64, went over -- hence the caps: at most 32 channels, chunks of
-    at most 32 in float64, halved again for N > 128.
+    at most 32 in float64, halved again for N > 128. Those figures are one Triton version's (the GPU sessions run
+    another): a launch that still runs out of shared memory (``OutOfResources``, raised before anything runs) is
+    retried with the chunk, then the channels, halved down to 16, and the tiles that launched are kept per device,
+    dtype and asked tiles (``_FITTED``).
 
     Args:
         P: the head dimension.
@@ -116,11 +122,21 @@ def _ssd_forward(x, dt, A, B, C, h0, T: int) -> tuple[torch.Tensor, torch.Tensor
     y = torch.empty_like(x)  # (B, L, H, P)
     hL = x.new_empty(Bsz, H, P, N)
     h0_arg = h0.contiguous() if h0 is not None else hL  # read only when HAS_H0
-    grid = (Bsz, H, triton.cdiv(P, BP))
-    _ssd_fwd_kernel[grid](
-        x, dt, A, B, C, h0_arg, y, hL, L, H, P, G, N, H // G, triton.cdiv(L, T),
-        T=T, BP=BP, NB=NB, HAS_H0=h0 is not None, PREC="tf32x3" if x.dtype == torch.float32 else "ieee", num_warps=8,
-    )
+    key = (x.device, x.dtype, T, BP, NB)
+    T, BP = _FITTED.get(key, (T, BP))
+    while True:
+        try:
+            _ssd_fwd_kernel[(Bsz, H, triton.cdiv(P, BP))](
+                x, dt, A, B, C, h0_arg, y, hL, L, H, P, G, N, H // G, triton.cdiv(L, T),
+                T=T, BP=BP, NB=NB, HAS_H0=h0 is not None, PREC="tf32x3" if x.dtype == torch.float32 else "ieee",
+                num_warps=8,
+            )
+            break
+        except OutOfResources:  # raised before the launch: nothing was written
+            if T == 16 and BP == 16:
+                raise
+            T, BP = (T // 2, BP) if T > 16 else (T, BP // 2)
+    _FITTED[key] = (T, BP)
     return y, hL
 
 

@@ -1,42 +1,59 @@
 #!/usr/bin/env bash
 # The GPU check of ssmkit in one command: run it from the repository root on a machine with an NVIDIA GPU.
 #
-#   OUT=/some/dir scripts/gpu_check.sh [stage ...]      (no stage named: env kernels suite bench f16, in this order)
+#   OUT=/some/dir scripts/gpu_check.sh [stage ...]      (no stage named: env kernels bench suite f16, in this order)
 #
 # Sized for the device tool of these sessions (15 minutes of device time per session, the machine's start included;
 # at most 10 minutes per command; at most 8 files come back): ONE command, all stages within TOTAL_S seconds
-# (default 480). Each stage runs under min(its own limit, the time left), so a hang in one leaves the later ones
-# theirs, and the script ends before the command's limit. Call it with the device tool's timeout_s >= TOTAL_S + 60.
-# Triton compiles every kernel on first use (a fresh machine has no cache): the kernels stage pays for that.
+# (default 500). Each stage runs under min(its own limit, the time left), so a hang in one leaves the later ones
+# theirs, and the script ends before the command's limit. Call it with the device tool's timeout_s >= TOTAL_S + 40
+# (pytest gets 20 s after its SIGINT; packing takes a second): 560 at the default.
+# Triton compiles every kernel on first use (a fresh machine has no cache): the env and kernels stages pay for that,
+# the latter on KERNEL_WORKERS processes (each compiles what its tests need; the first to finish a kernel fills the shared disk cache).
+# The bench runs before the whole suite: the suite alone can take all of TOTAL_S, and the bench (issue 16's speed
+# targets) would get the seconds left. pytest is stopped by SIGINT at its limit (then KILL 20 s later), so it still
+# prints its summary and writes its junit XML; a single test is stopped after TEST_S seconds (pytest-timeout, when
+# it imports) instead of holding the stage.
+# Wheels in .gpu-data/wheels (carried; e.g. jsonargparse, which the f16 stage's CLI needs and the H200 image lacks)
+# are installed into a temporary folder on PYTHONPATH first; nothing is downloaded.
 #
 # Stages (results in $OUT/gpu_check.tgz; $OUT/stages.txt and $OUT/summary.txt, also printed, stay outside it):
 #   env      nvidia-smi, python/torch/triton/CUDA versions, the packages the tests import, the Triton gate's verdicts
+#            (six smoke calls: the first compilation of 12 kernels)                           (ENV_S, 120 s)
 #   kernels  tests/ops/test_triton.py on CUDA: the Triton kernels against their references at real sizes, the
-#            L = 2^20 S4D run, the gate's smoke calls                                       (KERNELS_S, 150 s)
-#   suite    the rest of the test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels),
-#            on WORKERS pytest-xdist processes (default 8) when xdist imports, else one    (SUITE_S, 240 s)
+#            L = 2^20 S4D, Mamba and Mamba-2 runs, the gate's smoke calls; KERNEL_WORKERS (4) processes
+#                                                                                           (KERNELS_S, 150 s)
 #   bench    ssmkit bench gpu: ssm_scan (chunked / fft / triton) and ssd (chunked / triton), float32, at
 #            B,H,d_state,L = 8,128,64,{1024,4096,16384}; 1,128,64,1048576; 64,768,64,4096 and SSD B,L,H,P,N =
 #            2,2048,32,64,128; 8,4096,16,64,64; the selective scan (chunked / triton / mamba-ssm's CUDA kernel when it
 #            imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096} and 8,1536,16,2048; with the
-#            copy bandwidth measured in the same run                                        (BENCH_S, 180 s)
+#            copy bandwidth measured in the same run; one process per op, selective, scan, ssd (BENCH_S, 180 s)
+#   suite    the rest of the test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels),
+#            on WORKERS pytest-xdist processes (default 8) when xdist imports, else one    (SUITE_S, 240 s)
 #   f16      issue 15's F-16 GVT run on the GPU: ssmkit sysid --benchmark f16 --model s4d --device cuda, data from
 #            F16_DIR (default ../shared/data/f16gvt, else .gpu-data/f16gvt: a copy carried beside the tree, since the
 #            device tool sends the repository alone)                                      (F16_S, 240 s)
 #   selective  (only when named) the selective scan alone: its CUDA tests, then its bench  (SELECTIVE_S, 150 s each)
-# Python: $PYTHON (python). Nothing here installs anything; ssmkit runs from src/ (PYTHONPATH). Exit status: the
-# number of failed or skipped stages.
+# Python: $PYTHON (default: python3, the H200 image's interpreter, which has no 'python'; else python). Nothing is
+# downloaded; only carried wheels are installed (above), into /tmp; ssmkit runs from src/ (PYTHONPATH). Exit status:
+# the number of failed or skipped stages.
 set -u
 OUT=${OUT:-gpu_check_out}
-PYTHON=${PYTHON:-python}
-TOTAL_S=${TOTAL_S:-480}
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3; command -v python3 >/dev/null || PYTHON=python
+fi
+TOTAL_S=${TOTAL_S:-500}
 mkdir -p "$OUT/all"
 LOG="$OUT/all"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export SSMKIT_TEST_DEVICE=cuda PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
+if compgen -G ".gpu-data/wheels/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_check_site \
+    .gpu-data/wheels/*.whl > "$LOG/wheels.txt" 2>&1 && export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site"
+fi
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env kernels suite bench f16)
+[ ${#stages[@]} -eq 0 ] && stages=(env kernels bench suite f16)
 deadline=$(( $(date +%s) + TOTAL_S ))
 failed=0
 
@@ -50,7 +67,7 @@ run_env() {
     date -u
     nvidia-smi || echo "nvidia-smi: not found"
     command -v cc gcc || echo "no C compiler: the native CPU kernels fall back to PyTorch"
-    timeout "$(limit 60)" "$PYTHON" - <<'PY'
+    timeout "$(limit "${ENV_S:-120}")" "$PYTHON" - <<'PY'
 import importlib, platform, sys
 print("python", sys.version.split()[0], platform.platform())
 import torch
@@ -72,21 +89,49 @@ PY
   } > "$LOG/env.txt" 2>&1
 }
 
+pytest_opts() {  # xdist workers and a per-test limit, where the plugins import
+  local n=$1
+  "$PYTHON" -c "import xdist" 2>/dev/null && echo "-n $n"
+  "$PYTHON" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=${TEST_S:-150}"
+}
+
+run_pytest() {  # run_pytest SECONDS ARGS...: pytest under SIGINT at the limit (it then reports what ran), KILL 20 s on
+  local s=$1; shift
+  timeout -s INT -k 20 "$s" "$PYTHON" -m pytest -q -p no:cacheprovider -rfEs "$@"
+}
+
 run_kernels() {
-  timeout "$(limit "${KERNELS_S:-150}")" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 \
-    tests/ops/test_triton.py > "$LOG/kernels.txt" 2>&1
+  # shellcheck disable=SC2046
+  run_pytest "$(limit "${KERNELS_S:-150}")" --durations=15 $(pytest_opts "${KERNEL_WORKERS:-4}") \
+    --junitxml="$LOG/kernels.xml" tests/ops/test_triton.py > "$LOG/kernels.txt" 2>&1
 }
 
 run_suite() {
-  local workers=()
-  "$PYTHON" -c "import xdist" 2>/dev/null && workers=(-n "${WORKERS:-8}")
-  timeout "$(limit "${SUITE_S:-240}")" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=25 "${workers[@]}" \
+  # shellcheck disable=SC2046
+  run_pytest "$(limit "${SUITE_S:-240}")" --durations=25 $(pytest_opts "${WORKERS:-8}") \
     --ignore=tests/ops/test_triton.py --junitxml="$LOG/suite.xml" tests > "$LOG/suite.txt" 2>&1
 }
 
-run_bench() {
-  timeout "$(limit "${BENCH_S:-180}")" "$PYTHON" -m ssmkit.bench gpu --json "$LOG/bench_gpu.json" \
-    > "$LOG/bench_gpu.md" 2>&1
+run_bench() {  # one bench process per op (selective first: issue 16's speed target), each printing its table when
+  # done, so a time-out loses one op's rows, not all (the bench prints nothing before its last shape)
+  local end=$(( $(date +%s) + $(limit "${BENCH_S:-180}") )) rc=0 part left code
+  : > "$LOG/bench_gpu.md"
+  for part in selective scan ssd; do
+    left=$(( end - $(date +%s) ))
+    if [ "$left" -lt 10 ]; then
+      echo "bench $part: not run (BENCH_S spent)" >> "$LOG/bench_gpu.md"; rc=1; continue
+    fi
+    local skip=()
+    [ "$part" != scan ] && skip+=(--scan-shapes)
+    [ "$part" != ssd ] && skip+=(--ssd-shapes)
+    [ "$part" != selective ] && skip+=(--selective-shapes)
+    timeout "$left" "$PYTHON" -m ssmkit.bench gpu "${skip[@]}" --json "$LOG/bench_$part.json" \
+      >> "$LOG/bench_gpu.md" 2>&1
+    code=$?
+    [ "$code" -ne 0 ] && { echo "bench $part: exit $code$([ "$code" -eq 124 ] && echo ' (time limit)')" \
+      >> "$LOG/bench_gpu.md"; rc=$code; }
+  done
+  return $rc
 }
 
 run_f16() {
@@ -102,7 +147,8 @@ run_f16() {
 }
 
 run_selective() {
-  timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m pytest -q -p no:cacheprovider -rs --durations=15 \
+  # shellcheck disable=SC2046
+  run_pytest "$(limit "${SELECTIVE_S:-150}")" --durations=15 $(pytest_opts "${KERNEL_WORKERS:-4}") \
     tests/ops/test_triton.py -k "selective or gate or auto or mamba" > "$LOG/selective.txt" 2>&1
   local tests=$?
   timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes \
@@ -129,7 +175,7 @@ done
 {
   cat "$OUT/stages.txt"
   for f in env kernels suite f16; do
-    [ -f "$LOG/$f.txt" ] && { echo; echo "== $f.txt (end)"; tail -n 25 "$LOG/$f.txt"; }
+    [ -f "$LOG/$f.txt" ] && { echo; echo "== $f.txt (end)"; tail -n 40 "$LOG/$f.txt"; }
   done
   for f in bench_gpu bench_selective; do
     [ -f "$LOG/$f.md" ] && { echo; echo "== $f.md"; cat "$LOG/$f.md"; }

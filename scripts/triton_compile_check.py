@@ -1,10 +1,13 @@
 """Compile ssmkit's Triton kernels for a GPU architecture without a GPU; print shared memory, registers, spills.
 
-    env -u TRITON_INTERPRET PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--quick] [--only selective]
+    env -u TRITON_INTERPRET PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--quick] [--large]
+        [--only selective]
 
 Catches what Triton's CPU interpreter cannot: lowering errors (scans over a 3-D tile, float64 tl.dot), shared
 memory beyond the device's limit (227 KB per block on sm_90) and register spills (STACK > 0 in cuobjdump's line). Uses the ptxas bundled with triton; nothing runs.
 The SSD kernel compiles slowly on a small CPU (tens of seconds per configuration); --quick skips the largest ones.
+--large adds the largest state sizes the layers allow (d_state 256): the scan at 128 and 256 complex modes, the SSD at
+N = 256, the selective scan at N = 256 with the tiles ``fit_tiles`` shrinks to.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability as an int (90: H100/H200)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--large", action="store_true", help="also the largest state sizes (N = 256)")
     parser.add_argument("--only", default="", help="compile only the kernels whose label contains this text")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
@@ -56,36 +60,40 @@ def main() -> int:
     failed = 0
     for dtype, name in ((torch.float32, "fp32"), (torch.float64, "fp64")):
         p = "*" + name
-        cases = [
-            ("scan forward", S._scan_fwd_kernel,
-             {k: p for k in ("u_ptr", "y_ptr", "coef_ptr", "pw_ptr", "d_ptr", "x0_ptr", "xL_ptr", "ck_ptr")},
-             {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": 32, "HAS_X0": True, "HAS_D": True, "SAVE_CK": True}),
-            ("scan backward", S._scan_bwd_kernel,
-             {k: p for k in ("u_ptr", "dy_ptr", "coef_ptr", "pw_ptr", "d_ptr", "ck_ptr", "gxL_ptr", "gu_ptr", "gpar_ptr",
-                             "gx0_ptr")},
-             {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": 32, "HAS_D": True}),
-        ]
-        for P, N in ((64, 64), (64, 128)) if not args.quick else ((64, 64),):
+        cases = []
+        for NP in (32, 128, 256) if args.large else (32,):
+            cases += [
+                (f"scan forward NP={NP}", S._scan_fwd_kernel,
+                 {k: p for k in ("u_ptr", "y_ptr", "coef_ptr", "pw_ptr", "d_ptr", "x0_ptr", "xL_ptr", "ck_ptr")},
+                 {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": NP, "HAS_X0": True, "HAS_D": True, "SAVE_CK": True}),
+                (f"scan backward NP={NP}", S._scan_bwd_kernel,
+                 {k: p for k in ("u_ptr", "dy_ptr", "coef_ptr", "pw_ptr", "d_ptr", "ck_ptr", "gxL_ptr", "gu_ptr",
+                                 "gpar_ptr", "gx0_ptr")},
+                 {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": NP, "HAS_D": True}),
+            ]
+        shapes = ((64, 64),) if args.quick else ((64, 64), (64, 128))
+        for P, N in shapes + (((64, 256),) if args.large else ()):
             T, BP, NB = D.tiles(P, N, D.DEFAULT_CHUNK, dtype)
             cases.append((f"ssd forward P={P} N={N}", D._ssd_fwd_kernel,
                           {k: p for k in ("x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "h0_ptr", "y_ptr", "hL_ptr")},
                           {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))
-        tiles = SS.DEFAULT_TILES
-        sel = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NUM_STAGES=tiles.num_stages)
-        cases.append(("selective forward", SS._selective_fwd_kernel,
-                      {k: p for k in SS._selective_fwd_kernel.arg_names if k.endswith("_ptr")},
-                      {"T": tiles.forward_chunk, "BH": tiles.block_h, **sel, "HAS_H0": True, "SAVE_CK": True,
-                       "CK_EVERY": tiles.chunk // tiles.forward_chunk}))
-        cases.append(("selective backward", SS._selective_bwd_kernel,
-                      {k: p for k in SS._selective_bwd_kernel.arg_names if k.endswith("_ptr")},
-                      {"T": tiles.chunk, "BH": tiles.backward_block_h, **sel, "HAS_GHL": True, "WANT_GH0": True}))
+        for N in (16, 256) if args.large else (16,):
+            tiles = SS.fit_tiles(SS.DEFAULT_TILES, N)
+            sel = dict(N=N, NP=N, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NUM_STAGES=tiles.num_stages)
+            cases.append((f"selective forward N={N}", SS._selective_fwd_kernel,
+                          {k: p for k in SS._selective_fwd_kernel.arg_names if k.endswith("_ptr")},
+                          {"T": tiles.forward_chunk, "BH": tiles.block_h, **sel, "HAS_H0": True, "SAVE_CK": True,
+                           "CK_EVERY": tiles.chunk // tiles.forward_chunk}))
+            cases.append((f"selective backward N={N}", SS._selective_bwd_kernel,
+                          {k: p for k in SS._selective_bwd_kernel.arg_names if k.endswith("_ptr")},
+                          {"T": tiles.chunk, "BH": tiles.backward_block_h, **sel, "HAS_GHL": True, "WANT_GH0": True}))
         for label, fn, pointers, constexprs in [c for c in cases if args.only in c[0]]:
             ints = [a for a in fn.arg_names if a not in pointers and a not in constexprs]
             signature = {**pointers, **{a: "i32" for a in ints}, **{a: "constexpr" for a in constexprs}}
             signature = {a: signature[a] for a in fn.arg_names}
             try:
                 warps = {"selective forward": SS.DEFAULT_TILES.num_warps,
-                         "selective backward": SS.DEFAULT_TILES.backward_num_warps}.get(label, 8)
+                         "selective backward": SS.DEFAULT_TILES.backward_num_warps}.get(label.split(" N=")[0], 8)
                 shared, usage, seconds = compile_one(fn, signature, constexprs, target, warps)
                 print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
                 failed += shared > 227 * 1024

@@ -290,7 +290,7 @@ class Mamba2(SequenceLayer):
                 C.unflatten(-1, (self.ngroups, self.d_state)),  # (B, L, G, N)
                 None if state is None else state.ssm,
                 chunk_size=self.chunk_size,
-                backend="chunked" if backend == "auto" else backend,
+                backend=backend,  # "auto": the Triton kernel on CUDA where its gate passed, else chunked (ops.ssd)
             )  # (B, L, E/P, P), (B, E/P, P, N)
             y = self._gate_and_norm(y, xs, z)  # (B, L, E)
         out = self.out_proj(y).to(x.dtype)  # (B, L, H)

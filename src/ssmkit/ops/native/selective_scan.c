@@ -182,9 +182,9 @@ static inline void row_dt(const inputs_t *in, int64_t row, int64_t c0, int64_t w
 }
 
 /* The forward of one item of w channels; h (2N × VEC) is the calling thread's buffer: the states, then A's columns
- * of the item (gather_A). Inlined three times by
- * forward_item: with w = VEC, a constant, so the channel loops compile to four straight 16-lane vectors with no
- * remainder or alignment code (12 % faster than one runtime-w copy at the issue's shape), and with w < VEC. */
+ * of the item (gather_A). Inlined three times by forward_item: with w = VEC, a constant, so the channel loops compile
+ * to straight vectors with no remainder or alignment code (12 % faster than one runtime-w copy at the issue's shape),
+ * once with le88 (exp(Δ A) without its upper clamp) and once without; and with w < VEC. */
 static inline __attribute__((always_inline)) void forward_item_w(const inputs_t *in, item_t it, const real *h0,
                                                                  real *out, real *hL, real *ckpt, real *h,
                                                                  const int64_t w, const int le88) {
@@ -327,8 +327,9 @@ typedef struct {
     real *hs, *ab, *rows, *lam, *gAl, *Al, *sums;
 } chunk_t;
 
-/* The backward of one item of w channels, adding into the item's partials gB, gC, gP; inlined twice by
- * backward_item, with the constant w = VEC (22 % faster than one runtime-w copy) and with w < VEC. Δ, u, Δu and
+/* The backward of one item of w channels, adding into the item's partials gB, gC, gP; inlined three times by
+ * backward_item, with the constant w = VEC (22 % faster than one runtime-w copy; with and without le88) and with
+ * w < VEC. Δ, u, Δu and
  * softplus' are computed once per step, in the recompute, and kept for the adjoint (a further 6 %). */
 static inline __attribute__((always_inline)) void backward_item_w(const inputs_t *in, item_t it, const real *ckpt,
                                                                   const real *gout, const real *ghL, real *gdelta,

@@ -160,6 +160,13 @@ static inline void prefetch_row(const real *p, int64_t w) {
     for (int64_t c = 0; c < w; c += 64 / (int64_t)sizeof(real)) __builtin_prefetch(p + c);
 }
 
+/* Prefetch for writing the w values of a row: the kernels write their outputs a row of w channels at a time, rows H
+ * apart, and every such store missed the caches and waited for its line (read for ownership), stalling the stores
+ * behind it: asked for PF steps ahead, the backward ran 9 % faster (B 8, L 4 096, H 512, N 16, one Zen 4 thread). */
+static inline void prefetch_row_w(const real *p, int64_t w) {
+    for (int64_t c = 0; c < w; c += 64 / (int64_t)sizeof(real)) __builtin_prefetch(p + c, 1);
+}
+
 /* The inputs of step t + PF (forward) or t - PF (backward) of an item: δ, u and z. */
 static inline void prefetch_step(const inputs_t *in, int64_t b, int64_t t, int64_t c0, int64_t w) {
     if (t < 0 || t >= in->L) return;
@@ -212,6 +219,7 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
         }
         const int64_t row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
         prefetch_step(in, it.b, t + PF, c0, w);
+        if (t + PF < L) prefetch_row_w(out + row + PF * H, w);
         row_dt(in, row, c0, w, d, uu, x, NULL);
         for (int64_t c = 0; c < w; c++) y[c] = D ? D[c0 + c] * uu[c] : 0;
         for (int64_t n = 0; n < N; n++) {
@@ -228,7 +236,7 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
         if (z)
             for (int64_t c = 0; c < w; c++) {
                 real zz = z[row + c];
-                y[c] *= zz * sigmoidr(zz);
+                y[c] *= zz * sigmoid_e(zz, exp_neg_abs(zz));
             }
         memcpy(out + row, y, sizeof(real) * w);
     }
@@ -350,7 +358,7 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
     const int64_t nc = (L + T - 1) / T, S = N * VEC;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
-    real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC];
+    real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC], sz[VEC];
 #if HAVE_VEC
     vec_t *rc = (vec_t *)buf.sums, *rb = rc + (N + LANES - 1) / LANES * LANES; /* adjoint_vec's sums over channels */
 #endif
@@ -387,11 +395,19 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
         for (int64_t t = t1 - 1; t >= t0; t--) {
             const int64_t i = t - t0, row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
             if (t - PF >= t0) prefetch_row(gout + row - PF * H, w);
+            if (t - PF >= 0) { /* this step's outputs, PF steps ahead */
+                prefetch_row_w(gu + row - PF * H, w), prefetch_row_w(gdelta + row - PF * H, w);
+                if (z) prefetch_row_w(gz + row - PF * H, w);
+            }
             const real *restrict d = buf.rows + 4 * i * VEC, *restrict uu = d + VEC, *restrict x = d + 2 * VEC,
                                  *restrict sp = d + 3 * VEC; /* this step's Δ, u, Δu, softplus', from the recompute */
             for (int64_t c = 0; c < w; c++) g[c] = gout[row + c], gdtu[c] = 0, gdA[c] = 0, yv[c] = 0;
             if (z)
-                for (int64_t c = 0; c < w; c++) g[c] *= z[row + c] * sigmoidr(z[row + c]); /* the gradient reaching y_t */
+                for (int64_t c = 0; c < w; c++) { /* the gradient reaching y_t; σ(z) kept for SiLU' */
+                    const real zz = z[row + c];
+                    sz[c] = sigmoid_e(zz, exp_neg_abs(zz));
+                    g[c] *= zz * sz[c];
+                }
 #if HAVE_VEC
             if (w == VEC) /* a constant in each inlined copy */
                 adjoint_vec(N, Bm + bc, Cm + bc, buf.Al, hs + (i + 1) * S, hs + i * S, ab + i * S, lam, gAl, g, x, d,
@@ -422,7 +438,7 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
             }
             if (z)
                 for (int64_t c = 0; c < w; c++) {
-                    real zz = z[row + c], s = sigmoidr(zz), Dc = D ? D[c0 + c] : 0;
+                    real zz = z[row + c], s = sz[c], Dc = D ? D[c0 + c] : 0;
                     gz[row + c] = gout[row + c] * (yv[c] + Dc * uu[c]) * s * (1 + zz * (1 - s)); /* SiLU' */
                 }
             for (int64_t c = 0; c < w; c++) {

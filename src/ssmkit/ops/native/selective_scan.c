@@ -198,6 +198,65 @@ static inline void row_dt(const inputs_t *in, int64_t row, int64_t c0, int64_t w
     for (int64_t c = 0; c < w; c++) x[c] = d[c] * uu[c];
 }
 
+#if HAVE_VEC && VBYTES == 64 && !defined(SS_DOUBLE)
+#include <immintrin.h>
+#define HAVE_SCALEF 1 /* AVX-512, float: the full-block loops of the le88 case use exp2_le0_v */
+/* exp2_le0 for a vector, with AVX-512's vrndscaleps (k = round(y)) and vscalefps (p · 2^k): 10 operations against
+ * exp2_le0's 13 (the magic-number rounding, the integer exponent and its shift and product go), on the same
+ * polynomial. y below -126 gives 0 (the mask of the scaling: as exp2_le0's 0 below -126.5, no subnormals; -∞ too); NaN
+ * stays NaN (the comparison is "not less than", true when unordered). Garbage above 0.5, as exp2_le0. */
+static inline vec_t exp2_le0_v(vec_t y) {
+    const __mmask16 keep = _mm512_cmp_ps_mask((__m512)y, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+    const __m512 k = _mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const vec_t f = y - (vec_t)k;
+    vec_t p = f * 1.504174725e-04f + 1.337263850e-03f;
+    p = p * f + 9.619120508e-03f;
+    p = p * f + 5.550408736e-02f;
+    p = p * f + 2.402265072e-01f;
+    p = p * f + 6.931471825e-01f;
+    p = p * f + 1.0f;
+    return (vec_t)_mm512_maskz_scalef_ps(keep, (__m512)p, k);
+}
+#define NVF (VEC / LANES) /* vectors per block of VEC channels */
+
+/* One step of the forward for a full block in the le88 case, in vectors: h ← Ā h + x B_t, y += C_t · h over the N
+ * states (h, A' of EXP_DA: N × VEC; d, x, y: VEC), with Δ, Δu and y held in registers across the states. */
+static inline void forward_step_vec(int64_t N, const real *Bt, const real *Ct, const real *Ae, real *h, const real *d,
+                                    const real *x, real *y) {
+    vec_t dv[NVF], xv[NVF], yv[NVF];
+    for (int q = 0; q < NVF; q++)
+        dv[q] = *(const vec_u *)(d + q * LANES), xv[q] = *(const vec_u *)(x + q * LANES), yv[q] = *(vec_u *)(y + q * LANES);
+    for (int64_t n = 0; n < N; n++) {
+        const real Bn = Bt[n], Cn = Ct[n];
+        for (int q = 0; q < NVF; q++) {
+            const int64_t o = n * VEC + q * LANES;
+            const vec_t hv = exp2_le0_v(dv[q] * *(const vec_u *)(Ae + o)) * *(vec_u *)(h + o) + xv[q] * Bn;
+            *(vec_u *)(h + o) = hv;
+            yv[q] += Cn * hv;
+        }
+    }
+    for (int q = 0; q < NVF; q++) *(vec_u *)(y + q * LANES) = yv[q];
+}
+
+/* One step of the backward's recompute for a full block in the le88 case, in vectors: ab ← Ā, hn ← Ā hp + x B_t. */
+static inline void recompute_step_vec(int64_t N, const real *Bt, const real *Ae, const real *hp, real *hn, real *ab,
+                                      const real *d, const real *x) {
+    vec_t dv[NVF], xv[NVF];
+    for (int q = 0; q < NVF; q++) dv[q] = *(const vec_u *)(d + q * LANES), xv[q] = *(const vec_u *)(x + q * LANES);
+    for (int64_t n = 0; n < N; n++) {
+        const real Bn = Bt[n];
+        for (int q = 0; q < NVF; q++) {
+            const int64_t o = n * VEC + q * LANES;
+            const vec_t a = exp2_le0_v(dv[q] * *(const vec_u *)(Ae + o));
+            *(vec_u *)(ab + o) = a;
+            *(vec_u *)(hn + o) = a * *(const vec_u *)(hp + o) + xv[q] * Bn;
+        }
+    }
+}
+#else
+#define HAVE_SCALEF 0
+#endif
+
 /* The forward of one item of w channels; h (2N × VEC) is the calling thread's buffer: the states, then A's columns
  * of the item (gather_A). Inlined three times by forward_item: with w = VEC, a constant, so the channel loops compile
  * to straight vectors with no remainder or alignment code (12 % faster than one runtime-w copy at the issue's shape),
@@ -222,6 +281,11 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
         if (t + PF < L) prefetch_row_w(out + row + PF * H, w);
         row_dt(in, row, c0, w, d, uu, x, NULL);
         for (int64_t c = 0; c < w; c++) y[c] = D ? D[c0 + c] * uu[c] : 0;
+#if HAVE_SCALEF
+        if (le88 && w == VEC) /* constants in each inlined copy */
+            forward_step_vec(N, Bm + bc, Cm + bc, h + N * VEC, h, d, x, y);
+        else
+#endif
         for (int64_t n = 0; n < N; n++) {
             const real Bn = Bm[bc + n], Cn = Cm[bc + n];
             const real *restrict An = h + (N + n) * VEC; /* A's row n, gathered (A' of EXP_DA) */
@@ -378,6 +442,11 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
             prefetch_step(in, it.b, t + PF, c0, w);
             real *restrict d = buf.rows + 4 * i * VEC, *restrict x = d + 2 * VEC; /* [Δ, u, Δu, softplus'] */
             row_dt(in, row, c0, w, d, d + VEC, x, d + 3 * VEC);
+#if HAVE_SCALEF
+            if (le88 && w == VEC)
+                recompute_step_vec(N, Bm + bc, buf.Ae, hs + i * S, hs + (i + 1) * S, ab + i * S, d, x);
+            else
+#endif
             for (int64_t n = 0; n < N; n++) {
                 const real Bn = Bm[bc + n];
                 const real *restrict An = buf.Ae + n * VEC;

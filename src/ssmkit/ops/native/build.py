@@ -9,6 +9,8 @@ CPU builds afresh (``-march=native`` code must never run on a CPU without those 
 written under a temporary name and renamed: a concurrent or interrupted build never leaves a half-written file.
 
 ``SSMKIT_NATIVE=0`` in the environment disables the backend (every build is refused with that reason).
+``SSMKIT_NATIVE_CFLAGS`` adds compiler flags to every build (split as a shell would; part of the cache key): for
+example ``-mno-avx512f`` builds the AVX2 code paths on a CPU with AVX-512, which is how the test suite checks them there.
 
 Threads: the kernels are compiled with ``-fopenmp`` (their items run on the OpenMP runtime torch ships and uses:
 :mod:`ssmkit.ops.native.parallel`); a compiler without OpenMP, or ``SSMKIT_NATIVE_OPENMP=0``, builds them without it
@@ -22,6 +24,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -77,10 +80,11 @@ def openmp_requested() -> bool:
 
 def _flag_sets(dtype: str) -> list[tuple[str, ...]]:
     """The flag sets to try in order: OpenMP (when requested) before none, ``-march=native`` before the portable
-    flags (a compiler that does not know one of them gets the next set)."""
+    flags (a compiler that does not know one of them gets the next set); ``$SSMKIT_NATIVE_CFLAGS`` ends each."""
     no_omp = tuple("-fopenmp-simd" if f == "-fopenmp" else f for f in FLAGS)
     sets = ([FLAGS] if openmp_requested() else []) + [no_omp]
-    return [(*fl, *DTYPE_FLAGS[dtype]) for s in sets for fl in (s, tuple(f for f in s if f != "-march=native"))]
+    extra = tuple(shlex.split(os.environ.get("SSMKIT_NATIVE_CFLAGS", "")))
+    return [(*fl, *DTYPE_FLAGS[dtype], *extra) for s in sets for fl in (s, tuple(f for f in s if f != "-march=native"))]
 
 
 def library_path(source: str, dtype: str) -> Path:

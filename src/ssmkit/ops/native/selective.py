@@ -102,7 +102,7 @@ class _NativeScan(torch.autograd.Function):
         g_delta, g_u = torch.empty_like(u), torch.empty_like(u)
         g_z = torch.empty_like(u) if z is not None else None
         g_h0 = u.new_empty(Bsz, H, N) if ctx.has_h0 else None
-        g_B, g_C = B.new_zeros(nblk, *B.shape), C.new_zeros(nblk, *C.shape)  # one partial sum per channel block
+        g_B, g_C = B.new_empty(nblk, *B.shape), C.new_empty(nblk, *C.shape)  # one partial per channel block (all written)
         g_P = u.new_zeros(Bsz, N + 2, H)  # per batch row: ∂A (N rows, transposed), ∂D, ∂b_Δ
         shared = [_ptr(u), _ptr(delta), _ptr(bias), int(ctx.softplus),
                   *(_ptr(t) for t in (At, B, C, D, z, ckpt, g_out, g_h, g_delta, g_u, g_z, g_h0))]

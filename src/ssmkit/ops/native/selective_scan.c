@@ -352,7 +352,7 @@ int SUFFIX(ss_forward)(const real *u, const real *delta, const real *bias, int64
 
 /* One step of the adjoint for a full block of VEC channels, in vectors (the scalar loop of backward_item_w does the
  * same for any width): λ, ∂A (gAl) updated in place over the N states; yv, gdtu, gdA (VEC) set to y_t, ∂(Δu)_t and
- * Σ_n Γ_t A; ∂B_t and ∂C_t (N) added into gB, gC. The channels run in passes of PV vectors; the sums over channels
+ * Σ_n Γ_t A; ∂B_t and ∂C_t (N) written to gB, gC. The channels run in passes of PV vectors; the sums over channels
  * (∂B, ∂C) are kept as one vector per state (rc, rb: N rounded up to LANES), added over the passes, and summed
  * LANES states at a time by transpose_sum. hn, hp, ab: h_t, h_{t-1}, Ā_t (N × VEC); An: A's columns of the block (N × VEC, gather_A). */
 static inline void adjoint_vec(int64_t N, const real *Bt, const real *Ct, const real *An, const real *hn,
@@ -396,7 +396,7 @@ static inline void adjoint_vec(int64_t N, const real *Bt, const real *Ct, const 
         const int64_t k = N - n0 < LANES ? N - n0 : LANES;
         for (int64_t m = k; m < LANES; m++) rc[n0 + m] = (vec_t){0}, rb[n0 + m] = (vec_t){0};
         const vec_t sc = transpose_sum(rc + n0), sb = transpose_sum(rb + n0);
-        for (int64_t m = 0; m < k; m++) gC[n0 + m] += sc[m], gB[n0 + m] += sb[m];
+        for (int64_t m = 0; m < k; m++) gC[n0 + m] = sc[m], gB[n0 + m] = sb[m];
     }
 }
 #endif
@@ -502,8 +502,8 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
                     gan[c] += Gam * d[c];
                     ln[c] = abar[c] * l; /* the carry into step t-1 */
                 }
-                gC[bc + n] += sC;
-                gB[bc + n] += sB;
+                gC[bc + n] = sC;
+                gB[bc + n] = sB;
             }
             if (z)
                 for (int64_t c = 0; c < w; c++) {
@@ -540,10 +540,11 @@ static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const
 
 /* Backward over items [item0, item1) on nthreads threads, from the forward's chunk-start states ckpt
  * (B, ceil(L/T), N, H), the output gradient gout (B, L, H) and the final-state gradient ghL (B, H, N) or NULL. Writes
- * gdelta, gu (B, L, H), gz (B, L, H) (when z is given) and gh0 (B, H, N) (when not NULL) for its channels, and adds into
- * partials chosen by the item, not the thread, so that the caller's sums have a fixed order whatever the scheduling:
- * the items of channel block k (within their group) into gB, gC + k·B·L·G·N ((B, L, G, N) each; their (b, g) differ),
- * the items of batch row b into gP + b·(N+2)·H ((N + 2, H): ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1; their
+ * gdelta, gu (B, L, H), gz (B, L, H) (when z is given) and gh0 (B, H, N) (when not NULL) for its channels, and its sums
+ * into partials chosen by the item, not the thread, so that the caller's sums have a fixed order whatever the
+ * scheduling: the items of channel block k (within their group) write gB, gC + k·B·L·G·N ((B, L, G, N) each; their
+ * (b, g) differ, so every value is written once: the caller need not clear them), the items of batch row b add into
+ * gP + b·(N+2)·H ((N + 2, H): ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1; their
  * channels differ). Returns 0, or 1 when out of memory. */
 int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *At,
                         const real *Bm, const real *Cm, const real *D, const real *z, const real *ckpt, const real *gout,

@@ -3,6 +3,8 @@ address-space limit far too small to import torch) as an error row instead of st
 
 import json
 
+import pytest
+
 from ssmkit.bench.selective import main
 
 
@@ -38,3 +40,17 @@ def test_a_failing_case_is_reported(tmp_path, capsys):
     (row,) = json.loads(out.read_text())["results"]
     assert row["case"] == "chunked" and row["error"]
     assert "| chunked | failed:" in capsys.readouterr().out
+
+
+def test_warm_up_and_timed_calls_are_options(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--batch", "1", "--d-model", "4", "--d-state", "3", "--length", "9", "--repeats", "1", "--threads", "1",
+            "--cases", "chunked", "--warmup", "0", "--calls", "2", "--json", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert (data["warmup"], data["calls"]) == (0, 2) and data["results"][0]["forward_backward_s"] > 0
+    assert "0 warm-up and 2 timed calls" in capsys.readouterr().out
+    for bad in (["--warmup", "-1"], ["--calls", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--cases", "chunked", *bad])
+        assert e.value.code == 2

@@ -51,6 +51,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """An argparse ``type`` for counts that may be zero (warm-up calls): an int >= 0, else argparse's usage error.
+
+    Args:
+        text: the option's value as given on the command line.
+
+    Returns:
+        the int.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0; got {value}")
+    return value
+
+
 def add_suite_parsers(parser: argparse.ArgumentParser) -> None:
     """Add one sub-command per suite to ``parser``; each passes its options (``--help`` too) to the suite."""
     suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True, title="suites")
@@ -61,3 +79,4 @@ def add_suite_parsers(parser: argparse.ArgumentParser) -> None:
 def run(suite: str, argv: list[str], prog: str) -> int:
     """Run ``suite``'s ``main`` on its own options ``argv``; ``prog`` names the command in its usage line."""
     return importlib.import_module(f"ssmkit.bench.{suite}").main(argv, prog=prog)
+

@@ -40,9 +40,24 @@ static inline const real *erow(const real *rows, const real *x, int64_t xb, int6
     return p < W - 1 ? rows + p * H : x + b * xb + (p - (W - 1)) * xt;
 }
 
-/* acc = b + Σ_k w_k e_{t+k} over the H channels (the pre-activation of step t). */
+/* acc = b + Σ_k w_k e_{t+k} over the H channels (the pre-activation of step t). With W = 4 (Mamba's and H3's width)
+ * the four taps are summed in registers in one pass over the row, in the same order; tap by tap, each tap loaded and
+ * stored the sum again, and the kernels ran at their loads and stores. */
 static inline void pre_row(real *restrict acc, const real *rows, const real *x, int64_t xb, int64_t xt, const real *wt,
                            const real *bias, int64_t b, int64_t t, int64_t H, int64_t W) {
+    if (W == 4) {
+        const real *restrict e0 = erow(rows, x, xb, xt, b, H, W, t), *restrict e1 = erow(rows, x, xb, xt, b, H, W, t + 1);
+        const real *restrict e2 = erow(rows, x, xb, xt, b, H, W, t + 2), *restrict e3 = erow(rows, x, xb, xt, b, H, W, t + 3);
+        const real *restrict w0 = wt, *restrict w1 = wt + H, *restrict w2 = wt + 2 * H, *restrict w3 = wt + 3 * H;
+        if (bias) {
+#pragma omp simd
+            for (int64_t c = 0; c < H; c++) acc[c] = bias[c] + w0[c] * e0[c] + w1[c] * e1[c] + w2[c] * e2[c] + w3[c] * e3[c];
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < H; c++) acc[c] = w0[c] * e0[c] + w1[c] * e1[c] + w2[c] * e2[c] + w3[c] * e3[c];
+        }
+        return;
+    }
     for (int64_t c = 0; c < H; c++) acc[c] = bias ? bias[c] : 0;
     for (int64_t k = 0; k < W; k++) {
         const real *restrict wk = wt + k * H, *restrict e = erow(rows, x, xb, xt, b, H, W, t + k);
@@ -131,7 +146,24 @@ int SUFFIX(cc_backward)(const real *x, int64_t xb, int64_t xt, const real *wt, c
                 }
             }
             /* 2. ∂b and ∂w_k = Σ_t g_pre[t] e_{t+k} over the item's own steps */
-            for (int64_t t = t0; t < t1; t++) {
+            int64_t t = t0;
+            if (W == 4) /* two steps at a time, the five sums in one pass over the row (their shared rows loaded once) */
+                for (; t + 1 < t1; t += 2) {
+                    const real *restrict ga = gpre + (t - t0) * H, *restrict gb = ga + H;
+                    const real *restrict e0 = erow(rows, x, xb, xt, b, H, W, t), *restrict e1 = erow(rows, x, xb, xt, b, H, W, t + 1);
+                    const real *restrict e2 = erow(rows, x, xb, xt, b, H, W, t + 2), *restrict e3 = erow(rows, x, xb, xt, b, H, W, t + 3);
+                    const real *restrict e4 = erow(rows, x, xb, xt, b, H, W, t + 4);
+                    real *restrict gw0 = gw, *restrict gw1 = gw + H, *restrict gw2 = gw + 2 * H, *restrict gw3 = gw + 3 * H;
+#pragma omp simd
+                    for (int64_t c = 0; c < H; c++) {
+                        gbias[c] += ga[c] + gb[c];
+                        gw0[c] += ga[c] * e0[c] + gb[c] * e1[c];
+                        gw1[c] += ga[c] * e1[c] + gb[c] * e2[c];
+                        gw2[c] += ga[c] * e2[c] + gb[c] * e3[c];
+                        gw3[c] += ga[c] * e3[c] + gb[c] * e4[c];
+                    }
+                }
+            for (; t < t1; t++) {
                 const real *restrict gp = gpre + (t - t0) * H;
 #pragma omp simd
                 for (int64_t c = 0; c < H; c++) gbias[c] += gp[c];
@@ -146,6 +178,15 @@ int SUFFIX(cc_backward)(const real *x, int64_t xb, int64_t xt, const real *wt, c
              *    and ∂state (p < W - 1) by the first item */
             const int64_t p0 = t0 == 0 ? 0 : t0 + W - 1;
             for (int64_t p = p0; p < t1 + W - 1; p++) {
+                if (W == 4 && p - 3 >= t0 && p < t2 && p < L) { /* every tap inside the item, no final state: to gx in one pass */
+                    const real *restrict g0 = gpre + (p - t0) * H, *restrict g1 = g0 - H, *restrict g2 = g0 - 2 * H;
+                    const real *restrict g3 = g0 - 3 * H;
+                    const real *restrict w0 = wt, *restrict w1 = wt + H, *restrict w2 = wt + 2 * H, *restrict w3 = wt + 3 * H;
+                    real *restrict out = gx + (b * L + p - (W - 1)) * H;
+#pragma omp simd
+                    for (int64_t c = 0; c < H; c++) out[c] = w0[c] * g0[c] + w1[c] * g1[c] + w2[c] * g2[c] + w3[c] * g3[c];
+                    continue;
+                }
                 for (int64_t c = 0; c < H; c++) ge[c] = (gstL && p >= L) ? gstL[(b * H + c) * (W - 1) + (p - L)] : 0;
                 for (int64_t k = 0; k < W; k++) {
                     const int64_t t = p - k;

@@ -31,6 +31,17 @@ SUITES = {
 }
 
 
+def _int_at_least(text: str, low: int) -> int:
+    """``text`` as an int >= ``low``, else argparse's one-line usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= {low}; got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an int >= {low}; got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse ``type`` for sizes and counts (B, L, H, N, repeats): an int >= 1, else argparse's one-line usage
     error naming the value (``--d-model -4`` failed deep inside with a traceback, ``--repeats 0`` with "no median for
@@ -42,13 +53,7 @@ def positive_int(text: str) -> int:
     Returns:
         the int.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1; got {value}")
-    return value
+    return _int_at_least(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
@@ -60,13 +65,7 @@ def nonnegative_int(text: str) -> int:
     Returns:
         the int.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0; got {value}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def add_suite_parsers(parser: argparse.ArgumentParser) -> None:

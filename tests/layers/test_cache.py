@@ -195,6 +195,50 @@ def test_frozen_parameters_checks_once_per_block():
     assert cache.get([a], compute) == 4  # outside a block every lookup compares
 
 
+
+def test_frozen_parameters_sees_a_new_tensor_at_a_freed_ones_address():
+    # Inside a block the cache trusts the same tensor objects. It recognised them by id(), and a tensor made for one
+    # lookup dies after it, so the next one is often allocated at the same address: the same id, other values.
+    from ssmkit.layers import frozen_parameters
+
+    cache: ValueCache[float] = ValueCache()
+    with frozen_parameters():
+        values = [cache.get([torch.full((3,), float(k))], lambda k=k: float(k)) for k in range(6)]
+    assert values == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("name,weight", [("s4d", "C"), ("s5", "B"), ("lru", "B"), ("s4", "C_tilde")])
+def test_step_with_a_weight_made_per_step_inside_frozen_parameters(name, weight):
+    # functional_call with a weight made for each step (a hypernetwork's output, a schedule) inside a generation
+    # block: before, 19 of 20 steps of S4D reused the first step's discrete matrices (the freed weight's id again).
+    from torch.func import functional_call
+
+    from ssmkit.layers import frozen_parameters
+
+    class Stepper(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x_t, state):
+            return self.layer.step(x_t, state)
+
+    model = Stepper(make_layer(name))
+    base = getattr(model.layer, weight).detach().clone()
+    x_t = torch.randn(2, H, device=DEVICE, dtype=torch.float64)
+    h = model.layer.initial_state(2)
+    scales = [1.0 + 0.1 * k for k in range(20)]
+    expected = []
+    with torch.no_grad():
+        for s in scales:  # a fresh layer holding each step's weight
+            fresh = make_layer(name, seed=7)
+            fresh.load_state_dict({**model.layer.state_dict(), weight: base * s})
+            expected.append(fresh.step(x_t, h)[0])
+    with torch.no_grad(), frozen_parameters():
+        got = [functional_call(model, {f"layer.{weight}": base * s}, (x_t, h))[0] for s in scales]
+    for y, y_ref in zip(got, expected):
+        assert rel_err(y, y_ref) < TOL
+
 @pytest.mark.parametrize("name", NAMES)
 def test_step_inside_frozen_parameters_equals_forward(name):
     from ssmkit.layers import frozen_parameters

@@ -85,3 +85,23 @@ def test_context_backend_is_read_when_the_graph_is_traced():
     per_call = torch.compile(lambda b, *a: ops.ssm_scan(*a, backend=b)[0], fullgraph=True, backend="aot_eager")
     assert torch.equal(per_call("reference", *args), y_ref)
     assert torch.equal(per_call("chunked", *args), y_chunked)  # a new constant: recompiled
+
+
+def test_ssd_compiled_once_runs_at_other_lengths():
+    """A compiled SSD scan called at a second length is recompiled with the length symbolic (dynamo's automatic
+    dynamic shapes, as for batches of varying length). The chunk count of the recurrence over chunks, -(-L // T)
+    with T = min(chunk_size, L), then failed dynamo's own guard check ("Guard failed on the same frame it was
+    created", an AssertionError) where it was written into a reshape; Mamba-2 under torch.compile failed at its
+    second length. Each length's output against the step-by-step reference."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *t: ops.ssd_chunked(*t, chunk_size=8), fullgraph=True, backend="aot_eager")
+    g = torch.Generator().manual_seed(0)
+    for length in (20, 33, 47):  # the first compile is static; 33 recompiles with L symbolic, 47 reuses that graph
+        x = torch.randn(2, length, 2, 3, dtype=torch.float64, generator=g)
+        dt = torch.rand(2, length, 2, dtype=torch.float64, generator=g)
+        A = -torch.rand(2, dtype=torch.float64, generator=g)
+        Bm, Cm = (torch.randn(2, length, 1, 4, dtype=torch.float64, generator=g) for _ in range(2))
+        h0 = torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=g)
+        y, h = compiled(x, dt, A, Bm, Cm, h0)
+        y_ref, h_ref = ops.ssd_reference(x, dt, A, Bm, Cm, h0)
+        assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12

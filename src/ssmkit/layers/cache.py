@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import weakref
 from typing import Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 import torch
@@ -50,6 +51,13 @@ def frozen_parameters() -> Iterator[None]:
         _FROZEN.reset(token)
 
 
+def _same_objects(refs: tuple[weakref.ref, ...], tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether ``tensors`` are the very objects ``refs`` point to (alive). Object ids are not enough: a weight made
+    for one step (``functional_call`` with a hypernetwork's output) dies after it, and the next step's weight is
+    often allocated at the same address, so it has the same id."""
+    return len(refs) == len(tensors) and all(ref() is t for ref, t in zip(refs, tensors))
+
+
 def _same(snapshot: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> bool:
     if len(snapshot) != len(tensors):
         return False
@@ -67,8 +75,9 @@ class ValueCache(Generic[V]):
     """
 
     def __init__(self) -> None:
-        # (key, snapshot of the values, the value, the frozen scope it was last checked in, ids of the source tensors)
-        self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, tuple[int, ...]] | None = None
+        # (key, snapshot of the values, the value, the frozen scope it was last checked in, weak references to the
+        # source tensors: the objects themselves, whose ids a later tensor may reuse once they are freed)
+        self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, tuple[weakref.ref, ...]] | None = None
 
     def get(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V], key: Hashable = None) -> V:
         """``compute()``, reused while every tensor of ``tensors`` equals (value, shape, dtype, device) the copy
@@ -88,12 +97,12 @@ class ValueCache(Generic[V]):
             return compute()
         entry, scope = self._entry, _FROZEN.get()
         if entry is not None and entry[0] == key:
-            _, snapshot, value, checked_in, ids = entry
-            if scope and checked_in == scope and ids == tuple(map(id, tensors)):
+            _, snapshot, value, checked_in, refs = entry
+            if scope and checked_in == scope and _same_objects(refs, tensors):
                 return value
             if _same(snapshot, tensors):
                 if scope:
-                    self._entry = (key, snapshot, value, scope, tuple(map(id, tensors)))
+                    self._entry = (key, snapshot, value, scope, tuple(map(weakref.ref, tensors)))
                 return value
         # never inference tensors, even when filled inside torch.inference_mode(): a later step with autograd on (a
         # frozen layer, gradients wanted for its input) must be able to save the cached value for backward. Leaving
@@ -101,7 +110,7 @@ class ValueCache(Generic[V]):
         with torch.inference_mode(False), torch.no_grad():
             value = compute()
             snapshot = tuple(t.detach().clone() for t in tensors)
-        self._entry = (key, snapshot, value, scope, tuple(map(id, tensors)))
+        self._entry = (key, snapshot, value, scope, tuple(map(weakref.ref, tensors)))
         return value
 
     def get_unless_grad(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V], key: Hashable = None) -> V:

@@ -124,8 +124,10 @@ def _recurrence_states(
         where = (0, 0, pad, 0) if reverse else (0, 0, 0, pad)
         b = F.pad(b, where)  # (B, nc·T, H)
         a = a if invariant else F.pad(a, where, value=1.0)  # (B, nc·T, H)
-    b_c = b.reshape(Bsz, n_chunks, T, H)  # (B, nc, T, H)
-    a_c = None if invariant else a.reshape(Bsz, n_chunks, T, H)  # (B, nc, T, H)
+    # -1, not n_chunks: with L symbolic under torch.compile, dynamo failed its own guard on the product nc·T when
+    # T was itself min(chunk_size, L') of an outer chunking (the SSD scan's chunk states)
+    b_c = b.reshape(Bsz, -1, T, H)  # (B, nc, T, H)
+    a_c = None if invariant else a.reshape(Bsz, -1, T, H)  # (B, nc, T, H)
 
     def gate(t: int) -> torch.Tensor:
         return a if invariant else a_c[:, :, t]  # (H,) or (B, nc, H)

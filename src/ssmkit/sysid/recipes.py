@@ -155,13 +155,11 @@ RECIPES: dict[str, Recipe] = {
     # 6 000 steps at a constant rate; docs/results.md). Since bouc5 the cosine runs over 24 000 steps: held-out
     # validation 3.85 / 3.91 / 3.64e-5 m against 4.27 / 4.11 / 4.77e-5 m at 12 000 (seeds 0-2, lower on all three),
     # steady state 2.79-2.81e-5 against 3.18-3.28e-5, 8-10 min on one thread (SUBNET's 12 000 steps: 9-11 min);
-    # 128 windows of 64 samples started by a training encoder (train_encoder) validated far worse (6.93e-5).
-    # Since bouc7 the windows are 8 x 1 024 (the same samples per step): paired by seed on one machine, validation
-    # 3.78 / 3.96 / 4.07e-5 m against 16 x 512's 3.82 / 3.85 / 4.14e-5 (lower on 2 of 3, mean 3.9372e-5 against
-    # 3.9393e-5: the pre-stated rule met by 0.05 %, i.e. a tie; docs/results.md, seventh Bouc-Wen session)
+    # 128 windows of 64 samples started by a training encoder (train_encoder) validated far worse (6.93e-5); 8 x 1 024
+    # windows tied with 16 x 512 (bouc7, paired by seed: mean validation 0.05 % lower, sine sweep worse): not adopted
     # Δ in 0.075-7.5 samples (Δ·Ts 0.1-10 ms as tuned): τ = Ts/Δ in 1/5625-1/56.25 s (0.18-17.8 ms)
     "bouc_wen": Recipe(d_model=32, n_layers=4, d_state=32, timescale=(1 / 5625, 1 / 56.25), encoder_window=0,
-                       train_records=17, window=1024, batch_size=8, steps=24000, lr=3e-3, schedule="cosine",
+                       train_records=17, window=512, batch_size=16, steps=24000, lr=3e-3, schedule="cosine",
                        washout=100,
                        val_fraction=0.2, val_records=1, val_every=100, patience=1000, first_layer_init="data"),
     # 400 Hz, three accelerations (MIMO, p = 3), modes of a few to ~50 Hz lightly damped: Δ·Ts 25 µs–25 ms (0.01–10

@@ -78,4 +78,3 @@ def add_suite_parsers(parser: argparse.ArgumentParser) -> None:
 def run(suite: str, argv: list[str], prog: str) -> int:
     """Run ``suite``'s ``main`` on its own options ``argv``; ``prog`` names the command in its usage line."""
     return importlib.import_module(f"ssmkit.bench.{suite}").main(argv, prog=prog)
-

@@ -12,8 +12,8 @@
  *     expr_le88(x) the same for x ≤ 88 only (clamped below, not above: garbage beyond 88.7), for loops whose caller
  *                 guarantees it (the selective scan's exp(Δ A) with A ≤ 0 and Δ = softplus(·) ≥ 0): without the upper
  *                 clamp gcc vectorises the lower one as a mask, 35 % less time in the scan's inner loop on Zen 3
+ *     exp2_le0(y) 2^y for y ≤ 0 (below), for exponents the caller has scaled by log2 e (the selective scan's Δ A)
  *     log1p_unit(e) log(1 + e) for e ∈ [0, 1] (below)
- *     sigmoidr(x) 1 / (1 + e^-x)
  *     softplus_e(x, e), sigmoid_e(x, e)  softplus(x) = max(x, 0) + log(1 + e) (or x above 20, as
  *                 torch.nn.functional.softplus) and σ(x), both from e = e^{-|x|} ∈ (0, 1] (one exponential for the two;
  *                 the argument of log1p stays in [0, 1], one series, where log(1 + e^x) needs both of log1p's ranges)
@@ -57,11 +57,16 @@ static inline real expr_le88(real x) {
     } s = {.i = (k + 127) << 23}; /* 2^k */
     return p * s.f;
 }
+/* 2^f for f ∈ [-1/2, 1/2] by its degree-6 minimax polynomial (relative error 8.9e-8 in float32, Horner's order); f a
+ * float or a vector of floats (exp2_le0 and selective_scan.c's exp2_le0_v share it). */
+#define EXP2_POLY(f)                                                                                                   \
+    ((((((1.504174725e-04f * (f) + 1.337263850e-03f) * (f) + 9.619120508e-03f) * (f) + 5.550408736e-02f) * (f) +        \
+       2.402265072e-01f) * (f) + 6.931471825e-01f) * (f) + 1.0f)
 /* 2^y for y ≤ 0, clamped below at -127 (where it is 0; NaN stays NaN): 2^k 2^f with k = round(y) by the 1.5·2^23
  * addition (the sum's low mantissa bits hold k) and f = y - k ∈ [-1/2, 1/2] exact, so there is no range-reduction
- * error; 2^f by its degree-6 minimax polynomial (relative error 8.9e-8 in float32 Horner over [-1/2, 1/2]). For
- * exp(x) of an x that is a product with a stored factor (Δ A), the factor is scaled by log2 e once and this runs
- * without the two multiplications of expr's Cody-Waite reduction: 13 operations against 16. Garbage above 0.5. */
+ * error; 2^f by EXP2_POLY. For exp(x) of an x that is a product with a stored factor (Δ A), the factor is scaled by
+ * log2 e once and this runs without the two multiplications of expr's Cody-Waite reduction: 13 operations against 16.
+ * Garbage above 0.5. */
 static inline real exp2_le0(real y) {
     y = y < -127.0f ? -127.0f : y;
     union {
@@ -69,13 +74,7 @@ static inline real exp2_le0(real y) {
         int32_t i;
     } s = {.f = y + 12582912.0f}; /* 1.5·2^23 + y: rounded to an integer, k in the low mantissa bits */
     const float f = y - (s.f - 12582912.0f);
-    float p = 1.504174725e-04f;
-    p = p * f + 1.337263850e-03f;
-    p = p * f + 9.619120508e-03f;
-    p = p * f + 5.550408736e-02f;
-    p = p * f + 2.402265072e-01f;
-    p = p * f + 6.931471825e-01f;
-    p = p * f + 1.0f;
+    const float p = EXP2_POLY(f);
     union {
         int32_t i;
         float f;
@@ -119,7 +118,6 @@ static inline real log1p_unit(real e) { return atanh_series(e / (2.0f + e)); }
 /* 1 when this library was compiled with OpenMP: its entries then take nthreads > 1. */
 int SUFFIX(native_openmp)(void) { return NATIVE_OPENMP; }
 
-static inline real sigmoidr(real x) { return (real)1 / ((real)1 + expr(-x)); }
 /* e^{-|x|}, the argument of softplus_e and sigmoid_e (≤ 0: no upper clamp; NaN stays NaN). */
 static inline real exp_neg_abs(real x) { return expr_le88(x < 0 ? x : -x); }
 static inline real softplus_e(real x, real e) { return x > (real)20 ? x : (x > 0 ? x : (real)0) + log1p_unit(e); }

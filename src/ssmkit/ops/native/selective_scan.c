@@ -209,12 +209,7 @@ static inline vec_t exp2_le0_v(vec_t y) {
     const __mmask16 keep = _mm512_cmp_ps_mask((__m512)y, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
     const __m512 k = _mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vec_t f = y - (vec_t)k;
-    vec_t p = f * 1.504174725e-04f + 1.337263850e-03f;
-    p = p * f + 9.619120508e-03f;
-    p = p * f + 5.550408736e-02f;
-    p = p * f + 2.402265072e-01f;
-    p = p * f + 6.931471825e-01f;
-    p = p * f + 1.0f;
+    const vec_t p = EXP2_POLY(f);
     return (vec_t)_mm512_maskz_scalef_ps(keep, (__m512)p, k);
 }
 #define NVF (VEC / LANES) /* vectors per block of VEC channels */

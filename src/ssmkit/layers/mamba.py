@@ -23,7 +23,7 @@ gradients flow through both. Under autocast the in- and out-projections run in b
 them (convolution, W_x, W_Δ, the scan, the gate) in the parameters' dtype (``float32_core``).
 
 Backends: ``"chunked"`` = :func:`ssmkit.ops.selective.selective_scan_chunked`; ``"native"`` = the C kernel
-:func:`ssmkit.ops.native.selective_scan_native` (CPU); ``"auto"`` = native on the CPU where it runs, else chunked;
+:func:`ssmkit.ops.native.selective_scan_native` (CPU), which also forms W_Δ δ itself (``delta_proj``); ``"auto"`` = native on the CPU where it runs, else chunked;
 ``"reference"`` = the loop :func:`ssmkit.ops.selective.selective_scan_reference`.
 """
 
@@ -187,11 +187,11 @@ class Mamba(SequenceLayer):
         return MambaState(TensorSpec((self.d_inner, self.d_conv - 1), dtype), TensorSpec((self.d_inner, self.d_state), dtype))
 
     def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """δ projected to the channels (..., H_in), B and C (..., N), and A (H_in, N), from the convolved x (..., H_in)."""
+        """The low-rank δ (..., R), B and C (..., N), and A (H_in, N), from the convolved x (..., H_in). The channels'
+        δ = W_Δ δlow is formed by the scan (``delta_proj``; the native kernel fuses it) or by :meth:`_step`."""
         R, N = self.rank, self.d_state
         delta_low, B, C = self.x_proj(x).split([R, N, N], dim=-1)  # (..., R), (..., N), (..., N)
-        delta = self.dt_proj(delta_low)  # (..., H_in): b_Δ is added inside the scan
-        return delta, B, C, -torch.exp(self.A_log)
+        return delta_low, B, C, -torch.exp(self.A_log)
 
     def _in_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x, z = split(W_in u) as two matmuls on the halves of ``in_proj``'s weight: each half comes out contiguous
@@ -210,11 +210,11 @@ class Mamba(SequenceLayer):
         with float32_core(x.device.type):
             xs, z = xs.to(dtype), z.to(dtype)
             xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state, activation="silu")  # (B, L, H_in)
-            delta, B, C, A = self._scan_inputs(xc)
+            delta_low, B, C, A = self._scan_inputs(xc)
             y, ssm_state = selective_scan(
-                xc, delta, A, B, C, self.D, z, self.dt_bias, True,
-                None if state is None else state.ssm, return_state, backend=backend,
-            )  # (B, L, H_in)
+                xc, delta_low, A, B, C, self.D, z, self.dt_bias, True,
+                None if state is None else state.ssm, return_state, backend=backend, delta_proj=self.dt_proj.weight,
+            )  # (B, L, H_in): b_Δ is added inside the scan
         y = self.out_proj(y).to(x.dtype)  # (B, L, H)
         return y, (MambaState(conv_state, ssm_state) if return_state else None)
 
@@ -225,7 +225,8 @@ class Mamba(SequenceLayer):
             xs, z = xs.to(dtype), z.to(dtype)
             xc, conv_state = self.conv1d.step(xs, state.conv)  # (B, H_in)
             xc = F.silu(xc)
-            delta, B, C, A = self._scan_inputs(xc)
+            delta_low, B, C, A = self._scan_inputs(xc)
+            delta = self.dt_proj(delta_low)  # (B, H_in): b_Δ is added inside the step
             y, ssm_state = selective_step(xc, delta, A, B, C, self.D, z, self.dt_bias, True, state.ssm)  # (B, H_in)
         return self.out_proj(y).to(x_t.dtype), MambaState(conv_state, ssm_state)
 

@@ -56,8 +56,10 @@ def _check_selective(
     delta_bias: torch.Tensor | None,
     state: torch.Tensor | None,
     step: bool = False,
+    delta_proj: torch.Tensor | None = None,
 ) -> None:
-    """Validate the arguments of the selective scan (``step``: one time step, the L axis absent)."""
+    """Validate the arguments of the selective scan (``step``: one time step, the L axis absent; ``delta_proj``: W_Δ
+    (H, R), with delta then (..., R))."""
     check_floating(u, "u_t" if step else "u")
     if step:
         if u.dim() != 2:
@@ -69,7 +71,8 @@ def _check_selective(
             raise ValueError(f"u must be (B, L, H) with B, L >= 1; got shape {tuple(u.shape)}")
         Bsz, L, H = u.shape
         seq, letters = (Bsz, L), "(B, L"
-    tensors = {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias, "state": state}
+    tensors = {"delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias, "state": state,
+               "delta_proj": delta_proj}
     for name, t in tensors.items():
         if t is None:
             continue
@@ -79,7 +82,16 @@ def _check_selective(
             raise ValueError(f"{name} must have u's dtype {u.dtype}; got {t.dtype}")
         if t.device != u.device:
             raise ValueError(f"{name} must be on u's device {u.device}; got {t.device}")
-    for name, t in (("delta", delta), ("z", z)):
+    if delta_proj is not None:
+        if delta_proj.dim() != 2 or delta_proj.shape[0] != H or delta_proj.shape[1] == 0:
+            raise ValueError(f"delta_proj must be (H, R) with H={H} (from u); got shape {tuple(delta_proj.shape)}")
+        R = delta_proj.shape[1]
+        if tuple(delta.shape) != (*seq, R):
+            raise ValueError(
+                f"delta must be {letters}, R) = {(*seq, R)} (R from delta_proj) when delta_proj is given; "
+                f"got {tuple(delta.shape)}"
+            )
+    for name, t in (("delta", None if delta_proj is not None else delta), ("z", z)):
         if t is not None and t.shape != u.shape:
             raise ValueError(f"{name} must be {letters}, H) = {tuple(u.shape)} like u; got {tuple(t.shape)}")
     if A.dim() != 2 or A.shape[0] != H or A.shape[1] == 0:
@@ -469,6 +481,7 @@ def selective_scan(
     return_state: bool = True,
     *,
     backend: str | None = None,
+    delta_proj: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The selective scan of Mamba; the path is chosen by the backend.
 
@@ -494,11 +507,19 @@ def selective_scan(
         state: (B, H, N) state h_{-1}, or None for zeros.
         return_state: also return the final state.
         backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+        delta_proj: W_Δ (H, R), or None. When given, ``delta`` is the low-rank δlow (B, L, R) and the step sizes are
+            δ = δlow W_Δᵀ (Mamba's ``dt_proj``, its bias being ``delta_bias``): the native kernel forms δ itself (no
+            (B, L, H) tensor, no thin GEMM), the other paths by ``F.linear`` first.
 
     Returns:
         y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
     """
     impl = dispatch("selective_scan", _SELECTIVE_SCAN, backend, auto=_auto(u))
+    if delta_proj is not None:
+        _check_selective(u, delta, A, B, C, D, z, delta_bias, state, delta_proj=delta_proj)
+        if impl is selective_scan_native:
+            return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, delta_proj=delta_proj)
+        delta = F.linear(delta, delta_proj)
     return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state)
 
 

@@ -99,6 +99,11 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args += [rand(H), rand(Bsz, L, H), rand(H)]  # D, z, b_Δ
         fast = lambda *a: scan_unchecked(*a[:5], a[6], a[7], a[8], True, a[5], True, 4)  # noqa: E731
         ref = lambda *a: selective_scan_reference(*a[:5], a[6], a[7], a[8], True, a[5])  # noqa: E731
+        # and with the low-rank δ = δlow W_Δᵀ formed in the kernel (delta_proj, R = 5)
+        fused = lambda *a: scan_unchecked(*a[:5], a[6], a[7], a[8], True, a[5], True, 4, a[9])  # noqa: E731
+        unfused = lambda *a: ref(a[0], torch.nn.functional.linear(a[1], a[9]), *a[2:9])  # noqa: E731
+        weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
+        _compare(fused, unfused, [args[0], rand(Bsz, L, 5), *args[2:], rand(H, 5)], weight, dtype)
     elif op == "linear_recurrence":
         from ssmkit.ops.native.recurrence import recurrence_unchecked
         from ssmkit.ops.recurrence import linear_recurrence_reference

@@ -7,7 +7,9 @@ out.
 
 The C kernel runs the whole op: per block of 64 channels it keeps the N states in a local array and makes one pass over
 time (the chunked PyTorch path makes ~20 passes over chunk buffers), with Δ's softplus, the skip and the gate fused
-(they are elementwise over (B, L, H): done in PyTorch they cost a pass over memory each, forward and backward). The
+(they are elementwise over (B, L, H): done in PyTorch they cost a pass over memory each, forward and backward), and, when
+``delta_proj`` W_Δ (H, R) is given, Mamba's low-rank δ = δlow W_Δᵀ from δlow (B, L, R) (``dt_proj``: a GEMM with K = R,
+16 at d_model 256, which BLAS runs at a fraction of its rate, and a (B, L, H) tensor written and read twice). The
 work items (batch × group × channel block) run on ``torch.get_num_threads()`` threads of torch's OpenMP runtime
 (:mod:`ssmkit.ops.native.parallel`). The backward recomputes the
 states chunk by chunk from the chunk-start states the forward kept (B·H·N per ``T`` steps).
@@ -32,8 +34,8 @@ from ssmkit.ops.twice import graph_backward
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of selective_scan.c: (argument types, result type)
     "ss_items": ([_i64] * 3, _i64),
-    "ss_forward": ([_p] * 3 + [_i64] + [_p] * 9 + [_i64] * 9, ctypes.c_int),
-    "ss_backward": ([_p] * 3 + [_i64] + [_p] * 15 + [_i64] * 9, ctypes.c_int),
+    "ss_forward": ([_p] * 3 + [_i64, _p, _i64] + [_p] * 9 + [_i64] * 9, ctypes.c_int),
+    "ss_backward": ([_p] * 3 + [_i64, _p, _i64] + [_p] * 15 + [_i64] * 9, ctypes.c_int),
 }
 
 
@@ -51,45 +53,49 @@ class _NativeScan(torch.autograd.Function):
     """out_t = (C_t · h_t + D ⊙ u_t) ⊙ SiLU(z_t) of h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t, Δ = softplus(δ + b_Δ),
     by the C kernel (everything fused).
 
-    Inputs: δ, u (B, L, H) contiguous, A (H, N), B, C (B, L, G, N) contiguous, D (H,) or None, z (B, L, H) or None,
-    b_Δ (H,) or None, softplus (bool), h0 (B, H, N) or None, T (the backward's chunk length), keep (keep the
-    chunk-start states for a backward). Outputs out (B, L, H) and h_{L-1} (B, H, N).
+    Inputs: δ (B, L, H) contiguous, or δlow (B, L, R) contiguous with W_Δ (H, R) (δ = δlow W_Δᵀ, fused), u (B, L, H)
+    contiguous, A (H, N), B, C (B, L, G, N) contiguous, D (H,) or None, z (B, L, H) or None, b_Δ (H,) or None, W_Δ or
+    None, softplus (bool), h0 (B, H, N) or None, T (the backward's chunk length), keep (keep the chunk-start states for
+    a backward). Outputs out (B, L, H) and h_{L-1} (B, H, N).
     """
 
     @staticmethod
-    def forward(ctx, delta, u, A, B, C, D, z, bias, softplus, h0, T, keep):  # type: ignore[override]
+    def forward(ctx, delta, u, A, B, C, D, z, bias, W, softplus, h0, T, keep):  # type: ignore[override]
         fns = bind("selective_scan.c", u.dtype, SIGNATURES)
         Bsz, L, H = u.shape
         G, N = B.shape[2], B.shape[3]
         At = A.t().contiguous()  # (N, H)
+        Wt = None if W is None else W.t().contiguous()  # (R, H)
         D_given, z_given, bias_given, h0_given = D, z, bias, h0  # as given: a double backward differentiates them
         D, z, bias, h0 = (None if t is None else t.contiguous() for t in (D, z, bias, h0))
         out = torch.empty_like(u)
         hL = u.new_empty(Bsz, H, N)
         ckpt = u.new_empty(Bsz, -(-L // T), N, H) if keep else None  # the states at the chunk starts
-        args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), *(_ptr(t) for t in (At, B, C, D, z, h0, out, hL, ckpt)),
-                Bsz, L, H, G, N, T]
+        fused = [_ptr(Wt), 0 if W is None else W.shape[1]]
+        args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), *fused,
+                *(_ptr(t) for t in (At, B, C, D, z, h0, out, hL, ckpt)), Bsz, L, H, G, N, T]
         n_items = fns["ss_items"](Bsz, H, G)
         if any(_run(fns["ss_forward"], n_items, args, fns["openmp"])):
             raise MemoryError("selective_scan native: the forward could not allocate its state buffer")
-        ctx.save_for_backward(delta, u, At, B, C, D, z, bias, ckpt, A, D_given, z_given, bias_given, h0_given)
+        ctx.save_for_backward(delta, u, At, B, C, D, z, bias, ckpt, Wt, W, A, D_given, z_given, bias_given, h0_given)
         ctx.T, ctx.softplus, ctx.has_h0 = T, softplus, h0 is not None
         return out, hL
 
     @staticmethod
     def backward(ctx, g_out, g_h):  # type: ignore[override]
-        delta, u, At, B, C, D, z, bias, ckpt = ctx.saved_tensors[:9]
+        delta, u, At, B, C, D, z, bias, ckpt, Wt, W = ctx.saved_tensors[:11]
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             from ssmkit.ops.selective import selective_scan_chunked
 
-            def chunked(delta, u, A, B, C, D, z, bias, h0):
+            def chunked(delta, u, A, B, C, D, z, bias, W, h0):
+                delta = delta if W is None else torch.nn.functional.linear(delta, W)
                 return selective_scan_chunked(u, delta, A, B, C, D, z, bias, ctx.softplus, h0)
 
-            A, D, z, bias, h0 = ctx.saved_tensors[9:]
-            given = (delta, u, A, B, C, D, z, bias, h0)
-            needs = ctx.needs_input_grad[:8] + ctx.needs_input_grad[9:10]
+            A, D, z, bias, h0 = ctx.saved_tensors[11:]
+            given = (delta, u, A, B, C, D, z, bias, W, h0)
+            needs = ctx.needs_input_grad[:9] + ctx.needs_input_grad[10:11]
             g = graph_backward(chunked, given, needs, (g_out, g_h))
-            return (*g[:8], None, g[8], None, None)
+            return (*g[:9], None, g[9], None, None)
         if ckpt is None:
             raise RuntimeError("selective_scan native: the forward kept no states for a backward (it ran without grad)")
         fns = bind("selective_scan.c", u.dtype, SIGNATURES)
@@ -99,12 +105,15 @@ class _NativeScan(torch.autograd.Function):
         nblk = n_items // (Bsz * G)  # the kernel's channel blocks per group
         g_out = u.new_zeros(u.shape) if g_out is None else g_out.contiguous()
         g_h = None if g_h is None else g_h.contiguous()
-        g_delta, g_u = torch.empty_like(u), torch.empty_like(u)
+        R = 0 if W is None else W.shape[1]
+        g_u = torch.empty_like(u)
+        # ∂δ (B, L, H); with W_Δ the kernel forms ∂δlow and ∂W_Δ itself: ∂δlow's partial per channel block (all written)
+        g_delta = torch.empty_like(u) if W is None else u.new_empty(G * nblk, Bsz, L, R)
         g_z = torch.empty_like(u) if z is not None else None
         g_h0 = u.new_empty(Bsz, H, N) if ctx.has_h0 else None
         g_B, g_C = B.new_empty(nblk, *B.shape), C.new_empty(nblk, *C.shape)  # one partial per channel block (all written)
-        g_P = u.new_zeros(Bsz, N + 2, H)  # per batch row: ∂A (N rows, transposed), ∂D, ∂b_Δ
-        shared = [_ptr(u), _ptr(delta), _ptr(bias), int(ctx.softplus),
+        g_P = u.new_zeros(Bsz, N + 2 + R, H)  # per batch row: ∂A (N rows, transposed), ∂D, ∂b_Δ, ∂W_Δ (R rows, transposed)
+        shared = [_ptr(u), _ptr(delta), _ptr(bias), int(ctx.softplus), _ptr(Wt), R,
                   *(_ptr(t) for t in (At, B, C, D, z, ckpt, g_out, g_h, g_delta, g_u, g_z, g_h0))]
 
         args = [*shared, _ptr(g_B), _ptr(g_C), _ptr(g_P), Bsz, L, H, G, N, ctx.T]
@@ -114,7 +123,10 @@ class _NativeScan(torch.autograd.Function):
         g_P = g_P.sum(0)
         g_D = g_P[N] if D is not None else None
         g_bias = g_P[N + 1] if bias is not None else None
-        return g_delta, g_u, g_P[:N].t(), g_B.sum(0), g_C.sum(0), g_D, g_z, g_bias, None, g_h0, None, None
+        g_W = None
+        if W is not None:  # δ = δlow W_Δᵀ: ∂δlow = ∂δ W_Δ (summed over the channel blocks), ∂W_Δ = ∂δᵀ δlow
+            g_W, g_delta = g_P[N + 2:].t(), g_delta.sum(0)
+        return g_delta, g_u, g_P[:N].t(), g_B.sum(0), g_C.sum(0), g_D, g_z, g_bias, g_W, None, g_h0, None, None
 
 
 def selective_scan_native(
@@ -131,6 +143,7 @@ def selective_scan_native(
     return_state: bool = True,
     *,
     chunk_size: int | None = None,
+    delta_proj: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The selective scan by the C kernel; equals :func:`ssmkit.ops.selective.selective_scan_reference`.
 
@@ -140,7 +153,7 @@ def selective_scan_native(
 
     Args:
         u: (B, L, H) input, float32 or float64, on the CPU.
-        delta: (B, L, H) step sizes δ before the bias and softplus.
+        delta: (B, L, H) step sizes δ before the bias and softplus; (B, L, R) when ``delta_proj`` is given.
         A: (H, N) state matrix.
         B: (B, L, N) input matrices shared by all channels, or (B, L, G, N), one per group of H/G channels.
         C: (B, L, N) or (B, L, G, N) output matrices, B's shape.
@@ -151,6 +164,8 @@ def selective_scan_native(
         state: (B, H, N) state h_{-1}, or None for zeros.
         return_state: also return the final state.
         chunk_size: T, the backward's recompute chunk, or None for :func:`default_chunk`.
+        delta_proj: W_Δ (H, R), or None: the step sizes are δ = delta W_Δᵀ (Mamba's ``dt_proj`` without its bias),
+            formed inside the kernel.
 
     Returns:
         y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
@@ -161,16 +176,17 @@ def selective_scan_native(
     """
     from ssmkit.ops.selective import _check_selective
 
-    _check_selective(u, delta, A, B, C, D, z, delta_bias, state)
+    _check_selective(u, delta, A, B, C, D, z, delta_bias, state, delta_proj=delta_proj)
     if u.device.type != "cpu":
         raise RuntimeError(f"selective_scan: backend 'native' runs on the CPU; the inputs are on {u.device}")
     ok, why = native_status("selective_scan", u.dtype)
     if not ok:
         raise RuntimeError(f"selective_scan: backend 'native' cannot run here: {why}")
-    return scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size)
+    return scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size, delta_proj)
 
 
-def scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size):
+def scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size,
+                   delta_proj=None):
     """:func:`selective_scan_native` after its checks (the smoke call enters here)."""
     from ssmkit.ops._checks import check_chunk_size
 
@@ -182,8 +198,8 @@ def scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, r
     Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
     keep = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, state)
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, state, delta_proj)
     )
-    out, h = _NativeScan.apply(delta.contiguous(), u.contiguous(), A, Bg, Cg, D, z, delta_bias, bool(delta_softplus),
-                               state, chunk_size, keep)
+    out, h = _NativeScan.apply(delta.contiguous(), u.contiguous(), A, Bg, Cg, D, z, delta_bias, delta_proj,
+                               bool(delta_softplus), state, chunk_size, keep)
     return out, (h if return_state else None)

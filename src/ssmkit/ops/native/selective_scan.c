@@ -118,18 +118,19 @@ int64_t SUFFIX(ss_items)(int64_t Bsz, int64_t H, int64_t G) {
 
 /* The inputs shared by the forward and the backward (pointers may be NULL where the op has no such input). */
 typedef struct {
-    const real *u, *delta, *bias, *At, *Bm, *Cm, *D, *z; /* (B,L,H), (B,L,H), (H,), (N,H), (B,L,G,N) x2, (H,), (B,L,H) */
-    int64_t softplus, L, H, G, N, T;
+    const real *u, *delta, *bias, *At, *Bm, *Cm, *D, *z; /* (B,L,H), (B,L,H) or (B,L,R), (H,), (N,H), (B,L,G,N) x2, (H,), (B,L,H) */
+    const real *Wt;                                      /* NULL, or W_Δ transposed (R, H): δ_t = W_Δ δlow_t, δlow = delta */
+    int64_t softplus, L, H, G, N, T, R;
     int le88; /* Δ_t A ≤ 0 for every input (softplus Δ ≥ 0 and A ≤ 0): exp(Δ A) by expr_le88, without the upper clamp */
 } inputs_t;
 
 /* The inputs, with le88 decided from softplus and A (N × H values, read once per call). */
-static inputs_t inputs_of(const real *u, const real *delta, const real *bias, const real *At, const real *Bm,
-                          const real *Cm, const real *D, const real *z, int64_t softplus, int64_t L, int64_t H,
-                          int64_t G, int64_t N, int64_t T) {
+static inputs_t inputs_of(const real *u, const real *delta, const real *bias, const real *Wt, int64_t R,
+                          const real *At, const real *Bm, const real *Cm, const real *D, const real *z, int64_t softplus,
+                          int64_t L, int64_t H, int64_t G, int64_t N, int64_t T) {
     int nonpositive = 1;
     for (int64_t i = 0; i < N * H; i++) nonpositive &= At[i] <= 0; /* false for NaN */
-    const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T, softplus && nonpositive};
+    const inputs_t in = {u, delta, bias, At, Bm, Cm, D, z, Wt, softplus, L, H, G, N, T, Wt ? R : 0, softplus && nonpositive};
     return in;
 }
 
@@ -153,6 +154,12 @@ static inline void gather_A(real *Al, const real *At, int64_t N, int64_t H, int6
         }
 }
 
+/* The item's columns of W_Δ (R, H), transposed in Wt, into Wl (R × VEC), zeros beyond w (rows H apart, as gather_A). */
+static inline void gather_W(real *Wl, const real *Wt, int64_t R, int64_t H, int64_t c0, int64_t w) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < VEC; c++) Wl[r * VEC + c] = c < w ? Wt[r * H + c0 + c] : 0;
+}
+
 /* Prefetch the w values of a row (its 64-byte lines): rows are H apart in memory, so the hardware prefetcher, which
  * does not cross 4 KiB pages, misses one every step or two; asking PF steps ahead hides that latency. */
 #define PF 8
@@ -171,20 +178,32 @@ static inline void prefetch_row_w(const real *p, int64_t w) {
 static inline void prefetch_step(const inputs_t *in, int64_t b, int64_t t, int64_t c0, int64_t w) {
     if (t < 0 || t >= in->L) return;
     const int64_t row = (b * in->L + t) * in->H + c0;
-    prefetch_row(in->delta + row, w), prefetch_row(in->u + row, w);
+    if (!in->Wt) prefetch_row(in->delta + row, w); /* δlow's rows (R values) are consecutive: the hardware's to fetch */
+    prefetch_row(in->u + row, w);
     if (in->z) prefetch_row(in->z + row, w);
 }
 
-/* Δ = softplus(δ + b) (or δ + b), and Δ u, for the w channels of one row; sp ← softplus'(δ + b) = σ(δ + b) (or 1).
- * The options are tested outside the loops, so that each loop is one straight vectorisable body (with the tests
- * inside, gcc left the backward's copy scalar). */
-static inline void row_dt(const inputs_t *in, int64_t row, int64_t c0, int64_t w, real *restrict d, real *restrict uu,
-                          real *restrict x, real *restrict sp) {
-    const real *restrict dl = in->delta + row, *restrict bias = in->bias ? in->bias + c0 : NULL;
-    if (bias)
+/* Δ = softplus(δ + b) (or δ + b), and Δ u, for the w channels of one row (step bt = b·L + t); sp ← softplus'(δ + b) =
+ * σ(δ + b) (or 1). With W_Δ (in->Wt), δ = W_Δ δlow_bt from the item's gathered columns Wl (R × VEC, gather_W): R
+ * products per channel, where the unfused op reads a row of the (B, L, H) δ that a GEMM wrote (Mamba's dt_proj, K = R:
+ * a thin GEMM that ran at a fifth of the machine's GEMM rate). The options are tested outside the loops, so that each
+ * loop is one straight vectorisable body (with the tests inside, gcc left the backward's copy scalar). */
+static inline void row_dt(const inputs_t *in, int64_t bt, int64_t c0, int64_t w, const real *restrict Wl,
+                          real *restrict d, real *restrict uu, real *restrict x, real *restrict sp) {
+    const int64_t row = bt * in->H + c0;
+    const real *restrict bias = in->bias ? in->bias + c0 : NULL;
+    if (in->Wt) {
+        const real *restrict dl = in->delta + bt * in->R;
+        for (int64_t c = 0; c < w; c++) d[c] = bias ? bias[c] : 0;
+        for (int64_t r = 0; r < in->R; r++) {
+            const real v = dl[r], *restrict Wr = Wl + r * VEC;
+            for (int64_t c = 0; c < w; c++) d[c] += v * Wr[c];
+        }
+    } else if (bias) {
+        const real *restrict dl = in->delta + row;
         for (int64_t c = 0; c < w; c++) d[c] = dl[c] + bias[c];
-    else
-        memcpy(d, dl, sizeof(real) * w);
+    } else
+        memcpy(d, in->delta + row, sizeof(real) * w);
     if (in->softplus && sp)
         for (int64_t c = 0; c < w; c++) {
             const real v = d[c], e = exp_neg_abs(v);
@@ -264,6 +283,7 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real d[VEC], uu[VEC], x[VEC], y[VEC];
     gather_A(h + N * VEC, At, N, H, c0, w, le88); /* A' of EXP_DA */
+    if (in->Wt) gather_W(h + 2 * N * VEC, in->Wt, in->R, H, c0, w);
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < VEC; c++) h[n * VEC + c] = (h0 && c < w) ? h0[(it.b * H + c0 + c) * N + n] : 0;
     for (int64_t t = 0; t < L; t++) {
@@ -274,7 +294,7 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
         const int64_t row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
         prefetch_step(in, it.b, t + PF, c0, w);
         if (t + PF < L) prefetch_row_w(out + row + PF * H, w);
-        row_dt(in, row, c0, w, d, uu, x, NULL);
+        row_dt(in, it.b * L + t, c0, w, h + 2 * N * VEC, d, uu, x, NULL);
         for (int64_t c = 0; c < w; c++) y[c] = D ? D[c0 + c] * uu[c] : 0;
 #if HAVE_SCALEF
         if (le88 && w == VEC) /* constants in each inlined copy */
@@ -314,18 +334,18 @@ static void forward_item(const inputs_t *in, item_t it, const real *h0, real *ou
 }
 
 /* Forward over items [item0, item1) on nthreads threads: out (B, L, H); the final state hL (B, H, N) and the
- * chunk-start states ckpt (B, ceil(L/T), N, H) when not NULL; h0 (B, H, N) or NULL for zeros. Returns 0, or 1 when
- * out of memory. */
-int SUFFIX(ss_forward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *At,
-                       const real *Bm, const real *Cm, const real *D, const real *z, const real *h0, real *out, real *hL,
+ * chunk-start states ckpt (B, ceil(L/T), N, H) when not NULL; h0 (B, H, N) or NULL for zeros. delta is (B, L, H), or
+ * δlow (B, L, R) when Wt (W_Δ transposed, (R, H)) is not NULL. Returns 0, or 1 when out of memory. */
+int SUFFIX(ss_forward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *Wt, int64_t R,
+                       const real *At, const real *Bm, const real *Cm, const real *D, const real *z, const real *h0, real *out, real *hL,
                        real *ckpt, int64_t Bsz, int64_t L, int64_t H, int64_t G, int64_t N, int64_t T, int64_t item0,
                        int64_t item1, int64_t nthreads) {
     (void)Bsz;
-    const inputs_t in = inputs_of(u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T);
+    const inputs_t in = inputs_of(u, delta, bias, Wt, R, At, Bm, Cm, D, z, softplus, L, H, G, N, T);
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
-        real *h = malloc(sizeof(real) * 2 * N * VEC); /* the states, then A's columns of the item (A' of EXP_DA) */
+        real *h = malloc(sizeof(real) * (2 * N + in.R) * VEC); /* the states, A's columns (A' of EXP_DA), W_Δ's (gather_W) */
         failed |= !h;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
@@ -402,7 +422,46 @@ static inline void adjoint_vec(int64_t N, const real *Bt, const real *Ct, const 
  * two sums over channels (2 × NP vectors, NP = N rounded up to LANES; VBYTES-aligned, on the heap: N is the caller's). */
 typedef struct {
     real *hs, *ab, *rows, *lam, *gAl, *Al, *Ae, *sums;
+    real *Wl, *gWl; /* with W_Δ: the item's columns of W_Δ (gather_W) and its ∂W_Δ, R × VEC each */
 } chunk_t;
+
+/* With W_Δ (δ = W_Δ δlow), the gradients of one step bt from ∂δ of its w channels (gd): ∂W_Δ += ∂δ δlowᵀ into the item's
+ * gWl (R × VEC), and the item's part of ∂δlow = W_Δᵀ ∂δ (R sums over its channels) into gdl (B, L, R): written once,
+ * the caller sums the channel blocks' partials. With vectors the R sums over channels go LANES at a time through
+ * transpose_sum. This replaces two thin GEMMs over a (B, L, H) ∂δ that no longer needs writing. */
+static inline void row_dt_grad(const inputs_t *in, int64_t bt, int64_t w, const real *restrict gd,
+                               const real *restrict Wl, real *restrict gWl, real *restrict gdl) {
+    const int64_t R = in->R;
+    const real *restrict dl = in->delta + bt * R;
+    for (int64_t r = 0; r < R; r++) {
+        const real v = dl[r];
+        real *restrict gw = gWl + r * VEC;
+        for (int64_t c = 0; c < w; c++) gw[c] += gd[c] * v;
+    }
+#if HAVE_VEC
+    if (w == VEC) {
+        vec_t gv[VEC / LANES], acc[LANES];
+        for (int q = 0; q < VEC / LANES; q++) gv[q] = *(const vec_u *)(gd + q * LANES);
+        for (int64_t r0 = 0; r0 < R; r0 += LANES) {
+            const int64_t k = R - r0 < LANES ? R - r0 : LANES;
+            for (int64_t m = 0; m < LANES; m++) {
+                vec_t a = {0};
+                if (m < k)
+                    for (int q = 0; q < VEC / LANES; q++) a += gv[q] * *(const vec_u *)(Wl + (r0 + m) * VEC + q * LANES);
+                acc[m] = a;
+            }
+            const vec_t sv = transpose_sum(acc);
+            for (int64_t m = 0; m < k; m++) gdl[bt * R + r0 + m] = sv[m];
+        }
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < R; r++) {
+        real sum = 0;
+        for (int64_t c = 0; c < w; c++) sum += gd[c] * Wl[r * VEC + c];
+        gdl[bt * R + r] = sum;
+    }
+}
 
 /* The backward of one item of w channels, adding into the item's partials gB, gC, gP; inlined three times by
  * backward_item, with the constant w = VEC (22 % faster than one runtime-w copy; with and without le88) and with
@@ -417,13 +476,14 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
     const int64_t nc = (L + T - 1) / T, S = N * VEC;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
-    real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC], sz[VEC];
+    real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC], sz[VEC], gdv[VEC];
 #if HAVE_VEC
     vec_t *rc = (vec_t *)buf.sums, *rb = rc + (N + LANES - 1) / LANES * LANES; /* adjoint_vec's sums over channels */
 #endif
     memset(gAl, 0, sizeof(real) * S);
     gather_A(buf.Al, At, N, H, c0, w, 0);    /* A, for ∂Δ */
     gather_A(buf.Ae, At, N, H, c0, w, le88); /* A' of EXP_DA */
+    if (in->Wt) gather_W(buf.Wl, in->Wt, in->R, H, c0, w), memset(buf.gWl, 0, sizeof(real) * in->R * VEC);
     for (int64_t c = 0; c < VEC; c++) gDl[c] = 0, gbl[c] = 0;
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < VEC; c++) lam[n * VEC + c] = (ghL && c < w) ? ghL[(it.b * H + c0 + c) * N + n] : 0;
@@ -436,7 +496,7 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
             const int64_t i = t - t0, row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
             prefetch_step(in, it.b, t + PF, c0, w);
             real *restrict d = buf.rows + 4 * i * VEC, *restrict x = d + 2 * VEC; /* [Δ, u, Δu, softplus'] */
-            row_dt(in, row, c0, w, d, d + VEC, x, d + 3 * VEC);
+            row_dt(in, it.b * L + t, c0, w, buf.Wl, d, d + VEC, x, d + 3 * VEC);
 #if HAVE_SCALEF
             if (le88 && w == VEC)
                 recompute_step_vec(N, Bm + bc, buf.Ae, hs + i * S, hs + (i + 1) * S, ab + i * S, d, x);
@@ -460,7 +520,8 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
             const int64_t i = t - t0, row = (it.b * L + t) * H + c0, bc = ((it.b * L + t) * G + it.g) * N;
             if (t - PF >= t0) prefetch_row(gout + row - PF * H, w);
             if (t - PF >= 0) { /* this step's outputs, PF steps ahead */
-                prefetch_row_w(gu + row - PF * H, w), prefetch_row_w(gdelta + row - PF * H, w);
+                prefetch_row_w(gu + row - PF * H, w);
+                if (!in->Wt) prefetch_row_w(gdelta + row - PF * H, w);
                 if (z) prefetch_row_w(gz + row - PF * H, w);
             }
             const real *restrict d = buf.rows + 4 * i * VEC, *restrict uu = d + VEC, *restrict x = d + 2 * VEC,
@@ -505,14 +566,16 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
                     real zz = z[row + c], s = sz[c], Dc = D ? D[c0 + c] : 0;
                     gz[row + c] = gout[row + c] * (yv[c] + Dc * uu[c]) * s * (1 + zz * (1 - s)); /* SiLU' */
                 }
+            real *restrict gdr = in->Wt ? gdv : gdelta + row; /* ∂δ: to memory, or on to W_Δ's gradients */
             for (int64_t c = 0; c < w; c++) {
                 const real Dc = D ? D[c0 + c] : 0;
                 gDl[c] += g[c] * uu[c];
                 gu[row + c] = gdtu[c] * d[c] + g[c] * Dc;
                 real gd = (gdA[c] + gdtu[c] * uu[c]) * sp[c]; /* ∂Δ (Σ_n Γ A + ∂(Δu) u) through softplus */
-                gdelta[row + c] = gd;
+                gdr[c] = gd;
                 gbl[c] += gd;
             }
+            if (in->Wt) row_dt_grad(in, it.b * L + t, w, gdv, buf.Wl, buf.gWl, gdelta);
         }
     }
     if (gh0)
@@ -521,6 +584,8 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < w; c++) gP[n * H + c0 + c] += gAl[n * VEC + c];
     for (int64_t c = 0; c < w; c++) gP[N * H + c0 + c] += gDl[c], gP[(N + 1) * H + c0 + c] += gbl[c];
+    for (int64_t r = 0; r < in->R; r++)
+        for (int64_t c = 0; c < w; c++) gP[(N + 2 + r) * H + c0 + c] += buf.gWl[r * VEC + c];
 }
 
 static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const real *gout, const real *ghL,
@@ -540,32 +605,39 @@ static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const
  * scheduling: the items of channel block k (within their group) write gB, gC + k·B·L·G·N ((B, L, G, N) each; their
  * (b, g) differ, so every value is written once: the caller need not clear them), the items of batch row b add into
  * gP + b·(N+2)·H ((N + 2, H): ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1; their
- * channels differ). Returns 0, or 1 when out of memory. */
-int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *At,
+ * channels differ). With W_Δ (Wt, see ss_forward) gdelta holds ∂δlow's partials instead of ∂δ: block k of group g writes
+ * gdelta + (g·nblk + k)·B·L·R ((B, L, R), every value once, as gB; ∂δlow sums over all groups' channels), and gP has R more rows, N+2..N+1+R: ∂W_Δ transposed (R, H).
+ * Returns 0, or 1 when out of memory. */
+int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *Wt, int64_t R,
+                        const real *At,
                         const real *Bm, const real *Cm, const real *D, const real *z, const real *ckpt, const real *gout,
                         const real *ghL, real *gdelta, real *gu, real *gz, real *gh0, real *gB, real *gC, real *gP,
                         int64_t Bsz, int64_t L, int64_t H, int64_t G, int64_t N, int64_t T, int64_t item0,
                         int64_t item1, int64_t nthreads) {
-    const inputs_t in = inputs_of(u, delta, bias, At, Bm, Cm, D, z, softplus, L, H, G, N, T);
-    const int64_t S = N * VEC, nbc = Bsz * L * G * N, nblk = (H / G + VEC - 1) / VEC;
+    const inputs_t in = inputs_of(u, delta, bias, Wt, R, At, Bm, Cm, D, z, softplus, L, H, G, N, T);
+    const int64_t S = N * VEC, nbc = Bsz * L * G * N, nblk = (H / G + VEC - 1) / VEC, nP = N + 2 + in.R;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
         chunk_t buf = {malloc(sizeof(real) * (T + 1) * S), malloc(sizeof(real) * T * S),
                        malloc(sizeof(real) * 4 * T * VEC), malloc(sizeof(real) * S), malloc(sizeof(real) * S),
                        malloc(sizeof(real) * S), malloc(sizeof(real) * S),
-                       aligned_alloc(VBYTES, 2 * ((N + LANES - 1) / LANES * LANES) * VBYTES)};
-        const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl && buf.Al && buf.Ae && buf.sums;
+                       aligned_alloc(VBYTES, 2 * ((N + LANES - 1) / LANES * LANES) * VBYTES),
+                       malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC), malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC)};
+        const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl && buf.Al && buf.Ae && buf.sums && buf.Wl &&
+                       buf.gWl;
         failed |= !ok;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
             if (ok) {
                 const item_t it = item_of(item, H, G);
                 const int64_t k = item % nblk; /* the channel block within its group */
-                backward_item(&in, it, ckpt, gout, ghL, gdelta, gu, gz, gh0, gB + k * nbc, gC + k * nbc,
-                              gP + it.b * (N + 2) * H, buf);
+                /* ∂δlow's partial of the item's block among all G·nblk (its sum runs over every group), or ∂δ */
+                real *gd = in.Wt ? gdelta + (it.g * nblk + k) * Bsz * L * in.R : gdelta;
+                backward_item(&in, it, ckpt, gout, ghL, gd, gu, gz, gh0, gB + k * nbc, gC + k * nbc,
+                              gP + it.b * nP * H, buf);
             }
-        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al), free(buf.Ae), free(buf.sums);
+        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al), free(buf.Ae), free(buf.sums), free(buf.Wl), free(buf.gWl);
     }
     return failed;
 }

@@ -15,6 +15,7 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     C  output channels of a kernel (e.g. 2 for a bidirectional kernel)
     S  input vectors of a kernel (e.g. the input matrix plus initial states)
     r  rank of a low-rank correction
+    R  rank of Mamba's step-size projection W_Δ (``dt_rank``)
     W  frequencies (or points on the unit circle) at which a transfer function is evaluated
     T  steps per chunk of a chunked algorithm
     n  states of one system of a StateSpace bank (control convention)

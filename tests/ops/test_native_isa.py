@@ -1,8 +1,8 @@
 """The native kernels' AVX2 code paths, built and tested on a CPU with AVX-512.
 
 The C kernels size their vectors and register blocks by the target (``common.h``: ``VBYTES``; the selective scan's
-AVX-512 exponential), so a machine with AVX-512 builds and tests only its own paths. Here the native kernel tests run
-again in a subprocess whose kernels are built with ``-mno-avx512f`` (``SSMKIT_NATIVE_CFLAGS``, its own cache folder).
+AVX-512 exponential), so a machine with AVX-512 builds and tests only its own paths. Here the native kernel tests (and
+the selective scan's fused ``delta_proj`` tests, whose gradient sums take the vector width) run again in a subprocess whose kernels are built with ``-mno-avx512f`` (``SSMKIT_NATIVE_CFLAGS``, its own cache folder).
 On a CPU without AVX-512 the default build already takes those paths, and this test is skipped.
 """
 
@@ -31,7 +31,8 @@ def _cpu_has_avx512() -> bool:
 def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": "-mno-avx512f", "SSMKIT_NATIVE_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(ROOT / "tests/ops/test_native.py")]
+    tests = [str(ROOT / "tests/ops" / name) for name in ("test_native.py", "test_selective_delta_proj.py")]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert " passed" in out.stdout.splitlines()[-1]

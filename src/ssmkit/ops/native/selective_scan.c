@@ -422,22 +422,16 @@ static inline void adjoint_vec(int64_t N, const real *Bt, const real *Ct, const 
  * two sums over channels (2 × NP vectors, NP = N rounded up to LANES; VBYTES-aligned, on the heap: N is the caller's). */
 typedef struct {
     real *hs, *ab, *rows, *lam, *gAl, *Al, *Ae, *sums;
-    real *Wl, *gWl; /* with W_Δ: the item's columns of W_Δ (gather_W) and its ∂W_Δ, R × VEC each */
+    real *Wl, *gWl, *gdc; /* with W_Δ: the item's columns of W_Δ (gather_W) and its ∂W_Δ (R × VEC), the chunk's ∂δ (T × VEC) */
 } chunk_t;
 
-/* With W_Δ (δ = W_Δ δlow), the gradients of one step bt from ∂δ of its w channels (gd): ∂W_Δ += ∂δ δlowᵀ into the item's
- * gWl (R × VEC), and the item's part of ∂δlow = W_Δᵀ ∂δ (R sums over its channels) into gdl (B, L, R): written once,
- * the caller sums the channel blocks' partials. With vectors the R sums over channels go LANES at a time through
- * transpose_sum. This replaces two thin GEMMs over a (B, L, H) ∂δ that no longer needs writing. */
+/* With W_Δ (δ = W_Δ δlow), the item's part of ∂δlow = W_Δᵀ ∂δ at step bt from ∂δ of its w channels (gd): R sums over
+ * its channels into gdl (B, L, R), written once (the caller sums the channel blocks' partials). With vectors the R sums
+ * go LANES at a time through transpose_sum. With dt_grad_chunk this replaces two thin GEMMs over a (B, L, H) ∂δ that
+ * no longer needs writing. */
 static inline void row_dt_grad(const inputs_t *in, int64_t bt, int64_t w, const real *restrict gd,
-                               const real *restrict Wl, real *restrict gWl, real *restrict gdl) {
+                               const real *restrict Wl, real *restrict gdl) {
     const int64_t R = in->R;
-    const real *restrict dl = in->delta + bt * R;
-    for (int64_t r = 0; r < R; r++) {
-        const real v = dl[r];
-        real *restrict gw = gWl + r * VEC;
-        for (int64_t c = 0; c < w; c++) gw[c] += gd[c] * v;
-    }
 #if HAVE_VEC
     if (w == VEC) {
         vec_t gv[VEC / LANES], acc[LANES];
@@ -463,6 +457,46 @@ static inline void row_dt_grad(const inputs_t *in, int64_t bt, int64_t w, const 
     }
 }
 
+/* ∂W_Δ += Σ_i ∂δ_i δlow_iᵀ over the n steps of a chunk from step bt0 (gdc: their ∂δ rows, n × VEC), into the item's gWl
+ * (R × VEC). With vectors, RB rows of W_Δ at a time with their RB × (VEC / LANES) accumulators in registers for the
+ * whole chunk (per step and row one broadcast and VEC / LANES FMAs, no loads or stores of gWl: per step, these were
+ * R · VEC / LANES loads, FMAs and stores). */
+#if HAVE_VEC
+#define RB (VEC / LANES >= 8 ? 2 : 4) /* rows per pass: 16 accumulators (AVX-512 float: 4 rows × 4 vectors) */
+#endif
+static inline void dt_grad_chunk(const inputs_t *in, int64_t bt0, int64_t n, int64_t w, const real *restrict gdc,
+                                 real *restrict gWl) {
+    const int64_t R = in->R;
+    const real *restrict dl = in->delta + bt0 * R;
+#if HAVE_VEC
+    if (w == VEC) {
+        for (int64_t r0 = 0; r0 < R; r0 += RB) {
+            const int64_t k = R - r0 < RB ? R - r0 : RB;
+            vec_t acc[RB][VEC / LANES];
+            for (int m = 0; m < RB; m++)
+                for (int q = 0; q < VEC / LANES; q++)
+                    acc[m][q] = m < k ? *(const vec_u *)(gWl + (r0 + m) * VEC + q * LANES) : (vec_t){0};
+            for (int64_t i = 0; i < n; i++) {
+                vec_t gv[VEC / LANES];
+                for (int q = 0; q < VEC / LANES; q++) gv[q] = *(const vec_u *)(gdc + i * VEC + q * LANES);
+                for (int m = 0; m < RB; m++) {
+                    const real v = m < k ? dl[i * R + r0 + m] : 0;
+                    for (int q = 0; q < VEC / LANES; q++) acc[m][q] += gv[q] * v;
+                }
+            }
+            for (int m = 0; m < k; m++)
+                for (int q = 0; q < VEC / LANES; q++) *(vec_u *)(gWl + (r0 + m) * VEC + q * LANES) = acc[m][q];
+        }
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t i = 0; i < n; i++) {
+            const real v = dl[i * R + r];
+            for (int64_t c = 0; c < w; c++) gWl[r * VEC + c] += gdc[i * VEC + c] * v;
+        }
+}
+
 /* The backward of one item of w channels, adding into the item's partials gB, gC, gP; inlined three times by
  * backward_item, with the constant w = VEC (22 % faster than one runtime-w copy; with and without le88) and with
  * w < VEC. Δ, u, Δu and
@@ -476,7 +510,7 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
     const int64_t nc = (L + T - 1) / T, S = N * VEC;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
-    real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC], sz[VEC], gdv[VEC];
+    real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC], sz[VEC];
 #if HAVE_VEC
     vec_t *rc = (vec_t *)buf.sums, *rb = rc + (N + LANES - 1) / LANES * LANES; /* adjoint_vec's sums over channels */
 #endif
@@ -566,7 +600,7 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
                     real zz = z[row + c], s = sz[c], Dc = D ? D[c0 + c] : 0;
                     gz[row + c] = gout[row + c] * (yv[c] + Dc * uu[c]) * s * (1 + zz * (1 - s)); /* SiLU' */
                 }
-            real *restrict gdr = in->Wt ? gdv : gdelta + row; /* ∂δ: to memory, or on to W_Δ's gradients */
+            real *restrict gdr = in->Wt ? buf.gdc + i * VEC : gdelta + row; /* ∂δ: to memory, or on to W_Δ's gradients */
             for (int64_t c = 0; c < w; c++) {
                 const real Dc = D ? D[c0 + c] : 0;
                 gDl[c] += g[c] * uu[c];
@@ -575,8 +609,9 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
                 gdr[c] = gd;
                 gbl[c] += gd;
             }
-            if (in->Wt) row_dt_grad(in, it.b * L + t, w, gdv, buf.Wl, buf.gWl, gdelta);
+            if (in->Wt) row_dt_grad(in, it.b * L + t, w, gdr, buf.Wl, gdelta);
         }
+        if (in->Wt) dt_grad_chunk(in, it.b * L + t0, t1 - t0, w, buf.gdc, buf.gWl);
     }
     if (gh0)
         for (int64_t n = 0; n < N; n++)
@@ -623,9 +658,10 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
                        malloc(sizeof(real) * 4 * T * VEC), malloc(sizeof(real) * S), malloc(sizeof(real) * S),
                        malloc(sizeof(real) * S), malloc(sizeof(real) * S),
                        aligned_alloc(VBYTES, 2 * ((N + LANES - 1) / LANES * LANES) * VBYTES),
-                       malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC), malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC)};
+                       malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC), malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC),
+                       malloc(sizeof(real) * T * VEC)};
         const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl && buf.Al && buf.Ae && buf.sums && buf.Wl &&
-                       buf.gWl;
+                       buf.gWl && buf.gdc;
         failed |= !ok;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
@@ -637,7 +673,7 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
                 backward_item(&in, it, ckpt, gout, ghL, gd, gu, gz, gh0, gB + k * nbc, gC + k * nbc,
                               gP + it.b * nP * H, buf);
             }
-        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al), free(buf.Ae), free(buf.sums), free(buf.Wl), free(buf.gWl);
+        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al), free(buf.Ae), free(buf.sums), free(buf.Wl), free(buf.gWl), free(buf.gdc);
     }
     return failed;
 }

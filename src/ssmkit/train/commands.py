@@ -90,8 +90,12 @@ def _parser(prog: str, compare: bool):
                             help="exit 1 if any model's test accuracy is below this fraction (a pass mark)")
         parser.add_argument("--budget", type=str, required=True,
                             help="the same budget for every model: optimizer steps (500) or training time (90s, 5m, 1h)")
-    parser.add_argument("--out", type=str, default=None, help="output folder (default runs/<task>-<model>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+    out_help = ("output folder (default runs/compare-<task>; each model's run in a sub-folder named after it)" if compare
+                else "output folder (default runs/<task>-<model>)")
+    parser.add_argument("--out", type=str, default=None, help=out_help)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the output folder from its last checkpoint (give the run's options "
+                             "again: --task is still required, and another model or schedule is refused)")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
     return parser
 

@@ -150,3 +150,13 @@ def test_train_and_compare_write_where_their_help_says(tmp_path, monkeypatch, ca
     assert sorted(p.name for p in runs.iterdir()) == ["adding-s4d", "compare-adding"]
     assert (runs / "compare-adding" / "results.json").is_file() and (runs / "compare-adding" / "lru" / "result.json").is_file()
     assert (runs / "adding-s4d" / "result.json").is_file()
+
+
+def test_compare_refuses_model_instead_of_dropping_it(tmp_path, capsys):
+    # compare's help offers --model ("the layer name of every block"), but every run took its layer from --models:
+    # `--model s5 --models s4d` trained s4d alone and said nothing
+    argv = ["compare", "--task", "adding", "--models", "s4d", "--budget", "2", "--out", str(tmp_path / "c")]
+    for given in (["--model", "s5"], ["--model=s5"], ["--model+", "s5"]):
+        assert cli_main(argv + given) == 2
+        assert "compare takes the layers to compare from --models" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

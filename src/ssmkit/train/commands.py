@@ -193,6 +193,10 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
 
     parser = _parser(prog, compare=True)
     cfg = parser.parse_args(_resolve_config_args(argv))
+    if any(arg in ("--model", "--model+") or arg.startswith(("--model=", "--model+=")) for arg in argv):
+        # every compared run takes its layer from --models; a --model on the command line was dropped without a word
+        parser.error("compare takes the layers to compare from --models (e.g. --models s4d,s5); --model names the one "
+                     "layer of 'ssmkit train'")
     base = _experiment(parser, cfg)
     models = [m.strip() for m in cfg.models.split(",") if m.strip()]
     if models == ["all"]:

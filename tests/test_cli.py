@@ -160,3 +160,20 @@ def test_compare_refuses_model_instead_of_dropping_it(tmp_path, capsys):
         assert cli_main(argv + given) == 2
         assert "compare takes the layers to compare from --models" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_compare_fail_below_needs_an_accuracy(tmp_path, capsys):
+    # on a regression task every result lacks an accuracy and was read as 0 %: every model 'failed' the pass mark
+    argv = ["compare", "--task", "adding", "--models", "s4d", "--budget", "2", "--out", str(tmp_path / "c"),
+            "--fail-below", "0.3"]
+    assert cli_main(argv) == 2
+    assert "'adding' is a regression task" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    # a classification task keeps its pass mark: an untrained model is below 99 % and above 0 %
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    tiny = ["compare", "--task", "digits", "--models", "s4d", "--budget", "2", "--d_model", "4", "--n_layers", "1",
+            "--train.batch_size", "16", "--train.val_every", "0", "--train.checkpoint_every", "0", "--no-progress"]
+    assert cli_main(tiny + ["--out", str(tmp_path / "d1"), "--fail-below", "0.99"]) == 1
+    assert "below the pass mark 99%: s4d" in capsys.readouterr().err
+    assert cli_main(tiny + ["--out", str(tmp_path / "d2"), "--fail-below", "0.0"]) == 0

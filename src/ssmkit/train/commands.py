@@ -207,6 +207,13 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
         parser.error("--models must name at least one layer")
     steps, seconds = parse_budget(cfg.budget)
     options = per_model_options(base.layer_options, models)
+    if cfg.fail_below is not None:
+        from ssmkit.data import get_task
+
+        target = get_task(base.task, **base.task_options).info().target
+        if target == "regress":  # no accuracy: every model read as 0 % and failed, whatever its error
+            parser.error(f"--fail-below is a pass mark on test accuracy, and {base.task!r} is a regression task "
+                         "(its results have an MSE, no accuracy)")
     out = cfg.out or os.path.join("runs", f"compare-{base.task}")
     os.makedirs(out, exist_ok=True)
     from ssmkit.train.experiment import run_experiment

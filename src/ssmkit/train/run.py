@@ -3,7 +3,8 @@
     result = fit(model_config, TrainConfig(max_steps=2000), train=(inputs, targets), val=val_split,
                  test=test_split, out_dir="runs/listops-s4d", resume=True)
 
-The run folder holds ``checkpoints/`` (every ``checkpoint_every`` steps and at the end; ``last.ckpt`` is the newest),
+The run folder holds ``checkpoints/`` (written every ``checkpoint_every`` steps and at the end, each replacing the one
+before: ``step<N>.ckpt`` and ``last.ckpt`` are the newest),
 ``logs/version_k/metrics.csv`` (Lightning's CSV log; a resumed run starts the next version), ``model.json`` and
 ``train.json`` (the configurations) and ``result.json``; with a validation split also ``checkpoints/best_val.ckpt``,
 the weights of the best validation (:mod:`ssmkit.train.best`). The test split is scored at the final weights and at

@@ -177,3 +177,11 @@ def test_compare_fail_below_needs_an_accuracy(tmp_path, capsys):
     assert cli_main(tiny + ["--out", str(tmp_path / "d1"), "--fail-below", "0.99"]) == 1
     assert "below the pass mark 99%: s4d" in capsys.readouterr().err
     assert cli_main(tiny + ["--out", str(tmp_path / "d2"), "--fail-below", "0.0"]) == 0
+
+
+def test_compare_checks_every_name_before_training(tmp_path, capsys):
+    # `--models s4d,s4D` trained s4d, then failed on s4D: a typo at the end of a long list cost every run before it
+    argv = ["compare", "--task", "digits", "--models", "s4d,s4D", "--budget", "2", "--out", str(tmp_path / "c")]
+    assert cli_main(argv) == 2
+    assert "--models names unknown layers ['s4D']" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

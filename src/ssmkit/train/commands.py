@@ -199,12 +199,15 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
                      "layer of 'ssmkit train'")
     base = _experiment(parser, cfg)
     models = [m.strip() for m in cfg.models.split(",") if m.strip()]
-    if models == ["all"]:
-        from ssmkit.layers import available
+    from ssmkit.layers import available
 
+    if models == ["all"]:
         models = available()
     if not models:
         parser.error("--models must name at least one layer")
+    unknown = [m for m in models if m not in available()]
+    if unknown:  # checked before the first run: a misspelt last name failed only after the others had trained
+        parser.error(f"--models names unknown layers {unknown}; layers: {', '.join(available())} (or 'all')")
     steps, seconds = parse_budget(cfg.budget)
     options = per_model_options(base.layer_options, models)
     if cfg.fail_below is not None:

@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from ssmkit.sysid.datafiles import check_length, benchmark_folder, check_sha256, find_file, to_channels
+from ssmkit.sysid.datafiles import benchmark_folder, check_length, check_sha256, find_file, to_channels
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
 
 SOURCE = "nonlinearbenchmark.org; the nonlinear_benchmarks package (1.0.1) downloads it"

@@ -87,7 +87,8 @@ def _parser(prog: str, compare: bool):
                             help="comma-separated layer names to compare (each with layer_options[name] if given), "
                                  "or 'all' for every registered layer")
         parser.add_argument("--fail-below", dest="fail_below", type=float, default=None,
-                            help="exit 1 if any model's test accuracy is below this fraction (a pass mark)")
+                            help="exit 1 if any model's test accuracy is below this fraction (a pass mark; tasks "
+                                 "with an accuracy only, not regression tasks)")
         parser.add_argument("--budget", type=str, required=True,
                             help="the same budget for every model: optimizer steps (500) or training time (90s, 5m, 1h)")
     out_help = ("output folder (default runs/compare-<task>; each model's run in a sub-folder named after it)" if compare

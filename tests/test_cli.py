@@ -121,3 +121,67 @@ def test_train_passes_test_weights_through(tmp_path, capsys):
     assert result["test_mse"] == result["test_mse_best_val"] and "test_mse_final" in result
     with pytest.raises(ValueError, match=r"test_weights must be one of \('final', 'best_val'\); got 'best'"):
         cli_main(tiny + ["--train.test_weights", "best", "--out", str(tmp_path / "b")])
+
+
+def _default_out(help_text: str) -> str:
+    """The default output folder that ``--out``'s help states."""
+    import re
+
+    found = re.search(r"--out OUT\s+output folder \(default (\S+?)[;)]", " ".join(help_text.split()))
+    assert found, help_text
+    return found.group(1)
+
+
+def test_train_and_compare_write_where_their_help_says(tmp_path, monkeypatch, capsys):
+    # compare's --out help said runs/<task>-<model> (train's default) while compare wrote runs/compare-<task>
+    pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--task", "adding", "--task_options", "{length: 12, n_train: 32, n_val: 16, n_test: 16}", "--d_model", "4",
+            "--n_layers", "1", "--train.batch_size", "16", "--train.val_every", "0", "--train.checkpoint_every", "0",
+            "--no-progress"]
+    assert cli_main(["compare", "--help"]) == 0
+    compare_out = _default_out(capsys.readouterr().out)
+    assert cli_main(["train", "--help"]) == 0
+    train_out = _default_out(capsys.readouterr().out)
+    assert (compare_out, train_out) == ("runs/compare-<task>", "runs/<task>-<model>")
+    assert cli_main(["compare", *tiny, "--models", "s4d,lru", "--budget", "2"]) == 0
+    assert cli_main(["train", *tiny, "--model", "s4d", "--train.max_steps", "2", "--train.warmup_steps", "0"]) == 0
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["adding-s4d", "compare-adding"]
+    assert (runs / "compare-adding" / "results.json").is_file() and (runs / "compare-adding" / "lru" / "result.json").is_file()
+    assert (runs / "adding-s4d" / "result.json").is_file()
+
+
+def test_compare_refuses_model_instead_of_dropping_it(tmp_path, capsys):
+    # compare's help offers --model ("the layer name of every block"), but every run took its layer from --models:
+    # `--model s5 --models s4d` trained s4d alone and said nothing
+    argv = ["compare", "--task", "adding", "--models", "s4d", "--budget", "2", "--out", str(tmp_path / "c")]
+    for given in (["--model", "s5"], ["--model=s5"], ["--model+", "s5"]):
+        assert cli_main(argv + given) == 2
+        assert "compare takes the layers to compare from --models" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_compare_fail_below_needs_an_accuracy(tmp_path, capsys):
+    # on a regression task every result lacks an accuracy and was read as 0 %: every model 'failed' the pass mark
+    argv = ["compare", "--task", "adding", "--models", "s4d", "--budget", "2", "--out", str(tmp_path / "c"),
+            "--fail-below", "0.3"]
+    assert cli_main(argv) == 2
+    assert "'adding' is a regression task" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    # a classification task keeps its pass mark: an untrained model is below 99 % and above 0 %
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    tiny = ["compare", "--task", "digits", "--models", "s4d", "--budget", "2", "--d_model", "4", "--n_layers", "1",
+            "--train.batch_size", "16", "--train.val_every", "0", "--train.checkpoint_every", "0", "--no-progress"]
+    assert cli_main(tiny + ["--out", str(tmp_path / "d1"), "--fail-below", "0.99"]) == 1
+    assert "below the pass mark 99%: s4d" in capsys.readouterr().err
+    assert cli_main(tiny + ["--out", str(tmp_path / "d2"), "--fail-below", "0.0"]) == 0
+
+
+def test_compare_checks_every_name_before_training(tmp_path, capsys):
+    # `--models s4d,s4D` trained s4d, then failed on s4D: a typo at the end of a long list cost every run before it
+    argv = ["compare", "--task", "digits", "--models", "s4d,s4D", "--budget", "2", "--out", str(tmp_path / "c")]
+    assert cli_main(argv) == 2
+    assert "--models names unknown layers ['s4D']" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -20,7 +20,7 @@ MODAL = {"s4d", "dss", "dlr", "s5", "lru", "ema"}  # diagonal layers: their real
 # layers whose step must export to ONNX; the others raise NotImplementedError with the reason and are skipped (a growing
 # key/value cache or long-convolution history: attention, mega, hyena; a complex state inside a mixer: gss, h3,
 # liquid_s4)
-MUST_EXPORT = {"s4", "s4d", "dss", "dlr", "s5", "lru", "ema", "rglru", "mamba2", "sgconv"}
+MUST_EXPORT = {"s4", "s4d", "dss", "dlr", "s5", "lru", "ema", "rglru", "mamba", "mamba2", "sgconv"}
 
 
 def _truncated_response(system, L):

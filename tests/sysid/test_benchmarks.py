@@ -63,3 +63,26 @@ def test_train_records_reach_only_the_simulated_benchmarks(monkeypatch):
         load_benchmark("cascaded_tanks", "somewhere", train_records=2)
     with pytest.raises(ValueError, match="train_records must be an int >= 1"):
         load_benchmark("bouc_wen", "somewhere", train_records=0)
+
+
+def test_a_folder_or_data_root_under_the_home_folder(tmp_path, monkeypatch):
+    # README: the nonlinear_benchmarks cache root "~/.nonlinear_benchmarks" works as the folder; in Python the '~' was
+    # not expanded ('put the official file in ~/...'), and SSMKIT_DATA='~/data' meant ~/data for the tasks (data
+    # root) but the literal folder './~/data' for the benchmarks
+    from ssmkit.data.store import data_root
+    from ssmkit.sysid.nlbench import silverbox
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    csv = '"uEst","uVal","yEst","yVal","Ts",\n1,2,3,4,4,\n5,6,7,8,,\n'
+    (tmp_path / "tanks").mkdir()
+    (tmp_path / "tanks" / "dataBenchmark.csv").write_text(csv)
+    assert cascaded_tanks("~/tanks", check=False).test[0].y[:, 0].tolist() == [4.0, 8.0]
+    with pytest.raises(ValueError, match=f"{tmp_path}/tanks/dataBenchmark.csv is not the official file"):
+        load_benchmark("cascaded_tanks", "~/tanks")  # found (at the expanded path), then its SHA-256 is checked
+    with pytest.raises(FileNotFoundError, match=f"put the official file in {tmp_path}/.nonlinear_benchmarks"):
+        silverbox("~/.nonlinear_benchmarks")
+    monkeypatch.setenv("SSMKIT_DATA", "~/data")
+    (tmp_path / "data" / "sysid" / "cascaded_tanks").mkdir(parents=True)
+    (tmp_path / "data" / "sysid" / "cascaded_tanks" / "dataBenchmark.csv").write_text(csv)
+    assert data_root() == tmp_path / "data"
+    assert cascaded_tanks(check=False).train[0].u[:, 0].tolist() == [1.0, 5.0]

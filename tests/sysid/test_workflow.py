@@ -300,3 +300,25 @@ def test_a_training_only_encoder_starts_the_windows_and_is_dropped():
         build_model(bench, "s4d", recipe, mode="prediction")
     with pytest.raises(ValueError, match="no encoder of its own"):
         build_model(wiener_bench(200, 100, n_init=20), "s4d", dataclasses.replace(recipe, encoder_window=10))
+
+
+def test_sysid_model_help_names_the_layers_that_run(capsys):
+    # the help offered (s4d, s4, dss, dlr): s4 and dss fail on the cascaded_tanks and bouc_wen recipes (data-driven
+    # first layer), and s5, lru and ema, which have a state space too, were not named
+    import re
+
+    from ssmkit.layers import available, layer_class
+    from ssmkit.sysid.init import SUPPORTED
+    from ssmkit.sysid.recipes import RECIPES
+
+    assert main(["sysid", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    helped = re.search(r"--model MODEL the LTI layer of the Wiener blocks: a layer with a state space \(([^)]*)\)", text)
+    assert helped, text
+    with_state_space = {name for name in available() if layer_class(name).capabilities.state_space}
+    assert set(helped.group(1).split(", ")) == with_state_space
+    data_recipes = re.search(r"from the data \(([^:]*): first_layer_init data\) takes ([^;.]*?)\;?(?: the others)", text)
+    assert data_recipes, text
+    named = {name for name, recipe in RECIPES.items() if recipe.first_layer_init == "data"}
+    assert set(data_recipes.group(1).split(", ")) == named
+    assert set(re.split(r", | or ", data_recipes.group(2))) == set(SUPPORTED)

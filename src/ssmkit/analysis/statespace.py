@@ -540,7 +540,8 @@ class StateSpace:
         """Certified bracket [γ_lo, γ_hi] of each system's H-infinity norm (inf, inf for unstable systems).
 
         γ_lo = σ_max(H(e^{jθ})) at some θ (attained); γ_hi = (1 + 2 tol) γ_lo, for which the Hamiltonian of the
-        Cayley-transformed system has no imaginary eigenvalue (`ssmkit.analysis.hinf.hinf_bracket`).
+        Cayley-transformed system has no imaginary eigenvalue (`ssmkit.analysis.hinf.hinf_bracket`), or
+        (1 + 2 tol 4^k) γ_lo, wider but still certified, when rounding puts eigenvalues on the axis at (1 + 2 tol) γ_lo.
 
         Args:
             tol: relative width of the bracket, > 0.

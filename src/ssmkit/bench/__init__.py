@@ -4,7 +4,7 @@
     step   recurrent generation: each layer's ``step`` against the bare diagonal-SSM step arithmetic
     ssd    Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step
     selective  one Mamba block: the chunked selective scan against the per-step loop and mambapy, with peak memory
-    gpu    the scan and SSD ops under every backend (triton included) against the device's copy bandwidth
+    gpu    the scan, SSD and selective-scan ops under every backend (triton included) against the copy bandwidth
     cases       named cases (layer × B × L × H × N × dtype × mode) against the machine's limits and the peers
     contention  each case alone, then beside N busy processes: ssmkit's and the peers' slow-downs
     crossover   the chunked scan against the FFT path over L: the entries of ``auto``'s table
@@ -24,7 +24,7 @@ SUITES = {
     "step": "recurrent step of each layer (tokens/s) against the bare diagonal-SSM step arithmetic",
     "ssd": "Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step",
     "selective": "one Mamba block: chunked selective scan against the per-step loop and mambapy, with peak memory",
-    "gpu": "the scan and SSD ops under every backend (triton included) against the device's copy bandwidth",
+    "gpu": "the scan, SSD and selective-scan ops under every backend (triton included) against the copy bandwidth",
     "cases": "named cases against the machine's copy bandwidth and GEMM rate and the peers: table, JSON, PNG",
     "contention": "each case alone, then beside N busy processes: ssmkit's and the peers' slow-downs",
     "crossover": "the chunked scan against the FFT path over L: the entries of auto's table (ssmkit.ops.scan)",

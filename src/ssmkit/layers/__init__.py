@@ -1,6 +1,6 @@
 """Sequence-mixing layers behind one protocol; each registers itself by name.
 
-    ssmkit.layers.available()                  # ["dss", "lru", "s4", "s4d", "s5"]
+    ssmkit.layers.available()                  # ["attention", "dlr", "dss", ..., "s5", "sgconv"]: sorted names
     layer = ssmkit.layers.build("s4d", d_model=64, d_state=64, init="inv")
 
 Files: ``protocol.py`` (the :class:`SequenceLayer` protocol, capabilities, block defaults), ``state.py`` (state

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ssmkit.sysid.datafiles import default_folder, to_channels as _t
+from ssmkit.sysid.datafiles import benchmark_folder, to_channels as _t
 from ssmkit.sysid.nlbench import ced, emps, parallel_wh, silverbox, wiener_hammerstein
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
 from ssmkit.sysid.surrogates import SURROGATES
@@ -79,7 +79,7 @@ def cascaded_tanks(folder: str | os.PathLike | None = None, check: bool = True) 
     Returns:
         the benchmark.
     """
-    folder = pathlib.Path(folder) if folder is not None else default_folder("cascaded_tanks")
+    folder = benchmark_folder(folder, "cascaded_tanks")
     cols = _columns(_file(folder, "cascaded_tanks/dataBenchmark.csv", check))
     dt = float(cols["Ts"][0])
     return SysidBenchmark(
@@ -114,7 +114,7 @@ def f16(folder: str | os.PathLike | None = None, output_index: int | None = None
     Returns:
         the benchmark.
     """
-    folder = pathlib.Path(folder) if folder is not None else default_folder("f16gvt")
+    folder = benchmark_folder(folder, "f16gvt")
     if output_index is not None and output_index not in (0, 1, 2):
         raise ValueError(f"output_index must be 0, 1, 2 or None (all three accelerations); got {output_index!r}")
 
@@ -161,7 +161,7 @@ def bouc_wen(folder: str | os.PathLike | None = None, train_periods: int = 5, tr
 
     from ssmkit.sysid.boucwen import FS, training_record
 
-    folder = pathlib.Path(folder) if folder is not None else default_folder("bouc_wen")
+    folder = benchmark_folder(folder, "bouc_wen")
 
     def mat(name: str) -> np.ndarray:
         return loadmat(_file(folder, f"bouc_wen/{name}.mat", check))[name].ravel()

@@ -34,7 +34,11 @@ def _parser(prog: str):
     parser = ArgumentParser(prog=prog, description="Identify a system-identification benchmark with a deep Wiener "
                             "model; writes results.json, report.md and the figures.", default_env=False)
     parser.add_argument("--benchmark", type=str, required=True, help="cascaded_tanks, bouc_wen, f16, ...")
-    parser.add_argument("--model", type=str, default="s4d", help="the LTI layer of the Wiener blocks (s4d, s4, dss, dlr)")
+    parser.add_argument("--model", type=str, default="s4d",
+                        help="the LTI layer of the Wiener blocks: a layer with a state space (s4d, s4, dss, dlr, s5, "
+                             "lru, ema). A recipe that starts the first layer from the data (cascaded_tanks, bouc_wen: "
+                             "first_layer_init data) takes s4d, s5, dlr or lru; the others need --recipe.first_layer_init "
+                             "layer. s5 needs a d_state that is a multiple of 16 (--recipe.d_state 16)")
     parser.add_argument("--mode", type=str, default="simulation",
                         help="simulation (simulation error, the default) or prediction (one-step-ahead, for comparison)")
     parser.add_argument("--data-folder", dest="data_folder", type=str, default=None,

@@ -11,13 +11,25 @@ import torch
 
 
 def default_folder(name: str) -> pathlib.Path:
-    """``$SSMKIT_DATA/sysid/<name>`` (``$SSMKIT_DATA`` defaults to ``~/.cache/ssmkit``).
+    """``$SSMKIT_DATA/sysid/<name>`` (``$SSMKIT_DATA`` defaults to ``~/.cache/ssmkit``; a leading ``~`` in it is the
+    home folder, as for the tasks' data root).
 
     Args:
         name: the benchmark's folder name (``cascaded_tanks``, ``f16gvt``, ``bouc_wen``, ``silverbox``, ...).
     """
-    root = os.environ.get("SSMKIT_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "ssmkit")
-    return pathlib.Path(root) / "sysid" / name
+    root = os.environ.get("SSMKIT_DATA") or os.path.join("~", ".cache", "ssmkit")
+    return pathlib.Path(root).expanduser() / "sysid" / name
+
+
+def benchmark_folder(folder: str | os.PathLike | None, name: str) -> pathlib.Path:
+    """The folder a loader reads: ``folder`` with a leading ``~`` expanded (``"~/.nonlinear_benchmarks"``, the
+    ``nonlinear_benchmarks`` cache root, as the docs give it), or :func:`default_folder` for None.
+
+    Args:
+        folder: the user's folder, or None.
+        name: the benchmark's folder name under the data root.
+    """
+    return pathlib.Path(folder).expanduser() if folder is not None else default_folder(name)
 
 
 def find_file(folder: pathlib.Path, file_name: str, layouts: tuple[str, ...], benchmark: str, source: str) -> pathlib.Path:

@@ -3,7 +3,8 @@ arXiv 2312.06211, §"future research": start the eigenvalues from a best linear 
 estimate of the data rather than HiPPO or a random ring).
 
     z = subspace_poles(bench.train, order=8)          # discrete poles of a linear model of the data
-    init_from_data(model, bench.train)                 # the same, written into model.layers[0]
+    init_from_data(model, bench.train)                 # poles of such a model (order picked from the singular
+                                                       # values unless order=...), written into model.layers[0]
     init_from_data(model, bench.train, layers=4)       # ... into each of model.layers[0:4]
 
 Estimates (both pool several experiments without concatenating them):

@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from ssmkit.sysid.datafiles import check_length, check_sha256, default_folder, find_file, to_channels
+from ssmkit.sysid.datafiles import benchmark_folder, check_length, check_sha256, find_file, to_channels
 from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
 
 SOURCE = "nonlinearbenchmark.org; the nonlinear_benchmarks package (1.0.1) downloads it"
@@ -37,7 +37,7 @@ B2 = "arXiv 2405.10779 state-of-the-art table"
 
 
 def _folder(folder: str | os.PathLike | None, name: str) -> pathlib.Path:
-    return pathlib.Path(folder) if folder is not None else default_folder(name)
+    return benchmark_folder(folder, name)
 
 
 def _mat(path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -87,11 +87,16 @@ def _parser(prog: str, compare: bool):
                             help="comma-separated layer names to compare (each with layer_options[name] if given), "
                                  "or 'all' for every registered layer")
         parser.add_argument("--fail-below", dest="fail_below", type=float, default=None,
-                            help="exit 1 if any model's test accuracy is below this fraction (a pass mark)")
+                            help="exit 1 if any model's test accuracy is below this fraction (a pass mark; tasks "
+                                 "with an accuracy only, not regression tasks)")
         parser.add_argument("--budget", type=str, required=True,
                             help="the same budget for every model: optimizer steps (500) or training time (90s, 5m, 1h)")
-    parser.add_argument("--out", type=str, default=None, help="output folder (default runs/<task>-<model>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+    out_help = ("output folder (default runs/compare-<task>; each model's run in a sub-folder named after it)" if compare
+                else "output folder (default runs/<task>-<model>)")
+    parser.add_argument("--out", type=str, default=None, help=out_help)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the output folder from its last checkpoint (give the run's options "
+                             "again: --task is still required, and another model or schedule is refused)")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -189,16 +194,30 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
 
     parser = _parser(prog, compare=True)
     cfg = parser.parse_args(_resolve_config_args(argv))
+    if any(arg in ("--model", "--model+") or arg.startswith(("--model=", "--model+=")) for arg in argv):
+        # every compared run takes its layer from --models; a --model on the command line was dropped without a word
+        parser.error("compare takes the layers to compare from --models (e.g. --models s4d,s5); --model names the one "
+                     "layer of 'ssmkit train'")
     base = _experiment(parser, cfg)
     models = [m.strip() for m in cfg.models.split(",") if m.strip()]
-    if models == ["all"]:
-        from ssmkit.layers import available
+    from ssmkit.layers import available
 
+    if models == ["all"]:
         models = available()
     if not models:
         parser.error("--models must name at least one layer")
+    unknown = [m for m in models if m not in available()]
+    if unknown:  # checked before the first run: a misspelt last name failed only after the others had trained
+        parser.error(f"--models names unknown layers {unknown}; layers: {', '.join(available())} (or 'all')")
     steps, seconds = parse_budget(cfg.budget)
     options = per_model_options(base.layer_options, models)
+    if cfg.fail_below is not None:
+        from ssmkit.data import get_task
+
+        target = get_task(base.task, **base.task_options).info().target
+        if target == "regress":  # no accuracy: every model read as 0 % and failed, whatever its error
+            parser.error(f"--fail-below is a pass mark on test accuracy, and {base.task!r} is a regression task "
+                         "(its results have an MSE, no accuracy)")
     out = cfg.out or os.path.join("runs", f"compare-{base.task}")
     os.makedirs(out, exist_ok=True)
     from ssmkit.train.experiment import run_experiment

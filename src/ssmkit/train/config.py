@@ -29,7 +29,8 @@ class TrainConfig:
             cores stay float32).
         seed: the seed of the initialisation and of the batch order.
         val_every: validate every this many steps (0: only at the end).
-        checkpoint_every: write a checkpoint every this many steps (0: only at the end).
+        checkpoint_every: write a checkpoint every this many steps (0: only at the end); each replaces the one before
+            (``checkpoints/step<N>.ckpt`` and ``last.ckpt`` hold the newest), so earlier steps are not kept.
         early_stopping: stop after this many validations without a better validation loss (None: never).
         devices: processes (CPU) or GPUs used for data parallelism.
         strategy: Lightning's strategy, ``"auto"`` or ``"ddp"``, ``"ddp_spawn"``, ...

@@ -43,7 +43,11 @@ def plot_comparison(results: list[dict[str, Any]], out: str) -> str:
             left.plot(steps, values, marker="o", label=str(r["model"]))
     left.set_xlabel("optimizer step")
     left.set_ylabel(f"validation {metric}")
-    left.legend()
+    if left.get_lines():
+        left.legend()
+    else:  # no validation was logged during training (val_every beyond the budget): say so, not an empty legend
+        left.text(0.5, 0.5, "no validation during training\n(val_every > the steps run)", ha="center", va="center",
+                  transform=left.transAxes)
     names = [str(r["model"]) for r in results]
     scores = [r.get(f"test_{metric}", r.get(f"val_{metric}", float("nan"))) for r in results]
     right.bar(names, scores)

@@ -3,12 +3,13 @@
     result = fit(model_config, TrainConfig(max_steps=2000), train=(inputs, targets), val=val_split,
                  test=test_split, out_dir="runs/listops-s4d", resume=True)
 
-The run folder holds ``checkpoints/`` (every ``checkpoint_every`` steps and at the end; ``last.ckpt`` is the newest),
-``metrics.csv`` (Lightning's CSV log), ``model.json`` and ``train.json`` (the configurations) and ``result.json``;
-with a validation split also ``checkpoints/best_val.ckpt``, the weights of the best validation
-(:mod:`ssmkit.train.best`). The test split is scored at the final weights and at the best validation's; the result's
-``test_<metric>`` is the one ``TrainConfig.test_weights`` selects, both are recorded as ``test_<metric>_final`` and
-``test_<metric>_best_val``.
+The run folder holds ``checkpoints/`` (written every ``checkpoint_every`` steps and at the end, each replacing the one
+before: ``step<N>.ckpt`` and ``last.ckpt`` are the newest),
+``logs/version_k/metrics.csv`` (Lightning's CSV log; a resumed run starts the next version), ``model.json`` and
+``train.json`` (the configurations) and ``result.json``; with a validation split also ``checkpoints/best_val.ckpt``,
+the weights of the best validation (:mod:`ssmkit.train.best`). The test split is scored at the final weights and at
+the best validation's; the result's ``test_<metric>`` is the one ``TrainConfig.test_weights`` selects, both are
+recorded as ``test_<metric>_final`` and ``test_<metric>_best_val``.
 ``resume=True`` continues from ``checkpoints/last.ckpt`` when it exists: the weights, optimiser, schedule, step
 counter and RNG are restored and the batches continue where they stopped (:mod:`ssmkit.train.batches`), so the
 final weights equal those of an uninterrupted run on the same machine, and so does the best validation (its

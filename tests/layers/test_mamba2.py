@@ -109,6 +109,53 @@ def test_decoding_under_bf16_autocast():
     assert rel_err(y, y32) < 3e-2  # bf16 projections against the float32 layer
 
 
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+def test_gated_norm_of_large_groups_in_float32(norm_before_gate):
+    # RMSNorm_G(v) = v / √(mean(v²) + eps) per group: a float32 group above ~1.8e19 used to square to inf and come out
+    # as zeros (a Mamba-2 layer fed inputs x 1e5 gave outputs 100% wrong, all finite). Each group here sits at its own
+    # scale, tiny to near float32's largest; against the float64 formula, output and gradient.
+    from ssmkit.layers.mamba2 import GatedRMSNorm
+
+    norm = GatedRMSNorm(16, 4, norm_before_gate, device=DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(16))
+    scales = torch.tensor([1e-3, 1.0, 1e20, 1e30], dtype=torch.float64, device=DEVICE).repeat_interleave(4)  # (16,)
+    y = torch.randn(3, 5, 16, dtype=torch.float64, device=DEVICE) * scales
+    z = torch.randn(3, 5, 16, dtype=torch.float64, device=DEVICE)
+    g = torch.randn(3, 5, 16, dtype=torch.float64, device=DEVICE)
+
+    def formula(y, z):
+        v = y if norm_before_gate else y * F.silu(z)
+        groups = v.unflatten(-1, (4, 4))
+        out = (groups / torch.sqrt(groups.square().mean(-1, keepdim=True) + 1e-5)).flatten(-2) * norm.weight.double()
+        return out * F.silu(z) if norm_before_gate else out
+
+    y32 = y.float().requires_grad_(True)
+    out = norm(y32, z.float())
+    out.backward(g.float())
+    y64 = y.clone().requires_grad_(True)
+    expected = formula(y64, z)
+    expected.backward(g)
+    assert torch.isfinite(out).all() and rel_err(out, expected) < 1e-5  # observed ~1e-7 (was 1.0)
+    for group in range(4):  # the gradients of each scale against their own size (they scale as 1/scale)
+        cols = slice(4 * group, 4 * group + 4)
+        assert rel_err(y32.grad[..., cols], y64.grad[..., cols]) < 1e-5
+
+
+def test_large_inputs_in_float32_match_the_float64_equations():
+    # x·1e5 drives y ⊙ SiLU(z) to ~1e24 before the norm (float32 squares overflow there); forward and step
+    layer = make_layer("mamba2", dtype=torch.float32)
+    u = 1e5 * torch.randn(2, 19, H, device=DEVICE, dtype=torch.float64)
+    expected = mixer_loop(layer, u)
+    with torch.no_grad():
+        for backend in ("chunked", "reference"):
+            with use_backend(backend):
+                y, _ = layer(u.float())
+            assert rel_err(y, expected) < 1e-5, backend  # observed ~2e-7 (was 1.0)
+        y_steps, _ = run_steps(layer, u.float())
+    assert rel_err(y_steps, expected) < 1e-5
+
+
 def test_continuation_from_a_cached_state_equals_one_pass():
     # the official module's prefill ignores a cache; here every multi-token call continues from the state it is given
     layer = make_layer("mamba2", chunk_size=4)

@@ -92,7 +92,14 @@ class GatedRMSNorm(nn.RMSNorm):
         if not self.norm_before_gate:
             y = y * F.silu(z)
         grouped = y.unflatten(-1, (self.groups, self.channels // self.groups))  # (..., G, E/G)
-        grouped = grouped * torch.rsqrt(grouped.square().mean(-1, keepdim=True) + self.eps)  # (..., G, E/G)
+        # v / √(mean(v²) + eps) = (v/m) / √(mean((v/m)²) + eps/m²) for any m > 0. m = 2^⌈log₂ max|v|⌉ (>= 1) keeps the
+        # squares <= ~4, so a group above ~1.8e19 (float32: v² overflowed to inf and the group came out as zeros) is
+        # normalised too; a power of two scales exactly, so the other groups get the same bits as without m. m is
+        # detached: the value does not depend on it, so the gradient at fixed m is the exact one.
+        top = grouped.detach().abs().amax(-1, keepdim=True).clamp_min(1.0)  # (..., G, 1)
+        m = torch.exp2(torch.ceil(torch.log2(top)))  # (..., G, 1)
+        scaled = grouped / m  # (..., G, E/G)
+        grouped = scaled * torch.rsqrt(scaled.square().mean(-1, keepdim=True) + self.eps / m.square())  # (..., G, E/G)
         out = grouped.flatten(-2) * self.weight  # (..., E)
         return out * F.silu(z) if self.norm_before_gate else out
 

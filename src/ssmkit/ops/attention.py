@@ -102,6 +102,10 @@ def causal_attention_chunked(
     blocks of T queries: block [s, e) sees keys first..K-1+e-Lq with first = max(0, p_s - window + 1), and gets the
     explicit mask of those keys (arXiv 1706.03762 eq. 1 per block; no Lq × K tensor is formed).
 
+    Accuracy: the outputs match the reference at any scale, but PyTorch's CPU kernel recomputes the probabilities in
+    its backward from a log-sum-exp in the input dtype, so in float32 at scores ~1e6 the gradients of q and k are
+    percents off where the reference's are exact (tests/ops/test_attention_edges.py; probe 8 in docs/design.md).
+
     Args:
         q: (B, E, L, P) queries at the last Lq of the K positions.
         k: (B, E, K, P) keys.

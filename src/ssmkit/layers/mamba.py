@@ -23,8 +23,9 @@ gradients flow through both. Under autocast the in- and out-projections run in b
 them (convolution, W_x, W_Δ, the scan, the gate) in the parameters' dtype (``float32_core``).
 
 Backends: ``"chunked"`` = :func:`ssmkit.ops.selective.selective_scan_chunked`; ``"native"`` = the C kernel
-:func:`ssmkit.ops.native.selective_scan_native` (CPU), which also forms W_Δ δ itself (``delta_proj``); ``"auto"`` = native on the CPU where it runs, else chunked;
-``"reference"`` = the loop :func:`ssmkit.ops.selective.selective_scan_reference`.
+:func:`ssmkit.ops.native.selective_scan_native` (CPU), which also forms W_Δ δ itself (``delta_proj``); ``"auto"`` =
+native on the CPU where it runs, else chunked; ``"reference"`` = the loop
+:func:`ssmkit.ops.selective.selective_scan_reference`.
 """
 
 from __future__ import annotations

@@ -516,9 +516,9 @@ def selective_scan(
     """
     impl = dispatch("selective_scan", _SELECTIVE_SCAN, backend, auto=_auto(u))
     if delta_proj is not None:
-        _check_selective(u, delta, A, B, C, D, z, delta_bias, state, delta_proj=delta_proj)
-        if impl is selective_scan_native:
+        if impl is selective_scan_native:  # it checks its arguments, delta_proj among them
             return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, delta_proj=delta_proj)
+        _check_selective(u, delta, A, B, C, D, z, delta_bias, state, delta_proj=delta_proj)  # before F.linear's own error
         delta = F.linear(delta, delta_proj)
     return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state)
 

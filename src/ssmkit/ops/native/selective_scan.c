@@ -194,7 +194,10 @@ static inline void row_dt(const inputs_t *in, int64_t bt, int64_t c0, int64_t w,
     const real *restrict bias = in->bias ? in->bias + c0 : NULL;
     if (in->Wt) {
         const real *restrict dl = in->delta + bt * in->R;
-        for (int64_t c = 0; c < w; c++) d[c] = bias ? bias[c] : 0;
+        if (bias)
+            memcpy(d, bias, sizeof(real) * w);
+        else
+            memset(d, 0, sizeof(real) * w);
         for (int64_t r = 0; r < in->R; r++) {
             const real v = dl[r], *restrict Wr = Wl + r * VEC;
             for (int64_t c = 0; c < w; c++) d[c] += v * Wr[c];
@@ -434,14 +437,14 @@ static inline void row_dt_grad(const inputs_t *in, int64_t bt, int64_t w, const 
     const int64_t R = in->R;
 #if HAVE_VEC
     if (w == VEC) {
-        vec_t gv[VEC / LANES], acc[LANES];
-        for (int q = 0; q < VEC / LANES; q++) gv[q] = *(const vec_u *)(gd + q * LANES);
+        vec_t gv[NV], acc[LANES];
+        for (int q = 0; q < NV; q++) gv[q] = *(const vec_u *)(gd + q * LANES);
         for (int64_t r0 = 0; r0 < R; r0 += LANES) {
             const int64_t k = R - r0 < LANES ? R - r0 : LANES;
             for (int64_t m = 0; m < LANES; m++) {
                 vec_t a = {0};
                 if (m < k)
-                    for (int q = 0; q < VEC / LANES; q++) a += gv[q] * *(const vec_u *)(Wl + (r0 + m) * VEC + q * LANES);
+                    for (int q = 0; q < NV; q++) a += gv[q] * *(const vec_u *)(Wl + (r0 + m) * VEC + q * LANES);
                 acc[m] = a;
             }
             const vec_t sv = transpose_sum(acc);
@@ -459,10 +462,10 @@ static inline void row_dt_grad(const inputs_t *in, int64_t bt, int64_t w, const 
 
 /* ∂W_Δ += Σ_i ∂δ_i δlow_iᵀ over the n steps of a chunk from step bt0 (gdc: their ∂δ rows, n × VEC), into the item's gWl
  * (R × VEC). With vectors, RB rows of W_Δ at a time with their RB × (VEC / LANES) accumulators in registers for the
- * whole chunk (per step and row one broadcast and VEC / LANES FMAs, no loads or stores of gWl: per step, these were
- * R · VEC / LANES loads, FMAs and stores). */
+ * whole chunk (per step and row one broadcast and NV FMAs, no loads or stores of gWl: per step, these were R · NV
+ * loads, FMAs and stores). */
 #if HAVE_VEC
-#define RB (VEC / LANES >= 8 ? 2 : 4) /* rows per pass: 16 accumulators (AVX-512 float: 4 rows × 4 vectors) */
+#define RB (NV >= 8 ? 2 : 4) /* rows per pass: 16 accumulators (AVX-512 float: 4 rows × 4 vectors) */
 #endif
 static inline void dt_grad_chunk(const inputs_t *in, int64_t bt0, int64_t n, int64_t w, const real *restrict gdc,
                                  real *restrict gWl) {
@@ -472,20 +475,20 @@ static inline void dt_grad_chunk(const inputs_t *in, int64_t bt0, int64_t n, int
     if (w == VEC) {
         for (int64_t r0 = 0; r0 < R; r0 += RB) {
             const int64_t k = R - r0 < RB ? R - r0 : RB;
-            vec_t acc[RB][VEC / LANES];
+            vec_t acc[RB][NV];
             for (int m = 0; m < RB; m++)
-                for (int q = 0; q < VEC / LANES; q++)
+                for (int q = 0; q < NV; q++)
                     acc[m][q] = m < k ? *(const vec_u *)(gWl + (r0 + m) * VEC + q * LANES) : (vec_t){0};
             for (int64_t i = 0; i < n; i++) {
-                vec_t gv[VEC / LANES];
-                for (int q = 0; q < VEC / LANES; q++) gv[q] = *(const vec_u *)(gdc + i * VEC + q * LANES);
+                vec_t gv[NV];
+                for (int q = 0; q < NV; q++) gv[q] = *(const vec_u *)(gdc + i * VEC + q * LANES);
                 for (int m = 0; m < RB; m++) {
                     const real v = m < k ? dl[i * R + r0 + m] : 0;
-                    for (int q = 0; q < VEC / LANES; q++) acc[m][q] += gv[q] * v;
+                    for (int q = 0; q < NV; q++) acc[m][q] += gv[q] * v;
                 }
             }
             for (int m = 0; m < k; m++)
-                for (int q = 0; q < VEC / LANES; q++) *(vec_u *)(gWl + (r0 + m) * VEC + q * LANES) = acc[m][q];
+                for (int q = 0; q < NV; q++) *(vec_u *)(gWl + (r0 + m) * VEC + q * LANES) = acc[m][q];
         }
         return;
     }
@@ -641,7 +644,8 @@ static void backward_item(const inputs_t *in, item_t it, const real *ckpt, const
  * (b, g) differ, so every value is written once: the caller need not clear them), the items of batch row b add into
  * gP + b·(N+2)·H ((N + 2, H): ∂A in rows 0..N-1, ∂D in row N, ∂b_Δ in row N+1; their
  * channels differ). With W_Δ (Wt, see ss_forward) gdelta holds ∂δlow's partials instead of ∂δ: block k of group g writes
- * gdelta + (g·nblk + k)·B·L·R ((B, L, R), every value once, as gB; ∂δlow sums over all groups' channels), and gP has R more rows, N+2..N+1+R: ∂W_Δ transposed (R, H).
+ * gdelta + (g·nblk + k)·B·L·R ((B, L, R), every value once, as gB; ∂δlow sums over all groups' channels), and gP
+ * has R more rows, N+2..N+1+R: ∂W_Δ transposed (R, H).
  * Returns 0, or 1 when out of memory. */
 int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int64_t softplus, const real *Wt, int64_t R,
                         const real *At,
@@ -673,7 +677,8 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
                 backward_item(&in, it, ckpt, gout, ghL, gd, gu, gz, gh0, gB + k * nbc, gC + k * nbc,
                               gP + it.b * nP * H, buf);
             }
-        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al), free(buf.Ae), free(buf.sums), free(buf.Wl), free(buf.gWl), free(buf.gdc);
+        free(buf.hs), free(buf.ab), free(buf.rows), free(buf.lam), free(buf.gAl), free(buf.Al), free(buf.Ae);
+        free(buf.sums), free(buf.Wl), free(buf.gWl), free(buf.gdc);
     }
     return failed;
 }

@@ -213,11 +213,13 @@ static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *A
         ni[m] = vload(adj + NI * S + o), pr[m] = vload(adj + PR * S + o), pi[m] = vload(adj + PI * S + o);
         qr[m] = vload(adj + QR * S + o), qi[m] = vload(adj + QI * S + o);
     }
-    for (int64_t i = nt - 1; i >= 0; i--) {
-        const vreal uu = vload(ub + i * VEC);
-        vreal gum[MBB];
-        if (gb) {
-            const vreal gg = vload(gb + i * VEC);
+    /* Two loops rather than a test inside one: with the test in the loop, gcc shared the products of both branches
+     * and formed g + ā μ as a product and two adds instead of two FMAs (36 vector operations per step for MBB = 2
+     * modes instead of 30). */
+    if (gb) {
+        for (int64_t i = nt - 1; i >= 0; i--) {
+            const vreal uu = vload(ub + i * VEC), gg = vload(gb + i * VEC);
+            vreal gum[MBB];
             #pragma GCC unroll 8
             for (int m = 0; m < MBB; m++) {
                 const vreal n_r = mr[m] + a_r[m] * nr[m] + a_i[m] * ni[m], n_i = mi[m] + a_r[m] * ni[m] - a_i[m] * nr[m];
@@ -226,7 +228,12 @@ static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *A
                 pr[m] += uu * m_r, pi[m] += uu * m_i, qr[m] += uu * n_r, qi[m] += uu * n_i;
                 gum[m] = v_r[m] * m_r + v_i[m] * m_i;
             }
-        } else {
+            vstore(gub + i * VEC, vload(gub + i * VEC) + sum_modes(gum, MBB));
+        }
+    } else {
+        for (int64_t i = nt - 1; i >= 0; i--) {
+            const vreal uu = vload(ub + i * VEC);
+            vreal gum[MBB];
             #pragma GCC unroll 8
             for (int m = 0; m < MBB; m++) {
                 pr[m] += uu * mr[m], pi[m] += uu * mi[m], qr[m] += uu * nr[m], qi[m] += uu * ni[m];
@@ -235,8 +242,8 @@ static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *A
                 const vreal m_r = a_r[m] * mr[m] + a_i[m] * mi[m], m_i = a_r[m] * mi[m] - a_i[m] * mr[m];
                 nr[m] = n_r, ni[m] = n_i, mr[m] = m_r, mi[m] = m_i;
             }
+            vstore(gub + i * VEC, vload(gub + i * VEC) + sum_modes(gum, MBB));
         }
-        vstore(gub + i * VEC, vload(gub + i * VEC) + sum_modes(gum, MBB));
     }
     #pragma GCC unroll 8
     for (int m = 0; m < MBB; m++) {

@@ -68,6 +68,9 @@ DOCS = list(public_docs())
 def test_the_legend_is_defined_once():
     letters = legend()
     assert {"B", "L", "H", "N", "M", "P", "G", "C", "S", "r", "W", "n", "m", "p"} <= letters
+    defined = re.findall(r"^    (\w+) {2,}\S", ssmkit.__doc__, flags=re.M)
+    twice = sorted({x for x in defined if defined.count(x) > 1})
+    assert not twice, f"letters defined more than once in the legend: {twice}"
 
 
 @pytest.mark.parametrize("qualname,doc", DOCS, ids=[q for q, _ in DOCS])

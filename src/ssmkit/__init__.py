@@ -25,7 +25,7 @@ Shape letters used in every docstring (each means one thing; tests/test_docs.py 
     D  inner channels of a mixer layer (RG-LRU's ``lru_width``)
     F  taps of a long convolution kernel (SGConv) or implicit filter (Hyena)
     O  stages of Hyena's recurrence (order - 1)
-    E  attention heads
+    A  attention heads
     K  key positions an attention query may see (a cache of earlier steps, then the new ones)
     Z  query/key dimension of Mega's shared representation
     V  value dimension of Mega's attention

@@ -78,7 +78,7 @@ def test_bad_arguments_raise():
     q = torch.randn(1, 2, 5, 4)
     with pytest.raises(ValueError, match="last Lq of the K key positions"):
         ops.causal_attention(q, q[:, :, :3], q[:, :, :3])
-    with pytest.raises(ValueError, match="same B, E, P"):
+    with pytest.raises(ValueError, match="same B, A, P"):
         ops.causal_attention(q, q[:, :1], q[:, :1])
     with pytest.raises(ValueError, match="real floating"):
         ops.causal_attention(q[0], q, q)

@@ -1,7 +1,7 @@
 """Causal multi-head softmax attention ("Attention Is All You Need", arXiv 1706.03762, §3.2) in the layer protocol, for
 hybrids (Griffin-style local attention, arXiv 2402.19427 §2.4) and comparisons with the SSM layers.
 
-    q, k, v = x W_q, x W_k, x W_v                       (E heads of dimension P each)
+    q, k, v = x W_q, x W_k, x W_v                       (A heads of dimension P each)
     q, k = rotary(q), rotary(k)                         (positions by rotation, arXiv 2104.09864; optional)
     o_t = Σ_{s seen by t} softmax_s(q_t · k_s / √P) v_s  (s <= t, and s > t - window with a window)
     y_t = concat_heads(o_t) W_o
@@ -37,8 +37,8 @@ class KVCache(NamedTuple):
     """An attention layer's state: the keys and values of the positions later queries can see, and the next position.
 
     Attributes:
-        keys: (B, E, K, P) keys, oldest first (K grows); with rotary positions each is rotated at its own position.
-        values: (B, E, K, P) values, oldest first.
+        keys: (B, A, K, P) keys, oldest first (K grows); with rotary positions each is rotated at its own position.
+        values: (B, A, K, P) values, oldest first.
         position: (B, 1) float64, the position of the next step (the number of steps so far from a zero state).
     """
 
@@ -51,7 +51,7 @@ def check_cache(state: KVCache, limit: int | None, name: str = "state") -> None:
     """Raise ``ValueError`` unless the keys and values of a cache have one length, at most ``limit`` when given.
 
     Args:
-        state: the cache, keys and values (B, E, K, P) (their shapes already checked against the spec).
+        state: the cache, keys and values (B, A, K, P) (their shapes already checked against the spec).
         limit: the longest cache the layer keeps (``window - 1``), or None.
         name: the name used in the message.
     """
@@ -68,7 +68,7 @@ class Attention(SequenceLayer):
 
     Args:
         d_model: H, the input and output channels.
-        n_heads: E, the heads; None for max(1, H // head_dim).
+        n_heads: A, the heads; None for max(1, H // head_dim).
         head_dim: P, the dimension of each head (even with rotary positions).
         bias: learn biases in the projections.
         positional: ``"rotary"`` (RoFormer rotations of q and k, the default: a layer in a hybrid stack gets no other
@@ -89,8 +89,8 @@ class Attention(SequenceLayer):
         time_varying=True,
         stable_by_construction=True,
         stability='no recurrence: the output is a convex combination of cached values (bounded); the cache grows with L',
-        step_cost='O(E t) at step t (O(E window) with a window)',
-        sequence_cost='O(L² E) (O(L window E) windowed)',
+        step_cost='O(A t) at step t (O(A window) with a window)',
+        sequence_cost='O(L² A) (O(L window A) windowed)',
     )
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=False, state_space=False, step=True)
@@ -144,7 +144,7 @@ class Attention(SequenceLayer):
         self.out.reset_parameters()
 
     def state_spec(self) -> KVCache:
-        """Keys and values (E, K, P) each, in the parameters' dtype, K growing from 0; the next position (1,) float64."""
+        """Keys and values (A, K, P) each, in the parameters' dtype, K growing from 0; the next position (1,) float64."""
         spec = TensorSpec((self.n_heads, 0, self.head_dim), self.qkv.weight.dtype, growing=1)
         return KVCache(spec, spec, TensorSpec((1,), torch.float64))
 
@@ -157,10 +157,10 @@ class Attention(SequenceLayer):
         return None if self.window is None else self.window - 1
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v (B, E, L, P) of x (B, L, H)."""
+        """q, k, v (B, A, L, P) of x (B, L, H)."""
         Bsz, L, _ = x.shape
-        qkv = self.qkv(x).reshape(Bsz, L, 3, self.n_heads, self.head_dim)  # (B, L, 3, E, P)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, E, L, P)
+        qkv = self.qkv(x).reshape(Bsz, L, 3, self.n_heads, self.head_dim)  # (B, L, 3, A, P)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, L, P)
         return q, k, v
 
     def _attend(self, x: torch.Tensor, state: KVCache | None, backend: str, return_state: bool):
@@ -171,16 +171,16 @@ class Attention(SequenceLayer):
         without a window) and the position p0 + L."""
         Bsz, L, _ = x.shape
         state = None if state is None else KVCache(*state)  # a plain tuple is accepted too
-        q, k, v = self._heads(x)  # (B, E, L, P)
+        q, k, v = self._heads(x)  # (B, A, L, P)
         start = x.new_zeros((Bsz, 1), dtype=torch.float64) if state is None else state.position  # (B, 1)
         if self.positional == "rotary":
             positions = (start + torch.arange(L, device=x.device))[:, None]  # (B, 1, L): broadcast over the heads
-            q, k = rotary(q, positions, self.rotary_base), rotary(k, positions, self.rotary_base)  # (B, E, L, P)
+            q, k = rotary(q, positions, self.rotary_base), rotary(k, positions, self.rotary_base)  # (B, A, L, P)
         if state is not None:
             check_cache(state, self.cache_limit)
-            k = torch.cat([state.keys, k], dim=2)  # (B, E, K, P): cache first
+            k = torch.cat([state.keys, k], dim=2)  # (B, A, K, P): cache first
             v = torch.cat([state.values, v], dim=2)
-        o = causal_attention(q, k, v, self.window, backend=backend)  # (B, E, L, P)
+        o = causal_attention(q, k, v, self.window, backend=backend)  # (B, A, L, P)
         y = self.out(o.transpose(1, 2).reshape(Bsz, L, -1))  # (B, L, H)
         if not return_state:
             return y, None

@@ -32,7 +32,7 @@ class ZooEntry:
             every input if time-varying), or, for layers without a recurrence (FIR kernels, attention), bounded
             outputs for bounded inputs.
         stability: the condition in words (the constraint that makes it stable, or why it is not guaranteed).
-        step_cost: cost of one recurrent step per sequence, big-O in the legend's letters (H, N, P, E, L).
+        step_cost: cost of one recurrent step per sequence, big-O in the legend's letters (H, N, P, E, A, L).
         sequence_cost: cost of a forward pass over L steps per sequence, big-O, with the algorithm.
     """
 

@@ -9,7 +9,7 @@ at the last Lq positions, p_i = K - Lq + i, and query i sees key j when
     o_i = Σ_j softmax_j(q_i · k_j / √P) v_j
 
 Two paths, one signature:
-- ``causal_attention_reference``: the scores (B, E, L, K) and the mask formed in full (the oracle, float64-capable).
+- ``causal_attention_reference``: the scores (B, A, L, K) and the mask formed in full (the oracle, float64-capable).
 - ``causal_attention_chunked`` (backend ``"chunked"``): ``torch.nn.functional.scaled_dot_product_attention``; with no
   cache and no window one call with ``is_causal`` (PyTorch's flash kernel: no Lq × K matrix), else blocks of T queries,
   each with the keys it can see and an explicit mask of T × (its keys): memory O(T·K) per block, O(T·(T + window)) with
@@ -32,14 +32,14 @@ _QUERY_BLOCK = 256  # T: queries per block of the masked path (mask and scores T
 
 
 def _check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> None:
-    """Raise ``ValueError`` unless q (B, E, L, P), k and v (B, E, K, P) agree, K >= Lq >= 1, window None or >= 1."""
+    """Raise ``ValueError`` unless q (B, A, L, P), k and v (B, A, K, P) agree, K >= Lq >= 1, window None or >= 1."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
             found = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be a real floating (B, E, L, P) tensor; got {found}")
+            raise ValueError(f"{name} must be a real floating (B, A, L, P) tensor; got {found}")
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(
-            f"q must be (B, E, L, P) and k, v (B, E, K, P) with the same B, E, P; got q {tuple(q.shape)}, "
+            f"q must be (B, A, L, P) and k, v (B, A, K, P) with the same B, A, P; got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if not 1 <= q.shape[2] <= k.shape[2]:
@@ -78,19 +78,19 @@ def causal_attention_reference(
     (arXiv 1706.03762 eq. 1; the mask of :func:`causal_mask`).
 
     Args:
-        q: (B, E, L, P) queries at the last Lq of the K positions.
-        k: (B, E, K, P) keys.
-        v: (B, E, K, P) values.
+        q: (B, A, L, P) queries at the last Lq of the K positions.
+        k: (B, A, K, P) keys.
+        v: (B, A, K, P) values.
         window: how many positions a query sees (itself included), or None for all earlier ones.
 
     Returns:
-        (B, E, L, P) attention outputs.
+        (B, A, L, P) attention outputs.
     """
     _check_attention_args(q, k, v, window)
     Lq, K = q.shape[2], k.shape[2]
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, E, L, K)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, A, L, K)
     scores = scores.masked_fill(~causal_mask(Lq, K, window, q.device), float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, E, L, P)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, A, L, P)
 
 
 def causal_attention_chunked(
@@ -107,21 +107,21 @@ def causal_attention_chunked(
     percents off where the reference's are exact (tests/ops/test_attention_edges.py; probe 8 in docs/design.md).
 
     Args:
-        q: (B, E, L, P) queries at the last Lq of the K positions.
-        k: (B, E, K, P) keys.
-        v: (B, E, K, P) values.
+        q: (B, A, L, P) queries at the last Lq of the K positions.
+        k: (B, A, K, P) keys.
+        v: (B, A, K, P) values.
         window: how many positions a query sees (itself included), or None for all earlier ones.
 
     Returns:
-        (B, E, L, P) attention outputs.
+        (B, A, L, P) attention outputs.
     """
     _check_attention_args(q, k, v, window)
     Lq, K = q.shape[2], k.shape[2]
     if K == Lq and (window is None or window >= K):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, E, L, P)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, A, L, P)
     if Lq == 1:  # one step: its keys are the last `window` (or all), every one of them seen
         first = 0 if window is None else max(0, K - window)
-        return F.scaled_dot_product_attention(q, k[:, :, first:], v[:, :, first:])  # (B, E, 1, P)
+        return F.scaled_dot_product_attention(q, k[:, :, first:], v[:, :, first:])  # (B, A, 1, P)
     outputs = []
     for s in range(0, Lq, _QUERY_BLOCK):
         e = min(s + _QUERY_BLOCK, Lq)
@@ -130,8 +130,8 @@ def causal_attention_chunked(
         mask = causal_mask(e - s, last, window, q.device, first)  # (T, last - first)
         outputs.append(
             F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, first:last], v[:, :, first:last], attn_mask=mask)
-        )  # (B, E, T, P)
-    return torch.cat(outputs, dim=2)  # (B, E, L, P)
+        )  # (B, A, T, P)
+    return torch.cat(outputs, dim=2)  # (B, A, L, P)
 
 
 _ATTENTION = {"reference": causal_attention_reference, "chunked": causal_attention_chunked}
@@ -150,14 +150,14 @@ def causal_attention(
     ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
 
     Args:
-        q: (B, E, L, P) queries.
-        k: (B, E, K, P) keys (a cache of earlier positions, then the Lq new ones).
-        v: (B, E, K, P) values.
+        q: (B, A, L, P) queries.
+        k: (B, A, K, P) keys (a cache of earlier positions, then the Lq new ones).
+        v: (B, A, K, P) values.
         window: how many positions a query sees (itself included), or None for all earlier ones.
         backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
-        (B, E, L, P) attention outputs.
+        (B, A, L, P) attention outputs.
     """
     return dispatch("causal_attention", _ATTENTION, backend, auto="chunked")(q, k, v, window)
 
@@ -170,7 +170,7 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
     Args:
         x: (..., L, P) queries or keys, P even.
         positions: (..., L) positions of the rows (integers, or any real numbers), broadcastable against x's
-            leading axes: (L,) for one sequence of positions, (B, 1, L) per batch item of (B, E, L, P) heads.
+            leading axes: (L,) for one sequence of positions, (B, 1, L) per batch item of (B, A, L, P) heads.
         base: the frequency base (10000 in RoFormer).
 
     Returns:

@@ -49,8 +49,8 @@ class EMA(DiagonalLTILayer):
     Args:
         d_model: H, the number of channels (one SISO system each).
         d_state: N, the EMA dimension per channel (real modes; 16 in the paper's recipes, 2 in the official class).
-        lr: learning rate of α, δ and β (weight decay 0); ``None`` = the global lr (as Mega trains), ``0.0`` =
-            frozen.
+        lr: learning rate of α, δ and β (weight decay 0, as every SSM parameter here; Mega's fairseq optimiser
+            decays them with the rest); ``None`` = the global lr (as Mega trains), ``0.0`` = frozen.
         bidirectional: add an anti-causal EMA with its own α, δ, β, γ (no ``step`` then).
         device, dtype: of the parameters (float32 or float64).
     """

@@ -96,7 +96,8 @@ class LiquidS4(S4):
         d_model: H, the number of channels (one SISO system each).
         d_state: N, the real-equivalent state size per channel (N/2 conjugate-pair modes); even, >= 2.
         l_max: the length S4's C̃ is attuned to (see :class:`ssmkit.layers.S4`).
-        liquid_kernel: which liquid terms, one of
+        liquid_kernel: which liquid terms (default ``"pb"``, the paper's LRA recipes; the official class default None
+            is plain S4, which is ``ssmkit.layers.S4``), one of
             ``"pb"`` -- polynomial of B̄: y += K_0 s_t, the Ā powers dropped (the paper's PB);
             ``"kb"`` -- K̄·B̄: y += K ⊛ s, every lag kept (the paper's KB).
         liquid_degree: P >= 2, the highest degree of the input products u^{(p)} (official default 2).

@@ -14,8 +14,9 @@ A = -exp(A_log) (H_in, N), A_log = log(1..N) for every channel (S4D-Real); D = 1
 ``dt_init_floor``. B̄ = Δ B (Euler) as in the official code, not the ZOH of the paper's eq. 4.
 
 Parameters and optimisation: A_log and b_Δ (``dt_bias``, the official ``dt_proj.bias``) are SSM parameters with
-weight decay 0 and the learning rate ``lr``; the skip D is a weight like every layer's skip (docs/design.md: the
-official code exempts D from weight decay too).
+weight decay 0 and the learning rate ``lr``; the skip D is a weight like every layer's skip. Both differ from the
+official module on purpose (docs/design.md, "Probe 9"): it exempts A_log and D from weight decay (``_no_weight_decay``)
+and marks its Δ bias only ``_no_reinit``, so b_Δ decays there unless the trainer spares biases (Mamba-2 spares it).
 
 The state is ``MambaState(conv, ssm)``: the last W-1 inputs of the convolution (B, H_in, W-1) and the SSM state
 (B, H_in, N). Unlike the official module, ``forward`` starts from a given state and returns the final state, and

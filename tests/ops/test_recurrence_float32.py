@@ -3,10 +3,11 @@
 h_t = a ⊙ h_{t-1} + b_t with a time-invariant complex gate |a| = e^{-1e-4} (memory ~1e4 steps) and phases 0.3..3 rad,
 the modes of LRU (arXiv 2303.06349, eq. 1) and S5 near the unit circle. The oracle is the float64 loop on the SAME
 gate (the complex64 value widened), so the float32 rounding of a itself is not counted: what is left is the scan's
-own error (norm-wise relative figures below). The chunked scan used to carry across chunks in float32 with the chunk power a^T rounded once, an error
-that multiplied the state at every carry: 4e-6 (L = 1024) -> 1.5e-5 (4096) -> 4.5e-5 (16 384), growing with L, while
-the float32 loop stayed at 1e-6 -> 1.5e-6 -> 2.3e-6. With the carry in float64 it measures 3.7e-7 at every L
-(scripts/float32_long_accuracy.py, docs/benchmarks.md "Float32 accuracy at long L").
+own error. The chunked scan used to carry across chunks in float32 with the chunk power a^T rounded once, an error
+that multiplied the state at every carry; on 8 such modes (B 2, norm-wise relative) it grew 4e-6 (L = 1024) ->
+1.5e-5 (4096) -> 4.5e-5 (16 384) while the float32 loop stayed at 1e-6 -> 1.5e-6 -> 2.3e-6. With the carry in
+float64 it measures 3.7e-7 at every L (scripts/float32_long_accuracy.py, docs/benchmarks.md "Float32 accuracy at
+long L (probe 11)").
 """
 
 from __future__ import annotations

@@ -91,6 +91,16 @@ def linear_recurrence_reference(
     return torch.stack(hs, dim=1), h  # (B, L, *S), (B, *S)
 
 
+# The carry (step 2 of the chunked scan) of a float32/complex64 scan runs in float64/complex128. In single
+# precision the chunk power a^T of a time-invariant gate is rounded once (binary powering: up to ~T ulps) and
+# that same error multiplies the state at every one of the L/T carries, so the states drift from the loop's by
+# ~(memory of the mode)·eps, systematically: for LRU modes with |λ| = e^{-1e-4} (probe 11, scripts/
+# float32_long_accuracy.py) the chunked scan's error against a float64 loop on the same float32 gates grew
+# 4e-7 (L = 1024) -> 1.2e-5 (16 384) -> 2.8e-5 (65 536), against the loop's 1e-7 -> 6e-7 -> 1.3e-6. The carry
+# touches (B, L/T, H) numbers only: interleaved, one thread, complex64, T = 64, the scan took 1.99 / 1.96 ms (min of
+# 30, new / old) at H 16, L 16 384 and 4.40 / 4.14 ms at H 256, L 4 096 (medians 2.40 / 2.23 and 4.89 / 4.85).
+_WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
+
 _LOOP_WIDTH = 8192  # B·H from which one plain loop beats chunking on CPU (measured; see linear_recurrence_chunked)
 
 
@@ -145,14 +155,16 @@ def _recurrence_states(
                 torch.addcmul(b_c[:, :, t], gate(t), g_end, out=g_end)  # (B, nc, H)
             else:
                 g_end = torch.addcmul(b_c[:, :, t], gate(t), g_end)  # (B, nc, H)
-        P_end = int_power(a, T) if invariant else a_c.prod(dim=2)  # (H,) or (B, nc, H)
-        # 2. carry across chunks
+        # 2. carry across chunks, in double precision for a single-precision scan (see _WIDE)
+        wide = b.dtype if b.device.type == "mps" else _WIDE.get(b.dtype, b.dtype)  # MPS has no float64
+        P_end = int_power(a.to(wide), T) if invariant else a_c.prod(dim=2).to(wide)  # (H,) or (B, nc, H)
+        g_wide, h_in = g_end.to(wide), h_in.to(wide)  # (B, nc, H), (B, H)
         order = range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)
         start_list = [None] * n_chunks
         for c in order:
             start_list[c] = h_in
-            h_in = torch.addcmul(g_end[:, c], P_end if invariant else P_end[:, c], h_in)  # (B, H)
-        starts = torch.stack(start_list, dim=1)  # (B, nc, H)
+            h_in = torch.addcmul(g_wide[:, c], P_end if invariant else P_end[:, c], h_in)  # (B, H)
+        starts = torch.stack(start_list, dim=1).to(b.dtype)  # (B, nc, H)
     # 3. every chunk from its start state
     prev = starts
     if inplace:  # written straight into the output

@@ -92,10 +92,10 @@ def test_export_of_step_without_a_gradient_follows_the_weights(name):
                 assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("name", STEP_NAMES)
+@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "h3"])  # the four kinds of cached step (diagonal, MIMO, DPLR, taps)
 def test_compile_fullgraph_without_a_gradient(name):
     # torch.compile(fullgraph=True) of an inference step failed in the step cache ("Dynamo does not know how to trace
-    # method `get` of class `ContextVar`"); design.md promises full graphs for S4, S4D and DSS.
+    # method `get` of class `ContextVar`") for the 13 cached layers; design.md promises full graphs for S4, S4D, DSS.
     torch._dynamo.reset()
     layer = make_layer(name, dtype=torch.float32).eval()
     x = torch.randn(2, 12, H, device=DEVICE)

@@ -162,3 +162,39 @@ def test_meta_construction_then_loading_equals_the_saved_layer(name):
     empty.load_state_dict(saved.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(empty(x)[0], y)
+
+
+@pytest.mark.parametrize("variant", [0, 2])  # zoh: with and without conjugate symmetry
+def test_s5_discretisation_backward_under_inductor(variant):
+    # torch.compile (default inductor backend) of an S5 training step failed in backward with "self.stride(-1) must
+    # be 1 to view ComplexFloat as Float": inductor laid out the gradient of the (M, 1) column that S5 discretised
+    # with stride (1, M). The discretisation alone reproduces it at a fraction of the compile time.
+    import shutil
+
+    if DEVICE.type == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("inductor needs a C compiler on the CPU")
+    torch._dynamo.reset()
+    layer = make_layer("s5", variants("s5")[variant], dtype=torch.float32)
+
+    def loss(weights):
+        A_bar, B_bar, C = _discrete(layer, weights)
+        return sum(torch.view_as_real(t).square().sum() for t in (A_bar, B_bar, C))
+
+    weights = {k: v.detach().clone().requires_grad_() for k, v in layer.named_parameters() if k != "D"}  # D: no Ā, B̄, C
+    grads = torch.autograd.grad(torch.compile(loss)(weights), list(weights.values()))
+    ref = torch.autograd.grad(loss(weights), list(weights.values()))
+    for a, b in zip(grads, ref):
+        assert rel_err(a, b) < 1e-5
+
+
+def _discrete(layer, weights):
+    return functional_call(_Discrete(layer), {"layer." + k: v for k, v in weights.items()}, ())
+
+
+class _Discrete(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self):
+        return self.layer.discrete()

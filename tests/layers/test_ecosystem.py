@@ -198,3 +198,16 @@ class _Discrete(nn.Module):
 
     def forward(self):
         return self.layer.discrete()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torchscript_is_refused_with_a_clear_error(name):
+    # torch.jit.script failed deep in the compiler ("Unknown type annotation: 'torch.Tensor'", from the postponed
+    # annotations); layers are not scriptable, and the error now says what to use instead, also inside a model.
+    from ssmkit.models import SequenceModel
+
+    with pytest.raises(RuntimeError, match="torch.jit.script is not supported.*torch.compile"):
+        torch.jit.script(make_layer(name))
+    model = SequenceModel(2, H, 1, name, variants(name)[0], 1)
+    with pytest.raises(RuntimeError, match="torch.jit.script is not supported"):
+        torch.jit.script(model)

@@ -4,12 +4,15 @@ dict keys, each against the eager layer or a fresh layer holding the same weight
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
 import ssmkit.layers as layers
+from ssmkit.models import SequenceModel
 from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, state_map, variants
 
 NAMES = layers.available()
@@ -48,6 +51,17 @@ class _Realisation(nn.Module):
     def forward(self):
         ss = self.layer.state_space()
         return tuple(torch.as_tensor(m) for m in (ss.A, ss.B, ss.C, ss.D))
+
+
+class _Discrete(nn.Module):
+    """S5's discrete() as a module (functional_call feeds it the weights to differentiate)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self):
+        return self.layer.discrete()
 
 
 def _random_state(layer, batch):
@@ -92,7 +106,7 @@ def test_export_of_step_without_a_gradient_follows_the_weights(name):
                 assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "h3"])  # the four kinds of cached step (diagonal, MIMO, DPLR, taps)
+@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "h3"])  # the cached steps: diagonal, MIMO, DPLR, taps
 def test_compile_fullgraph_without_a_gradient(name):
     # torch.compile(fullgraph=True) of an inference step failed in the step cache ("Dynamo does not know how to trace
     # method `get` of class `ContextVar`") for the 13 cached layers; design.md promises full graphs for S4, S4D, DSS.
@@ -169,43 +183,27 @@ def test_s5_discretisation_backward_under_inductor(variant):
     # torch.compile (default inductor backend) of an S5 training step failed in backward with "self.stride(-1) must
     # be 1 to view ComplexFloat as Float": inductor laid out the gradient of the (M, 1) column that S5 discretised
     # with stride (1, M). The discretisation alone reproduces it at a fraction of the compile time.
-    import shutil
-
-    if DEVICE.type == "cpu" and shutil.which("gcc") is None and shutil.which("cc") is None:
-        pytest.skip("inductor needs a C compiler on the CPU")
+    if DEVICE.type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        pytest.skip("inductor needs a C++ compiler on the CPU")
     torch._dynamo.reset()
     layer = make_layer("s5", variants("s5")[variant], dtype=torch.float32)
 
     def loss(weights):
-        A_bar, B_bar, C = _discrete(layer, weights)
+        A_bar, B_bar, C = functional_call(_Discrete(layer), {"layer." + k: v for k, v in weights.items()}, ())
         return sum(torch.view_as_real(t).square().sum() for t in (A_bar, B_bar, C))
 
-    weights = {k: v.detach().clone().requires_grad_() for k, v in layer.named_parameters() if k != "D"}  # D: no Ā, B̄, C
+    # D enters no Ā, B̄, C
+    weights = {k: v.detach().clone().requires_grad_() for k, v in layer.named_parameters() if k != "D"}
     grads = torch.autograd.grad(torch.compile(loss)(weights), list(weights.values()))
     ref = torch.autograd.grad(loss(weights), list(weights.values()))
     for a, b in zip(grads, ref):
         assert rel_err(a, b) < 1e-5
 
 
-def _discrete(layer, weights):
-    return functional_call(_Discrete(layer), {"layer." + k: v for k, v in weights.items()}, ())
-
-
-class _Discrete(nn.Module):
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self):
-        return self.layer.discrete()
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_torchscript_is_refused_with_a_clear_error(name):
     # torch.jit.script failed deep in the compiler ("Unknown type annotation: 'torch.Tensor'", from the postponed
     # annotations); layers are not scriptable, and the error now says what to use instead, also inside a model.
-    from ssmkit.models import SequenceModel
-
     with pytest.raises(RuntimeError, match="torch.jit.script is not supported.*torch.compile"):
         torch.jit.script(make_layer(name))
     model = SequenceModel(2, H, 1, name, variants(name)[0], 1)

@@ -172,7 +172,7 @@ class S5(MIMODiagonalLTILayer):
         """Λ̄ (M,), B̄ (M, H) and the output matrices (C, H, M), complex: 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u)."""
         Lambda, B_tilde, dt = self.continuous()
         rule = zoh if self.discretization == "zoh" else bilinear
-        # One row of M systems with unit step: z = ΔΛ and B = Δ give the rules' Ā = f(ΔΛ) and B̄ = Δ·g(ΔΛ) exactly.
+        # One row of M systems with a unit step: z = ΔΛ and B = Δ give the rules' Ā = f(ΔΛ), B̄ = Δ·g(ΔΛ) exactly.
         # (A column (M, 1) with dt (M, 1) is the same math, but inductor's backward of it viewed a complex gradient
         # of stride (1, M) as real and failed: torch.compile of an S5 training step with zoh.)
         z, step_gain = (dt * Lambda)[None, :], dt.to(Lambda.dtype)[None, :]  # (1, M) each

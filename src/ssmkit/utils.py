@@ -56,12 +56,25 @@ def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
 def check_finite_sequence(x: torch.Tensor, what: str) -> None:
     """Raise ``ValueError`` naming the first batch item and time step where the (B, L, H) ``x`` is NaN or inf.
 
+    Works eagerly, under ``torch.func.grad``/``jacrev`` and under ``torch.compile`` (a graph break); under
+    ``torch.func.vmap`` and ``torch.export``, which cannot branch on values, it raises a ``ValueError`` saying so.
+
     Args:
         x: (B, L, H) tensor (any floating dtype).
         what: what ``x`` is, for the message (e.g. "the output of block 2").
     """
     bad = ~torch.isfinite(x)
-    if not bool(bad.any()):
+    try:
+        found = bool(bad.any())
+    except RuntimeError as err:  # torch.func.vmap (and torch.export) cannot branch on a tensor's values
+        if not torch._C._are_functorch_transforms_active() and not torch.compiler.is_compiling():
+            raise
+        raise ValueError(
+            f"cannot check {what} for NaN/inf here: the check branches on the values, which torch.func.vmap (and "
+            "torch.export) cannot do; for vmap (per-sample gradients, ensembles) use a model built with "
+            "check_finite=False (or set model.check_finite = False)"
+        ) from err
+    if not found:
         return
     first = bad.any(dim=2).nonzero()  # (K, 2): (b, t) pairs in row-major order
     t = int(first[:, 1].min())  # the earliest time step over the batch

@@ -159,9 +159,12 @@ def real_step_model(model: nn.Module) -> nn.Module:
         model: a SequenceModel, a DeepWiener or any module whose ``step(u_t, state)`` calls its layers' ``step``.
 
     Returns:
-        the converted copy (the original is untouched).
+        the converted copy (the original is untouched), without a SequenceModel's ``check_finite`` (a graph cannot
+        raise; the check's data-dependent branch also stopped torch.export).
     """
     copied = copy.deepcopy(model).eval()
+    if getattr(copied, "check_finite", False):  # an ONNX graph cannot raise: the copy leaves the NaN/inf check out
+        copied.check_finite = False
     for name, layer in _outer_lti_layers(copied):
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
         replacement = RealLTIStep(layer.state_space(), dtype=dtype).to(layer.state_device())

@@ -25,6 +25,8 @@ from typing import Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 import torch
 
+from ssmkit.ops.backend import tracing
+
 V = TypeVar("V")
 
 _FROZEN: contextvars.ContextVar[int] = contextvars.ContextVar("ssmkit_frozen_parameters", default=0)
@@ -92,8 +94,11 @@ class ValueCache(Generic[V]):
             the cached or freshly computed value.
         """
         # Inside vmap / grad / jacrev (an ensemble's stacked weights) the tensors are wrapped for that call only:
-        # torch.equal has no batching rule, and a wrapped snapshot kept here made every later lookup raise.
-        if torch._C._are_functorch_transforms_active():
+        # torch.equal has no batching rule, and a wrapped snapshot kept here made every later lookup raise. Under
+        # torch.compile and torch.export the value is traced from the weights: a comparison of values cannot be
+        # traced (export failed on aten.equal, fullgraph=True on the ContextVar; without fullgraph it was a graph
+        # break per cached call), and an exported program must compute it from the weights it is given.
+        if tracing():
             return compute()
         entry, scope = self._entry, _FROZEN.get()
         if entry is not None and entry[0] == key:

@@ -19,7 +19,8 @@ value is NaN). Use
 ``SequenceModel(check_finite=True)`` or :func:`ssmkit.utils.check_finite` to find the first bad step.
 
 ``torch.jit.trace`` is not supported (a trace freezes the sequence length into the graph and gives silently wrong
-outputs at other lengths): layers raise under it. Use ``torch.compile``, which captures S4, S4D and DSS in full.
+outputs at other lengths): layers raise under it, and under ``torch.jit.script``. Use ``torch.compile``, which captures
+S4, S4D and DSS in full, or ``torch.export``.
 """
 
 from __future__ import annotations
@@ -197,6 +198,15 @@ class SequenceLayer(nn.Module):
             if self.bidirectional:
                 raise ValueError(f"{type(self).__name__}(bidirectional=True) has no recurrent state: pass state=None")
             check_state(state, self.state_spec(), x.shape[0], device)
+
+    def __prepare_scriptable__(self) -> "SequenceLayer":
+        """Refuse ``torch.jit.script`` (which calls this on every sub-module first) with a clear error: the layers'
+        checks, states and dispatch are Python that TorchScript cannot compile, and it failed deep in its compiler
+        with a message about an unrelated line."""
+        raise RuntimeError(
+            f"{type(self).__name__}: torch.jit.script is not supported (ssmkit layers are Python modules TorchScript "
+            "cannot compile); use torch.compile, torch.export, or ssmkit.analysis.export_onnx for a model's step"
+        )
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One recurrent step: x_t (B, H) -> y_t (B, H) and the next state, O(state) work.

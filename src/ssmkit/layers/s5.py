@@ -172,7 +172,12 @@ class S5(MIMODiagonalLTILayer):
         """Λ̄ (M,), B̄ (M, H) and the output matrices (C, H, M), complex: 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u)."""
         Lambda, B_tilde, dt = self.continuous()
         rule = zoh if self.discretization == "zoh" else bilinear
-        A_bar, gain = rule(Lambda[:, None], torch.ones_like(Lambda)[:, None], dt[:, None])  # (M, 1) each: B̃ = 1
+        # One row of M systems with a unit step: z = ΔΛ and B = Δ give the rules' Ā = f(ΔΛ), B̄ = Δ·g(ΔΛ) exactly.
+        # (A column (M, 1) with dt (M, 1) is the same math, but inductor's backward of it viewed a complex gradient
+        # of stride (1, M) as real and failed: torch.compile of an S5 training step with zoh.)
+        z, step_gain = (dt * Lambda)[None, :], dt.to(Lambda.dtype)[None, :]  # (1, M) each
+        A_bar, gain = rule(z, step_gain, torch.ones_like(dt[:1, None]))  # (1, M) each: B̃ = 1
+        A_bar, gain = A_bar[0, :, None], gain[0, :, None]  # (M, 1) each
         C = torch.view_as_complex(self.C)  # (C, H, M)
         return A_bar[:, 0], gain * B_tilde, (2 * C if self.conj_sym else C)  # (M,), (M, H), (C, H, M)
 

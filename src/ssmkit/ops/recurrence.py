@@ -40,7 +40,7 @@ def _check_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None)
             f"of 3 or more dimensions; got a {tuple(a.shape)} and b {tuple(b.shape)}"
         )
     S = tuple(b.shape[2:])
-    invariant = tuple(a.shape) == S
+    invariant = a.dim() == len(S) and tuple(a.shape) == S  # (the ranks first: no size comparison for a symbolic B)
     if not invariant and a.shape != b.shape:
         raise ValueError(
             f"a and b must both be (B, L, H) -- generally (B, L, *S) -- or a must be the time-invariant channel "
@@ -258,8 +258,8 @@ def linear_recurrence_chunked(
     Bsz, L = b.shape[:2]
     S = tuple(b.shape[2:])
     H = math.prod(S)
-    if chunk_size is None:
-        chunk_size = 64 if Bsz * H < _LOOP_WIDTH else L
+    if chunk_size is None:  # a symbolic batch (torch.export with a dynamic batch) takes T = 64: no guard on B
+        chunk_size = 64 if isinstance(Bsz, torch.SymInt) or Bsz * H < _LOOP_WIDTH else L
     check_chunk_size(chunk_size)
     a_flat = a.reshape(H) if invariant else a.reshape(Bsz, L, H)  # (H,) or (B, L, H)
     h0_flat = None if h0 is None else h0.reshape(Bsz, H)  # (B, H)

@@ -381,6 +381,8 @@ def default_chunk_size(batch: int, H: int, N: int) -> int:
     Returns:
         T.
     """
+    if isinstance(batch, torch.SymInt):  # torch.export with a dynamic batch: T must not guard on B (sized for B = 1)
+        batch = 1
     T = 8
     while T < 128 and 2 * T * batch * H * N <= 2**19:
         T *= 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ssmkit.data as data
-from ssmkit.data.store import atomic_write_bytes, cache_path, data_root
+from ssmkit.data.store import atomic_write_bytes, atomic_write_text, cache_path, data_root, write_json
 
 
 def test_data_root_order(tmp_path, monkeypatch):
@@ -65,6 +65,20 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_json_and_text_writes_are_whole_or_absent(tmp_path):
+    # The benchmarks' and the trainer's JSON, CSV and markdown go through these two: a write that raises midway
+    # (a value json cannot encode, after part of the object was written) leaves the previous file and no temporary.
+    target = tmp_path / "out" / "r.json"
+    write_json(target, {"a": [1, 2.5, "é"]})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": [1, 2.5, "é"]}
+    with pytest.raises(TypeError):
+        write_json(target, {"a": 1, "b": object()})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": [1, 2.5, "é"]}
+    atomic_write_text(tmp_path / "out" / "t.csv", lambda f: f.write("x,y\r\n1,2\r\n"))
+    assert (tmp_path / "out" / "t.csv").read_bytes() == b"x,y\r\n1,2\r\n"  # newline="" keeps csv's line ends
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json", "t.csv"]
 
 
 def test_every_task_describes_itself():

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 
@@ -30,6 +29,7 @@ import torch
 import ssmkit.layers as layers
 from ssmkit.bench import positive_int
 from ssmkit.bench.core import machine
+from ssmkit.data.store import write_json
 from ssmkit.bench.limits import (
     MODES,
     bound_bytes,
@@ -183,9 +183,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench case
         "rows": rows, "notes": list(dict.fromkeys(notes)),
     }
     path = os.path.join(args.out, "bench.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(path, result)
     plots = plot(rows, args.out)
     print(f"wrote {path}" + "".join(f", {p}" for p in plots) + ("" if plots else " (no matplotlib: no plots)"))
     return 0

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
-import os
 import subprocess
 import sys
 import time
@@ -157,10 +155,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cont
     for n in dict.fromkeys(notes):
         print(f"note: {n}")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"machine": machine(), "busy": args.busy, "busy_kind": args.busy_kind, "rows": rows,
-                       "notes": list(dict.fromkeys(notes))}, f, indent=2)
-        os.replace(args.json + ".tmp", args.json)
+        from ssmkit.data.store import write_json
+
+        write_json(args.json, {"machine": machine(), "busy": args.busy, "busy_kind": args.busy_kind, "rows": rows,
+                               "notes": list(dict.fromkeys(notes))})
     return 0
 
 

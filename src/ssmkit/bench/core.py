@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import platform
 import statistics
@@ -146,10 +145,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core
             f"{1e3 * r['forward_backward_s']:.1f} | {r['forward_backward_speedup']:.1f}x | {extra_text} |"
         )
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"shape": shape, "machine": machine(), "results": rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        from ssmkit.data.store import write_json
+
+        write_json(args.json, {"shape": shape, "machine": machine(), "results": rows})
     return 0
 
 

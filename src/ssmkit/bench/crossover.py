@@ -14,8 +14,6 @@ into ``FFT_LENGTHS``; the measured table goes into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import torch
 
@@ -109,10 +107,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cros
         entries[state] = span
         print(f"FFT_LENGTHS[({device!r}, {state})] = {span!r}   # ssmkit/ops/scan.py")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"machine": machine(), "batch": args.batch, "d_model": args.d_model, "d_state": args.d_state,
-                       "rows": rows, "fft_lengths": {str(k): v for k, v in entries.items()}}, f, indent=2)
-        os.replace(args.json + ".tmp", args.json)
+        from ssmkit.data.store import write_json
+
+        write_json(args.json, {"machine": machine(), "batch": args.batch, "d_model": args.d_model,
+                               "d_state": args.d_state, "rows": rows,
+                               "fft_lengths": {str(k): v for k, v in entries.items()}})
     return 0
 
 

@@ -23,8 +23,6 @@ conditions. A backend that fails (e.g. ``triton`` where it cannot run) is report
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 
@@ -254,10 +252,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
             print(f"selective {r['B']},{r['L']},{r['H']},{r['N']} {r['backend']}: "
                   f"forward {r['forward_vs_mamba_ssm']:.2f}x, fwd+bwd {r['forward_backward_vs_mamba_ssm']:.2f}x mamba-ssm's time")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"header": header, "bandwidth_Bps": bandwidth, "results": rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        from ssmkit.data.store import write_json
+
+        write_json(args.json, {"header": header, "bandwidth_Bps": bandwidth, "results": rows})
     return 0
 
 

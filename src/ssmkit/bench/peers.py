@@ -225,7 +225,7 @@ def _mambapy(case: Case) -> Callable[[], None]:
 
 def _accelerated_scan(case: Case) -> Callable[[], None]:
     if case.layer not in ("s4d", "dss", "s5", "lru"):
-        raise PeerUnavailable(f"accelerated-scan is a real first-order scan: compared for diagonal layers only")
+        raise PeerUnavailable("accelerated-scan is a real first-order scan: compared for diagonal layers only")
     ref = _import("accelerated_scan.ref", "accelerated-scan")
     channels = case.d_model * max(1, case.d_state // 2)
     g = torch.Generator().manual_seed(0)

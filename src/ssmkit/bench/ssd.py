@@ -20,8 +20,6 @@ taken under the same machine conditions; figures are medians over ``--repeats`` 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 
 import torch
@@ -161,10 +159,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench ssd"
         print(f"| {r['variant']} | {1e3 * r['forward_s']:.1f} | {speed[0]} | {1e3 * r['forward_backward_s']:.1f} | "
               f"{speed[1]} |")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"shape": shape, "machine": machine(), "results": rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        from ssmkit.data.store import write_json
+
+        write_json(args.json, {"shape": shape, "machine": machine(), "results": rows})
     return 0
 
 

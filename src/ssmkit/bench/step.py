@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
-import json
-import os
 import statistics
 import time
 from typing import Callable
@@ -179,10 +176,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench step
         print(f"| {r['layer']} | {r['batch']} | {r['d_model']} | {r['us_per_step']:.1f} | "
               f"{r['tokens_per_s']:,.0f} | {r['vs_bare']:.2f}x |")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"d_state": args.d_state, "machine": machine(), "results": rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        from ssmkit.data.store import write_json
+
+        write_json(args.json, {"d_state": args.d_state, "machine": machine(), "results": rows})
     return 0
 
 

@@ -59,12 +59,34 @@ def atomic_torch_save(path: str | os.PathLike, tensors: dict[str, torch.Tensor])
     _atomic(path, lambda f: torch.save(tensors, f))
 
 
-def _atomic(path: str | os.PathLike, write: Callable) -> None:
+def atomic_write_text(path: str | os.PathLike, write: Callable) -> None:
+    """Call ``write(f)`` on a text file (UTF-8, ``newline=""`` as the csv module wants) that becomes ``path`` only
+    when it returns: a temporary file in the same folder, then a rename.
+
+    Args:
+        path: the destination (its folder is created).
+        write: a function of the open file.
+    """
+    _atomic(path, write, text=True)
+
+
+def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> None:
+    """``json.dump(obj)`` into ``path`` atomically (the benchmarks' and the trainer's JSON files).
+
+    Args:
+        path: the destination (its folder is created).
+        obj: a JSON-serialisable object.
+        indent: as for ``json.dump``.
+    """
+    _atomic(path, lambda f: json.dump(obj, f, indent=indent), text=True)
+
+
+def _atomic(path: str | os.PathLike, write: Callable, text: bool = False) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with (os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

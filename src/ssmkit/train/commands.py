@@ -289,14 +289,10 @@ def write_results(results: list[dict[str, Any]], out: str) -> None:
         results: result records with ``model``.
         out: the folder.
     """
-    def atomic(path: str, write) -> None:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
+    from ssmkit.data.store import atomic_write_text, write_json
 
-    atomic(os.path.join(out, "results.json"), lambda f: json.dump(results, f, indent=2))
-    atomic(os.path.join(out, "results.md"), lambda f: f.write(results_table(results) + "\n"))
+    write_json(os.path.join(out, "results.json"), results)
+    atomic_write_text(os.path.join(out, "results.md"), lambda f: f.write(results_table(results) + "\n"))
     keys = sorted({k for r in results for k in r}, key=lambda k: (k not in ("task", "model"), k))
 
     def write_csv(f) -> None:
@@ -304,7 +300,7 @@ def write_results(results: list[dict[str, Any]], out: str) -> None:
         writer.writeheader()
         writer.writerows(results)
 
-    atomic(os.path.join(out, "results.csv"), write_csv)
+    atomic_write_text(os.path.join(out, "results.csv"), write_csv)
     try:
         from ssmkit.train.plots import plot_comparison
     except ImportError:  # matplotlib is optional

@@ -23,7 +23,6 @@ cluster the same code runs under ``torchrun`` or SLURM (Lightning reads their en
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import time
@@ -31,18 +30,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ssmkit.data.store import write_json
 from ssmkit.models import SequenceModelConfig
 from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
 from ssmkit.train.config import TrainConfig
 
 _LIGHTNING_PRECISION = {"32": "32-true", "64": "64-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
-
-
-def _write_json(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 class _Throughput:
@@ -179,8 +172,8 @@ def fit(
             raise ValueError(f"{ckpt_dir} already holds checkpoints: pass resume=True (--resume) to continue that run, or use another out_dir")
     if resume_from is not None:
         check_same_run(load_checkpoint(resume_from).get("hyper_parameters", {}), model, cfg, resume_from)
-    _write_json(model.to_dict(), os.path.join(out_dir, "model.json"))
-    _write_json(cfg.to_dict(), os.path.join(out_dir, "train.json"))
+    write_json(os.path.join(out_dir, "model.json"), model.to_dict())
+    write_json(os.path.join(out_dir, "train.json"), cfg.to_dict())
 
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SequenceLightningModule(model, cfg)
@@ -264,7 +257,7 @@ def fit(
     result.update({f"{k}_best_val": v for k, v in at_best.items()})
     result["test_weights"] = cfg.test_weights
     if trainer.is_global_zero:
-        _write_json(result, os.path.join(out_dir, "result.json"))
+        write_json(os.path.join(out_dir, "result.json"), result)
     if cfg.test_weights == "best_val" and best is not None and best.weights is None and final:
         raise RuntimeError(f"test_weights 'best_val', but no validation ran (val_every {cfg.val_every}, the run "
                            f"stopped at step {trainer.global_step}); result.json holds the final weights' tests")

@@ -132,9 +132,7 @@ def measure(name: str, d_model: int, batch: int, length: int, grad: bool, ref_ma
     oracle = None
     ref_max = min(ref_max, REF_MAX.get(name, ref_max))
     if length <= ref_max and "reference" in l64.backends:
-        t = time.perf_counter()
         oracle = run(l64, x64, w64, "reference", grad)
-        oracle_name, oracle_s = "reference f64", time.perf_counter() - t
     for backend in [b for b in ("native", "chunked", "fft", "reference") if b in l32.backends]:
         if backend == "reference" and length > ref_max:
             continue

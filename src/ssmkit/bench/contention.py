@@ -28,7 +28,6 @@ import sys
 import time
 from typing import Callable, Iterator
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssmkit.layers as layers

@@ -32,6 +32,7 @@ import time
 import torch
 
 import ssmkit.layers as layers
+from ssmkit.data.store import write_json
 from ssmkit.ops import use_backend
 
 
@@ -295,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = measure_rounded(name, args.d_model, length, backend, args.seed)
                     rows += [row] if row else []
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+            write_json(args.json, rows, indent=1)
         return 0
     for name in args.layers or layers.available():
         for length in args.lengths:
@@ -305,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.step_length:
             rows.append(measure_step(name, args.d_model, args.step_length, args.seed))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, rows, indent=1)
     return 0
 
 

@@ -32,7 +32,7 @@ import time
 import torch
 
 import ssmkit.layers as layers
-from ssmkit.data.store import write_json
+from ssmkit.files import write_json
 from ssmkit.ops import use_backend
 
 

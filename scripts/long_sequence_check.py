@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         finite = all(row[m].get("finite", False) for m in ("forward", "forward_backward"))
         print(f"| {name} | " + " | ".join(cells) + f" | {finite} |", flush=True)
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, rows, indent=1)
     return 0

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import ssmkit.data as data
-from ssmkit.data.store import atomic_write_bytes, atomic_write_text, cache_path, data_root, write_json
+from ssmkit.data.store import atomic_write_bytes, cache_path, data_root
+from ssmkit.files import atomic_write, write_json
 
 
 def test_data_root_order(tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_json_and_text_writes_are_whole_or_absent(tmp_path):
     with pytest.raises(TypeError):
         write_json(target, {"a": 1, "b": object()})
     assert json.loads(target.read_text(encoding="utf-8")) == {"a": [1, 2.5, "é"]}
-    atomic_write_text(tmp_path / "out" / "t.csv", lambda f: f.write("x,y\r\n1,2\r\n"))
+    atomic_write(tmp_path / "out" / "t.csv", lambda f: f.write("x,y\r\n1,2\r\n"), text=True)
     assert (tmp_path / "out" / "t.csv").read_bytes() == b"x,y\r\n1,2\r\n"  # newline="" keeps csv's line ends
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json", "t.csv"]
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers, model_dt, skipped_layers, time_constants
+from ssmkit.files import write_text
 
 __all__ = ["layer_record", "slowest_modes", "summary_markdown", "write_report"]
 
@@ -231,14 +232,8 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
         "skipped": [{"name": n, "layer": l, "reason": why} for n, l, why in skipped],
     }
     paths["json"] = os.path.join(out, "analysis.json")
-    _write_text(paths["json"], json.dumps(record, indent=1, allow_nan=False))
+    write_text(paths["json"], json.dumps(record, indent=1, allow_nan=False))
     paths["summary"] = os.path.join(out, "summary.md")
-    _write_text(paths["summary"], summary_markdown(results, skipped, title, figures, seconds))
+    write_text(paths["summary"], summary_markdown(results, skipped, title, figures, seconds))
     return paths
 
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -29,7 +29,7 @@ import torch
 import ssmkit.layers as layers
 from ssmkit.bench import positive_int
 from ssmkit.bench.core import machine
-from ssmkit.data.store import write_json
+from ssmkit.files import write_json
 from ssmkit.bench.limits import (
     MODES,
     bound_bytes,

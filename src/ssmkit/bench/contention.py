@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cont
     for n in dict.fromkeys(notes):
         print(f"note: {n}")
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, {"machine": machine(), "busy": args.busy, "busy_kind": args.busy_kind, "rows": rows,
                                "notes": list(dict.fromkeys(notes))})

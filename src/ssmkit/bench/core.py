@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core
             f"{1e3 * r['forward_backward_s']:.1f} | {r['forward_backward_speedup']:.1f}x | {extra_text} |"
         )
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, {"shape": shape, "machine": machine(), "results": rows})
     return 0

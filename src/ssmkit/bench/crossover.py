@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cros
         entries[state] = span
         print(f"FFT_LENGTHS[({device!r}, {state})] = {span!r}   # ssmkit/ops/scan.py")
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, {"machine": machine(), "batch": args.batch, "d_model": args.d_model,
                                "d_state": args.d_state, "rows": rows,

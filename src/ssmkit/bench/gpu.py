@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
             print(f"selective {r['B']},{r['L']},{r['H']},{r['N']} {r['backend']}: "
                   f"forward {r['forward_vs_mamba_ssm']:.2f}x, fwd+bwd {r['forward_backward_vs_mamba_ssm']:.2f}x mamba-ssm's time")
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, {"header": header, "bandwidth_Bps": bandwidth, "results": rows})
     return 0

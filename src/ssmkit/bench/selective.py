@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench sele
               f"{floor['loop']['forward_backward_s'] / floor['projections']['forward_backward_s']:.1f}x the loop "
               f"(forward+backward; its projections take {1e3 * floor['projections']['forward_backward_s']:.1f} ms)")
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, {"shape": shape, "threads": args.threads, "warmup": args.warmup, "calls": args.calls,
                                "machine": machine(), "results": rows})

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench ssd"
         print(f"| {r['variant']} | {1e3 * r['forward_s']:.1f} | {speed[0]} | {1e3 * r['forward_backward_s']:.1f} | "
               f"{speed[1]} |")
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, {"shape": shape, "machine": machine(), "results": rows})
     return 0

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench step
         print(f"| {r['layer']} | {r['batch']} | {r['d_model']} | {r['us_per_step']:.1f} | "
               f"{r['tokens_per_s']:,.0f} | {r['vs_bare']:.2f}x |")
     if args.json:
-        from ssmkit.data.store import write_json
+        from ssmkit.files import write_json
 
         write_json(args.json, {"d_state": args.d_state, "machine": machine(), "results": rows})
     return 0

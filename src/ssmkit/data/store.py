@@ -2,8 +2,8 @@
 generated tasks, and the one-line error for a data set whose files are missing.
 
 Every file ssmkit writes goes to a temporary name in the same folder first and is then renamed into place
-(``os.replace`` is atomic on POSIX and Windows), so an interrupted run never leaves a half-written file that a
-later run would trust.
+(:func:`ssmkit.files.atomic_write`), so an interrupted run never leaves a half-written file that a later run would
+trust.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 from typing import Callable
 
 import torch
+
+from ssmkit.files import atomic_write
 
 
 class DataMissingError(FileNotFoundError):
@@ -46,7 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path: the destination (its folder is created).
         data: the bytes to write.
     """
-    _atomic(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
@@ -56,44 +57,7 @@ def atomic_torch_save(path: str | os.PathLike, tensors: dict[str, torch.Tensor])
         path: the destination (its folder is created).
         tensors: name -> tensor (any shape); read back with ``torch.load(path, weights_only=True)``.
     """
-    _atomic(path, lambda f: torch.save(tensors, f))
-
-
-def atomic_write_text(path: str | os.PathLike, write: Callable) -> None:
-    """Call ``write(f)`` on a text file (UTF-8, ``newline=""`` as the csv module wants) that becomes ``path`` only
-    when it returns: a temporary file in the same folder, then a rename.
-
-    Args:
-        path: the destination (its folder is created).
-        write: a function of the open file.
-    """
-    _atomic(path, write, text=True)
-
-
-def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> None:
-    """``json.dump(obj)`` into ``path`` atomically (the benchmarks' and the trainer's JSON files).
-
-    Args:
-        path: the destination (its folder is created).
-        obj: a JSON-serialisable object.
-        indent: as for ``json.dump``.
-    """
-    _atomic(path, lambda f: json.dump(obj, f, indent=indent), text=True)
-
-
-def _atomic(path: str | os.PathLike, write: Callable, text: bool = False) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with (os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb")) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(tensors, f))
 
 
 def cache_key(name: str, options: dict) -> str:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from ssmkit.files import write_text
 
 
 @dataclass
@@ -126,17 +127,7 @@ class SequenceModelConfig:
         Args:
             path: the file to write.
         """
-        text = self.to_yaml() if _is_yaml(path) else self.to_json()
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_text(path, self.to_yaml() if _is_yaml(path) else self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SequenceModelConfig":

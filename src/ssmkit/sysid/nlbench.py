@@ -36,10 +36,6 @@ B1 = "arXiv 2405.10779 baseline table"
 B2 = "arXiv 2405.10779 state-of-the-art table"
 
 
-def _folder(folder: str | os.PathLike | None, name: str) -> pathlib.Path:
-    return benchmark_folder(folder, name)
-
-
 def _mat(path: pathlib.Path) -> dict[str, np.ndarray]:
     from scipy.io import loadmat
 
@@ -62,7 +58,7 @@ def wiener_hammerstein(folder: str | os.PathLike | None = None, check: bool = Tr
     Returns:
         the benchmark.
     """
-    folder = _folder(folder, "wiener_hammerstein")
+    folder = benchmark_folder(folder, "wiener_hammerstein")
     path = find_file(folder, "WienerHammerBenchMark.mat", ("WienerHammerBenchMark",), "Wiener-Hammerstein 2009", SOURCE)
     mat = _mat(path)
     u, y = mat["uBenchMark"].ravel(), mat["yBenchMark"].ravel()
@@ -105,7 +101,7 @@ def silverbox(folder: str | os.PathLike | None = None, check: bool = True) -> Sy
     Returns:
         the benchmark.
     """
-    folder = _folder(folder, "silverbox")
+    folder = benchmark_folder(folder, "silverbox")
     path = find_file(folder, "SNLS80mV.mat", ("Silverbox/SilverboxFiles", "SilverboxFiles"), "Silverbox", SOURCE)
     mat = _mat(path)
     u, y = mat["V1"].ravel(), mat["V2"].ravel()
@@ -152,7 +148,7 @@ def emps(folder: str | os.PathLike | None = None, check: bool = True) -> SysidBe
     Returns:
         the benchmark.
     """
-    folder = _folder(folder, "emps")
+    folder = benchmark_folder(folder, "emps")
     records = []
     for file_name in ("DATA_EMPS.mat", "DATA_EMPS_PULSES.mat"):
         path = find_file(folder, file_name, ("EMPS",), "EMPS", SOURCE)
@@ -192,7 +188,7 @@ def ced(folder: str | os.PathLike | None = None, check: bool = True) -> SysidBen
     Returns:
         the benchmark.
     """
-    folder = _folder(folder, "ced")
+    folder = benchmark_folder(folder, "ced")
     path = find_file(folder, "DATAUNIF.MAT", ("CED",), "CED", SOURCE)
     mat = _mat(path)
     dt = 0.02
@@ -236,7 +232,7 @@ def parallel_wh(folder: str | os.PathLike | None = None, check: bool = True) -> 
     Returns:
         the benchmark.
     """
-    folder = _folder(folder, "parallel_wh")
+    folder = benchmark_folder(folder, "parallel_wh")
     path = find_file(folder, "ParWHData.mat", ("ParWH/ParWHFiles", "ParWHFiles"), "Parallel Wiener-Hammerstein", SOURCE)
     mat = _mat(path)
     u_est, y_est, u_val, y_val = (np.asarray(mat[k]) for k in ("uEst", "yEst", "uVal", "yVal"))

@@ -9,11 +9,12 @@ puts both behind Lightning's ``CheckpointIO`` interface (Lightning itself is imp
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
+
+from ssmkit.files import atomic_write
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -23,19 +24,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         obj: what to save (tensors and plain containers, so that it loads with ``weights_only=True``).
         path: the file to write; its folder is created if needed.
     """
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".ckpt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict:

@@ -289,10 +289,10 @@ def write_results(results: list[dict[str, Any]], out: str) -> None:
         results: result records with ``model``.
         out: the folder.
     """
-    from ssmkit.data.store import atomic_write_text, write_json
+    from ssmkit.files import atomic_write, write_json, write_text
 
     write_json(os.path.join(out, "results.json"), results)
-    atomic_write_text(os.path.join(out, "results.md"), lambda f: f.write(results_table(results) + "\n"))
+    write_text(os.path.join(out, "results.md"), results_table(results) + "\n")
     keys = sorted({k for r in results for k in r}, key=lambda k: (k not in ("task", "model"), k))
 
     def write_csv(f) -> None:
@@ -300,7 +300,7 @@ def write_results(results: list[dict[str, Any]], out: str) -> None:
         writer.writeheader()
         writer.writerows(results)
 
-    atomic_write_text(os.path.join(out, "results.csv"), write_csv)
+    atomic_write(os.path.join(out, "results.csv"), write_csv, text=True)
     try:
         from ssmkit.train.plots import plot_comparison
     except ImportError:  # matplotlib is optional

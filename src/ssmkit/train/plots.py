@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ssmkit.files import atomic_write  # noqa: E402
+
 
 def _curve(run_dir: str, key: str) -> tuple[list[int], list[float]]:
     steps, values = [], []
@@ -55,8 +57,6 @@ def plot_comparison(results: list[dict[str, Any]], out: str) -> str:
     right.set_title(str(results[0].get("task", "")) if results else "")
     fig.tight_layout()
     path = os.path.join(out, "results.png")
-    tmp = os.path.join(out, ".tmp-results.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
     return path

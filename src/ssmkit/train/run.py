@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ssmkit.data.store import write_json
+from ssmkit.files import write_json
 from ssmkit.models import SequenceModelConfig
 from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
 from ssmkit.train.config import TrainConfig

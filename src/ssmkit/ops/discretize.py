@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.dplr import bilinear_dplr  # noqa: F401  (re-export: the DPLR forms live in ssmkit.ops.dplr)
+from ssmkit.ops.powers import power_table
 from ssmkit.utils import check_floating
 
 # phi(z) = (exp(z) - 1)/z is evaluated by its Taylor series for |z| < _SERIES_RADIUS. Degree 17 truncates
@@ -59,11 +60,13 @@ def _expm1_over_z(z: Tensor) -> Tensor:
     # Each branch only sees inputs where it is accurate and finite, so the unused branch gives no NaN gradient.
     z_series = torch.where(small, z, torch.zeros_like(z))
     z_direct = torch.where(small, torch.ones_like(z), z)
-    # the powers z^1..z^17 by one cumprod and the polynomial as one product with the coefficients (a Horner loop
-    # was 34 small ops; the per-op dispatch cost dominates at this (H, N) size, issue 16)
-    powers = z_series.unsqueeze(-1).expand(*z.shape, len(_SERIES_COEFFS) - 1).cumprod(-1)  # (..., 17): z^1..z^17
-    coeffs = torch.tensor(_SERIES_COEFFS[1:], dtype=z.dtype, device=z.device)  # (17,)
-    series = torch.matmul(powers, coeffs) + _SERIES_COEFFS[0]  # (...)
+    # the powers z^0..z^17 by one cumprod (power_table) and the polynomial as one product with the coefficients (a
+    # Horner loop was 34 small ops; the per-op dispatch cost dominates at this (H, N) size, issue 16). power_table's
+    # backward is the formula Σ k z^{k-1} g_k: cumprod's own backward takes its zero-handling path here (z_series is 0
+    # wherever |z| >= 1), 20 ops and 2.2 ms of a 52 ms S4D forward+backward (B 8, L 4 096, H 128, N 64, 2 threads)
+    powers = power_table(z_series, len(_SERIES_COEFFS))  # (..., 18): z^0..z^17
+    coeffs = torch.tensor(_SERIES_COEFFS, dtype=z.dtype, device=z.device)  # (18,)
+    series = torch.matmul(powers, coeffs)  # (...)
     direct = torch.expm1(z_direct) / z_direct
     return torch.where(small, series, direct)
 

@@ -29,6 +29,7 @@ import time
 import torch
 
 from ssmkit.bench import positive_int
+from ssmkit.bench.backward import OutputGradients
 from ssmkit.bench.core import machine
 from ssmkit.ops.scan import ssm_scan
 from ssmkit.ops.ssd import ssd
@@ -86,6 +87,7 @@ def _scan_case(shape: str, device: torch.device):
     params = [t.to(device) for t in (A, torch.randn(H, M, dtype=torch.complex64, generator=g),
                                       2 * torch.randn(H, M, dtype=torch.complex64, generator=g), torch.randn(H, generator=g))]
     u = torch.randn(Bsz, L, H, generator=g).to(device)
+    grads = OutputGradients()  # the backward starts from a fixed ∂ℓ/∂y (ssmkit.bench.backward)
 
     def forward(backend: str) -> None:
         with torch.no_grad():
@@ -94,7 +96,7 @@ def _scan_case(shape: str, device: torch.device):
     def forward_backward(backend: str) -> None:
         leaves = [u.detach().requires_grad_()] + [p.detach().requires_grad_() for p in params]
         y, _ = ssm_scan(leaves[0], leaves[1], leaves[2], leaves[3], None, leaves[4], return_state=False, backend=backend)
-        y.sum().backward()
+        grads.backward(y)
 
     return {"B": Bsz, "H": H, "N": d_state, "L": L}, 8 * Bsz * L * H, forward, forward_backward
 
@@ -105,6 +107,7 @@ def _ssd_case(shape: str, device: torch.device):
     inputs = [t.to(device) for t in (
         torch.randn(Bsz, L, H, P, generator=g), torch.nn.functional.softplus(torch.randn(Bsz, L, H, generator=g)),
         -(torch.rand(H, generator=g) * 3 + 0.5), torch.randn(Bsz, L, 1, N, generator=g), torch.randn(Bsz, L, 1, N, generator=g))]
+    grads = OutputGradients()
 
     def forward(backend: str) -> None:
         with torch.no_grad():
@@ -112,8 +115,7 @@ def _ssd_case(shape: str, device: torch.device):
 
     def forward_backward(backend: str) -> None:
         leaves = [t.detach().requires_grad_() for t in inputs]
-        y, h = ssd(*leaves, backend=backend)
-        (y.sum() + h.sum()).backward()
+        grads.backward(*ssd(*leaves, backend=backend))
 
     n_bytes = 4 * Bsz * L * (2 * H * P + H + 2 * N)  # x, Δ, B, C read; y written
     return {"B": Bsz, "L": L, "H": H, "P": P, "N": N}, n_bytes, forward, forward_backward
@@ -140,6 +142,7 @@ def _selective_case(shape: str, device: torch.device):
     ins = [torch.randn(Bsz, L, H, generator=g).to(device) for _ in range(3)]  # u, δ, z
     bc = [torch.randn(Bsz, L, N, generator=g).to(device) for _ in range(2)]  # B, C
     time_last = [x.transpose(1, 2).contiguous() for x in ins + bc]  # mamba-ssm's layout: (B, H, L), (B, N, L)
+    grads = OutputGradients()
 
     def call(backend: str, leaves):
         (A_, D_, bias), (u, delta, z, B, C) = leaves[:3], leaves[3:]
@@ -159,7 +162,7 @@ def _selective_case(shape: str, device: torch.device):
             call(backend, inputs(backend))
 
     def forward_backward(backend: str) -> None:
-        call(backend, [t.detach().requires_grad_() for t in inputs(backend)]).sum().backward()
+        grads.backward(call(backend, [t.detach().requires_grad_() for t in inputs(backend)]))
 
     return {"B": Bsz, "L": L, "H": H, "N": N}, 16 * Bsz * L * H + 8 * Bsz * L * N, forward, forward_backward
 

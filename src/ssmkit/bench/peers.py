@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from ssmkit.bench.backward import OutputGradients
 PEERS = ("official-s4", "loop", "mambapy", "accelerated-scan", "s5-pytorch")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -61,7 +62,7 @@ class Case:
 
 def runner(case: Case, forward: Callable[[torch.Tensor], torch.Tensor], params: list[torch.Tensor],
            step: Callable | None = None, state=None) -> Callable[[], None]:
-    """A callable running ``case.mode`` once: forward (no_grad), forward+backward (loss = mean y²), or ``length``
+    """A callable running ``case.mode`` once: forward (no_grad), forward+backward (from a fixed ∂ℓ/∂y), or ``length``
     steps (no_grad) of ``step(x_t (B, H), state) -> (y_t, state)`` from ``state``.
 
     Args:
@@ -73,6 +74,7 @@ def runner(case: Case, forward: Callable[[torch.Tensor], torch.Tensor], params: 
     """
     g = torch.Generator().manual_seed(0)
     x = torch.randn(case.batch, case.length, case.d_model, generator=g).to(case.torch_dtype)
+    grads = OutputGradients()  # the backward starts from a fixed ∂ℓ/∂y (ssmkit.bench.backward)
 
     if case.mode == "forward":
         def run() -> None:
@@ -82,8 +84,7 @@ def runner(case: Case, forward: Callable[[torch.Tensor], torch.Tensor], params: 
         def run() -> None:
             for p in params:
                 p.grad = None
-            xg = x.detach().requires_grad_()
-            forward(xg).square().mean().backward()
+            grads.backward(forward(x.detach().requires_grad_()))
     elif case.mode == "step":
         if step is None:
             raise PeerUnavailable("has no recurrent step")
@@ -236,9 +237,10 @@ def _accelerated_scan(case: Case) -> Callable[[], None]:
     if case.mode == "forward":
         return lambda: ref.scan(gates, tokens)
 
+    grads = OutputGradients()
+
     def run() -> None:
-        t = tokens.detach().requires_grad_()
-        ref.scan(gates, t).square().mean().backward()
+        grads.backward(ref.scan(gates, tokens.detach().requires_grad_()))
 
     return run
 

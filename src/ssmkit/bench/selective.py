@@ -94,6 +94,8 @@ def worker(case: str, batch: int, d_model: int, d_state: int, expand: int, lengt
     and 80 ms of system time, none from the fourth call on), which a training loop pays once."""
     import torch
 
+    from ssmkit.bench.backward import OutputGradients
+
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -101,16 +103,12 @@ def worker(case: str, batch: int, d_model: int, d_state: int, expand: int, lengt
     x = torch.randn(batch, length, d_model)
     base = _rss_mib()
 
-    grads: list = []  # the projections' output gradients, made once (no elementwise pass in their timing)
+    grads = OutputGradients()  # fixed output gradients, made once (ssmkit.bench.backward)
 
     def forward_backward() -> None:
         module.zero_grad(set_to_none=True)
         out = run(x.detach().requires_grad_())
-        if isinstance(out, tuple):
-            grads[:] = grads or [torch.randn_like(o) for o in out]
-            torch.autograd.backward(out, grads)
-        else:
-            out.square().mean().backward()
+        grads.backward(*(out if isinstance(out, tuple) else (out,)))
 
     def timed(fn) -> float:
         start = time.perf_counter()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import ssmkit.layers as layers
 from ssmkit.bench import positive_int
+from ssmkit.bench.backward import OutputGradients
 from ssmkit.bench.core import _once, machine
 from ssmkit.ops import use_backend
 from ssmkit.ops.ssd import ssd
@@ -52,13 +53,14 @@ def _timers(fn_forward, fn_grad) -> dict:
 def op_variants(args: argparse.Namespace) -> dict[str, dict]:
     """Name -> {"forward": fn, "forward_backward": fn} for the op at every chunk size (and the loop)."""
     inputs = _op_inputs(args.batch, args.length, args.heads, args.headdim, args.d_state, args.groups)
+    grads = OutputGradients()  # the backward starts from fixed ∂ℓ/∂y, ∂ℓ/∂h (ssmkit.bench.backward)
 
     def run(backend: str, T: int | None, grad: bool) -> None:
         leaves = [t.detach().requires_grad_(grad) for t in inputs]
         with torch.set_grad_enabled(grad):
             y, h = ssd(*leaves, chunk_size=T, backend=backend)
             if grad:
-                (y.square().mean() + h.square().mean()).backward()
+                grads.backward(y, h)
 
     variants = {
         f"ssd chunked T={T}": _timers(lambda T=T: run("chunked", T, False), lambda T=T: run("chunked", T, True))
@@ -77,13 +79,14 @@ def layer_variants(args: argparse.Namespace) -> tuple[dict[str, dict], object]:
         ngroups=args.groups, chunk_size=args.chunk_size[0],
     )
     x = torch.randn(args.batch, args.length, layer.d_model)
+    grads = OutputGradients()
 
     def run(backend: str, grad: bool) -> None:
         layer.zero_grad(set_to_none=True)
         with use_backend(backend), torch.set_grad_enabled(grad):
             y, h = layer(x.detach().requires_grad_(grad))
             if grad:
-                (y.square().mean() + sum(t.square().mean() for t in h)).backward()
+                grads.backward(y, *h)
 
     variants = {"mamba2 auto": _timers(lambda: run("auto", False), lambda: run("auto", True))}
     if args.reference:

@@ -284,7 +284,7 @@ static inline __attribute__((always_inline)) void forward_item_w(const inputs_t 
     const int64_t c0 = it.c0, L = in->L, H = in->H, G = in->G, N = in->N, T = in->T;
     const int64_t nc = (L + T - 1) / T;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
-    real d[VEC], uu[VEC], x[VEC], y[VEC];
+    real d[VEC] ALIGNED_LINE, uu[VEC] ALIGNED_LINE, x[VEC] ALIGNED_LINE, y[VEC] ALIGNED_LINE;
     gather_A(h + N * VEC, At, N, H, c0, w, le88); /* A' of EXP_DA */
     if (in->Wt) gather_W(h + 2 * N * VEC, in->Wt, in->R, H, c0, w);
     for (int64_t n = 0; n < N; n++)
@@ -348,7 +348,7 @@ int SUFFIX(ss_forward)(const real *u, const real *delta, const real *bias, int64
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
-        real *h = malloc(sizeof(real) * (2 * N + in.R) * VEC); /* the states, A's columns (A' of EXP_DA), W_Δ's (gather_W) */
+        real *h = alloc_lines(sizeof(real) * (2 * N + in.R) * VEC); /* the states, A's columns (A' of EXP_DA), W_Δ's (gather_W) */
         failed |= !h;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = item0; item < item1; item++)
@@ -513,7 +513,8 @@ static inline __attribute__((always_inline)) void backward_item_w(const inputs_t
     const int64_t nc = (L + T - 1) / T, S = N * VEC;
     const real *Bm = in->Bm, *Cm = in->Cm, *At = in->At, *D = in->D, *z = in->z;
     real *hs = buf.hs, *ab = buf.ab, *lam = buf.lam, *gAl = buf.gAl;
-    real g[VEC], yv[VEC], gdtu[VEC], gdA[VEC], gDl[VEC], gbl[VEC], sz[VEC];
+    real g[VEC] ALIGNED_LINE, yv[VEC] ALIGNED_LINE, gdtu[VEC] ALIGNED_LINE, gdA[VEC] ALIGNED_LINE, gDl[VEC] ALIGNED_LINE,
+        gbl[VEC] ALIGNED_LINE, sz[VEC] ALIGNED_LINE;
 #if HAVE_VEC
     vec_t *rc = (vec_t *)buf.sums, *rb = rc + (N + LANES - 1) / LANES * LANES; /* adjoint_vec's sums over channels */
 #endif
@@ -658,12 +659,12 @@ int SUFFIX(ss_backward)(const real *u, const real *delta, const real *bias, int6
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
-        chunk_t buf = {malloc(sizeof(real) * (T + 1) * S), malloc(sizeof(real) * T * S),
-                       malloc(sizeof(real) * 4 * T * VEC), malloc(sizeof(real) * S), malloc(sizeof(real) * S),
-                       malloc(sizeof(real) * S), malloc(sizeof(real) * S),
-                       aligned_alloc(VBYTES, 2 * ((N + LANES - 1) / LANES * LANES) * VBYTES),
-                       malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC), malloc(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC),
-                       malloc(sizeof(real) * T * VEC)};
+        chunk_t buf = {alloc_lines(sizeof(real) * (T + 1) * S), alloc_lines(sizeof(real) * T * S),
+                       alloc_lines(sizeof(real) * 4 * T * VEC), alloc_lines(sizeof(real) * S), alloc_lines(sizeof(real) * S),
+                       alloc_lines(sizeof(real) * S), alloc_lines(sizeof(real) * S),
+                       alloc_lines(2 * ((N + LANES - 1) / LANES * LANES) * VBYTES),
+                       alloc_lines(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC), alloc_lines(sizeof(real) * (in.R > 0 ? in.R : 1) * VEC),
+                       alloc_lines(sizeof(real) * T * VEC)};
         const int ok = buf.hs && buf.ab && buf.rows && buf.lam && buf.gAl && buf.Al && buf.Ae && buf.sums && buf.Wl &&
                        buf.gWl && buf.gdc;
         failed |= !ok;

@@ -14,10 +14,10 @@ import torch
 
 
 class OutputGradients:
-    """Backward from fixed gradients for the outputs of a forward: ``OutputGradients().backward(y, h)``.
+    """Backward from fixed gradients for the outputs of a forward, each drawn once and reused.
 
-    The gradient for an output is drawn from N(0, 1) (complex outputs: the standard complex normal) the first time an output of its
-    shape, dtype and device is seen, with a generator seeded by ``seed``, and reused afterwards.
+    The gradient for an output is drawn from N(0, 1) (complex outputs: the standard complex normal) the first time an
+    output of its shape, dtype and device is seen, with a generator seeded by ``seed``, and reused afterwards.
 
     Args:
         seed: the seed of the draws.

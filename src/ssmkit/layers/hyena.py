@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.cache import ValueCache
-from ssmkit.layers.checks import check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_length, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.longconv import conv_with_past
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
@@ -236,9 +236,13 @@ class Hyena(SequenceLayer):
             L: the number of taps, >= 1.
 
         Returns:
-            (O, H, L): filter o acts in the o-th long convolution (gate x_{N-1-o}), O = order - 1.
+            (O, H, L): filter o acts in the o-th long convolution (gate x_{N-1-o}), O = order - 1, in the parameters'
+            dtype, also under autocast (as ``forward`` computes them).
         """
-        return self.filter(L).reshape(self.order - 1, self.d_model, L)
+        check_length(L)
+        self._check_parameter_dtype()
+        with float32_core(self.filter_bias.device.type):
+            return self.filter(L).reshape(self.order - 1, self.d_model, L)  # (O, H, L)
 
     def state_spec(self) -> HyenaState:
         """conv: the short convolution's last inputs (channels (N+1)·H by short_width - 1); inputs: each long

@@ -18,6 +18,12 @@ attention's ``forward`` (Mega's from the start of its attention chunk: a masked,
 value is NaN). Use
 ``SequenceModel(check_finite=True)`` or :func:`ssmkit.utils.check_finite` to find the first bad step.
 
+Precision: a layer computes in its parameters' dtype (float32 or float64; ``.half()``/``.bfloat16()`` layers are
+refused by every entry point) and answers in the input's dtype. Under ``torch.autocast`` the SSM core, ``kernel``
+and ``state_space`` stay in the parameters' dtype and only a mixer's own projections run in bf16/fp16. Call
+``backward`` after leaving the autocast block (PyTorch's advice): inside it, the backward's matmuls run in bf16/fp16
+too, even those of a layer whose forward ran in float32 (gradients 1e-3 off; fp16 underflows tiny ones to 0).
+
 ``torch.jit.trace`` is not supported (a trace freezes the sequence length into the graph and gives silently wrong
 outputs at other lengths): layers raise under it, and under ``torch.jit.script``. Use ``torch.compile``, which captures
 S4, S4D and DSS in full, or ``torch.export``.
@@ -302,17 +308,21 @@ class SequenceLayer(nn.Module):
 
         Returns:
             (H, L) for a bank of SISO systems, (H_out, H_in, L) for a MIMO layer, with a leading 2 when
-            bidirectional (the causal kernel, then the anti-causal one whose tap 0 acts at lag -1).
+            bidirectional (the causal kernel, then the anti-causal one whose tap 0 acts at lag -1); in the
+            parameters' dtype, also under autocast, as ``forward`` computes it.
         """
         self._require("kernel")
         check_length(L)
-        return self._kernel(L)
+        self._check_parameter_dtype()
+        with float32_core(self.state_device().type):  # as forward computes it: not in autocast's bf16/fp16
+            return self._kernel(L)
 
     def state_space(self):  # -> ssmkit.analysis.StateSpace
         """The layer as a bank of discrete-time systems in the control convention (:class:`ssmkit.analysis.StateSpace`):
         simulating it from a zero state reproduces ``layer(x)[0]``."""
         self._require("state_space")
-        with torch.no_grad():
+        self._check_parameter_dtype()
+        with torch.no_grad(), float32_core(self.state_device().type):
             return self._state_space()
 
     # ------------------------------------------------------------------------------------------------------------

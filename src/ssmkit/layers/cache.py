@@ -13,17 +13,27 @@ The comparison reads every parameter once per lookup, which at batch size 1 cost
 arithmetic. Inside :func:`frozen_parameters` (a promise that no parameter changes within the block, as in a
 generation loop) a cache compares the values once, at its first lookup in the block, and then trusts the same
 tensor objects for the rest of it.
+
+Under ``torch.compile`` the lookup of a cache built with its ``compute`` (``ValueCache(compute)``), when no gradient
+can flow from the value, is one opaque op in the graph (``ssmkit::cached_value``, a ``torch.library`` custom op) that
+runs the eager lookup when the compiled code runs: the graph stays whole (``fullgraph=True``), and a compiled
+``step`` no longer recomputes the discretisation in every call (S4D's took 873 µs per token against 36 eager;
+docs/design.md, "Compiled step"). Under ``torch.export`` and the ``torch.func`` transforms, and for a cache without
+its ``compute``, the value is traced from the weights, as an exported program must compute from the weights it is
+given.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import itertools
 import weakref
 from typing import Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 import torch
+import torch.utils._pytree as pytree
 
 from ssmkit.ops.backend import tracing
 
@@ -76,10 +86,30 @@ class ValueCache(Generic[V]):
     races with an update either sees the old entry (and recomputes) or the new one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, compute: Callable[[], V] | None = None) -> None:
+        """Args:
+            compute: what every lookup computes (the one given to :meth:`get`), for lookups inside a compiled graph;
+                None: a compiled graph computes the value itself."""
         # (key, snapshot of the values, the value, the frozen scope it was last checked in, weak references to the
         # source tensors: the objects themselves, whose ids a later tensor may reuse once they are freed)
         self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, tuple[weakref.ref, ...]] | None = None
+        self._set_compute(compute)
+        self._register()
+
+    def _set_compute(self, compute: Callable[[], V] | None) -> None:
+        # a layer's bound method held weakly: a strong one would make the layer and its cache a reference cycle,
+        # freed only by the garbage collector
+        self._compute_ref = weakref.WeakMethod(compute) if inspect.ismethod(compute) else (lambda: compute)
+        self._in_graph = compute is not None  # a plain flag: dynamo cannot trace the call of a WeakMethod
+
+    @property
+    def _compute(self) -> Callable[[], V] | None:
+        return self._compute_ref()
+
+    def _register(self) -> None:
+        """Give this cache its number in :data:`_CACHES`, by which the op of a compiled graph finds it."""
+        self._number = next(_NUMBERS)
+        _CACHES[self._number] = self
 
     def get(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V], key: Hashable = None) -> V:
         """``compute()``, reused while every tensor of ``tensors`` equals (value, shape, dtype, device) the copy
@@ -99,6 +129,8 @@ class ValueCache(Generic[V]):
         # traced (export failed on aten.equal, fullgraph=True on the ContextVar; without fullgraph it was a graph
         # break per cached call), and an exported program must compute it from the weights it is given.
         if tracing():
+            if self._in_graph and key is None and _lookup_in_graph(tensors):
+                return _graph_lookup(self, tensors)
             return compute()
         entry, scope = self._entry, _FROZEN.get()
         if entry is not None and entry[0] == key:
@@ -141,4 +173,54 @@ class ValueCache(Generic[V]):
     def __getstate__(self) -> dict:
         """Pickled (``torch.save`` of a whole module, ``copy.deepcopy``) empty: a cached value is recomputed on
         demand, so it never enlarges a saved module (S4's forward plan is ~6 MB at H 128, N 64, L 4 096)."""
-        return {"_entry": None}
+        return {"_entry": None, "compute": self._compute}
+
+    def __setstate__(self, state: dict) -> None:
+        self._entry = state.get("_entry")
+        self._set_compute(state.get("compute"))  # None when pickled before caches held their compute
+        self._register()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The lookup inside a compiled graph
+
+
+_NUMBERS = itertools.count(1)
+_CACHES: "weakref.WeakValueDictionary[int, ValueCache]" = weakref.WeakValueDictionary()
+
+
+def _lookup_in_graph(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether a lookup being traced becomes the run-time op: under torch.compile only (not torch.export, not a
+    torch.func transform), and only where no gradient can flow from the value (the op has no derivative)."""
+    if torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+@torch.library.custom_op("ssmkit::cached_value", mutates_args=())
+def _cached_value(tensors: list[torch.Tensor], number: str) -> list[torch.Tensor]:
+    """The tensors of cache ``number``'s value for ``tensors`` by its eager lookup, at run time; copies, since a graph
+    may reuse an op's outputs as scratch space and the cached tensors must stay as they are. (The number is passed as
+    a string: dynamo makes an int argument that takes several values symbolic, and a symbol cannot pick the cache.)"""
+    cache = _CACHES[int(number)]
+    value = cache.get(tensors, cache._compute)
+    return [t.clone() for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+
+
+@_cached_value.register_fake
+def _(tensors: list[torch.Tensor], number: str) -> list[torch.Tensor]:
+    # runs for real while the graph is traced: the value is computed once, eagerly, from the weights, for its
+    # structure, its non-tensor leaves and its tensors' shapes (the traced code around the op cannot compute it)
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    cache = _CACHES[int(number)]
+    with unset_fake_temporarily(), torch.no_grad():
+        leaves, cache._spec = pytree.tree_flatten(cache._compute())
+    cache._template = [None if isinstance(t, torch.Tensor) else t for t in leaves]
+    return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def _graph_lookup(cache: ValueCache, tensors: Sequence[torch.Tensor]):
+    """``cache``'s value for ``tensors`` through :func:`_cached_value`, traced as one op."""
+    flat = iter(_cached_value(list(tensors), str(cache._number)))
+    return pytree.tree_unflatten([next(flat) if t is None else t for t in cache._template], cache._spec)

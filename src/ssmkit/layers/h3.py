@@ -145,7 +145,7 @@ class H3(SequenceLayer):
             **factory,
         )
         self.out_proj = nn.Linear(d_model, d_model, **factory)
-        self._taps_cache: ValueCache = ValueCache()
+        self._taps_cache: ValueCache = ValueCache(self.shift_taps)
 
     # ------------------------------------------------------------------------------------------------------------
     # Parameters

@@ -45,7 +45,7 @@ class MIMODiagonalLTILayer(SequenceLayer):
 
     def __init__(self) -> None:
         super().__init__()
-        self._step_cache: ValueCache = ValueCache()
+        self._step_cache: ValueCache = ValueCache(self._compute_step_coefficients)
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ā (M,), B̄ (M, H) and C (C, H, M), complex, with y = Re(C x) + D u (C = 2 if bidirectional)."""

@@ -207,7 +207,7 @@ class S4(SequenceLayer):
         register_ssm_parameter(self, "B", torch.empty(G, M, 2, **factory), lr)
         self.C_tilde = nn.Parameter(torch.empty(2 if bidirectional else 1, H, M, 2, **factory))
         self.D = nn.Parameter(torch.empty(H, **factory))
-        self._step_cache: ValueCache = ValueCache()
+        self._step_cache: ValueCache = ValueCache(self._compute_step_coefficients)
         self._plan_cache: ValueCache = ValueCache()
         self.reset_parameters()
 

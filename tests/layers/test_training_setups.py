@@ -16,7 +16,9 @@ from torch.utils.checkpoint import checkpoint
 import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.layers import MambaState, detach_state
-from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, run_steps, runnable_backends, state_map
+from ssmkit.models import SequenceModel
+from tests.conftest import (DEVICE, H, leaves, make_layer, rel_err, run_steps, runnable_backends, state_map,
+                            variants)
 
 B, L = 2, 21
 NAMES = layers.available()
@@ -78,10 +80,7 @@ def test_activation_checkpointing_gives_the_plain_gradients(name):
                     backend, mode)
 
 
-def _model_of(name: str):
-    from ssmkit.models import SequenceModel
-    from tests.conftest import variants
-
+def _model_of(name: str) -> SequenceModel:
     torch.manual_seed(0)
     return SequenceModel(d_input=2, d_model=H, n_layers=2, layer=name, layer_options=dict(variants(name)[0]),
                          d_output=2, head="regress", pool=None, dtype=torch.float64, device=DEVICE)

@@ -165,6 +165,43 @@ def test_data_parallel_on_two_cpu_processes(tmp_path):
     assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt")["global_step"] == 10
 
 
+NAN_ON_ONE_RANK = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from ssmkit.models import SequenceModelConfig
+    from ssmkit.train import StepBatches, TrainConfig, fit
+
+    torch.set_num_threads(1)
+    x = torch.randn(32, 6, 1, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (32,), generator=torch.Generator().manual_seed(1))
+    x[int(StepBatches((x, y), 4, seed=0, rank=1, world_size=2).indices(2)[0])] = float("nan")  # rank 1, step 2
+    model = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=2, layer_options={"d_state": 4})
+    train = TrainConfig(batch_size=4, max_steps=10, warmup_steps=0, val_every=0, checkpoint_every=1, devices=2,
+                        strategy="ddp")
+    fit(model, train, (x, y), None, None, sys.argv[1], progress=False)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
+    # the check was per process: the rank with the NaN raised alone and rank 0 (the process the user runs) failed in the
+    # gradient all-reduce with gloo's "Connection closed by peer" (NCCL would wait for its timeout)
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_ON_ONE_RANK)
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode != 0
+    assert "[rank0]: ssmkit.train.module.NonFiniteLossError: the training loss of another process is not finite" in (
+        done.stderr), done.stderr[-3000:]
+    assert "NonFiniteLossError: the training loss is nan at step 2" in done.stderr
+    assert "Connection closed" not in done.stderr
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 2 and all(bool(torch.isfinite(t).all()) for t in last["state_dict"].values())
+
+
 def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     x = torch.randn(32, 6, 1)
     x[5] = float("nan")  # one bad sample: the batch holding it gives a NaN loss

@@ -106,3 +106,29 @@ def map_state(fn, state: State) -> State:
     if isinstance(state, tuple):
         return _rebuild(state, [map_state(fn, s) for s in state])
     return fn(state)
+
+
+def detach_state(state):
+    """The state with every tensor detached from the graph (same structure; for truncated backpropagation through time).
+
+    Training on a long sequence in chunks carries the final state of one chunk into the next; detaching it cuts the
+    gradient at the chunk boundary (truncated BPTT, Williams & Peng 1990), so each chunk's backward covers that chunk
+    only. ``h.detach()`` works for a layer whose state is one tensor; this also takes a layer's tuple of states
+    (``MambaState``, ``KVCache``, ...) and a model's list of per-block states, keeping NamedTuples and None entries.
+
+    Args:
+        state: a layer state (a tensor of any shape, or nested tuples of tensors), a list of such states (one per
+            block, as :meth:`ssmkit.models.SequenceModel.forward` returns), or None.
+
+    Returns:
+        the same structure with each tensor replaced by ``tensor.detach()`` (no copy: the values are shared).
+    """
+    if state is None:
+        return None
+    if isinstance(state, list):
+        return [detach_state(s) for s in state]
+    if isinstance(state, tuple):
+        return _rebuild(state, [detach_state(s) for s in state])
+    if not isinstance(state, torch.Tensor):
+        raise ValueError(f"state must be a tensor, a tuple or list of states, or None; got {type(state).__name__}")
+    return state.detach()

@@ -26,7 +26,7 @@ MIXER_OUTS = ("auto", "glu", "linear", None)
 
 
 class _BatchNorm(nn.BatchNorm1d):
-    """BatchNorm over the channel axis of (B, L, H) or (B, H) inputs."""
+    """BatchNorm over the channel axis of (B, L, H) or (B, H) inputs (``Block.norm(x)`` takes either)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
@@ -109,10 +109,19 @@ class Block(nn.Module):
 
         Any real x is computed in the parameters' dtype and answered in x's (as the layers; autocast aside)."""
         x, dtype = self._as_parameter_dtype(x)
-        z = self.norm(x) if self.prenorm else x
+        z = self._normalize(x) if self.prenorm else x
         z, state = self.layer(z, state, return_state=return_state)
         y = x + self.dropout(self.out(self.activation(z)))  # (B, L, H)
-        return (y if self.prenorm else self.norm(y)).to(dtype), state
+        return (y if self.prenorm else self._normalize(y)).to(dtype), state
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm of a sequence (B, L, H). A plain batch norm put in the place of ``_BatchNorm`` takes channels on
+        axis 1, so (B, L, H) goes through (B, H, L): ``nn.SyncBatchNorm.convert_sync_batchnorm`` (distributed training)
+        replaces every batch norm by a plain ``SyncBatchNorm``, which dropped ``_BatchNorm``'s own transpose and
+        normalised over time instead of channels (an error, or a silent wrong answer when L = H)."""
+        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm) and not isinstance(self.norm, _BatchNorm):
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)  # (B, L, H) via (B, H, L)
+        return self.norm(x)
 
     def _as_parameter_dtype(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
         """(x in the parameters' dtype outside autocast, x's dtype): a float64 input into a float32 block failed in

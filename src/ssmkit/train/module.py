@@ -56,10 +56,15 @@ class SequenceLightningModule(pl.LightningModule):
         x, y = batch
         loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x), y)
         loss = loss_sum / count.clamp_min(1.0)
-        if not bool(torch.isfinite(loss)):
+        finite = bool(torch.isfinite(loss))
+        # decided together: a process that stopped alone left the others in the gradient all-reduce (over gloo they
+        # failed with "Connection closed by peer", the cause only in the stopped rank's log; NCCL waits for its timeout)
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             where = f"; the last good checkpoint is in {self.checkpoint_dir}" if self.checkpoint_dir else ""
+            which = (f"is {float(loss.detach())}" if not finite else
+                     f"of another process is not finite (this process's: {float(loss.detach()):.6g})")
             raise NonFiniteLossError(
-                f"the training loss is {float(loss.detach())} at step {self.global_step} (batch {batch_idx}); training "
+                f"the training loss {which} at step {self.global_step} (batch {batch_idx}); training "
                 f"stopped before the update{where}. Lower the learning rate or clip gradients (grad_clip)."
             )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)

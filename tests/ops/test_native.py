@@ -427,6 +427,7 @@ def test_conv_dispatch_and_the_mamba_block_path():
 
 from ssmkit.ops.mimo import mimo_scan_native, mimo_scan_reference  # noqa: E402
 from ssmkit.ops.native import linear_recurrence_native  # noqa: E402
+from ssmkit.ops.native import mimo as native_mimo  # noqa: E402
 from ssmkit.ops.recurrence import linear_recurrence_reference  # noqa: E402
 
 
@@ -481,10 +482,15 @@ def test_recurrence_zero_and_huge_gates_and_the_mimo_scan():
 @pytest.mark.parametrize("cplx", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("with_D", [False, True])
-def test_mimo_scan_forward_and_every_gradient_equal_the_loop_in_float64(cplx, with_state, with_D, threads, monkeypatch):
+@pytest.mark.parametrize("row_block", [None, 5], ids=["whole", "row-blocks"])
+def test_mimo_scan_forward_and_every_gradient_equal_the_loop_in_float64(cplx, with_state, with_D, threads, row_block,
+                                                                        monkeypatch):
     # The native MIMO scan is one autograd node with a hand-written backward (ops/native/mimo.py): every leaf's
-    # gradient, the final state's among them, against autograd through the reference loop.
+    # gradient, the final state's among them, against autograd through the reference loop. Its GEMMs run by row
+    # blocks at large B·L (_mm_rows); blocks of 5 split the 46 rows here into 9 full ones and a last of 1.
     use_threads(monkeypatch, *threads)
+    if row_block:
+        monkeypatch.setattr(native_mimo, "ROW_BLOCK", row_block)
     g = torch.Generator().manual_seed(3)
     M, H, Bsz, L = 7, 5, 2, 23
     dtype = C128 if cplx else F64

@@ -127,7 +127,8 @@ class ValueCache(Generic[V]):
         # torch.equal has no batching rule, and a wrapped snapshot kept here made every later lookup raise. Under
         # torch.compile and torch.export the value is traced from the weights: a comparison of values cannot be
         # traced (export failed on aten.equal, fullgraph=True on the ContextVar; without fullgraph it was a graph
-        # break per cached call), and an exported program must compute it from the weights it is given.
+        # break per cached call), and an exported program must compute it from the weights it is given. Under
+        # torch.compile, with no gradient to carry and the cache's compute known, the lookup is the run-time op below.
         if tracing():
             if self._in_graph and key is None and _lookup_in_graph(tensors):
                 return _graph_lookup(self, tensors)

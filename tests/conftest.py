@@ -155,6 +155,18 @@ def run_steps(layer, x: torch.Tensor, state=None):
     return torch.stack(ys, dim=1), h
 
 
+class StepModule(torch.nn.Module):
+    """``layer.step(x_t, state)`` as a module's ``forward``, which ``functional_call``, ``torch.export`` and
+    ``torch.compile`` of a module reach (the layer is its sub-module ``layer``: weights are named ``layer.*``)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x_t, state):
+        return self.layer.step(x_t, state)
+
+
 @pytest.fixture
 def device() -> torch.device:
     return DEVICE

@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 
 import ssmkit.layers as layers
 from ssmkit.layers.cache import ValueCache
-from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, run_steps, state_err
+from tests.conftest import DEVICE, H, StepModule, leaves, make_layer, rel_err, run_steps, state_err
 
 NAMES = [name for name in layers.available() if make_layer(name).supports("step")]
 TOL = 1e-10  # float64 layers: step = forward (docs/design.md rule 1)
@@ -215,15 +215,7 @@ def test_step_with_a_weight_made_per_step_inside_frozen_parameters(name, weight)
 
     from ssmkit.layers import frozen_parameters
 
-    class Stepper(nn.Module):
-        def __init__(self, layer):
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x_t, state):
-            return self.layer.step(x_t, state)
-
-    model = Stepper(make_layer(name))
+    model = StepModule(make_layer(name))
     base = getattr(model.layer, weight).detach().clone()
     x_t = torch.randn(2, H, device=DEVICE, dtype=torch.float64)
     h = model.layer.initial_state(2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ssmkit.layers.state import map_state
-from tests.conftest import DEVICE, H, leaves, make_layer, rel_err
+from tests.conftest import DEVICE, H, StepModule, leaves, make_layer, rel_err
 
 CACHED = ["s4d", "dss", "dlr", "s5", "lru", "s4", "h3"]  # layers whose step reads a ValueCache built with its compute
 OP = "ssmkit.cached_value"
@@ -94,18 +94,9 @@ def test_a_copied_layer_compiles_to_its_own_weights():
 
 def test_export_keeps_the_discretisation_in_the_program():
     layer = make_layer("s4d", dtype=torch.float32).eval()
-
-    class Step(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x_t, h):
-            return self.layer.step(x_t, h)
-
     x = torch.randn(2, H, device=DEVICE)
     h = _state(layer, 2)
     with torch.no_grad():
-        program = torch.export.export(Step(), (x, h))
+        program = torch.export.export(StepModule(layer), (x, h))
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     assert not any(OP in t for t in targets) and any("exp" in t for t in targets)

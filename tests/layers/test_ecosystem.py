@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 import ssmkit.layers as layers
 from ssmkit.models import SequenceModel
-from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, state_map, variants
+from tests.conftest import DEVICE, H, StepModule, leaves, make_layer, rel_err, state_map, variants
 
 NAMES = layers.available()
 STEP_NAMES = [name for name in NAMES if layers.layer_class(name).capabilities.step]
@@ -28,17 +28,6 @@ class _Forward(nn.Module):
 
     def forward(self, x):
         return self.layer(x)[0]
-
-
-class _Step(nn.Module):
-    """layer.step(x_t, h) as a module, so that functional_call and torch.export can reach it."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x_t, h):
-        return self.layer.step(x_t, h)
 
 
 class _Realisation(nn.Module):
@@ -99,7 +88,7 @@ def test_export_of_step_without_a_gradient_follows_the_weights(name):
     h = _random_state(layer, 2)
     with torch.no_grad():
         layer.step(x_t, h)
-        program = torch.export.export(_Step(layer), (x_t, h)).module()
+        program = torch.export.export(StepModule(layer), (x_t, h)).module()
         for module, ref in ((program, layer), (program, other)):
             if ref is other:
                 program.load_state_dict(_tensors(other, "layer."))
@@ -118,7 +107,7 @@ def test_compile_fullgraph_without_a_gradient(name):
     layer = make_layer(name, dtype=torch.float32).eval()
     x = torch.randn(2, 12, H, device=DEVICE)
     h = _random_state(layer, 2)
-    step = torch.compile(_Step(layer), backend="aot_eager", fullgraph=True)
+    step = torch.compile(StepModule(layer), backend="aot_eager", fullgraph=True)
     forward = torch.compile(layer, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         for _ in range(2):  # then after an in-place update: the graph reads the weights, never a stale copy
@@ -149,7 +138,7 @@ def test_functional_call_uses_the_given_weights_not_the_cached_ones(name):
         with torch.set_grad_enabled(grad_mode):
             assert rel_err(functional_call(layer, _tensors(other), (x,))[0], other(x)[0]) < 1e-12
             if has_step:
-                y, h1 = functional_call(_Step(layer), _tensors(other, "layer."), (x[:, 0], h))
+                y, h1 = functional_call(StepModule(layer), _tensors(other, "layer."), (x[:, 0], h))
                 y_ref, h1_ref = other.step(x[:, 0], h)
                 assert rel_err(y, y_ref) < 1e-12
                 assert max(rel_err(a, b) for a, b in zip(leaves(h1), leaves(h1_ref))) < 1e-12

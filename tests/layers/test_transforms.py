@@ -8,7 +8,7 @@ import torch
 from torch.func import functional_call, grad, jacrev, vmap
 
 import ssmkit.layers as layers
-from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, state_map
+from tests.conftest import DEVICE, H, StepModule, leaves, make_layer, rel_err, state_map
 
 NAMES = layers.available()
 
@@ -90,7 +90,7 @@ def test_vmap_over_an_ensembles_weights_steps_each_member(name):
     params, buffers = torch.func.stack_module_state(members)
     x = torch.randn(2, 4, H, device=DEVICE, dtype=torch.float64)
 
-    stepper = _Stepper(members[0])
+    stepper = StepModule(members[0])
 
     def steps(p, b):
         weights = {f"layer.{k}": v for k, v in (*p.items(), *b.items())}
@@ -113,13 +113,3 @@ def test_vmap_over_an_ensembles_weights_steps_each_member(name):
         again = members[0].step(x[:, 0], members[0].initial_state(2))[0]  # the layer still steps outside vmap
         assert rel_err(again, expected[0][:, 0]) < 1e-12
 
-
-class _Stepper(torch.nn.Module):
-    """A layer whose ``forward`` is its ``step`` (``functional_call`` calls ``forward``)."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x_t, h):
-        return self.layer.step(x_t, h)

@@ -29,7 +29,6 @@ import torch
 import ssmkit.layers as layers
 from ssmkit.bench import positive_int
 from ssmkit.bench.core import machine
-from ssmkit.files import write_json
 from ssmkit.bench.limits import (
     MODES,
     bound_bytes,
@@ -40,6 +39,7 @@ from ssmkit.bench.limits import (
     time_interleaved,
 )
 from ssmkit.bench.peers import PEERS, Case, PeerUnavailable, peer_runner, ssmkit_runner
+from ssmkit.files import write_json
 
 FAST_BACKENDS = ("chunked", "fft")  # timed beside "auto" when the layer has them
 

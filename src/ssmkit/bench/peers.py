@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from ssmkit.bench.backward import OutputGradients
+
 PEERS = ("official-s4", "loop", "mambapy", "accelerated-scan", "s5-pytorch")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

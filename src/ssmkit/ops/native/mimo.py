@@ -28,9 +28,9 @@ ROW_BLOCK = 2048  # rows per GEMM call of _mm_rows: a block of u (H = 128) and o
 def _mm_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b for a tall a (B·L, K) and a narrow b (K, N), as one GEMM per block of ROW_BLOCK rows into one output.
     Whole, MKL ran these GEMMs (K or N = 2M = 64 at S5's and LRU's d_state 64, H 128) at 54-61 GFLOP/s on one Zen 4
-    thread against 83-85 for the Mamba block's wider ones; by row blocks S5's forward took 0.82-0.93x and LRU's
-    0.75-0.95x the time (B 8, L 4 096, 2 threads, paired with the whole GEMM in one process), for 16 GEMM calls
-    instead of one at B·L = 32 768."""
+    thread against 83-85 for the Mamba block's wider ones; by row blocks S5 took 0.97x and LRU 0.92-0.94x the time,
+    forward and forward+backward (B 8, L 4 096, 2 threads, paired with the whole GEMMs in one process over 12 rounds;
+    an earlier, noisier pairing gave 0.75-0.95x), for 16 GEMM calls instead of one at B·L = 32 768."""
     M = a.shape[0]
     if M <= 2 * ROW_BLOCK:
         return a @ b

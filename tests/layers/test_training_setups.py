@@ -186,4 +186,7 @@ def test_weight_norm_on_every_matrix_follows_training(name):
         dW = fresh.get_parameter(f"{path}.{n}" if path else n).grad
         g, v = g0.detach().clone().requires_grad_(), v0.detach().clone().requires_grad_()
         dg, dv = torch.autograd.grad(torch._weight_norm(v, g, 0), (g, v), dW)
-        assert rel_err(g0.grad, dg) <= 1e-11 and rel_err(v0.grad, dv) <= 1e-11
+        # ∂v = g/‖v‖ (dW - (dW·v̂) v̂) cancels to rounding noise where a row of v has one element (Mamba's dt_proj
+        # at rank 1): its error is measured against the size of the terms it is computed from
+        scale = (dW.abs() * g.abs() / v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1))).max()
+        assert rel_err(g0.grad, dg) <= 1e-11 and (v0.grad - dv).abs().max() <= 1e-11 * scale

@@ -65,6 +65,7 @@ def _build(case: str, d_model: int, d_state: int, expand: int):
         return block, block
     import ssmkit.layers as layers
     from ssmkit.ops import use_backend
+    from ssmkit.ops.rows import apply_linear
 
     layer = layers.build("mamba", d_model=d_model, d_state=d_state, expand=expand)
     if case == "projections":
@@ -72,8 +73,8 @@ def _build(case: str, d_model: int, d_state: int, expand: int):
 
         def projections(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             xs, z = layer._in_projection(x)  # (B, L, H_in) each
-            delta_low, B, C = layer.x_proj(xs).split([R, N, N], dim=-1)
-            return layer.out_proj(z), delta_low, B, C  # z stands for the gated scan output
+            delta_low, B, C = apply_linear(layer.x_proj, xs).split([R, N, N], dim=-1)
+            return apply_linear(layer.out_proj, z), delta_low, B, C  # z stands for the gated scan output
 
         return layer, projections
     backend = {"loop": "reference", "chunked": "chunked", "native": "native"}[case]

@@ -47,6 +47,7 @@ from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.selective import selective_scan, selective_step
+from ssmkit.ops.rows import apply_linear, apply_split_linear, plain_linear
 
 DT_INITS = ("random", "constant")
 
@@ -192,18 +193,15 @@ class Mamba(SequenceLayer):
         """The low-rank δ (..., R), B and C (..., N), and A (H_in, N), from the convolved x (..., H_in). The channels'
         δ = W_Δ δlow is formed by the scan (``delta_proj``; the native kernel fuses it) or by :meth:`_step`."""
         R, N = self.rank, self.d_state
-        delta_low, B, C = self.x_proj(x).split([R, N, N], dim=-1)  # (..., R), (..., N), (..., N)
+        delta_low, B, C = apply_linear(self.x_proj, x).split([R, N, N], dim=-1)  # (..., R), (..., N), (..., N)
         return delta_low, B, C, -torch.exp(self.A_log)
 
     def _in_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x, z = split(W_in u) as two matmuls on the halves of ``in_proj``'s weight: each half comes out contiguous
-        (the kernels read it without a copy) and the backward adds two (B, L, d_model) input gradients instead of
-        concatenating two (B, L, H_in) halves (a copy of 2·B·L·H_in values)."""
-        W, b = self.in_proj.weight, self.in_proj.bias
-        H = self.d_inner
-        xs = F.linear(x, W[:H], None if b is None else b[:H])  # (B, L, H_in)
-        z = F.linear(x, W[H:], None if b is None else b[H:])  # (B, L, H_in)
-        return xs, z
+        """x, z = split(W_in u) as one GEMM per half of ``in_proj``'s weight, by row blocks (:mod:`ssmkit.ops.rows`):
+        each half comes out contiguous (the kernels read it without a copy) and the backward accumulates the input
+        gradient of both halves in place instead of adding two (B, L, d_model) tensors or concatenating two
+        (B, L, H_in) halves."""
+        return apply_split_linear(self.in_proj, x, (self.d_inner, self.d_inner))  # (B, L, H_in) each
 
     def _forward(self, x: torch.Tensor, state: MambaState | None, return_state: bool) -> tuple[torch.Tensor, MambaState | None]:
         backend = self._backend()
@@ -213,11 +211,15 @@ class Mamba(SequenceLayer):
             xs, z = xs.to(dtype), z.to(dtype)
             xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state, activation="silu")  # (B, L, H_in)
             delta_low, B, C, A = self._scan_inputs(xc)
+            if plain_linear(self.dt_proj):  # W_Δ δlow formed inside the scan (the native kernel fuses it)
+                delta, delta_proj = delta_low, self.dt_proj.weight
+            else:  # a wrapped or hooked dt_proj (LoRA, an activation probe) is called, as _step calls it
+                delta, delta_proj = self.dt_proj(delta_low), None
             y, ssm_state = selective_scan(
-                xc, delta_low, A, B, C, self.D, z, self.dt_bias, True,
-                None if state is None else state.ssm, return_state, backend=backend, delta_proj=self.dt_proj.weight,
+                xc, delta, A, B, C, self.D, z, self.dt_bias, True,
+                None if state is None else state.ssm, return_state, backend=backend, delta_proj=delta_proj,
             )  # (B, L, H_in): b_Δ is added inside the scan
-        y = self.out_proj(y).to(x.dtype)  # (B, L, H)
+        y = apply_linear(self.out_proj, y).to(x.dtype)  # (B, L, H)
         return y, (MambaState(conv_state, ssm_state) if return_state else None)
 
     def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:

@@ -20,24 +20,20 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops.native.recurrence import recurrence_backward, recurrence_forward
+from ssmkit.ops.rows import mm_rows
 from ssmkit.ops.twice import graph_backward
 
 ROW_BLOCK = 2048  # rows per GEMM call of _mm_rows: a block of u (H = 128) and of v (2M = 64) takes ~1.5 MiB
 
 
 def _mm_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for a tall a (B·L, K) and a narrow b (K, N), as one GEMM per block of ROW_BLOCK rows into one output.
-    Whole, MKL ran these GEMMs (K or N = 2M = 64 at S5's and LRU's d_state 64, H 128) at 54-61 GFLOP/s on one Zen 4
-    thread against 83-85 for the Mamba block's wider ones; by row blocks S5 took 0.97x and LRU 0.92-0.94x the time,
-    forward and forward+backward (B 8, L 4 096, 2 threads, paired with the whole GEMMs in one process over 12 rounds;
-    an earlier, noisier pairing gave 0.75-0.95x), for 16 GEMM calls instead of one at B·L = 32 768."""
-    M = a.shape[0]
-    if M <= 2 * ROW_BLOCK:
-        return a @ b
-    out = a.new_empty(M, b.shape[1])
-    for i in range(0, M, ROW_BLOCK):
-        torch.mm(a[i:i + ROW_BLOCK], b, out=out[i:i + ROW_BLOCK])
-    return out
+    """a @ b for a tall a (B·L, K) and a narrow b (K, N), as one GEMM per block of ROW_BLOCK rows into one output
+    (:func:`ssmkit.ops.rows.mm_rows`). Whole, MKL ran these GEMMs (K or N = 2M = 64 at S5's and LRU's d_state 64,
+    H 128) at 54-61 GFLOP/s on one Zen 4 thread against 83-85 for the Mamba block's wider ones; by row blocks S5 took
+    0.97x and LRU 0.92-0.94x the time, forward and forward+backward (B 8, L 4 096, 2 threads, paired with the whole
+    GEMMs in one process over 12 rounds; an earlier, noisier pairing gave 0.75-0.95x), for 16 GEMM calls instead of
+    one at B·L = 32 768."""
+    return mm_rows(a, b, ROW_BLOCK)
 
 
 class _NativeMimo(torch.autograd.Function):

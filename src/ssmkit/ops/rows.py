@@ -1,0 +1,178 @@
+"""Linear maps of tall inputs by blocks of rows: y_k = x W_kᵀ + b_k for the row slices W_k of one weight.
+
+A sequence layer's projections are GEMMs of B·L rows (32 768 at the Mamba benchmark's B 8, L 4 096) by a few hundred
+columns. Whole, each writes its (B·L, N) output through memory once it no longer fits the caches; by blocks of
+:data:`ROW_BLOCK` rows the output block is written while still in L2 and the next op reads it warm. The backward is
+written out:
+
+    ∂x = Σ_k g_k W_k   (by the same row blocks, accumulated in place: no sum of separate gradients),
+    ∂W_k = g_kᵀ x,   ∂b_k = Σ_rows g_k
+
+so a weight split into pieces (Mamba's in-projection into x and z) gets one input gradient and one weight gradient
+with no zero fill and no accumulation of slices. Every value is the same dot product as ``F.linear``'s, so the two
+agree to the last bit in float32 with MKL (tested to rounding, in float64 against autograd through ``F.linear``).
+
+The blocked path runs on the CPU, eagerly, for float32/float64 inputs of more than two blocks of rows, outside
+autocast and forward-mode AD; otherwise (GPU, torch.compile, torch.func transforms, autocast, short inputs) the call
+is ``F.linear``. :func:`apply_linear` also leaves a projection to its module when the module is not a plain
+``nn.Linear`` or has hooks (a LoRA wrapper, a quantised linear, an activation probe), so those are never bypassed.
+Differentiated itself (``create_graph``), the backward goes through ``F.linear`` (:mod:`ssmkit.ops.twice`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import forward_ad
+
+from ssmkit.ops.backend import tracing
+from ssmkit.ops.twice import graph_backward
+
+ROW_BLOCK = 512  # rows per GEMM call; chosen by the Mamba block's forward+backward (docs/design.md, "Row blocks")
+
+
+def mm_rows(a: torch.Tensor, b: torch.Tensor, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b for a tall ``a`` (M, K) and a narrow ``b`` (K, N) as one GEMM per block of ``block`` rows, into ``out``
+    (M, N) when given (it must not overlap the inputs). Short ``a`` (≤ 2 blocks) is one GEMM."""
+    M = a.shape[0]
+    if out is None:
+        if M <= 2 * block:
+            return a @ b
+        out = a.new_empty(M, b.shape[1])
+    for i in range(0, M, block):
+        torch.mm(a[i:i + block], b, out=out[i:i + block])
+    return out
+
+
+def _blocked(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the row-blocked path applies to ``x @ weightᵀ`` (see the module docstring)."""
+    if tracing() or torch.compiler.is_exporting() or forward_ad._current_level >= 0:
+        return False  # checked first: a comparison of symbolic sizes below would add a guard to the traced graph
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and x.dim() >= 2
+        and not torch.is_autocast_enabled("cpu")
+        and x.numel() > 2 * ROW_BLOCK * x.shape[-1]
+    )
+
+
+class _SplitLinear(torch.autograd.Function):
+    """Inputs: x (M, K) contiguous, the weight (ΣN_k, K), the bias (ΣN_k,) or None, and the sizes N_k. Outputs: one
+    (M, N_k) tensor per piece."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, sizes):  # type: ignore[override]
+        outs, start = [], 0
+        for n in sizes:
+            W, b = weight[start:start + n], None if bias is None else bias[start:start + n]
+            out = x.new_empty(x.shape[0], n)
+            for i in range(0, x.shape[0], ROW_BLOCK):
+                if b is None:
+                    torch.mm(x[i:i + ROW_BLOCK], W.mT, out=out[i:i + ROW_BLOCK])
+                else:
+                    torch.addmm(b, x[i:i + ROW_BLOCK], W.mT, out=out[i:i + ROW_BLOCK])
+            outs.append(out)
+            start += n
+        ctx.save_for_backward(x, weight, bias)
+        ctx.sizes = sizes
+        ctx.set_materialize_grads(False)  # an unused piece's gradient arrives as None: its GEMMs are skipped
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        x, weight, bias = ctx.saved_tensors
+        sizes = ctx.sizes
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: a double backward, through F.linear
+            path = lambda x_, w_, b_: _split_linear_torch(x_, w_, b_, sizes)  # noqa: E731
+            return (*graph_backward(path, (x, weight, bias), (need_x, need_w, need_b), grads), None)
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        pieces = [(g.reshape(x.shape[0], n), s, n) for g, s, n in zip(grads, starts, sizes) if g is not None]
+        g_x = g_w = g_b = None
+        if need_x and pieces:
+            g_x = x.new_empty(x.shape)
+            for i in range(0, x.shape[0], ROW_BLOCK):
+                rows = g_x[i:i + ROW_BLOCK]
+                for k, (g, s, n) in enumerate(pieces):
+                    if k == 0:
+                        torch.mm(g[i:i + ROW_BLOCK], weight[s:s + n], out=rows)
+                    else:
+                        rows.addmm_(g[i:i + ROW_BLOCK], weight[s:s + n])
+        elif need_x:
+            g_x = torch.zeros_like(x)
+        if need_w:
+            g_w = weight.new_zeros(weight.shape) if len(pieces) < len(sizes) else weight.new_empty(weight.shape)
+            for g, s, n in pieces:
+                torch.mm(g.mT, x, out=g_w[s:s + n])
+        if need_b and bias is not None:
+            g_b = bias.new_zeros(bias.shape) if len(pieces) < len(sizes) else bias.new_empty(bias.shape)
+            for g, s, n in pieces:
+                torch.sum(g, dim=0, out=g_b[s:s + n])
+        return g_x, g_w, g_b, None
+
+
+def _split_linear_torch(x, weight, bias, sizes):
+    """The pieces of :class:`_SplitLinear` by ``F.linear`` (differentiable tensor ops)."""
+    ws = weight.split(list(sizes))
+    bs = [None] * len(sizes) if bias is None else bias.split(list(sizes))
+    return tuple(F.linear(x, w, b) for w, b in zip(ws, bs))
+
+
+def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """(x W_1ᵀ + b_1, x W_2ᵀ + b_2, ...) for the consecutive row slices W_k (N_k, K) of ``weight`` (ΣN_k, K) and the
+    matching slices of ``bias``: each piece comes out contiguous, (..., N_k). By row blocks where that pays (see the
+    module docstring), else by ``F.linear`` per piece.
+
+    Raises:
+        ValueError: ``sizes`` do not add up to the weight's rows.
+    """
+    sizes = tuple(int(n) for n in sizes)
+    if sum(sizes) != weight.shape[0] or any(n <= 0 for n in sizes):
+        raise ValueError(f"split_linear: sizes {sizes} must be positive and add up to the weight's {weight.shape[0]} "
+                         "rows")
+    if not _blocked(x, weight):
+        return _split_linear_torch(x, weight, bias, sizes)
+    lead = x.shape[:-1]
+    outs = _SplitLinear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias, sizes)
+    return tuple(o.view(*lead, n) for o, n in zip(outs, sizes))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` = x Wᵀ + b, by row blocks where that pays (see the module docstring)."""
+    return split_linear(x, weight, bias, (weight.shape[0],))[0]
+
+
+def plain_linear(module: nn.Module) -> bool:
+    """Whether calling ``module`` is exactly ``F.linear`` with its weight and bias: a plain ``nn.Linear`` (not a
+    subclass or wrapper) with no hooks of its own and no global module hooks."""
+    from torch.nn.modules import module as torch_module
+
+    return (
+        type(module) is nn.Linear
+        and not module._forward_hooks and not module._forward_pre_hooks
+        and not module._backward_hooks and not module._backward_pre_hooks
+        and not torch_module._global_forward_hooks and not torch_module._global_forward_pre_hooks
+        and not torch_module._global_backward_hooks and not torch_module._global_backward_pre_hooks
+    )
+
+
+def apply_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for a projection: by :func:`linear` when the module is a plain ``nn.Linear`` without hooks,
+    else by calling the module (a LoRA wrapper, a quantised linear or a hook sees its call)."""
+    if plain_linear(module):
+        return linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def apply_split_linear(module: nn.Module, x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """``module(x).split(sizes, -1)`` for a projection: by :func:`split_linear` (contiguous pieces) when the module is
+    a plain ``nn.Linear`` without hooks, else by calling the module and splitting its output."""
+    if plain_linear(module):
+        return split_linear(x, module.weight, module.bias, sizes)
+    return module(x).split(list(sizes), dim=-1)

@@ -139,11 +139,13 @@ def test_mamba_projections_go_through_a_wrapped_or_hooked_module(monkeypatch):
         torch.testing.assert_close(layer(x)[0], 2 * y)
 
 
-@pytest.mark.parametrize("backend", ["reference", "native"])
-def test_mamba_with_row_blocks_equals_f_linear_in_float64(backend, monkeypatch):
-    # The whole Mamba layer, every parameter's gradient, blocks of 5 against F.linear (rows.ROW_BLOCK huge).
+@pytest.mark.parametrize("name, backend", [("mamba", "reference"), ("mamba", "native"), ("mamba2", "auto"),
+                                           ("rglru", "auto")])
+def test_mixers_with_row_blocks_equal_f_linear_in_float64(name, backend, monkeypatch):
+    # The whole layer, every parameter's gradient, blocks of 5 against F.linear (rows.ROW_BLOCK huge).
     torch.manual_seed(1)
-    layer = layers.build("mamba", d_model=8, d_state=4, expand=2, dtype=F64)
+    extra = {"mamba": {"d_state": 4, "expand": 2}, "mamba2": {"d_state": 4, "expand": 2, "headdim": 4}, "rglru": {}}
+    layer = layers.build(name, d_model=8, dtype=F64, **extra[name])
     x = torch.randn(2, 13, 8, dtype=F64, requires_grad=True)
     gy = torch.randn(2, 13, 8, dtype=F64)
     result = {}
@@ -157,3 +159,31 @@ def test_mamba_with_row_blocks_equals_f_linear_in_float64(backend, monkeypatch):
         result[block] = [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
     for a, w in zip(result[5], result[10**9]):
         torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mixer_out", ["glu", "linear"])
+def test_block_output_projection_by_row_blocks_equals_f_linear_and_keeps_hooks(mixer_out, monkeypatch):
+    from ssmkit.models.block import Block
+
+    torch.manual_seed(2)
+    block = Block(layers.build("s4d", d_model=6, d_state=4, dtype=F64), mixer_out=mixer_out, dtype=F64)
+    x = torch.randn(3, 11, 6, dtype=F64, requires_grad=True)
+    gy = torch.randn(3, 11, 6, dtype=F64)
+    result = {}
+    for size in (10**9, 5):
+        monkeypatch.setattr(rows, "ROW_BLOCK", size)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        y = block(x)[0]
+        y.backward(gy)
+        result[size] = [y.detach(), x.grad] + [p.grad for p in block.parameters()]
+    for a, w in zip(result[5], result[10**9]):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+    linear = block.out[0] if mixer_out == "glu" else block.out
+    for hooked in {block.out, linear}:  # a hook on the projection, or on the Sequential around it, is run
+        calls = []
+        handle = hooked.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape))
+        with torch.no_grad():
+            torch.testing.assert_close(block(x)[0], result[5][0])
+        assert calls == [x.shape]
+        handle.remove()

@@ -43,6 +43,7 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.rows import apply_linear, apply_split_linear
 from ssmkit.ops.ssd import ssd, ssd_step
 
 
@@ -282,9 +283,10 @@ class Mamba2(SequenceLayer):
     def _forward(self, x, state, return_state):
         dtype = self.A_log.dtype
         Bsz, L, _ = x.shape
-        zxbcdt = self.in_proj(x.to(dtype))  # (B, L, 2E + 2GN + E/P); bf16 under autocast
-        with float32_core(x.device.type):
-            z, xBC, dt = self._split(zxbcdt.to(dtype))
+        E = self.d_inner
+        pieces = apply_split_linear(self.in_proj, x.to(dtype), (E, E + 2 * self.ngroups * self.d_state, self.nheads))
+        with float32_core(x.device.type):  # z (B, L, E), [x', B', C'] (B, L, E + 2GN), δ (B, L, E/P); bf16 in autocast
+            z, xBC, dt = (t.to(dtype) for t in pieces)
             xBC, conv_state = self.conv(xBC, None if state is None else state.conv, return_state, activation="silu")
             xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
             xs = xs.unflatten(-1, (self.nheads, self.headdim))  # (B, L, E/P, P)
@@ -300,7 +302,7 @@ class Mamba2(SequenceLayer):
                 backend=backend,  # "auto": the Triton kernel on CUDA where its gate passed, else chunked (ops.ssd)
             )  # (B, L, E/P, P), (B, E/P, P, N)
             y = self._gate_and_norm(y, xs, z)  # (B, L, E)
-        out = self.out_proj(y).to(x.dtype)  # (B, L, H)
+        out = apply_linear(self.out_proj, y).to(x.dtype)  # (B, L, H)
         return out, (Mamba2State(conv_state, ssm_state) if return_state else None)
 
     def _step(self, x_t, state):

@@ -48,6 +48,7 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.rows import apply_linear
 from ssmkit.ops.rglru import rglru, rglru_step
 
 INITS = ("ring", "paper")
@@ -276,14 +277,14 @@ class RGLRU(SequenceLayer):
         backend = self._backend()  # auto: the C kernel on the CPU where it runs
         dtype = self.Lambda.dtype
         u = x.to(dtype)
-        g = F.gelu(self.in_gate(u), approximate="tanh")  # (B, L, D): bf16 under autocast
-        z = self.in_x(u)  # (B, L, D)
+        g = F.gelu(apply_linear(self.in_gate, u), approximate="tanh")  # (B, L, D): bf16 under autocast
+        z = apply_linear(self.in_x, u)  # (B, L, D); both by row blocks (ops/rows.py)
         conv0, h0 = (None, None) if state is None else state
         with float32_core(x.device.type):
             v, conv_last = self.conv(z.to(dtype), conv0, return_state, resets)  # (B, L, D)
             r, i = self._gates(v)  # (B, L, D) each
             h, h_last = rglru(v, r, i, self.Lambda, self.c, h0, resets, backend=backend)  # (B, L, D), (B, D)
-        y = self.out(h * g)  # (B, L, H)
+        y = apply_linear(self.out, h * g)  # (B, L, H)
         return y.to(x.dtype), (RGLRUState(conv_last, h_last) if return_state else None)
 
     def _step(self, x_t: torch.Tensor, state: RGLRUState,

@@ -19,6 +19,7 @@ from torch import nn
 from ssmkit.layers.checks import check_choice
 from ssmkit.layers.protocol import SequenceLayer
 from ssmkit.layers.state import State
+from ssmkit.ops.rows import apply_module
 
 NORMS = ("layer", "batch", "rms", None)
 ACTIVATIONS = ("auto", "gelu", "silu", "relu", "tanh", None)
@@ -111,7 +112,7 @@ class Block(nn.Module):
         x, dtype = self._as_parameter_dtype(x)
         z = self._normalize(x) if self.prenorm else x
         z, state = self.layer(z, state, return_state=return_state)
-        y = x + self.dropout(self.out(self.activation(z)))  # (B, L, H)
+        y = x + self.dropout(apply_module(self.out, self.activation(z)))  # (B, L, H); linears by row blocks
         return (y if self.prenorm else self._normalize(y)).to(dtype), state
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -148,18 +148,32 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return split_linear(x, weight, bias, (weight.shape[0],))[0]
 
 
-def plain_linear(module: nn.Module) -> bool:
-    """Whether calling ``module`` is exactly ``F.linear`` with its weight and bias: a plain ``nn.Linear`` (not a
-    subclass or wrapper) with no hooks of its own and no global module hooks."""
+def hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs hooks: its own forward/backward (pre-)hooks or any global module hook."""
     from torch.nn.modules import module as torch_module
 
-    return (
-        type(module) is nn.Linear
-        and not module._forward_hooks and not module._forward_pre_hooks
-        and not module._backward_hooks and not module._backward_pre_hooks
-        and not torch_module._global_forward_hooks and not torch_module._global_forward_pre_hooks
-        and not torch_module._global_backward_hooks and not torch_module._global_backward_pre_hooks
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+        or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks
     )
+
+
+def plain_linear(module: nn.Module) -> bool:
+    """Whether calling ``module`` is exactly ``F.linear`` with its weight and bias: a plain ``nn.Linear`` (not a
+    subclass or wrapper) without hooks."""
+    return type(module) is nn.Linear and not hooked(module)
+
+
+def apply_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for an output projection that is an ``nn.Linear``, an ``nn.Sequential`` of modules or anything
+    else: plain linears (in a sequential without hooks of its own, too) go by :func:`linear`, everything else is
+    called."""
+    if type(module) is nn.Sequential and not hooked(module):
+        for m in module:
+            x = apply_linear(m, x)
+        return x
+    return apply_linear(module, x)
 
 
 def apply_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

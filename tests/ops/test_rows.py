@@ -139,6 +139,24 @@ def test_mamba_projections_go_through_a_wrapped_or_hooked_module(monkeypatch):
         torch.testing.assert_close(layer(x)[0], 2 * y)
 
 
+def _assert_blocks_of_5_equal_whole(module, x, monkeypatch):
+    """The output and every gradient (input and parameters) of ``module`` with blocks of 5 rows against F.linear
+    (rows.ROW_BLOCK huge), float64; returns the output."""
+    x = x.clone().requires_grad_()
+    gy = torch.randn(x.shape, dtype=x.dtype)
+    result = {}
+    for size in (10**9, 5):
+        monkeypatch.setattr(rows, "ROW_BLOCK", size)
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        y = module(x)[0]
+        y.backward(gy)
+        result[size] = [y.detach(), x.grad] + [p.grad for p in module.parameters()]
+    for a, w in zip(result[5], result[10**9]):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+    return result[5][0]
+
+
 @pytest.mark.parametrize("name, backend", [("mamba", "reference"), ("mamba", "native"), ("mamba2", "auto"),
                                            ("rglru", "auto")])
 def test_mixers_with_row_blocks_equal_f_linear_in_float64(name, backend, monkeypatch):
@@ -146,19 +164,8 @@ def test_mixers_with_row_blocks_equal_f_linear_in_float64(name, backend, monkeyp
     torch.manual_seed(1)
     extra = {"mamba": {"d_state": 4, "expand": 2}, "mamba2": {"d_state": 4, "expand": 2, "headdim": 4}, "rglru": {}}
     layer = layers.build(name, d_model=8, dtype=F64, **extra[name])
-    x = torch.randn(2, 13, 8, dtype=F64, requires_grad=True)
-    gy = torch.randn(2, 13, 8, dtype=F64)
-    result = {}
-    for block in (10**9, 5):
-        monkeypatch.setattr(rows, "ROW_BLOCK", block)
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        with use_backend(backend):
-            y = layer(x)[0]
-        y.backward(gy)
-        result[block] = [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
-    for a, w in zip(result[5], result[10**9]):
-        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+    with use_backend(backend):
+        _assert_blocks_of_5_equal_whole(layer, torch.randn(2, 13, 8, dtype=F64), monkeypatch)
 
 
 @pytest.mark.parametrize("mixer_out", ["glu", "linear"])
@@ -167,23 +174,13 @@ def test_block_output_projection_by_row_blocks_equals_f_linear_and_keeps_hooks(m
 
     torch.manual_seed(2)
     block = Block(layers.build("s4d", d_model=6, d_state=4, dtype=F64), mixer_out=mixer_out, dtype=F64)
-    x = torch.randn(3, 11, 6, dtype=F64, requires_grad=True)
-    gy = torch.randn(3, 11, 6, dtype=F64)
-    result = {}
-    for size in (10**9, 5):
-        monkeypatch.setattr(rows, "ROW_BLOCK", size)
-        block.zero_grad(set_to_none=True)
-        x.grad = None
-        y = block(x)[0]
-        y.backward(gy)
-        result[size] = [y.detach(), x.grad] + [p.grad for p in block.parameters()]
-    for a, w in zip(result[5], result[10**9]):
-        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+    x = torch.randn(3, 11, 6, dtype=F64)
+    y = _assert_blocks_of_5_equal_whole(block, x, monkeypatch)
     linear = block.out[0] if mixer_out == "glu" else block.out
     for hooked in {block.out, linear}:  # a hook on the projection, or on the Sequential around it, is run
         calls = []
         handle = hooked.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape))
         with torch.no_grad():
-            torch.testing.assert_close(block(x)[0], result[5][0])
+            torch.testing.assert_close(block(x)[0], y)
         assert calls == [x.shape]
         handle.remove()

@@ -184,3 +184,40 @@ def test_block_output_projection_by_row_blocks_equals_f_linear_and_keeps_hooks(m
             torch.testing.assert_close(block(x)[0], y)
         assert calls == [x.shape]
         handle.remove()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_linear_glu_and_every_gradient_equal_f_glu_of_f_linear_in_float64(bias, x_grad, monkeypatch):
+    monkeypatch.setattr(rows, "ROW_BLOCK", 5)
+    g = torch.Generator().manual_seed(3)
+    x, W, b = _leaves(g, 23, 6, (4, 4), bias)
+    x.requires_grad_(x_grad)
+    assert rows._blocked(x, W)
+    y = rows.linear_glu(x, W, b)
+    ref = F.glu(F.linear(x, W, b), dim=-1)
+    torch.testing.assert_close(y, ref, rtol=1e-13, atol=1e-13)
+    gy = torch.randn(ref.shape, generator=g, dtype=F64)
+    leaves = [t for t in (x, W, b) if t is not None and t.requires_grad]
+    for a, w in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_glu_double_backward_equals_f_glu_of_f_linear(monkeypatch):
+    monkeypatch.setattr(rows, "ROW_BLOCK", 5)
+    g = torch.Generator().manual_seed(4)
+    x, W, b = _leaves(g, 17, 4, (3, 3), True)
+
+    def penalty(fn):
+        (gx,) = torch.autograd.grad(fn(x, W, b).sin().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), (x, W, b))
+
+    got = penalty(rows.linear_glu)
+    want = penalty(lambda x, W, b: F.glu(F.linear(x, W, b), dim=-1))
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_glu_refuses_a_weight_without_two_halves():
+    with pytest.raises(ValueError, match="even number of rows"):
+        rows.linear_glu(torch.randn(4, 3), torch.randn(5, 3))

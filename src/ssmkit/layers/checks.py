@@ -65,6 +65,22 @@ def parameter_dtype(dtype: torch.dtype | None) -> torch.dtype:
     return dtype
 
 
+def checkpoint_dtype(saved: torch.dtype | None) -> torch.dtype | None:
+    """The dtype to build a model in for weights saved in ``saved``: that dtype when it is float32 or float64, float32
+    for float16/bfloat16 weights (a model saved after ``.half()`` to ship a smaller file: its weights convert to float32
+    without rounding, and layers keep float32/float64 parameters), None (the default dtype) when unknown.
+
+    Args:
+        saved: the dtype of the checkpoint's floating weights, or None.
+
+    Returns:
+        float32, float64 or None.
+    """
+    if saved in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return saved
+
+
 def check_batch_size(batch_size: object) -> None:
     """Raise ``ValueError`` unless ``batch_size`` is an int >= 1."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

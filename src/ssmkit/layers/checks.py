@@ -17,7 +17,12 @@ def check_positive_int(value: object, name: str) -> None:
 
 
 def check_length(L: object, name: str = "L") -> None:
-    """Raise ``ValueError`` unless L is a positive int (a sequence or kernel length)."""
+    """Raise ``ValueError`` unless L is a positive int (a sequence or kernel length), or a ``torch.SymInt`` >= 1 (the
+    length of a sequence axis that ``torch.export`` keeps dynamic: ``L >= 1`` is a guard every such length meets)."""
+    if isinstance(L, torch.SymInt):
+        if L < 1:
+            raise ValueError(f"{name} must be a positive int; got {L!r}")
+        return
     check_positive_int(L, name)
 
 

@@ -60,3 +60,16 @@ def test_float64_onnx_step_continues_from_the_forward_state(tmp_path, name):
     got, want = _continue_in_onnx(model, str(tmp_path / f"{name}.onnx"), torch.float64)
     assert got.dtype == torch.float64
     assert rel_err(got, want) <= 1e-9  # measured <= 1.7e-11 (LayerNormalization, above); a float32 op would be 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_export_refuses_half_precision_weights_as_step_does(tmp_path, dtype):
+    # state_space() analyses half-precision weights in float64 (tests/layers/test_persistence.py), but the exported
+    # graph is the step, which refuses them: once state_space() accepted them a float16 graph was written, whose
+    # float16 recurrence was 1.5e-3 off the same weights in float32 after 20 steps
+    from ssmkit.sysid.wiener import DeepWiener
+
+    model = DeepWiener(2, 1, d_model=4, n_layers=2, layer="s4d", layer_options={"d_state": 4}, dt=0.004).to(dtype)
+    with pytest.raises(ValueError, match=f"S4D's parameters are {dtype}"):
+        export_onnx(model, str(tmp_path / "half.onnx"))
+    assert not (tmp_path / "half.onnx").exists()

@@ -161,7 +161,14 @@ def real_step_model(model: nn.Module) -> nn.Module:
     Returns:
         the converted copy (the original is untouched), without a SequenceModel's ``check_finite`` (a graph cannot
         raise; the check's data-dependent branch also stopped torch.export).
+
+    Raises:
+        ValueError: a layer's parameters are float16/bfloat16 (as its ``step`` does; convert with ``.float()``).
     """
+    for _, layer in _outer_layers(model):
+        # as the layer's own step: half-precision weights are refused (their state_space() alone is computed, in
+        # float64; a float16 graph ran the recurrence in float16, 1.5e-3 off the same weights in float32 at step 20)
+        layer._check_parameter_dtype()
     copied = copy.deepcopy(model).eval()
     if getattr(copied, "check_finite", False):  # an ONNX graph cannot raise: the copy leaves the NaN/inf check out
         copied.check_finite = False

@@ -67,7 +67,8 @@ def test_a_wiener_ensemble_saved_in_half_precision_loads_as_float32(tmp_path, dt
 @pytest.mark.parametrize("dtype", HALF, ids=["fp16", "bf16"])
 def test_a_trainer_checkpoint_with_half_precision_weights_loads_as_float32(tmp_path, dtype):
     # the layout of `ssmkit train`'s checkpoints: hyper_parameters["model"] and weights prefixed "model."
-    config = SequenceModelConfig(d_input=1, d_model=8, n_layers=2, layer="s4d", d_output=2, layer_options={"d_state": 4})
+    config = SequenceModelConfig(d_input=1, d_model=8, n_layers=2, layer="s4d", d_output=2,
+                                 layer_options={"d_state": 4})
     torch.manual_seed(0)
     model = SequenceModel.from_config(config).eval()
     weights = {f"model.{k}": v.to(dtype) for k, v in model.state_dict().items()}

@@ -23,7 +23,8 @@ def test_every_checkpoint_of_a_run_loads_with_its_weights(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 12, 1, generator=g)
     y = (x.sum(dim=(1, 2)) > 0).long()
-    config = SequenceModelConfig(d_input=1, d_model=8, n_layers=2, layer="s4d", d_output=2, layer_options={"d_state": 4})
+    config = SequenceModelConfig(d_input=1, d_model=8, n_layers=2, layer="s4d", d_output=2,
+                                 layer_options={"d_state": 4})
     train = TrainConfig(batch_size=8, max_steps=6, warmup_steps=1, val_every=2, checkpoint_every=3, lr=1e-2)
     result = fit(config, train, (x[:48], y[:48]), (x[48:], y[48:]), None, str(tmp_path), progress=False)
     folder = tmp_path / "checkpoints"

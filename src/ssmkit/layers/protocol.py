@@ -22,8 +22,8 @@ Precision: a layer computes in its parameters' dtype (float32 or float64; ``.hal
 refused by ``forward``, ``step``, ``initial_state``, ``kernel`` and the tensor helpers ``discrete()``/``eigenvalues()``/
 ``continuous()``) and answers in the input's dtype. ``state_space()`` alone accepts float16/bfloat16 weights, as
 python-control accepts any numbers: it computes from exactly those weights in float64 (half precision converts to
-float64 without rounding) and returns the usual float64/complex128 system. Under ``torch.autocast`` the SSM core, ``kernel``
-and ``state_space`` stay in the parameters' dtype and only a mixer's own projections run in bf16/fp16. Call
+float64 without rounding) and returns the usual float64/complex128 system. Under ``torch.autocast`` the SSM core,
+``kernel`` and ``state_space`` stay in the parameters' dtype and only a mixer's own projections run in bf16/fp16. Call
 ``backward`` after leaving the autocast block (PyTorch's advice): inside it, the backward's matmuls run in bf16/fp16
 too, even those of a layer whose forward ran in float32 (gradients 1e-3 off; fp16 underflows tiny ones to 0).
 

@@ -387,8 +387,8 @@ class DeepWiener(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "DeepWiener":
-        """The model of a :meth:`checkpoint` dict (built in the saved weights' dtype, float32 for float16/bfloat16 weights;
-        weights loaded strictly).
+        """The model of a :meth:`checkpoint` dict (built in the saved weights' dtype, float32 for float16/bfloat16
+        weights; weights loaded strictly).
 
         Args:
             checkpoint: a dict with ``deep_wiener`` (the constructor's arguments) and ``state_dict``.

@@ -22,7 +22,7 @@ def load_model(path: str):
 
     Two layouts are read: a checkpoint of ``ssmkit train`` (``hyper_parameters["model"]``, a SequenceModelConfig
     dict, and ``state_dict`` with keys prefixed ``model.``) gives a :class:`ssmkit.models.SequenceModel` in the saved
-    weights' dtype; a
+    weights' dtype (float32 for float16/bfloat16 weights); a
     DeepWiener file (``DeepWiener.checkpoint()``: ``deep_wiener``, the constructor's keyword arguments with ``dt``,
     and ``state_dict``; the ``model.pt`` of an ``ssmkit sysid`` run folder) gives a DeepWiener in the saved dtype, and
     a WienerEnsemble file (``wiener_ensemble``: the members' arguments, ``state_dict``; ``--recipe.combine average``)
@@ -60,12 +60,14 @@ def load_model(path: str):
             f"{path!r} is not a checkpoint of 'ssmkit train' (no hyper_parameters['model'], the model configuration) "
             f"nor a DeepWiener file (no 'deep_wiener' arguments); found keys {sorted(checkpoint)}"
         )
+    from ssmkit.layers.checks import checkpoint_dtype
     from ssmkit.models import SequenceModel, SequenceModelConfig
 
     prefix = "model."
     weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     # in the saved weights' dtype: a float64 run (precision "64") loaded into float32 lost its poles' digits silently
-    dtype = next((v.dtype for v in weights.values() if v.is_floating_point()), None)
+    # (float32 for weights saved in half precision: layers keep float32/float64 parameters)
+    dtype = checkpoint_dtype(next((v.dtype for v in weights.values() if v.is_floating_point()), None))
     model = SequenceModel.from_config(SequenceModelConfig.from_dict(dict(hyper["model"])), dtype=dtype)
     model.load_state_dict(weights)
     return model.eval()

@@ -161,7 +161,14 @@ def real_step_model(model: nn.Module) -> nn.Module:
     Returns:
         the converted copy (the original is untouched), without a SequenceModel's ``check_finite`` (a graph cannot
         raise; the check's data-dependent branch also stopped torch.export).
+
+    Raises:
+        ValueError: a layer's parameters are float16/bfloat16 (as its ``step`` does; convert with ``.float()``).
     """
+    for _, layer in _outer_layers(model):
+        # as the layer's own step: half-precision weights are refused (their state_space() alone is computed, in
+        # float64; a float16 graph ran the recurrence in float16, 1.5e-3 off the same weights in float32 at step 20)
+        layer._check_parameter_dtype()
     copied = copy.deepcopy(model).eval()
     if getattr(copied, "check_finite", False):  # an ONNX graph cannot raise: the copy leaves the NaN/inf check out
         copied.check_finite = False
@@ -278,8 +285,9 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     DeepWiener's layers); nested lists are read in order (a WienerEnsemble's list of member states). A modal LTI
     layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module docstring); a dense realisation (S4)
     is written in the real basis z = [Re x, Im x] of the layer's complex state x (B, H, N/2) (``S4._state_space``),
-    so its entry becomes (B, H, N) = cat(Re x, Im x); a real diagonal one (EMA) is the layer's own state; a mixer's
-    parts are copied.
+    so its entry becomes (B, H, N) = cat(Re x, Im x); a real diagonal one is the layer's own state (EMA) or, for complex
+    modes with real eigenvalues (S4D ``init="real"``), ``view_as_real`` of it flattened to (B, H, 2M); a mixer's parts
+    are copied.
 
     Args:
         model: the model that was exported.
@@ -299,6 +307,10 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
             real = RealLTIStep(layer.state_space())
             if real.kind == "dense" and entry.is_complex() and 2 * entry.shape[-1] == real.n:
                 entry = torch.cat([entry.real, entry.imag], -1)  # (B, H, N/2) -> (B, H, N): the basis [Re x, Im x]
+            elif real.kind == "diagonal" and entry.is_complex() and 2 * entry.shape[-1] == real.n:
+                # complex modes with real eigenvalues (S4D init="real"): their 2x2 blocks [[a, 0], [0, a]] are
+                # diagonal, in the basis (Re x_1, Im x_1, Re x_2, ...) of the modal form
+                entry = torch.view_as_real(entry).flatten(-2)  # (B, H, M) complex -> (B, H, 2M)
             elif entry.is_complex() != (real.kind == "modal"):
                 raise NotImplementedError(
                     f"{type(layer).__name__}'s state {tuple(entry.shape)} has no direct counterpart in the exported "

@@ -17,7 +17,12 @@ def check_positive_int(value: object, name: str) -> None:
 
 
 def check_length(L: object, name: str = "L") -> None:
-    """Raise ``ValueError`` unless L is a positive int (a sequence or kernel length)."""
+    """Raise ``ValueError`` unless L is a positive int (a sequence or kernel length), or a ``torch.SymInt`` >= 1 (the
+    length of a sequence axis that ``torch.export`` keeps dynamic: ``L >= 1`` is a guard every such length meets)."""
+    if isinstance(L, torch.SymInt):
+        if L < 1:
+            raise ValueError(f"{name} must be a positive int; got {L!r}")
+        return
     check_positive_int(L, name)
 
 
@@ -63,6 +68,22 @@ def parameter_dtype(dtype: torch.dtype | None) -> torch.dtype:
             f"mixed precision use torch.autocast, under which the SSM core stays in float32); got {dtype}"
         )
     return dtype
+
+
+def checkpoint_dtype(saved: torch.dtype | None) -> torch.dtype | None:
+    """The dtype to build a model in for weights saved in ``saved``: that dtype when it is float32 or float64, float32
+    for float16/bfloat16 weights (a model saved after ``.half()`` to ship a smaller file: its weights convert to float32
+    without rounding, and layers keep float32/float64 parameters), None (the default dtype) when unknown.
+
+    Args:
+        saved: the dtype of the checkpoint's floating weights, or None.
+
+    Returns:
+        float32, float64 or None.
+    """
+    if saved in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return saved
 
 
 def check_batch_size(batch_size: object) -> None:

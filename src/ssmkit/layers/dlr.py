@@ -147,10 +147,12 @@ class DLR(DiagonalLTILayer):
 
     def eigenvalues(self) -> torch.Tensor:
         """λ = e^{Λ}, Λ = -a² + i b: (M,) complex, |λ| = e^{-a²} ≤ 1 whatever the parameter values."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         return torch.exp(torch.complex(-self.A_sqrt_neg_real.square(), self.A_imag))  # (M,)
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ā = λ (H, M) (the shared modes), B̄ = 1 (H, M) and W (C, H, M), all complex: y = Re(Σ W s) + D u."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         A_bar = self.eigenvalues().expand(self.d_model, -1)  # (H, M)
         return A_bar, torch.ones_like(A_bar), torch.view_as_complex(self.W)  # (H, M), (H, M), (C, H, M)
 

@@ -150,6 +150,7 @@ class DSS(DiagonalLTILayer):
         DSS-exp: W̃ = W (e^z - 1)/λ = W φ(z) (z/λ); DSS-softmax: W̃ = W (e^z - 1) conj(x)/(|x|² + 1e-7) with
         x = λ (e^{L z} - 1) = λ L z φ(L z), L = l_max; φ(z) = (e^z - 1)/z evaluated stably near 0.
         """
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         re = -torch.exp(self.log_A_real) if self.version == "exp" else self.A_real  # (M,)
         Lambda = torch.complex(re, self.A_imag)  # (M,)
         dt = torch.exp(self.log_dt)  # (H, 2) or (H, 1)

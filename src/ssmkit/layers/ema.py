@@ -115,6 +115,7 @@ class EMA(DiagonalLTILayer):
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ā (H, N), B̄ (H, N) and C (1, H, N) of the causal EMA, real."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         A_bar, B_bar, C = self.directions()
         return A_bar[0], B_bar[0], C[:1]
 

@@ -90,6 +90,7 @@ class GSSDiagonal(DiagonalLTILayer):
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ā = e^{λ} (H, M), B̄ = (e^{λ} - 1)/λ · B (H, M) and C (1, H, M), complex: ZOH with Δ = 1."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         Lambda = torch.complex(-torch.exp(self.log_A_real), torch.exp(self.log_A_imag))  # (M,)
         B = torch.view_as_complex(self.B)  # (H, M)
         dt = torch.ones(self.d_model, 1, dtype=self.D.dtype, device=self.D.device)  # (H, 1): Δ = 1

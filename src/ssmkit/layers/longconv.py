@@ -38,13 +38,13 @@ def conv_with_past(
 
 
 def fit_length(K: torch.Tensor, L: int) -> torch.Tensor:
-    """K (..., L_k) cropped or zero-padded to L taps: (..., L)."""
-    return K[..., :L] if K.shape[-1] >= L else F.pad(K, (0, L - K.shape[-1]))
+    """K (..., L_k) cropped or zero-padded to L taps: (..., L). Without a branch on L, so that ``torch.export`` with
+    a dynamic length keeps one program for L below and above L_k (padding by L zeros, then cropping)."""
+    return F.pad(K, (0, L))[..., :L]
 
 
 def last_inputs(u: torch.Tensor, W: int) -> torch.Tensor:
-    """The last W inputs of u (B, L, H), zeros before its start, as a state: (B, H, W), oldest first."""
-    L = u.shape[1]
-    if L < W:
-        u = F.pad(u, (0, 0, W - L, 0))  # (B, W, H)
+    """The last W inputs of u (B, L, H), zeros before its start, as a state: (B, H, W), oldest first. Without a branch
+    on L (W zeros in front, then the last W rows), so that ``torch.export`` keeps one program for every length."""
+    u = F.pad(u, (0, 0, W, 0))  # (B, W + L, H)
     return u[:, u.shape[1] - W :].transpose(1, 2).contiguous()  # (B, H, W)

@@ -128,11 +128,13 @@ class LRU(MIMODiagonalLTILayer):
 
     def eigenvalues(self) -> torch.Tensor:
         """λ = exp(-max(exp(ν), 1e-6) + i exp(θ)): (M,) complex, |λ| < 1 for every parameter value."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         rate = torch.exp(self.log_nu).clamp(min=RATE_FLOOR)  # (M,)
         return torch.exp(torch.complex(-rate, torch.exp(self.log_theta)))  # (M,)
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """λ (M,), γ ⊙ B (M, H) and C (C, H, M), complex: y = Re(C x) + D u."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         B_bar = torch.exp(self.log_gamma)[:, None] * torch.view_as_complex(self.B)  # (M, H)
         return self.eigenvalues(), B_bar, torch.view_as_complex(self.C)
 

@@ -19,8 +19,11 @@ value is NaN). Use
 ``SequenceModel(check_finite=True)`` or :func:`ssmkit.utils.check_finite` to find the first bad step.
 
 Precision: a layer computes in its parameters' dtype (float32 or float64; ``.half()``/``.bfloat16()`` layers are
-refused by every entry point) and answers in the input's dtype. Under ``torch.autocast`` the SSM core, ``kernel``
-and ``state_space`` stay in the parameters' dtype and only a mixer's own projections run in bf16/fp16. Call
+refused by ``forward``, ``step``, ``initial_state``, ``kernel`` and the tensor helpers ``discrete()``/``eigenvalues()``/
+``continuous()``) and answers in the input's dtype. ``state_space()`` alone accepts float16/bfloat16 weights, as
+python-control accepts any numbers: it computes from exactly those weights in float64 (half precision converts to
+float64 without rounding) and returns the usual float64/complex128 system. Under ``torch.autocast`` the SSM core,
+``kernel`` and ``state_space`` stay in the parameters' dtype and only a mixer's own projections run in bf16/fp16. Call
 ``backward`` after leaving the autocast block (PyTorch's advice): inside it, the backward's matmuls run in bf16/fp16
 too, even those of a layer whose forward ran in float32 (gradients 1e-3 off; fp16 underflows tiny ones to 0).
 
@@ -32,6 +35,7 @@ S4, S4D and DSS in full, or ``torch.export``.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import ClassVar, ContextManager, Mapping
 
@@ -249,18 +253,24 @@ class SequenceLayer(nn.Module):
         self._check_parameter_dtype()
         return device
 
-    def _check_parameter_dtype(self) -> None:
-        """Raise ``ValueError`` unless the parameters are float32 or float64 (checked on the first one: the layer's
-        own, read from the module's dict as ``own_tensors`` does, since ``step`` calls this every time)."""
+    def _low_precision_dtype(self) -> torch.dtype | None:
+        """The parameters' dtype when it is not float32 or float64, else None (read on the first one: the layer's own,
+        from the module's dict as ``own_tensors`` does, since ``step`` calls this every time)."""
         own = [t for t in self._parameters.values() if t is not None]
         for p in own or self.parameters():
-            if p.dtype not in (torch.float32, torch.float64):
-                raise ValueError(
-                    f"{type(self).__name__}'s parameters are {p.dtype}, but ssmkit layers keep float32 or float64 "
-                    "parameters (not .half() or .to(torch.bfloat16)): for bfloat16/float16 compute keep them float32 "
-                    "and run under torch.autocast, which keeps the SSM core in float32"
-                )
-            break
+            return p.dtype if p.dtype not in (torch.float32, torch.float64) else None
+        return None
+
+    def _check_parameter_dtype(self) -> None:
+        """Raise ``ValueError`` unless the parameters are float32 or float64 (see :meth:`_low_precision_dtype`)."""
+        dtype = self._low_precision_dtype()
+        if dtype is not None:
+            raise ValueError(
+                f"{type(self).__name__}'s parameters are {dtype}, but ssmkit layers keep float32 or float64 "
+                "parameters (not .half() or .to(torch.bfloat16)): for bfloat16/float16 compute keep them float32 "
+                "and run under torch.autocast, which keeps the SSM core in float32 (state_space() analyses "
+                "half-precision weights in float64; .float() converts the layer)"
+            )
 
     def initial_state(self, batch_size: int) -> State:
         """The zero state of ``batch_size`` sequences, on the layer's device (see ``state_spec``).
@@ -319,9 +329,16 @@ class SequenceLayer(nn.Module):
 
     def state_space(self):  # -> ssmkit.analysis.StateSpace
         """The layer as a bank of discrete-time systems in the control convention (:class:`ssmkit.analysis.StateSpace`):
-        simulating it from a zero state reproduces ``layer(x)[0]``."""
+        simulating it from a zero state reproduces ``layer(x)[0]``.
+
+        The matrices are float64 (complex128 for a complex bank) whatever the parameters' dtype. Float16/bfloat16
+        parameters (a model shipped in half precision, loaded with ``assign=True`` or cast with ``.half()``) are
+        analysed as they are: the system is computed from a float64 copy of the layer, which holds exactly the same
+        weights (python-control, too, converts whatever numbers it is given to float64)."""
         self._require("state_space")
-        self._check_parameter_dtype()
+        if self._low_precision_dtype() is not None:
+            with torch.no_grad():
+                return copy.deepcopy(self).to(torch.float64).state_space()
         with torch.no_grad(), float32_core(self.state_device().type):
             return self._state_space()
 

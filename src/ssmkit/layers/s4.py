@@ -78,6 +78,7 @@ from ssmkit.layers.checks import (
     parameter_dtype,
 )
 from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.longconv import fit_length
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
 from ssmkit.layers.registry import register
@@ -343,7 +344,7 @@ class S4(SequenceLayer):
         if state is not None:  # the initial state's output C_trueᵀ Ā^{l+1} s, as the kernel of the input B_s
             B_s = self._state_input(state.to(_C128), plan.Lambda, plan.P, plan.dt)  # (B, H, N/2)
             K_s = dplr_kernel(plan.Lambda, plan.P, B_s, plan.C_t, plan.dt, plan.L_k, backend=fft)  # (B, C, H, L_k)
-            y = y + K_s[:, 0, :, :L].to(real).transpose(1, 2)  # (B, H, L) -> (B, L, H)
+            y = y + fit_length(K_s[:, 0], L).to(real).transpose(1, 2)  # (B, H, L) -> (B, L, H)
         if not return_state:
             return y, None, K
         z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
@@ -364,7 +365,8 @@ class S4(SequenceLayer):
         needs_real = return_state or L > self.l_max  # the real-basis Ā (and B̄), formed once for both uses
         A_z, B_z = bilinear_dplr_real(Lambda, P, B, dt) if needs_real else (None, None)  # float64
         C_t, L_k = self._attuned_C_tilde(L, A_z)
-        K = dplr_kernel(Lambda, P, B[None], C_t, dt, L_k, backend=fft)[0, :, :, :L].to(self.D.dtype)  # (C, H, L)
+        # cropped by fit_length, not [..., :L]: a slice of the whole L_k taps made torch.export guard L != L_k
+        K = fit_length(dplr_kernel(Lambda, P, B[None], C_t, dt, L_k, backend=fft)[0], L).to(self.D.dtype)  # (C, H, L)
         tables = dense_state_tables(A_z, B_z, L, self.D.dtype, initial_state) if return_state else None
         return _ConvPlan(Lambda, P, dt, C_t, L_k, K, tables)
 

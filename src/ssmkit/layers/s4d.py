@@ -129,6 +129,7 @@ class S4D(DiagonalLTILayer):
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ā (H, M), B̄ (H, M) and 2C (C, H, M), complex, M = N/2: y = Re(Σ 2C x) + D u = 2 Re(Σ C x) + D u."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)  # (H, M)
         B = torch.view_as_complex(self.B)  # (H, M)
         dt = torch.exp(self.log_dt).unsqueeze(-1)  # (H, 1)

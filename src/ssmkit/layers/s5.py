@@ -164,12 +164,14 @@ class S5(MIMODiagonalLTILayer):
 
     def continuous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Λ (M,) complex (Re clipped at -1e-4 with ``clip_eigs``), B̃ (M, H) complex and Δ (M,) (with ``step_rescale``)."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         re = self.A_real.clamp(max=_CLIP) if self.clip_eigs else self.A_real
         Lambda = torch.complex(re, self.A_imag)  # (M,)
         return Lambda, torch.view_as_complex(self.B), self.step_rescale * torch.exp(self.log_dt)
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Λ̄ (M,), B̄ (M, H) and the output matrices (C, H, M), complex: 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u)."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         Lambda, B_tilde, dt = self.continuous()
         rule = zoh if self.discretization == "zoh" else bilinear
         # One row of M systems with a unit step: z = ΔΛ and B = Δ give the rules' Ā = f(ΔΛ), B̄ = Δ·g(ΔΛ) exactly.

@@ -53,7 +53,11 @@ def _check_conv_args(u: torch.Tensor, K: torch.Tensor, bidirectional: bool) -> N
 
 
 def _fft_size(n_min: int) -> int:
-    """Smallest even n >= n_min whose prime factors are 2, 3 and 5 (fast sizes for pocketfft and cuFFT)."""
+    """Smallest even n >= n_min whose prime factors are 2, 3 and 5 (fast sizes for pocketfft and cuFFT). For a
+    symbolic n_min (``torch.export`` with a dynamic length) the even n >= n_min itself: the search branches on the
+    value, which would specialise the exported program to one length (any n >= 2L - 1 gives the same convolution)."""
+    if isinstance(n_min, torch.SymInt):
+        return n_min + n_min % 2
     n = n_min + (n_min % 2)
     while True:
         m = n

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ssmkit.layers.checks import checkpoint_dtype
 from ssmkit.sysid.wiener import DeepWiener
 
 _SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window")
@@ -145,7 +146,8 @@ class WienerEnsemble(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "WienerEnsemble":
-        """The ensemble of a :meth:`checkpoint` dict (members built in the saved dtype, weights loaded strictly).
+        """The ensemble of a :meth:`checkpoint` dict (members built in the saved dtype, float32 for float16/bfloat16
+        weights; weights loaded strictly).
 
         Args:
             checkpoint: a dict with ``wiener_ensemble`` (a list of member arguments) and ``state_dict``.
@@ -161,7 +163,7 @@ class WienerEnsemble(nn.Module):
         members = []
         for i, arguments in enumerate(checkpoint["wiener_ensemble"]):
             key = f"members.{i}.u_mean"
-            dtype = state[key].dtype if key in state else None
+            dtype = checkpoint_dtype(state[key].dtype if key in state else None)  # half weights: float32
             members.append(DeepWiener(**dict(arguments), dtype=dtype))
         model = cls(members)
         model.load_state_dict(state)

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_positive_int, checkpoint_dtype, parameter_dtype
 from ssmkit.layers.registry import build, layer_class
 from ssmkit.layers.state import TensorSpec, check_state
 from ssmkit.models.pattern import check_layer_options
@@ -387,7 +387,8 @@ class DeepWiener(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "DeepWiener":
-        """The model of a :meth:`checkpoint` dict (built in the saved weights' dtype, weights loaded strictly).
+        """The model of a :meth:`checkpoint` dict (built in the saved weights' dtype, float32 for float16/bfloat16
+        weights; weights loaded strictly).
 
         Args:
             checkpoint: a dict with ``deep_wiener`` (the constructor's arguments) and ``state_dict``.
@@ -398,7 +399,8 @@ class DeepWiener(nn.Module):
         if not isinstance(checkpoint, dict) or "deep_wiener" not in checkpoint or "state_dict" not in checkpoint:
             raise ValueError("a DeepWiener checkpoint is a dict with 'deep_wiener' (its arguments) and 'state_dict'")
         state = checkpoint["state_dict"]
-        dtype = state["u_mean"].dtype if "u_mean" in state else None
+        # the saved dtype; float32 for weights saved in half precision (layers keep float32/float64 parameters)
+        dtype = checkpoint_dtype(state["u_mean"].dtype if "u_mean" in state else None)
         model = cls(**dict(checkpoint["deep_wiener"]), dtype=dtype)
         model.load_state_dict(state)
         return model.eval()

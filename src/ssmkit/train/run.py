@@ -248,8 +248,11 @@ def fit(
         at_best = tests()
         module.load_state_dict(final_weights)
         if trainer.is_global_zero:
+            # with Lightning's version key, so that SequenceLightningModule.load_from_checkpoint reads it too (it
+            # raised KeyError: 'pytorch-lightning_version' while migrating the file)
             save_atomic({"state_dict": best.weights, "global_step": best.step, "monitor": best.key,
-                         "score": best.score, "hyper_parameters": dict(module.hparams)},
+                         "score": best.score, "hyper_parameters": dict(module.hparams),
+                         "pytorch-lightning_version": pl.__version__},
                         os.path.join(ckpt_dir, "best_val.ckpt"))
     chosen = at_best if cfg.test_weights == "best_val" else final
     result.update(chosen)

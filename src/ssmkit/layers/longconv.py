@@ -38,13 +38,21 @@ def conv_with_past(
 
 
 def fit_length(K: torch.Tensor, L: int) -> torch.Tensor:
-    """K (..., L_k) cropped or zero-padded to L taps: (..., L). Without a branch on L, so that ``torch.export`` with
-    a dynamic length keeps one program for L below and above L_k (padding by L zeros, then cropping)."""
-    return F.pad(K, (0, L))[..., :L]
+    """K (..., L_k) cropped or zero-padded to L taps: (..., L). For a symbolic L (``torch.export`` or ``torch.compile``
+    with a dynamic length) without a branch on L, so that one program serves L below and above L_k (padding by L
+    zeros, then cropping); for an int L by a view or one pad (the branch-free form copies the kernel every call)."""
+    if isinstance(L, torch.SymInt):
+        return F.pad(K, (0, L))[..., :L]
+    return K[..., :L] if K.shape[-1] >= L else F.pad(K, (0, L - K.shape[-1]))
 
 
 def last_inputs(u: torch.Tensor, W: int) -> torch.Tensor:
-    """The last W inputs of u (B, L, H), zeros before its start, as a state: (B, H, W), oldest first. Without a branch
-    on L (W zeros in front, then the last W rows), so that ``torch.export`` keeps one program for every length."""
-    u = F.pad(u, (0, 0, W, 0))  # (B, W + L, H)
+    """The last W inputs of u (B, L, H), zeros before its start, as a state: (B, H, W), oldest first. For a symbolic
+    length without a branch on L (W zeros in front, then the last W rows: a copy of u), so that ``torch.export``
+    keeps one program for every length; for an int length by a slice, padded only when L < W."""
+    L = u.shape[1]
+    if isinstance(L, torch.SymInt):
+        u = F.pad(u, (0, 0, W, 0))  # (B, W + L, H)
+    elif L < W:
+        u = F.pad(u, (0, 0, W - L, 0))  # (B, W, H)
     return u[:, u.shape[1] - W :].transpose(1, 2).contiguous()  # (B, H, W)

@@ -6,7 +6,9 @@ A kernel source (a ``.c`` file beside this module) is compiled once per machine 
 build tool, no torch C++ extension. The library's name carries a hash of the source (and the shared headers beside it),
 the compiler's version, the flags and the CPU's feature flags, so an edited source, another compiler or a cache folder shared with a different
 CPU builds afresh (``-march=native`` code must never run on a CPU without those instructions). The library is
-written under a temporary name and renamed: a concurrent or interrupted build never leaves a half-written file.
+written under a temporary name (a new file's mode: readable by the users the umask allows), synced to disk and
+renamed: a concurrent or interrupted build never leaves a half-written file, and a cached ELF library shorter than its
+own header says (copied or synced by other tools) is built again rather than handed to dlopen.
 
 ``SSMKIT_NATIVE=0`` in the environment disables the backend (every build is refused with that reason).
 ``SSMKIT_NATIVE_CFLAGS`` adds compiler flags to every build (split as a shell would; part of the cache key): for
@@ -24,10 +26,10 @@ import ctypes
 import hashlib
 import os
 import platform
+import secrets
 import shlex
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -45,15 +47,27 @@ def cache_dir() -> Path:
 
 
 def compiler() -> str:
-    """The C compiler to use: ``$CC`` when set, else the first of cc, gcc, clang on the PATH.
+    """The C compiler to use: ``$CC`` when set, else the first of cc, gcc, clang on the PATH (the resolved path of the
+    program; ``$CC`` may name a launcher before it, ``CC="ccache gcc"``, whose further words :func:`_command` adds).
 
     Raises:
         NativeBuildError: none is found.
     """
-    for name in ([os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]):
-        path = shutil.which(name)
+    return _command()[0]
+
+
+def _command() -> list[str]:
+    """The compiler's command words: the resolved program, then the rest of ``$CC`` (split as a shell would)."""
+    if os.environ.get("CC"):
+        words = shlex.split(os.environ["CC"])
+        path = shutil.which(words[0]) if words else None
         if path:
-            return path
+            return [path, *words[1:]]
+    else:
+        for name in ("cc", "gcc", "clang"):
+            path = shutil.which(name)
+            if path:
+                return [path]
     raise NativeBuildError("no C compiler found (set CC, or install gcc or clang)")
 
 
@@ -68,9 +82,28 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(cc: str) -> str:
-    out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
-    return out.stdout.splitlines()[0] if out.stdout else cc
+def _version(cc: list[str]) -> str:
+    out = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.splitlines()[0] if out.stdout else " ".join(cc)
+
+
+def _whole(path: Path) -> bool:
+    """False when ``path`` is an ELF file cut short: shorter than the end of its section header table (e_shoff +
+    e_shnum · e_shentsize, read from its first 64 bytes). dlopen of such a file can kill the process with SIGBUS
+    instead of failing, so a cached library is checked before it is loaded. Files that are not ELF (other platforms'
+    formats) are left to the loader."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:4] != b"\x7fELF" or len(head) < 52:
+        return head[:4] != b"\x7fELF"
+    order = "little" if head[5] == 1 else "big"
+    if head[4] == 2:  # ELFCLASS64
+        if len(head) < 64:
+            return False
+        shoff, shentsize, shnum = (int.from_bytes(head[a:b], order) for a, b in ((40, 48), (58, 60), (60, 62)))
+    else:  # ELFCLASS32
+        shoff, shentsize, shnum = (int.from_bytes(head[a:b], order) for a, b in ((32, 36), (46, 48), (48, 50)))
+    return path.stat().st_size >= shoff + shnum * shentsize
 
 
 def openmp_requested() -> bool:
@@ -89,7 +122,7 @@ def _flag_sets(dtype: str) -> list[tuple[str, ...]]:
 
 def library_path(source: str, dtype: str) -> Path:
     """Where the library of ``source`` (a file name beside this module) for ``dtype`` is, or will be, cached."""
-    cc = compiler()
+    cc = _command()
     text = b"\0".join(f.read_bytes() for f in [SOURCE_DIR / source, *sorted(SOURCE_DIR.glob("*.h"))])  # + headers
     flags = " ".join(_flag_sets(dtype)[0]).encode()
     key = hashlib.sha256(b"\0".join([text, _version(cc).encode(), flags, _cpu_flags().encode()])).hexdigest()[:16]
@@ -108,20 +141,31 @@ def build(source: str, dtype: str) -> Path:
     if dtype not in DTYPE_FLAGS:
         raise ValueError(f"dtype must be one of {tuple(DTYPE_FLAGS)}; got {dtype!r}")
     path = library_path(source, dtype)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", prefix=path.stem + ".", dir=path.parent)
-    os.close(fd)
+    if path.exists() and _whole(path):
+        return path  # (a library cut short on disk, by a copy or a crash, is built again and replaced)
     try:
-        cc = compiler()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the temporary as a new file (mode 0o666 less the umask; mkstemp's 0o600 made the library unreadable, so
+        # unloadable, by other users of a shared cache)
+        tmp = str(path.parent / f"{path.stem}.{secrets.token_hex(8)}.tmp")
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError as err:
+        raise NativeBuildError(f"cannot write the library into {path.parent} (set SSMKIT_NATIVE_CACHE to a writable "
+                               f"folder): {err}") from err
+    try:
+        cc = _command()
         for flags in _flag_sets(dtype):
-            cmd = [cc, *flags, "-o", tmp, str(SOURCE_DIR / source), "-lm"]
+            cmd = [*cc, *flags, "-o", tmp, str(SOURCE_DIR / source), "-lm"]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if out.returncode == 0:
                 break
         else:
             raise NativeBuildError(f"{' '.join(cmd)} failed:\n{out.stderr.strip()[-2000:]}")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data on disk before the name: a crash must not leave the name on a short file
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -198,3 +198,27 @@ def test_forked_dataloader_workers_run_a_layer_as_the_parent_does():
     with torch.no_grad():
         expected = torch.cat([layer(x[i : i + 1])[0] for i in range(x.shape[0])])
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["s4d", "dss", "s5", "lru", "rglru", "mamba"])  # the layers on the C kernels
+def test_changing_the_thread_count_between_calls(name):
+    # a server tuning torch.set_num_threads between requests: the kernels split their items over the threads but
+    # sum per item, so a float32 call gives the same output and gradients on 1 and 3 threads, and both agree with the
+    # float64 layer
+    double = make_layer(name, dtype=torch.float64)
+    layer = make_layer(name, dtype=torch.float32)
+    layer.load_state_dict(double.state_dict())  # the same weights, rounded (a seed draws other ones in float32)
+    x = torch.randn(2, 64, H, generator=torch.Generator().manual_seed(7))
+    reference = loss_and_grads(double, x.double())
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 3, 1):  # (3 threads on fewer cores still split the items three ways)
+            torch.set_num_threads(n)
+            results.append(loss_and_grads(layer, x))
+    finally:
+        torch.set_num_threads(threads)
+    for one, three, again, ref in zip(*results, reference, strict=True):
+        assert torch.equal(again, one)
+        assert rel_err(three, one) <= 1e-6  # 0 here; PyTorch's own reductions around the kernel may split by thread
+        assert rel_err(one, ref) < 5e-5, rel_err(one, ref)  # float32 against float64, L 64: <= 6.4e-6 here (S4D)

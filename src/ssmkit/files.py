@@ -3,7 +3,10 @@
 Every file ssmkit writes (benchmark and training results, checkpoints, configurations, reports, plots, cached data)
 goes to a temporary name in the target's folder, is flushed to disk and renamed into place (``os.replace`` is atomic on
 POSIX and Windows), so an interrupted run never leaves a half-written file that a later run would trust; a write that
-fails removes its temporary and leaves the previous file as it was.
+fails removes its temporary and leaves the previous file as it was. The file gets the permissions of any new file
+(0o666 less the process's umask: 0o644 under the usual 022), as ``open(path, "w")`` would give it: a data cache, a
+checkpoint or a result written by one user (or by root while a container image is built) stays readable by the others.
+(``tempfile.mkstemp`` creates 0o600 files, and a rename keeps them so.)
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
+import secrets
 from typing import IO, Any, Callable
 
 
@@ -25,7 +28,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], text: bool
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with (os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb")) as f:
             write(f)
@@ -35,6 +38,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], text: bool
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: pathlib.Path) -> tuple[int, str]:
+    """A new file beside ``path`` (``.<name>.<random>.tmp``), opened for writing: (descriptor, name). Created with mode
+    0o666, which the kernel reduces by the umask, as for any new file (``tempfile.mkstemp`` would make it 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # a name drawn twice (2^-64 per pair): draw again
+            continue
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -66,3 +66,50 @@ def test_an_overwrite_takes_a_new_files_mode_and_leaves_no_temporary(tmp_path, u
     assert mode(target) == 0o666 & ~umask
     assert target.read_text() == "[\n  2\n]"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+class _FailingFigure:
+    """A figure whose savefig writes part of a PNG, then fails (a full disk, a killed renderer)."""
+
+    def savefig(self, f, format, dpi):
+        f.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+
+def test_save_figure_writes_whole_or_leaves_the_old_file(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ssmkit.files import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = tmp_path / "plots" / "curve.png"
+    save_figure(fig, path)
+    plt.close(fig)
+    old = path.read_bytes()
+    assert old[:8] == b"\x89PNG\r\n\x1a\n" and len(old) > 1000
+    with pytest.raises(OSError, match="No space left"):
+        save_figure(_FailingFigure(), path)
+    assert path.read_bytes() == old  # the previous plot, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["curve.png"]  # no temporary left
+
+
+def test_copy_stream_writes_whole_or_nothing(tmp_path):
+    import io
+
+    from ssmkit.files import copy_stream
+
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() >= 4:
+                raise OSError("truncated archive")
+            return super().read(4)
+
+    copy_stream(tmp_path / "a.bin", io.BytesIO(b"0123456789"))
+    assert (tmp_path / "a.bin").read_bytes() == b"0123456789"
+    with pytest.raises(OSError, match="truncated"):
+        copy_stream(tmp_path / "b.bin", Broken(b"0123456789"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]

@@ -71,3 +71,28 @@ def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> None:
         indent: as for ``json.dump``.
     """
     atomic_write(path, lambda f: json.dump(obj, f, indent=indent), text=True)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
+    """``fig.savefig`` into ``path`` atomically, in the format of the path's suffix (``.png``, ``.pdf``, ``.svg``).
+
+    Args:
+        fig: a matplotlib figure.
+        path: the destination (its folder is created).
+        dpi: the resolution of raster formats.
+    """
+    suffix = pathlib.Path(path).suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=dpi))
+
+
+def copy_stream(path: str | os.PathLike, source: IO[bytes]) -> None:
+    """The bytes of the open binary file ``source`` into ``path`` atomically (an archive member being extracted).
+
+    Args:
+        path: the destination (its folder is created).
+        source: a readable binary file object.
+    """
+    import shutil
+
+    atomic_write(path, lambda f: shutil.copyfileobj(source, f))
+

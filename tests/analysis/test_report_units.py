@@ -11,16 +11,16 @@ from ssmkit.sysid.wiener import DeepWiener
 
 def _labels(monkeypatch) -> dict[str, list[str]]:
     """Capture every x label of the figures ``write_report`` saves, by file name."""
-    from matplotlib.figure import Figure
+    import ssmkit.analysis.plots as plots
 
     seen: dict[str, list[str]] = {}
-    save = Figure.savefig
+    save = plots.save_figure  # every figure of the report is written by it (atomically, ssmkit.files)
 
     def spy(fig, path, *args, **kwargs):
         seen[str(path).rsplit("/", 1)[-1]] = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
         return save(fig, path, *args, **kwargs)
 
-    monkeypatch.setattr(Figure, "savefig", spy)
+    monkeypatch.setattr(plots, "save_figure", spy)
     return seen
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ssmkit.analysis.layerwise import LayerAnalysis
 from ssmkit.analysis.statespace import StateSpace
+from ssmkit.files import save_figure
 
 __all__ = ["channel_pairs", "impulse_response", "plot_bode", "plot_kernels", "plot_poles", "plot_responses"]
 
@@ -108,7 +109,7 @@ def plot_poles(results: Sequence[LayerAnalysis], path: str, seconds: bool | None
         bottom.set_title(f"s = log(z)/dt, slowest τ = {r.slowest_time_constant:.4g}", fontsize=9)
         bottom.set_xlabel(f"Re s ({unit})")
         bottom.set_ylabel(f"Im s ({unit})")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -147,7 +148,7 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
         for ax in row:
             ax.set_xlabel(f"ω ({_units(r.system.dt, seconds)[1]})")
             ax.grid(True, which="both", lw=0.3)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -184,7 +185,7 @@ def plot_responses(results: Sequence[LayerAnalysis], path: str, channels: int = 
         for ax in row:
             ax.set_xlabel(f"t ({_units(r.system.dt, seconds)[0]})")
             ax.grid(True, lw=0.3)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -206,5 +207,5 @@ def plot_kernels(kernels: Sequence[tuple[str, np.ndarray]], path: str) -> str:
         ax.set_xlabel("lag (samples)")
         ax.set_ylabel("channel")
         ax.figure.colorbar(image, ax=ax)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path

@@ -39,7 +39,7 @@ from ssmkit.bench.limits import (
     time_interleaved,
 )
 from ssmkit.bench.peers import PEERS, Case, PeerUnavailable, peer_runner, ssmkit_runner
-from ssmkit.files import write_json
+from ssmkit.files import save_figure, write_json
 
 FAST_BACKENDS = ("chunked", "fft")  # timed beside "auto" when the layer has them
 
@@ -119,7 +119,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     ax_n.legend(fontsize=6)
     fig.tight_layout()
     paths = [os.path.join(out_dir, "time_vs_length.png")]
-    fig.savefig(paths[0], dpi=110)
+    save_figure(fig, paths[0])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(12, 0.3 * len(rows) + 1.5))
@@ -132,7 +132,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     ax.legend()
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "bounds.png"))
-    fig.savefig(paths[1], dpi=110)
+    save_figure(fig, paths[1])
     plt.close(fig)
     return paths
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import stat
 import tarfile
 import zipfile
+
+from ssmkit.files import copy_stream
 
 
 def _inside(target: pathlib.Path, name: str) -> pathlib.Path:
@@ -63,9 +64,8 @@ def _extract_tar(archive: pathlib.Path, target: pathlib.Path) -> list[pathlib.Pa
             if m.isdir():
                 path.mkdir(parents=True, exist_ok=True)
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(m) as src, open(path, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            with tar.extractfile(m) as src:
+                copy_stream(path, src)  # whole or not at all
             written.append(path)
     return written
 
@@ -85,8 +85,7 @@ def _extract_zip(archive: pathlib.Path, target: pathlib.Path) -> list[pathlib.Pa
             if info.is_dir():
                 path.mkdir(parents=True, exist_ok=True)
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(info) as src, open(path, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            with z.open(info) as src:
+                copy_stream(path, src)  # whole or not at all
             written.append(path)
     return written

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssmkit.files import save_figure, write_text
 from ssmkit.sysid.records import SysidBenchmark
 
 
@@ -64,7 +65,7 @@ def _plots(folder: pathlib.Path, bench: SysidBenchmark, sims: list[torch.Tensor]
         ax.set(title=f"{bench.title}: {r.name} (output 1)", xlabel="time (s)", ylabel=bench.unit)
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "simulation.png", dpi=110)
+    save_figure(fig, folder / "simulation.png")
     plt.close(fig)
     written.append("simulation.png")
 
@@ -80,7 +81,7 @@ def _plots(folder: pathlib.Path, bench: SysidBenchmark, sims: list[torch.Tensor]
            ylabel=f"|DFT| / L ({bench.unit})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "error_spectrum.png", dpi=110)
+    save_figure(fig, folder / "error_spectrum.png")
     plt.close(fig)
     written.append("error_spectrum.png")
     return written
@@ -114,7 +115,7 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
         "published": [{"method": p.method, "rmse": p.rmse, "source": p.source} for p in bench.published],
         **run,
     }
-    (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_text(folder / "results.json", json.dumps(results, indent=2, default=str))
     text = [f"# {bench.title}: {label}", "",
             f"Simulation RMSE on the official test records after the first {bench.n_init} samples "
             f"({bench.notes})", "", table, ""]
@@ -127,5 +128,5 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
     if plots:
         written += _plots(folder, bench, scores["simulations"])
         text += ["![simulated vs measured](simulation.png)", "", "![error spectrum](error_spectrum.png)", ""]
-    (folder / "report.md").write_text("\n".join(text))
+    write_text(folder / "report.md", "\n".join(text))
     return written

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ssmkit.files import atomic_write  # noqa: E402
+from ssmkit.files import save_figure  # noqa: E402
 
 
 def _curve(run_dir: str, key: str) -> tuple[list[int], list[float]]:
@@ -57,6 +57,6 @@ def plot_comparison(results: list[dict[str, Any]], out: str) -> str:
     right.set_title(str(results[0].get("task", "")) if results else "")
     fig.tight_layout()
     path = os.path.join(out, "results.png")
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -45,21 +45,31 @@ def test_split_linear_and_every_gradient_equal_f_linear_in_float64(bias, sizes, 
         torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
 
 
-def test_split_linear_double_backward_equals_f_linear(monkeypatch):
-    # A gradient penalty through the blocked projection: the second derivative goes through F.linear (ops/twice.py).
+def _split_penalty(x, W, b, fn):
+    xs, z = fn(x, W, b)
+    return (xs.tanh() * z).sum()
+
+
+def _glu_penalty(x, W, b, fn):
+    return fn(x, W, b).sin().sum()
+
+
+@pytest.mark.parametrize("loss, fast, slow", [
+    (_split_penalty, lambda x, W, b: rows.split_linear(x, W, b, (4, 4)),
+     lambda x, W, b: (F.linear(x, W[:4], b[:4]), F.linear(x, W[4:], b[4:]))),
+    (_glu_penalty, rows.linear_glu, lambda x, W, b: F.glu(F.linear(x, W, b), dim=-1)),
+], ids=["split_linear", "linear_glu"])
+def test_double_backward_equals_f_linear(loss, fast, slow, monkeypatch):
+    # A gradient penalty through the blocked op: the second derivative goes through F.linear (ops/twice.py).
     monkeypatch.setattr(rows, "ROW_BLOCK", 5)
     g = torch.Generator().manual_seed(1)
     x, W, b = _leaves(g, 17, 4, (4, 4), True)
 
     def penalty(fn):
-        xs, z = fn(x, W, b)
-        loss = (xs.tanh() * z).sum()
-        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        (gx,) = torch.autograd.grad(loss(x, W, b, fn), x, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), (x, W, b))
 
-    got = penalty(lambda x, W, b: rows.split_linear(x, W, b, (4, 4)))
-    want = penalty(lambda x, W, b: (F.linear(x, W[:4], b[:4]), F.linear(x, W[4:], b[4:])))
-    for a, w in zip(got, want):
+    for a, w in zip(penalty(fast), penalty(slow)):
         torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
 
 
@@ -200,21 +210,6 @@ def test_linear_glu_and_every_gradient_equal_f_glu_of_f_linear_in_float64(bias, 
     gy = torch.randn(ref.shape, generator=g, dtype=F64)
     leaves = [t for t in (x, W, b) if t is not None and t.requires_grad]
     for a, w in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
-        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
-
-
-def test_linear_glu_double_backward_equals_f_glu_of_f_linear(monkeypatch):
-    monkeypatch.setattr(rows, "ROW_BLOCK", 5)
-    g = torch.Generator().manual_seed(4)
-    x, W, b = _leaves(g, 17, 4, (3, 3), True)
-
-    def penalty(fn):
-        (gx,) = torch.autograd.grad(fn(x, W, b).sin().sum(), x, create_graph=True)
-        return torch.autograd.grad(gx.square().sum(), (x, W, b))
-
-    got = penalty(rows.linear_glu)
-    want = penalty(lambda x, W, b: F.glu(F.linear(x, W, b), dim=-1))
-    for a, w in zip(got, want):
         torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
 
 

@@ -49,7 +49,7 @@ def mm_rows(a: torch.Tensor, b: torch.Tensor, block: int, out: torch.Tensor | No
 
 def _blocked(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the row-blocked path applies to ``x @ weightᵀ`` (see the module docstring)."""
-    if tracing() or torch.compiler.is_exporting() or forward_ad._current_level >= 0:
+    if tracing() or torch.compiler.is_exporting() or getattr(forward_ad, "_current_level", -1) >= 0:
         return False  # checked first: a comparison of symbolic sizes below would add a guard to the traced graph
     return (
         x.device.type == "cpu"

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssmkit.analysis.layerwise import lti_layers
 from ssmkit.analysis.statespace import StateSpace
 
 __all__ = ["OnnxExport", "RealLTIStep", "StepFunction", "export_onnx", "onnx_state", "real_step_model"]
@@ -50,7 +49,7 @@ def _is_diagonal(A: np.ndarray) -> bool:
 def _modal_form(system: StateSpace) -> tuple[np.ndarray, ...] | None:
     """(λ (G, M), B (G, M, m), C (G, p, M) complex, D (G, p, m) real) with y = Re(C x) + D u, or None if not modal."""
     A, B, C, D = system.A, system.B, system.C, system.D
-    G, n = A.shape[0], A.shape[1]
+    n = A.shape[1]
     if system.is_complex:
         if np.any(A[:, ~np.eye(n, dtype=bool)]):
             return None

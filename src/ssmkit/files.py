@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import secrets
+import shutil
 from typing import IO, Any, Callable
 
 
@@ -92,7 +93,4 @@ def copy_stream(path: str | os.PathLike, source: IO[bytes]) -> None:
         path: the destination (its folder is created).
         source: a readable binary file object.
     """
-    import shutil
-
     atomic_write(path, lambda f: shutil.copyfileobj(source, f))
-

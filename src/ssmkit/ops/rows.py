@@ -43,8 +43,15 @@ def mm_rows(a: torch.Tensor, b: torch.Tensor, block: int, out: torch.Tensor | No
             return a @ b
         out = a.new_empty(M, b.shape[1])
     for i in range(0, M, block):
-        torch.mm(a[i:i + block], b, out=out[i:i + block])
+        _mm_into(out[i:i + block], a[i:i + block], b, None)
     return out
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """out = a @ b (+ bias, broadcast over the rows): one GEMM call writing into ``out``."""
+    if bias is None:
+        return torch.mm(a, b, out=out)
+    return torch.addmm(bias, a, b, out=out)
 
 
 def _blocked(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -72,10 +79,7 @@ class _SplitLinear(torch.autograd.Function):
             W, b = weight[start:start + n], None if bias is None else bias[start:start + n]
             out = x.new_empty(x.shape[0], n)
             for i in range(0, x.shape[0], ROW_BLOCK):
-                if b is None:
-                    torch.mm(x[i:i + ROW_BLOCK], W.mT, out=out[i:i + ROW_BLOCK])
-                else:
-                    torch.addmm(b, x[i:i + ROW_BLOCK], W.mT, out=out[i:i + ROW_BLOCK])
+                _mm_into(out[i:i + ROW_BLOCK], x[i:i + ROW_BLOCK], W.mT, b)
             outs.append(out)
             start += n
         ctx.save_for_backward(x, weight, bias)
@@ -159,10 +163,7 @@ class _LinearGLU(torch.autograd.Function):
         for i in range(0, M, ROW_BLOCK):
             xb, a, g = x[i:i + ROW_BLOCK], a_all[i:i + ROW_BLOCK], g_all[i:i + ROW_BLOCK]
             for out, lo in ((a, 0), (g, N)):
-                if bias is None:
-                    torch.mm(xb, weight[lo:lo + N].mT, out=out)
-                else:
-                    torch.addmm(bias[lo:lo + N], xb, weight[lo:lo + N].mT, out=out)
+                _mm_into(out, xb, weight[lo:lo + N].mT, None if bias is None else bias[lo:lo + N])
             torch.sigmoid(g, out=y[i:i + ROW_BLOCK]).mul_(a)  # y = a ⊙ σ(g), the block still in cache
         ctx.save_for_backward(x, weight, bias, a_all, g_all)
         return y

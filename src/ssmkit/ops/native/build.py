@@ -94,12 +94,12 @@ def _whole(path: Path) -> bool:
     formats) are left to the loader."""
     with open(path, "rb") as f:
         head = f.read(64)
-    if head[:4] != b"\x7fELF" or len(head) < 52:
-        return head[:4] != b"\x7fELF"
+    if head[:4] != b"\x7fELF":
+        return True  # not ELF: left to the loader
+    if len(head) < (64 if head[4] == 2 else 52):
+        return False  # shorter than its own ELF header
     order = "little" if head[5] == 1 else "big"
     if head[4] == 2:  # ELFCLASS64
-        if len(head) < 64:
-            return False
         shoff, shentsize, shnum = (int.from_bytes(head[a:b], order) for a, b in ((40, 48), (58, 60), (60, 62)))
     else:  # ELFCLASS32
         shoff, shentsize, shnum = (int.from_bytes(head[a:b], order) for a, b in ((32, 36), (46, 48), (48, 50)))

@@ -54,6 +54,7 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, f
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.symbolic import keep_first, symbolic_length
 
 ATTENTIONS = ("softmax", "laplace")
 POSITIONALS = ("simple", "rotary")
@@ -261,14 +262,15 @@ class Mega(SequenceLayer):
             weights = laplace(scores / count + bias) * seen  # (B, G, T, K)
         return torch.matmul(weights, v)  # (B, G, T, V)
 
-    def _attention(self, q, k_new, v_new, cache: tuple[torch.Tensor, torch.Tensor] | None):
+    def _attention(self, q, k_new, v_new, cache: tuple[torch.Tensor, torch.Tensor] | None, keep_cache: bool = True):
         """Attention of the new queries over the cache and the new keys, chunk by chunk; returns O (B, L, V) and the
-        keys and values to cache."""
+        keys and values to cache (None without ``keep_cache`` while exporting with a dynamic L)."""
         c = 0 if cache is None else cache[0].shape[1]
         k = k_new if cache is None else torch.cat([cache[0], k_new], dim=1)  # (B, c+L, Z)
         v = v_new if cache is None else torch.cat([cache[1], v_new], dim=1)  # (B, c+L, V)
         Bsz, L, n = q.shape[0], q.shape[1], k.shape[1]
-        if self.chunk_size is None or n <= self.chunk_size:  # one group (a step, a short call): no padding
+        symbolic = symbolic_length(n)  # exporting with a dynamic L: the chunked form, with no branch on L
+        if self.chunk_size is None or (not symbolic and n <= self.chunk_size):  # one group (a step, a short call)
             valid = torch.ones(1, n, dtype=torch.bool, device=q.device)
             O = self._attend(q[:, None], k[:, None], v[:, None], c, valid)[:, 0]  # (B, L, V)
             keep = n if self.chunk_size is None else n % self.chunk_size  # a finished chunk empties the cache
@@ -276,15 +278,21 @@ class Mega(SequenceLayer):
         # Mega-chunk: pad the queries in front by the c cached positions (their rows are dropped), then every
         # sequence at the end to whole chunks; chunk g holds positions gT..gT+T-1 of the cache-first sequence.
         T = self.chunk_size
-        n_chunks = -(-n // T)
+        # a symbolic n gets one more chunk, all padding, written so that torch can bound it (ops/symbolic.py)
+        n_chunks = (n + 2 * T - 1) // T if symbolic else -(-n // T)
         pad = n_chunks * T - n
         q_pad = F.pad(q, (0, 0, c, pad)).reshape(Bsz, n_chunks, T, -1)  # (B, nc, T, Z)
         k_pad = F.pad(k, (0, 0, 0, pad)).reshape(Bsz, n_chunks, T, -1)  # (B, nc, T, Z)
         v_pad = F.pad(v, (0, 0, 0, pad)).reshape(Bsz, n_chunks, T, -1)  # (B, nc, T, V)
         valid = (torch.arange(n_chunks * T, device=q.device) < n).reshape(n_chunks, T)  # (nc, T)
-        O = self._attend(q_pad, k_pad, v_pad, 0, valid).reshape(Bsz, n_chunks * T, -1)[:, c : c + L]  # (B, L, V)
+        O = self._attend(q_pad, k_pad, v_pad, 0, valid).reshape(Bsz, n_chunks * T, -1)  # (B, nc·T, V)
         keep = n % T  # the unfinished chunk's positions (0 at a boundary)
-        return O, k[:, n - keep :], v[:, n - keep :]
+        if symbolic:  # gathers: slices at symbolic offsets would guard on sizes torch cannot bound
+            if not keep_cache:  # (the cache's length, n mod T, may be 0 or 1, which torch specialises)
+                return keep_first(O, 1, c + L)[:, c:], None, None
+            kept = torch.arange(keep, device=q.device) + (n - keep)
+            return keep_first(O, 1, c + L)[:, c:], k.index_select(1, kept), v.index_select(1, kept)
+        return O[:, c : c + L], k[:, n - keep :], v[:, n - keep :]  # (B, L, V)
 
     # ------------------------------------------------------------------------------------------------------------
     # The layer
@@ -320,7 +328,7 @@ class Mega(SequenceLayer):
         q = z * self.kappa[0] + self.mu[0]  # (B, L, Z) (eq. 8)
         k = z * self.kappa[1] + self.mu[1]  # (B, L, Z) (eq. 9)
         cache = None if state is None else (state.keys, state.values)
-        O, keys, values = self._attention(q, k, value, cache)  # (B, L, V)
+        O, keys, values = self._attention(q, k, value, cache, return_state)  # (B, L, V)
         H_hat = F.silu(hx + F.linear(O * reset, self.U_h, self.b_h))  # Ĥ (eq. 14)
         y = phi * (H_hat - x)  # eq. 15 minus the input, which the block adds back
         return y, (MegaState(ema_state, keys, values) if return_state else None)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops.backend import dispatch
+from ssmkit.ops.symbolic import symbolic_length
 
 _QUERY_BLOCK = 256  # T: queries per block of the masked path (mask and scores T × K per block)
 
@@ -99,6 +100,7 @@ def causal_attention_chunked(
     """Causal softmax attention by ``scaled_dot_product_attention``; equals :func:`causal_attention_reference`.
 
     Steps: (1) no cache (K = Lq) and no window: one call with ``is_causal`` (the mask is implicit); (2) otherwise,
+    while ``torch.export`` traces a dynamic L, one call with the explicit (L, K) mask; (3) otherwise,
     blocks of T queries: block [s, e) sees keys first..K-1+e-Lq with first = max(0, p_s - window + 1), and gets the
     explicit mask of those keys (arXiv 1706.03762 eq. 1 per block; no Lq × K tensor is formed).
 
@@ -117,6 +119,8 @@ def causal_attention_chunked(
     """
     _check_attention_args(q, k, v, window)
     Lq, K = q.shape[2], k.shape[2]
+    if symbolic_length(Lq) and not (K == Lq and window is None):  # exporting with a dynamic L: no block loop
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Lq, K, window, q.device))  # (B, A, L, P)
     if K == Lq and (window is None or window >= K):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, A, L, P)
     if Lq == 1:  # one step: its keys are the last `window` (or all), every one of them seen

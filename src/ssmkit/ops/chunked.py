@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.powers import int_power, power_table
+from ssmkit.ops.symbolic import carry, keep_first, symbolic_length
 
 _WIDE = {torch.complex64: torch.complex128, torch.float32: torch.float64}
 
@@ -214,6 +215,31 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
     return prev, last
 
 
+def _last_chunk_state(
+    x: torch.Tensor, u_tail: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, powers: torch.Tensor, r
+) -> torch.Tensor:
+    """The state after the first r steps of the last chunk, for a symbolic r (no slice or branch on it).
+
+    x_r = Ā^r x + Σ_{k<r} Ā^{r-1-k} B̄ u_k: the powers are gathered at r-1-k and zeroed for k >= r (the padding).
+
+    Args:
+        x: (H, B, N) the state before the last chunk.
+        u_tail: (H, B, T) the last chunk's inputs (zero after r).
+        A_bar, B_bar: (H, N).
+        powers: (H, T+1, N) Ā^k for k = 0..T.
+        r: the number of real steps in the last chunk, 1..T (a SymInt).
+
+    Returns:
+        (H, B, N).
+    """
+    T = u_tail.shape[-1]
+    e = r - 1 - torch.arange(T, device=u_tail.device)  # (T,): r-1-k
+    decay = torch.where((e >= 0)[None, :, None], powers[:, e.clamp(min=0)], 0)  # (H, T, N): Ā^{r-1-k}, 0 for k >= r
+    x_in = unpack(torch.bmm(u_tail, pack(decay * B_bar[:, None])), A_bar.is_complex())  # (H, B, N)
+    A_r = (powers[:, e[:1]] * A_bar[:, None]).squeeze(1)  # (H, N): Ā^{r-1}·Ā
+    return A_r[:, None] * x + x_in  # (H, B, N)
+
+
 def ssm_scan_chunked(
     u: torch.Tensor,
     A_bar: torch.Tensor,
@@ -251,37 +277,51 @@ def ssm_scan_chunked(
     Bsz, L, H = u.shape
     N = A_bar.shape[1]
     is_complex = A_bar.is_complex()
-    T = min(chunk_size, L)
-    n_chunks = -(-L // T)
-    r = L - (n_chunks - 1) * T  # length of the last chunk, 1..T
+    symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
+    T = chunk_size if symbolic else min(chunk_size, L)
+    # a symbolic L gets one more chunk, all padding: with nc >= 2 known, torch's reshapes need no guard on nc == 1
+    # (written as one floor of a positive sum, which torch's symbolic shapes can bound and factor; -(-L // T) + 1
+    # gave guards such as "(128 + 128·k) % (2 + 2·k) == 0" that it could not prove)
+    n_chunks = (L + (1 + int(symbolic)) * T - 1) // T
+    last = n_chunks - 1 - int(symbolic)  # the last chunk with real steps
+    r = L - last * T  # its number of real steps, 1..T
     toeplitz, to_state, from_state, powers = _chunk_operators(A_bar, B_bar, C, T, D)
     A_T = powers[:, T]  # (H, N)
 
-    u_pad = F.pad(u, (0, 0, 0, n_chunks * T - L)) if r < T else u  # (B, nc·T, H); zero inputs after the end
+    padded = symbolic or r < T
+    u_pad = F.pad(u, (0, 0, 0, n_chunks * T - L)) if padded else u  # (B, nc·T, H); zero inputs after the end
     # one 2-D transpose (cheaper than a 3-D permute copy on CPU): rows (b, c, t) -> columns
     u_c = transpose(u_pad.reshape(Bsz * n_chunks * T, H)).reshape(H, Bsz * n_chunks, T)  # (H, B·nc, T)
 
     # Steps (1) and (3, input part) of the module docstring, all chunks at once.
     y_c = torch.bmm(u_c, toeplitz)  # (H, B·nc, T)
-    z = unpack(torch.bmm(u_c, to_state).reshape(H, Bsz, n_chunks, -1), is_complex)  # (H, B, nc, N)
+    z = unpack(torch.bmm(u_c, to_state).reshape(H, Bsz, n_chunks, to_state.shape[-1]), is_complex)  # (H, B, nc, N)
 
     # Step (3), carry across chunks (two-level, ~2·√nc small ops instead of nc).
     x0 = state.permute(1, 0, 2) if state is not None else None  # (H, B, N)
-    x_prev_c, x = _carry(z, A_T, x0)  # (H, B, nc, N) state before each chunk, (H, B, N) after the last one
+    if symbolic:  # one scan op over the symbolic chunk count
+        x_prev_c, x = carry(A_T[:, None].expand(H, Bsz, N), z, x0, dim=2)
+    else:
+        x_prev_c, x = _carry(z, A_T, x0)  # (H, B, nc, N) state before each chunk, (H, B, N) after the last one
 
     # Step (2): contribution of the carried state to every step of its chunk, all chunks at once.
-    x_prev = pack(x_prev_c).reshape(H, Bsz * n_chunks, -1)  # (H, B·nc, 2N)
+    x_prev = pack(x_prev_c).reshape(H, Bsz * n_chunks, from_state.shape[1])  # (H, B·nc, 2N)
     if tracing():  # vmap may batch x_prev but not y_c: no in-place there
         y_c = torch.baddbmm(y_c, x_prev, from_state)  # (H, B·nc, T)
     else:
         y_c = y_c.baddbmm_(x_prev, from_state)  # (H, B·nc, T), in place (bmm's backward does not need y_c)
     y = transpose(y_c.reshape(H, Bsz * n_chunks * T)).reshape(Bsz, n_chunks * T, H)  # (B, nc·T, H)
-    y = y[:, :L] if n_chunks * T != L else y  # (B, L, H)
+    if symbolic:
+        y = keep_first(y, 1, L)  # (B, L, H)
+    elif padded:
+        y = y[:, :L]  # (B, L, H)
     if not return_state:
         return y, None
 
     # Final state: the last chunk holds only r real steps (the padding must not advance the state).
-    if r < T:  # x is the state after the padded last chunk: redo that chunk from the state before it
+    if symbolic:
+        x = _last_chunk_state(x_prev_c[:, :, -2], u_c.reshape(H, Bsz, n_chunks, T)[:, :, -2], A_bar, B_bar, powers, r)
+    elif r < T:  # x is the state after the padded last chunk: redo that chunk from the state before it
         x = x_prev_c[:, :, -1]  # (H, B, N)
         u_tail = u_c.reshape(H, Bsz, n_chunks, T)[:, :, -1, :r]  # (H, B, r)
         x_in = unpack(torch.bmm(u_tail, to_state[:, T - r :, :]), is_complex)  # (H, B, N)

@@ -25,6 +25,7 @@ from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.powers import int_power
+from ssmkit.ops.symbolic import carry, keep_first, symbolic_length
 
 
 def _check_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> bool:
@@ -127,10 +128,14 @@ def _recurrence_states(
     """
     Bsz, L, H = b.shape
     invariant = a.dim() == 1
-    T = min(T, L)
-    n_chunks = -(-L // T)
+    symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
+    if symbolic:  # one more chunk, all padding, in a form torch can bound: nc >= 2 and no guard on nc == 1
+        n_chunks = (L + 2 * T - 1) // T
+    else:
+        T = min(T, L)
+        n_chunks = -(-L // T)
     pad = n_chunks * T - L
-    if pad:  # padded steps lie after the end of the scan (before its start when reversed) and are cut off
+    if symbolic or pad:  # padded steps lie after the end of the scan (before its start when reversed), cut off
         where = (0, 0, pad, 0) if reverse else (0, 0, 0, pad)
         b = F.pad(b, where)  # (B, nc·T, H)
         a = a if invariant else F.pad(a, where, value=1.0)  # (B, nc·T, H)
@@ -145,7 +150,14 @@ def _recurrence_states(
     inplace = not tracing()
     steps = range(T - 1, -1, -1) if reverse else range(T)
     h_in = h0 if h0 is not None else b.new_zeros(Bsz, H)  # (B, H)
-    if n_chunks == 1:
+    if symbolic:  # 1., 2. as below, the carry by one scan op over the symbolic chunk count
+        g_end = b_c[:, :, steps[0]]  # (B, nc, H)
+        for t in steps[1:]:
+            g_end = torch.addcmul(b_c[:, :, t], gate(t), g_end)  # (B, nc, H)
+        wide = b.dtype if b.device.type == "mps" else _WIDE.get(b.dtype, b.dtype)
+        P_end = int_power(a.to(wide), T).expand(Bsz, H) if invariant else a_c.prod(dim=2).to(wide)
+        starts = carry(P_end, g_end.to(wide), h_in.to(wide), dim=1, reverse=reverse)[0].to(b.dtype)  # (B, nc, H)
+    elif n_chunks == 1:
         starts = h_in[:, None]  # (B, 1, H)
     else:
         # 1. local scans from zero, keeping only each chunk's last value, and the chunk's gate product
@@ -177,6 +189,8 @@ def _recurrence_states(
             prev = outs[t] = torch.addcmul(b_c[:, :, t], gate(t), prev)  # (B, nc, H)
         h = torch.stack(outs, dim=2)  # (B, nc, T, H)
     h = h.reshape(Bsz, n_chunks * T, H)  # (B, nc·T, H)
+    if symbolic:  # gathers, not slices at a symbolic offset (ops/symbolic.keep_first)
+        return h.index_select(1, torch.arange(L, device=h.device) + pad) if reverse else keep_first(h, 1, L)  # (B, L, H)
     return h[:, pad:] if reverse else h[:, :L]  # (B, L, H)
 
 

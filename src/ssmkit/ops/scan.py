@@ -27,6 +27,7 @@ from ssmkit.ops.fftconv import causal_conv
 from ssmkit.ops.kernels import initial_state_output, vandermonde
 from ssmkit.ops.native.diagonal import native_diagonal_ok, ssm_scan_native
 from ssmkit.ops.native.gate import prefer_native
+from ssmkit.ops.symbolic import symbolic_length
 from ssmkit.ops.triton_gate import prefer_triton, ssm_scan_triton
 
 # ----------------------------------------------------------------------------------------------------
@@ -235,6 +236,8 @@ def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.T
     Returns:
         ``"native"``, ``"fft"`` or ``"chunked"``.
     """
+    if symbolic_length(u.shape[1]):  # exporting with a dynamic L: the chunked scan has a guard-free form
+        return "chunked"
     if A_bar is not None and native_diagonal_ok(u, A_bar) is None and prefer_native("ssm_scan", u):
         return "native"
     span = FFT_LENGTHS.get((u.device.type, bool(return_state)))

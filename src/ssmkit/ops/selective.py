@@ -43,6 +43,7 @@ from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.triton_gate import prefer_triton, selective_scan_triton
 from ssmkit.ops.twice import graph_backward
 from ssmkit.utils import check_floating
+from ssmkit.ops.symbolic import keep_first, scan, symbolic_length
 
 
 def _check_selective(
@@ -369,6 +370,28 @@ class _SelectiveScan(torch.autograd.Function):
         return cat(g_dt), cat(g_u), g_A, cat(g_B), cat(g_C), g_h0, None, None
 
 
+def _scan_symbolic(dt, u, A, B, C, h0, T):
+    """The core of :class:`_SelectiveScan` for a symbolic L (``torch.export`` with a dynamic length): the steps
+    padded with Δ = 0 (Ā = 1, no input: the state stays) to whole chunks of T, one more chunk than needed so that
+    torch can bound the count, and the chunks run by one ``scan`` op whose body is :func:`_core_loop` over T steps.
+    dt, u (L, B, G, P), A (G, N, P), B, C (L, B, G, N), h0 (B, G, N, P) or None -> y (L, B, G, P), h (B, G, N, P)."""
+    L = u.shape[0]
+    n_chunks = (L + 2 * T - 1) // T
+    pad = n_chunks * T - L
+    dt, u, B, C = (F.pad(x, (0, 0, 0, 0, 0, 0, 0, pad)) for x in (dt, u, B, C))  # (nc·T, ...): zeros after the end
+    chunks = [x.reshape(n_chunks, T, *x.shape[1:]) for x in (dt, u, B, C)]  # (nc, T, ...)
+    A_c = A.expand(n_chunks, *A.shape)  # (nc, G, N, P): an input of the op, not a closure
+    h = h0 if h0 is not None else u.new_zeros(*B.shape[1:], u.shape[-1])  # (B, G, N, P)
+
+    def chunk(h_prev, inputs):
+        dt_c, u_c, B_c, C_c, A_1 = inputs
+        y_c, h_next = _core_loop(dt_c, u_c, A_1, B_c, C_c, h_prev)  # (T, B, G, P), (B, G, N, P)
+        return h_next, y_c
+
+    h, y = scan(chunk, h, (*chunks, A_c), dim=0)  # (B, G, N, P), (nc, T, B, G, P)
+    return keep_first(y.reshape(n_chunks * T, *y.shape[2:]), 0, L), h  # (L, B, G, P), (B, G, N, P)
+
+
 def default_chunk_size(batch: int, H: int, N: int) -> int:
     """The chunk length T of :func:`selective_scan_chunked`: the largest power of two in [8, 128] with a chunk of Ā
     (T, B, H, N) of at most 2^19 values (2 MiB in float32, so the chunk's few buffers stay in a CPU's caches).
@@ -445,8 +468,11 @@ def selective_scan_chunked(
     h0 = None if state is None else state.reshape(Bsz, G, P, N).transpose(-1, -2).contiguous()  # (B, G, N, P)
     A_t = A.reshape(G, P, N).transpose(-1, -2).contiguous()  # (G, N, P)
     # 2. the chunked scan
-    keep_starts = torch.is_grad_enabled()  # the chunk-start states are kept only for a backward
-    y, h, _ = _SelectiveScan.apply(dt, major(u), A_t, BC(B), BC(C), h0, chunk_size, keep_starts)
+    if symbolic_length(L):  # exporting with a dynamic L: one scan op over the chunks (ops/symbolic.py)
+        y, h = _scan_symbolic(dt, major(u), A_t, BC(B), BC(C), h0, chunk_size)
+    else:
+        keep_starts = torch.is_grad_enabled()  # the chunk-start states are kept only for a backward
+        y, h, _ = _SelectiveScan.apply(dt, major(u), A_t, BC(B), BC(C), h0, chunk_size, keep_starts)
     y = y.reshape(L, Bsz, H).transpose(0, 1).contiguous()  # (B, L, H)
     h = h.transpose(-1, -2).reshape(Bsz, H, N) if return_state else None  # (B, H, N)
     # 3. skip and gate

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch
 from ssmkit.ops.recurrence import linear_recurrence
+from ssmkit.ops.symbolic import carry, keep_first, symbolic_length
 
 
 def _check_ssd(
@@ -185,10 +186,11 @@ def ssd_chunked(
     Bsz, L, H, P = x.shape
     G, N = B.shape[2:]
     R = H // G  # heads per group
-    T = min(chunk_size, L)
-    nc = -(-L // T)  # chunks
+    symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
+    T = chunk_size if symbolic else min(chunk_size, L)
+    nc = (L + 2 * T - 1) // T if symbolic else -(-L // T)  # chunks (symbolic: one more, in a form torch bounds)
     pad = nc * T - L
-    if pad:  # Δ = 0 on padded steps: decay 1 and no input, so the final state is the state after step L-1
+    if symbolic or pad:  # Δ = 0 on padded steps: decay 1 and no input, so the final state is the state after L-1
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))  # (B, nc·T, ·, ·)
         dt = F.pad(dt, (0, 0, 0, pad))  # (B, nc·T, H)
     a = (dt * A).reshape(Bsz, nc, T, G, R).permute(0, 3, 4, 1, 2)  # (B, G, R, nc, T): log decays a_t = Δ_t A
@@ -213,15 +215,20 @@ def ssd_chunked(
     log_decay_from_start = a.cumsum(dim=-1)  # (B, G, R, nc, T): Σ_{k=0}^{t} a_k (one sign: no cancellation)
     chunk_decay = torch.exp(log_decay_from_start[..., -1]).reshape(Bsz, H, nc).transpose(1, 2)  # (B, nc, H)
     gates = chunk_decay[..., None, None].expand(Bsz, nc, H, P, N)  # (B, nc, H, P, N)
-    ends, h = linear_recurrence(gates, chunk_states.reshape(Bsz, nc, H, P, N), h0)  # (B, nc, H, P, N), (B, H, P, N)
-    first = h0 if h0 is not None else x.new_zeros(Bsz, H, P, N)  # (B, H, P, N)
-    start_states = torch.cat([first.unsqueeze(1), ends[:, :-1]], dim=1).reshape(Bsz, nc, G, R, P, N)
+    if symbolic:  # one scan op over the symbolic chunk count (a chunked scan of it would nest symbolic floors)
+        start_states, h = carry(gates, chunk_states.reshape(Bsz, nc, H, P, N), h0, dim=1)  # (B, nc, H, P, N)
+    else:
+        ends, h = linear_recurrence(gates, chunk_states.reshape(Bsz, nc, H, P, N), h0)  # (B, nc, H, P, N), (B, H, P, N)
+        first = h0 if h0 is not None else x.new_zeros(Bsz, H, P, N)  # (B, H, P, N)
+        start_states = torch.cat([first.unsqueeze(1), ends[:, :-1]], dim=1)  # (B, nc, H, P, N)
+    start_states = start_states.reshape(Bsz, nc, G, R, P, N)
 
     # 4. output of each chunk's start state: y_t += exp(Σ_{k=0}^{t} a_k) C_tᵀ H_start
     y_start = torch.einsum("bctgn,bcgrpn->bctgrp", C_c, start_states)  # (B, nc, T, G, R, P)
     decay_from_start = torch.exp(log_decay_from_start).permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (B, nc, T, G, R, 1)
     y = y + y_start * decay_from_start  # (B, nc, T, G, R, P)
-    return y.reshape(Bsz, nc * T, H, P)[:, :L], h  # (B, L, H, P), (B, H, P, N)
+    y = y.reshape(Bsz, nc * T, H, P)  # (B, nc·T, H, P)
+    return (keep_first(y, 1, L) if symbolic else y[:, :L]), h  # (B, L, H, P), (B, H, P, N)
 
 
 def _ssd_triton(x, dt, A, B, C, h0=None, *, chunk_size=None):

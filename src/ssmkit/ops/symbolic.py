@@ -1,0 +1,98 @@
+"""Scans over a symbolic sequence length: ``torch.export`` with a dynamic L (``Dim`` on the time axis).
+
+The chunked scans (:mod:`ssmkit.ops.chunked`, :mod:`ssmkit.ops.recurrence`, :mod:`ssmkit.ops.ssd`,
+:mod:`ssmkit.ops.selective`) pick their chunk length as min(T, L), pad only when L is not a multiple of it and
+carry the state across the L/T chunks by a Python loop. With L symbolic each of those is a guard on L, and
+``torch.export`` refuses a guard that does not hold over the whole declared range ("Constraints violated (L)").
+While exporting with a symbolic L they take the forms here instead: a fixed chunk length, padding to one whole chunk
+more than needed (nc = ⌊(L + 2T - 1)/T⌋ >= 2, a form torch's symbolic shapes can bound, so reshapes need no guard
+on nc == 1), the crop to L as a gather, and the carry as one ``scan`` higher-order op over the symbolic chunk
+count, which the exported program runs for any length.
+
+The carry is the first-order recurrence h_c = P_c ⊙ h_{c-1} + g_c (arXiv 2303.06349 eq. 1, over chunks).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # a prototype op of torch (used here and by ops/selective.py); older releases lack it
+    from torch._higher_order_ops.scan import scan as _torch_scan
+except ImportError:  # pragma: no cover - torch without the op
+    _torch_scan = None
+
+
+def scan(combine_fn, init, xs, *, dim: int = 0, reverse: bool = False):
+    """torch's ``scan`` higher-order op (``torch._higher_order_ops.scan``), or a clear error where torch lacks it."""
+    if _torch_scan is None:  # pragma: no cover - torch without the op
+        raise RuntimeError(
+            f"exporting with a dynamic sequence length needs torch's scan op (torch._higher_order_ops.scan), which "
+            f"torch {torch.__version__} lacks: upgrade torch, or export at a fixed length"
+        )
+    return _torch_scan(combine_fn, init, xs, dim=dim, reverse=reverse)
+
+
+def symbolic_length(L) -> bool:
+    """Whether a length is symbolic while ``torch.export`` traces: the guard-free forms must be taken.
+
+    Under ``torch.compile`` with a dynamic L a guard only costs a recompile, so the eager forms stay.
+
+    Args:
+        L: the sequence length (an int, or a ``torch.SymInt`` while tracing).
+
+    Returns:
+        True when L is a SymInt and an export is under way.
+    """
+    exporting = getattr(torch.compiler, "is_exporting", None)  # (torch >= 2.3)
+    return isinstance(L, torch.SymInt) and exporting is not None and exporting()
+
+
+def keep_first(x: torch.Tensor, dim: int, L) -> torch.Tensor:
+    """The first L entries of x along ``dim`` (L symbolic, at most x's size there, e.g. a padded scan's output).
+
+    A slice ``x[:, :L]`` makes torch guard L <= the padded size, which its symbolic shapes cannot prove for a
+    padded size such as T·⌊(L + 2T - 1)/T⌋; a gather at 0..L-1 states nothing about sizes (its bounds are
+    checked as it runs).
+
+    Args:
+        x: a tensor.
+        dim: the axis to crop (non-negative).
+        L: the number of entries to keep (a SymInt).
+
+    Returns:
+        x's first L entries along ``dim`` (a copy).
+    """
+    return x.index_select(dim, torch.arange(L, device=x.device))
+
+
+def carry(
+    P: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, dim: int, reverse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States of h_c = P_c ⊙ h_{c-1} + g_c along ``dim`` of g (symbolic length), by one ``scan`` op.
+
+    Args:
+        P: the gates: g's shape (time-varying) or g's shape without ``dim`` (time-invariant, broadcast along it).
+        g: (..., nc, ...) inputs, the chunk axis at ``dim``.
+        h0: the state before the first step (g's shape without ``dim``; after the last one when reversed), or
+            None for zeros.
+        dim: the scanned axis of g (non-negative).
+        reverse: scan from the last index down to the first.
+
+    Returns:
+        the state *before* each step (g's shape: h_{c-1}, or h_{c+1} when reversed), and the state after the
+        last step (g's shape without ``dim``).
+    """
+    if P.dim() < g.dim():  # time-invariant: broadcast along the scanned axis, so that the op takes no closure
+        P = P.unsqueeze(dim).expand_as(g)
+    # the op's tracer rebuilds a view from its base: a complex view of real storage (view_as_complex) came back
+    # with the wrong last axis, so the inputs enter as tensors of their own
+    P, g = P.clone(), g.clone()
+    # the carry's layout must stay the same through the op: contiguous in and out
+    h = h0.contiguous().clone() if h0 is not None else g.new_zeros(g.select(dim, 0).shape)
+
+    def step(h_prev, inputs):
+        P_c, g_c = inputs
+        return torch.addcmul(g_c, P_c, h_prev).contiguous(), h_prev.clone()  # (the output may not alias the carry)
+
+    last, before = scan(step, h, (P, g), dim=dim, reverse=reverse)
+    return before, last

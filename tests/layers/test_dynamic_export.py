@@ -10,6 +10,8 @@ exports without its state. Before Probe 15 every layer failed; the scans were ma
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch.export import Dim
@@ -100,7 +102,7 @@ class _WithState(torch.nn.Module):
 
 @pytest.mark.parametrize("name", sorted(set(layers.available()) - _OCTAVE))
 def test_every_layer_exports_for_every_length(name):
-    """Float64, exported at L = 12 and run across the chunk boundaries (the diagonal and recurrent scans chunk by 64,
+    """Float64, exported at L = 12, saved and loaded, and run across the chunk boundaries (the diagonal and recurrent scans chunk by 64,
     Mamba-2's test variant by 8, Mega's by 8 or 16, Mamba's selective scan by 8-128): the exported program against the
     layer run eagerly, which takes other paths (the C kernels, the chunked scans' Python-loop carries)."""
     layer = make_layer(name, variants(name)[0], dtype=torch.float64).eval()
@@ -113,7 +115,10 @@ def test_every_layer_exports_for_every_length(name):
             module, args = _WithState(layer), (torch.randn(2, 12, H, dtype=torch.float64), state)
             dims = tree_map(lambda _: None, state)  # the state's sizes are static
         dynamic = ({1: Dim("L", min=2, max=4096)},) + ((dims,) if len(args) == 2 else ())
-        program = torch.export.export(module, args, dynamic_shapes=dynamic).module()
+        saved = io.BytesIO()  # through torch.export.save/load: the state's NamedTuple must be registered to serialise
+        torch.export.save(torch.export.export(module, args, dynamic_shapes=dynamic), saved)
+        saved.seek(0)
+        program = torch.export.load(saved).module()
         for L in lengths:
             x = torch.randn(2, L, H, dtype=torch.float64)
             got, want = program(x, *args[1:]), module(x, *args[1:])

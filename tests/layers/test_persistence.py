@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ssmkit.layers as layers
-from tests.conftest import make_layer, variants
+from tests.conftest import leaves, make_layer, variants
 
 HALF = [torch.float16, torch.bfloat16]
 WITH_STATE_SPACE = [n for n in layers.available() if layers.layer_class(n).capabilities.state_space]
@@ -94,3 +94,23 @@ def test_state_space_after_assign_load_of_a_half_state_dict(name):
         np.testing.assert_array_equal(g, w)
     with pytest.raises(ValueError, match="parameters are torch.float16"):
         loaded(torch.randn(2, 5, 3))
+
+
+@pytest.mark.parametrize("name", layers.available())
+def test_a_saved_state_loads_with_weights_only_and_continues_the_sequence(name):
+    """A recurrent session stopped and resumed: the state after a forward goes through ``torch.save`` and the default
+    ``torch.load(weights_only=True)``; the loaded state has the same type (NamedTuples included) and the continued
+    output equals the one from the state that never left memory (a NamedTuple state failed before 2026-12-02:
+    "Unsupported global: GLOBAL ssmkit.layers.mamba.MambaState")."""
+    layer = make_layer(name).eval()
+    with torch.no_grad():
+        _, state = layer(torch.randn(2, 6, layer.d_model, dtype=torch.float64), return_state=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=True)
+        assert type(loaded) is type(state)
+        x = torch.randn(2, 5, layer.d_model, dtype=torch.float64)
+        (y_loaded, h_loaded), (y_kept, h_kept) = layer(x, loaded), layer(x, state)
+    assert torch.equal(y_loaded, y_kept)
+    assert all(torch.equal(a, b) for a, b in zip(leaves(h_loaded), leaves(h_kept)))

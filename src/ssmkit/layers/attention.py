@@ -27,12 +27,13 @@ from ssmkit.layers.checks import check_choice, check_positive_int, parameter_dty
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.attention import causal_attention, rotary
 
 POSITIONALS = ("rotary", None)
 
 
+@exportable_state
 class KVCache(NamedTuple):
     """An attention layer's state: the keys and values of the positions later queries can see, and the next position.
 

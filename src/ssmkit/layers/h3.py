@@ -47,10 +47,11 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, f
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.s4d import DISCRETIZATIONS, INITS, S4D
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
 
 
+@exportable_state
 class H3State(NamedTuple):
     """The state of :class:`H3`.
 

@@ -46,7 +46,7 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, f
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 
 
 class HyenaFilter(nn.Module):
@@ -124,6 +124,7 @@ class HyenaFilter(nn.Module):
         return (h * torch.exp(-t * self.deltas.abs())).T  # (C, L)
 
 
+@exportable_state
 class HyenaState(NamedTuple):
     """Hyena's state: the short convolution's last inputs and every input of each long convolution so far."""
 

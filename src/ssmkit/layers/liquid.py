@@ -62,7 +62,7 @@ from ssmkit.layers.protocol import Capabilities, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.s4 import S4
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.dplr import DPLRStepCoefficients, dplr_step, dplr_step_coefficients
 
@@ -71,6 +71,7 @@ CONTRACTIONS = (None, "tanh", "lecun")
 _F64, _C128 = torch.float64, torch.complex128
 
 
+@exportable_state
 class LiquidS4State(NamedTuple):
     """The state of :class:`LiquidS4`.
 

@@ -45,13 +45,14 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, f
 from ssmkit.layers.registry import register
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.selective import selective_scan, selective_step
 from ssmkit.ops.rows import apply_linear, apply_split_linear, plain_linear
 
 DT_INITS = ("random", "constant")
 
 
+@exportable_state
 class MambaState(NamedTuple):
     """The state of a :class:`Mamba` layer: ``conv`` (B, H, W-1) the last W-1 convolution inputs (H = the inner
     channels), ``ssm`` (B, H, N) the selective SSM's state."""

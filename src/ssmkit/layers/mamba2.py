@@ -42,11 +42,12 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, f
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.rows import apply_linear, apply_split_linear
 from ssmkit.ops.ssd import ssd, ssd_step
 
 
+@exportable_state
 class Mamba2State(NamedTuple):
     """The state of a Mamba-2 layer: the short conv's input history and the SSD state of every head.
 

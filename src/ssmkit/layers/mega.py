@@ -53,7 +53,7 @@ from ssmkit.layers.ema import EMA
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.symbolic import keep_first, symbolic_length
 
 ATTENTIONS = ("softmax", "laplace")
@@ -61,6 +61,7 @@ POSITIONALS = ("simple", "rotary")
 _LAPLACE_MU, _LAPLACE_SIGMA = math.sqrt(0.5), math.sqrt(1.0 / (4.0 * math.pi))
 
 
+@exportable_state
 class MegaState(NamedTuple):
     """A Mega layer's state.
 

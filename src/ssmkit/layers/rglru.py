@@ -47,13 +47,14 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, f
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
-from ssmkit.layers.state import TensorSpec
+from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.rows import apply_linear
 from ssmkit.ops.rglru import rglru, rglru_step
 
 INITS = ("ring", "paper")
 
 
+@exportable_state
 class RGLRUState(NamedTuple):
     """The state of :class:`RGLRU`: ``conv`` (B, D, W-1) short-convolution inputs and ``h`` (B, D) the RG-LRU state."""
 

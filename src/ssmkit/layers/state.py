@@ -37,6 +37,33 @@ StateSpec = Union[TensorSpec, tuple["StateSpec", ...]]
 """A state spec: a TensorSpec, or a tuple (possibly a NamedTuple) of specs."""
 
 
+def exportable_state(cls: type) -> type:
+    """Class decorator for a layer's NamedTuple state: register it with torch's pytrees under a stable name, and as a
+    safe global of ``torch.load(weights_only=True)``.
+
+    Without the first, ``torch.export.save`` refused a program whose inputs or outputs hold the state ("Can't
+    serialize TreeSpec of namedtuple class ... register using `_register_namedtuple`"); without the second,
+    ``torch.export.load`` of a program exported with a state among its example inputs, and ``torch.load`` of a saved
+    state (a recurrent session stopped and resumed), failed with "Unsupported global: GLOBAL ssmkit.layers....".
+    A NamedTuple of tensors runs no code when unpickled. Both hold once the layer's module is imported.
+
+    Args:
+        cls: a ``NamedTuple`` class.
+
+    Returns:
+        cls, registered (each registration skipped where this torch lacks it).
+    """
+    from torch.utils import _pytree
+
+    register = getattr(_pytree, "_register_namedtuple", None)  # (torch >= 2.3)
+    if register is not None:
+        register(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+    safe = getattr(torch.serialization, "add_safe_globals", None)  # (torch >= 2.4)
+    if safe is not None:
+        safe([cls])
+    return cls
+
+
 def _rebuild(spec: tuple, parts: list) -> tuple:
     """A tuple of ``parts`` of the same type as ``spec`` (a NamedTuple class or plain tuple)."""
     return tuple(parts) if type(spec) is tuple else type(spec)(*parts)

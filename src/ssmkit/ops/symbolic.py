@@ -72,7 +72,7 @@ def carry(
 
     Args:
         P: the gates: g's shape (time-varying) or g's shape without ``dim`` (time-invariant, broadcast along it).
-        g: (..., nc, ...) inputs, the chunk axis at ``dim``.
+        g: (..., nc, ...) inputs, the chunk axis at ``dim``; real or complex.
         h0: the state before the first step (g's shape without ``dim``; after the last one when reversed), or
             None for zeros.
         dim: the scanned axis of g (non-negative).
@@ -84,11 +84,10 @@ def carry(
     """
     if P.dim() < g.dim():  # time-invariant: broadcast along the scanned axis, so that the op takes no closure
         P = P.unsqueeze(dim).expand_as(g)
-    # the op's tracer rebuilds a view from its base: a complex view of real storage (view_as_complex) came back
-    # with the wrong last axis, so the inputs enter as tensors of their own
-    P, g = P.clone(), g.clone()
-    # the carry's layout must stay the same through the op: contiguous in and out
-    h = h0.contiguous().clone() if h0 is not None else g.new_zeros(g.select(dim, 0).shape)
+    h = h0 if h0 is not None else g.new_zeros(g.select(dim, 0).shape)
+    # the op's tracer rebuilds a view from its base (a complex view of real storage came back with the wrong last
+    # axis), so the inputs enter as tensors of their own; the carry's layout must stay the same: contiguous in and out
+    P, g, h = P.clone(), g.clone(), h.contiguous().clone()
 
     def step(h_prev, inputs):
         P_c, g_c = inputs

@@ -34,16 +34,22 @@ class _Forward(torch.nn.Module):
         return (y, *leaves(h)) if self.return_state else y
 
 
-def _check(module, example_L: int, lo: int, hi: int, lengths) -> None:
+def _check(module, example_L: int, lo: int, hi: int, lengths, batches=(2,)) -> None:
+    """Export at (B 2 or 3, example_L) with L dynamic in [lo, hi] (and B too when ``batches`` has other sizes), then
+    run every (B, L) against the module run eagerly."""
+    dims = {1: Dim("L", min=lo, max=hi)}
+    if batches != (2,):
+        dims[0] = Dim("B", min=2, max=64)
     with torch.no_grad():
-        program = torch.export.export(module, (torch.randn(2, example_L, H),),
-                                      dynamic_shapes=({1: Dim("L", min=lo, max=hi)},)).module()
-        for L in lengths:
-            x = torch.randn(2, L, H)
-            got, want = program(x), module(x)
-            for g, w in zip(*(((o,) if isinstance(o, torch.Tensor) else o) for o in (got, want))):
-                # float32; the exported FFT is 2L long where eager rounds it up to a 5-smooth size: 1e-7 rounding
-                assert g.shape == w.shape and rel_err(g, w) <= 1e-6, (L, rel_err(g, w))
+        program = torch.export.export(module, (torch.randn(2 if batches == (2,) else 3, example_L, H),),
+                                      dynamic_shapes=(dims,)).module()
+        for B in batches:
+            for L in lengths:
+                x = torch.randn(B, L, H)
+                got, want = program(x), module(x)
+                for g, w in zip(*(((o,) if isinstance(o, torch.Tensor) else o) for o in (got, want))):
+                    # float32; the exported FFT is 2L long where eager rounds it up to a 5-smooth size: 1e-7 rounding
+                    assert g.shape == w.shape and rel_err(g, w) <= 1e-6, (B, L, rel_err(g, w))
 
 
 @pytest.mark.parametrize("name", ["hyena", "sgconv"])
@@ -131,8 +137,9 @@ def test_every_layer_exports_for_every_length(name):
 @pytest.mark.parametrize("name", sorted(set(layers.available()) - _OCTAVE))
 def test_every_variant_exports_in_float32(name):
     """The other option sets (real and complex modes, discretisations, groups, heads, windows, chunk sizes) in float32,
-    without the state; a layer with a bounded positional table is exported for the lengths it takes."""
+    without the state, with the batch dynamic too; a layer with a bounded positional table is exported for the lengths
+    it takes."""
     for opts in variants(name)[1:]:
         layer = make_layer(name, opts, dtype=torch.float32).eval()
         hi = opts.get("max_positions", 4096)
-        _check(_Forward(layer, return_state=False), 12, 2, hi, tuple(L for L in (2, 9, 40, 300) if L <= hi))
+        _check(_Forward(layer, return_state=False), 12, 2, hi, tuple(L for L in (2, 9, 40, 300) if L <= hi), (2, 7))

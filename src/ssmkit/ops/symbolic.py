@@ -16,20 +16,46 @@ from __future__ import annotations
 
 import torch
 
-try:  # a prototype op of torch (used here and by ops/selective.py); older releases lack it
-    from torch._higher_order_ops.scan import scan as _torch_scan
+try:  # a prototype higher-order op of torch; older releases lack it
+    from torch._higher_order_ops.scan import scan_op as _scan_op
 except ImportError:  # pragma: no cover - torch without the op
-    _torch_scan = None
+    _scan_op = None
 
 
-def scan(combine_fn, init, xs, *, dim: int = 0, reverse: bool = False):
-    """torch's ``scan`` higher-order op (``torch._higher_order_ops.scan``), or a clear error where torch lacks it."""
-    if _torch_scan is None:  # pragma: no cover - torch without the op
+def scan(step, init: torch.Tensor, xs: tuple[torch.Tensor, ...], *, dim: int = 0, reverse: bool = False):
+    """The ``scan`` higher-order op of torch: carry, y_t = step(carry, (x_t for x in xs)) along ``dim`` of every x.
+
+    torch's public wrapper (``torch._higher_order_ops.scan.scan``) compiles a nested function with dynamo at every
+    call, and dynamo keeps that function's guards across calls: a second export in the same process (another batch
+    or dtype) re-checked the first one's guards on its own symbols and failed with "Constraints violated (B) ...
+    2 != B". While ``torch.export`` traces, the op itself is traced into the program directly (make_fx traces its
+    body), so the op is called without the wrapper.
+
+    Args:
+        step: (carry, tuple of x_t) -> (next carry, y_t), all tensors; pure.
+        init: the first carry.
+        xs: the scanned inputs, each with the scanned axis at ``dim`` (one length).
+        dim: the scanned axis (non-negative).
+        reverse: from the last index down to the first (y keeps the input order).
+
+    Returns:
+        the last carry, and the y_t stacked along ``dim``.
+    """
+    if _scan_op is None:  # pragma: no cover - torch without the op
         raise RuntimeError(
             f"exporting with a dynamic sequence length needs torch's scan op (torch._higher_order_ops.scan), which "
             f"torch {torch.__version__} lacks: upgrade torch, or export at a fixed length"
         )
-    return _torch_scan(combine_fn, init, xs, dim=dim, reverse=reverse)
+    xs = [x.movedim(dim, 0) if dim else x for x in xs]
+    if reverse:
+        xs = [x.flip(0) for x in xs]
+
+    def flat(carry, *x):
+        return list(step(carry, x))
+
+    last, ys = _scan_op(flat, [init], xs, additional_inputs=())
+    ys = ys.flip(0) if reverse else ys
+    return last, (ys.movedim(0, dim) if dim else ys)
 
 
 def symbolic_length(L) -> bool:

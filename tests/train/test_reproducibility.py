@@ -63,6 +63,8 @@ def test_the_same_seed_gives_the_same_losses_and_weights_and_another_seed_others
     runs = {name: fit(MODEL, _config(seed), (X, Y), None, None, tmp_path / name, progress=False, transform=augment)
             for name, seed in (("a", 0), ("b", 0), ("c", 1))}
     assert all(r["steps"] == 8 for r in runs.values())
+    # the record names what a bit-exact rerun must match: the thread count and torch version
+    assert f"torch {torch.__version__}, {torch.get_num_threads()} threads" in runs["a"]["machine"]
     a, b, c = (_weights(tmp_path / n) for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on the CPU
     assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -147,3 +147,8 @@ def test_checkpoints_carry_the_cuda_generator_of_the_model():
     torch.rand(7, device="cuda")  # the stream moves on
     module.on_load_checkpoint(checkpoint)
     assert torch.equal(torch.rand(5, device="cuda"), expected)
+    # a random transform's seeding leaves the CUDA stream alone (torch.manual_seed would reseed it every batch)
+    state = torch.cuda.get_rng_state()
+    with seeded_rngs(1, 2):
+        torch.rand(3)
+    assert torch.equal(torch.cuda.get_rng_state(), state)

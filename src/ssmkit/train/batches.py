@@ -18,6 +18,7 @@ Python's states were not saved at all (probe 17).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from typing import Callable, Iterator, Sequence
 
@@ -28,29 +29,29 @@ from ssmkit.layers.checks import check_positive_int
 
 
 _TRAIN, _EVAL = 0x7472, 0x6576  # keep the training and the evaluation transforms' seeds apart
-_WORD = (1 << 64) - 1
 
 
 @contextlib.contextmanager
 def seeded_rngs(*key: int) -> Iterator[None]:
     """Run a block with torch's CPU generator and numpy's and Python's global generators seeded from ``key``, then
-    restore the three states they had before (CUDA generators are not touched).
+    restore the three states they had before. CUDA generators are neither seeded nor moved (``torch.manual_seed``
+    would reseed them: dropout on a GPU would then repeat its masks every step).
 
-    The seeds are words of ``numpy.random.SeedSequence(key)`` (each int of ``key`` taken modulo 2^64), so different
-    keys give independent streams.
+    The three seeds are the 16 bytes of a BLAKE2b hash of the key, so different keys give unrelated streams.
 
     Args:
         key: ints naming the block's place, e.g. (tag, seed, step, rank).
     """
-    words = np.random.SeedSequence([int(k) & _WORD for k in key]).generate_state(4, dtype=np.uint32)
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
-    np.random.seed(words[2])
-    random.seed(int(words[3]))
+    words = hashlib.blake2b(",".join(str(int(k)) for k in key).encode(), digest_size=16).digest()
+    cpu = torch.default_generator
+    states = cpu.get_state(), np.random.get_state(), random.getstate()
+    cpu.manual_seed(int.from_bytes(words[:8], "little"))
+    np.random.seed(int.from_bytes(words[8:12], "little"))
+    random.seed(int.from_bytes(words[12:], "little"))
     try:
         yield
     finally:
-        torch.set_rng_state(states[0])
+        cpu.set_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
 

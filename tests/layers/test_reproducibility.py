@@ -61,6 +61,7 @@ def test_the_torch_seed_alone_fixes_the_initialisation(name, i):
 _HASH_SCRIPT = """
 import hashlib, json, sys, tempfile, torch
 import ssmkit.data as data, ssmkit.layers as layers
+from ssmkit.models import SequenceModel
 width, builds, tiny = json.loads(sys.argv[1])
 def digest(tensors):
     h = hashlib.sha256()

@@ -5,15 +5,55 @@ on. Here the batch of step s is computed, not iterated to: epoch e = ⌊s·G / n
 generator seeded by (seed, e), and step s takes the G = world_size × batch_size samples after position s·G (wrapping
 into the next epoch's order), of which rank r takes its ``batch_size``. So the stream restarts at any step, on any
 rank, without saving a data-loader state; the last incomplete part of an epoch is used, not dropped.
+
+A ``transform`` that draws random numbers (an augmentation) runs inside :func:`seeded_rngs`: torch's CPU generator,
+numpy's and Python's global generators are seeded from (seed, step, rank) for the call and restored after it. So the
+augmentation of step s is a function of (seed, s, rank) too (the ranks of a data-parallel run augment differently),
+and building batches never moves the global streams that dropout draws from. Without it a resumed run was not exact:
+Lightning fetches the batch of step s + 1 before step s's checkpoint is written, so the RNG state saved in the
+checkpoint already held the draws of that batch's augmentation, which the resumed run drew again, and numpy's and
+Python's states were not saved at all (probe 17).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import random
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ssmkit.layers.checks import check_positive_int
+
+
+_TRAIN, _EVAL = 0x7472, 0x6576  # keep the training and the evaluation transforms' seeds apart
+
+
+@contextlib.contextmanager
+def seeded_rngs(*key: int) -> Iterator[None]:
+    """Run a block with torch's CPU generator and numpy's and Python's global generators seeded from ``key``, then
+    restore the three states they had before. CUDA generators are neither seeded nor moved (``torch.manual_seed``
+    would reseed them: dropout on a GPU would then repeat its masks every step).
+
+    The three seeds are the 16 bytes of a BLAKE2b hash of the key, so different keys give unrelated streams.
+
+    Args:
+        key: ints naming the block's place, e.g. (tag, seed, step, rank).
+    """
+    words = hashlib.blake2b(",".join(str(int(k)) for k in key).encode(), digest_size=16).digest()
+    cpu = torch.default_generator
+    states = cpu.get_state(), np.random.get_state(), random.getstate()
+    cpu.manual_seed(int.from_bytes(words[:8], "little"))
+    np.random.seed(int.from_bytes(words[8:12], "little"))
+    random.seed(int.from_bytes(words[12:], "little"))
+    try:
+        yield
+    finally:
+        cpu.set_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
 
 
 def _check_tensors(tensors: Sequence[torch.Tensor]) -> int:
@@ -35,7 +75,8 @@ class StepBatches:
         start_step: the first step to yield (a resumed run's global step).
         rank, world_size: this process's place in data-parallel training.
         shuffle: shuffle each epoch (False: the samples in order, for tests).
-        transform: applied to each batch (e.g. integer pixels to scaled floats), or None.
+        transform: applied to each batch (e.g. integer pixels to scaled floats, an augmentation), or None; it runs
+            inside :func:`seeded_rngs` keyed by (seed, step, rank), so its random draws are a function of the step.
     """
 
     def __init__(
@@ -93,7 +134,10 @@ class StepBatches:
         while True:
             idx = self.indices(step)
             batch = tuple(t[idx] for t in self.tensors)
-            yield self.transform(batch) if self.transform is not None else batch
+            if self.transform is not None:
+                with seeded_rngs(_TRAIN, self.seed, step, self.rank):
+                    batch = self.transform(batch)
+            yield batch
             step += 1
 
 
@@ -128,7 +172,8 @@ def eval_batches(
         tensors: (n, ...) tensors.
         batch_size: samples per batch.
         rank, world_size: this process's place in data-parallel evaluation.
-        transform: applied to each batch, or None.
+        transform: applied to each batch, or None; batch i of rank r runs inside :func:`seeded_rngs` keyed by
+            (r, world_size, i), so even a random transform gives the same batches every time.
 
     Returns:
         the batches (tuples of tensors) as :class:`EvalBatches`; each sample is in exactly one rank's batches.
@@ -139,4 +184,10 @@ def eval_batches(
         raise ValueError(f"an evaluation split needs at least world_size = {world_size} samples; got {n}")
     mine = torch.arange(rank, n, world_size)
     batches = [tuple(t[mine[s:s + batch_size]] for t in tensors) for s in range(0, len(mine), batch_size)]
-    return EvalBatches([transform(b) for b in batches] if transform is not None else batches)
+    if transform is not None:
+        done = []
+        for i, b in enumerate(batches):
+            with seeded_rngs(_EVAL, rank, world_size, i):
+                done.append(transform(b))
+        batches = done
+    return EvalBatches(batches)

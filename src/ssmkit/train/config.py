@@ -27,7 +27,7 @@ class TrainConfig:
         grad_clip: clip the gradient norm to this value (None: no clipping).
         precision: ``"32"``, ``"64"`` (float64 parameters), ``"bf16-mixed"`` or ``"16-mixed"`` (autocast; the SSM
             cores stay float32).
-        seed: the seed of the initialisation and of the batch order.
+        seed: the seed of the initialisation, the batch order and a random transform's draws, in [0, 2**32 - 1].
         val_every: validate every this many steps (0: only at the end).
         checkpoint_every: write a checkpoint every this many steps (0: only at the end); each replaces the one before
             (``checkpoints/step<N>.ckpt`` and ``last.ckpt`` hold the newest), so earlier steps are not kept.
@@ -76,8 +76,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 0; got {value!r}")
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps must be < max_steps = {self.max_steps}; got {self.warmup_steps}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an int; got {self.seed!r}")
+        # numpy's range, which Lightning's seed_everything enforces (it raised only when fit started)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an int in [0, 2**32 - 1]; got {self.seed!r}")
         # a bool is an int to Python: True would have become lr 1, a 1-second max_time, a clip at norm 1
         if not (_is_number(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a number > 0; got {self.lr!r}")

@@ -140,11 +140,19 @@ class SequenceLightningModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ssmkit_rng"] = torch.get_rng_state()  # dropout masks continue exactly after a resume
+        # dropout masks continue exactly after a resume: they come from the generator of the device the model is on
+        # (the CUDA generator was not saved, so a resumed GPU run drew other masks; probe 17)
+        checkpoint["ssmkit_rng"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            checkpoint["ssmkit_rng_cuda"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ssmkit_rng" in checkpoint:
             torch.set_rng_state(checkpoint["ssmkit_rng"])
+        # Lightning restores before moving the module to its device: the strategy's device is where it will train
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        if "ssmkit_rng_cuda" in checkpoint and device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["ssmkit_rng_cuda"], device)
 
 
 class TensorDataModule(pl.LightningDataModule):

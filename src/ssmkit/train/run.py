@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import platform
 import time
 from typing import Any, Callable, Sequence
 
@@ -146,7 +147,8 @@ def fit(
         (and those of ``extra_tests``) at the weights ``train_config.test_weights`` selects, and each also as
         ``<name>_final`` and ``<name>_best_val``; ``best_val_step``, ``best_val_epoch`` (epochs of training data
         seen), ``best_val_loss`` and ``best_val_<metric>`` of the best validation (with a validation split);
-        ``test_weights``; parameters, steps, training seconds, samples/s and tokens/s.
+        ``test_weights``; parameters, steps, training seconds, samples/s and tokens/s; ``machine`` (architecture, CPUs,
+        torch version and threads, which a bit-exact rerun must match).
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -220,6 +222,10 @@ def fit(
         "samples_per_second": throughput.samples / throughput.seconds if throughput.seconds else None,
         "tokens_per_second": throughput.tokens / throughput.seconds if throughput.seconds else None,
         "resumed_from": resume_from,
+        # what bit-exact reruns need to match (README, "Reproducible runs"): PyTorch's GEMMs and sums round differently
+        # on other thread counts, and the native kernels are compiled for this CPU
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
     }
     result.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")})
 

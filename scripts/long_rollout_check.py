@@ -49,9 +49,9 @@ def rollout(name: str, steps: int) -> dict:
         options["headdim"] = 8  # expand·d_model = 16 channels in heads of 8
     torch.manual_seed(0)
     layer = layers.build(name, d_model=8, **options).eval()
+    x = torch.randn(1, steps, 8)
     wide = layers.build(name, d_model=8, dtype=torch.float64, **options).eval()
     wide.load_state_dict(layer.state_dict())
-    x = torch.randn(1, steps, 8)
     with torch.no_grad():
         y, h_forward = layer(x)
         y64, _ = wide(x.double())

@@ -15,12 +15,15 @@ def test_long_sequence_check_runs_each_layer_and_mode(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "rows.json"
-    assert module.main(["--length", "300", "--d-model", "32", "--layers", "s4d", "--json", str(out)]) == 0
+    assert module.main(["--length", "300", "--d-model", "32", "--batch", "2", "--d-state", "8", "--layers", "s4d",
+                        "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r["layer"] for r in rows] == ["s4d"]
+    assert (rows[0]["batch"], rows[0]["d_state"]) == (2, 8)
     for r in rows:
         for mode in ("forward", "forward_backward"):
             assert "failed" not in r[mode], r[mode]
             assert r[mode]["seconds"] > 0 and r[mode]["peak_mib"] >= 0 and r[mode]["finite"] is True
     table = capsys.readouterr().out
     assert "| s4d | " in table and "failed" not in table
+    assert "B 2, L 300, H 32, N 8" in table  # the shape the subprocesses ran at, and the ratio's unit

@@ -98,7 +98,7 @@ def carry(
 
     Args:
         P: the gates: g's shape (time-varying) or g's shape without ``dim`` (time-invariant, broadcast along it).
-        g: (..., nc, ...) inputs, the chunk axis at ``dim``; real or complex.
+        g: (..., L, ...) inputs, the scanned axis (the chunks, of symbolic length L) at ``dim``; real or complex.
         h0: the state before the first step (g's shape without ``dim``; after the last one when reversed), or
             None for zeros.
         dim: the scanned axis of g (non-negative).

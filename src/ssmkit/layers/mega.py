@@ -54,7 +54,7 @@ from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, f
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec, exportable_state
-from ssmkit.ops.symbolic import keep_first, symbolic_length
+from ssmkit.ops.symbolic import chunk_count, keep_first, symbolic_length
 
 ATTENTIONS = ("softmax", "laplace")
 POSITIONALS = ("simple", "rotary")
@@ -279,8 +279,7 @@ class Mega(SequenceLayer):
         # Mega-chunk: pad the queries in front by the c cached positions (their rows are dropped), then every
         # sequence at the end to whole chunks; chunk g holds positions gT..gT+T-1 of the cache-first sequence.
         T = self.chunk_size
-        # a symbolic n gets one more chunk, all padding, written so that torch can bound it (ops/symbolic.py)
-        n_chunks = (n + 2 * T - 1) // T if symbolic else -(-n // T)
+        n_chunks = chunk_count(n, T)  # (a symbolic n gets one more chunk, all padding)
         pad = n_chunks * T - n
         q_pad = F.pad(q, (0, 0, c, pad)).reshape(Bsz, n_chunks, T, -1)  # (B, nc, T, Z)
         k_pad = F.pad(k, (0, 0, 0, pad)).reshape(Bsz, n_chunks, T, -1)  # (B, nc, T, Z)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.powers import int_power, power_table
-from ssmkit.ops.symbolic import carry, keep_first, symbolic_length
+from ssmkit.ops.symbolic import carry, chunk_count, keep_first, symbolic_length
 
 _WIDE = {torch.complex64: torch.complex128, torch.float32: torch.float64}
 
@@ -279,17 +279,13 @@ def ssm_scan_chunked(
     is_complex = A_bar.is_complex()
     symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
     T = chunk_size if symbolic else min(chunk_size, L)
-    # a symbolic L gets one more chunk, all padding: with nc >= 2 known, torch's reshapes need no guard on nc == 1
-    # (written as one floor of a positive sum, which torch's symbolic shapes can bound and factor; -(-L // T) + 1
-    # gave guards such as "(128 + 128·k) % (2 + 2·k) == 0" that it could not prove)
-    n_chunks = (L + (1 + int(symbolic)) * T - 1) // T
+    n_chunks = chunk_count(L, T)  # (a symbolic L gets one more chunk, all padding)
     last = n_chunks - 1 - int(symbolic)  # the last chunk with real steps
     r = L - last * T  # its number of real steps, 1..T
     toeplitz, to_state, from_state, powers = _chunk_operators(A_bar, B_bar, C, T, D)
     A_T = powers[:, T]  # (H, N)
 
-    padded = symbolic or r < T
-    u_pad = F.pad(u, (0, 0, 0, n_chunks * T - L)) if padded else u  # (B, nc·T, H); zero inputs after the end
+    u_pad = F.pad(u, (0, 0, 0, n_chunks * T - L)) if symbolic or r < T else u  # (B, nc·T, H); zeros after the end
     # one 2-D transpose (cheaper than a 3-D permute copy on CPU): rows (b, c, t) -> columns
     u_c = transpose(u_pad.reshape(Bsz * n_chunks * T, H)).reshape(H, Bsz * n_chunks, T)  # (H, B·nc, T)
 
@@ -311,10 +307,7 @@ def ssm_scan_chunked(
     else:
         y_c = y_c.baddbmm_(x_prev, from_state)  # (H, B·nc, T), in place (bmm's backward does not need y_c)
     y = transpose(y_c.reshape(H, Bsz * n_chunks * T)).reshape(Bsz, n_chunks * T, H)  # (B, nc·T, H)
-    if symbolic:
-        y = keep_first(y, 1, L)  # (B, L, H)
-    elif padded:
-        y = y[:, :L]  # (B, L, H)
+    y = keep_first(y, 1, L)  # (B, L, H)
     if not return_state:
         return y, None
 

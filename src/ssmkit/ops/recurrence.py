@@ -25,7 +25,7 @@ from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.powers import int_power
-from ssmkit.ops.symbolic import carry, keep_first, symbolic_length
+from ssmkit.ops.symbolic import carry, chunk_count, keep_first, symbolic_length
 
 
 def _check_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> bool:
@@ -129,11 +129,8 @@ def _recurrence_states(
     Bsz, L, H = b.shape
     invariant = a.dim() == 1
     symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
-    if symbolic:  # one more chunk, all padding, in a form torch can bound: nc >= 2 and no guard on nc == 1
-        n_chunks = (L + 2 * T - 1) // T
-    else:
-        T = min(T, L)
-        n_chunks = -(-L // T)
+    T = T if symbolic else min(T, L)
+    n_chunks = chunk_count(L, T)  # (a symbolic L gets one more chunk, all padding)
     pad = n_chunks * T - L
     if symbolic or pad:  # padded steps lie after the end of the scan (before its start when reversed), cut off
         where = (0, 0, pad, 0) if reverse else (0, 0, 0, pad)
@@ -189,9 +186,11 @@ def _recurrence_states(
             prev = outs[t] = torch.addcmul(b_c[:, :, t], gate(t), prev)  # (B, nc, H)
         h = torch.stack(outs, dim=2)  # (B, nc, T, H)
     h = h.reshape(Bsz, n_chunks * T, H)  # (B, nc·T, H)
-    if symbolic:  # gathers, not slices at a symbolic offset (ops/symbolic.keep_first)
-        return h.index_select(1, torch.arange(L, device=h.device) + pad) if reverse else keep_first(h, 1, L)  # (B, L, H)
-    return h[:, pad:] if reverse else h[:, :L]  # (B, L, H)
+    if not reverse:
+        return keep_first(h, 1, L)  # (B, L, H)
+    if symbolic:  # a gather, not a slice at a symbolic offset (ops/symbolic.keep_first)
+        return h.index_select(1, torch.arange(L, device=h.device) + pad)  # (B, L, H)
+    return h[:, pad:]  # (B, L, H)
 
 
 class _LinearRecurrence(torch.autograd.Function):

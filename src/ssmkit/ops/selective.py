@@ -42,8 +42,8 @@ from ssmkit.ops.native import selective_scan_native
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.triton_gate import prefer_triton, selective_scan_triton
 from ssmkit.ops.twice import graph_backward
+from ssmkit.ops.symbolic import chunk_count, keep_first, scan, symbolic_length
 from ssmkit.utils import check_floating
-from ssmkit.ops.symbolic import keep_first, scan, symbolic_length
 
 
 def _check_selective(
@@ -377,7 +377,7 @@ def _scan_symbolic(dt, u, A, B, C, h0, T):
     dt, u (L, B, G, P), A (G, N, P), B, C (L, B, G, N), h0 (B, G, N, P) or None -> y (L, B, G, P), h (B, G, N, P)."""
     L = u.shape[0]
     T = min(T, 32)  # the body is traced step by step: 32 steps keep the program small (export 2-3x faster than 128)
-    n_chunks = (L + 2 * T - 1) // T
+    n_chunks = chunk_count(L, T)  # one more than needed, all padding
     pad = n_chunks * T - L
     dt, u, B, C = (F.pad(x, (0, 0, 0, 0, 0, 0, 0, pad)) for x in (dt, u, B, C))  # (nc·T, ...): zeros after the end
     chunks = [x.reshape(n_chunks, T, *x.shape[1:]) for x in (dt, u, B, C)]  # (nc, T, ...)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch
 from ssmkit.ops.recurrence import linear_recurrence
-from ssmkit.ops.symbolic import carry, keep_first, symbolic_length
+from ssmkit.ops.symbolic import carry, chunk_count, keep_first, symbolic_length
 
 
 def _check_ssd(
@@ -188,7 +188,7 @@ def ssd_chunked(
     R = H // G  # heads per group
     symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
     T = chunk_size if symbolic else min(chunk_size, L)
-    nc = (L + 2 * T - 1) // T if symbolic else -(-L // T)  # chunks (symbolic: one more, in a form torch bounds)
+    nc = chunk_count(L, T)  # chunks (a symbolic L gets one more, all padding)
     pad = nc * T - L
     if symbolic or pad:  # Δ = 0 on padded steps: decay 1 and no input, so the final state is the state after L-1
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))  # (B, nc·T, ·, ·)
@@ -228,7 +228,7 @@ def ssd_chunked(
     decay_from_start = torch.exp(log_decay_from_start).permute(0, 3, 4, 1, 2).unsqueeze(-1)  # (B, nc, T, G, R, 1)
     y = y + y_start * decay_from_start  # (B, nc, T, G, R, P)
     y = y.reshape(Bsz, nc * T, H, P)  # (B, nc·T, H, P)
-    return (keep_first(y, 1, L) if symbolic else y[:, :L]), h  # (B, L, H, P), (B, H, P, N)
+    return keep_first(y, 1, L), h  # (B, L, H, P), (B, H, P, N)
 
 
 def _ssd_triton(x, dt, A, B, C, h0=None, *, chunk_size=None):

@@ -73,21 +73,44 @@ def symbolic_length(L) -> bool:
     return isinstance(L, torch.SymInt) and exporting is not None and exporting()
 
 
-def keep_first(x: torch.Tensor, dim: int, L) -> torch.Tensor:
-    """The first L entries of x along ``dim`` (L symbolic, at most x's size there, e.g. a padded scan's output).
+def chunk_count(L, T: int):
+    """The number of chunks of T steps a chunked scan of L steps runs in: ⌈L/T⌉, or while exporting with a symbolic
+    L one more, all padding, written as ⌊(L + 2T - 1)/T⌋.
 
-    A slice ``x[:, :L]`` makes torch guard L <= the padded size, which its symbolic shapes cannot prove for a
-    padded size such as T·⌊(L + 2T - 1)/T⌋; a gather at 0..L-1 states nothing about sizes (its bounds are
-    checked as it runs).
+    With the count >= 2 provable and written as a single floor of a positive sum, torch's reshapes of the padded
+    sequence need no guard on a count of 1; ``-(-L // T)`` gave a guard that the count is not 1 (over the batch of 2:
+    "2 mod twice the count is not 0"), and ``-(-L // T) + 1`` one that 128·(k + 1) is a multiple of 2·(k + 1),
+    which it could not prove.
+
+    Args:
+        L: the sequence length (an int, or a SymInt while tracing).
+        T: the chunk length.
+
+    Returns:
+        the chunk count (an int, or a SymInt).
+    """
+    if symbolic_length(L):
+        return (L + 2 * T - 1) // T
+    return -(-L // T)
+
+
+def keep_first(x: torch.Tensor, dim: int, L) -> torch.Tensor:
+    """The first L entries of x along ``dim`` (at most x's size there, e.g. a padded scan's output).
+
+    A slice (a view) for an int L, or outside an export. While exporting with a symbolic L a gather at 0..L-1: a
+    slice ``x[:, :L]`` makes torch guard L <= the padded size, which its symbolic shapes cannot prove for a padded
+    size such as T·⌊(L + 2T - 1)/T⌋, and a gather states nothing about sizes (its bounds are checked as it runs).
 
     Args:
         x: a tensor.
         dim: the axis to crop (non-negative).
-        L: the number of entries to keep (a SymInt).
+        L: the number of entries to keep.
 
     Returns:
-        x's first L entries along ``dim`` (a copy).
+        x's first L entries along ``dim`` (a view, or a copy while exporting with a symbolic L).
     """
+    if not symbolic_length(L):
+        return x.narrow(dim, 0, L)
     return x.index_select(dim, torch.arange(L, device=x.device))
 
 

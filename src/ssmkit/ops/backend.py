@@ -10,7 +10,8 @@ Every dispatching op has ONE table from backend name to implementation, and ever
     ``"native"``     a C kernel for the CPU (:mod:`ssmkit.ops.native`; compiled on first use with the system's C
                      compiler and usable only where its smoke call succeeded);
     ``"auto"``       the op's own choice among the names of its table (``"triton"`` only on CUDA, where it runs;
-                     ``"native"`` only on the CPU, where it runs, and never while torch.func or torch.compile trace).
+                     ``"native"`` only on the CPU, where it runs, also under torch.compile (as custom ops), never
+                     while torch.func transforms or torch.export trace).
 
 The backend in force is a :class:`contextvars.ContextVar` (default ``"auto"``): :func:`set_backend` and
 :func:`use_backend` change it for the current thread or asyncio task only, and :func:`use_backend` restores

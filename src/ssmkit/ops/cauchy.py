@@ -215,7 +215,8 @@ _CAUCHY = {"reference": cauchy_reference, "chunked": cauchy_matmul, "native": _c
 
 
 def _auto(v: Tensor) -> str:
-    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else the blocked GEMM."""
+    """``"auto"``'s path: the C kernel on the CPU where it runs (eager or compiled; not under torch.func or
+    torch.export); else the blocked GEMM."""
     from ssmkit.ops.native.gate import prefer_native
 
     return "native" if prefer_native("cauchy", v) else "chunked"
@@ -227,7 +228,8 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Te
     Backends: ``"reference"`` -> :func:`cauchy_reference` (direct formula); ``"chunked"`` ->
     :func:`cauchy_matmul` (blocked batched GEMM, the same path on every device, twice differentiable);
     ``"native"`` -> :func:`ssmkit.ops.native.cauchy_native` (the C kernel, CPU; a second derivative goes through the
-    blocked GEMMs); ``"auto"`` -> ``"native"`` on the CPU in eager mode where the kernel runs, else ``"chunked"``;
+    blocked GEMMs); ``"auto"`` -> ``"native"`` on the CPU where the kernel runs (not under torch.func or torch.export), else
+    ``"chunked"``;
     ``"fft"`` and ``"triton"`` raise.
 
     Args:

@@ -92,7 +92,8 @@ _CONV = {"reference": _reference, "chunked": causal_conv1d_torch, "native": caus
 
 
 def _auto(x: torch.Tensor) -> str:
-    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else ``F.conv1d``."""
+    """``"auto"``'s path: the C kernel on the CPU where it runs (eager or compiled; not under torch.func or
+    torch.export); else ``F.conv1d``."""
     return "native" if prefer_native("causal_conv1d", x) else "chunked"
 
 
@@ -111,7 +112,8 @@ def causal_conv1d(
     y_t = act(Σ_k w_k ⊙ x_{t-W+1+k} + b). Backends: ``"reference"`` -> :func:`causal_conv1d_reference` (a loop over
     time); ``"chunked"`` -> :func:`causal_conv1d_torch` (one ``F.conv1d``); ``"native"`` ->
     :func:`ssmkit.ops.native.causal_conv1d_native` (C kernel, CPU: the (B, L, H) layout, x read through its strides,
-    the activation fused); ``"auto"`` -> ``"native"`` on the CPU where it runs and nothing traces, else ``"chunked"``.
+    the activation fused); ``"auto"`` -> ``"native"`` on the CPU where it runs and no torch.func transform or
+    export traces, else ``"chunked"``.
 
     Args:
         x: (B, L, H) input.

@@ -254,7 +254,8 @@ def mimo_scan(
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(C x_t) + D ⊙ u_t  (arXiv 2208.04933 eq. 2-3; arXiv 2303.06349 eq. 1).
     Backends: ``"reference"`` -> :func:`mimo_scan_reference` (loop); ``"chunked"`` -> :func:`mimo_scan_chunked`
     (GEMMs + chunked scan of the modes); ``"native"`` -> :func:`mimo_scan_native` (GEMMs + the C kernel's scan of
-    the modes, CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs and nothing traces, else ``"chunked"``;
+    the modes, CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs and no torch.func transform or export
+    traces, else ``"chunked"``;
     ``"fft"`` and ``"triton"`` raise.
 
     Args:

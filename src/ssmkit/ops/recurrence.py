@@ -289,7 +289,8 @@ _LINEAR_RECURRENCE = {
 
 
 def _auto(b: torch.Tensor) -> str:
-    """``"auto"``'s path: the C kernel on the CPU where it runs, in eager mode; else the chunked scan."""
+    """``"auto"``'s path: the C kernel on the CPU where it runs (eager or compiled; not under torch.func or
+    torch.export); else the chunked scan."""
     return "native" if prefer_native("linear_recurrence", b) else "chunked"
 
 
@@ -301,7 +302,8 @@ def linear_recurrence(
     (arXiv 2303.06349 eq. 1; a_t = a for a time-invariant gate.) Backends: ``"reference"`` ->
     :func:`linear_recurrence_reference` (loop); ``"chunked"`` -> :func:`linear_recurrence_chunked` (two-level
     chunked scan); ``"native"`` -> :func:`ssmkit.ops.native.linear_recurrence_native` (C kernel, CPU); ``"auto"`` ->
-    ``"native"`` on the CPU where it runs and nothing traces, else ``"chunked"``; ``"fft"`` and ``"triton"`` raise.
+    ``"native"`` on the CPU where it runs and no torch.func transform or export traces, else ``"chunked"``;
+    ``"fft"`` and ``"triton"`` raise.
 
     Args:
         a: (B, L, *S) time-varying gates, or (*S) one time-invariant gate per channel; real or complex

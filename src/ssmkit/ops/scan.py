@@ -225,8 +225,8 @@ FFT_LENGTHS: dict[tuple[str, bool], tuple[int, int | None] | None] = {
 
 def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.Tensor | None = None) -> str:
     """The path ``"auto"`` takes for :func:`ssm_scan` off CUDA: ``"native"`` (the C kernel) on the CPU for complex
-    Ā where it runs and nothing traces; else ``"fft"`` when L lies in the measured FFT range of :data:`FFT_LENGTHS`
-    for u's device type and ``return_state``, else ``"chunked"``.
+    Ā where it runs and no torch.func transform or export traces; else ``"fft"`` when L lies in the measured FFT
+    range of :data:`FFT_LENGTHS` for u's device type and ``return_state``, else ``"chunked"``.
 
     Args:
         u: (B, L, H) input.

@@ -6,8 +6,9 @@ in blocks of 64, each block's 1/(z - w) computed once per pole and applied to ev
 matrix is never stored (the PyTorch path, :func:`ssmkit.ops.cauchy.cauchy_matmul`, builds and applies it in blocks of
 ~8 MB at ~6 aten ops per block, and again in its backward), so S4's kernel costs a handful of aten ops.
 
-Usable where ``native_status("cauchy", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). The kernel cannot be traced
-by torch.func or torch.compile: ``"auto"`` picks the chunked path then. Differentiated itself (``create_graph``), the
+Usable where ``native_status("cauchy", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Under torch.compile the
+kernel calls are custom ops (:mod:`ssmkit.ops.native.opaque`); torch.func transforms and torch.export take the
+chunked path. Differentiated itself (``create_graph``), the
 backward is the blocked GEMMs' (:mod:`ssmkit.ops.twice`).
 """
 
@@ -16,9 +17,11 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.opaque import kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
 from ssmkit.ops.twice import graph_backward
 
@@ -35,36 +38,59 @@ class _NativeCauchy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, z, w):  # type: ignore[override]
-        fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
-        G, S, N = v.shape
-        W = z.shape[-1]
-        out = torch.empty(G, S, W, dtype=v.dtype)
-        args = [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W]
-        if any(run_parts(fns["cy_forward"], G, args, fns["openmp"])):
-            raise MemoryError("cauchy native: the forward could not allocate its buffer")
+        (out,) = _forward_kernel(v, z, w)
         ctx.save_for_backward(v, z, w)
         return out
 
     @staticmethod
     def backward(ctx, g_out):  # type: ignore[override]
         v, z, w = ctx.saved_tensors
-        need_v, need_z, need_w = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph: a double backward, through the blocked GEMMs (ops/twice.py)
             from ssmkit.ops.cauchy import _CauchyMatmul
 
             return tuple(graph_backward(lambda v, z, w: (_CauchyMatmul.apply(v, z, w),), (v, z, w),
                                         ctx.needs_input_grad, (g_out,)))
-        fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
-        G, S, N = v.shape
-        W = z.shape[-1]
-        g_out = g_out.resolve_conj().contiguous()
-        g_v = torch.empty_like(v) if need_v else None
-        g_z = torch.empty_like(z) if need_z else None
-        g_w = torch.empty_like(w) if need_w else None
-        args = [ptr(v), ptr(z), ptr(w), ptr(g_out), ptr(g_v), ptr(g_z), ptr(g_w), G, S, N, W]
-        if any(run_parts(fns["cy_backward"], G, args, fns["openmp"])):
-            raise MemoryError("cauchy native: the backward could not allocate its buffers")
-        return g_v, g_z, g_w
+        need = list(ctx.needs_input_grad)
+        grads = iter(_backward_kernel(v, z, w, g_out.resolve_conj().contiguous(), *need))
+        return tuple(next(grads) if n else None for n in need)
+
+
+def _forward_fake(v, z, w):
+    return [v.new_empty(v.shape[0], v.shape[1], z.shape[-1])]
+
+
+@kernel_op("cauchy_forward", _forward_fake)
+def _forward_kernel(v: Tensor, z: Tensor, w: Tensor) -> list[Tensor]:
+    """The C sums: [out (G, S, W)] from v (G, S, N), z (G, W), w (G, N), contiguous complex."""
+    fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
+    G, S, N = v.shape
+    W = z.shape[-1]
+    out = torch.empty(G, S, W, dtype=v.dtype)
+    args = [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W]
+    if any(run_parts(fns["cy_forward"], G, args, fns["openmp"])):
+        raise MemoryError("cauchy native: the forward could not allocate its buffer")
+    return [out]
+
+
+def _backward_fake(v, z, w, g_out, need_v, need_z, need_w):
+    return [torch.empty_like(t) for t, n in ((v, need_v), (z, need_z), (w, need_w)) if n]
+
+
+@kernel_op("cauchy_backward", _backward_fake)
+def _backward_kernel(v: Tensor, z: Tensor, w: Tensor, g_out: Tensor, need_v: bool, need_z: bool,
+                     need_w: bool) -> list[Tensor]:
+    """The C backward: the gradients of v, z and w that are asked for, in that order, from the forward's inputs and
+    g_out (G, S, W) contiguous."""
+    fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
+    G, S, N = v.shape
+    W = z.shape[-1]
+    g_v = torch.empty_like(v) if need_v else None
+    g_z = torch.empty_like(z) if need_z else None
+    g_w = torch.empty_like(w) if need_w else None
+    args = [ptr(v), ptr(z), ptr(w), ptr(g_out), ptr(g_v), ptr(g_z), ptr(g_w), G, S, N, W]
+    if any(run_parts(fns["cy_backward"], G, args, fns["openmp"])):
+        raise MemoryError("cauchy native: the backward could not allocate its buffers")
+    return [t for t in (g_v, g_z, g_w) if t is not None]
 
 
 def cauchy_native(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,14 @@ Usable where ``native_status("causal_conv1d", dtype)`` says so (:mod:`ssmkit.ops
 from __future__ import annotations
 
 import ctypes
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
 from ssmkit.ops.twice import graph_backward
 
@@ -39,17 +42,9 @@ class _NativeConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, state, silu):  # type: ignore[override]
-        fns = bind("causal_conv.c", x.dtype, SIGNATURES)
-        Bsz, L, H = x.shape
-        W = weight.shape[1]
         wt = weight.t().contiguous()  # (W, H)
         bias_c, state_c = (None if t is None else t.contiguous() for t in (bias, state))
-        y = x.new_empty(Bsz, L, H)
-        stL = x.new_empty(Bsz, H, W - 1)
-        args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias_c), ptr(state_c), int(silu), ptr(y), ptr(stL),
-                Bsz, L, H, W]
-        if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, L, W), args, fns["openmp"])):
-            raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
+        y, stL = _forward_kernel(x, wt, bias_c, state_c, silu)
         ctx.save_for_backward(x, wt, bias_c, state_c, weight, bias, state)  # then the inputs as given (double backward)
         ctx.silu, ctx.has_bias, ctx.has_state = silu, bias is not None, state is not None
         return y, stL
@@ -65,24 +60,59 @@ class _NativeConv(torch.autograd.Function):
 
             given = (x, *ctx.saved_tensors[4:])
             return (*graph_backward(torch_path, given, ctx.needs_input_grad[:4], (g_y, g_st)), None)
-        fns = bind("causal_conv.c", x.dtype, SIGNATURES)
-        Bsz, L, H = x.shape
-        W = wt.shape[0]
-        n_items = fns["cc_items"](Bsz, L, W)
-        g_y = x.new_zeros(Bsz, L, H) if g_y is None else g_y.contiguous()
+        g_y = torch.zeros_like(x) if g_y is None else g_y.contiguous()
         g_st = None if g_st is None else g_st.contiguous()
-        g_x = x.new_empty(Bsz, L, H)
-        g_state = x.new_empty(Bsz, H, W - 1) if ctx.has_state else None
-        g_P = x.new_zeros(n_items, W + 1, H)  # per item (a fixed summation order): ∂w (transposed) and ∂b
-        shared = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(ctx.silu), ptr(g_y), ptr(g_st),
-                  ptr(g_x), ptr(g_state)]
+        g_x, g_P, *g_state = _backward_kernel(x, wt, bias, state, ctx.silu, g_y, g_st)
+        W = wt.shape[0]
+        return g_x, g_P[:W].t(), (g_P[W] if ctx.has_bias else None), (g_state[0] if g_state else None), None
 
-        args = [*shared, ptr(g_P), Bsz, L, H, W]
 
-        if any(run_parts(fns["cc_backward"], n_items, args, fns["openmp"])):
-            raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")
-        g_P = g_P.sum(0)
-        return g_x, g_P[:W].t(), (g_P[W] if ctx.has_bias else None), g_state, None
+def _forward_fake(x, wt, bias, state, silu):
+    Bsz, L, H = x.shape
+    return [x.new_empty(Bsz, L, H), x.new_empty(Bsz, H, wt.shape[0] - 1)]
+
+
+@kernel_op("causal_conv1d_forward", _forward_fake)
+def _forward_kernel(x: Tensor, wt: Tensor, bias: Optional[Tensor], state: Optional[Tensor], silu: bool) -> list[Tensor]:
+    """The C forward: [y (B, L, H) contiguous, the state after x (B, H, W-1)] from x (B, L, H) with unit channel
+    stride, the taps transposed wᵀ (W, H), bias (H,) and state (B, H, W-1) contiguous or None."""
+    fns = bind("causal_conv.c", x.dtype, SIGNATURES)
+    Bsz, L, H = x.shape
+    W = wt.shape[0]
+    y = x.new_empty(Bsz, L, H)
+    stL = x.new_empty(Bsz, H, W - 1)
+    args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(silu), ptr(y), ptr(stL),
+            Bsz, L, H, W]
+    if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, L, W), args, fns["openmp"])):
+        raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
+    return [y, stL]
+
+
+def _backward_fake(x, wt, bias, state, silu, g_y, g_st):
+    Bsz, L, H = x.shape
+    W = wt.shape[0]
+    g_state = [x.new_empty(Bsz, H, W - 1)] if state is not None else []
+    return [x.new_empty(Bsz, L, H), x.new_empty(W + 1, H), *g_state]
+
+
+@kernel_op("causal_conv1d_backward", _backward_fake)
+def _backward_kernel(x: Tensor, wt: Tensor, bias: Optional[Tensor], state: Optional[Tensor], silu: bool, g_y: Tensor,
+                     g_st: Optional[Tensor]) -> list[Tensor]:
+    """The C backward: [∂x (B, L, H), (W + 1, H): ∂w (transposed) and ∂b, then ∂state when a state was given], from the
+    forward's inputs and the outputs' gradients g_y (B, L, H) and g_st (B, H, W-1) (None: unused), contiguous."""
+    fns = bind("causal_conv.c", x.dtype, SIGNATURES)
+    Bsz, L, H = x.shape
+    W = wt.shape[0]
+    g_st = absent_if_zero(g_st)
+    n_items = fns["cc_items"](Bsz, L, W)
+    g_x = x.new_empty(Bsz, L, H)
+    g_state = x.new_empty(Bsz, H, W - 1) if state is not None else None
+    g_P = x.new_zeros(n_items, W + 1, H)  # per item (a fixed summation order): ∂w (transposed) and ∂b
+    args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(silu), ptr(g_y), ptr(g_st),
+            ptr(g_x), ptr(g_state), ptr(g_P), Bsz, L, H, W]
+    if any(run_parts(fns["cc_backward"], n_items, args, fns["openmp"])):
+        raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")
+    return [g_x, g_P.sum(0), *([] if g_state is None else [g_state])]
 
 
 def conv_unchecked(x, weight, bias, state, return_state, activation):

@@ -13,19 +13,22 @@ the forward but its inputs. One call is a handful of aten ops (the parameters' r
 the partial gradients), so it does not slow down under CPU contention the way a path of hundreds of small ops does.
 
 Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
-kept real) is not handled here: ``"auto"`` keeps the chunked path for it. The kernel cannot be traced by torch.func or
-torch.compile: ``"auto"`` picks the chunked path then. Differentiated itself (``create_graph``), the backward is that of
+kept real) is not handled here: ``"auto"`` keeps the chunked path for it. Under torch.compile the kernel calls are custom
+ops (:mod:`ssmkit.ops.native.opaque`); torch.func transforms and torch.export take the chunked path. Differentiated itself (``create_graph``), the backward is that of
 the chunked path (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations
 
 import ctypes
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
 from ssmkit.ops.twice import graph_backward
 
@@ -61,20 +64,13 @@ class _NativeDiagonal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, A_bar, B_bar, C, D, x0, T):  # type: ignore[override]
-        fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
-        Bsz, L, H = u.shape
-        N = A_bar.shape[1]
         pars = [*_split(A_bar), *_split(B_bar), *_split(C)]  # (N, H) x 6
         Dc = None if D is None else D.contiguous()
         x0c = None if x0 is None else x0.resolve_conj().contiguous()
-        y = torch.empty_like(u)
-        xL = torch.empty(Bsz, H, N, dtype=A_bar.dtype)
-        args = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(y), ptr(xL), Bsz, L, H, N, T]
-        if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
-            raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
+        y, xL = _forward_kernel(u, *pars, Dc, x0c, T)
         # then the inputs as given, for a double backward
         ctx.save_for_backward(u, *pars, Dc, x0c, A_bar, B_bar, C, D, x0)
-        ctx.T, ctx.has_D, ctx.cdtype = T, D is not None, A_bar.dtype
+        ctx.T, ctx.has_D = T, D is not None
         ctx.set_materialize_grads(False)
         return y, xL
 
@@ -89,25 +85,64 @@ class _NativeDiagonal(torch.autograd.Function):
 
             given = (u, *ctx.saved_tensors[9:])
             return (*graph_backward(chunked, given, ctx.needs_input_grad[:6], (g_y, g_x)), None)
-        fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
-        Bsz, L, H = u.shape
-        N = pars[0].shape[0]
-        n_items = fns["ds_items"](Bsz, H)
         g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
         g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
-        g_u = torch.empty_like(u)
-        g_x0 = torch.empty(Bsz, H, N, dtype=ctx.cdtype) if x0c is not None else None
-        g = u.new_zeros(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
-        shared = [ptr(u), *map(ptr, pars), ptr(Dc), ptr(x0c), ptr(g_y), ptr(g_xc), ptr(g_u), ptr(g_x0)]
-
-        args = [*shared, ptr(g), Bsz, L, H, N, ctx.T]
-
-        if any(run_parts(fns["ds_backward"], n_items, args, fns["openmp"])):
-            raise MemoryError("ssm_scan native: the backward could not allocate its buffers")
-        g = g.sum(0)  # (7, N, H)
+        g_u, g, *g_x0 = _backward_kernel(u, *pars, Dc, x0c, g_y, g_xc, ctx.T)
         cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (N, H) pair -> (H, N) complex
         g_D = g[6, 0] if ctx.has_D else None
-        return g_u, cplx(0), cplx(2), cplx(4), g_D, g_x0, None
+        return g_u, cplx(0), cplx(2), cplx(4), g_D, (g_x0[0] if g_x0 else None), None
+
+
+def _forward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, T):
+    Bsz, L, H = u.shape
+    return [torch.empty_like(u), u.new_empty(Bsz, H, Ar.shape[0], dtype=COMPLEX_OF[u.dtype])]
+
+
+@kernel_op("ssm_scan_forward", _forward_fake)
+def _forward_kernel(
+    u: Tensor, Ar: Tensor, Ai: Tensor, Br: Tensor, Bi: Tensor, Cr: Tensor, Ci: Tensor, D: Optional[Tensor],
+    x0: Optional[Tensor], T: int,
+) -> list[Tensor]:
+    """The C forward: [y (B, L, H), x_{L-1} (B, H, N) complex] from u (B, L, H) contiguous, the parameters' real and
+    imaginary parts (N, H) contiguous, D (H,) and x0 (B, H, N) complex, contiguous, or None."""
+    fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    N = Ar.shape[0]
+    y = torch.empty_like(u)
+    xL = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype])
+    args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T]
+    if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
+        raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
+    return [y, xL]
+
+
+def _backward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, g_y, g_x, T):
+    Bsz, L, H = u.shape
+    N = Ar.shape[0]
+    g_x0 = [u.new_empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype])] if x0 is not None else []
+    return [torch.empty_like(u), u.new_empty(7, N, H), *g_x0]
+
+
+@kernel_op("ssm_scan_backward", _backward_fake)
+def _backward_kernel(
+    u: Tensor, Ar: Tensor, Ai: Tensor, Br: Tensor, Bi: Tensor, Cr: Tensor, Ci: Tensor, D: Optional[Tensor],
+    x0: Optional[Tensor], g_y: Tensor, g_x: Optional[Tensor], T: int,
+) -> list[Tensor]:
+    """The C backward: [∂u (B, L, H), the parameters' gradients (7, N, H): ∂Ā, ∂B̄, ∂C (re, im) and ∂D, then ∂x0
+    (B, H, N) when x0 is given], from the forward's inputs and the outputs' gradients g_y (B, L, H) and g_x (B, H, N)
+    (None: unused), contiguous."""
+    fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    N = Ar.shape[0]
+    g_x = absent_if_zero(g_x)
+    g_u = torch.empty_like(u)
+    g_x0 = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype]) if x0 is not None else None
+    g = u.new_zeros(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
+    args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0),
+            ptr(g), Bsz, L, H, N, T]
+    if any(run_parts(fns["ds_backward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
+        raise MemoryError("ssm_scan native: the backward could not allocate its buffers")
+    return [g_u, g.sum(0), *([] if g_x0 is None else [g_x0])]
 
 
 def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):

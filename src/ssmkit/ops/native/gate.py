@@ -17,6 +17,7 @@ DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, its answer kept in the graph
 def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
     """Whether the native kernel of ``op`` runs here for real dtype ``dtype``, and why not: (ok, reason).
 
@@ -47,17 +48,20 @@ def native_available(op: str, dtype: torch.dtype = torch.float32) -> bool:
 
 
 def prefer_native(op: str, x: torch.Tensor) -> bool:
-    """Whether ``"auto"`` takes the native kernel of ``op`` for input x: x on the CPU, nothing tracing (torch.func and
-    torch.compile cannot see into a ctypes call), and the kernel usable for x's real dtype (complex -> its real part).
+    """Whether ``"auto"`` takes the native kernel of ``op`` for input x: x on the CPU, the kernel usable for x's real
+    dtype (complex -> its real part), and neither a torch.func transform (the kernels have no batching rule) nor
+    ``torch.export`` (a program naming ssmkit's ops could not run without ssmkit and a C compiler) tracing.
+    ``torch.compile`` takes the kernels, as custom ops (:mod:`ssmkit.ops.native.opaque`).
 
     Args:
         op: one of :data:`OPS`.
         x: the op's main input (its device and dtype decide).
     """
     from ssmkit.ops._checks import REAL_OF
-    from ssmkit.ops.backend import tracing
 
-    return x.device.type == "cpu" and not tracing() and native_available(op, REAL_OF.get(x.dtype, x.dtype))
+    if x.device.type != "cpu" or torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting():
+        return False
+    return native_available(op, REAL_OF.get(x.dtype, x.dtype))
 
 
 def _same(t: torch.Tensor) -> torch.Tensor:

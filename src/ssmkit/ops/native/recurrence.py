@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import ctypes
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.opaque import kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
@@ -33,28 +36,51 @@ def _real_dtype(t: torch.Tensor) -> torch.dtype:
     return REAL_OF.get(t.dtype, t.dtype)
 
 
-def recurrence_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+def recurrence_forward(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
     """Every state h (B, L, K) of h_t = a_t ⊙ h_{t-1} + b_t by the C kernel: a (B, L, K) or (K,), b (B, L, K), h0 (B, K)
     or None, all contiguous and of one dtype (real or complex)."""
+    return _forward_kernel(a, b, h0)[0]
+
+
+def recurrence_backward(
+    a: Tensor, h0: Tensor | None, h: Tensor, g_h: Tensor | None, g_last: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The adjoint of :func:`recurrence_forward` from its states h: (∂a, ∂b, ∂h0) for the gradients g_h (B, L, K) of
+    every state and g_last (B, K) of the last one (either None for zeros). ∂a has a's shape ((K,) for a time-invariant
+    gate, summed over batch and time); ∂h0 is None without h0."""
+    g_h = None if g_h is None else g_h.resolve_conj().contiguous()
+    g_last = None if g_last is None else g_last.resolve_conj().contiguous()
+    g_a, g_b, *g_h0 = _backward_kernel(a, h0, h, g_h, g_last)
+    return g_a, g_b, (g_h0[0] if g_h0 else None)
+
+
+def _forward_fake(a, b, h0):
+    return [torch.empty_like(b)]
+
+
+@kernel_op("linear_recurrence_forward", _forward_fake)
+def _forward_kernel(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> list[Tensor]:
+    """The C forward: [h (B, L, K)] (see :func:`recurrence_forward`)."""
     fns = bind("linear_recurrence.c", _real_dtype(b), SIGNATURES)
     Bsz, L, K = b.shape
     h = torch.empty_like(b)
     args = [ptr(a), int(a.dim() == 3), ptr(b), ptr(h0), ptr(h), int(b.is_complex()), Bsz, L, K]
     run_parts(fns["lr_forward"], fns["lr_items"](Bsz, K), args, fns["openmp"])
-    return h
+    return [h]
 
 
-def recurrence_backward(
-    a: torch.Tensor, h0: torch.Tensor | None, h: torch.Tensor, g_h: torch.Tensor | None, g_last: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The adjoint of :func:`recurrence_forward` from its states h: (∂a, ∂b, ∂h0) for the gradients g_h (B, L, K) of
-    every state and g_last (B, K) of the last one (either None for zeros). ∂a has a's shape ((K,) for a time-invariant
-    gate, summed over batch and time); ∂h0 is None without h0."""
+def _backward_fake(a, h0, h, g_h, g_last):
+    return [torch.empty_like(a), torch.empty_like(h), *([] if h0 is None else [torch.empty_like(h0)])]
+
+
+@kernel_op("linear_recurrence_backward", _backward_fake)
+def _backward_kernel(a: Tensor, h0: Optional[Tensor], h: Tensor, g_h: Optional[Tensor],
+                     g_last: Optional[Tensor]) -> list[Tensor]:
+    """The C backward: [∂a, ∂b, then ∂h0 when h0 is given] (see :func:`recurrence_backward`), g_h and g_last contiguous
+    with their conjugation resolved."""
     fns = bind("linear_recurrence.c", _real_dtype(h), SIGNATURES)
     Bsz, L, K = h.shape
     varying, cplx = a.dim() == 3, h.is_complex()
-    g_h = None if g_h is None else g_h.resolve_conj().contiguous()
-    g_last = None if g_last is None else g_last.resolve_conj().contiguous()
     g_b = torch.empty_like(h)
     g_a = torch.empty_like(h) if varying else None
     g_h0 = torch.empty_like(h0) if h0 is not None else None
@@ -65,7 +91,7 @@ def recurrence_backward(
     if not varying:
         g_A = g_A.sum(0)
         g_a = torch.view_as_complex(g_A.view(K, 2)) if cplx else g_A
-    return g_a, g_b, g_h0
+    return [g_a, g_b, *([] if g_h0 is None else [g_h0])]
 
 
 class _NativeRecurrence(torch.autograd.Function):

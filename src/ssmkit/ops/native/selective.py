@@ -15,19 +15,23 @@ work items (batch × group × channel block) run on ``torch.get_num_threads()`` 
 states chunk by chunk from the chunk-start states the forward kept (B·H·N per ``T`` steps).
 
 Usable where :func:`ssmkit.ops.native.gate.native_status` says so: the library built
-(:mod:`ssmkit.ops.native.build`) and a smoke call matched the reference, forward and gradients. The kernel cannot be
-traced by torch.func or torch.compile: ``"auto"`` picks the chunked path then. Differentiated itself (``create_graph``),
+(:mod:`ssmkit.ops.native.build`) and a smoke call matched the reference, forward and gradients. Under torch.compile
+the kernel calls are custom ops (:mod:`ssmkit.ops.native.opaque`); torch.func transforms and torch.export take the
+chunked path. Differentiated itself (``create_graph``),
 the backward is the chunked path's (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations
 
 import ctypes
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.native.parallel import ptr as _ptr, run_parts as _run
 from ssmkit.ops.twice import graph_backward
 
@@ -61,22 +65,12 @@ class _NativeScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, delta, u, A, B, C, D, z, bias, W, softplus, h0, T, keep):  # type: ignore[override]
-        fns = bind("selective_scan.c", u.dtype, SIGNATURES)
-        Bsz, L, H = u.shape
-        G, N = B.shape[2], B.shape[3]
         At = A.t().contiguous()  # (N, H)
         Wt = None if W is None else W.t().contiguous()  # (R, H)
         D_given, z_given, bias_given, h0_given = D, z, bias, h0  # as given: a double backward differentiates them
         D, z, bias, h0 = (None if t is None else t.contiguous() for t in (D, z, bias, h0))
-        out = torch.empty_like(u)
-        hL = u.new_empty(Bsz, H, N)
-        ckpt = u.new_empty(Bsz, -(-L // T), N, H) if keep else None  # the states at the chunk starts
-        fused = [_ptr(Wt), 0 if W is None else W.shape[1]]
-        args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), *fused,
-                *(_ptr(t) for t in (At, B, C, D, z, h0, out, hL, ckpt)), Bsz, L, H, G, N, T]
-        n_items = fns["ss_items"](Bsz, H, G)
-        if any(_run(fns["ss_forward"], n_items, args, fns["openmp"])):
-            raise MemoryError("selective_scan native: the forward could not allocate its state buffer")
+        out, hL, *ckpt = _forward_kernel(delta, u, At, B, C, D, z, bias, Wt, softplus, h0, T, keep)
+        ckpt = ckpt[0] if keep else None  # the states at the chunk starts
         ctx.save_for_backward(delta, u, At, B, C, D, z, bias, ckpt, Wt, W, A, D_given, z_given, bias_given, h0_given)
         ctx.T, ctx.softplus, ctx.has_h0 = T, softplus, h0 is not None
         return out, hL
@@ -98,35 +92,90 @@ class _NativeScan(torch.autograd.Function):
             return (*g[:9], None, g[9], None, None)
         if ckpt is None:
             raise RuntimeError("selective_scan native: the forward kept no states for a backward (it ran without grad)")
-        fns = bind("selective_scan.c", u.dtype, SIGNATURES)
-        Bsz, L, H = u.shape
-        G, N = B.shape[2], B.shape[3]
-        n_items = fns["ss_items"](Bsz, H, G)
-        nblk = n_items // (Bsz * G)  # the kernel's channel blocks per group
         g_out = u.new_zeros(u.shape) if g_out is None else g_out.contiguous()
         g_h = None if g_h is None else g_h.contiguous()
-        R = 0 if W is None else W.shape[1]
-        g_u = torch.empty_like(u)
-        # ∂δ (B, L, H); with W_Δ the kernel forms ∂δlow and ∂W_Δ itself: ∂δlow's partial per channel block (all written)
-        g_delta = torch.empty_like(u) if W is None else u.new_empty(G * nblk, Bsz, L, R)
-        g_z = torch.empty_like(u) if z is not None else None
-        g_h0 = u.new_empty(Bsz, H, N) if ctx.has_h0 else None
-        g_B, g_C = B.new_empty(nblk, *B.shape), C.new_empty(nblk, *C.shape)  # one partial per channel block (all written)
-        g_P = u.new_zeros(Bsz, N + 2 + R, H)  # per batch row: ∂A (N rows, transposed), ∂D, ∂b_Δ, ∂W_Δ (R rows, transposed)
-        shared = [_ptr(u), _ptr(delta), _ptr(bias), int(ctx.softplus), _ptr(Wt), R,
-                  *(_ptr(t) for t in (At, B, C, D, z, ckpt, g_out, g_h, g_delta, g_u, g_z, g_h0))]
-
-        args = [*shared, _ptr(g_B), _ptr(g_C), _ptr(g_P), Bsz, L, H, G, N, ctx.T]
-
-        if any(_run(fns["ss_backward"], n_items, args, fns["openmp"])):
-            raise MemoryError("selective_scan native: the backward could not allocate its chunk buffers")
-        g_P = g_P.sum(0)
+        g_delta, g_u, g_P, g_B, g_C, *rest = _backward_kernel(delta, u, At, B, C, D, z, bias, Wt, ctx.softplus, ckpt,
+                                                             g_out, g_h, ctx.T, ctx.has_h0)
+        g_z = rest.pop(0) if z is not None else None
+        g_h0 = rest.pop(0) if ctx.has_h0 else None
+        N = At.shape[0]
         g_D = g_P[N] if D is not None else None
         g_bias = g_P[N + 1] if bias is not None else None
-        g_W = None
-        if W is not None:  # δ = δlow W_Δᵀ: ∂δlow = ∂δ W_Δ (summed over the channel blocks), ∂W_Δ = ∂δᵀ δlow
-            g_W, g_delta = g_P[N + 2:].t(), g_delta.sum(0)
-        return g_delta, g_u, g_P[:N].t(), g_B.sum(0), g_C.sum(0), g_D, g_z, g_bias, g_W, None, g_h0, None, None
+        g_W = g_P[N + 2:].t() if W is not None else None  # δ = δlow W_Δᵀ: ∂W_Δ = ∂δᵀ δlow, formed by the kernel
+        return g_delta, g_u, g_P[:N].t(), g_B, g_C, g_D, g_z, g_bias, g_W, None, g_h0, None, None
+
+
+def _forward_fake(delta, u, At, B, C, D, z, bias, Wt, softplus, h0, T, keep):
+    Bsz, L, H = u.shape
+    N = At.shape[0]
+    ckpt = [u.new_empty(Bsz, (L + T - 1) // T, N, H)] if keep else []
+    return [torch.empty_like(u), u.new_empty(Bsz, H, N), *ckpt]
+
+
+@kernel_op("selective_scan_forward", _forward_fake)
+def _forward_kernel(
+    delta: Tensor, u: Tensor, At: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    bias: Optional[Tensor], Wt: Optional[Tensor], softplus: bool, h0: Optional[Tensor], T: int, keep: bool,
+) -> list[Tensor]:
+    """The C forward: [out (B, L, H), h_{L-1} (B, H, N), then the chunk-start states (B, ⌈L/T⌉, N, H) when ``keep``],
+    from δ (B, L, H) (or δlow (B, L, R) with W_Δᵀ (R, H)), u (B, L, H), Aᵀ (N, H), B, C (B, L, G, N), D, b_Δ (H,), z
+    (B, L, H) and h0 (B, H, N) or None, all contiguous."""
+    fns = bind("selective_scan.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    G, N = B.shape[2], B.shape[3]
+    out = torch.empty_like(u)
+    hL = u.new_empty(Bsz, H, N)
+    ckpt = u.new_empty(Bsz, -(-L // T), N, H) if keep else None  # the states at the chunk starts
+    fused = [_ptr(Wt), 0 if Wt is None else Wt.shape[0]]
+    args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), *fused,
+            *(_ptr(t) for t in (At, B, C, D, z, h0, out, hL, ckpt)), Bsz, L, H, G, N, T]
+    n_items = fns["ss_items"](Bsz, H, G)
+    if any(_run(fns["ss_forward"], n_items, args, fns["openmp"])):
+        raise MemoryError("selective_scan native: the forward could not allocate its state buffer")
+    return [out, hL, *([] if ckpt is None else [ckpt])]
+
+
+def _backward_fake(delta, u, At, B, C, D, z, bias, Wt, softplus, ckpt, g_out, g_h, T, has_h0):
+    Bsz, L, H = u.shape
+    N = At.shape[0]
+    R = 0 if Wt is None else Wt.shape[0]
+    rest = ([torch.empty_like(u)] if z is not None else []) + ([u.new_empty(Bsz, H, N)] if has_h0 else [])
+    return [torch.empty_like(delta), torch.empty_like(u), u.new_empty(N + 2 + R, H), torch.empty_like(B),
+            torch.empty_like(C), *rest]
+
+
+@kernel_op("selective_scan_backward", _backward_fake)
+def _backward_kernel(
+    delta: Tensor, u: Tensor, At: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    bias: Optional[Tensor], Wt: Optional[Tensor], softplus: bool, ckpt: Tensor, g_out: Tensor, g_h: Optional[Tensor],
+    T: int, has_h0: bool,
+) -> list[Tensor]:
+    """The C backward: [∂δ (δ's shape: ∂δlow with W_Δ), ∂u, the parameters' gradients (N + 2 + R, H): ∂Aᵀ, ∂D, ∂b_Δ,
+    ∂W_Δᵀ, ∂B, ∂C, then ∂z when z is given and ∂h0 when ``has_h0``], from the forward's inputs, its chunk-start states
+    and the outputs' gradients g_out (B, L, H) and g_h (B, H, N) (None: unused), contiguous."""
+    fns = bind("selective_scan.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    G, N = B.shape[2], B.shape[3]
+    g_h = absent_if_zero(g_h)
+    n_items = fns["ss_items"](Bsz, H, G)
+    nblk = n_items // (Bsz * G)  # the kernel's channel blocks per group
+    R = 0 if Wt is None else Wt.shape[0]
+    g_u = torch.empty_like(u)
+    # ∂δ (B, L, H); with W_Δ the kernel forms ∂δlow and ∂W_Δ itself: ∂δlow's partial per channel block (all written)
+    g_delta = torch.empty_like(u) if Wt is None else u.new_empty(G * nblk, Bsz, L, R)
+    g_z = torch.empty_like(u) if z is not None else None
+    g_h0 = u.new_empty(Bsz, H, N) if has_h0 else None
+    g_B, g_C = B.new_empty(nblk, *B.shape), C.new_empty(nblk, *C.shape)  # one partial per channel block (all written)
+    g_P = u.new_zeros(Bsz, N + 2 + R, H)  # per batch row: ∂A (N rows, transposed), ∂D, ∂b_Δ, ∂W_Δ (R rows, transposed)
+    args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), _ptr(Wt), R,
+            *(_ptr(t) for t in (At, B, C, D, z, ckpt, g_out, g_h, g_delta, g_u, g_z, g_h0)),
+            _ptr(g_B), _ptr(g_C), _ptr(g_P), Bsz, L, H, G, N, T]
+    if any(_run(fns["ss_backward"], n_items, args, fns["openmp"])):
+        raise MemoryError("selective_scan native: the backward could not allocate its chunk buffers")
+    if Wt is not None:  # ∂δlow = ∂δ W_Δ, summed over the channel blocks
+        g_delta = g_delta.sum(0)
+    rest = [t for t in (g_z, g_h0) if t is not None]
+    return [g_delta, g_u, g_P.sum(0), g_B.sum(0), g_C.sum(0), *rest]
 
 
 def selective_scan_native(

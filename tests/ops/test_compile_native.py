@@ -1,0 +1,184 @@
+"""Under torch.compile the C kernels run as custom ops (``ssmkit.ops.native.opaque``), forward and backward.
+
+Each op is compiled with ``fullgraph=True`` (a graph break fails) through AOT autograd with compilers that record the
+forward and backward graphs, so the tests see that ``"auto"`` put the kernel's ops in both. The compiled outputs and
+gradients equal eager ones (the same kernels: float64 to 1e-12) and the reference's; the loss either uses the final
+state or not (a compiled backward then passes zeros for its gradient where eager autograd passes None). A second and a
+third length run in one graph with the length symbolic (the ops' fake implementations). ``torch.export`` keeps the
+PyTorch paths: an exported program names no ssmkit op.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import ssmkit.ops as ops
+from ssmkit.ops.cauchy import cauchy
+from ssmkit.ops.native import native_available
+from tests.conftest import DEVICE, rel_err
+
+F64, C128 = torch.float64, torch.complex128
+pytestmark = pytest.mark.skipif(
+    DEVICE.type != "cpu" or not all(native_available(op, F64) for op in ("ssm_scan", "selective_scan")),
+    reason="the native kernels run on the CPU where they build",
+)
+
+
+def _rand(g, *shape, dtype=F64):
+    return torch.randn(*shape, dtype=dtype, generator=g)
+
+
+def _stable(g, *shape, dtype=C128):  # |a| < 1
+    r = 0.5 + 0.45 * torch.rand(*shape, generator=g, dtype=F64)
+    return r * torch.exp(1j * torch.rand(*shape, generator=g, dtype=F64)) if dtype == C128 else r
+
+
+def _cases():
+    """name -> (native op, builder(g, L) -> (inputs, fn(backend, *inputs) -> outputs)); H = 19 and N = 5 leave a
+    partial channel block, and the lengths partial chunks."""
+    Bsz, H, N = 2, 19, 5
+
+    def scan(g, L):
+        ins = (_rand(g, Bsz, L, H), _stable(g, H, N), _rand(g, H, N, dtype=C128), _rand(g, H, N, dtype=C128),
+               _rand(g, Bsz, H, N, dtype=C128), _rand(g, H))
+        return ins, lambda bk, u, A, Bb, C, x0, D: ops.ssm_scan(u, A, Bb, C, x0, D, backend=bk)
+
+    def selective(g, L):
+        ins = (_rand(g, Bsz, L, H), _rand(g, Bsz, L, 3), -0.5 - torch.rand(H, N, generator=g, dtype=F64),
+               _rand(g, Bsz, L, N), _rand(g, Bsz, L, N), _rand(g, H), _rand(g, Bsz, L, H), _rand(g, H),
+               _rand(g, Bsz, H, N), 0.3 * _rand(g, H, 3))
+        return ins, lambda bk, u, d, A, Bm, C, D, z, b, h0, W: ops.selective_scan(
+            u, d, A, Bm, C, D, z, b, True, h0, backend=bk, delta_proj=W)
+
+    def conv(g, L):
+        ins = (_rand(g, Bsz, L, H), _rand(g, H, 4), _rand(g, H), _rand(g, Bsz, H, 3))
+        return ins, lambda bk, x, w, b, s: ops.causal_conv1d(x, w, b, s, activation="silu", backend=bk)
+
+    def recurrence_varying(g, L):
+        ins = (_stable(g, Bsz, L, H, dtype=F64), _rand(g, Bsz, L, H), _rand(g, Bsz, H))
+        return ins, lambda bk, a, b, h0: ops.linear_recurrence(a, b, h0, backend=bk)
+
+    def recurrence_complex(g, L):
+        ins = (_stable(g, H), _rand(g, Bsz, L, H, dtype=C128), _rand(g, Bsz, H, dtype=C128))
+        return ins, lambda bk, a, b, h0: ops.linear_recurrence(a, b, h0, backend=bk)
+
+    def mimo(g, L):
+        ins = (_rand(g, Bsz, L, H), _stable(g, N), _rand(g, N, H, dtype=C128), _rand(g, H, N, dtype=C128),
+               _rand(g, Bsz, N, dtype=C128), _rand(g, H))
+        return ins, lambda bk, u, A, Bb, C, x0, D: ops.mimo_scan(u, A, Bb, C, x0, D, backend=bk)
+
+    def cauchy_case(g, L):  # L evaluation points
+        w = torch.complex(-0.3 - torch.rand(H, N, generator=g, dtype=F64), _rand(g, H, N))
+        ins = (_rand(g, 2, H, N, dtype=C128), _rand(g, H, L, dtype=C128), w)
+        return ins, lambda bk, v, z, w: (cauchy(v, z, w, backend=bk),)
+
+    return {
+        "ssm_scan": ("ssm_scan", scan),
+        "selective_scan": ("selective_scan", selective),
+        "causal_conv1d": ("causal_conv1d", conv),
+        "linear_recurrence (time-varying, real)": ("linear_recurrence", recurrence_varying),
+        "linear_recurrence (invariant, complex)": ("linear_recurrence", recurrence_complex),
+        "mimo_scan": ("linear_recurrence", mimo),
+        "cauchy": ("cauchy", cauchy_case),
+    }
+
+
+CASES = _cases()
+
+
+class Recorder:
+    """A torch.compile backend (AOT autograd without code generation) that records the ops of the forward and
+    backward graphs it compiles."""
+
+    def __init__(self):
+        self.forward: set[str] = set()
+        self.backward: set[str] = set()
+
+        def recording(into):
+            def compiler(gm, example_inputs):
+                into.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+                return make_boxed_func(gm.forward)
+            return compiler
+
+        self.backend = aot_autograd(fw_compiler=recording(self.forward), bw_compiler=recording(self.backward))
+
+    def ssmkit_ops(self, graph: set[str]) -> set[str]:
+        return {t.split(".")[1] for t in graph if t.startswith("ssmkit.")}
+
+
+def _run(fn, backend, inputs, use_state):
+    """Outputs and the gradients of Σ|outputs|² (the final state left out of the loss unless ``use_state``)."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    outs = [o for o in fn(backend, *leaves) if o is not None]
+    loss = sum((o.abs() ** 2).sum() for o in (outs if use_state else outs[:1]))
+    return [o.detach() for o in outs], list(torch.autograd.grad(loss, leaves, allow_unused=True))
+
+
+def _assert_close(got, want, tol):
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and rel_err(a, b) < tol
+
+
+@pytest.mark.parametrize("use_state", [True, False], ids=["state-used", "state-unused"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
+    op, build = CASES[name]
+    g = torch.Generator().manual_seed(0)
+    inputs, fn = build(g, 37)
+    rec = Recorder()
+    torch._dynamo.reset()
+    got = _run(torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False), None, inputs, use_state)
+    assert rec.ssmkit_ops(rec.forward) == {f"{op}_forward"}
+    assert rec.ssmkit_ops(rec.backward) == {f"{op}_backward"}
+    eager = _run(fn, "native", inputs, use_state)
+    ref = _run(fn, "reference", inputs, use_state)
+    _assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
+    _assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+
+
+@pytest.mark.parametrize("name", ["ssm_scan", "selective_scan", "causal_conv1d", "mimo_scan"])
+def test_one_compiled_graph_runs_the_kernels_at_every_length(name):
+    """Compiled with the length dynamic, the kernels' fake implementations give the outputs' sizes in L (the
+    selective scan's chunk-start states: ⌈L/T⌉ of them): lengths across chunk boundaries, one graph."""
+    op, build = CASES[name]
+    g = torch.Generator().manual_seed(1)
+    rec = Recorder()
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(rec.backend)
+    _, fn = build(g, 70)
+    compiled = torch.compile(fn, fullgraph=True, backend=counter, dynamic=True)
+    for L in (70, 131, 300):
+        inputs, _ = build(g, L)
+        got = _run(compiled, None, inputs, True)
+        ref = _run(fn, "reference", inputs, True)
+        _assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+    assert counter.frame_count == 1 and f"{op}_forward" in rec.ssmkit_ops(rec.forward)
+
+
+def test_forced_native_compiles_and_export_keeps_the_pytorch_paths():
+    """A forced ``"native"`` compiles too (its availability check is read while tracing); ``torch.export`` of the
+    same call names no ssmkit op (its program must run without ssmkit's compiled kernels) and equals the kernel."""
+    _, build = CASES["ssm_scan"]
+    inputs, fn = build(torch.Generator().manual_seed(2), 37)
+    rec = Recorder()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: fn("native", *a), fullgraph=True, backend=rec.backend)
+    got = _run(lambda bk, *a: compiled(*a), None, inputs, True)
+    assert rec.ssmkit_ops(rec.forward) == {"ssm_scan_forward"}
+    eager = _run(fn, "native", inputs, True)
+    _assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
+
+    class Scan(torch.nn.Module):
+        def forward(self, *a):
+            return fn(None, *a)
+
+    program = torch.export.export(Scan(), inputs)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any(t.startswith("ssmkit.") for t in targets)
+    _assert_close(list(program.module()(*inputs)), list(fn("native", *inputs)), 1e-12)

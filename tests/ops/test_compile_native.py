@@ -1,4 +1,4 @@
-"""Under torch.compile the C kernels run as custom ops (``ssmkit.ops.native.opaque``), forward and backward.
+"""Under torch.compile the C kernels run as custom ops (``ssmkit.ops.opaque``), forward and backward.
 
 Each op is compiled with ``fullgraph=True`` (a graph break fails) through AOT autograd with compilers that record the
 forward and backward graphs, so the tests see that ``"auto"`` put the kernel's ops in both. The compiled outputs and
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from functorch.compile import make_boxed_func
-from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import ssmkit.ops as ops
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.native import native_available
-from tests.conftest import DEVICE, rel_err
+from tests.conftest import DEVICE
+from tests.ops.compiled import Recorder, assert_close, run_loss
 
 F64, C128 = torch.float64, torch.complex128
 pytestmark = pytest.mark.skipif(
@@ -90,41 +89,6 @@ def _cases():
 CASES = _cases()
 
 
-class Recorder:
-    """A torch.compile backend (AOT autograd without code generation) that records the ops of the forward and
-    backward graphs it compiles."""
-
-    def __init__(self):
-        self.forward: set[str] = set()
-        self.backward: set[str] = set()
-
-        def recording(into):
-            def compiler(gm, example_inputs):
-                into.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-                return make_boxed_func(gm.forward)
-            return compiler
-
-        self.backend = aot_autograd(fw_compiler=recording(self.forward), bw_compiler=recording(self.backward))
-
-    def ssmkit_ops(self, graph: set[str]) -> set[str]:
-        return {t.split(".")[1] for t in graph if t.startswith("ssmkit.")}
-
-
-def _run(fn, backend, inputs, use_state):
-    """Outputs and the gradients of Σ|outputs|² (the final state left out of the loss unless ``use_state``)."""
-    leaves = [t.clone().requires_grad_() for t in inputs]
-    outs = [o for o in fn(backend, *leaves) if o is not None]
-    loss = sum((o.abs() ** 2).sum() for o in (outs if use_state else outs[:1]))
-    return [o.detach() for o in outs], list(torch.autograd.grad(loss, leaves, allow_unused=True))
-
-
-def _assert_close(got, want, tol):
-    for a, b in zip(got, want, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert a.shape == b.shape and rel_err(a, b) < tol
-
-
 @pytest.mark.parametrize("use_state", [True, False], ids=["state-used", "state-unused"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
@@ -133,13 +97,13 @@ def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
     inputs, fn = build(g, 37)
     rec = Recorder()
     torch._dynamo.reset()
-    got = _run(torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False), None, inputs, use_state)
+    got = run_loss(torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False), None, inputs, use_state)
     assert rec.ssmkit_ops(rec.forward) == {f"{op}_forward"}
     assert rec.ssmkit_ops(rec.backward) == {f"{op}_backward"}
-    eager = _run(fn, "native", inputs, use_state)
-    ref = _run(fn, "reference", inputs, use_state)
-    _assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
-    _assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+    eager = run_loss(fn, "native", inputs, use_state)
+    ref = run_loss(fn, "reference", inputs, use_state)
+    assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
+    assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
 
 
 @pytest.mark.parametrize("name", ["ssm_scan", "selective_scan", "causal_conv1d", "mimo_scan"])
@@ -155,9 +119,9 @@ def test_one_compiled_graph_runs_the_kernels_at_every_length(name):
     compiled = torch.compile(fn, fullgraph=True, backend=counter, dynamic=True)
     for L in (70, 131, 300):
         inputs, _ = build(g, L)
-        got = _run(compiled, None, inputs, True)
-        ref = _run(fn, "reference", inputs, True)
-        _assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+        got = run_loss(compiled, None, inputs, True)
+        ref = run_loss(fn, "reference", inputs, True)
+        assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
     assert counter.frame_count == 1 and f"{op}_forward" in rec.ssmkit_ops(rec.forward)
 
 
@@ -169,10 +133,10 @@ def test_forced_native_compiles_and_export_keeps_the_pytorch_paths():
     rec = Recorder()
     torch._dynamo.reset()
     compiled = torch.compile(lambda *a: fn("native", *a), fullgraph=True, backend=rec.backend)
-    got = _run(lambda bk, *a: compiled(*a), None, inputs, True)
+    got = run_loss(lambda bk, *a: compiled(*a), None, inputs, True)
     assert rec.ssmkit_ops(rec.forward) == {"ssm_scan_forward"}
-    eager = _run(fn, "native", inputs, True)
-    _assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
+    eager = run_loss(fn, "native", inputs, True)
+    assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
 
     class Scan(torch.nn.Module):
         def forward(self, *a):
@@ -181,4 +145,4 @@ def test_forced_native_compiles_and_export_keeps_the_pytorch_paths():
     program = torch.export.export(Scan(), inputs)
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert not any(t.startswith("ssmkit.") for t in targets)
-    _assert_close(list(program.module()(*inputs)), list(fn("native", *inputs)), 1e-12)
+    assert_close(list(program.module()(*inputs)), list(fn("native", *inputs)), 1e-12)

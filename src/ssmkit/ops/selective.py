@@ -488,7 +488,7 @@ _SELECTIVE_SCAN = {
 
 def _auto(u: torch.Tensor) -> str:
     """``"auto"``'s path for input u: the Triton kernels on CUDA where their smoke call passed, the C kernel on the CPU
-    where it runs, in eager mode; else the chunked scan."""
+    where it runs (under torch.compile too: both are custom ops there); else the chunked scan."""
     if prefer_triton(u, "selective_scan"):
         return "triton"
     if prefer_native("selective_scan", u):

@@ -14,8 +14,11 @@ it at import time, so ssmkit imports cleanly without Triton. The backend is usab
 
 The verdict is cached per device (and, on CPU, per ``TRITON_INTERPRET`` value); :func:`triton_status` returns it
 with the reason. ``"auto"`` picks ``"triton"`` on CUDA only when the verdict is yes and no ``torch.func``
-transform or ``torch.compile`` is tracing (the kernels' autograd functions have no vmap rule and dynamo would only
-fall back around them); a forced ``"triton"`` that cannot run raises ``RuntimeError`` with the reason.
+transform or ``torch.export`` is tracing (the kernels' autograd functions have no vmap rule; an exported program
+naming ssmkit's ops could not run without ssmkit). Under ``torch.compile`` the scan's and the selective scan's
+launches are custom ops (:mod:`ssmkit.ops.opaque`), so a compiled model runs those kernels; SSD's is not (its
+backward differentiates the chunked path inside the autograd function, which a compiled backward cannot run), so a
+compiled Mamba-2 takes the chunked SSD. A forced ``"triton"`` that cannot run raises ``RuntimeError`` with the reason.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import importlib.util
 import os
 
 import torch
-
-from ssmkit.ops.backend import tracing
 
 _STATUS: dict[tuple, tuple[bool, str]] = {}
 OPS = ("ssm_scan", "ssd", "selective_scan")
@@ -93,6 +94,7 @@ def _smoke(op: str, device: torch.device, dtype: torch.dtype) -> None:
             raise RuntimeError(f"the {op} kernel's smoke call disagrees with its reference")
 
 
+@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, its answer kept in the graph
 def triton_status(device: torch.device | str, op: str = "ssm_scan", dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
     """Whether ``op``'s Triton kernel runs on ``device`` in ``dtype``, and why not (``(True, "")`` when it does).
 
@@ -147,13 +149,18 @@ def triton_available(device: torch.device | str, op: str = "ssm_scan", dtype: to
 
 
 def prefer_triton(t: torch.Tensor, op: str) -> bool:
-    """What ``"auto"`` asks: t is on CUDA, nothing is tracing, and ``op``'s kernel runs there in t's dtype.
+    """What ``"auto"`` asks: t is on CUDA, no torch.func transform or torch.export traces (nor torch.compile, for
+    ``"ssd"``), and ``op``'s kernel runs there in t's dtype.
 
     Args:
         t: the op's first input (its device and dtype decide).
         op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
     """
-    return t.device.type == "cuda" and not tracing() and triton_available(t.device, op, t.dtype)
+    if t.device.type != "cuda" or torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting():
+        return False
+    if op == "ssd" and torch.compiler.is_compiling():
+        return False
+    return triton_available(t.device, op, t.dtype)
 
 
 def require_triton(op: str, t: torch.Tensor) -> None:

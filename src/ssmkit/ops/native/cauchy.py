@@ -7,7 +7,7 @@ matrix is never stored (the PyTorch path, :func:`ssmkit.ops.cauchy.cauchy_matmul
 ~8 MB at ~6 aten ops per block, and again in its backward), so S4's kernel costs a handful of aten ops.
 
 Usable where ``native_status("cauchy", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Under torch.compile the
-kernel calls are custom ops (:mod:`ssmkit.ops.native.opaque`); torch.func transforms and torch.export take the
+kernel calls are custom ops (:mod:`ssmkit.ops.opaque`); torch.func transforms and torch.export take the
 chunked path. Differentiated itself (``create_graph``), the
 backward is the blocked GEMMs' (:mod:`ssmkit.ops.twice`).
 """
@@ -21,8 +21,8 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.opaque import kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p

@@ -20,8 +20,8 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p

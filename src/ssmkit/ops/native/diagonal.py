@@ -14,7 +14,7 @@ the partial gradients), so it does not slow down under CPU contention the way a 
 
 Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
 kept real) is not handled here: ``"auto"`` keeps the chunked path for it. Under torch.compile the kernel calls are custom
-ops (:mod:`ssmkit.ops.native.opaque`); torch.func transforms and torch.export take the chunked path. Differentiated itself (``create_graph``), the backward is that of
+ops (:mod:`ssmkit.ops.opaque`); torch.func transforms and torch.export take the chunked path. Differentiated itself (``create_graph``), the backward is that of
 the chunked path (:mod:`ssmkit.ops.twice`).
 """
 
@@ -28,8 +28,8 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p

@@ -51,7 +51,7 @@ def prefer_native(op: str, x: torch.Tensor) -> bool:
     """Whether ``"auto"`` takes the native kernel of ``op`` for input x: x on the CPU, the kernel usable for x's real
     dtype (complex -> its real part), and neither a torch.func transform (the kernels have no batching rule) nor
     ``torch.export`` (a program naming ssmkit's ops could not run without ssmkit and a C compiler) tracing.
-    ``torch.compile`` takes the kernels, as custom ops (:mod:`ssmkit.ops.native.opaque`).
+    ``torch.compile`` takes the kernels, as custom ops (:mod:`ssmkit.ops.opaque`).
 
     Args:
         op: one of :data:`OPS`.

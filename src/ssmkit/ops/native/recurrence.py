@@ -21,8 +21,8 @@ from torch import Tensor
 from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.opaque import kernel_op
 from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.opaque import kernel_op
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of linear_recurrence.c: (argument types, result type)

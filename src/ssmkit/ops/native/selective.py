@@ -16,7 +16,7 @@ states chunk by chunk from the chunk-start states the forward kept (B·H·N per 
 
 Usable where :func:`ssmkit.ops.native.gate.native_status` says so: the library built
 (:mod:`ssmkit.ops.native.build`) and a smoke call matched the reference, forward and gradients. Under torch.compile
-the kernel calls are custom ops (:mod:`ssmkit.ops.native.opaque`); torch.func transforms and torch.export take the
+the kernel calls are custom ops (:mod:`ssmkit.ops.opaque`); torch.func transforms and torch.export take the
 chunked path. Differentiated itself (``create_graph``),
 the backward is the chunked path's (:mod:`ssmkit.ops.twice`).
 """
@@ -31,8 +31,8 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.native.parallel import ptr as _ptr, run_parts as _run
+from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p

@@ -32,13 +32,17 @@ the chunked path. Tile sizes are first choices, not tuned on a GPU yet (docs/ben
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.chunked import ssm_scan_chunked, wide_powers
+from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.twice import graph_backward
 
 DEFAULT_CHUNK = 32  # T: steps per chunk (the scan's tile height)
@@ -243,56 +247,92 @@ def _complex_state(x: torch.Tensor, N: int) -> torch.Tensor:
     return torch.view_as_complex(x[..., :N, :].contiguous())
 
 
+def _forward_fake(u, coef, pw, D, x0, T, BH, save):
+    Bsz, L, H = u.shape
+    NP = coef.shape[2]
+    ck = u.new_empty(Bsz, (L + T - 1) // T, H, NP, 2) if save else u.new_empty(1)
+    return [torch.empty_like(u), u.new_empty(Bsz, H, NP, 2), ck]
+
+
+@kernel_op("triton_ssm_scan_forward", _forward_fake)
+def _forward_kernel(
+    u: Tensor, coef: Tensor, pw: Tensor, D: Optional[Tensor], x0: Optional[Tensor], T: int, BH: int, save: bool,
+) -> list[Tensor]:
+    """The forward kernel's launch: [y (B, L, H), x_{L-1} (B, H, NP, 2), the chunk checkpoints (B, ⌈L/T⌉, H, NP, 2)
+    when ``save`` (else one element)], from u (B, L, H), coef (6, H, NP), pw (2, H, T+1, NP), D (H,) and x0
+    (B, H, NP, 2) or None, all contiguous."""
+    Bsz, L, H = u.shape
+    NP = coef.shape[2]
+    n_chunks = triton.cdiv(L, T)
+    y = torch.empty_like(u)  # (B, L, H)
+    xL = u.new_empty(Bsz, H, NP, 2)
+    ck = u.new_empty(Bsz, n_chunks, H, NP, 2) if save else u.new_empty(1)  # chunk checkpoints
+    dummy = u.new_empty(1)
+    _scan_fwd_kernel[(Bsz, triton.cdiv(H, BH))](
+        u, y, coef, pw, dummy if D is None else D, dummy if x0 is None else x0, xL, ck, L, H, n_chunks,
+        T=T, BH=BH, NP=NP, HAS_X0=x0 is not None, HAS_D=D is not None, SAVE_CK=save, num_warps=NUM_WARPS,
+    )
+    return [y, xL, ck]
+
+
+def _backward_fake(u, gy, coef, pw, D, ck, gxL, T, BH):
+    Bsz, L, H = u.shape
+    NP = coef.shape[2]
+    return [torch.empty_like(u), u.new_empty(6, H, NP), u.new_empty(Bsz, H, NP, 2)]
+
+
+@kernel_op("triton_ssm_scan_backward", _backward_fake)
+def _backward_kernel(
+    u: Tensor, gy: Tensor, coef: Tensor, pw: Tensor, D: Optional[Tensor], ck: Tensor, gxL: Tensor, T: int, BH: int,
+) -> list[Tensor]:
+    """The backward kernel's launch: [∂u (B, L, H), the parameters' gradients (6, H, NP) (Re, Im of ∂Ā, ∂B̄, ∂C, summed
+    over the batch), ∂x_{-1} (B, H, NP, 2)], from the forward's u, coef, pw, D and checkpoints, ∂y (B, L, H) and
+    ∂x_{L-1} (B, H, NP, 2), all contiguous."""
+    Bsz, L, H = u.shape
+    NP = coef.shape[2]
+    gu = torch.empty_like(u)
+    gpar = u.new_empty(Bsz, 6, H, NP)
+    gx0 = u.new_empty(Bsz, H, NP, 2)
+    _scan_bwd_kernel[(Bsz, triton.cdiv(H, BH))](
+        u, gy, coef, pw, u.new_empty(1) if D is None else D, ck, gxL, gu, gpar, gx0, L, H, ck.shape[1],
+        T=T, BH=BH, NP=NP, HAS_D=D is not None, num_warps=NUM_WARPS,
+    )
+    return [gu, gpar.sum(0), gx0]
+
+
 class _FusedScan(torch.autograd.Function):
-    """y, x_L of the diagonal scan by the forward kernel; gradients of u, Ā, B̄, C, x_{-1}, D by the backward kernel."""
+    """y, x_L of the diagonal scan by the forward kernel; gradients of u, Ā, B̄, C, x_{-1}, D by the backward kernel
+    (each launch a custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`)."""
 
     @staticmethod
     def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH):  # type: ignore[override]
-        Bsz, L, H = u.shape
         N = A_bar.shape[1]
         NP = max(triton.next_power_of_2(N), 2)
-        n_chunks = triton.cdiv(L, T)
         coef, pw = _tables(A_bar, B_bar, C, T, NP)
         originals = (u, A_bar, B_bar, C, state, D)
         u = u.contiguous()
-        y = torch.empty_like(u)  # (B, L, H)
-        xL = u.new_empty(Bsz, H, NP, 2)
         save = any(ctx.needs_input_grad[:6])
-        ck = u.new_empty(Bsz, n_chunks, H, NP, 2) if save else u.new_empty(1)  # chunk checkpoints
-        x0 = _real_state(state, NP) if state is not None else u.new_empty(1)
-        d = D.contiguous() if D is not None else u.new_empty(1)
-        grid = (Bsz, triton.cdiv(H, BH))
-        _scan_fwd_kernel[grid](
-            u, y, coef, pw, d, x0, xL, ck, L, H, n_chunks,
-            T=T, BH=BH, NP=NP, HAS_X0=state is not None, HAS_D=D is not None, SAVE_CK=save, num_warps=NUM_WARPS,
-        )
+        x0 = _real_state(state, NP) if state is not None else None
+        d = D.contiguous() if D is not None else None
+        y, xL, ck = _forward_kernel(u, coef, pw, d, x0, T, BH, save)
         if save:
-            ctx.save_for_backward(u, coef, pw, ck, D, *originals)
-        ctx.shape = (Bsz, L, H, N, NP, n_chunks, T, BH, state is not None)
+            ctx.save_for_backward(u, coef, pw, ck, d, *originals)
+        ctx.shape = (N, NP, BH, T, state is not None)
         return y, _complex_state(xL, N)
 
     @staticmethod
     def backward(ctx, gy, gxL):  # type: ignore[override]
-        u, coef, pw, ck, D, *originals = ctx.saved_tensors
+        u, coef, pw, ck, d, *originals = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             return (*graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL)), None, None)
-        Bsz, L, H, N, NP, n_chunks, T, BH, has_state = ctx.shape
+        N, NP, BH, T, has_state = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-        gxL = u.new_zeros(Bsz, H, NP, 2) if gxL is None else _real_state(gxL, NP)
-        gu = torch.empty_like(u)
-        gpar = u.new_empty(Bsz, 6, H, NP)
-        gx0 = u.new_empty(Bsz, H, NP, 2)
-        d = D.contiguous() if D is not None else u.new_empty(1)
-        BH = min(BH, BACKWARD_BLOCK_H)
-        grid = (Bsz, triton.cdiv(H, BH))
-        _scan_bwd_kernel[grid](
-            u, gy, coef, pw, d, ck, gxL, gu, gpar, gx0, L, H, n_chunks,
-            T=T, BH=BH, NP=NP, HAS_D=D is not None, num_warps=NUM_WARPS,
-        )
-        g = gpar.sum(0)[:, :, :N]  # (6, H, N)
+        gxL = u.new_zeros(u.shape[0], u.shape[2], NP, 2) if gxL is None else _real_state(gxL, NP)
+        gu, gpar, gx0 = _backward_kernel(u, gy, coef, pw, d, ck, gxL, T, min(BH, BACKWARD_BLOCK_H))
+        g = gpar[:, :, :N]  # (6, H, N)
         gA, gB, gC = (torch.complex(g[2 * i], g[2 * i + 1]) for i in range(3))  # (H, N) each
         gstate = _complex_state(gx0, N) if has_state else None
-        gD = (gy * u).sum((0, 1)) if D is not None else None
+        gD = (gy * u).sum((0, 1)) if d is not None else None
         return gu, gA, gB, gC, gstate, gD, None, None
 
 

@@ -42,12 +42,14 @@ Tile sizes (:class:`Tiles`) are first choices, not tuned on a GPU yet (docs/benc
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.selective import selective_scan_chunked
 from ssmkit.ops.twice import graph_backward
 
@@ -298,8 +300,94 @@ def _selective_bwd_kernel(
         tl.store(gbias_ptr + b * H + hh, gbias, mask=hm1)
 
 
+def _forward_fake(u, delta, z, A, B, C, D, delta_bias, h0, softplus, tiles, save):
+    Bsz, L, H = u.shape
+    N, chunk = B.shape[3], tiles[0]
+    ck = u.new_empty(Bsz, (L + chunk - 1) // chunk, H, N) if save else u.new_empty(1)
+    return [torch.empty_like(u), u.new_empty(Bsz, H, N), ck]
+
+
+@kernel_op("triton_selective_scan_forward", _forward_fake)
+def _forward_kernel(
+    u: Tensor, delta: Tensor, z: Optional[Tensor], A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    delta_bias: Optional[Tensor], h0: Optional[Tensor], softplus: bool, tiles: list[int], save: bool,
+) -> list[Tensor]:
+    """The forward kernel's launch: [y (B, L, H), h_{L-1} (B, H, N), the states every ``tiles.chunk`` steps
+    (B, ⌈L/chunk⌉, H, N) when ``save`` (else one element)], from u, δ, z (B, L, H), A (H, N), B, C (B, L, G, N), D,
+    b_Δ (H,) and h0 (B, H, N) (z, D, b_Δ, h0 may be None), all contiguous; ``tiles`` the fields of a fitted
+    :class:`Tiles`."""
+    tiles = Tiles(*tiles)
+    Bsz, L, H = u.shape
+    G, N = B.shape[2], B.shape[3]
+    P = H // G
+    NP = max(triton.next_power_of_2(N), 2)
+    T = tiles.forward_chunk
+    BH = min(tiles.block_h, triton.next_power_of_2(P))
+    n_blk = triton.cdiv(P, BH)
+    y = torch.empty_like(u)
+    hL = u.new_empty(Bsz, H, N)
+    ck = u.new_empty(Bsz, triton.cdiv(L, tiles.chunk), H, N) if save else u.new_empty(1)  # checkpoints
+    dummy = u.new_empty(1)
+    opt = lambda t: dummy if t is None else t  # noqa: E731
+    _selective_fwd_kernel[(Bsz, G * n_blk)](
+        u, delta, opt(z), A, B, C, opt(D), opt(delta_bias), opt(h0), y, hL, ck,
+        L, H, G, P, triton.cdiv(L, T), n_blk,
+        N=N, T=T, BH=BH, NP=NP, HAS_H0=h0 is not None, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE_CK=save, CK_EVERY=tiles.chunk // T,
+        NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
+    )
+    return [y, hL, ck]
+
+
+def _backward_fake(u, delta, z, A, B, C, D, delta_bias, ck, gy, ghL, softplus, tiles, has_h0):
+    Bsz, L, H = u.shape
+    N = A.shape[1]
+    none = u.new_empty(1)
+    return [torch.empty_like(u), torch.empty_like(u), torch.empty_like(u) if z is not None else none,
+            u.new_empty(H, N), torch.empty_like(B), torch.empty_like(C), u.new_empty(H) if D is not None else none,
+            u.new_empty(H) if delta_bias is not None else none, u.new_empty(Bsz, H, N) if has_h0 else none]
+
+
+@kernel_op("triton_selective_scan_backward", _backward_fake)
+def _backward_kernel(
+    u: Tensor, delta: Tensor, z: Optional[Tensor], A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    delta_bias: Optional[Tensor], ck: Tensor, gy: Tensor, ghL: Optional[Tensor], softplus: bool, tiles: list[int],
+    has_h0: bool,
+) -> list[Tensor]:
+    """The backward kernel's launch: [∂u, ∂δ, ∂z (B, L, H), ∂A (H, N), ∂B, ∂C (B, L, G, N), ∂D, ∂b_Δ (H,), ∂h0
+    (B, H, N)] (one element for each of ∂z, ∂D, ∂b_Δ, ∂h0 not wanted), from the forward's inputs and checkpoints, ∂y
+    (B, L, H) and ∂h_{L-1} (B, H, N) (None: unused), all contiguous."""
+    tiles = Tiles(*tiles)
+    Bsz, L, H = u.shape
+    G, N = B.shape[2], B.shape[3]
+    P = H // G
+    NP = max(triton.next_power_of_2(N), 2)
+    dummy = u.new_empty(1)
+    gu, gdl = torch.empty_like(u), torch.empty_like(u)
+    gz = torch.empty_like(u) if z is not None else u.new_empty(1)  # outputs never alias each other: fresh placeholders
+    gB, gC = torch.zeros_like(B), torch.zeros_like(C)  # atomics add into these
+    gA = u.new_empty(Bsz, H, N)
+    gD = u.new_empty(Bsz, H) if D is not None else dummy
+    gbias = u.new_empty(Bsz, H) if delta_bias is not None else dummy
+    gh0 = u.new_empty(Bsz, H, N) if has_h0 else u.new_empty(1)
+    BH = min(tiles.backward_block_h, triton.next_power_of_2(P))
+    n_blk = triton.cdiv(P, BH)
+    opt = lambda t: dummy if t is None else t  # noqa: E731
+    _selective_bwd_kernel[(Bsz, G * n_blk)](
+        u, delta, opt(z), A, B, C, opt(D), opt(delta_bias), ck, gy, opt(ghL),
+        gu, gdl, gz, gB, gC, gA, gD, gbias, gh0,
+        L, H, G, P, ck.shape[1], n_blk,
+        N=N, T=tiles.chunk, BH=BH, NP=NP, HAS_GHL=ghL is not None, HAS_D=D is not None, HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, WANT_GH0=has_h0,
+        NUM_STAGES=tiles.num_stages, num_warps=tiles.backward_num_warps,
+    )
+    sums = [t.sum(0) if given is not None else u.new_empty(1) for t, given in ((gD, D), (gbias, delta_bias))]
+    return [gu, gdl, gz, gA.sum(0), gB, gC, *sums, gh0]
+
+
 class _TritonSelectiveScan(torch.autograd.Function):
-    """y (B, L, H) and h_{L-1} (B, H, N) by the forward kernel; every gradient by the backward kernel.
+    """y (B, L, H) and h_{L-1} (B, H, N) by the forward kernel; every gradient by the backward kernel (each launch a
+    custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`).
 
     Inputs: u, δ, z (B, L, H) contiguous (z or None), A (H, N), B, C (B, L, G, N) contiguous, D, b_Δ (H,) or None,
     h0 (B, H, N) or None, softplus, tiles (:class:`Tiles`).
@@ -307,40 +395,22 @@ class _TritonSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, tiles):  # type: ignore[override]
-        Bsz, L, H = u.shape
-        G, N = B.shape[2], B.shape[3]
-        P = H // G
-        NP = max(triton.next_power_of_2(N), 2)
+        NP = max(triton.next_power_of_2(B.shape[3]), 2)
         tiles = fit_tiles(tiles, NP)
-        T = tiles.forward_chunk
-        BH = min(tiles.block_h, triton.next_power_of_2(P))
-        n_blk = triton.cdiv(P, BH)
-        n_ck = triton.cdiv(L, tiles.chunk)
         save = any(ctx.needs_input_grad[:9])
-        y = torch.empty_like(u)
-        hL = u.new_empty(Bsz, H, N)
-        ck = u.new_empty(Bsz, n_ck, H, N) if save else u.new_empty(1)  # the states every tiles.chunk steps
-        dummy = u.new_empty(1)
-        opt = lambda t: dummy if t is None else t.contiguous()  # noqa: E731
-        A_c, D_c, bias_c, h0_c = opt(A), opt(D), opt(delta_bias), opt(h0)
-        _selective_fwd_kernel[(Bsz, G * n_blk)](
-            u, delta, opt(z), A_c, B, C, D_c, bias_c, h0_c, y, hL, ck,
-            L, H, G, P, triton.cdiv(L, T), n_blk,
-            N=N, T=T, BH=BH, NP=NP, HAS_H0=h0 is not None, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, SAVE_CK=save, CK_EVERY=tiles.chunk // T,
-            NUM_STAGES=tiles.num_stages, num_warps=tiles.num_warps,
-        )
-        if save:  # D and b_Δ contiguous (the kernels index them densely), None where absent; then A, D, b_Δ, h0 as given
-            D_s, bias_s = (None if t is None else c for t, c in ((D, D_c), (delta_bias, bias_c)))
-            ctx.save_for_backward(u, delta, z, A_c, B, C, D_s, bias_s, ck, A, D, delta_bias, h0)
-        ctx.shape = (Bsz, L, H, G, P, N, NP, n_ck, softplus, h0 is not None, tiles)
+        contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
+        A_c, D_c, bias_c, h0_c = (contiguous(t) for t in (A, D, delta_bias, h0))
+        y, hL, ck = _forward_kernel(u, delta, z, A_c, B, C, D_c, bias_c, h0_c, softplus, list(tiles), save)
+        if save:  # A, D and b_Δ contiguous (the kernels index them densely); then A, D, b_Δ, h0 as given
+            ctx.save_for_backward(u, delta, z, A_c, B, C, D_c, bias_c, ck, A, D, delta_bias, h0)
+        ctx.shape = (softplus, h0 is not None, tiles)
         ctx.set_materialize_grads(False)  # ghL is None when the final state is unused
         return y, hL
 
     @staticmethod
     def backward(ctx, gy, ghL):  # type: ignore[override]
         u, delta, z, A, B, C, D, delta_bias, ck, *given = ctx.saved_tensors
-        Bsz, L, H, G, P, N, NP, n_ck, softplus, has_h0, tiles = ctx.shape
+        softplus, has_h0, tiles = ctx.shape
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             inputs = (u, delta, z, given[0], B, C, given[1], given[2], given[3])  # as given to forward
 
@@ -350,29 +420,12 @@ class _TritonSelectiveScan(torch.autograd.Function):
             return (*graph_backward(chunked, inputs, ctx.needs_input_grad[:9], (gy, ghL)), None, None)
         # the kernel's gradients (this path is not itself differentiable; autograd runs a plain backward without grad)
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-        dummy = u.new_empty(1)
-        gu, gdl = torch.empty_like(u), torch.empty_like(u)
-        gz = torch.empty_like(u) if z is not None else dummy
-        gB, gC = torch.zeros_like(B), torch.zeros_like(C)  # atomics add into these
-        gA = u.new_empty(Bsz, H, N)
-        gD = u.new_empty(Bsz, H) if D is not None else dummy
-        gbias = u.new_empty(Bsz, H) if delta_bias is not None else dummy
-        gh0 = u.new_empty(Bsz, H, N) if has_h0 else dummy
-        BH = min(tiles.backward_block_h, triton.next_power_of_2(P))
-        n_blk = triton.cdiv(P, BH)
-        opt = lambda t: dummy if t is None else t  # noqa: E731
-        _selective_bwd_kernel[(Bsz, G * n_blk)](
-            u, delta, opt(z), A, B, C, opt(D), opt(delta_bias), ck, gy, opt(None if ghL is None else ghL.contiguous()),
-            gu, gdl, gz, gB, gC, gA, gD, gbias, gh0,
-            L, H, G, P, n_ck, n_blk,
-            N=N, T=tiles.chunk, BH=BH, NP=NP, HAS_GHL=ghL is not None, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, WANT_GH0=has_h0,
-            NUM_STAGES=tiles.num_stages, num_warps=tiles.backward_num_warps,
-        )
+        ghL = None if ghL is None else ghL.contiguous()
+        gu, gdl, gz, gA, gB, gC, gD, gbias, gh0 = _backward_kernel(
+            u, delta, z, A, B, C, D, delta_bias, ck, gy, ghL, softplus, list(tiles), has_h0)
         return (
-            gu, gdl, gz if z is not None else None, gA.sum(0), gB, gC,
-            gD.sum(0) if D is not None else None, gbias.sum(0) if delta_bias is not None else None,
-            gh0 if has_h0 else None, None, None,
+            gu, gdl, gz if z is not None else None, gA, gB, gC, gD if D is not None else None,
+            gbias if delta_bias is not None else None, gh0 if has_h0 else None, None, None,
         )
 
 

@@ -1,19 +1,22 @@
-"""The C kernel calls as ``torch.library`` custom ops while ``torch.compile`` traces, so a compiled model runs them.
+"""Kernel calls (the C kernels, the Triton kernels) as ``torch.library`` custom ops while ``torch.compile`` traces, so
+a compiled model runs them.
 
 Dynamo cannot trace a :mod:`ctypes` call, so before this a compiled model took the chunked PyTorch paths, and compiling
 made it slower: an S4D layer's forward+backward (B 8, L 4 096, H 128, N 64, 2 threads) took 3.6x its eager time, and a
 Mamba layer's compilation did not end within 15 minutes (the chunked selective scan's loop over 512 chunks, unrolled).
+The Triton kernels were kept out of compiled graphs for the same reason (``prefer_triton`` returned False while
+tracing), so a compiled model on a GPU unrolled the same loops.
 
-Each native module writes its kernel call -- allocate the outputs, run the C function on them -- as a function of
-tensors, ints and bools that returns a list of fresh tensors. :func:`kernel_op` registers that function as the custom
-op ``ssmkit::<name>`` with a fake implementation (the outputs' shapes and dtypes from the inputs', which is all that
+Each kernel module writes its kernel call -- allocate the outputs, run the kernel on them -- as a function of tensors,
+ints and bools that returns a list of fresh tensors. :func:`kernel_op` registers that function as the custom op
+``ssmkit::<name>`` with a fake implementation (the outputs' shapes and dtypes from the inputs', which is all that
 FakeTensor tracing needs), and returns a function that calls the op while torch.compile traces and the plain function
 otherwise: the same code runs in both, and eager calls pay no dispatcher overhead. The autograd around the kernels stays
 in each module's ``torch.autograd.Function``, which dynamo traces into: its forward and backward call these ops.
 
-``torch.export`` still takes the PyTorch paths (``prefer_native``): an exported program that named these ops could
-not run without ssmkit and a C compiler, nor go to ONNX. torch.func transforms (vmap, grad, jacrev) take them too:
-the ops have no batching rule.
+``torch.export`` still takes the PyTorch paths (``prefer_native``, ``prefer_triton``): an exported program that named
+these ops could not run without ssmkit (and a C compiler), nor go to ONNX. torch.func transforms (vmap, grad, jacrev)
+take them too: the ops have no batching rule.
 """
 
 from __future__ import annotations

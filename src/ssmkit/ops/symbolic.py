@@ -78,8 +78,8 @@ def ceil_sqrt(n):
 
     ``math.isqrt`` of a SymInt is a graph break under torch.compile (dynamo cannot put an int-returning call into a
     graph): a chunked scan compiled with a dynamic L broke its graph there and recompiled the frames after the break
-    at every new length (probe 18). Doubling, then bisection: ~2·log2(√n) comparisons, each a guard on n's range while
-    tracing (exact integers, no float square root).
+    at every new length (probe 18). Doubling, then bisection: ~2·log2(√n) comparisons, each a guard on n's range
+    while tracing (exact integers, no float square root).
 
     Args:
         n: an int, or a SymInt while tracing.

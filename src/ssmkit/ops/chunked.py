@@ -27,7 +27,6 @@ inside this function recovered only 4 of those points.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.powers import int_power, power_table
-from ssmkit.ops.symbolic import carry, chunk_count, keep_first, symbolic_length
+from ssmkit.ops.symbolic import carry, ceil_sqrt, chunk_count, keep_first, symbolic_length
 
 _WIDE = {torch.complex64: torch.complex128, torch.float32: torch.float64}
 
@@ -190,10 +189,11 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
         (H, B, nc, N) the state before each chunk, and (H, B, N) the state after the last chunk.
     """
     H, Bsz, nc, N = z.shape
-    G = max(1, math.isqrt(nc - 1) + 1) if nc > 1 else 1  # ceil(√nc)
+    G = ceil_sqrt(nc)  # ⌈√nc⌉ (traceable at a symbolic nc: ops/symbolic.ceil_sqrt)
     ng = -(-nc // G)
     pad = ng * G - nc
-    zg = (F.pad(z, (0, 0, 0, pad)) if pad else z).reshape(H, Bsz, ng, G, N)  # zero inputs after the end
+    zg = (F.pad(z, (0, 0, 0, pad)) if pad else z).reshape(H, Bsz, -1, G, N)  # zero inputs after the end; -1, not ng:
+    # with L symbolic under torch.compile, ng in a reshape failed dynamo's own guard (as in ops/recurrence.py)
     A_g = A_T[:, None, None, :].expand(H, Bsz, ng, N)  # (H, B, ng, N): one reduction in backward
     cols = zg.unbind(3)  # G × (H, B, ng, N)
     local = [cols[0]]  # inclusive scan inside each group, from a zero state
@@ -209,7 +209,7 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
     # state before chunk g·G + i: (Ā^T)^i x_g + local[g, i-1] (nothing local for i = 0)
     before = torch.stack([torch.zeros_like(local[0]), *local[:-1]], dim=3)  # (H, B, ng, G, N)
     decay = powers[..., :G].transpose(1, 2)[:, None, None]  # (H, 1, 1, G, N)
-    prev = torch.addcmul(before, decay, carried_t.unsqueeze(3)).reshape(H, Bsz, ng * G, N)  # (H, B, ng·G, N)
+    prev = torch.addcmul(before, decay, carried_t.unsqueeze(3)).reshape(H, Bsz, -1, N)  # (H, B, ng·G, N)
     prev = prev[:, :, :nc] if pad else prev  # (H, B, nc, N)
     last = torch.addcmul(z[:, :, -1], A_T[:, None, :], prev[:, :, -1])  # (H, B, N): after chunk nc-1
     return prev, last

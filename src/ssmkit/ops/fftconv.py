@@ -55,8 +55,11 @@ def _check_conv_args(u: torch.Tensor, K: torch.Tensor, bidirectional: bool) -> N
 def _fft_size(n_min: int) -> int:
     """Smallest even n >= n_min whose prime factors are 2, 3 and 5 (fast sizes for pocketfft and cuFFT). For a
     symbolic n_min (``torch.export`` with a dynamic length) the even n >= n_min itself: the search branches on the
-    value, which would specialise the exported program to one length (any n >= 2L - 1 gives the same convolution)."""
-    if isinstance(n_min, torch.SymInt):
+    value, which would specialise the exported program to one length (any n >= 2L - 1 gives the same convolution).
+    The same while torch.compile traces: dynamo shows a symbolic n_min as an int (``isinstance(n_min, SymInt)`` is
+    False there), and the search's guards on L's prime factors recompiled an FFT-convolution layer at every new
+    length (probe 18); a static compile pays an FFT of a less smooth size (2L = 514 at L = 257, not 540)."""
+    if isinstance(n_min, torch.SymInt) or torch.compiler.is_compiling():
         return n_min + n_min % 2
     n = n_min + (n_min % 2)
     while True:

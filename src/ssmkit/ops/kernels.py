@@ -30,6 +30,7 @@ import torch
 
 from ssmkit.ops.backend import dispatch
 from ssmkit.ops.powers import power_table
+from ssmkit.ops.symbolic import ceil_sqrt
 
 _REAL = (torch.float32, torch.float64)
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -89,7 +90,7 @@ def _block_size(L: int, batch: int) -> int:
     of fixed size, so T ≈ √(batch·L); rounded up to a multiple of 8 for the GEMM and at most L.
     Measured on 2 CPU cores (H=128, N=32): T = √L is best for one kernel; for batch 8, T ≈ 2–3·√L.
     """
-    T = math.isqrt(batch * L - 1) + 1 if batch * L > 1 else 1  # ceil(√(batch·L))
+    T = ceil_sqrt(batch * L)  # ⌈√(batch·L)⌉ (traceable at a symbolic L: ops/symbolic.ceil_sqrt)
     T = T if T <= 8 else 8 * math.ceil(T / 8)
     return min(T, L)
 

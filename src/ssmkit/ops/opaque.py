@@ -39,6 +39,10 @@ def kernel_op(name: str, fake: Callable[..., list[torch.Tensor]]) -> Callable[[C
 
     Returns:
         a decorator; the decorated function keeps ``fn``'s signature and has the op as its ``op`` attribute.
+
+    A custom op's body runs with the Conjugate and Negative dispatch keys excluded: its inputs arrive resolved, but a
+    lazy view made inside the body (``x.conj()``, ``-x.imag``) would be read as its unconjugated, unnegated storage
+    (probe 18 found this in ``layers/cache.py``'s op); the kernel calls make none.
     """
 
     def wrap(fn: Callable[..., list[torch.Tensor]]) -> Callable[..., list[torch.Tensor]]:

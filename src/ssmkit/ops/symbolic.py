@@ -73,6 +73,32 @@ def symbolic_length(L) -> bool:
     return isinstance(L, torch.SymInt) and exporting is not None and exporting()
 
 
+def ceil_sqrt(n):
+    """⌈√n⌉ of an int n >= 0 (1 for n <= 1), by comparisons only, so that torch.compile traces it at a symbolic n.
+
+    ``math.isqrt`` of a SymInt is a graph break under torch.compile (dynamo cannot put an int-returning call into a
+    graph): a chunked scan compiled with a dynamic L broke its graph there and recompiled the frames after the break
+    at every new length (probe 18). Doubling, then bisection: ~2·log2(√n) comparisons, each a guard on n's range
+    while tracing (exact integers, no float square root).
+
+    Args:
+        n: an int, or a SymInt while tracing.
+
+    Returns:
+        the smallest int G >= 1 with G·G >= n (a plain int).
+    """
+    lo, hi = 0, 1
+    while hi * hi < n:  # lo² < n <= hi² afterwards
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid * mid < n:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def chunk_count(L, T: int):
     """The number of chunks of T steps a chunked scan of L steps runs in: ⌈L/T⌉, or while exporting with a symbolic
     L one more, all padding, written as ⌊(L + 2T - 1)/T⌋.

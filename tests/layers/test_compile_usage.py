@@ -1,0 +1,101 @@
+"""torch.compile as users use it (probe 18, docs/design.md): a layer compiled once and called at several lengths, with
+and without gradients, in train and eval mode, and trained by AdamW, against the same layer run eagerly.
+
+Most checks compile with ``backend="aot_eager"`` (dynamo's capture, guards and AOT autograd, no code generation: what
+decides graph breaks, recompiles and gradients) so that every layer runs in seconds; the default inductor backend is
+checked on a representative subset (a layer on the C kernels and one on the PyTorch paths; inductor costs 5-35 s of
+compilation per layer and mode on one core, docs/benchmarks.md). Lengths 100, 150, 200 and 257 span several chunks
+of every chunked scan (T = 64) and a partial last chunk.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch._dynamo.utils import counters
+
+import ssmkit.layers as layers
+from tests.conftest import DEVICE, leaves, rel_err, state_map, variants
+
+NAMES = layers.available()
+H = 8
+LENGTHS = (100, 150, 200, 257)
+
+
+def _layer(name: str) -> torch.nn.Module:
+    torch.manual_seed(1)
+    opts = {"d_state": 4, "headdim": 4, "chunk_size": 16} if name == "mamba2" else variants(name)[0]
+    return layers.build(name, d_model=H, device=DEVICE, dtype=torch.float32, **opts)
+
+
+def _state(layer, batch: int = 2):
+    return state_map(lambda t: 0.3 * torch.randn_like(t) if t.is_floating_point() or t.is_complex() else t,
+                     layer.initial_state(batch))
+
+
+def _graph_breaks() -> int:
+    return sum(counters["graph_break"].values())
+
+
+def test_a_chunked_scan_at_a_new_length_does_not_break_the_graph():
+    """EMA's real modes take the chunked scan under torch.compile. Its carry picked the group size by
+    ``math.isqrt`` of the chunk count, which dynamo cannot trace once the length is symbolic (the second length
+    makes it dynamic): a graph break in ``_carry`` at every length after the first, each new length compiling 3-7
+    frames (EMA's lengths 150, 200, 257 took 37, 63 and 67 s with inductor), and ``fullgraph=True`` failed. (Each
+    new length still recompiles the one graph: the chunked scan's loops specialise the chunk count.)"""
+    torch._dynamo.reset()
+    counters.clear()
+    layer = _layer("ema")
+    counter = CompileCounterWithBackend("eager")  # the break is dynamo's: no AOT autograd needed to see it
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    for L in LENGTHS[:2]:
+        x = torch.randn(2, L, H, device=DEVICE)
+        h0 = _state(layer)
+        with torch.no_grad():
+            y, h = compiled(x, h0)
+            y_eager, h_eager = layer(x, h0)
+        assert rel_err(y, y_eager) < 1e-6 and rel_err(h, h_eager) < 1e-6
+    assert _graph_breaks() == 0 and counter.frame_count == 2
+
+
+@pytest.mark.parametrize("name", ["sgconv", "hyena"])
+def test_an_fft_convolution_compiles_once_for_every_later_length(name):
+    """The FFT size was the smallest 5-smooth even n >= 2L, found by a loop on L's prime factors: under
+    torch.compile each length added guards on its factors, so every new length recompiled (Hyena hit dynamo's
+    recompile limit of 8 and ran eagerly from then on). The second length makes L dynamic; later ones reuse it."""
+    torch._dynamo.reset()
+    layer = _layer(name)
+    counter = CompileCounterWithBackend("eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    for L in LENGTHS:
+        x = torch.randn(2, L, H, device=DEVICE)
+        with torch.no_grad():
+            assert rel_err(compiled(x)[0], layer(x)[0]) < 1e-5
+    assert counter.frame_count == 2
+
+
+CACHED = ["s4d", "dss", "dlr", "s5", "lru", "s4", "h3", "liquid_s4"]  # steps that read a cached discretisation
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_a_compiled_step_equals_a_fresh_eager_copy_and_leaves_the_cache_right(name):
+    """The compiled inference step computes its cached coefficients inside the ``ssmkit::cached_value`` op, whose
+    body runs below the Conjugate and Negative dispatch keys: S4's (and Liquid-S4's) C_true came out wrong, the
+    compiled step's output off by 94 %, and the wrong value stayed cached for every eager step after it. The
+    existing test compared the compiled step with the same layer's eager step, which read that cache: here the
+    reference is a copy taken before anything was compiled (its own, empty cache)."""
+    torch._dynamo.reset()
+    layer = _layer(name)
+    fresh = copy.deepcopy(layer)
+    x = torch.randn(2, H, device=DEVICE)
+    h = _state(layer)
+    step = torch.compile(layer.step, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        y, h1 = step(x, h)
+        y_ref, h1_ref = fresh.step(x, h)
+        y_after, _ = layer.step(x, h)  # eager, from the cache the compiled call filled
+    assert rel_err(y, y_ref) < 1e-6 and all(rel_err(a, b) < 1e-6 for a, b in zip(leaves(h1), leaves(h1_ref)))
+    assert rel_err(y_after, y_ref) < 1e-6

@@ -27,7 +27,6 @@ inside this function recovered only 4 of those points.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -45,3 +45,19 @@ def assert_close(got, want, tol):
         assert (a is None) == (b is None)
         if a is not None:
             assert a.shape == b.shape and rel_err(a, b) < tol
+
+
+def check_compiled_kernel(fn, inputs, op, backend, kernel, use_state):
+    """Compile ``fn(backend, *inputs)`` with ``fullgraph=True`` through a :class:`Recorder`: its forward graph must hold
+    exactly the custom op ``<op>_forward`` and its backward graph ``<op>_backward``; its outputs and gradients must
+    equal ``fn(kernel, ...)``'s, eager (1e-12: the same kernel, float64), and the reference's (1e-9)."""
+    rec = Recorder()
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False)
+    got = run_loss(compiled, backend, inputs, use_state)
+    assert rec.ssmkit_ops(rec.forward) == {f"{op}_forward"}
+    assert rec.ssmkit_ops(rec.backward) == {f"{op}_backward"}
+    eager = run_loss(fn, kernel, inputs, use_state)
+    ref = run_loss(fn, "reference", inputs, use_state)
+    assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
+    assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)

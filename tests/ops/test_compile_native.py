@@ -18,7 +18,7 @@ import ssmkit.ops as ops
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.native import native_available
 from tests.conftest import DEVICE
-from tests.ops.compiled import Recorder, assert_close, run_loss
+from tests.ops.compiled import Recorder, assert_close, check_compiled_kernel, run_loss
 
 F64, C128 = torch.float64, torch.complex128
 pytestmark = pytest.mark.skipif(
@@ -93,17 +93,8 @@ CASES = _cases()
 @pytest.mark.parametrize("name", list(CASES))
 def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
     op, build = CASES[name]
-    g = torch.Generator().manual_seed(0)
-    inputs, fn = build(g, 37)
-    rec = Recorder()
-    torch._dynamo.reset()
-    got = run_loss(torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False), None, inputs, use_state)
-    assert rec.ssmkit_ops(rec.forward) == {f"{op}_forward"}
-    assert rec.ssmkit_ops(rec.backward) == {f"{op}_backward"}
-    eager = run_loss(fn, "native", inputs, use_state)
-    ref = run_loss(fn, "reference", inputs, use_state)
-    assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
-    assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+    inputs, fn = build(torch.Generator().manual_seed(0), 37)
+    check_compiled_kernel(fn, inputs, op, None, "native", use_state)
 
 
 @pytest.mark.parametrize("name", ["ssm_scan", "selective_scan", "causal_conv1d", "mimo_scan"])

@@ -22,7 +22,7 @@ import ssmkit.ops as ops
 from ssmkit.ops.ssd import ssd
 from ssmkit.ops.triton_gate import triton_available
 from tests.conftest import DEVICE
-from tests.ops.compiled import Recorder, assert_close, run_loss
+from tests.ops.compiled import Recorder, assert_close, check_compiled_kernel, run_loss
 
 F64, C128 = torch.float64, torch.complex128
 pytestmark = pytest.mark.skipif(
@@ -80,22 +80,14 @@ CASES = _cases()
 
 
 @pytest.mark.parametrize(
-    "name,use_state",  # the selective kernel skips work for an unused final state: a compiled backward passes zeros
+    "name,use_state",  # an unused final state: a compiled backward passes zeros where eager passes None, and the
+    # selective kernel's ∂h_{L-1} branch runs on them
     [("ssm_scan", True), ("selective_scan", True), ("selective_scan", False)],
 )
 def test_compiled_kernel_runs_as_custom_ops_and_equals_eager(name, use_state):
     op, build = CASES[name]
     inputs, fn = build(torch.Generator().manual_seed(0), 13)
-    rec = Recorder()
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False)
-    got = run_loss(compiled, KERNEL, inputs, use_state)
-    assert rec.ssmkit_ops(rec.forward) == {f"{op}_forward"}
-    assert rec.ssmkit_ops(rec.backward) == {f"{op}_backward"}
-    eager = run_loss(fn, "triton", inputs, use_state)
-    ref = run_loss(fn, "reference", inputs, use_state)
-    assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
-    assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+    check_compiled_kernel(fn, inputs, op, KERNEL, "triton", use_state)
 
 
 def test_one_compiled_graph_runs_the_kernel_at_two_lengths():

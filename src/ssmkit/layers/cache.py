@@ -36,6 +36,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.opaque import conjugate_and_negative_views, custom_ops_allowed
 
 V = TypeVar("V")
 
@@ -193,7 +194,7 @@ _CACHES: "weakref.WeakValueDictionary[int, ValueCache]" = weakref.WeakValueDicti
 def _lookup_in_graph(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether a lookup being traced becomes the run-time op: under torch.compile only (not torch.export, not a
     torch.func transform), and only where no gradient can flow from the value (the op has no derivative)."""
-    if torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
+    if not custom_ops_allowed():
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
@@ -204,24 +205,9 @@ def _cached_value(tensors: list[torch.Tensor], number: str) -> list[torch.Tensor
     may reuse an op's outputs as scratch space and the cached tensors must stay as they are. (The number is passed as
     a string: dynamo makes an int argument that takes several values symbolic, and a symbol cannot pick the cache.)"""
     cache = _CACHES[int(number)]
-    with _conjugate_and_negative_views():
+    with conjugate_and_negative_views():
         value = cache.get(tensors, cache._compute)
     return [t.clone() for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
-
-
-@contextlib.contextmanager
-def _conjugate_and_negative_views():
-    """The Conjugate and Negative dispatch keys back on while a custom op's body runs Python code.
-
-    A custom op's implementation is called below those keys (they are in the thread's exclude set there), so the
-    lazy conjugate and negative bits of the views that the code makes are ignored: ``x.conj()``, ``-x.imag`` and the
-    like read the unconjugated, unnegated storage. The compute of a cached value ran so inside a compiled step: S4's
-    C_true came out wrong (relative error 1.2 in C_true, 0.94 in the compiled step's output, probe 18), and since the
-    value is cached, so did every eager step after it until the weights changed."""
-    with contextlib.ExitStack() as stack:
-        for key in (torch._C.DispatchKey.Conjugate, torch._C.DispatchKey.Negative):
-            stack.enter_context(torch._C._SetExcludeDispatchKeyGuard(key, False))
-        yield
 
 
 @_cached_value.register_fake

@@ -21,8 +21,9 @@ take them too: the ops have no batching rule.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -40,13 +41,16 @@ def kernel_op(name: str, fake: Callable[..., list[torch.Tensor]]) -> Callable[[C
     Returns:
         a decorator; the decorated function keeps ``fn``'s signature and has the op as its ``op`` attribute.
 
-    A custom op's body runs with the Conjugate and Negative dispatch keys excluded: its inputs arrive resolved, but a
-    lazy view made inside the body (``x.conj()``, ``-x.imag``) would be read as its unconjugated, unnegated storage
-    (probe 18 found this in ``layers/cache.py``'s op); the kernel calls make none.
+    The op's body runs inside :func:`conjugate_and_negative_views`, so lazy views it makes read as in eager mode.
     """
 
     def wrap(fn: Callable[..., list[torch.Tensor]]) -> Callable[..., list[torch.Tensor]]:
-        op = torch.library.custom_op(f"{NAMESPACE}::{name}", fn, mutates_args=())
+        def body(*args):
+            with conjugate_and_negative_views():
+                return fn(*args)
+
+        schema = torch.library.infer_schema(fn, mutates_args=())  # from fn's annotations, in fn's module
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", body, mutates_args=(), schema=schema)
         op.register_fake(fake)
 
         @functools.wraps(fn)
@@ -57,6 +61,30 @@ def kernel_op(name: str, fake: Callable[..., list[torch.Tensor]]) -> Callable[[C
         return call
 
     return wrap
+
+
+@contextlib.contextmanager
+def conjugate_and_negative_views() -> Iterator[None]:
+    """The Conjugate and Negative dispatch keys back on while a custom op's body runs Python code.
+
+    A custom op's implementation is called below those keys (they are in the thread's exclude set there), so the
+    lazy conjugate and negative bits of the views that the code makes are ignored: ``x.conj()``, ``-x.imag`` and the
+    like read the unconjugated, unnegated storage. The compute of a cached value ran so inside a compiled step: S4's
+    C_true came out wrong (relative error 1.2 in C_true, 0.94 in the compiled step's output, probe 18), and since the
+    value is cached, so did every eager step after it until the weights changed. Every ssmkit custom op's body runs
+    inside this (:func:`kernel_op`, ``layers.cache``)."""
+    with contextlib.ExitStack() as stack:
+        for key in (torch._C.DispatchKey.Conjugate, torch._C.DispatchKey.Negative):
+            stack.enter_context(torch._C._SetExcludeDispatchKeyGuard(key, False))
+        yield
+
+
+def custom_ops_allowed() -> bool:
+    """Whether ssmkit's custom ops (the kernel calls, the compiled value-cache lookup) may stand here: True in eager
+    mode and while torch.compile traces, False while a torch.func transform (the ops have no batching rule) or
+    ``torch.export`` (a program naming ssmkit's ops could not run without ssmkit) traces. The one test that
+    ``prefer_native``, ``prefer_triton`` and ``layers.cache`` share."""
+    return not (torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting())
 
 
 def absent_if_zero(grad: torch.Tensor | None) -> torch.Tensor | None:

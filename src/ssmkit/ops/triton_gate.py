@@ -28,6 +28,8 @@ import os
 
 import torch
 
+from ssmkit.ops.opaque import custom_ops_allowed
+
 _STATUS: dict[tuple, tuple[bool, str]] = {}
 OPS = ("ssm_scan", "ssd", "selective_scan")
 
@@ -156,7 +158,7 @@ def prefer_triton(t: torch.Tensor, op: str) -> bool:
         t: the op's first input (its device and dtype decide).
         op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
     """
-    if t.device.type != "cuda" or torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting():
+    if t.device.type != "cuda" or not custom_ops_allowed():
         return False
     if op == "ssd" and torch.compiler.is_compiling():
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops.native.build import NativeBuildError
+from ssmkit.ops.opaque import custom_ops_allowed
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -59,7 +60,7 @@ def prefer_native(op: str, x: torch.Tensor) -> bool:
     """
     from ssmkit.ops._checks import REAL_OF
 
-    if x.device.type != "cpu" or torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting():
+    if x.device.type != "cpu" or not custom_ops_allowed():
         return False
     return native_available(op, REAL_OF.get(x.dtype, x.dtype))
 

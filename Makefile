@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# One pytest-xdist worker per core (each computing on one thread: tests/conftest.py), tests handed out as workers free up.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 # The wheel in a fresh venv, used from outside the checkout: --help, the shipped configs (package data), and a
 # 3-step train from a shipped config (its model and training settings, on the bundled 8x8 digits at a tiny width),

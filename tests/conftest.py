@@ -10,6 +10,12 @@ if os.environ.get("SSMKIT_TEST_DEVICE", "cpu") == "cpu":
 # The ssmkit command keeps freed memory for reuse (ssmkit.memory), a process-wide malloc setting; the CLI tests call it
 # in this process, which must keep glibc's defaults (tests/test_memory.py checks the setting in fresh interpreters).
 os.environ.setdefault("SSMKIT_KEEP_FREED_MEMORY", "0")
+# `make test` runs one pytest-xdist worker per core, and each worker computes on one thread: two workers of two OpenMP
+# threads each on CI's two cores spin-wait against each other (docs/benchmarks.md, "the OpenMP wait policy"). Set
+# before torch loads libgomp, and inherited by the subprocesses a worker starts. The tests of the kernels' splits over
+# threads set their thread counts themselves (tests/layers/test_concurrency.py, tests/ops/test_native.py).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -21,7 +21,8 @@
 #   env      nvidia-smi, python/torch/triton/CUDA versions, the packages the tests import, the Triton gate's verdicts
 #            (six smoke calls: the first compilation of 12 kernels)                           (ENV_S, 120 s)
 #   kernels  tests/ops/test_triton.py on CUDA: the Triton kernels against their references at real sizes, the
-#            L = 2^20 S4D, Mamba and Mamba-2 runs, the gate's smoke calls; KERNEL_WORKERS (4) processes
+#            L = 2^20 S4D, Mamba and Mamba-2 runs, the gate's smoke calls; and tests/ops/test_compile_triton.py (the
+#            kernels as custom ops inside torch.compile graphs, never run on CUDA before); KERNEL_WORKERS (4) processes
 #                                                                                           (KERNELS_S, 150 s)
 #   bench    ssmkit bench gpu: ssm_scan (chunked / fft / triton) and ssd (chunked / triton), float32, at
 #            B,H,d_state,L = 8,128,64,{1024,4096,16384}; 1,128,64,1048576; 64,768,64,4096 and SSD B,L,H,P,N =
@@ -103,13 +104,13 @@ run_pytest() {  # run_pytest SECONDS ARGS...: pytest under SIGINT at the limit (
 run_kernels() {
   # shellcheck disable=SC2046
   run_pytest "$(limit "${KERNELS_S:-150}")" --durations=15 $(pytest_opts "${KERNEL_WORKERS:-4}") \
-    --junitxml="$LOG/kernels.xml" tests/ops/test_triton.py > "$LOG/kernels.txt" 2>&1
+    --junitxml="$LOG/kernels.xml" tests/ops/test_triton.py tests/ops/test_compile_triton.py > "$LOG/kernels.txt" 2>&1
 }
 
 run_suite() {
   # shellcheck disable=SC2046
   run_pytest "$(limit "${SUITE_S:-240}")" --durations=25 $(pytest_opts "${WORKERS:-8}") \
-    --ignore=tests/ops/test_triton.py --junitxml="$LOG/suite.xml" tests > "$LOG/suite.txt" 2>&1
+    --ignore=tests/ops/test_triton.py --ignore=tests/ops/test_compile_triton.py --junitxml="$LOG/suite.xml" tests > "$LOG/suite.txt" 2>&1
 }
 
 run_bench() {  # one bench process per op (selective first: issue 16's speed target), each printing its table when

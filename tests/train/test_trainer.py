@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # A tiny task: the sign of a sequence's sum (learnable by a linear SSM in a few dozen steps).
 RUN = textwrap.dedent(
     """
-    import os, signal, sys
+    import hashlib, os, signal, sys
     import torch
     import lightning.pytorch as pl
     from ssmkit.models import SequenceModelConfig
@@ -34,6 +34,12 @@ RUN = textwrap.dedent(
     x = torch.randn(96, 12, 1, generator=g)
     y = (x.sum(dim=(1, 2)) > 0).long()
 
+    class Generators(pl.Callback):  # each process's generator state at each step's start (its dropout masks' source)
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            state = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
+            with open(os.path.join(out_dir, f"rng-rank{trainer.global_rank}.txt"), "a") as f:
+                f.write(f"{trainer.global_step} {state}\\n")
+
     class Kill(pl.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step == kill_at:
@@ -44,7 +50,7 @@ RUN = textwrap.dedent(
     train = TrainConfig(batch_size=8, max_steps=10, warmup_steps=2, val_every=5, checkpoint_every=4, lr=1e-2,
                         devices=devices, strategy="ddp" if devices > 1 else "auto", log_every=1)
     result = fit(model, train, (x[:64], y[:64]), (x[64:], y[64:]), None, out_dir, resume=resume, progress=False,
-                 extra_callbacks=[Kill()] if kill_at >= 0 else [])
+                 extra_callbacks=[Generators(), *([Kill()] if kill_at >= 0 else [])])
     print("RESULT", result["steps"], result.get("val_accuracy"))
     """
 )
@@ -157,12 +163,41 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on the CPU
 
 
+def generator_states(out_dir, rank: int) -> dict[int, str]:
+    """step -> process ``rank``'s generator state at that step's start (a resumed run's repeat of a step overwrites)."""
+    with open(os.path.join(out_dir, f"rng-rank{rank}.txt")) as f:
+        return {int(step): state for step, state in (line.split() for line in f)}
+
+
 @pytest.mark.slow
-def test_data_parallel_on_two_cpu_processes(tmp_path):
+def test_data_parallel_on_two_cpu_processes_with_own_dropout_masks_and_exact_resume(tmp_path):
     done = run(tmp_path, tmp_path / "ddp", devices=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "RESULT 10" in done.stdout
     assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt")["global_step"] == 10
+    # each process draws its own dropout masks (they shared rank 0's stream: seed_everything seeds every process alike)
+    whole = [generator_states(tmp_path / "ddp", r) for r in (0, 1)]
+    assert sorted(whole[0]) == sorted(whole[1]) == list(range(10))
+    assert all(whole[0][s] != whole[1][s] for s in range(10))
+    # killed at step 6 (both processes), resumed from step 4's checkpoint: every process continues its own stream
+    killed = run(tmp_path, tmp_path / "killed", kill_at=6, devices=2)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 4
+    resumed = run(tmp_path, tmp_path / "killed", resume=True, devices=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "RESULT 10" in resumed.stdout
+    assert [generator_states(tmp_path / "killed", r) for r in (0, 1)] == whole
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on the CPU
+
+
+def test_process_seeds_differ_by_process_and_step():
+    from ssmkit.train.module import process_seed
+
+    seeds = {process_seed(seed, rank, step) for seed in (0, 1) for rank in (1, 2, 3) for step in (0, 4)}
+    assert len(seeds) == 12 and all(0 <= s < 2**64 for s in seeds)
+    assert process_seed(0, 1) == process_seed(0, 1, 0)  # a function of its arguments only
 
 
 NAN_ON_ONE_RANK = textwrap.dedent(

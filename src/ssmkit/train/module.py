@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from ssmkit.models import SequenceModel, SequenceModelConfig
@@ -47,6 +48,8 @@ class SequenceLightningModule(pl.LightningModule):
         self.head = model_cfg.head
         self.checkpoint_dir: str | None = None
         self._sums: dict[str, list[torch.Tensor]] = {}
+        self._rng_restored = False  # this process's own generator states came from a checkpoint
+        self._rng_step = 0  # the step a process r > 0 derives its seed at (a checkpoint without per-process states)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.model(x, return_state=False)
@@ -139,20 +142,57 @@ class SequenceLightningModule(pl.LightningModule):
         scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_floor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_fit_start(self) -> None:
+        # Each data-parallel process draws its own dropout masks. seed_everything gave every process the same seed (the
+        # same initial weights, which DDP broadcasts anyway), so process r > 0 reseeds from (seed, r) unless a
+        # checkpoint restored its own states. Process 0 keeps its stream: one process trains as it did before.
+        rank = self.trainer.global_rank
+        if self.trainer.world_size > 1 and rank > 0 and not self._rng_restored:
+            torch.manual_seed(process_seed(self.train_config.seed, rank, self._rng_step))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # dropout masks continue exactly after a resume: they come from the generator of the device the model is on
-        # (the CUDA generator was not saved, so a resumed GPU run drew other masks; probe 17)
+        # (the CUDA generator was not saved, so a resumed GPU run drew other masks; probe 17); with several processes,
+        # every process's generators (this hook runs in each: Lightning's save_checkpoint is collective)
+        cuda = self.device.type == "cuda"
         checkpoint["ssmkit_rng"] = torch.get_rng_state()
-        if self.device.type == "cuda":
+        if cuda:
             checkpoint["ssmkit_rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            checkpoint["ssmkit_rng_ranks"] = self._gathered(torch.get_rng_state())
+            if cuda:
+                checkpoint["ssmkit_rng_cuda_ranks"] = self._gathered(torch.cuda.get_rng_state(self.device))
+
+    def _gathered(self, state: torch.Tensor) -> torch.Tensor:
+        """Every process's ``state`` (a generator's byte state), stacked by rank on the CPU: (world size, bytes)."""
+        return self.trainer.strategy.all_gather(state.to(self.device)).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = self._trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # Lightning restores before moving the module to its device: the strategy's device is where it will train
+        device = trainer.strategy.root_device if trainer is not None else self.device
+        ranks, cuda_ranks = checkpoint.get("ssmkit_rng_ranks"), checkpoint.get("ssmkit_rng_cuda_ranks")
+        if ranks is not None and len(ranks) == world:
+            # a copy: torch 2.13's set_rng_state reads a row view (storage offset > 0) out of bounds and crashes
+            torch.set_rng_state(ranks[rank].clone())
+            if cuda_ranks is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(cuda_ranks[rank].clone(), device)
+            self._rng_restored = True
+            return
+        # one process, or a checkpoint of another number of processes: process 0's states (and process r > 0 derives
+        # its seed from the step, in on_fit_start)
         if "ssmkit_rng" in checkpoint:
             torch.set_rng_state(checkpoint["ssmkit_rng"])
-        # Lightning restores before moving the module to its device: the strategy's device is where it will train
-        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
         if "ssmkit_rng_cuda" in checkpoint and device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["ssmkit_rng_cuda"], device)
+        self._rng_step = int(checkpoint.get("global_step", 0))
+
+
+def process_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The generator seed of data-parallel process ``rank`` > 0 of a run seeded ``seed``, starting at ``step``: a
+    64-bit hash of the three (numpy's SeedSequence), distinct per process and step."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, dtype=np.uint64)[0])
 
 
 class TensorDataModule(pl.LightningDataModule):

@@ -164,8 +164,17 @@ class SequenceLightningModule(pl.LightningModule):
                 checkpoint["ssmkit_rng_cuda_ranks"] = self._gathered(torch.cuda.get_rng_state(self.device))
 
     def _gathered(self, state: torch.Tensor) -> torch.Tensor:
-        """Every process's ``state`` (a generator's byte state), stacked by rank on the CPU: (world size, bytes)."""
-        return self.trainer.strategy.all_gather(state.to(self.device)).cpu()
+        """Every process's ``state`` (a generator's byte state), stacked by rank on the CPU: (world size, bytes).
+        torch.distributed's own all_gather (Lightning's goes through a deprecated one that warns at every checkpoint),
+        on the module's device (NCCL gathers CUDA tensors only)."""
+        import torch.distributed as dist
+
+        local = state.to(self.device)
+        if not (dist.is_available() and dist.is_initialized()):
+            return state[None]
+        rows = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(rows, local)
+        return torch.stack(rows).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainer = self._trainer

@@ -156,3 +156,60 @@ def test_a_compiled_inference_forward_keeps_one_graph_for_a_dynamic_length():
             x = torch.randn(2, L, H, device=DEVICE)
             assert rel_err(compiled(x, return_state=False)[0], fresh(x, return_state=False)[0]) < 1e-6
     assert counter.frame_count == 3
+
+
+def _aot_recording():
+    """AOT autograd (as aot_eager) recording the aten-level ops of the forward and backward graphs it compiles."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    targets: list[str] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    return aot_autograd(fw_compiler=record, bw_compiler=record), targets
+
+
+@pytest.mark.parametrize("use_state", [False, True])
+def test_compiled_s4_training_gradients_equal_eager_with_and_without_the_final_state_in_the_loss(use_state):
+    """A compiled graph passes zeros as the gradient of an output nothing used, so the final state's chunked carry
+    ran its whole backward in a compiled S4 training step (~10x eager's GEMMs): the carry is now one op each way
+    (``ops.dense._CompiledCarry``) whose backward returns zeros at once for a zero gradient, and the FFT convolution's
+    passes are ops (``ops.fftconv._opaque``). Gradients of every parameter and of x against eager autograd, with the
+    state in the loss (the carry's backward runs: checked against autograd) and without (the zero shortcut)."""
+    torch._dynamo.reset()
+    layer = _layer("s4")
+    backend, targets = _aot_recording()
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    x = torch.randn(2, 200, H, device=DEVICE)
+    grads = []
+    for model in (compiled, layer):
+        model.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_()
+        y, h = model(xg)
+        loss = y.square().mean() + (h.abs().square().mean() if use_state else 0)
+        loss.backward()
+        grads.append([xg.grad] + [p.grad for p in layer.parameters()])
+    assert all(rel_err(a, b) < 1e-5 for a, b in zip(*grads))
+    for op in ("dense_carry_forward", "dense_carry_backward", "circular_conv_forward", "circular_conv_backward"):
+        assert f"ssmkit.{op}.default" in targets
+
+
+def test_a_native_kernels_first_use_inside_the_cached_value_op_leaves_it_usable(monkeypatch):
+    """The first native call of a process runs a smoke test of the kernel's gradients (``ops.native.gate``). Inside a
+    custom op's body the autograd dispatch keys are off, so when a compiled S4 forward's plan made the process's first
+    Cauchy call there, the test failed and the kernel was marked unusable for the rest of the process (every later
+    ``"auto"`` Cauchy call took the PyTorch path). The cached-value op now runs its body with autograd's keys on."""
+    from ssmkit.ops.native import gate
+
+    monkeypatch.setattr(gate, "_STATUS", {})  # as in a fresh process (restored afterwards)
+    torch._dynamo.reset()
+    layer = _layer("s4")
+    fresh = copy.deepcopy(layer)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 100, H, device=DEVICE)
+    with torch.no_grad():
+        assert rel_err(compiled(x)[0], fresh(x)[0]) < 1e-6
+    ok, why = gate._STATUS.get(("cauchy", "float64"), (True, ""))  # absent off the CPU: never asked
+    assert ok or "smoke call failed" not in why, why  # (a build failure, no C compiler, is not this bug)

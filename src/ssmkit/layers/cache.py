@@ -40,7 +40,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ssmkit.ops.backend import tracing
-from ssmkit.ops.opaque import conjugate_and_negative_views, custom_ops_allowed
+from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 V = TypeVar("V")
 
@@ -246,7 +246,7 @@ def _cached_value(tensors: list[torch.Tensor], number: str, static: str, ints: l
     argument that takes several values symbolic, and a symbol cannot pick the cache.)"""
     cache = _CACHES[int(number)]
     key = _join_key(static, ints)
-    with conjugate_and_negative_views():
+    with eager_views_and_autograd():
         value = cache.get(tensors, lambda: _compute_for(cache, key), key)
     return [t.clone() for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
 
@@ -268,7 +268,7 @@ def _(tensors: list[torch.Tensor], number: str, static: str, ints: list[int]) ->
             ints = [guard_int(i) for i in ints]
     if value is None:
         key = _join_key(static, [int(i) for i in ints])
-        with unset_fake_temporarily(), torch.no_grad():
+        with unset_fake_temporarily(), eager_views_and_autograd(), torch.no_grad():
             value = _compute_for(cache, key)
     leaves, cache._spec = pytree.tree_flatten(value)
     # (is a tensor, the leaf if not): a None leaf (an absent table) is not a tensor's place

@@ -213,3 +213,42 @@ def test_a_native_kernels_first_use_inside_the_cached_value_op_leaves_it_usable(
         assert rel_err(compiled(x)[0], fresh(x)[0]) < 1e-6
     ok, why = gate._STATUS.get(("cauchy", "float64"), (True, ""))  # absent off the CPU: never asked
     assert ok or "smoke call failed" not in why, why  # (a build failure, no C compiler, is not this bug)
+
+
+@pytest.mark.parametrize("name", ["ema", "mega"])
+def test_a_chunked_scan_layer_compiles_once_per_octave_of_its_chunk_count(name):
+    """EMA's and Mega's chunked scan compiled one graph per length (the carry's loops over ⌈√nc⌉ and nc/G, the
+    remainder indexing the power table). Under torch.compile the carry doubles (``ops.chunked._carry_doubling``):
+    lengths 100, 150, 200, 257, 300 run 3, 4, 5, 6, 6 chunks of 64 (one padding chunk included) -> a static first
+    graph, then (2, 4] and (4, 8]: 3 graphs for 5 lengths, each equal to a fresh eager copy. Mega compiles one more:
+    its attention pads L to a multiple of its chunk (8), and AOT's contiguity check guards on L % 8 == 0 (200 is)."""
+    torch._dynamo.reset()
+    layer = _layer(name)
+    fresh = copy.deepcopy(layer)
+    counter = CompileCounterWithBackend("eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for L in LENGTHS + (300,):
+            x = torch.randn(2, L, H, device=DEVICE)
+            h0 = _state(layer)
+            y, h = compiled(x, h0)
+            y_ref, h_ref = fresh(x, h0)
+            assert rel_err(y, y_ref) < 1e-5 and all(rel_err(a, b) < 1e-5 for a, b in zip(leaves(h), leaves(h_ref)))
+    assert counter.frame_count == (4 if name == "mega" else 3)  # 5 before
+
+
+def test_a_compiled_s4_inference_forward_with_an_initial_state_keeps_one_graph_per_attuned_length():
+    """With an initial state (and no final state) the plan's shapes still follow L alone, so the compiled no-grad
+    forward takes L symbolically (before: one graph per length, L specialised): l_max 32 -> L_k 128, 256, 256, 512
+    for L 100, 150, 200, 257, i.e. 3 graphs for 4 lengths."""
+    torch._dynamo.reset()
+    layer = _layer("s4")
+    fresh = copy.deepcopy(layer)
+    counter = CompileCounterWithBackend("eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for L in LENGTHS:
+            x = torch.randn(2, L, H, device=DEVICE)
+            h0 = _state(layer)
+            assert rel_err(compiled(x, h0, return_state=False)[0], fresh(x, h0, return_state=False)[0]) < 1e-6
+    assert counter.frame_count == 3

@@ -373,8 +373,8 @@ class S4(SequenceLayer):
     def _plan_structure(self, L: int, fft: str, return_state: bool, initial_state: bool) -> _ConvPlan | None:
         """The plan's structure for a symbolic L (a compiled forward with a dynamic length; ``layers.cache``): empty
         tensors of its shapes, L_k by comparisons (guards), as ``_plan`` computes them; None (L is then specialised)
-        when it holds the final state's tables or an initial state's term, whose sizes are not L's."""
-        if return_state or initial_state:
+        when it holds the final state's tables, whose chunk length T ≈ √L and Ā^L are not shapes of L."""
+        if return_state:
             return None
         H, M, r, C = self.d_model, self.d_state // 2, self.P.shape[0], self.C_tilde.shape[0]
         L_k = self.l_max

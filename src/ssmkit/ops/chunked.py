@@ -214,6 +214,35 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
     return prev, last
 
 
+def _carry_doubling(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_carry` by doubling (Hillis-Steele), for torch.compile: after step k, s_c = Σ_{c-j < 2^k} (Ā^T)^{c-j} z_j,
+    so ⌈log2 nc⌉ steps of s_c += (Ā^T)^d s_{c-d} (d = 1, 2, 4, ...) give every state. Its graph depends on nc only
+    through the comparisons d < nc (guards on nc's octave), where :func:`_carry`'s loops run ⌈√nc⌉ and nc/G times
+    and so specialised every chunk count: one graph per length. x0 enters as part of the first chunk's input.
+    Work ~log2(nc) passes over (H, B, nc, N) against ~3 for :func:`_carry` (eager keeps :func:`_carry`).
+
+    Args:
+        z: (H, B, nc, N) every chunk's input part (complex or real).
+        A_T: (H, N) Ā^T.
+        x0: (H, B, N) the state before the first chunk, or None for zeros.
+
+    Returns:
+        (H, B, nc, N) the state before each chunk, and (H, B, N) the state after the last chunk.
+    """
+    nc = z.shape[2]
+    if x0 is not None:  # x_0 = Ā^T x0 + z_0
+        z = torch.cat([torch.addcmul(z[:, :, :1], A_T[:, None, None, :], x0.unsqueeze(2)), z[:, :, 1:]], dim=2)
+    s = z  # (H, B, nc, N)
+    p = A_T[:, None, None, :]  # (H, 1, 1, N): (Ā^T)^d
+    d = 1
+    while d < nc:
+        s = torch.addcmul(s, p, F.pad(s, (0, 0, d, 0)).narrow(2, 0, nc))  # s_c += (Ā^T)^d s_{c-d} (0 for c < d)
+        p = p * p
+        d *= 2
+    first = x0 if x0 is not None else torch.zeros_like(s[:, :, 0])  # (H, B, N)
+    return torch.cat([first.unsqueeze(2), s[:, :, :-1]], dim=2), s[:, :, -1]
+
+
 def _last_chunk_state(
     x: torch.Tensor, u_tail: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, powers: torch.Tensor, r
 ) -> torch.Tensor:
@@ -277,14 +306,19 @@ def ssm_scan_chunked(
     N = A_bar.shape[1]
     is_complex = A_bar.is_complex()
     symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
-    T = chunk_size if symbolic else min(chunk_size, L)
-    n_chunks = chunk_count(L, T)  # (a symbolic L gets one more chunk, all padding)
-    last = n_chunks - 1 - int(symbolic)  # the last chunk with real steps
+    # under torch.compile (not export): no Python loop or branch on the chunk count or the remainder, so that one graph
+    # serves every length whose chunk count lies in one octave (a dynamic L; _carry_doubling)
+    generic = not symbolic and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    T = chunk_size if symbolic or generic else min(chunk_size, L)
+    # (a symbolic L, and any L under torch.compile, gets one more chunk, all padding: the padding is never empty, or
+    # AOT autograd guarded on L % T == 0, a second graph per octave)
+    n_chunks = (L + 2 * T - 1) // T if generic else chunk_count(L, T)
+    last = n_chunks - 1 - int(symbolic or generic)  # the last chunk with real steps
     r = L - last * T  # its number of real steps, 1..T
     toeplitz, to_state, from_state, powers = _chunk_operators(A_bar, B_bar, C, T, D)
     A_T = powers[:, T]  # (H, N)
 
-    u_pad = F.pad(u, (0, 0, 0, n_chunks * T - L)) if symbolic or r < T else u  # (B, nc·T, H); zeros after the end
+    u_pad = F.pad(u, (0, 0, 0, n_chunks * T - L)) if symbolic or generic or r < T else u  # (B, nc·T, H); zeros after
     # one 2-D transpose (cheaper than a 3-D permute copy on CPU): rows (b, c, t) -> columns
     u_c = transpose(u_pad.reshape(Bsz * n_chunks * T, H)).reshape(H, Bsz * n_chunks, T)  # (H, B·nc, T)
 
@@ -296,6 +330,8 @@ def ssm_scan_chunked(
     x0 = state.permute(1, 0, 2) if state is not None else None  # (H, B, N)
     if symbolic:  # one scan op over the symbolic chunk count
         x_prev_c, x = carry(A_T[:, None].expand(H, Bsz, N), z, x0, dim=2)
+    elif generic:
+        x_prev_c, x = _carry_doubling(z, A_T, x0)
     else:
         x_prev_c, x = _carry(z, A_T, x0)  # (H, B, nc, N) state before each chunk, (H, B, N) after the last one
 
@@ -311,7 +347,7 @@ def ssm_scan_chunked(
         return y, None
 
     # Final state: the last chunk holds only r real steps (the padding must not advance the state).
-    if symbolic:
+    if symbolic or generic:  # r (1..T) enters as a number in the graph, not as an index or a branch
         x = _last_chunk_state(x_prev_c[:, :, -2], u_c.reshape(H, Bsz, n_chunks, T)[:, :, -2], A_bar, B_bar, powers, r)
     elif r < T:  # x is the state after the padded last chunk: redo that chunk from the state before it
         x = x_prev_c[:, :, -1]  # (H, B, N)

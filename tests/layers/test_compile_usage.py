@@ -216,13 +216,17 @@ def test_a_native_kernels_first_use_inside_the_cached_value_op_leaves_it_usable(
 
 
 @pytest.mark.parametrize("name", ["ema", "mega"])
-def test_a_chunked_scan_layer_compiles_once_per_octave_of_its_chunk_count(name):
+def test_a_chunked_scan_layer_compiles_once_per_octave_of_its_chunk_count(name, monkeypatch):
     """EMA's and Mega's chunked scan compiled one graph per length (the carry's loops over ⌈√nc⌉ and nc/G, the
     remainder indexing the power table). Under torch.compile the carry runs in groups of 8 chunks whose ends are
     carried by doubling (``ops.chunked._carry_doubling``): lengths 100, 150, 200, 257, 300 run 3-6 chunks of 64 (one
     padding chunk included), i.e. 2 groups -> a static first graph and one dynamic graph for 5 lengths (5 before),
     each equal to a fresh eager copy. Mega compiles one more: its attention pads L to a multiple of its chunk (8), and
-    AOT's contiguity check guards on L % 8 == 0 (200 is). (tests/ops/test_compile_lengths.py covers more octaves.)"""
+    AOT's contiguity check guards on L % 8 == 0 (200 is). (tests/ops/test_compile_lengths.py covers more octaves.)
+    Opt-in: ``ops.chunked.LENGTH_GENERIC_COMPILE`` (off by default, see there)."""
+    import ssmkit.ops.chunked as chunked
+
+    monkeypatch.setattr(chunked, "LENGTH_GENERIC_COMPILE", True)
     torch._dynamo.reset()
     layer = _layer(name)
     fresh = copy.deepcopy(layer)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
+import ssmkit.ops.chunked as chunked
 from ssmkit.ops.chunked import _carry, _carry_doubling, ssm_scan_chunked
 from ssmkit.ops.scan import ssm_scan_reference
 from tests.conftest import rel_err
@@ -18,6 +19,13 @@ from tests.conftest import rel_err
 # under torch.compile the scan runs nc = (L + 2T - 1) // T chunks (the last all padding) in ng = (nc + 15) // 8 groups:
 # at T = 16, ng = 2, 2, 2, 2, 2, 3, 3, 6, 11 -> a static first graph, then one per octave (1, 2], (2, 4], (4, 8], (8, 16]
 LENGTHS = (9, 30, 40, 64, 65, 128, 200, 600, 1200)
+
+
+@pytest.fixture(autouse=True)
+def _length_generic(monkeypatch):
+    """The length-generic compiled scan is opt-in (``ops.chunked.LENGTH_GENERIC_COMPILE``, off by default: it costs
+    compiled training at a fixed length ~1/3 more time)."""
+    monkeypatch.setattr(chunked, "LENGTH_GENERIC_COMPILE", True)
 
 
 def _system(complex_modes: bool, H: int = 3, N: int = 4):

@@ -37,6 +37,12 @@ from ssmkit.ops.symbolic import carry, ceil_sqrt, chunk_count, keep_first, symbo
 
 _WIDE = {torch.complex64: torch.complex128, torch.float32: torch.float64}
 
+# Under torch.compile, the chunked scan's graph serves every length in an octave of its group count (True), or is
+# specialised to each length (False, the default: the eager path traced). True costs a compiled EMA's training step
+# ~1/3 more time at a fixed length (B 8, L 4 096, H 128, N 64: 438 against 326 ms), and saves a compilation (30-70 s
+# for EMA) at every new length; docs/design.md, "Compiled S4 and length-generic compiles". Read while tracing.
+LENGTH_GENERIC_COMPILE = False
+
 
 def wide_powers(a: torch.Tensor, n: int) -> torch.Tensor:
     """a^k for k = 0..n-1 along a new last axis, built in double precision and rounded once.
@@ -329,7 +335,7 @@ def ssm_scan_chunked(
     symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
     # under torch.compile (not export): no Python loop or branch on the chunk count or the remainder, so that one graph
     # serves every length whose chunk count lies in one octave (a dynamic L; _carry_doubling)
-    generic = not symbolic and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    generic = LENGTH_GENERIC_COMPILE and not symbolic and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
     T = chunk_size if symbolic or generic else min(chunk_size, L)
     # (a symbolic L, and any L under torch.compile, gets one more chunk, all padding: the padding is never empty, or
     # AOT autograd guarded on L % T == 0, a second graph per octave)

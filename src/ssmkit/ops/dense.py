@@ -256,7 +256,7 @@ def dense_final_state_tabled(u: Tensor, tables: DenseStateTables, state: Tensor 
     """
     W, A_T = tables.W, tables.A_T
     Bsz, L, H = u.shape
-    N, T = W.shape[1], W.shape[2]
+    N = W.shape[1]
     if L != tables.L or W.shape[0] != H or _REAL_OF[W.dtype] != u.dtype:
         raise ValueError(f"u must be (B, {tables.L}, {W.shape[0]}) {_REAL_OF[W.dtype]} for these tables; got "
                          f"{tuple(u.shape)} {u.dtype}")

@@ -18,13 +18,17 @@ Under ``torch.compile`` the lookup of a cache built with its ``compute`` (``Valu
 can flow from the value, is one opaque op in the graph (``ssmkit::cached_value``, a ``torch.library`` custom op) that
 runs the eager lookup when the compiled code runs: the graph stays whole (``fullgraph=True``), and a compiled
 ``step`` no longer recomputes the discretisation in every call (S4D's took 873 µs per token against 36 eager;
-docs/design.md, "Compiled step"). Under ``torch.export`` and the ``torch.func`` transforms, and for a cache without
+docs/design.md, "Compiled step"). A lookup with a key (S4's forward plan: the input length and the options) passes the
+key's ints to the op as ints, symbolic for a dynamic length, and the rest as a string; the op's fake implementation
+needs the value's shapes for a symbolic int (the cache's ``fake``), or specialises it. Under ``torch.export`` and the
+``torch.func`` transforms, and for a cache without
 its ``compute``, the value is traced from the weights, as an exported program must compute from the weights it is
 given.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import contextvars
 import inspect
@@ -36,7 +40,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ssmkit.ops.backend import tracing
-from ssmkit.ops.opaque import conjugate_and_negative_views, custom_ops_allowed
+from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 V = TypeVar("V")
 
@@ -87,25 +91,35 @@ class ValueCache(Generic[V]):
     races with an update either sees the old entry (and recomputes) or the new one.
     """
 
-    def __init__(self, compute: Callable[[], V] | None = None) -> None:
+    def __init__(self, compute: Callable[..., V] | None = None, fake: Callable[..., V | None] | None = None) -> None:
         """Args:
-            compute: what every lookup computes (the one given to :meth:`get`), for lookups inside a compiled graph;
-                None: a compiled graph computes the value itself."""
+            compute: what every lookup computes (the one given to :meth:`get`), for lookups inside a compiled graph:
+                ``compute()`` for a lookup without a key, ``compute(*key)`` for one with a tuple key (whose items
+                are ints, bools, strings, floats or None); None: a compiled graph computes the value itself.
+            fake: for a keyed lookup inside a compiled graph whose key holds a symbolic int (a dynamic length):
+                ``fake(*key)`` -> the value's structure with empty tensors of its (symbolic) shapes, made in the
+                tracing's fake mode, or None where it has none. Without it (or on None) such an int is specialised
+                (a guard on its value: the graph is compiled again for another value)."""
         # (key, snapshot of the values, the value, the frozen scope it was last checked in, weak references to the
         # source tensors: the objects themselves, whose ids a later tensor may reuse once they are freed)
         self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, tuple[weakref.ref, ...]] | None = None
-        self._set_compute(compute)
+        self._set_compute(compute, fake)
         self._register()
 
-    def _set_compute(self, compute: Callable[[], V] | None) -> None:
+    def _set_compute(self, compute: Callable[..., V] | None, fake: Callable[..., V | None] | None = None) -> None:
         # a layer's bound method held weakly: a strong one would make the layer and its cache a reference cycle,
         # freed only by the garbage collector
         self._compute_ref = weakref.WeakMethod(compute) if inspect.ismethod(compute) else (lambda: compute)
+        self._fake_ref = weakref.WeakMethod(fake) if inspect.ismethod(fake) else (lambda: fake)
         self._in_graph = compute is not None  # a plain flag: dynamo cannot trace the call of a WeakMethod
 
     @property
-    def _compute(self) -> Callable[[], V] | None:
+    def _compute(self) -> Callable[..., V] | None:
         return self._compute_ref()
+
+    @property
+    def _fake(self) -> Callable[..., V | None] | None:
+        return self._fake_ref()
 
     def _register(self) -> None:
         """Give this cache its number in :data:`_CACHES`, by which the op of a compiled graph finds it."""
@@ -129,10 +143,11 @@ class ValueCache(Generic[V]):
         # torch.compile and torch.export the value is traced from the weights: a comparison of values cannot be
         # traced (export failed on aten.equal, fullgraph=True on the ContextVar; without fullgraph it was a graph
         # break per cached call), and an exported program must compute it from the weights it is given. Under
-        # torch.compile, with no gradient to carry and the cache's compute known, the lookup is the run-time op below.
+        # torch.compile, with no gradient to carry and the cache's compute known, the lookup is the run-time op below
+        # (``compute`` must then be what the cache's own compute gives for this key).
         if tracing():
-            if self._in_graph and key is None and _lookup_in_graph(tensors):
-                return _graph_lookup(self, tensors)
+            if self._in_graph and (key is None or isinstance(key, tuple)) and _lookup_in_graph(tensors):
+                return _graph_lookup(self, tensors, key)
             return compute()
         entry, scope = self._entry, _FROZEN.get()
         if entry is not None and entry[0] == key:
@@ -175,11 +190,11 @@ class ValueCache(Generic[V]):
     def __getstate__(self) -> dict:
         """Pickled (``torch.save`` of a whole module, ``copy.deepcopy``) empty: a cached value is recomputed on
         demand, so it never enlarges a saved module (S4's forward plan is ~6 MB at H 128, N 64, L 4 096)."""
-        return {"_entry": None, "compute": self._compute}
+        return {"_entry": None, "compute": self._compute, "fake": self._fake}
 
     def __setstate__(self, state: dict) -> None:
         self._entry = state.get("_entry")
-        self._set_compute(state.get("compute"))  # None when pickled before caches held their compute
+        self._set_compute(state.get("compute"), state.get("fake"))  # None when pickled before caches held them
         self._register()
 
 
@@ -199,31 +214,70 @@ def _lookup_in_graph(tensors: Sequence[torch.Tensor]) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+def _is_int(k) -> bool:
+    return isinstance(k, int) and not isinstance(k, bool)
+
+
+def _split_key(key: tuple | None) -> tuple[str, list[int]]:
+    """A lookup key as the op's arguments: its ints (symbolic where the length is dynamic) and the repr of the rest
+    (the ints' places as None)."""
+    if key is None:
+        return "", []
+    return repr(tuple(None if _is_int(k) else k for k in key)), [k for k in key if _is_int(k)]
+
+
+def _join_key(static: str, ints: list) -> tuple | None:
+    """Inverse of :func:`_split_key` (the ints may be SymInts inside the fake implementation)."""
+    if not static:
+        return None
+    rest = iter(ints)
+    return tuple(next(rest) if k is None else k for k in ast.literal_eval(static))
+
+
+def _compute_for(cache: "ValueCache", key: tuple | None):
+    return cache._compute() if key is None else cache._compute(*key)
+
+
 @torch.library.custom_op("ssmkit::cached_value", mutates_args=())
-def _cached_value(tensors: list[torch.Tensor], number: str) -> list[torch.Tensor]:
-    """The tensors of cache ``number``'s value for ``tensors`` by its eager lookup, at run time; copies, since a graph
-    may reuse an op's outputs as scratch space and the cached tensors must stay as they are. (The number is passed as
-    a string: dynamo makes an int argument that takes several values symbolic, and a symbol cannot pick the cache.)"""
+def _cached_value(tensors: list[torch.Tensor], number: str, static: str, ints: list[int]) -> list[torch.Tensor]:
+    """The tensors of cache ``number``'s value for ``tensors`` (and the key of ``static`` and ``ints``, see
+    :func:`_split_key`) by its eager lookup, at run time; copies, since a graph may reuse an op's outputs as scratch
+    space and the cached tensors must stay as they are. (The number is passed as a string: dynamo makes an int
+    argument that takes several values symbolic, and a symbol cannot pick the cache.)"""
     cache = _CACHES[int(number)]
-    with conjugate_and_negative_views():
-        value = cache.get(tensors, cache._compute)
+    key = _join_key(static, ints)
+    with eager_views_and_autograd():
+        value = cache.get(tensors, lambda: _compute_for(cache, key), key)
     return [t.clone() for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 @_cached_value.register_fake
-def _(tensors: list[torch.Tensor], number: str) -> list[torch.Tensor]:
+def _(tensors: list[torch.Tensor], number: str, static: str, ints: list[int]) -> list[torch.Tensor]:
     # runs for real while the graph is traced: the value is computed once, eagerly, from the weights, for its
-    # structure, its non-tensor leaves and its tensors' shapes (the traced code around the op cannot compute it)
+    # structure, its non-tensor leaves and its tensors' shapes (the traced code around the op cannot compute it).
+    # A symbolic int of the key (a dynamic length) takes the cache's fake structure, or is specialised.
     from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.symbolic_shapes import guard_int, is_concrete_int
 
     cache = _CACHES[int(number)]
-    with unset_fake_temporarily(), torch.no_grad():
-        leaves, cache._spec = pytree.tree_flatten(cache._compute())
-    cache._template = [None if isinstance(t, torch.Tensor) else t for t in leaves]
+    value = None
+    if not all(is_concrete_int(i) for i in ints):
+        fake = cache._fake
+        value = None if fake is None else fake(*_join_key(static, ints))
+        if value is None:
+            ints = [guard_int(i) for i in ints]
+    if value is None:
+        key = _join_key(static, [int(i) for i in ints])
+        with unset_fake_temporarily(), eager_views_and_autograd(), torch.no_grad():
+            value = _compute_for(cache, key)
+    leaves, cache._spec = pytree.tree_flatten(value)
+    # (is a tensor, the leaf if not): a None leaf (an absent table) is not a tensor's place
+    cache._template = [(True, None) if isinstance(t, torch.Tensor) else (False, t) for t in leaves]
     return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in leaves if isinstance(t, torch.Tensor)]
 
 
-def _graph_lookup(cache: ValueCache, tensors: Sequence[torch.Tensor]):
-    """``cache``'s value for ``tensors`` through :func:`_cached_value`, traced as one op."""
-    flat = iter(_cached_value(list(tensors), str(cache._number)))
-    return pytree.tree_unflatten([next(flat) if t is None else t for t in cache._template], cache._spec)
+def _graph_lookup(cache: ValueCache, tensors: Sequence[torch.Tensor], key: tuple | None = None):
+    """``cache``'s value for ``tensors`` (and ``key``) through :func:`_cached_value`, traced as one op."""
+    static, ints = _split_key(key)
+    flat = iter(_cached_value(list(tensors), str(cache._number), static, ints))
+    return pytree.tree_unflatten([next(flat) if is_tensor else t for is_tensor, t in cache._template], cache._spec)

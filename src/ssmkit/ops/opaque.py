@@ -79,6 +79,24 @@ def conjugate_and_negative_views() -> Iterator[None]:
         yield
 
 
+_AUTOGRAD_KEYS = tuple(getattr(torch._C.DispatchKey, name) for name in (
+    "ADInplaceOrView", "AutogradFunctionality", "AutogradOther", "AutogradCPU", "AutogradCUDA")
+    if hasattr(torch._C.DispatchKey, name))
+
+
+@contextlib.contextmanager
+def eager_views_and_autograd() -> Iterator[None]:
+    """:func:`conjugate_and_negative_views` and the autograd dispatch keys back on, for a custom op's body that runs
+    arbitrary eager code (the cached-value op of ``layers.cache``: a layer's whole plan). Below the autograd keys,
+    ``torch.enable_grad()`` records nothing: the first use of a native kernel in a process runs a smoke test of its
+    gradients (``ops.native.gate``), which failed there and marked the kernel unusable for the rest of the process
+    (found when S4's compiled forward plan, the first Cauchy call of a process, ran inside the op)."""
+    with conjugate_and_negative_views(), contextlib.ExitStack() as stack:
+        for key in _AUTOGRAD_KEYS:
+            stack.enter_context(torch._C._SetExcludeDispatchKeyGuard(key, False))
+        yield
+
+
 def custom_ops_allowed() -> bool:
     """Whether ssmkit's custom ops (the kernel calls, the compiled value-cache lookup) may stand here: True in eager
     mode and while torch.compile traces, False while a torch.func transform (the ops have no batching rule) or

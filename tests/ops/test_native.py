@@ -600,3 +600,25 @@ def test_the_first_native_call_may_come_inside_a_checkpoint(monkeypatch):
     got, = torch.autograd.grad((y ** 2).sum(), x)
     assert ("ssm_scan", "float64") in gate._STATUS and gate._STATUS[("ssm_scan", "float64")][0]
     assert rel_err(got, want) < 1e-10
+
+
+def test_the_first_native_call_may_come_inside_a_custom_op_body(monkeypatch):
+    """Inside a custom op's body the autograd dispatch keys are excluded: the smoke call's gradients were not recorded
+    there, it failed, and the kernel stayed off for the rest of the process (compile2: S4's compiled plan, the first
+    Cauchy call of a process, ran inside the cached-value op)."""
+    from ssmkit.ops.native import gate
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 20, 3, generator=g, dtype=F64)
+    A = 0.9 * torch.exp(1j * torch.rand(3, 4, generator=g, dtype=F64))
+    Bb, C = torch.randn(3, 4, generator=g, dtype=C128), torch.randn(3, 4, generator=g, dtype=C128)
+
+    @torch.library.custom_op("ssmkit_test::first_native_call", mutates_args=())
+    def first_call(u: torch.Tensor) -> torch.Tensor:
+        return ops.ssm_scan(u, A, Bb, C, None, None, backend="native")[0]
+
+    first_call.register_fake(torch.empty_like)
+    monkeypatch.setattr(gate, "_STATUS", {})  # as in a fresh process: the next native call runs the smoke call
+    got = torch.compile(first_call, backend="aot_eager", fullgraph=True)(u)  # the op's body at run time
+    assert gate._STATUS[("ssm_scan", "float64")][0], gate._STATUS
+    assert rel_err(got, ssm_scan_reference(u, A, Bb, C)[0]) < 1e-12

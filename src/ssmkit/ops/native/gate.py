@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ssmkit.ops.native.build import NativeBuildError
-from ssmkit.ops.opaque import custom_ops_allowed
+from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -72,9 +72,11 @@ def _same(t: torch.Tensor) -> torch.Tensor:
 def _compare(fast, ref, args: list[torch.Tensor], weight: torch.Tensor, dtype: torch.dtype) -> None:
     """Outputs and every gradient of ``fast`` and ``ref`` on ``args`` agree to the dtype's tolerance, or raise."""
     # Identity hooks shield the smoke call's own autograd from a caller's: torch.utils.checkpoint's non-reentrant mode
-    # counts the tensors saved inside its region, and a process's first native call inside one ran this there
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False), \
-            torch.autograd.graph.saved_tensors_hooks(_same, _same):
+    # counts the tensors saved inside its region, and a process's first native call inside one ran this there. Inside a
+    # custom op's body the autograd dispatch keys are excluded and enable_grad alone records nothing: the smoke call
+    # failed there and marked the kernel unusable for the process (compile2), so the keys are switched back on.
+    with torch.inference_mode(False), eager_views_and_autograd(), torch.enable_grad(), \
+            torch.autocast("cpu", enabled=False), torch.autograd.graph.saved_tensors_hooks(_same, _same):
         outs = []
         for fn in (fast, ref):
             leaves = [a.clone().requires_grad_() for a in args]

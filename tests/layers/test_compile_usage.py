@@ -141,20 +141,23 @@ def test_a_compiled_inference_forward_reads_the_cached_kernel_and_sees_new_weigh
     assert layer._plan_cache._entry is not entry
 
 
-def test_a_compiled_inference_forward_keeps_one_graph_for_a_dynamic_length():
-    """Without a final or initial state the plan's shapes follow L (the kernel is (C, H, L)), so its op takes L
-    symbolically (``S4._plan_structure``): one graph serves every length within one attuned L_k = l_max·2^k (the
-    guard S4 always had), and the run-time lookup computes each length's kernel. l_max 32: L_k 128 for L 100, 256 for
-    150 and 200 (one graph), 512 for 257."""
+@pytest.mark.parametrize("with_state", [False, True])
+def test_a_compiled_inference_forward_keeps_one_graph_per_attuned_length(with_state):
+    """Without a final state the plan's shapes follow L alone (the kernel is (C, H, L)), with or without an initial
+    state, so its op takes L symbolically (``S4._plan_structure``; with an initial state L was specialised before: one
+    graph per length): one graph serves every length within one attuned L_k = l_max·2^k (the guard S4 always had), and
+    the run-time lookup computes each length's kernel. l_max 32: L_k 128 for L 100, 256 for 150 and 200 (one graph),
+    512 for 257: 3 graphs for 4 lengths."""
     torch._dynamo.reset()
     layer = _layer("s4")
     fresh = copy.deepcopy(layer)
-    counter = CompileCounterWithBackend("aot_eager")
+    counter = CompileCounterWithBackend("aot_eager" if not with_state else "eager")
     compiled = torch.compile(layer, backend=counter, fullgraph=True)
     with torch.no_grad():
         for L in LENGTHS:
             x = torch.randn(2, L, H, device=DEVICE)
-            assert rel_err(compiled(x, return_state=False)[0], fresh(x, return_state=False)[0]) < 1e-6
+            h0 = _state(layer) if with_state else None
+            assert rel_err(compiled(x, h0, return_state=False)[0], fresh(x, h0, return_state=False)[0]) < 1e-6
     assert counter.frame_count == 3
 
 
@@ -240,20 +243,3 @@ def test_a_chunked_scan_layer_compiles_once_per_octave_of_its_chunk_count(name, 
             y_ref, h_ref = fresh(x, h0)
             assert rel_err(y, y_ref) < 1e-5 and all(rel_err(a, b) < 1e-5 for a, b in zip(leaves(h), leaves(h_ref)))
     assert counter.frame_count == (3 if name == "mega" else 2)  # 5 before
-
-
-def test_a_compiled_s4_inference_forward_with_an_initial_state_keeps_one_graph_per_attuned_length():
-    """With an initial state (and no final state) the plan's shapes still follow L alone, so the compiled no-grad
-    forward takes L symbolically (before: one graph per length, L specialised): l_max 32 -> L_k 128, 256, 256, 512
-    for L 100, 150, 200, 257, i.e. 3 graphs for 4 lengths."""
-    torch._dynamo.reset()
-    layer = _layer("s4")
-    fresh = copy.deepcopy(layer)
-    counter = CompileCounterWithBackend("eager")
-    compiled = torch.compile(layer, backend=counter, fullgraph=True)
-    with torch.no_grad():
-        for L in LENGTHS:
-            x = torch.randn(2, L, H, device=DEVICE)
-            h0 = _state(layer)
-            assert rel_err(compiled(x, h0, return_state=False)[0], fresh(x, h0, return_state=False)[0]) < 1e-6
-    assert counter.frame_count == 3

@@ -142,13 +142,13 @@ def dense_state_tables(
     return DenseStateTables(W.to(dtype), A_T.to(dtype), A_L, L)
 
 
-def _chunk_sums_and_carry(u: Tensor, W: Tensor, A_T: Tensor) -> Tensor:
-    """Steps 2-3 of the module docstring: the state x_{L-1} from zeros, (H, B, N), from u (B, L, H) and the tables
-    W (H, N, T), A_T (H, N, N) (:class:`DenseStateTables`)."""
+def _chunk_sums(u: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 2 of the module docstring, the chunk sums S[h, b, c] = Σ_j W[h, :, T-1-j] u[b, cT+j, h] after front
+    zero-padding to n_chunks·T: (U (H, B·n_chunks, T), W_rev (H, T, N), S (H, B, n_chunks, N)) from u (B, L, H) and
+    W (H, N, T)."""
     Bsz, L, H = u.shape
     N, T = W.shape[1], W.shape[2]
     n_chunks = -(-L // T)
-    # 2. Chunk sums S[h, b, c] = Σ_j W[h, :, T-1-j] u[b, cT+j, h] after front zero-padding to n_chunks·T.
     u_pad = torch.nn.functional.pad(u, (0, 0, n_chunks * T - L, 0))  # (B, n_chunks·T, H)
     U = u_pad.reshape(Bsz * n_chunks, T, H).permute(2, 0, 1)  # (H, B·n_chunks, T)
     W_rev = W.flip(-1).transpose(1, 2)  # (H, T, N): row j holds Ā^{T-1-j} B̄
@@ -157,6 +157,14 @@ def _chunk_sums_and_carry(u: Tensor, W: Tensor, A_T: Tensor) -> Tensor:
         S = torch.view_as_complex(S.reshape(H, Bsz, n_chunks, N, 2))  # (H, B, n_chunks, N)
     else:
         S = torch.bmm(U, W_rev).reshape(H, Bsz, n_chunks, N)  # (H, B, n_chunks, N)
+    return U, W_rev, S
+
+
+def _chunk_sums_and_carry(u: Tensor, W: Tensor, A_T: Tensor) -> Tensor:
+    """Steps 2-3 of the module docstring: the state x_{L-1} from zeros, (H, B, N), from u (B, L, H) and the tables
+    W (H, N, T), A_T (H, N, N) (:class:`DenseStateTables`)."""
+    S = _chunk_sums(u, W)[2]  # (H, B, n_chunks, N)
+    n_chunks = S.shape[2]
     # 3. Carry across chunks: x_c = Ā^T x_{c-1} + S_c with x kept as rows, x_c = x_{c-1} (Ā^T)ᵀ + S_c: the (B, N) @
     #    (N, N) form runs 2.6x faster than (N, N) @ (N, B) in MKL's batched GEMM at B 8, N 64 (one contiguous copy
     #    of S makes every chunk's rows contiguous; unbind's backward is one stack, not a zero fill per chunk).
@@ -187,17 +195,16 @@ def _carry_backward(u: Tensor, W: Tensor, A_T: Tensor, g: Tensor) -> list[Tensor
     """[∂u (B, L, H), ∂W (H, N, T), ∂A_T (H, N, N)] of :func:`_chunk_sums_and_carry` (real tables) for the output's
     gradient g (H, B, N); zeros without any work when g is zero (a compiled graph's gradient of an unused state).
 
-    The carry in rows, x_0 = S_0 and x_c = x_{c-1} R + S_c with R = (Ā^T)ᵀ, gives g_{c-1} = g_c Rᵀ, ∂S_c = g_c, ∂R = Σ_{c>=1} x_{c-1}ᵀ g_c (one GEMM over the chunks, the states recomputed); then
-    the chunk sums' GEMM S = U W_rev: ∂W_rev = Uᵀ ∂S, ∂U = ∂S W_revᵀ."""
+    The carry in rows, x_0 = S_0 and x_c = x_{c-1} R + S_c with R = (Ā^T)ᵀ, gives g_{c-1} = g_c Rᵀ, ∂S_c = g_c,
+    ∂R = Σ_{c>=1} x_{c-1}ᵀ g_c (one GEMM over the chunks, the states recomputed); then the chunk sums' GEMM
+    S = U W_rev: ∂W_rev = Uᵀ ∂S, ∂U = ∂S W_revᵀ."""
     if absent_if_zero(g) is None:
         return [torch.zeros_like(u), torch.zeros_like(W), torch.zeros_like(A_T)]
     Bsz, L, H = u.shape
     N, T = W.shape[1], W.shape[2]
-    n_chunks = -(-L // T)
-    u_pad = torch.nn.functional.pad(u, (0, 0, n_chunks * T - L, 0))  # (B, n_chunks·T, H)
-    U = u_pad.reshape(Bsz * n_chunks, T, H).permute(2, 0, 1)  # (H, B·n_chunks, T)
-    W_rev = W.flip(-1).transpose(1, 2)  # (H, T, N)
-    S = torch.bmm(U, W_rev).reshape(H, Bsz, n_chunks, N).permute(2, 0, 1, 3)  # (n_chunks, H, B, N)
+    U, W_rev, S = _chunk_sums(u, W)  # (H, B·n_chunks, T), (H, T, N), (H, B, n_chunks, N)
+    n_chunks = S.shape[2]
+    S = S.permute(2, 0, 1, 3)  # (n_chunks, H, B, N)
     R = A_T.transpose(1, 2)  # (H, N, N)
     xs = [S[0]]  # x_c for c < n_chunks - 1, (H, B, N) each
     for c in range(1, n_chunks - 1):

@@ -127,6 +127,16 @@ def _conv_forward(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
     return [_from_spectrum(U * K_f, n, L), U, K_f]  # (B, L, H), spectra
 
 
+def _conv_grads(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: int, L: int, need_u: bool, need_k: bool
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(∂u (B, L, H), ∂k (H, n)) of ``_CircularConv`` from the spectra û (B, H, n//2 + 1), k̂ (H, n//2 + 1) and dy
+    (B, L, H); None for one not needed: du = irfft(conj(k̂) · dŷ), dk = irfft(Σ_b conj(û) · dŷ)."""
+    dY = _time_spectrum(dy, n)  # (B, H, n//2 + 1)
+    du = _from_spectrum(dY * K_f.conj(), n, L) if need_u else None  # (B, L, H)
+    dk = torch.fft.irfft((dY * U.conj()).sum(0), n=n) if need_k else None  # (H, n)
+    return du, dk
+
+
 def _conv_backward_fake(u, k, U, K_f, dy, need_u, need_k) -> list[torch.Tensor]:
     return [torch.empty_like(u), torch.empty_like(k)]
 
@@ -134,12 +144,10 @@ def _conv_backward_fake(u, k, U, K_f, dy, need_u, need_k) -> list[torch.Tensor]:
 @kernel_op("circular_conv_backward", _conv_backward_fake)
 def _conv_backward(u: torch.Tensor, k: torch.Tensor, U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor,
                    need_u: bool, need_k: bool) -> list[torch.Tensor]:
-    """[∂u (B, L, H), ∂k (H, n)] of ``_CircularConv`` (zeros for one not needed), without a graph."""
-    n, L = k.shape[-1], u.shape[1]
-    dY = _time_spectrum(dy, n)  # (B, H, n//2 + 1)
-    du = _from_spectrum(dY * K_f.conj(), n, L) if need_u else torch.zeros_like(u)  # (B, L, H)
-    dk = torch.fft.irfft((dY * U.conj()).sum(0), n=n) if need_k else torch.zeros_like(k)  # (H, n)
-    return [du, dk]
+    """[∂u (B, L, H), ∂k (H, n)] of ``_CircularConv`` by :func:`_conv_grads` (zeros for one not needed: an op returns
+    tensors), without a graph."""
+    du, dk = _conv_grads(U, K_f, dy, k.shape[-1], u.shape[1], need_u, need_k)
+    return [torch.zeros_like(u) if du is None else du, torch.zeros_like(k) if dk is None else dk]
 
 
 def _opaque(fn):
@@ -185,15 +193,13 @@ class _CircularConv(torch.autograd.Function):
             return None, None
         u, k, U, K_f = ctx.saved_tensors
         n, L = k.shape[-1], u.shape[1]
-        if torch.compiler.is_compiling() and custom_ops_allowed() and not torch.is_grad_enabled():
-            du, dk = _conv_backward(u, k, U, K_f, dy, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-            return (du if ctx.needs_input_grad[0] else None), (dk if ctx.needs_input_grad[1] else None)
+        need_u, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # create_graph=True: spectra with history, for second derivatives
             U, K_f = _time_spectrum(u, n), torch.fft.rfft(k)
-        dY = _time_spectrum(dy, n)  # (B, H, n//2 + 1)
-        du = _from_spectrum(dY * K_f.conj(), n, L) if ctx.needs_input_grad[0] else None  # (B, L, H)
-        dk = torch.fft.irfft((dY * U.conj()).sum(0), n=n) if ctx.needs_input_grad[1] else None  # (H, n)
-        return du, dk
+        elif torch.compiler.is_compiling() and custom_ops_allowed():  # one op in a compiled graph (see _opaque)
+            du, dk = _conv_backward(u, k, U, K_f, dy, need_u, need_k)
+            return (du if need_u else None), (dk if need_k else None)
+        return _conv_grads(U, K_f, dy, n, L, need_u, need_k)
 
 
 def _circular_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

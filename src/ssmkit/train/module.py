@@ -169,9 +169,9 @@ class SequenceLightningModule(pl.LightningModule):
         on the module's device (NCCL gathers CUDA tensors only)."""
         import torch.distributed as dist
 
-        local = state.to(self.device)
         if not (dist.is_available() and dist.is_initialized()):
             return state[None]
+        local = state.to(self.device)
         rows = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(rows, local)
         return torch.stack(rows).cpu()

@@ -11,6 +11,7 @@ import torch
 import ssmkit.layers as layers
 from ssmkit.analysis.commands import load_model
 from ssmkit.cli import main as cli_main
+from tests.conftest import rel_err
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +129,27 @@ def test_analyze_a_deep_wiener_file(tmp_path):
     assert cli_main(["analyze", str(tmp_path / "model.pt"), "--out", str(tmp_path / "a"), "--no-plots"]) == 0
     record = json.load(open(tmp_path / "a" / "analysis.json"))
     assert record["dt"] == 0.004 and [l["name"] for l in record["layers"]] == ["layers.0", "layers.1"]
+
+
+def test_analyze_writes_the_onnx_graphs_of_a_deep_wiener(tmp_path, capsys):
+    """``--onnx``: step.onnx and sequence.onnx beside the report; onnxruntime's sequence output equals the model's."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ssmkit.sysid.wiener import DeepWiener
+
+    arguments = {"n_inputs": 1, "n_outputs": 1, "d_model": 3, "n_layers": 2, "layer": "s4d",
+                 "layer_options": {"d_state": 4}, "dt": 0.004}
+    torch.manual_seed(0)
+    model = DeepWiener(**arguments).eval()
+    torch.save({"deep_wiener": arguments, "state_dict": model.state_dict()}, tmp_path / "model.pt")
+    assert cli_main(["analyze", str(tmp_path / "model.pt"), "--out", str(tmp_path / "a"), "--no-plots",
+                     "--onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "step.onnx: inputs u, state_0 (B, 3, 2, 2), state_1 (B, 3, 2, 2)" in printed and "sequence.onnx" in printed
+    u = torch.randn(1, 90, 1)
+    with torch.no_grad():
+        want, _ = model(u)
+    session = ort.InferenceSession(str(tmp_path / "a" / "sequence.onnx"), providers=["CPUExecutionProvider"])
+    zeros = {f"state_{i}": torch.zeros(1, 3, 2, 2).numpy() for i in range(2)}
+    got = torch.from_numpy(session.run(None, {"u": u.numpy(), **zeros})[0])
+    assert rel_err(got, want) <= 1e-5

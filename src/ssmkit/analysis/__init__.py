@@ -6,6 +6,7 @@
     layerwise.py    every LTI layer of a model: poles (discrete, continuous), margin, time constants, DC gain, H∞
     plots.py        PNG figures (poles, Bode, impulse/step responses, kernels); report.py: summary.md + JSON + PNGs
     onnx_export.py  a model's one-step function as an ONNX graph in real arithmetic (embedded controllers)
+    onnx_sequence.py  a model's whole-sequence forward as an ONNX graph for any length (real chunked scans)
     zoo.py          the control-theoretic table of the registered layers (``ssmkit zoo``)
     commands.py     ``ssmkit analyze`` and ``ssmkit zoo``
 
@@ -23,6 +24,7 @@ from ssmkit.analysis.frequency import (
 from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers
 from ssmkit.analysis.norms import hinf_norm, sigma_max
 from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
+from ssmkit.analysis.onnx_sequence import RealLTISequence, export_onnx_sequence, real_sequence_model
 from ssmkit.analysis.report import write_report
 from ssmkit.analysis.statespace import StateSpace
 from ssmkit.analysis.zoo import pole_statistics, zoo_table
@@ -30,17 +32,20 @@ from ssmkit.analysis.zoo import pole_statistics, zoo_table
 __all__ = [
     "LayerAnalysis",
     "OnnxExport",
+    "RealLTISequence",
     "RealLTIStep",
     "SchurForm",
     "StateSpace",
     "analyze_model",
     "export_onnx",
+    "export_onnx_sequence",
     "hinf_norm",
     "lti_layers",
     "modal_transfer",
     "onnx_state",
     "physical_transfer",
     "pole_statistics",
+    "real_sequence_model",
     "real_step_model",
     "schur_form",
     "schur_transfer",

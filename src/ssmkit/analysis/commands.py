@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 __all__ = ["analyze_main", "load_model", "zoo_main"]
 
@@ -97,6 +98,10 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
                         "which --dt may not contradict; else 1 = samples)")
     parser.add_argument("--channels", type=int, default=8, help="channels per layer in the figures (default 8)")
     parser.add_argument("--no-plots", dest="no_plots", action="store_true", help="write summary.md and analysis.json only")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write the model as ONNX graphs into the output folder: step.onnx (one step, for a "
+                        "controller) and sequence.onnx (a whole sequence of any length), in real arithmetic; needs "
+                        "ssmkit[onnx]")
     args = parser.parse_args(argv)
     if args.dt is not None and not args.dt > 0:
         parser.error(f"--dt must be > 0; got {args.dt}")
@@ -114,6 +119,22 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
     with open(paths["summary"]) as f:
         print(f.read(), end="")
     print(f"analysis in {out}: " + ", ".join(os.path.basename(p) for p in paths.values()))
+    return _write_onnx(model, out) if args.onnx else 0
+
+
+def _write_onnx(model, out: str) -> int:
+    """Write step.onnx and sequence.onnx into ``out`` and print their inputs; 1 (and the reason) if one fails."""
+    from ssmkit.analysis.onnx_export import export_onnx
+    from ssmkit.analysis.onnx_sequence import export_onnx_sequence
+
+    for name, export in (("step.onnx", export_onnx), ("sequence.onnx", export_onnx_sequence)):
+        try:
+            info = export(model, os.path.join(out, name))
+        except (NotImplementedError, ImportError) as err:
+            print(f"{name} not written: {err}", file=sys.stderr)
+            return 1
+        shapes = ", ".join(f"{n} (B, {', '.join(map(str, s))})" for n, s in zip(info.state_names, info.state_shapes))
+        print(f"{info.path}: inputs {info.input_name}, {shapes or 'no state'}; outputs {', '.join(info.output_names)}")
     return 0
 
 

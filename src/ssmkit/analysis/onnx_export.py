@@ -164,6 +164,12 @@ def real_step_model(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: a layer's parameters are float16/bfloat16 (as its ``step`` does; convert with ``.float()``).
     """
+    return _replace_lti_layers(model, lambda system, dtype: RealLTIStep(system, dtype=dtype))
+
+
+def _replace_lti_layers(model: nn.Module, make) -> nn.Module:
+    """A copy of ``model`` (eval mode, no ``check_finite``) with each outer LTI layer replaced by
+    ``make(layer.state_space(), dtype)`` on the layer's device (`real_step_model`)."""
     for _, layer in _outer_layers(model):
         # as the layer's own step: half-precision weights are refused (their state_space() alone is computed, in
         # float64; a float16 graph ran the recurrence in float16, 1.5e-3 off the same weights in float32 at step 20)
@@ -173,7 +179,7 @@ def real_step_model(model: nn.Module) -> nn.Module:
         copied.check_finite = False
     for name, layer in _outer_lti_layers(copied):
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
-        replacement = RealLTIStep(layer.state_space(), dtype=dtype).to(layer.state_device())
+        replacement = make(layer.state_space(), dtype).to(layer.state_device())
         if not name:
             return replacement
         parent_name, _, child = name.rpartition(".")

@@ -22,8 +22,17 @@ except ImportError:  # pragma: no cover - torch without the op
     _scan_op = None
 
 
-def scan(step, init: torch.Tensor, xs: tuple[torch.Tensor, ...], *, dim: int = 0, reverse: bool = False):
-    """The ``scan`` higher-order op of torch: carry, y_t = step(carry, (x_t for x in xs)) along ``dim`` of every x.
+def scan(
+    step,
+    init: torch.Tensor,
+    xs: tuple[torch.Tensor, ...],
+    *,
+    dim: int = 0,
+    reverse: bool = False,
+    constants: tuple[torch.Tensor, ...] = (),
+):
+    """The ``scan`` higher-order op of torch: carry, y_t = step(carry, (x_t for x in xs)) along ``dim`` of every x
+    (``step(carry, x_t, constants)`` when ``constants`` are given).
 
     torch's public wrapper (``torch._higher_order_ops.scan.scan``) compiles a nested function with dynamo at every
     call, and dynamo keeps that function's guards across calls: a second export in the same process (another batch
@@ -37,6 +46,8 @@ def scan(step, init: torch.Tensor, xs: tuple[torch.Tensor, ...], *, dim: int = 0
         xs: the scanned inputs, each with the scanned axis at ``dim`` (one length).
         dim: the scanned axis (non-negative).
         reverse: from the last index down to the first (y keeps the input order).
+        constants: tensors the step reads at every index (the op's additional inputs): a tensor the step closes
+            over instead failed ONNX conversion ("Attempting to use FunctionalTensor on its own").
 
     Returns:
         the last carry, and the y_t stacked along ``dim``.
@@ -50,10 +61,13 @@ def scan(step, init: torch.Tensor, xs: tuple[torch.Tensor, ...], *, dim: int = 0
     if reverse:
         xs = [x.flip(0) for x in xs]
 
-    def flat(carry, *x):
-        return list(step(carry, x))
+    n_xs = len(xs)
 
-    last, ys = _scan_op(flat, [init], xs, additional_inputs=())
+    def flat(carry, *args):
+        x, consts = args[:n_xs], args[n_xs:]
+        return list(step(carry, x, consts) if constants else step(carry, x))
+
+    last, ys = _scan_op(flat, [init], xs, additional_inputs=tuple(constants))
     ys = ys.flip(0) if reverse else ys
     return last, (ys.movedim(0, dim) if dim else ys)
 

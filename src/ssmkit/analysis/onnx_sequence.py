@@ -1,0 +1,328 @@
+"""Export of a model's whole-sequence forward to ONNX with a dynamic sequence length, in real arithmetic.
+
+    info = ssmkit.analysis.export_onnx_sequence(model, "simulator.onnx")   # a SequenceModel or a DeepWiener
+    session = onnxruntime.InferenceSession("simulator.onnx")
+    y, *state = session.run(None, {"u": u, **dict(zip(info.state_names, info.initial_state(batch_size=1)))})
+
+The graph computes ``y, state' = model(u, state)`` for any batch size and any length L (u: (B, L, m)). ONNX has no
+complex tensors, and torch cannot trace a complex modal layer's scan into one, so every LTI layer
+(``supports("state_space")``: S4D, DSS, DLR, S5, LRU, EMA, S4) is replaced by `RealLTISequence`, its exported
+realisation x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (``layer.state_space()``) written as real matrices
+and run by the chunked algorithm of arXiv 2405.21060 §6 (the "SSD" form of the diagonal scan). Per chunk of T steps,
+from the state x_c before the chunk:
+
+    y_t = C A^t x_c + Σ_{s≤t} K_{t-s} u_s        (K_0 = D, K_j = C A^{j-1} B: the Markov parameters)
+    x_{c+1} = A^T x_c + Σ_s A^{T-1-s} B u_s
+
+Every chunk's Toeplitz product and input-to-state product is one batched GEMM over all chunks; the carry across the
+L/T chunks is one ``scan`` op (an ONNX ``Scan``) whose body is one GEMM. The last chunk is padded with zeros; its
+real steps r (1..T) enter the final state as numbers, not as slices: x[L] = A^r x_c + Σ_{s<r} A^{r-1-s} B u_s,
+with A^r from the squarings A^{2^k} selected by the bits of r.
+
+The states are those of `RealLTIStep` (the step graph of `export_onnx`): the same layout, so `onnx_state` maps a
+``forward`` state onto this graph too, and a simulation may go on in the step graph from where this one stopped.
+The other layers (gated mixers) keep their own ``forward``, exported as traced: Mamba, Mamba-2, RG-LRU and
+attention convert; a layer whose state is complex or whose forward the exporter cannot convert makes
+`export_onnx_sequence` raise ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmkit.analysis.onnx_export import (
+    OnnxExport,
+    RealLTIStep,
+    _example_input,
+    _flatten,
+    _replace_lti_layers,
+    _unflatten,
+)
+from ssmkit.analysis.statespace import StateSpace
+from ssmkit.ops.symbolic import chunk_count, keep_first, scan, symbolic_length
+
+__all__ = ["RealLTISequence", "SequenceFunction", "export_onnx_sequence", "real_sequence_model"]
+
+
+def _real_matrices(step: RealLTIStep) -> tuple[np.ndarray, ...]:
+    """(A (G, n, n), B (G, n, m), C (G, p, n), D (G, p, m)) float64 in the basis of ``step``'s state, flattened per
+    group: a modal state (G, M, 2) becomes n = 2M entries (Re x_k, Im x_k) in mode order."""
+    get = lambda name: getattr(step, name).detach().double().cpu().numpy()  # noqa: E731
+    D = get("D")
+    if step.kind == "diagonal":
+        a = get("a")
+        return np.einsum("gi,ij->gij", a, np.eye(a.shape[1])), get("B"), get("C"), D
+    if step.kind == "dense":
+        return get("A"), get("B"), get("C"), D
+    lr, li = get("lam_re"), get("lam_im")  # (G, M)
+    G, M = lr.shape
+    A = np.zeros((G, M, 2, M, 2))
+    k = np.arange(M)
+    A[:, k, 0, k, 0], A[:, k, 0, k, 1] = lr, -li  # Re x' = Re λ Re x - Im λ Im x
+    A[:, k, 1, k, 0], A[:, k, 1, k, 1] = li, lr  # Im x' = Im λ Re x + Re λ Im x
+    B = np.stack([get("B_re"), get("B_im")], axis=2).reshape(G, 2 * M, -1)  # (G, M, 2, m) -> (G, 2M, m)
+    C = np.stack([get("C_re"), -get("C_im")], axis=3).reshape(G, -1, 2 * M)  # y = C_re Re x - C_im Im x
+    return A.reshape(G, 2 * M, 2 * M), B, C, D
+
+
+def default_chunk(m: int, p: int) -> int:
+    """The chunk length T: 64 for single-input single-output groups (the diagonal scan's CPU optimum), 8 otherwise.
+
+    The Toeplitz GEMM costs T·m·p per step and the carry one n×n product per chunk: for MIMO groups (S5, LRU:
+    m = p = H) a long chunk would cost T·H² per step, more than the recurrence's ~2nH.
+
+    Args:
+        m: inputs per group.
+        p: outputs per group.
+
+    Returns:
+        T.
+    """
+    return 64 if m * p == 1 else 8
+
+
+class RealLTISequence(RealLTIStep):
+    """A whole sequence of an LTI layer's exported realisation in real arithmetic, for any L (module docstring).
+
+    Its ``step``, ``initial_state`` and state layout are `RealLTIStep`'s; ``forward`` runs the chunked algorithm from
+    precomputed real operators (computed in float64 from the realisation, stored in ``dtype``).
+
+    Args:
+        system: the layer's ``state_space()`` (G systems, m inputs, p outputs each).
+        dtype: real dtype of the operators and the state (float32 or float64).
+        chunk_size: T, or None for `default_chunk`.
+    """
+
+    def __init__(self, system: StateSpace, dtype: torch.dtype = torch.float32, chunk_size: int | None = None) -> None:
+        super().__init__(system, dtype=dtype)
+        A, B, C, D = _real_matrices(RealLTIStep(system, dtype=torch.float64))
+        G, n, m = B.shape
+        p = C.shape[1]
+        T = default_chunk(m, p) if chunk_size is None else chunk_size
+        if not (isinstance(T, int) and T >= 1):
+            raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
+        self.T, self.n_real = T, n
+        powers = [np.broadcast_to(np.eye(n), (G, n, n))]  # A^j, j = 0..T
+        for _ in range(T):
+            powers.append(powers[-1] @ A)
+        P = np.stack([powers[j] @ B for j in range(T)], axis=1)  # (G, T, n, m): A^j B
+        K = np.concatenate([D[:, None], np.einsum("gpn,gjnm->gjpm", C, P[:, : T - 1])], axis=1)  # (G, T, p, m)
+        toeplitz = np.zeros((G, T, m, T, p))  # [g, s, i, t, o] = K_{t-s}[o, i] for t >= s
+        for s in range(T):
+            toeplitz[:, s, :, s:, :] = K[:, : T - s].transpose(0, 3, 1, 2)
+        to_state = P[:, ::-1].transpose(0, 1, 3, 2)  # (G, T, m, n): [g, s, i] = (A^{T-1-s} B)[:, i]
+        from_state = np.stack([C @ powers[t] for t in range(T)], axis=1).transpose(0, 3, 1, 2)  # (G, n, T, p)
+        squarings = [A]  # A^{2^k}, k = 0..K-1, enough bits for r <= T
+        while len(squarings) < T.bit_length():
+            squarings.append(squarings[-1] @ squarings[-1])
+        as_t = lambda a: torch.tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+        self.register_buffer("toeplitz", as_t(toeplitz.reshape(G, T * m, T * p)))
+        self.register_buffer("to_state", as_t(to_state.reshape(G, T * m, n)))
+        self.register_buffer("from_state", as_t(from_state.reshape(G, n, T * p)))
+        self.register_buffer("carry_T", as_t(powers[T].transpose(0, 2, 1)))  # (G, n, n): h @ (A^T)ᵀ
+        self.register_buffer("tail_in", as_t(P))  # (G, T, n, m)
+        self.register_buffer("squarings", as_t(np.stack(squarings, 1).transpose(0, 1, 3, 2)))  # (G, K, n, n), ᵀ
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, return_state: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, L, G·m) -> y (B, L, G·p) and the final state, from ``state`` (None: zeros).
+
+        Args:
+            x: (B, L, G·m) input.
+            state: (B, *state_shape()) or None.
+            return_state: also compute the final state.
+
+        Returns:
+            y (B, L, G·p) in x's dtype, and the final state (B, *state_shape()) (None when not asked for).
+        """
+        G, m, p, n, T = self.G, self.m, self.p, self.n_real, self.T
+        if x.dim() != 3 or x.shape[-1] != G * m:
+            raise ValueError(f"x must be (B, L, {G * m}); got {tuple(x.shape)}")
+        Bsz, L, _ = x.shape
+        symbolic = symbolic_length(L)
+        nc = chunk_count(L, T)  # while exporting with a symbolic L, one more chunk, all padding (ops/symbolic.py)
+        last = -2 if symbolic else -1  # the last chunk with real steps
+        r = L - (nc + last) * T  # its real steps, 1..T
+        u = F.pad(x.to(self.dtype), (0, 0, 0, nc * T - L))  # (B, nc·T, G·m); zeros after the end
+        u_c = u.reshape(Bsz * nc, T, G, m).permute(2, 0, 1, 3).contiguous().reshape(G, Bsz * nc, T * m)  # (G, B·nc, T·m)
+        y = torch.bmm(u_c, self.toeplitz)  # (G, B·nc, T·p): Σ_{s≤t} K_{t-s} u_s
+        z = torch.bmm(u_c, self.to_state).reshape(G, Bsz, nc, n)  # (G, B, nc, n): Σ_s A^{T-1-s} B u_s
+        h0 = (state.to(self.dtype).reshape(Bsz, G, n).transpose(0, 1).contiguous() if state is not None
+              else torch.zeros(G, Bsz, n, dtype=self.dtype, device=x.device))  # (G, B, n)
+        before = self._carry(z, h0, symbolic)  # (G, B, nc, n): the state before each chunk
+        y = torch.baddbmm(y, before.reshape(G, Bsz * nc, n), self.from_state)  # + C A^t x_c
+        y = y.reshape(G, Bsz, nc * T, p).permute(1, 2, 0, 3).contiguous().reshape(Bsz, nc * T, G * p)
+        y = keep_first(y, 1, L).to(x.dtype)  # (B, L, G·p)
+        if not return_state:
+            return y, None
+        u_tail = u.reshape(Bsz, nc, T, G, m)[:, last].permute(2, 0, 1, 3)  # (G, B, T, m)
+        h = self._tail(before[:, :, last], u_tail, r)  # (G, B, n)
+        return y, h.transpose(0, 1).reshape((Bsz,) + self.state_shape())
+
+    def _carry(self, z: torch.Tensor, h0: torch.Tensor, symbolic: bool) -> torch.Tensor:
+        """The states before the chunks, x_{c+1} = A^T x_c + z_c from x_0 = h0: (G, B, nc, n)."""
+        if symbolic:  # one scan op over the symbolic chunk count (an ONNX Scan)
+            def body(h, zs, consts):
+                return torch.baddbmm(zs[0], h, consts[0]), h.clone()  # (the output may not alias the carry)
+
+            # the carry must keep its strides, also those of a size-1 axis (G = 1): the standard ones, in and out
+            h0 = torch.empty(h0.shape, dtype=h0.dtype, device=h0.device).copy_(h0)
+            return scan(body, h0, (z.clone(),), dim=2, constants=(self.carry_T,))[1]
+        states = [h0]
+        for c in range(z.shape[2] - 1):
+            states.append(torch.baddbmm(z[:, :, c], states[-1], self.carry_T))
+        return torch.stack(states, dim=2)
+
+    def _tail(self, h: torch.Tensor, u_tail: torch.Tensor, r) -> torch.Tensor:
+        """The state after the first r steps of a chunk, A^r h + Σ_{s<r} A^{r-1-s} B u_s, for an int or symbolic r.
+
+        Args:
+            h: (G, B, n) the state before the chunk.
+            u_tail: (G, B, T, m) the chunk's inputs (zeros after r).
+            r: 1..T.
+
+        Returns:
+            (G, B, n).
+        """
+        e = r - 1 - torch.arange(self.T, device=h.device)  # (T,): r-1-s, a tensor also for a symbolic r
+        weights = torch.where((e >= 0)[None, :, None, None], self.tail_in[:, e.clamp(min=0)], 0)  # (G, T, n, m)
+        h_in = torch.einsum("gtnm,gbtm->gbn", weights, u_tail)
+        r_t = e[0] + 1  # () r as a tensor
+        for k in range(self.squarings.shape[1]):  # A^r h = Π_k (A^{2^k})^{bit k of r} h
+            bit = torch.bitwise_and(torch.bitwise_right_shift(r_t, k), 1) == 1
+            h = torch.where(bit, torch.bmm(h, self.squarings[:, k]), h)
+        return h + h_in
+
+
+def real_sequence_model(model: nn.Module, chunk_size: int | None = None) -> nn.Module:
+    """A copy of ``model`` (eval mode) whose LTI layers are replaced by their `RealLTISequence`: its ``forward``,
+    ``step`` and ``initial_state`` then use real states only, and equal the model's.
+
+    Args:
+        model: a SequenceModel, a DeepWiener or any module whose ``forward(u, state)`` calls its layers.
+        chunk_size: T of every replaced layer, or None for `default_chunk`.
+
+    Returns:
+        the converted copy (the original is untouched), without a SequenceModel's ``check_finite``.
+
+    Raises:
+        ValueError: a layer's parameters are float16/bfloat16 (convert with ``.float()``).
+    """
+    return _replace_lti_layers(model, lambda system, dtype: RealLTISequence(system, dtype, chunk_size))
+
+
+class SequenceFunction(nn.Module):
+    """``(u, *state parts) -> (y, *final state parts)``: a model's forward with a flat list of real state tensors.
+
+    Args:
+        model: a model with ``forward(u, state, return_state=True)`` and ``initial_state(batch_size)``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._template = model.initial_state(1)
+
+    def forward(self, u: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A whole sequence: u (B, L, m) (or token ids (B, L)) and the flat state parts -> y and the final parts."""
+        structured, _ = _unflatten(self._template, list(state))
+        y, new = self.model(u, structured, return_state=True)
+        return (y, *_flatten(new))
+
+
+def export_onnx_sequence(
+    model: nn.Module,
+    path: str,
+    batch_size: int | None = None,
+    max_length: int = 1 << 24,
+    chunk_size: int | None = None,
+    opset_version: int = 18,
+) -> OnnxExport:
+    """Write ``model``'s forward as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` for any sequence
+    length in [2, max_length] (module docstring), with a dynamic batch axis unless ``batch_size`` is given.
+
+    Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
+
+    Args:
+        model: a SequenceModel (real inputs (B, L, d_input) or token ids (B, L)) or a DeepWiener.
+        path: the ONNX file to write.
+        batch_size: None (default) for a dynamic batch axis; an int B fixes it.
+        max_length: the longest L the graph declares (torch.export's range of the length axis).
+        chunk_size: T of the LTI layers' chunked algorithm, or None for `default_chunk`.
+        opset_version: the ONNX opset.
+
+    Returns:
+        an :class:`OnnxExport` describing the graph (its states are the step graph's, `onnx_state` maps a model
+        state onto them).
+
+    Raises:
+        NotImplementedError: a layer's state is complex or its forward could not be converted (the message names it).
+    """
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
+    if not (isinstance(max_length, int) and max_length >= 3):
+        raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
+    converted = real_sequence_model(model, chunk_size)
+    example_b = batch_size or 2  # torch.export specialises a size-1 axis
+    example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
+    step_input = _example_input(model, example_b)
+    u = step_input[:, None].expand((example_b, example_l) + tuple(step_input.shape[1:])).contiguous()
+    fn = SequenceFunction(converted).eval()
+    state = _flatten(converted.initial_state(example_b))
+    for i, part in enumerate(state):
+        if 0 in part.shape or part.is_complex():
+            what = "a growing axis (a key/value cache or a long-convolution history)" if 0 in part.shape else "complex"
+            raise NotImplementedError(f"state part {i} {tuple(part.shape)} is {what}: an ONNX graph cannot hold it")
+    names = tuple(f"state_{i}" for i in range(len(state)))
+    outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
+    length = torch.export.Dim("length", min=2, max=max_length)
+    batch = torch.export.Dim("batch") if batch_size is None else None
+    dims_u = {1: length} if batch is None else {0: batch, 1: length}
+    dynamic = (dims_u, tuple({0: batch} if batch is not None else {} for _ in state))
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")  # renamed once whole and checked
+    try:
+        with torch.no_grad():  # (with autograd on, torch traced the scan op's autograd form, which failed on Mamba's)
+            try:
+                torch.onnx.export(fn, (u, *state), str(partial), input_names=["u", *names],
+                                  output_names=list(outputs), opset_version=opset_version, dynamo=True,
+                                  external_data=False, optimize=True, verbose=False, dynamic_shapes=dynamic)
+            except ImportError:
+                raise
+            except Exception as err:  # the exporter's own errors name the op it could not convert
+                raise NotImplementedError(
+                    f"{type(model).__name__}'s forward could not be exported to ONNX: {err}"
+                ) from err
+        _check_dynamic_length(partial, type(model).__name__)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return OnnxExport(
+        path=str(path), input_name="u", state_names=names, output_names=outputs,
+        state_shapes=tuple(tuple(p.shape[1:]) for p in state),
+        state_dtypes=tuple(np.dtype(str(p.dtype).removeprefix("torch.")) for p in state),
+        batch_size=batch_size,
+    )
+
+
+def _check_dynamic_length(path: Path, name: str) -> None:
+    """Raise unless the graph's input ``u`` has a symbolic length axis.
+
+    When torch.export cannot keep L symbolic, the ONNX exporter falls back to a draft export that specialises L to the
+    example's length and writes a graph for that one length, with a warning only.
+    """
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    if len(dims) < 2 or not dims[1].dim_param:
+        raise NotImplementedError(
+            f"{name}'s forward was exported for one sequence length only ({dims[1].dim_value if len(dims) > 1 else '?'}): "
+            "a layer's forward branches on L; export the step with export_onnx instead"
+        )

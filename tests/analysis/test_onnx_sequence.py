@@ -1,0 +1,175 @@
+"""The whole-sequence forward in real arithmetic (`RealLTISequence`) and its ONNX graph for any length.
+
+Every LTI layer that registers (``supports("state_space")``) is checked eagerly against its own ``forward`` in
+float64, across chunk boundaries, from zero and from a forward state; the ONNX graph is run by onnxruntime for the
+four realisation kinds (modal SISO, modal MIMO, dense, real diagonal) and for a model with a gated mixer, at lengths
+and batch sizes other than the traced ones, and its final state is continued by the step graph of `export_onnx`.
+"""
+
+import pytest
+import torch
+
+from ssmkit import layers
+from ssmkit.analysis.onnx_export import export_onnx, onnx_state
+from ssmkit.analysis.onnx_sequence import RealLTISequence, _check_dynamic_length, export_onnx_sequence, real_sequence_model
+from ssmkit.models import SequenceModel
+from ssmkit.sysid import DeepWiener
+from tests.conftest import H, NEEDED_AT_TINY_WIDTH, make_layer, rel_err, variants
+
+LTI = sorted(name for name in layers.available() if make_layer(name).supports("state_space"))
+
+
+def _model(name: str, dtype: torch.dtype, options: dict | None = None) -> SequenceModel:
+    torch.manual_seed(0)
+    opts = {**NEEDED_AT_TINY_WIDTH.get(name, {}), **(variants(name)[0] if options is None else options)}
+    # tanh, not GELU: onnxruntime's CPU provider has no float64 Erf
+    return SequenceModel(d_input=2, d_model=H + 1, n_layers=2, layer=name, layer_options=opts, d_output=3,
+                         head="regress", pool=None, activation="tanh", dtype=dtype).eval()
+
+
+def _same_states(got: list, want: list) -> float:
+    return max(rel_err(torch.as_tensor(g), torch.as_tensor(w)) for g, w in zip(got, want))
+
+
+def test_the_lti_layers_are_found():
+    assert {"s4", "s4d", "s5", "lru", "ema"} <= set(LTI)
+
+
+@pytest.mark.parametrize("name", LTI)
+def test_real_sequence_equals_the_layer_forward_for_every_variant(name):
+    """float64, lengths across the chunk boundaries (T = 64 for SISO, 8 for MIMO), from rest and from a state."""
+    for opts in variants(name):
+        layer = make_layer(name, opts, dtype=torch.float64).eval()
+        real = RealLTISequence(layer.state_space(), dtype=torch.float64).to(layer.state_device())
+        x = torch.randn(2, 203, H, dtype=torch.float64, device=layer.state_device())
+        with torch.no_grad():
+            _, s = layer(x[:, :77])
+            for L in (1, 7, 8, 9, 64, 65, 126):
+                for state in (None, s):
+                    y, h = layer(x[:, 77 : 77 + L], state)
+                    got_y, got_h = real(x[:, 77 : 77 + L], onnx_state_of(layer, state))
+                    assert rel_err(got_y, y) <= 1e-11, (opts, L, rel_err(got_y, y))
+                    assert rel_err(got_h, onnx_state_of(layer, h)) <= 1e-11, (opts, L)
+
+
+def onnx_state_of(layer, state):
+    """The layer's state in the real layout of the exported graphs (or None)."""
+    if state is None:
+        return None
+    part = onnx_state(_Single(layer), [state])[0]
+    return torch.from_numpy(part).to(layer.state_device())
+
+
+class _Single(torch.nn.Module):
+    """A one-layer model, for `onnx_state`."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64])
+def test_any_chunk_length_gives_the_same_sequence(chunk_size):
+    model = _model("s4d", torch.float64)
+    real = real_sequence_model(model, chunk_size=chunk_size)
+    x = torch.randn(3, 131, 2, dtype=torch.float64)
+    with torch.no_grad():
+        (y, s), (got_y, got_s) = model(x), real(x)
+    assert rel_err(got_y, y) <= 1e-12
+    assert _same_states([t.reshape(t.shape[0], -1) for t in got_s], [torch.from_numpy(p).reshape(3, -1)
+                                                                     for p in onnx_state(model, s)]) <= 1e-12
+
+
+def test_bad_input_and_options_are_refused():
+    layer = make_layer("s4d")
+    with pytest.raises(ValueError, match="chunk_size"):
+        RealLTISequence(layer.state_space(), dtype=torch.float64, chunk_size=0)
+    real = RealLTISequence(layer.state_space(), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\(B, L, 3\)"):
+        real(torch.randn(2, 5, H + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="max_length"):
+        export_onnx_sequence(_model("s4d", torch.float32), "unused.onnx", max_length=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        export_onnx_sequence(_model("s4d", torch.float32), "unused.onnx", batch_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# onnxruntime
+
+
+def _session(path: str):
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def _run(session, info, u: torch.Tensor, parts: list) -> tuple[torch.Tensor, list]:
+    y, *final = session.run(None, {info.input_name: u.numpy(), **dict(zip(info.state_names, parts))})
+    return torch.from_numpy(y), final
+
+
+@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "ema"])
+def test_onnx_sequence_graph_runs_every_length_and_batch(tmp_path, name):
+    """One graph (traced at B 2, L 2T + 3), run at other lengths and batch sizes, from rest and from a forward state:
+    float32 outputs and final states within 1e-5 of the model's."""
+    pytest.importorskip("onnxscript")
+    model = _model(name, torch.float32)
+    info = export_onnx_sequence(model, str(tmp_path / f"{name}.onnx"))
+    assert not list(tmp_path.glob(".*partial"))  # written under a temporary name, then renamed
+    session = _session(info.path)
+    for B, L in ((1, 2), (3, 64), (2, 65), (1, 700)):
+        u, more = torch.randn(B, L, 2), torch.randn(B, 9, 2)
+        with torch.no_grad():
+            y, s = model(u)
+            y_more, s_more = model(more, s)
+        got, final = _run(session, info, u, info.initial_state(B))
+        assert rel_err(got, y) <= 1e-5 and _same_states(final, onnx_state(model, s)) <= 1e-5, (B, L)
+        got, final = _run(session, info, more, onnx_state(model, s))  # continued from the model's own state
+        assert rel_err(got, y_more) <= 1e-5 and _same_states(final, onnx_state(model, s_more)) <= 1e-5, (B, L)
+
+
+def test_a_deep_wiener_simulates_in_onnx_and_the_step_graph_continues(tmp_path):
+    """float64 DeepWiener (S4D): the sequence graph simulates a record, the step graph of `export_onnx` carries on
+    from the sequence graph's final state, and both equal the model's own forward."""
+    torch.manual_seed(0)
+    model = DeepWiener(n_inputs=1, n_outputs=1, d_model=4, n_layers=2, layer="s4d",
+                       layer_options={"d_state": 8}, dtype=torch.float64).eval()
+    u = torch.randn(1, 300, 1, dtype=torch.float64)
+    with torch.no_grad():
+        want, _ = model(u)
+    sequence = export_onnx_sequence(model, str(tmp_path / "simulate.onnx"))
+    step = export_onnx(model, str(tmp_path / "step.onnx"))
+    seq_session = _session(sequence.path)
+    step_session = _session(step.path)
+    got, parts = _run(seq_session, sequence, u[:, :250], sequence.initial_state(1))
+    tail = []
+    for t in range(250, 300):
+        y, *parts = step_session.run(None, {step.input_name: u[:, t].numpy(), **dict(zip(step.state_names, parts))})
+        tail.append(torch.from_numpy(y))
+    assert rel_err(torch.cat([got, torch.stack(tail, 1)], 1), want) <= 1e-10
+
+
+def test_a_gated_mixer_keeps_its_own_forward_in_the_graph(tmp_path):
+    """Mamba has no state-space realisation: its traced forward goes into the graph as it is, with its state."""
+    model = _model("mamba", torch.float32)
+    info = export_onnx_sequence(model, str(tmp_path / "mamba.onnx"))
+    session = _session(info.path)
+    u = torch.randn(2, 150, 2)
+    with torch.no_grad():
+        y, s = model(u)
+    got, final = _run(session, info, u, info.initial_state(2))
+    assert rel_err(got, y) <= 1e-5 and _same_states(final, onnx_state(model, s)) <= 1e-5
+
+
+def test_a_growing_state_is_refused(tmp_path):
+    with pytest.raises(NotImplementedError, match="growing axis"):
+        export_onnx_sequence(_model("attention", torch.float32), str(tmp_path / "attention.onnx"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_graph_for_one_length_only_is_refused(tmp_path):
+    """The exporter's fallback (a draft export) writes a graph with the example's length fixed: it is caught."""
+    path = tmp_path / "fixed.onnx"
+    with torch.no_grad():
+        torch.onnx.export(torch.nn.Linear(2, 3), (torch.randn(2, 5, 2),), str(path), dynamo=True)
+    with pytest.raises(NotImplementedError, match=r"one sequence length only \(5\)"):
+        _check_dynamic_length(path, "Linear")

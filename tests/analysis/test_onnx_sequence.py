@@ -173,3 +173,24 @@ def test_a_graph_for_one_length_only_is_refused(tmp_path):
         torch.onnx.export(torch.nn.Linear(2, 3), (torch.randn(2, 5, 2),), str(path), dynamo=True)
     with pytest.raises(NotImplementedError, match=r"one sequence length only \(5\)"):
         _check_dynamic_length(path, "Linear")
+
+
+def test_an_ensemble_with_a_saturated_output_simulates_from_its_encoder_state(tmp_path):
+    """The shipped Cascaded Tanks recipe's model kind: a WienerEnsemble whose members clip (at 10 V there) and estimate their
+    initial state from a window of past data; the graph starts from `onnx_state` of that estimate."""
+    from ssmkit.sysid.ensemble import WienerEnsemble
+
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    members = [DeepWiener(n_inputs=1, n_outputs=1, d_model=4, n_layers=2, layer="s4d", layer_options={"d_state": 4},
+                          encoder_window=10, output_range=(None, 0.0)) for _ in range(3)]
+    model = WienerEnsemble(members).eval()
+    info = export_onnx_sequence(model, str(tmp_path / "ensemble.onnx"))
+    u, past = torch.randn(2, 120, 1), (torch.randn(2, 10, 1), torch.randn(2, 10, 1))
+    with torch.no_grad():
+        start = model.estimate_state(*past)
+        want, final = model(u, start)
+        free, _ = members[0](u, start[0], saturate=False)
+    assert (free > 0).any() and (want <= 0).all()  # the clip is active
+    got, parts = _run(_session(info.path), info, u, onnx_state(model, start))
+    assert rel_err(got, want) <= 1e-5 and _same_states(parts, onnx_state(model, final)) <= 1e-5

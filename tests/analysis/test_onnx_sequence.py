@@ -2,7 +2,8 @@
 
 Every LTI layer that registers (``supports("state_space")``) is checked eagerly against its own ``forward`` in
 float64, across chunk boundaries, from zero and from a forward state; the ONNX graph is run by onnxruntime for the
-four realisation kinds (modal SISO, modal MIMO, dense, real diagonal) and for a model with a gated mixer, at lengths
+four realisation kinds (modal SISO, modal MIMO, dense, real diagonal), for the mixers around an LTI core (GSS, H3)
+and for a model with a gated mixer, at lengths
 and batch sizes other than the traced ones, and its final state is continued by the step graph of `export_onnx`.
 """
 
@@ -107,10 +108,10 @@ def _run(session, info, u: torch.Tensor, parts: list) -> tuple[torch.Tensor, lis
     return torch.from_numpy(y), final
 
 
-@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "ema"])
+@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "ema", "gss", "h3"])
 def test_onnx_sequence_graph_runs_every_length_and_batch(tmp_path, name):
     """One graph (traced at B 2, L 2T + 3), run at other lengths and batch sizes, from rest and from a forward state:
-    float32 outputs and final states within 1e-5 of the model's."""
+    float32 outputs and final states within 1e-5 of the model's. GSS and H3: mixers whose LTI cores are replaced."""
     pytest.importorskip("onnxscript")
     model = _model(name, torch.float32)
     info = export_onnx_sequence(model, str(tmp_path / f"{name}.onnx"))

@@ -108,6 +108,17 @@ class RealLTIStep(nn.Module):
             for name, value in (("A", real.A), ("B", real.B), ("C", real.C), ("D", real.D)):
                 self.register_buffer(name, as_t(value))
 
+    def state_spec(self):
+        """The state of one sequence as a layer describes it (`ssmkit.layers.TensorSpec`): a mixer holding this
+        realisation in place of its LTI core (GSS, H3) checks its state against it."""
+        from ssmkit.layers.state import TensorSpec
+
+        return TensorSpec(self.state_shape(), self.dtype)
+
+    def state_device(self) -> torch.device:
+        """The device of the buffers and the state."""
+        return self.D.device
+
     def state_shape(self) -> tuple[int, ...]:
         """The state of one sequence: (G, M, 2) modal, (G, n) dense."""
         return (self.G, self.M, 2) if self.kind == "modal" else (self.G, self.n)
@@ -177,7 +188,7 @@ def _replace_lti_layers(model: nn.Module, make) -> nn.Module:
     copied = copy.deepcopy(model).eval()
     if getattr(copied, "check_finite", False):  # an ONNX graph cannot raise: the copy leaves the NaN/inf check out
         copied.check_finite = False
-    for name, layer in _outer_lti_layers(copied):
+    for name, layer in _outer_lti_layers(copied) + _inner_lti_layers(copied):
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
         replacement = make(layer.state_space(), dtype).to(layer.state_device())
         if not name:
@@ -200,6 +211,21 @@ def _outer_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _outer_lti_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in _outer_layers(model) if m.supports("state_space")]
+
+
+def _inner_lti_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The LTI cores of the other sequence layers (GSS's diagonal SSM, H3's S4D), each named from ``model``: they
+    hold complex states, which an ONNX graph cannot, and are replaced like an outer LTI layer."""
+    from ssmkit.layers.protocol import SequenceLayer
+
+    found = []
+    for outer, layer in _outer_layers(model):
+        if layer.supports("state_space"):
+            continue
+        for name, module in layer.named_modules():
+            if name and isinstance(module, SequenceLayer) and module.supports("state_space"):
+                found.append((f"{outer}.{name}" if outer else name, module))
+    return found
 
 
 def _flatten(state: Any) -> list[torch.Tensor]:
@@ -291,8 +317,9 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     layer's entry becomes ``view_as_real`` of it, shaped (B, G, M, 2) (module docstring); a dense realisation (S4)
     is written in the real basis z = [Re x, Im x] of the layer's complex state x (B, H, N/2) (``S4._state_space``),
     so its entry becomes (B, H, N) = cat(Re x, Im x); a real diagonal one is the layer's own state (EMA) or, for complex
-    modes with real eigenvalues (S4D ``init="real"``), ``view_as_real`` of it flattened to (B, H, 2M); a mixer's parts
-    are copied.
+    modes with real eigenvalues (S4D ``init="real"``), ``view_as_real`` of it flattened to (B, H, 2M); a mixer's real
+    parts are copied, and the complex state of its LTI core (GSS, H3) becomes ``view_as_real`` of it, the layout of
+    the core's modal realisation.
 
     Args:
         model: the model that was exported.
@@ -324,10 +351,27 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
             elif entry.is_complex():
                 entry = torch.view_as_real(entry)  # (..., 2): the modal form's (Re, Im) pairs
             entry = entry.reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2) or (B, G, n)
+        else:
+            entry = [_mixer_part(layer, part) for part in _flatten(entry)]
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
         out += [part.detach().cpu().to(dtype if part.is_floating_point() else part.dtype).numpy()
                 for part in _flatten(entry)]
     return out
+
+
+def _mixer_part(layer: nn.Module, part: torch.Tensor) -> torch.Tensor:
+    """A part of a mixer's state in the exported graph: a real part as it is; the complex state of the mixer's LTI core
+    as (..., M, 2) pairs, when the core's realisation is modal (`_inner_lti_layers` replaced it)."""
+    if not part.is_complex():
+        return part
+    cores = [m for _, m in _inner_lti_layers(layer)]
+    kinds = [RealLTIStep(core.state_space()).kind for core in cores]
+    if kinds != ["modal"]:
+        raise NotImplementedError(
+            f"{type(layer).__name__}'s complex state {tuple(part.shape)} has no direct counterpart in the exported graph "
+            f"(its LTI cores' realisations: {kinds}): start the ONNX graph from zeros"
+        )
+    return torch.view_as_real(part)
 
 
 def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opset_version: int = 18) -> OnnxExport:

@@ -186,10 +186,12 @@ class H3(SequenceLayer):
     # Forward and step
 
     def state_spec(self) -> H3State:
-        """The last N-1 keys (d_model, N-1) and the diagonal SSM's state (P, P, H, N/2) complex."""
-        P, H, M = self.head_dim, self.n_heads, self.d_state // 2
+        """The last N-1 keys (d_model, N-1) and the diagonal SSM's state (P, P, H, N/2) complex (P, P, then the
+        shape of the SSM's own state: (H, M, 2) real once the SSM is replaced by its real realisation for ONNX)."""
+        P = self.head_dim
         ssm = self.ssm.state_spec()
-        return H3State(TensorSpec((self.d_model, self.d_state - 1), self.D_k.dtype), TensorSpec((P, P, H, M), ssm.dtype))
+        return H3State(TensorSpec((self.d_model, self.d_state - 1), self.D_k.dtype),
+                       TensorSpec((P, P) + tuple(ssm.shape), ssm.dtype))
 
     def state_device(self) -> torch.device:
         return self.D_k.device

@@ -28,7 +28,9 @@ runtimes that want static shapes. The trace uses an example batch of 2 (torch.ex
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -395,8 +397,20 @@ def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opse
     example = batch_size or 2  # a size-1 axis would be specialised by torch.export
     u = _example_input(model, example)
     converted = real_step_model(model)
-    fn = StepFunction(converted).eval()
-    state = _flatten(converted.initial_state(example))
+    state = _state_parts(converted, example)
+    dynamic = None
+    if batch_size is None:
+        batch = torch.export.Dim("batch")
+        dynamic = ({0: batch}, tuple({0: batch} for _ in state))  # (u_t, *state): the batch axis of every input
+    # with autograd on: the step caches compare parameter values (torch.equal) when it is off, which is not traceable
+    return _write_graph(StepFunction(converted).eval(), u, state, path, dynamic, opset_version, batch_size,
+                        grad=True, what=f"{type(model).__name__}.step")
+
+
+def _state_parts(converted: nn.Module, batch_size: int) -> list[torch.Tensor]:
+    """The converted model's zero state as a flat list of real tensors, or NotImplementedError for a part that a
+    fixed-shape real graph cannot hold."""
+    state = _flatten(converted.initial_state(batch_size))
     for i, part in enumerate(state):
         if 0 in part.shape:
             raise NotImplementedError(
@@ -406,23 +420,44 @@ def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opse
         if part.is_complex():
             raise NotImplementedError(
                 f"state part {i} is complex ({part.dtype}): ONNX has no complex tensors, and the layer holding it has no "
-                "state-space realisation of its own to export in real arithmetic (e.g. an LTI core inside a gated mixer)"
+                "state-space realisation of its own to export in real arithmetic"
             )
+    return state
+
+
+def _write_graph(
+    fn: nn.Module,
+    u: torch.Tensor,
+    state: list[torch.Tensor],
+    path: str,
+    dynamic,
+    opset_version: int,
+    batch_size: int | None,
+    grad: bool,
+    what: str,
+    check=None,
+) -> OnnxExport:
+    """Export ``fn(u, *state)`` to ``path`` (written under a temporary name, renamed once whole and checked by
+    ``check(partial_path)``) and describe it; the exporter's errors become NotImplementedError naming ``what``."""
     names = tuple(f"state_{i}" for i in range(len(state)))
     outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
-    dynamic = None
-    if batch_size is None:
-        batch = torch.export.Dim("batch")
-        dynamic = ({0: batch}, tuple({0: batch} for _ in state))  # (u_t, *state): the batch axis of every input
-    with torch.enable_grad():  # step caches compare parameter values unless autograd is on: not traceable
-        try:
-            torch.onnx.export(fn, (u, *state), path, input_names=["u", *names], output_names=list(outputs),
-                              opset_version=opset_version, dynamo=True, external_data=False, optimize=True,
-                              verbose=False, dynamic_shapes=dynamic)
-        except ImportError:
-            raise
-        except Exception as err:  # the exporter's own errors name the op it could not convert
-            raise NotImplementedError(f"{type(model).__name__}.step could not be exported to ONNX: {err}") from err
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        with torch.set_grad_enabled(grad):
+            try:
+                torch.onnx.export(fn, (u, *state), str(partial), input_names=["u", *names],
+                                  output_names=list(outputs), opset_version=opset_version, dynamo=True,
+                                  external_data=False, optimize=True, verbose=False, dynamic_shapes=dynamic)
+            except ImportError:
+                raise
+            except Exception as err:  # the exporter's own errors name the op it could not convert
+                raise NotImplementedError(f"{what} could not be exported to ONNX: {err}") from err
+        if check is not None:
+            check(partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return OnnxExport(
         path=str(path), input_name="u", state_names=names, output_names=outputs,
         state_shapes=tuple(tuple(p.shape[1:]) for p in state),

@@ -28,7 +28,6 @@ attention convert; a layer whose state is complex or whose forward the exporter 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,9 @@ from ssmkit.analysis.onnx_export import (
     _example_input,
     _flatten,
     _replace_lti_layers,
+    _state_parts,
     _unflatten,
+    _write_graph,
 )
 from ssmkit.analysis.statespace import StateSpace
 from ssmkit.ops.symbolic import chunk_count, keep_first, scan, symbolic_length
@@ -274,42 +275,15 @@ def export_onnx_sequence(
     example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
     step_input = _example_input(model, example_b)
     u = step_input[:, None].expand((example_b, example_l) + tuple(step_input.shape[1:])).contiguous()
-    fn = SequenceFunction(converted).eval()
-    state = _flatten(converted.initial_state(example_b))
-    for i, part in enumerate(state):
-        if 0 in part.shape or part.is_complex():
-            what = "a growing axis (a key/value cache or a long-convolution history)" if 0 in part.shape else "complex"
-            raise NotImplementedError(f"state part {i} {tuple(part.shape)} is {what}: an ONNX graph cannot hold it")
-    names = tuple(f"state_{i}" for i in range(len(state)))
-    outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
+    state = _state_parts(converted, example_b)
     length = torch.export.Dim("length", min=2, max=max_length)
     batch = torch.export.Dim("batch") if batch_size is None else None
     dims_u = {1: length} if batch is None else {0: batch, 1: length}
     dynamic = (dims_u, tuple({0: batch} if batch is not None else {} for _ in state))
-    target = Path(path)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")  # renamed once whole and checked
-    try:
-        with torch.no_grad():  # (with autograd on, torch traced the scan op's autograd form, which failed on Mamba's)
-            try:
-                torch.onnx.export(fn, (u, *state), str(partial), input_names=["u", *names],
-                                  output_names=list(outputs), opset_version=opset_version, dynamo=True,
-                                  external_data=False, optimize=True, verbose=False, dynamic_shapes=dynamic)
-            except ImportError:
-                raise
-            except Exception as err:  # the exporter's own errors name the op it could not convert
-                raise NotImplementedError(
-                    f"{type(model).__name__}'s forward could not be exported to ONNX: {err}"
-                ) from err
-        _check_dynamic_length(partial, type(model).__name__)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return OnnxExport(
-        path=str(path), input_name="u", state_names=names, output_names=outputs,
-        state_shapes=tuple(tuple(p.shape[1:]) for p in state),
-        state_dtypes=tuple(np.dtype(str(p.dtype).removeprefix("torch.")) for p in state),
-        batch_size=batch_size,
-    )
+    # autograd off: with it on, torch traced the scan op's autograd form, which failed on Mamba's
+    return _write_graph(SequenceFunction(converted).eval(), u, state, path, dynamic, opset_version, batch_size,
+                        grad=False, what=f"{type(model).__name__}'s forward",
+                        check=lambda partial: _check_dynamic_length(partial, type(model).__name__))
 
 
 def _check_dynamic_length(path: Path, name: str) -> None:

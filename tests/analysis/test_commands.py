@@ -145,7 +145,8 @@ def test_analyze_writes_the_onnx_graphs_of_a_deep_wiener(tmp_path, capsys):
     assert cli_main(["analyze", str(tmp_path / "model.pt"), "--out", str(tmp_path / "a"), "--no-plots",
                      "--onnx"]) == 0
     printed = capsys.readouterr().out
-    assert "step.onnx: inputs u, state_0 (B, 3, 2, 2), state_1 (B, 3, 2, 2)" in printed and "sequence.onnx" in printed
+    assert "step.onnx: inputs u (B, 1), state_0..state_1 (B, 3, 2, 2); outputs y" in printed
+    assert "sequence.onnx: inputs u (B, L, 1), state_0..state_1 (B, 3, 2, 2)" in printed
     u = torch.randn(1, 90, 1)
     with torch.no_grad():
         want, _ = model(u)

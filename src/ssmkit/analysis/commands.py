@@ -127,15 +127,29 @@ def _write_onnx(model, out: str) -> int:
     from ssmkit.analysis.onnx_export import export_onnx
     from ssmkit.analysis.onnx_sequence import export_onnx_sequence
 
-    for name, export in (("step.onnx", export_onnx), ("sequence.onnx", export_onnx_sequence)):
+    m = getattr(model, "d_input", None) or getattr(model, "n_inputs", None) or "m"
+    for name, export, u in (("step.onnx", export_onnx, f"u (B, {m})"),
+                            ("sequence.onnx", export_onnx_sequence, f"u (B, L, {m})")):
         try:
             info = export(model, os.path.join(out, name))
         except (NotImplementedError, ImportError) as err:
             print(f"{name} not written: {err}", file=sys.stderr)
             return 1
-        shapes = ", ".join(f"{n} (B, {', '.join(map(str, s))})" for n, s in zip(info.state_names, info.state_shapes))
-        print(f"{info.path}: inputs {info.input_name}, {shapes or 'no state'}; outputs {', '.join(info.output_names)}")
+        print(f"{info.path}: inputs {u}, {_state_summary(info.state_names, info.state_shapes)}; outputs y and "
+              "next_state_0, ...")
     return 0
+
+
+def _state_summary(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]) -> str:
+    """``state_0 (B, 3, 2, 2), ...``, consecutive parts of one shape as a range: ``state_0..state_19 (B, 16, 4, 2)``."""
+    groups: list[list] = []
+    for name, shape in zip(names, shapes):
+        if groups and groups[-1][2] == shape:
+            groups[-1][1] = name
+        else:
+            groups.append([name, name, shape])
+    text = [f"{a}{'' if a == b else '..' + b} (B, {', '.join(map(str, shape))})" for a, b, shape in groups]
+    return ", ".join(text) or "no state"
 
 
 def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:

@@ -145,12 +145,14 @@ def test_every_variant_exports_in_float32(name):
         _check(_Forward(layer, return_state=False), 12, 2, hi, tuple(L for L in (2, 40, 300) if L <= hi), (2, 7))
 
 
-@pytest.mark.parametrize("name", ["mamba", "mamba2", "rglru", "attention"])
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "rglru", "attention", "hyena", "sgconv"])
 def test_real_valued_layers_export_their_whole_sequence_forward_to_onnx_for_every_length(name, tmp_path):
     """``torch.onnx.export(..., dynamo=True)`` of the forward with L dynamic, run by onnxruntime at lengths across the
-    chunk boundaries. The layers whose scans are real-valued convert (the scan op becomes an ONNX Scan); the complex
-    modal layers do not (ONNX has no complex tensors), nor the FFT convolutions (onnxruntime's DFT failed on the
-    exported graph) nor EMA/Mega (no ONNX function for prims.prod): docs/design.md, "Dynamic-length export"."""
+    chunk boundaries. The layers whose scans are real-valued convert (the scan op becomes an ONNX Scan), and the FFT
+    convolutions (their inverse FFT written as a full inverse DFT while exporting: onnxruntime failed on the irfft
+    node); the complex modal layers do not (ONNX has no complex tensors), nor EMA/Mega (no ONNX function for
+    prims.prod): ``ssmkit.analysis.export_onnx_sequence`` exports models with them, through real realisations
+    (docs/design.md, "Dynamic-length export", "Whole-sequence ONNX of every LTI layer")."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     layer = make_layer(name, variants(name)[0], dtype=torch.float32).eval()
@@ -163,4 +165,7 @@ def test_real_valued_layers_export_their_whole_sequence_forward_to_onnx_for_ever
         for L in (2, 65, 300):
             x = torch.randn(2, L, H)
             got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-            assert rel_err(got, module(x)) <= 1e-6, (L, rel_err(got, module(x)))
+            # the FFT convolutions: onnxruntime's float32 DFT at lengths other than powers of two (2L) is less
+            # accurate than torch's FFT (6.6e-6 at L = 65; 1.7e-7 at L = 4 096)
+            tol = 5e-5 if name in ("hyena", "sgconv") else 1e-6
+            assert rel_err(got, module(x)) <= tol, (L, rel_err(got, module(x)))

@@ -224,15 +224,20 @@ class SequenceFunction(nn.Module):
 
     Args:
         model: a model with ``forward(u, state, return_state=True)`` and ``initial_state(batch_size)``.
+        with_state: False for ``u -> y`` from rest (no state in or out).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, with_state: bool = True) -> None:
         super().__init__()
         self.model = model
-        self._template = model.initial_state(1)
+        self.with_state = with_state
+        self._template = model.initial_state(1) if with_state else None
 
     def forward(self, u: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """A whole sequence: u (B, L, m) (or token ids (B, L)) and the flat state parts -> y and the final parts."""
+        """A whole sequence: u (B, L, m) (or token ids (B, L)) and the flat state parts -> y and the final parts
+        (without state: u -> y, from rest)."""
+        if not self.with_state:
+            return (self.model(u, None, return_state=False)[0],)
         structured, _ = _unflatten(self._template, list(state))
         y, new = self.model(u, structured, return_state=True)
         return (y, *_flatten(new))
@@ -244,6 +249,7 @@ def export_onnx_sequence(
     batch_size: int | None = None,
     max_length: int = 1 << 24,
     chunk_size: int | None = None,
+    with_state: bool = True,
     opset_version: int = 18,
 ) -> OnnxExport:
     """Write ``model``'s forward as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` for any sequence
@@ -257,14 +263,17 @@ def export_onnx_sequence(
         batch_size: None (default) for a dynamic batch axis; an int B fixes it.
         max_length: the longest L the graph declares (torch.export's range of the length axis).
         chunk_size: T of the LTI layers' chunked algorithm, or None for `default_chunk`.
+        with_state: False for a graph ``u -> y`` from rest, with no state in or out: then the layers whose state
+            grows with the sequence (attention's key/value cache, Mega, Hyena) export too.
         opset_version: the ONNX opset.
 
     Returns:
         an :class:`OnnxExport` describing the graph (its states are the step graph's, `onnx_state` maps a model
-        state onto them).
+        state onto them; none without state).
 
     Raises:
-        NotImplementedError: a layer's state is complex or its forward could not be converted (the message names it).
+        NotImplementedError: a layer's state is complex or grows, or its forward could not be converted (the message
+            names it).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
@@ -275,13 +284,20 @@ def export_onnx_sequence(
     example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
     step_input = _example_input(model, example_b)
     u = step_input[:, None].expand((example_b, example_l) + tuple(step_input.shape[1:])).contiguous()
-    state = _state_parts(converted, example_b)
+    if not isinstance(with_state, bool):
+        raise ValueError(f"with_state must be a bool; got {with_state!r}")
+    try:
+        state = _state_parts(converted, example_b) if with_state else []
+    except NotImplementedError as err:
+        if "growing" not in str(err):
+            raise
+        raise NotImplementedError(f"{err}; with_state=False exports the forward from rest, without a state") from None
     length = torch.export.Dim("length", min=2, max=max_length)
     batch = torch.export.Dim("batch") if batch_size is None else None
     dims_u = {1: length} if batch is None else {0: batch, 1: length}
-    dynamic = (dims_u, tuple({0: batch} if batch is not None else {} for _ in state))
+    dynamic = (dims_u, tuple({0: batch} if batch is not None else {} for _ in state)) if state else (dims_u,)
     # autograd off: with it on, torch traced the scan op's autograd form, which failed on Mamba's
-    return _write_graph(SequenceFunction(converted).eval(), u, state, path, dynamic, opset_version, batch_size,
+    return _write_graph(SequenceFunction(converted, with_state).eval(), u, state, path, dynamic, opset_version, batch_size,
                         grad=False, what=f"{type(model).__name__}'s forward",
                         check=lambda partial: _check_dynamic_length(partial, type(model).__name__))
 

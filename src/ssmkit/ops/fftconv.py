@@ -104,8 +104,23 @@ def _time_spectrum(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _from_spectrum(Y: torch.Tensor, n: int, L: int) -> torch.Tensor:
-    """The first L samples of irfft(Y, n), back in time-major layout: Y (B, H, n//2 + 1) -> (B, L, H)."""
-    return torch.fft.irfft(Y, n=n)[..., :L].transpose(1, 2).contiguous()  # (B, L, H)
+    """The first L samples of irfft(Y, n), back in time-major layout: Y (B, H, n//2 + 1) -> (B, L, H).
+
+    While exporting, as 2 Re ifft(Z) with Z_k = w_k Y_k zero padded to n, w_0 = w_{n/2} = 1/2 (n even) and 1 else
+    (the positive half of the Hermitian spectrum; the same numbers): onnxruntime (1.32) failed at run time on the DFT
+    node that torch's ONNX exporter writes for irfft ("OutputMLValue"), and runs a complex inverse DFT. (Slicing out
+    the negative frequencies instead made torch.export guard L >= 3: a slice of L - 1 bins.)
+    """
+    if torch.compiler.is_exporting():
+        k = torch.arange(Y.shape[-1], device=Y.device)
+        half = (k == 0) | ((k == n // 2) & (n % 2 == 0))  # the bins counted once in the Hermitian sum
+        Z = torch.view_as_real(Y * torch.where(half, 0.5, 1.0).to(Y.real.dtype))  # (B, H, n//2 + 1, 2)
+        Z = torch.view_as_complex(F.pad(Z, (0, 0, 0, n - Y.shape[-1])))  # (B, H, n): pad the real pairs (ONNX
+        # converts no complex pad)
+        y = 2 * torch.fft.ifft(Z).real  # (B, H, n)
+    else:
+        y = torch.fft.irfft(Y, n=n)
+    return y[..., :L].transpose(1, 2).contiguous()  # (B, L, H)
 
 
 def _spectrum_dtype(x: torch.Tensor) -> torch.dtype:

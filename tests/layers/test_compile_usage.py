@@ -130,7 +130,8 @@ def test_a_compiled_inference_forward_reads_the_cached_kernel_and_sees_new_weigh
         y_ref, h_ref = fresh(x)
         assert rel_err(y, y_ref) < 1e-6 and all(rel_err(a, b) < 1e-6 for a, b in zip(leaves(h), leaves(h_ref)))
         entry = layer._plan_cache._entry
-        assert entry is not None and entry[0] == (100, "fft", True, False)
+        # the key's last item: the final state's chunk length, under torch.compile that of L_k = 128 (eager: of L)
+        assert entry is not None and entry[0] == (100, "fft", True, False, 16)
         assert rel_err(compiled(x)[0], y_ref) < 1e-6 and layer._plan_cache._entry is entry  # reused, not recomputed
         for model in (layer, fresh):
             model.C_tilde.data.mul_(1.5)
@@ -243,3 +244,120 @@ def test_a_chunked_scan_layer_compiles_once_per_octave_of_its_chunk_count(name, 
             y_ref, h_ref = fresh(x, h0)
             assert rel_err(y, y_ref) < 1e-5 and all(rel_err(a, b) < 1e-5 for a, b in zip(leaves(h), leaves(h_ref)))
     assert counter.frame_count == (3 if name == "mega" else 2)  # 5 before
+
+
+# l_max 32: attuned lengths L_k 128 (L = 100), 256 (150, 200, 256), 512 (257, 512); 150 again at the end
+OCTAVE_LENGTHS = (100, 150, 200, 256, 257, 512, 150)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("name", ["s4", "liquid_s4"])
+def test_a_compiled_forward_with_its_final_state_keeps_one_graph_per_attuned_length(name, with_state):
+    """With the default ``return_state=True`` the final state's tables used a chunk length T ≈ √L chosen from L and
+    Ā^L by ``matrix_power`` with an int: the plan's op specialised L (one graph per call here, 7). Under torch.compile
+    T is now that of L_k (``S4._state_chunk``) and the plan's structure, tables included, is traced from the key
+    (``S4._plan_structure``): one graph per attuned length, the first one static (3 for 7 calls). Returning to an
+    earlier octave (150 last) reuses its graph: the op's non-tensor leaves (L_k) were read from a template each trace
+    overwrote, and dynamo's guard on them failed for every graph but the last. Outputs and final states against a copy
+    taken before anything ran: float32, the final state's chunk sums in another grouping (T of L_k, eager: of L)."""
+    torch._dynamo.reset()
+    layer = _layer(name)
+    fresh = copy.deepcopy(layer)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for L in OCTAVE_LENGTHS:
+            x = torch.randn(2, L, H, device=DEVICE)
+            h0 = _state(layer) if with_state else None
+            (y, h), (y_ref, h_ref) = compiled(x, h0), fresh(x, h0)
+            assert rel_err(y, y_ref) < 1e-6 and all(rel_err(a, b) < 2e-6 for a, b in zip(leaves(h), leaves(h_ref)))
+    assert counter.frame_count == 3  # 7 before
+
+
+def test_a_compiled_float64_forward_with_its_final_state_equals_the_step_loop():
+    """The compiled float64 S4 forward (initial state in, final state out; the tables of L_k's chunk, Ā^L through the
+    cached plan) against the oracle, the O(N) step loop of the ``"reference"`` backend, at lengths in two octaves
+    (l_max 32: L_k 64 for 40, 50, 64; 128 for 100, 128): 3 graphs for 6 calls (6 before)."""
+    import ssmkit.ops as ops
+
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    layer = layers.build("s4", d_model=H, device=DEVICE, dtype=torch.float64, **variants("s4")[0])
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for L in (40, 50, 64, 100, 128, 50):
+            x = torch.randn(2, L, H, device=DEVICE, dtype=torch.float64)
+            h0 = _state(layer)
+            y, h = compiled(x, h0)
+            with ops.use_backend("reference"):
+                y_ref, h_ref = layer(x, h0)
+            # float64: the kernel (Cauchy sums, FFT) and the chunked final state against the step, to 1e-10 as eager
+            assert rel_err(y, y_ref) < 1e-10 and rel_err(h, h_ref) < 1e-10
+    assert counter.frame_count == 3
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_compiled_s4_training_with_the_final_state_keeps_one_graph_per_attuned_length(with_state):
+    """With a gradient the plan is traced: T from L_k, Ā^L (an initial state's term) by L's bits over L_k's
+    (``ops.dense.matrix_power_bits``) and the kernel's crop branch-free (``s4._crop``: the view K[..., :L_k] is
+    contiguous at L = L_k, and AOT's check made that a guard). Outputs, final states and every gradient (the state in
+    the loss) against eager autograd, float32: 3 graphs for 5 lengths (4 before: L = 256 and 512 compiled their
+    own)."""
+    torch._dynamo.reset()
+    layer = _layer("s4")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    for L in (100, 150, 256, 512, 150):
+        x = torch.randn(2, L, H, device=DEVICE)
+        h0 = _state(layer) if with_state else None
+        results = []
+        for model in (compiled, layer):
+            model.zero_grad(set_to_none=True)
+            xg = x.clone().requires_grad_()
+            y, h = model(xg, h0)
+            (y.square().mean() + h.abs().square().mean()).backward()
+            results.append([y, h, xg.grad] + [p.grad for p in layer.parameters()])
+        assert all(rel_err(a, b) < 1e-5 for a, b in zip(*results))  # float32, another chunk grouping
+    assert counter.frame_count == 3
+
+
+def test_a_compiled_model_of_s4_blocks_trains_with_one_graph_per_attuned_length():
+    """A ``SequenceModel`` of two S4 blocks (l_max 256, mean pool) compiled whole and trained at 5 lengths with its
+    default ``return_state=True`` (the states in the loss): 3 graphs, a static one (L 30) and one per attuned length
+    (256 for 60, 100, 200; 512 for 300), where the eager chunk length (4, 8, 8, 16, 16) split the first octave;
+    outputs, states and gradients as eager's (float32)."""
+    from ssmkit.models import SequenceModel
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = SequenceModel(3, H, 2, "s4", {**variants("s4")[0], "l_max": 256}, 2, pool="mean", device=DEVICE)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for L in (30, 60, 100, 200, 300):
+        x = torch.randn(2, L, 3, device=DEVICE)
+        results = []
+        for m in (compiled, model):
+            m.zero_grad(set_to_none=True)
+            y, states = m(x)
+            (y.square().mean() + sum(s.abs().square().mean() for s in states)).backward()
+            results.append([y, *states] + [p.grad for p in model.parameters()])
+        assert all(rel_err(a, b) < 1e-5 for a, b in zip(*results))  # float32, another chunk grouping
+    assert counter.frame_count == 3  # 4 before
+
+
+def test_a_return_to_an_earlier_attuned_length_reuses_its_graph():
+    """The compiled code read the plan's non-tensor leaves (L_k) from a template the op's fake implementation left on
+    the cache, and dynamo guarded on them; each trace overwrote the template, so the graph for L_k 256 failed its
+    guard once L_k 512 had been traced: L 200 after 300 recompiled (4 graphs). The structure is now traced from the
+    key (``ValueCache._structure``): 3 graphs (100 static; 256; 512), here without the final state."""
+    torch._dynamo.reset()
+    layer = _layer("s4")
+    fresh = copy.deepcopy(layer)
+    counter = CompileCounterWithBackend("eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for L in (100, 150, 300, 200):
+            x = torch.randn(2, L, H, device=DEVICE)
+            assert rel_err(compiled(x, return_state=False)[0], fresh(x, return_state=False)[0]) < 1e-6
+    assert counter.frame_count == 3  # 4 before

@@ -1,9 +1,9 @@
 """``torch.export`` with a dynamic sequence length: one exported program for every L in the declared range.
 
 Every registered layer exports with a dynamic L (a registry-driven test: a new layer is tested when it registers),
-with its state in and out, except where the math fixes L: S4 and Liquid-S4 export without the state, for L within
-l_max or within one octave above it (their C̃ is attuned to the power-of-two length that covers L, a different
-matrix per octave); Mega's key cache holds L mod chunk_size positions, a length torch specialises at 0 and 1, so Mega
+with its state in and out, except where the math fixes L: S4 and Liquid-S4 export for L within l_max or within one
+octave above it (their C̃ is attuned to the power-of-two length that covers L, a different matrix per octave; with
+the state in and out since s4len); Mega's key cache holds L mod chunk_size positions, a length torch specialises at 0 and 1, so Mega
 exports without its state. Before Probe 15 every layer failed; the scans were made exportable in the session of
 2026-12-02 (``ops/symbolic.py``: a fixed chunk length, symbolic padding and the carry as one ``scan`` op).
 """
@@ -70,16 +70,16 @@ def test_s4_exports_for_every_length_within_l_max_and_within_an_octave(name):
 
 @pytest.mark.parametrize("layer", ["s4", "s4d", "mamba"])
 def test_a_model_exports_for_every_length(layer):
-    """A two-block model with a pooled head; S4 within l_max and without the state, S4D and Mamba for any L with it."""
+    """A two-block model with a pooled head and its final states; S4 within l_max, S4D and Mamba for any L."""
     torch.manual_seed(0)
     model = SequenceModel(d_input=2, d_model=4, n_layers=2, layer=layer, layer_options=variants(layer)[0], d_output=3,
                           pool="mean", head="regress").eval()
-    with_state = layer != "s4"
+    with_state = True  # (S4 without its state before s4len: its chunk count of L was a guard)
     hi = 32 if layer == "s4" else 4096
     with torch.no_grad():
         program = torch.export.export(model, (torch.randn(2, 12, 2), None, with_state),
                                       dynamic_shapes=({1: Dim("L", min=2, max=hi)}, None, None)).module()
-        for L in (3, 17, 32) + ((100,) if with_state else ()):
+        for L in (3, 17, 32) + ((100,) if layer != "s4" else ()):
             x = torch.randn(2, L, 2)
             got, want = program(x, None, with_state), model(x, None, with_state)
             assert rel_err(got[0], want[0]) <= 1e-6
@@ -169,3 +169,29 @@ def test_real_valued_layers_export_their_whole_sequence_forward_to_onnx_for_ever
             # accurate than torch's FFT (6.6e-6 at L = 65; 1.7e-7 at L = 4 096)
             tol = 5e-5 if name in ("hyena", "sgconv") else 1e-6
             assert rel_err(got, module(x)) <= tol, (L, rel_err(got, module(x)))
+
+
+@pytest.mark.parametrize("name", ["s4", "liquid_s4"])
+def test_s4_exports_with_its_state_in_and_out_within_an_octave(name):
+    """S4 and Liquid-S4 with the state in and out (s4len, docs/design.md "S4 with its final state: one graph per attuned
+    length"): the final state's tables take the chunk length of L_k and Ā^L by L's bits (``ops.dense.
+    matrix_power_bits``), and the traced carry runs a fixed ⌊L_k/T⌋ + 1 chunks, zeros in front; before, the chunk count
+    ⌈L/T⌉ was a guard and export refused the range ("Constraints violated (L)"). Float64, exported at L = 200 for
+    L in [129, 256] (C̃ attuned to 256), against the layer run eagerly and the O(N) step loop (``"reference"``)."""
+    import ssmkit.ops as ops
+
+    layer = make_layer(name, variants(name)[0], dtype=torch.float64).eval()
+    with torch.no_grad():
+        _, state = layer(torch.randn(2, 5, H, dtype=torch.float64), return_state=True)  # a state that is not zero
+        module, args = _WithState(layer), (torch.randn(2, 200, H, dtype=torch.float64), state)
+        dynamic = ({1: Dim("L", min=129, max=256)}, tree_map(lambda _: None, state))
+        program = torch.export.export(module, args, dynamic_shapes=dynamic).module()
+        for L in (129, 130, 200, 255, 256):
+            x = torch.randn(2, L, H, dtype=torch.float64)
+            got, want = program(x, state), module(x, state)
+            with ops.use_backend("reference"):
+                loop = module(x, state)
+            assert len(got) == len(want) == len(loop)
+            for g, w, r in zip(got, want, loop):
+                # float64: the same kernel and tables in another order (eager: T of L, matrix_power), and the loop
+                assert g.shape == w.shape and rel_err(g, w) <= 1e-12 and rel_err(g, r) <= 1e-10, (L, rel_err(g, r))

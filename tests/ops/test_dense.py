@@ -130,3 +130,57 @@ def test_tabled_refuses_mismatched_inputs(device):
         dense_final_state_tabled(u, tables, s.transpose(1, 2))
     with pytest.raises(ValueError, match="initial_state=True"):
         dense_final_state_tabled(u, dense_state_tables(A, B, 20, torch.float64), s)
+
+
+def test_matrix_power_bits_equals_matrix_power_and_by_hand(device):
+    """Ā^n by squarings over a fixed bit count (the exponent a value, not an int the graph specialises) against
+    ``torch.linalg.matrix_power`` for every n < 2^bits, and a 2×2 by hand: [[1, 1], [0, 1]]^n = [[1, n], [0, 1]]."""
+    from ssmkit.ops.dense import matrix_power_bits
+
+    A, _ = system(3, 4, torch.float64, True, device, seed=4)
+    for n in range(32):
+        # float64: a few squarings in another order (matrix_power's own binary powering)
+        assert rel_err(matrix_power_bits(A, n, 5), torch.linalg.matrix_power(A, n)) < 1e-13
+    shear = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64, device=device)
+    assert torch.equal(matrix_power_bits(shear, 13, 4), torch.tensor([[1.0, 13.0], [0.0, 1.0]], dtype=torch.float64,
+                                                                     device=device))
+    assert torch.equal(matrix_power_bits(shear, 0, 1), torch.eye(2, dtype=torch.float64, device=device))
+    with pytest.raises(ValueError, match=r"n must be in \[0, 2\^bits\) = \[0, 16\); got 16"):
+        matrix_power_bits(shear, 16, 4)
+    with pytest.raises(ValueError, match="bits must be an int >= 1; got 0"):
+        matrix_power_bits(shear, 0, 0)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("L", [1, 5, 33, 100])
+def test_tables_of_any_chunk_and_a_length_bound_give_the_same_final_state(L, complex_, device):
+    """Under torch.compile S4 forms the tables with the chunk length of its attuned length L_k (a constant per octave)
+    and Ā^L by L's bits over L_k's (``chunk``, ``max_length``); every power-of-two chunk, shorter or longer than L,
+    gives the loop's final state."""
+    from ssmkit.ops.dense import dense_final_state_tabled, dense_state_tables
+
+    A, B = system(3, 5, torch.float64, complex_, device, seed=5)
+    u = torch.randn(2, L, 3, dtype=torch.float64, device=device)
+    s = torch.randn(2, 3, 5, dtype=A.dtype, device=device)
+    ref = dense_final_state_reference(u, A, B, s)
+    for chunk in (1, 4, 16, 128):
+        for bound in (None, 128):
+            tables = dense_state_tables(A, B, L, A.dtype, True, chunk=chunk, max_length=bound)
+            assert tables.W.shape[-1] == chunk
+            assert rel_err(dense_final_state_tabled(u, tables, s), ref) < 1e-13  # float64, another summation order
+    with pytest.raises(ValueError, match="chunk must be a power of two >= 1, or None; got 12"):
+        dense_state_tables(A, B, L, A.dtype, chunk=12)
+    with pytest.raises(ValueError, match="max_length must be an int >= 1, or None; got 0"):
+        dense_state_tables(A, B, L, A.dtype, max_length=0)
+    with pytest.raises(ValueError, match="L must be <= max_length = 200; got 300"):
+        dense_state_tables(A, B, 300, A.dtype, True, max_length=200)
+
+
+def test_chunk_length_is_the_power_of_two_nearest_the_root():
+    """T = 2^round(log2(L)/2): 1 for L 1-2, 8 for 100 (√100 = 10), 64 for 4 096; a non-int or L < 1 is refused."""
+    from ssmkit.ops.dense import chunk_length
+
+    assert [chunk_length(L) for L in (1, 2, 3, 100, 4096)] == [1, 1, 2, 8, 64]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="L must be an int >= 1; got"):
+            chunk_length(bad)

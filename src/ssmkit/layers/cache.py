@@ -19,8 +19,10 @@ can flow from the value, is one opaque op in the graph (``ssmkit::cached_value``
 runs the eager lookup when the compiled code runs: the graph stays whole (``fullgraph=True``), and a compiled
 ``step`` no longer recomputes the discretisation in every call (S4D's took 873 µs per token against 36 eager;
 docs/design.md, "Compiled step"). A lookup with a key (S4's forward plan: the input length and the options) passes the
-key's ints to the op as ints, symbolic for a dynamic length, and the rest as a string; the op's fake implementation
-needs the value's shapes for a symbolic int (the cache's ``fake``), or specialises it. Under ``torch.export`` and the
+key's ints to the op as ints, symbolic for a dynamic length, and the rest as a string; the value's structure, its
+non-tensor leaves and its tensors' shapes come from the cache's ``fake``, traced in the graph and run by the op's fake
+implementation (without a ``fake``, the op's fake implementation computes the value once to see them, and a symbolic
+int is specialised). Under ``torch.export`` and the
 ``torch.func`` transforms, and for a cache without
 its ``compute``, the value is traced from the weights, as an exported program must compute from the weights it is
 given.
@@ -96,10 +98,13 @@ class ValueCache(Generic[V]):
             compute: what every lookup computes (the one given to :meth:`get`), for lookups inside a compiled graph:
                 ``compute()`` for a lookup without a key, ``compute(*key)`` for one with a tuple key (whose items
                 are ints, bools, strings, floats or None); None: a compiled graph computes the value itself.
-            fake: for a keyed lookup inside a compiled graph whose key holds a symbolic int (a dynamic length):
-                ``fake(*key)`` -> the value's structure with empty tensors of its (symbolic) shapes, made in the
-                tracing's fake mode, or None where it has none. Without it (or on None) such an int is specialised
-                (a guard on its value: the graph is compiled again for another value)."""
+            fake: for a keyed lookup inside a compiled graph (its key's ints concrete, or symbolic for a dynamic
+                length): ``fake(*key)`` -> the value's structure with empty tensors of its (symbolic) shapes and its
+                non-tensor leaves, or None where it has none. It runs in the op's fake implementation and is traced
+                by dynamo in the graph (which takes the leaves from it: its empty tensors are dead code), so it must
+                be traceable. Without it (or on None) the op's fake implementation computes the value to see its
+                structure, and a symbolic int is specialised (a guard on its value: the graph is compiled again for
+                another value)."""
         # (key, snapshot of the values, the value, the frozen scope it was last checked in, weak references to the
         # source tensors: the objects themselves, whose ids a later tensor may reuse once they are freed)
         self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, tuple[weakref.ref, ...]] | None = None
@@ -111,6 +116,10 @@ class ValueCache(Generic[V]):
         # freed only by the garbage collector
         self._compute_ref = weakref.WeakMethod(compute) if inspect.ismethod(compute) else (lambda: compute)
         self._fake_ref = weakref.WeakMethod(fake) if inspect.ismethod(fake) else (lambda: fake)
+        # the fake as a plain function and its owner as a weak reference, both of which dynamo traces (it cannot
+        # trace the call of a WeakMethod): a compiled lookup calls it in the graph (_graph_lookup)
+        self._fake_func = fake.__func__ if inspect.ismethod(fake) else fake
+        self._fake_owner = weakref.ref(fake.__self__) if inspect.ismethod(fake) else None
         self._in_graph = compute is not None  # a plain flag: dynamo cannot trace the call of a WeakMethod
 
     @property
@@ -120,6 +129,14 @@ class ValueCache(Generic[V]):
     @property
     def _fake(self) -> Callable[..., V | None] | None:
         return self._fake_ref()
+
+    def _structure(self, key: tuple):
+        """``fake(*key)`` (the value's structure for ``key``), or None without a fake; traceable by dynamo."""
+        if self._fake_func is None:
+            return None
+        if self._fake_owner is None:
+            return self._fake_func(*key)
+        return self._fake_func(self._fake_owner(), *key)
 
     def _register(self) -> None:
         """Give this cache its number in :data:`_CACHES`, by which the op of a compiled graph finds it."""
@@ -260,12 +277,9 @@ def _(tensors: list[torch.Tensor], number: str, static: str, ints: list[int]) ->
     from torch.fx.experimental.symbolic_shapes import guard_int, is_concrete_int
 
     cache = _CACHES[int(number)]
-    value = None
-    if not all(is_concrete_int(i) for i in ints):
-        fake = cache._fake
-        value = None if fake is None else fake(*_join_key(static, ints))
-        if value is None:
-            ints = [guard_int(i) for i in ints]
+    value = None if not static else cache._structure(_join_key(static, ints))  # (a keyed lookup only)
+    if value is None and not all(is_concrete_int(i) for i in ints):
+        ints = [guard_int(i) for i in ints]
     if value is None:
         key = _join_key(static, [int(i) for i in ints])
         with unset_fake_temporarily(), eager_views_and_autograd(), torch.no_grad():
@@ -277,7 +291,22 @@ def _(tensors: list[torch.Tensor], number: str, static: str, ints: list[int]) ->
 
 
 def _graph_lookup(cache: ValueCache, tensors: Sequence[torch.Tensor], key: tuple | None = None):
-    """``cache``'s value for ``tensors`` (and ``key``) through :func:`_cached_value`, traced as one op."""
+    """``cache``'s value for ``tensors`` (and ``key``) through :func:`_cached_value`, traced as one op.
+
+    With the cache's ``fake`` the value's structure and non-tensor leaves (S4's attuned length L_k, the final-state
+    tables' L: the traced, possibly symbolic, length) are traced here from the key, and the op's outputs fill its
+    tensor places. Without one they come from the template the op's fake implementation left on the cache: dynamo
+    guards on the template's leaves as it reads them, and the template is overwritten by every trace, so a graph
+    compiled for one key failed its guards once another key had been traced (S4: a return to an earlier attuned
+    length recompiled)."""
     static, ints = _split_key(key)
-    flat = iter(_cached_value(list(tensors), str(cache._number), static, ints))
-    return pytree.tree_unflatten([next(flat) if is_tensor else t for is_tensor, t in cache._template], cache._spec)
+    outputs = _cached_value(list(tensors), str(cache._number), static, ints)
+    structure = None if key is None else cache._structure(key)
+    if structure is None:
+        leaves, spec = [None if is_tensor else t for is_tensor, t in cache._template], cache._spec
+        places = [is_tensor for is_tensor, _ in cache._template]
+    else:
+        leaves, spec = pytree.tree_flatten(structure)
+        places = [isinstance(t, torch.Tensor) for t in leaves]
+    flat = iter(outputs)
+    return pytree.tree_unflatten([next(flat) if place else t for place, t in zip(places, leaves)], spec)

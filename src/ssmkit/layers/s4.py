@@ -55,9 +55,11 @@ Choices and departures (each one documented in docs/design.md):
   from the parameters alone for the last input length: the kernel and the final state's tables (the real-basis
   dense Ā's powers). Repeated evaluation at one length (validation, simulation, serving) then dispatches 99 aten
   ops instead of 273 at B 8, H 128, N 64, L 4 096, in 44 % less time. A compiled forward without a gradient reads
-  the same cache through the run-time op of :mod:`ssmkit.layers.cache` (for a dynamic length without a state: the
-  plan's shapes by ``_plan_structure``). With a gradient, and under torch.func or torch.export, everything is
-  recomputed each call, differentiably.
+  the same cache through the run-time op of :mod:`ssmkit.layers.cache` (for a dynamic length: the plan's shapes by
+  ``_plan_structure``). With a gradient, and under torch.func or torch.export, everything is recomputed each call,
+  differentiably. Under torch.compile the final state's chunk length is that of the attuned length L_k (eagerly:
+  of L) and a traced Ā^L takes L as a value (:func:`ssmkit.ops.dense.matrix_power_bits`), so a dynamic length
+  compiles one graph per L_k, with or without the final state and a gradient.
 - Backends: ``"fft"`` (and ``"auto"``) = DPLR kernel + FFT convolution; ``"reference"`` = the step loop.
 - Non-finite inputs: the FFT convolution spreads a NaN/inf at any time step over the whole output (t = 0 on).
 """
@@ -68,6 +70,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.checks import (
@@ -88,7 +91,7 @@ from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.cauchy import dplr_kernel
-from ssmkit.ops.dense import DenseStateTables, dense_state_tables, dense_final_state_tabled
+from ssmkit.ops.dense import DenseStateTables, chunk_length, dense_state_tables, dense_final_state_tabled
 from ssmkit.ops.dplr import DPLRStepCoefficients, bilinear_dplr_real, dplr_step, dplr_step_coefficients
 from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
 from ssmkit.ops.hippo import nplr
@@ -114,6 +117,16 @@ class _ConvPlan(NamedTuple):
     L_k: int
     K: Tensor
     tables: DenseStateTables | None
+
+
+def _crop(K: Tensor, L: int) -> Tensor:
+    """The first L <= L_k taps of K (..., L_k): (..., L), by :func:`ssmkit.layers.longconv.fit_length`; under
+    torch.compile by its branch-free form (L zeros appended, then the first L taps): the view ``K[..., :L]`` is
+    contiguous exactly when L = L_k, and AOT autograd's contiguity check made that a guard (a second graph for the
+    octave's last length)."""
+    if torch.compiler.is_compiling():
+        return F.pad(K, (0, L))[..., :L]  # (..., L)
+    return fit_length(K, L)  # (..., L)
 
 
 def _to_real_row(C: Tensor) -> Tensor:
@@ -266,6 +279,13 @@ class S4(SequenceLayer):
         c_t = _to_real_row(self._C_tilde())  # (C, H, N)
         return _from_real_row(torch.linalg.solve((eye - A_L).mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
 
+    def _attuned_length(self, L: int) -> int:
+        """L_k = l_max·2^k >= L, k >= 0 smallest (by comparisons: for a symbolic L, guards l_max·2^{k-1} < L <= L_k)."""
+        L_k = self.l_max
+        while L_k < L:
+            L_k *= 2
+        return L_k
+
     def _attuned_C_tilde(self, L: int, A_bar: Tensor | None = None) -> tuple[Tensor, int]:
         """C̃ attuned to L_k = l_max·2^k >= L (k >= 0 smallest), computed functionally: (C, H, N/2) complex128 and L_k.
 
@@ -333,7 +353,8 @@ class S4(SequenceLayer):
         """
         real = self.D.dtype
         L = u.shape[1]
-        key = (L, fft, return_state, state is not None)  # dtype and device: the cache compares the parameters'
+        key = (L, fft, return_state, state is not None, self._state_chunk(L) if return_state else 0)  # dtype and
+        # device: the cache compares the parameters'
         # under torch.func and torch.export (and with a gradient) the plan is computed here, differentiably; a
         # compiled no-gradient forward reads it through the run-time cache op (layers/cache.py), as eager does
         plan = self._plan_cache.get_unless_grad(self.own_tensors(), lambda: self._plan(*key), key)
@@ -344,15 +365,24 @@ class S4(SequenceLayer):
         if state is not None:  # the initial state's output C_trueᵀ Ā^{l+1} s, as the kernel of the input B_s
             B_s = self._state_input(state.to(_C128), plan.Lambda, plan.P, plan.dt)  # (B, H, N/2)
             K_s = dplr_kernel(plan.Lambda, plan.P, B_s, plan.C_t, plan.dt, plan.L_k, backend=fft)  # (B, C, H, L_k)
-            y = y + fit_length(K_s[:, 0], L).to(real).transpose(1, 2)  # (B, H, L) -> (B, L, H)
+            y = y + _crop(K_s[:, 0], L).to(real).transpose(1, 2)  # (B, H, L) -> (B, L, H)
         if not return_state:
             return y, None, K
         z0 = None if state is None else torch.cat([state.real, state.imag], dim=-1).to(real)  # (B, H, N)
-        z = dense_final_state_tabled(u, plan.tables, z0)  # (B, H, N); tables formed in float64, then rounded
+        bound = self._attuned_length(L) if torch.compiler.is_compiling() else None  # (a chunk count of L_k if traced)
+        z = dense_final_state_tabled(u, plan.tables, z0, bound)  # (B, H, N); tables formed in float64, then rounded
         M = self.d_state // 2
         return y, torch.complex(z[..., :M], z[..., M:]), K  # (B, H, N/2)
 
-    def _plan(self, L: int, fft: str, return_state: bool, initial_state: bool) -> _ConvPlan:
+    def _state_chunk(self, L: int) -> int:
+        """The chunk length T of the final state's tables for inputs of length L: eagerly the power of two nearest √L
+        (:func:`ssmkit.ops.dense.chunk_length`); under torch.compile that of the attuned length L_k, so that a dynamic
+        L keeps one graph per L_k (T ≈ √L chosen from L itself specialised L: one graph per length)."""
+        if torch.compiler.is_compiling():
+            return chunk_length(self._attuned_length(L))
+        return chunk_length(L)
+
+    def _plan(self, L: int, fft: str, return_state: bool, initial_state: bool, chunk: int) -> _ConvPlan:
         """What the convolution view needs from the parameters alone for inputs of length L (differentiable).
 
         Args:
@@ -360,30 +390,39 @@ class S4(SequenceLayer):
             fft: backend of the kernel (``"fft"`` or ``"reference"``).
             return_state: also form the final state's tables.
             initial_state: the tables include Ā^L (for an initial state's term).
+            chunk: the tables' chunk length T (``_state_chunk``; 0 without a final state).
         """
         Lambda, P, B, dt = self._ssm(_F64)
         needs_real = return_state or L > self.l_max  # the real-basis Ā (and B̄), formed once for both uses
         A_z, B_z = bilinear_dplr_real(Lambda, P, B, dt) if needs_real else (None, None)  # float64
         C_t, L_k = self._attuned_C_tilde(L, A_z)
-        # cropped by fit_length, not [..., :L]: a slice of the whole L_k taps made torch.export guard L != L_k
-        K = fit_length(dplr_kernel(Lambda, P, B[None], C_t, dt, L_k, backend=fft)[0], L).to(self.D.dtype)  # (C, H, L)
-        tables = dense_state_tables(A_z, B_z, L, self.D.dtype, initial_state) if return_state else None
+        # cropped by _crop, not [..., :L]: a slice of the whole L_k taps made torch.export and AOT guard L != L_k
+        K = _crop(dplr_kernel(Lambda, P, B[None], C_t, dt, L_k, backend=fft)[0], L).to(self.D.dtype)  # (C, H, L)
+        tables = None
+        if return_state:  # traced under torch.compile (with a gradient): Ā^L by L's bits, L a value in the graph
+            bound = L_k if torch.compiler.is_compiling() else None
+            tables = dense_state_tables(A_z, B_z, L, self.D.dtype, initial_state, chunk, bound)
         return _ConvPlan(Lambda, P, dt, C_t, L_k, K, tables)
 
-    def _plan_structure(self, L: int, fft: str, return_state: bool, initial_state: bool) -> _ConvPlan | None:
-        """The plan's structure for a symbolic L (a compiled forward with a dynamic length; ``layers.cache``): empty
-        tensors of its shapes, L_k by comparisons (guards), as ``_plan`` computes them; None (L is then specialised)
-        when it holds the final state's tables, whose chunk length T ≈ √L and Ā^L are not shapes of L."""
+    def _plan_structure(
+        self, L: int, fft: str, return_state: bool, initial_state: bool, chunk: int
+    ) -> _ConvPlan:
+        """The plan's structure for a compiled forward (``layers.cache``: traced in the graph and run by the op's fake
+        implementation; L symbolic for a dynamic length): empty tensors of its shapes, L_k by comparisons (guards),
+        as ``_plan`` computes them. The final state's tables have
+        shapes of N and the chunk length T alone (T chosen from L_k under torch.compile, ``_state_chunk``); Ā^L is
+        a value."""
+        H, M, r, C, N = self.d_model, self.d_state // 2, self.P.shape[0], self.C_tilde.shape[0], self.d_state
+        L_k = self._attuned_length(L)
+        dev, real = self.D.device, self.D.dtype
+        tables = None
         if return_state:
-            return None
-        H, M, r, C = self.d_model, self.d_state // 2, self.P.shape[0], self.C_tilde.shape[0]
-        L_k = self.l_max
-        while L_k < L:
-            L_k *= 2
-        dev = self.D.device
+            A_L = torch.empty(H, N, N, dtype=real, device=dev) if initial_state else None
+            tables = DenseStateTables(torch.empty(H, N, chunk, dtype=real, device=dev),
+                                      torch.empty(H, N, N, dtype=real, device=dev), A_L, L)
         return _ConvPlan(torch.empty(H, M, dtype=_C128, device=dev), torch.empty(r, H, M, dtype=_C128, device=dev),
                          torch.empty(H, dtype=_F64, device=dev), torch.empty(C, H, M, dtype=_C128, device=dev), L_k,
-                         torch.empty(C, H, L, dtype=self.D.dtype, device=dev), None)
+                         torch.empty(C, H, L, dtype=real, device=dev), tables)
 
     # ------------------------------------------------------------------------------------------------------------
     # Recurrence

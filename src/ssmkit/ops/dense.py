@@ -94,6 +94,52 @@ def _chunk(L: int) -> int:
     return 1 << max(0, round(math.log2(L) / 2))
 
 
+def chunk_length(L: int) -> int:
+    """The chunk length T of :func:`dense_final_state_chunked` for inputs of length L: the power of two nearest √L.
+
+    Args:
+        L: an int >= 1 (a plain int: a symbolic length has no log; pass a bound on it instead).
+
+    Returns:
+        T (a power of two).
+    """
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"L must be an int >= 1; got {L!r}")
+    return _chunk(L)
+
+
+def matrix_power_bits(A: Tensor, n, bits: int) -> Tensor:
+    """Ā^n for an integer 0 <= n < 2^bits, by squaring over a fixed number of bits: Ā^n = Π_{b<bits} (Ā^{2^b})^{n_b}
+    with n = Σ_b n_b 2^b.
+
+    ``torch.linalg.matrix_power`` takes an int exponent, so a traced graph with a symbolic n specialises it (one graph
+    per n). Here n enters as a value (a 0-d int64 tensor made from it, ``torch.full``), each factor is chosen by
+    ``torch.where`` on its bit (exact: I or Ā^{2^b}, no arithmetic mix), and the graph depends on ``bits`` only:
+    2·bits - 1 matrix products, whatever n is.
+
+    Args:
+        A: (..., N, N) square matrices.
+        n: the exponent, an int or a SymInt while tracing, 0 <= n < 2^bits (not checked for a SymInt).
+        bits: the number of bits (>= 1).
+
+    Returns:
+        (..., N, N) Ā^n.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise ValueError(f"bits must be an int >= 1; got {bits!r}")
+    if isinstance(n, int) and not 0 <= n < 1 << bits:
+        raise ValueError(f"n must be in [0, 2^bits) = [0, {1 << bits}); got {n}")
+    n_t = torch.full((), n, dtype=torch.int64, device=A.device)  # as_tensor specialised a symbolic n under dynamo
+    set_bits = torch.bitwise_and(torch.bitwise_right_shift(n_t, torch.arange(bits, device=A.device)), 1) == 1  # (bits,)
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)  # (..., N, N)
+    result, square = eye, A  # square = Ā^{2^b}
+    for b in range(bits):
+        result = torch.where(set_bits[b], result @ square, result)  # (..., N, N)
+        if b + 1 < bits:
+            square = square @ square
+    return result
+
+
 class DenseStateTables(NamedTuple):
     """What :func:`dense_final_state_chunked` forms from Ā and B̄ alone (step 1 and step 4's power), for reuse across
     inputs of one length while Ā and B̄ keep their values (from :func:`dense_state_tables`).
@@ -102,7 +148,7 @@ class DenseStateTables(NamedTuple):
         W: (H, N, T) Ā^k B̄ for k < T (T = the chunk length), in the result's dtype.
         A_T: (H, N, N) Ā^T, the result's dtype.
         A_L: (H, N, N) Ā^L for an initial state's term, the result's dtype; None when not formed.
-        L: the input length the tables are for.
+        L: the input length the tables are for (a SymInt in a traced graph with a dynamic length).
     """
 
     W: Tensor
@@ -112,43 +158,70 @@ class DenseStateTables(NamedTuple):
 
 
 def dense_state_tables(
-    A_bar: Tensor, B_bar: Tensor, L: int, dtype: torch.dtype, initial_state: bool = False
+    A_bar: Tensor,
+    B_bar: Tensor,
+    L: int,
+    dtype: torch.dtype,
+    initial_state: bool = False,
+    chunk: int | None = None,
+    max_length: int | None = None,
 ) -> DenseStateTables:
     """Step 1 of the module docstring (and step 4's Ā^L): the tables of the chunked final state for inputs of length L.
 
     Formed by doubling in double precision whatever the result's precision (float32 squarings lose the slow modes:
     2e-4 relative error at L = 4096 for S4-LagT, 6e-7 with float64 tables), then cast to ``dtype``.
 
+    Any power-of-two chunk length gives the same final state (to rounding): a traced graph with a dynamic L takes one
+    fixed for a range of lengths (``chunk``) and Ā^L by :func:`matrix_power_bits` over ``max_length``'s bits, so
+    that the graph depends on L only as a value (S4 under torch.compile: one graph per attuned length L_k).
+
     Args:
         A_bar: (H, N, N) real or complex state matrix Ā (double precision for the most accurate float32 tables).
         B_bar: (H, N) input vector B̄, A_bar's dtype.
-        L: the input length (>= 1).
+        L: the input length (>= 1; a SymInt while tracing with ``max_length``).
         dtype: the result's dtype (the input's precision; complex when A_bar is complex).
         initial_state: also form Ā^L, for an initial state's term.
+        chunk: the chunk length T, a power of two, or None for :func:`chunk_length` of L.
+        max_length: None, or a bound L <= max_length: Ā^L by squarings over its bits (no int exponent), for a
+            symbolic L.
 
     Returns:
         the :class:`DenseStateTables`.
     """
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+    symbolic_ok = max_length is not None and not isinstance(L, (int, bool))  # a SymInt under make_fx/export
+    if not symbolic_ok and (isinstance(L, bool) or not isinstance(L, int) or L < 1):
         raise ValueError(f"L must be an int >= 1; got {L!r}")
-    T = _chunk(L)
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk & (chunk - 1)):
+        raise ValueError(f"chunk must be a power of two >= 1, or None; got {chunk!r}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"max_length must be an int >= 1, or None; got {max_length!r}")
+    if max_length is not None and not symbolic_ok and L > max_length:
+        raise ValueError(f"L must be <= max_length = {max_length}; got {L}")
+    T = _chunk(L) if chunk is None else chunk
     wide = torch.complex128 if A_bar.is_complex() else torch.float64
     W = B_bar.to(wide).unsqueeze(-1)  # (H, N, 1)
     A_T = A_bar.to(wide)  # (H, N, N): Ā^(number of columns of W)
     while W.shape[-1] < T:
         W = torch.cat([W, torch.bmm(A_T, W)], dim=-1)  # (H, N, 2k); bmm: one aten op (matmul dispatches six)
         A_T = torch.bmm(A_T, A_T)  # (H, N, N)
-    A_L = torch.linalg.matrix_power(A_bar.to(wide), L).to(dtype) if initial_state else None  # squarings in double
+    A_L = None
+    if initial_state:  # squarings in double
+        A_wide = A_bar.to(wide)  # (H, N, N)
+        if max_length is None:
+            A_L = torch.linalg.matrix_power(A_wide, L)  # (H, N, N)
+        else:
+            A_L = matrix_power_bits(A_wide, L, max_length.bit_length())  # (H, N, N): L a value, not a guard
+        A_L = A_L.to(dtype)
     return DenseStateTables(W.to(dtype), A_T.to(dtype), A_L, L)
 
 
-def _chunk_sums(u: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _chunk_sums(u: Tensor, W: Tensor, n_chunks: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Step 2 of the module docstring, the chunk sums S[h, b, c] = Σ_j W[h, :, T-1-j] u[b, cT+j, h] after front
-    zero-padding to n_chunks·T: (U (H, B·n_chunks, T), W_rev (H, T, N), S (H, B, n_chunks, N)) from u (B, L, H) and
-    W (H, N, T)."""
+    zero-padding to n_chunks·T (n_chunks = ⌈L/T⌉, or as given: >= L/T): (U (H, B·n_chunks, T), W_rev (H, T, N),
+    S (H, B, n_chunks, N)) from u (B, L, H) and W (H, N, T)."""
     Bsz, L, H = u.shape
     N, T = W.shape[1], W.shape[2]
-    n_chunks = -(-L // T)
+    n_chunks = -(-L // T) if n_chunks is None else n_chunks
     u_pad = torch.nn.functional.pad(u, (0, 0, n_chunks * T - L, 0))  # (B, n_chunks·T, H)
     U = u_pad.reshape(Bsz * n_chunks, T, H).permute(2, 0, 1)  # (H, B·n_chunks, T)
     W_rev = W.flip(-1).transpose(1, 2)  # (H, T, N): row j holds Ā^{T-1-j} B̄
@@ -160,10 +233,11 @@ def _chunk_sums(u: Tensor, W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return U, W_rev, S
 
 
-def _chunk_sums_and_carry(u: Tensor, W: Tensor, A_T: Tensor) -> Tensor:
+def _chunk_sums_and_carry(u: Tensor, W: Tensor, A_T: Tensor, n_chunks: int | None = None) -> Tensor:
     """Steps 2-3 of the module docstring: the state x_{L-1} from zeros, (H, B, N), from u (B, L, H) and the tables
-    W (H, N, T), A_T (H, N, N) (:class:`DenseStateTables`)."""
-    S = _chunk_sums(u, W)[2]  # (H, B, n_chunks, N)
+    W (H, N, T), A_T (H, N, N) (:class:`DenseStateTables`), over ⌈L/T⌉ chunks or ``n_chunks`` >= L/T (the leading
+    ones zeros: a count that does not follow L, for a traced symbolic L)."""
+    S = _chunk_sums(u, W, n_chunks)[2]  # (H, B, n_chunks, N)
     n_chunks = S.shape[2]
     # 3. Carry across chunks: x_c = Ā^T x_{c-1} + S_c with x kept as rows, x_c = x_{c-1} (Ā^T)ᵀ + S_c: the (B, N) @
     #    (N, N) form runs 2.6x faster than (N, N) @ (N, B) in MKL's batched GEMM at B 8, N 64 (one contiguous copy
@@ -250,13 +324,18 @@ class _CompiledCarry(torch.autograd.Function):
         return gu, gW, gA_T
 
 
-def dense_final_state_tabled(u: Tensor, tables: DenseStateTables, state: Tensor | None = None) -> Tensor:
+def dense_final_state_tabled(
+    u: Tensor, tables: DenseStateTables, state: Tensor | None = None, max_length: int | None = None
+) -> Tensor:
     """Steps 2-4 of the module docstring from tables formed beforehand (:func:`dense_state_tables`).
 
     Args:
         u: (B, L, H) real input, of the tables' length L, in the tables' precision.
         tables: from :func:`dense_state_tables` for this L (with ``initial_state=True`` when ``state`` is given).
         state: (B, H, N) state x_{-1} before the first input, or None for zeros.
+        max_length: None, or a bound L <= max_length for a traced symbolic L: a traced carry (``torch.export``;
+            complex tables) then runs ⌊max_length/T⌋ + 1 chunks, u padded in front by zeros (never by none), so
+            that the graph holds no chunk count of L (a guard per count: ``torch.export`` refused the range).
 
     Returns:
         x_{L-1} (B, H, N) in the tables' dtype.
@@ -272,10 +351,13 @@ def dense_final_state_tabled(u: Tensor, tables: DenseStateTables, state: Tensor 
     if state is not None and (not isinstance(state, Tensor) or tuple(state.shape) != (Bsz, H, N)):
         got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
         raise ValueError(f"state must be (B, H, N) = {(Bsz, H, N)}; got {got}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"max_length must be an int >= 1, or None; got {max_length!r}")
     if not W.is_complex() and torch.compiler.is_compiling() and custom_ops_allowed():
         x = _CompiledCarry.apply(u, W, A_T)  # (H, B, N): one op each way (see _CompiledCarry)
     else:
-        x = _chunk_sums_and_carry(u, W, A_T)  # (H, B, N)
+        n_chunks = None if max_length is None else max_length // W.shape[-1] + 1
+        x = _chunk_sums_and_carry(u, W, A_T, n_chunks)  # (H, B, N)
     x = x.transpose(0, 1)  # (B, H, N)
     # 4. The initial state's term Ā^L x_{-1}.
     if state is not None:

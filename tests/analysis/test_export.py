@@ -18,9 +18,10 @@ LTI = [n for n in layers.available() if layers.layer_class(n).capabilities.state
 STEP = [n for n in layers.available() if layers.layer_class(n).capabilities.step]
 MODAL = {"s4d", "dss", "dlr", "s5", "lru", "ema"}  # diagonal layers: their realisation runs in modal form
 # layers whose step must export to ONNX; the others raise NotImplementedError with the reason and are skipped (a growing
-# key/value cache or long-convolution history: attention, mega, hyena; a complex state outside an LTI core:
-# liquid_s4). GSS and H3 export since their LTI cores are replaced by real realisations too (2026-12-02).
-MUST_EXPORT = {"s4", "s4d", "dss", "dlr", "s5", "lru", "ema", "rglru", "mamba", "mamba2", "sgconv", "gss", "h3"}
+# key/value cache or long-convolution history: attention, mega, hyena). GSS and H3 export since their LTI cores are
+# replaced by real realisations too, Liquid-S4 as S4's core driven by its liquid input (2026-12-02).
+MUST_EXPORT = {"s4", "s4d", "dss", "dlr", "s5", "lru", "ema", "rglru", "mamba", "mamba2", "sgconv", "gss", "h3",
+               "liquid_s4"}
 
 
 def _truncated_response(system, L):

@@ -53,6 +53,36 @@ def test_real_sequence_equals_the_layer_forward_for_every_variant(name):
                     assert rel_err(got_h, onnx_state_of(layer, h)) <= 1e-11, (opts, L)
 
 
+def test_real_liquid_s4_equals_the_layer_in_forward_and_step():
+    """Liquid-S4 is not LTI, but S4's core driven by the liquid input (`RealLiquidS4`): float64, both liquid kernels
+    (PB, KB with degree 3 and LeCun's tanh), lengths across chunk boundaries, from rest and from a forward state;
+    then 5 steps."""
+    from ssmkit.analysis.onnx_liquid import RealLiquidS4
+    from ssmkit.layers.liquid import LiquidS4State
+
+    for opts in variants("liquid_s4"):
+        layer = make_layer("liquid_s4", opts, dtype=torch.float64).eval()
+        real = RealLiquidS4(layer, lambda system, dtype: RealLTISequence(system, dtype), torch.float64)
+        x = torch.randn(2, 150, H, dtype=torch.float64)
+        with torch.no_grad():
+            _, s = layer(x[:, :77])
+            for L in (1, 9, 64, 70):
+                for state in (None, s):
+                    y, h = layer(x[:, 77 : 77 + L], state)
+                    start = None if state is None else LiquidS4State(*_real_parts(layer, state))
+                    got_y, got_h = real(x[:, 77 : 77 + L], start)
+                    assert rel_err(got_y, y) <= 1e-12, (opts, L)
+                    assert _same_states(list(got_h), _real_parts(layer, h)) <= 1e-12, (opts, L)
+            state, mine = layer.initial_state(2), real.initial_state(2)
+            for t in range(5):
+                (y, state), (got_y, mine) = layer.step(x[:, t], state), real.step(x[:, t], mine)
+                assert rel_err(got_y, y) <= 1e-12, (opts, t)
+
+
+def _real_parts(layer, state) -> list:
+    return [torch.from_numpy(p) for p in onnx_state(_Single(layer), [state])]
+
+
 def onnx_state_of(layer, state):
     """The layer's state in the real layout of the exported graphs (or None)."""
     if state is None:
@@ -108,10 +138,11 @@ def _run(session, info, u: torch.Tensor, parts: list) -> tuple[torch.Tensor, lis
     return torch.from_numpy(y), final
 
 
-@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "ema", "gss", "h3"])
+@pytest.mark.parametrize("name", ["s4d", "s5", "s4", "ema", "gss", "h3", "liquid_s4"])
 def test_onnx_sequence_graph_runs_every_length_and_batch(tmp_path, name):
     """One graph (traced at B 2, L 2T + 3), run at other lengths and batch sizes, from rest and from a forward state:
-    float32 outputs and final states within 1e-5 of the model's. GSS and H3: mixers whose LTI cores are replaced."""
+    float32 outputs and final states within 1e-5 of the model's. GSS and H3: mixers whose LTI cores are replaced;
+    Liquid-S4: S4's core driven by the liquid input."""
     pytest.importorskip("onnxscript")
     model = _model(name, torch.float32)
     info = export_onnx_sequence(model, str(tmp_path / f"{name}.onnx"))

@@ -7,6 +7,7 @@
     plots.py        PNG figures (poles, Bode, impulse/step responses, kernels); report.py: summary.md + JSON + PNGs
     onnx_export.py  a model's one-step function as an ONNX graph in real arithmetic (embedded controllers)
     onnx_sequence.py  a model's whole-sequence forward as an ONNX graph for any length (real chunked scans)
+    onnx_liquid.py  Liquid-S4 in real arithmetic for both exports (S4's core driven by the liquid input)
     zoo.py          the control-theoretic table of the registered layers (``ssmkit zoo``)
     commands.py     ``ssmkit analyze`` and ``ssmkit zoo``
 

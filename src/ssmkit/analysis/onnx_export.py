@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ssmkit.analysis.statespace import StateSpace
+from ssmkit.layers.protocol import float32_core
 
 __all__ = ["OnnxExport", "RealLTIStep", "StepFunction", "export_onnx", "onnx_state", "real_step_model"]
 
@@ -182,7 +183,11 @@ def real_step_model(model: nn.Module) -> nn.Module:
 
 def _replace_lti_layers(model: nn.Module, make) -> nn.Module:
     """A copy of ``model`` (eval mode, no ``check_finite``) with each outer LTI layer replaced by
-    ``make(layer.state_space(), dtype)`` on the layer's device (`real_step_model`)."""
+    ``make(layer.state_space(), dtype)`` on the layer's device (`real_step_model`), each LTI core of a mixer likewise,
+    and each Liquid-S4 layer by a `RealLiquidS4` whose S4 core is made by ``make``."""
+    from ssmkit.analysis.onnx_liquid import RealLiquidS4
+    from ssmkit.layers.liquid import LiquidS4
+
     for _, layer in _outer_layers(model):
         # as the layer's own step: half-precision weights are refused (their state_space() alone is computed, in
         # float64; a float16 graph ran the recurrence in float16, 1.5e-3 off the same weights in float32 at step 20)
@@ -190,9 +195,15 @@ def _replace_lti_layers(model: nn.Module, make) -> nn.Module:
     copied = copy.deepcopy(model).eval()
     if getattr(copied, "check_finite", False):  # an ONNX graph cannot raise: the copy leaves the NaN/inf check out
         copied.check_finite = False
-    for name, layer in _outer_lti_layers(copied) + _inner_lti_layers(copied):
+    liquid = [(n, m) for n, m in _outer_layers(copied) if isinstance(m, LiquidS4)]
+    for name, layer in _outer_lti_layers(copied) + _inner_lti_layers(copied) + liquid:
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
-        replacement = make(layer.state_space(), dtype).to(layer.state_device())
+        if isinstance(layer, LiquidS4):
+            with float32_core(layer.state_device().type):
+                replacement = RealLiquidS4(layer, make, dtype)
+        else:
+            replacement = make(layer.state_space(), dtype)
+        replacement = replacement.to(layer.state_device())
         if not name:
             return replacement
         parent_name, _, child = name.rpartition(".")
@@ -330,6 +341,8 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     Returns:
         the numpy state parts, in the order of ``OnnxExport.state_names``.
     """
+    from ssmkit.layers.liquid import LiquidS4
+
     layers = [m for _, m in _outer_layers(model)]
     if isinstance(state, list):
         state = _layer_entries(state)
@@ -353,6 +366,8 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
             elif entry.is_complex():
                 entry = torch.view_as_real(entry)  # (..., 2): the modal form's (Re, Im) pairs
             entry = entry.reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2) or (B, G, n)
+        elif isinstance(layer, LiquidS4):  # (S4's dense basis [Re x, Im x], the last inputs): RealLiquidS4's state
+            entry = [torch.cat([entry.ssm.real, entry.ssm.imag], -1), entry.inputs]
         else:
             entry = [_mixer_part(layer, part) for part in _flatten(entry)]
         dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)

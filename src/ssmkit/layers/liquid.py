@@ -84,6 +84,46 @@ class LiquidS4State(NamedTuple):
     inputs: Tensor
 
 
+def contract(v: Tensor, kind: str | None) -> Tensor:
+    """f(v) of ``liquid_contract``: identity (None), tanh (``"tanh"``) or 1.7159 tanh(0.666 v) (``"lecun"``)."""
+    if kind == "tanh":
+        return torch.tanh(v)
+    if kind == "lecun":
+        return 1.7159 * torch.tanh(0.666 * v)
+    return v
+
+
+def liquid_input(u: Tensor, past: Tensor, beta: Tensor, degree: int, kind: str | None) -> tuple[Tensor, Tensor]:
+    """s_t = Σ_{p=2}^{P} β^{p-1} f(u_t u_{t-1} ... u_{t-p+1}) over a sequence (module docstring).
+
+    Args:
+        u: (B, L, H) input.
+        past: (B, H, P-1) the inputs before u, oldest first.
+        beta: (H,) β = 1ᵀ B̄.
+        degree: P (``liquid_degree``).
+        kind: f (``liquid_contract``).
+
+    Returns:
+        s (B, L, H) and the last P-1 inputs (B, H, P-1).
+    """
+    P, L = degree, u.shape[1]
+    history = torch.cat([past.transpose(1, 2), u], dim=1)  # (B, P-1+L, H): u_t at index P-1+t
+    product, s = u, torch.zeros_like(u)
+    for p in range(2, P + 1):
+        product = product * history[:, P - p : P - p + L]  # (B, L, H): times u_{t-p+1}
+        s = s + beta ** (p - 1) * contract(product, kind)
+    return s, history[:, L:].transpose(1, 2)  # (B, L, H), (B, H, P-1)
+
+
+def liquid_input_step(u: Tensor, past: Tensor, beta: Tensor, degree: int, kind: str | None) -> tuple[Tensor, Tensor]:
+    """s_t of :func:`liquid_input` for one step: u (B, H), past (B, H, P-1) -> s_t (B, H) and the next past."""
+    product, s = u, torch.zeros_like(u)
+    for p in range(2, degree + 1):
+        product = product * past[..., degree - p]  # (B, H): times u_{t-p+1}
+        s = s + beta ** (p - 1) * contract(product, kind)
+    return s, torch.cat([past[..., 1:], u.unsqueeze(-1)], dim=-1)
+
+
 def _check_degree(value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise ValueError(f"liquid_degree must be an int >= 2 (the highest degree of the input products); got {value!r}")
@@ -165,41 +205,13 @@ class LiquidS4(S4):
     # ------------------------------------------------------------------------------------------------------------
     # The liquid input
 
-    def _contract(self, v: Tensor) -> Tensor:
-        """f(v): identity, tanh or 1.7159 tanh(0.666 v)."""
-        if self.liquid_contract == "tanh":
-            return torch.tanh(v)
-        if self.liquid_contract == "lecun":
-            return 1.7159 * torch.tanh(0.666 * v)
-        return v
-
     def _liquid_input(self, u: Tensor, past: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
-        """s_t = Σ_{p=2}^{P} β^{p-1} f(u_t u_{t-1} ... u_{t-p+1}) over a sequence.
-
-        Args:
-            u: (B, L, H) input.
-            past: (B, H, P-1) the inputs before u, oldest first.
-            beta: (H,) β = 1ᵀ B̄.
-
-        Returns:
-            s (B, L, H) and the last P-1 inputs (B, H, P-1).
-        """
-        P, L = self.liquid_degree, u.shape[1]
-        history = torch.cat([past.transpose(1, 2), u], dim=1)  # (B, P-1+L, H): u_t at index P-1+t
-        product, s = u, torch.zeros_like(u)
-        for p in range(2, P + 1):
-            product = product * history[:, P - p : P - p + L]  # (B, L, H): times u_{t-p+1}
-            s = s + beta ** (p - 1) * self._contract(product)
-        return s, history[:, L:].transpose(1, 2)  # (B, L, H), (B, H, P-1)
+        """:func:`liquid_input` with this layer's degree and contraction."""
+        return liquid_input(u, past, beta, self.liquid_degree, self.liquid_contract)
 
     def _liquid_input_step(self, u: Tensor, past: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
-        """s_t for one step: u (B, H), past (B, H, P-1) -> s_t (B, H) and the next past (B, H, P-1)."""
-        P = self.liquid_degree
-        product, s = u, torch.zeros_like(u)
-        for p in range(2, P + 1):
-            product = product * past[..., P - p]  # (B, H): times u_{t-p+1}
-            s = s + beta ** (p - 1) * self._contract(product)
-        return s, torch.cat([past[..., 1:], u.unsqueeze(-1)], dim=-1)
+        """:func:`liquid_input_step` with this layer's degree and contraction."""
+        return liquid_input_step(u, past, beta, self.liquid_degree, self.liquid_contract)
 
     @staticmethod
     def _impulse(coeffs: DPLRStepCoefficients, C_true: Tensor) -> tuple[Tensor, Tensor]:

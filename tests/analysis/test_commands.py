@@ -154,3 +154,20 @@ def test_analyze_writes_the_onnx_graphs_of_a_deep_wiener(tmp_path, capsys):
     zeros = {f"state_{i}": torch.zeros(1, 3, 2, 2).numpy() for i in range(2)}
     got = torch.from_numpy(session.run(None, {"u": u.numpy(), **zeros})[0])
     assert rel_err(got, want) <= 1e-5
+
+
+def test_analyze_onnx_of_a_growing_state_writes_the_sequence_graph_from_rest(tmp_path, capsys):
+    """Attention's cache grows: no step graph (exit 1, the reason on stderr), the sequence graph without a state."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ssmkit.analysis.commands import _write_onnx
+    from ssmkit.models import SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=2, d_model=4, n_layers=1, layer="attention", layer_options={"n_heads": 2},
+                          d_output=1, head="regress", pool=None).eval()
+    assert _write_onnx(model, str(tmp_path)) == 1
+    printed = capsys.readouterr()
+    assert "step.onnx not written" in printed.err and "growing axis" in printed.err
+    assert "sequence.onnx: without a state" in printed.out and "inputs u (B, L, 2), no state; outputs y" in printed.out
+    assert sorted(os.listdir(tmp_path)) == ["sequence.onnx"]

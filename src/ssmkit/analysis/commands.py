@@ -123,21 +123,33 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
 
 
 def _write_onnx(model, out: str) -> int:
-    """Write step.onnx and sequence.onnx into ``out`` and print their inputs; 1 (and the reason) if one fails."""
+    """Write step.onnx and sequence.onnx into ``out`` and print their inputs; 1 (and the reasons) if one is not written.
+
+    A model whose state grows with the sequence (attention, Mega, Hyena) has no step graph, and its sequence graph is
+    written without a state (``u -> y`` from rest), which is said."""
     from ssmkit.analysis.onnx_export import export_onnx
     from ssmkit.analysis.onnx_sequence import export_onnx_sequence
 
     m = getattr(model, "d_input", None) or getattr(model, "n_inputs", None) or "m"
+    failed = 0
     for name, export, u in (("step.onnx", export_onnx, f"u (B, {m})"),
                             ("sequence.onnx", export_onnx_sequence, f"u (B, L, {m})")):
+        path = os.path.join(out, name)
         try:
-            info = export(model, os.path.join(out, name))
+            try:
+                info = export(model, path)
+            except NotImplementedError as err:
+                if export is not export_onnx_sequence or "with_state=False" not in str(err):
+                    raise
+                info = export_onnx_sequence(model, path, with_state=False)
+                print(f"{name}: without a state (from rest), the model's state grows with the sequence")
         except (NotImplementedError, ImportError) as err:
             print(f"{name} not written: {err}", file=sys.stderr)
-            return 1
-        print(f"{info.path}: inputs {u}, {_state_summary(info.state_names, info.state_shapes)}; outputs y and "
-              "next_state_0, ...")
-    return 0
+            failed = 1
+            continue
+        print(f"{info.path}: inputs {u}, {_state_summary(info.state_names, info.state_shapes)}; outputs y"
+              + (" and next_state_0, ..." if info.state_names else ""))
+    return failed
 
 
 def _state_summary(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]) -> str:

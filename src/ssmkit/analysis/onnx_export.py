@@ -18,8 +18,11 @@ in the control convention, x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (``l
 - **dense** otherwise (S4's DPLR realisation): the state is (B, G, n) in the realisation's basis, O(G n²) per step;
   for S4 that basis is [Re x, Im x] of the layer's own complex state x, so a state from ``forward`` carries over too.
 
-The other layers (gated, time-varying mixers) keep their own ``step``, exported as traced; a layer whose state is
-complex, or whose step the exporter cannot trace, makes `export_onnx` raise ``NotImplementedError`` naming it.
+The LTI cores inside other layers (GSS's diagonal SSM, H3's S4D) are replaced the same way, and Liquid-S4 by
+:class:`ssmkit.analysis.onnx_liquid.RealLiquidS4` (S4's real core driven by its liquid input). The other layers
+(gated, time-varying mixers) keep their own ``step``, exported as traced; a layer whose state grows (attention's
+cache, Mega, Hyena), or whose step the exporter cannot trace, makes `export_onnx` raise ``NotImplementedError`` naming
+it.
 The batch axis of the graph's input, state and outputs is dynamic (named ``batch``): a graph exported once runs with
 any batch size (1 for a controller, more to simulate several scenarios). ``batch_size=B`` fixes it instead, for
 runtimes that want static shapes. The trace uses an example batch of 2 (torch.export specialises a size-1 axis).

@@ -62,14 +62,15 @@ def test_real_liquid_s4_equals_the_layer_in_forward_and_step():
 
     for opts in variants("liquid_s4"):
         layer = make_layer("liquid_s4", opts, dtype=torch.float64).eval()
-        real = RealLiquidS4(layer, lambda system, dtype: RealLTISequence(system, dtype), torch.float64)
-        x = torch.randn(2, 150, H, dtype=torch.float64)
+        device = layer.state_device()
+        real = RealLiquidS4(layer, lambda system, dtype: RealLTISequence(system, dtype), torch.float64).to(device)
+        x = torch.randn(2, 150, H, dtype=torch.float64, device=device)
         with torch.no_grad():
             _, s = layer(x[:, :77])
             for L in (1, 9, 64, 70):
                 for state in (None, s):
                     y, h = layer(x[:, 77 : 77 + L], state)
-                    start = None if state is None else LiquidS4State(*_real_parts(layer, state))
+                    start = None if state is None else LiquidS4State(*(p.to(device) for p in _real_parts(layer, state)))
                     got_y, got_h = real(x[:, 77 : 77 + L], start)
                     assert rel_err(got_y, y) <= 1e-12, (opts, L)
                     assert _same_states(list(got_h), _real_parts(layer, h)) <= 1e-12, (opts, L)

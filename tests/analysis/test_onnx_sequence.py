@@ -38,7 +38,7 @@ def test_the_lti_layers_are_found():
 
 @pytest.mark.parametrize("name", LTI)
 def test_real_sequence_equals_the_layer_forward_for_every_variant(name):
-    """float64, lengths across the chunk boundaries (T = 64 for SISO, 8 for MIMO), from rest and from a state."""
+    """float64, lengths across the chunk boundaries (T = 64 here: `default_chunk`), from rest and from a state."""
     for opts in variants(name):
         layer = make_layer(name, opts, dtype=torch.float64).eval()
         real = RealLTISequence(layer.state_space(), dtype=torch.float64).to(layer.state_device())
@@ -101,8 +101,9 @@ class _Single(torch.nn.Module):
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
-def test_any_chunk_length_gives_the_same_sequence(chunk_size):
-    model = _model("s4d", torch.float64)
+@pytest.mark.parametrize("name", ["s4d", "s5"])
+def test_any_chunk_length_gives_the_same_sequence(name, chunk_size):
+    model = _model(name, torch.float64)
     real = real_sequence_model(model, chunk_size=chunk_size)
     x = torch.randn(3, 131, 2, dtype=torch.float64)
     with torch.no_grad():

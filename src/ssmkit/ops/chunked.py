@@ -227,8 +227,9 @@ def _carry_doubling(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None)
     """:func:`_carry` for torch.compile, with a graph that depends on the chunk count nc only through its octave.
 
     :func:`_carry`'s loops run ⌈√nc⌉ and nc/G times, so every chunk count (every length) compiled its own graph.
-    Here the group size is a constant, G = 8, and ng = ⌊(nc + 2G - 1)/G⌋ groups (the last all padding, so the padding
-    is never empty: an empty one made AOT autograd guard on nc % G); the scan inside the groups is G - 1 steps over
+    Here the group size is a constant, G = 8, and ng = ⌊nc/G⌋ + 1 groups (1 to G chunks of padding, never none: an
+    empty padding made AOT autograd guard on nc % G; ⌊(nc + 2G - 1)/G⌋, a whole group of padding more, cost a compiled
+    EMA forward+backward ~10 %: 170 against 152 ms paired, B 8, L 4 096, H 128, N 64, one thread); the scan inside the groups is G - 1 steps over
     all groups at once, and the carry across the ng group ends runs by doubling (Hillis-Steele: ⌈log2 ng⌉ steps
     s_g += (Ā^{TG})^d s_{g-d}, d = 1, 2, 4, ..., whose comparisons d < ng are the only guards). A doubling over the
     chunks themselves cost ~log2(nc) passes over (H, B, nc, N) (EMA at L 4 096 compiled 1.7x its eager time); over
@@ -244,7 +245,7 @@ def _carry_doubling(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None)
     """
     H, Bsz, nc, N = z.shape
     G = _GROUP
-    ng = (nc + 2 * G - 1) // G
+    ng = nc // G + 1
     zg = F.pad(z, (0, 0, 0, ng * G - nc)).reshape(H, Bsz, -1, G, N)  # (H, B, ng, G, N); zeros after the end
     A_g = A_T[:, None, None, :]  # (H, 1, 1, N)
     cols = zg.unbind(3)  # G × (H, B, ng, N)

@@ -116,16 +116,19 @@ class RealLTISequence(RealLTIStep):
         if not (isinstance(T, int) and T >= 1):
             raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
         self.T, self.n_real = T, n
-        powers = [np.broadcast_to(np.eye(n), (G, n, n))]  # A^j, j = 0..T
-        for _ in range(T):
-            powers.append(powers[-1] @ A)
-        P = np.stack([powers[j] @ B for j in range(T)], axis=1)  # (G, T, n, m): A^j B
+        # A^j B and C A^t (j, t < T) by products with the previous term: no list of the T matrix powers A^j (for S4 at
+        # H 128, N 64, T 64 those held 272 MB of float64)
+        P, CA = [B], [C]  # (G, n, m) and (G, p, n) each
+        for _ in range(T - 1):
+            P.append(A @ P[-1])
+            CA.append(CA[-1] @ A)
+        P = np.stack(P, axis=1)  # (G, T, n, m): A^j B
         K = np.concatenate([D[:, None], np.einsum("gpn,gjnm->gjpm", C, P[:, : T - 1])], axis=1)  # (G, T, p, m)
         toeplitz = np.zeros((G, T, m, T, p))  # [g, s, i, t, o] = K_{t-s}[o, i] for t >= s
         for s in range(T):
             toeplitz[:, s, :, s:, :] = K[:, : T - s].transpose(0, 3, 1, 2)
         to_state = P[:, ::-1].transpose(0, 1, 3, 2)  # (G, T, m, n): [g, s, i] = (A^{T-1-s} B)[:, i]
-        from_state = np.stack([C @ powers[t] for t in range(T)], axis=1).transpose(0, 3, 1, 2)  # (G, n, T, p)
+        from_state = np.stack(CA, axis=1).transpose(0, 3, 1, 2)  # (G, n, T, p): [g, :, t] = (C A^t)ᵀ
         squarings = [A]  # A^{2^k}, k = 0..K-1, enough bits for r <= T
         while len(squarings) < T.bit_length():
             squarings.append(squarings[-1] @ squarings[-1])
@@ -133,7 +136,8 @@ class RealLTISequence(RealLTIStep):
         self.register_buffer("toeplitz", as_t(toeplitz.reshape(G, T * m, T * p)))
         self.register_buffer("to_state", as_t(to_state.reshape(G, T * m, n)))
         self.register_buffer("from_state", as_t(from_state.reshape(G, n, T * p)))
-        self.register_buffer("carry_T", as_t(powers[T].transpose(0, 2, 1)))  # (G, n, n): h @ (A^T)ᵀ
+        A_T = np.linalg.matrix_power(A, T)  # (G, n, n)
+        self.register_buffer("carry_T", as_t(A_T.transpose(0, 2, 1)))  # (G, n, n): h @ (A^T)ᵀ
         self.register_buffer("tail_in", as_t(P))  # (G, T, n, m)
         self.register_buffer("squarings", as_t(np.stack(squarings, 1).transpose(0, 1, 3, 2)))  # (G, K, n, n), ᵀ
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.opaque import exporting
 from ssmkit.ops.powers import int_power, power_table
 from ssmkit.ops.symbolic import carry, ceil_sqrt, chunk_count, keep_first, symbolic_length
 
@@ -336,7 +337,7 @@ def ssm_scan_chunked(
     symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
     # under torch.compile (not export): no Python loop or branch on the chunk count or the remainder, so that one graph
     # serves every length whose chunk count lies in one octave (a dynamic L; _carry_doubling)
-    generic = LENGTH_GENERIC_COMPILE and not symbolic and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    generic = LENGTH_GENERIC_COMPILE and not symbolic and torch.compiler.is_compiling() and not exporting()
     T = chunk_size if symbolic or generic else min(chunk_size, L)
     # (a symbolic L, and any L under torch.compile, gets one more chunk, all padding: the padding is never empty, or
     # AOT autograd guarded on L % T == 0, a second graph per octave)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops.backend import dispatch
-from ssmkit.ops.opaque import custom_ops_allowed, kernel_op
+from ssmkit.ops.opaque import custom_ops_allowed, exporting, kernel_op
 
 _REAL = (torch.float32, torch.float64)
 
@@ -111,7 +111,7 @@ def _from_spectrum(Y: torch.Tensor, n: int, L: int) -> torch.Tensor:
     node that torch's ONNX exporter writes for irfft ("OutputMLValue"), and runs a complex inverse DFT. (Slicing out
     the negative frequencies instead made torch.export guard L >= 3: a slice of L - 1 bins.)
     """
-    if torch.compiler.is_exporting():
+    if exporting():
         k = torch.arange(Y.shape[-1], device=Y.device)
         half = (k == 0) | ((k == n // 2) & (n % 2 == 0))  # the bins counted once in the Hermitian sum
         Z = torch.view_as_real(Y * torch.where(half, 0.5, 1.0).to(Y.real.dtype))  # (B, H, n//2 + 1, 2)

@@ -97,12 +97,28 @@ def eager_views_and_autograd() -> Iterator[None]:
         yield
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` traces, as ``torch.compiler.is_exporting()`` means it, on every torch version.
+
+    Read from torch.compiler's module flag, which ``torch.export`` sets while it traces. torch 2.11 (the version of
+    the GPU sessions) constant-folds ``torch.compiler.is_exporting()`` to True inside every dynamo trace,
+    torch.compile's included (2.13 reads the flag): there, :func:`custom_ops_allowed` said no under torch.compile, so
+    compiled models left out every C and Triton kernel and ran the chunked PyTorch paths (found running the
+    test-suite on torch 2.11 on the CPU: 20 compile tests failed). Falls back to the public function where the flag
+    does not exist.
+    """
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if flag is None:
+        return torch.compiler.is_exporting()
+    return bool(flag)
+
+
 def custom_ops_allowed() -> bool:
     """Whether ssmkit's custom ops (the kernel calls, the compiled value-cache lookup) may stand here: True in eager
     mode and while torch.compile traces, False while a torch.func transform (the ops have no batching rule) or
     ``torch.export`` (a program naming ssmkit's ops could not run without ssmkit) traces. The one test that
     ``prefer_native``, ``prefer_triton`` and ``layers.cache`` share."""
-    return not (torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting())
+    return not (torch._C._are_functorch_transforms_active() or exporting())
 
 
 def absent_if_zero(grad: torch.Tensor | None) -> torch.Tensor | None:

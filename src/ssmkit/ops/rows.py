@@ -29,6 +29,7 @@ from torch import nn
 from torch.autograd import forward_ad
 
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.opaque import exporting
 from ssmkit.ops.twice import graph_backward
 
 ROW_BLOCK = 512  # rows per GEMM call; chosen by the Mamba block's forward+backward (docs/design.md, "Row blocks")
@@ -58,7 +59,7 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Te
 
 def _blocked(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the row-blocked path applies to ``x @ weightᵀ`` (see the module docstring)."""
-    if tracing() or torch.compiler.is_exporting() or getattr(forward_ad, "_current_level", -1) >= 0:
+    if tracing() or exporting() or getattr(forward_ad, "_current_level", -1) >= 0:
         return False  # checked first: a comparison of symbolic sizes below would add a guard to the traced graph
     return (
         x.device.type == "cpu"

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ssmkit.ops.opaque import exporting
+
 try:  # a prototype higher-order op of torch; older releases lack it
     from torch._higher_order_ops.scan import scan_op as _scan_op
 except ImportError:  # pragma: no cover - torch without the op
@@ -83,8 +85,7 @@ def symbolic_length(L) -> bool:
     Returns:
         True when L is a SymInt and an export is under way.
     """
-    exporting = getattr(torch.compiler, "is_exporting", None)  # (torch >= 2.3)
-    return isinstance(L, torch.SymInt) and exporting is not None and exporting()
+    return isinstance(L, torch.SymInt) and exporting()
 
 
 def ceil_sqrt(n):

@@ -96,8 +96,9 @@ class _NativeScan(torch.autograd.Function):
         g_h = None if g_h is None else g_h.contiguous()
         g_delta, g_u, g_P, g_B, g_C, *rest = _backward_kernel(delta, u, At, B, C, D, z, bias, Wt, ctx.softplus, ckpt,
                                                              g_out, g_h, ctx.T, ctx.has_h0)
-        g_z = rest.pop(0) if z is not None else None
-        g_h0 = rest.pop(0) if ctx.has_h0 else None
+        # by index: torch 2.11's dynamo holds the starred rest as a tuple, and cannot trace tuple.pop
+        g_z = rest[0] if z is not None else None
+        g_h0 = rest[int(z is not None)] if ctx.has_h0 else None
         N = At.shape[0]
         g_D = g_P[N] if D is not None else None
         g_bias = g_P[N + 1] if bias is not None else None

@@ -52,7 +52,40 @@ NUM_WARPS = 8
 # Compiled for sm_90 (Triton 3.9, 32 complex modes, T = 32, float32), registers per thread: forward 2 channels
 # 224 with 4 warps, 128 with 8; backward 2 channels 255 + spills with 4 or 8 warps, 1 channel 255 + 32 B of
 # spills with 4 warps, 146 and none with 8. Hence 8 warps, 2 and 1 channels (not timed on a GPU yet).
+# A program's four scanned (T, BH, NP) tiles at those defaults: 2 048 elements. Triton 3.6 (the GPU sessions'
+# version) stages an associative scan's operands in shared memory, 4·T·BH·NP elements: 32 KB in float32 at the
+# defaults, but 256 KB in float64 at 128 complex modes (d_state 256), over the 227 KB of an H100/H200, where 3.9
+# keeps them in registers and spills. ``fit_tiles`` keeps T·BH·NP at this size for larger states.
+TILE_ELEMENTS = DEFAULT_CHUNK * DEFAULT_BLOCK_H * 32
+MIN_CHUNK = 2
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def fit_tiles(NP: int, chunk_size: int | None = None, block_h: int | None = None) -> tuple[int, int]:
+    """The tiles of a call, chunk length T and channels per program BH, for a state tile of NP complex modes (N rounded
+    up to a power of two).
+
+    Tiles given are kept as they are. The defaults (T 32, BH 2) are kept up to NP = 32 (S4D's d_state 64) and
+    shrunk above it, the forward's channels first, then the chunk (down to ``MIN_CHUNK``), so that T·BH·NP stays at
+    ``TILE_ELEMENTS``: NP 64 gives T 32 and BH 1, NP 128 T 16, NP 256 T 8. Measured compiling for sm_90 through the
+    launchers (``scripts/triton_launch_check.py``): with the defaults at NP 128, float64, Triton 3.6 needed 256 KB of
+    shared memory (the launch would raise ``OutOfResources``) and 3.9 spilled 1.5-3.9 KB per thread.
+
+    Args:
+        NP: the padded state size, a power of two >= 2.
+        chunk_size: T asked for, or None for the fitted default.
+        block_h: the forward's BH asked for, or None for the fitted default.
+
+    Returns:
+        T and BH, as a pair of ints.
+    """
+    BH = DEFAULT_BLOCK_H if block_h is None else block_h
+    T = DEFAULT_CHUNK if chunk_size is None else chunk_size
+    if block_h is None:
+        BH = max(1, min(BH, TILE_ELEMENTS // (T * NP)))
+    if chunk_size is None:
+        T = max(MIN_CHUNK, min(T, TILE_ELEMENTS // (BH * NP)))
+    return T, BH
 
 
 @triton.jit
@@ -345,8 +378,8 @@ def ssm_scan_triton(
     D: torch.Tensor | None = None,
     *,
     return_state: bool = True,
-    chunk_size: int = DEFAULT_CHUNK,
-    block_h: int = DEFAULT_BLOCK_H,
+    chunk_size: int | None = None,
+    block_h: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Diagonal SSM by the fused Triton kernels; equals :func:`ssmkit.ops.scan.ssm_scan_reference`.
 
@@ -362,19 +395,24 @@ def ssm_scan_triton(
         state: (B, H, N) state x_{-1} in A_bar's dtype, or None for zeros.
         D: (H,) real skip, or None.
         return_state: whether to return the final state (else None in its place).
-        chunk_size: T, steps per chunk (a power of two; the tile height of the in-chunk scan).
-        block_h: channels per program of the forward (a power of two); the backward takes at most
-            ``BACKWARD_BLOCK_H`` of them.
+        chunk_size: T, steps per chunk (a power of two; the tile height of the in-chunk scan), or None: 32, less
+            for more than 32 complex modes (:func:`fit_tiles`).
+        block_h: channels per program of the forward (a power of two), or None: 2, 1 for more than 32 complex
+            modes (:func:`fit_tiles`); the backward takes at most ``BACKWARD_BLOCK_H`` of them.
 
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
     check_params(u, state, A_bar=A_bar, B_bar=B_bar, C=C)
     check_skip(D, u)
-    check_chunk_size(chunk_size)
     for name, v in (("chunk_size", chunk_size), ("block_h", block_h)):
-        if not isinstance(v, int) or v < 1 or v & (v - 1):
+        if v is None:
+            continue
+        if name == "chunk_size":
+            check_chunk_size(v)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two (a Triton tile size); got {v!r}")
+    chunk_size, block_h = fit_tiles(max(triton.next_power_of_2(A_bar.shape[1]), 2), chunk_size, block_h)
     is_complex = A_bar.is_complex()
     cdtype = _COMPLEX[u.dtype]
     A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts

@@ -137,3 +137,36 @@ def test_forced_native_compiles_and_export_keeps_the_pytorch_paths():
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert not any(t.startswith("ssmkit.") for t in targets)
     assert_close(list(program.module()(*inputs)), list(fn("native", *inputs)), 1e-12)
+
+
+
+def test_export_is_told_from_compile_by_torch_exports_flag():
+    """torch 2.11's dynamo (the GPU machine's version) folds ``torch.compiler.is_exporting()`` to True under every
+    trace, torch.compile's included: ssmkit read it to keep its ops out of exported programs, and so kept every kernel
+    out of compiled graphs there (20 tests here failed on torch 2.11). ssmkit reads torch.export's flag through one
+    function, ``ssmkit.ops.opaque.exporting``: False while torch.compile traces, True while torch.export does, and no
+    other module calls the public function (which this torch answers right, so only the source can be checked)."""
+    from pathlib import Path
+
+    import ssmkit
+    from ssmkit.ops.opaque import exporting
+
+    seen = {}
+
+    def probe(x):
+        seen["compile"] = exporting()
+        return x + 1
+
+    torch._dynamo.reset()
+    torch.compile(probe, fullgraph=True, backend="eager")(torch.ones(2))
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen["export"] = exporting()
+            return x + 1
+
+    torch.export.export(Probe(), (torch.ones(2),))
+    assert seen == {"compile": False, "export": True}
+    root = Path(ssmkit.__file__).parent
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "torch.compiler.is_exporting()" in p.read_text())
+    assert callers == ["ops/opaque.py"], callers

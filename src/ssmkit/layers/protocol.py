@@ -107,9 +107,10 @@ def with_skip(K: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     Returns:
         (C, H, L): K with K[0, :, 0] + D.
     """
-    skip = torch.zeros_like(K[:, :, :1])  # (C, H, 1)
-    skip[0, :, 0] = D
-    return torch.cat([K[:, :, :1] + skip, K[:, :, 1:]], dim=-1)  # (C, H, L)
+    # no in-place write into a new tensor: torch 2.11's ONNX exporter failed on the copy it traced ("Key
+    # 'p_..._d' does not match the name of the value 'copy'")
+    tap0 = torch.cat([K[:1, :, :1] + D[None, :, None], K[1:, :, :1]], dim=0)  # (C, H, 1)
+    return torch.cat([tap0, K[:, :, 1:]], dim=-1)  # (C, H, L)
 
 
 class SequenceLayer(nn.Module):

@@ -134,7 +134,19 @@ def test_every_layer_exports_for_every_length(name):
                 assert g.shape == w.shape and rel_err(g, w) <= 1e-12, (name, L, rel_err(g, w))
 
 
-@pytest.mark.parametrize("name", sorted(set(layers.available()) - _OCTAVE))
+# torch 2.11 (the GPU machine's version, run on this CPU) cannot prove guards such as min(L, 3L, 9L) == L that its
+# own contiguity check (check_contiguous_sizes_strides) adds when a permuted or scanned tensor is reshaped: the export
+# of H3 with head_dim 3 and of a Mamba variant with the batch dynamic stops on a constraint violation there. torch
+# 2.13 exports both.
+_OLD_TORCH = torch.torch_version.TorchVersion(torch.__version__) < "2.13"
+_MIN_GUARDS = {"h3", "mamba"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(_OLD_TORCH and n in _MIN_GUARDS, reason="torch < 2.13: min() guards of "
+                                            "its contiguity check", strict=True))
+    for n in sorted(set(layers.available()) - _OCTAVE)
+])
 def test_every_variant_exports_in_float32(name):
     """The other option sets (real and complex modes, discretisations, groups, heads, windows, chunk sizes) in float32,
     without the state, with the batch dynamic too; a layer with a bounded positional table is exported for the lengths

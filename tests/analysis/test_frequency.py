@@ -109,3 +109,30 @@ def test_physical_transfer_is_the_real_part_system():
     schur = schur_form(Ar, Br, Cr)
     H_phys, H = physical_transfer(schur, Dr, z), schur_transfer(schur, Dr, z)
     assert rel_err(torch.from_numpy(H_phys), torch.from_numpy(H)) < 1e-13  # float64, the same solves
+
+
+def test_modal_path_of_a_non_square_mimo_bank():
+    # probe 19: every normal bank above is SISO or square; here p = 5 outputs, m = 2 inputs through the modal sum
+    rng = np.random.default_rng(9)
+    A, B, C, D = random_bank(rng, G, N, M_IN, P_OUT)
+    A = np.stack([np.diag(rng.uniform(-0.9, 0.9, N)) for _ in range(G)])  # normal
+    schur = schur_form(A, B, C)
+    assert schur.normal.all()
+    z = unit_points(rng, G, W)
+    got = schur_transfer(schur, D, z)
+    assert got.shape == (G, P_OUT, M_IN, W)
+    assert rel_err(torch.from_numpy(got), torch.from_numpy(direct_transfer(A, B, C, D, z))) < 1e-12  # float64
+
+
+def test_a_non_normal_system_at_a_tiny_scale_is_not_taken_for_normal():
+    # T = [[a, t], [0, d]] with ||A|| ~ 1e-6 and t = 1e-9: far from normal relative to its scale (16 n eps ||A||_F ~
+    # 1e-20). B = e_2, C = e_1^T make the whole transfer the coupling term t / ((z - a)(z - d)), which the modal
+    # sum (ignoring t) would return as 0.
+    a, t, d = 1e-6, 1e-9, -1e-6
+    A = np.array([[[a, t], [0.0, d]]])
+    B, C, D = np.array([[[0.0], [1.0]]]), np.array([[[1.0, 0.0]]]), np.zeros((1, 1, 1))
+    schur = schur_form(A, B, C)
+    assert not schur.normal[0]
+    z = np.exp(1j * np.array([[0.2, 1.3, 3.0]]))
+    got = schur_transfer(schur, D, z)[0, 0, 0]
+    np.testing.assert_allclose(got, t / ((z[0] - a) * (z[0] - d)), rtol=1e-12)

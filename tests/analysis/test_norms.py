@@ -59,3 +59,19 @@ def test_hinf_errors():
         hinf_norm(np.abs, np.array([[0.5], [1.0]]))
     with pytest.raises(ValueError, match=r"H must be \(G, p, m, W\) \(4 dimensions\); got \(2, 3\)"):
         sigma_max(np.ones((2, 3)))
+
+
+def test_hinf_peak_at_theta_zero_far_from_every_pole():
+    # probe 19: |(z + 1)/(z + 0.5)|² = (2 + 2 cos θ)/(1.25 + cos θ) increases with cos θ, so the peak 4/3 is at θ = 0
+    # while the only pole sits at angle π: the uniform grid must start at θ = 0
+    def gain(theta):
+        z = np.exp(1j * theta)
+        return np.abs((z + 1) / (z + 0.5))
+
+    assert hinf_norm(gain, np.array([[-0.5 + 0j]]))[0] == pytest.approx(4 / 3, rel=1e-14)
+
+
+def test_hinf_refuses_an_unstable_complex_pole_by_its_modulus():
+    # -0.9 + 0.9j has |λ| = 0.9 √2 ≈ 1.27 but a real part and a complex square root's real part below 1
+    with pytest.raises(ValueError, match=r"\|λ\| = 1\.27279 for system 1"):
+        hinf_norm(np.abs, np.array([[0.5 + 0j], [-0.9 + 0.9j]]))

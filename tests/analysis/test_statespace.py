@@ -374,10 +374,15 @@ def test_getitem_len_and_repr():
     assert [len(s) for s in ss] == [1] * G  # iteration through __getitem__ stops at IndexError
     with pytest.raises(IndexError, match="out of range"):
         ss[G]
+    assert np.array_equal(ss[-G].A[0], A[0])  # the most negative valid index (probe 19)
+    with pytest.raises(IndexError, match=rf"system index {-G - 1} is out of range for a bank of G = {G} systems"):
+        ss[-G - 1]
     with pytest.raises(ValueError, match="selects no system"):
         ss[3:]
     with pytest.raises(TypeError, match="index must be"):
         ss[1.5]
+    with pytest.raises(TypeError, match="index must be"):  # 1-D but float (probe 19)
+        ss[np.array([0.0, 1.0])]
     assert repr(ss) == "StateSpace(nsystems=3, nstates=4, ninputs=2, noutputs=5, dt=0.25, dtype=float64)"
 
 
@@ -521,3 +526,57 @@ def test_from_diagonal_mimo_equals_complex_loop(conjugate_pairs, device):
         StateSpace.from_diagonal_mimo(A_bar, B_bar, C.T, D)
     with pytest.raises(ValueError, match=r"D must be \(H,\)"):
         StateSpace.from_diagonal_mimo(A_bar, B_bar, C, np.zeros(4))
+
+
+def test_probe19_input_checks_and_the_default_dt():
+    # probe 19 (mutation testing): checks whose removal left every test green
+    z = np.zeros((1, 1, 1))
+    with pytest.raises(ValueError, match="A must be a real or complex numeric array; got dtype torch.bool"):
+        StateSpace(torch.zeros(1, 1, 1, dtype=torch.bool), z, z, z)  # a torch bool, not only a numpy one
+    with pytest.raises(ValueError, match=r"A must be \(G, n, n\) = \(\?, \?, \?\); got \(1, 0, 0\)"):
+        StateSpace(np.zeros((1, 0, 0)), np.zeros((1, 0, 1)), np.zeros((1, 1, 0)), z)  # "?" is any size >= 1, not 0
+    # a bfloat16 tensor (numpy has no such dtype) is read through float64: 0.5 and 0.25 are exact in bf16
+    half = StateSpace(torch.full((1, 1, 1), 0.5, dtype=torch.bfloat16), torch.ones(1, 1, 1, dtype=torch.bfloat16),
+                      torch.full((1, 1, 1), 0.25, dtype=torch.bfloat16), torch.zeros(1, 1, 1, dtype=torch.bfloat16))
+    assert half.A.dtype == np.float64 and half.A[0, 0, 0] == 0.5 and half.C[0, 0, 0] == 0.25
+    # the default dt is 1 s: omega = π rad/s is z = e^{jπ} = -1, where 0.25 / (z - 0.5) = -1/6
+    assert half.dt == 1.0
+    assert half.frequency_response(np.pi)[0, 0, 0, 0] == pytest.approx(-1 / 6, rel=1e-14)
+    # ... and so is that of the two constructors from the SSM-paper convention
+    assert StateSpace.from_ssm(z, z, z, z).dt == 1.0
+    assert StateSpace.from_diagonal(np.full((1, 1), 0.5), np.ones((1, 1)), np.ones((1, 1)), None).dt == 1.0
+    # from_diagonal_mimo's defaults: dt = 1 and the 2·Re output (S5): one mode Ā = 0.5, B̄ = C = 1, so the DC gain is
+    # 2 Re(C B̄ / (1 - Ā)) = 4 (it would be 2 with the Re output)
+    mimo = StateSpace.from_diagonal_mimo(np.array([0.5 + 0j]), np.ones((1, 1)), np.ones((1, 1)), None)
+    assert mimo.dt == 1.0 and mimo.dcgain()[0, 0, 0] == pytest.approx(4.0, rel=1e-15)
+    with pytest.raises(ValueError, match=r"A_bar must be \(M,\) = \(\?,\) \(1 dimension\); got \(1, 1\)"):
+        StateSpace.from_diagonal_mimo(np.full((1, 1), 0.5), np.ones((1, 1)), np.ones((1, 1)), None)
+    with pytest.raises(ValueError, match=r"D must be real \(H,\) = \(1,\); got a complex array"):
+        StateSpace.from_diagonal_mimo(np.array([0.5]), np.ones((1, 1)), np.ones((1, 1)), np.ones(1, complex))
+
+
+def test_probe19_simulate_input_dtypes_and_an_all_unstable_bank():
+    # integer inputs are read as float64; bool inputs are refused (neither was tested before probe 19)
+    rng = np.random.default_rng(21)
+    A, B, C, D = random_bank(rng, 1, 2, 1, 1)
+    ss = StateSpace(A, B, C, D)
+    u = torch.tensor([[[1], [-2], [3], [0], [5]]])  # (1, 5, 1) int64
+    ref = np.zeros(5)
+    x = np.zeros(2)
+    for k in range(5):  # float64 loop of x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k]
+        ref[k] = (C[0] @ x + D[0] @ [float(u[0, k, 0])])[0]
+        x = A[0] @ x + B[0, :, 0] * float(u[0, k, 0])
+    np.testing.assert_allclose(ss.simulate(u)[0, :, 0].numpy(), ref, rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match="u must be a real floating .* got dtype torch.bool"):
+        ss.simulate(torch.ones(1, 5, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"u must be \(B, L, G\*m\).*got \(0, 5, 1\)"):  # B = 0 as L = 0
+        ss.simulate(torch.zeros(0, 5, 1, dtype=torch.float64))
+    # one step (L = 1) from a numpy x0: y[0] = C x0 + D u[0], x[1] = A x0 + B u[0]
+    x0 = np.array([[[0.3, -0.7]]])  # (B, G, n) = (1, 1, 2)
+    y1, x1 = ss.simulate(np.array([[[2.0]]]), x0=x0, return_state=True)
+    assert y1.shape == (1, 1, 1)
+    assert float(y1[0, 0, 0]) == pytest.approx((C[0] @ x0[0, 0] + 2.0 * D[0, 0])[0], rel=1e-14)
+    np.testing.assert_allclose(x1[0, 0].numpy(), A[0] @ x0[0, 0] + 2.0 * B[0, :, 0], rtol=1e-14)
+    # a bank of unstable systems only: inf from both methods (the grid method must not select an empty sub-bank)
+    unstable = StateSpace([[[1.5]], [[-2.0]]], np.ones((2, 1, 1)), np.ones((2, 1, 1)), np.zeros((2, 1, 1)))
+    assert np.isinf(unstable.hinf_norm("grid")).all() and np.isinf(unstable.hinf_norm()).all()

@@ -160,6 +160,11 @@ def test_bad_shapes(device):
         zoh(Lambda.real, B, dt)
     with pytest.raises(ValueError, match=r"Lambda must be \(H, N\) complex; got shape \(1, 3, 4\)"):
         bilinear(Lambda[None], B, dt)
+    # probe 19: the type check and B's complex check (removing either left the tests green)
+    with pytest.raises(ValueError, match=r"Lambda must be a complex torch.Tensor \(H, N\); got ndarray"):
+        zoh(Lambda.cpu().numpy(), B, dt)
+    with pytest.raises(ValueError, match=r"B must be \(H, N\) complex \(complex64 or complex128\); got torch.float64"):
+        zoh(Lambda, B.real, dt)
     with pytest.raises(ValueError, match=r"B must be \(H, N\) = \(3, 4\) like Lambda; got shape \(3, 5\)"):
         zoh(Lambda, torch.ones(3, 5, dtype=C128, device=device), dt)
     with pytest.raises(ValueError, match=r"dt must be \(H, 1\) = \(3, 1\) \(broadcast along N only\); got shape \(3,"):

@@ -193,6 +193,8 @@ def test_bad_inputs():
         nplr("legs", 7)
     with pytest.raises(ValueError, match="B_clip must be a positive float or None; got -1"):
         nplr("legs", 8, B_clip=-1.0)
+    with pytest.raises(ValueError, match="B_clip must be a positive float or None; got 0.0"):  # 0 is not positive
+        nplr("legs", 8, B_clip=0.0)
     with pytest.raises(ValueError, match=r"init must be one of \('lin', 'inv', 'real', 'legs'\); got 'legt'"):
         s4d_eigenvalues("legt", 8)
     with pytest.raises(ValueError, match="init must be one of"):
@@ -201,6 +203,8 @@ def test_bad_inputs():
         s4d_eigenvalues("lin", 9)
     with pytest.raises(ValueError, match="N_modes must be an int >= 1; got -3"):
         dss_eigenvalues(-3)
+    with pytest.raises(ValueError, match="N must be an int >= 1; got 0"):  # rank_correction checks N itself
+        rank_correction("legs", 0)
 
 
 def test_nplr_and_dss_inits_are_computed_once_and_handed_out_as_copies():
@@ -240,3 +244,49 @@ def test_s5_eigen_blocks(conj_sym):
         assert float(Lambda.imag.max()) < 0  # the Im λ < 0 half of each pair
     with pytest.raises(ValueError, match="P must be a positive multiple of 2·blocks = 4"):
         s5_eigen(10, 2)
+
+
+def test_fout_N6_and_legs_N1_by_hand():
+    # probe 19: N = 4 has one cosine/sine pair, which cannot tell B[2::2] from B[2::3] nor k·pi from pi
+    A, B = transition("fout", 6)
+    r2, pi = math.sqrt(2), math.pi
+    B_want = torch.tensor([1, 0, r2, 0, r2, 0], dtype=torch.float64)
+    J = torch.zeros(6, 6, dtype=torch.float64)
+    J[2, 3], J[3, 2], J[4, 5], J[5, 4] = -pi, pi, -2 * pi, 2 * pi
+    assert torch.allclose(B, B_want, rtol=0, atol=1e-15)
+    assert torch.allclose(A, J - torch.outer(B_want, B_want), rtol=0, atol=1e-15)
+    # the smallest state: LegS N = 1 is A = -(0 + 1) = -1, B = sqrt(1) = 1
+    A, B = transition("legs", 1)
+    assert A.tolist() == [[-1.0]] and B.tolist() == [1.0]
+
+
+def test_dss_eigenvalues_odd_number_of_modes():
+    # DSS counts complex modes: N_modes = 3 (LegS of size 6) is valid; oracle: numpy eigvals of the skew part
+    lam = dss_eigenvalues(3)
+    x = np.sqrt(2 * np.arange(6) + 1.0)
+    hippo = np.tril(np.outer(x, x), -1)
+    ev = np.linalg.eigvals((hippo - hippo.T) / 2)
+    ev = np.sort(ev[ev.imag > 0].imag)[::-1]
+    assert lam.shape == (3,) and torch.all(lam.real == -0.5)
+    assert rel_err(lam.imag, torch.from_numpy(ev.copy())) <= 1e-13
+
+
+def test_nplr_clip_below_one():
+    # a clip in (0, 1) is valid: Im B̃ is clamped to [-0.5, 0.5]; Re B̃, Λ, P̃ and V are those of the unclipped form
+    r, free = nplr("legs", 8, B_clip=0.5), nplr("legs", 8, B_clip=None)
+    assert torch.equal(r.B.real, free.B.real) and torch.equal(r.Lambda, free.Lambda) and torch.equal(r.V, free.V)
+    want = np.clip(free.B.imag.numpy(), -0.5, 0.5)
+    assert np.array_equal(r.B.imag.numpy(), want) and (np.abs(free.B.imag.numpy()) > 0.5).any()
+
+
+def test_s5_eigen_smallest_block_and_defaults_and_s4d_input_checks():
+    # probe 19: P = 2 is the smallest valid state; the normal part of LegS(2) is [[-1/2, √3/2], [-√3/2, -1/2]], whose
+    # Im < 0 eigenvalue is -1/2 - i √3/2; conj_sym defaults to True (M = P/2)
+    Lambda, V = s5_eigen(2, 1)
+    assert Lambda.shape == (1,) and V.shape == (2, 1)
+    assert abs(complex(Lambda[0]) - complex(-0.5, -math.sqrt(3) / 2)) < 1e-15
+    assert s5_eigen(8, 2)[0].shape == (4,)
+    with pytest.raises(ValueError, match="blocks must be an int >= 1; got 0"):
+        s5_eigen(8, 0)
+    with pytest.raises(ValueError, match=r"N must be even \(d_state holds N/2 conjugate pairs\); got 9"):
+        s4d_input_matrix("lin", 9)

@@ -77,3 +77,57 @@ def test_one_output_as_a_column_keeps_its_channel_axis():
         assert float(fn(y_hat[:, None], y[:, None])[0]) == float(fn(y_hat, y))
     with pytest.raises(ValueError, match="the same outputs p"):
         rmse([y_hat[:, None], torch.zeros(4, 2)], [y[:, None], torch.zeros(4, 2)])
+
+
+def _loop_scores(y_hat, y):
+    """float64 Python-loop reference of every metric on one channel (lists of floats)."""
+    n = len(y)
+    e = [a - b for a, b in zip(y_hat, y)]
+    r = math.sqrt(sum(v * v for v in e) / n)
+    mean = sum(y) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in y) / n)
+    return {"rmse": r, "mae": sum(abs(v) for v in e) / n, "nrmse": r / std, "nrmse_range": r / (max(y) - min(y)),
+            "fit": 100 * (1 - r / std), "r2": 1 - (r / std) ** 2}
+
+
+def test_every_metric_against_a_float64_loop_at_a_generic_point():
+    # probe 19: the hand-computed example above sits at NRMSE = 1, where R² = 1 - NRMSE² and 1 - NRMSE³ agree; here
+    # nothing is 0 or 1, and y_pred / y_true are not interchangeable (std and range are of the measured y)
+    y = [0.3, 1.7, -0.4, 2.2, 0.9, -1.1, 0.5]
+    y_hat = [0.1, 1.5, 0.0, 2.6, 0.8, -0.2, 0.4]
+    ref = _loop_scores(y_hat[2:], y[2:])
+    t, t_hat = torch.tensor(y, dtype=torch.float64), torch.tensor(y_hat, dtype=torch.float64)
+    got = {"rmse": rmse(t_hat, t, n_init=2), "mae": mae(t_hat, t, n_init=2), "nrmse": nrmse(t_hat, t, n_init=2),
+           "nrmse_range": nrmse(t_hat, t, n_init=2, normalise="range"), "fit": fit_percent(t_hat, t, n_init=2),
+           "r2": r_squared(t_hat, t, n_init=2)}
+    for name, value in got.items():
+        assert float(value) == pytest.approx(ref[name], rel=1e-12), name
+    # sysid_metrics computes each name with the same arguments (every name, not only the two of the MIMO test)
+    report = sysid_metrics(t_hat, t, n_init=2, names=tuple(ref))
+    for name in ref:
+        assert report[name] == [pytest.approx(ref[name], rel=1e-12)], name
+    assert report["n_init"] == [2.0]
+
+
+def test_the_default_window_is_zero_for_every_metric():
+    # the first sample carries the only large error: a default n_init of 1 would drop it
+    y = [1.0, 2.0, 4.0, 3.0]
+    y_hat = [4.0, 2.0, 4.5, 3.0]
+    ref = _loop_scores(y_hat, y)
+    t, t_hat = torch.tensor(y, dtype=torch.float64), torch.tensor(y_hat, dtype=torch.float64)
+    for name, fn in (("rmse", rmse), ("mae", mae), ("nrmse", nrmse), ("fit", fit_percent), ("r2", r_squared)):
+        assert float(fn(t_hat, t)) == pytest.approx(ref[name], rel=1e-12), name
+    report = sysid_metrics(t_hat, t)
+    assert report["r2"] == [pytest.approx(ref["r2"], rel=1e-12)] and report["n_init"] == [0.0]
+
+
+@pytest.mark.parametrize("n_init", [-1, 1.5, True])
+def test_a_window_that_is_not_a_non_negative_int_is_refused(n_init):
+    # n_init = -1 would silently score the last sample only (p[-1:])
+    with pytest.raises(ValueError, match=rf"n_init must be an int >= 0.*got {n_init!r}"):
+        rmse(torch.zeros(5), torch.ones(5), n_init=n_init)
+
+
+def test_signals_of_more_than_two_axes_are_refused_not_flattened():
+    with pytest.raises(ValueError, match=r"must be \(L,\) or \(L, p\) \(time first\); got \(6, 2, 2\)"):
+        rmse(torch.zeros(6, 2, 2), torch.ones(6, 2, 2))

@@ -143,7 +143,7 @@ def test_forced_native_compiles_and_export_keeps_the_pytorch_paths():
 def test_export_is_told_from_compile_by_torch_exports_flag():
     """torch 2.11's dynamo (the GPU machine's version) folds ``torch.compiler.is_exporting()`` to True under every
     trace, torch.compile's included: ssmkit read it to keep its ops out of exported programs, and so kept every kernel
-    out of compiled graphs there (20 tests here failed on torch 2.11). ssmkit reads torch.export's flag through one
+    out of compiled graphs there (15 tests here failed on torch 2.11 for this). ssmkit reads torch.export's flag through one
     function, ``ssmkit.ops.opaque.exporting``: False while torch.compile traces, True while torch.export does, and no
     other module calls the public function (which this torch answers right, so only the source can be checked)."""
     from pathlib import Path

@@ -61,6 +61,11 @@ MIN_CHUNK = 2
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
+def padded_modes(N: int) -> int:
+    """NP, the kernels' state tile: N complex modes rounded up to a power of two, at least 2."""
+    return max(triton.next_power_of_2(N), 2)
+
+
 def fit_tiles(NP: int, chunk_size: int | None = None, block_h: int | None = None) -> tuple[int, int]:
     """The tiles of a call, chunk length T and channels per program BH, for a state tile of NP complex modes (N rounded
     up to a power of two).
@@ -69,7 +74,8 @@ def fit_tiles(NP: int, chunk_size: int | None = None, block_h: int | None = None
     shrunk above it, the forward's channels first, then the chunk (down to ``MIN_CHUNK``), so that T·BH·NP stays at
     ``TILE_ELEMENTS``: NP 64 gives T 32 and BH 1, NP 128 T 16, NP 256 T 8. Measured compiling for sm_90 through the
     launchers (``scripts/triton_launch_check.py``): with the defaults at NP 128, float64, Triton 3.6 needed 256 KB of
-    shared memory (the launch would raise ``OutOfResources``) and 3.9 spilled 1.5-3.9 KB per thread.
+    shared memory (the launch would raise ``OutOfResources``) and 3.9 spilled 1.4-1.8 KB per thread (3.9-8.7 KB at
+    NP 256).
 
     Args:
         NP: the padded state size, a power of two >= 2.
@@ -340,7 +346,7 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH):  # type: ignore[override]
         N = A_bar.shape[1]
-        NP = max(triton.next_power_of_2(N), 2)
+        NP = padded_modes(N)
         coef, pw = _tables(A_bar, B_bar, C, T, NP)
         originals = (u, A_bar, B_bar, C, state, D)
         u = u.contiguous()
@@ -412,7 +418,7 @@ def ssm_scan_triton(
             check_chunk_size(v)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two (a Triton tile size); got {v!r}")
-    chunk_size, block_h = fit_tiles(max(triton.next_power_of_2(A_bar.shape[1]), 2), chunk_size, block_h)
+    chunk_size, block_h = fit_tiles(padded_modes(A_bar.shape[1]), chunk_size, block_h)
     is_complex = A_bar.is_complex()
     cdtype = _COMPLEX[u.dtype]
     A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts

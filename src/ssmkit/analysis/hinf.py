@@ -22,6 +22,11 @@ For a stable discrete-time system G(z) = C (zI - A)^{-1} B + D,
    θ = 0, π and the pole angles, all attained), test γ = (1 + 2 tol) γ_lo; if H(γ) has imaginary eigenvalues
    jω_1 < ... < jω_k, σ_max at the midpoints of consecutive ω_i raises γ_lo (quadratic convergence); if none, the
    norm lies in [γ_lo, γ] and the loop stops. The result is a certified bracket, not a sampled lower bound.
+4. Finite precision: H(γ) is balanced (`balance`) before its eigenvalues are computed, and an eigenvalue counts as
+   on the axis within `axis_tolerance(A)` = min(1e-10, ρ/16) (ρ: the nearest pole's relative distance to the axis in
+   the s-plane), checked against the gain at the frequencies of every eigenvalue within 1e-6 of the axis. Near the
+   stability boundary the crossing pair above a resonance peak leaves the axis only as √(γ/γ* - 1), so there the
+   certified γ_hi is widened (relative width about 2e-4 at 1 - |λ| = 1e-8, 3e-3 at 1e-9 and 1e-10).
 
 Every σ_max is evaluated in discrete time on the original system (through ``StateSpace``'s Schur form), so the
 Cayley map only serves the crossing test. Letters: n states, m inputs, p outputs.
@@ -33,10 +38,17 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["cayley", "hamiltonian", "hinf_bracket", "imaginary_frequencies"]
+__all__ = ["axis_tolerance", "balance", "cayley", "hamiltonian", "hinf_bracket", "imaginary_frequencies"]
 
-# Relative distance of a Hamiltonian eigenvalue to the imaginary axis below which it counts as on the axis.
+# Relative distance of a Hamiltonian eigenvalue to the imaginary axis below which it counts as on the axis
+# (`imaginary_frequencies`' default).
 _AXIS_TOL = 1e-8
+# The certificate's axis tolerance, at most (`axis_tolerance` lowers it for poles closer to the axis), and the band
+# whose eigenvalues' frequencies are checked by evaluating the gain.
+_CERT_TOL = 1e-10
+_CHECK_BAND = 1e-6
+# The axis tolerance is at most this fraction of the nearest continuous-time pole's relative distance to the axis.
+_POLE_FRACTION = 1.0 / 16.0
 # Iterations of the two-step loop before giving up (it converges quadratically: 3-6 are typical).
 _MAX_ITERS = 60
 
@@ -84,6 +96,50 @@ def hamiltonian(Ac: np.ndarray, Bc: np.ndarray, Cc: np.ndarray, Dc: np.ndarray, 
     return np.block([[E, Bc @ Ri_BT], [-Q, -E.T]])  # (2n, 2n)
 
 
+def balance(H: np.ndarray) -> np.ndarray:
+    """H(γ) after the similarity diag(a I, I / a) that gives its two off-diagonal blocks equal Frobenius norms.
+
+    With H = [[E, G], [-Q, -Eᵀ]] (G = B_c R⁻¹ B_cᵀ ~ ‖B‖² / γ², Q ~ ‖C‖²), the result is [[E, a² G], [-Q / a², -Eᵀ]],
+    a² = (‖Q‖ / ‖G‖)^½: the same eigenvalues, still Hamiltonian. Near a lightly damped pole the crossing pair's
+    distance to the axis is set by the product of the two blocks, so rounding errors of size eps·‖H‖ move it by far
+    less once neither block dominates ‖H‖ (at 1 - |λ| = 1e-9: about 1e-12 instead of 4e-9).
+
+    Args:
+        H: (2n, 2n) Hamiltonian matrix.
+
+    Returns:
+        (2n, 2n) float64, a new array.
+    """
+    n = H.shape[0] // 2
+    top, bottom = np.linalg.norm(H[:n, n:]), np.linalg.norm(H[n:, :n])
+    out = np.array(H, dtype=np.float64)
+    if top > 0.0 and bottom > 0.0:
+        a2 = np.sqrt(bottom / top)
+        out[:n, n:] *= a2
+        out[n:, :n] /= a2
+    return out
+
+
+def axis_tolerance(A: np.ndarray) -> float:
+    """The relative axis tolerance of the crossing test for a discrete-time state matrix A.
+
+    min(1e-8, ρ / 16), with ρ = min_i |Re s_i| / max(1, |s_i|) over the Cayley images s_i = (z_i - 1) / (z_i + 1)
+    of A's eigenvalues z_i (Re s_i = (|z_i|² - 1) / |z_i + 1|²). The Hamiltonian's eigenvalues tend to ±s_i as γ
+    grows, so a tolerance above ρ would count a pole near the unit circle as a crossing at every level and no γ
+    could be certified (1 - |z| = 1e-9 gives ρ ≈ 5e-10).
+
+    Args:
+        A: (n, n) real Schur-stable state matrix.
+
+    Returns:
+        a float in [0, 1e-8].
+    """
+    z = np.linalg.eigvals(A)  # (n,)
+    s = (z - 1.0) / (z + 1.0)  # (n,)
+    rho = float(np.min(np.abs(s.real) / np.maximum(1.0, np.abs(s))))
+    return min(_CERT_TOL, _POLE_FRACTION * rho)
+
+
 def imaginary_frequencies(H: np.ndarray, tol: float = _AXIS_TOL) -> np.ndarray:
     """The ω ≥ 0 with jω an eigenvalue of H (|Re λ| ≤ tol · max(1, |λ|)), sorted.
 
@@ -94,9 +150,13 @@ def imaginary_frequencies(H: np.ndarray, tol: float = _AXIS_TOL) -> np.ndarray:
     Returns:
         a 1-D float64 array of the crossing frequencies (possibly empty).
     """
-    lam = np.linalg.eigvals(H)  # (2n,): symmetric about both axes, so jω and -jω both appear
-    on_axis = (np.abs(lam.real) <= tol * np.maximum(1.0, np.abs(lam))) & (lam.imag >= 0)
-    return np.sort(lam[on_axis].imag)
+    return _on_axis(np.linalg.eigvals(H), tol)  # eigenvalues symmetric about both axes: jω and -jω both appear
+
+
+def _on_axis(lam: np.ndarray, tol: float) -> np.ndarray:
+    """Sorted ω ≥ 0 of the eigenvalues lam (2n,) with |Re λ| ≤ tol · max(1, |λ|)."""
+    keep = (np.abs(lam.real) <= tol * np.maximum(1.0, np.abs(lam))) & (lam.imag >= 0)
+    return np.sort(lam[keep].imag)
 
 
 def hinf_bracket(
@@ -105,11 +165,15 @@ def hinf_bracket(
 ) -> tuple[float, float]:
     """A certified bracket [γ_lo, γ_hi] of the H∞ norm of one stable discrete-time system (module docstring).
 
-    γ_lo is attained (σ_max at some θ); γ_hi = (1 + 2 tol) γ_lo is certified by a Hamiltonian H(γ_hi) without
-    imaginary eigenvalues (up to the relative axis tolerance 1e-8 of `imaginary_frequencies`). When rounding puts
-    eigenvalues on the axis at that level although no larger gain lies between them, γ_hi is widened
-    geometrically until the test passes (so the bracket may exceed tol, never the certificate). The Cayley map
-    loses accuracy for poles near z = -1 (A + I nearly singular), which deep SSMs rarely have.
+    γ_lo is attained (σ_max at some θ); γ_hi = (1 + 2 tol) γ_lo is certified by a balanced Hamiltonian H(γ_hi)
+    without imaginary eigenvalues (relative axis tolerance `axis_tolerance(A)`), and by the gain, at most
+    γ_lo (1 + tol), at the frequencies of (and between) its eigenvalues within 1e-6 of the axis, which rounding may
+    have moved off it. When eigenvalues lie within the tolerance although no larger gain lies between them (a pole
+    near the unit circle puts the crossing pair just above its peak within √(γ/γ* - 1) times its own distance of the
+    axis), γ_hi is widened to (1 + 2 tol 4^k) γ_lo, k = 1, 2, ..., until the test passes (so the bracket may exceed
+    tol, never the certificate). Both ends carry the gain evaluation's rounding, relative ~eps / (1 - |λ|) at a
+    resonance. The Cayley map loses accuracy for poles near z = -1 (A + I nearly singular), which deep SSMs rarely
+    have.
 
     Args:
         A: (n, n) real Schur-stable state matrix.
@@ -127,6 +191,16 @@ def hinf_bracket(
     if not np.all(np.abs(np.linalg.eigvals(A)) < 1.0):
         raise ValueError("A must be Schur stable (every eigenvalue strictly inside the unit circle)")
     Ac, Bc, Cc, Dc = cayley(A, B, C, D)
+    axis_tol = axis_tolerance(A)
+
+    def certified(lo: float, gamma: float) -> tuple[bool, float]:
+        # (no eigenvalue of H(γ) within axis_tol of the axis, and no gain above γ_lo (1 + tol) at the frequencies of,
+        # and between, those within the wider check band -- which rounding may have moved off the axis; that gain)
+        lam = np.linalg.eigvals(balance(hamiltonian(Ac, Bc, Cc, Dc, gamma)))  # (2n,)
+        near = _on_axis(lam, _CHECK_BAND)  # (k,)
+        best = float(gain(2.0 * np.arctan(np.concatenate([near, _mid(near)]))).max()) if near.size else 0.0
+        return best <= lo * (1.0 + tol) and _on_axis(lam, axis_tol).size == 0, best
+
     # 1. lower bound: θ = 0, π, the pole angles and a coarse uniform grid (all attained values)
     theta = np.concatenate([[0.0, np.pi], np.abs(np.angle(np.linalg.eigvals(A))), np.linspace(0.0, np.pi, 9)])
     values = gain(theta)  # (W,)
@@ -137,18 +211,25 @@ def hinf_bracket(
     # 2. two-step iteration: test (1 + 2 tol) γ_lo; raise γ_lo at the midpoints of the crossings
     for _ in range(_MAX_ITERS):
         gamma = (1.0 + 2.0 * tol) * lo
-        omega = imaginary_frequencies(hamiltonian(Ac, Bc, Cc, Dc, gamma))  # (k,)
-        if omega.size == 0:
+        ok, new = certified(lo, gamma)
+        if ok:
             return lo, gamma
-        mid = 0.5 * (omega[:-1] + omega[1:])  # (k - 1,) midpoints of consecutive crossings
-        new = float(gain(2.0 * np.arctan(np.concatenate([mid, omega]))).max())
         if new <= lo * (1.0 + tol):
             # crossings at γ but no larger gain between them: eigenvalues that rounding put on the axis next to a
             # peak. Widen the upper end until the test certifies it (the bracket is then wider than tol).
             for k in range(1, 40):
                 gamma = (1.0 + 2.0 * tol * 4.0**k) * lo
-                if imaginary_frequencies(hamiltonian(Ac, Bc, Cc, Dc, gamma)).size == 0:
+                ok, new = certified(lo, gamma)
+                if ok:
                     return lo, gamma
-            raise RuntimeError(f"the Hamiltonian test could not certify an upper bound above γ_lo = {lo:.6g}")
+                if new > lo * (1.0 + tol):
+                    break  # a larger gain found after all: continue the iteration from it
+            else:
+                raise RuntimeError(f"the Hamiltonian test could not certify an upper bound above γ_lo = {lo:.6g}")
         lo = new
     raise RuntimeError(f"the H∞ iteration did not converge in {_MAX_ITERS} steps (last γ_lo = {lo:.6g})")
+
+
+def _mid(omega: np.ndarray) -> np.ndarray:
+    """(k - 1,) midpoints of consecutive sorted crossing frequencies (k,)."""
+    return 0.5 * (omega[:-1] + omega[1:])

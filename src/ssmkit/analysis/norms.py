@@ -52,9 +52,10 @@ def hinf_norm(gain: Callable[[np.ndarray], np.ndarray], poles: np.ndarray) -> np
     For a `StateSpace` call ``ss.hinf_norm()``, which gives inf to unstable systems and calls this for the rest.
 
     Algorithm: 1. the gain on a grid of 512 uniform angles plus, for every pole λ, the angles
-    |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2} (so resonances narrower than the grid are sampled);
-    2. the 4 largest local maxima of the grid are refined by golden-section search within their grid
-    neighbours (80 steps, to float resolution in θ); the norm is the largest value seen.
+    |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2}, folded back into [0, π] (so resonances narrower than the grid are
+    sampled); 2. the 4 largest local maxima of the grid (a repeated angle counted once) are refined by
+    golden-section search between their distinct grid neighbours (80 steps, to float resolution in θ); the norm is
+    the largest value seen.
     The value is a lower bound, exact to float precision times the peak's conditioning when the peak lies in one
     of those brackets (seen ~1e-15 relative for 1 - |λ| = 0.1, ~1e-12 for 1e-4, ~1e-9 for 1e-6), which the pole
     angles make the case unless a peak is narrower than 1 - |λ| suggests. It is not a certified bound (that
@@ -83,23 +84,32 @@ def hinf_norm(gain: Callable[[np.ndarray], np.ndarray], poles: np.ndarray) -> np
             f"{np.abs(lam[g]).max():.6g} for system {g}"
         )
     Gs = lam.shape[0]
-    # 1. grid: uniform angles and the neighbourhood of every pole angle
+    # 1. grid: uniform angles and the neighbourhood of every pole angle, folded back into [0, π] (the gain is even
+    # and 2π-periodic in θ), so the samples beside a pole near θ = 0 or π stay distinct
     width = np.maximum(1.0 - np.abs(lam), 1e-12)  # (Gs, n)
     offsets = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
     near = np.abs(np.angle(lam))[..., None] + width[..., None] * offsets  # (Gs, n, 7)
+    near = np.abs(np.where(near > np.pi, 2.0 * np.pi - near, near))  # (Gs, n, 7) in [0, π]
     uniform = np.broadcast_to(np.linspace(0.0, np.pi, _HINF_GRID), (Gs, _HINF_GRID))
     theta = np.sort(np.clip(np.concatenate([uniform, near.reshape(Gs, -1)], 1), 0.0, np.pi), 1)  # (Gs, Wg)
     f = gain(theta)  # (Gs, Wg)
     best = f.max(1)  # (Gs,)
-    # 2. brackets around the largest local maxima
+    # 2. brackets around the largest local maxima, between distinct neighbouring angles: a repeated angle (repeated
+    # poles, the grid's own 0 and π) counts once, so its copies cannot fill the K brackets with empty ones
     Wg = theta.shape[1]
-    left = np.concatenate([np.full((Gs, 1), -np.inf), f[:, :-1]], 1)  # (Gs, Wg) left neighbour
-    right = np.concatenate([f[:, 1:], np.full((Gs, 1), -np.inf)], 1)  # (Gs, Wg) right neighbour
-    score = np.where((f >= left) & (f >= right), f, -np.inf)  # (Gs, Wg)
+    rows = 4.0 * np.arange(Gs)[:, None]  # (Gs, 1): rows apart, so one sorted search serves all
+    flat = (theta + rows).ravel()  # (Gs·Wg,) sorted
+    first = np.searchsorted(flat, flat, side="left").reshape(Gs, Wg) - Wg * np.arange(Gs)[:, None]  # (Gs, Wg)
+    after = np.searchsorted(flat, flat, side="right").reshape(Gs, Wg) - Wg * np.arange(Gs)[:, None]  # (Gs, Wg)
+    prev, nxt = np.maximum(first - 1, 0), np.minimum(after, Wg - 1)  # (Gs, Wg) nearest distinct neighbours
+    left = np.where(first > 0, np.take_along_axis(f, prev, 1), -np.inf)  # (Gs, Wg)
+    right = np.where(after < Wg, np.take_along_axis(f, nxt, 1), -np.inf)  # (Gs, Wg)
+    index = np.arange(Wg)[None, :]  # (1, Wg)
+    score = np.where((index == first) & (f >= left) & (f >= right), f, -np.inf)  # (Gs, Wg)
     K = min(_HINF_PEAKS, Wg)
     idx = np.argsort(-score, axis=1)[:, :K]  # (Gs, K)
-    lo = np.take_along_axis(theta, np.maximum(idx - 1, 0), 1)  # (Gs, K)
-    hi = np.take_along_axis(theta, np.minimum(idx + 1, Wg - 1), 1)  # (Gs, K)
+    lo = np.take_along_axis(theta, np.take_along_axis(prev, idx, 1), 1)  # (Gs, K)
+    hi = np.take_along_axis(theta, np.take_along_axis(nxt, idx, 1), 1)  # (Gs, K)
     # 3. golden-section maximisation in every bracket at once
     r = (math.sqrt(5.0) - 1.0) / 2.0
     c, d = hi - r * (hi - lo), lo + r * (hi - lo)

@@ -511,8 +511,8 @@ class StateSpace:
             (`ssmkit.analysis.hinf`). The value γ_lo is attained and the norm is certified ≤ (1 + 2 tol) γ_lo
             (`hinf_bounds` returns both ends).
             ``"grid"`` -- a dense grid (512 uniform angles plus, for every pole λ, the angles
-            |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2}) refined by golden-section search around the 4 largest
-            local maxima (`ssmkit.analysis.norms.hinf_norm`): a lower bound, exact to float precision times the
+            |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2}, folded into [0, π]) refined by golden-section search
+            around the 4 largest local maxima (`ssmkit.analysis.norms.hinf_norm`): a lower bound, exact to float precision times the
             peak's conditioning when the peak lies in one of those brackets (~1e-15 relative for 1 - |λ| = 0.1,
             ~1e-12 for 1e-4, ~1e-9 for 1e-6), but not certified.
         A system with any pole on or outside the unit circle gets inf, even when that mode is uncontrollable or

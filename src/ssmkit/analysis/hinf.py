@@ -123,7 +123,7 @@ def balance(H: np.ndarray) -> np.ndarray:
 def axis_tolerance(A: np.ndarray) -> float:
     """The relative axis tolerance of the crossing test for a discrete-time state matrix A.
 
-    min(1e-8, ρ / 16), with ρ = min_i |Re s_i| / max(1, |s_i|) over the Cayley images s_i = (z_i - 1) / (z_i + 1)
+    min(1e-10, ρ / 16), with ρ = min_i |Re s_i| / max(1, |s_i|) over the Cayley images s_i = (z_i - 1) / (z_i + 1)
     of A's eigenvalues z_i (Re s_i = (|z_i|² - 1) / |z_i + 1|²). The Hamiltonian's eigenvalues tend to ±s_i as γ
     grows, so a tolerance above ρ would count a pole near the unit circle as a crossing at every level and no γ
     could be certified (1 - |z| = 1e-9 gives ρ ≈ 5e-10).
@@ -132,7 +132,7 @@ def axis_tolerance(A: np.ndarray) -> float:
         A: (n, n) real Schur-stable state matrix.
 
     Returns:
-        a float in [0, 1e-8].
+        a float in [0, 1e-10].
     """
     z = np.linalg.eigvals(A)  # (n,)
     s = (z - 1.0) / (z + 1.0)  # (n,)

@@ -40,6 +40,29 @@ def _graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
+def _graphs_beside_a_copy(
+    name: str, backend: str, lengths, with_state: bool = False, return_state: bool = True,
+    rtol_y: float = 1e-6, rtol_h: float = 2e-6,
+) -> int:
+    """Compile layer ``name`` (fullgraph, under ``backend``) and run it at each length beside a deep copy taken before
+    anything ran, with a random initial state when ``with_state``; assert the outputs (and, when returned, the final
+    states) agree to the given relative errors. Returns the number of graphs compiled."""
+    torch._dynamo.reset()
+    layer = _layer(name)
+    fresh = copy.deepcopy(layer)
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        for L in lengths:
+            x = torch.randn(2, L, H, device=DEVICE)
+            h0 = _state(layer) if with_state else None
+            (y, h), (y_ref, h_ref) = compiled(x, h0, return_state=return_state), fresh(x, h0, return_state=return_state)
+            assert rel_err(y, y_ref) < rtol_y
+            if return_state:
+                assert all(rel_err(a, b) < rtol_h for a, b in zip(leaves(h), leaves(h_ref)))
+    return counter.frame_count
+
+
 def test_a_chunked_scan_at_a_new_length_does_not_break_the_graph():
     """EMA's real modes take the chunked scan under torch.compile. Its carry picked the group size by
     ``math.isqrt`` of the chunk count, which dynamo cannot trace once the length is symbolic (the second length
@@ -149,17 +172,8 @@ def test_a_compiled_inference_forward_keeps_one_graph_per_attuned_length(with_st
     graph per length): one graph serves every length within one attuned L_k = l_max·2^k (the guard S4 always had), and
     the run-time lookup computes each length's kernel. l_max 32: L_k 128 for L 100, 256 for 150 and 200 (one graph),
     512 for 257: 3 graphs for 4 lengths."""
-    torch._dynamo.reset()
-    layer = _layer("s4")
-    fresh = copy.deepcopy(layer)
-    counter = CompileCounterWithBackend("aot_eager" if not with_state else "eager")
-    compiled = torch.compile(layer, backend=counter, fullgraph=True)
-    with torch.no_grad():
-        for L in LENGTHS:
-            x = torch.randn(2, L, H, device=DEVICE)
-            h0 = _state(layer) if with_state else None
-            assert rel_err(compiled(x, h0, return_state=False)[0], fresh(x, h0, return_state=False)[0]) < 1e-6
-    assert counter.frame_count == 3
+    backend = "aot_eager" if not with_state else "eager"
+    assert _graphs_beside_a_copy("s4", backend, LENGTHS, with_state=with_state, return_state=False) == 3
 
 
 def _aot_recording():
@@ -231,19 +245,8 @@ def test_a_chunked_scan_layer_compiles_once_per_octave_of_its_chunk_count(name, 
     import ssmkit.ops.chunked as chunked
 
     monkeypatch.setattr(chunked, "LENGTH_GENERIC_COMPILE", True)
-    torch._dynamo.reset()
-    layer = _layer(name)
-    fresh = copy.deepcopy(layer)
-    counter = CompileCounterWithBackend("eager")
-    compiled = torch.compile(layer, backend=counter, fullgraph=True)
-    with torch.no_grad():
-        for L in LENGTHS + (300,):
-            x = torch.randn(2, L, H, device=DEVICE)
-            h0 = _state(layer)
-            y, h = compiled(x, h0)
-            y_ref, h_ref = fresh(x, h0)
-            assert rel_err(y, y_ref) < 1e-5 and all(rel_err(a, b) < 1e-5 for a, b in zip(leaves(h), leaves(h_ref)))
-    assert counter.frame_count == (3 if name == "mega" else 2)  # 5 before
+    graphs = _graphs_beside_a_copy(name, "eager", LENGTHS + (300,), with_state=True, rtol_y=1e-5, rtol_h=1e-5)
+    assert graphs == (3 if name == "mega" else 2)  # 5 before
 
 
 # l_max 32: attuned lengths L_k 128 (L = 100), 256 (150, 200, 256), 512 (257, 512); 150 again at the end
@@ -260,18 +263,7 @@ def test_a_compiled_forward_with_its_final_state_keeps_one_graph_per_attuned_len
     earlier octave (150 last) reuses its graph: the op's non-tensor leaves (L_k) were read from a template each trace
     overwrote, and dynamo's guard on them failed for every graph but the last. Outputs and final states against a copy
     taken before anything ran: float32, the final state's chunk sums in another grouping (T of L_k, eager: of L)."""
-    torch._dynamo.reset()
-    layer = _layer(name)
-    fresh = copy.deepcopy(layer)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(layer, backend=counter, fullgraph=True)
-    with torch.no_grad():
-        for L in OCTAVE_LENGTHS:
-            x = torch.randn(2, L, H, device=DEVICE)
-            h0 = _state(layer) if with_state else None
-            (y, h), (y_ref, h_ref) = compiled(x, h0), fresh(x, h0)
-            assert rel_err(y, y_ref) < 1e-6 and all(rel_err(a, b) < 2e-6 for a, b in zip(leaves(h), leaves(h_ref)))
-    assert counter.frame_count == 3  # 7 before
+    assert _graphs_beside_a_copy(name, "aot_eager", OCTAVE_LENGTHS, with_state=with_state) == 3  # 7 before
 
 
 def test_a_compiled_float64_forward_with_its_final_state_equals_the_step_loop():
@@ -351,13 +343,4 @@ def test_a_return_to_an_earlier_attuned_length_reuses_its_graph():
     the cache, and dynamo guarded on them; each trace overwrote the template, so the graph for L_k 256 failed its
     guard once L_k 512 had been traced: L 200 after 300 recompiled (4 graphs). The structure is now traced from the
     key (``ValueCache._structure``): 3 graphs (100 static; 256; 512), here without the final state."""
-    torch._dynamo.reset()
-    layer = _layer("s4")
-    fresh = copy.deepcopy(layer)
-    counter = CompileCounterWithBackend("eager")
-    compiled = torch.compile(layer, backend=counter, fullgraph=True)
-    with torch.no_grad():
-        for L in (100, 150, 300, 200):
-            x = torch.randn(2, L, H, device=DEVICE)
-            assert rel_err(compiled(x, return_state=False)[0], fresh(x, return_state=False)[0]) < 1e-6
-    assert counter.frame_count == 3  # 4 before
+    assert _graphs_beside_a_copy("s4", "eager", (100, 150, 300, 200), return_state=False) == 3  # 4 before

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 
@@ -13,24 +11,6 @@ def check_floating(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must have a floating-point dtype (float32 or float64); got {x.dtype}")
-
-
-def check_shape(x: torch.Tensor, expected: Sequence[int | None], name: str, letters: str) -> None:
-    """Raise ``ValueError`` unless ``x.shape`` matches ``expected`` (``None`` = any size >= 1).
-
-    Args:
-        x: the tensor to check.
-        expected: one entry per dimension; an int must match exactly, ``None`` accepts any size >= 1.
-        name: the argument name used in the message.
-        letters: the shape in letters, e.g. ``"(B, L, H)"``, used in the message.
-    """
-    shape = tuple(x.shape)
-    want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
-    if len(shape) != len(expected):
-        raise ValueError(f"{name} must be {letters} = {want} ({len(expected)} dimensions); got shape {shape}")
-    for size, e in zip(shape, expected):
-        if (e is None and size < 1) or (e is not None and size != e):
-            raise ValueError(f"{name} must be {letters} = {want}; got shape {shape}")
 
 
 def check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:
@@ -44,13 +24,6 @@ def check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:
         raise ValueError(f"{name} must have batch size B >= 1; got shape {tuple(x.shape)}")
     if x.shape[2] != d_model:
         raise ValueError(f"{name} must be (B, L, {d_model}) for d_model={d_model}; got {tuple(x.shape)}")
-
-
-def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or inf (used by the trainer; the math lets them through)."""
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} has {bad} non-finite values (NaN or inf)")
 
 
 def check_finite_sequence(x: torch.Tensor, what: str) -> None:

@@ -196,3 +196,44 @@ def test_kfold_data_init_reads_only_the_outputs_outside_the_held_out_block(monke
     poles = [np.asarray(m.state_space()[0].poles()).ravel() for m in ensemble.members]
     assert _match(poles[1], Z_TRUE) < 1e-8  # the run holding out the garbage block estimates the true poles
     assert _match(poles[0], Z_TRUE) > 1e-2 and _match(poles[2], Z_TRUE) > 1e-2  # those reading it do not
+
+
+def test_bad_arguments_raise_value_errors_that_name_them():
+    # a coverage run found these checks untested; output_index out of range was an IndexError from numpy (the
+    # records' standard deviation was taken before the check)
+    recs = _siso_records()
+    two = IORecord(torch.randn(100, 1, dtype=torch.float64), torch.randn(100, 2, dtype=torch.float64), 1.0)
+    for bad in (5, -1, 1.0, True):
+        with pytest.raises(ValueError, match=r"output_index must be an int in \[0, 2\)"):
+            arx_poles(two, 2, output_index=bad)
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match="order must be an int >= 1"):
+            arx_poles(recs, bad)
+        with pytest.raises(ValueError, match="order must be an int >= 1"):
+            subspace_poles(recs, max_order=bad)
+    for bad in ([], [recs[0], "not a record"]):
+        with pytest.raises(ValueError, match="records must be an IORecord or a non-empty list"):
+            arx_poles(bad, 2)
+    with pytest.raises(ValueError, match=r"same inputs m and outputs p; got \(m, p\) in \[\(1, 1\), \(1, 2\)\]"):
+        subspace_poles([recs[0], two], 2)
+    short = IORecord(torch.randn(3, 1, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64), 1.0)
+    with pytest.raises(ValueError, match="every record is too short for an ARX model of order 2"):
+        arx_poles(short, 2)
+    with pytest.raises(ValueError, match="every record is shorter than 2 · horizon = 20 samples"):
+        subspace_poles(short, 2, horizon=10)
+    with pytest.raises(ValueError, match=r"horizon must be an int with horizon · p > order \(4, p = 1\); got 3"):
+        subspace_poles(recs, 4, horizon=3)
+    # 12 samples at horizon 5: 3 Hankel columns, so the LQ factor has 3 columns and none reaches the future block
+    with pytest.raises(ValueError, match="order 4 exceeds the 0 singular values available: the records give 3 Hankel columns for 20 block rows "
+                       r"\(horizon 5\); use longer records or a smaller horizon"):
+        subspace_poles(IORecord(recs[0].u[:12], recs[0].y[:12], 1.0), 4, horizon=5)
+    with pytest.raises(ValueError, match="need 0 <= r_min < r_max < 1"):
+        ring_poles(4, r_min=0.9, r_max=0.5)
+
+
+def test_a_record_shorter_than_the_arx_window_is_skipped_not_fitted():
+    # arx_poles pools the rows of every record long enough for the order; a short one adds none (and no error)
+    recs = _siso_records()
+    short = IORecord(recs[0].u[:5], recs[0].y[:5], 1.0)
+    np.testing.assert_allclose(np.sort_complex(arx_poles(recs + [short], 5)), np.sort_complex(arx_poles(recs, 5)),
+                               rtol=0, atol=1e-12)

@@ -48,6 +48,9 @@ def _arrays(records: Sequence[IORecord] | IORecord) -> list[tuple[np.ndarray, np
     recs = [records] if isinstance(records, IORecord) else list(records)
     if not recs or not all(isinstance(r, IORecord) for r in recs):
         raise ValueError("records must be an IORecord or a non-empty list of IORecords")
+    widths = {(r.u.shape[1], r.y.shape[1]) for r in recs}
+    if len(widths) > 1:
+        raise ValueError(f"every record must have the same inputs m and outputs p; got (m, p) in {sorted(widths)}")
     return [(r.u.detach().cpu().numpy().astype(np.float64), r.y.detach().cpu().numpy().astype(np.float64)) for r in recs]
 
 
@@ -70,12 +73,13 @@ def arx_poles(records: Sequence[IORecord] | IORecord, order: int, output_index: 
     _check_order(order)
     data = _arrays(records)
     n = order
+    p = data[0][1].shape[1]
+    if isinstance(output_index, bool) or not isinstance(output_index, int) or not 0 <= output_index < p:
+        raise ValueError(f"output_index must be an int in [0, {p}) (the records have p = {p} outputs); got {output_index!r}")
     rows, rhs = [], []
     u_std = np.concatenate([u for u, _ in data]).std(0) + 1e-300
     y_std = np.concatenate([y[:, output_index] for _, y in data]).std() + 1e-300
     for u, y in data:
-        if not 0 <= output_index < y.shape[1]:
-            raise ValueError(f"output_index must be in [0, {y.shape[1]}); got {output_index}")
         yy, uu = y[:, output_index] / y_std, u / u_std
         L = yy.shape[0]
         if L <= n + 1:
@@ -139,7 +143,11 @@ def subspace_poles(records: Sequence[IORecord] | IORecord, order: int | None = N
     L32 = Lq[mf + wp:, mf:mf + wp]  # future outputs explained by the past, the future inputs removed
     U, s, _ = np.linalg.svd(L32, full_matrices=False)
     if n_max > s.size:
-        raise ValueError(f"order {n_max} exceeds the {s.size} singular values available: raise the horizon")
+        cols = sum(b.shape[1] for b in blocks)
+        raise ValueError(
+            f"order {n_max} exceeds the {s.size} singular values available: the records give {cols} Hankel columns "
+            f"for {2 * (m + p) * i} block rows (horizon {i}); use longer records or a smaller horizon"
+        )
     if order is None:
         head = np.maximum(s[: n_max + 1], 1e-300 * s[0])
         order = int(np.argmax(head[:-1] / head[1:])) + 1 if head.size > 1 else 1

@@ -239,3 +239,29 @@ def test_censor_false_scores_the_limit_as_measured_on_both_sides():
     assert fit_config(Recipe()).censor is True and fit_config(Recipe(censor=False)).censor is False
     with pytest.raises(ValueError, match="censor must be a bool"):
         fit_simulation(small(), [r], config=dataclasses.replace(cfg, censor=1))
+
+
+@pytest.mark.parametrize("decay, washout, n_enc", [(0.9, 0, 0), (None, 5, 0), (0.95, 5, 0), (0.9, 5, 6)])
+def test_decaying_weights_and_the_washout_shape_the_training_loss(decay, washout, n_enc):
+    # loss = mean_t w_t e_t², w_t = γ^t / mean(γ^t) (the decaying-weight MSE), and without an encoder the first
+    # `washout` samples weigh 0, the rest rescaled to mean 1; with an encoder the washout is not applied. A coverage
+    # run found both weightings never trained by a test (only their argument checks). One window fits the record:
+    # offset 0, drawn twice.
+    window = 30
+    r = record(n_enc + window)
+    m = small(encoder_window=n_enc)
+    m.set_normalisation([r.u], [r.y])  # what fit_simulation sets first
+    with torch.no_grad():
+        state = m.estimate_state(r.u[None, :n_enc], r.y[None, :n_enc]) if n_enc else None
+        y_hat = m(r.u[None, n_enc:], state, saturate=False)[0][0, :, 0].cpu().numpy()
+    err = (y_hat - r.y[n_enc:, 0].numpy()) / float(m.y_std)
+    t = np.arange(window)
+    w = np.ones(window) if decay is None else decay ** t / np.mean(decay ** t)
+    if washout and not n_enc:
+        w[:washout] = 0.0
+        w *= window / w.sum()
+    cfg = SimulationFit(window=window, batch_size=2, steps=1, val_fraction=0.0, grad_clip=None, decay=decay,
+                        washout=washout)
+    loss = fit_simulation(m, [r], config=cfg)["train_loss"][0]
+    assert loss == pytest.approx(float(np.mean(w * err ** 2)), rel=1e-12)
+    assert abs(loss - float(np.mean(err ** 2))) > 1e-3 * loss  # the weights change the loss

@@ -241,3 +241,35 @@ def test_recipe_first_activation_sets_the_first_block_only():
     assert build_model(Bench(), "s4d", Recipe(d_model=2, n_layers=3, d_state=2)).block_activations is None
     with pytest.raises(ValueError, match="first_activation must be None or one of"):
         build_model(Bench(), "s4d", Recipe(d_model=2, n_layers=3, d_state=2, first_activation="sigmoid"))
+
+
+def test_model_and_fit_arguments_raise_value_errors_that_name_them():
+    # a coverage run found these checks untested
+    from ssmkit.sysid.fit import Block
+
+    with pytest.raises(ValueError, match="activation must be one of"):
+        model(activation="swishy")
+    with pytest.raises(ValueError, match="layer_options must not set d_model: the model sets it"):
+        model(layer_options={"d_state": 4, "d_model": 8})
+    with pytest.raises(ValueError, match="DeepWiener needs layers with a fixed-size state"):
+        model(layer="attention", layer_options={}, time_varying=True)  # a key/value cache grows
+    m = model()
+    u = torch.randn(2, 10, 2, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="state must be a list of 2 block states; got 1"):
+        m(u, m.initial_state(2)[:1])
+    with pytest.raises(ValueError, match=r"state must be a list of 2 block states \(from initial_state\)"):
+        m.step(u[:, 0], m.initial_state(2)[0])
+    with pytest.raises(ValueError, match="this DeepWiener has no state encoder: build it with encoder_window > 0"):
+        m.estimate_state(u, torch.zeros(2, 10, 3, dtype=torch.float64, device=DEVICE))
+    r = IORecord(torch.randn(40, 2, dtype=torch.float64), torch.randn(40, 3, dtype=torch.float64), 1.0, "r")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="val_fraction must be in \\[0, 1\\)"):
+            split_tail([r], bad, min_train=8)
+    cfg = SimulationFit(window=50, steps=1, val_fraction=0.0)
+    with pytest.raises(ValueError, match="record 'r' has 40 samples, fewer than window \\+ encoder_window = 50"):
+        fit_simulation(m, [r], config=cfg)
+    cfg = SimulationFit(window=30, steps=1, val_fraction=0.0)
+    with pytest.raises(ValueError, match="blocks must be Block\\(record, start, stop\\) with record an index into the 1"):
+        fit_simulation(m, [r], config=cfg, blocks=[Block(1, 0, 10)])
+    with pytest.raises(ValueError, match="no training window of 30 \\+ 0 samples avoids the held-out blocks"):
+        fit_simulation(m, [r], config=cfg, blocks=[Block(0, 0, 40)])

@@ -535,6 +535,12 @@ def test_probe19_input_checks_and_the_default_dt():
         StateSpace(torch.zeros(1, 1, 1, dtype=torch.bool), z, z, z)  # a torch bool, not only a numpy one
     with pytest.raises(ValueError, match=r"A must be \(G, n, n\) = \(\?, \?, \?\); got \(1, 0, 0\)"):
         StateSpace(np.zeros((1, 0, 0)), np.zeros((1, 0, 1)), np.zeros((1, 1, 0)), z)  # "?" is any size >= 1, not 0
+    # no inputs or no outputs: python-control accepts them, but the frequency response, H∞ and zeros of such a
+    # system failed (ZeroDivisionError) or answered the poles; refused by name since 2026-12-02
+    with pytest.raises(ValueError, match=r"B must be \(G, n, m\) = \(1, 2, \?\); got \(1, 2, 0\)"):
+        StateSpace(np.diag([0.5, 0.2])[None], np.zeros((1, 2, 0)), np.zeros((1, 0, 2)), np.zeros((1, 0, 0)))
+    with pytest.raises(ValueError, match=r"C must be \(G, p, n\) = \(1, \?, 2\); got \(1, 0, 2\)"):
+        StateSpace(np.diag([0.5, 0.2])[None], np.ones((1, 2, 1)), np.zeros((1, 0, 2)), np.zeros((1, 0, 1)))
     # a bfloat16 tensor (numpy has no such dtype) is read through float64: 0.5 and 0.25 are exact in bf16
     half = StateSpace(torch.full((1, 1, 1), 0.5, dtype=torch.bfloat16), torch.ones(1, 1, 1, dtype=torch.bfloat16),
                       torch.full((1, 1, 1), 0.25, dtype=torch.bfloat16), torch.zeros(1, 1, 1, dtype=torch.bfloat16))

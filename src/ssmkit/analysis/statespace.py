@@ -121,10 +121,11 @@ class StateSpace:
             raise ValueError(f"{nA} must be (G, n, n) with square (n, n) blocks; got {tuple(A_.shape)}")
         _check_dims(A_, nA, "(G, n, n)", (None, None, None))
         G, n = A_.shape[0], A_.shape[1]
-        m = B_.shape[2] if B_.ndim == 3 else None
+        # m, p >= 1 ("?" in the message): python-control allows no inputs or outputs; no analysis here does
+        m = B_.shape[2] if B_.ndim == 3 and B_.shape[2] >= 1 else None
         _check_dims(B_, nB, "(G, n, m)", (G, n, m))
         m = B_.shape[2]
-        p = C_.shape[1] if C_.ndim == 3 else None
+        p = C_.shape[1] if C_.ndim == 3 and C_.shape[1] >= 1 else None
         _check_dims(C_, nC, "(G, p, n)", (G, p, n))
         p = C_.shape[1]
         _check_dims(D_, nD, "(G, p, m)", (G, p, m))

@@ -144,7 +144,8 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
             "",
             "Poles z are those of each layer's real realisation (control convention x[k+1] = A x[k] + B u[k]); "
             "equivalent continuous poles s = log(z)/dt are in analysis.json's layers (time constants τ = −dt / log|z|). "
-            "H∞ norms are certified (Cayley map + Hamiltonian test, relative bracket 2e-10). DC gains and H∞ norms are "
+            "H∞ norms are certified (Cayley map + Hamiltonian test, relative bracket 2e-10 at the default tolerance; "
+            "wider, still certified, for poles within about 1e-5 of the unit circle). DC gains and H∞ norms are "
             "plain ratios (not dB) of each layer alone, between the model's internal signals (for a DeepWiener: after "
             "the input normalisation and encoder, before the output decoder), not the model's gain from u to y.",
             "",

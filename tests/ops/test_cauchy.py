@@ -62,6 +62,12 @@ def test_cauchy_matmul_equals_reference(dtype, device, monkeypatch):
     # z shared by all channels, w per channel: broadcast batch dims
     out = cauchy_matmul(v, z[0], w)
     assert rel_err(out, cauchy_reference(v, z[0], w)) < tol
+    # w shared by all channels (1-D), z per channel: against a Python loop over the sums
+    out = cauchy_matmul(v, z, w[0])
+    loop = torch.tensor([[[[sum(complex(v[i, j, h, n]) / (complex(z[h, m]) - complex(w[0, n])) for n in range(7))
+                            for m in range(11)] for h in range(3)] for j in range(5)] for i in range(2)], dtype=C128)
+    assert out.shape == (2, 5, 3, 11) and rel_err(out, loop) < tol
+    assert rel_err(cauchy_reference(v, z, w[0]), loop) < tol
 
 
 @pytest.mark.parametrize("dtype", [C64, C128])
@@ -142,6 +148,65 @@ def test_cauchy_bad_inputs(device):
         cauchy(crandn(3, 6, device=device), z, w)
     with pytest.raises(ValueError, match="must broadcast"):
         cauchy(v, crandn(2, 5, device=device), w)
+
+
+def test_cauchy_matmul_in_blocks_under_torch_func_and_to_second_order(device, monkeypatch):
+    """Blocks of 4 points over W = 11 (4 + 4 + 3) in every pass the single-block tests do not split: the backward's
+    blocks (∂v, ∂z, ∂w, and each alone), the forward's concatenated blocks under torch.func (vmap, grad) and the
+    double backward (gradients of the gradients, summed block by block out of place), each against autograd of the
+    direct formula; then blocks of one point (a block size below one point's bytes)."""
+    from torch import func
+
+    v, z, w = crandn(2, 3, 7, device=device), 3 * crandn(3, 11, device=device), crandn(3, 7, device=device)
+    g = crandn(2, 3, 11, device=device)
+    monkeypatch.setattr(cauchy_mod, "_BLOCK_BYTES", 3 * 7 * 16 * 4)  # 4 points per block
+    loss = {f: (lambda a, b, c, _f=f: (_f(a, b, c) * g.conj()).real.sum()) for f in (cauchy_matmul, cauchy_reference)}
+    grads, second = [], []
+    for f in (cauchy_matmul, cauchy_reference):
+        leaves = [t.clone().requires_grad_() for t in (v, z, w)]
+        first = torch.autograd.grad(loss[f](*leaves), leaves, create_graph=True)
+        grads.append(first)
+        second.append(torch.autograd.grad(sum((d.abs() ** 2).sum() for d in first), leaves))
+    for a, b in zip(*grads):
+        assert rel_err(a, b) < 1e-13
+    for a, b in zip(*second):
+        assert rel_err(a, b) < 1e-12
+    for wanted in ((0,), (1,), (2,), (0, 2)):  # only the gradients asked for (the others' inputs need none)
+        leaves = [t.clone().requires_grad_(i in wanted) for i, t in enumerate((v, z, w))]
+        got = torch.autograd.grad(loss[cauchy_matmul](*leaves), [leaves[i] for i in wanted])
+        for i, a in zip(wanted, got):
+            assert rel_err(a, grads[1][i]) < 1e-13
+    vs = torch.stack([v, 2 * v.flip(-1)])  # (2, 2, 3, 7): vmap over a leading axis
+    for W in (11, 8):  # three blocks, two
+        batched = func.vmap(lambda a: cauchy_matmul(a, z[:, :W], w))(vs)
+        for i in range(2):
+            assert rel_err(batched[i], cauchy_reference(vs[i], z[:, :W], w)) < 1e-13
+    for a, b in zip(func.grad(loss[cauchy_matmul], argnums=(0, 1, 2))(v, z, w), grads[1]):
+        assert rel_err(a, b) < 1e-13
+    monkeypatch.setattr(cauchy_mod, "_BLOCK_BYTES", 3)  # below one point's bytes: blocks of one point (the floor)
+    leaves = [t.clone().requires_grad_() for t in (v, z, w)]
+    out = cauchy_matmul(*leaves)
+    assert rel_err(out, cauchy_reference(v, z, w)) < 1e-13
+    for a, b in zip(torch.autograd.grad((out * g.conj()).real.sum(), leaves), grads[1]):
+        assert rel_err(a, b) < 1e-13
+
+
+def test_cauchy_checks_each_argument(device):
+    """Every path names the argument at fault: a non-tensor or a real z or w (not only the shared-dtype check), and
+    a 0-d v, z or w (no last dimension)."""
+    v, z, w = crandn(3, 4, device=device), crandn(3, 5, device=device), crandn(3, 4, device=device)
+    for f in (cauchy_reference, cauchy_matmul):
+        with pytest.raises(ValueError, match=r"v must be a complex torch.Tensor \(\.\.\., N\); got list"):
+            f(v.tolist(), z, w)
+        with pytest.raises(ValueError, match=r"z must be \(\.\.\., W\) complex \(complex64 or complex128\); got torch.float64"):
+            f(v, z.real, w)
+        with pytest.raises(ValueError, match=r"w must be \(\.\.\., N\) complex \(complex64 or complex128\); got torch.float64"):
+            f(v, z, w.real)
+        for i in range(3):
+            args = [v, z, w]
+            args[i] = args[i][0, 0]  # 0-d
+            with pytest.raises(ValueError, match=r"v, z, w need a last dimension \(N, W, N\)"):
+                f(*args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,6 +340,40 @@ def test_dplr_kernel_dispatch_and_errors(device):
         dplr_kernel(Lambda, P, B, C, dt.float(), 5)
     with pytest.raises(ValueError, match="L must be an int >= 1"):
         dplr_kernel(Lambda, P, B, C, dt, 0)
+
+
+def test_dplr_kernel_checks_each_argument_on_both_paths(device):
+    """Both paths refuse: a real P, B or C by name (not only by the dtype check after it), a 1-D or 3-D Lambda, B or C
+    of another complex dtype, no input or output vector (S = 0, C = 0), dt not a tensor, L = 0; L = 1 is accepted
+    (the one-pair system of ``test_dplr_kernel_by_hand``: C̃ = 1 - (-0.2) = 1.2 for C_true = 1, K = [0.8])."""
+    args, _ = hippo_case("legs", 4, 2, 1, 1, 5, device)
+    Lambda, P, B, C, dt = args
+    for f in (dplr_kernel_fast, dplr_kernel_reference):
+        for i, name, letters in ((1, "P", "r"), (2, "B", "S"), (3, "C", "C")):
+            bad = list(args)
+            bad[i] = bad[i].real
+            with pytest.raises(ValueError, match=rf"{name} must be \({letters}, H, N/2\) complex \(complex64 or complex128\)"):
+                f(*bad, 5)
+            bad[i] = args[i].to(C64)
+            with pytest.raises(ValueError, match=rf"{name} must have Lambda's dtype torch.complex128; got torch.complex64"):
+                f(*bad, 5)
+        for bad_Lambda in (Lambda[0], Lambda[None]):
+            with pytest.raises(ValueError, match=r"Lambda must be \(H, N/2\) complex; got shape"):
+                f(bad_Lambda, P, B, C, dt, 5)
+        with pytest.raises(ValueError, match=r"B and C need at least one vector \(S, C >= 1\); got \(0, 2, 2\), \(1, 2, 2\)"):
+            f(Lambda, P, B[:0], C, dt, 5)
+        with pytest.raises(ValueError, match=r"B and C need at least one vector \(S, C >= 1\); got \(1, 2, 2\), \(0, 2, 2\)"):
+            f(Lambda, P, B, C[:0], dt, 5)
+        with pytest.raises(ValueError, match=r"dt must be \(H,\) = \(2,\) torch.float64 \(the real dtype of Lambda\); got list"):
+            f(Lambda, P, B, C, dt.tolist(), 5)
+        with pytest.raises(ValueError, match=r"dt must be \(H,\) = \(2,\) torch.float64 .*; got \(1,\) torch.float64"):
+            f(Lambda, P, B, C, dt[:1], 5)
+        for bad_L in (0, 2.0, True):
+            with pytest.raises(ValueError, match="L must be an int >= 1; got"):
+                f(Lambda, P, B, C, dt, bad_L)
+        one = torch.ones(1, 1, 1, dtype=C128, device=device)
+        K = f(-one[0], one, one, 1.2 * one, torch.ones(1, dtype=torch.float64, device=device), 1)
+        assert K.shape == (1, 1, 1, 1) and K.item() == pytest.approx(0.8, abs=1e-14)
 
 
 def test_dplr_kernel_cauchy_sums_follow_the_context(device, monkeypatch):

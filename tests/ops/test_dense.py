@@ -184,3 +184,155 @@ def test_chunk_length_is_the_power_of_two_nearest_the_root():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="L must be an int >= 1; got"):
             chunk_length(bad)
+
+
+def test_both_paths_check_every_argument(device):
+    """The reference and the chunked path run the same checks: a non-tensor u, A_bar, B_bar or state is named by
+    its type, a non-square or integer A_bar and a state of another dtype or shape are refused."""
+    A, B = system(2, 3, torch.float64, False, device)
+    u = torch.randn(1, 9, 2, dtype=torch.float64, device=device)
+    s = torch.zeros(1, 2, 3, dtype=torch.float64, device=device)
+    for f in (dense_final_state_reference, dense_final_state_chunked):
+        with pytest.raises(ValueError, match=r"u must be a real \(B, L, H\) float32 or float64 tensor; got list"):
+            f(u.tolist(), A, B)
+        with pytest.raises(ValueError, match=r"A_bar must be a \(H, N, N\) float or complex tensor; got "):
+            f(u, A.tolist(), B)
+        with pytest.raises(ValueError, match=r"A_bar must be a \(H, N, N\) float or complex tensor; got torch.int64"):
+            f(u, A.long(), B)
+        with pytest.raises(ValueError, match=r"A_bar must be \(H, N, N\) with H = 2 \(from u\); got shape \(2, 3, 2\)"):
+            f(u, A[:, :, :2], B[:, :3])
+        with pytest.raises(ValueError, match=r"A_bar must be \(H, N, N\) with H = 2 \(from u\); got shape \(2, 3\)"):
+            f(u, A[:, 0], B)
+        with pytest.raises(ValueError, match=r"B_bar must be \(H, N\) = \(2, 3\) torch.float64 like A_bar; got list"):
+            f(u, A, B.tolist())
+        with pytest.raises(ValueError, match=r"B_bar must be .* like A_bar; got \(2, 3\) torch.float32"):
+            f(u, A, B.float())
+        with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(1, 2, 3\) torch.float64; got list"):
+            f(u, A, B, s.tolist())
+        with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(1, 2, 3\) torch.float64; got "
+                                             r"\(1, 2, 3\) torch.complex128"):
+            f(u, A, B, s.to(torch.complex128))
+        with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(1, 2, 3\) torch.float64; got \(1, 3, 2\)"):
+            f(u, A, B, s.transpose(1, 2))
+    # a complex A_bar with a float32 u: the state may be A_bar's complex128 or the result's complex64
+    Ac, Bc = system(2, 3, torch.float64, True, device)
+    names = "torch.complex128 or torch.complex64"
+    with pytest.raises(ValueError, match=rf"state must be \(B, H, N\) = \(1, 2, 3\) {names}; got \(1, 2, 3\) torch.float32"):
+        dense_final_state_reference(u.float(), Ac, Bc, s.float())
+
+
+def _carry_loop(u, W, A_T):
+    """The carry of steps 2-3 by a float64 Python loop over chunks and steps, u padded in front to whole chunks:
+    x_c = A_T x_{c-1} + Σ_j W[:, :, T-1-j] u_{cT+j}, x from zeros; returned (H, B, N)."""
+    Bsz, L, H = u.shape
+    N, T = W.shape[1], W.shape[2]
+    n_chunks = -(-L // T)
+    pad = n_chunks * T - L
+    x = torch.zeros(H, Bsz, N, dtype=W.dtype)
+    for c in range(n_chunks):
+        S = torch.zeros(H, Bsz, N, dtype=W.dtype)
+        for j in range(T):
+            t = c * T + j - pad
+            if t >= 0:
+                for h in range(H):
+                    for b in range(Bsz):
+                        S[h, b] = S[h, b] + W[h, :, T - 1 - j] * u[b, t, h]
+        x = torch.stack([torch.stack([A_T[h] @ x[h, b] for b in range(Bsz)]) for h in range(H)]) + S
+    return x
+
+
+@pytest.mark.parametrize("L, T", [(13, 4), (7, 4), (3, 4), (8, 1)])
+def test_compiled_carry_ops_equal_a_loop_and_its_gradient(L, T):
+    """The carry as the two custom ops that a compiled S4 graph holds (``_CompiledCarry``; eager here, where each op
+    calls its body): the forward and the hand-written backward (∂u, ∂W, ∂A_T) against a Python loop over chunks and
+    its autograd, with W and A_T independent random tables (not Ā^k B̄, Ā^T: every index of the algebra shows);
+    two chunks, one chunk (L <= T: no carry, ∂A_T = 0) and T = 1 included; a zero output gradient returns zeros at
+    once; each op's fake (the shapes a compiled graph plans with) matches its output (``torch.library.opcheck``)."""
+    from ssmkit.ops.dense import _carry_backward, _carry_forward, _CompiledCarry
+
+    g = torch.Generator().manual_seed(6)
+    H, N, Bsz = 3, 5, 2
+    u = torch.randn(Bsz, L, H, dtype=torch.float64, generator=g)
+    W = torch.randn(H, N, T, dtype=torch.float64, generator=g)
+    A_T = torch.randn(H, N, N, dtype=torch.float64, generator=g) / N
+    gx = torch.randn(H, Bsz, N, dtype=torch.float64, generator=g)
+    leaves = [t.clone().requires_grad_() for t in (u, W, A_T)]
+    x = _CompiledCarry.apply(*leaves)
+    grads = torch.autograd.grad((x * gx).sum(), leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in (u, W, A_T)]
+    x_ref = _carry_loop(*ref_leaves)
+    ref_grads = torch.autograd.grad((x_ref * gx).sum(), ref_leaves)
+    assert x.shape == (H, Bsz, N) and rel_err(x, x_ref) < 1e-13
+    for name, got, want in zip(("u", "W", "A_T"), grads, ref_grads):
+        assert got.shape == want.shape, name
+        if L <= T and name == "A_T":
+            assert torch.equal(got, torch.zeros_like(want)) and torch.equal(want, torch.zeros_like(want))
+        else:
+            assert rel_err(got, want) < 1e-13, name
+    zeros = _carry_backward(u, W, A_T, torch.zeros_like(gx))
+    for z, t in zip(zeros, (u, W, A_T)):
+        assert z.shape == t.shape and not z.any()
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(_carry_forward.op, (u, W, A_T), test_utils=checks)
+    torch.library.opcheck(_carry_backward.op, (u, W, A_T, gx), test_utils=checks)
+
+
+def test_state_tables_check_their_arguments_at_the_edges(device):
+    """``dense_state_tables`` refuses L = 0, a float L, chunk = 0 and max_length = 0 (each without a bound too), and
+    accepts the edge values L = max_length and max_length = 1 (tables equal to those without the bound)."""
+    from ssmkit.ops.dense import dense_final_state_tabled, dense_state_tables
+
+    A, B = system(3, 5, torch.float64, False, device, seed=7)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="L must be an int >= 1; got"):
+            dense_state_tables(A, B, bad, A.dtype)
+    with pytest.raises(ValueError, match="chunk must be a power of two >= 1, or None; got 0"):
+        dense_state_tables(A, B, 4, A.dtype, chunk=0)
+    with pytest.raises(ValueError, match="max_length must be an int >= 1, or None; got 0"):
+        dense_state_tables(A, B, 4, A.dtype, max_length=0)
+    for L in (1, 6):  # L = max_length, and max_length = 1 (one bit)
+        u = torch.randn(2, L, 3, dtype=torch.float64, device=device)
+        s = torch.randn(2, 3, 5, dtype=torch.float64, device=device)
+        tables = dense_state_tables(A, B, L, A.dtype, True, max_length=L)
+        want = dense_final_state_reference(u, A, B, s)
+        assert rel_err(dense_final_state_tabled(u, tables, s), want) < 1e-13
+
+
+def test_matrix_power_bits_of_a_four_axis_batch(device):
+    """(..., N, N) with two batch axes (2, 3) and N = 4: the identity is N × N whatever the batch sizes."""
+    from ssmkit.ops.dense import matrix_power_bits
+
+    g = torch.Generator().manual_seed(8)
+    A = (torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g) / 2).to(device)
+    for n in (0, 1, 6, 7):
+        want = torch.eye(4, dtype=torch.float64, device=device).expand(2, 3, 4, 4)
+        for _ in range(n):
+            want = want @ A
+        assert rel_err(matrix_power_bits(A, n, 3), want) < 1e-13
+
+
+def test_tabled_with_a_length_bound_pads_to_a_fixed_chunk_count(device):
+    """``max_length`` (the traced carry's bound) in eager mode: ⌊max_length/T⌋ + 1 chunks, u padded in front by
+    zeros, still the loop's final state for every L <= max_length (T = 4, max_length 13 and 16: L = 13 is a partial
+    last chunk, L = 16 whole chunks plus one of padding alone); a bad bound is refused."""
+    from ssmkit.ops.dense import dense_final_state_tabled, dense_state_tables
+
+    for complex_ in (False, True):
+        A, B = system(3, 5, torch.float64, complex_, device, seed=9)
+        for bound in (13, 16):
+            for L in (1, 4, 5, 13, bound):
+                u = torch.randn(2, L, 3, dtype=torch.float64, device=device)
+                s = torch.randn(2, 3, 5, dtype=A.dtype, device=device)
+                tables = dense_state_tables(A, B, L, A.dtype, True, chunk=4, max_length=bound)
+                got = dense_final_state_tabled(u, tables, s, max_length=bound)
+                assert rel_err(got, dense_final_state_reference(u, A, B, s)) < 1e-13
+    tables = dense_state_tables(A, B, 4, A.dtype)
+    u = torch.randn(2, 4, 3, dtype=torch.float64, device=device)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_length must be an int >= 1, or None; got"):
+            dense_final_state_tabled(u, tables, max_length=bad)
+    assert rel_err(dense_final_state_tabled(u, tables, max_length=4),
+                   dense_final_state_reference(u, A, B)) < 1e-13  # the edge max_length = L
+    u1 = u[:, :1]
+    got = dense_final_state_tabled(u1, dense_state_tables(A, B, 1, A.dtype), max_length=1)  # the smallest bound
+    assert rel_err(got, dense_final_state_reference(u1, A, B)) < 1e-13

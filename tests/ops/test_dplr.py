@@ -229,3 +229,39 @@ def test_bad_inputs(device):
         dplr_step_reference(u, x, A_c, B_c, full(C))
     with pytest.raises(ValueError, match=r"C must be \(H, N\) = \(3, 8\); got shape \(3, 4\)"):
         dplr_step_reference(u, x_f, A_c, B_c, C)
+
+
+def test_every_form_checks_lambda_p_b_and_dt(device):
+    """The shared check, through each form: Λ, P, B not tensors or real (named), a 3-D Λ, a P whose trailing axes
+    are not (H, N/2) though it is 3-D, a P of another complex dtype, a dt not a tensor or not floating-point."""
+    Lambda, P, Bv, C, dt = random_dplr(1, device)
+    for f in (bilinear_dplr, bilinear_dplr_real, dplr_step_coefficients):
+        with pytest.raises(ValueError, match=r"Lambda must be a complex torch.Tensor \(H, N/2\); got list"):
+            f(Lambda.tolist(), P, Bv, dt)
+        with pytest.raises(ValueError, match=r"P must be \(r, H, N/2\) complex \(complex64 or complex128\); got torch.float64"):
+            f(Lambda, P.real, Bv, dt)
+        with pytest.raises(ValueError, match=r"B must be \(H, N/2\) complex \(complex64 or complex128\); got torch.float64"):
+            f(Lambda, P, Bv.real, dt)
+        with pytest.raises(ValueError, match=r"Lambda must be \(H, N/2\) complex; got shape \(1, 3, 4\)"):
+            f(Lambda[None], P, Bv, dt)
+        with pytest.raises(ValueError, match=r"P must be \(r, H, N/2\) = \(r, 3, 4\) complex; got shape \(1, 3, 3\)"):
+            f(Lambda, P[..., :3], Bv, dt)
+        with pytest.raises(ValueError, match=r"P must have Lambda's dtype torch.complex128; got torch.complex64"):
+            f(Lambda, P.to(torch.complex64), Bv, dt)
+        with pytest.raises(ValueError, match=r"dt must be a torch.Tensor; got list"):
+            f(Lambda, P, Bv, dt.tolist())
+        with pytest.raises(ValueError, match=r"dt must have a floating-point dtype \(float32 or float64\); got torch.complex128"):
+            f(Lambda, P, Bv, dt.to(C128))
+    with pytest.raises(ValueError, match=r"P must have Lambda's dtype"):
+        dplr_matrix(Lambda, P.to(torch.complex64))
+
+
+def test_dense_step_refuses_a_non_square_matrix_and_a_wrong_input(device):
+    """``dplr_step_reference``: Ā (H, N, N + 1) and u (B, H + 1) are refused by name."""
+    Lambda, P, Bv, C, dt = random_dplr(1, device)
+    A_c, B_c = bilinear_dplr(Lambda, P, Bv, dt)
+    u, x_f = torch.zeros(B, H, dtype=F64, device=device), torch.zeros(B, H, 2 * M, dtype=C128, device=device)
+    with pytest.raises(ValueError, match=r"A_bar must be \(H, N, N\); got shape \(3, 8, 9\)"):
+        dplr_step_reference(u, x_f, torch.cat([A_c, A_c[..., :1]], -1), B_c, full(C))
+    with pytest.raises(ValueError, match=r"u must be \(B, H\) = \(2, 3\); got shape \(2, 4\)"):
+        dplr_step_reference(torch.zeros(B, H + 1, dtype=F64, device=device), x_f, A_c, B_c, full(C))

@@ -308,3 +308,18 @@ def test_initial_state_bad_inputs(fn, device):
         fn(C, A_bar, torch.ones(B, H, N, dtype=torch.int64, device=device), 5)
     with pytest.raises(ValueError, match=r"L must be an int >= 1; got 0"):
         fn(C, A_bar, s, 0)
+
+
+@pytest.mark.parametrize("fn", [initial_state_output_vandermonde, initial_state_output_reference])
+def test_initial_state_refuses_non_tensors_and_an_empty_batch(fn, device):
+    """C, A_bar or state not a tensor is named by its type; a state batch of size 0 is refused (B >= 1)."""
+    C = randn(H, N, dtype=torch.complex64, device=device)
+    A_bar = 0.5 * torch.ones(H, N, dtype=torch.complex64, device=device)
+    s = randn(B, H, N, dtype=torch.complex64, device=device)
+    for i, name in enumerate(("C", "A_bar", "state")):
+        args = [C, A_bar, s]
+        args[i] = args[i].tolist()
+        with pytest.raises(ValueError, match=rf"{name} must be a torch.Tensor; got list"):
+            fn(*args, 5)
+    with pytest.raises(ValueError, match=r"state must be \(B, H, N\) = \(\?, 3, 4\); got shape \(0, 3, 4\)"):
+        fn(C, A_bar, s[:0], 5)

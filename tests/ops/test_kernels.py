@@ -215,3 +215,16 @@ def test_bad_inputs(fn, device):
         fn(W, A_bar, 0)
     with pytest.raises(ValueError, match=r"L must be an int >= 1; got 2.0"):
         fn(W, A_bar, 2.0)
+
+
+@pytest.mark.parametrize("fn", [vandermonde_reference, vandermonde_gemm])
+def test_non_tensors_and_an_empty_batch(fn, device):
+    """A non-tensor W or A_bar is named by its type; an empty batch of weight sets W (0, H, N) gives an empty
+    (0, H, L) kernel."""
+    W, A_bar = random_system(torch.float64, device)
+    with pytest.raises(ValueError, match="W must be a torch.Tensor; got list"):
+        fn(W.tolist(), A_bar, 5)
+    with pytest.raises(ValueError, match="A_bar must be a torch.Tensor; got list"):
+        fn(W, A_bar.tolist(), 5)
+    K = fn(W[None][:0], A_bar, 5)
+    assert K.shape == (0, H, 5) and K.dtype == torch.float64

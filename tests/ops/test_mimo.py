@@ -203,3 +203,40 @@ def test_errors_name_the_expected_shape():
         mimo_scan(u, A, B.to(torch.complex64), C)
     with pytest.raises(ValueError, match="L must be an int >= 1"):
         mimo_kernel(A, B, C, 0)
+
+
+def test_each_argument_is_named_when_it_is_not_what_is_expected():
+    # the checks a coverage run found untested: each argument by type, dtype, device-independent shape and the
+    # kernel's own checks
+    A, B, C, D = system(torch.complex128, torch.device("cpu"))
+    u = torch.randn(Bsz, 9, H, dtype=torch.float64)
+    for i, name in ((1, "A_bar"), (2, "B_bar"), (3, "C")):
+        args = [u, A, B, C]
+        args[i] = args[i].tolist()
+        with pytest.raises(ValueError, match=f"{name} must be a torch.Tensor; got list"):
+            mimo_scan(*args)
+        args[i] = torch.ones(3, dtype=torch.int64)
+        with pytest.raises(ValueError, match=f"{name} must be complex64/complex128 or float32/float64; got torch.int64"):
+            mimo_scan(*args)
+    with pytest.raises(ValueError, match=r"state must be \(B, M\) = \(2, 5\); got list"):
+        mimo_scan(u, A, B, C, [[0.0] * M] * Bsz)
+    with pytest.raises(ValueError, match=r"state must have the dtype of A_bar \(torch.complex128\); got torch.complex64"):
+        mimo_scan(u, A, B, C, torch.zeros(Bsz, M, dtype=torch.complex64))
+    with pytest.raises(ValueError, match=r"D must be \(H,\) = \(3,\) \(from u\); got list"):
+        mimo_scan(u, A, B, C, None, [0.0] * H)
+    with pytest.raises(ValueError, match="D must be real with u's dtype torch.float64 on cpu; got torch.float32 on cpu"):
+        mimo_scan(u, A, B, C, None, D.float())
+    # the kernel
+    with pytest.raises(ValueError, match="B_bar must be a complex or real floating torch.Tensor; got torch.int64"):
+        mimo_kernel(A, B.long(), C, 4)
+    with pytest.raises(ValueError, match="A_bar, B_bar and C must share one dtype; A_bar is torch.complex128 but C is"):
+        mimo_kernel(A, B, C.to(torch.complex64), 4)
+    with pytest.raises(ValueError, match=r"A_bar must be \(M,\); got shape \(1, 5\)"):
+        mimo_kernel(A[None], B, C, 4)
+    with pytest.raises(ValueError, match=r"B_bar must be \(M, H\) with M = 5 \(from A_bar\); got \(3, 5\)"):
+        mimo_kernel(A, B.T, C, 4)
+    with pytest.raises(ValueError, match=r"C must be \(H, M\) or \(C, H, M\) with M = 5 \(from A_bar\); got \(5, 3\)"):
+        mimo_kernel(A, B, C.T, 4)
+    for bad in (2.0, True):
+        with pytest.raises(ValueError, match="L must be an int >= 1"):
+            mimo_kernel(A, B, C, bad)

@@ -236,6 +236,8 @@ def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.T
     Returns:
         ``"native"``, ``"fft"`` or ``"chunked"``.
     """
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:  # the chunked path's checks name what is wrong
+        return "chunked"
     if symbolic_length(u.shape[1]):  # exporting with a dynamic L: the chunked scan has a guard-free form
         return "chunked"
     if A_bar is not None and native_diagonal_ok(u, A_bar) is None and prefer_native("ssm_scan", u):

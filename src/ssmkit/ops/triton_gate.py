@@ -158,8 +158,8 @@ def prefer_triton(t: torch.Tensor, op: str) -> bool:
         t: the op's first input (its device and dtype decide).
         op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
     """
-    if t.device.type != "cuda" or not custom_ops_allowed():
-        return False
+    if not isinstance(t, torch.Tensor) or t.device.type != "cuda" or not custom_ops_allowed():
+        return False  # (not a tensor: the portable path's own checks name it)
     if op == "ssd" and torch.compiler.is_compiling():
         return False
     return triton_available(t.device, op, t.dtype)

@@ -60,6 +60,8 @@ def prefer_native(op: str, x: torch.Tensor) -> bool:
     """
     from ssmkit.ops._checks import REAL_OF
 
+    if not isinstance(x, torch.Tensor):
+        return False  # not a tensor: the portable path's own checks name it (a ValueError, not an AttributeError here)
     if x.device.type != "cpu" or not custom_ops_allowed():
         return False
     return native_available(op, REAL_OF.get(x.dtype, x.dtype))

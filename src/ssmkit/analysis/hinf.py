@@ -134,7 +134,11 @@ def axis_tolerance(A: np.ndarray) -> float:
     Returns:
         a float in [0, 1e-10].
     """
-    z = np.linalg.eigvals(A)  # (n,)
+    return _axis_tolerance_of(np.linalg.eigvals(A))
+
+
+def _axis_tolerance_of(z: np.ndarray) -> float:
+    """`axis_tolerance` from A's eigenvalues z (n,)."""
     s = (z - 1.0) / (z + 1.0)  # (n,)
     rho = float(np.min(np.abs(s.real) / np.maximum(1.0, np.abs(s))))
     return min(_CERT_TOL, _POLE_FRACTION * rho)
@@ -188,10 +192,11 @@ def hinf_bracket(
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0; got {tol!r}")
-    if not np.all(np.abs(np.linalg.eigvals(A)) < 1.0):
+    poles = np.linalg.eigvals(A)  # (n,)
+    if not np.all(np.abs(poles) < 1.0):
         raise ValueError("A must be Schur stable (every eigenvalue strictly inside the unit circle)")
     Ac, Bc, Cc, Dc = cayley(A, B, C, D)
-    axis_tol = axis_tolerance(A)
+    axis_tol = _axis_tolerance_of(poles)
 
     def certified(lo: float, gamma: float) -> tuple[bool, float]:
         # (no eigenvalue of H(γ) within axis_tol of the axis, and no gain above γ_lo (1 + tol) at the frequencies of,
@@ -202,7 +207,7 @@ def hinf_bracket(
         return best <= lo * (1.0 + tol) and _on_axis(lam, axis_tol).size == 0, best
 
     # 1. lower bound: θ = 0, π, the pole angles and a coarse uniform grid (all attained values)
-    theta = np.concatenate([[0.0, np.pi], np.abs(np.angle(np.linalg.eigvals(A))), np.linspace(0.0, np.pi, 9)])
+    theta = np.concatenate([[0.0, np.pi], np.abs(np.angle(poles)), np.linspace(0.0, np.pi, 9)])
     values = gain(theta)  # (W,)
     lo = float(values.max())
     if lo == 0.0 and not (np.any(C) and np.any(B)) and not np.any(D):

@@ -97,10 +97,10 @@ def hinf_norm(gain: Callable[[np.ndarray], np.ndarray], poles: np.ndarray) -> np
     # 2. brackets around the largest local maxima, between distinct neighbouring angles: a repeated angle (repeated
     # poles, the grid's own 0 and π) counts once, so its copies cannot fill the K brackets with empty ones
     Wg = theta.shape[1]
-    rows = 4.0 * np.arange(Gs)[:, None]  # (Gs, 1): rows apart, so one sorted search serves all
-    flat = (theta + rows).ravel()  # (Gs·Wg,) sorted
-    first = np.searchsorted(flat, flat, side="left").reshape(Gs, Wg) - Wg * np.arange(Gs)[:, None]  # (Gs, Wg)
-    after = np.searchsorted(flat, flat, side="right").reshape(Gs, Wg) - Wg * np.arange(Gs)[:, None]  # (Gs, Wg)
+    row = np.arange(Gs)[:, None]  # (Gs, 1)
+    flat = (theta + 4.0 * row).ravel()  # (Gs·Wg,) sorted: rows 4 > π apart, so one sorted search serves all
+    first = np.searchsorted(flat, flat, side="left").reshape(Gs, Wg) - Wg * row  # (Gs, Wg) first of its angle
+    after = np.searchsorted(flat, flat, side="right").reshape(Gs, Wg) - Wg * row  # (Gs, Wg) past its angle
     prev, nxt = np.maximum(first - 1, 0), np.minimum(after, Wg - 1)  # (Gs, Wg) nearest distinct neighbours
     left = np.where(first > 0, np.take_along_axis(f, prev, 1), -np.inf)  # (Gs, Wg)
     right = np.where(after < Wg, np.take_along_axis(f, nxt, 1), -np.inf)  # (Gs, Wg)

@@ -513,8 +513,8 @@ class StateSpace:
             (`hinf_bounds` returns both ends).
             ``"grid"`` -- a dense grid (512 uniform angles plus, for every pole λ, the angles
             |arg λ| + k (1 - |λ|), k in {0, ±½, ±1, ±2}, folded into [0, π]) refined by golden-section search
-            around the 4 largest local maxima (`ssmkit.analysis.norms.hinf_norm`): a lower bound, exact to float precision times the
-            peak's conditioning when the peak lies in one of those brackets (~1e-15 relative for 1 - |λ| = 0.1,
+            around the 4 largest local maxima (`ssmkit.analysis.norms.hinf_norm`): a lower bound, exact to float
+            precision times the peak's conditioning when the peak lies in one of those brackets (~1e-15 relative for 1 - |λ| = 0.1,
             ~1e-12 for 1e-4, ~1e-9 for 1e-6), but not certified.
         A system with any pole on or outside the unit circle gets inf, even when that mode is uncontrollable or
         unobservable. A complex bank uses its physical (real-part) response.
@@ -542,8 +542,8 @@ class StateSpace:
 
         γ_lo = σ_max(H(e^{jθ})) at some θ (attained); γ_hi = (1 + 2 tol) γ_lo, for which the Hamiltonian of the
         Cayley-transformed system has no imaginary eigenvalue (`ssmkit.analysis.hinf.hinf_bracket`), or
-        (1 + 2 tol 4^k) γ_lo, wider but still certified, for poles within about 1e-7 of the unit circle (relative
-        width ~2e-4 at 1 - |λ| = 1e-8, ~3e-3 at 1e-9 and 1e-10).
+        (1 + 2 tol 4^k) γ_lo, wider but still certified, for poles within about 1e-5 of the unit circle (relative
+        width ~5e-8 at 1 - |λ| = 1e-6, ~2e-4 at 1e-8, ~3e-3 at 1e-9 and 1e-10).
 
         Args:
             tol: relative width of the bracket, > 0.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 
@@ -11,6 +14,19 @@ def check_floating(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must have a floating-point dtype (float32 or float64); got {x.dtype}")
+
+
+def check_sampling_time(dt: object, name: str = "dt") -> float:
+    """Return the sampling time ``dt`` as a float, or raise ``ValueError`` unless it is a finite real number > 0.
+
+    Accepts Python and NumPy integers and floats (``numbers.Real``: a Ts read from a float32 array included); refuses
+    ``bool``, strings, tensors, complex numbers, 0, negatives, NaN and inf. One rule for every place that takes a Ts
+    (``StateSpace``, ``IORecord``, ``DeepWiener``, ``analyze_model``, ``zoo``).
+    """
+    ok = isinstance(dt, numbers.Real) and not isinstance(dt, bool)
+    if not (ok and math.isfinite(float(dt)) and float(dt) > 0.0):
+        raise ValueError(f"{name} must be the sampling time in seconds, a finite number > 0; got {dt!r}")
+    return float(dt)
 
 
 def check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:

@@ -77,7 +77,9 @@ def test_analyze_options_and_errors(checkpoint, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "a")) == ["analysis.json", "summary.md"]
     assert json.load(open(tmp_path / "a" / "analysis.json"))["layers"][0]["dt"] == 0.5
     assert cli_main(["analyze", checkpoint, "--dt", "-1"]) == 2
-    assert "--dt must be > 0" in capsys.readouterr().err
+    assert "--dt must be the sampling time in seconds, a finite number > 0; got -1.0" in capsys.readouterr().err
+    assert cli_main(["analyze", checkpoint, "--dt", "inf"]) == 2  # inf passed "> 0" and put every pole at s = 0
+    assert "a finite number > 0; got inf" in capsys.readouterr().err
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a checkpoint of 'ssmkit train'"):
         cli_main(["analyze", str(tmp_path / "other.pt")])

@@ -471,7 +471,7 @@ def test_shape_errors(shapes, message):
 
 @pytest.mark.parametrize("dt", [0.0, -0.1, float("nan"), float("inf"), True, "1"])
 def test_dt_errors(dt):
-    with pytest.raises(ValueError, match=r"dt must be a positive float \(sampling time in seconds\)"):
+    with pytest.raises(ValueError, match=r"dt must be the sampling time in seconds, a finite number > 0; got "):
         StateSpace(np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), dt=dt)
 
 

@@ -42,9 +42,10 @@ def test_a_record_refuses_what_is_not_an_experiment():
         (dict(y=torch.zeros(5)), r"y must be a \(L, p\) tensor with L >= 1; got \(5,\)"),
         (dict(u=torch.zeros(0, 1), y=torch.zeros(0, 2)), r"u must be a \(L, m\) tensor with L >= 1; got \(0, 1\)"),
         (dict(y=torch.zeros(4, 2)), "u and y must have one length L; got 5 and 4"),
-    ] + [(dict(dt=bad), "dt must be a finite number > 0") for bad in (0.0, -1.0, float("nan"), float("inf"), True, "1")]
+    ] + [(dict(dt=bad), "dt must be the sampling time in seconds, a finite number > 0") for bad in (0.0, -1.0, float("nan"), float("inf"), True, "1")]
     for change, message in cases:
         args = dict(u=u, y=y, dt=1.0) | change
         with pytest.raises(ValueError, match=message):
             IORecord(**args)
     assert IORecord(u, y, np.float32(0.25)).dt == 0.25 and IORecord(u, y, 2).dt == 2  # numpy and int rates are fine
+    assert type(IORecord(u, y, np.float32(0.25)).dt) is float and type(IORecord(u, y, 2).dt) is float  # stored as float

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -103,8 +104,8 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
                         "controller) and sequence.onnx (a whole sequence of any length), in real arithmetic; needs "
                         "ssmkit[onnx]")
     args = parser.parse_args(argv)
-    if args.dt is not None and not args.dt > 0:
-        parser.error(f"--dt must be > 0; got {args.dt}")
+    if args.dt is not None and not (math.isfinite(args.dt) and args.dt > 0):
+        parser.error(f"--dt must be the sampling time in seconds, a finite number > 0; got {args.dt}")
     if args.channels < 1:
         parser.error(f"--channels must be >= 1; got {args.channels}")
     from ssmkit.analysis.report import write_report

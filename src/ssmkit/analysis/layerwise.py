@@ -16,6 +16,7 @@ Letters: G systems of a bank, n states, m inputs, p outputs.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -23,8 +24,10 @@ import numpy as np
 from torch import nn
 
 from ssmkit.analysis.statespace import StateSpace
+from ssmkit.utils import check_sampling_time
 
-__all__ = ["LayerAnalysis", "analyze_model", "lti_layers", "model_dt", "skipped_layers", "time_constants"]
+__all__ = ["LayerAnalysis", "analyze_model", "lti_layers", "model_dt", "sampling_time", "skipped_layers",
+           "time_constants"]
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,31 @@ class LayerAnalysis:
         return self.spectral_radius < 1.0
 
 
+def sampling_time(model: nn.Module, dt: float | None = None) -> tuple[float, bool]:
+    """The time step to analyse ``model`` with, and whether it is in seconds.
+
+    ``dt`` when given; else the model's own ``dt`` attribute when it is a number (a DeepWiener's Ts); else 1.0 with
+    the time axis in samples. A given or carried ``dt`` that is not a finite number > 0 raises ``ValueError``
+    (a model that carries ``dt = 0`` or NaN is broken, not "in samples").
+
+    Args:
+        model: any module.
+        dt: sampling time in seconds, or None.
+
+    Returns:
+        (dt as a float, True when the time axis is seconds).
+    """
+    if dt is not None:
+        return check_sampling_time(dt), True
+    own = getattr(model, "dt", None)
+    if isinstance(own, numbers.Real) and not isinstance(own, bool):
+        return check_sampling_time(own, "the model's dt"), True
+    return 1.0, False
+
+
 def model_dt(model: nn.Module) -> float:
-    """The sampling time of a model in seconds: its ``dt`` attribute (a DeepWiener's Ts), else 1.0 (samples)."""
-    dt = getattr(model, "dt", 1.0)
-    return float(dt) if isinstance(dt, (int, float)) and dt > 0 else 1.0
+    """The sampling time of a model in seconds: its numeric ``dt`` attribute (a DeepWiener's Ts), else 1.0 (samples)."""
+    return sampling_time(model)[0]
 
 
 def lti_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -167,7 +191,5 @@ def analyze_model(model: nn.Module, dt: float | None = None, hinf_tol: float = 1
     Returns:
         one :class:`LayerAnalysis` per LTI layer (empty if the model has none; see `skipped_layers`).
     """
-    step = model_dt(model) if dt is None else float(dt)
-    if not step > 0:
-        raise ValueError(f"dt must be the sampling time in seconds, > 0; got {dt!r}")
+    step, _ = sampling_time(model, dt)
     return [analyze_layer(name, layer, step, hinf_tol) for name, layer in lti_layers(model)]

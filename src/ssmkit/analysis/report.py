@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers, model_dt, skipped_layers, time_constants
+from ssmkit.analysis.layerwise import (LayerAnalysis, analyze_model, lti_layers, sampling_time, skipped_layers,
+                                       time_constants)
 from ssmkit.files import write_text
 
 __all__ = ["layer_record", "slowest_modes", "summary_markdown", "write_report"]
@@ -212,12 +213,12 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     Returns:
         the written files by kind (``summary``, ``json``, ``poles``, ``bode``, ``responses``, ``kernels``).
     """
+    step, seconds = sampling_time(model, dt)  # checked before anything is written
     os.makedirs(out, exist_ok=True)
-    results = analyze_model(model, dt)
+    results = analyze_model(model, step)
     skipped = skipped_layers(model)
     paths: dict[str, str] = {}
     figures: list[str] = []
-    seconds = dt is not None or hasattr(model, "dt")  # a DeepWiener carries its Ts; else dt = 1 means samples
     if plots and results:
         from ssmkit.analysis import plots as figs
 
@@ -228,7 +229,7 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
         figures = [os.path.basename(paths[k]) for k in ("poles", "bode", "responses", "kernels")]
     record = {
         "title": title,
-        "dt": model_dt(model) if dt is None else dt,
+        "dt": step,
         "layers": [layer_record(r) for r in results],
         "skipped": [{"name": n, "layer": l, "reason": why} for n, l, why in skipped],
     }

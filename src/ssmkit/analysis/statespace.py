@@ -18,13 +18,13 @@ The SSM papers write the recurrence with the state already updated by the curren
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from ssmkit.analysis import frequency, norms
+from ssmkit.utils import check_sampling_time
 
 if TYPE_CHECKING:  # scipy.signal costs ~45 MiB: imported by `to_scipy` only, never by `import ssmkit`
     import scipy.signal
@@ -56,15 +56,6 @@ def _check_dims(a: np.ndarray, name: str, letters: str, want: tuple[int | None, 
         raise ValueError(f"{name} must be {letters} = {text} ({dims}); got {found}")
     if any((w is None and s < 1) or (w is not None and s != w) for s, w in zip(found, want)):
         raise ValueError(f"{name} must be {letters} = {text}; got {found}")
-
-
-def _check_dt(dt: Any) -> float:
-    """Return ``dt`` as a float, or raise ``ValueError`` unless it is a finite number > 0."""
-    if isinstance(dt, bool) or not isinstance(dt, (int, float, np.integer, np.floating)):
-        raise ValueError(f"dt must be a positive float (sampling time in seconds); got {dt!r}")
-    if not (math.isfinite(float(dt)) and float(dt) > 0.0):
-        raise ValueError(f"dt must be a positive float (sampling time in seconds); got {dt!r}")
-    return float(dt)
 
 
 class StateSpace:
@@ -108,7 +99,7 @@ class StateSpace:
 
     def __init__(self, A: Any, B: Any, C: Any, D: Any, dt: float = 1.0) -> None:
         self._A, self._B, self._C, self._D = self._validate(A, B, C, D, ("A", "B", "C", "D"))
-        self._dt = _check_dt(dt)
+        self._dt = check_sampling_time(dt)
         self._schur: frequency.SchurForm | None = None
 
     @staticmethod

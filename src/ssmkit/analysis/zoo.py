@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from ssmkit.analysis.layerwise import lti_layers, model_dt, time_constants
+from ssmkit.analysis.layerwise import lti_layers, sampling_time, time_constants
 
 __all__ = ["ZOO_COLUMNS", "pole_statistics", "state_size", "to_csv", "to_markdown", "zoo_entry", "zoo_table"]
 
@@ -132,8 +132,8 @@ def pole_statistics(model: nn.Module, dt: float | None = None) -> list[dict[str,
     """
     from ssmkit.layers.protocol import SequenceLayer
 
-    step = model_dt(model) if dt is None else float(dt)
-    unit = "s" if dt is not None or hasattr(model, "dt") else "samples"
+    step, seconds = sampling_time(model, dt)
+    unit = "s" if seconds else "samples"
     lti = dict(lti_layers(model))
     rows = []
     for name, module in model.named_modules():

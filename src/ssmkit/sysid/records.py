@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 
 import torch
+
+from ssmkit.utils import check_sampling_time
 
 
 @dataclass
@@ -37,9 +37,7 @@ class IORecord:
                 raise ValueError(f"{which} must be a (L, {'m' if which == 'u' else 'p'}) tensor with L >= 1; got {found}")
         if self.u.shape[0] != self.y.shape[0]:
             raise ValueError(f"u and y must have one length L; got {self.u.shape[0]} and {self.y.shape[0]}")
-        dt = self.dt
-        if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
-            raise ValueError(f"dt must be a finite number > 0 (seconds); got {dt!r}")
+        self.dt = check_sampling_time(self.dt)  # a NumPy scalar Ts becomes a float (JSON, comparisons)
         if self.period is not None:
             p = self.period
             if isinstance(p, bool) or not isinstance(p, int) or p < 1 or self.u.shape[0] % p:

@@ -52,6 +52,7 @@ from ssmkit.layers.checks import check_positive_int, checkpoint_dtype, parameter
 from ssmkit.layers.registry import build, layer_class
 from ssmkit.layers.state import TensorSpec, check_state
 from ssmkit.models.pattern import check_layer_options
+from ssmkit.utils import check_sampling_time
 
 ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
 
@@ -108,8 +109,7 @@ class DeepWiener(nn.Module):
             check_positive_int(value, name)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {list(ACTIVATIONS)}; got {activation!r}")
-        if isinstance(dt, bool) or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
-            raise ValueError(f"dt must be the sampling time in seconds, a number > 0; got {dt!r}")
+        dt = check_sampling_time(dt)
         if not isinstance(time_varying, bool):
             raise ValueError(f"time_varying must be a bool; got {time_varying!r}")
         cls = layer_class(layer)

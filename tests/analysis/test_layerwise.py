@@ -117,9 +117,14 @@ def test_write_report(tmp_path):
     assert record["skipped"][0]["layer"] == "rglru"
     results = analyze_model(model)
     assert record["layers"][0]["hinf_max"] == pytest.approx(float(results[0].hinf.max()))
+    assert record["layers"][0]["h2_max"] == pytest.approx(float(results[0].h2.max()))
+    assert record["layers"][0]["reduced_order_1pct"] == results[0].reduced_order(0.01).tolist()
+    assert np.allclose(record["layers"][1]["hankel_singular_values"], results[1].hankel)
     text = open(paths["summary"]).read()
     assert "# Control analysis: unit test" in text and "blocks.1.layer (rglru)" in text and "![bode](bode.png)" in text
     assert f"{results[0].spectral_radius:.6f}" in text
+    assert "| H2 (max over G) | states for 1 % |" in text
+    assert f"| {int(results[0].reduced_order(0.01).max())} of {results[0].system.nstates} |" in text
     no_plots = write_report(model, str(tmp_path / "np"), plots=False)
     assert set(no_plots) == {"json", "summary"}
 

@@ -3,6 +3,7 @@
     statespace.py   StateSpace, the bank of discrete-time systems that LTI layers export
     frequency.py    transfer functions through a complex Schur form (modal sum, back substitution, real part)
     norms.py        σ_max and the H-infinity norm by grid search; hinf.py: the certified one (Cayley + Hamiltonian)
+    reduction.py    Gramians, Hankel singular values, the H2 norm, balanced truncation (model order reduction)
     layerwise.py    every LTI layer of a model: poles (discrete, continuous), margin, time constants, DC gain, H∞
     plots.py        PNG figures (poles, Bode, impulse/step responses, kernels); report.py: summary.md + JSON + PNGs
     onnx_export.py  a model's one-step function as an ONNX graph in real arithmetic (embedded controllers)
@@ -26,6 +27,7 @@ from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers
 from ssmkit.analysis.norms import hinf_norm, sigma_max
 from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
 from ssmkit.analysis.onnx_sequence import RealLTISequence, export_onnx_sequence, real_sequence_model
+from ssmkit.analysis.reduction import balanced_truncation, gramians, h2_norm, hankel_singular_values
 from ssmkit.analysis.report import write_report
 from ssmkit.analysis.statespace import StateSpace
 from ssmkit.analysis.zoo import pole_statistics, zoo_table
@@ -38,8 +40,12 @@ __all__ = [
     "SchurForm",
     "StateSpace",
     "analyze_model",
+    "balanced_truncation",
     "export_onnx",
     "export_onnx_sequence",
+    "gramians",
+    "h2_norm",
+    "hankel_singular_values",
     "hinf_norm",
     "lti_layers",
     "modal_transfer",

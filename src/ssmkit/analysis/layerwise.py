@@ -10,6 +10,9 @@ continuous poles s = log(z) / dt (the ZOH correspondence z = e^{s dt}; Δ-discre
 Δλ / dt exactly, up to the branch of the logarithm; for bilinear layers such as S4, whose z is the Cayley map of Δλ,
 log(z) / dt is the continuous pole of the discrete system, not Δλ / dt). The stability margin is 1 - ρ with
 ρ = max |z| the spectral radius; a mode's time constant is τ = -dt / log |z| (the e-folding time of its envelope).
+The Hankel singular values σ_i say how many states matter: balanced truncation to r states errs by at most
+2 Σ_{i>r} σ_i in H∞ (`ssmkit.analysis.reduction`), so `reduced_order` is the smallest r whose bound is within a
+fraction of the layer's H∞ norm.
 
 Letters: G systems of a bank, n states, m inputs, p outputs.
 """
@@ -26,8 +29,8 @@ from torch import nn
 from ssmkit.analysis.statespace import StateSpace
 from ssmkit.utils import check_sampling_time
 
-__all__ = ["LayerAnalysis", "analyze_model", "lti_layers", "model_dt", "sampling_time", "skipped_layers",
-           "time_constants"]
+__all__ = ["LayerAnalysis", "analyze_model", "lti_layers", "model_dt", "reduced_order", "sampling_time",
+           "skipped_layers", "time_constants"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class LayerAnalysis:
         fastest_time_constant: the smallest τ, seconds (0 for a pole at z = 0).
         dc_gain: (G, p, m) float64 steady-state gains (inf for a pole at z = 1).
         hinf: (G,) certified H∞ norms (inf for unstable systems; ``StateSpace.hinf_norm``).
+        h2: (G,) H2 norms (inf for unstable systems; ``StateSpace.h2_norm``).
+        hankel: (G, n) Hankel singular values, decreasing (NaN rows for unstable systems; ``StateSpace.hsvd``).
     """
 
     name: str
@@ -61,11 +66,25 @@ class LayerAnalysis:
     fastest_time_constant: float
     dc_gain: np.ndarray
     hinf: np.ndarray
+    h2: np.ndarray
+    hankel: np.ndarray
 
     @property
     def stable(self) -> bool:
         """Whether every system of the layer is Schur stable."""
         return self.spectral_radius < 1.0
+
+    def reduced_order(self, rel: float = 0.01) -> np.ndarray:
+        """Per system, the fewest states r whose balanced truncation is certified within ``rel`` of its H∞ norm:
+        the smallest r with 2 Σ_{i>r} σ_i <= rel ‖G‖_∞ (-1 for an unstable system).
+
+        Args:
+            rel: the admitted H∞ error as a fraction of the norm, > 0.
+
+        Returns:
+            (G,) int64.
+        """
+        return reduced_order(self.hankel, self.hinf, rel)
 
 
 def sampling_time(model: nn.Module, dt: float | None = None) -> tuple[float, bool]:
@@ -145,6 +164,25 @@ def time_constants(poles: np.ndarray, dt: float) -> np.ndarray:
     return np.where(r == 0, 0.0, tau)
 
 
+def reduced_order(hankel: np.ndarray, hinf: np.ndarray, rel: float = 0.01) -> np.ndarray:
+    """The smallest r with 2 Σ_{i>r} σ_i <= rel · hinf per system (the balanced-truncation bound); -1 where σ is NaN.
+
+    Args:
+        hankel: (G, n) Hankel singular values, decreasing (NaN rows for unstable systems).
+        hinf: (G,) H∞ norms.
+        rel: the admitted error as a fraction of the norm, > 0.
+
+    Returns:
+        (G,) int64.
+    """
+    if not (isinstance(rel, (int, float)) and not isinstance(rel, bool) and rel > 0):
+        raise ValueError(f"rel must be a number > 0 (a fraction of the H∞ norm); got {rel!r}")
+    tail = 2 * np.cumsum(hankel[:, ::-1], axis=1)[:, ::-1]  # (G, n): tail[:, r] = 2 Σ_{i>=r} σ_i (0-based)
+    within = np.concatenate([tail, np.zeros((hankel.shape[0], 1))], axis=1) <= rel * hinf[:, None]  # (G, n + 1)
+    order = within.argmax(axis=1)  # the first r whose dropped tail is within the bound (r = n always is)
+    return np.where(np.isnan(hankel).any(axis=1), -1, order).astype(np.int64)
+
+
 def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-10) -> LayerAnalysis:
     """The figures of one LTI layer (see :class:`LayerAnalysis`).
 
@@ -164,6 +202,10 @@ def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-1
         s = np.log(z.astype(np.complex128)) / dt  # (G, n): z = e^{s dt}
     rho = float(np.abs(z).max())
     tau = time_constants(z, dt)
+    hankel = np.full((system.nsystems, system.nstates), np.nan)
+    stable = np.flatnonzero(system.stable_mask())
+    if stable.size:
+        hankel[stable] = system[stable].hsvd()
     return LayerAnalysis(
         name=name,
         layer=type(layer).name or type(layer).__name__,  # an unregistered inner SSM (GSS) by its class
@@ -177,6 +219,8 @@ def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-1
         fastest_time_constant=float(tau.min()),
         dc_gain=system.dcgain(),
         hinf=system.hinf_norm("hamiltonian", hinf_tol),
+        h2=system.h2_norm(),
+        hankel=hankel,
     )
 
 

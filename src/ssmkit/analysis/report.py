@@ -56,6 +56,10 @@ def layer_record(result: LayerAnalysis) -> dict[str, Any]:
         "dc_gain_max": _finite(dc.max()),
         "hinf_max": _finite(result.hinf.max()),
         "hinf": [_finite(h) for h in result.hinf],
+        "h2_max": _finite(result.h2.max()),
+        "h2": [_finite(h) for h in result.h2],
+        "hankel_singular_values": _clean(result.hankel),
+        "reduced_order_1pct": result.reduced_order(0.01).tolist(),
         "slowest_modes": slowest_modes(result),
         "poles_real": _clean(result.poles.real),
         "poles_imag": _clean(result.poles.imag),
@@ -101,6 +105,12 @@ def slowest_modes(result: LayerAnalysis, count: int = 3) -> list[dict[str, float
     return modes
 
 
+def _order_text(result: LayerAnalysis) -> str:
+    """'r of n' (the largest per-system order for a 1 % H∞ bound), or '—' when a system is unstable."""
+    order = result.reduced_order(0.01)
+    return "—" if (order < 0).any() else f"{int(order.max())} of {result.system.nstates}"
+
+
 def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str, str]], title: str,
                      figures: list[str], seconds: bool | None = None) -> str:
     """The one-page summary as markdown.
@@ -129,8 +139,9 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
             f"**{'yes' if stable else 'NO'}** (largest spectral radius {worst.spectral_radius:.6f} in {worst.name}).",
             "",
             f"| layer | type | G × (n states, m in, p out) | spectral radius | margin 1 − ρ | max Re s ({rate}) | "
-            f"slowest τ ({unit}) | fastest τ ({unit}) | DC gain range | H∞ (max over G) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            f"slowest τ ({unit}) | fastest τ ({unit}) | DC gain range | H∞ (max over G) | H2 (max over G) | "
+            "states for 1 % |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results:
             s = r.system
@@ -139,7 +150,7 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
                 f"{r.spectral_radius:.6f} | {r.stability_margin:.3g} | {_fmt(r.spectral_abscissa)} | "
                 f"{_fmt(r.slowest_time_constant)} | "
                 f"{_fmt(r.fastest_time_constant)} | [{_fmt(r.dc_gain.min())}, {_fmt(r.dc_gain.max())}] | "
-                f"{_fmt(r.hinf.max())} |"
+                f"{_fmt(r.hinf.max())} | {_fmt(r.h2.max())} | {_order_text(r)} |"
             )
         lines += [
             "",
@@ -148,7 +159,10 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
             "H∞ norms are certified (Cayley map + Hamiltonian test, relative bracket 2e-10 at the default tolerance; "
             "wider, still certified, for poles within about 1e-5 of the unit circle). DC gains and H∞ norms are "
             "plain ratios (not dB) of each layer alone, between the model's internal signals (for a DeepWiener: after "
-            "the input normalisation and encoder, before the output decoder), not the model's gain from u to y.",
+            "the input normalisation and encoder, before the output decoder), not the model's gain from u to y. "
+            "States for 1 %: per system, the fewest states whose balanced truncation is certified within 1 % of its "
+            "H∞ norm (2 Σ_{i>r} σ_i ≤ 0.01 ‖G‖∞ over the Hankel singular values σ_i, in analysis.json); the largest "
+            "over the layer's systems, of n.",
             "",
             f"Figures: Bode magnitude in dB and phase in degrees against ω in {'rad/s' if physical else 'rad/sample'} "
             f"up to the Nyquist frequency π/dt; impulse (unit pulse at t = 0) and step responses against time in "

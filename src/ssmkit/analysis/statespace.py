@@ -8,7 +8,8 @@ control textbooks and python-control,
     x[k+1] = A x[k] + B u[k],      y[k] = C x[k] + D u[k],
 
 and offers what a control engineer asks of them: poles, transmission zeros, DC gain, frequency response,
-stability, the H-infinity norm, simulation, and conversion to scipy and python-control objects.
+stability, the H-infinity and H2 norms, Gramians, Hankel singular values and balanced truncation, simulation, and
+conversion to scipy and python-control objects.
 
 The SSM papers write the recurrence with the state already updated by the current input
 (S4, arXiv:2111.00396, eq. 3): x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k + D u_k. With ξ[k] := x_{k-1} this is
@@ -551,6 +552,60 @@ class StateSpace:
             gain = lambda theta, sub=sub: sub._sigma_max(theta[None])[0]  # noqa: E731  (W,) -> (W,)
             out[g] = hinf.hinf_bracket(real.A[g], real.B[g], real.C[g], real.D[g], gain, tol)
         return out
+
+    def h2_norm(self) -> np.ndarray:
+        """H2 norm of each system, √(Σ_k ‖g_k‖_F²) over its impulse response g_0 = D, g_k = C A^{k-1} B; inf if not
+        stable (`ssmkit.analysis.reduction.h2_norm`: √tr(D Dᵀ + C Wc Cᵀ); python-control's ``norm(sys, 2)``).
+
+        Returns:
+            (G,) float64.
+        """
+        from ssmkit.analysis import reduction
+
+        return reduction.h2_norm(self)
+
+    def gram(self, kind: str = "c") -> np.ndarray:
+        """Controllability (``"c"``: Wc = Σ A^k B Bᵀ Aᵀ^k) or observability (``"o"``: Wo = Σ Aᵀ^k Cᵀ C A^k) Gramian
+        of each system, as python-control's ``gram(sys, kind)`` (which needs slycot); of `to_real()` for a complex
+        bank. Raises ``ValueError`` for a system that is not Schur stable.
+
+        Args:
+            kind: ``"c"`` or ``"o"``.
+
+        Returns:
+            (G, n, n) float64 (n of the real realisation).
+        """
+        from ssmkit.analysis import reduction
+
+        if kind not in ("c", "o"):
+            raise ValueError(f"kind must be 'c' (controllability) or 'o' (observability); got {kind!r}")
+        return reduction.gramians(self)[0 if kind == "c" else 1]
+
+    def hsvd(self) -> np.ndarray:
+        """Hankel singular values σ_1 ≥ … ≥ σ_n of each system (python-control's ``hsvd``, continuous time only
+        there): how many states matter; balanced truncation to r states errs by at most 2 Σ_{i>r} σ_i in H∞.
+        Of `to_real()` for a complex bank; ``ValueError`` for a system that is not Schur stable.
+
+        Returns:
+            (G, n) float64, decreasing.
+        """
+        from ssmkit.analysis import reduction
+
+        return reduction.hankel_singular_values(self)
+
+    def balred(self, order: int) -> StateSpace:
+        """Balanced truncation of every system to ``order`` states (python-control's ``balred(sys, order)``, which
+        needs slycot): stable, with ‖G − G_r‖_∞ ≤ 2 Σ_{i>r} σ_i (`hsvd`); `ssmkit.analysis.reduction`.
+
+        Args:
+            order: r, 1 <= r <= n (of the real realisation), within every system's numerical order.
+
+        Returns:
+            a real StateSpace with A (G, r, r), B (G, r, m), C (G, p, r), the same D and dt.
+        """
+        from ssmkit.analysis import reduction
+
+        return reduction.balanced_truncation(self, order)
 
     # ----------------------------------------------------------------------------------------------------------
     # frequency-domain internals

@@ -230,3 +230,14 @@ def test_a_layers_reduced_order_keeps_its_promise():
                                 np.concatenate([sub.B, reduced.B], 1), np.concatenate([sub.C, -reduced.C], 2),
                                 np.zeros((1, 1, 1)))
         assert difference.hinf_bounds()[0, 1] <= 0.01 * result.hinf[g]
+
+
+def test_large_banks_are_solved_in_parts_with_the_same_result(monkeypatch):
+    import ssmkit.analysis.reduction as reduction
+
+    sys = _random_bank(G=5, n=4)
+    whole = gramians(sys)
+    monkeypatch.setattr(reduction, "_CHUNK_ELEMENTS", 2 * 16)  # two systems per pass: passes of 2, 2 and 1
+    parts = gramians(sys)
+    for a, b in zip(whole, parts):
+        assert np.abs(a - b).max() <= 1e-14 * np.abs(a).max()  # equal up to how a batch size rounds

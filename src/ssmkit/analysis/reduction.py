@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["balanced_truncation", "gramians", "h2_norm", "hankel_singular_values", "solve_stein"]
 
+_CHUNK_ELEMENTS = 1 << 22  # complex entries per (G', n, n) temporary of `solve_stein` (64 MiB): large banks go in parts
+
 
 def solve_stein(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
     """Solve Y = T Y Tᴴ + Q (``adjoint=False``) or Y = Tᴴ Y T + Q (``adjoint=True``) for upper triangular T.
@@ -52,9 +54,12 @@ def solve_stein(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
     Returns:
         (G, n, n) complex128 solution Y.
     """
+    G, n = T.shape[0], T.shape[1]
+    step = max(1, _CHUNK_ELEMENTS // max(n * n, 1))  # systems per pass: a few (G', n, n) complex temporaries
+    if G > step:
+        return np.concatenate([solve_stein(T[i:i + step], Q[i:i + step], adjoint) for i in range(0, G, step)])
     Tt = torch.from_numpy(np.ascontiguousarray(T, np.complex128))  # (G, n, n)
     Qt = torch.from_numpy(np.ascontiguousarray(Q, np.complex128))  # (G, n, n)
-    G, n = Tt.shape[0], Tt.shape[1]
     eye = torch.eye(n, dtype=torch.complex128)
     Th = Tt.conj().transpose(1, 2)  # (G, n, n) lower triangular
     Y = torch.zeros(G, n, n, dtype=torch.complex128)

@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 from torch import nn
 
+from ssmkit.analysis.reduction import h2_and_hankel
 from ssmkit.analysis.statespace import StateSpace
 from ssmkit.utils import check_sampling_time
 
@@ -202,10 +203,7 @@ def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-1
         s = np.log(z.astype(np.complex128)) / dt  # (G, n): z = e^{s dt}
     rho = float(np.abs(z).max())
     tau = time_constants(z, dt)
-    hankel = np.full((system.nsystems, system.nstates), np.nan)
-    stable = np.flatnonzero(system.stable_mask())
-    if stable.size:
-        hankel[stable] = system[stable].hsvd()
+    h2, hankel = h2_and_hankel(system, hankel=True)  # one solve of the Gramians for both
     return LayerAnalysis(
         name=name,
         layer=type(layer).name or type(layer).__name__,  # an unregistered inner SSM (GSS) by its class
@@ -219,7 +217,7 @@ def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-1
         fastest_time_constant=float(tau.min()),
         dc_gain=system.dcgain(),
         hinf=system.hinf_norm("hamiltonian", hinf_tol),
-        h2=system.h2_norm(),
+        h2=h2,
         hankel=hankel,
     )
 

@@ -34,7 +34,7 @@ import torch
 if TYPE_CHECKING:
     from ssmkit.analysis.statespace import StateSpace
 
-__all__ = ["balanced_truncation", "gramians", "h2_norm", "hankel_singular_values", "solve_stein"]
+__all__ = ["balanced_truncation", "gramians", "h2_and_hankel", "h2_norm", "hankel_singular_values", "solve_stein"]
 
 _CHUNK_ELEMENTS = 1 << 22  # complex entries per (G', n, n) temporary of `solve_stein` (64 MiB): large banks go in parts
 
@@ -101,31 +101,56 @@ def gramians(system: StateSpace) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: a system has a pole on or outside the unit circle (its Gramians do not exist).
     """
+    return _solve(_real_and_stable(system, "a Gramian"), "co")  # type: ignore[return-value]
+
+
+def _controllability(real: StateSpace) -> np.ndarray:
+    """(G, n, n) Wc of a real, stable bank (all the H2 norm needs)."""
+    return _solve(real, "c")[0]
+
+
+def _solve(real: StateSpace, kinds: str) -> tuple[np.ndarray, ...]:
+    """The Gramians named by ``kinds`` ("c", "o", "co") of a real, stable bank, from one Schur form per system."""
     import scipy.linalg  # here, not at module top: `import ssmkit` stays free of scipy
 
-    real = _real_and_stable(system, "a Gramian")
     G, n = real.nsystems, real.nstates
     T = np.empty((G, n, n), np.complex128)
     Z = np.empty((G, n, n), np.complex128)
     for g in range(G):
         T[g], Z[g] = scipy.linalg.schur(real.A[g].astype(np.complex128), output="complex")  # A = Z T Zᴴ
     Zh = Z.conj().transpose(0, 2, 1)  # (G, n, n)
-    Bt, Ct = Zh @ real.B, real.C @ Z  # (G, n, m), (G, p, n)
-    Yc = solve_stein(T, Bt @ Bt.conj().transpose(0, 2, 1), adjoint=False)  # Zᴴ Wc Z
-    Yo = solve_stein(T, Ct.conj().transpose(0, 2, 1) @ Ct, adjoint=True)  # Zᴴ Wo Z
-    Wc, Wo = (Z @ Y @ Zh for Y in (Yc, Yo))
-    return tuple(((W + W.conj().transpose(0, 2, 1)) / 2).real for W in (Wc, Wo))  # type: ignore[return-value]
+    out = []
+    for kind in kinds:
+        if kind == "c":
+            Bt = Zh @ real.B  # (G, n, m)
+            Y = solve_stein(T, Bt @ Bt.conj().transpose(0, 2, 1), adjoint=False)  # Zᴴ Wc Z
+        else:
+            Ct = real.C @ Z  # (G, p, n)
+            Y = solve_stein(T, Ct.conj().transpose(0, 2, 1) @ Ct, adjoint=True)  # Zᴴ Wo Z
+        W = Z @ Y @ Zh
+        out.append(((W + W.conj().transpose(0, 2, 1)) / 2).real)
+    return tuple(out)
 
 
-def _factors(system: StateSpace) -> tuple[StateSpace, np.ndarray, np.ndarray]:
-    """(real realisation, Lc, Lo) with Wc = Lc Lcᵀ, Wo = Lo Loᵀ, each (G, n, n): V √max(λ, 0) from eigh."""
-    real = system.to_real()
-    Wc, Wo = gramians(real)
+def _square_roots(Wc: np.ndarray, Wo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lc, Lo with Wc = Lc Lcᵀ and Wo = Lo Loᵀ, each (G, n, n): V √max(λ, 0) from eigh (rounding's negatives cut)."""
     out = []
     for W in (Wc, Wo):
         lam, V = np.linalg.eigh(W)  # (G, n), (G, n, n)
         out.append(V * np.sqrt(np.clip(lam, 0.0, None))[:, None, :])
-    return real, out[0], out[1]
+    return out[0], out[1]
+
+
+def _hankel_from(Wc: np.ndarray, Wo: np.ndarray) -> np.ndarray:
+    """(G, n) singular values of Loᵀ Lc, decreasing."""
+    Lc, Lo = _square_roots(Wc, Wo)
+    return np.linalg.svd(Lo.transpose(0, 2, 1) @ Lc, compute_uv=False)
+
+
+def _h2_from(real: StateSpace, Wc: np.ndarray) -> np.ndarray:
+    """(G,) √tr(D Dᵀ + C Wc Cᵀ) of a real bank."""
+    energy = np.einsum("gpn,gnk,gpk->g", real.C, Wc, real.C) + np.einsum("gpm,gpm->g", real.D, real.D)  # (G,)
+    return np.sqrt(np.clip(energy, 0.0, None))
 
 
 def hankel_singular_values(system: StateSpace) -> np.ndarray:
@@ -137,8 +162,7 @@ def hankel_singular_values(system: StateSpace) -> np.ndarray:
     Returns:
         (G, n) float64, decreasing along the last axis.
     """
-    _, Lc, Lo = _factors(system)
-    return np.linalg.svd(Lo.transpose(0, 2, 1) @ Lc, compute_uv=False)
+    return _hankel_from(*gramians(system))
 
 
 def h2_norm(system: StateSpace) -> np.ndarray:
@@ -150,15 +174,31 @@ def h2_norm(system: StateSpace) -> np.ndarray:
     Returns:
         (G,) float64; inf for a system with a pole on or outside the unit circle.
     """
+    return h2_and_hankel(system)[0]
+
+
+def h2_and_hankel(system: StateSpace, hankel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The H2 norms and (when asked) the Hankel singular values of a bank from one solve of its Gramians; systems
+    that are not stable get inf and a NaN row instead of an error (the analysis of a whole model).
+
+    Args:
+        system: a bank of G systems.
+        hankel: also compute the Hankel singular values.
+
+    Returns:
+        (G,) float64 H2 norms, and (G, n) float64 Hankel singular values (n of the real realisation) or None.
+    """
     real = system.to_real()
-    out = np.full(real.nsystems, np.inf)
+    h2 = np.full(real.nsystems, np.inf)
+    hsv = np.full((real.nsystems, real.nstates), np.nan) if hankel else None
     stable = np.flatnonzero(real.stable_mask())
     if stable.size:
         sub = real[stable]
-        Wc, _ = gramians(sub)
-        energy = np.einsum("gpn,gnk,gpk->g", sub.C, Wc, sub.C) + np.einsum("gpm,gpm->g", sub.D, sub.D)  # (G',)
-        out[stable] = np.sqrt(np.clip(energy, 0.0, None))
-    return out
+        Wc, Wo = gramians(sub) if hankel else (_controllability(sub), None)
+        h2[stable] = _h2_from(sub, Wc)
+        if hankel:
+            hsv[stable] = _hankel_from(Wc, Wo)
+    return h2, hsv
 
 
 def balanced_truncation(system: StateSpace, order: int) -> StateSpace:
@@ -188,7 +228,7 @@ def balanced_truncation(system: StateSpace, order: int) -> StateSpace:
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= n:
         raise ValueError(f"order must be an int r with 1 <= r <= n = {n} (the real realisation's states); got {order!r}")
     r = int(order)
-    real, Lc, Lo = _factors(real)
+    Lc, Lo = _square_roots(*gramians(real))
     U, s, Vh = np.linalg.svd(Lo.transpose(0, 2, 1) @ Lc)  # (G, n, n), (G, n), (G, n, n)
     floor = n * np.finfo(np.float64).eps * s[:, :1]  # (G, 1) rounding level of each system
     rank = (s > floor).sum(1)  # (G,) numerical orders

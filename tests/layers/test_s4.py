@@ -310,7 +310,7 @@ def test_bad_options_raise(device):
         S4(4, l_max=0)
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
         S4(4, dtype=torch.float16)
-    with pytest.raises(ValueError, match="B_clip must be a positive float or None"):
+    with pytest.raises(ValueError, match="B_clip must be a finite float > 0, or None for no clip"):
         S4(4, B_clip=0.0)
 
 

@@ -164,6 +164,16 @@ def test_identify_averages_the_restarts():
     for bad in ("mean", None, 1):
         with pytest.raises(ValueError, match="combine must be one of"):
             identify(bench, "s4d", dataclasses.replace(recipe, combine=bad))
+    # counts are checked before anything compares them (a string raised TypeError) or ignores them (train_records,
+    # folds under tail validation)
+    for change, match in ((dict(n_layers="3"), r"n_layers must be an int >= 1; got '3'"),
+                          (dict(encoder_window="3"), r"encoder_window must be an int >= 0; got '3'"),
+                          (dict(train_records=0), r"train_records must be an int >= 1; got 0"),
+                          (dict(train_records=2.5), r"train_records must be an int >= 1; got 2.5"),
+                          (dict(folds=-1.0), r"folds must be None or an int K >= 2; got -1.0"),
+                          (dict(folds="x"), r"folds must be None or an int K >= 2; got 'x'")):
+        with pytest.raises(ValueError, match=match):
+            identify(bench, "s4d", dataclasses.replace(recipe, **change))
 
 
 @needs_data

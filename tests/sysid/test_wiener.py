@@ -187,6 +187,8 @@ def test_constructor_and_fit_options_are_validated():
                        (dict(encoder_window=True), "encoder_window must be"),
                        (dict(encoder_window=3, encoder_hidden=0), "encoder_hidden must be"),
                        (dict(layer_options={"dstate": 4}), r"layer 's4d' has no option\(s\) \['dstate'\]"),
+                       (dict(layer_options=4), r"layer_options must be a dict of the layer's options, or None; got 4"),
+                       (dict(layer_options="d_state=4"), "layer_options must be a dict"),  # dict("...") raised
                        (dict(layer="lru", timescale=(1.0, 10.0)), r"'lru' has no Δ")):
         with pytest.raises(ValueError, match=match):
             model(**bad)
@@ -197,7 +199,11 @@ def test_constructor_and_fit_options_are_validated():
                        (dict(window=0), "window must be"), (dict(batch_size=0), "batch_size must be"),
                        (dict(window=64, washout=64), r"washout must be an int in \[0, window\) = \[0, 64\)"),
                        (dict(patience=0), "patience must be"), (dict(decay=0.0), "decay must be"),
-                       (dict(ssm_weight_decay=-1.0), "ssm_weight_decay must be")):
+                       (dict(ssm_weight_decay=-1.0), "ssm_weight_decay must be"),
+                       # a negative or NaN fraction skipped the held-out tail: no validation, no early stopping
+                       (dict(val_fraction=-0.2), r"val_fraction must be a number in \[0, 1\); got -0.2"),
+                       (dict(val_fraction=math.nan), "val_fraction must be a number in"),
+                       (dict(val_fraction="0.2"), "val_fraction must be a number in")):
         with pytest.raises(ValueError, match=match):
             fit_simulation(m, records, None, SimulationFit(**{"window": 64, **bad}))
 

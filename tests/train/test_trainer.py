@@ -78,7 +78,10 @@ def test_warmup_cosine_schedule():
 
 
 @pytest.mark.parametrize("field, value", [("lr", True), ("weight_decay", True), ("grad_clip", True), ("max_time", True),
-                                          ("seed", 1.5), ("seed", "0"), ("seed", -1), ("seed", 2**32), ("lr_floor", 2.0), ("lr_floor", "0.1")])
+                                          ("seed", 1.5), ("seed", "0"), ("seed", -1), ("seed", 2**32), ("lr_floor", 2.0), ("lr_floor", "0.1"),
+                                          # an infinite rate or decay trained to NaN; None is how to say "no limit"
+                                          ("lr", float("inf")), ("weight_decay", float("inf")), ("grad_clip", float("inf")),
+                                          ("max_time", float("inf")), ("early_stopping", True), ("eval_batch_size", True)])
 def test_train_config_refuses_bools_for_numbers_and_bad_seeds_and_floors(field, value):
     # a bool passed for a number (True is 1 to Python) was accepted silently; a bad floor failed only at the first step
     with pytest.raises(ValueError, match=f"^{field} must be"):

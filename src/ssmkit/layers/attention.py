@@ -18,12 +18,13 @@ The whole layer runs in the parameters' dtype, also under autocast (as every ssm
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_choice, check_flag, check_positive_int, parameter_dtype
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
@@ -124,11 +125,12 @@ class Attention(SequenceLayer):
             check_positive_int(window, "window")
         if positional == "rotary" and head_dim % 2:
             raise ValueError(f"head_dim must be even with rotary positions (they rotate pairs); got {head_dim}")
-        if not isinstance(rotary_base, (int, float)) or isinstance(rotary_base, bool) or not rotary_base > 1:
-            raise ValueError(f"rotary_base must be a float > 1; got {rotary_base!r}")
+        if not isinstance(rotary_base, (int, float)) or isinstance(rotary_base, bool) or not 1 < rotary_base < math.inf:
+            raise ValueError(f"rotary_base must be a finite float > 1; got {rotary_base!r}")
         self.d_model = d_model
         self.n_heads = n_heads if n_heads is not None else max(1, d_model // head_dim)
         self.head_dim = head_dim
+        check_flag(bias, "bias")
         self.bias = bias
         self.positional = positional
         self.window = window

@@ -16,6 +16,13 @@ def check_positive_int(value: object, name: str) -> None:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
+def check_flag(value: object, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is True or False: a truthy stand-in ("no" from a config file, 2, None)
+    would otherwise switch the option silently."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+
+
 def check_length(L: object, name: str = "L") -> None:
     """Raise ``ValueError`` unless L is a positive int (a sequence or kernel length), or a ``torch.SymInt`` >= 1 (the
     length of a sequence axis that ``torch.export`` keeps dynamic: ``L >= 1`` is a guard every such length meets)."""

@@ -47,7 +47,15 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_dt_range, check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    check_choice,
+    check_dt_range,
+    check_even_state,
+    check_flag,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
@@ -112,6 +120,7 @@ class DLR(DiagonalLTILayer):
         self.dt_max = dt_max
         self.lr = lr
         self.lr_W = lr_W
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         check_positive_int(d_model, "d_model")
         check_even_state(d_state, "2 x the number of complex modes")

@@ -37,6 +37,7 @@ from ssmkit.layers.checks import (
     check_choice,
     check_dt_range,
     check_even_state,
+    check_flag,
     check_length,
     check_lr,
     check_positive_int,
@@ -108,15 +109,17 @@ class DSS(DiagonalLTILayer):
         self.l_max = l_max
         self.dt_min = dt_min
         self.dt_max = dt_max
+        check_flag(separate_dt, "separate_dt")
         self.separate_dt = separate_dt
         self.lr = lr
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         check_positive_int(d_model, "d_model")
         check_even_state(d_state, "2 x the number of complex modes")
         check_choice(version, VERSIONS, "version")
-        if version == "softmax":
-            if l_max is None:
-                raise ValueError("version='softmax' normalises the kernel over l_max: give l_max (an int >= 1)")
+        if version == "softmax" and l_max is None:
+            raise ValueError("version='softmax' normalises the kernel over l_max: give l_max (an int >= 1)")
+        if l_max is not None:  # checked for DSS-exp too, which ignores it: a bad value is a mistake either way
             check_length(l_max, "l_max")
         check_dt_range(dt_min, dt_max)
         check_lr(lr)

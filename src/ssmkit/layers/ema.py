@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import with_skip
@@ -83,6 +83,7 @@ class EMA(DiagonalLTILayer):
         self.d_model = d_model
         self.d_state = d_state
         self.lr = lr
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         check_positive_int(d_model, "d_model")
         check_positive_int(d_state, "d_state")

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_even_state, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.registry import register
@@ -89,6 +89,7 @@ class LRU(MIMODiagonalLTILayer):
         self.r_max = r_max
         self.max_phase = max_phase
         self.lr = lr
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         check_positive_int(d_model, "d_model")
         check_even_state(d_state, "2 x the number of complex states, the paper's d_hidden")

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from ssmkit.layers.checks import check_choice, check_dt_range, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_choice, check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
@@ -137,7 +137,9 @@ class Mamba(SequenceLayer):
         self.dt_init = dt_init
         self.dt_scale = dt_scale
         self.dt_init_floor = dt_init_floor
+        check_flag(conv_bias, "conv_bias")
         self.conv_bias = conv_bias
+        check_flag(bias, "bias")
         self.bias = bias
         self.lr = lr
         check_positive_int(d_model, "d_model")

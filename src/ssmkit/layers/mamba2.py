@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.layers.checks import check_dt_range, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
@@ -107,11 +107,6 @@ class GatedRMSNorm(nn.RMSNorm):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}, norm_before_gate={self.norm_before_gate}, eps={self.eps}"
-
-
-def _check_flag(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
 
 
 def _unfilled(module: nn.Module, device: torch.device | str | None) -> nn.Module:
@@ -210,7 +205,7 @@ class Mamba2(SequenceLayer):
         for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
             check_positive_int(getattr(self, name), name)
         for name in ("rmsnorm", "norm_before_gate", "D_has_hdim", "bias", "conv_bias"):
-            _check_flag(getattr(self, name), name)
+            check_flag(getattr(self, name), name)
         check_dt_range(dt_min, dt_max)
         if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or not (
             math.isfinite(dt_init_floor) and dt_init_floor >= 0

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_choice, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.ema import EMA
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
@@ -164,6 +164,7 @@ class Mega(SequenceLayer):
         self.chunk_size = chunk_size
         self.positional = positional
         self.max_positions = max_positions
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
         H, Z, V = d_model, d_qk, self.d_v

@@ -66,6 +66,7 @@ Choices and departures (each one documented in docs/design.md):
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -77,6 +78,7 @@ from ssmkit.layers.checks import (
     check_choice,
     check_dt_range,
     check_even_state,
+    check_flag,
     check_length,
     check_lr,
     check_positive_int,
@@ -200,6 +202,7 @@ class S4(SequenceLayer):
         self.dt_max = dt_max
         self.n_ssm = n_ssm
         self.lr = lr
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         self.B_clip = B_clip
         check_positive_int(d_model, "d_model")
@@ -212,8 +215,9 @@ class S4(SequenceLayer):
         if n_ssm is not None and d_model % n_ssm:
             raise ValueError(f"d_model must be divisible by n_ssm; got d_model={d_model}, n_ssm={n_ssm}")
         check_lr(lr)
-        if B_clip is not None and not B_clip > 0:
-            raise ValueError(f"B_clip must be a positive float or None; got {B_clip!r}")
+        if B_clip is not None and (isinstance(B_clip, bool) or not isinstance(B_clip, (int, float))
+                                   or not 0 < B_clip < math.inf):
+            raise ValueError(f"B_clip must be a finite float > 0, or None for no clip; got {B_clip!r}")
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
         H, M, G, r = d_model, d_state // 2, n_ssm or d_model, RANK[init]
         register_ssm_parameter(self, "log_dt", torch.empty(H, **factory), lr)

@@ -33,7 +33,15 @@ from torch import nn
 
 from ssmkit.ops.discretize import bilinear, zoh
 from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
-from ssmkit.layers.checks import check_choice, check_dt_range, check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    check_choice,
+    check_dt_range,
+    check_even_state,
+    check_flag,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
@@ -96,6 +104,7 @@ class S4D(DiagonalLTILayer):
         self.dt_min = dt_min
         self.dt_max = dt_max
         self.lr = lr
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         check_positive_int(d_model, "d_model")
         check_even_state(d_state, "N/2 conjugate pairs")

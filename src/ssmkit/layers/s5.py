@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_dt_range, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_choice, check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.init import lecun_normal, log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
@@ -111,10 +111,13 @@ class S5(MIMODiagonalLTILayer):
         self.C_init = C_init
         self.dt_min = dt_min
         self.dt_max = dt_max
+        check_flag(conj_sym, "conj_sym")
         self.conj_sym = conj_sym
+        check_flag(clip_eigs, "clip_eigs")
         self.clip_eigs = clip_eigs
         self.step_rescale = step_rescale
         self.lr = lr
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         check_positive_int(d_model, "d_model")
         check_positive_int(blocks, "blocks")

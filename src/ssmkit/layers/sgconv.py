@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.layers.cache import ValueCache
-from ssmkit.layers.checks import check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.longconv import conv_with_past, fit_length, last_inputs
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
@@ -121,6 +121,7 @@ class SGConv(SequenceLayer):
         self.decay_min = decay_min
         self.decay_max = decay_max
         self.lr = lr
+        check_flag(bidirectional, "bidirectional")
         self.bidirectional = bidirectional
         check_positive_int(d_model, "d_model")
         check_positive_int(l_max, "l_max")

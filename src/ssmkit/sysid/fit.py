@@ -167,6 +167,8 @@ def _check_fit_options(cfg: SimulationFit) -> None:
         raise ValueError(f"patience must be None or an int >= 1; got {cfg.patience!r}")
     if not _is_number(cfg.lr, 0.0, strict=False):
         raise ValueError(f"lr must be a finite number >= 0; got {cfg.lr!r}")
+    if not (_is_number(cfg.val_fraction, 0.0, strict=False) and cfg.val_fraction < 1):  # -0.2 or NaN skipped validation
+        raise ValueError(f"val_fraction must be a number in [0, 1); got {cfg.val_fraction!r}")
     for name in ("weight_decay", "ssm_weight_decay"):
         value = getattr(cfg, name)
         if (value is not None or name == "weight_decay") and not _is_number(value, 0.0, strict=False):

@@ -130,6 +130,8 @@ class DeepWiener(nn.Module):
                 raise ValueError(f"block_activations must be None or {n_layers} (n_layers) names, each one of "
                                  f"{list(ACTIVATIONS)}; got {block_activations!r}")
             block_activations = tuple(block_activations)
+        if layer_options is not None and not isinstance(layer_options, dict):  # as SequenceModel words it
+            raise ValueError(f"layer_options must be a dict of the layer's options, or None; got {layer_options!r}")
         options = dict(layer_options or {})
         for key in ("d_model", "device", "dtype"):
             if key in options:

@@ -176,6 +176,7 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         ``"best_val_rmse"`` (the ensemble's), ``"steps"`` (summed over the runs), ``"best_step"`` (per run) and
         ``"seed"`` None).
     """
+    _check_recipe_counts(recipe)
     k = recipe.restarts
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"restarts must be an int >= 1; got {k!r}")
@@ -256,6 +257,20 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     if fold is not None:
         history["fold"] = fold
     return model, history
+
+
+def _check_recipe_counts(recipe: Recipe) -> None:
+    """Raise ``ValueError`` for a count of ``recipe`` that is not an int in its range, before anything compares it
+    (a string ``n_layers`` raised TypeError; ``train_records`` and ``folds`` were not read where unused)."""
+    least = {"d_model": 1, "n_layers": 1, "d_state": 1, "train_records": 1, "encoder_window": 0, "val_records": 0,
+             "train_encoder": 0}
+    for name, low in least.items():
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+    if recipe.folds is not None and (isinstance(recipe.folds, bool) or not isinstance(recipe.folds, int)
+                                     or recipe.folds < 2):
+        raise ValueError(f"folds must be None or an int K >= 2; got {recipe.folds!r}")
 
 
 def _check_validation(recipe: Recipe) -> int | None:

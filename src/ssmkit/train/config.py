@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,11 +93,13 @@ class TrainConfig:
             raise ValueError(f"max_time must be None or a number of seconds > 0; got {self.max_time!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
-        if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or self.early_stopping < 1):
+        if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or isinstance(
+                self.early_stopping, bool) or self.early_stopping < 1):
             raise ValueError(f"early_stopping must be None or a positive int; got {self.early_stopping!r}")
         if self.test_weights not in TEST_WEIGHTS:
             raise ValueError(f"test_weights must be one of {TEST_WEIGHTS}; got {self.test_weights!r}")
-        if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1):
+        if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or isinstance(
+                self.eval_batch_size, bool) or self.eval_batch_size < 1):
             raise ValueError(f"eval_batch_size must be None or a positive int; got {self.eval_batch_size!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,4 +124,5 @@ class TrainConfig:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float, not a bool (an inf rate or decay would train to NaN; None says "no limit")."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

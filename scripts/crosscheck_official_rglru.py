@@ -23,7 +23,7 @@ import types
 
 import torch
 
-from ssmkit.layers import RGLRU, RGLRUState
+from ssmkit.layers import RGLRU
 
 
 def load_official(root: str):

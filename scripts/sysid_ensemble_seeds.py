@@ -34,7 +34,7 @@ import time
 import torch
 
 from ssmkit.sysid.benchmarks import load_benchmark
-from ssmkit.sysid.fit import block_errors, fold_blocks, simulate_record, split_tail
+from ssmkit.sysid.fit import fold_blocks, simulate_record, split_tail
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.recipes import recipe_for
 from ssmkit.sysid.workflow import held_out, simulate_test, train_run

@@ -87,7 +87,8 @@ def cifar_batch(path, n):
 def test_cifar_colour_and_grayscale(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    parts = [cifar_batch(folder / f"data_batch_{i}", 3) for i in range(1, 6)]
+    for i in range(1, 6):
+        cifar_batch(folder / f"data_batch_{i}", 3)
     test_data, test_labels = cifar_batch(folder / "test_batch", 4)
     colour = get_task("scifar", n_val=5).splits(tmp_path)
     assert len(colour["train"]) == 10 and len(colour["val"]) == 5

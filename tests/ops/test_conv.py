@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssmkit.layers.shortconv import ShortConv
-from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
+from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference
 from tests.conftest import DEVICE, rel_err
 
 

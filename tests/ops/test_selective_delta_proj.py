@@ -14,7 +14,7 @@ import ssmkit.ops as ops
 from ssmkit.ops.native import selective_scan_native
 from ssmkit.ops.selective import selective_scan_reference
 from tests.conftest import DEVICE, rel_err
-from tests.ops.test_selective import NATIVE, needs_native, numpy_loop
+from tests.ops.test_selective import needs_native, numpy_loop
 
 F64 = torch.float64
 Bsz, L, N, R = 2, 13, 4, 3

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ssmkit.data.store import DataMissingError, cache_path, cached, data_root
+from ssmkit.data.store import DataMissingError, cache_path, cached
 from ssmkit.layers.checks import UnknownOptionError
 
 IGNORE_INDEX = -100  # targets at positions without a loss (PyTorch's cross_entropy ignore_index)

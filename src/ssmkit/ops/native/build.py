@@ -31,6 +31,10 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the annotation only: building needs no torch
+    import torch
 
 SOURCE_DIR = Path(__file__).resolve().parent
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=gnu11")
@@ -189,7 +193,7 @@ def load(source: str, dtype: str) -> ctypes.CDLL:
 _BOUND: dict[tuple[str, str], dict] = {}
 
 
-def bind(source: str, dtype: "torch.dtype", signatures: dict[str, tuple[list, object]]) -> dict:
+def bind(source: str, dtype: torch.dtype, signatures: dict[str, tuple[list, object]]) -> dict:
     """The C functions of ``source`` for a torch dtype (float32 -> the ``_f32`` symbols, float64 -> ``_f64``), with
     their ctypes argument and result types set, and ``"openmp"``: whether the library was built with OpenMP; built and
     loaded on first use, then cached.

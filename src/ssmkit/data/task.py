@@ -24,6 +24,7 @@ passes the options in one hop to the class, so a misspelt option fails with Pyth
 from __future__ import annotations
 
 import dataclasses
+import math
 import inspect
 import os
 from typing import Callable, ClassVar, TypeVar
@@ -129,6 +130,7 @@ class GeneratedTask(Task):
         Args:
             root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
         """
+        check_option_types(self)
         tensors = cached(self.name, self.options(), self.generate, root)
         return tensor_splits(tensors)
 
@@ -180,6 +182,7 @@ class FileTask(Task):
         Args:
             root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
         """
+        check_option_types(self)
         missing = [p for p in self.required() if self.locate(p, root) is None]
         if missing:
             raise DataMissingError(
@@ -226,6 +229,34 @@ def split_generator(seed: int, split: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([seed, split]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def check_option_types(task: Task) -> None:
+    """Raise ``ValueError`` naming the first option of a (dataclass) task whose value is not of its default's kind: an
+    int option takes an int (not a bool), a float option a finite number, a str option a str, a bool option a bool.
+    The ranges are each task's own checks; this catches 2.5, True or "3" for a size or a seed before any file is read
+    (they failed with a TypeError deep in the split, after the data had loaded).
+
+    Args:
+        task: a task instance.
+    """
+    if not dataclasses.is_dataclass(task):
+        return
+    for f in dataclasses.fields(task):
+        default, value = f.default, getattr(task, f.name)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            kind = "a finite number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a str"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{task.name}: option {f.name} must be {kind}; got {value!r}")
 
 
 def check_positive(**sizes: int) -> None:
@@ -279,6 +310,8 @@ def get_task(name: str, **options: object) -> Task:
     unknown = sorted(set(options) - set(valid))
     if unknown:  # a misspelt key of --task_options: one line from the CLI, not a traceback
         raise UnknownOptionError(f"task {name!r} has no option(s) {unknown}; its options are {valid}")
-    return _TASKS[name](**options)
+    task = _TASKS[name](**options)
+    check_option_types(task)
+    return task
 
 

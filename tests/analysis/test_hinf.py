@@ -106,8 +106,13 @@ def test_errors():
     ss = StateSpace([[[0.5]]], [[[1.0]]], [[[1.0]]], [[[0.0]]])
     with pytest.raises(ValueError, match="method must be one of"):
         ss.hinf_norm("bisect")
-    with pytest.raises(ValueError, match="tol must be > 0"):
+    with pytest.raises(ValueError, match=r"tol must be a finite number > 0 \(the bracket's relative width\); got 0.0"):
         hinf_bracket(np.array([[0.5]]), np.ones((1, 1)), np.ones((1, 1)), np.zeros((1, 1)), np.abs, tol=0.0)
+    unstable = StateSpace([[[1.5]]], [[[1.0]]], [[[1.0]]], [[[0.0]]])
+    for bad in ("x", True, np.nan, np.inf, -1e-3):  # a string raised TypeError; True was a width of 1
+        for system in (ss, unstable):  # checked even when no system is stable enough to read it
+            with pytest.raises(ValueError, match="tol must be a finite number > 0"):
+                system.hinf_bounds(bad)
     with pytest.raises(ValueError, match="Schur stable"):
         hinf_bracket(np.array([[1.5]]), np.ones((1, 1)), np.ones((1, 1)), np.zeros((1, 1)), np.abs)
 

@@ -127,6 +127,10 @@ def test_write_report(tmp_path):
     assert f"| {int(results[0].reduced_order(0.01).max())} of {results[0].system.nstates} |" in text
     no_plots = write_report(model, str(tmp_path / "np"), plots=False)
     assert set(no_plots) == {"json", "summary"}
+    for bad in (0, -1, 2.5, True, "3"):  # taken silently (unused without plots), or a TypeError inside the figures
+        with pytest.raises(ValueError, match=r"channels must be an int >= 1"):
+            write_report(model, str(tmp_path / "bad"), channels=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.skipif("gss" not in __import__("ssmkit").layers.available(), reason="GSS is not registered")

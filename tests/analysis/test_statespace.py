@@ -226,6 +226,12 @@ def test_simulate_bad_inputs():
         ss.simulate(torch.zeros(2, 13, 6, dtype=torch.float64), x0=torch.zeros(2, 4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="x0 must be real for a real system"):
         ss.simulate(torch.zeros(2, 13, 6, dtype=torch.float64), x0=torch.zeros(2, 3, 4, dtype=torch.complex128))
+    with pytest.raises(ValueError, match=r"u must be a numeric array or tensor; got str \(<U3\)"):  # was TypeError
+        ss.simulate("abc")
+    with pytest.raises(ValueError, match=r"x0 must be a numeric array or tensor; got list"):
+        ss.simulate(torch.zeros(2, 13, 6, dtype=torch.float64), x0=[["a"]])
+    with pytest.raises(ValueError, match=r"x0 must be a numeric \(B, G, n\) array; got dtype torch.bool"):
+        ss.simulate(torch.zeros(2, 13, 6, dtype=torch.float64), x0=np.zeros((2, 3, 4), dtype=bool))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ Cayley map only serves the crossing test. Letters: n states, m inputs, p outputs
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -120,6 +122,12 @@ def balance(H: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_tolerance(tol: object) -> None:
+    """Raise ``ValueError`` unless ``tol`` (a bracket's relative width) is a finite real number > 0 (not a bool)."""
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a finite number > 0 (the bracket's relative width); got {tol!r}")
+
+
 def axis_tolerance(A: np.ndarray) -> float:
     """The relative axis tolerance of the crossing test for a discrete-time state matrix A.
 
@@ -190,8 +198,7 @@ def hinf_bracket(
     Returns:
         (γ_lo, γ_hi) floats.
     """
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0; got {tol!r}")
+    check_tolerance(tol)
     poles = np.linalg.eigvals(A)  # (n,)
     if not np.all(np.abs(poles) < 1.0):
         raise ValueError("A must be Schur stable (every eigenvalue strictly inside the unit circle)")

@@ -228,6 +228,8 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
         the written files by kind (``summary``, ``json``, ``poles``, ``bode``, ``responses``, ``kernels``).
     """
     step, seconds = sampling_time(model, dt)  # checked before anything is written
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be an int >= 1 (the most channels per layer in the figures); got {channels!r}")
     os.makedirs(out, exist_ok=True)
     results = analyze_model(model, step)
     skipped = skipped_layers(model)

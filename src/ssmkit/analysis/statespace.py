@@ -59,6 +59,17 @@ def _check_dims(a: np.ndarray, name: str, letters: str, want: tuple[int | None, 
         raise ValueError(f"{name} must be {letters} = {text}; got {found}")
 
 
+def _as_tensor(value: Any, name: str) -> torch.Tensor:
+    """A torch tensor (detached) or a NumPy-convertible numeric array as a tensor; ``ValueError`` for anything else."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    try:
+        return torch.from_numpy(np.asarray(value))
+    except TypeError as err:  # strings, objects: numpy arrays torch cannot hold
+        raise ValueError(f"{name} must be a numeric array or tensor; got {type(value).__name__} "
+                         f"({np.asarray(value).dtype})") from err
+
+
 class StateSpace:
     """A bank of G discrete-time LTI systems x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k].
 
@@ -545,6 +556,7 @@ class StateSpace:
         """
         from ssmkit.analysis import hinf
 
+        hinf.check_tolerance(tol)  # also when no system is stable (nothing would read it)
         real = self.to_real()
         out = np.full((self.nsystems, 2), np.inf)
         for g in np.flatnonzero(self.stable_mask()):
@@ -651,7 +663,7 @@ class StateSpace:
         """
         G, n, m, p = self.nsystems, self.nstates, self.ninputs, self.noutputs
         dev = u.device if isinstance(u, torch.Tensor) else torch.device("cpu")
-        ut = u.detach() if isinstance(u, torch.Tensor) else torch.from_numpy(np.asarray(u))
+        ut = _as_tensor(u, "u")
         if ut.is_complex() or not (ut.is_floating_point() or ut.dtype in (torch.int32, torch.int64)):
             raise ValueError(f"u must be a real floating (B, L, G*m) array; got dtype {ut.dtype}")
         if ut.dim() != 3 or ut.shape[2] != G * m or ut.shape[0] < 1 or ut.shape[1] < 1:
@@ -664,7 +676,9 @@ class StateSpace:
         if x0 is None:
             x = torch.zeros(G, n, Bsz, dtype=sdt, device=dev)  # (G, n, B)
         else:
-            xt = x0.detach() if isinstance(x0, torch.Tensor) else torch.from_numpy(np.asarray(x0))
+            xt = _as_tensor(x0, "x0")
+            if not (xt.is_floating_point() or xt.is_complex() or xt.dtype in (torch.int32, torch.int64)):
+                raise ValueError(f"x0 must be a numeric (B, G, n) array; got dtype {xt.dtype}")
             if xt.is_complex() and not self.is_complex:
                 raise ValueError(f"x0 must be real for a real system; got dtype {xt.dtype}")
             if tuple(xt.shape) != (Bsz, G, n):

@@ -251,6 +251,13 @@ def test_cli_end_to_end_on_cascaded_tanks(tmp_path, capsys):
     assert main(["sysid", "--benchmark", "cascaded_tanks", "--device", "gpu0", "--data-folder", str(DATA)]) == 2
 
 
+def test_sysid_names_an_unknown_model_before_it_reads_the_data(tmp_path, capsys):
+    # a missing data file was reported first, so a user fixed the data only to meet the next error
+    assert main(["sysid", "--benchmark", "cascaded_tanks", "--model", "s4dd", "--data-folder", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--model must be a registered layer" in err and "'s4dd'" in err and "dataBenchmark.csv" not in err
+
+
 def test_evaluate_refuses_an_encoder_that_reads_scored_samples():
     # the simulation holds the measured outputs in the encoder's window: with encoder_window > n_init those samples
     # were scored against themselves (an RMSE of 3.22 V instead of 3.50 V on Cascaded Tanks, window 200, n_init 50)

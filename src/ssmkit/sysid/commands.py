@@ -106,6 +106,10 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         parser.error(f"--device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {cfg.device}: torch {torch.__version__} sees no CUDA device here")
+    import ssmkit.layers as layers
+
+    if cfg.model not in layers.available():  # before the data are read (a missing file would be reported first)
+        parser.error(f"--model must be a registered layer, {layers.available()}; got {cfg.model!r}")
     recipe = recipe_from_args(cfg.benchmark, cfg)
     bench = load_benchmark(cfg.benchmark, cfg.data_folder, train_records=recipe.train_records)
     start = time.perf_counter()

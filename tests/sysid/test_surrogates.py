@@ -153,3 +153,41 @@ def test_duffing_matches_an_ode_solver_at_large_amplitude():
     assert np.abs(duffing.simulate(u, p) - ref).max() < 1e-4 * np.abs(ref).max()
     with pytest.raises(ValueError, match="substeps must be an int >= 1"):
         duffing.simulate(u, p, substeps=0)
+
+
+def _match_roots(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest distance from each wanted root to the nearest got root (and the counts must agree)."""
+    assert got.size == want.size
+    return float(max(np.abs(got - w).min() for w in want))
+
+
+@pytest.mark.parametrize("order", [3, 4, 5])
+def test_wh_filters_equal_textbook_chebyshev_designs(order):
+    # probe 22: the closed forms (not scipy): Chebyshev I analog poles -sinh(v)sin θ_k + i cosh(v)cos θ_k,
+    # θ_k = (2k-1)π/2n, v = asinh(1/ε)/n, ε² = 10^(rp/10) - 1, scaled to the pre-warped edge 2fs tan(πf/fs), zeros at
+    # infinity; Chebyshev II ("inverse Chebyshev": G₂ is the type II filter, not G₁'s inverse) poles the reciprocals of
+    # the type I form with ε² = 1/(10^(rs/10) - 1), zeros ±i/cos θ_k; both mapped by the bilinear z = (2fs+s)/(2fs-s)
+    params = wh.WHParameters(order=order)
+    (b1, a1), (b2, a2) = wh.filters(params)
+    n, fs = order, wh.FS
+    theta = (2 * np.arange(1, n + 1) - 1) * np.pi / (2 * n)
+
+    def bilinear(s):
+        return (2 * fs + s) / (2 * fs - s)
+
+    eps = np.sqrt(10 ** (params.ripple_db / 10) - 1)
+    v = np.arcsinh(1 / eps) / n
+    w1 = 2 * fs * np.tan(np.pi * params.edge_hz / fs)
+    poles1 = w1 * (-np.sinh(v) * np.sin(theta) + 1j * np.cosh(v) * np.cos(theta))
+    assert _match_roots(np.roots(a1), bilinear(poles1)) < 1e-9
+    assert _match_roots(np.roots(b1), np.full(n, -1.0)) < 2e-3  # an n-fold root at -1 (roots of a multiple root: ~eps^(1/n))
+    v2 = np.arcsinh(np.sqrt(10 ** (params.stop_db / 10) - 1)) / n
+    w2 = 2 * fs * np.tan(np.pi * params.stop_hz / fs)
+    poles2 = w2 / (-np.sinh(v2) * np.sin(theta) + 1j * np.cosh(v2) * np.cos(theta))
+    finite = np.abs(np.cos(theta)) > 1e-9
+    zeros2 = np.concatenate([bilinear(1j * w2 / np.cos(theta[finite])), np.full(n - finite.sum(), -1.0)])
+    assert _match_roots(np.roots(a2), bilinear(poles2)) < 1e-9
+    assert _match_roots(np.roots(b2), zeros2.astype(complex)) < 1e-6
+    # DC gains: 1 for type II and for an odd-order type I; an even-order type I starts at the ripple's bottom
+    assert b2.sum() / a2.sum() == pytest.approx(1.0, abs=1e-12)
+    assert b1.sum() / a1.sum() == pytest.approx(1.0 if n % 2 else 10 ** (-params.ripple_db / 20), abs=1e-12)

@@ -133,3 +133,25 @@ def test_newmark_matches_an_ode_solver_and_the_hysteresis_derivatives_match_diff
     ref = solve_ivp(ode, (0.0, t[-1]), [0.0, 0.0, 0.0], method="DOP853", t_eval=t, rtol=1e-11, atol=1e-14).y[0]
     assert np.abs(ref).max() > 1e-4  # a real displacement, where the hysteresis acts
     assert rel_rms(y, ref) < 5e-4  # Newmark's second-order error at 15 kHz: 4e-5 to 1.1e-4 seen
+
+
+def test_small_motion_has_the_published_linear_mode():
+    # probe 22: the benchmark document's Table 2 gives the underlying linear mode as 35.59 Hz and 1.12 % damping
+    # (REFERENCE.md §4.4). For small motion ż ≈ α ẏ, so the default parameters' stiffness is k + α and the mode
+    # sqrt((k + α)/m)/2π; the free decay of the full (hysteretic) simulator after a 1e-9 m impulse, where the β terms
+    # are ~2e-6 of α's, must show that mode: frequency from the zero crossings, damping from the log decrement
+    p = boucwen.BoucWenParameters()
+    h = 1 / 15000
+    wn = np.sqrt((p.k + p.alpha) / p.m)
+    u = np.zeros(13000)
+    u[1] = p.m * wn * 1e-9 / h  # an impulse giving ẏ(0+) ≈ ωₙ · 1e-9 m
+    y = boucwen.integrate_newmark(u, h, p)
+    assert 0.8e-9 < np.abs(y).max() < 1.1e-9
+    up = np.flatnonzero((y[1:-1] > 0) & (y[2:] <= 0)) + 1  # downward zero crossings
+    t = up * h + h * y[up] / (y[up] - y[up + 1])  # interpolated
+    f_d = (len(t) - 1) / (t[-1] - t[0])
+    peaks = np.flatnonzero((y[1:-1] > y[:-2]) & (y[1:-1] >= y[2:])) + 1
+    zeta = np.log(y[peaks[0]] / y[peaks[-1]]) / (2 * np.pi * (len(peaks) - 1))
+    f_n = f_d / np.sqrt(1 - zeta ** 2)
+    assert f_n == pytest.approx(35.59, abs=0.005) and 100 * zeta == pytest.approx(1.12, abs=0.005)
+    assert np.sqrt((p.k + p.alpha) / p.m) / (2 * np.pi) == pytest.approx(35.59, abs=0.005)

@@ -93,7 +93,8 @@ def test_csv_loaders_equal_an_independent_parse_and_the_package_split():
     # probe 22: every column of the real files against Python's csv module (the sampling column is filled on the first
     # data row only), and the protocol of nonlinear_benchmarks 1.0.1 (benchmarks.py: Cascaded_Tanks takes
     # uEst/yEst → train and uVal/yVal → test, Ts from the file, state_initialization_window_length 50 on the test;
-    # F16 sorts the .mat files, 'Validation' in the name → test, init window 50, u = Force, y = Acceleration[output_index]).
+    # F16 sorts the .mat files, 'Validation' in the name → test, init window 50, u = Force,
+    # y = Acceleration[output_index]).
     # Running the package on .mat copies of these same numbers gave identical arrays, Ts and windows (max |Δ| = 0).
     import csv
 

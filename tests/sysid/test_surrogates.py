@@ -146,7 +146,9 @@ def test_duffing_matches_an_ode_solver_at_large_amplitude():
     x, ref = np.zeros(2), []
     for uk in u:
         ref.append(x[0])
-        rhs = lambda t, s, uk=uk: [s[1], w0 * w0 * (uk - s[0] - p.k3 * s[0] ** 3) - 2 * p.zeta * w0 * s[1]]  # noqa: E731
+        def rhs(t, s, uk=uk):
+            return [s[1], w0 * w0 * (uk - s[0] - p.k3 * s[0] ** 3) - 2 * p.zeta * w0 * s[1]]
+
         x = solve_ivp(rhs, (0.0, dt), x, method="DOP853", rtol=1e-10, atol=1e-12).y[:, -1]
     ref = np.array(ref)
     assert np.abs(ref).max() > 1.4  # deep in the cubic range
@@ -182,7 +184,8 @@ def test_wh_filters_equal_textbook_chebyshev_designs(order):
     w1 = 2 * fs * np.tan(np.pi * params.edge_hz / fs)
     poles1 = w1 * (-np.sinh(v) * np.sin(theta) + 1j * np.cosh(v) * np.cos(theta))
     assert _match_roots(np.roots(a1), bilinear(poles1)) < 1e-9
-    assert _match_roots(np.roots(b1), np.full(n, -1.0)) < 2e-3  # an n-fold root at -1 (roots of a multiple root: ~eps^(1/n))
+    # an n-fold root at -1 (numerical roots of a multiple root scatter by ~eps^(1/n))
+    assert _match_roots(np.roots(b1), np.full(n, -1.0)) < 2e-3
     v2 = np.arcsinh(np.sqrt(10 ** (params.stop_db / 10) - 1)) / n
     w2 = 2 * fs * np.tan(np.pi * params.stop_hz / fs)
     poles2 = w2 / (-np.sinh(v2) * np.sin(theta) + 1j * np.cosh(v2) * np.cos(theta))
@@ -256,8 +259,8 @@ def test_tanks_match_an_event_driven_ode_solver_through_overflow():
 
 
 def _emps_plant_step(q: float, v: float, force: float, p: emps.EMPSParameters, dt: float) -> tuple[float, float]:
-    """M q̈ = force − F_v q̇ − F_c sign(q̇) − offset over one sample by DOP853, the sign switched at q̇ = 0 (an event), and
-    the mass held once q̇ = 0 and |force − offset| ≤ F_c."""
+    """M q̈ = force − F_v q̇ − F_c sign(q̇) − offset over one sample by DOP853, the sign switched at q̇ = 0 (an event),
+    and the mass held once q̇ = 0 and |force − offset| ≤ F_c."""
     from scipy.integrate import solve_ivp
 
     drive, t = force - p.offset, 0.0
@@ -291,7 +294,8 @@ def test_emps_matches_an_event_driven_ode_solver():
     ref = np.array(ref)
     qs, vs = emps.simulate_plant(force, p)
     assert np.mean(ref[:, 1] == 0.0) > 0.01  # the mass sticks at times
-    assert np.abs(qs - ref[:, 0]).max() < 5e-5 and np.abs(vs - ref[:, 1]).max() < 1e-4  # of 2.4e-2 m, 0.10 m/s (17 % stuck)
+    # of 2.4e-2 m and 0.10 m/s, 17 % of the samples stuck
+    assert np.abs(qs - ref[:, 0]).max() < 5e-5 and np.abs(vs - ref[:, 1]).max() < 1e-4
     target = emps.reference(1500, seed=2)
     q, v, q_prev, volts, qr = 0.0, 0.0, 0.0, [], []
     for qg in target.tolist():

@@ -15,8 +15,8 @@ extra period at the end and drops it (the filter's edge), so its first period ca
 
 The official test sets are fixed files (noiseless, 750 Hz): the multisine (8 192 samples, one steady-state period)
 and the sine sweep (153 000 samples from rest). :func:`simulate` reproduces them from their inputs: the periodic
-multisine input is interpolated to 15 kHz exactly (it is band-limited), the sweep by a polyphase FIR (±40 samples, Kaiser
-β = 12: ≤ 1.5e-6 of the amplitude up to 300 Hz; scipy's default filter left 1e-3, a 0.06 % error in the output).
+multisine input is interpolated to 15 kHz exactly (it is band-limited), the sweep by a polyphase FIR (±40 samples,
+Kaiser β = 12: ≤ 1.5e-6 of the amplitude up to 300 Hz; scipy's default filter left 1e-3, a 0.06 % error in the output).
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ published), written with a unit static gain:
     ÿ + 2ζω₀ ẏ + ω₀² (y + k₃ y³) = ω₀² u          (fs = 610.35 Hz, as Silverbox)
 
 Defaults: f₀ = ω₀/2π = 60 Hz, ζ = 0.05, k₃ = 2 V⁻². The input is held constant between samples (zero-order hold) and
-the equation is integrated by classic RK4 with ``substeps`` steps per sample from rest. Excitations as Silverbox's:
+the equation is integrated by classic RK4 from rest, with ``substeps`` steps per sample doubled until two successive
+step counts agree to ``TOL`` (relative to the largest |y|): the stiffness ω₀²(1 + 3k₃y²) grows with the amplitude, and
+a fixed 10 steps per sample, accurate to 1e-5 at the default amplitude, missed the ODE's solution (scipy's DOP853 at
+rtol 1e-13) by 44 % on an arrow of peak RMS 0.4 (``duffing_surrogate(rms=0.2)``'s). Excitations as Silverbox's:
 odd random-phase multisines (training) and an "arrow" of low-passed Gaussian noise whose amplitude grows linearly,
 its end beyond the training amplitude (test).
 
@@ -16,12 +19,15 @@ energy E = ½ẏ² + ω₀²(½y² + ¼k₃y⁴).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import signal
 
 FS = 610.35
+TOL = 1e-4  # agreement of successive step counts (relative to max |y|) at which simulate stops refining
+MAX_DOUBLINGS = 5  # at most 32 × substeps steps per sample
 
 
 @dataclass(frozen=True)
@@ -43,16 +49,38 @@ def simulate(u: np.ndarray, params: DuffingParameters = DuffingParameters(), dt:
              state: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Integrate the oscillator over one or several records at once (RK4, zero-order-hold input).
 
+    The record is integrated with ``substeps``, 2·``substeps``, 4·``substeps``, ... RK4 steps per sample until two
+    successive results differ by at most ``TOL`` · max |y| (at most ``MAX_DOUBLINGS`` doublings; a warning if not
+    reached); the finer one is returned, its error about a fifteenth of that difference (RK4 is fourth order).
+
     Args:
         u: (L,) or (B, L) inputs (V), B records simulated together.
         params: the coefficients.
         dt: the sampling time (s).
-        substeps: RK4 steps per sample.
+        substeps: the fewest RK4 steps per sample, an int >= 1.
         state: the initial (y, ẏ).
 
     Returns:
         y at the sampling instants, the shape of ``u`` (the first sample is the initial y).
     """
+    if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
+        raise ValueError(f"substeps must be an int >= 1 (RK4 steps per sample); got {substeps!r}")
+    coarse = _rk4(u, params, dt, substeps, state)
+    for _ in range(MAX_DOUBLINGS):
+        substeps *= 2
+        fine = _rk4(u, params, dt, substeps, state)
+        if not np.all(np.isfinite(fine)):
+            break
+        if np.max(np.abs(fine - coarse), initial=0.0) <= TOL * max(np.max(np.abs(fine), initial=0.0), 1e-300):
+            return fine
+        coarse = fine
+    warnings.warn(f"duffing.simulate: {substeps} RK4 steps per sample still change y by more than {TOL} of its "
+                  "largest value (or y is not finite): the amplitude is beyond what this dt resolves", stacklevel=2)
+    return fine
+
+
+def _rk4(u: np.ndarray, params: DuffingParameters, dt: float, substeps: int, state: tuple[float, float]) -> np.ndarray:
+    """RK4 with a fixed ``substeps`` steps per sample (:func:`simulate`'s arguments)."""
     one = np.ndim(u) == 1
     u = np.atleast_2d(np.asarray(u, dtype=np.float64))  # (B, L)
     w2, c, k3 = (2.0 * math.pi * params.f0) ** 2, 4.0 * math.pi * params.f0 * params.zeta, params.k3

@@ -6,9 +6,11 @@ static nonlinearity and a second LTI filter, with parameters chosen here (the ci
 G₁ is a 3rd-order Chebyshev type I low-pass (0.5 dB ripple, 4.4 kHz edge), G₂ a 3rd-order inverse Chebyshev (type II)
 low-pass (40 dB stop band from 5 kHz), as the benchmark paper (Schoukens, Suykens & Ljung 2009) describes its
 filters (values recalled, unverified); both are designed by :func:`scipy.signal.cheby1`/``cheby2`` at fs and have
-DC gain 1. f is a one-sided soft clamp standing for the diode: f(x) = x for x ≤ 0, s·tanh(x/s) for x > 0 (s the
-clamp level, smooth to second order at 0). The excitation is Gaussian noise low-passed by a 4th-order Butterworth
-at 10 kHz and scaled to ``rms`` (the benchmark's is filtered Gaussian noise).
+DC gain 1 (G₁ because its order is odd: an even-order Chebyshev I starts at the ripple's bottom, 10^(−ripple/20)).
+"Inverse Chebyshev" names the type II design: G₂ is not G₁'s inverse. f is a one-sided soft clamp standing for the
+diode: f(x) = x for x ≤ 0, s·tanh(x/s) for x > 0 (s the clamp level, smooth to second order at 0). The excitation
+is Gaussian noise low-passed by a 4th-order Butterworth at 10 kHz and scaled to ``rms`` (the benchmark's is filtered
+Gaussian noise).
 """
 
 from __future__ import annotations

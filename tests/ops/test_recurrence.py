@@ -241,3 +241,54 @@ def test_gate_shape_errors(a_shape, b_shape, match, device):
             path(a, b)
     with pytest.raises(ValueError, match=r"h0 must be \(B, H\) = \(2, 4, 3\)"):
         linear_recurrence(torch.zeros(4, 3), torch.zeros(2, 7, 4, 3), torch.zeros(2, 3, 4))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Probe 21 (mutation testing): cases no test reached
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [linear_recurrence_reference, linear_recurrence_chunked])
+def test_h0_of_another_dtype_and_arguments_on_another_device_are_named(path):
+    # an h0 of another dtype was silently promoted by the loop (float32 h0 with float64 gates); the meta device
+    # stands in for a second device on a CPU-only machine
+    a = torch.rand(Bsz, 5, 3, dtype=torch.float64)
+    b = torch.randn(Bsz, 5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"h0 must have the dtype of a \(torch.float64\); got torch.float32"):
+        path(a, b, torch.zeros(Bsz, 3, dtype=torch.float32))
+    with pytest.raises(ValueError, match="a and b must be on one device; got a on meta and b on cpu"):
+        path(a.to("meta"), b)
+    with pytest.raises(ValueError, match="a and b must be on one device; got a on cpu and b on meta"):
+        path(a, b.to("meta"))
+    for gate in (a, a[0, 0]):  # time-varying and time-invariant
+        with pytest.raises(ValueError, match="h0 must be on a's device cpu; got meta"):
+            path(gate, b, torch.zeros(Bsz, 3, dtype=torch.float64, device="meta"))
+
+
+def _sequential_steps(fn) -> int:
+    """The number of addcmul calls (one per sequential step of the scan) that fn makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.overloadpacket is torch.ops.aten.addcmul
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+@pytest.mark.parametrize("invariant", [False, True])
+def test_default_chunk_size_chunks_narrow_inputs_and_loops_over_wide_ones(invariant):
+    # chunk_size=None: T = 64 while B·prod(S) < 8192 (2T + L/T steps: 63 + 4 + 64 = 131 at L = 200), one chunk of
+    # T = L from 8192 on (L steps); the states equal the loop's either way
+    L = 200
+    for S, steps in (((4095, 2), 131), ((8191,), 131), ((4096, 2), L), ((8192,), L)):
+        b = torch.randn(1, L, *S, dtype=torch.float64)
+        a = torch.rand(*S, dtype=torch.float64) if invariant else torch.rand(1, L, *S, dtype=torch.float64)
+        h = []
+        assert _sequential_steps(lambda: h.append(linear_recurrence_chunked(a, b)[0])) == steps, S
+        assert rel_err(h[0], linear_recurrence_reference(a, b)[0]) < TOL64

@@ -256,6 +256,11 @@ def test_h0_of_another_dtype_and_arguments_on_another_device_are_named(path):
     b = torch.randn(Bsz, 5, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"h0 must have the dtype of a \(torch.float64\); got torch.float32"):
         path(a, b, torch.zeros(Bsz, 3, dtype=torch.float32))
+    # the h0 found is named by its shape, or by its type when it is no tensor
+    with pytest.raises(ValueError, match=r"h0 must be \(B, H\) = \(2, 3\) \(\(B, \*S\): b's shape without L\); got \(2, 4\)$"):
+        path(a, b, torch.zeros(Bsz, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"h0 must be \(B, H\) = \(2, 3\) .*; got list$"):
+        path(a, b, [[0.0] * 3] * Bsz)
     with pytest.raises(ValueError, match="a and b must be on one device; got a on meta and b on cpu"):
         path(a.to("meta"), b)
     with pytest.raises(ValueError, match="a and b must be on one device; got a on cpu and b on meta"):

@@ -266,13 +266,19 @@ def test_every_path_without_a_skip_and_with_the_default_final_state(backend, dty
 
 
 @pytest.mark.parametrize("backend", PATHS)
-def test_u_and_a_missing_C_are_named(backend):
+def test_u_that_is_no_float_tensor_is_named(backend):
     A, B, C, _ = system(torch.complex128, torch.device("cpu"))
     u = torch.randn(Bsz, 9, H, dtype=torch.float64)
     with pytest.raises(ValueError, match="u must be a torch.Tensor; got list"):
         mimo_scan(u.tolist(), A, B, C, backend=backend)
     with pytest.raises(ValueError, match=r"u must have a floating-point dtype \(float32 or float64\); got torch.int64"):
         mimo_scan(u.long(), A, B, C, backend=backend)
+
+
+@pytest.mark.parametrize("backend", PATHS)
+def test_a_missing_C_is_named(backend):
+    A, B, _, _ = system(torch.complex128, torch.device("cpu"))
+    u = torch.randn(Bsz, 9, H, dtype=torch.float64)
     # C = None reached C.transpose / C.is_complex and raised AttributeError until probe 21
     with pytest.raises(ValueError, match="C must be a torch.Tensor; got NoneType"):
         mimo_scan(u, A, B, None, backend=backend)

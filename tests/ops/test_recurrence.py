@@ -297,3 +297,38 @@ def test_default_chunk_size_chunks_narrow_inputs_and_loops_over_wide_ones(invari
         h = []
         assert _sequential_steps(lambda: h.append(linear_recurrence_chunked(a, b)[0])) == steps, S
         assert rel_err(h[0], linear_recurrence_reference(a, b)[0]) < TOL64
+
+
+@pytest.mark.parametrize("invariant", [False, True])
+def test_vmap_and_func_grad_over_several_chunks_with_slow_gates(invariant):
+    # under torch.func the scan takes its out-of-place form (ops.backend.tracing); with gates near 1 (memory longer
+    # than a chunk: 0.9 <= |a| <= 1.05) an error in any chunk's end state reaches every later state. Against the
+    # float64 loop per sample, and the gradient of b against the adjoint loop λ_t = G_t + a_{t+1} λ_{t+1}.
+    from torch import func
+
+    g = torch.Generator().manual_seed(11)
+    L, S, T = 13, (3,), 4  # 4 chunks, the last one partial
+    shape = S if invariant else (Bsz, L, *S)
+    a_s = 0.9 + 0.15 * torch.rand(2, *shape, dtype=torch.float64, generator=g)  # a batch of 2 gate sets
+    b = torch.randn(Bsz, L, *S, dtype=torch.float64, generator=g)
+    h0 = torch.randn(Bsz, *S, dtype=torch.float64, generator=g)
+
+    def loop(a):
+        h, out = h0.clone(), []
+        for t in range(L):
+            h = (a if invariant else a[:, t]) * h + b[:, t]
+            out.append(h)
+        return torch.stack(out, 1)
+
+    hs = func.vmap(lambda a: linear_recurrence_chunked(a, b, h0, chunk_size=T)[0])(a_s)
+    for i in range(2):
+        assert rel_err(hs[i], loop(a_s[i])) < TOL64
+    G = torch.randn(Bsz, L, *S, dtype=torch.float64, generator=g)
+    a = a_s[0]
+    grad_b = func.grad(lambda b: (linear_recurrence_chunked(a, b, h0, chunk_size=T)[0] * G).sum())(b)
+    lam, want = torch.zeros_like(h0), torch.empty_like(b)
+    for t in range(L - 1, -1, -1):
+        a_next = 0 if t == L - 1 else (a if invariant else a[:, t + 1])
+        lam = G[:, t] + a_next * lam
+        want[:, t] = lam
+    assert rel_err(grad_b, want) < TOL64

@@ -240,3 +240,105 @@ def test_each_argument_is_named_when_it_is_not_what_is_expected():
     for bad in (2.0, True):
         with pytest.raises(ValueError, match="L must be an int >= 1"):
             mimo_kernel(A, B, C, bad)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Probe 21 (mutation testing): cases no test reached
+# ----------------------------------------------------------------------------------------------------
+
+PATHS = ("reference", "chunked", "native")
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+def test_every_path_without_a_skip_and_with_the_default_final_state(backend, dtype):
+    # D = None (no test ran the chunked path without a skip) and return_state's default True through mimo_scan,
+    # against the independent loop with D = 0
+    A, B, C, _ = system(dtype, torch.device("cpu"), seed=5)
+    u = torch.randn(Bsz, 12, H, dtype=torch.float64)
+    x0 = torch.randn(Bsz, M, dtype=dtype)
+    y_ref, x_ref = independent_loop(u, A, B, C, x0, torch.zeros(H, dtype=torch.float64))
+    y, x = mimo_scan(u, A, B, C, x0, backend=backend)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
+    y, x = mimo_scan(u, A, B, C, backend=backend)  # from rest
+    y_ref, x_ref = independent_loop(u, A, B, C, torch.zeros(Bsz, M, dtype=dtype), torch.zeros(H, dtype=torch.float64))
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
+
+
+@pytest.mark.parametrize("backend", PATHS)
+def test_u_that_is_no_float_tensor_is_named(backend):
+    A, B, C, _ = system(torch.complex128, torch.device("cpu"))
+    u = torch.randn(Bsz, 9, H, dtype=torch.float64)
+    with pytest.raises(ValueError, match="u must be a torch.Tensor; got list"):
+        mimo_scan(u.tolist(), A, B, C, backend=backend)
+    with pytest.raises(ValueError, match=r"u must have a floating-point dtype \(float32 or float64\); got torch.int64"):
+        mimo_scan(u.long(), A, B, C, backend=backend)
+
+
+@pytest.mark.parametrize("backend", PATHS)
+def test_a_missing_C_is_named(backend):
+    A, B, _, _ = system(torch.complex128, torch.device("cpu"))
+    u = torch.randn(Bsz, 9, H, dtype=torch.float64)
+    # C = None reached C.transpose / C.is_complex and raised AttributeError until probe 21
+    with pytest.raises(ValueError, match="C must be a torch.Tensor; got NoneType"):
+        mimo_scan(u, A, B, None, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_each_argument_on_another_device_is_named(backend):
+    # the meta device stands in for a second device on a CPU-only machine
+    A, B, C, D = system(torch.complex128, torch.device("cpu"))
+    u = torch.randn(Bsz, 9, H, dtype=torch.float64)
+    x0 = torch.zeros(Bsz, M, dtype=torch.complex128)
+    for i, name in ((1, "A_bar"), (2, "B_bar"), (3, "C"), (4, "state")):
+        args = [u, A, B, C, x0, D]
+        args[i] = args[i].to("meta")
+        with pytest.raises(ValueError, match=f"{name} must be on u's device cpu; got meta"):
+            mimo_scan(*args, backend=backend)
+    with pytest.raises(ValueError, match="D must be real with u's dtype torch.float64 on cpu; got torch.float64 on meta"):
+        mimo_scan(u, A, B, C, x0, D.to("meta"), backend=backend)
+
+
+def test_native_path_refuses_a_non_cpu_input_and_says_when_it_cannot_run(monkeypatch):
+    import ssmkit.ops.mimo as mimo_module
+
+    A, B, C, _ = system(torch.complex128, torch.device("cpu"))
+    u = torch.randn(Bsz, 9, H, dtype=torch.float64)
+    # a non-CPU input must never reach the C kernel (which would read its data pointer)
+    meta = [t.to("meta") for t in (u, A, B, C)]
+    with pytest.raises(RuntimeError, match="mimo_scan: backend 'native' runs on the CPU; u is on meta"):
+        mimo_scan(*meta, backend="native")
+    monkeypatch.setattr(mimo_module, "native_status", lambda op, dtype: (False, "no C compiler (test)"))
+    with pytest.raises(RuntimeError, match=r"mimo_scan: backend 'native' cannot run here: no C compiler \(test\)"):
+        mimo_scan(u, A, B, C, backend="native")
+
+
+def test_auto_takes_the_native_path_where_the_gate_prefers_it(monkeypatch):
+    import ssmkit.ops.mimo as mimo_module
+
+    A, B, C, _ = system(torch.complex128, torch.device("cpu"))
+    u = torch.randn(Bsz, 9, H, dtype=torch.float64)
+    for prefer, path in ((True, "native"), (False, "chunked")):
+        calls = []
+        for name in ("chunked", "native"):
+            monkeypatch.setitem(mimo_module._SCAN, name, lambda *a, _n=name, **k: calls.append(_n))
+        monkeypatch.setattr(mimo_module, "prefer_native", lambda op, x, _p=prefer: _p)
+        mimo_scan(u, A, B, C, backend="auto")
+        assert calls == [path]
+
+
+@pytest.mark.parametrize("fn", [mimo_kernel_reference, mimo_kernel_gemm])
+def test_kernel_of_length_one_and_the_reference_kernels_checks(fn):
+    # L = 1: K_0 = Re(C B̄) (no power of Ā); one complex mode c = 1 + 2i, b = 3 - i: Re(c b) = 3 + 2 = 5
+    A = torch.tensor([0.5 + 0.5j], dtype=torch.complex128)
+    B = torch.tensor([[3.0 - 1.0j]], dtype=torch.complex128)
+    C = torch.tensor([[1.0 + 2.0j]], dtype=torch.complex128)
+    K = fn(A, B, C, 1)
+    assert K.shape == (1, 1, 1) and K.dtype == torch.float64 and float(K) == 5.0
+    # each check, on this path too
+    with pytest.raises(ValueError, match="L must be an int >= 1; got 0"):
+        fn(A, B, C, 0)
+    with pytest.raises(ValueError, match=r"A_bar must be \(M,\); got shape \(1, 1\)"):
+        fn(A[None], B, C, 2)
+    with pytest.raises(ValueError, match="C must be a complex or real floating torch.Tensor; got None"):
+        fn(A, B, None, 2)

@@ -241,3 +241,94 @@ def test_gate_shape_errors(a_shape, b_shape, match, device):
             path(a, b)
     with pytest.raises(ValueError, match=r"h0 must be \(B, H\) = \(2, 4, 3\)"):
         linear_recurrence(torch.zeros(4, 3), torch.zeros(2, 7, 4, 3), torch.zeros(2, 3, 4))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Probe 21 (mutation testing): cases no test reached
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [linear_recurrence_reference, linear_recurrence_chunked])
+def test_h0_of_another_dtype_and_arguments_on_another_device_are_named(path):
+    # an h0 of another dtype was silently promoted by the loop (float32 h0 with float64 gates); the meta device
+    # stands in for a second device on a CPU-only machine
+    a = torch.rand(Bsz, 5, 3, dtype=torch.float64)
+    b = torch.randn(Bsz, 5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"h0 must have the dtype of a \(torch.float64\); got torch.float32"):
+        path(a, b, torch.zeros(Bsz, 3, dtype=torch.float32))
+    # the h0 found is named by its shape, or by its type when it is no tensor
+    with pytest.raises(ValueError, match=r"h0 must be \(B, H\) = \(2, 3\) \(\(B, \*S\): b's shape without L\); got \(2, 4\)$"):
+        path(a, b, torch.zeros(Bsz, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"h0 must be \(B, H\) = \(2, 3\) .*; got list$"):
+        path(a, b, [[0.0] * 3] * Bsz)
+    with pytest.raises(ValueError, match="a and b must be on one device; got a on meta and b on cpu"):
+        path(a.to("meta"), b)
+    with pytest.raises(ValueError, match="a and b must be on one device; got a on cpu and b on meta"):
+        path(a, b.to("meta"))
+    for gate in (a, a[0, 0]):  # time-varying and time-invariant
+        with pytest.raises(ValueError, match="h0 must be on a's device cpu; got meta"):
+            path(gate, b, torch.zeros(Bsz, 3, dtype=torch.float64, device="meta"))
+
+
+def _sequential_steps(fn) -> int:
+    """The number of addcmul calls (one per sequential step of the scan) that fn makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.overloadpacket is torch.ops.aten.addcmul
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+@pytest.mark.parametrize("invariant", [False, True])
+def test_default_chunk_size_chunks_narrow_inputs_and_loops_over_wide_ones(invariant):
+    # chunk_size=None: T = 64 while B·prod(S) < 8192 (2T + L/T steps: 63 + 4 + 64 = 131 at L = 200), one chunk of
+    # T = L from 8192 on (L steps); the states equal the loop's either way
+    L = 200
+    for S, steps in (((4095, 2), 131), ((8191,), 131), ((4096, 2), L), ((8192,), L)):
+        b = torch.randn(1, L, *S, dtype=torch.float64)
+        a = torch.rand(*S, dtype=torch.float64) if invariant else torch.rand(1, L, *S, dtype=torch.float64)
+        h = []
+        assert _sequential_steps(lambda: h.append(linear_recurrence_chunked(a, b)[0])) == steps, S
+        assert rel_err(h[0], linear_recurrence_reference(a, b)[0]) < TOL64
+
+
+@pytest.mark.parametrize("invariant", [False, True])
+def test_vmap_and_func_grad_over_several_chunks_with_slow_gates(invariant):
+    # under torch.func the scan takes its out-of-place form (ops.backend.tracing); with gates near 1 (memory longer
+    # than a chunk: 0.9 <= |a| <= 1.05) an error in any chunk's end state reaches every later state. Against the
+    # float64 loop per sample, and the gradient of b against the adjoint loop λ_t = G_t + a_{t+1} λ_{t+1}.
+    from torch import func
+
+    g = torch.Generator().manual_seed(11)
+    L, S, T = 13, (3,), 4  # 4 chunks, the last one partial
+    shape = S if invariant else (Bsz, L, *S)
+    a_s = 0.9 + 0.15 * torch.rand(2, *shape, dtype=torch.float64, generator=g)  # a batch of 2 gate sets
+    b = torch.randn(Bsz, L, *S, dtype=torch.float64, generator=g)
+    h0 = torch.randn(Bsz, *S, dtype=torch.float64, generator=g)
+
+    def loop(a):
+        h, out = h0.clone(), []
+        for t in range(L):
+            h = (a if invariant else a[:, t]) * h + b[:, t]
+            out.append(h)
+        return torch.stack(out, 1)
+
+    hs = func.vmap(lambda a: linear_recurrence_chunked(a, b, h0, chunk_size=T)[0])(a_s)
+    for i in range(2):
+        assert rel_err(hs[i], loop(a_s[i])) < TOL64
+    G = torch.randn(Bsz, L, *S, dtype=torch.float64, generator=g)
+    a = a_s[0]
+    grad_b = func.grad(lambda b: (linear_recurrence_chunked(a, b, h0, chunk_size=T)[0] * G).sum())(b)
+    lam, want = torch.zeros_like(h0), torch.empty_like(b)
+    for t in range(L - 1, -1, -1):
+        a_next = 0 if t == L - 1 else (a if invariant else a[:, t + 1])
+        lam = G[:, t] + a_next * lam
+        want[:, t] = lam
+    assert rel_err(grad_b, want) < TOL64

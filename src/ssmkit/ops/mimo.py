@@ -36,7 +36,7 @@ from ssmkit.utils import check_floating
 
 
 def _check_mimo(
-    u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor | None, state: torch.Tensor | None,
+    u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, state: torch.Tensor | None,
     D: torch.Tensor | None,
 ) -> None:
     """Validate u (B, L, H), Ā (M,), B̄ (M, H), C (H, M), the state (B, M) and the skip D (H,)."""
@@ -45,8 +45,6 @@ def _check_mimo(
         raise ValueError(f"u must be (B, L, H) with B, L, H >= 1; got {tuple(u.shape)}")
     Bsz, H = u.shape[0], u.shape[-1]
     for name, p in (("A_bar", A_bar), ("B_bar", B_bar), ("C", C)):
-        if p is None:
-            continue
         if not isinstance(p, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor; got {type(p).__name__}")
         if not (p.is_complex() or p.is_floating_point()):
@@ -60,7 +58,7 @@ def _check_mimo(
     M = A_bar.shape[0]
     if tuple(B_bar.shape) != (M, H):
         raise ValueError(f"B_bar must be (M, H) = ({M}, {H}) (M from A_bar, H from u); got {tuple(B_bar.shape)}")
-    if C is not None and tuple(C.shape) != (H, M):
+    if tuple(C.shape) != (H, M):
         raise ValueError(f"C must be (H, M) = ({H}, {M}) (H from u, M from A_bar); got {tuple(C.shape)}")
     if REAL_OF.get(A_bar.dtype, A_bar.dtype) != u.dtype:
         raise ValueError(

@@ -32,6 +32,8 @@ def test_f16_levels_and_outputs():
     assert bench.dt == pytest.approx(1 / 400)
     one = f16(DATA / "f16gvt", output_index=2, check=False)
     assert torch.equal(one.test[0].y[:, 0], bench.test[0].y[:, 2])
+    with pytest.raises(ValueError, match="output_index must be 0, 1, 2 or None"):
+        f16(DATA / "f16gvt", output_index=True, check=False)  # True == 1 kept the second acceleration
     # every level is one multisine realisation at another amplitude (what the F-16 recipe's tuning split rests on):
     # periods of 8 192 samples, the first period of estimation level 3 and of test level 4 the same signal scaled
     u3, u4 = bench.train[1].u[:8192, 0], bench.test[1].u[:8192, 0]
@@ -49,6 +51,9 @@ def test_fixture_file_and_clear_errors(tmp_path):
         cascaded_tanks(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown benchmark"):
         load_benchmark("silverbox2")
+    for folder in (123, ["a"]):  # a TypeError from pathlib
+        with pytest.raises(ValueError, match="folder must be a path"):
+            load_benchmark("cascaded_tanks", folder=folder)
 
 
 def test_train_records_reach_only_the_simulated_benchmarks(monkeypatch):

@@ -99,6 +99,15 @@ def test_the_bouc_wen_benchmark_reads_the_official_tests_and_simulates_its_recor
     assert [r.u.shape[0] for r in bench.train] == [8192, 8192]
     for record, seed in zip(bench.train, (5, 7)):  # records from seeds seed, seed + 2
         np.testing.assert_array_equal(record.u[:, 0].numpy(), boucwen.multisine(2, seed=seed)[1][:8192])
+    # checked before the files are read: -1 periods raised IndexError, 2.5 TypeError, True was one period
+    for change, match in ((dict(train_periods=-1), "train_periods must be an int >= 1"),
+                          (dict(train_periods=True), "train_periods must be an int >= 1"),
+                          (dict(train_periods=2.5), "train_periods must be an int >= 1"),
+                          (dict(seed=2.5), "seed must be an int >= 0"), (dict(seed="x"), "seed must be an int >= 0"),
+                          (dict(train_records=0), "train_records must be an int >= 1"),
+                          (dict(noise_rms=-1e-6), r"noise_rms must be a finite number >= 0")):
+        with pytest.raises(ValueError, match=match):
+            bouc_wen("/nonexistent", **change)
 
 
 @pytest.mark.parametrize("nu", [1.0, 1.5, 2.0])

@@ -45,6 +45,11 @@ def test_bad_inputs_raise():
         rmse([torch.zeros(3)], [torch.zeros(3), torch.zeros(3)])
     with pytest.raises(ValueError, match="unknown metric names"):
         sysid_metrics(torch.zeros(3), torch.ones(3), names=("bic",))
+    for names in (None, "rmse", ("rmse", 3)):  # None raised TypeError; "rmse" was read as letters
+        with pytest.raises(ValueError, match="names must be a list or tuple of metric names"):
+            sysid_metrics(torch.zeros(3), torch.ones(3), names=names)
+    with pytest.raises(ValueError, match=r"experiment 0: y_pred and y_true must be real signals; got torch.complex128"):
+        rmse(torch.zeros(3, dtype=torch.complex128), torch.zeros(3))  # its imaginary part was dropped with a warning
 
 
 def test_time_last_signals_are_refused_not_scored_per_sample():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import pathlib
 from typing import Callable
@@ -115,7 +116,7 @@ def f16(folder: str | os.PathLike | None = None, output_index: int | None = None
         the benchmark.
     """
     folder = benchmark_folder(folder, "f16gvt")
-    if output_index is not None and output_index not in (0, 1, 2):
+    if output_index is not None and (isinstance(output_index, bool) or output_index not in (0, 1, 2)):
         raise ValueError(f"output_index must be 0, 1, 2 or None (all three accelerations); got {output_index!r}")
 
     def level(k: int, validation: bool) -> IORecord:
@@ -161,6 +162,12 @@ def bouc_wen(folder: str | os.PathLike | None = None, train_periods: int = 5, tr
 
     from ssmkit.sysid.boucwen import FS, training_record
 
+    for key, value, least in (("train_periods", train_periods, 1), ("train_records", train_records, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{key} must be an int >= {least}; got {value!r}")
+    if isinstance(noise_rms, bool) or not isinstance(noise_rms, (int, float)) or not (math.isfinite(noise_rms)
+                                                                                     and noise_rms >= 0):
+        raise ValueError(f"noise_rms must be a finite number >= 0 (m); got {noise_rms!r}")
     folder = benchmark_folder(folder, "bouc_wen")
 
     def mat(name: str) -> np.ndarray:

@@ -29,7 +29,11 @@ def benchmark_folder(folder: str | os.PathLike | None, name: str) -> pathlib.Pat
         folder: the user's folder, or None.
         name: the benchmark's folder name under the data root.
     """
-    return pathlib.Path(folder).expanduser() if folder is not None else default_folder(name)
+    if folder is None:
+        return default_folder(name)
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"folder must be a path (str or os.PathLike) or None; got {type(folder).__name__} {folder!r}")
+    return pathlib.Path(folder).expanduser()
 
 
 def find_file(folder: pathlib.Path, file_name: str, layouts: tuple[str, ...], benchmark: str, source: str) -> pathlib.Path:

@@ -45,6 +45,8 @@ def _pooled(y_pred, y_true, n_init: int) -> tuple[torch.Tensor, torch.Tensor, bo
     ps, ts, flat = [], [], True
     for i, (p, t) in enumerate(zip(preds, trues)):
         p, t = torch.as_tensor(p), torch.as_tensor(t)
+        if p.is_complex() or t.is_complex():  # .to(float64) would drop the imaginary part with only a warning
+            raise ValueError(f"experiment {i}: y_pred and y_true must be real signals; got {p.dtype} and {t.dtype}")
         if p.shape != t.shape:
             raise ValueError(f"experiment {i}: y_pred and y_true must have one shape, (L,) or (L, p); got {tuple(p.shape)} and {tuple(t.shape)}")
         if p.dim() not in (1, 2):
@@ -165,6 +167,8 @@ def sysid_metrics(y_pred, y_true, n_init: int = 0, names: Sequence[str] = ("rmse
         "r2": lambda: r_squared(y_pred, y_true, n_init),
         "mae": lambda: mae(y_pred, y_true, n_init),
     }
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):  # "rmse" or None
+        raise ValueError(f"names must be a list or tuple of metric names from {sorted(table)}; got {names!r}")
     unknown = sorted(set(names) - set(table))
     if unknown:
         raise ValueError(f"unknown metric names {unknown}; known: {sorted(table)}")

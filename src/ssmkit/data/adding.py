@@ -12,14 +12,7 @@ import dataclasses
 
 import torch
 
-from ssmkit.data.task import (
-    GeneratedTask,
-    TaskInfo,
-    check_option_types,
-    check_positive,
-    register_task,
-    split_generator,
-)
+from ssmkit.data.task import GeneratedTask, TaskInfo, check_positive, register_task, split_generator
 
 TRIVIAL_MSE = 1.0 / 6.0
 
@@ -72,7 +65,7 @@ class AddingTask(GeneratedTask):
     seed: int = 0
 
     def __post_init__(self):
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         if self.length < 2:
             raise ValueError(f"length must be >= 2; got {self.length}")

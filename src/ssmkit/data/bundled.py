@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmkit.data.sequences import split_off
-from ssmkit.data.task import Task, TaskInfo, check_option_types, register_task
+from ssmkit.data.task import Task, TaskInfo, register_task
 
 
 def _import_mnist1d():
@@ -97,7 +97,6 @@ class MNIST1DTask(Task):
         Args:
             root: unused (nothing is read from the data root).
         """
-        check_option_types(self)
         _require("mnist1d", self.name)
         a = mnist1d_arrays()
         x = torch.tensor(a["x"], dtype=torch.float32)[..., None]  # (B, L, 1)
@@ -140,7 +139,6 @@ class DigitsTask(Task):
         Args:
             root: unused (nothing is read from the data root).
         """
-        check_option_types(self)
         _require("sklearn", self.name)
         from sklearn.datasets import load_digits
 

@@ -23,7 +23,6 @@ import torch
 
 from ssmkit.data.task import (
     IGNORE_INDEX, GeneratedTask, TaskInfo, check_positive, compact_ids, register_task, split_generator,
-    check_option_types,
 )
 
 
@@ -117,7 +116,7 @@ class CopyingTask(GeneratedTask):
     seed: int = 0
 
     def __post_init__(self):
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         check_positive(n_tokens=self.n_tokens, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         copying_data(1, self.delay, self.n_tokens, self.vocab_size)  # validates delay and vocab_size
 
@@ -160,7 +159,7 @@ class SelectiveCopyingTask(GeneratedTask):
     seed: int = 0
 
     def __post_init__(self):
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         selective_copying_data(1, self.length, self.n_tokens, self.vocab_size)  # validates the sizes
 

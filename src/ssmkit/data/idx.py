@@ -22,7 +22,7 @@ import torch
 
 from ssmkit.data.sequences import ScaledSequences, split_off
 from ssmkit.data.store import data_root
-from ssmkit.data.task import FileTask, TaskInfo, check_option_types, register_task
+from ssmkit.data.task import FileTask, TaskInfo, register_task
 
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -191,7 +191,7 @@ class PSMNISTTask(_IdxImages):
     where = _MNIST_WHERE
 
     def __post_init__(self) -> None:
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         if self.permute not in PERMUTATIONS:
             raise ValueError(f"permute must be one of {PERMUTATIONS} ('random': seeded randperm, Le et al.; "
                              f"'bitreversal': S4's loader); got {self.permute!r}")

@@ -17,7 +17,6 @@ import torch
 
 from ssmkit.data.task import (
     IGNORE_INDEX, GeneratedTask, TaskInfo, check_positive, compact_ids, register_task, split_generator,
-    check_option_types,
 )
 
 
@@ -77,7 +76,7 @@ class InductionHeadsTask(GeneratedTask):
     seed: int = 0
 
     def __post_init__(self):
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         object.__setattr__(self, "test_lengths", tuple(self.test_lengths))
         if not self.test_lengths:

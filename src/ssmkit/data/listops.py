@@ -44,7 +44,6 @@ import torch
 
 from ssmkit.data.task import (
     FileTask, GeneratedTask, TaskInfo, check_positive, register_task,
-    check_option_types,
 )
 from ssmkit.data.store import data_root
 
@@ -317,7 +316,7 @@ class ListOpsTask(GeneratedTask):
     seed: int = 0
 
     def __post_init__(self):
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test, l_max=self.l_max,
                        max_depth=self.max_depth)
         if self.max_args < 2:

@@ -22,7 +22,6 @@ import torch
 
 from ssmkit.data.task import (
     IGNORE_INDEX, GeneratedTask, TaskInfo, check_positive, compact_ids, register_task, split_generator,
-    check_option_types,
 )
 
 POWER_A = 0.01  # Zoology's power-law exponent a
@@ -93,7 +92,7 @@ class MQARTask(GeneratedTask):
     seed: int = 0
 
     def __post_init__(self):
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         mqar_data(1, self.length, self.num_kv_pairs, self.vocab_size)  # validates the sizes
 

@@ -41,7 +41,7 @@ import os
 import numpy as np
 import torch
 
-from ssmkit.data.task import GeneratedTask, TaskInfo, check_option_types, check_positive, register_task
+from ssmkit.data.task import GeneratedTask, TaskInfo, check_positive, register_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,7 +401,7 @@ class PathfinderTask(GeneratedTask):
     seed: int = 0
 
     def __post_init__(self):
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {self.preset!r}")
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)

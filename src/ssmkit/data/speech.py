@@ -29,7 +29,7 @@ import torch
 
 from ssmkit.data.sequences import ScaledSequences
 from ssmkit.data.store import cached, data_root
-from ssmkit.data.task import FileTask, TaskInfo, check_option_types, register_task
+from ssmkit.data.task import FileTask, TaskInfo, register_task
 
 WORDS35 = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go", "happy",
@@ -102,7 +102,7 @@ class _SpeechCommands(FileTask):
     label = "SC35"
 
     def __post_init__(self) -> None:
-        check_option_types(self)
+        super().__post_init__()  # the options' kinds
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS} ('position': S4's per-step training mean "
                              f"and std; 'none': sample / 32768); got {self.normalize!r}")
@@ -236,7 +236,7 @@ class SC10Task(_SpeechCommands):
     label = "SC10"
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # checks the options' kinds
+        super().__post_init__()
         if self.split not in SC10_SPLITS:
             raise ValueError(f"split must be one of {SC10_SPLITS} ('random': CKConv / S4 v1, full-length clips, "
                              f"70 / 15 / 15; 'lists': the release's validation and testing lists); got {self.split!r}")

@@ -24,8 +24,8 @@ passes the options in one hop to the class, so a misspelt option fails with Pyth
 from __future__ import annotations
 
 import dataclasses
-import math
 import inspect
+import math
 import os
 from typing import Callable, ClassVar, TypeVar
 
@@ -81,6 +81,11 @@ class Task:
 
     name: ClassVar[str] = ""
 
+    def __post_init__(self) -> None:
+        """Check the options' kinds when a (dataclass) task is built (:func:`check_option_types`); a subclass with its
+        own ``__post_init__`` calls this first."""
+        check_option_types(self)
+
     def info(self) -> TaskInfo:
         """What the task gives (shapes, classes, vocabulary, source)."""
         raise NotImplementedError
@@ -130,7 +135,6 @@ class GeneratedTask(Task):
         Args:
             root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
         """
-        check_option_types(self)
         tensors = cached(self.name, self.options(), self.generate, root)
         return tensor_splits(tensors)
 
@@ -182,7 +186,6 @@ class FileTask(Task):
         Args:
             root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
         """
-        check_option_types(self)
         missing = [p for p in self.required() if self.locate(p, root) is None]
         if missing:
             raise DataMissingError(
@@ -234,8 +237,9 @@ def split_generator(seed: int, split: int) -> torch.Generator:
 def check_option_types(task: Task) -> None:
     """Raise ``ValueError`` naming the first option of a (dataclass) task whose value is not of its default's kind: an
     int option takes an int (not a bool), a float option a finite number, a str option a str, a bool option a bool.
-    The ranges are each task's own checks; this catches 2.5, True or "3" for a size or a seed before any file is read
-    (they failed with a TypeError deep in the split, after the data had loaded).
+    The ranges are each task's own checks; this catches 2.5, True or "3" for a size or a seed when the task is built
+    (:meth:`Task.__post_init__`), before any file is read (they failed with a TypeError deep in the split, after the
+    data had loaded).
 
     Args:
         task: a task instance.
@@ -310,8 +314,6 @@ def get_task(name: str, **options: object) -> Task:
     unknown = sorted(set(options) - set(valid))
     if unknown:  # a misspelt key of --task_options: one line from the CLI, not a traceback
         raise UnknownOptionError(f"task {name!r} has no option(s) {unknown}; its options are {valid}")
-    task = _TASKS[name](**options)
-    check_option_types(task)
-    return task
+    return _TASKS[name](**options)
 
 

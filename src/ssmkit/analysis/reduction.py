@@ -104,11 +104,6 @@ def gramians(system: StateSpace) -> tuple[np.ndarray, np.ndarray]:
     return _solve(_real_and_stable(system, "a Gramian"), "co")  # type: ignore[return-value]
 
 
-def _controllability(real: StateSpace) -> np.ndarray:
-    """(G, n, n) Wc of a real, stable bank (all the H2 norm needs)."""
-    return _solve(real, "c")[0]
-
-
 def _solve(real: StateSpace, kinds: str) -> tuple[np.ndarray, ...]:
     """The Gramians named by ``kinds`` ("c", "o", "co") of a real, stable bank, from one Schur form per system."""
     import scipy.linalg  # here, not at module top: `import ssmkit` stays free of scipy
@@ -194,7 +189,7 @@ def h2_and_hankel(system: StateSpace, hankel: bool = False) -> tuple[np.ndarray,
     stable = np.flatnonzero(real.stable_mask())
     if stable.size:
         sub = real[stable]
-        Wc, Wo = gramians(sub) if hankel else (_controllability(sub), None)
+        Wc, Wo = _solve(sub, "co") if hankel else (_solve(sub, "c")[0], None)  # sub is real and stable
         h2[stable] = _h2_from(sub, Wc)
         if hankel:
             hsv[stable] = _hankel_from(Wc, Wo)
@@ -228,7 +223,7 @@ def balanced_truncation(system: StateSpace, order: int) -> StateSpace:
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= n:
         raise ValueError(f"order must be an int r with 1 <= r <= n = {n} (the real realisation's states); got {order!r}")
     r = int(order)
-    Lc, Lo = _square_roots(*gramians(real))
+    Lc, Lo = _square_roots(*_solve(real, "co"))  # real and stable: checked above
     U, s, Vh = np.linalg.svd(Lo.transpose(0, 2, 1) @ Lc)  # (G, n, n), (G, n), (G, n, n)
     floor = n * np.finfo(np.float64).eps * s[:, :1]  # (G, 1) rounding level of each system
     rank = (s > floor).sum(1)  # (G,) numerical orders

@@ -27,8 +27,8 @@ import torch
 
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
-from ssmkit.sysid.fit import (Block, SimulationFit, block_errors, fit_simulation, fold_blocks, simulate_record,
-                              split_tail, validation_rmse)
+from ssmkit.sysid.fit import (Block, SimulationFit, _is_int, block_errors, fit_simulation, fold_blocks,
+                              simulate_record, split_tail, validation_rmse)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -265,11 +265,9 @@ def _check_recipe_counts(recipe: Recipe) -> None:
     least = {"d_model": 1, "n_layers": 1, "d_state": 1, "train_records": 1, "encoder_window": 0, "val_records": 0,
              "train_encoder": 0}
     for name, low in least.items():
-        value = getattr(recipe, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-    if recipe.folds is not None and (isinstance(recipe.folds, bool) or not isinstance(recipe.folds, int)
-                                     or recipe.folds < 2):
+        if not _is_int(getattr(recipe, name), low):
+            raise ValueError(f"{name} must be an int >= {low}; got {getattr(recipe, name)!r}")
+    if recipe.folds is not None and not _is_int(recipe.folds, 2):
         raise ValueError(f"folds must be None or an int K >= 2; got {recipe.folds!r}")
 
 

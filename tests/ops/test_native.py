@@ -622,3 +622,45 @@ def test_the_first_native_call_may_come_inside_a_custom_op_body(monkeypatch):
     got = torch.compile(first_call, backend="aot_eager", fullgraph=True)(u)  # the op's body at run time
     assert gate._STATUS[("ssm_scan", "float64")][0], gate._STATUS
     assert rel_err(got, ssm_scan_reference(u, A, Bb, C)[0]) < 1e-12
+
+
+def _unchecked_entries():
+    """Each kernel's ``*_unchecked`` entry (the one that skips the device checks) with valid CPU arguments."""
+    from ssmkit.ops.native.cauchy import sums_unchecked
+    from ssmkit.ops.native.conv import conv_unchecked
+    from ssmkit.ops.native.diagonal import scan_unchecked as diagonal_unchecked
+    from ssmkit.ops.native.mimo import mimo_native_unchecked
+    from ssmkit.ops.native.recurrence import recurrence_unchecked
+    from ssmkit.ops.native.selective import scan_unchecked as selective_unchecked
+
+    B, L, H, N, C128 = 2, 5, 3, 4, torch.complex128
+    u = torch.randn(B, L, H, dtype=F64)
+    A = torch.polar(torch.full((H, N), 0.9, dtype=F64), torch.rand(H, N, dtype=F64))
+    cB, cC = torch.randn(H, N, dtype=C128), torch.randn(H, N, dtype=C128)
+    r = lambda *shape: torch.randn(*shape, dtype=F64)  # noqa: E731
+    return {
+        "selective_scan": lambda x: selective_unchecked(x, u.abs(), -torch.rand(H, N, dtype=F64), r(B, L, 1, N),
+                                                        r(B, L, 1, N), None, None, None, True, None, True, 4),
+        "diagonal": lambda x: diagonal_unchecked(x, A, cB, cC, None, None, True, 4),
+        "linear_recurrence": lambda x: recurrence_unchecked(torch.full((H,), 0.5, dtype=F64), x, None),
+        "causal_conv1d": lambda x: conv_unchecked(x, r(H, 3), None, None, True, None),
+        "mimo": lambda x: mimo_native_unchecked(x, torch.full((N,), 0.5 + 0.1j, dtype=C128), r(H, 2 * N),
+                                                r(2 * N, H), None, None),
+        "cauchy": lambda x: sums_unchecked(x, torch.randn(2, 7, dtype=C128), -1 + torch.randn(2, N, dtype=C128)),
+    }, u
+
+
+UNCHECKED = ["selective_scan", "diagonal", "linear_recurrence", "causal_conv1d", "mimo", "cauchy"]
+
+
+@pytest.mark.parametrize("entry", UNCHECKED)
+def test_an_unchecked_entry_refuses_a_tensor_off_the_cpu(entry):
+    """The ``*_unchecked`` entries skip the public functions' device checks; a tensor on another device (meta here,
+    whose data pointer is 0) must raise by name where its pointer is taken, never reach the C code (it crashed the
+    process before)."""
+    entries, u = _unchecked_entries()
+    fn = entries[entry]
+    x = torch.randn(3, 2, 4, dtype=torch.complex128) if entry == "cauchy" else u
+    fn(x)  # the arguments are valid on the CPU
+    with pytest.raises(RuntimeError, match="expected a CPU tensor, got one on meta"):
+        fn(x.to("meta"))

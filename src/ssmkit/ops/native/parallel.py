@@ -37,8 +37,17 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
-    """The data pointer of a contiguous tensor for a C call (None -> NULL)."""
-    return None if t is None else t.data_ptr()
+    """The data pointer of a CPU tensor for a C call (None -> NULL).
+
+    A tensor on another device raises here, the one place every kernel's arguments pass, instead of handing the C code
+    an address it cannot read: the public functions check devices, and this guards the ``*_unchecked`` entries that
+    skip those checks. Strides are the caller's: most kernels take contiguous tensors, a few take strides with them.
+    """
+    if t is None:
+        return None
+    if t.device.type != "cpu":
+        raise RuntimeError(f"native kernel: expected a CPU tensor, got one on {t.device} of shape {tuple(t.shape)}")
+    return t.data_ptr()
 
 
 def parts(n_items: int) -> int:

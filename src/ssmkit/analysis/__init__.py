@@ -3,6 +3,7 @@
     statespace.py   StateSpace, the bank of discrete-time systems that LTI layers export
     frequency.py    transfer functions through a complex Schur form (modal sum, back substitution, real part)
     norms.py        σ_max and the H-infinity norm by grid search; hinf.py: the certified one (Cayley + Hamiltonian)
+    nonlinear.py    a whole model as x[k+1] = f(x[k], u[k]): equilibria, linearisation, python-control nlsys
     reduction.py    Gramians, Hankel singular values, the H2 norm, balanced truncation (model order reduction)
     layerwise.py    every LTI layer of a model: poles (discrete, continuous), margin, time constants, DC gain, H∞
     plots.py        PNG figures (poles, Bode, impulse/step responses, kernels); report.py: summary.md + JSON + PNGs
@@ -24,6 +25,7 @@ from ssmkit.analysis.frequency import (
     triangular_transfer,
 )
 from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers
+from ssmkit.analysis.nonlinear import NonlinearSystem
 from ssmkit.analysis.norms import hinf_norm, sigma_max
 from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
 from ssmkit.analysis.onnx_sequence import RealLTISequence, export_onnx_sequence, real_sequence_model
@@ -34,6 +36,7 @@ from ssmkit.analysis.zoo import pole_statistics, zoo_table
 
 __all__ = [
     "LayerAnalysis",
+    "NonlinearSystem",
     "OnnxExport",
     "RealLTISequence",
     "RealLTIStep",

@@ -1,0 +1,350 @@
+"""A whole model as a discrete-time nonlinear state-space system: equilibria, linearisation, the static
+characteristic, and export to python-control.
+
+    x[k+1] = f(x[k], u[k]),   y[k] = h(x[k], u[k])
+
+``(y[k], x[k+1]) = model.step(u[k], x[k])``: x is every block's recurrent state as one real vector of n numbers (the
+real and imaginary parts of a complex state as adjacent pairs, the blocks in order), u (m) and y (p) are the model's
+per-sample input and output in their units (a :class:`ssmkit.sysid.DeepWiener`'s physical units), and one sample
+lasts the model's ``dt`` (Ts seconds; 1.0, in samples, for a model without one). x[k] is the state before u[k] is
+read, the control convention of :meth:`ssmkit.analysis.StateSpace.simulate`, and y[k] depends on u[k] (the layers'
+direct feedthrough). This is the view a control engineer takes of a deep Wiener model (Bonassi et al., arXiv
+2312.06211): its LTI blocks alone are analysed by :meth:`DeepWiener.state_space`; here the static nonlinearities,
+skips and normalisations are in, so the answers hold for the model as it simulates.
+
+- **Equilibrium** x* with f(x*, u0) = x* under a constant input u0, and its output y* = h(x*, u0): Newton's method
+  on f(x, u0) - x with the exact Jacobian, halving a step that does not reduce the residual. For a deep Wiener model
+  of Schur-stable blocks the equilibrium exists and is unique (each block is an LTI system driven by the block before
+  it), and Newton reaches it in at most one iteration per block plus one (the Jacobian is block lower triangular and
+  each block is affine in its own state).
+- **Linearisation** at an operating point, a state x0 and an input u0: A = ∂f/∂x, B = ∂f/∂u, C = ∂h/∂x,
+  D = ∂h/∂u, exact (reverse-mode autodiff, one backward pass for all n + p rows: the point is repeated n + p times
+  along the batch axis, whose rows a model computes independently, and the output gradient is the identity), as a
+  :class:`StateSpace` bank with one system per point and dt = Ts: poles, margins, Bode plots and the export to scipy
+  and python-control of the small-signal model, which varies with the operating point where the nonlinearities bend.
+- **Static characteristic** u0 -> y*(u0): the steady-state output under constant inputs (for a single-block deep
+  Wiener model σ(G(1) u) + F u through the normalisations, with G(1) the block's DC gain).
+- **python-control**: :meth:`NonlinearSystem.to_control` gives a ``control.NonlinearIOSystem`` (``control.nlsys``,
+  discrete time, dt = Ts) whose update and output functions run the model's step, for ``control.interconnect`` with a
+  controller, ``control.input_output_response``, ``control.find_eqpt`` and ``control.linearize``.
+
+Everything is computed on the CPU in float64 by a copy of the model (the model itself is not touched). Layers whose
+state grows with time (attention's cache, Mega, Hyena) have no finite state vector and are refused by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssmkit.analysis.layerwise import sampling_time
+from ssmkit.analysis.statespace import StateSpace
+
+__all__ = ["NonlinearSystem"]
+
+F64 = torch.float64
+_JACOBIAN_ELEMENTS = 1 << 24  # the Jacobian rows computed in one batch: points · (n + p) · (n + m) at most this
+
+
+def _leaves(state: Any, path: str = "state") -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a (nested) state with their paths, in order."""
+    if isinstance(state, torch.Tensor):
+        return [(path, state)]
+    if isinstance(state, (list, tuple)):
+        return [leaf for i, part in enumerate(state) for leaf in _leaves(part, f"{path}[{i}]")]
+    raise ValueError(f"NonlinearSystem needs a state of tensors (nested in lists and tuples); {path} is "
+                     f"{type(state).__name__}")
+
+
+def _rebuild(template: Any, parts: list[torch.Tensor], start: int = 0) -> tuple[Any, int]:
+    """A state shaped as ``template`` from the flat list of its tensors."""
+    if isinstance(template, torch.Tensor):
+        return parts[start], start + 1
+    out = []
+    for part in template:
+        value, start = _rebuild(part, parts, start)
+        out.append(value)
+    if isinstance(template, list):
+        return out, start
+    return (type(template)(*out) if hasattr(template, "_fields") else tuple(out)), start
+
+
+def _as_points(value: Any, width: int, name: str, width_name: str) -> torch.Tensor:
+    """A (G, width) float64 tensor of G points from a scalar (width 1), a (width,) vector or a (G, width) array."""
+    try:
+        arr = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be numbers; got {type(value).__name__}") from err
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must be real numbers; got dtype {arr.dtype}")
+    if arr.ndim == 0 and width == 1:
+        arr = arr.reshape(1, 1)
+    elif arr.ndim == 1 and arr.shape[0] == width:
+        arr = arr.reshape(1, width)
+    if arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] == 0:
+        raise ValueError(f"{name} must be ({width_name},) = ({width},) for one point or (G, {width}) for G >= 1 "
+                         f"points; got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    return torch.as_tensor(arr, dtype=F64)
+
+
+class NonlinearSystem:
+    """A model with ``step`` and a fixed-size state as x[k+1] = f(x[k], u[k]), y[k] = h(x[k], u[k]) (module docstring).
+
+    Args:
+        model: a :class:`ssmkit.sysid.DeepWiener`, or a :class:`ssmkit.models.SequenceModel` with real inputs
+            (``d_input``; not token ids), or any module with ``initial_state(batch_size)``, ``step(u_t, state)`` ->
+            (y_t (B, p), next state) and ``n_inputs`` or ``d_input``. Its layers must have ``step`` and a state of
+            fixed size. A float64 copy on the CPU, in eval mode, is what is analysed.
+        dt: the sampling time in seconds; None takes the model's ``dt`` (a DeepWiener's Ts), else 1.0 in samples.
+
+    Attributes:
+        n_states, n_inputs, n_outputs: n, m and p.
+        dt: the sampling time (seconds, or 1.0 in samples).
+    """
+
+    def __init__(self, model: nn.Module, dt: float | None = None) -> None:
+        if not isinstance(model, nn.Module) or not callable(getattr(model, "step", None)) \
+                or not callable(getattr(model, "initial_state", None)):
+            raise ValueError(f"model must be a module with step and initial_state; got {type(model).__name__}")
+        self.dt, _ = sampling_time(model, dt)
+        if getattr(model, "vocab_size", None) is not None:
+            raise ValueError("NonlinearSystem needs real inputs; this model reads token ids (vocab_size is set)")
+        m = getattr(model, "n_inputs", getattr(model, "d_input", None))
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise ValueError(f"model must say its input width as n_inputs or d_input (an int >= 1); got {m!r}")
+        self.n_inputs = m
+        self._dtypes = [t.dtype for _, t in _leaves(model.initial_state(1))]  # the user's model's, for states out
+        self._model = copy.deepcopy(model).to(device="cpu", dtype=F64).eval().requires_grad_(False)
+        self._template = self._model.initial_state(1)
+        leaves = _leaves(self._template)
+        for path, t in leaves:
+            if not (t.is_floating_point() or t.is_complex()) or t.dim() < 1 or t.shape[0] != 1:
+                raise ValueError(f"NonlinearSystem needs real or complex state tensors with a batch axis first; "
+                                 f"{path} is {tuple(t.shape)} {t.dtype}")
+        self._shapes = [tuple(t.shape[1:]) for _, t in leaves]
+        self._complex = [t.is_complex() for _, t in leaves]
+        self._sizes = [math.prod(s) * (2 if c else 1) for s, c in zip(self._shapes, self._complex)]
+        self.n_states = sum(self._sizes)
+        with torch.no_grad():
+            y, nxt = self._model.step(torch.zeros(2, m, dtype=F64), self._model.initial_state(2))
+        grown = [path for (path, t), shape in zip(_leaves(nxt), self._shapes) if tuple(t.shape[1:]) != shape]
+        if len(_leaves(nxt)) != len(leaves) or grown:
+            raise ValueError(f"NonlinearSystem needs a state of fixed size; {', '.join(grown) or 'the state'} grows "
+                             f"with time (attention's cache, Mega, Hyena have no finite state vector)")
+        if y.dim() != 2 or y.shape[0] != 2:
+            raise ValueError(f"model.step must give y_t (B, p); got {tuple(y.shape)}")
+        self.n_outputs = y.shape[1]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the state vector
+
+    def _to_vector(self, state: Any) -> torch.Tensor:
+        parts = []
+        for t in (t for _, t in _leaves(state)):
+            t = t.to(F64 if not t.is_complex() else torch.complex128)
+            parts.append((torch.view_as_real(t) if t.is_complex() else t).reshape(t.shape[0], -1))
+        return torch.cat(parts, 1)
+
+    def _from_vector(self, x: torch.Tensor) -> Any:
+        parts, start = [], 0
+        for shape, cplx, size in zip(self._shapes, self._complex, self._sizes):
+            v = x[:, start:start + size]
+            start += size
+            if cplx:
+                v = torch.complex(v[:, 0::2], v[:, 1::2])
+            parts.append(v.reshape(x.shape[0], *shape))
+        return _rebuild(self._template, parts)[0]
+
+    def state_vector(self, state: Any) -> np.ndarray:
+        """The model's state (``initial_state``, ``step``, ``forward``, ``estimate_state``) as x (B, n), float64."""
+        leaves = _leaves(state)
+        if [tuple(t.shape[1:]) for _, t in leaves] != self._shapes or len({t.shape[0] for _, t in leaves}) != 1:
+            raise ValueError(f"state must be shaped as the model's initial_state(B): parts "
+                             f"{[('B', *s) for s in self._shapes]}; got {[tuple(t.shape) for _, t in leaves]}")
+        return self._to_vector([t.detach().cpu() for _, t in leaves]).numpy()
+
+    def model_state(self, x: Any) -> Any:
+        """x (n,) or (B, n) as the model's state (B = 1 for a vector), in the model's dtypes, on the CPU: for
+        ``model(u, state)`` or ``model.step`` from an equilibrium."""
+        xs = _as_points(x, self.n_states, "x", "n_states")
+        parts = [t.to(dtype) for (_, t), dtype in zip(_leaves(self._from_vector(xs)), self._dtypes)]
+        return _rebuild(self._template, parts)[0]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # f, h and their Jacobians
+
+    def _f_h(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, nxt = self._model.step(u, self._from_vector(x))
+        return self._to_vector(nxt), y
+
+    def update(self, x: Any, u: Any) -> np.ndarray:
+        """f: the next states (G, n) from G states x (G, n) (or one, (n,)) and inputs u (G, m) (or one, (m,))."""
+        xs, us = self._pair(x, u)
+        with torch.no_grad():
+            return self._f_h(xs, us)[0].numpy()
+
+    def output(self, x: Any, u: Any) -> np.ndarray:
+        """h: the outputs (G, p) from G states x (G, n) (or one, (n,)) and inputs u (G, m) (or one, (m,))."""
+        xs, us = self._pair(x, u)
+        with torch.no_grad():
+            return self._f_h(xs, us)[1].numpy()
+
+    def _pair(self, x: Any, u: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        xs = _as_points(x, self.n_states, "x", "n_states")
+        us = _as_points(u, self.n_inputs, "u", "n_inputs")
+        if xs.shape[0] != us.shape[0]:
+            if xs.shape[0] != 1 and us.shape[0] != 1:
+                raise ValueError(f"x and u must give the same number of points (or one of them one); got "
+                                 f"{xs.shape[0]} and {us.shape[0]}")
+            G = max(xs.shape[0], us.shape[0])
+            xs, us = xs.expand(G, -1), us.expand(G, -1)
+        return xs, us
+
+    def _values_and_jacobians(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """f (G, n), h (G, p) and [∂f/∂x ∂f/∂u; ∂h/∂x ∂h/∂u] (G, n + p, n + m) at G points, exactly."""
+        n, m, p = self.n_states, self.n_inputs, self.n_outputs
+        q, G = n + p, x.shape[0]
+        per_chunk = max(1, _JACOBIAN_ELEMENTS // (q * (n + m)))
+        values, jacobians = [], []
+        for start in range(0, G, per_chunk):
+            k = min(per_chunk, G - start)
+            X = x[start:start + k].repeat_interleave(q, 0).requires_grad_()  # (k q, n): each point q times
+            U = u[start:start + k].repeat_interleave(q, 0).requires_grad_()
+            with torch.enable_grad():
+                out = torch.cat(self._f_h(X, U), 1)  # (k q, q): every row of a point holds f and h there
+                seed = torch.eye(q, dtype=F64).repeat(k, 1)  # copy i of a point is asked for output i's gradient
+                gx, gu = torch.autograd.grad(out, (X, U), seed, allow_unused=True)
+            gx = torch.zeros_like(X) if gx is None else gx
+            gu = torch.zeros_like(U) if gu is None else gu
+            values.append(out.detach().view(k, q, q)[:, 0])
+            jacobians.append(torch.cat([gx.view(k, q, n), gu.view(k, q, m)], 2))
+        value, jac = torch.cat(values), torch.cat(jacobians)
+        return value[:, :n], value[:, n:], jac
+
+    def linearize(self, u0: Any, x0: Any | None = None) -> StateSpace:
+        """The small-signal model at operating points: δx[k+1] = A δx[k] + B δu[k], δy[k] = C δx[k] + D δu[k].
+
+        Args:
+            u0: the input at the points, (m,) or (G, m) (a number when m = 1).
+            x0: the states there, (n,) or (G, n); None: the equilibria under u0 (:meth:`equilibrium`).
+
+        Returns:
+            A real :class:`StateSpace` bank of G systems, one per point, with A = ∂f/∂x, B = ∂f/∂u, C = ∂h/∂x,
+            D = ∂h/∂u at each point and dt = Ts.
+        """
+        if x0 is None:
+            xs = torch.as_tensor(self.equilibrium(u0)[0])
+            us = _as_points(u0, self.n_inputs, "u0", "n_inputs")
+        else:
+            xs, us = self._pair(x0, u0)
+        _, _, J = self._values_and_jacobians(xs, us)
+        n = self.n_states
+        J = J.numpy()
+        return StateSpace(J[:, :n, :n], J[:, :n, n:], J[:, n:, :n], J[:, n:, n:], dt=self.dt)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # equilibria
+
+    def equilibrium(self, u0: Any, x0: Any | None = None, tol: float = 1e-10,
+                    max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
+        """The state x* with f(x*, u0) = x* and the output y* = h(x*, u0), by Newton's method (module docstring).
+
+        Args:
+            u0: the constant input, (m,) or (G, m) for G points at once (a number when m = 1).
+            x0: the starting guesses, (n,) or (G, n); None: the state at rest (zeros).
+            tol: convergence when max |f(x, u0) - x| <= tol · (1 + max |x|) at every point.
+            max_iter: Newton iterations at most.
+
+        Returns:
+            x* (G, n) and y* (G, p), float64.
+
+        Newton's method finds unstable equilibria too (which a simulation leaves): ``linearize(u0, x*).is_stable()``
+        says which kind a point is.
+
+        Raises:
+            ValueError: when a point does not converge within ``max_iter`` iterations (no equilibrium near x0), or
+                when ∂f/∂x has an eigenvalue 1 at an iterate (a pole at z = 1: an integrator has no unique
+                equilibrium).
+        """
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+            raise ValueError(f"tol must be a number in (0, 1); got {tol!r}")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1; got {max_iter!r}")
+        us = _as_points(u0, self.n_inputs, "u0", "n_inputs")
+        x = torch.zeros(us.shape[0], self.n_states, dtype=F64) if x0 is None else self._pair(x0, us)[0].clone()
+        us = us.expand(x.shape[0], -1)
+        eye = torch.eye(self.n_states, dtype=F64)
+
+        def residual(x):
+            with torch.no_grad():
+                return self._f_h(x, us)[0] - x
+
+        for iteration in range(max_iter + 1):
+            fx, y, J = self._values_and_jacobians(x, us)
+            g = fx - x
+            size = g.abs().amax(1)
+            done = size <= tol * (1 + x.abs().amax(1))
+            if bool(done.all()):
+                return x.numpy(), y.numpy()
+            if iteration == max_iter:
+                break
+            try:
+                dx = torch.linalg.solve(J[:, :self.n_states, :self.n_states] - eye, -g.unsqueeze(2)).squeeze(2)
+            except RuntimeError as err:  # torch's singular-matrix error
+                raise ValueError("equilibrium: ∂f/∂x has an eigenvalue 1 at the iterate (an integrator, or a pole "
+                                 "on the unit circle at z = 1): no unique equilibrium") from err
+            dx = torch.where(done.unsqueeze(1), torch.zeros_like(dx), dx)
+            step = torch.ones(x.shape[0], 1, dtype=F64)
+            for _halving in range(30):  # backtrack where the full step does not reduce the residual
+                trial = x + step * dx
+                worse = residual(trial).abs().amax(1) > size
+                if not bool(worse.any()):
+                    break
+                step = torch.where(worse.unsqueeze(1), step / 2, step)
+            x = trial
+        worst = int(torch.argmax(size / (1 + x.abs().amax(1))))
+        raise ValueError(f"equilibrium: no convergence in {max_iter} Newton iterations at point {worst} "
+                         f"(u0 = {us[worst].tolist()}, residual {float(size[worst]):.3g}); the model may have no "
+                         f"equilibrium there or be unstable: check linearize(u0, x0).poles()")
+
+    def static_characteristic(self, u0: Any) -> np.ndarray:
+        """The steady-state output y*(u0) under constant inputs: (G, p) for u0 (G, m) (or (G,) when m = 1).
+
+        A 1-D u0 of length G is read as G scalar inputs when m = 1 (a sweep); otherwise as one point of width m.
+        """
+        if self.n_inputs == 1:
+            arr = np.asarray(u0.detach().cpu() if isinstance(u0, torch.Tensor) else u0)
+            if arr.ndim == 1:
+                u0 = arr.reshape(-1, 1)
+        return self.equilibrium(u0)[1]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # python-control
+
+    def to_control(self, name: str | None = None) -> Any:
+        """The model as a discrete-time ``control.NonlinearIOSystem`` (``control.nlsys``, dt = Ts) whose update and
+        output functions are :meth:`update` and :meth:`output` at one point; inputs u[0..m-1], outputs y[0..p-1],
+        states x[0..n-1]. Needs python-control (``pip install control``)."""
+        try:
+            import control
+        except ImportError as err:
+            raise ImportError("NonlinearSystem.to_control needs python-control: pip install control "
+                              "(or pip install ssmkit[control])") from err
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"name must be a str or None; got {name!r}")
+
+        def updfcn(t, x, u, params):
+            return self.update(np.atleast_1d(x), np.atleast_1d(u))[0]
+
+        def outfcn(t, x, u, params):
+            return self.output(np.atleast_1d(x), np.atleast_1d(u))[0]
+
+        return control.nlsys(updfcn, outfcn, inputs=self.n_inputs, outputs=self.n_outputs, states=self.n_states,
+                             dt=self.dt, name=name)

@@ -4,6 +4,7 @@
     frequency.py    transfer functions through a complex Schur form (modal sum, back substitution, real part)
     norms.py        σ_max and the H-infinity norm by grid search; hinf.py: the certified one (Cayley + Hamiltonian)
     nonlinear.py    a whole model as x[k+1] = f(x[k], u[k]): equilibria, linearisation, python-control nlsys
+    operating.py    a DeepWiener's equilibria along each input: static characteristic, local gain and stability
     reduction.py    Gramians, Hankel singular values, the H2 norm, balanced truncation (model order reduction)
     layerwise.py    every LTI layer of a model: poles (discrete, continuous), margin, time constants, DC gain, H∞
     plots.py        PNG figures (poles, Bode, impulse/step responses, kernels); report.py: summary.md + JSON + PNGs
@@ -27,6 +28,7 @@ from ssmkit.analysis.frequency import (
 from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers
 from ssmkit.analysis.nonlinear import NonlinearSystem
 from ssmkit.analysis.norms import hinf_norm, sigma_max
+from ssmkit.analysis.operating import OperatingSweep, operating_sweeps
 from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
 from ssmkit.analysis.onnx_sequence import RealLTISequence, export_onnx_sequence, real_sequence_model
 from ssmkit.analysis.reduction import balanced_truncation, gramians, h2_norm, hankel_singular_values
@@ -38,6 +40,7 @@ __all__ = [
     "LayerAnalysis",
     "NonlinearSystem",
     "OnnxExport",
+    "OperatingSweep",
     "RealLTISequence",
     "RealLTIStep",
     "SchurForm",
@@ -53,6 +56,7 @@ __all__ = [
     "lti_layers",
     "modal_transfer",
     "onnx_state",
+    "operating_sweeps",
     "physical_transfer",
     "pole_statistics",
     "real_sequence_model",

@@ -1,4 +1,5 @@
-"""PNG figures of a model's LTI layers: poles, Bode magnitude and phase, impulse and step responses, learned kernels.
+"""PNG figures of a model's LTI layers: poles, Bode magnitude and phase, impulse and step responses, learned kernels;
+and of a deep Wiener model's equilibria (static characteristic, local stability).
 
 Each function draws one figure with one row per layer and writes it to a PNG; matplotlib is imported inside them
 (``pip install matplotlib``) and used through ``matplotlib.figure.Figure``, so no global backend is set.
@@ -13,10 +14,12 @@ from typing import Sequence
 import numpy as np
 
 from ssmkit.analysis.layerwise import LayerAnalysis
+from ssmkit.analysis.operating import OperatingSweep
 from ssmkit.analysis.statespace import StateSpace
 from ssmkit.files import save_figure
 
-__all__ = ["channel_pairs", "impulse_response", "plot_bode", "plot_kernels", "plot_poles", "plot_responses"]
+__all__ = ["channel_pairs", "impulse_response", "plot_bode", "plot_equilibria", "plot_kernels", "plot_poles",
+           "plot_responses"]
 
 
 def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.0):
@@ -207,5 +210,34 @@ def plot_kernels(kernels: Sequence[tuple[str, np.ndarray]], path: str) -> str:
         ax.set_xlabel("lag (samples)")
         ax.set_ylabel("channel")
         ax.figure.colorbar(image, ax=ax)
+    save_figure(fig, path)
+    return path
+
+
+def plot_equilibria(sweeps: Sequence[OperatingSweep], path: str, channels: int = 8) -> str:
+    """A deep Wiener model's static characteristic y*(u) along each swept input, and the spectral radius of its
+    linearisation at each equilibrium (one row per input; :func:`ssmkit.analysis.operating_sweeps`).
+
+    Args:
+        sweeps: the sweeps, one per input.
+        path: the PNG to write.
+        channels: the most outputs drawn.
+
+    Returns:
+        ``path``.
+    """
+    fig, axes = _figure(len(sweeps), 2)
+    for row, sweep in zip(axes, sweeps):
+        u = sweep.u[:, sweep.input]
+        for k in range(min(channels, sweep.y.shape[1])):
+            row[0].plot(u, sweep.y[:, k], marker=".", lw=0.9, label=f"y[{k}]")
+        row[0].set_title(f"equilibria along u[{sweep.input}] (others at their means): y*", fontsize=9)
+        row[0].legend(fontsize=7)
+        row[1].plot(u, sweep.spectral_radius, marker=".", lw=0.9)
+        row[1].axhline(1.0, color="k", lw=0.6, ls="--")
+        row[1].set_title("spectral radius of the linearisation there", fontsize=9)
+        for ax in row:
+            ax.set_xlabel(f"u[{sweep.input}]")
+            ax.grid(True, lw=0.3)
     save_figure(fig, path)
     return path

@@ -3,8 +3,10 @@
     paths = ssmkit.analysis.write_report(model, "runs/x/analysis", title="runs/x/checkpoints/last.ckpt")
 
 Files: ``summary.md`` (a table per LTI layer: systems, states, spectral radius, stability margin, time constants,
-DC gain range, H∞ norm; the layers without a realisation and why; the figures), ``analysis.json``, ``poles.png``,
-``bode.png``, ``responses.png`` (impulse and step), ``kernels.png`` (the learned kernels).
+DC gain range, H∞ norm; the layers without a realisation and why; for a DeepWiener, the whole model around its
+equilibria along each input (:func:`ssmkit.analysis.operating_sweeps`); the figures), ``analysis.json``,
+``poles.png``, ``bode.png``, ``responses.png`` (impulse and step), ``kernels.png`` (the learned kernels),
+``equilibria.png`` (a DeepWiener's static characteristic and local stability).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from ssmkit.analysis.layerwise import (LayerAnalysis, analyze_model, lti_layers, sampling_time, skipped_layers,
                                        time_constants)
+from ssmkit.analysis.operating import OperatingSweep, operating_sweeps
 from ssmkit.files import write_text
 
 __all__ = ["layer_record", "slowest_modes", "summary_markdown", "write_report"]
@@ -111,8 +114,36 @@ def _order_text(result: LayerAnalysis) -> str:
     return "—" if (order < 0).any() else f"{int(order.max())} of {result.system.nstates}"
 
 
+def _sweep_lines(sweeps: list[OperatingSweep] | str) -> list[str]:
+    """The summary's section on the model's equilibria (or why there is none)."""
+    head = ["", "## The whole model around its equilibria", ""]
+    if isinstance(sweeps, str):
+        return head + [f"Not computed: {sweeps}."]
+    points = sweeps[0].u.shape[0] if sweeps else 0
+    lines = head + [
+        f"Each input swept over mean ± 2 std of the training data (the model's input normalisation), the others at "
+        f"their means, {points} points; at each point the equilibrium x* (f(x*, u) = x*, Newton's method), its output "
+        "y* (the static characteristic) and the linearisation of the whole model there (ssmkit.analysis."
+        "NonlinearSystem): its DC gain is the local slope ∂y*/∂u, its spectral radius says whether the equilibrium "
+        "attracts nearby states. Physical units of u and y.",
+        "",
+        "| input | u range | output | y* range | local DC gain ∂y*/∂u range | largest local spectral radius | "
+        "stable at every point |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for sw in sweeps:
+        i, u = sw.input, sw.u[:, sw.input]
+        for k in range(sw.y.shape[1]):
+            gain = sw.dc_gain[:, k, i]
+            lines.append(f"| u[{i}] | [{_fmt(u.min())}, {_fmt(u.max())}] | y[{k}] | [{_fmt(sw.y[:, k].min())}, "
+                         f"{_fmt(sw.y[:, k].max())}] | [{_fmt(gain.min())}, {_fmt(gain.max())}] | "
+                         f"{sw.spectral_radius.max():.6f} | {'yes' if sw.stable else '**NO**'} |")
+    return lines
+
+
 def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str, str]], title: str,
-                     figures: list[str], seconds: bool | None = None) -> str:
+                     figures: list[str], seconds: bool | None = None,
+                     sweeps: list[OperatingSweep] | str | None = None) -> str:
     """The one-page summary as markdown.
 
     Args:
@@ -121,6 +152,8 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
         title: what was analysed (a checkpoint path).
         figures: PNG file names to embed.
         seconds: whether dt is a sampling time in seconds (None: when dt ≠ 1; else times are in samples).
+        sweeps: a DeepWiener's equilibria along each input (:func:`operating_sweeps`), or why there are none; None
+            for a model without input normalisation (no section).
 
     Returns:
         the markdown text.
@@ -184,6 +217,8 @@ def summary_markdown(results: list[LayerAnalysis], skipped: list[tuple[str, str,
     if skipped:
         lines += ["", "Layers without a state-space realisation (not analysed):", ""]
         lines += [f"- {name} ({layer}): {why}" for name, layer, why in skipped]
+    if sweeps is not None:
+        lines += _sweep_lines(sweeps)
     if figures:
         lines.append("")
         lines += [f"![{os.path.splitext(f)[0]}]({f})" for f in figures]
@@ -225,7 +260,8 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
         plots: draw the figures (False: markdown and JSON only).
 
     Returns:
-        the written files by kind (``summary``, ``json``, ``poles``, ``bode``, ``responses``, ``kernels``).
+        the written files by kind (``summary``, ``json``, ``poles``, ``bode``, ``responses``, ``kernels``, and
+        ``equilibria`` for a DeepWiener).
     """
     step, seconds = sampling_time(model, dt)  # checked before anything is written
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -233,6 +269,7 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     os.makedirs(out, exist_ok=True)
     results = analyze_model(model, step)
     skipped = skipped_layers(model)
+    sweeps = operating_sweeps(model) if hasattr(model, "u_mean") and hasattr(model, "u_std") else None
     paths: dict[str, str] = {}
     figures: list[str] = []
     if plots and results:
@@ -243,15 +280,24 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
         paths["responses"] = figs.plot_responses(results, os.path.join(out, "responses.png"), channels, seconds=seconds)
         paths["kernels"] = figs.plot_kernels(_kernels(model, results), os.path.join(out, "kernels.png"))
         figures = [os.path.basename(paths[k]) for k in ("poles", "bode", "responses", "kernels")]
+    if plots and isinstance(sweeps, list) and sweeps:
+        from ssmkit.analysis import plots as figs
+
+        paths["equilibria"] = figs.plot_equilibria(sweeps, os.path.join(out, "equilibria.png"), channels)
+        figures.append("equilibria.png")
     record = {
         "title": title,
         "dt": step,
         "layers": [layer_record(r) for r in results],
         "skipped": [{"name": n, "layer": l, "reason": why} for n, l, why in skipped],
     }
+    if sweeps is not None:
+        record["equilibria"] = sweeps if isinstance(sweeps, str) else [
+            {"input": sw.input, "u": _clean(sw.u), "y": _clean(sw.y), "spectral_radius": _clean(sw.spectral_radius),
+             "dc_gain": _clean(sw.dc_gain)} for sw in sweeps]
     paths["json"] = os.path.join(out, "analysis.json")
     write_text(paths["json"], json.dumps(record, indent=1, allow_nan=False))
     paths["summary"] = os.path.join(out, "summary.md")
-    write_text(paths["summary"], summary_markdown(results, skipped, title, figures, seconds))
+    write_text(paths["summary"], summary_markdown(results, skipped, title, figures, seconds, sweeps))
     return paths
 

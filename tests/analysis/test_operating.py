@@ -1,0 +1,112 @@
+"""A DeepWiener's equilibria along each input (``ssmkit.analysis.operating_sweeps``) and their place in the report:
+the local DC gain against central differences of the static characteristic, the local spectral radius against the
+blocks' exported poles (the linearisation of a cascade is block triangular with the blocks' Ā on its diagonal), the
+swept range against the stored normalisation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ssmkit.analysis import NonlinearSystem, operating_sweeps, write_report
+from ssmkit.analysis.operating import spectral_radius
+from ssmkit.analysis.report import summary_markdown
+from ssmkit.sysid import DeepWiener
+
+F64 = torch.float64
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = DeepWiener(2, 2, d_model=4, n_layers=2, layer="s4d", layer_options={"d_state": 8}, activation="tanh",
+                       timescale=(1.0, 4.0), dt=0.5)
+    with torch.no_grad():
+        model.u_mean.copy_(torch.tensor([1.0, -2.0]))
+        model.u_std.copy_(torch.tensor([0.5, 3.0]))
+        model.y_mean.copy_(torch.tensor([0.2, 5.0]))
+        model.y_std.copy_(torch.tensor([2.0, 0.1]))
+        for skip in model.skips:
+            skip.weight.normal_(0, 0.3)
+    return model
+
+
+def test_the_sweeps_cover_the_training_range_and_their_gains_are_the_slopes():
+    model = _model()
+    sweeps = operating_sweeps(model, points=5)
+    assert [sw.input for sw in sweeps] == [0, 1]
+    np.testing.assert_allclose(sweeps[0].u[:, 0], np.linspace(0.0, 2.0, 5), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(sweeps[0].u[:, 1], -2.0)
+    np.testing.assert_allclose(sweeps[1].u[:, 1], np.linspace(-8.0, 4.0, 5), rtol=0, atol=1e-6)
+    system = NonlinearSystem(model)
+    for sw in sweeps:
+        assert sw.y.shape == (5, 2) and sw.dc_gain.shape == (5, 2, 2) and sw.stable
+        np.testing.assert_allclose(sw.y, system.static_characteristic(sw.u), rtol=0, atol=1e-12)
+        i = sw.input
+
+        def slope(eps):  # ∂y*/∂u_i by central differences of the static characteristic (Newton's equilibria)
+            du = np.zeros(2)
+            du[i] = eps
+            return (system.static_characteristic(sw.u + du) - system.static_characteristic(sw.u - du)) / (2 * eps)
+
+        want = (4 * slope(5e-5) - slope(1e-4)) / 3
+        np.testing.assert_allclose(sw.dc_gain[:, :, i], want, rtol=0, atol=1e-7 * np.abs(want).max())
+
+
+def test_the_local_spectral_radius_of_a_cascade_is_its_blocks():
+    """A deep Wiener cascade's Jacobian ∂f/∂x is block lower triangular with each block's Ā on the diagonal (σ' only
+    scales the coupling between blocks), so at every equilibrium its spectral radius is the blocks' largest."""
+    model = _model(1).double()  # the blocks' poles from the same float64 parameters
+    for sw in operating_sweeps(model, points=3):
+        np.testing.assert_allclose(sw.spectral_radius, model.spectral_radius(), rtol=1e-12)
+
+
+def test_what_is_not_swept_says_why():
+    from ssmkit.models import SequenceModel
+
+    reason = operating_sweeps(SequenceModel(1, 4, 1, "s4d", d_output=1))
+    assert "no input normalisation" in reason
+    reason = operating_sweeps(_model(), max_states=3)
+    assert "more than max_states = 3" in reason
+    assert "Not computed: its state vector" in summary_markdown([], [], "t", [], sweeps=reason)
+    for bad in (1, 2.0, True):
+        with pytest.raises(ValueError, match="points must be an int >= 2"):
+            operating_sweeps(_model(), points=bad)
+    with pytest.raises(ValueError, match="max_states must be an int >= 1"):
+        operating_sweeps(_model(), max_states=0)
+
+
+def test_the_report_of_a_deep_wiener_model_has_its_equilibria(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = _model()
+    paths = write_report(model, str(tmp_path), title="dw", channels=2)
+    assert os.path.getsize(paths["equilibria"]) > 0
+    record = json.load(open(paths["json"]))
+    sweeps = operating_sweeps(model)
+    assert len(record["equilibria"]) == 2
+    np.testing.assert_allclose(record["equilibria"][1]["y"], sweeps[1].y, rtol=1e-12)
+    np.testing.assert_allclose(record["equilibria"][0]["dc_gain"], sweeps[0].dc_gain, rtol=1e-12)
+    text = open(paths["summary"]).read()
+    assert "## The whole model around its equilibria" in text and "![equilibria](equilibria.png)" in text
+    y = sweeps[1].y[:, 1]
+    assert f"| u[1] | [-8, 4] | y[1] | [{y.min():.4g}, {y.max():.4g}] |" in text
+
+
+def test_the_spectral_radius_through_strongly_connected_components():
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((k, k)) for k in (1, 3, 2, 4)]
+    n = sum(b.shape[0] for b in blocks)
+    A = np.tril(rng.standard_normal((n, n)), -1)  # coupling below the blocks only
+    start = 0
+    for b in blocks:
+        A[start:start + len(b), start:start + len(b)] = b
+        start += len(b)
+    perm = rng.permutation(n)
+    A = A[np.ix_(perm, perm)]  # hide the structure
+    assert spectral_radius(A) == pytest.approx(np.abs(np.linalg.eigvals(A)).max(), rel=1e-12)
+    dense = rng.standard_normal((6, 6))
+    assert spectral_radius(dense) == pytest.approx(np.abs(np.linalg.eigvals(dense)).max(), rel=1e-12)
+    assert spectral_radius(np.zeros((3, 3))) == 0.0

@@ -64,6 +64,20 @@ def test_the_local_spectral_radius_of_a_cascade_is_its_blocks():
         np.testing.assert_allclose(sw.spectral_radius, model.spectral_radius(), rtol=1e-12)
 
 
+def test_an_ensemble_settles_where_its_members_do_on_average():
+    from ssmkit.sysid import WienerEnsemble
+
+    members = [_model(0), _model(1)]
+    with torch.no_grad():
+        members[1].u_mean.copy_(torch.tensor([3.0, 0.0]))
+        members[1].u_std.copy_(torch.tensor([1.5, 1.0]))
+    sweeps = operating_sweeps(WienerEnsemble(members), points=3)
+    np.testing.assert_allclose(sweeps[0].u[:, 0], [0.0, 2.0, 4.0], atol=1e-7)  # mean 2 ± 2·1 over the members
+    np.testing.assert_allclose(sweeps[0].u[:, 1], -1.0)
+    want = np.mean([NonlinearSystem(m).static_characteristic(sweeps[0].u) for m in members], axis=0)
+    np.testing.assert_allclose(sweeps[0].y, want, rtol=0, atol=1e-12)
+
+
 def test_what_is_not_swept_says_why():
     from ssmkit.models import SequenceModel
 

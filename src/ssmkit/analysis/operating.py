@@ -20,11 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from ssmkit.analysis.nonlinear import NonlinearSystem
 
-__all__ = ["OperatingSweep", "operating_sweeps", "spectral_radius"]
+__all__ = ["OperatingSweep", "input_statistics", "operating_sweeps", "spectral_radius"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
     """Sweep every input of a DeepWiener over its training range (module docstring).
 
     Args:
-        model: a :class:`ssmkit.sysid.DeepWiener` (its ``u_mean`` and ``u_std`` give the ranges).
+        model: a :class:`ssmkit.sysid.DeepWiener` (its ``u_mean`` and ``u_std`` give the ranges) or a
+            :class:`ssmkit.sysid.WienerEnsemble` (its members' average; :func:`input_statistics`).
         points: G, the points per input (>= 2).
         max_states: the largest state vector to analyse; a bigger model is skipped (each point costs a Jacobian of
             n × n and its eigenvalues).
@@ -68,14 +70,13 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
         raise ValueError(f"points must be an int >= 2; got {points!r}")
     if isinstance(max_states, bool) or not isinstance(max_states, int) or max_states < 1:
         raise ValueError(f"max_states must be an int >= 1; got {max_states!r}")
-    mean, std = getattr(model, "u_mean", None), getattr(model, "u_std", None)
-    if mean is None or std is None:
+    stats = input_statistics(model)
+    if stats is None:
         return "the model stores no input normalisation (u_mean, u_std) to take the input ranges from"
     system = NonlinearSystem(model)
     if system.n_states > max_states:
         return f"its state vector has {system.n_states} numbers, more than max_states = {max_states}"
-    mu = mean.detach().cpu().double().numpy()
-    sigma = std.detach().cpu().double().numpy()
+    mu, sigma = stats
     sweeps = []
     for i in range(system.n_inputs):
         u = np.tile(mu, (points, 1))
@@ -85,6 +86,20 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
         radius = np.array([spectral_radius(A) for A in local.A])
         sweeps.append(OperatingSweep(i, u, y, radius, local.dcgain()))
     return sweeps
+
+
+def input_statistics(model: nn.Module) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training inputs' mean and standard deviation (m,) each, from a DeepWiener's stored normalisation (for a
+    :class:`ssmkit.sysid.WienerEnsemble`, the average over its members, each fitted on its own fold); None for a
+    model without one."""
+    members = getattr(model, "members", None)
+    models = list(members) if isinstance(members, nn.ModuleList) else [model]
+    if not all(isinstance(getattr(m, "u_mean", None), torch.Tensor) and isinstance(getattr(m, "u_std", None),
+                                                                                  torch.Tensor) for m in models):
+        return None
+    mu = np.mean([m.u_mean.detach().cpu().double().numpy() for m in models], axis=0)
+    sigma = np.mean([m.u_std.detach().cpu().double().numpy() for m in models], axis=0)
+    return mu, sigma
 
 
 def spectral_radius(A: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ssmkit.analysis.layerwise import (LayerAnalysis, analyze_model, lti_layers, sampling_time, skipped_layers,
                                        time_constants)
-from ssmkit.analysis.operating import OperatingSweep, operating_sweeps
+from ssmkit.analysis.operating import OperatingSweep, input_statistics, operating_sweeps
 from ssmkit.files import write_text
 
 __all__ = ["layer_record", "slowest_modes", "summary_markdown", "write_report"]
@@ -121,7 +121,8 @@ def _sweep_lines(sweeps: list[OperatingSweep] | str) -> list[str]:
         return head + [f"Not computed: {sweeps}."]
     points = sweeps[0].u.shape[0] if sweeps else 0
     lines = head + [
-        f"Each input swept over mean ± 2 std of the training data (the model's input normalisation), the others at "
+        f"Each input swept over mean ± 2 std of the training data (the model's input normalisation; an ensemble's "
+        f"members' average), the others at "
         f"their means, {points} points; at each point the equilibrium x* (f(x*, u) = x*, Newton's method), its output "
         "y* (the static characteristic) and the linearisation of the whole model there (ssmkit.analysis."
         "NonlinearSystem): its DC gain is the local slope ∂y*/∂u, its spectral radius says whether the equilibrium "
@@ -269,7 +270,7 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     os.makedirs(out, exist_ok=True)
     results = analyze_model(model, step)
     skipped = skipped_layers(model)
-    sweeps = operating_sweeps(model) if hasattr(model, "u_mean") and hasattr(model, "u_std") else None
+    sweeps = operating_sweeps(model) if input_statistics(model) is not None else None
     paths: dict[str, str] = {}
     figures: list[str] = []
     if plots and results:

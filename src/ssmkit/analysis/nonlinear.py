@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ssmkit.analysis.layerwise import sampling_time
@@ -59,19 +60,6 @@ def _leaves(state: Any, path: str = "state") -> list[tuple[str, torch.Tensor]]:
         return [leaf for i, part in enumerate(state) for leaf in _leaves(part, f"{path}[{i}]")]
     raise ValueError(f"NonlinearSystem needs a state of tensors (nested in lists and tuples); {path} is "
                      f"{type(state).__name__}")
-
-
-def _rebuild(template: Any, parts: list[torch.Tensor], start: int = 0) -> tuple[Any, int]:
-    """A state shaped as ``template`` from the flat list of its tensors."""
-    if isinstance(template, torch.Tensor):
-        return parts[start], start + 1
-    out = []
-    for part in template:
-        value, start = _rebuild(part, parts, start)
-        out.append(value)
-    if isinstance(template, list):
-        return out, start
-    return (type(template)(*out) if hasattr(template, "_fields") else tuple(out)), start
 
 
 def _as_points(value: Any, width: int, name: str, width_name: str) -> torch.Tensor:
@@ -122,8 +110,9 @@ class NonlinearSystem:
         self.n_inputs = m
         self._dtypes = [t.dtype for _, t in _leaves(model.initial_state(1))]  # the user's model's, for states out
         self._model = copy.deepcopy(model).to(device="cpu", dtype=F64).eval().requires_grad_(False)
-        self._template = self._model.initial_state(1)
-        leaves = _leaves(self._template)
+        template = self._model.initial_state(1)
+        self._structure = pytree.tree_structure(template)  # lists, tuples, NamedTuples
+        leaves = _leaves(template)
         for path, t in leaves:
             if not (t.is_floating_point() or t.is_complex()) or t.dim() < 1 or t.shape[0] != 1:
                 raise ValueError(f"NonlinearSystem needs real or complex state tensors with a batch axis first; "
@@ -160,7 +149,7 @@ class NonlinearSystem:
             if cplx:
                 v = torch.complex(v[:, 0::2], v[:, 1::2])
             parts.append(v.reshape(x.shape[0], *shape))
-        return _rebuild(self._template, parts)[0]
+        return pytree.tree_unflatten(parts, self._structure)
 
     def state_vector(self, state: Any) -> np.ndarray:
         """The model's state (``initial_state``, ``step``, ``forward``, ``estimate_state``) as x (B, n), float64."""
@@ -175,7 +164,7 @@ class NonlinearSystem:
         ``model(u, state)`` or ``model.step`` from an equilibrium."""
         xs = _as_points(x, self.n_states, "x", "n_states")
         parts = [t.to(dtype) for (_, t), dtype in zip(_leaves(self._from_vector(xs)), self._dtypes)]
-        return _rebuild(self._template, parts)[0]
+        return pytree.tree_unflatten(parts, self._structure)
 
     # ------------------------------------------------------------------------------------------------------------
     # f, h and their Jacobians

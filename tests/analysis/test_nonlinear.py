@@ -15,6 +15,7 @@ import ssmkit.analysis.nonlinear as nonlinear
 from ssmkit.analysis import NonlinearSystem
 from ssmkit.models import SequenceModel
 from ssmkit.sysid import DeepWiener
+from tests.conftest import variants
 
 F64 = torch.float64
 
@@ -234,3 +235,42 @@ def test_python_control_simulates_linearises_and_finds_the_equilibrium_as_ssmkit
     assert numeric.dt == 0.5
     found, u_found = control.find_eqpt(plant, np.zeros(sys.n_states), [0.6])  # scipy's root finder
     np.testing.assert_allclose(found, x_star[0], rtol=0, atol=1e-9)
+
+
+def _every_layer():
+    from ssmkit.layers import available
+
+    return available()
+
+
+@pytest.mark.parametrize("layer", _every_layer())
+def test_every_registered_layer_in_a_model_has_equilibria_and_a_linearisation(layer):
+    """For every layer, in a real-input SequenceModel: a state that grows is refused by name; otherwise the equilibrium
+    is a fixed point of the model's forward (its convolution or scan path, not the step: y* at every sample from x*
+    under u0, and x* again at the end), and the linearisation equals Richardson central differences of that forward."""
+    torch.manual_seed(0)
+    model = SequenceModel(2, 8, 2, layer, layer_options=variants(layer)[0], d_output=2, head="regress", pool=None,
+                          dtype=F64).eval()  # the layers' small test options (SGConv's default window: 2 × 8 × 1024)
+    try:
+        sys = NonlinearSystem(model)
+    except ValueError as err:
+        assert layer in ("attention", "mega", "hyena") and "fixed size" in str(err)
+        return
+    assert layer not in ("attention", "mega", "hyena")
+    u0 = np.array([0.3, -0.5])
+    x_star, y_star = sys.equilibrium(u0)
+    y, final = _simulate(model, np.broadcast_to(u0, (1, 6, 2)), sys.model_state(x_star))
+    np.testing.assert_allclose(y[0], np.broadcast_to(y_star, (6, 2)), rtol=0, atol=1e-10 * (1 + np.abs(y_star).max()))
+    np.testing.assert_allclose(sys.state_vector(final), x_star, rtol=0, atol=1e-10 * (1 + np.abs(x_star).max()))
+    lin = sys.linearize(u0)
+    rng = np.random.default_rng(0)
+    du, dx = rng.standard_normal((1, 8, 2)), rng.standard_normal(sys.n_states)
+
+    def central(eps):
+        plus, _ = _simulate(model, u0 + eps * du, sys.model_state(x_star + eps * dx))
+        minus, _ = _simulate(model, u0 - eps * du, sys.model_state(x_star - eps * dx))
+        return (plus - minus) / (2 * eps)
+
+    want = (4 * central(5e-5) - central(1e-4)) / 3
+    got = np.asarray(lin.simulate(du, x0=dx[None, None])).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())

@@ -59,8 +59,8 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
         model: a :class:`ssmkit.sysid.DeepWiener` (its ``u_mean`` and ``u_std`` give the ranges) or a
             :class:`ssmkit.sysid.WienerEnsemble` (its members' average; :func:`input_statistics`).
         points: G, the points per input (>= 2).
-        max_states: the largest state vector to analyse; a bigger model is skipped (each point costs a Jacobian of
-            n × n and its eigenvalues).
+        max_states: the largest state vector to analyse (an ensemble's: each member's); a bigger model is skipped
+            (each point costs a Jacobian of n × n and a solve with it per Newton iteration).
 
     Returns:
         one :class:`OperatingSweep` per input, or a sentence saying why the model was not swept (no input
@@ -73,18 +73,29 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
     stats = input_statistics(model)
     if stats is None:
         return "the model stores no input normalisation (u_mean, u_std) to take the input ranges from"
-    system = NonlinearSystem(model)
-    if system.n_states > max_states:
-        return f"its state vector has {system.n_states} numbers, more than max_states = {max_states}"
+    from ssmkit.sysid.ensemble import WienerEnsemble
+
+    # an ensemble's output is its members' mean and their states are apart: each member is swept on its own (its
+    # equilibria, local gains and radii), y* and the gains averaged and the radius the largest; exact, and k systems
+    # of n states cost k times one instead of (k n)³
+    parts = list(model.members) if isinstance(model, WienerEnsemble) else [model]
+    systems = [NonlinearSystem(part) for part in parts]
+    largest = max(sys.n_states for sys in systems)
+    if largest > max_states:
+        return f"its state vector has {largest} numbers, more than max_states = {max_states}"
     mu, sigma = stats
     sweeps = []
-    for i in range(system.n_inputs):
+    for i in range(systems[0].n_inputs):
         u = np.tile(mu, (points, 1))
         u[:, i] = np.linspace(mu[i] - 2 * sigma[i], mu[i] + 2 * sigma[i], points)
-        x, y = system.equilibrium(u)
-        local = system.linearize(u, x)
-        radius = np.array([spectral_radius(A) for A in local.A])
-        sweeps.append(OperatingSweep(i, u, y, radius, local.dcgain()))
+        ys, gains, radii = [], [], []
+        for sys in systems:
+            x, y = sys.equilibrium(u)
+            local = sys.linearize(u, x)
+            ys.append(y)
+            gains.append(local.dcgain())
+            radii.append([spectral_radius(A) for A in local.A])
+        sweeps.append(OperatingSweep(i, u, np.mean(ys, axis=0), np.max(radii, axis=0), np.mean(gains, axis=0)))
     return sweeps
 
 

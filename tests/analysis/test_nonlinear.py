@@ -274,3 +274,32 @@ def test_every_registered_layer_in_a_model_has_equilibria_and_a_linearisation(la
     want = (4 * central(5e-5) - central(1e-4)) / 3
     got = np.asarray(lin.simulate(du, x0=dx[None, None])).reshape(want.shape)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_closed_loop_in_python_control_equals_the_loop_by_hand_and_settles_on_the_characteristic():
+    """The model wired by name to an integral controller (strictly proper: no algebraic loop through the model's
+    feedthrough) with ``control.interconnect``; python-control's simulation equals the same loop run by hand with
+    ``model.step``, and the loop settles where the static characteristic gives the reference."""
+    model = _wiener("s4d", n_inputs=1, n_outputs=1, n_layers=2, activation="elu", dt=0.5)  # y* rises with u
+    plant = NonlinearSystem(model)
+    r = plant.static_characteristic(0.4)[0, 0]  # a reachable reference; the loop starts near it (z = 0.3)
+    local = plant.linearize(0.4)  # feedthrough D = -1.2 against a DC gain of +1.1: a slow integral gain suits it
+    ki = 0.02 / local.dcgain()[0, 0, 0]
+    P = plant.to_control(name="plant", inputs=["u"], outputs=["y"])
+    C = control.nlsys(lambda t, z, e, p: z + ki * e, lambda t, z, e, p: z, inputs=["e"], outputs=["u"], states=1,
+                      dt=0.5, name="integral")
+    S = control.summing_junction(inputs=["r", "-y"], output="e", dt=0.5)
+    loop = control.interconnect([P, C, S], inplist=["r"], outlist=["y", "u"], dt=0.5)
+    T = 0.5 * np.arange(800)
+    response = control.input_output_response(loop, T, np.full(T.shape, r), X0=np.r_[np.zeros(plant.n_states), 0.3])
+    state, z, ys, us = model.initial_state(1), 0.3, [], []
+    with torch.no_grad():
+        for _ in T:
+            y, state = model.step(torch.tensor([[z]], dtype=F64), state)
+            ys.append(float(y))
+            us.append(z)
+            z += ki * (r - float(y))
+    np.testing.assert_allclose(response.outputs, [ys, us], rtol=0, atol=1e-12)
+    assert abs(ys[-1] - r) < 1e-9 and us[-1] == pytest.approx(0.4, abs=1e-8)  # back to the input that gave r
+    with pytest.raises(ValueError, match="inputs must be None or 1 distinct non-empty names"):
+        plant.to_control(inputs=["a", "b"])

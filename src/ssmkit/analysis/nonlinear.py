@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -317,10 +317,18 @@ class NonlinearSystem:
     # ------------------------------------------------------------------------------------------------------------
     # python-control
 
-    def to_control(self, name: str | None = None) -> Any:
+    def to_control(self, name: str | None = None, inputs: Sequence[str] | None = None,
+                   outputs: Sequence[str] | None = None) -> Any:
         """The model as a discrete-time ``control.NonlinearIOSystem`` (``control.nlsys``, dt = Ts) whose update and
-        output functions are :meth:`update` and :meth:`output` at one point; inputs u[0..m-1], outputs y[0..p-1],
-        states x[0..n-1]. Needs python-control (``pip install control``)."""
+        output functions are :meth:`update` and :meth:`output` at one point, for ``control.interconnect`` (signals
+        are wired by name), ``input_output_response``, ``find_eqpt`` and ``linearize``. Needs python-control
+        (``pip install control``).
+
+        Args:
+            name: the system's name (python-control's default when None).
+            inputs: the m input signals' names (default u[0] .. u[m-1]).
+            outputs: the p output signals' names (default y[0] .. y[p-1]). The n states are x[0] .. x[n-1].
+        """
         try:
             import control
         except ImportError as err:
@@ -328,6 +336,15 @@ class NonlinearSystem:
                               "(or pip install ssmkit[control])") from err
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a str or None; got {name!r}")
+        names = {}
+        for kind, given, count in (("inputs", inputs, self.n_inputs), ("outputs", outputs, self.n_outputs)):
+            if given is None:
+                names[kind] = count
+            elif isinstance(given, (list, tuple)) and all(isinstance(g, str) and g for g in given) \
+                    and len(set(given)) == len(given) == count:
+                names[kind] = list(given)
+            else:
+                raise ValueError(f"{kind} must be None or {count} distinct non-empty names; got {given!r}")
 
         def updfcn(t, x, u, params):
             return self.update(np.atleast_1d(x), np.atleast_1d(u))[0]
@@ -335,5 +352,5 @@ class NonlinearSystem:
         def outfcn(t, x, u, params):
             return self.output(np.atleast_1d(x), np.atleast_1d(u))[0]
 
-        return control.nlsys(updfcn, outfcn, inputs=self.n_inputs, outputs=self.n_outputs, states=self.n_states,
+        return control.nlsys(updfcn, outfcn, inputs=names["inputs"], outputs=names["outputs"], states=self.n_states,
                              dt=self.dt, name=name)

@@ -303,3 +303,27 @@ def test_a_closed_loop_in_python_control_equals_the_loop_by_hand_and_settles_on_
     assert abs(ys[-1] - r) < 1e-9 and us[-1] == pytest.approx(0.4, abs=1e-8)  # back to the input that gave r
     with pytest.raises(ValueError, match="inputs must be None or 1 distinct non-empty names"):
         plant.to_control(inputs=["a", "b"])
+
+
+def test_an_ensemble_is_solved_member_by_member_as_the_whole_would_be():
+    """A WienerEnsemble's equilibria and linearisation, solved per member, equal those of the whole ensemble taken
+    as one system (the generic path: one Newton iteration over every member's state, one dense Jacobian)."""
+    from ssmkit.sysid import WienerEnsemble
+
+    ensemble = WienerEnsemble([_wiener("s4d", seed=0), _wiener("s4d", seed=1), _wiener("s4d", seed=2)])
+    split = NonlinearSystem(ensemble)
+    whole = NonlinearSystem(ensemble)
+    whole._members = None  # the generic path
+    assert [m.n_states for m in split.members] == [split.n_states // 3] * 3
+    u = np.array([[0.4, -0.8], [1.5, 0.3]])
+    x_split, y_split = split.equilibrium(u)
+    x_whole, y_whole = whole.equilibrium(u)
+    np.testing.assert_allclose(x_split, x_whole, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(y_split, y_whole, rtol=0, atol=1e-12)
+    a, b = split.linearize(u, x_split), whole.linearize(u, x_split)
+    for name in "ABCD":
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-13)
+    y, final = _simulate(ensemble, np.broadcast_to(u[0], (1, 4000, 2)))  # and where the ensemble settles
+    np.testing.assert_allclose(split.state_vector(final), x_split[:1], rtol=0, atol=1e-11)
+    np.testing.assert_allclose(y[0, -1], y_split[0], rtol=0, atol=1e-11)
+    assert NonlinearSystem(_wiener("s4d")).members is None

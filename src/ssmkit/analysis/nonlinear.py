@@ -28,7 +28,9 @@ skips and normalisations are in, so the answers hold for the model as it simulat
   discrete time, dt = Ts) whose update and output functions run the model's step, for ``control.interconnect`` with a
   controller, ``control.input_output_response``, ``control.find_eqpt`` and ``control.linearize``.
 
-Everything is computed on the CPU in float64 by a copy of the model (the model itself is not touched). Layers whose
+Everything is computed on the CPU in float64 by a copy of the model (the model itself is not touched). A
+:class:`ssmkit.sysid.WienerEnsemble` is solved member by member (its Jacobian is block diagonal, its output the
+members' mean): the same answers at k times one member's cost instead of (k n)³. Layers whose
 state grows with time (attention's cache, Mega, Hyena) have no finite state vector and are refused by name.
 """
 
@@ -130,6 +132,22 @@ class NonlinearSystem:
         if y.dim() != 2 or y.shape[0] != 2:
             raise ValueError(f"model.step must give y_t (B, p); got {tuple(y.shape)}")
         self.n_outputs = y.shape[1]
+        from ssmkit.sysid.ensemble import WienerEnsemble
+
+        # an ensemble's output is its members' mean and their states are apart (its Jacobian is block diagonal):
+        # each member is solved on its own, k systems of n states costing k times one instead of (k n)³
+        self._members = ([NonlinearSystem(member, self.dt) for member in model.members]
+                         if isinstance(model, WienerEnsemble) else None)
+
+    @property
+    def members(self) -> list["NonlinearSystem"] | None:
+        """A :class:`ssmkit.sysid.WienerEnsemble`'s members as systems of their own (None for another model): the
+        ensemble's state vector is theirs in order, its output their mean."""
+        return self._members
+
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """An ensemble's state vectors (G, n) as its members' (G, n_i), in order."""
+        return list(torch.split(x, [member.n_states for member in self._members], dim=1))
 
     # ------------------------------------------------------------------------------------------------------------
     # the state vector
@@ -199,6 +217,19 @@ class NonlinearSystem:
     def _values_and_jacobians(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """f (G, n), h (G, p) and [∂f/∂x ∂f/∂u; ∂h/∂x ∂h/∂u] (G, n + p, n + m) at G points, exactly."""
         n, m, p = self.n_states, self.n_inputs, self.n_outputs
+        if self._members is not None:  # block diagonal in the members' states; h and its rows averaged
+            k, G = len(self._members), x.shape[0]
+            parts = [member._values_and_jacobians(xi, u) for member, xi in zip(self._members, self._split(x))]
+            J = torch.zeros(G, n + p, n + m, dtype=F64)
+            start = 0
+            for member, (_, _, Ji) in zip(self._members, parts):
+                ni = member.n_states
+                J[:, start:start + ni, start:start + ni] = Ji[:, :ni, :ni]  # ∂f_i/∂x_i
+                J[:, start:start + ni, n:] = Ji[:, :ni, ni:]  # ∂f_i/∂u
+                J[:, n:, start:start + ni] = Ji[:, ni:, :ni] / k  # ∂h/∂x_i = ∂h_i/∂x_i / k
+                J[:, n:, n:] += Ji[:, ni:, ni:] / k  # ∂h/∂u, the members' mean
+                start += ni
+            return (torch.cat([f for f, _, _ in parts], 1), torch.stack([h for _, h, _ in parts]).mean(0), J)
         q, G = n + p, x.shape[0]
         per_chunk = max(1, _JACOBIAN_ELEMENTS // (q * (n + m)))
         values, jacobians = [], []
@@ -269,6 +300,9 @@ class NonlinearSystem:
         us = _as_points(u0, self.n_inputs, "u0", "n_inputs")
         x = torch.zeros(us.shape[0], self.n_states, dtype=F64) if x0 is None else self._pair(x0, us)[0].clone()
         us = us.expand(x.shape[0], -1)
+        if self._members is not None:  # each member settles on its own; the ensemble's output is their mean
+            found = [member.equilibrium(us, xi, tol, max_iter) for member, xi in zip(self._members, self._split(x))]
+            return np.concatenate([xi for xi, _ in found], 1), np.mean([yi for _, yi in found], axis=0)
         eye = torch.eye(self.n_states, dtype=F64)
 
         def residual(x):

@@ -73,13 +73,10 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
     stats = input_statistics(model)
     if stats is None:
         return "the model stores no input normalisation (u_mean, u_std) to take the input ranges from"
-    from ssmkit.sysid.ensemble import WienerEnsemble
-
     # an ensemble's output is its members' mean and their states are apart: each member is swept on its own (its
-    # equilibria, local gains and radii), y* and the gains averaged and the radius the largest; exact, and k systems
-    # of n states cost k times one instead of (k n)³
-    parts = list(model.members) if isinstance(model, WienerEnsemble) else [model]
-    systems = [NonlinearSystem(part) for part in parts]
+    # equilibria, local gains and radii), y* and the gains averaged and the radius the largest
+    system = NonlinearSystem(model)
+    systems = system.members or [system]
     largest = max(sys.n_states for sys in systems)
     if largest > max_states:
         return f"its state vector has {largest} numbers, more than max_states = {max_states}"

@@ -350,3 +350,15 @@ def test_balanced_truncation_refuses_a_system_with_no_input_and_an_order_past_an
     assert bank.balred(3).nstates == 3
     with pytest.raises(ValueError, match=r"order 4 exceeds the numerical order of system 1 \(3: .*supports order <= 3"):
         bank.balred(4)
+
+
+def test_a_shift_register_against_its_finite_hankel_matrix():
+    # A nilpotent (every pole at 0, |T_ii| = 0 in the Stein solver): x shifts down, y = c x, an FIR g_k = c_k;
+    # ‖G‖₂ = ‖c‖ and the Hankel operator is the finite 5 x 5 Hankel matrix of c (zeros below the anti-diagonal)
+    shift = np.diag(np.ones(4), -1)
+    b = np.eye(5)[:, :1]
+    c = np.array([[1.0, -2.0, 3.0, 0.5, 4.0]])
+    fir = StateSpace(shift[None], b[None], c[None], np.full((1, 1, 1), 0.25))
+    assert fir.h2_norm()[0] == pytest.approx(np.sqrt(0.25 ** 2 + np.sum(c ** 2)), rel=1e-14)
+    ref = np.linalg.svd(scipy.linalg.hankel(c[0], np.zeros(5)), compute_uv=False)
+    assert np.abs(fir.hsvd()[0] - ref).max() < 1e-13 * ref[0]

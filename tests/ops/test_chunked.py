@@ -191,3 +191,15 @@ def test_pack_interleaves_real_and_imaginary_parts_at_every_rank():
         assert torch.equal(chunked.unpack(p.contiguous(), True), z)
         r = z.real.contiguous()
         assert chunked.pack(r) is r and chunked.unpack(r, False) is r
+
+
+def test_vmap_over_the_state_alone_equals_the_loop():
+    # vmap batches the carried states but not the inputs' GEMM output y_c: the state's contribution is added out of
+    # place there (an in-place baddbmm_ into the unbatched y_c cannot hold a batched result)
+    A, B, C, D = _params("complex", seed=10)
+    g = torch.Generator().manual_seed(11)
+    u = torch.randn(2, 21, 2, generator=g, dtype=torch.float64)
+    states = torch.randn(3, 2, 2, 3, generator=g, dtype=torch.complex128)
+    ys, xs = torch.func.vmap(lambda s: ssm_scan_chunked(u, A, B, C, s, D, chunk_size=8))(states)
+    for k in range(3):
+        _check(ys[k], xs[k], *loop(u, A, B, C, states[k], D), "complex")

@@ -241,3 +241,124 @@ def test_large_banks_are_solved_in_parts_with_the_same_result(monkeypatch):
     parts = gramians(sys)
     for a, b in zip(whole, parts):
         assert np.abs(a - b).max() <= 1e-14 * np.abs(a).max()  # equal up to how a batch size rounds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probe 24 (mutation testing): the cases the mutants of analysis/reduction showed untested.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _triangular(G, n, seed):
+    rng = np.random.default_rng(seed)
+    T = np.triu(rng.standard_normal((G, n, n)) + 1j * rng.standard_normal((G, n, n)), 1) * 0.3
+    T += np.stack([np.diag(0.9 * np.exp(1j * rng.uniform(0, np.pi, n))) for _ in range(G)])
+    return T, rng.standard_normal((G, n, n)) + 1j * rng.standard_normal((G, n, n))
+
+
+@pytest.mark.parametrize(("n", "chunk", "passes"), [(4, None, [5]), (4, 32, [5, 2, 2, 1]), (4, 8, [5, 1, 1, 1, 1, 1]),
+                                                    (1, 4, [5, 4, 1])])
+def test_solve_stein_takes_a_bank_in_passes_of_chunk_elements_over_n_squared(monkeypatch, n, chunk, passes):
+    # systems per pass = max(1, chunk // n²): the whole bank of 5 at the default 2^22 (None), 32 // 16 = 2, 8 // 16 -> 1,
+    # 4 // 1 = 4; every system's solution against the residual of its own equation
+    import ssmkit.analysis.reduction as reduction
+
+    calls, inner = [], reduction.solve_stein
+
+    def spy(T, Q, adjoint):
+        calls.append(T.shape[0])
+        return inner(T, Q, adjoint)
+
+    monkeypatch.setattr(reduction, "solve_stein", spy)
+    if chunk is not None:
+        monkeypatch.setattr(reduction, "_CHUNK_ELEMENTS", chunk)
+    T, Q = _triangular(5, n, seed=n)
+    for adjoint in (False, True):
+        calls.clear()
+        Y = reduction.solve_stein(T, Q, adjoint)
+        assert calls == passes and Y.shape == (5, n, n)
+        for g in range(5):
+            M = T[g].conj().T if adjoint else T[g]
+            assert np.abs(M @ Y[g] @ M.conj().T + Q[g] - Y[g]).max() < 1e-13 * np.abs(Y[g]).max()
+
+
+def test_gramians_and_h2_of_diagonal_systems_against_the_closed_forms():
+    # A = diag(a): Wc_ij = (B Bᵀ)_ij / (1 - a_i a_j), Wo_ij = (Cᵀ C)_ij / (1 - a_i a_j); a small gain (‖G‖₂ < 1:
+    # the energy is not clipped at 1) and a pole near the circle
+    a = np.array([0.5, -0.8, 0.999, 0.1])
+    rng = np.random.default_rng(4)
+    B, C = 0.01 * rng.standard_normal((4, 2)), 0.02 * rng.standard_normal((3, 4))
+    D = 0.01 * rng.standard_normal((3, 2))
+    sys = StateSpace(np.diag(a)[None], B[None], C[None], D[None])
+    Wc, Wo = gramians(sys)
+    den = 1 - np.outer(a, a)
+    assert np.abs(Wc[0] - B @ B.T / den).max() < 1e-13 * np.abs(B @ B.T / den).max()
+    assert np.abs(Wo[0] - C.T @ C / den).max() < 1e-13 * np.abs(C.T @ C / den).max()
+    h2 = np.sqrt(np.sum(D ** 2) + np.trace(C @ (B @ B.T / den) @ C.T))
+    assert h2 < 0.1 and h2_norm(sys)[0] == pytest.approx(h2, rel=1e-12)
+
+
+def test_h2_and_hankel_defaults_and_an_all_unstable_bank():
+    from ssmkit.analysis.reduction import h2_and_hankel
+
+    sys = _random_bank(G=2, n=3)
+    h2, hsv = h2_and_hankel(sys)
+    assert hsv is None and np.array_equal(h2, sys.h2_norm())
+    unstable = StateSpace(np.array([[[1.5]], [[1.0]]]), np.ones((2, 1, 1)), np.ones((2, 1, 1)), np.zeros((2, 1, 1)))
+    h2, hsv = h2_and_hankel(unstable, hankel=True)
+    assert np.isinf(h2).all() and hsv.shape == (2, 1) and np.isnan(hsv).all()
+
+
+def test_the_unstable_systems_message_shows_the_spectral_radius_and_at_most_five():
+    two = StateSpace(np.diag([0.5, -1.5])[None], np.ones((1, 2, 1)), np.ones((1, 1, 2)), np.zeros((1, 1, 1)))
+    with pytest.raises(ValueError) as info:
+        two.hsvd()
+    assert str(info.value).endswith("not stable: system 0 (|z| = 1.5)")
+    for G, tail in ((5, "4 (|z| = 1.5)"), (6, "4 (|z| = 1.5) …"), (7, "4 (|z| = 1.5) …")):
+        poles = 1.1 + 0.1 * np.arange(G)
+        bank = StateSpace(poles[:, None, None], np.ones((G, 1, 1)), np.ones((G, 1, 1)), np.zeros((G, 1, 1)))
+        with pytest.raises(ValueError) as info:
+            bank.balred(1)
+        assert str(info.value).endswith("not stable: system 0 (|z| = 1.1), 1 (|z| = 1.2), 2 (|z| = 1.3), "
+                                        "3 (|z| = 1.4), " + tail)
+
+
+def test_balanced_truncation_does_not_depend_on_the_scale_of_the_gains():
+    # the rank test is relative to σ_1: a bank scaled by 1e-8 (σ ~ 1e-8) reduces like the original, scaled
+    sys = _random_bank(G=2, n=5, seed=6)
+    zero_d = np.zeros_like(sys.D)
+    base = StateSpace(sys.A, sys.B, sys.C, zero_d).balred(2)
+    small = StateSpace(sys.A, 1e-4 * sys.B, 1e-4 * sys.C, zero_d).balred(2)
+    w = np.linspace(0, np.pi, 65)
+    ref = 1e-8 * base.frequency_response(w)
+    assert np.abs(small.frequency_response(w) - ref).max() < 1e-10 * np.abs(ref).max()
+
+
+def test_balanced_truncation_refuses_a_system_with_no_input_and_an_order_past_any_systems_rank():
+    sys = _random_bank(G=1, n=3)
+    dead = StateSpace(sys.A, np.zeros_like(sys.B), sys.C, sys.D)  # every σ is 0: numerical order 0
+    assert np.array_equal(dead.hsvd(), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"order 1 exceeds the numerical order of system 0 \(0: .*supports order <= 0"):
+        dead.balred(1)
+    # a bank: system 1 is minimal of order 3 inside 5 states (two decoupled modes, one unreached, one unseen)
+    rng = np.random.default_rng(11)
+    A1 = rng.standard_normal((3, 3))
+    A1 *= 0.9 / np.abs(np.linalg.eigvals(A1)).max()
+    A = np.stack([_random_bank(G=1, n=5, seed=8).A[0], scipy.linalg.block_diag(A1, 0.5, -0.3)])
+    B = np.stack([rng.standard_normal((5, 1)), np.vstack([rng.standard_normal((3, 1)), [[0.0]], [[1.0]]])])
+    C = np.stack([rng.standard_normal((1, 5)), np.hstack([rng.standard_normal((1, 3)), [[1.0]], [[0.0]]])])
+    bank = StateSpace(A, B, C, np.zeros((2, 1, 1)))
+    assert bank.balred(3).nstates == 3
+    with pytest.raises(ValueError, match=r"order 4 exceeds the numerical order of system 1 \(3: .*supports order <= 3"):
+        bank.balred(4)
+
+
+def test_a_shift_register_against_its_finite_hankel_matrix():
+    # A nilpotent (every pole at 0, |T_ii| = 0 in the Stein solver): x shifts down, y = c x, an FIR g_k = c_k;
+    # ‖G‖₂ = ‖c‖ and the Hankel operator is the finite 5 x 5 Hankel matrix of c (zeros below the anti-diagonal)
+    shift = np.diag(np.ones(4), -1)
+    b = np.eye(5)[:, :1]
+    c = np.array([[1.0, -2.0, 3.0, 0.5, 4.0]])
+    fir = StateSpace(shift[None], b[None], c[None], np.full((1, 1, 1), 0.25))
+    assert fir.h2_norm()[0] == pytest.approx(np.sqrt(0.25 ** 2 + np.sum(c ** 2)), rel=1e-14)
+    ref = np.linalg.svd(scipy.linalg.hankel(c[0], np.zeros(5)), compute_uv=False)
+    assert np.abs(fir.hsvd()[0] - ref).max() < 1e-13 * ref[0]

@@ -124,3 +124,16 @@ def test_the_spectral_radius_through_strongly_connected_components():
     dense = rng.standard_normal((6, 6))
     assert spectral_radius(dense) == pytest.approx(np.abs(np.linalg.eigvals(dense)).max(), rel=1e-12)
     assert spectral_radius(np.zeros((3, 3))) == 0.0
+
+
+def test_a_sweep_that_finds_no_equilibrium_is_reported_not_raised(tmp_path, monkeypatch):
+    import ssmkit.analysis.operating as operating
+
+    def fail(*args, **kwargs):
+        raise ValueError("equilibrium: no convergence in 50 Newton iterations at point 3")
+
+    monkeypatch.setattr(operating.NonlinearSystem, "equilibrium", fail)
+    paths = write_report(_model(), str(tmp_path), plots=False)
+    text = open(paths["summary"]).read()
+    assert "Not computed: no equilibrium found everywhere along the inputs (equilibrium: no convergence" in text
+    assert json.load(open(paths["json"]))["equilibria"].startswith("no equilibrium found")

@@ -121,12 +121,11 @@ def _sweep_lines(sweeps: list[OperatingSweep] | str) -> list[str]:
         return head + [f"Not computed: {sweeps}."]
     points = sweeps[0].u.shape[0] if sweeps else 0
     lines = head + [
-        f"Each input swept over mean ± 2 std of the training data (the model's input normalisation; an ensemble's "
-        f"members' average), the others at "
-        f"their means, {points} points; at each point the equilibrium x* (f(x*, u) = x*, Newton's method), its output "
-        "y* (the static characteristic) and the linearisation of the whole model there (ssmkit.analysis."
-        "NonlinearSystem): its DC gain is the local slope ∂y*/∂u, its spectral radius says whether the equilibrium "
-        "attracts nearby states. Physical units of u and y.",
+        "Each input swept over mean ± 2 std of the training data (the model's input normalisation; an ensemble's "
+        f"members' average), the others at their means, {points} points; at each point the equilibrium x* "
+        "(f(x*, u) = x*, Newton's method), its output y* (the static characteristic) and the linearisation of the "
+        "whole model there (ssmkit.analysis.NonlinearSystem): its DC gain is the local slope ∂y*/∂u, its spectral "
+        "radius says whether the equilibrium attracts nearby states. Physical units of u and y.",
         "",
         "| input | u range | output | y* range | local DC gain ∂y*/∂u range | largest local spectral radius | "
         "stable at every point |",
@@ -270,7 +269,12 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     os.makedirs(out, exist_ok=True)
     results = analyze_model(model, step)
     skipped = skipped_layers(model)
-    sweeps = operating_sweeps(model) if input_statistics(model) is not None else None
+    sweeps = None
+    if input_statistics(model) is not None:
+        try:
+            sweeps = operating_sweeps(model)
+        except ValueError as err:  # an equilibrium Newton's method does not reach: the report says so
+            sweeps = f"no equilibrium found everywhere along the inputs ({err})"
     paths: dict[str, str] = {}
     figures: list[str] = []
     if plots and results:

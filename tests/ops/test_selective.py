@@ -229,3 +229,53 @@ def test_step_bad_inputs_raise():
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         selective_scan_chunked(torch.randn(2, 5, 6), torch.randn(2, 5, 6), -torch.rand(6, 4), torch.randn(2, 5, 4),
                                torch.randn(2, 5, 4), chunk_size=0)
+
+
+def test_chunked_under_vmap_and_func_grad_equals_the_loops():
+    # torch.func traces the chunked path's out-of-place forms (no buffers, no out=): the states stacked, the adjoint
+    # λ_t = C_t g_t + Ā_{t+1} ⊙ λ_{t+1} run backwards through each chunk by its own loop. Values against the numpy
+    # loop per sample; every gradient against autograd through the reference loop, per sample
+    from torch import func
+
+    ps = [inputs(3, seed=s) for s in range(3)]
+    stacked = [torch.stack([p[k] for p in ps]) for k in NAMES]
+
+    def loss(fn, *a):
+        y, h = fn(*a[:8], True, a[8])
+        return (y * y.detach().cos()).sum() + (h * h.detach().sin()).sum()
+
+    def chunked(*a):
+        return selective_scan_chunked(*a, chunk_size=4)  # L = 13: chunks of 4, 4, 4, 1
+
+    y, h = func.vmap(lambda *a: chunked(*a[:8], True, a[8]))(*stacked)
+    grads = func.vmap(func.grad(lambda *a: loss(chunked, *a), argnums=tuple(range(9))))(*stacked)
+    for i, p in enumerate(ps):
+        y_np, h_np = numpy_loop(**p)
+        assert rel_err(y[i], y_np) < 1e-12 and rel_err(h[i], h_np) < 1e-12
+        leaves = [t.detach().clone().requires_grad_() for t in scan_args(p)]
+        want = torch.autograd.grad(loss(selective_scan_reference, *leaves), leaves)
+        for name, a, b in zip(NAMES, grads, want):
+            assert rel_err(a[i], b) < 1e-12, (i, name)
+
+
+def test_step_names_a_bad_u_t_or_delta_t():
+    # u_t fixes B and H; δ_t is checked against it (not the other way round)
+    A, BC, state = -torch.rand(6, 4), torch.randn(2, 4), torch.zeros(2, 6, 4)
+    with pytest.raises(ValueError, match=r"u_t must be \(B, H\) \(2 dimensions\); got shape \(2, 5, 6\)"):
+        selective_step(torch.randn(2, 5, 6), torch.randn(2, 6), A, BC, BC, None, None, None, True, state)
+    with pytest.raises(ValueError, match=r"delta must be \(B, H\) = \(2, 6\) like u; got \(2, 5\)"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 5), A, BC, BC, None, None, None, True, state)
+    with pytest.raises(ValueError, match=r"u_t must have a floating-point dtype \(float32 or float64\); got torch.int64"):
+        selective_step(torch.ones(2, 6, dtype=torch.int64), torch.randn(2, 6), A, BC, BC, None, None, None, True, state)
+
+
+def test_default_chunk_size_is_the_largest_power_of_two_that_fits():
+    # the docstring's definition, by enumeration: the largest T in {8, ..., 128} with T·B·H·N <= 2^19 (8 when none),
+    # on both sides of the bound (1·256·16·128 = 2^19 exactly; 17 states: 64)
+    def by_definition(b, h, n):
+        fits = [T for T in (8, 16, 32, 64, 128) if T * b * h * n <= 2**19]
+        return max(fits) if fits else 8
+
+    cases = [(1, 256, 16), (1, 256, 17), (2, 256, 16), (1, 6, 4), (8, 512, 16), (4, 64, 32), (1, 4096, 16), (16, 512, 16),
+             (3, 5, 7)]
+    assert [default_chunk_size(*c) for c in cases] == [by_definition(*c) for c in cases] == [128, 64, 64, 128, 8, 64, 8, 8, 128]

@@ -230,3 +230,30 @@ def test_dispatch_passes_the_chunk_size_on():
     y, h = ssd(x, dt, A, B, C, h0, chunk_size=0, backend="reference")
     y_q, h_q = quadratic_form(x, dt, A, B, C, h0)
     assert rel_err(y, y_q) < TOL64 and rel_err(h, h_q) < TOL64
+
+
+def test_step_checks_its_inputs_and_its_state():
+    # the state h must be (B, H, P, N) in x_t's dtype: a batch-1, P = 1 or float32 state used to broadcast or promote
+    # silently into a (2, 6, 3, 5) float64 result
+    x, dt, A, B, C, h0 = make_inputs(L=1)  # x_t (2, 6, 3), dt_t (2, 6), B_t, C_t (2, 2, 5), h (2, 6, 3, 5)
+    x_t, dt_t, B_t, C_t = x[:, 0], dt[:, 0], B[:, 0], C[:, 0]
+
+    def raises(match, *args):
+        with pytest.raises(ValueError, match=match):
+            ssd_step(*args)
+
+    want = r"h must be \(B, H, P, N\) = \(2, 6, 3, 5\) in x_t's dtype torch.float64 on cpu; got "
+    raises(want + r"\(1, 6, 3, 5\) torch.float64 on cpu", x_t, dt_t, A, B_t, C_t, h0[:1])
+    raises(want + r"\(2, 6, 1, 5\) torch.float64 on cpu", x_t, dt_t, A, B_t, C_t, h0[:, :, :1])
+    raises(want + r"\(2, 6, 3, 5\) torch.float32 on cpu", x_t, dt_t, A, B_t, C_t, h0.float())
+    raises(want + "NoneType", x_t, dt_t, A, B_t, C_t, None)
+    raises(r"x_t must be a tensor \(B, H, P\); got \(2, 6\)", x_t[..., 0], dt_t, A, B_t, C_t, h0)
+    raises(r"dt_t must be a tensor \(B, H\); got list", x_t, dt_t.tolist(), A, B_t, C_t, h0)
+    raises(r"C must have B's shape", x_t, dt_t, A, B_t, C_t[..., :4], h0)
+    raises("G dividing the H = 6 heads", x_t, dt_t, A, B_t[:, :1].expand(2, 4, 5), C_t[:, :1].expand(2, 4, 5), h0)
+    # and a good state gives the recurrence's step: H = exp(Δ A) H_{-1} + Δ x Bᵀ, y = H C, by hand per head
+    y, h = ssd_step(x_t, dt_t, A, B_t, C_t, h0)
+    for head in range(6):
+        g = head // 3
+        H = torch.exp(dt_t[:, head] * A[head])[:, None, None] * h0[:, head] + (dt_t[:, head, None] * x_t[:, head])[:, :, None] * B_t[:, g, None, :]
+        assert rel_err(h[:, head], H) < TOL64 and rel_err(y[:, head], (H * C_t[:, g, None, :]).sum(-1)) < TOL64

@@ -288,3 +288,44 @@ def test_step_names_a_missing_state():
     with pytest.raises(ValueError, match="state"):
         selective_step(torch.randn(2, 6), torch.randn(2, 6), -torch.rand(6, 4), torch.randn(2, 4), torch.randn(2, 4),
                        None, None, None, True, None)
+
+
+@pytest.mark.parametrize("G", [None, 3])
+def test_step_without_options_equals_the_numpy_loop(G):
+    # no skip, gate or bias and no softplus: the numpy loop with D = 0, z → ∞ (SiLU(z) = z·σ(z) → z: so a gate of
+    # z = 40 scaled back, σ(40) = 1 - 4e-18), b_Δ = 0 and δ = softplus⁻¹(Δ) with Δ = |δ| + 0.1 given to the step
+    p = inputs(G)
+    dt = p["delta"].abs() + 0.1
+    zeros = torch.zeros(H, dtype=F64, device=DEVICE)
+    gate = torch.full_like(p["z"], 40.0)
+    y_np, h_np = numpy_loop(p["u"], torch.log(torch.expm1(dt)), p["A"], p["B"], p["C"], zeros, gate, zeros, p["state"])
+    state = p["state"]
+    for t in range(L):
+        y_t, state = selective_step(p["u"][:, t], dt[:, t], p["A"], p["B"][:, t], p["C"][:, t], None, None, None, False, state)
+        assert rel_err(y_t, y_np[:, t] / 40.0) < 1e-12
+    assert rel_err(state, h_np) < 1e-12
+
+
+def test_step_rejects_zero_groups():
+    # B_t (B, G, N) with G = 0: a ValueError, not a division by zero
+    with pytest.raises(ValueError, match=r"B and C must be \(B, N\) = \(2, 4\) or grouped \(B, G, N\) with G dividing H=6"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 6), -torch.rand(6, 4), torch.randn(2, 0, 4), torch.randn(2, 0, 4),
+                       None, None, None, True, torch.zeros(2, 6, 4))
+
+
+def test_chunk_buffers_fit_a_short_last_chunk_without_a_warning():
+    # each chunk's out= buffers are sliced to its own length: an out= of the wrong length would be resized by torch
+    # with a (deprecated-behaviour) UserWarning, and later torch releases will refuse it. L = 13 in chunks of 4: 4, 4, 4, 1
+    import warnings
+
+    p = inputs(requires_grad=True)
+    args = scan_args(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, h = selective_scan_chunked(*args[:8], True, args[8], chunk_size=4)
+        grads = torch.autograd.grad(y.sum() + h.sum(), args)
+    y_np, h_np = numpy_loop(**p)
+    assert rel_err(y, y_np) < 1e-12 and rel_err(h, h_np) < 1e-12
+    ref = torch.autograd.grad(sum(t.sum() for t in selective_scan_reference(*args[:8], True, args[8])), args)
+    for name, a, b in zip(NAMES, grads, ref):
+        assert rel_err(a, b) < 1e-12, name

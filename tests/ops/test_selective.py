@@ -329,3 +329,25 @@ def test_chunk_buffers_fit_a_short_last_chunk_without_a_warning():
     ref = torch.autograd.grad(sum(t.sum() for t in selective_scan_reference(*args[:8], True, args[8])), args)
     for name, a, b in zip(NAMES, grads, ref):
         assert rel_err(a, b) < 1e-12, name
+
+
+@pytest.mark.parametrize("L_,T", [(13, 4), (3, 4), (13, 64)])
+def test_chunk_buffers_hold_one_chunk(monkeypatch, L_, T):
+    # the chunked path's memory bound: its reused buffers hold min(T, L) steps of the states, never all L
+    import ssmkit.ops.selective as selective
+
+    shapes = []
+    Buffers = selective._ChunkBuffers
+
+    class Spy(Buffers):
+        def __init__(self, names, shape, like, enabled):
+            shapes.append(shape[0])
+            super().__init__(names, shape, like, enabled)
+
+    monkeypatch.setattr(selective, "_ChunkBuffers", Spy)
+    p = inputs(L=L_, requires_grad=True)
+    y, h = selective_scan_chunked(*scan_args(p)[:8], True, p["state"], chunk_size=T)
+    (y.sum() + h.sum()).backward()
+    assert shapes == [min(T, L_)] * 2  # forward and backward
+    y_np, h_np = numpy_loop(**p)
+    assert rel_err(y, y_np) < 1e-12 and rel_err(h, h_np) < 1e-12

@@ -196,7 +196,7 @@ BAD = [
     (dict(u=torch.ones(2, 5, 6, dtype=torch.int64)), "floating-point"),
     (dict(delta=torch.randn(2, 5, 7)), r"delta must be \(B, L, H\)"),
     (dict(A=torch.randn(5, 4)), r"A must be \(H, N\) with H=6"),
-    (dict(B=torch.randn(2, 5, 3)), "B and C must have one shape"),
+    (dict(B=torch.randn(2, 5, 3)), r"B and C must have one shape; got B \(2, 5, 3\) and C \(2, 5, 4\)"),
     (dict(B=torch.randn(2, 5, 3), C=torch.randn(2, 5, 3)), r"B and C must be \(B, L, N\) = \(2, 5, 4\) or grouped"),
     (dict(B=torch.randn(2, 5, 4, 4), C=torch.randn(2, 5, 4, 4)), "G dividing H=6"),
     (dict(D=torch.randn(5)), r"D must be \(H,\) = \(6,\)"),
@@ -205,6 +205,7 @@ BAD = [
     (dict(state=torch.randn(2, 6, 5)), r"state must be \(B, H, N\) = \(2, 6, 4\)"),
     (dict(state=torch.randn(2, 6, 4, dtype=F64)), "state must have u's dtype torch.float32"),
     (dict(A=[[1.0]]), "A must be a torch.Tensor"),
+    (dict(delta=torch.randn(2, 5, 6, device="meta")), "delta must be on u's device cpu; got meta"),  # a second device
 ]
 
 
@@ -265,6 +266,8 @@ def test_step_names_a_bad_u_t_or_delta_t():
         selective_step(torch.randn(2, 5, 6), torch.randn(2, 6), A, BC, BC, None, None, None, True, state)
     with pytest.raises(ValueError, match=r"delta must be \(B, H\) = \(2, 6\) like u; got \(2, 5\)"):
         selective_step(torch.randn(2, 6), torch.randn(2, 5), A, BC, BC, None, None, None, True, state)
+    with pytest.raises(ValueError, match=r"B and C must have one shape; got B \(2, 5\) and C \(2, 4\)"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 6), A, torch.randn(2, 5), BC, None, None, None, True, state)
     with pytest.raises(ValueError, match=r"u_t must have a floating-point dtype \(float32 or float64\); got torch.int64"):
         selective_step(torch.ones(2, 6, dtype=torch.int64), torch.randn(2, 6), A, BC, BC, None, None, None, True, state)
 

@@ -206,6 +206,9 @@ BAD = [
     (dict(state=torch.randn(2, 6, 4, dtype=F64)), "state must have u's dtype torch.float32"),
     (dict(A=[[1.0]]), "A must be a torch.Tensor"),
     (dict(delta=torch.randn(2, 5, 6, device="meta")), "delta must be on u's device cpu; got meta"),  # a second device
+    (dict(u=torch.randn(0, 5, 6), delta=torch.randn(0, 5, 6), z=torch.randn(0, 5, 6)), r"u must be \(B, L, H\) with B, L >= 1"),
+    (dict(A=-torch.rand(6, 0)), r"A must be \(H, N\) with H=6"),  # N = 0
+    (dict(B=torch.randn(2, 5, 0, 4), C=torch.randn(2, 5, 0, 4)), "G dividing H=6"),  # G = 0: not a division by zero
 ]
 
 
@@ -354,3 +357,22 @@ def test_chunk_buffers_hold_one_chunk(monkeypatch, L_, T):
     assert shapes == [min(T, L_)] * 2  # forward and backward
     y_np, h_np = numpy_loop(**p)
     assert rel_err(y, y_np) < 1e-12 and rel_err(h, h_np) < 1e-12
+
+
+def test_double_backward_of_the_grouped_chunked_scan_from_rest_equals_the_loop():
+    # create_graph: the chunked backward is autograd's through its step loop (_core_loop), here with G = 3 groups of
+    # P = 2 channels and no initial state, against autograd twice through the reference loop
+    p = inputs(3, requires_grad=True)
+    args = scan_args(p)[:8]
+    g = torch.Generator().manual_seed(7)
+    gy = torch.randn(Bsz, L, H, dtype=F64, generator=g)
+
+    def second(fn):
+        y, h = fn(*args, True, None)
+        first = torch.autograd.grad((y * gy).sum() + h.square().sum(), args, create_graph=True)
+        return torch.autograd.grad(sum((d * d.detach().cos()).sum() for d in first), args)
+
+    want = second(selective_scan_reference)
+    got = second(lambda *a: selective_scan_chunked(*a, chunk_size=4))
+    for name, a, b in zip(NAMES, got, want):
+        assert rel_err(a, b) < 1e-11, name

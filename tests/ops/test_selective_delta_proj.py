@@ -124,6 +124,7 @@ BAD = [
     (dict(delta_low=torch.randn(2, 5, 4)), r"delta must be \(B, L, R\) = \(2, 5, 3\) \(R from delta_proj\)"),
     (dict(delta_low=torch.randn(2, 5, 6)), r"delta must be \(B, L, R\) = \(2, 5, 3\)"),
     (dict(W=torch.randn(6, 3, dtype=F64)), "delta_proj must have u's dtype torch.float32"),
+    (dict(W=torch.randn(6, 0), delta_low=torch.randn(2, 5, 0)), r"delta_proj must be \(H, R\) with H=6"),  # R = 0
     (dict(B=torch.randn(2, 5, 3)), r"B and C must have one shape; got B \(2, 5, 3\) and C \(2, 5, 4\)"),
 ]
 

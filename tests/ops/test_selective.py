@@ -196,7 +196,7 @@ BAD = [
     (dict(u=torch.ones(2, 5, 6, dtype=torch.int64)), "floating-point"),
     (dict(delta=torch.randn(2, 5, 7)), r"delta must be \(B, L, H\)"),
     (dict(A=torch.randn(5, 4)), r"A must be \(H, N\) with H=6"),
-    (dict(B=torch.randn(2, 5, 3)), "B and C must have one shape"),
+    (dict(B=torch.randn(2, 5, 3)), r"B and C must have one shape; got B \(2, 5, 3\) and C \(2, 5, 4\)"),
     (dict(B=torch.randn(2, 5, 3), C=torch.randn(2, 5, 3)), r"B and C must be \(B, L, N\) = \(2, 5, 4\) or grouped"),
     (dict(B=torch.randn(2, 5, 4, 4), C=torch.randn(2, 5, 4, 4)), "G dividing H=6"),
     (dict(D=torch.randn(5)), r"D must be \(H,\) = \(6,\)"),
@@ -205,6 +205,10 @@ BAD = [
     (dict(state=torch.randn(2, 6, 5)), r"state must be \(B, H, N\) = \(2, 6, 4\)"),
     (dict(state=torch.randn(2, 6, 4, dtype=F64)), "state must have u's dtype torch.float32"),
     (dict(A=[[1.0]]), "A must be a torch.Tensor"),
+    (dict(delta=torch.randn(2, 5, 6, device="meta")), "delta must be on u's device cpu; got meta"),  # a second device
+    (dict(u=torch.randn(0, 5, 6), delta=torch.randn(0, 5, 6), z=torch.randn(0, 5, 6)), r"u must be \(B, L, H\) with B, L >= 1"),
+    (dict(A=-torch.rand(6, 0)), r"A must be \(H, N\) with H=6"),  # N = 0
+    (dict(B=torch.randn(2, 5, 0, 4), C=torch.randn(2, 5, 0, 4)), "G dividing H=6"),  # G = 0: not a division by zero
 ]
 
 
@@ -229,3 +233,146 @@ def test_step_bad_inputs_raise():
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         selective_scan_chunked(torch.randn(2, 5, 6), torch.randn(2, 5, 6), -torch.rand(6, 4), torch.randn(2, 5, 4),
                                torch.randn(2, 5, 4), chunk_size=0)
+
+
+def test_chunked_under_vmap_and_func_grad_equals_the_loops():
+    # torch.func traces the chunked path's out-of-place forms (no buffers, no out=): the states stacked, the adjoint
+    # λ_t = C_t g_t + Ā_{t+1} ⊙ λ_{t+1} run backwards through each chunk by its own loop. Values against the numpy
+    # loop per sample; every gradient against autograd through the reference loop, per sample
+    from torch import func
+
+    ps = [inputs(3, seed=s) for s in range(3)]
+    stacked = [torch.stack([p[k] for p in ps]) for k in NAMES]
+
+    def loss(fn, *a):
+        y, h = fn(*a[:8], True, a[8])
+        return (y * y.detach().cos()).sum() + (h * h.detach().sin()).sum()
+
+    def chunked(*a):
+        return selective_scan_chunked(*a, chunk_size=4)  # L = 13: chunks of 4, 4, 4, 1
+
+    y, h = func.vmap(lambda *a: chunked(*a[:8], True, a[8]))(*stacked)
+    grads = func.vmap(func.grad(lambda *a: loss(chunked, *a), argnums=tuple(range(9))))(*stacked)
+    for i, p in enumerate(ps):
+        y_np, h_np = numpy_loop(**p)
+        assert rel_err(y[i], y_np) < 1e-12 and rel_err(h[i], h_np) < 1e-12
+        leaves = [t.detach().clone().requires_grad_() for t in scan_args(p)]
+        want = torch.autograd.grad(loss(selective_scan_reference, *leaves), leaves)
+        for name, a, b in zip(NAMES, grads, want):
+            assert rel_err(a[i], b) < 1e-12, (i, name)
+
+
+def test_step_names_a_bad_u_t_or_delta_t():
+    # u_t fixes B and H; δ_t is checked against it (not the other way round)
+    A, BC, state = -torch.rand(6, 4), torch.randn(2, 4), torch.zeros(2, 6, 4)
+    with pytest.raises(ValueError, match=r"u_t must be \(B, H\) \(2 dimensions\); got shape \(2, 5, 6\)"):
+        selective_step(torch.randn(2, 5, 6), torch.randn(2, 6), A, BC, BC, None, None, None, True, state)
+    with pytest.raises(ValueError, match=r"delta must be \(B, H\) = \(2, 6\) like u; got \(2, 5\)"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 5), A, BC, BC, None, None, None, True, state)
+    with pytest.raises(ValueError, match=r"B and C must have one shape; got B \(2, 5\) and C \(2, 4\)"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 6), A, torch.randn(2, 5), BC, None, None, None, True, state)
+    with pytest.raises(ValueError, match=r"u_t must have a floating-point dtype \(float32 or float64\); got torch.int64"):
+        selective_step(torch.ones(2, 6, dtype=torch.int64), torch.randn(2, 6), A, BC, BC, None, None, None, True, state)
+
+
+def test_default_chunk_size_is_the_largest_power_of_two_that_fits():
+    # the docstring's definition, by enumeration: the largest T in {8, ..., 128} with T·B·H·N <= 2^19 (8 when none),
+    # on both sides of the bound (1·256·16·128 = 2^19 exactly; 17 states: 64)
+    def by_definition(b, h, n):
+        fits = [T for T in (8, 16, 32, 64, 128) if T * b * h * n <= 2**19]
+        return max(fits) if fits else 8
+
+    cases = [(1, 256, 16), (1, 256, 17), (2, 256, 16), (1, 6, 4), (8, 512, 16), (4, 64, 32), (1, 4096, 16), (16, 512, 16),
+             (3, 5, 7)]
+    assert [default_chunk_size(*c) for c in cases] == [by_definition(*c) for c in cases] == [128, 64, 64, 128, 8, 64, 8, 8, 128]
+
+
+@pytest.mark.xfail(strict=True, reason="ops/selective (lead-owned): _check_selective skips a state of None, which "
+                   "selective_step needs (state: Tensor), so state=None raises AttributeError ('NoneType' object has "
+                   "no attribute 'reshape') instead of a ValueError naming the state (probe 23)")
+def test_step_names_a_missing_state():
+    with pytest.raises(ValueError, match="state"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 6), -torch.rand(6, 4), torch.randn(2, 4), torch.randn(2, 4),
+                       None, None, None, True, None)
+
+
+@pytest.mark.parametrize("G", [None, 3])
+def test_step_without_options_equals_the_numpy_loop(G):
+    # no skip, gate or bias and no softplus: the numpy loop with D = 0, z → ∞ (SiLU(z) = z·σ(z) → z: so a gate of
+    # z = 40 scaled back, σ(40) = 1 - 4e-18), b_Δ = 0 and δ = softplus⁻¹(Δ) with Δ = |δ| + 0.1 given to the step
+    p = inputs(G)
+    dt = p["delta"].abs() + 0.1
+    zeros = torch.zeros(H, dtype=F64, device=DEVICE)
+    gate = torch.full_like(p["z"], 40.0)
+    y_np, h_np = numpy_loop(p["u"], torch.log(torch.expm1(dt)), p["A"], p["B"], p["C"], zeros, gate, zeros, p["state"])
+    state = p["state"]
+    for t in range(L):
+        y_t, state = selective_step(p["u"][:, t], dt[:, t], p["A"], p["B"][:, t], p["C"][:, t], None, None, None, False, state)
+        assert rel_err(y_t, y_np[:, t] / 40.0) < 1e-12
+    assert rel_err(state, h_np) < 1e-12
+
+
+def test_step_rejects_zero_groups():
+    # B_t (B, G, N) with G = 0: a ValueError, not a division by zero
+    with pytest.raises(ValueError, match=r"B and C must be \(B, N\) = \(2, 4\) or grouped \(B, G, N\) with G dividing H=6"):
+        selective_step(torch.randn(2, 6), torch.randn(2, 6), -torch.rand(6, 4), torch.randn(2, 0, 4), torch.randn(2, 0, 4),
+                       None, None, None, True, torch.zeros(2, 6, 4))
+
+
+def test_chunk_buffers_fit_a_short_last_chunk_without_a_warning():
+    # each chunk's out= buffers are sliced to its own length: an out= of the wrong length would be resized by torch
+    # with a (deprecated-behaviour) UserWarning, and later torch releases will refuse it. L = 13 in chunks of 4: 4, 4, 4, 1
+    import warnings
+
+    p = inputs(requires_grad=True)
+    args = scan_args(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, h = selective_scan_chunked(*args[:8], True, args[8], chunk_size=4)
+        grads = torch.autograd.grad(y.sum() + h.sum(), args)
+    y_np, h_np = numpy_loop(**p)
+    assert rel_err(y, y_np) < 1e-12 and rel_err(h, h_np) < 1e-12
+    ref = torch.autograd.grad(sum(t.sum() for t in selective_scan_reference(*args[:8], True, args[8])), args)
+    for name, a, b in zip(NAMES, grads, ref):
+        assert rel_err(a, b) < 1e-12, name
+
+
+@pytest.mark.parametrize("L_,T", [(13, 4), (3, 4), (13, 64)])
+def test_chunk_buffers_hold_one_chunk(monkeypatch, L_, T):
+    # the chunked path's memory bound: its reused buffers hold min(T, L) steps of the states, never all L
+    import ssmkit.ops.selective as selective
+
+    shapes = []
+    Buffers = selective._ChunkBuffers
+
+    class Spy(Buffers):
+        def __init__(self, names, shape, like, enabled):
+            shapes.append(shape[0])
+            super().__init__(names, shape, like, enabled)
+
+    monkeypatch.setattr(selective, "_ChunkBuffers", Spy)
+    p = inputs(L=L_, requires_grad=True)
+    y, h = selective_scan_chunked(*scan_args(p)[:8], True, p["state"], chunk_size=T)
+    (y.sum() + h.sum()).backward()
+    assert shapes == [min(T, L_)] * 2  # forward and backward
+    y_np, h_np = numpy_loop(**p)
+    assert rel_err(y, y_np) < 1e-12 and rel_err(h, h_np) < 1e-12
+
+
+def test_double_backward_of_the_grouped_chunked_scan_from_rest_equals_the_loop():
+    # create_graph: the chunked backward is autograd's through its step loop (_core_loop), here with G = 3 groups of
+    # P = 2 channels and no initial state, against autograd twice through the reference loop
+    p = inputs(3, requires_grad=True)
+    args = scan_args(p)[:8]
+    g = torch.Generator().manual_seed(7)
+    gy = torch.randn(Bsz, L, H, dtype=F64, generator=g)
+
+    def second(fn):
+        y, h = fn(*args, True, None)
+        first = torch.autograd.grad((y * gy).sum() + h.square().sum(), args, create_graph=True)
+        return torch.autograd.grad(sum((d * d.detach().cos()).sum() for d in first), args)
+
+    want = second(selective_scan_reference)
+    got = second(lambda *a: selective_scan_chunked(*a, chunk_size=4))
+    for name, a, b in zip(NAMES, got, want):
+        assert rel_err(a, b) < 1e-11, name

@@ -124,6 +124,8 @@ BAD = [
     (dict(delta_low=torch.randn(2, 5, 4)), r"delta must be \(B, L, R\) = \(2, 5, 3\) \(R from delta_proj\)"),
     (dict(delta_low=torch.randn(2, 5, 6)), r"delta must be \(B, L, R\) = \(2, 5, 3\)"),
     (dict(W=torch.randn(6, 3, dtype=F64)), "delta_proj must have u's dtype torch.float32"),
+    (dict(W=torch.randn(6, 0), delta_low=torch.randn(2, 5, 0)), r"delta_proj must be \(H, R\) with H=6"),  # R = 0
+    (dict(B=torch.randn(2, 5, 3)), r"B and C must have one shape; got B \(2, 5, 3\) and C \(2, 5, 4\)"),
 ]
 
 
@@ -135,3 +137,25 @@ def test_bad_inputs_raise(bad, match, backend):
                 state=torch.randn(2, 6, 4), W=torch.randn(6, 3))
     with pytest.raises(ValueError, match=match):
         call(ops.selective_scan, {**good, **bad}, backend=backend)
+
+
+@needs_native
+def test_the_native_path_receives_delta_proj_itself(monkeypatch):
+    # the C kernel forms δ = δlow W_Δᵀ itself (no (B, L, H) δ tensor, no thin GEMM): selective_scan hands it δlow and
+    # W_Δ, where the other paths get δ from F.linear first
+    import ssmkit.ops.selective as selective
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args[1].shape[-1], kwargs.get("delta_proj") is not None))
+        return selective_scan_native(*args, **kwargs)
+
+    monkeypatch.setattr(selective, "selective_scan_native", spy)
+    monkeypatch.setitem(selective._SELECTIVE_SCAN, "native", spy)
+    p = inputs(6)
+    y, h = call(ops.selective_scan, p, backend="native")
+    assert calls == [(R, True)]  # δlow (B, L, R) and W_Δ, not δ (B, L, H)
+    delta = torch.from_numpy(np.asarray(p["delta_low"].cpu()) @ np.asarray(p["W"].cpu()).T)
+    y_np, h_np = numpy_loop(p["u"], delta, p["A"], p["B"], p["C"], p["D"], p["z"], p["delta_bias"], p["state"])
+    assert rel_err(y, y_np) < 1e-12 and rel_err(h, h_np) < 1e-12

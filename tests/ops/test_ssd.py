@@ -179,3 +179,81 @@ def test_step_continues_the_scan():
     y, h = ssd_chunked(x, dt, A, B, C, h0, chunk_size=4)
     y_t, h_next = ssd_step(x[:, 6], dt[:, 6], A, B[:, 6], C[:, 6], ssd_chunked(x[:, :6], dt[:, :6], A, B[:, :6], C[:, :6], h0)[1])
     assert rel_err(y_t, y[:, 6]) < TOL64 and rel_err(h_next, h) < TOL64
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_both_paths_check_their_inputs(backend):
+    # every check is reached by the reference too, and each names the argument it rejects
+    x, dt, A, B, C, h0 = make_inputs(L=10)  # B, C (2, 10, 2, 5): G = 2 groups of the H = 6 heads, P = 3, N = 5
+
+    def raises(match, *args):
+        with pytest.raises(ValueError, match=match):
+            ssd(*args, backend=backend)
+
+    raises(r"B must be \(B, L, G, N\) with \(B, L\) = \(2, 10\) and G dividing", x, dt, A, B[..., :1, :].expand(2, 10, 4, 5), C)
+    raises("C must have B's shape", x, dt, A, B, C[..., :4])
+    empty = torch.zeros(2, 10, 0, 5, dtype=torch.float64)
+    raises("G dividing the H = 6 heads", x, dt, A, empty, empty)  # G = 0: no group (not a division by zero)
+    raises(r"x must be \(B, L, H, P\) with B, L >= 1; got shape \(0, 10, 6, 3\)", x[:0], dt[:0], A, B[:0], C[:0])
+    raises("dt must be on x's device cpu; got meta", x, dt.to("meta"), A, B, C)  # meta stands in for a second device
+    raises("C must be on x's device cpu; got meta", x, dt, A, B, C.to("meta"))
+    raises(r"h0 must have x's dtype torch.float64 and device cpu; got torch.float32 on cpu", x, dt, A, B, C, h0.float())
+    raises("h0 must have x's dtype torch.float64 and device cpu; got torch.float64 on meta", x, dt, A, B, C, h0.to("meta"))
+    raises(r"h0 must be \(B, H, P, N\) = \(2, 6, 3, 5\); got list", x, dt, A, B, C, h0.tolist())
+
+
+def test_chunk_length_is_at_most_L_and_64_by_default(monkeypatch):
+    # the chunk length T = min(chunk_size, L), chunk_size 64 when None (the docstring), seen through the segment sums
+    # of each chunk (their last axis is T) and the count of chunk states in the recurrence over chunks (⌈L/T⌉)
+    import ssmkit.ops.ssd as ssd_module
+
+    seen = []
+    segment, recurrence = ssd_module.segment_sums, ssd_module.linear_recurrence
+    monkeypatch.setattr(ssd_module, "segment_sums", lambda a: seen.append(("T", a.shape[-1])) or segment(a))
+    monkeypatch.setattr(ssd_module, "linear_recurrence", lambda a, b, h0: seen.append(("nc", a.shape[1])) or recurrence(a, b, h0))
+    for L, chunk_size, want in ((5, None, [("T", 5), ("nc", 1)]), (130, None, [("T", 64), ("nc", 3)]),
+                                (7, 3, [("T", 3), ("nc", 3)]), (7, 100, [("T", 7), ("nc", 1)])):
+        seen.clear()
+        x, dt, A, B, C, h0 = make_inputs(Bsz=1, L=L, H=2, P=1, G=1, N=2)
+        y, h = ssd(x, dt, A, B, C, h0, chunk_size=chunk_size, backend="chunked")
+        assert seen == want, (L, chunk_size)
+        y_ref, h_ref = ssd_reference(x, dt, A, B, C, h0)
+        assert rel_err(y, y_ref) < TOL64 and rel_err(h, h_ref) < TOL64
+
+
+def test_dispatch_passes_the_chunk_size_on():
+    # ssd(chunk_size=...) reaches the chunked path (its check of the value); the reference takes no chunk size
+    x, dt, A, B, C, h0 = make_inputs(L=6)
+    for backend in ("chunked", "auto"):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int; got 0"):
+            ssd(x, dt, A, B, C, h0, chunk_size=0, backend=backend)
+    y, h = ssd(x, dt, A, B, C, h0, chunk_size=0, backend="reference")
+    y_q, h_q = quadratic_form(x, dt, A, B, C, h0)
+    assert rel_err(y, y_q) < TOL64 and rel_err(h, h_q) < TOL64
+
+
+def test_step_checks_its_inputs_and_its_state():
+    # the state h must be (B, H, P, N) in x_t's dtype: a batch-1, P = 1 or float32 state used to broadcast or promote
+    # silently into a (2, 6, 3, 5) float64 result
+    x, dt, A, B, C, h0 = make_inputs(L=1)  # x_t (2, 6, 3), dt_t (2, 6), B_t, C_t (2, 2, 5), h (2, 6, 3, 5)
+    x_t, dt_t, B_t, C_t = x[:, 0], dt[:, 0], B[:, 0], C[:, 0]
+
+    def raises(match, *args):
+        with pytest.raises(ValueError, match=match):
+            ssd_step(*args)
+
+    want = r"h must be \(B, H, P, N\) = \(2, 6, 3, 5\) in x_t's dtype torch.float64 on cpu; got "
+    raises(want + r"\(1, 6, 3, 5\) torch.float64 on cpu", x_t, dt_t, A, B_t, C_t, h0[:1])
+    raises(want + r"\(2, 6, 1, 5\) torch.float64 on cpu", x_t, dt_t, A, B_t, C_t, h0[:, :, :1])
+    raises(want + r"\(2, 6, 3, 5\) torch.float32 on cpu", x_t, dt_t, A, B_t, C_t, h0.float())
+    raises(want + "NoneType", x_t, dt_t, A, B_t, C_t, None)
+    raises(r"x_t must be a tensor \(B, H, P\); got \(2, 6\)", x_t[..., 0], dt_t, A, B_t, C_t, h0)
+    raises(r"dt_t must be a tensor \(B, H\); got list", x_t, dt_t.tolist(), A, B_t, C_t, h0)
+    raises(r"C must have B's shape", x_t, dt_t, A, B_t, C_t[..., :4], h0)
+    raises("G dividing the H = 6 heads", x_t, dt_t, A, B_t[:, :1].expand(2, 4, 5), C_t[:, :1].expand(2, 4, 5), h0)
+    # and a good state gives the recurrence's step: H = exp(Δ A) H_{-1} + Δ x Bᵀ, y = H C, by hand per head
+    y, h = ssd_step(x_t, dt_t, A, B_t, C_t, h0)
+    for head in range(6):
+        g = head // 3
+        H = torch.exp(dt_t[:, head] * A[head])[:, None, None] * h0[:, head] + (dt_t[:, head, None] * x_t[:, head])[:, :, None] * B_t[:, g, None, :]
+        assert rel_err(h[:, head], H) < TOL64 and rel_err(y[:, head], (H * C_t[:, g, None, :]).sum(-1)) < TOL64

@@ -67,6 +67,23 @@ def _check_ssd(
             raise ValueError(f"h0 must have x's dtype {x.dtype} and device {x.device}; got {h0.dtype} on {h0.device}")
 
 
+def _check_ssd_step(
+    x_t: torch.Tensor, dt_t: torch.Tensor, A: torch.Tensor, B_t: torch.Tensor, C_t: torch.Tensor, h: torch.Tensor
+) -> None:
+    """Raise ``ValueError`` unless the inputs of :func:`ssd_step` are those of the scan at L = 1 and h is the state
+    (B, H, P, N) in x_t's dtype on its device (a state of another shape would broadcast silently)."""
+    for name, t, want in (("x_t", x_t, "(B, H, P)"), ("dt_t", dt_t, "(B, H)"), ("B_t", B_t, "(B, G, N)"),
+                          ("C_t", C_t, "(B, G, N)")):
+        if not isinstance(t, torch.Tensor) or t.dim() != want.count(",") + 1:
+            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a tensor {want}; got {found}")
+    _check_ssd(x_t.unsqueeze(1), dt_t.unsqueeze(1), A, B_t.unsqueeze(1), C_t.unsqueeze(1), None)
+    want = (*x_t.shape, B_t.shape[2])
+    if not isinstance(h, torch.Tensor) or tuple(h.shape) != want or h.dtype != x_t.dtype or h.device != x_t.device:
+        found = f"{tuple(h.shape)} {h.dtype} on {h.device}" if isinstance(h, torch.Tensor) else type(h).__name__
+        raise ValueError(f"h must be (B, H, P, N) = {want} in x_t's dtype {x_t.dtype} on {x_t.device}; got {found}")
+
+
 def ssd_step(
     x_t: torch.Tensor, dt_t: torch.Tensor, A: torch.Tensor, B_t: torch.Tensor, C_t: torch.Tensor, h: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +100,7 @@ def ssd_step(
     Returns:
         y_t (B, H, P) and H_t (B, H, P, N).
     """
+    _check_ssd_step(x_t, dt_t, A, B_t, C_t, h)
     Bsz, H, P = x_t.shape
     G, N = B_t.shape[1:]
     R = H // G  # heads per group

@@ -287,11 +287,9 @@ def test_default_chunk_size_is_the_largest_power_of_two_that_fits():
     assert [default_chunk_size(*c) for c in cases] == [by_definition(*c) for c in cases] == [128, 64, 64, 128, 8, 64, 8, 8, 128]
 
 
-@pytest.mark.xfail(strict=True, reason="ops/selective (lead-owned): _check_selective skips a state of None, which "
-                   "selective_step needs (state: Tensor), so state=None raises AttributeError ('NoneType' object has "
-                   "no attribute 'reshape') instead of a ValueError naming the state (probe 23)")
 def test_step_names_a_missing_state():
-    with pytest.raises(ValueError, match="state"):
+    # _check_selective skipped a state of None, which the step needs: AttributeError from reshape (probe 23)
+    with pytest.raises(ValueError, match=r"state must be the previous state \(B, H, N\) = \(2, 6, 4\) for a step"):
         selective_step(torch.randn(2, 6), torch.randn(2, 6), -torch.rand(6, 4), torch.randn(2, 4), torch.randn(2, 4),
                        None, None, None, True, None)
 

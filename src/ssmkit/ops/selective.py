@@ -113,6 +113,9 @@ def _check_selective(
             f"B and C must be {letters}, N) = {shared} or grouped {letters}, G, N) with G dividing H={H}; "
             f"got {tuple(B.shape)}"
         )
+    if state is None and step:
+        raise ValueError(f"state must be the previous state (B, H, N) = ({Bsz}, {H}, {N}) for a step; got None "
+                         "(zeros at rest)")
     if state is not None and tuple(state.shape) != (Bsz, H, N):
         raise ValueError(f"state must be (B, H, N) = ({Bsz}, {H}, {N}); got {tuple(state.shape)}")
 

@@ -42,6 +42,23 @@ def _simulate(model, u, state=None):
     return y.detach().numpy(), final
 
 
+def _check_linearisation(model, sys, lin, x_star, u0, steps, seed, rel):
+    """The linearised system simulated from δx under δu against the directional derivative of the model's forward
+    (its convolution or scan path) from x* + ε δx under u0 + ε δu, by central differences with one Richardson step
+    (error O(ε⁴); at ε = 1e-4 the rounding of the forward's FFT convolutions, ~1e-13 / ε, stays below ``rel``)."""
+    rng = np.random.default_rng(seed)
+    du, dx = rng.standard_normal((1, steps, sys.n_inputs)), rng.standard_normal(sys.n_states)
+
+    def central(eps):
+        plus, _ = _simulate(model, u0 + eps * du, sys.model_state(x_star + eps * dx))
+        minus, _ = _simulate(model, u0 - eps * du, sys.model_state(x_star - eps * dx))
+        return (plus - minus) / (2 * eps)
+
+    want = (4 * central(5e-5) - central(1e-4)) / 3
+    got = np.asarray(lin.simulate(du, x0=dx[None, None])).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=0, atol=rel * np.abs(want).max())
+
+
 @pytest.mark.parametrize("layer", ["s4d", "lru", "s5", "s4"])
 def test_the_equilibrium_is_where_a_long_simulation_settles(layer):
     model = _wiener(layer)
@@ -72,27 +89,15 @@ def test_the_static_characteristic_of_one_block_in_closed_form():
 
 @pytest.mark.parametrize("layer", ["s4d", "s4", "lru"])
 def test_the_linearisation_equals_central_differences_of_simulations(layer):
-    """The directional derivative of the output of the model's forward over 25 samples, from x* + ε δx under
-    u0 + ε δu, by central differences with one Richardson step (error O(ε⁴); ε = 1e-4, where the rounding of the
-    forward's FFT convolutions, ~1e-13 / ε, stays below the tolerance), against the linearised system simulated from
-    δx under δu."""
+    """The linearisation at an equilibrium against Richardson central differences of the model's forward over 25
+    samples (`_check_linearisation`)."""
     model = _wiener(layer)
     sys = NonlinearSystem(model)
     u0 = np.array([0.4, -0.8])
     x_star, _ = sys.equilibrium(u0)
     lin = sys.linearize(u0)
     assert lin.nsystems == 1 and lin.dt == 1.0 and not lin.is_complex
-    rng = np.random.default_rng(1)
-    du, dx = rng.standard_normal((1, 25, 2)), rng.standard_normal(sys.n_states)
-
-    def central(eps):
-        plus, _ = _simulate(model, u0 + eps * du, sys.model_state(x_star + eps * dx))
-        minus, _ = _simulate(model, u0 - eps * du, sys.model_state(x_star - eps * dx))
-        return (plus - minus) / (2 * eps)
-
-    want = (4 * central(5e-5) - central(1e-4)) / 3
-    got = lin.simulate(du, x0=dx[None, None])
-    np.testing.assert_allclose(np.asarray(got).reshape(want.shape), want, rtol=0, atol=1e-7 * np.abs(want).max())
+    _check_linearisation(model, sys, lin, x_star, u0, steps=25, seed=1, rel=1e-7)
 
 
 def test_a_linear_model_linearises_to_its_blocks_poles_at_every_point():
@@ -262,18 +267,7 @@ def test_every_registered_layer_in_a_model_has_equilibria_and_a_linearisation(la
     y, final = _simulate(model, np.broadcast_to(u0, (1, 6, 2)), sys.model_state(x_star))
     np.testing.assert_allclose(y[0], np.broadcast_to(y_star, (6, 2)), rtol=0, atol=1e-10 * (1 + np.abs(y_star).max()))
     np.testing.assert_allclose(sys.state_vector(final), x_star, rtol=0, atol=1e-10 * (1 + np.abs(x_star).max()))
-    lin = sys.linearize(u0)
-    rng = np.random.default_rng(0)
-    du, dx = rng.standard_normal((1, 8, 2)), rng.standard_normal(sys.n_states)
-
-    def central(eps):
-        plus, _ = _simulate(model, u0 + eps * du, sys.model_state(x_star + eps * dx))
-        minus, _ = _simulate(model, u0 - eps * du, sys.model_state(x_star - eps * dx))
-        return (plus - minus) / (2 * eps)
-
-    want = (4 * central(5e-5) - central(1e-4)) / 3
-    got = np.asarray(lin.simulate(du, x0=dx[None, None])).reshape(want.shape)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    _check_linearisation(model, sys, sys.linearize(u0), x_star, u0, steps=8, seed=0, rel=1e-6)
 
 
 def test_a_closed_loop_in_python_control_equals_the_loop_by_hand_and_settles_on_the_characteristic():

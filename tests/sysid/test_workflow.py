@@ -63,6 +63,9 @@ def test_recipes_and_model_from_recipe():
     assert tanks.first_layer_init == "data"  # from the record outside each run's block (tanks5)
     assert tanks.ssm_weight_decay == 0.2 and recipe_for("bouc_wen").ssm_weight_decay is None  # 0.2 since tanks8
     assert (tanks.d_model, tanks.d_state, tanks.n_layers) == (16, 8, 4)  # H = 16 since tanks7
+    # tanh in the first block since the tenth round (its equilibria stay at or above 0 V), ELU after it
+    assert (tanks.first_activation, tanks.activation) == ("tanh", "elu")
+    assert recipe_for("bouc_wen").first_activation is None and recipe_for("f16").first_activation is None
     assert recipe_for("bouc_wen").validation == "tail" and recipe_for("f16").validation == "tail"
     bw = recipe_for("bouc_wen")  # since bouc5 the cosine runs over 24 000 steps (docs/results.md, fifth session)
     assert (bw.steps, bw.schedule, bw.window, bw.batch_size, bw.washout) == (24000, "cosine", 512, 16, 100)

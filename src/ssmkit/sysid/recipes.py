@@ -143,10 +143,14 @@ RECIPES: dict[str, Recipe] = {
     # small margin; 9 of 12 over 12 seeds, 0.480 against 0.501 V; the test, for the record, is worse on the first 6:
     # 0.365 ± 0.060 against 0.344 ± 0.021 V); 5 layers, N = 4, 10 restarts, tanh in the first block and saturated
     # samples scored as measured (censor=False) validated worse (eighth round)
+    # Since the tenth round tanh in the first block (a bounded internal signal: the upper tank empties or
+    # overflows), chosen by a rule fixed before seeds 6-11 were run: prefer the structure whose equilibria over the
+    # training input range stay at or above 0 V on more seeds (tanh 6 of 6, ELU 4 of 6; ELU's went below 0 V on
+    # 4 of 6 of seeds 0-5 too), then out-of-fold validation (seeds 6-11: 0.475 ± 0.033 V against 0.561 ± 0.137 V)
     "cascaded_tanks": Recipe(d_model=16, n_layers=4, d_state=8, timescale=(0.4, 40.0), encoder_window=50,
                              window=256, batch_size=16, steps=5000, lr=3e-3, val_every=25, patience=60, restarts=5,
                              validation="kfold", folds=5, combine="average", output_range=(None, 10.0),
-                             first_layer_init="data", ssm_weight_decay=0.2),
+                             first_layer_init="data", ssm_weight_decay=0.2, first_activation="tanh"),
     # 750 Hz, a 35.6 Hz resonance damped 1.1 %: Δ·Ts between 0.1 ms and 10 ms; no init window in the official test, so
     # the simulation starts from rest and the first 100 samples of each training window are left out of the loss.
     # 17 simulated 5-period multisine realisations: 16 to train on, the last held out whole (its last period is the

@@ -267,3 +267,54 @@ def test_ensemble_analysis_covers_every_member():
         ms[0].layers[0].log_A_real.fill_(-1000.0)
         ms[0].layers[0].A_imag.zero_()
     assert ens.spectral_radius() == 1.0 and not ens.is_stable()
+
+
+def test_constructor_defaults_are_the_documented_ones():
+    m = DeepWiener(2, 1)
+    assert m.arguments == {"n_inputs": 2, "n_outputs": 1, "d_model": 8, "n_layers": 4, "layer": "s4d",
+                           "layer_options": {}, "activation": "elu", "dt": 1.0, "timescale": None,
+                           "encoder_window": 0, "encoder_hidden": 64}
+    assert m.d_model == 8 and len(m.layers) == 4 and len(m.skips) == 4 and m.layer_name == "s4d" and m.dt == 1.0
+    assert isinstance(m.activation, torch.nn.ELU) and m.block_activations is None and m.output_range is None
+    assert m.state_encoder is None and m.encoder_window == 0 and m.lti and m.u_mean.dtype == torch.float32
+    assert DeepWiener(2, 1, encoder_window=1).state_encoder[0].out_features == 64  # encoder_hidden
+
+
+def test_checks_of_the_constructor_and_of_the_inputs(monkeypatch):
+    with pytest.raises(ValueError, match="0 < τ_min < τ_max"):
+        DeepWiener(1, 1, timescale=(2.0, 2.0))
+    from ssmkit.layers import registry
+    from ssmkit.layers.protocol import Capabilities
+    from ssmkit.layers.s4d import S4D
+
+    class NoStep(S4D):  # a realisation but no recurrent step
+        capabilities = Capabilities(kernel=True, state_space=True, step=False)
+
+    monkeypatch.setitem(registry._REGISTRY, "s4d_no_step", NoStep)
+    with pytest.raises(ValueError, match="'s4d_no_step' has no step"):
+        DeepWiener(1, 1, layer="s4d_no_step")
+    acts = ["tanh", "elu"]
+    m = _randomised(block_activations=acts)
+    acts[0] = "relu"  # the caller's list changed afterwards: the model's arguments (a checkpoint's) are not
+    assert m.arguments["block_activations"] == ("tanh", "elu")
+    for bad, found in (([[0.5, 0.5]], "list"), (torch.zeros(2, 0, 2), r"\(2, 0, 2\)"), (torch.zeros(2, 3), r"\(2, 3\)")):
+        with pytest.raises(ValueError, match=rf"u must be \(B, L, 2\) for n_inputs=2; got {found}"):
+            m(bad)
+    for bad, found in ((torch.zeros(2, 3, 2), r"\(2, 3, 2\)"), (torch.zeros(0, 2), r"\(0, 2\)"), ([0.5, 0.5], "list")):
+        with pytest.raises(ValueError, match=rf"u must be \(B, 2\) for n_inputs=2; got {found}"):
+            m.step(bad, m.initial_state(2))
+
+
+def test_drop_encoder_leaves_a_model_that_simulates_from_rest():
+    m = _randomised(seed=13, encoder_window=3)
+    u = torch.randn(2, 6, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y, _ = m(u)
+    m.drop_encoder()
+    assert m.state_encoder is None and m.encoder_window == 0 and m.arguments["encoder_window"] == 0
+    with pytest.raises(ValueError, match="no state encoder"):
+        m.estimate_state(u[:, :3], torch.zeros(2, 3, 3, dtype=torch.float64))
+    back = DeepWiener.from_checkpoint(m.checkpoint())  # loads strictly: no encoder weights expected
+    assert back.state_encoder is None and back.encoder_window == 0
+    with torch.no_grad():
+        assert torch.equal(back(u)[0], y) and torch.equal(m(u)[0], y)

@@ -281,8 +281,9 @@ def test_constructor_defaults_are_the_documented_ones():
 
 
 def test_checks_of_the_constructor_and_of_the_inputs(monkeypatch):
-    with pytest.raises(ValueError, match="0 < τ_min < τ_max"):
-        DeepWiener(1, 1, timescale=(2.0, 2.0))
+    for bad in ((2.0, 2.0), (0.0, 5.0), (-1.0, 5.0)):  # τ_min = 0 divided by zero in Δ_max = Ts/τ_min
+        with pytest.raises(ValueError, match="0 < τ_min < τ_max"):
+            DeepWiener(1, 1, timescale=bad)
     from ssmkit.layers import registry
     from ssmkit.layers.protocol import Capabilities
     from ssmkit.layers.s4d import S4D
@@ -318,3 +319,28 @@ def test_drop_encoder_leaves_a_model_that_simulates_from_rest():
     assert back.state_encoder is None and back.encoder_window == 0
     with torch.no_grad():
         assert torch.equal(back(u)[0], y) and torch.equal(m(u)[0], y)
+
+
+def test_ensemble_construction_checkpoint_and_time_varying_members():
+    ms = [_randomised(seed=s) for s in (50, 51)]
+    ens = WienerEnsemble(tuple(ms))  # a tuple of members, as a list
+    assert len(ens) == 2 and all(a is b for a, b in zip(ens.members, ms))
+    for key in ("wiener_ensemble", "deep_wiener", "state_dict"):
+        with pytest.raises(ValueError, match=f"metadata must not set '{key}'"):
+            ens.checkpoint(**{key: 1})
+    ck = ens.checkpoint(benchmark="x")
+    assert ck["benchmark"] == "x" and ck["wiener_ensemble"] == [m.arguments for m in ms]
+    for bad in ({"wiener_ensemble": [], "state_dict": {}}, {"wiener_ensemble": ms[0].arguments, "state_dict": {}},
+                {"wiener_ensemble": [ms[0].arguments]}, [ck]):
+        with pytest.raises(ValueError, match="a WienerEnsemble checkpoint is a dict with 'wiener_ensemble'"):
+            WienerEnsemble.from_checkpoint(bad)
+    back = WienerEnsemble.from_checkpoint(ck)
+    u = torch.randn(1, 5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        assert back.members[0].u_mean.dtype == torch.float64 and torch.equal(back(u)[0], ens(u)[0])
+    # a member with time-varying blocks has no realisation (radius nan): the ensemble's radius is the LTI members'
+    torch.manual_seed(52)
+    tv = DeepWiener(2, 3, d_model=4, n_layers=1, layer="rglru", time_varying=True, dtype=torch.float64)
+    mixed = WienerEnsemble([tv, ms[1]])
+    assert mixed.spectral_radius() == ms[1].spectral_radius() and len(mixed.state_space()) == 2
+    assert not mixed.is_stable() and math.isnan(WienerEnsemble([tv]).spectral_radius())

@@ -344,3 +344,13 @@ def test_ensemble_construction_checkpoint_and_time_varying_members():
     mixed = WienerEnsemble([tv, ms[1]])
     assert mixed.spectral_radius() == ms[1].spectral_radius() and len(mixed.state_space()) == 2
     assert not mixed.is_stable() and math.isnan(WienerEnsemble([tv]).spectral_radius())
+
+
+def test_output_range_is_stored_as_floats_and_an_empty_range_is_refused():
+    for bad in ((1.0, 1.0), (math.nan, 1.0), (None, math.nan), [2, "3"]):  # lo = hi leaves no range to measure in
+        with pytest.raises(ValueError, match="output_range must be None or"):
+            DeepWiener(1, 1, output_range=bad)
+    for given, stored in (([0, 1], (0.0, 1.0)), ((None, 3), (None, 3.0)), ((-2, None), (-2.0, None))):
+        m = DeepWiener(1, 1, output_range=given)
+        assert m.output_range == stored and m.arguments["output_range"] == stored
+        assert all(type(v) is float for v in m.output_range if v is not None)

@@ -354,3 +354,28 @@ def test_output_range_is_stored_as_floats_and_an_empty_range_is_refused():
         m = DeepWiener(1, 1, output_range=given)
         assert m.output_range == stored and m.arguments["output_range"] == stored
         assert all(type(v) is float for v in m.output_range if v is not None)
+
+
+def test_estimate_state_fills_a_structured_state_part_after_part():
+    # a time-varying Mamba block's state is MambaState(conv (E, K-1), ssm (E, N)): its parts take consecutive slices
+    # of the encoder's output, the first block's before the second's
+    torch.manual_seed(60)
+    m = DeepWiener(2, 3, d_model=4, n_layers=2, layer="mamba", layer_options={"d_state": 4}, time_varying=True,
+                   encoder_window=2, encoder_hidden=6, dtype=torch.float64)
+    last = m.state_encoder[-1]
+    with torch.no_grad():
+        last.weight.normal_()
+        last.bias.normal_()
+    u_past = torch.randn(3, 2, 2, dtype=torch.float64)
+    y_past = torch.randn(3, 2, 3, dtype=torch.float64)
+    f = torch.cat([u_past, y_past], -1).reshape(3, -1).numpy()  # unit normalisation
+    v = np.tanh(f @ _np(m.state_encoder[0].weight).T + _np(m.state_encoder[0].bias)) @ _np(last.weight).T + _np(last.bias)
+    states = m.estimate_state(u_past, y_past)
+    start = 0
+    for s in states:
+        assert type(s).__name__ == "MambaState"
+        for part in s:
+            n = math.prod(part.shape[1:])
+            np.testing.assert_allclose(_np(part), v[:, start:start + n].reshape(part.shape), rtol=1e-12, atol=1e-12)
+            start += n
+    assert start == v.shape[1] == 2 * (8 * 3 + 8 * 4)

@@ -379,3 +379,15 @@ def test_estimate_state_fills_a_structured_state_part_after_part():
             np.testing.assert_allclose(_np(part), v[:, start:start + n].reshape(part.shape), rtol=1e-12, atol=1e-12)
             start += n
     assert start == v.shape[1] == 2 * (8 * 3 + 8 * 4)
+
+
+def test_censored_error_with_a_one_sided_range():
+    y = torch.tensor([10.0, 10.0, 5.0, 5.0, 0.0, 0.0], dtype=torch.float64)[:, None]
+    y_hat = torch.tensor([11.0, 9.0, 11.0, -1.0, -2.0, 1.0], dtype=torch.float64)[:, None]
+    upper = DeepWiener(1, 1, output_range=(None, 10.0), dtype=torch.float64)
+    lower = DeepWiener(1, 1, output_range=(0.0, None), dtype=torch.float64)
+    # only the set limit censors: at 10 (upper) min(ŷ − 10, 0), at 0 (lower) max(ŷ − 0, 0); elsewhere ŷ − y
+    assert upper.censored_error(y_hat, y)[:, 0].tolist() == [0.0, -1.0, 6.0, -6.0, -2.0, 1.0]
+    assert lower.censored_error(y_hat, y)[:, 0].tolist() == [1.0, -1.0, 6.0, -6.0, 0.0, 1.0]
+    assert upper.saturate(y_hat)[:, 0].tolist() == [10.0, 9.0, 10.0, -1.0, -2.0, 1.0]
+    assert lower.saturate(y_hat)[:, 0].tolist() == [11.0, 9.0, 11.0, 0.0, 0.0, 1.0]

@@ -281,6 +281,10 @@ def test_constructor_defaults_are_the_documented_ones():
 
 
 def test_checks_of_the_constructor_and_of_the_inputs(monkeypatch):
+    for name in ("n_inputs", "n_outputs", "d_model", "n_layers"):
+        for bad in (0, 2.0, True):
+            with pytest.raises(ValueError, match=name):
+                DeepWiener(**{"n_inputs": 1, "n_outputs": 1, name: bad})
     for bad in ((2.0, 2.0), (0.0, 5.0), (-1.0, 5.0)):  # τ_min = 0 divided by zero in Δ_max = Ts/τ_min
         with pytest.raises(ValueError, match="0 < τ_min < τ_max"):
             DeepWiener(1, 1, timescale=bad)

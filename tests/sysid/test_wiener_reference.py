@@ -329,6 +329,11 @@ def test_ensemble_construction_checkpoint_and_time_varying_members():
     ms = [_randomised(seed=s) for s in (50, 51)]
     ens = WienerEnsemble(tuple(ms))  # a tuple of members, as a list
     assert len(ens) == 2 and all(a is b for a, b in zip(ens.members, ms))
+    # the message names the member that differs and the value it has (the third here, not the second)
+    with pytest.raises(ValueError, match=r"must share dt: members\[0\] has 1\.0, members\[2\] has 0\.5"):
+        WienerEnsemble([ms[0], ms[1], _randomised(seed=53, dt=0.5)])
+    with pytest.raises(ValueError, match=r"members\[0\] is torch\.float64, members\[2\] is torch\.float32"):
+        WienerEnsemble([ms[0], ms[1], _randomised(seed=53, dtype=torch.float32)])
     for key in ("wiener_ensemble", "deep_wiener", "state_dict"):
         with pytest.raises(ValueError, match=f"metadata must not set '{key}'"):
             ens.checkpoint(**{key: 1})

@@ -400,3 +400,15 @@ def test_censored_error_with_a_one_sided_range():
     assert lower.censored_error(y_hat, y)[:, 0].tolist() == [1.0, -1.0, 6.0, -6.0, 0.0, 1.0]
     assert upper.saturate(y_hat)[:, 0].tolist() == [10.0, 9.0, 10.0, -1.0, -2.0, 1.0]
     assert lower.saturate(y_hat)[:, 0].tolist() == [11.0, 9.0, 11.0, 0.0, 0.0, 1.0]
+
+
+def test_estimate_state_names_a_window_that_is_not_a_real_tensor():
+    # a list raised AttributeError ('list' object has no attribute 'dim' / 'shape'), and a complex window was cast to
+    # real with a ComplexWarning, its imaginary part dropped, where forward refuses a complex u by name
+    m = DeepWiener(1, 1, d_model=2, n_layers=1, encoder_window=2, dtype=torch.float64)
+    u, y = torch.zeros(1, 2, 1, dtype=torch.float64), torch.zeros(1, 2, 1, dtype=torch.float64)
+    for u_past, y_past, name, found in (([[[0.0], [0.0]]], y, "u_past", "list"), (u, [[[0.0], [0.0]]], "y_past", "list"),
+                                        (u.to(torch.complex128), y, "u_past", "torch.complex128"),
+                                        (u, y.to(torch.complex128), "y_past", "torch.complex128")):
+        with pytest.raises(ValueError, match=rf"{name} must be a real tensor; got {found}"):
+            m.estimate_state(u_past, y_past)

@@ -346,6 +346,10 @@ class DeepWiener(nn.Module):
         if self.state_encoder is None:
             raise ValueError("this DeepWiener has no state encoder: build it with encoder_window > 0")
         n = self.encoder_window
+        for name, past in (("u_past", u_past), ("y_past", y_past)):  # as forward refuses a complex u
+            if not isinstance(past, torch.Tensor) or past.is_complex():
+                found = past.dtype if isinstance(past, torch.Tensor) else type(past).__name__
+                raise ValueError(f"{name} must be a real tensor; got {found}")
         if u_past.dim() != 3 or u_past.shape[1:] != (n, self.n_inputs) or y_past.shape != (u_past.shape[0], n, self.n_outputs):
             raise ValueError(
                 f"u_past must be (B, {n}, {self.n_inputs}) and y_past (B, {n}, {self.n_outputs}) for encoder_window={n}; "

@@ -152,11 +152,31 @@ def test_set_normalisation_pools_every_record():
     uu, yy = np.concatenate([_np(t) for t in u]), np.concatenate([_np(t) for t in y])
     for got, want in ((m.u_mean, uu.mean(0)), (m.u_std, uu.std(0)), (m.y_mean, yy.mean(0)), (m.y_std, yy.std(0))):
         np.testing.assert_allclose(_np(got), want, rtol=1e-12)
-    # a constant channel: its std is floored (a positive number), so the model stays finite
+    # a constant channel gets the scale 1 (scikit-learn's convention), so the model stays finite
     m.set_normalisation([torch.ones(5, 2, dtype=torch.float64)], [torch.full((5, 3), 2.0, dtype=torch.float64)])
-    assert (_np(m.u_std) > 0).all() and (_np(m.y_std) > 0).all() and (_np(m.y_std) <= 1e-11).all()
+    assert _np(m.u_std).tolist() == [1.0, 1.0] and _np(m.y_std).tolist() == [1.0, 1.0, 1.0]
+    assert _np(m.u_mean).tolist() == [1.0, 1.0] and _np(m.y_mean).tolist() == [2.0, 2.0, 2.0]
     with torch.no_grad():
         assert torch.isfinite(m(torch.randn(1, 4, 2, dtype=torch.float64))[0]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_constant_channel_is_scaled_by_one_and_a_small_varying_one_keeps_its_std(dtype):
+    # channel 0 held at 3.0 (constant), channel 1 varies by 1e-6 around 0 (small but real, as Bouc-Wen's metres are):
+    # a std of ~0 would map u = 3.01 to ~1e10 inside the model; the varying channel must keep its own std
+    m = DeepWiener(n_inputs=2, n_outputs=1, d_model=2, n_layers=1, layer="s4d", layer_options={"d_state": 2},
+                   dtype=dtype)
+    t = torch.arange(64, dtype=torch.float64)
+    small = 1e-6 * torch.sin(0.3 * t)
+    u = torch.stack([torch.full_like(t, 3.0), small], -1).to(dtype)
+    y = (1e-6 * torch.cos(0.2 * t))[:, None].to(dtype)
+    m.set_normalisation([u], [y])
+    assert float(m.u_std[0]) == 1.0
+    np.testing.assert_allclose(float(m.u_std[1]), float(small.to(dtype).double().std(correction=0)), rtol=1e-5)
+    np.testing.assert_allclose(float(m.y_std[0]), float(y.double().std(correction=0)), rtol=1e-5)
+    with torch.no_grad():
+        near = m(torch.tensor([[[3.01, 0.0]]], dtype=dtype))[0]
+    assert torch.isfinite(near).all() and near.abs().max() < 1e3
 
 
 def test_exported_state_space_reproduces_the_linear_part():

@@ -208,15 +208,19 @@ class DeepWiener(nn.Module):
     def set_normalisation(self, u: Sequence[torch.Tensor], y: Sequence[torch.Tensor]) -> None:
         """Store the mean and std of the estimation data (every record pooled) for the input and output scaling.
 
+        A channel that is constant in the data (std at most 10 machine epsilons of its mean's magnitude: rounding)
+        gets the scale 1, as scikit-learn's ``StandardScaler`` does: dividing by a std of ~0 would turn a change of
+        0.01 at run time into ~1e10 in the model.
+
         Args:
             u: records (L, m) of inputs.
             y: records (L, p) of outputs.
         """
         uu, yy = torch.cat(list(u)), torch.cat(list(y))
         self.u_mean.copy_(uu.mean(0))
-        self.u_std.copy_(uu.std(0, correction=0).clamp_min(1e-12))
+        self.u_std.copy_(_scale(uu))
         self.y_mean.copy_(yy.mean(0))
-        self.y_std.copy_(yy.std(0, correction=0).clamp_min(1e-12))
+        self.y_std.copy_(_scale(yy))
 
     def _check(self, u: torch.Tensor, per_step: bool) -> None:
         want = (2 if per_step else 3)
@@ -488,3 +492,10 @@ def _state_from_vector(spec, v: torch.Tensor):
         parts.append(_state_from_vector(s, v[:, start:start + size]))
         start += size
     return tuple(parts) if type(spec) is tuple else type(spec)(*parts)
+
+
+def _scale(x: torch.Tensor) -> torch.Tensor:
+    """The std over time of x (L, m) per channel, 1 where the channel is constant up to rounding."""
+    std = x.std(0, correction=0)
+    constant = std <= 10 * torch.finfo(x.dtype).eps * x.mean(0).abs()
+    return torch.where(constant, torch.ones_like(std), std)

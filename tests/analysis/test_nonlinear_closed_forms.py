@@ -1,0 +1,270 @@
+"""``ssmkit.analysis.NonlinearSystem`` on systems whose equilibria and Jacobians are written down by hand (probe 25):
+a module with a nested state (a complex tensor and a list of a real one), two inputs and two outputs, its Jacobian
+in closed form and its equilibrium from the closed form of the complex part and scipy's root finder for the real
+part; Newton's stopping rule and iteration count as the docstring defines them; the ensemble's member-by-member path
+against scipy and float64 central differences of its own update and output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from torch import nn
+
+import ssmkit.analysis.nonlinear as nonlinear
+from ssmkit.analysis import NonlinearSystem
+
+F64 = torch.float64
+LAM, BETA = 0.6 + 0.3j, 1.0 - 0.5j  # z' = λ z + β u0
+GAMMA, DELTA = np.array([0.7, -1.2]), np.array([0.4, 0.9])  # w_j' = tanh(w_j) / 2 + γ_j Re z + δ_j u1
+
+
+class _Hand(nn.Module):
+    """x = (z complex (B, 1), [w real (B, 2)]) -> x = [Re z, Im z, w0, w1] (n = 4), u (B, 2), y (B, 2):
+
+        z' = λ z + β u0,   w' = tanh(w) / 2 + γ Re z + δ u1,   y = [w0 w1 + u0, Im z + sin u1]
+    """
+
+    n_inputs = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.5))  # the copy's dtype follows this one's
+        self.register_buffer("gamma", torch.tensor(GAMMA))
+        self.register_buffer("delta", torch.tensor(DELTA))
+
+    def initial_state(self, batch_size):
+        real = self.scale.dtype
+        cplx = torch.complex128 if real == F64 else torch.complex64
+        return (torch.zeros(batch_size, 1, dtype=cplx), [torch.zeros(batch_size, 2, dtype=real)])
+
+    def step(self, u_t, state):
+        z, (w,) = state
+        z_next = LAM * z + BETA * u_t[:, :1]
+        w_next = self.scale * torch.tanh(w) + self.gamma * z.real + self.delta * u_t[:, 1:]
+        y = torch.stack([w[:, 0] * w[:, 1] + u_t[:, 0], z[:, 0].imag + torch.sin(u_t[:, 1])], 1)
+        return y, (z_next, [w_next])
+
+
+def _hand_jacobian(x, u):
+    """[∂f/∂x ∂f/∂u; ∂h/∂x ∂h/∂u] (6, 6) of `_Hand` at x (4,), u (2,), by hand."""
+    J = np.zeros((6, 6))
+    J[0, :2] = [LAM.real, -LAM.imag]  # Re(λ z) = Re λ Re z - Im λ Im z
+    J[1, :2] = [LAM.imag, LAM.real]
+    J[0, 4], J[1, 4] = BETA.real, BETA.imag
+    for j in range(2):
+        J[2 + j, 0] = GAMMA[j]
+        J[2 + j, 2 + j] = 0.5 / np.cosh(x[2 + j]) ** 2
+        J[2 + j, 5] = DELTA[j]
+    J[4, 2:4] = [x[3], x[2]]
+    J[4, 4] = 1.0
+    J[5, 1] = 1.0
+    J[5, 5] = np.cos(u[1])
+    return J
+
+
+def _hand_equilibrium(u):
+    """x* (4,) and y* (2,) of `_Hand` under u: z* = β u0 / (1 - λ) in closed form, each w_j* the root of
+    w = tanh(w) / 2 + c_j (slope <= 1/2: one root) by scipy."""
+    z = BETA * u[0] / (1 - LAM)
+    w = np.array([scipy.optimize.brentq(lambda v, c=c: 0.5 * np.tanh(v) + c - v, -50, 50, xtol=1e-15)
+                  for c in GAMMA * z.real + DELTA * u[1]])
+    return np.array([z.real, z.imag, *w]), np.array([w[0] * w[1] + u[0], z.imag + np.sin(u[1])])
+
+
+def test_the_equilibria_and_jacobians_of_a_system_written_by_hand():
+    torch.manual_seed(0)
+    sys = NonlinearSystem(_Hand().double())
+    assert (sys.n_states, sys.n_inputs, sys.n_outputs, sys.dt) == (4, 2, 2, 1.0)
+    u = np.array([[0.5, -1.0], [-2.0, 0.3], [1.5, 2.0]])
+    x_star, y_star = sys.equilibrium(u, tol=1e-14)  # Newton converges quadratically: to rounding
+    for k in range(3):
+        x_want, y_want = _hand_equilibrium(u[k])
+        np.testing.assert_allclose(x_star[k], x_want, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(y_star[k], y_want, rtol=0, atol=1e-12)
+    x0 = np.array([[0.3, -0.2, 1.1, -0.7], [2.0, 1.0, -0.4, 0.9], [-1.0, 0.5, 0.0, 3.0]])  # off equilibrium
+    for lin, x, atol in ((sys.linearize(u), x_star, 1e-10), (sys.linearize(u, x0), x0, 1e-13)):  # tol 1e-10
+        assert lin.nsystems == 3 and lin.dt == 1.0
+        for k in range(3):
+            J = _hand_jacobian(x[k], u[k])
+            for name, rows, cols in (("A", slice(0, 4), slice(0, 4)), ("B", slice(0, 4), slice(4, 6)),
+                                     ("C", slice(4, 6), slice(0, 4)), ("D", slice(4, 6), slice(4, 6))):
+                np.testing.assert_allclose(getattr(lin, name)[k], J[rows, cols], rtol=0, atol=atol, err_msg=name)
+    # one state for several inputs and several states for one input
+    lin = sys.linearize(u[1], x0)
+    for k in range(3):
+        np.testing.assert_allclose(lin.A[k], _hand_jacobian(x0[k], u[1])[:4, :4], rtol=0, atol=1e-13)
+    lin = sys.linearize(u, x0[2])
+    for k in range(3):
+        np.testing.assert_allclose(lin.D[k], _hand_jacobian(x0[2], u[k])[4:, 4:], rtol=0, atol=1e-13)
+
+
+def test_update_and_output_of_a_nested_complex_state_by_hand():
+    sys = NonlinearSystem(_Hand().double())
+    x = np.array([[0.3, -0.2, 1.1, -0.7], [2.0, 1.0, -0.4, 0.9]])
+    u = np.array([[0.5, -1.0], [-2.0, 0.3]])
+    z = x[:, 0] + 1j * x[:, 1]
+    z_next = LAM * z + BETA * u[:, 0]
+    w_next = 0.5 * np.tanh(x[:, 2:]) + GAMMA * z.real[:, None] + DELTA * u[:, 1:]
+    np.testing.assert_allclose(sys.update(x, u), np.c_[z_next.real, z_next.imag, w_next], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sys.output(x, u), np.c_[x[:, 2] * x[:, 3] + u[:, 0], x[:, 1] + np.sin(u[:, 1])],
+                               rtol=0, atol=1e-15)
+    # one point's state with two inputs broadcasts
+    np.testing.assert_allclose(sys.update(x[0], u)[1, 2:], 0.5 * np.tanh(x[0, 2:]) + GAMMA * 0.3 + DELTA * 0.3,
+                               rtol=0, atol=1e-15)
+    state = sys.model_state(x)  # the model's own layout and dtypes, and back
+    assert isinstance(state, tuple) and isinstance(state[1], list) and state[0].dtype == torch.complex128
+    np.testing.assert_array_equal(state[0][:, 0].numpy(), z)
+    np.testing.assert_array_equal(state[1][0].numpy(), x[:, 2:])
+    np.testing.assert_array_equal(sys.state_vector(state), x)
+    single = NonlinearSystem(_Hand())  # float32 (complex64) states out for a float32 model
+    assert [t.dtype for t in (single.model_state(x[0])[0], single.model_state(x[0])[1][0])] == \
+        [torch.complex64, torch.float32]
+    with pytest.raises(ValueError, match="state must be shaped as the model's initial_state"):
+        sys.state_vector((state[0], [state[1][0][:1]]))  # batch 2 and batch 1
+
+
+class _Affine(nn.Module):
+    """x' = a x + u, y = x (one state): Newton's first step lands on x* = u / (1 - a)."""
+
+    n_inputs = 1
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a, dtype=F64))
+
+    def initial_state(self, batch_size):
+        return torch.zeros(batch_size, 1, dtype=F64)
+
+    def step(self, u_t, state):
+        return state.clone(), self.a * state + u_t
+
+
+def test_newton_stops_where_the_docstring_says():
+    """Convergence when max |f(x, u0) - x| <= tol · (1 + max |x|): for x' = 0·x + u at u = 0 the residual at x0 is
+    |x0|, so x0 = 0.8 (0.8 <= 0.9) and x0 = 1 (1 <= 1, the bound itself, exact in binary) are returned as they are,
+    and x0 = 1.5 (1.5 > 1.25) is not. An affine system needs one Newton step, so max_iter = 1 is enough."""
+    sys = NonlinearSystem(_Affine(0.0))
+    for x0 in (0.8, 1.0):
+        x, y = sys.equilibrium(0.0, x0=x0, tol=0.5)
+        assert x[0, 0] == x0 and y[0, 0] == x0
+    x, _ = sys.equilibrium(0.0, x0=1.5, tol=0.5)
+    assert x[0, 0] == 0.0
+    x, _ = sys.equilibrium([[0.0], [0.0]], x0=[[0.8], [1.5]], tol=0.5)  # a point that is done stays where it is
+    np.testing.assert_array_equal(x[:, 0], [0.8, 0.0])
+    x, y = NonlinearSystem(_Affine(0.5)).equilibrium([[3.0], [-1.0]], max_iter=1)  # x* = u / (1 - a)
+    np.testing.assert_array_equal(x[:, 0], [6.0, -2.0])
+    np.testing.assert_array_equal(y[:, 0], [6.0, -2.0])
+    for bad in (1, 1.0, -0.1, True, "1e-9"):
+        with pytest.raises(ValueError, match=r"tol must be a number in \(0, 1\)"):
+            sys.equilibrium(0.0, tol=bad)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="max_iter must be an int >= 1"):
+            sys.equilibrium(0.0, max_iter=bad)
+
+
+class _Quadratic(_Affine):
+    """x' = x + 1 + x² (+ 0·u): f(x) - x = 1 + x² >= 1, no equilibrium; ∂f/∂x - 1 = 2x, singular at x = 0."""
+
+    def step(self, u_t, state):
+        return state.clone(), state + 1 + state ** 2 + 0 * u_t
+
+
+def test_the_last_iterate_is_checked_and_not_stepped_from():
+    """From x0 = 1 Newton's step (x² - 1) / 2x lands on x = 0 (residual 1 < 2: taken), where ∂f/∂x - 1 = 0. With
+    max_iter = 1 that iterate is the last: it is checked (not converged) and reported, no step is solved there."""
+    sys = NonlinearSystem(_Quadratic(0.0))
+    with pytest.raises(ValueError, match=r"no convergence in 1 Newton iterations at point 0 \(u0 = \[0.0\], "
+                                         r"residual 1\)"):
+        sys.equilibrium(0.0, x0=1.0, max_iter=1)
+    with pytest.raises(ValueError, match="eigenvalue 1"):  # a second iteration solves at x = 0
+        sys.equilibrium(0.0, x0=1.0, max_iter=2)
+    with pytest.raises(ValueError, match="at point 1 "):  # the worst point is named
+        sys.equilibrium([[0.0], [0.0]], x0=[[3.0], [-7.0]], max_iter=1)
+
+
+class _Arctan(_Affine):
+    """x' = x - arctan(x - u): the one equilibrium is x* = u; a full Newton step from |x - u| > 1.39 overshoots
+    (x - u -> x - u - (1 + (x - u)²) arctan(x - u), farther out), so only a damped step converges."""
+
+    def step(self, u_t, state):
+        return state.clone(), state - torch.atan(state - u_t)
+
+
+def test_a_newton_step_that_overshoots_is_halved():
+    sys = NonlinearSystem(_Arctan(0.0))
+    x, y = sys.equilibrium([[2.0], [-1.0]], x0=[[12.0], [-1.5]], tol=1e-14)  # the first point needs halving, the second not
+    np.testing.assert_allclose(x[:, 0], [2.0, -1.0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(y[:, 0], [2.0, -1.0], rtol=0, atol=1e-12)
+
+
+def test_the_static_characteristic_of_one_point_with_two_inputs():
+    sys = NonlinearSystem(_Hand().double())
+    u = np.array([0.5, -1.0])  # (m,): one point, not two scalar inputs
+    np.testing.assert_allclose(sys.static_characteristic(u), _hand_equilibrium(u)[1][None], rtol=0, atol=1e-10)
+    one = NonlinearSystem(_Affine(0.5))  # m = 1: a 1-D sweep is G points; x* = y* = u / (1 - a)
+    np.testing.assert_allclose(one.static_characteristic(torch.tensor([1.0, -2.0, 0.5])), [[2.0], [-4.0], [1.0]],
+                               rtol=0, atol=1e-12)
+
+
+def test_a_partial_last_batch_of_jacobians(monkeypatch):
+    """Five points, two per backward pass (the last pass holds one): the same Jacobians as the hand ones."""
+    sys = NonlinearSystem(_Hand().double())
+    rng = np.random.default_rng(3)
+    x, u = rng.standard_normal((5, 4)), rng.standard_normal((5, 2))
+    monkeypatch.setattr(nonlinear, "_JACOBIAN_ELEMENTS", 2 * 6 * 6)  # points · (n + p) · (n + m)
+    lin = sys.linearize(u, x)
+    for k in range(5):
+        J = _hand_jacobian(x[k], u[k])
+        np.testing.assert_allclose(np.block([[lin.A[k], lin.B[k]], [lin.C[k], lin.D[k]]]), J, rtol=0, atol=1e-13)
+
+
+def _central(fun, x, u, eps=1e-5):
+    """[∂fun/∂x ∂fun/∂u] (q, n + m) at one point by float64 central differences with one Richardson step."""
+    z = np.r_[x, u]
+
+    def diff(h):
+        cols = []
+        for j in range(len(z)):
+            e = np.zeros(len(z))
+            e[j] = h
+            plus, minus = z + e, z - e
+            cols.append((fun(plus[:len(x)], plus[len(x):])[0] - fun(minus[:len(x)], minus[len(x):])[0]) / (2 * h))
+        return np.stack(cols, 1)
+
+    return (4 * diff(eps / 2) - diff(eps)) / 3
+
+
+def test_an_ensemble_of_two_sizes_against_scipy_and_central_differences():
+    """Members of 6 and 2 × 12 states (different widths and depths): the member-by-member equilibrium against scipy's
+    root of the ensemble's own update (one system of 30 states), the output there the members' mean, and the
+    member-by-member linearisation against central differences of the ensemble's update and output."""
+    from ssmkit.sysid import DeepWiener, WienerEnsemble
+
+    members = []
+    for seed, width, depth in ((0, 2, 1), (1, 3, 2)):
+        torch.manual_seed(seed)
+        members.append(DeepWiener(2, 2, d_model=width, n_layers=depth, layer="s4d", layer_options={"d_state": 2},
+                                  activation="tanh", timescale=(1.0, 3.0), dtype=F64))
+    sys = NonlinearSystem(WienerEnsemble(members))
+    assert [m.n_states for m in sys.members] == [4, 12] and sys.n_states == 16  # 2 complex states a channel
+    u = np.array([[0.4, -0.8], [1.5, 0.3]])
+    x_star, y_star = sys.equilibrium(u, tol=1e-13)
+    assert x_star.shape == (2, 16) and y_star.shape == (2, 2)
+    for k in range(2):
+        root = scipy.optimize.root(lambda x: sys.update(x, u[k])[0] - x, np.zeros(16), tol=1e-14)
+        np.testing.assert_allclose(x_star[k], root.x, rtol=0, atol=1e-11)
+        np.testing.assert_allclose(y_star[k], sys.output(root.x, u[k])[0], rtol=0, atol=1e-11)
+        y_members = [NonlinearSystem(m).output(xi, u[k])[0] for m, xi in zip(members, np.split(root.x, [4]))]
+        np.testing.assert_allclose(y_star[k], np.mean(y_members, 0), rtol=0, atol=1e-11)
+    x0 = x_star + np.random.default_rng(0).standard_normal(x_star.shape) * 0.5  # off the equilibria too
+    for x in (x_star, x0):
+        lin = sys.linearize(u, x)
+        for k in range(2):
+            got = np.block([[lin.A[k], lin.B[k]], [lin.C[k], lin.D[k]]])
+            want = np.r_[_central(sys.update, x[k], u[k]), _central(sys.output, x[k], u[k])]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+    # from given starting states, one for both inputs
+    x_again, _ = sys.equilibrium(u, x0=x0[0], tol=1e-13)
+    np.testing.assert_allclose(x_again, x_star, rtol=0, atol=1e-11)

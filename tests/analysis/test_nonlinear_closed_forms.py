@@ -268,3 +268,93 @@ def test_an_ensemble_of_two_sizes_against_scipy_and_central_differences():
     # from given starting states, one for both inputs
     x_again, _ = sys.equilibrium(u, x0=x0[0], tol=1e-13)
     np.testing.assert_allclose(x_again, x_star, rtol=0, atol=1e-11)
+
+
+def test_points_are_read_and_refused_as_documented():
+    sys = NonlinearSystem(_Hand().double())
+    x = np.array([0.3, -0.2, 1.1, -0.7])
+    want = sys.update(x[None], np.array([[1.0, 2.0]]))
+    for u in ([1, 2], np.array([1.0, 2.0], dtype=np.float32), torch.tensor([1.0, 2.0]), ((1.0, 2.0),)):
+        np.testing.assert_array_equal(sys.update(x, u), want)  # ints, float32, a tensor, a nested tuple
+    one = NonlinearSystem(_Affine(0.5))
+    np.testing.assert_array_equal(one.update(2.0, 1.0), [[2.0]])  # numbers when n = m = 1: 0.5 · 2 + 1
+    np.testing.assert_array_equal(one.update(np.array(2.0), np.array([[1.0], [3.0]])), [[2.0], [4.0]])
+    for bad, message in ((np.array([True, False]), "u must be real numbers; got dtype bool"),
+                         (np.array([1 + 1j, 2]), "u must be real numbers; got dtype complex128"),
+                         (["a", "b"], "u must be real numbers"),
+                         ({"a": 1}, "u must be real numbers; got dtype object"),
+                         (np.zeros((0, 2)), r"u must be \(n_inputs,\) = \(2,\) for one point or \(G, 2\) for G >= 1 "
+                                            r"points; got shape \(0, 2\)"),
+                         (np.zeros(3), r"got shape \(3,\)"), (np.zeros((2, 2, 1)), r"got shape \(2, 2, 1\)"),
+                         (1.0, r"got shape \(\)"), ([1.0, np.inf], "u must be finite")):
+        with pytest.raises(ValueError, match=message):
+            sys.update(x, bad)
+    with pytest.raises(ValueError, match=r"x must be \(n_states,\) = \(4,\)"):
+        sys.output(x[:3], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"same number of points \(or one of them one\); got 2 and 3"):
+        sys.output(np.zeros((2, 4)), np.zeros((3, 2)))
+
+
+class _Custom(nn.Module):
+    """A module with a chosen state, input width, output and attributes, for the constructor's refusals."""
+
+    def __init__(self, state, n_inputs=1, y_shape=None, grow=False, **attrs) -> None:
+        super().__init__()
+        self.state, self.y_shape, self.grow = state, y_shape, grow
+        if n_inputs is not None:  # None: no n_inputs attribute
+            self.n_inputs = n_inputs
+        self.__dict__.update(attrs)
+
+    def initial_state(self, batch_size):
+        return self.state(batch_size)
+
+    def step(self, u_t, state):
+        y = u_t if self.y_shape is None else torch.zeros(self.y_shape(u_t.shape[0]), dtype=u_t.dtype)
+        nxt = [torch.cat([s, s], 1) for s in state] if self.grow else state
+        return y, nxt
+
+
+def test_what_the_constructor_refuses_and_accepts():
+    real = lambda B: [torch.zeros(B, 2, dtype=F64)]  # noqa: E731
+    ok = NonlinearSystem(_Custom(real, n_inputs=3))
+    assert (ok.n_states, ok.n_inputs, ok.n_outputs, ok.members) == (2, 3, 3, None)
+    assert NonlinearSystem(_Custom(real, d_input=2, n_inputs=None)).n_inputs == 2  # d_input when no n_inputs
+    assert NonlinearSystem(_Custom(real, dt=0.25)).dt == 0.25 and NonlinearSystem(_Custom(real, dt=0.25), 2.0).dt == 2.0
+    for bad in (0, True, 2.0, None):
+        with pytest.raises(ValueError, match=rf"n_inputs or d_input \(an int >= 1\); got {bad!r}"):
+            NonlinearSystem(_Custom(real, n_inputs=bad))
+    with pytest.raises(ValueError, match="token ids"):
+        NonlinearSystem(_Custom(real, vocab_size=5))
+    assert NonlinearSystem(_Custom(real, vocab_size=None)).n_inputs == 1
+    for state, what in ((lambda B: [torch.zeros(B, 2, dtype=torch.int64)], r"state\[0\] is \(1, 2\) torch.int64"),
+                        (lambda B: (torch.zeros(B, 1), torch.tensor(0.0)), r"state\[1\] is \(\) torch.float32"),
+                        (lambda B: [torch.zeros(2 * B, 1)], r"state\[0\] is \(2, 1\)")):
+        with pytest.raises(ValueError, match="real or complex state tensors with a batch axis first; " + what):
+            NonlinearSystem(_Custom(state))
+    with pytest.raises(ValueError, match=r"a state of tensors \(nested in lists and tuples\); state\[0\]\[1\] is dict"):
+        NonlinearSystem(_Custom(lambda B: [[torch.zeros(B, 1), {}]]))
+    with pytest.raises(ValueError, match=r"fixed size; state\[0\] grows"):
+        NonlinearSystem(_Custom(real, grow=True))
+    for shape in (lambda B: (B,), lambda B: (B, 1, 1), lambda B: (1, 1)):
+        with pytest.raises(ValueError, match=r"model.step must give y_t \(B, p\)"):
+            NonlinearSystem(_Custom(real, y_shape=shape))
+    with pytest.raises(ValueError, match="a module with step and initial_state; got int"):
+        NonlinearSystem(3)
+
+
+def test_to_control_names_and_refusals():
+    sys = NonlinearSystem(_Hand().double())
+    plant = sys.to_control(name="hand", inputs=("a", "b"), outputs=["p", "q"])
+    assert plant.name == "hand" and plant.input_labels == ["a", "b"] and plant.output_labels == ["p", "q"]
+    assert plant.state_labels == [f"x[{i}]" for i in range(4)] and plant.dt == 1.0
+    x, u = np.array([0.3, -0.2, 1.1, -0.7]), np.array([0.5, -1.0])
+    np.testing.assert_array_equal(plant.updfcn(0, x, u, {}), sys.update(x, u)[0])
+    np.testing.assert_array_equal(plant.outfcn(0, x, u, {}), sys.output(x, u)[0])
+    default = sys.to_control()
+    assert default.input_labels == ["u[0]", "u[1]"] and default.output_labels == ["y[0]", "y[1]"]
+    for kind, bad in (("inputs", ["a"]), ("inputs", ["a", "a"]), ("inputs", ["a", ""]), ("outputs", "pq"),
+                      ("outputs", ["p", 1]), ("outputs", ["p", "q", "r"])):
+        with pytest.raises(ValueError, match=f"{kind} must be None or 2 distinct non-empty names"):
+            sys.to_control(**{kind: bad})
+    with pytest.raises(ValueError, match="name must be a str or None; got 3"):
+        sys.to_control(name=3)

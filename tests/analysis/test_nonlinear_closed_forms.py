@@ -156,6 +156,9 @@ def test_newton_stops_where_the_docstring_says():
     x, y = NonlinearSystem(_Affine(0.5)).equilibrium([[3.0], [-1.0]], max_iter=1)  # x* = u / (1 - a)
     np.testing.assert_array_equal(x[:, 0], [6.0, -2.0])
     np.testing.assert_array_equal(y[:, 0], [6.0, -2.0])
+    reset = NonlinearSystem(_Custom(lambda B: torch.zeros(B, 2, dtype=F64), n_inputs=2, reset=True))  # x' = u
+    x, _ = reset.equilibrium([0.0, 0.0], x0=[1.0, 0.0], tol=0.5)  # max |x| = 1 <= 0.5 (1 + max |x|): done
+    np.testing.assert_array_equal(x, [[1.0, 0.0]])
     for bad in (1, 1.0, -0.1, True, "1e-9"):
         with pytest.raises(ValueError, match=r"tol must be a number in \(0, 1\)"):
             sys.equilibrium(0.0, tol=bad)
@@ -180,8 +183,8 @@ def test_the_last_iterate_is_checked_and_not_stepped_from():
         sys.equilibrium(0.0, x0=1.0, max_iter=1)
     with pytest.raises(ValueError, match="eigenvalue 1"):  # a second iteration solves at x = 0
         sys.equilibrium(0.0, x0=1.0, max_iter=2)
-    with pytest.raises(ValueError, match="at point 1 "):  # the worst point is named
-        sys.equilibrium([[0.0], [0.0]], x0=[[3.0], [-7.0]], max_iter=1)
+    with pytest.raises(ValueError, match="at point 1 "):  # the worst relative to 1 + |x|: 1 / (1 + 0) < 12.8 / 4.4
+        sys.equilibrium([[0.0], [0.0]], x0=[[1.0], [-7.0]], max_iter=1)
 
 
 class _Arctan(_Affine):
@@ -311,6 +314,8 @@ class _Custom(nn.Module):
     def step(self, u_t, state):
         y = u_t if self.y_shape is None else torch.zeros(self.y_shape(u_t.shape[0]), dtype=u_t.dtype)
         nxt = [torch.cat([s, s], 1) for s in state] if self.grow else state
+        if getattr(self, "reset", False):  # x' = u, y = x
+            return state.clone(), u_t.clone()
         return y, nxt
 
 

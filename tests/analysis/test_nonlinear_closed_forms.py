@@ -151,6 +151,8 @@ def test_newton_stops_where_the_docstring_says():
         assert x[0, 0] == x0 and y[0, 0] == x0
     x, _ = sys.equilibrium(0.0, x0=1.5, tol=0.5)
     assert x[0, 0] == 0.0
+    x, _ = sys.equilibrium(0.0, x0=1.5e-10)  # the default tol = 1e-10: 1.5e-10 > 1e-10 (1 + 1.5e-10)
+    assert x[0, 0] == 0.0
     x, _ = sys.equilibrium([[0.0], [0.0]], x0=[[0.8], [1.5]], tol=0.5)  # a point that is done stays where it is
     np.testing.assert_array_equal(x[:, 0], [0.8, 0.0])
     x, y = NonlinearSystem(_Affine(0.5)).equilibrium([[3.0], [-1.0]], max_iter=1)  # x* = u / (1 - a)
@@ -168,10 +170,10 @@ def test_newton_stops_where_the_docstring_says():
 
 
 class _Quadratic(_Affine):
-    """x' = x + 1 + x² (+ 0·u): f(x) - x = 1 + x² >= 1, no equilibrium; ∂f/∂x - 1 = 2x, singular at x = 0."""
+    """x' = x + 1 + x² + u²: f(x) - x = 1 + x² + u² >= 1, no equilibrium; ∂f/∂x - 1 = 2x, singular at x = 0."""
 
     def step(self, u_t, state):
-        return state.clone(), state + 1 + state ** 2 + 0 * u_t
+        return state.clone(), state + 1 + state ** 2 + u_t ** 2
 
 
 def test_the_last_iterate_is_checked_and_not_stepped_from():
@@ -185,6 +187,10 @@ def test_the_last_iterate_is_checked_and_not_stepped_from():
         sys.equilibrium(0.0, x0=1.0, max_iter=2)
     with pytest.raises(ValueError, match="at point 1 "):  # the worst relative to 1 + |x|: 1 / (1 + 0) < 12.8 / 4.4
         sys.equilibrium([[0.0], [0.0]], x0=[[1.0], [-7.0]], max_iter=1)
+    with pytest.raises(ValueError, match="at point 1 "):  # x = -3.4 (12.8 / 4.4) against x = 0 under u = 2 (5 / 1)
+        sys.equilibrium([[0.0], [2.0]], x0=[[-7.0], [5 ** 0.5]], max_iter=1)
+    with pytest.raises(ValueError, match="no convergence in 50 Newton iterations"):  # the default
+        sys.equilibrium(0.0, x0=3.0)
 
 
 class _Arctan(_Affine):

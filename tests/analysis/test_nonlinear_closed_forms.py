@@ -302,6 +302,8 @@ def test_points_are_read_and_refused_as_documented():
         sys.output(x[:3], [1.0, 2.0])
     with pytest.raises(ValueError, match=r"same number of points \(or one of them one\); got 2 and 3"):
         sys.output(np.zeros((2, 4)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"got 3 and 2"):
+        sys.update(np.zeros((3, 4)), np.zeros((2, 2)))
 
 
 class _Custom(nn.Module):

@@ -92,6 +92,9 @@ def test_the_equilibria_and_jacobians_of_a_system_written_by_hand():
                                      ("C", slice(4, 6), slice(0, 4)), ("D", slice(4, 6), slice(4, 6))):
                 np.testing.assert_allclose(getattr(lin, name)[k], J[rows, cols], rtol=0, atol=atol, err_msg=name)
     # one state for several inputs and several states for one input
+    x_one, y_one = sys.equilibrium(u[1], x0=x0, tol=1e-14)  # three starts, one equilibrium
+    np.testing.assert_allclose(x_one, np.broadcast_to(x_star[1], (3, 4)), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(y_one, np.broadcast_to(y_star[1], (3, 2)), rtol=0, atol=1e-12)
     lin = sys.linearize(u[1], x0)
     for k in range(3):
         np.testing.assert_allclose(lin.A[k], _hand_jacobian(x0[k], u[1])[:4, :4], rtol=0, atol=1e-13)

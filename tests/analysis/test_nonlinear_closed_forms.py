@@ -190,25 +190,64 @@ def test_the_last_iterate_is_checked_and_not_stepped_from():
         sys.equilibrium(0.0, x0=1.0, max_iter=2)
     with pytest.raises(ValueError, match="at point 1 "):  # the worst relative to 1 + |x|: 1 / (1 + 0) < 12.8 / 4.4
         sys.equilibrium([[0.0], [0.0]], x0=[[1.0], [-7.0]], max_iter=1)
-    with pytest.raises(ValueError, match="at point 1 "):  # x = -3.4 (12.8 / 4.4) against x = 0 under u = 2 (5 / 1)
-        sys.equilibrium([[0.0], [2.0]], x0=[[-7.0], [5 ** 0.5]], max_iter=1)
+    with pytest.raises(ValueError, match="at point 1 "):  # x = -3.4 (12.8 / 4.4) against x = 0 under u = 1.5 (3.25 / 1)
+        sys.equilibrium([[0.0], [1.5]], x0=[[-7.0], [3.25 ** 0.5]], max_iter=1)
     with pytest.raises(ValueError, match="no convergence in 50 Newton iterations"):  # the default
         sys.equilibrium(0.0, x0=3.0)
 
 
-class _Arctan(_Affine):
-    """x' = x - arctan(x - u): the one equilibrium is x* = u; a full Newton step from |x - u| > 1.39 overshoots
-    (x - u -> x - u - (1 + (x - u)²) arctan(x - u), farther out), so only a damped step converges."""
+class _Arctan(nn.Module):
+    """x' = x - arctan(x - u), y = x, elementwise over n = m states: the one equilibrium is x* = u; a full Newton
+    step from |x - u| > 1.39 overshoots (x - u -> x - u - (1 + (x - u)²) arctan(x - u), farther out), so only a damped
+    step converges."""
+
+    def __init__(self, n: int = 1) -> None:
+        super().__init__()
+        self.n_inputs = n
+
+    def initial_state(self, batch_size):
+        return torch.zeros(batch_size, self.n_inputs, dtype=F64)
 
     def step(self, u_t, state):
         return state.clone(), state - torch.atan(state - u_t)
 
 
 def test_a_newton_step_that_overshoots_is_halved():
-    sys = NonlinearSystem(_Arctan(0.0))
-    x, y = sys.equilibrium([[2.0], [-1.0]], x0=[[12.0], [-1.5]], tol=1e-14)  # the first point needs halving, the second not
+    sys = NonlinearSystem(_Arctan())
+    x, y = sys.equilibrium([[2.0], [-1.0]], x0=[[12.0], [-1.5]], tol=1e-14)  # the first needs halving, the second not
     np.testing.assert_allclose(x[:, 0], [2.0, -1.0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(y[:, 0], [2.0, -1.0], rtol=0, atol=1e-12)
+    # two states: the full step lowers state 1's residual and raises state 0's; the largest decides
+    x, _ = NonlinearSystem(_Arctan(2)).equilibrium([2.0, -1.0], x0=[12.0, -0.5], tol=1e-14)
+    np.testing.assert_allclose(x, [[2.0, -1.0]], rtol=0, atol=1e-12)
+
+
+class _Split(nn.Module):
+    """Two inputs, two states: x' = u, y = u (``through``: f and h read no state) or x' = x / 2, y = x (f and h
+    read no input)."""
+
+    n_inputs = 2
+
+    def __init__(self, through: bool) -> None:
+        super().__init__()
+        self.through = through
+
+    def initial_state(self, batch_size):
+        return torch.zeros(batch_size, 2, dtype=F64)
+
+    def step(self, u_t, state):
+        return (u_t.clone(), u_t.clone()) if self.through else (state.clone(), state / 2)
+
+
+def test_a_jacobian_that_reads_no_state_or_no_input_is_zero_there():
+    x, u = np.array([[0.3, -1.0], [2.0, 0.5]]), np.array([[1.0, 2.0], [-3.0, 4.0]])
+    eye, zero = np.broadcast_to(np.eye(2), (2, 2, 2)), np.zeros((2, 2, 2))
+    through = NonlinearSystem(_Split(True)).linearize(u, x)
+    for got, want in zip((through.A, through.B, through.C, through.D), (zero, eye, zero, eye)):
+        np.testing.assert_array_equal(got, want)
+    decay = NonlinearSystem(_Split(False)).linearize(u, x)
+    for got, want in zip((decay.A, decay.B, decay.C, decay.D), (eye / 2, zero, eye, zero)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_the_static_characteristic_of_one_point_with_two_inputs():
@@ -225,8 +264,19 @@ def test_a_partial_last_batch_of_jacobians(monkeypatch):
     sys = NonlinearSystem(_Hand().double())
     rng = np.random.default_rng(3)
     x, u = rng.standard_normal((5, 4)), rng.standard_normal((5, 2))
+    rows, f_h = [], sys._f_h
+
+    def spy(X, U):
+        rows.append(X.shape[0])
+        return f_h(X, U)
+
+    monkeypatch.setattr(sys, "_f_h", spy)
+    sys.linearize(u, x)
+    assert rows == [5 * 6]  # by default, every point's n + p copies in one pass
+    rows.clear()
     monkeypatch.setattr(nonlinear, "_JACOBIAN_ELEMENTS", 2 * 6 * 6)  # points · (n + p) · (n + m)
     lin = sys.linearize(u, x)
+    assert rows == [12, 12, 6]
     for k in range(5):
         J = _hand_jacobian(x[k], u[k])
         np.testing.assert_allclose(np.block([[lin.A[k], lin.B[k]], [lin.C[k], lin.D[k]]]), J, rtol=0, atol=1e-13)

@@ -172,30 +172,6 @@ def test_newton_stops_where_the_docstring_says():
             sys.equilibrium(0.0, max_iter=bad)
 
 
-class _Quadratic(_Affine):
-    """x' = x + 1 + x² + u²: f(x) - x = 1 + x² + u² >= 1, no equilibrium; ∂f/∂x - 1 = 2x, singular at x = 0."""
-
-    def step(self, u_t, state):
-        return state.clone(), state + 1 + state ** 2 + u_t ** 2
-
-
-def test_the_last_iterate_is_checked_and_not_stepped_from():
-    """From x0 = 1 Newton's step (x² - 1) / 2x lands on x = 0 (residual 1 < 2: taken), where ∂f/∂x - 1 = 0. With
-    max_iter = 1 that iterate is the last: it is checked (not converged) and reported, no step is solved there."""
-    sys = NonlinearSystem(_Quadratic(0.0))
-    with pytest.raises(ValueError, match=r"no convergence in 1 Newton iterations at point 0 \(u0 = \[0.0\], "
-                                         r"residual 1\)"):
-        sys.equilibrium(0.0, x0=1.0, max_iter=1)
-    with pytest.raises(ValueError, match="eigenvalue 1"):  # a second iteration solves at x = 0
-        sys.equilibrium(0.0, x0=1.0, max_iter=2)
-    with pytest.raises(ValueError, match="at point 1 "):  # the worst relative to 1 + |x|: 1 / (1 + 0) < 12.8 / 4.4
-        sys.equilibrium([[0.0], [0.0]], x0=[[1.0], [-7.0]], max_iter=1)
-    with pytest.raises(ValueError, match="at point 1 "):  # x = -3.4 (12.8 / 4.4) against x = 0 under u = 1.5 (3.25 / 1)
-        sys.equilibrium([[0.0], [1.5]], x0=[[-7.0], [3.25 ** 0.5]], max_iter=1)
-    with pytest.raises(ValueError, match="no convergence in 50 Newton iterations"):  # the default
-        sys.equilibrium(0.0, x0=3.0)
-
-
 class _Arctan(nn.Module):
     """x' = x - arctan(x - u), y = x, elementwise over n = m states: the one equilibrium is x* = u; a full Newton
     step from |x - u| > 1.39 overshoots (x - u -> x - u - (1 + (x - u)²) arctan(x - u), farther out), so only a damped
@@ -212,6 +188,34 @@ class _Arctan(nn.Module):
         return state.clone(), state - torch.atan(state - u_t)
 
 
+class _Quadratic(_Arctan):
+    """x' = x + 1 + x² + u² elementwise: f(x) - x = 1 + x² + u² >= 1, no equilibrium; ∂f/∂x - 1 = 2 diag(x),
+    singular where an x_i = 0."""
+
+    def step(self, u_t, state):
+        return state.clone(), state + 1 + state ** 2 + u_t ** 2
+
+
+def test_the_last_iterate_is_checked_and_not_stepped_from():
+    """From x0 = 1 Newton's step (x² - 1) / 2x lands on x = 0 (residual 1 < 2: taken), where ∂f/∂x - 1 = 0. With
+    max_iter = 1 that iterate is the last: it is checked (not converged) and reported, no step is solved there."""
+    sys = NonlinearSystem(_Quadratic())
+    with pytest.raises(ValueError, match=r"no convergence in 1 Newton iterations at point 0 \(u0 = \[0.0\], "
+                                         r"residual 1\)"):
+        sys.equilibrium(0.0, x0=1.0, max_iter=1)
+    with pytest.raises(ValueError, match="eigenvalue 1"):  # a second iteration solves at x = 0
+        sys.equilibrium(0.0, x0=1.0, max_iter=2)
+    with pytest.raises(ValueError, match="at point 1 "):  # the worst relative to 1 + |x|: 1 / (1 + 0) < 12.8 / 4.4
+        sys.equilibrium([[0.0], [0.0]], x0=[[1.0], [-7.0]], max_iter=1)
+    with pytest.raises(ValueError, match="at point 1 "):  # x = -3.4 (12.8 / 4.4) against x = 0 under u = 1.5 (3.25 / 1)
+        sys.equilibrium([[0.0], [1.5]], x0=[[-7.0], [3.25 ** 0.5]], max_iter=1)
+    with pytest.raises(ValueError, match="at point 1 "):  # relative to 1 + max |x|: x = (-3.4, 0) (12.8 / 4.4)
+        NonlinearSystem(_Quadratic(2)).equilibrium([[0.0, 0.0], [1.5, 1.5]], x0=[[-7.0, 1.0], [3.25 ** 0.5] * 2],
+                                                   max_iter=1)  # against x = (0, 0) under u = (1.5, 1.5) (3.25 / 1)
+    with pytest.raises(ValueError, match="no convergence in 50 Newton iterations"):  # the default
+        sys.equilibrium(0.0, x0=3.0)
+
+
 def test_a_newton_step_that_overshoots_is_halved():
     sys = NonlinearSystem(_Arctan())
     x, y = sys.equilibrium([[2.0], [-1.0]], x0=[[12.0], [-1.5]], tol=1e-14)  # the first needs halving, the second not
@@ -220,6 +224,39 @@ def test_a_newton_step_that_overshoots_is_halved():
     # two states: the full step lowers state 1's residual and raises state 0's; the largest decides
     x, _ = NonlinearSystem(_Arctan(2)).equilibrium([2.0, -1.0], x0=[12.0, -0.5], tol=1e-14)
     np.testing.assert_allclose(x, [[2.0, -1.0]], rtol=0, atol=1e-12)
+
+
+def test_the_backtracking_stops_at_the_first_step_that_does_not_raise_the_residual(monkeypatch):
+    """x' = a x + u from x0 = (x*, 0) for two inputs: the first point is done at once, the second takes the full
+    Newton step. Three evaluations of f: the Jacobians, the trial step (not worse for either point), the Jacobians
+    at the answer."""
+    sys = NonlinearSystem(_Affine(0.5))
+    calls, f_h = [], sys._f_h
+    monkeypatch.setattr(sys, "_f_h", lambda X, U: calls.append(X.shape[0]) or f_h(X, U))
+    x, _ = sys.equilibrium([[2.0], [-1.0]], x0=[[4.0], [0.0]])
+    np.testing.assert_array_equal(x[:, 0], [4.0, -2.0])
+    assert calls == [4, 2, 4]  # G (n + p) rows for the Jacobians, G for a trial
+
+
+class _Log(nn.Module):
+    """x' = x - log x (+ 0·u): the one equilibrium is x* = 1; from x0 = 5 the full Newton step x (1 - log x) lands
+    on -3.05, where log is NaN, and half of it on 0.98."""
+
+    n_inputs = 1
+
+    def initial_state(self, batch_size):
+        return torch.ones(batch_size, 1, dtype=F64)
+
+    def step(self, u_t, state):
+        return state.clone(), state - torch.log(state) + 0 * u_t
+
+
+def test_a_step_to_a_nan_residual_is_halved():
+    """Probe 25's bug: a NaN residual compared as not worse, so the step to -3.05 was taken and every later iterate
+    was NaN ("no convergence ... residual nan")."""
+    x, y = NonlinearSystem(_Log()).equilibrium(0.0, x0=5.0)
+    np.testing.assert_allclose(x, [[1.0]], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(y, [[1.0]], rtol=0, atol=1e-10)
 
 
 class _Split(nn.Module):
@@ -257,6 +294,9 @@ def test_the_static_characteristic_of_one_point_with_two_inputs():
     one = NonlinearSystem(_Affine(0.5))  # m = 1: a 1-D sweep is G points; x* = y* = u / (1 - a)
     np.testing.assert_allclose(one.static_characteristic(torch.tensor([1.0, -2.0, 0.5])), [[2.0], [-4.0], [1.0]],
                                rtol=0, atol=1e-12)
+    np.testing.assert_allclose(one.static_characteristic(1.5), [[3.0]], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"u0 must be \(n_inputs,\) = \(1,\)"):
+        one.static_characteristic(np.zeros((2, 2)))  # not 4 scalar inputs
 
 
 def test_a_partial_last_batch_of_jacobians(monkeypatch):
@@ -299,8 +339,8 @@ def _central(fun, x, u, eps=1e-5):
 
 
 def test_an_ensemble_of_two_sizes_against_scipy_and_central_differences():
-    """Members of 6 and 2 × 12 states (different widths and depths): the member-by-member equilibrium against scipy's
-    root of the ensemble's own update (one system of 30 states), the output there the members' mean, and the
+    """Members of 4 and 12 states (widths 2 and 3, depths 1 and 2): the member-by-member equilibrium against scipy's
+    root of the ensemble's own update (one system of 16 states), the output there the members' mean, and the
     member-by-member linearisation against central differences of the ensemble's update and output."""
     from ssmkit.sysid import DeepWiener, WienerEnsemble
 
@@ -312,7 +352,11 @@ def test_an_ensemble_of_two_sizes_against_scipy_and_central_differences():
     sys = NonlinearSystem(WienerEnsemble(members))
     assert [m.n_states for m in sys.members] == [4, 12] and sys.n_states == 16  # 2 complex states a channel
     u = np.array([[0.4, -0.8], [1.5, 0.3]])
+    calls = []
+    for member in sys.members:  # each member solves its own (the whole's Newton would give the same values)
+        member.equilibrium = lambda *args, _solve=member.equilibrium: calls.append(1) or _solve(*args)
     x_star, y_star = sys.equilibrium(u, tol=1e-13)
+    assert len(calls) == 2
     assert x_star.shape == (2, 16) and y_star.shape == (2, 2)
     for k in range(2):
         root = scipy.optimize.root(lambda x: sys.update(x, u[k])[0] - x, np.zeros(16), tol=1e-14)
@@ -385,6 +429,8 @@ def test_what_the_constructor_refuses_and_accepts():
     ok = NonlinearSystem(_Custom(real, n_inputs=3))
     assert (ok.n_states, ok.n_inputs, ok.n_outputs, ok.members) == (2, 3, 3, None)
     assert NonlinearSystem(_Custom(real, d_input=2, n_inputs=None)).n_inputs == 2  # d_input when no n_inputs
+    flat = NonlinearSystem(_Custom(lambda B: [torch.zeros(B, dtype=F64)]))  # a state (B,): one number per sample
+    assert flat.n_states == 1 and flat.model_state([2.0])[0].shape == (1,)
     assert NonlinearSystem(_Custom(real, dt=0.25)).dt == 0.25 and NonlinearSystem(_Custom(real, dt=0.25), 2.0).dt == 2.0
     for bad in (0, True, 2.0, None):
         with pytest.raises(ValueError, match=rf"n_inputs or d_input \(an int >= 1\); got {bad!r}"):

@@ -232,3 +232,51 @@ def test_input_statistics_need_both_a_mean_and_a_deviation():
     np.testing.assert_array_equal(mu, [0.0])
     np.testing.assert_array_equal(sigma, [2.0])
     assert mu.dtype == sigma.dtype == np.float64
+
+
+def test_the_strongly_connected_components_are_what_is_solved(monkeypatch):
+    """The eigenvalue problems solved are the components' (sizes 1, 3, 2 here, not one of 6), and an entry of 1
+    connects like any other nonzero: [[0, 1], [-1, 0]] is one component with poles ±i."""
+    assert spectral_radius(np.array([[0.0, 1.0], [-1.0, 0.0]])) == pytest.approx(1.0, rel=1e-15)
+    A = np.zeros((6, 6))
+    A[0, 0] = 0.3
+    A[1:4, 1:4] = [[0.1, 0.5, 0.0], [0.0, 0.2, 0.5], [0.5, 0.0, 0.1]]  # a cycle 1 -> 2 -> 3 -> 1
+    A[4:, 4:] = [[0.0, 0.8], [-0.8, 0.0]]
+    A[4, 0] = A[1, 5] = 1.0  # couplings that close no cycle
+    sizes, eigvals = [], np.linalg.eigvals
+    monkeypatch.setattr(np.linalg, "eigvals", lambda M: sizes.append(len(M)) or eigvals(M))
+    got = spectral_radius(A)
+    monkeypatch.undo()
+    assert sorted(sizes) == [1, 2, 3]
+    assert got == pytest.approx(np.abs(np.linalg.eigvals(A)).max(), rel=1e-12)
+
+
+def test_sweeps_are_frozen_and_the_defaults_are_as_documented():
+    import dataclasses
+
+    from torch import nn
+
+    sweep = OperatingSweep(0, np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1, 1)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sweep.input = 1
+
+    class Wide(nn.Module):  # x' = x / 2, y = x[:, :1] + u: n states, with a stored input normalisation
+        def __init__(self, n):
+            super().__init__()
+            self.n, self.n_inputs = n, 1
+            self.register_buffer("u_mean", torch.zeros(1, dtype=F64))
+            self.register_buffer("u_std", torch.ones(1, dtype=F64))
+
+        def initial_state(self, batch_size):
+            return torch.zeros(batch_size, self.n, dtype=F64)
+
+        def step(self, u_t, state):
+            return state[:, :1] + u_t, state / 2
+
+    assert operating_sweeps(Wide(2049)) == "its state vector has 2049 numbers, more than max_states = 2048"
+    assert operating_sweeps(Wide(3), max_states=1) == "its state vector has 3 numbers, more than max_states = 1"
+    (sw,) = operating_sweeps(Wide(3))  # 21 points over 0 ± 2, y* = u, ρ = 1/2, DC gain 1
+    np.testing.assert_allclose(sw.u[:, 0], np.linspace(-2.0, 2.0, 21), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sw.y, sw.u, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sw.spectral_radius, 0.5, rtol=1e-15)
+    np.testing.assert_allclose(sw.dc_gain, 1.0, rtol=1e-15)

@@ -216,8 +216,15 @@ def test_the_last_iterate_is_checked_and_not_stepped_from():
         sys.equilibrium(0.0, x0=3.0)
 
 
-def test_a_newton_step_that_overshoots_is_halved():
+def test_a_newton_step_that_overshoots_is_halved(monkeypatch):
     sys = NonlinearSystem(_Arctan())
+    trials, f_h = [], sys._f_h
+    monkeypatch.setattr(sys, "_f_h", lambda X, U: (trials.append(float(X[0, 0])) if len(X) == 1 else None)
+                        or f_h(X, U))  # one row: a trial step (the Jacobians' passes have n + p = 2 rows)
+    sys.equilibrium(2.0, x0=12.0)
+    dx = -(1 + 10.0 ** 2) * np.arctan(10.0)  # Newton's step; |x - 2| < 10 first at half of half of half of it
+    np.testing.assert_allclose(trials[:4], 12.0 + dx * np.array([1, 1 / 2, 1 / 4, 1 / 8]), rtol=1e-14)
+    monkeypatch.undo()
     x, y = sys.equilibrium([[2.0], [-1.0]], x0=[[12.0], [-1.5]], tol=1e-14)  # the first needs halving, the second not
     np.testing.assert_allclose(x[:, 0], [2.0, -1.0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(y[:, 0], [2.0, -1.0], rtol=0, atol=1e-12)
@@ -317,6 +324,10 @@ def test_a_partial_last_batch_of_jacobians(monkeypatch):
     monkeypatch.setattr(nonlinear, "_JACOBIAN_ELEMENTS", 2 * 6 * 6)  # points · (n + p) · (n + m)
     lin = sys.linearize(u, x)
     assert rows == [12, 12, 6]
+    rows.clear()
+    monkeypatch.setattr(nonlinear, "_JACOBIAN_ELEMENTS", 6 * 6 + 5)  # room for one point a pass
+    sys.linearize(u, x)
+    assert rows == [6] * 5
     for k in range(5):
         J = _hand_jacobian(x[k], u[k])
         np.testing.assert_allclose(np.block([[lin.A[k], lin.B[k]], [lin.C[k], lin.D[k]]]), J, rtol=0, atol=1e-13)
@@ -365,8 +376,10 @@ def test_an_ensemble_of_two_sizes_against_scipy_and_central_differences():
         y_members = [NonlinearSystem(m).output(xi, u[k])[0] for m, xi in zip(members, np.split(root.x, [4]))]
         np.testing.assert_allclose(y_star[k], np.mean(y_members, 0), rtol=0, atol=1e-11)
     x0 = x_star + np.random.default_rng(0).standard_normal(x_star.shape) * 0.5  # off the equilibria too
-    for x in (x_star, x0):
-        lin = sys.linearize(u, x)
+    sys._f_h = None  # the ensemble's Jacobian is assembled from its members', never formed whole
+    lins = [sys.linearize(u, x) for x in (x_star, x0)]
+    del sys._f_h
+    for x, lin in zip((x_star, x0), lins):
         for k in range(2):
             got = np.block([[lin.A[k], lin.B[k]], [lin.C[k], lin.D[k]]])
             want = np.r_[_central(sys.update, x[k], u[k]), _central(sys.output, x[k], u[k])]

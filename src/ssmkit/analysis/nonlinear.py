@@ -13,10 +13,10 @@ direct feedthrough). This is the view a control engineer takes of a deep Wiener 
 skips and normalisations are in, so the answers hold for the model as it simulates.
 
 - **Equilibrium** x* with f(x*, u0) = x* under a constant input u0, and its output y* = h(x*, u0): Newton's method
-  on f(x, u0) - x with the exact Jacobian, halving a step that does not reduce the residual. For a deep Wiener model
-  of Schur-stable blocks the equilibrium exists and is unique (each block is an LTI system driven by the block before
-  it), and Newton reaches it in at most one iteration per block plus one (the Jacobian is block lower triangular and
-  each block is affine in its own state).
+  on f(x, u0) - x with the exact Jacobian, halving a step that does not reduce the residual (or makes it NaN, where
+  f is undefined). For a deep Wiener model of Schur-stable blocks the equilibrium exists and is unique (each block is
+  an LTI system driven by the block before it), and Newton reaches it in at most one iteration per block plus one (the
+  Jacobian is block lower triangular and each block is affine in its own state).
 - **Linearisation** at an operating point, a state x0 and an input u0: A = ∂f/∂x, B = ∂f/∂u, C = ∂h/∂x,
   D = ∂h/∂u, exact (reverse-mode autodiff, one backward pass for all n + p rows: the point is repeated n + p times
   along the batch axis, whose rows a model computes independently, and the output gradient is the identity), as a
@@ -327,7 +327,7 @@ class NonlinearSystem:
             step = torch.ones(x.shape[0], 1, dtype=F64)
             for _halving in range(30):  # backtrack where the full step does not reduce the residual
                 trial = x + step * dx
-                worse = residual(trial).abs().amax(1) > size
+                worse = ~(residual(trial).abs().amax(1) <= size)  # a NaN residual (f undefined there) too
                 if not bool(worse.any()):
                     break
                 step = torch.where(worse.unsqueeze(1), step / 2, step)

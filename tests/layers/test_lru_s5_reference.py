@@ -69,6 +69,7 @@ def _lru_reference_matrices(layer):
 def test_lru_forward_is_the_papers_recurrence(bidirectional):
     layer = _lru_moved(bidirectional=bidirectional)
     lam, B_bar, Cs = _lru_reference_matrices(layer)
+    assert tuple(layer.C.shape) == (2 if bidirectional else 1, 3, 3, 2)  # one C per direction
     rng = np.random.default_rng(1)
     u = rng.standard_normal((2, 9, 3))
     x0 = np.zeros((2, 3), complex) if bidirectional else rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))
@@ -130,14 +131,29 @@ def test_lru_rate_floor_is_one_in_a_million():
     assert np.abs(mod - np.exp(-np.array([1e-6, 1e-6, 2e-6]))).max() < 1e-15
 
 
+def test_zoo_flags_follow_the_papers():
+    """LRU: time-invariant, stable for every parameter value (|λ| = exp(-exp ν) < 1); S5: time-invariant, stable
+    only with clip_eigs (Re Λ is stored as is)."""
+    lru, s5 = layers.layer_class("lru").zoo, layers.layer_class("s5").zoo
+    assert (lru.time_varying, lru.stable_by_construction) == (False, True)
+    assert (s5.time_varying, s5.stable_by_construction) == (False, False)
+    s5_layer = _s5_moved()
+    with torch.no_grad():
+        s5_layer.A_real.fill_(0.2)
+    assert not s5_layer.state_space().is_stable()  # so S5 is not stable by construction
+
+
 def test_lru_validation_and_repr():
     for bad in (dict(r_min=0.5, r_max=0.4), dict(r_max=1.01), dict(r_min=-0.1), dict(max_phase=-1.0),
-                dict(r_max=True), dict(max_phase="1"), dict(r_min=float("inf"))):
+                dict(r_max=True), dict(max_phase="1"), dict(r_min=float("inf")), dict(bidirectional=1),
+                dict(lr=-1e-3), dict(lr=float("nan")), dict(d_model=0), dict(d_model=2.0)):
         with pytest.raises(ValueError):
-            layers.build("lru", d_model=2, **bad)
+            layers.build("lru", **{"d_model": 2, **bad})
     for good in (dict(r_min=0.0, r_max=0.0), dict(r_min=1.0, r_max=1.0), dict(r_min=0.5, r_max=0.5, max_phase=1e-9)):
         layers.build("lru", d_model=2, d_state=4, **good)  # the bounds themselves are allowed
-    layer = layers.build("lru", d_model=2, d_state=4, r_min=0.1, r_max=0.7, max_phase=0.5, bidirectional=True)
+    opts = dict(d_model=2, d_state=4, r_min=0.1, r_max=0.7, max_phase=0.5, lr=3e-5, bidirectional=True)
+    layer = layers.build("lru", **opts)
+    assert all(getattr(layer, k) == v for k, v in opts.items())  # the options are kept under their names
     assert repr(layer).endswith(
         "(d_model=2, d_state=4, r_min=0.1, r_max=0.7, max_phase=0.5, bidirectional=True)"
     )
@@ -210,6 +226,7 @@ def test_s5_forward_is_the_papers_recurrence(opts):
     scale = 2.0 if layer.conj_sym else 1.0
     rng = np.random.default_rng(2)
     M = layer.n_modes
+    assert tuple(layer.C.shape) == (2 if layer.bidirectional else 1, 3, M, 2)  # one C̃ per direction
     u = rng.standard_normal((2, 11, 3))
     x0 = np.zeros((2, M), complex) if layer.bidirectional else rng.standard_normal((2, M)) + 1j * rng.standard_normal((2, M))
     expect, x_end = _scan(A_bar, B_bar, Cs, _np(layer.D), u, x0, scale)
@@ -294,13 +311,27 @@ def test_s5_default_dt_range_and_blocks():
 
 def test_s5_validation_and_repr():
     for bad in (dict(step_rescale=-1.0), dict(step_rescale=float("inf")), dict(step_rescale=True),
-                dict(d_state=0), dict(d_state=True), dict(d_state=16.0)):
+                dict(d_state=0), dict(d_state=True), dict(d_state=16.0), dict(bidirectional=1), dict(conj_sym=0),
+                dict(clip_eigs="no"), dict(lr=-1e-3), dict(d_model=0), dict(dt_min=0.2, dt_max=0.1),
+                dict(dt_min=0.0)):
         with pytest.raises(ValueError):
-            layers.build("s5", d_model=2, blocks=1, **bad)
+            layers.build("s5", **{"d_model": 2, "blocks": 1, **bad})
     layers.build("s5", d_model=2, d_state=2, blocks=1, step_rescale=1e-9)
     layers.build("s5", d_model=2, d_state=4, blocks=1, conj_sym=False)
-    layer = layers.build("s5", d_model=2, d_state=8, blocks=2, discretization="bilinear", conj_sym=False,
-                         bidirectional=True)
+    opts = dict(d_model=2, d_state=8, blocks=2, discretization="bilinear", C_init="lecun_normal", dt_min=0.01,
+                dt_max=0.2, conj_sym=False, clip_eigs=True, step_rescale=0.5, lr=3e-5, bidirectional=True)
+    layer = layers.build("s5", **opts)
+    assert all(getattr(layer, k) == v for k, v in opts.items())  # the options are kept under their names
     assert repr(layer).endswith(
         "(d_model=2, d_state=8, blocks=2, discretization='bilinear', conj_sym=False, bidirectional=True)"
     )
+
+
+@pytest.mark.parametrize("name,methods", [("lru", ("eigenvalues", "discrete")), ("s5", ("continuous", "discrete"))])
+def test_half_precision_weights_are_refused_by_name(name, methods):
+    """Each public matrix method refuses float16 weights with a ValueError (as forward does), not a dtype error
+    deep inside torch."""
+    layer = layers.build(name, d_model=2, d_state=4, **({"blocks": 1} if name == "s5" else {})).half()
+    for method in methods:
+        with pytest.raises(ValueError, match="float32 or float64"):
+            getattr(layer, method)()

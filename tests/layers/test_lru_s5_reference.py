@@ -149,7 +149,7 @@ def test_lru_validation_and_repr():
                 dict(lr=-1e-3), dict(lr=float("nan")), dict(d_model=0), dict(d_model=2.0)):
         with pytest.raises(ValueError):
             layers.build("lru", **{"d_model": 2, **bad})
-    for good in (dict(r_min=0.0, r_max=0.0), dict(r_min=1.0, r_max=1.0), dict(r_min=0.5, r_max=0.5, max_phase=1e-9)):
+    for good in (dict(r_min=0.0, r_max=1e-9), dict(r_min=0.5, r_max=0.5, max_phase=1e-9), dict(r_min=0.0, r_max=1.0)):
         layers.build("lru", d_model=2, d_state=4, **good)  # the bounds themselves are allowed
     opts = dict(d_model=2, d_state=4, r_min=0.1, r_max=0.7, max_phase=0.5, lr=3e-5, bidirectional=True)
     layer = layers.build("lru", **opts)
@@ -335,3 +335,19 @@ def test_half_precision_weights_are_refused_by_name(name, methods):
     for method in methods:
         with pytest.raises(ValueError, match="float32 or float64"):
             getattr(layer, method)()
+
+
+@pytest.mark.parametrize("r", [0.0, 1.0])
+def test_lru_refuses_a_ring_of_radius_zero_or_one_that_no_finite_parameter_reaches(r):
+    """|λ| = 0 needs ν = +inf (the backward gave ∂/∂ν = -exp(ν) λ = inf·0 = NaN) and |λ| = 1 needs ν = -inf and
+    γ = 0 (an input scale of 0 with a zero gradient: a layer deaf to its input for ever); r_min = r_max = r drew them."""
+    with pytest.raises(ValueError, match="r_max > 0 and r_min < 1"):
+        layers.build("lru", d_model=2, d_state=4, r_min=r, r_max=r)
+    torch.manual_seed(0)  # just inside the bounds every parameter is finite and the input reaches the state
+    for r_min, r_max in ((0.0, 1e-3), (0.999, 1.0)):
+        layer = layers.build("lru", d_model=2, d_state=4, r_min=r_min, r_max=r_max, dtype=torch.float64)
+        y, _ = layer(torch.randn(1, 5, 2, dtype=torch.float64))
+        y.sum().backward()
+        for p in (layer.log_nu, layer.log_theta, layer.log_gamma):
+            assert bool(torch.isfinite(p).all()) and bool(torch.isfinite(p.grad).all())
+        assert float(layer.log_gamma.detach().exp().min()) > 0

@@ -47,7 +47,7 @@ class LRU(MIMODiagonalLTILayer):
     Args:
         d_model: H, the number of channels (inputs and outputs of the one system).
         d_state: 2M, the real-equivalent state size of the M complex states (the paper's d_hidden = M); even.
-        r_min, r_max: the initial ring of eigenvalue magnitudes, 0 <= r_min <= r_max <= 1.
+        r_min, r_max: the initial ring of eigenvalue magnitudes, 0 <= r_min <= r_max <= 1, r_max > 0, r_min < 1.
         max_phase: the initial phases are uniform in [0, max_phase), > 0.
         lr: learning rate of ν, θ, log γ and B (weight decay 0); ``None`` = the global lr, ``0.0`` = frozen.
         bidirectional: add a backward recurrence with its own C (no ``step`` then; not in the paper).
@@ -98,6 +98,11 @@ class LRU(MIMODiagonalLTILayer):
                 raise ValueError(f"{name} must be a finite float; got {value!r}")
         if not 0 <= r_min <= r_max <= 1:
             raise ValueError(f"r_min and r_max must satisfy 0 <= r_min <= r_max <= 1; got {r_min}, {r_max}")
+        if not (r_max > 0 and r_min < 1):  # |λ| = 0 needs ν = +inf (NaN gradient), |λ| = 1 needs ν = -inf and γ = 0
+            raise ValueError(
+                f"r_min and r_max must satisfy r_max > 0 and r_min < 1 (a ring of radius 0 or 1 has no finite ν); "
+                f"got {r_min}, {r_max}"
+            )
         if not max_phase > 0:
             raise ValueError(f"max_phase must be a float > 0 (radians); got {max_phase!r}")
         check_lr(lr)

@@ -314,7 +314,7 @@ def test_s5_validation_and_repr():
                 dict(d_state=0), dict(d_state=True), dict(d_state=16.0), dict(bidirectional=1), dict(conj_sym=0),
                 dict(clip_eigs="no"), dict(lr=-1e-3), dict(d_model=0), dict(dt_min=0.2, dt_max=0.1),
                 dict(dt_min=0.0)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=next((k for k in bad if k != "dt_max"), "")):  # named by the check
             layers.build("s5", **{"d_model": 2, "blocks": 1, **bad})
     layers.build("s5", d_model=2, d_state=2, blocks=1, step_rescale=1e-9)
     layers.build("s5", d_model=2, d_state=4, blocks=1, conj_sym=False)

@@ -205,3 +205,41 @@ def test_the_validation_score_is_the_mean_over_the_outputs(monkeypatch):
     history = fit_simulation(m, [r2], config=cfg)
     assert history["best_step"] == 2 and history["best_val_rmse"] == pytest.approx(2.0)
     assert history["steps"] == 3
+
+
+def test_a_nan_validation_never_counts_as_the_best(monkeypatch):
+    # A diverged model scores NaN: not lower than anything, so each one counts against the patience; when every
+    # validation is NaN the model ends with the weights it started with (after the normalisation is set).
+    monkeypatch.setattr(fit_module, "validation_rmse", lambda model, records, from_rest=False: [float("nan")])
+    r = record(100)
+    m = small()
+    start = copy.deepcopy(m)
+    cfg = SimulationFit(window=20, batch_size=2, steps=50, lr=1e-2, val_fraction=0.3, val_every=1, patience=2)
+    history = fit_simulation(m, [r], config=cfg)
+    assert history["steps"] == 2 and history["best_step"] == 0 and history["best_val_rmse"] == float("inf")
+    start.set_normalisation([r.u[:70]], [r.y[:70]])
+    kept = m.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in start.state_dict().items())
+
+
+def test_without_validation_no_step_is_best():
+    history = fit_simulation(small(), [record(60)], config=SimulationFit(window=20, batch_size=2, steps=2,
+                                                                         val_fraction=0.0))
+    assert history["best_step"] == 0 and history["best_val_rmse"] == float("inf") and history["steps"] == 2
+
+
+def test_a_block_holds_out_samples_of_its_own_record_only():
+    # Records of 30 and 26 samples, window 20, no encoder; Block(0, 0, 22) holds out the first 22 samples of record
+    # 0: its windows must reach sample 22 (offsets 3 … 10), record 1 keeps every offset 0 … 6.
+    window = 20
+    records = []
+    for k, n in enumerate([30, 26]):
+        u = (1000.0 * k + torch.arange(n, dtype=torch.float64))[:, None]
+        records.append(IORecord(u, torch.sin(u / 7.0), 1.0, f"r{k}"))
+    m = small()
+    rec = Recorder(m)
+    m.forward = rec
+    cfg = SimulationFit(window=window, batch_size=64, steps=4, lr=0.0, val_fraction=0.0, val_every=100)
+    fit_simulation(m, records, config=cfg, blocks=[Block(0, 0, 22)])
+    seen = {(int(round(w[0])) // 1000, int(round(w[0])) % 1000) for w in rec.windows}
+    assert seen == {(0, o) for o in range(3, 11)} | {(1, o) for o in range(7)}

@@ -243,3 +243,52 @@ def test_a_block_holds_out_samples_of_its_own_record_only():
     fit_simulation(m, records, config=cfg, blocks=[Block(0, 0, 22)])
     seen = {(int(round(w[0])) // 1000, int(round(w[0])) % 1000) for w in rec.windows}
     assert seen == {(0, o) for o in range(3, 11)} | {(1, o) for o in range(7)}
+
+
+def test_the_loss_with_a_held_out_block_is_the_mean_over_the_scored_samples():
+    # One window fits the record (offset 0): loss = Σ_t w_t m_t e_t² / Σ_t m_t with m_t = 0 on the block, e_t the
+    # error normalised by σ_y of the samples outside the block (population std), w_t = γ^t / mean(γ^t).
+    window, decay = 30, 0.9
+    r = record(window, seed=4)
+    block = Block(0, 5, 12)
+    mask = np.ones(window, dtype=bool)
+    mask[5:12] = False
+    m = small()
+    ref = copy.deepcopy(m)
+    y = r.y[:, 0].numpy()
+    cfg = SimulationFit(window=window, batch_size=2, steps=1, lr=0.0, val_every=100, grad_clip=None, decay=decay)
+    fit_simulation(m, [r], config=cfg, blocks=[block])  # sets the normalisation; lr 0 keeps the weights
+    assert float(m.y_std) == pytest.approx(y[mask].std(), rel=1e-12)
+    assert float(m.y_mean) == pytest.approx(y[mask].mean(), rel=1e-12)
+    assert float(m.u_std) == pytest.approx(r.u.numpy().std(), rel=1e-12)  # the inputs are all known
+    ref.set_normalisation([r.u], [r.y[torch.from_numpy(mask)]])
+    with torch.no_grad():
+        y_hat = ref(r.u[None], return_state=False, saturate=False)[0][0, :, 0].numpy()
+    e = (y_hat - y) / y[mask].std()
+    w = decay ** np.arange(window) / np.mean(decay ** np.arange(window))
+    history = fit_simulation(copy.deepcopy(ref), [r], config=cfg, blocks=[block])
+    assert history["train_loss"][0] == pytest.approx(float(np.sum(w * mask * e ** 2) / mask.sum()), rel=1e-12)
+
+
+def test_a_block_of_one_scored_sample_is_accepted():
+    r = record(40)
+    history = fit_simulation(small(), [r], config=SimulationFit(window=20, batch_size=2, steps=1, val_every=1),
+                             blocks=[Block(0, 39, 40)])
+    assert len(history["val_rmse"]) == 1
+
+
+def test_lengths_against_the_window_and_the_encoder():
+    # With an encoder of 5 samples and window 10: an estimation part needs 15 samples, a validation tail 5 + 2
+    # (two scored samples); with validation records given, val_fraction must still be < 1 and every training record
+    # must hold window + encoder_window samples.
+    m = small(encoder_window=5)
+    cfg = dict(window=10, batch_size=2, steps=1, val_every=1)
+    fit_simulation(small(encoder_window=5), [record(35)], config=SimulationFit(**cfg, val_fraction=0.2))  # 28 + 7
+    with pytest.raises(ValueError, match="too short to hold out"):
+        fit_simulation(m, [record(30)], config=SimulationFit(**cfg, val_fraction=0.2))  # 24 + 6
+    with pytest.raises(ValueError, match="too short to hold out"):
+        fit_simulation(m, [record(30)], config=SimulationFit(**cfg, val_fraction=0.6))  # 12 + 18
+    with pytest.raises(ValueError, match="fewer than window \\+ encoder_window = 15"):
+        fit_simulation(m, [record(14)], [record(30, seed=1)], config=SimulationFit(**cfg))
+    with pytest.raises(ValueError, match="val_fraction must be"):
+        fit_simulation(m, [record(40)], [record(30, seed=1)], config=SimulationFit(**cfg, val_fraction=1.0))

@@ -245,29 +245,54 @@ def test_a_block_holds_out_samples_of_its_own_record_only():
     assert seen == {(0, o) for o in range(3, 11)} | {(1, o) for o in range(7)}
 
 
-def test_the_loss_with_a_held_out_block_is_the_mean_over_the_scored_samples():
-    # One window fits the record (offset 0): loss = Σ_t w_t m_t e_t² / Σ_t m_t with m_t = 0 on the block, e_t the
-    # error normalised by σ_y of the samples outside the block (population std), w_t = γ^t / mean(γ^t).
+@pytest.mark.parametrize("p", [1, 2])
+def test_the_loss_with_a_held_out_block_is_the_mean_over_the_scored_samples(p):
+    # One window fits the record (offset 0): loss = Σ_t,c w_t m_t e_tc² / (p Σ_t m_t) with m_t = 0 on the block,
+    # e_tc the error normalised by channel c's σ_y over the samples outside the block (population std),
+    # w_t = γ^t / mean(γ^t).
     window, decay = 30, 0.9
     r = record(window, seed=4)
+    if p == 2:
+        r = IORecord(r.u, torch.cat([r.y, torch.sin(3 * r.y) + 0.5 * r.u], 1), 1.0, "r2")
     block = Block(0, 5, 12)
     mask = np.ones(window, dtype=bool)
     mask[5:12] = False
-    m = small()
+    m = small(n_outputs=p)
     ref = copy.deepcopy(m)
-    y = r.y[:, 0].numpy()
+    y = r.y.numpy()
     cfg = SimulationFit(window=window, batch_size=2, steps=1, lr=0.0, val_every=100, grad_clip=None, decay=decay)
     fit_simulation(m, [r], config=cfg, blocks=[block])  # sets the normalisation; lr 0 keeps the weights
-    assert float(m.y_std) == pytest.approx(y[mask].std(), rel=1e-12)
-    assert float(m.y_mean) == pytest.approx(y[mask].mean(), rel=1e-12)
+    assert np.allclose(m.y_std.numpy(), y[mask].std(0), rtol=1e-12, atol=0)
+    assert np.allclose(m.y_mean.numpy(), y[mask].mean(0), rtol=1e-12, atol=0)
     assert float(m.u_std) == pytest.approx(r.u.numpy().std(), rel=1e-12)  # the inputs are all known
     ref.set_normalisation([r.u], [r.y[torch.from_numpy(mask)]])
     with torch.no_grad():
-        y_hat = ref(r.u[None], return_state=False, saturate=False)[0][0, :, 0].numpy()
-    e = (y_hat - y) / y[mask].std()
+        y_hat = ref(r.u[None], return_state=False, saturate=False)[0][0].numpy()
+    e = (y_hat - y) / y[mask].std(0)
     w = decay ** np.arange(window) / np.mean(decay ** np.arange(window))
     history = fit_simulation(copy.deepcopy(ref), [r], config=cfg, blocks=[block])
-    assert history["train_loss"][0] == pytest.approx(float(np.sum(w * mask * e ** 2) / mask.sum()), rel=1e-12)
+    want = float(np.sum(w[:, None] * mask[:, None] * e ** 2) / (p * mask.sum()))
+    assert history["train_loss"][0] == pytest.approx(want, rel=1e-12)
+
+
+def test_a_block_read_by_the_encoder_only_is_refused():
+    # encoder_window 5: a block inside the first 5 samples holds nothing the validation scores
+    m = small(encoder_window=5)
+    cfg = SimulationFit(window=10, batch_size=2, steps=1, val_every=1)
+    for bad in (Block(0, 0, 5), Block(0, 2, 5), Block(0, 4, 4)):
+        with pytest.raises(ValueError, match="hold a sample after the encoder's first 5"):
+            fit_simulation(m, [record(40)], config=cfg, blocks=[bad])
+    fit_simulation(m, [record(40)], config=cfg, blocks=[Block(0, 4, 6)])  # sample 5 is scored
+
+
+def test_average_zero_is_the_last_iterate():
+    r = record(60)
+    cfg = dict(window=20, batch_size=2, steps=3, lr=1e-2, val_fraction=0.0)
+    last, averaged = small(), small()
+    fit_simulation(last, [r], config=SimulationFit(**cfg))
+    fit_simulation(averaged, [r], config=SimulationFit(**cfg, average=0.0))
+    got = averaged.state_dict()
+    assert all(torch.allclose(got[k], v, rtol=0, atol=1e-15) for k, v in last.state_dict().items())
 
 
 def test_a_block_of_one_scored_sample_is_accepted():

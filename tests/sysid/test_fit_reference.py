@@ -317,3 +317,41 @@ def test_lengths_against_the_window_and_the_encoder():
         fit_simulation(m, [record(14)], [record(30, seed=1)], config=SimulationFit(**cfg))
     with pytest.raises(ValueError, match="val_fraction must be"):
         fit_simulation(m, [record(40)], [record(30, seed=1)], config=SimulationFit(**cfg, val_fraction=1.0))
+
+
+def test_blocks_and_an_encoder_admit_the_windows_enumerated_by_hand():
+    # A draw reads samples o … o + 5 + 10 − 1: the encoder's o … o + 4 must avoid the block, and one of the scored
+    # o + 5 … o + 14 must lie outside it. Record of 40, Block(0, 15, 40): o ∈ {0 … 9} by enumeration.
+    window, n_enc, n = 10, 5, 40
+    block = set(range(15, 40))
+    want = {o for o in range(n - window - n_enc + 1)
+            if not block & set(range(o, o + n_enc)) and set(range(o + n_enc, o + n_enc + window)) - block}
+    assert want == set(range(10))
+    u = torch.arange(n, dtype=torch.float64)[:, None]
+    r = IORecord(u, torch.sin(u / 5.0), 1.0, "r")
+    m = small(encoder_window=n_enc)
+    rec = Recorder(m)
+    m.forward = rec
+    cfg = SimulationFit(window=window, batch_size=64, steps=3, lr=0.0, val_every=100)
+    fit_simulation(m, [r], config=cfg, blocks=[Block(0, 15, 40)])
+    assert {int(round(w[0])) - n_enc for w in rec.windows} == want
+
+
+def test_level_weight_counts_a_sample_at_the_level_and_accepts_w_zero():
+    # w_t = 3 where y_t >= level (the level is one of the measured values, so ">=" is tested at equality), else 1
+    window = 25
+    r = record(window, seed=5)
+    y = r.y[:, 0].numpy()
+    level = float(np.sort(y)[12])
+    m = small()
+    ref = copy.deepcopy(m)
+    ref.set_normalisation([r.u], [r.y])
+    with torch.no_grad():
+        y_hat = ref(r.u[None], return_state=False, saturate=False)[0][0, :, 0].numpy()
+    e2 = ((y_hat - y) / y.std()) ** 2
+    for w in (3.0, 0.0):
+        weight = np.where(y >= level, w, 1.0)
+        assert (y == level).sum() == 1
+        cfg = SimulationFit(window=window, batch_size=2, steps=1, lr=0.0, val_fraction=0.0, level_weight=(level, w))
+        loss = fit_simulation(copy.deepcopy(m), [r], config=cfg)["train_loss"][0]
+        assert loss == pytest.approx(float(np.mean(weight * e2)), rel=1e-12)

@@ -70,11 +70,14 @@ def test_a_benchmark_of_one_record_and_the_edges_of_its_checks():
     SysidBenchmark("mine", "my plant", [rec(3, m=3, p=2)], [rec(3, m=3, p=2)], n_init=0, unit="V")
     with pytest.raises(ValueError, match="fewer samples than channels"):
         SysidBenchmark("mine", "my plant", [rec(3, m=3, p=2)], [rec(2, m=3, p=2, name="t")], n_init=0, unit="V")
-    SysidBenchmark("mine", "my plant", [rec(5, dt=1.0)], [rec(5, dt=1.0 + 0.6e-9)], n_init=0, unit="V")
-    with pytest.raises(ValueError, match="same sampling time"):
-        SysidBenchmark("mine", "my plant", [rec(5, dt=1.0)], [rec(5, dt=1.0 + 1.5e-9)], n_init=0, unit="V")
-    with pytest.raises(ValueError, match="same sampling time"):
-        SysidBenchmark("mine", "my plant", [rec(5, dt=1.0)], [rec(5, dt=1.0 - 1.5e-9)], n_init=0, unit="V")
+    with pytest.raises(ValueError, match="fewer samples than channels"):
+        SysidBenchmark("mine", "my plant", [rec(3, m=3, p=2)], [rec(2, m=1, p=3, name="t")], n_init=0, unit="V")
+    for dt in (0.5, 1e9):  # |dt - dt0| <= 1e-9 dt0 is one sampling time
+        SysidBenchmark("mine", "my plant", [rec(5, dt=dt)], [rec(5, dt=dt * (1 + 0.6e-9))], n_init=0, unit="V")
+        for other in (dt * (1 + 1.5e-9), dt * (1 - 1.5e-9)):
+            with pytest.raises(ValueError, match="same sampling time"):
+                SysidBenchmark("mine", "my plant", [rec(5, dt=dt)], [rec(5, dt=other)], n_init=0, unit="V")
+    SysidBenchmark("mine", "my plant", [rec(5, dt=1e9)], [rec(5, dt=1e9 + 1.0)], n_init=0, unit="V")  # exactly 1e-9
     with pytest.raises(ValueError, match="non-empty list of IORecords"):
         SysidBenchmark("mine", "my plant", [rec(5)], [rec(5), (torch.zeros(5, 1), torch.zeros(5, 1))], n_init=0,
                        unit="V")

@@ -16,6 +16,7 @@ from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid import fit as fit_module
 from ssmkit.sysid.fit import Block, SimulationFit, fit_simulation, split_tail
 from ssmkit.sysid.records import IORecord
+from tests.conftest import DEVICE
 from tests.sysid.test_folds_and_sensor import record, small
 
 
@@ -30,8 +31,8 @@ def test_the_first_step_is_adamw_on_the_clipped_gradient_with_the_marked_rates()
     m = small()
     ref = copy.deepcopy(m)
     ref.set_normalisation([r.u], [r.y])
-    y_hat, _ = ref(r.u[None], return_state=False, saturate=False)
-    loss = (((y_hat[0] - r.y) / ref.y_std) ** 2).mean()
+    y_hat, _ = ref(r.u[None].to(DEVICE), return_state=False, saturate=False)
+    loss = (((y_hat[0] - r.y.to(DEVICE)) / ref.y_std) ** 2).mean()
     loss.backward()
     params = [(name, p, marks) for name, p, marks in marked_parameters(ref)]
     norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for _, p, _ in params)))
@@ -262,12 +263,12 @@ def test_the_loss_with_a_held_out_block_is_the_mean_over_the_scored_samples(p):
     y = r.y.numpy()
     cfg = SimulationFit(window=window, batch_size=2, steps=1, lr=0.0, val_every=100, grad_clip=None, decay=decay)
     fit_simulation(m, [r], config=cfg, blocks=[block])  # sets the normalisation; lr 0 keeps the weights
-    assert np.allclose(m.y_std.numpy(), y[mask].std(0), rtol=1e-12, atol=0)
-    assert np.allclose(m.y_mean.numpy(), y[mask].mean(0), rtol=1e-12, atol=0)
+    assert np.allclose(m.y_std.cpu().numpy(), y[mask].std(0), rtol=1e-12, atol=0)
+    assert np.allclose(m.y_mean.cpu().numpy(), y[mask].mean(0), rtol=1e-12, atol=0)
     assert float(m.u_std) == pytest.approx(r.u.numpy().std(), rel=1e-12)  # the inputs are all known
     ref.set_normalisation([r.u], [r.y[torch.from_numpy(mask)]])
     with torch.no_grad():
-        y_hat = ref(r.u[None], return_state=False, saturate=False)[0][0].numpy()
+        y_hat = ref(r.u[None].to(DEVICE), return_state=False, saturate=False)[0][0].cpu().numpy()
     e = (y_hat - y) / y[mask].std(0)
     w = decay ** np.arange(window) / np.mean(decay ** np.arange(window))
     history = fit_simulation(copy.deepcopy(ref), [r], config=cfg, blocks=[block])
@@ -347,7 +348,7 @@ def test_level_weight_counts_a_sample_at_the_level_and_accepts_w_zero():
     ref = copy.deepcopy(m)
     ref.set_normalisation([r.u], [r.y])
     with torch.no_grad():
-        y_hat = ref(r.u[None], return_state=False, saturate=False)[0][0, :, 0].numpy()
+        y_hat = ref(r.u[None].to(DEVICE), return_state=False, saturate=False)[0][0, :, 0].cpu().numpy()
     e2 = ((y_hat - y) / y.std()) ** 2
     for w in (3.0, 0.0):
         weight = np.where(y >= level, w, 1.0)

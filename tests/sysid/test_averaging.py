@@ -126,3 +126,29 @@ def test_min_steps_delays_early_stopping():
     for bad in (1.0, -0.5, "0.9"):
         with pytest.raises(ValueError, match="average must be"):
             fit_simulation(wiener(), [r], config=SimulationFit(window=20, steps=1, val_fraction=0, average=bad))
+
+
+class ComplexTiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.z = nn.Parameter(torch.zeros(3, dtype=torch.complex128))
+        self.register_buffer("flag", torch.zeros(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.6])
+def test_a_complex_parameter_is_averaged_and_the_rate_follows_its_formula(beta):
+    # probe 27: complex weights (the S4D/S5 poles are complex in some layers) are averaged like real ones, a bool
+    # buffer is copied; rate() is min(β, 1 − 1/t) before the t-th update.
+    m = ComplexTiny()
+    avg = WeightAverage(m, beta)
+    values = []
+    for t in range(1, 8):
+        assert avg.rate() == pytest.approx(min(beta, 1.0 - 1.0 / t), abs=1e-15)
+        with torch.no_grad():
+            m.z.copy_(torch.tensor([t, -2.0 * t, 0.5], dtype=torch.float64) * (1 + 1j * t))
+            m.flag.copy_(torch.tensor([t % 2 == 0, True, t > 3]))
+        values.append(m.z.detach().clone())
+        avg.update(m)
+        assert torch.allclose(avg.module.z, hand_average(values, beta), rtol=0, atol=1e-13)
+        assert torch.equal(avg.module.flag, m.flag)
+    assert avg.updates == 7

@@ -49,3 +49,37 @@ def test_a_record_refuses_what_is_not_an_experiment():
             IORecord(**args)
     assert IORecord(u, y, np.float32(0.25)).dt == 0.25 and IORecord(u, y, 2).dt == 2  # numpy and int rates are fine
     assert type(IORecord(u, y, np.float32(0.25)).dt) is float and type(IORecord(u, y, 2).dt) is float  # stored as float
+
+
+def test_a_record_period_must_divide_its_length():
+    # probe 27: period = P >= 1 (an int, not a bool) with L % P == 0
+    u, y = torch.zeros(12, 1), torch.zeros(12, 1)
+    for good in (1, 3, 4, 12):
+        assert IORecord(u, y, 1.0, period=good).period == good
+    for bad in (0, -3, 5, 24, 2.0, True):
+        with pytest.raises(ValueError, match="period must be None or an int P >= 1 dividing"):
+            IORecord(u, y, 1.0, period=bad)
+
+
+def test_a_benchmark_of_one_record_and_the_edges_of_its_checks():
+    # probe 27: one training record (bench.dt and the channels read off it), a record with as many samples as
+    # channels (time first still), sampling times within 1e-9 relative (rounding) accepted and beyond refused,
+    # a test list holding something that is not an IORecord refused.
+    one = SysidBenchmark("mine", "my plant", [rec(6, m=2, p=3, dt=0.2)], [], n_init=0, unit="V")
+    assert one.dt == 0.2 and (one.n_inputs, one.n_outputs) == (2, 3)
+    SysidBenchmark("mine", "my plant", [rec(3, m=3, p=2)], [rec(3, m=3, p=2)], n_init=0, unit="V")
+    with pytest.raises(ValueError, match="fewer samples than channels"):
+        SysidBenchmark("mine", "my plant", [rec(3, m=3, p=2)], [rec(2, m=3, p=2, name="t")], n_init=0, unit="V")
+    with pytest.raises(ValueError, match="fewer samples than channels"):
+        SysidBenchmark("mine", "my plant", [rec(3, m=3, p=2)], [rec(2, m=1, p=3, name="t")], n_init=0, unit="V")
+    for dt in (0.5, 1e9):  # |dt - dt0| <= 1e-9 dt0 is one sampling time
+        SysidBenchmark("mine", "my plant", [rec(5, dt=dt)], [rec(5, dt=dt * (1 + 0.6e-9))], n_init=0, unit="V")
+        for other in (dt * (1 + 1.5e-9), dt * (1 - 1.5e-9)):
+            with pytest.raises(ValueError, match="same sampling time"):
+                SysidBenchmark("mine", "my plant", [rec(5, dt=dt)], [rec(5, dt=other)], n_init=0, unit="V")
+    SysidBenchmark("mine", "my plant", [rec(5, dt=1e9)], [rec(5, dt=1e9 + 1.0)], n_init=0, unit="V")  # exactly 1e-9
+    with pytest.raises(ValueError, match="non-empty list of IORecords"):
+        SysidBenchmark("mine", "my plant", [rec(5)], [rec(5), (torch.zeros(5, 1), torch.zeros(5, 1))], n_init=0,
+                       unit="V")
+    with pytest.raises(ValueError, match="same m inputs and p outputs"):
+        SysidBenchmark("mine", "my plant", [rec(50, m=2)], [rec(30, m=1, name="t")], n_init=5, unit="V")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -210,17 +211,28 @@ def test_the_validation_score_is_the_mean_over_the_outputs(monkeypatch):
 
 def test_a_nan_validation_never_counts_as_the_best(monkeypatch):
     # A diverged model scores NaN: not lower than anything, so each one counts against the patience; when every
-    # validation is NaN the model ends with the weights it started with (after the normalisation is set).
+    # validation is NaN the model ends with the weights it started with (after the normalisation is set), and the
+    # caller is warned: an untrained model must not come back silently.
     monkeypatch.setattr(fit_module, "validation_rmse", lambda model, records, from_rest=False: [float("nan")])
     r = record(100)
     m = small()
     start = copy.deepcopy(m)
     cfg = SimulationFit(window=20, batch_size=2, steps=50, lr=1e-2, val_fraction=0.3, val_every=1, patience=2)
-    history = fit_simulation(m, [r], config=cfg)
+    with pytest.warns(RuntimeWarning, match=r"every validation of this run scored NaN or inf \(2 of them, the first at "
+                      r"step 1\): the training diverged"):
+        history = fit_simulation(m, [r], config=cfg)
     assert history["steps"] == 2 and history["best_step"] == 0 and history["best_val_rmse"] == float("inf")
     start.set_normalisation([r.u[:70]], [r.y[:70]])
     kept = m.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in start.state_dict().items())
+    # one finite score (after a NaN) is a best step: no warning then
+    scores = iter([[float("nan")], [1.0], [float("nan")]])
+    monkeypatch.setattr(fit_module, "validation_rmse", lambda model, records, from_rest=False: next(scores))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        history = fit_simulation(small(), [r], config=SimulationFit(window=20, batch_size=2, steps=3, lr=1e-2,
+                                                                     val_fraction=0.3, val_every=1, patience=None))
+    assert history["best_step"] == 2 and history["best_val_rmse"] == 1.0
 
 
 def test_without_validation_no_step_is_best():

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -361,6 +362,10 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     Returns:
         {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [per output])],
         "best_step", "best_val_rmse", "seconds", "steps"}.
+
+    Warns:
+        RuntimeWarning: when validation ran and no validation scored a finite RMSE (the run diverged before the
+        first one): the model then keeps its starting weights, best_step 0.
     """
     cfg = config or SimulationFit()
     _check_fit_options(cfg)
@@ -458,6 +463,11 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
                     break
     if val or blocks:
         model.load_state_dict(best_state)
+        if history["val_rmse"] and history["best_step"] == 0:  # no finite validation: diverged early
+            warnings.warn(f"every validation of this run scored NaN or inf ({len(history['val_rmse'])} of them, the "
+                          f"first at step {history['val_rmse'][0][0]}): the training diverged, and the model keeps "
+                          "the weights it started with (best_step 0); lower lr or grad_clip", RuntimeWarning,
+                          stacklevel=2)
     elif average is not None:
         model.load_state_dict(average.state_dict())
     history["steps"] = step

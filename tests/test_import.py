@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 import ssmkit
+from tests.interpreters import run_python
 
 SRC = str(pathlib.Path(ssmkit.__file__).resolve().parents[1])
 
@@ -23,7 +22,7 @@ def loaded_after(code: str) -> dict[str, bool]:
     watched = ["scipy", "scipy.signal", "scipy.linalg", "ssmkit.analysis"]
     probe = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {watched!r}}}))"
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    done = run_python(["-c", probe], env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 import ssmkit
+from tests.interpreters import run_python
 from ssmkit import memory
 
 SRC = str(pathlib.Path(ssmkit.__file__).resolve().parents[1])
@@ -50,7 +49,7 @@ def _glibc() -> bool:
 @pytest.mark.skipif(not _glibc(), reason="the setting exists for glibc's malloc only")
 def test_freed_blocks_are_reused_without_new_page_faults():
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    done = run_python(["-c", PROBE], env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["applied"] is True

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import runpy
-import subprocess
 import sys
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.ops import use_backend
+from tests.interpreters import run_python
 from tests.conftest import DEVICE, NEEDED_AT_TINY_WIDTH, rel_err, runnable_backends, variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,7 +102,9 @@ def test_initialisations_and_generated_data_do_not_depend_on_string_hashing(tmp_
     script.write_text(_HASH_SCRIPT)
     hash_seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
     env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": os.path.join(ROOT, "src")}
-    done = subprocess.run([sys.executable, str(script), arg], capture_output=True, text=True, env=env, timeout=300)
+    # one hang of this 5-second child was seen on CI (killed at 300 s, no stack; never reproduced here in about 30 runs): a
+    # hang is retried once, reported with its stacks (tests/interpreters.py)
+    done = run_python([str(script), arg], env=env, timeout=150, attempts=2)
     assert done.returncode == 0, done.stderr[-3000:]
     monkeypatch.setattr(sys, "argv", [str(script), arg])
     here = io.StringIO()

@@ -321,3 +321,33 @@ def test_an_ensemble_is_solved_member_by_member_as_the_whole_would_be():
     np.testing.assert_allclose(split.state_vector(final), x_split[:1], rtol=0, atol=1e-11)
     np.testing.assert_allclose(y[0, -1], y_split[0], rtol=0, atol=1e-11)
     assert NonlinearSystem(_wiener("s4d")).members is None
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_an_operating_point_is_the_equilibrium_and_its_linearisation_for_one_jacobian_pass_less(ensemble, monkeypatch):
+    """``operating_point`` returns exactly ``equilibrium`` then ``linearize`` at x* (Newton's last Jacobian is the
+    linearisation), and computes one Jacobian fewer; ``linearize(u0)`` without x0 takes it too."""
+    from ssmkit.sysid import WienerEnsemble
+
+    model = WienerEnsemble([_wiener("s4d", seed=0), _wiener("lru", seed=1)]) if ensemble else _wiener("s4", seed=3)
+    sys = NonlinearSystem(model)
+    u = np.array([[0.4, -0.8], [1.5, 0.3], [-2.0, 1.0]])
+    passes = []
+    target = sys.members[0] if ensemble else sys  # an ensemble's passes are its members'
+    original = type(target)._values_and_jacobians
+    monkeypatch.setattr(type(target), "_values_and_jacobians",
+                        lambda self, x, uu: passes.append(self is target) or original(self, x, uu))
+    x_eq, y_eq = sys.equilibrium(u)
+    lin = sys.linearize(u, x_eq)
+    separate = passes.count(True)
+    passes.clear()
+    x_op, y_op, lin_op = sys.operating_point(u)
+    assert passes.count(True) == separate - 1
+    assert np.array_equal(x_op, x_eq) and np.array_equal(y_op, y_eq)
+    lin_none = sys.linearize(u)
+    for name in "ABCD":
+        assert np.array_equal(getattr(lin_op, name), getattr(lin, name))
+        assert np.array_equal(getattr(lin_none, name), getattr(lin, name))
+    assert lin_op.dt == lin.dt and lin_op.A.shape == (3, sys.n_states, sys.n_states)
+    with pytest.raises(ValueError, match="tol must be a number in"):
+        sys.operating_point(u, tol=0)

@@ -132,7 +132,7 @@ def test_a_sweep_that_finds_no_equilibrium_is_reported_not_raised(tmp_path, monk
     def fail(*args, **kwargs):
         raise ValueError("equilibrium: no convergence in 50 Newton iterations at point 3")
 
-    monkeypatch.setattr(operating.NonlinearSystem, "equilibrium", fail)
+    monkeypatch.setattr(operating.NonlinearSystem, "operating_point", fail)
     paths = write_report(_model(), str(tmp_path), plots=False)
     text = open(paths["summary"]).read()
     assert "Not computed: no equilibrium found everywhere along the inputs (equilibrium: no convergence" in text

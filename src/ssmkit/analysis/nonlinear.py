@@ -22,6 +22,8 @@ skips and normalisations are in, so the answers hold for the model as it simulat
   along the batch axis, whose rows a model computes independently, and the output gradient is the identity), as a
   :class:`StateSpace` bank with one system per point and dt = Ts: poles, margins, Bode plots and the export to scipy
   and python-control of the small-signal model, which varies with the operating point where the nonlinearities bend.
+  :meth:`NonlinearSystem.operating_point` gives the equilibria and the linearisations there from one Newton solve
+  (its last Jacobian, computed at x* to test convergence, is the linearisation).
 - **Static characteristic** u0 -> y*(u0): the steady-state output under constant inputs (for a single-block deep
   Wiener model σ(G(1) u) + F u through the normalisations, with G(1) the block's DC gain).
 - **python-control**: :meth:`NonlinearSystem.to_control` gives a ``control.NonlinearIOSystem`` (``control.nlsys``,
@@ -214,22 +216,28 @@ class NonlinearSystem:
             xs, us = xs.expand(G, -1), us.expand(G, -1)
         return xs, us
 
+    def _join(self, parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """An ensemble's (state or f (G, n), h (G, p), Jacobian (G, n + p, n + m)) from its members' in order: states
+        side by side, h their mean, the Jacobian block diagonal in the members' states with the h rows averaged."""
+        n, m, p = self.n_states, self.n_inputs, self.n_outputs
+        k, G = len(parts), parts[0][0].shape[0]
+        J = torch.zeros(G, n + p, n + m, dtype=F64)
+        start = 0
+        for member, (_, _, Ji) in zip(self._members, parts):
+            ni = member.n_states
+            J[:, start:start + ni, start:start + ni] = Ji[:, :ni, :ni]  # ∂f_i/∂x_i
+            J[:, start:start + ni, n:] = Ji[:, :ni, ni:]  # ∂f_i/∂u
+            J[:, n:, start:start + ni] = Ji[:, ni:, :ni] / k  # ∂h/∂x_i = ∂h_i/∂x_i / k
+            J[:, n:, n:] += Ji[:, ni:, ni:] / k  # ∂h/∂u, the members' mean
+            start += ni
+        return torch.cat([f for f, _, _ in parts], 1), torch.stack([h for _, h, _ in parts]).mean(0), J
+
     def _values_and_jacobians(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """f (G, n), h (G, p) and [∂f/∂x ∂f/∂u; ∂h/∂x ∂h/∂u] (G, n + p, n + m) at G points, exactly."""
         n, m, p = self.n_states, self.n_inputs, self.n_outputs
         if self._members is not None:  # block diagonal in the members' states; h and its rows averaged
-            k, G = len(self._members), x.shape[0]
-            parts = [member._values_and_jacobians(xi, u) for member, xi in zip(self._members, self._split(x))]
-            J = torch.zeros(G, n + p, n + m, dtype=F64)
-            start = 0
-            for member, (_, _, Ji) in zip(self._members, parts):
-                ni = member.n_states
-                J[:, start:start + ni, start:start + ni] = Ji[:, :ni, :ni]  # ∂f_i/∂x_i
-                J[:, start:start + ni, n:] = Ji[:, :ni, ni:]  # ∂f_i/∂u
-                J[:, n:, start:start + ni] = Ji[:, ni:, :ni] / k  # ∂h/∂x_i = ∂h_i/∂x_i / k
-                J[:, n:, n:] += Ji[:, ni:, ni:] / k  # ∂h/∂u, the members' mean
-                start += ni
-            return (torch.cat([f for f, _, _ in parts], 1), torch.stack([h for _, h, _ in parts]).mean(0), J)
+            return self._join([member._values_and_jacobians(xi, u) for member, xi in zip(self._members,
+                                                                                         self._split(x))])
         q, G = n + p, x.shape[0]
         per_chunk = max(1, _JACOBIAN_ELEMENTS // (q * (n + m)))
         values, jacobians = [], []
@@ -260,14 +268,26 @@ class NonlinearSystem:
             D = ∂h/∂u at each point and dt = Ts.
         """
         if x0 is None:
-            xs = torch.as_tensor(self.equilibrium(u0)[0])
-            us = _as_points(u0, self.n_inputs, "u0", "n_inputs")
-        else:
-            xs, us = self._pair(x0, u0)
-        _, _, J = self._values_and_jacobians(xs, us)
+            return self.operating_point(u0)[2]
+        xs, us = self._pair(x0, u0)
+        return self._small_signal(self._values_and_jacobians(xs, us)[2])
+
+    def _small_signal(self, J: torch.Tensor) -> StateSpace:
         n = self.n_states
         J = J.numpy()
         return StateSpace(J[:, :n, :n], J[:, :n, n:], J[:, n:, :n], J[:, n:, n:], dt=self.dt)
+
+    def operating_point(self, u0: Any, x0: Any | None = None, tol: float = 1e-10,
+                        max_iter: int = 50) -> tuple[np.ndarray, np.ndarray, StateSpace]:
+        """The equilibria under u0 and the small-signal models there, from one Newton solve: x* (G, n), y* (G, p) and
+        the :class:`StateSpace` bank of :meth:`linearize` at (x*, u0).
+
+        The same numbers as ``equilibrium(u0, x0, tol, max_iter)`` followed by ``linearize(u0, x*)``, for one
+        Jacobian pass less: Newton's last iteration computes the Jacobian at x* to test convergence, and that
+        Jacobian is the linearisation. Arguments and errors as :meth:`equilibrium`.
+        """
+        x, y, J = self._settle(u0, x0, tol, max_iter)
+        return x.numpy(), y.numpy(), self._small_signal(J)
 
     # ------------------------------------------------------------------------------------------------------------
     # equilibria
@@ -293,6 +313,11 @@ class NonlinearSystem:
                 when ∂f/∂x has an eigenvalue 1 at an iterate (a pole at z = 1: an integrator has no unique
                 equilibrium).
         """
+        x, y, _ = self._settle(u0, x0, tol, max_iter)
+        return x.numpy(), y.numpy()
+
+    def _settle(self, u0: Any, x0: Any | None, tol: float, max_iter: int) -> tuple[torch.Tensor, ...]:
+        """x* (G, n), y* (G, p) and the Jacobian there (G, n + p, n + m): :meth:`equilibrium`'s Newton iteration."""
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
             raise ValueError(f"tol must be a number in (0, 1); got {tol!r}")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -301,8 +326,8 @@ class NonlinearSystem:
         x = torch.zeros(us.shape[0], self.n_states, dtype=F64) if x0 is None else self._pair(x0, us)[0].clone()
         us = us.expand(x.shape[0], -1)
         if self._members is not None:  # each member settles on its own; the ensemble's output is their mean
-            found = [member.equilibrium(us, xi, tol, max_iter) for member, xi in zip(self._members, self._split(x))]
-            return np.concatenate([xi for xi, _ in found], 1), np.mean([yi for _, yi in found], axis=0)
+            return self._join([member._settle(us, xi, tol, max_iter) for member, xi in zip(self._members,
+                                                                                         self._split(x))])
         eye = torch.eye(self.n_states, dtype=F64)
 
         def residual(x):
@@ -315,7 +340,7 @@ class NonlinearSystem:
             size = g.abs().amax(1)
             done = size <= tol * (1 + x.abs().amax(1))
             if bool(done.all()):
-                return x.numpy(), y.numpy()
+                return x, y, J
             if iteration == max_iter:
                 break
             try:

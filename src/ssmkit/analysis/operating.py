@@ -87,8 +87,7 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
         u[:, i] = np.linspace(mu[i] - 2 * sigma[i], mu[i] + 2 * sigma[i], points)
         ys, gains, radii = [], [], []
         for sys in systems:
-            x, y = sys.equilibrium(u)
-            local = sys.linearize(u, x)
+            _, y, local = sys.operating_point(u)  # the equilibria and the linearisations there, one solve
             ys.append(y)
             gains.append(local.dcgain())
             radii.append([spectral_radius(A) for A in local.A])

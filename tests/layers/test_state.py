@@ -101,3 +101,29 @@ def test_missing_capabilities_say_why():
         layer.kernel(4)
     with pytest.raises(NotImplementedError, match="has no state space"):
         layer.state_space()
+
+
+class _Pair(NamedTuple):
+    modes: torch.Tensor
+    conv: torch.Tensor
+
+
+def test_a_state_as_one_real_vector_in_order_with_complex_entries_as_pairs_and_back():
+    from ssmkit.layers.state import state_from_vector, state_to_vector
+
+    modes = torch.tensor([[[1 + 2j, 3 + 4j]], [[-1 - 2j, 0.5j]]], dtype=torch.complex64)  # (B 2, 1, 2)
+    conv = torch.tensor([[5.0], [6.0]])  # (B 2, 1)
+    state = [_Pair(modes, conv), torch.tensor([[7.0, 8.0], [9.0, 10.0]], dtype=torch.float64)]
+    v = state_to_vector(state, torch.float64)
+    assert v.dtype == torch.float64
+    assert v.tolist() == [[1, 2, 3, 4, 5, 7, 8], [-1, -2, 0, 0.5, 6, 9, 10]]
+    back = state_from_vector(v, state)
+    assert isinstance(back, list) and isinstance(back[0], _Pair)
+    assert back[0].modes.dtype == torch.complex64 and back[1].dtype == torch.float64
+    assert torch.equal(back[0].modes, modes) and torch.equal(back[0].conv, conv) and torch.equal(back[1], state[1])
+    like = [_Pair(modes[:1], conv[:1]), state[1][:1]]  # the batch size of `like` does not matter
+    assert torch.equal(state_from_vector(v[1:], like)[0].modes, modes[1:])
+    with pytest.raises(ValueError, match=r"v must be real \(B, 7\) for this state; got \(2, 6\)"):
+        state_from_vector(v[:, :6], state)
+    with pytest.raises(ValueError, match="v must be real"):
+        state_from_vector(v.to(torch.complex128), state)

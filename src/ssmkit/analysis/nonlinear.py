@@ -49,6 +49,7 @@ from torch import nn
 
 from ssmkit.analysis.layerwise import sampling_time
 from ssmkit.analysis.statespace import StateSpace
+from ssmkit.layers.state import state_from_vector, state_to_vector
 
 __all__ = ["NonlinearSystem"]
 
@@ -121,6 +122,7 @@ class NonlinearSystem:
             if not (t.is_floating_point() or t.is_complex()) or t.dim() < 1 or t.shape[0] != 1:
                 raise ValueError(f"NonlinearSystem needs real or complex state tensors with a batch axis first; "
                                  f"{path} is {tuple(t.shape)} {t.dtype}")
+        self._template = pytree.tree_map(lambda t: t.to(torch.complex128 if t.is_complex() else F64), template)
         self._shapes = [tuple(t.shape[1:]) for _, t in leaves]
         self._complex = [t.is_complex() for _, t in leaves]
         self._sizes = [math.prod(s) * (2 if c else 1) for s, c in zip(self._shapes, self._complex)]
@@ -155,21 +157,10 @@ class NonlinearSystem:
     # the state vector
 
     def _to_vector(self, state: Any) -> torch.Tensor:
-        parts = []
-        for t in (t for _, t in _leaves(state)):
-            t = t.to(F64 if not t.is_complex() else torch.complex128)
-            parts.append((torch.view_as_real(t) if t.is_complex() else t).reshape(t.shape[0], -1))
-        return torch.cat(parts, 1)
+        return state_to_vector(state, F64)
 
     def _from_vector(self, x: torch.Tensor) -> Any:
-        parts, start = [], 0
-        for shape, cplx, size in zip(self._shapes, self._complex, self._sizes):
-            v = x[:, start:start + size]
-            start += size
-            if cplx:
-                v = torch.complex(v[:, 0::2], v[:, 1::2])
-            parts.append(v.reshape(x.shape[0], *shape))
-        return pytree.tree_unflatten(parts, self._structure)
+        return state_from_vector(x, self._template)
 
     def state_vector(self, state: Any) -> np.ndarray:
         """The model's state (``initial_state``, ``step``, ``forward``, ``estimate_state``) as x (B, n), float64."""

@@ -8,10 +8,12 @@ state). The base class builds ``initial_state`` from the spec and checks every s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
+import torch.utils._pytree as pytree
 
 State = Union[torch.Tensor, tuple["State", ...]]
 """A layer state: one tensor, or a tuple (possibly a NamedTuple) of states."""
@@ -159,3 +161,41 @@ def detach_state(state):
     if not isinstance(state, torch.Tensor):
         raise ValueError(f"state must be a tensor, a tuple or list of states, or None; got {type(state).__name__}")
     return state.detach()
+
+
+def state_to_vector(state: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A state as one real matrix (B, n): its tensors (nested in lists, tuples and NamedTuples) in order, each
+    flattened after the batch axis, a complex entry as an adjacent (real, imaginary) pair. The inverse of
+    :func:`state_from_vector`; the state vector x of :class:`ssmkit.analysis.NonlinearSystem`.
+
+    Args:
+        state: every tensor (B, ...), real or complex.
+        dtype: the real dtype of the vector (a complex tensor is first cast to its complex counterpart).
+    """
+    parts = []
+    for t in pytree.tree_leaves(state):
+        t = t.to(dtype.to_complex() if t.is_complex() else dtype)
+        parts.append((torch.view_as_real(t) if t.is_complex() else t).reshape(t.shape[0], -1))
+    return torch.cat(parts, 1)
+
+
+def state_from_vector(v: torch.Tensor, like: Any) -> Any:
+    """Real vectors v (B, n) as a state shaped like ``like``: :func:`state_to_vector`'s inverse.
+
+    Args:
+        v: (B, n) real; n = the real numbers of one sequence's ``like`` (complex entries count twice).
+        like: a state of any batch size (tensors nested in lists, tuples and NamedTuples) whose structure, shapes
+            after the batch axis and dtypes the result takes; it is on v's device.
+    """
+    leaves, structure = pytree.tree_flatten(like)
+    sizes = [math.prod(t.shape[1:]) * (2 if t.is_complex() else 1) for t in leaves]
+    if v.dim() != 2 or v.is_complex() or v.shape[1] != sum(sizes):
+        raise ValueError(f"v must be real (B, {sum(sizes)}) for this state; got {tuple(v.shape)} {v.dtype}")
+    parts, start = [], 0
+    for t, size in zip(leaves, sizes):
+        part = v[:, start:start + size]
+        start += size
+        if t.is_complex():
+            part = torch.complex(part[:, 0::2], part[:, 1::2])
+        parts.append(part.reshape(v.shape[0], *t.shape[1:]).to(t.dtype))
+    return pytree.tree_unflatten(parts, structure)

@@ -50,7 +50,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_positive_int, checkpoint_dtype, parameter_dtype
 from ssmkit.layers.registry import build, layer_class
-from ssmkit.layers.state import TensorSpec, check_state
+from ssmkit.layers.state import TensorSpec, check_state, state_from_vector, zeros_from_spec
 from ssmkit.models.pattern import check_layer_options
 from ssmkit.utils import check_sampling_time
 
@@ -364,7 +364,8 @@ class DeepWiener(nn.Module):
         v = self.state_encoder(features.flatten(1))  # (B, Σ sizes)
         states, start = [], 0
         for layer, size in zip(self.layers, self._state_sizes):
-            states.append(_state_from_vector(layer.state_spec(), v[:, start:start + size]))
+            like = zeros_from_spec(layer.state_spec(), 1, v.device)
+            states.append(state_from_vector(v[:, start:start + size], like))
             start += size
         for layer, s in zip(self.layers, states):
             check_state(s, layer.state_spec(), u_past.shape[0], layer.state_device())
@@ -477,21 +478,6 @@ def _real_size(spec) -> int:
         n = math.prod(leaf.shape)
         total += 2 * n if leaf.dtype.is_complex else n
     return total
-
-
-def _state_from_vector(spec, v: torch.Tensor):
-    """Build a state of ``spec`` from real vectors v (B, size)."""
-    if isinstance(spec, TensorSpec):
-        B = v.shape[0]
-        if spec.dtype.is_complex:
-            return torch.view_as_complex(v.reshape(B, *spec.shape, 2).contiguous()).to(spec.dtype)
-        return v.reshape(B, *spec.shape).to(spec.dtype)
-    parts, start = [], 0
-    for s in spec:
-        size = _real_size(s)
-        parts.append(_state_from_vector(s, v[:, start:start + size]))
-        start += size
-    return tuple(parts) if type(spec) is tuple else type(spec)(*parts)
 
 
 def _scale(x: torch.Tensor) -> torch.Tensor:

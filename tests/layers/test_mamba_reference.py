@@ -344,3 +344,61 @@ def test_mamba2_records_its_options():
     assert layer.d_model == 4 and {k: getattr(layer, k) for k in options} == options
     assert (layer.d_inner, layer.nheads) == (12, 4)
     assert (layer.norm.channels, layer.norm.groups, layer.norm.norm_before_gate) == (12, 2, True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Both
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_zoo_flags_follow_the_papers(name):
+    """Both are selective (Δ_t, B_t, C_t depend on the input: time-varying) and stable for every parameter value:
+    A = -exp(A_log) < 0 and Δ = softplus(·) > 0 give exp(Δ A) ∈ (0, 1), so with no input the state only shrinks,
+    however large A_log, the Δ bias and the remaining weights are."""
+    zoo = layers.layer_class(name).zoo
+    assert (zoo.time_varying, zoo.stable_by_construction) == (True, True)
+    torch.manual_seed(12)
+    opts = {"headdim": 2, "d_state": 3} if name == "mamba2" else {"d_state": 3}
+    layer = perturbed(layers.build(name, d_model=4, dtype=F64, **opts), scale=4.0)
+    with torch.no_grad():
+        layer.A_log.normal_(0.0, 5.0)
+        layer.dt_bias.normal_(0.0, 10.0)
+        (layer.conv.bias if name == "mamba2" else layer.conv1d.bias).zero_()  # x = 0 when the input and history are 0
+        h0 = layer.initial_state(2)._replace(ssm=torch.randn(2, *layer.state_spec().ssm.shape, dtype=F64))
+        _, h = layer(torch.zeros(2, 30, 4, dtype=F64), h0)
+    assert bool((h.ssm.abs() <= h0.ssm.abs() * (1 + 1e-12)).all())  # elementwise: exp(ΔA) ∈ (0, 1) per entry
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"d_model": 0}, "d_model must be a positive int"),
+    ({"dt_scale": 0.0}, "dt_scale must be a finite float > 0"),
+    ({"dt_init_floor": 0.0}, "dt_init_floor must be a finite float > 0"),
+    ({"dt_rank": 0}, r"dt_rank \(or 'auto'\) must be a positive int"),
+    ({"conv_bias": 1}, "conv_bias must be True or False"),
+    ({"bias": None}, "bias must be True or False"),
+])
+def test_mamba_refuses_each_bad_option_by_name(options, match):
+    with pytest.raises(ValueError, match=match):
+        Mamba(**{"d_model": 4, **options})
+
+
+@pytest.mark.parametrize("dtype,big", [(torch.float32, [3e38, torch.finfo(torch.float32).max, 2.0**127 * 1.5]),
+                                       (torch.float64, [1e308, torch.finfo(torch.float64).max])])
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+def test_gated_rmsnorm_of_groups_near_the_largest_float(dtype, big, norm_before_gate):
+    # a group whose largest |v| lies in (2^127, 3.4e38] (float32; (2^1023, 1.8e308] in float64) is finite and its norm
+    # is ~1, but the scale m = 2^⌈log₂ max|v|⌉ was 2^128 = inf there: v / inf = 0, eps / inf = 0, 0 · rsqrt(0) = NaN.
+    # Reference: the group divided by its largest |v| in float64 first (then eps / max² underflows to nothing, as it
+    # should: mean((v/max)²) >= 1/size).
+    from ssmkit.layers.mamba2 import GatedRMSNorm
+
+    norm = GatedRMSNorm(4 * len(big), len(big), norm_before_gate, dtype=dtype)
+    rows = torch.tensor([[b, -0.5 * b, 0.25 * b, 1.0] for b in big], dtype=F64)  # (G, 4): one group per value
+    y = rows.flatten()[None]
+    z = torch.ones_like(y)  # SiLU(1) = 0.73: the gated group (norm_before_gate False) stays above 2^127 (2^1023)
+    out = norm(y.to(dtype), z.to(dtype))
+    v = rows if norm_before_gate else rows * F.silu(z.view_as(rows))
+    unit = v / v.abs().amax(-1, keepdim=True)
+    expected = (unit / torch.sqrt(unit.square().mean(-1, keepdim=True))).flatten()[None]
+    expected = expected * F.silu(z) if norm_before_gate else expected
+    assert torch.isfinite(out).all() and rel_err(out, expected) < {torch.float32: 1e-6, torch.float64: 1e-14}[dtype]

@@ -402,3 +402,25 @@ def test_gated_rmsnorm_of_groups_near_the_largest_float(dtype, big, norm_before_
     expected = (unit / torch.sqrt(unit.square().mean(-1, keepdim=True))).flatten()[None]
     expected = expected * F.silu(z) if norm_before_gate else expected
     assert torch.isfinite(out).all() and rel_err(out, expected) < {torch.float32: 1e-6, torch.float64: 1e-14}[dtype]
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"d_model": 0}, "d_model must be a positive int"),
+    ({"dt_min": 0.2, "dt_max": 0.1}, "0 < dt_min <= dt_max"),
+    ({"dt_min": 0.0}, "0 < dt_min <= dt_max"),
+    ({"lr": -1.0}, "lr must be a finite float >= 0"),
+    ({"lr": math.nan}, "lr must be a finite float >= 0"),
+    ({"dtype": torch.bfloat16}, "dtype must be torch.float32 or torch.float64"),
+])
+def test_mamba2_refuses_each_bad_option_by_name(options, match):
+    with pytest.raises(ValueError, match=match):
+        layers.build("mamba2", **{"d_model": 4, "headdim": 2, "d_state": 3, **options})
+
+
+def test_mamba2_accepts_the_edges_of_its_documented_ranges():
+    # A_init_range (low, high) with 0 < low <= high: low = high gives A = -low on every head; dt_init_floor >= 0:
+    # 0 floors nothing (Δ₀ = dt_min = dt_max = 1e-6, below Mamba's default floor 1e-4)
+    layer = layers.build("mamba2", d_model=4, headdim=2, d_state=3, A_init_range=(2.5, 2.5), dt_min=1e-6,
+                         dt_max=1e-6, dt_init_floor=0.0, dtype=F64)
+    assert torch.allclose(-layer.A_log.exp(), torch.full((4,), -2.5, dtype=F64), rtol=1e-15, atol=0)
+    assert torch.allclose(F.softplus(layer.dt_bias.detach()), torch.full((4,), 1e-6, dtype=F64), rtol=1e-9, atol=0)

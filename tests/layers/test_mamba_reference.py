@@ -1,6 +1,6 @@
 """Mamba (arXiv 2312.00752) and Mamba-2 (arXiv 2405.21060) against references that do not go through ssmkit's scans:
 float64 per-step loops of the blocks written here from the papers' equations (with the official conventions of
-/work/shared/notes/layers-checked.md), from random initial states, forward on every backend and step by step, with
+layers-checked.md in the shared notes), from random initial states, forward on every backend and step by step, with
 every parameter moved off its initial value; and the initialisation laws by Kolmogorov-Smirnov against their closed
 forms (probe 30, docs/design.md)."""
 

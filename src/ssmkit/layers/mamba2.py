@@ -96,10 +96,12 @@ class GatedRMSNorm(nn.RMSNorm):
         grouped = y.unflatten(-1, (self.groups, self.channels // self.groups))  # (..., G, E/G)
         # v / √(mean(v²) + eps) = (v/m) / √(mean((v/m)²) + eps/m²) for any m > 0. m = 2^⌈log₂ max|v|⌉ (>= 1) keeps the
         # squares <= ~4, so a group above ~1.8e19 (float32: v² overflowed to inf and the group came out as zeros) is
-        # normalised too; a power of two scales exactly, so the other groups get the same bits as without m. m is
-        # detached: the value does not depend on it, so the gradient at fixed m is the exact one.
+        # normalised too; a power of two scales exactly, so the other groups get the same bits as without m. The
+        # exponent stops at the largest finite power of two (2^127 in float32): above it 2^128 = inf made the group NaN.
+        # m is detached: the value does not depend on it, so the gradient at fixed m is the exact one.
         top = grouped.detach().abs().amax(-1, keepdim=True).clamp_min(1.0)  # (..., G, 1)
-        m = torch.exp2(torch.ceil(torch.log2(top)))  # (..., G, 1)
+        largest = math.frexp(torch.finfo(top.dtype).max)[1] - 1  # 127 (float32), 1023 (float64): 2^largest is finite
+        m = torch.exp2(torch.ceil(torch.log2(top)).clamp_max(largest))  # (..., G, 1)
         scaled = grouped / m  # (..., G, E/G)
         grouped = scaled * torch.rsqrt(scaled.square().mean(-1, keepdim=True) + self.eps / m.square())  # (..., G, E/G)
         out = grouped.flatten(-2) * self.weight  # (..., E)

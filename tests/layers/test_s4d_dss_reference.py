@@ -442,3 +442,32 @@ def test_s4d_checks_name_the_init_and_discretization():
         S4D(2, discretization="foh")
     assert S4D(2, dt_min=0.01, dt_max=0.01).dt_min == 0.01  # one step size: dt_min = dt_max is allowed
 
+
+@pytest.mark.parametrize("L_re_z", [19.2, 51.2, 76.8])
+def test_dss_softmax_float32_growing_mode_keeps_its_kernel(L_re_z):
+    """A growing mode (Re z > 0) in float32: the kernel against the official code's row softmax with its max shift,
+    e^{(l - L + 1) z} / Σ_k e^{(k - L + 1) z}, in float64. |λ(e^{Lz} - 1)|² overflows float32 once L·Re(z) > 44:
+    that made W̃ exactly 0 and the mode's part of the kernel (up to 0.05 here) vanish, while the docstring promises
+    the state finite up to L·Re(z) < 88."""
+    L, dt = 64, 0.1
+    torch.manual_seed(0)
+    layer = DSS(1, d_state=4, version="softmax", l_max=L, dt_min=dt, dt_max=dt, device=DEVICE)
+    with torch.no_grad():
+        layer.A_real.copy_(torch.tensor([L_re_z / L / dt, -0.5]))  # Re z = L_re_z / L for the first mode
+        layer.D.zero_()
+    lam, z, W = _dss_parts(layer)
+    l = np.arange(L)
+    shifted = np.exp(z[..., None] * (l - (L - 1)))  # (H, M, L): the official max shift for Re z > 0
+    softmax = shifted / shifted.sum(-1, keepdims=True)
+    K = ((W[0] / lam)[..., None] * softmax).sum(1).real
+    K_layer = layer.kernel(L)
+    assert bool(torch.isfinite(K_layer).all())
+    _close(K_layer, K, 1e-4)  # float32 rounding of e^{lz} over 64 steps
+    x = torch.zeros(1, L, 1, device=DEVICE)
+    x[0, 0] = 1
+    with torch.no_grad():
+        y, _ = layer(x)
+    _close(y[0, :, 0], K[0], 1e-4)
+    layer.A_real.grad = None
+    layer.kernel(L).square().sum().backward()
+    assert bool(torch.isfinite(layer.A_real.grad).all()) and float(layer.W.grad.abs().max()) > 0

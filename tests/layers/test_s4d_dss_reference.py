@@ -471,3 +471,26 @@ def test_dss_softmax_float32_growing_mode_keeps_its_kernel(L_re_z):
     layer.A_real.grad = None
     layer.kernel(L).square().sum().backward()
     assert bool(torch.isfinite(layer.A_real.grad).all()) and float(layer.W.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("backend,two_sided_calls", [("reference", 1), ("fft", 1), ("auto", 1), ("chunked", 0),
+                                                     ("native", 0)])
+def test_bidirectional_forward_takes_the_documented_path(monkeypatch, backend, two_sided_calls):
+    """DiagonalLTILayer._two_sided: one two-sided convolution (reference loop or FFT), or two causal scans under
+    "chunked" and "native"; the values are the same either way (tested above), the cost is not."""
+    import ssmkit.layers.diagonal as diagonal
+
+    layer = _s4d_moved(bidirectional=True)
+    if backend not in ("auto", *runnable_backends(layer)):
+        pytest.skip(f"backend {backend} does not run here")
+    calls = []
+    original = diagonal.diagonal_ssm_bidirectional
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(diagonal, "diagonal_ssm_bidirectional", spy)
+    with torch.no_grad(), ops.use_backend(backend):
+        layer(torch.randn(2, 9, 3, dtype=F64, device=DEVICE))
+    assert len(calls) == two_sided_calls

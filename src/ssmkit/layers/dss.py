@@ -21,7 +21,8 @@ Choices (docs/design.md): the softmax normalisation length is fixed at ``l_max``
 the length of each input; the two agree when L = l_max). With it fixed the layer is a genuine LTI system, so step,
 chunked forward and any length L work; a mode with Re(z) > 0 makes the recurrent state grow like e^{t Re z}, which
 stays finite while l_max·Re(z) < 88 (float32). The official 1/(λ(e^{L z} - 1)) is regularised as
-conj(x)/(|x|² + 1e-7); we keep that. W is trained like S4D's C and S4's C̃ (global lr and weight decay; the official
+conj(x)/(|x|² + 1e-7); we keep that, evaluated without forming |x|² when |x| > 1 (it overflows float32 at
+l_max·Re(z) > 44). W is trained like S4D's C and S4's C̃ (global lr and weight decay; the official
 DSS gives it lr 1e-3 and no decay), so that swapping the layer name compares like with like.
 
 Non-finite inputs spread from the first bad step (step, reference), from the start of its 64-step chunk (chunked
@@ -53,6 +54,24 @@ from ssmkit.ops.hippo import dss_eigenvalues
 
 VERSIONS = ("exp", "softmax")
 _SOFTMAX_EPS = 1e-7  # the official regulariser of 1/(λ(e^{L z} - 1))
+
+
+def _regularised_reciprocal(x: torch.Tensor) -> torch.Tensor:
+    """conj(x)/(|x|² + 1e-7) elementwise, without forming |x|² where it would overflow.
+
+    For |x| > 1 it is evaluated as (conj(x)/|x|)/(|x| + 1e-7/|x|), the same number: a growing DSS-softmax mode has
+    |x| ~ e^{L Re z}, whose square overflows float32 once L·Re(z) > 44, which made its W̃ (and its whole part of the
+    kernel) exactly 0 while the state itself stays finite up to L·Re(z) < 88. Each branch sees only inputs where it
+    is finite, so the unused one gives no NaN gradient.
+    """
+    s = x.abs()
+    big = s > 1
+    s_big = torch.where(big, s, torch.ones_like(s))
+    x_big = torch.where(big, x, torch.ones_like(x))
+    s_small = torch.where(big, torch.zeros_like(s), s)
+    x_small = torch.where(big, torch.zeros_like(x), x)
+    large = (x_big.conj() / s_big) / (s_big + _SOFTMAX_EPS / s_big)
+    return torch.where(big, large, x_small.conj() / (s_small**2 + _SOFTMAX_EPS))
 
 
 @register("dss")
@@ -167,7 +186,7 @@ class DSS(DiagonalLTILayer):
             Lz = self.l_max * z  # (H, M)
             x = Lambda * Lz * _expm1_over_z(Lz)  # (H, M): λ (e^{L z} - 1)
             A_bar_minus_1 = z * _expm1_over_z(z)  # (H, M): e^z - 1 without cancellation
-            W_tilde = W * A_bar_minus_1 * x.conj() / (x.abs() ** 2 + _SOFTMAX_EPS)  # (C, H, M)
+            W_tilde = W * A_bar_minus_1 * _regularised_reciprocal(x)  # (C, H, M)
         return A_bar, torch.ones_like(A_bar), W_tilde
 
     @property

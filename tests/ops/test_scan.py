@@ -482,7 +482,7 @@ def test_scan_bad_inputs(change, match, device):
     args["state"] = make_state(Bsz, A_bar)
     for key, f in change.items():
         args[key] = f(args[key])
-    for path in (ssm_scan_reference, ssm_scan_chunked):
+    for path in (ssm_scan_reference, ssm_scan_chunked, ssm_scan_fft):  # every path checks on its own (callable alone)
         with pytest.raises(ValueError, match=match):
             path(**args)
     if "C" not in change:
@@ -504,7 +504,7 @@ def test_scan_bad_skip(D, match, device):
     A_bar, B_bar, C = make_params(H, N, torch.float64, "complex", device)
     u = torch.randn(Bsz, 13, H, dtype=torch.float64, device=device)
     bad = D(torch.randn(H, dtype=torch.float64, device=device))
-    for path in (ssm_scan_reference, ssm_scan_chunked, ssm_scan):
+    for path in (ssm_scan_reference, ssm_scan_chunked, ssm_scan_fft, ssm_scan):
         with pytest.raises(ValueError, match=match):
             path(u, A_bar, B_bar, C, D=bad)
 
@@ -514,5 +514,7 @@ def test_bad_chunk_size(device):
     u = torch.randn(Bsz, 13, H, dtype=torch.float64, device=device)
     with pytest.raises(ValueError, match="chunk_size must be a positive int; got 0"):
         ssm_scan_chunked(u, A_bar, B_bar, C, chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int; got 0"):
+        ssm_final_state_chunked(u, A_bar, B_bar, chunk_size=0)
     with pytest.raises(ValueError, match="chunk_size must be a positive int; got 2.5"):
         linear_recurrence_chunked(u, u, chunk_size=2.5)

@@ -15,6 +15,7 @@ def test_auto_follows_the_crossover_table(monkeypatch):
     assert scan.auto_scan_backend(u, True) == "fft"
     assert scan.auto_scan_backend(torch.zeros(1, 1024, 2, device=DEVICE), True) == "chunked"  # hi excluded
     assert scan.auto_scan_backend(torch.zeros(1, 255, 2, device=DEVICE), True) == "chunked"
+    assert scan.auto_scan_backend(torch.zeros(1, 256, 2, device=DEVICE), True) == "fft"  # lo included: [lo, hi)
     monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, False), (256, None))
     assert scan.auto_scan_backend(torch.zeros(1, 1 << 16, 2, device=DEVICE), False) == "fft"
 

@@ -445,3 +445,13 @@ def test_a_float64_layer_under_autocast(name, options):
     with torch.no_grad():
         y_ref, _ = layer(x.bfloat16().double())
     assert rel_err(y_bf16, y_ref) < 1e-2  # the output's rounding to bf16 only
+
+
+def test_ema_half_weights_are_refused_where_they_compute():
+    # float32/float64 parameters only: discrete() and kernel() refuse float16 weights by name; state_space() analyses
+    # them in float64 (the protocol's rule).
+    layer = layers.EMA(3, 2).half()
+    for call in (layer.discrete, lambda: layer.kernel(4)):
+        with pytest.raises(ValueError, match="parameters are torch.float16"):
+            call()
+    assert layer.state_space().A.dtype == "float64"

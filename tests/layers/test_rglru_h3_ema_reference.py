@@ -262,6 +262,9 @@ def test_bidirectional_ema_equals_two_recurrences(d_state):
             with ops.use_backend(backend):
                 y, none = layer(u)
             assert rel_err(y, y_ref) < 1e-12 and none is None, backend
+    A_bar, B_bar, C = layer.discrete()  # the causal direction's alone
+    assert A_bar.shape == B_bar.shape == (3, d_state) and C.shape == (1, 3, d_state)
+    torch.testing.assert_close(C[0], layer.gamma[0] / math.sqrt(d_state))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -403,6 +406,7 @@ def test_ema_state_space_realises_the_recurrence():
         x = A @ x + B * u[:, t, :, None, None]
     y_ref, _ = ema_reference(layer, u)
     assert rel_err(y, y_ref) < 1e-12
+    assert ss.dt == 1.0  # discrete time: one step per sample, as every layer's realisation
     alpha, delta = torch.sigmoid(layer.logit_alpha[0].detach()), torch.sigmoid(layer.logit_delta[0].detach())
     torch.testing.assert_close(A, torch.diag_embed(1 - alpha * delta), rtol=1e-15, atol=0)
     dc = (layer.gamma[0] * alpha * layer.beta[0] / (alpha * delta)).detach().sum(-1) / 2 + layer.D.detach()

@@ -197,10 +197,9 @@ class H3(SequenceLayer):
         return self.D_k.device
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (..., d_model) each, in the projection's compute dtype (bf16/fp16 under autocast)."""
-        if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(self.D_k.dtype)
-        return self.in_proj(x).chunk(3, dim=-1)
+        """q, k, v (..., d_model) each, in the projection's compute dtype (bf16/fp16 under autocast for float32
+        weights; autocast leaves float64 alone, so a float64 layer projects in float64 under it too)."""
+        return self.in_proj(x.to(self.D_k.dtype)).chunk(3, dim=-1)
 
     def _pairs(self, k: Tensor, v: Tensor) -> Tensor:
         """z[..., i, j, h] = k[..., h·P + i] v[..., h·P + j]: (..., d_model) twice -> (..., P, P, H)."""

@@ -190,10 +190,10 @@ class GSS(SequenceLayer):
         return self.ssm.state_device()
 
     def _branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gate g = GELU(W_g x) and the SSM input u = LayerNorm(GELU(W_d x)); the projections run in the
-        parameters' dtype, or in autocast's."""
-        if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(self.ssm.D.dtype)
+        """The gate g = GELU(W_g x) and the SSM input u = LayerNorm(GELU(W_d x)); x is cast to the parameters' dtype
+        and the projections run in it, or in autocast's for float32 weights (autocast leaves float64 alone, so a float64
+        layer given a float32 x under autocast projects in float64, as outside it)."""
+        x = x.to(self.ssm.D.dtype)
         return F.gelu(self.gate(x)), self.norm(F.gelu(self.down(x)))
 
     def _forward(self, x: torch.Tensor, state: torch.Tensor | None, return_state: bool):

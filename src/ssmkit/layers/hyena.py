@@ -255,9 +255,9 @@ class Hyena(SequenceLayer):
         return self.filter_bias.device
 
     def _project_in(self, x: torch.Tensor) -> torch.Tensor:
-        """W_in x in the parameters' dtype (under autocast the projection itself runs in autocast's dtype)."""
-        amp = torch.is_autocast_enabled(x.device.type)
-        return self.in_proj(x if amp else x.to(self.filter_bias.dtype)).to(self.filter_bias.dtype)
+        """W_in x in the parameters' dtype (under autocast a float32 layer's projection itself runs in autocast's dtype;
+        autocast leaves float64 alone, so a float64 layer given a float32 x projects in float64 under it too)."""
+        return self.in_proj(x.to(self.filter_bias.dtype)).to(self.filter_bias.dtype)
 
     def _forward(self, x: torch.Tensor, state: HyenaState | None, return_state: bool):
         backend = self._backend()

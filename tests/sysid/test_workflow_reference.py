@@ -364,7 +364,7 @@ def _script(monkeypatch, scores):
     def fake(bench, layer, recipe, train, val, run_seed, mode="simulation", dtype=None, fold=None, log=False,
              device=None):
         calls.append({"seed": run_seed, "fold": fold, "train": [r.name for r in train],
-                      "val": None if val is None else [(r.name, len(r)) for r in val], "mode": mode})
+                      "val": None if val is None else [(r.name, len(r)) for r in val], "mode": mode, "log": log})
         torch.manual_seed(run_seed)
         model = build_model(bench, layer, recipe, mode, dtype)
         return model, {"best_val_rmse": scores[run_seed], "best_step": 10 * run_seed, "steps": run_seed + 1,
@@ -385,6 +385,7 @@ def test_restarts_train_from_seed_k_to_seed_k_plus_k_minus_1_and_keep_the_best(m
     model, history = identify(bench, "s4d", dataclasses.replace(RECIPE, restarts=3), seed=2, dtype=torch.float64)
     assert [c["seed"] for c in calls] == [6, 7, 8] and all(c["fold"] is None for c in calls)
     assert all(c["train"] == ["a", "b"] and c["val"] is None for c in calls)  # val_records 0: fit_simulation's tails
+    assert not any(c["log"] for c in calls)  # quiet by default
     torch.manual_seed(7)
     want = build_model(bench, "s4d", RECIPE, dtype=torch.float64)
     for name, value in model.state_dict().items():
@@ -448,6 +449,9 @@ def test_kfold_best_keeps_the_lowest_run_of_each_block_and_scores_it_out_of_fold
                       dtype=torch.float64)
     assert [c["fold"] for c in calls] == [0, 1, 2] and len(avg.members) == 3 and h["folds"] == 3
     assert all(r["kept"] for r in h["restarts"])
+    _script(monkeypatch, scores)  # "average" of 4 runs on 2 blocks: all four kept, not the best of each block
+    avg, h = identify(bench, "s4d", dataclasses.replace(recipe, combine="average"), seed=1, dtype=torch.float64)
+    assert len(avg.members) == 4 and all(r["kept"] for r in h["restarts"]) and h["best_step"] == [40, 50, 60, 70]
 
 
 def test_average_scores_the_ensemble_on_the_tails_the_runs_validated_on(monkeypatch):
@@ -519,6 +523,7 @@ def test_identify_refuses_bad_recipes_before_training(monkeypatch):
                    dict(data_init_layers=1), dict(restarts=2, val_fraction=0.0, combine="average"),
                    dict(validation="kfold", restarts=2)):
         identify(bench, "s4d", dataclasses.replace(RECIPE, **change))
+    identify(bench, "ema", dataclasses.replace(RECIPE, d_state=1))  # one real mode per channel
     with pytest.raises(ValueError, match="simulation mode only"):
         identify(bench, "s4d", dataclasses.replace(RECIPE, first_layer_init="data"), mode="prediction")
     with pytest.raises(ValueError, match="use validation='tail' in prediction mode"):

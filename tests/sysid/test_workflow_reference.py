@@ -591,6 +591,7 @@ def test_train_run_seeds_builds_initialises_and_fits_as_documented(monkeypatch):
     data = dataclasses.replace(recipe, first_layer_init="data", data_init_layers=2, train_encoder=0)
     _, history = workflow.train_run(bench, "s4d", data, bench.train, None, 6, fold=1)
     assert seen["blocks"] == [Block(0, 20, 40), Block(1, 15, 30)] and history["fold"] == 1
+    assert seen["log"] is False  # quiet by default
     assert inits == [(["a[0:20]", "b[0:15]"], 2)]
     # K from restarts when folds is None: fold 2 of 3 -> a[27:40] (round(80/3) = 27), b[20:30]
     workflow.train_run(bench, "s4d", dataclasses.replace(data, folds=None, restarts=3), bench.train, None, 6, fold=2)

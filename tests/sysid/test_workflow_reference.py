@@ -80,6 +80,8 @@ def test_build_model_encoder_window_against_the_init_window():
     assert build_model(Bench(n_init=20), "s4d", r).encoder_window == 20  # = n_init: allowed
     with pytest.raises(ValueError, match="exceeds the benchmark's init window n_init = 19"):
         build_model(Bench(n_init=19), "s4d", r)
+    with pytest.raises(ValueError, match="exceeds the benchmark's init window n_init = 1"):
+        build_model(Bench(n_init=1), "s4d", r)
     assert build_model(Bench(n_init=0), "s4d", r).encoder_window == 0  # nothing unscored to read: from rest
     # a training-only encoder of n samples when the model has none of its own
     t = Recipe(d_model=2, n_layers=1, d_state=2, train_encoder=7)
@@ -139,8 +141,8 @@ def test_held_out_splits_the_last_records_by_hand():
     assert len(held_out(recs, Recipe(val_records=1, val_fraction=0.3, encoder_window=1))[1][0]) == 3
     with pytest.raises(ValueError, match="too short"):
         held_out(recs, Recipe(val_records=1, val_fraction=0.3, encoder_window=2))
-    # one training sample is enough before the tail (min_train = 1): 0.95 of 10 leaves 0 -> refused, 0.85 leaves 2
-    assert len(held_out(recs, Recipe(val_records=1, val_fraction=0.8))[1][0]) == 8
+    # one training sample is enough before the tail (min_train = 1): 0.9 of 10 leaves 1, 0.96 leaves 0 -> refused
+    assert len(held_out(recs, Recipe(val_records=1, val_fraction=0.9))[1][0]) == 9
     with pytest.raises(ValueError, match="too short"):
         held_out(recs, Recipe(val_records=1, val_fraction=0.96))
     assert held_out(recs, Recipe(val_records=3, val_fraction=0.5))[0] == [recs[0]]
@@ -324,6 +326,11 @@ def test_periodic_steady_state_checks_periodicity_relative_to_the_input():
         periodic_steady_state(ident, u, period=P)
     z = torch.zeros(8, 1, dtype=torch.float64)
     assert periodic_steady_state(ident, z, period=P).abs().max() == 0  # an all-zero input is periodic
+    three = one.repeat(3)[:, None]  # every sample against the one a period earlier, over three periods
+    assert periodic_steady_state(ident, three, period=P).shape == (3 * P, 1)
+    three[2 * P + 3, 0] += 1e-12
+    with pytest.raises(ValueError, match="not periodic with period 4"):
+        periodic_steady_state(ident, three, period=P)
     # "differ by up to 1e-6 of max |u|" is admitted: max |u| = 1e6, a gap of exactly 1.0 passes, 1.0000001 does not
     big = torch.tensor([[1e6], [5.0], [1e6], [6.0]], dtype=torch.float64)
     assert periodic_steady_state(ident, big, period=2).shape == (4, 1)
@@ -399,8 +406,12 @@ def test_restarts_train_from_seed_k_to_seed_k_plus_k_minus_1_and_keep_the_best(m
     _, single = identify(bench, "s4d", RECIPE, dtype=torch.float64)
     assert "restarts" not in single and single["seconds"] == 0.0 and [c["seed"] for c in calls] == [0]
     _script(monkeypatch, {2: 0.2, 3: 0.2})  # seed 1 of 2 restarts: seeds 2 and 3
-    _, tie = identify(bench, "s4d", dataclasses.replace(RECIPE, restarts=2), seed=1, dtype=torch.float64)
-    assert tie["seed"] == 2
+    model, tie = identify(bench, "s4d", dataclasses.replace(RECIPE, restarts=2), seed=1, dtype=torch.float64)
+    torch.manual_seed(2)
+    first = build_model(bench, "s4d", RECIPE, dtype=torch.float64)
+    assert tie["seed"] == 2 and tie["best_step"] == 20
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, first.state_dict()[name]), name
 
 
 def test_val_records_hold_out_the_tail_of_the_last_records_for_every_run(monkeypatch):

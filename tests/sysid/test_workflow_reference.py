@@ -491,6 +491,13 @@ def test_average_scores_the_ensemble_on_the_tails_the_runs_validated_on(monkeypa
     r = bench.train[1]
     e = (_sim(members[0], r.u[22:]) + _sim(members[1], r.u[22:])) / 2 - r.y[22:].numpy()
     assert held["best_val_rmse"] == pytest.approx(np.sqrt((e ** 2).mean(0)).mean(), rel=1e-10)
+    # a tail of exactly 2 samples (the least fit_simulation validates on without an encoder) is scored too
+    short = SysidBenchmark("toy", "toy", [IORecord(r.u[:8], r.y[:8], 0.5, "s")], [], 0, "V")
+    _script(monkeypatch, {0: 0.3, 1: 0.2})
+    _, two = identify(short, "s4d", dataclasses.replace(RECIPE, restarts=2, combine="average", window=6),
+                      dtype=torch.float64)
+    e = (_sim(members[0], r.u[6:8]) + _sim(members[1], r.u[6:8])) / 2 - r.y[6:8].numpy()
+    assert two["best_val_rmse"] == pytest.approx(np.sqrt((e ** 2).mean(0)).mean(), rel=1e-10)
     # no validation at all: an infinite score
     _script(monkeypatch, {0: 0.3, 1: 0.2})
     _, none = identify(bench, "s4d", dataclasses.replace(RECIPE, restarts=2, combine="average", val_fraction=0.0),
@@ -532,7 +539,7 @@ def test_identify_refuses_bad_recipes_before_training(monkeypatch):
     # the edges that are allowed
     for change in (dict(d_model=1), dict(encoder_window=0, val_records=0, train_encoder=0), dict(folds=2),
                    dict(data_init_layers=1), dict(restarts=2, val_fraction=0.0, combine="average"),
-                   dict(validation="kfold", restarts=2)):
+                   dict(val_fraction=0.0), dict(validation="kfold", restarts=2)):
         identify(bench, "s4d", dataclasses.replace(RECIPE, **change))
     identify(bench, "ema", dataclasses.replace(RECIPE, d_state=1))  # one real mode per channel
     with pytest.raises(ValueError, match="simulation mode only"):

@@ -82,30 +82,31 @@ def mamba_case(opts, dtype=F64, seed=0):
     return layer, u, MambaState(conv0, ssm0)
 
 
+def _check_forward_and_steps(layer, u, h0, y_ref, ssm_ref, conv_ref, tol):
+    """The block's forward on every backend and its step, from the state h0, against the loop's y and final SSM state
+    (to ``tol``) and, when given, its final convolution state (to 1e-15: copied inputs)."""
+    with torch.no_grad():
+        steps = run_steps(layer, u, h0)
+        for backend in runnable_backends(layer):
+            with use_backend(backend):
+                y, h = layer(u, h0)
+            for name, (yy, hh) in ((backend, (y, h)), ("step", steps)):
+                assert rel_err(yy, y_ref) < tol and rel_err(hh.ssm, ssm_ref) < tol, name
+                if conv_ref is not None:
+                    assert hh.conv.shape == conv_ref.shape and rel_err(hh.conv, conv_ref) < 1e-15, name
+
+
 @pytest.mark.parametrize("i", range(len(MAMBA_CASES)))
 def test_mamba_forward_and_steps_equal_the_float64_loop_from_a_given_state(i):
     layer, u, h0 = mamba_case(MAMBA_CASES[i])
     y_ref, conv_ref, ssm_ref = mamba_loop(layer, u, *h0)
-    with torch.no_grad():
-        for backend in runnable_backends(layer):
-            with use_backend(backend):
-                y, h = layer(u, h0)
-            assert rel_err(y, y_ref) < 1e-12 and rel_err(h.ssm, ssm_ref) < 1e-12, backend  # observed ~1e-16
-            assert h.conv.shape == conv_ref.shape and rel_err(h.conv, conv_ref) < 1e-15, backend
-        y_steps, h = run_steps(layer, u, h0)
-    assert rel_err(y_steps, y_ref) < 1e-12 and rel_err(h.ssm, ssm_ref) < 1e-12 and rel_err(h.conv, conv_ref) < 1e-15
+    _check_forward_and_steps(layer, u, h0, y_ref, ssm_ref, conv_ref, tol=1e-12)  # observed ~1e-16
 
 
 def test_mamba_float32_layer_follows_the_float64_loop():
     layer, u, h0 = mamba_case(MAMBA_CASES[0], dtype=torch.float32, seed=3)
     y_ref, _, ssm_ref = mamba_loop(layer, u, *h0)
-    with torch.no_grad():
-        for backend in runnable_backends(layer):
-            with use_backend(backend):
-                y, h = layer(u, h0)
-            assert rel_err(y, y_ref) < 1e-5 and rel_err(h.ssm, ssm_ref) < 1e-5, backend
-        y_steps, h = run_steps(layer, u, h0)
-    assert rel_err(y_steps, y_ref) < 1e-5 and rel_err(h.ssm, ssm_ref) < 1e-5
+    _check_forward_and_steps(layer, u, h0, y_ref, ssm_ref, None, tol=1e-5)
 
 
 def test_mamba_calls_a_hooked_dt_proj_in_forward_and_step():
@@ -259,26 +260,13 @@ def mamba2_case(opts, dtype=F64, seed=0, scale=0.2):
 def test_mamba2_forward_and_steps_equal_the_float64_loop_from_a_given_state(i):
     layer, u, h0 = mamba2_case(MAMBA2_CASES[i])
     y_ref, conv_ref, ssm_ref = mamba2_loop(layer, u, *h0)
-    with torch.no_grad():
-        for backend in runnable_backends(layer):
-            with use_backend(backend):
-                y, h = layer(u, h0)
-            assert rel_err(y, y_ref) < 1e-12 and rel_err(h.ssm, ssm_ref) < 1e-12, backend  # observed ~1e-16
-            assert h.conv.shape == conv_ref.shape and rel_err(h.conv, conv_ref) < 1e-15, backend
-        y_steps, h = run_steps(layer, u, h0)
-    assert rel_err(y_steps, y_ref) < 1e-12 and rel_err(h.ssm, ssm_ref) < 1e-12 and rel_err(h.conv, conv_ref) < 1e-15
+    _check_forward_and_steps(layer, u, h0, y_ref, ssm_ref, conv_ref, tol=1e-12)  # observed ~1e-16
 
 
 def test_mamba2_float32_layer_follows_the_float64_loop():
     layer, u, h0 = mamba2_case(MAMBA2_CASES[1], dtype=torch.float32, seed=3)
     y_ref, _, ssm_ref = mamba2_loop(layer, u, *h0)
-    with torch.no_grad():
-        for backend in runnable_backends(layer):
-            with use_backend(backend):
-                y, h = layer(u, h0)
-            assert rel_err(y, y_ref) < 1e-5 and rel_err(h.ssm, ssm_ref) < 1e-5, backend
-        y_steps, h = run_steps(layer, u, h0)
-    assert rel_err(y_steps, y_ref) < 1e-5 and rel_err(h.ssm, ssm_ref) < 1e-5
+    _check_forward_and_steps(layer, u, h0, y_ref, ssm_ref, None, tol=1e-5)
 
 
 @pytest.mark.parametrize("norm_before_gate", [False, True])

@@ -91,14 +91,8 @@ def _s4d_reference(layer):
     return A_bar, B_bar, 2 * _complex(layer.C)
 
 
-@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
-def test_s4d_forward_step_and_state_are_the_papers_recurrence(discretization):
-    layer = _s4d_moved(discretization=discretization)
-    A_bar, B_bar, Cs = _s4d_reference(layer)
-    rng = np.random.default_rng(1)
-    u = rng.standard_normal((2, 11, 3))
-    x0 = rng.standard_normal((2, 3, 4)) + 1j * rng.standard_normal((2, 3, 4))
-    expect, x_end = _scan(A_bar, B_bar, Cs, _np(layer.D), u, x0)
+def _check_forward_and_steps(layer, u, x0, expect, x_end):
+    """The layer's forward on every backend and its step, from the state x0, against the loop's y and final state."""
     ut = torch.from_numpy(u).to(DEVICE)
     with torch.no_grad():
         for backend in ("auto", *runnable_backends(layer)):
@@ -111,6 +105,18 @@ def test_s4d_forward_step_and_state_are_the_papers_recurrence(discretization):
             y_t, state = layer.step(ut[:, t], state)
             _close(y_t, expect[:, t])
         _close(state, x_end)
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_s4d_forward_step_and_state_are_the_papers_recurrence(discretization):
+    layer = _s4d_moved(discretization=discretization)
+    A_bar, B_bar, Cs = _s4d_reference(layer)
+    rng = np.random.default_rng(1)
+    u = rng.standard_normal((2, 11, 3))
+    x0 = rng.standard_normal((2, 3, 4)) + 1j * rng.standard_normal((2, 3, 4))
+    expect, x_end = _scan(A_bar, B_bar, Cs, _np(layer.D), u, x0)
+    _check_forward_and_steps(layer, u, x0, expect, x_end)
+    with torch.no_grad():
         K = layer.kernel(11)  # K_l = 2 Re Σ C B̄ Ā^l + D δ_l
     l = np.arange(11)
     K_ref = (Cs[0][..., None] * B_bar[..., None] * A_bar[..., None] ** l).sum(1).real
@@ -287,18 +293,8 @@ def test_dss_forward_step_and_state_are_the_papers_recurrence(version, separate_
     u = rng.standard_normal((2, 17, 3))  # beyond l_max = 12 for softmax: the same LTI system continues
     x0 = rng.standard_normal((2, 3, 4)) + 1j * rng.standard_normal((2, 3, 4))
     expect, x_end = _scan(A_bar, B_bar, Ws, _np(layer.D), u, x0)
-    ut = torch.from_numpy(u).to(DEVICE)
+    _check_forward_and_steps(layer, u, x0, expect, x_end)
     with torch.no_grad():
-        for backend in ("auto", *runnable_backends(layer)):
-            with ops.use_backend(backend):
-                y, h = layer(ut, torch.from_numpy(x0).to(DEVICE))
-            _close(y, expect)
-            _close(h, x_end)
-        state = torch.from_numpy(x0).to(DEVICE)
-        for t in range(u.shape[1]):
-            y_t, state = layer.step(ut[:, t], state)
-            _close(y_t, expect[:, t])
-        _close(state, x_end)
         A, B, W_tilde = layer.discrete()
     _close(A, A_bar, 1e-14)
     assert torch.equal(B, torch.ones_like(B))

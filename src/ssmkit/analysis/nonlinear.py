@@ -39,7 +39,6 @@ state grows with time (attention's cache, Mega, Hyena) have no finite state vect
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -113,10 +112,11 @@ class NonlinearSystem:
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
             raise ValueError(f"model must say its input width as n_inputs or d_input (an int >= 1); got {m!r}")
         self.n_inputs = m
-        self._dtypes = [t.dtype for _, t in _leaves(model.initial_state(1))]  # the user's model's, for states out
+        user_state = model.initial_state(1)
+        _leaves(user_state)  # refuses a part that is not a tensor, by its path
+        self._user_like = pytree.tree_map(lambda t: t.detach().cpu(), user_state)  # the user's dtypes, for states out
         self._model = copy.deepcopy(model).to(device="cpu", dtype=F64).eval().requires_grad_(False)
         template = self._model.initial_state(1)
-        self._structure = pytree.tree_structure(template)  # lists, tuples, NamedTuples
         leaves = _leaves(template)
         for path, t in leaves:
             if not (t.is_floating_point() or t.is_complex()) or t.dim() < 1 or t.shape[0] != 1:
@@ -124,9 +124,7 @@ class NonlinearSystem:
                                  f"{path} is {tuple(t.shape)} {t.dtype}")
         self._template = pytree.tree_map(lambda t: t.to(torch.complex128 if t.is_complex() else F64), template)
         self._shapes = [tuple(t.shape[1:]) for _, t in leaves]
-        self._complex = [t.is_complex() for _, t in leaves]
-        self._sizes = [math.prod(s) * (2 if c else 1) for s, c in zip(self._shapes, self._complex)]
-        self.n_states = sum(self._sizes)
+        self.n_states = state_to_vector(self._template, F64).shape[1]
         with torch.no_grad():
             y, nxt = self._model.step(torch.zeros(2, m, dtype=F64), self._model.initial_state(2))
         grown = [path for (path, t), shape in zip(_leaves(nxt), self._shapes) if tuple(t.shape[1:]) != shape]
@@ -174,8 +172,7 @@ class NonlinearSystem:
         """x (n,) or (B, n) as the model's state (B = 1 for a vector), in the model's dtypes, on the CPU: for
         ``model(u, state)`` or ``model.step`` from an equilibrium."""
         xs = _as_points(x, self.n_states, "x", "n_states")
-        parts = [t.to(dtype) for (_, t), dtype in zip(_leaves(self._from_vector(xs)), self._dtypes)]
-        return pytree.tree_unflatten(parts, self._structure)
+        return state_from_vector(xs, self._user_like)
 
     # ------------------------------------------------------------------------------------------------------------
     # f, h and their Jacobians

@@ -188,8 +188,7 @@ class DeepWiener(nn.Module):
         with torch.no_grad():
             for skip in self.skips:
                 skip.weight.copy_(torch.eye(d_model))  # start as a residual stack: x^ℓ = σ(η) + x^{ℓ-1}
-        sizes = [_real_size(layer_.state_spec()) for layer_ in self.layers]
-        self._state_sizes = sizes
+        sizes = [_real_size(layer_.state_spec()) for layer_ in self.layers]  # (refuses growing states)
         self.state_encoder = None
         if encoder_window:
             self.state_encoder = nn.Sequential(
@@ -362,11 +361,7 @@ class DeepWiener(nn.Module):
         u_past, y_past = u_past.to(self.u_mean.dtype), y_past.to(self.y_mean.dtype)  # float64 records, float32 model
         features = torch.cat([(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std], dim=-1)
         v = self.state_encoder(features.flatten(1))  # (B, Σ sizes)
-        states, start = [], 0
-        for layer, size in zip(self.layers, self._state_sizes):
-            like = zeros_from_spec(layer.state_spec(), 1, v.device)
-            states.append(state_from_vector(v[:, start:start + size], like))
-            start += size
+        states = state_from_vector(v, [zeros_from_spec(layer.state_spec(), 1, v.device) for layer in self.layers])
         for layer, s in zip(self.layers, states):
             check_state(s, layer.state_spec(), u_past.shape[0], layer.state_device())
         return states

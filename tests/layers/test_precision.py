@@ -228,13 +228,16 @@ def test_a_float64_layer_given_float32_under_autocast_computes_as_outside_it(nam
     # autocast leaves float64 matmuls alone; a float32 input into a float64 layer is cast to float64 first, under
     # autocast as outside it (GSS and Hyena cast only outside, and raised "mat1 and mat2 must have the same dtype"
     # under bf16 autocast; H3 the same before probe 31)
+    # (and a bf16 input is answered in bf16, computed in float64 like the same numbers given as float64)
     layer = make_layer(name, dtype=torch.float32).double()
     x = torch.randn(B, 11, H, device=DEVICE)
     y_out, h_out = layer(x)
     with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         y_in, h_in = layer(x)
         steps = layer.step(x[:, 0], layer.initial_state(B))[0] if layer.supports("step") else None
+        y_bf16, _ = layer(x.bfloat16())
     assert y_in.dtype == torch.float32 and rel_err(y_in, y_out) < 1e-6
-    assert state_err(h_in, h_out) < 1e-12
+    assert [t.dtype for t in leaves(h_in)] == spec_dtypes(layer.state_spec()) and state_err(h_in, h_out) < 1e-12
     if steps is not None:
         assert rel_err(steps, layer.step(x[:, 0], layer.initial_state(B))[0]) < 1e-6
+    assert y_bf16.dtype == torch.bfloat16 and rel_err(y_bf16, layer(x.bfloat16().double())[0]) < 1e-2  # bf16 rounding

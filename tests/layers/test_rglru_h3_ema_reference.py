@@ -375,21 +375,6 @@ def test_h3_options_are_checked_by_name():
         layers.H3(4, lr=-1.0)
 
 
-@pytest.mark.parametrize("name,options", [("h3", {"d_state": 4, "head_dim": 2}), ("rglru", {"lru_width": 4}),
-                                          ("ema", {"d_state": 3})])
-def test_a_float32_input_to_a_float64_layer(name, options):
-    # The protocol: y comes back in x's dtype; the layer computes in its parameters' dtype.
-    torch.manual_seed(10)
-    layer = layers.build(name, d_model=4, device=DEVICE, dtype=F64, **options)
-    x = torch.randn(2, 6, 4, device=DEVICE)
-    with torch.no_grad():
-        y, h = layer(x)
-        y64, h64 = layer(x.double())
-        y_t, _ = layer.step(x[:, 0], layer.initial_state(2))
-    assert y.dtype == torch.float32 and y_t.dtype == torch.float32
-    assert rel_err(y, y64) < 1e-6 and rel_err(y_t, y64[:, 0]) < 1e-6
-
-
 def test_ema_state_space_realises_the_recurrence():
     # (A, B, C, D) per channel simulated here, x_{t+1} = A x_t + B u_t, y_t = C x_t + D u_t from x_0 = 0, gives the
     # paper's recurrence; A = diag(1 - αδ), and the transfer function at z = 1 is Σ_n γ_n αβ/(αδ √N) + ω.
@@ -425,30 +410,6 @@ def test_ema_options_are_checked_and_kept():
         layers.EMA(3, -2)
     with pytest.raises(ValueError, match="bidirectional must be"):
         layers.EMA(3, bidirectional=1)
-
-
-@pytest.mark.parametrize("name,options", [("h3", {"d_state": 4, "head_dim": 2}), ("rglru", {"lru_width": 4}),
-                                          ("ema", {"d_state": 3})])
-def test_a_float64_layer_under_autocast(name, options):
-    # Autocast leaves float64 operations alone, so a float64 layer computes in float64 under it, whatever the input's
-    # dtype; y comes back in x's dtype. H3 used to raise "mat1 and mat2 must have the same dtype" here (probe 31): it
-    # kept a float32 or bf16 input as it was under autocast, which cast it to bf16 against its float64 weights.
-    torch.manual_seed(13)
-    layer = layers.build(name, d_model=4, device=DEVICE, dtype=F64, **options)
-    x = torch.randn(2, 6, 4, device=DEVICE)
-    with torch.no_grad():
-        y64, _ = layer(x.double())
-        with torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16):
-            y, h = layer(x)
-            y_t, _ = layer.step(x[:, 0], layer.initial_state(2))
-            y_bf16, _ = layer(x.bfloat16())
-    assert y.dtype == torch.float32 and y_t.dtype == torch.float32 and y_bf16.dtype == torch.bfloat16
-    assert rel_err(y, y64) < 1e-6 and rel_err(y_t, y64[:, 0]) < 1e-6
-    assert all(t.dtype == (torch.complex128 if t.is_complex() else F64) for t in
-               (h if isinstance(h, tuple) else (h,)))
-    with torch.no_grad():
-        y_ref, _ = layer(x.bfloat16().double())
-    assert rel_err(y_bf16, y_ref) < 1e-2  # the output's rounding to bf16 only
 
 
 def test_ema_half_weights_are_refused_where_they_compute():

@@ -85,3 +85,22 @@ def test_low_precision_model_is_refused(name):
         for call in (lambda: model(x), lambda: model(x.to(dtype)), lambda: model.initial_state(B)):
             with pytest.raises(ValueError, match=rf"parameters are {dtype}, but ssmkit layers keep float32 or float64"):
                 call()
+
+
+@pytest.mark.parametrize("name", ["s4d", "mamba", "h3", "hyena"])
+def test_an_input_of_another_dtype_under_autocast(name):
+    # x is computed in the model's dtype under autocast too: a float64 model given float32 computes in float64 (autocast
+    # leaves float64 alone), exactly as given x.double(); a float32 model given float64 runs in autocast's bf16. Before,
+    # both raised "mat1 and mat2 must have the same dtype" in the encoder (x was cast only outside autocast).
+    x = torch.randn(B, L, 2, device=DEVICE)
+    model64 = model_for(name, torch.float64)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        y, _ = model64(x)
+        y_t = last_step(model64, x)
+    y_ref = model64(x.double())[0]
+    assert y.dtype == torch.float64 and rel_err(y, y_ref) < 1e-12
+    assert rel_err(y_t.double(), y_ref) < 1e-12  # pool "last": the step at the last sample
+    model32 = model_for(name, torch.float32)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        y32, _ = model32(x.double())
+    assert rel_err(y32.double(), model32(x)[0].double()) < 5e-2  # bf16 rounding of the encoder, GLU and head

@@ -190,9 +190,10 @@ class SequenceModel(nn.Module):
             raise ValueError(f"x must be {want} for d_input={self.d_input}; got {tuple(x.shape)}")
         if self.check_finite:
             check_finite_sequence(x if not per_step else x[:, None], "the input x")
-        if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(self.encoder.weight.dtype)  # any real input, computed in the parameters' dtype (as the layers)
-        return self.encoder(x)
+        # any real input is computed in the parameters' dtype (as the layers), under autocast too: autocast then lowers
+        # a float32 encoder's matmul (a bf16/fp16 x goes through float32 exactly) and leaves a float64 one alone; a
+        # float32 x kept as it was into a float64 model raised "mat1 and mat2 must have the same dtype" under autocast
+        return self.encoder(x.to(self.encoder.weight.dtype))
 
     def _as_input_dtype(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``out`` in x's dtype for a real input outside autocast (as the layers answer), else as the head gave it."""

@@ -179,6 +179,19 @@ def test_liquid_options_are_stored_shown_and_checked():
     for bad in (True, 2.0, 1, 0, "2"):
         with pytest.raises(ValueError, match="liquid_degree"):
             layers.build("liquid_s4", d_model=H, d_state=4, liquid_degree=bad)
+    zoo = layers.LiquidS4.zoo  # its own entry: the input-dependent transition Ā + B̄ u_k 1ᵀ varies in time
+    assert zoo.paper == "arXiv 2209.12951" and zoo.time_varying and not zoo.stable_by_construction
+
+
+def test_liquid_reference_backend_is_the_step_loop():
+    """The "reference" backend runs ``step`` over the sequence: the same float64 operations, bit for bit."""
+    layer = liquid_layer(LIQUID_CASES[1])
+    u, h0, past = liquid_inputs(layer, 6)
+    state = LiquidS4State(h0, past)
+    with torch.no_grad(), ops.use_backend("reference"):
+        y, h = layer(u, state)
+    y_step, h_step = run_steps(layer, u, state)
+    assert torch.equal(y, y_step) and torch.equal(h.ssm, h_step.ssm) and torch.equal(h.inputs, h_step.inputs)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -295,6 +308,10 @@ def test_dlr_options_are_stored_shown_and_checked():
     assert marks == {"A_sqrt_neg_real": {"lr": 2e-4, "weight_decay": 0.0}, "A_imag": {"lr": 2e-4, "weight_decay": 0.0},
                      "W": {"lr": 5e-4, "weight_decay": 0.0}}
     assert "W" not in layers.optim_marks(layers.DLR(H))
+    half = layers.DLR(H, d_state=4).half()  # half weights: refused by name, not a complex32 error
+    for method in (half.eigenvalues, half.discrete):
+        with pytest.raises(ValueError, match="float16"):
+            method()
     for bad in ({"d_model": 0}, {"bidirectional": 1}, {"dt_min": 0.2, "dt_max": 0.1}, {"lr": -1.0}):
         name = next(iter(bad)).split("_")[0]
         with pytest.raises(ValueError, match=name):
@@ -358,6 +375,8 @@ def test_gss_widths_options_and_reset():
     marks = {name: mark for name, _, mark in layers.marked_parameters(layer) if mark is not None}
     assert marks == {f"ssm.{n}": {"lr": 2e-3, "weight_decay": 0.0} for n in ("log_A_real", "log_A_imag")}
     assert layer.state_spec().shape == (4, 3)
+    with pytest.raises(ValueError, match="bfloat16"):
+        layers.build("gss", d_model=H, d_state=4).to(torch.bfloat16).ssm.discrete()
     perturb(layer, 1)
     layer.reset_parameters()
     assert torch.equal(layer.norm.weight, torch.ones(4, dtype=F64))

@@ -11,6 +11,7 @@ import torch
 
 import ssmkit.layers as layers
 import ssmkit.ops as ops
+from ssmkit.layers.gss import GSSDiagonal
 from ssmkit.layers.liquid import LiquidS4State
 from tests.conftest import DEVICE, H, rel_err, run_steps
 
@@ -308,6 +309,8 @@ def test_dlr_options_are_stored_shown_and_checked():
     assert marks == {"A_sqrt_neg_real": {"lr": 2e-4, "weight_decay": 0.0}, "A_imag": {"lr": 2e-4, "weight_decay": 0.0},
                      "W": {"lr": 5e-4, "weight_decay": 0.0}}
     assert "W" not in layers.optim_marks(layers.DLR(H))
+    zoo = layers.DLR.zoo  # LTI, and only non-expansive (|λ| = 1 at a = 0), not stable by construction
+    assert zoo.paper == "arXiv 2212.00768" and not zoo.time_varying and not zoo.stable_by_construction
     half = layers.DLR(H, d_state=4).half()  # half weights: refused by name, not a complex32 error
     for method in (half.eigenvalues, half.discrete):
         with pytest.raises(ValueError, match="float16"):
@@ -358,9 +361,13 @@ def test_gss_forward_state_and_step_equal_the_loop(opts):
                 y, h = layer(x, h0)
             assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12, backend
         y_step, h_step = run_steps(layer, x, h0)
+        y_in32, _ = layer(x.float(), h0)  # a float32 input to a float64 layer: computed in float64, float32 out
         y32, _ = layer.float()(x.float(), h0.to(torch.complex64))
     assert rel_err(y_step, y_ref) < 1e-12 and rel_err(h_step, h_ref) < 1e-12
+    assert y_in32.dtype == torch.float32 and rel_err(y_in32, y_ref.float()) < 1e-6
     assert y32.dtype == torch.float32 and rel_err(y32, y_ref) < 1e-4
+    with pytest.raises(RuntimeError, match="^GSS: backend 'triton'"), ops.use_backend("triton"):
+        layer(x.float())  # the layer checks the backend itself, not only its SSM
 
 
 def test_gss_widths_options_and_reset():
@@ -398,3 +405,8 @@ def test_gss_widths_options_and_reset():
         name = next(iter(bad))
         with pytest.raises(ValueError, match=name):
             layers.build("gss", **{"d_model": H, **bad})
+    for bad in ({"d_model": 0}, {"d_state": 3}, {"lr": -1.0}):  # the inner SSM checks its own options
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GSSDiagonal(**{"d_model": H, **bad})
+    zoo = layers.GSS.zoo  # gates around an LTI SSM: time-invariant convolution inside, Re λ = -exp(a) < 0
+    assert zoo.paper == "arXiv 2206.13947" and not zoo.time_varying and zoo.stable_by_construction

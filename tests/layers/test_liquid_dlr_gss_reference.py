@@ -405,6 +405,10 @@ def test_gss_widths_options_and_reset():
         name = next(iter(bad))
         with pytest.raises(ValueError, match=name):
             layers.build("gss", **{"d_model": H, **bad})
+    inner = GSSDiagonal(4)  # defaults d_state 64, lr 1e-3; one C (no second direction), B = 1 per channel
+    assert inner.d_state == 64 and inner.n_modes == 32 and inner.C.shape == (1, 4, 32, 2) and inner.B.shape == (4, 32, 2)
+    assert layers.optim_marks(inner) == {n: {"lr": 1e-3, "weight_decay": 0.0} for n in ("log_A_real", "log_A_imag")}
+    assert inner.discrete()[2].shape == (1, 4, 32)
     for bad in ({"d_model": 0}, {"d_state": 3}, {"lr": -1.0}):  # the inner SSM checks its own options
         with pytest.raises(ValueError, match=next(iter(bad))):
             GSSDiagonal(**{"d_model": H, **bad})

@@ -15,7 +15,7 @@ import torch
 
 import ssmkit.layers as layers
 import ssmkit.ops as ops
-from ssmkit.layers.hyena import Hyena
+from ssmkit.layers.hyena import Hyena, HyenaFilter
 from ssmkit.layers.sgconv import SGConv
 from tests.conftest import DEVICE, H, rel_err
 
@@ -240,6 +240,33 @@ def test_hyena_initialisation_follows_the_official_laws():
     assert b.shape == (2, 48) and 0.75 < float(b.std()) < 1.25 and float(b.abs().max()) > 1.5
 
 
+def test_hyena_declares_its_paper_and_capabilities():
+    layer = hyena_layer()
+    assert Hyena.zoo.paper == "arXiv 2302.10866" and Hyena.backends == ("reference", "fft")
+    assert Hyena.zoo.time_varying is False and Hyena.zoo.stable_by_construction is True  # FIR filters, no poles
+    assert layer.supports("step") and not layer.supports("kernel") and not layer.supports("state_space")
+    with pytest.raises(NotImplementedError, match="not linear time-invariant"):
+        layer.state_space()
+
+
+def test_hyena_filters_refuse_a_bad_length_and_half_parameters():
+    layer = hyena_layer()
+    for bad in (0, -2, 3.0):
+        with pytest.raises(ValueError, match="L must"):
+            layer.filters(bad)
+    with pytest.raises(ValueError, match="parameters are torch.bfloat16"):
+        layer.to(torch.bfloat16).filters(4)
+
+
+def test_hyena_filter_module_defaults_are_the_official_ones():
+    f = HyenaFilter(6, 10, dtype=F64)
+    f.reset_parameters()
+    assert (f.channels, f.l_max, f.emb_dim, f.width, f.n_inner, f.sine_freq) == (6, 10, 3, 64, 2, 1.0)
+    assert f.w_in.shape == (64, 3) and f.w_hidden.shape == (2, 64, 64) and f.w_out.shape == (6, 64)
+    assert torch.equal(f.freq.detach(), torch.ones(64, dtype=F64))
+    assert f._ssm_marks["w_out"] == {"lr": 1e-3, "weight_decay": 0.0} and f._ssm_marks["freq"]["lr"] == 1e-3
+
+
 # ------------------------------------------------------------------------------------------------------------ SGConv
 
 
@@ -407,3 +434,12 @@ def test_sgconv_initialisation_draws_standard_normals_and_freezes_their_norm():
     decay = torch.full((40,), 2.0, dtype=F64)
     K = torch.cat([w[0], w[1] / decay[:, None], upsample(w[2], 2) / decay[:, None] ** 2], dim=-1)
     assert rel_err(layer.kernel_norm, K.norm(dim=-1)) < 1e-14
+
+
+def test_sgconv_declares_its_paper_and_capabilities():
+    layer = sgconv_layer(l_max=8, kernel_dim=2)
+    assert SGConv.zoo.paper == "arXiv 2210.09298" and SGConv.backends == ("reference", "fft")
+    assert SGConv.zoo.time_varying is False and SGConv.zoo.stable_by_construction is True
+    assert layer.supports("kernel") and layer.supports("step") and not layer.supports("state_space")
+    with pytest.raises(NotImplementedError, match="a shift register of K_len - 1 states"):
+        layer.state_space()

@@ -337,6 +337,7 @@ SG_CASES = [
 def test_sgconv_kernel_equals_the_multiscale_formula(opts, S, L):
     layer = sgconv_layer(**opts)
     assert layer.n_scales == S and layer.kernel_length == opts["kernel_dim"] * 2 ** (S - 1)
+    assert layer.sub_kernels.shape == (S, 1, H, opts["kernel_dim"]) and layer.kernel_norm.shape == (1, H)  # causal only
     K_ref = sgconv_kernel_ref(layer)[0]  # (H, K_len)
     for n in (L, layer.kernel_length, layer.kernel_length + 4):
         K = layer.kernel(n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import ssmkit.ops.conv as conv_module
 from ssmkit.ops.conv import (
     activate,
     causal_conv1d,
@@ -189,3 +190,34 @@ def test_the_loop_oracle_is_the_definition_at_one_point():
     assert float(y[0, 1, 0]) == 5 * 17 + 7 * 2 + 11 * 3 + 0.5
     assert float(y[0, 0, 0]) == 5 * 13 + 7 * 17 + 11 * 2 + 0.5
     assert s.tolist() == [[[2.0, 3.0]]]
+
+
+def test_tensors_on_another_device_are_refused_by_name():
+    x, w, b, s0 = draw(3, 4)
+    meta = {"device": "meta", "dtype": F64}
+    for args, name in (((x, w.to(**meta), b, s0), "weight"), ((x, w, b.to(**meta), s0), "bias"),
+                       ((x, w, b, s0.to(**meta)), "state")):
+        with pytest.raises(ValueError, match=f"{name} must be on x's device"):
+            causal_conv1d(*args)
+    resets = torch.zeros(B, L, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match="resets must be on x's device"):
+        causal_conv1d_segments(x, w, b, s0, resets)
+
+
+@pytest.mark.skipif(not NATIVE, reason="the C kernel does not run here")
+def test_auto_takes_the_c_kernel_on_the_cpu(monkeypatch):
+    calls = []
+
+    def recorder(name, fn):
+        """fn, recording ``name`` at each call."""
+        def wrapped(*args):
+            calls.append(name)
+            return fn(*args)
+        return wrapped
+
+    for name, fn in list(conv_module._CONV.items()):
+        monkeypatch.setitem(conv_module._CONV, name, recorder(name, fn))
+    x, w, b, s0 = draw(3, 5)
+    y, s = causal_conv1d(x, w, b, s0, backend="auto")
+    y_ref, s_ref = conv_ref(x, w, b, s0)
+    assert calls == ["native"] and rel_err(y, y_ref) < 1e-13 and torch.equal(s, s_ref)

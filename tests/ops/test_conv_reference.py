@@ -136,6 +136,8 @@ def test_activation_is_checked_and_applied():
     for bad in ("gelu", "SiLU", 1):
         with pytest.raises(ValueError, match="activation must be one of"):
             check_activation(bad)
+        with pytest.raises(ValueError, match="activation must be one of"):
+            activate(y, bad)
     x, w, b, s0 = draw(3, 1)
     for fn in (causal_conv1d_torch, causal_conv1d):
         with pytest.raises(ValueError, match="activation must be one of"):
@@ -170,6 +172,17 @@ def bad_calls():
         (lambda: causal_conv1d_segments(x, w, b, s0, [[True]]), "resets must be .* got list"),
         (lambda: causal_conv1d_segments(x[0], w, b, s0, torch.zeros(B, L, dtype=torch.bool)), "x must be"),
     ]
+
+
+@pytest.mark.parametrize("fn", [causal_conv1d_reference, causal_conv1d_torch])
+def test_the_oracle_and_the_torch_path_check_their_arguments(fn):
+    x, w, b, s0 = draw(3, 3)
+    for args, match in (((x, w[:4]), r"weight must be \(H, W\) with H=5"), ((x[0], w), r"x must be \(B, L, H\)"),
+                        ((x, w, b[:2]), r"bias must be \(H,\)"),
+                        ((x, w, b, s0[:, :, :1]), r"state must be \(B, H, W-1\)"),
+                        ((x.float(), w), "weight must have x's dtype")):
+        with pytest.raises(ValueError, match=match):
+            fn(*args)
 
 
 @pytest.mark.parametrize("case", range(20))

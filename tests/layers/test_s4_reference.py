@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import ssmkit.layers.s4 as s4_module
 import ssmkit.ops as ops
 from ssmkit.layers import S4
 from ssmkit.ops.hippo import nplr
@@ -313,3 +314,63 @@ def test_a_bad_option_is_refused_by_name(name, value, message):
 def test_a_good_option_on_the_boundary_is_accepted(name, value):
     layer = S4(**{"d_model": 6, "d_state": 4, "l_max": 8, name: value}, device=DEVICE, dtype=F64)
     assert getattr(layer, name) == value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which algorithm serves each backend
+
+
+def _spy(monkeypatch, calls: list) -> None:
+    """Record (what, backend) for each DPLR kernel, convolution and step-loop forward that the layer runs."""
+    for name in ("dplr_kernel", "causal_conv", "bidirectional_conv"):
+        real = getattr(s4_module, name)
+
+        def spy(*args, backend, _real=real, _name=name):
+            calls.append((_name, backend))
+            return _real(*args, backend=backend)
+
+        monkeypatch.setattr(s4_module, name, spy)
+    by_steps = S4._forward_by_steps
+
+    def steps(self, *args):
+        calls.append(("steps", None))
+        return by_steps(self, *args)
+
+    monkeypatch.setattr(S4, "_forward_by_steps", steps)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_each_backend_runs_its_own_algorithm(monkeypatch, bidirectional):
+    # "fft"/"auto": Cauchy kernel + FFT convolution; "reference": the step loop (the oracle) for a causal layer, the
+    # dense-power kernel and the loop convolution for a two-sided one; kernel() follows the backend in force.
+    layer = _moved(bidirectional=bidirectional, init="legs")
+    calls: list = []
+    _spy(monkeypatch, calls)
+    x = torch.from_numpy(_inputs(layer, 10)[0]).to(DEVICE)
+    conv = "bidirectional_conv" if bidirectional else "causal_conv"
+    with torch.no_grad():
+        for backend in ("auto", "fft", "reference"):
+            fft = "reference" if backend == "reference" else "fft"
+            for L in (9, 10):
+                calls.clear()
+                with ops.use_backend(backend):
+                    layer(x[:, :L], return_state=False)
+                steps = backend == "reference" and not bidirectional
+                assert calls == ([("steps", None)] if steps else [("dplr_kernel", fft), (conv, fft)]), (backend, calls)
+                calls.clear()
+                with ops.use_backend(backend):
+                    layer.kernel(L)
+                assert calls == [("dplr_kernel", fft)], (backend, calls)
+
+
+def test_the_reference_forward_is_the_step_loop_to_the_bit():
+    layer = _moved(init="legt")
+    u, s = _inputs(layer, 13)
+    ut, st = torch.from_numpy(u).to(DEVICE), torch.from_numpy(s).to(DEVICE)
+    with torch.no_grad(), ops.use_backend("reference"):
+        y, h = layer(ut, st)
+        state, ys = st, []
+        for t in range(13):
+            y_t, state = layer.step(ut[:, t], state)
+            ys.append(y_t)
+    assert torch.equal(y, torch.stack(ys, 1)) and torch.equal(h, state)

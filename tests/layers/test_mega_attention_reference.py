@@ -408,6 +408,11 @@ def test_ops_attention_argument_checks():
     for bad in (q.to(torch.int64), q[0], [1.0]):
         with pytest.raises(ValueError, match="real floating"):
             causal_attention_reference(bad, q, q)
+    for fn in (causal_attention_reference, causal_attention_chunked):
+        with pytest.raises(ValueError, match=r"^v must be a real floating \(B, A, L, P\) tensor; got \(2, 3, 4\)"):
+            fn(q, q, q[0])  # the message names the argument at fault
+        with pytest.raises(ValueError, match="^k must be a real floating"):
+            fn(q, q.to(torch.int32), q)
     with pytest.raises(ValueError, match="same B, A, P"):
         causal_attention_reference(q, q[..., :3], q[..., :3])
     with pytest.raises(ValueError, match="same B, A, P"):
@@ -419,3 +424,25 @@ def test_ops_attention_argument_checks():
             causal_attention_chunked(q, q, q, window)
     with pytest.raises(ValueError, match="1 <= Lq <= K; got Lq=0"):
         causal_attention_chunked(q[:, :, :0], q, q)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Both layers
+
+
+def test_zoo_entries_backends_and_plain_tuple_states():
+    for name, backends in (("mega", ("reference", "chunked", "fft")), ("attention", ("reference", "chunked"))):
+        cls = layers.layer_class(name)
+        assert cls.zoo.paper == {"mega": "arXiv 2209.10655", "attention": "arXiv 1706.03762"}[name]
+        assert cls.zoo.time_varying and cls.zoo.stable_by_construction  # input-dependent weights, bounded outputs
+        assert cls.backends == backends
+    for name, opts in (("mega", {"d_state": 2, "d_qk": 4, "d_v": 3, "chunk_size": 4}),
+                       ("attention", {"n_heads": 2, "head_dim": 4, "window": 3})):
+        layer = make_layer(name, opts, seed=5)
+        x = randn(2, 7, H, seed=12)
+        with torch.no_grad():
+            y, h = layer(x)
+            _, h1 = layer(x[:, :3])
+            y2, h2 = layer(x[:, 3:], tuple(h1))  # a plain tuple is accepted as the state
+            y_t, _ = layer.step(x[:, 3], tuple(h1))
+        assert rel_err(y2, y[:, 3:]) < 1e-12 and rel_err(y_t, y[:, 3]) < 1e-12, name

@@ -199,6 +199,9 @@ def test_mega_options_are_stored_shown_and_checked():
     assert (layer.attention, layer.chunk_size, layer.positional, layer.max_positions, layer.bidirectional) == (
         "laplace", 9, "rotary", 11, True)
     assert layer.W_mx.shape == (2 * 5 + 6 + 7, 5) and layer.rel_bias.shape == (2, 6) and layer.U_h.shape == (5, 7)
+    assert layer.kappa.shape == layer.mu.shape == (2, 6)  # (κ_q, κ_k) and (μ_q, μ_k): no other rows
+    assert sum(p.numel() for p in layer.parameters()) == sum(p.numel() for p in layer.ema.parameters()) + (
+        7 * 5 + 7 + 23 * 5 + 23 + 5 * 7 + 5 + 2 * 6 + 2 * 6 + 2 * 6)  # W_v, b_v, W_mx, b_mx, U_h, b_h, κ, μ, a and b
     assert repr(layer).startswith(
         "Mega(\n  d_model=5, d_state=3, d_qk=6, d_v=7, attention='laplace', chunk_size=9, positional='rotary', "
         "bidirectional=True")

@@ -21,7 +21,7 @@ import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.layers import KVCache, MegaState
 from ssmkit.ops.attention import _QUERY_BLOCK, causal_attention_chunked, causal_attention_reference
-from tests.conftest import DEVICE, H, make_layer, rel_err, run_steps
+from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, run_steps
 from tests.layers.test_rglru_h3_ema_reference import ema_reference, perturb
 
 F64 = torch.float64
@@ -190,6 +190,33 @@ def test_mega_spans_at_the_limit():
     assert h.keys.shape == (1, 3, 4)
     with pytest.raises(ValueError, match="fewer than 4 positions; got 4"):
         chunked(randn(1, 2, H, seed=4), MegaState(h.ema, torch.zeros(1, 4, 4, dtype=F64), torch.zeros(1, 4, 3, dtype=F64)))
+
+
+class _MegaWithState(torch.nn.Module):
+    """Mega's forward with its final state, as a module of x alone (for ``torch.export``)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        y, h = self.layer(x, return_state=True)
+        return (y, *leaves(h))
+
+
+def test_mega_exports_with_its_state_for_whole_chunks():
+    # A dynamic L = 6k keeps L mod chunk_size at 0 (the export test of every layer exports Mega without its state, as
+    # torch specialises L mod 6 at 0 and 1): the symbolic path's output and empty cache against the eager call.
+    layer = mega_layer(d_state=2, d_qk=4, d_v=5, chunk_size=6).float().eval()
+    module = _MegaWithState(layer)
+    with torch.no_grad():
+        program = torch.export.export(module, (torch.randn(2, 12, H),),
+                                      dynamic_shapes=({1: 6 * torch.export.Dim("k", min=1, max=16)},)).module()
+        for L in (6, 18, 36):
+            x = torch.randn(2, L, H)
+            got, want = program(x), module(x)
+            assert [g.shape for g in got] == [w.shape for w in want] == [(2, L, H), (2, H, 2), (2, 0, 4), (2, 0, 5)]
+            assert rel_err(got[0], want[0]) < 1e-6 and rel_err(got[1], want[1]) < 1e-6
 
 
 def test_mega_options_are_stored_shown_and_checked():

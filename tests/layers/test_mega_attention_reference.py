@@ -149,12 +149,13 @@ def test_mega_forward_state_and_step_equal_the_equations(opts):
 
 
 @pytest.mark.parametrize("opts", [
-    {"d_state": 2, "d_qk": 4, "d_v": 5, "chunk_size": 6, "attention": "laplace"},
+    {"d_state": 2, "d_qk": 4, "d_v": 5, "chunk_size": 5, "attention": "laplace"},
+    {"d_state": 2, "d_qk": 4, "d_v": 5, "chunk_size": 5},
     {"d_state": 3, "d_qk": 6, "d_v": 3, "chunk_size": None, "max_positions": 13, "positional": "rotary"},
 ])
 def test_bidirectional_mega_equals_the_equations(opts):
     layer = mega_layer(seed=4, bidirectional=True, **opts)
-    x = randn(2, 13, H, seed=6)  # 13 = 2·6 + 1: a last chunk of one position
+    x = randn(2, 13, H, seed=6)  # 13 = 2·5 + 3: a last chunk of three positions and two padding keys
     y_ref, _, _, _ = mega_reference(layer, x)
     with torch.no_grad():
         for backend in ("reference", "chunked", "fft"):

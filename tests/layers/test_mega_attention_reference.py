@@ -171,7 +171,8 @@ def test_mega_relative_bias_tables_by_their_formulas():
         for T, K, offset in ((3, 5, 2), (1, 4, 3), (5, 5, 0)):
             with torch.no_grad():
                 table = layer._relative_bias(T, K, offset, DEVICE)
-            expected = torch.tensor([[mega_bias(p, layer, offset + i, j) for j in range(K)] for i in range(T)], dtype=F64)
+            expected = torch.tensor([[mega_bias(p, layer, offset + i, j) for j in range(K)] for i in range(T)],
+                                    dtype=F64)
             assert rel_err(table, expected) < 1e-13, (opts, T, K, offset)
 
 
@@ -190,7 +191,8 @@ def test_mega_spans_at_the_limit():
         y, h = chunked(randn(1, 11, H, seed=3))
     assert h.keys.shape == (1, 3, 4)
     with pytest.raises(ValueError, match="fewer than 4 positions; got 4"):
-        chunked(randn(1, 2, H, seed=4), MegaState(h.ema, torch.zeros(1, 4, 4, dtype=F64), torch.zeros(1, 4, 3, dtype=F64)))
+        full_cache = (torch.zeros(1, 4, n, dtype=F64, device=DEVICE) for n in (4, 3))
+        chunked(randn(1, 2, H, seed=4), MegaState(h.ema, *full_cache))
 
 
 class _MegaWithState(torch.nn.Module):
@@ -211,10 +213,10 @@ def test_mega_exports_with_its_state_for_whole_chunks():
     layer = mega_layer(d_state=2, d_qk=4, d_v=5, chunk_size=6).float().eval()
     module = _MegaWithState(layer)
     with torch.no_grad():
-        program = torch.export.export(module, (torch.randn(2, 12, H),),
+        program = torch.export.export(module, (torch.randn(2, 12, H, device=DEVICE),),
                                       dynamic_shapes=({1: 6 * torch.export.Dim("k", min=1, max=16)},)).module()
         for L in (6, 18, 36):
-            x = torch.randn(2, L, H)
+            x = torch.randn(2, L, H, device=DEVICE)
             got, want = program(x), module(x)
             assert [g.shape for g in got] == [w.shape for w in want] == [(2, L, H), (2, H, 2), (2, 0, 4), (2, 0, 5)]
             assert rel_err(got[0], want[0]) < 1e-6 and rel_err(got[1], want[1]) < 1e-6
@@ -254,7 +256,8 @@ def test_mega_initialisation():
     ema_before = layer.ema.gamma.detach().clone()
     layer.reset_parameters()
     assert not layer.b_v.any() and abs(float(layer.W_v.detach().std()) - 0.02) < 0.002
-    assert not torch.equal(layer.ema.gamma, ema_before) and float(layer.ema.gamma.detach().std()) > 0.5  # the EMA re-drawn
+    assert not torch.equal(layer.ema.gamma, ema_before)  # the EMA re-drawn too
+    assert float(layer.ema.gamma.detach().std()) > 0.5
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -355,7 +358,8 @@ def test_attention_options_are_stored_shown_and_checked():
     assert layer.rotary_base == 500.0 and isinstance(layer.rotary_base, float)
     assert layer.qkv.weight.shape == (54, 7) and layer.out.weight.shape == (7, 18) and layer.out.bias is not None
     assert "d_model=7, n_heads=3, head_dim=6, bias=True, positional='rotary', window=5" in repr(layer)
-    assert layers.build("attention", d_model=8).qkv.bias is None and layers.build("attention", d_model=8).cache_limit is None
+    default = layers.build("attention", d_model=8)
+    assert default.qkv.bias is None and default.cache_limit is None
     assert layers.build("attention", d_model=8, head_dim=3, positional=None).head_dim == 3  # odd: fine unrotated
     assert layers.build("attention", d_model=8, head_dim=4).n_heads == 2
     for value in (1, 1.0, 0.5, math.inf, True, "10"):
@@ -382,7 +386,8 @@ def test_attention_cache_of_a_window_of_one_and_limits():
     with torch.no_grad():
         layer.step(randn(1, H, seed=1), KVCache(z, z, torch.zeros(1, 1, dtype=F64, device=DEVICE)))  # 2 = window - 1
         with pytest.raises(ValueError, match="at most window - 1 = 2 positions; got 3"):
-            layer.step(randn(1, H, seed=1), KVCache(*(torch.zeros(1, 1, 3, 2, dtype=F64),) * 2, torch.zeros(1, 1, dtype=F64)))
+            z3 = torch.zeros(1, 1, 3, 2, dtype=F64, device=DEVICE)
+            layer.step(randn(1, H, seed=1), KVCache(z3, z3, torch.zeros(1, 1, dtype=F64, device=DEVICE)))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -390,7 +395,7 @@ def test_attention_cache_of_a_window_of_one_and_limits():
 
 
 def attention_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
-    """o_i = Σ_j e^{q_i·k_j/√P} v_j / Σ_j e^{q_i·k_j/√P} over the keys j seen by query i at position K - Lq + i."""
+    """o_i = Σ_j e^{q_i·k_j/√P} v_j / Σ_j e^{q_i·k_j/√P} over the keys j seen by query i (at position K - Lq + i)."""
     Lq, K = q.shape[2], k.shape[2]
     out = torch.zeros_like(q)
     for i in range(Lq):
@@ -421,7 +426,7 @@ def test_ops_causal_mask_and_rotary_by_their_formulas():
                      for j in range(K - first)] for i in range(Lq)]
         assert ops.causal_mask(Lq, K, window, first=first).tolist() == expected
     x = randn(2, 3, 6, seed=4)
-    pos = torch.tensor([[0.5, 2.0, 7.0]], dtype=F64)
+    pos = torch.tensor([[0.5, 2.0, 7.0]], dtype=F64, device=DEVICE)
     r = ops.rotary(x, pos, base=9.0)
     for b in range(2):
         for t in range(3):
@@ -430,8 +435,9 @@ def test_ops_causal_mask_and_rotary_by_their_formulas():
                 x1, x2 = float(x[b, t, m]), float(x[b, t, m + 3])
                 assert abs(float(r[b, t, m]) - (x1 * math.cos(w) - x2 * math.sin(w))) < 1e-13
                 assert abs(float(r[b, t, m + 3]) - (x2 * math.cos(w) + x1 * math.sin(w))) < 1e-13
-    r32 = ops.rotary(x.float(), torch.tensor([1e5 + 1.0]), base=10000.0)  # float64 angles, rounded once
-    assert rel_err(r32, ops.rotary(x, torch.tensor([1e5 + 1.0]))) < 1e-6
+    far = torch.tensor([1e5 + 1.0], device=DEVICE)
+    r32 = ops.rotary(x.float(), far, base=10000.0)  # float64 angles, rounded once
+    assert rel_err(r32, ops.rotary(x, far)) < 1e-6
 
 
 def test_ops_attention_argument_checks():

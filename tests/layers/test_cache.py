@@ -192,6 +192,7 @@ def test_frozen_parameters_checks_once_per_block():
     with frozen_parameters():  # a new block checks the values again: a equals b, so 3 stays valid
         assert cache.get([a], compute) == 3
         a.data.add_(1)
+        assert cache.get([a], compute) == 3  # a value check (3 found valid for a) also marks a as checked in the block
     assert cache.get([a], compute) == 4  # outside a block every lookup compares
 
 

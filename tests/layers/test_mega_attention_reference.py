@@ -23,6 +23,7 @@ from ssmkit.layers import KVCache, MegaState
 from ssmkit.ops.attention import _QUERY_BLOCK, causal_attention_chunked, causal_attention_reference
 from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, run_steps
 from tests.layers.test_rglru_h3_ema_reference import ema_reference, perturb
+from tests.ops.test_attention import _loop_oracle
 
 F64 = torch.float64
 
@@ -394,19 +395,6 @@ def test_attention_cache_of_a_window_of_one_and_limits():
 # ops.attention
 
 
-def attention_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
-    """o_i = Σ_j e^{q_i·k_j/√P} v_j / Σ_j e^{q_i·k_j/√P} over the keys j seen by query i (at position K - Lq + i)."""
-    Lq, K = q.shape[2], k.shape[2]
-    out = torch.zeros_like(q)
-    for i in range(Lq):
-        pos = K - Lq + i
-        lo = 0 if window is None else max(0, pos - window + 1)
-        s = torch.einsum("bap,bajp->baj", q[:, :, i], k[:, :, lo : pos + 1]) / math.sqrt(q.shape[-1])
-        e = torch.exp(s - s.amax(-1, keepdim=True))
-        out[:, :, i] = torch.einsum("baj,bajp->bap", e / e.sum(-1, keepdim=True), v[:, :, lo : pos + 1])
-    return out
-
-
 @pytest.mark.parametrize("Lq,K,window", [
     (_QUERY_BLOCK + 3, _QUERY_BLOCK + 3, 2),  # no cache, a window smaller than L: the masked path, two blocks
     (_QUERY_BLOCK + 3, _QUERY_BLOCK + 3, _QUERY_BLOCK + 3),  # a window of exactly L: the causal call
@@ -415,7 +403,7 @@ def attention_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: in
 ])
 def test_ops_attention_at_the_block_and_window_edges(Lq, K, window):
     q, k, v = randn(1, 2, Lq, 3, seed=1), randn(1, 2, K, 3, seed=2), randn(1, 2, K, 3, seed=3)
-    expected = attention_loop(q, k, v, window)
+    expected = _loop_oracle(q, k, v, window)  # the per-query loop of tests/ops/test_attention
     assert rel_err(causal_attention_chunked(q, k, v, window), expected) < 1e-12
     assert rel_err(causal_attention_reference(q, k, v, window), expected) < 1e-12
 

@@ -107,6 +107,31 @@ def _check_forward_and_steps(layer, u, x0, expect, x_end):
         _close(state, x_end)
 
 
+def _check_bidirectional_forward(layer, A_bar, B_bar, Cs, seed):
+    """A bidirectional layer's forward on every backend equals the two-sided scan of (Ā, B̄, C_causal, C_anti-causal),
+    and returns no state."""
+    assert Cs.shape == (2, 3, 4)
+    u = np.random.default_rng(seed).standard_normal((2, 13, 3))
+    expect, _ = _scan(A_bar, B_bar, Cs, _np(layer.D), u, np.zeros((2, 3, 4), complex))
+    ut = torch.from_numpy(u).to(DEVICE)
+    with torch.no_grad():
+        for backend in ("auto", *runnable_backends(layer)):
+            with ops.use_backend(backend):
+                y, h = layer(ut)
+            assert h is None
+            _close(y, expect)
+
+
+def _check_state_space(layer, A_bar, B_bar, Cs, seed):
+    """The exported bank (3 systems of 8 real states, dt 1) simulated equals the scan of (Ā, B̄, C); returns it."""
+    u = np.random.default_rng(seed).standard_normal((2, 10, 3))
+    expect, _ = _scan(A_bar, B_bar, Cs, _np(layer.D), u, np.zeros((2, 3, 4), complex))
+    ss = layer.state_space()
+    assert ss.nsystems == 3 and ss.nstates == 8 and ss.dt == 1.0  # time in samples
+    _close(ss.simulate(torch.from_numpy(u)), expect)
+    return ss
+
+
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
 def test_s4d_forward_step_and_state_are_the_papers_recurrence(discretization):
     layer = _s4d_moved(discretization=discretization)
@@ -137,16 +162,8 @@ def test_s4d_discrete_matrices_by_the_papers_formulas(discretization):
 def test_s4d_bidirectional_adds_the_anti_causal_part_with_its_own_C():
     layer = _s4d_moved(bidirectional=True)
     A_bar, B_bar, Cs = _s4d_reference(layer)
-    assert Cs.shape == (2, 3, 4)
-    u = np.random.default_rng(2).standard_normal((2, 13, 3))
-    expect, _ = _scan(A_bar, B_bar, Cs, _np(layer.D), u, np.zeros((2, 3, 4), complex))
-    ut = torch.from_numpy(u).to(DEVICE)
+    _check_bidirectional_forward(layer, A_bar, B_bar, Cs, seed=2)
     with torch.no_grad():
-        for backend in ("auto", *runnable_backends(layer)):
-            with ops.use_backend(backend):
-                y, h = layer(ut)
-            assert h is None
-            _close(y, expect)
         K = layer.kernel(13)
     assert K.shape == (2, 3, 13)
     l = np.arange(13)
@@ -159,11 +176,7 @@ def test_s4d_bidirectional_adds_the_anti_causal_part_with_its_own_C():
 def test_s4d_state_space_is_the_papers_system(discretization):
     layer = _s4d_moved(discretization=discretization)
     A_bar, B_bar, Cs = _s4d_reference(layer)
-    u = np.random.default_rng(3).standard_normal((2, 10, 3))
-    expect, _ = _scan(A_bar, B_bar, Cs, _np(layer.D), u, np.zeros((2, 3, 4), complex))
-    ss = layer.state_space()
-    assert ss.nsystems == 3 and ss.nstates == 8 and ss.dt == 1.0  # time in samples
-    _close(ss.simulate(torch.from_numpy(u)), expect)
+    ss = _check_state_space(layer, A_bar, B_bar, Cs, seed=3)
     poles = np.sort_complex(np.linalg.eigvals(np.asarray(ss.A)[0]))
     assert _rel(poles, np.sort_complex(np.concatenate([A_bar[0], A_bar[0].conj()]))) < 1e-12
 
@@ -343,27 +356,14 @@ def test_dss_softmax_with_a_different_l_max_is_a_different_system():
 def test_dss_bidirectional_adds_the_anti_causal_part_with_its_own_W(version):
     layer = _dss_moved(version, bidirectional=True)
     A_bar, B_bar, Ws = _dss_reference(layer)
-    assert Ws.shape == (2, 3, 4)
-    u = np.random.default_rng(5).standard_normal((2, 13, 3))
-    expect, _ = _scan(A_bar, B_bar, Ws, _np(layer.D), u, np.zeros((2, 3, 4), complex))
-    ut = torch.from_numpy(u).to(DEVICE)
-    with torch.no_grad():
-        for backend in ("auto", *runnable_backends(layer)):
-            with ops.use_backend(backend):
-                y, h = layer(ut)
-            assert h is None
-            _close(y, expect)
+    _check_bidirectional_forward(layer, A_bar, B_bar, Ws, seed=5)
 
 
 @pytest.mark.parametrize("version", ["exp", "softmax"])
 def test_dss_state_space_is_the_papers_system(version):
     layer = _dss_moved(version, growing=version == "softmax")
     A_bar, B_bar, Ws = _dss_reference(layer)
-    u = np.random.default_rng(6).standard_normal((2, 10, 3))
-    expect, _ = _scan(A_bar, B_bar, Ws, _np(layer.D), u, np.zeros((2, 3, 4), complex))
-    ss = layer.state_space()
-    assert ss.nsystems == 3 and ss.nstates == 8 and ss.dt == 1.0  # time in samples
-    _close(ss.simulate(torch.from_numpy(u)), expect)
+    _check_state_space(layer, A_bar, B_bar, Ws, seed=6)
 
 
 def test_dss_init_constants():

@@ -17,7 +17,7 @@ import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.layers.hyena import Hyena, HyenaFilter
 from ssmkit.layers.sgconv import SGConv
-from tests.conftest import DEVICE, H, rel_err
+from tests.conftest import DEVICE, H, rel_err, run_steps
 
 F64 = torch.float64
 
@@ -160,11 +160,8 @@ def test_hyena_chunks_and_steps_equal_the_recurrence_of_the_whole_sequence(opts,
     with torch.no_grad():
         y1, s = layer(x[:, :a])
         y2, s = layer(x[:, a:b], s)
-        ys = [y1, y2]
-        for t in range(b, L):
-            y_t, s = layer.step(x[:, t], s)
-            ys.append(y_t[:, None])
-    assert rel_err(torch.cat(ys, dim=1), y_ref) < 1e-12
+        y3, s = run_steps(layer, x[:, b:], s)
+    assert rel_err(torch.cat([y1, y2, y3], dim=1), y_ref) < 1e-12
     assert s.inputs.shape == (2, layer.order - 1, H, L) and rel_err(s.inputs, inputs_ref) < 1e-12
 
 
@@ -174,16 +171,11 @@ def test_hyena_step_sees_a_filter_update_between_steps():
     layer = hyena_layer(l_max=4, filter_width=3)
     x = torch.randn(2, 9, H, device=DEVICE, dtype=F64)
     with torch.no_grad():
-        s = layer.initial_state(2)
-        for t in range(6):
-            _, s = layer.step(x[:, t], s)
+        _, s = run_steps(layer, x[:, :6])
         layer.filter.w_out.mul_(-1.5)
         layer.filter.deltas.add_(0.3)
-        ys = []
-        for t in range(6, 9):
-            y_t, s = layer.step(x[:, t], s)
-            ys.append(y_t)
-    assert rel_err(torch.stack(ys, dim=1), hyena_ref(layer, x)[0][:, 6:]) < 1e-12
+        y, _ = run_steps(layer, x[:, 6:], s)
+    assert rel_err(y, hyena_ref(layer, x)[0][:, 6:]) < 1e-12
 
 
 def test_hyena_options_are_stored_shown_and_shape_the_parameters():
@@ -364,11 +356,8 @@ def test_sgconv_forward_chunks_and_steps_equal_the_direct_sum(opts, S, L):
             with torch.no_grad():
                 y1, s = layer(x[:, :a])
                 y2, s = layer(x[:, a:b], s)
-                ys = [y1, y2]
-                for t in range(b, L):
-                    y_t, s = layer.step(x[:, t], s)
-                    ys.append(y_t[:, None])
-            assert rel_err(torch.cat(ys, dim=1), y_ref) < 1e-12, backend
+                y3, _ = run_steps(layer, x[:, b:], s)
+            assert rel_err(torch.cat([y1, y2, y3], dim=1), y_ref) < 1e-12, backend
 
 
 @pytest.mark.parametrize("opts,S,L", SG_CASES)
@@ -390,17 +379,12 @@ def test_sgconv_step_sees_a_parameter_update_between_steps():
     layer = sgconv_layer(l_max=6, kernel_dim=2)
     x = torch.randn(2, 12, H, device=DEVICE, dtype=F64)
     with torch.no_grad():
-        s = layer.initial_state(2)
-        for t in range(7):
-            _, s = layer.step(x[:, t], s)
+        _, s = run_steps(layer, x[:, :7])
         layer.sub_kernels.mul_(-2.0)
         layer.D.add_(0.5)
         layer.kernel_norm.mul_(1.7)
-        ys = []
-        for t in range(7, 12):
-            y_t, s = layer.step(x[:, t], s)
-            ys.append(y_t)
-    assert rel_err(torch.stack(ys, dim=1), sgconv_ref(layer, x)[:, 7:]) < 1e-12
+        y, _ = run_steps(layer, x[:, 7:], s)
+    assert rel_err(y, sgconv_ref(layer, x)[:, 7:]) < 1e-12
 
 
 def test_sgconv_options_are_stored_and_shown():

@@ -20,7 +20,7 @@ from scipy import stats
 import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.layers.h3 import H3State
-from tests.conftest import DEVICE, rel_err, runnable_backends
+from tests.conftest import DEVICE, rel_err, run_steps, runnable_backends
 
 F64 = torch.float64
 
@@ -196,11 +196,8 @@ def test_h3_equals_the_reference_loop_from_a_state(options):
             assert rel_err(y0, y0_ref) < 1e-10, backend
             assert state.shift.shape == (2, 4, N - 1) and rel_err(state.shift, hist_ref) < 1e-12, backend
             assert state.ssm.shape == (2, P, P, Hh, N // 2) and rel_err(state.ssm, s_ref) < 1e-10, backend
-        state, ys = H3State(shift0, ssm0), []
-        for t in range(9):
-            y_t, state = layer.step(x[:, t], state)
-            ys.append(y_t)
-    assert rel_err(torch.stack(ys, 1), y_ref) < 1e-10
+        ys, state = run_steps(layer, x, H3State(shift0, ssm0))
+    assert rel_err(ys, y_ref) < 1e-10
     assert rel_err(state.shift, hist_ref) < 1e-12 and rel_err(state.ssm, s_ref) < 1e-10
 
 
@@ -243,11 +240,8 @@ def test_ema_equals_the_recurrence_of_the_paper(d_state):
             with ops.use_backend(backend):
                 y, h = layer(u, h0)
             assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12, backend
-        state, ys = h0, []
-        for t in range(17):
-            y_t, state = layer.step(u[:, t], state)
-            ys.append(y_t)
-    assert rel_err(torch.stack(ys, 1), y_ref) < 1e-12 and rel_err(state, h_ref) < 1e-12
+        ys, state = run_steps(layer, u, h0)
+    assert rel_err(ys, y_ref) < 1e-12 and rel_err(state, h_ref) < 1e-12
 
 
 @pytest.mark.parametrize("d_state", [1, 4])

@@ -20,7 +20,7 @@ import ssmkit.layers.s4 as s4_module
 import ssmkit.ops as ops
 from ssmkit.layers import S4
 from ssmkit.ops.hippo import nplr
-from tests.conftest import DEVICE, runnable_backends
+from tests.conftest import DEVICE, run_steps, runnable_backends
 
 F64 = torch.float64
 
@@ -369,8 +369,5 @@ def test_the_reference_forward_is_the_step_loop_to_the_bit():
     ut, st = torch.from_numpy(u).to(DEVICE), torch.from_numpy(s).to(DEVICE)
     with torch.no_grad(), ops.use_backend("reference"):
         y, h = layer(ut, st)
-        state, ys = st, []
-        for t in range(13):
-            y_t, state = layer.step(ut[:, t], state)
-            ys.append(y_t)
-    assert torch.equal(y, torch.stack(ys, 1)) and torch.equal(h, state)
+        ys, state = run_steps(layer, ut, st)
+    assert torch.equal(y, ys) and torch.equal(h, state)

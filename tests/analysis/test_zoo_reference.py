@@ -85,6 +85,7 @@ def test_zoo_table_names_in_the_given_order_and_width():
     rows = zoo_table(d_model=64, names=["s4d", "attention", "mamba"])
     assert [r["layer"] for r in rows] == ["s4d", "attention", "mamba"]
     assert rows[0]["state_size"] == 64 * 64
+    assert zoo_table(names=["s4d"])[0]["state_size"] == 64 * 64  # the default width is 64
     assert zoo_table(d_model=4, names=[]) == []
     want = ("layer 'mamba2' cannot be built with its defaults at d_model=16: headdim must divide")
     with pytest.raises(ValueError, match=re.escape(want)):
@@ -149,6 +150,7 @@ def test_csv_of_the_table_and_of_measured_rows(table):
                 {"name": "blocks.1.layer", "layer": "lru", "spectral_radius": 0.25}]
     assert to_csv(table, measured) == "name,layer,spectral_radius\nblocks.0.layer,s4d,0.5\nblocks.1.layer,lru,0.25\n"
     assert to_csv(table, []) == "name\n"
+    assert to_csv(table, measured[1:]) == "name,layer,spectral_radius\nblocks.1.layer,lru,0.25\n"
     assert to_csv([]) == ",".join(ZOO_COLUMNS) + "\n"
 
 
@@ -190,3 +192,10 @@ def test_pole_statistics_against_numpy_eigenvalues():
     assert to_markdown([], []).endswith("## Measured poles of the checkpoint\n\n| name | layer | spectral_radius | "
                                         "stability_margin | slowest_tau | median_tau | fastest_tau | note |\n|" +
                                         "---|" * 8 + "\n")
+
+
+def test_zoo_module_exports_its_documented_names():
+    namespace: dict = {}
+    exec("from ssmkit.analysis.zoo import *", namespace)
+    assert sorted(k for k in namespace if k != "__builtins__") == [
+        "ZOO_COLUMNS", "pole_statistics", "state_size", "to_csv", "to_markdown", "zoo_entry", "zoo_table"]

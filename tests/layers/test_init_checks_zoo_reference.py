@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch._dynamo.source import ConstantSource
-from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from ssmkit.layers import checks, init
 from ssmkit.layers.zoo import STRUCTURES, ZooEntry
@@ -42,7 +40,13 @@ def test_check_flag_takes_only_true_or_false():
 
 
 def symbolic_length(hint: int) -> torch.SymInt:
-    """A SymInt length with value ``hint`` whose range starts at 0 (as a dynamic axis under torch.export)."""
+    """A SymInt length with value ``hint`` whose range starts at 0 (as a dynamic axis under torch.export).
+
+    Built from torch's private shape environment (imported here, so a torch that moves it fails this one test and
+    not the file's collection)."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
     env = ShapeEnv(specialize_zero_one=False)
     return env.create_symintnode(env.create_symbol(hint, ConstantSource(f"L{hint}"), positive=None), hint=hint)
 

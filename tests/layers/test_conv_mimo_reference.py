@@ -97,7 +97,7 @@ def test_short_conv_options_state_and_repr():
         conv(torch.randn(1, 3, 4, dtype=F64), resets=torch.zeros(1, 3, dtype=torch.bool), activation="relu")
 
 
-def test_short_conv_init_is_conv1d_uniform():
+def test_short_conv_draws_are_conv1d_uniform():
     """Weight and bias uniform on ±1/√W (nn.Conv1d's depthwise fan-in W): inside the bound, reaching it, mean 0."""
     torch.manual_seed(3)
     conv = ShortConv(4000, 3)
@@ -148,22 +148,29 @@ def test_an_empty_past_stays_in_the_graph():
 
 
 def _symbolic(fn, *args):
-    """``fn`` traced with symbolic sizes (the sizes are SymInts inside, as under torch.export)."""
+    """``fn`` traced with symbolic sizes (the sizes are SymInts inside, as under torch.export); the trace must not
+    guard on them (no branch on the length: one program for every length)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    return make_fx(fn, tracing_mode="symbolic")(*args)
+    traced = make_fx(fn, tracing_mode="symbolic")(*args)
+    assert [str(g.expr) for g in traced.shape_env.guards] == []
+    return traced
 
 
 @pytest.mark.parametrize("symbolic", [False, True])
 def test_fit_length_crops_or_pads_with_zeros(symbolic):
-    K = torch.randn(2, 3, 5, dtype=F64)
+    """The last axis (5 taps; the leading sizes 10 and 11 exceed some L) cropped or padded; a crop is a view of K."""
+    K = torch.randn(10, 11, 5, dtype=F64)
     fit = _symbolic(lambda k, u: fit_length(k, u.shape[0]), K, torch.zeros(7)) if symbolic else \
         (lambda k, u: fit_length(k, u.shape[0]))
     for L in (2, 5, 9):
-        want = np.zeros((2, 3, L))
+        want = np.zeros((10, 11, L))
         n = min(L, 5)
         want[..., :n] = _np(K)[..., :n]
-        np.testing.assert_array_equal(_np(fit(K, torch.zeros(L))), want)
+        got = fit(K, torch.zeros(L))
+        np.testing.assert_array_equal(_np(got), want)
+        if not symbolic and L <= 5:
+            assert got.data_ptr() == K.data_ptr()
 
 
 @pytest.mark.parametrize("symbolic", [False, True])

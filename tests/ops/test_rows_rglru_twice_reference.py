@@ -342,3 +342,20 @@ def test_graph_backward_with_nothing_to_do_returns_nones():
     g = torch.ones(3, dtype=F64)
     assert graph_backward(_twice_path([]), (a, b, None), (False, False, False), (g, g, g)) == [None, None, None]
     assert graph_backward(_twice_path([]), (a, b, None), (True, True, False), (None, None, None)) == [None, None, None]
+
+
+def test_graph_backward_skips_absent_outputs_and_unreached_inputs():
+    """An output the path does not form (None) is skipped even with a gradient; an input no used output reaches
+    gets None (∂(sin a)/∂b is not formed), the other ∂/∂a = g cos a."""
+    from ssmkit.ops.twice import graph_backward
+
+    a = torch.randn(3, dtype=F64, requires_grad=True)
+    b = torch.randn(3, dtype=F64, requires_grad=True)
+    g = torch.randn(3, dtype=F64)
+
+    def path(a_, b_):
+        return torch.sin(a_), None
+
+    da, db = graph_backward(path, (a, b), (True, True), (g, g))
+    assert db is None
+    np.testing.assert_allclose(_np(da), _np(g * torch.cos(a)), rtol=1e-14)

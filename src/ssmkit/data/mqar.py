@@ -49,10 +49,8 @@ def mqar_data(
         raise ValueError(f"length must be even and >= 4 * num_kv_pairs = {4 * num_kv_pairs}; got {length}")
     if vocab_size <= length:
         raise ValueError(f"vocab_size must be > length = {length}; got {vocab_size}")
-    half = vocab_size // 2
+    half = vocab_size // 2  # V > L >= 4D gives half - 1 >= 2D - 1 >= D keys and V - half >= D values
     D = num_kv_pairs
-    if half - 1 < D:
-        raise ValueError(f"vocab_size must give >= num_kv_pairs keys in [1, vocab_size/2); got {vocab_size}")
     keys = torch.rand(n, half - 1, generator=generator).argsort(dim=1)[:, :D] + 1  # (B, D) distinct
     values = torch.rand(n, vocab_size - half, generator=generator).argsort(dim=1)[:, :D] + half  # (B, D)
     space = (length - 2 * D) // 2

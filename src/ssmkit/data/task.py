@@ -37,7 +37,6 @@ from ssmkit.data.store import DataMissingError, cache_path, cached
 from ssmkit.layers.checks import UnknownOptionError
 
 IGNORE_INDEX = -100  # targets at positions without a loss (PyTorch's cross_entropy ignore_index)
-SPLITS = ("train", "val", "test")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,13 +86,14 @@ def test_language_modelling_scores_only_the_unmasked_steps():
     out[1, 0, 1] += 6.0  # right
     out[0, 3, 0] += 6.0  # wrong
     out[0, 0, 0] += 6.0  # masked: never counted, whatever the prediction
+    out[1, 4, 4] += 6.0  # right
     loss, metric, count = summed_loss_and_metric("lm", out, y)
     scored = [(b, t) for b in range(2) for t in range(5) if y[b, t] != -100]
     rows = _cross_entropy_rows(torch.stack([out[b, t] for b, t in scored]), torch.tensor([int(y[b, t]) for b, t in scored]))
     right = sum(_argmax(out[b, t].tolist()) == y[b, t] for b, t in scored)
     assert IGNORE == -100 and count.item() == len(scored) == 6
     assert loss.item() == pytest.approx(sum(rows), rel=1e-6)
-    assert 0 < right < 6 and metric.item() == right
+    assert 0 < right < 6 and right != 6 - right and metric.item() == right  # right and wrong counts differ
     for bad_out, bad_y in [(out[:, 0], y), (out, y[:, :4])]:
         with pytest.raises(ValueError, match="language modelling needs logits"):
             summed_loss_and_metric("lm", bad_out, bad_y)
@@ -333,10 +334,13 @@ def test_step_batches_refuse_bad_options_by_name(options, name):
             eval_batches((torch.zeros(4),), 0)
 
 
-def test_step_batches_accept_the_edges():
-    x = torch.arange(3)
-    assert StepBatches((x,), 1, rank=0, world_size=1, start_step=0).indices(0).tolist() == _hand_indices(3, 1, 1, 0, 0, 0)
-    assert len(eval_batches((x,), 1, world_size=3, rank=2)) == 1
+def test_batches_defaults_are_seed_0_step_0_one_shuffled_process():
+    x = torch.arange(10)
+    stream = iter(StepBatches((x,), 3))
+    for step in range(5):
+        assert next(stream)[0].tolist() == _hand_indices(10, 3, 1, 0, 0, step)
+    assert [b[0].tolist() for b in eval_batches((x,), 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert len(eval_batches((x[:3],), 1, world_size=3, rank=2)) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------- best

@@ -303,6 +303,7 @@ def test_eval_batches_split_ranks_round_robin_and_batch_in_order():
 
     got = eval_batches((x, y), 2, rank=1, world_size=3, transform=shift)
     mine = torch.arange(1, n, 3)
+    assert len(got) == 2  # samples 1, 4 | 7, 10
     for i, b in enumerate(got):
         idx = mine[2 * i:2 * i + 2]
         with seeded_rngs(0x6576, 1, 3, i):

@@ -1,0 +1,419 @@
+"""sysid/prediction, sysid/init and sysid/boucwen against references written here (probe 40, mutation testing).
+
+- prediction: the one-step-ahead record, the one-step predictions and the free run as explicit float64 loops over the
+  model's ``step`` with the inputs [u_t, y_{t-1}] assembled here (measured y_{t-1} up to the warm-up's end, the
+  loop's own ŷ_{t-1} after it), from rest at t = 1.
+- init: PO-MOESP and ARX on known systems (the true poles; numpy least squares), the mode selection and the
+  parametrisation inverses in closed form.
+- boucwen: the benchmark's equations (Noël & Schoukens 2016; REFERENCE.md §4.4) by scipy's DOP853 and closed forms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssmkit.sysid import boucwen
+from ssmkit.sysid.init import arx_poles, init_from_data, modes, ring_poles, set_discrete_poles, subspace_poles
+from ssmkit.sysid.prediction import check_predictor, free_run, predict_one_step, prediction_record
+from ssmkit.sysid.records import IORecord
+from ssmkit.sysid.wiener import DeepWiener
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# prediction
+
+
+def _record(L: int, m: int, p: int, seed: int = 0) -> IORecord:
+    """A random float64 record with offsets (m inputs, p outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(L, m, generator=g, dtype=torch.float64) + 0.3
+    y = torch.randn(L, p, generator=g, dtype=torch.float64) * 2.0 - 1.0
+    return IORecord(u, y, 0.25, "rec")
+
+
+def _predictor(m: int, p: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> DeepWiener:
+    """A 2-block predictor (m + p inputs, p outputs), every parameter moved off its init, normalisation set."""
+    torch.manual_seed(seed)
+    model = DeepWiener(m + p, p, d_model=3, n_layers=2, layer="s4d", layer_options={"d_state": 4}, dtype=dtype)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    r = _record(50, m + p, p, seed=seed + 100)
+    model.set_normalisation([r.u.to(dtype)], [r.y.to(dtype)])
+    return model
+
+
+def _loop(model: DeepWiener, record: IORecord, n_measured: int, n_returned: int) -> torch.Tensor:
+    """ŷ by an explicit loop: from rest, for t ≥ 1 the model steps on [u_t, y_{t-1}] with the measured y_{t-1} while
+    t ≤ n_measured and its own ŷ_{t-1} after; the measured y_t is returned for t < n_returned (≥ 1)."""
+    u, y = record.u, record.y
+    state = model.initial_state(1)
+    out = [y[0]]
+    previous = y[0]
+    with torch.no_grad():
+        for t in range(1, len(record)):
+            fed = y[t - 1] if t <= n_measured else previous
+            y_t, state = model.step(torch.cat([u[t], fed])[None], state)
+            previous = y_t[0]
+            out.append(y[t] if t < n_returned else previous)
+    return torch.stack(out)
+
+
+def test_the_one_step_record_shifts_every_input_and_output():
+    r = _record(7, 2, 3)
+    s = prediction_record(r)
+    assert len(s) == 6 and s.dt == 0.25 and s.name == "rec (one-step-ahead)"
+    for t in range(1, 7):
+        assert torch.equal(s.u[t - 1], torch.cat([r.u[t], r.y[t - 1]])) and torch.equal(s.y[t - 1], r.y[t])
+    two = prediction_record(_record(2, 1, 1))  # the shortest record that has a one-step pair
+    assert len(two) == 1
+    with pytest.raises(ValueError, match="record 'one' needs at least 2 samples for one-step-ahead prediction; got 1"):
+        prediction_record(IORecord(torch.zeros(1, 1), torch.zeros(1, 1), 1.0, "one"))
+
+
+def test_a_predictor_of_the_wrong_width_is_refused_by_every_entry_point():
+    record = _record(12, 1, 2)
+    check_predictor(_predictor(1, 2), 1, 2)  # m + p = 3 inputs, p = 2 outputs
+    for bad in (DeepWiener(3, 1, d_model=2, n_layers=1), DeepWiener(4, 2, d_model=2, n_layers=1),
+                DeepWiener(2, 2, d_model=2, n_layers=1)):
+        message = (f"a one-step-ahead predictor of an 1-input 2-output system needs n_inputs = m \\+ p = 3 and "
+                   f"n_outputs = 2; got {bad.n_inputs} and {bad.n_outputs}")
+        with pytest.raises(ValueError, match=message):
+            check_predictor(bad, 1, 2)
+        with pytest.raises(ValueError, match=message):
+            predict_one_step(bad, record)
+        with pytest.raises(ValueError, match=message):
+            free_run(bad, record, n_warm=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_step_predictions_equal_an_explicit_loop(dtype):
+    record = _record(17, 2, 3, seed=1)
+    model = _predictor(2, 3, dtype=dtype, seed=2)
+    got = predict_one_step(model, record)
+    ref = _loop(model, record, n_measured=len(record), n_returned=1)
+    assert got.shape == (17, 3) and got.dtype == dtype
+    assert torch.equal(got[0], record.y[0].to(dtype))  # ŷ_0 is the measured y_0
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(got, ref.to(dtype), rtol=0, atol=tol * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("n_warm", [1, 2, 6, 16])
+def test_the_free_run_equals_an_explicit_loop_fed_its_own_outputs(n_warm):
+    record = _record(17, 2, 3, seed=3)
+    model = _predictor(2, 3, seed=4)
+    got = free_run(model, record, n_warm=n_warm)
+    ref = _loop(model, record, n_measured=n_warm, n_returned=n_warm)
+    assert got.shape == (17, 3)
+    assert torch.equal(got[:n_warm], record.y[:n_warm])  # the warm-up window returned as measured
+    assert torch.allclose(got, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+    one = predict_one_step(model, record)
+    assert torch.allclose(got[n_warm], one[n_warm], rtol=0, atol=1e-12)  # the first free sample reads y_{n_warm-1}
+    if n_warm < 15:
+        assert (got[n_warm + 1:] - one[n_warm + 1:]).abs().max() > 1e-6  # then it reads its own outputs
+
+
+def test_the_free_run_in_float32_reads_a_float64_record():
+    record = _record(11, 1, 2, seed=5)
+    model = _predictor(1, 2, dtype=torch.float32, seed=6)
+    got = free_run(model, record, n_warm=4)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, _loop(model, record, 4, 4).float(), rtol=0, atol=1e-5)
+
+
+def test_the_warm_up_length_is_checked():
+    record = _record(9, 1, 1)
+    model = _predictor(1, 1)
+    assert free_run(model, record, n_warm=8).shape == (9, 1)  # the largest: one free sample
+    for bad in (0, 9, -1, 2.0, "3"):
+        with pytest.raises(ValueError, match=r"n_warm must be an int in \[1, 8\] \(samples read from the measurement\)"):
+            free_run(model, record, n_warm=bad)
+
+
+def test_the_free_run_has_no_usable_default_warm_up():
+    # n_warm's default 0 is outside [1, L-1]: a caller must choose the warm-up (the benchmark's init window)
+    with pytest.raises(ValueError, match=r"n_warm must be an int in \[1, 8\]; got 0|n_warm must be an int in \[1, 8\] .*got 0"):
+        free_run(_predictor(1, 1), _record(9, 1, 1))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# init
+
+
+def _ks_uniform(x: np.ndarray, lo: float, hi: float) -> float:
+    """The Kolmogorov-Smirnov p-value of x against U[lo, hi]."""
+    from scipy import stats
+
+    return float(stats.kstest(x, stats.uniform(loc=lo, scale=hi - lo).cdf).pvalue)
+
+
+def test_the_ring_draws_squared_radii_and_phases_uniformly():
+    # LRU, arXiv 2303.06349 App. A: |z|² ~ U[r_min², r_max²], arg z ~ U[0, max_phase)
+    z = ring_poles(4000, r_min=0.4, r_max=0.8, max_phase=2.0, seed=11)
+    assert z.shape == (4000,) and z.dtype == np.complex128
+    assert _ks_uniform(np.abs(z) ** 2, 0.16, 0.64) > 1e-3 and _ks_uniform(np.abs(z), 0.4, 0.8) < 1e-6
+    assert _ks_uniform(np.angle(z), 0.0, 2.0) > 1e-3
+    assert np.array_equal(z, ring_poles(4000, 0.4, 0.8, 2.0, seed=11)) and not np.array_equal(z, ring_poles(4000, 0.4, 0.8, 2.0, seed=12))
+    d = ring_poles(3000, seed=0)  # the defaults: r in [0.5, 0.99], phase in [0, π)
+    assert _ks_uniform(np.abs(d) ** 2, 0.25, 0.99 ** 2) > 1e-3 and _ks_uniform(np.angle(d), 0.0, np.pi) > 1e-3
+    assert np.all(np.abs(ring_poles(50, r_min=0.0, r_max=0.1)) <= 0.1)  # r_min = 0 is allowed
+    for r_min, r_max in ((-0.1, 0.5), (0.5, 0.5), (0.2, 1.0)):
+        with pytest.raises(ValueError, match="need 0 <= r_min < r_max < 1"):
+            ring_poles(4, r_min=r_min, r_max=r_max)
+
+
+def test_modes_keep_one_per_pair_sorted_by_radius_and_clipped():
+    pair = 0.7 * np.exp(0.9j)
+    z = np.array([0.5, np.conj(pair), -0.5, 0.3 + 1e-12j, pair, 0.0, 1.5 * np.exp(-2.0j), 1.5 * np.exp(2.0j), 0.02j,
+                  -0.02j])
+    m = modes(z, 10)
+    # reals first in their order, then the upper half-plane ones, each group stably sorted by |z| descending;
+    # |z| clipped to [1e-3, 0.9999]; 0.3 + 1e-12j is real (|Im| ≤ 1e-9 |z|), 0 gets the floor on the real axis
+    expected = np.array([0.9999 * np.exp(2.0j), pair, 0.5, -0.5, 0.3, 0.02j, 1e-3])
+    assert m.shape == (7,)
+    np.testing.assert_allclose(m, expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(modes(z, 3), expected[:3], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(modes(z, 10, r_min=0.4, r_max=0.6), [0.6 * np.exp(2.0j), 0.6 * np.exp(0.9j), 0.5, -0.5,
+                                                                    0.4, 0.4j, 0.4], rtol=0, atol=1e-15)
+    near = modes(np.array([0.3 + 2e-10j]), 1)  # |Im| = 6.7e-10 |z|: real to the 1e-9 tolerance
+    assert near[0] == 0.3 and modes(np.array([0.3 + 1e-9j]), 1)[0].imag > 0
+
+
+def _layer(name: str, options: dict, seed: int = 0) -> torch.nn.Module:
+    """A float64 layer (d_model 3) with its step sizes moved off their init."""
+    from ssmkit.layers import build
+
+    torch.manual_seed(seed)
+    layer = build(name, d_model=3, dtype=torch.float64, **options)
+    if hasattr(layer, "log_dt"):
+        with torch.no_grad():
+            layer.log_dt.add_(0.3 * torch.randn_like(layer.log_dt))
+    return layer
+
+
+Z3 = np.array([0.97 * np.exp(0.05j), 0.6 * np.exp(2.0j), 0.4 * np.exp(3.0j)])
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_s4d_eigenvalues_are_the_inverse_of_each_discretisation(discretization):
+    layer = _layer("s4d", {"d_state": 10, "discretization": discretization})
+    before = (layer.log_A_real.detach().clone(), layer.A_imag.detach().clone())
+    set_discrete_poles(layer, Z3)
+    dt = np.exp(layer.log_dt.detach().numpy())[:, None]  # (H, 1)
+    lam = np.log(Z3) / dt if discretization == "zoh" else (2 / dt) * (Z3 - 1) / (Z3 + 1)
+    np.testing.assert_allclose(layer.log_A_real.detach().numpy()[:, :3], np.log(-lam.real), rtol=1e-13)
+    np.testing.assert_allclose(layer.A_imag.detach().numpy()[:, :3], lam.imag, rtol=1e-13)
+    assert torch.equal(layer.log_A_real[:, 3:], before[0][:, 3:]) and torch.equal(layer.A_imag[:, 3:], before[1][:, 3:])
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_s5_eigenvalues_use_the_per_mode_rescaled_step(discretization):
+    layer = _layer("s5", {"d_state": 8, "blocks": 1, "discretization": discretization, "step_rescale": 0.7})
+    before = (layer.A_real.detach().clone(), layer.A_imag.detach().clone())
+    set_discrete_poles(layer, Z3)
+    dt = 0.7 * np.exp(layer.log_dt.detach().numpy()[:3])  # (3,): Δ of each written mode
+    lam = np.log(Z3) / dt if discretization == "zoh" else (2 / dt) * (Z3 - 1) / (Z3 + 1)
+    np.testing.assert_allclose(layer.A_real.detach().numpy()[:3], lam.real, rtol=1e-13)
+    np.testing.assert_allclose(layer.A_imag.detach().numpy()[:3], lam.imag, rtol=1e-13)
+    assert torch.equal(layer.A_real[3:], before[0][3:]) and torch.equal(layer.A_imag[3:], before[1][3:])
+
+
+def test_dlr_and_lru_parameters_are_the_closed_form_inverses():
+    dlr = _layer("dlr", {"d_state": 8})
+    set_discrete_poles(dlr, Z3)
+    np.testing.assert_allclose(dlr.A_sqrt_neg_real.detach().numpy()[:3], np.sqrt(-np.log(np.abs(Z3))), rtol=1e-13)
+    np.testing.assert_allclose(dlr.A_imag.detach().numpy()[:3], np.angle(Z3), rtol=1e-13)
+    lru = _layer("lru", {"d_state": 8})
+    rest = lru.log_gamma.detach().clone()
+    z = np.array([0.9 * np.exp(0.5j), 0.8 + 0j, -0.3 + 0j])  # a real pole keeps the phase floor 1e-4
+    set_discrete_poles(lru, z)
+    np.testing.assert_allclose(lru.log_nu.detach().numpy()[:3], np.log(-np.log(np.abs(z))), rtol=1e-13)
+    np.testing.assert_allclose(lru.log_theta.detach().numpy()[:3], np.log([0.5, 1e-4, np.pi]), rtol=1e-13)
+    np.testing.assert_allclose(lru.log_gamma.detach().numpy()[:3], 0.5 * np.log(1 - np.abs(z) ** 2), rtol=1e-13)
+    assert torch.equal(lru.log_gamma[3:], rest[3:])
+
+
+def test_set_discrete_poles_refuses_modes_it_cannot_write():
+    layer = _layer("s4d", {"d_state": 4})  # M = 2 modes
+    for bad in (np.array([]), np.array([0.5, 0.4, 0.3]), np.array([0.5, 1.0]), np.array([0.0]), np.array([-1.2])):
+        with pytest.raises(ValueError, match=r"z must hold 1\.\.2 modes with 0 < \|z\| < 1 \(use modes\(\)\)"):
+            set_discrete_poles(layer, bad)
+    set_discrete_poles(layer, np.array([0.5, -0.4]))  # exactly M modes
+
+
+def _mimo_system(seed: int, L: int = 1500):
+    """A 2-input 2-output 4th-order system (poles 0.9 e^{±0.4i}, 0.7, -0.5), inputs of unequal scales, a float64
+    loop from rest; returns (record, true poles)."""
+    rng = np.random.default_rng(seed)
+    blocks = np.zeros((4, 4))
+    blocks[:2, :2] = 0.9 * np.array([[np.cos(0.4), -np.sin(0.4)], [np.sin(0.4), np.cos(0.4)]])
+    blocks[2, 2], blocks[3, 3] = 0.7, -0.5
+    T = rng.standard_normal((4, 4))
+    A = T @ blocks @ np.linalg.inv(T)
+    B, C, D = rng.standard_normal((4, 2)), rng.standard_normal((2, 4)), rng.standard_normal((2, 2))
+    u = rng.standard_normal((L, 2)) * np.array([3.0, 0.2]) + np.array([1.0, -2.0])
+    x, ys = np.zeros(4), []
+    for t in range(L):
+        ys.append(C @ x + D @ u[t])
+        x = A @ x + B @ u[t]
+    truth = np.array([0.9 * np.exp(0.4j), 0.9 * np.exp(-0.4j), 0.7, -0.5])
+    return IORecord(torch.tensor(u), torch.tensor(np.array(ys)) * torch.tensor([1.0, 50.0]), 1.0), truth
+
+
+def _nearest(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Largest distance from a true pole to its nearest estimate."""
+    return float(max(np.abs(np.asarray(estimate) - t).min() for t in truth))
+
+
+def _lstsq_arx(record: IORecord, n: int, output: int) -> np.ndarray:
+    """Least-squares ARX of one output on every input (lags 0..n) with an intercept, in numpy: the poles."""
+    u, y = record.u.numpy(), record.y[:, output].numpy()
+    t = np.arange(n, len(y))
+    cols = [-y[t - i] for i in range(1, n + 1)] + [u[t - i, j] for i in range(n + 1) for j in range(u.shape[1])]
+    phi = np.stack(cols + [np.ones(t.size)], axis=1)
+    theta = np.linalg.lstsq(phi, y[t], rcond=None)[0]
+    return np.roots(np.concatenate([[1.0], theta[:n]]))
+
+
+def test_arx_of_each_output_of_a_mimo_system_recovers_the_common_poles():
+    record, truth = _mimo_system(0)
+    for output in (0, 1):
+        assert _nearest(_lstsq_arx(record, 4, output), truth) < 1e-8  # the reference is exact
+        got = arx_poles(record, 4, output_index=output)
+        assert got.dtype == np.complex128 and got.shape == (4,)
+        assert _nearest(got, truth) < 1e-8 and _nearest(truth, got) < 1e-8
+    assert _nearest(arx_poles([record, _mimo_system(0, L=700)[0]], 4, output_index=1), truth) < 1e-8
+
+
+@pytest.mark.parametrize("horizon", [None, 3, 7])
+def test_po_moesp_recovers_a_mimo_system_at_each_horizon(horizon):
+    record, truth = _mimo_system(1)
+    got = subspace_poles(record, 4, horizon=horizon)
+    assert got.dtype == np.complex128 and got.shape == (4,)
+    assert _nearest(got, truth) < 1e-8 and _nearest(truth, got) < 1e-8
+    assert len(subspace_poles(record, None, horizon=horizon if horizon != 3 else 5, max_order=5)) == 4
+    with pytest.raises(ValueError, match=r"horizon must be an int with horizon · p > order \(4, p = 2\); got 2"):
+        subspace_poles(record, 4, horizon=2)
+
+
+def test_init_from_data_by_arx_with_a_given_order_and_r_max():
+    record, truth = _mimo_system(2)
+    siso = IORecord(record.u, record.y[:, 1:], 1.0)
+    model = DeepWiener(2, 1, d_model=2, n_layers=2, layer="lru", layer_options={"d_state": 6}, dtype=torch.float64)
+    written = init_from_data(model, siso, method="arx", order=4, r_max=0.8, layers=2)
+    expected = np.array([0.8 * np.exp(0.4j), 0.7, -0.5])  # 0.9 clipped to r_max; reals before the pair at one radius
+    np.testing.assert_allclose(written, expected, rtol=0, atol=1e-9)
+    lru = np.abs(expected) * np.exp(1j * np.maximum(np.angle(expected), 1e-4))  # the LRU's phase floor
+    for layer in model.layers:
+        got = layer.discrete()[0].detach().numpy()
+        np.testing.assert_allclose(got[..., :3], np.broadcast_to(lru, got[..., :3].shape), rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# boucwen (Noël & Schoukens 2016; REFERENCE.md §4.4)
+
+
+def _scipy_decimate(y: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """The benchmark's decimation: 30th-order zero-phase FIR stages, one per factor, scipy directly."""
+    from scipy import signal
+
+    for q in factors:
+        y = signal.decimate(y, q, n=30, ftype="fir", zero_phase=True)
+    return y
+
+
+def _bouc_wen_dop853(force, t: np.ndarray, p: boucwen.BoucWenParameters) -> np.ndarray:
+    """y(t) of m ÿ + c ẏ + k y + z = u(t), ż = α ẏ − β (γ |ẏ| |z|^(ν−1) z + δ ẏ |z|^ν), from rest, by DOP853."""
+    from scipy.integrate import solve_ivp
+
+    def rate(s, x):
+        v, z = x[1], x[2]
+        zdot = p.alpha * v - p.beta * (p.gamma * abs(v) * abs(z) ** (p.nu - 1.0) * z + p.delta * v * abs(z) ** p.nu)
+        return [v, (force(s) - p.c * v - p.k * x[0] - z) / p.m, zdot]
+
+    return solve_ivp(rate, (0.0, t[-1]), [0.0, 0.0, 0.0], method="DOP853", t_eval=t, rtol=1e-8, atol=1e-13).y[0]
+
+
+def test_a_periodic_input_is_simulated_from_rest_and_its_requested_period_returned():
+    # a band-limited period (100 samples at 750 Hz, lines 2..10 of f0 = 7.5 Hz, 50 N RMS): its interpolant is the
+    # trigonometric sum itself; DOP853 on the benchmark's ODE over periods + 1 = 3 periods, scipy's decimation, and the
+    # second period returned (the transient has not died out: the three periods differ by 32 % and 4 %)
+    n, k = 100, np.arange(2, 11)
+    phase = np.random.default_rng(8).uniform(0, 2 * np.pi, k.size)
+    period, amplitude = n / boucwen.FS, 50.0 * np.sqrt(2.0 / k.size)
+
+    def force(s):
+        return amplitude * np.cos(2 * np.pi * np.multiply.outer(np.asarray(s), k) / period + phase).sum(-1)
+
+    u = force(np.arange(n) / boucwen.FS)
+    t = np.arange(3 * n * 20) / (boucwen.FS * 20)
+    ref = _scipy_decimate(_bouc_wen_dop853(force, t, boucwen.BoucWenParameters()), (2, 2, 5))
+    y = boucwen.simulate(u, periodic=True, periods=2)
+    assert y.shape == (n,)
+    assert rel_rms(y, ref[n: 2 * n]) < 1e-3  # Newmark at 15 kHz: 1.1e-4 seen
+    assert rel_rms(ref[:n], ref[n: 2 * n]) > 1e-2 and rel_rms(ref[2 * n:], ref[n: 2 * n]) > 1e-2
+
+
+def rel_rms(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS of a − b relative to the RMS of b."""
+    return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b ** 2)))
+
+
+def test_decimation_is_one_fir_stage_per_prime_factor():
+    x = np.random.default_rng(3).standard_normal(6000)
+    for factor, stages in ((20, (2, 2, 5)), (12, (2, 2, 3)), (7, (7,)), (9, (3, 3))):
+        np.testing.assert_allclose(boucwen.decimate(x, factor), _scipy_decimate(x, stages), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(boucwen.decimate(x), _scipy_decimate(x, (2, 2, 5)), rtol=0, atol=1e-15)
+
+
+def test_the_multisine_excites_exactly_the_benchmark_lines_with_equal_amplitudes():
+    # f0 = 15000 / (n·20); lines 1..⌈fmax/f0⌉ that are ≥ ⌊fmin/f0⌋, unit amplitude, scaled to the RMS
+    for n, fmin, fmax, rms in ((512, 5.0, 150.0, 50.0), (300, 12.0, 40.0, 7.0)):
+        f0 = 15000.0 / (n * 20)
+        fine, coarse = boucwen.multisine(3, n=n, fmin=fmin, fmax=fmax, rms=rms, seed=2)
+        assert fine.shape == (3 * n * 20,) and np.array_equal(coarse, fine[::20])
+        one = fine[: n * 20]
+        assert np.array_equal(fine, np.tile(one, 3)) and np.sqrt(np.mean(one ** 2)) == pytest.approx(rms, rel=1e-12)
+        spectrum = np.abs(np.fft.rfft(one))
+        lines = np.flatnonzero(spectrum > 1e-9 * spectrum.max())
+        expected = np.arange(int(np.floor(fmin / f0)), int(np.ceil(fmax / f0)) + 1)
+        assert np.array_equal(lines, expected)
+        assert np.ptp(spectrum[lines]) < 1e-9 * spectrum.max()  # flat amplitude spectrum
+    a, b = boucwen.multisine(1, n=128, seed=0)[0], boucwen.multisine(1, n=128, seed=1)[0]
+    assert not np.allclose(a, b)
+    assert boucwen.multisine(1)[0].shape == (8192 * 20,)
+
+
+def test_the_sine_sweep_is_its_closed_form():
+    t = np.arange(600 * 20) / 15000.0
+    fine, coarse = boucwen.sine_sweep(600, amplitude=3.0, f_start=5.0, rate=20.0)
+    np.testing.assert_allclose(fine, 3.0 * np.sin(2 * np.pi * (5.0 * t + 10.0 * t * t)), rtol=0, atol=1e-12)
+    assert np.array_equal(coarse, fine[::20])
+    default = boucwen.sine_sweep(400)[0]  # 40 N, 18 Hz, 10 Hz/min
+    t = np.arange(400 * 20) / 15000.0
+    np.testing.assert_allclose(default, 40.0 * np.sin(2 * np.pi * (18.0 * t + t * t / 12.0)), rtol=0, atol=1e-11)
+
+
+def test_a_training_record_is_the_decimated_simulation_of_one_extra_period(monkeypatch):
+    # the integrator stood in for by a fast linear filter: what training_record does around it (the 15 kHz step,
+    # the parameters, P + 1 periods, the decimation, the first P · 8192 samples kept, the noise of seed + 1)
+    from scipy import signal
+
+    seen = []
+
+    def fake(u, h, params):
+        seen.append((u.shape[0], h, params))
+        return signal.lfilter([1e-6, 2e-6], [1.0, -0.9], u)
+
+    monkeypatch.setattr(boucwen, "integrate_newmark", fake)
+    p = boucwen.BoucWenParameters(c=12.0)
+    fine, coarse = boucwen.multisine(2, seed=4)
+    u, y = boucwen.training_record(periods=1, seed=4, noise_rms=3e-6, params=p)
+    assert seen == [(2 * 8192 * 20, 1.0 / 15000.0, p)]
+    assert np.array_equal(u, coarse[:8192])
+    clean = _scipy_decimate(signal.lfilter([1e-6, 2e-6], [1.0, -0.9], fine), (2, 2, 5))[:8192]
+    np.testing.assert_allclose(y, clean + 3e-6 * np.random.default_rng(5).standard_normal(8192), rtol=0, atol=1e-18)
+    u0, y0 = boucwen.training_record(periods=1, seed=4)
+    np.testing.assert_allclose(y0, clean, rtol=0, atol=1e-18)

@@ -417,3 +417,104 @@ def test_a_training_record_is_the_decimated_simulation_of_one_extra_period(monke
     np.testing.assert_allclose(y, clean + 3e-6 * np.random.default_rng(5).standard_normal(8192), rtol=0, atol=1e-18)
     u0, y0 = boucwen.training_record(periods=1, seed=4)
     np.testing.assert_allclose(y0, clean, rtol=0, atol=1e-18)
+
+
+def test_subspace_refuses_an_invalid_order_by_name():
+    record, _ = _mimo_system(3, L=200)
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match=r"order must be an int >= 1 \(the number of poles\); got"):
+            subspace_poles(record, bad)
+
+
+def test_subspace_fits_the_order_it_is_given():
+    record, truth = _mimo_system(4)
+    for order in (2, 3, 6):
+        assert subspace_poles(record, order).shape == (order,)
+    assert _nearest(subspace_poles(record, 6), truth) < 1e-6  # the true poles among the six
+
+
+def test_set_discrete_poles_reads_real_lists_and_arrays_of_any_shape():
+    expected = np.array([0.5, -0.4, 0.3 * np.exp(1j)])
+    for z in ([0.5, -0.4, 0.3 * np.exp(1j)], expected[None, :], np.array([0.5, -0.4])):
+        layer = _layer("dlr", {"d_state": 8})
+        set_discrete_poles(layer, z)
+        got = layer.discrete()[0].detach().numpy()[..., : np.size(z)]  # (H, k)
+        np.testing.assert_allclose(got, np.broadcast_to(expected[: np.size(z)], got.shape), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# surrogates/wh
+
+
+def _difference_equation(b: np.ndarray, a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """y_t = (Σ_k b_k x_{t−k} − Σ_{k≥1} a_k y_{t−k}) / a_0 from rest, a float64 loop."""
+    y = np.zeros(len(x))
+    for t in range(len(x)):
+        acc = sum(b[k] * x[t - k] for k in range(len(b)) if t - k >= 0)
+        acc -= sum(a[k] * y[t - k] for k in range(1, len(a)) if t - k >= 0)
+        y[t] = acc / a[0]
+    return y
+
+
+@pytest.mark.parametrize("clamp,order", [(0.3, 3), (0.05, 4)])
+def test_the_wiener_hammerstein_surrogate_is_filter_clamp_filter(clamp, order):
+    # Chebyshev I (ripple, edge) → f(x) = x (x ≤ 0), s tanh(x/s) (x > 0) → Chebyshev II (stop dB, stop edge), at 51.2 kHz
+    from scipy import signal
+
+    from ssmkit.sysid.surrogates import wh
+
+    p = wh.WHParameters(order=order, ripple_db=1.0, edge_hz=3000.0, stop_db=30.0, stop_hz=6000.0, clamp=clamp)
+    g1 = signal.cheby1(order, 1.0, 3000.0 / 25600.0)
+    g2 = signal.cheby2(order, 30.0, 6000.0 / 25600.0)
+    for got, want in zip(wh.filters(p), (g1, g2)):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-15)
+    u = wh.excitation(400, rms=0.8, band_hz=8000.0, seed=6)
+    x = _difference_equation(*g1, u)
+    w = np.array([clamp * np.tanh(v / clamp) if v > 0 else v for v in x])
+    assert (x > clamp).any() and (x < 0).any()  # the clamp acts, and the negative side passes
+    np.testing.assert_allclose(wh.simulate(u, p), _difference_equation(*g2, w), rtol=0, atol=1e-12)
+
+
+def test_the_wiener_hammerstein_excitation_is_band_limited_gaussian_noise_at_its_rms():
+    from scipy import signal
+
+    from ssmkit.sysid.surrogates import wh
+
+    b, a = signal.butter(4, 6000.0 / 25600.0)
+    raw = np.random.default_rng(9).standard_normal(3000)
+    want = _difference_equation(b, a, raw)
+    got = wh.excitation(3000, rms=0.25, band_hz=6000.0, seed=9)
+    np.testing.assert_allclose(got, want * 0.25 / want.std(), rtol=0, atol=1e-12)
+    default = wh.excitation(3000, seed=9)  # 0.5 V RMS, 10 kHz
+    b, a = signal.butter(4, 10000.0 / 25600.0)
+    want = _difference_equation(b, a, raw)
+    np.testing.assert_allclose(default, want * 0.5 / want.std(), rtol=0, atol=1e-12)
+    assert wh.FS == 51200.0
+
+
+def test_init_from_data_uses_the_estimator_it_names():
+    # subspace reads every output; ARX the first one only. Output 0 sees the pair 0.9 e^{±0.4i}, output 1 the real
+    # poles 0.7 and −0.5 (a block-diagonal system): PO-MOESP finds all four, ARX of order 4 on output 0 cannot
+    rng = np.random.default_rng(5)
+    A = np.zeros((4, 4))
+    A[:2, :2] = 0.9 * np.array([[np.cos(0.4), -np.sin(0.4)], [np.sin(0.4), np.cos(0.4)]])
+    A[2, 2], A[3, 3] = 0.7, -0.5
+    B, C = rng.standard_normal((4, 1)), np.array([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.8]])
+    u, x, ys = rng.standard_normal((1500, 1)), np.zeros(4), []
+    for t in range(1500):
+        ys.append(C @ x)
+        x = A @ x + B @ u[t]
+    y = np.array(ys) + 1e-3 * rng.standard_normal((1500, 2))  # a little noise: ARX's rank is full
+    record = IORecord(torch.tensor(u), torch.tensor(y), 1.0)
+    truth = np.array([0.9 * np.exp(0.4j), 0.7, -0.5])
+
+    def model():
+        return DeepWiener(1, 2, d_model=2, n_layers=1, layer="dlr", layer_options={"d_state": 8}, dtype=torch.float64)
+
+    sub = init_from_data(model(), record, method="subspace", order=4)
+    assert _nearest(sub, truth) < 1e-2 and _nearest(truth, sub) < 1e-2
+    arx = init_from_data(model(), record, method="arx", order=4)
+    reference = modes(_lstsq_arx(record, 4, 0), 4)  # numpy least squares on output 0
+    np.testing.assert_allclose(np.sort_complex(arx), np.sort_complex(reference), rtol=0, atol=1e-9)
+    assert _nearest(arx, truth[1:]) > 5e-2  # output 0 does not show the real poles

@@ -518,3 +518,90 @@ def test_init_from_data_uses_the_estimator_it_names():
     reference = modes(_lstsq_arx(record, 4, 0), 4)  # numpy least squares on output 0
     np.testing.assert_allclose(np.sort_complex(arx), np.sort_complex(reference), rtol=0, atol=1e-9)
     assert _nearest(arx, truth[1:]) > 5e-2  # output 0 does not show the real poles
+
+
+def test_the_ring_default_seed_is_zero():
+    assert np.array_equal(ring_poles(20), ring_poles(20, seed=0))
+
+
+def test_the_real_pole_tolerance_is_inclusive():
+    # |Im z| ≤ 1e-9 |z| makes z real: at equality too
+    z = np.array([0.3 + 1j * (1e-9 * 0.3)])
+    assert np.abs(z[0]) == 0.3 and z[0].imag == 1e-9 * np.abs(z[0])
+    assert modes(z, 1)[0] == 0.3 and modes(z, 1)[0].imag == 0.0
+
+
+def _noisy_mimo(scale_u: np.ndarray, scale_y: np.ndarray) -> IORecord:
+    """_mimo_system(6) with 2 % output noise, its channels multiplied by the given units."""
+    record, _ = _mimo_system(6, L=1200)
+    y = record.y.numpy()
+    y = y + 0.02 * y.std(0) * np.random.default_rng(7).standard_normal(y.shape)
+    return IORecord(torch.tensor(record.u.numpy() * scale_u), torch.tensor(y * scale_y), 1.0)
+
+
+def test_the_estimates_do_not_depend_on_the_channels_units():
+    # every input and output is scaled by its standard deviation first, so a change of units (here ×1e-3 and ×1e4)
+    # leaves the noisy estimates unchanged; unscaled, least squares and the SVD would weigh the channels differently
+    a = _noisy_mimo(np.ones(2), np.ones(2))
+    b = _noisy_mimo(np.array([1e-3, 1.0]), np.array([1.0, 1e4]))
+    for f in (lambda r: subspace_poles(r, 4), lambda r: subspace_poles(r, None, max_order=6),
+              lambda r: arx_poles(r, 4, output_index=1), lambda r: arx_poles(r, 3, output_index=0)):
+        pa, pb = np.sort_complex(f(a)), np.sort_complex(f(b))
+        assert pa.shape == pb.shape
+        np.testing.assert_allclose(pa, pb, rtol=0, atol=1e-9)
+
+
+def test_the_default_horizon_and_order_limit_show_in_the_short_record_error():
+    # defaults: max_order 16, horizon max(2 · 16, 10) = 32; 80 + 70 samples give 17 + 7 Hankel columns
+    record, _ = _mimo_system(7, L=80)
+    other, _ = _mimo_system(8, L=70)
+    with pytest.raises(ValueError, match=r"order 16 exceeds the 0 singular values available: the records give 24 "
+                                         r"Hankel columns for 256 block rows \(horizon 32\)"):
+        subspace_poles([record, other])
+
+
+def test_as_many_singular_values_as_the_order_suffice():
+    # m = p = 1, horizon 3: 12 block rows; 10 samples give 5 Hankel columns, so the future-output block has exactly 2
+    # singular values: order 2 is estimated; 9 samples (4 columns) leave 1, and order 2 is refused
+    record = IORecord(torch.randn(10, 1, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64), 1.0)
+    assert subspace_poles(record, 2, horizon=3).shape == (2,)
+    with pytest.raises(ValueError, match="order 2 exceeds the 1 singular values available: the records give 4 Hankel"):
+        subspace_poles(IORecord(record.u[:9], record.y[:9], 1.0), 2, horizon=3)
+
+
+class _Stack(torch.nn.Module):
+    """A model with a ``layers`` list (what init_from_data reads)."""
+
+    def __init__(self, layers: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+
+def test_every_chosen_layer_is_checked_before_any_is_written_and_the_first_bounds_the_modes():
+    record, _ = _mimo_system(9)
+    first = _layer("s4d", {"d_state": 8})
+    kept = first.log_A_real.detach().clone()
+    with pytest.raises(ValueError, match="supports the layers"):
+        init_from_data(_Stack([first, _layer("dss", {"d_state": 8})]), record, layers=2)
+    assert torch.equal(first.log_A_real, kept)  # nothing written
+    small, large = _layer("s4d", {"d_state": 4}), _layer("s4d", {"d_state": 10})  # M = 2 and 5
+    written = init_from_data(_Stack([small, large]), record, order=4, layers=2)
+    assert written.shape == (2,)  # the first layer's M modes (of the 3 estimated)
+    for layer in (small, large):
+        got = layer.discrete()[0].detach().numpy()[:, :2]
+        np.testing.assert_allclose(got, np.broadcast_to(written, got.shape), rtol=0, atol=1e-12)
+
+
+def test_a_first_order_system_and_the_shortest_usable_record():
+    # y_t = 0.6 y_{t−1} + u_t − 0.3 u_{t−1}: order 1 is valid for both estimators
+    rng = np.random.default_rng(10)
+    u = rng.standard_normal(400)
+    y = np.zeros(400)
+    for t in range(1, 400):
+        y[t] = 0.6 * y[t - 1] + u[t] - 0.3 * u[t - 1]
+    record = IORecord(torch.tensor(u[:, None]), torch.tensor(y[:, None]), 1.0)
+    np.testing.assert_allclose(arx_poles(record, 1), [0.6], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(subspace_poles(record, 1), [0.6], rtol=0, atol=1e-10)
+    # a record of exactly 2 · horizon samples gives one Hankel column: used (then too few for the order), not skipped
+    with pytest.raises(ValueError, match="the records give 1 Hankel columns for 20 block rows"):
+        subspace_poles(IORecord(record.u[:10], record.y[:10], 1.0), 2, horizon=5)

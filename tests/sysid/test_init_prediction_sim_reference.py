@@ -605,3 +605,23 @@ def test_a_first_order_system_and_the_shortest_usable_record():
     # a record of exactly 2 · horizon samples gives one Hankel column: used (then too few for the order), not skipped
     with pytest.raises(ValueError, match="the records give 1 Hankel columns for 20 block rows"):
         subspace_poles(IORecord(record.u[:10], record.y[:10], 1.0), 2, horizon=5)
+
+
+def test_output_index_p_is_refused_and_the_automatic_order_looks_at_2m_values():
+    record, _ = _mimo_system(11, L=24)
+    with pytest.raises(ValueError, match=r"output_index must be an int in \[0, 2\) \(the records have p = 2 outputs\); got 2"):
+        arx_poles(record, 2, output_index=2)
+    # a layer of M = 2 modes: the order is read among the first 2M = 4 singular values, so the default horizon is
+    # max(2 · 4, 10) = 10, which the 24 samples' 5 Hankel columns cannot serve
+    with pytest.raises(ValueError, match=r"order 4 exceeds the 0 singular values available: the records give 5 Hankel "
+                                         r"columns for 60 block rows \(horizon 10\)"):
+        init_from_data(_layer("s4d", {"d_state": 4}), IORecord(record.u, record.y[:, :1], 1.0))
+
+
+def test_the_benchmark_constants_are_the_published_ones():
+    # Noël & Schoukens 2016, Table 1 (REFERENCE.md §4.4): m, c, k, α, β, γ, δ, ν; 750 Hz, integrated at 20 × 750 Hz
+    p = boucwen.BoucWenParameters()
+    assert (p.m, p.c, p.k, p.alpha, p.beta, p.gamma, p.delta, p.nu) == (2.0, 10.0, 5e4, 5e4, 1e3, 0.8, -1.1, 1.0)
+    assert boucwen.FS == 750.0 and boucwen.UPSAMPLE == 20
+    # the multisine's defaults: 8 192 samples per period, 5-150 Hz, 50 N RMS, seed 0
+    np.testing.assert_array_equal(boucwen.multisine(1)[0], boucwen.multisine(1, 8192, 5.0, 150.0, 50.0, 0)[0])

@@ -605,6 +605,8 @@ def test_a_first_order_system_and_the_shortest_usable_record():
     # a record of exactly 2 · horizon samples gives one Hankel column: used (then too few for the order), not skipped
     with pytest.raises(ValueError, match="the records give 1 Hankel columns for 20 block rows"):
         subspace_poles(IORecord(record.u[:10], record.y[:10], 1.0), 2, horizon=5)
+    with pytest.raises(ValueError, match=r"the records give 1 Hankel columns for 40 block rows \(horizon 10\)"):
+        subspace_poles(IORecord(record.u[:20], record.y[:20], 1.0), 2)  # the default horizon: max(2 · 2, 10)
 
 
 def test_output_index_p_is_refused_and_the_automatic_order_looks_at_2m_values():
@@ -625,3 +627,12 @@ def test_the_benchmark_constants_are_the_published_ones():
     assert boucwen.FS == 750.0 and boucwen.UPSAMPLE == 20
     # the multisine's defaults: 8 192 samples per period, 5-150 Hz, 50 N RMS, seed 0
     np.testing.assert_array_equal(boucwen.multisine(1)[0], boucwen.multisine(1, 8192, 5.0, 150.0, 50.0, 0)[0])
+
+
+def test_one_sample_short_of_a_column_and_a_single_singular_value():
+    record = IORecord(torch.randn(30, 1, dtype=torch.float64), torch.randn(30, 1, dtype=torch.float64), 1.0)
+    with pytest.raises(ValueError, match=r"every record is shorter than 2 · horizon = 20 samples"):
+        subspace_poles(IORecord(record.u[:19], record.y[:19], 1.0), 2, horizon=10)  # 0 Hankel columns
+    # max_order 1 (horizon 10): 30 samples give 11 columns, so the future-output block has one singular value,
+    # and the automatic order is 1
+    assert subspace_poles(record, None, max_order=1).shape == (1,)

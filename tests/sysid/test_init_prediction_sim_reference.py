@@ -179,6 +179,7 @@ def test_modes_keep_one_per_pair_sorted_by_radius_and_clipped():
                                                                     0.4, 0.4j, 0.4], rtol=0, atol=1e-15)
     near = modes(np.array([0.3 + 2e-10j]), 1)  # |Im| = 6.7e-10 |z|: real to the 1e-9 tolerance
     assert near[0] == 0.3 and modes(np.array([0.3 + 1e-9j]), 1)[0].imag > 0
+    assert modes(np.array([0.3 + 4.5e-10j]), 1)[0].imag > 0  # |Im| = 1.5e-9 |z|
 
 
 def _layer(name: str, options: dict, seed: int = 0) -> torch.nn.Module:
@@ -241,6 +242,8 @@ def test_set_discrete_poles_refuses_modes_it_cannot_write():
         with pytest.raises(ValueError, match=r"z must hold 1\.\.2 modes with 0 < \|z\| < 1 \(use modes\(\)\)"):
             set_discrete_poles(layer, bad)
     set_discrete_poles(layer, np.array([0.5, -0.4]))  # exactly M modes
+    set_discrete_poles(layer, np.array([0.3j]))  # and one
+    np.testing.assert_allclose(layer.discrete()[0].detach().numpy()[:, :2], [[0.3j, -0.4]] * 3, rtol=0, atol=1e-12)
 
 
 def _mimo_system(seed: int, L: int = 1500):
@@ -267,13 +270,18 @@ def _nearest(estimate: np.ndarray, truth: np.ndarray) -> float:
     return float(max(np.abs(np.asarray(estimate) - t).min() for t in truth))
 
 
-def _lstsq_arx(record: IORecord, n: int, output: int) -> np.ndarray:
-    """Least-squares ARX of one output on every input (lags 0..n) with an intercept, in numpy: the poles."""
-    u, y = record.u.numpy(), record.y[:, output].numpy()
-    t = np.arange(n, len(y))
-    cols = [-y[t - i] for i in range(1, n + 1)] + [u[t - i, j] for i in range(n + 1) for j in range(u.shape[1])]
-    phi = np.stack(cols + [np.ones(t.size)], axis=1)
-    theta = np.linalg.lstsq(phi, y[t], rcond=None)[0]
+def _lstsq_arx(records: IORecord | list[IORecord], n: int, output: int) -> np.ndarray:
+    """Least-squares ARX of one output on every input (lags 0..n) with an intercept per record, in numpy: the poles."""
+    records = [records] if isinstance(records, IORecord) else records
+    blocks, targets = [], []
+    for k, record in enumerate(records):
+        u, y = record.u.numpy(), record.y[:, output].numpy()
+        t = np.arange(n, len(y))
+        cols = [-y[t - i] for i in range(1, n + 1)] + [u[t - i, j] for i in range(n + 1) for j in range(u.shape[1])]
+        cols += [np.full(t.size, float(j == k)) for j in range(len(records))]
+        blocks.append(np.stack(cols, axis=1))
+        targets.append(y[t])
+    theta = np.linalg.lstsq(np.concatenate(blocks), np.concatenate(targets), rcond=None)[0]
     return np.roots(np.concatenate([[1.0], theta[:n]]))
 
 
@@ -636,3 +644,14 @@ def test_one_sample_short_of_a_column_and_a_single_singular_value():
     # max_order 1 (horizon 10): 30 samples give 11 columns, so the future-output block has one singular value,
     # and the automatic order is 1
     assert subspace_poles(record, None, max_order=1).shape == (1,)
+
+
+def test_a_record_of_order_plus_two_samples_adds_its_two_rows():
+    # noisy data, so every row moves the least-squares estimate: the intercept ARX in numpy over the same rows
+    record, _ = _mimo_system(12, L=600)
+    y = record.y.numpy() + 0.05 * np.random.default_rng(13).standard_normal(record.y.shape)
+    noisy = IORecord(record.u, torch.tensor(y), 1.0)
+    short = IORecord(record.u[:6] * 3.0, torch.tensor(y[:6] * 2.0 + 1.0), 1.0)  # n + 2 = 6 samples: two rows
+    got = np.sort_complex(arx_poles([noisy, short], 4))
+    np.testing.assert_allclose(got, np.sort_complex(_lstsq_arx([noisy, short], 4, 0)), rtol=0, atol=1e-9)
+    assert np.abs(got - np.sort_complex(arx_poles(noisy, 4))).max() > 1e-7

@@ -655,3 +655,64 @@ def test_a_record_of_order_plus_two_samples_adds_its_two_rows():
     got = np.sort_complex(arx_poles([noisy, short], 4))
     np.testing.assert_allclose(got, np.sort_complex(_lstsq_arx([noisy, short], 4, 0)), rtol=0, atol=1e-9)
     assert np.abs(got - np.sort_complex(arx_poles(noisy, 4))).max() > 1e-7
+
+
+def _po_moesp_by_projections(records: list[IORecord], n: int | None, i: int, max_order: int) -> np.ndarray:
+    """PO-MOESP (Verhaegen 1994) written with projections instead of an LQ factorisation: the future outputs with the
+    future inputs projected out, projected onto the row space of the past data (with the future inputs projected out
+    too); its left singular vectors are the extended observability matrix Γ_i, A = Γ_i[:-p]⁺ Γ_i[p:]. Channels
+    scaled by their pooled std, Hankel rows centred per record (as the module documents for offsets)."""
+    us = np.concatenate([r.u.numpy() for r in records]).std(0)
+    ys = np.concatenate([r.y.numpy() for r in records]).std(0)
+    parts = {"uf": [], "up": [], "yp": [], "yf": []}
+    for r in records:
+        u, y = r.u.numpy() / us, r.y.numpy() / ys
+        cols = len(u) - 2 * i + 1
+
+        def hankel(x, first):
+            return np.concatenate([x[first + j: first + j + cols].T for j in range(i)], axis=0)
+
+        for key, x, first in (("uf", u, i), ("up", u, 0), ("yp", y, 0), ("yf", y, i)):
+            block = hankel(x, first)
+            parts[key].append(block - block.mean(axis=1, keepdims=True))
+    uf, up, yp, yf = (np.concatenate(parts[k], axis=1) for k in ("uf", "up", "yp", "yf"))
+    wp = np.concatenate([up, yp])
+    yf_perp = yf - (yf @ np.linalg.pinv(uf)) @ uf
+    wp_perp = wp - (wp @ np.linalg.pinv(uf)) @ uf
+    U, s, _ = np.linalg.svd(yf_perp @ np.linalg.pinv(wp_perp) @ wp_perp)
+    if n is None:
+        n = int(np.argmax(s[:max_order] / s[1: max_order + 1])) + 1
+    gamma = U[:, :n] * np.sqrt(s[:n])
+    p = records[0].y.shape[1]
+    return np.linalg.eigvals(np.linalg.lstsq(gamma[:-p], gamma[p:], rcond=None)[0])
+
+
+def test_po_moesp_on_noisy_data_equals_a_projection_form_of_the_algorithm():
+    # with noise every detail moves the estimate (which past samples, which future ones, the centring, the order)
+    records = []
+    for seed, L in ((14, 700), (15, 500)):
+        record, _ = _mimo_system(seed, L=L)
+        y = record.y.numpy()
+        y = y + 0.05 * y.std(0) * np.random.default_rng(seed + 50).standard_normal(y.shape)
+        records.append(IORecord(record.u, torch.tensor(y), 1.0))
+    for n, i in ((4, 6), (3, 5), (None, 8)):
+        got = np.sort_complex(subspace_poles(records, n, horizon=i, max_order=6))
+        want = np.sort_complex(_po_moesp_by_projections(records, n, i, max_order=6))
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+
+
+def test_the_automatic_order_reads_exactly_max_order_singular_value_ratios():
+    # noise-free: a 4th-order system has 4 nonzero singular values, so max_order 4 still sees the drop after the 4th
+    # (the ratio σ₄/σ₅ is the last one read); a 5th-order one read with max_order 4 gets at most 4 poles
+    record, truth = _mimo_system(16, L=800)
+    got = subspace_poles(record, None, max_order=4)
+    assert got.shape == (4,) and _nearest(got, truth) < 1e-8
+    a = np.real(np.poly([0.9, 0.8 * np.exp(0.7j), 0.8 * np.exp(-0.7j), -0.6, 0.3]))
+    u = np.random.default_rng(17).standard_normal(800)
+    from scipy import signal
+
+    y = signal.lfilter([0.0, 1.0, 0.4, -0.2, 0.1, 0.05], a, u)
+    fifth = IORecord(torch.tensor(u[:, None]), torch.tensor(y[:, None]), 1.0)
+    assert len(subspace_poles(fifth, None, max_order=6)) == 5
+    assert len(subspace_poles(fifth, None, max_order=4)) <= 4

@@ -716,3 +716,16 @@ def test_the_automatic_order_reads_exactly_max_order_singular_value_ratios():
     fifth = IORecord(torch.tensor(u[:, None]), torch.tensor(y[:, None]), 1.0)
     assert len(subspace_poles(fifth, None, max_order=6)) == 5
     assert len(subspace_poles(fifth, None, max_order=4)) <= 4
+
+
+def test_init_from_data_clips_at_r_max_0_9999_by_default():
+    # a noise-free first-order system with its pole at 0.99995: the estimate finds it, the layer gets |z| = 0.9999
+    rng = np.random.default_rng(18)
+    u = rng.standard_normal(300)
+    y = np.zeros(300)
+    for t in range(1, 300):
+        y[t] = 0.99995 * y[t - 1] + u[t - 1]
+    record = IORecord(torch.tensor(u[:, None]), torch.tensor(y[:, None]), 1.0)
+    np.testing.assert_allclose(subspace_poles(record, 1), [0.99995], rtol=0, atol=1e-9)
+    written = init_from_data(_layer("dlr", {"d_state": 4}), record, order=1)
+    np.testing.assert_allclose(written, [0.9999], rtol=0, atol=1e-15)

@@ -730,3 +730,18 @@ def test_init_from_data_clips_at_r_max_0_9999_by_default():
     np.testing.assert_allclose(subspace_poles(record, 1), [0.99995], rtol=0, atol=1e-9)
     written = init_from_data(_layer("dlr", {"d_state": 4}), record, order=1)
     np.testing.assert_allclose(written, [0.9999], rtol=0, atol=1e-15)
+
+
+def test_a_force_present_from_the_first_sample_starts_from_its_acceleration():
+    # the linear limit (α = β = 0) under a step force F applied from t = 0: m ÿ + c ẏ + k y = F from rest,
+    # y = F/k (1 − e^{−ζωt}(cos ω_d t + ζ/√(1−ζ²) sin ω_d t)); Newmark starts from ÿ(0) = F/m (5e-5 seen; starting
+    # from ÿ(0) = 0 gives 2.6e-3)
+    p = boucwen.BoucWenParameters(alpha=0.0, beta=0.0)
+    h, F = 1 / 15000, 10.0
+    t = np.arange(1500) * h
+    wn, zeta = np.sqrt(p.k / p.m), p.c / (2 * np.sqrt(p.k * p.m))
+    wd = wn * np.sqrt(1 - zeta ** 2)
+    exact = F / p.k * (1 - np.exp(-zeta * wn * t) * (np.cos(wd * t) + zeta / np.sqrt(1 - zeta ** 2) * np.sin(wd * t)))
+    y = boucwen.integrate_newmark(np.full(1500, F), h, p)
+    assert np.abs(y - exact).max() < 5e-4 * np.abs(exact).max()
+    assert boucwen.integrate_newmark(np.zeros(0), h, p).shape == (0,)  # an empty input gives an empty output

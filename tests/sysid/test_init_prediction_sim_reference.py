@@ -744,4 +744,8 @@ def test_a_force_present_from_the_first_sample_starts_from_its_acceleration():
     exact = F / p.k * (1 - np.exp(-zeta * wn * t) * (np.cos(wd * t) + zeta / np.sqrt(1 - zeta ** 2) * np.sin(wd * t)))
     y = boucwen.integrate_newmark(np.full(1500, F), h, p)
     assert np.abs(y - exact).max() < 5e-4 * np.abs(exact).max()
-    assert boucwen.integrate_newmark(np.zeros(0), h, p).shape == (0,)  # an empty input gives an empty output
+
+
+def test_newmark_of_an_empty_input_is_empty():
+    # probe 40: the initial acceleration was guarded for an empty input, the next line then raised IndexError
+    assert boucwen.integrate_newmark(np.zeros(0), 1 / 15000).shape == (0,)

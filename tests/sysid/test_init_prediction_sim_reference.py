@@ -749,3 +749,43 @@ def test_a_force_present_from_the_first_sample_starts_from_its_acceleration():
 def test_newmark_of_an_empty_input_is_empty():
     # probe 40: the initial acceleration was guarded for an empty input, the next line then raised IndexError
     assert boucwen.integrate_newmark(np.zeros(0), 1 / 15000).shape == (0,)
+
+
+def test_newmark_in_the_linear_case_is_the_average_acceleration_recurrence():
+    # with β = 0 the hysteresis is ż = α ẏ, so (trapezoidal rule for z) z = α y and the system is linear with stiffness
+    # k + α; Newmark's average acceleration (a = 1/2, b = 1/4) from rest with ÿ(0) = u(0)/m is then the recurrence
+    # (m + ch/2 + Kh²/4) y_{n+1} − (2m − Kh²/2) y_n + (m − ch/2 + Kh²/4) y_{n−1} = h²/4 (u_{n+1} + 2u_n + u_{n−1})
+    p = boucwen.BoucWenParameters(beta=0.0, c=40.0)
+    h, K = 1 / 15000, p.k + p.alpha
+    u = 30.0 * np.random.default_rng(19).standard_normal(800)
+    y = boucwen.integrate_newmark(u, h, p)
+    lhs = (p.m + p.c * h / 2 + K * h * h / 4) * y[2:] - (2 * p.m - K * h * h / 2) * y[1:-1] \
+        + (p.m - p.c * h / 2 + K * h * h / 4) * y[:-2]
+    rhs = h * h / 4 * (u[2:] + 2 * u[1:-1] + u[:-2])
+    assert np.abs(lhs - rhs).max() < 1e-9 * np.abs(rhs).max()
+    # the first step from y_0 = ẏ_0 = 0, ÿ_0 = u_0/m: m ÿ_1 + c ẏ_1 + K y_1 = u_1, ẏ_1 = h(ÿ_0 + ÿ_1)/2, y_1 = h²(ÿ_0 + ÿ_1)/4
+    a0 = u[0] / p.m
+    a1 = (u[1] - a0 * (p.c * h / 2 + K * h * h / 4)) / (p.m + p.c * h / 2 + K * h * h / 4)
+    assert y[0] == 0.0 and y[1] == pytest.approx(h * h / 4 * (a0 + a1), rel=1e-9)
+
+
+def test_the_parameters_are_frozen_and_a_fractional_exponent_is_finite_at_zero():
+    p = boucwen.BoucWenParameters()
+    with pytest.raises(Exception, match="cannot assign"):
+        p.m = 3.0
+    # ν < 1: |z|^(ν−1) z → 0 and |z|^ν → 0 as z → 0, so ż(ẏ, 0) = α ẏ
+    q = boucwen.BoucWenParameters(nu=0.5)
+    assert boucwen._z_rate(q, 0.02, 0.0)[0] == pytest.approx(q.alpha * 0.02, rel=1e-15)
+    assert np.all(np.isfinite(boucwen.integrate_newmark(np.full(200, 20.0), 1 / 15000, q)))
+
+
+def test_the_default_sweep_and_training_record_lengths(monkeypatch):
+    fine, coarse = boucwen.sine_sweep()
+    assert coarse.shape == (153000,) and fine.shape == (153000 * 20,)
+    seen = []
+    monkeypatch.setattr(boucwen, "integrate_newmark", lambda u, h, params: seen.append(u.shape[0]) or u * 1e-6)
+    u, y = boucwen.training_record()  # 5 periods kept of 6 simulated, seed 0, no noise
+    assert seen == [6 * 8192 * 20] and u.shape == y.shape == (5 * 8192,)
+    np.testing.assert_array_equal(u, boucwen.multisine(6, seed=0)[1][: 5 * 8192])
+    np.testing.assert_allclose(y, _scipy_decimate(boucwen.multisine(6, seed=0)[0] * 1e-6, (2, 2, 5))[: 5 * 8192],
+                               rtol=0, atol=1e-18)

@@ -789,3 +789,24 @@ def test_the_default_sweep_and_training_record_lengths(monkeypatch):
     np.testing.assert_array_equal(u, boucwen.multisine(6, seed=0)[1][: 5 * 8192])
     np.testing.assert_allclose(y, _scipy_decimate(boucwen.multisine(6, seed=0)[0] * 1e-6, (2, 2, 5))[: 5 * 8192],
                                rtol=0, atol=1e-18)
+
+
+def test_newmark_solves_its_hysteresis_step_to_convergence():
+    # from the output alone: the trapezoidal rules give ẏ_{n+1} = 2(y_{n+1} − y_n)/h − ẏ_n and
+    # ÿ_{n+1} = 2(ẏ_{n+1} − ẏ_n)/h − ÿ_n (from rest, ÿ_0 = u_0/m), the equation of motion z_n = u_n − mÿ_n − cẏ_n − ky_n,
+    # and then z must obey its trapezoidal rule z_{n+1} − z_n = h/2 (ż(ẏ_n, z_n) + ż(ẏ_{n+1}, z_{n+1})) to the Newton
+    # tolerance (2.6e-5 of |z| ≤ 64 N, the differencing's rounding; one Newton iteration per step leaves 3.4e-3)
+    p, h = boucwen.BoucWenParameters(), 1 / 15000
+    t = np.arange(2500) * h
+    u = 50 * np.sin(2 * np.pi * 20 * t) + 20 * np.sin(2 * np.pi * 57 * t + 1)
+    y = boucwen.integrate_newmark(u, h, p)
+    v, a = np.zeros_like(y), np.zeros_like(y)
+    a[0] = u[0] / p.m
+    for i in range(len(y) - 1):
+        v[i + 1] = 2 * (y[i + 1] - y[i]) / h - v[i]
+        a[i + 1] = 2 * (v[i + 1] - v[i]) / h - a[i]
+    z = u - p.m * a - p.c * v - p.k * y
+    f = p.alpha * v - p.beta * (p.gamma * np.abs(v) * z + p.delta * v * np.abs(z))
+    assert np.abs(z).max() > 30.0  # the hysteresis is at work
+    assert np.abs(z[1:] - z[:-1] - h / 2 * (f[1:] + f[:-1])).max() < 3e-4
+    assert boucwen.integrate_newmark(np.array([5.0]), h).tolist() == [0.0]  # one sample: the state at rest

@@ -810,3 +810,15 @@ def test_newmark_solves_its_hysteresis_step_to_convergence():
     assert np.abs(z).max() > 30.0  # the hysteresis is at work
     assert np.abs(z[1:] - z[:-1] - h / 2 * (f[1:] + f[:-1])).max() < 3e-4
     assert boucwen.integrate_newmark(np.array([5.0]), h).tolist() == [0.0]  # one sample: the state at rest
+
+
+def test_the_lowest_lines_the_interpolator_length_and_small_decimations():
+    # fmin below f0: every line from 1 (never the mean) up to ⌈fmax/f0⌉
+    fine, _ = boucwen.multisine(1, n=512, fmin=0.0, fmax=10.0, rms=2.0, seed=4)
+    spectrum = np.abs(np.fft.rfft(fine))
+    assert np.array_equal(np.flatnonzero(spectrum > 1e-9 * spectrum.max()), np.arange(1, int(np.ceil(10.0 / (15000 / 10240))) + 1))
+    assert abs(fine.mean()) < 1e-12
+    assert boucwen._interpolator().shape == (2 * 20 * 40 + 1,)  # ±40 input samples at 20 ×
+    x = np.random.default_rng(20).standard_normal(500)
+    for factor, stages in ((2, (2,)), (8, (2, 2, 2)), (6, (2, 3))):
+        np.testing.assert_allclose(boucwen.decimate(x, factor), _scipy_decimate(x, stages), rtol=0, atol=1e-15)

@@ -822,3 +822,11 @@ def test_the_lowest_lines_the_interpolator_length_and_small_decimations():
     x = np.random.default_rng(20).standard_normal(500)
     for factor, stages in ((2, (2,)), (8, (2, 2, 2)), (6, (2, 3))):
         np.testing.assert_allclose(boucwen.decimate(x, factor), _scipy_decimate(x, stages), rtol=0, atol=1e-15)
+
+
+def test_the_multisine_phases_are_uniform_on_the_circle():
+    fine, _ = boucwen.multisine(1, seed=21)  # the 8 192-sample period: lines 54..1639 of f0 = 15000 / 163840 Hz
+    spectrum = np.fft.rfft(fine[: 8192 * 20])
+    lines = np.flatnonzero(np.abs(spectrum) > 1e-9 * np.abs(spectrum).max())
+    phases = np.mod(np.angle(spectrum[lines]), 2 * np.pi)
+    assert lines.size == 1586 and _ks_uniform(phases, 0.0, 2 * np.pi) > 1e-3

@@ -362,7 +362,7 @@ def test_a_periodic_input_is_simulated_from_rest_and_its_requested_period_return
     assert y.shape == (n,)
     assert rel_rms(y, ref[n: 2 * n]) < 1e-3  # Newmark at 15 kHz: 1.1e-4 seen
     assert rel_rms(ref[:n], ref[n: 2 * n]) > 1e-2 and rel_rms(ref[2 * n:], ref[n: 2 * n]) > 1e-2
-    np.testing.assert_array_equal(boucwen.simulate(list(u[:, None]), periodic=True, periods=2), y)  # (n, 1), a list
+    np.testing.assert_array_equal(boucwen.simulate(list(u[:, None]), periodic=True), y)  # (n, 1), a list; 2 periods
 
 
 def rel_rms(a: np.ndarray, b: np.ndarray) -> float:

@@ -830,3 +830,12 @@ def test_the_multisine_phases_are_uniform_on_the_circle():
     lines = np.flatnonzero(np.abs(spectrum) > 1e-9 * np.abs(spectrum).max())
     phases = np.mod(np.angle(spectrum[lines]), 2 * np.pi)
     assert lines.size == 1586 and _ks_uniform(phases, 0.0, 2 * np.pi) > 1e-3
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.5])
+def test_the_hysteresis_rate_inside_the_unit_interval_of_z(nu):
+    # |z| < 1 (where |z|^(ν−1) differs most from 1): ż = α ẏ − β (γ |ẏ| |z|^(ν−1) z + δ ẏ |z|^ν)
+    p = boucwen.BoucWenParameters(nu=nu)
+    for v, z in ((0.03, 0.4), (-0.02, -0.7)):
+        want = p.alpha * v - p.beta * (p.gamma * abs(v) * abs(z) ** (nu - 1) * z + p.delta * v * abs(z) ** nu)
+        assert boucwen._z_rate(p, v, z)[0] == pytest.approx(want, rel=1e-13)

@@ -839,3 +839,20 @@ def test_the_hysteresis_rate_inside_the_unit_interval_of_z(nu):
     for v, z in ((0.03, 0.4), (-0.02, -0.7)):
         want = p.alpha * v - p.beta * (p.gamma * abs(v) * abs(z) ** (nu - 1) * z + p.delta * v * abs(z) ** nu)
         assert boucwen._z_rate(p, v, z)[0] == pytest.approx(want, rel=1e-13)
+
+
+def test_the_wh_defaults_put_g1s_edge_at_4_4_khz_and_the_nonlinearity_reads_any_array():
+    # a Chebyshev I response leaves its ripple band exactly at the edge: |G₁(4.4 kHz)| = 10^(−0.5/20), |G₁(0)| = 1 (odd order)
+    from scipy import signal
+
+    from ssmkit.sysid.surrogates import wh
+
+    (b1, a1), _ = wh.filters()
+    gain = np.abs(signal.freqz(b1, a1, worN=[0.0, 4400.0], fs=wh.FS)[1])
+    np.testing.assert_allclose(gain, [1.0, 10 ** (-0.5 / 20)], rtol=1e-9)
+    p = wh.WHParameters()
+    assert (p.order, p.ripple_db, p.edge_hz, p.stop_db, p.stop_hz, p.clamp) == (3, 0.5, 4400.0, 40.0, 5000.0, 0.3)
+    for clamp in (None, 0.3):
+        out = wh.nonlinearity([-2, 0, 1], clamp)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    np.testing.assert_array_equal(wh.nonlinearity([-2, 0, 1], None), [-2.0, 0.0, 1.0])

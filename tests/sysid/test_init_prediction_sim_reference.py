@@ -856,3 +856,6 @@ def test_the_wh_defaults_put_g1s_edge_at_4_4_khz_and_the_nonlinearity_reads_any_
         out = wh.nonlinearity([-2, 0, 1], clamp)
         assert isinstance(out, np.ndarray) and out.dtype == np.float64
     np.testing.assert_array_equal(wh.nonlinearity([-2, 0, 1], None), [-2.0, 0.0, 1.0])
+    np.testing.assert_array_equal(wh.excitation(200), wh.excitation(200, seed=0))  # the default seed
+    with pytest.raises(Exception, match="cannot assign"):
+        p.clamp = 0.5  # frozen, as BoucWenParameters

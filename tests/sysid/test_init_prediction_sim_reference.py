@@ -859,3 +859,42 @@ def test_the_wh_defaults_put_g1s_edge_at_4_4_khz_and_the_nonlinearity_reads_any_
     np.testing.assert_array_equal(wh.excitation(200), wh.excitation(200, seed=0))  # the default seed
     with pytest.raises(Exception, match="cannot assign"):
         p.clamp = 0.5  # frozen, as BoucWenParameters
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# surrogates/tanks
+
+
+def test_the_tanks_excitation_is_a_clipped_multisine_of_the_given_lines():
+    from ssmkit.sysid.surrogates import tanks
+
+    u = tanks.excitation(400, mean=2.0, amplitude=1.5, periods_per_record=3.0, lines=5, seed=2)
+    assert np.abs(u - 2.0).max() == pytest.approx(1.5, rel=1e-12)  # ±amplitude around the mean
+    spectrum = np.abs(np.fft.rfft(u - 2.0))
+    assert np.array_equal(np.flatnonzero(spectrum > 1e-9 * spectrum.max()), 3 * np.arange(1, 6))
+    assert np.ptp(spectrum[3 * np.arange(1, 6)]) < 1e-9 * spectrum.max()  # equal amplitudes
+    clipped = tanks.excitation(400, mean=1.0, amplitude=3.0, seed=2)
+    assert clipped.min() == 0.0 and np.mean(clipped == 0.0) > 0.05
+    d = tanks.excitation(400)  # defaults: 5 V ± 3 V, 8 lines of 4 cycles per record, seed 0
+    spectrum = np.abs(np.fft.rfft(d - 5.0))
+    assert np.abs(d - 5.0).max() == pytest.approx(3.0, rel=1e-12)
+    assert np.array_equal(np.flatnonzero(spectrum > 1e-9 * spectrum.max()), 4 * np.arange(1, 9))
+    np.testing.assert_array_equal(d, tanks.excitation(400, seed=0))
+
+
+def test_the_tanks_start_at_rest_for_the_first_input_and_steady_states_cap_at_the_heights():
+    from ssmkit.sysid.surrogates import tanks
+
+    p = tanks.TanksParameters()
+    assert (p.k1, p.k2, p.k3, p.k4, p.h1, p.h2, p.spill, tanks.TS) == (0.045, 0.045, 0.045, 0.02, 10.0, 10.0, 0.5, 4.0)
+    x1, x2 = tanks.simulate([3.0] * 40)  # x0 None: (k₄u/k₁)², (k₂/k₃)² x₁ from the first sample
+    e1 = (0.02 * 3.0 / 0.045) ** 2
+    np.testing.assert_allclose(x1, e1, rtol=1e-9)
+    np.testing.assert_allclose(x2, e1, rtol=1e-9)
+    q = tanks.TanksParameters(k2=0.06, h2=4.0)
+    u = 30.0  # the upper tank overflows; the lower one would settle above h₂ = 4
+    inflow = 0.06 * np.sqrt(10.0) + 0.5 * (0.02 * u - 0.045 * np.sqrt(10.0))
+    assert (inflow / 0.045) ** 2 > 4.0
+    assert tanks.steady_state(u, q) == (10.0, 4.0)
+    with pytest.raises(Exception, match="cannot assign"):
+        p.k1 = 0.1

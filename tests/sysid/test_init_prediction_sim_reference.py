@@ -898,3 +898,20 @@ def test_the_tanks_start_at_rest_for_the_first_input_and_steady_states_cap_at_th
     assert tanks.steady_state(u, q) == (10.0, 4.0)
     with pytest.raises(Exception, match="cannot assign"):
         p.k1 = 0.1
+
+
+def test_the_upper_tank_spills_into_a_lower_tank_that_is_not_full():
+    # probe 22's event-driven DOP853 reference (tests/sysid/test_surrogates.py) with the lower tank kept below h₂:
+    # the spilled water must arrive in it (RK4 spills the excess at the step that crosses h₁: first order there)
+    from ssmkit.sysid.surrogates import tanks
+    from tests.sysid.test_surrogates import _tanks_reference
+
+    p = tanks.TanksParameters(k2=0.02, spill=0.3)
+    u = tanks.excitation(200, mean=12.0, amplitude=6.0, seed=3)
+    ref = _tanks_reference(u, p)
+    x1, x2 = tanks.simulate(u, p)
+    assert np.mean(ref[:, 0] >= p.h1 - 1e-9) > 0.2 and ref[:, 1].max() < p.h2 - 0.5  # overflow into a non-full tank
+    assert np.abs(x1 - ref[:, 0]).max() < 1e-6 and np.abs(x2 - ref[:, 1]).max() < 1e-3
+    e2 = ((p.k2 * np.sqrt(p.h1) + p.spill * (p.k4 * 12.0 - p.k1 * np.sqrt(p.h1))) / p.k3) ** 2
+    assert tanks.steady_state(12.0, p) == pytest.approx((p.h1, e2), rel=1e-12)
+    np.testing.assert_array_equal(tanks.simulate(u, p)[1], tanks.simulate(u, p, substeps=8, dt=4.0)[1])  # defaults

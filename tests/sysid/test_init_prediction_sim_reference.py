@@ -915,3 +915,14 @@ def test_the_upper_tank_spills_into_a_lower_tank_that_is_not_full():
     e2 = ((p.k2 * np.sqrt(p.h1) + p.spill * (p.k4 * 12.0 - p.k1 * np.sqrt(p.h1))) / p.k3) ** 2
     assert tanks.steady_state(12.0, p) == pytest.approx((p.h1, e2), rel=1e-12)
     np.testing.assert_array_equal(tanks.simulate(u, p)[1], tanks.simulate(u, p, substeps=8, dt=4.0)[1])  # defaults
+
+
+def test_the_tanks_initial_levels_and_the_excitation_phase_law():
+    from ssmkit.sysid.surrogates import tanks
+
+    x1, x2 = tanks.simulate(np.full(5, 4.0), x0=(2.0, 5.0))
+    assert (x1[0], x2[0]) == (2.0, 5.0) and x1[1] > 2.0 and x2[1] < 5.0
+    # the phases of the 8 lines (bins 4, 8, …, 32 of 400 samples) over 60 seeds: uniform on [0, 2π)
+    phases = np.concatenate([np.angle(np.fft.rfft(tanks.excitation(400, mean=9.0, seed=s) - 9.0)[4:33:4])
+                             for s in range(60)])
+    assert _ks_uniform(np.mod(phases, 2 * np.pi), 0.0, 2 * np.pi) > 1e-3

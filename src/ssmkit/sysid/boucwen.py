@@ -85,7 +85,6 @@ def integrate_newmark(u: np.ndarray, h: float, params: BoucWenParameters = BoucW
     y = v = z = 0.0
     acc = (uu[0] - p.c * v - p.k * y - z) / p.m if uu else 0.0
     zdot = _z_rate(p, v, z)[0]
-    out[0] = y
     j11 = p.m + p.c * a * h + p.k * b * h * h
     for n in range(1, len(uu)):
         u1 = uu[n]

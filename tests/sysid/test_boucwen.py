@@ -180,7 +180,9 @@ def test_a_non_periodic_input_is_interpolated_as_finely_as_the_sweep_law():
     ref = boucwen.decimate(boucwen.integrate_newmark(fine, 1 / 15000))[:3000]
     assert rel_rms(y[1000:], ref[1000:]) < 1e-4
     t = np.arange(4000 * 20) / 15000
-    for f in (20.0, 150.0, 300.0):  # the interpolator on pure tones (default filter: 8.5e-4, 6.7e-4, 3.8e-3)
+    # the interpolator on pure tones (default filter: 8.5e-4, 6.7e-4, 3.8e-3, 0.18); Kaiser β = 12 trades accuracy at
+    # low frequencies (a larger β gives 1e-11 there) for the band up to 340 Hz (β = 24 leaves 1.4e-2 at 340 Hz)
+    for f, bound in ((20.0, 1e-5), (150.0, 1e-5), (300.0, 1e-5), (340.0, 1e-4)):  # 2e-7, 2e-7, 1.5e-6, 1.8e-5 seen
         tone = np.sin(2 * np.pi * f * t + 0.3)
         got = signal.resample_poly(tone[::20], 20, 1, window=boucwen._interpolator())
-        assert np.abs(got - tone)[2000:-2000].max() < 1e-5  # 1.5e-6 seen
+        assert np.abs(got - tone)[2000:-2000].max() < bound

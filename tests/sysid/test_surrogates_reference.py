@@ -160,6 +160,10 @@ def test_duffing_an_unstable_step_count_is_refined_not_returned():
         warnings.simplefilter("error")
         y = duffing.simulate(u, params, dt, substeps=1, state=(1000.0, 0.0))
     np.testing.assert_allclose(y, _rk4_loop(u, k3=0.0, dt=dt, substeps=16, y=1000.0), rtol=0, atol=1e-8)
+    kick = np.zeros(600)
+    kick[0] = 1e-3  # the same system at an amplitude of 1e-3: the tolerance is relative, 64 steps are needed
+    np.testing.assert_allclose(duffing.simulate(kick, params, dt, substeps=2),
+                               _rk4_loop(kick, k3=0.0, dt=dt, substeps=64), rtol=0, atol=1e-13)
     with pytest.warns(UserWarning, match="duffing.simulate: 32 RK4 steps per sample still change y") as caught:
         duffing.simulate(np.full(20, 1e4), substeps=1)
     assert caught[0].filename == __file__  # reported at the caller's line

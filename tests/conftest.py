@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: the test device comes from SSMKIT_TEST_DEVICE (default cpu)."""
 
+import inspect
 import os
 
 # The Triton kernels run on the CPU in Triton's interpreter (tests/ops/test_triton.py), which must be chosen before
@@ -149,6 +150,12 @@ def runnable_backends(layer) -> tuple[str, ...]:
         return True
 
     return tuple(b for b in layer.backends if ok(b))
+
+
+def signature_defaults(function) -> dict:
+    """The defaults of ``function``'s parameters by name (those without a default left out)."""
+    return {k: p.default for k, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def run_steps(layer, x: torch.Tensor, state=None):

@@ -4,7 +4,6 @@ sampler's and the task's LRA defaults, the depth of the root, the special ids, e
 pool (fork, closed on return) and the regenerated data pinned to the documented chunking."""
 
 import dataclasses
-import inspect
 import multiprocessing
 import random
 
@@ -17,11 +16,8 @@ from ssmkit.data import listops
 from ssmkit.data.listops import (
     EOS, PAD, UNK, VOCAB, encode, evaluate, generate_listops, parse_tokens, read_listops_tsv, sample_tree,
 )
+from tests.conftest import signature_defaults
 
-
-def _defaults(function) -> dict:
-    return {k: p.default for k, p in inspect.signature(function).parameters.items()
-            if p.default is not inspect.Parameter.empty}
 
 
 def _operator_depth(tree) -> int:
@@ -31,12 +27,12 @@ def _operator_depth(tree) -> int:
     return 1 + max(_operator_depth(c) for c in tree[1])
 
 
-def test_lra_defaults():
+def test_lrasignature_defaults():
     """The LRA generator's settings: the root at depth 1, max_depth 10, max_args 10 (inclusive), 500 < length < 2000,
     96,000 / 2,000 / 2,000 expressions, S4's l_max 2048; draws in chunks of 2,000 (ours: it fixes which draws each
     seeded chunk holds, so it is part of what the seed means)."""
-    assert _defaults(sample_tree) == {"depth": 1, "max_depth": 10, "max_args": 10}
-    assert _defaults(generate_listops) == {"seed": 0, "min_length": 500, "max_length": 2000, "max_depth": 10,
+    assert signature_defaults(sample_tree) == {"depth": 1, "max_depth": 10, "max_args": 10}
+    assert signature_defaults(generate_listops) == {"seed": 0, "min_length": 500, "max_length": 2000, "max_depth": 10,
                                            "max_args": 10, "workers": 1, "draws_per_chunk": 2000}
     assert dataclasses.asdict(get_task("listops")) == {
         "n_train": 96_000, "n_val": 2_000, "n_test": 2_000, "min_length": 500, "max_length": 2000, "l_max": 2048,
@@ -94,18 +90,24 @@ def test_tsv_reader_refusals(tmp_path):
         read_listops_tsv(path, 8)
 
 
-def test_worker_pool_forks_and_is_closed(monkeypatch):
-    """workers > 1 draws the chunks in a pool of that many forked processes (where fork exists), none left running
-    on return; workers = 1 makes no pool. The rows are those of one process."""
+@pytest.fixture
+def pool_methods(monkeypatch) -> list:
+    """The start method of every multiprocessing context asked for (one per worker pool ListOps makes)."""
     made = []
     real = multiprocessing.get_context
 
     def spy(method=None):
-        context = real(method)
         made.append(method)
-        return context
+        return real(method)
 
     monkeypatch.setattr(multiprocessing, "get_context", spy)
+    return made
+
+
+def test_worker_pool_forks_and_is_closed(pool_methods):
+    """workers > 1 draws the chunks in a pool of that many forked processes (where fork exists), none left running
+    on return; workers = 1 makes no pool. The rows are those of one process."""
+    made = pool_methods
     one = generate_listops(12, 4, 6, 30, 5, workers=1, draws_per_chunk=40)
     assert made == []
     two = generate_listops(12, 4, 6, 30, 5, workers=2, draws_per_chunk=40)
@@ -183,16 +185,9 @@ def test_tsv_reader_skips_blank_lines(tmp_path):
     assert y.tolist() == [9, 4] and x[1].tolist() == [VOCAB.index(t) for t in ("[MIN", "4", "7", "X")] + [EOS, PAD]
 
 
-def test_task_workers_zero_means_every_cpu(monkeypatch, tmp_path):
+def test_task_workers_zero_means_every_cpu(pool_methods, monkeypatch, tmp_path):
     """workers = 0 (the default) draws with os.cpu_count() processes, one when the count is unknown."""
-    pools = []
-    real = multiprocessing.get_context
-
-    def spy(method=None):
-        pools.append(method)
-        return real(method)
-
-    monkeypatch.setattr(multiprocessing, "get_context", spy)
+    pools = pool_methods
     monkeypatch.setattr(listops.os, "cpu_count", lambda: None)
     options = dict(n_train=3, n_val=1, n_test=1, min_length=4, max_length=20, l_max=24, max_depth=4)
     x, _ = get_task("listops", **options).splits(tmp_path)["train"].tensors

@@ -14,6 +14,7 @@ import torch
 
 from ssmkit.layers.longconv import conv_with_past, fit_length, last_inputs
 from ssmkit.layers.shortconv import ShortConv
+from tests.conftest import run_steps
 
 F64 = torch.float64
 
@@ -74,10 +75,8 @@ def test_short_conv_equals_the_tap_loop(W, bias, silu, with_resets):
     np.testing.assert_allclose(_np(y_only), want, rtol=1e-12, atol=1e-12)
     assert none is None
     if not silu and not with_resets:
-        h = state
-        for t in range(9):
-            y_t, h = conv.step(x[:, t], h)
-            np.testing.assert_allclose(_np(y_t), want[:, t], rtol=1e-12, atol=1e-12)
+        ys, h = run_steps(conv, x, state)
+        np.testing.assert_allclose(_np(ys), want, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(_np(h), last, rtol=0, atol=0)
 
 
@@ -257,10 +256,8 @@ def test_mimo_forward_and_step_equal_the_recurrence(backend):
     np.testing.assert_allclose(_np(h), last, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(_np(y_only), want, rtol=1e-11, atol=1e-11)
     assert none is None
-    h = x0
-    for t in range(11):
-        y_t, h = layer.step(u[:, t], h)
-        np.testing.assert_allclose(_np(y_t), want[:, t], rtol=1e-11, atol=1e-11)
+    ys, h = run_steps(layer, u, x0)
+    np.testing.assert_allclose(_np(ys), want, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(_np(h), last, rtol=1e-11, atol=1e-11)
 
 

@@ -3,7 +3,6 @@ mutation round over sysid/surrogates/emps and duffing; docs/design.md): the firs
 the drive equals the Coulomb force, the published parameters (Janot, Gautier & Brunot 2019; REFERENCE.md, notes),
 the point-to-point reference's shape, and the defaults."""
 
-import inspect
 import warnings
 
 import numpy as np
@@ -11,11 +10,8 @@ import pytest
 from scipy import signal, stats
 
 from ssmkit.sysid.surrogates import duffing, emps
+from tests.conftest import signature_defaults
 
-
-def _defaults(function) -> dict:
-    return {k: p.default for k, p in inspect.signature(function).parameters.items()
-            if p.default is not inspect.Parameter.empty}
 
 
 # --- EMPS ----------------------------------------------------------------------------------------------------------
@@ -55,8 +51,8 @@ def test_emps_stops_and_sticks_when_the_drive_equals_the_coulomb_force():
 
 
 def test_emps_default_substeps_and_step():
-    assert _defaults(emps.simulate_plant)["substeps"] == 10 and _defaults(emps.simulate)["substeps"] == 10
-    assert _defaults(emps.simulate)["dt"] == emps.TS and _defaults(emps.simulate)["q0"] == 0.0
+    assert signature_defaults(emps.simulate_plant)["substeps"] == 10 and signature_defaults(emps.simulate)["substeps"] == 10
+    assert signature_defaults(emps.simulate)["dt"] == emps.TS and signature_defaults(emps.simulate)["q0"] == 0.0
     force = np.linspace(0.0, 120.0, 50)
     assert all(np.array_equal(a, b) for a, b in zip(emps.simulate_plant(force),
                                                    emps.simulate_plant(force, substeps=10, dt=1e-3)))
@@ -124,9 +120,9 @@ def test_duffing_parameters_and_defaults_are_the_documented_ones():
     p = duffing.DuffingParameters()
     assert (p.f0, p.zeta, p.k3) == (60.0, 0.05, 2.0) and duffing.FS == 610.35
     assert duffing.TOL == 1e-4 and 2 ** duffing.MAX_DOUBLINGS == 32  # "at most 32 × substeps steps per sample"
-    assert _defaults(duffing.simulate) == {"params": p, "dt": 1.0 / 610.35, "substeps": 10, "state": (0.0, 0.0)}
-    assert _defaults(duffing.odd_multisine) == {"records": 1, "fmax": 200.0, "rms": 0.1, "seed": 0}
-    assert _defaults(duffing.arrow) == {"peak_rms": 0.2, "band_hz": 200.0, "seed": 0}
+    assert signature_defaults(duffing.simulate) == {"params": p, "dt": 1.0 / 610.35, "substeps": 10, "state": (0.0, 0.0)}
+    assert signature_defaults(duffing.odd_multisine) == {"records": 1, "fmax": 200.0, "rms": 0.1, "seed": 0}
+    assert signature_defaults(duffing.arrow) == {"peak_rms": 0.2, "band_hz": 200.0, "seed": 0}
     with pytest.raises(AttributeError):
         p.k3 = 0.0
 

@@ -123,6 +123,8 @@ def test_cells_are_rendered_by_the_documented_rules():
     assert zoo._cell(True) == "yes" and zoo._cell(False) == "no"
     assert zoo._cell(0.1234567891) == "0.123457" and zoo._cell(1234567.0) == "1.23457e+06"
     assert zoo._cell(math.inf) == "inf" and zoo._cell(2.5) == "2.5"
+    # non-finite values by name: NaN and -inf were both printed as "inf" (probe 38's note)
+    assert zoo._cell(-math.inf) == "-inf" and zoo._cell(math.nan) == "nan"
     assert zoo._cell(7) == "7" and zoo._cell("|z| < 1") == "\\|z\\| < 1"
     assert zoo._markdown_table([{"a": 1, "b": None}, {"a": True}], ["a", "b"]) == [
         "| a | b |", "|---|---|", "| 1 | — |", "| yes | — |"]
@@ -192,6 +194,18 @@ def test_pole_statistics_against_numpy_eigenvalues():
     assert to_markdown([], []).endswith("## Measured poles of the checkpoint\n\n| name | layer | spectral_radius | "
                                         "stability_margin | slowest_tau | median_tau | fastest_tau | note |\n|" +
                                         "---|" * 8 + "\n")
+
+
+def test_pole_statistics_of_a_diverged_model_name_the_layer_and_parameter():
+    # a NaN parameter stopped in numpy's LinAlgError "Array must not contain infs or NaNs" (probe 38's note)
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=1, d_model=3, n_layers=2, layer="s4d", layer_options={"d_state": 4}, d_output=1,
+                          head="regress", pool=None)
+    name, parameter = next(iter(model.blocks[1].layer.named_parameters()))
+    with torch.no_grad():
+        parameter.view(-1)[1] = math.nan
+    with pytest.raises(ValueError, match=rf"^layer 'blocks.1.layer' has non-finite parameters \['{name}'\]"):
+        pole_statistics(model)
 
 
 def test_zoo_module_exports_its_documented_names():

@@ -19,6 +19,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from ssmkit.analysis.layerwise import lti_layers, sampling_time, time_constants
@@ -129,6 +130,9 @@ def pole_statistics(model: nn.Module, dt: float | None = None) -> list[dict[str,
         a list of dicts with ``name``, ``layer``, ``spectral_radius``, ``stability_margin``, ``slowest_tau``,
         ``median_tau``, ``fastest_tau``, ``time_unit`` (``"s"`` when ``dt`` is given or the model has one, as
         ``ssmkit analyze`` decides, else ``"samples"``), ``dt`` and ``note``.
+
+    Raises:
+        ValueError: an LTI layer has a non-finite parameter (a diverged model), naming the layer and the parameters.
     """
     from ssmkit.layers.protocol import SequenceLayer
 
@@ -141,6 +145,10 @@ def pole_statistics(model: nn.Module, dt: float | None = None) -> list[dict[str,
             continue
         row: dict[str, Any] = {"name": name, "layer": type(module).name or type(module).__name__}
         if name in lti:
+            bad = [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad:
+                raise ValueError(f"layer {name!r} has non-finite parameters {bad} (a diverged model?): its poles "
+                                 "cannot be computed")
             z = module.state_space().to_real().poles()  # (G, n)
             tau = time_constants(z, step)
             rho = float(np.abs(z).max())
@@ -160,7 +168,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else "inf"
+        return f"{value:.6g}"  # inf, -inf and nan by name
     return str(value).replace("|", "\\|")
 
 

@@ -16,34 +16,37 @@ class TrainConfig:
     """How one model is trained: optimiser, schedule, budget, precision, checkpoints, data parallelism.
 
     Args:
-        batch_size: samples per process and optimizer step.
+        batch_size: samples per process and optimizer step (default 32).
         lr: the global peak learning rate of AdamW (SSM parameters keep the rate their layer marks, see
-            :func:`ssmkit.train.param_groups`).
-        weight_decay: AdamW's weight decay for unmarked weights (never on SSM parameters, norms or biases).
-        max_steps: the optimizer steps of the run (the budget; the schedule ends here).
-        max_time: also stop after this many seconds of training (None: no time limit); the schedule still spans
+            :func:`ssmkit.train.param_groups`; default 3e-3).
+        weight_decay: AdamW's weight decay for unmarked weights (never on SSM parameters, norms or biases; default
+            0.05).
+        max_steps: the optimizer steps of the run (the budget; the schedule ends here; default 1000).
+        max_time: also stop after this many seconds of training (default None: no time limit); the schedule spans
             ``max_steps``, so a run stopped by time ends before its learning rate has decayed.
-        warmup_steps: linear warm-up steps before the cosine decay.
-        lr_floor: the cosine schedule's final factor.
-        grad_clip: clip the gradient norm to this value (None: no clipping).
-        precision: ``"32"``, ``"64"`` (float64 parameters), ``"bf16-mixed"`` or ``"16-mixed"`` (autocast; the SSM
-            cores stay float32).
-        seed: the seed of the initialisation, the batch order and a random transform's draws, in [0, 2**32 - 1].
-        val_every: validate every this many steps (0: only at the end).
-        checkpoint_every: write a checkpoint every this many steps (0: only at the end); each replaces the one before
-            (``checkpoints/step<N>.ckpt`` and ``last.ckpt`` hold the newest), so earlier steps are not kept.
-        early_stopping: stop after this many validations without a better validation loss (None: never).
-        devices: processes (CPU) or GPUs used for data parallelism.
-        strategy: Lightning's strategy, ``"auto"`` or ``"ddp"``, ``"ddp_spawn"``, ...
-        accelerator: ``"cpu"``, ``"gpu"`` or ``"auto"``.
-        eval_batch_size: batch size of validation and test (None: ``batch_size``).
-        log_every: write the training metrics every this many steps.
+        warmup_steps: linear warm-up steps before the cosine decay (default 100).
+        lr_floor: the cosine schedule's final factor (default 0: the rate decays to zero).
+        grad_clip: clip the gradient norm to this value (default None: no clipping).
+        precision: ``"32"`` (the default), ``"64"`` (float64 parameters), ``"bf16-mixed"`` or ``"16-mixed"``
+            (autocast; the SSM cores stay float32).
+        seed: the seed of the initialisation, the batch order and a random transform's draws, in [0, 2**32 - 1]
+            (default 0).
+        val_every: validate every this many steps (0: only at the end; default 250).
+        checkpoint_every: write a checkpoint every this many steps (0: only at the end; default 250); each replaces
+            the one before (``checkpoints/step<N>.ckpt`` and ``last.ckpt`` hold the newest), so earlier steps are
+            not kept.
+        early_stopping: stop after this many validations without a better validation loss (default None: never).
+        devices: processes (CPU) or GPUs used for data parallelism (default 1).
+        strategy: Lightning's strategy, ``"auto"`` (the default) or ``"ddp"``, ``"ddp_spawn"``, ...
+        accelerator: ``"cpu"`` (the default), ``"gpu"`` or ``"auto"``.
+        eval_batch_size: batch size of validation and test (default None: ``batch_size``).
+        log_every: write the training metrics every this many steps (default 50).
         test_weights: which weights give the result's ``test_<metric>`` (and each extra test split's): ``"final"``
-            (the weights at the end of training, what ``trainer.test(model)`` scores in Lightning) or ``"best_val"``
-            (the weights of the validation with the best ``val_<metric>``: accuracy highest, MSE lowest, the first
-            of equal scores; how the published LRA numbers are selected, docs/design.md "besttest"). Both are
-            always recorded, as ``test_<metric>_final`` and ``test_<metric>_best_val``; ``"best_val"`` needs a
-            validation split.
+            (the default: the weights at the end of training, what ``trainer.test(model)`` scores in Lightning) or
+            ``"best_val"`` (the weights of the validation with the best ``val_<metric>``: accuracy highest, MSE
+            lowest, the first of equal scores; how the published LRA numbers are selected, docs/design.md
+            "besttest"). Both are always recorded, as ``test_<metric>_final`` and ``test_<metric>_best_val``;
+            ``"best_val"`` needs a validation split.
     """
 
     batch_size: int = 32

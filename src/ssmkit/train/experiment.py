@@ -32,18 +32,20 @@ class Experiment:
 
     Args:
         task: the task name (``ssmkit tasks`` lists them).
-        model: the layer name of every block, or a list of names, one per block (a hybrid).
-        task_options: options of the task (sizes, seed, length).
-        layer_options: the layer's constructor options (for a hybrid: a dict from layer name to options).
-        d_model: width H of every block.
-        n_layers: blocks.
-        norm: ``"layer"``, ``"batch"``, ``"rms"`` or None.
-        prenorm: normalise block inputs (True) or residual sums (False).
-        activation: the block activation (``"auto"``: the layer's default).
-        mixer_out: the block output projection (``"auto"``: the layer's default).
-        dropout: dropout in every block.
-        pool: ``"mean"`` or ``"last"`` for sequence-level targets (ignored for per-step targets).
-        train: the training configuration.
+        model: the layer name of every block, or a list of names, one per block (a hybrid); ``"s4d"`` (the
+            default).
+        task_options: options of the task (sizes, seed, length; default none: the task's defaults).
+        layer_options: the layer's constructor options (for a hybrid: a dict from layer name to options; default
+            none: the layer's defaults).
+        d_model: width H of every block (default 64).
+        n_layers: blocks (default 4).
+        norm: ``"layer"`` (the default), ``"batch"``, ``"rms"`` or None.
+        prenorm: normalise block inputs (True, the default) or residual sums (False).
+        activation: the block activation (``"auto"`` (the default): the layer's default).
+        mixer_out: the block output projection (``"auto"`` (the default): the layer's default).
+        dropout: dropout in every block (default 0.0).
+        pool: ``"mean"`` (the default) or ``"last"`` for sequence-level targets (ignored for per-step targets).
+        train: the training configuration (default ``TrainConfig()``; a dict is read by ``TrainConfig.from_dict``).
     """
 
     task: str

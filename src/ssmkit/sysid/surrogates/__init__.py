@@ -39,16 +39,18 @@ def wh_surrogate(seed: int = 0, n_train: int = 100000, n_test: int = 78800, n_le
     the first ``n_lead`` samples dropped, then ``n_train`` for estimation and ``n_test`` for test; init window 50; mV.
 
     Args:
-        seed: the excitation's seed (the noise uses seed + 1).
-        n_train, n_test, n_lead: samples of each part.
-        rms: the input's RMS (V).
-        noise_rms: output noise RMS (V).
+        seed: the excitation's seed (the noise uses seed + 1; default 0).
+        n_train, n_test, n_lead: samples of each part (default 100 000, 78 800 and 5 200, WH 2009's split).
+        rms: the input's RMS (V; default 0.5).
+        noise_rms: output noise RMS (V; default 0: noiseless).
         params: the filters and nonlinearity.
 
     Returns:
         the benchmark.
     """
     _check(noise_rms, n_train=n_train, n_test=n_test)
+    if isinstance(n_lead, bool) or not isinstance(n_lead, int) or n_lead < 0:  # -5 kept only the last 5 samples
+        raise ValueError(f"n_lead must be an int >= 0; got {n_lead!r}")
     n = n_lead + n_train + n_test
     u = wh.excitation(n, rms=rms, seed=seed)
     y = _noisy(wh.simulate(u, params), noise_rms, seed + 1)
@@ -72,18 +74,22 @@ def duffing_surrogate(seed: int = 0, n_period: int = 8192, n_records: int = 10, 
     fresh realisation and on an arrow whose end exceeds the training amplitude (twice the RMS); init window 50; mV.
 
     Args:
-        seed: the seed (estimation phases: seed; test phases: seed + 1; arrow: seed + 2; noise: seed + 3 and + 4).
-        n_period: samples per multisine period.
-        n_records: estimation realisations.
-        n_arrow: samples of the arrow test.
-        rms: the multisines' RMS (V).
-        noise_rms: output noise RMS (V).
+        seed: the seed (estimation phases: seed; test phases: seed + 1; arrow: seed + 2; noise: seed + 3 and + 4;
+            default 0).
+        n_period: samples per multisine period (>= 4; default 8192).
+        n_records: estimation realisations (default 10).
+        n_arrow: samples of the arrow test (>= 2; default 40 475, Silverbox's full arrow).
+        rms: the multisines' RMS (V; default 0.1).
+        noise_rms: output noise RMS (V; default 0: noiseless).
         params: the oscillator's coefficients.
 
     Returns:
         the benchmark.
     """
     _check(noise_rms, n_period=n_period, n_records=n_records, n_arrow=n_arrow)
+    for name, value, least in (("n_period", n_period, 4), ("n_arrow", n_arrow, 2)):  # smaller gave NaN records
+        if value < least:
+            raise ValueError(f"{name} must be an int >= {least}; got {value!r}")
     dt = 1.0 / duffing.FS
     u = np.concatenate([duffing.odd_multisine(n_period, n_records, rms=rms, seed=seed),
                         duffing.odd_multisine(n_period, 1, rms=rms, seed=seed + 1)])  # (records + 1, n_period)
@@ -113,9 +119,9 @@ def tanks_surrogate(seed: int = 0, n: int = 1024, noise_rms: float = 0.0,
     init window 50; V.
 
     Args:
-        seed: the seed (estimation: seed; test: seed + 1; noise: seed + 2, seed + 3).
-        n: samples per record.
-        noise_rms: output noise RMS (V).
+        seed: the seed (estimation: seed; test: seed + 1; noise: seed + 2, seed + 3; default 0).
+        n: samples per record (default 1024, Cascaded Tanks' record length).
+        noise_rms: output noise RMS (V; default 0: noiseless).
         params: the coefficients.
 
     Returns:
@@ -145,9 +151,9 @@ def emps_surrogate(seed: int = 0, n: int = 24841, noise_rms: float = 0.0,
     init window 20; mm.
 
     Args:
-        seed: the seed (estimation reference: seed; test: seed + 1; noise: seed + 2, seed + 3).
-        n: samples per record.
-        noise_rms: position noise RMS (m).
+        seed: the seed (estimation reference: seed; test: seed + 1; noise: seed + 2, seed + 3; default 0).
+        n: samples per record (default 24 841, DATA_EMPS's length).
+        noise_rms: position noise RMS (m; default 0: noiseless).
         params: the physical and controller parameters.
 
     Returns:

@@ -111,7 +111,7 @@ def odd_multisine(n: int, records: int = 1, fmax: float = 200.0, rms: float = 0.
     phases), one period each, scaled to ``rms``.
 
     Args:
-        n: samples per period.
+        n: samples per period (>= 4, and fs / n <= fmax: at least one line is excited).
         records: independent realisations.
         fmax: the highest excited frequency (Hz).
         rms: the RMS (V).
@@ -122,6 +122,9 @@ def odd_multisine(n: int, records: int = 1, fmax: float = 200.0, rms: float = 0.
     """
     lines = np.arange(1, n // 2, 2)
     lines = lines[lines * FS / n <= fmax]
+    if lines.size == 0:  # an empty spectrum was scaled by its zero RMS: all NaN
+        raise ValueError(f"no odd line f0 (2k + 1) with f0 = fs / n = {FS / n:.6g} Hz lies below the Nyquist frequency "
+                         f"and fmax = {fmax} Hz: use n >= 4 and fmax >= fs / n; got n = {n}")
     rng = np.random.default_rng(seed)
     spectrum = np.zeros((records, n // 2 + 1), dtype=np.complex128)
     spectrum[:, lines] = np.exp(2j * np.pi * rng.random((records, lines.size)))
@@ -134,7 +137,7 @@ def arrow(n: int, peak_rms: float = 0.2, band_hz: float = 200.0, seed: int = 0) 
     ``peak_rms`` (the Silverbox "arrow" test).
 
     Args:
-        n: samples.
+        n: samples (>= 2).
         peak_rms: the local RMS at the end (V).
         band_hz: the cut-off (Hz).
         seed: the noise seed.
@@ -142,6 +145,8 @@ def arrow(n: int, peak_rms: float = 0.2, band_hz: float = 200.0, seed: int = 0) 
     Returns:
         (n,) input (V).
     """
+    if n < 2:  # one sample's noise has no spread to normalise by (it gave NaN)
+        raise ValueError(f"an arrow needs n >= 2 samples (its amplitude grows from 0 to peak_rms); got n = {n}")
     b, a = signal.butter(4, band_hz, fs=FS)
     noise = signal.lfilter(b, a, np.random.default_rng(seed).standard_normal(n))
     return noise / noise.std() * peak_rms * np.linspace(0.0, 1.0, n)

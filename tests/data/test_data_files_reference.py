@@ -1,0 +1,454 @@
+"""The data-file readers against files written here with known content (the lead's twenty-third mutation round;
+docs/design.md, probe 42): idx files packed byte by byte with ``struct`` (big-endian, every type code), WAV files
+written with the stdlib ``wave`` module, tar and zip archives built in the test, fake downloads through a ``fetch``
+function or a ``file://`` URL (no network). The expected tensors are computed from those bytes independently: the
+seeded splits with ``torch.randperm`` as S4's ``random_split`` draws them, the bit-reversal order with Python's
+string reversal, the per-step statistics and the stratified split with float64 numpy loops."""
+
+import dataclasses
+import gzip
+import json
+import pathlib
+import struct
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from ssmkit.data import get_task
+from ssmkit.data.idx import IDX_FILES, bit_reversal_permutation, read_idx, write_idx
+from ssmkit.data.speech import WORDS10, WORDS35, position_statistics, read_samples, read_wav, stratified_split
+
+rng = np.random.default_rng(42)
+
+# ---------------------------------------------------------------------------------------------------------- idx
+
+# code -> (struct format letter, values that use the type's whole range, numpy's native dtype)
+IDX_TYPES = {
+    0x08: ("B", [0, 1, 127, 128, 200, 255], np.uint8),
+    0x09: ("b", [-128, -1, 0, 1, 100, 127], np.int8),
+    0x0B: ("h", [-32768, -2, 0, 258, 4097, 32767], np.int16),
+    0x0C: ("i", [-(2 ** 31), -70000, 0, 16909060, 65536, 2 ** 31 - 1], np.int32),
+    0x0D: ("f", [1.5, -2.25, 0.0, 3.0e38, -1.0e-30, 7.125], np.float32),
+    0x0E: ("d", [1.5, -2.25, 0.0, 1.0e300, -1.0e-300, 1 / 3], np.float64),
+}
+
+
+def idx_bytes(code: int, dims: tuple, values: list) -> bytes:
+    """An idx file as LeCun & Cortes define it: 0, 0, the type code, the number of dimensions, each dimension as a
+    big-endian int32, then the values big-endian in C order."""
+    fmt = IDX_TYPES[code][0]
+    return (struct.pack(">BBBB", 0, 0, code, len(dims)) + struct.pack(f">{len(dims)}i", *dims)
+            + struct.pack(f">{len(values)}{fmt}", *values))
+
+
+def nested(values: list, dims: tuple) -> list:
+    """``values`` (C order) as nested lists of shape ``dims``."""
+    if len(dims) == 1:
+        return list(values)
+    step = len(values) // dims[0]
+    return [nested(values[i * step:(i + 1) * step], dims[1:]) for i in range(dims[0])]
+
+
+@pytest.mark.parametrize("code", sorted(IDX_TYPES), ids=[hex(c) for c in sorted(IDX_TYPES)])
+def test_read_idx_reads_every_type_big_endian_in_c_order(tmp_path, code):
+    fmt, values, native = IDX_TYPES[code]
+    exact = list(struct.unpack(f">{len(values)}{fmt}", struct.pack(f">{len(values)}{fmt}", *values)))  # float32
+    for dims in ((6,), (2, 3), (3, 1, 2)):
+        raw = idx_bytes(code, dims, values)
+        (tmp_path / "plain").write_bytes(raw)
+        (tmp_path / "packed.gz").write_bytes(gzip.compress(raw))
+        for path in (tmp_path / "plain", str(tmp_path / "plain"), tmp_path / "packed.gz", str(tmp_path / "packed.gz")):
+            array = read_idx(path)
+            assert array.shape == dims and array.dtype == np.dtype(native) and array.dtype.isnative
+            assert array.tolist() == nested(exact, dims)
+
+
+@pytest.mark.parametrize("code", sorted(IDX_TYPES), ids=[hex(c) for c in sorted(IDX_TYPES)])
+def test_write_idx_writes_the_format_byte_for_byte(tmp_path, code):
+    fmt, values, native = IDX_TYPES[code]
+    array = np.array(values, dtype=native).reshape(2, 3)
+    write_idx(tmp_path / "a", array)
+    assert (tmp_path / "a").read_bytes() == idx_bytes(code, (2, 3), values)
+    write_idx(str(tmp_path / "b.gz"), array.T)  # a transposed view: its own C order, compressed by the suffix
+    assert gzip.decompress((tmp_path / "b.gz").read_bytes()) == idx_bytes(code, (3, 2), array.T.reshape(-1).tolist())
+    write_idx(tmp_path / "c", array.astype(np.dtype(native).newbyteorder(">")))  # a big-endian array: same code
+    assert (tmp_path / "c").read_bytes() == idx_bytes(code, (2, 3), values)
+    assert read_idx(tmp_path / "b.gz").tolist() == array.T.tolist()
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"\x00\x00\x08", b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", b"\x00\x01\x08\x01\x00\x00\x00\x01\x05",
+    b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", b"\x00\x00\x0a\x01\x00\x00\x00\x01\x05",
+    b"\x00\x00\x0f\x01\x00\x00\x00\x01\x05",
+], ids=["empty", "three-bytes", "first-byte", "second-byte", "code-7", "code-10", "code-15"])
+def test_read_idx_refuses_what_is_not_an_idx_file(tmp_path, raw):
+    (tmp_path / "f").write_bytes(raw)
+    with pytest.raises(ValueError, match=r"not an idx file \(magic bytes"):
+        read_idx(tmp_path / "f")
+
+
+def test_read_idx_refuses_a_file_of_the_wrong_length(tmp_path):
+    raw = idx_bytes(0x0B, (2, 3), IDX_TYPES[0x0B][1])
+    for bad in (raw[:-1], raw + b"\x00", raw[:-2], raw + b"\x00\x00"):
+        (tmp_path / "f").write_bytes(bad)
+        with pytest.raises(ValueError, match=rf"idx header says \(2, 3\) of >i2 \(24 bytes\); the file has {len(bad)}"):
+            read_idx(tmp_path / "f")
+    (tmp_path / "f").write_bytes(raw)
+    assert read_idx(tmp_path / "f").shape == (2, 3)
+    (tmp_path / "f").write_bytes(bytes([0, 0, 8, 0]))  # no dimensions: one value, which is missing
+    with pytest.raises(ValueError, match=r"idx header says \(\) of uint8 \(5 bytes\); the file has 4"):
+        read_idx(tmp_path / "f")
+    (tmp_path / "f").write_bytes(bytes([0, 0, 8, 0, 7]))
+    scalar = read_idx(tmp_path / "f")
+    assert scalar.shape == () and int(scalar) == 7
+
+
+@pytest.mark.parametrize("raw, says", [
+    (bytes([0, 0, 8, 2, 0, 0]), "of 2 dimensions needs 12 bytes; the file has 6"),
+    (bytes([0, 0, 8, 3, 0, 0, 0, 1]), "of 3 dimensions needs 16 bytes; the file has 8"),
+    (bytes([0, 0, 0x0D, 1]), "of 1 dimensions needs 8 bytes; the file has 4"),
+], ids=["inside-the-first", "after-the-first", "before-the-first"])
+def test_read_idx_refuses_a_file_cut_inside_its_header(tmp_path, raw, says):
+    """The fix of this round: a file cut inside its dimensions gave numpy's "buffer size must be a multiple of
+    element size" (no file named) or a wrong account of what the header says."""
+    (tmp_path / "cut").write_bytes(raw)
+    with pytest.raises(ValueError, match=rf"cut: idx header {says}"):
+        read_idx(tmp_path / "cut")
+
+
+def write_release(folder: pathlib.Path, images: np.ndarray, labels: np.ndarray, n_train: int, gz=()) -> None:
+    """The four idx files packed with struct (names in ``gz`` compressed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = (images[:n_train], labels[:n_train], images[n_train:], labels[n_train:])
+    for name, array in zip(IDX_FILES, parts):
+        raw = idx_bytes(0x08, array.shape, array.reshape(-1).tolist())
+        if name in gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+
+
+def test_the_image_tasks_options_and_description():
+    assert dataclasses.asdict(get_task("smnist")) == {"n_val": 6000, "seed": 42}
+    assert dataclasses.asdict(get_task("sfashion")) == {"n_val": 6000, "seed": 42}
+    assert dataclasses.asdict(get_task("psmnist")) == {"n_val": 6000, "seed": 42, "permute": "random",
+                                                       "permutation_seed": 0}
+    for name, title, folder, where in (
+            ("smnist", "sMNIST", "mnist", "the four MNIST idx files"),
+            ("psmnist", "psMNIST (permutation seed 0)", "mnist", "the four MNIST idx files"),
+            ("sfashion", "sequential Fashion-MNIST", "fashion-mnist", "the four Fashion-MNIST idx files")):
+        task = get_task(name)
+        info = task.info()
+        assert (info.name, info.title, info.kind, info.target, info.length, info.d_input, info.vocab_size,
+                info.n_classes) == (name, title, "files", "classify", 784, 1, None, 10)
+        assert info.needs.startswith(where) and f"ssmkit data get {folder}" in info.needs
+        assert "idx files" in info.source
+        assert task.folder("/data/x") == pathlib.Path("/data/x") / folder
+        assert task.required() == list(IDX_FILES)
+        assert task.alternatives("t10k-images-idx3-ubyte") == ["t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"]
+    assert "Xiao et al. 2017" in get_task("sfashion").info().source
+    assert get_task("smnist").permutation() is None and get_task("sfashion").permutation() is None
+
+
+@pytest.mark.parametrize("name, folder", [("smnist", "mnist"), ("sfashion", "fashion-mnist")])
+def test_image_splits_are_the_pixels_in_raster_order_over_255(tmp_path, name, folder):
+    n_train, n_test, n_val, seed = 11, 4, 3, 7
+    images = rng.integers(0, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n_train + n_test).astype(np.uint8)
+    write_release(tmp_path / folder, images, labels, n_train, gz=(IDX_FILES[1], IDX_FILES[2]))
+    splits = get_task(name, n_val=n_val, seed=seed).splits(tmp_path)
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed)).tolist()  # S4's random_split
+    want = {"train": sorted(perm[:n_train - n_val]), "val": sorted(perm[n_train - n_val:]),
+            "test": list(range(n_train, n_train + n_test))}
+    assert sorted(splits) == ["test", "train", "val"]
+    for split, rows in want.items():
+        x, y = splits[split].tensors
+        assert x.dtype == torch.uint8 and y.dtype == torch.int64
+        assert x.shape == (len(rows), 784, 1) and x[:, :, 0].tolist() == [images[r].reshape(-1).tolist() for r in rows]
+        assert y.tolist() == [int(labels[r]) for r in rows]
+        for i, r in enumerate(rows):
+            xi, yi = splits[split][i]
+            expect = np.array([[p / 255.0] for row in images[r] for p in row])  # row by row, column by column
+            assert xi.dtype == torch.float32 and np.allclose(xi.numpy(), expect, rtol=0, atol=1e-7)
+            assert int(yi) == labels[r]
+
+
+def test_a_plain_file_wins_over_its_gz_twin(tmp_path):
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.arange(6, dtype=np.uint8)
+    write_release(tmp_path / "mnist", images, labels, 4)
+    other = labels[4:][::-1].copy()
+    (tmp_path / "mnist" / (IDX_FILES[3] + ".gz")).write_bytes(gzip.compress(idx_bytes(0x08, (2,), other.tolist())))
+    assert get_task("smnist", n_val=1).splits(tmp_path)["test"].tensors[1].tolist() == [4, 5]
+
+
+@pytest.mark.parametrize("which", [0, 2])
+@pytest.mark.parametrize("images_shape, labels_shape", [
+    ((3, 28, 27), (3,)), ((3, 27, 28), (3,)), ((3, 784), (3,)), ((3, 28, 28, 1), (3,)), ((3, 28, 28), (2,)),
+    ((3, 28, 28), (3, 1)),
+])
+def test_image_files_of_the_wrong_shape_are_refused_by_name(tmp_path, which, images_shape, labels_shape):
+    folder = tmp_path / "mnist"
+    good = {0: np.zeros((5, 28, 28), np.uint8), 1: np.zeros(5, np.uint8), 2: np.zeros((3, 28, 28), np.uint8),
+            3: np.zeros(3, np.uint8)}
+    good[which] = np.zeros(images_shape, np.uint8)
+    good[which + 1] = np.zeros(labels_shape, np.uint8)
+    folder.mkdir()
+    for k, name in enumerate(IDX_FILES):
+        (folder / name).write_bytes(idx_bytes(0x08, good[k].shape, good[k].reshape(-1).tolist()))
+    message = (rf"{IDX_FILES[which]}: expected \(B, 28, 28\) images and \(B,\) labels; got "
+               rf"{re_tuple(images_shape)} and {re_tuple(labels_shape)}")
+    with pytest.raises(ValueError, match=message):
+        get_task("smnist", n_val=1).splits(tmp_path)
+
+
+def re_tuple(shape: tuple) -> str:
+    return str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
+
+
+def bit_reversal_reference(n: int) -> list[int]:
+    """j -> its m-bit reversal over 0 .. 2^m − 1 (the least m >= 1 with 2^m >= n), keeping the values below n."""
+    m = 1
+    while 2 ** m < n:
+        m += 1
+    return [r for r in (int(format(j, f"0{m}b")[::-1], 2) for j in range(2 ** m)) if r < n]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 100, 784, 1024, 1025])
+def test_bit_reversal_permutation_against_string_reversal(n):
+    perm = bit_reversal_permutation(n)
+    assert perm.dtype == torch.int64 and perm.tolist() == bit_reversal_reference(n)
+    assert sorted(perm.tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("permute", ["random", "bitreversal"])
+def test_psmnist_permutes_every_split_by_the_same_order(tmp_path, permute):
+    n_train, n_test = 6, 3
+    images = rng.integers(0, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n_train + n_test).astype(np.uint8)
+    write_release(tmp_path / "mnist", images, labels, n_train)
+    task = get_task("psmnist", n_val=2, seed=3, permute=permute, permutation_seed=5)
+    if permute == "random":
+        order = torch.randperm(784, generator=torch.Generator().manual_seed(5)).tolist()
+        assert task.info().title == "psMNIST (permutation seed 5)"
+    else:
+        order = bit_reversal_reference(784)
+        assert task.info().title == "psMNIST (bit-reversal permutation, S4)"
+    assert task.permutation().tolist() == order
+    splits = task.splits(tmp_path)
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(3)).tolist()
+    for split, rows in (("train", sorted(perm[:4])), ("val", sorted(perm[4:])), ("test", [6, 7, 8])):
+        x = splits[split].tensors[0][:, :, 0]
+        assert x.tolist() == [[int(images[r].reshape(-1)[k]) for k in order] for r in rows]
+        assert splits[split].tensors[1].tolist() == [int(labels[r]) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------------ speech
+
+
+def write_wav(path, samples, width=2, channels=1, rate=16000):
+    """A PCM WAV file written with the stdlib ``wave`` module (samples little-endian, as WAV stores them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(width)
+        f.setframerate(rate)
+        f.writeframes(struct.pack(f"<{len(samples)}h", *samples) if width == 2 else bytes(samples))
+
+
+def test_read_samples_and_read_wav_against_known_samples(tmp_path):
+    samples = [0, 1, -1, 32767, -32768, 258, -258, 12345]
+    write_wav(tmp_path / "a.wav", samples)
+    got = read_samples(tmp_path / "a.wav")
+    assert got.dtype == np.int16 and got.tolist() == samples
+    assert read_samples(str(tmp_path / "a.wav")).tolist() == samples
+    assert read_wav(tmp_path / "a.wav", 10).tolist() == samples + [0, 0]  # zero-padded at the end
+    assert read_wav(tmp_path / "a.wav", 8).tolist() == samples
+    assert read_wav(tmp_path / "a.wav", 5).tolist() == samples[:5]  # cut
+    full = read_wav(tmp_path / "a.wav")
+    assert full.dtype == np.int16 and len(full) == 16000 and full[:8].tolist() == samples and not full[8:].any()
+
+
+@pytest.mark.parametrize("width, channels, rate, says", [
+    (1, 1, 16000, "8-bit, 1 channels, 16000 Hz"), (2, 2, 16000, "16-bit, 2 channels, 16000 Hz"),
+    (2, 1, 8000, "16-bit, 1 channels, 8000 Hz"), (2, 1, 16001, "16-bit, 1 channels, 16001 Hz"),
+])
+def test_read_samples_refuses_other_wav_formats_by_name(tmp_path, width, channels, rate, says):
+    write_wav(tmp_path / "b.wav", [1, 2, 3, 4], width, channels, rate)
+    with pytest.raises(ValueError, match=rf"b.wav: expected 16-bit mono PCM at 16000 Hz; got {says}"):
+        read_samples(tmp_path / "b.wav")
+
+
+@pytest.mark.parametrize("n, chunk", [(2, 1024), (3, 1), (7, 2), (7, 3), (7, 7), (7, 1024), (5, 4)])
+def test_position_statistics_against_float64_numpy(n, chunk):
+    x = rng.integers(-32768, 32768, (n, 9, 2)).astype(np.int16)
+    x[:, 0, 0] = 32767  # a constant step: σ = 0 exactly
+    x[:, 1, 0] = -32768
+    x[:, 2, 1] = 0
+    x[-1, 2, 1] = 1  # one clip off by one: σ² = 1/n in sample units, below 1
+    mean, std = position_statistics(torch.from_numpy(x), chunk=chunk)
+    ref = x.astype(np.float64) / 32768
+    want_mean = ref.sum(0) / n
+    want_std = np.sqrt(((ref - want_mean) ** 2).sum(0) / (n - 1))
+    assert mean.dtype == torch.float64 and std.dtype == torch.float64 and mean.shape == (9, 2)
+    assert np.allclose(mean.numpy(), want_mean, rtol=1e-12, atol=1e-15)
+    assert np.allclose(std.numpy(), want_std, rtol=1e-9, atol=1e-15)
+    assert std[0, 0] == 0 and std[1, 0] == 0 and mean[1, 0] == -1.0
+
+
+def test_position_statistics_needs_two_clips():
+    with pytest.raises(ValueError, match="the per-position statistics need at least 2 training clips; got 1"):
+        position_statistics(torch.zeros(1, 4, 1, dtype=torch.int16))
+    mean, std = position_statistics(torch.tensor([[[3]], [[5]]], dtype=torch.int16))
+    assert float(mean) == 4 / 32768 and float(std) == pytest.approx(np.sqrt(2) / 32768, rel=1e-14)
+
+
+def speech_release(base, words, per_word, lengths, lists):
+    """One folder per word of WAV files (plus a word outside the task and _background_noise_), the two lists.
+    Returns word/file -> the samples padded or cut to 16,000."""
+    clips = {}
+    for word in (*words, "cat", "_background_noise_"):
+        for i in range(per_word):
+            n = lengths[(len(clips) + i) % len(lengths)]
+            samples = rng.integers(-3000, 3000, n) + 100 * (i + 1)
+            name = f"{word}/f{per_word - i:02d}_nohash_0.wav"  # written in reverse name order
+            write_wav(base / name, samples.tolist())
+            padded = np.zeros(16000, dtype=np.int64)
+            padded[:min(n, 16000)] = samples[:16000]
+            clips[name] = padded
+    (base / "validation_list.txt").write_text(lists[0])
+    (base / "testing_list.txt").write_text(lists[1])
+    return clips
+
+
+@pytest.mark.parametrize("normalize", ["none", "position"])
+def test_speech_lists_split_labels_and_normalisation_against_float64(tmp_path, normalize):
+    base = tmp_path / "speech_commands"
+    val = ["yes/f01_nohash_0.wav", "go/f03_nohash_0.wav", "cat/f01_nohash_0.wav"]
+    test = ["no/f02_nohash_0.wav", "stop/f01_nohash_0.wav"]
+    clips = speech_release(base, WORDS10, 3, [16000, 9000, 17000], ("\n".join(val) + "\n", "  \r\n".join(test)))
+    task = get_task("sc10", normalize=normalize, split="lists")
+    splits = task.splits(tmp_path)
+    held = {**{k: "val" for k in val}, **{k: "test" for k in test}}
+    want = {"train": [], "val": [], "test": []}
+    for label, word in enumerate(WORDS10):  # word order, then file name order
+        for name in sorted(k for k in clips if k.startswith(word + "/")):
+            want[held.get(name, "train")].append((name, label))
+    train = np.stack([clips[k] for k, _ in want["train"]]) / 32768.0
+    mean, std = train.mean(0), train.std(0, ddof=1)
+    for split, items in want.items():
+        x, y = splits[split].tensors
+        assert x.dtype == torch.int16 and x.shape == (len(items), 16000, 1)
+        assert x[:, :, 0].numpy().tolist() == [clips[k].tolist() for k, _ in items]
+        assert y.tolist() == [label for _, label in items]
+        for i, (k, _) in enumerate(items):
+            xi = splits[split][i][0][:, 0].numpy().astype(np.float64)
+            ref = clips[k] / 32768.0
+            if normalize == "position":
+                ref = (ref - mean) / (std + 1e-5)
+            assert np.allclose(xi, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_speech_tasks_describe_themselves(tmp_path):
+    assert dataclasses.asdict(get_task("sc35")) == {"normalize": "position"}
+    assert dataclasses.asdict(get_task("sc10")) == {"normalize": "position", "split": "random", "seed": 0}
+    for name, words, title in (
+            ("sc35", WORDS35, "Speech Commands SC35 (raw 16 kHz)"),
+            ("sc10", WORDS10, "Speech Commands SC10 (raw 16 kHz, full-length clips, random 70/15/15 split, seed 0)")):
+        task = get_task(name)
+        info = task.info()
+        assert (info.name, info.title, info.kind, info.target, info.length, info.d_input, info.vocab_size,
+                info.n_classes) == (name, title, "files", "classify", 16000, 1, None, len(words))
+        assert "Warden 2018" in info.source and "speech_commands_v0.02.tar.gz" in info.needs
+        assert task.required() == ["validation_list.txt", "testing_list.txt", *words]
+        assert task.folder(tmp_path) == tmp_path / "speech_commands"
+    assert get_task("sc10", seed=3, split="lists").info().title == "Speech Commands SC10 (raw 16 kHz, the release's split lists)"
+    assert "seed 3" in get_task("sc10", seed=3).info().title
+    assert len(WORDS35) == 35 and len(set(WORDS35)) == 35 and set(WORDS10) <= set(WORDS35)
+    assert WORDS10 == ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+
+
+def test_an_empty_split_is_refused_by_name(tmp_path):
+    base = tmp_path / "speech_commands"
+    speech_release(base, WORDS10, 2, [100], ("yes/f01_nohash_0.wav\n", ""))
+    with pytest.raises(ValueError, match=r"speech_commands: no test clips among the words \('yes', 'no'"):
+        get_task("sc10", split="lists").splits(tmp_path)
+
+
+def test_decoded_clips_are_cached_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch):
+    from ssmkit.data import speech
+
+    base = tmp_path / "speech_commands"
+    speech_release(base, WORDS10, 2, [300], ("yes/f01_nohash_0.wav\n", "no/f01_nohash_0.wav\n"))
+    task = get_task("sc10", normalize="none", split="lists")
+    first = task.splits(tmp_path)
+    cache = sorted((tmp_path / "generated" / "sc10-decoded").glob("*.pt"))
+    assert len(cache) == 1
+    stamp = json.loads(cache[0].with_suffix(".json").read_text())["options"]
+    assert stamp["folder"] == str(base.resolve())
+    assert stamp["files"] == [[w, 2] for w in WORDS10] + [
+        ["validation_list.txt", len("yes/f01_nohash_0.wav\n")], ["testing_list.txt", len("no/f01_nohash_0.wav\n")]]
+    calls = []
+    monkeypatch.setattr(speech, "read_wav", lambda path, length=16000: calls.append(path))
+    again = task.splits(tmp_path)  # from the cache: nothing decoded
+    assert calls == [] and torch.equal(again["train"].tensors[0], first["train"].tensors[0])
+    monkeypatch.undo()
+    write_wav(base / "up" / "f09_nohash_0.wav", [5] * 20)
+    rebuilt = task.splits(tmp_path)
+    assert len(rebuilt["train"]) == len(first["train"]) + 1
+    assert len(sorted((tmp_path / "generated" / "sc10-decoded").glob("*.pt"))) == 2
+
+
+def stratified_reference(labels: list[int], seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    parts = ([], [], [])
+    for c in sorted(set(labels)):
+        items = [i for i, label in enumerate(labels) if label == c]
+        order = torch.randperm(len(items), generator=generator).tolist()
+        items = [items[k] for k in order]
+        n_train = (7 * len(items)) // 10
+        n_val = (len(items) - n_train) // 2
+        parts[0].extend(items[:n_train])
+        parts[1].extend(items[n_train:n_train + n_val])
+        parts[2].extend(items[n_train + n_val:])
+    return [sorted(p) for p in parts]
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_stratified_split_against_a_loop_over_the_classes(seed):
+    counts = {0: 1, 1: 2, 2: 3, 3: 10, 5: 11, 7: 20, 9: 7}
+    labels = [c for c, n in counts.items() for _ in range(n)]
+    labels = [labels[k] for k in rng.permutation(len(labels))]
+    train, val, test = stratified_split(torch.tensor(labels), seed)
+    want = stratified_reference(labels, seed)
+    assert [train.tolist(), val.tolist(), test.tolist()] == want
+    assert train.dtype == torch.int64
+    for c, n in counts.items():
+        got = [sum(1 for i in part.tolist() if labels[i] == c) for part in (train, val, test)]
+        n_train = (7 * n) // 10
+        assert got == [n_train, (n - n_train) // 2, n - n_train - (n - n_train) // 2]
+
+
+def test_sc10_random_split_keeps_only_full_length_clips_split_by_class(tmp_path):
+    base = tmp_path / "speech_commands"
+    clips = speech_release(base, WORDS10, 5, [16000, 16000, 15999, 16000, 16001], ("", ""))
+    full, labels = [], []
+    for label, word in enumerate(WORDS10):
+        for name in sorted(k for k in clips if k.startswith(word + "/")):
+            if len(read_samples(base / name)) == 16000:
+                full.append(clips[name])
+                labels.append(label)
+    assert 0 < len(full) < 50
+    splits = get_task("sc10", normalize="none", seed=2).splits(tmp_path)
+    for split, index in zip(("train", "val", "test"), stratified_reference(labels, 2)):
+        x, y = splits[split].tensors
+        assert x[:, :, 0].tolist() == [full[i].tolist() for i in index]
+        assert y.tolist() == [labels[i] for i in index]
+    (base / "yes" / "f01_nohash_0.wav").unlink()
+    for word in WORDS10:
+        for p in (base / word).glob("*.wav"):
+            write_wav(p, [1] * 100)
+    with pytest.raises(ValueError, match=r"no clips of exactly 16000 samples among the words \('yes'"):
+        get_task("sc10", seed=2).splits(tmp_path)

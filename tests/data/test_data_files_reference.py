@@ -7,16 +7,23 @@ string reversal, the per-step statistics and the stratified split with float64 n
 
 import dataclasses
 import gzip
+import io
 import json
+import os
 import pathlib
+import re
+import stat
 import struct
+import tarfile
 import wave
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 from ssmkit.data import get_task
+from ssmkit.data.extract import safe_extract
 from ssmkit.data.idx import IDX_FILES, bit_reversal_permutation, read_idx, write_idx
 from ssmkit.data.speech import WORDS10, WORDS35, position_statistics, read_samples, read_wav, stratified_split
 
@@ -313,7 +320,7 @@ def speech_release(base, words, per_word, lengths, lists):
         for i in range(per_word):
             n = lengths[(len(clips) + i) % len(lengths)]
             samples = rng.integers(-3000, 3000, n) + 100 * (i + 1)
-            name = f"{word}/f{per_word - i:02d}_nohash_0.wav"  # written in reverse name order
+            name = f"{word}/{'mcxaq'[i]}{i}_nohash_0.wav"  # neither the order written nor its reverse is sorted
             write_wav(base / name, samples.tolist())
             padded = np.zeros(16000, dtype=np.int64)
             padded[:min(n, 16000)] = samples[:16000]
@@ -326,8 +333,8 @@ def speech_release(base, words, per_word, lengths, lists):
 @pytest.mark.parametrize("normalize", ["none", "position"])
 def test_speech_lists_split_labels_and_normalisation_against_float64(tmp_path, normalize):
     base = tmp_path / "speech_commands"
-    val = ["yes/f01_nohash_0.wav", "go/f03_nohash_0.wav", "cat/f01_nohash_0.wav"]
-    test = ["no/f02_nohash_0.wav", "stop/f01_nohash_0.wav"]
+    val = ["yes/m0_nohash_0.wav", "go/x2_nohash_0.wav", "cat/m0_nohash_0.wav"]
+    test = ["no/c1_nohash_0.wav", "stop/m0_nohash_0.wav"]
     clips = speech_release(base, WORDS10, 3, [16000, 9000, 17000], ("\n".join(val) + "\n", "  \r\n".join(test)))
     task = get_task("sc10", normalize=normalize, split="lists")
     splits = task.splits(tmp_path)
@@ -372,7 +379,7 @@ def test_speech_tasks_describe_themselves(tmp_path):
 
 def test_an_empty_split_is_refused_by_name(tmp_path):
     base = tmp_path / "speech_commands"
-    speech_release(base, WORDS10, 2, [100], ("yes/f01_nohash_0.wav\n", ""))
+    speech_release(base, WORDS10, 2, [100], ("yes/m0_nohash_0.wav\n", ""))
     with pytest.raises(ValueError, match=r"speech_commands: no test clips among the words \('yes', 'no'"):
         get_task("sc10", split="lists").splits(tmp_path)
 
@@ -381,7 +388,7 @@ def test_decoded_clips_are_cached_and_rebuilt_when_the_folder_changes(tmp_path, 
     from ssmkit.data import speech
 
     base = tmp_path / "speech_commands"
-    speech_release(base, WORDS10, 2, [300], ("yes/f01_nohash_0.wav\n", "no/f01_nohash_0.wav\n"))
+    speech_release(base, WORDS10, 2, [300], ("yes/m0_nohash_0.wav\n", "no/m0_nohash_0.wav\n"))
     task = get_task("sc10", normalize="none", split="lists")
     first = task.splits(tmp_path)
     cache = sorted((tmp_path / "generated" / "sc10-decoded").glob("*.pt"))
@@ -389,7 +396,7 @@ def test_decoded_clips_are_cached_and_rebuilt_when_the_folder_changes(tmp_path, 
     stamp = json.loads(cache[0].with_suffix(".json").read_text())["options"]
     assert stamp["folder"] == str(base.resolve())
     assert stamp["files"] == [[w, 2] for w in WORDS10] + [
-        ["validation_list.txt", len("yes/f01_nohash_0.wav\n")], ["testing_list.txt", len("no/f01_nohash_0.wav\n")]]
+        ["validation_list.txt", len("yes/m0_nohash_0.wav\n")], ["testing_list.txt", len("no/m0_nohash_0.wav\n")]]
     calls = []
     monkeypatch.setattr(speech, "read_wav", lambda path, length=16000: calls.append(path))
     again = task.splits(tmp_path)  # from the cache: nothing decoded
@@ -446,9 +453,136 @@ def test_sc10_random_split_keeps_only_full_length_clips_split_by_class(tmp_path)
         x, y = splits[split].tensors
         assert x[:, :, 0].tolist() == [full[i].tolist() for i in index]
         assert y.tolist() == [labels[i] for i in index]
-    (base / "yes" / "f01_nohash_0.wav").unlink()
+    (base / "yes" / "m0_nohash_0.wav").unlink()
     for word in WORDS10:
         for p in (base / word).glob("*.wav"):
             write_wav(p, [1] * 100)
     with pytest.raises(ValueError, match=r"no clips of exactly 16000 samples among the words \('yes'"):
         get_task("sc10", seed=2).splits(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------- extract
+
+
+def tar_member(name, data=None, kind=tarfile.REGTYPE, mode=0o644, mtime=0):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = kind, mode, mtime
+    info.size = len(data) if data is not None else 0
+    return info, data
+
+
+def build_tar(path, members, mode="w"):
+    with tarfile.open(path, mode) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+@pytest.mark.parametrize("suffix, mode", [(".tar", "w"), (".tar.gz", "w:gz"), (".tgz", "w:gz"),
+                                          (".tar.bz2", "w:bz2"), (".tar.xz", "w:xz")])
+def test_tar_extracts_files_and_directories_with_their_bytes(tmp_path, suffix, mode):
+    payload = bytes(range(256)) * 5
+    build_tar(tmp_path / f"a{suffix}", [
+        tar_member("./", kind=tarfile.DIRTYPE, mode=0o755),  # what `tar -C dir .` writes first: the target itself
+        tar_member("./top/sub/deep", kind=tarfile.DIRTYPE),  # no member for top/ or top/sub/
+        tar_member("./top/a.bin", payload, mode=0o4777),  # setuid in the archive: not applied
+        tar_member("top/empty", kind=tarfile.DIRTYPE),
+        tar_member("top/b.txt", b""),
+        tar_member("top/sub/deep", kind=tarfile.DIRTYPE),  # the same folder twice
+        tar_member("c", b"one letter name"),
+        tar_member("top/ab:c.txt", b"colon"),
+    ], mode)
+    target = tmp_path / "new" / "twice"  # two missing levels
+    written = safe_extract(tmp_path / f"a{suffix}", target)
+    root = target.resolve()
+    assert written == [root / "top" / "a.bin", root / "top" / "b.txt", root / "c", root / "top" / "ab:c.txt"]
+    assert (root / "top" / "a.bin").read_bytes() == payload and (root / "top" / "b.txt").read_bytes() == b""
+    assert (root / "c").read_bytes() == b"one letter name" and (root / "top" / "ab:c.txt").read_bytes() == b"colon"
+    assert (root / "top" / "sub" / "deep").is_dir() and (root / "top" / "empty").is_dir()
+    assert list((root / "top" / "empty").iterdir()) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((root / "top" / "a.bin").stat().st_mode) == 0o666 & ~umask  # not the archive's mode
+    assert (root / "top" / "a.bin").stat().st_mtime > 1e9  # not the archive's time (1970)
+    again = safe_extract(str(tmp_path / f"a{suffix}"), str(target))  # into an existing folder, paths as strings
+    assert again == written
+
+
+def test_zip_extracts_files_and_directories_by_their_mode_bits(tmp_path):
+    def entry(name, mode):
+        info = zipfile.ZipInfo(name)
+        info.external_attr = mode << 16
+        return info
+
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.writestr(entry("d/", stat.S_IFDIR | 0o755), b"")
+        z.writestr(entry("d/deep/er/", stat.S_IFDIR | 0o755), b"")
+        z.writestr(entry("d/again/", 0), b"")  # a folder by its trailing slash only
+        z.writestr(entry("d/reg.txt", stat.S_IFREG | 0o644), b"regular")
+        z.writestr(entry("x/plain.txt", 0), b"no mode")  # no Unix bits at all (a Windows archiver)
+        z.writestr(entry("e", stat.S_IFREG | 0o4755), b"e")
+    target = tmp_path / "one" / "two"
+    written = safe_extract(tmp_path / "a.zip", target)
+    root = target.resolve()
+    assert written == [root / "d" / "reg.txt", root / "x" / "plain.txt", root / "e"]
+    assert (root / "d" / "reg.txt").read_bytes() == b"regular" and (root / "x" / "plain.txt").read_bytes() == b"no mode"
+    assert (root / "d" / "deep" / "er").is_dir() and (root / "d" / "again").is_dir()
+    assert not stat.S_IMODE((root / "e").stat().st_mode) & stat.S_ISUID
+    assert safe_extract(tmp_path / "a.zip", target) == written
+
+
+@pytest.mark.parametrize("name, says", [
+    ("", "absolute path"), ("\\\\server\\share", "absolute path"), ("\\evil.txt", "absolute path"),
+    ("C:evil.txt", "absolute path"), ("c:/evil.txt", "absolute path"), ("/etc/x", "absolute path"),
+    ("../out2/evil.txt", "it would land outside .*out$"),  # a sibling whose name starts with the target's
+    ("a/../../evil.txt", "it would land outside .*out$"), ("..", "it would land outside .*out$"),
+])
+def test_unsafe_names_are_refused_in_tar_and_zip(tmp_path, name, says):
+    (tmp_path / "out").mkdir()
+    if name:
+        build_tar(tmp_path / "a.tar", [tar_member("ok.txt", b"fine"), tar_member(name, b"evil")])
+        with pytest.raises(ValueError, match=f"refusing archive member {re_escape(name)}: {says}"):
+            safe_extract(tmp_path / "a.tar", tmp_path / "out")
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as z:
+        z.writestr("ok.txt", b"fine")
+        info = zipfile.ZipInfo("x")
+        info.filename = name  # set after ZipInfo's own clean-up of the name
+        z.writestr(info, b"evil")
+    with pytest.raises(ValueError, match=f"refusing archive member {re_escape(name)}: {says}"):
+        safe_extract(tmp_path / "b.zip", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / "out2").exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def re_escape(name: str) -> str:
+    return re.escape(repr(name))
+
+
+@pytest.mark.parametrize("mode, says", [
+    (stat.S_IFCHR | 0o644, "a device, FIFO"), (stat.S_IFBLK | 0o644, "a device, FIFO"),
+    (stat.S_IFSOCK | 0o644, "a device, FIFO"), (stat.S_IFLNK | 0o777, "a link"),
+])
+def test_zip_special_entries_are_refused_whole(tmp_path, mode, says):
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.writestr("ok.txt", b"fine")
+        info = zipfile.ZipInfo("d/special")
+        info.external_attr = mode << 16
+        z.writestr(info, b"x")
+    with pytest.raises(ValueError, match=f"refusing archive member 'd/special': {says}"):
+        safe_extract(tmp_path / "a.zip", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_tar_link_or_fifo_is_refused_after_good_members_too(tmp_path):
+    for kind, says in ((tarfile.SYMTYPE, "a link"), (tarfile.LNKTYPE, "a link"), (tarfile.FIFOTYPE, "FIFO"),
+                       (tarfile.CHRTYPE, "a device")):
+        build_tar(tmp_path / "a.tar", [tar_member("d/", kind=tarfile.DIRTYPE), tar_member("d/ok.txt", b"ok"),
+                                       tar_member("d/z", kind=kind)])
+        with pytest.raises(ValueError, match=f"refusing archive member 'd/z': .*{says}"):
+            safe_extract(tmp_path / "a.tar", tmp_path / "out")
+        assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_neither_tar_nor_zip_is_refused_by_name(tmp_path):
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"not a tar"))
+    with pytest.raises(ValueError, match=r"x.gz: neither a tar nor a zip archive"):
+        safe_extract(tmp_path / "x.gz", tmp_path / "out")

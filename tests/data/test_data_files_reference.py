@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pathlib
+import pickle
 import re
 import stat
 import struct
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssmkit.data import fetch, get_task
+from ssmkit.data import DataMissingError, bundled, fetch, get_task
 from ssmkit.data.extract import safe_extract
 from ssmkit.data.idx import IDX_FILES, bit_reversal_permutation, read_idx, write_idx
 from ssmkit.data.speech import WORDS10, WORDS35, position_statistics, read_samples, read_wav, stratified_split
@@ -666,6 +667,21 @@ def test_cached_builds_once_and_writes_its_options_beside_the_tensors(tmp_path):
     assert calls == [1, 1] and len(list(path.parent.glob("*.pt"))) == 2
 
 
+class Planted:
+    """An object a cache file should never unpickle (loading it would run whatever ``__reduce__`` names)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_a_cache_file_holding_other_objects_is_not_unpickled(tmp_path):
+    path = cache_path("probe42", {"seed": 0}, tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save({"x": torch.zeros(2), "planted": Planted()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        cached("probe42", {"seed": 0}, lambda: {"x": torch.ones(2)}, tmp_path)
+
+
 @pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (5 << 19) + 7])
 def test_sha256_file_against_hashlib_over_the_whole_file(tmp_path, size):
     data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
@@ -873,3 +889,110 @@ def test_get_fashion_mnist_installed_or_downloaded_and_every_refusal(tmp_path):
     with pytest.raises(OSError):  # gzip's BadGzipFile
         fetch.get_fashion_mnist(tmp_path / "t", installed, not_gzip, FAKE_SHA)
     assert not (tmp_path / "t").exists()
+
+
+# ----------------------------------------------------------------------------------------------------- bundled
+
+
+def test_mnist1d_import_stands_in_for_requests_and_matplotlib_only_while_importing(monkeypatch):
+    pytest.importorskip("mnist1d")
+    for name in [m for m in sys.modules if m == "mnist1d" or m.startswith(("mnist1d.", "requests", "matplotlib"))]:
+        monkeypatch.delitem(sys.modules, name)  # a first import, with none of the three loaded
+    make_dataset, get_dataset_args = bundled._import_mnist1d()
+    assert make_dataset.__module__ == "mnist1d.data" and callable(get_dataset_args)
+    assert not any(m in sys.modules for m in ("requests", "matplotlib", "matplotlib.pyplot"))  # stand-ins removed
+    own = types.ModuleType("requests")
+    monkeypatch.setitem(sys.modules, "requests", own)
+    for name in [m for m in sys.modules if m == "mnist1d" or m.startswith("mnist1d.")]:
+        monkeypatch.delitem(sys.modules, name)
+    bundled._import_mnist1d()
+    assert sys.modules["requests"] is own and "matplotlib" not in sys.modules  # a loaded module is left alone
+
+
+def test_mnist1d_arrays_keeps_four_arrays_and_restores_the_global_generators(monkeypatch):
+    import random
+
+    def make_dataset(args):
+        random.seed(args["seed"])  # what the package does
+        np.random.seed(args["seed"])
+        return {"x": np.ones((3, 2)), "y": np.arange(3), "x_test": np.zeros((1, 2)), "y_test": np.array([4]),
+                "t": np.arange(2), "templates": {}}
+
+    monkeypatch.setattr(bundled, "_import_mnist1d", lambda: (make_dataset, lambda: {"seed": 42}))
+    random.seed(5)
+    np.random.seed(6)
+    want = random.random(), np.random.rand()
+    random.seed(5)
+    np.random.seed(6)
+    arrays = bundled.mnist1d_arrays()
+    assert (random.random(), np.random.rand()) == want
+    assert sorted(arrays) == ["x", "x_test", "y", "y_test"] and arrays["y_test"].tolist() == [4]
+
+    def failing(args):
+        random.seed(1)
+        np.random.seed(1)
+        raise RuntimeError("generation failed")
+
+    monkeypatch.setattr(bundled, "_import_mnist1d", lambda: (failing, lambda: {}))
+    random.seed(5)
+    np.random.seed(6)
+    with pytest.raises(RuntimeError):
+        bundled.mnist1d_arrays()
+    assert (random.random(), np.random.rand()) == want  # restored on failure too
+
+
+def test_mnist1d_task_splits_the_regenerated_arrays(monkeypatch):
+    x = rng.normal(size=(20, 40))
+    x_test = rng.normal(size=(6, 40))
+    y, y_test = rng.integers(0, 10, 20), rng.integers(0, 10, 6)
+    monkeypatch.setattr(bundled, "_importable", lambda name: True)
+    monkeypatch.setattr(bundled, "mnist1d_arrays", lambda: {"x": x, "y": y, "x_test": x_test, "y_test": y_test})
+    assert dataclasses.asdict(get_task("mnist1d")) == {"n_val": 400, "seed": 0}
+    splits = get_task("mnist1d", n_val=5, seed=9).splits()
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(9)).tolist()
+    for split, rows, xs, ys in (("train", sorted(perm[:15]), x, y), ("val", sorted(perm[15:]), x, y),
+                                ("test", list(range(6)), x_test, y_test)):
+        got_x, got_y = splits[split].tensors
+        assert got_x.dtype == torch.float32 and got_y.dtype == torch.int64 and got_x.shape == (len(rows), 40, 1)
+        assert np.array_equal(got_x[:, :, 0].numpy(), xs[rows].astype(np.float32))
+        assert got_y.tolist() == ys[rows].tolist()
+    info = get_task("mnist1d").info()
+    assert (info.name, info.title, info.kind, info.target, info.length, info.d_input, info.vocab_size,
+            info.n_classes) == ("mnist1d", "MNIST-1D", "bundled", "classify", 40, 1, None, 10)
+    assert "Greydanus 2020" in info.source and "pip install ssmkit[data]" in info.needs
+
+
+def test_digits_task_against_scikit_learn_directly():
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    assert dataclasses.asdict(get_task("digits")) == {"seed": 0}
+    splits = get_task("digits", seed=3).splits()
+    perm = torch.randperm(1797, generator=torch.Generator().manual_seed(3)).tolist()
+    for split, rows in (("train", sorted(perm[:1257])), ("val", sorted(perm[1257:1527])),
+                        ("test", sorted(perm[1527:]))):
+        x, y = splits[split].tensors
+        assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape == (len(rows), 64, 1)
+        assert np.array_equal(x[:, :, 0].numpy(), (digits.data[rows] / 16.0).astype(np.float32))
+        assert y.tolist() == digits.target[rows].tolist()
+    info = get_task("digits").info()
+    assert (info.name, info.title, info.kind, info.target, info.length, info.d_input, info.vocab_size,
+            info.n_classes) == ("digits", "8x8 digits (scikit-learn)", "bundled", "classify", 64, 1, None, 10)
+    assert get_task("digits").present()
+
+
+@pytest.mark.parametrize("name, package", [("digits", "scikit-learn"), ("mnist1d", "mnist1d")])
+def test_a_missing_package_is_one_clear_error(monkeypatch, name, package):
+    asked = []
+    monkeypatch.setattr(bundled, "_importable", lambda module: asked.append(module) or False)
+    task = get_task(name)
+    assert not task.present() and asked == [{"digits": "sklearn", "mnist1d": "mnist1d"}[name]]
+    with pytest.raises(DataMissingError, match=rf"^{name}: needs the {package} package: pip install {package} "
+                                               r"\(or ssmkit\[data\]\)$"):
+        task.splits()
+
+
+def test_importable_finds_installed_modules_only():
+    assert bundled._importable("json") and bundled._importable("numpy")
+    assert not bundled._importable("ssmkit_no_such_module_42")

@@ -908,6 +908,21 @@ def test_mnist1d_import_stands_in_for_requests_and_matplotlib_only_while_importi
     monkeypatch.setitem(sys.modules, "requests", own)
     bundled._import_mnist1d()  # mnist1d.data is loaded now: the stand-ins come and go all the same
     assert sys.modules["requests"] is own and "matplotlib" not in sys.modules  # a loaded module is left alone
+    monkeypatch.setitem(sys.modules, "matplotlib", own)  # a loaded package without its pyplot: not touched
+    bundled._import_mnist1d()
+    assert sys.modules["matplotlib"] is own and "matplotlib.pyplot" not in sys.modules and not hasattr(own, "pyplot")
+    monkeypatch.delitem(sys.modules, "matplotlib")
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", own)  # an entry without its package: not touched either
+    bundled._import_mnist1d()
+    assert sys.modules["matplotlib.pyplot"] is own and "matplotlib" not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["mnist1d", "digits"])
+def test_the_bundled_tasks_are_frozen(name):
+    task = get_task(name)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.seed = 1
+    assert hash(task) == hash(get_task(name))
 
 
 def test_mnist1d_arrays_keeps_four_arrays_and_restores_the_global_generators(monkeypatch):

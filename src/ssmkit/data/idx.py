@@ -31,6 +31,9 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an idx file (plain or ``.gz``) into a numpy array of its shape and type.
 
+    A file that is not idx (its magic bytes), is cut inside its header, or whose length differs from what its header
+    says is refused with a ``ValueError`` naming the file.
+
     Args:
         path: the file.
     """
@@ -42,6 +45,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: not an idx file (magic bytes {raw[:4].hex()})")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:  # cut inside the dimensions: say so, rather than numpy's buffer-size error
+        raise ValueError(f"{path}: idx header of {ndim} dimensions needs {header} bytes; the file has {len(raw)}")
     dims = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">i4"))
     dtype = np.dtype(_TYPES[raw[2]])
     expected = header + int(np.prod(dims)) * dtype.itemsize

@@ -37,7 +37,8 @@ def test_wh_records_are_one_record_from_rest_cut_after_the_lead():
     np.testing.assert_array_equal(column(test, "u"), u[n_lead + n_train:])
     np.testing.assert_allclose(column(train, "y"), y[n_lead:n_lead + n_train], rtol=0, atol=1e-15)
     np.testing.assert_allclose(column(test, "y"), y[n_lead + n_train:], rtol=0, atol=1e-15)
-    assert bench.dt == pytest.approx(1 / 51200, rel=1e-15) and (bench.n_init, bench.unit, bench.scale) == (50, "mV", 1000.0)
+    assert bench.dt == pytest.approx(1 / 51200, rel=1e-15)
+    assert (bench.n_init, bench.unit, bench.scale) == (50, "mV", 1000.0)
     assert bench.name == "wh_surrogate" and "SIMULATED" in bench.notes
     no_lead = wh_surrogate(seed=5, n_train=n_train, n_test=n_test, n_lead=0, rms=rms)
     np.testing.assert_array_equal(column(no_lead.train[0], "u"), wh.excitation(n - n_lead, rms=rms, seed=5)[:n_train])
@@ -58,7 +59,8 @@ def test_duffing_records_are_steady_state_periods_and_an_arrow():
         np.testing.assert_allclose(column(record, "y"), y[r], rtol=0, atol=1e-14)
     np.testing.assert_array_equal(column(bench.test[1], "u"), arrow)
     np.testing.assert_allclose(column(bench.test[1], "y"), y_arrow, rtol=0, atol=1e-14)
-    assert bench.dt == pytest.approx(1 / 610.35, rel=1e-12) and (bench.n_init, bench.unit, bench.scale) == (50, "mV", 1000.0)
+    assert bench.dt == pytest.approx(1 / 610.35, rel=1e-12)
+    assert (bench.n_init, bench.unit, bench.scale) == (50, "mV", 1000.0)
 
 
 @pytest.mark.parametrize("make, simulate, drive_of, dt, n_init, unit, scale", [

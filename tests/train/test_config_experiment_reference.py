@@ -156,7 +156,8 @@ def test_model_config_takes_the_task_and_the_experiment_field_by_field(target, h
     task = info(target, d_input=5, n_classes=7, vocab_size=None, pair=True, pad_id=None)
     config = experiment.model_config(task)
     expected = dict(d_input=5, d_model=6, n_layers=2, layer=["s4d", "lru"], d_output=7,
-                    layer_options={"s4d": {"d_state": 4}}, head=head, pool=pool, vocab_size=None, pair=True, pad_id=None,
+                    layer_options={"s4d": {"d_state": 4}}, head=head, pool=pool, vocab_size=None, pair=True,
+                    pad_id=None,
                     norm="rms", prenorm=False, activation="gelu", mixer_out=None, dropout=0.25)
     assert {name: getattr(config, name) for name in expected} == expected
     assert config.layer_options is not experiment.layer_options  # the config owns a copy

@@ -53,6 +53,14 @@ def test_data_get_mnist(tmp_path, monkeypatch, capsys):
     assert cli_main(["data", "get", "mnist", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err == "ssmkit data get mnist: could not get MNIST (no network)\n"
+    def tampered(root):
+        raise fetch.ChecksumError("train-images-idx3-ubyte: SHA-256 ab differs from the pinned cd")
+
+    # a checksum failure (a ValueError) reached the console as "ssmkit: error: ..." with exit 2 (probe 42)
+    monkeypatch.setattr(fetch, "get_fashion_mnist", tampered)
+    assert cli_main(["data", "get", "fashion-mnist", "--root", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == ("ssmkit data get fashion-mnist: train-images-idx3-ubyte: SHA-256 ab differs "
+                                       "from the pinned cd\n")
     monkeypatch.setattr(fetch, "get_fashion_mnist", lambda root: (root / "fashion-mnist", "debian"))
     assert cli_main(["data", "get", "fashion-mnist", "--root", str(tmp_path)]) == 0
     assert "fashion-mnist: unpacked from the Debian package dataset-fashion-mnist" in capsys.readouterr().out

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 folder, how = fetch.get_mnist(root, source=args.source)
             else:
                 folder, how = fetch.get_fashion_mnist(root)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: fetch.ChecksumError (a file not the pinned one)
             print(f"ssmkit data get {args.dataset}: {error}", file=sys.stderr)
             return 1
         said = {"present": "already present", "official": "fetched from the official files",

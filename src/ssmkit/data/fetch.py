@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import zlib
 from typing import Callable
 
 from ssmkit.data.idx import IDX_FILES
@@ -228,7 +229,10 @@ def get_fashion_mnist(
         for name in IDX_FILES:
             if not (src / f"{name}.gz").is_file():
                 raise OSError(f"{DEBIAN_PACKAGE} has no {name}.gz in {src}")
-            data = gzip.decompress((src / f"{name}.gz").read_bytes())
+            try:
+                data = gzip.decompress((src / f"{name}.gz").read_bytes())
+            except (OSError, EOFError, zlib.error) as error:  # not gzip, cut short, or corrupt inside
+                raise OSError(f"{DEBIAN_PACKAGE}: {name}.gz in {src} is not a valid gzip file ({error})") from error
             check_sha256(name, data, expected)
             files[name] = data
     for name, data in files.items():

@@ -1,10 +1,12 @@
 """The real-arithmetic exports (`RealLiquidS4`, `RealLTISequence`, `export_onnx_sequence`) against references
 written here (docs/design.md, probe 43).
 
-References: the layer's own state description and forward (Liquid-S4's state is S4's half state, (H, N/2) complex,
-held as (H, N) real, and its last P-1 inputs); the chunk length's rule written as a search over the powers of two;
-the realisation run as an explicit float64 loop x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] over the modal
-parameters, complex, in numpy; the model's own ``forward`` against onnxruntime's run of the exported graph.
+References: the layer's own state description (Liquid-S4's state is S4's half state, (H, N/2) complex, held as
+(H, N) real, and its last P-1 inputs); the realisation of ``state_space()`` run as an explicit float64 loop
+x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] in numpy, and as a loop over `RealLTIStep.step` (the step graph's
+recurrence, in the same state layout); the chunk length's documented rule written as a search over the powers of two;
+the model's own ``forward`` against onnxruntime's run of the exported graph; hand-made ONNX files with known input
+shapes.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ def _real_liquid(opts: dict, **kwargs):
     return layer, RealLiquidS4(layer, lambda system, dtype: RealLTISequence(system, dtype), **kwargs)
 
 
-def test_liquid_star_import_gives_the_class_only():
+@pytest.mark.parametrize("module, public", [
+    ("onnx_liquid", {"RealLiquidS4"}),
+    ("onnx_sequence", {"RealLTISequence", "SequenceFunction", "export_onnx_sequence", "real_sequence_model"}),
+])
+def test_liquid_and_sequence_star_imports_give_the_public_names_only(module, public):
     names: dict = {}
-    exec("from ssmkit.analysis.onnx_liquid import *", names)
-    assert set(names) - {"__builtins__"} == {"RealLiquidS4"}
+    exec(f"from ssmkit.analysis.{module} import *", names)
+    assert set(names) - {"__builtins__"} == public
 
 
 def test_real_liquid_s4_is_float32_by_default_and_returns_the_input_dtype():
@@ -166,6 +172,54 @@ def test_default_chunk_is_the_nearest_power_of_two_of_its_cost_optimum():
     assert default_chunk(1, 1, 8) == 64 and default_chunk(128, 128, 128) == 2 and default_chunk(16, 16, 32) == 16
 
 
+def test_a_dense_mimo_bank_takes_the_default_chunk_of_its_own_sizes():
+    """G = 2 dense systems of m = p = 16, n = 4 (T = 16 by the rule; 32 with n and p exchanged): chunk_size None
+    takes `default_chunk(m, p, n)`, and the sequence equals the float64 loop from a state across chunks."""
+    from ssmkit.analysis.onnx_export import RealLTIStep
+    from ssmkit.analysis.onnx_sequence import RealLTISequence
+    from ssmkit.analysis.statespace import StateSpace
+
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((2, 4, 4))
+    A *= 0.9 / np.abs(np.linalg.eigvals(A)).max(axis=1)[:, None, None]  # spectral radius 0.9 per system
+    system = StateSpace(A, rng.standard_normal((2, 4, 16)), rng.standard_normal((2, 16, 4)),
+                        rng.standard_normal((2, 16, 16)))
+    real = RealLTISequence(system, dtype=torch.float64)
+    assert real.T == 16 == round(2 ** round(math.log2(math.sqrt((4 * 4 + 50_000) / (16 * 16)))))
+    u = torch.randn(2, 37, 32, dtype=torch.float64)
+    h0 = torch.randn(2, *real.state_shape(), dtype=torch.float64)
+    y, h = real(u, h0)
+    want_y, want_h = _step_loop(RealLTIStep(system, dtype=torch.float64), u, h0)
+    assert rel_err(y, want_y) <= 1e-12 and rel_err(h, want_h) <= 1e-12
+    assert rel_err(real(u)[0], torch.from_numpy(_loop(system, u.numpy())[0])) <= 1e-12
+
+
+def _onnx_file(path, dims: list) -> str:
+    """An identity graph whose input ``u`` has the given dims (a name: symbolic; an int: fixed)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["u"], ["y"])], "g",
+                              [helper.make_tensor_value_info("u", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    onnx.save(helper.make_model(graph), str(path))
+    return str(path)
+
+
+def test_the_dynamic_length_check_reads_the_second_axis_of_u(tmp_path):
+    """Token ids (B, L) and real inputs (B, L, m) with a symbolic L pass; a fixed L, or an input without a length
+    axis, is refused naming the length (or '?')."""
+    from ssmkit.analysis.onnx_sequence import _check_dynamic_length
+
+    _check_dynamic_length(_onnx_file(tmp_path / "ids.onnx", ["batch", "length"]), "Tokens")
+    _check_dynamic_length(_onnx_file(tmp_path / "real.onnx", ["batch", "length", 2]), "Real")
+    _check_dynamic_length(_onnx_file(tmp_path / "one.onnx", [1, "length", 2]), "Fixed batch")
+    with pytest.raises(NotImplementedError, match=r"Fixed's forward .* one sequence length only \(7\)"):
+        _check_dynamic_length(_onnx_file(tmp_path / "fixed.onnx", ["batch", 7]), "Fixed")
+    with pytest.raises(NotImplementedError, match=r"one sequence length only \(\?\)"):
+        _check_dynamic_length(_onnx_file(tmp_path / "flat.onnx", ["batch"]), "Flat")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # export_onnx_sequence: onnxruntime against the model's forward
 
@@ -189,6 +243,27 @@ def _graph_dims(path: str):
     graph = onnx.load(path)
     opset = {o.domain: o.version for o in graph.opset_import}[""]
     return opset, [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+
+
+def test_sequence_function_is_the_forward_with_flat_real_states():
+    """What the graph computes, eagerly: ``SequenceFunction`` of the converted model (state by default) maps the flat
+    `onnx_state` of a forward state to y and the flat final state, as the model's forward does; without state,
+    u -> (y,) from rest."""
+    from ssmkit.analysis.onnx_export import onnx_state
+    from ssmkit.analysis.onnx_sequence import SequenceFunction, real_sequence_model
+
+    model = _wiener()
+    converted = real_sequence_model(model, chunk_size=4)
+    u, before = torch.randn(2, 9, 2, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        _, s0 = model(before)
+        y, s = model(u, s0)
+        y_rest, _ = model(u)
+        out = SequenceFunction(converted)(u, *(torch.from_numpy(p) for p in onnx_state(model, s0)))
+        alone = SequenceFunction(converted, with_state=False)(u)
+    assert len(out) == 2 and rel_err(out[0], y) <= 1e-12
+    assert rel_err(out[1], torch.from_numpy(onnx_state(model, s)[0])) <= 1e-12
+    assert len(alone) == 1 and rel_err(alone[0], y_rest) <= 1e-12
 
 
 def test_sequence_graph_with_a_dynamic_batch_and_length_continues_the_model(tmp_path):
@@ -218,19 +293,36 @@ def test_sequence_graph_with_a_dynamic_batch_and_length_continues_the_model(tmp_
 
 
 def test_sequence_graph_with_a_fixed_batch_and_no_state(tmp_path):
-    """``batch_size=3, max_length=3, with_state=False``: u -> y from rest, B fixed at 3, L 2 and 3 (the smallest
-    max_length allowed; the example is cut to it)."""
+    """``batch_size=1, max_length=3, with_state=False``, T = 2: u -> y from rest, B fixed at 1 (the smallest allowed),
+    L 2 and 3 (the smallest max_length allowed; the example, 2T + 3 long, is cut to it)."""
     from ssmkit.analysis.onnx_sequence import export_onnx_sequence
 
     pytest.importorskip("onnxscript")
     model = _wiener()
-    info = export_onnx_sequence(model, str(tmp_path / "fixed.onnx"), batch_size=3, max_length=3, with_state=False)
+    info = export_onnx_sequence(model, str(tmp_path / "fixed.onnx"), batch_size=1, max_length=3, chunk_size=2,
+                                with_state=False)
     opset, dims = _graph_dims(info.path)
-    assert dims[0] == 3 and isinstance(dims[1], str)
-    assert info.batch_size == 3 and info.state_names == () and info.output_names == ("y",)
+    assert dims[0] == 1 and isinstance(dims[1], str)
+    assert info.batch_size == 1 and info.state_names == () and info.output_names == ("y",)
     session = _session(info.path)
     for L in (2, 3):
-        u = torch.randn(3, L, 2, dtype=torch.float64)
+        u = torch.randn(1, L, 2, dtype=torch.float64)
         with torch.no_grad():
             y, _ = model(u)
         assert rel_err(torch.from_numpy(session.run(None, {"u": u.numpy()})[0]), y) <= 1e-10, L
+
+
+def test_a_refusal_other_than_a_growing_state_is_passed_on_unchanged(tmp_path, monkeypatch):
+    """Only a growing state gets the hint "with_state=False" (which would not help a complex one): a converted model
+    whose state is complex is refused with `_state_parts`' own message, and nothing is written."""
+    from ssmkit.analysis import onnx_sequence
+
+    class Complex(torch.nn.Module):
+        def initial_state(self, batch_size):
+            return [torch.zeros(batch_size, 2, dtype=torch.complex64)]
+
+    monkeypatch.setattr(onnx_sequence, "real_sequence_model", lambda model, chunk_size: Complex())
+    with pytest.raises(NotImplementedError) as err:
+        onnx_sequence.export_onnx_sequence(_wiener(), str(tmp_path / "complex.onnx"))
+    assert str(err.value).startswith("state part 0 is complex") and "with_state" not in str(err.value)
+    assert not list(tmp_path.iterdir())

@@ -113,7 +113,7 @@ def test_any_chunk_length_gives_the_same_sequence(name, chunk_size):
                                                                      for p in onnx_state(model, s)]) <= 1e-12
 
 
-def test_bad_input_and_options_are_refused():
+def test_bad_input_and_options_are_refused(tmp_path):
     layer = make_layer("s4d")
     with pytest.raises(ValueError, match="chunk_size"):
         RealLTISequence(layer.state_space(), dtype=torch.float64, chunk_size=0)
@@ -121,9 +121,10 @@ def test_bad_input_and_options_are_refused():
     with pytest.raises(ValueError, match=r"\(B, L, 3\)"):
         real(torch.randn(2, 5, H + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="max_length"):
-        export_onnx_sequence(_model("s4d", torch.float32), "unused.onnx", max_length=2)
+        export_onnx_sequence(_model("s4d", torch.float32), tmp_path / "unused.onnx", max_length=2)
     with pytest.raises(ValueError, match="batch_size"):
-        export_onnx_sequence(_model("s4d", torch.float32), "unused.onnx", batch_size=0)
+        export_onnx_sequence(_model("s4d", torch.float32), tmp_path / "unused.onnx", batch_size=0)
+    assert not list(tmp_path.iterdir())  # refused before anything is written (a refusal that wrote went to the cwd)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 
 import pytest
@@ -187,6 +188,7 @@ def test_build_for_bench_passes_only_the_options_the_layer_has(monkeypatch, name
 
 def test_once_times_the_call(clock):
     calls = []
+    clock.advance(3.0)
     assert core._once(lambda: calls.append(clock.advance(0.75))) == 0.75
     assert calls == [None]
 
@@ -199,9 +201,11 @@ class RecordingLayer(torch.nn.Module):
         self.backends = backends
         self.w = torch.nn.Parameter(torch.tensor(2.0))
         self.calls = []
+        self.inputs = []
 
     def forward(self, x, return_state=True):
         self.calls.append((get_backend(), return_state, torch.is_grad_enabled(), tuple(x.shape)))
+        self.inputs.append(x.detach())
         y = self.w * x
         return y, (self.w * x[:, -1] if return_state else None)
 
@@ -221,7 +225,8 @@ class RecordingGradients(backward.OutputGradients):
 ])
 def test_measure_layer_rows_are_medians_of_interleaved_rounds(monkeypatch, layer_backends, expected_backends):
     layer = RecordingLayer(layer_backends)
-    monkeypatch.setattr(core, "build_for_bench", lambda *args: layer)
+    built = []
+    monkeypatch.setattr(core, "build_for_bench", lambda *args: built.append(args) or layer)
     monkeypatch.setattr(core, "OutputGradients", RecordingGradients)
     RecordingGradients.log = []
     repeats, B, H, N, L = 3, 2, 3, 4, 5
@@ -231,6 +236,7 @@ def test_measure_layer_rows_are_medians_of_interleaved_rounds(monkeypatch, layer
     values = [1.0 + 0.37 * i + 0.05 * (i % 4) ** 2 for i in range(len(schedule))]  # distinct, not monotone in rounds
     monkeypatch.setattr(core, "_once", scripted(values))
     rows = core.measure_layer("s4d", B, H, N, L, repeats)
+    assert built == [("s4d", H, N, L)]
 
     times = {(b, k): [] for b, k in schedule}
     for (b, k), v in zip(schedule, values):
@@ -262,7 +268,17 @@ def test_measure_layer_rows_are_medians_of_interleaved_rounds(monkeypatch, layer
     fb = [k for _, k in schedule if k.startswith("forward_backward")]
     assert RecordingGradients.log == [(True, True)] * len(expected_backends[:-1]) + [
         (True, "no_state" not in k) for k in fb]
-    assert layer.w.grad is not None and layer.w.grad.item() != 0
+    # the gradient is the last call's alone (cleared before each): y = w x, h = w x[:, -1] from the fixed ∂ℓ/∂y, ∂ℓ/∂h
+    x = layer.inputs[-1]
+    assert all(torch.equal(x, other) for other in layer.inputs)  # one input throughout
+    g = backward.OutputGradients()
+    g_y, g_h = g.grad_for(x), g.grad_for(x[:, -1])
+    assert layer.w.grad.item() == pytest.approx(float((g_y * x).sum() + (g_h * x[:, -1]).sum()), rel=1e-5)
+    # the input is drawn after a fixed seed: a second run sees the same one
+    torch.manual_seed(123)
+    monkeypatch.setattr(core, "_once", scripted(values))
+    core.measure_layer("s4d", B, H, N, L, repeats)
+    assert torch.equal(layer.inputs[-1], x)
 
 
 def test_measure_layer_times_a_real_layer_with_the_real_clock_kept_out(monkeypatch):
@@ -292,7 +308,9 @@ def test_core_main_passes_its_defaults_and_prints_the_table(monkeypatch, tmp_pat
     assert seen == [(name, 8, 128, 64, 4096, 3) for name in core.LAYERS]
     assert core.LAYERS == ("s4d", "s4", "s5", "lru")
     out = capsys.readouterr().out
-    assert out.startswith("ssmkit bench core: B=8, H=128, N=64, L=4096; the machine\n")
+    assert out.startswith("ssmkit bench core: B=8, H=128, N=64, L=4096; the machine\n| layer | backend | forward ms | "
+                          "vs loop | forward+backward ms | vs loop | forward, no state | fwd+bwd, no state |\n"
+                          "|---|---|---|---|---|---|---|---|\n")
     assert "| s4d | auto | 12.3 | 12.3x | 45.6 | 5.7x | 7.1 | 30.2 |" in out
     assert "| s4d | reference | 500.0 | 1.0x | 900.0 | 1.0x | - | - |" in out
     seen.clear()
@@ -427,11 +445,19 @@ def plot_rows():
 
 
 def test_plot_draws_time_and_time_over_the_expected_complexity(monkeypatch, tmp_path):
-    pytest.importorskip("matplotlib")
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
     figures = []
     monkeypatch.setattr(cases, "save_figure", lambda fig, path: figures.append((fig, path)))
     rows = plot_rows()
-    paths = cases.plot(rows, str(tmp_path))
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        paths = cases.plot(rows, str(tmp_path))
+        assert matplotlib.get_backend().lower() == "agg"  # no display needed
+    finally:
+        matplotlib.use(before)
     assert paths == [str(tmp_path / "time_vs_length.png"), str(tmp_path / "bounds.png")]
     assert [p for _, p in figures] == paths
     ax_t, ax_n = figures[0][0].axes
@@ -461,7 +487,20 @@ def test_plot_draws_time_and_time_over_the_expected_complexity(monkeypatch, tmp_
         assert f.get_y() + f.get_height() / 2 == pytest.approx(i + 0.2)
         assert b.get_height() == pytest.approx(0.4)
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"{r['case']} {r['impl']}" for r in rows]
-    assert ax.get_xscale() == "log"
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "achieved fraction (1 = at the limit)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["of the bytes bound", "of the FLOP bound"]
+    # the axes' labels, the legends, the tight layout (the default subplot box starts at x = 0.125) and the closing
+    assert (ax_t.get_xlabel(), ax_t.get_ylabel(), ax_t.get_title()) == ("L", "ms", "time against L")
+    assert (ax_n.get_xlabel(), ax_n.get_ylabel()) == ("L", "ns per L (scans) or per L log2 L (FFT)")
+    assert ax_n.get_title() == "time / expected complexity (flat = as expected)"
+    for a in (ax_t, ax_n):
+        texts = a.get_legend().get_texts()
+        assert [t.get_text() for t in texts] == [line.get_label() for line in a.lines]
+        assert {t.get_fontsize() for t in texts} == {6.0}
+    for fig, _ in figures:
+        assert fig.axes[0].get_position().x0 < 0.1
+        assert not plt.fignum_exists(fig.number)
+    assert figures[1][0].get_size_inches()[1] == pytest.approx(0.3 * len(rows) + 1.5)
 
 
 def test_cases_main_runs_every_combination_and_prints_the_ratios(monkeypatch, tmp_path, capsys):
@@ -492,7 +531,10 @@ def test_cases_main_runs_every_combination_and_prints_the_ratios(monkeypatch, tm
     assert [m[0] for m in seen["measure"]] == expected_cases
     assert all(m[1:] == (["loop"], "f.py", True, 2, 2e9, 5e10) for m in seen["measure"])
     printed = capsys.readouterr().out
-    assert "copy 2.0 GB/s, GEMM 50.0 GFLOP/s" in printed
+    assert printed.startswith("ssmkit bench cases; the machine; copy 2.0 GB/s, GEMM 50.0 GFLOP/s\n| case | "
+                              "implementation | ms | x ssmkit[auto] | of bytes bound | of FLOP bound |\n"
+                              "|---|---|---|---|---|---|\n")
+    assert printed.endswith(f"wrote {out / 'bench.json'} (no matplotlib: no plots)\n")
     assert "| s4d-B1-L8-H3-N4-float64-forward | loop | 24.00 | 3.00 | 12.5 % | 6.2 % |" in printed
     assert "| s4d-B1-L8-H3-N4-float64-forward | ssmkit[auto] | 8.00 | 1.00 | 50.0 % | 25.0 % |" in printed
     assert "| dss-B2-L8-H3-N4-float64-step | loop | 24.00 | nan | 12.5 % | 6.2 % |" in printed
@@ -504,11 +546,11 @@ def test_cases_main_runs_every_combination_and_prints_the_ratios(monkeypatch, tm
     assert len(result["rows"]) == 3 * len(expected_cases) // 2
 
 
-def test_cases_main_defaults(monkeypatch, tmp_path):
+def test_cases_main_defaults(monkeypatch, tmp_path, capsys):
     seen = []
     monkeypatch.setattr(cases, "copy_bandwidth", lambda mb: seen.append(("copy", mb)) or 1.0)
     monkeypatch.setattr(cases, "gemm_flops", lambda size: seen.append(("gemm", size)) or 1.0)
-    monkeypatch.setattr(cases, "plot", lambda rows, out: [])
+    monkeypatch.setattr(cases, "plot", lambda rows, out: [f"{out}/a.png", f"{out}/b.png"])
     monkeypatch.setattr(cases, "measure_case", lambda *args: seen.append(args) or ([], []))
     monkeypatch.chdir(tmp_path)
     assert cases.main([]) == 0
@@ -518,6 +560,8 @@ def test_cases_main_defaults(monkeypatch, tmp_path):
     assert got == [(layer, 8, L, 128, 64, "float32", mode) for layer in ("s4d", "s4") for L in (1024, 4096, 16384)
                    for mode in ("forward", "forward_backward")]
     assert all(args[1:5] == (list(cases.PEERS), None, False, 3) for args in seen[2:])
+    assert capsys.readouterr().out.endswith(
+        f"wrote {os.path.join('bench-out', 'bench.json')}, bench-out/a.png, bench-out/b.png\n")
 
 
 # -------------------------------------------------------------------------------------------------- crossover
@@ -597,7 +641,8 @@ def test_crossover_main_times_both_paths_and_prints_the_entries(monkeypatch, tmp
     assert [c[3:] for c in calls] == [(s, b, False) for b in ("chunked", "fft") for s in (True, False)] * 3
     assert [c[:3] for c in calls] == [((2, L, 3), (3, 3), True) for L in (8, 16, 32) for _ in range(4)]
     printed = capsys.readouterr().out
-    assert printed.startswith("ssmkit bench crossover: B=2, H=3, N=6, float32, forward; the machine\n")
+    assert printed.startswith("ssmkit bench crossover: B=2, H=3, N=6, float32, forward; the machine\n"
+                              "| L | state | chunked ms | fft ms | fft / chunked |\n|---|---|---|---|---|\n")
     assert "FFT_LENGTHS[('cpu', True)] = (16, None)" in printed
     assert "FFT_LENGTHS[('cpu', False)] = (32, None)" in printed
     assert "| 16 | yes | 32.00 | 16.00 | 0.50 |" in printed and "| 8 | no | 16.00 | 32.00 | 2.00 |" in printed
@@ -783,7 +828,8 @@ def test_step_main_passes_every_shape_and_prints_tokens_per_second(monkeypatch, 
     assert step.main([]) == 0
     assert seen == [(layers.available(), b, h, 64, 400, 7) for b in (1, 8) for h in (128, 256)]
     out = capsys.readouterr().out
-    assert out.startswith("ssmkit bench step: N=64, float32, no_grad, 400 steps x 7 rounds; the machine\n")
+    assert out.startswith("ssmkit bench step: N=64, float32, no_grad, 400 steps x 7 rounds; the machine\n"
+                          "| layer | B | H | µs/step | tokens/s | x bare |\n|---|---|---|---|---|---|\n")
     assert "| bare | 8 | 256 | 12.3 | 1,234,568 | 1.00x |" in out
     seen.clear()
     path = tmp_path / "step.json"
@@ -952,7 +998,8 @@ def test_contention_main_runs_every_case_and_prints_the_loaded_range(monkeypatch
     assert seen == [(Case("s4d", 8, 4096, 128, 64, "float32", mode), ["official-s4"], None, 1, "spin", 5)
                     for mode in ("forward", "forward_backward")]
     out = capsys.readouterr().out
-    assert out.startswith("ssmkit bench contention: 1 busy process(es) (spin); the machine\n")
+    assert out.startswith("ssmkit bench contention: 1 busy process(es) (spin); the machine\n| case | implementation | "
+                          "aten ops | alone ms | loaded ms | slow-down | loaded range ms |\n|---|---|---|---|---|---|---|\n")
     assert "| s4d-B8-L4096-H128-N64-float32-forward | loop | 12 | 2.00 | 5.00 | 2.50x | 3.10-7.00 |" in out
     assert out.count("note: n1") == 1
     seen.clear()
@@ -975,3 +1022,49 @@ def test_contention_main_refuses_a_negative_busy_count(capsys):
         contention.main(["--busy", "-1"])
     assert exit_.value.code == 2
     assert "--repeats must be >= 1 and --busy >= 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------- the scripts
+
+
+@pytest.mark.parametrize("suite,argv", [
+    ("core", ["--layers", "s4d", "--batch", "1", "--d-model", "2", "--d-state", "2", "--length", "4",
+              "--repeats", "1"]),
+    ("crossover", ["--batch", "1", "--d-model", "2", "--d-state", "2", "--length", "4", "--repeats", "1"]),
+    ("step", ["--layers", "s4d", "--batch", "1", "--d-model", "2", "--d-state", "2", "--steps", "1",
+              "--repeats", "1"]),
+    ("contention", ["--batch", "1", "--d-model", "2", "--d-state", "2", "--length", "4", "--modes", "forward",
+                    "--peers", "--busy", "0", "--repeats", "1"]),
+    ("cases", ["--layers", "s4d", "--batch", "1", "--d-model", "2", "--d-state", "2", "--length", "4", "--modes",
+               "forward", "--peers", "--repeats", "1", "--copy-mb", "1", "--gemm-size", "4", "--out", "OUT"]),
+])
+def test_each_suite_runs_as_a_script(monkeypatch, capsys, tmp_path, suite, argv):
+    """``python -m ssmkit.bench.<suite>`` runs the suite's main and exits with its status."""
+    import runpy
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", [suite, *[str(tmp_path) if a == "OUT" else a for a in argv]])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # no plots: they are checked above
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
+        warnings.simplefilter("ignore", RuntimeWarning)  # the module is already imported (by this file)
+        runpy.run_module(f"ssmkit.bench.{suite}", run_name="__main__")
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"ssmkit bench {suite}")
+
+
+@pytest.mark.parametrize("module", [core, cases, crossover, step, contention])
+def test_each_suite_describes_itself_by_its_first_docstring_line(module, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(module.__doc__.splitlines()[0].split()) in help_text
+
+
+def test_plot_without_matplotlib_draws_nothing(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cases.plot(plot_rows(), str(tmp_path)) == []
+    assert list(tmp_path.iterdir()) == []

@@ -485,8 +485,9 @@ def test_plot_draws_time_and_time_over_the_expected_complexity(monkeypatch, tmp_
             r["flops_fraction"])
         assert b.get_y() + b.get_height() / 2 == pytest.approx(i - 0.2)
         assert f.get_y() + f.get_height() / 2 == pytest.approx(i + 0.2)
-        assert b.get_height() == pytest.approx(0.4)
+        assert b.get_height() == pytest.approx(0.4) and f.get_height() == pytest.approx(0.4)
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"{r['case']} {r['impl']}" for r in rows]
+    assert {t.get_fontsize() for t in ax.get_yticklabels()} == {6.0}
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "achieved fraction (1 = at the limit)"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["of the bytes bound", "of the FLOP bound"]
     # the axes' labels, the legends, the tight layout (the default subplot box starts at x = 0.125) and the closing
@@ -521,6 +522,7 @@ def test_cases_main_runs_every_combination_and_prints_the_ratios(monkeypatch, tm
 
     monkeypatch.setattr(cases, "measure_case", measure_case)
     out = tmp_path / "out"
+    out.mkdir()  # an existing folder is fine
     argv = ["--layers", "s4d", "dss", "--batch", "1", "2", "--length", "8", "--d-model", "3", "--d-state", "4",
             "--dtype", "float64", "--modes", "forward", "step", "--peers", "loop", "--s4-file", "f.py",
             "--reference", "--repeats", "2", "--copy-mb", "3", "--gemm-size", "16", "--out", str(out)]

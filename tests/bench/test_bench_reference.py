@@ -501,7 +501,8 @@ def test_plot_draws_time_and_time_over_the_expected_complexity(monkeypatch, tmp_
     for fig, _ in figures:
         assert fig.axes[0].get_position().x0 < 0.1
         assert not plt.fignum_exists(fig.number)
-    assert figures[1][0].get_size_inches()[1] == pytest.approx(0.3 * len(rows) + 1.5)
+    assert list(figures[0][0].get_size_inches()) == pytest.approx([12, 4.5])
+    assert list(figures[1][0].get_size_inches()) == pytest.approx([12, 0.3 * len(rows) + 1.5])
 
 
 def test_cases_main_runs_every_combination_and_prints_the_ratios(monkeypatch, tmp_path, capsys):

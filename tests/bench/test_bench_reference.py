@@ -743,6 +743,7 @@ def test_time_steps_times_the_steps_and_threads_the_state(clock):
         return None, state + 1
 
     inputs = torch.zeros(5, 2, 3)
+    clock.advance(7.0)
     assert step._time_steps(fn, 10, inputs, frozen=False) == (0.625, 15)
     assert seen == [((2, 3), 10 + i, False) for i in range(5)]
     seen.clear()
@@ -816,6 +817,11 @@ def test_measure_shape_times_the_bare_step_and_each_layer_twice(monkeypatch):
         assert state is not state_frozen
         assert [t.shape for t in (state if isinstance(state, tuple) else (state,))] == [
             t.shape for t in (lambda s: s if isinstance(s, tuple) else (s,))(layer.initial_state(2))]
+    # the layers are built after a fixed seed: a second call builds the same weights
+    torch.manual_seed(99)
+    step.measure_shape(["s4d"], 2, 3, 4, 5, 6)
+    again = captured[-1][0]["s4d"][0].__self__
+    assert all(torch.equal(a, b) for a, b in zip(steppers["s4d"][0].__self__.parameters(), again.parameters()))
 
 
 def test_step_main_passes_every_shape_and_prints_tokens_per_second(monkeypatch, tmp_path, capsys):

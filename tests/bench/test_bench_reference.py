@@ -603,6 +603,7 @@ def test_scan_problem_draws_cover_their_ranges():
     ({256: 0.9, 512: 1.0, 1024: 0.9, 2048: 1.1}, (256, 512)),  # equally long runs: the first one
     ({256: 0.5, 512: 2.0, 1024: 0.5, 2048: 0.6, 4096: 3.0, 8192: 0.1}, (1024, 4096)),
     ({256: 1.5, 512: 0.5, 1024: 0.4, 2048: 2.0, 4096: 0.3, 8192: 0.2, 16384: 0.1}, (4096, None)),
+    ({256: 0.5, 512: 0.5, 1024: 0.5, 2048: 2.0, 4096: 0.5, 8192: 0.5}, (256, 2048)),  # a shorter run later
     ({}, None),
 ])
 def test_fft_span_is_the_longest_winning_run(ratios, expected):
@@ -615,6 +616,8 @@ def test_crossover_main_times_both_paths_and_prints_the_entries(monkeypatch, tmp
     def ssm_scan(u, A_bar, B_bar, C, D=None, return_state=True, backend="auto"):
         calls.append((tuple(u.shape), tuple(A_bar.shape), D is not None, return_state, backend,
                       torch.is_grad_enabled()))
+        problem = crossover.scan_problem(2, 3, 6, u.shape[1])
+        assert all(torch.equal(a, b) for a, b in zip((u, A_bar, B_bar, C, D), problem))  # each in its place
 
     # fft / chunked per L and state: fft wins at 16 and 32 with the state and only at 32 without
     fft_over = {(8, True): 1.5, (16, True): 0.5, (32, True): 0.75, (8, False): 2.0, (16, False): 1.25,
@@ -1077,3 +1080,21 @@ def test_plot_without_matplotlib_draws_nothing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert cases.plot(plot_rows(), str(tmp_path)) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_crossover_main_waits_for_an_accelerator_after_each_call(monkeypatch, capsys):
+    """On a device other than the CPU every timed call ends with ``torch.cuda.synchronize()`` (asynchronous
+    kernels); on the CPU none does. The scan and the synchronisation are stubs here (the meta device)."""
+    events = []
+    monkeypatch.setattr(crossover, "ssm_scan", lambda u, *args, **kwargs: events.append(("scan", u.device.type)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: events.append(("sync",)))
+    monkeypatch.setattr(crossover, "machine", lambda: "the machine")
+    monkeypatch.setattr(crossover, "time_interleaved", lambda fns, repeats: {
+        k: [1.0] for k in limits.time_interleaved(fns, repeats)})  # the calls, without dividing by a tiny time
+    argv = ["--batch", "1", "--d-model", "2", "--d-state", "2", "--length", "4", "--repeats", "1"]
+    assert crossover.main(argv + ["--device", "meta"]) == 0
+    assert events == [("scan", "meta"), ("sync",)] * 8  # 4 entries: one warm-up and one timed call each
+    assert "FFT_LENGTHS[('meta', True)]" in capsys.readouterr().out
+    events.clear()
+    assert crossover.main(argv) == 0
+    assert events == [("scan", "cpu")] * 8

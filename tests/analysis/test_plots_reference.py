@@ -15,6 +15,7 @@ from scipy import signal
 from ssmkit.analysis import plots
 from ssmkit.analysis.layerwise import LayerAnalysis
 from ssmkit.analysis.statespace import StateSpace
+from tests.conftest import signature_defaults
 
 pytest.importorskip("matplotlib")
 
@@ -168,6 +169,34 @@ def test_bode_grid_starts_a_decade_below_the_slowest_corner_but_not_below_1e_7_n
         (line,) = figures["b.png"].axes[0].get_lines()
         np.testing.assert_allclose(line.get_xdata(), np.logspace(np.log10(lowest), np.log10(nyquist), 7), rtol=1e-12)
         assert figures["b.png"].axes[0].get_xlabel() == "ω (rad/sample)"
+    fast = StateSpace(system.A, system.B, system.C, system.D, dt=1e-3)  # Nyquist 3142 rad/s: τ = 0.5 s is slow
+    plots.plot_bode([analysis(fast, 0.5)], "b.png", channels=1, points=7)
+    (line,) = figures["b.png"].axes[0].get_lines()
+    np.testing.assert_allclose(line.get_xdata(), np.logspace(np.log10(0.2), np.log10(math.pi / 1e-3), 7), rtol=1e-12)
+
+
+def test_a_zero_transfer_function_is_drawn_at_the_floor(figures):
+    system = bank(1, 2, 1, 1, seed=9)
+    silent = StateSpace(system.A, system.B, np.zeros_like(system.C), np.zeros_like(system.D))
+    plots.plot_bode([analysis(silent, 1.0)], "b.png", points=5)
+    (line,) = figures["b.png"].axes[0].get_lines()
+    np.testing.assert_array_equal(line.get_ydata(), np.full(5, 20 * np.log10(1e-300)))  # -6000 dB, not -inf
+
+
+def test_grids_and_defaults(figures):
+    result = analysis(bank(1, 2, 1, 1, seed=10), 1.0)
+    plots.plot_bode([result], "b.png")
+    plots.plot_responses([result], "r.png")
+    for ax in figures["b.png"].axes:  # major and minor grid lines on the log axis
+        assert ax.xaxis.get_gridlines()[0].get_visible() and ax.yaxis.get_gridlines()[0].get_visible()
+        assert ax.xaxis._minor_tick_kw.get("gridOn") and len(ax.get_lines()[0].get_xdata()) == 400
+    for ax in figures["r.png"].axes:
+        assert ax.xaxis.get_gridlines()[0].get_visible() and not ax.xaxis._minor_tick_kw.get("gridOn")
+    expected = {plots.plot_bode: {"channels": 8, "points": 400}, plots.plot_responses: {"channels": 8, "longest": 1024}}
+    for function, values in expected.items():
+        assert {k: signature_defaults(function)[k] for k in values} == values
+        doc = " ".join(function.__doc__.split())
+        assert all(f"default {v})" in doc for v in values.values())
 
 
 def test_a_figure_has_a_row_per_layer(figures):

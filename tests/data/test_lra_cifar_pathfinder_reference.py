@@ -505,14 +505,15 @@ class _Scripted:
     ``integers`` returns the scripted integers in turn."""
 
     def __init__(self, choices=(), integers=()):
-        self.choices, self.ints, self.pmfs = list(choices), list(integers), []
+        self.choices, self.ints, self.pmfs, self.calls = list(choices), list(integers), [], []
 
     def choice(self, n, p):
         assert len(p) == n
         self.pmfs.append(np.asarray(p, float))
         return self.choices.pop(0)
 
-    def integers(self, low, high=None, size=None):
+    def integers(self, *args):
+        self.calls.append(args)
         return self.ints.pop(0)
 
 
@@ -767,16 +768,22 @@ def test_target_snakes_follow_the_construction(bare_renders):
 def test_distractor_attempts_leave_the_canvas_as_it_was_on_failure(monkeypatch):
     from ssmkit.data import pathfinder
 
-    calls = []
-    original = pathfinder._distractor
+    calls, drawn = [], []
+    original, draw = pathfinder._distractor, pathfinder._Canvas.draw
 
     def spy(c):
         before = c.image.copy(), c.occupied.copy()
+        drawn.clear()
         ok = original(c)
-        calls.append((ok, before, c.image.copy(), c.occupied.copy(), c.p))
+        calls.append((ok, before, c.image.copy(), c.occupied.copy(), list(drawn)))
         return ok
 
+    def draw_spy(self, segment, contrast):
+        drawn.append((np.array(segment[0], float), np.array(segment[1], float), contrast))
+        return draw(self, segment, contrast)
+
     monkeypatch.setattr(pathfinder, "_distractor", spy)
+    monkeypatch.setattr(pathfinder._Canvas, "draw", draw_spy)
     p = _params(num_distractors=6, max_distractor_retrial=2, snake_contrasts=(0.6,))
     for i in range(3):
         calls.clear()
@@ -788,8 +795,19 @@ def test_distractor_attempts_leave_the_canvas_as_it_was_on_failure(monkeypatch):
                 if calls[k - 1][0]:
                     break
         assert k == len(calls)
-        for ok, (image0, occupied0), image1, occupied1, _ in calls:
+        for snake in detail["segments"]:  # the target paddles are in the occupancy before any distractor
+            for a, b in snake:
+                foot = _coverage_grid(32, a, b, p.thickness / 2 + 1, p.antialias)
+                assert bool((calls[0][1][1] >= foot - 1e-12).all())
+        for ok, (image0, occupied0), image1, occupied1, segments in calls:
             if ok:
+                assert len(segments) == p.distractor_length and all(con == 0.6 for _, _, con in segments)
+                _check_chain([(a, b) for a, b, _ in segments], p, 1)
+                tail = segments[0][0]
+                assert bool(((tail >= 1) & (tail <= 30)).all()) and occupied0[int(tail[0]), int(tail[1])] < 0.3
+                for a, b, _ in segments:  # every paddle joins the occupancy, widened by the margin
+                    foot = _coverage_grid(32, a, b, p.thickness / 2 + 1, p.antialias)
+                    assert bool((occupied1 >= foot - 1e-12).all())
                 assert bool((image1 >= image0).all()) and (image1 > image0).any() and (occupied1 >= occupied0).all()
                 quarters = image1[image1 > image0] / 0.6 * 4  # snake contrast 0.6 times a coverage in quarters
                 assert np.allclose(quarters, np.round(quarters), atol=1e-9) and quarters.max() <= 4 + 1e-9
@@ -906,3 +924,69 @@ def test_target_paddles_take_their_snakes_contrast_times_the_steps_paddle_contra
         seen_mu.add(mu)
         seen_pc.update(f[0] for f in factors[2:])
     assert len(seen_mu) > 1 and seen_pc == set(pcs)
+
+
+def test_distractor_needs_one_percent_free_and_a_free_inner_pixel():
+    """No distractor once under 1 % of the image is free; its seed is a free pixel off the outer ring, with a
+    whole-degree orientation in [−180°, 180°) (the draws are read off a scripted generator)."""
+    from ssmkit.data.pathfinder import _Canvas, _distractor
+
+    c = _Canvas(_params(window=20, padding=0), _Scripted(), 1)
+    for free in ([], [(5, 4), (9, 9), (12, 3)], [(0, 3)], [(19, 3)], [(4, 0)], [(4, 19)]):  # 0.75 %, or the ring
+        c.occupied = np.ones((20, 20))
+        for y, x in free:
+            c.occupied[y, x] = 0.0
+        c.rng = _Scripted(integers=[90, 0] * 3)
+        assert not _distractor(c) and len(c.rng.ints) == 6 and c.rng.calls == []
+    c.occupied[5, 4] = c.occupied[9, 9] = c.occupied[12, 3] = c.occupied[15, 15] = 0.0  # 1 %: tried
+    image, occupied = c.image.copy(), c.occupied.copy()
+    c.rng = _Scripted(integers=[90, 0] * 3)
+    assert not _distractor(c) and c.rng.ints == []  # every seed collides; the canvas is left as it was
+    assert c.rng.calls == [(-180, 180), (4,)] * 3
+    assert np.array_equal(c.image, image) and np.array_equal(c.occupied, occupied)
+
+
+class _Recording:
+    """A numpy generator that records each draw's method, arguments and result."""
+
+    def __init__(self, seed):
+        self.g, self.calls = np.random.default_rng(seed), []
+
+    def integers(self, *args):
+        out = self.g.integers(*args)
+        self.calls.append(("integers", args, int(out)))
+        return out
+
+    def choice(self, n, p):
+        out = self.g.choice(n, p=p)
+        self.calls.append(("choice", (n,), int(out)))
+        return out
+
+    def shuffle(self, x):
+        self.calls.append(("shuffle", (list(x),), None))
+        self.g.shuffle(x)
+
+
+def test_render_draws_follow_the_documented_laws():
+    """Label ~ Bernoulli(0.5) first, then the margin from the list; per pair attempt the doubled snake contrasts
+    shuffled, whole-degree orientations in [−180°, 180°), the first seed uniform over the 4 × 4 central zone of
+    pixels 2 · seed_distance from the borders, the second's direction in [0°, 360°); contrasts from their lists;
+    finally which snake carries the first marker."""
+    from ssmkit.data.pathfinder import render_pathfinder
+
+    p = _params(num_distractors=0, margins=(1, 1), paddle_contrasts=(0.75, 0.5), snake_contrasts=(0.6, 0.35))
+    allowed = {(0, 2), (-180, 180), (16,), (0, 360), (2,)}
+    for i in range(4):
+        rng = _Recording(np.random.SeedSequence([11, i]))
+        _, label, detail = render_pathfinder(p, rng)
+        calls = rng.calls
+        assert calls[0][:2] == ("integers", (0, 2)) and calls[0][2] == label
+        assert calls[1][:2] == ("integers", (2,))
+        m = p.margins[calls[1][2]]
+        assert calls[2] == ("shuffle", ([0.6, 0.35, 0.6, 0.35],), None)
+        assert calls[3][:2] == ("integers", (-180, 180)) and calls[4][:2] == ("integers", (16,))
+        assert calls[-1][:2] == ("integers", (0, 2)) and calls[-1][2] == detail["marked"][0]
+        assert all(args in allowed for kind, args, _ in calls[2:] if kind == "integers")
+        assert sum(kind == "shuffle" for kind, _, _ in calls) >= 1
+        for snake in detail["segments"]:
+            _check_chain(snake, p, m)

@@ -516,6 +516,9 @@ class _Scripted:
         self.calls.append(args)
         return self.ints.pop(0)
 
+    def shuffle(self, x):
+        pass
+
 
 def test_canvas_starts_with_the_padding_occupied_and_the_margin_disc():
     from ssmkit.data.pathfinder import _Canvas
@@ -542,6 +545,7 @@ def test_canvas_starts_with_the_padding_occupied_and_the_margin_disc():
     ((-1.5, 4.0), (2.0, 4.5), 1.0),  # partly outside the image
     ((0.4, 10.6), (11.2, 0.3), 0.5),  # corner to corner
     ((-9.0, -9.0), (-6.0, -5.0), 1.0),  # wholly outside: nothing
+    ((-9.0, 3.0), (-6.0, 5.0), 1.0),  # above the image, within its columns: nothing
 ])
 def test_segment_coverage_matches_a_subpixel_loop(a, b, radius):
     from ssmkit.data.pathfinder import _Canvas
@@ -564,7 +568,7 @@ def test_canvas_occupancy_collision_free_and_inside():
 
     c = _Canvas(_params(window=6, padding=0), np.random.default_rng(0), 1)
     occupied = np.zeros((6, 6))
-    occupied[1, 2], occupied[3, 3], occupied[4, 0] = 0.8, 0.3, 0.29
+    occupied[1, 2], occupied[3, 3], occupied[4, 0], occupied[2, 5] = 0.8, 0.3, 0.29, 0.3
     c.occupy(occupied)
     assert np.array_equal(c.occupied, occupied)
     foot = np.zeros((6, 6))
@@ -579,7 +583,7 @@ def test_canvas_occupancy_collision_free_and_inside():
     want[3, 3] = 0.4
     assert np.array_equal(c.occupied, want)
     free = np.ones((6, 6), bool)
-    free[1, 2] = free[3, 3] = False  # occupancy 0.3 and more is not free; 0.29 is
+    free[1, 2] = free[3, 3] = free[2, 5] = False  # occupancy 0.3 and more is not free; 0.29 is
     assert np.array_equal(c.free(), free)
     for point, inside in (((0, 0), True), ((5.9, 5.9), True), ((6, 0), False), ((0, 6), False),
                           ((-0.1, 3), False), ((3, -1e-9), False)):
@@ -630,24 +634,53 @@ def _extend_reference(c, pivot, theta):
     return new_pivot, coords, np.array(weights), orients
 
 
-@pytest.mark.parametrize("continuity, margin", [(1.0, 1), (1.8, 2), (0.5, 1)])
-def test_extend_draws_from_the_ring_with_the_orientation_law(continuity, margin):
+@pytest.mark.parametrize("continuity, margin, pivot, degrees, padding", [
+    (1.0, 1, (6.3, 7.1), 40, 1), (1.8, 2, (6.3, 7.1), 40, 1), (0.5, 1, (6.3, 7.1), 40, 1),
+    (1.0, 1, (1.0, 3.0), 0, 0),  # along the top edge: neighbours outside the image count as free
+    (1.0, 1, (22.0, 10.0), 0, 0),  # along the bottom edge: ring points past it are no candidates
+    (1.0, 1, (10.0, 22.0), 90, 0),  # down the right edge
+    (1.0, 1, (0.0, 3.0), 0, 0),  # a ring point exactly on row 0 is a candidate
+    (1.0, 1, (24.0, 10.0), 0, 0),  # one exactly on row 24 (= window) is not
+    (1.0, 1, (1.0, 3.0), 0, 1),  # the occupied padding of row 0 read as a neighbour
+    (1.0, 1, (22.0, 10.0), 0, 1),  # and of row 23
+])
+def test_extend_draws_from_the_ring_with_the_orientation_law(continuity, margin, pivot, degrees, padding):
     from ssmkit.data.pathfinder import _Canvas
 
-    p = _params(window=24, paddle_length=3, continuity=continuity)
-    rng = _Scripted(choices=[5])
-    c = _Canvas(p, rng, margin)
+    p = _params(window=24, paddle_length=3, continuity=continuity, padding=padding)
+    c = _Canvas(p, _Scripted(), margin)
     blob = np.zeros((24, 24))
     blob[12:15, 14:18] = 0.6  # some occupancy near the ring
     blob[9, 16] = 0.2
     c.occupy(blob)
-    pivot, theta = np.array([6.3, 7.1]), math.radians(40)
+    pivot, theta = np.array(pivot), math.radians(degrees)
     new_pivot, coords, weights, orients = _extend_reference(c, pivot, theta)
+    k = len(coords) // 2
+    c.rng = rng = _Scripted(choices=[k])
     (start, end), foot, got_pivot, orient = c.extend(pivot, theta)
     assert len(rng.pmfs) == 1 and np.allclose(rng.pmfs[0], weights / weights.sum(), atol=1e-12, rtol=0)
-    assert np.allclose(got_pivot, new_pivot) and np.allclose(end, coords[5]) and math.isclose(orient, orients[5])
-    u = np.array([math.sin(orients[5]), math.cos(orients[5])])
-    assert np.allclose(start, np.array(coords[5]) - 3 * u) and np.allclose(foot, c.footprint(start, end))
+    assert np.allclose(got_pivot, new_pivot) and np.allclose(end, coords[k]) and math.isclose(orient, orients[k])
+    u = np.array([math.sin(orients[k]), math.cos(orients[k])])
+    assert np.allclose(start, np.array(coords[k]) - 3 * u) and np.allclose(foot, c.footprint(start, end))
+
+
+def test_target_pair_from_scripted_draws():
+    """The seed zone's first pixel, θ = 0 for snake 1; snake 2 seven pixels up (φ = 270°), its paddle pointing out
+    of the image twice (drawn again) and then down: max_paddle_retrial + 1 = 3 tries; a fourth would end the pair."""
+    from ssmkit.data.pathfinder import _Canvas, _DeadEnd, _target_pair
+
+    p = _params(paddle_length=14, contour_length=1, num_distractors=0)
+    script = [0, 0, 0, -90, 270, -90, 270, 90, 270, 0]
+    c = _Canvas(p, _Scripted(integers=script), 1)
+    segments, starts, ends = _target_pair(c)
+    assert c.rng.ints == []
+    assert np.allclose(segments[0][0][0], (14, 14)) and np.allclose(segments[0][0][1], (14, 28))
+    assert np.allclose(segments[1][0][0], (7, 14)) and np.allclose(segments[1][0][1], (21, 14))
+    assert np.allclose(starts, [(14, 14), (7, 14)]) and np.allclose(ends, [(14, 28), (21, 14)])
+    c = _Canvas(p, _Scripted(integers=[0, 0, 0] + [-90, 270] * 3 + [90, 270, 0]), 1)
+    with pytest.raises(_DeadEnd):
+        _target_pair(c)
+    assert c.rng.ints == [90, 270, 0]
 
 
 def test_extend_redraws_a_colliding_paddle_then_dead_ends():
@@ -740,13 +773,19 @@ def bare_renders():
 
 
 def test_render_is_the_targets_and_markers_rescaled(bare_renders):
+    from ssmkit.data.pathfinder import render_pathfinder
+
     p, renders = bare_renders
     half = p.thickness / 2 + 0.25 / p.antialias
-    for image, label, detail in renders:
+    bright = _params(num_distractors=0)  # paddles of 0.75 · 2 = 1.5 over markers of 1: the maximum is 1.5
+    renders = [(0.75 * 0.6, r) for r in renders] + [
+        (0.75 * 2.0, render_pathfinder(bright, np.random.default_rng(np.random.SeedSequence([42, i])))) for i in
+        range(2)]
+    for contrast, (image, label, detail) in renders:
         raw = np.zeros((32, 32))
         for snake in detail["segments"]:
             for a, b in snake:
-                raw = np.maximum(raw, 0.75 * 0.6 * _coverage_grid(32, a, b, half, p.antialias))
+                raw = np.maximum(raw, contrast * _coverage_grid(32, a, b, half, p.antialias))
         for centre in detail["markers"]:
             raw = np.maximum(raw, _coverage_grid(32, centre, centre, p.marker_radius, p.antialias))
         assert image.dtype == np.uint8 and np.array_equal(image, _rescaled(raw))
@@ -863,6 +902,12 @@ def test_generated_task_is_the_renders_in_order(tmp_path):
     assert not get_task("pathfinder", n_train=2, n_val=2, n_test=1, seed=6).present(tmp_path)
     x, y = generate_pathfinder(2, _params(), seed=5)
     assert torch.equal(x[..., 0], torch.from_numpy(images[:2])) and y.dtype == torch.int64 and y.tolist() == labels[:2]
+    every_cpu = get_task("pathfinder", n_train=1, n_val=1, n_test=1, seed=5).splits(tmp_path / "w0")  # workers 0
+    for k, split in enumerate(("train", "val", "test")):
+        assert np.array_equal(every_cpu[split].tensors[0][0, :, 0].numpy(), images[k])
+    image, label, _ = render_pathfinder(_params(), np.random.default_rng(np.random.SeedSequence([0, 0])))
+    x, y = generate_pathfinder(1)  # the defaults: Pathfinder-32, seed 0
+    assert np.array_equal(x[0, :, 0].numpy(), image.reshape(-1)) and y.tolist() == [label]
 
 
 def test_generated_task_options_info_and_refusals():
@@ -932,16 +977,19 @@ def test_distractor_needs_one_percent_free_and_a_free_inner_pixel():
     from ssmkit.data.pathfinder import _Canvas, _distractor
 
     c = _Canvas(_params(window=20, padding=0), _Scripted(), 1)
-    for free in ([], [(5, 4), (9, 9), (12, 3)], [(0, 3)], [(19, 3)], [(4, 0)], [(4, 19)]):  # 0.75 %, or the ring
+    ring = [[(0, k) for k in (3, 5, 7, 9)], [(19, k) for k in (3, 5, 7, 9)], [(k, 0) for k in (3, 5, 7, 9)],
+            [(k, 19) for k in (3, 5, 7, 9)]]  # 1 % free, all of it on one side of the outer ring
+    for free in ([], [(5, 4), (9, 9), (12, 3)], *ring):  # nothing, 0.75 %, or the ring only
         c.occupied = np.ones((20, 20))
         for y, x in free:
             c.occupied[y, x] = 0.0
         c.rng = _Scripted(integers=[90, 0] * 3)
-        assert not _distractor(c) and len(c.rng.ints) == 6 and c.rng.calls == []
+        assert _distractor(c) is False and len(c.rng.ints) == 6 and c.rng.calls == []
+    c.occupied = np.ones((20, 20))
     c.occupied[5, 4] = c.occupied[9, 9] = c.occupied[12, 3] = c.occupied[15, 15] = 0.0  # 1 %: tried
     image, occupied = c.image.copy(), c.occupied.copy()
     c.rng = _Scripted(integers=[90, 0] * 3)
-    assert not _distractor(c) and c.rng.ints == []  # every seed collides; the canvas is left as it was
+    assert _distractor(c) is False and c.rng.ints == []  # every seed collides; the canvas is left as it was
     assert c.rng.calls == [(-180, 180), (4,)] * 3
     assert np.array_equal(c.image, image) and np.array_equal(c.occupied, occupied)
 
@@ -990,3 +1038,25 @@ def test_render_draws_follow_the_documented_laws():
         assert sum(kind == "shuffle" for kind, _, _ in calls) >= 1
         for snake in detail["segments"]:
             _check_chain(snake, p, m)
+
+
+def test_a_seed_paddle_out_of_the_image_is_drawn_again(monkeypatch):
+    """Long seed paddles near the zone's edge can leave the image; the seed is drawn again (up to
+    max_paddle_retrial + 1 times, then the pair), never used."""
+    from ssmkit.data import pathfinder
+
+    outside, original = [], pathfinder._Canvas.seed
+
+    def spy(self, tail, theta):
+        got = original(self, tail, theta)
+        outside.append(got is None)
+        return got
+
+    monkeypatch.setattr(pathfinder._Canvas, "seed", spy)
+    p = _params(paddle_length=14, contour_length=1, num_distractors=0)
+    for i in range(20):
+        _, _, detail = pathfinder.render_pathfinder(p, np.random.default_rng(i))
+        for snake in detail["segments"]:
+            (a, b), = snake
+            assert bool(((a >= 0) & (a < 32) & (b >= 0) & (b < 32)).all())
+    assert any(outside)

@@ -643,6 +643,8 @@ def _extend_reference(c, pivot, theta):
     (1.0, 1, (24.0, 10.0), 0, 0),  # one exactly on row 24 (= window) is not
     (1.0, 1, (1.0, 3.0), 0, 1),  # the occupied padding of row 0 read as a neighbour
     (1.0, 1, (22.0, 10.0), 0, 1),  # and of row 23
+    (1.0, 1, (3.0, 1.0), 90, 1),  # of column 0
+    (1.0, 1, (3.0, 22.0), 90, 1),  # of column 23
 ])
 def test_extend_draws_from_the_ring_with_the_orientation_law(continuity, margin, pivot, degrees, padding):
     from ssmkit.data.pathfinder import _Canvas

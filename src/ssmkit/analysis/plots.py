@@ -125,8 +125,8 @@ def plot_bode(results: Sequence[LayerAnalysis], path: str, channels: int = 8, po
         results: the layers' analyses.
         path: the PNG to write.
         channels: the most channels per layer (see the module docstring; default 8).
-        points: frequencies per curve (default 400), log-spaced from 1e-3 × Nyquist or, when the slowest mode is slower, from
-            0.1 / τ_slowest (so the DC plateau shows; not below 1e-7 × Nyquist) up to Nyquist.
+        points: frequencies per curve (default 400), log-spaced from 1e-3 × Nyquist or, when the slowest mode is
+            slower, from 0.1 / τ_slowest (so the DC plateau shows; not below 1e-7 × Nyquist) up to Nyquist.
         seconds: whether dt is in seconds (None: when dt ≠ 1; else samples).
 
     Returns:

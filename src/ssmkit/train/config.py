@@ -22,8 +22,8 @@ class TrainConfig:
         weight_decay: AdamW's weight decay for unmarked weights (never on SSM parameters, norms or biases; default
             0.05).
         max_steps: the optimizer steps of the run (the budget; the schedule ends here; default 1000).
-        max_time: also stop after this many seconds of training (default None: no time limit); the schedule spans
-            ``max_steps``, so a run stopped by time ends before its learning rate has decayed.
+        max_time: also stop after this many seconds of training (default None: no time limit); the schedule still
+            spans ``max_steps``, so a run stopped by time ends before its learning rate has decayed.
         warmup_steps: linear warm-up steps before the cosine decay (default 100).
         lr_floor: the cosine schedule's final factor (default 0: the rate decays to zero).
         grad_clip: clip the gradient norm to this value (default None: no clipping).

@@ -25,10 +25,14 @@ def _noisy(y: np.ndarray, noise_rms: float, seed: int) -> np.ndarray:
     return y + noise_rms * np.random.default_rng(seed).standard_normal(y.shape) if noise_rms > 0 else y
 
 
+def _size(name: str, value: int, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}; got {value!r}")
+
+
 def _check(noise_rms: float, **sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        _size(name, value, 1)
     if not noise_rms >= 0:
         raise ValueError(f"noise_rms must be >= 0; got {noise_rms!r}")
 
@@ -49,8 +53,7 @@ def wh_surrogate(seed: int = 0, n_train: int = 100000, n_test: int = 78800, n_le
         the benchmark.
     """
     _check(noise_rms, n_train=n_train, n_test=n_test)
-    if isinstance(n_lead, bool) or not isinstance(n_lead, int) or n_lead < 0:  # -5 kept only the last 5 samples
-        raise ValueError(f"n_lead must be an int >= 0; got {n_lead!r}")
+    _size("n_lead", n_lead, 0)  # -5 kept only the record's last 5 samples
     n = n_lead + n_train + n_test
     u = wh.excitation(n, rms=rms, seed=seed)
     y = _noisy(wh.simulate(u, params), noise_rms, seed + 1)
@@ -87,9 +90,8 @@ def duffing_surrogate(seed: int = 0, n_period: int = 8192, n_records: int = 10, 
         the benchmark.
     """
     _check(noise_rms, n_period=n_period, n_records=n_records, n_arrow=n_arrow)
-    for name, value, least in (("n_period", n_period, 4), ("n_arrow", n_arrow, 2)):  # smaller gave NaN records
-        if value < least:
-            raise ValueError(f"{name} must be an int >= {least}; got {value!r}")
+    _size("n_period", n_period, 4)  # smaller sizes gave all-NaN records
+    _size("n_arrow", n_arrow, 2)
     dt = 1.0 / duffing.FS
     u = np.concatenate([duffing.odd_multisine(n_period, n_records, rms=rms, seed=seed),
                         duffing.odd_multisine(n_period, 1, rms=rms, seed=seed + 1)])  # (records + 1, n_period)

@@ -6,6 +6,7 @@ their lines read back."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -207,3 +208,131 @@ def test_a_figure_has_a_row_per_layer(figures):
         axes = figures[path].axes
         assert len(axes) == 4 and [len(ax.get_lines()) for ax in axes] == [1, 1, 2, 2]
         assert axes[0].get_title().startswith("a (stub)") and axes[2].get_title().startswith("b (stub)")
+
+
+def test_poles_figure_draws_z_with_the_unit_circle_and_finite_s(figures):
+    system = bank(2, 3, 1, 1, seed=11, dt=0.5)
+    result = analysis(system, 7.25)
+    z = np.concatenate([result.poles.ravel(), [0.0]])  # a pole at z = 0 has no finite s
+    result = dataclasses.replace(result, poles=z, poles_continuous=np.concatenate(
+        [result.poles_continuous.ravel(), [-np.inf]]))
+    assert plots.plot_poles([result], "p.png") == "p.png"
+    top, bottom = figures["p.png"].axes
+    (circle,) = top.get_lines()
+    t = np.linspace(0, 2 * np.pi, 400)
+    np.testing.assert_allclose(circle.get_xdata(), np.cos(t))
+    np.testing.assert_allclose(circle.get_ydata(), np.sin(t))
+    np.testing.assert_allclose(top.collections[0].get_offsets(), np.stack([z.real, z.imag], axis=1), rtol=1e-15)
+    s = result.poles_continuous[:-1]
+    np.testing.assert_allclose(bottom.collections[0].get_offsets(), np.stack([s.real, s.imag], axis=1), rtol=1e-15)
+    assert bottom.get_xscale() == "symlog"
+    assert bottom.xaxis.get_transform().linthresh == pytest.approx(np.abs(s.real).min(), rel=1e-15)
+    assert [line.get_xdata()[0] for line in bottom.get_lines()] == [0.0]  # the imaginary axis
+    assert top.get_title() == f"blocks.0.layer (stub)\nρ = {result.spectral_radius:.6f}"
+    assert bottom.get_title() == "s = log(z)/dt, slowest τ = 7.25"
+    assert (top.get_xlabel(), top.get_ylabel()) == ("Re z", "Im z") and top.get_aspect() == 1.0
+    assert (bottom.get_xlabel(), bottom.get_ylabel()) == ("Re s (1/s)", "Im s (1/s)")
+    plots.plot_poles([result], "q.png", seconds=False)
+    assert figures["q.png"].axes[1].get_xlabel() == "Re s (1/sample)"
+
+
+def test_poles_figure_has_a_column_per_layer_and_an_empty_one_for_none(figures):
+    first, second = analysis(bank(1, 2, 1, 1, 12), 1.0, "a"), analysis(bank(1, 2, 1, 1, 13), 1.0, "b")
+    plots.plot_poles([first, second], "p.png")
+    axes = figures["p.png"].axes
+    assert len(axes) == 4 and axes[0].get_title().startswith("a (stub)") and axes[1].get_title().startswith("b (stub)")
+    assert axes[2].get_title().startswith("s = log(z)/dt") and axes[3].get_title().startswith("s = log(z)/dt")
+    plots.plot_poles([], "none.png")
+    assert [ax.axison for ax in figures["none.png"].axes] == [False, False]
+    assert figures["none.png"].get_size_inches().tolist() == [3.6, 6.8]
+
+
+def test_kernels_figure_shows_each_kernel_on_a_symmetric_scale(figures):
+    K = np.array([[0.5, -2.0, 1.0], [0.0, 0.25, -0.75]])
+    plots.plot_kernels([("layer a", K), ("zero", np.zeros((1, 4)))], "k.png")
+    axes = figures["k.png"].axes
+    images = [ax for ax in axes if ax.get_images()]
+    assert len(images) == 2 and len(axes) == 4  # two images and their colour bars
+    first, zero = (ax.get_images()[0] for ax in images)
+    np.testing.assert_array_equal(first.get_array(), K)
+    assert first.get_clim() == (-2.0, 2.0) and zero.get_clim() == (-1.0, 1.0)  # an all-zero kernel: ±1
+    assert first.get_cmap().name == "RdBu_r" and first.get_interpolation() == "nearest"
+    assert [ax.get_title() for ax in images] == ["layer a", "zero"]
+    assert (images[0].get_xlabel(), images[0].get_ylabel()) == ("lag (samples)", "channel")
+
+
+def test_equilibria_figure_draws_each_output_and_the_spectral_radius(figures):
+    from ssmkit.analysis.operating import OperatingSweep
+
+    u = np.stack([np.linspace(-1, 1, 5), np.full(5, 0.3)], axis=1)  # input 0 swept, input 1 at its mean
+    y = np.stack([u[:, 0] ** 3, np.tanh(u[:, 0]), -u[:, 0]], axis=1)
+    rho = np.linspace(0.5, 0.9, 5)
+    sweep = OperatingSweep(input=0, u=u, y=y, spectral_radius=rho, dc_gain=np.zeros((5, 3, 2)))
+    other = OperatingSweep(input=1, u=u[:, ::-1], y=y, spectral_radius=rho, dc_gain=np.zeros((5, 3, 2)))
+    plots.plot_equilibria([sweep, other], "e.png", channels=2)
+    axes = figures["e.png"].axes
+    assert len(axes) == 4
+    outputs, radius = axes[0], axes[1]
+    assert len(outputs.get_lines()) == 2  # two of the three outputs
+    for k, line in enumerate(outputs.get_lines()):
+        np.testing.assert_array_equal(line.get_xdata(), u[:, 0])
+        np.testing.assert_array_equal(line.get_ydata(), y[:, k])
+        assert line.get_label() == f"y[{k}]"
+    curve, unit = radius.get_lines()
+    np.testing.assert_array_equal(curve.get_xdata(), u[:, 0])
+    np.testing.assert_array_equal(curve.get_ydata(), rho)
+    assert list(unit.get_ydata()) == [1.0, 1.0]  # the stability limit
+    np.testing.assert_array_equal(axes[2].get_lines()[0].get_xdata(), u[:, ::-1][:, 1])
+    assert [ax.get_xlabel() for ax in axes] == ["u[0]", "u[0]", "u[1]", "u[1]"]
+    assert outputs.get_legend() is not None and outputs.get_title().startswith("equilibria along u[0]")
+    plots.plot_equilibria([sweep], "all.png")
+    assert len(figures["all.png"].axes[0].get_lines()) == 3  # default: up to 8 outputs
+    assert plots.__all__ == ["channel_pairs", "impulse_response", "plot_bode", "plot_equilibria", "plot_kernels",
+                             "plot_poles", "plot_responses"]
+
+
+def test_figure_sizes_are_a_panel_per_row_and_column(figures):
+    from ssmkit.analysis.operating import OperatingSweep
+
+    K = np.ones((2, 3))
+    assert plots.plot_kernels([("a", K)], "one.png") == "one.png"
+    assert figures["one.png"].get_size_inches().tolist() == pytest.approx([9.0, 2.6], rel=1e-12)
+    plots.plot_kernels([("a", K), ("b", K), ("c", K)], "three.png")
+    assert figures["three.png"].get_size_inches().tolist() == pytest.approx([9.0, 7.8], rel=1e-12)
+    plots.plot_kernels([], "none.png")  # no kernel: one empty panel, not a zero-height figure
+    assert figures["none.png"].get_size_inches().tolist() == pytest.approx([9.0, 2.6], rel=1e-12)
+    assert len(figures["none.png"].axes) == 1 and not figures["none.png"].axes[0].get_images()
+    u = np.linspace(-1, 1, 3)[:, None]
+    sweep = OperatingSweep(input=0, u=u, y=u ** 2, spectral_radius=np.full(3, 0.5), dc_gain=np.zeros((3, 1, 1)))
+    assert plots.plot_equilibria([sweep, sweep], "e.png") == "e.png"
+    assert figures["e.png"].get_size_inches().tolist() == pytest.approx([10.0, 6.0], rel=1e-12)  # 5 × 3 a panel
+
+
+def test_equilibria_draw_at_most_eight_outputs_with_grids_and_titles(figures):
+    from ssmkit.analysis.operating import OperatingSweep
+
+    u = np.linspace(-1, 1, 4)[:, None]
+    y = u * np.arange(1.0, 11.0)  # ten outputs
+    sweep = OperatingSweep(input=0, u=u, y=y, spectral_radius=np.full(4, 0.5), dc_gain=np.zeros((4, 10, 1)))
+    assert signature_defaults(plots.plot_equilibria)["channels"] == 8
+    plots.plot_equilibria([sweep], "e.png")
+    outputs, radius = figures["e.png"].axes
+    assert [line.get_label() for line in outputs.get_lines()] == [f"y[{k}]" for k in range(8)]
+    assert radius.get_title() == "spectral radius of the linearisation there"
+    for ax in (outputs, radius):
+        lines = ax.get_xgridlines() + ax.get_ygridlines()
+        assert lines and all(line.get_visible() for line in lines)
+        assert {line.get_linewidth() for line in lines} == {0.3}
+
+
+def test_symlog_threshold_is_the_slowest_finite_decay_floored_at_1e_12(figures):
+    system = bank(1, 2, 1, 1, seed=14)
+    base = analysis(system, 1.0)
+    no_s = dataclasses.replace(base, poles=np.zeros(2), poles_continuous=np.full(2, -np.inf + 0j))
+    plots.plot_poles([no_s], "none.png")  # every pole at z = 0: no finite s, threshold 1
+    assert figures["none.png"].axes[1].xaxis.get_transform().linthresh == 1.0
+    assert len(figures["none.png"].axes[1].collections[0].get_offsets()) == 0
+    z = np.array([1.0, 0.5])  # a pole on the unit circle: Re s = 0, threshold floored at 1e-12
+    edge = dataclasses.replace(base, poles=z, poles_continuous=np.log(z.astype(complex)))
+    plots.plot_poles([edge], "edge.png")
+    assert figures["edge.png"].axes[1].xaxis.get_transform().linthresh == 1e-12

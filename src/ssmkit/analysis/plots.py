@@ -221,7 +221,7 @@ def plot_equilibria(sweeps: Sequence[OperatingSweep], path: str, channels: int =
     Args:
         sweeps: the sweeps, one per input.
         path: the PNG to write.
-        channels: the most outputs drawn.
+        channels: the most outputs drawn (default 8).
 
     Returns:
         ``path``.

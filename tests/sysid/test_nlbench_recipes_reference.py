@@ -1,0 +1,379 @@
+"""The benchmark loaders, the recipes, the report and the ``ssmkit sysid`` command against references written here.
+
+References: fixture files written by the test with known content (MATLAB files with the official variable names, CSV
+files in the official column layout) sliced with numpy by the splits of nonlinear_benchmarks 1.0.1 as
+/work/shared/REFERENCE.md §4.1 states them; the real files of ../shared/data parsed with Python's csv module and scipy;
+the published RMSEs of REFERENCE.md §4.2 (Champneys et al.'s table and the dynoNet paper); the report's numbers
+formatted, plotted and transformed (``np.fft.rfft``) in float64 here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import savemat
+
+from ssmkit.sysid import benchmarks as bm
+from ssmkit.sysid import nlbench
+from ssmkit.sysid.records import SysidBenchmark
+
+DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
+
+
+def col(x: torch.Tensor, k: int = 0) -> np.ndarray:
+    return x[:, k].numpy()
+
+
+def published(bench: SysidBenchmark) -> dict[str, float]:
+    return {p.method: p.rmse for p in bench.published}
+
+
+def assert_published(bench: SysidBenchmark, expected: dict[str, float]):
+    """Each expected (a substring of the method's name → RMSE) appears exactly once, with that RMSE."""
+    got = published(bench)
+    for key, value in expected.items():
+        hits = [m for m in got if key in m]
+        assert len(hits) == 1, (key, list(got))
+        assert got[hits[0]] == value, (key, got[hits[0]], value)
+
+
+# --- nlbench: the MATLAB-file benchmarks ----------------------------------------------------------------------------
+
+
+def test_wiener_hammerstein_arrays_dt_and_published_results(tmp_path):
+    n = 188000
+    u = np.cos(0.001 * np.arange(n))[:, None]
+    y = np.arange(n, dtype=np.float64)[:, None] ** 0.5
+    savemat(tmp_path / "WienerHammerBenchMark.mat", {"uBenchMark": u, "yBenchMark": y, "fs": np.array([[40000.0]])})
+    bench = nlbench.wiener_hammerstein(str(tmp_path))  # a str folder works as well as a Path
+    (tr,), (te,) = bench.train, bench.test
+    assert np.array_equal(col(tr.u), u[5200:105200, 0]) and np.array_equal(col(tr.y), y[5200:105200, 0])
+    assert np.array_equal(col(te.u), u[105200:184000, 0]) and np.array_equal(col(te.y), y[105200:184000, 0])
+    assert tr.dt == 1 / 40000.0 and te.dt == 1 / 40000.0  # fs read from the file
+    assert (bench.name, bench.n_init, bench.unit, bench.scale) == ("wiener_hammerstein", 50, "mV", 1000.0)
+    # REFERENCE.md §4.2: SUBNET 0.241 mV, best published in 2020 0.28 mV, GRU 3.97, LTI state space 43.4
+    assert_published(bench, {"DT SUBNET": 0.241, "2020": 0.28, "GRU": 3.97, "LTI state space": 43.4})
+    with pytest.raises(ValueError, match="188000"):
+        savemat(tmp_path / "WienerHammerBenchMark.mat", {"uBenchMark": u[:150000], "yBenchMark": y[:150000],
+                                                        "fs": np.array([[40000.0]])})
+        nlbench.wiener_hammerstein(tmp_path)
+    short = nlbench.wiener_hammerstein(tmp_path, check=False)  # check=False reads a record of another length
+    assert len(short.train[0]) == 100000 and len(short.test[0]) == 150000 - 105200
+
+
+def test_wiener_hammerstein_in_the_package_layout_and_under_the_home_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "cache" / "WienerHammerBenchMark"
+    sub.mkdir(parents=True)
+    k = np.arange(188000, dtype=np.float64)[:, None]
+    savemat(sub / "WienerHammerBenchMark.mat", {"uBenchMark": k, "yBenchMark": k, "fs": np.array([[51200.0]])})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert nlbench.wiener_hammerstein("~/cache").test[0].u[-1, 0] == 183999
+    monkeypatch.setenv("SSMKIT_DATA", str(tmp_path / "root"))  # folder None: $SSMKIT_DATA/sysid/wiener_hammerstein
+    (tmp_path / "root" / "sysid").mkdir(parents=True)
+    (tmp_path / "cache").rename(tmp_path / "root" / "sysid" / "wiener_hammerstein")
+    assert nlbench.wiener_hammerstein().train[0].u[0, 0] == 5200
+
+
+def test_silverbox_arrays_checks_and_published_results(tmp_path):
+    n = 131072
+    u = np.sin(0.01 * np.arange(n))[None, :]
+    y = np.arange(n, dtype=np.float64)[None, :] / 7
+    savemat(tmp_path / "SNLS80mV.mat", {"V1": u, "V2": y})
+    bench = nlbench.silverbox(str(tmp_path))
+    ms_u, ms_y = u[0, 40650:127400], y[0, 40650:127400]
+    s = (127400 - 40650) * 3 // 4
+    (tr,) = bench.train
+    assert np.array_equal(col(tr.u), ms_u[:s]) and np.array_equal(col(tr.y), ms_y[:s])
+    refs = [(ms_u[s:], ms_y[s:]), (u[0, 100:40575], y[0, 100:40575]), (u[0, 100:32100], y[0, 100:32100])]
+    for rec, (ru, ry) in zip(bench.test, refs, strict=True):
+        assert np.array_equal(col(rec.u), ru) and np.array_equal(col(rec.y), ry)
+        assert rec.dt == 1 / 610.35
+    assert (bench.name, bench.n_init, bench.unit, bench.scale) == ("silverbox", 50, "mV", 1000.0)
+    # REFERENCE.md §4.2: SUBNET 0.36 / 1.4 / 0.32 mV, PNLSS arrow full 0.26, GRU 1.49, LTI state space 6.96
+    assert_published(bench, {"LTI state space baseline, multisine": 6.96, "SUBNET (Beintema et al. 2021), arrow full": 1.4,
+                             "SUBNET (Beintema et al. 2021), arrow no": 0.32, "PNLSS": 0.26, "GRU": 1.49,
+                             "SUBNET (Beintema et al. 2021), multisine": 0.36})
+    savemat(tmp_path / "SNLS80mV.mat", {"V1": u[:, :131000], "V2": y[:, :131000]})
+    with pytest.raises(ValueError, match="131000 samples, expected 131072"):
+        nlbench.silverbox(tmp_path)
+    assert len(nlbench.silverbox(tmp_path, check=False).test[1]) == 40475
+
+
+def write_emps(folder: pathlib.Path, t0: float = 0.25, dt: float = 2e-3, n: int = 40):
+    t = (t0 + dt * np.arange(n))[:, None]
+    for name, a in (("DATA_EMPS.mat", 1.0), ("DATA_EMPS_PULSES.mat", -3.0)):
+        savemat(folder / name, {"t": t, "qm": a * t ** 2, "vir": a * np.cos(t), "qg": 0 * t})
+    return t[:, 0]
+
+
+def test_emps_reads_vir_to_qm_with_ts_from_the_time_vector(tmp_path):
+    sub = tmp_path / "EMPS"
+    sub.mkdir()
+    t = write_emps(sub)
+    bench = nlbench.emps(str(tmp_path), check=False)  # the package layout: <folder>/EMPS/
+    (tr,), (te,) = bench.train, bench.test
+    assert tr.dt == pytest.approx(2e-3, rel=1e-9) and te.dt == pytest.approx(2e-3, rel=1e-9)  # t[1] - t[0]
+    assert np.array_equal(col(tr.u), np.cos(t)) and np.array_equal(col(tr.y), t ** 2)
+    assert np.array_equal(col(te.u), -3 * np.cos(t)) and np.array_equal(col(te.y), -3 * t ** 2)
+    assert (bench.name, bench.n_init, bench.unit, bench.scale) == ("emps", 20, "mm", 1000.0)
+    # REFERENCE.md §4.2: dynoNet 2.64 mm; Champneys et al.: pNARX 5.17, LTI state space 5.53
+    assert_published(bench, {"dynoNet": 2.64, "NARX": 5.17, "LTI state space": 5.53})
+    with pytest.raises(ValueError, match="DATA_EMPS.mat is not the official file"):
+        nlbench.emps(tmp_path)  # the SHA-256 of the first file is checked first
+
+
+def test_emps_checks_each_files_own_digest(tmp_path, monkeypatch):
+    write_emps(tmp_path)
+    digests = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+               for name in ("DATA_EMPS.mat", "DATA_EMPS_PULSES.mat")}
+    monkeypatch.setattr(nlbench, "EMPS_SHA256", digests)
+    assert len(nlbench.emps(tmp_path).test[0]) == 40
+    monkeypatch.setattr(nlbench, "EMPS_SHA256", {**digests, "DATA_EMPS_PULSES.mat": "0" * 64})
+    with pytest.raises(ValueError, match="DATA_EMPS_PULSES.mat is not the official file"):
+        nlbench.emps(tmp_path)
+
+
+def test_ced_records_splits_and_published_results(tmp_path):
+    k = np.arange(500, dtype=np.float64)
+    data = {"u11": np.sin(k)[:, None], "z11": k[:, None] ** 2, "u12": np.cos(k)[:, None], "z12": -k[:, None]}
+    savemat(tmp_path / "DATAUNIF.MAT", data)
+    bench = nlbench.ced(str(tmp_path))
+    for i, (u, z) in enumerate((("u11", "z11"), ("u12", "z12"))):
+        tr, te = bench.train[i], bench.test[i]
+        assert np.array_equal(col(tr.u), data[u][:400, 0]) and np.array_equal(col(tr.y), data[z][:400, 0])
+        assert np.array_equal(col(te.u), data[u][400:, 0]) and np.array_equal(col(te.y), data[z][400:, 0])
+        assert tr.dt == 0.02 and te.dt == 0.02
+    assert (bench.name, bench.n_init, bench.unit, bench.scale) == ("ced", 10, "ticks/s", 1.0)
+    # REFERENCE.md §4.2: CT-SUBNET 0.115 / 0.074; LTI state space 0.224
+    assert_published(bench, {"test 1 (low": 0.115, "test 2 (high": 0.074, "LTI state space": 0.224})
+    short = {key: v[:450] for key, v in data.items()}
+    savemat(tmp_path / "DATAUNIF.MAT", short)
+    with pytest.raises(ValueError, match="450 samples, expected 500"):
+        nlbench.ced(tmp_path)
+    assert [len(r) for r in nlbench.ced(tmp_path, check=False).test] == [50, 50]
+
+
+def test_parallel_wh_every_record_and_the_shape_check(tmp_path):
+    N, P, M, A = 5, 2, 3, 4
+    rng = np.random.default_rng(0)
+    ue, ye = rng.standard_normal((N, P, M, A)), rng.standard_normal((N, P, M, A))
+    uv, yv = rng.standard_normal((N, P, 1, A)), rng.standard_normal((N, P, 1, A))
+    fs = np.array([[10000.0]])
+    savemat(tmp_path / "ParWHData.mat", {"uEst": ue, "yEst": ye, "uVal": uv, "yVal": yv, "fs": fs})
+    bench = nlbench.parallel_wh(str(tmp_path), check=False)
+    expected = [(p, a) for p in range(M) for a in range(A)]  # phase outer, amplitude inner
+    assert len(bench.train) == len(expected)
+    for rec, (p, a) in zip(bench.train, expected):
+        assert np.array_equal(col(rec.u), np.concatenate([ue[:, 0, p, a], ue[:, 1, p, a]]))
+        assert np.array_equal(col(rec.y), np.concatenate([ye[:, 0, p, a], ye[:, 1, p, a]]))
+        assert rec.dt == 1e-4
+    assert len(bench.test) == A
+    for a, rec in enumerate(bench.test):
+        assert np.array_equal(col(rec.u), np.concatenate([uv[:, 0, 0, a], uv[:, 1, 0, a]]))
+        assert np.array_equal(col(rec.y), np.concatenate([yv[:, 0, 0, a], yv[:, 1, 0, a]]))
+    assert (bench.name, bench.n_init, bench.unit, bench.scale, bench.published) == ("parallel_wh", 50, "mV", 1000.0, [])
+    # each of the two arrays is checked on its own: a right uEst does not excuse a wrong uVal, nor the reverse
+    est, val = np.zeros((16384, 2, 20, 5)), np.zeros((16384, 2, 1, 5))
+    for u_est, u_val in ((est, uv), (ue, val)):
+        savemat(tmp_path / "ParWHData.mat", {"uEst": u_est, "yEst": u_est, "uVal": u_val, "yVal": u_val, "fs": fs})
+        with pytest.raises(ValueError, match=r"expected \(16384, 2, 20, 5\) and \(16384, 2, 1, 5\)"):
+            nlbench.parallel_wh(tmp_path)
+    savemat(tmp_path / "ParWHData.mat", {"uEst": est, "yEst": est, "uVal": val, "yVal": val, "fs": fs})
+    full = nlbench.parallel_wh(tmp_path)  # the official shapes pass the check
+    assert len(full.train) == 100 and len(full.test) == 5 and len(full.test[4]) == 32768
+
+
+# --- benchmarks: the CSV and Bouc-Wen files, the registry -----------------------------------------------------------
+
+
+def write_csv(path: pathlib.Path, header: list[str], rows: np.ndarray, sampling: str, value: str):
+    """A benchmark CSV as the official ones: quoted header with a trailing comma, the sampling column filled on the
+    first data row only."""
+    names = header + [sampling]
+    lines = [",".join(f'"{n}"' for n in names) + ","]
+    for i, row in enumerate(rows):
+        lines.append(",".join(repr(float(v)) for v in row) + "," + (value if i == 0 else "") + ",")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cascaded_tanks_columns_dt_checks_and_published_results(tmp_path, monkeypatch):
+    rows = np.random.default_rng(1).standard_normal((7, 4))
+    write_csv(tmp_path / "dataBenchmark.csv", ["uEst", "uVal", "yEst", "yVal"], rows, "Ts", "2.5")
+    bench = bm.cascaded_tanks(str(tmp_path), check=False)
+    (tr,), (te,) = bench.train, bench.test
+    for rec, (iu, iy) in ((tr, (0, 2)), (te, (1, 3))):
+        assert np.array_equal(col(rec.u), rows[:, iu]) and np.array_equal(col(rec.y), rows[:, iy])
+        assert rec.dt == 2.5  # Ts read from the file's first data row
+    assert (bench.name, bench.n_init, bench.unit, bench.scale) == ("cascaded_tanks", 50, "V", 1.0)
+    # REFERENCE.md §4.2 (Champneys et al.): LTI state space 0.588 V, GRU 0.396 V, best published (grey-box) 0.191 V
+    assert_published(bench, {"LTI state space": 0.588, "GRU": 0.396, "grey-box": 0.191})
+    monkeypatch.setitem(bm.SHA256, "cascaded_tanks/dataBenchmark.csv", digest(tmp_path / "dataBenchmark.csv"))
+    assert bm.cascaded_tanks(tmp_path).dt == 2.5  # check=True: this file is now the pinned one
+    with pytest.raises(FileNotFoundError, match=f"cascaded_tanks: dataBenchmark.csv not found: put the official "
+                                                f"file in {tmp_path / 'none'}"):
+        bm.cascaded_tanks(tmp_path / "none")
+
+
+@needs_data
+def test_the_pinned_digests_are_the_shared_files():
+    for key, value in bm.SHA256.items():
+        assert digest(DATA / key) == value, key  # hashlib here, on every official file
+    assert bm.cascaded_tanks(DATA / "cascaded_tanks").test[0].y.shape == (1024, 1)  # check=True passes
+
+
+def write_f16(folder: pathlib.Path, n: int = 6, fs: str = "200") -> dict[int, np.ndarray]:
+    tables = {}
+    for k in range(1, 8):
+        rows = np.random.default_rng(k).standard_normal((n, 5))
+        name = f"F16Data_FullMSine_Level{k}{'_Validation' if k % 2 == 0 else ''}.csv"
+        write_csv(folder / name, ["Force", "Voltage", "Acceleration1", "Acceleration2", "Acceleration3"], rows,
+                  "Fs", fs)
+        tables[k] = rows
+    return tables
+
+
+def test_f16_levels_columns_output_index_and_checks(tmp_path, monkeypatch):
+    tables = write_f16(tmp_path)
+    bench = bm.f16(str(tmp_path), check=False)
+    assert [len(bench.train), len(bench.test)] == [4, 3]
+    for rec, k in zip(bench.train + bench.test, (1, 3, 5, 7, 2, 4, 6), strict=True):
+        assert np.array_equal(col(rec.u), tables[k][:, 0])  # Force; Voltage (column 1) is not used
+        assert np.array_equal(rec.y.numpy(), tables[k][:, 2:5]) and rec.dt == 1 / 200
+        assert rec.name == f"FullMSine level {k}"
+    assert (bench.name, bench.n_init, bench.unit, bench.scale, bench.published) == ("f16", 50, "m/s²", 1.0, [])
+    for i in (0, 1, 2):
+        one = bm.f16(tmp_path, output_index=i, check=False)
+        assert np.array_equal(one.test[2].y.numpy(), tables[6][:, 2 + i: 3 + i])
+    for bad in (3, -1, True, False, "1"):
+        with pytest.raises(ValueError, match="output_index must be 0, 1, 2 or None"):
+            bm.f16(tmp_path, output_index=bad, check=False)
+    with pytest.raises(ValueError, match="F16Data_FullMSine_Level1.csv is not the official file"):
+        bm.f16(tmp_path)
+    for k in range(1, 8):
+        key = f"f16gvt/F16Data_FullMSine_Level{k}{'_Validation' if k % 2 == 0 else ''}.csv"
+        monkeypatch.setitem(bm.SHA256, key, digest(tmp_path / key.split("/")[1]))
+    assert len(bm.f16(tmp_path).test) == 3  # every file pinned: check=True passes
+    monkeypatch.setitem(bm.SHA256, "f16gvt/F16Data_FullMSine_Level6_Validation.csv", "0" * 64)
+    with pytest.raises(ValueError, match="Level6_Validation.csv is not the official file"):
+        bm.f16(tmp_path)
+
+
+def test_f16_output_index_must_be_an_int(tmp_path):
+    # bug fixed in probe 46: 1.0 == 1 passed the check, then the column "Acceleration2.0" was looked up (a KeyError)
+    write_f16(tmp_path)
+    for bad in (1.0, 0.0, 2.0):
+        with pytest.raises(ValueError, match="output_index must be 0, 1, 2 or None"):
+            bm.f16(tmp_path, output_index=bad, check=False)
+
+
+def write_bouc_wen(folder: pathlib.Path, n_ms: int = 12, n_sweep: int = 9) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    arrays = {name: rng.standard_normal((1, n)) for name, n in (("uval_multisine", n_ms), ("yval_multisine", n_ms),
+                                                                 ("uval_sinesweep", n_sweep), ("yval_sinesweep", n_sweep))}
+    for name, a in arrays.items():
+        savemat(folder / f"{name}.mat", {name: a})
+    return arrays
+
+
+def stub_training(monkeypatch) -> list[tuple]:
+    from ssmkit.sysid import boucwen
+
+    calls = []
+
+    def record(periods, seed, noise_rms):
+        calls.append((periods, seed, noise_rms))
+        u = np.arange(3 * periods, dtype=np.float64) + 1000 * seed
+        return u, -u
+
+    monkeypatch.setattr(boucwen, "training_record", record)
+    return calls
+
+
+def test_bouc_wen_test_files_training_records_and_published_results(tmp_path, monkeypatch):
+    arrays = write_bouc_wen(tmp_path)
+    calls = stub_training(monkeypatch)
+    bench = bm.bouc_wen(str(tmp_path), train_periods=2, train_records=3, seed=4, noise_rms=1e-6, check=False)
+    assert calls == [(2, 4, 1e-6), (2, 6, 1e-6), (2, 8, 1e-6)]  # seeds seed, seed + 2, seed + 4
+    for rec, seed in zip(bench.train, (4, 6, 8), strict=True):
+        u = np.arange(6.0) + 1000 * seed
+        assert np.array_equal(col(rec.u), u) and np.array_equal(col(rec.y), -u) and rec.dt == 1 / 750
+        assert rec.name == f"simulated multisine, seed {seed}"
+    ms, sweep = bench.test
+    assert np.array_equal(col(ms.u), arrays["uval_multisine"][0]) and np.array_equal(col(ms.y), arrays["yval_multisine"][0])
+    assert np.array_equal(col(sweep.u), arrays["uval_sinesweep"][0])
+    assert np.array_equal(col(sweep.y), arrays["yval_sinesweep"][0])
+    assert ms.period == 12 and sweep.period is None and ms.dt == 1 / 750 and sweep.dt == 1 / 750
+    assert (bench.name, bench.n_init, bench.unit, bench.scale) == ("bouc_wen", 0, "m", 1.0)
+    # REFERENCE.md §4.2 (the dynoNet paper): dynoNet 4.52e-5 m, NFIR 16.3e-5 m, PNLSS 1.87e-5 m
+    assert_published(bench, {"dynoNet": 4.52e-5, "NFIR": 16.3e-5, "PNLSS": 1.87e-5})
+    calls.clear()
+    default = bm.bouc_wen(tmp_path, check=False)
+    assert calls == [(5, 0, 0.0)] and len(default.train) == 1  # 5 periods, one record, seed 0, noiseless
+    assert bm.bouc_wen(tmp_path, train_periods=1, seed=0, noise_rms=0, check=False).train[0].u.shape == (3, 1)
+    with pytest.raises(ValueError, match="uval_multisine.mat is not the official file"):
+        bm.bouc_wen(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train_periods": 0}, "train_periods must be an int >= 1"), ({"train_periods": True}, "train_periods"),
+    ({"train_periods": 2.0}, "train_periods"), ({"train_records": 0}, "train_records must be an int >= 1"),
+    ({"train_records": False}, "train_records"), ({"seed": -1}, "seed must be an int >= 0"), ({"seed": 1.0}, "seed"),
+    ({"noise_rms": -1e-9}, "noise_rms must be a finite number >= 0"), ({"noise_rms": float("nan")}, "noise_rms"),
+    ({"noise_rms": float("inf")}, "noise_rms"), ({"noise_rms": True}, "noise_rms"), ({"noise_rms": "0"}, "noise_rms"),
+])
+def test_bouc_wen_refuses_bad_options_before_reading_files(change, message):
+    with pytest.raises(ValueError, match=message):
+        bm.bouc_wen("/nonexistent", **change)
+
+
+@needs_data
+def test_bouc_wen_real_test_files_against_scipy(monkeypatch):
+    from scipy.io import loadmat
+
+    stub_training(monkeypatch)
+    bench = bm.bouc_wen(DATA / "bouc_wen", train_periods=1)  # check=True: the real files' digests
+    for rec, kind, n in zip(bench.test, ("multisine", "sinesweep"), (8192, 153000), strict=True):
+        u = loadmat(DATA / "bouc_wen" / f"uval_{kind}.mat")[f"uval_{kind}"].ravel()
+        y = loadmat(DATA / "bouc_wen" / f"yval_{kind}.mat")[f"yval_{kind}"].ravel()
+        assert u.size == n and np.array_equal(col(rec.u), u) and np.array_equal(col(rec.y), y)
+    assert bench.test[0].period == 8192
+
+
+def test_load_benchmark_dispatch(monkeypatch):
+    seen = []
+    for name in bm.FILE_BENCHMARKS:
+        if name != "bouc_wen":
+            monkeypatch.setitem(bm.BENCHMARKS, name, lambda *a, name=name, **k: seen.append((name, a, k)) or name)
+    monkeypatch.setitem(bm.BENCHMARKS, "bouc_wen", lambda *a, **k: seen.append(("bouc_wen", a, k)) or "bw")
+    monkeypatch.setitem(bm.SURROGATES, "wh_surrogate", lambda *a, **k: seen.append(("wh", a, k)) or "wh")
+    assert bm.load_benchmark("ced", "f") == "ced" and seen[-1] == ("ced", ("f",), {})
+    assert bm.load_benchmark("silverbox") == "silverbox" and seen[-1] == ("silverbox", (None,), {})
+    assert bm.load_benchmark("bouc_wen", "g", train_records=4) == "bw" and seen[-1] == ("bouc_wen", ("g",), {"train_records": 4})
+    assert bm.load_benchmark("wh_surrogate", "ignored") == "wh" and seen[-1] == ("wh", (), {})  # no folder
+    assert bm.load_benchmark("f16", "h", train_records=1) == "f16"
+    for bad in (0, -1, True, 2.0, "1"):
+        with pytest.raises(ValueError, match="train_records must be an int >= 1"):
+            bm.load_benchmark("bouc_wen", "g", train_records=bad)
+    for name in ("ced", "wh_surrogate"):
+        with pytest.raises(ValueError, match="fixed estimation records: leave it at 1"):
+            bm.load_benchmark(name, train_records=2)
+    with pytest.raises(ValueError, match=r"unknown benchmark 'tanks'; known: \['bouc_wen', 'cascaded_tanks'"):
+        bm.load_benchmark("tanks")
+
+
+def test_the_registries():
+    from ssmkit.sysid.surrogates import SURROGATES
+
+    assert bm.FILE_BENCHMARKS == {"cascaded_tanks": bm.cascaded_tanks, "f16": bm.f16, "bouc_wen": bm.bouc_wen,
+                                  "wiener_hammerstein": nlbench.wiener_hammerstein, "silverbox": nlbench.silverbox,
+                                  "emps": nlbench.emps, "ced": nlbench.ced, "parallel_wh": nlbench.parallel_wh}
+    assert bm.BENCHMARKS == {**bm.FILE_BENCHMARKS, **SURROGATES} and bm.SIMULATED_TRAINING == ("bouc_wen",)

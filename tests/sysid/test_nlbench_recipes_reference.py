@@ -10,6 +10,7 @@ formatted, plotted and transformed (``np.fft.rfft``) in float64 here.
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 
 import numpy as np
@@ -19,7 +20,7 @@ from scipy.io import savemat
 
 from ssmkit.sysid import benchmarks as bm
 from ssmkit.sysid import nlbench
-from ssmkit.sysid.records import SysidBenchmark
+from ssmkit.sysid.records import IORecord, Published, SysidBenchmark
 
 DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not present")
@@ -95,7 +96,8 @@ def test_silverbox_arrays_checks_and_published_results(tmp_path):
         assert rec.dt == 1 / 610.35
     assert (bench.name, bench.n_init, bench.unit, bench.scale) == ("silverbox", 50, "mV", 1000.0)
     # REFERENCE.md §4.2: SUBNET 0.36 / 1.4 / 0.32 mV, PNLSS arrow full 0.26, GRU 1.49, LTI state space 6.96
-    assert_published(bench, {"LTI state space baseline, multisine": 6.96, "SUBNET (Beintema et al. 2021), arrow full": 1.4,
+    assert_published(bench, {"LTI state space baseline, multisine": 6.96,
+                             "SUBNET (Beintema et al. 2021), arrow full": 1.4,
                              "SUBNET (Beintema et al. 2021), arrow no": 0.32, "PNLSS": 0.26, "GRU": 1.49,
                              "SUBNET (Beintema et al. 2021), multisine": 0.36})
     savemat(tmp_path / "SNLS80mV.mat", {"V1": u[:, :131000], "V2": y[:, :131000]})
@@ -277,8 +279,8 @@ def test_f16_output_index_must_be_an_int(tmp_path):
 
 def write_bouc_wen(folder: pathlib.Path, n_ms: int = 12, n_sweep: int = 9) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(3)
-    arrays = {name: rng.standard_normal((1, n)) for name, n in (("uval_multisine", n_ms), ("yval_multisine", n_ms),
-                                                                 ("uval_sinesweep", n_sweep), ("yval_sinesweep", n_sweep))}
+    sizes = {"uval_multisine": n_ms, "yval_multisine": n_ms, "uval_sinesweep": n_sweep, "yval_sinesweep": n_sweep}
+    arrays = {name: rng.standard_normal((1, n)) for name, n in sizes.items()}
     for name, a in arrays.items():
         savemat(folder / f"{name}.mat", {name: a})
     return arrays
@@ -308,7 +310,8 @@ def test_bouc_wen_test_files_training_records_and_published_results(tmp_path, mo
         assert np.array_equal(col(rec.u), u) and np.array_equal(col(rec.y), -u) and rec.dt == 1 / 750
         assert rec.name == f"simulated multisine, seed {seed}"
     ms, sweep = bench.test
-    assert np.array_equal(col(ms.u), arrays["uval_multisine"][0]) and np.array_equal(col(ms.y), arrays["yval_multisine"][0])
+    assert np.array_equal(col(ms.u), arrays["uval_multisine"][0])
+    assert np.array_equal(col(ms.y), arrays["yval_multisine"][0])
     assert np.array_equal(col(sweep.u), arrays["uval_sinesweep"][0])
     assert np.array_equal(col(sweep.y), arrays["yval_sinesweep"][0])
     assert ms.period == 12 and sweep.period is None and ms.dt == 1 / 750 and sweep.dt == 1 / 750
@@ -357,7 +360,8 @@ def test_load_benchmark_dispatch(monkeypatch):
     monkeypatch.setitem(bm.SURROGATES, "wh_surrogate", lambda *a, **k: seen.append(("wh", a, k)) or "wh")
     assert bm.load_benchmark("ced", "f") == "ced" and seen[-1] == ("ced", ("f",), {})
     assert bm.load_benchmark("silverbox") == "silverbox" and seen[-1] == ("silverbox", (None,), {})
-    assert bm.load_benchmark("bouc_wen", "g", train_records=4) == "bw" and seen[-1] == ("bouc_wen", ("g",), {"train_records": 4})
+    assert bm.load_benchmark("bouc_wen", "g", train_records=4) == "bw"
+    assert seen[-1] == ("bouc_wen", ("g",), {"train_records": 4})
     assert bm.load_benchmark("wh_surrogate", "ignored") == "wh" and seen[-1] == ("wh", (), {})  # no folder
     assert bm.load_benchmark("f16", "h", train_records=1) == "f16"
     for bad in (0, -1, True, 2.0, "1"):
@@ -377,3 +381,350 @@ def test_the_registries():
                                   "wiener_hammerstein": nlbench.wiener_hammerstein, "silverbox": nlbench.silverbox,
                                   "emps": nlbench.emps, "ced": nlbench.ced, "parallel_wh": nlbench.parallel_wh}
     assert bm.BENCHMARKS == {**bm.FILE_BENCHMARKS, **SURROGATES} and bm.SIMULATED_TRAINING == ("bouc_wen",)
+
+
+# --- report: the table, the files and the figures -------------------------------------------------------------------
+
+
+def report_bench(n_init: int = 3) -> SysidBenchmark:
+    t = torch.arange(16, dtype=torch.float64)
+    y1 = torch.stack([torch.sin(t), torch.cos(t)], 1)
+    y2 = torch.stack([t / 10, -t], 1)[:12]
+    rec = [IORecord(t[:, None], y1, 0.5, "test A"), IORecord(t[:12, None], y2, 0.5, "test B")]
+    return SysidBenchmark("toy", "Toy bench", rec[:1], rec, n_init, "mV", scale=1000.0,
+                          published=[Published("someone", 0.000123456, "a paper"), Published("other", 98765.4, "x")],
+                          notes="split as stated")
+
+
+def report_scores(steady: bool = True) -> dict:
+    records = [{"name": "test A", "rmse": [0.0123456, 12345.678], "fit": [95.4321, -3.14159]},
+               {"name": "test B", "rmse": [1.0, 2.5e-7], "fit": [100.0, 0.005]}]
+    if steady:
+        records[0]["steady_state"] = {"rmse": [0.5, 0.25], "fit": [99.999, 50.0], "prime": 1}
+        records[1]["steady_state"] = {"rmse": [3.0, 4.0], "fit": [1.0, 2.0], "prime": 3}
+    sims = [torch.zeros(16, 2, dtype=torch.float64), torch.ones(12, 2, dtype=torch.float64)]
+    return {"records": records, "simulations": sims}
+
+
+def test_results_table_rows_by_hand():
+    from ssmkit.sysid.report import results_table
+
+    bench = report_bench()
+    assert results_table(bench, "my model", report_scores(steady=False)).split("\n") == [
+        "| method | test record | RMSE (mV) | fit % | source |",
+        "|---|---|---|---|---|",
+        "| **my model** | test A | 0.01235, 1.235e+04 | 95.43, -3.14 | this run |",
+        "| **my model** | test B | 1, 2.5e-07 | 100.00, 0.01 | this run |",
+        "| someone | official test | 0.0001235 | – | a paper |",
+        "| other | official test | 9.877e+04 | – | x |",
+    ]
+    lines = results_table(bench, "m", report_scores()).split("\n")
+    assert lines[2:6] == [
+        "| **m** | test A | 0.01235, 1.235e+04 | 95.43, -3.14 | this run, from rest (official, headline) |",
+        "| m | test A | 0.5, 0.25 | 100.00, 50.00 | this run, periodic steady state (1 period of the same input first; "
+        "not the official protocol) |",
+        "| **m** | test B | 1, 2.5e-07 | 100.00, 0.01 | this run, from rest (official, headline) |",
+        "| m | test B | 3, 4 | 1.00, 2.00 | this run, periodic steady state (3 periods of the same input first; "
+        "not the official protocol) |",
+    ]
+    assert len(lines) == 8
+
+
+@pytest.mark.parametrize("steady", [False, True])
+def test_write_report_files_without_plots(tmp_path, steady):
+    from ssmkit.sysid.report import results_table, write_report
+
+    bench, scores = report_bench(), report_scores(steady)
+    records = json.loads(json.dumps(scores["records"]))
+    out = tmp_path / "new" / "folder"
+    written = write_report(out, bench, "lbl", scores, {"seed": 7, "machine": "here"}, plots=False)
+    assert written == ["results.json", "report.md"] and sorted(p.name for p in out.iterdir()) == sorted(written)
+    assert json.loads((out / "results.json").read_text()) == {
+        "benchmark": "toy", "title": "Toy bench", "unit": "mV", "n_init": 3, "label": "lbl", "test": records,
+        "published": [{"method": "someone", "rmse": 0.000123456, "source": "a paper"},
+                      {"method": "other", "rmse": 98765.4, "source": "x"}],
+        "seed": 7, "machine": "here"}
+    text = (out / "report.md").read_text().split("\n")
+    head = ["# Toy bench: lbl", "", "Simulation RMSE on the official test records after the first 3 samples "
+            "(split as stated)", ""] + results_table(bench, "lbl", scores).split("\n") + [""]
+    assert text[:len(head)] == head
+    rest = text[len(head):]
+    if steady:
+        assert rest[0].startswith("Periodic steady state: a test record that is a whole number of periods") and \
+            rest[0].endswith("the official score is the headline.") and rest[1:] == [""]
+    else:
+        assert rest == []
+    assert not any("png" in line for line in text)
+
+
+def test_write_report_figures_read_back(tmp_path, monkeypatch):
+    from ssmkit.sysid import report
+
+    saved = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: saved.append((fig, pathlib.Path(path))))
+    bench, scores = report_bench(n_init=3), report_scores()
+    written = report.write_report(tmp_path, bench, "lbl", scores, {})
+    assert written == ["results.json", "report.md", "simulation.png", "error_spectrum.png"]
+    assert [p for _, p in saved] == [tmp_path / "simulation.png", tmp_path / "error_spectrum.png"]
+    text = (tmp_path / "report.md").read_text().split("\n")
+    assert text[-5:] == ["", "![simulated vs measured](simulation.png)", "", "![error spectrum](error_spectrum.png)",
+                         ""]
+    assert text[-6].startswith("Periodic steady state:")
+    (sim_fig, _), (spec_fig, _) = saved
+    axes = sim_fig.axes
+    assert len(axes) == 2
+    for ax, rec, y_sim in zip(axes, bench.test, scores["simulations"], strict=True):
+        y, s = rec.y[:, 0].numpy().astype(np.float64), y_sim[:, 0].numpy().astype(np.float64)
+        t = np.arange(len(rec)) * 0.5
+        measured, simulated, error = ax.get_lines()
+        for line, ref in ((measured, 1000 * y), (simulated, 1000 * s), (error, 1000 * (s - y))):
+            assert np.allclose(line.get_xdata(), t, rtol=0, atol=1e-12)
+            assert np.allclose(line.get_ydata(), ref, rtol=1e-12, atol=1e-9)
+        assert [line.get_label() for line in ax.get_lines()] == ["measured", "simulated", "error"]
+        (span,) = ax.patches  # the init window, 0 to n_init·Ts
+        assert (span.get_x(), span.get_x() + span.get_width()) == (0.0, 3 * 0.5)
+        assert ax.get_title() == f"Toy bench: {rec.name} (output 1)"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("time (s)", "mV")
+    (ax,) = spec_fig.axes
+    lines = ax.get_lines()
+    assert len(lines) == 4 and (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    for k, (rec, y_sim) in enumerate(zip(bench.test, scores["simulations"])):
+        y = 1000 * rec.y[3:, 0].numpy()
+        e = 1000 * (y_sim[3:, 0] - rec.y[3:, 0]).numpy()
+        n = len(y)
+        f = np.arange(1, n // 2 + 1) / (n * 0.5)  # the DFT's frequencies in Hz without DC
+        bins = range(1, n // 2 + 1)
+
+        def spectrum(x):  # |DFT| / L by the sum, bins 1 .. L/2
+            return np.abs([np.sum(x * np.exp(-2j * np.pi * m * np.arange(n) / n)) for m in bins]) / n
+
+        measured, err = lines[2 * k], lines[2 * k + 1]
+        assert np.allclose(measured.get_xdata(), f, rtol=1e-12) and np.allclose(err.get_xdata(), f, rtol=1e-12)
+        assert np.allclose(measured.get_ydata(), spectrum(y - y.mean()), rtol=1e-9, atol=1e-9)
+        assert np.allclose(err.get_ydata(), spectrum(e), rtol=1e-9, atol=1e-9)
+        assert (measured.get_label(), err.get_label()) == (f"measured, {rec.name}", f"error, {rec.name}")
+    assert ax.get_title() == "Toy bench: amplitude spectra after the init window"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("frequency (Hz)", "|DFT| / L (mV)")
+
+
+def test_no_init_window_span_without_an_init_window(tmp_path, monkeypatch):
+    from ssmkit.sysid import report
+
+    saved = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: saved.append(fig))
+    report.write_report(tmp_path, report_bench(n_init=0), "lbl", report_scores(), {})
+    assert all(len(ax.patches) == 0 for ax in saved[0].axes)
+    assert len(saved[1].axes[0].get_lines()[0].get_xdata()) == 16 // 2  # the whole record: 16 samples, DC left out
+
+
+# --- commands: the recipe overrides and ``ssmkit sysid`` on stubbed training ----------------------------------------
+
+
+def parsed(argv: list[str]):
+    from ssmkit.sysid.commands import _parser
+
+    return _parser("ssmkit sysid").parse_args(argv)
+
+
+def test_recipe_from_args_overrides_and_the_prediction_defaults():
+    import dataclasses
+
+    from ssmkit.sysid.commands import recipe_from_args
+    from ssmkit.sysid.recipes import recipe_for
+
+    tanks = recipe_for("cascaded_tanks")
+    assert recipe_from_args("cascaded_tanks", parsed(["--benchmark", "x"])) == tanks
+    got = recipe_from_args("cascaded_tanks", parsed(["--benchmark", "x", "--steps", "7", "--recipe.lr", "0.5",
+                                                     "--recipe.timescale", "[1, 3]", "--recipe.censor", "false"]))
+    assert got == dataclasses.replace(tanks, steps=7, lr=0.5, timescale=(1.0, 3.0), censor=False)
+    assert type(got.timescale) is tuple and all(type(v) is float for v in got.timescale)
+    both = parsed(["--benchmark", "x", "--steps", "7", "--recipe.steps", "9"])
+    assert recipe_from_args("cascaded_tanks", both).steps == 7  # --steps wins
+    pred = recipe_from_args("cascaded_tanks", parsed(["--benchmark", "x", "--mode", "prediction"]))
+    assert pred == dataclasses.replace(tanks, validation="tail", combine="best", first_layer_init="layer")
+    pred = recipe_from_args("cascaded_tanks", parsed(["--benchmark", "x", "--mode", "prediction",
+                                                      "--recipe.combine", "average"]))
+    assert (pred.validation, pred.combine, pred.first_layer_init) == ("tail", "average", "layer")
+    pred = recipe_from_args("cascaded_tanks", parsed(["--benchmark", "x", "--mode", "prediction",
+                                                      "--recipe.validation", "kfold"]))
+    assert (pred.validation, pred.combine, pred.first_layer_init) == ("kfold", "average", "layer")
+    assert recipe_from_args("f16", parsed(["--benchmark", "x", "--mode", "prediction"])) == \
+        dataclasses.replace(recipe_for("f16"), validation="tail", combine="best", first_layer_init="layer")
+
+
+def test_the_parser_defaults_and_every_recipe_field():
+    import dataclasses
+
+    from ssmkit.sysid.recipes import Recipe
+
+    cfg = parsed(["--benchmark", "b"])
+    assert (cfg.benchmark, cfg.model, cfg.mode, cfg.data_folder, cfg.steps, cfg.seed, cfg.device, cfg.out) == \
+        ("b", "s4d", "simulation", None, None, 0, "cpu", None)
+    assert (cfg.steady_state_periods, cfg.no_plots, cfg.log) == (1, False, False)
+    given = cfg.recipe.as_dict()
+    assert set(given) == {f.name for f in dataclasses.fields(Recipe)} and set(given.values()) == {None}
+    cfg = parsed(["--benchmark", "b", "--no-plots", "--log", "--recipe.output_range", "[null, 10]"])
+    assert cfg.no_plots is True and cfg.log is True and tuple(cfg.recipe["output_range"]) == (None, 10.0)
+
+
+class StubModel(torch.nn.Module):
+    def __init__(self, runs: int = 1):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3, 4))
+        self.b = torch.nn.Parameter(torch.zeros(5))
+        self.runs = runs
+
+    def __len__(self):
+        return self.runs
+
+    def is_stable(self):
+        return True
+
+    def spectral_radius(self):
+        return 0.75
+
+    def checkpoint(self, **extra):
+        return {"stub": True, **extra}
+
+
+def run_sysid(tmp_path, monkeypatch, history: dict, argv: list[str], runs: int = 1):
+    from ssmkit.sysid import benchmarks, workflow
+    from ssmkit.sysid.commands import sysid_main
+
+    bench = report_bench(n_init=3)
+    calls = {}
+
+    def identify(b, model, recipe, mode, seed, log, device):
+        calls["identify"] = (b, model, recipe, mode, seed, log, device)
+        return StubModel(runs), history
+
+    def evaluate(model, b, mode, steady_state):
+        calls["evaluate"] = (b, mode, steady_state)
+        return report_scores(steady=False)
+
+    def load(name, folder, train_records):
+        calls["load"] = (name, folder, train_records)
+        return bench
+
+    monkeypatch.setattr(workflow, "identify", identify)
+    monkeypatch.setattr(workflow, "evaluate", evaluate)
+    monkeypatch.setattr(benchmarks, "load_benchmark", load)
+    out = tmp_path / "out"
+    assert sysid_main(["--benchmark", "toy", "--out", str(out), "--no-plots", *argv]) == 0
+    return calls, json.loads((out / "results.json").read_text()), torch.load(out / "model.pt"), bench
+
+
+def test_sysid_main_one_run(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from ssmkit.sysid.recipes import Recipe
+
+    history = {"steps": 40, "best_step": 30, "best_val_rmse": 0.002}
+    calls, res, ckpt, bench = run_sysid(tmp_path, monkeypatch, history, ["--seed", "4", "--data-folder", "D",
+                                                                           "--recipe.train_records", "3"])
+    recipe = dataclasses.replace(Recipe(), train_records=3)
+    assert calls["load"] == ("toy", "D", 3)
+    assert calls["identify"][1:] == ("s4d", recipe, "simulation", 4, False, torch.device("cpu"))
+    assert calls["evaluate"][1:] == ("simulation", 1)  # one period of steady state by default
+    assert res["label"] == "deep Wiener s4d (simulation)"
+    assert (res["model"], res["mode"], res["seed"]) == ("s4d", "simulation", 4)
+    assert (res["steps_run"], res["best_step"]) == (40, 30)
+    assert res["recipe"] == json.loads(json.dumps(dataclasses.asdict(recipe)))
+    assert res["best_val_rmse"] == pytest.approx(2.0, rel=1e-12)  # 0.002 in the data's unit × scale 1000
+    assert res["restarts"] == [] and res["chosen_seed"] == 4 and res["combine"] == "best"
+    assert (res["parameters"], res["stable"], res["spectral_radius"], res["device"]) == (17, True, 0.75, "cpu")
+    assert res["train_seconds"] >= 0 and f"{torch.get_num_threads()} threads" in res["machine"]
+    assert ckpt == {"stub": True, "recipe": dataclasses.asdict(recipe), "model": "s4d", "mode": "simulation",
+                    "benchmark": "toy"}
+    printed = capsys.readouterr().out.split("\n")
+    from ssmkit.sysid.report import results_table
+
+    assert printed[:-2] == results_table(bench, "deep Wiener s4d (simulation)", report_scores(steady=False)).split("\n")
+    assert printed[-2] == f"trained 40 steps in {res['train_seconds']:.1f} s (best validation at step 30); report in " \
+                          f"{tmp_path / 'out'}"
+
+
+def test_sysid_main_restarts_ensembles_and_folds(tmp_path, monkeypatch, capsys):
+    restarts = [{"seed": 0, "best_val_rmse": 0.001}, {"seed": 1, "best_val_rmse": 0.004}]
+    history = {"steps": 10, "best_step": 5, "best_val_rmse": 0.001, "restarts": restarts, "seed": 1}
+    _, res, _, _ = run_sysid(tmp_path, monkeypatch, history, ["--steady-state-periods", "0"])
+    assert [r["best_val_rmse"] for r in res["restarts"]] == [pytest.approx(1.0), pytest.approx(4.0)]
+    assert [r["seed"] for r in res["restarts"]] == [0, 1] and res["chosen_seed"] == 1
+    assert res["label"] == "deep Wiener s4d (simulation)"
+    printed = capsys.readouterr().out
+    assert "trained 10 steps in " in printed
+    assert f" s (run 2 times; kept seed 1) (best validation at step 5); report in {tmp_path / 'out'}" in printed
+    history = dict(history, combine="average", seed=None)
+    calls, res, _, _ = run_sysid(tmp_path, monkeypatch, history, ["--mode", "prediction"], runs=2)
+    assert calls["evaluate"][1:] == ("prediction", None)  # no steady-state score in prediction mode
+    assert res["label"] == "deep Wiener s4d (prediction), average of 2 runs" and res["chosen_seed"] is None
+    assert "s (run 2 times; kept the average of every run) (best validation" in capsys.readouterr().out
+    history = dict(history, combine="best", validation="kfold", folds=2)
+    run_sysid(tmp_path, monkeypatch, history, [], runs=3)
+    assert "s (run 2 times over 2 held-out blocks; kept the average of 3 runs: the best on each block) (best " \
+        in capsys.readouterr().out
+    history = dict(history, combine="average")
+    _, res, _, _ = run_sysid(tmp_path, monkeypatch, history, [], runs=2)
+    assert res["label"] == "deep Wiener s4d (simulation), average of 2 runs"
+    assert "kept the average of 2 runs: every run) (best" in capsys.readouterr().out
+
+
+def test_sysid_main_refuses_bad_options(tmp_path, monkeypatch, capsys):
+    from ssmkit.sysid.commands import sysid_main
+
+    for argv, message in ((["--mode", "narx"], "--mode must be one of"),
+                          (["--steady-state-periods", "-1"], "--steady-state-periods must be >= 0; got -1"),
+                          (["--device", "nowhere"], "--device: "),
+                          (["--model", "s4dd"], "--model must be a registered layer")):
+        with pytest.raises(SystemExit) as exit_info:
+            sysid_main(["--benchmark", "cascaded_tanks", "--data-folder", str(tmp_path), *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            sysid_main(["--benchmark", "cascaded_tanks", "--device", "cuda"])
+        assert "sees no CUDA device here" in capsys.readouterr().err
+    _, res, _, _ = run_sysid(tmp_path, monkeypatch, {"steps": 1, "best_step": 1, "best_val_rmse": 0.0},
+                             ["--steady-state-periods", "0"])
+    assert res["best_val_rmse"] == 0.0
+
+
+# --- recipes: the tuned recipes as docs/results.md states them ------------------------------------------------------
+
+
+def test_the_recipes_are_the_documented_ones():
+    import dataclasses
+
+    from ssmkit.sysid.recipes import RECIPES, Recipe, recipe_for
+
+    documented = {
+        # docs/results.md "Cascaded Tanks": 4 blocks, N = 8, Δ·Ts 0.4-40 s (Δ 0.1-10 samples at Ts = 4 s),
+        # encoder on the 50-sample init window, windows 256 × 16, AdamW 3e-3, 5 000 steps, validation every 25,
+        # patience 60, 5 runs; sensor at 10 V (tanks4); 5 folds averaged, data init (tanks5); H = 16 (tanks7); SSM
+        # weight decay 0.2 (tanks8); tanh in the first block (tenth round)
+        "cascaded_tanks": dict(d_model=16, n_layers=4, d_state=8, activation="elu", timescale=(4 / 10, 4 / 0.1),
+                               encoder_window=50, window=256, batch_size=16, steps=5000, lr=3e-3, val_every=25,
+                               patience=60, restarts=5, validation="kfold", folds=5, combine="average",
+                               output_range=(None, 10.0), first_layer_init="data", ssm_weight_decay=0.2,
+                               first_activation="tanh"),
+        # "Bouc-Wen": 17 records of 5 periods, the 17th held out whole, its last period (1/5) the validation,
+        # H = N = 32, cosine, validation every 100, patience 1000, windows 16 × 512 with 100 washed out, AdamW 3e-3,
+        # 24 000 steps (bouc5), data init; no init window (Δ 0.075-7.5 samples at 750 Hz)
+        "bouc_wen": dict(d_model=32, n_layers=4, d_state=32, timescale=(1 / 750 / 7.5, 1 / 750 / 0.075),
+                         encoder_window=0, train_records=17, window=512, batch_size=16, steps=24000, lr=3e-3,
+                         schedule="cosine", washout=100, val_fraction=1 / 5, val_records=1, val_every=100,
+                         patience=1000, first_layer_init="data"),
+        # "F-16": H = N = 16, 4 blocks, ELU, encoder on the 50-sample window, AdamW 3e-3, validation (the last 10 %)
+        # every 50 steps, patience 20, windows 2 048 × 8, 10 000 steps; Δ 0.01-10 samples at 400 Hz
+        "f16": dict(d_model=16, n_layers=4, d_state=16, activation="elu", timescale=(1 / 400 / 10, 1 / 400 / 0.01),
+                    encoder_window=50, window=2048, batch_size=8, steps=10000, lr=3e-3, val_fraction=0.1,
+                    val_every=50, patience=20),
+    }
+    assert set(RECIPES) == set(documented)
+    for name, fields in documented.items():
+        recipe = recipe_for(name)
+        assert recipe.timescale == pytest.approx(fields["timescale"], rel=1e-12), name  # τ = Ts / Δ
+        assert dataclasses.replace(recipe, timescale=None) == Recipe(**{**fields, "timescale": None}), name
+        assert recipe_for(name) is RECIPES[name]
+    assert recipe_for("silverbox") == Recipe() and recipe_for("") == Recipe()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe_for("f16").steps = 1

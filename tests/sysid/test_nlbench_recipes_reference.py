@@ -460,10 +460,24 @@ def test_write_report_files_without_plots(tmp_path, steady):
 def test_write_report_figures_read_back(tmp_path, monkeypatch):
     from ssmkit.sysid import report
 
+    import matplotlib
+    import matplotlib.pyplot as plt
+
     saved = []
     monkeypatch.setattr(report, "save_figure", lambda fig, path: saved.append((fig, pathlib.Path(path))))
     bench, scores = report_bench(n_init=3), report_scores()
-    written = report.write_report(tmp_path, bench, "lbl", scores, {})
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")  # another non-interactive backend: the report selects Agg itself
+    try:
+        written = report.write_report(tmp_path, bench, "lbl", scores, {})
+        assert matplotlib.get_backend().lower() == "agg"
+    finally:
+        matplotlib.use(previous)
+    for fig, _ in saved:
+        assert fig.number not in plt.get_fignums()  # closed after saving
+        laid_out = [ax.get_position().bounds for ax in fig.axes]
+        fig.tight_layout()  # a tight layout is (nearly) a fixed point of tight_layout: the saved figure was laid out
+        assert np.allclose([ax.get_position().bounds for ax in fig.axes], laid_out, rtol=0, atol=5e-3)  # default: 0.02+ off
     assert written == ["results.json", "report.md", "simulation.png", "error_spectrum.png"]
     assert [p for _, p in saved] == [tmp_path / "simulation.png", tmp_path / "error_spectrum.png"]
     text = (tmp_path / "report.md").read_text().split("\n")

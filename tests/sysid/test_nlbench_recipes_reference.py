@@ -477,7 +477,7 @@ def test_write_report_figures_read_back(tmp_path, monkeypatch):
         assert fig.number not in plt.get_fignums()  # closed after saving
         laid_out = [ax.get_position().bounds for ax in fig.axes]
         fig.tight_layout()  # a tight layout is (nearly) a fixed point of tight_layout: the saved figure was laid out
-        assert np.allclose([ax.get_position().bounds for ax in fig.axes], laid_out, rtol=0, atol=5e-3)  # default: 0.02+ off
+        assert np.allclose([ax.get_position().bounds for ax in fig.axes], laid_out, rtol=0, atol=5e-3)  # else ~0.1
     assert written == ["results.json", "report.md", "simulation.png", "error_spectrum.png"]
     assert [p for _, p in saved] == [tmp_path / "simulation.png", tmp_path / "error_spectrum.png"]
     text = (tmp_path / "report.md").read_text().split("\n")

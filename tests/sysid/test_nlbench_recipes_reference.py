@@ -497,6 +497,9 @@ def test_write_report_figures_read_back(tmp_path, monkeypatch):
         assert [line.get_label() for line in ax.get_lines()] == ["measured", "simulated", "error"]
         (span,) = ax.patches  # the init window, 0 to n_init·Ts
         assert (span.get_x(), span.get_x() + span.get_width()) == (0.0, 3 * 0.5)
+        assert all(line.get_linewidth() > 0 for line in ax.get_lines())  # every curve visible
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend == ["measured", "simulated", "error", "init window (not scored)"]
         assert ax.get_title() == f"Toy bench: {rec.name} (output 1)"
         assert (ax.get_xlabel(), ax.get_ylabel()) == ("time (s)", "mV")
     (ax,) = spec_fig.axes
@@ -517,6 +520,8 @@ def test_write_report_figures_read_back(tmp_path, monkeypatch):
         assert np.allclose(measured.get_ydata(), spectrum(y - y.mean()), rtol=1e-9, atol=1e-9)
         assert np.allclose(err.get_ydata(), spectrum(e), rtol=1e-9, atol=1e-9)
         assert (measured.get_label(), err.get_label()) == (f"measured, {rec.name}", f"error, {rec.name}")
+    assert all(line.get_linewidth() > 0 for line in lines)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [line.get_label() for line in lines]
     assert ax.get_title() == "Toy bench: amplitude spectra after the init window"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("frequency (Hz)", "|DFT| / L (mV)")
 

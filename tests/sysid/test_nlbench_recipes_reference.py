@@ -402,7 +402,9 @@ def report_scores(steady: bool = True) -> dict:
     if steady:
         records[0]["steady_state"] = {"rmse": [0.5, 0.25], "fit": [99.999, 50.0], "prime": 1}
         records[1]["steady_state"] = {"rmse": [3.0, 4.0], "fit": [1.0, 2.0], "prime": 3}
-    sims = [torch.zeros(16, 2, dtype=torch.float64), torch.ones(12, 2, dtype=torch.float64)]
+    t = torch.arange(16, dtype=torch.float64)[:, None]
+    sims = [torch.cat([0.3 * torch.cos(0.5 * t), t], 1), torch.cat([t[:12] ** 0.5, -t[:12]], 1)]  # not constant:
+    # the error spectrum leaves out DC, where y_sim - y and y_sim + y differ for a constant simulation
     return {"records": records, "simulations": sims}
 
 

@@ -749,3 +749,17 @@ def test_the_recipes_are_the_documented_ones():
     assert recipe_for("silverbox") == Recipe() and recipe_for("") == Recipe()
     with pytest.raises(dataclasses.FrozenInstanceError):
         recipe_for("f16").steps = 1
+
+
+def test_recipe_fields_are_the_documented_ones_and_train_records_is_1_elsewhere():
+    import dataclasses
+    import re
+
+    from ssmkit.sysid.recipes import Recipe, recipe_for
+
+    documented = re.findall(r"^        (\w+): ", Recipe.__doc__.split("Args:")[1], flags=re.M)
+    assert sorted(f.name for f in dataclasses.fields(Recipe)) == sorted(documented)  # one field per documented arg
+    # "train_records: ... where the benchmark's training data are simulated (Bouc-Wen); 1 elsewhere": load_benchmark
+    # refuses any other count for a benchmark with fixed estimation records
+    for name in ("cascaded_tanks", "f16", "silverbox", "wiener_hammerstein", "emps", "ced", "parallel_wh", "other"):
+        assert recipe_for(name).train_records == 1, name

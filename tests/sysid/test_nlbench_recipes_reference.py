@@ -720,20 +720,20 @@ def test_the_recipes_are_the_documented_ones():
     documented = {
         # docs/results.md "Cascaded Tanks": 4 blocks, N = 8, Δ·Ts 0.4-40 s (Δ 0.1-10 samples at Ts = 4 s),
         # encoder on the 50-sample init window, windows 256 × 16, AdamW 3e-3, 5 000 steps, validation every 25,
-        # patience 60, 5 runs; sensor at 10 V (tanks4); 5 folds averaged, data init (tanks5); H = 16 (tanks7); SSM
-        # weight decay 0.2 (tanks8); tanh in the first block (tenth round)
+        # patience 60, 5 runs; sensor at 10 V with a censored loss (tanks4); 5 folds averaged, the first layer from
+        # the data (tanks5); H = 16 (tanks7); SSM weight decay 0.2 (tanks8); tanh in the first block (tenth round)
         "cascaded_tanks": dict(d_model=16, n_layers=4, d_state=8, activation="elu", timescale=(4 / 10, 4 / 0.1),
                                encoder_window=50, window=256, batch_size=16, steps=5000, lr=3e-3, val_every=25,
                                patience=60, restarts=5, validation="kfold", folds=5, combine="average",
-                               output_range=(None, 10.0), first_layer_init="data", ssm_weight_decay=0.2,
-                               first_activation="tanh"),
+                               output_range=(None, 10.0), censor=True, first_layer_init="data",
+                               data_init_layers=1, ssm_weight_decay=0.2, first_activation="tanh"),
         # "Bouc-Wen": 17 records of 5 periods, the 17th held out whole, its last period (1/5) the validation,
         # H = N = 32, cosine, validation every 100, patience 1000, windows 16 × 512 with 100 washed out, AdamW 3e-3,
-        # 24 000 steps (bouc5), data init; no init window (Δ 0.075-7.5 samples at 750 Hz)
+        # 24 000 steps (bouc5), the first block from the data; no init window (Δ 0.075-7.5 samples at 750 Hz)
         "bouc_wen": dict(d_model=32, n_layers=4, d_state=32, timescale=(1 / 750 / 7.5, 1 / 750 / 0.075),
                          encoder_window=0, train_records=17, window=512, batch_size=16, steps=24000, lr=3e-3,
                          schedule="cosine", washout=100, val_fraction=1 / 5, val_records=1, val_every=100,
-                         patience=1000, first_layer_init="data"),
+                         patience=1000, first_layer_init="data", data_init_layers=1),
         # "F-16": H = N = 16, 4 blocks, ELU, encoder on the 50-sample window, AdamW 3e-3, validation (the last 10 %)
         # every 50 steps, patience 20, windows 2 048 × 8, 10 000 steps; Δ 0.01-10 samples at 400 Hz
         "f16": dict(d_model=16, n_layers=4, d_state=16, activation="elu", timescale=(1 / 400 / 10, 1 / 400 / 0.01),

@@ -559,6 +559,12 @@ def test_recipe_from_args_overrides_and_the_prediction_defaults():
                                                      "--recipe.timescale", "[1, 3]", "--recipe.censor", "false"]))
     assert got == dataclasses.replace(tanks, steps=7, lr=0.5, timescale=(1.0, 3.0), censor=False)
     assert type(got.timescale) is tuple and all(type(v) is float for v in got.timescale)
+    from types import SimpleNamespace
+
+    given = {"timescale": [1, 3]}  # options read from JSON or YAML: a list of ints
+    cfg = SimpleNamespace(mode="simulation", steps=None, get=lambda key: given if key == "recipe" else None)
+    got = recipe_from_args("f16", cfg).timescale
+    assert got == (1.0, 3.0) and type(got) is tuple and all(type(v) is float for v in got)
     both = parsed(["--benchmark", "x", "--steps", "7", "--recipe.steps", "9"])
     assert recipe_from_args("cascaded_tanks", both).steps == 7  # --steps wins
     pred = recipe_from_args("cascaded_tanks", parsed(["--benchmark", "x", "--mode", "prediction"]))
@@ -585,6 +591,8 @@ def test_the_parser_defaults_and_every_recipe_field():
     given = cfg.recipe.as_dict()
     assert set(given) == {f.name for f in dataclasses.fields(Recipe)} and set(given.values()) == {None}
     cfg = parsed(["--benchmark", "b", "--no-plots", "--log", "--recipe.output_range", "[null, 10]"])
+    with pytest.raises(SystemExit):
+        parsed(["--model", "s4d"])  # --benchmark is required
     assert cfg.no_plots is True and cfg.log is True and tuple(cfg.recipe["output_range"]) == (None, 10.0)
 
 

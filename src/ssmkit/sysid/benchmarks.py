@@ -109,14 +109,15 @@ def f16(folder: str | os.PathLike | None = None, output_index: int | None = None
 
     Args:
         folder: the folder holding ``F16Data_FullMSine_Level{1..7}[_Validation].csv``.
-        output_index: keep one acceleration (0, 1, 2) or None for all three.
+        output_index: keep one acceleration (an int: 0, 1, 2) or None for all three.
         check: verify the files' SHA-256.
 
     Returns:
         the benchmark.
     """
     folder = benchmark_folder(folder, "f16gvt")
-    if output_index is not None and (isinstance(output_index, bool) or output_index not in (0, 1, 2)):
+    if output_index is not None and (isinstance(output_index, bool) or not isinstance(output_index, int)
+                                     or output_index not in (0, 1, 2)):
         raise ValueError(f"output_index must be 0, 1, 2 or None (all three accelerations); got {output_index!r}")
 
     def level(k: int, validation: bool) -> IORecord:

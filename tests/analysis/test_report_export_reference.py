@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -252,6 +253,22 @@ def test_the_summary_tables_read_back_as_the_recomputed_figures():
     assert "equilibria" not in text  # sweeps None: no section
 
 
+def test_the_states_for_1_percent_of_each_layer():
+    """The fewest states whose balanced truncation is within 1 % of H∞: 3 of 4 for poles 0.9, 0.5, 0.2, 0.05 (2 at
+    2 %), 0 for a nearly static system, none ('—') for a bank with an unstable system."""
+    four = np.diag([0.9, 0.5, 0.2, 0.05])[None]
+    ones = (np.ones((1, 4, 1)), np.ones((1, 1, 4)), np.zeros((1, 1, 1)))
+    hankel, hinf = _hankel(four, *ones[:2]), _sigma_max_on_grid(four, *ones)
+    assert _order(hankel, hinf) == [3] and _order(hankel, hinf, 0.02) == [2]  # the reference tells 1 % from 2 %
+    static = (np.diag([0.5, 0.3])[None], np.full((1, 2, 1), 1e-4), np.ones((1, 1, 2)), np.ones((1, 1, 1)))
+    mixed = np.stack([np.diag([0.9, 0.5, 0.2, 0.05]), np.diag([1.1, 0.5, 0.2, 0.05])])
+    results = [analyze_layer("a", _Fixed(four, *ones), DT), analyze_layer("b", _Fixed(*static), DT),
+               analyze_layer("c", _Fixed(mixed, np.ones((2, 4, 1)), np.ones((2, 1, 4)), np.zeros((2, 1, 1))), DT)]
+    assert [layer_record(r)["reduced_order_1pct"] for r in results] == [[3], [0], [3, -1]]
+    text = summary_markdown(results, [], "t", [])
+    assert [_row(text, name)[11] for name in "abc"] == ["3 of 4", "0 of 2", "—"]
+
+
 def test_the_summary_in_samples_and_without_layers():
     results = _results()[:1]
     text = summary_markdown(results, [], "t", [], seconds=False)
@@ -264,6 +281,8 @@ def test_the_summary_in_samples_and_without_layers():
     assert "dt = 1 (samples)" in one and "slowest τ (samples)" in one
     forced = summary_markdown([analyze_layer("x", _Fixed(A, B, C, D), 1.0)], [], "t", [], seconds=True)
     assert "dt = 1 s." in forced and "slowest τ (s)" in forced and "frequency (Hz)" in forced
+    assert summary_markdown([], [], "t", []) == "# Control analysis: t\n\nThe model has no layer with a state-space " \
+                                                 "realisation.\n"
     empty = summary_markdown([], [("a", "rglru", "why")], "t", ["x.png"])
     assert empty == "# Control analysis: t\n\nThe model has no layer with a state-space realisation.\n\n" \
                     "Layers without a state-space realisation (not analysed):\n\n- a (rglru): why\n\n![x](x.png)\n"
@@ -399,7 +418,7 @@ def test_write_report_of_a_model_in_samples_with_a_skipped_layer_and_a_given_dt(
 def test_write_report_without_figures_or_without_layers_draws_nothing(tmp_path, figures):
     from ssmkit.models import SequenceModel
 
-    paths = write_report(_wiener(), str(tmp_path / "a"), plots=False)
+    paths = write_report(_wiener(), str(tmp_path / "a"), plots=False, channels=1)  # 1 channel: accepted
     assert figures == [] and set(paths) == {"json", "summary"}
     text = open(paths["summary"]).read()
     assert "![" not in text and "## The whole model around its equilibria" in text
@@ -436,6 +455,43 @@ def _impulse(A, B, C, D, L):
         h.append(C @ AkB)
         AkB = A @ AkB
     return np.stack(h, -1)
+
+
+def test_the_kernels_figure_of_other_shapes(monkeypatch):
+    """A non-square (H_out, H_in, L) kernel shows its diagonal; without a kernel view, a bank of two SISO systems shows
+    each system's impulse response and a single 2-output 3-input system its diagonal; a slow layer 512 lags."""
+    from ssmkit.models import SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=1, d_model=2, n_layers=1, layer="s4d", d_output=1, head="regress",
+                          layer_options={"d_state": 4}, dtype=torch.float64)
+    layer = model.blocks[0].layer
+    with torch.no_grad():
+        layer.log_dt.fill_(-12.0)  # Δ ≈ 6e-6: τ of ~1e5 samples, so the figure's longest length, 512
+    [result] = layerwise.analyze_model(model)
+    assert plots.response_length(result, 10**6) > 512
+    [(title, K)] = report._kernels(model, [result])
+    with torch.no_grad():
+        np.testing.assert_array_equal(K, layer.kernel(512).numpy())
+    for shape in ((2, 3), (3, 2)):
+        full = np.arange(float(np.prod(shape) * 512)).reshape(shape + (512,))
+        monkeypatch.setattr(layer, "kernel", lambda L, full=full: torch.from_numpy(full[..., :L]))
+        [(_, K)] = report._kernels(model, [result])
+        np.testing.assert_array_equal(K, np.stack([full[i, i] for i in range(2)]))
+    monkeypatch.setattr(layer, "supports", lambda what: what != "kernel")
+    rng = np.random.default_rng(2)
+    two = (np.stack([np.diag([0.5, -0.3]), np.diag([0.8, 0.1])]), rng.standard_normal((2, 2, 1)),
+           rng.standard_normal((2, 1, 2)), rng.standard_normal((2, 1, 1)))
+    wide = (np.diag([0.6, 0.2, -0.4])[None], rng.standard_normal((1, 3, 3)), rng.standard_normal((1, 2, 3)),
+            rng.standard_normal((1, 2, 3)))
+    for bank, want in ((two, lambda h: np.stack([h[g][0, 0] for g in range(2)])),
+                       (wide, lambda h: np.stack([h[0][i, i] for i in range(2)]))):
+        stand_in = analyze_layer("blocks.0.layer", _Fixed(*bank), 1.0)
+        L = plots.response_length(stand_in, 512)
+        h = [_impulse(*(M[g] for M in bank), L) for g in range(len(bank[0]))]  # (p, m, L) per system
+        [(title, K)] = report._kernels(model, [stand_in])
+        assert title == "blocks.0.layer (fixed): impulse response of the realisation (no kernel view)"
+        np.testing.assert_allclose(K, want(h), rtol=0, atol=1e-12)
 
 
 def test_the_kernels_figure_shows_the_kernel_or_the_realisations_impulse_response(monkeypatch):
@@ -511,6 +567,12 @@ def test_load_model_reads_each_layout_and_skips_the_other_weights(tmp_path):
         load_model(str(tmp_path / "none.pt"))
     with pytest.raises(FileNotFoundError, match="no checkpoint at '"):
         load_model(str(tmp_path))  # a folder is not a file
+    torch.save({"hyper_parameters": {"model": {}}}, tmp_path / "nostate.pt")
+    with pytest.raises(ValueError, match="holds no state_dict"):
+        load_model(str(tmp_path / "nostate.pt"))
+    torch.save({"state_dict": {}, "extra": _NotAWeight()}, tmp_path / "pickle.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # read with weights_only=True
+        load_model(str(tmp_path / "pickle.pt"))
 
 
 def test_the_default_output_folder():
@@ -571,17 +633,23 @@ def test_analyze_accepts_the_models_own_sampling_time_to_1e12(tmp_path, capsys, 
     from ssmkit.analysis import commands
     from ssmkit.sysid import DeepWiener
 
+    Ts = 5e15 * 2**-53  # 0.555...: Ts ± 1e-12 Ts are floats whose distance to Ts is exactly fl(1e-12 Ts), the bound
     torch.manual_seed(0)
-    torch.save(DeepWiener(1, 1, d_model=2, n_layers=1, layer_options={"d_state": 4}, dt=0.5).checkpoint(),
+    torch.save(DeepWiener(1, 1, d_model=2, n_layers=1, layer_options={"d_state": 4}, dt=Ts).checkpoint(),
                tmp_path / "model.pt")
-    for dt in (0.5 + 4e-13, 0.5 - 4e-13):  # within 1e-12 relative of Ts = 0.5: the same sampling time
+    for dt in (Ts, Ts + 1e-12 * Ts, Ts - 1e-12 * Ts):  # within 1e-12 relative of Ts: the same sampling time
+        assert abs(dt - Ts) in (0.0, 1e-12 * Ts)
         assert commands.analyze_main([str(tmp_path / "model.pt"), "--dt", repr(dt)]) == 0
         assert fake_report[-1][2]["dt"] == dt and fake_report[-1][1] == str(tmp_path / "analysis")
-    for dt in (0.5 + 1e-12, 0.5 - 1e-12):
+    for dt in (Ts + 1.4e-12 * Ts, Ts - 1.4e-12 * Ts):
         with pytest.raises(SystemExit):
             commands.analyze_main([str(tmp_path / "model.pt"), "--dt", repr(dt)])
-        assert "carries its sampling time Ts = 0.5 s" in capsys.readouterr().err
-    assert len(fake_report) == 2
+        assert f"carries its sampling time Ts = {Ts:g} s" in capsys.readouterr().err
+    assert len(fake_report) == 3
+
+
+class _NotAWeight:
+    """A pickled object that ``torch.load(weights_only=True)`` refuses to build."""
 
 
 class _Info:
@@ -674,8 +742,9 @@ def test_zoo_prints_and_writes_the_tables(tmp_path, capsys, monkeypatch):
     files = {name: open(tmp_path / "z" / name).read() for name in sorted(os.listdir(tmp_path / "z"))}
     assert files == {"poles.csv": zoo.to_csv(default, measured), "zoo.csv": zoo.to_csv(default),
                      "zoo.md": zoo.to_markdown(default, measured)}
-    assert commands.zoo_main(["--format", "csv"]) == 0
-    assert capsys.readouterr().out == zoo.to_csv(default)
+    assert commands.zoo_main(["--format", "csv", "--out", str(tmp_path / "z")]) == 0  # an existing folder
+    assert capsys.readouterr().out == zoo.to_csv(default) + f"zoo.md, zoo.csv in {tmp_path / 'z'}\n"
+    assert open(tmp_path / "z" / "zoo.md").read() == zoo.to_markdown(default)
     with pytest.raises(SystemExit) as exit_:
         commands.zoo_main(["--d-model", "0"])
     assert exit_.value.code == 2 and "--d-model must be >= 1; got 0" in capsys.readouterr().err
@@ -839,6 +908,53 @@ def test_onnx_state_of_nested_lists_and_of_a_mixers_core():
         onnx_state(model, [state[0], state[0]])
 
 
+def test_onnx_state_refuses_what_the_graph_cannot_hold(monkeypatch):
+    from ssmkit.analysis import onnx_export
+    from ssmkit.models import SequenceModel
+
+    model = _wiener64()
+    with torch.no_grad():
+        _, state = model(torch.randn(2, 3, 2, dtype=torch.float64))
+    real = [torch.zeros(2, 3, 2, dtype=torch.float64), state[1]]  # a real state for a modal layer
+    with pytest.raises(NotImplementedError, match=r"S4D's state \(2, 3, 2\) has no direct counterpart in the exported "
+                                                  r"graph's modal realisation: start the ONNX graph from zeros"):
+        onnx_export.onnx_state(model, real)
+    with pytest.raises(ValueError, match="state must be a list of 2 layer states"):
+        onnx_export.onnx_state(model, tuple(state[:1]))
+    assert [p.shape for p in onnx_export.onnx_state(model, tuple(state))] == [(2, 3, 2, 2)] * 2  # a tuple is read too
+    torch.manual_seed(0)
+    gss = SequenceModel(d_input=2, d_model=4, n_layers=1, layer="gss", d_output=1, head="regress", pool=None)
+    layer = gss.blocks[0].layer
+    part = torch.zeros(2, 3, 4, dtype=torch.complex64)
+    assert onnx_export._mixer_part(layer, part).shape == (2, 3, 4, 2)
+    real_part = torch.ones(2, 3)
+    assert onnx_export._mixer_part(layer, real_part) is real_part
+    monkeypatch.setattr(onnx_export, "_inner_lti_layers", lambda layer: [])  # no modal core to hold the state
+    with pytest.raises(NotImplementedError, match=r"GSS's complex state \(2, 3, 4\) has no direct counterpart in the "
+                                                  r"exported graph \(its LTI cores' realisations: \[\]\)"):
+        onnx_export._mixer_part(layer, part)
+
+
+def test_a_liquid_s4_layer_continues_from_its_forward_state():
+    from ssmkit.analysis.onnx_export import onnx_state, real_step_model
+
+    from ssmkit.models import SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=2, d_model=3, n_layers=2, layer="liquid_s4", layer_options={"d_state": 4},
+                          d_output=1, head="regress", pool=None, activation="tanh", dtype=torch.float64).eval()
+    converted = real_step_model(model)
+    assert [type(b.layer).__name__ for b in converted.blocks] == ["RealLiquidS4"] * 2
+    u = torch.randn(2, 8, 2, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = model(u[:, :4])
+    want, _ = _steps(model, u[:, 4:], state)
+    parts = [torch.from_numpy(p) for p in onnx_state(model, state)]
+    assert len(parts) == 4 and parts[0].shape == (2, 3, 4)  # S4's [Re x, Im x] and the last inputs, per layer
+    got, _ = _steps(converted, u[:, 4:], _unflat(converted, parts))
+    assert rel_err(got, want) <= 1e-12
+
+
 def _unflat(converted, parts):
     from ssmkit.analysis.onnx_export import _unflatten
 
@@ -934,3 +1050,14 @@ def test_the_step_graph_in_onnxruntime_equals_the_float64_step(tmp_path, monkeyp
     monkeypatch.setattr(torch.onnx, "export", missing)
     with pytest.raises(ImportError, match="onnxscript is not installed"):
         onnx_export.export_onnx(model, str(tmp_path / "missing.onnx"))
+
+
+@pytest.mark.parametrize("module,names", [
+    ("report", {"layer_record", "slowest_modes", "summary_markdown", "write_report"}),
+    ("commands", {"analyze_main", "load_model", "zoo_main"}),
+    ("onnx_export", {"OnnxExport", "RealLTIStep", "StepFunction", "export_onnx", "onnx_state", "real_step_model"}),
+])
+def test_the_star_import_gives_the_public_names(module, names):
+    namespace = {}
+    exec(f"from ssmkit.analysis.{module} import *", namespace)
+    assert set(namespace) - {"__builtins__"} == names

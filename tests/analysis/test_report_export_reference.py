@@ -484,8 +484,11 @@ def test_the_kernels_figure_of_other_shapes(monkeypatch):
            rng.standard_normal((2, 1, 2)), rng.standard_normal((2, 1, 1)))
     wide = (np.diag([0.6, 0.2, -0.4])[None], rng.standard_normal((1, 3, 3)), rng.standard_normal((1, 2, 3)),
             rng.standard_normal((1, 2, 3)))
+    broad = (np.diag(np.linspace(-0.3, 0.3, 40))[None], rng.standard_normal((1, 40, 40)),
+             rng.standard_normal((1, 40, 40)), rng.standard_normal((1, 40, 40)))  # more channels than its 32 lags
     for bank, want in ((two, lambda h: np.stack([h[g][0, 0] for g in range(2)])),
-                       (wide, lambda h: np.stack([h[0][i, i] for i in range(2)]))):
+                       (wide, lambda h: np.stack([h[0][i, i] for i in range(2)])),
+                       (broad, lambda h: np.stack([h[0][i, i] for i in range(40)]))):
         stand_in = analyze_layer("blocks.0.layer", _Fixed(*bank), 1.0)
         L = plots.response_length(stand_in, 512)
         h = [_impulse(*(M[g] for M in bank), L) for g in range(len(bank[0]))]  # (p, m, L) per system
@@ -801,10 +804,16 @@ def _banks():
     A6 = 0.3 * cplx(G, 2, 2)
     out.append(("complex dense", StateSpace(A6, cplx(G, 2, m), cplx(G, p, 2), real(G, p, m)), "dense", 4,
                 lambda x: np.concatenate([x.real, x.imag], -1)))
+    A7 = np.triu(0.3 * cplx(G, 3, 3))  # some off-diagonal entries nonzero, some zero: not diagonal
+    out.append(("complex triangular", StateSpace(A7, cplx(G, 3, m), cplx(G, p, 3), real(G, p, m)), "dense", 6,
+                lambda x: np.concatenate([x.real, x.imag], -1)))
+    A8 = np.stack([_rot(0.7, 0.4), _rot(-0.2, 0.9)])  # n = 2: one rotation block per system
+    out.append(("one block", StateSpace(A8, real(G, 2, m), real(G, p, 2), real(G, p, m)), "modal", 1,
+                lambda x: np.stack([x[..., 0::2], x[..., 1::2]], -1)))
     return out
 
 
-@pytest.mark.parametrize("case", range(10), ids=[c[0] for c in _banks()])
+@pytest.mark.parametrize("case", range(12), ids=[c[0] for c in _banks()])
 def test_the_real_step_runs_each_realisation_as_a_float64_loop_does(case):
     from ssmkit.analysis.onnx_export import RealLTIStep
 
@@ -855,6 +864,7 @@ def _steps(model, u, state):
 
 
 @pytest.mark.parametrize("layer,options,kind", [("s4d", {"d_state": 4}, "modal"), ("s4", {"d_state": 4}, "dense"),
+                                                ("s5", {"d_state": 4, "blocks": 1}, "modal"),
                                                 ("ema", {}, "diagonal"),
                                                 ("s4d", {"d_state": 4, "init": "real"}, "diagonal")])
 def test_the_real_step_model_continues_from_the_forward_state_in_onnx_state(layer, options, kind):
@@ -922,6 +932,8 @@ def test_onnx_state_refuses_what_the_graph_cannot_hold(monkeypatch):
     with pytest.raises(ValueError, match="state must be a list of 2 layer states"):
         onnx_export.onnx_state(model, tuple(state[:1]))
     assert [p.shape for p in onnx_export.onnx_state(model, tuple(state))] == [(2, 3, 2, 2)] * 2  # a tuple is read too
+    single = [p.dtype for p in onnx_export.onnx_state(_wiener64().float(), state)]  # float64 states, float32 weights
+    assert single == [np.float32, np.float32]  # in the graph's dtype, the parameters'
     torch.manual_seed(0)
     gss = SequenceModel(d_input=2, d_model=4, n_layers=1, layer="gss", d_output=1, head="regress", pool=None)
     layer = gss.blocks[0].layer
@@ -953,6 +965,20 @@ def test_a_liquid_s4_layer_continues_from_its_forward_state():
     assert len(parts) == 4 and parts[0].shape == (2, 3, 4)  # S4's [Re x, Im x] and the last inputs, per layer
     got, _ = _steps(converted, u[:, 4:], _unflat(converted, parts))
     assert rel_err(got, want) <= 1e-12
+
+
+def test_onnx_state_of_an_ensemble_reads_its_members_lists_in_order():
+    from ssmkit.analysis.onnx_export import onnx_state
+    from ssmkit.sysid.ensemble import WienerEnsemble
+
+    members = [_wiener64(seed=1), _wiener64(seed=2)]
+    ensemble = WienerEnsemble(members).eval()
+    with torch.no_grad():
+        _, state = ensemble(torch.randn(2, 5, 2, dtype=torch.float64))
+    assert len(state) == 2 and all(isinstance(s, list) and len(s) == 2 for s in state)  # one list per member
+    want = [p for m, s in zip(members, state) for p in onnx_state(m, s)]
+    got = onnx_state(ensemble, state)
+    assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(got, want))
 
 
 def _unflat(converted, parts):

@@ -12,6 +12,7 @@ given); the commands' printed text parsed back; the exported step realisation ag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -896,6 +897,20 @@ def test_the_real_step_model_continues_from_the_forward_state_in_onnx_state(laye
         np.testing.assert_allclose(a.numpy(), b, rtol=0, atol=1e-12)
 
 
+def test_the_real_step_model_of_a_bare_lti_layer_is_its_realisation():
+    import ssmkit.layers as layers
+    from ssmkit.analysis.onnx_export import RealLTIStep, real_step_model
+
+    torch.manual_seed(0)
+    layer = layers.build("s4d", d_model=3, d_state=4, dtype=torch.float64)
+    real = real_step_model(layer)
+    assert isinstance(real, RealLTIStep) and real.kind == "modal" and real.dtype == torch.float64
+    u = torch.randn(2, 5, 3, dtype=torch.float64)
+    want, _ = _steps(layer, u, layer.initial_state(2))
+    got, _ = _steps(real, u, real.initial_state(2))
+    assert rel_err(got, want) <= 1e-12
+
+
 def test_onnx_state_of_nested_lists_and_of_a_mixers_core():
     from ssmkit.analysis.onnx_export import _layer_entries, onnx_state, real_step_model
     from ssmkit.models import SequenceModel
@@ -993,6 +1008,8 @@ def test_the_export_record_gives_zero_states_of_each_part():
     info = OnnxExport("f.onnx", "u", ("state_0", "state_1"), ("y", "next_state_0", "next_state_1"), ((3, 2, 2), (5,)),
                       (np.dtype("float64"), np.dtype("float32")))
     assert info.batch_size is None
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a record of what was written
+        info.path = "g.onnx"
     for B, got in ((1, info.initial_state()), (4, info.initial_state(4))):
         assert [(p.shape, p.dtype) for p in got] == [((B, 3, 2, 2), np.float64), ((B, 5), np.float32)]
         assert not any(p.any() for p in got)
@@ -1087,3 +1104,34 @@ def test_the_star_import_gives_the_public_names(module, names):
     namespace = {}
     exec(f"from ssmkit.analysis.{module} import *", namespace)
     assert set(namespace) - {"__builtins__"} == names
+
+
+def test_export_onnx_traces_an_example_batch_of_2_or_the_fixed_batch(tmp_path, monkeypatch):
+    """torch.onnx.export replaced by a recorder: the example batch (2 for a dynamic axis, documented; B when fixed,
+    1 included), the dynamic batch axis of every input, the names and the opset it is given."""
+    from ssmkit.analysis import onnx_export
+
+    calls = []
+
+    def record(fn, args, path, **kwargs):
+        calls.append((args, kwargs))
+        open(path, "w").close()
+
+    monkeypatch.setattr(torch.onnx, "export", record)
+    model = _wiener64()
+    info = onnx_export.export_onnx(model, str(tmp_path / "d.onnx"))
+    (args, kwargs), = calls
+    assert [tuple(a.shape) for a in args] == [(2, 2), (2, 3, 2, 2), (2, 3, 2, 2)]
+    assert kwargs["input_names"] == ["u", "state_0", "state_1"]
+    assert kwargs["output_names"] == ["y", "next_state_0", "next_state_1"] and kwargs["opset_version"] == 18
+    u_axes, state_axes = kwargs["dynamic_shapes"]
+    assert list(u_axes) == [0] and [list(a) for a in state_axes] == [[0], [0]]
+    assert all(a[0] is u_axes[0] for a in state_axes) and u_axes[0].__name__ == "batch"  # one named batch axis
+    assert info.batch_size is None and os.listdir(tmp_path) == ["d.onnx"]
+    for B in (1, 4):
+        calls.clear()
+        info = onnx_export.export_onnx(model, str(tmp_path / f"f{B}.onnx"), batch_size=B, opset_version=17)
+        (args, kwargs), = calls
+        assert [a.shape[0] for a in args] == [B] * 3 and kwargs["dynamic_shapes"] is None
+        assert kwargs["opset_version"] == 17 and info.batch_size == B
+        assert [p.shape for p in info.initial_state()] == [(B, 3, 2, 2)] * 2

@@ -107,14 +107,32 @@ def run(tmp_path_factory):
         seen.append(int(batch[0].shape[0]))
         return halve(batch)
 
+    import lightning.pytorch as pl
+
+    keys = []
+
+    class Keys(pl.Callback):  # the logged and progress-bar metric names after each step, validation and test
+        def record(self, trainer, when):
+            keys.append((when, sorted(trainer.logged_metrics), sorted(trainer.progress_bar_metrics)))
+
+        def on_train_batch_end(self, trainer, *args):
+            self.record(trainer, "step")
+
+        def on_validation_end(self, trainer, module):
+            self.record(trainer, "val")
+
+        def on_test_end(self, trainer, module):
+            self.record(trainer, "test")
+
     cfg = config(test_weights="best_val")
     result = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], SPLITS["test"], out, progress=False,
-                 labels={"task": "sign", "model": "s4d"}, transform=recording, extra_tests={"long": SPLITS["long"]})
-    return cfg, out, result, seen, reference_run(cfg)
+                 labels={"task": "sign", "model": "s4d"}, transform=recording, extra_tests={"long": SPLITS["long"]},
+                 extra_callbacks=[Keys()])
+    return cfg, out, result, seen, reference_run(cfg), keys
 
 
 def test_fit_trains_as_the_float64_loop_with_clipping_and_the_schedule(run):
-    cfg, out, result, _, (losses, accuracies, _, net) = run
+    cfg, out, result, _, (losses, accuracies, _, net), _ = run
     final = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert final["global_step"] == cfg.max_steps
     got = {k.removeprefix("model."): v for k, v in final["state_dict"].items()}
@@ -132,7 +150,7 @@ def test_fit_trains_as_the_float64_loop_with_clipping_and_the_schedule(run):
 
 
 def test_fit_records_validation_best_validation_and_tests_as_recomputed(run):
-    cfg, out, result, _, (_, _, validations, net) = run
+    cfg, out, result, _, (_, _, validations, net), _ = run
     steps = [s for s, _, _ in validations]
     assert steps == [1, 2, 3, 4]
     # the best validation: the first strictly highest accuracy (the run's monitored metric)
@@ -167,7 +185,7 @@ def test_fit_records_validation_best_validation_and_tests_as_recomputed(run):
 
 
 def test_fit_writes_its_files_and_counts_its_samples(run):
-    cfg, out, result, seen, _ = run
+    cfg, out, result, seen, _, keys = run
     assert json.loads((out / "result.json").read_text()) == result
     assert json.loads((out / "model.json").read_text()) == MODEL.to_dict()
     assert json.loads((out / "train.json").read_text()) == cfg.to_dict()
@@ -189,6 +207,41 @@ def test_fit_writes_its_files_and_counts_its_samples(run):
     # final weights, then both at the best validation's)
     assert seen.count(4) == cfg.max_steps + 1
     assert [s for s in seen if s != 4] == [3, 3, 1, 3, 3, 1, 3, 1, 3, 3, 1, 3, 1]
+    # the names logged (per step, not per epoch) and those on the progress bar: the training loss and the validation's
+    train, val = ["train_accuracy", "train_loss"], ["val_accuracy", "val_loss"]
+    assert keys[:2] == [("step", train, ["train_loss"]), ("val", train + val, ["train_loss"] + val)]
+    assert [k for k in keys if k[0] == "test"] == [("test", ["test_accuracy", "test_loss"], [])] * 4
+
+
+def test_score_of_language_model_steps_counts_only_the_scored_ones():
+    from ssmkit.train.module import SequenceLightningModule
+
+    lm = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=3, head="lm", pool=None,
+                             vocab_size=5, layer_options={"d_state": 2})
+    module = SequenceLightningModule(lm, config())
+    from lightning.pytorch.plugins.precision import Precision
+
+    trainer = _Trainer()
+    trainer.precision_plugin = Precision()
+    trainer.strategy.batch_to_device = lambda batch: batch
+    module._trainer = trainer
+    x = torch.randint(0, 5, (3, 6), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (3, 6), generator=torch.Generator().manual_seed(2))
+    y[:, :4] = -100  # only the last two steps are scored
+    got = module.score([(x[:2], y[:2]), (x[2:], y[2:])])
+    with torch.no_grad():
+        out = module.model.eval()(x, return_state=False)[0][:, 4:].double()
+    assert float(got["loss"]) == pytest.approx(float(F.cross_entropy(out.reshape(-1, 3), y[:, 4:].reshape(-1))), rel=1e-6)
+    assert float(got["accuracy"]) == pytest.approx(float((out.argmax(-1) == y[:, 4:]).double().mean()), abs=1e-7)
+    # nothing scored: zeros over a count of at least one, not 0 / 0
+    got = module.score([(x, torch.full_like(y, -100))])
+    assert (float(got["loss"]), float(got["accuracy"])) == (0.0, 0.0)
+    # a stage that saw no batch logs nothing
+    logged = []
+    module.log = lambda *a, **k: logged.append(a)
+    module.on_validation_epoch_end()
+    module.on_test_epoch_end()
+    assert logged == []
 
 
 def test_final_test_weights_and_a_run_without_validation(tmp_path):
@@ -202,6 +255,53 @@ def test_final_test_weights_and_a_run_without_validation(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt", "step2.ckpt"]
     with open(tmp_path / "logs" / "version_0" / "metrics.csv") as f:
         assert not any(r.get("val_loss") for r in csv.DictReader(f))  # no validation ran
+
+
+def test_tokens_count_time_steps_of_ids_pairs_and_features():
+    from ssmkit.train.run import _tokens
+
+    ids = {(5, 7): 35, (5, 2, 7): 70, (5,): 5, (): 1}
+    features = {(5, 7, 3): 35, (5, 2, 7, 3): 70}
+    for shape, count in ids.items():
+        assert _tokens(torch.zeros(shape, dtype=torch.long)) == count, shape
+    for shape, count in features.items():
+        assert _tokens(torch.zeros(shape)) == count, shape
+    assert _tokens(torch.zeros(5, 7, 3, dtype=torch.long)) == 105  # integer (B, L, 3): every id
+    assert _tokens(torch.zeros(5, 7)) == 35  # a float (B, L) input: every step
+
+
+def test_a_time_limit_stops_after_the_first_step_and_a_resume_without_last_starts_fresh(tmp_path):
+    cfg = config(max_time=1e-9, val_every=0, checkpoint_every=0, precision="32")
+    result = fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "a", progress=False)
+    assert result["steps"] < cfg.max_steps  # Lightning's timer stopped the run at its first check
+    os.makedirs(tmp_path / "b" / "checkpoints")
+    (tmp_path / "b" / "checkpoints" / "notes.txt").write_text("kept")
+    with pytest.raises(ValueError, match=r"checkpoints already holds checkpoints: pass resume=True"):
+        fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "b", progress=False)
+    result = fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "b", resume=True, progress=False)
+    assert result["resumed_from"] is None and result["steps"] < cfg.max_steps
+
+
+def test_a_resume_names_every_changed_field_in_order(tmp_path):
+    from ssmkit.train.run import check_same_run
+
+    cfg = config()
+    saved = {"model": MODEL.to_dict(), "train": cfg.to_dict()}
+    check_same_run(saved, MODEL, TrainConfig(**{**cfg.to_dict(), "batch_size": 8, "val_every": 2}), "p")  # not restored
+    check_same_run({}, SequenceModelConfig(**{**MODEL.to_dict(), "d_model": 8}), config(lr=1.0), "p")  # nothing saved
+    other = SequenceModelConfig(**{**MODEL.to_dict(), "n_layers": 2, "d_model": 8})
+    changed = TrainConfig(**{**cfg.to_dict(), "lr_floor": 0.0, "lr": 0.5, "warmup_steps": 1, "weight_decay": 0.0,
+                             "max_steps": 9})
+    want = ("model d_model: saved 4, given 8; model n_layers: saved 1, given 2; train lr: saved 0.05, given 0.5; "
+            "train weight_decay: saved 0.1, given 0.0; train max_steps: saved 4, given 9; train warmup_steps: saved "
+            "2, given 1; train lr_floor: saved 0.2, given 0.0")
+    with pytest.raises(ValueError, match=r"^resume continues the run saved in ck/last\.ckpt with its own model, "
+                                         r"optimiser and schedule, but the configuration given differs \("
+                                         + want.replace("(", r"\(") + r"\): give the saved"):
+        check_same_run(saved, other, changed, "ck/last.ckpt")
+    saved["train"] = {"lr": 0.05}  # an older checkpoint without the other fields: only lr compared
+    with pytest.raises(ValueError, match=r"\(train lr: saved 0.05, given 0.5\)"):
+        check_same_run(saved, MODEL, changed, "p")
 
 
 # the module's hooks, driven by a stub trainer

@@ -329,7 +329,9 @@ class _Trainer:
 def _module(**train):
     from ssmkit.train.module import SequenceLightningModule
 
-    module = SequenceLightningModule(MODEL, config(**train).to_dict())
+    module = SequenceLightningModule(MODEL.to_dict(), config(**train).to_dict())  # both as plain dicts
+    assert module.hparams == {"model": MODEL.to_dict(), "train": config(**train).to_dict()}
+    assert module.model_config == MODEL and module.train_config == config(**train) and module.head == "classify"
     return module
 
 
@@ -358,17 +360,17 @@ def test_a_non_finite_loss_names_itself_or_the_other_process(monkeypatch):
 
 
 def test_score_is_the_eval_mode_mean_over_every_batch_and_restores_the_mode():
-    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.plugins.precision import DoublePrecision
 
     module = _module()
-    module.model = SequenceModel.from_config(SequenceModelConfig(**{**MODEL.to_dict(), "dropout": 0.5}))
+    module.model = SequenceModel.from_config(SequenceModelConfig(**{**MODEL.to_dict(), "dropout": 0.5})).double()
     trainer = _Trainer()
-    trainer.precision_plugin = Precision()
+    trainer.precision_plugin = DoublePrecision()  # float32 batches become float64, as the model's parameters
     trainer.strategy.batch_to_device = lambda batch: batch
     module._trainer = trainer
     batches = [(X[:3], Y[:3]), (X[3:10], Y[3:10]), (X[10:11], Y[10:11])]
     with torch.no_grad():
-        out = module.model.eval()(X[:11], return_state=False)[0].double()
+        out = module.model.eval()(X[:11].double(), return_state=False)[0]
     want = {"loss": float(F.cross_entropy(out, Y[:11])), "accuracy": float((out.argmax(-1) == Y[:11]).double().mean())}
     for mode in (True, False):
         module.train(mode)
@@ -380,6 +382,12 @@ def test_score_is_the_eval_mode_mean_over_every_batch_and_restores_the_mode():
         assert module._sums == {}
     with pytest.raises(ValueError, match="score needs at least one batch"):
         module.score([])
+    # a batch that fails leaves no partial sums behind and the mode restored
+    module.train()
+    with pytest.raises(ValueError, match="classification needs logits"):
+        module.score([batches[0], (X[:2], Y[:3])])
+    assert module._sums == {} and module.training
+    assert float(module.score(batches)["loss"]) == pytest.approx(want["loss"], rel=1e-6)
 
 
 def test_checkpoint_hooks_save_and_restore_each_process_generator():
@@ -433,10 +441,31 @@ def test_checkpoint_hooks_save_and_restore_each_process_generator():
     module.on_load_checkpoint({"ssmkit_rng_ranks": torch.stack(states[:1]), "ssmkit_rng": states[2]})
     assert torch.equal(torch.get_rng_state(), states[0]) and module._rng_restored
     module = _module()
+    module.on_load_checkpoint({"ssmkit_rng": states[1]})  # no step saved: 0
+    assert torch.equal(torch.get_rng_state(), states[1]) and module._rng_step == 0 and not module._rng_restored
+    module = _module()
     torch.manual_seed(41)
     before = torch.get_rng_state()
     module.on_load_checkpoint({"global_step": 2})
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_generator_states_are_gathered_through_the_process_group(tmp_path):
+    import torch.distributed as dist
+
+    module = _module()
+    module._trainer = _Trainer(world=2)  # a trainer of two processes, a process group of one (gloo, this process)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(51)
+        state = torch.get_rng_state()
+        gathered = module._gathered(state)
+        assert gathered.shape == (1, state.numel()) and torch.equal(gathered[0], state)
+        saved: dict = {}
+        module.on_save_checkpoint(saved)
+        assert torch.equal(saved["ssmkit_rng_ranks"], state[None]) and torch.equal(saved["ssmkit_rng"], state)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_the_data_module_serves_its_splits_by_step_and_process():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import logging
 import math
 import os
 
@@ -124,10 +125,23 @@ def run(tmp_path_factory):
         def on_test_end(self, trainer, module):
             self.record(trainer, "test")
 
+    class Clock:  # the throughput's clock: a quarter second per reading
+        now = 0.0
+
+        def perf_counter(self):
+            self.now += 0.25
+            return self.now
+
+    from ssmkit.train import run as run_module
+
     cfg = config(test_weights="best_val")
-    result = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], SPLITS["test"], out, progress=False,
-                 labels={"task": "sign", "model": "s4d"}, transform=recording, extra_tests={"long": SPLITS["long"]},
-                 extra_callbacks=[Keys()])
+    logging.getLogger("lightning.pytorch").setLevel(logging.INFO)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "time", Clock())
+        result = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], SPLITS["test"], out, progress=False,
+                     labels={"task": "sign", "model": "s4d"}, transform=recording,
+                     extra_tests={"long": SPLITS["long"]}, extra_callbacks=[Keys()])
+    keys.append(logging.getLogger("lightning.pytorch").level)  # fit quietened Lightning's banners
     return cfg, out, result, seen, reference_run(cfg), keys
 
 
@@ -194,10 +208,12 @@ def test_fit_writes_its_files_and_counts_its_samples(run):
     assert result["steps"] == cfg.max_steps
     assert result["parameters"] == sum(p.numel() for p in net.parameters())
     assert result["resumed_from"] is None
-    # samples/s × seconds = steps × batch; tokens per sample = L (features (B, L, 1) count steps, not features)
-    assert result["train_seconds"] > 0
-    assert result["samples_per_second"] * result["train_seconds"] == pytest.approx(cfg.max_steps * cfg.batch_size)
-    assert result["tokens_per_second"] / result["samples_per_second"] == pytest.approx(6)
+    # the clock read once before and once after each step: 0.25 s a step; tokens per sample = L (features (B, L, 1)
+    # count steps, not features)
+    assert result["train_seconds"] == 0.25 * cfg.max_steps
+    assert result["samples_per_second"] == cfg.batch_size / 0.25
+    assert result["tokens_per_second"] == cfg.batch_size * 6 / 0.25
+    assert keys.pop() == logging.WARNING
     # periodic checkpoints every 3 steps (the newest kept), last.ckpt at the end, best_val.ckpt
     assert sorted(os.listdir(out / "checkpoints")) == ["best_val.ckpt", "last.ckpt", "step3.ckpt"]
     assert load_checkpoint(out / "checkpoints" / "step3.ckpt")["global_step"] == 3
@@ -257,6 +273,20 @@ def test_final_test_weights_and_a_run_without_validation(tmp_path):
         assert not any(r.get("val_loss") for r in csv.DictReader(f))  # no validation ran
 
 
+def test_early_stopping_stops_at_the_first_validation_without_a_lower_loss(tmp_path):
+    cfg = config(early_stopping=1, checkpoint_every=0)
+    _, _, validations, _ = reference_run(cfg)
+    losses = [v[2]["loss"] for v in validations]
+    stop = next(s for (s, _, _), k in zip(validations, range(len(losses))) if k and losses[k] >= min(losses[:k]))
+    assert stop < cfg.max_steps  # the reference stops early
+    result = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], None, tmp_path / "a", progress=False, transform=halve)
+    assert result["steps"] == stop
+    assert result["val_loss"] == pytest.approx(losses[stop - 1], rel=1e-6)
+    # without a validation split nothing is monitored: the run goes on to max_steps
+    result = fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "b", progress=False, transform=halve)
+    assert result["steps"] == cfg.max_steps
+
+
 def test_tokens_count_time_steps_of_ids_pairs_and_features():
     from ssmkit.train.run import _tokens
 
@@ -289,16 +319,22 @@ def test_a_resume_names_every_changed_field_in_order(tmp_path):
     saved = {"model": MODEL.to_dict(), "train": cfg.to_dict()}
     check_same_run(saved, MODEL, TrainConfig(**{**cfg.to_dict(), "batch_size": 8, "val_every": 2}), "p")  # not restored
     check_same_run({}, SequenceModelConfig(**{**MODEL.to_dict(), "d_model": 8}), config(lr=1.0), "p")  # nothing saved
-    other = SequenceModelConfig(**{**MODEL.to_dict(), "n_layers": 2, "d_model": 8})
+    other = SequenceModelConfig(**{**MODEL.to_dict(), "n_layers": 2, "d_model": 8, "d_output": 3, "dropout": 0.5,
+                                   "layer_options": {"d_state": 3}})
     changed = TrainConfig(**{**cfg.to_dict(), "lr_floor": 0.0, "lr": 0.5, "warmup_steps": 1, "weight_decay": 0.0,
                              "max_steps": 9})
-    want = ("model d_model: saved 4, given 8; model n_layers: saved 1, given 2; train lr: saved 0.05, given 0.5; "
+    want = ("model d_model: saved 4, given 8; model d_output: saved 2, given 3; model dropout: saved 0.0, given 0.5; "
+            "model layer_options: saved {'d_state': 2}, given {'d_state': 3}; "
+            "model n_layers: saved 1, given 2; train lr: saved 0.05, given 0.5; "
             "train weight_decay: saved 0.1, given 0.0; train max_steps: saved 4, given 9; train warmup_steps: saved "
             "2, given 1; train lr_floor: saved 0.2, given 0.0")
     with pytest.raises(ValueError, match=r"^resume continues the run saved in ck/last\.ckpt with its own model, "
                                          r"optimiser and schedule, but the configuration given differs \("
-                                         + want.replace("(", r"\(") + r"\): give the saved"):
+                                         + want.replace("(", r"\(").replace("{", r"\{") + r"\): give the saved"):
         check_same_run(saved, other, changed, "ck/last.ckpt")
+    older = {k: v for k, v in MODEL.to_dict().items() if k != "dropout"}  # a key the saved model did not have
+    with pytest.raises(ValueError, match=r"\(model dropout: saved None, given 0.5\)"):
+        check_same_run({"model": older}, SequenceModelConfig(**{**MODEL.to_dict(), "dropout": 0.5}), cfg, "p")
     saved["train"] = {"lr": 0.05}  # an older checkpoint without the other fields: only lr compared
     with pytest.raises(ValueError, match=r"\(train lr: saved 0.05, given 0.5\)"):
         check_same_run(saved, MODEL, changed, "p")

@@ -390,9 +390,15 @@ def test_a_non_finite_loss_names_itself_or_the_other_process(monkeypatch):
                                                  r"/runs/a/checkpoints\. Lower"):
         module.training_step((x, y), 0)
     module._trainer = _Trainer(step=3, others_finite=True)
-    loss = module.training_step((X[:4], Y[:4]), 0)  # finite here and there: the mean loss
-    want = F.cross_entropy(module.model(X[:4], return_state=False)[0].double(), Y[:4])
-    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **options: logged.update({name: (float(value), options)}))
+    for n in (4, 1):  # finite here and there: the mean loss and accuracy over the batch (a batch of one too)
+        loss = module.training_step((X[:n], Y[:n]), 0)
+        out = module.model(X[:n], return_state=False)[0].double()
+        want = F.cross_entropy(out, Y[:n])
+        assert float(loss) == pytest.approx(float(want), rel=1e-6)
+        assert logged["train_loss"][0] == pytest.approx(float(want), rel=1e-6)
+        assert logged["train_accuracy"][0] == float((out.argmax(-1) == Y[:n]).double().mean())
 
 
 def test_score_is_the_eval_mode_mean_over_every_batch_and_restores_the_mode():
@@ -408,6 +414,11 @@ def test_score_is_the_eval_mode_mean_over_every_batch_and_restores_the_mode():
     with torch.no_grad():
         out = module.model.eval()(X[:11].double(), return_state=False)[0]
     want = {"loss": float(F.cross_entropy(out, Y[:11])), "accuracy": float((out.argmax(-1) == Y[:11]).double().mean())}
+    with torch.no_grad():
+        one = module.model.eval()(X[:1].double(), return_state=False)[0]
+    got = module.score([(X[:1], Y[:1])])  # one sample: a count of 1
+    assert float(got["loss"]) == pytest.approx(float(F.cross_entropy(one, Y[:1])), rel=1e-6)
+    assert float(got["accuracy"]) == float(one.argmax(-1)[0] == Y[0])
     for mode in (True, False):
         module.train(mode)
         got = module.score(batches)
@@ -434,6 +445,10 @@ def test_checkpoint_hooks_save_and_restore_each_process_generator():
     saved: dict = {}
     module.on_save_checkpoint(saved)  # no trainer: this process's state only
     assert saved.keys() == {"ssmkit_rng"} and torch.equal(saved["ssmkit_rng"], torch.get_rng_state())
+    module._trainer = _Trainer(world=1)
+    saved = {}
+    module.on_save_checkpoint(saved)  # one process: no per-process rows
+    assert saved.keys() == {"ssmkit_rng"}
     module._trainer = _Trainer(world=2)
     saved = {}
     module.on_save_checkpoint(saved)  # two processes, no process group: this process's row

@@ -463,7 +463,7 @@ def test_checkpoint_hooks_save_and_restore_each_process_generator():
     module = _module()
     module._trainer = _Trainer(rank=1, world=2)
     module.on_load_checkpoint({"ssmkit_rng_ranks": torch.stack(states[:2]), "ssmkit_rng": states[2],
-                               "global_step": 9})
+                               "ssmkit_rng_cuda_ranks": torch.stack(states[:2]), "global_step": 9})
     assert torch.equal(torch.get_rng_state(), states[1]) and module._rng_restored and module._rng_step == 0
     module.on_fit_start()  # restored: no reseeding
     assert torch.equal(torch.get_rng_state(), states[1])
@@ -491,8 +491,8 @@ def test_checkpoint_hooks_save_and_restore_each_process_generator():
     module = _module()
     module.on_load_checkpoint({"ssmkit_rng_ranks": torch.stack(states[:1]), "ssmkit_rng": states[2]})
     assert torch.equal(torch.get_rng_state(), states[0]) and module._rng_restored
-    module = _module()
-    module.on_load_checkpoint({"ssmkit_rng": states[1]})  # no step saved: 0
+    module = _module()  # on the CPU a saved CUDA state is left alone
+    module.on_load_checkpoint({"ssmkit_rng": states[1], "ssmkit_rng_cuda": states[0]})  # no step saved: 0
     assert torch.equal(torch.get_rng_state(), states[1]) and module._rng_step == 0 and not module._rng_restored
     module = _module()
     torch.manual_seed(41)

@@ -10,6 +10,7 @@ driven by a stub trainer; and the comparison plot's data read back from its matp
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import json
@@ -287,6 +288,18 @@ def test_early_stopping_stops_at_the_first_validation_without_a_lower_loss(tmp_p
     assert result["steps"] == cfg.max_steps
 
 
+def test_resuming_a_finished_run_scores_the_validation_its_checkpoint_preceded(tmp_path):
+    # the last checkpoint of a run that validates and checkpoints at its last step is written before that validation:
+    # a resume of the finished run trains nothing and must score it itself to report the best validation
+    cfg = config(val_every=4, checkpoint_every=4)
+    whole = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], SPLITS["test"], tmp_path, progress=False, transform=halve)
+    again = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], SPLITS["test"], tmp_path, resume=True, progress=False,
+                transform=halve)
+    assert again["resumed_from"] == str(tmp_path / "checkpoints" / "last.ckpt") and again["steps"] == 4
+    for key in ("best_val_step", "best_val_loss", "best_val_accuracy", "test_loss_best_val", "test_loss_final"):
+        assert again[key] == pytest.approx(whole[key], rel=1e-6), key
+
+
 def test_tokens_count_time_steps_of_ids_pairs_and_features():
     from ssmkit.train.run import _tokens
 
@@ -429,6 +442,25 @@ def test_score_is_the_eval_mode_mean_over_every_batch_and_restores_the_mode():
         assert module._sums == {}
     with pytest.raises(ValueError, match="score needs at least one batch"):
         module.score([])
+
+    class Doubling:  # a precision plugin whose input conversion is visible: the inputs doubled
+        entered = 0
+
+        def convert_input(self, batch):
+            return batch[0].double() * 2, batch[1]
+
+        @contextlib.contextmanager
+        def val_step_context(self):
+            Doubling.entered += 1
+            yield
+
+    trainer.precision_plugin = Doubling()
+    got = module.score(batches)
+    with torch.no_grad():
+        out = module.model.eval()(2 * X[:11].double(), return_state=False)[0]
+    assert float(got["loss"]) == pytest.approx(float(F.cross_entropy(out, Y[:11])), rel=1e-6)
+    assert Doubling.entered == len(batches)  # each batch scored inside the plugin's context
+    trainer.precision_plugin = DoublePrecision()
     # a batch that fails leaves no partial sums behind and the mode restored
     module.train()
     with pytest.raises(ValueError, match="classification needs logits"):

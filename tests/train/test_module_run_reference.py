@@ -317,6 +317,8 @@ def test_a_time_limit_stops_after_the_first_step_and_a_resume_without_last_start
     cfg = config(max_time=1e-9, val_every=0, checkpoint_every=0, precision="32")
     result = fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "a", progress=False)
     assert result["steps"] < cfg.max_steps  # Lightning's timer stopped the run at its first check
+    # no periodic checkpoint was due: the final one is written at the step the run stopped at
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")["global_step"] == result["steps"]
     os.makedirs(tmp_path / "b" / "checkpoints")
     (tmp_path / "b" / "checkpoints" / "notes.txt").write_text("kept")
     with pytest.raises(ValueError, match=r"checkpoints already holds checkpoints: pass resume=True"):

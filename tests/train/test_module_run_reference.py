@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib
+import io
 import json
 import logging
 import math
@@ -135,13 +136,27 @@ def run(tmp_path_factory):
 
     from ssmkit.train import run as run_module
 
+    class Records(logging.Handler):  # what Lightning logs, at any level its loggers let through
+        def emit(self, record):
+            keys.append(("log", record.name, record.getMessage()))
+
     cfg = config(test_weights="best_val")
     logging.getLogger("lightning.pytorch").setLevel(logging.INFO)
-    with pytest.MonkeyPatch.context() as patch:
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    handler = Records()
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(run_module, "time", Clock())
-        result = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], SPLITS["test"], out, progress=False,
-                     labels={"task": "sign", "model": "s4d"}, transform=recording,
-                     extra_tests={"long": SPLITS["long"]}, extra_callbacks=[Keys()])
+        for logger in loggers:
+            logger.addHandler(handler)
+        try:
+            result = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], SPLITS["test"], out, progress=False,
+                         labels={"task": "sign", "model": "s4d"}, transform=recording,
+                         extra_tests={"long": SPLITS["long"]}, extra_callbacks=[Keys()])
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+    keys.append(("printed", printed.getvalue()))
     keys.append(logging.getLogger("lightning.pytorch").level)  # fit quietened Lightning's banners
     return cfg, out, result, seen, reference_run(cfg), keys
 
@@ -215,6 +230,9 @@ def test_fit_writes_its_files_and_counts_its_samples(run):
     assert result["samples_per_second"] == cfg.batch_size / 0.25
     assert result["tokens_per_second"] == cfg.batch_size * 6 / 0.25
     assert keys.pop() == logging.WARNING
+    assert keys.pop() == ("printed", "")  # no progress bar, model summary or test table
+    assert [k for k in keys if k[0] == "log"] == []  # no seed, hardware or tip banners
+
     # periodic checkpoints every 3 steps (the newest kept), last.ckpt at the end, best_val.ckpt
     assert sorted(os.listdir(out / "checkpoints")) == ["best_val.ckpt", "last.ckpt", "step3.ckpt"]
     assert load_checkpoint(out / "checkpoints" / "step3.ckpt")["global_step"] == 3

@@ -15,9 +15,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ssmkit.files import save_figure  # noqa: E402
 
 
+def _version(path: str) -> tuple[int, str]:
+    """The sort key of ``logs/version_<k>/metrics.csv``: k as a number (version_10 after version_9, not before 2)."""
+    name = os.path.basename(os.path.dirname(path)).removeprefix("version_")
+    return (int(name), "") if name.isdigit() else (-1, name)
+
+
 def _curve(run_dir: str, key: str) -> tuple[list[int], list[float]]:
+    """A run's logged ``key`` by step (1-based), over its log versions in order (a resumed run starts the next)."""
     steps, values = [], []
-    for path in sorted(glob.glob(os.path.join(run_dir, "logs", "version_*", "metrics.csv"))):
+    for path in sorted(glob.glob(os.path.join(run_dir, "logs", "version_*", "metrics.csv")), key=_version):
         with open(path) as f:
             for row in csv.DictReader(f):
                 if row.get(key):

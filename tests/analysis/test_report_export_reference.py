@@ -29,7 +29,7 @@ from ssmkit.analysis.layerwise import analyze_layer
 from ssmkit.analysis.operating import OperatingSweep
 from ssmkit.analysis.report import layer_record, slowest_modes, summary_markdown, write_report
 from ssmkit.analysis.statespace import StateSpace
-from tests.conftest import rel_err
+from tests.conftest import rel_err, run_steps
 
 DT = 0.25
 
@@ -856,12 +856,9 @@ def _wiener64(layer="s4d", options=None, seed=0):
 
 
 def _steps(model, u, state):
-    ys = []
+    """The step loop of tests.conftest, without gradients."""
     with torch.no_grad():
-        for t in range(u.shape[1]):
-            y, state = model.step(u[:, t], state)
-            ys.append(y)
-    return torch.stack(ys, 1), state
+        return run_steps(model, u, state)
 
 
 @pytest.mark.parametrize("layer,options,kind", [("s4d", {"d_state": 4}, "modal"), ("s4", {"d_state": 4}, "dense"),

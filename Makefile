@@ -18,9 +18,13 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # One pytest-xdist worker per core (each computing on one thread: tests/conftest.py), tests handed out as workers free up.
+# A test still running after TEST_TIMEOUT seconds (the slowest takes under a minute here) has its worker's stacks
+# printed and the worker ended (pytest-timeout's thread method, which also stops a test blocked inside C code): the
+# run goes on and names it, where a hang once held CI's whole time limit with nothing said.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+TEST_TIMEOUT ?= 900
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --timeout=$(TEST_TIMEOUT) --timeout-method=thread
 
 # The wheel in a fresh venv, used from outside the checkout: --help, the shipped configs (package data), and a
 # 3-step train from a shipped config (its model and training settings, on the bundled 8x8 digits at a tiny width),

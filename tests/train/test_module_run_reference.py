@@ -557,22 +557,37 @@ def test_checkpoint_hooks_save_and_restore_each_process_generator():
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_generator_states_are_gathered_through_the_process_group(tmp_path):
+def test_generator_states_are_gathered_through_the_process_group(monkeypatch):
+    """_gathered goes through torch.distributed's all_gather when a process group is up: here a stand-in group of two
+    processes (a real gloo group, even of one process, blocked a CI machine's worker past its time limit: its
+    rendezvous needs the host's name to resolve), whose other process holds the state plus one."""
     import torch.distributed as dist
 
+    calls = []
+
+    def all_gather(rows, local):  # rank 0 is this process; rank 1 sends its own state
+        calls.append((len(rows), local.device))
+        rows[0].copy_(local)
+        rows[1].copy_(local + 1)
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_gather", all_gather)
     module = _module()
-    module._trainer = _Trainer(world=2)  # a trainer of two processes, a process group of one (gloo, this process)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(51)
-        state = torch.get_rng_state()
-        gathered = module._gathered(state)
-        assert gathered.shape == (1, state.numel()) and torch.equal(gathered[0], state)
-        saved: dict = {}
-        module.on_save_checkpoint(saved)
-        assert torch.equal(saved["ssmkit_rng_ranks"], state[None]) and torch.equal(saved["ssmkit_rng"], state)
-    finally:
-        dist.destroy_process_group()
+    module._trainer = _Trainer(world=2)
+    torch.manual_seed(51)
+    state = torch.get_rng_state()
+    gathered = module._gathered(state)
+    assert calls == [(2, torch.device("cpu"))]
+    assert gathered.shape == (2, state.numel()) and gathered.device.type == "cpu"
+    assert torch.equal(gathered[0], state) and torch.equal(gathered[1], state + 1)
+    saved: dict = {}
+    module.on_save_checkpoint(saved)
+    assert torch.equal(saved["ssmkit_rng_ranks"], torch.stack([state, state + 1]))
+    assert torch.equal(saved["ssmkit_rng"], state)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)  # no group: this process's state alone
+    assert torch.equal(module._gathered(state), state[None]) and len(calls) == 2
 
 
 def test_the_data_module_serves_its_splits_by_step_and_process():

@@ -121,6 +121,35 @@ def test_float32_under_strong_decay_is_accurate():
     assert rel_err(h, h64) < 2e-6
 
 
+@pytest.mark.parametrize("limit,calls_made", [(60, 2), (13, 10), (2, 20)])
+def test_batched_products_past_the_gemm_limit_are_sliced_to_the_same_values(monkeypatch, limit, calls_made):
+    # cuBLAS failed past 65535 matrices per batched GEMM on an H200 (ssd_chunked at L = 2^20); the intra-chunk product
+    # (B·G·R·nc = 2·2·3·10 = 120 matrices here) is then sliced: by batch rows (60 = one row per call), by chunks within
+    # a row (13: 2 chunks of G·R = 6 matrices per call), one chunk per call at the least (2 < G·R) -- same values
+    # and gradients
+    from ssmkit.ops import ssd as ssd_module
+
+    inputs = make_inputs(Bsz=2, L=37, H=6, P=3, G=2)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    want = ssd_chunked(*leaves, chunk_size=4)  # nc = 10
+    grads_want = torch.autograd.grad(want[0].square().sum() + want[1].sum(), leaves)
+    calls = []
+    einsum = torch.einsum
+    monkeypatch.setattr(ssd_module, "gemm_batch_limit", lambda device: limit)
+    monkeypatch.setattr(ssd_module.torch, "einsum",
+                        lambda eq, *ops: (calls.append((eq, ops[0].shape)), einsum(eq, *ops))[1])
+    got = ssd_chunked(*leaves, chunk_size=4)
+    monkeypatch.undo()
+    grads = torch.autograd.grad(got[0].square().sum() + got[1].sum(), leaves)
+    sliced = [shape for eq, shape in calls if eq == "bgrcts,bcsgrp->bctgrp"]
+    assert all(shape[0] * shape[1] * shape[2] * shape[3] <= max(limit, 6) for shape in sliced)
+    assert sum(shape[0] * shape[3] for shape in sliced) == 2 * 10 and len(sliced) == calls_made  # each (row, chunk) once
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_want))
+    assert ssd_module.gemm_batch_limit(torch.device("cpu")) is None
+    assert ssd_module.gemm_batch_limit(torch.device("cuda", 0)) == 65535
+
+
 def test_segment_sums():
     a = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
     S = segment_sums(a)

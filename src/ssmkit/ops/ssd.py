@@ -220,7 +220,7 @@ def ssd_chunked(
     decay_ts = torch.exp(segment_sums(a))  # (B, G, R, nc, T, T): 𝓛 within each chunk
     CB = torch.einsum("bctgn,bcsgn->bgcts", C_c, B_c)  # (B, G, nc, T, T)
     scores = decay_ts * CB.unsqueeze(2)  # (B, G, R, nc, T, T)
-    y = torch.einsum("bgrcts,bcsgrp->bctgrp", scores, xdt)  # (B, nc, T, G, R, P)
+    y = _scores_times_inputs(scores, xdt, symbolic)  # (B, nc, T, G, R, P)
 
     # 2. each chunk's final state from zero: S_c = Σ_s exp(Σ_{k=s+1}^{T-1} a_k) Δ_s x_s B_sᵀ
     decay_to_end = decay_ts[..., -1, :]  # (B, G, R, nc, T): the last row of 𝓛
@@ -247,6 +247,39 @@ def ssd_chunked(
     y = y + y_start * decay_from_start  # (B, nc, T, G, R, P)
     y = y.reshape(Bsz, nc * T, H, P)  # (B, nc·T, H, P)
     return keep_first(y, 1, L), h  # (B, L, H, P), (B, H, P, N)
+
+
+def gemm_batch_limit(device: torch.device) -> int | None:
+    """The most matrices one batched GEMM call may take on ``device`` (None: no limit). cuBLAS's failed past 65535 on
+    an H200 (CUDA 13, torch 2.11): CUBLAS_STATUS_EXECUTION_FAILED, then an illegal address for the whole process, at
+    L = 2^20 with 4 heads (B·G·R·nc = 65536 in :func:`ssd_chunked`'s intra-chunk product)."""
+    return 65535 if device.type == "cuda" else None
+
+
+def _scores_times_inputs(scores: torch.Tensor, xdt: torch.Tensor, symbolic: bool) -> torch.Tensor:
+    """einsum("bgrcts,bcsgrp->bctgrp"): y_t = Σ_s scores_ts Δ_s x_s within each chunk, one batched GEMM over the
+    (b, g, r, chunk) matrices. Past :func:`gemm_batch_limit`, in slices of batch rows, or of chunks when one row has
+    more, concatenated: the same values as one call.
+
+    Args:
+        scores: (B, G, R, nc, T, T) masked decays times C·B.
+        xdt: (B, nc, T, G, R, P) Δ_t x_t.
+        symbolic: the length is symbolic (export): one call, no branch on nc.
+
+    Returns:
+        (B, nc, T, G, R, P).
+    """
+    equation = "bgrcts,bcsgrp->bctgrp"
+    Bsz, G, R, nc = scores.shape[:4]
+    limit = None if symbolic else gemm_batch_limit(scores.device)
+    if limit is None or Bsz * G * R * nc <= limit:
+        return torch.einsum(equation, scores, xdt)
+    if G * R * nc <= limit:  # whole rows of the batch per call
+        rows = limit // (G * R * nc)
+        return torch.cat([torch.einsum(equation, scores[i:i + rows], xdt[i:i + rows]) for i in range(0, Bsz, rows)])
+    chunks = max(1, limit // (G * R))  # one row at a time, in slices of chunks
+    return torch.cat([torch.cat([torch.einsum(equation, scores[i:i + 1, :, :, c:c + chunks], xdt[i:i + 1, c:c + chunks])
+                                 for c in range(0, nc, chunks)], dim=1) for i in range(Bsz)])
 
 
 def _ssd_triton(x, dt, A, B, C, h0=None, *, chunk_size=None):

@@ -23,8 +23,10 @@ compiled Mamba-2 takes the chunked SSD. A forced ``"triton"`` that cannot run ra
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import threading
 
 import torch
 
@@ -96,6 +98,28 @@ def _smoke(op: str, device: torch.device, dtype: torch.dtype) -> None:
             raise RuntimeError(f"the {op} kernel's smoke call disagrees with its reference")
 
 
+def _isolated(fn, device: torch.device) -> None:
+    """Run ``fn()`` in a new thread (on ``device`` as the current CUDA device) and re-raise what it raised.
+
+    Grad and inference mode, autocast, saved-tensor hooks and torch function and dispatch modes are per thread: the
+    smoke call, made once inside whatever call first asks, neither sees the caller's nor leaves anything in them (in
+    a checkpointed forward, for one, its saved tensors would count as the forward's own)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                fn()
+        except BaseException as e:  # noqa: BLE001  (handed to the caller's thread)
+            failure.append(e)
+
+    thread = threading.Thread(target=run, name="ssmkit-triton-smoke")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 @torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, its answer kept in the graph
 def triton_status(device: torch.device | str, op: str = "ssm_scan", dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
     """Whether ``op``'s Triton kernel runs on ``device`` in ``dtype``, and why not (``(True, "")`` when it does).
@@ -128,7 +152,7 @@ def triton_status(device: torch.device | str, op: str = "ssm_scan", dtype: torch
         verdict = (False, f"the Triton kernels take float32 or float64 inputs; got {dtype}")
     else:
         try:
-            _smoke(op, device, dtype)
+            _isolated(lambda: _smoke(op, device, dtype), device)
             verdict = (True, "")
         except Exception as e:  # noqa: BLE001  (any failure of the smoke call means: not usable; the reason is kept)
             hint = ""

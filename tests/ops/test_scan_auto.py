@@ -21,8 +21,10 @@ def test_auto_follows_the_crossover_table(monkeypatch):
 
 
 def test_auto_runs_the_path_the_table_names(monkeypatch):
-    """With the FFT range covering L (and no C kernel), ``auto`` gives the FFT path's result, bit for bit."""
+    """With the FFT range covering L (and no C or Triton kernel: "auto" takes the kernels first where they run, the
+    Triton one on CUDA), ``auto`` gives the FFT path's result, bit for bit."""
     monkeypatch.setattr(scan, "prefer_native", lambda op, x: False)
+    monkeypatch.setattr(scan, "prefer_triton", lambda x, op: False)
     g = torch.Generator().manual_seed(0)
     H, N, L = 3, 4, 40
     A_bar = torch.polar(torch.rand(H, N, generator=g, dtype=torch.float64) * 0.5 + 0.4,
@@ -47,3 +49,21 @@ def test_auto_takes_the_c_kernel_for_complex_parameters_on_the_cpu(monkeypatch):
     expected = "native" if DEVICE.type == "cpu" and native_available("ssm_scan", torch.float32) else "fft"
     assert scan.auto_scan_backend(u, True, A) == expected
     assert scan.auto_scan_backend(u, True, A.real) == "fft"  # real modes: the table decides
+
+
+def test_auto_takes_the_triton_scan_only_when_told(monkeypatch):
+    """Where the Triton kernel runs (prefer_triton), ``auto`` still follows the table unless TRITON_SCAN_IN_AUTO: the
+    fused scan was slower than the FFT path on an H200; the CUDA table holds the measured FFT range (y only)."""
+    taken = []
+    monkeypatch.setattr(scan, "prefer_triton", lambda x, op: True)
+    monkeypatch.setattr(scan, "prefer_native", lambda op, x: False)
+    monkeypatch.setitem(scan._SCAN, "triton", lambda *a, **k: taken.append("triton") or ("y", None))
+    monkeypatch.setitem(scan._SCAN, "fft", lambda *a, **k: taken.append("fft") or ("y", None))
+    monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, False), (8, None))
+    u = torch.zeros(1, 40, 2, dtype=torch.float64, device=DEVICE)
+    A = torch.full((2, 3), 0.5, dtype=torch.float64, device=DEVICE)
+    scan.ssm_scan(u, A, A, A, return_state=False, backend="auto")
+    monkeypatch.setattr(scan, "TRITON_SCAN_IN_AUTO", True)
+    scan.ssm_scan(u, A, A, A, return_state=False, backend="auto")
+    assert taken == ["fft", "triton"]
+    assert scan.FFT_LENGTHS[("cuda", False)] == (1, 1 << 17) and scan.FFT_LENGTHS[("cuda", True)] is None

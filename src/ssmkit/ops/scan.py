@@ -218,13 +218,21 @@ _SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ss
 FFT_LENGTHS: dict[tuple[str, bool], tuple[int, int | None] | None] = {
     ("cpu", True): (512, 1024),
     ("cpu", False): (256, 1024),
-    ("cuda", True): None,  # to be measured on the GPU
-    ("cuda", False): None,  # to be measured on the GPU
+    # measured on an H200 (docs/benchmarks.md, B 8, H 128, N 64, float32, y only): the FFT path is the fastest from
+    # L = 1024 to 16384 (1.3-1.4x the chunked scan; 1024 is the shortest measured) and the chunked scan at L = 2^20
+    # (1.5x); the crossover between is not measured: 2^17 is the two lengths' geometric middle. With the final state
+    # asked for (extra GEMMs on the FFT path) not measured yet: the chunked scan.
+    ("cuda", True): None,
+    ("cuda", False): (1, 131072),
 }
+# "auto" takes the fused Triton scan on CUDA only when this is True: on the H200 it was slower than the FFT path at
+# every measured shape (equal at L = 1024, 2.1-9.5x slower from L = 4096; its grid is one program per (row, block of
+# channels), too few to fill the GPU: docs/benchmarks.md). It stays available as backend="triton".
+TRITON_SCAN_IN_AUTO = False
 
 
 def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.Tensor | None = None) -> str:
-    """The path ``"auto"`` takes for :func:`ssm_scan` off CUDA: ``"native"`` (the C kernel) on the CPU for complex
+    """The path ``"auto"`` takes for :func:`ssm_scan` (unless :data:`TRITON_SCAN_IN_AUTO`): ``"native"`` (the C kernel) on the CPU for complex
     Ā where it runs and no torch.func transform or export traces; else ``"fft"`` when L lies in the measured FFT
     range of :data:`FFT_LENGTHS` for u's device type and ``return_state``, else ``"chunked"``.
 
@@ -273,9 +281,9 @@ def ssm_scan(
     FFT convolution; the final state by chunked GEMMs); ``"triton"`` -> the fused Triton kernels
     (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
     ``TRITON_INTERPRET=1``; raises elsewhere); ``"native"`` -> :func:`ssmkit.ops.native.ssm_scan_native` (the C
-    kernel, CPU, complex parameters); ``"auto"`` -> ``"triton"`` on CUDA when it runs, else
-    :func:`auto_scan_backend` (the C kernel on the CPU for complex Ā; else the chunked scan, or the FFT path over
-    the measured range of L of :data:`FFT_LENGTHS`). Every path is twice differentiable (the native and Triton
+    kernel, CPU, complex parameters); ``"auto"`` -> :func:`auto_scan_backend` (the C kernel on the CPU for complex
+    Ā; else the chunked scan, or the FFT path over the measured range of L of :data:`FFT_LENGTHS`, per device; the
+    Triton kernel only where :data:`TRITON_SCAN_IN_AUTO` says, False since it was slower on an H200). Every path is twice differentiable (the native and Triton
     kernels' backwards then go through the chunked scan: :mod:`ssmkit.ops.twice`).
 
     Args:
@@ -292,7 +300,8 @@ def ssm_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
-    auto = "triton" if prefer_triton(u, "ssm_scan") else auto_scan_backend(u, return_state, A_bar)
+    use_kernel = TRITON_SCAN_IN_AUTO and prefer_triton(u, "ssm_scan")
+    auto = "triton" if use_kernel else auto_scan_backend(u, return_state, A_bar)
     impl = dispatch("ssm_scan", _SCAN, backend, auto=auto)
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 

@@ -14,7 +14,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.ops import use_backend
-from tests.conftest import H, leaves, make_layer, rel_err, runnable_backends, state_map
+from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, runnable_backends, state_map
 
 CASES = [(name, backend) for name in layers.available() for backend in runnable_backends(layers.layer_class(name))]
 IDS = [f"{name}-{backend}" for name, backend in CASES]
@@ -41,18 +41,18 @@ def _item(state, b):
 @pytest.mark.parametrize("name,backend", CASES, ids=IDS)
 def test_a_nan_in_one_item_leaves_the_others_exact(name, backend, where):
     layer = make_layer(name, dtype=torch.float32)
-    x = torch.randn(B, L, H)
+    x = torch.randn(B, L, H, device=DEVICE)
     state = None
     if not layer.bidirectional:
         with torch.no_grad():
-            _, state = layer(torch.randn(B, 5, H))
+            _, state = layer(torch.randn(B, 5, H, device=DEVICE))
     if where == "state" and state is None:
         pytest.skip("bidirectional: no state")
     bad_x, bad_state = x.clone(), state
     if where == "input":
         bad_x[0, 7, 1], bad_x[0, 12, 2] = float("nan"), float("inf")
     else:
-        bad_state = state_map(lambda t: t.clone().index_fill_(0, torch.tensor([0]), float("nan"))
+        bad_state = state_map(lambda t: t.clone().index_fill_(0, torch.tensor([0], device=t.device), float("nan"))
                               if t.dim() and t.numel() else t, state)
     with use_backend(backend):
         y, gx, h = _run(layer, bad_x, bad_state, skip_first=True)
@@ -67,7 +67,7 @@ def test_a_nan_in_one_item_leaves_the_others_exact(name, backend, where):
 @pytest.mark.parametrize("name,backend", CASES, ids=IDS)
 def test_the_same_call_twice_gives_the_same_bits(name, backend):
     layer = make_layer(name, dtype=torch.float32)
-    x = torch.randn(B, 50, H)
+    x = torch.randn(B, 50, H, device=DEVICE)
 
     def run():
         layer.zero_grad(set_to_none=True)

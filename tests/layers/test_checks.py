@@ -23,26 +23,26 @@ def options_of(name: str) -> set[str]:
 def test_bad_inputs_raise_clear_errors(name):
     layer = make_layer(name)
     with pytest.raises(ValueError, match=r"\(B, L, H\)"):
-        layer(torch.randn(5, H, dtype=torch.float64))
+        layer(torch.randn(5, H, dtype=torch.float64, device=DEVICE))
     with pytest.raises(ValueError, match=rf"\(B, L, {H}\)"):
-        layer(torch.randn(2, 5, H + 1, dtype=torch.float64))
+        layer(torch.randn(2, 5, H + 1, dtype=torch.float64, device=DEVICE))
     with pytest.raises(ValueError, match="length L >= 1"):
-        layer(torch.randn(2, 0, H, dtype=torch.float64))
+        layer(torch.randn(2, 0, H, dtype=torch.float64, device=DEVICE))
     with pytest.raises(ValueError, match="batch size B >= 1"):
-        layer(torch.randn(0, 5, H, dtype=torch.float64))
+        layer(torch.randn(0, 5, H, dtype=torch.float64, device=DEVICE))
     with pytest.raises(ValueError, match="floating-point"):
-        layer(torch.ones(2, 5, H, dtype=torch.int64))
-    bad_state = torch.zeros(3, 1, dtype=torch.complex128)
+        layer(torch.ones(2, 5, H, dtype=torch.int64, device=DEVICE))
+    bad_state = torch.zeros(3, 1, dtype=torch.complex128, device=DEVICE)
     with pytest.raises(ValueError, match=r"as initial_state\(2\)"):
-        layer(torch.randn(2, 5, H, dtype=torch.float64), bad_state)
+        layer(torch.randn(2, 5, H, dtype=torch.float64, device=DEVICE), bad_state)
     with pytest.raises(ValueError, match=rf"\(B, {H}\)"):
-        layer.step(torch.randn(2, H + 2, dtype=torch.float64), layer.initial_state(2))
+        layer.step(torch.randn(2, H + 2, dtype=torch.float64, device=DEVICE), layer.initial_state(2))
     with pytest.raises(ValueError, match=rf"\(B, {H}\)"):
-        layer.step(torch.randn(0, H, dtype=torch.float64), layer.initial_state(1))
+        layer.step(torch.randn(0, H, dtype=torch.float64, device=DEVICE), layer.initial_state(1))
     with pytest.raises(TypeError):
         layers.build(name, d_model=H, no_such_option=1)
     with pytest.raises(TypeError):
-        layer(torch.randn(2, 5, H, dtype=torch.float64), stat=None)  # a misspelt argument is not absorbed
+        layer(torch.randn(2, 5, H, dtype=torch.float64, device=DEVICE), stat=None)  # a misspelt argument: not absorbed
 
 
 @pytest.mark.parametrize("name", NAMES)

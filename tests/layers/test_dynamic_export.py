@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_map
 
 from ssmkit import layers
 from ssmkit.models import SequenceModel
-from tests.conftest import H, leaves, make_layer, rel_err, variants
+from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, variants
 
 
 class _Forward(torch.nn.Module):
@@ -41,11 +41,11 @@ def _check(module, example_L: int, lo: int, hi: int, lengths, batches=(2,)) -> N
     if batches != (2,):
         dims[0] = Dim("B", min=2, max=64)
     with torch.no_grad():
-        program = torch.export.export(module, (torch.randn(2 if batches == (2,) else 3, example_L, H),),
+        program = torch.export.export(module, (torch.randn(2 if batches == (2,) else 3, example_L, H, device=DEVICE),),
                                       dynamic_shapes=(dims,)).module()
         for B in batches:
             for L in lengths:
-                x = torch.randn(B, L, H)
+                x = torch.randn(B, L, H, device=DEVICE)
                 got, want = program(x), module(x)
                 for g, w in zip(*(((o,) if isinstance(o, torch.Tensor) else o) for o in (got, want))):
                     # float32; the exported FFT is 2L long where eager rounds it up to a 5-smooth size: 1e-7 rounding
@@ -115,10 +115,12 @@ def test_every_layer_exports_for_every_length(name):
     lengths = (2, 7, 8, 9, 63, 64, 65, 129, 300)
     with torch.no_grad():
         if name in _WITHOUT_STATE:
-            module, args, dims = _Forward(layer, return_state=False), (torch.randn(2, 12, H, dtype=torch.float64),), None
+            example = torch.randn(2, 12, H, dtype=torch.float64, device=DEVICE)
+            module, args, dims = _Forward(layer, return_state=False), (example,), None
         else:
-            _, state = layer(torch.randn(2, 5, H, dtype=torch.float64), return_state=True)  # a state that is not zero
-            module, args = _WithState(layer), (torch.randn(2, 12, H, dtype=torch.float64), state)
+            # a state that is not zero
+            _, state = layer(torch.randn(2, 5, H, dtype=torch.float64, device=DEVICE), return_state=True)
+            module, args = _WithState(layer), (torch.randn(2, 12, H, dtype=torch.float64, device=DEVICE), state)
             dims = tree_map(lambda _: None, state)  # the state's sizes are static
         dynamic = ({1: Dim("L", min=2, max=4096)},) + ((dims,) if len(args) == 2 else ())
         saved = io.BytesIO()  # through torch.export.save/load: the state's NamedTuple must be registered to serialise
@@ -126,7 +128,7 @@ def test_every_layer_exports_for_every_length(name):
         saved.seek(0)
         program = torch.export.load(saved).module()
         for L in lengths:
-            x = torch.randn(2, L, H, dtype=torch.float64)
+            x = torch.randn(2, L, H, dtype=torch.float64, device=DEVICE)
             got, want = program(x, *args[1:]), module(x, *args[1:])
             got, want = ((o,) if isinstance(o, torch.Tensor) else o for o in (got, want))
             assert len(got) == len(want)
@@ -171,12 +173,12 @@ def test_real_valued_layers_export_their_whole_sequence_forward_to_onnx_for_ever
     module = _Forward(layer, return_state=False)
     path = tmp_path / f"{name}.onnx"
     with torch.no_grad():
-        torch.onnx.export(module, (torch.randn(2, 12, H),), str(path), dynamo=True,
+        torch.onnx.export(module, (torch.randn(2, 12, H, device=DEVICE),), str(path), dynamo=True,
                           dynamic_shapes=({1: Dim("L", min=2, max=4096)},))
         session = ort.InferenceSession(str(path))
         for L in (2, 65, 300):
-            x = torch.randn(2, L, H)
-            got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+            x = torch.randn(2, L, H, device=DEVICE)
+            got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0])
             # the FFT convolutions: onnxruntime's float32 DFT at lengths other than powers of two (2L) is less
             # accurate than torch's FFT (6.6e-6 at L = 65; 1.7e-7 at L = 4 096)
             tol = 5e-5 if name in ("hyena", "sgconv") else 1e-6
@@ -194,12 +196,13 @@ def test_s4_exports_with_its_state_in_and_out_within_an_octave(name):
 
     layer = make_layer(name, variants(name)[0], dtype=torch.float64).eval()
     with torch.no_grad():
-        _, state = layer(torch.randn(2, 5, H, dtype=torch.float64), return_state=True)  # a state that is not zero
-        module, args = _WithState(layer), (torch.randn(2, 200, H, dtype=torch.float64), state)
+        # a state that is not zero
+        _, state = layer(torch.randn(2, 5, H, dtype=torch.float64, device=DEVICE), return_state=True)
+        module, args = _WithState(layer), (torch.randn(2, 200, H, dtype=torch.float64, device=DEVICE), state)
         dynamic = ({1: Dim("L", min=129, max=256)}, tree_map(lambda _: None, state))
         program = torch.export.export(module, args, dynamic_shapes=dynamic).module()
         for L in (129, 130, 200, 255, 256):
-            x = torch.randn(2, L, H, dtype=torch.float64)
+            x = torch.randn(2, L, H, dtype=torch.float64, device=DEVICE)
             got, want = program(x, state), module(x, state)
             with ops.use_backend("reference"):
                 loop = module(x, state)

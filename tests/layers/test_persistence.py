@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ssmkit.layers as layers
-from tests.conftest import leaves, make_layer, variants
+from tests.conftest import DEVICE, leaves, make_layer, variants
 
 HALF = [torch.float16, torch.bfloat16]
 WITH_STATE_SPACE = [n for n in layers.available() if layers.layer_class(n).capabilities.state_space]
@@ -60,7 +60,7 @@ def test_half_precision_s4d_poles_are_the_closed_form_of_its_weights(dtype):
     # S4D-ZOH: the poles are exp(Δ λ) with λ = -exp(log A_real) + i A_imag (arXiv 2206.11893 §2), here from the
     # rounded weights in numpy float64 (independent of the layer's code)
     layer = make_layer("s4d", {"d_state": 8, "init": "legs"}, dtype=torch.float32).to(dtype)
-    w = {k: v.double().numpy() for k, v in layer.state_dict().items()}
+    w = {k: v.double().cpu().numpy() for k, v in layer.state_dict().items()}
     lam = -np.exp(w["log_A_real"]) + 1j * w["A_imag"]  # (H, M)
     dt = np.exp(w["log_dt"])[:, None]  # (H, 1)
     want = np.exp(dt * lam)  # (H, M)
@@ -93,7 +93,7 @@ def test_state_space_after_assign_load_of_a_half_state_dict(name):
     for g, w in zip(_matrices(loaded.state_space()), _matrices(reference.state_space())):
         np.testing.assert_array_equal(g, w)
     with pytest.raises(ValueError, match="parameters are torch.float16"):
-        loaded(torch.randn(2, 5, 3))
+        loaded(torch.randn(2, 5, 3, device=DEVICE))
 
 
 @pytest.mark.parametrize("name", layers.available())
@@ -104,13 +104,13 @@ def test_a_saved_state_loads_with_weights_only_and_continues_the_sequence(name):
     "Unsupported global: GLOBAL ssmkit.layers.mamba.MambaState")."""
     layer = make_layer(name).eval()
     with torch.no_grad():
-        _, state = layer(torch.randn(2, 6, layer.d_model, dtype=torch.float64), return_state=True)
+        _, state = layer(torch.randn(2, 6, layer.d_model, dtype=torch.float64, device=DEVICE), return_state=True)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         buffer.seek(0)
         loaded = torch.load(buffer, weights_only=True)
         assert type(loaded) is type(state)
-        x = torch.randn(2, 5, layer.d_model, dtype=torch.float64)
+        x = torch.randn(2, 5, layer.d_model, dtype=torch.float64, device=DEVICE)
         (y_loaded, h_loaded), (y_kept, h_kept) = layer(x, loaded), layer(x, state)
     assert torch.equal(y_loaded, y_kept)
     assert all(torch.equal(a, b) for a, b in zip(leaves(h_loaded), leaves(h_kept)))

@@ -74,7 +74,7 @@ def test_exported_frequency_response_is_the_fft_of_the_kernel(name):
 @pytest.mark.parametrize("name", LTI)
 def test_real_lti_step_equals_the_layer_step(name):
     layer = make_layer(name)
-    real = RealLTIStep(layer.state_space(), dtype=torch.float64)
+    real = RealLTIStep(layer.state_space(), dtype=torch.float64).to(DEVICE)  # built from numpy, on the CPU
     if name in MODAL:
         assert real.modal
     x = torch.randn(2, 9, H, dtype=torch.float64, device=DEVICE)
@@ -90,6 +90,12 @@ def test_real_lti_step_equals_the_layer_step(name):
 
 
 def test_modal_detection_and_errors():
+    s4d = RealLTIStep(make_layer("s4d").state_space(), dtype=torch.float64)
+    x, s = torch.zeros(2, H, dtype=torch.float64), s4d.initial_state(2)
+    with pytest.raises(ValueError, match=r"x_t must be on the step's device cpu \(move it with .to\(\)\); got meta"):
+        s4d.step(x.to("meta"), s)
+    with pytest.raises(ValueError, match=r"state must be on the step's device cpu .*; got meta"):
+        s4d.step(x, s.to("meta"))
     s4 = RealLTIStep(make_layer("s4").state_space())
     assert not s4.modal and s4.state_shape() == (H, 8)  # DPLR: dense
     s4d = RealLTIStep(make_layer("s4d").state_space())

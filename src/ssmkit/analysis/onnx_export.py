@@ -150,6 +150,10 @@ class RealLTIStep(nn.Module):
         Returns:
             y_t (B, G·p) in x_t's dtype, and the next state.
         """
+        for name, t in (("x_t", x_t), ("state", state)):  # the buffers come from numpy: on the CPU until .to(device)
+            if t.device != self.D.device:
+                raise ValueError(f"{name} must be on the step's device {self.D.device} (move it with .to()); "
+                                 f"got {t.device}")
         u = x_t.to(self.dtype).reshape(x_t.shape[0], self.G, self.m)  # (B, G, m)
         y = torch.einsum("gpm,bgm->bgp", self.D, u)  # (B, G, p)
         if self.kind == "diagonal":

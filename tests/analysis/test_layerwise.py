@@ -17,8 +17,8 @@ from tests.conftest import H, make_layer
 
 def _s4d_closed_form(layer):
     """Ā = exp(Δλ) (ZOH) of each mode of an S4D layer, float64: (H, M) complex."""
-    lam = torch.complex(-torch.exp(layer.log_A_real), layer.A_imag).detach().numpy()  # (H, M)
-    dt = torch.exp(layer.log_dt).detach().numpy()[:, None]  # (H, 1)
+    lam = torch.complex(-torch.exp(layer.log_A_real), layer.A_imag).detach().cpu().numpy()  # (H, M)
+    dt = torch.exp(layer.log_dt).detach().cpu().numpy()[:, None]  # (H, 1)
     return dt * lam  # (H, M): Δλ
 
 
@@ -49,8 +49,8 @@ def test_s4d_layer_against_its_eigenvalues():
     assert r.slowest_time_constant == pytest.approx(Ts / np.abs(dlam.real).min(), rel=1e-9)
     assert r.fastest_time_constant == pytest.approx(Ts / np.abs(dlam.real).max(), rel=1e-9)
     # DC gain: Σ_l K_l = D + 2 Re Σ_n C_n B̄_n / (1 - Ā_n)
-    A_bar, B_bar, C = (t.detach().numpy() for t in layer.discrete())
-    dc = layer.D.detach().numpy() + (C[0] * B_bar / (1 - A_bar)).sum(-1).real
+    A_bar, B_bar, C = (t.detach().cpu().numpy() for t in layer.discrete())
+    dc = layer.D.detach().cpu().numpy() + (C[0] * B_bar / (1 - A_bar)).sum(-1).real
     np.testing.assert_allclose(r.dc_gain[:, 0, 0], dc, rtol=1e-9)
     # H∞ ≥ |H| anywhere, and = |H| at its peak: compare with a dense grid of the frequency response
     theta = np.linspace(0, np.pi, 4001)
@@ -70,7 +70,7 @@ def test_impulse_response_is_the_kernel():
     layer = make_layer("s4")
     (r,) = analyze_model(layer)
     h = impulse_response(r.system, 20)  # (H, 1, 1, 20)
-    np.testing.assert_allclose(h[:, 0, 0], layer.kernel(20).detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(h[:, 0, 0], layer.kernel(20).detach().cpu().numpy(), rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="length must be an int >= 1"):
         impulse_response(r.system, 0)
 

@@ -56,7 +56,7 @@ def test_gss_settings():
     ssm = layer.ssm
     params, buffers = dict(ssm.named_parameters()), dict(ssm.named_buffers())
     assert "B" in buffers and "B" not in params  # frozen B: a buffer, never trained
-    assert torch.equal(buffers["B"], torch.view_as_real(torch.ones(H, 4, dtype=torch.complex128)))
+    assert torch.equal(buffers["B"], torch.view_as_real(torch.ones(H, 4, dtype=torch.complex128, device=DEVICE)))
     assert set(layers.optim_marks(ssm)) == {"log_A_real", "log_A_imag"}  # only λ is an SSM parameter
     A_bar, B_bar, _ = ssm.discrete()
     assert torch.equal(A_bar, A_bar[:1].expand_as(A_bar))  # λ shared by the channels

@@ -350,7 +350,7 @@ def test_sgconv_forward_chunks_and_steps_equal_the_direct_sum(opts, S, L):
         with ops.use_backend(backend):
             y, state = layer(x)
             assert rel_err(y, y_ref) < 1e-12, backend
-            past = torch.cat([torch.zeros(2, W, H, dtype=F64), x], dim=1)[:, -W:]
+            past = torch.cat([torch.zeros(2, W, H, dtype=F64, device=DEVICE), x], dim=1)[:, -W:]
             assert torch.equal(state, past.transpose(1, 2))  # the last K_len - 1 inputs, oldest first
             a, b = 2, 5
             with torch.no_grad():

@@ -34,20 +34,23 @@ def perturb(layer: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
 CONTRACT = {None: lambda v: v, "tanh": torch.tanh, "lecun": lambda v: 1.7159 * torch.tanh(0.666 * v)}
 
 
-def liquid_dense(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ā (H, N, N), B̄ (H, N), C_true (H, N) complex128 over the full state [x, x̄] (channel h uses copy h mod G)."""
+def liquid_dense(layer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ā (H, N, N), B̄ (H, N), C_true (H, N) complex128 over the full state [x, x̄] (channel h uses copy h mod G), on
+    ``device`` (the loop's inputs' device, the CPU or the layer's)."""
     G = layer.log_A_real.shape[0]
-    copy = torch.arange(layer.d_model) % G
-    Lam = torch.complex(-torch.exp(layer.log_A_real.double()), layer.A_imag.double())[copy]  # (H, M)
-    P = torch.view_as_complex(layer.P.double())[:, copy]  # (r, H, M)
-    B = torch.view_as_complex(layer.B.double())[copy]  # (H, M)
-    dt = torch.exp(layer.log_dt.double())[:, None, None]  # (H, 1, 1)
+    copy = torch.arange(layer.d_model, device=device) % G
+    w = {k: v.double().to(device) for k, v in layer.named_parameters()}  # differentiable copies
+    w.update({k: v.double().to(device) for k, v in layer.named_buffers() if k not in w})
+    Lam = torch.complex(-torch.exp(w["log_A_real"]), w["A_imag"])[copy]  # (H, M)
+    P = torch.view_as_complex(w["P"])[:, copy]  # (r, H, M)
+    B = torch.view_as_complex(w["B"])[copy]  # (H, M)
+    dt = torch.exp(w["log_dt"])[:, None, None]  # (H, 1, 1)
     Lam_f, P_f, B_f = (torch.cat([v, v.conj()], dim=-1) for v in (Lam, P, B))
     A = torch.diag_embed(Lam_f) - torch.einsum("rhn,rhm->hnm", P_f, P_f.conj())  # (H, N, N)
-    eye = torch.eye(A.shape[-1], dtype=C128)
+    eye = torch.eye(A.shape[-1], dtype=C128, device=device)
     A_bar = torch.linalg.solve(eye - dt / 2 * A, eye + dt / 2 * A)
     B_bar = torch.linalg.solve(eye - dt / 2 * A, dt[..., 0] * B_f)  # (H, N)
-    C_t = torch.view_as_complex(layer.C_tilde.double())[0]
+    C_t = torch.view_as_complex(w["C_tilde"])[0]
     C_t = torch.cat([C_t, C_t.conj()], dim=-1)  # (H, N)
     A_L = torch.linalg.matrix_power(A_bar, layer.l_max)
     C_true = torch.linalg.solve((eye - A_L).mT, C_t)  # (H, N)
@@ -60,8 +63,8 @@ def liquid_reference(layer, u: torch.Tensor, h0: torch.Tensor, past: torch.Tenso
     KB: x_k = Ā x_{k-1} + B̄ (u_k + s_k), y_k = C_trueᵀ x_k + D u_k; PB: x_k = Ā x_{k-1} + B̄ u_k,
     y_k = C_trueᵀ x_k + D u_k + (C_trueᵀ B̄) s_k; s_k = Σ_{p=2}^{P} β^{p-1} f(Π_{j<p} u_{k-j}), β = 1ᵀ B̄.
     """
-    A_bar, B_bar, C_true = liquid_dense(layer)
-    D, P, f = layer.D.double(), layer.liquid_degree, CONTRACT[layer.liquid_contract]
+    A_bar, B_bar, C_true = liquid_dense(layer, u.device)
+    D, P, f = layer.D.double().to(u.device), layer.liquid_degree, CONTRACT[layer.liquid_contract]
     beta, K0 = B_bar.sum(-1).real, (C_true * B_bar).sum(-1).real  # (H,), (H,)
     seq = torch.cat([past.transpose(1, 2), u], dim=1)  # (B, P-1+L, H): u_t at P-1+t
     x = torch.cat([h0, h0.conj()], dim=-1)  # (B, H, N)
@@ -201,11 +204,11 @@ def test_liquid_reference_backend_is_the_step_loop():
 
 def dlr_reference(layer, u: torch.Tensor, h0: torch.Tensor | None = None):
     """y (B, L, H) and the final state s_L (B, H, M): direct sums over lags of the eigenvalue powers (float64)."""
-    a, b = layer.A_sqrt_neg_real.double(), layer.A_imag.double()
-    W = torch.complex(layer.W[..., 0].double(), layer.W[..., 1].double())  # (C, H, M)
+    a, b = layer.A_sqrt_neg_real.double().to(u.device), layer.A_imag.double().to(u.device)
+    W = torch.complex(layer.W[..., 0].double(), layer.W[..., 1].double()).to(u.device)  # (C, H, M)
     lam = torch.exp(torch.complex(-a * a, b))  # (M,)
     B, L, _ = u.shape
-    y = layer.D.double() * u
+    y = layer.D.double().to(u.device) * u
     for t in range(L):
         for s in range(L):
             if s <= t:  # causal lag t - s
@@ -273,7 +276,7 @@ def test_dlr_state_space_and_eigenvalues():
     assert rel_err(A_bar, lam.expand(H, 4)) < 1e-15
     assert layer.n_modes == 4
     poles = torch.as_tensor(layer.state_space().poles()).reshape(-1)
-    for value in lam:  # every shared mode is a pole of the realisation
+    for value in lam.cpu():  # every shared mode is a pole of the realisation (poles: numpy, on the CPU)
         assert float((poles - value).abs().min()) < 1e-12
 
 

@@ -24,15 +24,15 @@ def paper_loop(layer: RGLRU, u: torch.Tensor, resets: torch.Tensor | None = None
     r_t = σ(W_a x_t + b_a), i_t = σ(W_i x_t + b_i) with block-diagonal W_a, W_i; a_t = σ(Λ)^{c r_t};
     h_t = a_t h_{t-1} + √(1 - a_t²) i_t x_t (a_t = 0 and multiplier 1 at a segment start); y_t = W_out(g_t h_t) + b.
     """
-    p = {k: v.detach().double() for k, v in layer.named_parameters()}
+    p = {k: v.detach().double().cpu() for k, v in layer.named_parameters()}  # the loop runs on the CPU
     W_a = torch.block_diag(*p["gate_a.weight"])  # (D, D): x @ W_a is the block-diagonal map
     W_i = torch.block_diag(*p["gate_x.weight"])
     b_a, b_i = p["gate_a.bias"].flatten(), p["gate_x.bias"].flatten()
     a_base = torch.sigmoid(p["Lambda"])  # (D,)
     Bsz, L, _ = u.shape
     D, Wc = layer.lru_width, layer.conv_width
-    past = torch.zeros(Bsz, Wc - 1, D, dtype=torch.float64) if state is None else state.conv.transpose(1, 2).double()
-    h = torch.zeros(Bsz, D, dtype=torch.float64) if state is None else state.h.double()
+    past = torch.zeros(Bsz, Wc - 1, D, dtype=torch.float64) if state is None else state.conv.transpose(1, 2).double().cpu()
+    h = torch.zeros(Bsz, D, dtype=torch.float64) if state is None else state.h.double().cpu()
     ys = []
     for t in range(L):
         start = torch.zeros(Bsz, dtype=torch.bool) if resets is None else resets[:, t].cpu()

@@ -82,7 +82,9 @@ def test_model_bad_inputs():
     with pytest.raises(ValueError, match="floating-point"):
         model(torch.ones(2, 5, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="list of 2 block states"):
-        model(torch.randn(2, 5, 2, dtype=torch.float64), state=[None])
+        model(torch.randn(2, 5, 2, dtype=torch.float64, device=DEVICE), state=[None])
+    with pytest.raises(ValueError, match=r"x must be on the model's device .*; got meta"):
+        model(torch.randn(2, 5, 2, dtype=torch.float64, device="meta"))
     lm = model_for("s4d", head="lm", pool=None, vocab_size=7, d_output=7)
     with pytest.raises(ValueError, match="token ids"):
         lm(torch.randn(2, 5))

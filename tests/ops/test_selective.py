@@ -363,7 +363,7 @@ def test_double_backward_of_the_grouped_chunked_scan_from_rest_equals_the_loop()
     p = inputs(3, requires_grad=True)
     args = scan_args(p)[:8]
     g = torch.Generator().manual_seed(7)
-    gy = torch.randn(Bsz, L, H, dtype=F64, generator=g)
+    gy = torch.randn(Bsz, L, H, dtype=F64, generator=g).to(DEVICE)
 
     def second(fn):
         y, h = fn(*args, True, None)

@@ -224,10 +224,13 @@ def test_both_paths_check_their_inputs(backend):
     empty = torch.zeros(2, 10, 0, 5, dtype=torch.float64)
     raises("G dividing the H = 6 heads", x, dt, A, empty, empty)  # G = 0: no group (not a division by zero)
     raises(r"x must be \(B, L, H, P\) with B, L >= 1; got shape \(0, 10, 6, 3\)", x[:0], dt[:0], A, B[:0], C[:0])
-    raises("dt must be on x's device cpu; got meta", x, dt.to("meta"), A, B, C)  # meta stands in for a second device
-    raises("C must be on x's device cpu; got meta", x, dt, A, B, C.to("meta"))
-    raises(r"h0 must have x's dtype torch.float64 and device cpu; got torch.float32 on cpu", x, dt, A, B, C, h0.float())
-    raises("h0 must have x's dtype torch.float64 and device cpu; got torch.float64 on meta", x, dt, A, B, C, h0.to("meta"))
+    dev = x.device  # the messages name the inputs' device (cuda:0, not the test's "cuda")
+    raises(f"dt must be on x's device {dev}; got meta", x, dt.to("meta"), A, B, C)  # meta: a second device
+    raises(f"C must be on x's device {dev}; got meta", x, dt, A, B, C.to("meta"))
+    raises(rf"h0 must have x's dtype torch.float64 and device {dev}; got torch.float32 on {dev}", x, dt, A, B, C,
+           h0.float())
+    raises(f"h0 must have x's dtype torch.float64 and device {dev}; got torch.float64 on meta", x, dt, A, B, C,
+           h0.to("meta"))
     raises(r"h0 must be \(B, H, P, N\) = \(2, 6, 3, 5\); got list", x, dt, A, B, C, h0.tolist())
 
 
@@ -271,10 +274,10 @@ def test_step_checks_its_inputs_and_its_state():
         with pytest.raises(ValueError, match=match):
             ssd_step(*args)
 
-    want = r"h must be \(B, H, P, N\) = \(2, 6, 3, 5\) in x_t's dtype torch.float64 on cpu; got "
-    raises(want + r"\(1, 6, 3, 5\) torch.float64 on cpu", x_t, dt_t, A, B_t, C_t, h0[:1])
-    raises(want + r"\(2, 6, 1, 5\) torch.float64 on cpu", x_t, dt_t, A, B_t, C_t, h0[:, :, :1])
-    raises(want + r"\(2, 6, 3, 5\) torch.float32 on cpu", x_t, dt_t, A, B_t, C_t, h0.float())
+    want = rf"h must be \(B, H, P, N\) = \(2, 6, 3, 5\) in x_t's dtype torch.float64 on {x_t.device}; got "
+    raises(want + rf"\(1, 6, 3, 5\) torch.float64 on {x_t.device}", x_t, dt_t, A, B_t, C_t, h0[:1])
+    raises(want + rf"\(2, 6, 1, 5\) torch.float64 on {x_t.device}", x_t, dt_t, A, B_t, C_t, h0[:, :, :1])
+    raises(want + rf"\(2, 6, 3, 5\) torch.float32 on {x_t.device}", x_t, dt_t, A, B_t, C_t, h0.float())
     raises(want + "NoneType", x_t, dt_t, A, B_t, C_t, None)
     raises(r"x_t must be a tensor \(B, H, P\); got \(2, 6\)", x_t[..., 0], dt_t, A, B_t, C_t, h0)
     raises(r"dt_t must be a tensor \(B, H\); got list", x_t, dt_t.tolist(), A, B_t, C_t, h0)

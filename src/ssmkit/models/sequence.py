@@ -183,6 +183,7 @@ class SequenceModel(nn.Module):
                 # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
                 raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "
                                  f"{int(x.min())} to {int(x.max())}")
+            self._check_device(x)
             return self.encoder(x)
         check_floating(x, "x")
         want = f"(B, {self.d_input})" if per_step else f"(B, L, {self.d_input})"
@@ -190,10 +191,18 @@ class SequenceModel(nn.Module):
             raise ValueError(f"x must be {want} for d_input={self.d_input}; got {tuple(x.shape)}")
         if self.check_finite:
             check_finite_sequence(x if not per_step else x[:, None], "the input x")
+        self._check_device(x)
         # any real input is computed in the parameters' dtype (as the layers), under autocast too: autocast then lowers
         # a float32 encoder's matmul (a bf16/fp16 x goes through float32 exactly) and leaves a float64 one alone; a
         # float32 x kept as it was into a float64 model raised "mat1 and mat2 must have the same dtype" under autocast
         return self.encoder(x.to(self.encoder.weight.dtype))
+
+    def _check_device(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless x is on the model's device (as the layers do; the encoder raised a RuntimeError
+        from inside F.linear)."""
+        device = self.encoder.weight.device
+        if x.device != device:
+            raise ValueError(f"x must be on the model's device {device}; got {x.device}")
 
     def _as_input_dtype(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``out`` in x's dtype for a real input outside autocast (as the layers answer), else as the head gave it."""

@@ -268,8 +268,8 @@ def validation_rmse(model: DeepWiener, records: list[IORecord], from_rest: bool 
     Returns:
         one RMSE per output channel.
     """
-    sims = [simulate_record(model, r, from_rest) for r in records]
-    score = rmse([s[n:] for s, n in sims], [r.y[n:] for r, (_, n) in zip(records, sims)])
+    sims = [simulate_record(model, r, from_rest) for r in records]  # on the CPU, as the measurements are moved
+    score = rmse([s[n:] for s, n in sims], [r.y[n:].cpu() for r, (_, n) in zip(records, sims)])
     return torch.atleast_1d(score).tolist()
 
 
@@ -285,7 +285,8 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
         from_rest: simulate from rest even when the model has an encoder.
 
     Returns:
-        (errors (n, p) ŷ − y pooled over the blocks, in the data's unit; the block samples' measured outputs (n, p)).
+        (errors (n, p) ŷ − y pooled over the blocks, in the data's unit; the block samples' measured outputs (n, p)),
+        on the CPU.
     """
     errors, measured, sims = [], [], {}
     with torch.no_grad():
@@ -294,7 +295,7 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
                 sims[b.record] = simulate_record(model, records[b.record], from_rest)
             y_sim, n = sims[b.record]
             lo = max(b.start, n)
-            y = records[b.record].y[lo:b.stop]
+            y = records[b.record].y[lo:b.stop].cpu()  # records may sit on the model's device; ŷ is on the CPU
             errors.append(y_sim[lo:b.stop].to(y.dtype) - y)
             measured.append(y)
     return torch.cat(errors), torch.cat(measured)

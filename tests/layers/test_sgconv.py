@@ -136,3 +136,37 @@ def test_options_are_validated():
         with pytest.raises(ValueError, match="l_max|kernel_dim|decay_m"):
             layers.build("sgconv", d_model=H, **bad)
     assert layers.build("sgconv", d_model=H, l_max=10, kernel_dim=64).n_scales == 1  # l_max <= d: one scale
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("factor", [1, 2, 4, 16])
+def test_upsampling_matrix_is_linear_interpolation(d, factor):
+    # the kernel upsamples by a fixed matrix (deterministic on CUDA, where interpolate's backward is not): the same
+    # values as F.interpolate(mode="linear", align_corners=False), float64, to rounding; its rows hold weights summing
+    # to one per output tap
+    from ssmkit.layers.sgconv import upsampling_matrix
+
+    w = torch.randn(2, 3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d * 100 + factor))
+    want = torch.nn.functional.interpolate(w, scale_factor=float(factor), mode="linear")
+    M = upsampling_matrix(d, factor)
+    assert M.shape == (d, d * factor) and M.dtype == torch.float64
+    assert torch.allclose(M.sum(0), torch.ones(d * factor, dtype=torch.float64), rtol=0, atol=0)
+    assert rel_err(w @ M, want) < 1e-15
+
+
+def test_the_kernel_trains_under_deterministic_algorithms():
+    # torch.use_deterministic_algorithms(True): the backward through the kernel's upsampling runs (on CUDA
+    # F.interpolate's backward raised) and gives the gradient twice the same
+    layer = make_layer("sgconv", {"l_max": 32, "kernel_dim": 4})
+    x = torch.randn(2, 40, H, device=DEVICE, dtype=torch.float64)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            layer.zero_grad(set_to_none=True)
+            layer(x)[0].square().sum().backward()
+            grads.append(layer.sub_kernels.grad.clone())
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert grads[0].abs().max() > 0 and torch.equal(grads[0], grads[1])

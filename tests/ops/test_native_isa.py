@@ -30,7 +30,9 @@ def _cpu_has_avx512() -> bool:
 @pytest.mark.skipif(not _cpu_has_avx512(), reason="no AVX-512 here: the default build already runs the AVX2 paths")
 def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
     cache = tmp_path / "cache"
-    env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": "-mno-avx512f", "SSMKIT_NATIVE_CACHE": str(cache)}
+    # on the CPU whatever this run's device (the native kernels are CPU code; under cuda their tests skip)
+    env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": "-mno-avx512f", "SSMKIT_NATIVE_CACHE": str(cache),
+           "SSMKIT_TEST_DEVICE": "cpu"}
     tests = [str(ROOT / "tests/ops" / name) for name in ("test_native.py", "test_selective_delta_proj.py")]
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)

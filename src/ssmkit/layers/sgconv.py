@@ -6,7 +6,8 @@ cover a window twice as long as the one before and weighted by a decay α^i (the
     K̃ = concat_{i=0}^{S-1} α^i · Upsample_{r_i}(w_i),   r_0 = 1, r_i = 2^{i-1} for i >= 1,   α = 1/decay
     S = 1 + ⌈log₂(l_max / d)⌉,   K = K̃ / ‖K̃‖₂ (per channel, the norm frozen at initialisation),   y = K ⊛ u + D ⊙ u
 
-Upsampling is linear interpolation (``F.interpolate(mode="linear")``); the kernel has K_len = d·2^{S-1} >= l_max taps
+Upsampling is linear interpolation (``F.interpolate(mode="linear")``'s values, as a fixed matrix product: the CUDA
+backward of interpolate has no deterministic algorithm); the kernel has K_len = d·2^{S-1} >= l_max taps
 and is zero beyond them (the official code crops or zero-pads it to the input's length). w_i ~ N(0, 1), D ~ N(0, 1).
 Bidirectional: a second set of sub-kernels gives an anti-causal kernel whose tap 0 acts at lag -1.
 
@@ -25,11 +26,12 @@ Choices (docs/design.md, "SGConv"):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar, Mapping
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.layers.cache import ValueCache
@@ -51,6 +53,29 @@ def _n_scales(l_max: int, kernel_dim: int) -> int:
     return 1 + s
 
 
+@functools.lru_cache(maxsize=64)
+def upsampling_matrix(d: int, factor: int) -> torch.Tensor:
+    """(d, d·factor) float64 M with w @ M = ``F.interpolate(w, scale_factor=factor, mode="linear")`` (align_corners
+    False): output tap j reads x_j = (j + ½)/factor − ½ clamped to [0, d − 1], (1 − λ_j) w[⌊x_j⌋] + λ_j w[⌊x_j⌋ + 1].
+
+    A matrix product, because interpolate's CUDA backward has no deterministic algorithm (under
+    ``torch.use_deterministic_algorithms(True)`` SGConv could not train on a GPU). The weights are multiples of
+    1/(2·factor): exact in every float dtype. On the CPU (a constant: cached; callers move it to their tensors).
+
+    Args:
+        d: the sub-kernel length.
+        factor: the upsampling factor, an int >= 1.
+    """
+    j = np.arange(d * factor)
+    x = np.clip((j + 0.5) / factor - 0.5, 0.0, d - 1)
+    i0 = np.floor(x).astype(np.int64)
+    lam = x - i0
+    M = np.zeros((d, d * factor))
+    np.add.at(M, (i0, j), 1.0 - lam)
+    np.add.at(M, (np.minimum(i0 + 1, d - 1), j), lam)
+    return torch.from_numpy(M)
+
+
 def _sgconv_kernel(sub_kernels: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     """The unnormalised SGConv kernel K̃ = concat_i α^i · Upsample_{r_i}(w_i), α = 1/decay (arXiv 2210.09298).
 
@@ -62,7 +87,7 @@ def _sgconv_kernel(sub_kernels: torch.Tensor, decay: torch.Tensor) -> torch.Tens
     for i in range(S):
         w = sub_kernels[i]  # (C, H, d)
         if i > 1:
-            w = F.interpolate(w, scale_factor=float(2 ** (i - 1)), mode="linear")  # (C, H, d·2^{i-1})
+            w = w @ upsampling_matrix(w.shape[-1], 2 ** (i - 1)).to(w)  # (C, H, d·2^{i-1})
         parts.append(w * decay.unsqueeze(-1) ** (-i))  # α^i per channel
     return torch.cat(parts, dim=-1)  # (C, H, F)
 

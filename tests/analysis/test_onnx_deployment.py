@@ -37,7 +37,13 @@ def _continue_in_onnx(model, path, dtype):
             y, s = model.step(u[:, t], s)
             want.append(y)
     info = export_onnx(model, path)
-    session = onnxruntime.InferenceSession(info.path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    version = tuple(int(v) for v in onnxruntime.__version__.split(".")[:2])
+    if dtype == torch.float64 and version < (1, 32):
+        # onnxruntime 1.30 (the GPU machine's) fused x·σ(x) into its contrib QuickGelu, which has a float kernel only,
+        # and then refused a float64 graph; 1.32 does not: the extended fusions are left out there
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = onnxruntime.InferenceSession(info.path, options, providers=["CPUExecutionProvider"])
     parts, got = onnx_state(model, state), []
     for t in range(6, 14):
         y, *parts = session.run(None, {info.input_name: u[:, t].numpy(), **dict(zip(info.state_names, parts))})

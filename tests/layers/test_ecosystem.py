@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+import torch._inductor.exc  # the xfail below names its error class
 from torch import nn
 from torch.func import functional_call
 
@@ -172,6 +173,9 @@ def test_meta_construction_then_loading_equals_the_saved_layer(name):
 
 
 @pytest.mark.parametrize("variant", [0, 2])  # zoh: with and without conjugate symmetry
+@pytest.mark.xfail(DEVICE.type == "cuda", raises=torch._inductor.exc.InductorError, strict=False,
+                   reason="torch 2.11's inductor on CUDA put a complex64 tensor in a Triton kernel's signature "
+                          "(KeyError: 'complex64' in triton_utils.signature_of; H200, 2026-12-04): PyTorch's bug")
 def test_s5_discretisation_backward_under_inductor(variant):
     # torch.compile (default inductor backend) of an S5 training step failed in backward with "self.stride(-1) must
     # be 1 to view ComplexFloat as Float": inductor laid out the gradient of the (M, 1) column that S5 discretised

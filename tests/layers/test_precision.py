@@ -146,8 +146,12 @@ def test_autocast_forward_and_backward(name, dtype):
         with torch.no_grad(), torch.autocast(DEVICE.type, dtype=dtype):
             y_steps, h_steps = run_steps(layer32, x.detach())
             y_full, h_full = layer32(x.detach())
-        assert y_steps.dtype == torch.float32 and rel_err(y_steps, y_full) < 1e-5  # measured <= 2e-7 (0 for mixers)
-        assert state_err(h_steps, h_full) < 1e-5
+        # measured <= 2e-7 on the CPU (0 for mixers); on CUDA a mixer's bf16/fp16 projection of one step and of the
+        # whole sequence are different GEMMs whose float32 sums round to the low precision apart (Hyena on an H200:
+        # 5.2e-3 in bf16, one bf16 ulp), so there the projections' tolerance applies
+        step_tol = tol if DEVICE.type == "cuda" else 1e-5
+        assert y_steps.dtype == torch.float32 and rel_err(y_steps, y_full) < step_tol
+        assert state_err(h_steps, h_full) < step_tol
 
 
 # layers with a kernel, a state space or Hyena's implicit filters

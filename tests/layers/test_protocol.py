@@ -352,12 +352,16 @@ def test_autocast_keeps_the_core_in_float32(name):
     # A mixer with its own projections (block_defaults (None, None)) runs them in bf16 under autocast: its output and
     # state carry the bf16 rounding of the projections' inputs and weights (8-bit mantissa, 2^-9 each, summed over a
     # few channels). LTI layers have no projections: the same float32 arithmetic.
+    # GSS multiplies two bf16 branches after a LayerNorm: its max error over max |y| spread over 0.012-0.062 in 12 seeds
+    # on the CPU and was 0.113 on an H200 (other weights and inputs: CUDA's generator), hence its own bound
     mixer = layer.block_defaults == layers.BlockDefaults(None, None)
-    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < (3e-2 if mixer else 1e-6)
-    assert state_err(h_amp, h) < (3e-2 if mixer else 1e-6)
+    bound = (0.15 if name == "gss" else 3e-2) if mixer else 1e-6
+    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < bound
+    assert state_err(h_amp, h) < bound
     assert all(t.dtype == s.dtype for t, s in zip(leaves(h_amp), leaves(h)))  # the state keeps its dtype
     assert y_bf16.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16
-    assert rel_err(y_bf16.float(), y) < (4e-2 if mixer else 2e-2)  # bf16 input and output rounding (8-bit mantissa)
+    # bf16 input and output rounding (8-bit mantissa) on top
+    assert rel_err(y_bf16.float(), y) < ((0.15 if name == "gss" else 4e-2) if mixer else 2e-2)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -42,8 +42,10 @@ def _gradients(layer, x, h0, weights, mode: str, with_state: bool) -> list[torch
     hh = None if h0 is None else state_map(lambda t: t.clone().requires_grad_(True), h0)
     if mode == "plain":
         y, h = layer(xx, hh)
-    else:
-        y, h = checkpoint(layer, xx, hh, use_reentrant=mode == "reentrant")
+    elif mode == "reentrant":
+        y, h = checkpoint(layer, xx, hh, use_reentrant=True)
+    else:  # the recomputation under the forward's backend (on CUDA it runs on autograd's device thread)
+        y, h = checkpoint(layer, xx, hh, use_reentrant=False, context_fn=ops.checkpoint_contexts)
     loss = (y * weights[0]).sum()
     if with_state:
         loss = loss + sum((_real(t) * w).sum() for t, w in zip(leaves(h), weights[1:]))

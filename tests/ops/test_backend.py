@@ -228,3 +228,45 @@ def test_every_op_has_its_table_and_raises_outside_it(op):
             with pytest.raises(RuntimeError, match=rf"^{op}: backend '{backend}' was forced by its backend= "
                                                    rf"argument but {op} has only the backends {has}$"):
                 call(backend)
+
+
+def test_checkpoint_contexts_recompute_under_the_forward_backend_in_another_thread():
+    # PyTorch runs a CUDA backward on its own device thread, which sees the ContextVar's default ("auto"): a
+    # checkpoint's recomputation there took another path than its forward under a forced backend. A backward started
+    # in a new thread does the same on the CPU; checkpoint_contexts carries the backend over.
+    from torch.utils.checkpoint import CheckpointError, checkpoint
+
+    from tests.conftest import make_layer, rel_err
+
+    layer = make_layer("s4d")
+    x = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+
+    def grads(**options):
+        seen, out = [], {}
+        with ops.use_backend("reference"):
+            y, _ = checkpoint(layer, x, use_reentrant=False, **options)
+
+        def backward():
+            seen.append(ops.get_backend())
+            try:
+                out["grad"] = torch.autograd.grad(y.square().sum(), x)[0]
+            except CheckpointError as e:
+                out["error"] = e
+
+        thread = threading.Thread(target=backward)
+        thread.start()
+        thread.join()
+        assert seen == ["auto"]
+        return out
+
+    with ops.use_backend("reference"):
+        y, _ = layer(x)
+    (want,) = torch.autograd.grad(y.square().sum(), x)
+    assert "error" in grads()  # the recomputation ran under "auto": another number of saved tensors
+    got = grads(context_fn=ops.checkpoint_contexts)
+    assert "error" not in got and rel_err(got["grad"], want) < 1e-13
+    with ops.use_backend("chunked"):
+        forward, recompute = ops.checkpoint_contexts()
+    with recompute:
+        assert ops.get_backend() == "chunked"
+    assert ops.get_backend() == "auto"

@@ -54,6 +54,7 @@ def test_auto_takes_the_c_kernel_for_complex_parameters_on_the_cpu(monkeypatch):
 def test_auto_takes_the_triton_scan_only_when_told(monkeypatch):
     """Where the Triton kernel runs (prefer_triton), ``auto`` still follows the table unless TRITON_SCAN_IN_AUTO: the
     fused scan was slower than the FFT path on an H200; the CUDA table holds the measured FFT range (y only)."""
+    assert scan.FFT_LENGTHS[("cuda", False)] == scan.FFT_LENGTHS[("cuda", True)] == (1, 1 << 17)
     taken = []
     monkeypatch.setattr(scan, "prefer_triton", lambda x, op: True)
     monkeypatch.setattr(scan, "prefer_native", lambda op, x: False)
@@ -66,4 +67,3 @@ def test_auto_takes_the_triton_scan_only_when_told(monkeypatch):
     monkeypatch.setattr(scan, "TRITON_SCAN_IN_AUTO", True)
     scan.ssm_scan(u, A, A, A, return_state=False, backend="auto")
     assert taken == ["fft", "triton"]
-    assert scan.FFT_LENGTHS[("cuda", False)] == (1, 1 << 17) and scan.FFT_LENGTHS[("cuda", True)] is None

@@ -15,7 +15,7 @@ scan, kernel, step), ``twice`` (a kernel's backward when it is itself differenti
 """
 
 from ssmkit.ops.attention import causal_attention, causal_attention_reference, causal_mask, rotary
-from ssmkit.ops.backend import BACKENDS, get_backend, set_backend, use_backend
+from ssmkit.ops.backend import BACKENDS, checkpoint_contexts, get_backend, set_backend, use_backend
 from ssmkit.ops.cauchy import dplr_kernel, dplr_kernel_reference  # cauchy() stays in its module (same name)
 from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
 from ssmkit.ops.dense import dense_final_state, dense_final_state_reference
@@ -88,6 +88,7 @@ __all__ = [
     "dplr_step_coefficients",
     "dplr_step_reference",
     "dss_eigenvalues",
+    "checkpoint_contexts",
     "get_backend",
     "initial_state_output",
     "initial_state_output_reference",

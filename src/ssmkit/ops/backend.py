@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Callable, ContextManager, Iterator, Mapping, TypeVar
 
 import torch
 
@@ -89,6 +89,22 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _BACKEND.reset(token)
+
+
+def checkpoint_contexts() -> tuple[ContextManager[None], ContextManager[None]]:
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint(fn, ..., use_reentrant=False, context_fn=...)``: the
+    forward and its recomputation both under the backend in force where the checkpoint is called.
+
+    The backend is per thread (a ContextVar), and PyTorch runs a CUDA backward, where a checkpoint recomputes its
+    forward, on its own device thread, which sees ``"auto"``: a forward under a forced backend was then recomputed by
+    another path and the checkpoint refused it ("A different number of tensors was saved", an H200). Under
+    ``"auto"`` nothing differs; the reentrant checkpoint takes no ``context_fn``, and recomputes under ``"auto"`` there.
+
+    Returns:
+        (the forward's context, the recomputation's context).
+    """
+    name = get_backend()
+    return use_backend(name), use_backend(name)
 
 
 def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str) -> F:

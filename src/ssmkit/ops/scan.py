@@ -221,8 +221,9 @@ FFT_LENGTHS: dict[tuple[str, bool], tuple[int, int | None] | None] = {
     # measured on an H200 (docs/benchmarks.md, B 8, H 128, N 64, float32, y only): the FFT path is the fastest from
     # L = 1024 to 16384 (1.3-1.4x the chunked scan; 1024 is the shortest measured) and the chunked scan at L = 2^20
     # (1.5x); the crossover between is not measured: 2^17 is the two lengths' geometric middle. With the final state
-    # asked for (extra GEMMs on the FFT path) not measured yet: the chunked scan.
-    ("cuda", True): None,
+    # asked for (extra GEMMs on the FFT path; not measured) the same range, so that asking for the state does not
+    # change y's path (the protocol: y bit for bit the same either way; a chunked y differed in the last bits)
+    ("cuda", True): (1, 131072),
     ("cuda", False): (1, 131072),
 }
 # "auto" takes the fused Triton scan on CUDA only when this is True: on the H200 it was slower than the FFT path at

@@ -30,7 +30,10 @@ def _cpu_has_avx512() -> bool:
 @pytest.mark.skipif(not _cpu_has_avx512(), reason="no AVX-512 here: the default build already runs the AVX2 paths")
 def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
     cache = tmp_path / "cache"
-    env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": "-mno-avx512f", "SSMKIT_NATIVE_CACHE": str(cache)}
+    # the C kernels are CPU code, and their tests skip off the CPU: the inner run tests on the CPU whatever this
+    # run's SSMKIT_TEST_DEVICE (under cuda it skipped every native test and built only the kernel imported first)
+    env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": "-mno-avx512f", "SSMKIT_NATIVE_CACHE": str(cache),
+           "SSMKIT_TEST_DEVICE": "cpu"}
     tests = [str(ROOT / "tests/ops" / name) for name in ("test_native.py", "test_selective_delta_proj.py")]
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)

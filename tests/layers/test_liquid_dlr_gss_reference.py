@@ -116,6 +116,7 @@ def test_liquid_forward_and_step_equal_the_dense_loop(opts):
     layer = liquid_layer(opts)
     u, h0, past = liquid_inputs(layer, 19)  # L = 19 > l_max = 8: the attuned C̃ is used
     y_ref, h_ref, past_ref = liquid_reference(layer, u.cpu(), h0.cpu(), past.cpu())
+    past_ref = past_ref.to(u.device)  # the last inputs, copied: compared bit for bit with the layer's (torch.equal)
     state = LiquidS4State(h0, past)
     with torch.no_grad():
         for backend in ("reference", "fft"):

@@ -31,7 +31,8 @@ def paper_loop(layer: RGLRU, u: torch.Tensor, resets: torch.Tensor | None = None
     a_base = torch.sigmoid(p["Lambda"])  # (D,)
     Bsz, L, _ = u.shape
     D, Wc = layer.lru_width, layer.conv_width
-    past = torch.zeros(Bsz, Wc - 1, D, dtype=torch.float64) if state is None else state.conv.transpose(1, 2).double().cpu()
+    past = (torch.zeros(Bsz, Wc - 1, D, dtype=torch.float64) if state is None
+            else state.conv.transpose(1, 2).double().cpu())
     h = torch.zeros(Bsz, D, dtype=torch.float64) if state is None else state.h.double().cpu()
     ys = []
     for t in range(L):

@@ -128,7 +128,8 @@ def test_window_state_is_the_last_inputs():
     _, h = layer(x)
     assert h.shape == (2, H, 7) and torch.equal(h, x[:, -7:].transpose(1, 2))
     _, h_short = layer(x[:, :3])
-    assert torch.equal(h_short[:, :, :4], torch.zeros(2, H, 4, dtype=x.dtype, device=DEVICE)) and torch.equal(h_short[:, :, 4:], x[:, :3].transpose(1, 2))
+    assert torch.equal(h_short[:, :, :4], torch.zeros(2, H, 4, dtype=x.dtype, device=DEVICE))
+    assert torch.equal(h_short[:, :, 4:], x[:, :3].transpose(1, 2))
 
 
 def test_options_are_validated():

@@ -221,7 +221,7 @@ def test_both_paths_check_their_inputs(backend):
 
     raises(r"B must be \(B, L, G, N\) with \(B, L\) = \(2, 10\) and G dividing", x, dt, A, B[..., :1, :].expand(2, 10, 4, 5), C)
     raises("C must have B's shape", x, dt, A, B, C[..., :4])
-    empty = torch.zeros(2, 10, 0, 5, dtype=torch.float64)
+    empty = torch.zeros(2, 10, 0, 5, dtype=torch.float64, device=x.device)
     raises("G dividing the H = 6 heads", x, dt, A, empty, empty)  # G = 0: no group (not a division by zero)
     raises(r"x must be \(B, L, H, P\) with B, L >= 1; got shape \(0, 10, 6, 3\)", x[:0], dt[:0], A, B[:0], C[:0])
     dev = x.device  # the messages name the inputs' device (cuda:0, not the test's "cuda")

@@ -104,7 +104,8 @@ def test_fit_validates_the_averaged_weights_and_keeps_them():
     _, (val,) = split_tail([r], 0.3, 20)
     with torch.no_grad():
         y_sim, _ = simulate_record(m, val)
-    kept = float(rmse(y_sim, val.y.cpu()))  # the simulation comes back on the CPU  # the model ends with the averaged weights that scored best
+    # the model ends with the averaged weights that scored best (the simulation comes back on the CPU)
+    kept = float(rmse(y_sim, val.y.cpu()))
     assert kept == pytest.approx(history["best_val_rmse"], rel=1e-12)
     last = wiener()
     fit_simulation(last, [r], config=SimulationFit(window=20, batch_size=2, steps=6, lr=1e-2, val_fraction=0.3,

@@ -145,12 +145,13 @@ def test_upsampling_matrix_is_linear_interpolation(d, factor):
     # the kernel upsamples by a fixed matrix (deterministic on CUDA, where interpolate's backward is not): the same
     # values as F.interpolate(mode="linear", align_corners=False), float64, to rounding; its rows hold weights summing
     # to one per output tap
-    from ssmkit.layers.sgconv import upsampling_matrix
+    from ssmkit.layers.sgconv import interpolation_matrix, upsampling_matrix
 
     w = torch.randn(2, 3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d * 100 + factor))
     want = torch.nn.functional.interpolate(w, scale_factor=float(factor), mode="linear")
-    M = upsampling_matrix(d, factor)
+    M = interpolation_matrix(d, factor)
     assert M.shape == (d, d * factor) and M.dtype == torch.float64
+    assert torch.equal(upsampling_matrix(d, factor, w.float()), M.float())  # the cached copy, in the tensor's dtype
     assert torch.allclose(M.sum(0), torch.ones(d * factor, dtype=torch.float64), rtol=0, atol=0)
     assert rel_err(w @ M, want) < 1e-15
 

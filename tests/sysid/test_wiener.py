@@ -46,6 +46,8 @@ def test_step_equals_forward_and_encoder_states_continue():
     assert rel_err(torch.cat([y1, y2], 1), y) < 1e-10
     with pytest.raises(ValueError, match=r"u must be \(B, L, 2\)"):
         m(torch.randn(2, 5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"u must be on the model's device .*; got meta"):
+        m(torch.randn(2, 5, 2, dtype=torch.float64, device="meta"))
     with pytest.raises(ValueError, match="needs LTI layers"):
         DeepWiener(1, 1, layer="rglru")
 
@@ -149,7 +151,7 @@ def test_time_varying_blocks_step_equals_forward_and_leave_the_analysis_to_lti_b
     assert rel_err(y_steps, y) < 1e-10
     assert rel_err(y, y_rest) > 1e-6  # the encoder's state reaches the selective layers' states
     assert m.state_space() == [] and np.isnan(m.spectral_radius()) and m.is_stable() is False  # no certificate
-    again = DeepWiener.from_checkpoint(m.checkpoint())
+    again = DeepWiener.from_checkpoint(m.checkpoint()).to(DEVICE)  # built on the CPU
     with torch.no_grad():
         assert torch.equal(again(u, state)[0], y)
 
@@ -225,7 +227,7 @@ def test_block_activations_give_each_block_its_own_sigma():
         y_elu, _ = same(u, state)
     assert rel_err(y, want) < 1e-12 and rel_err(y_steps, y) < 1e-10
     assert rel_err(y_elu, y) > 1e-3  # the first block's σ matters
-    back = DeepWiener.from_checkpoint(m.checkpoint())
+    back = DeepWiener.from_checkpoint(m.checkpoint()).to(DEVICE)  # built on the CPU
     assert back.arguments["block_activations"] == ("tanh", "elu")
     with torch.no_grad():
         assert rel_err(back(u, state)[0], y) < 1e-12

@@ -30,7 +30,6 @@ import functools
 import math
 from typing import ClassVar, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +41,7 @@ from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, wi
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
+from ssmkit.ops.backend import tracing
 from ssmkit.ops.fftconv import bidirectional_conv
 
 
@@ -53,27 +53,43 @@ def _n_scales(l_max: int, kernel_dim: int) -> int:
     return 1 + s
 
 
-@functools.lru_cache(maxsize=64)
-def upsampling_matrix(d: int, factor: int) -> torch.Tensor:
+def interpolation_matrix(d: int, factor: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(d, d·factor) float64 M with w @ M = ``F.interpolate(w, scale_factor=factor, mode="linear")`` (align_corners
     False): output tap j reads x_j = (j + ½)/factor − ½ clamped to [0, d − 1], (1 − λ_j) w[⌊x_j⌋] + λ_j w[⌊x_j⌋ + 1].
 
     A matrix product, because interpolate's CUDA backward has no deterministic algorithm (under
     ``torch.use_deterministic_algorithms(True)`` SGConv could not train on a GPU). The weights are multiples of
-    1/(2·factor): exact in every float dtype. On the CPU (a constant: cached; callers move it to their tensors).
+    1/(2·factor): exact in every float dtype. Torch ops only, so torch.compile and torch.export trace it.
 
     Args:
         d: the sub-kernel length.
         factor: the upsampling factor, an int >= 1.
+        device: where to build it.
     """
-    j = np.arange(d * factor)
-    x = np.clip((j + 0.5) / factor - 0.5, 0.0, d - 1)
-    i0 = np.floor(x).astype(np.int64)
-    lam = x - i0
-    M = np.zeros((d, d * factor))
-    np.add.at(M, (i0, j), 1.0 - lam)
-    np.add.at(M, (np.minimum(i0 + 1, d - 1), j), lam)
-    return torch.from_numpy(M)
+    j = torch.arange(d * factor, dtype=torch.float64, device=device)
+    x = ((j + 0.5) / factor - 0.5).clamp(0.0, d - 1)  # (d·factor,)
+    lower = x.floor()
+    lam = x - lower
+    rows = torch.arange(d, dtype=torch.float64, device=device)[:, None]  # (d, 1)
+    return (rows == lower) * (1.0 - lam) + (rows == (lower + 1.0).clamp(max=d - 1)) * lam  # (d, d·factor)
+
+
+_cached_matrix = functools.lru_cache(maxsize=64)(interpolation_matrix)
+
+
+def upsampling_matrix(d: int, factor: int, like: torch.Tensor) -> torch.Tensor:
+    """:func:`interpolation_matrix` in ``like``'s dtype and device: eagerly from a per-(d, factor) cache of the CPU
+    float64 matrix (a constant), while compiling or exporting built in the graph (a cached tensor would be a
+    constant the tracer cannot see through).
+
+    Args:
+        d: the sub-kernel length.
+        factor: the upsampling factor.
+        like: a tensor whose dtype and device the matrix takes.
+    """
+    if tracing():
+        return interpolation_matrix(d, factor, like.device).to(like.dtype)
+    return _cached_matrix(d, factor).to(like)
 
 
 def _sgconv_kernel(sub_kernels: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
@@ -87,7 +103,7 @@ def _sgconv_kernel(sub_kernels: torch.Tensor, decay: torch.Tensor) -> torch.Tens
     for i in range(S):
         w = sub_kernels[i]  # (C, H, d)
         if i > 1:
-            w = w @ upsampling_matrix(w.shape[-1], 2 ** (i - 1)).to(w)  # (C, H, d·2^{i-1})
+            w = w @ upsampling_matrix(w.shape[-1], 2 ** (i - 1), w)  # (C, H, d·2^{i-1})
         parts.append(w * decay.unsqueeze(-1) ** (-i))  # α^i per channel
     return torch.cat(parts, dim=-1)  # (C, H, F)
 

@@ -227,6 +227,8 @@ class DeepWiener(nn.Module):
             shape = f"(B, {self.n_inputs})" if per_step else f"(B, L, {self.n_inputs})"
             found = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
             raise ValueError(f"u must be {shape} for n_inputs={self.n_inputs}; got {found}")
+        if u.device != self.u_mean.device:  # (inside, the normalisation raised a RuntimeError)
+            raise ValueError(f"u must be on the model's device {self.u_mean.device}; got {u.device}")
 
     def _as_model_dtype(self, u: torch.Tensor) -> tuple[torch.dtype, torch.Tensor]:
         """(the dtype to return the output in, u in the parameters' dtype): the benchmark records are float64, and

@@ -37,7 +37,11 @@ def _continue_in_onnx(model, path, dtype):
             y, s = model.step(u[:, t], s)
             want.append(y)
     info = export_onnx(model, path)
-    session = onnxruntime.InferenceSession(info.path, providers=["CPUExecutionProvider"])
+    # onnxruntime <= 1.30 (the GPU image's) fuses a float64 SiLU, x·sigmoid(x), into com.microsoft.QuickGelu, which its
+    # CPU provider has for float32 only: the session failed to load Mamba's float64 graph (microsoft/onnxruntime#32421;
+    # 1.32 loads it). The graph is valid ONNX: that fusion is turned off for float64
+    off = ["QuickGeluFusion"] if dtype == torch.float64 else None
+    session = onnxruntime.InferenceSession(info.path, providers=["CPUExecutionProvider"], disabled_optimizers=off)
     parts, got = onnx_state(model, state), []
     for t in range(6, 14):
         y, *parts = session.run(None, {info.input_name: u[:, t].numpy(), **dict(zip(info.state_names, parts))})

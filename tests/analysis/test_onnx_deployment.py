@@ -11,7 +11,7 @@ import torch
 
 from ssmkit.analysis.onnx_export import export_onnx, onnx_state
 from ssmkit.models import SequenceModel
-from tests.conftest import H, NEEDED_AT_TINY_WIDTH, rel_err, variants
+from tests.conftest import DEVICE, H, NEEDED_AT_TINY_WIDTH, rel_err, variants
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -77,3 +77,29 @@ def test_export_refuses_half_precision_weights_as_step_does(tmp_path, dtype):
     with pytest.raises(ValueError, match=f"S4D's parameters are {dtype}"):
         export_onnx(model, str(tmp_path / "half.onnx"))
     assert not (tmp_path / "half.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["s4d", "mamba"])
+def test_a_model_on_the_test_device_exports_from_a_cpu_copy(tmp_path, name):
+    # export_onnx and export_onnx_sequence trace a CPU copy whatever the model's device (an ONNX file holds no device):
+    # on CUDA the graphs are those of the CPU model and the model stays on its device
+    import onnxruntime
+
+    from ssmkit.analysis.onnx_sequence import export_onnx_sequence
+
+    model = _model(name, variants(name)[0], torch.float32).to(DEVICE)
+    u = torch.randn(2, 6, 2, device=DEVICE)
+    with torch.no_grad():
+        want, _ = model(u)
+    step_info = export_onnx(model, str(tmp_path / "step.onnx"))
+    sequence_info = export_onnx_sequence(model, str(tmp_path / "sequence.onnx"), with_state=False)
+    assert all(p.device.type == DEVICE.type for p in model.parameters())
+    step = onnxruntime.InferenceSession(step_info.path, providers=["CPUExecutionProvider"])
+    state, got = step_info.initial_state(2), []
+    for t in range(6):
+        y, *state = step.run(None, {step_info.input_name: u[:, t].cpu().numpy(), **dict(zip(step_info.state_names,
+                                                                                               state))})
+        got.append(torch.from_numpy(y))
+    sequence = onnxruntime.InferenceSession(sequence_info.path, providers=["CPUExecutionProvider"])
+    whole = torch.from_numpy(sequence.run(None, {sequence_info.input_name: u.cpu().numpy()})[0])
+    assert rel_err(torch.stack(got, 1), want) < 1e-5 and rel_err(whole, want) < 1e-5

@@ -352,16 +352,27 @@ def test_autocast_keeps_the_core_in_float32(name):
     # A mixer with its own projections (block_defaults (None, None)) runs them in bf16 under autocast: its output and
     # state carry the bf16 rounding of the projections' inputs and weights (8-bit mantissa, 2^-9 each, summed over a
     # few channels). LTI layers have no projections: the same float32 arithmetic.
-    # GSS multiplies two bf16 branches after a LayerNorm: its max error over max |y| spread over 0.012-0.062 in 12 seeds
-    # on the CPU and was 0.113 on an H200 (other weights and inputs: CUDA's generator), hence its own bound
     mixer = layer.block_defaults == layers.BlockDefaults(None, None)
-    bound = (0.15 if name == "gss" else 3e-2) if mixer else 1e-6
-    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < bound
-    assert state_err(h_amp, h) < bound
+    tol = 3e-2 if mixer else 1e-6
+    if name == "gss":
+        # GSS's LayerNorm over its H_s = 2 bottleneck channels (d_model 3) outputs ±(a - b)/√((a - b)² + 4ε) of the
+        # two bf16-rounded projections a, b: where they are close it amplifies their rounding (the SSM input u moves by
+        # up to 0.5), y by up to 6.2e-2 and the state by 7.7e-2 (CPU, 20 draws), 1.1e-1 on the H200. That bound
+        # cannot tell a float32 core from a bf16 one, so the core is checked on its own: the same u, the same float32
+        # arithmetic under autocast
+        tol = 2e-1
+        u = torch.randn(2, 300, layer.ssm.d_model, device=DEVICE)
+        with torch.no_grad():
+            s, h_s = layer.ssm(u)
+            with torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16):
+                s_amp, h_s_amp = layer.ssm(u)
+        assert s_amp.dtype == torch.float32 and rel_err(s_amp, s) < 1e-6 and state_err(h_s_amp, h_s) < 1e-6
+    assert y_amp.dtype == torch.float32 and rel_err(y_amp, y) < tol
+    assert state_err(h_amp, h) < tol
     assert all(t.dtype == s.dtype for t, s in zip(leaves(h_amp), leaves(h)))  # the state keeps its dtype
     assert y_bf16.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16
     # bf16 input and output rounding (8-bit mantissa) on top
-    assert rel_err(y_bf16.float(), y) < ((0.15 if name == "gss" else 4e-2) if mixer else 2e-2)
+    assert rel_err(y_bf16.float(), y) < (max(tol, 4e-2) if mixer else 2e-2)
 
 
 @pytest.mark.parametrize("name", NAMES)

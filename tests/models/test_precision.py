@@ -73,9 +73,11 @@ def test_autocast_training_step_of_a_model(name):
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
     err = rel_err(torch.cat([g.flatten() for g in grads]), torch.cat([r.flatten() for r in grads_ref]))
-    # Mega's last-step output over max |out| spread over 0.006-0.218 in 10 seeds on the CPU (0.156 on an H200, whose
-    # generator draws other weights): the bf16 encoder's rounding passes its gates; the others stayed within 5e-2
-    assert rel_err(out.float(), ref(x.double())[0]) < (0.3 if name == "mega" else 5e-2) and err < 6e-2
+    # Mega (its whole layer in float32 under autocast) is ill-conditioned here: in float64, a 2^-9 relative change of
+    # the input alone (bf16's rounding) moves the output by up to 7.9e-2 (CPU); bf16 autocast's output error up to
+    # 1.0e-1 on the CPU over 16 draws of x (gradients <= 3.9e-2), 1.6e-1 on the H200
+    out_tol = 2.5e-1 if name == "mega" else 5e-2
+    assert rel_err(out.float(), ref(x.double())[0]) < out_tol and err < 6e-2
     assert [t.dtype for t in leaves(states)] == [t.dtype for t in leaves(model.initial_state(B))]
 
 

@@ -406,7 +406,7 @@ def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opse
 
     Args:
         model: a SequenceModel (real inputs (B, d_input) or token ids (B,)) or a DeepWiener, in eval mode or not
-            (the exported copy is put in eval mode).
+            (the exported copy is put in eval mode), on any device (the graph is traced from a CPU copy).
         path: the ONNX file to write.
         batch_size: None (default) for a dynamic batch axis (any B at run time); an int B fixes it.
         opset_version: the ONNX opset.
@@ -417,8 +417,10 @@ def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opse
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
     example = batch_size or 2  # a size-1 axis would be specialised by torch.export
-    u = _example_input(model, example)
-    converted = real_step_model(model)
+    # traced on the CPU whatever the model's device (an ONNX file holds no device; the runtime picks its own): the
+    # graph of a CUDA model is the one its CPU copy gives, and the model itself stays where it is
+    u = _example_input(model, example).cpu()
+    converted = real_step_model(model).cpu()
     state = _state_parts(converted, example)
     dynamic = None
     if batch_size is None:

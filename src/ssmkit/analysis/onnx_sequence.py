@@ -269,7 +269,8 @@ def export_onnx_sequence(
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 
     Args:
-        model: a SequenceModel (real inputs (B, L, d_input) or token ids (B, L)) or a DeepWiener.
+        model: a SequenceModel (real inputs (B, L, d_input) or token ids (B, L)) or a DeepWiener, on any device
+            (the graph is traced from a CPU copy).
         path: the ONNX file to write.
         batch_size: None (default) for a dynamic batch axis; an int B fixes it.
         max_length: the longest L the graph declares (torch.export's range of the length axis).
@@ -290,10 +291,10 @@ def export_onnx_sequence(
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
     if not (isinstance(max_length, int) and max_length >= 3):
         raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
-    converted = real_sequence_model(model, chunk_size)
+    converted = real_sequence_model(model, chunk_size).cpu()  # traced on the CPU whatever the model's device
     example_b = batch_size or 2  # torch.export specialises a size-1 axis
     example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
-    step_input = _example_input(model, example_b)
+    step_input = _example_input(model, example_b).cpu()
     u = step_input[:, None].expand((example_b, example_l) + tuple(step_input.shape[1:])).contiguous()
     if not isinstance(with_state, bool):
         raise ValueError(f"with_state must be a bool; got {with_state!r}")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.dplr import bilinear_dplr  # noqa: F401  (re-export: the DPLR forms live in ssmkit.ops.dplr)
+from ssmkit.ops.backend import tracing
 from ssmkit.ops.powers import power_table
 from ssmkit.utils import check_floating
 
@@ -65,11 +66,15 @@ def _expm1_over_z(z: Tensor) -> Tensor:
     # backward is the formula Σ k z^{k-1} g_k: cumprod's own backward takes its zero-handling path here (z_series is 0
     # wherever |z| >= 1), 20 ops and 2.2 ms of a 52 ms S4D forward+backward (B 8, L 4 096, H 128, N 64, 2 threads)
     powers = power_table(z_series, len(_SERIES_COEFFS))  # (..., 18): z^0..z^17
-    # the coefficients made real, then cast: a complex tensor constant in a graph that inductor compiles for CUDA
-    # becomes a Triton copy of a complex buffer, and Triton has no complex dtype ("InductorError: KeyError:
-    # 'complex64'", torch 2.11: pytorch/pytorch#191330); the cast runs as an aten copy. The same values: each
-    # coefficient rounded to z's real dtype, imaginary part 0.
-    coeffs = torch.tensor(_SERIES_COEFFS, dtype=z.real.dtype, device=z.device).to(z.dtype)  # (18,)
+    # while compiling, the coefficients made real, then cast: a complex tensor constant in a graph that inductor
+    # compiles for CUDA becomes a Triton copy of a complex buffer, and Triton has no complex dtype ("InductorError:
+    # KeyError: 'complex64'", torch 2.11: pytorch/pytorch#191330); the cast runs as an aten copy. Eagerly one op (the
+    # cast's copy is one more dispatch: tests/perf). The same values either way: each coefficient rounded to z's real
+    # dtype, imaginary part 0.
+    if tracing():
+        coeffs = torch.tensor(_SERIES_COEFFS, dtype=z.real.dtype, device=z.device).to(z.dtype)  # (18,)
+    else:
+        coeffs = torch.tensor(_SERIES_COEFFS, dtype=z.dtype, device=z.device)  # (18,)
     series = torch.matmul(powers, coeffs)  # (...)
     direct = torch.expm1(z_direct) / z_direct
     return torch.where(small, series, direct)

@@ -236,10 +236,10 @@ def test_checkpoint_contexts_recompute_under_the_forward_backend_in_another_thre
     # in a new thread does the same on the CPU; checkpoint_contexts carries the backend over.
     from torch.utils.checkpoint import CheckpointError, checkpoint
 
-    from tests.conftest import make_layer, rel_err
+    from tests.conftest import DEVICE, make_layer, rel_err
 
     layer = make_layer("s4d")
-    x = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 9, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
 
     def grads(**options):
         seen, out = [], {}

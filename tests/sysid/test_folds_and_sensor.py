@@ -75,8 +75,9 @@ def test_training_loss_is_the_censored_error_on_the_unclipped_output():
         m.decoder.weight.mul_(30.0)  # a wide output: it overshoots the limit both at and away from it
     m.set_normalisation([r.u], [r.y])  # what fit_simulation sets first
     with torch.no_grad():  # before the step (the SSM parameters keep their own rate)
-        state = m.estimate_state(r.u[None, :n], r.y[None, :n])
-        y_hat = m(r.u[None, n:], state, saturate=False)[0][0, :, 0].numpy()
+        u, y = r.u.to(DEVICE), r.y.to(DEVICE)  # the records stay on the CPU (fit_simulation moves its windows)
+        state = m.estimate_state(u[None, :n], y[None, :n])
+        y_hat = m(u[None, n:], state, saturate=False)[0][0, :, 0].cpu().numpy()
     cfg = SimulationFit(window=window, batch_size=2, steps=1, val_fraction=0.0, grad_clip=None)
     history = fit_simulation(m, [r], config=cfg)  # one window fits: offset 0, drawn twice
     y = r.y[n:, 0].numpy()
@@ -96,8 +97,9 @@ def test_level_weight_weighs_the_samples_at_or_above_the_level_in_the_training_l
         m = small(output_range=(None, hi), encoder_window=n)
         m.set_normalisation([r.u], [r.y])
         with torch.no_grad():
-            state = m.estimate_state(r.u[None, :n], r.y[None, :n])
-            y_hat = m(r.u[None, n:], state, saturate=False)[0][0, :, 0].numpy()
+            u, y = r.u.to(DEVICE), r.y.to(DEVICE)  # the records stay on the CPU (fit_simulation moves its windows)
+            state = m.estimate_state(u[None, :n], y[None, :n])
+            y_hat = m(u[None, n:], state, saturate=False)[0][0, :, 0].cpu().numpy()
         cfg = SimulationFit(window=window, batch_size=2, steps=1, val_fraction=0.0, grad_clip=None, level_weight=lw)
         losses[lw is None] = fit_simulation(m, [r], config=cfg)["train_loss"][0]
     y = r.y[n:, 0].numpy()
@@ -252,8 +254,9 @@ def test_decaying_weights_and_the_washout_shape_the_training_loss(decay, washout
     m = small(encoder_window=n_enc)
     m.set_normalisation([r.u], [r.y])  # what fit_simulation sets first
     with torch.no_grad():
-        state = m.estimate_state(r.u[None, :n_enc], r.y[None, :n_enc]) if n_enc else None
-        y_hat = m(r.u[None, n_enc:], state, saturate=False)[0][0, :, 0].cpu().numpy()
+        u, y = r.u.to(DEVICE), r.y.to(DEVICE)  # the records stay on the CPU (fit_simulation moves its windows)
+        state = m.estimate_state(u[None, :n_enc], y[None, :n_enc]) if n_enc else None
+        y_hat = m(u[None, n_enc:], state, saturate=False)[0][0, :, 0].cpu().numpy()
     err = (y_hat - r.y[n_enc:, 0].numpy()) / float(m.y_std)
     t = np.arange(window)
     w = np.ones(window) if decay is None else decay ** t / np.mean(decay ** t)

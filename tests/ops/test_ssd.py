@@ -143,7 +143,8 @@ def test_batched_products_past_the_gemm_limit_are_sliced_to_the_same_values(monk
     grads = torch.autograd.grad(got[0].square().sum() + got[1].sum(), leaves)
     sliced = [shape for eq, shape in calls if eq == "bgrcts,bcsgrp->bctgrp"]
     assert all(shape[0] * shape[1] * shape[2] * shape[3] <= max(limit, 6) for shape in sliced)
-    assert sum(shape[0] * shape[3] for shape in sliced) == 2 * 10 and len(sliced) == calls_made  # each (row, chunk) once
+    assert sum(shape[0] * shape[3] for shape in sliced) == 2 * 10  # each (row, chunk) once
+    assert len(sliced) == calls_made
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_want))
     assert ssd_module.gemm_batch_limit(torch.device("cpu")) is None

@@ -233,9 +233,10 @@ TRITON_SCAN_IN_AUTO = False
 
 
 def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.Tensor | None = None) -> str:
-    """The path ``"auto"`` takes for :func:`ssm_scan` (unless :data:`TRITON_SCAN_IN_AUTO`): ``"native"`` (the C kernel) on the CPU for complex
-    Ā where it runs and no torch.func transform or export traces; else ``"fft"`` when L lies in the measured FFT
-    range of :data:`FFT_LENGTHS` for u's device type and ``return_state``, else ``"chunked"``.
+    """The path ``"auto"`` takes for :func:`ssm_scan` (unless :data:`TRITON_SCAN_IN_AUTO`): ``"native"`` (the C
+    kernel) on the CPU for complex Ā where it runs and no torch.func transform or export traces; else ``"fft"`` when
+    L lies in the measured FFT range of :data:`FFT_LENGTHS` for u's device type and ``return_state``, else
+    ``"chunked"``.
 
     Args:
         u: (B, L, H) input.
@@ -284,8 +285,9 @@ def ssm_scan(
     ``TRITON_INTERPRET=1``; raises elsewhere); ``"native"`` -> :func:`ssmkit.ops.native.ssm_scan_native` (the C
     kernel, CPU, complex parameters); ``"auto"`` -> :func:`auto_scan_backend` (the C kernel on the CPU for complex
     Ā; else the chunked scan, or the FFT path over the measured range of L of :data:`FFT_LENGTHS`, per device; the
-    Triton kernel only where :data:`TRITON_SCAN_IN_AUTO` says, False since it was slower on an H200). Every path is twice differentiable (the native and Triton
-    kernels' backwards then go through the chunked scan: :mod:`ssmkit.ops.twice`).
+    Triton kernel only where :data:`TRITON_SCAN_IN_AUTO` says, False since it was slower on an H200). Every path is
+    twice differentiable (the native and Triton kernels' backwards then go through the chunked scan:
+    :mod:`ssmkit.ops.twice`).
 
     Args:
         u: (B, L, H) real input (float32 or float64).

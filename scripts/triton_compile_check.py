@@ -67,9 +67,15 @@ def main() -> int:
                  {k: p for k in ("u_ptr", "y_ptr", "coef_ptr", "pw_ptr", "d_ptr", "x0_ptr", "xL_ptr", "ck_ptr")},
                  {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": NP, "HAS_X0": True, "HAS_D": True, "SAVE_CK": True}),
                 (f"scan backward NP={NP}", S._scan_bwd_kernel,
-                 {k: p for k in ("u_ptr", "dy_ptr", "coef_ptr", "pw_ptr", "d_ptr", "ck_ptr", "gxL_ptr", "gu_ptr",
+                 {k: p for k in ("u_ptr", "dy_ptr", "coef_ptr", "pw_ptr", "d_ptr", "ck_ptr", "mu_ptr", "gu_ptr",
                                  "gpar_ptr", "gx0_ptr")},
                  {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": NP, "HAS_D": True}),
+                (f"scan group ends NP={NP}", S._group_ends_kernel,
+                 {k: p for k in ("u_ptr", "coef_ptr", "pw_ptr", "s_ptr")},
+                 {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": NP}),
+                (f"scan group adjoints NP={NP}", S._group_adjoints_kernel,
+                 {k: p for k in ("dy_ptr", "coef_ptr", "pw_ptr", "gxL_ptr", "m_ptr")},
+                 {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": NP}),
             ]
         shapes = ((64, 64),) if args.quick else ((64, 64), (64, 128))
         for P, N in shapes + (((64, 256),) if args.large else ()):

@@ -132,12 +132,77 @@ def test_scan_at_chunk_boundaries(L):
 
 
 @needs_triton
-def test_scan_hand_computed():
+@pytest.mark.parametrize(
+    "dtype,L,G",
+    [
+        (torch.float64, 37, 1),  # five chunks of 8 steps, five groups: the last group one short chunk
+        (torch.float64, 37, 2),  # three groups, the last one chunk
+        (torch.float64, 32, 2),  # two full groups
+        (torch.float64, 37, 5),  # one group: no carry pass
+        (torch.float64, 5, 1),  # one short chunk
+        (torch.float32, 37, 2),
+    ],
+)
+def test_scan_in_groups_of_chunks_equals_the_reference(dtype, L, G, monkeypatch):
+    # the grid cut along the sequence (passes A, B, C of ssmkit.ops.triton.scan): values and every gradient
+    from ssmkit.ops.triton import scan as scan_module
+
+    carries = []
+    for name in ("_group_starts", "_group_adjoints"):
+        real = getattr(scan_module, name)
+        monkeypatch.setattr(scan_module, name, lambda *a, _f=real, _n=name: carries.append(_n) or _f(*a))
+    inputs = scan_inputs("complex", L=L)
+    fn = lambda *a: scan_module.ssm_scan_triton(*a, chunk_size=8, chunks_per_program=G)  # noqa: E731
+    got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
+    want = scan_values_and_grads(ssm_scan_reference, inputs, True, True)
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert rel_err(a, b) < TOL[dtype], name
+    groups = -(-(-(-L // 8)) // G)
+    assert carries == ([] if groups == 1 else ["_group_starts", "_group_adjoints"])
+
+
+@needs_triton
+def test_scan_groups_fill_the_device():
+    from ssmkit.ops.triton.scan import DEFAULT_SMS, PROGRAMS_PER_SM, plan_groups
+
+    target = DEFAULT_SMS * PROGRAMS_PER_SM  # programs aimed at off CUDA
+    cpu = torch.device("cpu")
+    for Bsz, H, BH, n_chunks in [(1, 128, 2, 128), (1, 1, 1, 5000), (8, 128, 2, 128), (64, 768, 2, 32), (3, 5, 2, 7)]:
+        rows = Bsz * -(-H // BH)
+        G = plan_groups(Bsz, H, BH, n_chunks, cpu, None)
+        groups = -(-n_chunks // G)
+        assert 1 <= G <= n_chunks
+        if rows >= target:
+            assert G == n_chunks  # enough programs without cutting the sequence
+        else:  # about as many programs as the device wants, or one per chunk (G rounds up: at least half of them)
+            assert 2 * rows * groups > min(target, rows * n_chunks)
+            assert groups <= -(-target // rows)  # and not more
+    assert plan_groups(1, 3, 2, 10, cpu, 4) == 4 and plan_groups(1, 3, 2, 10, cpu, 40) == 10  # asked for: kept
+
+
+@needs_triton
+def test_scan_rejects_a_bad_chunks_per_program():
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    u, A, B, C, _, _ = (cast(t, torch.float64) for t in scan_inputs("complex", L=5))
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="chunks_per_program must be a positive int or None"):
+            ssm_scan_triton(u, A, B, C, chunks_per_program=bad)
+
+
+@needs_triton
+@pytest.mark.parametrize("groups", [False, True])  # one sequential walk; chunks of 4 steps, one program each
+def test_scan_hand_computed(groups):
     # one real mode, Ā = 1/2, B̄ = C = 1, x_{-1} = 2, an impulse: y_t = 2^-t + 2·2^-(t+1) = 2^(1-t) exactly
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
     u = torch.zeros(1, 20, 1, dtype=torch.float64, device=DEVICE)
     u[0, 0, 0] = 1.0
     one = torch.ones(1, 1, dtype=torch.float64, device=DEVICE)
-    y, x = ssm_scan(u, 0.5 * one, one, one, 2 * one[None], backend="triton")
+    if groups:  # the carry across the five groups by Ā^4 = 1/16
+        y, x = ssm_scan_triton(u, 0.5 * one, one, one, 2 * one[None], chunk_size=4, chunks_per_program=1)
+    else:
+        y, x = ssm_scan(u, 0.5 * one, one, one, 2 * one[None], backend="triton")
     # to 4 ulp: exact in the CPU interpreter, while the compiled float64 kernel on an H200 (Triton 3.6) differed in the
     # last bits (its exp and associative-scan arithmetic are the GPU's, not numpy's)
     t = torch.arange(20, dtype=torch.float64)

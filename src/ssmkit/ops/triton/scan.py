@@ -5,29 +5,38 @@ folded into C by the caller, as the layers do: pass 2·C):
 
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,    y_t = Re(Σ_n C_n x_{t,n}) + D u_t
 
-Forward kernel, one program per (batch row b, block of channels), chunks of T steps in order; the block's
-states stay in registers between chunks. Per chunk:
-    (1) load the chunk's inputs u_t of the block's channels and form B̄ u_t for every step, channel and mode;
-    (2) the chunk's states from zero by an associative scan over t of the maps x -> a x + b, composed as
-        a'(a x + b) + b' (Martin & Cundy, arXiv 1709.04057), plus the carried state's free response Ā^{t+1} x_prev (a power table);
-    (3) y_t = Σ_n Re(C_n x_{t,n}) + D u_t, reduced in registers and written: the (B, L, H, N) states never reach
-        memory;
-    (4) x_prev ← the chunk's last state; with gradients wanted, x_prev is also written as the chunk's checkpoint
-        (B, L/T, H, N).
+The sequence is cut into chunks of T steps and the chunks into groups of G consecutive chunks, one group per program
+and block of channels, so that the grid (B, H/BH, L/(G·T)) fills the GPU even at batch 1 (:func:`plan_groups`).
+The forward is three passes:
+    (A) every group's end state from zero (all groups but the last, in parallel): per chunk the reduction
+        s = Σ_t Ā^{T-1-t} B̄ u_t and x ← Ā^T x + s, by a table of Ā^{T-1-t} B̄ (no scan, u read once);
+    (B) the carry across groups, x_g = Ā^{G·T} x_{g-1} + S_g (Ā^{G·T} in float64, rounded once), by
+        :func:`ssmkit.ops.recurrence.linear_recurrence_chunked` over the L/(G·T) groups: every group's start state;
+    (C) every group again from its start state, its chunks in order, the block's states in registers between chunks.
+        Per chunk: (1) load the chunk's inputs u_t of the block's channels and form B̄ u_t for every step, channel
+        and mode; (2) the chunk's states from zero by an associative scan over t of the maps x -> a x + b, composed
+        as a'(a x + b) + b' (Martin & Cundy, arXiv 1709.04057), plus the carried state's free response
+        Ā^{t+1} x_prev (a power table); (3) y_t = Σ_n Re(C_n x_{t,n}) + D u_t, reduced in registers and written:
+        the (B, L, H, N) states never reach memory; (4) x_prev ← the chunk's last state; with gradients wanted,
+        x_prev is also written as the chunk's checkpoint (B, L/T, H, N).
+With one group (G ≥ L/T) (A) and (B) are skipped and (C) is one sequential walk per row and block of channels.
 
-Backward kernel (adjoint of the recurrence, in PyTorch's convention for complex gradients, ḡ = ∂ℒ/∂Re + i ∂ℒ/∂Im):
+Backward (adjoint of the recurrence, in PyTorch's convention for complex gradients, ḡ = ∂ℒ/∂Re + i ∂ℒ/∂Im):
 λ_t = conj(Ā) λ_{t+1} + conj(C) dy_t with λ_{L-1} ∋ the final state's gradient, and
 
     du_t = Re Σ_n conj(B̄_n) λ_{t,n} + D dy_t,   dB̄ = Σ u_t λ_t,   dĀ = Σ conj(x_{t-1}) λ_t,   dC = Σ dy_t conj(x_t),
     dx_{-1} = conj(Ā) λ_0.
 
-Chunks run in reverse; each recomputes its states from its checkpoint (step 2 again), and its λ_t (and λ_{t+1},
-for dĀ without shifting a tile) by reverse associative scans plus the carried gradient μ (what flows into the
-chunk's last state from later steps, the final state's gradient at first) times conj(Ā)^k. The sums over t stay
-in registers; the sums over b are one torch reduction of a (B, 6, H, N) buffer (deterministic: no atomics).
+Again three passes over groups: (A) every group's gradient into the state before it from its own dy_t alone (the last
+group's also from the final state's gradient), per chunk in reverse μ ← conj(Σ_t Ā^{t+1} C dy_t) + conj(Ā^r) μ;
+(B) the reverse carry μ_{g-1} = conj(Ā^{G·T}) μ_g + M_g; (C) every group's chunks in reverse from its μ: each
+chunk recomputes its states from its checkpoint (step 2 again), and its λ_t (and λ_{t+1}, for dĀ without shifting a
+tile) by reverse associative scans plus the carried gradient μ (what flows into the chunk's last state from later
+steps) times conj(Ā)^k. The sums over t stay in registers; the sums over b and groups are one torch reduction of a
+(B, L/(G·T), 6, H, N) buffer (deterministic: no atomics).
 
 Power tables Ā^k (k ≤ T) are built in float64 and rounded once (:func:`ssmkit.ops.chunked.wide_powers`), as in
-the chunked path. Tile sizes are first choices, not tuned on a GPU yet (docs/benchmarks.md).
+the chunked path. Tile sizes and the programs per SM are first choices, not tuned on a GPU yet (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ import triton.language as tl
 from torch import Tensor
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
-from ssmkit.ops.chunked import ssm_scan_chunked, wide_powers
+from ssmkit.ops.chunked import ssm_scan_chunked, wide_int_power, wide_powers
 from ssmkit.ops.opaque import kernel_op
+from ssmkit.ops.recurrence import linear_recurrence_chunked
 from ssmkit.ops.twice import graph_backward
 
 DEFAULT_CHUNK = 32  # T: steps per chunk (the scan's tile height)
@@ -58,6 +68,11 @@ NUM_WARPS = 8
 # keeps them in registers and spills. ``fit_tiles`` keeps T·BH·NP at this size for larger states.
 TILE_ELEMENTS = DEFAULT_CHUNK * DEFAULT_BLOCK_H * 32
 MIN_CHUNK = 2
+# Programs the grid aims at per streaming multiprocessor when it cuts the chunks into groups (``plan_groups``): a few
+# per SM, so that one waiting on memory leaves others to run. A first choice, not measured yet; without CUDA (the
+# interpreter) the SM count is taken as ``DEFAULT_SMS`` (an H100/H200's 132).
+PROGRAMS_PER_SM = 4
+DEFAULT_SMS = 132
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -94,6 +109,29 @@ def fit_tiles(NP: int, chunk_size: int | None = None, block_h: int | None = None
     return T, BH
 
 
+def plan_groups(Bsz: int, H: int, BH: int, n_chunks: int, device: torch.device, chunks_per_program: int | None) -> int:
+    """G, the chunks one program walks in order, so that the grid (B, ⌈H/BH⌉, ⌈n_chunks/G⌉) has about
+    ``PROGRAMS_PER_SM`` programs per streaming multiprocessor of ``device``.
+
+    Rows and blocks of channels alone (B·⌈H/BH⌉ programs: 64 at B 1, H 128) left an H200 nearly idle (the first GPU
+    run, docs/benchmarks.md): the chunks are then cut into as many groups as make up the difference, at most one per
+    chunk. Enough rows and channels give one group (G = n_chunks): no carry pass.
+
+    Args:
+        Bsz, H, BH, n_chunks: the batch, channels, channels per program and chunks of the call.
+        device: where the kernels run (its SM count; ``DEFAULT_SMS`` off CUDA).
+        chunks_per_program: G asked for (kept, at most n_chunks), or None to plan it.
+
+    Returns:
+        G, an int in [1, n_chunks].
+    """
+    if chunks_per_program is not None:
+        return min(chunks_per_program, n_chunks)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else DEFAULT_SMS
+    groups = min(n_chunks, triton.cdiv(sms * PROGRAMS_PER_SM, Bsz * triton.cdiv(H, BH)))
+    return triton.cdiv(n_chunks, groups)
+
+
 @triton.jit
 def _combine(ar, ai, br, bi, cr, ci, dr, di):
     # (a, b) then (c, d): x -> c (a x + b) + d = (c a) x + (c b + d), complex numbers as (re, im) pairs
@@ -109,13 +147,56 @@ def _chunk_states(uu, ar, ai, br, bi, pr1, pi1, xr, xi):
 
 
 @triton.jit
+def _group_ends_kernel(
+    u_ptr, coef_ptr, pw_ptr, s_ptr,
+    L, H, G,
+    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr,
+):
+    # pass (A) of the forward: group g's end state from zero, S_g (B, n_groups - 1, H, NP, 2); every group here is
+    # full (G chunks of T steps), the last group (possibly short) is never needed
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(2)
+    t = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]  # (1, BH, 1)
+    n = tl.arange(0, NP)[None, None, :]  # (1, 1, NP)
+    hm = h < H
+    hnm = hm & (n < NP)
+    HN = H * NP
+    br = tl.load(coef_ptr + 2 * HN + h * NP + n, mask=hnm, other=0.0)
+    bi = tl.load(coef_ptr + 3 * HN + h * NP + n, mask=hnm, other=0.0)
+    pbase = pw_ptr + h * (T + 1) * NP + n
+    PWI = H * (T + 1) * NP
+    qr = tl.load(pbase + (T - 1 - t) * NP, mask=hnm, other=0.0)  # (T, BH, NP): Ā^{T-1-t}
+    qi = tl.load(pbase + PWI + (T - 1 - t) * NP, mask=hnm, other=0.0)
+    er = qr * br - qi * bi  # Ā^{T-1-t} B̄: u_t's share of the chunk's end state
+    ei = qr * bi + qi * br
+    aTr = tl.load(pbase + T * NP, mask=hnm, other=0.0)  # (1, BH, NP): Ā^T
+    aTi = tl.load(pbase + PWI + T * NP, mask=hnm, other=0.0)
+    xr = aTr * 0
+    xi = aTr * 0
+    row = u_ptr + b * L * H
+    for c in range(g * G, g * G + G):
+        tt = (c * T + t).to(tl.int64)  # (T, 1, 1)
+        uu = tl.load(row + tt * H + h, mask=(tt < L) & hm, other=0.0)  # (T, BH, 1)
+        sr = tl.sum(er * uu, axis=0)[None, :, :]  # (1, BH, NP)
+        si = tl.sum(ei * uu, axis=0)[None, :, :]
+        xr, xi = aTr * xr - aTi * xi + sr, aTr * xi + aTi * xr + si
+    s_off = (((b * (tl.num_programs(2)) + g) * H + h) * NP + n) * 2
+    tl.store(s_ptr + s_off, xr, mask=hnm)
+    tl.store(s_ptr + s_off + 1, xi, mask=hnm)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, y_ptr, coef_ptr, pw_ptr, d_ptr, x0_ptr, xL_ptr, ck_ptr,
-    L, H, n_chunks,
+    L, H, n_chunks, G,
     T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr,
     HAS_X0: tl.constexpr, HAS_D: tl.constexpr, SAVE_CK: tl.constexpr,
 ):
+    # pass (C) of the forward: group g's chunks in order from its start state x0 (B, n_groups, H, NP, 2); its end
+    # state to xL (B, n_groups, H, NP, 2)
     b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(2)
     t = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
     h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]  # (1, BH, 1)
     n = tl.arange(0, NP)[None, None, :]  # (1, 1, NP)
@@ -132,7 +213,7 @@ def _scan_fwd_kernel(
     PWI = H * (T + 1) * NP
     pr1 = tl.load(pbase + (t + 1) * NP, mask=hnm, other=0.0)  # (T, BH, NP): Ā^{t+1}
     pi1 = tl.load(pbase + PWI + (t + 1) * NP, mask=hnm, other=0.0)
-    s_off = ((b * H + h) * NP + n) * 2  # (1, BH, NP): (b, h, n, re/im) of a state
+    s_off = (((b * tl.num_programs(2) + g) * H + h) * NP + n) * 2  # (1, BH, NP): (b, g, h, n, re/im) of a state
     if HAS_X0:
         xr = tl.load(x0_ptr + s_off, mask=hnm, other=0.0)
         xi = tl.load(x0_ptr + s_off + 1, mask=hnm, other=0.0)
@@ -145,7 +226,7 @@ def _scan_fwd_kernel(
         dd = tl.load(d_ptr + h2, mask=h2 < H, other=0.0)  # (1, BH)
     row = u_ptr + b * L * H
     yrow = y_ptr + b * L * H
-    for c in range(0, n_chunks):
+    for c in range(g * G, tl.minimum(g * G + G, n_chunks)):
         t0 = c * T
         tt = (t0 + t).to(tl.int64)  # (T, 1, 1)
         uu = tl.load(row + tt * H + h, mask=(tt < L) & hm, other=0.0)  # (T, BH, 1)
@@ -167,12 +248,65 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _group_adjoints_kernel(
+    dy_ptr, coef_ptr, pw_ptr, gxL_ptr, m_ptr,
+    L, H, n_chunks, G,
+    T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr,
+):
+    # pass (A) of the backward: M_g, the gradient into the state before group g (g = 1 .. n_groups - 1) from the
+    # group's own dy_t, and for the last group also from the final state's; (B, n_groups - 1, H, NP, 2)
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(2) + 1
+    last_group = tl.num_programs(2)  # n_groups - 1
+    t = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]  # (1, BH, 1)
+    n = tl.arange(0, NP)[None, None, :]  # (1, 1, NP)
+    hm = h < H
+    hnm = hm & (n < NP)
+    HN = H * NP
+    cr = tl.load(coef_ptr + 4 * HN + h * NP + n, mask=hnm, other=0.0)
+    ci = tl.load(coef_ptr + 5 * HN + h * NP + n, mask=hnm, other=0.0)
+    pbase = pw_ptr + h * (T + 1) * NP + n
+    PWI = H * (T + 1) * NP
+    pr1 = tl.load(pbase + (t + 1) * NP, mask=hnm, other=0.0)  # (T, BH, NP): Ā^{t+1}
+    pi1 = tl.load(pbase + PWI + (t + 1) * NP, mask=hnm, other=0.0)
+    fr = pr1 * cr - pi1 * ci  # Ā^{t+1} C: dy_t's share of the gradient into the state before the chunk (conj.)
+    fi = pr1 * ci + pi1 * cr
+    s_off = ((b * H + h) * NP + n) * 2
+    mr = tl.load(gxL_ptr + s_off, mask=hnm, other=0.0)  # (1, BH, NP): μ, the final state's gradient in the last group
+    mi = tl.load(gxL_ptr + s_off + 1, mask=hnm, other=0.0)
+    mr = tl.where(g == last_group, mr, 0.0)
+    mi = tl.where(g == last_group, mi, 0.0)
+    dyrow = dy_ptr + b * L * H
+    c_hi = tl.minimum(g * G + G, n_chunks)
+    for i in range(0, c_hi - g * G):
+        c = c_hi - 1 - i
+        r = tl.minimum(L - c * T, T)  # real steps in this chunk
+        tt = (c * T + t).to(tl.int64)
+        dyv = tl.load(dyrow + tt * H + h, mask=(t < r) & hm, other=0.0)  # (T, BH, 1)
+        qr = tl.load(pbase + r * NP, mask=hnm, other=0.0)  # (1, BH, NP): Ā^r
+        qi = tl.load(pbase + PWI + r * NP, mask=hnm, other=0.0)
+        # μ ← conj(Ā^r) μ + conj(Σ_t Ā^{t+1} C dy_t)
+        mr, mi = (
+            qr * mr + qi * mi + tl.sum(fr * dyv, axis=0)[None, :, :],
+            qr * mi - qi * mr - tl.sum(fi * dyv, axis=0)[None, :, :],
+        )
+    m_off = (((b * last_group + g - 1) * H + h) * NP + n) * 2
+    tl.store(m_ptr + m_off, mr, mask=hnm)
+    tl.store(m_ptr + m_off + 1, mi, mask=hnm)
+
+
+@triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dy_ptr, coef_ptr, pw_ptr, d_ptr, ck_ptr, gxL_ptr, gu_ptr, gpar_ptr, gx0_ptr,
-    L, H, n_chunks,
+    u_ptr, dy_ptr, coef_ptr, pw_ptr, d_ptr, ck_ptr, mu_ptr, gu_ptr, gpar_ptr, gx0_ptr,
+    L, H, n_chunks, G,
     T: tl.constexpr, BH: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr,
 ):
+    # pass (C) of the backward: group g's chunks in reverse from μ_g (B, n_groups, H, NP, 2), the gradient into the
+    # group's last state from later steps; the parameters' gradients summed over the group's steps to
+    # gpar (B, n_groups, 6, H, NP), the gradient into the state before the group to gx0 (B, n_groups, H, NP, 2)
     b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(2)
     t = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
     h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]  # (1, BH, 1)
     n = tl.arange(0, NP)[None, None, :]  # (1, 1, NP)
@@ -189,9 +323,9 @@ def _scan_bwd_kernel(
     PWI = H * (T + 1) * NP
     pr1 = tl.load(pbase + (t + 1) * NP, mask=hnm, other=0.0)  # (T, BH, NP): Ā^{t+1}
     pi1 = tl.load(pbase + PWI + (t + 1) * NP, mask=hnm, other=0.0)
-    s_off = ((b * H + h) * NP + n) * 2
-    mr = tl.load(gxL_ptr + s_off, mask=hnm, other=0.0)  # (1, BH, NP): μ, the gradient into the chunk's last state
-    mi = tl.load(gxL_ptr + s_off + 1, mask=hnm, other=0.0)
+    s_off = (((b * tl.num_programs(2) + g) * H + h) * NP + n) * 2
+    mr = tl.load(mu_ptr + s_off, mask=hnm, other=0.0)  # (1, BH, NP): μ, the gradient into the chunk's last state
+    mi = tl.load(mu_ptr + s_off + 1, mask=hnm, other=0.0)
     zero2 = tl.sum(ar * 0, axis=0)  # (BH, NP)
     gAr = zero2
     gAi = zero2
@@ -206,8 +340,9 @@ def _scan_bwd_kernel(
     row = u_ptr + b * L * H
     dyrow = dy_ptr + b * L * H
     gurow = gu_ptr + b * L * H
-    for i in range(0, n_chunks):
-        c = n_chunks - 1 - i
+    c_hi = tl.minimum(g * G + G, n_chunks)
+    for i in range(0, c_hi - g * G):
+        c = c_hi - 1 - i
         t0 = c * T
         r = tl.minimum(L - t0, T)  # real steps in this chunk
         tt = (t0 + t).to(tl.int64)
@@ -258,7 +393,7 @@ def _scan_bwd_kernel(
     h2c = tl.program_id(1) * BH + tl.arange(0, BH)[:, None]  # (BH, 1)
     n2 = tl.arange(0, NP)[None, :]  # (1, NP)
     m2 = (h2c < H) & (n2 < NP)
-    gp = gpar_ptr + b * 6 * HN + h2c * NP + n2
+    gp = gpar_ptr + (b * tl.num_programs(2) + g) * 6 * HN + h2c * NP + n2
     tl.store(gp, gAr, mask=m2)
     tl.store(gp + HN, gAi, mask=m2)
     tl.store(gp + 2 * HN, gBr, mask=m2)
@@ -286,7 +421,35 @@ def _complex_state(x: torch.Tensor, N: int) -> torch.Tensor:
     return torch.view_as_complex(x[..., :N, :].contiguous())
 
 
-def _forward_fake(u, coef, pw, D, x0, T, BH, save):
+def _group_power(coef: Tensor, steps: int) -> Tensor:
+    """Ā^steps (H, NP) complex, from coef's Re Ā and Im Ā, raised in float64 and rounded once (the carry across
+    groups; as the chunked path's Ā^T)."""
+    return wide_int_power(torch.complex(coef[0], coef[1]), steps)
+
+
+def _group_starts(S: Tensor, coef: Tensor, x0: Optional[Tensor], steps: int) -> Tensor:
+    """Pass (B) of the forward: every group's start state (B, n_groups, H, NP, 2), from the end states from zero of
+    all groups but the last, S (B, n_groups - 1, H, NP, 2), and x_{-1} (B, H, NP, 2) or None:
+    x_g = Ā^{steps} x_{g-1} + S_g, the group's steps = G·T."""
+    first = torch.zeros_like(S[:, 0]) if x0 is None else x0
+    h, _ = linear_recurrence_chunked(
+        _group_power(coef, steps), torch.view_as_complex(S), torch.view_as_complex(first)
+    )  # (B, n_groups - 1, H, NP): the states after groups 0 .. n_groups - 2
+    return torch.cat([first[:, None], torch.view_as_real(h)], 1).contiguous()
+
+
+def _group_adjoints(M: Tensor, coef: Tensor, gxL: Tensor, steps: int) -> Tensor:
+    """Pass (B) of the backward: μ_g, the gradient into every group's last state from later steps
+    (B, n_groups, H, NP, 2), from M (B, n_groups - 1, H, NP, 2), the gradient into the state before group g
+    (g = 1 .. n_groups - 1) from that group alone (the last group's with the final state's gradient gxL):
+    μ_{n-1} = gxL, μ_{n-2} = M_{n-1}, μ_{g-1} = conj(Ā^{steps}) μ_g + M_g (every group but the last is full)."""
+    rev, _ = linear_recurrence_chunked(
+        _group_power(coef, steps).conj(), torch.view_as_complex(M).flip(1)
+    )  # (B, n_groups - 1, H, NP): μ_{n-2}, μ_{n-3}, ..., μ_0
+    return torch.cat([torch.view_as_real(rev).flip(1), gxL[:, None]], 1).contiguous()
+
+
+def _forward_fake(u, coef, pw, D, x0, T, BH, G, save):
     Bsz, L, H = u.shape
     NP = coef.shape[2]
     ck = u.new_empty(Bsz, (L + T - 1) // T, H, NP, 2) if save else u.new_empty(1)
@@ -295,26 +458,33 @@ def _forward_fake(u, coef, pw, D, x0, T, BH, save):
 
 @kernel_op("triton_ssm_scan_forward", _forward_fake)
 def _forward_kernel(
-    u: Tensor, coef: Tensor, pw: Tensor, D: Optional[Tensor], x0: Optional[Tensor], T: int, BH: int, save: bool,
+    u: Tensor, coef: Tensor, pw: Tensor, D: Optional[Tensor], x0: Optional[Tensor], T: int, BH: int, G: int,
+    save: bool,
 ) -> list[Tensor]:
-    """The forward kernel's launch: [y (B, L, H), x_{L-1} (B, H, NP, 2), the chunk checkpoints (B, ⌈L/T⌉, H, NP, 2)
+    """The forward's launches: [y (B, L, H), x_{L-1} (B, H, NP, 2), the chunk checkpoints (B, ⌈L/T⌉, H, NP, 2)
     when ``save`` (else one element)], from u (B, L, H), coef (6, H, NP), pw (2, H, T+1, NP), D (H,) and x0
-    (B, H, NP, 2) or None, all contiguous."""
+    (B, H, NP, 2) or None, all contiguous, in groups of G chunks (passes A, B, C of the module's docstring)."""
     Bsz, L, H = u.shape
     NP = coef.shape[2]
     n_chunks = triton.cdiv(L, T)
+    n_groups = triton.cdiv(n_chunks, G)
+    rows = (Bsz, triton.cdiv(H, BH))
+    if n_groups > 1:
+        S = u.new_empty(Bsz, n_groups - 1, H, NP, 2)
+        _group_ends_kernel[(*rows, n_groups - 1)](u, coef, pw, S, L, H, G, T=T, BH=BH, NP=NP, num_warps=NUM_WARPS)
+        x0 = _group_starts(S, coef, x0, G * T)
     y = torch.empty_like(u)  # (B, L, H)
-    xL = u.new_empty(Bsz, H, NP, 2)
+    xL = u.new_empty(Bsz, n_groups, H, NP, 2)
     ck = u.new_empty(Bsz, n_chunks, H, NP, 2) if save else u.new_empty(1)  # chunk checkpoints
     dummy = u.new_empty(1)
-    _scan_fwd_kernel[(Bsz, triton.cdiv(H, BH))](
-        u, y, coef, pw, dummy if D is None else D, dummy if x0 is None else x0, xL, ck, L, H, n_chunks,
+    _scan_fwd_kernel[(*rows, n_groups)](
+        u, y, coef, pw, dummy if D is None else D, dummy if x0 is None else x0, xL, ck, L, H, n_chunks, G,
         T=T, BH=BH, NP=NP, HAS_X0=x0 is not None, HAS_D=D is not None, SAVE_CK=save, num_warps=NUM_WARPS,
     )
-    return [y, xL, ck]
+    return [y, xL[:, -1], ck]
 
 
-def _backward_fake(u, gy, coef, pw, D, ck, gxL, T, BH):
+def _backward_fake(u, gy, coef, pw, D, ck, gxL, T, BH, G):
     Bsz, L, H = u.shape
     NP = coef.shape[2]
     return [torch.empty_like(u), u.new_empty(6, H, NP), u.new_empty(Bsz, H, NP, 2)]
@@ -323,20 +493,31 @@ def _backward_fake(u, gy, coef, pw, D, ck, gxL, T, BH):
 @kernel_op("triton_ssm_scan_backward", _backward_fake)
 def _backward_kernel(
     u: Tensor, gy: Tensor, coef: Tensor, pw: Tensor, D: Optional[Tensor], ck: Tensor, gxL: Tensor, T: int, BH: int,
+    G: int,
 ) -> list[Tensor]:
-    """The backward kernel's launch: [∂u (B, L, H), the parameters' gradients (6, H, NP) (Re, Im of ∂Ā, ∂B̄, ∂C, summed
+    """The backward's launches: [∂u (B, L, H), the parameters' gradients (6, H, NP) (Re, Im of ∂Ā, ∂B̄, ∂C, summed
     over the batch), ∂x_{-1} (B, H, NP, 2)], from the forward's u, coef, pw, D and checkpoints, ∂y (B, L, H) and
-    ∂x_{L-1} (B, H, NP, 2), all contiguous."""
+    ∂x_{L-1} (B, H, NP, 2), all contiguous, in groups of G chunks (passes A, B, C of the module's docstring)."""
     Bsz, L, H = u.shape
     NP = coef.shape[2]
+    n_chunks = ck.shape[1]
+    n_groups = triton.cdiv(n_chunks, G)
+    rows = (Bsz, triton.cdiv(H, BH))
+    mu = gxL
+    if n_groups > 1:
+        M = u.new_empty(Bsz, n_groups - 1, H, NP, 2)
+        _group_adjoints_kernel[(*rows, n_groups - 1)](
+            gy, coef, pw, gxL, M, L, H, n_chunks, G, T=T, BH=BH, NP=NP, num_warps=NUM_WARPS
+        )
+        mu = _group_adjoints(M, coef, gxL, G * T)
     gu = torch.empty_like(u)
-    gpar = u.new_empty(Bsz, 6, H, NP)
-    gx0 = u.new_empty(Bsz, H, NP, 2)
-    _scan_bwd_kernel[(Bsz, triton.cdiv(H, BH))](
-        u, gy, coef, pw, u.new_empty(1) if D is None else D, ck, gxL, gu, gpar, gx0, L, H, ck.shape[1],
+    gpar = u.new_empty(Bsz, n_groups, 6, H, NP)
+    gx0 = u.new_empty(Bsz, n_groups, H, NP, 2)
+    _scan_bwd_kernel[(*rows, n_groups)](
+        u, gy, coef, pw, u.new_empty(1) if D is None else D, ck, mu, gu, gpar, gx0, L, H, n_chunks, G,
         T=T, BH=BH, NP=NP, HAS_D=D is not None, num_warps=NUM_WARPS,
     )
-    return [gu, gpar.sum(0), gx0]
+    return [gu, gpar.sum((0, 1)), gx0[:, 0]]
 
 
 class _FusedScan(torch.autograd.Function):
@@ -344,7 +525,7 @@ class _FusedScan(torch.autograd.Function):
     (each launch a custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`)."""
 
     @staticmethod
-    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH):  # type: ignore[override]
+    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH, G):  # type: ignore[override]
         N = A_bar.shape[1]
         NP = padded_modes(N)
         coef, pw = _tables(A_bar, B_bar, C, T, NP)
@@ -353,26 +534,30 @@ class _FusedScan(torch.autograd.Function):
         save = any(ctx.needs_input_grad[:6])
         x0 = _real_state(state, NP) if state is not None else None
         d = D.contiguous() if D is not None else None
-        y, xL, ck = _forward_kernel(u, coef, pw, d, x0, T, BH, save)
+        Bsz, L, H = u.shape
+        n_chunks = triton.cdiv(L, T)
+        y, xL, ck = _forward_kernel(u, coef, pw, d, x0, T, BH, plan_groups(Bsz, H, BH, n_chunks, u.device, G), save)
         if save:
             ctx.save_for_backward(u, coef, pw, ck, d, *originals)
-        ctx.shape = (N, NP, BH, T, state is not None)
+        BHb = min(BH, BACKWARD_BLOCK_H)
+        ctx.shape = (N, NP, BHb, T, plan_groups(Bsz, H, BHb, n_chunks, u.device, G), state is not None)
         return y, _complex_state(xL, N)
 
     @staticmethod
     def backward(ctx, gy, gxL):  # type: ignore[override]
         u, coef, pw, ck, d, *originals = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
-            return (*graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL)), None, None)
-        N, NP, BH, T, has_state = ctx.shape
+            grads = graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL))
+            return (*grads, None, None, None)
+        N, NP, BH, T, G, has_state = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         gxL = u.new_zeros(u.shape[0], u.shape[2], NP, 2) if gxL is None else _real_state(gxL, NP)
-        gu, gpar, gx0 = _backward_kernel(u, gy, coef, pw, d, ck, gxL, T, min(BH, BACKWARD_BLOCK_H))
+        gu, gpar, gx0 = _backward_kernel(u, gy, coef, pw, d, ck, gxL, T, BH, G)
         g = gpar[:, :, :N]  # (6, H, N)
         gA, gB, gC = (torch.complex(g[2 * i], g[2 * i + 1]) for i in range(3))  # (H, N) each
         gstate = _complex_state(gx0, N) if has_state else None
         gD = (gy * u).sum((0, 1)) if d is not None else None
-        return gu, gA, gB, gC, gstate, gD, None, None
+        return gu, gA, gB, gC, gstate, gD, None, None, None
 
 
 def ssm_scan_triton(
@@ -386,6 +571,7 @@ def ssm_scan_triton(
     return_state: bool = True,
     chunk_size: int | None = None,
     block_h: int | None = None,
+    chunks_per_program: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Diagonal SSM by the fused Triton kernels; equals :func:`ssmkit.ops.scan.ssm_scan_reference`.
 
@@ -405,12 +591,19 @@ def ssm_scan_triton(
             for more than 32 complex modes (:func:`fit_tiles`).
         block_h: channels per program of the forward (a power of two), or None: 2, 1 for more than 32 complex
             modes (:func:`fit_tiles`); the backward takes at most ``BACKWARD_BLOCK_H`` of them.
+        chunks_per_program: G, the chunks one program walks in order (a positive int; the grid has ⌈L/(G·T)⌉
+            programs along the sequence, tied by a carry pass when more than one), or None to fill the device
+            (:func:`plan_groups`).
 
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
     check_params(u, state, A_bar=A_bar, B_bar=B_bar, C=C)
     check_skip(D, u)
+    if chunks_per_program is not None and (
+        not isinstance(chunks_per_program, int) or isinstance(chunks_per_program, bool) or chunks_per_program < 1
+    ):
+        raise ValueError(f"chunks_per_program must be a positive int or None; got {chunks_per_program!r}")
     for name, v in (("chunk_size", chunk_size), ("block_h", block_h)):
         if v is None:
             continue
@@ -423,7 +616,7 @@ def ssm_scan_triton(
     cdtype = _COMPLEX[u.dtype]
     A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts
     x0 = state.to(cdtype) if state is not None else None
-    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h)
+    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program)
     if not return_state:
         return y, None
     return y, (xL if is_complex else xL.real)

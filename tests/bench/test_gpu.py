@@ -14,17 +14,19 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
     if not triton_available("cpu"):
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # then triton's row carries the gate's error
     out = tmp_path / "gpu.json"
-    argv = ["--device", "cpu", "--scan-shapes", "1,3,4,9", "--ssd-shapes", "1,9,2,2,3", "--selective-shapes", "1,3,2,9",
-            "--selective-tiles", "4,2,2,1", "--repeats", "1", "--copy-bytes", "4096", "--json", str(out)]
+    argv = ["--device", "cpu", "--scan-shapes", "1,3,4,9", "--scan-chunks-per-program", "1", "--ssd-shapes", "1,9,2,2,3",
+            "--selective-shapes", "1,3,2,9", "--selective-tiles", "4,2,2,1", "--repeats", "1", "--copy-bytes", "4096",
+            "--json", str(out)]
     assert main(argv) == 0
     data = json.loads(out.read_text())
     rows = data["results"]
     assert data["bandwidth_Bps"] > 0
     assert [(r["op"], r["backend"]) for r in rows] == [
-        ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("ssd", "chunked"), ("ssd", "triton"),
+        ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("scan", "triton:1"), ("ssd", "chunked"),
+        ("ssd", "triton"),
         ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm")]
-    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[3]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
-    assert rows[5]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
+    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[4]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
+    assert rows[6]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
     if importlib.util.find_spec("mamba_ssm") is None:
         assert "mamba-ssm is not importable here" in rows[-1]["error"]  # a CUDA-only peer: its row says why
     for r in rows[:-1]:

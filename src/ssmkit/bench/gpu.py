@@ -1,7 +1,8 @@
 """GPU benchmark: the diagonal scan, the SSD scan and the selective scan under every backend, against the device's
 copy bandwidth (and against mamba-ssm's CUDA selective scan where it is installed).
 
-    ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--ssd-shapes B,L,H,P,N ...]
+    ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--scan-chunks-per-program G ...]
+                     [--ssd-shapes B,L,H,P,N ...]
                      [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
                      [--backends chunked fft triton] [--repeats 5] [--json PATH]
 
@@ -9,7 +10,8 @@ Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: re
 the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D uses them, N = d_state/2 modes)
 forward (no grad, no final state) and forward+backward under each backend, with the fraction of the bound
 achieved: a fused scan must read u and write y, 8·B·L·H bytes, so bound = 8·B·L·H / bandwidth
-(a fused kernel that keeps the state in registers moves nothing else of size L);
+(a fused kernel that keeps the state in registers moves nothing else of size L); the Triton scan also with the
+chunks per program of ``--scan-chunks-per-program`` (rows ``triton:G``; ``triton`` plans G from the SM count);
 (3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, bound = bytes of x, Δ, B, C read and
 y written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
 initial state; d_inner = H channels, N states) under ``chunked`` and ``triton``, the Triton kernel also at the tiles
@@ -38,6 +40,9 @@ SCAN_SHAPES = ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,104
 SSD_SHAPES = ["2,2048,32,64,128", "8,4096,16,64,64"]
 # B, d_inner, N, L: a Mamba block of d_model 256 (expand 2, N 16) at L = 1k and 4k (the issue's shape), and d_model 768
 SELECTIVE_SHAPES = ["8,512,16,1024", "8,512,16,4096", "8,1536,16,2048"]
+# more groupings of the Triton diagonal scan along the sequence: G chunks per program (one group per program of each
+# row and block of channels; ssmkit.ops.triton.scan.plan_groups picks G when none is given)
+SCAN_CHUNKS_PER_PROGRAM = [1, 8, 64]
 # more tiles of the Triton selective scan, as the fields of ssmkit.ops.triton.selective.Tiles in order (chunk,
 # forward_chunk, block_h, backward_block_h, num_warps, backward_num_warps, num_stages; the defaults: 32,8,4,4,1,4,1)
 SELECTIVE_TILES = ["32,32,4,4,4,4", "16,8,4,4,1,2", "32,8,4,4,1,4,2", "64,16,4,2,2,4"]
@@ -89,14 +94,22 @@ def _scan_case(shape: str, device: torch.device):
     u = torch.randn(Bsz, L, H, generator=g).to(device)
     grads = OutputGradients()  # the backward starts from a fixed ∂ℓ/∂y (ssmkit.bench.backward)
 
+    def call(backend: str, u, A, B, C, D):
+        if backend.startswith("triton:"):  # the kernel at G chunks per program
+            from ssmkit.ops.triton.scan import ssm_scan_triton
+            from ssmkit.ops.triton_gate import require_triton
+
+            require_triton("ssm_scan", u)
+            G = int(backend.split(":")[1])
+            return ssm_scan_triton(u, A, B, C, None, D, return_state=False, chunks_per_program=G)[0]
+        return ssm_scan(u, A, B, C, None, D, return_state=False, backend=backend)[0]
+
     def forward(backend: str) -> None:
         with torch.no_grad():
-            ssm_scan(u, params[0], params[1], params[2], None, params[3], return_state=False, backend=backend)
+            call(backend, u, *params)
 
     def forward_backward(backend: str) -> None:
-        leaves = [u.detach().requires_grad_()] + [p.detach().requires_grad_() for p in params]
-        y, _ = ssm_scan(leaves[0], leaves[1], leaves[2], leaves[3], None, leaves[4], return_state=False, backend=backend)
-        grads.backward(y)
+        grads.backward(call(backend, u.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)))
 
     return {"B": Bsz, "H": H, "N": d_state, "L": L}, 8 * Bsz * L * H, forward, forward_backward
 
@@ -202,6 +215,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--scan-shapes", nargs="*", default=SCAN_SHAPES, help="B,H,d_state,L (d_state/2 complex modes)")
+    parser.add_argument("--scan-chunks-per-program", nargs="*", type=positive_int, default=SCAN_CHUNKS_PER_PROGRAM,
+                        help="more groupings of the Triton scan: chunks walked by one program (rows triton:G)")
     parser.add_argument("--ssd-shapes", nargs="*", default=SSD_SHAPES, help="B,L,H,P,N (one group)")
     parser.add_argument("--selective-shapes", nargs="*", default=SELECTIVE_SHAPES,
                         help="B,d_inner,N,L (B and C shared, with D, z, Δ bias and softplus)")
@@ -225,8 +240,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         header += "; triton not installed"
     print(header)
     rows = []
+    scan = list(args.backends)
+    if "triton" in scan:
+        scan += [f"triton:{G}" for G in args.scan_chunks_per_program]
     for shape in args.scan_shapes:
-        rows += measure("scan", shape, args.backends, device, bandwidth, args.repeats)
+        rows += measure("scan", shape, scan, device, bandwidth, args.repeats)
     for shape in args.ssd_shapes:
         rows += measure("ssd", shape, [b for b in args.backends if b != "fft"], device, bandwidth, args.repeats)
     selective = [b for b in args.backends if b != "fft"]

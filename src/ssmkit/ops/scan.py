@@ -227,8 +227,9 @@ FFT_LENGTHS: dict[tuple[str, bool], tuple[int, int | None] | None] = {
     ("cuda", False): (1, 131072),
 }
 # "auto" takes the fused Triton scan on CUDA only when this is True: on the H200 it was slower than the FFT path at
-# every measured shape (equal at L = 1024, 2.1-9.5x slower from L = 4096; its grid is one program per (row, block of
-# channels), too few to fill the GPU: docs/benchmarks.md). It stays available as backend="triton".
+# every measured shape (equal at L = 1024, 2.1-9.5x slower from L = 4096; its grid was one program per (row, block of
+# channels), too few to fill the GPU: docs/benchmarks.md). The kernel has since been given a chunk-parallel grid
+# (ssmkit.ops.triton.scan.plan_groups), not yet timed on a GPU. It stays available as backend="triton".
 TRITON_SCAN_IN_AUTO = False
 
 

@@ -31,7 +31,9 @@
 #   bench    ssmkit bench gpu: ssm_scan (chunked / fft / triton) and ssd (chunked / triton), float32, at
 #            B,H,d_state,L = 8,128,64,{1024,4096,16384}; 1,128,64,1048576; 64,768,64,4096 and SSD B,L,H,P,N =
 #            2,2048,32,64,128; 8,4096,16,64,64; the selective scan (chunked / triton / mamba-ssm's CUDA kernel when it
-#            imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096} and 8,1536,16,2048; with the
+#            imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096} and 8,1536,16,2048; the scan's
+#            triton:G rows (chunks per program); mamba-ssm's Triton SSD beside the ssd rows when .gpu-data/mamba holds
+#            a checkout (git archive of state-spaces/mamba's mamba_ssm folder) and einops is among the wheels; with the
 #            copy bandwidth measured in the same run; one process per op, selective, scan, ssd (BENCH_S, 180 s)
 #   suite    the rest of the test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels),
 #            on WORKERS pytest-xdist processes (default 14) when xdist imports, else one   (SUITE_S, 300 s)
@@ -130,6 +132,8 @@ run_bench() {  # one bench process per op (selective first: issue 16's speed tar
     [ "$part" != scan ] && skip+=(--scan-shapes)
     [ "$part" != ssd ] && skip+=(--ssd-shapes)
     [ "$part" != selective ] && skip+=(--selective-shapes)
+    # mamba-ssm's Triton SSD from a carried checkout (.gpu-data/mamba: its mamba_ssm folder; einops among the wheels)
+    [ "$part" = ssd ] && [ -d .gpu-data/mamba ] && skip+=(--mamba-ssm-src .gpu-data/mamba)
     timeout "$left" "$PYTHON" -m ssmkit.bench gpu "${skip[@]}" --json "$LOG/bench_$part.json" \
       >> "$LOG/bench_gpu.md" 2>&1
     code=$?

@@ -22,14 +22,19 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
     rows = data["results"]
     assert data["bandwidth_Bps"] > 0
     assert [(r["op"], r["backend"]) for r in rows] == [
-        ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("scan", "triton:1"), ("ssd", "chunked"),
-        ("ssd", "triton"),
+        ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("scan", "triton:1"), ("scan", "accelerated_scan"),
+        ("ssd", "chunked"), ("ssd", "triton"), ("ssd", "mamba_ssm"),
         ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm")]
-    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[4]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
-    assert rows[6]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
+    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[5]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
+    assert rows[8]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
     if importlib.util.find_spec("mamba_ssm") is None:
         assert "mamba-ssm is not importable here" in rows[-1]["error"]  # a CUDA-only peer: its row says why
+        assert "mamba-ssm's Triton SSD is not importable here" in rows[7]["error"]
+    if importlib.util.find_spec("accelerated_scan") is None:
+        assert "accelerated-scan is not importable here" in rows[4]["error"]
     for r in rows[:-1]:
+        if r["backend"] in ("mamba_ssm", "accelerated_scan"):
+            continue
         if r["backend"].startswith("triton") and not triton_available("cpu"):
             assert "cannot run on cpu" in r["error"]
         else:
@@ -42,3 +47,109 @@ def test_gpu_bench_is_a_suite(capsys):
 
     assert cli(["bench", "gpu", "--help"]) == 0
     assert "--scan-shapes" in capsys.readouterr().out
+
+
+STAND_IN = """
+from ssmkit.ops.ssd import ssd_reference
+
+CALLS = []
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None):
+    CALLS.append(chunk_size)
+    return ssd_reference(x, dt, A, B, C)[0]
+"""
+
+
+def stand_in_mamba(root):
+    """A checkout-shaped folder whose package __init__ fails as mamba-ssm's does without its CUDA extension, and whose
+    ssd_combined is a stand-in (ssmkit's reference): the peer's loader must never run the __init__."""
+    pkg = root / "mamba_ssm"
+    (pkg / "ops" / "triton").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("import selective_scan_cuda  # the compiled extension\n")
+    (pkg / "ops" / "__init__.py").write_text("")
+    (pkg / "ops" / "triton" / "__init__.py").write_text("")
+    (pkg / "ops" / "triton" / "ssd_combined.py").write_text(STAND_IN)
+    return pkg
+
+
+def test_gpu_bench_times_mamba_ssm_triton_ssd_from_a_checkout(tmp_path, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    stand_in_mamba(tmp_path / "checkout")
+    out = tmp_path / "gpu.json"
+    argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "1,9,2,2,3", "--selective-shapes", "--backends",
+            "chunked", "--repeats", "2", "--copy-bytes", "4096", "--mamba-ssm-src", str(tmp_path / "checkout"),
+            "--json", str(out)]
+    try:
+        assert main(argv) == 0
+        calls = sys.modules["mamba_ssm.ops.triton.ssd_combined"].CALLS
+    finally:
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+    rows = json.loads(out.read_text())["results"]
+    assert [r["backend"] for r in rows] == ["chunked", "mamba_ssm"]
+    assert calls and set(calls) == {256}  # as mamba-ssm's Mamba2 module calls it; warm-up + 2 repeats, 2 modes each
+    assert len(calls) == 2 * 3
+    chunked, peer = rows
+    assert chunked["forward_vs_mamba_ssm"] == chunked["forward_s"] / peer["forward_s"]
+    assert chunked["forward_backward_vs_mamba_ssm"] == chunked["forward_backward_s"] / peer["forward_backward_s"]
+    assert peer["forward_vs_mamba_ssm"] == 1.0
+
+
+def test_gpu_bench_mamba_ssm_loader_says_why(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from ssmkit.bench.gpu import _mamba_ssm_ssd
+
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError, match="holds no mamba_ssm/ops/triton/ssd_combined.py"):
+        _mamba_ssm_ssd(str(tmp_path))
+    assert "mamba_ssm" not in sys.modules
+    pkg = stand_in_mamba(tmp_path / "checkout")
+    try:  # the package folder itself is accepted too
+        assert _mamba_ssm_ssd(str(pkg)).__module__ == "mamba_ssm.ops.triton.ssd_combined"
+    finally:
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+
+
+def test_accelerated_scan_row_composes_the_layer(monkeypatch):
+    # accelerated-scan's complex scan x_t = a_t x_{t-1} + b_t over (B, C, T), here a float64 loop standing in for its
+    # Triton kernel: the bench's composition (gates Ā over time, inputs B̄ u, y = Re(Σ C x) + D u) must be the layer
+    import sys
+    import types
+
+    import torch
+
+    from ssmkit.bench.gpu import _accelerated_scan_layer
+    from ssmkit.ops.scan import ssm_scan_reference
+
+    def scan(forget, inputs):
+        assert forget.is_complex() and forget.shape == inputs.shape and forget.is_contiguous() and inputs.is_contiguous()
+        x, out = torch.zeros_like(inputs[..., 0]), []
+        for t in range(inputs.shape[-1]):
+            x = forget[..., t] * x + inputs[..., t]
+            out.append(x)
+        return torch.stack(out, -1)
+
+    package = types.ModuleType("accelerated_scan")
+    complex_module = types.ModuleType("accelerated_scan.complex")
+    complex_module.scan = scan
+    monkeypatch.setitem(sys.modules, "accelerated_scan", package)
+    monkeypatch.setitem(sys.modules, "accelerated_scan.complex", complex_module)
+    g = torch.Generator().manual_seed(0)
+    Bsz, L, H, M = 2, 11, 3, 4
+    A = torch.polar(torch.rand(H, M, generator=g, dtype=torch.float64) * 0.3 + 0.6,
+                    torch.randn(H, M, generator=g, dtype=torch.float64))
+    B, C = (torch.randn(H, M, dtype=torch.complex128, generator=g) for _ in range(2))
+    D = torch.randn(H, generator=g, dtype=torch.float64)
+    u = torch.randn(Bsz, L, H, generator=g, dtype=torch.float64)
+    y = _accelerated_scan_layer(u, A, B, C, D)
+    y_ref, _ = ssm_scan_reference(u, A, B, C, None, D)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)

@@ -4,16 +4,22 @@ copy bandwidth (and against mamba-ssm's CUDA selective scan where it is installe
     ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--scan-chunks-per-program G ...]
                      [--ssd-shapes B,L,H,P,N ...]
                      [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
-                     [--backends chunked fft triton] [--repeats 5] [--json PATH]
+                     [--backends chunked fft triton] [--repeats 5] [--json PATH] [--mamba-ssm-src DIR]
 
 Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
 the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D uses them, N = d_state/2 modes)
 forward (no grad, no final state) and forward+backward under each backend, with the fraction of the bound
 achieved: a fused scan must read u and write y, 8·B·L·H bytes, so bound = 8·B·L·H / bandwidth
 (a fused kernel that keeps the state in registers moves nothing else of size L); the Triton scan also with the
-chunks per program of ``--scan-chunks-per-program`` (rows ``triton:G``; ``triton`` plans G from the SM count);
-(3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, bound = bytes of x, Δ, B, C read and
-y written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
+chunks per program of ``--scan-chunks-per-program`` (rows ``triton:G``; ``triton`` plans G from the SM count), and
+``accelerated_scan`` when it imports: accelerated-scan's complex Triton scan (``accelerated_scan.complex.scan``, a
+first-order recurrence with time-varying gates) over the B·H·N/2 complex channels, Ā expanded over time as its gate,
+then y = Re(Σ C x) + D u by one einsum -- what a user composes from that primitive (it writes every state);
+(3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, and mamba-ssm's Triton Mamba-2 scan
+``mamba_chunk_scan_combined`` (chunks of 256, as its ``Mamba2`` module; it returns y alone where ssmkit's also returns
+the final state) when it imports -- from the installed package, or from the ``mamba_ssm`` folder of a checkout given
+by ``--mamba-ssm-src``, loaded without the package's ``__init__`` (which imports its CUDA extension, absent where it
+could not be built; the Triton modules need only einops); bound = bytes of x, Δ, B, C read and y written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
 initial state; d_inner = H channels, N states) under ``chunked`` and ``triton``, the Triton kernel also at the tiles
 of ``--selective-tiles`` (:class:`ssmkit.ops.triton.selective.Tiles`), and mamba-ssm's ``selective_scan_fn``
 (CUDA) when it imports -- each in its own layout, made outside the timing (mamba-ssm's is time-last (B, H, L)) --
@@ -25,8 +31,13 @@ conditions. A backend that fails (e.g. ``triton`` where it cannot run) is report
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import statistics
+import sys
 import time
+import types
+from pathlib import Path
 
 import torch
 
@@ -97,6 +108,8 @@ def _scan_case(shape: str, device: torch.device):
     grads = OutputGradients()  # the backward starts from a fixed ∂ℓ/∂y (ssmkit.bench.backward)
 
     def call(backend: str, u, A, B, C, D):
+        if backend == "accelerated_scan":
+            return _accelerated_scan_layer(u, A, B, C, D)
         if backend.startswith("triton:"):  # the kernel at G chunks per program
             from ssmkit.ops.triton.scan import ssm_scan_triton
             from ssmkit.ops.triton_gate import require_triton
@@ -116,7 +129,23 @@ def _scan_case(shape: str, device: torch.device):
     return {"B": Bsz, "H": H, "N": d_state, "L": L}, 8 * Bsz * L * H, forward, forward_backward
 
 
-def _ssd_case(shape: str, device: torch.device):
+def _accelerated_scan_layer(u, A, B, C, D):
+    """y = Re(Σ_n C_n x_n) + D u of the diagonal SSM by accelerated-scan's complex Triton scan (raises ImportError with
+    the reason where it is not installed): gates Ā and inputs B̄ u_t as (B, H·M, L) complex, the states likewise."""
+    try:
+        from accelerated_scan.complex import scan
+    except Exception as e:  # noqa: BLE001  (not installed, or a Triton it does not take)
+        raise ImportError(f"accelerated-scan is not importable here ({type(e).__name__}: {e}); pip install "
+                          f"accelerated-scan") from e
+    Bsz, L, H = u.shape
+    M = A.shape[1]
+    gates = A.reshape(1, H * M, 1).expand(Bsz, H * M, L).contiguous()
+    inputs = (B[None, :, :, None] * u.transpose(1, 2)[:, :, None, :].to(B.dtype)).reshape(Bsz, H * M, L).contiguous()
+    x = scan(gates, inputs).reshape(Bsz, H, M, L)
+    return torch.einsum("hm,bhml->blh", C, x).real + D * u
+
+
+def _ssd_case(shape: str, device: torch.device, mamba_ssm_src: str | None = None):
     Bsz, L, H, P, N = (int(v) for v in shape.split(","))
     g = torch.Generator(device="cpu").manual_seed(0)
     inputs = [t.to(device) for t in (
@@ -124,13 +153,17 @@ def _ssd_case(shape: str, device: torch.device):
         -(torch.rand(H, generator=g) * 3 + 0.5), torch.randn(Bsz, L, 1, N, generator=g), torch.randn(Bsz, L, 1, N, generator=g))]
     grads = OutputGradients()
 
+    def call(backend: str, leaves) -> tuple:
+        if backend == "mamba_ssm":
+            return (_mamba_ssm_ssd(mamba_ssm_src)(*leaves, chunk_size=256),)
+        return ssd(*leaves, backend=backend)
+
     def forward(backend: str) -> None:
         with torch.no_grad():
-            ssd(*inputs, backend=backend)
+            call(backend, inputs)
 
     def forward_backward(backend: str) -> None:
-        leaves = [t.detach().requires_grad_() for t in inputs]
-        grads.backward(*ssd(*leaves, backend=backend))
+        grads.backward(*call(backend, [t.detach().requires_grad_() for t in inputs]))
 
     n_bytes = 4 * Bsz * L * (2 * H * P + H + 2 * N)  # x, Δ, B, C read; y written
     return {"B": Bsz, "L": L, "H": H, "P": P, "N": N}, n_bytes, forward, forward_backward
@@ -143,6 +176,38 @@ def _mamba_ssm_selective():
     except Exception as e:  # noqa: BLE001  (an ImportError, or a missing/broken CUDA extension)
         raise ImportError(f"mamba-ssm is not importable here ({type(e).__name__}: {e}); pip install mamba-ssm") from e
     return selective_scan_fn
+
+
+def _mamba_ssm_ssd(src: str | None):
+    """mamba-ssm's Triton ``mamba_chunk_scan_combined`` (raises ImportError with the reason where it cannot load).
+
+    The package's ``__init__`` imports its compiled CUDA extension; the Triton modules do not need it. So the package
+    is entered as a bare module over its folder (the checkout's ``mamba_ssm`` when ``src`` is given, else the installed
+    one's), and ``mamba_ssm.ops.triton.ssd_combined`` imports from there.
+
+    Args:
+        src: a checkout of state-spaces/mamba (or its ``mamba_ssm`` folder), or None for the installed package.
+    """
+    try:
+        loaded = sys.modules.get("mamba_ssm")
+        if loaded is None:
+            if src is not None:
+                folder = Path(src) / "mamba_ssm" if (Path(src) / "mamba_ssm").is_dir() else Path(src)
+                if not (folder / "ops" / "triton" / "ssd_combined.py").is_file():
+                    raise ImportError(f"{src} holds no mamba_ssm/ops/triton/ssd_combined.py")
+                locations = [str(folder)]
+            else:
+                spec = importlib.util.find_spec("mamba_ssm")
+                if spec is None or not spec.submodule_search_locations:
+                    raise ImportError("No module named 'mamba_ssm'")
+                locations = list(spec.submodule_search_locations)
+            bare = types.ModuleType("mamba_ssm")
+            bare.__path__ = locations
+            sys.modules["mamba_ssm"] = bare
+        return importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
+    except Exception as e:  # noqa: BLE001  (ImportError, a missing einops, a Triton version it does not take)
+        raise ImportError(f"mamba-ssm's Triton SSD is not importable here ({type(e).__name__}: {e}); pip install "
+                          f"mamba-ssm einops, or pass --mamba-ssm-src with a checkout of state-spaces/mamba") from e
 
 
 def _selective_case(shape: str, device: torch.device):
@@ -182,11 +247,16 @@ def _selective_case(shape: str, device: torch.device):
     return {"B": Bsz, "L": L, "H": H, "N": N}, 16 * Bsz * L * H + 8 * Bsz * L * N, forward, forward_backward
 
 
-def measure(op: str, shape: str, backends: list[str], device: torch.device, bandwidth: float, repeats: int) -> list[dict]:
+def measure(
+    op: str, shape: str, backends: list[str], device: torch.device, bandwidth: float, repeats: int,
+    mamba_ssm_src: str | None = None,
+) -> list[dict]:
     """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan", "ssd" or
-    "selective")."""
-    case = {"scan": _scan_case, "ssd": _ssd_case, "selective": _selective_case}[op]
-    dims, n_bytes, forward, forward_backward = case(shape, device)
+    "selective"); ``mamba_ssm_src``: where the ssd op's ``mamba_ssm`` peer loads from (:func:`_mamba_ssm_ssd`)."""
+    if op == "ssd":
+        dims, n_bytes, forward, forward_backward = _ssd_case(shape, device, mamba_ssm_src)
+    else:
+        dims, n_bytes, forward, forward_backward = {"scan": _scan_case, "selective": _selective_case}[op](shape, device)
     once = _timer(device)
     errors, times = {}, {b: {"forward": [], "forward_backward": []} for b in backends}
     for b in backends:
@@ -213,6 +283,18 @@ def measure(op: str, shape: str, backends: list[str], device: torch.device, band
     return rows
 
 
+def _versus_peer(group: list[dict]) -> list[dict]:
+    """The rows of one shape, each (but a failed one) with its times over the peer's (the last row, mamba-ssm's
+    kernel: < 1 is faster) when the peer ran."""
+    peer = group[-1]
+    if "error" not in peer:
+        for r in group:
+            if "error" not in r:
+                r["forward_vs_mamba_ssm"] = r["forward_s"] / peer["forward_s"]
+                r["forward_backward_vs_mamba_ssm"] = r["forward_backward_s"] / peer["forward_backward_s"]
+    return group
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -229,6 +311,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--copy-bytes", type=positive_int, default=1 << 30)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--mamba-ssm-src", default=None,
+                        help="a checkout of state-spaces/mamba whose Triton SSD is timed beside the ssd rows (default: "
+                             "the installed mamba_ssm, if any)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     bandwidth = copy_bandwidth(device, args.copy_bytes)
@@ -245,22 +330,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     scan = list(args.backends)
     if "triton" in scan:
         scan += [f"triton:{G}" for G in args.scan_chunks_per_program]
+    scan.append("accelerated_scan")
     for shape in args.scan_shapes:
         rows += measure("scan", shape, scan, device, bandwidth, args.repeats)
+    ssd_backends = [b for b in args.backends if b != "fft"] + ["mamba_ssm"]
     for shape in args.ssd_shapes:
-        rows += measure("ssd", shape, [b for b in args.backends if b != "fft"], device, bandwidth, args.repeats)
+        rows += _versus_peer(measure("ssd", shape, ssd_backends, device, bandwidth, args.repeats, args.mamba_ssm_src))
     selective = [b for b in args.backends if b != "fft"]
     if "triton" in selective:
         selective += [f"triton:{tiles}" for tiles in args.selective_tiles]
     for shape in args.selective_shapes:
-        group = measure("selective", shape, selective + ["mamba_ssm"], device, bandwidth, args.repeats)
-        peer = group[-1]
-        if "error" not in peer:  # each backend's time over mamba-ssm's CUDA kernel's (< 1: faster)
-            for r in group:
-                if "error" not in r:
-                    r["forward_vs_mamba_ssm"] = r["forward_s"] / peer["forward_s"]
-                    r["forward_backward_vs_mamba_ssm"] = r["forward_backward_s"] / peer["forward_backward_s"]
-        rows += group
+        rows += _versus_peer(measure("selective", shape, selective + ["mamba_ssm"], device, bandwidth, args.repeats))
     print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -272,7 +352,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
                   f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | {100 * r['forward_fraction_of_bound']:.1f} % |")
     for r in rows:
         if "forward_vs_mamba_ssm" in r and r["backend"] != "mamba_ssm":
-            print(f"selective {r['B']},{r['L']},{r['H']},{r['N']} {r['backend']}: "
+            print(f"{r['op']} {','.join(str(r[k]) for k in ('B', 'L', 'H', 'P', 'N') if k in r)} {r['backend']}: "
                   f"forward {r['forward_vs_mamba_ssm']:.2f}x, fwd+bwd {r['forward_backward_vs_mamba_ssm']:.2f}x mamba-ssm's time")
     if args.json:
         from ssmkit.files import write_json

@@ -2,7 +2,7 @@
 # The GPU check of ssmkit in one command: run it from the repository root on a machine with an NVIDIA GPU.
 #
 #   OUT=/some/dir scripts/gpu_check.sh [stage ...]      (no stage named: env kernels bench suite, in this order;
-#                                                        f16 and selective only when named)
+#                                                        f16, selective and long only when named)
 #
 # Sized for the device tool of these sessions (15 minutes of device time per session, the machine's start included;
 # at most 10 minutes per command; at most 8 files come back): ONE command, all stages within TOTAL_S seconds
@@ -41,6 +41,8 @@
 #            F16_DIR (default ../shared/data/f16gvt, else .gpu-data/f16gvt: a copy carried beside the tree, since the
 #            device tool sends the repository alone)                                      (F16_S, 240 s)
 #   selective  (only when named) the selective scan alone: its CUDA tests, then its bench  (SELECTIVE_S, 150 s each)
+#   long     (only when named) scripts/long_sequence_check.py --device cuda: every layer but attention at
+#            L = 1 048 576, batch 1, H 64, N 16, forward and forward+backward, time and CUDA peak memory (LONG_S, 150 s)
 # Python: $PYTHON (default: python3, the H200 image's interpreter, which has no 'python'; else python). Nothing is
 # downloaded; only carried wheels are installed (above), into /tmp; ssmkit runs from src/ (PYTHONPATH). Exit status:
 # the number of failed or skipped stages.
@@ -143,6 +145,11 @@ run_bench() {  # one bench process per op (selective first: issue 16's speed tar
   return $rc
 }
 
+run_long() {  # issue 16: every scan layer at L = 2^20, batch 1, on the GPU (one process; a failure is a table row)
+  timeout "$(limit "${LONG_S:-150}")" "$PYTHON" scripts/long_sequence_check.py --device cuda \
+    --json "$LOG/long.json" > "$LOG/long.md" 2>&1
+}
+
 run_f16() {
   local data=${F16_DIR:-../shared/data/f16gvt}
   [ -d "$data" ] || data=.gpu-data/f16gvt
@@ -166,8 +173,8 @@ run_selective() {
 
 for stage in "${stages[@]}"; do
   case "$stage" in
-    env|kernels|suite|bench|f16|selective) ;;
-    *) echo "unknown stage '$stage' (env, kernels, suite, bench, f16, selective)" >&2; exit 64 ;;
+    env|kernels|suite|bench|f16|selective|long) ;;
+    *) echo "unknown stage '$stage' (env, kernels, suite, bench, f16, selective, long)" >&2; exit 64 ;;
   esac
   start=$(date +%s)
   if [ "$(limit 10)" -lt 10 ]; then
@@ -186,7 +193,7 @@ done
   for f in env kernels suite f16; do
     [ -f "$LOG/$f.txt" ] && { echo; echo "== $f.txt (end)"; tail -n 40 "$LOG/$f.txt"; }
   done
-  for f in bench_gpu bench_selective; do
+  for f in bench_gpu bench_selective long; do
     [ -f "$LOG/$f.md" ] && { echo; echo "== $f.md"; cat "$LOG/$f.md"; }
   done
 } > "$OUT/summary.txt"

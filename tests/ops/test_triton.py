@@ -488,6 +488,20 @@ def test_gpu_scan_at_a_real_size(dtype):
 
 @pytest.mark.gpu
 @on_gpu
+@pytest.mark.parametrize("G", [None, 1, 7])  # planned from the SM count (batch 1: many groups), one chunk, 7 chunks
+def test_gpu_scan_in_groups_at_batch_one(G):
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    inputs = [t.to(DEVICE) for t in scan_inputs("complex", L=2**16 + 3, H=128, N=32, Bsz=1)]
+    got = scan_values_and_grads(lambda *a: ssm_scan_triton(*a, chunks_per_program=G),
+                                [cast(t, torch.float32) for t in inputs], True, True)
+    want = scan_values_and_grads(lambda *a: ssm_scan(*a, backend="chunked"), inputs, True, True)  # float64 oracle
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert rel_err(a, b) < 1e-4, name
+
+
+@pytest.mark.gpu
+@on_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gpu_ssd_at_a_real_size(dtype):
     inputs = [t.to(DEVICE) for t in ssd_inputs(L=1037, H=8, P=64, G=2, N=64, Bsz=2)]
@@ -505,13 +519,14 @@ def test_gpu_s4d_runs_a_million_steps_at_batch_one():
     import ssmkit.layers as layers
 
     torch.manual_seed(0)
+    from ssmkit.ops import use_backend
+
     layer = layers.build("s4d", d_model=32, d_state=64, device=DEVICE)
     x = torch.randn(1, 2**20, 32, device=DEVICE, requires_grad=True)
-    y, h = layer(x)  # "auto": the fused kernel
-    (y.square().mean() + h.abs().mean()).backward()
+    with use_backend("triton"):  # the fused kernel ("auto" takes the chunked scan at this length on CUDA)
+        y, h = layer(x)
+        (y.square().mean() + h.abs().mean()).backward()
     with torch.no_grad():
-        from ssmkit.ops import use_backend
-
         with use_backend("chunked"):
             y_ref, h_ref = layer(x)
     assert rel_err(y, y_ref) < 1e-4 and rel_err(h, h_ref) < 1e-4

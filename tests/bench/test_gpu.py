@@ -6,6 +6,9 @@ No timing is asserted; a backend that cannot run is reported with its error inst
 import importlib.util
 import json
 
+import pytest
+import torch
+
 from ssmkit.bench.gpu import main
 from ssmkit.ops.triton_gate import triton_available
 
@@ -16,6 +19,7 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
     out = tmp_path / "gpu.json"
     argv = ["--device", "cpu", "--scan-shapes", "1,3,4,9", "--scan-chunks-per-program", "1", "--ssd-shapes", "1,9,2,2,3",
             "--selective-shapes", "1,3,2,9", "--selective-tiles", "4,2,2,1", "--repeats", "1", "--copy-bytes", "4096",
+            "--gemm-size", "64",
             "--json", str(out)]
     assert main(argv) == 0
     data = json.loads(out.read_text())
@@ -27,6 +31,14 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
         ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm")]
     assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[5]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
     assert rows[8]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
+    # the FLOP bound: 6 flops per batch row, step, channel (and head channel) and state element
+    assert rows[0]["flops"] == 6 * 1 * 9 * 3 * 4 and rows[5]["flops"] == 6 * 1 * 9 * 2 * 2 * 3
+    assert rows[8]["flops"] == 6 * 1 * 9 * 3 * 2
+    rate = rows[0]["flops"] / rows[0]["flop_bound_s"]
+    assert rate > 0 and all(r["flops"] / r["flop_bound_s"] == pytest.approx(rate) for r in rows)
+    for r in rows:
+        if "error" not in r:
+            assert r["forward_fraction_of_flop_bound"] == r["flop_bound_s"] / r["forward_s"]
     if importlib.util.find_spec("mamba_ssm") is None:
         assert "mamba-ssm is not importable here" in rows[-1]["error"]  # a CUDA-only peer: its row says why
         assert "mamba-ssm's Triton SSD is not importable here" in rows[7]["error"]
@@ -81,7 +93,8 @@ def test_gpu_bench_times_mamba_ssm_triton_ssd_from_a_checkout(tmp_path, monkeypa
     stand_in_mamba(tmp_path / "checkout")
     out = tmp_path / "gpu.json"
     argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "1,9,2,2,3", "--selective-shapes", "--backends",
-            "chunked", "--repeats", "2", "--copy-bytes", "4096", "--mamba-ssm-src", str(tmp_path / "checkout"),
+            "chunked", "--repeats", "2", "--copy-bytes", "4096", "--gemm-size", "32",
+            "--mamba-ssm-src", str(tmp_path / "checkout"),
             "--json", str(out)]
     try:
         assert main(argv) == 0
@@ -153,3 +166,16 @@ def test_accelerated_scan_row_composes_the_layer(monkeypatch):
     y = _accelerated_scan_layer(u, A, B, C, D)
     y_ref, _ = ssm_scan_reference(u, A, B, C, None, D)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_flop_rate_keeps_the_tf32_setting():
+    from ssmkit.bench.gpu import gemm_flop_rate
+
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for setting in (True, False):
+            torch.backends.cuda.matmul.allow_tf32 = setting
+            assert gemm_flop_rate(torch.device("cpu"), size=32, repeats=2) > 0
+            assert torch.backends.cuda.matmul.allow_tf32 is setting
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved

@@ -5,6 +5,7 @@ copy bandwidth (and against mamba-ssm's CUDA selective scan where it is installe
                      [--ssd-shapes B,L,H,P,N ...]
                      [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
                      [--backends chunked fft triton] [--repeats 5] [--json PATH] [--mamba-ssm-src DIR]
+                     [--gemm-size 8192]
 
 Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
 the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D uses them, N = d_state/2 modes)
@@ -25,7 +26,12 @@ of ``--selective-tiles`` (:class:`ssmkit.ops.triton.selective.Tiles`), and mamba
 (CUDA) when it imports -- each in its own layout, made outside the timing (mamba-ssm's is time-last (B, H, L)) --
 bound = bytes of u, δ, z, B, C read and y written, 16·B·L·H + 8·B·L·N. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA (perf_counter
 around a synchronise elsewhere). The backends run in turns within each repeat, so that ratios compare like
-conditions. A backend that fails (e.g. ``triton`` where it cannot run) is reported with its error, not timed.
+conditions. Beside the bytes-moved bound, the FLOP bound: the float32 rate of a (``--gemm-size``)² GEMM measured in
+the same run with TF32 off (the CUDA cores the scan kernels use; ``ssmkit.bench.limits``' model of a fused scan:
+6 flops per batch row, step, channel and state element -- a complex multiply-add of the state, the input term and
+the output term -- i.e. 6·B·L·H·N, and 6·B·L·H·P·N for the SSD). Where the FLOP bound exceeds the bytes bound, an
+elementwise scan cannot reach the bytes bound on those cores: at S4D's N = 64 that is a factor of ~3 on an H200
+(docs/benchmarks.md). A backend that fails (e.g. ``triton`` where it cannot run) is reported with its error, not timed.
 """
 
 from __future__ import annotations
@@ -95,6 +101,27 @@ def copy_bandwidth(device: torch.device, n_bytes: int = 1 << 30, repeats: int = 
     once = _timer(device)
     once(lambda: x.clone())
     return 2 * n_bytes / statistics.median(once(lambda: x.clone()) for _ in range(repeats))
+
+
+def gemm_flop_rate(device: torch.device, size: int = 8192, repeats: int = 5) -> float:
+    """Float32 flops per second of a (size × size) @ (size × size) GEMM on ``device`` (2·size³ flops), median of
+    ``repeats``, with TF32 off (CUDA cores, not tensor cores: the rate an elementwise float32 kernel can use).
+
+    Args:
+        device: the device to measure.
+        size: the matrix side.
+        repeats: products timed.
+    """
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    once = _timer(device)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        once(lambda: a @ b)
+        return 2.0 * size**3 / statistics.median(once(lambda: a @ b) for _ in range(repeats))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _scan_case(shape: str, device: torch.device):
@@ -249,10 +276,11 @@ def _selective_case(shape: str, device: torch.device):
 
 def measure(
     op: str, shape: str, backends: list[str], device: torch.device, bandwidth: float, repeats: int,
-    mamba_ssm_src: str | None = None,
+    mamba_ssm_src: str | None = None, flop_rate: float | None = None,
 ) -> list[dict]:
     """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan", "ssd" or
-    "selective"); ``mamba_ssm_src``: where the ssd op's ``mamba_ssm`` peer loads from (:func:`_mamba_ssm_ssd`)."""
+    "selective"); ``mamba_ssm_src``: where the ssd op's ``mamba_ssm`` peer loads from (:func:`_mamba_ssm_ssd`);
+    ``flop_rate``: flops per second for the FLOP bound (None: no FLOP bound)."""
     if op == "ssd":
         dims, n_bytes, forward, forward_backward = _ssd_case(shape, device, mamba_ssm_src)
     else:
@@ -271,14 +299,20 @@ def measure(
             times[b]["forward"].append(once(lambda: forward(b)))
             times[b]["forward_backward"].append(once(lambda: forward_backward(b)))
     bound = n_bytes / bandwidth
+    flops = 6.0 * dims["B"] * dims["L"] * dims["H"] * dims.get("P", 1) * dims["N"]  # the fused-scan model
+    flop_bound = flops / flop_rate if flop_rate else None
     rows = []
     for b in backends:
-        row = {"op": op, **dims, "backend": b, "bytes": n_bytes, "bound_s": bound}
+        row = {"op": op, **dims, "backend": b, "bytes": n_bytes, "bound_s": bound, "flops": flops}
+        if flop_bound is not None:
+            row["flop_bound_s"] = flop_bound
         if b in errors:
             row["error"] = errors[b]
         else:
             fwd, fb = (statistics.median(times[b][k]) for k in ("forward", "forward_backward"))
             row.update(forward_s=fwd, forward_backward_s=fb, forward_fraction_of_bound=bound / fwd)
+            if flop_bound is not None:
+                row["forward_fraction_of_flop_bound"] = flop_bound / fwd
         rows.append(row)
     return rows
 
@@ -311,14 +345,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--copy-bytes", type=positive_int, default=1 << 30)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--gemm-size", type=positive_int, default=8192,
+                        help="side of the float32 GEMM that measures the FLOP rate (TF32 off)")
     parser.add_argument("--mamba-ssm-src", default=None,
                         help="a checkout of state-spaces/mamba whose Triton SSD is timed beside the ssd rows (default: "
                              "the installed mamba_ssm, if any)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     bandwidth = copy_bandwidth(device, args.copy_bytes)
+    flop_rate = gemm_flop_rate(device, args.gemm_size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
-    header = f"ssmkit bench gpu: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s"
+    header = (f"ssmkit bench gpu: {name}; torch {torch.__version__}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
+              f"float32 GEMM (TF32 off) {flop_rate / 1e12:.1f} TFLOP/s")
     try:
         import triton
 
@@ -332,24 +370,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         scan += [f"triton:{G}" for G in args.scan_chunks_per_program]
     scan.append("accelerated_scan")
     for shape in args.scan_shapes:
-        rows += measure("scan", shape, scan, device, bandwidth, args.repeats)
+        rows += measure("scan", shape, scan, device, bandwidth, args.repeats, flop_rate=flop_rate)
     ssd_backends = [b for b in args.backends if b != "fft"] + ["mamba_ssm"]
     for shape in args.ssd_shapes:
-        rows += _versus_peer(measure("ssd", shape, ssd_backends, device, bandwidth, args.repeats, args.mamba_ssm_src))
+        rows += _versus_peer(measure("ssd", shape, ssd_backends, device, bandwidth, args.repeats, args.mamba_ssm_src,
+                                     flop_rate))
     selective = [b for b in args.backends if b != "fft"]
     if "triton" in selective:
         selective += [f"triton:{tiles}" for tiles in args.selective_tiles]
     for shape in args.selective_shapes:
-        rows += _versus_peer(measure("selective", shape, selective + ["mamba_ssm"], device, bandwidth, args.repeats))
-    print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound |")
-    print("|---|---|---|---|---|---|---|")
+        rows += _versus_peer(measure("selective", shape, selective + ["mamba_ssm"], device, bandwidth, args.repeats,
+                                     flop_rate=flop_rate))
+    print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound | FLOP bound ms "
+          "| forward / FLOP bound |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         shape = ",".join(f"{k}={r[k]}" for k in ("B", "L", "H", "P", "N") if k in r)
         if "error" in r:
-            print(f"| {r['op']} | {shape} | {r['backend']} | {r['error']} | | | |")
+            print(f"| {r['op']} | {shape} | {r['backend']} | {r['error']} | | | | | |")
         else:
             print(f"| {r['op']} | {shape} | {r['backend']} | {1e3 * r['forward_s']:.3f} | "
-                  f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | {100 * r['forward_fraction_of_bound']:.1f} % |")
+                  f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | "
+                  f"{100 * r['forward_fraction_of_bound']:.1f} % | {1e3 * r['flop_bound_s']:.4f} | "
+                  f"{100 * r['forward_fraction_of_flop_bound']:.1f} % |")
     for r in rows:
         if "forward_vs_mamba_ssm" in r and r["backend"] != "mamba_ssm":
             print(f"{r['op']} {','.join(str(r[k]) for k in ('B', 'L', 'H', 'P', 'N') if k in r)} {r['backend']}: "

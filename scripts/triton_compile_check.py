@@ -27,6 +27,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from ssmkit.ops.triton import scan as S  # noqa: E402
+from ssmkit.ops.triton import scan_mm as SM  # noqa: E402
 from ssmkit.ops.triton import selective as SS  # noqa: E402
 from ssmkit.ops.triton import ssd as D  # noqa: E402
 
@@ -73,6 +74,10 @@ def main() -> int:
                 (f"scan group ends NP={NP}", S._group_ends_kernel,
                  {k: p for k in ("u_ptr", "coef_ptr", "pw_ptr", "s_ptr")},
                  {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": NP}),
+                (f"scan matmul forward NP={max(NP, 16)}", SM._scan_mm_fwd_kernel,
+                 {k: p for k in SM._scan_mm_fwd_kernel.arg_names if k.endswith("_ptr")},
+                 {"T": SM.MM_CHUNK if NP < 128 else 16, "CB": SM.MM_BLOCK, "NP": max(NP, 16), "HAS_D": True,
+                  "SAVE_CK": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}),
                 (f"scan group adjoints NP={NP}", S._group_adjoints_kernel,
                  {k: p for k in ("dy_ptr", "coef_ptr", "pw_ptr", "gxL_ptr", "m_ptr")},
                  {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": NP}),
@@ -99,7 +104,8 @@ def main() -> int:
             signature = {a: signature[a] for a in fn.arg_names}
             try:
                 warps = {"selective forward": SS.DEFAULT_TILES.num_warps,
-                         "selective backward": SS.DEFAULT_TILES.backward_num_warps}.get(label.split(" N=")[0], 8)
+                         "selective backward": SS.DEFAULT_TILES.backward_num_warps,
+                         "scan matmul forward": SM.NUM_WARPS}.get(label.split(" N=")[0].split(" NP=")[0], 8)
                 shared, usage, seconds = compile_one(fn, signature, constexprs, target, warps)
                 print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
                 failed += shared > 227 * 1024

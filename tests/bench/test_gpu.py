@@ -26,14 +26,15 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
     rows = data["results"]
     assert data["bandwidth_Bps"] > 0
     assert [(r["op"], r["backend"]) for r in rows] == [
-        ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("scan", "triton:1"), ("scan", "accelerated_scan"),
+        ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("scan", "triton:1"), ("scan", "triton:mm"),
+        ("scan", "accelerated_scan"),
         ("ssd", "chunked"), ("ssd", "triton"), ("ssd", "mamba_ssm"),
         ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm")]
-    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[5]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
-    assert rows[8]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
+    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[6]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
+    assert rows[9]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
     # the FLOP bound: 6 flops per batch row, step, channel (and head channel) and state element
-    assert rows[0]["flops"] == 6 * 1 * 9 * 3 * 4 and rows[5]["flops"] == 6 * 1 * 9 * 2 * 2 * 3
-    assert rows[8]["flops"] == 6 * 1 * 9 * 3 * 2
+    assert rows[0]["flops"] == 6 * 1 * 9 * 3 * 4 and rows[6]["flops"] == 6 * 1 * 9 * 2 * 2 * 3
+    assert rows[9]["flops"] == 6 * 1 * 9 * 3 * 2
     rate = rows[0]["flops"] / rows[0]["flop_bound_s"]
     assert rate > 0 and all(r["flops"] / r["flop_bound_s"] == pytest.approx(rate) for r in rows)
     for r in rows:
@@ -41,9 +42,9 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
             assert r["forward_fraction_of_flop_bound"] == r["flop_bound_s"] / r["forward_s"]
     if importlib.util.find_spec("mamba_ssm") is None:
         assert "mamba-ssm is not importable here" in rows[-1]["error"]  # a CUDA-only peer: its row says why
-        assert "mamba-ssm's Triton SSD is not importable here" in rows[7]["error"]
+        assert "mamba-ssm's Triton SSD is not importable here" in rows[8]["error"]
     if importlib.util.find_spec("accelerated_scan") is None:
-        assert "accelerated-scan is not importable here" in rows[4]["error"]
+        assert "accelerated-scan is not importable here" in rows[5]["error"]
     for r in rows[:-1]:
         if r["backend"] in ("mamba_ssm", "accelerated_scan"):
             continue

@@ -125,3 +125,28 @@ def test_compiled_ssd_keeps_the_chunked_path():
     assert not rec.ssmkit_ops(rec.forward)
     want = ssd(x, dt, A, B, C, backend="reference")
     assert_close(list(got), list(want), 1e-9)
+
+
+def test_compiled_matmul_form_runs_as_custom_ops_and_equals_eager():
+    """The diagonal scan's matmul form (ssmkit.ops.triton.scan_mm) under torch.compile: its own forward op, the scan
+    form's backward op, and eager's and the reference's values and gradients."""
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    _, build = CASES["ssm_scan"]
+    inputs, _ = build(torch.Generator().manual_seed(3), 21)
+
+    def fn(bk, u, A, Bb, C, x0, D):
+        if bk == "triton":
+            return ssm_scan_triton(u, A, Bb, C, x0, D, chunk_size=16, intra_chunk="matmul")
+        return ops.ssm_scan(u, A, Bb, C, x0, D, backend=bk)
+
+    rec = Recorder()
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False)
+    got = run_loss(compiled, "triton", inputs, True)
+    assert rec.ssmkit_ops(rec.forward) == {"triton_ssm_scan_mm_forward"}
+    assert rec.ssmkit_ops(rec.backward) == {"triton_ssm_scan_backward"}
+    eager = run_loss(fn, "triton", inputs, True)
+    ref = run_loss(fn, "reference", inputs, True)
+    assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
+    assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)

@@ -162,6 +162,67 @@ def test_scan_in_groups_of_chunks_equals_the_reference(dtype, L, G, monkeypatch)
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype,kind", [(torch.float64, "complex"), (torch.float64, "real"), (torch.float32, "complex")])
+def test_scan_matmul_form_equals_the_reference(dtype, kind):
+    # the forward's chunk products by tl.dot (ssmkit.ops.triton.scan_mm): L 37 in chunks of 16 (a short last chunk),
+    # 5 modes padded to 16; values and every gradient (the backward is the scan form's, from its checkpoints)
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    inputs = scan_inputs(kind)
+    fn = lambda *a: ssm_scan_triton(*a, chunk_size=16, intra_chunk="matmul")  # noqa: E731
+    got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
+    want = scan_values_and_grads(ssm_scan_reference, inputs, True, True)
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert a.dtype == cast(b, dtype).dtype, name
+        assert rel_err(a, b) < TOL[dtype], name
+
+
+@needs_triton
+@pytest.mark.parametrize("G,N", [(38, 5), (32, 5), (None, 40), (None, 5)])
+def test_scan_matmul_form_in_blocks_and_groups(G, N):
+    # L 600 in 38 chunks of 16: one group of three blocks of 16 chunks (the last of 6), two groups (32 chunks, 6), 40
+    # modes (NP 64, chunks of 32), and the planned groups (16 chunks each); values and the final state, no gradient
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    for kind in ("complex", "real"):
+        u, A, B, C, x0, D = inputs = scan_inputs(kind, L=600, H=2, N=N, Bsz=1)
+        chunk = None if N == 40 else 16
+        with torch.no_grad():
+            y, x = ssm_scan_triton(*(cast(t, torch.float64) for t in inputs), chunk_size=chunk, chunks_per_program=G,
+                                   intra_chunk="matmul")
+        y_ref, x_ref = ssm_scan_reference(u, A, B, C, x0, D)
+        assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12, kind
+
+
+@needs_triton
+def test_scan_matmul_form_hand_computed():
+    # Ā = 1/2, B̄ = C = 1, x_{-1} = 2, an impulse, 40 steps in chunks of 16: y_t = 2^(1-t), exact in dyadic arithmetic
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    u = torch.zeros(1, 40, 1, dtype=torch.float64, device=DEVICE)
+    u[0, 0, 0] = 1.0
+    one = torch.ones(1, 1, dtype=torch.float64, device=DEVICE)
+    y, x = ssm_scan_triton(u, 0.5 * one, one, one, 2 * one[None], chunk_size=16, intra_chunk="matmul")
+    t = torch.arange(40, dtype=torch.float64)
+    exact = dict(rtol=4 * torch.finfo(torch.float64).eps, atol=0.0)
+    torch.testing.assert_close(y[0, :, 0].cpu(), torch.ldexp(torch.ones(40, dtype=torch.float64), 1 - t), **exact)
+    torch.testing.assert_close(x.cpu(), torch.full((1, 1, 1), 2.0 ** -38, dtype=torch.float64), **exact)
+
+
+@needs_triton
+def test_scan_matmul_form_rejects_what_it_cannot_take():
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    u, A, B, C, _, _ = (cast(t, torch.float64) for t in scan_inputs("complex", L=5))
+    with pytest.raises(ValueError, match="intra_chunk must be 'scan' or 'matmul'; got 'dot'"):
+        ssm_scan_triton(u, A, B, C, intra_chunk="dot")
+    with pytest.raises(ValueError, match="block_h applies to intra_chunk='scan' only"):
+        ssm_scan_triton(u, A, B, C, block_h=2, intra_chunk="matmul")
+    with pytest.raises(ValueError, match="needs chunk_size >= 16"):
+        ssm_scan_triton(u, A, B, C, chunk_size=8, intra_chunk="matmul")
+
+
+@needs_triton
 def test_scan_groups_fill_the_device():
     from ssmkit.ops.triton.scan import DEFAULT_SMS, PROGRAMS_PER_SM, plan_groups
 
@@ -476,10 +537,14 @@ def test_gpu_auto_picks_the_kernels():
 @pytest.mark.gpu
 @on_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gpu_scan_at_a_real_size(dtype):
+@pytest.mark.parametrize("intra_chunk", ["scan", "matmul"])
+def test_gpu_scan_at_a_real_size(dtype, intra_chunk):
     # B·L·H·N = 4·4133·256·32 complex modes (S4D's d_state 64): never a multiple of the tiles in L
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
     inputs = [t.to(DEVICE) for t in scan_inputs("complex", L=4133, H=256, N=32, Bsz=4)]
-    got = scan_values_and_grads(lambda *a: ssm_scan(*a, backend="triton"), [cast(t, dtype) for t in inputs], True, True)
+    fn = lambda *a: ssm_scan_triton(*a, intra_chunk=intra_chunk)  # noqa: E731
+    got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
     want = scan_values_and_grads(lambda *a: ssm_scan(*a, backend="chunked"), inputs, True, True)  # float64 oracle
     tol = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]  # float32: 4133 steps of rounding
     for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):

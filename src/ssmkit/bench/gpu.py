@@ -12,7 +12,8 @@ the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D u
 forward (no grad, no final state) and forward+backward under each backend, with the fraction of the bound
 achieved: a fused scan must read u and write y, 8·B·L·H bytes, so bound = 8·B·L·H / bandwidth
 (a fused kernel that keeps the state in registers moves nothing else of size L); the Triton scan also with the
-chunks per program of ``--scan-chunks-per-program`` (rows ``triton:G``; ``triton`` plans G from the SM count), and
+chunks per program of ``--scan-chunks-per-program`` (rows ``triton:G``; ``triton`` plans G from the SM count) and
+in its matmul form (``triton:mm``: the chunk products on tensor cores, :mod:`ssmkit.ops.triton.scan_mm`), and
 ``accelerated_scan`` when it imports: accelerated-scan's complex Triton scan (``accelerated_scan.complex.scan``, a
 first-order recurrence with time-varying gates) over the B·H·N/2 complex channels, Ā expanded over time as its gate,
 then y = Re(Σ C x) + D u by one einsum -- what a user composes from that primitive (it writes every state);
@@ -142,8 +143,10 @@ def _scan_case(shape: str, device: torch.device):
             from ssmkit.ops.triton_gate import require_triton
 
             require_triton("ssm_scan", u)
-            G = int(backend.split(":")[1])
-            return ssm_scan_triton(u, A, B, C, None, D, return_state=False, chunks_per_program=G)[0]
+            option = backend.split(":")[1]
+            if option == "mm":  # the chunk products on tensor cores (ssmkit.ops.triton.scan_mm)
+                return ssm_scan_triton(u, A, B, C, None, D, return_state=False, intra_chunk="matmul")[0]
+            return ssm_scan_triton(u, A, B, C, None, D, return_state=False, chunks_per_program=int(option))[0]
         return ssm_scan(u, A, B, C, None, D, return_state=False, backend=backend)[0]
 
     def forward(backend: str) -> None:
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     rows = []
     scan = list(args.backends)
     if "triton" in scan:
-        scan += [f"triton:{G}" for G in args.scan_chunks_per_program]
+        scan += [f"triton:{G}" for G in args.scan_chunks_per_program] + ["triton:mm"]
     scan.append("accelerated_scan")
     for shape in args.scan_shapes:
         rows += measure("scan", shape, scan, device, bandwidth, args.repeats, flop_rate=flop_rate)

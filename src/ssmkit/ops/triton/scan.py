@@ -525,9 +525,14 @@ class _FusedScan(torch.autograd.Function):
     (each launch a custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`)."""
 
     @staticmethod
-    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH, G):  # type: ignore[override]
+    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH, G, matmul):  # type: ignore[override]
         N = A_bar.shape[1]
-        NP = padded_modes(N)
+        if matmul:  # the chunk products on tensor cores (ssmkit.ops.triton.scan_mm); its modes padded to >= 16
+            from ssmkit.ops.triton import scan_mm
+
+            NP = scan_mm.mm_modes(N)
+        else:
+            NP = padded_modes(N)
         coef, pw = _tables(A_bar, B_bar, C, T, NP)
         originals = (u, A_bar, B_bar, C, state, D)
         u = u.contiguous()
@@ -536,7 +541,12 @@ class _FusedScan(torch.autograd.Function):
         d = D.contiguous() if D is not None else None
         Bsz, L, H = u.shape
         n_chunks = triton.cdiv(L, T)
-        y, xL, ck = _forward_kernel(u, coef, pw, d, x0, T, BH, plan_groups(Bsz, H, BH, n_chunks, u.device, G), save)
+        if matmul:
+            kt, v, w = scan_mm.mm_tables(A_bar, B_bar, C, T, NP)
+            G_f = scan_mm.plan_mm_groups(Bsz, H, n_chunks, u.device, G)
+            y, xL, ck = scan_mm.forward_mm_kernel(u, coef, pw, kt, v, w, d, x0, T, G_f, save)
+        else:
+            y, xL, ck = _forward_kernel(u, coef, pw, d, x0, T, BH, plan_groups(Bsz, H, BH, n_chunks, u.device, G), save)
         if save:
             ctx.save_for_backward(u, coef, pw, ck, d, *originals)
         BHb = min(BH, BACKWARD_BLOCK_H)
@@ -548,7 +558,7 @@ class _FusedScan(torch.autograd.Function):
         u, coef, pw, ck, d, *originals = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             grads = graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL))
-            return (*grads, None, None, None)
+            return (*grads, None, None, None, None)
         N, NP, BH, T, G, has_state = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         gxL = u.new_zeros(u.shape[0], u.shape[2], NP, 2) if gxL is None else _real_state(gxL, NP)
@@ -557,7 +567,7 @@ class _FusedScan(torch.autograd.Function):
         gA, gB, gC = (torch.complex(g[2 * i], g[2 * i + 1]) for i in range(3))  # (H, N) each
         gstate = _complex_state(gx0, N) if has_state else None
         gD = (gy * u).sum((0, 1)) if d is not None else None
-        return gu, gA, gB, gC, gstate, gD, None, None, None
+        return gu, gA, gB, gC, gstate, gD, None, None, None, None
 
 
 def ssm_scan_triton(
@@ -572,6 +582,7 @@ def ssm_scan_triton(
     chunk_size: int | None = None,
     block_h: int | None = None,
     chunks_per_program: int | None = None,
+    intra_chunk: str = "scan",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Diagonal SSM by the fused Triton kernels; equals :func:`ssmkit.ops.scan.ssm_scan_reference`.
 
@@ -594,12 +605,20 @@ def ssm_scan_triton(
         chunks_per_program: G, the chunks one program walks in order (a positive int; the grid has ⌈L/(G·T)⌉
             programs along the sequence, tied by a carry pass when more than one), or None to fill the device
             (:func:`plan_groups`).
+        intra_chunk: the forward's work inside a chunk: ``"scan"`` (an associative scan over the chunk's steps, on
+            the CUDA cores) or ``"matmul"`` (Toeplitz and state products by ``tl.dot``, on tensor cores:
+            :mod:`ssmkit.ops.triton.scan_mm`; chunks of at least 16 steps, default 32, modes padded to 16; one
+            channel per program, so ``block_h`` does not apply). The backward is the same for both.
 
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
     check_params(u, state, A_bar=A_bar, B_bar=B_bar, C=C)
     check_skip(D, u)
+    if intra_chunk not in ("scan", "matmul"):
+        raise ValueError(f"intra_chunk must be 'scan' or 'matmul'; got {intra_chunk!r}")
+    if intra_chunk == "matmul" and block_h is not None:
+        raise ValueError("block_h applies to intra_chunk='scan' only (the matmul form runs one channel per program)")
     if chunks_per_program is not None and (
         not isinstance(chunks_per_program, int) or isinstance(chunks_per_program, bool) or chunks_per_program < 1
     ):
@@ -611,12 +630,22 @@ def ssm_scan_triton(
             check_chunk_size(v)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two (a Triton tile size); got {v!r}")
-    chunk_size, block_h = fit_tiles(padded_modes(A_bar.shape[1]), chunk_size, block_h)
+    if intra_chunk == "matmul":
+        from ssmkit.ops.triton.scan_mm import MM_CHUNK, MIN_DOT, mm_modes
+
+        if chunk_size is not None and chunk_size < MIN_DOT:
+            raise ValueError(f"intra_chunk='matmul' needs chunk_size >= 16 (tl.dot's smallest dimension); got {chunk_size}")
+
+        T_fit, _ = fit_tiles(mm_modes(A_bar.shape[1]), chunk_size)  # the backward's tiles bound the chunk
+        chunk_size = chunk_size if chunk_size is not None else max(MIN_DOT, min(MM_CHUNK, T_fit))
+        block_h = DEFAULT_BLOCK_H
+    else:
+        chunk_size, block_h = fit_tiles(padded_modes(A_bar.shape[1]), chunk_size, block_h)
     is_complex = A_bar.is_complex()
     cdtype = _COMPLEX[u.dtype]
     A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts
     x0 = state.to(cdtype) if state is not None else None
-    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program)
+    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program, intra_chunk == "matmul")
     if not return_state:
         return y, None
     return y, (xL if is_complex else xL.real)

@@ -1,0 +1,209 @@
+"""The diagonal LTI scan's forward with its chunk products on tensor cores (``tl.dot``), as a Triton kernel.
+
+Diagonal LTI SSM (Gu, Gupta, Goel, Ré, arXiv 2206.11893, §2), complex modes, conjugate pairs folded into C by the
+caller:
+
+    x_t = Ā ⊙ x_{t-1} + B̄ u_t,    y_t = Re(Σ_n C_n x_{t,n}) + D u_t
+
+in the chunked matrix form of the SSD algorithm (Dao & Gu, arXiv 2405.21060, §6) for a time-invariant diagonal Ā,
+as :mod:`ssmkit.ops.chunked` does with PyTorch GEMMs. For a chunk of T steps starting at t0, with x_prev the state
+before it:
+
+    y_{t0+t} = Σ_{s≤t} K_{t-s} u_{t0+s} + Re Σ_n W_{t,n} x_prev,n + D u_{t0+t},   K_k = Re Σ_n C_n B̄_n Ā_n^k,
+                                                                                 W_{t,n} = C_n Ā_n^{t+1}
+    x_next = Ā^T ⊙ x_prev + Σ_s V_{n,s} u_{t0+s},                                V_{n,s} = Ā_n^{T-1-s} B̄_n
+
+One program per (batch row, channel, group of G chunks: the grid and the carry across groups are those of
+:mod:`ssmkit.ops.triton.scan`, passes A and B). It walks its group in blocks of CB chunks; per block, with the
+block's inputs as a (T, CB) matrix U (column j: chunk c0 + j):
+    (1) Y = Toeplitz(K) U, a (T × T) · (T × CB) product;
+    (2) S = V U', (NP × T) · (T × CB) products (real and imaginary parts), U' = U shifted one chunk right (column j
+        holds chunk c0 + j - 1, column 0 zero): S's column j is the input part of the chunk before c0 + j;
+    (3) the states before the block's chunks by an associative scan over its CB columns of x -> Ā^T x + S_j, with
+        the state carried into the block put into column 0 (x_prev of chunk c0);
+    (4) Y += Re(W X) by two (T × NP) · (NP × CB) products, + D u; Y written; with gradients wanted, X written as the
+        chunks' checkpoints (those the backward kernel of :mod:`ssmkit.ops.triton.scan` reads);
+    (5) the state carried to the next block: Ā^T x_{c0+CB-1} + V u_{c0+CB-1}.
+The (B, L, H, N) states never reach memory; per element of u there are about 2T + 8·NP multiply-adds, all in
+``tl.dot`` (float32 as "tf32x3": three TF32 tensor-core products, about float32's accuracy; float64 "ieee"),
+against ~log2(T) complex combines per mode on the CUDA cores for the associative-scan form. The final state (the
+last chunk may be short) is formed in PyTorch from the last chunk's start state and inputs.
+
+Products need every dot dimension >= 16: T >= 16, CB >= 16 and NP >= 16 (fewer modes are zero-padded). One channel
+per program: u's loads are strided by H (neighbouring channels' programs read the same sectors, from L2). Written and
+tested without a GPU (Triton's interpreter; compiled for sm_90 by scripts/triton_compile_check.py): not yet timed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ssmkit.ops.chunked import wide_powers
+from ssmkit.ops.opaque import kernel_op
+from ssmkit.ops.triton import scan as _scan
+from ssmkit.ops.triton.scan import _combine, _group_ends_kernel, _group_starts
+
+MM_CHUNK = 32  # T of the matmul form
+MM_BLOCK = 16  # CB: chunks per block (the products' N dimension)
+MIN_DOT = 16  # tl.dot's smallest dimension
+NUM_WARPS = 8  # warps per program of the matmul form: no spill at T 32, NP 32 for sm_90 (4 warps: 16 B); not timed
+_PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee"}
+
+
+def mm_modes(N: int) -> int:
+    """NP of the matmul form: N complex modes rounded up to a power of two, at least 16 (tl.dot's smallest K)."""
+    return max(triton.next_power_of_2(N), MIN_DOT)
+
+
+def mm_tables(A_bar: Tensor, B_bar: Tensor, C: Tensor, T: int, NP: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-channel matrices of the matmul form, built in double precision and rounded once to u's dtype.
+
+    Args:
+        A_bar, B_bar, C: (H, N) complex.
+        T: the chunk length.
+        NP: the padded modes (zero rows and columns beyond N).
+
+    Returns:
+        kt (H, T) K_k = Re Σ_n C_n B̄_n Ā_n^k; v (2, H, NP, T) Re, Im of Ā^{T-1-s} B̄; w (2, H, T, NP) Re, Im of
+        C Ā^{t+1}; all contiguous, in the real dtype of A_bar.
+    """
+    H, N = A_bar.shape
+    real = A_bar.real.dtype
+    wide = {torch.float32: torch.complex128, torch.float64: torch.complex128}[real]
+    P = wide_powers(A_bar.to(wide), T + 1)  # (H, N, T+1): Ā^k, k = 0..T
+    Bw, Cw = B_bar.to(wide), C.to(wide)
+    kt = torch.einsum("hn,hnk->hk", Cw * Bw, P[..., :T]).real  # (H, T)
+    v = Bw[:, :, None] * P[..., :T].flip(-1)  # (H, N, T): Ā^{T-1-s} B̄
+    w = (Cw[:, :, None] * P[..., 1:]).transpose(1, 2)  # (H, T, N): C Ā^{t+1}
+    pad = NP - N
+    v = torch.nn.functional.pad(torch.stack([v.real, v.imag]), (0, 0, 0, pad))  # (2, H, NP, T)
+    w = torch.nn.functional.pad(torch.stack([w.real, w.imag]), (0, pad))  # (2, H, T, NP)
+    return kt.to(real).contiguous(), v.to(real).contiguous(), w.to(real).contiguous()
+
+
+@triton.jit
+def _scan_mm_fwd_kernel(
+    u_ptr, y_ptr, kt_ptr, v_ptr, w_ptr, pw_ptr, d_ptr, x0_ptr, xp_ptr, ck_ptr,
+    L, H, n_chunks, G,
+    T: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, SAVE_CK: tl.constexpr, PREC: tl.constexpr,
+):
+    # pass (C) in the matmul form: group g's chunks from its start state x0 (B, n_groups, H, NP, 2); the state
+    # before the group's last chunk to xp (B, n_groups, H, NP, 2)
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    g = tl.program_id(2)
+    n_groups = tl.num_programs(2)
+    t = tl.arange(0, T)[:, None]  # (T, 1)
+    s = tl.arange(0, T)[None, :]  # (1, T)
+    nc = tl.arange(0, NP)[:, None]  # (NP, 1): modes down a column
+    nr = tl.arange(0, NP)[None, :]  # (1, NP): modes along a row
+    j = tl.arange(0, CB)[None, :]  # (1, CB): chunks of a block
+    toep = tl.load(kt_ptr + h * T + (t - s), mask=t >= s, other=0.0)  # (T, T): K_{t-s}
+    HNT = H * NP * T
+    vr = tl.load(v_ptr + (h * NP + nc) * T + s)  # (NP, T)
+    vi = tl.load(v_ptr + HNT + (h * NP + nc) * T + s)
+    wr = tl.load(w_ptr + (h * T + t) * NP + nr)  # (T, NP)
+    wi = tl.load(w_ptr + HNT + (h * T + t) * NP + nr)
+    PWI = H * (T + 1) * NP
+    aTr = tl.load(pw_ptr + (h * (T + 1) + T) * NP + nc)  # (NP, 1): Ā^T
+    aTi = tl.load(pw_ptr + PWI + (h * (T + 1) + T) * NP + nc)
+    s_off = (((b * n_groups + g) * H + h) * NP + nc) * 2  # (NP, 1)
+    xr = tl.load(x0_ptr + s_off)  # (NP, 1): the state carried into the block
+    xi = tl.load(x0_ptr + s_off + 1)
+    if HAS_D:
+        dd = tl.load(d_ptr + h)
+    row = u_ptr + b * L * H + h
+    yrow = y_ptr + b * L * H + h
+    c_lo = g * G
+    c_hi = tl.minimum(c_lo + G, n_chunks)
+    lastr = xr * 0
+    lasti = xi * 0
+    zero = (aTr + j) * 0.0  # (NP, CB)
+    for c0 in range(c_lo, c_hi, CB):
+        cj = c0 + j  # (1, CB)
+        tt = (cj * T + t).to(tl.int64)  # (T, CB)
+        U = tl.load(row + tt * H, mask=(tt < L) & (cj < c_hi), other=0.0)  # (T, CB)
+        ts = tt - T  # the chunk before
+        Us = tl.load(row + ts * H, mask=(j >= 1) & (ts < L) & (cj < c_hi), other=0.0)  # (T, CB): U shifted right
+        Y = tl.dot(toep, U, input_precision=PREC)  # (T, CB): inside each chunk
+        Sr = tl.dot(vr, Us, input_precision=PREC) + tl.where(j == 0, xr, 0.0)  # (NP, CB); column 0: x carried in
+        Si = tl.dot(vi, Us, input_precision=PREC) + tl.where(j == 0, xi, 0.0)
+        _, _, Xr, Xi = tl.associative_scan((aTr + zero, aTi + zero, Sr, Si), 1, _combine)  # (NP, CB): x_prev
+        Y += tl.dot(wr, Xr, input_precision=PREC) - tl.dot(wi, Xi, input_precision=PREC)
+        if HAS_D:
+            Y += dd * U
+        tl.store(yrow + tt * H, Y, mask=(tt < L) & (cj < c_hi))
+        if SAVE_CK:
+            ck = ck_ptr + (((b * n_chunks + cj) * H + h) * NP + nc) * 2  # (NP, CB)
+            tl.store(ck, Xr, mask=cj < c_hi)
+            tl.store(ck + 1, Xi, mask=cj < c_hi)
+        jl = tl.minimum(c_hi - 1 - c0, CB - 1)  # the block's last real chunk
+        lastr = tl.sum(tl.where(j == jl, Xr, 0.0), axis=1)[:, None]  # (NP, 1)
+        lasti = tl.sum(tl.where(j == jl, Xi, 0.0), axis=1)[:, None]
+        ul = tl.sum(tl.where(j == CB - 1, U, 0.0), axis=1)[None, :]  # (1, T): the block's last chunk's inputs
+        # the state after the block's last chunk (used only when the block was full): Ā^T x + V u
+        xr = aTr * lastr - aTi * lasti + tl.sum(vr * ul, axis=1)[:, None]
+        xi = aTr * lasti + aTi * lastr + tl.sum(vi * ul, axis=1)[:, None]
+    tl.store(xp_ptr + s_off, lastr)
+    tl.store(xp_ptr + s_off + 1, lasti)
+
+
+def _forward_mm_fake(u, coef, pw, kt, v, w, D, x0, T, G, save):
+    Bsz, L, H = u.shape
+    NP = coef.shape[2]
+    ck = u.new_empty(Bsz, (L + T - 1) // T, H, NP, 2) if save else u.new_empty(1)
+    return [torch.empty_like(u), u.new_empty(Bsz, H, NP, 2), ck]
+
+
+@kernel_op("triton_ssm_scan_mm_forward", _forward_mm_fake)
+def forward_mm_kernel(
+    u: Tensor, coef: Tensor, pw: Tensor, kt: Tensor, v: Tensor, w: Tensor, D: Optional[Tensor], x0: Optional[Tensor],
+    T: int, G: int, save: bool,
+) -> list[Tensor]:
+    """The matmul form's launches: [y (B, L, H), x_{L-1} (B, H, NP, 2), the chunk checkpoints (B, ⌈L/T⌉, H, NP, 2)
+    when ``save`` (else one element)], from u (B, L, H), the scan module's coef (6, H, NP) and pw (2, H, T+1, NP),
+    :func:`mm_tables`' kt, v, w, D (H,) and x0 (B, H, NP, 2) or None, all contiguous, in groups of G chunks (a
+    multiple of the block, or all chunks)."""
+    Bsz, L, H = u.shape
+    NP = coef.shape[2]
+    n_chunks = triton.cdiv(L, T)
+    n_groups = triton.cdiv(n_chunks, G)
+    if n_groups > 1:  # passes A and B of ssmkit.ops.triton.scan: every group's start state
+        S = u.new_empty(Bsz, n_groups - 1, H, NP, 2)
+        _group_ends_kernel[(Bsz, H, n_groups - 1)](
+            u, coef, pw, S, L, H, G, T=T, BH=1, NP=NP, num_warps=_scan.NUM_WARPS
+        )
+        starts = _group_starts(S, coef, x0, G * T)
+    else:
+        starts = x0 if x0 is not None else u.new_zeros(Bsz, H, NP, 2)
+    y = torch.empty_like(u)
+    xp = u.new_empty(Bsz, n_groups, H, NP, 2)
+    ck = u.new_empty(Bsz, n_chunks, H, NP, 2) if save else u.new_empty(1)
+    dummy = u.new_empty(1)
+    _scan_mm_fwd_kernel[(Bsz, H, n_groups)](
+        u, y, kt, v, w, pw, dummy if D is None else D, starts, xp, ck, L, H, n_chunks, G,
+        T=T, CB=MM_BLOCK, NP=NP, HAS_D=D is not None, SAVE_CK=save, PREC=_PRECISION[u.dtype], num_warps=NUM_WARPS,
+    )
+    # the final state from the last chunk's start state and its r real steps: Ā^r x + Σ_{s<r} Ā^{r-1-s} B̄ u_s
+    r = L - (n_chunks - 1) * T
+    power = torch.complex(pw[0], pw[1])  # (H, T+1, NP)
+    Bc = torch.complex(coef[2], coef[3])  # (H, NP)
+    x_prev = torch.view_as_complex(xp[:, -1])  # (B, H, NP)
+    u_last = u[:, L - r:].to(Bc.dtype)  # (B, r, H)
+    x_end = power[:, r] * x_prev + torch.einsum("brh,hrn->bhn", u_last, power[:, :r].flip(1) * Bc[:, None])
+    return [y, torch.view_as_real(x_end).contiguous(), ck]
+
+
+def plan_mm_groups(Bsz: int, H: int, n_chunks: int, device: torch.device, chunks_per_program: int | None) -> int:
+    """G for the matmul form: :func:`ssmkit.ops.triton.scan.plan_groups` at one channel per program, rounded up to a
+    multiple of the block (every block but the group's last is full), or all chunks."""
+    from ssmkit.ops.triton.scan import plan_groups
+
+    G = plan_groups(Bsz, H, 1, n_chunks, device, chunks_per_program)
+    return n_chunks if G >= n_chunks else min(n_chunks, triton.cdiv(G, MM_BLOCK) * MM_BLOCK)

@@ -290,3 +290,23 @@ def test_step_checks_its_inputs_and_its_state():
         g = head // 3
         H = torch.exp(dt_t[:, head] * A[head])[:, None, None] * h0[:, head] + (dt_t[:, head, None] * x_t[:, head])[:, :, None] * B_t[:, g, None, :]
         assert rel_err(h[:, head], H) < TOL64 and rel_err(y[:, head], (H * C_t[:, g, None, :]).sum(-1)) < TOL64
+
+
+def test_auto_takes_the_kernel_for_inference_and_the_chunked_path_for_training(monkeypatch):
+    # where the SSD kernel runs (here said to), "auto" takes it only when no gradient is wanted: its backward re-runs
+    # the chunked path, which made a training call slower than the chunked path alone on an H200
+    import ssmkit.ops.ssd as ssd_module
+    import ssmkit.ops.triton_gate as gate
+
+    ran = []
+    table = dict(ssd_module._SSD)
+    for name in ("chunked", "triton"):
+        monkeypatch.setitem(ssd_module._SSD, name, lambda *a, _n=name, **k: ran.append(_n) or table["chunked"](*a, **k))
+    monkeypatch.setattr(gate, "prefer_triton", lambda t, op: op == "ssd")
+    x, dt, A, B, C, h0 = make_inputs()
+    ssd_module.ssd(x, dt, A, B, C, h0, backend="auto")
+    with torch.no_grad():
+        ssd_module.ssd(x, dt.requires_grad_(), A, B, C, h0, backend="auto")
+    ssd_module.ssd(x, dt, A, B, C, h0, backend="auto")  # dt requires grad, grad mode on
+    ssd_module.ssd(x, dt.detach(), A, B, C, h0.requires_grad_(), backend="auto")
+    assert ran == ["triton", "triton", "chunked", "chunked"]

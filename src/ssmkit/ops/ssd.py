@@ -308,7 +308,9 @@ def ssd(
     :func:`ssd_chunked` (the chunked SSD algorithm); ``"triton"`` -> the chunked Triton kernel
     (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
     ``TRITON_INTERPRET=1``; its chunk size is a power of two >= 16, None: 64); ``"auto"`` -> ``"triton"`` on CUDA
-    when it runs, else ``"chunked"``; ``"fft"`` raises.
+    when it runs and no gradient is wanted, else ``"chunked"`` (the kernel's backward re-runs the chunked path under
+    autograd, so a training call through it took 1.1-1.2x the chunked path's time on an H200, while its forward alone
+    took 0.8x: docs/benchmarks.md, "First run on an H200"); ``"fft"`` raises.
 
     Args:
         x: (B, L, H, P) inputs, H heads of P channels.
@@ -325,7 +327,8 @@ def ssd(
     """
     from ssmkit.ops.triton_gate import prefer_triton
 
-    impl = dispatch("ssd", _SSD, backend, auto="triton" if prefer_triton(x, "ssd") else "chunked")
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, h0))
+    impl = dispatch("ssd", _SSD, backend, auto="triton" if not wants_grad and prefer_triton(x, "ssd") else "chunked")
     if impl is ssd_chunked or impl is _ssd_triton:
         return impl(x, dt, A, B, C, h0, chunk_size=chunk_size)
     return impl(x, dt, A, B, C, h0)

@@ -82,6 +82,12 @@ def main() -> int:
                  {k: p for k in ("dy_ptr", "coef_ptr", "pw_ptr", "gxL_ptr", "m_ptr")},
                  {"T": S.DEFAULT_CHUNK, "BH": S.BACKWARD_BLOCK_H, "NP": NP}),
             ]
+            cases += [] if NP > SM.MM_BACKWARD_MODES else [
+                (f"scan matmul backward NP={max(NP, 16)}", SM._scan_mm_bwd_kernel,
+                 {k: p for k in SM._scan_mm_bwd_kernel.arg_names if k.endswith("_ptr")},
+                 {"T": SM.MM_CHUNK if NP < 128 else 16, "CB": SM.MM_BLOCK, "NP": max(NP, 16), "HAS_D": True,
+                  "PREC": "tf32x3" if name == "fp32" else "ieee"}),
+            ]
         shapes = ((64, 64),) if args.quick else ((64, 64), (64, 128))
         for P, N in shapes + (((64, 256),) if args.large else ()):
             T, BP, NB = D.tiles(P, N, D.DEFAULT_CHUNK, dtype)
@@ -105,7 +111,8 @@ def main() -> int:
             try:
                 warps = {"selective forward": SS.DEFAULT_TILES.num_warps,
                          "selective backward": SS.DEFAULT_TILES.backward_num_warps,
-                         "scan matmul forward": SM.NUM_WARPS}.get(label.split(" N=")[0].split(" NP=")[0], 8)
+                         "scan matmul forward": SM.NUM_WARPS,
+                         "scan matmul backward": SM.NUM_WARPS}.get(label.split(" N=")[0].split(" NP=")[0], 8)
                 shared, usage, seconds = compile_one(fn, signature, constexprs, target, warps)
                 print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
                 failed += shared > 227 * 1024

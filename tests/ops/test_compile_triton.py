@@ -127,13 +127,15 @@ def test_compiled_ssd_keeps_the_chunked_path():
     assert_close(list(got), list(want), 1e-9)
 
 
-def test_compiled_matmul_form_runs_as_custom_ops_and_equals_eager():
-    """The diagonal scan's matmul form (ssmkit.ops.triton.scan_mm) under torch.compile: its own forward op, the scan
-    form's backward op, and eager's and the reference's values and gradients."""
+@pytest.mark.parametrize("L,backward", [(21, "triton_ssm_scan_backward"), (32, "triton_ssm_scan_mm_backward")])
+def test_compiled_matmul_form_runs_as_custom_ops_and_equals_eager(L, backward):
+    """The diagonal scan's matmul form (ssmkit.ops.triton.scan_mm) under torch.compile: its own forward op, its own
+    backward op at whole chunks (the scan form's with a short last chunk), and eager's and the reference's values and
+    gradients."""
     from ssmkit.ops.triton.scan import ssm_scan_triton
 
     _, build = CASES["ssm_scan"]
-    inputs, _ = build(torch.Generator().manual_seed(3), 21)
+    inputs, _ = build(torch.Generator().manual_seed(3), L)
 
     def fn(bk, u, A, Bb, C, x0, D):
         if bk == "triton":
@@ -145,7 +147,7 @@ def test_compiled_matmul_form_runs_as_custom_ops_and_equals_eager():
     compiled = torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False)
     got = run_loss(compiled, "triton", inputs, True)
     assert rec.ssmkit_ops(rec.forward) == {"triton_ssm_scan_mm_forward"}
-    assert rec.ssmkit_ops(rec.backward) == {"triton_ssm_scan_backward"}
+    assert rec.ssmkit_ops(rec.backward) == {backward}
     eager = run_loss(fn, "triton", inputs, True)
     ref = run_loss(fn, "reference", inputs, True)
     assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)

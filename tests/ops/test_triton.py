@@ -163,11 +163,14 @@ def test_scan_in_groups_of_chunks_equals_the_reference(dtype, L, G, monkeypatch)
 
 @needs_triton
 @pytest.mark.parametrize("dtype,kind", [(torch.float64, "complex"), (torch.float64, "real"), (torch.float32, "complex")])
-def test_scan_matmul_form_equals_the_reference(dtype, kind):
+def test_scan_matmul_form_equals_the_reference(dtype, kind, monkeypatch):
     # the forward's chunk products by tl.dot (ssmkit.ops.triton.scan_mm): L 37 in chunks of 16 (a short last chunk),
-    # 5 modes padded to 16; values and every gradient (the backward is the scan form's, from its checkpoints)
+    # 5 modes padded to 16; values and every gradient (with a short last chunk the backward is the scan form's)
     from ssmkit.ops.triton.scan import ssm_scan_triton
 
+    from ssmkit.ops.triton import scan_mm
+
+    monkeypatch.setattr(scan_mm, "backward_mm_kernel", None)  # L 37 is no multiple of 16: never called
     inputs = scan_inputs(kind)
     fn = lambda *a: ssm_scan_triton(*a, chunk_size=16, intra_chunk="matmul")  # noqa: E731
     got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
@@ -175,6 +178,62 @@ def test_scan_matmul_form_equals_the_reference(dtype, kind):
     for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
         assert a.dtype == cast(b, dtype).dtype, name
         assert rel_err(a, b) < TOL[dtype], name
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "dtype,L,G,kind",
+    [
+        (torch.float64, 32, None, "complex"),  # two chunks of 16, one block
+        (torch.float64, 640, 38, "complex"),  # 40 chunks: one group of three blocks (16, 16, 8)
+        (torch.float64, 640, 16, "real"),  # three groups (16, 16, 8 chunks)
+        (torch.float32, 64, None, "complex"),
+    ],
+)
+def test_scan_matmul_backward_equals_the_reference(dtype, L, G, kind, monkeypatch):
+    # L a multiple of the chunk: the backward in the matmul form too (∂u by the transposed Toeplitz product, the
+    # parameters' gradients from per-chunk sums and the cross-correlations of u and dy); values and every gradient
+    from ssmkit.ops.triton import scan_mm
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    ran = []
+    real = scan_mm.backward_mm_kernel
+    monkeypatch.setattr(scan_mm, "backward_mm_kernel", lambda *a: ran.append(1) or real(*a))
+    inputs = scan_inputs(kind, L=L, H=2, N=5, Bsz=2)
+    fn = lambda *a: ssm_scan_triton(*a, chunk_size=16, chunks_per_program=G, intra_chunk="matmul")  # noqa: E731
+    got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
+    want = scan_values_and_grads(ssm_scan_reference, inputs, True, True)
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert rel_err(a, b) < TOL[dtype], name
+    assert ran == [1]
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["out_of_resources", "many_modes"])
+def test_scan_matmul_backward_falls_back_to_the_scan_form(case, monkeypatch):
+    # a launch refused for its shared memory (OutOfResources, raised before anything runs: another Triton may stage
+    # more than the one the limits were measured with), or more than MM_BACKWARD_MODES modes (40: NP 64), at whole
+    # chunks: the scan form's backward, with the same gradients
+    from triton.runtime.errors import OutOfResources
+
+    from ssmkit.ops.triton import scan_mm
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    calls = []
+
+    def refuse(*a):
+        calls.append(1)
+        raise OutOfResources(300_000, 232_448, "shared memory")
+
+    monkeypatch.setattr(scan_mm, "backward_mm_kernel", refuse)
+    N = 5 if case == "out_of_resources" else 40
+    inputs = scan_inputs("complex", L=32, H=2, N=N, Bsz=1)
+    fn = lambda *a: ssm_scan_triton(*a, chunk_size=16, intra_chunk="matmul")  # noqa: E731
+    got = scan_values_and_grads(fn, [cast(t, torch.float64) for t in inputs], True, True)
+    want = scan_values_and_grads(ssm_scan_reference, inputs, True, True)
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert rel_err(a, b) < TOL[torch.float64], name
+    assert calls == ([1] if case == "out_of_resources" else [])
 
 
 @needs_triton

@@ -547,22 +547,41 @@ class _FusedScan(torch.autograd.Function):
             y, xL, ck = scan_mm.forward_mm_kernel(u, coef, pw, kt, v, w, d, x0, T, G_f, save)
         else:
             y, xL, ck = _forward_kernel(u, coef, pw, d, x0, T, BH, plan_groups(Bsz, H, BH, n_chunks, u.device, G), save)
-        if save:
-            ctx.save_for_backward(u, coef, pw, ck, d, *originals)
         BHb = min(BH, BACKWARD_BLOCK_H)
-        ctx.shape = (N, NP, BHb, T, plan_groups(Bsz, H, BHb, n_chunks, u.device, G), state is not None)
+        # the matmul form's backward needs whole chunks, and its tables fit the shared memory up to 32 modes (compiled
+        # for sm_90: 116-144 KB at NP 32, over 227 KB at NP 64 and T 32); else the scan form's backward
+        mm_backward = matmul and L % T == 0 and NP <= scan_mm.MM_BACKWARD_MODES
+        if save:
+            ctx.save_for_backward(u, coef, pw, ck, d, *originals, *((kt, v, w) if mm_backward else ()))
+        if mm_backward:
+            G_b = scan_mm.plan_mm_groups(Bsz, H, n_chunks, u.device, G)
+        else:
+            G_b = plan_groups(Bsz, H, BHb, n_chunks, u.device, G)
+        ctx.shape = (N, NP, BHb, T, G_b, state is not None, mm_backward, G)
         return y, _complex_state(xL, N)
 
     @staticmethod
     def backward(ctx, gy, gxL):  # type: ignore[override]
-        u, coef, pw, ck, d, *originals = ctx.saved_tensors
+        u, coef, pw, ck, d, *rest = ctx.saved_tensors
+        originals, tables = rest[:6], rest[6:]
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             grads = graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL))
             return (*grads, None, None, None, None)
-        N, NP, BH, T, G, has_state = ctx.shape
+        N, NP, BH, T, G, has_state, mm_backward, G_asked = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         gxL = u.new_zeros(u.shape[0], u.shape[2], NP, 2) if gxL is None else _real_state(gxL, NP)
-        gu, gpar, gx0 = _backward_kernel(u, gy, coef, pw, d, ck, gxL, T, BH, G)
+        gu = None
+        if mm_backward:
+            from triton.runtime.errors import OutOfResources
+
+            from ssmkit.ops.triton.scan_mm import backward_mm_kernel
+
+            try:
+                gu, gpar, gx0 = backward_mm_kernel(u, gy, coef, pw, *tables, d, ck, gxL, T, G)
+            except OutOfResources:  # raised before anything runs (another Triton may stage more): the scan form
+                G = plan_groups(u.shape[0], u.shape[2], BH, ck.shape[1], u.device, G_asked)
+        if gu is None:
+            gu, gpar, gx0 = _backward_kernel(u, gy, coef, pw, d, ck, gxL, T, BH, G)
         g = gpar[:, :, :N]  # (6, H, N)
         gA, gB, gC = (torch.complex(g[2 * i], g[2 * i + 1]) for i in range(3))  # (H, N) each
         gstate = _complex_state(gx0, N) if has_state else None

@@ -612,6 +612,22 @@ def test_gpu_scan_at_a_real_size(dtype, intra_chunk):
 
 @pytest.mark.gpu
 @on_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_scan_matmul_form_at_whole_chunks(dtype):
+    # L 4096 = 128 chunks of 32: the matmul form forward and backward (tf32x3 in float32), 32 modes
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+
+    inputs = [t.to(DEVICE) for t in scan_inputs("complex", L=4096, H=256, N=32, Bsz=4)]
+    fn = lambda *a: ssm_scan_triton(*a, intra_chunk="matmul")  # noqa: E731
+    got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
+    want = scan_values_and_grads(lambda *a: ssm_scan(*a, backend="chunked"), inputs, True, True)  # float64 oracle
+    tol = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
+    for name, a, b in zip(["y", "x_L", "u", "A", "B", "C", "x0", "D"], got, want):
+        assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.gpu
+@on_gpu
 @pytest.mark.parametrize("G", [None, 1, 7])  # planned from the SM count (batch 1: many groups), one chunk, 7 chunks
 def test_gpu_scan_in_groups_at_batch_one(G):
     from ssmkit.ops.triton.scan import ssm_scan_triton

@@ -156,10 +156,7 @@ def _scan_mm_fwd_kernel(
 
 
 def _forward_mm_fake(u, coef, pw, kt, v, w, D, x0, T, G, save):
-    Bsz, L, H = u.shape
-    NP = coef.shape[2]
-    ck = u.new_empty(Bsz, (L + T - 1) // T, H, NP, 2) if save else u.new_empty(1)
-    return [torch.empty_like(u), u.new_empty(Bsz, H, NP, 2), ck]
+    return _scan._forward_fake(u, coef, pw, D, x0, T, 1, G, save)  # the scan form's outputs
 
 
 @kernel_op("triton_ssm_scan_mm_forward", _forward_mm_fake)
@@ -333,9 +330,7 @@ def _scan_mm_bwd_kernel(
 
 
 def _backward_mm_fake(u, gy, coef, pw, kt, v, w, D, ck, gxL, T, G):
-    Bsz, L, H = u.shape
-    NP = coef.shape[2]
-    return [torch.empty_like(u), u.new_empty(6, H, NP), u.new_empty(Bsz, H, NP, 2)]
+    return _scan._backward_fake(u, gy, coef, pw, D, ck, gxL, T, 1, G)  # the scan form's outputs
 
 
 @kernel_op("triton_ssm_scan_mm_backward", _backward_mm_fake)

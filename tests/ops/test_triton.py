@@ -170,7 +170,7 @@ def test_scan_matmul_form_equals_the_reference(dtype, kind, monkeypatch):
 
     from ssmkit.ops.triton import scan_mm
 
-    monkeypatch.setattr(scan_mm, "backward_mm_kernel", None)  # L 37 is no multiple of 16: never called
+    monkeypatch.setattr(scan_mm, "_backward_mm_kernel", None)  # L 37 is no multiple of 16: never called
     inputs = scan_inputs(kind)
     fn = lambda *a: ssm_scan_triton(*a, chunk_size=16, intra_chunk="matmul")  # noqa: E731
     got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
@@ -197,8 +197,8 @@ def test_scan_matmul_backward_equals_the_reference(dtype, L, G, kind, monkeypatc
     from ssmkit.ops.triton.scan import ssm_scan_triton
 
     ran = []
-    real = scan_mm.backward_mm_kernel
-    monkeypatch.setattr(scan_mm, "backward_mm_kernel", lambda *a: ran.append(1) or real(*a))
+    real = scan_mm._backward_mm_kernel
+    monkeypatch.setattr(scan_mm, "_backward_mm_kernel", lambda *a: ran.append(1) or real(*a))
     inputs = scan_inputs(kind, L=L, H=2, N=5, Bsz=2)
     fn = lambda *a: ssm_scan_triton(*a, chunk_size=16, chunks_per_program=G, intra_chunk="matmul")  # noqa: E731
     got = scan_values_and_grads(fn, [cast(t, dtype) for t in inputs], True, True)
@@ -225,7 +225,7 @@ def test_scan_matmul_backward_falls_back_to_the_scan_form(case, monkeypatch):
         calls.append(1)
         raise OutOfResources(300_000, 232_448, "shared memory")
 
-    monkeypatch.setattr(scan_mm, "backward_mm_kernel", refuse)
+    monkeypatch.setattr(scan_mm, "_backward_mm_kernel", refuse)
     N = 5 if case == "out_of_resources" else 40
     inputs = scan_inputs("complex", L=32, H=2, N=N, Bsz=1)
     fn = lambda *a: ssm_scan_triton(*a, chunk_size=16, intra_chunk="matmul")  # noqa: E731

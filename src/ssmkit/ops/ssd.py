@@ -327,7 +327,9 @@ def ssd(
     """
     from ssmkit.ops.triton_gate import prefer_triton
 
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, h0))
+    wants_grad = torch.is_grad_enabled() and any(  # (not a tensor: the path's own checks name it)
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (x, dt, A, B, C, h0)
+    )
     impl = dispatch("ssd", _SSD, backend, auto="triton" if not wants_grad and prefer_triton(x, "ssd") else "chunked")
     if impl is ssd_chunked or impl is _ssd_triton:
         return impl(x, dt, A, B, C, h0, chunk_size=chunk_size)

@@ -542,9 +542,9 @@ class _FusedScan(torch.autograd.Function):
         Bsz, L, H = u.shape
         n_chunks = triton.cdiv(L, T)
         if matmul:
-            kt, v, w = scan_mm.mm_tables(A_bar, B_bar, C, T, NP)
+            kt, v, w = scan_mm._mm_tables(A_bar, B_bar, C, T, NP)
             G_f = scan_mm.plan_mm_groups(Bsz, H, n_chunks, u.device, G)
-            y, xL, ck = scan_mm.forward_mm_kernel(u, coef, pw, kt, v, w, d, x0, T, G_f, save)
+            y, xL, ck = scan_mm._forward_mm_kernel(u, coef, pw, kt, v, w, d, x0, T, G_f, save)
         else:
             y, xL, ck = _forward_kernel(u, coef, pw, d, x0, T, BH, plan_groups(Bsz, H, BH, n_chunks, u.device, G), save)
         BHb = min(BH, BACKWARD_BLOCK_H)
@@ -574,10 +574,10 @@ class _FusedScan(torch.autograd.Function):
         if mm_backward:
             from triton.runtime.errors import OutOfResources
 
-            from ssmkit.ops.triton.scan_mm import backward_mm_kernel
+            from ssmkit.ops.triton.scan_mm import _backward_mm_kernel
 
             try:
-                gu, gpar, gx0 = backward_mm_kernel(u, gy, coef, pw, *tables, d, ck, gxL, T, G)
+                gu, gpar, gx0 = _backward_mm_kernel(u, gy, coef, pw, *tables, d, ck, gxL, T, G)
             except OutOfResources:  # raised before anything runs (another Triton may stage more): the scan form
                 G = plan_groups(u.shape[0], u.shape[2], BH, ck.shape[1], u.device, G_asked)
         if gu is None:

@@ -15,7 +15,7 @@ before it:
 
 One program per (batch row, channel, group of G chunks: the grid and the carry across groups are those of
 :mod:`ssmkit.ops.triton.scan`, passes A and B). It walks its group in blocks of CB chunks; per block, with the
-block's inputs as a (T, CB) matrix U (column j: chunk c0 + j):
+block's inputs as a T × CB matrix U (column j: chunk c0 + j):
     (1) Y = Toeplitz(K) U, a (T × T) · (T × CB) product;
     (2) S = V U', (NP × T) · (T × CB) products (real and imaginary parts), U' = U shifted one chunk right (column j
         holds chunk c0 + j - 1, column 0 zero): S's column j is the input part of the chunk before c0 + j;
@@ -61,7 +61,7 @@ def mm_modes(N: int) -> int:
     return max(triton.next_power_of_2(N), MIN_DOT)
 
 
-def mm_tables(A_bar: Tensor, B_bar: Tensor, C: Tensor, T: int, NP: int) -> tuple[Tensor, Tensor, Tensor]:
+def _mm_tables(A_bar: Tensor, B_bar: Tensor, C: Tensor, T: int, NP: int) -> tuple[Tensor, Tensor, Tensor]:
     """The per-channel matrices of the matmul form, built in double precision and rounded once to u's dtype.
 
     Args:
@@ -160,13 +160,13 @@ def _forward_mm_fake(u, coef, pw, kt, v, w, D, x0, T, G, save):
 
 
 @kernel_op("triton_ssm_scan_mm_forward", _forward_mm_fake)
-def forward_mm_kernel(
+def _forward_mm_kernel(
     u: Tensor, coef: Tensor, pw: Tensor, kt: Tensor, v: Tensor, w: Tensor, D: Optional[Tensor], x0: Optional[Tensor],
     T: int, G: int, save: bool,
 ) -> list[Tensor]:
     """The matmul form's launches: [y (B, L, H), x_{L-1} (B, H, NP, 2), the chunk checkpoints (B, ⌈L/T⌉, H, NP, 2)
     when ``save`` (else one element)], from u (B, L, H), the scan module's coef (6, H, NP) and pw (2, H, T+1, NP),
-    :func:`mm_tables`' kt, v, w, D (H,) and x0 (B, H, NP, 2) or None, all contiguous, in groups of G chunks (a
+    :func:`_mm_tables`' kt, v, w, D (H,) and x0 (B, H, NP, 2) or None, all contiguous, in groups of G chunks (a
     multiple of the block, or all chunks)."""
     Bsz, L, H = u.shape
     NP = coef.shape[2]
@@ -334,7 +334,7 @@ def _backward_mm_fake(u, gy, coef, pw, kt, v, w, D, ck, gxL, T, G):
 
 
 @kernel_op("triton_ssm_scan_mm_backward", _backward_mm_fake)
-def backward_mm_kernel(
+def _backward_mm_kernel(
     u: Tensor, gy: Tensor, coef: Tensor, pw: Tensor, kt: Tensor, v: Tensor, w: Tensor, D: Optional[Tensor], ck: Tensor,
     gxL: Tensor, T: int, G: int,
 ) -> list[Tensor]:

@@ -1,4 +1,4 @@
-"""The diagonal LTI scan's forward with its chunk products on tensor cores (``tl.dot``), as a Triton kernel.
+"""The diagonal LTI scan with its chunk products on tensor cores (``tl.dot``), as Triton kernels (forward, backward).
 
 Diagonal LTI SSM (Gu, Gupta, Goel, Ré, arXiv 2206.11893, §2), complex modes, conjugate pairs folded into C by the
 caller:
@@ -28,6 +28,12 @@ The (B, L, H, N) states never reach memory; per element of u there are about 2T 
 ``tl.dot`` (float32 as "tf32x3": three TF32 tensor-core products, about float32's accuracy; float64 "ieee"),
 against ~log2(T) complex combines per mode on the CUDA cores for the associative-scan form. The final state (the
 last chunk may be short) is formed in PyTorch from the last chunk's start state and inputs.
+
+Backward (:func:`_backward_mm_kernel`, whole chunks and NP <= ``MM_BACKWARD_MODES``; else the scan form's kernel
+on the same checkpoints): per block in reverse, each chunk's μ (the gradient into its last state from later steps)
+by a reverse scan over the block's columns, then du = Toeplitz(K)ᵀ dy + Re(Vᴴ μ) + D dy and the parameters'
+gradients from per-chunk products summed in registers and the within-chunk cross-correlation of u and dy; the
+adjoint sequence λ_t is never formed (formulas in the function's docstring).
 
 Products need every dot dimension >= 16: T >= 16, CB >= 16 and NP >= 16 (fewer modes are zero-padded). One channel
 per program: u's loads are strided by H (neighbouring channels' programs read the same sectors, from L2). Written and

@@ -450,6 +450,7 @@ def test_demo_runs_as_a_script(monkeypatch, capsys):
     import runpy
 
     monkeypatch.setattr(sys, "argv", ["demo", "--steps", "0"])
+    monkeypatch.delitem(sys.modules, "ssmkit.demo")  # run afresh as __main__ (runpy warns about a loaded one)
     with pytest.raises(SystemExit) as stop:
         runpy.run_module("ssmkit.demo", run_name="__main__")
     assert stop.value.code == 2 and "--steps must be >= 1; got 0" in capsys.readouterr().err

@@ -212,9 +212,11 @@ class Clock:
 class StandIn(torch.nn.Module):
     """y = the adding problem's target + ``offset``; ``step`` reproduces the last output + ``step_offset``."""
 
-    def __init__(self, clock: Clock, offset: float, step_offset: float, log: list, growth: float = 0.0, **kwargs):
+    def __init__(self, clock: Clock, offset: float, step_offset: float, log: list, growth: float = 0.0,
+                 shift: float | None = None, **kwargs):
         super().__init__()
-        self.growth = growth
+        self.growth, self.trains = growth, shift is not None
+        self.shift = torch.nn.Parameter(torch.tensor(shift or 0.0))  # trained only when given
         self.w = torch.nn.Parameter(torch.zeros(3, 2))
         self.bias = torch.nn.Parameter(torch.zeros(4))
         self.clock, self.offset, self.step_offset, self.log, self.kwargs = clock, offset, step_offset, log, kwargs
@@ -223,7 +225,7 @@ class StandIn(torch.nn.Module):
         self.log.append(("forward", x.shape, return_state, self.training, torch.is_grad_enabled()))
         self.clock.now += self.train_seconds if self.training else self.clock.test
         target = (x[..., 0] * x[..., 1]).sum(1, keepdim=True)
-        y = target + self.offset + 0 * self.w.sum() + 0 * self.bias.sum()
+        y = target + self.offset + 0 * self.w.sum() + 0 * self.bias.sum() + (1 if self.trains else 0) * self.shift
         if self.training:
             self.offset += self.growth
         return y, ("state" if return_state else None)
@@ -238,8 +240,10 @@ class StandIn(torch.nn.Module):
 
     def step(self, x_t, state):
         self.log.append(("step", x_t.shape))
+        # sequence i's step output is off by (i + 1) × step_offset
         state = state + x_t[:, :1] * x_t[:, 1:]
-        return state + self.offset + self.step_offset, state
+        rows = torch.arange(1, x_t.shape[0] + 1, dtype=state.dtype)[:, None]
+        return state + self.offset + self.step_offset * rows, state
 
 
 def quarters(n, length, generator=None):
@@ -251,12 +255,13 @@ def quarters(n, length, generator=None):
     return x, values[:, :2].sum(1, keepdim=True)
 
 
-def run_demo(monkeypatch, capsys, argv, offset=0.0, step_offset=0.0, train=1.0, test=10.0, data=quarters, growth=0.0):
+def run_demo(monkeypatch, capsys, argv, offset=0.0, step_offset=0.0, train=1.0, test=10.0, data=quarters, growth=0.0,
+             shift=None):
     clock = Clock(train, test)
     log, built, lambdas, groups = [], [], [], []
 
     def model(**kwargs):
-        m = StandIn(clock, offset, step_offset, log, growth, **kwargs)
+        m = StandIn(clock, offset, step_offset, log, growth, shift, **kwargs)
         built.append((m, torch.rand(1).item()))  # a draw of the global generator when the model is built
         return m
 
@@ -341,7 +346,7 @@ def test_demo_trains_tests_and_times_as_it_says(monkeypatch, capsys):
     elapsed, training = 2.0 * steps + 8.0 * 9, 2.0 * steps
     assert f"trained {steps} steps in {elapsed:.1f} s, {training:.1f} s of them training " \
            f"({steps / training:.1f} steps/s)" in out
-    n_params = 3 * 2 + 4
+    n_params = 3 * 2 + 4 + 1
     assert f"adding problem, L={length}: lru SequenceModel, 3 blocks x d_model=5, {n_params:,} parameters" in out
     assert f"training {steps} steps of batch {batch} on {torch.get_num_threads()} CPU threads" in out
     assert "pass mark 10% of it (0.0167)" in out
@@ -384,6 +389,14 @@ def test_demo_pass_mark_is_ten_percent_of_the_trivial_mse(monkeypatch, capsys, m
     assert code == (0 if passed else 1) and out.rstrip().endswith("demo passed" if passed else "demo FAILED")
 
 
+def ramp(n, length, generator=None):
+    """Sequence i's target is (i mod 8 + 1)/16: one marked value at t = 0."""
+    x = torch.zeros(n, length, 2)
+    x[:, 0, 0] = (torch.arange(n) % 8 + 1) / 16
+    x[:, 0, 1] = 1.0
+    return x, x[:, 0, :1].clone()
+
+
 def zeros(n, length, generator=None):
     """Data whose target is 0: the stand-in's outputs are then its offset, exactly."""
     return torch.zeros(n, length, 2), torch.zeros(n, 1)
@@ -395,22 +408,23 @@ def test_demo_pass_marks_are_inclusive(monkeypatch, capsys):
     monkeypatch.setattr(demo, "PASS_FRACTION", 0.25)
     code, out, *_ = run_demo(monkeypatch, capsys, ["--steps", "2", "--length", "4"], offset=0.5)
     assert "final test MSE 0.2500 = 25.0% of the trivial baseline 1.000: PASS" in out and code == 0
-    # and a recurrent run off by exactly the tolerance is equal: |Δ| = 2^-6 over max |y| = 1/2 is 2^-5
+    # and a recurrent run off by exactly the tolerance is equal: max |Δ| = 8 × 2^-9 over max |y| = 1/2 is 2^-5
     monkeypatch.setattr(demo, "STEP_TOLERANCE", 2.0 ** -5)
     code, out, *_ = run_demo(monkeypatch, capsys, ["--steps", "1", "--length", "3"], offset=0.5,
-                             step_offset=2.0 ** -6, data=zeros)
+                             step_offset=2.0 ** -9, data=zeros)
     assert "(relative 3.12e-02): equal to fp32 precision (tolerance 3e-02)" in out and code == 0
     code, out, *_ = run_demo(monkeypatch, capsys, ["--steps", "1", "--length", "3"], offset=0.5,
-                             step_offset=2.0 ** -5, data=zeros)
+                             step_offset=2.0 ** -8, data=zeros)
     assert "(relative 6.25e-02): NOT equal to fp32 precision" in out and code == 1
 
 
 @pytest.mark.parametrize("step_offset,equal", [(0.0, True), (1e-3, False), (-1e-3, False)])
 def test_demo_recurrent_check(monkeypatch, capsys, step_offset, equal):
-    code, out, *_ = run_demo(monkeypatch, capsys, ["--steps", "2", "--length", "5"], offset=0.125,
-                             step_offset=step_offset, data=zeros)
-    # max |y_parallel| = 1/8 (MSE 1/64, under the pass mark 1/60): the relative difference is 8 |Δ|
-    assert f"max |step - parallel| = {abs(step_offset):.2e} (relative {8 * abs(step_offset):.2e})" in out
+    code, out, *_ = run_demo(monkeypatch, capsys, ["--steps", "2", "--length", "5"], step_offset=step_offset,
+                             data=ramp)
+    # the 8 sequences' outputs are 1/16 ... 8/16, their step outputs off by 1 ... 8 × step_offset: the largest
+    # difference is 8 |step_offset|, relative to max |y| = 1/2
+    assert f"max |step - parallel| = {8 * abs(step_offset):.2e} (relative {16 * abs(step_offset):.2e})" in out
     assert ("NOT equal to fp32 precision" in out) is not equal
     assert code == (0 if equal else 1) and out.rstrip().endswith("demo passed" if equal else "demo FAILED")
 
@@ -454,3 +468,21 @@ def test_demo_runs_as_a_script(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         runpy.run_module("ssmkit.demo", run_name="__main__")
     assert stop.value.code == 2 and "--steps must be >= 1; got 0" in capsys.readouterr().err
+
+
+def test_demo_trains_with_adamw_on_the_schedule(monkeypatch, capsys):
+    # loss = shift² on zero targets: the stand-in's one trained number follows AdamW (decoupled weight decay 0.01,
+    # betas 0.9, 0.999, eps 1e-8) at lr × the schedule's factor of each step, as written out here in float64
+    steps, lr, wd = 20, 0.05, 0.01
+    *_, built, _, _ = run_demo(monkeypatch, capsys, ["--steps", str(steps), "--length", "3", "--lr", str(lr)],
+                               data=zeros, shift=0.7)
+    p, m, v = 0.7, 0.0, 0.0
+    decay_start = math.floor(0.8 * steps)
+    for k in range(steps):
+        rate = lr * (1.0 if k < decay_start else (steps - k) / (steps - decay_start))
+        g = 2 * p
+        p *= 1 - rate * wd
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        p -= rate * (m / (1 - 0.9 ** (k + 1))) / (math.sqrt(v / (1 - 0.999 ** (k + 1))) + 1e-8)
+    ((model, _),) = built
+    assert model.shift.item() == pytest.approx(p, rel=1e-5) and abs(p - 0.7) > 0.3

@@ -539,7 +539,6 @@ def test_load_official_loads_once_per_path(tmp_path):
 
 
 def test_load_official_stands_in_for_a_missing_lightning(monkeypatch, tmp_path):
-    import importlib.machinery
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
@@ -553,17 +552,17 @@ def test_load_official_stands_in_for_a_missing_lightning(monkeypatch, tmp_path):
     lightning = sys.modules["pytorch_lightning"]
     assert lightning.utilities is sys.modules["pytorch_lightning.utilities"]
     assert lightning.utilities.rank_zero_only is m.RANK_ZERO_ONLY
-    # a Lightning that is installed is left alone
+    # a Lightning that is installed (here a package of that name on sys.path, not yet imported) is the one imported
     monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
-    sentinel = types.ModuleType("pytorch_lightning")
-    sentinel.__spec__ = importlib.machinery.ModuleSpec("pytorch_lightning", None)
-    utilities = types.ModuleType("pytorch_lightning.utilities")
-    utilities.rank_zero_only = "installed"
-    sentinel.utilities = utilities
-    monkeypatch.setitem(sys.modules, "pytorch_lightning", sentinel)
-    monkeypatch.setitem(sys.modules, "pytorch_lightning.utilities", utilities)
+    package = tmp_path / "site" / "pytorch_lightning"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "utilities.py").write_text("rank_zero_only = 'installed'\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     m = load_official(write_official(tmp_path, "lightning.py"))
-    assert m.RANK_ZERO_ONLY == "installed" and sys.modules["pytorch_lightning"] is sentinel
+    assert m.RANK_ZERO_ONLY == "installed" and sys.modules["pytorch_lightning"].__file__ == str(package / "__init__.py")
 
 
 def test_load_official_keeps_a_stand_in_already_there(monkeypatch, tmp_path):

@@ -1209,9 +1209,12 @@ def test_ssd_layer_variants(monkeypatch):
     assert draw == first_draw(0) and steps == 64
     assert list(variants) == ["mamba2 auto", "mamba2 reference"]
     variants["mamba2 reference"]["forward"]()
+    variants["mamba2 auto"]["forward"]()
+    variants["mamba2 reference"]["forward_backward"]()
     variants["mamba2 auto"]["forward_backward"]()
     assert layer.log == [("forward", "reference", False, False, (2, 70, 4)),
-                         ("forward", "auto", True, True, (2, 70, 4))]
+                         ("forward", "auto", False, False, (2, 70, 4)),
+                         ("forward", "reference", True, True, (2, 70, 4)), ("forward", "auto", True, True, (2, 70, 4))]
     grads = [p.grad.clone() for p in layer.parameters()]
     variants["mamba2 auto"]["forward_backward"]()  # cleared first: the same gradients again, not twice them
     assert all(torch.allclose(p.grad, g) for p, g in zip(layer.parameters(), grads))
@@ -1308,3 +1311,24 @@ def test_ssd_main_checks_the_shape(monkeypatch, capsys, argv, ok):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--heads × --headdim must be even (d_model = H·P/2) and --groups must divide --heads" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the three suites as scripts and their --help
+
+
+@pytest.mark.parametrize("suite", ["gpu", "selective", "ssd"])
+def test_each_suite_runs_as_a_script_and_describes_itself(monkeypatch, capsys, suite):
+    import importlib
+    import runpy
+
+    module = importlib.import_module(f"ssmkit.bench.{suite}")
+    first = module.__doc__.splitlines()[0]
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--help"], prog="p")
+    assert stop.value.code == 0 and " ".join(first.split()) in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setattr(sys, "argv", [suite, "--help"])
+    monkeypatch.delitem(sys.modules, f"ssmkit.bench.{suite}")  # run afresh as __main__
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module(f"ssmkit.bench.{suite}", run_name="__main__")
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out

@@ -627,6 +627,32 @@ def test_gpu_timer_off_cuda_is_perf_counter_around_the_call(monkeypatch):
     assert gpu._timer(torch.device("meta"))(work) == 0.25
 
 
+def test_gpu_timer_on_cuda_reads_the_events_after_a_synchronise(monkeypatch):
+    # no GPU here: CUDA's events and synchronise are stand-ins that log the order of the calls
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.name = "start" if not any(e[0] == "event" for e in log) else "end"
+            log.append(("event", self.name, enable_timing))
+
+        def record(self):
+            log.append(("record", self.name))
+
+        def elapsed_time(self, end):
+            log.append(("elapsed", self.name, end.name))
+            return 250.0  # milliseconds
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append(("synchronize", device)))
+    device = torch.device("cuda", 1)
+    once = gpu._timer(device)
+    assert log == []
+    assert once(lambda: log.append(("work",))) == 0.25
+    assert log == [("event", "start", True), ("event", "end", True), ("record", "start"), ("work",), ("record", "end"),
+                   ("synchronize", device), ("elapsed", "start", "end")]
+
+
 def test_gpu_copy_bandwidth_is_twice_the_bytes_over_the_median_copy(monkeypatch):
     script = Script([100.0, 4.0, 1.0, 2.0, 8.0, 3.0])  # an untimed first copy, then the median of 5: 3 s
     monkeypatch.setattr(gpu, "_timer", lambda device: script)

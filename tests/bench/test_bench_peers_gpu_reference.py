@@ -694,7 +694,9 @@ def test_gpu_scan_case(monkeypatch):
     c = calls[1]
     assert c.grad and c.kwargs == {"return_state": False, "backend": "chunked"}
     leaves = c.args[:4] + c.args[5:]
-    assert all(t.is_leaf and t.requires_grad for t in leaves)
+    assert all(t.is_leaf and t.requires_grad for t in leaves) and c.args[4] is None
+    for got, want in zip(leaves, (u, A, Bbar, C, D)):
+        assert torch.equal(got.detach(), want)
     torch.testing.assert_close(leaves[0].grad, gradient_seed0((2, 5, 3)) * D)  # ∂(u·D)/∂u from the fixed ∂ℓ/∂y
     torch.testing.assert_close(leaves[4].grad, (gradient_seed0((2, 5, 3)) * u).sum((0, 1)))
 
@@ -894,13 +896,15 @@ def test_gpu_main_without_triton_or_a_working_peer(monkeypatch, capsys):
     assert "mamba-ssm's time" not in out and "| selective | B=1,L=2,H=3,N=4 | mamba_ssm | E: no | | | |" in out
 
 
-def test_gpu_main_defaults(monkeypatch):
+def test_gpu_main_defaults(monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(gpu, "measure", lambda op, shape, backends, device, bw, repeats: seen.append(
         (op, shape, tuple(backends), device, repeats)) or [{"op": op, "backend": "b", "error": "E"}])
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: seen.append(("copy", device, n)) or 1e9)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a GPU")
+    monkeypatch.setattr(gpu, "machine", lambda: "the CPU")
     assert gpu.main([]) == 0
+    assert "ssmkit bench gpu: a GPU; torch" in capsys.readouterr().out  # the device's name on CUDA
     cuda = torch.device("cuda")
     sel = ("chunked", "triton", *(f"triton:{t}" for t in gpu.SELECTIVE_TILES), "mamba_ssm")
     assert seen == [("copy", cuda, 1 << 30)] + [("scan", s, ("chunked", "fft", "triton"), cuda, 5)
@@ -914,6 +918,31 @@ def test_gpu_main_defaults(monkeypatch):
     for bad in (["--repeats", "0"], ["--copy-bytes", "-1"]):
         with pytest.raises(SystemExit):
             gpu.main(bad)
+
+
+def test_gpu_copy_probe_defaults():
+    # the copy probe's own defaults: 1 GiB (the suite's --copy-bytes), 10 timed copies
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(gpu.copy_bandwidth).parameters.items()}
+    assert defaults == {"device": inspect.Parameter.empty, "n_bytes": 2**30, "repeats": 10}
+
+
+def test_gpu_main_ratios_skip_a_failed_backend(monkeypatch, capsys):
+    def measure(op, shape, backends, device, bandwidth, repeats):
+        return [{"op": op, "B": 1, "L": 2, "H": 3, "N": 4, "backend": b, "bytes": 1, "bound_s": 1.0,
+                 **({"error": "E: no"} if b == "triton" else
+                    {"forward_s": 2.0, "forward_backward_s": 4.0, "forward_fraction_of_bound": 0.5})}
+                for b in backends]
+
+    monkeypatch.setattr(gpu, "measure", measure)
+    monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: 1e9)
+    monkeypatch.setattr(gpu, "machine", lambda: "m")
+    assert gpu.main(["--device", "cpu", "--scan-shapes", "--ssd-shapes", "--selective-shapes", "e",
+                     "--selective-tiles", "--backends", "chunked", "triton"]) == 0
+    out = capsys.readouterr().out
+    assert "selective 1,2,3,4 chunked: forward 1.00x, fwd+bwd 1.00x mamba-ssm's time" in out
+    assert "| selective | B=1,L=2,H=3,N=4 | triton | E: no | | | |" in out and "triton: forward" not in out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -776,6 +776,9 @@ def test_gpu_selective_case(monkeypatch):
     torch.testing.assert_close(leaves[0].grad, gradient_seed0((2, 5, 3)) * D)
     forward_backward("mamba_ssm")
     assert peer[1][0].requires_grad and peer[1][0].shape == (2, 3, 5)
+    forward_backward("triton:4")  # the Triton scan's output, first of its pair, is what is differentiated
+    assert tiled[1].kwargs == {"tiles": triton_selective.Tiles(4)}
+    torch.testing.assert_close(tiled[1].args[0].grad, gradient_seed0((2, 5, 3)) * D)
 
 
 def test_gpu_measure_rows(monkeypatch):

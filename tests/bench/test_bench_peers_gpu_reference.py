@@ -1094,8 +1094,9 @@ def test_selective_worker_counts_and_medians(monkeypatch):
     torch.testing.assert_close(module.w.grad, (gradient_seed0((2, 5, 3)) * _worker_input()).sum())
     costs = iter([1.0] * 10)
     try:
-        selective.worker("chunked", 2, 3, 4, 2, 5, 1, warmup=0, calls=2)
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(1)
+        selective.worker("chunked", 2, 3, 4, 2, 5, 3, warmup=0, calls=2)
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
 
@@ -1104,6 +1105,22 @@ def _worker_input():
     torch.manual_seed(0)
     torch.rand(1)  # the stand-in _build's draw
     return torch.randn(2, 5, 3)
+
+
+def test_selective_build_mambapy(monkeypatch):
+    configs = []
+
+    class MambaBlock:
+        def __init__(self, config):
+            self.config = config
+
+    fake = types.ModuleType("mambapy.mamba")
+    fake.MambaBlock, fake.MambaConfig = MambaBlock, lambda **kw: configs.append(kw) or kw
+    monkeypatch.setitem(sys.modules, "mambapy", types.ModuleType("mambapy"))
+    monkeypatch.setitem(sys.modules, "mambapy.mamba", fake)
+    module, run = selective._build("mambapy", 6, 3, 2)
+    assert isinstance(module, MambaBlock) and run is module
+    assert configs == [{"d_model": 6, "n_layers": 1, "d_state": 3, "expand_factor": 2, "pscan": True}]
 
 
 def test_selective_build_projections_is_the_layers_own(monkeypatch):

@@ -987,6 +987,7 @@ def test_selective_measure_runs_the_worker_in_a_subprocess(monkeypatch):
     runs = []
 
     def run(argv, capture_output, text, env):
+        assert capture_output is True and text is True  # the worker's JSON read back as text
         runs.append((argv, env))
         return Completed(0, stdout='noise\n{"forward_s": 0.5}\n{"forward_s": 1.5, "peak_rss_mib": 7}\n')
 
@@ -1107,6 +1108,21 @@ def _worker_input():
     return torch.randn(2, 5, 3)
 
 
+def test_selective_worker_defaults_and_a_block_returning_one_tensor(monkeypatch):
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(selective.worker).parameters.items()}
+    assert (defaults["warmup"], defaults["calls"]) == (2, 3)  # the suite's --warmup and --calls defaults
+    module = torch.nn.Linear(3, 3, bias=False)
+    # mambapy's block returns y alone: its backward starts from the fixed ∂ℓ/∂y of y's own shape
+    monkeypatch.setattr(selective, "_build", lambda *a: (module, module))
+    monkeypatch.setattr(selective, "_rss_mib", lambda: 1.0)
+    selective.worker("mambapy", 2, 3, 4, 2, 5, None, warmup=0, calls=1)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(module.weight.grad, torch.einsum("bli,blj->ij", gradient_seed0((2, 5, 3)), x))
+
+
 def test_selective_build_mambapy(monkeypatch):
     configs = []
 
@@ -1144,7 +1160,7 @@ def test_selective_build_projections_is_the_layers_own(monkeypatch):
         layer, run = selective._build(case, 4, 3, 2)
         monkeypatch.setattr(layer, "forward", lambda x, return_state=True: seen.append((get_backend(), return_state))
                             or (x, None))
-        run(x)
+        assert run(x) is x  # the layer's output, first of its (y, state)
         assert seen == [(backend, False)]
 
 

@@ -784,7 +784,9 @@ def test_gpu_selective_case(monkeypatch):
 def test_gpu_measure_rows(monkeypatch):
     log = []
 
-    def case(shape, device):
+    def case(shape, device, mamba_ssm_src=None):
+        log.append(("src", mamba_ssm_src))
+
         def forward(b):
             log.append(("f", b))
             if b == "bad":
@@ -795,7 +797,7 @@ def test_gpu_measure_rows(monkeypatch):
             if b == "worse":
                 raise ValueError("y" * 300)
 
-        return {"B": 1, "L": int(shape)}, 4000, forward, forward_backward
+        return {"B": 1, "L": int(shape), "H": 2, "P": 3, "N": 5}, 4000, forward, forward_backward
 
     monkeypatch.setattr(gpu, "_ssd_case", case)
     # per round: a forward and a forward+backward of each working backend, in turns
@@ -803,70 +805,86 @@ def test_gpu_measure_rows(monkeypatch):
                      3.0, 30.0, 6.0, 60.0,
                      2.0, 50.0, 4.0, 40.0])
     monkeypatch.setattr(gpu, "_timer", lambda device: script)
-    rows = gpu.measure("ssd", "7", ["a", "bad", "b", "worse"], torch.device("cpu"), bandwidth=2000.0, repeats=3)
-    # warm-up: each backend's forward then forward+backward (a failing forward skips its forward+backward)
-    assert log[:7] == [("f", "a"), ("fb", "a"), ("f", "bad"), ("f", "b"), ("fb", "b"), ("f", "worse"), ("fb", "worse")]
-    assert log[7:] == [("f", "a"), ("fb", "a"), ("f", "b"), ("fb", "b")] * 3
-    base = {"op": "ssd", "B": 1, "L": 7, "bytes": 4000, "bound_s": 2.0}
+    rows = gpu.measure("ssd", "7", ["a", "bad", "b", "worse"], torch.device("cpu"), bandwidth=2000.0, repeats=3,
+                       mamba_ssm_src="/a/checkout", flop_rate=6300.0)
+    # the case gets the checkout; warm-up: each backend's forward then forward+backward (a failing forward skips its
+    # forward+backward)
+    assert log[0] == ("src", "/a/checkout")
+    assert log[1:8] == [("f", "a"), ("fb", "a"), ("f", "bad"), ("f", "b"), ("fb", "b"), ("f", "worse"), ("fb", "worse")]
+    assert log[8:] == [("f", "a"), ("fb", "a"), ("f", "b"), ("fb", "b")] * 3
+    flops = 6.0 * 1 * 7 * 2 * 3 * 5  # 6·B·L·H·P·N = 1260: at 6300 flop/s a FLOP bound of 0.2 s
+    base = {"op": "ssd", "B": 1, "L": 7, "H": 2, "P": 3, "N": 5, "bytes": 4000, "bound_s": 2.0, "flops": flops,
+            "flop_bound_s": 0.2}
     assert rows == [
-        {**base, "backend": "a", "forward_s": 2.0, "forward_backward_s": 30.0, "forward_fraction_of_bound": 1.0},
+        {**base, "backend": "a", "forward_s": 2.0, "forward_backward_s": 30.0, "forward_fraction_of_bound": 1.0,
+         "forward_fraction_of_flop_bound": pytest.approx(0.1)},
         {**base, "backend": "bad", "error": "RuntimeError: no kernel here"},
-        {**base, "backend": "b", "forward_s": 4.0, "forward_backward_s": 40.0, "forward_fraction_of_bound": 0.5},
+        {**base, "backend": "b", "forward_s": 4.0, "forward_backward_s": 40.0, "forward_fraction_of_bound": 0.5,
+         "forward_fraction_of_flop_bound": pytest.approx(0.05)},
         {**base, "backend": "worse", "error": "ValueError: " + "y" * 200},
     ]
-    assert list(rows[0]) == ["op", "B", "L", "backend", "bytes", "bound_s", "forward_s", "forward_backward_s",
-                             "forward_fraction_of_bound"]
+    assert list(rows[0]) == ["op", "B", "L", "H", "P", "N", "backend", "bytes", "bound_s", "flops", "flop_bound_s",
+                             "forward_s", "forward_backward_s", "forward_fraction_of_bound",
+                             "forward_fraction_of_flop_bound"]
     for op in ("scan", "selective"):
-        monkeypatch.setattr(gpu, f"_{op}_case", lambda shape, device, op=op: ({"op_case": op}, 1, lambda b: None,
-                                                                               lambda b: None))
+        dims = {"op_case": op, "B": 1, "L": 2, "H": 3, "N": 4}
+        monkeypatch.setattr(gpu, f"_{op}_case", lambda shape, device, d=dims: (d, 1, lambda b: None, lambda b: None))
         script.seconds = [1.0, 1.0]
-        (row,) = gpu.measure(op, "1", ["a"], torch.device("cpu"), 1.0, 1)
-        assert row["op_case"] == op and row["op"] == op
+        (row,) = gpu.measure(op, "1", ["a"], torch.device("cpu"), 1.0, 1)  # no FLOP rate: no FLOP bound
+        assert row["op_case"] == op and row["op"] == op and row["flops"] == 6.0 * 1 * 2 * 3 * 4
+        assert "flop_bound_s" not in row and "forward_fraction_of_flop_bound" not in row
 
 
 def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     seen = []
 
-    def measure(op, shape, backends, device, bandwidth, repeats):
-        seen.append((op, shape, list(backends), device, bandwidth, repeats))
+    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None):
+        seen.append((op, shape, list(backends), device, bandwidth, repeats, mamba_ssm_src, flop_rate))
         dims = {"B": 2, "L": 8, "H": 3, "N": 4} if op != "ssd" else {"B": 2, "L": 8, "H": 3, "P": 5, "N": 4}
         rows = []
         for k, b in enumerate(backends):
-            row = {"op": op, **dims, "backend": b, "bytes": 64, "bound_s": 0.001}
+            row = {"op": op, **dims, "backend": b, "bytes": 64, "bound_s": 0.001, "flop_bound_s": 0.0005}
             if b == "fft":
                 row["error"] = "RuntimeError: no fft here"
             else:
                 fwd = 0.002 * (k + 1)
-                row.update(forward_s=fwd, forward_backward_s=3 * fwd + 0.001 * k, forward_fraction_of_bound=0.001 / fwd)
+                row.update(forward_s=fwd, forward_backward_s=3 * fwd + 0.001 * k, forward_fraction_of_bound=0.001 / fwd,
+                           forward_fraction_of_flop_bound=0.0005 / fwd)
             rows.append(row)
         return rows
 
     monkeypatch.setattr(gpu, "measure", measure)
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: seen.append(("copy", device, n)) or 5e10)
+    monkeypatch.setattr(gpu, "gemm_flop_rate", lambda device, n: seen.append(("gemm", device, n)) or 2e12)
     monkeypatch.setattr(gpu, "machine", lambda: "a machine")
     out = tmp_path / "gpu.json"
-    assert gpu.main(["--device", "cpu", "--scan-shapes", "s1", "s2", "--ssd-shapes", "d1", "--selective-shapes", "e1",
-                     "--selective-tiles", "16,8", "--backends", "chunked", "fft", "triton", "--repeats", "4",
-                     "--copy-bytes", "1000", "--json", str(out)]) == 0
+    assert gpu.main(["--device", "cpu", "--scan-shapes", "s1", "s2", "--scan-chunks-per-program", "2", "--ssd-shapes",
+                     "d1", "--selective-shapes", "e1", "--selective-tiles", "16,8", "--backends", "chunked", "fft",
+                     "triton", "--repeats", "4", "--copy-bytes", "1000", "--gemm-size", "64", "--mamba-ssm-src", "/m",
+                     "--json", str(out)]) == 0
     cpu = torch.device("cpu")
-    assert seen == [("copy", cpu, 1000), ("scan", "s1", ["chunked", "fft", "triton"], cpu, 5e10, 4),
-                    ("scan", "s2", ["chunked", "fft", "triton"], cpu, 5e10, 4),
-                    ("ssd", "d1", ["chunked", "triton"], cpu, 5e10, 4),
-                    ("selective", "e1", ["chunked", "triton", "triton:16,8", "mamba_ssm"], cpu, 5e10, 4)]
+    scan = ["chunked", "fft", "triton", "triton:2", "triton:mm", "accelerated_scan"]
+    assert seen == [("copy", cpu, 1000), ("gemm", cpu, 64),
+                    ("scan", "s1", scan, cpu, 5e10, 4, None, 2e12), ("scan", "s2", scan, cpu, 5e10, 4, None, 2e12),
+                    ("ssd", "d1", ["chunked", "triton", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12),
+                    ("selective", "e1", ["chunked", "triton", "triton:16,8", "mamba_ssm"], cpu, 5e10, 4, None, 2e12)]
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     triton = sys.modules.get("triton")
     version = f"; triton {triton.__version__}" if triton else "; triton not installed"
-    header = f"ssmkit bench gpu: a machine; torch {torch.__version__}; copy bandwidth 50 GB/s{version}"
+    header = (f"ssmkit bench gpu: a machine; torch {torch.__version__}; copy bandwidth 50 GB/s; float32 GEMM (TF32 off) "
+              f"2.0 TFLOP/s{version}")
     assert lines[0] == header
-    assert lines[1:3] == ["| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound |",
-                          "|---|---|---|---|---|---|---|"]
-    assert lines[3] == "| scan | B=2,L=8,H=3,N=4 | chunked | 2.000 | 6.000 | 1.0000 | 50.0 % |"
-    assert lines[4] == "| scan | B=2,L=8,H=3,N=4 | fft | RuntimeError: no fft here | | | |"
-    assert lines[5] == "| scan | B=2,L=8,H=3,N=4 | triton | 6.000 | 20.000 | 1.0000 | 16.7 % |"
-    assert lines[10] == "| ssd | B=2,L=8,H=3,P=5,N=4 | triton | 4.000 | 13.000 | 1.0000 | 25.0 % |"
-    # each selective backend's time over mamba-ssm's (the fourth: forward 8 ms, forward+backward 27 ms)
-    assert lines[-3:] == ["selective 2,8,3,4 chunked: forward 0.25x, fwd+bwd 0.22x mamba-ssm's time",
+    assert lines[1:3] == ["| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound "
+                          "| FLOP bound ms | forward / FLOP bound |", "|---|---|---|---|---|---|---|---|---|"]
+    assert lines[3] == "| scan | B=2,L=8,H=3,N=4 | chunked | 2.000 | 6.000 | 1.0000 | 50.0 % | 0.5000 | 25.0 % |"
+    assert lines[4] == "| scan | B=2,L=8,H=3,N=4 | fft | RuntimeError: no fft here | | | | | |"
+    assert lines[5] == "| scan | B=2,L=8,H=3,N=4 | triton | 6.000 | 20.000 | 1.0000 | 16.7 % | 0.5000 | 8.3 % |"
+    assert lines[16] == "| ssd | B=2,L=8,H=3,P=5,N=4 | triton | 4.000 | 13.000 | 1.0000 | 25.0 % | 0.5000 | 12.5 % |"
+    # each ssd and selective backend's time over mamba-ssm's (the last of its shape)
+    assert lines[-5:] == ["ssd 2,8,3,5,4 chunked: forward 0.33x, fwd+bwd 0.30x mamba-ssm's time",
+                          "ssd 2,8,3,5,4 triton: forward 0.67x, fwd+bwd 0.65x mamba-ssm's time",
+                          "selective 2,8,3,4 chunked: forward 0.25x, fwd+bwd 0.22x mamba-ssm's time",
                           "selective 2,8,3,4 triton: forward 0.50x, fwd+bwd 0.48x mamba-ssm's time",
                           "selective 2,8,3,4 triton:16,8: forward 0.75x, fwd+bwd 0.74x mamba-ssm's time"]
     data = __import__("json").loads(out.read_text())
@@ -874,51 +892,62 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     sel = [r for r in data["results"] if r["op"] == "selective"]
     assert [r["forward_vs_mamba_ssm"] for r in sel] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert [r["forward_backward_vs_mamba_ssm"] for r in sel] == pytest.approx([6 / 27, 13 / 27, 20 / 27, 1.0])
-    assert all("forward_vs_mamba_ssm" not in r for r in data["results"] if r["op"] != "selective")
+    ssd_rows = [r for r in data["results"] if r["op"] == "ssd"]
+    assert [r["forward_vs_mamba_ssm"] for r in ssd_rows] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert all("forward_vs_mamba_ssm" not in r for r in data["results"] if r["op"] == "scan")
 
 
 def test_gpu_main_without_triton_or_a_working_peer(monkeypatch, capsys):
     seen = []
 
-    def measure(op, shape, backends, device, bandwidth, repeats):
+    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None):
         seen.append((op, list(backends)))
         return [{"op": op, "B": 1, "L": 2, "H": 3, "N": 4, "backend": b, "bytes": 1, "bound_s": 1.0,
+                 "flop_bound_s": 1.0,
                  **({"error": "E: no"} if b in ("mamba_ssm", "x") else
-                    {"forward_s": 1.0, "forward_backward_s": 2.0, "forward_fraction_of_bound": 1.0})}
+                    {"forward_s": 1.0, "forward_backward_s": 2.0, "forward_fraction_of_bound": 1.0,
+                     "forward_fraction_of_flop_bound": 1.0})}
                 for b in backends]
 
     monkeypatch.setattr(gpu, "measure", measure)
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: 1e9)
+    monkeypatch.setattr(gpu, "gemm_flop_rate", lambda device, n: 1e12)
     monkeypatch.setattr(gpu, "machine", lambda: "m")
     monkeypatch.setitem(sys.modules, "triton", None)
-    assert gpu.main(["--device", "cpu", "--scan-shapes", "--ssd-shapes", "--selective-shapes", "e",
+    assert gpu.main(["--device", "cpu", "--scan-shapes", "s", "--ssd-shapes", "--selective-shapes", "e",
                      "--backends", "chunked", "x"]) == 0
-    assert seen == [("selective", ["chunked", "x", "mamba_ssm"])]  # no tiles without triton among the backends
+    # no tiles or groupings without triton among the backends; the peers always
+    assert seen == [("scan", ["chunked", "x", "accelerated_scan"]), ("selective", ["chunked", "x", "mamba_ssm"])]
     out = capsys.readouterr().out
-    assert out.splitlines()[0].endswith("; copy bandwidth 1 GB/s; triton not installed")
+    assert out.splitlines()[0].endswith("; copy bandwidth 1 GB/s; float32 GEMM (TF32 off) 1.0 TFLOP/s; triton not "
+                                        "installed")
     assert "mamba-ssm's time" not in out and "| selective | B=1,L=2,H=3,N=4 | mamba_ssm | E: no | | | |" in out
 
 
 def test_gpu_main_defaults(monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(gpu, "measure", lambda op, shape, backends, device, bw, repeats: seen.append(
-        (op, shape, tuple(backends), device, repeats)) or [{"op": op, "backend": "b", "error": "E"}])
+    monkeypatch.setattr(gpu, "measure", lambda op, shape, backends, device, bw, repeats, src=None, flop_rate=None:
+                        seen.append((op, shape, tuple(backends), device, repeats, src, flop_rate))
+                        or [{"op": op, "backend": "b", "error": "E"}])
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: seen.append(("copy", device, n)) or 1e9)
+    monkeypatch.setattr(gpu, "gemm_flop_rate", lambda device, n: seen.append(("gemm", device, n)) or 3e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a GPU")
     monkeypatch.setattr(gpu, "machine", lambda: "the CPU")
     assert gpu.main([]) == 0
     assert "ssmkit bench gpu: a GPU; torch" in capsys.readouterr().out  # the device's name on CUDA
     cuda = torch.device("cuda")
     sel = ("chunked", "triton", *(f"triton:{t}" for t in gpu.SELECTIVE_TILES), "mamba_ssm")
-    assert seen == [("copy", cuda, 1 << 30)] + [("scan", s, ("chunked", "fft", "triton"), cuda, 5)
-                                                for s in gpu.SCAN_SHAPES] + [
-        ("ssd", s, ("chunked", "triton"), cuda, 5) for s in gpu.SSD_SHAPES] + [
-        ("selective", s, sel, cuda, 5) for s in gpu.SELECTIVE_SHAPES]
+    scan = ("chunked", "fft", "triton", "triton:1", "triton:8", "triton:64", "triton:mm", "accelerated_scan")
+    assert gpu.SCAN_CHUNKS_PER_PROGRAM == [1, 8, 64]
+    assert seen == [("copy", cuda, 1 << 30), ("gemm", cuda, 8192)] + [
+        ("scan", s, scan, cuda, 5, None, 3e12) for s in gpu.SCAN_SHAPES] + [
+        ("ssd", s, ("chunked", "triton", "mamba_ssm"), cuda, 5, None, 3e12) for s in gpu.SSD_SHAPES] + [
+        ("selective", s, sel, cuda, 5, None, 3e12) for s in gpu.SELECTIVE_SHAPES]
     assert gpu.SCAN_SHAPES == ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,1048576",
                                "64,768,64,4096"]
     assert gpu.SSD_SHAPES == ["2,2048,32,64,128", "8,4096,16,64,64"]
     assert gpu.SELECTIVE_SHAPES == ["8,512,16,1024", "8,512,16,4096", "8,1536,16,2048"]
-    for bad in (["--repeats", "0"], ["--copy-bytes", "-1"]):
+    for bad in (["--repeats", "0"], ["--copy-bytes", "-1"], ["--gemm-size", "0"], ["--scan-chunks-per-program", "0"]):
         with pytest.raises(SystemExit):
             gpu.main(bad)
 
@@ -932,14 +961,17 @@ def test_gpu_copy_probe_defaults():
 
 
 def test_gpu_main_ratios_skip_a_failed_backend(monkeypatch, capsys):
-    def measure(op, shape, backends, device, bandwidth, repeats):
+    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None):
         return [{"op": op, "B": 1, "L": 2, "H": 3, "N": 4, "backend": b, "bytes": 1, "bound_s": 1.0,
+                 "flop_bound_s": 1.0,
                  **({"error": "E: no"} if b == "triton" else
-                    {"forward_s": 2.0, "forward_backward_s": 4.0, "forward_fraction_of_bound": 0.5})}
+                    {"forward_s": 2.0, "forward_backward_s": 4.0, "forward_fraction_of_bound": 0.5,
+                     "forward_fraction_of_flop_bound": 0.5})}
                 for b in backends]
 
     monkeypatch.setattr(gpu, "measure", measure)
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: 1e9)
+    monkeypatch.setattr(gpu, "gemm_flop_rate", lambda device, n: 1e12)
     monkeypatch.setattr(gpu, "machine", lambda: "m")
     assert gpu.main(["--device", "cpu", "--scan-shapes", "--ssd-shapes", "--selective-shapes", "e",
                      "--selective-tiles", "--backends", "chunked", "triton"]) == 0
@@ -1016,7 +1048,7 @@ def test_selective_measure_runs_the_worker_in_a_subprocess(monkeypatch):
     (1, "MemoryError: Memory", "out of memory: MemoryError: Memory"),
     (3, "", "exit status 3"),
     (2, "   \n", "exit status 2"),
-    (-9, "whatever", "out of memory: killed by signal 9 (out of memory?)"),
+    (-9, "whatever", "killed by signal 9 (out of memory?)"),  # said once (it read "out of memory: ... (out of memory?)")
     (1, "E: " + "x" * 400, "E: " + "x" * 297),
 ])
 def test_selective_measure_reports_a_failed_worker(monkeypatch, returncode, stderr, error):

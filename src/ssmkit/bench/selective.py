@@ -158,12 +158,12 @@ def measure(case: str, args: argparse.Namespace) -> dict:
                           env=env)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        if proc.returncode < 0:
+        if proc.returncode < 0:  # the kernel's OOM killer, most likely
             why = f"killed by signal {-proc.returncode} (out of memory?)"
         else:
             why = lines[-1] if lines else f"exit status {proc.returncode}"
-        if "memory" in why.lower() or "alloc" in why.lower():
-            why = f"out of memory: {why}"
+            if "memory" in why.lower() or "alloc" in why.lower():
+                why = f"out of memory: {why}"
         return {"error": why[:300]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

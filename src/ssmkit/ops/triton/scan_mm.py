@@ -81,9 +81,8 @@ def _mm_tables(A_bar: Tensor, B_bar: Tensor, C: Tensor, T: int, NP: int) -> tupl
     """
     H, N = A_bar.shape
     real = A_bar.real.dtype
-    wide = {torch.float32: torch.complex128, torch.float64: torch.complex128}[real]
-    P = wide_powers(A_bar.to(wide), T + 1)  # (H, N, T+1): Ā^k, k = 0..T
-    Bw, Cw = B_bar.to(wide), C.to(wide)
+    P = wide_powers(A_bar.to(torch.complex128), T + 1)  # (H, N, T+1): Ā^k, k = 0..T
+    Bw, Cw = B_bar.to(torch.complex128), C.to(torch.complex128)
     kt = torch.einsum("hn,hnk->hk", Cw * Bw, P[..., :T]).real  # (H, T)
     v = Bw[:, :, None] * P[..., :T].flip(-1)  # (H, N, T): Ā^{T-1-s} B̄
     w = (Cw[:, :, None] * P[..., 1:]).transpose(1, 2)  # (H, T, N): C Ā^{t+1}

@@ -254,21 +254,6 @@ def test_scan_matmul_form_in_blocks_and_groups(G, N):
 
 
 @needs_triton
-def test_scan_matmul_form_hand_computed():
-    # Ā = 1/2, B̄ = C = 1, x_{-1} = 2, an impulse, 40 steps in chunks of 16: y_t = 2^(1-t), exact in dyadic arithmetic
-    from ssmkit.ops.triton.scan import ssm_scan_triton
-
-    u = torch.zeros(1, 40, 1, dtype=torch.float64, device=DEVICE)
-    u[0, 0, 0] = 1.0
-    one = torch.ones(1, 1, dtype=torch.float64, device=DEVICE)
-    y, x = ssm_scan_triton(u, 0.5 * one, one, one, 2 * one[None], chunk_size=16, intra_chunk="matmul")
-    t = torch.arange(40, dtype=torch.float64)
-    exact = dict(rtol=4 * torch.finfo(torch.float64).eps, atol=0.0)
-    torch.testing.assert_close(y[0, :, 0].cpu(), torch.ldexp(torch.ones(40, dtype=torch.float64), 1 - t), **exact)
-    torch.testing.assert_close(x.cpu(), torch.full((1, 1, 1), 2.0 ** -38, dtype=torch.float64), **exact)
-
-
-@needs_triton
 def test_scan_matmul_form_rejects_what_it_cannot_take():
     from ssmkit.ops.triton.scan import ssm_scan_triton
 
@@ -311,24 +296,31 @@ def test_scan_rejects_a_bad_chunks_per_program():
 
 
 @needs_triton
-@pytest.mark.parametrize("groups", [False, True])  # one sequential walk; chunks of 4 steps, one program each
-def test_scan_hand_computed(groups):
+@pytest.mark.parametrize(
+    "L,options",
+    [
+        (20, None),  # through ssm_scan: one sequential walk
+        (20, dict(chunk_size=4, chunks_per_program=1)),  # the carry across the five groups by Ā^4 = 1/16
+        (40, dict(chunk_size=16, intra_chunk="matmul")),  # the chunk products by tl.dot, three chunks
+    ],
+)
+def test_scan_hand_computed(L, options):
     # one real mode, Ā = 1/2, B̄ = C = 1, x_{-1} = 2, an impulse: y_t = 2^-t + 2·2^-(t+1) = 2^(1-t) exactly
     from ssmkit.ops.triton.scan import ssm_scan_triton
 
-    u = torch.zeros(1, 20, 1, dtype=torch.float64, device=DEVICE)
+    u = torch.zeros(1, L, 1, dtype=torch.float64, device=DEVICE)
     u[0, 0, 0] = 1.0
     one = torch.ones(1, 1, dtype=torch.float64, device=DEVICE)
-    if groups:  # the carry across the five groups by Ā^4 = 1/16
-        y, x = ssm_scan_triton(u, 0.5 * one, one, one, 2 * one[None], chunk_size=4, chunks_per_program=1)
-    else:
+    if options is None:
         y, x = ssm_scan(u, 0.5 * one, one, one, 2 * one[None], backend="triton")
+    else:
+        y, x = ssm_scan_triton(u, 0.5 * one, one, one, 2 * one[None], **options)
     # to 4 ulp: exact in the CPU interpreter, while the compiled float64 kernel on an H200 (Triton 3.6) differed in the
     # last bits (its exp and associative-scan arithmetic are the GPU's, not numpy's)
-    t = torch.arange(20, dtype=torch.float64)
+    t = torch.arange(L, dtype=torch.float64)
     exact = dict(rtol=4 * torch.finfo(torch.float64).eps, atol=0.0)
-    torch.testing.assert_close(y[0, :, 0].cpu(), torch.ldexp(torch.ones(20, dtype=torch.float64), 1 - t), **exact)
-    torch.testing.assert_close(x.cpu(), torch.full((1, 1, 1), 2.0 ** -18, dtype=torch.float64), **exact)
+    torch.testing.assert_close(y[0, :, 0].cpu(), torch.ldexp(torch.ones(L, dtype=torch.float64), 1 - t), **exact)
+    torch.testing.assert_close(x.cpu(), torch.full((1, 1, 1), 2.0 ** (2 - L), dtype=torch.float64), **exact)
 
 
 @needs_triton

@@ -82,10 +82,12 @@ def test_a_model_exports_for_every_length(layer):
         for L in (3, 17, 32) + ((100,) if layer != "s4" else ()):
             x = torch.randn(2, L, 2)
             got, want = program(x, None, with_state), model(x, None, with_state)
-            assert rel_err(got[0], want[0]) <= 1e-6
+            # float32 rounding, not bit-for-bit: eager S4D discretises in C (in double, rounded once), the exported
+            # program by torch's float32 ops (ssmkit.ops.discretize.zoh_log)
+            assert rel_err(got[0], want[0]) <= 1e-5
             if with_state:
                 for g, w in zip(leaves(got[1]), leaves(want[1])):
-                    assert rel_err(g, w) <= 1e-6
+                    assert rel_err(g, w) <= 1e-5
 
 
 # The layers whose exported program cannot carry the state for every L (see the module docstring); S4 and Liquid-S4

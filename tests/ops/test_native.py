@@ -632,6 +632,7 @@ def _unchecked_entries():
     from ssmkit.ops.native.mimo import mimo_native_unchecked
     from ssmkit.ops.native.recurrence import recurrence_unchecked
     from ssmkit.ops.native.selective import scan_unchecked as selective_unchecked
+    from ssmkit.ops.native.zoh import zoh_native_log
 
     B, L, H, N, C128 = 2, 5, 3, 4, torch.complex128
     u = torch.randn(B, L, H, dtype=F64)
@@ -647,10 +648,11 @@ def _unchecked_entries():
         "mimo": lambda x: mimo_native_unchecked(x, torch.full((N,), 0.5 + 0.1j, dtype=C128), r(H, 2 * N),
                                                 r(2 * N, H), None, None),
         "cauchy": lambda x: sums_unchecked(x, torch.randn(2, 7, dtype=C128), -1 + torch.randn(2, N, dtype=C128)),
+        "zoh": lambda x: zoh_native_log(x[0], x[0], torch.randn(L, H, dtype=C128), r(L)),
     }, u
 
 
-UNCHECKED = ["selective_scan", "diagonal", "linear_recurrence", "causal_conv1d", "mimo", "cauchy"]
+UNCHECKED = ["selective_scan", "diagonal", "linear_recurrence", "causal_conv1d", "mimo", "cauchy", "zoh"]
 
 
 @pytest.mark.parametrize("entry", UNCHECKED)

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.ops.discretize import bilinear, zoh
+from ssmkit.ops.discretize import bilinear, zoh_log
 from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
 from ssmkit.layers.checks import (
     check_choice,
@@ -139,10 +139,12 @@ class S4D(DiagonalLTILayer):
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ā (H, M), B̄ (H, M) and 2C (C, H, M), complex, M = N/2: y = Re(Σ 2C x) + D u = 2 Re(Σ C x) + D u."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
-        Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)  # (H, M)
         B = torch.view_as_complex(self.B)  # (H, M)
-        dt = torch.exp(self.log_dt).unsqueeze(-1)  # (H, 1)
-        A_bar, B_bar = (zoh if self.discretization == "zoh" else bilinear)(Lambda, B, dt)
+        if self.discretization == "zoh":  # Λ = -exp(log_A_real) + i A_imag, Δ = exp(log_dt) (in C on the CPU)
+            A_bar, B_bar = zoh_log(self.log_A_real, self.A_imag, B, self.log_dt)
+        else:
+            Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)  # (H, M)
+            A_bar, B_bar = bilinear(Lambda, B, torch.exp(self.log_dt).unsqueeze(-1))
         return A_bar, B_bar, 2 * torch.view_as_complex(self.C)  # (H, M), (H, M), (C, H, M)
 
     @property

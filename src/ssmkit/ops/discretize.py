@@ -13,8 +13,10 @@ a factor (tests/analysis/test_discretisation_conventions.py):
     bilinear: H_SSM(z) = 2z/(z + 1) · H_tustin(z)    (B_bar = dt B/(1 - dt Lambda/2) is not Tustin's input map)
 
 The DPLR (S4) forms -- dense and Woodbury bilinear, and the O(N) step -- live in :mod:`ssmkit.ops.dplr`;
-``bilinear_dplr`` is re-exported here. Discretisation is elementwise with a single code path, so it does not dispatch
-on :func:`ssmkit.ops.get_backend`; :func:`zoh_reference` is the direct formula that the tests compare against.
+``bilinear_dplr`` is re-exported here. Discretisation is elementwise: one torch path (:func:`zoh_torch`), and for the
+zero-order hold on the CPU under the ``"auto"`` and ``"native"`` backends a C version of it (:mod:`ssmkit.ops.native.zoh`:
+two calls instead of ~50 small ops, several of them on torch's thread pool, which beside a busy process each wait for a
+worker); :func:`zoh_reference` is the direct formula that the tests compare against.
 """
 
 from __future__ import annotations
@@ -95,8 +97,68 @@ def zoh(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
         (A_bar, B_bar): each (H, N) complex.
     """
     _check_diagonal(Lambda, B, dt)
+    if _native_here(Lambda, B, dt):
+        from ssmkit.ops.native.zoh import zoh_native
+
+        return zoh_native(Lambda, B, dt)
+    return zoh_torch(Lambda, B, dt)
+
+
+def zoh_log(log_neg_real: Tensor, imag: Tensor, B: Tensor, log_dt: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`zoh` of the parametrisation that S4D keeps: Λ = -exp(a) + i b (so Re Λ < 0), Δ = exp(log Δ).
+
+    The same values and gradients as ``zoh(torch.complex(-a.exp(), b), B, log_dt.exp().unsqueeze(-1))``, which is
+    the torch path; on the CPU under ``"auto"`` or ``"native"`` the C code (:mod:`ssmkit.ops.native.zoh`) takes the
+    parameters' exponentials too (torch's exp of an (H, M) tensor runs on its thread pool from 4 096 values).
+
+    Args:
+        log_neg_real: (H, M) real a = log(-Re Λ).
+        imag: (H, M) real b = Im Λ, a's dtype.
+        B: (H, M) complex input vector, of a's complex dtype.
+        log_dt: (H,) real log step sizes, a's dtype.
+
+    Returns:
+        (A_bar, B_bar): each (H, M) complex.
+    """
+    check_floating(log_neg_real, "log_neg_real")
+    if log_neg_real.dim() != 2:
+        raise ValueError(f"log_neg_real must be (H, M) real; got shape {tuple(log_neg_real.shape)}")
+    H, M = log_neg_real.shape
+    for t, name, shape in ((imag, "imag", (H, M)), (log_dt, "log_dt", (H,))):
+        check_floating(t, name)
+        if t.shape != shape or t.dtype != log_neg_real.dtype:
+            raise ValueError(f"{name} must be {shape} {log_neg_real.dtype} like log_neg_real; got shape "
+                             f"{tuple(t.shape)}, {t.dtype}")
+    _check_complex(B, "B", "(H, M)")
+    if B.shape != (H, M):
+        raise ValueError(f"B must be (H, M) = ({H}, {M}) like log_neg_real; got shape {tuple(B.shape)}")
+    on_cpu = log_neg_real.device.type == imag.device.type == "cpu"
+    if on_cpu and _native_here(B, B, log_dt):  # (B's dtype the complex one of log_dt's)
+        from ssmkit.ops.native.zoh import zoh_native_log
+
+        return zoh_native_log(log_neg_real, imag, B, log_dt)
+    Lambda = torch.complex(-torch.exp(log_neg_real), imag)  # (H, M)
+    return zoh(Lambda, B, torch.exp(log_dt).unsqueeze(-1))
+
+
+def zoh_torch(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`zoh` by torch ops (after its checks): the path on every device, and the reference of the C code."""
     z = dt * Lambda  # (H, N)
     return torch.exp(z), dt * B * _expm1_over_z(z)
+
+
+def _native_here(Lambda: Tensor, B: Tensor, dt: Tensor) -> bool:
+    """Whether :func:`zoh` takes the C code (:mod:`ssmkit.ops.native.zoh`): on the CPU, eagerly or compiled (not under
+    torch.func or torch.export), under the ``"auto"`` or ``"native"`` backend (``"reference"`` and the others keep the
+    torch path: the tests' oracle, and a forced backend's own ops), Λ and B of one complex dtype and Δ of its real one,
+    and the code built and checked here."""
+    from ssmkit.ops._checks import REAL_OF
+    from ssmkit.ops.backend import get_backend
+    from ssmkit.ops.native.gate import prefer_native
+
+    if get_backend() not in ("auto", "native") or B.dtype != Lambda.dtype or REAL_OF.get(Lambda.dtype) != dt.dtype:
+        return False
+    return Lambda.device.type == B.device.type == "cpu" and prefer_native("zoh", dt)
 
 
 def zoh_reference(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,8 +9,9 @@ the block's complex states and parameters in local arrays (real and imaginary pa
 backward needs no states: one pass backwards over time runs two adjoint recurrences per mode, μ_t = g_t + conj(Ā)
 μ_{t+1} and ν_t = μ_{t+1} + conj(Ā) ν_{t+1}, and the gradients are sums of u_t μ_t and u_t ν_t (``diagonal_scan.c``
 derives them): half the work of recomputing the states and running the adjoint of the state, and nothing kept from
-the forward but its inputs. One call is a handful of aten ops (the parameters' real/imaginary split and the sums of
-the partial gradients), so it does not slow down under CPU contention the way a path of hundreds of small ops does.
+the forward but its inputs. One call is a handful of aten ops (the parameters' real/imaginary split; the partial
+gradients of the batch rows are summed in C, on the calling thread), so it does not slow down under CPU contention the
+way a path of hundreds of small ops does, nor wait for a worker thread outside its one parallel region.
 
 Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
 kept real) is not handled here: ``"auto"`` keeps the chunked path for it. Under torch.compile the kernel calls are custom
@@ -37,6 +38,7 @@ SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result ty
     "ds_items": ([_i64] * 2, _i64),
     "ds_forward": ([_p] * 11 + [_i64] * 8, ctypes.c_int),
     "ds_backward": ([_p] * 14 + [_i64] * 8, ctypes.c_int),
+    "ds_sum_partials": ([_p] * 2 + [_i64] * 3, None),
 }
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -137,12 +139,14 @@ def _backward_kernel(
     g_x = absent_if_zero(g_x)
     g_u = torch.empty_like(u)
     g_x0 = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype]) if x0 is not None else None
-    g = u.new_zeros(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
+    g = u.new_empty(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
     args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0),
             ptr(g), Bsz, L, H, N, T]
     if any(run_parts(fns["ds_backward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
         raise MemoryError("ssm_scan native: the backward could not allocate its buffers")
-    return [g_u, g.sum(0), *([] if g_x0 is None else [g_x0])]
+    g_sum = u.new_empty(7, N, H)
+    fns["ds_sum_partials"](ptr(g), ptr(g_sum), Bsz, H, N)  # on this thread: no parallel op (issue 16)
+    return [g_u, g_sum, *([] if g_x0 is None else [g_x0])]
 
 
 def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):

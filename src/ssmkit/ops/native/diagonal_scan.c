@@ -28,8 +28,8 @@
  * ∂C += conj(x_{-1}) ā μ_0, ∂Ā += conj(C x_{-1}) ν_{-1}, ∂x_{-1} = conj(C) ā μ_0 (ν_{-1} = μ_0 + ā ν_0); a gradient G
  * on the final state x_{L-1} is a second, seeded pair μ'_{L-1} = G, μ'_{t-1} = ā μ'_t, ν'_{t-1} = μ'_t + ā ν'_t, run
  * only when G is given: ∂B̄ += Σ u_t μ'_t, ∂Ā += conj(B̄) Σ u_t ν'_t + conj(x_{-1}) ν'_{-1}, ∂u_t += Re(conj(B̄) μ'_t),
- * ∂x_{-1} += μ'_{-1}. ∂Ā, ∂B̄, ∂C, ∂D sum over batch and time, so each thread adds into its own partial buffers (the
- * caller sums them).
+ * ∂x_{-1} += μ'_{-1}. ∂Ā, ∂B̄, ∂C, ∂D sum over batch and time: an item writes its batch row's partial sums for its
+ * channels (each written once, so the buffer needs no zeroing), and ds_sum_partials adds the rows in order.
  *
  * Compiled twice: as float and with -DSS_DOUBLE as double.
  */
@@ -253,8 +253,8 @@ static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *A
 
 /* Backward over items [item0, item1) on the calling thread, from the output gradient gy (B, L, H), the final-state
  * gradient gxL (B, H, N, 2) or NULL and the initial state x0 (B, H, N, 2) or NULL. Writes gu (B, L, H) and gx0
- * (B, H, N, 2) (when not NULL) for its channels, and adds into this thread's partials g (7, N, H): ∂Ā re/im, ∂B̄ re/im,
- * ∂C re/im, then ∂D in row 6 (its first H values). Mode-major inside each chunk, as the forward. Returns 0, or 1 when
+ * (B, H, N, 2) (when not NULL) for its channels, and its batch row's partial sums g (7, N, H) for its channels: ∂Ā
+ * re/im, ∂B̄ re/im, ∂C re/im, then ∂D in row 6 (its first H values; the rest of row 6 is left unwritten). Mode-major inside each chunk, as the forward. Returns 0, or 1 when
  * out of memory. */
 static int backward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                           const real *ci, const real *D, const real *x0, const real *gy, const real *gxL, real *gu,
@@ -330,22 +330,22 @@ static int backward_range(const real *u, const real *ar, const real *ai, const r
                         gx_r += Sd[MR * S + o], gx_i += Sd[MI * S + o];                /* μ'_{-1} */
                     }
                 }
-                g[h] += gA_r, g[N * H + h] += gA_i, g[2 * N * H + h] += gB_r, g[3 * N * H + h] += gB_i;
-                g[4 * N * H + h] += gC_r, g[5 * N * H + h] += gC_i;
+                g[h] = gA_r, g[N * H + h] = gA_i, g[2 * N * H + h] = gB_r, g[3 * N * H + h] = gB_i;
+                g[4 * N * H + h] = gC_r, g[5 * N * H + h] = gC_i;
                 if (gx0) {
                     real *d = gx0 + ((b * H + c0 + c) * N + n) * 2;
                     d[0] = gx_r, d[1] = gx_i;
                 }
             }
-        for (int64_t c = 0; c < w; c++) g[6 * N * H + c0 + c] += gD[c];
+        for (int64_t c = 0; c < w; c++) g[6 * N * H + c0 + c] = gD[c];
     }
     free(buf);
     return 0;
 }
 
 /* The entries: forward_range and backward_range over the items [item0, item1) on nthreads threads, one item at a
- * time; the items of batch row b add into the partials g + b·7·N·H (disjoint channels; per row, not per thread, so
- * the caller's sum has a fixed order whatever the scheduling). Return 0, or 1 when out of memory. */
+ * time; the items of batch row b write the partials g + b·7·N·H (disjoint channels; per row, not per thread, so
+ * the sum of ds_sum_partials has a fixed order whatever the scheduling). Return 0, or 1 when out of memory. */
 int SUFFIX(ds_forward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                        const real *ci, const real *D, const real *x0, real *y, real *xL, int64_t Bsz,
                        int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1, int64_t nthreads) {
@@ -366,4 +366,17 @@ int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const rea
         failed |= backward_range(u, ar, ai, br, bi, cr, ci, D, x0, gy, gxL, gu, gx0, g + (item / ((H + VEC - 1) / VEC)) * 7 * N * H,
                                  Bsz, L, H, N, T, item, item + 1);
     return failed;
+}
+
+/* out (7, N, H) = Σ_b g[b] (b in order) over the entries the items wrote (rows 0-5, and the first H values of row 6;
+ * the rest of row 6 is set to 0), on the calling thread: a few hundred thousand additions, where torch's zero fill and
+ * sum over the batch were two parallel ops, each waiting for a worker beside a busy process (issue 16). */
+void SUFFIX(ds_sum_partials)(const real *g, real *out, int64_t Bsz, int64_t H, int64_t N) {
+    const int64_t used = 6 * N * H + H, row = 7 * N * H;
+    for (int64_t r = 0; r < used; r++) out[r] = g[r];
+    for (int64_t b = 1; b < Bsz; b++) {
+        const real *gb = g + b * row;
+        for (int64_t r = 0; r < used; r++) out[r] += gb[r];
+    }
+    for (int64_t r = used; r < row; r++) out[r] = 0;
 }

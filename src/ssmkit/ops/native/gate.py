@@ -13,7 +13,7 @@ import torch
 from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
-OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy")
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -139,6 +139,17 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         weight = torch.linspace(-1, 1, W, dtype=dtype)
         pair = lambda fn: lambda *a: (fn(*a), a[2])  # noqa: E731  (the sums, and w as a stand-in "state")
         _compare(pair(sums_unchecked), pair(cauchy_reference), [v, z, w], weight.view(1, 1, W), dtype)
+        return
+    elif op == "zoh":
+        from ssmkit.ops.discretize import zoh_torch
+        from ssmkit.ops.native.zoh import zoh_native
+
+        H, M = 3, 4  # |Δ Λ| on both sides of the series' radius 1
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) * 2, 3 * rand(H, M).double()).to(cdtype)
+        args = [lam, torch.complex(rand(H, M), rand(H, M)).to(cdtype), torch.rand(H, 1, generator=g, dtype=f64).to(dtype)]
+        weight = torch.linspace(-1, 1, M, dtype=dtype).view(1, M)
+        _compare(zoh_native, zoh_torch, args, weight, dtype)
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference

@@ -1,7 +1,7 @@
 """The zero-order hold in C (ssmkit.ops.native.zoh) against the direct formula and the torch path: values and every
 gradient in float64 on both sides of the series' radius and near Λ = 0, float32 against float64, second derivatives,
-the dispatch of ``zoh`` / ``zoh_log`` (and S4D's discretisation through it), the argument checks, and the diagonal
-scan's batch-row partial sums that moved into C with it."""
+the dispatch of ``zoh`` / ``zoh_log`` / ``exp_phi`` (and S4D's and DSS's discretisations through them), the argument
+checks, and the diagonal scan's batch-row partial sums that moved into C with it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import ssmkit.ops as ops
-from ssmkit.layers import S4D
+from ssmkit.layers import DSS, S4D
 from ssmkit.ops import discretize
-from ssmkit.ops.discretize import zoh, zoh_log, zoh_reference, zoh_torch
+from ssmkit.ops.discretize import exp_phi, exp_phi_torch, zoh, zoh_log, zoh_reference, zoh_torch
 from ssmkit.ops.native import native_available
-from ssmkit.ops.native.zoh import zoh_native, zoh_native_log
+from ssmkit.ops.native.zoh import exp_phi_native, zoh_native, zoh_native_log
 from tests.conftest import DEVICE, rel_err
 
 F64, C128 = torch.float64, torch.complex128
@@ -199,3 +199,38 @@ def test_diagonal_scan_sums_the_batch_rows_in_c():
     rows = [grads(u[i : i + 1]) for i in range(u.shape[0])]
     for k, got in enumerate(whole):
         assert rel_err(got, sum(r[k] for r in rows)) < 1e-13
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 20.0])
+def test_exp_phi_equals_the_torch_path(scale):
+    g = torch.Generator().manual_seed(5)
+    z = torch.complex(torch.randn(3, 4, 5, generator=g, dtype=F64), torch.randn(3, 4, 5, generator=g, dtype=F64)) * scale
+    w = torch.complex(torch.randn(2, *z.shape, generator=g, dtype=F64), torch.randn(2, *z.shape, generator=g, dtype=F64))
+    outs = []
+    for fn in (exp_phi_native, exp_phi_torch):
+        leaf = z.clone().requires_grad_()
+        e, f = fn(leaf)
+        outs.append([e.detach(), f.detach(), *torch.autograd.grad((e * w[0] + f * w[1]).real.sum(), leaf)])
+    for x, y in zip(*outs):
+        assert rel_err(x, y) < 1e-13
+    leaf = z[0].clone().requires_grad_()
+    assert torch.autograd.gradcheck(exp_phi_native, [leaf]) and torch.autograd.gradgradcheck(exp_phi_native, [leaf])
+    with pytest.raises(ValueError, match="z must be"):
+        exp_phi(z.real)
+
+
+@pytest.mark.parametrize("version", ["exp", "softmax"])
+@pytest.mark.parametrize("two_steps", [False, True])
+def test_dss_discretises_alike_under_auto_and_reference(version, two_steps):
+    torch.manual_seed(1)
+    layer = DSS(6, d_state=16, version=version, separate_dt=two_steps, l_max=50, dtype=F64)
+    outs = []
+    for backend in ("auto", "reference"):
+        layer.zero_grad()
+        with ops.use_backend(backend):
+            A_bar, _, W = layer.discrete()
+        (A_bar.real.sum() + (W * W).imag.sum()).backward()
+        outs.append([A_bar.detach(), W.detach(), *(p.grad.clone() for p in layer.parameters() if p.grad is not None)])
+    assert len(outs[0]) == len(outs[1]) > 4
+    for x, y in zip(*outs):
+        assert rel_err(x, y) < 1e-12

@@ -49,7 +49,7 @@ from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.discretize import _expm1_over_z
+from ssmkit.ops.discretize import exp_phi
 from ssmkit.ops.hippo import dss_eigenvalues
 
 VERSIONS = ("exp", "softmax")
@@ -178,14 +178,14 @@ class DSS(DiagonalLTILayer):
         dt = torch.exp(self.log_dt)  # (H, 2) or (H, 1)
         dt_re, dt_im = dt[:, :1], dt[:, -1:]  # (H, 1) each
         z = torch.complex(dt_re * re, dt_im * self.A_imag)  # (H, M): Δλ with separate steps
-        A_bar = torch.exp(z)  # (H, M)
+        A_bar, phi_z = exp_phi(z)  # (H, M) each: e^z, φ(z) (one C call on the CPU)
         W = torch.view_as_complex(self.W)  # (C, H, M)
         if self.version == "exp":
-            W_tilde = W * _expm1_over_z(z) * (z / Lambda)  # (C, H, M): W (e^z - 1)/λ
+            W_tilde = W * phi_z * (z / Lambda)  # (C, H, M): W (e^z - 1)/λ
         else:
             Lz = self.l_max * z  # (H, M)
-            x = Lambda * Lz * _expm1_over_z(Lz)  # (H, M): λ (e^{L z} - 1)
-            A_bar_minus_1 = z * _expm1_over_z(z)  # (H, M): e^z - 1 without cancellation
+            x = Lambda * Lz * exp_phi(Lz)[1]  # (H, M): λ (e^{L z} - 1)
+            A_bar_minus_1 = z * phi_z  # (H, M): e^z - 1 without cancellation
             W_tilde = W * A_bar_minus_1 * _regularised_reciprocal(x)  # (C, H, M)
         return A_bar, torch.ones_like(A_bar), W_tilde
 

@@ -82,6 +82,31 @@ def _expm1_over_z(z: Tensor) -> Tensor:
     return torch.where(small, series, direct)
 
 
+def exp_phi(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(e^z, φ(z)) elementwise, φ(z) = (e^z - 1)/z accurate near z = 0 (values and gradients): the two functions of a
+    zero-order hold, for parametrisations that form z = Δ Λ themselves (DSS). On the CPU under ``"auto"`` or
+    ``"native"`` one C call forward and one backward (:mod:`ssmkit.ops.native.zoh`; torch's complex exp and expm1 run on
+    its thread pool from 4 096 values); else :func:`exp_phi_torch`.
+
+    Args:
+        z: complex tensor, any shape.
+
+    Returns:
+        (e^z, φ(z)), each of z's shape and dtype.
+    """
+    _check_complex(z, "z", "(any shape)")
+    if _native_here(z, z, z.real):
+        from ssmkit.ops.native.zoh import exp_phi_native
+
+        return exp_phi_native(z)
+    return exp_phi_torch(z)
+
+
+def exp_phi_torch(z: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`exp_phi` by torch ops: the path on every device, and the reference of the C code."""
+    return torch.exp(z), _expm1_over_z(z)
+
+
 def zoh(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
     """Zero-order-hold discretisation of a diagonal SSM (arXiv 2206.11893 §3).
 

@@ -104,3 +104,26 @@ void SUFFIX(zoh_backward)(const real *lam, const real *b, const real *dt, const 
         gdt[h] = (real)((flags & LOG_DT) ? gd * d : gd);
     }
 }
+
+/* e^z and φ(z) of n complex values (interleaved), and their backward: g_z = conj(e^z) g_e + conj(φ'(z)) g_φ (either
+ * incoming gradient may be NULL: zero). For the parametrisations that form z themselves (DSS: separate steps for the
+ * real and imaginary parts; W̃ = W φ(z) z/λ). */
+void SUFFIX(exp_phi_forward)(const real *z, real *ez, real *ph, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const cplx zi = load(z, i), e = cexp(zi);
+        cplx f, df;
+        phi(zi, e, &f, &df);
+        store(ez, i, e);
+        store(ph, i, f);
+    }
+}
+
+void SUFFIX(exp_phi_backward)(const real *z, const real *ge, const real *gp, real *gz, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const cplx zi = load(z, i), e = cexp(zi);
+        cplx f, df;
+        phi(zi, e, &f, &df);
+        const cplx a = ge ? conj(e) * load(ge, i) : 0.0, b = gp ? conj(df) * load(gp, i) : 0.0;
+        store(gz, i, a + b);
+    }
+}

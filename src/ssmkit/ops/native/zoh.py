@@ -27,6 +27,8 @@ _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of zoh.c: (argument types, result type)
     "zoh_forward": ([_p] * 5 + [_i64] * 3, None),
     "zoh_backward": ([_p] * 8 + [_i64] * 3, None),
+    "exp_phi_forward": ([_p] * 3 + [_i64], None),
+    "exp_phi_backward": ([_p] * 4 + [_i64], None),
 }
 LOG_RE, LOG_DT = 1, 2  # zoh.c's flags: Λ given as the pairs (log(-Re Λ), Im Λ); Δ given as log Δ
 
@@ -113,3 +115,57 @@ def zoh_native_log(log_neg_real: Tensor, imag: Tensor, B: Tensor, log_dt: Tensor
     :func:`ssmkit.ops.discretize.zoh_log` (the caller's): the exponentials of the parameters are taken in C too.
     Returns (Ā, B̄), each (H, M) complex."""
     return _NativeZoh.apply(torch.stack((log_neg_real, imag), -1), B, log_dt, LOG_RE | LOG_DT)
+
+
+class _NativeExpPhi(torch.autograd.Function):
+    """(e^z, φ(z)) of a complex tensor by the C code (φ(z) = (e^z - 1)/z, by its series for |z| < 1)."""
+
+    @staticmethod
+    def forward(ctx, z):  # type: ignore[override]
+        zr = _real_view(z)
+        e, f = _exp_phi_forward_kernel(zr)
+        ctx.save_for_backward(zr, z)
+        ctx.set_materialize_grads(False)
+        return torch.view_as_complex(e), torch.view_as_complex(f)
+
+    @staticmethod
+    def backward(ctx, g_e, g_f):  # type: ignore[override]
+        zr, z = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the torch path (ops/twice.py)
+            from ssmkit.ops.discretize import exp_phi_torch
+
+            return graph_backward(exp_phi_torch, (z,), ctx.needs_input_grad, (g_e, g_f))[0]
+        g_e, g_f = (None if g is None else _real_view(g) for g in (g_e, g_f))
+        return torch.view_as_complex(_exp_phi_backward_kernel(zr, g_e, g_f)[0])
+
+
+def _exp_phi_forward_fake(zr):
+    return [torch.empty_like(zr), torch.empty_like(zr)]
+
+
+@kernel_op("exp_phi_forward", _exp_phi_forward_fake)
+def _exp_phi_forward_kernel(zr: Tensor) -> list[Tensor]:
+    """The C forward: [e^z, φ(z)] as (..., 2) reals from z (..., 2) real, contiguous."""
+    fns = bind("zoh.c", zr.dtype, SIGNATURES)
+    e, f = torch.empty_like(zr), torch.empty_like(zr)
+    fns["exp_phi_forward"](ptr(zr), ptr(e), ptr(f), zr.numel() // 2)
+    return [e, f]
+
+
+def _exp_phi_backward_fake(zr, g_e, g_f):
+    return [torch.empty_like(zr)]
+
+
+@kernel_op("exp_phi_backward", _exp_phi_backward_fake)
+def _exp_phi_backward_kernel(zr: Tensor, g_e: Optional[Tensor], g_f: Optional[Tensor]) -> list[Tensor]:
+    """The C backward: [∂z (..., 2)] from z and the gradients of e^z and φ(z) (..., 2) (None: unused), contiguous."""
+    fns = bind("zoh.c", zr.dtype, SIGNATURES)
+    g_z = torch.empty_like(zr)
+    fns["exp_phi_backward"](ptr(zr), ptr(g_e), ptr(g_f), ptr(g_z), zr.numel() // 2)
+    return [g_z]
+
+
+def exp_phi_native(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(e^z, (e^z - 1)/z) elementwise by the C code, after :func:`ssmkit.ops.discretize.exp_phi`'s checks (complex z on
+    the CPU)."""
+    return _NativeExpPhi.apply(z)

@@ -95,7 +95,7 @@ def exp_phi(z: Tensor) -> tuple[Tensor, Tensor]:
         (e^z, φ(z)), each of z's shape and dtype.
     """
     _check_complex(z, "z", "(any shape)")
-    if _native_here(z, z, z.real):
+    if _native_here((z,)):
         from ssmkit.ops.native.zoh import exp_phi_native
 
         return exp_phi_native(z)
@@ -122,7 +122,7 @@ def zoh(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
         (A_bar, B_bar): each (H, N) complex.
     """
     _check_diagonal(Lambda, B, dt)
-    if _native_here(Lambda, B, dt):
+    if _native_here((Lambda, B), (dt,)):
         from ssmkit.ops.native.zoh import zoh_native
 
         return zoh_native(Lambda, B, dt)
@@ -157,8 +157,7 @@ def zoh_log(log_neg_real: Tensor, imag: Tensor, B: Tensor, log_dt: Tensor) -> tu
     _check_complex(B, "B", "(H, M)")
     if B.shape != (H, M):
         raise ValueError(f"B must be (H, M) = ({H}, {M}) like log_neg_real; got shape {tuple(B.shape)}")
-    on_cpu = log_neg_real.device.type == imag.device.type == "cpu"
-    if on_cpu and _native_here(B, B, log_dt):  # (B's dtype the complex one of log_dt's)
+    if _native_here((B,), (log_neg_real, imag, log_dt)):
         from ssmkit.ops.native.zoh import zoh_native_log
 
         return zoh_native_log(log_neg_real, imag, B, log_dt)
@@ -172,18 +171,22 @@ def zoh_torch(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(z), dt * B * _expm1_over_z(z)
 
 
-def _native_here(Lambda: Tensor, B: Tensor, dt: Tensor) -> bool:
-    """Whether :func:`zoh` takes the C code (:mod:`ssmkit.ops.native.zoh`): on the CPU, eagerly or compiled (not under
-    torch.func or torch.export), under the ``"auto"`` or ``"native"`` backend (``"reference"`` and the others keep the
-    torch path: the tests' oracle, and a forced backend's own ops), Λ and B of one complex dtype and Δ of its real one,
-    and the code built and checked here."""
+def _native_here(complex_parts: tuple[Tensor, ...], real_parts: tuple[Tensor, ...] = ()) -> bool:
+    """Whether :func:`zoh`, :func:`zoh_log` or :func:`exp_phi` takes the C code (:mod:`ssmkit.ops.native.zoh`): every
+    tensor on the CPU, eagerly or compiled (not under torch.func or torch.export), under the ``"auto"`` or ``"native"``
+    backend (``"reference"`` and the others keep the torch path: the tests' oracle, and a forced backend's own ops),
+    the complex parts of one dtype and the real parts of its real one, and the code built and checked here. (No op is
+    dispatched here: the op-count budget of tests/perf counts views too.)"""
     from ssmkit.ops._checks import REAL_OF
     from ssmkit.ops.backend import get_backend
     from ssmkit.ops.native.gate import prefer_native
 
-    if get_backend() not in ("auto", "native") or B.dtype != Lambda.dtype or REAL_OF.get(Lambda.dtype) != dt.dtype:
+    first = complex_parts[0]
+    if get_backend() not in ("auto", "native") or any(t.dtype != first.dtype for t in complex_parts):
         return False
-    return Lambda.device.type == B.device.type == "cpu" and prefer_native("zoh", dt)
+    if any(t.dtype != REAL_OF.get(first.dtype) for t in real_parts):
+        return False
+    return all(t.device.type == "cpu" for t in complex_parts + real_parts) and prefer_native("zoh", first)
 
 
 def zoh_reference(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:

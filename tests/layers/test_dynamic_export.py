@@ -48,8 +48,9 @@ def _check(module, example_L: int, lo: int, hi: int, lengths, batches=(2,)) -> N
                 x = torch.randn(B, L, H, device=DEVICE)
                 got, want = program(x), module(x)
                 for g, w in zip(*(((o,) if isinstance(o, torch.Tensor) else o) for o in (got, want))):
-                    # float32; the exported FFT is 2L long where eager rounds it up to a 5-smooth size: 1e-7 rounding
-                    assert g.shape == w.shape and rel_err(g, w) <= 1e-6, (B, L, rel_err(g, w))
+                    # float32; the exported FFT is 2L long where eager rounds it up to a 5-smooth size: 1e-7 rounding;
+                    # eager S4D and DSS discretise in C (double, rounded once), the program by float32 torch ops
+                    assert g.shape == w.shape and rel_err(g, w) <= 1e-5, (B, L, rel_err(g, w))
 
 
 @pytest.mark.parametrize("name", ["hyena", "sgconv"])

@@ -254,8 +254,8 @@ static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *A
 /* Backward over items [item0, item1) on the calling thread, from the output gradient gy (B, L, H), the final-state
  * gradient gxL (B, H, N, 2) or NULL and the initial state x0 (B, H, N, 2) or NULL. Writes gu (B, L, H) and gx0
  * (B, H, N, 2) (when not NULL) for its channels, and its batch row's partial sums g (7, N, H) for its channels: ∂Ā
- * re/im, ∂B̄ re/im, ∂C re/im, then ∂D in row 6 (its first H values; the rest of row 6 is left unwritten). Mode-major inside each chunk, as the forward. Returns 0, or 1 when
- * out of memory. */
+ * re/im, ∂B̄ re/im, ∂C re/im, then ∂D in row 6 (its first H values; the rest of row 6 is left unwritten).
+ * Mode-major inside each chunk, as the forward. Returns 0, or 1 when out of memory. */
 static int backward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                           const real *ci, const real *D, const real *x0, const real *gy, const real *gxL, real *gu,
                           real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,

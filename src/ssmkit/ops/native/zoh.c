@@ -35,13 +35,18 @@
 
 typedef double complex cplx;
 
+/* c_k = 1/(k+1)!, k < NTERMS (every factorial up to 18! < 2^53 is exact in double) */
+static const double c[NTERMS] = {
+    1.0 / 1.0,          1.0 / 2.0,           1.0 / 6.0,            1.0 / 24.0,           1.0 / 120.0,
+    1.0 / 720.0,        1.0 / 5040.0,        1.0 / 40320.0,        1.0 / 362880.0,       1.0 / 3628800.0,
+    1.0 / 39916800.0,   1.0 / 479001600.0,   1.0 / 6227020800.0,   1.0 / 87178291200.0,  1.0 / 1307674368000.0,
+    1.0 / 20922789888000.0, 1.0 / 355687428096000.0, 1.0 / 6402373705728000.0,
+};
+
 /* φ(z) and φ'(z) */
 static void phi(cplx z, cplx ez, cplx *f, cplx *df) {
     if (cabs(z) < 1.0) {
-        /* Horner: φ = Σ c_k z^k, φ' = Σ k c_k z^{k-1}, c_k = 1/(k+1)! */
-        double c[NTERMS];
-        double fact = 1.0;
-        for (int k = 0; k < NTERMS; k++) fact *= (double)(k + 1), c[k] = 1.0 / fact;
+        /* Horner: φ = Σ c_k z^k, φ' = Σ k c_k z^{k-1} */
         cplx p = c[NTERMS - 1], q = (double)(NTERMS - 1) * c[NTERMS - 1];
         for (int k = NTERMS - 2; k >= 0; k--) p = p * z + c[k];
         for (int k = NTERMS - 2; k >= 1; k--) q = q * z + (double)k * c[k];

@@ -23,16 +23,15 @@ from ssmkit.ops.native.recurrence import recurrence_backward, recurrence_forward
 from ssmkit.ops.rows import mm_rows
 from ssmkit.ops.twice import graph_backward
 
-ROW_BLOCK = 2048  # rows per GEMM call of _mm_rows: a block of u (H = 128) and of v (2M = 64) takes ~1.5 MiB
+ROW_BLOCK = 32768  # rows per GEMM call of _mm_rows: whole GEMMs up to B·L = 65 536 (see _mm_rows)
 
 
 def _mm_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for a tall a (B·L, K) and a narrow b (K, N), as one GEMM per block of ROW_BLOCK rows into one output
-    (:func:`ssmkit.ops.rows.mm_rows`). Whole, MKL ran these GEMMs (K or N = 2M = 64 at S5's and LRU's d_state 64,
-    H 128) at 54-61 GFLOP/s on one Zen 4 thread against 83-85 for the Mamba block's wider ones; by row blocks S5 took
-    0.97x and LRU 0.92-0.94x the time, forward and forward+backward (B 8, L 4 096, 2 threads, paired with the whole
-    GEMMs in one process over 12 rounds; an earlier, noisier pairing gave 0.75-0.95x), for 16 GEMM calls instead of
-    one at B·L = 32 768."""
+    """a @ b for a tall a (B·L, K) and a narrow b (K, N) by :func:`ssmkit.ops.rows.mm_rows` with ROW_BLOCK rows: one
+    GEMM up to B·L = 2·ROW_BLOCK, blocks beyond. By 2 048-row blocks (16 GEMM calls at B 8, L 4 096) S5 and LRU ran
+    0-7 % faster alone, but each call is a parallel region, and beside one busy process the 16 regions' waits made
+    the mean forward+backward 1.3-1.5x that of the whole GEMMs (2026-12-04: LRU 112 against 83 ms, S5 133 against
+    91 ms, 50 interleaved rounds; docs/benchmarks.md, "Session of 2026-12-04 (20:09-)"). Whole GEMMs are kept."""
     return mm_rows(a, b, ROW_BLOCK)
 
 

@@ -456,7 +456,7 @@ def test_ops_attention_argument_checks():
 
 
 def test_zoo_entries_backends_and_plain_tuple_states():
-    for name, backends in (("mega", ("reference", "chunked", "fft")), ("attention", ("reference", "chunked"))):
+    for name, backends in (("mega", ("reference", "chunked", "fft", "native")), ("attention", ("reference", "chunked"))):
         cls = layers.layer_class(name)
         assert cls.zoo.paper == {"mega": "arXiv 2209.10655", "attention": "arXiv 1706.03762"}[name]
         assert cls.zoo.time_varying and cls.zoo.stable_by_construction  # input-dependent weights, bounded outputs

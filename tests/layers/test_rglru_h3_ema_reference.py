@@ -352,7 +352,7 @@ def test_h3_keeps_its_options_and_backends():
     assert (layer.init, layer.discretization, layer.dt_min, layer.dt_max, layer.lr) == ("inv", "zoh", 0.01, 0.2, None)
     assert "d_model=6, d_state=4, head_dim=2, init='inv', discretization='zoh'" in repr(layer)
     assert layers.H3.backends == ("reference", "chunked", "fft")
-    assert layers.EMA.backends == ("reference", "chunked", "fft")
+    assert layers.EMA.backends == ("reference", "chunked", "fft", "native")
     assert set(layers.RGLRU.backends) == {"reference", "chunked", "native"}
 
 

@@ -46,6 +46,11 @@ def _cases():
                _rand(g, Bsz, H, N, dtype=C128), _rand(g, H))
         return ins, lambda bk, u, A, Bb, C, x0, D: ops.ssm_scan(u, A, Bb, C, x0, D, backend=bk)
 
+    def scan_real(g, L):  # real modes (Mega's EMA): the kernel's real variant, ops ssm_scan_real_*
+        ins = (_rand(g, Bsz, L, H), _stable(g, H, N, dtype=F64), _rand(g, H, N), _rand(g, H, N),
+               _rand(g, Bsz, H, N), _rand(g, H))
+        return ins, lambda bk, u, A, Bb, C, x0, D: ops.ssm_scan(u, A, Bb, C, x0, D, backend=bk)
+
     def selective(g, L):
         ins = (_rand(g, Bsz, L, H), _rand(g, Bsz, L, 3), -0.5 - torch.rand(H, N, generator=g, dtype=F64),
                _rand(g, Bsz, L, N), _rand(g, Bsz, L, N), _rand(g, H), _rand(g, Bsz, L, H), _rand(g, H),
@@ -77,6 +82,7 @@ def _cases():
 
     return {
         "ssm_scan": ("ssm_scan", scan),
+        "ssm_scan (real modes)": ("ssm_scan_real", scan_real),
         "selective_scan": ("selective_scan", selective),
         "causal_conv1d": ("causal_conv1d", conv),
         "linear_recurrence (time-varying, real)": ("linear_recurrence", recurrence_varying),
@@ -97,7 +103,7 @@ def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
     check_compiled_kernel(fn, inputs, op, None, "native", use_state)
 
 
-@pytest.mark.parametrize("name", ["ssm_scan", "selective_scan", "causal_conv1d", "mimo_scan"])
+@pytest.mark.parametrize("name", ["ssm_scan", "ssm_scan (real modes)", "selective_scan", "causal_conv1d", "mimo_scan"])
 def test_one_compiled_graph_runs_the_kernels_at_every_length(name):
     """Compiled with the length dynamic, the kernels' fake implementations give the outputs' sizes in L (the
     selective scan's chunk-start states: ⌈L/T⌉ of them): lengths across chunk boundaries, one graph."""

@@ -236,6 +236,7 @@ def test_the_cache_folder_defaults_under_the_home(monkeypatch):
 # The diagonal LTI scan (ssm_scan_native)
 
 from ssmkit.ops.native import ssm_scan_native  # noqa: E402
+from ssmkit.ops.native.diagonal import native_diagonal_ok  # noqa: E402
 from ssmkit.ops.scan import auto_scan_backend, ssm_scan_reference  # noqa: E402
 
 C128 = torch.complex128
@@ -244,6 +245,10 @@ C128 = torch.complex128
 def diag_inputs(Bsz, L, H, N, seed=0, dtype=C128):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    if not dtype.is_complex:  # real modes (Mega's EMA): Ā in (-0.95, 0.95), both signs
+        A = torch.rand(H, N, generator=g, dtype=F64) * 1.9 - 0.95
+        return dict(u=r(Bsz, L, H), A=A.to(dtype), B=r(H, N).to(dtype), C=r(H, N).to(dtype),
+                    x0=r(Bsz, H, N).to(dtype), D=r(H))
     A = torch.polar(torch.rand(H, N, generator=g, dtype=F64) * 0.6 + 0.35, r(H, N) * 2)
     return dict(u=r(Bsz, L, H), A=A.to(dtype), B=torch.complex(r(H, N), r(H, N)).to(dtype),
                 C=torch.complex(r(H, N), r(H, N)).to(dtype), x0=torch.complex(r(Bsz, H, N), r(Bsz, H, N)).to(dtype),
@@ -252,7 +257,7 @@ def diag_inputs(Bsz, L, H, N, seed=0, dtype=C128):
 
 # (B, L, H, N): one partial channel block; blocks of 16 + a tail of 3; modes not a multiple of the kernel's block of 4;
 # chunk boundaries inside L and a one-step last chunk (T = 8 below)
-DIAG_SHAPES = [(2, 9, 5, 3), (1, 33, 35, 5), (3, 17, 16, 8), (2, 25, 19, 1)]
+DIAG_SHAPES = [(2, 9, 5, 3), (1, 33, 35, 5), (3, 17, 16, 8), (2, 25, 19, 1), (2, 19, 21, 11)]
 
 
 # (skip D, initial state x0, a gradient on the final state): all; then each part alone (the backward's adjoint pairs:
@@ -263,19 +268,23 @@ DIAG_IO = [(True, True, True), (False, True, True), (True, False, False), (True,
 @pytest.mark.parametrize("threads", THREADINGS, ids=THREADING_IDS)
 @pytest.mark.parametrize("shape", DIAG_SHAPES, ids=[str(s) for s in DIAG_SHAPES])
 @pytest.mark.parametrize("io", DIAG_IO, ids=["D-x0-gx", "x0-gx", "D", "D-x0", "D-gx"])
-def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads, io, monkeypatch):
+@pytest.mark.parametrize("modes", [C128, F64], ids=["complex", "real"])
+def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads, io, modes, monkeypatch):
+    # real modes (Mega's EMA) run the kernel's own real variant (dsr_*), blocks of 8 or 4 modes: N = 11 leaves a tail
     use_threads(monkeypatch, *threads)
     with_D, with_x0, with_gx = io
-    p = {k: v.requires_grad_() for k, v in diag_inputs(*shape).items()}
+    p = {k: v.requires_grad_() for k, v in diag_inputs(*shape, dtype=modes).items()}
     D = p["D"] if with_D else None
     x0 = p["x0"] if with_x0 else None
     leaves_ = [p["u"], p["A"], p["B"], p["C"], *([x0] if with_x0 else []), *([D] if with_D else [])]
     g = torch.Generator().manual_seed(1)
     gy = torch.randn(p["u"].shape, generator=g, dtype=F64)
     gx = torch.complex(torch.randn(p["x0"].shape, generator=g, dtype=F64), torch.randn(p["x0"].shape, generator=g, dtype=F64))
+    gx = gx if modes.is_complex else gx.real
     out = {}
     for name, fn in (("ref", ssm_scan_reference), ("native", lambda *a, **k: ssm_scan_native(*a, **k, chunk_size=8))):
         y, x = fn(p["u"], p["A"], p["B"], p["C"], x0, D)
+        assert x.dtype == modes
         loss = (y * gy).sum() + ((x * gx.conj()).real.sum() if with_gx else 0)  # without: x's gradient stays None
         out[name] = (y, x, *torch.autograd.grad(loss, leaves_))
     for a, b in zip(out["native"], out["ref"]):
@@ -325,9 +334,33 @@ def test_diagonal_conjugate_views_and_the_dispatch():
                                       p["x0"].conj().resolve_conj(), p["D"])
     assert rel_err(y, y_ref) < 1e-12 and rel_err(x, x_ref) < 1e-12
     assert auto_scan_backend(p["u"], True, p["A"]) == "native"
-    assert auto_scan_backend(p["u"], True, p["A"].real) != "native"  # real modes (EMA) stay on the PyTorch paths
-    with pytest.raises(RuntimeError, match="ssm_scan: backend 'native' cannot run here: .*real Ā runs chunked"):
-        ops.ssm_scan(p["u"], p["A"].real, p["B"].real, p["C"].real, backend="native")
+    assert auto_scan_backend(p["u"], True, p["A"].real) == "native"  # real modes (EMA): the kernel's real variant
+    assert auto_scan_backend(p["u"], True, p["A"].to(torch.complex64)) != "native"  # another precision
+    assert "u's precision" in native_diagonal_ok(p["u"], p["A"].real.float())
+
+
+@pytest.mark.parametrize("with_x0", [True, False], ids=["x0", "from-rest"])
+def test_diagonal_real_modes_float32_long_sequence_against_float64(with_x0):
+    # EMA-like real modes (Ā up to 0.999, B̄ over 1e-3..1: from rest the kernel scans x / B̄) over L = 3000: values
+    # and every gradient of the float32 kernel as close to the float64 loop as the float32 loop's own
+    p = diag_inputs(2, 3000, 20, 8, seed=3, dtype=F64)
+    p["A"] = torch.linspace(0.9, 0.999, 160, dtype=F64).reshape(20, 8)
+    p["B"] = p["B"] * torch.logspace(-3, 0, 160, dtype=F64).reshape(20, 8)
+    if not with_x0:
+        p["x0"] = None
+    gy = torch.randn(2, 3000, 20, generator=torch.Generator().manual_seed(5), dtype=F64)
+
+    def run(fn, q):
+        q = {k: v if v is None else v.clone().requires_grad_() for k, v in q.items()}
+        y, x = fn(q["u"], q["A"], q["B"], q["C"], q["x0"], q["D"])
+        leaves_ = [v for v in q.values() if v is not None]
+        return [y, x, *torch.autograd.grad((y * gy.to(y.dtype)).sum() + x.sum(), leaves_)]
+
+    exact = run(ssm_scan_reference, p)
+    q = {k: v if v is None else v.float() for k, v in p.items()}
+    for native, loop, ref in zip(run(ssm_scan_native, q), run(ssm_scan_reference, q), exact):
+        assert native.dtype == torch.float32
+        assert rel_err(native, ref) < max(2 * rel_err(loop, ref), 3e-6)
 
 
 def test_float32_softplus_and_gate_over_their_range():
@@ -557,6 +590,9 @@ def _native_grads(op: str) -> list[torch.Tensor]:
         A = torch.polar(torch.rand(35, 6, generator=g) * 0.5 + 0.45, r(35, 6)).to(torch.complex64)
         leaves = [r(3, 70, 35), A, torch.complex(r(35, 6), r(35, 6)), torch.complex(r(35, 6), r(35, 6)), r(35)]
         fn = lambda u, A, B, C, D: ssm_scan_native(u, A, B, C, None, D)[0]  # noqa: E731
+    elif op == "ssm_scan_real":
+        leaves = [r(3, 70, 35), torch.rand(35, 6, generator=g) * 1.8 - 0.9, r(35, 6), r(35, 6), r(35)]
+        fn = lambda u, A, B, C, D: ssm_scan_native(u, A, B, C, None, D)[0]  # noqa: E731
     elif op == "causal_conv1d":
         leaves = [r(3, 150, 19), r(19, 4), r(19)]
         fn = lambda x, w, b: causal_conv1d_native(x, w, b, activation="silu")[0]  # noqa: E731
@@ -570,7 +606,7 @@ def _native_grads(op: str) -> list[torch.Tensor]:
     return list(torch.autograd.grad((y.real if y.is_complex() else y).mul(weight).sum(), leaves))
 
 
-@pytest.mark.parametrize("op", ["selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence"])
+@pytest.mark.parametrize("op", ["selective_scan", "ssm_scan", "ssm_scan_real", "causal_conv1d", "linear_recurrence"])
 def test_gradients_do_not_depend_on_the_threads(op, monkeypatch):
     runs = []
     for threads in THREADINGS:

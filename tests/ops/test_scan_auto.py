@@ -48,7 +48,8 @@ def test_auto_takes_the_c_kernel_for_complex_parameters_on_the_cpu(monkeypatch):
     monkeypatch.setitem(scan.FFT_LENGTHS, (DEVICE.type, True), (256, 1024))
     expected = "native" if DEVICE.type == "cpu" and native_available("ssm_scan", torch.float32) else "fft"
     assert scan.auto_scan_backend(u, True, A) == expected
-    assert scan.auto_scan_backend(u, True, A.real) == "fft"  # real modes: the table decides
+    assert scan.auto_scan_backend(u, True, A.real) == expected  # real modes: the kernel's real variant
+    assert scan.auto_scan_backend(u, True, A.to(torch.complex128)) == "fft"  # not u's precision: the table decides
 
 
 def test_auto_takes_the_triton_scan_only_when_told(monkeypatch):

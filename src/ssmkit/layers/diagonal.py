@@ -38,7 +38,7 @@ class DiagonalLTILayer(SequenceLayer):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
-    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft", "native")  # native: complex modes only
+    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft", "native")
     complex_modes: ClassVar[bool] = True  # False: real modes (Mega's EMA), a real state of the parameters' dtype
 
     D: torch.Tensor

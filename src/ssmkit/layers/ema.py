@@ -14,8 +14,9 @@ plus N(0, 0.02²) noise; γ ~ N(0, 1) per (channel, mode); ω ~ N(0, 1) per chan
 The official layer ends in SiLU(y + ω u); here the layer is the linear map only (the static nonlinearity lives in
 the Block, docs/design.md), and :class:`ssmkit.layers.Mega` applies the SiLU itself.
 
-Views and backends (real modes through the shared diagonal machinery): ``"chunked"`` (and ``"auto"``) = the chunked
-scan; ``"fft"`` = kernel + FFT convolution; ``"reference"`` = the loop. The kernel is the Vandermonde product of
+Views and backends (real modes through the shared diagonal machinery): ``"native"`` (and ``"auto"`` on the CPU where
+the C kernel builds) = the C kernel's real-mode scan; ``"chunked"`` (``"auto"`` elsewhere) = the chunked scan;
+``"fft"`` = kernel + FFT convolution; ``"reference"`` = the loop. The kernel is the Vandermonde product of
 :func:`ssmkit.ops.vandermonde` (power tables built in float64 by products; the official code forms
 exp(l·log(1 - αδ)) in float32 -- the same numbers up to rounding). ``bidirectional=True`` adds a second set of
 α, δ, β, γ (as the official code) for an anti-causal kernel whose tap 0 acts at lag -1 (the current input is
@@ -68,7 +69,7 @@ class EMA(DiagonalLTILayer):
     )
 
     complex_modes = False
-    backends = ("reference", "chunked", "fft")  # no "native": the C kernel takes complex modes
+    backends = ("reference", "chunked", "fft", "native")
 
     def __init__(
         self,
@@ -135,13 +136,13 @@ class EMA(DiagonalLTILayer):
     def _two_sided(self, u, A_bar, B_bar, C, backend):  # type: ignore[override]
         """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (no skip), each direction with its own Ā, B̄, C: one
         two-sided convolution (``reference``: loop kernel and loop convolution; ``fft``/``auto``), or two scans
-        (``chunked``), the anti-causal one on the reversed input, delayed by one step."""
-        if backend != "chunked":
+        (``chunked``, ``native``), the anti-causal one on the reversed input, delayed by one step."""
+        if backend not in ("chunked", "native"):
             kernel_backend = "reference" if backend == "reference" else "chunked"
             return bidirectional_conv(u, self._kernels(u.shape[1], kernel_backend), backend="reference" if backend == "reference" else "fft")
         A, Bb, Cc = self.directions()
-        y, _ = ssm_scan(u, A[0], Bb[0], Cc[0], return_state=False, backend="chunked")  # (B, L, H)
-        z, _ = ssm_scan(u.flip(1), A[1], Bb[1], Cc[1], return_state=False, backend="chunked")  # (B, L, H) reversed
+        y, _ = ssm_scan(u, A[0], Bb[0], Cc[0], return_state=False, backend=backend)  # (B, L, H)
+        z, _ = ssm_scan(u.flip(1), A[1], Bb[1], Cc[1], return_state=False, backend=backend)  # (B, L, H) reversed
         return y + torch.nn.functional.pad(z[:, :-1], (0, 0, 1, 0)).flip(1)  # (B, L, H)
 
     def _kernel(self, L: int) -> torch.Tensor:

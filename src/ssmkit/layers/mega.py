@@ -35,8 +35,8 @@ Choices (docs/design.md):
 - ``bidirectional=True`` (the encoder of the paper's LRA and classification models): a bidirectional EMA and
   attention over the whole chunk; no state, no step.
 
-Backends: the EMA's (``"reference"``: its loop; ``"chunked"``/``"auto"``: the chunked scan; ``"fft"``: FFT
-convolution); the attention scores are formed chunk by chunk (T × T per chunk; without chunks L × L, quadratic).
+Backends: the EMA's (``"reference"``: its loop; ``"native"`` (``"auto"`` on the CPU where it builds): the C kernel's
+real-mode scan; ``"chunked"`` (``"auto"`` elsewhere): the chunked scan; ``"fft"``: FFT convolution); the attention scores are formed chunk by chunk (T × T per chunk; without chunks L × L, quadratic).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class Mega(SequenceLayer):
         "kernel": "its attention and gates make it nonlinear, so it has no convolution kernel",
         "state_space": "its attention and gates make it nonlinear, so it has no linear state-space realisation",
     }
-    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft")
+    backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft", "native")
     block_defaults: ClassVar[BlockDefaults] = BlockDefaults(activation=None, mixer_out=None)
 
     def __init__(

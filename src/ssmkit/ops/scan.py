@@ -209,8 +209,8 @@ def ssm_scan_fft(
 _SCAN = {"reference": ssm_scan_reference, "chunked": ssm_scan_chunked, "fft": ssm_scan_fft, "triton": ssm_scan_triton,
          "native": ssm_scan_native}
 
-# ``auto``'s choice between the chunked scan and the FFT path where the C kernel does not run (no compiler, real
-# modes, not the CPU), keyed by (device type, return_state): the FFT path is taken for L in [lo, hi) (hi None: no
+# ``auto``'s choice between the chunked scan and the FFT path where the C kernel does not run (no compiler, not
+# the CPU), keyed by (device type, return_state): the FFT path is taken for L in [lo, hi) (hi None: no
 # upper end); elsewhere, and for a None entry, the chunked scan. The CPU entries are what ``ssmkit bench crossover``
 # printed on the quiet 2-core VM (2026-11-30, B = 8, H = 128, N = 64; docs/benchmarks.md): the FFT path was faster
 # only at L = 512 with the final state (0.86x the chunked time) and at L = 256-512 without it (0.52-0.53x), and slower
@@ -235,7 +235,7 @@ TRITON_SCAN_IN_AUTO = False
 
 def auto_scan_backend(u: torch.Tensor, return_state: bool = True, A_bar: torch.Tensor | None = None) -> str:
     """The path ``"auto"`` takes for :func:`ssm_scan` (unless :data:`TRITON_SCAN_IN_AUTO`): ``"native"`` (the C
-    kernel) on the CPU for complex Ā where it runs and no torch.func transform or export traces; else ``"fft"`` when
+    kernel) on the CPU for complex or real Ā where it runs and no torch.func transform or export traces; else ``"fft"`` when
     L lies in the measured FFT range of :data:`FFT_LENGTHS` for u's device type and ``return_state``, else
     ``"chunked"``.
 
@@ -284,8 +284,8 @@ def ssm_scan(
     FFT convolution; the final state by chunked GEMMs); ``"triton"`` -> the fused Triton kernels
     (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
     ``TRITON_INTERPRET=1``; raises elsewhere); ``"native"`` -> :func:`ssmkit.ops.native.ssm_scan_native` (the C
-    kernel, CPU, complex parameters); ``"auto"`` -> :func:`auto_scan_backend` (the C kernel on the CPU for complex
-    Ā; else the chunked scan, or the FFT path over the measured range of L of :data:`FFT_LENGTHS`, per device; the
+    kernel, CPU, complex or real parameters); ``"auto"`` -> :func:`auto_scan_backend` (the C kernel on the CPU;
+    else the chunked scan, or the FFT path over the measured range of L of :data:`FFT_LENGTHS`, per device; the
     Triton kernel only where :data:`TRITON_SCAN_IN_AUTO` says, False since it was slower on an H200). Every path is
     twice differentiable (the native and Triton kernels' backwards then go through the chunked scan:
     :mod:`ssmkit.ops.twice`).

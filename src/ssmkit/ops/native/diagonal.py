@@ -13,8 +13,9 @@ the forward but its inputs. One call is a handful of aten ops (the parameters' r
 gradients of the batch rows are summed in C, on the calling thread), so it does not slow down under CPU contention the
 way a path of hundreds of small ops does, nor wait for a worker thread outside its one parallel region.
 
-Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Real Ā (EMA, S4D-Real
-kept real) is not handled here: ``"auto"`` keeps the chunked path for it. Under torch.compile the kernel calls are custom
+Real modes (Ā, B̄, C real of u's dtype: Mega's EMA, S4D-Real) run the kernel's real variant, the same passes with one
+part per value (2 operations per mode and step forward, 5 backward, where a complex mode takes 6 and 14), the state
+real. Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Under torch.compile the kernel calls are custom
 ops (:mod:`ssmkit.ops.opaque`); torch.func transforms and torch.export take the chunked path. Differentiated itself (``create_graph``), the backward is that of
 the chunked path (:mod:`ssmkit.ops.twice`).
 """
@@ -39,6 +40,9 @@ SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result ty
     "ds_forward": ([_p] * 11 + [_i64] * 8, ctypes.c_int),
     "ds_backward": ([_p] * 14 + [_i64] * 8, ctypes.c_int),
     "ds_sum_partials": ([_p] * 2 + [_i64] * 3, None),
+    "dsr_forward": ([_p] * 8 + [_i64] * 8, ctypes.c_int),
+    "dsr_backward": ([_p] * 11 + [_i64] * 8, ctypes.c_int),
+    "dsr_sum_partials": ([_p] * 2 + [_i64] * 3, None),
 }
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -51,7 +55,9 @@ def default_chunk(N: int, itemsize: int) -> int:
 
 
 def _split(Z: torch.Tensor) -> list[torch.Tensor]:
-    """(H, N) complex -> [Re, Im] as contiguous (N, H) reals (the kernel's layout)."""
+    """(H, N) complex -> [Re, Im] as contiguous (N, H) reals (the kernel's layout); (H, N) real -> [Zᵀ] contiguous."""
+    if not Z.is_complex():
+        return [Z.t().contiguous()]
     Z = Z.resolve_conj()
     return [Z.real.t().contiguous(), Z.imag.t().contiguous()]
 
@@ -59,36 +65,42 @@ def _split(Z: torch.Tensor) -> list[torch.Tensor]:
 class _NativeDiagonal(torch.autograd.Function):
     """x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = Re(Σ_n C_n x_t) + D u_t by the C kernel.
 
-    Inputs: u (B, L, H) real contiguous, Ā, B̄, C (H, N) complex, D (H,) or None, x0 (B, H, N) complex or None,
-    T (the kernel's chunk of rows). Outputs y (B, L, H) and x_{L-1} (B, H, N). The final state's gradient is not
-    materialised when nothing uses the state (None): the backward then skips its seeded adjoint pair.
+    Inputs: u (B, L, H) real contiguous, Ā, B̄, C (H, N) all complex or all real (real modes), D (H,) or None, x0
+    (B, H, N) of Ā's dtype or None, T (the kernel's chunk of rows). Outputs y (B, L, H) and x_{L-1} (B, H, N). The
+    final state's gradient is not materialised when nothing uses the state (None): the backward then skips its seeded
+    adjoint pair.
     """
 
     @staticmethod
     def forward(ctx, u, A_bar, B_bar, C, D, x0, T):  # type: ignore[override]
-        pars = [*_split(A_bar), *_split(B_bar), *_split(C)]  # (N, H) x 6
+        pars = [*_split(A_bar), *_split(B_bar), *_split(C)]  # (N, H) x 6 (complex) or x 3 (real)
         Dc = None if D is None else D.contiguous()
         x0c = None if x0 is None else x0.resolve_conj().contiguous()
-        y, xL = _forward_kernel(u, *pars, Dc, x0c, T)
+        y, xL = (_forward_kernel if A_bar.is_complex() else _forward_kernel_real)(u, *pars, Dc, x0c, T)
         # then the inputs as given, for a double backward
         ctx.save_for_backward(u, *pars, Dc, x0c, A_bar, B_bar, C, D, x0)
-        ctx.T, ctx.has_D = T, D is not None
+        ctx.T, ctx.has_D, ctx.n_pars = T, D is not None, len(pars)
         ctx.set_materialize_grads(False)
         return y, xL
 
     @staticmethod
     def backward(ctx, g_y, g_x):  # type: ignore[override]
-        u, *pars, Dc, x0c = ctx.saved_tensors[:9]
+        k = 3 + ctx.n_pars  # u, the parameters' parts, D, x0
+        u, *pars, Dc, x0c = ctx.saved_tensors[:k]
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             from ssmkit.ops.chunked import ssm_scan_chunked
 
             def chunked(u, A_bar, B_bar, C, D, x0):
                 return ssm_scan_chunked(u, A_bar, B_bar, C, x0, D)
 
-            given = (u, *ctx.saved_tensors[9:])
+            given = (u, *ctx.saved_tensors[k:])
             return (*graph_backward(chunked, given, ctx.needs_input_grad[:6], (g_y, g_x)), None)
         g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
         g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
+        if ctx.n_pars == 3:  # real modes: rows ∂Ā, ∂B̄, ∂C, ∂D
+            g_u, g, *g_x0 = _backward_kernel_real(u, *pars, Dc, x0c, g_y, g_xc, ctx.T)
+            g_D = g[3, 0] if ctx.has_D else None
+            return g_u, g[0].t(), g[1].t(), g[2].t(), g_D, (g_x0[0] if g_x0 else None), None
         g_u, g, *g_x0 = _backward_kernel(u, *pars, Dc, x0c, g_y, g_xc, ctx.T)
         cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (N, H) pair -> (H, N) complex
         g_D = g[6, 0] if ctx.has_D else None
@@ -149,6 +161,57 @@ def _backward_kernel(
     return [g_u, g_sum, *([] if g_x0 is None else [g_x0])]
 
 
+def _forward_real_fake(u, A, B, C, D, x0, T):
+    Bsz, L, H = u.shape
+    return [torch.empty_like(u), u.new_empty(Bsz, H, A.shape[0])]
+
+
+@kernel_op("ssm_scan_real_forward", _forward_real_fake)
+def _forward_kernel_real(
+    u: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], x0: Optional[Tensor], T: int,
+) -> list[Tensor]:
+    """The C forward for real modes: [y (B, L, H), x_{L-1} (B, H, N)] from u (B, L, H), Ā, B̄, C (N, H), D (H,) and x0
+    (B, H, N) (or None), contiguous, of one real dtype."""
+    fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    N = A.shape[0]
+    y = torch.empty_like(u)
+    xL = u.new_empty(Bsz, H, N)
+    args = [ptr(u), ptr(A), ptr(B), ptr(C), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T]
+    if any(run_parts(fns["dsr_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
+        raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
+    return [y, xL]
+
+
+def _backward_real_fake(u, A, B, C, D, x0, g_y, g_x, T):
+    Bsz, L, H = u.shape
+    N = A.shape[0]
+    return [torch.empty_like(u), u.new_empty(4, N, H), *([u.new_empty(Bsz, H, N)] if x0 is not None else [])]
+
+
+@kernel_op("ssm_scan_real_backward", _backward_real_fake)
+def _backward_kernel_real(
+    u: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], x0: Optional[Tensor], g_y: Tensor,
+    g_x: Optional[Tensor], T: int,
+) -> list[Tensor]:
+    """The C backward for real modes: [∂u (B, L, H), the parameters' gradients (4, N, H): ∂Ā, ∂B̄, ∂C and ∂D (row 3's
+    first H values), then ∂x0 (B, H, N) when x0 is given]; the arguments as :func:`_backward_kernel`'s."""
+    fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    N = A.shape[0]
+    g_x = absent_if_zero(g_x)
+    g_u = torch.empty_like(u)
+    g_x0 = u.new_empty(Bsz, H, N) if x0 is not None else None
+    g = u.new_empty(Bsz, 4, N, H)  # per batch row (a fixed summation order)
+    args = [ptr(u), ptr(A), ptr(B), ptr(C), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0), ptr(g),
+            Bsz, L, H, N, T]
+    if any(run_parts(fns["dsr_backward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
+        raise MemoryError("ssm_scan native: the backward could not allocate its buffers")
+    g_sum = u.new_empty(4, N, H)
+    fns["dsr_sum_partials"](ptr(g), ptr(g_sum), Bsz, H, N)  # on this thread: no parallel op (issue 16)
+    return [g_u, g_sum, *([] if g_x0 is None else [g_x0])]
+
+
 def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):
     """:func:`ssm_scan_native` after its checks (the smoke call enters here)."""
     from ssmkit.ops._checks import check_chunk_size
@@ -162,11 +225,12 @@ def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):
 
 
 def native_diagonal_ok(u: torch.Tensor, A_bar: torch.Tensor) -> str | None:
-    """Why the kernel cannot take these inputs (None when it can): CPU, complex Ā of u's precision."""
+    """Why the kernel cannot take these inputs (None when it can): CPU, Ā complex of u's precision or real of u's
+    dtype."""
     if u.device.type != "cpu":
         return f"it runs on the CPU; the inputs are on {u.device}"
-    if COMPLEX_OF.get(u.dtype) != A_bar.dtype:
-        return f"it takes complex parameters of u's precision (u {u.dtype}, Ā {A_bar.dtype}); real Ā runs chunked"
+    if A_bar.dtype not in (COMPLEX_OF.get(u.dtype), u.dtype):
+        return f"it takes parameters of u's precision, complex or real (u {u.dtype}, Ā {A_bar.dtype})"
     return None
 
 
@@ -189,19 +253,20 @@ def ssm_scan_native(
 
     Args:
         u: (B, L, H) real input, float32 or float64, on the CPU.
-        A_bar: (H, N) complex discrete state matrix (diagonal), complex64 for float32 u, complex128 for float64.
-        B_bar: (H, N) complex discrete input matrix.
-        C: (H, N) complex output matrix; pass 2·C for conjugate-pair halves.
-        state: (B, H, N) complex state x_{-1}, or None for zeros.
+        A_bar: (H, N) discrete state matrix (diagonal): complex64 for float32 u, complex128 for float64, or real of
+            u's dtype (real modes: the kernel's real variant).
+        B_bar: (H, N) discrete input matrix, of Ā's dtype.
+        C: (H, N) output matrix, of Ā's dtype; pass 2·C for conjugate-pair halves.
+        state: (B, H, N) state x_{-1} of Ā's dtype, or None for zeros.
         D: (H,) real skip, or None.
         return_state: whether to return the final state (else None in its place).
         chunk_size: T, the kernel's chunk of rows, or None for :func:`default_chunk`.
 
     Returns:
-        y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) complex (or None).
+        y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in Ā's dtype (or None).
 
     Raises:
-        RuntimeError: the kernel cannot run here or cannot take these inputs (real Ā, not on the CPU); the message
+        RuntimeError: the kernel cannot run here or cannot take these inputs (not on the CPU, another precision); the message
             says why.
     """
     from ssmkit.ops._checks import check_params, check_skip

@@ -31,6 +31,8 @@
  * ∂x_{-1} += μ'_{-1}. ∂Ā, ∂B̄, ∂C, ∂D sum over batch and time: an item writes its batch row's partial sums for its
  * channels (each written once, so the buffer needs no zeroing), and ds_sum_partials adds the rows in order.
  *
+ * Real modes (Ā, B̄, C real) have their own entries (dsr_*, at the end of the file): the same passes, one part per value.
+ *
  * Compiled twice: as float and with -DSS_DOUBLE as double.
  */
 #include <stdlib.h>
@@ -92,10 +94,9 @@ static inline void store_rows(real *dst, const real *src, int64_t nt, int64_t H,
     for (int64_t i = 0; i < nt; i++) memcpy(dst + i * H, src + i * VEC, sizeof(real) * w);
 }
 
-/* Copy the item's columns of an (N, H) array into an (NP, VEC) block, NP = N rounded up to MB (zeros beyond w and
- * beyond N: a padded mode has Ā = B̄ = C = 0 and adds nothing). */
-static void gather(real *dst, const real *src, int64_t N, int64_t H, int64_t c0, int64_t w) {
-    const int64_t NP = (N + MB - 1) / MB * MB;
+/* Copy the item's columns of an (N, H) array into an (NP, VEC) block, NP = N rounded up to the modes advanced together
+ * (zeros beyond w and beyond N: a padded mode has Ā = B̄ = C = 0 and adds nothing). */
+static void gather(real *dst, const real *src, int64_t N, int64_t NP, int64_t H, int64_t c0, int64_t w) {
     for (int64_t n = 0; n < NP; n++)
         for (int64_t c = 0; c < VEC; c++) dst[n * VEC + c] = (c < w && n < N) ? src[n * H + c0 + c] : 0;
 }
@@ -116,8 +117,8 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
     real *xr = buf + 6 * S, *xi = buf + 7 * S, *ub = buf + 8 * S, *yb = ub + T * VEC; /* (T, VEC) u and y of a chunk */
     for (int64_t item = item0; item < item1; item++) {
         const int64_t b = item / nblk, c0 = (item % nblk) * VEC, w = H - c0 < VEC ? H - c0 : VEC;
-        gather(Ar, ar, N, H, c0, w), gather(Ai, ai, N, H, c0, w), gather(Br, br, N, H, c0, w);
-        gather(Bi, bi, N, H, c0, w), gather(Cr, cr, N, H, c0, w), gather(Ci, ci, N, H, c0, w);
+        gather(Ar, ar, N, NP, H, c0, w), gather(Ai, ai, N, NP, H, c0, w), gather(Br, br, N, NP, H, c0, w);
+        gather(Bi, bi, N, NP, H, c0, w), gather(Cr, cr, N, NP, H, c0, w), gather(Ci, ci, N, NP, H, c0, w);
         vreal Dv = {0};
         for (int64_t c = 0; c < w && D; c++) Dv[c] = D[c0 + c];
         if (!x0)
@@ -270,8 +271,8 @@ static int backward_range(const real *u, const real *ar, const real *ai, const r
     real *ub = seed + NADJ * S, *gb = ub + T * VEC, *gub = gb + T * VEC; /* (T, VEC): u, g and ∂u of a chunk */
     for (int64_t item = item0; item < item1; item++) {
         const int64_t b = item / nblk, c0 = (item % nblk) * VEC, w = H - c0 < VEC ? H - c0 : VEC;
-        gather(Ar, ar, N, H, c0, w), gather(Ai, ai, N, H, c0, w), gather(Br, br, N, H, c0, w);
-        gather(Bi, bi, N, H, c0, w), gather(Cr, cr, N, H, c0, w), gather(Ci, ci, N, H, c0, w);
+        gather(Ar, ar, N, NP, H, c0, w), gather(Ai, ai, N, NP, H, c0, w), gather(Br, br, N, NP, H, c0, w);
+        gather(Bi, bi, N, NP, H, c0, w), gather(Cr, cr, N, NP, H, c0, w), gather(Ci, ci, N, NP, H, c0, w);
         for (int64_t o = 0; o < S; o++) Wr[o] = Cr[o] * Br[o] - Ci[o] * Bi[o], Wi[o] = Cr[o] * Bi[o] + Ci[o] * Br[o];
         memset(adj, 0, sizeof(real) * 2 * NADJ * S);
         if (gxL)
@@ -368,15 +369,233 @@ int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const rea
     return failed;
 }
 
-/* out (7, N, H) = Σ_b g[b] (b in order) over the entries the items wrote (rows 0-5, and the first H values of row 6;
- * the rest of row 6 is set to 0), on the calling thread: a few hundred thousand additions, where torch's zero fill and
- * sum over the batch were two parallel ops, each waiting for a worker beside a busy process (issue 16). */
-void SUFFIX(ds_sum_partials)(const real *g, real *out, int64_t Bsz, int64_t H, int64_t N) {
-    const int64_t used = 6 * N * H + H, row = 7 * N * H;
+/* out = Σ_b g[b] (b in order) over the first `used` entries of each row of `row` values (the rest of out set to 0),
+ * on the calling thread: a few hundred thousand additions, where torch's zero fill and sum over the batch were two
+ * parallel ops, each waiting for a worker beside a busy process (issue 16). */
+static void sum_partials(const real *g, real *out, int64_t Bsz, int64_t row, int64_t used) {
     for (int64_t r = 0; r < used; r++) out[r] = g[r];
     for (int64_t b = 1; b < Bsz; b++) {
         const real *gb = g + b * row;
         for (int64_t r = 0; r < used; r++) out[r] += gb[r];
     }
     for (int64_t r = used; r < row; r++) out[r] = 0;
+}
+
+/* out (7, N, H) = Σ_b g[b] over the entries the complex backward's items wrote (rows 0-5, and the first H values of
+ * row 6). */
+void SUFFIX(ds_sum_partials)(const real *g, real *out, int64_t Bsz, int64_t H, int64_t N) {
+    sum_partials(g, out, Bsz, 7 * N * H, 6 * N * H + H);
+}
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * Real modes (Ā, B̄, C real: Mega's EMA, S4D-Real), the same passes with one part per value:
+ *
+ *     x_t = Ā x_{t-1} + B̄ u_t,   y_t = Σ_n C_n x_{t,n} + D u_t;   from a zero state x̃_t = Ā x̃_{t-1} + u_t, y_t = Σ w x̃_t
+ *     μ_t = g_t + Ā μ_{t+1},  ν_t = μ_{t+1} + Ā ν_{t+1};  ∂B̄ = C P, ∂C = B̄ P, ∂Ā = w Q, ∂u_t = Σ_n w μ_t + D g_t
+ *
+ * (the complex formulas with every imaginary part 0): 2 operations per mode and step forward from a zero state (a
+ * complex mode takes 6) and 5 backward (14). x (B, H, N), x0, xL and their gradients real; the partial sums (4, N, H)
+ * per batch row: ∂Ā, ∂B̄, ∂C, then ∂D in row 3's first H values. Modes advanced together: MBR forward (3 vectors
+ * live each), MBBR backward (6 each). */
+#if VBYTES == 64
+#define MBR 8
+#define MBBR 4
+#else
+#define MBR 4
+#define MBBR 2
+#endif
+
+static int forward_range_real(const real *u, const real *a, const real *bb, const real *cc, const real *D,
+                              const real *x0, real *y, real *xL, int64_t L, int64_t H, int64_t N, int64_t T,
+                              int64_t item0, int64_t item1) {
+    const int64_t NP = (N + MBR - 1) / MBR * MBR, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
+    real *buf = malloc(sizeof(real) * (4 * S + 2 * T * VEC));
+    if (!buf) return 1;
+    real *Av = buf, *Bv = buf + S, *Cv = buf + 2 * S, *X = buf + 3 * S, *ub = buf + 4 * S, *yb = ub + T * VEC;
+    for (int64_t item = item0; item < item1; item++) {
+        const int64_t b = item / nblk, c0 = (item % nblk) * VEC, w = H - c0 < VEC ? H - c0 : VEC;
+        gather(Av, a, N, NP, H, c0, w), gather(Bv, bb, N, NP, H, c0, w), gather(Cv, cc, N, NP, H, c0, w);
+        vreal Dv = {0};
+        for (int64_t c = 0; c < w && D; c++) Dv[c] = D[c0 + c];
+        if (!x0)
+            for (int64_t o = 0; o < S; o++) Cv[o] *= Bv[o]; /* C ← w = C B̄ for the scan of x̃ */
+        for (int64_t n = 0; n < NP; n++)
+            for (int64_t c = 0; c < VEC; c++)
+                X[n * VEC + c] = x0 && c < w && n < N ? x0[(b * H + c0 + c) * N + n] : 0;
+        for (int64_t k = 0; k < nc; k++) {
+            const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
+            load_rows(ub, u + (b * L + t0) * H + c0, nt, H, w);
+            for (int64_t i = 0; i < nt; i++) vstore(yb + i * VEC, Dv * vload(ub + i * VEC));
+            for (int64_t n0 = 0; n0 < NP; n0 += MBR) {
+                vreal p[MBR], a_[MBR], b_[MBR], c_[MBR];
+                #pragma GCC unroll 8
+                for (int m = 0; m < MBR; m++) {
+                    const int64_t o = (n0 + m) * VEC;
+                    p[m] = vload(X + o), a_[m] = vload(Av + o), b_[m] = vload(Bv + o), c_[m] = vload(Cv + o);
+                }
+                for (int64_t i = 0; i < nt && x0; i++) {
+                    const vreal uu = vload(ub + i * VEC);
+                    vreal Y[2] = {vload(yb + i * VEC), {0}};
+                    #pragma GCC unroll 8
+                    for (int m = 0; m < MBR; m++) {
+                        p[m] = b_[m] * uu + a_[m] * p[m];
+                        Y[m % 2] = Y[m % 2] + c_[m] * p[m];
+                    }
+                    vstore(yb + i * VEC, Y[0] + Y[1]);
+                }
+                for (int64_t i = 0; i < nt && !x0; i++) { /* x̃: B̄ = 1, C = w */
+                    const vreal uu = vload(ub + i * VEC);
+                    vreal Y[2] = {vload(yb + i * VEC), {0}};
+                    #pragma GCC unroll 8
+                    for (int m = 0; m < MBR; m++) {
+                        p[m] = uu + a_[m] * p[m];
+                        Y[m % 2] = Y[m % 2] + c_[m] * p[m];
+                    }
+                    vstore(yb + i * VEC, Y[0] + Y[1]);
+                }
+                #pragma GCC unroll 8
+                for (int m = 0; m < MBR; m++) vstore(X + (n0 + m) * VEC, p[m]);
+            }
+            store_rows(y + (b * L + t0) * H + c0, yb, nt, H, w);
+        }
+        if (xL)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t c = 0; c < w; c++) /* x = B̄ x̃ from a zero state */
+                    xL[(b * H + c0 + c) * N + n] = x0 ? X[n * VEC + c] : Bv[n * VEC + c] * X[n * VEC + c];
+    }
+    free(buf);
+    return 0;
+}
+
+/* The per-mode vectors of one real adjoint pair (μ, ν) and its sums (P, Q): 4 (NP, VEC) blocks. */
+enum { RM, RN, RP, RQ, NADJR };
+
+/* adjoint_steps for real modes: ν ← μ + Ā ν, μ ← g + Ā μ (none when gb is NULL: the seeded pair adds before it
+ * advances), P += u μ, Q += u ν, ∂u += v μ into gub (v = w for the g-driven pair, B̄ for the seeded). */
+static inline void adjoint_steps_real(real *adj, int64_t S, int64_t n0, const real *Av, const real *Vv, const real *ub,
+                                      const real *gb, real *gub, int64_t nt) {
+    vreal a_[MBBR], v_[MBBR], mu[MBBR], nu[MBBR], P[MBBR], Q[MBBR];
+    #pragma GCC unroll 8
+    for (int m = 0; m < MBBR; m++) {
+        const int64_t o = (n0 + m) * VEC;
+        a_[m] = vload(Av + o), v_[m] = vload(Vv + o), mu[m] = vload(adj + RM * S + o), nu[m] = vload(adj + RN * S + o);
+        P[m] = vload(adj + RP * S + o), Q[m] = vload(adj + RQ * S + o);
+    }
+    if (gb) {
+        for (int64_t i = nt - 1; i >= 0; i--) {
+            const vreal uu = vload(ub + i * VEC), gg = vload(gb + i * VEC);
+            vreal G = vload(gub + i * VEC);
+            #pragma GCC unroll 8
+            for (int m = 0; m < MBBR; m++) {
+                nu[m] = mu[m] + a_[m] * nu[m];
+                mu[m] = gg + a_[m] * mu[m];
+                P[m] += uu * mu[m], Q[m] += uu * nu[m];
+                G = G + v_[m] * mu[m];
+            }
+            vstore(gub + i * VEC, G);
+        }
+    } else {
+        for (int64_t i = nt - 1; i >= 0; i--) {
+            const vreal uu = vload(ub + i * VEC);
+            vreal G = vload(gub + i * VEC);
+            #pragma GCC unroll 8
+            for (int m = 0; m < MBBR; m++) {
+                P[m] += uu * mu[m], Q[m] += uu * nu[m];
+                G = G + v_[m] * mu[m];
+                nu[m] = mu[m] + a_[m] * nu[m];
+                mu[m] = a_[m] * mu[m];
+            }
+            vstore(gub + i * VEC, G);
+        }
+    }
+    #pragma GCC unroll 8
+    for (int m = 0; m < MBBR; m++) {
+        const int64_t o = (n0 + m) * VEC;
+        vstore(adj + RM * S + o, mu[m]), vstore(adj + RN * S + o, nu[m]);
+        vstore(adj + RP * S + o, P[m]), vstore(adj + RQ * S + o, Q[m]);
+    }
+}
+
+static int backward_range_real(const real *u, const real *a, const real *bb, const real *cc, const real *D,
+                               const real *x0, const real *gy, const real *gxL, real *gu, real *gx0, real *g,
+                               int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1) {
+    const int64_t NP = (N + MBBR - 1) / MBBR * MBBR, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
+    real *buf = malloc(sizeof(real) * ((4 + 2 * NADJR) * S + 3 * T * VEC));
+    if (!buf) return 1;
+    real *Av = buf, *Bv = buf + S, *Cv = buf + 2 * S, *Wv = buf + 3 * S; /* w = C B̄ */
+    real *adj = buf + 4 * S, *seed = adj + NADJR * S;
+    real *ub = seed + NADJR * S, *gb = ub + T * VEC, *gub = gb + T * VEC;
+    for (int64_t item = item0; item < item1; item++) {
+        const int64_t b = item / nblk, c0 = (item % nblk) * VEC, w = H - c0 < VEC ? H - c0 : VEC;
+        gather(Av, a, N, NP, H, c0, w), gather(Bv, bb, N, NP, H, c0, w), gather(Cv, cc, N, NP, H, c0, w);
+        for (int64_t o = 0; o < S; o++) Wv[o] = Cv[o] * Bv[o];
+        memset(adj, 0, sizeof(real) * 2 * NADJR * S);
+        if (gxL)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t c = 0; c < w; c++) seed[RM * S + n * VEC + c] = gxL[(b * H + c0 + c) * N + n];
+        vreal Dv = {0}, gD = {0};
+        for (int64_t c = 0; c < w && D; c++) Dv[c] = D[c0 + c];
+        for (int64_t k = nc - 1; k >= 0; k--) {
+            const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
+            load_rows(ub, u + (b * L + t0) * H + c0, nt, H, w);
+            load_rows(gb, gy + (b * L + t0) * H + c0, nt, H, w);
+            for (int64_t i = 0; i < nt; i++) {
+                const vreal g_ = vload(gb + i * VEC);
+                vstore(gub + i * VEC, Dv * g_);
+                gD += g_ * vload(ub + i * VEC);
+            }
+            for (int64_t n0 = 0; n0 < NP; n0 += MBBR) adjoint_steps_real(adj, S, n0, Av, Wv, ub, gb, gub, nt);
+            if (gxL)
+                for (int64_t n0 = 0; n0 < NP; n0 += MBBR) adjoint_steps_real(seed, S, n0, Av, Bv, ub, NULL, gub, nt);
+            store_rows(gu + (b * L + t0) * H + c0, gub, nt, H, w);
+        }
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < w; c++) {
+                const int64_t o = n * VEC + c, h = n * H + c0 + c;
+                const real a_ = Av[o], b_ = Bv[o], c_ = Cv[o], P = adj[RP * S + o], Q = adj[RQ * S + o];
+                real gA = Wv[o] * Q, gB = c_ * P, gC = b_ * P, gx = 0;
+                const real *s0 = x0 ? x0 + (b * H + c0 + c) * N + n : NULL;
+                if (s0) {
+                    const real mu0 = adj[RM * S + o], e = a_ * mu0, nu_ = mu0 + a_ * adj[RN * S + o]; /* Ā μ_0, ν_{-1} */
+                    gC += *s0 * e, gx = c_ * e, gA += c_ * *s0 * nu_;
+                }
+                if (gxL) {
+                    gB += seed[RP * S + o], gA += b_ * seed[RQ * S + o];
+                    if (s0) gA += *s0 * seed[RN * S + o], gx += seed[RM * S + o]; /* ν'_{-1}, μ'_{-1} */
+                }
+                g[h] = gA, g[N * H + h] = gB, g[2 * N * H + h] = gC;
+                if (gx0) gx0[(b * H + c0 + c) * N + n] = gx;
+            }
+        for (int64_t c = 0; c < w; c++) g[3 * N * H + c0 + c] = gD[c];
+    }
+    free(buf);
+    return 0;
+}
+
+/* The real entries, as ds_forward, ds_backward and ds_sum_partials (partials (4, N, H) per batch row). */
+int SUFFIX(dsr_forward)(const real *u, const real *a, const real *bb, const real *cc, const real *D, const real *x0,
+                        real *y, real *xL, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
+                        int64_t item1, int64_t nthreads) {
+    (void)Bsz;
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++)
+        failed |= forward_range_real(u, a, bb, cc, D, x0, y, xL, L, H, N, T, item, item + 1);
+    return failed;
+}
+
+int SUFFIX(dsr_backward)(const real *u, const real *a, const real *bb, const real *cc, const real *D, const real *x0,
+                         const real *gy, const real *gxL, real *gu, real *gx0, real *g, int64_t Bsz, int64_t L,
+                         int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1, int64_t nthreads) {
+    (void)Bsz;
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++)
+        failed |= backward_range_real(u, a, bb, cc, D, x0, gy, gxL, gu, gx0, g + (item / ((H + VEC - 1) / VEC)) * 4 * N * H,
+                                      L, H, N, T, item, item + 1);
+    return failed;
+}
+
+void SUFFIX(dsr_sum_partials)(const real *g, real *out, int64_t Bsz, int64_t H, int64_t N) {
+    sum_partials(g, out, Bsz, 4 * N * H, 3 * N * H + H);
 }

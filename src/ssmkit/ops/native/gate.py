@@ -170,5 +170,9 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args = [rand(Bsz, L, H), A, crand(H, N), crand(H, N), crand(Bsz, H, N), rand(H)]
         fast = lambda *a: scan_unchecked(*a, True, 4)  # noqa: E731
         ref = lambda *a: ssm_scan_reference(*a)  # noqa: E731
+        weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
+        real_args = [args[0], torch.rand(H, N, generator=g, dtype=f64).to(dtype) * 0.9, rand(H, N), rand(H, N),
+                     rand(Bsz, H, N), args[5]]  # real modes: the kernel's real variant
+        _compare(fast, ref, real_args, weight, dtype)
     weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
     _compare(fast, ref, args, weight, dtype)

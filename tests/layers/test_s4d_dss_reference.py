@@ -469,16 +469,20 @@ def test_dss_softmax_float32_growing_mode_keeps_its_kernel(L_re_z):
     assert bool(torch.isfinite(layer.A_real.grad).all()) and float(layer.W.grad.abs().max()) > 0
 
 
-@pytest.mark.parametrize("backend,two_sided_calls", [("reference", 1), ("fft", 1), ("auto", 1), ("chunked", 0),
+@pytest.mark.parametrize("backend,two_sided_calls", [("reference", 1), ("fft", 1), ("auto", None), ("chunked", 0),
                                                      ("native", 0)])
 def test_bidirectional_forward_takes_the_documented_path(monkeypatch, backend, two_sided_calls):
     """DiagonalLTILayer._two_sided: one two-sided convolution (reference loop or FFT), or two causal scans under
-    "chunked" and "native"; the values are the same either way (tested above), the cost is not."""
+    "chunked" and "native", and under "auto" where the C kernel runs (else the FFT convolution); the values are the
+    same either way (tested above), the cost is not."""
     import ssmkit.layers.diagonal as diagonal
+    from ssmkit.ops.native import native_available
 
     layer = _s4d_moved(bidirectional=True)
     if backend not in ("auto", *runnable_backends(layer)):
         pytest.skip(f"backend {backend} does not run here")
+    if two_sided_calls is None:
+        two_sided_calls = 0 if DEVICE.type == "cpu" and native_available("ssm_scan", F64) else 1
     calls = []
     original = diagonal.diagonal_ssm_bidirectional
 

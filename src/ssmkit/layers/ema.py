@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.checks import check_flag, check_lr, check_positive_int, parameter_dtype
-from ssmkit.layers.diagonal import DiagonalLTILayer
+from ssmkit.layers.diagonal import DiagonalLTILayer, add_anti_causal
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import with_skip
 from ssmkit.layers.registry import register
@@ -133,17 +133,20 @@ class EMA(DiagonalLTILayer):
         K = vandermonde((C * B_bar).reshape(n_dir * H, N), A_bar.reshape(n_dir * H, N), L, backend=backend)  # (C·H, L)
         return K.reshape(n_dir, H, L)
 
-    def _two_sided(self, u, A_bar, B_bar, C, backend):  # type: ignore[override]
-        """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s (no skip), each direction with its own Ā, B̄, C: one
-        two-sided convolution (``reference``: loop kernel and loop convolution; ``fft``/``auto``), or two scans
-        (``chunked``, ``native``), the anti-causal one on the reversed input, delayed by one step."""
+    def _two_sided(self, u, A_bar, B_bar, C, backend, D):  # type: ignore[override]
+        """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s + D u_t, each direction with its own Ā, B̄, C: one
+        two-sided convolution (``reference``: loop kernel and loop convolution; ``fft``, and ``auto`` where the C
+        kernel does not run), or two scans (``chunked``, ``native``, ``auto`` where the C kernel runs), the
+        anti-causal one on the reversed input, delayed by one step."""
+        backend = self._two_sided_backend(u, A_bar, backend)
         if backend not in ("chunked", "native"):
             kernel_backend = "reference" if backend == "reference" else "chunked"
-            return bidirectional_conv(u, self._kernels(u.shape[1], kernel_backend), backend="reference" if backend == "reference" else "fft")
+            conv_backend = "reference" if backend == "reference" else "fft"
+            return bidirectional_conv(u, self._kernels(u.shape[1], kernel_backend), backend=conv_backend) + D * u
         A, Bb, Cc = self.directions()
-        y, _ = ssm_scan(u, A[0], Bb[0], Cc[0], return_state=False, backend=backend)  # (B, L, H)
+        y, _ = ssm_scan(u, A[0], Bb[0], Cc[0], D=D, return_state=False, backend=backend)  # (B, L, H)
         z, _ = ssm_scan(u.flip(1), A[1], Bb[1], Cc[1], return_state=False, backend=backend)  # (B, L, H) reversed
-        return y + torch.nn.functional.pad(z[:, :-1], (0, 0, 1, 0)).flip(1)  # (B, L, H)
+        return add_anti_causal(y, z)
 
     def _kernel(self, L: int) -> torch.Tensor:
         """K_l = Σ_n (γ_n/√N) α_n β_n (1 - α_n δ_n)^l + ω δ_l: (H, L), or (2, H, L) when bidirectional."""

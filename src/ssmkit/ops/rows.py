@@ -32,7 +32,8 @@ from ssmkit.ops.backend import tracing
 from ssmkit.ops.opaque import exporting
 from ssmkit.ops.twice import graph_backward
 
-ROW_BLOCK = 512  # rows per GEMM call; chosen by the Mamba block's forward+backward (docs/design.md, "Row blocks")
+ROW_BLOCK = 2048  # rows per GEMM call; the Mamba block and the S4D Block, alone and beside a busy process
+# (docs/design.md, "Projections by row blocks"; 512 until 2026-12-04)
 
 
 def mm_rows(a: torch.Tensor, b: torch.Tensor, block: int, out: torch.Tensor | None = None) -> torch.Tensor:

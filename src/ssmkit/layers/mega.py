@@ -36,7 +36,8 @@ Choices (docs/design.md):
   attention over the whole chunk; no state, no step.
 
 Backends: the EMA's (``"reference"``: its loop; ``"native"`` (``"auto"`` on the CPU where it builds): the C kernel's
-real-mode scan; ``"chunked"`` (``"auto"`` elsewhere): the chunked scan; ``"fft"``: FFT convolution); the attention scores are formed chunk by chunk (T × T per chunk; without chunks L × L, quadratic).
+real-mode scan; ``"chunked"`` (``"auto"`` elsewhere): the chunked scan; ``"fft"``: FFT convolution); the attention
+scores are formed chunk by chunk (T × T per chunk; without chunks L × L, quadratic).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ the forward but its inputs. One call is a handful of aten ops (the parameters' r
 gradients of the batch rows are summed in C, on the calling thread), so it does not slow down under CPU contention the
 way a path of hundreds of small ops does, nor wait for a worker thread outside its one parallel region.
 
-Real modes (Ā, B̄, C real of u's dtype: Mega's EMA, S4D-Real) run the kernel's real variant, the same passes with one
-part per value (2 operations per mode and step forward, 5 backward, where a complex mode takes 6 and 14), the state
-real. Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Under torch.compile the kernel calls are custom
-ops (:mod:`ssmkit.ops.opaque`); torch.func transforms and torch.export take the chunked path. Differentiated itself (``create_graph``), the backward is that of
-the chunked path (:mod:`ssmkit.ops.twice`).
+Real modes (Ā, B̄, C real of u's dtype: Mega's EMA) run the kernel's real variant, the same passes with one part per
+value (2 operations per mode and step forward, 5 backward, where a complex mode takes 6 and 14), the state real.
+Usable where ``native_status("ssm_scan", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Under torch.compile the
+kernel calls are custom ops (:mod:`ssmkit.ops.opaque`); torch.func transforms and torch.export take the chunked path.
+Differentiated itself (``create_graph``), the backward is that of the chunked path (:mod:`ssmkit.ops.twice`).
 """
 
 from __future__ import annotations

@@ -399,7 +399,7 @@ void SUFFIX(ds_sum_partials)(const real *g, real *out, int64_t Bsz, int64_t H, i
 }
 
 /* ------------------------------------------------------------------------------------------------------------------
- * Real modes (Ā, B̄, C real: Mega's EMA, S4D-Real), the same passes with one part per value:
+ * Real modes (Ā, B̄, C real: Mega's EMA), the same passes with one part per value:
  *
  *     x_t = Ā x_{t-1} + B̄ u_t,   y_t = Σ_n C_n x_{t,n} + D u_t;   from a zero state x̃_t = Ā x̃_{t-1} + u_t, y_t = Σ w x̃_t
  *     μ_t = g_t + Ā μ_{t+1},  ν_t = μ_{t+1} + Ā ν_{t+1};  ∂B̄ = C P, ∂C = B̄ P, ∂Ā = w Q, ∂u_t = Σ_n w μ_t + D g_t

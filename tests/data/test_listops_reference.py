@@ -104,14 +104,15 @@ def pool_methods(monkeypatch) -> list:
     return made
 
 
-def test_worker_pool_forks_and_is_closed(pool_methods):
-    """workers > 1 draws the chunks in a pool of that many forked processes (where fork exists), none left running
-    on return; workers = 1 makes no pool. The rows are those of one process."""
+def test_worker_pool_never_forks_and_is_closed(pool_methods):
+    """workers > 1 draws the chunks in a pool of that many processes started by the forkserver (where it exists, else
+    spawned; never forked from the test process: ssmkit.data.pool), none left running on return; workers = 1 makes
+    no pool. The rows are those of one process."""
     made = pool_methods
     one = generate_listops(12, 4, 6, 30, 5, workers=1, draws_per_chunk=40)
     assert made == []
     two = generate_listops(12, 4, 6, 30, 5, workers=2, draws_per_chunk=40)
-    assert made == ["fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"]
+    assert made == ["forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"]
     assert two == one
     assert multiprocessing.active_children() == []
 

@@ -32,7 +32,6 @@ and S5 (``masked_meanpool``) pool ListOps.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import pathlib
 import random
@@ -45,6 +44,7 @@ import torch
 from ssmkit.data.task import (
     FileTask, GeneratedTask, TaskInfo, check_positive, register_task,
 )
+from ssmkit.data.pool import process_pool
 from ssmkit.data.store import data_root
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -226,9 +226,7 @@ def generate_listops(
     found: dict[str, int] = {}
     job = (seed, 0, draws_per_chunk, min_length, max_length, max_depth, max_args)
     batch = 2 * workers  # chunks per round: Pool.imap would drain an endless job list at once
-    # the workers run pure Python (no torch), so fork is safe where it exists and spares a re-import per worker
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers) if workers > 1 else None
+    pool = process_pool(workers) if workers > 1 else None  # never forked from this (threaded) process: data/pool.py
     try:
         start = 0
         while len(found) < n:

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 import os
 
 import numpy as np
 import torch
 
+from ssmkit.data.pool import process_pool
 from ssmkit.data.task import GeneratedTask, TaskInfo, check_positive, register_task
 
 
@@ -367,9 +367,8 @@ def generate_pathfinder(
     jobs = [(params, seed, list(r)) for r in chunks]
     if workers == 1:
         parts = list(map(_render_batch, jobs))
-    else:  # the workers use numpy and scipy only, so fork is safe where it exists
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers) as pool:
+    else:  # never forked from this (threaded) process: data/pool.py
+        with process_pool(workers) as pool:
             parts = pool.map(_render_batch, jobs)
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])

@@ -15,8 +15,30 @@ def test_the_pools_start_by_forkserver_or_spawn_never_fork():
     assert start_method() == expected != "fork"
     if sys.platform.startswith("linux"):
         assert start_method() == "forkserver"
+    main = sys.modules["__main__"]
+    before = (main.__dict__.get("__file__"), main.__dict__.get("__spec__"))
     with process_pool(2) as pool:
+        assert (main.__dict__.get("__file__"), main.__dict__.get("__spec__")) == before  # restored at once
         assert pool._ctx.get_start_method() == expected  # noqa: SLF001
         assert pool.map(math.sqrt, [4.0, 9.0, 2.0]) == [2.0, 3.0, math.sqrt(2.0)]
     # both generators take their pools from here (a fork-started pool hung CI twice on 2026-12-04)
     assert listops.process_pool is process_pool and pathfinder.process_pool is process_pool
+
+
+def test_a_script_without_a_main_guard_can_start_the_pool(tmp_path):
+    """A forkserver/spawn child re-imports the parent's main module unless told otherwise: a script generating data at
+    its top level would start pools inside its own workers. process_pool hides the main module while it starts them
+    (and restores it), so such a script runs as it did with fork."""
+    import subprocess
+
+    script = tmp_path / "top_level.py"
+    script.write_text(
+        "from ssmkit.data.listops import generate_listops\n"
+        "two = generate_listops(12, 4, 6, 30, 5, workers=2, draws_per_chunk=40)\n"
+        "one = generate_listops(12, 4, 6, 30, 5, workers=1, draws_per_chunk=40)\n"
+        "import __main__\n"
+        "print(two == one, __main__.__file__ == __file__, __main__.__spec__ is None)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True", "True"]  # the rows; __file__ restored; a script's spec is None

@@ -9,7 +9,7 @@ here. Conjugate-pair layers (S4D) fold their factor 2 into C.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -29,11 +29,15 @@ from ssmkit.ops.scan import auto_scan_backend, ssm_scan
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
-def add_anti_causal(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """y_t += z_{L-2-t} for t < L-1, in place (y_{L-1} unchanged), and y: the anti-causal part of a two-sided layer
-    from z (B, L, H), the scan of the time-reversed input, which in reversed time τ = L-1-t is delayed by one step
-    (the current input is counted once, by the causal part). One flipped copy of z and one add, where a padded,
-    flipped copy and a sum made four passes over (B, L, H) (beside a busy process each a parallel region)."""
+def two_sided_scans(u: torch.Tensor, A: Sequence[torch.Tensor], B: Sequence[torch.Tensor], C: Sequence[torch.Tensor],
+                    D: torch.Tensor, backend: str) -> torch.Tensor:
+    """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s + D u_t by two scans: the causal one with (A[0], B[0], C[0])
+    and the skip, and the anti-causal one, which in reversed time τ = L-1-t is the scan z of the reversed input with
+    (A[1], B[1], C[1]) delayed by one step (the current input is counted once, by the causal part). z is added in
+    place, y_t += z_{L-2-t} for t < L-1: one flipped copy of z and one add, where a padded, flipped copy and a sum
+    made four passes over (B, L, H) (beside a busy process each a parallel region)."""
+    y, _ = ssm_scan(u, A[0], B[0], C[0], D=D, return_state=False, backend=backend)  # (B, L, H)
+    z, _ = ssm_scan(u.flip(1), A[1], B[1], C[1], return_state=False, backend=backend)  # (B, L, H) reversed
     y[:, :-1] += z[:, :-1].flip(1)
     return y
 
@@ -101,9 +105,7 @@ class DiagonalLTILayer(SequenceLayer):
         backend = DiagonalLTILayer._two_sided_backend(u, A_bar, backend)
         if backend not in ("chunked", "native"):
             return diagonal_ssm_bidirectional(u, A_bar, B_bar, C, backend=backend) + D * u  # (B, L, H)
-        y, _ = ssm_scan(u, A_bar, B_bar, C[0], D=D, return_state=False, backend=backend)  # (B, L, H)
-        z, _ = ssm_scan(u.flip(1), A_bar, B_bar, C[1], return_state=False, backend=backend)  # (B, L, H) reversed
-        return add_anti_causal(y, z)
+        return two_sided_scans(u, (A_bar, A_bar), (B_bar, B_bar), C, D, backend)  # the modes shared, C per side
 
     def _step_coefficients(self) -> DiagonalStepCoefficients:
         """Ā, B̄, C[0] prepared for ``step``: cached while the parameters keep their values and no gradient is needed."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.checks import check_flag, check_lr, check_positive_int, parameter_dtype
-from ssmkit.layers.diagonal import DiagonalLTILayer, add_anti_causal
+from ssmkit.layers.diagonal import DiagonalLTILayer, two_sided_scans
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import with_skip
 from ssmkit.layers.registry import register
@@ -40,7 +40,6 @@ from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.fftconv import bidirectional_conv
 from ssmkit.ops.kernels import vandermonde
-from ssmkit.ops.scan import ssm_scan
 
 
 @register("ema")
@@ -143,10 +142,7 @@ class EMA(DiagonalLTILayer):
             kernel_backend = "reference" if backend == "reference" else "chunked"
             conv_backend = "reference" if backend == "reference" else "fft"
             return bidirectional_conv(u, self._kernels(u.shape[1], kernel_backend), backend=conv_backend) + D * u
-        A, Bb, Cc = self.directions()
-        y, _ = ssm_scan(u, A[0], Bb[0], Cc[0], D=D, return_state=False, backend=backend)  # (B, L, H)
-        z, _ = ssm_scan(u.flip(1), A[1], Bb[1], Cc[1], return_state=False, backend=backend)  # (B, L, H) reversed
-        return add_anti_causal(y, z)
+        return two_sided_scans(u, *self.directions(), D, backend)  # each direction its own Ā, B̄, C
 
     def _kernel(self, L: int) -> torch.Tensor:
         """K_l = Σ_n (γ_n/√N) α_n β_n (1 - α_n δ_n)^l + ω δ_l: (H, L), or (2, H, L) when bidirectional."""

@@ -107,6 +107,17 @@ class _NativeDiagonal(torch.autograd.Function):
         return g_u, cplx(0), cplx(2), cplx(4), g_D, (g_x0[0] if g_x0 else None), None
 
 
+def _run_items(fns: dict, entry: str, Bsz: int, H: int, args: list) -> None:
+    """Run the kernel entry over all its items (batch rows × channel blocks) on :func:`run_parts`'s threads.
+
+    Raises:
+        MemoryError: an item could not allocate its buffers.
+    """
+    if any(run_parts(fns[entry], fns["ds_items"](Bsz, H), args, fns["openmp"])):
+        pass_name = "forward" if entry.endswith("forward") else "backward"
+        raise MemoryError(f"ssm_scan native: the {pass_name} could not allocate its buffers")
+
+
 def _forward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, T):
     Bsz, L, H = u.shape
     return [torch.empty_like(u), u.new_empty(Bsz, H, Ar.shape[0], dtype=COMPLEX_OF[u.dtype])]
@@ -125,8 +136,7 @@ def _forward_kernel(
     y = torch.empty_like(u)
     xL = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype])
     args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T]
-    if any(run_parts(fns["ds_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
-        raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
+    _run_items(fns, "ds_forward", Bsz, H, args)
     return [y, xL]
 
 
@@ -154,8 +164,7 @@ def _backward_kernel(
     g = u.new_empty(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
     args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0),
             ptr(g), Bsz, L, H, N, T]
-    if any(run_parts(fns["ds_backward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
-        raise MemoryError("ssm_scan native: the backward could not allocate its buffers")
+    _run_items(fns, "ds_backward", Bsz, H, args)
     g_sum = u.new_empty(7, N, H)
     fns["ds_sum_partials"](ptr(g), ptr(g_sum), Bsz, H, N)  # on this thread: no parallel op (issue 16)
     return [g_u, g_sum, *([] if g_x0 is None else [g_x0])]
@@ -178,8 +187,7 @@ def _forward_kernel_real(
     y = torch.empty_like(u)
     xL = u.new_empty(Bsz, H, N)
     args = [ptr(u), ptr(A), ptr(B), ptr(C), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T]
-    if any(run_parts(fns["dsr_forward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
-        raise MemoryError("ssm_scan native: the forward could not allocate its buffers")
+    _run_items(fns, "dsr_forward", Bsz, H, args)
     return [y, xL]
 
 
@@ -205,8 +213,7 @@ def _backward_kernel_real(
     g = u.new_empty(Bsz, 4, N, H)  # per batch row (a fixed summation order)
     args = [ptr(u), ptr(A), ptr(B), ptr(C), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0), ptr(g),
             Bsz, L, H, N, T]
-    if any(run_parts(fns["dsr_backward"], fns["ds_items"](Bsz, H), args, fns["openmp"])):
-        raise MemoryError("ssm_scan native: the backward could not allocate its buffers")
+    _run_items(fns, "dsr_backward", Bsz, H, args)
     g_sum = u.new_empty(4, N, H)
     fns["dsr_sum_partials"](ptr(g), ptr(g_sum), Bsz, H, N)  # on this thread: no parallel op (issue 16)
     return [g_u, g_sum, *([] if g_x0 is None else [g_x0])]

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.backend import dispatch, get_backend, tracing
-from ssmkit.ops.dplr import bilinear_dplr, small_inverse
+from ssmkit.ops.dplr import bilinear_dplr
+from ssmkit.ops.woodbury import woodbury
 
 _COMPLEX = (torch.complex64, torch.complex128)
 # Bytes of one block of the Cauchy matrix 1/(z_m - w_n). Small blocks stay in cache (measured on 2 CPU cores,
@@ -267,32 +268,6 @@ def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
         raise ValueError(f"L must be an int >= 1; got {L!r}")
 
 
-def _woodbury(r: Tensor, S: int, n_out: int) -> Tensor:
-    """C̃ᵀ(z - A)⁻¹B from the Cauchy sums of the products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j}.
-
-    k[s, c] = r[s, c] - Σ_ij r[S+i, c] [Y⁻¹]_ij r[s, n_out+j],  Y[j, i] = δ_ji + r[S+i, n_out+j]   (rank R).
-
-    Args:
-        r: (S+R, C+R, H, W) complex Cauchy sums, r[a, b] = Σ_n a_n b_n / (z - λ_n).
-        S: number of input vectors; n_out: number of output vectors C.
-
-    Returns:
-        (S, C, H, W) complex.
-    """
-    R = r.shape[0] - S
-    k = r[:S, :n_out]  # (S, C, H, W)
-    if R == 0:
-        return k
-    r_pc = r[S:, :n_out]  # (R, C, H, W): a = P_i, b = C̃_c
-    r_bq = r[:S, n_out:]  # (S, R, H, W): a = B_s, b = Q_j
-    # Y = I + P*(z - Λ)⁻¹P as a matrix: Y[j, i] = δ_ji + Σ_n conj(P_j)_n P_i,n / (z - λ_n) = δ_ji + r[S+i, C+j].
-    Y = torch.eye(R, dtype=r.dtype, device=r.device)[:, :, None, None] + r[S:, n_out:].transpose(0, 1)  # (R, R, H, W)
-    Y_inv = small_inverse(Y.permute(2, 3, 0, 1)).permute(2, 3, 0, 1)  # (H, W, R, R) -> (R, R, H, W)
-    if R == 1:
-        return k - r_pc[0][None] * r_bq[:, 0][:, None] * Y_inv[0, 0]  # (S, C, H, W)
-    return k - torch.einsum("ichm,ijhm,sjhm->schm", r_pc, Y_inv, r_bq)  # (S, C, H, W)
-
-
 def _cauchy_backend() -> str:
     """The Cauchy sums' backend inside :func:`dplr_kernel_fast`: the context's (``ssmkit.ops.use_backend``) when the
     Cauchy op has it (``"chunked"``, ``"native"``, ``"reference"``), else ``"auto"`` (a context ``"fft"``, which
@@ -334,8 +309,7 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n): one blocked GEMM per channel.
     r = cauchy(ab, z, w, backend=_cauchy_backend())  # (S+r, C+r, H, W)
     # 4. Woodbury, then the factor 2/(1 + ω).
-    k = _woodbury(r, S, n_out)  # (S, C, H, W)
-    k = k * torch.complex(torch.ones_like(tan), tan)  # (S, C, H, W)
+    k = woodbury(r, S, n_out, torch.complex(torch.ones_like(tan), tan))  # (S, C, H, W), times 2/(1 + ω)
     # 5. ω = -1 (even L): z = ∞ and K̂ = (Δ/2) C̃ᵀ B_f = Δ Re Σ_half C̃ B.
     if L % 2 == 0:
         nyquist = dt * (B[:, None] * C[None, :]).sum(-1).real  # (S, C, H)

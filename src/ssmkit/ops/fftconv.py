@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.backend import dispatch
+from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.fftblocks import conv_forward_blocked, conv_grads_blocked
 from ssmkit.ops.opaque import custom_ops_allowed, exporting, kernel_op
 
 _REAL = (torch.float32, torch.float64)
@@ -127,6 +128,13 @@ def _spectrum_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.complex128 if x.dtype == torch.float64 else torch.complex64
 
 
+def _blockwise(x: torch.Tensor) -> bool:
+    """The passes by cache-sized blocks (:mod:`ssmkit.ops.fftblocks`): eagerly on the CPU without a graph being
+    recorded; the whole-array ops on other devices, under torch.func and torch.compile tracing, while exporting,
+    and for a differentiable backward (``create_graph``)."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and not tracing() and not exporting()
+
+
 def _conv_forward_fake(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
     (Bsz, L, H), n = u.shape, k.shape[-1]
     c = _spectrum_dtype(u)
@@ -136,6 +144,8 @@ def _conv_forward_fake(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
 @kernel_op("circular_conv_forward", _conv_forward_fake)
 def _conv_forward(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
     """[y (B, L, H), û (B, H, n//2 + 1), k̂ (H, n//2 + 1)] of ``_CircularConv``'s forward."""
+    if _blockwise(u):
+        return conv_forward_blocked(u, k)
     n, L = k.shape[-1], u.shape[1]
     U = _time_spectrum(u, n)  # (B, H, n//2 + 1)
     K_f = torch.fft.rfft(k)  # (H, n//2 + 1)
@@ -146,6 +156,8 @@ def _conv_grads(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: int, L:
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(∂u (B, L, H), ∂k (H, n)) of ``_CircularConv`` from the spectra û (B, H, n//2 + 1), k̂ (H, n//2 + 1) and dy
     (B, L, H); None for one not needed: du = irfft(conj(k̂) · dŷ), dk = irfft(Σ_b conj(û) · dŷ)."""
+    if _blockwise(dy):
+        return conv_grads_blocked(U, K_f, dy, n, L, need_u, need_k)
     dY = _time_spectrum(dy, n)  # (B, H, n//2 + 1)
     du = _from_spectrum(dY * K_f.conj(), n, L) if need_u else None  # (B, L, H)
     dk = torch.fft.irfft((dY * U.conj()).sum(0), n=n) if need_k else None  # (H, n)

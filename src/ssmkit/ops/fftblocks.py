@@ -1,0 +1,110 @@
+"""The FFT convolution's passes on the CPU, block by block, so that each block's signal and spectra stay in cache.
+
+The circular convolution y[t] = Σ_{s<L} k[(t − s) mod n] u[s], t < L, of :class:`ssmkit.ops.fftconv._CircularConv`
+(S4's convolutional view, arXiv 2111.00396 §3.3) is, per channel and batch row, independent of every other row:
+
+    forward:   û = rfft(pad_n(u)),  y = irfft(û · k̂)[:L]
+    backward:  dŷ = rfft(pad_n(dy)),  du = irfft(conj(k̂) · dŷ)[:L],  dk = irfft(Σ_b conj(û) · dŷ)
+
+Whole, each step is a pass over (B, H, n) arrays in memory: the padded signal, its spectrum, the product and the
+inverse transform (33 MB each at B 8, H 128, n 8 192, float32). On a 2-core VM with ~7 GB/s to memory the forward
+took 52 ms that way; the same ops on blocks of rows of at most :data:`BLOCK_BYTES` padded signal ran in 26-30 ms
+(2026-12-04; docs/benchmarks.md, "Session of 2026-12-04 (23:00-)"), the block's spectrum read back from cache by
+the product and the inverse FFT. Blocks take whole batch rows (all H channels) while one fits, else channel ranges of one
+batch row. û is still written whole (the backward's dk needs it).
+
+These run eagerly on the CPU only (the caller, ``ops/fftconv.py``, keeps the whole-array form on other devices,
+under torch.func and torch.compile tracing, while exporting, and for a differentiable backward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+# Bytes of a block's zero-padded signal (rows × n reals). Forward+backward of the causal convolution at (B, L, H) =
+# (8, 4 096, 128), (1, 65 536, 128), (32, 1 024, 256), (2, 16 384, 512), float32, blocks of 4 / 8 / 16 / 32 MB / whole:
+# 84 / 75 / 66 / 85 / 128 ms, 433 / 381 / 310 / 371 / 519, 135 / 116 / 118 / 162 / 225, 503 / 485 / 514 / 764 / 789
+# (2026-12-04, 2-core VM). Each block costs ~10 aten ops (beside a busy process, each a parallel region): 16 MB.
+BLOCK_BYTES = 1 << 23
+
+
+def _blocks(Bsz: int, H: int, n: int, itemsize: int) -> Iterator[tuple[slice, slice]]:
+    """(batch rows, channels) of each block: whole batch rows while at least one fits in BLOCK_BYTES (channels
+    ``slice(None)``, which indexes without an op), else channel ranges of single batch rows."""
+    row = n * itemsize  # bytes of one padded channel
+    if H * row <= BLOCK_BYTES:
+        nb = max(1, BLOCK_BYTES // (H * row))
+        for b0 in range(0, Bsz, nb):
+            yield slice(b0, min(Bsz, b0 + nb)), slice(None)
+        return
+    hb = max(1, BLOCK_BYTES // row)
+    for b0 in range(Bsz):
+        for h0 in range(0, H, hb):
+            yield slice(b0, b0 + 1), slice(h0, min(H, h0 + hb))
+
+
+class _Padded:
+    """Zero-padded (b, h, n) buffers, one per block shape, reused across blocks: only [..., :L] is ever written, so
+    the zero tail is written once."""
+
+    def __init__(self, like: torch.Tensor, L: int, n: int) -> None:
+        self.like, self.L, self.n = like, L, n
+        self.bufs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def load(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b, L, h) time-major -> its zero-padded (b, h, n) channel-major copy."""
+        b, _, h = x.shape
+        buf = self.bufs.get((b, h))
+        if buf is None:
+            buf = self.bufs[(b, h)] = self.like.new_empty(b, h, self.n)
+            buf[..., self.L:].zero_()
+        buf[..., :self.L].copy_(x.transpose(1, 2))
+        return buf
+
+
+def conv_forward_blocked(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
+    """[y (B, L, H), û (B, H, n//2 + 1), k̂ (H, n//2 + 1)]: ``_CircularConv``'s forward by blocks (module docstring).
+
+    Args:
+        u: (B, L, H) real input on the CPU.
+        k: (H, n) real circular filter, n >= L.
+    """
+    (Bsz, L, H), n = u.shape, k.shape[-1]
+    K_f = torch.fft.rfft(k)  # (H, n//2 + 1)
+    U = torch.empty(Bsz, H, n // 2 + 1, dtype=K_f.dtype)  # (B, H, n//2 + 1)
+    y = torch.empty_like(u)  # (B, L, H)
+    pad = _Padded(u, L, n)
+    for bs, hs in _blocks(Bsz, H, n, u.element_size()):
+        U_b = U[bs, hs]  # (b, h, n//2 + 1)
+        if U_b.is_contiguous():  # whole batch rows: the transform writes its block of û
+            torch.fft.rfft(pad.load(u[bs, :, hs]), out=U_b)
+        else:
+            U_b.copy_(torch.fft.rfft(pad.load(u[bs, :, hs])))
+        y[bs, :, hs] = torch.fft.irfft(U_b * K_f[hs], n=n)[..., :L].transpose(1, 2)  # (b, L, h)
+    return [y, U, K_f]
+
+
+def conv_grads_blocked(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: int, L: int, need_u: bool,
+                       need_k: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(∂u (B, L, H), ∂k (H, n)) of ``_CircularConv`` by blocks (module docstring); None for one not needed.
+
+    Args:
+        U, K_f: the forward's spectra û (B, H, n//2 + 1) and k̂ (H, n//2 + 1).
+        dy: (B, L, H) gradient of y, on the CPU.
+        n, L: the FFT and signal lengths.
+    """
+    Bsz, _, H = dy.shape
+    du = torch.empty_like(dy) if need_u else None  # (B, L, H)
+    acc = torch.zeros_like(K_f) if need_k else None  # (H, n//2 + 1): Σ_b conj(û) dŷ
+    pad = _Padded(dy, L, n)
+    K_conj = K_f.conj().resolve_conj()  # (H, n//2 + 1), once
+    for bs, hs in _blocks(Bsz, H, n, dy.element_size()):
+        dY = torch.fft.rfft(pad.load(dy[bs, :, hs]))  # (b, h, n//2 + 1)
+        if need_k:
+            acc[hs] += torch.linalg.vecdot(U[bs, hs], dY, dim=0)  # Σ_b conj(û) dŷ: (h, n//2 + 1)
+        if need_u:
+            du[bs, :, hs] = torch.fft.irfft(dY.mul_(K_conj[hs]), n=n)[..., :L].transpose(1, 2)  # (b, L, h)
+    dk = torch.fft.irfft(acc, n=n) if need_k else None  # (H, n)
+    return du, dk

@@ -1,0 +1,78 @@
+"""The FFT convolution by cache-sized blocks (ssmkit.ops.fftblocks) against the lag loops and the whole-array passes,
+with blocks made small enough that shapes split into ragged batch and channel blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ssmkit.ops.fftblocks as fftblocks
+import ssmkit.ops.fftconv as fftconv
+from ssmkit.ops.fftconv import (
+    bidirectional_conv,
+    bidirectional_conv_reference,
+    causal_conv,
+    causal_conv_reference,
+)
+
+F64 = torch.float64
+
+
+def _row_bytes(L: int, dtype: torch.dtype) -> int:
+    return fftconv._fft_size(2 * L) * torch.empty(0, dtype=dtype).element_size()
+
+
+# (B, L, H, block in padded channels): batch blocks of 2 rows (B = 3: a ragged last block); channel blocks of 2 in
+# single rows (H = 5: ragged); one block
+BLOCKINGS = [(3, 7, 4, 8), (2, 9, 5, 2), (2, 6, 3, 1000)]
+
+
+@pytest.mark.parametrize("B,L,H,block", BLOCKINGS)
+@pytest.mark.parametrize("two_sided", [False, True], ids=["causal", "bidirectional"])
+def test_blocked_conv_equals_the_loop_and_the_whole_passes(B, L, H, block, two_sided, monkeypatch):
+    monkeypatch.setattr(fftblocks, "BLOCK_BYTES", block * _row_bytes(L, F64))
+    g = torch.Generator().manual_seed(B * 100 + L)
+    u = torch.randn(B, L, H, dtype=F64, generator=g)
+    K = torch.randn(*((2,) if two_sided else ()), H, L + 2, dtype=F64, generator=g)
+    dy = torch.randn(B, L, H, dtype=F64, generator=g)
+    conv, ref = (bidirectional_conv, bidirectional_conv_reference) if two_sided else (causal_conv, causal_conv_reference)
+    blocks = list(fftblocks._blocks(B, H, fftconv._fft_size(2 * L), 8))
+    assert len(blocks) == {8: 2, 2: B * 3, 1000: 1}[block]  # the blockings named above
+
+    results = []
+    for blockwise in (True, False):
+        monkeypatch.setattr(fftconv, "_blockwise", lambda x, on=blockwise: on and x.device.type == "cpu"
+                            and not torch.is_grad_enabled())
+        u_, K_ = u.clone().requires_grad_(), K.clone().requires_grad_()
+        y = conv(u_, K_, backend="fft")
+        du, dK = torch.autograd.grad(y, (u_, K_), dy)
+        results.append((y, du, dK))
+    u_, K_ = u.clone().requires_grad_(), K.clone().requires_grad_()
+    y = ref(u_, K_)
+    results.append((y, *torch.autograd.grad(y, (u_, K_), dy)))
+    for got in results[:2]:
+        for a, b in zip(got, results[2]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_blocked_conv_float32_and_one_gradient(monkeypatch):
+    """float32 blocks, and a backward that needs only the input's gradient (the filter is a constant)."""
+    monkeypatch.setattr(fftblocks, "BLOCK_BYTES", 2 * _row_bytes(33, torch.float32))
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(2, 33, 3, generator=g, requires_grad=True)
+    K = torch.randn(3, 33, generator=g)
+    y = causal_conv(u, K, backend="fft")
+    (du,) = torch.autograd.grad(y, u, torch.ones_like(y))
+    u64 = u.detach().double().requires_grad_()
+    y64 = causal_conv_reference(u64, K.double())
+    (du64,) = torch.autograd.grad(y64, u64, torch.ones_like(y64))
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(du.double(), du64, rtol=1e-5, atol=1e-5)
+
+
+def test_blockwise_only_eagerly_on_the_cpu_without_a_graph():
+    x = torch.zeros(1)
+    assert fftconv._blockwise(x) is False  # grad mode on: a differentiable backward needs the whole passes
+    with torch.no_grad():
+        assert fftconv._blockwise(x) is True
+        assert fftconv._blockwise(torch.zeros(1, device="meta")) is False

@@ -16,6 +16,7 @@ from ssmkit.ops.fftconv import (
 )
 
 F64 = torch.float64
+fftconv_blockwise = fftconv._blockwise
 
 
 def _row_bytes(L: int, dtype: torch.dtype) -> int:
@@ -53,6 +54,9 @@ def test_blocked_conv_equals_the_loop_and_the_whole_passes(B, L, H, block, two_s
     for got in results[:2]:
         for a, b in zip(got, results[2]):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    monkeypatch.setattr(fftconv, "_blockwise", fftconv_blockwise)
+    with torch.no_grad():  # no gradient to come: the blocks keep no spectrum
+        torch.testing.assert_close(conv(u, K, backend="fft"), results[2][0], rtol=1e-10, atol=1e-10)
 
 
 def test_blocked_conv_float32_and_one_gradient(monkeypatch):

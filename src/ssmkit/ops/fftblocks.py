@@ -64,25 +64,31 @@ class _Padded:
         return buf
 
 
-def conv_forward_blocked(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
+def conv_forward_blocked(u: torch.Tensor, k: torch.Tensor, keep_spectrum: bool = True) -> list[torch.Tensor | None]:
     """[y (B, L, H), û (B, H, n//2 + 1), k̂ (H, n//2 + 1)]: ``_CircularConv``'s forward by blocks (module docstring).
 
     Args:
         u: (B, L, H) real input on the CPU.
         k: (H, n) real circular filter, n >= L.
+        keep_spectrum: write û whole (for the backward); False (no gradient to come) returns None in its place and
+            keeps each block's spectrum in the block only.
     """
     (Bsz, L, H), n = u.shape, k.shape[-1]
     K_f = torch.fft.rfft(k)  # (H, n//2 + 1)
-    U = torch.empty(Bsz, H, n // 2 + 1, dtype=K_f.dtype)  # (B, H, n//2 + 1)
+    U = torch.empty(Bsz, H, n // 2 + 1, dtype=K_f.dtype) if keep_spectrum else None  # (B, H, n//2 + 1)
     y = torch.empty_like(u)  # (B, L, H)
     pad = _Padded(u, L, n)
     for bs, hs in _blocks(Bsz, H, n, u.element_size()):
-        U_b = U[bs, hs]  # (b, h, n//2 + 1)
-        if U_b.is_contiguous():  # whole batch rows: the transform writes its block of û
-            torch.fft.rfft(pad.load(u[bs, :, hs]), out=U_b)
+        if U is None:  # the block's spectrum times k̂, in place
+            Y_b = torch.fft.rfft(pad.load(u[bs, :, hs])).mul_(K_f[hs])  # (b, h, n//2 + 1)
         else:
-            U_b.copy_(torch.fft.rfft(pad.load(u[bs, :, hs])))
-        y[bs, :, hs] = torch.fft.irfft(U_b * K_f[hs], n=n)[..., :L].transpose(1, 2)  # (b, L, h)
+            U_b = U[bs, hs]  # (b, h, n//2 + 1)
+            if U_b.is_contiguous():  # whole batch rows: the transform writes its block of û
+                torch.fft.rfft(pad.load(u[bs, :, hs]), out=U_b)
+            else:
+                U_b.copy_(torch.fft.rfft(pad.load(u[bs, :, hs])))
+            Y_b = U_b * K_f[hs]  # (b, h, n//2 + 1)
+        y[bs, :, hs] = torch.fft.irfft(Y_b, n=n)[..., :L].transpose(1, 2)  # (b, L, h)
     return [y, U, K_f]
 
 

@@ -230,7 +230,12 @@ class _CircularConv(torch.autograd.Function):
 
 
 def _circular_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """y[t] = Σ_{s<L} k[(t − s) mod n] u[s], t < L: u (B, L, H), k (H, n) -> (B, L, H) (see ``_CircularConv``)."""
+    """y[t] = Σ_{s<L} k[(t − s) mod n] u[s], t < L: u (B, L, H), k (H, n) -> (B, L, H) (see ``_CircularConv``).
+    Without a gradient to come (no_grad, or neither input requires one), on the CPU by blocks that keep no spectrum."""
+    if not (torch.is_grad_enabled() and (u.requires_grad or k.requires_grad)):
+        with torch.no_grad():
+            if _blockwise(u):
+                return conv_forward_blocked(u, k, keep_spectrum=False)[0]
     return _CircularConv.apply(u, k)[0]
 
 

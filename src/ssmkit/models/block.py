@@ -19,6 +19,7 @@ from torch import nn
 from ssmkit.layers.checks import check_choice
 from ssmkit.layers.protocol import SequenceLayer
 from ssmkit.layers.state import State
+from ssmkit.models.dropout import Dropout
 from ssmkit.ops.rows import apply_module
 
 NORMS = ("layer", "batch", "rms", None)
@@ -101,7 +102,7 @@ class Block(nn.Module):
             self.out = nn.Linear(H, H, device=device, dtype=dtype)
         else:
             self.out = nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)  # an nn.Dropout whose CPU mask is drawn in C (models/dropout.py)
 
     def forward(
         self, x: torch.Tensor, state: State | None = None, return_state: bool = True

@@ -13,7 +13,7 @@ import torch
 from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
-OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh")
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -151,6 +151,15 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args = [lam, torch.complex(rand(H, M), rand(H, M)).to(cdtype), torch.rand(H, 1, generator=g, dtype=f64).to(dtype)]
         weight = torch.linspace(-1, 1, M, dtype=dtype).view(1, M)
         _compare(zoh_native, zoh_torch, args, weight, dtype)
+        return
+    elif op == "dropout":
+        from ssmkit.ops.native.dropout import masked_scale
+        from ssmkit.ops.philox import dropout_reference
+
+        x = rand(2, 8192 + 37)  # two work items of 16 384 elements, a partial block of counters
+        for p, seed in ((0.3, 12345), (0.9, (1 << 62) + 7)):  # a seed with both key words nonzero
+            if not torch.equal(masked_scale(x, p, seed), dropout_reference(x, p, seed)):
+                raise RuntimeError("the kernel's result differs from the reference")
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference

@@ -9,7 +9,7 @@ evaluation point (2/(1 + ω)):
 :func:`woodbury_reference` is this formula in differentiable tensor ops (the oracle, and the path under torch.func,
 torch.compile and torch.export). :func:`woodbury` computes the same in one autograd node whose backward writes the
 gradient of r into one buffer, laid out as the Cauchy kernel's output: autograd through the reference's slices of r
-zero-filled an r-sized buffer per slice and copied the result into the Cauchy backward's layout, ~45 % of the time of
+zero-filled an r-sized buffer per slice and copied the result into the Cauchy backward's layout, ~30 % of the time of
 S4's kernel forward+backward at H 128, N 64, L 4 096 (issue 16: fewer, larger operations). The backward, by
 PyTorch's convention g_x = Σ conj(∂out/∂x) g_out (every map here is holomorphic), with g = conj(f) g_k and
 Z[c, j] = Σ_i r[S+i, c] (Y⁻¹)_ij:

@@ -42,7 +42,7 @@ def test_blocked_conv_equals_the_loop_and_the_whole_passes(B, L, H, block, n_blo
 
     results = []
     for blockwise in (True, False):
-        monkeypatch.setattr(fftconv, "_blockwise", lambda x, on=blockwise: on and x.device.type == "cpu"
+        monkeypatch.setattr(fftconv, "_blockwise", lambda x, n, on=blockwise: on and x.device.type == "cpu"
                             and not torch.is_grad_enabled())
         u_, K_ = u.clone().requires_grad_(), K.clone().requires_grad_()
         y = conv(u_, K_, backend="fft")
@@ -74,9 +74,11 @@ def test_blocked_conv_float32_and_one_gradient(monkeypatch):
     torch.testing.assert_close(du.double(), du64, rtol=1e-5, atol=1e-5)
 
 
-def test_blockwise_only_eagerly_on_the_cpu_without_a_graph():
-    x = torch.zeros(1)
-    assert fftconv._blockwise(x) is False  # grad mode on: a differentiable backward needs the whole passes
+def test_blockwise_only_eagerly_on_the_cpu_without_a_graph_and_beyond_one_block(monkeypatch):
+    monkeypatch.setattr(fftblocks, "BLOCK_BYTES", 2 * 3 * 16 * 8)  # (B, H, n) = (2, 3, 16) float64: one block
+    x, n = torch.zeros(2, 5, 3, dtype=F64), 16
+    assert fftconv._blockwise(x, n) is False  # grad mode on: a differentiable backward needs the whole passes
     with torch.no_grad():
-        assert fftconv._blockwise(x) is True
-        assert fftconv._blockwise(torch.zeros(1, device="meta")) is False
+        assert fftconv._blockwise(x, n) is False  # one block: the whole-array ops
+        assert fftconv._blockwise(x, n + 2) is True
+        assert fftconv._blockwise(torch.zeros(2, 5, 3, dtype=F64, device="meta"), n + 2) is False

@@ -13,8 +13,9 @@ took 52 ms that way; the same ops on blocks of rows of at most :data:`BLOCK_BYTE
 the product and the inverse FFT. Blocks take whole batch rows (all H channels) while one fits, else channel ranges of one
 batch row. û is still written whole (the backward's dk needs it).
 
-These run eagerly on the CPU only (the caller, ``ops/fftconv.py``, keeps the whole-array form on other devices,
-under torch.func and torch.compile tracing, while exporting, and for a differentiable backward).
+These run eagerly on the CPU only, beyond one block (the caller, ``ops/fftconv.py``, keeps the whole-array form on
+other devices, under torch.func and torch.compile tracing, while exporting, for a differentiable backward, and when
+the padded signal fits in one block, where the blocks' extra ops only cost).
 """
 
 from __future__ import annotations

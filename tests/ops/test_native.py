@@ -269,8 +269,11 @@ DIAG_IO = [(True, True, True), (False, True, True), (True, False, False), (True,
 @pytest.mark.parametrize("shape", DIAG_SHAPES, ids=[str(s) for s in DIAG_SHAPES])
 @pytest.mark.parametrize("io", DIAG_IO, ids=["D-x0-gx", "x0-gx", "D", "D-x0", "D-gx"])
 @pytest.mark.parametrize("modes", [C128, F64], ids=["complex", "real"])
-def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads, io, modes, monkeypatch):
-    # real modes (Mega's EMA) run the kernel's own real variant (dsr_*), blocks of 8 or 4 modes: N = 11 leaves a tail
+@pytest.mark.parametrize("reverse", [False, True], ids=["", "reversed"])
+def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads, io, modes, reverse, monkeypatch):
+    # real modes (Mega's EMA) run the kernel's own real variant (dsr_*), blocks of 8 or 4 modes: N = 11 leaves a tail;
+    # reversed: the scan backwards in time (the two-sided layers' anti-causal half) = the loop on the flipped input,
+    # flipped back
     use_threads(monkeypatch, *threads)
     with_D, with_x0, with_gx = io
     p = {k: v.requires_grad_() for k, v in diag_inputs(*shape, dtype=modes).items()}
@@ -282,7 +285,11 @@ def test_diagonal_forward_and_gradients_equal_the_loop_in_float64(shape, threads
     gx = torch.complex(torch.randn(p["x0"].shape, generator=g, dtype=F64), torch.randn(p["x0"].shape, generator=g, dtype=F64))
     gx = gx if modes.is_complex else gx.real
     out = {}
-    for name, fn in (("ref", ssm_scan_reference), ("native", lambda *a, **k: ssm_scan_native(*a, **k, chunk_size=8))):
+    def ref(u, *a):
+        y, x = ssm_scan_reference(u.flip(1) if reverse else u, *a)
+        return (y.flip(1) if reverse else y), x
+
+    for name, fn in (("ref", ref), ("native", lambda *a: ssm_scan_native(*a, chunk_size=8, reverse=reverse))):
         y, x = fn(p["u"], p["A"], p["B"], p["C"], x0, D)
         assert x.dtype == modes
         loss = (y * gy).sum() + ((x * gx.conj()).real.sum() if with_gx else 0)  # without: x's gradient stays None

@@ -24,6 +24,7 @@ from ssmkit.ops.diagonal import (
     diagonal_ssm_step,
     diagonal_step_coefficients,
 )
+from ssmkit.ops.native.diagonal import ssm_scan_native
 from ssmkit.ops.scan import auto_scan_backend, ssm_scan
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -33,10 +34,16 @@ def two_sided_scans(u: torch.Tensor, A: Sequence[torch.Tensor], B: Sequence[torc
                     D: torch.Tensor, backend: str) -> torch.Tensor:
     """y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s>t} K1[s-t-1] u_s + D u_t by two scans: the causal one with (A[0], B[0], C[0])
     and the skip, and the anti-causal one, which in reversed time τ = L-1-t is the scan z of the reversed input with
-    (A[1], B[1], C[1]) delayed by one step (the current input is counted once, by the causal part). z is added in
-    place, y_t += z_{L-2-t} for t < L-1: one flipped copy of z and one add, where a padded, flipped copy and a sum
-    made four passes over (B, L, H) (beside a busy process each a parallel region)."""
+    (A[1], B[1], C[1]) delayed by one step (the current input is counted once, by the causal part). The C kernel runs
+    that scan backwards in time itself (``reverse``: z_t = Σ_{s≥t} K1[s-t] u_s at its own index), and z is added in
+    place, y_t += z_{t+1} for t < L-1: no flipped copies. Other backends scan the flipped input and add the flipped
+    result, y_t += z_{L-2-t} (a padded, flipped copy and a sum made four passes over (B, L, H); beside a busy process
+    each a parallel region)."""
     y, _ = ssm_scan(u, A[0], B[0], C[0], D=D, return_state=False, backend=backend)  # (B, L, H)
+    if backend == "native":
+        z, _ = ssm_scan_native(u, A[1], B[1], C[1], return_state=False, reverse=True)  # (B, L, H), own indices
+        y[:, :-1] += z[:, 1:]
+        return y
     z, _ = ssm_scan(u.flip(1), A[1], B[1], C[1], return_state=False, backend=backend)  # (B, L, H) reversed
     y[:, :-1] += z[:, :-1].flip(1)
     return y

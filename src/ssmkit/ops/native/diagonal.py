@@ -37,11 +37,11 @@ from ssmkit.ops.twice import graph_backward
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result type)
     "ds_items": ([_i64] * 2, _i64),
-    "ds_forward": ([_p] * 11 + [_i64] * 8, ctypes.c_int),
-    "ds_backward": ([_p] * 14 + [_i64] * 8, ctypes.c_int),
+    "ds_forward": ([_p] * 11 + [_i64] * 9, ctypes.c_int),
+    "ds_backward": ([_p] * 14 + [_i64] * 9, ctypes.c_int),
     "ds_sum_partials": ([_p] * 2 + [_i64] * 3, None),
-    "dsr_forward": ([_p] * 8 + [_i64] * 8, ctypes.c_int),
-    "dsr_backward": ([_p] * 11 + [_i64] * 8, ctypes.c_int),
+    "dsr_forward": ([_p] * 8 + [_i64] * 9, ctypes.c_int),
+    "dsr_backward": ([_p] * 11 + [_i64] * 9, ctypes.c_int),
     "dsr_sum_partials": ([_p] * 2 + [_i64] * 3, None),
 }
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -66,20 +66,20 @@ class _NativeDiagonal(torch.autograd.Function):
     """x_t = Ā ⊙ x_{t-1} + B̄ u_t, y_t = Re(Σ_n C_n x_t) + D u_t by the C kernel.
 
     Inputs: u (B, L, H) real contiguous, Ā, B̄, C (H, N) all complex or all real (real modes), D (H,) or None, x0
-    (B, H, N) of Ā's dtype or None, T (the kernel's chunk of rows). Outputs y (B, L, H) and x_{L-1} (B, H, N). The
-    final state's gradient is not materialised when nothing uses the state (None): the backward then skips its seeded
-    adjoint pair.
+    (B, H, N) of Ā's dtype or None, T (the kernel's chunk of rows), rev (run backwards in time: step t reads and
+    writes row L - 1 - t). Outputs y (B, L, H) and the last step's state (B, H, N). The final state's gradient is not
+    materialised when nothing uses the state (None): the backward then skips its seeded adjoint pair.
     """
 
     @staticmethod
-    def forward(ctx, u, A_bar, B_bar, C, D, x0, T):  # type: ignore[override]
+    def forward(ctx, u, A_bar, B_bar, C, D, x0, T, rev):  # type: ignore[override]
         pars = [*_split(A_bar), *_split(B_bar), *_split(C)]  # (N, H) x 6 (complex) or x 3 (real)
         Dc = None if D is None else D.contiguous()
         x0c = None if x0 is None else x0.resolve_conj().contiguous()
-        y, xL = (_forward_kernel if A_bar.is_complex() else _forward_kernel_real)(u, *pars, Dc, x0c, T)
+        y, xL = (_forward_kernel if A_bar.is_complex() else _forward_kernel_real)(u, *pars, Dc, x0c, T, rev)
         # then the inputs as given, for a double backward
         ctx.save_for_backward(u, *pars, Dc, x0c, A_bar, B_bar, C, D, x0)
-        ctx.T, ctx.has_D, ctx.n_pars = T, D is not None, len(pars)
+        ctx.T, ctx.rev, ctx.has_D, ctx.n_pars = T, rev, D is not None, len(pars)
         ctx.set_materialize_grads(False)
         return y, xL
 
@@ -91,20 +91,23 @@ class _NativeDiagonal(torch.autograd.Function):
             from ssmkit.ops.chunked import ssm_scan_chunked
 
             def chunked(u, A_bar, B_bar, C, D, x0):
-                return ssm_scan_chunked(u, A_bar, B_bar, C, x0, D)
+                if not ctx.rev:
+                    return ssm_scan_chunked(u, A_bar, B_bar, C, x0, D)
+                y, x = ssm_scan_chunked(u.flip(1), A_bar, B_bar, C, x0, D)
+                return y.flip(1), x
 
             given = (u, *ctx.saved_tensors[k:])
-            return (*graph_backward(chunked, given, ctx.needs_input_grad[:6], (g_y, g_x)), None)
+            return (*graph_backward(chunked, given, ctx.needs_input_grad[:6], (g_y, g_x)), None, None)
         g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
         g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
         if ctx.n_pars == 3:  # real modes: rows ∂Ā, ∂B̄, ∂C, ∂D
-            g_u, g, *g_x0 = _backward_kernel_real(u, *pars, Dc, x0c, g_y, g_xc, ctx.T)
+            g_u, g, *g_x0 = _backward_kernel_real(u, *pars, Dc, x0c, g_y, g_xc, ctx.T, ctx.rev)
             g_D = g[3, 0] if ctx.has_D else None
-            return g_u, g[0].t(), g[1].t(), g[2].t(), g_D, (g_x0[0] if g_x0 else None), None
-        g_u, g, *g_x0 = _backward_kernel(u, *pars, Dc, x0c, g_y, g_xc, ctx.T)
+            return g_u, g[0].t(), g[1].t(), g[2].t(), g_D, (g_x0[0] if g_x0 else None), None, None
+        g_u, g, *g_x0 = _backward_kernel(u, *pars, Dc, x0c, g_y, g_xc, ctx.T, ctx.rev)
         cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (N, H) pair -> (H, N) complex
         g_D = g[6, 0] if ctx.has_D else None
-        return g_u, cplx(0), cplx(2), cplx(4), g_D, (g_x0[0] if g_x0 else None), None
+        return g_u, cplx(0), cplx(2), cplx(4), g_D, (g_x0[0] if g_x0 else None), None, None
 
 
 def _run_items(fns: dict, entry: str, Bsz: int, H: int, args: list) -> None:
@@ -118,7 +121,7 @@ def _run_items(fns: dict, entry: str, Bsz: int, H: int, args: list) -> None:
         raise MemoryError(f"ssm_scan native: the {pass_name} could not allocate its buffers")
 
 
-def _forward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, T):
+def _forward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, T, rev):
     Bsz, L, H = u.shape
     return [torch.empty_like(u), u.new_empty(Bsz, H, Ar.shape[0], dtype=COMPLEX_OF[u.dtype])]
 
@@ -126,21 +129,22 @@ def _forward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, T):
 @kernel_op("ssm_scan_forward", _forward_fake)
 def _forward_kernel(
     u: Tensor, Ar: Tensor, Ai: Tensor, Br: Tensor, Bi: Tensor, Cr: Tensor, Ci: Tensor, D: Optional[Tensor],
-    x0: Optional[Tensor], T: int,
+    x0: Optional[Tensor], T: int, rev: bool,
 ) -> list[Tensor]:
     """The C forward: [y (B, L, H), x_{L-1} (B, H, N) complex] from u (B, L, H) contiguous, the parameters' real and
-    imaginary parts (N, H) contiguous, D (H,) and x0 (B, H, N) complex, contiguous, or None."""
+    imaginary parts (N, H) contiguous, D (H,) and x0 (B, H, N) complex, contiguous, or None; backwards in time when
+    rev."""
     fns = bind("diagonal_scan.c", u.dtype, SIGNATURES)
     Bsz, L, H = u.shape
     N = Ar.shape[0]
     y = torch.empty_like(u)
     xL = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype])
-    args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T]
+    args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T, int(rev)]
     _run_items(fns, "ds_forward", Bsz, H, args)
     return [y, xL]
 
 
-def _backward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, g_y, g_x, T):
+def _backward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, g_y, g_x, T, rev):
     Bsz, L, H = u.shape
     N = Ar.shape[0]
     g_x0 = [u.new_empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype])] if x0 is not None else []
@@ -150,7 +154,7 @@ def _backward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, g_y, g_x, T):
 @kernel_op("ssm_scan_backward", _backward_fake)
 def _backward_kernel(
     u: Tensor, Ar: Tensor, Ai: Tensor, Br: Tensor, Bi: Tensor, Cr: Tensor, Ci: Tensor, D: Optional[Tensor],
-    x0: Optional[Tensor], g_y: Tensor, g_x: Optional[Tensor], T: int,
+    x0: Optional[Tensor], g_y: Tensor, g_x: Optional[Tensor], T: int, rev: bool,
 ) -> list[Tensor]:
     """The C backward: [∂u (B, L, H), the parameters' gradients (7, N, H): ∂Ā, ∂B̄, ∂C (re, im) and ∂D, then ∂x0
     (B, H, N) when x0 is given], from the forward's inputs and the outputs' gradients g_y (B, L, H) and g_x (B, H, N)
@@ -163,21 +167,21 @@ def _backward_kernel(
     g_x0 = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype]) if x0 is not None else None
     g = u.new_empty(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
     args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0),
-            ptr(g), Bsz, L, H, N, T]
+            ptr(g), Bsz, L, H, N, T, int(rev)]
     _run_items(fns, "ds_backward", Bsz, H, args)
     g_sum = u.new_empty(7, N, H)
     fns["ds_sum_partials"](ptr(g), ptr(g_sum), Bsz, H, N)  # on this thread: no parallel op (issue 16)
     return [g_u, g_sum, *([] if g_x0 is None else [g_x0])]
 
 
-def _forward_real_fake(u, A, B, C, D, x0, T):
+def _forward_real_fake(u, A, B, C, D, x0, T, rev):
     Bsz, L, H = u.shape
     return [torch.empty_like(u), u.new_empty(Bsz, H, A.shape[0])]
 
 
 @kernel_op("ssm_scan_real_forward", _forward_real_fake)
 def _forward_kernel_real(
-    u: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], x0: Optional[Tensor], T: int,
+    u: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], x0: Optional[Tensor], T: int, rev: bool,
 ) -> list[Tensor]:
     """The C forward for real modes: [y (B, L, H), x_{L-1} (B, H, N)] from u (B, L, H), Ā, B̄, C (N, H), D (H,) and x0
     (B, H, N) (or None), contiguous, of one real dtype."""
@@ -186,12 +190,12 @@ def _forward_kernel_real(
     N = A.shape[0]
     y = torch.empty_like(u)
     xL = u.new_empty(Bsz, H, N)
-    args = [ptr(u), ptr(A), ptr(B), ptr(C), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T]
+    args = [ptr(u), ptr(A), ptr(B), ptr(C), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T, int(rev)]
     _run_items(fns, "dsr_forward", Bsz, H, args)
     return [y, xL]
 
 
-def _backward_real_fake(u, A, B, C, D, x0, g_y, g_x, T):
+def _backward_real_fake(u, A, B, C, D, x0, g_y, g_x, T, rev):
     Bsz, L, H = u.shape
     N = A.shape[0]
     return [torch.empty_like(u), u.new_empty(4, N, H), *([u.new_empty(Bsz, H, N)] if x0 is not None else [])]
@@ -200,7 +204,7 @@ def _backward_real_fake(u, A, B, C, D, x0, g_y, g_x, T):
 @kernel_op("ssm_scan_real_backward", _backward_real_fake)
 def _backward_kernel_real(
     u: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], x0: Optional[Tensor], g_y: Tensor,
-    g_x: Optional[Tensor], T: int,
+    g_x: Optional[Tensor], T: int, rev: bool,
 ) -> list[Tensor]:
     """The C backward for real modes: [∂u (B, L, H), the parameters' gradients (4, N, H): ∂Ā, ∂B̄, ∂C and ∂D (row 3's
     first H values), then ∂x0 (B, H, N) when x0 is given]; the arguments as :func:`_backward_kernel`'s."""
@@ -212,14 +216,14 @@ def _backward_kernel_real(
     g_x0 = u.new_empty(Bsz, H, N) if x0 is not None else None
     g = u.new_empty(Bsz, 4, N, H)  # per batch row (a fixed summation order)
     args = [ptr(u), ptr(A), ptr(B), ptr(C), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0), ptr(g),
-            Bsz, L, H, N, T]
+            Bsz, L, H, N, T, int(rev)]
     _run_items(fns, "dsr_backward", Bsz, H, args)
     g_sum = u.new_empty(4, N, H)
     fns["dsr_sum_partials"](ptr(g), ptr(g_sum), Bsz, H, N)  # on this thread: no parallel op (issue 16)
     return [g_u, g_sum, *([] if g_x0 is None else [g_x0])]
 
 
-def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):
+def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size, reverse=False):
     """:func:`ssm_scan_native` after its checks (the smoke call enters here)."""
     from ssmkit.ops._checks import check_chunk_size
 
@@ -227,7 +231,7 @@ def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size):
     if chunk_size is None:
         chunk_size = default_chunk(N, u.element_size())
     check_chunk_size(chunk_size)
-    y, x = _NativeDiagonal.apply(u.contiguous(), A_bar, B_bar, C, D, state, chunk_size)
+    y, x = _NativeDiagonal.apply(u.contiguous(), A_bar, B_bar, C, D, state, chunk_size, bool(reverse))
     return y, (x if return_state else None)
 
 
@@ -251,8 +255,10 @@ def ssm_scan_native(
     *,
     return_state: bool = True,
     chunk_size: int | None = None,
+    reverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Diagonal LTI SSM by the C kernel; equals :func:`ssmkit.ops.scan.ssm_scan_reference`.
+    """Diagonal LTI SSM by the C kernel; equals :func:`ssmkit.ops.scan.ssm_scan_reference` (with ``reverse``, that of the
+    time-reversed input, time-reversed back).
 
     x_t = Ā ⊙ x_{t-1} + B̄ u_t,  y_t = Re(Σ_n C_n x_{t,n}) + D u_t  (arXiv 2206.11893 §2). Steps: (1) the parameters
     split into real and imaginary (N, H) arrays; (2) the kernel's pass over time per block of channels (the chunk-start
@@ -268,6 +274,9 @@ def ssm_scan_native(
         D: (H,) real skip, or None.
         return_state: whether to return the final state (else None in its place).
         chunk_size: T, the kernel's chunk of rows, or None for :func:`default_chunk`.
+        reverse: run the recurrence backwards in time, x_t = Ā ⊙ x_{t+1} + B̄ u_t from x_L = ``state`` down to t = 0,
+            with y_t at its own index (= flip(ssm_scan(flip(u)))); the returned state is then x_0. It reads and writes
+            the rows in reverse order: no flipped copies (the anti-causal half of a two-sided layer).
 
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in Ā's dtype (or None).
@@ -284,4 +293,6 @@ def ssm_scan_native(
     ok, status = native_status("ssm_scan", u.dtype)
     if why is not None or not ok:
         raise RuntimeError(f"ssm_scan: backend 'native' cannot run here: {why or status}")
-    return scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size)
+    if not isinstance(reverse, bool):
+        raise ValueError(f"reverse must be a bool; got {reverse!r}")
+    return scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size, reverse)

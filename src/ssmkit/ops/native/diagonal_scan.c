@@ -33,6 +33,9 @@
  *
  * Real modes (Ā, B̄, C real) have their own entries (dsr_*, at the end of the file): the same passes, one part per value.
  *
+ * Every entry takes rev: run the scan backwards in time, step t reading and writing memory row L - 1 - t (the rows of
+ * a chunk -H apart), so that the anti-causal half of a two-sided layer needs no flipped copies of u and y.
+ *
  * Compiled twice: as float and with -DSS_DOUBLE as double.
  */
 #include <stdlib.h>
@@ -75,33 +78,37 @@ typedef struct {
 } params_t;
 
 /* Rows [0, nt) of a (·, H) array from src (the item's first column), w ≤ VEC columns each, into dst (nt, VEC), zeros
- * beyond w. */
-static inline void load_rows(real *dst, const real *src, int64_t nt, int64_t H, int64_t w) {
+ * beyond w; consecutive rows rs values apart (H, or -H for reversed time). */
+static inline void load_rows(real *dst, const real *src, int64_t nt, int64_t rs, int64_t w) {
     if (w == VEC) {
-        for (int64_t i = 0; i < nt; i++) vstore(dst + i * VEC, vload(src + i * H));
+        for (int64_t i = 0; i < nt; i++) vstore(dst + i * VEC, vload(src + i * rs));
         return;
     }
     for (int64_t i = 0; i < nt; i++)
-        for (int64_t c = 0; c < VEC; c++) dst[i * VEC + c] = c < w ? src[i * H + c] : 0;
+        for (int64_t c = 0; c < VEC; c++) dst[i * VEC + c] = c < w ? src[i * rs + c] : 0;
 }
 
-/* The inverse of load_rows: w columns of each of the nt rows of src (nt, VEC) into dst (·, H). */
-static inline void store_rows(real *dst, const real *src, int64_t nt, int64_t H, int64_t w) {
+/* The inverse of load_rows: w columns of each of the nt rows of src (nt, VEC) into dst (rows rs apart). */
+static inline void store_rows(real *dst, const real *src, int64_t nt, int64_t rs, int64_t w) {
     if (w == VEC) {
-        for (int64_t i = 0; i < nt; i++) vstore(dst + i * H, vload(src + i * VEC));
+        for (int64_t i = 0; i < nt; i++) vstore(dst + i * rs, vload(src + i * VEC));
         return;
     }
-    for (int64_t i = 0; i < nt; i++) memcpy(dst + i * H, src + i * VEC, sizeof(real) * w);
+    for (int64_t i = 0; i < nt; i++) memcpy(dst + i * rs, src + i * VEC, sizeof(real) * w);
 }
+
+/* The memory row of step t of batch row b: t, or L - 1 - t when the scan runs backwards in time (rev). The rows of
+ * a chunk are then rs = -H apart. */
+static inline int64_t row_at(int64_t b, int64_t L, int64_t t, int64_t rev) { return b * L + (rev ? L - 1 - t : t); }
 
 /* A backward chunk's rows of u and of the output gradient g for the item's channels (src pointers at the chunk's first
  * row and the item's first column) into ub and gb (nt, VEC), and the skip's part of the chunk: ∂u = D g into gub;
  * returns the chunk's Σ_t g u (its part of ∂D), a local sum kept in a register (accumulated through a pointer
  * instead, EMA's backward measured 10-20 % slower in three of four alternating runs). */
 static inline vreal chunk_rows_and_skip(real *ub, real *gb, real *gub, vreal Dv, const real *u_rows,
-                                        const real *g_rows, int64_t nt, int64_t H, int64_t w) {
-    load_rows(ub, u_rows, nt, H, w);
-    load_rows(gb, g_rows, nt, H, w);
+                                        const real *g_rows, int64_t nt, int64_t rs, int64_t w) {
+    load_rows(ub, u_rows, nt, rs, w);
+    load_rows(gb, g_rows, nt, rs, w);
     vreal s = {0};
     for (int64_t i = 0; i < nt; i++) {
         const vreal g_ = vload(gb + i * VEC);
@@ -125,9 +132,10 @@ static void gather(real *dst, const real *src, int64_t N, int64_t NP, int64_t H,
  * at the end): 6 operations per mode and step instead of 8. Returns 0, or 1 when out of memory. */
 static int forward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                          const real *ci, const real *D, const real *x0, real *y, real *xL, int64_t Bsz,
-                         int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1) {
+                         int64_t L, int64_t H, int64_t N, int64_t T, int64_t rev, int64_t item0, int64_t item1) {
     (void)Bsz;
     const int64_t NP = (N + MB - 1) / MB * MB, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
+    const int64_t rs = rev ? -H : H;
     real *buf = malloc(sizeof(real) * (8 * S + 2 * T * VEC));
     if (!buf) return 1;
     real *Ar = buf, *Ai = buf + S, *Br = buf + 2 * S, *Bi = buf + 3 * S, *Cr = buf + 4 * S, *Ci = buf + 5 * S;
@@ -151,7 +159,7 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
             }
         for (int64_t k = 0; k < nc; k++) {
             const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
-            load_rows(ub, u + (b * L + t0) * H + c0, nt, H, w);
+            load_rows(ub, u + row_at(b, L, t0, rev) * H + c0, nt, rs, w);
             for (int64_t i = 0; i < nt; i++) vstore(yb + i * VEC, Dv * vload(ub + i * VEC));
             for (int64_t n0 = 0; n0 < NP; n0 += MB) {
                 vreal pr[MB], pi[MB], a_r[MB], a_i[MB], b_r[MB], b_i[MB], c_r[MB], c_i[MB];
@@ -193,7 +201,7 @@ static int forward_range(const real *u, const real *ar, const real *ai, const re
                 #pragma GCC unroll 8
                 for (int m = 0; m < MB; m++) vstore(xr + (n0 + m) * VEC, pr[m]), vstore(xi + (n0 + m) * VEC, pi[m]);
             }
-            store_rows(y + (b * L + t0) * H + c0, yb, nt, H, w);
+            store_rows(y + row_at(b, L, t0, rev) * H + c0, yb, nt, rs, w);
         }
         if (xL)
             for (int64_t n = 0; n < N; n++)
@@ -276,10 +284,11 @@ static inline void adjoint_steps(real *adj, int64_t S, int64_t n0, const real *A
  * Mode-major inside each chunk, as the forward. Returns 0, or 1 when out of memory. */
 static int backward_range(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                           const real *ci, const real *D, const real *x0, const real *gy, const real *gxL, real *gu,
-                          real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
-                          int64_t item1) {
+                          real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t rev,
+                          int64_t item0, int64_t item1) {
     (void)Bsz;
     const int64_t NP = (N + MB - 1) / MB * MB, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
+    const int64_t rs = rev ? -H : H;
     real *buf = malloc(sizeof(real) * ((8 + 2 * NADJ) * S + 3 * T * VEC));
     if (!buf) return 1;
     real *Ar = buf, *Ai = buf + S, *Br = buf + 2 * S, *Bi = buf + 3 * S, *Cr = buf + 4 * S, *Ci = buf + 5 * S;
@@ -302,11 +311,11 @@ static int backward_range(const real *u, const real *ar, const real *ai, const r
         for (int64_t c = 0; c < w && D; c++) Dv[c] = D[c0 + c];
         for (int64_t k = nc - 1; k >= 0; k--) {
             const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
-            gD += chunk_rows_and_skip(ub, gb, gub, Dv, u + (b * L + t0) * H + c0, gy + (b * L + t0) * H + c0, nt, H, w);
+            gD += chunk_rows_and_skip(ub, gb, gub, Dv, u + row_at(b, L, t0, rev) * H + c0, gy + row_at(b, L, t0, rev) * H + c0, nt, rs, w);
             for (int64_t n0 = 0; n0 < NP; n0 += MBB) adjoint_steps(adj, S, n0, Ar, Ai, Wr, Wi, ub, gb, gub, nt);
             if (gxL)
                 for (int64_t n0 = 0; n0 < NP; n0 += MBB) adjoint_steps(seed, S, n0, Ar, Ai, Br, Bi, ub, NULL, gub, nt);
-            store_rows(gu + (b * L + t0) * H + c0, gub, nt, H, w);
+            store_rows(gu + row_at(b, L, t0, rev) * H + c0, gub, nt, rs, w);
         }
         /* the sums into the parameters' gradients, and the initial state's terms (scalar: once per item) */
         for (int64_t n = 0; n < N; n++)
@@ -360,23 +369,24 @@ static int backward_range(const real *u, const real *ar, const real *ai, const r
  * the sum of ds_sum_partials has a fixed order whatever the scheduling). Return 0, or 1 when out of memory. */
 int SUFFIX(ds_forward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                        const real *ci, const real *D, const real *x0, real *y, real *xL, int64_t Bsz,
-                       int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1, int64_t nthreads) {
+                       int64_t L, int64_t H, int64_t N, int64_t T, int64_t rev, int64_t item0, int64_t item1,
+                       int64_t nthreads) {
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
-        failed |= forward_range(u, ar, ai, br, bi, cr, ci, D, x0, y, xL, Bsz, L, H, N, T, item, item + 1);
+        failed |= forward_range(u, ar, ai, br, bi, cr, ci, D, x0, y, xL, Bsz, L, H, N, T, rev, item, item + 1);
     return failed;
 }
 
 int SUFFIX(ds_backward)(const real *u, const real *ar, const real *ai, const real *br, const real *bi, const real *cr,
                         const real *ci, const real *D, const real *x0, const real *gy, const real *gxL, real *gu,
-                        real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
-                        int64_t item1, int64_t nthreads) {
+                        real *gx0, real *g, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t rev,
+                        int64_t item0, int64_t item1, int64_t nthreads) {
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
         failed |= backward_range(u, ar, ai, br, bi, cr, ci, D, x0, gy, gxL, gu, gx0, g + (item / ((H + VEC - 1) / VEC)) * 7 * N * H,
-                                 Bsz, L, H, N, T, item, item + 1);
+                                 Bsz, L, H, N, T, rev, item, item + 1);
     return failed;
 }
 
@@ -418,8 +428,9 @@ void SUFFIX(ds_sum_partials)(const real *g, real *out, int64_t Bsz, int64_t H, i
 
 static int forward_range_real(const real *u, const real *a, const real *bb, const real *cc, const real *D,
                               const real *x0, real *y, real *xL, int64_t L, int64_t H, int64_t N, int64_t T,
-                              int64_t item0, int64_t item1) {
+                              int64_t rev, int64_t item0, int64_t item1) {
     const int64_t NP = (N + MBR - 1) / MBR * MBR, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
+    const int64_t rs = rev ? -H : H;
     real *buf = malloc(sizeof(real) * (4 * S + 2 * T * VEC));
     if (!buf) return 1;
     real *Av = buf, *Bv = buf + S, *Cv = buf + 2 * S, *X = buf + 3 * S, *ub = buf + 4 * S, *yb = ub + T * VEC;
@@ -435,7 +446,7 @@ static int forward_range_real(const real *u, const real *a, const real *bb, cons
                 X[n * VEC + c] = x0 && c < w && n < N ? x0[(b * H + c0 + c) * N + n] : 0;
         for (int64_t k = 0; k < nc; k++) {
             const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
-            load_rows(ub, u + (b * L + t0) * H + c0, nt, H, w);
+            load_rows(ub, u + row_at(b, L, t0, rev) * H + c0, nt, rs, w);
             for (int64_t i = 0; i < nt; i++) vstore(yb + i * VEC, Dv * vload(ub + i * VEC));
             for (int64_t n0 = 0; n0 < NP; n0 += MBR) {
                 vreal p[MBR], a_[MBR], b_[MBR], c_[MBR];
@@ -467,7 +478,7 @@ static int forward_range_real(const real *u, const real *a, const real *bb, cons
                 #pragma GCC unroll 8
                 for (int m = 0; m < MBR; m++) vstore(X + (n0 + m) * VEC, p[m]);
             }
-            store_rows(y + (b * L + t0) * H + c0, yb, nt, H, w);
+            store_rows(y + row_at(b, L, t0, rev) * H + c0, yb, nt, rs, w);
         }
         if (xL)
             for (int64_t n = 0; n < N; n++)
@@ -529,8 +540,9 @@ static inline void adjoint_steps_real(real *adj, int64_t S, int64_t n0, const re
 
 static int backward_range_real(const real *u, const real *a, const real *bb, const real *cc, const real *D,
                                const real *x0, const real *gy, const real *gxL, real *gu, real *gx0, real *g,
-                               int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1) {
+                               int64_t L, int64_t H, int64_t N, int64_t T, int64_t rev, int64_t item0, int64_t item1) {
     const int64_t NP = (N + MBBR - 1) / MBBR * MBBR, S = NP * VEC, nblk = (H + VEC - 1) / VEC, nc = (L + T - 1) / T;
+    const int64_t rs = rev ? -H : H;
     real *buf = malloc(sizeof(real) * ((4 + 2 * NADJR) * S + 3 * T * VEC));
     if (!buf) return 1;
     real *Av = buf, *Bv = buf + S, *Cv = buf + 2 * S, *Wv = buf + 3 * S; /* w = C B̄ */
@@ -548,11 +560,11 @@ static int backward_range_real(const real *u, const real *a, const real *bb, con
         for (int64_t c = 0; c < w && D; c++) Dv[c] = D[c0 + c];
         for (int64_t k = nc - 1; k >= 0; k--) {
             const int64_t t0 = k * T, nt = (t0 + T < L ? t0 + T : L) - t0;
-            gD += chunk_rows_and_skip(ub, gb, gub, Dv, u + (b * L + t0) * H + c0, gy + (b * L + t0) * H + c0, nt, H, w);
+            gD += chunk_rows_and_skip(ub, gb, gub, Dv, u + row_at(b, L, t0, rev) * H + c0, gy + row_at(b, L, t0, rev) * H + c0, nt, rs, w);
             for (int64_t n0 = 0; n0 < NP; n0 += MBBR) adjoint_steps_real(adj, S, n0, Av, Wv, ub, gb, gub, nt);
             if (gxL)
                 for (int64_t n0 = 0; n0 < NP; n0 += MBBR) adjoint_steps_real(seed, S, n0, Av, Bv, ub, NULL, gub, nt);
-            store_rows(gu + (b * L + t0) * H + c0, gub, nt, H, w);
+            store_rows(gu + row_at(b, L, t0, rev) * H + c0, gub, nt, rs, w);
         }
         for (int64_t n = 0; n < N; n++)
             for (int64_t c = 0; c < w; c++) {
@@ -579,25 +591,26 @@ static int backward_range_real(const real *u, const real *a, const real *bb, con
 
 /* The real entries, as ds_forward, ds_backward and ds_sum_partials (partials (4, N, H) per batch row). */
 int SUFFIX(dsr_forward)(const real *u, const real *a, const real *bb, const real *cc, const real *D, const real *x0,
-                        real *y, real *xL, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t item0,
-                        int64_t item1, int64_t nthreads) {
+                        real *y, real *xL, int64_t Bsz, int64_t L, int64_t H, int64_t N, int64_t T, int64_t rev,
+                        int64_t item0, int64_t item1, int64_t nthreads) {
     (void)Bsz;
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
-        failed |= forward_range_real(u, a, bb, cc, D, x0, y, xL, L, H, N, T, item, item + 1);
+        failed |= forward_range_real(u, a, bb, cc, D, x0, y, xL, L, H, N, T, rev, item, item + 1);
     return failed;
 }
 
 int SUFFIX(dsr_backward)(const real *u, const real *a, const real *bb, const real *cc, const real *D, const real *x0,
                          const real *gy, const real *gxL, real *gu, real *gx0, real *g, int64_t Bsz, int64_t L,
-                         int64_t H, int64_t N, int64_t T, int64_t item0, int64_t item1, int64_t nthreads) {
+                         int64_t H, int64_t N, int64_t T, int64_t rev, int64_t item0, int64_t item1,
+                         int64_t nthreads) {
     (void)Bsz;
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
         failed |= backward_range_real(u, a, bb, cc, D, x0, gy, gxL, gu, gx0, g + (item / ((H + VEC - 1) / VEC)) * 4 * N * H,
-                                      L, H, N, T, item, item + 1);
+                                      L, H, N, T, rev, item, item + 1);
     return failed;
 }
 

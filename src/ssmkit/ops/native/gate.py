@@ -99,6 +99,7 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         return torch.randn(*shape, generator=g, dtype=f64).to(dtype)
 
     more: list[list[torch.Tensor]] = []  # further argument sets for the same fast/ref pair
+    back = None  # a second (fast, ref) pair checked on every argument set
     if op == "selective_scan":
         from ssmkit.ops.native.selective import scan_unchecked
         from ssmkit.ops.selective import selective_scan_reference
@@ -182,6 +183,11 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         ref = lambda *a: ssm_scan_reference(*a)  # noqa: E731
         more.append([args[0], torch.rand(H, N, generator=g, dtype=f64).to(dtype) * 0.9, rand(H, N), rand(H, N),
                      rand(Bsz, H, N), args[5]])  # real modes: the kernel's real variant
+        # and backwards in time (the two-sided layers' anti-causal half): the reference on the flipped input, flipped
+        back = (lambda *a: scan_unchecked(*a, True, 4, True),
+                lambda u, *a: (lambda y, h: (y.flip(1), h))(*ssm_scan_reference(u.flip(1), *a)))  # noqa: E731
     weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
     for case in (args, *more):
         _compare(fast, ref, case, weight, dtype)
+        if back is not None:
+            _compare(*back, case, weight, dtype)

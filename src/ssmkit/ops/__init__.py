@@ -7,7 +7,9 @@ keyword-only ``backend=`` that overrides it for one call.
 
 Where each idea lives: ``scan`` (the diagonal LTI scan: reference, dispatch, FFT path, final state),
 ``chunked`` (its chunked matmul path), ``recurrence`` (h_t = a_t ⊙ h_{t-1} + b_t), ``kernels`` (Vandermonde
-kernel and the output of an initial state), ``fftconv`` (FFT convolutions), ``cauchy`` (S4's DPLR kernel),
+kernel and the output of an initial state), ``fftconv`` (FFT convolutions; ``fftblocks``: their CPU passes by
+cache-sized blocks), ``cauchy`` (S4's DPLR kernel; ``woodbury``: its Woodbury step), ``dropout`` (dropout; ``philox``:
+its counter-based mask, the C kernel's reference; ``dropout()`` stays in its module, of the same name),
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
 ``ssd`` (Mamba-2's scan with a scalar decay per head), ``selective`` (Mamba's selective scan), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
 (HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:

@@ -11,7 +11,7 @@ inverse transform (33 MB each at B 8, H 128, n 8 192, float32). On a 2-core VM w
 took 52 ms that way; the same ops on blocks of rows of at most :data:`BLOCK_BYTES` padded signal ran in 26-30 ms
 (2026-12-04; docs/benchmarks.md, "Session of 2026-12-04 (23:00-)"), the block's spectrum read back from cache by
 the product and the inverse FFT. Blocks take whole batch rows (all H channels) while one fits, else channel ranges of one
-batch row. û is still written whole (the backward's dk needs it).
+batch row. û is still written whole when a gradient is to come (the backward's dk needs it).
 
 These run eagerly on the CPU only, beyond one block (the caller, ``ops/fftconv.py``, keeps the whole-array form on
 other devices, under torch.func and torch.compile tracing, while exporting, for a differentiable backward, and when
@@ -27,7 +27,9 @@ import torch
 # Bytes of a block's zero-padded signal (rows × n reals). Forward+backward of the causal convolution at (B, L, H) =
 # (8, 4 096, 128), (1, 65 536, 128), (32, 1 024, 256), (2, 16 384, 512), float32, blocks of 4 / 8 / 16 / 32 MB / whole:
 # 84 / 75 / 66 / 85 / 128 ms, 433 / 381 / 310 / 371 / 519, 135 / 116 / 118 / 162 / 225, 503 / 485 / 514 / 764 / 789
-# (2026-12-04, 2-core VM). Each block costs ~10 aten ops (beside a busy process, each a parallel region): 16 MB.
+# (2026-12-04, 2-core VM); in the layers (separate processes) S4 forward+backward 136-138 / 143-155 / 204-206 ms at
+# 8 / 16 / 32 MB, SGConv 57-60 / 64-66 / 122-138. Each block costs ~10 aten ops (beside a busy process, each a
+# parallel region): 8 MB, the fastest in the layers.
 BLOCK_BYTES = 1 << 23
 
 

@@ -28,9 +28,11 @@ import torch
 # (8, 4 096, 128), (1, 65 536, 128), (32, 1 024, 256), (2, 16 384, 512), float32, blocks of 4 / 8 / 16 / 32 MB / whole:
 # 84 / 75 / 66 / 85 / 128 ms, 433 / 381 / 310 / 371 / 519, 135 / 116 / 118 / 162 / 225, 503 / 485 / 514 / 764 / 789
 # (2026-12-04, 2-core VM); in the layers (separate processes) S4 forward+backward 136-138 / 143-155 / 204-206 ms at
-# 8 / 16 / 32 MB, SGConv 57-60 / 64-66 / 122-138. Each block costs ~10 aten ops (beside a busy process, each a
-# parallel region): 8 MB, the fastest in the layers.
-BLOCK_BYTES = 1 << 23
+# 8 / 16 / 32 MB, SGConv 57-60 / 64-66 / 122-138. Each block costs ~10 aten ops, each a parallel region that waits
+# for the thread beside a busy process: there (`ssmkit bench contention`, two runs each) S4 forward+backward took
+# 340, 368 ms with 8 MB blocks and 283, 300 with 16 MB (alone 125-146 either way), SGConv 155, 236 against 215, 216:
+# 16 MB, a few per cent slower alone than 8 MB and less exposed to contention.
+BLOCK_BYTES = 1 << 24
 
 
 def _blocks(Bsz: int, H: int, n: int, itemsize: int) -> Iterator[tuple[slice, slice]]:

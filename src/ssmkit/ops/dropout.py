@@ -16,17 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmkit.ops.backend import tracing
-from ssmkit.ops.opaque import exporting
+from ssmkit.ops.native.gate import prefer_native
 
 _REAL = (torch.float32, torch.float64)
 
 
 def _native(x: Tensor) -> bool:
-    if x.device.type != "cpu" or x.dtype not in _REAL or tracing() or exporting():
-        return False
-    from ssmkit.ops.native.gate import native_available
-
-    return native_available("dropout", x.dtype)
+    """The C path for x: a real dtype it is built for, and ``prefer_native``'s test (the CPU, the kernel checked, no
+    torch.func transform or torch.export tracing), and not while torch.compile traces (the kernel call is no custom
+    op: it would break the graph)."""
+    return x.dtype in _REAL and not tracing() and prefer_native("dropout", x)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

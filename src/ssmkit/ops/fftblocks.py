@@ -87,11 +87,8 @@ def conv_forward_blocked(u: torch.Tensor, k: torch.Tensor, keep_spectrum: bool =
         if U is None:  # the block's spectrum times k̂, in place
             Y_b = torch.fft.rfft(pad.load(u[bs, :, hs])).mul_(K_f[hs])  # (b, h, n//2 + 1)
         else:
-            U_b = U[bs, hs]  # (b, h, n//2 + 1)
-            if U_b.is_contiguous():  # whole batch rows: the transform writes its block of û
-                torch.fft.rfft(pad.load(u[bs, :, hs]), out=U_b)
-            else:
-                U_b.copy_(torch.fft.rfft(pad.load(u[bs, :, hs])))
+            U_b = U[bs, hs]  # (b, h, n//2 + 1), contiguous: whole batch rows, or a channel range of one
+            torch.fft.rfft(pad.load(u[bs, :, hs]), out=U_b)  # the transform writes its block of û
             Y_b = U_b * K_f[hs]  # (b, h, n//2 + 1)
         y[bs, :, hs] = torch.fft.irfft(Y_b, n=n)[..., :L].transpose(1, 2)  # (b, L, h)
     return [y, U, K_f]
@@ -110,7 +107,7 @@ def conv_grads_blocked(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: 
     du = torch.empty_like(dy) if need_u else None  # (B, L, H)
     acc = torch.zeros_like(K_f) if need_k else None  # (H, n//2 + 1): Σ_b conj(û) dŷ
     pad = _Padded(dy, L, n)
-    K_conj = K_f.conj().resolve_conj()  # (H, n//2 + 1), once
+    K_conj = K_f.conj().resolve_conj() if need_u else None  # (H, n//2 + 1), once
     for bs, hs in _blocks(Bsz, H, n, dy.element_size()):
         dY = torch.fft.rfft(pad.load(dy[bs, :, hs]))  # (b, h, n//2 + 1)
         if need_k:  # Σ_b conj(û) dŷ: (h, n//2 + 1)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops import fftblocks
-from ssmkit.ops.fftblocks import conv_forward_blocked, conv_grads_blocked
+from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.opaque import custom_ops_allowed, exporting, kernel_op
 
 _REAL = (torch.float32, torch.float64)
@@ -149,7 +148,7 @@ def _conv_forward_fake(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
 def _conv_forward(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
     """[y (B, L, H), û (B, H, n//2 + 1), k̂ (H, n//2 + 1)] of ``_CircularConv``'s forward."""
     if _blockwise(u, k.shape[-1]):
-        return conv_forward_blocked(u, k)
+        return fftblocks.conv_forward_blocked(u, k)
     n, L = k.shape[-1], u.shape[1]
     U = _time_spectrum(u, n)  # (B, H, n//2 + 1)
     K_f = torch.fft.rfft(k)  # (H, n//2 + 1)
@@ -161,7 +160,7 @@ def _conv_grads(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: int, L:
     """(∂u (B, L, H), ∂k (H, n)) of ``_CircularConv`` from the spectra û (B, H, n//2 + 1), k̂ (H, n//2 + 1) and dy
     (B, L, H); None for one not needed: du = irfft(conj(k̂) · dŷ), dk = irfft(Σ_b conj(û) · dŷ)."""
     if _blockwise(dy, n):
-        return conv_grads_blocked(U, K_f, dy, n, L, need_u, need_k)
+        return fftblocks.conv_grads_blocked(U, K_f, dy, n, L, need_u, need_k)
     dY = _time_spectrum(dy, n)  # (B, H, n//2 + 1)
     du = _from_spectrum(dY * K_f.conj(), n, L) if need_u else None  # (B, L, H)
     dk = torch.fft.irfft((dY * U.conj()).sum(0), n=n) if need_k else None  # (H, n)
@@ -239,7 +238,7 @@ def _circular_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     if not (torch.is_grad_enabled() and (u.requires_grad or k.requires_grad)):
         with torch.no_grad():
             if _blockwise(u, k.shape[-1]):
-                return conv_forward_blocked(u, k, keep_spectrum=False)[0]
+                return fftblocks.conv_forward_blocked(u, k, keep_spectrum=False)[0]
     return _CircularConv.apply(u, k)[0]
 
 

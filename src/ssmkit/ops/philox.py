@@ -48,6 +48,11 @@ def drop_threshold(p: float) -> int:
     return min(1 << 32, round(p * (1 << 32)))
 
 
+def keep_scale(p: float) -> float:
+    """1/(1 - p), the scale of a kept element; 0 for p = 1 (nothing is kept)."""
+    return 1.0 / (1.0 - p) if p < 1 else 0.0
+
+
 def keep_mask(n: int, seed: int, p: float, device: torch.device | str = "cpu") -> Tensor:
     """The dropout mask of n elements (module docstring): (n,) bool, True where kept.
 
@@ -65,5 +70,4 @@ def keep_mask(n: int, seed: int, p: float, device: torch.device | str = "cpu") -
 def dropout_reference(x: Tensor, p: float, seed: int) -> Tensor:
     """x ⊙ mask / (1 - p) with :func:`keep_mask` over x's elements in row-major order (0 where dropped)."""
     keep = keep_mask(x.numel(), seed, p, x.device).reshape(x.shape)
-    scale = 1.0 / (1.0 - p) if p < 1 else 0.0
-    return torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(keep, x * keep_scale(p), torch.zeros((), dtype=x.dtype, device=x.device))

@@ -54,6 +54,17 @@ def _right(Y_inv: Tensor, r: Tensor, S: int, n_out: int) -> Tensor:
     return (Y_inv[:, None] * r[None, :S, n_out:]).sum(2)  # (R, 1, R, H, W) * (1, S, R, H, W) -> (R, S, H, W)
 
 
+def _corrected(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
+    """The module docstring's k from r (checked by the caller), in tensor ops: the forward of both forms."""
+    k = r[:S, :n_out]  # (S, C, H, W)
+    if r.shape[0] == S:
+        return k * f
+    W = _right(_y_inverse(r, S, n_out), r, S, n_out)  # (R, S, H, W)
+    if W.shape[0] == 1:
+        return (k - r[S, :n_out][None] * W[0][:, None]) * f  # (S, C, H, W)
+    return (k - (r[S:, None, :n_out] * W[:, :, None]).sum(0)) * f  # (R, S, C, H, W) -> (S, C, H, W)
+
+
 def woodbury_reference(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
     """k[s, c] = f · (C̃_cᵀ (z - A)⁻¹ B_s) from the Cauchy sums (module docstring), in differentiable tensor ops.
 
@@ -66,11 +77,7 @@ def woodbury_reference(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
         (S, C, H, W) complex.
     """
     _check(r, S, n_out, f)
-    k = r[:S, :n_out]  # (S, C, H, W)
-    if r.shape[0] == S:
-        return k * f
-    W = _right(_y_inverse(r, S, n_out), r, S, n_out)  # (R, S, H, W)
-    return (k - (r[S:, None, :n_out] * W[:, :, None]).sum(0)) * f  # (R, S, C, H, W) -> (S, C, H, W)
+    return _corrected(r, S, n_out, f)
 
 
 class _Woodbury(torch.autograd.Function):
@@ -80,11 +87,7 @@ class _Woodbury(torch.autograd.Function):
     def forward(ctx, r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:  # type: ignore[override]
         ctx.S, ctx.n_out = S, n_out
         ctx.save_for_backward(r, f)
-        k = r[:S, :n_out]  # (S, C, H, W)
-        W = _right(_y_inverse(r, S, n_out), r, S, n_out)  # (R, S, H, W)
-        if W.shape[0] == 1:
-            return (k - r[S, :n_out][None] * W[0][:, None]) * f  # (S, C, H, W)
-        return (k - (r[S:, None, :n_out] * W[:, :, None]).sum(0)) * f  # (S, C, H, W)
+        return _corrected(r, S, n_out, f)  # (S, C, H, W)
 
     @staticmethod
     def backward(ctx, g_k: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
@@ -116,5 +119,5 @@ def woodbury(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
     torch.compile and torch.export, and when r has no rank part). Same arguments and result."""
     _check(r, S, n_out, f)
     if r.shape[0] == S or tracing() or f.requires_grad:
-        return woodbury_reference(r, S, n_out, f)
+        return _corrected(r, S, n_out, f)
     return _Woodbury.apply(r, S, n_out, f)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.parallel import ptr, run_parts
-from ssmkit.ops.philox import drop_threshold
+from ssmkit.ops.philox import drop_threshold, keep_scale
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of dropout.c: (argument types, result type)
@@ -34,8 +34,7 @@ def masked_scale(x: Tensor, p: float, seed: int) -> Tensor:
     src = x.contiguous()
     out = torch.empty_like(src)
     n = src.numel()
-    scale = 1.0 / (1.0 - p) if p < 1 else 0.0
-    run_parts(fns["dp_apply"], fns["dp_items"](n), [ptr(src), ptr(out), n, seed, drop_threshold(p), scale],
+    run_parts(fns["dp_apply"], fns["dp_items"](n), [ptr(src), ptr(out), n, seed, drop_threshold(p), keep_scale(p)],
               fns["openmp"])
     return out
 

@@ -17,6 +17,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import ssmkit.ops as ops
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.native import native_available
+from ssmkit.ops.ssd import ssd
 from tests.conftest import DEVICE
 from tests.ops.compiled import Recorder, assert_close, check_compiled_kernel, run_loss
 
@@ -75,6 +76,12 @@ def _cases():
                _rand(g, Bsz, N, dtype=C128), _rand(g, H))
         return ins, lambda bk, u, A, Bb, C, x0, D: ops.mimo_scan(u, A, Bb, C, x0, D, backend=bk)
 
+    def ssd_case(g, L):  # 3 heads of 66 channels (two channel blocks) in 3 groups
+        dt = 0.05 + torch.rand(Bsz, L, 3, generator=g, dtype=F64)
+        ins = (_rand(g, Bsz, L, 3, 66), dt, -0.5 - torch.rand(3, generator=g, dtype=F64), _rand(g, Bsz, L, 3, N),
+               _rand(g, Bsz, L, 3, N), _rand(g, Bsz, 3, 66, N))
+        return ins, lambda bk, x, dt, A, Bm, C, h0: ssd(x, dt, A, Bm, C, h0, backend=bk)
+
     def cauchy_case(g, L):  # L evaluation points
         w = torch.complex(-0.3 - torch.rand(H, N, generator=g, dtype=F64), _rand(g, H, N))
         ins = (_rand(g, 2, H, N, dtype=C128), _rand(g, H, L, dtype=C128), w)
@@ -89,6 +96,7 @@ def _cases():
         "linear_recurrence (invariant, complex)": ("linear_recurrence", recurrence_complex),
         "mimo_scan": ("linear_recurrence", mimo),
         "cauchy": ("cauchy", cauchy_case),
+        "ssd": ("ssd", ssd_case),
     }
 
 
@@ -103,7 +111,8 @@ def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
     check_compiled_kernel(fn, inputs, op, None, "native", use_state)
 
 
-@pytest.mark.parametrize("name", ["ssm_scan", "ssm_scan (real modes)", "selective_scan", "causal_conv1d", "mimo_scan"])
+@pytest.mark.parametrize("name", ["ssm_scan", "ssm_scan (real modes)", "selective_scan", "causal_conv1d", "mimo_scan",
+                                  "ssd"])
 def test_one_compiled_graph_runs_the_kernels_at_every_length(name):
     """Compiled with the length dynamic, the kernels' fake implementations give the outputs' sizes in L (the
     selective scan's chunk-start states: ⌈L/T⌉ of them): lengths across chunk boundaries, one graph."""

@@ -83,7 +83,7 @@ def _cases():
         "linear_recurrence (invariant, complex)": (("chunked", "native"), recurrence_complex, "linear_recurrence"),
         "selective_scan": (("chunked", "native"), selective, "selective_scan"),
         "selective_scan (Δ, B, C from u)": (("chunked", "native"), selective_from_u, "selective_scan"),
-        "ssd": (("chunked",), ssd_case, "ssd"),
+        "ssd": (("chunked", "native"), ssd_case, "ssd"),
         "mimo_scan": (("chunked", "native"), mimo, "linear_recurrence"),
         "causal_conv1d": (("chunked", "native"), conv, "causal_conv1d"),
         "cauchy": (("chunked", "native"), cauchy_case, "cauchy"),

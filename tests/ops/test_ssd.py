@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops import use_backend
 from ssmkit.ops.ssd import segment_sums, ssd, ssd_chunked, ssd_reference, ssd_step
+from ssmkit.ops.native import native_available
 from ssmkit.ops.triton_gate import triton_available
 from tests.conftest import DEVICE, rel_err
 
@@ -255,9 +256,10 @@ def test_chunk_length_is_at_most_L_and_64_by_default(monkeypatch):
 
 
 def test_dispatch_passes_the_chunk_size_on():
-    # ssd(chunk_size=...) reaches the chunked path (its check of the value); the reference takes no chunk size
+    # ssd(chunk_size=...) reaches the chunked path (its check of the value) and is checked on the native path (which
+    # keeps its own recompute chunk); the reference takes no chunk size
     x, dt, A, B, C, h0 = make_inputs(L=6)
-    for backend in ("chunked", "auto"):
+    for backend in ("chunked", "auto", *(("native",) if native_available("ssd", x.dtype) else ())):
         with pytest.raises(ValueError, match="chunk_size must be a positive int; got 0"):
             ssd(x, dt, A, B, C, h0, chunk_size=0, backend=backend)
     y, h = ssd(x, dt, A, B, C, h0, chunk_size=0, backend="reference")
@@ -295,9 +297,11 @@ def test_step_checks_its_inputs_and_its_state():
 def test_auto_takes_the_kernel_for_inference_and_the_chunked_path_for_training(monkeypatch):
     # where the SSD kernel runs (here said to), "auto" takes it only when no gradient is wanted: its backward re-runs
     # the chunked path, which made a training call slower than the chunked path alone on an H200
+    import ssmkit.ops.native.gate as native_gate
     import ssmkit.ops.ssd as ssd_module
     import ssmkit.ops.triton_gate as gate
 
+    monkeypatch.setattr(native_gate, "prefer_native", lambda op, t: False)  # as on CUDA, where the C kernel never runs
     ran = []
     table = dict(ssd_module._SSD)
     for name in ("chunked", "triton"):

@@ -22,8 +22,10 @@ cache and rescans from zero; only its one-token ``step`` reads it), so chunked c
 weight decay like every layer's skip (docs/design.md). The state is ``Mamba2State(conv, ssm)``: the conv's last
 d_conv - 1 inputs (B, E + 2GN, d_conv - 1) and the SSM state (B, E/P, P, N).
 
-Backends: ``"chunked"`` (and ``"auto"``) runs :func:`ssmkit.ops.ssd.ssd_chunked`, ``"reference"`` the step-by-step
-:func:`ssmkit.ops.ssd.ssd_reference`. Under autocast the projections run in bf16/fp16 and everything between them
+Backends: ``"chunked"`` runs :func:`ssmkit.ops.ssd.ssd_chunked`, ``"native"`` the C kernel
+:func:`ssmkit.ops.native.ssd_native` (CPU), ``"reference"`` the step-by-step :func:`ssmkit.ops.ssd.ssd_reference`;
+``"auto"`` takes the C kernel on the CPU where it runs, else the chunked path (the Triton kernel on CUDA for a call
+without a gradient: :func:`ssmkit.ops.ssd.ssd`). Under autocast the projections run in bf16/fp16 and everything between them
 (conv, SSD scan, gated norm) in the parameters' dtype.
 """
 
@@ -150,7 +152,7 @@ class Mamba2(SequenceLayer):
         "kernel": "Δ, B and C depend on the input (a selective SSM), so no fixed convolution kernel exists",
         "state_space": "Δ, B and C depend on the input (a selective SSM), so it has no linear time-invariant realisation",
     }
-    backends = ("reference", "chunked")
+    backends = ("reference", "chunked", "native")
     block_defaults = BlockDefaults(activation=None, mixer_out=None)
     zoo = ZooEntry(
         paper="arXiv 2405.21060",
@@ -297,7 +299,7 @@ class Mamba2(SequenceLayer):
                 C.unflatten(-1, (self.ngroups, self.d_state)),  # (B, L, G, N)
                 None if state is None else state.ssm,
                 chunk_size=self.chunk_size,
-                backend=backend,  # "auto": the Triton kernel on CUDA where its gate passed, else chunked (ops.ssd)
+                backend=backend,  # "auto": the C kernel on the CPU, Triton on CUDA without a gradient, else chunked (ops.ssd)
             )  # (B, L, E/P, P), (B, E/P, P, N)
             y = self._gate_and_norm(y, xs, z)  # (B, L, E)
         out = apply_linear(self.out_proj, y).to(x.dtype)  # (B, L, H)

@@ -15,8 +15,11 @@ the quadratic ("attention-like") form of §3,
 per head. Here H counts heads (the scan's channels) and P is the head dimension.
 
 Paths (:mod:`ssmkit.ops.backend`): ``"reference"`` is :func:`ssd_reference`, the recurrence one step at a time
-(the float64 test oracle); ``"chunked"`` (and ``"auto"``) is :func:`ssd_chunked`, the chunked SSD algorithm. Both
-take an initial state and return the final state, with gradients for every input.
+(the float64 test oracle); ``"chunked"`` is :func:`ssd_chunked`, the chunked SSD algorithm; ``"native"`` is
+:func:`ssmkit.ops.native.ssd_native`, a C kernel (CPU) that runs the recurrence directly, one pass over time per head;
+``"triton"`` the chunked Triton kernel (CUDA). ``"auto"`` takes the native kernel on the CPU where it runs, the Triton
+kernel on CUDA for calls without a gradient, else the chunked path. All take an initial state and return the final
+state, with gradients for every input.
 """
 
 from __future__ import annotations
@@ -288,7 +291,31 @@ def _ssd_triton(x, dt, A, B, C, h0=None, *, chunk_size=None):
     return ssd_triton(x, dt, A, B, C, h0, chunk_size=chunk_size)
 
 
-_SSD = {"reference": ssd_reference, "chunked": ssd_chunked, "triton": _ssd_triton}
+def _ssd_native(x, dt, A, B, C, h0=None, *, chunk_size=None):
+    """The C kernel; a chunk size given for the chunked paths is checked (a bad value raises on every path that takes
+    one) but not passed: the kernel's recompute chunk is its own (:func:`ssmkit.ops.native.ssd.default_chunk`)."""
+    from ssmkit.ops.native.ssd import ssd_native  # (it imports this module's checks)
+
+    if chunk_size is not None:
+        check_chunk_size(chunk_size)
+    return ssd_native(x, dt, A, B, C, h0)
+
+
+_SSD = {"reference": ssd_reference, "chunked": ssd_chunked, "native": _ssd_native, "triton": _ssd_triton}
+
+
+def _auto(x: torch.Tensor, wants_grad: bool) -> str:
+    """``"auto"``'s path for input x: the C kernel on the CPU where it runs (it takes the recurrence's 2·P·N
+    multiply-adds per head and step directly: 0.14x the chunked path's forward time, 0.3x forward+backward, at B 8,
+    L 4 096, 4 heads, P = N = 64 on the 2-core VM, docs/benchmarks.md), the Triton kernel on CUDA for a call without a
+    gradient, else the chunked algorithm."""
+    from ssmkit.ops.native.gate import prefer_native
+    from ssmkit.ops.triton_gate import prefer_triton
+
+    if prefer_native("ssd", x):
+        return "native"
+    return "triton" if not wants_grad and prefer_triton(x, "ssd") else "chunked"
+
 
 
 def ssd(
@@ -305,12 +332,14 @@ def ssd(
     """The SSD scan H_t = exp(Δ_t A) H_{t-1} + Δ_t x_t B_tᵀ, y_t = H_t C_t (arXiv 2405.21060 §3); path by backend.
 
     Backends: ``"reference"`` -> :func:`ssd_reference` (the recurrence, step by step); ``"chunked"`` ->
-    :func:`ssd_chunked` (the chunked SSD algorithm); ``"triton"`` -> the chunked Triton kernel
-    (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
-    ``TRITON_INTERPRET=1``; its chunk size is a power of two >= 16, None: 64); ``"auto"`` -> ``"triton"`` on CUDA
-    when it runs and no gradient is wanted, else ``"chunked"`` (the kernel's backward re-runs the chunked path under
-    autograd, so a training call through it took 1.1-1.2x the chunked path's time on an H200, while its forward alone
-    took 0.8x: docs/benchmarks.md, "First run on an H200"); ``"fft"`` raises.
+    :func:`ssd_chunked` (the chunked SSD algorithm); ``"native"`` -> :func:`ssmkit.ops.native.ssd_native` (the C
+    kernel on the CPU; its own recompute chunk, so ``chunk_size`` does not reach it); ``"triton"`` -> the chunked Triton
+    kernel (:mod:`ssmkit.ops.triton_gate`: CUDA after a successful smoke call, or the CPU interpreter under
+    ``TRITON_INTERPRET=1``; its chunk size is a power of two >= 16, None: 64); ``"auto"`` -> ``"native"`` on the CPU
+    where its smoke call passed and nothing traces, ``"triton"`` on CUDA when it runs and no gradient is wanted, else
+    ``"chunked"`` (the Triton kernel's backward re-runs the chunked path under autograd, so a training call through it
+    took 1.1-1.2x the chunked path's time on an H200, while its forward alone took 0.8x: docs/benchmarks.md, "First
+    run on an H200"); ``"fft"`` raises.
 
     Args:
         x: (B, L, H, P) inputs, H heads of P channels.
@@ -319,18 +348,16 @@ def ssd(
         B: (B, L, G, N) input vectors, G groups dividing H (head h reads group h // (H/G)).
         C: (B, L, G, N) output vectors.
         h0: (B, H, P, N) initial state, or None for zeros.
-        chunk_size: T of the chunked path (None: 64); the reference ignores it.
+        chunk_size: T of the chunked paths (None: 64); the reference and native paths ignore it.
         backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
     Returns:
         y (B, L, H, P) and the final state (B, H, P, N).
     """
-    from ssmkit.ops.triton_gate import prefer_triton
-
     wants_grad = torch.is_grad_enabled() and any(  # (not a tensor: the path's own checks name it)
         isinstance(t, torch.Tensor) and t.requires_grad for t in (x, dt, A, B, C, h0)
     )
-    impl = dispatch("ssd", _SSD, backend, auto="triton" if not wants_grad and prefer_triton(x, "ssd") else "chunked")
-    if impl is ssd_chunked or impl is _ssd_triton:
+    impl = dispatch("ssd", _SSD, backend, auto=_auto(x, wants_grad))
+    if impl is not ssd_reference:
         return impl(x, dt, A, B, C, h0, chunk_size=chunk_size)
     return impl(x, dt, A, B, C, h0)

@@ -5,7 +5,7 @@ whether a kernel runs here (a build and a smoke call against the op's reference)
 ``torch.get_num_threads()`` threads. The kernels: Mamba's selective scan (:func:`selective_scan_native`), the
 diagonal LTI scan of the S4D family (:func:`ssm_scan_native`), the short causal convolution with an optional SiLU
 (:func:`causal_conv1d_native`), the first-order linear recurrence (:func:`linear_recurrence_native`: the modes of
-S5 and LRU, the RG-LRU's scan), the Cauchy sums of S4's kernel (:func:`cauchy_native`), the zero-order hold, and
+S5 and LRU, the RG-LRU's scan), Mamba-2's SSD scan (:func:`ssd_native`), the Cauchy sums of S4's kernel (:func:`cauchy_native`), the zero-order hold, and
 dropout's masked scale (:mod:`ssmkit.ops.native.dropout`). Without a compiler (or
 with ``SSMKIT_NATIVE=0``) the backend reports why and ``"auto"`` keeps the PyTorch paths.
 """
@@ -16,6 +16,7 @@ from ssmkit.ops.native.diagonal import ssm_scan_native
 from ssmkit.ops.native.gate import native_available, native_status
 from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.native.selective import selective_scan_native
+from ssmkit.ops.native.ssd import ssd_native
 
 __all__ = [
     "cauchy_native",
@@ -24,5 +25,6 @@ __all__ = [
     "native_available",
     "native_status",
     "selective_scan_native",
+    "ssd_native",
     "ssm_scan_native",
 ]

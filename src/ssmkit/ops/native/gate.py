@@ -13,7 +13,7 @@ import torch
 from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
-OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout")
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -161,6 +161,19 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         for p, seed in ((0.3, 12345), (0.9, (1 << 62) + 7)):  # a seed with both key words nonzero
             if not torch.equal(masked_scale(x, p, seed), dropout_reference(x, p, seed)):
                 raise RuntimeError("the kernel's result differs from the reference")
+        return
+    elif op == "ssd":
+        from ssmkit.ops.native.ssd import ssd_unchecked
+        from ssmkit.ops.ssd import ssd_reference
+
+        Bsz, L, H, P, N, G = 2, 11, 4, 70, 3, 2  # two channel blocks (64 and a tail of 6), two heads per group
+        args = [rand(Bsz, L, H, P), torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype) + 0.05,
+                -torch.rand(H, generator=g, dtype=f64).to(dtype) - 0.5, rand(Bsz, L, G, N), rand(Bsz, L, G, N),
+                rand(Bsz, H, P, N)]
+        fast = lambda *a: ssd_unchecked(*a, 4)  # noqa: E731  (chunks of 4 steps: a boundary inside L)
+        ref = ssd_reference
+        weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1, 1)
+        _compare(fast, ref, args, weight, dtype)
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference

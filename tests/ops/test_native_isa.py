@@ -2,7 +2,7 @@
 
 The C kernels size their vectors and register blocks by the target (``common.h``: ``VBYTES``; the selective scan's
 AVX-512 exponential), so a machine with AVX-512 builds and tests only its own paths. Here the native kernel tests (and
-the selective scan's fused ``delta_proj`` tests, whose gradient sums take the vector width) run again in a subprocess whose kernels are built with ``-mno-avx512f`` (``SSMKIT_NATIVE_CFLAGS``, its own cache folder).
+the selective scan's fused ``delta_proj`` tests and the SSD kernel's, whose gradient sums take the vector width) run again in a subprocess whose kernels are built with ``-mno-avx512f`` (``SSMKIT_NATIVE_CFLAGS``, its own cache folder).
 On a CPU without AVX-512 the default build already takes those paths, and this test is skipped.
 """
 
@@ -33,13 +33,14 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
     # on the CPU whatever this run's device (the native kernels are CPU code; under cuda their tests skip)
     env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": "-mno-avx512f", "SSMKIT_NATIVE_CACHE": str(cache),
            "SSMKIT_TEST_DEVICE": "cpu"}
-    tests = [str(ROOT / "tests/ops" / name) for name in ("test_native.py", "test_selective_delta_proj.py")]
+    tests = [str(ROOT / "tests/ops" / name) for name in ("test_native.py", "test_selective_delta_proj.py",
+                                                         "test_ssd_native.py")]
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert " passed" in out.stdout.splitlines()[-1]
     # the kernels were built afresh, with the flag, in the subprocess's own cache
-    assert {"selective_scan", "diagonal_scan", "causal_conv"} <= {p.name.split("-")[0] for p in cache.glob("*.so")}
+    assert {"selective_scan", "diagonal_scan", "causal_conv", "ssd_scan"} <= {p.name.split("-")[0] for p in cache.glob("*.so")}
     objdump = subprocess.run(["objdump", "-d", str(next(cache.glob("selective_scan-float32-*.so")))],
                              capture_output=True, text=True) if os.path.exists("/usr/bin/objdump") else None
     if objdump is not None and objdump.returncode == 0:

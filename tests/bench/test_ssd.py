@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from ssmkit.bench.ssd import main
+from ssmkit.ops.native import native_available
 
 
 def test_ssd_bench_writes_results(tmp_path, capsys):
@@ -13,11 +15,12 @@ def test_ssd_bench_writes_results(tmp_path, capsys):
             "--chunk-size", "4", "5", "--repeats", "1", "--json", str(out)]
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["variant"] for r in rows] == ["ssd chunked T=4", "ssd chunked T=5", "ssd reference", "mamba2 auto",
-                                           "mamba2 reference", "mamba2 step"]
+    native = ["ssd native"] if native_available("ssd", torch.float32) else []
+    assert [r["variant"] for r in rows] == ["ssd chunked T=4", "ssd chunked T=5", *native, "ssd reference",
+                                           "mamba2 auto", "mamba2 chunked", "mamba2 reference", "mamba2 step"]
     for r in rows[:-1]:
         assert r["forward_s"] > 0 and r["forward_backward_s"] > 0 and r["forward_speedup"] > 0
-    assert rows[2]["forward_speedup"] == 1.0 and rows[-1]["us_per_token"] > 0
+    assert rows[2 + len(native)]["forward_speedup"] == 1.0 and rows[-1]["us_per_token"] > 0
     assert "| ssd chunked T=4 |" in capsys.readouterr().out
     assert main(argv[:-2] + ["--no-reference"]) == 0
     assert "| ssd reference |" not in capsys.readouterr().out

@@ -6,11 +6,11 @@
 Two parts, float32:
 
 1. The ``ssd`` op (:mod:`ssmkit.ops.ssd`) on random inputs of shape x (B, L, H, P), B and C (B, L, G, N), with an
-   initial state: forward (no_grad) and forward+backward of ``chunked`` at each chunk size T and of ``reference``
-   (the recurrence one step at a time).
+   initial state: forward (no_grad) and forward+backward of ``chunked`` at each chunk size T, of ``native`` (the C
+   kernel, where it builds) and of ``reference`` (the recurrence one step at a time).
 2. The ``mamba2`` layer with d_model = H·P/2 (expand 2, so its E/P heads are the op's H), the same d_state and
-   groups, at the first chunk size: forward and forward+backward under ``auto`` (the chunked SSD) and
-   ``reference``, and ``step`` (µs per token for the whole batch, no_grad).
+   groups, at the first chunk size: forward and forward+backward under ``auto`` (the C kernel on the CPU where it
+   builds), ``chunked`` and ``reference``, and ``step`` (µs per token for the whole batch, no_grad).
 
 Every variant is timed once per round and the rounds interleave them, so speed-ups over the loop compare times
 taken under the same machine conditions; figures are medians over ``--repeats`` rounds after one warm-up.
@@ -30,6 +30,7 @@ from ssmkit.bench import positive_int
 from ssmkit.bench.backward import OutputGradients
 from ssmkit.bench.core import _once, machine
 from ssmkit.ops import use_backend
+from ssmkit.ops.native import native_available
 from ssmkit.ops.ssd import ssd
 
 
@@ -66,6 +67,8 @@ def op_variants(args: argparse.Namespace) -> dict[str, dict]:
         f"ssd chunked T={T}": _timers(lambda T=T: run("chunked", T, False), lambda T=T: run("chunked", T, True))
         for T in args.chunk_size
     }
+    if native_available("ssd", torch.float32):
+        variants["ssd native"] = _timers(lambda: run("native", None, False), lambda: run("native", None, True))
     if args.reference:
         variants["ssd reference"] = _timers(lambda: run("reference", None, False), lambda: run("reference", None, True))
     return variants
@@ -88,7 +91,8 @@ def layer_variants(args: argparse.Namespace) -> tuple[dict[str, dict], object]:
             if grad:
                 grads.backward(y, *h)
 
-    variants = {"mamba2 auto": _timers(lambda: run("auto", False), lambda: run("auto", True))}
+    variants = {"mamba2 auto": _timers(lambda: run("auto", False), lambda: run("auto", True)),
+                "mamba2 chunked": _timers(lambda: run("chunked", False), lambda: run("chunked", True))}
     if args.reference:
         variants["mamba2 reference"] = _timers(lambda: run("reference", False), lambda: run("reference", True))
     steps = min(args.length, 64)

@@ -45,6 +45,7 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec, exportable_state
+from ssmkit.ops.gated_norm import gated_rmsnorm
 from ssmkit.ops.rows import apply_linear, apply_split_linear
 from ssmkit.ops.ssd import ssd, ssd_step
 
@@ -91,23 +92,15 @@ class GatedRMSNorm(nn.RMSNorm):
         self.groups = groups
         self.norm_before_gate = norm_before_gate
 
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y, z (..., E) -> (..., E) gated and normalised."""
-        if not self.norm_before_gate:
-            y = y * F.silu(z)
-        grouped = y.unflatten(-1, (self.groups, self.channels // self.groups))  # (..., G, E/G)
-        # v / √(mean(v²) + eps) = (v/m) / √(mean((v/m)²) + eps/m²) for any m > 0. m = 2^⌈log₂ max|v|⌉ (>= 1) keeps the
-        # squares <= ~4, so a group above ~1.8e19 (float32: v² overflowed to inf and the group came out as zeros) is
-        # normalised too; a power of two scales exactly, so the other groups get the same bits as without m. The
-        # exponent stops at the largest finite power of two (2^127 in float32): above it 2^128 = inf made the group NaN.
-        # m is detached: the value does not depend on it, so the gradient at fixed m is the exact one.
-        top = grouped.detach().abs().amax(-1, keepdim=True).clamp_min(1.0)  # (..., G, 1)
-        largest = math.frexp(torch.finfo(top.dtype).max)[1] - 1  # 127 (float32), 1023 (float64): 2^largest is finite
-        m = torch.exp2(torch.ceil(torch.log2(top)).clamp_max(largest))  # (..., G, 1)
-        scaled = grouped / m  # (..., G, E/G)
-        grouped = scaled * torch.rsqrt(scaled.square().mean(-1, keepdim=True) + self.eps / m.square())  # (..., G, E/G)
-        out = grouped.flatten(-2) * self.weight  # (..., E)
-        return out * F.silu(z) if self.norm_before_gate else out
+    def forward(
+        self, y: torch.Tensor, z: torch.Tensor, x: torch.Tensor | None = None, D: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """y, z (..., E) -> (..., E) gated and normalised; with x (..., E) and D (E,), of y + D ⊙ x (the mixer's skip).
+
+        By :func:`ssmkit.ops.gated_norm.gated_rmsnorm`: the C kernel on the CPU where it runs (one pass over each row),
+        else PyTorch ops; both scale each group by a power of two before squaring (see there), so groups beyond
+        float32's square root are normalised too."""
+        return gated_rmsnorm(y, z, self.weight, self.groups, self.eps, self.norm_before_gate, x, D)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}, norm_before_gate={self.norm_before_gate}, eps={self.eps}"
@@ -275,10 +268,14 @@ class Mamba2(SequenceLayer):
         return zxbcdt.split([E, E + 2 * self.ngroups * self.d_state, self.nheads], dim=-1)
 
     def _gate_and_norm(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y (..., E/P, P) + D x, then the gated RMSNorm (or the bare gate) with z (..., E): (..., E)."""
+        """y (..., E/P, P) + D x, then the gated RMSNorm (or the bare gate) with z (..., E): (..., E). With the norm,
+        the skip goes into it (one pass over each row by the C kernel, ssmkit.ops.gated_norm)."""
+        if self.norm is not None:
+            D = self.D if self.D_has_hdim else self.D.unsqueeze(-1).expand(self.nheads, self.headdim).reshape(-1)  # (E,)
+            return self.norm(y.flatten(-2), z, x.flatten(-2), D)
         D = self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D.unsqueeze(-1)  # (E/P, P) or (E/P, 1)
         y = (y + D * x).flatten(-2)  # (..., E)
-        return self.norm(y, z) if self.norm is not None else y * F.silu(z)
+        return y * F.silu(z)
 
     def _forward(self, x, state, return_state):
         dtype = self.A_log.dtype

@@ -13,7 +13,8 @@ import torch
 from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
-OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd")
+OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
+       "gated_norm")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -174,6 +175,20 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         ref = ssd_reference
         weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1, 1)
         _compare(fast, ref, args, weight, dtype)
+        return
+    elif op == "gated_norm":
+        from ssmkit.ops.gated_norm import gated_rmsnorm_torch
+        from ssmkit.ops.native.gated_norm import gated_rmsnorm_unchecked
+
+        Bsz, L, E, G = 2, 70, 12, 3  # three items of 64 rows (the last partial); one group ~1e3 times the others
+        scale = torch.tensor([1.0, 1e3, 0.1], dtype=f64).repeat_interleave(E // G).to(dtype)
+        args = [rand(Bsz, L, E) * scale, rand(Bsz, L, E), 1 + 0.3 * rand(E), rand(Bsz, L, E), rand(E)]
+        weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
+        for nbg in (False, True):
+            pair = lambda fn: lambda y, z, w, x, D: (fn(y, z, w, G, 1e-5, nbg, x, D), w)  # noqa: E731
+            _compare(pair(gated_rmsnorm_unchecked), pair(gated_rmsnorm_torch), args, weight, dtype)
+            no_skip = lambda fn: lambda y, z, w: (fn(y, z, w, G, 1e-5, nbg), w)  # noqa: E731
+            _compare(no_skip(gated_rmsnorm_unchecked), no_skip(gated_rmsnorm_torch), args[:3], weight, dtype)
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.gated_norm import gated_rmsnorm, gated_rmsnorm_torch
+from ssmkit.ops.gated_norm import gated_rmsnorm, gated_rmsnorm_reference
 from ssmkit.ops.native import native_available
 from tests.conftest import DEVICE, rel_err
 from tests.ops.test_native import THREADING_IDS, THREADINGS, use_threads
@@ -59,7 +59,7 @@ def test_kernel_and_torch_path_equal_the_formula_with_every_gradient(shape, skip
     ins = [y, z, w, *((x, D) if skip else ())]
     gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
     want = _grads(lambda *a: formula(*a[:3], G, 1e-5, nbg, *a[3:]), ins, gout)
-    for fn in (gated_rmsnorm, gated_rmsnorm_torch):
+    for fn in (gated_rmsnorm, gated_rmsnorm_reference):
         got = _grads(lambda *a: fn(*a[:3], G, 1e-5, nbg, *a[3:]), ins, gout)
         for a, b in zip(got, want):
             assert rel_err(a, b) < 1e-12
@@ -91,7 +91,7 @@ def test_second_derivatives_equal_the_torch_paths(nbg):
         grads = torch.autograd.grad(out.square().sum(), ins, create_graph=True)
         return torch.autograd.grad(sum(g.square().sum() for g in grads), ins)
 
-    for a, b in zip(second(gated_rmsnorm), second(gated_rmsnorm_torch)):
+    for a, b in zip(second(gated_rmsnorm), second(gated_rmsnorm_reference)):
         assert rel_err(a, b) < 1e-10
 
 
@@ -105,7 +105,7 @@ def test_groups_near_the_largest_float_and_non_finite_groups(dtype, big, nbg):
     y = torch.tensor([[big, -0.5 * big, 0.25 * big, 1.0, 1.0, 2.0, -3.0, 0.5, 1.0, float("inf"), 0.0, 2.0,
                        float("nan"), 1.0, 1.0, 1.0]], dtype=dtype)
     z, w = torch.ones_like(y), torch.ones(16, dtype=dtype)
-    got, want = gated_rmsnorm(y, z, w, 4, 1e-5, nbg), gated_rmsnorm_torch(y, z, w, 4, 1e-5, nbg)
+    got, want = gated_rmsnorm(y, z, w, 4, 1e-5, nbg), gated_rmsnorm_reference(y, z, w, 4, 1e-5, nbg)
     assert torch.isfinite(got[0, :8]).all()
     expected = formula(y[:, :8] / big, z[:, :8], w[:8], 2, 0.0, nbg)  # eps / max² vanishes for the big group
     assert rel_err(got[:, :4], expected[:, :4]) < {torch.float32: 1e-6, F64: 1e-14}[dtype]

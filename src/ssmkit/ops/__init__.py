@@ -11,7 +11,7 @@ kernel and the output of an initial state), ``fftconv`` (FFT convolutions; ``fft
 cache-sized blocks), ``cauchy`` (S4's DPLR kernel; ``woodbury``: its Woodbury step), ``dropout`` (dropout; ``philox``:
 its counter-based mask, the C kernel's reference; ``dropout()`` stays in its module, of the same name),
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
-``ssd`` (Mamba-2's scan with a scalar decay per head), ``selective`` (Mamba's selective scan), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
+``ssd`` (Mamba-2's scan with a scalar decay per head), ``gated_norm`` (Mamba-2's skip, gate and grouped RMSNorm), ``selective`` (Mamba's selective scan), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
 (HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:
 scan, kernel, step), ``twice`` (a kernel's backward when it is itself differentiated: through the chunked path).
 """
@@ -40,6 +40,7 @@ from ssmkit.ops.dplr import (
     small_inverse,
 )
 from ssmkit.ops.fftconv import bidirectional_conv, bidirectional_conv_reference, causal_conv, causal_conv_reference
+from ssmkit.ops.gated_norm import gated_rmsnorm, gated_rmsnorm_reference
 from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correction, s4d_eigenvalues, s4d_input_matrix, transition
 from ssmkit.ops.kernels import initial_state_output, initial_state_output_reference, vandermonde, vandermonde_reference
 from ssmkit.ops.mimo import (
@@ -61,6 +62,8 @@ __all__ = [
     "DiagonalStepCoefficients",
     "BACKENDS",
     "DPLRStepCoefficients",
+    "gated_rmsnorm",
+    "gated_rmsnorm_reference",
     "MEASURES",
     "MIMOStepCoefficients",
     "NPLR",

@@ -5,7 +5,7 @@ gates after the norm instead), each group of K = E/G channels is normalised,
 
     RMSNorm_G(v) = v_g / √(mean(v_g²) + eps) · w,
 
-and ``norm_before_gate`` gives RMSNorm_G(y + D ⊙ x) · w ⊙ SiLU(z). Paths: :func:`gated_rmsnorm_torch` (PyTorch ops,
+and ``norm_before_gate`` gives RMSNorm_G(y + D ⊙ x) · w ⊙ SiLU(z). Paths: :func:`gated_rmsnorm_reference` (PyTorch ops,
 the reference) and the C kernel (:mod:`ssmkit.ops.native.gated_norm`: one pass over each row, forward and backward,
 where the PyTorch path makes ~12 passes over (B, L, E) forward and ~20 backward). :func:`gated_rmsnorm` chooses by backend:
 ``"auto"`` takes the kernel on the CPU where its smoke call passed, for real tensors of one dtype, when nothing traces.
@@ -41,11 +41,26 @@ def _check(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups: int, 
                          f"{tuple(D.shape)}")
 
 
-def gated_rmsnorm_torch(
+def gated_rmsnorm_reference(
     y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups: int, eps: float, norm_before_gate: bool,
     x: torch.Tensor | None = None, D: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The gated grouped RMSNorm in PyTorch ops (the reference of :func:`gated_rmsnorm`; arguments as there)."""
+    """The gated grouped RMSNorm in PyTorch ops: the reference of :func:`gated_rmsnorm` and its ``"reference"`` and
+    ``"chunked"`` paths.
+
+    Args:
+        y: (..., E) the scan's output.
+        z: (..., E) the gate, before its SiLU.
+        weight: (E,) the norm's weight w.
+        groups: G, dividing E.
+        eps: added to each group's mean square.
+        norm_before_gate: normalise first, then gate (False: gate, then normalise).
+        x: (..., E) the skip's input, or None (no skip).
+        D: (E,) the skip's weights (given with x).
+
+    Returns:
+        (..., E).
+    """
     if x is not None:
         y = y + D * x
     if not norm_before_gate:
@@ -81,7 +96,7 @@ def _native(y, z, weight, groups, eps, norm_before_gate, x=None, D=None):
     return gated_rmsnorm_unchecked(y, z, weight, groups, eps, norm_before_gate, x, D)
 
 
-_GATED = {"reference": gated_rmsnorm_torch, "chunked": gated_rmsnorm_torch, "native": _native}
+_GATED = {"reference": gated_rmsnorm_reference, "chunked": gated_rmsnorm_reference, "native": _native}
 
 
 def _auto(tensors: list[torch.Tensor]) -> str:
@@ -100,7 +115,7 @@ def gated_rmsnorm(
     """RMSNorm_G((y + D ⊙ x) ⊙ SiLU(z)) · w, or RMSNorm_G(y + D ⊙ x) · w ⊙ SiLU(z) before the gate (arXiv 2405.21060
     §7).
 
-    Backends: ``"reference"`` and ``"chunked"`` -> :func:`gated_rmsnorm_torch` (PyTorch ops); ``"native"`` -> the C
+    Backends: ``"reference"`` and ``"chunked"`` -> :func:`gated_rmsnorm_reference` (PyTorch ops); ``"native"`` -> the C
     kernel (:mod:`ssmkit.ops.native.gated_norm`; tensors of one dtype on the CPU); ``"auto"`` -> the C kernel where its
     smoke call passed, the tensors share a real dtype and nothing traces, else the PyTorch ops.
 

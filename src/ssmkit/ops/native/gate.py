@@ -177,7 +177,7 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         _compare(fast, ref, args, weight, dtype)
         return
     elif op == "gated_norm":
-        from ssmkit.ops.gated_norm import gated_rmsnorm_torch
+        from ssmkit.ops.gated_norm import gated_rmsnorm_reference
         from ssmkit.ops.native.gated_norm import gated_rmsnorm_unchecked
 
         Bsz, L, E, G = 2, 70, 12, 3  # three items of 64 rows (the last partial); one group ~1e3 times the others
@@ -186,9 +186,9 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
         for nbg in (False, True):
             pair = lambda fn: lambda y, z, w, x, D: (fn(y, z, w, G, 1e-5, nbg, x, D), w)  # noqa: E731
-            _compare(pair(gated_rmsnorm_unchecked), pair(gated_rmsnorm_torch), args, weight, dtype)
+            _compare(pair(gated_rmsnorm_unchecked), pair(gated_rmsnorm_reference), args, weight, dtype)
             no_skip = lambda fn: lambda y, z, w: (fn(y, z, w, G, 1e-5, nbg), w)  # noqa: E731
-            _compare(no_skip(gated_rmsnorm_unchecked), no_skip(gated_rmsnorm_torch), args[:3], weight, dtype)
+            _compare(no_skip(gated_rmsnorm_unchecked), no_skip(gated_rmsnorm_reference), args[:3], weight, dtype)
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference

@@ -1,6 +1,6 @@
 """Mamba-2's skip, SiLU gate and grouped RMSNorm by the compiled C kernel (``gated_norm.c``), forward and backward.
 
-The semantics of :func:`ssmkit.ops.gated_norm.gated_rmsnorm_torch` (arXiv 2405.21060 §7): one pass over each row of
+The semantics of :func:`ssmkit.ops.gated_norm.gated_rmsnorm_reference` (arXiv 2405.21060 §7): one pass over each row of
 E channels, forward, and one backward (which recomputes the row's normalisation), where the PyTorch path makes ~12
 elementwise passes over (B, L, E) in the forward and ~20 in the backward: at B 8, L 4 096, E 256 a Mamba-2 layer's
 forward+backward spent ~100 ms of its ~365 there on the 2-core VM (docs/benchmarks.md).
@@ -89,7 +89,7 @@ def _backward_kernel(y: Tensor, z: Tensor, w: Tensor, x: Optional[Tensor], D: Op
 
 
 class _NativeGatedNorm(torch.autograd.Function):
-    """out (rows, E) of :func:`ssmkit.ops.gated_norm.gated_rmsnorm_torch` by the C kernel. Inputs: y (rows, E)
+    """out (rows, E) of :func:`ssmkit.ops.gated_norm.gated_rmsnorm_reference` by the C kernel. Inputs: y (rows, E)
     contiguous, z (rows, E) with unit stride along E, w (E,), x (rows, E) or None, D (E,) or None, groups, eps,
     norm_before_gate."""
 
@@ -104,10 +104,10 @@ class _NativeGatedNorm(torch.autograd.Function):
         y, z, w, x, D = ctx.saved_tensors
         groups, eps, nbg = ctx.options
         if torch.is_grad_enabled():  # create_graph: a double backward, through the PyTorch path (ops/twice.py)
-            from ssmkit.ops.gated_norm import gated_rmsnorm_torch
+            from ssmkit.ops.gated_norm import gated_rmsnorm_reference
 
             def path(y, z, w, x, D):
-                return (gated_rmsnorm_torch(y, z, w, groups, eps, nbg, x, D),)
+                return (gated_rmsnorm_reference(y, z, w, groups, eps, nbg, x, D),)
 
             return (*graph_backward(path, (y, z, w, x, D), ctx.needs_input_grad[:5], (g_out,)), None, None, None)
         g_y, g_z, g_w, *skip = _backward_kernel(y, z, w, x, D, g_out.contiguous(), groups, eps, nbg)

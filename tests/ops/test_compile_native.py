@@ -17,6 +17,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import ssmkit.ops as ops
 from ssmkit.ops.cauchy import cauchy
 from ssmkit.ops.native import native_available
+from ssmkit.ops.rglru import rglru
 from ssmkit.ops.ssd import ssd
 from tests.conftest import DEVICE
 from tests.ops.compiled import Recorder, assert_close, check_compiled_kernel, run_loss
@@ -82,6 +83,13 @@ def _cases():
                _rand(g, Bsz, L, 3, N), _rand(g, Bsz, 3, 66, N))
         return ins, lambda bk, x, dt, A, Bm, C, h0: ssd(x, dt, A, Bm, C, h0, backend=bk)
 
+    def rglru_case(g, L):  # gates in (0, 1); a reset in each row
+        resets = torch.zeros(Bsz, L, dtype=torch.bool)
+        resets[:, L // 3] = True
+        gate = lambda: torch.rand(Bsz, L, H, generator=g, dtype=F64) * 0.9 + 0.05  # noqa: E731
+        ins = (_rand(g, Bsz, L, H), gate(), gate(), 3 * _rand(g, H), _rand(g, Bsz, H))
+        return ins, lambda bk, x, r, i, Lam, h0: rglru(x, r, i, Lam, 8.0, h0, resets, backend=bk)
+
     def cauchy_case(g, L):  # L evaluation points
         w = torch.complex(-0.3 - torch.rand(H, N, generator=g, dtype=F64), _rand(g, H, N))
         ins = (_rand(g, 2, H, N, dtype=C128), _rand(g, H, L, dtype=C128), w)
@@ -97,6 +105,7 @@ def _cases():
         "mimo_scan": ("linear_recurrence", mimo),
         "cauchy": ("cauchy", cauchy_case),
         "ssd": ("ssd", ssd_case),
+        "rglru": ("rglru", rglru_case),
     }
 
 
@@ -112,7 +121,7 @@ def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
 
 
 @pytest.mark.parametrize("name", ["ssm_scan", "ssm_scan (real modes)", "selective_scan", "causal_conv1d", "mimo_scan",
-                                  "ssd"])
+                                  "ssd"])  # (rglru: its resets are built at the first length)
 def test_one_compiled_graph_runs_the_kernels_at_every_length(name):
     """Compiled with the length dynamic, the kernels' fake implementations give the outputs' sizes in L (the
     selective scan's chunk-start states: ⌈L/T⌉ of them): lengths across chunk boundaries, one graph."""

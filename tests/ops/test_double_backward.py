@@ -9,6 +9,7 @@ import torch
 
 from ssmkit.ops import causal_conv1d, linear_recurrence, mimo_scan, selective_scan, ssm_scan
 from ssmkit.ops.cauchy import cauchy
+from ssmkit.ops.rglru import rglru
 from ssmkit.ops.ssd import ssd
 from tests.conftest import DEVICE
 
@@ -63,6 +64,12 @@ def _cases():
         ins = (_rand(g, B, L, 2, 3), dt, A, _rand(g, B, L, 1, N), _rand(g, B, L, 1, N), _rand(g, B, 2, 3, N))
         return ins, 2, lambda bk, x, dt, A, Bm, C, h0: ssd(x, dt, A, Bm, C, h0, chunk_size=16, backend=bk)
 
+    def rglru_case(g):  # gates in (0, 1); resets at a tenth of the steps
+        resets = torch.rand(B, L, generator=g) < 0.1
+        gate = lambda: (0.05 + 0.9 * torch.rand(B, L, H, generator=g, dtype=F64)).to(DEVICE).requires_grad_()  # noqa: E731
+        ins = (_rand(g, B, L, H), gate(), gate(), _rand(g, H), _rand(g, B, H))
+        return ins, 2, lambda bk, x, r, i, Lam, h0: rglru(x, r, i, Lam, 8.0, h0, resets.to(DEVICE), backend=bk)
+
     def mimo(g):
         ins = (_rand(g, B, L, H), _stable(g, 5), _rand(g, 5, H, dtype=C128), _rand(g, H, 5, dtype=C128),
                _rand(g, B, 5, dtype=C128), _rand(g, H))
@@ -84,6 +91,7 @@ def _cases():
         "selective_scan": (("chunked", "native"), selective, "selective_scan"),
         "selective_scan (Δ, B, C from u)": (("chunked", "native"), selective_from_u, "selective_scan"),
         "ssd": (("chunked", "native"), ssd_case, "ssd"),
+        "rglru": (("chunked", "native"), rglru_case, "rglru"),
         "mimo_scan": (("chunked", "native"), mimo, "linear_recurrence"),
         "causal_conv1d": (("chunked", "native"), conv, "causal_conv1d"),
         "cauchy": (("chunked", "native"), cauchy_case, "cauchy"),

@@ -676,6 +676,7 @@ def _unchecked_entries():
     from ssmkit.ops.native.recurrence import recurrence_unchecked
     from ssmkit.ops.native.selective import scan_unchecked as selective_unchecked
     from ssmkit.ops.native.gated_norm import gated_rmsnorm_unchecked
+    from ssmkit.ops.native.rglru import rglru_unchecked
     from ssmkit.ops.native.ssd import ssd_unchecked
     from ssmkit.ops.native.zoh import zoh_native_log
 
@@ -694,12 +695,13 @@ def _unchecked_entries():
                                                 r(2 * N, H), None, None),
         "cauchy": lambda x: sums_unchecked(x, torch.randn(2, 7, dtype=C128), -1 + torch.randn(2, N, dtype=C128)),
         "zoh": lambda x: zoh_native_log(x[0], x[0], torch.randn(L, H, dtype=C128), r(L)),
+        "rglru": lambda x: rglru_unchecked(x, u.sigmoid(), u.sigmoid(), r(H), 8.0),
         "gated_norm": lambda x: gated_rmsnorm_unchecked(x, u, torch.ones(H, dtype=F64), 1, 1e-5, False),
         "ssd": lambda x: ssd_unchecked(x.unsqueeze(-1), u.abs(), -torch.rand(H, dtype=F64), r(B, L, 1, N), r(B, L, 1, N)),
     }, u
 
 
-UNCHECKED = ["selective_scan", "diagonal", "linear_recurrence", "causal_conv1d", "mimo", "cauchy", "zoh", "ssd", "gated_norm"]
+UNCHECKED = ["selective_scan", "diagonal", "linear_recurrence", "causal_conv1d", "mimo", "cauchy", "zoh", "ssd", "gated_norm", "rglru"]
 
 
 @pytest.mark.parametrize("entry", UNCHECKED)

@@ -275,7 +275,7 @@ class RGLRU(SequenceLayer):
 
     def _forward(self, x: torch.Tensor, state: RGLRUState | None, return_state: bool,
                  resets: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState | None]:
-        backend = self._backend()  # auto: the C kernel on the CPU where it runs
+        backend = self._backend()  # auto: the C kernel (gates and scan in one pass) on the CPU where it runs
         dtype = self.Lambda.dtype
         u = x.to(dtype)
         g = F.gelu(apply_linear(self.in_gate, u), approximate="tanh")  # (B, L, D): bf16 under autocast

@@ -12,8 +12,9 @@ multiplier √(1 - a_t²) is replaced by 1 (recurrentgemma's convention), so h_t
 The square root has a clipped backward (recurrentgemma, needed for bfloat16 training): d√v/dv = 1/(2√v) is
 replaced by 1/√max(4v, 1/1000²), i.e. it never exceeds 1000 (reached where 1 - a_t² < 2.5e-7).
 
-The gates are computed by the layer (they are linear maps); this file holds the elementwise part and the scan, which
-runs on :func:`ssmkit.ops.recurrence.linear_recurrence` (a chunked fast path and a loop reference).
+The gates are computed by the layer (they are linear maps); this file holds the elementwise part and the scan: in
+PyTorch ops around :func:`ssmkit.ops.recurrence.linear_recurrence` (:func:`rglru_torch`), or in one C kernel on the
+CPU (:mod:`ssmkit.ops.native.rglru`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,70 @@ def sqrt_bounded_gradient(v: torch.Tensor, max_grad: float = MAX_SQRT_GRADIENT) 
     return _SqrtBoundedGradient.apply(v, float(max_grad))
 
 
+def _check_rglru(x, r, i, Lambda, h0, resets) -> None:
+    """Raise ``ValueError`` unless x, r, i are (B, L, H) real tensors of one dtype, Λ is (H,), h0 is (B, H) or None and
+    resets a (B, L) bool tensor or None."""
+    for name, t in (("x", x), ("r", r), ("i", i), ("Lambda", Lambda)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            found = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a real floating-point tensor; got {found}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be (B, L, H); got shape {tuple(x.shape)}")
+    for name, t in (("r", r), ("i", i)):
+        if t.shape != x.shape:
+            raise ValueError(f"{name} must have x's shape (B, L, H) = {tuple(x.shape)}; got {tuple(t.shape)}")
+    Bsz, L, H = x.shape
+    if Lambda.shape != (H,):
+        raise ValueError(f"Lambda must be (H,) = ({H},) (from x); got {tuple(Lambda.shape)}")
+    if h0 is not None and (not isinstance(h0, torch.Tensor) or h0.shape != (Bsz, H)):
+        found = tuple(h0.shape) if isinstance(h0, torch.Tensor) else type(h0).__name__
+        raise ValueError(f"h0 must be (B, H) = {(Bsz, H)}; got {found}")
+    if resets is not None and (not isinstance(resets, torch.Tensor) or resets.dtype != torch.bool
+                               or resets.shape != (Bsz, L)):
+        found = f"{resets.dtype} {tuple(resets.shape)}" if isinstance(resets, torch.Tensor) else type(resets).__name__
+        raise ValueError(f"resets must be a bool tensor (B, L) = {(Bsz, L)}; got {found}")
+
+
+def rglru_torch(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    i: torch.Tensor,
+    Lambda: torch.Tensor,
+    c: float = 8.0,
+    h0: torch.Tensor | None = None,
+    resets: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rglru` in PyTorch ops around :func:`ssmkit.ops.recurrence.linear_recurrence` (with ``backend``): the
+    elementwise gate algebra, then the scan. Arguments and returns as :func:`rglru`."""
+    log_a = -c * r * F.softplus(-Lambda)  # (B, L, H): log a^{c r_t} = c r_t log σ(Λ)
+    a = torch.exp(log_a)  # (B, L, H)
+    multiplier = sqrt_bounded_gradient(-torch.expm1(2 * log_a))  # (B, L, H): √(1 - a_t²)
+    if resets is not None:
+        keep = ~resets[..., None]  # (B, L, 1)
+        a = a * keep  # (B, L, H): 0 at a segment start
+        multiplier = torch.where(keep, multiplier, torch.ones_like(multiplier))  # (B, L, H): 1 there
+    return linear_recurrence(a, multiplier * (i * x), h0, backend=backend)  # (B, L, H), (B, H)
+
+
+def _fused(x, r, i, Lambda, h0, resets, forced: bool) -> bool:
+    """Whether this call takes the C kernel of ``rglru_scan.c``: forced by the ``"native"`` backend (raising where it
+    cannot run), or chosen by ``"auto"`` (:func:`prefer_native`, the tensors of one dtype on one device)."""
+    from ssmkit.ops.native.gate import native_status, prefer_native
+
+    same = all(t.dtype == x.dtype and t.device == x.device for t in (r, i, Lambda, *([h0] if h0 is not None else [])))
+    if not forced:
+        return same and prefer_native("rglru", x)
+    if x.device.type != "cpu":
+        raise RuntimeError(f"rglru: backend 'native' runs on the CPU; x is on {x.device}")
+    ok, why = native_status("rglru", x.dtype)
+    if not ok:
+        raise RuntimeError(f"rglru: backend 'native' cannot run here: {why}")
+    if not same:
+        raise RuntimeError("rglru: backend 'native' takes x, r, i, Lambda and h0 in one dtype on one device")
+    return True
+
+
 def rglru(
     x: torch.Tensor,
     r: torch.Tensor,
@@ -76,8 +141,12 @@ def rglru(
     """The RG-LRU recurrence over a sequence, given its gates (arXiv 2402.19427 §2.4, eqs. 1-4).
 
     h_t = a_t ⊙ h_{t-1} + √(1 - a_t²) ⊙ i_t ⊙ x_t with log a_t = -c r_t softplus(-Λ); at a reset a_t = 0 and the
-    multiplier is 1. 1 - a_t² is formed as -expm1(2 log a_t) (no cancellation as a_t → 1). The scan is
-    :func:`ssmkit.ops.recurrence.linear_recurrence` with the time-varying gate a_t.
+    multiplier is 1. 1 - a_t² is formed as -expm1(2 log a_t) (no cancellation as a_t → 1).
+
+    Backends: ``"native"`` (and ``"auto"`` on the CPU where its smoke call passed, for tensors of one dtype, when
+    nothing traces) runs the C kernel ``rglru_scan.c`` (:mod:`ssmkit.ops.native.rglru`: the gate algebra and the scan
+    in one pass, forward and backward); ``"reference"`` and ``"chunked"`` (and ``"auto"`` elsewhere) run
+    :func:`rglru_torch`, PyTorch ops around :func:`ssmkit.ops.recurrence.linear_recurrence` on that backend.
 
     Args:
         x: (B, L, H) input of the RG-LRU (after the short convolution).
@@ -87,19 +156,20 @@ def rglru(
         c: the constant c of a_t = a^{c r_t} (8 in the paper).
         h0: (B, H) state before x, or None for zeros.
         resets: (B, L) bool, True where a segment starts (the state before it is dropped), or None for none.
-        backend: of the scan (``"reference"``, ``"chunked"``, ``"auto"``), or None for the context's.
+        backend: ``"reference"``, ``"chunked"``, ``"native"`` or ``"auto"``, or None for the context's.
 
     Returns:
         h (B, L, H) every state, and the last one (B, H).
     """
-    log_a = -c * r * F.softplus(-Lambda)  # (B, L, H): log a^{c r_t} = c r_t log σ(Λ)
-    a = torch.exp(log_a)  # (B, L, H)
-    multiplier = sqrt_bounded_gradient(-torch.expm1(2 * log_a))  # (B, L, H): √(1 - a_t²)
-    if resets is not None:
-        keep = ~resets[..., None]  # (B, L, 1)
-        a = a * keep  # (B, L, H): 0 at a segment start
-        multiplier = torch.where(keep, multiplier, torch.ones_like(multiplier))  # (B, L, H): 1 there
-    return linear_recurrence(a, multiplier * (i * x), h0, backend=backend)  # (B, L, H), (B, H)
+    from ssmkit.ops.backend import get_backend
+
+    _check_rglru(x, r, i, Lambda, h0, resets)
+    name = get_backend() if backend is None else backend
+    if name in ("native", "auto") and _fused(x, r, i, Lambda, h0, resets, forced=name == "native"):
+        from ssmkit.ops.native.rglru import rglru_unchecked
+
+        return rglru_unchecked(x, r, i, Lambda, c, h0, resets)
+    return rglru_torch(x, r, i, Lambda, c, h0, resets, backend)
 
 
 def rglru_step(

@@ -14,7 +14,7 @@ from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
-       "gated_norm")
+       "gated_norm", "rglru")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -189,6 +189,21 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
             _compare(pair(gated_rmsnorm_unchecked), pair(gated_rmsnorm_reference), args, weight, dtype)
             no_skip = lambda fn: lambda y, z, w: (fn(y, z, w, G, 1e-5, nbg), w)  # noqa: E731
             _compare(no_skip(gated_rmsnorm_unchecked), no_skip(gated_rmsnorm_reference), args[:3], weight, dtype)
+        return
+    elif op == "rglru":
+        from ssmkit.ops.native.rglru import rglru_unchecked
+        from ssmkit.ops.rglru import rglru_torch
+
+        Bsz, L, H = 2, 11, 70  # two channel blocks; gates near 0 and 1 (a_t near 1: the expm1 series; near 0: e^x - 1)
+        gate = lambda: torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype) * 0.98 + 0.01  # noqa: E731
+        resets = torch.zeros(Bsz, L, dtype=torch.bool)
+        resets[0, 3] = resets[1, 0] = True
+        args = [rand(Bsz, L, H), gate(), gate(), rand(H) * 3, rand(Bsz, H)]
+        weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
+        for flags in (None, resets):
+            fast = lambda x, r, i, Lam, h0: rglru_unchecked(x, r, i, Lam, 8.0, h0, flags)  # noqa: E731
+            ref = lambda x, r, i, Lam, h0: rglru_torch(x, r, i, Lam, 8.0, h0, flags, "reference")  # noqa: E731
+            _compare(fast, ref, args, weight, dtype)
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference

@@ -23,6 +23,7 @@ from ssmkit.bench.official import load_official
 from ssmkit.bench.peers import Case, PeerUnavailable
 from ssmkit.layers.cache import _FROZEN
 from ssmkit.ops import get_backend
+from ssmkit.ops.native import native_available
 
 
 def gradient_seed0(shape, dtype=torch.float32):
@@ -1286,10 +1287,11 @@ def test_ssd_op_variants(monkeypatch):
     calls = recorded(monkeypatch, ssd_bench, "ssd", lambda x, dt, A, B, C, h0, chunk_size, backend: (
         x * A[:, None], h0 * A[:, None, None]))
     variants = ssd_bench.op_variants(ssd_args())
-    assert list(variants) == ["ssd chunked T=2", "ssd chunked T=4", "ssd reference"]
+    native = [("ssd native", None, "native")] if native_available("ssd", torch.float32) else []
+    assert list(variants) == ["ssd chunked T=2", "ssd chunked T=4", *(n for n, _, _ in native), "ssd reference"]
     assert all(list(v) == ["forward", "forward_backward"] for v in variants.values())
     inputs = ssd_bench._op_inputs(2, 5, 3, 4, 6, 1)
-    for name, T, backend in (("ssd chunked T=2", 2, "chunked"), ("ssd chunked T=4", 4, "chunked"),
+    for name, T, backend in (("ssd chunked T=2", 2, "chunked"), ("ssd chunked T=4", 4, "chunked"), *native,
                              ("ssd reference", None, "reference")):
         calls.clear()
         variants[name]["forward"]()
@@ -1304,7 +1306,8 @@ def test_ssd_op_variants(monkeypatch):
         gh = torch.randn((2, 3, 4, 6), generator=torch.Generator().manual_seed(1))
         want = (gy * inputs[0]).sum((0, 1, 3)) + (gh * inputs[5]).sum((0, 2, 3))
         torch.testing.assert_close(c.args[2].grad, want)
-    assert list(ssd_bench.op_variants(ssd_args(reference=False, chunk_size=[8]))) == ["ssd chunked T=8"]
+    assert list(ssd_bench.op_variants(ssd_args(reference=False, chunk_size=[8]))) == ["ssd chunked T=8",
+                                                                                      *(n for n, _, _ in native)]
 
 
 def test_ssd_layer_variants(monkeypatch):
@@ -1330,13 +1333,14 @@ def test_ssd_layer_variants(monkeypatch):
     ((name, options, draw, layer),) = built
     assert name == "mamba2" and options == {"d_model": 4, "d_state": 3, "headdim": 4, "ngroups": 2, "chunk_size": 3}
     assert draw == first_draw(0) and steps == 64
-    assert list(variants) == ["mamba2 auto", "mamba2 reference"]
+    assert list(variants) == ["mamba2 auto", "mamba2 chunked", "mamba2 reference"]
     variants["mamba2 reference"]["forward"]()
     variants["mamba2 auto"]["forward"]()
+    variants["mamba2 chunked"]["forward"]()
     variants["mamba2 reference"]["forward_backward"]()
     variants["mamba2 auto"]["forward_backward"]()
     assert layer.log == [("forward", "reference", False, False, (2, 70, 4)),
-                         ("forward", "auto", False, False, (2, 70, 4)),
+                         ("forward", "auto", False, False, (2, 70, 4)), ("forward", "chunked", False, False, (2, 70, 4)),
                          ("forward", "reference", True, True, (2, 70, 4)), ("forward", "auto", True, True, (2, 70, 4))]
     grads = [p.grad.clone() for p in layer.parameters()]
     variants["mamba2 auto"]["forward_backward"]()  # cleared first: the same gradients again, not twice them
@@ -1345,7 +1349,7 @@ def test_ssd_layer_variants(monkeypatch):
     step()
     assert layer.log == [("step", (2, 4), False)] * 64
     variants, (step, steps) = ssd_bench.layer_variants(ssd_args(heads=2, headdim=4, length=9, reference=False))
-    assert list(variants) == ["mamba2 auto"] and steps == 9
+    assert list(variants) == ["mamba2 auto", "mamba2 chunked"] and steps == 9
 
 
 def test_ssd_measure_interleaves_and_takes_medians(monkeypatch):

@@ -25,9 +25,10 @@ pytestmark = pytest.mark.skipif(
 
 # (B, L, H, P, G, N, T): a partial block of 3 channels, 3 heads per group; two blocks (64 and a tail of 6) with a chunk
 # tail of one step (L = 33, T = 8); three blocks (64, 64, 2) of a group of 2 heads; one full block, one group, L = 1;
-# chunks longer than L; N = 1
+# chunks longer than L; N = 1; a full block with N = 37 (the vector code's ∂B and ∂C by groups of 8 or 16 states: two
+# or four full groups and a partial one)
 SHAPES = [(2, 37, 6, 3, 2, 5, 4), (1, 33, 2, 70, 1, 4, 8), (2, 9, 4, 130, 2, 3, 2), (3, 1, 1, 64, 1, 7, 8),
-          (2, 12, 2, 64, 2, 16, 64), (1, 20, 3, 5, 3, 1, 4)]
+          (2, 12, 2, 64, 2, 16, 64), (1, 20, 3, 5, 3, 1, 4), (1, 19, 2, 64, 1, 37, 8)]
 
 
 def _grads(fn, ins, gy, gh):

@@ -131,11 +131,12 @@ def test_bad_inputs_raise_by_name():
         ssd_native(x, dt.float(), A, B, C, h0)
 
 
-def test_default_chunk_fits_the_buffer_in_two_megabytes():
-    assert default_chunk(64, 4) == 64 and default_chunk(128, 4) == 32 and default_chunk(256, 8) == 8
+def test_default_chunk_fits_the_buffer_in_four_megabytes():
+    assert default_chunk(64, 4) == 64 and default_chunk(128, 4) == 64 and default_chunk(128, 8) == 32
+    assert default_chunk(256, 4) == 32 and default_chunk(2048, 8) == 8
     for N, size in ((64, 8), (16, 8), (256, 4), (1000, 4)):
         T = default_chunk(N, size)
-        assert T == 8 or (T + 2) * N * 64 * size <= 2 << 20
+        assert T == 8 or (T + 2) * N * 64 * size <= 4 << 20
 
 
 def test_the_mamba2_layer_takes_the_kernel_and_equals_the_chunked_path():

@@ -41,11 +41,12 @@ PV = 64  # head channels per work item (ssd_scan.c)
 
 def default_chunk(N: int, itemsize: int) -> int:
     """The backward's chunk length T: the largest power of two ≤ 64 whose buffer (T + 2 states of N × 64 channels)
-    fits in 2 MiB, at least 8. Longer chunks keep fewer states (B·H·P·N per T steps: 32 MiB at B 8, L 4 096, H 4,
-    P = N = 64 with T = 64); at that shape forward+backward took 102, 98, 95 and 106 ms with T = 16, 32, 64 and 128 (the
-    2-core VM, freed memory kept), flat within the VM's drift."""
+    fits in 4 MiB, at least 8. Longer chunks keep fewer states (B·H·P·N per T steps: 32 MiB at B 8, L 4 096, H 4,
+    P = N = 64 with T = 64), and the time hardly depends on T (2-core VM, freed memory kept, forward+backward: 102, 98,
+    95 and 106 ms with T = 16, 32, 64 and 128 at that shape; 86, 86 and 87 ms with T = 32, 64 and 128 at B 2, H 8,
+    N = 128)."""
     T = 64
-    while T > 8 and (T + 2) * N * PV * itemsize > 2 * 1024 * 1024:
+    while T > 8 and (T + 2) * N * PV * itemsize > 4 * 1024 * 1024:
         T //= 2
     return T
 

@@ -303,6 +303,34 @@ class Mamba2(SequenceLayer):
         return out, (Mamba2State(conv_state, ssm_state) if return_state else None)
 
     def _step(self, x_t, state):
+        """The fused C step (:mod:`ssmkit.ops.native.mamba2_step`) where it runs and nothing records a gradient
+        (generation), else the step in PyTorch ops."""
+        from ssmkit.ops.native.gate import prefer_native
+
+        records = torch.is_grad_enabled() and (
+            any(p.requires_grad for p in self.parameters()) or x_t.requires_grad
+            or any(t.requires_grad for t in state)
+        )
+        if not records and prefer_native("mamba2_step", self.A_log):
+            return self._step_native(x_t, state)
+        return self._step_torch(x_t, state)
+
+    def _step_native(self, x_t, state):
+        """One step by the C kernel between the projections (no gradients)."""
+        from ssmkit.ops.native.mamba2_step import mamba2_step_native
+
+        dtype = self.A_log.dtype
+        zxbcdt = self.in_proj(x_t.to(dtype)).to(dtype)  # (B, 2E + 2GN + E/P); bf16 under autocast, cast back
+        norm = self.norm
+        y, conv_state, ssm_state = mamba2_step_native(
+            zxbcdt, state.conv, self.conv.weight, self.conv.bias, self.dt_bias, self.A_log, self.D,
+            None if norm is None else norm.weight, 0.0 if norm is None else norm.eps,
+            self.norm_before_gate, state.ssm, self.ngroups,
+        )  # (B, E), (B, E + 2GN, d_conv - 1), (B, E/P, P, N)
+        return self.out_proj(y).to(x_t.dtype), Mamba2State(conv_state, ssm_state)
+
+    def _step_torch(self, x_t, state):
+        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients)."""
         dtype = self.A_log.dtype
         zxbcdt = self.in_proj(x_t.to(dtype))  # (B, 2E + 2GN + E/P)
         with float32_core(x_t.device.type):

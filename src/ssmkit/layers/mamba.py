@@ -41,13 +41,13 @@ from torch.nn.utils import skip_init
 
 from ssmkit.layers.checks import check_choice, check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, records_gradient
 from ssmkit.layers.registry import register
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.selective import selective_scan, selective_step
-from ssmkit.ops.rows import apply_linear, apply_split_linear, plain_linear
+from ssmkit.ops.rows import apply_linear, apply_split_linear, plain_linear, plain_module
 
 DT_INITS = ("random", "constant")
 
@@ -226,6 +226,30 @@ class Mamba(SequenceLayer):
         return y, (MambaState(conv_state, ssm_state) if return_state else None)
 
     def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """The fused C step (:mod:`ssmkit.ops.native.mamba_step`) where it runs, nothing records a gradient
+        (generation) and the modules it stands in for are plain, else the step in PyTorch ops."""
+        from ssmkit.ops.native.gate import prefer_native
+
+        if not records_gradient(self, x_t, state) and prefer_native("mamba_step", self.A_log) and all(
+            plain_linear(m) for m in (self.x_proj, self.dt_proj)
+        ) and plain_module(self.conv1d, ShortConv):
+            return self._step_native(x_t, state)
+        return self._step_torch(x_t, state)
+
+    def _step_native(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One step by the C kernel between the projections (no gradients)."""
+        from ssmkit.ops.native.mamba_step import mamba_step_native
+
+        dtype = self.A_log.dtype
+        xz = self.in_proj(x_t.to(dtype)).to(dtype)  # (B, 2 H_in); bf16 under autocast, cast back
+        y, conv_state, ssm_state = mamba_step_native(
+            xz, state.conv, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+            self.dt_bias, self.A_log, self.D, state.ssm,
+        )  # (B, H_in), (B, H_in, W - 1), (B, H_in, N)
+        return self.out_proj(y).to(x_t.dtype), MambaState(conv_state, ssm_state)
+
+    def _step_torch(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients)."""
         dtype = self.A_log.dtype
         xs, z = self.in_proj(x_t.to(dtype)).chunk(2, dim=-1)  # (B, H_in) each
         with float32_core(x_t.device.type):

@@ -40,13 +40,13 @@ from torch import nn
 
 from ssmkit.layers.checks import check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, records_gradient
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.gated_norm import gated_rmsnorm
-from ssmkit.ops.rows import apply_linear, apply_split_linear
+from ssmkit.ops.rows import apply_linear, apply_split_linear, plain_module
 from ssmkit.ops.ssd import ssd, ssd_step
 
 
@@ -303,15 +303,14 @@ class Mamba2(SequenceLayer):
         return out, (Mamba2State(conv_state, ssm_state) if return_state else None)
 
     def _step(self, x_t, state):
-        """The fused C step (:mod:`ssmkit.ops.native.mamba2_step`) where it runs and nothing records a gradient
-        (generation), else the step in PyTorch ops."""
+        """The fused C step (:mod:`ssmkit.ops.native.mamba2_step`) where it runs, nothing records a gradient
+        (generation) and the conv and norm it stands in for are plain (no subclass, no hooks), else the step in PyTorch
+        ops."""
         from ssmkit.ops.native.gate import prefer_native
 
-        records = torch.is_grad_enabled() and (
-            any(p.requires_grad for p in self.parameters()) or x_t.requires_grad
-            or any(t.requires_grad for t in state)
-        )
-        if not records and prefer_native("mamba2_step", self.A_log):
+        if not records_gradient(self, x_t, state) and prefer_native("mamba2_step", self.A_log) and plain_module(
+            self.conv, ShortConv
+        ) and (self.norm is None or plain_module(self.norm, GatedRMSNorm)):
             return self._step_native(x_t, state)
         return self._step_torch(x_t, state)
 

@@ -97,6 +97,20 @@ def float32_core(device_type: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
+def records_gradient(layer: nn.Module, x: torch.Tensor, state: tuple) -> bool:
+    """Whether a call of ``layer`` on x from ``state`` records a graph: grad mode on, and a parameter, x or a state
+    tensor requiring a gradient. (The mixers' fused C steps have no backward: they run only where this is False.)
+
+    Args:
+        layer: the layer.
+        x: its input.
+        state: its state, a tuple of tensors.
+    """
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(t.requires_grad for t in state) or any(p.requires_grad for p in layer.parameters())
+    )
+
+
 def with_skip(K: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     """A kernel with the skip added on the causal kernel's tap 0, so that y = K ⊛ u includes D u.
 

@@ -234,6 +234,12 @@ def plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear and not hooked(module)
 
 
+def plain_module(module: nn.Module, cls: type) -> bool:
+    """Whether ``module`` is exactly a ``cls`` (not a subclass or wrapper) without hooks: a fused kernel may then stand
+    in for its call."""
+    return type(module) is cls and not hooked(module)
+
+
 def apply_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for an output projection that is an ``nn.Linear``, an ``nn.Sequential`` of modules or anything
     else: plain linears (in a sequential without hooks of its own, too) go by :func:`linear`, everything else is

@@ -43,12 +43,12 @@ from torch import nn
 
 from ssmkit.layers.checks import check_choice, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, records_gradient
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec, exportable_state
-from ssmkit.ops.rows import apply_linear
+from ssmkit.ops.rows import apply_linear, plain_module
 from ssmkit.ops.rglru import rglru, rglru_step
 
 INITS = ("ring", "paper")
@@ -290,6 +290,34 @@ class RGLRU(SequenceLayer):
 
     def _step(self, x_t: torch.Tensor, state: RGLRUState,
               reset: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState]:
+        """The fused C step (:mod:`ssmkit.ops.native.rglru_step`) where it runs, nothing records a gradient
+        (generation) and the conv and gates it stands in for are plain, else the step in PyTorch ops."""
+        from ssmkit.ops.native.gate import prefer_native
+
+        if not records_gradient(self, x_t, state) and prefer_native("rglru_step", self.Lambda) and plain_module(
+            self.conv, ShortConv
+        ) and all(plain_module(m, BlockDiagonalLinear) for m in (self.gate_a, self.gate_x)):
+            return self._step_native(x_t, state, reset)
+        return self._step_torch(x_t, state, reset)
+
+    def _step_native(self, x_t: torch.Tensor, state: RGLRUState,
+                     reset: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState]:
+        """One step by the C kernel between the projections (no gradients)."""
+        from ssmkit.ops.native.rglru_step import rglru_step_native
+
+        dtype = self.Lambda.dtype
+        u = x_t.to(dtype)
+        g = F.gelu(self.in_gate(u), approximate="tanh")  # (B, D): in bf16 under autocast, as the forward's
+        z = self.in_x(u).to(dtype)  # (B, D)
+        out, conv1, h = rglru_step_native(
+            g.to(dtype), z, state.conv, self.conv.weight, self.conv.bias, self.gate_a.weight, self.gate_a.bias,
+            self.gate_x.weight, self.gate_x.bias, self.Lambda, self.c, state.h, reset,
+        )  # (B, D), (B, D, W - 1), (B, D)
+        return self.out(out).to(x_t.dtype), RGLRUState(conv1, h)  # (out: h ⊙ g in the parameters' dtype)
+
+    def _step_torch(self, x_t: torch.Tensor, state: RGLRUState,
+                    reset: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState]:
+        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients)."""
         dtype = self.Lambda.dtype
         u = x_t.to(dtype)
         g = F.gelu(self.in_gate(u), approximate="tanh")  # (B, D)

@@ -14,7 +14,7 @@ from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
-       "gated_norm", "rglru", "mamba2_step", "mamba_step")
+       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -205,19 +205,23 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
             ref = lambda x, r, i, Lam, h0: rglru_torch(x, r, i, Lam, 8.0, h0, flags, "reference")  # noqa: E731
             _compare(fast, ref, args, weight, dtype)
         return
-    elif op in ("mamba2_step", "mamba_step"):
+    elif op in ("mamba2_step", "mamba_step", "rglru_step"):
         from ssmkit.layers.mamba import Mamba  # (layers import ops: imported here, when the smoke call runs)
         from ssmkit.layers.mamba2 import Mamba2
+        from ssmkit.layers.rglru import RGLRU
 
-        options = ([{"ngroups": 2}, {"norm_before_gate": True, "D_has_hdim": True, "conv_bias": False},
-                    {"rmsnorm": False}] if op == "mamba2_step" else [{}, {"conv_bias": False, "d_conv": 2}])
+        options = {"mamba2_step": [{"ngroups": 2}, {"norm_before_gate": True, "D_has_hdim": True, "conv_bias": False},
+                                   {"rmsnorm": False}],
+                   "mamba_step": [{}, {"conv_bias": False, "d_conv": 2}], "rglru_step": [{}, {"conv_width": 2}]}[op]
         with torch.random.fork_rng(devices=[]):  # the layers draw their weights: the caller's generator is kept
             torch.manual_seed(0)
             for opts in options:
                 if op == "mamba2_step":  # 12 heads of 4
                     layer = Mamba2(d_model=24, d_state=5, headdim=4, expand=2, dtype=dtype, **opts)
-                else:
+                elif op == "mamba_step":
                     layer = Mamba(d_model=24, d_state=5, dtype=dtype, **opts)
+                else:  # 3 blocks of 8 in the gates; the second row starts a segment at the fourth token
+                    layer = RGLRU(d_model=24, n_heads=3, dtype=dtype, **opts)
                 _smoke_step(layer, rand, dtype)
         return
     elif op == "causal_conv1d":
@@ -253,15 +257,18 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
 
 def _smoke_step(layer, rand, dtype: torch.dtype) -> None:
     """A mixer's fused step (``_step_native``) against its PyTorch step (``_step_torch``), six tokens from a random
-    state: outputs and both parts of the state."""
+    state (the RG-LRU's with a segment start): outputs and both parts of the state."""
+    from ssmkit.layers.rglru import RGLRU
+
     x = rand(2, 6, layer.d_model)
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     with torch.no_grad():
         start = layer.initial_state(2)
         fused = slow = type(start)(*(rand(*t.shape) for t in start))  # a state to continue from
         for t in range(6):
-            y_fast, fused = layer._step_native(x[:, t], fused)
-            y_slow, slow = layer._step_torch(x[:, t], slow)
+            reset = (torch.tensor([False, t == 3]),) if isinstance(layer, RGLRU) else ()
+            y_fast, fused = layer._step_native(x[:, t], fused, *reset)
+            y_slow, slow = layer._step_torch(x[:, t], slow, *reset)
             for a, b in zip((y_fast, *fused), (y_slow, *slow)):
                 if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):
                     raise RuntimeError("the kernel's result differs from the reference")

@@ -17,46 +17,18 @@
  * batch row, which the caller sums. The PyTorch path (ops/rglru.py) makes ~8 elementwise passes over (B, L, H) in the
  * forward and ~15 in the backward around its scan.
  *
- * Compiled twice: as float (e^x by common.h's expr, expm1 near 0 below) and with -DSS_DOUBLE as double (libm's).
+ * Compiled twice: as float (e^x by common.h's expr, expm1 near 0 by rglru_gates.h) and with -DSS_DOUBLE as double (libm's).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "rglru_gates.h"
 
 #define VEC 64 /* channels per item */
-#ifdef SS_DOUBLE
-#define SQRT sqrt
-#else
-#define SQRT sqrtf /* (sqrt of a float went through double in the forward's vector loop) */
-#endif
 #define MAX_SQRT_GRADIENT 1000
 
-/* 1 - a² = -expm1(2 log a) from log a ≤ 0 and a = e^{log a}: by -expm1 where 2 log a > -1/2 (a > 0.78: 1 - a² would
- * lose bits to cancellation there), else 1 - a² itself (≥ 0.39: no cancellation). In float, expm1 near 0 is its Taylor
- * series through x^8 (relative error below 2e-8 for |x| < 1/2): branch-free, so the loops vectorise, and no second
- * exponential. */
-static inline real one_minus_a2(real la, real a) {
-#ifdef SS_DOUBLE
-    return -expm1(2 * la);
-#else
-    const real x = 2 * la;
-    const real p = x * (1.0f + x * (0.5f + x * (1.0f / 6 + x * (1.0f / 24 + x * (1.0f / 120 + x * (1.0f / 720 +
-                   x * (1.0f / 5040 + x * (1.0f / 40320))))))));
-    return x > -0.5f ? -p : 1.0f - a * a;
-#endif
-}
-
 int64_t SUFFIX(rg_items)(int64_t Bsz, int64_t H) { return Bsz * ((H + VEC - 1) / VEC); }
-
-/* a_t and m_t of one element (a reset gives 0 and 1). */
-static inline void gates(real r, real sp, real c, int reset, real *a, real *m) {
-    const real la = (-c * r) * sp;
-    const real e = expr(la);
-    const real v = one_minus_a2(la, e);
-    *a = reset ? 0 : e;
-    *m = reset ? 1 : SQRT(v);
-}
 
 void SUFFIX(rg_forward)(const real *x, const real *r, const real *i, const real *Lambda, real c, const real *h0,
                         const uint8_t *resets, real *h, int64_t Bsz, int64_t L, int64_t H, int64_t item0,

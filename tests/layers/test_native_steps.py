@@ -109,3 +109,18 @@ def test_the_smoke_call_leaves_the_callers_generator_alone(op, monkeypatch):
     before = torch.random.get_rng_state()
     assert gate.native_status(op, torch.float32)[0]
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2", "rglru"])
+def test_a_compiled_step_traces_the_pytorch_step(name):
+    """The fused kernels are plain C calls, which dynamo cannot trace: under torch.compile (fullgraph) a step takes
+    the PyTorch ops (it failed with "Unsupported method call" when the kernel was taken there), equal to the eager
+    step, which takes the kernel."""
+    torch._dynamo.reset()
+    layer = _layer(name, {}, torch.float32)
+    x = torch.randn(2, 18, generator=torch.Generator().manual_seed(2))
+    state = layer.initial_state(2)
+    with torch.no_grad():
+        y, s = torch.compile(layer.step, backend="aot_eager", fullgraph=True)(x, state)
+        y_eager, s_eager = layer.step(x, state)
+    assert rel_err(y, y_eager) < 1e-5 and all(rel_err(a, b) < 1e-5 for a, b in zip(s, s_eager))

@@ -227,12 +227,13 @@ class Mamba(SequenceLayer):
 
     def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """The fused C step (:mod:`ssmkit.ops.native.mamba_step`) where it runs, nothing records a gradient
-        (generation) and the modules it stands in for are plain, else the step in PyTorch ops."""
+        (generation), nothing traces (torch.compile, torch.func: the kernel is a plain C call) and the modules it
+        stands in for are plain, else the step in PyTorch ops."""
+        from ssmkit.ops.backend import tracing
         from ssmkit.ops.native.gate import prefer_native
 
-        if not records_gradient(self, x_t, state) and prefer_native("mamba_step", self.A_log) and all(
-            plain_linear(m) for m in (self.x_proj, self.dt_proj)
-        ) and plain_module(self.conv1d, ShortConv):
+        fusable = all(plain_linear(m) for m in (self.x_proj, self.dt_proj)) and plain_module(self.conv1d, ShortConv)
+        if fusable and not records_gradient(self, x_t, state) and not tracing() and prefer_native("mamba_step", self.A_log):
             return self._step_native(x_t, state)
         return self._step_torch(x_t, state)
 

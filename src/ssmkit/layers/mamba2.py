@@ -304,13 +304,13 @@ class Mamba2(SequenceLayer):
 
     def _step(self, x_t, state):
         """The fused C step (:mod:`ssmkit.ops.native.mamba2_step`) where it runs, nothing records a gradient
-        (generation) and the conv and norm it stands in for are plain (no subclass, no hooks), else the step in PyTorch
-        ops."""
+        (generation), nothing traces (torch.compile, torch.func: the kernel is a plain C call) and the conv and norm it
+        stands in for are plain (no subclass, no hooks), else the step in PyTorch ops."""
+        from ssmkit.ops.backend import tracing
         from ssmkit.ops.native.gate import prefer_native
 
-        if not records_gradient(self, x_t, state) and prefer_native("mamba2_step", self.A_log) and plain_module(
-            self.conv, ShortConv
-        ) and (self.norm is None or plain_module(self.norm, GatedRMSNorm)):
+        fusable = plain_module(self.conv, ShortConv) and (self.norm is None or plain_module(self.norm, GatedRMSNorm))
+        if fusable and not records_gradient(self, x_t, state) and not tracing() and prefer_native("mamba2_step", self.A_log):
             return self._step_native(x_t, state)
         return self._step_torch(x_t, state)
 

@@ -291,12 +291,15 @@ class RGLRU(SequenceLayer):
     def _step(self, x_t: torch.Tensor, state: RGLRUState,
               reset: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState]:
         """The fused C step (:mod:`ssmkit.ops.native.rglru_step`) where it runs, nothing records a gradient
-        (generation) and the conv and gates it stands in for are plain, else the step in PyTorch ops."""
+        (generation), nothing traces (torch.compile, torch.func: the kernel is a plain C call) and the conv and gates
+        it stands in for are plain, else the step in PyTorch ops."""
+        from ssmkit.ops.backend import tracing
         from ssmkit.ops.native.gate import prefer_native
 
-        if not records_gradient(self, x_t, state) and prefer_native("rglru_step", self.Lambda) and plain_module(
-            self.conv, ShortConv
-        ) and all(plain_module(m, BlockDiagonalLinear) for m in (self.gate_a, self.gate_x)):
+        fusable = plain_module(self.conv, ShortConv) and all(
+            plain_module(m, BlockDiagonalLinear) for m in (self.gate_a, self.gate_x)
+        )
+        if fusable and not records_gradient(self, x_t, state) and not tracing() and prefer_native("rglru_step", self.Lambda):
             return self._step_native(x_t, state, reset)
         return self._step_torch(x_t, state, reset)
 

@@ -36,6 +36,7 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
     tests = [str(ROOT / "tests/ops" / name) for name in ("test_native.py", "test_selective_delta_proj.py",
                                                          "test_ssd_native.py", "test_gated_norm.py",
                                                          "test_rglru_native.py")]
+    tests.append(str(ROOT / "tests/layers/test_native_steps.py"))  # the mixers' fused steps
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]

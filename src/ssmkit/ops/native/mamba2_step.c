@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "conv_step.h"
 #include "gated_rows.h"
 
 int64_t SUFFIX(m2_items)(int64_t Bsz) { return Bsz; }
@@ -42,15 +43,7 @@ int SUFFIX(m2_step)(const real *zx, int64_t zs, const real *cs, const real *cw, 
         const real *z = zx + b * zs, *xbc = z + E, *dtr = xbc + C;
         const real *st = cs + b * C * (W - 1);
         real *st_out = cs_out + b * C * (W - 1);
-        for (int64_t c = 0; c < C; c++) { /* the short convolution and its SiLU */
-            real acc = 0;
-            for (int64_t k = 0; k < W - 1; k++) acc += st[c * (W - 1) + k] * cw[c * W + k];
-            acc += xbc[c] * cw[c * W + W - 1];
-            if (cb) acc += cb[c];
-            u[c] = acc * sigmoid_e(acc, exp_neg_abs(acc));
-            for (int64_t k = 0; k + 1 < W - 1; k++) st_out[c * (W - 1) + k] = st[c * (W - 1) + k + 1];
-            if (W > 1) st_out[c * (W - 1) + W - 2] = xbc[c];
-        }
+        conv_step_row(st, xbc, cw, cb, u, st_out, C, W, 1, 0); /* the short convolution and its SiLU */
         for (int64_t hh = 0; hh < H; hh++) { /* the SSD step, per head */
             const real s = dtr[hh] + dtb[hh];
             const real dt = softplus_e(s, exp_neg_abs(s));

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "conv_step.h"
 
 int64_t SUFFIX(ms_items)(int64_t Bsz) { return Bsz; }
 
@@ -40,15 +41,7 @@ int SUFFIX(ms_step)(const real *xz, int64_t xzs, const real *cs, const real *cw,
         const real *xs = xz + b * xzs, *z = xs + H;
         const real *st = cs + b * H * (W - 1);
         real *st_out = cs_out + b * H * (W - 1);
-        for (int64_t c = 0; c < H; c++) { /* the short convolution and its SiLU */
-            real acc = 0;
-            for (int64_t k = 0; k < W - 1; k++) acc += st[c * (W - 1) + k] * cw[c * W + k];
-            acc += xs[c] * cw[c * W + W - 1];
-            if (cb) acc += cb[c];
-            u[c] = acc * sigmoid_e(acc, exp_neg_abs(acc));
-            for (int64_t k = 0; k + 1 < W - 1; k++) st_out[c * (W - 1) + k] = st[c * (W - 1) + k + 1];
-            if (W > 1) st_out[c * (W - 1) + W - 2] = xs[c];
-        }
+        conv_step_row(st, xs, cw, cb, u, st_out, H, W, 1, 0); /* the short convolution and its SiLU */
         for (int64_t j = 0; j < J; j++) { /* x_proj */
             real acc = 0;
 #pragma omp simd reduction(+ : acc)

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "conv_step.h"
 #include "rglru_gates.h"
 
 int64_t SUFFIX(rs_items)(int64_t Bsz) { return Bsz; }
@@ -43,14 +44,7 @@ int SUFFIX(rs_step)(const real *gp, int64_t gs, const real *zp, int64_t zs, cons
         const real *g = gp + b * gs, *z = zp + b * zs;
         const real *st = cs + b * D * (W - 1);
         real *st_out = cs_out + b * D * (W - 1);
-        for (int64_t ch = 0; ch < D; ch++) { /* the short convolution (no activation) */
-            real acc = 0;
-            for (int64_t k = 0; k < W - 1; k++) acc += (reset ? 0 : st[ch * (W - 1) + k]) * cw[ch * W + k];
-            acc += z[ch] * cw[ch * W + W - 1];
-            v[ch] = acc + cb[ch];
-            for (int64_t k = 0; k + 1 < W - 1; k++) st_out[ch * (W - 1) + k] = reset ? 0 : st[ch * (W - 1) + k + 1];
-            if (W > 1) st_out[ch * (W - 1) + W - 2] = z[ch];
-        }
+        conv_step_row(st, z, cw, cb, v, st_out, D, W, 0, reset); /* the short convolution (no activation) */
         for (int64_t gg = 0; gg < G; gg++) { /* the block-diagonal gates */
             const real *Wag = Wa + gg * K * K, *Wxg = Wx + gg * K * K, *vg = v + gg * K;
             for (int64_t j = 0; j < K; j++) r[gg * K + j] = 0, ig[gg * K + j] = 0;

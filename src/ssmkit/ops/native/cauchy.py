@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.twice import graph_backward
 
@@ -67,8 +67,7 @@ def _forward_kernel(v: Tensor, z: Tensor, w: Tensor) -> list[Tensor]:
     W = z.shape[-1]
     out = torch.empty(G, S, W, dtype=v.dtype)
     args = [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W]
-    if any(run_parts(fns["cy_forward"], G, args, fns["openmp"])):
-        raise MemoryError("cauchy native: the forward could not allocate its buffer")
+    run_checked(fns["cy_forward"], G, args, fns["openmp"], "cauchy native: the forward could not allocate its buffer")
     return [out]
 
 
@@ -88,8 +87,8 @@ def _backward_kernel(v: Tensor, z: Tensor, w: Tensor, g_out: Tensor, need_v: boo
     g_z = torch.empty_like(z) if need_z else None
     g_w = torch.empty_like(w) if need_w else None
     args = [ptr(v), ptr(z), ptr(w), ptr(g_out), ptr(g_v), ptr(g_z), ptr(g_w), G, S, N, W]
-    if any(run_parts(fns["cy_backward"], G, args, fns["openmp"])):
-        raise MemoryError("cauchy native: the backward could not allocate its buffers")
+    run_checked(fns["cy_backward"], G, args, fns["openmp"],
+                "cauchy native: the backward could not allocate its buffers")
     return [t for t in (g_v, g_z, g_w) if t is not None]
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
 
@@ -83,8 +83,8 @@ def _forward_kernel(x: Tensor, wt: Tensor, bias: Optional[Tensor], state: Option
     stL = x.new_empty(Bsz, H, W - 1)
     args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(silu), ptr(y), ptr(stL),
             Bsz, L, H, W]
-    if any(run_parts(fns["cc_forward"], fns["cc_items"](Bsz, L, W), args, fns["openmp"])):
-        raise MemoryError("causal_conv1d native: the forward could not allocate its buffer")
+    run_checked(fns["cc_forward"], fns["cc_items"](Bsz, L, W), args, fns["openmp"],
+                "causal_conv1d native: the forward could not allocate its buffer")
     return [y, stL]
 
 
@@ -110,8 +110,8 @@ def _backward_kernel(x: Tensor, wt: Tensor, bias: Optional[Tensor], state: Optio
     g_P = x.new_zeros(n_items, W + 1, H)  # per item (a fixed summation order): ∂w (transposed) and ∂b
     args = [ptr(x), x.stride(0), x.stride(1), ptr(wt), ptr(bias), ptr(state), int(silu), ptr(g_y), ptr(g_st),
             ptr(g_x), ptr(g_state), ptr(g_P), Bsz, L, H, W]
-    if any(run_parts(fns["cc_backward"], n_items, args, fns["openmp"])):
-        raise MemoryError("causal_conv1d native: the backward could not allocate its buffer")
+    run_checked(fns["cc_backward"], n_items, args, fns["openmp"],
+                "causal_conv1d native: the backward could not allocate its buffer")
     return [g_x, g_P.sum(0), *([] if g_state is None else [g_state])]
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
 
@@ -116,9 +116,9 @@ def _run_items(fns: dict, entry: str, Bsz: int, H: int, args: list) -> None:
     Raises:
         MemoryError: an item could not allocate its buffers.
     """
-    if any(run_parts(fns[entry], fns["ds_items"](Bsz, H), args, fns["openmp"])):
-        pass_name = "forward" if entry.endswith("forward") else "backward"
-        raise MemoryError(f"ssm_scan native: the {pass_name} could not allocate its buffers")
+    pass_name = "forward" if entry.endswith("forward") else "backward"
+    run_checked(fns[entry], fns["ds_items"](Bsz, H), args, fns["openmp"],
+                f"ssm_scan native: the {pass_name} could not allocate its buffers")
 
 
 def _forward_fake(u, Ar, Ai, Br, Bi, Cr, Ci, D, x0, T, rev):

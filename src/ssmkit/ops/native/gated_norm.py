@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.twice import graph_backward
 
@@ -58,8 +58,8 @@ def _forward_kernel(y: Tensor, z: Tensor, w: Tensor, x: Optional[Tensor], D: Opt
     out = torch.empty_like(y)
     args = [ptr(y), ptr(x), 0 if x is None else x.stride(0), ptr(D), ptr(z), z.stride(0), ptr(w), ptr(out), rows, E,
             groups, eps, int(nbg)]
-    if any(run_parts(fns["gn_forward"], fns["gn_items"](rows), args, fns["openmp"])):
-        raise MemoryError("gated_norm native: the forward could not allocate its row buffer")
+    run_checked(fns["gn_forward"], fns["gn_items"](rows), args, fns["openmp"],
+                "gated_norm native: the forward could not allocate its row buffer")
     return [out]
 
 
@@ -82,8 +82,8 @@ def _backward_kernel(y: Tensor, z: Tensor, w: Tensor, x: Optional[Tensor], D: Op
     part = y.new_zeros(n_items, 2, E)  # per item: ∂w, ∂D
     args = [ptr(y), ptr(x), 0 if x is None else x.stride(0), ptr(D), ptr(z), z.stride(0), ptr(w), ptr(g_out),
             ptr(g_y), ptr(g_x), ptr(g_z), ptr(part), rows, E, groups, eps, int(nbg)]
-    if any(run_parts(fns["gn_backward"], n_items, args, fns["openmp"])):
-        raise MemoryError("gated_norm native: the backward could not allocate its row buffer")
+    run_checked(fns["gn_backward"], n_items, args, fns["openmp"],
+                "gated_norm native: the backward could not allocate its row buffer")
     # (two sums, not two views of one: a custom op's outputs may not alias each other)
     return [g_y, g_z, part[:, 0].sum(0), *([g_x, part[:, 1].sum(0)] if x is not None else [])]
 

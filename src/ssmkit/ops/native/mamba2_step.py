@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 
@@ -76,6 +76,6 @@ def mamba2_step_native(
             ptr(cont(dt_bias)), ptr(cont(A_log)), ptr(cont(D)), int(D.shape[0] == E and E != H), ptr(cont(norm_weight)),
             float(eps), int(norm_before_gate), ptr(ssm_state), ptr(out), ptr(conv_next), ptr(ssm_next), E, ngroups, N,
             H, W]
-    if any(run_parts(fns["m2_step"], fns["m2_items"](Bsz), args, fns["openmp"])):
-        raise MemoryError("mamba2 step native: could not allocate its row buffer")
+    run_checked(fns["m2_step"], fns["m2_items"](Bsz), args, fns["openmp"],
+                "mamba2 step native: could not allocate its row buffer")
     return out, conv_next, ssm_next

@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of mamba_step.c: (argument types, result type)
@@ -65,6 +65,6 @@ def mamba_step_native(
     args = [ptr(xz), xz.stride(0), *(ptr(cont(t)) for t in (conv_state, conv_weight, conv_bias, x_proj_weight,
                                                              dt_proj_weight, dt_bias, A_log, D, ssm_state)),
             ptr(y), ptr(conv_next), ptr(ssm_next), H, R, N, W]
-    if any(run_parts(fns["ms_step"], fns["ms_items"](Bsz), args, fns["openmp"])):
-        raise MemoryError("mamba step native: could not allocate its row buffer")
+    run_checked(fns["ms_step"], fns["ms_items"](Bsz), args, fns["openmp"],
+                "mamba step native: could not allocate its row buffer")
     return y, conv_next, ssm_next

@@ -90,3 +90,17 @@ def run_parts(fn: Callable, n_items: int, args: Sequence, openmp: bool) -> list:
     futures = [pool.submit(worker) for _ in range(1, k)]
     first = worker()  # the calling thread works too (it would only wait)
     return first + [r for f in futures for r in f.result()]
+
+
+def run_checked(fn: Callable, n_items: int, args: Sequence, openmp: bool, message: str) -> None:
+    """:func:`run_parts` for a kernel entry whose calls return nonzero when an item could not allocate its buffers.
+
+    Args:
+        fn, n_items, args, openmp: as :func:`run_parts`.
+        message: the error's message (which kernel and pass could not allocate what).
+
+    Raises:
+        MemoryError: a call reported a failed allocation.
+    """
+    if any(run_parts(fn, n_items, args, openmp)):
+        raise MemoryError(message)

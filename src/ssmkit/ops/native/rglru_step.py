@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 
@@ -78,6 +78,6 @@ def rglru_step_native(
             *(ptr(cont(t)) for t in (conv_weight, conv_bias, gate_a_weight, gate_a_bias, gate_x_weight, gate_x_bias,
                                      Lambda)),
             float(c), ptr(h), ptr(flags), ptr(out), ptr(conv_next), ptr(h_next), D, G, W]
-    if any(run_parts(fns["rs_step"], fns["rs_items"](Bsz), args, fns["openmp"])):
-        raise MemoryError("rglru step native: could not allocate its row buffer")
+    run_checked(fns["rs_step"], fns["rs_items"](Bsz), args, fns["openmp"],
+                "rglru step native: could not allocate its row buffer")
     return out, conv_next, h_next

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import ptr as _ptr, run_parts as _run
+from ssmkit.ops.native.parallel import ptr as _ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
 
@@ -131,8 +131,8 @@ def _forward_kernel(
     args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), *fused,
             *(_ptr(t) for t in (At, B, C, D, z, h0, out, hL, ckpt)), Bsz, L, H, G, N, T]
     n_items = fns["ss_items"](Bsz, H, G)
-    if any(_run(fns["ss_forward"], n_items, args, fns["openmp"])):
-        raise MemoryError("selective_scan native: the forward could not allocate its state buffer")
+    run_checked(fns["ss_forward"], n_items, args, fns["openmp"],
+                "selective_scan native: the forward could not allocate its state buffer")
     return [out, hL, *([] if ckpt is None else [ckpt])]
 
 
@@ -171,8 +171,8 @@ def _backward_kernel(
     args = [_ptr(u), _ptr(delta), _ptr(bias), int(softplus), _ptr(Wt), R,
             *(_ptr(t) for t in (At, B, C, D, z, ckpt, g_out, g_h, g_delta, g_u, g_z, g_h0)),
             _ptr(g_B), _ptr(g_C), _ptr(g_P), Bsz, L, H, G, N, T]
-    if any(_run(fns["ss_backward"], n_items, args, fns["openmp"])):
-        raise MemoryError("selective_scan native: the backward could not allocate its chunk buffers")
+    run_checked(fns["ss_backward"], n_items, args, fns["openmp"],
+                "selective_scan native: the backward could not allocate its chunk buffers")
     if Wt is not None:  # ∂δlow = ∂δ W_Δ, summed over the channel blocks
         g_delta = g_delta.sum(0)
     rest = [t for t in (g_z, g_h0) if t is not None]

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
-from ssmkit.ops.native.parallel import ptr, run_parts
+from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
 
@@ -71,8 +71,8 @@ def _forward_kernel(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: 
     hL = x.new_empty(Bsz, H, P, N)
     ckpt = x.new_empty(Bsz, -(-L // T), H, N, P) if keep else None
     args = [*(ptr(t) for t in (x, dt, A, B, C, h0, y, hL, ckpt)), Bsz, L, H, P, G, N, T]
-    if any(run_parts(fns["ssd_forward"], fns["ssd_items"](Bsz, H, P), args, fns["openmp"])):
-        raise MemoryError("ssd native: the forward could not allocate its state buffer")
+    run_checked(fns["ssd_forward"], fns["ssd_items"](Bsz, H, P), args, fns["openmp"],
+                "ssd native: the forward could not allocate its state buffer")
     return [y, hL, *([] if ckpt is None else [ckpt])]
 
 
@@ -97,8 +97,8 @@ def _backward_kernel(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, ckp
     g_B, g_C = B.new_empty(H // G * nblk, *B.shape), C.new_empty(H // G * nblk, *C.shape)  # per head of a group, block
     g_h0 = x.new_empty(Bsz, H, P, N) if has_h0 else None
     args = [*(ptr(t) for t in (x, dt, A, B, C, ckpt, g_y, g_h, g_x, g_dt, g_A, g_B, g_C, g_h0)), Bsz, L, H, P, G, N, T]
-    if any(run_parts(fns["ssd_backward"], fns["ssd_items"](Bsz, H, P), args, fns["openmp"])):
-        raise MemoryError("ssd native: the backward could not allocate its chunk buffer")
+    run_checked(fns["ssd_backward"], fns["ssd_items"](Bsz, H, P), args, fns["openmp"],
+                "ssd native: the backward could not allocate its chunk buffer")
     summed = [t[0] if t.shape[0] == 1 else t.sum(0) for t in (g_dt, g_B, g_C)]
     return [g_x, summed[0], g_A.sum((0, 1)), summed[1], summed[2], *([] if g_h0 is None else [g_h0])]
 

@@ -300,7 +300,7 @@ def test_each_argument_on_another_device_is_named(backend):
 
 
 def test_native_path_refuses_a_non_cpu_input_and_says_when_it_cannot_run(monkeypatch):
-    import ssmkit.ops.mimo as mimo_module
+    import ssmkit.ops.native.gate as native_gate  # (the forced path's checks: gate.require_native)
 
     A, B, C, _ = system(torch.complex128, torch.device("cpu"))
     u = torch.randn(Bsz, 9, H, dtype=torch.float64)
@@ -308,7 +308,7 @@ def test_native_path_refuses_a_non_cpu_input_and_says_when_it_cannot_run(monkeyp
     meta = [t.to("meta") for t in (u, A, B, C)]
     with pytest.raises(RuntimeError, match="mimo_scan: backend 'native' runs on the CPU; u is on meta"):
         mimo_scan(*meta, backend="native")
-    monkeypatch.setattr(mimo_module, "native_status", lambda op, dtype: (False, "no C compiler (test)"))
+    monkeypatch.setattr(native_gate, "native_status", lambda op, dtype: (False, "no C compiler (test)"))
     with pytest.raises(RuntimeError, match=r"mimo_scan: backend 'native' cannot run here: no C compiler \(test\)"):
         mimo_scan(u, A, B, C, backend="native")
 

@@ -82,14 +82,10 @@ def gated_rmsnorm_reference(
 
 def _native(y, z, weight, groups, eps, norm_before_gate, x=None, D=None):
     """The C kernel, forced (``"native"``): raises where it cannot run."""
-    from ssmkit.ops.native.gate import native_status
+    from ssmkit.ops.native.gate import require_native
     from ssmkit.ops.native.gated_norm import gated_rmsnorm_unchecked
 
-    if y.device.type != "cpu":
-        raise RuntimeError(f"gated_rmsnorm: backend 'native' runs on the CPU; y is on {y.device}")
-    ok, why = native_status("gated_norm", y.dtype)
-    if not ok:
-        raise RuntimeError(f"gated_rmsnorm: backend 'native' cannot run here: {why}")
+    require_native("gated_rmsnorm", "gated_norm", y.dtype, y.device, "y is")
     mixed = [t.dtype for t in (z, weight, x, D) if t is not None and t.dtype != y.dtype]
     if mixed:
         raise RuntimeError(f"gated_rmsnorm: backend 'native' takes one dtype; y is {y.dtype}, others {mixed}")

@@ -29,7 +29,7 @@ import torch
 from ssmkit.ops._checks import REAL_OF, check_chunk_size
 from ssmkit.ops.backend import dispatch
 from ssmkit.ops.chunked import pack, unpack, wide_powers
-from ssmkit.ops.native.gate import native_status, prefer_native
+from ssmkit.ops.native.gate import prefer_native, require_native
 from ssmkit.ops.native.mimo import mimo_native_unchecked
 from ssmkit.ops.recurrence import linear_recurrence_chunked
 from ssmkit.utils import check_floating
@@ -224,11 +224,7 @@ def mimo_scan_native(
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, M) in A_bar's dtype (or None).
     """
     _check_mimo(u, A_bar, B_bar, C, state, D)
-    if u.device.type != "cpu":
-        raise RuntimeError(f"mimo_scan: backend 'native' runs on the CPU; u is on {u.device}")
-    ok, why = native_status("linear_recurrence", REAL_OF.get(A_bar.dtype, A_bar.dtype))
-    if not ok:
-        raise RuntimeError(f"mimo_scan: backend 'native' cannot run here: {why}")
+    require_native("mimo_scan", "linear_recurrence", REAL_OF.get(A_bar.dtype, A_bar.dtype), u.device, "u is")
     y, x_last = mimo_native_unchecked(u, A_bar, _input_matrix(B_bar), _output_matrix(C), state, D)
     return y, (x_last if return_state else None)
 

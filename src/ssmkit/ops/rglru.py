@@ -112,16 +112,12 @@ def rglru_torch(
 def _fused(x, r, i, Lambda, h0, resets, forced: bool) -> bool:
     """Whether this call takes the C kernel of ``rglru_scan.c``: forced by the ``"native"`` backend (raising where it
     cannot run), or chosen by ``"auto"`` (:func:`prefer_native`, the tensors of one dtype on one device)."""
-    from ssmkit.ops.native.gate import native_status, prefer_native
+    from ssmkit.ops.native.gate import prefer_native, require_native
 
     same = all(t.dtype == x.dtype and t.device == x.device for t in (r, i, Lambda, *([h0] if h0 is not None else [])))
     if not forced:
         return same and prefer_native("rglru", x)
-    if x.device.type != "cpu":
-        raise RuntimeError(f"rglru: backend 'native' runs on the CPU; x is on {x.device}")
-    ok, why = native_status("rglru", x.dtype)
-    if not ok:
-        raise RuntimeError(f"rglru: backend 'native' cannot run here: {why}")
+    require_native("rglru", "rglru", x.dtype, x.device, "x is")
     if not same:
         raise RuntimeError("rglru: backend 'native' takes x, r, i, Lambda and h0 in one dtype on one device")
     return True

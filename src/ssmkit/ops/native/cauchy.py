@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.twice import graph_backward
@@ -114,11 +114,8 @@ def cauchy_native(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Te
     from ssmkit.ops.cauchy import _check_cauchy_args
 
     _check_cauchy_args(v, z, w)
-    if v.device.type != "cpu" or z.device.type != "cpu" or w.device.type != "cpu":
-        raise RuntimeError(f"cauchy: backend 'native' runs on the CPU; the inputs are on {v.device}")
-    ok, why = native_status("cauchy", REAL_OF[v.dtype])
-    if not ok:
-        raise RuntimeError(f"cauchy: backend 'native' cannot run here: {why}")
+    device = next((t.device for t in (v, z, w) if t.device.type != "cpu"), v.device)
+    require_native("cauchy", "cauchy", REAL_OF[v.dtype], device, "the inputs are")
     return sums_unchecked(v, z, w)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
@@ -153,9 +153,5 @@ def causal_conv1d_native(
 
     _check(x, weight, bias, state, step=False)
     check_activation(activation)
-    if x.device.type != "cpu":
-        raise RuntimeError(f"causal_conv1d: backend 'native' runs on the CPU; x is on {x.device}")
-    ok, why = native_status("causal_conv1d", x.dtype)
-    if not ok:
-        raise RuntimeError(f"causal_conv1d: backend 'native' cannot run here: {why}")
+    require_native("causal_conv1d", "causal_conv1d", x.dtype, x.device, "x is")
     return conv_unchecked(x, weight, bias, state, return_state, activation)

@@ -44,6 +44,24 @@ def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, st
     return _STATUS[key]
 
 
+def require_native(name: str, op: str, dtype: torch.dtype, device: torch.device, what: str) -> None:
+    """Raise ``RuntimeError`` unless a call of ``name`` forced to the ``"native"`` backend can run ``op``'s kernel: the
+    inputs on the CPU, and the kernel usable for ``dtype`` (:func:`native_status`'s reason otherwise).
+
+    Args:
+        name: the public op's name, first in the message.
+        op: one of :data:`OPS`.
+        dtype: the real dtype the kernel runs in.
+        device: the device of the inputs (the one reported when it is not the CPU).
+        what: how the message names the inputs on ``device`` (``"x is"``, ``"the inputs are"``).
+    """
+    if device.type != "cpu":
+        raise RuntimeError(f"{name}: backend 'native' runs on the CPU; {what} on {device}")
+    ok, why = native_status(op, dtype)
+    if not ok:
+        raise RuntimeError(f"{name}: backend 'native' cannot run here: {why}")
+
+
 def native_available(op: str, dtype: torch.dtype = torch.float32) -> bool:
     """True when :func:`native_status` says the native kernel of ``op`` runs here in ``dtype``."""
     return native_status(op, dtype)[0]

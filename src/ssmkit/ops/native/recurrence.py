@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_parts
 from ssmkit.ops.opaque import kernel_op
 
@@ -172,9 +172,5 @@ def linear_recurrence_native(
     from ssmkit.ops.recurrence import _check_recurrence
 
     _check_recurrence(a, b, h0)
-    if b.device.type != "cpu":
-        raise RuntimeError(f"linear_recurrence: backend 'native' runs on the CPU; b is on {b.device}")
-    ok, why = native_status("linear_recurrence", _real_dtype(b))
-    if not ok:
-        raise RuntimeError(f"linear_recurrence: backend 'native' cannot run here: {why}")
+    require_native("linear_recurrence", "linear_recurrence", _real_dtype(b), b.device, "b is")
     return recurrence_unchecked(a, b, h0)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr as _ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
@@ -227,11 +227,7 @@ def selective_scan_native(
     from ssmkit.ops.selective import _check_selective
 
     _check_selective(u, delta, A, B, C, D, z, delta_bias, state, delta_proj=delta_proj)
-    if u.device.type != "cpu":
-        raise RuntimeError(f"selective_scan: backend 'native' runs on the CPU; the inputs are on {u.device}")
-    ok, why = native_status("selective_scan", u.dtype)
-    if not ok:
-        raise RuntimeError(f"selective_scan: backend 'native' cannot run here: {why}")
+    require_native("selective_scan", "selective_scan", u.dtype, u.device, "the inputs are")
     return scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, chunk_size, delta_proj)
 
 

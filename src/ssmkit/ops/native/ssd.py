@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
 from ssmkit.ops.twice import graph_backward
@@ -176,9 +176,5 @@ def ssd_native(
     from ssmkit.ops.ssd import _check_ssd
 
     _check_ssd(x, dt, A, B, C, h0)
-    if x.device.type != "cpu":
-        raise RuntimeError(f"ssd: backend 'native' runs on the CPU; the inputs are on {x.device}")
-    ok, why = native_status("ssd", x.dtype)
-    if not ok:
-        raise RuntimeError(f"ssd: backend 'native' cannot run here: {why}")
+    require_native("ssd", "ssd", x.dtype, x.device, "the inputs are")
     return ssd_unchecked(x, dt, A, B, C, h0, chunk_size)

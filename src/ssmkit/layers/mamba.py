@@ -41,7 +41,7 @@ from torch.nn.utils import skip_init
 
 from ssmkit.layers.checks import check_choice, check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, records_gradient
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.zoo import ZooEntry
@@ -229,11 +229,8 @@ class Mamba(SequenceLayer):
         """The fused C step (:mod:`ssmkit.ops.native.mamba_step`) where it runs, nothing records a gradient
         (generation), nothing traces (torch.compile, torch.func: the kernel is a plain C call) and the modules it
         stands in for are plain, else the step in PyTorch ops."""
-        from ssmkit.ops.backend import tracing
-        from ssmkit.ops.native.gate import prefer_native
-
         fusable = all(plain_linear(m) for m in (self.x_proj, self.dt_proj)) and plain_module(self.conv1d, ShortConv)
-        if fusable and not records_gradient(self, x_t, state) and not tracing() and prefer_native("mamba_step", self.A_log):
+        if fusable and fused_step_runs(self, "mamba_step", x_t, state, self.A_log):
             return self._step_native(x_t, state)
         return self._step_torch(x_t, state)
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, records_gradient
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
@@ -306,11 +306,8 @@ class Mamba2(SequenceLayer):
         """The fused C step (:mod:`ssmkit.ops.native.mamba2_step`) where it runs, nothing records a gradient
         (generation), nothing traces (torch.compile, torch.func: the kernel is a plain C call) and the conv and norm it
         stands in for are plain (no subclass, no hooks), else the step in PyTorch ops."""
-        from ssmkit.ops.backend import tracing
-        from ssmkit.ops.native.gate import prefer_native
-
         fusable = plain_module(self.conv, ShortConv) and (self.norm is None or plain_module(self.norm, GatedRMSNorm))
-        if fusable and not records_gradient(self, x_t, state) and not tracing() and prefer_native("mamba2_step", self.A_log):
+        if fusable and fused_step_runs(self, "mamba2_step", x_t, state, self.A_log):
             return self._step_native(x_t, state)
         return self._step_torch(x_t, state)
 

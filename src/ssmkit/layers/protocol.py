@@ -97,18 +97,26 @@ def float32_core(device_type: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def records_gradient(layer: nn.Module, x: torch.Tensor, state: tuple) -> bool:
-    """Whether a call of ``layer`` on x from ``state`` records a graph: grad mode on, and a parameter, x or a state
-    tensor requiring a gradient. (The mixers' fused C steps have no backward: they run only where this is False.)
+def fused_step_runs(layer: nn.Module, op: str, x: torch.Tensor, state: tuple, param: torch.Tensor) -> bool:
+    """Whether a mixer's ``step`` may take its fused C kernel ``op`` (:mod:`ssmkit.ops.native`): the call records no
+    graph (grad mode off, or no parameter, x or state tensor requiring a gradient: the kernels have no backward),
+    nothing traces (torch.compile, torch.func: the kernels are plain C calls there), and the kernel runs here for the
+    parameters' device and dtype (``prefer_native``, after its smoke call).
 
     Args:
         layer: the layer.
-        x: its input.
+        op: the kernel's name in ``ssmkit.ops.native.gate.OPS``.
+        x: the step's input.
         state: its state, a tuple of tensors.
+        param: one of the layer's parameters (their device and dtype).
     """
-    return torch.is_grad_enabled() and (
+    from ssmkit.ops.backend import tracing
+    from ssmkit.ops.native.gate import prefer_native
+
+    records = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in state) or any(p.requires_grad for p in layer.parameters())
     )
+    return not records and not tracing() and prefer_native(op, param)
 
 
 def with_skip(K: torch.Tensor, D: torch.Tensor) -> torch.Tensor:

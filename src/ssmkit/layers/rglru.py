@@ -43,7 +43,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_choice, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, records_gradient
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
@@ -293,13 +293,10 @@ class RGLRU(SequenceLayer):
         """The fused C step (:mod:`ssmkit.ops.native.rglru_step`) where it runs, nothing records a gradient
         (generation), nothing traces (torch.compile, torch.func: the kernel is a plain C call) and the conv and gates
         it stands in for are plain, else the step in PyTorch ops."""
-        from ssmkit.ops.backend import tracing
-        from ssmkit.ops.native.gate import prefer_native
-
         fusable = plain_module(self.conv, ShortConv) and all(
             plain_module(m, BlockDiagonalLinear) for m in (self.gate_a, self.gate_x)
         )
-        if fusable and not records_gradient(self, x_t, state) and not tracing() and prefer_native("rglru_step", self.Lambda):
+        if fusable and fused_step_runs(self, "rglru_step", x_t, state, self.Lambda):
             return self._step_native(x_t, state, reset)
         return self._step_torch(x_t, state, reset)
 

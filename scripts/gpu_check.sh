@@ -16,7 +16,9 @@
 # prints its summary and writes its junit XML; a single test is stopped after TEST_S seconds (pytest-timeout, when
 # it imports) instead of holding the stage.
 # Wheels in .gpu-data/wheels (carried; e.g. jsonargparse, which the f16 stage's CLI needs and the H200 image lacks)
-# are installed into a temporary folder on PYTHONPATH first; nothing is downloaded.
+# are installed into a temporary folder on PYTHONPATH first; nothing is downloaded. The mamba-ssm peers: carry
+# .gpu-data/mamba (`git archive` of state-spaces/mamba's mamba_ssm folder, its commit in SOURCE) and
+# .gpu-data/mamba_cuda (mamba_ssm_cuda.so from scripts/mamba_ssm_cuda/build.sh, for the GPU's torch and sm_90).
 #
 # Lessons of the first two runs (H200, 2026-12-04): the whole suite needs ~300 s on 14 workers (16 cores); the image
 # has pytest-benchmark, whose hooks once ended an xdist run with an INTERNALERROR, so it is turned off (-p no:benchmark);
@@ -33,8 +35,11 @@
 #            2,2048,32,64,128; 8,4096,16,64,64; the selective scan (chunked / triton / mamba-ssm's CUDA kernel when it
 #            imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096} and 8,1536,16,2048; the scan's
 #            triton:G rows (chunks per program); mamba-ssm's Triton SSD beside the ssd rows when .gpu-data/mamba holds
-#            a checkout (git archive of state-spaces/mamba's mamba_ssm folder) and einops is among the wheels; with the
-#            copy bandwidth measured in the same run; one process per op, selective, scan, ssd (BENCH_S, 180 s)
+#            a checkout (git archive of state-spaces/mamba's mamba_ssm folder) and einops is among the wheels, and its
+#            CUDA selective scan beside the selective rows when .gpu-data/mamba_cuda/mamba_ssm_cuda.so is carried too
+#            (built without a GPU by scripts/mamba_ssm_cuda/build.sh); every row with its output's difference from the
+#            first backend's; the copy bandwidth measured in the same run; one process per op, selective, scan, ssd
+#                                                                                           (BENCH_S, 180 s)
 #   suite    the rest of the test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels),
 #            on WORKERS pytest-xdist processes (default 14) when xdist imports, else one   (SUITE_S, 300 s)
 #   f16      issue 15's F-16 GVT run on the GPU: ssmkit sysid --benchmark f16 --model s4d --device cuda, data from
@@ -134,8 +139,10 @@ run_bench() {  # one bench process per op (selective first: issue 16's speed tar
     [ "$part" != scan ] && skip+=(--scan-shapes)
     [ "$part" != ssd ] && skip+=(--ssd-shapes)
     [ "$part" != selective ] && skip+=(--selective-shapes)
-    # mamba-ssm's Triton SSD from a carried checkout (.gpu-data/mamba: its mamba_ssm folder; einops among the wheels)
-    [ "$part" = ssd ] && [ -d .gpu-data/mamba ] && skip+=(--mamba-ssm-src .gpu-data/mamba)
+    # mamba-ssm's Triton SSD and CUDA selective scan from a carried checkout (.gpu-data/mamba: its mamba_ssm folder;
+    # einops among the wheels) and the selective scan's CUDA library built from it without a GPU
+    # (.gpu-data/mamba_cuda: scripts/mamba_ssm_cuda/build.sh)
+    [ "$part" != scan ] && skip+=($(mamba_peer_args))
     timeout "$left" "$PYTHON" -m ssmkit.bench gpu "${skip[@]}" --json "$LOG/bench_$part.json" \
       >> "$LOG/bench_gpu.md" 2>&1
     code=$?
@@ -143,6 +150,12 @@ run_bench() {  # one bench process per op (selective first: issue 16's speed tar
       >> "$LOG/bench_gpu.md"; rc=$code; }
   done
   return $rc
+}
+
+mamba_peer_args() {  # the bench's options for the carried mamba-ssm peers, where they are carried
+  [ -d .gpu-data/mamba ] && echo --mamba-ssm-src .gpu-data/mamba
+  [ -f .gpu-data/mamba_cuda/mamba_ssm_cuda.so ] && echo --mamba-ssm-cuda .gpu-data/mamba_cuda/mamba_ssm_cuda.so
+  return 0
 }
 
 run_long() {  # issue 16: every scan layer at L = 2^20, batch 1, on the GPU (one process; a failure is a table row)
@@ -167,7 +180,8 @@ run_selective() {
   run_pytest "$(limit "${SELECTIVE_S:-150}")" --durations=15 $(pytest_opts "${KERNEL_WORKERS:-4}") \
     tests/ops/test_triton.py -k "selective or gate or auto or mamba" > "$LOG/selective.txt" 2>&1
   local tests=$?
-  timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes \
+  # shellcheck disable=SC2046
+  timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes $(mamba_peer_args) \
     --json "$LOG/bench_selective.json" > "$LOG/bench_selective.md" 2>&1 && return "$tests"
 }
 

@@ -678,7 +678,7 @@ def recorded(monkeypatch, module, name, result):
 def test_gpu_scan_case(monkeypatch):
     calls = recorded(monkeypatch, gpu, "ssm_scan", lambda u, A, B, C, h0, D, **kw: (
         (u * D).real if not torch.is_complex(u) else u, None))
-    dims, n_bytes, forward, forward_backward = gpu._scan_case("2,3,6,5", torch.device("cpu"))
+    dims, n_bytes, forward, forward_backward, output = gpu._scan_case("2,3,6,5", torch.device("cpu"))
     assert dims == {"B": 2, "H": 3, "N": 6, "L": 5} and n_bytes == 8 * 2 * 5 * 3
     g = torch.Generator().manual_seed(0)
     A = torch.polar(torch.rand(3, 3, generator=g) * 0.1 + 0.899, torch.rand(3, 3, generator=g) * 3)
@@ -700,11 +700,14 @@ def test_gpu_scan_case(monkeypatch):
         assert torch.equal(got.detach(), want)
     torch.testing.assert_close(leaves[0].grad, gradient_seed0((2, 5, 3)) * D)  # ∂(u·D)/∂u from the fixed ∂ℓ/∂y
     torch.testing.assert_close(leaves[4].grad, (gradient_seed0((2, 5, 3)) * u).sum((0, 1)))
+    y = output("triton")  # the output the rows are compared by: the op's y, without a graph
+    assert calls[2].kwargs == {"return_state": False, "backend": "triton"} and not calls[2].grad
+    assert torch.equal(y, u * D) and not y.requires_grad
 
 
 def test_gpu_ssd_case(monkeypatch):
     calls = recorded(monkeypatch, gpu, "ssd", lambda x, dt, A, B, C, backend: (x * A[:, None], None))
-    dims, n_bytes, forward, forward_backward = gpu._ssd_case("2,5,3,4,6", torch.device("cpu"))
+    dims, n_bytes, forward, forward_backward, output = gpu._ssd_case("2,5,3,4,6", torch.device("cpu"))
     assert dims == {"B": 2, "L": 5, "H": 3, "P": 4, "N": 6} and n_bytes == 4 * 2 * 5 * (2 * 3 * 4 + 3 + 2 * 6)
     g = torch.Generator().manual_seed(0)
     expected = [torch.randn(2, 5, 3, 4, generator=g), torch.nn.functional.softplus(torch.randn(2, 5, 3, generator=g)),
@@ -717,6 +720,8 @@ def test_gpu_ssd_case(monkeypatch):
     leaves = calls[1].args
     assert calls[1].grad and all(t.is_leaf and t.requires_grad for t in leaves)
     torch.testing.assert_close(leaves[2].grad, (gradient_seed0((2, 5, 3, 4)) * expected[0]).sum((0, 1, 3)))
+    y = output("chunked")  # y alone (mamba-ssm's returns no state)
+    assert not calls[2].grad and torch.equal(y, expected[0] * expected[2][:, None])
 
 
 def test_gpu_mamba_ssm_is_named_when_it_cannot_import(monkeypatch):
@@ -746,8 +751,11 @@ def test_gpu_selective_case(monkeypatch):
     tiled = recorded(monkeypatch, triton_selective, "selective_scan_triton", scan)
     gates = recorded(monkeypatch, gate, "require_triton", lambda op, t: None)
     peer = []
-    monkeypatch.setattr(gpu, "_mamba_ssm_selective", lambda: lambda *a: peer.append(a) or a[0] * a[5][:, None])
-    dims, n_bytes, forward, forward_backward = gpu._selective_case("2,3,4,5", torch.device("cpu"))
+    loaders = []
+    monkeypatch.setattr(gpu, "_mamba_ssm_selective", lambda src, lib: loaders.append((src, lib)) or (
+        lambda *a: peer.append(a) or a[0] * a[5][:, None]))
+    dims, n_bytes, forward, forward_backward, output = gpu._selective_case("2,3,4,5", torch.device("cpu"), "/m",
+                                                                           "/lib.so")
     assert dims == {"B": 2, "L": 5, "H": 3, "N": 4} and n_bytes == 16 * 2 * 5 * 3 + 8 * 2 * 5 * 4
     g = torch.Generator().manual_seed(0)
     A = -torch.arange(1, 5, dtype=torch.float32).repeat(3, 1)
@@ -767,6 +775,7 @@ def test_gpu_selective_case(monkeypatch):
     assert gates[0].args[0] == "selective_scan" and torch.equal(gates[0].args[1], u)
     forward("mamba_ssm")
     (p,) = peer  # time-last (B, H, L) and (B, N, L), contiguous, in mamba-ssm's argument order
+    assert loaders == [("/m", "/lib.so")]  # the checkout and the built CUDA library reach the peer's loader
     assert p[8:] == (True, False)
     for got, want in zip(p[:8], (u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
                                  z.transpose(1, 2), bias)):
@@ -780,6 +789,9 @@ def test_gpu_selective_case(monkeypatch):
     forward_backward("triton:4")  # the Triton scan's output, first of its pair, is what is differentiated
     assert tiled[1].kwargs == {"tiles": triton_selective.Tiles(4)}
     torch.testing.assert_close(tiled[1].args[0].grad, gradient_seed0((2, 5, 3)) * D)
+    y = output("mamba_ssm")  # back to (B, L, H), as every other backend's
+    assert y.shape == (2, 5, 3) and torch.equal(y, u * D) and not peer[2][0].requires_grad
+    assert torch.equal(output("chunked"), u * D)
 
 
 def test_gpu_measure_rows(monkeypatch):
@@ -787,6 +799,7 @@ def test_gpu_measure_rows(monkeypatch):
 
     def case(shape, device, mamba_ssm_src=None):
         log.append(("src", mamba_ssm_src))
+        outputs = {"a": torch.tensor([2.0, -4.0]), "b": torch.tensor([2.5, -4.0])}
 
         def forward(b):
             log.append(("f", b))
@@ -798,7 +811,7 @@ def test_gpu_measure_rows(monkeypatch):
             if b == "worse":
                 raise ValueError("y" * 300)
 
-        return {"B": 1, "L": int(shape), "H": 2, "P": 3, "N": 5}, 4000, forward, forward_backward
+        return {"B": 1, "L": int(shape), "H": 2, "P": 3, "N": 5}, 4000, forward, forward_backward, outputs.get
 
     monkeypatch.setattr(gpu, "_ssd_case", case)
     # per round: a forward and a forward+backward of each working backend, in turns
@@ -816,31 +829,37 @@ def test_gpu_measure_rows(monkeypatch):
     flops = 6.0 * 1 * 7 * 2 * 3 * 5  # 6·B·L·H·P·N = 1260: at 6300 flop/s a FLOP bound of 0.2 s
     base = {"op": "ssd", "B": 1, "L": 7, "H": 2, "P": 3, "N": 5, "bytes": 4000, "bound_s": 2.0, "flops": flops,
             "flop_bound_s": 0.2}
+    # each output against the first working backend's: max |y_b - y_a| / max |y_a| = 0.5 / 4
     assert rows == [
         {**base, "backend": "a", "forward_s": 2.0, "forward_backward_s": 30.0, "forward_fraction_of_bound": 1.0,
-         "forward_fraction_of_flop_bound": pytest.approx(0.1)},
+         "forward_fraction_of_flop_bound": pytest.approx(0.1), "diff_vs": "a", "max_rel_diff": 0.0},
         {**base, "backend": "bad", "error": "RuntimeError: no kernel here"},
         {**base, "backend": "b", "forward_s": 4.0, "forward_backward_s": 40.0, "forward_fraction_of_bound": 0.5,
-         "forward_fraction_of_flop_bound": pytest.approx(0.05)},
+         "forward_fraction_of_flop_bound": pytest.approx(0.05), "diff_vs": "a", "max_rel_diff": 0.125},
         {**base, "backend": "worse", "error": "ValueError: " + "y" * 200},
     ]
     assert list(rows[0]) == ["op", "B", "L", "H", "P", "N", "backend", "bytes", "bound_s", "flops", "flop_bound_s",
                              "forward_s", "forward_backward_s", "forward_fraction_of_bound",
-                             "forward_fraction_of_flop_bound"]
+                             "forward_fraction_of_flop_bound", "diff_vs", "max_rel_diff"]
     for op in ("scan", "selective"):
         dims = {"op_case": op, "B": 1, "L": 2, "H": 3, "N": 4}
-        monkeypatch.setattr(gpu, f"_{op}_case", lambda shape, device, d=dims: (d, 1, lambda b: None, lambda b: None))
-        script.seconds = [1.0, 1.0]
-        (row,) = gpu.measure(op, "1", ["a"], torch.device("cpu"), 1.0, 1)  # no FLOP rate: no FLOP bound
-        assert row["op_case"] == op and row["op"] == op and row["flops"] == 6.0 * 1 * 2 * 3 * 4
-        assert "flop_bound_s" not in row and "forward_fraction_of_flop_bound" not in row
+        shapes = {"a": torch.ones(2), "b": torch.ones(3)}  # b's output has another shape: no comparison, inf
+        monkeypatch.setattr(gpu, f"_{op}_case", lambda shape, device, *peer, d=dims: (
+            d, 1, lambda b: None, lambda b: None, shapes.get))
+        script.seconds = [1.0] * 4
+        rows = gpu.measure(op, "1", ["a", "b"], torch.device("cpu"), 1.0, 1)  # no FLOP rate: no FLOP bound
+        for row in rows:
+            assert row["op_case"] == op and row["op"] == op and row["flops"] == 6.0 * 1 * 2 * 3 * 4
+            assert "flop_bound_s" not in row and "forward_fraction_of_flop_bound" not in row
+        assert [r["max_rel_diff"] for r in rows] == [0.0, float("inf")]
 
 
 def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     seen = []
 
-    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None):
-        seen.append((op, shape, list(backends), device, bandwidth, repeats, mamba_ssm_src, flop_rate))
+    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None,
+                mamba_ssm_cuda=None):
+        seen.append((op, shape, list(backends), device, bandwidth, repeats, mamba_ssm_src, flop_rate, mamba_ssm_cuda))
         dims = {"B": 2, "L": 8, "H": 3, "N": 4} if op != "ssd" else {"B": 2, "L": 8, "H": 3, "P": 5, "N": 4}
         rows = []
         for k, b in enumerate(backends):
@@ -850,7 +869,7 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
             else:
                 fwd = 0.002 * (k + 1)
                 row.update(forward_s=fwd, forward_backward_s=3 * fwd + 0.001 * k, forward_fraction_of_bound=0.001 / fwd,
-                           forward_fraction_of_flop_bound=0.0005 / fwd)
+                           forward_fraction_of_flop_bound=0.0005 / fwd, diff_vs=backends[0], max_rel_diff=k * 1.5e-7)
             rows.append(row)
         return rows
 
@@ -862,13 +881,15 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     assert gpu.main(["--device", "cpu", "--scan-shapes", "s1", "s2", "--scan-chunks-per-program", "2", "--ssd-shapes",
                      "d1", "--selective-shapes", "e1", "--selective-tiles", "16,8", "--backends", "chunked", "fft",
                      "triton", "--repeats", "4", "--copy-bytes", "1000", "--gemm-size", "64", "--mamba-ssm-src", "/m",
-                     "--json", str(out)]) == 0
+                     "--mamba-ssm-cuda", "/m.so", "--json", str(out)]) == 0
     cpu = torch.device("cpu")
     scan = ["chunked", "fft", "triton", "triton:2", "triton:mm", "accelerated_scan"]
     assert seen == [("copy", cpu, 1000), ("gemm", cpu, 64),
-                    ("scan", "s1", scan, cpu, 5e10, 4, None, 2e12), ("scan", "s2", scan, cpu, 5e10, 4, None, 2e12),
-                    ("ssd", "d1", ["chunked", "triton", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12),
-                    ("selective", "e1", ["chunked", "triton", "triton:16,8", "mamba_ssm"], cpu, 5e10, 4, None, 2e12)]
+                    ("scan", "s1", scan, cpu, 5e10, 4, None, 2e12, None),
+                    ("scan", "s2", scan, cpu, 5e10, 4, None, 2e12, None),
+                    ("ssd", "d1", ["chunked", "triton", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12, None),
+                    ("selective", "e1", ["chunked", "triton", "triton:16,8", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12,
+                     "/m.so")]
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     triton = sys.modules.get("triton")
@@ -877,11 +898,15 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
               f"2.0 TFLOP/s{version}")
     assert lines[0] == header
     assert lines[1:3] == ["| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound "
-                          "| FLOP bound ms | forward / FLOP bound |", "|---|---|---|---|---|---|---|---|---|"]
-    assert lines[3] == "| scan | B=2,L=8,H=3,N=4 | chunked | 2.000 | 6.000 | 1.0000 | 50.0 % | 0.5000 | 25.0 % |"
-    assert lines[4] == "| scan | B=2,L=8,H=3,N=4 | fft | RuntimeError: no fft here | | | | | |"
-    assert lines[5] == "| scan | B=2,L=8,H=3,N=4 | triton | 6.000 | 20.000 | 1.0000 | 16.7 % | 0.5000 | 8.3 % |"
-    assert lines[16] == "| ssd | B=2,L=8,H=3,P=5,N=4 | triton | 4.000 | 13.000 | 1.0000 | 25.0 % | 0.5000 | 12.5 % |"
+                          "| FLOP bound ms | forward / FLOP bound | max abs. diff. of y / max abs. y (vs) |",
+                          "|---|---|---|---|---|---|---|---|---|---|"]
+    assert lines[3] == ("| scan | B=2,L=8,H=3,N=4 | chunked | 2.000 | 6.000 | 1.0000 | 50.0 % | 0.5000 | 25.0 % | "
+                        "yardstick |")
+    assert lines[4] == "| scan | B=2,L=8,H=3,N=4 | fft | RuntimeError: no fft here | | | | | | |"
+    assert lines[5] == ("| scan | B=2,L=8,H=3,N=4 | triton | 6.000 | 20.000 | 1.0000 | 16.7 % | 0.5000 | 8.3 % | "
+                        "3.0e-07 (chunked) |")
+    assert lines[16] == ("| ssd | B=2,L=8,H=3,P=5,N=4 | triton | 4.000 | 13.000 | 1.0000 | 25.0 % | 0.5000 | 12.5 % | "
+                         "1.5e-07 (chunked) |")
     # each ssd and selective backend's time over mamba-ssm's (the last of its shape)
     assert lines[-5:] == ["ssd 2,8,3,5,4 chunked: forward 0.33x, fwd+bwd 0.30x mamba-ssm's time",
                           "ssd 2,8,3,5,4 triton: forward 0.67x, fwd+bwd 0.65x mamba-ssm's time",
@@ -901,7 +926,8 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
 def test_gpu_main_without_triton_or_a_working_peer(monkeypatch, capsys):
     seen = []
 
-    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None):
+    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None,
+                mamba_ssm_cuda=None):
         seen.append((op, list(backends)))
         return [{"op": op, "B": 1, "L": 2, "H": 3, "N": 4, "backend": b, "bytes": 1, "bound_s": 1.0,
                  "flop_bound_s": 1.0,
@@ -923,12 +949,15 @@ def test_gpu_main_without_triton_or_a_working_peer(monkeypatch, capsys):
     assert out.splitlines()[0].endswith("; copy bandwidth 1 GB/s; float32 GEMM (TF32 off) 1.0 TFLOP/s; triton not "
                                         "installed")
     assert "mamba-ssm's time" not in out and "| selective | B=1,L=2,H=3,N=4 | mamba_ssm | E: no | | | |" in out
+    # a row without an output comparison (this stand-in's) leaves that column empty
+    assert "| scan | B=1,L=2,H=3,N=4 | chunked | 1000.000 | 2000.000 | 1000.0000 | 100.0 % | 1000.0000 | 100.0 % |  |" \
+        in out
 
 
 def test_gpu_main_defaults(monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(gpu, "measure", lambda op, shape, backends, device, bw, repeats, src=None, flop_rate=None:
-                        seen.append((op, shape, tuple(backends), device, repeats, src, flop_rate))
+    monkeypatch.setattr(gpu, "measure", lambda op, shape, backends, device, bw, repeats, src=None, flop_rate=None,
+                        lib=None: seen.append((op, shape, tuple(backends), device, repeats, src, flop_rate, lib))
                         or [{"op": op, "backend": "b", "error": "E"}])
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: seen.append(("copy", device, n)) or 1e9)
     monkeypatch.setattr(gpu, "gemm_flop_rate", lambda device, n: seen.append(("gemm", device, n)) or 3e12)
@@ -941,9 +970,9 @@ def test_gpu_main_defaults(monkeypatch, capsys):
     scan = ("chunked", "fft", "triton", "triton:1", "triton:8", "triton:64", "triton:mm", "accelerated_scan")
     assert gpu.SCAN_CHUNKS_PER_PROGRAM == [1, 8, 64]
     assert seen == [("copy", cuda, 1 << 30), ("gemm", cuda, 8192)] + [
-        ("scan", s, scan, cuda, 5, None, 3e12) for s in gpu.SCAN_SHAPES] + [
-        ("ssd", s, ("chunked", "triton", "mamba_ssm"), cuda, 5, None, 3e12) for s in gpu.SSD_SHAPES] + [
-        ("selective", s, sel, cuda, 5, None, 3e12) for s in gpu.SELECTIVE_SHAPES]
+        ("scan", s, scan, cuda, 5, None, 3e12, None) for s in gpu.SCAN_SHAPES] + [
+        ("ssd", s, ("chunked", "triton", "mamba_ssm"), cuda, 5, None, 3e12, None) for s in gpu.SSD_SHAPES] + [
+        ("selective", s, sel, cuda, 5, None, 3e12, None) for s in gpu.SELECTIVE_SHAPES]
     assert gpu.SCAN_SHAPES == ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,1048576",
                                "64,768,64,4096"]
     assert gpu.SSD_SHAPES == ["2,2048,32,64,128", "8,4096,16,64,64"]
@@ -962,7 +991,8 @@ def test_gpu_copy_probe_defaults():
 
 
 def test_gpu_main_ratios_skip_a_failed_backend(monkeypatch, capsys):
-    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None):
+    def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None,
+                mamba_ssm_cuda=None):
         return [{"op": op, "B": 1, "L": 2, "H": 3, "N": 4, "backend": b, "bytes": 1, "bound_s": 1.0,
                  "flop_bound_s": 1.0,
                  **({"error": "E: no"} if b == "triton" else

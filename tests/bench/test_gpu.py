@@ -52,6 +52,8 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
             assert "cannot run on cpu" in r["error"]
         else:
             assert r["forward_s"] > 0 and r["forward_backward_s"] > 0 and r["forward_fraction_of_bound"] > 0
+            # every backend that ran computed the same y as the op's first (chunked) backend, to float32 rounding
+            assert r["diff_vs"] == "chunked" and r["max_rel_diff"] < 1e-5
     assert "| scan | B=1,L=9,H=3,N=4 | triton |" in capsys.readouterr().out
 
 
@@ -106,8 +108,10 @@ def test_gpu_bench_times_mamba_ssm_triton_ssd_from_a_checkout(tmp_path, monkeypa
     rows = json.loads(out.read_text())["results"]
     assert [r["backend"] for r in rows] == ["chunked", "mamba_ssm"]
     assert calls and set(calls) == {256}  # as mamba-ssm's Mamba2 module calls it; warm-up + 2 repeats, 2 modes each
-    assert len(calls) == 2 * 3
+    assert len(calls) == 2 * 3 + 1  # and once for its output
     chunked, peer = rows
+    assert chunked["diff_vs"] == peer["diff_vs"] == "chunked" and chunked["max_rel_diff"] == 0.0
+    assert 0 < peer["max_rel_diff"] < 1e-5  # the stand-in is ssmkit's float32 loop: the chunked path's rounding apart
     assert chunked["forward_vs_mamba_ssm"] == chunked["forward_s"] / peer["forward_s"]
     assert chunked["forward_backward_vs_mamba_ssm"] == chunked["forward_backward_s"] / peer["forward_backward_s"]
     assert peer["forward_vs_mamba_ssm"] == 1.0
@@ -180,3 +184,94 @@ def test_gemm_flop_rate_keeps_the_tf32_setting():
             assert torch.backends.cuda.matmul.allow_tf32 is setting
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+SELECTIVE_INTERFACE = """
+try:
+    import selective_scan_cuda
+except ImportError:
+    selective_scan_cuda = None
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False):
+    out, x, *rest = selective_scan_cuda.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return rest[0] if z is not None else out
+"""
+
+_STAND_IN_OPS = []  # the torch.library stand-in for the built library's operators, defined once per process
+
+
+def _define_stand_in_ops():
+    """torch.ops.mamba_ssm_cuda.fwd as the library built by scripts/mamba_ssm_cuda/build.sh registers it (same schema:
+    mamba-ssm's time-last layout, [out, x, out_z]), computed by ssmkit's reference selective scan."""
+    if _STAND_IN_OPS:
+        return
+    from ssmkit.ops.selective import selective_scan
+
+    def fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        t = lambda x: x.transpose(1, 2)  # noqa: E731  (B, H, L) <-> (B, L, H)
+        y = selective_scan(t(u), t(delta), A, t(B), t(C), D, t(z), delta_bias, delta_softplus, None, False,
+                           backend="reference")[0]
+        return [t(y), u.new_zeros(1), t(y)]
+
+    lib = torch.library.Library("mamba_ssm_cuda", "DEF")
+    lib.define("fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+               "bool delta_softplus) -> Tensor[]")
+    lib.define("bwd(Tensor u) -> Tensor[]")
+    lib.impl("fwd", fwd, "CompositeImplicitAutograd")
+    _STAND_IN_OPS.append(lib)
+
+
+def test_gpu_bench_times_mamba_ssm_cuda_selective_scan_from_a_built_library(tmp_path, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delitem(sys.modules, "selective_scan_cuda", raising=False)
+    pkg = stand_in_mamba(tmp_path / "checkout")
+    (pkg / "ops" / "selective_scan_interface.py").write_text(SELECTIVE_INTERFACE)
+    lib = tmp_path / "mamba_ssm_cuda.so"
+    lib.write_bytes(b"built by scripts/mamba_ssm_cuda/build.sh")
+    loaded = []
+    monkeypatch.setattr(torch.ops, "load_library", lambda path: loaded.append(path) or _define_stand_in_ops())
+    out = tmp_path / "gpu.json"
+    argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "--selective-shapes", "2,3,2,7", "--backends",
+            "chunked", "--repeats", "1", "--copy-bytes", "4096", "--gemm-size", "32",
+            "--mamba-ssm-src", str(tmp_path / "checkout"), "--mamba-ssm-cuda", str(lib), "--json", str(out)]
+    try:
+        assert main(argv) == 0
+        module = sys.modules["selective_scan_cuda"]
+        assert module.fwd is torch.ops.mamba_ssm_cuda.fwd and module.bwd is torch.ops.mamba_ssm_cuda.bwd
+        assert module.__file__ == str(lib)
+    finally:
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+    assert loaded == [str(lib)]  # loaded once, though the case calls the peer for every timing
+    chunked, peer = json.loads(out.read_text())["results"]
+    assert (chunked["backend"], peer["backend"]) == ("chunked", "mamba_ssm") and "error" not in peer
+    assert peer["diff_vs"] == "chunked" and 0 < peer["max_rel_diff"] < 1e-5  # ssmkit's loop through the peer's path
+    assert chunked["forward_vs_mamba_ssm"] == chunked["forward_s"] / peer["forward_s"]
+
+
+def test_gpu_bench_mamba_ssm_cuda_loader_says_why(tmp_path, monkeypatch):
+    import sys
+
+    from ssmkit.bench.gpu import _mamba_ssm_selective
+
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delitem(sys.modules, "selective_scan_cuda", raising=False)
+    pkg = stand_in_mamba(tmp_path / "checkout")
+    with pytest.raises(ImportError, match="holds no mamba_ssm/ops/selective_scan_interface.py"):
+        _mamba_ssm_selective(str(tmp_path / "checkout"))
+    (pkg / "ops" / "selective_scan_interface.py").write_text(SELECTIVE_INTERFACE)
+    try:
+        with pytest.raises(ImportError, match=r"no\.so does not exist"):
+            _mamba_ssm_selective(str(pkg), str(tmp_path / "no.so"))
+        with pytest.raises(ImportError, match="its CUDA extension selective_scan_cuda is not importable .build it with "
+                                              "scripts/mamba_ssm_cuda/build.sh and pass --mamba-ssm-cuda"):
+            _mamba_ssm_selective(str(pkg))  # the interface imports, without its extension
+    finally:
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]

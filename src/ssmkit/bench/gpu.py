@@ -5,7 +5,7 @@ copy bandwidth (and against mamba-ssm's CUDA selective scan where it is installe
                      [--ssd-shapes B,L,H,P,N ...]
                      [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
                      [--backends chunked fft triton] [--repeats 5] [--json PATH] [--mamba-ssm-src DIR]
-                     [--gemm-size 8192]
+                     [--mamba-ssm-cuda mamba_ssm_cuda.so] [--gemm-size 8192]
 
 Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
 the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D uses them, N = d_state/2 modes)
@@ -24,9 +24,13 @@ by ``--mamba-ssm-src``, loaded without the package's ``__init__`` (which imports
 could not be built; the Triton modules need only einops); bound = bytes of x, Δ, B, C read and y written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
 initial state; d_inner = H channels, N states) under ``chunked`` and ``triton``, the Triton kernel also at the tiles
 of ``--selective-tiles`` (:class:`ssmkit.ops.triton.selective.Tiles`), and mamba-ssm's ``selective_scan_fn``
-(CUDA) when it imports -- each in its own layout, made outside the timing (mamba-ssm's is time-last (B, H, L)) --
-bound = bytes of u, δ, z, B, C read and y written, 16·B·L·H + 8·B·L·N. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA (perf_counter
-around a synchronise elsewhere). The backends run in turns within each repeat, so that ratios compare like
+(CUDA) when it imports -- from the installed package, or from ``--mamba-ssm-src`` with its CUDA extension given by
+``--mamba-ssm-cuda``, a library that ``scripts/mamba_ssm_cuda/build.sh`` compiles from the checkout's sources on a
+machine without a GPU -- each in its own layout, made outside the timing (mamba-ssm's is time-last (B, H, L)) --
+bound = bytes of u, δ, z, B, C read and y written, 16·B·L·H + 8·B·L·N. Every row also gives how far its output is
+from the first backend's (max |y − y_first| / max |y_first|), so that a peer or a tile that computes something else
+shows beside its time. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA
+(perf_counter around a synchronise elsewhere). The backends run in turns within each repeat, so that ratios compare like
 conditions. Beside the bytes-moved bound, the FLOP bound: the float32 rate of a (``--gemm-size``)² GEMM measured in
 the same run with TF32 off (the CUDA cores the scan kernels use; ``ssmkit.bench.limits``' model of a fused scan:
 6 flops per batch row, step, channel and state element -- a complex multiply-add of the state, the input term and
@@ -156,7 +160,11 @@ def _scan_case(shape: str, device: torch.device):
     def forward_backward(backend: str) -> None:
         grads.backward(call(backend, u.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)))
 
-    return {"B": Bsz, "H": H, "N": d_state, "L": L}, 8 * Bsz * L * H, forward, forward_backward
+    def output(backend: str) -> torch.Tensor:
+        with torch.no_grad():
+            return call(backend, u, *params)
+
+    return {"B": Bsz, "H": H, "N": d_state, "L": L}, 8 * Bsz * L * H, forward, forward_backward, output
 
 
 def _accelerated_scan_layer(u, A, B, C, D):
@@ -195,52 +203,106 @@ def _ssd_case(shape: str, device: torch.device, mamba_ssm_src: str | None = None
     def forward_backward(backend: str) -> None:
         grads.backward(*call(backend, [t.detach().requires_grad_() for t in inputs]))
 
+    def output(backend: str) -> torch.Tensor:
+        with torch.no_grad():
+            return call(backend, inputs)[0]
+
     n_bytes = 4 * Bsz * L * (2 * H * P + H + 2 * N)  # x, Δ, B, C read; y written
-    return {"B": Bsz, "L": L, "H": H, "P": P, "N": N}, n_bytes, forward, forward_backward
+    return {"B": Bsz, "L": L, "H": H, "P": P, "N": N}, n_bytes, forward, forward_backward, output
 
 
-def _mamba_ssm_selective():
-    """mamba-ssm's CUDA ``selective_scan_fn`` (raises ImportError with the reason where it is not installed)."""
+def _mamba_ssm_selective(src: str | None = None, cuda_lib: str | None = None):
+    """mamba-ssm's CUDA ``selective_scan_fn`` (raises ImportError with the reason where it cannot load).
+
+    Without ``src`` and ``cuda_lib``: from the installed package (its ``__init__`` imports the CUDA extension).
+    Otherwise ``mamba_ssm.ops.selective_scan_interface`` is imported over the package folder as for the Triton SSD
+    (:func:`_mamba_ssm_module`), and with ``cuda_lib`` its CUDA extension ``selective_scan_cuda`` is first made from a
+    library that ``scripts/mamba_ssm_cuda/build.sh`` compiled from the checkout on a machine without a GPU
+    (:func:`_selective_scan_cuda`).
+
+    Args:
+        src: a checkout of state-spaces/mamba (or its ``mamba_ssm`` folder), or None for the installed package.
+        cuda_lib: the built ``mamba_ssm_cuda.so``, or None for the installed ``selective_scan_cuda``.
+    """
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        if src is None and cuda_lib is None:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+            return selective_scan_fn
+        if cuda_lib is not None:
+            _selective_scan_cuda(cuda_lib)
+        interface = _mamba_ssm_module(src, "ops.selective_scan_interface")
+        if getattr(interface, "selective_scan_cuda", None) is None:
+            raise ImportError("its CUDA extension selective_scan_cuda is not importable (build it with "
+                              "scripts/mamba_ssm_cuda/build.sh and pass --mamba-ssm-cuda)")
+        return interface.selective_scan_fn
     except Exception as e:  # noqa: BLE001  (an ImportError, or a missing/broken CUDA extension)
         raise ImportError(f"mamba-ssm is not importable here ({type(e).__name__}: {e}); pip install mamba-ssm") from e
-    return selective_scan_fn
+
+
+def _selective_scan_cuda(lib: str) -> None:
+    """Put the CUDA selective scan of a library built by ``scripts/mamba_ssm_cuda/build.sh`` in ``sys.modules`` as
+    ``selective_scan_cuda``, the module mamba-ssm's ``selective_scan_interface`` calls: its ``fwd`` and ``bwd`` are the
+    library's operators ``torch.ops.mamba_ssm_cuda.fwd`` / ``.bwd`` (same arguments and results as the pybind11
+    extension's functions). Loaded once per process.
+
+    Args:
+        lib: path of ``mamba_ssm_cuda.so``.
+    """
+    loaded = sys.modules.get("selective_scan_cuda")
+    if loaded is not None and getattr(loaded, "__file__", None) == str(lib):
+        return
+    if not Path(lib).is_file():
+        raise ImportError(f"{lib} does not exist")
+    torch.ops.load_library(str(lib))
+    module = types.ModuleType("selective_scan_cuda")
+    module.__file__ = str(lib)
+    module.fwd, module.bwd = torch.ops.mamba_ssm_cuda.fwd, torch.ops.mamba_ssm_cuda.bwd
+    sys.modules["selective_scan_cuda"] = module
+
+
+def _mamba_ssm_module(src: str | None, name: str) -> types.ModuleType:
+    """``mamba_ssm.<name>`` imported without the package's ``__init__`` (which imports its compiled CUDA extension):
+    ``mamba_ssm`` is entered as a bare module over its folder -- the checkout's ``mamba_ssm`` when ``src`` is given,
+    else the installed package's -- unless a ``mamba_ssm`` is already imported.
+
+    Args:
+        src: a checkout of state-spaces/mamba (or its ``mamba_ssm`` folder), or None for the installed package.
+        name: the submodule, dotted (``ops.triton.ssd_combined``).
+    """
+    if sys.modules.get("mamba_ssm") is None:
+        if src is not None:
+            folder = Path(src) / "mamba_ssm" if (Path(src) / "mamba_ssm").is_dir() else Path(src)
+            if not (folder / (name.replace(".", "/") + ".py")).is_file():
+                raise ImportError(f"{src} holds no mamba_ssm/{name.replace('.', '/')}.py")
+            locations = [str(folder)]
+        else:
+            spec = importlib.util.find_spec("mamba_ssm")
+            if spec is None or not spec.submodule_search_locations:
+                raise ImportError("No module named 'mamba_ssm'")
+            locations = list(spec.submodule_search_locations)
+        bare = types.ModuleType("mamba_ssm")
+        bare.__path__ = locations
+        sys.modules["mamba_ssm"] = bare
+    return importlib.import_module(f"mamba_ssm.{name}")
 
 
 def _mamba_ssm_ssd(src: str | None):
-    """mamba-ssm's Triton ``mamba_chunk_scan_combined`` (raises ImportError with the reason where it cannot load).
-
-    The package's ``__init__`` imports its compiled CUDA extension; the Triton modules do not need it. So the package
-    is entered as a bare module over its folder (the checkout's ``mamba_ssm`` when ``src`` is given, else the installed
-    one's), and ``mamba_ssm.ops.triton.ssd_combined`` imports from there.
+    """mamba-ssm's Triton ``mamba_chunk_scan_combined`` (raises ImportError with the reason where it cannot load),
+    imported by :func:`_mamba_ssm_module` (the Triton modules do not need the package's CUDA extension).
 
     Args:
         src: a checkout of state-spaces/mamba (or its ``mamba_ssm`` folder), or None for the installed package.
     """
     try:
-        loaded = sys.modules.get("mamba_ssm")
-        if loaded is None:
-            if src is not None:
-                folder = Path(src) / "mamba_ssm" if (Path(src) / "mamba_ssm").is_dir() else Path(src)
-                if not (folder / "ops" / "triton" / "ssd_combined.py").is_file():
-                    raise ImportError(f"{src} holds no mamba_ssm/ops/triton/ssd_combined.py")
-                locations = [str(folder)]
-            else:
-                spec = importlib.util.find_spec("mamba_ssm")
-                if spec is None or not spec.submodule_search_locations:
-                    raise ImportError("No module named 'mamba_ssm'")
-                locations = list(spec.submodule_search_locations)
-            bare = types.ModuleType("mamba_ssm")
-            bare.__path__ = locations
-            sys.modules["mamba_ssm"] = bare
-        return importlib.import_module("mamba_ssm.ops.triton.ssd_combined").mamba_chunk_scan_combined
+        return _mamba_ssm_module(src, "ops.triton.ssd_combined").mamba_chunk_scan_combined
     except Exception as e:  # noqa: BLE001  (ImportError, a missing einops, a Triton version it does not take)
         raise ImportError(f"mamba-ssm's Triton SSD is not importable here ({type(e).__name__}: {e}); pip install "
                           f"mamba-ssm einops, or pass --mamba-ssm-src with a checkout of state-spaces/mamba") from e
 
 
-def _selective_case(shape: str, device: torch.device):
+def _selective_case(shape: str, device: torch.device, mamba_ssm_src: str | None = None,
+                    mamba_ssm_cuda: str | None = None):
     from ssmkit.ops.selective import selective_scan
     from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
     from ssmkit.ops.triton_gate import require_triton
@@ -257,7 +319,7 @@ def _selective_case(shape: str, device: torch.device):
     def call(backend: str, leaves):
         (A_, D_, bias), (u, delta, z, B, C) = leaves[:3], leaves[3:]
         if backend == "mamba_ssm":
-            return _mamba_ssm_selective()(u, delta, A_, B, C, D_, z, bias, True, False)
+            return _mamba_ssm_selective(mamba_ssm_src, mamba_ssm_cuda)(u, delta, A_, B, C, D_, z, bias, True, False)
         if backend.startswith("triton:"):
             require_triton("selective_scan", u)
             tiles = Tiles(*(int(v) for v in backend.split(":")[1].split(",")))
@@ -274,28 +336,47 @@ def _selective_case(shape: str, device: torch.device):
     def forward_backward(backend: str) -> None:
         grads.backward(call(backend, [t.detach().requires_grad_() for t in inputs(backend)]))
 
-    return {"B": Bsz, "L": L, "H": H, "N": N}, 16 * Bsz * L * H + 8 * Bsz * L * N, forward, forward_backward
+    def output(backend: str) -> torch.Tensor:  # (B, L, H) in every backend
+        with torch.no_grad():
+            y = call(backend, inputs(backend))
+        return y.transpose(1, 2) if backend == "mamba_ssm" else y
+
+    return {"B": Bsz, "L": L, "H": H, "N": N}, 16 * Bsz * L * H + 8 * Bsz * L * N, forward, forward_backward, output
 
 
 def measure(
     op: str, shape: str, backends: list[str], device: torch.device, bandwidth: float, repeats: int,
-    mamba_ssm_src: str | None = None, flop_rate: float | None = None,
+    mamba_ssm_src: str | None = None, flop_rate: float | None = None, mamba_ssm_cuda: str | None = None,
 ) -> list[dict]:
     """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan", "ssd" or
-    "selective"); ``mamba_ssm_src``: where the ssd op's ``mamba_ssm`` peer loads from (:func:`_mamba_ssm_ssd`);
-    ``flop_rate``: flops per second for the FLOP bound (None: no FLOP bound)."""
+    "selective"), and of each backend's output against the first backend's (``max_rel_diff`` = max |y - y_first| /
+    max |y_first|, so that a fast row that computes something else shows); ``mamba_ssm_src``: where the ``mamba_ssm``
+    peers load from (:func:`_mamba_ssm_ssd`, :func:`_mamba_ssm_selective`); ``mamba_ssm_cuda``: a built CUDA
+    selective scan for the latter; ``flop_rate``: flops per second for the FLOP bound (None: no FLOP bound)."""
     if op == "ssd":
-        dims, n_bytes, forward, forward_backward = _ssd_case(shape, device, mamba_ssm_src)
+        case = _ssd_case(shape, device, mamba_ssm_src)
+    elif op == "selective":
+        case = _selective_case(shape, device, mamba_ssm_src, mamba_ssm_cuda)
     else:
-        dims, n_bytes, forward, forward_backward = {"scan": _scan_case, "selective": _selective_case}[op](shape, device)
+        case = _scan_case(shape, device)
+    dims, n_bytes, forward, forward_backward, output = case
     once = _timer(device)
-    errors, times = {}, {b: {"forward": [], "forward_backward": []} for b in backends}
+    errors, times, diffs = {}, {b: {"forward": [], "forward_backward": []} for b in backends}, {}
+    first = None  # the first backend's output: the yardstick of the others'
     for b in backends:
         try:
             forward(b)
             forward_backward(b)
+            y = output(b).detach().float()
         except Exception as e:  # noqa: BLE001  (reported in the table; the other backends still run)
             errors[b] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            continue
+        if first is None:
+            first = (b, y, y.abs().max())
+        diffs[b] = (first[0], float((y - first[1]).abs().max() / first[2]) if y.shape == first[1].shape else
+                    float("inf"))
+        del y
+    del first
     ok = [b for b in backends if b not in errors]
     for _ in range(repeats):
         for b in ok:
@@ -316,6 +397,7 @@ def measure(
             row.update(forward_s=fwd, forward_backward_s=fb, forward_fraction_of_bound=bound / fwd)
             if flop_bound is not None:
                 row["forward_fraction_of_flop_bound"] = flop_bound / fwd
+            row["diff_vs"], row["max_rel_diff"] = diffs[b]
         rows.append(row)
     return rows
 
@@ -351,8 +433,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--gemm-size", type=positive_int, default=8192,
                         help="side of the float32 GEMM that measures the FLOP rate (TF32 off)")
     parser.add_argument("--mamba-ssm-src", default=None,
-                        help="a checkout of state-spaces/mamba whose Triton SSD is timed beside the ssd rows (default: "
-                             "the installed mamba_ssm, if any)")
+                        help="a checkout of state-spaces/mamba whose Triton SSD and CUDA selective scan are timed "
+                             "beside the ssd and selective rows (default: the installed mamba_ssm, if any)")
+    parser.add_argument("--mamba-ssm-cuda", default=None,
+                        help="mamba-ssm's CUDA selective scan built by scripts/mamba_ssm_cuda/build.sh "
+                             "(mamba_ssm_cuda.so), for the selective rows' mamba_ssm peer where mamba-ssm's own CUDA "
+                             "extension is not installed")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     bandwidth = copy_bandwidth(device, args.copy_bytes)
@@ -383,19 +469,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         selective += [f"triton:{tiles}" for tiles in args.selective_tiles]
     for shape in args.selective_shapes:
         rows += _versus_peer(measure("selective", shape, selective + ["mamba_ssm"], device, bandwidth, args.repeats,
-                                     flop_rate=flop_rate))
+                                     args.mamba_ssm_src, flop_rate, args.mamba_ssm_cuda))
     print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound | FLOP bound ms "
-          "| forward / FLOP bound |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| forward / FLOP bound | max abs. diff. of y / max abs. y (vs) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         shape = ",".join(f"{k}={r[k]}" for k in ("B", "L", "H", "P", "N") if k in r)
         if "error" in r:
-            print(f"| {r['op']} | {shape} | {r['backend']} | {r['error']} | | | | | |")
+            print(f"| {r['op']} | {shape} | {r['backend']} | {r['error']} | | | | | | |")
         else:
+            agree = ("" if "max_rel_diff" not in r else "yardstick" if r["backend"] == r["diff_vs"] else
+                     f"{r['max_rel_diff']:.1e} ({r['diff_vs']})")
             print(f"| {r['op']} | {shape} | {r['backend']} | {1e3 * r['forward_s']:.3f} | "
                   f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | "
                   f"{100 * r['forward_fraction_of_bound']:.1f} % | {1e3 * r['flop_bound_s']:.4f} | "
-                  f"{100 * r['forward_fraction_of_flop_bound']:.1f} % |")
+                  f"{100 * r['forward_fraction_of_flop_bound']:.1f} % | {agree} |")
     for r in rows:
         if "forward_vs_mamba_ssm" in r and r["backend"] != "mamba_ssm":
             print(f"{r['op']} {','.join(str(r[k]) for k in ('B', 'L', 'H', 'P', 'N') if k in r)} {r['backend']}: "

@@ -16,9 +16,10 @@
 # prints its summary and writes its junit XML; a single test is stopped after TEST_S seconds (pytest-timeout, when
 # it imports) instead of holding the stage.
 # Wheels in .gpu-data/wheels (carried; e.g. jsonargparse, which the f16 stage's CLI needs and the H200 image lacks)
-# are installed into a temporary folder on PYTHONPATH first; nothing is downloaded. The mamba-ssm peers: carry
-# .gpu-data/mamba (`git archive` of state-spaces/mamba's mamba_ssm folder, its commit in SOURCE) and
-# .gpu-data/mamba_cuda (mamba_ssm_cuda.so from scripts/mamba_ssm_cuda/build.sh, for the GPU's torch and sm_90).
+# are installed into a temporary folder on PYTHONPATH first; nothing is downloaded. The peers mamba-ssm and
+# causal-conv1d: carry .gpu-data/mamba and .gpu-data/causal-conv1d (`git archive` of the mamba_ssm and causal_conv1d
+# folders of their checkouts, the commits in SOURCE) and .gpu-data/cuda_peers (mamba_ssm_cuda.so and
+# causal_conv1d_cuda.so, their CUDA kernels built by scripts/cuda_peers/build.sh for the GPU's torch and sm_90).
 #
 # Lessons of the first two runs (H200, 2026-12-04): the whole suite needs ~300 s on 14 workers (16 cores); the image
 # has pytest-benchmark, whose hooks once ended an xdist run with an INTERNALERROR, so it is turned off (-p no:benchmark);
@@ -36,9 +37,11 @@
 #            imports, else a row saying why) at B,d_inner,N,L = 8,512,16,{1024,4096} and 8,1536,16,2048; the scan's
 #            triton:G rows (chunks per program); mamba-ssm's Triton SSD beside the ssd rows when .gpu-data/mamba holds
 #            a checkout (git archive of state-spaces/mamba's mamba_ssm folder) and einops is among the wheels, and its
-#            CUDA selective scan beside the selective rows when .gpu-data/mamba_cuda/mamba_ssm_cuda.so is carried too
-#            (built without a GPU by scripts/mamba_ssm_cuda/build.sh); every row with its output's difference from the
-#            first backend's; the copy bandwidth measured in the same run; one process per op, selective, scan, ssd
+#            CUDA selective scan beside the selective rows when .gpu-data/cuda_peers/mamba_ssm_cuda.so is carried too
+#            (built without a GPU by scripts/cuda_peers/build.sh); Mamba's short convolution (ssmkit's F.conv1d path
+#            and causal-conv1d's CUDA kernel from .gpu-data/causal-conv1d and .gpu-data/cuda_peers) at B,d_inner,L =
+#            8,512,4096 and 8,1536,2048; every row with its output's difference from the first backend's; the copy
+#            bandwidth measured in the same run; one process per op: selective, scan, ssd, short_conv
 #                                                                                           (BENCH_S, 180 s)
 #   suite    the rest of the test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels),
 #            on WORKERS pytest-xdist processes (default 14) when xdist imports, else one   (SUITE_S, 300 s)
@@ -130,7 +133,7 @@ run_bench() {  # one bench process per op (selective first: issue 16's speed tar
   # done, so a time-out loses one op's rows, not all (the bench prints nothing before its last shape)
   local end=$(( $(date +%s) + $(limit "${BENCH_S:-180}") )) rc=0 part left code
   : > "$LOG/bench_gpu.md"
-  for part in selective scan ssd; do
+  for part in selective scan ssd short_conv; do
     left=$(( end - $(date +%s) ))
     if [ "$left" -lt 10 ]; then
       echo "bench $part: not run (BENCH_S spent)" >> "$LOG/bench_gpu.md"; rc=1; continue
@@ -139,10 +142,10 @@ run_bench() {  # one bench process per op (selective first: issue 16's speed tar
     [ "$part" != scan ] && skip+=(--scan-shapes)
     [ "$part" != ssd ] && skip+=(--ssd-shapes)
     [ "$part" != selective ] && skip+=(--selective-shapes)
-    # mamba-ssm's Triton SSD and CUDA selective scan from a carried checkout (.gpu-data/mamba: its mamba_ssm folder;
-    # einops among the wheels) and the selective scan's CUDA library built from it without a GPU
-    # (.gpu-data/mamba_cuda: scripts/mamba_ssm_cuda/build.sh)
-    [ "$part" != scan ] && skip+=($(mamba_peer_args))
+    [ "$part" != short_conv ] && skip+=(--short-conv-shapes)
+    # the peers from carried checkouts (.gpu-data/mamba, .gpu-data/causal-conv1d; einops among the wheels) and their
+    # CUDA kernels built without a GPU (.gpu-data/cuda_peers: scripts/cuda_peers/build.sh)
+    [ "$part" != scan ] && skip+=($(peer_args))
     timeout "$left" "$PYTHON" -m ssmkit.bench gpu "${skip[@]}" --json "$LOG/bench_$part.json" \
       >> "$LOG/bench_gpu.md" 2>&1
     code=$?
@@ -152,9 +155,12 @@ run_bench() {  # one bench process per op (selective first: issue 16's speed tar
   return $rc
 }
 
-mamba_peer_args() {  # the bench's options for the carried mamba-ssm peers, where they are carried
+peer_args() {  # the bench's options for the carried peers, where they are carried
   [ -d .gpu-data/mamba ] && echo --mamba-ssm-src .gpu-data/mamba
-  [ -f .gpu-data/mamba_cuda/mamba_ssm_cuda.so ] && echo --mamba-ssm-cuda .gpu-data/mamba_cuda/mamba_ssm_cuda.so
+  [ -f .gpu-data/cuda_peers/mamba_ssm_cuda.so ] && echo --mamba-ssm-cuda .gpu-data/cuda_peers/mamba_ssm_cuda.so
+  [ -d .gpu-data/causal-conv1d ] && echo --causal-conv1d-src .gpu-data/causal-conv1d
+  [ -f .gpu-data/cuda_peers/causal_conv1d_cuda.so ] && \
+    echo --causal-conv1d-cuda .gpu-data/cuda_peers/causal_conv1d_cuda.so
   return 0
 }
 
@@ -181,8 +187,8 @@ run_selective() {
     tests/ops/test_triton.py -k "selective or gate or auto or mamba" > "$LOG/selective.txt" 2>&1
   local tests=$?
   # shellcheck disable=SC2046
-  timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes $(mamba_peer_args) \
-    --json "$LOG/bench_selective.json" > "$LOG/bench_selective.md" 2>&1 && return "$tests"
+  timeout "$(limit "${SELECTIVE_S:-150}")" "$PYTHON" -m ssmkit.bench gpu --scan-shapes --ssd-shapes \
+    --short-conv-shapes $(peer_args) --json "$LOG/bench_selective.json" > "$LOG/bench_selective.md" 2>&1 && return "$tests"
 }
 
 for stage in "${stages[@]}"; do

@@ -858,8 +858,9 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     seen = []
 
     def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None,
-                mamba_ssm_cuda=None):
-        seen.append((op, shape, list(backends), device, bandwidth, repeats, mamba_ssm_src, flop_rate, mamba_ssm_cuda))
+                mamba_ssm_cuda=None, causal_conv1d_src=None, causal_conv1d_cuda=None):
+        seen.append((op, shape, list(backends), device, bandwidth, repeats, mamba_ssm_src, flop_rate, mamba_ssm_cuda,
+                     causal_conv1d_src, causal_conv1d_cuda))
         dims = {"B": 2, "L": 8, "H": 3, "N": 4} if op != "ssd" else {"B": 2, "L": 8, "H": 3, "P": 5, "N": 4}
         rows = []
         for k, b in enumerate(backends):
@@ -881,15 +882,18 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     assert gpu.main(["--device", "cpu", "--scan-shapes", "s1", "s2", "--scan-chunks-per-program", "2", "--ssd-shapes",
                      "d1", "--selective-shapes", "e1", "--selective-tiles", "16,8", "--backends", "chunked", "fft",
                      "triton", "--repeats", "4", "--copy-bytes", "1000", "--gemm-size", "64", "--mamba-ssm-src", "/m",
-                     "--mamba-ssm-cuda", "/m.so", "--json", str(out)]) == 0
+                     "--mamba-ssm-cuda", "/m.so", "--short-conv-shapes", "c1", "--causal-conv1d-src", "/c",
+                     "--causal-conv1d-cuda", "/c.so", "--json", str(out)]) == 0
     cpu = torch.device("cpu")
     scan = ["chunked", "fft", "triton", "triton:2", "triton:mm", "accelerated_scan"]
     assert seen == [("copy", cpu, 1000), ("gemm", cpu, 64),
-                    ("scan", "s1", scan, cpu, 5e10, 4, None, 2e12, None),
-                    ("scan", "s2", scan, cpu, 5e10, 4, None, 2e12, None),
-                    ("ssd", "d1", ["chunked", "triton", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12, None),
+                    ("scan", "s1", scan, cpu, 5e10, 4, None, 2e12, None, None, None),
+                    ("scan", "s2", scan, cpu, 5e10, 4, None, 2e12, None, None, None),
+                    ("ssd", "d1", ["chunked", "triton", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12, None, None, None),
                     ("selective", "e1", ["chunked", "triton", "triton:16,8", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12,
-                     "/m.so")]
+                     "/m.so", None, None),
+                    # no FFT or Triton short convolution: the other backends, then the peer
+                    ("short_conv", "c1", ["chunked", "causal_conv1d"], cpu, 5e10, 4, None, 2e12, None, "/c", "/c.so")]
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     triton = sys.modules.get("triton")
@@ -907,12 +911,14 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
                         "3.0e-07 (chunked) |")
     assert lines[16] == ("| ssd | B=2,L=8,H=3,P=5,N=4 | triton | 4.000 | 13.000 | 1.0000 | 25.0 % | 0.5000 | 12.5 % | "
                          "1.5e-07 (chunked) |")
-    # each ssd and selective backend's time over mamba-ssm's (the last of its shape)
-    assert lines[-5:] == ["ssd 2,8,3,5,4 chunked: forward 0.33x, fwd+bwd 0.30x mamba-ssm's time",
+    # each ssd and selective backend's time over mamba-ssm's, each short_conv one's over causal-conv1d's (the last
+    # of its shape)
+    assert lines[-6:] == ["ssd 2,8,3,5,4 chunked: forward 0.33x, fwd+bwd 0.30x mamba-ssm's time",
                           "ssd 2,8,3,5,4 triton: forward 0.67x, fwd+bwd 0.65x mamba-ssm's time",
                           "selective 2,8,3,4 chunked: forward 0.25x, fwd+bwd 0.22x mamba-ssm's time",
                           "selective 2,8,3,4 triton: forward 0.50x, fwd+bwd 0.48x mamba-ssm's time",
-                          "selective 2,8,3,4 triton:16,8: forward 0.75x, fwd+bwd 0.74x mamba-ssm's time"]
+                          "selective 2,8,3,4 triton:16,8: forward 0.75x, fwd+bwd 0.74x mamba-ssm's time",
+                          "short_conv 2,8,3,4 chunked: forward 0.50x, fwd+bwd 0.46x causal-conv1d's time"]
     data = __import__("json").loads(out.read_text())
     assert data["header"] == header and data["bandwidth_Bps"] == 5e10
     sel = [r for r in data["results"] if r["op"] == "selective"]
@@ -927,11 +933,11 @@ def test_gpu_main_without_triton_or_a_working_peer(monkeypatch, capsys):
     seen = []
 
     def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None,
-                mamba_ssm_cuda=None):
+                mamba_ssm_cuda=None, causal_conv1d_src=None, causal_conv1d_cuda=None):
         seen.append((op, list(backends)))
         return [{"op": op, "B": 1, "L": 2, "H": 3, "N": 4, "backend": b, "bytes": 1, "bound_s": 1.0,
                  "flop_bound_s": 1.0,
-                 **({"error": "E: no"} if b in ("mamba_ssm", "x") else
+                 **({"error": "E: no"} if b in ("mamba_ssm", "x", "causal_conv1d") else
                     {"forward_s": 1.0, "forward_backward_s": 2.0, "forward_fraction_of_bound": 1.0,
                      "forward_fraction_of_flop_bound": 1.0})}
                 for b in backends]
@@ -942,13 +948,15 @@ def test_gpu_main_without_triton_or_a_working_peer(monkeypatch, capsys):
     monkeypatch.setattr(gpu, "machine", lambda: "m")
     monkeypatch.setitem(sys.modules, "triton", None)
     assert gpu.main(["--device", "cpu", "--scan-shapes", "s", "--ssd-shapes", "--selective-shapes", "e",
-                     "--backends", "chunked", "x"]) == 0
+                     "--short-conv-shapes", "c", "--backends", "chunked", "x"]) == 0
     # no tiles or groupings without triton among the backends; the peers always
-    assert seen == [("scan", ["chunked", "x", "accelerated_scan"]), ("selective", ["chunked", "x", "mamba_ssm"])]
+    assert seen == [("scan", ["chunked", "x", "accelerated_scan"]), ("selective", ["chunked", "x", "mamba_ssm"]),
+                    ("short_conv", ["chunked", "x", "causal_conv1d"])]
     out = capsys.readouterr().out
     assert out.splitlines()[0].endswith("; copy bandwidth 1 GB/s; float32 GEMM (TF32 off) 1.0 TFLOP/s; triton not "
                                         "installed")
     assert "mamba-ssm's time" not in out and "| selective | B=1,L=2,H=3,N=4 | mamba_ssm | E: no | | | |" in out
+    assert "causal-conv1d's time" not in out
     # a row without an output comparison (this stand-in's) leaves that column empty
     assert "| scan | B=1,L=2,H=3,N=4 | chunked | 1000.000 | 2000.000 | 1000.0000 | 100.0 % | 1000.0000 | 100.0 % |  |" \
         in out
@@ -956,9 +964,13 @@ def test_gpu_main_without_triton_or_a_working_peer(monkeypatch, capsys):
 
 def test_gpu_main_defaults(monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(gpu, "measure", lambda op, shape, backends, device, bw, repeats, src=None, flop_rate=None,
-                        lib=None: seen.append((op, shape, tuple(backends), device, repeats, src, flop_rate, lib))
-                        or [{"op": op, "backend": "b", "error": "E"}])
+    def measure(op, shape, backends, device, bw, repeats, src=None, flop_rate=None, lib=None, causal_conv1d_src=None,
+                causal_conv1d_cuda=None):
+        seen.append((op, shape, tuple(backends), device, repeats, src, flop_rate, lib, causal_conv1d_src,
+                     causal_conv1d_cuda))
+        return [{"op": op, "backend": "b", "error": "E"}]
+
+    monkeypatch.setattr(gpu, "measure", measure)
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda device, n: seen.append(("copy", device, n)) or 1e9)
     monkeypatch.setattr(gpu, "gemm_flop_rate", lambda device, n: seen.append(("gemm", device, n)) or 3e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a GPU")
@@ -970,9 +982,12 @@ def test_gpu_main_defaults(monkeypatch, capsys):
     scan = ("chunked", "fft", "triton", "triton:1", "triton:8", "triton:64", "triton:mm", "accelerated_scan")
     assert gpu.SCAN_CHUNKS_PER_PROGRAM == [1, 8, 64]
     assert seen == [("copy", cuda, 1 << 30), ("gemm", cuda, 8192)] + [
-        ("scan", s, scan, cuda, 5, None, 3e12, None) for s in gpu.SCAN_SHAPES] + [
-        ("ssd", s, ("chunked", "triton", "mamba_ssm"), cuda, 5, None, 3e12, None) for s in gpu.SSD_SHAPES] + [
-        ("selective", s, sel, cuda, 5, None, 3e12, None) for s in gpu.SELECTIVE_SHAPES]
+        ("scan", s, scan, cuda, 5, None, 3e12, None, None, None) for s in gpu.SCAN_SHAPES] + [
+        ("ssd", s, ("chunked", "triton", "mamba_ssm"), cuda, 5, None, 3e12, None, None, None) for s in gpu.SSD_SHAPES] + [
+        ("selective", s, sel, cuda, 5, None, 3e12, None, None, None) for s in gpu.SELECTIVE_SHAPES] + [
+        ("short_conv", s, ("chunked", "causal_conv1d"), cuda, 5, None, 3e12, None, None, None)
+        for s in gpu.SHORT_CONV_SHAPES]
+    assert gpu.SHORT_CONV_SHAPES == ["8,512,4096", "8,1536,2048"] and gpu.SHORT_CONV_WIDTH == 4
     assert gpu.SCAN_SHAPES == ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,1048576",
                                "64,768,64,4096"]
     assert gpu.SSD_SHAPES == ["2,2048,32,64,128", "8,4096,16,64,64"]
@@ -992,7 +1007,7 @@ def test_gpu_copy_probe_defaults():
 
 def test_gpu_main_ratios_skip_a_failed_backend(monkeypatch, capsys):
     def measure(op, shape, backends, device, bandwidth, repeats, mamba_ssm_src=None, flop_rate=None,
-                mamba_ssm_cuda=None):
+                mamba_ssm_cuda=None, causal_conv1d_src=None, causal_conv1d_cuda=None):
         return [{"op": op, "B": 1, "L": 2, "H": 3, "N": 4, "backend": b, "bytes": 1, "bound_s": 1.0,
                  "flop_bound_s": 1.0,
                  **({"error": "E: no"} if b == "triton" else

@@ -18,7 +18,8 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # then triton's row carries the gate's error
     out = tmp_path / "gpu.json"
     argv = ["--device", "cpu", "--scan-shapes", "1,3,4,9", "--scan-chunks-per-program", "1", "--ssd-shapes", "1,9,2,2,3",
-            "--selective-shapes", "1,3,2,9", "--selective-tiles", "4,2,2,1", "--repeats", "1", "--copy-bytes", "4096",
+            "--selective-shapes", "1,3,2,9", "--selective-tiles", "4,2,2,1", "--short-conv-shapes", "2,3,9",
+            "--repeats", "1", "--copy-bytes", "4096",
             "--gemm-size", "64",
             "--json", str(out)]
     assert main(argv) == 0
@@ -29,24 +30,28 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
         ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("scan", "triton:1"), ("scan", "triton:mm"),
         ("scan", "accelerated_scan"),
         ("ssd", "chunked"), ("ssd", "triton"), ("ssd", "mamba_ssm"),
-        ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm")]
+        ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm"),
+        ("short_conv", "chunked"), ("short_conv", "causal_conv1d")]
     assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[6]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
     assert rows[9]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
     # the FLOP bound: 6 flops per batch row, step, channel (and head channel) and state element
     assert rows[0]["flops"] == 6 * 1 * 9 * 3 * 4 and rows[6]["flops"] == 6 * 1 * 9 * 2 * 2 * 3
     assert rows[9]["flops"] == 6 * 1 * 9 * 3 * 2
+    assert rows[13]["bytes"] == 8 * 2 * 9 * 3 and rows[13]["flops"] == 2 * 4 * 2 * 9 * 3  # 2·W flops per output
     rate = rows[0]["flops"] / rows[0]["flop_bound_s"]
     assert rate > 0 and all(r["flops"] / r["flop_bound_s"] == pytest.approx(rate) for r in rows)
     for r in rows:
         if "error" not in r:
             assert r["forward_fraction_of_flop_bound"] == r["flop_bound_s"] / r["forward_s"]
+    if importlib.util.find_spec("causal_conv1d") is None:
+        assert "causal-conv1d is not importable here" in rows[-1]["error"]  # a CUDA-only peer: its row says why
     if importlib.util.find_spec("mamba_ssm") is None:
-        assert "mamba-ssm is not importable here" in rows[-1]["error"]  # a CUDA-only peer: its row says why
+        assert "mamba-ssm is not importable here" in rows[12]["error"]
         assert "mamba-ssm's Triton SSD is not importable here" in rows[8]["error"]
     if importlib.util.find_spec("accelerated_scan") is None:
         assert "accelerated-scan is not importable here" in rows[5]["error"]
-    for r in rows[:-1]:
-        if r["backend"] in ("mamba_ssm", "accelerated_scan"):
+    for r in rows:
+        if r["backend"] in ("mamba_ssm", "accelerated_scan", "causal_conv1d"):
             continue
         if r["backend"].startswith("triton") and not triton_available("cpu"):
             assert "cannot run on cpu" in r["error"]
@@ -95,7 +100,8 @@ def test_gpu_bench_times_mamba_ssm_triton_ssd_from_a_checkout(tmp_path, monkeypa
         monkeypatch.delitem(sys.modules, name)
     stand_in_mamba(tmp_path / "checkout")
     out = tmp_path / "gpu.json"
-    argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "1,9,2,2,3", "--selective-shapes", "--backends",
+    argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "1,9,2,2,3", "--selective-shapes", "--short-conv-shapes",
+            "--backends",
             "chunked", "--repeats", "2", "--copy-bytes", "4096", "--gemm-size", "32",
             "--mamba-ssm-src", str(tmp_path / "checkout"),
             "--json", str(out)]
@@ -203,7 +209,7 @@ _STAND_IN_OPS = []  # the torch.library stand-in for the built library's operato
 
 
 def _define_stand_in_ops():
-    """torch.ops.mamba_ssm_cuda.fwd as the library built by scripts/mamba_ssm_cuda/build.sh registers it (same schema:
+    """torch.ops.mamba_ssm_cuda.fwd as the library built by scripts/cuda_peers/build.sh registers it (same schema:
     mamba-ssm's time-last layout, [out, x, out_z]), computed by ssmkit's reference selective scan."""
     if _STAND_IN_OPS:
         return
@@ -232,11 +238,12 @@ def test_gpu_bench_times_mamba_ssm_cuda_selective_scan_from_a_built_library(tmp_
     pkg = stand_in_mamba(tmp_path / "checkout")
     (pkg / "ops" / "selective_scan_interface.py").write_text(SELECTIVE_INTERFACE)
     lib = tmp_path / "mamba_ssm_cuda.so"
-    lib.write_bytes(b"built by scripts/mamba_ssm_cuda/build.sh")
+    lib.write_bytes(b"built by scripts/cuda_peers/build.sh")
     loaded = []
     monkeypatch.setattr(torch.ops, "load_library", lambda path: loaded.append(path) or _define_stand_in_ops())
     out = tmp_path / "gpu.json"
-    argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "--selective-shapes", "2,3,2,7", "--backends",
+    argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "--selective-shapes", "2,3,2,7", "--short-conv-shapes",
+            "--backends",
             "chunked", "--repeats", "1", "--copy-bytes", "4096", "--gemm-size", "32",
             "--mamba-ssm-src", str(tmp_path / "checkout"), "--mamba-ssm-cuda", str(lib), "--json", str(out)]
     try:
@@ -270,8 +277,160 @@ def test_gpu_bench_mamba_ssm_cuda_loader_says_why(tmp_path, monkeypatch):
         with pytest.raises(ImportError, match=r"no\.so does not exist"):
             _mamba_ssm_selective(str(pkg), str(tmp_path / "no.so"))
         with pytest.raises(ImportError, match="its CUDA extension selective_scan_cuda is not importable .build it with "
-                                              "scripts/mamba_ssm_cuda/build.sh and pass --mamba-ssm-cuda"):
+                                              "scripts/cuda_peers/build.sh and pass --mamba-ssm-cuda"):
             _mamba_ssm_selective(str(pkg))  # the interface imports, without its extension
     finally:
         for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+
+
+CAUSAL_CONV1D_INTERFACE = """
+import torch
+
+import causal_conv1d_cuda  # the compiled extension: here the operators of the built library
+
+
+class _Fn(torch.autograd.Function):  # the shape of causal-conv1d's CausalConv1dFn: outputs written by the kernels
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        out = torch.empty_like(x)
+        causal_conv1d_cuda.causal_conv1d_fwd(x, weight, bias, None, None, out, None, silu)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = torch.empty_like(x), torch.zeros_like(weight), torch.zeros_like(bias)
+        causal_conv1d_cuda.causal_conv1d_bwd(x, weight, bias, dout.contiguous(), None, None, None, dx, dweight, dbias,
+                                             None, ctx.silu)
+        return dx, dweight, dbias, None
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                     final_states_out=None, activation=None):
+    return _Fn.apply(x, weight, bias, activation in ("silu", "swish"))
+"""
+
+_CONV_STAND_IN_OPS = []  # defined once per process
+CONV_CALLS = []
+
+
+def ops_cpp_schemas(path):
+    """The operator schemas of a peer's *_ops.cpp: each m.def's adjacent string literals, joined."""
+    import re
+
+    text = path.read_text()
+    return ["".join(re.findall(r'"([^"]*)"', m.group(1))) for m in re.finditer(r'm\.def\(((?:\s*"[^"]*")+)\s*,', text)]
+
+
+def _define_conv_stand_in_ops():
+    """torch.ops.causal_conv1d_cuda.* with the schemas of scripts/cuda_peers/causal_conv1d_ops.cpp, computed by ssmkit's
+    reference short convolution on causal-conv1d's (B, H, L) layout and written into the output tensors."""
+    if _CONV_STAND_IN_OPS:
+        return
+    import pathlib
+
+    from ssmkit.ops.conv import causal_conv1d
+
+    def conv(x, weight, bias, silu):  # (B, H, L) -> (B, H, L)
+        y = causal_conv1d(x.transpose(1, 2), weight, bias, None, False, activation="silu" if silu else None,
+                          backend="reference")[0]
+        return y.transpose(1, 2)
+
+    def fwd(x, weight, bias, seq_idx, initial_states, out, final_states_out, silu_activation):
+        CONV_CALLS.append(("fwd", x.shape, x.is_contiguous()))
+        out.copy_(conv(x, weight, bias, silu_activation))
+
+    def bwd(x, weight, bias, dout, seq_idx, initial_states, dfinal_states, dx, dweight, dbias, dinitial_states,
+            silu_activation):  # by hand: a kernel below autograd (causal-conv1d's custom ops) records no graph
+        W = weight.shape[1]
+        padded = torch.nn.functional.pad(x, (W - 1, 0))  # (B, H, W-1+L)
+        a = torch.nn.functional.conv1d(padded, weight[:, None], bias, groups=x.shape[1])  # (B, H, L)
+        s = torch.sigmoid(a)
+        da = dout * s * (1 + a * (1 - s)) if silu_activation else dout  # d silu(a) / da = s (1 + a (1 - s))
+        dx.copy_(torch.nn.functional.conv_transpose1d(da, weight[:, None], groups=x.shape[1])[..., W - 1:])
+        dweight.copy_(torch.stack([(da * padded[..., k:k + x.shape[2]]).sum((0, 2)) for k in range(W)], dim=1))
+        dbias.copy_(da.sum((0, 2)))
+
+    schemas = ops_cpp_schemas(pathlib.Path(__file__).resolve().parents[2] / "scripts" / "cuda_peers"
+                              / "causal_conv1d_ops.cpp")
+    assert [s.split("(")[0] for s in schemas] == ["causal_conv1d_fwd", "causal_conv1d_bwd", "causal_conv1d_update"]
+    lib = torch.library.Library("causal_conv1d_cuda", "DEF")
+    for schema in schemas:
+        lib.define(schema)
+    lib.impl("causal_conv1d_fwd", fwd, "CompositeExplicitAutograd")
+    lib.impl("causal_conv1d_bwd", bwd, "CompositeExplicitAutograd")
+    _CONV_STAND_IN_OPS.append(lib)
+
+
+def stand_in_causal_conv1d(root):
+    """A checkout-shaped folder whose package __init__ fails as causal-conv1d's does without its CUDA extension."""
+    pkg = root / "causal_conv1d"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("import causal_conv1d_not_built  # the compiled extension\n")
+    (pkg / "causal_conv1d_interface.py").write_text(CAUSAL_CONV1D_INTERFACE)
+    return pkg
+
+
+def _drop(monkeypatch, package):
+    import sys
+
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_gpu_bench_times_causal_conv1d_from_a_built_library(tmp_path, monkeypatch):
+    import sys
+
+    _drop(monkeypatch, "causal_conv1d")
+    monkeypatch.delitem(sys.modules, "causal_conv1d_cuda", raising=False)
+    stand_in_causal_conv1d(tmp_path / "checkout")
+    lib = tmp_path / "causal_conv1d_cuda.so"
+    lib.write_bytes(b"built by scripts/cuda_peers/build.sh")
+    loaded = []
+    monkeypatch.setattr(torch.ops, "load_library", lambda path: loaded.append(path) or _define_conv_stand_in_ops())
+    CONV_CALLS.clear()
+    out = tmp_path / "gpu.json"
+    argv = ["--device", "cpu", "--scan-shapes", "--ssd-shapes", "--selective-shapes", "--short-conv-shapes", "2,3,9",
+            "--backends", "chunked", "fft", "triton", "--repeats", "1", "--copy-bytes", "4096", "--gemm-size", "32",
+            "--causal-conv1d-src", str(tmp_path / "checkout"), "--causal-conv1d-cuda", str(lib), "--json", str(out)]
+    try:
+        assert main(argv) == 0
+        extension = sys.modules["causal_conv1d_cuda"]
+        for name in ("causal_conv1d_fwd", "causal_conv1d_bwd", "causal_conv1d_update"):
+            assert getattr(extension, name) is getattr(torch.ops.causal_conv1d_cuda, name)
+    finally:
+        for name in [m for m in sys.modules if m == "causal_conv1d" or m.startswith("causal_conv1d.")]:
+            del sys.modules[name]
+    assert loaded == [str(lib)]
+    # the peer's own layout, (B, H, L) contiguous: made once, outside the timing
+    assert CONV_CALLS and set(CONV_CALLS) == {("fwd", (2, 3, 9), True)}
+    rows = json.loads(out.read_text())["results"]
+    assert [r["backend"] for r in rows] == ["chunked", "causal_conv1d"]  # no FFT or Triton short convolution
+    chunked, peer = rows
+    assert "error" not in peer and peer["diff_vs"] == "chunked" and peer["max_rel_diff"] < 1e-6
+    assert peer["W"] == 4 and peer["bytes"] == 8 * 2 * 9 * 3 and peer["flops"] == 2 * 4 * 2 * 9 * 3
+    assert chunked["forward_vs_causal_conv1d"] == chunked["forward_s"] / peer["forward_s"]
+
+
+def test_gpu_bench_causal_conv1d_loader_says_why(tmp_path, monkeypatch):
+    import sys
+
+    from ssmkit.bench.gpu import _causal_conv1d
+
+    _drop(monkeypatch, "causal_conv1d")
+    monkeypatch.delitem(sys.modules, "causal_conv1d_cuda", raising=False)
+    with pytest.raises(ImportError, match=r"^causal-conv1d is not importable here \(ImportError: .* holds no "
+                                          r"causal_conv1d/causal_conv1d_interface.py\); pip install causal-conv1d$"):
+        _causal_conv1d(str(tmp_path))
+    pkg = stand_in_causal_conv1d(tmp_path / "checkout")
+    try:
+        with pytest.raises(ImportError, match=r"no\.so does not exist"):
+            _causal_conv1d(str(pkg), str(tmp_path / "no.so"))
+        with pytest.raises(ImportError, match="No module named 'causal_conv1d_cuda'"):
+            _causal_conv1d(str(pkg))  # the checkout without its built extension
+    finally:
+        for name in [m for m in sys.modules if m == "causal_conv1d" or m.startswith("causal_conv1d.")]:
             del sys.modules[name]

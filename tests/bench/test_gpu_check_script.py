@@ -1,7 +1,7 @@
 """scripts/gpu_check.sh's bench stage on the CPU, with a stand-in interpreter that records its command lines: which
-options each bench process gets, with and without the carried mamba-ssm peers (.gpu-data/mamba, the checkout's
-mamba_ssm folder; .gpu-data/mamba_cuda/mamba_ssm_cuda.so, its CUDA selective scan built by
-scripts/mamba_ssm_cuda/build.sh). The GPU run itself is the script's purpose and is not repeated here."""
+options each bench process gets, with and without the carried peers (.gpu-data/mamba and .gpu-data/causal-conv1d, the
+checkouts' package folders; .gpu-data/cuda_peers, their CUDA kernels built by scripts/cuda_peers/build.sh). The GPU run
+itself is the script's purpose and is not repeated here."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ esac
 exit 0
 """
 
+needs_shell = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                 reason="needs bash and timeout")
+
 
 def run_bench_stage(tmp_path: pathlib.Path, carried: bool) -> list[str]:
     """The bench stage's interpreter calls, from a tree with (or without) the carried peers."""
@@ -30,8 +33,10 @@ def run_bench_stage(tmp_path: pathlib.Path, carried: bool) -> list[str]:
     shutil.copy(ROOT / "scripts" / "gpu_check.sh", tree / "scripts" / "gpu_check.sh")
     if carried:
         (tree / ".gpu-data" / "mamba" / "mamba_ssm").mkdir(parents=True)
-        (tree / ".gpu-data" / "mamba_cuda").mkdir(parents=True)
-        (tree / ".gpu-data" / "mamba_cuda" / "mamba_ssm_cuda.so").write_bytes(b"\x7fELF")
+        (tree / ".gpu-data" / "causal-conv1d" / "causal_conv1d").mkdir(parents=True)
+        (tree / ".gpu-data" / "cuda_peers").mkdir(parents=True)
+        for lib in ("mamba_ssm_cuda.so", "causal_conv1d_cuda.so"):
+            (tree / ".gpu-data" / "cuda_peers" / lib).write_bytes(b"\x7fELF")
     python = tmp_path / "python"
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
@@ -44,17 +49,22 @@ def run_bench_stage(tmp_path: pathlib.Path, carried: bool) -> list[str]:
     return [line for line in calls.read_text().splitlines() if "ssmkit.bench gpu" in line]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
-def test_bench_stage_passes_the_carried_mamba_ssm_peers(tmp_path):
-    selective, scan, ssd = run_bench_stage(tmp_path, carried=True)  # one process per op, the selective scan first
-    peers = "--mamba-ssm-src .gpu-data/mamba --mamba-ssm-cuda .gpu-data/mamba_cuda/mamba_ssm_cuda.so"
-    assert selective.startswith("-m ssmkit.bench gpu --scan-shapes --ssd-shapes " + peers + " --json ")
-    assert ssd.startswith("-m ssmkit.bench gpu --scan-shapes --selective-shapes " + peers + " --json ")
-    assert scan.startswith("-m ssmkit.bench gpu --ssd-shapes --selective-shapes --json ")  # no peer of mamba-ssm's
+@needs_shell
+def test_bench_stage_passes_the_carried_peers(tmp_path):
+    selective, scan, ssd, short_conv = run_bench_stage(tmp_path, carried=True)  # one process per op, selective first
+    peers = ("--mamba-ssm-src .gpu-data/mamba --mamba-ssm-cuda .gpu-data/cuda_peers/mamba_ssm_cuda.so "
+             "--causal-conv1d-src .gpu-data/causal-conv1d "
+             "--causal-conv1d-cuda .gpu-data/cuda_peers/causal_conv1d_cuda.so")
+    bench = "-m ssmkit.bench gpu "
+    assert selective.startswith(bench + "--scan-shapes --ssd-shapes --short-conv-shapes " + peers + " --json ")
+    assert ssd.startswith(bench + "--scan-shapes --selective-shapes --short-conv-shapes " + peers + " --json ")
+    assert short_conv.startswith(bench + "--scan-shapes --ssd-shapes --selective-shapes " + peers + " --json ")
+    # the diagonal scan's process gets no peer of these (accelerated-scan comes from the wheels)
+    assert scan.startswith("-m ssmkit.bench gpu --ssd-shapes --selective-shapes --short-conv-shapes --json ")
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+@needs_shell
 def test_bench_stage_without_the_peers(tmp_path):
-    selective, scan, ssd = run_bench_stage(tmp_path, carried=False)
-    assert "--mamba-ssm" not in selective + scan + ssd
-    assert selective.startswith("-m ssmkit.bench gpu --scan-shapes --ssd-shapes --json ")
+    calls = run_bench_stage(tmp_path, carried=False)
+    assert len(calls) == 4 and not any("--mamba-ssm" in c or "--causal-conv1d" in c for c in calls)
+    assert calls[0].startswith("-m ssmkit.bench gpu --scan-shapes --ssd-shapes --short-conv-shapes --json ")

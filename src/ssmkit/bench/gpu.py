@@ -1,11 +1,14 @@
-"""GPU benchmark: the diagonal scan, the SSD scan and the selective scan under every backend, against the device's
-copy bandwidth (and against mamba-ssm's CUDA selective scan where it is installed).
+"""GPU benchmark: the diagonal scan, the SSD scan, the selective scan and the short convolution under every backend,
+against the device's copy bandwidth and FLOP rate, and against the peers (mamba-ssm, causal-conv1d, accelerated-scan)
+where they load.
 
     ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--scan-chunks-per-program G ...]
                      [--ssd-shapes B,L,H,P,N ...]
                      [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
+                     [--short-conv-shapes B,H,L ...]
                      [--backends chunked fft triton] [--repeats 5] [--json PATH] [--mamba-ssm-src DIR]
-                     [--mamba-ssm-cuda mamba_ssm_cuda.so] [--gemm-size 8192]
+                     [--mamba-ssm-cuda mamba_ssm_cuda.so] [--causal-conv1d-src DIR]
+                     [--causal-conv1d-cuda causal_conv1d_cuda.so] [--gemm-size 8192]
 
 Float32. In one run: (1) the copy bandwidth of the device (a large ``clone``: read + write), the yardstick of
 the bytes-moved bound; (2) ``ssm_scan`` (complex modes, conjugate pairs as S4D uses them, N = d_state/2 modes)
@@ -25,9 +28,13 @@ could not be built; the Triton modules need only einops); bound = bytes of x, Δ
 initial state; d_inner = H channels, N states) under ``chunked`` and ``triton``, the Triton kernel also at the tiles
 of ``--selective-tiles`` (:class:`ssmkit.ops.triton.selective.Tiles`), and mamba-ssm's ``selective_scan_fn``
 (CUDA) when it imports -- from the installed package, or from ``--mamba-ssm-src`` with its CUDA extension given by
-``--mamba-ssm-cuda``, a library that ``scripts/mamba_ssm_cuda/build.sh`` compiles from the checkout's sources on a
+``--mamba-ssm-cuda``, a library that ``scripts/cuda_peers/build.sh`` compiles from the checkout's sources on a
 machine without a GPU -- each in its own layout, made outside the timing (mamba-ssm's is time-last (B, H, L)) --
-bound = bytes of u, δ, z, B, C read and y written, 16·B·L·H + 8·B·L·N. Every row also gives how far its output is
+bound = bytes of u, δ, z, B, C read and y written, 16·B·L·H + 8·B·L·N; (5) Mamba's short convolution (``short_conv``:
+width 4, bias, SiLU, no state) by ssmkit's ``causal_conv1d`` (``chunked``: one grouped ``F.conv1d``) and by
+causal-conv1d's CUDA ``causal_conv1d_fn`` on its time-last layout, from the installed package or from
+``--causal-conv1d-src`` with ``--causal-conv1d-cuda`` as for mamba-ssm; bound = x read and y written, 8·B·L·H.
+Every row also gives how far its output is
 from the first backend's (max |y − y_first| / max |y_first|), so that a peer or a tile that computes something else
 shows beside its time. Times are medians of ``--repeats`` calls after a warm-up, timed with CUDA events on CUDA
 (perf_counter around a synchronise elsewhere). The backends run in turns within each repeat, so that ratios compare like
@@ -62,6 +69,11 @@ SCAN_SHAPES = ["8,128,64,1024", "8,128,64,4096", "8,128,64,16384", "1,128,64,104
 SSD_SHAPES = ["2,2048,32,64,128", "8,4096,16,64,64"]
 # B, d_inner, N, L: a Mamba block of d_model 256 (expand 2, N 16) at L = 1k and 4k (the issue's shape), and d_model 768
 SELECTIVE_SHAPES = ["8,512,16,1024", "8,512,16,4096", "8,1536,16,2048"]
+# B, d_inner, L: the short convolution before those scans (width 4, bias, SiLU), as the Mamba block runs it
+SHORT_CONV_SHAPES = ["8,512,4096", "8,1536,2048"]
+SHORT_CONV_WIDTH = 4
+# the peers timed beside ssmkit's rows (the last row of their shape): backend name -> the name printed
+PEERS = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d"}
 # more groupings of the Triton diagonal scan along the sequence: G chunks per program (one group per program of each
 # row and block of channels; ssmkit.ops.triton.scan.plan_groups picks G when none is given)
 SCAN_CHUNKS_PER_PROGRAM = [1, 8, 64]
@@ -216,9 +228,9 @@ def _mamba_ssm_selective(src: str | None = None, cuda_lib: str | None = None):
 
     Without ``src`` and ``cuda_lib``: from the installed package (its ``__init__`` imports the CUDA extension).
     Otherwise ``mamba_ssm.ops.selective_scan_interface`` is imported over the package folder as for the Triton SSD
-    (:func:`_mamba_ssm_module`), and with ``cuda_lib`` its CUDA extension ``selective_scan_cuda`` is first made from a
-    library that ``scripts/mamba_ssm_cuda/build.sh`` compiled from the checkout on a machine without a GPU
-    (:func:`_selective_scan_cuda`).
+    (:func:`_package_module`), and with ``cuda_lib`` its CUDA extension ``selective_scan_cuda`` is first made from a
+    library that ``scripts/cuda_peers/build.sh`` compiled from the checkout on a machine without a GPU
+    (:func:`_cuda_extension`).
 
     Args:
         src: a checkout of state-spaces/mamba (or its ``mamba_ssm`` folder), or None for the installed package.
@@ -230,72 +242,100 @@ def _mamba_ssm_selective(src: str | None = None, cuda_lib: str | None = None):
 
             return selective_scan_fn
         if cuda_lib is not None:
-            _selective_scan_cuda(cuda_lib)
-        interface = _mamba_ssm_module(src, "ops.selective_scan_interface")
+            _cuda_extension("selective_scan_cuda", cuda_lib, "mamba_ssm_cuda", ("fwd", "bwd"))
+        interface = _package_module("mamba_ssm", src, "ops.selective_scan_interface")
         if getattr(interface, "selective_scan_cuda", None) is None:
             raise ImportError("its CUDA extension selective_scan_cuda is not importable (build it with "
-                              "scripts/mamba_ssm_cuda/build.sh and pass --mamba-ssm-cuda)")
+                              "scripts/cuda_peers/build.sh and pass --mamba-ssm-cuda)")
         return interface.selective_scan_fn
     except Exception as e:  # noqa: BLE001  (an ImportError, or a missing/broken CUDA extension)
         raise ImportError(f"mamba-ssm is not importable here ({type(e).__name__}: {e}); pip install mamba-ssm") from e
 
 
-def _selective_scan_cuda(lib: str) -> None:
-    """Put the CUDA selective scan of a library built by ``scripts/mamba_ssm_cuda/build.sh`` in ``sys.modules`` as
-    ``selective_scan_cuda``, the module mamba-ssm's ``selective_scan_interface`` calls: its ``fwd`` and ``bwd`` are the
-    library's operators ``torch.ops.mamba_ssm_cuda.fwd`` / ``.bwd`` (same arguments and results as the pybind11
-    extension's functions). Loaded once per process.
+def _causal_conv1d(src: str | None = None, cuda_lib: str | None = None):
+    """causal-conv1d's ``causal_conv1d_fn`` (CUDA; raises ImportError with the reason where it cannot load): from the
+    installed package, or from a checkout's ``causal_conv1d`` folder with its CUDA extension ``causal_conv1d_cuda``
+    made from a library built by ``scripts/cuda_peers/build.sh`` (as :func:`_mamba_ssm_selective`).
 
     Args:
-        lib: path of ``mamba_ssm_cuda.so``.
+        src: a checkout of Dao-AILab/causal-conv1d (or its ``causal_conv1d`` folder), or None for the installed one.
+        cuda_lib: the built ``causal_conv1d_cuda.so``, or None for the installed ``causal_conv1d_cuda``.
     """
-    loaded = sys.modules.get("selective_scan_cuda")
+    try:
+        if src is None and cuda_lib is None:
+            from causal_conv1d import causal_conv1d_fn
+
+            return causal_conv1d_fn
+        if cuda_lib is not None:
+            _cuda_extension("causal_conv1d_cuda", cuda_lib, "causal_conv1d_cuda",
+                            ("causal_conv1d_fwd", "causal_conv1d_bwd", "causal_conv1d_update"))
+        return _package_module("causal_conv1d", src, "causal_conv1d_interface").causal_conv1d_fn
+    except Exception as e:  # noqa: BLE001  (an ImportError, or a missing/broken CUDA extension)
+        raise ImportError(f"causal-conv1d is not importable here ({type(e).__name__}: {e}); pip install "
+                          f"causal-conv1d") from e
+
+
+def _cuda_extension(module: str, lib: str, namespace: str, names: tuple[str, ...]) -> None:
+    """Put a peer's CUDA kernels, from a library built by ``scripts/cuda_peers/build.sh``, in ``sys.modules`` as the
+    compiled extension ``module`` its Python code imports: each of ``names`` is the library's operator
+    ``torch.ops.<namespace>.<name>`` (same arguments and results as the pybind11 extension's function of that name).
+    Loaded once per process.
+
+    Args:
+        module: the extension's module name (``selective_scan_cuda``, ``causal_conv1d_cuda``).
+        lib: path of the built library.
+        namespace: the operators' namespace in the library (its ``TORCH_LIBRARY``).
+        names: the extension's functions.
+    """
+    loaded = sys.modules.get(module)
     if loaded is not None and getattr(loaded, "__file__", None) == str(lib):
         return
     if not Path(lib).is_file():
         raise ImportError(f"{lib} does not exist")
     torch.ops.load_library(str(lib))
-    module = types.ModuleType("selective_scan_cuda")
-    module.__file__ = str(lib)
-    module.fwd, module.bwd = torch.ops.mamba_ssm_cuda.fwd, torch.ops.mamba_ssm_cuda.bwd
-    sys.modules["selective_scan_cuda"] = module
+    extension = types.ModuleType(module)
+    extension.__file__ = str(lib)
+    for name in names:
+        setattr(extension, name, getattr(getattr(torch.ops, namespace), name))
+    sys.modules[module] = extension
 
 
-def _mamba_ssm_module(src: str | None, name: str) -> types.ModuleType:
-    """``mamba_ssm.<name>`` imported without the package's ``__init__`` (which imports its compiled CUDA extension):
-    ``mamba_ssm`` is entered as a bare module over its folder -- the checkout's ``mamba_ssm`` when ``src`` is given,
-    else the installed package's -- unless a ``mamba_ssm`` is already imported.
+def _package_module(package: str, src: str | None, name: str) -> types.ModuleType:
+    """``<package>.<name>`` imported without the package's ``__init__`` (which imports its compiled CUDA extension):
+    ``package`` is entered as a bare module over its folder -- the checkout's ``<package>`` folder when ``src`` is
+    given, else the installed package's -- unless it is already imported.
 
     Args:
-        src: a checkout of state-spaces/mamba (or its ``mamba_ssm`` folder), or None for the installed package.
+        package: the top-level package (``mamba_ssm``, ``causal_conv1d``).
+        src: a checkout (or the package folder itself), or None for the installed package.
         name: the submodule, dotted (``ops.triton.ssd_combined``).
     """
-    if sys.modules.get("mamba_ssm") is None:
+    if sys.modules.get(package) is None:
         if src is not None:
-            folder = Path(src) / "mamba_ssm" if (Path(src) / "mamba_ssm").is_dir() else Path(src)
+            folder = Path(src) / package if (Path(src) / package).is_dir() else Path(src)
             if not (folder / (name.replace(".", "/") + ".py")).is_file():
-                raise ImportError(f"{src} holds no mamba_ssm/{name.replace('.', '/')}.py")
+                raise ImportError(f"{src} holds no {package}/{name.replace('.', '/')}.py")
             locations = [str(folder)]
         else:
-            spec = importlib.util.find_spec("mamba_ssm")
+            spec = importlib.util.find_spec(package)
             if spec is None or not spec.submodule_search_locations:
-                raise ImportError("No module named 'mamba_ssm'")
+                raise ImportError(f"No module named '{package}'")
             locations = list(spec.submodule_search_locations)
-        bare = types.ModuleType("mamba_ssm")
+        bare = types.ModuleType(package)
         bare.__path__ = locations
-        sys.modules["mamba_ssm"] = bare
-    return importlib.import_module(f"mamba_ssm.{name}")
+        sys.modules[package] = bare
+    return importlib.import_module(f"{package}.{name}")
 
 
 def _mamba_ssm_ssd(src: str | None):
     """mamba-ssm's Triton ``mamba_chunk_scan_combined`` (raises ImportError with the reason where it cannot load),
-    imported by :func:`_mamba_ssm_module` (the Triton modules do not need the package's CUDA extension).
+    imported by :func:`_package_module` (the Triton modules do not need the package's CUDA extension).
 
     Args:
         src: a checkout of state-spaces/mamba (or its ``mamba_ssm`` folder), or None for the installed package.
     """
     try:
-        return _mamba_ssm_module(src, "ops.triton.ssd_combined").mamba_chunk_scan_combined
+        return _package_module("mamba_ssm", src, "ops.triton.ssd_combined").mamba_chunk_scan_combined
     except Exception as e:  # noqa: BLE001  (ImportError, a missing einops, a Triton version it does not take)
         raise ImportError(f"mamba-ssm's Triton SSD is not importable here ({type(e).__name__}: {e}); pip install "
                           f"mamba-ssm einops, or pass --mamba-ssm-src with a checkout of state-spaces/mamba") from e
@@ -344,19 +384,63 @@ def _selective_case(shape: str, device: torch.device, mamba_ssm_src: str | None 
     return {"B": Bsz, "L": L, "H": H, "N": N}, 16 * Bsz * L * H + 8 * Bsz * L * N, forward, forward_backward, output
 
 
+def _short_conv_case(shape: str, device: torch.device, causal_conv1d_src: str | None = None,
+                     causal_conv1d_cuda: str | None = None):
+    """Mamba's short convolution: width :data:`SHORT_CONV_WIDTH`, bias, SiLU, no state -- ssmkit's ``causal_conv1d``
+    on (B, L, H) under each backend, and causal-conv1d's ``causal_conv1d_fn`` on its own layout (B, H, L), made outside
+    the timing."""
+    from ssmkit.ops.conv import causal_conv1d
+
+    Bsz, H, L = (int(v) for v in shape.split(","))
+    W = SHORT_CONV_WIDTH
+    g = torch.Generator(device="cpu").manual_seed(0)
+    params = [t.to(device) for t in (torch.randn(H, W, generator=g) / W, torch.randn(H, generator=g))]  # w, b
+    x = torch.randn(Bsz, L, H, generator=g).to(device)
+    x_time_last = x.transpose(1, 2).contiguous()
+    grads = OutputGradients()
+
+    def call(backend: str, x, weight, bias) -> torch.Tensor:
+        if backend == "causal_conv1d":  # (B, H, L)
+            return _causal_conv1d(causal_conv1d_src, causal_conv1d_cuda)(x, weight, bias, activation="silu")
+        return causal_conv1d(x, weight, bias, None, False, activation="silu", backend=backend)[0]  # (B, L, H)
+
+    def inputs(backend: str) -> list[torch.Tensor]:
+        return [x_time_last if backend == "causal_conv1d" else x] + params
+
+    def forward(backend: str) -> None:
+        with torch.no_grad():
+            call(backend, *inputs(backend))
+
+    def forward_backward(backend: str) -> None:
+        grads.backward(call(backend, *(t.detach().requires_grad_() for t in inputs(backend))))
+
+    def output(backend: str) -> torch.Tensor:  # (B, L, H) in every backend
+        with torch.no_grad():
+            y = call(backend, *inputs(backend))
+        return y.transpose(1, 2) if backend == "causal_conv1d" else y
+
+    return {"B": Bsz, "L": L, "H": H, "W": W}, 8 * Bsz * L * H, forward, forward_backward, output
+
+
 def measure(
     op: str, shape: str, backends: list[str], device: torch.device, bandwidth: float, repeats: int,
     mamba_ssm_src: str | None = None, flop_rate: float | None = None, mamba_ssm_cuda: str | None = None,
+    causal_conv1d_src: str | None = None, causal_conv1d_cuda: str | None = None,
 ) -> list[dict]:
-    """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan", "ssd" or
-    "selective"), and of each backend's output against the first backend's (``max_rel_diff`` = max |y - y_first| /
-    max |y_first|, so that a fast row that computes something else shows); ``mamba_ssm_src``: where the ``mamba_ssm``
-    peers load from (:func:`_mamba_ssm_ssd`, :func:`_mamba_ssm_selective`); ``mamba_ssm_cuda``: a built CUDA
-    selective scan for the latter; ``flop_rate``: flops per second for the FLOP bound (None: no FLOP bound)."""
+    """Rows (one per backend) of forward and forward+backward medians for one shape of ``op`` ("scan", "ssd",
+    "selective" or "short_conv"), and of each backend's output against the first backend's (``max_rel_diff`` = max
+    |y - y_first| / max |y_first|, so that a fast row that computes something else shows); ``mamba_ssm_src``: where
+    the ``mamba_ssm`` peers load from (:func:`_mamba_ssm_ssd`, :func:`_mamba_ssm_selective`); ``mamba_ssm_cuda``: a
+    built CUDA selective scan for the latter; ``causal_conv1d_src`` / ``causal_conv1d_cuda``: the same for the short
+    convolution's ``causal_conv1d`` peer (:func:`_causal_conv1d`); ``flop_rate``: flops per second for the FLOP bound
+    (None: no FLOP bound). The flops: the fused-scan model (6 per batch row, step, channel and state element) for the
+    scans, 2·W per output element (W taps) for the short convolution."""
     if op == "ssd":
         case = _ssd_case(shape, device, mamba_ssm_src)
     elif op == "selective":
         case = _selective_case(shape, device, mamba_ssm_src, mamba_ssm_cuda)
+    elif op == "short_conv":
+        case = _short_conv_case(shape, device, causal_conv1d_src, causal_conv1d_cuda)
     else:
         case = _scan_case(shape, device)
     dims, n_bytes, forward, forward_backward, output = case
@@ -383,7 +467,10 @@ def measure(
             times[b]["forward"].append(once(lambda: forward(b)))
             times[b]["forward_backward"].append(once(lambda: forward_backward(b)))
     bound = n_bytes / bandwidth
-    flops = 6.0 * dims["B"] * dims["L"] * dims["H"] * dims.get("P", 1) * dims["N"]  # the fused-scan model
+    if op == "short_conv":
+        flops = 2.0 * dims["W"] * dims["B"] * dims["L"] * dims["H"]
+    else:
+        flops = 6.0 * dims["B"] * dims["L"] * dims["H"] * dims.get("P", 1) * dims["N"]  # the fused-scan model
     flop_bound = flops / flop_rate if flop_rate else None
     rows = []
     for b in backends:
@@ -403,14 +490,15 @@ def measure(
 
 
 def _versus_peer(group: list[dict]) -> list[dict]:
-    """The rows of one shape, each (but a failed one) with its times over the peer's (the last row, mamba-ssm's
-    kernel: < 1 is faster) when the peer ran."""
+    """The rows of one shape, each (but a failed one) with its times over the peer's (the last row, a backend of
+    :data:`PEERS`: < 1 is faster) when the peer ran, as ``forward_vs_<peer>`` and ``forward_backward_vs_<peer>``."""
     peer = group[-1]
     if "error" not in peer:
+        name = peer["backend"]
         for r in group:
             if "error" not in r:
-                r["forward_vs_mamba_ssm"] = r["forward_s"] / peer["forward_s"]
-                r["forward_backward_vs_mamba_ssm"] = r["forward_backward_s"] / peer["forward_backward_s"]
+                r[f"forward_vs_{name}"] = r["forward_s"] / peer["forward_s"]
+                r[f"forward_backward_vs_{name}"] = r["forward_backward_s"] / peer["forward_backward_s"]
     return group
 
 
@@ -435,8 +523,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--mamba-ssm-src", default=None,
                         help="a checkout of state-spaces/mamba whose Triton SSD and CUDA selective scan are timed "
                              "beside the ssd and selective rows (default: the installed mamba_ssm, if any)")
+    parser.add_argument("--short-conv-shapes", nargs="*", default=SHORT_CONV_SHAPES,
+                        help=f"B,d_inner,L of Mamba's short convolution (width {SHORT_CONV_WIDTH}, bias, SiLU)")
+    parser.add_argument("--causal-conv1d-src", default=None,
+                        help="a checkout of Dao-AILab/causal-conv1d timed beside the short_conv rows (default: the "
+                             "installed causal_conv1d, if any)")
+    parser.add_argument("--causal-conv1d-cuda", default=None,
+                        help="causal-conv1d's CUDA kernels built by scripts/cuda_peers/build.sh (causal_conv1d_cuda.so), "
+                             "for that peer where causal-conv1d's own CUDA extension is not installed")
     parser.add_argument("--mamba-ssm-cuda", default=None,
-                        help="mamba-ssm's CUDA selective scan built by scripts/mamba_ssm_cuda/build.sh "
+                        help="mamba-ssm's CUDA selective scan built by scripts/cuda_peers/build.sh "
                              "(mamba_ssm_cuda.so), for the selective rows' mamba_ssm peer where mamba-ssm's own CUDA "
                              "extension is not installed")
     args = parser.parse_args(argv)
@@ -470,11 +566,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     for shape in args.selective_shapes:
         rows += _versus_peer(measure("selective", shape, selective + ["mamba_ssm"], device, bandwidth, args.repeats,
                                      args.mamba_ssm_src, flop_rate, args.mamba_ssm_cuda))
+    conv = [b for b in args.backends if b not in ("fft", "triton")] or ["chunked"]  # no FFT or Triton short conv
+    for shape in args.short_conv_shapes:
+        rows += _versus_peer(measure("short_conv", shape, conv + ["causal_conv1d"], device, bandwidth, args.repeats,
+                                     flop_rate=flop_rate, causal_conv1d_src=args.causal_conv1d_src,
+                                     causal_conv1d_cuda=args.causal_conv1d_cuda))
     print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound | FLOP bound ms "
           "| forward / FLOP bound | max abs. diff. of y / max abs. y (vs) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        shape = ",".join(f"{k}={r[k]}" for k in ("B", "L", "H", "P", "N") if k in r)
+        shape = ",".join(f"{k}={r[k]}" for k in ("B", "L", "H", "P", "N", "W") if k in r)
         if "error" in r:
             print(f"| {r['op']} | {shape} | {r['backend']} | {r['error']} | | | | | | |")
         else:
@@ -485,9 +586,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
                   f"{100 * r['forward_fraction_of_bound']:.1f} % | {1e3 * r['flop_bound_s']:.4f} | "
                   f"{100 * r['forward_fraction_of_flop_bound']:.1f} % | {agree} |")
     for r in rows:
-        if "forward_vs_mamba_ssm" in r and r["backend"] != "mamba_ssm":
-            print(f"{r['op']} {','.join(str(r[k]) for k in ('B', 'L', 'H', 'P', 'N') if k in r)} {r['backend']}: "
-                  f"forward {r['forward_vs_mamba_ssm']:.2f}x, fwd+bwd {r['forward_backward_vs_mamba_ssm']:.2f}x mamba-ssm's time")
+        for peer, printed in PEERS.items():
+            if f"forward_vs_{peer}" in r and r["backend"] != peer:
+                print(f"{r['op']} {','.join(str(r[k]) for k in ('B', 'L', 'H', 'P', 'N', 'W') if k in r)} "
+                      f"{r['backend']}: forward {r[f'forward_vs_{peer}']:.2f}x, fwd+bwd "
+                      f"{r[f'forward_backward_vs_{peer}']:.2f}x {printed}'s time")
     if args.json:
         from ssmkit.files import write_json
 

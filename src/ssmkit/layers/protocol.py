@@ -100,8 +100,10 @@ def float32_core(device_type: str) -> ContextManager:
 def fused_step_runs(layer: nn.Module, op: str, x: torch.Tensor, state: tuple, param: torch.Tensor) -> bool:
     """Whether a mixer's ``step`` may take its fused C kernel ``op`` (:mod:`ssmkit.ops.native`): the call records no
     graph (grad mode off, or no parameter, x or state tensor requiring a gradient: the kernels have no backward),
-    nothing traces (torch.compile, torch.func: the kernels are plain C calls there), and the kernel runs here for the
-    parameters' device and dtype (``prefer_native``, after its smoke call).
+    nothing traces (torch.compile, torch.func: the kernels are plain C calls there), every parameter and state tensor
+    has one dtype and device, x that device (the kernels read one dtype; a layer with a parameter of another dtype,
+    which the PyTorch step promotes or rejects as the forward does, takes the PyTorch step), and the kernel runs here
+    for that device and dtype (``prefer_native``, after its smoke call).
 
     Args:
         layer: the layer.
@@ -113,10 +115,13 @@ def fused_step_runs(layer: nn.Module, op: str, x: torch.Tensor, state: tuple, pa
     from ssmkit.ops.backend import tracing
     from ssmkit.ops.native.gate import prefer_native
 
+    params = list(layer.parameters())
     records = torch.is_grad_enabled() and (
-        x.requires_grad or any(t.requires_grad for t in state) or any(p.requires_grad for p in layer.parameters())
+        x.requires_grad or any(t.requires_grad for t in state) or any(p.requires_grad for p in params)
     )
-    return not records and not tracing() and prefer_native(op, param)
+    uniform = x.device == param.device and all(t.dtype == param.dtype and t.device == param.device
+                                               for t in (*state, *params))  # (x is cast to the layer's dtype)
+    return not records and uniform and not tracing() and prefer_native(op, param)
 
 
 def with_skip(K: torch.Tensor, D: torch.Tensor) -> torch.Tensor:

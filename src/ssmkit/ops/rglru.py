@@ -64,14 +64,14 @@ def sqrt_bounded_gradient(v: torch.Tensor, max_grad: float = MAX_SQRT_GRADIENT) 
 
 
 def _check_rglru(x, r, i, Lambda, h0, resets) -> None:
-    """Raise ``ValueError`` unless x, r, i are (B, L, H) real tensors of one dtype, Λ is (H,), h0 is (B, H) or None and
-    resets a (B, L) bool tensor or None."""
+    """Raise ``ValueError`` unless x, r, i are (B, L, H) real tensors of one dtype with L >= 1 (as the reference path
+    requires), Λ is (H,), h0 is (B, H) or None and resets a (B, L) bool tensor or None."""
     for name, t in (("x", x), ("r", r), ("i", i), ("Lambda", Lambda)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             found = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a real floating-point tensor; got {found}")
-    if x.dim() != 3:
-        raise ValueError(f"x must be (B, L, H); got shape {tuple(x.shape)}")
+    if x.dim() != 3 or x.shape[1] == 0:
+        raise ValueError(f"x must be (B, L, H) with L >= 1; got shape {tuple(x.shape)}")
     for name, t in (("r", r), ("i", i)):
         if t.shape != x.shape:
             raise ValueError(f"{name} must have x's shape (B, L, H) = {tuple(x.shape)}; got {tuple(t.shape)}")

@@ -8,7 +8,7 @@
  *                 its degree-6 minimax polynomial (Remez, relative error 1.9e-9; below float32's rounding: the worst
  *                 error of expr over [-87, 88] is 1.10e-7 relative against 1.00e-7 with the degree-7 Taylor
  *                 polynomial it replaced, one FMA fewer, 4-14 % less time in the scan's inner loop on Zen 3);
- *                 x clamped to [-88, 88], below which it is 0
+ *                 0 below -88 and +inf above 88
  *     expr_le88(x) the same for x ≤ 88 only (clamped below, not above: garbage beyond 88.7), for loops whose caller
  *                 guarantees it (the selective scan's exp(Δ A) with A ≤ 0 and Δ = softplus(·) ≥ 0): without the upper
  *                 clamp gcc vectorises the lower one as a mask, 35 % less time in the scan's inner loop on Zen 3
@@ -82,8 +82,11 @@ static inline real exp2_le0(real y) {
     } e = {.i = (s.i - 0x4B400000 + 127) << 23}; /* 2^k (0 for k = -127) */
     return p * e.f;
 }
-/* e^x for any x: clamped to [-88, 88] (e^88 = 1.65e38 above). */
-static inline real expr(real x) { return expr_le88(x > 88.0f ? 88.0f : x); }
+/* e^x for any x: 0 below -88, +inf above 88 (float32's largest is e^88.72, so the values between overflow a little
+ * early; a clamp at 88 had returned e^88 = 1.65e38 for every larger x, where the PyTorch paths overflow to inf: the
+ * SSD scan's exp(Δ A) for A > 0, found by the adversarial tests of 2026-12-05). A select, not a branch: the loops
+ * still vectorise. */
+static inline real expr(real x) { return x > 88.0f ? (real)INFINITY : expr_le88(x); }
 
 /* log(1 + e) for e ∈ [0, 1]: 2 atanh(s) with s = e / (2 + e) ∈ [0, 1/3], the odd series to s^15 (remainder < 5e-9;
  * exact for tiny e: no 1 + e is formed). */

@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_checked
+from ssmkit.ops.native.parallel import kernel_inputs, ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 
@@ -66,16 +66,18 @@ def mamba2_step_native(
     fns = bind("mamba2_step.c", zxbcdt.dtype, SIGNATURES[zxbcdt.dtype])
     Bsz, H, P, N = ssm_state.shape
     E, W = H * P, conv_weight.shape[1]
-    cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    conv_state, ssm_state = conv_state.contiguous(), ssm_state.contiguous()
     if zxbcdt.stride(-1) != 1:
         zxbcdt = zxbcdt.contiguous()
+    # kept until the call returns (kernel_inputs: a temporary's address would be freed memory)
+    t = kernel_inputs("mamba2 step native", zxbcdt.dtype, conv_state=conv_state, conv_weight=conv_weight,
+                      conv_bias=conv_bias, dt_bias=dt_bias, A_log=A_log, D=D, norm_weight=norm_weight,
+                      ssm_state=ssm_state)
     out = zxbcdt.new_empty(Bsz, E)
-    conv_next, ssm_next = torch.empty_like(conv_state), torch.empty_like(ssm_state)
-    args = [ptr(zxbcdt), zxbcdt.stride(0), ptr(conv_state), ptr(cont(conv_weight)), ptr(cont(conv_bias)),
-            ptr(cont(dt_bias)), ptr(cont(A_log)), ptr(cont(D)), int(D.shape[0] == E and E != H), ptr(cont(norm_weight)),
-            float(eps), int(norm_before_gate), ptr(ssm_state), ptr(out), ptr(conv_next), ptr(ssm_next), E, ngroups, N,
-            H, W]
+    conv_next, ssm_next = torch.empty_like(t["conv_state"]), torch.empty_like(t["ssm_state"])
+    args = [ptr(zxbcdt), zxbcdt.stride(0), ptr(t["conv_state"]), ptr(t["conv_weight"]), ptr(t["conv_bias"]),
+            ptr(t["dt_bias"]), ptr(t["A_log"]), ptr(t["D"]), int(D.shape[0] == E and E != H), ptr(t["norm_weight"]),
+            float(eps), int(norm_before_gate), ptr(t["ssm_state"]), ptr(out), ptr(conv_next), ptr(ssm_next), E,
+            ngroups, N, H, W]
     run_checked(fns["m2_step"], fns["m2_items"](Bsz), args, fns["openmp"],
                 "mamba2 step native: could not allocate its row buffer")
     return out, conv_next, ssm_next

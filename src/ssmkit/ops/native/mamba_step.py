@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_checked
+from ssmkit.ops.native.parallel import kernel_inputs, ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of mamba_step.c: (argument types, result type)
@@ -56,15 +56,15 @@ def mamba_step_native(
     fns = bind("mamba_step.c", xz.dtype, SIGNATURES)
     Bsz, H, N = ssm_state.shape
     R, W = dt_proj_weight.shape[1], conv_weight.shape[1]
-    cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    conv_state, ssm_state = conv_state.contiguous(), ssm_state.contiguous()
     if xz.stride(-1) != 1:
         xz = xz.contiguous()
+    # kept until the call returns (kernel_inputs: a temporary's address would be freed memory)
+    t = kernel_inputs("mamba step native", xz.dtype, conv_state=conv_state, conv_weight=conv_weight,
+                      conv_bias=conv_bias, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight,
+                      dt_bias=dt_bias, A_log=A_log, D=D, ssm_state=ssm_state)
     y = xz.new_empty(Bsz, H)
-    conv_next, ssm_next = torch.empty_like(conv_state), torch.empty_like(ssm_state)
-    args = [ptr(xz), xz.stride(0), *(ptr(cont(t)) for t in (conv_state, conv_weight, conv_bias, x_proj_weight,
-                                                             dt_proj_weight, dt_bias, A_log, D, ssm_state)),
-            ptr(y), ptr(conv_next), ptr(ssm_next), H, R, N, W]
+    conv_next, ssm_next = torch.empty_like(t["conv_state"]), torch.empty_like(t["ssm_state"])
+    args = [ptr(xz), xz.stride(0), *(ptr(v) for v in t.values()), ptr(y), ptr(conv_next), ptr(ssm_next), H, R, N, W]
     run_checked(fns["ms_step"], fns["ms_items"](Bsz), args, fns["openmp"],
                 "mamba step native: could not allocate its row buffer")
     return y, conv_next, ssm_next

@@ -50,6 +50,26 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr()
 
 
+def kernel_inputs(what: str, dtype: torch.dtype, **tensors: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """``tensors`` as a C kernel reads them: each contiguous (None stays None) and checked to be ``dtype``.
+
+    The caller keeps the returned dict until the kernel call returns: :func:`ptr` hands the C code an address only,
+    and a contiguous copy made inside an argument list (``ptr(t.contiguous())``) is freed as soon as that expression
+    is done, so the kernel read freed memory -- garbage outputs, silently, for a non-contiguous parameter (a fused
+    step's ``D`` of stride 2 gave errors of 0.3 against 1.4; found by the adversarial tests of 2026-12-05). A tensor
+    of another dtype would be read byte for byte as ``dtype`` (and past its end for a narrower one): a ValueError here.
+
+    Args:
+        what: the kernel's name, for the error.
+        dtype: the dtype the kernel was compiled for.
+        tensors: the kernel's tensor arguments by name.
+    """
+    for name, t in tensors.items():
+        if t is not None and t.dtype != dtype:
+            raise ValueError(f"{what}: {name} must be {dtype}, the kernel's dtype; got {t.dtype}")
+    return {name: None if t is None else t.contiguous() for name, t in tensors.items()}
+
+
 def parts(n_items: int) -> int:
     """How many threads run [0, n_items): ``torch.get_num_threads()``, at most one per item; 1 in a forked child (see
     the module's docstring)."""

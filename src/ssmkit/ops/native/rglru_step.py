@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_checked
+from ssmkit.ops.native.parallel import kernel_inputs, ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 
@@ -68,16 +68,20 @@ def rglru_step_native(
     fns = bind("rglru_step.c", z.dtype, SIGNATURES[z.dtype])
     Bsz, D = z.shape
     G, W = gate_a_weight.shape[0], conv_weight.shape[1]
-    cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    if g.dtype != z.dtype:
+        raise ValueError(f"rglru step native: g must be {z.dtype}, the kernel's dtype; got {g.dtype}")
     g, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (g, z))
-    conv_state, h = conv_state.contiguous(), h.contiguous()
+    # kept until the call returns (kernel_inputs: a temporary's address would be freed memory)
+    t = kernel_inputs("rglru step native", z.dtype, conv_state=conv_state, conv_weight=conv_weight,
+                      conv_bias=conv_bias, gate_a_weight=gate_a_weight, gate_a_bias=gate_a_bias,
+                      gate_x_weight=gate_x_weight, gate_x_bias=gate_x_bias, Lambda=Lambda, h=h)
     out = z.new_empty(Bsz, D)
-    conv_next, h_next = torch.empty_like(conv_state), torch.empty_like(h)
+    conv_next, h_next = torch.empty_like(t["conv_state"]), torch.empty_like(t["h"])
     flags = None if reset is None else reset.contiguous().view(torch.uint8)
-    args = [ptr(g), g.stride(0), ptr(z), z.stride(0), ptr(conv_state),
-            *(ptr(cont(t)) for t in (conv_weight, conv_bias, gate_a_weight, gate_a_bias, gate_x_weight, gate_x_bias,
-                                     Lambda)),
-            float(c), ptr(h), ptr(flags), ptr(out), ptr(conv_next), ptr(h_next), D, G, W]
+    args = [ptr(g), g.stride(0), ptr(z), z.stride(0), ptr(t["conv_state"]),
+            *(ptr(t[k]) for k in ("conv_weight", "conv_bias", "gate_a_weight", "gate_a_bias", "gate_x_weight",
+                                  "gate_x_bias", "Lambda")),
+            float(c), ptr(t["h"]), ptr(flags), ptr(out), ptr(conv_next), ptr(h_next), D, G, W]
     run_checked(fns["rs_step"], fns["rs_items"](Bsz), args, fns["openmp"],
                 "rglru step native: could not allocate its row buffer")
     return out, conv_next, h_next

@@ -1,5 +1,6 @@
 """The FFT convolution by cache-sized blocks (ssmkit.ops.fftblocks) against the lag loops and the whole-array passes,
-with blocks made small enough that shapes split into ragged batch and channel blocks."""
+with blocks made small enough that shapes split into ragged batch and channel blocks; each with the passes around the
+FFTs in C (ssmkit.ops.native.spectral, where the native backend runs) and in PyTorch ops."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ from ssmkit.ops.fftconv import (
 
 F64 = torch.float64
 fftconv_blockwise = fftconv._blockwise
+fftblocks_native = fftblocks._native
+
+
+@pytest.fixture(params=["native", "torch"])
+def passes(request, monkeypatch):
+    """The passes around the FFTs: the C code (skipped where it does not run) or the PyTorch ops."""
+    if request.param == "native":
+        if not (fftblocks_native(torch.float32) and fftblocks_native(F64)):
+            pytest.skip("the native backend does not run here")
+    else:
+        monkeypatch.setattr(fftblocks, "_native", lambda dtype: False)
+    return request.param
 
 
 def _row_bytes(L: int, dtype: torch.dtype) -> int:
@@ -30,7 +43,7 @@ BLOCKINGS = [(3, 7, 4, 8, 2), (7, 5, 2, 6, 3), (2, 9, 5, 2, 6), (2, 6, 3, 1000, 
 
 @pytest.mark.parametrize("B,L,H,block,n_blocks", BLOCKINGS)
 @pytest.mark.parametrize("two_sided", [False, True], ids=["causal", "bidirectional"])
-def test_blocked_conv_equals_the_loop_and_the_whole_passes(B, L, H, block, n_blocks, two_sided, monkeypatch):
+def test_blocked_conv_equals_the_loop_and_the_whole_passes(B, L, H, block, n_blocks, two_sided, monkeypatch, passes):
     monkeypatch.setattr(fftblocks, "BLOCK_BYTES", block * _row_bytes(L, F64))
     g = torch.Generator().manual_seed(B * 100 + L)
     u = torch.randn(B, L, H, dtype=F64, generator=g)
@@ -59,7 +72,7 @@ def test_blocked_conv_equals_the_loop_and_the_whole_passes(B, L, H, block, n_blo
         torch.testing.assert_close(conv(u, K, backend="fft"), results[2][0], rtol=1e-10, atol=1e-10)
 
 
-def test_blocked_conv_float32_and_one_gradient(monkeypatch):
+def test_blocked_conv_float32_and_one_gradient(monkeypatch, passes):
     """float32 blocks, and a backward that needs only the input's gradient (the filter is a constant)."""
     monkeypatch.setattr(fftblocks, "BLOCK_BYTES", 2 * _row_bytes(33, torch.float32))
     g = torch.Generator().manual_seed(5)
@@ -82,3 +95,14 @@ def test_blockwise_only_eagerly_on_the_cpu_without_a_graph_and_beyond_one_block(
         assert fftconv._blockwise(x, n) is False  # one block: the whole-array ops
         assert fftconv._blockwise(x, n + 2) is True
         assert fftconv._blockwise(torch.zeros(2, 5, 3, dtype=F64, device="meta"), n + 2) is False
+
+
+def test_blocked_conv_filter_gradient_alone(monkeypatch, passes):
+    """A backward that needs only the filter's gradient (the input is a constant): Σ_b conj(û) dŷ without ∂u."""
+    monkeypatch.setattr(fftblocks, "BLOCK_BYTES", 2 * _row_bytes(9, F64))  # batch blocks of 2 rows, the last ragged
+    g = torch.Generator().manual_seed(9)
+    u, dy = torch.randn(5, 9, 3, generator=g, dtype=F64), torch.randn(5, 9, 3, generator=g, dtype=F64)
+    K = torch.randn(3, 9, generator=g, dtype=F64, requires_grad=True)
+    (dK,) = torch.autograd.grad(causal_conv(u, K, backend="fft"), K, dy)
+    (want,) = torch.autograd.grad(causal_conv_reference(u, K), K, dy)
+    torch.testing.assert_close(dK, want, rtol=1e-10, atol=1e-10)

@@ -16,6 +16,12 @@ batch row. û is still written whole when a gradient is to come (the backward's 
 These run eagerly on the CPU only, beyond one block (the caller, ``ops/fftconv.py``, keeps the whole-array form on
 other devices, under torch.func and torch.compile tracing, while exporting, for a differentiable backward, and when
 the padded signal fits in one block, where the blocks' extra ops only cost).
+
+Around the FFTs, the passes that are not FFTs run in C where the native backend runs (``native_status("fft_blocks",
+dtype)``, :mod:`ssmkit.ops.native.spectral`): the transposing copies into and out of the padded buffers by tiles
+(torch's strided ``copy_`` took 3-4x their time), and the backward's Σ_b conj(û) dŷ and conj(k̂) dŷ in one pass over
+dŷ (where ``linalg.vecdot`` made a conjugate copy, a product and a sum, and ``mul_`` a fourth pass). Elsewhere the
+PyTorch ops below, the reference the C code is checked against.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+
+from ssmkit.ops.native.gate import native_available
 
 # Bytes of a block's zero-padded signal (rows × n reals). Forward+backward of the causal convolution at (B, L, H) =
 # (8, 4 096, 128), (1, 65 536, 128), (32, 1 024, 256), (2, 16 384, 512), float32, blocks of 4 / 8 / 16 / 32 MB / whole:
@@ -65,8 +73,28 @@ class _Padded:
         if buf is None:
             buf = self.bufs[(b, h)] = self.like.new_empty(b, h, self.n)
             buf[..., self.L:].zero_()
-        buf[..., :self.L].copy_(x.transpose(1, 2))
+        if _native(x.dtype):
+            from ssmkit.ops.native.spectral import load_padded
+
+            load_padded(x, buf)
+        else:
+            buf[..., :self.L].copy_(x.transpose(1, 2))
         return buf
+
+
+def _native(dtype: torch.dtype) -> bool:
+    """The C passes (module docstring) run for this real dtype."""
+    return native_available("fft_blocks", dtype)
+
+
+def _store(y: torch.Tensor, signal: torch.Tensor) -> None:
+    """y (b, L, h), a view of the output, ← the first L samples of signal (b, h, n) (the inverse FFT's), time-major."""
+    if _native(y.dtype):
+        from ssmkit.ops.native.spectral import store_block
+
+        store_block(signal, y)
+    else:
+        y.copy_(signal[..., : y.shape[1]].transpose(1, 2))
 
 
 def conv_forward_blocked(u: torch.Tensor, k: torch.Tensor, keep_spectrum: bool = True) -> list[torch.Tensor | None]:
@@ -90,7 +118,7 @@ def conv_forward_blocked(u: torch.Tensor, k: torch.Tensor, keep_spectrum: bool =
             U_b = U[bs, hs]  # (b, h, n//2 + 1), contiguous: whole batch rows, or a channel range of one
             torch.fft.rfft(pad.load(u[bs, :, hs]), out=U_b)  # the transform writes its block of û
             Y_b = U_b * K_f[hs]  # (b, h, n//2 + 1)
-        y[bs, :, hs] = torch.fft.irfft(Y_b, n=n)[..., :L].transpose(1, 2)  # (b, L, h)
+        _store(y[bs, :, hs], torch.fft.irfft(Y_b, n=n))  # (b, L, h)
     return [y, U, K_f]
 
 
@@ -107,9 +135,18 @@ def conv_grads_blocked(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: 
     du = torch.empty_like(dy) if need_u else None  # (B, L, H)
     acc = torch.zeros_like(K_f) if need_k else None  # (H, n//2 + 1): Σ_b conj(û) dŷ
     pad = _Padded(dy, L, n)
-    K_conj = K_f.conj().resolve_conj() if need_u else None  # (H, n//2 + 1), once
+    native = _native(dy.dtype)
+    K_conj = K_f.conj().resolve_conj() if need_u and not native else None  # (H, n//2 + 1), once
     for bs, hs in _blocks(Bsz, H, n, dy.element_size()):
         dY = torch.fft.rfft(pad.load(dy[bs, :, hs]))  # (b, h, n//2 + 1)
+        if native:  # both products in one pass over dŷ (module docstring)
+            from ssmkit.ops.native.spectral import spectral_grads
+
+            spectral_grads(U[bs, hs] if need_k else None, dY, K_f[hs] if need_u else None,
+                           acc[hs] if need_k else None)
+            if need_u:
+                _store(du[bs, :, hs], torch.fft.irfft(dY, n=n))  # (b, L, h)
+            continue
         if need_k:  # Σ_b conj(û) dŷ: (h, n//2 + 1)
             acc_h, U_b = acc[hs], U[bs, hs]
             if U_b.shape[0] <= 2:  # a fused multiply-add per batch row: 2.3 ms -> 1.0 ms per block at H 128, n 8 192
@@ -118,6 +155,6 @@ def conv_grads_blocked(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: 
             else:
                 acc_h.add_(torch.linalg.vecdot(U_b, dY, dim=0))
         if need_u:
-            du[bs, :, hs] = torch.fft.irfft(dY.mul_(K_conj[hs]), n=n)[..., :L].transpose(1, 2)  # (b, L, h)
+            _store(du[bs, :, hs], torch.fft.irfft(dY.mul_(K_conj[hs]), n=n))  # (b, L, h)
     dk = torch.fft.irfft(acc, n=n) if need_k else None  # (H, n)
     return du, dk

@@ -14,7 +14,7 @@ from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
-       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step")
+       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -171,6 +171,29 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args = [lam, torch.complex(rand(H, M), rand(H, M)).to(cdtype), torch.rand(H, 1, generator=g, dtype=f64).to(dtype)]
         weight = torch.linspace(-1, 1, M, dtype=dtype).view(1, M)
         _compare(zoh_native, zoh_torch, args, weight, dtype)
+        return
+    elif op == "fft_blocks":
+        from ssmkit.ops.native.spectral import load_padded, spectral_grads, store_block
+
+        b, L, c, n = 2, 70, 19, 150  # tiles of 64 steps and 16 channels with tails; strided (transposed) views
+        x = rand(b, c, L).transpose(1, 2)  # (b, L, c), channel stride 1 apart: a view
+        buf = torch.full((b, c, n), 7.0, dtype=dtype)
+        load_padded(x, buf)
+        y = torch.zeros(b, L + 3, c, dtype=dtype)[:, 1 : L + 1]  # a view inside a larger tensor
+        store_block(buf, y)
+        if not (torch.equal(buf[..., :L], x.transpose(1, 2)) and bool((buf[..., L:] == 7).all())
+                and torch.equal(y, x)):
+            raise RuntimeError("the kernel's result differs from the reference")
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        F = 1030  # two frequency blocks (1 024 and a tail)
+        U, dY, K = (torch.complex(rand(*s), rand(*s)).to(cdtype) for s in ((b, c, F), (b, c, F), (c, F)))
+        acc = torch.complex(rand(c, F), rand(c, F)).to(cdtype)
+        want_acc, want_dY = acc + (U.conj() * dY).sum(0), dY * K.conj()
+        spectral_grads(U, dY, K, acc)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        for a, w in ((acc, want_acc), (dY, want_dY)):
+            if not bool(((a - w).abs().max() <= tol * w.abs().max()).item()):
+                raise RuntimeError("the kernel's result differs from the reference")
         return
     elif op == "dropout":
         from ssmkit.ops.native.dropout import masked_scale

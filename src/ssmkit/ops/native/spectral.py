@@ -33,8 +33,9 @@ REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 def load_padded(x: Tensor, buf: Tensor) -> None:
-    """buf[i, c, t] = x[i, t, c] for t < L: x (b, L, c) a real view of any strides, buf (b, c, n >= L) contiguous of
-    x's dtype (its entries t >= L are left as they are: the zero padding, written once by the caller)."""
+    """buf[i, c, t] = x[i, t, c] for t < L: x (B, L, H) a real view of any strides (a block's rows and channels),
+    buf (B, H, n) contiguous of x's dtype with n >= L (its entries t >= L are left as they are: the zero padding,
+    written once by the caller)."""
     b, L, c = x.shape
     if buf.shape[:2] != (b, c) or buf.shape[2] < L or not buf.is_contiguous() or buf.dtype != x.dtype:
         raise ValueError(f"buf must be a contiguous {x.dtype} (b, c, n >= L) = ({b}, {c}, >={L}); got "
@@ -45,8 +46,8 @@ def load_padded(x: Tensor, buf: Tensor) -> None:
 
 
 def store_block(buf: Tensor, y: Tensor) -> None:
-    """y[i, t, c] = buf[i, c, t] for t < L: buf (b, c, n >= L) contiguous, y (b, L, c) a real view of any strides of
-    buf's dtype, written in place."""
+    """y[i, t, c] = buf[i, c, t] for t < L: buf (B, H, n) contiguous with n >= L, y (B, L, H) a real view of any
+    strides of buf's dtype (a block of the output), written in place."""
     b, L, c = y.shape
     if buf.shape[:2] != (b, c) or buf.shape[2] < L or not buf.is_contiguous() or buf.dtype != y.dtype:
         raise ValueError(f"buf must be a contiguous {y.dtype} (b, c, n >= L) = ({b}, {c}, >={L}); got "
@@ -60,10 +61,10 @@ def spectral_grads(U: Tensor | None, dY: Tensor, K: Tensor | None, acc: Tensor |
     """acc += Σ_i conj(U[i]) dY[i] (when U and acc are given), then dY ← conj(K) dY in place (when K is given).
 
     Args:
-        U: (b, c, F) the forward's spectrum of the block, or None.
-        dY: (b, c, F) the spectrum of the output's gradient, contiguous (overwritten when K is given).
-        K: (c, F) the filter's spectrum, or None.
-        acc: (c, F) contiguous, accumulated into, or None.
+        U: (B, H, W) the forward's spectrum of the block (W = n//2 + 1 frequencies), or None.
+        dY: (B, H, W) the spectrum of the output's gradient, contiguous (overwritten when K is given).
+        K: (H, W) the filter's spectrum, or None.
+        acc: (H, W) contiguous, accumulated into, or None.
     """
     b, c, F = dY.shape
     if not dY.is_contiguous() or dY.dtype not in REAL_OF or (acc is not None and not acc.is_contiguous()):

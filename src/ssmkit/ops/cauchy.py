@@ -245,6 +245,78 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Te
     return dispatch("cauchy", _CAUCHY, backend, auto=_auto(v))(v, z, w)
 
 
+def _check_pairs_args(v: Tensor, y: Tensor, w: Tensor) -> None:
+    _check_complex(v, "v", "(..., H, M)")
+    _check_complex(w, "w", "(H, M)")
+    if w.dim() != 2:
+        raise ValueError(f"w must be (H, M) complex; got shape {tuple(w.shape)}")
+    H, M = w.shape
+    if v.dim() < 2 or tuple(v.shape[-2:]) != (H, M) or v.dtype != w.dtype:
+        raise ValueError(f"v must be (..., H, M) = (..., {H}, {M}) of w's dtype {w.dtype}; got {v.dtype} "
+                         f"{tuple(v.shape)}")
+    real = torch.float32 if w.dtype == torch.complex64 else torch.float64
+    if not isinstance(y, Tensor) or y.dtype != real or y.dim() != 2 or y.shape[0] != H:
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y must be (H, W) = ({H}, W) {real} (the real dtype of w); got {got}")
+
+
+def _expanded_pairs(v: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The generic op's arguments for the pair sums: both members of each pair, and the points z = i y."""
+    return torch.cat([v, v.conj()], dim=-1), torch.complex(torch.zeros_like(y), y), torch.cat([w, w.conj()], dim=-1)
+
+
+def cauchy_pairs_reference(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """:func:`cauchy_pairs` by the direct formula on the pairs written out (:func:`cauchy_reference`): the oracle."""
+    _check_pairs_args(v, y, w)
+    return cauchy_reference(*_expanded_pairs(v, y, w))
+
+
+def _pairs_by(backend: str):
+    def run(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        _check_pairs_args(v, y, w)
+        return cauchy(*_expanded_pairs(v, y, w), backend=backend)
+
+    return run
+
+
+def _pairs_native(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    from ssmkit.ops.native.cauchy_pairs import REAL_OF, pair_sums_unchecked
+    from ssmkit.ops.native.gate import require_native
+
+    _check_pairs_args(v, y, w)
+    device = next((t.device for t in (v, y, w) if t.device.type != "cpu"), v.device)
+    require_native("cauchy_pairs", "cauchy_pairs", REAL_OF[v.dtype], device, "the inputs are")
+    return pair_sums_unchecked(v, y, w)
+
+
+_CAUCHY_PAIRS = {"reference": cauchy_pairs_reference, "chunked": _pairs_by("chunked"), "native": _pairs_native}
+
+
+def cauchy_pairs(v: Tensor, y: Tensor, w: Tensor, *, backend: str | None = None) -> Tensor:
+    """Cauchy sums over conjugate pairs of poles at imaginary points (S4's kernel, arXiv 2111.00396 §3.3, Alg. 1):
+
+        out[..., h, m] = Σ_n v[..., h, n] / (i y[h, m] - w[h, n]) + conj(v[..., h, n]) / (i y[h, m] - conj(w[h, n])).
+
+    The generic :func:`cauchy` on [v, conj v], z = i y, [w, conj w] computes the same sums; the C kernel
+    (:mod:`ssmkit.ops.native.cauchy_pairs`) forms each pair's common denominator once. Backends: ``"reference"`` ->
+    :func:`cauchy_pairs_reference`; ``"chunked"`` -> the generic op's blocked GEMMs on the pairs written out;
+    ``"native"`` -> the C kernel (CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs, else ``"chunked"``.
+
+    Args:
+        v: (..., H, M) complex numerators, one per pair.
+        y: (H, W) real: the points z = i y (w's real dtype).
+        w: (H, M) complex poles, one per pair (v's dtype).
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        (..., H, W) complex.
+    """
+    from ssmkit.ops.native.gate import prefer_native
+
+    auto = "native" if prefer_native("cauchy_pairs", w) else "chunked"
+    return dispatch("cauchy_pairs", _CAUCHY_PAIRS, backend, auto=auto)(v, y, w)
+
+
 def _check_dplr_args(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor, L: int) -> None:
     _check_complex(Lambda, "Lambda", "(H, N/2)")
     _check_complex(P, "P", "(r, H, N/2)")
@@ -299,15 +371,13 @@ def dplr_kernel_fast(Lambda: Tensor, P: Tensor, B: Tensor, C: Tensor, dt: Tensor
     #    z_k = (2/Δ)(1 - ω)/(1 + ω) = i (2/Δ) tan(πk/L),   2/(1 + ω) = 1 + i tan(πk/L).
     n_reg = (L + 1) // 2
     tan = torch.tan(torch.arange(n_reg, dtype=dt.dtype, device=dt.device) * (math.pi / L))  # (W,)
-    z = torch.complex(torch.zeros_like(dt)[:, None] * tan, (2 / dt)[:, None] * tan)  # (H, W)
+    y = (2 / dt)[:, None] * tan  # (H, W): z = i y
     # 2. All products a ⊙ b, a ∈ {B_s, P_i}, b ∈ {C̃_c, Q_j = conj P_j}, over both members of each pair.
     a = torch.cat([B, P], dim=0)  # (S+r, H, N/2)
     b = torch.cat([C, P.conj()], dim=0)  # (C+r, H, N/2)
-    ab = a[:, None] * b[None, :]  # (S+r, C+r, H, N/2)
-    ab = torch.cat([ab, ab.conj()], dim=-1)  # (S+r, C+r, H, N)
-    w = torch.cat([Lambda, Lambda.conj()], dim=-1)  # (H, N)
-    # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n): one blocked GEMM per channel.
-    r = cauchy(ab, z, w, backend=_cauchy_backend())  # (S+r, C+r, H, W)
+    ab = a[:, None] * b[None, :]  # (S+r, C+r, H, N/2); the pairs' other members are the conjugates
+    # 3. Cauchy sums r_ab(z) = Σ_n a_n b_n / (z - λ_n) over both members of each pair (cauchy_pairs).
+    r = cauchy_pairs(ab, y, Lambda, backend=_cauchy_backend())  # (S+r, C+r, H, W)
     # 4. Woodbury, then the factor 2/(1 + ω).
     k = woodbury(r, S, n_out, torch.complex(torch.ones_like(tan), tan))  # (S, C, H, W), times 2/(1 + ω)
     # 5. ω = -1 (even L): z = ∞ and K̂ = (Δ/2) C̃ᵀ B_f = Δ Re Σ_half C̃ B.

@@ -7,7 +7,8 @@ diagonal LTI scan of the S4D family (:func:`ssm_scan_native`), the short causal 
 (:func:`causal_conv1d_native`), the first-order linear recurrence (:func:`linear_recurrence_native`: the modes of
 S5 and LRU), the RG-LRU's gates and scan (:mod:`ssmkit.ops.native.rglru`), Mamba-2's SSD scan (:func:`ssd_native`) and its skip, gate and grouped RMSNorm
 (:mod:`ssmkit.ops.native.gated_norm`), the Mamba, Mamba-2 and RG-LRU blocks' steps between their projections
-(``mamba_step``, ``mamba2_step``, ``rglru_step``), the Cauchy sums of S4's kernel (:func:`cauchy_native`), the
+(``mamba_step``, ``mamba2_step``, ``rglru_step``), the Cauchy sums of S4's kernel (:func:`cauchy_native`; over each conjugate pair at once:
+:mod:`ssmkit.ops.native.cauchy_pairs`), the
 zero-order hold, dropout's masked scale (:mod:`ssmkit.ops.native.dropout`) and the FFT convolution's passes
 around its transforms (:mod:`ssmkit.ops.native.spectral`). Without a compiler (or
 with ``SSMKIT_NATIVE=0``) the backend reports why and ``"auto"`` keeps the PyTorch paths.

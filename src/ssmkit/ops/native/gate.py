@@ -14,7 +14,7 @@ from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
-       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks")
+       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks", "cauchy_pairs")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -171,6 +171,19 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args = [lam, torch.complex(rand(H, M), rand(H, M)).to(cdtype), torch.rand(H, 1, generator=g, dtype=f64).to(dtype)]
         weight = torch.linspace(-1, 1, M, dtype=dtype).view(1, M)
         _compare(zoh_native, zoh_torch, args, weight, dtype)
+        return
+    elif op == "cauchy_pairs":
+        from ssmkit.ops.cauchy import cauchy_pairs_reference
+        from ssmkit.ops.native.cauchy_pairs import pair_sums_unchecked
+
+        S, H, M, W = 3, 2, 5, 300  # three numerators; two blocks of points (256 and a tail of 44)
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        v = torch.complex(rand(S, H, M), rand(S, H, M)).to(cdtype)
+        y = (10 * rand(H, W)).to(dtype)  # points of both signs
+        w = torch.complex(-0.5 - torch.rand(H, M, generator=g, dtype=f64), 3 * rand(H, M).double()).to(cdtype)
+        weight = torch.linspace(-1, 1, W, dtype=dtype)
+        pair = lambda fn: lambda *a: (fn(*a), a[2])  # noqa: E731  (the sums, and w as a stand-in "state")
+        _compare(pair(pair_sums_unchecked), pair(cauchy_pairs_reference), [v, y, w], weight.view(1, 1, W), dtype)
         return
     elif op == "fft_blocks":
         from ssmkit.ops.native.spectral import load_padded, spectral_grads, store_block

@@ -1,0 +1,101 @@
+"""Cauchy sums over conjugate pairs of poles at imaginary points by the compiled C kernel (``cauchy_pairs.c``).
+
+out[..., m] = Σ_n v[..., n] / (i y[m] - w[n]) + conj(v[..., n]) / (i y[m] - conj(w[n])): the Cauchy sums of S4's
+kernel (arXiv 2111.00396 §3.3, Algorithm 1) as :func:`ssmkit.ops.cauchy.dplr_kernel_fast` evaluates them -- each mode
+with its conjugate, at the bilinear transform's points z = i y of the roots of unity -- with one real division and 4
+multiply-adds per (pair, numerator, point) where the generic kernel (:mod:`ssmkit.ops.native.cauchy`) over both poles
+does two divisions and 8. The reference is the generic Cauchy op on the pairs written out
+(:func:`ssmkit.ops.cauchy.cauchy_pairs_reference`).
+
+Usable where ``native_status("cauchy_pairs", dtype)`` says so (:mod:`ssmkit.ops.native.gate`). Under torch.compile
+the kernel calls are custom ops (:mod:`ssmkit.ops.opaque`). Differentiated itself (``create_graph``), the backward
+is the reference's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from ssmkit.ops.native.build import bind
+from ssmkit.ops.native.parallel import ptr, run_checked
+from ssmkit.ops.opaque import kernel_op
+from ssmkit.ops.twice import graph_backward
+
+_i64, _p = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {  # the C functions of cauchy_pairs.c: (argument types, result type)
+    "cyp_forward": ([_p] * 4 + [_i64] * 7, ctypes.c_int),
+    "cyp_backward": ([_p] * 7 + [_i64] * 7, ctypes.c_int),
+}
+REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def _forward_fake(v, y, w):
+    return [v.new_empty(v.shape[0], v.shape[1], y.shape[-1])]
+
+
+@kernel_op("cauchy_pairs_forward", _forward_fake)
+def _forward_kernel(v: Tensor, y: Tensor, w: Tensor) -> list[Tensor]:
+    """The C sums: [out (G, S, W)] from v (G, S, M), y (G, W) real, w (G, M), contiguous."""
+    fns = bind("cauchy_pairs.c", REAL_OF[v.dtype], SIGNATURES)
+    G, S, M = v.shape
+    W = y.shape[-1]
+    out = torch.empty(G, S, W, dtype=v.dtype)
+    run_checked(fns["cyp_forward"], G, [ptr(v), ptr(y), ptr(w), ptr(out), G, S, M, W], fns["openmp"],
+                "cauchy_pairs native: the forward could not allocate its buffer")
+    return [out]
+
+
+def _backward_fake(v, y, w, g_out, need_v, need_y, need_w):
+    return [torch.empty_like(t) for t, n in ((v, need_v), (y, need_y), (w, need_w)) if n]
+
+
+@kernel_op("cauchy_pairs_backward", _backward_fake)
+def _backward_kernel(v: Tensor, y: Tensor, w: Tensor, g_out: Tensor, need_v: bool, need_y: bool,
+                     need_w: bool) -> list[Tensor]:
+    """The C backward: the gradients of v, y and w that are asked for, in that order, from the forward's inputs and
+    g_out (G, S, W) contiguous."""
+    fns = bind("cauchy_pairs.c", REAL_OF[v.dtype], SIGNATURES)
+    G, S, M = v.shape
+    W = y.shape[-1]
+    g_v = torch.empty_like(v) if need_v else None
+    g_y = torch.empty_like(y) if need_y else None
+    g_w = torch.empty_like(w) if need_w else None
+    run_checked(fns["cyp_backward"], G, [ptr(v), ptr(y), ptr(w), ptr(g_out), ptr(g_v), ptr(g_y), ptr(g_w), G, S, M, W],
+                fns["openmp"], "cauchy_pairs native: the backward could not allocate its buffers")
+    return [t for t in (g_v, g_y, g_w) if t is not None]
+
+
+class _NativeCauchyPairs(torch.autograd.Function):
+    """out (G, S, W) of v (G, S, M), y (G, W) real, w (G, M) by the C kernel; contiguous inputs, v and w of one complex
+    dtype, y of its real dtype."""
+
+    @staticmethod
+    def forward(ctx, v, y, w):  # type: ignore[override]
+        (out,) = _forward_kernel(v, y, w)
+        ctx.save_for_backward(v, y, w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):  # type: ignore[override]
+        v, y, w = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the reference's ops (ops/twice.py)
+            from ssmkit.ops.cauchy import cauchy_pairs_reference
+
+            grouped = lambda v, y, w: (cauchy_pairs_reference(v.transpose(0, 1), y, w).transpose(0, 1),)  # noqa: E731
+            return tuple(graph_backward(grouped, (v, y, w), ctx.needs_input_grad, (g_out,)))
+        need = list(ctx.needs_input_grad)
+        grads = iter(_backward_kernel(v, y, w, g_out.resolve_conj().contiguous(), *need))
+        return tuple(next(grads) if n else None for n in need)
+
+
+def pair_sums_unchecked(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """The pair sums by the C kernel after :func:`ssmkit.ops.cauchy.cauchy_pairs`' checks: v (..., H, M), y (H, W),
+    w (H, M) on the CPU -> (..., H, W) (the smoke call enters here)."""
+    H, M = w.shape
+    lead = v.shape[:-2]
+    v_g = v.resolve_conj().reshape(-1, H, M).transpose(0, 1).contiguous()  # (H, S, M)
+    out = _NativeCauchyPairs.apply(v_g, y.contiguous(), w.resolve_conj().contiguous())  # (H, S, W)
+    return out.transpose(0, 1).reshape(*lead, H, y.shape[-1])

@@ -109,3 +109,17 @@ def test_checks():
         cauchy_pairs(v, y.float(), w)
     with pytest.raises(ValueError, match=r"y must be \(H, W\) = \(2, W\) torch.float64 .*; got torch.float64 \(3, 4\)"):
         cauchy_pairs(v, torch.zeros(3, 4, dtype=F64, device=DEVICE), w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lead,H,M,W", [((0,), 2, 3, 4), ((2,), 2, 0, 4), ((2,), 2, 3, 0), ((2,), 0, 3, 4)])
+def test_empty_dimensions(backend, lead, H, M, W):
+    """No numerators, no pairs (zero sums), no points, no channels: the shapes and zero gradients of the formula."""
+    args = case(lead, H, M, W) if H and W else [torch.zeros(*lead, H, M, dtype=C128, device=DEVICE),
+                                                torch.zeros(H, W, dtype=F64, device=DEVICE),
+                                                torch.zeros(H, M, dtype=C128, device=DEVICE)]
+    leaves = [t.clone().requires_grad_() for t in args]
+    out = cauchy_pairs(*leaves, backend=backend)
+    assert out.shape == (*lead, H, W) and not bool(out.abs().sum())
+    grads = torch.autograd.grad(out.abs().square().sum(), leaves, allow_unused=True)
+    assert all(g is None or (g.shape == t.shape and not bool(g.abs().sum())) for g, t in zip(grads, leaves))

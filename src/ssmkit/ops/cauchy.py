@@ -139,6 +139,8 @@ class _CauchyMatmul(torch.autograd.Function):
         need_v, need_z, need_w = ctx.needs_input_grad
         G, S, N = v.shape
         W = z.shape[-1]
+        if W == 0:  # no points: no sums, every gradient zero (the block loop below would not run)
+            return tuple(torch.zeros_like(t) if need else None for t, need in ((v, need_v), (z, need_z), (w, need_w)))
         step = _block(W, G, N, v.element_size())
         gv = gw_k = None  # (G, S, N) sums over the blocks (gw_k summed over k at the end)
         gz_blocks = []  # (G, m) each

@@ -15,6 +15,7 @@ is the reference's.
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 from torch import Tensor
@@ -96,6 +97,6 @@ def pair_sums_unchecked(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
     w (H, M) on the CPU -> (..., H, W) (the smoke call enters here)."""
     H, M = w.shape
     lead = v.shape[:-2]
-    v_g = v.resolve_conj().reshape(-1, H, M).transpose(0, 1).contiguous()  # (H, S, M)
+    v_g = v.resolve_conj().reshape(math.prod(lead), H, M).transpose(0, 1).contiguous()  # (H, S, M)
     out = _NativeCauchyPairs.apply(v_g, y.contiguous(), w.resolve_conj().contiguous())  # (H, S, W)
     return out.transpose(0, 1).reshape(*lead, H, y.shape[-1])

@@ -123,3 +123,14 @@ def test_empty_dimensions(backend, lead, H, M, W):
     assert out.shape == (*lead, H, W) and not bool(out.abs().sum())
     grads = torch.autograd.grad(out.abs().square().sum(), leaves, allow_unused=True)
     assert all(g is None or (g.shape == t.shape and not bool(g.abs().sum())) for g, t in zip(grads, leaves))
+
+
+def test_auto_keeps_the_generic_path_in_complex64_where_the_pairs_denominator_overflows():
+    """|D|² grows as y⁴: at y = 1e10 it overflows float32 (the pairs' form reads 0 there), where the generic op's
+    |z - λ|² does not; "auto" takes the generic op for complex64, so its sums stay right."""
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(1, 1, 2, dtype=torch.complex64, generator=g).to(DEVICE)
+    w = torch.randn(1, 2, dtype=torch.complex64, generator=g).to(DEVICE)
+    y = torch.tensor([[1e10, 1e3]], device=DEVICE)
+    want = cauchy_pairs_reference(v.to(C128), y.double(), w.to(C128))
+    assert rel_err(cauchy_pairs(v, y, w).to(C128)[..., 0], want[..., 0]) < 1e-5

@@ -302,7 +302,10 @@ def cauchy_pairs(v: Tensor, y: Tensor, w: Tensor, *, backend: str | None = None)
     The generic :func:`cauchy` on [v, conj v], z = i y, [w, conj w] computes the same sums; the C kernel
     (:mod:`ssmkit.ops.native.cauchy_pairs`) forms each pair's common denominator once. Backends: ``"reference"`` ->
     :func:`cauchy_pairs_reference`; ``"chunked"`` -> the generic op's blocked GEMMs on the pairs written out;
-    ``"native"`` -> the C kernel (CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs, else ``"chunked"``.
+    ``"native"`` -> the C kernel (CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs for complex128 (S4
+    computes its kernel in float64), else ``"chunked"``. The common denominator's |D|² grows as y⁴: in complex64 it
+    overflows for |y| beyond ~4e9, where the generic op's |z - λ|² does not until ~1e19, so ``"auto"`` keeps the
+    generic path for complex64 (a forced ``"native"`` computes the pairs' form there too).
 
     Args:
         v: (..., H, M) complex numerators, one per pair.
@@ -315,7 +318,7 @@ def cauchy_pairs(v: Tensor, y: Tensor, w: Tensor, *, backend: str | None = None)
     """
     from ssmkit.ops.native.gate import prefer_native
 
-    auto = "native" if prefer_native("cauchy_pairs", w) else "chunked"
+    auto = "native" if w.dtype == torch.complex128 and prefer_native("cauchy_pairs", w) else "chunked"
     return dispatch("cauchy_pairs", _CAUCHY_PAIRS, backend, auto=auto)(v, y, w)
 
 

@@ -17,6 +17,16 @@
 #             libc10_cuda, libtorch, libtorch_cpu, libtorch_cuda), so that the C++ ABI matches
 # OUT         where the library and <PEER>.BUILD (sources, versions, flags) are written
 #
+# The inputs for the H200 machine of these sessions (torch 2.11.0+cu130, Python 3.12), from PyPI (~600 MB; unzip
+# only torch/include, torch/version.py and the five libraries from the torch wheel):
+#   pip download --no-deps --python-version 3.12 --only-binary=:all: --platform manylinux_2_28_x86_64 torch==2.11.0
+#   pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 nvidia-cuda-nvcc==13.0.88 \
+#       nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+#   (the nvidia wheels unzipped into one folder R: CUDA_HOME=R/nvidia/cu13, after chmod +x of its bin/ and nvvm/bin/)
+# and the checkouts by `git archive` (their commit in a SOURCE file beside csrc/). The built libraries and the
+# packages' Python folders go to .gpu-data/cuda_peers, .gpu-data/mamba/mamba_ssm, .gpu-data/causal-conv1d/causal_conv1d
+# (scripts/gpu_check.sh passes them to the bench when carried).
+#
 # The peer's sources are compiled unchanged; its binding file's <torch/python.h> and <torch/extension.h> are the
 # stand-ins of shim/ (no Python headers: the build machine need not have the GPU machine's CPython), and
 # <PEER>_ops.cpp registers its entry points as PyTorch operators instead of pybind11 functions. The library has no

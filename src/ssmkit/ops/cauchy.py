@@ -282,7 +282,8 @@ def _pairs_by(backend: str):
 
 
 def _pairs_native(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
-    from ssmkit.ops.native.cauchy_pairs import REAL_OF, pair_sums_unchecked
+    from ssmkit.ops.native.cauchy import REAL_OF
+    from ssmkit.ops.native.cauchy_pairs import pair_sums_unchecked
     from ssmkit.ops.native.gate import require_native
 
     _check_pairs_args(v, y, w)

@@ -55,41 +55,53 @@ class _NativeCauchy(torch.autograd.Function):
         return tuple(next(grads) if n else None for n in need)
 
 
-def _forward_fake(v, z, w):
+def forward_fake(v, z, w):
+    """The fake output of a Cauchy-sums forward (:func:`sums_forward`) for torch.compile."""
     return [v.new_empty(v.shape[0], v.shape[1], z.shape[-1])]
 
 
-@kernel_op("cauchy_forward", _forward_fake)
-def _forward_kernel(v: Tensor, z: Tensor, w: Tensor) -> list[Tensor]:
-    """The C sums: [out (G, S, W)] from v (G, S, N), z (G, W), w (G, N), contiguous complex."""
-    fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
+def sums_forward(source: str, entry: str, signatures: dict, v: Tensor, z: Tensor, w: Tensor) -> list[Tensor]:
+    """[out (G, S, W)] of a Cauchy-sums kernel (this module's, or ``cauchy_pairs.c``'s) from v (G, S, ·), the points z
+    (G, W) and the poles w (G, ·), contiguous; one work item per channel."""
+    fns = bind(source, REAL_OF[v.dtype], signatures)
     G, S, N = v.shape
     W = z.shape[-1]
     out = torch.empty(G, S, W, dtype=v.dtype)
-    args = [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W]
-    run_checked(fns["cy_forward"], G, args, fns["openmp"], "cauchy native: the forward could not allocate its buffer")
+    run_checked(fns[entry], G, [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W], fns["openmp"],
+                f"{source}: the forward could not allocate its buffer")
     return [out]
 
 
-def _backward_fake(v, z, w, g_out, need_v, need_z, need_w):
+def sums_backward(source: str, entry: str, signatures: dict, v: Tensor, z: Tensor, w: Tensor, g_out: Tensor,
+                  need_v: bool, need_z: bool, need_w: bool) -> list[Tensor]:
+    """The gradients of v, z and w that are asked for, in that order, by a Cauchy-sums kernel's backward entry, from
+    the forward's inputs and g_out (G, S, W) contiguous."""
+    fns = bind(source, REAL_OF[v.dtype], signatures)
+    G, S, N = v.shape
+    W = z.shape[-1]
+    grads = [torch.empty_like(t) if need else None for t, need in ((v, need_v), (z, need_z), (w, need_w))]
+    run_checked(fns[entry], G, [ptr(v), ptr(z), ptr(w), ptr(g_out), *(ptr(g) for g in grads), G, S, N, W],
+                fns["openmp"], f"{source}: the backward could not allocate its buffers")
+    return [g for g in grads if g is not None]
+
+
+@kernel_op("cauchy_forward", forward_fake)
+def _forward_kernel(v: Tensor, z: Tensor, w: Tensor) -> list[Tensor]:
+    """The C sums: [out (G, S, W)] from v (G, S, N), z (G, W), w (G, N), contiguous complex."""
+    return sums_forward("cauchy.c", "cy_forward", SIGNATURES, v, z, w)
+
+
+def backward_fake(v, z, w, g_out, need_v, need_z, need_w):
+    """The fake outputs of a Cauchy-sums backward (:func:`sums_backward`) for torch.compile."""
     return [torch.empty_like(t) for t, n in ((v, need_v), (z, need_z), (w, need_w)) if n]
 
 
-@kernel_op("cauchy_backward", _backward_fake)
+@kernel_op("cauchy_backward", backward_fake)
 def _backward_kernel(v: Tensor, z: Tensor, w: Tensor, g_out: Tensor, need_v: bool, need_z: bool,
                      need_w: bool) -> list[Tensor]:
     """The C backward: the gradients of v, z and w that are asked for, in that order, from the forward's inputs and
     g_out (G, S, W) contiguous."""
-    fns = bind("cauchy.c", REAL_OF[v.dtype], SIGNATURES)
-    G, S, N = v.shape
-    W = z.shape[-1]
-    g_v = torch.empty_like(v) if need_v else None
-    g_z = torch.empty_like(z) if need_z else None
-    g_w = torch.empty_like(w) if need_w else None
-    args = [ptr(v), ptr(z), ptr(w), ptr(g_out), ptr(g_v), ptr(g_z), ptr(g_w), G, S, N, W]
-    run_checked(fns["cy_backward"], G, args, fns["openmp"],
-                "cauchy native: the backward could not allocate its buffers")
-    return [t for t in (g_v, g_z, g_w) if t is not None]
+    return sums_backward("cauchy.c", "cy_backward", SIGNATURES, v, z, w, g_out, need_v, need_z, need_w)
 
 
 def cauchy_native(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import ptr, run_checked
+from ssmkit.ops.native.cauchy import backward_fake, forward_fake, sums_backward, sums_forward
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.twice import graph_backward
 
@@ -30,43 +29,20 @@ SIGNATURES = {  # the C functions of cauchy_pairs.c: (argument types, result typ
     "cyp_forward": ([_p] * 4 + [_i64] * 7, ctypes.c_int),
     "cyp_backward": ([_p] * 7 + [_i64] * 7, ctypes.c_int),
 }
-REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
-def _forward_fake(v, y, w):
-    return [v.new_empty(v.shape[0], v.shape[1], y.shape[-1])]
-
-
-@kernel_op("cauchy_pairs_forward", _forward_fake)
+@kernel_op("cauchy_pairs_forward", forward_fake)
 def _forward_kernel(v: Tensor, y: Tensor, w: Tensor) -> list[Tensor]:
     """The C sums: [out (G, S, W)] from v (G, S, M), y (G, W) real, w (G, M), contiguous."""
-    fns = bind("cauchy_pairs.c", REAL_OF[v.dtype], SIGNATURES)
-    G, S, M = v.shape
-    W = y.shape[-1]
-    out = torch.empty(G, S, W, dtype=v.dtype)
-    run_checked(fns["cyp_forward"], G, [ptr(v), ptr(y), ptr(w), ptr(out), G, S, M, W], fns["openmp"],
-                "cauchy_pairs native: the forward could not allocate its buffer")
-    return [out]
+    return sums_forward("cauchy_pairs.c", "cyp_forward", SIGNATURES, v, y, w)
 
 
-def _backward_fake(v, y, w, g_out, need_v, need_y, need_w):
-    return [torch.empty_like(t) for t, n in ((v, need_v), (y, need_y), (w, need_w)) if n]
-
-
-@kernel_op("cauchy_pairs_backward", _backward_fake)
+@kernel_op("cauchy_pairs_backward", backward_fake)
 def _backward_kernel(v: Tensor, y: Tensor, w: Tensor, g_out: Tensor, need_v: bool, need_y: bool,
                      need_w: bool) -> list[Tensor]:
     """The C backward: the gradients of v, y and w that are asked for, in that order, from the forward's inputs and
     g_out (G, S, W) contiguous."""
-    fns = bind("cauchy_pairs.c", REAL_OF[v.dtype], SIGNATURES)
-    G, S, M = v.shape
-    W = y.shape[-1]
-    g_v = torch.empty_like(v) if need_v else None
-    g_y = torch.empty_like(y) if need_y else None
-    g_w = torch.empty_like(w) if need_w else None
-    run_checked(fns["cyp_backward"], G, [ptr(v), ptr(y), ptr(w), ptr(g_out), ptr(g_v), ptr(g_y), ptr(g_w), G, S, M, W],
-                fns["openmp"], "cauchy_pairs native: the backward could not allocate its buffers")
-    return [t for t in (g_v, g_y, g_w) if t is not None]
+    return sums_backward("cauchy_pairs.c", "cyp_backward", SIGNATURES, v, y, w, g_out, need_v, need_y, need_w)
 
 
 class _NativeCauchyPairs(torch.autograd.Function):

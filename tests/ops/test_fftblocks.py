@@ -106,3 +106,14 @@ def test_blocked_conv_filter_gradient_alone(monkeypatch, passes):
     (dK,) = torch.autograd.grad(causal_conv(u, K, backend="fft"), K, dy)
     (want,) = torch.autograd.grad(causal_conv_reference(u, K), K, dy)
     torch.testing.assert_close(dK, want, rtol=1e-10, atol=1e-10)
+
+
+def test_one_block_goes_by_the_passes_in_c_from_one_megabyte(monkeypatch):
+    n = 1024  # (B, H, n) float32: 2·128·1 024·4 = 1 MiB of padded signal, one block
+    x = torch.zeros(2, 300, 128)
+    with torch.no_grad():
+        monkeypatch.setattr(fftblocks, "_native", lambda dtype: True)
+        assert fftconv._blockwise(x, n) is True and fftconv._blockwise(x, n - 2) is False  # below ONE_BLOCK_BYTES
+        monkeypatch.setattr(fftblocks, "_native", lambda dtype: False)
+        assert fftconv._blockwise(x, n) is False  # the PyTorch passes: only beyond one block
+    assert fftblocks.ONE_BLOCK_BYTES == 2 * 128 * 1024 * 4 < fftblocks.BLOCK_BYTES

@@ -41,6 +41,11 @@ from ssmkit.ops.native.gate import native_available
 # 340, 368 ms with 8 MB blocks and 283, 300 with 16 MB (alone 125-146 either way), SGConv 155, 236 against 215, 216:
 # 16 MB, a few per cent slower alone than 8 MB and less exposed to contention.
 BLOCK_BYTES = 1 << 24
+# A signal of one block still goes by these passes from this size on when they run in C (``native_passes``): paired,
+# 15 rounds, 2-core VM (2026-12-05), forward / forward+backward ms, whole-array ops against one block: (8, 1 024, 128)
+# 6.16 / 13.12 against 4.98 / 11.61; (16, 2 048, 64) 12.3 / 27.6 against 10.0 / 23.5; (4, 256, 32) (0.26 MB of padded
+# signal) 0.28 / 0.62 against 0.25 / 0.62; (2, 64, 8) 0.14 / 0.29 against 0.14 / 0.39 (the C calls' fixed cost).
+ONE_BLOCK_BYTES = 1 << 20
 
 
 def _blocks(Bsz: int, H: int, n: int, itemsize: int) -> Iterator[tuple[slice, slice]]:
@@ -82,8 +87,12 @@ class _Padded:
         return buf
 
 
+def native_passes(dtype: torch.dtype) -> bool:
+    """Whether the passes around the FFTs run in C (module docstring) for this real dtype."""
+    return _native(dtype)
+
+
 def _native(dtype: torch.dtype) -> bool:
-    """The C passes (module docstring) run for this real dtype."""
     return native_available("fft_blocks", dtype)
 
 

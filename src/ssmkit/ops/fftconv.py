@@ -130,12 +130,15 @@ def _spectrum_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _blockwise(x: torch.Tensor, n: int) -> bool:
     """The passes by cache-sized blocks (:mod:`ssmkit.ops.fftblocks`) for x (B, L, H) and FFT length n: eagerly on the
-    CPU without a graph being recorded, when the padded signal is more than one block; the whole-array ops on other
-    devices, under torch.func and torch.compile tracing, while exporting, for a differentiable backward
-    (``create_graph``), and for one block (the blocks' extra ops cost ~15 % at (4, 256, 32) forward+backward)."""
+    CPU without a graph being recorded, when the padded signal is more than one block, or one block of at least
+    :data:`ssmkit.ops.fftblocks.ONE_BLOCK_BYTES` where the passes around the FFTs run in C; the whole-array ops on
+    other devices, under torch.func and torch.compile tracing, while exporting, for a differentiable backward
+    (``create_graph``), and for a smaller block (with the PyTorch passes the blocks' extra ops cost ~15 % at
+    (4, 256, 32) forward+backward)."""
     if x.device.type != "cpu" or torch.is_grad_enabled() or tracing() or exporting():
         return False
-    return x.shape[0] * x.shape[-1] * n * x.element_size() > fftblocks.BLOCK_BYTES
+    size = x.shape[0] * x.shape[-1] * n * x.element_size()
+    return size > fftblocks.BLOCK_BYTES or (size >= fftblocks.ONE_BLOCK_BYTES and fftblocks.native_passes(x.dtype))
 
 
 def _conv_forward_fake(u: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:

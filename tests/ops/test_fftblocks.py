@@ -18,7 +18,7 @@ from ssmkit.ops.fftconv import (
 
 F64 = torch.float64
 fftconv_blockwise = fftconv._blockwise
-fftblocks_native = fftblocks._native
+fftblocks_native = fftblocks.native_passes
 
 
 @pytest.fixture(params=["native", "torch"])
@@ -28,7 +28,7 @@ def passes(request, monkeypatch):
         if not (fftblocks_native(torch.float32) and fftblocks_native(F64)):
             pytest.skip("the native backend does not run here")
     else:
-        monkeypatch.setattr(fftblocks, "_native", lambda dtype: False)
+        monkeypatch.setattr(fftblocks, "native_passes", lambda dtype: False)
     return request.param
 
 
@@ -112,8 +112,8 @@ def test_one_block_goes_by_the_passes_in_c_from_one_megabyte(monkeypatch):
     n = 1024  # (B, H, n) float32: 2·128·1 024·4 = 1 MiB of padded signal, one block
     x = torch.zeros(2, 300, 128)
     with torch.no_grad():
-        monkeypatch.setattr(fftblocks, "_native", lambda dtype: True)
+        monkeypatch.setattr(fftblocks, "native_passes", lambda dtype: True)
         assert fftconv._blockwise(x, n) is True and fftconv._blockwise(x, n - 2) is False  # below ONE_BLOCK_BYTES
-        monkeypatch.setattr(fftblocks, "_native", lambda dtype: False)
+        monkeypatch.setattr(fftblocks, "native_passes", lambda dtype: False)
         assert fftconv._blockwise(x, n) is False  # the PyTorch passes: only beyond one block
     assert fftblocks.ONE_BLOCK_BYTES == 2 * 128 * 1024 * 4 < fftblocks.BLOCK_BYTES

@@ -33,6 +33,7 @@ import math
 import torch
 from torch import Tensor
 
+from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.backend import dispatch, get_backend, tracing
 from ssmkit.ops.dplr import bilinear_dplr
 from ssmkit.ops.woodbury import woodbury
@@ -256,7 +257,7 @@ def _check_pairs_args(v: Tensor, y: Tensor, w: Tensor) -> None:
     if v.dim() < 2 or tuple(v.shape[-2:]) != (H, M) or v.dtype != w.dtype:
         raise ValueError(f"v must be (..., H, M) = (..., {H}, {M}) of w's dtype {w.dtype}; got {v.dtype} "
                          f"{tuple(v.shape)}")
-    real = torch.float32 if w.dtype == torch.complex64 else torch.float64
+    real = REAL_OF[w.dtype]
     if not isinstance(y, Tensor) or y.dtype != real or y.dim() != 2 or y.shape[0] != H:
         got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"y must be (H, W) = ({H}, W) {real} (the real dtype of w); got {got}")
@@ -282,7 +283,6 @@ def _pairs_by(backend: str):
 
 
 def _pairs_native(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
-    from ssmkit.ops.native.cauchy import REAL_OF
     from ssmkit.ops.native.cauchy_pairs import pair_sums_unchecked
     from ssmkit.ops.native.gate import require_native
 

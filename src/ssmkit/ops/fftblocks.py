@@ -78,7 +78,7 @@ class _Padded:
         if buf is None:
             buf = self.bufs[(b, h)] = self.like.new_empty(b, h, self.n)
             buf[..., self.L:].zero_()
-        if _native(x.dtype):
+        if native_passes(x.dtype):
             from ssmkit.ops.native.spectral import load_padded
 
             load_padded(x, buf)
@@ -89,16 +89,12 @@ class _Padded:
 
 def native_passes(dtype: torch.dtype) -> bool:
     """Whether the passes around the FFTs run in C (module docstring) for this real dtype."""
-    return _native(dtype)
-
-
-def _native(dtype: torch.dtype) -> bool:
     return native_available("fft_blocks", dtype)
 
 
 def _store(y: torch.Tensor, signal: torch.Tensor) -> None:
     """y (b, L, h), a view of the output, ← the first L samples of signal (b, h, n) (the inverse FFT's), time-major."""
-    if _native(y.dtype):
+    if native_passes(y.dtype):
         from ssmkit.ops.native.spectral import store_block
 
         store_block(signal, y)
@@ -144,7 +140,7 @@ def conv_grads_blocked(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: 
     du = torch.empty_like(dy) if need_u else None  # (B, L, H)
     acc = torch.zeros_like(K_f) if need_k else None  # (H, n//2 + 1): Σ_b conj(û) dŷ
     pad = _Padded(dy, L, n)
-    native = _native(dy.dtype)
+    native = native_passes(dy.dtype)
     K_conj = K_f.conj().resolve_conj() if need_u and not native else None  # (H, n//2 + 1), once
     for bs, hs in _blocks(Bsz, H, n, dy.element_size()):
         dY = torch.fft.rfft(pad.load(dy[bs, :, hs]))  # (b, h, n//2 + 1)

@@ -231,7 +231,7 @@ def hooked(module: nn.Module) -> bool:
 def plain_linear(module: nn.Module) -> bool:
     """Whether calling ``module`` is exactly ``F.linear`` with its weight and bias: a plain ``nn.Linear`` (not a
     subclass or wrapper) without hooks."""
-    return type(module) is nn.Linear and not hooked(module)
+    return plain_module(module, nn.Linear)
 
 
 def plain_module(module: nn.Module, cls: type) -> bool:

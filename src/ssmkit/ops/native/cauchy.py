@@ -19,6 +19,7 @@ import ctypes
 import torch
 from torch import Tensor
 
+from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
@@ -30,7 +31,6 @@ SIGNATURES = {  # the C functions of cauchy.c: (argument types, result type)
     "cy_forward": ([_p] * 4 + [_i64] * 7, ctypes.c_int),
     "cy_backward": ([_p] * 7 + [_i64] * 7, ctypes.c_int),
 }
-REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 class _NativeCauchy(torch.autograd.Function):

@@ -17,6 +17,7 @@ import ctypes
 import torch
 from torch import Tensor
 
+from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.parallel import kernel_inputs, ptr, run_parts
 
@@ -29,7 +30,13 @@ SIGNATURES = {  # the C functions of spectral.c: (argument types, result type)
     "sp_grad_items": ([_i64, _i64], _i64),
     "sp_grad": ([_p, _p, _p, _p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64], None),
 }
-REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def _check_buffer(buf: Tensor, b: int, c: int, L: int, dtype: torch.dtype) -> None:
+    """Raise ``ValueError`` unless buf is a contiguous (b, c, n >= L) tensor of ``dtype``."""
+    if buf.shape[:2] != (b, c) or buf.shape[2] < L or not buf.is_contiguous() or buf.dtype != dtype:
+        raise ValueError(f"buf must be a contiguous {dtype} (b, c, n >= L) = ({b}, {c}, >={L}); got "
+                         f"{buf.dtype} {tuple(buf.shape)}")
 
 
 def load_padded(x: Tensor, buf: Tensor) -> None:
@@ -37,9 +44,7 @@ def load_padded(x: Tensor, buf: Tensor) -> None:
     buf (B, H, n) contiguous of x's dtype with n >= L (its entries t >= L are left as they are: the zero padding,
     written once by the caller)."""
     b, L, c = x.shape
-    if buf.shape[:2] != (b, c) or buf.shape[2] < L or not buf.is_contiguous() or buf.dtype != x.dtype:
-        raise ValueError(f"buf must be a contiguous {x.dtype} (b, c, n >= L) = ({b}, {c}, >={L}); got "
-                         f"{buf.dtype} {tuple(buf.shape)}")
+    _check_buffer(buf, b, c, L, x.dtype)
     fns = bind("spectral.c", x.dtype, SIGNATURES)
     run_parts(fns["sp_load"], fns["sp_load_items"](b, c), [ptr(x), *x.stride(), L, c, ptr(buf), buf.shape[2]],
               fns["openmp"])
@@ -49,9 +54,7 @@ def store_block(buf: Tensor, y: Tensor) -> None:
     """y[i, t, c] = buf[i, c, t] for t < L: buf (B, H, n) contiguous with n >= L, y (B, L, H) a real view of any
     strides of buf's dtype (a block of the output), written in place."""
     b, L, c = y.shape
-    if buf.shape[:2] != (b, c) or buf.shape[2] < L or not buf.is_contiguous() or buf.dtype != y.dtype:
-        raise ValueError(f"buf must be a contiguous {y.dtype} (b, c, n >= L) = ({b}, {c}, >={L}); got "
-                         f"{buf.dtype} {tuple(buf.shape)}")
+    _check_buffer(buf, b, c, L, y.dtype)
     fns = bind("spectral.c", y.dtype, SIGNATURES)
     run_parts(fns["sp_store"], fns["sp_store_items"](b, L), [ptr(buf), buf.shape[2], L, c, ptr(y), *y.stride()],
               fns["openmp"])

@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: test demo bench install clean wheel-check
+.PHONY: test demo bench install clean wheel-check gpu-data
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,8 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# What scripts/gpu_check.sh takes from beside the tree on a GPU machine (.gpu-data, ignored by git: the bench peers'
+# wheels, mamba-ssm's and causal-conv1d's packages and their CUDA kernels built here for the GPU's torch), from PyPI.
+gpu-data:
+	scripts/gpu_data.sh

@@ -17,9 +17,11 @@
 # it imports) instead of holding the stage.
 # Wheels in .gpu-data/wheels (carried; e.g. jsonargparse, which the f16 stage's CLI needs and the H200 image lacks)
 # are installed into a temporary folder on PYTHONPATH first; nothing is downloaded. The peers mamba-ssm and
-# causal-conv1d: carry .gpu-data/mamba and .gpu-data/causal-conv1d (`git archive` of the mamba_ssm and causal_conv1d
-# folders of their checkouts, the commits in SOURCE) and .gpu-data/cuda_peers (mamba_ssm_cuda.so and
+# causal-conv1d: carry .gpu-data/mamba and .gpu-data/causal-conv1d (the mamba_ssm and causal_conv1d folders of their
+# released sdists or of checkouts, named in SOURCE) and .gpu-data/cuda_peers (mamba_ssm_cuda.so and
 # causal_conv1d_cuda.so, their CUDA kernels built by scripts/cuda_peers/build.sh for the GPU's torch and sm_90).
+# All of .gpu-data comes from PyPI by `make gpu-data` (scripts/gpu_data.sh) on the CPU machine: it is ignored by git, so
+# a new checkout lacks it.
 #
 # Lessons of the first two runs (H200, 2026-12-04): the whole suite needs ~300 s on 14 workers (16 cores); the image
 # has pytest-benchmark, whose hooks once ended an xdist run with an INTERNALERROR, so it is turned off (-p no:benchmark);

@@ -306,7 +306,9 @@ def cauchy_pairs(v: Tensor, y: Tensor, w: Tensor, *, backend: str | None = None)
     ``"native"`` -> the C kernel (CPU); ``"auto"`` -> ``"native"`` on the CPU where it runs for complex128 (S4
     computes its kernel in float64), else ``"chunked"``. The common denominator's |D|² grows as y⁴: in complex64 it
     overflows for |y| beyond ~4e9, where the generic op's |z - λ|² does not until ~1e19, so ``"auto"`` keeps the
-    generic path for complex64 (a forced ``"native"`` computes the pairs' form there too).
+    generic path for complex64 (a forced ``"native"`` computes the pairs' form there too). In complex128 the same
+    bounds are |y| < ~1e77, and |λ|, |y| not both below ~1e-77 (where |D|² underflows), far beyond S4's points
+    (2/Δ) tan(πk/L); an infinite y gives NaN sums on the C kernel where the generic op's limit is 0.
 
     Args:
         v: (..., H, M) complex numerators, one per pair.

@@ -35,7 +35,8 @@ def _check_real(x: torch.Tensor, name: str) -> None:
 
 
 def _check_conv_args(u: torch.Tensor, K: torch.Tensor, bidirectional: bool) -> None:
-    """Check u (B, L, H) and K (H, L_k) -- or (2, H, L_k) when bidirectional -- with L_k >= L."""
+    """Check u (B, L, H) and K (H, L_k) -- or (2, H, L_k) when bidirectional -- with L_k >= L, of u's dtype and
+    device."""
     _check_real(u, "u")
     _check_real(K, "K")
     if u.dim() != 3 or 0 in u.shape:
@@ -52,6 +53,8 @@ def _check_conv_args(u: torch.Tensor, K: torch.Tensor, bidirectional: bool) -> N
         raise ValueError(f"K must have at least L={L} taps (last dimension); got shape {tuple(K.shape)}")
     if K.dtype != u.dtype:
         raise ValueError(f"K must have u's dtype {u.dtype}; got {K.dtype}")
+    if K.device != u.device:  # the CPU blocks' in-place product with a meta k̂ was a silent no-op: y = u
+        raise ValueError(f"K must be on u's device {u.device}; got {K.device}")
 
 
 def _fft_size(n_min: int) -> int:

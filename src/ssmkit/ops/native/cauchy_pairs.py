@@ -74,5 +74,7 @@ def pair_sums_unchecked(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
     H, M = w.shape
     lead = v.shape[:-2]
     v_g = v.resolve_conj().reshape(math.prod(lead), H, M).transpose(0, 1).contiguous()  # (H, S, M)
-    out = _NativeCauchyPairs.apply(v_g, y.contiguous(), w.resolve_conj().contiguous())  # (H, S, W)
+    # the kernel reads memory: a lazy conj() view's holds the unconjugated values, a negated view's (y = z.conj().imag,
+    # contiguous at one point of one channel) the negatives, and contiguous() keeps a contiguous view as it is
+    out = _NativeCauchyPairs.apply(v_g, y.resolve_neg().contiguous(), w.resolve_conj().contiguous())  # (H, S, W)
     return out.transpose(0, 1).reshape(*lead, H, y.shape[-1])

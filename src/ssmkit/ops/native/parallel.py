@@ -51,7 +51,9 @@ def ptr(t: torch.Tensor | None) -> int | None:
 
 
 def kernel_inputs(what: str, dtype: torch.dtype, **tensors: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-    """``tensors`` as a C kernel reads them: each contiguous (None stays None) and checked to be ``dtype``.
+    """``tensors`` as a C kernel reads them: each contiguous, its memory holding its values (a lazy conjugate or
+    negative bit resolved: ``contiguous()`` keeps a contiguous ``z.conj()`` as it is, whose memory holds the
+    unconjugated values), None staying None, and checked to be ``dtype``.
 
     The caller keeps the returned dict until the kernel call returns: :func:`ptr` hands the C code an address only,
     and a contiguous copy made inside an argument list (``ptr(t.contiguous())``) is freed as soon as that expression
@@ -67,7 +69,7 @@ def kernel_inputs(what: str, dtype: torch.dtype, **tensors: torch.Tensor | None)
     for name, t in tensors.items():
         if t is not None and t.dtype != dtype:
             raise ValueError(f"{what}: {name} must be {dtype}, the kernel's dtype; got {t.dtype}")
-    return {name: None if t is None else t.contiguous() for name, t in tensors.items()}
+    return {name: None if t is None else t.resolve_conj().resolve_neg().contiguous() for name, t in tensors.items()}
 
 
 def parts(n_items: int) -> int:

@@ -33,18 +33,21 @@ SIGNATURES = {  # the C functions of spectral.c: (argument types, result type)
 
 
 def _check_buffer(buf: Tensor, b: int, c: int, L: int, dtype: torch.dtype) -> None:
-    """Raise ``ValueError`` unless buf is a contiguous (b, c, n >= L) tensor of ``dtype``."""
-    if buf.shape[:2] != (b, c) or buf.shape[2] < L or not buf.is_contiguous() or buf.dtype != dtype:
+    """Raise ``ValueError`` unless buf is a contiguous (b, c, n >= L) tensor of ``dtype`` whose memory holds its values
+    (not a lazily negated view: the C code reads and writes the memory)."""
+    if buf.shape[:2] != (b, c) or buf.shape[2] < L or not buf.is_contiguous() or buf.dtype != dtype or buf.is_neg():
         raise ValueError(f"buf must be a contiguous {dtype} (b, c, n >= L) = ({b}, {c}, >={L}); got "
-                         f"{buf.dtype} {tuple(buf.shape)}")
+                         f"{buf.dtype} {tuple(buf.shape)}{' (a lazily negated view)' if buf.is_neg() else ''}")
 
 
 def load_padded(x: Tensor, buf: Tensor) -> None:
     """buf[i, c, t] = x[i, t, c] for t < L: x (B, L, H) a real view of any strides (a block's rows and channels),
     buf (B, H, n) contiguous of x's dtype with n >= L (its entries t >= L are left as they are: the zero padding,
-    written once by the caller)."""
+    written once by the caller). A lazily negated x (``z.conj().imag``) is read as its values: the C code reads memory
+    through x's strides, and a negated view's memory holds the values' negatives."""
     b, L, c = x.shape
     _check_buffer(buf, b, c, L, x.dtype)
+    x = x.resolve_neg()  # kept until the call returns
     fns = bind("spectral.c", x.dtype, SIGNATURES)
     run_parts(fns["sp_load"], fns["sp_load_items"](b, c), [ptr(x), *x.stride(), L, c, ptr(buf), buf.shape[2]],
               fns["openmp"])
@@ -52,9 +55,12 @@ def load_padded(x: Tensor, buf: Tensor) -> None:
 
 def store_block(buf: Tensor, y: Tensor) -> None:
     """y[i, t, c] = buf[i, c, t] for t < L: buf (B, H, n) contiguous with n >= L, y (B, L, H) a real view of any
-    strides of buf's dtype (a block of the output), written in place."""
+    strides of buf's dtype (a block of the output), written in place: not a lazily negated view (the C code writes
+    memory, which such a view reads negated)."""
     b, L, c = y.shape
     _check_buffer(buf, b, c, L, y.dtype)
+    if y.is_neg():
+        raise ValueError(f"y must hold its values in memory, not be a lazily negated view; got {tuple(y.shape)}")
     fns = bind("spectral.c", y.dtype, SIGNATURES)
     run_parts(fns["sp_store"], fns["sp_store_items"](b, L), [ptr(buf), buf.shape[2], L, c, ptr(y), *y.stride()],
               fns["openmp"])
@@ -68,11 +74,18 @@ def spectral_grads(U: Tensor | None, dY: Tensor, K: Tensor | None, acc: Tensor |
         dY: (B, H, W) the spectrum of the output's gradient, contiguous (overwritten when K is given).
         K: (H, W) the filter's spectrum, or None.
         acc: (H, W) contiguous, accumulated into, or None.
+
+    U and K may be any views (lazily conjugated ones read as their values); dY and acc, written in place, must hold
+    their values in memory: contiguous, without a lazy conjugate or negative bit (a copy would drop the result).
     """
     b, c, F = dY.shape
-    if not dY.is_contiguous() or dY.dtype not in REAL_OF or (acc is not None and not acc.is_contiguous()):
-        raise ValueError(f"dY and acc must be contiguous complex64/complex128; got {dY.dtype} "
-                         f"{'contiguous' if dY.is_contiguous() else 'strided'} dY")
+    plain = lambda t: t.is_contiguous() and not (t.is_conj() or t.is_neg())  # noqa: E731
+    if not plain(dY) or dY.dtype not in REAL_OF or (acc is not None and not plain(acc)):
+        raise ValueError("dY and acc must be contiguous complex64/complex128 without a lazy conjugate or negative bit "
+                         "(written in place); got " + ", ".join(
+                             f"{name} {t.dtype} {'contiguous' if t.is_contiguous() else 'strided'}"
+                             f"{' conjugated' if t.is_conj() else ''}{' negated' if t.is_neg() else ''}"
+                             for name, t in (("dY", dY), ("acc", acc)) if t is not None))
     need_k, need_u = U is not None and acc is not None, K is not None
     kept = kernel_inputs("fft_blocks native", dY.dtype, U=U if need_k else None, K=K, acc=acc if need_k else None)
     for name, t, shape in (("U", kept["U"], (b, c, F)), ("K", kept["K"], (c, F)), ("acc", kept["acc"], (c, F))):

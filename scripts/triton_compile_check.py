@@ -90,7 +90,7 @@ def main() -> int:
             ]
         shapes = ((64, 64),) if args.quick else ((64, 64), (64, 128))
         for P, N in shapes + (((64, 256),) if args.large else ()):
-            T, BP, NB = D.tiles(P, N, D.DEFAULT_CHUNK, dtype)
+            T, BP, NB = D.default_tiles(P, N, D.DEFAULT_CHUNK, dtype)
             cases.append((f"ssd forward P={P} N={N}", D._ssd_fwd_kernel,
                           {k: p for k in ("x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "h0_ptr", "y_ptr", "hL_ptr")},
                           {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))

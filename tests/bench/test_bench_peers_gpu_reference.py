@@ -880,7 +880,7 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(gpu, "machine", lambda: "a machine")
     out = tmp_path / "gpu.json"
     assert gpu.main(["--device", "cpu", "--scan-shapes", "s1", "s2", "--scan-chunks-per-program", "2", "--ssd-shapes",
-                     "d1", "--selective-shapes", "e1", "--selective-tiles", "16,8", "--backends", "chunked", "fft",
+                     "d1", "--ssd-tiles", "--selective-shapes", "e1", "--selective-tiles", "16,8", "--backends", "chunked", "fft",
                      "triton", "--repeats", "4", "--copy-bytes", "1000", "--gemm-size", "64", "--mamba-ssm-src", "/m",
                      "--mamba-ssm-cuda", "/m.so", "--short-conv-shapes", "c1", "--causal-conv1d-src", "/c",
                      "--causal-conv1d-cuda", "/c.so", "--json", str(out)]) == 0
@@ -979,11 +979,13 @@ def test_gpu_main_defaults(monkeypatch, capsys):
     assert "ssmkit bench gpu: a GPU; torch" in capsys.readouterr().out  # the device's name on CUDA
     cuda = torch.device("cuda")
     sel = ("chunked", "triton", *(f"triton:{t}" for t in gpu.SELECTIVE_TILES), "mamba_ssm")
+    ssd_rows = ("chunked", "triton", *(f"triton:{t}" for t in gpu.SSD_TILES), "mamba_ssm")
+    assert gpu.SSD_TILES == ["16,32,8", "16,16,8", "32,32,8"]
     scan = ("chunked", "fft", "triton", "triton:1", "triton:8", "triton:64", "triton:mm", "accelerated_scan")
     assert gpu.SCAN_CHUNKS_PER_PROGRAM == [1, 8, 64]
     assert seen == [("copy", cuda, 1 << 30), ("gemm", cuda, 8192)] + [
         ("scan", s, scan, cuda, 5, None, 3e12, None, None, None) for s in gpu.SCAN_SHAPES] + [
-        ("ssd", s, ("chunked", "triton", "mamba_ssm"), cuda, 5, None, 3e12, None, None, None) for s in gpu.SSD_SHAPES] + [
+        ("ssd", s, ssd_rows, cuda, 5, None, 3e12, None, None, None) for s in gpu.SSD_SHAPES] + [
         ("selective", s, sel, cuda, 5, None, 3e12, None, None, None) for s in gpu.SELECTIVE_SHAPES] + [
         ("short_conv", s, ("chunked", "causal_conv1d"), cuda, 5, None, 3e12, None, None, None)
         for s in gpu.SHORT_CONV_SHAPES]

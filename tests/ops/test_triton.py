@@ -431,6 +431,39 @@ def test_ssd_halves_its_tiles_when_a_launch_runs_out_of_shared_memory(monkeypatc
     assert tried == [(64, 32), (32, 32), (16, 32), (16, 16), (16, 16)]  # the second call starts at the tiles that ran
 
 
+@needs_triton
+@pytest.mark.parametrize("tiles", [(16, 16, 4), (16, 32, 8), (32, 16, 2), (64, 32, 8)])
+def test_ssd_at_explicit_tiles_equals_the_reference(tiles):
+    # the tiles `ssmkit bench gpu --ssd-tiles` times: any chunk / channels / warps computes the same scan, values and
+    # gradients (P 20 and L 37: neither a multiple of the channels nor of the chunk)
+    from ssmkit.ops.triton.ssd import Tiles, ssd_triton
+
+    inputs = [cast(t, torch.float64) for t in ssd_inputs(L=37, H=2, P=20, G=1)]
+    got = ssd_values_and_grads(lambda *a: ssd_triton(*a, tiles=Tiles(*tiles)), inputs)
+    want = ssd_values_and_grads(ssd_reference, inputs)
+    for name, a, b in zip(["y", "h_L", "x", "dt", "A", "B", "C", "h0"], got, want):
+        assert rel_err(a, b) < TOL[torch.float64], name
+
+
+@needs_triton
+def test_ssd_tiles_are_checked():
+    from ssmkit.ops.triton.ssd import Tiles, ssd_triton
+
+    assert Tiles.parse("16,32") == Tiles(16, 32, 8) and Tiles.parse("32,16,4") == Tiles(32, 16, 4)
+    for text, match in (("16", "chunk,channels"), ("16,32,8,1", "chunk,channels"), ("16,x", "chunk,channels"),
+                        ("8,32", "chunk must be a power of two >= 16"), ("16,48", "channels must be a power of two"),
+                        ("16,16,3", "num_warps must be 1, 2, 4, 8 or 16")):
+        with pytest.raises(ValueError, match=match):
+            Tiles.parse(text)
+    x, dt, A, B, C, _ = ssd_inputs(L=5, H=2, P=4, G=1)
+    with pytest.raises(ValueError, match="give chunk_size or tiles, not both"):
+        ssd_triton(x, dt, A, B, C, chunk_size=16, tiles=Tiles())
+    with pytest.raises(ValueError, match="tiles must be a ssmkit.ops.triton.ssd.Tiles; got tuple"):
+        ssd_triton(x, dt, A, B, C, tiles=(16, 16, 4))
+    with pytest.raises(ValueError, match="chunk must be a power of two >= 16"):
+        ssd_triton(x, dt, A, B, C, tiles=Tiles(chunk=24))
+
+
 # ----------------------------------------------------------------------------------------------------
 # the fused selective scan (Mamba-1)
 # ----------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ against the device's copy bandwidth and FLOP rate, and against the peers (mamba-
 where they load.
 
     ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--scan-chunks-per-program G ...]
-                     [--ssd-shapes B,L,H,P,N ...]
+                     [--ssd-shapes B,L,H,P,N ...] [--ssd-tiles chunk,channels[,num_warps] ...]
                      [--selective-shapes B,H,N,L ...] [--selective-tiles chunk,forward_chunk,... ...]
                      [--short-conv-shapes B,H,L ...]
                      [--backends chunked fft triton] [--repeats 5] [--json PATH] [--mamba-ssm-src DIR]
@@ -20,7 +20,8 @@ in its matmul form (``triton:mm``: the chunk products on tensor cores, :mod:`ssm
 ``accelerated_scan`` when it imports: accelerated-scan's complex Triton scan (``accelerated_scan.complex.scan``, a
 first-order recurrence with time-varying gates) over the B·H·N/2 complex channels, Ā expanded over time as its gate,
 then y = Re(Σ C x) + D u by one einsum -- what a user composes from that primitive (it writes every state);
-(3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, and mamba-ssm's Triton Mamba-2 scan
+(3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, the Triton kernel also at the tiles of
+``--ssd-tiles`` (:class:`ssmkit.ops.triton.ssd.Tiles`: chunk, channels per program, warps), and mamba-ssm's Triton Mamba-2 scan
 ``mamba_chunk_scan_combined`` (chunks of 256, as its ``Mamba2`` module; it returns y alone where ssmkit's also returns
 the final state) when it imports -- from the installed package, or from the ``mamba_ssm`` folder of a checkout given
 by ``--mamba-ssm-src``, loaded without the package's ``__init__`` (which imports its CUDA extension, absent where it
@@ -82,6 +83,10 @@ SCAN_CHUNKS_PER_PROGRAM = [1, 8, 64]
 # The first H200 run (docs/benchmarks.md) timed the last three fastest; the defaults themselves are a row too, so that
 # the dispatching "triton" row (checks, the gate) and the tiles are told apart.
 SELECTIVE_TILES = ["32,8,4,4,1,4,1", "16,8,4,4,1,2", "32,8,4,4,1,4,2", "64,16,4,2,2,4", "64,16,4,2,2,4,2"]
+# more tiles of the Triton SSD forward: chunk,channels,num_warps (ssmkit.ops.triton.ssd.Tiles; the default at these
+# shapes: 64,32,8, which spills 1.3-2.2 KB of stack per thread compiled for sm_90). Chunks of 16 do not spill at N 64;
+# 16,16,8 spills least at N 128 (216 bytes); 32,32,8 between (docs/benchmarks.md, the compile sweep).
+SSD_TILES = ["16,32,8", "16,16,8", "32,32,8"]
 
 
 def _timer(device: torch.device):
@@ -206,6 +211,12 @@ def _ssd_case(shape: str, device: torch.device, mamba_ssm_src: str | None = None
     def call(backend: str, leaves) -> tuple:
         if backend == "mamba_ssm":
             return (_mamba_ssm_ssd(mamba_ssm_src)(*leaves, chunk_size=256),)
+        if backend.startswith("triton:"):  # the kernel at the given tiles
+            from ssmkit.ops.triton.ssd import Tiles, ssd_triton
+            from ssmkit.ops.triton_gate import require_triton
+
+            require_triton("ssd", leaves[0])
+            return ssd_triton(*leaves, tiles=Tiles.parse(backend.split(":", 1)[1]))
         return ssd(*leaves, backend=backend)
 
     def forward(backend: str) -> None:
@@ -509,6 +520,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     parser.add_argument("--scan-chunks-per-program", nargs="*", type=positive_int, default=SCAN_CHUNKS_PER_PROGRAM,
                         help="more groupings of the Triton scan: chunks walked by one program (rows triton:G)")
     parser.add_argument("--ssd-shapes", nargs="*", default=SSD_SHAPES, help="B,L,H,P,N (one group)")
+    parser.add_argument("--ssd-tiles", nargs="*", default=SSD_TILES,
+                        help="more tiles of the Triton SSD forward: chunk,channels[,num_warps] (rows triton:tiles)")
     parser.add_argument("--selective-shapes", nargs="*", default=SELECTIVE_SHAPES,
                         help="B,d_inner,N,L (B and C shared, with D, z, Δ bias and softplus)")
     parser.add_argument("--selective-tiles", nargs="*", default=SELECTIVE_TILES,
@@ -556,7 +569,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     scan.append("accelerated_scan")
     for shape in args.scan_shapes:
         rows += measure("scan", shape, scan, device, bandwidth, args.repeats, flop_rate=flop_rate)
-    ssd_backends = [b for b in args.backends if b != "fft"] + ["mamba_ssm"]
+    ssd_backends = [b for b in args.backends if b != "fft"]
+    if "triton" in ssd_backends:
+        ssd_backends += [f"triton:{tiles}" for tiles in args.ssd_tiles]
+    ssd_backends.append("mamba_ssm")
     for shape in args.ssd_shapes:
         rows += _versus_peer(measure("ssd", shape, ssd_backends, device, bandwidth, args.repeats, args.mamba_ssm_src,
                                      flop_rate))

@@ -15,14 +15,18 @@ The decays are differences of running sums inside one chunk (the torch path sums
 :func:`ssmkit.ops.ssd.segment_sums`; here the chunk is short and the error is ~|cs|·eps). Matmuls run in IEEE
 precision: float32 as "tf32x3" (three TF32 tensor-core products, about float32's accuracy), float64 as "ieee".
 Compiled for sm_90 (Triton 3.9) at chunk 64, 32 channels, N 128, float32, the kernel still spills: 255 registers and
-2.2 KB of stack per thread with 8 warps ("ieee" float32 instead: 32 registers and 8.4 KB of stack) -- it needs a
-tuning session on a GPU (split N, smaller operand tiles).
+2.2 KB of stack per thread with 8 warps ("ieee" float32 instead: 32 registers and 8.4 KB of stack); at N 64 1.3 KB.
+Chunks of 16 do not spill at N 64 (N 128: 216 bytes with 16 channels); whether fewer, longer chunks with spills or
+more, shorter ones without are faster is a GPU measurement: :class:`Tiles` sets them, and ``ssmkit bench gpu
+--ssd-tiles`` times them (docs/benchmarks.md has the compile sweep).
 
 Backward: the kernel saves only its inputs; the backward re-runs :func:`ssmkit.ops.ssd.ssd_chunked` under autograd
 and differentiates it (recompute). A fused backward kernel is future work (docs/design.md).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -35,7 +39,41 @@ from ssmkit.ops.twice import graph_backward
 
 DEFAULT_CHUNK = 64  # T
 MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
-# (device, dtype, T, BP, NB) asked -> (T, BP) that launched: the tiles after a launch ran out of shared memory
+NUM_WARPS = 8
+
+
+class Tiles(NamedTuple):
+    """The forward kernel's tiles, given explicitly (:func:`ssd_triton`'s ``tiles``; without them
+    :func:`default_tiles` chooses for the shape): ``chunk`` steps per chunk and ``channels`` head channels per program,
+    each a power of two >= 16 (tl.dot's smallest tile), and ``num_warps`` per program. A chunk above
+    :data:`MAX_CHUNK` or channels above the head dimension are allowed but waste the tile; a launch that runs out of
+    shared memory halves them as for the defaults."""
+
+    chunk: int = DEFAULT_CHUNK
+    channels: int = 32
+    num_warps: int = NUM_WARPS
+
+    @classmethod
+    def parse(cls, text: str) -> "Tiles":
+        """``"chunk,channels[,num_warps]"`` -> Tiles, each checked (``ValueError`` naming what was expected)."""
+        fields = text.split(",")
+        if not 2 <= len(fields) <= 3 or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"SSD tiles must be 'chunk,channels[,num_warps]' (positive integers); got {text!r}")
+        return cls(*(int(f) for f in fields)).checked()
+
+    def checked(self) -> "Tiles":
+        """These tiles, or ``ValueError`` unless chunk and channels are powers of two >= 16 and num_warps a power of
+        two in [1, 16]."""
+        for name, v in (("chunk", self.chunk), ("channels", self.channels)):
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"SSD tiles: {name} must be a power of two >= 16 (tl.dot); got {v!r}")
+        if not isinstance(self.num_warps, int) or self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"SSD tiles: num_warps must be 1, 2, 4, 8 or 16; got {self.num_warps!r}")
+        return self
+
+
+# (device, dtype, T, BP, NB, num_warps) asked -> (T, BP) that launched: the tiles after a launch ran out of shared
+# memory
 _FITTED: dict[tuple, tuple[int, int]] = {}
 
 
@@ -85,7 +123,7 @@ def _ssd_fwd_kernel(
     tl.store(hL_ptr + s_off, S, mask=sm)
 
 
-def tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int, int]:
+def default_tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """The kernel's tiles: the chunk length (at most the T asked), the head channels per program and the padded N.
 
     Every tile is a power of two >= 16 (tl.dot). The kernel stages its dot operands in shared memory; compiled for
@@ -114,22 +152,26 @@ def tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int, int]:
     return max(16, min(T, cap)), BP, NB
 
 
-def _ssd_forward(x, dt, A, B, C, h0, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _ssd_forward(x, dt, A, B, C, h0, T: int, fixed: Tiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """y, H_L by the kernel at chunk T (:func:`default_tiles` picks the rest), or at the ``fixed`` tiles."""
     Bsz, L, H, P = x.shape
     G, N = B.shape[2:]
-    T, BP, NB = tiles(P, N, T, x.dtype)
+    T, BP, NB = default_tiles(P, N, T, x.dtype)
+    warps = NUM_WARPS
+    if fixed is not None:
+        T, BP, warps = fixed
     x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
     y = torch.empty_like(x)  # (B, L, H, P)
     hL = x.new_empty(Bsz, H, P, N)
     h0_arg = h0.contiguous() if h0 is not None else hL  # read only when HAS_H0
-    key = (x.device, x.dtype, T, BP, NB)
+    key = (x.device, x.dtype, T, BP, NB, warps)
     T, BP = _FITTED.get(key, (T, BP))
     while True:
         try:
             _ssd_fwd_kernel[(Bsz, H, triton.cdiv(P, BP))](
                 x, dt, A, B, C, h0_arg, y, hL, L, H, P, G, N, H // G, triton.cdiv(L, T),
                 T=T, BP=BP, NB=NB, HAS_H0=h0 is not None, PREC="tf32x3" if x.dtype == torch.float32 else "ieee",
-                num_warps=8,
+                num_warps=warps,
             )
             break
         except OutOfResources:  # raised before the launch: nothing was written
@@ -144,17 +186,17 @@ class _SSD(torch.autograd.Function):
     """y, H_L by the forward kernel; the backward differentiates :func:`ssmkit.ops.ssd.ssd_chunked` (recompute)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, T):  # type: ignore[override]
+    def forward(ctx, x, dt, A, B, C, h0, T, fixed):  # type: ignore[override]
         ctx.save_for_backward(x, dt, A, B, C, h0)
         ctx.T = T
-        return _ssd_forward(x, dt, A, B, C, h0, T)
+        return _ssd_forward(x, dt, A, B, C, h0, T, fixed)
 
     @staticmethod
     def backward(ctx, gy, gh):  # type: ignore[override]
         saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a double backward, on the inputs themselves (ops/twice.py)
             chunked = lambda *a: ssd_chunked(*a, chunk_size=ctx.T)  # noqa: E731
-            return (*graph_backward(chunked, saved, ctx.needs_input_grad[:6], (gy, gh)), None)
+            return (*graph_backward(chunked, saved, ctx.needs_input_grad[:6], (gy, gh)), None, None)
         inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]
         with torch.enable_grad(), torch.autocast(saved[0].device.type, enabled=False):  # the forward's precision
             y, h = ssd_chunked(*inputs, chunk_size=ctx.T)
@@ -167,7 +209,7 @@ class _SSD(torch.autograd.Function):
             found = torch.autograd.grad(outs, wanted, grads, allow_unused=True) if wanted and outs else []
         it = iter(found)
         result = [next(it) if t is not None and t.requires_grad else None for t in inputs]
-        return (*result, None)
+        return (*result, None, None)
 
 
 def ssd_triton(
@@ -179,6 +221,7 @@ def ssd_triton(
     h0: torch.Tensor | None = None,
     *,
     chunk_size: int | None = None,
+    tiles: Tiles | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SSD scan by the chunked Triton kernel; equals :func:`ssmkit.ops.ssd.ssd_reference`.
 
@@ -192,14 +235,24 @@ def ssd_triton(
         C: (B, L, G, N) output vectors.
         h0: (B, H, P, N) initial state, or None for zeros.
         chunk_size: the chunk length asked for (None: 64). The kernel's tile T is the power of two at or above it,
-            within [16, 64] (float64: [16, 32]; halved for N > 128) -- see :func:`tiles`; the chunk length changes
-            speed only, not the result beyond rounding.
+            within [16, 64] (float64: [16, 32]; halved for N > 128) -- see :func:`default_tiles`; the chunk length
+            changes speed only, not the result beyond rounding.
+        tiles: the forward kernel's tiles given explicitly (:class:`Tiles`: chunk, channels per program, warps), for
+            tuning on a GPU; None: chosen from ``chunk_size`` and the shape. Not both.
 
     Returns:
         y (B, L, H, P) and the final state (B, H, P, N).
     """
     _check_ssd(x, dt, A, B, C, h0)
+    if tiles is not None:
+        if chunk_size is not None:
+            raise ValueError(f"ssd_triton: give chunk_size or tiles, not both; got chunk_size={chunk_size}, "
+                             f"tiles={tiles}")
+        if not isinstance(tiles, Tiles):
+            raise ValueError(f"ssd_triton: tiles must be a ssmkit.ops.triton.ssd.Tiles; got {type(tiles).__name__}")
+        tiles.checked()
+        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles)
     asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
     check_chunk_size(asked)
-    T = tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
-    return _SSD.apply(x, dt, A, B, C, h0, T)
+    T = default_tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
+    return _SSD.apply(x, dt, A, B, C, h0, T, None)

@@ -30,6 +30,7 @@ from ssmkit.ops.triton import scan as S  # noqa: E402
 from ssmkit.ops.triton import scan_mm as SM  # noqa: E402
 from ssmkit.ops.triton import selective as SS  # noqa: E402
 from ssmkit.ops.triton import ssd as D  # noqa: E402
+from ssmkit.ops.triton import ssd_backward as DB  # noqa: E402
 
 
 def compile_one(fn, signature: dict, constexprs: dict, target: GPUTarget, num_warps: int = 8) -> tuple[int, str, float]:
@@ -92,8 +93,13 @@ def main() -> int:
         for P, N in shapes + (((64, 256),) if args.large else ()):
             T, BP, NB = D.default_tiles(P, N, D.DEFAULT_CHUNK, dtype)
             cases.append((f"ssd forward P={P} N={N}", D._ssd_fwd_kernel,
-                          {k: p for k in ("x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "h0_ptr", "y_ptr", "hL_ptr")},
-                          {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))
+                          {k: p for k in D._ssd_fwd_kernel.arg_names if k.endswith("_ptr")},
+                          {"T": T, "BP": BP, "NB": NB, "HAS_H0": True, "PREC": "tf32x3" if name == "fp32" else "ieee",
+                           "SAVE_CK": True}))
+            cases.append((f"ssd backward P={P} N={N}", DB._ssd_bwd_kernel,
+                          {k: p for k in DB._ssd_bwd_kernel.arg_names if k.endswith("_ptr")},
+                          {"T": D.BACKWARD_CHUNK, "BP": D.BACKWARD_CHANNELS, "NB": NB, "HAS_GHL": True,
+                           "WANT_GH0": True, "PREC": "tf32x3" if name == "fp32" else "ieee"}))
         for N in (16, 256) if args.large else (16,):
             tiles = SS.fit_tiles(SS.DEFAULT_TILES, N)
             sel = dict(N=N, NP=N, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, NUM_STAGES=tiles.num_stages)

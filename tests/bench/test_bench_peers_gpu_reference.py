@@ -889,7 +889,7 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     assert seen == [("copy", cpu, 1000), ("gemm", cpu, 64),
                     ("scan", "s1", scan, cpu, 5e10, 4, None, 2e12, None, None, None),
                     ("scan", "s2", scan, cpu, 5e10, 4, None, 2e12, None, None, None),
-                    ("ssd", "d1", ["chunked", "triton", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12, None, None, None),
+                    ("ssd", "d1", ["chunked", "triton", "triton:recompute", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12, None, None, None),
                     ("selective", "e1", ["chunked", "triton", "triton:16,8", "mamba_ssm"], cpu, 5e10, 4, "/m", 2e12,
                      "/m.so", None, None),
                     # no FFT or Triton short convolution: the other backends, then the peer
@@ -913,8 +913,9 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
                          "1.5e-07 (chunked) |")
     # each ssd and selective backend's time over mamba-ssm's, each short_conv one's over causal-conv1d's (the last
     # of its shape)
-    assert lines[-6:] == ["ssd 2,8,3,5,4 chunked: forward 0.33x, fwd+bwd 0.30x mamba-ssm's time",
-                          "ssd 2,8,3,5,4 triton: forward 0.67x, fwd+bwd 0.65x mamba-ssm's time",
+    assert lines[-7:] == ["ssd 2,8,3,5,4 chunked: forward 0.25x, fwd+bwd 0.22x mamba-ssm's time",
+                          "ssd 2,8,3,5,4 triton: forward 0.50x, fwd+bwd 0.48x mamba-ssm's time",
+                          "ssd 2,8,3,5,4 triton:recompute: forward 0.75x, fwd+bwd 0.74x mamba-ssm's time",
                           "selective 2,8,3,4 chunked: forward 0.25x, fwd+bwd 0.22x mamba-ssm's time",
                           "selective 2,8,3,4 triton: forward 0.50x, fwd+bwd 0.48x mamba-ssm's time",
                           "selective 2,8,3,4 triton:16,8: forward 0.75x, fwd+bwd 0.74x mamba-ssm's time",
@@ -925,7 +926,7 @@ def test_gpu_main_rows_ratios_table_and_json(monkeypatch, tmp_path, capsys):
     assert [r["forward_vs_mamba_ssm"] for r in sel] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert [r["forward_backward_vs_mamba_ssm"] for r in sel] == pytest.approx([6 / 27, 13 / 27, 20 / 27, 1.0])
     ssd_rows = [r for r in data["results"] if r["op"] == "ssd"]
-    assert [r["forward_vs_mamba_ssm"] for r in ssd_rows] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert [r["forward_vs_mamba_ssm"] for r in ssd_rows] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert all("forward_vs_mamba_ssm" not in r for r in data["results"] if r["op"] == "scan")
 
 
@@ -979,7 +980,7 @@ def test_gpu_main_defaults(monkeypatch, capsys):
     assert "ssmkit bench gpu: a GPU; torch" in capsys.readouterr().out  # the device's name on CUDA
     cuda = torch.device("cuda")
     sel = ("chunked", "triton", *(f"triton:{t}" for t in gpu.SELECTIVE_TILES), "mamba_ssm")
-    ssd_rows = ("chunked", "triton", *(f"triton:{t}" for t in gpu.SSD_TILES), "mamba_ssm")
+    ssd_rows = ("chunked", "triton", "triton:recompute", *(f"triton:{t}" for t in gpu.SSD_TILES), "mamba_ssm")
     assert gpu.SSD_TILES == ["16,32,8", "16,16,8", "32,32,8"]
     scan = ("chunked", "fft", "triton", "triton:1", "triton:8", "triton:64", "triton:mm", "accelerated_scan")
     assert gpu.SCAN_CHUNKS_PER_PROGRAM == [1, 8, 64]

@@ -29,15 +29,16 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
     assert [(r["op"], r["backend"]) for r in rows] == [
         ("scan", "chunked"), ("scan", "fft"), ("scan", "triton"), ("scan", "triton:1"), ("scan", "triton:mm"),
         ("scan", "accelerated_scan"),
-        ("ssd", "chunked"), ("ssd", "triton"), ("ssd", "triton:16,16,2"), ("ssd", "mamba_ssm"),
+        ("ssd", "chunked"), ("ssd", "triton"), ("ssd", "triton:recompute"), ("ssd", "triton:16,16,2"),
+        ("ssd", "mamba_ssm"),
         ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm"),
         ("short_conv", "chunked"), ("short_conv", "causal_conv1d")]
     assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[6]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
-    assert rows[10]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
+    assert rows[11]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
     # the FLOP bound: 6 flops per batch row, step, channel (and head channel) and state element
     assert rows[0]["flops"] == 6 * 1 * 9 * 3 * 4 and rows[6]["flops"] == 6 * 1 * 9 * 2 * 2 * 3
-    assert rows[10]["flops"] == 6 * 1 * 9 * 3 * 2
-    assert rows[14]["bytes"] == 8 * 2 * 9 * 3 and rows[14]["flops"] == 2 * 4 * 2 * 9 * 3  # 2·W flops per output
+    assert rows[11]["flops"] == 6 * 1 * 9 * 3 * 2
+    assert rows[15]["bytes"] == 8 * 2 * 9 * 3 and rows[15]["flops"] == 2 * 4 * 2 * 9 * 3  # 2·W flops per output
     rate = rows[0]["flops"] / rows[0]["flop_bound_s"]
     assert rate > 0 and all(r["flops"] / r["flop_bound_s"] == pytest.approx(rate) for r in rows)
     for r in rows:
@@ -46,8 +47,8 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
     if importlib.util.find_spec("causal_conv1d") is None:
         assert "causal-conv1d is not importable here" in rows[-1]["error"]  # a CUDA-only peer: its row says why
     if importlib.util.find_spec("mamba_ssm") is None:
-        assert "mamba-ssm is not importable here" in rows[13]["error"]
-        assert "mamba-ssm's Triton SSD is not importable here" in rows[9]["error"]
+        assert "mamba-ssm is not importable here" in rows[14]["error"]
+        assert "mamba-ssm's Triton SSD is not importable here" in rows[10]["error"]
     if importlib.util.find_spec("accelerated_scan") is None:
         assert "accelerated-scan is not importable here" in rows[5]["error"]
     for r in rows:

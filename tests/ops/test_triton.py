@@ -446,6 +446,57 @@ def test_ssd_at_explicit_tiles_equals_the_reference(tiles):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [dict(L=37, H=4, P=3, G=2, N=5), dict(L=16, H=2, P=20, G=1, N=17),
+                                   dict(L=50, H=6, P=7, G=3, N=4, Bsz=1)])
+def test_ssd_backward_kernel_equals_the_reference(dtype, shape, monkeypatch):
+    # the backward kernel (from the chunk-start states the forward kept) against the float64 reference's autograd, at
+    # lengths that are no multiple of its chunk, channels that are none of its 16 per program, groups of heads
+    # sharing B and C; counted, so that a silent fall back to the recompute path fails
+    import ssmkit.ops.triton.ssd_backward as backward_module
+    from ssmkit.ops.triton.ssd import ssd_triton
+
+    calls = []
+    kernel = backward_module.ssd_backward_kernel
+    monkeypatch.setattr(backward_module, "ssd_backward_kernel", lambda *a: calls.append(a[8]) or kernel(*a))
+    inputs = ssd_inputs(**shape)
+    got = ssd_values_and_grads(lambda *a: ssd_triton(*a), [cast(t, dtype) for t in inputs])
+    want = ssd_values_and_grads(ssd_reference, inputs)
+    assert calls == [16]  # one backward, at the backward's chunk
+    for name, a, b in zip(["y", "h_L", "x", "dt", "A", "B", "C", "h0"], got, want):
+        assert a.dtype == dtype, name
+        assert rel_err(a, b) < TOL[dtype], name
+
+
+@needs_triton
+def test_ssd_backward_kernel_with_some_gradients_and_either_output():
+    # only x and B wanting gradients, no initial state; the loss from y alone, then from the final state alone
+    from ssmkit.ops.triton.ssd import ssd_triton
+
+    x, dt, A, B, C, _ = (cast(t, torch.float64) for t in ssd_inputs(L=29, H=2, P=5, G=1, N=6))
+    for pick in (0, 1):
+        leaves = [x.clone().requires_grad_(), B.clone().requires_grad_()]
+        got = torch.autograd.grad(ssd_triton(leaves[0], dt, A, leaves[1], C)[pick].square().sum(), leaves)
+        ref = [x.clone().requires_grad_(), B.clone().requires_grad_()]
+        want = torch.autograd.grad(ssd_reference(ref[0], dt, A, ref[1], C)[pick].square().sum(), ref)
+        for a, b in zip(got, want):
+            assert rel_err(a, b) < TOL[torch.float64]
+
+
+@needs_triton
+def test_ssd_backward_by_recompute_and_by_kernel_agree():
+    from ssmkit.ops.triton.ssd import ssd_triton
+
+    inputs = [cast(t, torch.float64) for t in ssd_inputs(L=40, H=2, P=4, G=1, N=3)]
+    by_kernel = ssd_values_and_grads(lambda *a: ssd_triton(*a, backward="kernel"), inputs)
+    by_recompute = ssd_values_and_grads(lambda *a: ssd_triton(*a, backward="recompute"), inputs)
+    for a, b in zip(by_kernel, by_recompute):
+        assert rel_err(a, b) < 1e-12
+    with pytest.raises(ValueError, match=r"backward must be one of \('kernel', 'recompute'\); got 'fused'"):
+        ssd_triton(*inputs, backward="fused")
+
+
+@needs_triton
 def test_ssd_tiles_are_checked():
     from ssmkit.ops.triton.ssd import Tiles, ssd_triton
 
@@ -668,9 +719,12 @@ def test_gpu_scan_in_groups_at_batch_one(G):
 @pytest.mark.gpu
 @on_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gpu_ssd_at_a_real_size(dtype):
+@pytest.mark.parametrize("backward", ["kernel", "recompute"])
+def test_gpu_ssd_at_a_real_size(dtype, backward):
+    from ssmkit.ops.triton.ssd import ssd_triton
+
     inputs = [t.to(DEVICE) for t in ssd_inputs(L=1037, H=8, P=64, G=2, N=64, Bsz=2)]
-    got = ssd_values_and_grads(lambda *a: ssd(*a, backend="triton"), [cast(t, dtype) for t in inputs])
+    got = ssd_values_and_grads(lambda *a: ssd_triton(*a, backward=backward), [cast(t, dtype) for t in inputs])
     want = ssd_values_and_grads(ssd_chunked, inputs)  # float64 oracle
     tol = {torch.float32: 1e-4, torch.float64: 1e-11}[dtype]
     for name, a, b in zip(["y", "h_L", "x", "dt", "A", "B", "C", "h0"], got, want):
@@ -703,7 +757,8 @@ def test_gpu_s4d_runs_a_million_steps_at_batch_one():
 @on_gpu
 def test_gpu_ssd_runs_a_million_steps_at_batch_one():
     # the SSD kernel at L = 2^20 (offsets past 2^31 elements would need int64: (b·L + t)·H·P here is 2^26, the
-    # arithmetic is int64 throughout), forward against the chunked path, and a backward (the chunked recompute)
+    # arithmetic is int64 throughout), forward against the chunked path, and a backward (the backward kernel, from
+    # 2^16 chunk-start states)
     x, dt, A, B, C, h0 = (t.to(DEVICE, torch.float32) for t in ssd_inputs(L=2**20, H=4, P=16, G=1, N=16, Bsz=1))
     leaves = [t.requires_grad_() for t in (x, dt, B, C)]
     y, h = ssd(x, dt, A, B, C, h0, backend="triton")

@@ -20,8 +20,9 @@ in its matmul form (``triton:mm``: the chunk products on tensor cores, :mod:`ssm
 ``accelerated_scan`` when it imports: accelerated-scan's complex Triton scan (``accelerated_scan.complex.scan``, a
 first-order recurrence with time-varying gates) over the B·H·N/2 complex channels, Ā expanded over time as its gate,
 then y = Re(Σ C x) + D u by one einsum -- what a user composes from that primitive (it writes every state);
-(3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton``, the Triton kernel also at the tiles of
-``--ssd-tiles`` (:class:`ssmkit.ops.triton.ssd.Tiles`: chunk, channels per program, warps), and mamba-ssm's Triton Mamba-2 scan
+(3) ``ssd`` forward and forward+backward under ``chunked`` and ``triton`` (its backward kernel), ``triton:recompute``
+(the backward by differentiating the chunked path), the Triton kernel also at the tiles of ``--ssd-tiles``
+(:class:`ssmkit.ops.triton.ssd.Tiles`: chunk, channels per program, warps), and mamba-ssm's Triton Mamba-2 scan
 ``mamba_chunk_scan_combined`` (chunks of 256, as its ``Mamba2`` module; it returns y alone where ssmkit's also returns
 the final state) when it imports -- from the installed package, or from the ``mamba_ssm`` folder of a checkout given
 by ``--mamba-ssm-src``, loaded without the package's ``__init__`` (which imports its CUDA extension, absent where it
@@ -211,12 +212,15 @@ def _ssd_case(shape: str, device: torch.device, mamba_ssm_src: str | None = None
     def call(backend: str, leaves) -> tuple:
         if backend == "mamba_ssm":
             return (_mamba_ssm_ssd(mamba_ssm_src)(*leaves, chunk_size=256),)
-        if backend.startswith("triton:"):  # the kernel at the given tiles
+        if backend.startswith("triton:"):  # the kernel at the given tiles, or with the backward by recompute
             from ssmkit.ops.triton.ssd import Tiles, ssd_triton
             from ssmkit.ops.triton_gate import require_triton
 
             require_triton("ssd", leaves[0])
-            return ssd_triton(*leaves, tiles=Tiles.parse(backend.split(":", 1)[1]))
+            option = backend.split(":", 1)[1]
+            if option == "recompute":
+                return ssd_triton(*leaves, backward="recompute")
+            return ssd_triton(*leaves, tiles=Tiles.parse(option))
         return ssd(*leaves, backend=backend)
 
     def forward(backend: str) -> None:
@@ -571,7 +575,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         rows += measure("scan", shape, scan, device, bandwidth, args.repeats, flop_rate=flop_rate)
     ssd_backends = [b for b in args.backends if b != "fft"]
     if "triton" in ssd_backends:
-        ssd_backends += [f"triton:{tiles}" for tiles in args.ssd_tiles]
+        ssd_backends += ["triton:recompute", *(f"triton:{tiles}" for tiles in args.ssd_tiles)]
     ssd_backends.append("mamba_ssm")
     for shape in args.ssd_shapes:
         rows += _versus_peer(measure("ssd", shape, ssd_backends, device, bandwidth, args.repeats, args.mamba_ssm_src,

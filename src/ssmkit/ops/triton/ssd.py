@@ -20,8 +20,10 @@ Chunks of 16 do not spill at N 64 (N 128: 216 bytes with 16 channels); whether f
 more, shorter ones without are faster is a GPU measurement: :class:`Tiles` sets them, and ``ssmkit bench gpu
 --ssd-tiles`` times them (docs/benchmarks.md has the compile sweep).
 
-Backward: the kernel saves only its inputs; the backward re-runs :func:`ssmkit.ops.ssd.ssd_chunked` under autograd
-and differentiates it (recompute). A fused backward kernel is future work (docs/design.md).
+Backward: when a gradient is wanted the forward also keeps the state at each chunk's start, and a backward kernel
+(:mod:`ssmkit.ops.triton.ssd_backward`) walks the chunks in reverse from them; ``backward="recompute"`` keeps only the
+inputs and differentiates :func:`ssmkit.ops.ssd.ssd_chunked` instead (what the first H200 run timed: forward+backward
+0.9x the chunked path's speed).
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ from ssmkit.ops.twice import graph_backward
 DEFAULT_CHUNK = 64  # T
 MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
 NUM_WARPS = 8
+# The backward kernel's tiles: chunks of 16 (the forward then runs at them too: the states it keeps are chunk-start
+# states) and 16 head channels per program, 8 warps. Compiled for sm_90 (Triton 3.9, float32 "tf32x3") it spills 72
+# bytes per thread at N = 64 and 656 at N = 128; chunks of 32 spilled 632 / 7 584, the forward's 64 x 32 3 000 / 5 248
+# (docs/benchmarks.md, "Session of 2026-12-05 (05:58-)"). Untimed: ``ssmkit bench gpu`` times it (rows triton and
+# triton:recompute).
+BACKWARD_CHUNK = 16
+BACKWARD_CHANNELS = 16
+BACKWARDS = ("kernel", "recompute")
 
 
 class Tiles(NamedTuple):
@@ -79,9 +89,10 @@ _FITTED: dict[tuple, tuple[int, int]] = {}
 
 @triton.jit
 def _ssd_fwd_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, hL_ptr,
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, hL_ptr, ck_ptr,
     L, H, P, G, N, R, n_chunks,
     T: tl.constexpr, BP: tl.constexpr, NB: tl.constexpr, HAS_H0: tl.constexpr, PREC: tl.constexpr,
+    SAVE_CK: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     hd = tl.program_id(1)
@@ -102,6 +113,8 @@ def _ssd_fwd_kernel(
     for c in range(0, n_chunks):
         tt = (c * T + t).to(tl.int64)  # (T,)
         tm = tt < L
+        if SAVE_CK:  # the state at the chunk's start, for the backward kernel: (B, n_chunks, H, P, N)
+            tl.store(ck_ptr + (((b * n_chunks + c) * H + hd) * P + p[:, None]) * N + n[None, :], S, mask=sm)
         dtv = tl.load(dt_ptr + (b * L + tt) * H + hd, mask=tm, other=0.0)  # (T,)
         cs = tl.cumsum(dtv * A_h, 0)  # (T,): Σ_{k≤t} a_k within the chunk
         xv = tl.load(x_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], mask=tm[:, None] & pm[None, :], other=0.0)
@@ -152,8 +165,9 @@ def default_tiles(P: int, N: int, T: int, dtype: torch.dtype) -> tuple[int, int,
     return max(16, min(T, cap)), BP, NB
 
 
-def _ssd_forward(x, dt, A, B, C, h0, T: int, fixed: Tiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """y, H_L by the kernel at chunk T (:func:`default_tiles` picks the rest), or at the ``fixed`` tiles."""
+def _ssd_forward(x, dt, A, B, C, h0, T: int, fixed: Tiles | None = None, keep: bool = False):
+    """y, H_L by the kernel at chunk T (:func:`default_tiles` picks the rest), or at the ``fixed`` tiles; then, when
+    ``keep``, the chunk-start states (B, ⌈L/T⌉, H, P, N) and the chunk T they are kept at (the tiles that launched)."""
     Bsz, L, H, P = x.shape
     G, N = B.shape[2:]
     T, BP, NB = default_tiles(P, N, T, x.dtype)
@@ -167,11 +181,12 @@ def _ssd_forward(x, dt, A, B, C, h0, T: int, fixed: Tiles | None = None) -> tupl
     key = (x.device, x.dtype, T, BP, NB, warps)
     T, BP = _FITTED.get(key, (T, BP))
     while True:
+        ck = x.new_empty(Bsz, triton.cdiv(L, T), H, P, N) if keep else hL  # written only when SAVE_CK
         try:
             _ssd_fwd_kernel[(Bsz, H, triton.cdiv(P, BP))](
-                x, dt, A, B, C, h0_arg, y, hL, L, H, P, G, N, H // G, triton.cdiv(L, T),
+                x, dt, A, B, C, h0_arg, y, hL, ck, L, H, P, G, N, H // G, triton.cdiv(L, T),
                 T=T, BP=BP, NB=NB, HAS_H0=h0 is not None, PREC="tf32x3" if x.dtype == torch.float32 else "ieee",
-                num_warps=warps,
+                SAVE_CK=keep, num_warps=warps,
             )
             break
         except OutOfResources:  # raised before the launch: nothing was written
@@ -179,24 +194,43 @@ def _ssd_forward(x, dt, A, B, C, h0, T: int, fixed: Tiles | None = None) -> tupl
                 raise
             T, BP = (T // 2, BP) if T > 16 else (T, BP // 2)
     _FITTED[key] = (T, BP)
-    return y, hL
+    return (y, hL, ck, T) if keep else (y, hL)
 
 
 class _SSD(torch.autograd.Function):
-    """y, H_L by the forward kernel; the backward differentiates :func:`ssmkit.ops.ssd.ssd_chunked` (recompute)."""
+    """y, H_L by the forward kernel; the backward by the backward kernel from the chunk-start states the forward kept
+    (:mod:`ssmkit.ops.triton.ssd_backward`), or with ``backward="recompute"`` by differentiating
+    :func:`ssmkit.ops.ssd.ssd_chunked` (a re-run of the forward in torch)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, T, fixed):  # type: ignore[override]
-        ctx.save_for_backward(x, dt, A, B, C, h0)
+    def forward(ctx, x, dt, A, B, C, h0, T, fixed, backward):  # type: ignore[override]
+        keep = backward == "kernel" and any(ctx.needs_input_grad[:6])  # (grad mode is off in here)
+        if keep and fixed is None:
+            T = min(T, BACKWARD_CHUNK)
+        out = _ssd_forward(x, dt, A, B, C, h0, T, fixed, keep)
         ctx.T = T
-        return _ssd_forward(x, dt, A, B, C, h0, T, fixed)
+        ctx.backward_kind = backward
+        if keep:
+            y, hL, ck, ctx.T = out
+            ctx.save_for_backward(x, dt, A, B, C, h0, ck)
+            return y, hL
+        ctx.save_for_backward(x, dt, A, B, C, h0, None)
+        return out
 
     @staticmethod
     def backward(ctx, gy, gh):  # type: ignore[override]
-        saved = ctx.saved_tensors
+        *saved, ck = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a double backward, on the inputs themselves (ops/twice.py)
             chunked = lambda *a: ssd_chunked(*a, chunk_size=ctx.T)  # noqa: E731
-            return (*graph_backward(chunked, saved, ctx.needs_input_grad[:6], (gy, gh)), None, None)
+            return (*graph_backward(chunked, saved, ctx.needs_input_grad[:6], (gy, gh)), None, None, None)
+        if ck is not None:
+            x, dt, A, B, C, h0 = saved
+            from ssmkit.ops.triton.ssd_backward import ssd_backward_kernel
+
+            gy = torch.zeros_like(x) if gy is None else gy
+            grads = ssd_backward_kernel(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
+                                        C.contiguous(), ck, gy, gh, ctx.T, BACKWARD_CHANNELS, h0 is not None)
+            return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])), None, None, None)
         inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]
         with torch.enable_grad(), torch.autocast(saved[0].device.type, enabled=False):  # the forward's precision
             y, h = ssd_chunked(*inputs, chunk_size=ctx.T)
@@ -209,7 +243,7 @@ class _SSD(torch.autograd.Function):
             found = torch.autograd.grad(outs, wanted, grads, allow_unused=True) if wanted and outs else []
         it = iter(found)
         result = [next(it) if t is not None and t.requires_grad else None for t in inputs]
-        return (*result, None, None)
+        return (*result, None, None, None)
 
 
 def ssd_triton(
@@ -222,6 +256,7 @@ def ssd_triton(
     *,
     chunk_size: int | None = None,
     tiles: Tiles | None = None,
+    backward: str = "kernel",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SSD scan by the chunked Triton kernel; equals :func:`ssmkit.ops.ssd.ssd_reference`.
 
@@ -239,11 +274,16 @@ def ssd_triton(
             changes speed only, not the result beyond rounding.
         tiles: the forward kernel's tiles given explicitly (:class:`Tiles`: chunk, channels per program, warps), for
             tuning on a GPU; None: chosen from ``chunk_size`` and the shape. Not both.
+        backward: how gradients are computed: ``"kernel"`` (the backward kernel, :mod:`ssmkit.ops.triton.ssd_backward`,
+            from the chunk-start states the forward keeps when a gradient is wanted: B·⌈L/T⌉·H·P·N values) or
+            ``"recompute"`` (differentiate :func:`ssmkit.ops.ssd.ssd_chunked`, keeping only the inputs).
 
     Returns:
         y (B, L, H, P) and the final state (B, H, P, N).
     """
     _check_ssd(x, dt, A, B, C, h0)
+    if backward not in BACKWARDS:
+        raise ValueError(f"ssd_triton: backward must be one of {BACKWARDS}; got {backward!r}")
     if tiles is not None:
         if chunk_size is not None:
             raise ValueError(f"ssd_triton: give chunk_size or tiles, not both; got chunk_size={chunk_size}, "
@@ -251,8 +291,8 @@ def ssd_triton(
         if not isinstance(tiles, Tiles):
             raise ValueError(f"ssd_triton: tiles must be a ssmkit.ops.triton.ssd.Tiles; got {type(tiles).__name__}")
         tiles.checked()
-        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles)
+        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles, backward)
     asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
     check_chunk_size(asked)
     T = default_tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
-    return _SSD.apply(x, dt, A, B, C, h0, T, None)
+    return _SSD.apply(x, dt, A, B, C, h0, T, None, backward)

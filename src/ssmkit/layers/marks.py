@@ -64,16 +64,36 @@ def optim_marks(module: nn.Module) -> dict[str, OptimMarks]:
     return dict(module.__dict__.get(_ATTR, {}))
 
 
+def _own_parameters(module: nn.Module) -> Iterator[tuple[str, str, nn.Parameter]]:
+    """(name relative to ``module``, the tensor name on ``module`` it stands for, parameter) of ``module``'s own
+    parameters, then of those ``torch.nn.utils.parametrize`` moved off it: a tensor ``t`` reparametrised on ``module``
+    (``weight_norm``, ``orthogonal``, a user's constraint, even the identity) is held as
+    ``parametrizations.t.original`` (or ``original0``, ``original1``, ...) and stands for ``t``. (A parametrization's
+    own learnable parameters, ``parametrizations.t.0.*``, stand for nothing on ``module``.)"""
+    for name, param in module.named_parameters(recurse=False):
+        yield name, name, param
+    reparametrised = module._modules.get("parametrizations")
+    if reparametrised is None:
+        return
+    for tensor, holder in reparametrised.named_children():
+        for name, param in holder.named_parameters(recurse=False):  # original, or original0, original1, ...
+            yield f"parametrizations.{tensor}.{name}", tensor, param
+
+
 def marked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, OptimMarks | None]]:
-    """Every parameter of ``model`` (each once) with its qualified name and its marks (None when unmarked)."""
+    """Every parameter of ``model`` (each once) with its qualified name and its marks (None when unmarked).
+
+    A marked tensor reparametrised with ``torch.nn.utils.parametrize`` keeps its marks on the parameters that now
+    hold it (``parametrizations.<name>.original``, or ``original0``, ``original1``, ... for ``weight_norm``'s g and
+    v): before, they left the marked tensor's name and took the global learning rate and weight decay, silently."""
     seen: set[int] = set()
     for prefix, module in model.named_modules():
         marks = module.__dict__.get(_ATTR, {})
-        for name, param in module.named_parameters(recurse=False):
+        for name, tensor, param in _own_parameters(module):
             if id(param) in seen:
                 continue
             seen.add(id(param))
-            yield (f"{prefix}.{name}" if prefix else name), param, marks.get(name)
+            yield (f"{prefix}.{name}" if prefix else name), param, marks.get(tensor)
 
 
 def is_protected(module: nn.Module, name: str) -> bool:

@@ -235,18 +235,19 @@ def plain_linear(module: nn.Module) -> bool:
 
 
 def plain_module(module: nn.Module, cls: type) -> bool:
-    """Whether ``module`` is exactly a ``cls`` (not a subclass or wrapper) without hooks: a fused kernel may then stand
-    in for its call."""
-    return type(module) is cls and not hooked(module)
+    """Whether ``module`` is exactly a ``cls`` (not a subclass or wrapper) without hooks and with its class's own
+    ``forward``: a fused kernel may then stand in for its call. A ``forward`` set on the instance (accelerate's
+    ``add_hook_to_module``, an activation-steering patch: ``module.forward = ...``) is what calling the module runs,
+    so such a module is called (before, forward's fused projections bypassed it while ``step`` ran it, silently)."""
+    return type(module) is cls and not hooked(module) and "forward" not in module.__dict__
 
 
 def apply_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` for an output projection that is an ``nn.Linear``, an ``nn.Sequential`` of modules or anything
     else: plain linears (in a sequential without hooks of its own, too) go by :func:`linear`, everything else is
     called."""
-    if type(module) is nn.Sequential and not hooked(module):
-        if (len(module) == 2 and plain_linear(module[0]) and type(module[1]) is nn.GLU and module[1].dim == -1
-                and not hooked(module[1])):
+    if plain_module(module, nn.Sequential):
+        if len(module) == 2 and plain_linear(module[0]) and plain_module(module[1], nn.GLU) and module[1].dim == -1:
             return linear_glu(x, module[0].weight, module[0].bias)  # Linear H→2H + GLU, fused by row blocks
         for m in module:
             x = apply_linear(m, x)

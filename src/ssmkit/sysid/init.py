@@ -248,18 +248,39 @@ def set_discrete_poles(layer: torch.nn.Module, z: np.ndarray) -> None:
         else:
             lam = (2.0 / dt) * (zt - 1) / (zt + 1)
         if kind == "s4d":
-            layer.log_A_real[:, :k] = torch.log(-lam.real).to(layer.log_A_real.dtype)
-            layer.A_imag[:, :k] = lam.imag.to(layer.A_imag.dtype)
+            _write(layer, "log_A_real", (slice(None), slice(k)), torch.log(-lam.real))
+            _write(layer, "A_imag", (slice(None), slice(k)), lam.imag)
         else:
-            layer.A_real[:k] = lam.real.to(layer.A_real.dtype)
-            layer.A_imag[:k] = lam.imag.to(layer.A_imag.dtype)
+            _write(layer, "A_real", slice(k), lam.real)
+            _write(layer, "A_imag", slice(k), lam.imag)
     elif kind == "dlr":
-        layer.A_sqrt_neg_real[:k] = torch.sqrt(-logz.real).to(layer.A_sqrt_neg_real.dtype)
-        layer.A_imag[:k] = logz.imag.to(layer.A_imag.dtype)
+        _write(layer, "A_sqrt_neg_real", slice(k), torch.sqrt(-logz.real))
+        _write(layer, "A_imag", slice(k), logz.imag)
     else:  # lru
-        layer.log_nu[:k] = torch.log(-logz.real).to(layer.log_nu.dtype)
-        layer.log_theta[:k] = torch.log(logz.imag.abs().clamp(min=1e-4)).to(layer.log_theta.dtype)
-        layer.log_gamma[:k] = (0.5 * torch.log1p(-zt.abs() ** 2)).to(layer.log_gamma.dtype)
+        _write(layer, "log_nu", slice(k), torch.log(-logz.real))
+        _write(layer, "log_theta", slice(k), torch.log(logz.imag.abs().clamp(min=1e-4)))
+        _write(layer, "log_gamma", slice(k), 0.5 * torch.log1p(-zt.abs() ** 2))
+
+
+def _write(layer: torch.nn.Module, name: str, index, value: torch.Tensor) -> None:
+    """``layer.<name>[index] = value`` (in the tensor's dtype): in place, or, for a tensor reparametrised with
+    ``torch.nn.utils.parametrize``, by assigning the whole new value through its parametrization's
+    ``right_inverse``. (Written in place, the slice of a reparametrised tensor went into the parametrization's
+    output, a temporary: nothing changed, silently, and the poles came out wrong.)"""
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(layer, name):
+        tensor = getattr(layer, name)
+        tensor[index] = value.to(tensor.dtype)
+        return
+    new = getattr(layer, name).detach().clone()
+    new[index] = value.to(new.dtype)
+    try:
+        setattr(layer, name, new)  # through right_inverse
+    except (RuntimeError, NotImplementedError) as err:
+        raise ValueError(f"set_discrete_poles writes the layer's {name!r}, which is reparametrised "
+                         f"(torch.nn.utils.parametrize) without a right_inverse to write it through: give the "
+                         f"parametrization a right_inverse, or set the poles before registering it") from err
 
 
 def init_from_data(model: torch.nn.Module, records: Sequence[IORecord] | IORecord, method: str = "subspace",

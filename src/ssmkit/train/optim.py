@@ -11,16 +11,23 @@ skip D get the global settings.
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ssmkit.layers.marks import marked_parameters
 
 _NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, _NormBase)
+_REPARAMETRISED = re.compile(r"(?:^|\.)parametrizations\.([^.]+)\.original\d*$")
 
 
 def _is_norm_or_bias(model: nn.Module, name: str) -> bool:
-    owner, _, leaf = name.rpartition(".")
+    held = _REPARAMETRISED.search(name)  # ``torch.nn.utils.parametrize``: owner.parametrizations.<leaf>.original
+    if held:
+        owner, leaf = name[: held.start()], held.group(1)
+    else:
+        owner, _, leaf = name.rpartition(".")
     return leaf == "bias" or isinstance(model.get_submodule(owner), _NORMS)
 
 

@@ -197,3 +197,49 @@ def test_set_discrete_poles_writes_a_reparametrised_tensor(name, opts, tensor):
     parametrize.register_parametrization(clamped, tensor, _ClampHigh())
     with pytest.raises(ValueError, match="right_inverse"):
         set_discrete_poles(clamped, z)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# torch.ao dynamically quantised linears (README: "quantised linears" among the wrapped projections)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["attention", "h3"])
+def test_dynamically_quantised_projections_run_forward_and_step(name):
+    # attention and h3 read their projection's ``weight.dtype``: a method on a quantised linear, so both raised
+    # "'function' object has no attribute ..."; now they run, within int8's rounding of the float model, and their
+    # step loop equals their forward on the same quantised weights
+    from torch.ao.quantization import quantize_dynamic
+
+    import ssmkit.layers as layers
+
+    torch.manual_seed(0)
+    float_layer = layers.build(name, d_model=16).eval()
+    quantised = quantize_dynamic(copy.deepcopy(float_layer), {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(2, 20, 16)
+    with torch.no_grad():
+        want = float_layer(x)[0]
+        got = quantised(x)[0]
+        state = quantised.initial_state(2)
+        steps = []
+        for t in range(x.shape[1]):
+            y_t, state = quantised.step(x[:, t], state)
+            steps.append(y_t)
+    assert 0 < rel_err(got, want) < 0.1  # int8 weights (and per-call activation scales): ~2-3 % here
+    assert rel_err(torch.stack(steps, 1), got) < 0.1  # per-step activation scales differ from the whole call's
+
+
+def test_dynamically_quantised_sequence_model_runs():
+    from torch.ao.quantization import quantize_dynamic
+
+    from ssmkit.models import SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=3, d_model=16, n_layers=2, layer="s4d", d_output=2).eval()
+    quantised = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(2, 30, 3)
+    with torch.no_grad():
+        want, got = model(x)[0], quantised(x)[0]  # (y, state)
+    assert 0 < rel_err(got, want) < 0.1
+    with pytest.raises(ValueError, match="x must be on the model's device cpu; got meta"):
+        quantised(x.to("meta"))

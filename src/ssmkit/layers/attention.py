@@ -30,6 +30,7 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.attention import causal_attention, rotary
+from ssmkit.ops.rows import weight_dtype_device
 
 POSITIONALS = ("rotary", None)
 
@@ -148,11 +149,11 @@ class Attention(SequenceLayer):
 
     def state_spec(self) -> KVCache:
         """Keys and values (A, K, P) each, in the parameters' dtype, K growing from 0; the next position (1,) float64."""
-        spec = TensorSpec((self.n_heads, 0, self.head_dim), self.qkv.weight.dtype, growing=1)
+        spec = TensorSpec((self.n_heads, 0, self.head_dim), weight_dtype_device(self.qkv)[0], growing=1)
         return KVCache(spec, spec, TensorSpec((1,), torch.float64))
 
     def state_device(self) -> torch.device:
-        return self.qkv.weight.device
+        return weight_dtype_device(self.qkv)[1]
 
     @property
     def cache_limit(self) -> int | None:
@@ -195,12 +196,12 @@ class Attention(SequenceLayer):
         backend = self._backend()
         backend = "chunked" if backend == "auto" else backend
         with float32_core(x.device.type):
-            y, h = self._attend(x.to(self.qkv.weight.dtype), state, backend, return_state)
+            y, h = self._attend(x.to(weight_dtype_device(self.qkv)[0]), state, backend, return_state)
         return y.to(x.dtype), h
 
     def _step(self, x_t: torch.Tensor, state: KVCache):
         with float32_core(x_t.device.type):
-            y, h = self._attend(x_t.to(self.qkv.weight.dtype).unsqueeze(1), state, "chunked", True)
+            y, h = self._attend(x_t.to(weight_dtype_device(self.qkv)[0]).unsqueeze(1), state, "chunked", True)
         return y.squeeze(1).to(x_t.dtype), h
 
     def extra_repr(self) -> str:

@@ -26,6 +26,7 @@ from ssmkit.models.config import SequenceModelConfig
 from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.rows import weight_dtype_device
 from ssmkit.utils import check_floating, check_finite_sequence
 
 HEADS = ("classify", "regress", "lm")
@@ -195,12 +196,12 @@ class SequenceModel(nn.Module):
         # any real input is computed in the parameters' dtype (as the layers), under autocast too: autocast then lowers
         # a float32 encoder's matmul (a bf16/fp16 x goes through float32 exactly) and leaves a float64 one alone; a
         # float32 x kept as it was into a float64 model raised "mat1 and mat2 must have the same dtype" under autocast
-        return self.encoder(x.to(self.encoder.weight.dtype))
+        return self.encoder(x.to(weight_dtype_device(self.encoder)[0]))
 
     def _check_device(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless x is on the model's device (as the layers do; the encoder raised a RuntimeError
         from inside F.linear)."""
-        device = self.encoder.weight.device
+        device = weight_dtype_device(self.encoder)[1]
         if x.device != device:
             raise ValueError(f"x must be on the model's device {device}; got {x.device}")
 

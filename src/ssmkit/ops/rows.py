@@ -228,6 +228,17 @@ def hooked(module: nn.Module) -> bool:
     )
 
 
+def weight_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype a linear-like module computes in and its device: its ``weight``'s, or, where ``weight`` is a method
+    (``torch.ao`` dynamically quantised linears: int8 weights, float32 activations), float32 on the quantised weight's
+    device (before, reading ``.weight.dtype`` there raised "'function' object has no attribute 'dtype'")."""
+    weight = module.weight
+    if callable(weight) and not isinstance(weight, torch.Tensor):
+        weight = weight()
+        return (torch.float32 if weight.is_quantized else weight.dtype), weight.device
+    return weight.dtype, weight.device
+
+
 def plain_linear(module: nn.Module) -> bool:
     """Whether calling ``module`` is exactly ``F.linear`` with its weight and bias: a plain ``nn.Linear`` (not a
     subclass or wrapper) without hooks."""

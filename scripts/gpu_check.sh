@@ -44,7 +44,7 @@
 #            and causal-conv1d's CUDA kernel from .gpu-data/causal-conv1d and .gpu-data/cuda_peers) at B,d_inner,L =
 #            8,512,4096 and 8,1536,2048; every row with its output's difference from the first backend's; the copy
 #            bandwidth measured in the same run; one process per op: selective, scan, ssd, short_conv
-#                                                                                           (BENCH_S, 180 s)
+#                                                                                           (BENCH_S, 240 s)
 #   suite    the rest of the test suite with SSMKIT_TEST_DEVICE=cuda (protocol tests run "auto" = the kernels),
 #            on WORKERS pytest-xdist processes (default 14) when xdist imports, else one   (SUITE_S, 300 s)
 #   f16      issue 15's F-16 GVT run on the GPU: ssmkit sysid --benchmark f16 --model s4d --device cuda, data from
@@ -133,7 +133,7 @@ run_suite() {
 
 run_bench() {  # one bench process per op (selective first: issue 16's speed target), each printing its table when
   # done, so a time-out loses one op's rows, not all (the bench prints nothing before its last shape)
-  local end=$(( $(date +%s) + $(limit "${BENCH_S:-180}") )) rc=0 part left code
+  local end=$(( $(date +%s) + $(limit "${BENCH_S:-240}") )) rc=0 part left code
   : > "$LOG/bench_gpu.md"
   for part in selective scan ssd short_conv; do
     left=$(( end - $(date +%s) ))

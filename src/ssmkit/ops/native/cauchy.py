@@ -51,7 +51,7 @@ class _NativeCauchy(torch.autograd.Function):
             return tuple(graph_backward(lambda v, z, w: (_CauchyMatmul.apply(v, z, w),), (v, z, w),
                                         ctx.needs_input_grad, (g_out,)))
         need = list(ctx.needs_input_grad)
-        grads = iter(_backward_kernel(v, z, w, g_out.resolve_conj().contiguous(), *need))
+        grads = iter(_backward_kernel(v, z, w, g_out.resolve_conj().resolve_neg().contiguous(), *need))
         return tuple(next(grads) if n else None for n in need)
 
 
@@ -136,5 +136,6 @@ def sums_unchecked(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.T
     from ssmkit.ops.cauchy import grouped, ungrouped
 
     v_g, z_g, w_g, batch = grouped(v, z, w)
-    v_g, z_g, w_g = (t.resolve_conj() for t in (v_g, z_g, w_g))  # a lazy conj() view's memory holds the unconjugated
-    return ungrouped(_NativeCauchy.apply(v_g, z_g, w_g), batch)  # values: the kernel reads memory
+    # the kernel reads memory: a lazy conj() view's holds the unconjugated values, a negated view's their negatives
+    v_g, z_g, w_g = (t.resolve_conj().resolve_neg() for t in (v_g, z_g, w_g))
+    return ungrouped(_NativeCauchy.apply(v_g, z_g, w_g), batch)

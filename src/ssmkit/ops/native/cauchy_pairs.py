@@ -64,7 +64,7 @@ class _NativeCauchyPairs(torch.autograd.Function):
             grouped = lambda v, y, w: (cauchy_pairs_reference(v.transpose(0, 1), y, w).transpose(0, 1),)  # noqa: E731
             return tuple(graph_backward(grouped, (v, y, w), ctx.needs_input_grad, (g_out,)))
         need = list(ctx.needs_input_grad)
-        grads = iter(_backward_kernel(v, y, w, g_out.resolve_conj().contiguous(), *need))
+        grads = iter(_backward_kernel(v, y, w, g_out.resolve_conj().resolve_neg().contiguous(), *need))
         return tuple(next(grads) if n else None for n in need)
 
 

@@ -522,10 +522,12 @@ def _backward_kernel(
 
 class _FusedScan(torch.autograd.Function):
     """y, x_L of the diagonal scan by the forward kernel; gradients of u, Ā, B̄, C, x_{-1}, D by the backward kernel
-    (each launch a custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`)."""
+    (each launch a custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`). The chunk checkpoints are kept
+    when ``wants_grad`` (the caller's grad mode was on and an input requires grad: ``ctx.needs_input_grad`` ignores
+    grad mode, so a forward under ``torch.no_grad()`` kept them)."""
 
     @staticmethod
-    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH, G, matmul):  # type: ignore[override]
+    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH, G, matmul, wants_grad):  # type: ignore[override]
         N = A_bar.shape[1]
         if matmul:  # the chunk products on tensor cores (ssmkit.ops.triton.scan_mm); its modes padded to >= 16
             from ssmkit.ops.triton import scan_mm
@@ -536,7 +538,7 @@ class _FusedScan(torch.autograd.Function):
         coef, pw = _tables(A_bar, B_bar, C, T, NP)
         originals = (u, A_bar, B_bar, C, state, D)
         u = u.contiguous()
-        save = any(ctx.needs_input_grad[:6])
+        save = wants_grad
         x0 = _real_state(state, NP) if state is not None else None
         d = D.contiguous() if D is not None else None
         Bsz, L, H = u.shape
@@ -566,7 +568,7 @@ class _FusedScan(torch.autograd.Function):
         originals, tables = rest[:6], rest[6:]
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             grads = graph_backward(ssm_scan_chunked, originals, ctx.needs_input_grad[:6], (gy, gxL))
-            return (*grads, None, None, None, None)
+            return (*grads, None, None, None, None, None)
         N, NP, BH, T, G, has_state, mm_backward, G_asked = ctx.shape
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         gxL = u.new_zeros(u.shape[0], u.shape[2], NP, 2) if gxL is None else _real_state(gxL, NP)
@@ -586,7 +588,7 @@ class _FusedScan(torch.autograd.Function):
         gA, gB, gC = (torch.complex(g[2 * i], g[2 * i + 1]) for i in range(3))  # (H, N) each
         gstate = _complex_state(gx0, N) if has_state else None
         gD = (gy * u).sum((0, 1)) if d is not None else None
-        return gu, gA, gB, gC, gstate, gD, None, None, None, None
+        return gu, gA, gB, gC, gstate, gD, None, None, None, None, None
 
 
 def ssm_scan_triton(
@@ -664,7 +666,10 @@ def ssm_scan_triton(
     cdtype = _COMPLEX[u.dtype]
     A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts
     x0 = state.to(cdtype) if state is not None else None
-    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program, intra_chunk == "matmul")
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                 for t in (u, A_bar, B_bar, C, state, D))
+    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program, intra_chunk == "matmul",
+                             wants_grad)
     if not return_state:
         return y, None
     return y, (xL if is_complex else xL.real)

@@ -390,14 +390,16 @@ class _TritonSelectiveScan(torch.autograd.Function):
     custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`).
 
     Inputs: u, δ, z (B, L, H) contiguous (z or None), A (H, N), B, C (B, L, G, N) contiguous, D, b_Δ (H,) or None,
-    h0 (B, H, N) or None, softplus, tiles (:class:`Tiles`).
+    h0 (B, H, N) or None, softplus, tiles (:class:`Tiles`), wants_grad (the caller's grad mode was on and an input
+    requires grad: the checkpoints are kept; ``ctx.needs_input_grad`` ignores grad mode, so a forward under
+    ``torch.no_grad()`` kept them).
     """
 
     @staticmethod
-    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, tiles):  # type: ignore[override]
+    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, tiles, wants_grad):  # type: ignore[override]
         NP = max(triton.next_power_of_2(B.shape[3]), 2)
         tiles = fit_tiles(tiles, NP)
-        save = any(ctx.needs_input_grad[:9])
+        save = wants_grad
         contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
         A_c, D_c, bias_c, h0_c = (contiguous(t) for t in (A, D, delta_bias, h0))
         y, hL, ck = _forward_kernel(u, delta, z, A_c, B, C, D_c, bias_c, h0_c, softplus, list(tiles), save)
@@ -417,7 +419,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             def chunked(u, delta, z, A, B, C, D, delta_bias, h0):
                 return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, softplus, h0)
 
-            return (*graph_backward(chunked, inputs, ctx.needs_input_grad[:9], (gy, ghL)), None, None)
+            return (*graph_backward(chunked, inputs, ctx.needs_input_grad[:9], (gy, ghL)), None, None, None)
         # the kernel's gradients (this path is not itself differentiable; autograd runs a plain backward without grad)
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         ghL = None if ghL is None else ghL.contiguous()
@@ -425,7 +427,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
             u, delta, z, A, B, C, D, delta_bias, ck, gy, ghL, softplus, list(tiles), has_h0)
         return (
             gu, gdl, gz if z is not None else None, gA, gB, gC, gD if D is not None else None,
-            gbias if delta_bias is not None else None, gh0 if has_h0 else None, None, None,
+            gbias if delta_bias is not None else None, gh0 if has_h0 else None, None, None, None,
         )
 
 
@@ -490,8 +492,10 @@ def selective_scan_triton(
     grouped = B.dim() == 4
     Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                 for t in (u, delta, z, A, B, C, D, delta_bias, state))
     y, h = _TritonSelectiveScan.apply(
         u.contiguous(), delta.contiguous(), None if z is None else z.contiguous(), A, Bg, Cg, D, delta_bias, state,
-        bool(delta_softplus), tiles,
+        bool(delta_softplus), tiles, wants_grad,
     )
     return y, (h if return_state else None)

@@ -43,8 +43,8 @@ DEFAULT_CHUNK = 64  # T
 MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
 NUM_WARPS = 8
 # The backward kernel's tiles: chunks of 16 (the forward then runs at them too: the states it keeps are chunk-start
-# states) and 16 head channels per program, 8 warps. Compiled for sm_90 (Triton 3.9, float32 "tf32x3") it spills 72
-# bytes per thread at N = 64 and 656 at N = 128; chunks of 32 spilled 632 / 7 584, the forward's 64 x 32 3 000 / 5 248
+# states) and 16 head channels per program, 8 warps. Compiled for sm_90 (Triton 3.9, float32 "tf32x3") it spills 56
+# bytes per thread at N = 64 and 640 at N = 128; chunks of 32 spilled 632 / 7 584, the forward's 64 x 32 3 000 / 5 248
 # (docs/benchmarks.md, "Session of 2026-12-05 (05:58-)"). Untimed: ``ssmkit bench gpu`` times it (rows triton and
 # triton:recompute).
 BACKWARD_CHUNK = 16
@@ -200,11 +200,13 @@ def _ssd_forward(x, dt, A, B, C, h0, T: int, fixed: Tiles | None = None, keep: b
 class _SSD(torch.autograd.Function):
     """y, H_L by the forward kernel; the backward by the backward kernel from the chunk-start states the forward kept
     (:mod:`ssmkit.ops.triton.ssd_backward`), or with ``backward="recompute"`` by differentiating
-    :func:`ssmkit.ops.ssd.ssd_chunked` (a re-run of the forward in torch)."""
+    :func:`ssmkit.ops.ssd.ssd_chunked` (a re-run of the forward in torch). ``wants_grad``: grad mode was on and an
+    input requires grad (the caller's: grad mode is off in here, and ``ctx.needs_input_grad`` ignores it, so a
+    forward under ``torch.no_grad()`` kept the chunk-start states and ran at the backward's chunk)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, T, fixed, backward):  # type: ignore[override]
-        keep = backward == "kernel" and any(ctx.needs_input_grad[:6])  # (grad mode is off in here)
+    def forward(ctx, x, dt, A, B, C, h0, T, fixed, backward, wants_grad):  # type: ignore[override]
+        keep = backward == "kernel" and wants_grad
         if keep and fixed is None:
             T = min(T, BACKWARD_CHUNK)
         out = _ssd_forward(x, dt, A, B, C, h0, T, fixed, keep)
@@ -222,7 +224,7 @@ class _SSD(torch.autograd.Function):
         *saved, ck = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a double backward, on the inputs themselves (ops/twice.py)
             chunked = lambda *a: ssd_chunked(*a, chunk_size=ctx.T)  # noqa: E731
-            return (*graph_backward(chunked, saved, ctx.needs_input_grad[:6], (gy, gh)), None, None, None)
+            return (*graph_backward(chunked, saved, ctx.needs_input_grad[:6], (gy, gh)), *(None,) * 4)
         if ck is not None:
             x, dt, A, B, C, h0 = saved
             from ssmkit.ops.triton.ssd_backward import ssd_backward_kernel
@@ -230,7 +232,7 @@ class _SSD(torch.autograd.Function):
             gy = torch.zeros_like(x) if gy is None else gy
             grads = ssd_backward_kernel(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
                                         C.contiguous(), ck, gy, gh, ctx.T, BACKWARD_CHANNELS, h0 is not None)
-            return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])), None, None, None)
+            return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])), *(None,) * 4)
         inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]
         with torch.enable_grad(), torch.autocast(saved[0].device.type, enabled=False):  # the forward's precision
             y, h = ssd_chunked(*inputs, chunk_size=ctx.T)
@@ -243,7 +245,7 @@ class _SSD(torch.autograd.Function):
             found = torch.autograd.grad(outs, wanted, grads, allow_unused=True) if wanted and outs else []
         it = iter(found)
         result = [next(it) if t is not None and t.requires_grad else None for t in inputs]
-        return (*result, None, None, None)
+        return (*result, *(None,) * 4)
 
 
 def ssd_triton(
@@ -284,6 +286,7 @@ def ssd_triton(
     _check_ssd(x, dt, A, B, C, h0)
     if backward not in BACKWARDS:
         raise ValueError(f"ssd_triton: backward must be one of {BACKWARDS}; got {backward!r}")
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, h0))
     if tiles is not None:
         if chunk_size is not None:
             raise ValueError(f"ssd_triton: give chunk_size or tiles, not both; got chunk_size={chunk_size}, "
@@ -291,8 +294,8 @@ def ssd_triton(
         if not isinstance(tiles, Tiles):
             raise ValueError(f"ssd_triton: tiles must be a ssmkit.ops.triton.ssd.Tiles; got {type(tiles).__name__}")
         tiles.checked()
-        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles, backward)
+        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles, backward, wants_grad)
     asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
     check_chunk_size(asked)
     T = default_tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
-    return _SSD.apply(x, dt, A, B, C, h0, T, None, backward)
+    return _SSD.apply(x, dt, A, B, C, h0, T, None, backward, wants_grad)

@@ -3,7 +3,7 @@ or by one-step-ahead prediction error for comparison) and score its simulation o
 
     bench = load_benchmark("cascaded_tanks", folder)
     model, history = identify(bench, "s4d", recipe_for(bench.name))
-    scores = evaluate(model, bench)          # per test record and pooled: RMSE (bench.unit), fit %, ...
+    scores = evaluate(model, bench)          # per test record, one value per output: RMSE (bench.unit), fit %, ...
 
 Scoring follows the benchmark's protocol: the first ``n_init`` samples of every test record are not scored. A model
 with an initial-state encoder reads its state from the first ``encoder_window`` samples (≤ n_init: only data the
@@ -143,8 +143,8 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     ``recipe.val_records`` = k > 0 the tail of the last k records, held out whole from training). With
     ``recipe.first_layer_init = "data"`` the first layer's eigenvalues (the first ``recipe.data_init_layers``
     layers') start from a subspace estimate of the training
-    records (:func:`ssmkit.sysid.init.init_from_data`; under k-fold validation, of their parts outside the run's
-    held-out block, :func:`outside_blocks`).
+    records (:func:`ssmkit.sysid.init.init_from_data`; under tail validation, of their parts before the held-out
+    tail; under k-fold validation, of their parts outside the run's held-out block, :func:`outside_blocks`).
 
     With ``recipe.restarts`` = k > 1 the model is trained k times, from the seeds ``seed·k``, …, ``seed·k + k − 1``
     (disjoint for different ``seed``), and combined by ``recipe.combine``: ``"best"`` returns the run with the lowest
@@ -246,8 +246,16 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     model = build_model(bench, layer, recipe, mode, dtype, device)
     blocks = None if fold is None else fold_blocks([len(r) for r in train], recipe.folds or recipe.restarts, fold)
     if recipe.first_layer_init == "data":
-        # from the training records only (never the validation or test records, nor a held-out block's outputs)
-        records = train if blocks is None else outside_blocks(train, blocks)
+        # from the training records only (never the validation or test records, nor a held-out block's outputs);
+        # with no validation records given, fit_simulation holds out the tail of every record: leave it out here too
+        # (the same split), or the poles would be estimated from the outputs that early stopping validates on
+        if blocks is not None:
+            records = outside_blocks(train, blocks)
+        elif val is None and recipe.val_fraction > 0:
+            n_enc = model.encoder_window
+            records = split_tail(train, recipe.val_fraction, recipe.window + n_enc, n_enc + 2)[0]
+        else:
+            records = train
         init_from_data(model, records, layers=recipe.data_init_layers)
     config = fit_config(recipe, run_seed)
     history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)

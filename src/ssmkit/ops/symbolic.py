@@ -156,7 +156,7 @@ def keep_first(x: torch.Tensor, dim: int, L) -> torch.Tensor:
 
 
 def carry(
-    P: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, dim: int, reverse: bool = False
+    P: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None, dim: int, reverse: bool = False, pair: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """States of h_c = P_c ⊙ h_{c-1} + g_c along ``dim`` of g (symbolic length), by one ``scan`` op.
 
@@ -167,6 +167,8 @@ def carry(
             None for zeros.
         dim: the scanned axis of g (non-negative).
         reverse: scan from the last index down to the first.
+        pair: P, g and h0 are complex numbers stored as real and imaginary parts on a last axis of 2 (how a
+            complex carry is scanned: see the body); False for real or complex tensors.
 
     Returns:
         the state *before* each step (g's shape: h_{c-1}, or h_{c+1} when reversed), and the state after the
@@ -175,12 +177,22 @@ def carry(
     if P.dim() < g.dim():  # time-invariant: broadcast along the scanned axis, so that the op takes no closure
         P = P.unsqueeze(dim).expand_as(g)
     h = h0 if h0 is not None else g.new_zeros(g.select(dim, 0).shape)
+    if g.is_complex():  # as real pairs: the op's autograd cannot slice complex tensors ("select_copy does not
+        # support automatic differentiation for outputs with complex dtype"), so exporting with parameters that
+        # require grad (torch.export's default) failed, as did running such a program with a gradient
+        pairs = (torch.view_as_real(t.to(g.dtype).resolve_conj()) for t in (P.expand_as(g), g, h))
+        before, last = carry(*pairs, dim, reverse, pair=True)
+        return torch.view_as_complex(before), torch.view_as_complex(last)
     # the op's tracer rebuilds a view from its base (a complex view of real storage came back with the wrong last
     # axis), so the inputs enter as tensors of their own; the carry's layout must stay the same: contiguous in and out
     P, g, h = P.clone(), g.clone(), h.contiguous().clone()
 
     def step(h_prev, inputs):
         P_c, g_c = inputs
+        if pair:  # real and imaginary parts on the last axis: P h + g in complex arithmetic
+            pr, pi, hr, hi = P_c[..., 0], P_c[..., 1], h_prev[..., 0], h_prev[..., 1]
+            h_next = g_c + torch.stack((pr * hr - pi * hi, pr * hi + pi * hr), dim=-1)
+            return h_next.contiguous(), h_prev.clone()
         return torch.addcmul(g_c, P_c, h_prev).contiguous(), h_prev.clone()  # (the output may not alias the carry)
 
     last, before = scan(step, h, (P, g), dim=dim, reverse=reverse)

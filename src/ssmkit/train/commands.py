@@ -6,7 +6,9 @@
 
 Options are parsed with jsonargparse from the :class:`Experiment` and :class:`TrainConfig` dataclasses, so every
 field is an option (``--d_model 128``, ``--layer_options '{d_state: 32}'``, ``--train.lr 0.01``) and a YAML file
-given by ``--config`` sets them all (later options override it). A ``--config`` that is not a file is looked up among
+given by ``--config`` sets them all (later options override it). A dict option given whole replaces the config's
+(``--layer_options '{d_state: 32}'`` drops the config's other layer options); ``--layer_options.d_state 32`` changes
+one entry. A ``--config`` that is not a file is looked up among
 the configs shipped in the package (``ssmkit configs`` lists them).
 """
 

@@ -34,7 +34,8 @@ class SequenceLightningModule(pl.LightningModule):
         model: the model configuration (a :class:`SequenceModelConfig` or its dict).
         train: the training configuration (a :class:`TrainConfig` or its dict).
 
-    Both are saved as plain dicts in every checkpoint (``hyper_parameters``), so a checkpoint rebuilds its model.
+    Both are saved as plain dicts in every checkpoint (``hyper_parameters``), so a checkpoint rebuilds its model. The
+    model is float32, or float64 for ``train.precision == "64"``.
     """
 
     def __init__(self, model: SequenceModelConfig | dict, train: TrainConfig | dict) -> None:
@@ -45,6 +46,11 @@ class SequenceLightningModule(pl.LightningModule):
         self.model_config = model_cfg
         self.train_config = train_cfg
         self.model = SequenceModel.from_config(model_cfg)
+        if train_cfg.precision == "64":
+            # float64 from the start, as Lightning's "64-true" converts it: Lightning loads a checkpoint's weights into
+            # the module as built (``fit(ckpt_path=...)`` before converting it, ``load_from_checkpoint``), so a float32
+            # module rounded them (a resumed float64 run 2e-7 from the uninterrupted one)
+            self.model.double()
         self.head = model_cfg.head
         self.checkpoint_dir: str | None = None
         self._sums: dict[str, list[torch.Tensor]] = {}

@@ -223,10 +223,9 @@ def test_pathfinder_folder_metadata_order_rows_and_pixels(tmp_path):
     rgb = np.zeros((4, 4, 3), dtype=np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, np.arange(16).reshape(4, 4) * 15, 77
     _png(folder / "imgs" / "rgb.png", rgb)
-    (folder / "imgs" / "empty.png").write_bytes(b"")
-    (folder / "imgs" / "text.png").write_text("not a png")
+    (folder / "imgs" / "empty.png").write_bytes(b"")  # 0 bytes: left out, as the release's known empty file
     with open(folder / "metadata" / "11.npy", "a") as f:
-        f.write("imgs empty.png 0 1\nimgs missing.png 0 1\nimgs text.png 0 0\nimgs rgb.png 0 1\n")
+        f.write("imgs empty.png 0 1\nimgs rgb.png 0 1\n")
     r, g, b = (rgb[..., c].astype(np.int64).reshape(-1) for c in range(3))
     want_x.append(((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).tolist())  # PIL's ITU-R 601 luma ("L")
     want_y.append(1)
@@ -247,8 +246,16 @@ def test_pathfinder_folder_refusals(tmp_path):
     (folder / "metadata" / "0.npy").write_text("imgs a.png 0 1\nimgs b.png 1 0\n")
     (folder / "imgs").mkdir()
     (folder / "imgs" / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"diff: 1 image\(s\) named in metadata/ are missing or cannot be decoded, "
+                                         r"e\.g\. imgs/b\.png \(FileNotFoundError\)"):
+        read_pathfinder_folder(folder, 4)  # a missing PNG is an error, not a smaller set
+    (folder / "imgs" / "b.png").write_text("not a png")
+    with pytest.raises(ValueError, match=r"e\.g\. imgs/b\.png \(UnidentifiedImageError\)"):
+        read_pathfinder_folder(folder, 4)
+    (folder / "metadata" / "0.npy").write_text("imgs a.png 0 1\n")
     with pytest.raises(ValueError, match=r"diff: no readable images"):
         read_pathfinder_folder(folder, 4)
+    (folder / "metadata" / "0.npy").write_text("imgs a.png 0 1\nimgs b.png 1 0\n")
     _png(folder / "imgs" / "b.png", np.zeros((4, 5), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"b\.png: expected a 4×4 image; got \(4, 5\)"):
         read_pathfinder_folder(folder, 4)

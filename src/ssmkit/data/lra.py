@@ -22,9 +22,11 @@ padded to ``l_max``. Text and Retrieval declare ``pad_id`` 0, so mean pooling sk
   text rows ``subfolder file_name index label ...``, and the PNGs at ``<difficulty>/<subfolder>/<file_name>``. As in
   S4, only ``curv_contour_length_14`` is used, pixels are scaled to [−1, 1], images flattened in raster order
   (1,024 or 16,384 steps), the metadata files are read in numeric order and split 80 / 10 / 10 with
-  ``torch.utils.data.random_split`` seeded with 42. Empty or unreadable PNGs are skipped (one is known in the
-  release). Decoding 200,000 PNGs takes minutes, so the decoded pixels are cached under
-  ``<root>/decoded/`` (atomic write).
+  ``torch.utils.data.random_split`` seeded with 42. Empty (0-byte) PNGs are skipped: the release has one,
+  ``pathfinder32/curv_baseline/imgs/0/sample_172.png``, which S4 leaves out by name. A PNG that is missing or cannot
+  be decoded is an error (S4's loader reads every other row; skipping it would shrink the set, move every image of
+  the seeded split and be cached). Decoding 200,000 PNGs takes minutes, so the decoded pixels are cached under
+  ``<root>/generated/<task>-decoded/`` (atomic write), keyed by the folder and its metadata files.
 """
 
 from __future__ import annotations
@@ -210,8 +212,9 @@ def read_pathfinder_folder(folder: str | os.PathLike, size: int) -> tuple[torch.
         size: the image side (32 for Pathfinder, 128 for Path-X).
 
     Returns:
-        pixels (B, L, 1) uint8 with L = size², raster order; labels (B,) int64. Empty or unreadable PNGs are
-        skipped.
+        pixels (B, L, 1) uint8 with L = size², raster order; labels (B,) int64. Rows naming an empty (0-byte)
+        PNG are left out (the release's one known defect); a ``ValueError`` names the PNGs that are missing or
+        cannot be decoded (a partly extracted release), before anything is cached.
     """
     from PIL import Image
 
@@ -219,7 +222,7 @@ def read_pathfinder_folder(folder: str | os.PathLike, size: int) -> tuple[torch.
     metas = sorted((folder / "metadata").glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
     if not metas:
         raise ValueError(f"{folder}/metadata: no .npy metadata files")
-    xs, ys = [], []
+    xs, ys, bad = [], [], []
     for meta in metas:
         for line in meta.read_text().splitlines():
             cells = line.split()
@@ -228,15 +231,21 @@ def read_pathfinder_folder(folder: str | os.PathLike, size: int) -> tuple[torch.
             if len(cells) < 4:
                 raise ValueError(f"{meta}: expected rows 'subfolder file_name index label ...'; got {line!r}")
             path = folder / cells[0] / cells[1]
+            if path.is_file() and path.stat().st_size == 0:
+                continue  # the release's known empty file (S4 leaves it out by name)
             try:
                 with Image.open(path) as image:
                     pixels = np.asarray(image.convert("L"))
-            except (OSError, ValueError):
-                continue  # an empty or broken file (the release has one)
+            except (OSError, ValueError) as error:
+                bad.append(f"{cells[0]}/{cells[1]} ({type(error).__name__})")
+                continue
             if pixels.shape != (size, size):
                 raise ValueError(f"{path}: expected a {size}×{size} image; got {pixels.shape}")
             xs.append(pixels.reshape(-1))
             ys.append(int(cells[3]))
+    if bad:
+        raise ValueError(f"{folder}: {len(bad)} image(s) named in metadata/ are missing or cannot be decoded, e.g. "
+                         f"{', '.join(bad[:3])}; extract the release again (a partial set would change the split)")
     if not xs:
         raise ValueError(f"{folder}: no readable images")
     return torch.from_numpy(np.stack(xs))[..., None], torch.tensor(ys)

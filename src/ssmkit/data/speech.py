@@ -7,7 +7,8 @@ mono WAV files at 16 kHz, plus ``validation_list.txt`` and ``testing_list.txt`` 
 default is CKConv's random split of the full-length clips, see :class:`SC10Task`). ``_background_noise_`` is not a
 word.
 Each clip is zero-padded at the end (or cut) to 16,000 samples and scaled to [−1, 1) (sample / 32768), giving
-(B, 16000, 1). Decoded clips are cached under ``<root>/decoded/`` (atomic write).
+(B, 16000, 1). Decoded clips are cached under ``<root>/generated/<task>-decoded*/`` (atomic write), keyed by the
+folder, the number of files in each word folder and the sizes of the two lists.
 
 Normalisation (``normalize``): ``"position"`` (the default) standardises every time step l with the mean and standard
 deviation (n − 1 denominator) of the training clips at that step, after padding:
@@ -44,6 +45,10 @@ NORMALIZATIONS = ("position", "none")
 def read_samples(path: str | os.PathLike) -> np.ndarray:
     """The samples of a 16-bit PCM mono WAV file at 16 kHz, as they are (int16, the file's length).
 
+    A file whose data stop before the sample count its header declares (cut short, e.g. by an interrupted
+    extraction) is refused with a ``ValueError`` naming it: read as it is, it would become a shorter clip, zero-padded
+    in SC35 and dropped from SC10's full-length clips, silently.
+
     Args:
         path: the .wav file.
     """
@@ -51,7 +56,12 @@ def read_samples(path: str | os.PathLike) -> np.ndarray:
         if f.getsampwidth() != 2 or f.getnchannels() != 1 or f.getframerate() != SAMPLE_RATE:
             raise ValueError(f"{path}: expected 16-bit mono PCM at {SAMPLE_RATE} Hz; got {8 * f.getsampwidth()}-bit, "
                              f"{f.getnchannels()} channels, {f.getframerate()} Hz")
-        return np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
+        declared = f.getnframes()
+        data = f.readframes(declared)
+    if len(data) != 2 * declared:
+        raise ValueError(f"{path}: the header declares {declared} samples but the file holds {len(data) // 2}: "
+                         "the file is cut short (extract the release again)")
+    return np.frombuffer(data, dtype="<i2")
 
 
 def read_wav(path: str | os.PathLike, length: int = SAMPLE_RATE) -> np.ndarray:
@@ -185,8 +195,9 @@ class SC35Task(_SpeechCommands):
 def stratified_split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A seeded split of each class into 70 % train, then the rest halved into validation and test.
 
-    Per class of n items: ⌊0.7 n⌋ train, ⌊(n − ⌊0.7 n⌋) / 2⌋ validation, the rest test (the sizes of CKConv's and
-    S4's two ``train_test_split`` calls, class by class).
+    Per class of n items: ⌊0.7 n⌋ train, ⌊(n − ⌊0.7 n⌋) / 2⌋ validation, the rest test. CKConv's and S4's two
+    ``train_test_split`` calls round over all classes together (⌊0.7 N⌋ training clips of N), so their parts differ
+    from these by a clip or two per class (on 34,975 clips, a few clips per part).
 
     Args:
         labels: (B,) int64.
@@ -218,7 +229,7 @@ class SC10Task(_SpeechCommands):
     The published SC10 numbers (S4 v1 98.32, arXiv 2111.00396; DSS 97.7) come from CKConv's protocol, which S4's
     loader implements (``_process_data``): only the clips of exactly 16,000 samples (34,975 in v0.02), a random
     stratified 70 / 15 / 15 split (so speakers are shared between the splits), then ``normalize``. That is
-    ``split="random"`` (the same protocol and sizes, not the same clips: the original's order comes from
+    ``split="random"`` (the same protocol, sizes to a few clips, not the same clips: the original's order comes from
     ``os.listdir``). ``split="lists"`` uses the release's speaker-disjoint validation and testing lists with every
     clip padded, as SC35 does.
 

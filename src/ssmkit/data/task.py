@@ -7,7 +7,10 @@
     splits = task.splits()                             # {"train": Dataset, "val": ..., "test": ...}
     x, y = splits["train"][0]
 
-Every split is a ``torch.utils.data.TensorDataset`` of pairs ``x, y``. The inputs are token ids ``(B, L)``
+Every split is a dataset of pairs ``x, y``: a ``torch.utils.data.TensorDataset``, or, for images and audio kept
+as integers (MNIST, CIFAR, Pathfinder, Speech Commands), a :class:`ssmkit.data.ScaledSequences`, whose items
+``ds[i]`` are the scaled float32 inputs but whose ``ds.tensors`` are the stored integers: scale those with
+``x.float() * ds.scale + ds.shift`` (``ssmkit train`` does, per batch). The inputs are token ids ``(B, L)``
 (int64, ``info().vocab_size`` ids) or features ``(B, L, H)`` (float32, H = ``info().d_input``); a pair task
 (``info().pair``, LRA retrieval) gives two sequences per item, ``(B, 2, L)``. The targets
 depend on ``info().target``:

@@ -191,3 +191,25 @@ def test_cli_average_writes_an_ensemble_that_analyze_reads(tmp_path, capsys):
     assert isinstance(model, WienerEnsemble) and len(model) == 2
     assert main(["analyze", str(out / "model.pt"), "--no-plots", "--out", str(tmp_path / "analysis")]) == 0
     assert "members.1.layers.0" in capsys.readouterr().out
+
+
+@needs_data
+def test_cli_an_interrupted_model_write_leaves_no_half_file(tmp_path, monkeypatch):
+    # model.pt goes to a temporary name and is renamed: a write that fails half-way (disk full, a kill) leaves no
+    # model.pt that `ssmkit analyze` would fail to read (before, torch.save wrote straight into it)
+    import torch
+
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError("disk full")  # after the bytes went out
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        main(["sysid", "--benchmark", "cascaded_tanks", "--data-folder", str(DATA / "cascaded_tanks"), "--steps", "2",
+              "--recipe.val_every", "2", "--recipe.d_model", "2", "--recipe.n_layers", "1", "--no-plots", "--out",
+              str(out)])
+    assert (out / "results.json").exists()  # the run got as far as writing the model
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("model") or p.suffix == ".tmp") == []

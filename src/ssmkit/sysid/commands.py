@@ -90,6 +90,7 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
     """``ssmkit sysid``: train, evaluate, write the report and print the table (exit 0)."""
     import torch
 
+    from ssmkit.files import atomic_write
     from ssmkit.sysid.benchmarks import load_benchmark
     from ssmkit.sysid.report import results_table, write_report
     from ssmkit.sysid.workflow import MODES, evaluate, identify
@@ -139,8 +140,10 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
     }
     write_report(out, bench, label, scores, run, plots=not cfg.no_plots)
-    torch.save(model.checkpoint(recipe=dataclasses.asdict(recipe), model=cfg.model, mode=cfg.mode,
-                                benchmark=cfg.benchmark), os.path.join(out, "model.pt"))  # `ssmkit analyze` reads it
+    checkpoint = model.checkpoint(recipe=dataclasses.asdict(recipe), model=cfg.model, mode=cfg.mode,
+                                  benchmark=cfg.benchmark)
+    # `ssmkit analyze` reads it; written to a temporary name and renamed, so an interrupted run leaves no half file
+    atomic_write(os.path.join(out, "model.pt"), lambda f: torch.save(checkpoint, f))
     print(results_table(bench, label, scores))
     chosen = f" (run {len(history['restarts'])} times; kept seed {history['seed']})" if "restarts" in history else ""
     if ensemble:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
-import wave
 
 import numpy as np
 import pytest
@@ -46,6 +45,7 @@ import torch
 from ssmkit.data import available_tasks, get_task
 from ssmkit.data.task import GeneratedTask
 from ssmkit.data.store import cache_path
+from tests.data.test_loaders import write_wav
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -309,11 +309,7 @@ def test_smnist_raster_order_over_255_and_psmnist_one_permutation_for_every_spli
 
 def _write_wav(path, samples):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(16000)
-        f.writeframes(np.asarray(samples, dtype="<i2").tobytes())
+    write_wav(path, samples)
 
 
 def test_speech_steps_standardised_with_training_clips_only_and_short_clips_padded_at_the_end(tmp_path):

@@ -187,6 +187,25 @@ def _check_fit_options(cfg: SimulationFit) -> None:
         raise ValueError(f"censor must be a bool; got {cfg.censor!r}")
 
 
+def tail_validation(train: list[IORecord], val: list[IORecord] | None, fraction: float, window: int,
+                    n_enc: int) -> tuple[list[IORecord], list[IORecord] | None]:
+    """The (training, validation) records of a run without held-out blocks: ``val`` as given, or else -- with
+    ``fraction`` > 0 -- the last ``fraction`` of every training record (:func:`split_tail`, keeping a training window
+    plus the encoder's ``n_enc`` samples for training and ``n_enc`` + 2 for validation). :func:`fit_simulation` trains
+    and validates on these; the data-driven initialisation and an ensemble's validation take the same split from here.
+
+    Args:
+        train: the estimation records.
+        val: validation records, or None.
+        fraction: the validation fraction, in [0, 1).
+        window: the training window.
+        n_enc: the model's encoder window.
+    """
+    if val is None and fraction > 0:
+        return split_tail(train, fraction, window + n_enc, n_enc + 2)
+    return train, val
+
+
 def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val: int = 2) -> tuple[list[IORecord], list[IORecord]]:
     """Hold out the last ``fraction`` of every record: (estimation parts, validation parts).
 
@@ -384,8 +403,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         if val is not None:
             raise ValueError("give either validation records (val) or held-out blocks, not both")
         _check_blocks(blocks, train, n_enc)
-    if val is None and cfg.val_fraction > 0 and blocks is None:
-        train, val = split_tail(train, cfg.val_fraction, cfg.window + n_enc, n_enc + 2)
+    if blocks is None:
+        train, val = tail_validation(train, val, cfg.val_fraction, cfg.window, n_enc)
     for r in train:
         if len(r) < cfg.window + n_enc:
             raise ValueError(f"record {r.name!r} has {len(r)} samples, fewer than window + encoder_window = {cfg.window + n_enc}")

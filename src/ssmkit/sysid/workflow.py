@@ -28,7 +28,7 @@ import torch
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
 from ssmkit.sysid.fit import (Block, SimulationFit, _is_int, block_errors, fit_simulation, fold_blocks,
-                              simulate_record, split_tail, validation_rmse)
+                              simulate_record, split_tail, tail_validation, validation_rmse)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -251,11 +251,8 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
         # (the same split), or the poles would be estimated from the outputs that early stopping validates on
         if blocks is not None:
             records = outside_blocks(train, blocks)
-        elif val is None and recipe.val_fraction > 0:
-            n_enc = model.encoder_window
-            records = split_tail(train, recipe.val_fraction, recipe.window + n_enc, n_enc + 2)[0]
         else:
-            records = train
+            records = tail_validation(train, val, recipe.val_fraction, recipe.window, model.encoder_window)[0]
         init_from_data(model, records, layers=recipe.data_init_layers)
     config = fit_config(recipe, run_seed)
     history = fit_simulation(model, train, val, config=config, log=log, blocks=blocks)
@@ -357,9 +354,7 @@ def _ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list
               val: list[IORecord] | None, recipe: Recipe, mode: str) -> tuple[WienerEnsemble, dict[str, Any]]:
     """The ensemble of the trained runs and its history, validated on the records the runs validated on."""
     model = WienerEnsemble(members)
-    n = model.encoder_window
-    if val is None and recipe.val_fraction > 0:  # the tails fit_simulation held out (the same split, deterministic)
-        val = split_tail(train, recipe.val_fraction, recipe.window + n, n + 2)[1]
+    val = tail_validation(train, val, recipe.val_fraction, recipe.window, model.encoder_window)[1]  # as the runs had
     score = validation_rmse(model, val) if val else [math.inf]
     history = {"combine": "average", "mode": mode, "restarts": runs, "seed": None,
                "best_val_rmse": sum(score) / len(score), "best_step": [r["best_step"] for r in runs],

@@ -31,6 +31,7 @@ from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch
 from ssmkit.ops.recurrence import linear_recurrence
 from ssmkit.ops.symbolic import carry, chunk_count, keep_first, symbolic_length
+from ssmkit.ops.twice import wants_grad
 
 
 def _check_ssd(
@@ -354,10 +355,8 @@ def ssd(
     Returns:
         y (B, L, H, P) and the final state (B, H, P, N).
     """
-    wants_grad = torch.is_grad_enabled() and any(  # (not a tensor: the path's own checks name it)
-        isinstance(t, torch.Tensor) and t.requires_grad for t in (x, dt, A, B, C, h0)
-    )
-    impl = dispatch("ssd", _SSD, backend, auto=_auto(x, wants_grad))
+    # (wants_grad passes over an argument that is not a tensor: the path's own checks name it)
+    impl = dispatch("ssd", _SSD, backend, auto=_auto(x, wants_grad(x, dt, A, B, C, h0)))
     if impl is not ssd_reference:
         return impl(x, dt, A, B, C, h0, chunk_size=chunk_size)
     return impl(x, dt, A, B, C, h0)

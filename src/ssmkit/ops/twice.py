@@ -18,6 +18,14 @@ import torch
 from ssmkit.ops.backend import use_backend
 
 
+def wants_grad(*tensors: object) -> bool:
+    """Whether autograd records a call on ``tensors``: grad mode is on and one of them (None and other non-tensors
+    ignored) requires grad -- what decides if a kernel keeps data for its backward. Asked before ``Function.apply``:
+    inside a Function's forward grad mode is off, and ``ctx.needs_input_grad`` ignores it (True under
+    ``torch.no_grad()`` for an input that requires grad)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
 def graph_backward(
     path: Callable[..., Sequence[torch.Tensor | None]],
     inputs: Sequence[torch.Tensor | None],

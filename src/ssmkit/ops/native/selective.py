@@ -33,7 +33,7 @@ from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr as _ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
-from ssmkit.ops.twice import graph_backward
+from ssmkit.ops.twice import graph_backward, wants_grad
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of selective_scan.c: (argument types, result type)
@@ -243,9 +243,7 @@ def scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, r
     grouped = B.dim() == 4
     Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
-    keep = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, state, delta_proj)
-    )
+    keep = wants_grad(u, delta, A, B, C, D, z, delta_bias, state, delta_proj)
     out, h = _NativeScan.apply(delta.contiguous(), u.contiguous(), A, Bg, Cg, D, z, delta_bias, delta_proj,
                                bool(delta_softplus), state, chunk_size, keep)
     return out, (h if return_state else None)

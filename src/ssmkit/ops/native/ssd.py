@@ -28,7 +28,7 @@ from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
-from ssmkit.ops.twice import graph_backward
+from ssmkit.ops.twice import graph_backward, wants_grad
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of ssd_scan.c: (argument types, result type)
@@ -137,7 +137,7 @@ def ssd_unchecked(x, dt, A, B, C, h0=None, chunk_size=None):
 
     T = default_chunk(B.shape[3], x.element_size()) if chunk_size is None else chunk_size
     check_chunk_size(T)
-    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, h0))
+    keep = wants_grad(x, dt, A, B, C, h0)
     c = lambda t: None if t is None else t.contiguous()  # noqa: E731
     return _NativeSSD.apply(c(x), c(dt), c(A), c(B), c(C), c(h0), T, keep)
 

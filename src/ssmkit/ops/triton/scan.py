@@ -53,7 +53,7 @@ from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.chunked import ssm_scan_chunked, wide_int_power, wide_powers
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.recurrence import linear_recurrence_chunked
-from ssmkit.ops.twice import graph_backward
+from ssmkit.ops.twice import graph_backward, wants_grad
 
 DEFAULT_CHUNK = 32  # T: steps per chunk (the scan's tile height)
 DEFAULT_BLOCK_H = 2  # BH: channels per program of the forward
@@ -523,11 +523,11 @@ def _backward_kernel(
 class _FusedScan(torch.autograd.Function):
     """y, x_L of the diagonal scan by the forward kernel; gradients of u, Ā, B̄, C, x_{-1}, D by the backward kernel
     (each launch a custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`). The chunk checkpoints are kept
-    when ``wants_grad`` (the caller's grad mode was on and an input requires grad: ``ctx.needs_input_grad`` ignores
-    grad mode, so a forward under ``torch.no_grad()`` kept them)."""
+    when ``grad``, :func:`ssmkit.ops.twice.wants_grad` of the inputs at the call (not ``ctx.needs_input_grad``, which
+    ignores grad mode: under ``torch.no_grad()`` they were kept for nothing)."""
 
     @staticmethod
-    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH, G, matmul, wants_grad):  # type: ignore[override]
+    def forward(ctx, u, A_bar, B_bar, C, state, D, T, BH, G, matmul, grad):  # type: ignore[override]
         N = A_bar.shape[1]
         if matmul:  # the chunk products on tensor cores (ssmkit.ops.triton.scan_mm); its modes padded to >= 16
             from ssmkit.ops.triton import scan_mm
@@ -538,7 +538,7 @@ class _FusedScan(torch.autograd.Function):
         coef, pw = _tables(A_bar, B_bar, C, T, NP)
         originals = (u, A_bar, B_bar, C, state, D)
         u = u.contiguous()
-        save = wants_grad
+        save = grad
         x0 = _real_state(state, NP) if state is not None else None
         d = D.contiguous() if D is not None else None
         Bsz, L, H = u.shape
@@ -666,10 +666,9 @@ def ssm_scan_triton(
     cdtype = _COMPLEX[u.dtype]
     A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts
     x0 = state.to(cdtype) if state is not None else None
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                 for t in (u, A_bar, B_bar, C, state, D))
+    grad = wants_grad(u, A_bar, B_bar, C, state, D)
     y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program, intra_chunk == "matmul",
-                             wants_grad)
+                             grad)
     if not return_state:
         return y, None
     return y, (xL if is_complex else xL.real)

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.selective import selective_scan_chunked
-from ssmkit.ops.twice import graph_backward
+from ssmkit.ops.twice import graph_backward, wants_grad
 
 
 class Tiles(NamedTuple):
@@ -390,16 +390,16 @@ class _TritonSelectiveScan(torch.autograd.Function):
     custom op while torch.compile traces: :mod:`ssmkit.ops.opaque`).
 
     Inputs: u, δ, z (B, L, H) contiguous (z or None), A (H, N), B, C (B, L, G, N) contiguous, D, b_Δ (H,) or None,
-    h0 (B, H, N) or None, softplus, tiles (:class:`Tiles`), wants_grad (the caller's grad mode was on and an input
-    requires grad: the checkpoints are kept; ``ctx.needs_input_grad`` ignores grad mode, so a forward under
+    h0 (B, H, N) or None, softplus, tiles (:class:`Tiles`), grad (:func:`ssmkit.ops.twice.wants_grad` of the inputs
+    at the call: the checkpoints are kept; ``ctx.needs_input_grad`` ignores grad mode, so a forward under
     ``torch.no_grad()`` kept them).
     """
 
     @staticmethod
-    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, tiles, wants_grad):  # type: ignore[override]
+    def forward(ctx, u, delta, z, A, B, C, D, delta_bias, h0, softplus, tiles, grad):  # type: ignore[override]
         NP = max(triton.next_power_of_2(B.shape[3]), 2)
         tiles = fit_tiles(tiles, NP)
-        save = wants_grad
+        save = grad
         contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
         A_c, D_c, bias_c, h0_c = (contiguous(t) for t in (A, D, delta_bias, h0))
         y, hL, ck = _forward_kernel(u, delta, z, A_c, B, C, D_c, bias_c, h0_c, softplus, list(tiles), save)
@@ -492,10 +492,9 @@ def selective_scan_triton(
     grouped = B.dim() == 4
     Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                 for t in (u, delta, z, A, B, C, D, delta_bias, state))
+    grad = wants_grad(u, delta, z, A, B, C, D, delta_bias, state)
     y, h = _TritonSelectiveScan.apply(
         u.contiguous(), delta.contiguous(), None if z is None else z.contiguous(), A, Bg, Cg, D, delta_bias, state,
-        bool(delta_softplus), tiles, wants_grad,
+        bool(delta_softplus), tiles, grad,
     )
     return y, (h if return_state else None)

@@ -37,7 +37,7 @@ from triton.runtime.errors import OutOfResources
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.ssd import _check_ssd, ssd_chunked
-from ssmkit.ops.twice import graph_backward
+from ssmkit.ops.twice import graph_backward, wants_grad
 
 DEFAULT_CHUNK = 64  # T
 MAX_CHUNK = 64  # the largest tile: the (T, T) decay matrix lives in registers
@@ -200,13 +200,13 @@ def _ssd_forward(x, dt, A, B, C, h0, T: int, fixed: Tiles | None = None, keep: b
 class _SSD(torch.autograd.Function):
     """y, H_L by the forward kernel; the backward by the backward kernel from the chunk-start states the forward kept
     (:mod:`ssmkit.ops.triton.ssd_backward`), or with ``backward="recompute"`` by differentiating
-    :func:`ssmkit.ops.ssd.ssd_chunked` (a re-run of the forward in torch). ``wants_grad``: grad mode was on and an
-    input requires grad (the caller's: grad mode is off in here, and ``ctx.needs_input_grad`` ignores it, so a
-    forward under ``torch.no_grad()`` kept the chunk-start states and ran at the backward's chunk)."""
+    :func:`ssmkit.ops.ssd.ssd_chunked` (a re-run of the forward in torch). ``grad``: :func:`ssmkit.ops.twice.wants_grad`
+    of the inputs at the call (not ``ctx.needs_input_grad``, which ignores grad mode: under ``torch.no_grad()`` the
+    chunk-start states were kept, and the forward ran at the backward's chunk, for nothing)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, h0, T, fixed, backward, wants_grad):  # type: ignore[override]
-        keep = backward == "kernel" and wants_grad
+    def forward(ctx, x, dt, A, B, C, h0, T, fixed, backward, grad):  # type: ignore[override]
+        keep = backward == "kernel" and grad
         if keep and fixed is None:
             T = min(T, BACKWARD_CHUNK)
         out = _ssd_forward(x, dt, A, B, C, h0, T, fixed, keep)
@@ -286,7 +286,7 @@ def ssd_triton(
     _check_ssd(x, dt, A, B, C, h0)
     if backward not in BACKWARDS:
         raise ValueError(f"ssd_triton: backward must be one of {BACKWARDS}; got {backward!r}")
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, h0))
+    grad = wants_grad(x, dt, A, B, C, h0)
     if tiles is not None:
         if chunk_size is not None:
             raise ValueError(f"ssd_triton: give chunk_size or tiles, not both; got chunk_size={chunk_size}, "
@@ -294,8 +294,8 @@ def ssd_triton(
         if not isinstance(tiles, Tiles):
             raise ValueError(f"ssd_triton: tiles must be a ssmkit.ops.triton.ssd.Tiles; got {type(tiles).__name__}")
         tiles.checked()
-        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles, backward, wants_grad)
+        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles, backward, grad)
     asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
     check_chunk_size(asked)
     T = default_tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
-    return _SSD.apply(x, dt, A, B, C, h0, T, None, backward, wants_grad)
+    return _SSD.apply(x, dt, A, B, C, h0, T, None, backward, grad)

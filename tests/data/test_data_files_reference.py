@@ -26,12 +26,13 @@ import numpy as np
 import pytest
 import torch
 
-from ssmkit.data import DataMissingError, bundled, fetch, get_task
+import ssmkit.data
+from ssmkit.data import DataMissingError, bundled, fetch, get_task, store
 from ssmkit.data.extract import safe_extract
 from ssmkit.data.idx import IDX_FILES, bit_reversal_permutation, read_idx, write_idx
 from ssmkit.data.speech import WORDS10, WORDS35, position_statistics, read_samples, read_wav, stratified_split
 from ssmkit.data.store import (
-    atomic_torch_save, atomic_write_bytes, cache_key, cache_path, cached, data_root, sha256_file,
+    atomic_torch_save, atomic_write_bytes, cache_key, cache_path, cached, code_stamp, data_root, sha256_file,
 )
 
 rng = np.random.default_rng(42)
@@ -638,15 +639,40 @@ def test_atomic_writes_leave_exactly_the_bytes_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["f.bin", "t.pt"]
 
 
+def data_sources_digest() -> str:
+    """SHA-256 over the ssmkit.data sources, name and bytes of each file in name order (the code stamp's definition)."""
+    files = sorted(pathlib.Path(ssmkit.data.__file__).parent.glob("*.py"), key=lambda p: p.name)
+    assert {"store.py", "task.py", "pathfinder.py", "lra.py", "speech.py"} <= {p.name for p in files}
+    return hashlib.sha256(b"".join(p.name.encode() + b"\0" + p.read_bytes() + b"\0" for p in files)).hexdigest()[:16]
+
+
 def test_cache_key_is_sha256_of_the_sorted_json(tmp_path):
     options = {"seed": 3, "n": [1, 2], "name": "x"}
-    text = '{"options": {"n": [1, 2], "name": "x", "seed": 3}, "task": "adding"}'  # json.dumps, sorted keys
+    code = data_sources_digest()
+    assert code_stamp() == code
+    text = '{"code": "' + code + '", "options": {"n": [1, 2], "name": "x", "seed": 3}, "task": "adding"}'
     assert cache_key("adding", options) == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert cache_key("adding", dict(reversed(list(options.items())))) == cache_key("adding", options)
     assert cache_key("adding", {**options, "seed": 4}) != cache_key("adding", options)
     assert cache_key("copying", options) != cache_key("adding", options)
     assert cache_path("adding", options, tmp_path) == (tmp_path / "generated" / "adding"
                                                        / f"{cache_key('adding', options)}.pt")
+
+
+def test_a_cache_written_by_other_code_is_not_read(tmp_path, monkeypatch):
+    """A changed generator or decoder (any edit of ssmkit.data's sources) gives new keys: the old file stays unread."""
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": torch.full((2,), float(len(calls)))}
+
+    first = cached("probe53", {"seed": 0}, build, tmp_path)
+    monkeypatch.setattr(store, "code_stamp", lambda: "0123456789abcdef")
+    second = cached("probe53", {"seed": 0}, build, tmp_path)
+    assert calls == [1, 1] and first["x"].tolist() == [1.0, 1.0] and second["x"].tolist() == [2.0, 2.0]
+    assert len(list((tmp_path / "generated" / "probe53").glob("*.pt"))) == 2
+    assert cached("probe53", {"seed": 0}, build, tmp_path)["x"].tolist() == [2.0, 2.0] and calls == [1, 1]
 
 
 def test_cached_builds_once_and_writes_its_options_beside_the_tensors(tmp_path):
@@ -659,7 +685,8 @@ def test_cached_builds_once_and_writes_its_options_beside_the_tensors(tmp_path):
     first = cached("probe42", {"seed": 1, "size": 5}, build, tmp_path)
     path = cache_path("probe42", {"seed": 1, "size": 5}, tmp_path)
     assert calls == [1] and path.exists() and torch.equal(first["x"], torch.arange(5))
-    assert json.loads(path.with_suffix(".json").read_text()) == {"task": "probe42", "options": {"seed": 1, "size": 5}}
+    assert json.loads(path.with_suffix(".json").read_text()) == {"task": "probe42", "options": {"seed": 1, "size": 5},
+                                                                 "code": data_sources_digest()}
     assert path.with_suffix(".json").read_text().startswith('{\n "task": "probe42",\n "options": {\n  "seed": 1')
     again = cached("probe42", {"size": 5, "seed": 1}, build, tmp_path)
     assert calls == [1] and torch.equal(again["y"], torch.ones(2, 2)) and sorted(again) == ["x", "y"]

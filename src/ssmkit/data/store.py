@@ -8,6 +8,7 @@ trust.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -60,14 +61,35 @@ def atomic_torch_save(path: str | os.PathLike, tensors: dict[str, torch.Tensor])
     atomic_write(path, lambda f: torch.save(tensors, f))
 
 
+@functools.lru_cache(maxsize=1)
+def code_stamp() -> str:
+    """What wrote a cache: SHA-256 (16 hex digits) of the sources of the ``ssmkit.data`` package, file by file.
+
+    A cache built by a generator or decoder that has since changed (a fixed bug, another tokenisation) must not be
+    read back as if the new code had written it, so every cache key holds this stamp: any change to the package's
+    sources gives new keys, and the stale files are left unread (delete ``<root>/generated`` to reclaim their space).
+    Where the sources are not on disk (a bytecode-only install) the stamp is that of ssmkit's version instead.
+    """
+    import ssmkit
+
+    digest = hashlib.sha256()
+    sources = sorted(pathlib.Path(__file__).parent.glob("*.py"))
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    if not sources:
+        digest.update(f"ssmkit {ssmkit.__version__}".encode())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(name: str, options: dict) -> str:
-    """A short stable key for a generated task: SHA-256 of its name and options (JSON with sorted keys).
+    """A short stable key for a generated task: SHA-256 of its name, options and :func:`code_stamp` (JSON with
+    sorted keys).
 
     Args:
         name: the task name.
         options: the generator's options (JSON-serialisable), the seed included.
     """
-    text = json.dumps({"task": name, "options": options}, sort_keys=True)
+    text = json.dumps({"task": name, "options": options, "code": code_stamp()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -87,7 +109,8 @@ def cached(
 ) -> dict[str, torch.Tensor]:
     """Load the generated tensors of ``name``/``options`` from the cache, or build and cache them.
 
-    The options are written next to the tensors (``<key>.json``) so the cache can be read by a person.
+    The options and the code stamp are written next to the tensors (``<key>.json``) so the cache can be read by a
+    person.
 
     Args:
         name: the task name.
@@ -99,7 +122,8 @@ def cached(
     if path.exists():
         return torch.load(path, weights_only=True)
     tensors = build()
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps({"task": name, "options": options}, indent=1).encode())
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps({"task": name, "options": options, "code": code_stamp()},
+                                                                     indent=1).encode())
     atomic_torch_save(path, tensors)
     return tensors
 

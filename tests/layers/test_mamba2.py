@@ -224,7 +224,7 @@ def test_bad_options_raise():
     for name in ("d_conv", "expand", "headdim", "ngroups", "chunk_size", "d_state"):
         with pytest.raises(ValueError, match=f"{name} must be a positive int"):
             build(**{name: 0})
-    for bad in ((0.0, 16.0), (16.0, 1.0), (1.0, math.inf), [1.0, 16.0], (1.0,)):
+    for bad in ((0.0, 16.0), (16.0, 1.0), (1.0, math.inf), [1.0, 16.0, 3.0], (1.0,), "1, 16"):
         with pytest.raises(ValueError, match="A_init_range must be a tuple"):
             build(A_init_range=bad)
     for bad in (-1e-4, math.nan, "1e-4"):

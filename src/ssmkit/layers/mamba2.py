@@ -123,7 +123,8 @@ class Mamba2(SequenceLayer):
         expand: E = expand·d_model inner channels.
         headdim: P, channels per head; must divide E (E/P heads).
         ngroups: G, groups of heads sharing B and C (and the groups of the gated RMSNorm); must divide E/P.
-        A_init_range: (low, high) of the uniform draw of -A per head, 0 < low <= high.
+        A_init_range: (low, high) of the uniform draw of -A per head, 0 < low <= high (a tuple, or a list as JSON
+            and YAML configurations hold it).
         dt_min, dt_max: range of the log-uniform initial Δ.
         dt_init_floor: smallest initial Δ (Δ₀ is clamped to at least this).
         chunk_size: T, the steps per chunk of the chunked SSD algorithm (speed only; results equal within rounding).
@@ -209,11 +210,12 @@ class Mamba2(SequenceLayer):
         ):
             raise ValueError(f"dt_init_floor must be a finite float >= 0; got {dt_init_floor!r}")
         if not (
-            isinstance(A_init_range, tuple) and len(A_init_range) == 2
+            isinstance(A_init_range, (tuple, list)) and len(A_init_range) == 2  # a list: the pair read from JSON or YAML
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in A_init_range)
             and 0 < A_init_range[0] <= A_init_range[1]
         ):
-            raise ValueError(f"A_init_range must be a tuple (low, high) with 0 < low <= high; got {A_init_range!r}")
+            raise ValueError(f"A_init_range must be a tuple or list (low, high) with 0 < low <= high; got {A_init_range!r}")
+        self.A_init_range = tuple(A_init_range)
         check_lr(lr)
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
         E = expand * d_model

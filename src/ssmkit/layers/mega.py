@@ -128,6 +128,9 @@ class Mega(SequenceLayer):
     }
     backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "fft", "native")
     block_defaults: ClassVar[BlockDefaults] = BlockDefaults(activation=None, mixer_out=None)
+    # the biases of eq. 7-14 (b_v; b_φ, b_z, b_γ and X' W_h's in b_mx; b_h; the offsets μ of Q and K) under their
+    # paper names: ssmkit.train.param_groups keeps them out of weight decay as every parameter named ``bias``
+    bias_parameters: ClassVar[tuple[str, ...]] = ("b_v", "b_mx", "b_h", "mu")
 
     def __init__(
         self,

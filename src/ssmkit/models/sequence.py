@@ -51,7 +51,8 @@ class SequenceModel(nn.Module):
         pool: ``"mean"`` over time, ``"last"`` time step, or None (per-step outputs).
         vocab_size: if given, inputs are token ids (B, L) embedded by ``nn.Embedding``.
         norm, prenorm, activation, mixer_out, dropout: block options (see :class:`Block`; ``"auto"`` activation and
-            output projection are the layer's declared defaults).
+            output projection are the layer's declared defaults). A pre-norm stack (``prenorm`` and a ``norm``) ends
+            with a LayerNorm before the pooling and head, whichever ``norm`` the blocks use.
         check_finite: check the input and every block's output for NaN/inf and raise ``ValueError`` naming the
             first bad batch item and time step (off by default: it costs a pass over every activation).
         pair: inputs are pairs (B, 2, L) of sequences (or (B, 2, L, d_input)), each encoded separately by the same

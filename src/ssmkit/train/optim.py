@@ -28,7 +28,9 @@ def _is_norm_or_bias(model: nn.Module, name: str) -> bool:
         owner, leaf = name[: held.start()], held.group(1)
     else:
         owner, _, leaf = name.rpartition(".")
-    return leaf == "bias" or isinstance(model.get_submodule(owner), _NORMS)
+    module = model.get_submodule(owner)
+    # a layer names the biases it keeps under other names (Mega's b_v, b_mx, b_h, μ: the paper's symbols)
+    return leaf == "bias" or leaf in getattr(module, "bias_parameters", ()) or isinstance(module, _NORMS)
 
 
 def param_groups(
@@ -36,8 +38,9 @@ def param_groups(
 ) -> list[dict]:
     """Split ``model``'s trainable parameters into optimizer groups.
 
-    Unmarked parameters get ``lr`` and ``weight_decay``, except norm weights and biases, which get no weight decay
-    unless ``decay_norms_and_biases``. Marked SSM parameters get their marks (a mark without ``lr`` keeps the global
+    Unmarked parameters get ``lr`` and ``weight_decay``, except norm weights and biases (parameters named ``bias``, and
+    those a module lists in its ``bias_parameters``, as Mega's ``b_v``), which get no weight decay unless
+    ``decay_norms_and_biases``. Marked SSM parameters get their marks (a mark without ``lr`` keeps the global
     ``lr``). Groups with equal (lr, weight decay) are merged; the first group holds the decayed parameters.
 
     Args:

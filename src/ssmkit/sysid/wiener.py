@@ -179,6 +179,13 @@ class DeepWiener(nn.Module):
         self.register_buffer("y_std", torch.ones(n_outputs, **factory))
         self.encoder = nn.Linear(n_inputs, d_model, **factory)
         self.layers = nn.ModuleList(build(layer, d_model=d_model, **factory, **options) for _ in range(n_layers))
+        # the options can take a capability away (bidirectional=True: a non-causal layer, which forward would run on
+        # the future inputs, with no step and no realisation): checked on the built layer, as the class was above
+        for capability in ("step",) if time_varying else ("step", "state_space"):
+            why = self.layers[0].unsupported(capability)
+            if why is not None:
+                raise ValueError(f"DeepWiener simulates causally, one sample at a time: {layer!r} with layer_options "
+                                 f"{dict(layer_options or {})} has no {capability.replace('_', ' ')}: {why}")
         self.skips = nn.ModuleList(nn.Linear(d_model, d_model, bias=False, **factory) for _ in range(n_layers))
         self.activation = ACTIVATIONS[activation]()
         self.block_activations = None  # σ per block when they differ (no parameters: the state_dict is the same)

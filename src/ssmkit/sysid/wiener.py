@@ -36,7 +36,9 @@ and frequency responses come in physical units. ``timescale`` = (τ_min, τ_max)
 layer discretises ẋ = λ x with step Δ (samples per unit of its continuous time), so one unit of that time lasts
 τ = Ts/Δ seconds and the continuous poles are s = log(z)/Ts = Δλ/Ts = λ/τ (exact for ZOH). Δ = Ts/τ with τ drawn
 log-uniformly in [τ_min, τ_max] makes the initial dynamics in seconds independent of Ts (S4D-Lin's Re λ = -1/2 gives
-time constants 2τ): the same timescale fits the same process sampled at another rate.
+time constants 2τ): the same timescale fits the same process sampled at another rate. Two layers read it otherwise:
+DLR's Δ sets only its modes' decay (its initial phases 2πn/M are per sample, so their frequencies in Hz scale as
+1/Ts), and S5 multiplies its Δ by its ``step_rescale`` as well.
 """
 
 from __future__ import annotations

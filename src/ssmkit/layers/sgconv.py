@@ -74,7 +74,13 @@ def interpolation_matrix(d: int, factor: int, device: torch.device | str = "cpu"
     return (rows == lower) * (1.0 - lam) + (rows == (lower + 1.0).clamp(max=d - 1)) * lam  # (d, d·factor)
 
 
-_cached_matrix = functools.lru_cache(maxsize=64)(interpolation_matrix)
+@functools.lru_cache(maxsize=64)
+def _cached_matrix(d: int, factor: int) -> torch.Tensor:
+    """:func:`interpolation_matrix` on the CPU, once per (d, factor) in a process; never an inference tensor, even when
+    first built inside ``torch.inference_mode`` (an SGConv constructed there): ``.to`` hands it out as it is to a
+    float64 layer, whose backward saves it (every later float64 SGConv of those sizes failed to train)."""
+    with torch.inference_mode(False):
+        return interpolation_matrix(d, factor)
 
 
 def upsampling_matrix(d: int, factor: int, like: torch.Tensor) -> torch.Tensor:

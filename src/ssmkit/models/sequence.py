@@ -221,7 +221,11 @@ class SequenceModel(nn.Module):
             x: (B, L, d_input) real (any floating dtype: computed in the parameters' dtype), or (B, L) token ids in
                 [0, vocab_size) when ``vocab_size`` is set; with ``pair``, (B, 2, L, d_input) or (B, 2, L): two
                 sequences per item.
-            state: list of per-block states (from ``initial_state``, ``step`` or ``forward``), or None.
+            state: list of per-block states (from ``initial_state``, ``step`` or ``forward``), or None. The blocks
+                continue from it exactly, but a pool reads this call's steps only: a sequence fed in chunks to a
+                ``pool="mean"`` model gets the last chunk's mean (a streaming classifier builds with ``pool=None``
+                and averages the per-step outputs itself); ``pool="last"`` is the one-pass result unless ``pad_id``
+                fills the whole last chunk.
             return_state: compute and return the final block states (False skips that work; training needs none).
 
         Returns:

@@ -35,7 +35,10 @@ def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, st
     key = (op, name)
     if key not in _STATUS:
         try:
-            _smoke(op, dtype)
+            # the smoke call differentiates: its tensors must not be inference tensors, even when the process's first
+            # call comes inside torch.inference_mode (a server's), which failed it and lost the kernel for the process
+            with torch.inference_mode(False):
+                _smoke(op, dtype)
             _STATUS[key] = (True, "built and checked against the reference")
         except NativeBuildError as err:
             _STATUS[key] = (False, str(err))

@@ -13,7 +13,7 @@ def test_quickstart_runs(capsys):
     assert blocks, "README has no python block"
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
-    assert namespace["y"].shape == (8, 1000, 64)
+    assert namespace["y"].shape == (8, 1000, 64) and namespace["y3"].shape == (2, 10, 64)
     assert namespace["ss"].nstates == 64 and namespace["ss"].nsystems == 64
     assert "(64, 64) True" in capsys.readouterr().out
 

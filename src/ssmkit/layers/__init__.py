@@ -33,7 +33,7 @@ from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
 from ssmkit.layers.s5 import S5
 from ssmkit.layers.sgconv import SGConv
-from ssmkit.layers.state import State, StateSpec, TensorSpec, detach_state
+from ssmkit.layers.state import State, StateSpec, TensorSpec, cat_states, detach_state, select_state
 from ssmkit.layers.zoo import ZooEntry
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "ZooEntry",
     "available",
     "build",
+    "cat_states",
     "detach_state",
     "frozen_parameters",
     "layer_class",
@@ -79,4 +80,5 @@ __all__ = [
     "optim_marks",
     "register",
     "register_ssm_parameter",
+    "select_state",
 ]

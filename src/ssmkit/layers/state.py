@@ -199,3 +199,78 @@ def state_from_vector(v: torch.Tensor, like: Any) -> Any:
             part = torch.complex(part[:, 0::2], part[:, 1::2])
         parts.append(part.reshape(v.shape[0], *t.shape[1:]).to(t.dtype))
     return pytree.tree_unflatten(parts, structure)
+
+
+def _batch_leaves(state: Any, name: str) -> tuple[list[torch.Tensor | None], Any]:
+    """The leaves of a state (a layer's, or a model's list of per-block states; None entries kept) and its
+    structure; every tensor must have the same batch size (axis 0)."""
+    leaves, structure = pytree.tree_flatten(state)
+    tensors = [t for t in leaves if t is not None]
+    if not tensors or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in tensors):
+        raise ValueError(f"{name} must be a state: tensors (B, ...) nested in tuples, NamedTuples and lists; got "
+                         f"{type(state).__name__}")
+    sizes = {t.shape[0] for t in tensors}
+    if len(sizes) != 1:
+        raise ValueError(f"{name}'s tensors must share their batch size (axis 0); got sizes {sorted(sizes)}")
+    return leaves, structure
+
+
+def select_state(state: Any, index: torch.Tensor | list[int] | slice) -> Any:
+    """The streams ``index`` of a batched state: finished streams dropped, the rest reordered or repeated (beam search).
+
+    The state continues exactly as the kept sequences would alone: every layer's state is per sequence along axis 0
+    (attention's positions too), so row b of each tensor is stream b's.
+
+    Args:
+        state: a layer state or a model's list of per-block states (None entries kept), batch size B.
+        index: which rows, in the order wanted: integer indices (a 1-D tensor or list, repeats allowed), a boolean
+            mask of B entries, or a slice.
+
+    Returns:
+        the same structure with each tensor (B, ...) replaced by its rows (B', ...) (a copy for indices and masks, a
+        view for a slice).
+    """
+    leaves, structure = _batch_leaves(state, "state")
+    first = next(t for t in leaves if t is not None)
+    B = first.shape[0]
+    if not isinstance(index, slice):
+        if isinstance(index, (list, tuple)):
+            flags = bool(index) and all(isinstance(v, bool) for v in index)
+            index = torch.tensor(index, dtype=torch.bool if flags else torch.long)
+        if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point() or index.is_complex():
+            raise ValueError(f"index must be 1-D integer indices, a boolean mask of {B} entries, or a slice; got "
+                             f"{index!r}")
+        index = index.to(first.device)
+        if index.dtype == torch.bool and index.numel() != B:
+            raise ValueError(f"a boolean index must have one entry per stream ({B}); got {index.numel()}")
+        if index.dtype != torch.bool and index.numel() and not bool(((index >= -B) & (index < B)).all()):
+            raise ValueError(f"index must lie in [-{B}, {B}) (the batch size is {B}); got {index.tolist()}")
+    return pytree.tree_unflatten([None if t is None else t[index] for t in leaves], structure)
+
+
+def cat_states(states: list[Any]) -> Any:
+    """Several batches' states of one layer or model joined into one batch (new streams added to running ones).
+
+    Args:
+        states: a list of states of the same structure (a layer's, or a model's lists of per-block states; None
+            entries where the first has them), batch sizes B_1, ..., B_k; a growing state (an attention cache) must
+            hold the same number of positions in each.
+
+    Returns:
+        the state of the B_1 + ... + B_k streams, in the order given (a new tensor each).
+    """
+    if not isinstance(states, (list, tuple)) or not states:
+        raise ValueError(f"states must be a non-empty list of states; got {type(states).__name__}")
+    flat = [_batch_leaves(s, f"states[{i}]") for i, s in enumerate(states)]
+    leaves0, structure = flat[0]
+    for i, (leaves, other) in enumerate(flat):
+        if other != structure or [t is None for t in leaves] != [t is None for t in leaves0]:
+            raise ValueError(f"states[{i}] has another structure than states[0] (another layer or model?)")
+        for j, (t, first) in enumerate(zip(leaves, leaves0)):
+            if t is not None and (t.shape[1:] != first.shape[1:] or t.dtype != first.dtype or t.device != first.device):
+                raise ValueError(
+                    f"states[{i}]'s tensor {j} is {tuple(t.shape[1:])} {t.dtype} on {t.device} per stream, states[0]'s "
+                    f"{tuple(first.shape[1:])} {first.dtype} on {first.device} (a growing attention cache must "
+                    "hold the same number of positions)")
+    joined = [None if parts[0] is None else torch.cat(parts) for parts in zip(*(leaves for leaves, _ in flat))]
+    return pytree.tree_unflatten(joined, structure)

@@ -94,12 +94,6 @@ def run_parts(fn: Callable, n_items: int, args: Sequence, openmp: bool) -> list:
     k = parts(n_items)
     if openmp or k == 1:
         return [fn(*args, 0, n_items, k)]
-    with _LOCK:
-        if not _POOL or _POOL[0]._max_workers < k - 1:  # noqa: SLF001
-            if _POOL:
-                _POOL.pop().shutdown(wait=False)
-            _POOL.append(ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="ssmkit-native"))
-        pool = _POOL[0]
     step = max(1, n_items // (8 * k))
     counter = itertools.count(0, step)  # next() on an itertools.count is atomic under the GIL
 
@@ -109,7 +103,13 @@ def run_parts(fn: Callable, n_items: int, args: Sequence, openmp: bool) -> list:
             results.append(fn(*args, i0, min(i0 + step, n_items), 1))
         return results
 
-    futures = [pool.submit(worker) for _ in range(1, k)]
+    with _LOCK:  # submitted under the lock: another thread growing the pool shuts the old one down (its queued work
+        # still runs), and a submit after that shutdown would raise
+        if not _POOL or _POOL[0]._max_workers < k - 1:  # noqa: SLF001
+            if _POOL:
+                _POOL.pop().shutdown(wait=False)
+            _POOL.append(ThreadPoolExecutor(max_workers=k - 1, thread_name_prefix="ssmkit-native"))
+        futures = [_POOL[0].submit(worker) for _ in range(1, k)]
     first = worker()  # the calling thread works too (it would only wait)
     return first + [r for f in futures for r in f.result()]
 

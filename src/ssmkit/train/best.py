@@ -53,7 +53,9 @@ class BestValidation(pl.Callback):
             resumed run starts at is scored again when it is such a multiple.
 
     After ``fit``: ``step`` (the optimizer step of the best validation, None if none ran), ``score`` (its monitored
-    value), ``loss`` (its validation loss) and ``weights`` (the module's ``state_dict`` at that step, on the CPU).
+    value), ``loss`` (its validation loss) and ``weights`` (the module's ``state_dict`` at that step, on the CPU);
+    ``last``, the metrics of the latest validation (``{"val_loss": ..., "val_<metric>": ...}``, empty if none ran),
+    kept in every checkpoint too, so that a resumed run that validates no more still reports them.
     """
 
     def __init__(self, head: str, val_interval: int) -> None:
@@ -64,9 +66,11 @@ class BestValidation(pl.Callback):
         self.loss: float | None = None
         self.weights: dict[str, torch.Tensor] | None = None
         self.last_validated: int = -1
+        self.last: dict[str, float] = {}
 
     def _offer(self, module: pl.LightningModule, step: int, score: float, loss: float) -> None:
         self.last_validated = step
+        self.last = {"val_loss": loss, self.key: score}
         if is_better(score, self.score, self.mode):
             self.step, self.score, self.loss = step, score, loss
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
@@ -91,6 +95,12 @@ class BestValidation(pl.Callback):
             return
         means = module.score(batches)
         self._offer(module, step, float(means[self.key.removeprefix("val_")]), float(means["loss"]))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ssmkit_last_validation"] = dict(self.last)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.last = dict(checkpoint.get("ssmkit_last_validation", {}))  # none in a checkpoint written before it was kept
 
     def state_dict(self) -> dict[str, Any]:
         return {"key": self.key, "mode": self.mode, "step": self.step, "score": self.score, "loss": self.loss,

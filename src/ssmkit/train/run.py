@@ -40,7 +40,9 @@ _LIGHTNING_PRECISION = {"32": "32-true", "64": "64-true", "bf16-mixed": "bf16-mi
 
 
 class _Throughput:
-    """Wall time spent in training steps and samples seen (a Lightning callback; built lazily with Lightning)."""
+    """Wall time spent in training steps and samples seen (a Lightning callback; built lazily with Lightning). The
+    totals are part of every checkpoint, so a resumed run counts the steps of its earlier sessions too (it reported
+    the time of the steps after the resume alone, beside the run's total ``steps``)."""
 
     def __new__(cls):
         import lightning.pytorch as pl
@@ -60,6 +62,12 @@ class _Throughput:
                 x = batch[0]
                 self.samples += int(x.shape[0]) * trainer.world_size
                 self.tokens += _tokens(x) * trainer.world_size
+
+            def state_dict(self) -> dict[str, Any]:
+                return {"seconds": self.seconds, "samples": self.samples, "tokens": self.tokens}
+
+            def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+                self.seconds, self.samples, self.tokens = (state_dict[k] for k in ("seconds", "samples", "tokens"))
 
         return Throughput()
 
@@ -147,8 +155,9 @@ def fit(
         (and those of ``extra_tests``) at the weights ``train_config.test_weights`` selects, and each also as
         ``<name>_final`` and ``<name>_best_val``; ``best_val_step``, ``best_val_epoch`` (epochs of training data
         seen), ``best_val_loss`` and ``best_val_<metric>`` of the best validation (with a validation split);
-        ``test_weights``; parameters, steps, training seconds, samples/s and tokens/s; ``machine`` (architecture, CPUs,
-        torch version and threads, which a bit-exact rerun must match).
+        ``test_weights``; parameters, steps, training seconds, samples/s and tokens/s (over every step, those of a
+        resumed run's earlier sessions included); ``machine`` (architecture, CPUs, torch version and threads, which a
+        bit-exact rerun must match).
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -228,6 +237,11 @@ def fit(
                    f"{torch.get_num_threads()} threads",
     }
     result.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")})
+    if best is not None:
+        best.catch_up(trainer, module)  # a resumed run that had already finished restores a pre-validation state
+        # the last validation's metrics also when this session ran none (a resumed run that ended before its next
+        # validation, or had already finished: its record lacked val_loss and val_<metric>)
+        result.update(best.last)
 
     def tests() -> dict[str, float]:
         scores: dict[str, float] = {}
@@ -243,8 +257,6 @@ def fit(
 
     final = tests()
     at_best: dict[str, float] = {}
-    if best is not None:
-        best.catch_up(trainer, module)  # a resumed run that had already finished restores a pre-validation state
     if best is not None and best.weights is not None:
         result.update({"best_val_step": best.step,
                        "best_val_epoch": best.step * cfg.batch_size * trainer.world_size / int(train[0].shape[0]),

@@ -253,8 +253,8 @@ def cat_states(states: list[Any]) -> Any:
 
     Args:
         states: a list of states of the same structure (a layer's, or a model's lists of per-block states; None
-            entries where the first has them), batch sizes B_1, ..., B_k; a growing state (an attention cache) must
-            hold the same number of positions in each.
+            entries where the first has them), batch sizes B_1, ..., B_k; a growing state (an attention cache, Hyena's
+            inputs) must hold the same number of positions in each.
 
     Returns:
         the state of the B_1 + ... + B_k streams, in the order given (a new tensor each).
@@ -270,7 +270,7 @@ def cat_states(states: list[Any]) -> Any:
             if t is not None and (t.shape[1:] != first.shape[1:] or t.dtype != first.dtype or t.device != first.device):
                 raise ValueError(
                     f"states[{i}]'s tensor {j} is {tuple(t.shape[1:])} {t.dtype} on {t.device} per stream, states[0]'s "
-                    f"{tuple(first.shape[1:])} {first.dtype} on {first.device} (a growing attention cache must "
-                    "hold the same number of positions)")
+                    f"{tuple(first.shape[1:])} {first.dtype} on {first.device} (a growing state, an attention "
+                    "cache or Hyena's inputs, must hold the same number of positions)")
     joined = [None if parts[0] is None else torch.cat(parts) for parts in zip(*(leaves for leaves, _ in flat))]
     return pytree.tree_unflatten(joined, structure)

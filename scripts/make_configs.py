@@ -210,8 +210,13 @@ def s4_family(cell: str, model: str):
                      prenorm=m["prenorm"], dropout=m["dropout"], batch_size=opt["batch_size"], lr=opt["lr"],
                      weight_decay=opt["weight_decay"], max_steps=opt["max_steps"],
                      warmup_steps=opt["warmup_steps"], seed=opt["seed"])
-    budget = (f"max_steps {opt['max_steps']:,} = the source's scheduler length ({opt['epochs']} epochs × "
-              f"{steps_per_epoch(cell, opt['batch_size']):,} steps of {TRAIN_SIZES[cell]:,} / {opt['batch_size']}); "
+    per_epoch = steps_per_epoch(cell, opt["batch_size"])
+    if opt["epochs"] * per_epoch == opt["max_steps"]:
+        length = f"{opt['epochs']} epochs × {per_epoch:,} steps of {TRAIN_SIZES[cell]:,} / {opt['batch_size']}"
+    else:  # the source's comment ("# 20 epochs") does not hold for AAN and IMDB: say what its epochs come to
+        length = (f"its trainer.max_epochs {opt['epochs']} would be {opt['epochs'] * per_epoch:,} steps: "
+                  f"{per_epoch:,} an epoch, {TRAIN_SIZES[cell]:,} / {opt['batch_size']}")
+    budget = (f"max_steps {opt['max_steps']:,} = the source's scheduler length ({length}); "
               f"warm-up {opt['warmup_steps']:,} steps as the source")
     return exp, source, budget, notes
 

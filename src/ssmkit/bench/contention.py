@@ -1,6 +1,6 @@
 """Slow-down under CPU contention: each implementation alone, then beside N busy processes this bench starts.
 
-    ssmkit bench contention [--layer s4d] [--batch 8] [--length 4096] [--d-model 128] [--d-state 64]
+    ssmkit bench contention [--layers s4d] [--batch 8] [--length 4096] [--d-model 128] [--d-state 64]
                             [--modes forward forward_backward] [--busy 1] [--busy-kind spin] [--s4-file PATH]
                             [--repeats 5] [--json PATH]
 

@@ -120,6 +120,8 @@ class SimulationFit:
         validate_from_rest: validation simulates every record from rest even when the model has an encoder (whose
             state then starts the training windows only: a benchmark whose test starts from rest); False: the
             encoder reads the first ``encoder_window`` samples of each validation record (:func:`simulate_record`).
+        extra: free-form entries kept with the options for the caller's own records; :func:`fit_simulation` reads
+            none of them (they change nothing).
     """
 
     window: int = 256

@@ -39,8 +39,8 @@ Noticed and left alone: ``ssmkit.ops.philox.keep_mask`` (``device``) and ``ssmki
 (``need_u``, ``need_k``) leave parameters out of their ``Args:`` (src/ssmkit/ops is another probe's this round; listed
 as known below so the guard holds everywhere else); ``ssm_scan_triton``'s ``intra_chunk`` entry says "default 32" of
 the matmul path's chunk length, not of the option (excepted below). DSS's docstring does not say which column of
-``log_dt`` is Δ_re (the first). The LRU configs' "Published" line carries "(Image on colour CIFAR)" on every task's
-header. The S4 codebase's Retrieval run stops at its ``max_epochs`` (45,980 steps) before its scheduler's 50,000;
+``log_dt`` is Δ_re (the first). The LRU configs' "Published" line carried "(Image on colour CIFAR)" on every task's
+header (now on Image's alone, by the lead). The S4 codebase's Retrieval run stops at its ``max_epochs`` (45,980 steps) before its scheduler's 50,000;
 ssmkit's configs take the scheduler length by a recorded decision (docs/design.md), now stated with both numbers.
 """
 

@@ -91,8 +91,9 @@ class DSS(DiagonalLTILayer):
         bidirectional: add an anti-causal kernel with its own W (no ``step`` then).
         device, dtype: of the parameters (dtype real: float32 or float64).
 
-    Parameters: ``log_dt`` (H, 2) or (H, 1); ``log_A_real`` (M,) = log(-Re λ) for DSS-exp, ``A_real`` (M,) = Re λ for
-    DSS-softmax (it may turn positive); ``A_imag`` (M,); ``W`` (C, H, M, 2) (complex as a real pair); ``D`` (H,).
+    Parameters: ``log_dt`` (H, 2) (log Δ of Re λ, then of Im λ) or (H, 1) (one Δ); ``log_A_real`` (M,) =
+    log(-Re λ) for DSS-exp, ``A_real`` (M,) = Re λ for DSS-softmax (it may turn positive); ``A_imag`` (M,); ``W``
+    (C, H, M, 2) (complex as a real pair); ``D`` (H,).
     """
 
     zoo = ZooEntry(

@@ -70,12 +70,14 @@ void SUFFIX(rg_backward)(const real *x, const real *r, const real *i, const real
     for (int64_t item = item0; item < item1; item++) {
         const int64_t b = item / nblk, c0 = (item % nblk) * VEC, w = H - c0 < VEC ? H - c0 : VEC;
         real carry[VEC], sp[VEC], sg[VEC], acc[VEC], zeros[VEC] = {0};
+        double total[VEC]; /* ∂Λ's sum over time: ≤ 64 steps in acc (real), those partial sums here (one float running
+                            * sum over all L steps drifts by ~L·eps when the terms share a sign: 1.6e-4 at L = 16 384) */
         for (int64_t k = 0; k < w; k++) {
             carry[k] = g_last ? g_last[b * H + c0 + k] : 0; /* a_{t+1} λ_{t+1}; at t = L - 1 the final state's gradient */
             const real e = exp_neg_abs(Lambda[c0 + k]);
             sp[k] = softplus_e(-Lambda[c0 + k], e);
             sg[k] = sigmoid_e(-Lambda[c0 + k], e);
-            acc[k] = 0;
+            acc[k] = 0, total[k] = 0;
         }
         for (int64_t t = L - 1; t >= 0; t--) {
             const int64_t o = (b * L + t) * H + c0;
@@ -106,10 +108,12 @@ void SUFFIX(rg_backward)(const real *x, const real *r, const real *i, const real
                 acc[k] += c * rt[k] * dla;
                 carry[k] = reset ? 0 : e * l;
             }
+            if (t % 64 == 0)
+                for (int64_t k = 0; k < w; k++) total[k] += acc[k], acc[k] = 0;
         }
         for (int64_t k = 0; k < w; k++) {
             if (gh0) gh0[b * H + c0 + k] = carry[k]; /* a_0 λ_0 */
-            gL[b * H + c0 + k] = acc[k] * sg[k]; /* ∂Λ of this batch row: d softplus(-Λ)/dΛ = -σ(-Λ), times -c r */
+            gL[b * H + c0 + k] = (real)total[k] * sg[k]; /* ∂Λ of this batch row: d softplus(-Λ)/dΛ = -σ(-Λ), times -c r */
         }
     }
 }

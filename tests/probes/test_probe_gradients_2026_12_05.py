@@ -127,6 +127,16 @@ def test_fast_path_gradients_as_accurate_as_the_float32_reference(name, options,
 @pytest.mark.parametrize("name, options, params", [
     ("mamba", {"d_state": 16}, ("D", "A_log", "dt_bias")),
     ("rglru", {}, ("Lambda",)),
+    # the diagonal scan's C backward (lead, after this probe): S4D ∂log Δ 2.5e-2 -> 1.6e-4, EMA ∂α 0.40 -> 1.6e-3,
+    # DSS ∂log Δ 1.7e-2 -> 1.4e-4, DLR ∂W 8.3e-5 -> 3.0e-7; the time-invariant linear recurrence's ∂λ (LRU, S5):
+    # LRU ∂log ν 1.1e-4 -> 1.9e-7, S5 ∂Re Λ 9.0e-5 -> 3.4e-6 (their ∂C and S5's ∂Im Λ read the forward's states,
+    # which a float32 recurrence rounds as the step loop does: 1e-4 and 2e-5, left)
+    ("s4d", {"d_state": 16}, ("log_dt", "log_A_real", "A_imag", "B", "C", "D")),
+    ("ema", {"d_state": 4}, ("logit_alpha", "logit_delta", "beta", "gamma")),
+    ("dss", {"d_state": 16}, ("log_dt", "log_A_real", "W")),
+    ("dlr", {"d_state": 16}, ("A_sqrt_neg_real", "A_imag", "W")),
+    ("lru", {"d_state": 16}, ("log_nu", "log_theta")),
+    ("s5", {"d_state": 16}, ("A_real",)),
 ])
 def test_native_parameter_gradients_do_not_drift_over_a_long_constant_input(name, options, params):
     # a constant input and the loss over every step: each parameter's gradient is a sum over L terms of one sign and

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ssmkit.sysid.records import IORecord
+from ssmkit.sysid.wiener import _scale
 
 SUPPORTED = ("s4d", "s5", "dlr", "lru")
 
@@ -62,6 +63,15 @@ def _arrays(records: Sequence[IORecord] | IORecord) -> list[tuple[np.ndarray, np
     if len(widths) > 1:
         raise ValueError(f"every record must have the same inputs m and outputs p; got (m, p) in {sorted(widths)}")
     return [(r.u.detach().cpu().numpy().astype(np.float64), r.y.detach().cpu().numpy().astype(np.float64)) for r in recs]
+
+
+def _scales(x: np.ndarray) -> np.ndarray:
+    """The std over time of x (L, c) per channel, 1 where the channel is constant up to rounding: the scaling of
+    :class:`ssmkit.sysid.DeepWiener`'s normalisation (computed by torch: numpy's std over axis 0 of a constant column
+    is not 0 but up to ~1e-11 of its value). Divided by its std plus 1e-300, as before, a constant channel (an input
+    held still, a dead sensor) had its rounding blown up to the size of the other channels or far beyond, and the
+    poles came out at z = 1 and 0 instead of the system's (probe of 2026-12-05, MIMO)."""
+    return _scale(torch.from_numpy(x)).numpy()
 
 
 def _check_order(order: int) -> None:
@@ -87,8 +97,8 @@ def arx_poles(records: Sequence[IORecord] | IORecord, order: int, output_index: 
     if isinstance(output_index, bool) or not isinstance(output_index, int) or not 0 <= output_index < p:
         raise ValueError(f"output_index must be an int in [0, {p}) (the records have p = {p} outputs); got {output_index!r}")
     rows, rhs = [], []
-    u_std = np.concatenate([u for u, _ in data]).std(0) + 1e-300
-    y_std = np.concatenate([y[:, output_index] for _, y in data]).std() + 1e-300
+    u_std = _scales(np.concatenate([u for u, _ in data]))
+    y_std = _scales(np.concatenate([y[:, output_index:output_index + 1] for _, y in data]))[0]
     for u, y in data:
         yy, uu = y[:, output_index] / y_std, u / u_std
         L = yy.shape[0]
@@ -136,8 +146,8 @@ def subspace_poles(records: Sequence[IORecord] | IORecord, order: int | None = N
     m, p = data[0][0].shape[1], data[0][1].shape[1]
     if isinstance(i, bool) or not isinstance(i, int) or i * p <= n_max:
         raise ValueError(f"horizon must be an int with horizon · p > order ({n_max}, p = {p}); got {horizon!r}")
-    u_std = np.concatenate([u for u, _ in data]).std(0) + 1e-300
-    y_std = np.concatenate([y for _, y in data]).std(0) + 1e-300
+    u_std = _scales(np.concatenate([u for u, _ in data]))
+    y_std = _scales(np.concatenate([y for _, y in data]))
     blocks = []
     for u, y in data:
         u, y = u / u_std, y / y_std

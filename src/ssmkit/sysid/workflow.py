@@ -398,7 +398,8 @@ def periodic_steady_state(simulate: Callable[[torch.Tensor], torch.Tensor], u: t
 
     Args:
         simulate: from rest, (L', m) inputs -> (L', p) outputs.
-        u: (L, m) a whole number L / P of periods of the input.
+        u: (L, m) a whole number L / P of periods of the input (each input repeating to 1e-6 of its own largest
+            |u|; a ValueError otherwise).
         period: P, the samples per period (None: L, the record is one period).
         prime: k >= 1 periods simulated before the record.
 
@@ -415,10 +416,14 @@ def periodic_steady_state(simulate: Callable[[torch.Tensor], torch.Tensor], u: t
                          f"periods); got {period!r}")
     if isinstance(prime, bool) or not isinstance(prime, int) or prime < 1:
         raise ValueError(f"prime must be an int >= 1 (periods simulated before the scored record); got {prime!r}")
-    if n > p:  # several periods: they must repeat
-        gap = float((u[p:] - u[:-p]).abs().max())
-        if gap > 1e-6 * max(float(u.abs().max()), 1e-300):
-            raise ValueError(f"u is not periodic with period {p}: samples {p} apart differ by up to {gap:.3g}")
+    if n > p:  # several periods: they must repeat, each input relative to its own size (the channels' units differ:
+        # against the largest channel's, an input of 1e-3 beside one of 1e3 could change by all of itself unseen)
+        gap = (u[p:] - u[:-p]).abs().amax(0)  # (m,)
+        size = u.abs().amax(0).clamp(min=1e-300)
+        if bool((gap > 1e-6 * size).any()):
+            c = int(torch.argmax(gap / size))
+            raise ValueError(f"u is not periodic with period {p}: input {c}'s samples {p} apart differ by up to "
+                             f"{float(gap[c]):.3g} (its largest |u| is {float(size[c]):.3g})")
     y = simulate(torch.cat([u[:p]] * prime + [u]))
     if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[0] != n + prime * p:
         raise ValueError(f"simulate must return an (L', p) tensor as long as its input ({n + prime * p}); got "

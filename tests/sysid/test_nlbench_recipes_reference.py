@@ -524,7 +524,7 @@ def test_write_report_figures_read_back(tmp_path, monkeypatch):
         assert (measured.get_label(), err.get_label()) == (f"measured, {rec.name}", f"error, {rec.name}")
     assert all(line.get_linewidth() > 0 for line in lines)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [line.get_label() for line in lines]
-    assert ax.get_title() == "Toy bench: amplitude spectra after the init window"
+    assert ax.get_title() == "Toy bench: amplitude spectra of output 1 after the init window"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("frequency (Hz)", "|DFT| / L (mV)")
 
 

@@ -77,7 +77,7 @@ def _plots(folder: pathlib.Path, bench: SysidBenchmark, sims: list[torch.Tensor]
         f = np.fft.rfftfreq(len(y), r.dt)[1:]  # without DC (the measured mean is removed)
         ax.loglog(f, np.abs(np.fft.rfft(y - y.mean()))[1:] / len(y), lw=0.8, label=f"measured, {r.name}")
         ax.loglog(f, np.abs(np.fft.rfft(e))[1:] / len(y), lw=0.8, label=f"error, {r.name}")
-    ax.set(title=f"{bench.title}: amplitude spectra after the init window", xlabel="frequency (Hz)",
+    ax.set(title=f"{bench.title}: amplitude spectra of output 1 after the init window", xlabel="frequency (Hz)",
            ylabel=f"|DFT| / L ({bench.unit})")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -60,6 +60,10 @@ class SequenceModel(nn.Module):
             [a, b, a ⊙ b, a − b] (a dual encoder; needs ``head="classify"`` and a pool).
         pad_id: token id of padding (needs ``vocab_size``): pooling ignores the positions holding it ("mean"
             averages the others, "last" takes the last other one), as S4's ``use_lengths``; None pools every position.
+            Only the pooling: the blocks read every position, so padding goes at the end (right padding, as the task
+            loaders write it), where a causal model's features at the tokens are the unpadded sequence's; leading
+            padding changes them, the states ``forward`` returns are those after the padding (continue a batch of
+            prompts of different lengths item by item), and with ``pool=None`` (``"lm"``) ``pad_id`` changes nothing.
         device, dtype: of all parameters.
 
     ``step`` returns the head applied to the current time step (what ``pool="last"`` or ``pool=None`` gives at that
@@ -175,12 +179,15 @@ class SequenceModel(nn.Module):
     def extra_repr(self) -> str:
         return f"layer={self._config.layer!r}, parameters={self.num_parameters():,}"
 
-    def _encode(self, x: torch.Tensor, per_step: bool) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, per_step: bool, pairs: bool = False) -> torch.Tensor:
         rank = 1 if per_step else 2
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a tensor; got {type(x).__name__}")
         if self.vocab_size is not None:
             if x.dtype not in (torch.int64, torch.int32) or x.dim() != rank:
                 want = "(B,)" if per_step else "(B, L)"
-                raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype}")
+                raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype} (ids are int64 or "
+                                 "int32, as nn.Embedding reads them)")
             if x.numel() and not tracing() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):  # eager only:
                 # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
                 raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "
@@ -192,12 +199,20 @@ class SequenceModel(nn.Module):
         if x.dim() != rank + 1 or x.shape[-1] != self.d_input or (not per_step and x.shape[1] == 0):
             raise ValueError(f"x must be {want} for d_input={self.d_input}; got {tuple(x.shape)}")
         if self.check_finite:
-            check_finite_sequence(x if not per_step else x[:, None], "the input x")
+            self._check_finite(x if not per_step else x[:, None], "the input x", pairs)
         self._check_device(x)
         # any real input is computed in the parameters' dtype (as the layers), under autocast too: autocast then lowers
         # a float32 encoder's matmul (a bf16/fp16 x goes through float32 exactly) and leaves a float64 one alone; a
         # float32 x kept as it was into a float64 model raised "mat1 and mat2 must have the same dtype" under autocast
         return self.encoder(x.to(weight_dtype_device(self.encoder)[0]))
+
+    @staticmethod
+    def _check_finite(h: torch.Tensor, what: str, pairs: bool) -> None:
+        """``check_finite_sequence`` of h (B, L, H), or of the 2B sequences of B pairs (item i's at 2i and 2i + 1),
+        named by their pair's batch item (the flat row 2i + 1 named an item i of the input that may not exist)."""
+        if pairs:
+            h = h.unflatten(0, (-1, 2)).transpose(1, 2).flatten(2)  # (B, L, 2H): each item's two sequences side by side
+        check_finite_sequence(h, what)
 
     def _check_device(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless x is on the model's device (as the layers do; the encoder raised a RuntimeError
@@ -234,9 +249,15 @@ class SequenceModel(nn.Module):
             ``return_state`` is False; with ``pair``, the states of the 2B sequences, item i's at 2i and 2i + 1).
         """
         if self.pair:
-            if x.dim() < 3 or x.shape[1] != 2:
-                raise ValueError(f"a pair model (pair=True) reads pairs (B, 2, L) or (B, 2, L, d_input); got {tuple(x.shape)}")
-            features, states = self.features(x.flatten(0, 1), state, return_state)  # (2B, H)
+            # the rank, trailing size and token dtype are checked here: after the flattening, the checks of one
+            # sequence named the (2B, ...) shape and asked for (B, L) token ids
+            tokens = self.vocab_size is not None
+            if (x.dim() != (3 if tokens else 4) or x.shape[1] != 2 or (not tokens and x.shape[-1] != self.d_input)
+                    or (tokens and x.dtype not in (torch.int64, torch.int32))):
+                want = ("integer token ids (B, 2, L)" if tokens
+                        else f"(B, 2, L, {self.d_input}) for d_input={self.d_input}")
+                raise ValueError(f"a pair model (pair=True) reads pairs {want}; got {tuple(x.shape)} {x.dtype}")
+            features, states = self._features(x.flatten(0, 1), state, return_state, pairs=True)  # (2B, H)
             a, b = features.unflatten(0, (-1, 2)).unbind(1)  # (B, H) each
             return self._as_input_dtype(self.head(a, b), x), states
         features, states = self.features(x, state, return_state)
@@ -255,13 +276,19 @@ class SequenceModel(nn.Module):
         Returns:
             (B, H) when pooled, else (B, L, H); and the list of final block states (or None).
         """
-        h = self._encode(x, per_step=False)  # (B, L, H)
+        return self._features(x, state, return_state)
+
+    def _features(
+        self, x: torch.Tensor, state: list | None, return_state: bool, pairs: bool = False
+    ) -> tuple[torch.Tensor, list | None]:
+        """``features``; ``pairs``: x holds the 2B sequences of B pairs (for the finite check's names)."""
+        h = self._encode(x, per_step=False, pairs=pairs)  # (B, L, H)
         states = self._check_states(state)
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
             h, s = block(h, s, return_state=return_state)
             if self.check_finite:
-                check_finite_sequence(h, f"the output of block {i}")
+                self._check_finite(h, f"the output of block {i}", pairs)
             new_states.append(s)
         h = self.final_norm(h)
         keep = None if self.pad_id is None else x != self.pad_id  # (B, L)

@@ -186,8 +186,8 @@ class SequenceModel(nn.Module):
         if self.vocab_size is not None:
             if x.dtype not in (torch.int64, torch.int32) or x.dim() != rank:
                 want = "(B,)" if per_step else "(B, L)"
-                raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype} (ids are int64 or "
-                                 "int32, as nn.Embedding reads them)")
+                raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype} (ids are "
+                                 "int64 or int32, as nn.Embedding reads them)")
             if x.numel() and not tracing() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):  # eager only:
                 # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
                 raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "

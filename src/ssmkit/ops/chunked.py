@@ -82,8 +82,12 @@ def _transpose_copy(x: torch.Tensor) -> torch.Tensor:
     loop over blocks of 1024 rows was faster on a quiet 2-core machine (2.6 ms against 5-10 ms for 32768 x 128
     float32) but cost 3 aten ops per block (~130 ops at B=8, L=4096), and every op is a point where a loaded
     machine makes the process wait (issue 16: 2.6-6.8x slow-down under one competing process). One op wins there.
+
+    Always a new tensor: where the transpose is already contiguous (R or S = 1) ``contiguous()`` returned a view of
+    x, which ``_Transpose`` then returned as-is, and autograd forbids writing into such a view: the bidirectional
+    layers' chunked scans (``y[:, :-1] += ...``) raised at d_model 1 or B·L = 1 (boundary probe of 2026-12-05).
     """
-    return x.t().contiguous()  # (S, R)
+    return x.t().clone(memory_format=torch.contiguous_format)  # (S, R)
 
 
 class _Transpose(torch.autograd.Function):

@@ -126,7 +126,7 @@ class DSS(DiagonalLTILayer):
         self.d_model = d_model
         self.d_state = d_state
         self.version = version
-        self.l_max = l_max
+        self._l_max = l_max
         self.dt_min = dt_min
         self.dt_max = dt_max
         check_flag(separate_dt, "separate_dt")
@@ -152,6 +152,19 @@ class DSS(DiagonalLTILayer):
         self.W = nn.Parameter(torch.empty(2 if bidirectional else 1, H, M, 2, **factory))
         self.D = nn.Parameter(torch.empty(H, **factory))
         self.reset_parameters()
+
+    @property
+    def l_max(self) -> int | None:
+        """DSS-softmax's normalisation length: fixed at construction (assigning to it raises, where it used to change
+        ``forward`` at once and ``step`` only once the parameters changed, its cached Ā, B̄, C keeping the old l_max)."""
+        return self._l_max
+
+    @l_max.setter
+    def l_max(self, value: int | None) -> None:
+        raise AttributeError(
+            f"l_max is fixed at construction (the kernel is normalised over l_max={self._l_max}); got an assignment of "
+            f"{value!r}: build a new layer with that l_max"
+        )
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -156,8 +156,8 @@ class Hyena(SequenceLayer):
         discretisation='none (filters defined on the taps)',
         time_varying=False,
         stable_by_construction=True,
-        stability='no recurrence: FIR filters of l_max taps (no poles, bounded for any parameters)',
-        step_cost='O(order H l_max) (each long filter over a window of l_max inputs)',
+        stability='no recurrence: long filters of unbounded support (no poles, bounded for any parameters)',
+        step_cost='O(order H t) at step t (each long filter over every input so far: a growing state)',
         sequence_cost='O(order H L log L) FFT convolutions',
     )
 

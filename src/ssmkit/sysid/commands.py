@@ -9,7 +9,8 @@ official protocol, the headline) and in periodic steady state after ``--steady-s
 input (default 1; 0 turns it off; :func:`ssmkit.sysid.workflow.periodic_steady_state`).
 
 Every option left unset takes the benchmark's recipe value (:mod:`ssmkit.sysid.recipes`); ``--recipe.*`` sets any
-recipe field (``--recipe.lr 0.01``, ``--recipe.timescale '[0.04, 4]'``; ``--recipe.combine average`` keeps the
+recipe field (``--recipe.lr 0.01``, ``--recipe.timescale '[0.04, 4]'``, ``--recipe.output_range null`` for no limit;
+``--recipe.combine average`` keeps the
 average of the restarts, a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`, instead of the best one). Writes
 ``results.json``, ``report.md``, ``simulation.png``, ``error_spectrum.png`` and ``model.pt``
 (``DeepWiener.checkpoint`` or ``WienerEnsemble.checkpoint``: the model's arguments and weights, with the recipe;
@@ -19,6 +20,7 @@ prints the results table.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import platform
@@ -55,7 +57,9 @@ def _parser(prog: str):
     parser.add_argument("--log", action="store_true", help="print validation progress")
     hints = typing.get_type_hints(Recipe)
     for f in dataclasses.fields(Recipe):
-        parser.add_argument(f"--recipe.{f.name}", type=typing.Optional[hints[f.name]], default=None,
+        # left out of the parsed options when not given (SUPPRESS), so that an explicit null sets None (no limit,
+        # the layer's default Δ, ...) where a default None could not tell it from "not given" (it was ignored)
+        parser.add_argument(f"--recipe.{f.name}", type=typing.Optional[hints[f.name]], default=argparse.SUPPRESS,
                             help=f"recipe field {f.name} (default: the benchmark's recipe)")
     return parser
 
@@ -71,7 +75,7 @@ def recipe_from_args(benchmark: str, cfg) -> Recipe:
         the recipe.
     """
     given = cfg.get("recipe") or {}
-    changes = {f.name: given[f.name] for f in dataclasses.fields(Recipe) if given.get(f.name) is not None}
+    changes = {f.name: given[f.name] for f in dataclasses.fields(Recipe) if f.name in given}
     if cfg.steps is not None:
         changes["steps"] = cfg.steps
     if changes.get("timescale") is not None:

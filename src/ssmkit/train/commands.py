@@ -9,7 +9,9 @@ field is an option (``--d_model 128``, ``--layer_options '{d_state: 32}'``, ``--
 given by ``--config`` sets them all (later options override it). A dict option given whole replaces the config's
 (``--layer_options '{d_state: 32}'`` drops the config's other layer options); ``--layer_options.d_state 32`` changes
 one entry. A ``--config`` that is not a file is looked up among
-the configs shipped in the package (``ssmkit configs`` lists them).
+the configs shipped in the package (``ssmkit configs`` lists them). Options are spelt in full: an abbreviation
+(``--train.war 5``) is refused, as a misspelt option that began like another was taken for it (``--train.lr_ 0.1``
+set ``lr_floor``).
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def _parser(prog: str, compare: bool):
                        "results.json, results.csv and results.png to the output folder.")
     else:
         description = "Train one model on one task (checkpoints, metrics and result.json go to the output folder)."
-    parser = ArgumentParser(prog=prog, description=description, env_prefix="SSMKIT", default_env=False)
+    # no abbreviations: a misspelt option that began like a longer one was taken for it (--train.lr_ 0.1 set lr_floor)
+    parser = ArgumentParser(prog=prog, description=description, env_prefix="SSMKIT", default_env=False,
+                            allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="a YAML experiment: a file, or a shipped config name ('ssmkit configs' lists them)")
     parser.add_class_arguments(Experiment, nested_key=None, fail_untyped=True)

@@ -17,6 +17,7 @@ are pairs for a dual encoder (LRA retrieval) and which token pads (pooling skips
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,10 +113,16 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
     Returns:
         the result record of :func:`ssmkit.train.fit`, with the task's title, the model and the test metric; a task
         with extra test splits ``test@<L>`` (induction heads at longer lengths) adds ``test@<L>_<metric>`` for each.
+
+    The run folder also gets ``task.json`` (the task's name and options, beside fit's ``model.json`` and
+    ``train.json``); a resume with another task or other task options is refused (``ValueError``): it trained on,
+    and tested, other data than the saved run's without a word.
     """
     from ssmkit.data import get_task
+    from ssmkit.files import write_json
     from ssmkit.train.run import fit
 
+    record = _same_task_record(experiment, out_dir, resume)
     task = get_task(experiment.task, **experiment.task_options)
     info = task.info()
     splits = task.splits()
@@ -124,8 +131,30 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
     config = experiment.model_config(info)
     labels = {"task": info.title, "model": experiment.model if isinstance(experiment.model, str) else "+".join(experiment.model)}
     extra = {name: t for name, t in tensors.items() if name.startswith("test@")}
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    if resume or not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):  # not over a run fit refuses to overwrite
+        write_json(os.path.join(out_dir, "task.json"), record)
     return fit(config, experiment.train, tensors["train"], tensors.get("val"), tensors.get("test"), out_dir,
                resume=resume, progress=progress, labels=labels, transform=transform, extra_tests=extra or None)
+
+
+def _same_task_record(experiment: Experiment, out_dir: str, resume: bool) -> dict[str, Any]:
+    """The run's ``task.json`` record (task name and options); on a resume, refuse another task or other task options
+    than the saved record's."""
+    import json
+
+    record = os.path.join(out_dir, "task.json")
+    given = json.loads(json.dumps({"task": experiment.task, "task_options": experiment.task_options}))
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    if resume and os.path.isfile(os.path.join(checkpoints, "last.ckpt")) and os.path.isfile(record):
+        with open(record) as f:
+            saved = json.load(f)
+        changes = [f"{k}: saved {saved.get(k)!r}, given {given[k]!r}" for k in given if saved.get(k) != given[k]]
+        if changes:
+            raise ValueError(f"resume continues the run saved in {out_dir} on its own data, but the task given differs "
+                             f"({'; '.join(changes)}): give the saved task (task.json in the run folder), or start a "
+                             "new run in another out_dir")
+    return given
 
 
 def _batch_transform(dataset):

@@ -41,6 +41,7 @@ STEP_TOLERANCE = 1e-5
 def parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=prog,
+        allow_abbrev=False,
         description=__doc__.splitlines()[0],
         epilog=f"Exit status 0 when the final test MSE is <= {PASS_FRACTION:.0%} of the trivial baseline and the "
         "recurrent run equals the parallel one; 1 otherwise.",

@@ -86,6 +86,7 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
     """``ssmkit analyze CHECKPOINT``: write the control analysis of a trained model; exit 0."""
     parser = argparse.ArgumentParser(
         prog=prog,
+        allow_abbrev=False,
         description="Control analysis of a trained model's LTI layers: poles (discrete and continuous), stability "
         "margin, DC gain, certified H-infinity norm, Bode plots, impulse and step responses, learned kernels; "
         "writes summary.md, analysis.json and PNG figures.",
@@ -169,6 +170,7 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
     """``ssmkit zoo``: print the table of the registered layers (markdown or CSV), optionally write both; exit 0."""
     parser = argparse.ArgumentParser(
         prog=prog,
+        allow_abbrev=False,
         description="The control-theoretic table of every registered layer (arXiv 2403.16899's comparison), built "
         "from the layers' declarations; with --checkpoint, the trained model's pole statistics per layer.",
     )

@@ -138,7 +138,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cases") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--layers", nargs="+", default=["s4d", "s4"], choices=layers.available())
     parser.add_argument("--batch", nargs="+", type=positive_int, default=[8])
     parser.add_argument("--length", nargs="+", type=positive_int, default=[1024, 4096, 16384])

@@ -118,7 +118,7 @@ def measure(case: Case, peers: list[str], s4_file: str | None, busy: int, kind: 
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench contention") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--layers", nargs="+", default=["s4d"], choices=layers.available())
     parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--length", nargs="+", type=positive_int, default=[4096])

@@ -120,7 +120,7 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--d-model", type=positive_int, default=128)
     parser.add_argument("--d-state", type=positive_int, default=64)

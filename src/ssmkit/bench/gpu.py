@@ -518,7 +518,7 @@ def _versus_peer(group: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--scan-shapes", nargs="*", default=SCAN_SHAPES, help="B,H,d_state,L (d_state/2 complex modes)")
     parser.add_argument("--scan-chunks-per-program", nargs="*", type=positive_int, default=SCAN_CHUNKS_PER_PROGRAM,

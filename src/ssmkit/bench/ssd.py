@@ -138,7 +138,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench ssd") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--batch", type=positive_int, default=2, help="B (default 2)")
     parser.add_argument("--length", type=positive_int, default=2048, help="L (default 2048)")
     parser.add_argument("--heads", type=positive_int, default=8, help="H, SSD heads (default 8)")

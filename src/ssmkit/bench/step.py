@@ -154,7 +154,7 @@ def measure_shape(names: list[str], batch: int, d_model: int, d_state: int, step
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench step") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--layers", nargs="+", default=layers.available(), choices=layers.available(),
                         help="layers to time (default: every registered layer)")
     parser.add_argument("--batch", nargs="+", type=positive_int, default=[1, 8], help="batch sizes B (default 1 8)")

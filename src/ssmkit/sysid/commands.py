@@ -34,7 +34,8 @@ def _parser(prog: str):
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog=prog, description="Identify a system-identification benchmark with a deep Wiener "
-                            "model; writes results.json, report.md and the figures.", default_env=False)
+                            "model; writes results.json, report.md and the figures.", default_env=False,
+                            allow_abbrev=False)
     parser.add_argument("--benchmark", type=str, required=True, help="cascaded_tanks, bouc_wen, f16, ...")
     parser.add_argument("--model", type=str, default="s4d",
                         help="the LTI layer of the Wiener blocks: a layer with a state space (s4d, s4, dss, dlr, s5, "

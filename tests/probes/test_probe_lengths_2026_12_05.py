@@ -306,6 +306,20 @@ def sgconv_kernel_reference(layer):
     return K / K.norm(dim=-1, keepdim=True)
 
 
+def assert_every_view(layer, u: torch.Tensor, y_ref: torch.Tensor) -> None:
+    """forward on the FFT and reference backends, a chunked continuation from the middle, and the step loop, each
+    equal to y_ref (1e-13)."""
+    L = u.shape[1]
+    for backend in ("fft", "reference"):
+        with use_backend(backend):
+            assert rel(layer(u)[0], y_ref) < 1e-13, (L, backend)
+    k = L // 2 + 1
+    y1, h = layer(u[:, :k])
+    y2, _ = layer(u[:, k:], state=h)
+    assert rel(torch.cat([y1, y2], 1), y_ref) < 1e-13
+    assert rel(run_steps(layer, u)[0], y_ref) < 1e-13
+
+
 @pytest.mark.parametrize("l_max, n_scales", [(40, 4), (65, 5), (5, 1)])
 def test_sgconv_matches_its_kernel_at_every_length(l_max, n_scales):
     torch.manual_seed(0)
@@ -318,14 +332,7 @@ def test_sgconv_matches_its_kernel_at_every_length(l_max, n_scales):
         for L in (K_len - 1, K_len, K_len + 1, 3 * K_len + 5):
             u = torch.randn(2, L, 3, dtype=F64)
             y_ref = direct_causal(u, K)
-            for backend in ("fft", "reference"):
-                with use_backend(backend):
-                    assert rel(layer(u)[0], y_ref) < 1e-13, (L, backend)
-            k = L // 2 + 1
-            y1, h = layer(u[:, :k])
-            y2, _ = layer(u[:, k:], state=h)
-            assert rel(torch.cat([y1, y2], 1), y_ref) < 1e-13
-            assert rel(run_steps(layer, u)[0], y_ref) < 1e-13
+            assert_every_view(layer, u, y_ref)
             assert rel(layer.kernel(L), F.pad(K, (0, max(0, L - K_len)))[:, :L]) < 1e-14
 
 
@@ -386,14 +393,7 @@ def test_hyena_matches_its_equations_beyond_l_max(order, l_max):
         for L in (5, l_max, l_max + 1, 5 * l_max):
             u = torch.randn(2, L, 3, dtype=F64)
             y_ref = hyena_reference(layer, u)
-            for backend in ("fft", "reference"):
-                with use_backend(backend):
-                    assert rel(layer(u)[0], y_ref) < 1e-13, (L, backend)
-            k = L // 2 + 1
-            y1, h = layer(u[:, :k])
-            y2, _ = layer(u[:, k:], state=h)
-            assert rel(torch.cat([y1, y2], 1), y_ref) < 1e-13
-            assert rel(run_steps(layer, u)[0], y_ref) < 1e-13
+            assert_every_view(layer, u, y_ref)
 
 
 # ----------------------------------------------------------------------------------------------------------------

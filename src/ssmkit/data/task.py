@@ -1,6 +1,6 @@
 """Tasks by name: what a task gives (``TaskInfo``), the ``Task`` base classes and the registry.
 
-    ssmkit.data.available_tasks()                      # ["adding", "copying", ..., "smnist", ...]
+    ssmkit.data.available_tasks()                      # ["adding", "copying", ..., "sfashion", "smnist"]
     task = ssmkit.data.get_task("mqar", length=64, num_kv_pairs=4, n_train=1000)
     task.info()                                        # shapes, classes, vocabulary, length, source
     task.present()                                     # False until generated / while the files are missing

@@ -1,9 +1,9 @@
 """The layer protocol every ssmkit layer follows, and the capabilities a layer may add to it.
 
     y, h = layer(x)                      # x (B, L, H) -> y (B, L, H), h = final state
+    h0 = layer.initial_state(batch_size) # zeros of the right shape/dtype/device
     y, h = layer(x, state=h0)            # continue from a state
     y, _ = layer(x, return_state=False)  # skip computing the final state (training)
-    h0 = layer.initial_state(batch_size) # zeros of the right shape/dtype/device
     y_t, h = layer.step(x_t, h)          # x_t (B, H) -> y_t (B, H), O(state) work
 
 A layer is the sequence-mixing core only; norms, residuals and (for LTI layers) the nonlinearity live in

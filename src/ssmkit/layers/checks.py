@@ -102,3 +102,31 @@ def check_batch_size(batch_size: object) -> None:
 class UnknownOptionError(ValueError, TypeError):
     """An option a constructor does not take (a layer's, a task's). A ValueError, as every configuration error (the
     CLI reports it in one line), and a TypeError, as Python's own error for an unexpected keyword argument."""
+
+
+class FixedOption:
+    """A constructor option that cannot be assigned after construction (a class attribute: ``l_max =
+    FixedOption("C̃ is attuned to")``; ``__init__`` assigns it once as usual, a later assignment raises
+    ``AttributeError``). For an option the parameters are attuned to, or the caches read: assigned later it gave
+    cache-dependent answers (S4, DSS-softmax's ``l_max``: lengths probe of 2026-12-05).
+
+    Args:
+        attuned: what depends on the value, as it reads before "<name>=<value>" in the error.
+    """
+
+    def __init__(self, attuned: str) -> None:
+        self.attuned = attuned
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, obj: object, owner: type | None = None):
+        return self if obj is None else obj.__dict__[self.slot]
+
+    def __set__(self, obj: object, value: object) -> None:
+        if self.slot in obj.__dict__:
+            raise AttributeError(
+                f"{self.name} is fixed at construction ({self.attuned} {self.name}={obj.__dict__[self.slot]!r}); got "
+                f"an assignment of {value!r}: build a new layer with that {self.name}"
+            )
+        obj.__dict__[self.slot] = value

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.checks import (
+    FixedOption,
     check_choice,
     check_dt_range,
     check_even_state,
@@ -108,6 +109,9 @@ class DSS(DiagonalLTILayer):
         sequence_cost="O(H N L) chunked scan; O(H N L + H L log L) kernel + FFT",
     )
 
+    # fixed: DSS-softmax's kernel is normalised over it (the step's cached Ā, B̄, C too)
+    l_max = FixedOption("the kernel is normalised over")
+
     def __init__(
         self,
         d_model: int,
@@ -126,7 +130,7 @@ class DSS(DiagonalLTILayer):
         self.d_model = d_model
         self.d_state = d_state
         self.version = version
-        self._l_max = l_max
+        self.l_max = l_max
         self.dt_min = dt_min
         self.dt_max = dt_max
         check_flag(separate_dt, "separate_dt")
@@ -152,19 +156,6 @@ class DSS(DiagonalLTILayer):
         self.W = nn.Parameter(torch.empty(2 if bidirectional else 1, H, M, 2, **factory))
         self.D = nn.Parameter(torch.empty(H, **factory))
         self.reset_parameters()
-
-    @property
-    def l_max(self) -> int | None:
-        """DSS-softmax's normalisation length: fixed at construction (assigning to it raises, where it used to change
-        ``forward`` at once and ``step`` only once the parameters changed, its cached Ā, B̄, C keeping the old l_max)."""
-        return self._l_max
-
-    @l_max.setter
-    def l_max(self, value: int | None) -> None:
-        raise AttributeError(
-            f"l_max is fixed at construction (the kernel is normalised over l_max={self._l_max}); got an assignment of "
-            f"{value!r}: build a new layer with that l_max"
-        )
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

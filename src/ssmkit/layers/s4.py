@@ -75,6 +75,7 @@ from torch.nn import functional as F
 
 from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.checks import (
+    FixedOption,
     check_choice,
     check_dt_range,
     check_even_state,
@@ -164,6 +165,8 @@ class S4(SequenceLayer):
         device, dtype: of the parameters (dtype real: float32 or float64).
     """
 
+    # fixed: C̃ stores (I - Ā^{l_max})ᵀ C, so another l_max would read the trained C̃ as another C
+    l_max = FixedOption("C̃ is attuned to")
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
     backends: ClassVar[tuple[str, ...]] = ("reference", "fft")
     zoo = ZooEntry(
@@ -196,7 +199,7 @@ class S4(SequenceLayer):
         super().__init__()
         self.d_model = d_model
         self.d_state = d_state
-        self._l_max = l_max
+        self.l_max = l_max
         self.init = init
         self.dt_min = dt_min
         self.dt_max = dt_max
@@ -230,20 +233,6 @@ class S4(SequenceLayer):
         self._step_cache: ValueCache = ValueCache(self._compute_step_coefficients)
         self._plan_cache: ValueCache = ValueCache(self._plan, self._plan_structure)
         self.reset_parameters()
-
-    @property
-    def l_max(self) -> int:
-        """The length C̃ is attuned to: fixed at construction (C̃ stores (I - Ā^{l_max})ᵀ C, so another l_max would
-        read the trained C̃ as another C; assigning to it raises, where it used to change a no-gradient ``forward`` and
-        ``step`` only once the parameters changed, their caches keeping the old l_max until then)."""
-        return self._l_max
-
-    @l_max.setter
-    def l_max(self, value: int) -> None:
-        raise AttributeError(
-            f"l_max is fixed at construction (C̃ is attuned to l_max={self._l_max}); got an assignment of {value!r}: "
-            "build a new layer with that l_max"
-        )
 
     # ------------------------------------------------------------------------------------------------------------
     # Parameters

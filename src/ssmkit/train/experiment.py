@@ -119,7 +119,6 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
     and tested, other data than the saved run's without a word.
     """
     from ssmkit.data import get_task
-    from ssmkit.files import write_json
     from ssmkit.train.run import fit
 
     record = _same_task_record(experiment, out_dir, resume)
@@ -131,11 +130,9 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
     config = experiment.model_config(info)
     labels = {"task": info.title, "model": experiment.model if isinstance(experiment.model, str) else "+".join(experiment.model)}
     extra = {name: t for name, t in tensors.items() if name.startswith("test@")}
-    checkpoints = os.path.join(out_dir, "checkpoints")
-    if resume or not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):  # not over a run fit refuses to overwrite
-        write_json(os.path.join(out_dir, "task.json"), record)
     return fit(config, experiment.train, tensors["train"], tensors.get("val"), tensors.get("test"), out_dir,
-               resume=resume, progress=progress, labels=labels, transform=transform, extra_tests=extra or None)
+               resume=resume, progress=progress, labels=labels, transform=transform, extra_tests=extra or None,
+               records={"task": record})
 
 
 def _same_task_record(experiment: Experiment, out_dir: str, resume: bool) -> dict[str, Any]:

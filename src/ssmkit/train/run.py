@@ -128,6 +128,7 @@ def fit(
     labels: dict[str, Any] | None = None,
     transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None,
     extra_tests: dict[str, Sequence[torch.Tensor]] | None = None,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``train``, validate on ``val``, evaluate on ``test`` (and ``extra_tests``) the final weights
     and those of the best validation.
@@ -149,6 +150,9 @@ def fit(
         extra_tests: more evaluation splits by name, each an (inputs, targets) pair of tensors scored like ``test``
             (e.g. ``test@1024``: induction heads at a longer length than trained); their metrics are recorded as
             ``<name>_loss`` and ``<name>_<metric>``.
+        records: more records of the run's configuration by name, each written to ``out_dir/<name>.json`` with
+            ``model.json`` and ``train.json`` (after the resume check, so never over a run this call refuses; e.g.
+            the task and its options, ``task.json``).
 
     Returns:
         the result record (also written to ``out_dir/result.json``): the last validation's metrics; the test metrics
@@ -185,6 +189,8 @@ def fit(
         check_same_run(load_checkpoint(resume_from).get("hyper_parameters", {}), model, cfg, resume_from)
     write_json(os.path.join(out_dir, "model.json"), model.to_dict())
     write_json(os.path.join(out_dir, "train.json"), cfg.to_dict())
+    for name, record in (records or {}).items():
+        write_json(os.path.join(out_dir, f"{name}.json"), record)
 
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SequenceLightningModule(model, cfg)

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ssmkit.sysid.records import IORecord
-from ssmkit.sysid.wiener import _scale
+from ssmkit.sysid.wiener import channel_scale
 
 SUPPORTED = ("s4d", "s5", "dlr", "lru")
 
@@ -71,7 +71,7 @@ def _scales(x: np.ndarray) -> np.ndarray:
     is not 0 but up to ~1e-11 of its value). Divided by its std plus 1e-300, as before, a constant channel (an input
     held still, a dead sensor) had its rounding blown up to the size of the other channels or far beyond, and the
     poles came out at z = 1 and 0 instead of the system's (probe of 2026-12-05, MIMO)."""
-    return _scale(torch.from_numpy(x)).numpy()
+    return channel_scale(torch.from_numpy(x)).numpy()
 
 
 def _check_order(order: int) -> None:

@@ -226,9 +226,9 @@ class DeepWiener(nn.Module):
         """
         uu, yy = torch.cat(list(u)), torch.cat(list(y))
         self.u_mean.copy_(uu.mean(0))
-        self.u_std.copy_(_scale(uu))
+        self.u_std.copy_(channel_scale(uu))
         self.y_mean.copy_(yy.mean(0))
-        self.y_std.copy_(_scale(yy))
+        self.y_std.copy_(channel_scale(yy))
 
     def _check(self, u: torch.Tensor, per_step: bool) -> None:
         want = (2 if per_step else 3)
@@ -486,8 +486,13 @@ def _real_size(spec) -> int:
     return total
 
 
-def _scale(x: torch.Tensor) -> torch.Tensor:
-    """The std over time of x (L, m) per channel, 1 where the channel is constant up to rounding."""
+def channel_scale(x: torch.Tensor) -> torch.Tensor:
+    """The std over time of x (L, m) per channel, 1 where the channel is constant up to rounding: how DeepWiener
+    normalises its inputs and outputs, and the data-driven init (:mod:`ssmkit.sysid.init`) scales its channels.
+
+    Args:
+        x: (L, m) samples, time first.
+    """
     std = x.std(0, correction=0)
     constant = std <= 10 * torch.finfo(x.dtype).eps * x.mean(0).abs()
     return torch.where(constant, torch.ones_like(std), std)

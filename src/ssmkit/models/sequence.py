@@ -31,6 +31,7 @@ from ssmkit.utils import check_floating, check_finite_sequence
 
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
+TOKEN_DTYPES = (torch.int64, torch.int32)  # the ids nn.Embedding reads
 
 
 class SequenceModel(nn.Module):
@@ -184,7 +185,7 @@ class SequenceModel(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a tensor; got {type(x).__name__}")
         if self.vocab_size is not None:
-            if x.dtype not in (torch.int64, torch.int32) or x.dim() != rank:
+            if x.dtype not in TOKEN_DTYPES or x.dim() != rank:
                 want = "(B,)" if per_step else "(B, L)"
                 raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype} (ids are "
                                  "int64 or int32, as nn.Embedding reads them)")
@@ -253,7 +254,7 @@ class SequenceModel(nn.Module):
             # sequence named the (2B, ...) shape and asked for (B, L) token ids
             tokens = self.vocab_size is not None
             if (x.dim() != (3 if tokens else 4) or x.shape[1] != 2 or (not tokens and x.shape[-1] != self.d_input)
-                    or (tokens and x.dtype not in (torch.int64, torch.int32))):
+                    or (tokens and x.dtype not in TOKEN_DTYPES)):
                 want = ("integer token ids (B, 2, L)" if tokens
                         else f"(B, 2, L, {self.d_input}) for d_input={self.d_input}")
                 raise ValueError(f"a pair model (pair=True) reads pairs {want}; got {tuple(x.shape)} {x.dtype}")

@@ -403,19 +403,26 @@ FAST = [("s4d", {"d_state": 4}, {"timescale": (0.05, 0.2)}), ("s5", {"d_state": 
         ("lru", {"d_state": 4, "r_max": 0.8}, {}), ("ema", {"d_state": 2}, {})]
 
 
+def pulse_responses(model, length: int, n_inputs: int) -> np.ndarray:
+    """h (p, m, length): output j's response to a unit pulse at t = 0 on input i, less the response to zeros (the
+    operating point's offset), by the model's float64 forward."""
+    with torch.no_grad():
+        base = model(torch.zeros(1, length, n_inputs, dtype=F64))[0][0].numpy()  # (length, p)
+        h = np.zeros((base.shape[1], n_inputs, length))
+        for i in range(n_inputs):
+            u = torch.zeros(1, length, n_inputs, dtype=F64)
+            u[0, 0, i] = 1
+            h[:, i] = (model(u)[0][0].numpy() - base).T
+    return h
+
+
 @pytest.mark.parametrize("name, options, extra", FAST, ids=[f[0] for f in FAST])
 def test_linear_mimo_wiener_linearisation_is_the_dft_of_its_forward_impulse_response(name, options, extra):
     model = _mimo_wiener(name, options, None, **extra)
     linear = NonlinearSystem(model).linearize(np.zeros(2))
     assert linear.dt == 0.05
     length = 600
-    h = np.zeros((3, 2, length))
-    with torch.no_grad():
-        base = model(torch.zeros(1, length, 2, dtype=F64))[0][0].numpy()
-        for j in range(2):
-            u = torch.zeros(1, length, 2, dtype=F64)
-            u[0, 0, j] = 1
-            h[:, j] = (model(u)[0][0].numpy() - base).T
+    h = pulse_responses(model, length, 2)
     assert np.abs(h[..., -50:]).max() < 1e-12 * np.abs(h).max()  # decayed
     omega = np.array([0.0, 3.0, 20.0, np.pi / 0.05])
     ref = np.einsum("pml,lw->pmw", h, np.exp(-1j * np.outer(np.arange(length), omega * 0.05)))

@@ -157,6 +157,21 @@ def _loss(y, h, w):
 # 1. layer forward: every input layout, a transposed or expanded initial state, every backend
 
 
+def _beside_reference(module0, backend: str, store, view, values: torch.Tensor, w: torch.Tensor):
+    """A copy of module0 run on ``backend`` on view(store(values)), and another on the reference backend on the same
+    values made contiguous, each backpropagated from Σ w·y: (module, y, base, ref, y_ref, ref_base), the bases being
+    the leaves that hold the inputs' gradients."""
+    module, ref = copy.deepcopy(module0), copy.deepcopy(module0)
+    base, ref_base = store(values).requires_grad_(), store(values).requires_grad_()
+    with ops.use_backend(backend):
+        y, _ = module(view(base))
+    with ops.use_backend("reference"):
+        yr, _ = ref(view(ref_base).contiguous())
+    (y * w).sum().backward()
+    (yr * w).sum().backward()
+    return module, y, base, ref, yr, ref_base
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_input_and_state_layouts_match_the_contiguous_reference(name):
     g = torch.Generator().manual_seed(0)
@@ -541,14 +556,7 @@ def test_sequence_model_with_input_layouts_and_block_options(name):
         model0 = _model(name, **options)
         for i, backend in enumerate(backends):
             store, view = layouts[(i + k) % len(layouts)]
-            model, ref = copy.deepcopy(model0), copy.deepcopy(model0)
-            base, ref_base = store(values).requires_grad_(), store(values).requires_grad_()
-            with ops.use_backend(backend):
-                y, _ = model(view(base))
-            with ops.use_backend("reference"):
-                yr, _ = ref(view(ref_base).contiguous())
-            (y * w).sum().backward()
-            (yr * w).sum().backward()
+            model, y, base, ref, yr, ref_base = _beside_reference(model0, backend, store, view, values, w)
             where = (options, backend)
             assert rel_err(y, yr) < 1e-12, where
             assert rel_err(base.grad, ref_base.grad) < 1e-12, where
@@ -654,14 +662,7 @@ def test_bidirectional_layers_with_strided_and_expanded_inputs(name):
                (lambda v: v[:1].clone(), lambda s: s.expand(2, -1, -1))]
     for backend in runnable_backends(layer0):
         for store, view in layouts:
-            layer, ref = copy.deepcopy(layer0), copy.deepcopy(layer0)
-            base, ref_base = store(values).requires_grad_(), store(values).requires_grad_()
-            with ops.use_backend(backend):
-                y, _ = layer(view(base))
-            with ops.use_backend("reference"):
-                yr, _ = ref(view(ref_base).contiguous())
-            (y * w).sum().backward()
-            (yr * w).sum().backward()
+            layer, y, base, ref, yr, ref_base = _beside_reference(layer0, backend, store, view, values, w)
             assert rel_err(y, yr) < 1e-12, backend
             assert rel_err(base.grad, ref_base.grad) < 1e-12, backend
             assert _param_err(layer, ref) < 1e-10, backend

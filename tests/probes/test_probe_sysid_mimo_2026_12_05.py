@@ -61,6 +61,7 @@ from ssmkit.sysid.recipes import Recipe
 from ssmkit.sysid.records import IORecord, SysidBenchmark
 from ssmkit.sysid.wiener import DeepWiener
 from ssmkit.sysid.workflow import evaluate, identify, periodic_steady_state
+from tests.probes.test_probe_analysis_2026_12_05 import pulse_responses
 
 F64 = torch.float64
 N_INIT = 10
@@ -328,13 +329,7 @@ def test_exported_block_composed_with_the_scales_is_the_models_response_from_inp
     ref = np.einsum("jh,hkw,ki->jiw", W, G + F[:, :, None], E)
     ref = ref * model.y_std.numpy()[:, None, None] / model.u_std.numpy()[None, :, None]
     length = 400
-    h = np.zeros((3, 2, length))
-    with torch.no_grad():
-        base = model(torch.zeros(1, length, 2, dtype=F64))[0][0].numpy()
-        for i in range(2):
-            u = torch.zeros(1, length, 2, dtype=F64)
-            u[0, 0, i] = 1.0
-            h[:, i] = (model(u)[0][0].numpy() - base).T
+    h = pulse_responses(model, length, 2)
     assert np.abs(h[..., -20:]).max() < 1e-12 * np.abs(h).max()
     dft = np.einsum("jil,lw->jiw", h, np.exp(-1j * np.outer(np.arange(length), omega * 0.1)))
     scale = np.abs(ref).max(axis=2, keepdims=True)  # each (output, input) entry on its own size

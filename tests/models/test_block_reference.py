@@ -27,7 +27,7 @@ def _norm(kind, block, x, training):
         mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
         return (x - mu) / torch.sqrt(var + 1e-5) * n.weight + n.bias
     if kind == "rms":
-        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + torch.finfo(F64).eps) * n.weight
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5) * n.weight
     if kind == "batch":
         if training:
             mu, var = x.mean((0, 1)), x.var((0, 1), unbiased=False)

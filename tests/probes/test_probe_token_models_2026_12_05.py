@@ -44,11 +44,10 @@ Noticed and left (design, for the lead):
 - Token ids of dtype uint8 / int16 (the task cache stores int16 and widens on load) are refused with "x must be integer
   token ids (B, L); got (2, 4) torch.int16": the message says "integer", which int16 is; only int64 / int32 are read.
 - A Python list of ids raises AttributeError ('list' object has no attribute 'dtype'), not ValueError.
-- In training mode, batch norm's statistics include the padding positions (``pad_id`` masks only the pooling), so a
-  token classifier's training-mode outputs depend on how much padding its batch holds (eval mode does not).
-- Block RMSNorm is ``nn.RMSNorm(H)`` with eps = None, i.e. the dtype's machine epsilon (1.2e-7 float32, 2.2e-16
-  float64), not the 1e-5 / 1e-6 of Mamba's and S4's RMSNorm; rows of mean square near eps are normalised differently
-  by a model and its ``.double()`` copy.
+- In training mode, batch norm's statistics include the padding positions, so a token classifier's training-mode
+  outputs depend on how much padding its batch holds (eval mode does not).
+- Block RMSNorm was ``nn.RMSNorm(H)`` with eps = None, i.e. the dtype's machine epsilon; since the padding probe of
+  2026-12-05 every block norm uses eps = 1e-5 (Mamba's reference RMSNorm).
 - ``model.check_finite = False`` (what the vmap error message advises) leaves ``model.config.check_finite`` True.
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ssmkit.layers.checks import check_choice
 from ssmkit.layers.protocol import SequenceLayer
@@ -36,12 +37,19 @@ class _BatchNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
+NORM_EPS = 1e-5  # ε of the block's LayerNorm and RMSNorm (Mamba's reference models, S4's LayerNorm, torch's LayerNorm)
+
+
 def make_norm(norm: str | None, H: int, device, dtype) -> nn.Module:
-    """The normalisation module named ``norm`` (one of ``NORMS``) over H channels (identity for None)."""
+    """The normalisation module named ``norm`` (one of ``NORMS``) over H channels (identity for None).
+
+    ``"layer"``: (x - mean(x)) / √(var(x) + ε) · w + b; ``"rms"``: x / √(mean(x²) + ε) · w; both over the channels
+    with ε = ``NORM_EPS`` = 1e-5 in every dtype. ``"batch"``: BatchNorm over the channels (torch's ε = 1e-5).
+    """
     if norm == "layer":
-        return nn.LayerNorm(H, device=device, dtype=dtype)
-    if norm == "rms":
-        return nn.RMSNorm(H, device=device, dtype=dtype)
+        return nn.LayerNorm(H, eps=NORM_EPS, device=device, dtype=dtype)
+    if norm == "rms":  # torch's default ε (None) is the dtype's machine ε: 1.2e-7 in float32, 2.2e-16 in float64
+        return nn.RMSNorm(H, eps=NORM_EPS, device=device, dtype=dtype)
     if norm == "batch":
         return _BatchNorm(H, device=device, dtype=dtype)
     return nn.Identity()
@@ -57,7 +65,9 @@ class Block(nn.Module):
     Args:
         layer: the sequence-mixing layer (its ``d_model`` sets the width H).
         norm: ``"layer"`` (LayerNorm), ``"batch"`` (BatchNorm over channels; ``step`` only in eval mode, where it
-            is a fixed affine map), ``"rms"`` (RMSNorm) or None.
+            is a fixed affine map), ``"rms"`` (RMSNorm x / √(mean(x²) + ε) · w) or None; ε = 1e-5 for all three
+            (Mamba's reference models use RMSNorm with ε = 1e-5; torch's default ε for RMSNorm would be the dtype's
+            machine ε).
         prenorm: normalise the block input (True) or the residual sum (False).
         activation: ``"auto"`` (the layer's ``block_defaults``), ``"gelu"``, ``"silu"``, ``"relu"``, ``"tanh"`` or
             None, applied to the layer output.
@@ -105,16 +115,62 @@ class Block(nn.Module):
         self.dropout = Dropout(dropout)  # an nn.Dropout whose CPU mask is drawn in C (models/dropout.py)
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, return_state: bool = True
+        self, x: torch.Tensor, state: State | None = None, return_state: bool = True, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State | None]:
         """x (B, L, H) -> (y (B, L, H), final state of the layer, or None when ``return_state`` is False).
 
-        Any real x is computed in the parameters' dtype and answered in x's (as the layers; autocast aside)."""
+        ``mask`` (B, L) bool, or None: True at each sequence's positions, False at its right padding. A bidirectional
+        layer then gives, at the positions, exactly what it gives the unpadded sequence (``SequenceModel(pad_id=...)``
+        passes it): a convolution (a layer with a ``kernel``) reads zeros at the padding, which add nothing; another
+        bidirectional layer (Mega) runs each item's unpadded prefix, one call per distinct length (a ``ValueError`` if
+        the padding does not trail). A causal layer ignores the mask (its outputs at the positions do not read the
+        padding after them; its state is the one after the padding, as without a mask). Everything else in the block
+        acts position by position; the outputs at the padding are unspecified. Any real x is computed in the parameters'
+        dtype and answered in x's (as the layers; autocast aside)."""
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2
+                                 or mask.shape != getattr(x, "shape", (None, None))[:2]):
+            raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {tuple(getattr(x, 'shape', ()))[:2]}; "
+                             f"got {tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}")
         x, dtype = self._as_parameter_dtype(x)
         z = self._normalize(x) if self.prenorm else x
-        z, state = self.layer(z, state, return_state=return_state)
+        if mask is not None and state is None and self.layer.bidirectional:  # (a state: the layer refuses it)
+            z, state = self._bidirectional_without_padding(z, mask)
+        else:
+            z, state = self.layer(z, state, return_state=return_state)
         y = x + self.dropout(apply_module(self.out, self.activation(z)))  # (B, L, H); linears by row blocks
         return (y if self.prenorm else self._normalize(y)).to(dtype), state
+
+    def _bidirectional_without_padding(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The bidirectional layer's output (B, L, H) of z (B, L, H), at each item's positions (``mask`` (B, L), True
+        there) as for the unpadded sequence alone (see ``forward``)."""
+        if self.layer.supports("kernel"):  # y = K ⊛ u, no bias: a zero input at the padding contributes exactly 0
+            return self.layer(torch.where(mask[..., None], z, 0.0), return_state=False)[0], None
+        # any other bidirectional layer (Mega: attention over the whole chunk): each item's prefix of length n, alone,
+        # grouped by length. The lengths are data (one synchronisation); only right padding has a prefix to run.
+        B, L = mask.shape
+        lengths = mask.sum(dim=1)  # (B,)
+        trailing = (mask == (torch.arange(L, device=mask.device) < lengths[:, None])).all()  # the padding trails
+        *lengths_list, right_padded = torch.cat([lengths, trailing[None].to(lengths.dtype)]).tolist()
+        if not right_padded:
+            raise ValueError(f"{type(self.layer).__name__}(bidirectional=True) with padding runs each item's unpadded "
+                             "prefix: the padding must trail every sequence (right padding); got padding before a "
+                             "position of the sequence")
+        distinct = sorted(set(lengths_list))
+        if distinct == [L]:  # no padding in this batch
+            return self.layer(z, return_state=False)[0], None
+        pieces, order = [], []
+        for n in distinct:
+            rows = [i for i, m in enumerate(lengths_list) if m == n]
+            if n == 0:  # items of padding only have no sequence to run
+                pieces.append(z.new_zeros(len(rows), L, z.shape[2]))  # (b, L, H)
+            else:
+                y_n = self.layer(z[torch.tensor(rows, device=z.device), :n], return_state=False)[0]  # (b, n, H)
+                pieces.append(F.pad(y_n, (0, 0, 0, L - n)))  # (b, L, H)
+            order += rows
+        where = [0] * B  # item i's row in the concatenated pieces
+        for row, i in enumerate(order):
+            where[i] = row
+        return torch.cat(pieces).index_select(0, torch.tensor(where, device=z.device)), None  # (B, L, H)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The norm of a sequence (B, L, H). A plain batch norm put in the place of ``_BatchNorm`` takes channels on

@@ -9,7 +9,8 @@ Hybrids are configuration: ``layer`` may be a list with one layer name per block
 
 Pairs are configuration too: ``pair=True`` makes a dual encoder (LRA retrieval, arXiv 2011.04006): inputs (B, 2, L),
 each sequence encoded by the same blocks and pooled, and a :class:`ssmkit.models.dual.DualEncoderHead` on
-[a, b, a ⊙ b, a − b]. ``pad_id`` keeps padding tokens out of the pooling.
+[a, b, a ⊙ b, a − b]. ``pad_id`` keeps padding tokens out of the pooling and out of the bidirectional layers: each
+item of a right-padded batch gets the answer of its unpadded sequence alone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_choice, check_positive_int
 from ssmkit.layers.registry import build
-from ssmkit.models.block import Block
+from ssmkit.models.block import NORM_EPS, Block
 from ssmkit.models.config import SequenceModelConfig
 from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.pattern import check_pattern, options_per_block
@@ -59,12 +60,19 @@ class SequenceModel(nn.Module):
         pair: inputs are pairs (B, 2, L) of sequences (or (B, 2, L, d_input)), each encoded separately by the same
             encoder and blocks and pooled; the head is a :class:`~ssmkit.models.dual.DualEncoderHead` on
             [a, b, a ⊙ b, a − b] (a dual encoder; needs ``head="classify"`` and a pool).
-        pad_id: token id of padding (needs ``vocab_size``): pooling ignores the positions holding it ("mean"
-            averages the others, "last" takes the last other one), as S4's ``use_lengths``; None pools every position.
-            Only the pooling: the blocks read every position, so padding goes at the end (right padding, as the task
-            loaders write it), where a causal model's features at the tokens are the unpadded sequence's; leading
-            padding changes them, the states ``forward`` returns are those after the padding (continue a batch of
-            prompts of different lengths item by item), and with ``pool=None`` (``"lm"``) ``pad_id`` changes nothing.
+        pad_id: token id of padding (needs ``vocab_size``), which trails each sequence (right padding, as the task
+            loaders write it); None reads and pools every position. Pooling ignores the positions holding it ("mean"
+            averages the others, "last" takes the last other one), as S4's ``use_lengths``, and the bidirectional layers
+            read none of it: a convolution (a layer with a ``kernel``: S4, S4D, DSS, DLR, S5, LRU, EMA, SGConv built
+            with ``bidirectional=True``) reads zeros there, and any other bidirectional layer (Mega) runs each item's
+            unpadded prefix (one call per distinct length in the batch; ValueError for padding that does not trail). A
+            causal layer's outputs at the tokens never read the padding after them. So each item's pooled output and
+            logits, and with ``pool=None`` its per-step outputs at its tokens, equal the unpadded sequence's run alone
+            (to round-off), for every layer, pattern, norm and pool; in training mode, batch norm's statistics still
+            cover every position of the batch, padding included (as in S4's and S5's code), and dropout draws its own
+            mask. A causal layer reads leading padding: it changes the features at the tokens. The states ``forward``
+            returns are those after the padding (causal layers read it; continue a batch of prompts of different lengths
+            item by item). The outputs at the padding positions are unspecified.
         device, dtype: of all parameters.
 
     ``step`` returns the head applied to the current time step (what ``pool="last"`` or ``pool=None`` gives at that
@@ -150,7 +158,8 @@ class SequenceModel(nn.Module):
             )
             for name, opts in zip(names, block_options)
         )
-        self.final_norm = nn.LayerNorm(d_model, **factory) if (prenorm and norm is not None) else nn.Identity()
+        self.final_norm = (nn.LayerNorm(d_model, eps=NORM_EPS, **factory) if (prenorm and norm is not None)
+                           else nn.Identity())
         self.head: nn.Module = DualEncoderHead(d_model, d_output, **factory) if pair else nn.Linear(d_model, d_output, **factory)
 
     @classmethod
@@ -285,14 +294,14 @@ class SequenceModel(nn.Module):
         """``features``; ``pairs``: x holds the 2B sequences of B pairs (for the finite check's names)."""
         h = self._encode(x, per_step=False, pairs=pairs)  # (B, L, H)
         states = self._check_states(state)
+        keep = None if self.pad_id is None else x != self.pad_id  # (B, L): the bidirectional layers skip the rest
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
-            h, s = block(h, s, return_state=return_state)
+            h, s = block(h, s, return_state=return_state, mask=keep)
             if self.check_finite:
                 self._check_finite(h, f"the output of block {i}", pairs)
             new_states.append(s)
         h = self.final_norm(h)
-        keep = None if self.pad_id is None else x != self.pad_id  # (B, L)
         if self.pool == "mean":
             h = masked_mean(h, keep)  # (B, H)
         elif self.pool == "last":

@@ -125,7 +125,7 @@ def test_recipe_data_init_layers_sets_every_layer_in_identify(monkeypatch):
     records = _siso_records()
     bench = SysidBenchmark("lin", "linear", records, records[:1], 0, "V")
     monkeypatch.setattr(workflow, "fit_simulation", lambda model, train, val, config, log, blocks=None:
-                        {"steps": 0, "best_step": 0, "best_val_rmse": 0.0, "seconds": 0.0})
+                        {"steps": 0, "best_step": 0, "best_val_nrmse": 0.0, "best_val_rmse": 0.0, "seconds": 0.0})
     every = Recipe(d_model=2, n_layers=2, d_state=16, first_layer_init="data", data_init_layers=2)
     model, _ = workflow.identify(bench, "s4d", every, dtype=torch.float64)
     assert all(_match(np.asarray(model.state_space()[i].poles()).ravel(), Z_TRUE) < 1e-8 for i in (0, 1))
@@ -157,7 +157,7 @@ def test_recipe_first_layer_init_data_runs_init_from_data_in_identify(monkeypatc
 
     def no_training(model, train, val, config, log, blocks=None):  # stop before training: the initial poles
         seen["train"] = train
-        return {"steps": 0, "best_step": 0, "best_val_rmse": 0.0, "seconds": 0.0}
+        return {"steps": 0, "best_step": 0, "best_val_nrmse": 0.0, "best_val_rmse": 0.0, "seconds": 0.0}
 
     monkeypatch.setattr(workflow, "fit_simulation", no_training)
     recipe = Recipe(d_model=2, n_layers=1, d_state=16, first_layer_init="data")
@@ -188,7 +188,7 @@ def test_kfold_data_init_reads_only_the_outputs_outside_the_held_out_block(monke
                                                                               (clean[1], 0), (clean[1], 1000)]))
     bench = SysidBenchmark("lin", "linear", records, records[:1], 0, "V")
     monkeypatch.setattr(workflow, "fit_simulation", lambda model, train, val, config, log, blocks=None:
-                        {"steps": 0, "best_step": 0, "best_val_rmse": 0.0, "seconds": 0.0})
+                        {"steps": 0, "best_step": 0, "best_val_nrmse": 0.0, "best_val_rmse": 0.0, "seconds": 0.0})
     recipe = Recipe(d_model=2, n_layers=1, d_state=16, first_layer_init="data", restarts=3, validation="kfold",
                     combine="average")
     ensemble, history = workflow.identify(bench, "s4d", recipe, dtype=torch.float64)

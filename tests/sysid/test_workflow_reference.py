@@ -374,8 +374,8 @@ def _script(monkeypatch, scores):
                       "val": None if val is None else [(r.name, len(r)) for r in val], "mode": mode, "log": log})
         torch.manual_seed(run_seed)
         model = build_model(bench, layer, recipe, mode, dtype)
-        return model, {"best_val_rmse": scores[run_seed], "best_step": 10 * run_seed, "steps": run_seed + 1,
-                       "seconds": 0.5 * run_seed, "mode": mode}
+        return model, {"best_val_nrmse": scores[run_seed], "best_val_rmse": scores[run_seed],
+                       "best_step": 10 * run_seed, "steps": run_seed + 1, "seconds": 0.5 * run_seed, "mode": mode}
 
     monkeypatch.setattr(workflow, "train_run", fake)
     return calls
@@ -399,8 +399,8 @@ def test_restarts_train_from_seed_k_to_seed_k_plus_k_minus_1_and_keep_the_best(m
         assert torch.equal(value, want.state_dict()[name]), name
     assert history["seed"] == 7 and history["best_val_rmse"] == 0.1 and history["best_step"] == 70
     assert history["seconds"] == 0.5 * (6 + 7 + 8)
-    assert history["restarts"] == [{"seed": s, "best_val_rmse": v, "best_step": 10 * s, "steps": s + 1,
-                                    "seconds": 0.5 * s} for s, v in ((6, 0.3), (7, 0.1), (8, 0.2))]
+    assert history["restarts"] == [{"seed": s, "best_val_nrmse": v, "best_val_rmse": v, "best_step": 10 * s,
+                                    "steps": s + 1, "seconds": 0.5 * s} for s, v in ((6, 0.3), (7, 0.1), (8, 0.2))]
     # a tie keeps the first run; one run has no "restarts" entry
     calls = _script(monkeypatch, {0: 0.5})
     _, single = identify(bench, "s4d", RECIPE, dtype=torch.float64)

@@ -12,8 +12,16 @@ The initial state of a window is the encoder's estimate from the ``encoder_windo
 model has an encoder, else the rest state with the first ``washout`` samples left out of the loss (with
 ``validate_from_rest`` the encoder starts the training windows only and validation simulates from rest). Validation
 simulates whole held-out records the same way (the last ``val_fraction`` of every estimation record when no
-validation records are given), every ``val_every`` steps; the weights with the lowest validation RMSE are kept, and
-training stops after ``patience`` validations without improvement, but not before step ``min_steps``. With
+validation records are given), every ``val_every`` steps; the weights with the lowest validation score are kept, and
+training stops after ``patience`` validations without improvement, but not before step ``min_steps``. The score is
+the NRMSE averaged over the p outputs,
+
+    score = (1/p) Σ_k RMSE_k / s_k,     s_k = std of the scored validation samples of output k      (population std)
+
+so that no output's unit decides (a position in m beside a force in kN: the mean of the RMSEs in physical units
+followed the larger one alone); s_k is fixed by the validation data (1 for an output constant there, as the model's
+normalisation does), so with one output the score is RMSE / s, the same choice as by RMSE. The per-output RMSEs in
+physical units are recorded too (``val_rmse``, ``best_val_rmse_per_output``). With
 ``average`` = β the validated (and kept) weights are the exponential moving average of the iterates
 (:class:`ssmkit.sysid.averaging.WeightAverage`), not the last iterate. SSM parameters keep their marked learning rates
 and get weight decay only when ``ssm_weight_decay`` is set; ``schedule="cosine"`` decays every rate to 0 over
@@ -47,7 +55,7 @@ from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid.averaging import WeightAverage
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.records import IORecord
-from ssmkit.sysid.wiener import DeepWiener
+from ssmkit.sysid.wiener import DeepWiener, channel_scale
 from ssmkit.train.schedule import warmup_cosine
 
 SCHEDULES = ("constant", "cosine")
@@ -102,7 +110,7 @@ class SimulationFit:
         val_fraction: the tail of every estimation record held out for validation (when no validation records
             are given); 0 for no validation.
         val_every: validate every this many steps.
-        patience: stop after this many validations without a lower validation RMSE (None: never).
+        patience: stop after this many validations without a lower validation score (None: never; module docstring).
         grad_clip: clip the gradient norm (None: no clipping).
         seed: the seed of the window draws.
         schedule: ``"constant"`` learning rates, or ``"cosine"``: every group's rate decays to 0 over ``steps``
@@ -111,9 +119,10 @@ class SimulationFit:
         average: β of an exponential moving average of the weights, updated after every step; validation scores
             (and the best weights kept are) the averaged weights; without validation the model ends with them
             (None: the last iterate).
-        level_weight: (level, w): in the training loss a sample whose measured output is at or above ``level``
-            (physical units; every output of a sample is weighed by its own level) weighs w, the others 1; the loss
-            stays a mean over the samples (None: every sample weighs 1). Validation is not weighted.
+        level_weight: (level, w): in the training loss an output sample whose measured value is at or above
+            ``level`` (physical units) weighs w, the others 1; ``level`` is one number for every output or a list of
+            p levels, one per output (None for an output not weighed); the loss stays a mean over the samples (None:
+            every sample weighs 1). Validation is not weighted.
         censor: with a model ``output_range``, True scores a measurement at a limit as censored (the process may be
             beyond it; :meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`), False as the measured value, on both
             sides (module docstring). Validation scores the clipped simulation either way.
@@ -156,6 +165,25 @@ def _is_number(value: object, least: float, strict: bool) -> bool:
     return value > least if strict else value >= least
 
 
+def _is_level(level: object) -> bool:
+    """A finite number, or a non-empty list of finite numbers or None (one per output, at least one set)."""
+    if isinstance(level, (tuple, list)):
+        return (any(v is not None for v in level)
+                and all(v is None or _is_number(v, -math.inf, strict=False) for v in level))
+    return _is_number(level, -math.inf, strict=False)
+
+
+def _levels(level, n_outputs: int) -> list[float]:
+    """``level_weight``'s level as one level per output (inf for an output not weighed), or a ValueError when a list
+    of levels does not hold one per output."""
+    if not isinstance(level, (tuple, list)):
+        return [float(level)] * n_outputs
+    if len(level) != n_outputs:
+        raise ValueError(f"level_weight's level must be one number for every output or n_outputs = {n_outputs} levels "
+                         f"(None for an output not weighed); got {len(level)}: {list(level)!r}")
+    return [math.inf if v is None else float(v) for v in level]
+
+
 def _check_fit_options(cfg: SimulationFit) -> None:
     """Raise ``ValueError`` naming the first option of ``cfg`` out of its range (a negative rate would ascend the
     loss, a washout as long as the window would weight every sample by 0/0)."""
@@ -182,9 +210,10 @@ def _check_fit_options(cfg: SimulationFit) -> None:
         if value is not None and not _is_number(value, 0.0, strict=True):
             raise ValueError(f"{name} must be None or a finite number > 0; got {value!r}")
     lw = cfg.level_weight
-    if lw is not None and not (isinstance(lw, (tuple, list)) and len(lw) == 2
-                               and _is_number(lw[0], -math.inf, strict=False) and _is_number(lw[1], 0.0, strict=False)):
-        raise ValueError(f"level_weight must be None or (level, w) with a finite level and a finite w >= 0; got {lw!r}")
+    if lw is not None and not (isinstance(lw, (tuple, list)) and len(lw) == 2 and _is_level(lw[0])
+                               and _is_number(lw[1], 0.0, strict=False)):
+        raise ValueError(f"level_weight must be None or (level, w) with a finite level (or a list of one finite level "
+                         f"or None per output) and a finite w >= 0; got {lw!r}")
     if not isinstance(cfg.censor, bool):
         raise ValueError(f"censor must be a bool; got {cfg.censor!r}")
 
@@ -339,6 +368,54 @@ def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block],
     return err.double().pow(2).mean(0).sqrt().tolist()
 
 
+def scored_outputs(records: list[IORecord], n: int, blocks: list[Block] | None = None) -> torch.Tensor:
+    """The measured outputs that a validation scores, pooled: every record after its first ``n`` samples (those the
+    encoder reads; :func:`validation_rmse`), or with ``blocks`` every block's samples after them (:func:`block_errors`).
+
+    Args:
+        records: the validation records, or with ``blocks`` the training records the blocks index.
+        n: the samples at the start of each record that are not scored (the encoder window; 0 from rest).
+        blocks: held-out blocks, or None.
+
+    Returns:
+        (L, p) float64 on the CPU, L the scored samples of all the records or blocks.
+    """
+    if blocks is None:
+        return torch.cat([r.y[n:].cpu().double() for r in records])
+    return torch.cat([records[b.record].y[max(b.start, n):b.stop].cpu().double() for b in blocks])
+
+
+def output_scales(measured: torch.Tensor) -> list[float]:
+    """s_k of the validation score (module docstring): the population std of each output over the scored samples,
+    1 for an output constant there up to rounding (:func:`ssmkit.sysid.wiener.channel_scale`).
+
+    Args:
+        measured: (L, p) the scored measurements (:func:`scored_outputs`).
+
+    Returns:
+        p scales, in the outputs' units.
+    """
+    return channel_scale(measured.double()).tolist()
+
+
+def validation_score(rmse_per_output: list[float], scales: list[float]) -> tuple[list[float], float]:
+    """The validation score of per-output RMSEs: NRMSE_k = RMSE_k / s_k and their mean over the outputs (what early
+    stopping, the kept weights and the comparison of restarts minimise; module docstring).
+
+    Args:
+        rmse_per_output: p RMSEs in the outputs' units.
+        scales: the p scales s_k (:func:`output_scales`).
+
+    Returns:
+        ([NRMSE per output], their mean).
+    """
+    if len(rmse_per_output) != len(scales):
+        raise ValueError(f"rmse_per_output and scales must have one entry per output; got {len(rmse_per_output)} and "
+                         f"{len(scales)}")
+    per = [float(r) / s for r, s in zip(rmse_per_output, scales)]
+    return per, sum(per) / len(per)
+
+
 def _check_blocks(blocks: list[Block], train: list[IORecord], n_enc: int) -> None:
     for b in blocks:
         if not isinstance(b, Block) or not 0 <= b.record < len(train):
@@ -382,8 +459,11 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
             no blocks.
 
     Returns:
-        {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [per output])],
-        "best_step", "best_val_rmse", "seconds", "steps"}.
+        {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [RMSE per
+        output, physical units])], "val_nrmse": [(step, [NRMSE per output])], "val_y_std": [s_k per output] (None
+        without validation), "best_step", "best_val_nrmse" (the lowest score: the mean NRMSE over the outputs),
+        "best_val_rmse_per_output" and "best_val_rmse" (their mean) at the best step, "seconds", "steps"}; the
+        best values are inf before a finite score.
 
     Warns:
         RuntimeWarning: when validation ran and no validation scored a finite RMSE (the run diverged before the
@@ -400,6 +480,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     if cfg.average is not None and (isinstance(cfg.average, bool) or not isinstance(cfg.average, (int, float))
                                     or not 0 <= cfg.average < 1):
         raise ValueError(f"average must be None or a number in [0, 1); got {cfg.average!r}")
+    levels = None if cfg.level_weight is None else _levels(cfg.level_weight[0], model.n_outputs)
     n_enc = model.encoder_window
     if blocks is not None:
         if val is not None:
@@ -429,7 +510,14 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     if n_enc == 0 and cfg.washout:
         weights[: cfg.washout] = 0
         weights = weights * cfg.window / weights.sum()
-    history: dict[str, Any] = {"train_loss": [], "lr": [], "val_rmse": [], "best_step": 0, "best_val_rmse": math.inf}
+    if levels is not None:  # one level per output: (p,), inf for an output not weighed
+        levels = torch.tensor(levels, dtype=dtype, device=device)
+    history: dict[str, Any] = {"train_loss": [], "lr": [], "val_rmse": [], "val_nrmse": [], "val_y_std": None,
+                               "best_step": 0, "best_val_nrmse": math.inf, "best_val_rmse": math.inf,
+                               "best_val_rmse_per_output": [math.inf] * model.n_outputs}
+    if val or blocks:  # the score's s_k: fixed by the validation data, the same for every step and every run on them
+        n_val = 0 if cfg.validate_from_rest else n_enc
+        history["val_y_std"] = output_scales(scored_outputs(val if val else train, n_val, None if val else blocks))
     best_state = copy.deepcopy(model.state_dict())
     average = WeightAverage(model, cfg.average) if cfg.average is not None else None
     bad, start = 0, time.perf_counter()
@@ -447,9 +535,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False)
         err = (model.censored_error(y_hat, y_b[:, n_enc:]) if cfg.censor else y_hat - y_b[:, n_enc:]) / model.y_std
         square = err ** 2
-        if cfg.level_weight is not None:  # (B, window, p): w where the measured output is at or above the level
-            level, w = cfg.level_weight
-            square = square * torch.where(y_b[:, n_enc:] >= level, float(w), 1.0).to(dtype)
+        if levels is not None:  # (B, window, p): w where the measured output is at or above its output's level
+            square = square * torch.where(y_b[:, n_enc:] >= levels, float(cfg.level_weight[1]), 1.0).to(dtype)
         if masks is None:
             loss = (weights[None, :, None] * square).mean()
         else:  # held-out samples weigh 0; the mean is over the scored ones
@@ -471,12 +558,16 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         if (val or blocks) and (step % cfg.val_every == 0 or step == cfg.steps):
             rest = cfg.validate_from_rest
             score_list = validation_rmse(scored, val, rest) if val else block_rmse(scored, train, blocks, rest)
+            per_output, mean_score = validation_score(score_list, history["val_y_std"])
             history["val_rmse"].append((step, score_list))
-            mean_score = sum(score_list) / len(score_list)
+            history["val_nrmse"].append((step, per_output))
             if log:
-                print(f"step {step}: train loss {float(loss.detach()):.4g}, validation RMSE {score_list}")
-            if mean_score < history["best_val_rmse"]:
-                history["best_val_rmse"], history["best_step"] = mean_score, step
+                print(f"step {step}: train loss {float(loss.detach()):.4g}, validation NRMSE {mean_score:.4g} (mean "
+                      f"over outputs), RMSE {score_list}")
+            if mean_score < history["best_val_nrmse"]:
+                history["best_val_nrmse"], history["best_step"] = mean_score, step
+                history["best_val_rmse_per_output"] = list(score_list)
+                history["best_val_rmse"] = sum(score_list) / len(score_list)
                 best_state = copy.deepcopy(scored.state_dict())
                 bad = 0
             else:

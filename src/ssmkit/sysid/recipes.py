@@ -7,6 +7,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Union
+
+# one output's sensor range (lo, hi), either limit None for none; Recipe.output_range is one for every output or a list
+# of one per output (the type the ``ssmkit sysid --recipe.output_range`` parser reads: '[null, 10]', '[[0, 1], null]')
+Range = tuple[Optional[float], Optional[float]]
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,12 @@ class Recipe:
         ssm_lr: the marked learning rate of the SSM parameters (None: the layer's default).
         decay: γ of the decaying-weight MSE (None: plain MSE).
         washout: samples left out of the loss at the start of a window (no encoder).
-        val_fraction: the tail of the estimation records held out for validation and early stopping.
+        val_fraction: the tail of the estimation records held out for validation and early stopping (on the NRMSE
+            averaged over the outputs, :mod:`ssmkit.sysid.fit`).
         val_records: k > 0 holds the last k estimation records out of training whole and validates on their last
             ``val_fraction`` (for periodic data, whose tail repeats the trained periods); 0: the tail of every record.
         val_every: validate every this many steps.
-        patience: validations without improvement before stopping.
+        patience: validations without a lower validation score before stopping.
         weight_decay: AdamW weight decay of the non-SSM weights.
         ssm_weight_decay: weight decay of the SSM parameters (None: none).
         schedule: ``"constant"`` or ``"cosine"`` (the rates decay to 0 over ``steps``).
@@ -43,7 +49,8 @@ class Recipe:
             iterate).
         restarts: k trainings from different seeds, combined by ``combine`` (k times the cost;
             :func:`ssmkit.sysid.identify`).
-        combine: how the k restarts become one model: ``"best"``, the run with the lowest validation RMSE, or
+        combine: how the k restarts become one model: ``"best"``, the run with the lowest validation score (the NRMSE
+            averaged over the outputs; with one output the lowest validation RMSE), or
             ``"average"``, a :class:`ssmkit.sysid.ensemble.WienerEnsemble` averaging the k runs' outputs (k times the
             parameters and the per-step cost of one run).
         validation: ``"tail"``: every run validates on the tail (``val_fraction``, ``val_records``) and the runs are
@@ -54,8 +61,10 @@ class Recipe:
             (runs are only compared on the same block); the validation score is the kept runs' out-of-fold errors
             pooled over the K blocks, i.e. over the whole record (``val_fraction`` is then unused).
         folds: K for ``validation="kfold"`` (None: ``restarts``); ``restarts`` must be a multiple of K.
-        output_range: the output sensor's range, a pair of limits lo < hi in physical units (None: no limit): the
-            model clips its output to it and training treats measurements at a limit as censored
+        output_range: the output sensors' range in physical units: a pair of limits lo < hi for every
+            output, or a list of one pair per output (outputs in different units), None for an output without a
+            limit; either limit of a pair may be None (no limit on that side); None: no limit. The model clips its
+            output to it and training treats measurements at a limit as censored
             (:class:`ssmkit.sysid.wiener.DeepWiener`).
         censor: with ``output_range``, train on measurements at a limit as censored (True) or as measured (False: the
             process is taken to stop at the limit; :class:`ssmkit.sysid.fit.SimulationFit`).
@@ -66,7 +75,8 @@ class Recipe:
         data_init_layers: with ``first_layer_init="data"``, how many leading Wiener blocks' layers start from the
             same estimate (1: the first only; ``n_layers``: every layer); their other modes keep the layer's init.
         level_weight: (level, w): training samples measured at or above ``level`` (physical units) weigh w in the
-            loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); validation is unweighted.
+            loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); ``level`` is one number for
+            every output or a list of one per output (None: that output not weighed); validation is unweighted.
         first_activation: σ of the first Wiener block only (one of :data:`ssmkit.sysid.wiener.ACTIVATIONS`' names,
             e.g. ``"tanh"``: a bounded first-block signal), the other blocks keeping ``activation``; None: every block
             uses ``activation`` (:class:`ssmkit.sysid.wiener.DeepWiener`'s ``block_activations``).
@@ -104,12 +114,12 @@ class Recipe:
     restarts: int = 1
     first_layer_init: str = "layer"
     data_init_layers: int = 1
-    level_weight: tuple[float, float] | None = None
+    level_weight: tuple[float | list[float | None], float] | None = None
     first_activation: str | None = None
     combine: str = "best"
     validation: str = "tail"
     folds: int | None = None
-    output_range: tuple[float | None, float | None] | None = None
+    output_range: Union[Range, list[Optional[Range]], None] = None
     censor: bool = True
     train_encoder: int = 0
 

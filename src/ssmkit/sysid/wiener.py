@@ -21,11 +21,13 @@ LTI_ℓ, its Δ_t (or gate) a function of the block's input, so a block can have
 block is not a Wiener system and has no realisation: :meth:`state_space` and the control analysis cover the LTI
 blocks only, and :meth:`is_stable` certifies nothing about the others (it returns False for a model that has any).
 
-Sensor range (``output_range``, a pair of limits lo < hi; opt-in): a sensor that saturates (Cascaded Tanks' level
-sensor at 10 V) measures y = min(max(ŷ, lo), hi) of the process output ŷ. The model then clips its simulated output
-to that range, and training scores a measured sample at a limit as censored (:meth:`DeepWiener.censored_error`): it
-says only that the process is beyond the limit, so ŷ beyond it is not penalised and ŷ short of it is. The blocks, decoder and skip
-stay linear in ŷ's range, so the state keeps the unclipped level.
+Sensor range (``output_range``, a pair of limits lo < hi, or one pair per output; opt-in): a sensor that saturates
+(Cascaded Tanks' level sensor at 10 V) measures y = min(max(ŷ, lo), hi) of the process output ŷ. The model then clips
+its simulated output to that range, and training scores a measured sample at a limit as censored
+(:meth:`DeepWiener.censored_error`): it says only that the process is beyond the limit, so ŷ beyond it is not penalised
+and ŷ short of it is. The blocks, decoder and skip stay linear in ŷ's range, so the state keeps the unclipped level.
+With several outputs in different units (a position in m, a force in kN) each output k has its own limits lo_k < hi_k,
+``None`` for an output without a limit; one pair applies to every output (the form of a single-output model).
 
 Per-block nonlinearities (``block_activations``, opt-in): σ_ℓ may differ between blocks, e.g. a saturating tanh in the
 first block only (a bounded internal signal: an upper tank that empties or overflows) and ELU after it. Every σ in
@@ -79,9 +81,10 @@ class DeepWiener(nn.Module):
         time_varying: also accept layers without a state-space realisation (selective, input-dependent: ``mamba``,
             ``rglru``; they need ``step`` and a fixed-size state); False (the default) keeps the model a deep
             Wiener model of LTI blocks.
-        output_range: the output sensor's range, a pair of limits lo < hi in physical units (either may be None: no
-            limit on that side; the same range for every output): the output is clipped to it and training treats
-            measurements at a limit as censored (module docstring). None: no clipping.
+        output_range: the output sensors' range in physical units: one pair of limits lo < hi for every
+            output, or a list of p pairs, one per output in the outputs' order (module docstring); a limit may be
+            None (no limit on that side) and an output's pair None (no limit on it). The output is clipped to it and
+            training treats measurements at a limit as censored. None: no clipping.
         block_activations: one σ per block (``n_layers`` names from the same choices as ``activation``, None for
             none) in place of ``activation`` (module docstring); None: every block uses ``activation``.
         device, dtype: of the parameters.
@@ -101,7 +104,7 @@ class DeepWiener(nn.Module):
         encoder_window: int = 0,
         encoder_hidden: int = 64,
         time_varying: bool = False,
-        output_range: tuple[float | None, float | None] | None = None,
+        output_range: Sequence | None = None,
         block_activations: Sequence[str | None] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -125,7 +128,7 @@ class DeepWiener(nn.Module):
         if isinstance(encoder_window, bool) or not isinstance(encoder_window, int) or encoder_window < 0:
             raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
         check_positive_int(encoder_hidden, "encoder_hidden")
-        output_range = _check_range(output_range)
+        output_range = _check_range(output_range, n_outputs)
         if block_activations is not None:
             if (not isinstance(block_activations, (tuple, list)) or len(block_activations) != n_layers
                     or any(not (a is None or isinstance(a, str)) or a not in ACTIVATIONS for a in block_activations)):
@@ -170,6 +173,7 @@ class DeepWiener(nn.Module):
         if block_activations is not None:  # likewise
             self.arguments["block_activations"] = block_activations
         self.output_range = output_range
+        self._limits = _limits(output_range)  # (lo, hi): two floats, or two p-lists with ∓inf for none
         self.lti = bool(cls.capabilities.state_space)
         self.n_inputs, self.n_outputs, self.d_model = n_inputs, n_outputs, d_model
         self.dt = float(dt)
@@ -322,7 +326,7 @@ class DeepWiener(nn.Module):
         """
         if self.output_range is None:
             return y
-        lo, hi = self.output_range
+        lo, hi = self._limit_values(y)
         return y.clamp(min=lo, max=hi)
 
     def censored_error(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -340,12 +344,22 @@ class DeepWiener(nn.Module):
         """
         if self.output_range is None:
             return y_hat - y
-        lo, hi = self.output_range
+        lo, hi = self._limit_values(y_hat)
         if hi is not None:
             y_hat = torch.where(y >= hi, y_hat.clamp(max=hi), y_hat)
         if lo is not None:
             y_hat = torch.where(y <= lo, y_hat.clamp(min=lo), y_hat)
         return y_hat - y
+
+    def _limit_values(self, y: torch.Tensor) -> tuple:
+        """(lo, hi) to clamp y (..., p) with: floats or None for one range, (p,) tensors of y's dtype and device
+        for a range per output (∓inf where an output has no limit on that side)."""
+        lo, hi = self._limits
+        if not isinstance(lo, list):
+            return lo, hi
+        if y.shape[-1] != self.n_outputs:
+            raise ValueError(f"y must be (..., {self.n_outputs}) for n_outputs={self.n_outputs}; got {tuple(y.shape)}")
+        return y.new_tensor(lo), y.new_tensor(hi)
 
     def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor) -> list:
         """The block states after a window of measured data, by the initial-state encoder (``encoder_window`` = n).
@@ -450,19 +464,51 @@ class DeepWiener(nn.Module):
         return self.lti and self.spectral_radius() < 1.0
 
 
-def _check_range(output_range) -> tuple[float | None, float | None] | None:
-    """``output_range`` as a pair of floats or None (lo < hi), or a ValueError naming the expectation."""
+def _check_pair(pair) -> tuple[float | None, float | None] | None:
+    """One (lo, hi) of floats or None with lo < hi, or None when ``pair`` is not such a pair."""
+    ok = isinstance(pair, (tuple, list)) and len(pair) == 2
+    ok = ok and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                    for v in pair)
+    if ok and None not in pair:
+        ok = pair[0] < pair[1]
+    return tuple(None if v is None else float(v) for v in pair) if ok else None
+
+
+def _check_range(output_range, n_outputs: int):
+    """``output_range`` as one pair (lo, hi) of floats or None, or a tuple of ``n_outputs`` such pairs (None for an
+    output without a limit), or None; a ValueError naming the expected shape otherwise."""
     if output_range is None:
         return None
-    ok = isinstance(output_range, (tuple, list)) and len(output_range) == 2
-    ok = ok and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-                    for v in output_range)
-    if ok and None not in output_range:
-        ok = output_range[0] < output_range[1]
-    if not ok or tuple(output_range) == (None, None):
-        raise ValueError(f"output_range must be None or (lo, hi) finite numbers (or None for no limit on a side) with "
-                         f"lo < hi and at least one set; got {output_range!r}")
-    return tuple(None if v is None else float(v) for v in output_range)
+    expected = (f"output_range must be None or one (lo, hi) pair for every output or n_outputs = {n_outputs} pairs, "
+                "one per output (None for an output without a limit); a pair holds finite numbers or None (no limit on "
+                "that side) with lo < hi")
+    nested = isinstance(output_range, (tuple, list)) and any(isinstance(v, (tuple, list)) for v in output_range)
+    if not nested:
+        pair = _check_pair(output_range)
+        if pair is None or pair == (None, None):
+            raise ValueError(f"{expected} and at least one limit set; got {output_range!r}")
+        return pair
+    if len(output_range) != n_outputs:
+        raise ValueError(f"{expected}; got {len(output_range)} entries: {output_range!r}")
+    pairs = []
+    for k, pair in enumerate(output_range):
+        checked = None if pair is None else _check_pair(pair)
+        if pair is not None and checked is None:
+            raise ValueError(f"{expected}; got {pair!r} for output {k}")
+        pairs.append(None if checked == (None, None) else checked)
+    if all(p is None for p in pairs):
+        raise ValueError(f"{expected} and at least one limit set (else pass None); got {output_range!r}")
+    return tuple(pairs)
+
+
+def _limits(output_range) -> tuple:
+    """The clamp limits of a checked ``output_range``: (lo, hi) floats or None for one pair (or none); for a pair per
+    output, two lists of p floats with -inf / inf where there is no limit."""
+    if output_range is None or not any(isinstance(p, tuple) for p in output_range):
+        return (None, None) if output_range is None else output_range
+    lo = [-math.inf if p is None or p[0] is None else p[0] for p in output_range]
+    hi = [math.inf if p is None or p[1] is None else p[1] for p in output_range]
+    return lo, hi
 
 
 def _lti_layers() -> list[str]:

@@ -27,8 +27,9 @@ import torch
 
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
-from ssmkit.sysid.fit import (Block, SimulationFit, _is_int, block_errors, fit_simulation, fold_blocks,
-                              simulate_record, split_tail, tail_validation, validation_rmse)
+from ssmkit.sysid.fit import (Block, SimulationFit, _is_int, block_errors, fit_simulation, fold_blocks, output_scales,
+                              scored_outputs, simulate_record, split_tail, tail_validation, validation_rmse,
+                              validation_score)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -148,14 +149,14 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
 
     With ``recipe.restarts`` = k > 1 the model is trained k times, from the seeds ``seed·k``, …, ``seed·k + k − 1``
     (disjoint for different ``seed``), and combined by ``recipe.combine``: ``"best"`` returns the run with the lowest
-    best validation RMSE (model selection on the estimation data only), ``"average"`` a
-    :class:`~ssmkit.sysid.ensemble.WienerEnsemble` of the k runs (each at its best validation weights), whose
-    validation RMSE is that of the averaged simulation; both at k times the training cost. With
-    ``recipe.validation = "kfold"`` run i holds out block i mod K of K = ``recipe.folds`` blocks of every estimation
-    record instead of the tail (:func:`ssmkit.sysid.fit.fold_blocks`); the result is a WienerEnsemble of every run
-    (``"average"``) or of the run with the lowest score on each block (``"best"``), and the validation RMSE is the
-    kept runs' out-of-fold RMSE pooled over the K blocks (each run scored on the block it never saw; a
-    cross-validation estimate of one run's error over the whole estimation data, not the ensemble's).
+    best validation score (the NRMSE averaged over the outputs, :mod:`ssmkit.sysid.fit`; model selection on the
+    estimation data only), ``"average"`` a :class:`~ssmkit.sysid.ensemble.WienerEnsemble` of the k runs (each at its
+    best validation weights), whose validation score is that of the averaged simulation; both at k times the training
+    cost. With ``recipe.validation = "kfold"`` run i holds out block i mod K of K = ``recipe.folds`` blocks of every
+    estimation record instead of the tail (:func:`ssmkit.sysid.fit.fold_blocks`); the result is a WienerEnsemble of
+    every run (``"average"``) or of the run with the lowest score on each block (``"best"``), and the validation RMSE
+    and score are the kept runs' out-of-fold RMSE and NRMSE pooled over the K blocks (each run scored on the block it
+    never saw; a cross-validation estimate of one run's error over the whole estimation data, not the ensemble's).
 
     Args:
         bench: the benchmark.
@@ -170,11 +171,12 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
 
     Returns:
         the trained model (best validation weights; a WienerEnsemble with ``combine="average"``) and the training
-        history (of the chosen run; with restarts also ``"restarts"``: [{"seed", "best_val_rmse", "best_step",
-        "steps", "seconds"} per run], ``"seed"``: the chosen run's seed and ``"seconds"``: the time of all runs; with
-        ``combine="average"`` the history holds ``"combine"``, ``"restarts"``, ``"seconds"``, ``"mode"``,
-        ``"best_val_rmse"`` (the ensemble's), ``"steps"`` (summed over the runs), ``"best_step"`` (per run) and
-        ``"seed"`` None).
+        history (of the chosen run; with restarts also ``"restarts"``: [{"seed", "best_val_nrmse", "best_val_rmse",
+        "best_step", "steps", "seconds"} per run], ``"seed"``: the chosen run's seed and ``"seconds"``: the time of
+        all runs; with ``combine="average"`` the history holds ``"combine"``, ``"restarts"``, ``"seconds"``,
+        ``"mode"``, ``"best_val_nrmse"``, ``"best_val_rmse_per_output"`` and ``"best_val_rmse"`` (the ensemble's:
+        mean NRMSE over the outputs, RMSE per output in the data's units, their mean), ``"steps"`` (summed over the
+        runs), ``"best_step"`` (per run) and ``"seed"`` None).
     """
     _check_recipe_counts(recipe)
     k = recipe.restarts
@@ -197,16 +199,17 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     train = bench.train if mode == "simulation" else [prediction_record(r) for r in bench.train]
     train, val = held_out(train, recipe) if not kfold else (list(train), None)
     if k > 1 and not kfold and not val and recipe.val_fraction == 0 and recipe.combine == "best":
-        raise ValueError("restarts > 1 chooses a run by its validation RMSE: set val_fraction > 0")
+        raise ValueError("restarts > 1 chooses a run by its validation score: set val_fraction > 0")
     best: tuple[DeepWiener, dict[str, Any]] | None = None
     runs, members = [], []
     for run_seed in range(seed * k, seed * k + k):
         fold = (run_seed - seed * k) % folds if kfold else None
         model, history = train_run(bench, layer, recipe, train, val, run_seed, mode, dtype, fold, log, device)
-        runs.append({"seed": run_seed, "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
+        runs.append({"seed": run_seed, "best_val_nrmse": history["best_val_nrmse"],
+                     "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
                      "steps": history["steps"], "seconds": history["seconds"]})
         members.append(model)
-        if best is None or history["best_val_rmse"] < best[1]["best_val_rmse"]:
+        if best is None or history["best_val_nrmse"] < best[1]["best_val_nrmse"]:  # the score, not a unit's RMSE
             best = (model, history)
     if kfold:
         return _fold_ensemble(members, runs, train, recipe, mode, folds)
@@ -215,7 +218,7 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     model, history = best
     if k > 1:
         history["restarts"] = runs
-        history["seed"] = min(runs, key=lambda r: r["best_val_rmse"])["seed"]
+        history["seed"] = min(runs, key=lambda r: r["best_val_nrmse"])["seed"]
         history["seconds"] = sum(r["seconds"] for r in runs)
     return model, history
 
@@ -329,23 +332,38 @@ def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord], folds: 
     Returns:
         one RMSE per output channel.
     """
+    return _out_of_fold_errors(members, records, folds, k)[0].pow(2).mean(0).sqrt().tolist()
+
+
+def _out_of_fold_errors(members: list[DeepWiener], records: list[IORecord], folds: list[int],
+                        k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(errors (L, p), measured outputs (L, p)) of :func:`out_of_fold_rmse`, pooled over the members, float64."""
     lengths = [len(r) for r in records]
-    errors = [block_errors(m, records, fold_blocks(lengths, k, f))[0] for m, f in zip(members, folds)]
-    return torch.cat(errors).double().pow(2).mean(0).sqrt().tolist()
+    pairs = [block_errors(m, records, fold_blocks(lengths, k, f)) for m, f in zip(members, folds)]
+    return torch.cat([e for e, _ in pairs]).double(), torch.cat([y for _, y in pairs]).double()
+
+
+def _validation_entries(rmse_per_output: list[float], measured: torch.Tensor) -> dict[str, Any]:
+    """The validation entries of an ensemble's history: its score (mean NRMSE over the outputs, s_k from the scored
+    measurements), its RMSE per output and their mean (data's units)."""
+    _, score = validation_score(rmse_per_output, output_scales(measured))
+    return {"best_val_nrmse": score, "best_val_rmse": sum(rmse_per_output) / len(rmse_per_output),
+            "best_val_rmse_per_output": list(rmse_per_output)}
 
 
 def _fold_ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list[IORecord], recipe: Recipe,
                    mode: str, k: int) -> tuple[WienerEnsemble, dict[str, Any]]:
-    """The ensemble of k-fold runs (every run, or the best on each block) and its out-of-fold validation RMSE."""
+    """The ensemble of k-fold runs (every run, or the best on each block) and its out-of-fold validation score."""
     folds = [i % k for i in range(len(members))]
     keep = list(range(len(members)))
-    if recipe.combine == "best":
-        keep = [min((i for i in keep if folds[i] == f), key=lambda i: runs[i]["best_val_rmse"]) for f in range(k)]
-    score = out_of_fold_rmse([members[i] for i in keep], train, [folds[i] for i in keep], k)
+    if recipe.combine == "best":  # runs on one block are scored on the same samples, hence the same s_k
+        keep = [min((i for i in keep if folds[i] == f), key=lambda i: runs[i]["best_val_nrmse"]) for f in range(k)]
+    errors, measured = _out_of_fold_errors([members[i] for i in keep], train, [folds[i] for i in keep], k)
+    scores = _validation_entries(errors.pow(2).mean(0).sqrt().tolist(), measured)
     for i, run in enumerate(runs):
         run["fold"], run["kept"] = folds[i], i in keep
     history = {"combine": recipe.combine, "validation": "kfold", "folds": k, "mode": mode, "restarts": runs,
-               "seed": None, "best_val_rmse": sum(score) / len(score), "best_step": [runs[i]["best_step"] for i in keep],
+               "seed": None, **scores, "best_step": [runs[i]["best_step"] for i in keep],
                "steps": sum(r["steps"] for r in runs), "seconds": sum(r["seconds"] for r in runs)}
     return WienerEnsemble([members[i] for i in keep]), history
 
@@ -355,9 +373,13 @@ def _ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list
     """The ensemble of the trained runs and its history, validated on the records the runs validated on."""
     model = WienerEnsemble(members)
     val = tail_validation(train, val, recipe.val_fraction, recipe.window, model.encoder_window)[1]  # as the runs had
-    score = validation_rmse(model, val) if val else [math.inf]
-    history = {"combine": "average", "mode": mode, "restarts": runs, "seed": None,
-               "best_val_rmse": sum(score) / len(score), "best_step": [r["best_step"] for r in runs],
+    if val:
+        scores = _validation_entries(validation_rmse(model, val), scored_outputs(val, model.encoder_window))
+    else:
+        scores = {"best_val_nrmse": math.inf, "best_val_rmse": math.inf,
+                  "best_val_rmse_per_output": [math.inf] * model.n_outputs}
+    history = {"combine": "average", "mode": mode, "restarts": runs, "seed": None, **scores,
+               "best_step": [r["best_step"] for r in runs],
                "steps": sum(r["steps"] for r in runs), "seconds": sum(r["seconds"] for r in runs)}
     return model, history
 

@@ -37,9 +37,9 @@ merges (documented); a shipped config with an override; hybrid per-layer options
 run refused without ``--resume`` and its records left untouched; ``compare`` passes ``--d_model``/``--train.*`` and
 the budget to every model's run.
 
-Noticed and left alone: ``--layer_options.s4d.d_state 4`` (the second level of a hybrid's options) reaches the layer
-as the string ``'4'`` (``'false'`` for a bool): jsonargparse parses only the first level of a dict option; every
-layer refuses such a string by name, so it is loud, not silent (``--layer_options.s4d '{d_state: 4}'`` works).
+Noticed and left alone: ``--layer_options.s4d.d_state 4`` (the second level of a hybrid's options) reached the layer
+as the string ``'4'`` (jsonargparse parses only the first level of a dict option); typed and merged since the config
+probe of 2026-12-05 (tests/probes/test_probe_config_2026_12_05.py).
 ``--model+ lru`` appends to the default (``['s4d', 'lru']``: jsonargparse's list append). ``--layer_options.x inf``
 stays the string ``'inf'`` (YAML spells ``.inf``). README's list of a run folder's files does not name ``task.json``
 yet. ``bench`` suites use plain argparse (a repeated ``--layers`` keeps the last, argparse's rule).

@@ -32,9 +32,9 @@ Checked and right (kept as tests below):
 - a stopped-and-resumed run's record equals the uninterrupted run's in every key but ``resumed_from`` (after the
   fixes), and the comparison table rows agree.
 
-Noticed, left alone: ``logs/version_k/metrics.csv`` holds the test rows of the final weights, of the best
-validation's weights and of every extra test split under the same ``test_loss`` / ``test_accuracy`` columns, without
-a label (result.json is the labelled record); under DDP the logged ``train_loss`` is process 0's own batch, not the
+Noticed, left alone: ``logs/version_k/metrics.csv`` held the test rows of the final weights, of the best
+validation's weights and of every extra test split under the same ``test_loss`` / ``test_accuracy`` columns (labelled
+with result.json's names since the config probe of 2026-12-05); under DDP the logged ``train_loss`` is process 0's own batch, not the
 global batch's. No gradient accumulation, data-loader workers, EMA weights or seed averaging exist in ssmkit's
 training (compare runs one seed per model), so none was checked.
 """

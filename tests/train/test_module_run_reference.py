@@ -245,7 +245,10 @@ def test_fit_writes_its_files_and_counts_its_samples(run):
     # the names logged (per step, not per epoch) and those on the progress bar: the training loss and the validation's
     train, val = ["train_accuracy", "train_loss"], ["val_accuracy", "val_loss"]
     assert keys[:2] == [("step", train, ["train_loss"]), ("val", train + val, ["train_loss"] + val)]
-    assert [k for k in keys if k[0] == "test"] == [("test", ["test_accuracy", "test_loss"], [])] * 4
+    # each test under its own names (metrics.csv's columns, the record's keys): the split, then the weights
+    assert [k for k in keys if k[0] == "test"] == [
+        ("test", [f"{split}_{m}{weights}" for m in ("accuracy", "loss")], [])
+        for weights in ("_final", "_best_val") for split in ("test", "long")]
 
 
 def test_score_of_language_model_steps_counts_only_the_scored_ones():

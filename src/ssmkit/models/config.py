@@ -40,7 +40,7 @@ class SequenceModelConfig:
         dropout: dropout probability in every block.
         check_finite: raise on the first non-finite value (see ``SequenceModel``).
         pair: inputs are pairs (B, 2, L) encoded by a dual encoder (LRA retrieval).
-        pad_id: the padding token id that pooling ignores, or None.
+        pad_id: the id of right padding, which pooling and bidirectional layers skip (``SequenceModel``), or None.
     """
 
     d_input: int
@@ -60,6 +60,12 @@ class SequenceModelConfig:
     check_finite: bool = False
     pair: bool = False
     pad_id: int | None = None
+
+    def __post_init__(self) -> None:
+        # JSON's containers, as the saved config is read back: a tuple (layer=("s4d", "lru"), an option's range)
+        # is a list, so a config equals itself loaded from model.json and a resume's check compares like with like
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, as_plain(getattr(self, f.name)))
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict (JSON/YAML-ready)."""
@@ -142,6 +148,23 @@ class SequenceModelConfig:
         with open(path) as f:
             text = f.read()
         return cls.from_yaml(text) if _is_yaml(path) else cls.from_json(text)
+
+
+def as_plain(value: Any) -> Any:
+    """``value`` with JSON's containers: tuples and lists as lists, dicts as new dicts, recursively (what a
+    configuration saved as JSON or YAML reads back as); anything else as it is.
+
+    Args:
+        value: a configuration value.
+
+    Returns:
+        the value with every tuple a list.
+    """
+    if isinstance(value, dict):
+        return {k: as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
+    return value
 
 
 def _is_yaml(path: str | os.PathLike) -> bool:

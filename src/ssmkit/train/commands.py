@@ -8,10 +8,11 @@ Options are parsed with jsonargparse from the :class:`Experiment` and :class:`Tr
 field is an option (``--d_model 128``, ``--layer_options '{d_state: 32}'``, ``--train.lr 0.01``) and a YAML file
 given by ``--config`` sets them all (later options override it). A dict option given whole replaces the config's
 (``--layer_options '{d_state: 32}'`` drops the config's other layer options); ``--layer_options.d_state 32`` changes
-one entry. A ``--config`` that is not a file is looked up among
-the configs shipped in the package (``ssmkit configs`` lists them). Options are spelt in full: an abbreviation
-(``--train.war 5``) is refused, as a misspelt option that began like another was taken for it (``--train.lr_ 0.1``
-set ``lr_floor``).
+one entry, and ``--layer_options.s4d.d_state 32`` one entry of a hybrid's per-layer options (its value typed alike:
+32 an int, false a bool, null None; the config's other ``s4d`` options kept). A ``--config`` that is not a file is
+looked up among the configs shipped in the package (``ssmkit configs`` lists them). Options are spelt in full: an
+abbreviation (``--train.war 5``) is refused, as a misspelt option that began like another was taken for it
+(``--train.lr_ 0.1`` set ``lr_floor``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def _parser(prog: str, compare: bool):
     parser.add_argument("--config", action=ActionConfigFile,
                         help="a YAML experiment: a file, or a shipped config name ('ssmkit configs' lists them)")
     parser.add_class_arguments(Experiment, nested_key=None, fail_untyped=True)
+    _typed_nested_entries(parser)
     if compare:
         parser.add_argument("--models", type=str, required=True,
                             help="comma-separated layer names to compare (each with layer_options[name] if given), "
@@ -105,6 +107,51 @@ def _parser(prog: str, compare: bool):
                              "again: --task is still required, and another model or schedule is refused)")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _dict_fields() -> list[str]:
+    """The Experiment fields that are dicts of options (``layer_options``, ``task_options``)."""
+    import typing
+
+    hints = typing.get_type_hints(Experiment)
+    return [name for name in Experiment.__dataclass_fields__ if typing.get_origin(hints[name]) is dict]
+
+
+def _set_entry(options: Any, path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of the dict ``options`` with ``value`` at the key path ``path`` (a missing or non-dict level is a new
+    dict), the entry's other keys kept."""
+    out = dict(options) if isinstance(options, dict) else {}
+    out[path[0]] = _set_entry(out.get(path[0]), path[1:], value) if len(path) > 1 else value
+    return out
+
+
+def _typed_nested_entries(parser) -> None:
+    """Make an option two or more levels into a dict option (``--layer_options.s4d.d_state 4``, a hybrid's per-layer
+    option) set that one entry, its value typed as one level in (``--layer_options.d_state 4``: a YAML value, 4 an
+    int, false a bool, null None, [1, 2] a list).
+
+    jsonargparse types the first level only and sets ``{s4d: {d_state: '4'}}`` for the second: the string '4', and
+    the config's other ``s4d`` options dropped. Each dict option's action is given a subclass that types the value
+    as a first-level entry would be (the action itself parses ``--<option>.<last key> VALUE``) and merges it in.
+    """
+    for dest in _dict_fields():
+        action = parser._option_string_actions[f"--{dest}"]
+
+        class Nested(type(action)):
+            def __call__(self, *args, **kwargs):
+                if len(args) == 4 and isinstance(args[3], str) and args[3].startswith(f"--{self.dest}."):
+                    parser_, cfg, value, option = args
+                    path = option[len(f"--{self.dest}."):].split(".")
+                    if len(path) > 1:
+                        from jsonargparse import Namespace
+
+                        alone = Namespace()  # the value parsed as a first-level entry of an empty dict
+                        super().__call__(parser_, alone, value, f"--{self.dest}.{path[-1]}")
+                        merged = _set_entry(cfg.get(self.dest), path, alone[self.dest][path[-1]])
+                        return super().__call__(parser_, cfg, merged, f"--{self.dest}")
+                return super().__call__(*args, **kwargs)
+
+        action.__class__ = Nested
 
 
 def _experiment(parser, cfg) -> Experiment:

@@ -36,6 +36,11 @@ class SequenceLightningModule(pl.LightningModule):
 
     Both are saved as plain dicts in every checkpoint (``hyper_parameters``), so a checkpoint rebuilds its model. The
     model is float32, or float64 for ``train.precision == "64"``.
+
+    A test logs ``<split>_loss<suffix>`` and ``<split>_<metric><suffix>`` for ``test_names = (split, suffix)``,
+    ``("test", "")`` by default (``test_loss``, ``test_accuracy``); :func:`ssmkit.train.fit` names each evaluation
+    as its result record does (``("test", "_final")``, ``("test@1024", "_best_val")``), so every row of
+    ``metrics.csv`` says which weights and split it scored.
     """
 
     def __init__(self, model: SequenceModelConfig | dict, train: TrainConfig | dict) -> None:
@@ -53,6 +58,7 @@ class SequenceLightningModule(pl.LightningModule):
             self.model.double()
         self.head = model_cfg.head
         self.checkpoint_dir: str | None = None
+        self.test_names: tuple[str, str] = ("test", "")  # (split, suffix) of the logged test metrics' names
         self._sums: dict[str, list[torch.Tensor]] = {}
         self._rng_restored = False  # this process's own generator states came from a checkpoint
         self._rng_step = 0  # the step a process r > 0 derives its seed at (a checkpoint without per-process states)
@@ -100,8 +106,9 @@ class SequenceLightningModule(pl.LightningModule):
         means = self._reduced(stage)
         if means is None:
             return
-        self.log(f"{stage}_loss", means[0], prog_bar=stage == "val", sync_dist=False)
-        self.log(f"{stage}_{METRIC_NAMES[self.head]}", means[1], prog_bar=stage == "val", sync_dist=False)
+        name, suffix = self.test_names if stage == "test" else (stage, "")
+        self.log(f"{name}_loss{suffix}", means[0], prog_bar=stage == "val", sync_dist=False)
+        self.log(f"{name}_{METRIC_NAMES[self.head]}{suffix}", means[1], prog_bar=stage == "val", sync_dist=False)
 
     def score(self, batches: Iterable[Sequence[torch.Tensor]]) -> dict[str, torch.Tensor]:
         """The current weights' ``{"loss": ..., "<metric>": ...}`` over ``batches`` (this process's share; summed

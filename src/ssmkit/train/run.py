@@ -9,7 +9,9 @@ before: ``step<N>.ckpt`` and ``last.ckpt`` are the newest),
 ``train.json`` (the configurations) and ``result.json``; with a validation split also ``checkpoints/best_val.ckpt``,
 the weights of the best validation (:mod:`ssmkit.train.best`). The test split is scored at the final weights and at
 the best validation's; the result's ``test_<metric>`` is the one ``TrainConfig.test_weights`` selects, both are
-recorded as ``test_<metric>_final`` and ``test_<metric>_best_val``.
+recorded as ``test_<metric>_final`` and ``test_<metric>_best_val``. ``metrics.csv`` logs each test under those
+names (``test_loss_final``, ``test_accuracy_best_val``, ``test@1024_loss_final``, ...), one row per evaluation, so a
+row says which weights and split it scored; the record's unsuffixed ``test_<metric>`` is a copy of one of them.
 ``resume=True`` continues from ``checkpoints/last.ckpt`` when it exists: the weights, optimiser, schedule, step
 counter and RNG are restored and the batches continue where they stopped (:mod:`ssmkit.train.batches`), so the
 final weights equal those of an uninterrupted run on the same machine, and so does the best validation (its
@@ -33,6 +35,7 @@ import torch
 
 from ssmkit.files import write_json
 from ssmkit.models import SequenceModelConfig
+from ssmkit.models.config import as_plain
 from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
 from ssmkit.train.config import TrainConfig
 
@@ -100,7 +103,8 @@ def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_conf
         path: the checkpoint, named in the error.
     """
     changes = []
-    saved_model, given_model = saved.get("model"), model.to_dict()
+    # a checkpoint written before configs kept JSON's containers holds the tuples it was given: compared as lists
+    saved_model, given_model = as_plain(saved.get("model")), model.to_dict()
     if saved_model is not None and saved_model != given_model:
         changes += [f"model {k}: saved {saved_model.get(k)!r}, given {given_model.get(k)!r}"
                     for k in sorted(set(saved_model) | set(given_model)) if saved_model.get(k) != given_model.get(k)]
@@ -249,19 +253,25 @@ def fit(
         # validation, or had already finished: its record lacked val_loss and val_<metric>)
         result.update(best.last)
 
-    def tests() -> dict[str, float]:
+    def tests(suffix: str) -> dict[str, float]:
+        # logged as <split>_<metric><suffix> (metrics.csv's columns, the record's names); returned without the suffix
         scores: dict[str, float] = {}
-        if test is not None:
-            metrics = trainer.test(module, datamodule=data, verbose=False)
-            scores.update({k: float(v) for k, v in metrics[0].items()} if metrics else {})
-        for name, tensors in (extra_tests or {}).items():
-            batches = eval_batches(tensors, data.eval_batch_size, trainer.global_rank, trainer.world_size, transform)
-            metrics = trainer.test(module, dataloaders=batches, verbose=False)
-            named = metrics[0] if metrics else {}
-            scores.update({f"{name}_{k.removeprefix('test_')}": float(v) for k, v in named.items()})
+        try:
+            if test is not None:
+                module.test_names = ("test", suffix)
+                metrics = trainer.test(module, datamodule=data, verbose=False)
+                scores.update({k.removesuffix(suffix): float(v) for k, v in metrics[0].items()} if metrics else {})
+            for name, tensors in (extra_tests or {}).items():
+                batches = eval_batches(tensors, data.eval_batch_size, trainer.global_rank, trainer.world_size,
+                                       transform)
+                module.test_names = (name, suffix)
+                metrics = trainer.test(module, dataloaders=batches, verbose=False)
+                scores.update({k.removesuffix(suffix): float(v) for k, v in metrics[0].items()} if metrics else {})
+        finally:
+            module.test_names = ("test", "")
         return scores
 
-    final = tests()
+    final = tests("_final")
     at_best: dict[str, float] = {}
     if best is not None and best.weights is not None:
         result.update({"best_val_step": best.step,
@@ -269,7 +279,7 @@ def fit(
                        "best_val_loss": best.loss, f"best_{best.key}": best.score})
         final_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         module.load_state_dict(best.weights)
-        at_best = tests()
+        at_best = tests("_best_val")
         module.load_state_dict(final_weights)
         if trainer.is_global_zero:
             # with Lightning's version key, so that SequenceLightningModule.load_from_checkpoint reads it too (it

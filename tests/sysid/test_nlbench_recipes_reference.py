@@ -655,7 +655,8 @@ def test_sysid_main_one_run(tmp_path, monkeypatch, capsys):
 
     from ssmkit.sysid.recipes import Recipe
 
-    history = {"steps": 40, "best_step": 30, "best_val_rmse": 0.002}
+    history = {"steps": 40, "best_step": 30, "best_val_rmse": 0.002, "best_val_nrmse": 0.25,
+               "best_val_rmse_per_output": [0.001, 0.003]}
     calls, res, ckpt, bench = run_sysid(tmp_path, monkeypatch, history, ["--seed", "4", "--data-folder", "D",
                                                                            "--recipe.train_records", "3"])
     recipe = dataclasses.replace(Recipe(), train_records=3)
@@ -667,6 +668,8 @@ def test_sysid_main_one_run(tmp_path, monkeypatch, capsys):
     assert (res["steps_run"], res["best_step"]) == (40, 30)
     assert res["recipe"] == json.loads(json.dumps(dataclasses.asdict(recipe)))
     assert res["best_val_rmse"] == pytest.approx(2.0, rel=1e-12)  # 0.002 in the data's unit × scale 1000
+    assert res["best_val_nrmse"] == 0.25  # the selection score has no unit: not scaled
+    assert res["best_val_rmse_per_output"] == [pytest.approx(1.0, rel=1e-12), pytest.approx(3.0, rel=1e-12)]
     assert res["restarts"] == [] and res["chosen_seed"] == 4 and res["combine"] == "best"
     assert (res["parameters"], res["stable"], res["spectral_radius"], res["device"]) == (17, True, 0.75, "cpu")
     assert res["train_seconds"] == 2.5 and f"{torch.get_num_threads()} threads" in res["machine"]

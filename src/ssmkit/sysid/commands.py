@@ -135,6 +135,9 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "steps_run": history["steps"],
         "best_step": history["best_step"],
         "best_val_rmse": history["best_val_rmse"] * bench.scale,
+        # the score early stopping and the choices minimised: the NRMSE averaged over the outputs (no unit)
+        "best_val_nrmse": history.get("best_val_nrmse"),
+        "best_val_rmse_per_output": [v * bench.scale for v in history.get("best_val_rmse_per_output", [])],
         "restarts": [{**r, "best_val_rmse": r["best_val_rmse"] * bench.scale} for r in history.get("restarts", [])],
         "chosen_seed": history.get("seed", cfg.seed),  # None for an ensemble (every run is kept)
         "combine": recipe.combine,

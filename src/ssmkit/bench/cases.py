@@ -12,9 +12,14 @@ with the reason: not installed, no checkout, no such layer). ``step`` cases run 
 
 The same run measures the machine's copy bandwidth and GEMM rate (:mod:`ssmkit.bench.limits`) and reports for
 every row the achieved fraction of the bytes-moved bound and of the FLOP bound (bound time / measured time).
-Outputs in ``--out``: ``bench.json`` (machine, limits, rows, notes), ``time_vs_length.png`` (time against L
-per implementation, and time / L for the scans, time / (L log2 L) for the FFT paths: flat lines = the expected
-complexity) and ``bounds.png`` (achieved fractions). Plots need matplotlib (skipped with a note otherwise).
+Outputs in ``--out``: ``bench.json`` (machine, limits, rows, notes, and ``notes_by_case``: each case's notes),
+``time_vs_length.png`` (time against L per implementation, and time / L for the scans and the steps, time / (L log2 L)
+for the FFT paths -- ``ssmkit[fft]``, the official ``FFTConv``, and ``ssmkit[auto]`` of a layer whose only fast path
+is the FFT one, such as S4: flat lines = the expected complexity) and ``bounds.png`` (achieved fractions). Plots
+need matplotlib (skipped with a note otherwise). ``--out`` is created if missing; an existing folder is reused: its
+``bench.json`` and plots are replaced (each file written whole, :mod:`ssmkit.files`), and a run that cannot plot
+removes the earlier run's plots, which would disagree with the new ``bench.json``. Every case's layer is built before
+anything is timed: a shape a layer rejects is a usage error naming the case.
 """
 
 from __future__ import annotations
@@ -42,6 +47,34 @@ from ssmkit.bench.peers import PEERS, Case, PeerUnavailable, peer_runner, ssmkit
 from ssmkit.files import save_figure, write_json
 
 FAST_BACKENDS = ("chunked", "fft")  # timed beside "auto" when the layer has them
+PLOTS = ("time_vs_length.png", "bounds.png")  # the plots' file names in --out
+
+
+def unbuildable(cases: list[Case]) -> str | None:
+    """The first case whose ssmkit layer rejects its shape, as ``"case <name>: <the layer's error>"``, else None
+    (:func:`ssmkit.bench.core.unbuildable`; a ``step`` case's layer is built without ``l_max``, as it is timed).
+
+    Args:
+        cases: the cases of the run.
+    """
+    from ssmkit.bench import core
+
+    return core.unbuildable([(f"case {c.name}", c.layer, c.d_model, c.d_state, c.length if c.mode != "step" else None)
+                             for c in cases])
+
+
+def fft_path(row: dict) -> bool:
+    """Whether the row's implementation runs an FFT convolution (expected time ∝ L log L): ``ssmkit[fft]``, the
+    official S4 ``FFTConv``, and ``ssmkit[auto]`` of a layer whose only fast backend is ``fft`` (s4, hyena,
+    liquid_s4, sgconv); never a ``step`` row (a recurrence: ∝ L)."""
+    if row["mode"] == "step":
+        return False
+    if "fft" in row["impl"] or row["impl"] == "official-s4":
+        return True
+    if row["impl"] == "ssmkit[auto]":
+        fast = set(layers.layer_class(row["layer"]).backends) - {"reference"}
+        return fast == {"fft"}
+    return False
 
 
 def implementations(case: Case, peers: list[str], s4_file: str | None, reference: bool) -> tuple[dict, list[str]]:
@@ -109,7 +142,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
         ts = [r["seconds"] for r in rs]
         label = f"{key[0]} {key[5]} {key[6]} (B{key[1]} H{key[2]} N{key[3]} {key[4]})"
         ax_t.plot(Ls, [1e3 * t for t in ts], marker="o", label=label)
-        fft = "fft" in key[6] or key[6] == "official-s4"  # FFT paths: expected L log L
+        fft = fft_path(rs[0])  # FFT paths: expected L log L
         norm = [t / (L * max(1.0, math.log2(L))) if fft else t / L for t, L in zip(ts, Ls)]
         ax_n.plot(Ls, [1e9 * v for v in norm], marker="o", label=label + (" / L log2 L" if fft else " / L"))
     ax_t.set(xscale="log", yscale="log", xlabel="L", ylabel="ms", title="time against L")
@@ -118,7 +151,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     ax_t.legend(fontsize=6)
     ax_n.legend(fontsize=6)
     fig.tight_layout()
-    paths = [os.path.join(out_dir, "time_vs_length.png")]
+    paths = [os.path.join(out_dir, PLOTS[0])]
     save_figure(fig, paths[0])
     plt.close(fig)
 
@@ -131,7 +164,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     ax.set(xscale="log", xlabel="achieved fraction (1 = at the limit)")
     ax.legend()
     fig.tight_layout()
-    paths.append(os.path.join(out_dir, "bounds.png"))
+    paths.append(os.path.join(out_dir, PLOTS[1]))
     save_figure(fig, paths[1])
     plt.close(fig)
     return paths
@@ -157,17 +190,24 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench case
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1; got {args.repeats}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out must be a directory (created if missing; an existing one is reused, its bench.json and "
+                     f"plots replaced); {args.out!r} is a file")
+    combos = [Case(*combo) for combo in itertools.product(args.layers, args.batch, args.length, args.d_model,
+                                                          args.d_state, args.dtype, args.modes)]
+    problem = unbuildable(combos)
+    if problem:
+        parser.error(problem)
     os.makedirs(args.out, exist_ok=True)
     bandwidth = copy_bandwidth(args.copy_mb)
     flops = gemm_flops(args.gemm_size)
     print(f"ssmkit bench cases; {machine()}; copy {bandwidth / 1e9:.1f} GB/s, GEMM {flops / 1e9:.1f} GFLOP/s")
-    rows, notes = [], []
-    for combo in itertools.product(args.layers, args.batch, args.length, args.d_model, args.d_state, args.dtype,
-                                   args.modes):
-        case = Case(*combo)
+    rows, notes, notes_by_case = [], [], {}
+    for case in combos:
         r, n = measure_case(case, args.peers, args.s4_file, args.reference, args.repeats, bandwidth, flops)
         rows += r
         notes += n
+        notes_by_case[case.name] = n  # which case a note is about ("failed on this case": the printed notes are merged)
     print("| case | implementation | ms | x ssmkit[auto] | of bytes bound | of FLOP bound |")
     print("|---|---|---|---|---|---|")
     auto = {r["case"]: r["seconds"] for r in rows if r["impl"] == "ssmkit[auto]"}
@@ -180,12 +220,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench case
     result = {
         "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "copy_bandwidth_bytes_per_s": bandwidth, "gemm_flops_per_s": flops,
-        "rows": rows, "notes": list(dict.fromkeys(notes)),
+        "rows": rows, "notes": list(dict.fromkeys(notes)), "notes_by_case": notes_by_case,
     }
     path = os.path.join(args.out, "bench.json")
     write_json(path, result)
     plots = plot(rows, args.out)
-    print(f"wrote {path}" + "".join(f", {p}" for p in plots) + ("" if plots else " (no matplotlib: no plots)"))
+    stale = []
+    if not plots:  # an earlier run's plots would sit beside this run's bench.json and disagree with it
+        for name in PLOTS:
+            if os.path.isfile(os.path.join(args.out, name)):
+                os.remove(os.path.join(args.out, name))
+                stale.append(name)
+    print(f"wrote {path}" + "".join(f", {p}" for p in plots) + ("" if plots else " (no matplotlib: no plots)")
+          + (f"; removed the previous run's {', '.join(stale)}" if stale else ""))
     return 0
 
 

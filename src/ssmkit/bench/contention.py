@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssmkit.layers as layers
 from ssmkit.bench import positive_int
-from ssmkit.bench.cases import implementations
+from ssmkit.bench.cases import implementations, unbuildable
 from ssmkit.bench.core import machine
 from ssmkit.bench.limits import median, time_interleaved
 from ssmkit.bench.peers import PEERS, Case
@@ -136,15 +136,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cont
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.busy < 0:
         parser.error("--repeats must be >= 1 and --busy >= 0")
+    cases = [Case(layer, args.batch, length, args.d_model, args.d_state, args.dtype, mode)
+             for layer in args.layers for length in args.length for mode in args.modes]
+    problem = unbuildable(cases)  # before anything is timed (ssmkit.bench.cases.unbuildable)
+    if problem:
+        parser.error(problem)
     print(f"ssmkit bench contention: {args.busy} busy process(es) ({args.busy_kind}); {machine()}")
-    rows, notes = [], []
-    for layer in args.layers:
-        for length in args.length:
-            for mode in args.modes:
-                case = Case(layer, args.batch, length, args.d_model, args.d_state, args.dtype, mode)
-                r, n = measure(case, args.peers, args.s4_file, args.busy, args.busy_kind, args.repeats)
-                rows += r
-                notes += n
+    rows, notes, notes_by_case = [], [], {}
+    for case in cases:
+        r, n = measure(case, args.peers, args.s4_file, args.busy, args.busy_kind, args.repeats)
+        rows += r
+        notes += n
+        notes_by_case[case.name] = n  # which case a note is about (the printed notes are merged)
     print("| case | implementation | aten ops | alone ms | loaded ms | slow-down | loaded range ms |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:  # the range shows a bimodal loaded time (spin-waiting threads) that the median hides
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cont
         from ssmkit.files import write_json
 
         write_json(args.json, {"machine": machine(), "busy": args.busy, "busy_kind": args.busy_kind, "rows": rows,
-                               "notes": list(dict.fromkeys(notes))})
+                               "notes": list(dict.fromkeys(notes)), "notes_by_case": notes_by_case})
     return 0
 
 

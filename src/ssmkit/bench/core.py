@@ -46,6 +46,29 @@ def build_for_bench(name: str, d_model: int, d_state: int, length: int | None = 
     return layers.build(name, d_model=d_model, **options)
 
 
+def unbuildable(specs: list[tuple[str, str, int, int, int | None]]) -> str | None:
+    """The first spec whose layer rejects its shape, as ``"<label>: <the layer's error>"``, else None.
+
+    The suites call it before anything is timed: a layer that rejects a shape (S5 at ``--d-state 8``: its HiPPO blocks
+    need a multiple of 16; Mamba-2 at a d_model whose inner channels its heads do not divide) ended the run when its
+    turn came, after everything before it had been timed, and nothing was printed or written. Each distinct (layer,
+    d_model, d_state, length) is built once.
+
+    Args:
+        specs: (label naming it for the user, layer, d_model, d_state, length or None) per layer the run builds.
+    """
+    seen = set()
+    for label, *key in specs:
+        if tuple(key) in seen:
+            continue
+        seen.add(tuple(key))
+        try:
+            build_for_bench(*key)
+        except ValueError as e:
+            return f"{label}: {e}"
+    return None
+
+
 def measure_layer(name: str, batch: int, d_model: int, d_state: int, length: int, repeats: int) -> list[dict]:
     """Forward and forward+backward seconds of one layer under every backend, interleaved.
 
@@ -129,6 +152,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench core
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=layers.available())
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    problem = unbuildable([(f"layer {name} at d_model {args.d_model}, d_state {args.d_state}, length {args.length}",
+                            name, args.d_model, args.d_state, args.length) for name in args.layers])
+    if problem:
+        parser.error(problem)
     shape = f"B={args.batch}, H={args.d_model}, N={args.d_state}, L={args.length}"
     print(f"ssmkit bench core: {shape}; {machine()}")
     rows = []

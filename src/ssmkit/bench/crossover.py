@@ -1,14 +1,16 @@
 """Calibration of ``auto``: the chunked scan against the FFT path of :func:`ssmkit.ops.scan.ssm_scan` over L.
 
     ssmkit bench crossover [--batch 8] [--d-model 128] [--d-state 64] [--length 256 512 ... 65536]
-                           [--repeats 5] [--json PATH]
+                           [--repeats 5] [--device cpu] [--json PATH]
 
 Times ``ssm_scan(..., backend="chunked")`` and ``backend="fft"`` on S4D-like discrete matrices (random stable
 complex Ā, N/2 modes, float32), forward with and without the final state, in interleaved rounds, on this
 machine's device (``--device``), and prints per L the ratio fft / chunked and the entries of
-:data:`ssmkit.ops.scan.FFT_LENGTHS` it implies: the range [lo, hi) of the measured L where the FFT path was
-faster, or None when it never was. Run it on a QUIET machine (docs/benchmarks.md) and copy the printed entries
-into ``FFT_LENGTHS``; the measured table goes into docs/benchmarks.md.
+:data:`ssmkit.ops.scan.FFT_LENGTHS` it implies: the range [lo, hi) of the longest run of consecutive measured L
+where the FFT path was faster (the first of equally long runs; a win outside it is left to the chunked scan), or
+None when it never was; ``--json`` records the rows, the entries and the device type they are keyed by. Run it on
+a QUIET machine (docs/benchmarks.md) and copy the printed entries into ``FFT_LENGTHS``; the measured table goes into
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench cros
     if args.json:
         from ssmkit.files import write_json
 
-        write_json(args.json, {"machine": machine(), "batch": args.batch, "d_model": args.d_model,
+        write_json(args.json, {"machine": machine(), "device": device, "batch": args.batch, "d_model": args.d_model,
                                "d_state": args.d_state, "rows": rows,
                                "fft_lengths": {str(k): v for k, v in entries.items()}})
     return 0

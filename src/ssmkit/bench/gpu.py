@@ -1,6 +1,7 @@
-"""GPU benchmark: the diagonal scan, the SSD scan, the selective scan and the short convolution under every backend,
-against the device's copy bandwidth and FLOP rate, and against the peers (mamba-ssm, causal-conv1d, accelerated-scan)
-where they load.
+"""GPU benchmark: the diagonal, SSD and selective scans and the short convolution under every backend, with the peers.
+
+The ops against the device's copy bandwidth and FLOP rate, and against the peers (mamba-ssm, causal-conv1d,
+accelerated-scan) where they load.
 
     ssmkit bench gpu [--device cuda] [--scan-shapes B,H,N,L ...] [--scan-chunks-per-program G ...]
                      [--ssd-shapes B,L,H,P,N ...] [--ssd-tiles chunk,channels[,num_warps] ...]
@@ -64,6 +65,7 @@ import torch
 from ssmkit.bench import positive_int
 from ssmkit.bench.backward import OutputGradients
 from ssmkit.bench.core import machine
+from ssmkit.bench.peers import error_line
 from ssmkit.ops.scan import ssm_scan
 from ssmkit.ops.ssd import ssd
 
@@ -147,8 +149,38 @@ def gemm_flop_rate(device: torch.device, size: int = 8192, repeats: int = 5) -> 
         torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def parse_shape(text: str, fields: str, option: str) -> tuple[int, ...]:
+    """A shape option's value as positive ints, one per comma-separated name of ``fields``.
+
+    ``--scan-shapes 1,2,3`` failed with "not enough values to unpack (expected 4, got 3)", naming neither the option
+    nor the form, after the copy and GEMM probes had run.
+
+    Args:
+        text: one value of the option, e.g. ``"8,128,64,1024"``.
+        fields: the names of its numbers, e.g. ``"B,H,d_state,L"``.
+        option: the option, for the message (``--scan-shapes``).
+
+    Returns:
+        the ints.
+
+    Raises:
+        ValueError: naming the option, the expected form and the value.
+    """
+    names = fields.split(",")
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != len(names) or min(values) < 1:
+        raise ValueError(f"{option}: each shape is {fields} ({len(names)} positive integers); got {text!r}")
+    return values
+
+
 def _scan_case(shape: str, device: torch.device):
-    Bsz, H, d_state, L = (int(v) for v in shape.split(","))
+    Bsz, H, d_state, L = parse_shape(shape, "B,H,d_state,L", "--scan-shapes")
+    if d_state % 2:
+        raise ValueError(f"--scan-shapes: d_state must be even (d_state/2 complex modes, in conjugate pairs); got "
+                         f"{shape!r}")
     g = torch.Generator(device="cpu").manual_seed(0)
     M = d_state // 2  # conjugate-pair modes
     A = torch.polar(torch.rand(H, M, generator=g) * 0.1 + 0.899, torch.rand(H, M, generator=g) * 3)
@@ -202,7 +234,7 @@ def _accelerated_scan_layer(u, A, B, C, D):
 
 
 def _ssd_case(shape: str, device: torch.device, mamba_ssm_src: str | None = None):
-    Bsz, L, H, P, N = (int(v) for v in shape.split(","))
+    Bsz, L, H, P, N = parse_shape(shape, "B,L,H,P,N", "--ssd-shapes")
     g = torch.Generator(device="cpu").manual_seed(0)
     inputs = [t.to(device) for t in (
         torch.randn(Bsz, L, H, P, generator=g), torch.nn.functional.softplus(torch.randn(Bsz, L, H, generator=g)),
@@ -362,7 +394,7 @@ def _selective_case(shape: str, device: torch.device, mamba_ssm_src: str | None 
     from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
     from ssmkit.ops.triton_gate import require_triton
 
-    Bsz, H, N, L = (int(v) for v in shape.split(","))
+    Bsz, H, N, L = parse_shape(shape, "B,d_inner,N,L", "--selective-shapes")
     g = torch.Generator(device="cpu").manual_seed(0)
     A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(H, 1)  # S4D-Real, as Mamba initialises A
     params = [t.to(device) for t in (A, torch.ones(H), torch.rand(H, generator=g) * 4 - 5)]  # A, D, b_Δ
@@ -406,7 +438,7 @@ def _short_conv_case(shape: str, device: torch.device, causal_conv1d_src: str | 
     the timing."""
     from ssmkit.ops.conv import causal_conv1d
 
-    Bsz, H, L = (int(v) for v in shape.split(","))
+    Bsz, H, L = parse_shape(shape, "B,d_inner,L", "--short-conv-shapes")
     W = SHORT_CONV_WIDTH
     g = torch.Generator(device="cpu").manual_seed(0)
     params = [t.to(device) for t in (torch.randn(H, W, generator=g) / W, torch.randn(H, generator=g))]  # w, b
@@ -468,7 +500,7 @@ def measure(
             forward_backward(b)
             y = output(b).detach().float()
         except Exception as e:  # noqa: BLE001  (reported in the table; the other backends still run)
-            errors[b] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            errors[b] = error_line(e)  # the type alone for an empty message (a bare assert)
             continue
         if first is None:
             first = (b, y, y.abs().max())
@@ -614,7 +646,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
     if args.json:
         from ssmkit.files import write_json
 
-        write_json(args.json, {"header": header, "bandwidth_Bps": bandwidth, "results": rows})
+        write_json(args.json, {"header": header, "bandwidth_Bps": bandwidth, "gemm_flops_per_s": flop_rate,
+                               "results": rows})
     return 0
 
 

@@ -30,6 +30,17 @@ class PeerUnavailable(Exception):
     """A peer cannot run a case; the message says why (shown as a note)."""
 
 
+def error_line(e: BaseException) -> str:
+    """``"<type>: <first line of the message, 200 characters at most>"``, or the type alone for an empty message.
+
+    A bare ``assert`` (mamba-ssm's Triton wrappers check shapes so) raises an ``AssertionError`` whose message is
+    empty: ``str(e).splitlines()[0]`` then raised IndexError inside the handler, and the whole bench ended on the
+    failure it was meant to report in one line.
+    """
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines and lines[0] else type(e).__name__
+
+
 @dataclass(frozen=True)
 class Case:
     """One named benchmark case.
@@ -130,19 +141,22 @@ def ssmkit_runner(case: Case, backend: str) -> Callable[[], None]:
 def peer_runner(peer: str, case: Case, s4_file: str | None = None) -> Callable[[], None]:
     """The callable of ``peer`` (one of :data:`PEERS`) for ``case``, or :class:`PeerUnavailable` with the reason.
 
-    The callable is run once here: a peer that fails on the case (its own error, e.g. a version of torch it does not
-    support) becomes a note naming the error instead of ending the whole bench.
+    The callable is built and run once here: a peer that fails on the case (its own error, e.g. a version of torch it
+    does not support, or a constructor that refuses the shape) becomes a note naming the error instead of ending the
+    whole bench.
     """
     builders = {"official-s4": lambda: _official_s4(case, s4_file), "loop": lambda: _loop(case),
                 "mambapy": lambda: _mambapy(case), "accelerated-scan": lambda: _accelerated_scan(case),
                 "s5-pytorch": lambda: _s5_pytorch(case)}
     if peer not in builders:
         raise ValueError(f"peer must be one of {PEERS}; got {peer!r}")
-    run = builders[peer]()
     try:
+        run = builders[peer]()
         run()
+    except PeerUnavailable:
+        raise
     except Exception as e:  # the peer's own failure on this case
-        raise PeerUnavailable(f"failed on this case ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise PeerUnavailable(f"failed on this case ({error_line(e)})") from None
     return run
 
 
@@ -173,7 +187,10 @@ def _official_s4(case: Case, s4_file: str | None) -> Callable[[], None]:
     _import("einops", "einops")
     from ssmkit.bench.official import load_official
 
-    off = load_official(s4_file)
+    try:  # a file that does not load (moved, another version's import error) is a note, as a missing package is
+        off = load_official(s4_file)
+    except Exception as e:  # noqa: BLE001  (FileNotFoundError, ImportError, SyntaxError, ...)
+        raise PeerUnavailable(f"the official file {s4_file} does not load ({error_line(e)})") from None
     mode, init = modes[case.layer]
     torch.manual_seed(0)
     conv = off.FFTConv(d_model=case.d_model, d_state=case.d_state, mode=mode, init=init, transposed=False,

@@ -32,7 +32,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.bench import positive_int
-from ssmkit.bench.core import build_for_bench, machine
+from ssmkit.bench.core import build_for_bench, machine, unbuildable
 
 BARE = "bare"  # the name of the bare-arithmetic row
 FROZEN = " (frozen)"  # the suffix of the rows timed inside ssmkit.layers.frozen_parameters()
@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench step
     parser.add_argument("--repeats", type=positive_int, default=7, help="interleaved rounds; medians over them (default 7)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    problem = unbuildable([(f"layer {name} at d_model {d_model}, d_state {args.d_state}", name, d_model, args.d_state,
+                            None) for d_model in args.d_model for name in args.layers])
+    if problem:  # before anything is timed (ssmkit.bench.core.unbuildable)
+        parser.error(problem)
     print(f"ssmkit bench step: N={args.d_state}, float32, no_grad, {args.steps} steps x {args.repeats} rounds; "
           f"{machine()}")
     rows = []

@@ -24,7 +24,15 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_flag, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    ATTUNED,
+    SHAPES,
+    FixedOption,
+    check_choice,
+    check_flag,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
@@ -83,6 +91,16 @@ class Attention(SequenceLayer):
 
     The projections are ``nn.Linear`` layers with PyTorch's default initialisation.
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    n_heads = FixedOption(SHAPES)
+    head_dim = FixedOption(SHAPES)
+    bias = FixedOption(SHAPES)
+    positional = FixedOption(ATTUNED)
+    window = FixedOption(SHAPES)
+    rotary_base = FixedOption(ATTUNED)
 
     zoo = ZooEntry(
         paper='arXiv 1706.03762',

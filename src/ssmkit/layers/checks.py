@@ -4,6 +4,7 @@ expected and what was found (so every layer rejects bad options with the same wo
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -104,29 +105,83 @@ class UnknownOptionError(ValueError, TypeError):
     CLI reports it in one line), and a TypeError, as Python's own error for an unexpected keyword argument."""
 
 
+# What depends on a fixed option, as its error reads it: "d_model is fixed at construction (<SHAPES> d_model=64) ...".
+SHAPES = "the parameters and the state are shaped by"
+DRAWN = "the parameters were drawn with"
+ATTUNED = "the parameters are attuned to"
+MARKS = "the optimizer marks were set from"
+
+
 class FixedOption:
     """A constructor option that cannot be assigned after construction (a class attribute: ``l_max =
     FixedOption("C̃ is attuned to")``; ``__init__`` assigns it once as usual, a later assignment raises
-    ``AttributeError``). For an option the parameters are attuned to, or the caches read: assigned later it gave
-    cache-dependent answers (S4, DSS-softmax's ``l_max``: lengths probe of 2026-12-05).
+    ``AttributeError``). For an option that shapes the parameters or the state, that the parameters were drawn with
+    or are attuned to, or that the caches read: assigned later it was ignored, half-applied (``forward`` took it,
+    the cached ``step`` did not) or it broke the layer (S4, DSS-softmax's ``l_max``: lengths probe of 2026-12-05;
+    every layer's options: options probe of 2026-12-05). A module's meaning never changes after construction
+    (STYLE rule 6): build a new layer with the other value and ``load_state_dict`` the weights.
+
+    The value is kept in the instance's ``__dict__`` under the option's own name (the descriptor, a data descriptor,
+    takes precedence over it): ``vars(layer)``, ``copy.deepcopy``, pickling and ``torch.save`` of a whole module see
+    it as a plain attribute, a layer pickled while its options were plain attributes loads, and no ``_<name>`` slot
+    can shadow a ``torch.nn.Module`` attribute (DSS's ``version`` would have shadowed ``Module._version``).
 
     Args:
-        attuned: what depends on the value, as it reads before "<name>=<value>" in the error.
+        attuned: what depends on the value, as it reads before "<name>=<value>" in the error (``SHAPES``, ``DRAWN``,
+            ``ATTUNED``, ``MARKS`` or the option's own words).
     """
 
     def __init__(self, attuned: str) -> None:
         self.attuned = attuned
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.name, self.slot = name, f"_{name}"
+        self.name = name
 
     def __get__(self, obj: object, owner: type | None = None):
-        return self if obj is None else obj.__dict__[self.slot]
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set yet (its __init__ assigns it)") from None
 
     def __set__(self, obj: object, value: object) -> None:
-        if self.slot in obj.__dict__:
+        if self.name in obj.__dict__:
             raise AttributeError(
-                f"{self.name} is fixed at construction ({self.attuned} {self.name}={obj.__dict__[self.slot]!r}); got "
+                f"{self.name} is fixed at construction ({self.attuned} {self.name}={obj.__dict__[self.name]!r}); got "
                 f"an assignment of {value!r}: build a new layer with that {self.name}"
             )
-        obj.__dict__[self.slot] = value
+        obj.__dict__[self.name] = value
+
+    def __delete__(self, obj: object) -> None:
+        raise AttributeError(f"{self.name} is fixed at construction: it cannot be deleted")
+
+
+class AssignableOption:
+    """A constructor option that may be assigned after construction, checked at every assignment as at construction
+    (a class attribute: ``chunk_size = AssignableOption(check_positive_int)``). Only for an option that changes speed
+    alone and that every call reads afresh (nothing cached depends on it): a new value then takes effect exactly, in
+    every view (Mamba-2's ``chunk_size``; options probe of 2026-12-05). Kept in the instance's ``__dict__`` under its
+    own name, as :class:`FixedOption`.
+
+    Args:
+        check: ``check(value, name)`` raises ``ValueError`` naming the option unless the value is legal.
+    """
+
+    def __init__(self, check: Callable[[object, str], None]) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set yet (its __init__ assigns it)") from None
+
+    def __set__(self, obj: object, value: object) -> None:
+        self.check(value, self.name)
+        obj.__dict__[self.name] = value

@@ -48,6 +48,10 @@ import torch
 from torch import nn
 
 from ssmkit.layers.checks import (
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
     check_choice,
     check_dt_range,
     check_even_state,
@@ -86,6 +90,17 @@ class DLR(DiagonalLTILayer):
     Parameters: ``A_sqrt_neg_real`` (M,) = a with Re Λ = -a²; ``A_imag`` (M,) = b; ``W`` (C, H, M, 2) (complex as a
     real pair, C = 2 when bidirectional); ``D`` (H,).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    init = FixedOption(DRAWN)
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    lr = FixedOption(MARKS)
+    lr_W = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper="arXiv 2212.00768",

@@ -35,6 +35,10 @@ import torch
 from torch import nn
 
 from ssmkit.layers.checks import (
+    ATTUNED,
+    DRAWN,
+    MARKS,
+    SHAPES,
     FixedOption,
     check_choice,
     check_dt_range,
@@ -109,8 +113,17 @@ class DSS(DiagonalLTILayer):
         sequence_cost="O(H N L) chunked scan; O(H N L + H L log L) kernel + FFT",
     )
 
-    # fixed: DSS-softmax's kernel is normalised over it (the step's cached Ā, B̄, C too)
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer); l_max: DSS-softmax's kernel is normalised over it (the step's cache too)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    version = FixedOption(ATTUNED)
     l_max = FixedOption("the kernel is normalised over")
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    separate_dt = FixedOption(SHAPES)
+    lr = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
 
     def __init__(
         self,

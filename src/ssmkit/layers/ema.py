@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_flag, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import MARKS, SHAPES, FixedOption, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.diagonal import DiagonalLTILayer, two_sided_scans
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import with_skip
@@ -54,6 +54,13 @@ class EMA(DiagonalLTILayer):
         bidirectional: add an anti-causal EMA with its own α, δ, β, γ (no ``step`` then).
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    lr = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper='arXiv 2209.10655',

@@ -37,7 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.layers.checks import check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    MARKS,
+    SHAPES,
+    FixedOption,
+    check_even_state,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
@@ -56,6 +64,11 @@ class GSSDiagonal(DiagonalLTILayer):
         lr: learning rate of a and b (weight decay 0); None = the global lr, 0.0 = frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
 
     def __init__(
         self,
@@ -119,6 +132,14 @@ class GSS(SequenceLayer):
         lr: learning rate of λ (weight decay 0); None = the global lr, 0.0 = frozen. B and Δ are always frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    expand = FixedOption(SHAPES)
+    bottleneck = FixedOption(SHAPES)
+    lr = FixedOption(MARKS)
 
     zoo = ZooEntry(
         paper='arXiv 2206.13947',

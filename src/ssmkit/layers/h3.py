@@ -41,7 +41,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmkit.layers.cache import ValueCache
-from ssmkit.layers.checks import check_choice, check_dt_range, check_even_state, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    ATTUNED,
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
+    check_choice,
+    check_dt_range,
+    check_even_state,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
@@ -82,6 +94,18 @@ class H3(SequenceLayer):
             ``None`` = the global lr, ``0.0`` = frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options and n_heads = d_model / head_dim, fixed at construction (checks.FixedOption:
+    # assigned later, each was ignored, half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    head_dim = FixedOption(SHAPES)
+    init = FixedOption(DRAWN)
+    discretization = FixedOption(ATTUNED)
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    lr = FixedOption(MARKS)
+    n_heads = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper='arXiv 2212.14052',

@@ -39,7 +39,17 @@ import torch
 from torch import nn
 
 from ssmkit.layers.cache import ValueCache
-from ssmkit.layers.checks import check_length, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    ATTUNED,
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
+    check_length,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.longconv import conv_with_past
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
@@ -62,6 +72,15 @@ class HyenaFilter(nn.Module):
         lr: learning rate of the FFN and ω (weight decay 0); None = the global lr, 0.0 = frozen.
         device, dtype: of the parameters.
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    channels = FixedOption(SHAPES)
+    l_max = FixedOption(ATTUNED)
+    emb_dim = FixedOption(SHAPES)
+    width = FixedOption(SHAPES)
+    n_inner = FixedOption(SHAPES)
+    sine_freq = FixedOption(DRAWN)
 
     def __init__(
         self,
@@ -148,6 +167,18 @@ class Hyena(SequenceLayer):
         lr: learning rate of the filter FFN and ω (weight decay 0); None = the global lr, 0.0 = frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer; l_max was ignored: the filter's own l_max sets the time scale)
+    d_model = FixedOption(SHAPES)
+    l_max = FixedOption(ATTUNED)
+    order = FixedOption(SHAPES)
+    filter_width = FixedOption(SHAPES)
+    emb_dim = FixedOption(SHAPES)
+    n_inner = FixedOption(SHAPES)
+    sine_freq = FixedOption(DRAWN)
+    short_width = FixedOption(SHAPES)
+    lr = FixedOption(MARKS)
 
     zoo = ZooEntry(
         paper='arXiv 2302.10866',

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.layers.cache import ValueCache
-from ssmkit.layers.checks import check_choice
+from ssmkit.layers.checks import ATTUNED, SHAPES, FixedOption, check_choice
 from ssmkit.layers.protocol import Capabilities, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
@@ -172,6 +172,12 @@ class LiquidS4(S4):
         "state_space": "its liquid terms are products of inputs, so it is not a linear time-invariant system",
     }
     backends: ClassVar[tuple[str, ...]] = ("reference", "fft")
+
+    # the liquid options, fixed at construction as S4's (checks.FixedOption): the trained parameters are
+    # attuned to them, and liquid_degree shapes the state
+    liquid_kernel = FixedOption(ATTUNED)
+    liquid_degree = FixedOption(SHAPES)
+    liquid_contract = FixedOption(ATTUNED)
 
     def __init__(
         self,

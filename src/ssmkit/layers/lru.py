@@ -31,7 +31,17 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_even_state, check_flag, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
+    check_even_state,
+    check_flag,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.registry import register
@@ -57,6 +67,16 @@ class LRU(MIMODiagonalLTILayer):
     i exp(θ))); ``B`` (M, H, 2) as a real pair; ``C`` (C, H, M, 2) as a real pair (C = 2 when bidirectional);
     ``D`` (H,).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    r_min = FixedOption(DRAWN)
+    r_max = FixedOption(DRAWN)
+    max_phase = FixedOption(DRAWN)
+    lr = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper='arXiv 2303.06349',

@@ -39,7 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
-from ssmkit.layers.checks import check_choice, check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
+    check_choice,
+    check_dt_range,
+    check_flag,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
@@ -96,6 +107,25 @@ class Mamba(SequenceLayer):
     }
     backends = ("reference", "chunked", "native")
     block_defaults = BlockDefaults(activation=None, mixer_out=None)
+
+    # the constructor options and the sizes derived from them (d_inner, rank), fixed at construction
+    # (checks.FixedOption: assigned later, each was ignored, half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    d_conv = FixedOption(SHAPES)
+    expand = FixedOption(SHAPES)
+    dt_rank = FixedOption(SHAPES)
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    dt_init = FixedOption(DRAWN)
+    dt_scale = FixedOption(DRAWN)
+    dt_init_floor = FixedOption(DRAWN)
+    conv_bias = FixedOption(SHAPES)
+    bias = FixedOption(SHAPES)
+    lr = FixedOption(MARKS)
+    d_inner = FixedOption(SHAPES)
+    rank = FixedOption(SHAPES)
+
     zoo = ZooEntry(
         paper="arXiv 2312.00752",
         structure="diagonal",
@@ -189,8 +219,10 @@ class Mamba(SequenceLayer):
 
     def state_spec(self) -> MambaState:
         """``MambaState(conv (H_in, W-1), ssm (H_in, N))`` in the parameters' dtype."""
+        # the conv's own spec (its taps' width): one from d_conv let a replaced, wider conv1d write past the state
+        # the C step was given (heap corruption)
         dtype = self.A_log.dtype
-        return MambaState(TensorSpec((self.d_inner, self.d_conv - 1), dtype), TensorSpec((self.d_inner, self.d_state), dtype))
+        return MambaState(self.conv1d.state_spec(), TensorSpec((self.d_inner, self.d_state), dtype))
 
     def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The low-rank δ (..., R), B and C (..., N), and A (H_in, N), from the convolved x (..., H_in). The channels'

@@ -38,7 +38,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.layers.checks import check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    ATTUNED,
+    DRAWN,
+    MARKS,
+    SHAPES,
+    AssignableOption,
+    FixedOption,
+    check_dt_range,
+    check_flag,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
@@ -77,6 +89,14 @@ class GatedRMSNorm(nn.RMSNorm):
         eps: added to the mean square.
         device, dtype: of the weight w (initialised to 1).
     """
+
+    # fixed at construction (checks.FixedOption), as nn.RMSNorm's own options
+    channels = FixedOption(SHAPES)
+    groups = FixedOption(SHAPES)
+    norm_before_gate = FixedOption(ATTUNED)
+    normalized_shape = FixedOption(SHAPES)
+    eps = FixedOption(ATTUNED)
+    elementwise_affine = FixedOption(SHAPES)
 
     def __init__(
         self,
@@ -130,7 +150,8 @@ class Mamba2(SequenceLayer):
         chunk_size: T, the steps per chunk of the chunked SSD algorithm (speed only; results equal within rounding).
             64, not the official 256 (a tile size of its CUDA kernels): on the CPU 64 runs a Mamba-2 layer 1.5x
             faster, forward and forward+backward, with a quarter of the decay masks' memory; the Triton kernel runs
-            any chunk as a tile of at most 64.
+            any chunk as a tile of at most 64. The one option that may be assigned after construction
+            (``layer.chunk_size = 128``, checked as here); every other is fixed (``AttributeError``).
         rmsnorm: apply the gated RMSNorm (False: out = W_out(y ⊙ SiLU(z))).
         norm_before_gate: RMSNorm_G(y)·w ⊙ SiLU(z) instead of RMSNorm_G(y ⊙ SiLU(z))·w.
         D_has_hdim: one skip D per channel (E values) instead of one per head.
@@ -140,6 +161,29 @@ class Mamba2(SequenceLayer):
             0.0 = frozen.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options and the sizes derived from them (nheads, d_inner), fixed at construction
+    # (checks.FixedOption: assigned later, each was ignored, half-applied or broke the layer); chunk_size alone
+    # stays assignable (checks.AssignableOption): speed only, read by each forward and by nothing cached
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    d_conv = FixedOption(SHAPES)
+    expand = FixedOption(SHAPES)
+    headdim = FixedOption(SHAPES)
+    ngroups = FixedOption(SHAPES)
+    A_init_range = FixedOption(DRAWN)
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    dt_init_floor = FixedOption(DRAWN)
+    chunk_size = AssignableOption(check_positive_int)
+    rmsnorm = FixedOption(SHAPES)
+    norm_before_gate = FixedOption(ATTUNED)
+    D_has_hdim = FixedOption(SHAPES)
+    bias = FixedOption(SHAPES)
+    conv_bias = FixedOption(SHAPES)
+    lr = FixedOption(MARKS)
+    nheads = FixedOption(SHAPES)
+    d_inner = FixedOption(SHAPES)
 
     capabilities = Capabilities(kernel=False, state_space=False, step=True)
     missing = {
@@ -189,7 +233,8 @@ class Mamba2(SequenceLayer):
         self.expand = expand
         self.headdim = headdim
         self.ngroups = ngroups
-        self.A_init_range = A_init_range
+        # a list (a pair read from JSON or YAML) kept as a tuple; assigned once (a FixedOption), checked below
+        self.A_init_range = tuple(A_init_range) if isinstance(A_init_range, list) else A_init_range
         self.dt_min = dt_min
         self.dt_max = dt_max
         self.dt_init_floor = dt_init_floor
@@ -200,7 +245,7 @@ class Mamba2(SequenceLayer):
         self.bias = bias
         self.conv_bias = conv_bias
         self.lr = lr
-        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
+        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups"):  # chunk_size: checked when set
             check_positive_int(getattr(self, name), name)
         for name in ("rmsnorm", "norm_before_gate", "D_has_hdim", "bias", "conv_bias"):
             check_flag(getattr(self, name), name)
@@ -215,7 +260,6 @@ class Mamba2(SequenceLayer):
             and 0 < A_init_range[0] <= A_init_range[1]
         ):
             raise ValueError(f"A_init_range must be a tuple or list (low, high) with 0 < low <= high; got {A_init_range!r}")
-        self.A_init_range = tuple(A_init_range)
         check_lr(lr)
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
         E = expand * d_model
@@ -235,7 +279,8 @@ class Mamba2(SequenceLayer):
         register_ssm_parameter(self, "dt_bias", torch.empty(nh, **factory), lr)
         register_ssm_parameter(self, "A_log", torch.empty(nh, **factory), lr)
         self.D = nn.Parameter(torch.empty(E if D_has_hdim else nh, **factory))
-        self.norm = GatedRMSNorm(E, G, norm_before_gate, **factory) if rmsnorm else None
+        # no norm: a sub-module slot holding None, not a plain None attribute
+        self.register_module("norm", GatedRMSNorm(E, G, norm_before_gate, **factory) if rmsnorm else None)
         self.out_proj = _unfilled(nn.Linear(E, d_model, bias=bias, **meta), device)
         self.reset_parameters()
 
@@ -323,7 +368,7 @@ class Mamba2(SequenceLayer):
         y, conv_state, ssm_state = mamba2_step_native(
             zxbcdt, state.conv, self.conv.weight, self.conv.bias, self.dt_bias, self.A_log, self.D,
             None if norm is None else norm.weight, 0.0 if norm is None else norm.eps,
-            self.norm_before_gate, state.ssm, self.ngroups,
+            self.norm_before_gate if norm is None else norm.norm_before_gate, state.ssm, self.ngroups,
         )  # (B, E), (B, E + 2GN, d_conv - 1), (B, E/P, P, N)
         return self.out_proj(y).to(x_t.dtype), Mamba2State(conv_state, ssm_state)
 

@@ -49,7 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_flag, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    ATTUNED,
+    SHAPES,
+    FixedOption,
+    check_choice,
+    check_flag,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.ema import EMA
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core
 from ssmkit.layers.registry import register
@@ -108,6 +117,18 @@ class Mega(SequenceLayer):
         lr: learning rate of the EMA's α, δ, β (weight decay 0); None = the global lr.
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer; lr is the EMA's, which keeps it)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    d_qk = FixedOption(SHAPES)
+    d_v = FixedOption(SHAPES)
+    attention = FixedOption(ATTUNED)
+    chunk_size = FixedOption(SHAPES)
+    positional = FixedOption(SHAPES)
+    max_positions = FixedOption(SHAPES)
+    bidirectional = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper='arXiv 2209.10655',

@@ -41,7 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    ATTUNED,
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
+    check_choice,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
@@ -72,6 +82,10 @@ class BlockDiagonalLinear(nn.Module):
         n_blocks: G, a divisor of D.
         device, dtype: of the parameters.
     """
+
+    # fixed at construction (checks.FixedOption)
+    width = FixedOption(SHAPES)
+    n_blocks = FixedOption(SHAPES)
 
     def __init__(self, width: int, n_blocks: int, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
@@ -132,6 +146,20 @@ class RGLRU(SequenceLayer):
     }
     backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "native")
     block_defaults: ClassVar[BlockDefaults] = BlockDefaults(activation=None, mixer_out=None)
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    lru_width = FixedOption(SHAPES)
+    n_heads = FixedOption(SHAPES)
+    conv_width = FixedOption(SHAPES)
+    c = FixedOption(ATTUNED)
+    init = FixedOption(DRAWN)
+    a_min = FixedOption(DRAWN)
+    a_max = FixedOption(DRAWN)
+    out_init_scale = FixedOption(DRAWN)
+    lr = FixedOption(MARKS)
+
     zoo = ZooEntry(
         paper="arXiv 2402.19427",
         structure="diagonal",
@@ -222,8 +250,9 @@ class RGLRU(SequenceLayer):
 
     def state_spec(self) -> RGLRUState:
         """``conv`` (D, W-1) and ``h`` (D,), both in the parameters' dtype (float32 under autocast too)."""
-        dtype = self.Lambda.dtype
-        return RGLRUState(TensorSpec((self.lru_width, self.conv_width - 1), dtype), TensorSpec((self.lru_width,), dtype))
+        # the conv's own spec (its taps' width): one from conv_width let a replaced, wider conv write past the state
+        # the C step was given (a segmentation fault)
+        return RGLRUState(self.conv.state_spec(), TensorSpec((self.lru_width,), self.Lambda.dtype))
 
     # ------------------------------------------------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ from torch.nn import functional as F
 
 from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.checks import (
+    DRAWN,
+    MARKS,
+    SHAPES,
     FixedOption,
     check_choice,
     check_dt_range,
@@ -165,8 +168,18 @@ class S4(SequenceLayer):
         device, dtype: of the parameters (dtype real: float32 or float64).
     """
 
-    # fixed: C̃ stores (I - Ā^{l_max})ᵀ C, so another l_max would read the trained C̃ as another C
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later they were ignored or broke
+    # the layer); l_max: C̃ stores (I - Ā^{l_max})ᵀ C, so another l_max would read the trained C̃ as another C
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
     l_max = FixedOption("C̃ is attuned to")
+    init = FixedOption(DRAWN)
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    n_ssm = FixedOption(SHAPES)
+    lr = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
+    B_clip = FixedOption(DRAWN)
     capabilities: ClassVar[Capabilities] = Capabilities(kernel=True, state_space=True, step=True)
     backends: ClassVar[tuple[str, ...]] = ("reference", "fft")
     zoo = ZooEntry(

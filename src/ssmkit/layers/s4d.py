@@ -34,6 +34,11 @@ from torch import nn
 from ssmkit.ops.discretize import bilinear, zoh_log
 from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
 from ssmkit.layers.checks import (
+    ATTUNED,
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
     check_choice,
     check_dt_range,
     check_even_state,
@@ -70,6 +75,17 @@ class S4D(DiagonalLTILayer):
         bidirectional: add an anti-causal kernel with its own C (no ``step`` then).
         device, dtype: of the parameters (dtype real: float32 or float64).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer)
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    init = FixedOption(DRAWN)
+    discretization = FixedOption(ATTUNED)
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    lr = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper="arXiv 2206.11893",

@@ -37,7 +37,19 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_choice, check_dt_range, check_flag, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import (
+    ATTUNED,
+    DRAWN,
+    MARKS,
+    SHAPES,
+    FixedOption,
+    check_choice,
+    check_dt_range,
+    check_flag,
+    check_lr,
+    check_positive_int,
+    parameter_dtype,
+)
 from ssmkit.layers.init import lecun_normal, log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
@@ -73,6 +85,22 @@ class S5(MIMODiagonalLTILayer):
     Parameters: ``A_real`` = Re Λ, ``A_imag`` = Im Λ, ``log_dt`` (M,); ``B`` (M, H, 2) = B̃ as a real pair;
     ``C`` (C, H, M, 2) = C̃ as a real pair (C = 2 when bidirectional); ``D`` (H,).
     """
+
+    # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
+    # half-applied or broke the layer); for another sampling rate, build a layer with that step_rescale and
+    # load_state_dict the weights
+    d_model = FixedOption(SHAPES)
+    d_state = FixedOption(SHAPES)
+    blocks = FixedOption(DRAWN)
+    discretization = FixedOption(ATTUNED)
+    C_init = FixedOption(DRAWN)
+    dt_min = FixedOption(DRAWN)
+    dt_max = FixedOption(DRAWN)
+    conj_sym = FixedOption(ATTUNED)
+    clip_eigs = FixedOption(ATTUNED)
+    step_rescale = FixedOption(ATTUNED)
+    lr = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper='arXiv 2208.04933',

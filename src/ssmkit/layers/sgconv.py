@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.cache import ValueCache
-from ssmkit.layers.checks import check_flag, check_lr, check_positive_int, parameter_dtype
+from ssmkit.layers.checks import MARKS, SHAPES, FixedOption, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.longconv import conv_with_past, fit_length, last_inputs
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
@@ -129,6 +129,19 @@ class SGConv(SequenceLayer):
         bidirectional: add an anti-causal kernel with its own sub-kernels (no ``step`` then).
         device, dtype: of the parameters (float32 or float64).
     """
+
+    # the constructor options and the sizes derived from them, fixed at construction (checks.FixedOption:
+    # assigned later, decay_min/decay_max moved forward off the cached step by 7-9 %, the others were ignored
+    # or broke the layer)
+    d_model = FixedOption(SHAPES)
+    l_max = FixedOption(SHAPES)
+    kernel_dim = FixedOption(SHAPES)
+    decay_min = FixedOption("the frozen kernel norm was measured with")
+    decay_max = FixedOption("the frozen kernel norm was measured with")
+    lr = FixedOption(MARKS)
+    bidirectional = FixedOption(SHAPES)
+    n_scales = FixedOption(SHAPES)
+    kernel_length = FixedOption(SHAPES)
 
     zoo = ZooEntry(
         paper='arXiv 2210.09298',

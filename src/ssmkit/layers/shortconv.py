@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ssmkit.layers.checks import check_positive_int, parameter_dtype
+from ssmkit.layers.checks import SHAPES, FixedOption, check_positive_int, parameter_dtype
 from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.conv import activate, causal_conv1d, causal_conv1d_segments, causal_conv1d_step, check_activation
 
@@ -29,6 +29,10 @@ class ShortConv(nn.Module):
     Initialisation: that of ``nn.Conv1d(H, H, W, groups=H)`` (uniform on ±1/√W for weight and bias).
     """
 
+    # fixed at construction (checks.FixedOption): the taps and the state are shaped by them
+    channels = FixedOption(SHAPES)
+    width = FixedOption(SHAPES)
+
     def __init__(
         self,
         channels: int,
@@ -44,7 +48,8 @@ class ShortConv(nn.Module):
         self.channels = channels
         self.width = width
         self.weight = nn.Parameter(torch.empty(channels, width, **factory))
-        self.bias = nn.Parameter(torch.empty(channels, **factory)) if bias else None
+        # no bias: a parameter slot holding None (as nn.Conv1d's), not a plain None attribute
+        self.register_parameter("bias", nn.Parameter(torch.empty(channels, **factory)) if bias else None)
         self.reset_parameters()
 
     @torch.no_grad()

@@ -110,12 +110,12 @@ def test_gemm_flops_is_two_size_cubed_over_the_best_product(monkeypatch, clock, 
 
 @pytest.mark.parametrize("B,L,H,N,s", [(2, 7, 3, 5, 4), (3, 1, 4, 2, 8)])
 def test_bounds_are_the_documented_element_counts(B, L, H, N, s):
-    """forward: u in, y out; forward+backward: u, dy in and y, du out; step per token: u in, y out, a state of N
-    read and written per channel; flops 6·B·L·H·N forward and step, 3x forward+backward."""
+    """forward: u in, y out; forward+backward: u in and y out, then u again, dy in and du out; step per token: u in,
+    y out, a state of N read and written per channel; flops 6·B·L·H·N forward and step, 3x forward+backward."""
     u = y = du = dy = B * L * H  # elements
     state = B * H * N
     assert limits.bound_bytes("forward", B, L, H, N, s) == (u + y) * s
-    assert limits.bound_bytes("forward_backward", B, L, H, N, s) == (u + dy + y + du) * s
+    assert limits.bound_bytes("forward_backward", B, L, H, N, s) == (u + y + u + dy + du) * s
     assert limits.bound_bytes("step", B, L, H, N, s) == L * (B * H * s + B * H * s + 2 * state * s)
     assert limits.bound_flops("forward", B, L, H, N) == 6 * B * L * H * N
     assert limits.bound_flops("step", B, L, H, N) == 6 * B * L * H * N
@@ -419,7 +419,7 @@ def test_measure_case_rows_carry_the_bounds_and_the_fractions(monkeypatch, dtype
     rows, notes = cases.measure_case(case, ["loop"], "s4.py", True, 4, bandwidth=1e9, flops=3e10)
     assert notes == ["a note"]
     assert seen == [(case, ["loop"], "s4.py", True), (["ssmkit[auto]", "loop"], 4)]
-    b = 4 * 2 * 24 * 3 * itemsize  # u, dy in; y, du out
+    b = 5 * 2 * 24 * 3 * itemsize  # u in, y out; u, dy in, du out
     f = 3 * 6 * 2 * 24 * 3 * 6
     assert [r["impl"] for r in rows] == ["ssmkit[auto]", "loop"]
     for r in rows:
@@ -538,9 +538,9 @@ def test_cases_main_runs_every_combination_and_prints_the_ratios(monkeypatch, tm
                               "implementation | ms | x ssmkit[auto] | of bytes bound | of FLOP bound |\n"
                               "|---|---|---|---|---|---|\n")
     assert printed.endswith(f"wrote {out / 'bench.json'} (no matplotlib: no plots)\n")
-    assert "| s4d-B1-L8-H3-N4-float64-forward | loop | 24.00 | 3.00 | 12.5 % | 6.2 % |" in printed
-    assert "| s4d-B1-L8-H3-N4-float64-forward | ssmkit[auto] | 8.00 | 1.00 | 50.0 % | 25.0 % |" in printed
-    assert "| dss-B2-L8-H3-N4-float64-step | loop | 24.00 | nan | 12.5 % | 6.2 % |" in printed
+    assert "| s4d-B1-L8-H3-N4-float64-forward | loop | 24.00 | 3.00 | 12.5 % | 6.25 % |" in printed
+    assert "| s4d-B1-L8-H3-N4-float64-forward | ssmkit[auto] | 8.00 | 1.00 | 50 % | 25 % |" in printed
+    assert "| dss-B2-L8-H3-N4-float64-step | loop | 24.00 | nan | 12.5 % | 6.25 % |" in printed
     assert printed.count("note: same note") == 1 and printed.count("note: note step") == 1
     result = json.loads((out / "bench.json").read_text())
     assert result["machine"] == "the machine" and result["threads"] == torch.get_num_threads()

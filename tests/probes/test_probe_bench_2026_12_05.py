@@ -38,11 +38,10 @@ Findings (fixed):
    so one failing peer or backend ended ``bench gpu`` / ``cases``. ``ssmkit.bench.peers.error_line`` gives the type
    alone then.
 
-Reported, not changed (each would change a definition or a printed line that tests/bench pins): the
-forward+backward bytes bound 4·B·L·H·s counts u once, but the backward must read u again (dy exists only after the
-forward; REFERENCE §6(a): the backward reads u, dy and writes du), so 5·B·L·H·s; ``bench gpu``'s columns "forward /
-bound" and "forward / FLOP bound" print bound / forward (a fraction, as the JSON key ``forward_fraction_of_bound``
-says); percentages printed with one decimal show "0.0 %" for fractions below 5e-4.
+Reported, then changed by the lead (tests/bench updated): the forward+backward bytes bound 4·B·L·H·s counted u
+once, but the backward must read u again (dy exists only after the forward; REFERENCE §6(a)), so 5·B·L·H·s; ``bench
+gpu``'s columns "forward / bound" printed bound / forward (now labelled so); percentages printed with one decimal
+showed "0.0 %" for fractions below 5e-4 (now three significant digits).
 
 Checked and right (guards below): every bound and fraction in ``bench.json`` against the shapes (float32 and float64;
 forward, forward+backward, step; the gpu suite's scan, SSD, selective scan and short convolution), each table cell
@@ -74,7 +73,7 @@ def _table(printed: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
+    return f"{100 * x:.3g} %"
 
 
 TINY_CASES = ["--batch", "1", "--length", "8", "16", "--d-model", "3", "--d-state", "8", "--repeats", "1",
@@ -101,7 +100,7 @@ def test_cases_table_json_and_plots_say_the_same_and_the_bounds_follow_the_shape
         B, L, H, N = r["batch"], r["length"], r["d_model"], r["d_state"]
         s = {"float32": 4, "float64": 8}[r["dtype"]]
         by_hand = {"forward": 2 * B * L * H * s,  # u read, y written
-                   "forward_backward": 4 * B * L * H * s,  # u, dy read; y, du written (the documented model)
+                   "forward_backward": 5 * B * L * H * s,  # u in, y out; u again, dy in, du out (the documented model)
                    "step": L * B * H * (2 * s + 2 * N * s)}  # per token: u in, y out, N reals of state read+written
         flops = 6 * B * L * H * N * (3 if r["mode"] == "forward_backward" else 1)
         assert (r["bound_bytes"], r["bound_flops"]) == (by_hand[r["mode"]], flops)

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench case
     for r in rows:
         ratio = r["seconds"] / auto[r["case"]] if r["case"] in auto else float("nan")
         print(f"| {r['case']} | {r['impl']} | {1e3 * r['seconds']:.2f} | {ratio:.2f} | "
-              f"{100 * r['bytes_fraction']:.1f} % | {100 * r['flops_fraction']:.1f} % |")
+              f"{100 * r['bytes_fraction']:.3g} % | {100 * r['flops_fraction']:.3g} % |")
     for n in dict.fromkeys(notes):
         print(f"note: {n}")
     result = {

@@ -623,8 +623,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         rows += _versus_peer(measure("short_conv", shape, conv + ["causal_conv1d"], device, bandwidth, args.repeats,
                                      flop_rate=flop_rate, causal_conv1d_src=args.causal_conv1d_src,
                                      causal_conv1d_cuda=args.causal_conv1d_cuda))
-    print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | forward / bound | FLOP bound ms "
-          "| forward / FLOP bound | max abs. diff. of y / max abs. y (vs) |")
+    print("| op | shape | backend | forward ms | fwd+bwd ms | bytes-moved bound ms | bound / forward | FLOP bound ms "
+          "| FLOP bound / forward | max abs. diff. of y / max abs. y (vs) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         shape = ",".join(f"{k}={r[k]}" for k in ("B", "L", "H", "P", "N", "W") if k in r)
@@ -635,8 +635,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
                      f"{r['max_rel_diff']:.1e} ({r['diff_vs']})")
             print(f"| {r['op']} | {shape} | {r['backend']} | {1e3 * r['forward_s']:.3f} | "
                   f"{1e3 * r['forward_backward_s']:.3f} | {1e3 * r['bound_s']:.4f} | "
-                  f"{100 * r['forward_fraction_of_bound']:.1f} % | {1e3 * r['flop_bound_s']:.4f} | "
-                  f"{100 * r['forward_fraction_of_flop_bound']:.1f} % | {agree} |")
+                  f"{100 * r['forward_fraction_of_bound']:.3g} % | {1e3 * r['flop_bound_s']:.4f} | "
+                  f"{100 * r['forward_fraction_of_flop_bound']:.3g} % | {agree} |")
     for r in rows:
         for peer, printed in PEERS.items():
             if f"forward_vs_{peer}" in r and r["backend"] != peer:

@@ -7,7 +7,8 @@ Two limits, each measured by the run that uses it (a figure from another day on 
 
 and two lower bounds of a case (B, L, H, N), from the fused-scan model of docs/benchmarks.md (a scan that never writes its state):
 
-    bytes  forward ``2·B·L·H·s`` (read u, write y); forward+backward ``4·B·L·H·s`` (u, dy in; y, du out);
+    bytes  forward ``2·B·L·H·s`` (read u, write y); forward+backward ``5·B·L·H·s`` (the forward's u in, y out;
+           the backward's u again, dy in, du out: dy exists only after the forward, REFERENCE §6(a));
            step ``B·H·(2·s + 2·N·s)`` per token (u in, y out, the state read and written)
     flops  ``6·B·L·H·N`` forward (per batch row, step and channel: N/2 complex modes, a complex multiply-add
            of the state, the input and the output term ≈ 12 real flops each); forward+backward 3x forward;
@@ -78,7 +79,7 @@ def bound_bytes(mode: str, batch: int, length: int, d_model: int, d_state: int, 
     if mode == "forward":
         return 2.0 * batch * length * d_model * itemsize
     if mode == "forward_backward":
-        return 4.0 * batch * length * d_model * itemsize
+        return 5.0 * batch * length * d_model * itemsize
     if mode == "step":
         return float(length) * batch * d_model * (2 * itemsize + 2 * d_state * itemsize)
     raise ValueError(f"mode must be one of {MODES}; got {mode!r}")

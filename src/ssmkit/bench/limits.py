@@ -8,7 +8,7 @@ Two limits, each measured by the run that uses it (a figure from another day on 
 and two lower bounds of a case (B, L, H, N), from the fused-scan model of docs/benchmarks.md (a scan that never writes its state):
 
     bytes  forward ``2·B·L·H·s`` (read u, write y); forward+backward ``5·B·L·H·s`` (the forward's u in, y out;
-           the backward's u again, dy in, du out: dy exists only after the forward, REFERENCE §6(a));
+           the backward's u again, dy in, du out: dy exists only after the forward);
            step ``B·H·(2·s + 2·N·s)`` per token (u in, y out, the state read and written)
     flops  ``6·B·L·H·N`` forward (per batch row, step and channel: N/2 complex modes, a complex multiply-add
            of the state, the input and the output term ≈ 12 real flops each); forward+backward 3x forward;

@@ -36,7 +36,7 @@ by the layer): loud. ``train: {precision: 32}`` in a file is refused ("Expected 
 ``--train.precision 32`` is accepted: loud, but the message does not say to quote it. ``fit`` with
 ``early_stopping`` and no validation split trains to ``max_steps`` without a word (pinned by
 tests/train/test_module_run_reference.py as intended; the CLI's tasks all have a validation split). A resume with
-another ``seed``, ``batch_size`` or ``precision`` is accepted (not among ``RESTORED_FIELDS``). ``ssmkit sysid
+another ``seed``, ``batch_size`` or ``precision`` was accepted (refused since the resume probe of 2026-12-05). ``ssmkit sysid
 --recipe.X null`` is accepted for every recipe field (each typed Optional), also where ``Recipe`` declares no None
 (``censor``, ``d_state``): the workflow's checks refuse those by name, and some take None for a meaning the
 annotation does not show (``activation`` None: linear blocks; ``patience`` None: no early stopping), so typing the

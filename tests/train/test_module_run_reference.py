@@ -357,7 +357,9 @@ def test_a_resume_names_every_changed_field_in_order(tmp_path):
 
     cfg = config()
     saved = {"model": MODEL.to_dict(), "train": cfg.to_dict()}
-    check_same_run(saved, MODEL, TrainConfig(**{**cfg.to_dict(), "batch_size": 8, "val_every": 2}), "p")  # not restored
+    check_same_run(saved, MODEL, TrainConfig(**{**cfg.to_dict(), "eval_batch_size": 8, "val_every": 2}), "p")  # free
+    with pytest.raises(ValueError, match=r"\(train batch_size: saved 4, given 8\)"):  # another step: refused
+        check_same_run(saved, MODEL, TrainConfig(**{**cfg.to_dict(), "batch_size": 8}), "p")
     check_same_run({}, SequenceModelConfig(**{**MODEL.to_dict(), "d_model": 8}), config(lr=1.0), "p")  # nothing saved
     other = SequenceModelConfig(**{**MODEL.to_dict(), "n_layers": 2, "d_model": 8, "d_output": 3, "dropout": 0.5,
                                    "layer_options": {"d_state": 3}})

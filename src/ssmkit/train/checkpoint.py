@@ -4,6 +4,7 @@ A checkpoint is written to a temporary name in the target folder, flushed to dis
 run killed while saving leaves the previous checkpoint intact, never half a file. Reading uses ``weights_only=True``:
 a checkpoint holds tensors and plain containers only, and loading one cannot run code. :class:`AtomicCheckpointIO`
 puts both behind Lightning's ``CheckpointIO`` interface (Lightning itself is imported only here and in the trainer).
+:class:`PeriodicCheckpoints` writes ``step<N>.ckpt`` and ``last.ckpt``, each replacing the one before, across resumes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from ssmkit.files import atomic_write
@@ -56,3 +58,35 @@ class AtomicCheckpointIO(CheckpointIO):
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         if os.path.exists(path):
             os.remove(path)
+
+
+class PeriodicCheckpoints(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` writing ``<dirpath>/step<N>.ckpt`` every ``every`` steps (each removing the one
+    before) and ``last.ckpt``, whose state survives a resume with another period.
+
+    Its state (the newest files, which the next write replaces) is kept in every checkpoint under a key that does not
+    name the period, and a name already taken is overwritten, never versioned: under ModelCheckpoint's key, which
+    names ``every_n_train_steps``, a resume with another ``checkpoint_every`` found no state, kept the old
+    ``step<N>.ckpt`` for good and wrote the newest checkpoints to ``last-v1.ckpt`` beside the older ``last.ckpt`` it
+    resumes from, and a run killed between writing ``step<N>.ckpt`` and ``last.ckpt`` left that ``step<N>.ckpt``
+    behind. A state saved under ModelCheckpoint's own key (checkpoints written before) is read too.
+
+    Args:
+        dirpath: the checkpoint folder.
+        every: optimizer steps between checkpoints.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, every: int) -> None:
+        super().__init__(dirpath=dirpath, filename="step{step}", every_n_train_steps=every, save_last=True,
+                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor)
+
+    def on_load_checkpoint(self, trainer: Any, module: Any, checkpoint: dict) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states:
+            older = [v for k, v in states.items() if isinstance(k, str) and k.startswith("ModelCheckpoint{")]
+            if len(older) == 1:
+                self.load_state_dict(dict(older[0]))

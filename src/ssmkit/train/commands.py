@@ -104,7 +104,9 @@ def _parser(prog: str, compare: bool):
     parser.add_argument("--out", type=str, default=None, help=out_help)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the output folder from its last checkpoint (give the run's options "
-                             "again: --task is still required, and another model or schedule is refused)")
+                             "again: --task is still required; another task, model, lr, schedule, grad_clip, "
+                             "precision, seed or batch size is refused; max_time, early_stopping, val_every, "
+                             "checkpoint_every, log_every and the evaluation options may change)")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
     return parser
 

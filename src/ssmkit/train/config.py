@@ -35,7 +35,8 @@ class TrainConfig:
         checkpoint_every: write a checkpoint every this many steps (0: only at the end; default 250); each replaces
             the one before (``checkpoints/step<N>.ckpt`` and ``last.ckpt`` hold the newest), so earlier steps are
             not kept.
-        early_stopping: stop after this many validations without a better validation loss (default None: never).
+        early_stopping: stop after this many validations in a row without a lower validation loss (default None:
+            never); the count is part of every checkpoint, and a resume may change the patience.
         devices: processes (CPU) or GPUs used for data parallelism (default 1).
         strategy: Lightning's strategy, ``"auto"`` (the default) or ``"ddp"``, ``"ddp_spawn"``, ...
         accelerator: ``"cpu"`` (the default), ``"gpu"`` or ``"auto"``.

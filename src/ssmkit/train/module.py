@@ -86,6 +86,13 @@ class SequenceLightningModule(pl.LightningModule):
         self.log(f"train_{METRIC_NAMES[self.head]}", metric_sum / count.clamp_min(1.0), on_step=True, on_epoch=False)
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # metrics.csv's step is Lightning's count of batches that stepped, which equals the global step before every
+        # batch of a run that is not resumed; a run resumed from a checkpoint written after its fit had ended (at a
+        # step off the checkpoint period: an early stop, a time limit) counted one more, so every later row was one
+        # step late. Set, not trusted (with one optimizer both count optimizer steps)
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step
+
     def _accumulate(self, stage: str, batch: Sequence[torch.Tensor]) -> None:
         x, y = batch
         parts = summed_loss_and_metric(self.head, self(x), y)

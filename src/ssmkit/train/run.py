@@ -15,8 +15,18 @@ row says which weights and split it scored; the record's unsuffixed ``test_<metr
 ``resume=True`` continues from ``checkpoints/last.ckpt`` when it exists: the weights, optimiser, schedule, step
 counter and RNG are restored and the batches continue where they stopped (:mod:`ssmkit.train.batches`), so the
 final weights equal those of an uninterrupted run on the same machine, and so does the best validation (its
-weights and step are part of every checkpoint). A resume with another model configuration or
-another lr, weight decay or schedule (whose saved values the optimiser and scheduler restore) is refused.
+weights and step are part of every checkpoint), and early stopping (its count of validations without a lower loss is
+too). A resume may change what decides when the run stops, what it validates, logs and writes, and where it runs:
+``max_time``, ``early_stopping`` (the run stops where an uninterrupted run with the new patience would, or at once if
+that step is behind it), ``val_every`` (the best validation is chosen among those that ran, before and after),
+``checkpoint_every``, ``log_every``, ``eval_batch_size`` (validation sums in another order: the last bits may differ),
+``test_weights``, ``accelerator``, ``strategy`` and ``devices`` with ``devices × batch_size`` kept (not bit for bit:
+each process draws its own dropout masks). It refuses (:func:`check_same_run`, a ValueError naming each field with its
+saved and given value) another model, ``lr``, ``weight_decay``, ``warmup_steps``, ``lr_floor`` or ``max_steps``
+(restored by the optimiser and the schedule: new values would be ignored; ``max_steps`` may change when ``lr_floor``
+is 1, a constant rate after the warm-up, e.g. to train longer), and another ``grad_clip``, ``precision``, ``seed`` or
+``devices × batch_size`` (what every later step computes: the steps after the resume would be another run's). To
+change those, start a new run in another ``out_dir``.
 
 Data parallelism (``devices=N``, ``strategy="ddp"``) is Lightning's: on CPU it runs N processes over gloo; on a
 cluster the same code runs under ``torchrun`` or SLURM (Lightning reads their environment variables).
@@ -85,22 +95,38 @@ def _tokens(x: torch.Tensor) -> int:
 
 
 # the TrainConfig fields a resumed run takes from the checkpoint (the optimiser's groups and the schedule's state), not
-# from the configuration given: a change to them would be silently ignored, so `fit` refuses it
+# from the configuration given: a change to them would be silently ignored, so `fit` refuses it (max_steps may grow or
+# shrink when lr_floor is 1: the rate is then constant after the warm-up, and max_steps only the budget)
 RESTORED_FIELDS = ("lr", "weight_decay", "max_steps", "warmup_steps", "lr_floor")
+# the TrainConfig fields that decide what every step computes although the checkpoint does not hold them: the gradient's
+# clipping, the dtype the saved weights are loaded into and computed in, the batch order and a random transform's draws
+# (from the seed); and the samples of a step, devices × batch_size (the devices may change with the product kept)
+STEP_FIELDS = ("grad_clip", "precision", "seed")
+# what a resume may change: when the run stops, what it validates, records and writes, where it runs
+FREE_FIELDS = ("max_time", "early_stopping", "val_every", "checkpoint_every", "log_every", "eval_batch_size",
+               "test_weights", "accelerator", "strategy")
 
 
-def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_config: TrainConfig, path: str) -> None:
-    """Refuse to resume with a model, or a learning-rate schedule, other than the saved run's.
+def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_config: TrainConfig, path: str,
+                   step: int | None = None) -> None:
+    """Refuse to resume with a model, or a training configuration whose steps would differ, other than the saved run's.
 
-    A resumed run restores the optimiser (each group's lr and weight decay, the SSM groups' included) and the
-    schedule (its warm-up, ``max_steps`` and floor) from the checkpoint, so new values of these would be ignored
-    without a word (extending ``max_steps`` would train on at the saved schedule's final lr, 0 by default).
+    A resumed run restores the optimiser (each group's lr and weight decay, the SSM groups' included) and the schedule
+    (its warm-up, ``max_steps`` and floor) from the checkpoint (:data:`RESTORED_FIELDS`), so new values would be ignored
+    without a word (extending ``max_steps`` would train on at the saved schedule's final lr, 0 by default). The
+    :data:`STEP_FIELDS` and the samples of a step (``devices × batch_size``) are not restored but decide what every
+    later step computes: another seed gave another batch order from the resumed step on, another batch size other
+    steps, another precision the saved weights rounded to float32 or widened to float64, all accepted before. Both are
+    refused; ``max_steps`` may change when ``lr_floor`` is 1 (a constant rate after the warm-up: the longer run is the
+    one the saved run would have been), to no fewer than the checkpoint's ``step``. The :data:`FREE_FIELDS` and
+    ``devices`` (with ``devices × batch_size`` kept) may change.
 
     Args:
         saved: the checkpoint's ``hyper_parameters`` ({"model": ..., "train": ...} as plain dicts).
         model: the model configuration given to the resumed run.
         train_config: the training configuration given to it.
         path: the checkpoint, named in the error.
+        step: the checkpoint's global step (None: not checked against ``max_steps``).
     """
     changes = []
     # a checkpoint written before configs kept JSON's containers holds the tuples it was given: compared as lists
@@ -109,13 +135,30 @@ def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_conf
         changes += [f"model {k}: saved {saved_model.get(k)!r}, given {given_model.get(k)!r}"
                     for k in sorted(set(saved_model) | set(given_model)) if saved_model.get(k) != given_model.get(k)]
     saved_train, given_train = saved.get("train") or {}, train_config.to_dict()
-    changes += [f"train {k}: saved {saved_train[k]!r}, given {given_train[k]!r}"
-                for k in RESTORED_FIELDS if k in saved_train and saved_train[k] != given_train[k]]
+
+    def changed(k: str) -> bool:
+        return k in saved_train and saved_train[k] != given_train[k]
+
+    # older checkpoints lack some fields: only those they hold are compared
+    flat = saved_train.get("lr_floor") == 1 == given_train["lr_floor"]
+    for k in RESTORED_FIELDS + STEP_FIELDS:
+        if k == "max_steps" and flat and changed(k) and (step is None or given_train[k] >= step):
+            continue  # a constant rate after the warm-up: a longer (or shorter) budget trains the same steps
+        if changed(k):
+            at = f" (the run is at step {step})" if k == "max_steps" and flat and step is not None else ""
+            changes.append(f"train {k}: saved {saved_train[k]!r}, given {given_train[k]!r}{at}")
+    if "batch_size" in saved_train:
+        saved_devices = saved_train.get("devices", 1)
+        if saved_train["batch_size"] * saved_devices != given_train["batch_size"] * given_train["devices"]:
+            changes += [f"train {k}: saved {saved_train.get(k, 1)!r}, given {given_train[k]!r}"
+                        for k in ("batch_size", "devices") if saved_train.get(k, 1) != given_train[k]]
     if changes:
         raise ValueError(
             f"resume continues the run saved in {path} with its own model, optimiser and schedule, but the "
             f"configuration given differs ({'; '.join(changes)}): give the saved configuration (model.json, train.json "
-            "in the run folder), or start a new run in another out_dir"
+            "in the run folder), or start a new run in another out_dir. A resume keeps the model, lr, weight_decay, "
+            "warmup_steps, lr_floor, max_steps (unless lr_floor is 1), grad_clip, precision, seed and batch_size × "
+            f"devices; it may change {', '.join(FREE_FIELDS)} and devices"
         )
 
 
@@ -146,7 +189,7 @@ def fit(
         test: the test split, or None.
         out_dir: the run folder.
         resume: continue from ``out_dir/checkpoints/last.ckpt`` if it exists (else start fresh); the model and the
-            schedule's fields (:data:`RESTORED_FIELDS`) must equal the saved run's (ValueError otherwise).
+            fields that decide the steps must equal the saved run's (ValueError otherwise; :func:`check_same_run`).
         progress: show Lightning's progress bar.
         extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
         labels: entries to put first in the result record (task, model, ...).
@@ -168,12 +211,11 @@ def fit(
         bit-exact rerun must match).
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from ssmkit.train.batches import eval_batches
-    from ssmkit.train.best import BestValidation
-    from ssmkit.train.checkpoint import AtomicCheckpointIO, load_checkpoint
+    from ssmkit.train.best import BestValidation, Patience
+    from ssmkit.train.checkpoint import AtomicCheckpointIO, PeriodicCheckpoints, load_checkpoint
     from ssmkit.train.module import SequenceLightningModule, TensorDataModule
 
     cfg = train_config
@@ -190,7 +232,10 @@ def fit(
         if not resume:
             raise ValueError(f"{ckpt_dir} already holds checkpoints: pass resume=True (--resume) to continue that run, or use another out_dir")
     if resume_from is not None:
-        check_same_run(load_checkpoint(resume_from).get("hyper_parameters", {}), model, cfg, resume_from)
+        checkpoint = load_checkpoint(resume_from)
+        saved, step = checkpoint.get("hyper_parameters", {}), checkpoint.get("global_step")
+        del checkpoint  # Lightning reads it again; its weights need not stay in memory meanwhile
+        check_same_run(saved, model, cfg, resume_from, step=step)
     write_json(os.path.join(out_dir, "model.json"), model.to_dict())
     write_json(os.path.join(out_dir, "train.json"), cfg.to_dict())
     for name, record in (records or {}).items():
@@ -201,14 +246,14 @@ def fit(
     module.checkpoint_dir = ckpt_dir
     data = TensorDataModule(train, val, test, cfg.batch_size, cfg.eval_batch_size or cfg.batch_size, cfg.seed, transform)
     every = cfg.checkpoint_every or cfg.max_steps
-    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=every, save_last=True,
-                                  save_top_k=1, auto_insert_metric_name=False)
+    checkpoints = PeriodicCheckpoints(ckpt_dir, every)
     throughput = _Throughput()
     val_interval = cfg.val_every or cfg.max_steps
     best = BestValidation(model.head, val_interval) if val is not None else None
-    callbacks = [checkpoints, throughput, *([best] if best is not None else []), *extra_callbacks]
-    if cfg.early_stopping is not None and val is not None:
-        callbacks.append(EarlyStopping(monitor="val_loss", patience=cfg.early_stopping, mode="min"))
+    if best is not None:
+        # the patience counts without early_stopping too: a resume that sets it stops where a run with it would have
+        best.patience = Patience(cfg.early_stopping)
+    callbacks = [checkpoints, throughput, *([best, best.patience] if best is not None else []), *extra_callbacks]
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -233,6 +278,9 @@ def fit(
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if os.path.isfile(last) and load_checkpoint(last)["global_step"] != trainer.global_step or not os.path.isfile(last):
         trainer.save_checkpoint(last)  # the final weights (the periodic checkpoints stop at a multiple of the period)
+    # the test rows' step in metrics.csv is the step the run ended at; a resumed run that had already finished ran no
+    # training loop, and Lightning's count stayed at the checkpoint's (written before its step was counted): one less
+    trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
     result: dict[str, Any] = {
         **(labels or {}),
         "steps": int(trainer.global_step),

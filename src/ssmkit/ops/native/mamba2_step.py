@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import kernel_inputs, ptr, run_checked
+from ssmkit.ops.native.parallel import check_shapes, kernel_inputs, ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 
@@ -66,6 +66,13 @@ def mamba2_step_native(
     fns = bind("mamba2_step.c", zxbcdt.dtype, SIGNATURES[zxbcdt.dtype])
     Bsz, H, P, N = ssm_state.shape
     E, W = H * P, conv_weight.shape[1]
+    C = E + 2 * ngroups * N  # the conv's channels
+    check_shapes("mamba2 step native", [("zxbcdt", zxbcdt, (Bsz, E + C + H)),
+                                        ("conv_state", conv_state, (Bsz, C, W - 1)),
+                                        ("conv_weight", conv_weight, (C, W)), ("conv_bias", conv_bias, (C,)),
+                                        ("dt_bias", dt_bias, (H,)), ("A_log", A_log, (H,)),
+                                        ("D", D, (E,) if D.shape[0] == E else (H,)),
+                                        ("norm_weight", norm_weight, (E,))])
     if zxbcdt.stride(-1) != 1:
         zxbcdt = zxbcdt.contiguous()
     # kept until the call returns (kernel_inputs: a temporary's address would be freed memory)

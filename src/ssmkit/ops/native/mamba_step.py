@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import kernel_inputs, ptr, run_checked
+from ssmkit.ops.native.parallel import check_shapes, kernel_inputs, ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of mamba_step.c: (argument types, result type)
@@ -56,6 +56,11 @@ def mamba_step_native(
     fns = bind("mamba_step.c", xz.dtype, SIGNATURES)
     Bsz, H, N = ssm_state.shape
     R, W = dt_proj_weight.shape[1], conv_weight.shape[1]
+    check_shapes("mamba step native", [("xz", xz, (Bsz, 2 * H)), ("conv_state", conv_state, (Bsz, H, W - 1)),
+                                       ("conv_weight", conv_weight, (H, W)), ("conv_bias", conv_bias, (H,)),
+                                       ("x_proj_weight", x_proj_weight, (R + 2 * N, H)),
+                                       ("dt_proj_weight", dt_proj_weight, (H, R)), ("dt_bias", dt_bias, (H,)),
+                                       ("A_log", A_log, (H, N)), ("D", D, (H,))])
     if xz.stride(-1) != 1:
         xz = xz.contiguous()
     # kept until the call returns (kernel_inputs: a temporary's address would be freed memory)

@@ -72,6 +72,20 @@ def kernel_inputs(what: str, dtype: torch.dtype, **tensors: torch.Tensor | None)
     return {name: None if t is None else t.resolve_conj().resolve_neg().contiguous() for name, t in tensors.items()}
 
 
+def check_shapes(what: str, expected: Sequence[tuple[str, torch.Tensor | None, tuple[int, ...]]]) -> None:
+    """Raise ``ValueError`` naming the first tensor whose shape is not the one a C kernel will index it by. A C kernel
+    reads as many elements as the shapes it is given say: a state narrower than the conv's taps (a state from another
+    layer, a replaced conv) was read and written past its end (heap corruption: options probe of 2026-12-05).
+
+    Args:
+        what: the kernel's name, for the error.
+        expected: (name, tensor or None, shape) triples; None is skipped.
+    """
+    for name, t, shape in expected:
+        if t is not None and tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{what}: {name} must be {tuple(shape)}; got {tuple(t.shape)}")
+
+
 def parts(n_items: int) -> int:
     """How many threads run [0, n_items): ``torch.get_num_threads()``, at most one per item; 1 in a forked child (see
     the module's docstring)."""

@@ -14,7 +14,7 @@ import ctypes
 import torch
 
 from ssmkit.ops.native.build import bind
-from ssmkit.ops.native.parallel import kernel_inputs, ptr, run_checked
+from ssmkit.ops.native.parallel import check_shapes, kernel_inputs, ptr, run_checked
 
 _i64, _p = ctypes.c_int64, ctypes.c_void_p
 
@@ -52,10 +52,10 @@ def rglru_step_native(
         conv_state: (B, D, W - 1) the conv's last W - 1 inputs, oldest first.
         conv_weight: (D, W) the conv's taps.
         conv_bias: (D,) the conv's bias.
-        gate_a_weight: (G, D/G, D/G) the recurrence gate's blocks; gate_a_bias (D,) its bias.
-        gate_a_bias: (D,).
+        gate_a_weight: (G, D/G, D/G) the recurrence gate's blocks.
+        gate_a_bias: (G, D/G) its bias.
         gate_x_weight: (G, D/G, D/G) the input gate's blocks.
-        gate_x_bias: (D,).
+        gate_x_bias: (G, D/G).
         Lambda: (D,) Λ, a = σ(Λ).
         c: the constant c of a^{c r}.
         h: (B, D) the RG-LRU state.
@@ -68,6 +68,13 @@ def rglru_step_native(
     fns = bind("rglru_step.c", z.dtype, SIGNATURES[z.dtype])
     Bsz, D = z.shape
     G, W = gate_a_weight.shape[0], conv_weight.shape[1]
+    check_shapes("rglru step native", [("g", g, (Bsz, D)), ("conv_state", conv_state, (Bsz, D, W - 1)),
+                                       ("conv_weight", conv_weight, (D, W)), ("conv_bias", conv_bias, (D,)),
+                                       ("gate_a_weight", gate_a_weight, (G, D // G, D // G)),
+                                       ("gate_a_bias", gate_a_bias, (G, D // G)),
+                                       ("gate_x_weight", gate_x_weight, (G, D // G, D // G)),
+                                       ("gate_x_bias", gate_x_bias, (G, D // G)), ("Lambda", Lambda, (D,)), ("h", h, (Bsz, D)),
+                                       ("reset", reset, (Bsz,))])
     if g.dtype != z.dtype:
         raise ValueError(f"rglru step native: g must be {z.dtype}, the kernel's dtype; got {g.dtype}")
     g, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (g, z))

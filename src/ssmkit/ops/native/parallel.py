@@ -82,7 +82,7 @@ def check_shapes(what: str, expected: Sequence[tuple[str, torch.Tensor | None, t
         expected: (name, tensor or None, shape) triples; None is skipped.
     """
     for name, t, shape in expected:
-        if t is not None and tuple(t.shape) != tuple(shape):
+        if t is not None and t.shape != shape:  # (torch.Size compares with a tuple)
             raise ValueError(f"{what}: {name} must be {tuple(shape)}; got {tuple(t.shape)}")
 
 

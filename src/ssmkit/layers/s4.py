@@ -98,7 +98,13 @@ from ssmkit.layers.state import TensorSpec
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.cauchy import dplr_kernel
 from ssmkit.ops.dense import DenseStateTables, chunk_length, dense_state_tables, dense_final_state_tabled
-from ssmkit.ops.dplr import DPLRStepCoefficients, bilinear_dplr_real, dplr_step, dplr_step_coefficients
+from ssmkit.ops.dplr import (
+    DPLRStepCoefficients,
+    bilinear_dplr_real,
+    dplr_step,
+    dplr_step_coefficients,
+    increment_power,
+)
 from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
 from ssmkit.ops.hippo import nplr
 
@@ -265,10 +271,9 @@ class S4(SequenceLayer):
         self.log_dt.copy_(log_dt)
         self.D.copy_(torch.randn(H, dtype=_F64))
         C = torch.randn(self.C_tilde.shape[:-1], dtype=_C128).to(self.D.device)  # (C, H, N/2): CN(0, 1)
-        A_bar, _ = self._real_system()
-        A_L = torch.linalg.matrix_power(A_bar, self.l_max)  # (H, N, N)
+        F = self._power_increment()  # (H, N, N): Ā^L - I
         c = _to_real_row(C)  # (C, H, N)
-        self.C_tilde.copy_(torch.view_as_real(_from_real_row(c - torch.einsum("hmn,chm->chn", A_L, c))))  # (I - Ā^L)ᵀ C
+        self.C_tilde.copy_(torch.view_as_real(_from_real_row(-torch.einsum("hmn,chm->chn", F, c))))  # (I - Ā^L)ᵀ C
         self._step_cache.clear()
         self._plan_cache.clear()
 
@@ -291,13 +296,20 @@ class S4(SequenceLayer):
         """C̃ (C, H, N/2) complex128."""
         return torch.view_as_complex(self.C_tilde.to(_F64))
 
+    def _power_increment(self) -> Tensor:
+        """Ā^{l_max} - I (H, N, N) in float64 and the real basis, from the increment Ā - I
+        (:func:`ssmkit.ops.dplr.increment_power`): a float64 Ā ≈ I + ΔÊ powered loses eps/(l_max Δ |λ|) of it at small
+        Δ (S4 probe of 2026-12-05: FouT's solve below was singular at log Δ = -30)."""
+        Lambda, P, B, dt = self._ssm(_F64)
+        A_inc, _ = bilinear_dplr_real(Lambda, P, B, dt, minus_identity=True)  # (H, N, N): Ā - I
+        return increment_power(A_inc, self.l_max)  # (H, N, N)
+
     def _C_true(self) -> Tensor:
-        """C_true (C, H, N/2) complex128, solving (I - Ā^{l_max})ᵀ C_true = C̃ (in the real basis, float64)."""
-        A_bar, _ = self._real_system()
-        A_L = torch.linalg.matrix_power(A_bar, self.l_max)  # (H, N, N)
-        eye = torch.eye(A_bar.shape[-1], dtype=_F64, device=A_bar.device)  # (N, N)
+        """C_true (C, H, N/2) complex128, solving (I - Ā^{l_max})ᵀ C_true = C̃ (in the real basis, float64), with
+        I - Ā^{l_max} from the increments (:meth:`_power_increment`)."""
+        F = self._power_increment()  # (H, N, N): Ā^{l_max} - I
         c_t = _to_real_row(self._C_tilde())  # (C, H, N)
-        return _from_real_row(torch.linalg.solve((eye - A_L).mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
+        return _from_real_row(torch.linalg.solve(-F.mT, c_t.unsqueeze(-1)).squeeze(-1))  # (C, H, N/2)
 
     def _attuned_length(self, L: int) -> int:
         """L_k = l_max·2^k >= L, k >= 0 smallest (by comparisons: for a symbolic L, guards l_max·2^{k-1} < L <= L_k)."""

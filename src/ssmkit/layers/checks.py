@@ -112,7 +112,23 @@ ATTUNED = "the parameters are attuned to"
 MARKS = "the optimizer marks were set from"
 
 
-class FixedOption:
+class _Option:
+    """A constructor option kept in the instance's ``__dict__`` under its own name, behind a data descriptor (which
+    takes precedence over that entry): the common part of :class:`FixedOption` and :class:`AssignableOption`."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set yet (its __init__ assigns it)") from None
+
+
+class FixedOption(_Option):
     """A constructor option that cannot be assigned after construction (a class attribute: ``l_max =
     FixedOption("C̃ is attuned to")``; ``__init__`` assigns it once as usual, a later assignment raises
     ``AttributeError``). For an option that shapes the parameters or the state, that the parameters were drawn with
@@ -134,17 +150,6 @@ class FixedOption:
     def __init__(self, attuned: str) -> None:
         self.attuned = attuned
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: object, owner: type | None = None):
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set yet (its __init__ assigns it)") from None
-
     def __set__(self, obj: object, value: object) -> None:
         if self.name in obj.__dict__:
             raise AttributeError(
@@ -157,7 +162,7 @@ class FixedOption:
         raise AttributeError(f"{self.name} is fixed at construction: it cannot be deleted")
 
 
-class AssignableOption:
+class AssignableOption(_Option):
     """A constructor option that may be assigned after construction, checked at every assignment as at construction
     (a class attribute: ``chunk_size = AssignableOption(check_positive_int)``). Only for an option that changes speed
     alone and that every call reads afresh (nothing cached depends on it): a new value then takes effect exactly, in
@@ -170,17 +175,6 @@ class AssignableOption:
 
     def __init__(self, check: Callable[[object, str], None]) -> None:
         self.check = check
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: object, owner: type | None = None):
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set yet (its __init__ assigns it)") from None
 
     def __set__(self, obj: object, value: object) -> None:
         self.check(value, self.name)

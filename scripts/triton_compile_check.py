@@ -4,7 +4,8 @@
         [--only selective]
 
 Catches what Triton's CPU interpreter cannot: lowering errors (scans over a 3-D tile, float64 tl.dot), shared
-memory beyond the device's limit (227 KB per block on sm_90) and register spills (STACK > 0 in cuobjdump's line). Uses the ptxas bundled with triton; nothing runs.
+memory beyond the device's limit (227 KB per block on sm_90) and register spills (STACK > 0 in cuobjdump's line).
+Uses the ptxas bundled with triton; nothing runs.
 The SSD kernel compiles slowly on a small CPU (tens of seconds per configuration); --quick skips the largest ones.
 --large adds the largest state sizes the layers allow (d_state 256): the scan at 128 and 256 complex modes, the SSD at
 N = 256, the selective scan at N = 256 with the tiles ``fit_tiles`` shrinks to.
@@ -67,7 +68,8 @@ def main() -> int:
             cases += [
                 (f"scan forward NP={NP}", S._scan_fwd_kernel,
                  {k: p for k in ("u_ptr", "y_ptr", "coef_ptr", "pw_ptr", "d_ptr", "x0_ptr", "xL_ptr", "ck_ptr")},
-                 {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": NP, "HAS_X0": True, "HAS_D": True, "SAVE_CK": True}),
+                 {"T": S.DEFAULT_CHUNK, "BH": S.DEFAULT_BLOCK_H, "NP": NP, "HAS_X0": True, "HAS_D": True,
+                  "SAVE_CK": True}),
                 (f"scan backward NP={NP}", S._scan_bwd_kernel,
                  {k: p for k in ("u_ptr", "dy_ptr", "coef_ptr", "pw_ptr", "d_ptr", "ck_ptr", "mu_ptr", "gu_ptr",
                                  "gpar_ptr", "gx0_ptr")},
@@ -120,7 +122,8 @@ def main() -> int:
                          "scan matmul forward": SM.NUM_WARPS,
                          "scan matmul backward": SM.NUM_WARPS}.get(label.split(" N=")[0].split(" NP=")[0], 8)
                 shared, usage, seconds = compile_one(fn, signature, constexprs, target, warps)
-                print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, {seconds:.0f} s")
+                print(f"{name} {label} {constexprs}: ok, shared memory {shared / 1024:.0f} KB, {usage}, "
+                      f"{seconds:.0f} s")
                 failed += shared > 227 * 1024
             except Exception as e:  # noqa: BLE001
                 print(f"{name} {label} {constexprs}: FAILED {type(e).__name__}: {str(e)[:500]}")

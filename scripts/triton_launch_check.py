@@ -109,7 +109,8 @@ def _backward(outputs, inputs, retain: bool = False) -> None:
 
 def scan_cases(quick: bool):
     """The diagonal scan: the smoke call (N 2, chunk 4), S4D's sizes (32 and 128 complex modes), the real-valued
-    kind, a state size that is not a power of two, with and without x_{-1}, D and gradients."""
+    kind, a state size that is not a power of two, with and without x_{-1}, D and gradients; and the matmul form
+    (``intra_chunk="matmul"``) with its own backward (whole chunks) and the scan form's (a short last chunk)."""
     from ssmkit.ops.triton.scan import ssm_scan_triton
 
     shapes = [(2, 5, 3, 2, 4), (4, 133, 256, 32, None), (1, 40, 3, 7, None)]  # T None: the launcher's tiles
@@ -126,25 +127,47 @@ def scan_cases(quick: bool):
         y, xL = ssm_scan_triton(u, A, Bb, C, x0, D, chunk_size=T)
         if grad:
             _backward([y, xL], [u, A, Bb, C, x0, D])
+    # the matmul form (the bench's triton:mm rows, the GPU tests): whole chunks (its own backward) and a short last
+    # chunk (the scan form's backward), S4D's 32 modes and a state size that is not a power of two
+    for dtype, (Bsz, L, H, N), complex_, with_state in itertools.product(
+        (torch.float32, torch.float64), [(2, 64, 3, 32), (1, 70, 2, 7)], (True, False), (True, False)
+    ):
+        cd = {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype]
+        pd = cd if complex_ else dtype
+        u = torch.zeros(Bsz, L, H, dtype=dtype, requires_grad=True)
+        A, Bb, C = (torch.full((H, N), 0.5, dtype=pd, requires_grad=True) for _ in range(3))
+        x0 = torch.zeros(Bsz, H, N, dtype=pd, requires_grad=True) if with_state else None
+        D = torch.zeros(H, dtype=dtype, requires_grad=True)
+        y, xL = ssm_scan_triton(u, A, Bb, C, x0, D, intra_chunk="matmul")
+        _backward([y, xL], [u, A, Bb, C, x0, D])
 
 
 def ssd_cases(quick: bool):
     """The SSD: the smoke call (P 2, N 3, chunk 16), Mamba-2's heads (P 64, N 64 / 128 / 256), the GPU tests'
-    sizes, any chunk length, with and without h_0, float32 (tf32x3) and float64."""
-    from ssmkit.ops.triton.ssd import ssd_triton
+    sizes, any chunk length, with and without h_0, float32 (tf32x3) and float64, without a gradient (the forward at
+    the chunk asked) and with one (the forward at the backward's chunk, then the backward kernel); and the explicit
+    tiles of the bench's ``triton:chunk,channels,warps`` rows (``ssmkit.bench.gpu.SSD_TILES``) at its N 64 and 128,
+    forward and backward."""
+    from ssmkit.bench.gpu import SSD_TILES
+    from ssmkit.ops.triton.ssd import Tiles, ssd_triton
 
-    shapes = [(1, 20, 2, 2, 1, 3, 16), (2, 70, 8, 64, 2, 64, None), (1, 40, 4, 16, 1, 16, 5), (1, 40, 2, 64, 1, 128, None)]
+    shapes = [(1, 20, 2, 2, 1, 3, 16), (2, 70, 8, 64, 2, 64, None), (1, 40, 4, 16, 1, 16, 5),
+              (1, 40, 2, 64, 1, 128, None)]
     if not quick:
         shapes += [(1, 40, 2, 64, 1, 256, None), (1, 40, 2, 64, 1, 64, 256)]
-    for dtype, (Bsz, L, H, P, G, N, chunk), with_h0 in itertools.product(
-        (torch.float32, torch.float64), shapes, (True, False)
-    ):
-        x = torch.zeros(Bsz, L, H, P, dtype=dtype)
-        dt = torch.ones(Bsz, L, H, dtype=dtype)
-        A = -torch.ones(H, dtype=dtype)
-        B, C = (torch.zeros(Bsz, L, G, N, dtype=dtype) for _ in range(2))
-        h0 = torch.zeros(Bsz, H, P, N, dtype=dtype) if with_h0 else None
-        ssd_triton(x, dt, A, B, C, h0, chunk_size=chunk)  # the backward recomputes through the torch path
+    cases = [(dtype, shape, with_h0, grad, None) for dtype, shape, with_h0, grad in itertools.product(
+        (torch.float32, torch.float64), shapes, (True, False), (False, True))]
+    cases += [(torch.float32, (1, 40, 2, 64, 1, N, None), False, True, Tiles.parse(t)) for t in SSD_TILES
+              for N in (64, 128)]
+    for dtype, (Bsz, L, H, P, G, N, chunk), with_h0, grad, tiles in cases:
+        x = torch.zeros(Bsz, L, H, P, dtype=dtype, requires_grad=grad)
+        dt = torch.ones(Bsz, L, H, dtype=dtype, requires_grad=grad)
+        A = -torch.ones(H, dtype=dtype, requires_grad=grad)
+        B, C = (torch.zeros(Bsz, L, G, N, dtype=dtype, requires_grad=grad) for _ in range(2))
+        h0 = torch.zeros(Bsz, H, P, N, dtype=dtype, requires_grad=grad) if with_h0 else None
+        y, h = ssd_triton(x, dt, A, B, C, h0, chunk_size=chunk, tiles=tiles)
+        if grad:
+            _backward([y, h], [x, dt, A, B, C, h0])
 
 
 def selective_cases(quick: bool):
@@ -172,6 +195,20 @@ def selective_cases(quick: bool):
         y, hL = selective_scan_triton(u, delta, A, B, C, D, z, bias, softplus, h0)
         _backward([y, hL], [u, delta, A, B, C, z, D, bias, h0], retain=True)
         _backward([y], [u, delta, A, B, C, z, D, bias, h0])  # without the final state's gradient
+    # the explicit tiles of the bench's triton:tiles rows (ssmkit.bench.gpu.SELECTIVE_TILES), as it calls them: N 16,
+    # B and C shared, D, z, b_Δ, softplus, no initial state, float32
+    from ssmkit.bench.gpu import SELECTIVE_TILES
+    from ssmkit.ops.triton.selective import Tiles
+
+    for text in SELECTIVE_TILES:
+        leaves = [torch.zeros(2, 37, 8, requires_grad=True) for _ in range(3)]  # u, δ, z
+        A = -torch.ones(8, 16, requires_grad=True)
+        B, C = (torch.zeros(2, 37, 16, requires_grad=True) for _ in range(2))
+        D, bias = (torch.zeros(8, requires_grad=True) for _ in range(2))
+        u, delta, z = leaves
+        y, _ = selective_scan_triton(u, delta, A, B, C, D, z, bias, True, None, False,
+                                     tiles=Tiles(*(int(v) for v in text.split(","))))
+        _backward([y], [u, delta, A, B, C, z, D, bias])
 
 
 def main() -> int:

@@ -402,7 +402,9 @@ def _scan_bwd_kernel(
     tl.store(gp + 5 * HN, gCi, mask=m2)
 
 
-def _tables(A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, T: int, NP: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tables(
+    A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, T: int, NP: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """coef (6, H, NP) = [Re Ā, Im Ā, Re B̄, Im B̄, Re C, Im C] and pw (2, H, T+1, NP) = Re, Im of Ā^k, zero-padded."""
     N = A_bar.shape[1]
     coef = torch.stack([A_bar.real, A_bar.imag, B_bar.real, B_bar.imag, C.real, C.imag])  # (6, H, N)
@@ -655,7 +657,9 @@ def ssm_scan_triton(
         from ssmkit.ops.triton.scan_mm import MM_CHUNK, MIN_DOT, mm_modes
 
         if chunk_size is not None and chunk_size < MIN_DOT:
-            raise ValueError(f"intra_chunk='matmul' needs chunk_size >= 16 (tl.dot's smallest dimension); got {chunk_size}")
+            raise ValueError(
+                f"intra_chunk='matmul' needs chunk_size >= 16 (tl.dot's smallest dimension); got {chunk_size}"
+            )
 
         T_fit, _ = fit_tiles(mm_modes(A_bar.shape[1]), chunk_size)  # the backward's tiles bound the chunk
         chunk_size = chunk_size if chunk_size is not None else max(MIN_DOT, min(MM_CHUNK, T_fit))

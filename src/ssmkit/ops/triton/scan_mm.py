@@ -386,7 +386,8 @@ def _backward_mm_kernel(
     Bc, Cc = torch.complex(coef[2], coef[3]), torch.complex(coef[4], coef[5])  # (H, NP)
     Rc = R.to(P.dtype)
     sum_R = torch.einsum("hkn,hk->hn", P[:, :T].conj(), Rc)  # Σ_k conj(Ā^k) R_k
-    sum_kR = torch.einsum("hkn,hk->hn", P[:, : T - 1].conj(), Rc[:, 1:] * k[1:].to(Rc.dtype))  # Σ_{k≥1} k conj(Ā^{k-1}) R_k
+    # Σ_{k≥1} k conj(Ā^{k-1}) R_k
+    sum_kR = torch.einsum("hkn,hk->hn", P[:, : T - 1].conj(), Rc[:, 1:] * k[1:].to(Rc.dtype))
     gC = A1 + Bc.conj() * sum_R
     gB = A2 + Cc.conj() * sum_R
     gA = Cc.conj() * A3 + T * P[:, T - 1].conj() * A4 + (Bc * Cc).conj() * sum_kR + Bc.conj() * A5

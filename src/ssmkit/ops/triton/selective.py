@@ -1,4 +1,4 @@
-"""The selective scan of Mamba-1 as Triton kernels, forward and backward, with Δ's softplus, the skip and the gate fused.
+"""The selective scan of Mamba-1 as Triton kernels, forward and backward, with Δ's softplus, skip and gate fused.
 
 "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", Gu & Dao, arXiv 2312.00752, §3.2 Algorithm 2
 (eq. 2a-2b, with the official code's B̄ = Δ B) -- the semantics of
@@ -19,20 +19,24 @@ states never reach memory. Steps past L get Δ = 0 (Ā = 1, no input): the state
 tile's last row is the carry. With gradients wanted, the state is written every T steps (``Tiles.chunk``, a multiple
 of T_f): (B, ⌈L/T⌉, H, N) checkpoints.
 
-Backward kernel, chunks of T steps in reverse with μ, the gradient flowing into the chunk's last state from later steps (∂ℓ/∂h_{L-1}
-at first): recompute the chunk's states from its checkpoint (the forward's scan again); the pre-gate output
-o_t = C_t · h_t + D u_t gives ∂z = g o SiLU'(z) and the gate's g ← g SiLU(z); then the adjoint
-λ_t = C_t g_t + Ā_{t+1} ⊙ λ_{t+1} (with μ entering at the chunk's last row) by a reverse associative scan, Ā_{t+1} from
-Δ loaded one step ahead; then
+Backward kernel, chunks of T steps in reverse with μ, the gradient flowing into the chunk's last state from later
+steps (∂ℓ/∂h_{L-1} at first): recompute the chunk's states from its checkpoint, h_{t-1} by a scan of the steps one
+back (Ā_{t-1} and B̄u_{t-1} loaded one step behind, the checkpoint entering at row 0), then Ā_t h_{t-1} and
+h_t = Ā_t h_{t-1} + B̄u_t; the pre-gate output o_t = C_t · h_t + D u_t gives ∂z = g o SiLU'(z) and the gate's
+g ← g SiLU(z); then the adjoint λ_t = C_t g_t + Ā_{t+1} ⊙ λ_{t+1} (with μ entering at the chunk's last row) by a
+reverse associative scan, Ā_{t+1} from Δ loaded one step ahead; then
 
-    ∂C_t = Σ_h g_t h_t,   ∂(Δu)_t = B_t · λ_t,   ∂B_t = Σ_h λ_t (Δu)_t,   Γ_t = λ_t ⊙ Ā_t h_{t-1} = λ_t ⊙ (h_t - B̄u_t),
+    ∂C_t = Σ_h g_t h_t,   ∂(Δu)_t = B_t · λ_t,   ∂B_t = Σ_h λ_t (Δu)_t,   Γ_t = λ_t ⊙ Ā_t h_{t-1},
     ∂Δ_t = Σ_n Γ_t A + ∂(Δu)_t u_t,   ∂A = Σ_{b,t} Γ_t Δ_t,   ∂u_t = ∂(Δu)_t Δ_t + D g_t,   ∂D = Σ_{b,t} g_t u_t,
     ∂δ_t = ∂Δ_t softplus'(δ_t + b_Δ),   ∂b_Δ = Σ_{b,t} ∂δ_t,   μ ← Ā_{t0} ⊙ λ_{t0},   ∂h_{-1} = μ after the first chunk.
 
-(the same algorithm as ``_SelectiveScan.backward`` in ops/selective.py and ops/native/selective_scan.c; Γ uses
-Ā_t h_{t-1} = h_t - B̄u_t, so no shifted state tile is needed). The sums over t stay in registers; ∂A, ∂D, ∂b_Δ are
-written per batch row and summed by torch (deterministic); ∂B and ∂C, sums over the channels of a group, are summed
-over the block in registers and added into (B, L, G, N) by atomics (their float32 rounding order varies run to run).
+(the same algorithm as ``_SelectiveScan.backward`` in ops/selective.py and ops/native/selective_scan.c). Γ is formed
+from h_{t-1}, not as λ_t ⊙ (h_t - B̄u_t) (mamba-ssm's CUDA kernel's form, which needs no shifted tile): that difference
+cancels where Ā_t h_{t-1} ≪ B̄u_t, and with Mamba's A_n = -n (N 16) and Δ ≈ 4 the float32 ∂A of the fast states was
+wholly wrong (relative to each state's largest |∂A|: 1.0; 1.7e-3 at Δ ≈ 1.3; now ~2e-6, as the chunked path).
+The sums over t stay in registers; ∂A, ∂D, ∂b_Δ are written per batch row and summed by torch (deterministic); ∂B
+and ∂C, sums over the channels of a group, are summed over the block in registers and added into (B, L, G, N) by
+atomics (their float32 rounding order varies run to run).
 
 Softplus, skip and gate are fused (the bytes moved: u, δ, z, B, C read and y written, as the official kernel), not
 left to PyTorch around the kernel (which would add ~3 passes over (B, L, H)). Softplus follows torch's
@@ -74,7 +78,9 @@ class Tiles(NamedTuple):
 # scripts/triton_compile_check.py) and counting the SASS of one loop iteration per state element held by a thread:
 # forward (T 8, 4 channels, 1 warp) 42 instructions, 64 registers, no barrier in the loop (T 32, 4 channels, 4
 # warps: 55 and 16 barriers); backward (T 32, 4 channels, 4 warps) 126, 241 registers, no spill (T 32, 2 channels,
-# 8 warps: 420). Static counts are not times: `ssmkit bench gpu --selective-tiles` compares tiles on a GPU.
+# 8 warps: 420). Static counts are not times: `ssmkit bench gpu --selective-tiles` compares tiles on a GPU. Since the
+# backward forms h_{t-1} by its own scan (the probe of 2026-12-05) it needs 243 registers there (Triton 3.6: 251, was
+# 245), still without a spill; the bench's tiles (T 16, 2 warps; T 64, 2 channels) compile without one too.
 DEFAULT_TILES = Tiles()
 FORWARD_TILE_ELEMENTS = 512  # T_f · BH · N per program of the forward at the defaults (N = 16), kept for larger N
 BACKWARD_TILE_ELEMENTS = 2048  # chunk · BH · N of the backward
@@ -153,6 +159,34 @@ def _chunk(
     dA = tl.exp(dt[:, :, None] * A3)  # (T, BH, NP)
     dBu = (dt * uu)[:, :, None] * Bt  # (T, BH, NP)
     return uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu
+
+
+@triton.jit
+def _previous_steps(
+    u_ptr, dl_ptr, B_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2,
+    N: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    # Ā_{t-1}, B̄u_{t-1} (T, BH, NP) of the chunk's steps t0 + t, the tiles of _chunk one step back (row 0, the step
+    # before the chunk, and steps past L: Δ = 0)
+    tt = t0 - 1 + tl.arange(0, T)[:, None].to(tl.int64)  # (T, 1)
+    live = (tt >= t0) & (tt < L)
+    m2 = live & hm2
+    off = (b * L + tt) * H + h2
+    uu = tl.load(u_ptr + off, mask=m2, other=0.0)
+    x = tl.load(dl_ptr + off, mask=m2, other=0.0)
+    if HAS_BIAS:
+        x += bias2
+    if SOFTPLUS:
+        dt = _softplus(x)
+    else:
+        dt = x
+    dt = tl.where(m2, dt, 0.0)
+    if N == n2.shape[1]:
+        mbc = live & (n2 >= 0)
+    else:
+        mbc = live & (n2 < N)
+    Bt = tl.load(B_ptr + ((b * L + tt) * G + g) * N + n2, mask=mbc, other=0.0)[:, None, :]  # (T, 1, NP)
+    return tl.exp(dt[:, :, None] * A3), (dt * uu)[:, :, None] * Bt
 
 
 @triton.jit
@@ -243,7 +277,13 @@ def _selective_bwd_kernel(
         uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu = _chunk(
             u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2, N, T, HAS_BIAS, SOFTPLUS
         )
-        _, Hs = tl.associative_scan((dA, tl.where(t3 == 0, dBu + dA * hprev, dBu)), 0, _lin)  # (T, BH, NP)
+        # h_{t-1} by a scan of the steps one back, the checkpoint entering at row 0; then Ā_t h_{t-1} and h_t
+        dAp, dBup = _previous_steps(
+            u_ptr, dl_ptr, B_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2, N, T, HAS_BIAS, SOFTPLUS
+        )
+        _, Hp = tl.associative_scan((dAp, tl.where(t3 == 0, hprev, dBup)), 0, _lin)  # (T, BH, NP): h_{t-1}
+        AH = dA * Hp  # Ā_t h_{t-1}
+        Hs = AH + dBu  # (T, BH, NP): h_t
         # 2. the gate and the skip
         gy = tl.load(gy_ptr + off, mask=m2, other=0.0)  # (T, BH)
         if HAS_Z:
@@ -276,7 +316,7 @@ def _selective_bwd_kernel(
         tl.atomic_add(gB_ptr + bc, gB, mask=mbc)
         tl.atomic_add(gC_ptr + bc, gC, mask=mbc)
         gdtu = tl.sum(lam * Bt, axis=2)  # (T, BH)
-        Gam = lam * (Hs - dBu)  # λ_t ⊙ Ā_t h_{t-1}
+        Gam = lam * AH  # λ_t ⊙ Ā_t h_{t-1} (not h_t - B̄u_t: that difference cancels when Ā_t h_{t-1} ≪ B̄u_t)
         gA += tl.sum(Gam * dt[:, :, None], axis=0)
         gdt = tl.sum(Gam * A3, axis=2) + gdtu * uu
         gu = gdtu * dt

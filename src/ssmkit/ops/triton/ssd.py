@@ -6,8 +6,8 @@ algorithm). Per head h with state H_t ∈ R^{P×N}:
     H_t = exp(Δ_t A_h) H_{t-1} + Δ_t x_t B_tᵀ,      y_t = H_t C_t
 
 One program per (batch row b, head h, block of head channels), chunks of T steps in order, the block's rows of
-the state in registers. Per chunk, with a_t = Δ_t A_h and its running sum cs_t inside the chunk (Δ = 0 past the end: decay
-1, no input):
+the state in registers. Per chunk, with a_t = Δ_t A_h and its running sum cs_t inside the chunk (Δ = 0 past the end:
+decay 1, no input):
     (1) intra-chunk: y = ((C Bᵀ) ∘ 𝓛 ∘ Δ_sᵀ) x, 𝓛_ts = exp(cs_t - cs_s) for s ≤ t        (two tl.dot)
     (2) the carried state's output: y_t += exp(cs_t) C_t Hᵀ                                 (tl.dot)
     (3) H ← exp(cs_{T-1}) H + Σ_s exp(cs_{T-1} - cs_s) Δ_s x_s B_sᵀ                       (tl.dot)
@@ -23,7 +23,9 @@ more, shorter ones without are faster is a GPU measurement: :class:`Tiles` sets 
 Backward: when a gradient is wanted the forward also keeps the state at each chunk's start, and a backward kernel
 (:mod:`ssmkit.ops.triton.ssd_backward`) walks the chunks in reverse from them; ``backward="recompute"`` keeps only the
 inputs and differentiates :func:`ssmkit.ops.ssd.ssd_chunked` instead (what the first H200 run timed: forward+backward
-0.9x the chunked path's speed).
+0.9x the chunked path's speed). The backward kernel runs at the forward's chunk; where its launch is refused for shared
+memory (``OutOfResources``, raised before it runs: explicit tiles of chunk 64 in float64 at N 128 need 306 KB compiled
+for sm_90 by Triton 3.6) the gradients take the recompute path.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def _ssd_fwd_kernel(
             tl.store(ck_ptr + (((b * n_chunks + c) * H + hd) * P + p[:, None]) * N + n[None, :], S, mask=sm)
         dtv = tl.load(dt_ptr + (b * L + tt) * H + hd, mask=tm, other=0.0)  # (T,)
         cs = tl.cumsum(dtv * A_h, 0)  # (T,): Σ_{k≤t} a_k within the chunk
-        xv = tl.load(x_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], mask=tm[:, None] & pm[None, :], other=0.0)
+        xv = tl.load(x_ptr + ((b * L + tt[:, None]) * H + hd) * P + p[None, :], mask=tm[:, None] & pm[None, :],
+                     other=0.0)
         bc_off = ((b * L + tt[:, None]) * G + g) * N + n[None, :]  # (T, NB)
         bcm = tm[:, None] & nm[None, :]
         Bv = tl.load(B_ptr + bc_off, mask=bcm, other=0.0)  # (T, NB)
@@ -229,11 +232,15 @@ class _SSD(torch.autograd.Function):
             x, dt, A, B, C, h0 = saved
             from ssmkit.ops.triton.ssd_backward import ssd_backward_kernel
 
-            gy = torch.zeros_like(x) if gy is None else gy
-            grads = ssd_backward_kernel(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
-                                        C.contiguous(), ck, gy, gh, ctx.T, BACKWARD_CHANNELS, h0 is not None)
-            return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])), *(None,) * 4)
-        inputs = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(saved, ctx.needs_input_grad)]
+            try:
+                grads = ssd_backward_kernel(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(),
+                                            C.contiguous(), ck, torch.zeros_like(x) if gy is None else gy, gh, ctx.T,
+                                            BACKWARD_CHANNELS, h0 is not None)
+                return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])), *(None,) * 4)
+            except OutOfResources:  # raised before the launch (explicit tiles of a chunk too long for the backward's
+                pass  # shared memory, e.g. 64 in float64 at N 128: 306 KB on sm_90): the recompute path below
+        inputs = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip(saved, ctx.needs_input_grad)]
         with torch.enable_grad(), torch.autocast(saved[0].device.type, enabled=False):  # the forward's precision
             y, h = ssd_chunked(*inputs, chunk_size=ctx.T)
             wanted = [t for t in inputs if t is not None and t.requires_grad]

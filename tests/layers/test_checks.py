@@ -142,3 +142,38 @@ def test_jit_trace_raises_instead_of_freezing_the_length(name):
     x = torch.randn(1, 10, H, device=DEVICE, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="torch.jit.trace is not supported"):
         torch.jit.trace(lambda inp: layer(inp)[0], (x,))
+
+
+def test_an_option_is_read_as_a_plain_attribute_so_dynamo_traces_no_descriptor():
+    """FixedOption and AssignableOption guard assignments (``__set__``, ``__delete__``) and define no ``__get__``: a
+    read finds the value in the instance's ``__dict__``, the class gives the descriptor. Their ``__get__`` returned
+    ``obj.__dict__[name]``, which torch 2.11's dynamo reads back as ``obj.name`` -- the descriptor again -- so every
+    compiled layer failed with "maximum recursion depth exceeded" on the GPU machine's torch (GPU versions check of
+    2026-12-05; torch 2.13 compiled it). The compiled module below reads both kinds and follows an assignment."""
+    from ssmkit.layers.checks import SHAPES, AssignableOption, FixedOption, check_positive_int
+
+    assert all(not hasattr(kind, "__get__") for kind in (FixedOption, AssignableOption))
+
+    class Scaled(torch.nn.Module):
+        width = FixedOption(SHAPES)
+        chunk = AssignableOption(check_positive_int)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.width, self.chunk = 3, 2
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.width + self.chunk
+
+    module = Scaled()
+    assert isinstance(Scaled.width, FixedOption) and isinstance(Scaled.chunk, AssignableOption)
+    assert (module.width, module.chunk) == (3, 2) and vars(module)["width"] == 3 and vars(module)["chunk"] == 2
+    with pytest.raises(AttributeError, match="width is fixed at construction"):
+        module.width = 4
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        module.chunk = 0
+    x = torch.arange(4.0, dtype=torch.float64)
+    compiled = torch.compile(module, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), x * 3 + 2)
+    module.chunk = 5
+    assert torch.equal(compiled(x), x * 3 + 5)

@@ -381,3 +381,81 @@ def test_carry_equals_the_loop(dim, reverse, varying, n_chunks):
         assert got_before.shape == g.shape and got_last.shape == (3, 4)
         assert rel_err(got_before, torch.stack([before[c] for c in range(n_chunks)], dim)) < 1e-14
         assert rel_err(got_last, h) < 1e-14
+
+
+@pytest.mark.parametrize("exported", [False, True])
+@pytest.mark.parametrize("start", ["zeros", "no grad", "grad"])
+@pytest.mark.parametrize("needs", ["P", "g", "both"])
+def test_carry_gradients_equal_the_loops_whatever_requires_grad(needs, start, exported):
+    """The gradients of carry's outputs (both weighted) into P, g and h0 equal the loop's, for each of P and g
+    requiring grad, with h0 None, without grad or with it, eagerly and through an exported program with a dynamic
+    chunk count (as the layers' exported scans call it). torch 2.11's scan op (the GPU machine's torch) lost the
+    gradient between steps where the first carry did not require grad: every gradient that crossed a chunk was
+    wrong (an exported S4D 3e-2 to 1.7 off at 70 steps) until scan put the first carry in its inputs' graph."""
+    n, shape = 5, (3, 5, 4)  # the chunks on dim 1
+    P0 = 0.9 * torch.exp(1j * randn(3, 4, seed=40))  # time-invariant, broadcast along the chunks (the layers' use)
+    g0 = torch.complex(randn(*shape, seed=41), randn(*shape, seed=42))
+    h00 = torch.complex(randn(3, 4, seed=43), randn(3, 4, seed=44))
+    wb, wl = torch.complex(randn(*shape, seed=45), randn(*shape, seed=46)), randn(3, 4, seed=47)
+
+    class Carry(torch.nn.Module):
+        def forward(self, P, g, h0):
+            return symbolic.carry(P, g, h0, 1)
+
+    def run(f, P, g, h0):
+        before, last = f(P, g, h0)
+        return (before * wb).real.sum() + (last.imag * wl).sum()
+
+    def loop(P, g, h0):
+        h = torch.zeros(3, 4, dtype=torch.complex128) if h0 is None else h0
+        before = []
+        for c in range(n):
+            before.append(h)
+            h = P * h + g[:, c]
+        return torch.stack(before, 1), h
+
+    f = Carry()
+    if exported:
+        example = (P0, g0[:, :3].contiguous(), None if start == "zeros" else h00)
+        f = torch.export.export(f, example, dynamic_shapes=(None, {1: Dim("n", min=2, max=64)}, None)).module()
+    P, g = P0.clone().requires_grad_(needs != "g"), g0.clone().requires_grad_(needs != "P")
+    h0 = None if start == "zeros" else h00.clone().requires_grad_(start == "grad")
+    wrt = [t for t in (P, g, h0) if t is not None and t.requires_grad]
+    got = torch.autograd.grad(run(f, P, g, h0), wrt)
+    want = torch.autograd.grad(run(loop, P, g, h0), wrt)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-13
+
+
+@pytest.mark.parametrize("exported", [False, True])
+def test_scan_gradients_equal_the_loops_from_a_first_carry_without_grad(exported):
+    """scan's gradients into its inputs and constants equal a loop's when its first carry does not require grad
+    (Mamba's exported selective scan calls it so, from zeros or a given state): torch 2.11's scan op lost the
+    gradient between steps there (test above); scan puts the first carry in the inputs' graph."""
+    a0, b0, scale0 = 0.5 * randn(6, 3, 4, seed=50), randn(6, 3, 4, seed=51), 0.3 * randn(3, 4, seed=52)
+    init, w_last, w_ys = randn(3, 4, seed=53), randn(3, 4, seed=54), randn(6, 3, 4, seed=55)
+
+    def step(c, x, consts):
+        c = c * x[0] + x[1] * consts[0]
+        return c, c.clone()
+
+    class Scan(torch.nn.Module):
+        def forward(self, a, b, scale, init):
+            return symbolic.scan(step, init, (a, b), constants=(scale,))
+
+    def loop(a, b, scale, init):
+        c, ys = init, []
+        for t in range(a.shape[0]):
+            c = c * a[t] + b[t] * scale
+            ys.append(c)
+        return c, torch.stack(ys)
+
+    f = Scan()
+    if exported:
+        n = Dim("n", min=2, max=64)
+        f = torch.export.export(f, (a0[:4], b0[:4], scale0, init), dynamic_shapes=({0: n}, {0: n}, None, None)).module()
+    a, b, scale = (t.clone().requires_grad_() for t in (a0, b0, scale0))
+    got, want = (torch.autograd.grad((last * w_last).sum() + (ys * w_ys).sum(), (a, b, scale))
+                 for last, ys in (f(a, b, scale, init), loop(a, b, scale, init)))
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-13

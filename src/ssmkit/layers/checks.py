@@ -114,18 +114,17 @@ MARKS = "the optimizer marks were set from"
 
 class _Option:
     """A constructor option kept in the instance's ``__dict__`` under its own name, behind a data descriptor (which
-    takes precedence over that entry): the common part of :class:`FixedOption` and :class:`AssignableOption`."""
+    takes precedence over that entry at an assignment): the common part of :class:`FixedOption` and
+    :class:`AssignableOption`.
+
+    It has ``__set__`` and ``__delete__`` but no ``__get__``: Python then reads the option from the instance's
+    ``__dict__`` as a plain attribute (the class attribute, this descriptor, only where ``__init__`` has not assigned
+    it yet). A ``__get__`` returning ``obj.__dict__[name]`` recursed without end under torch 2.11's dynamo, which
+    traces a data descriptor's ``__get__`` and reads ``obj.__dict__[name]`` back as ``obj.name``: every compiled layer
+    failed with "maximum recursion depth exceeded" (torch 2.13 reads the entry; GPU versions check of 2026-12-05)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
-
-    def __get__(self, obj: object, owner: type | None = None):
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(f"{type(obj).__name__}.{self.name} is not set yet (its __init__ assigns it)") from None
 
 
 class FixedOption(_Option):
@@ -138,9 +137,10 @@ class FixedOption(_Option):
     (STYLE rule 6): build a new layer with the other value and ``load_state_dict`` the weights.
 
     The value is kept in the instance's ``__dict__`` under the option's own name (the descriptor, a data descriptor,
-    takes precedence over it): ``vars(layer)``, ``copy.deepcopy``, pickling and ``torch.save`` of a whole module see
-    it as a plain attribute, a layer pickled while its options were plain attributes loads, and no ``_<name>`` slot
-    can shadow a ``torch.nn.Module`` attribute (DSS's ``version`` would have shadowed ``Module._version``).
+    takes precedence over it at an assignment; a read finds it there): ``vars(layer)``, ``copy.deepcopy``, pickling
+    and ``torch.save`` of a whole module see it as a plain attribute, a layer pickled while its options were plain
+    attributes loads, and no ``_<name>`` slot can shadow a ``torch.nn.Module`` attribute (DSS's ``version`` would
+    have shadowed ``Module._version``).
 
     Args:
         attuned: what depends on the value, as it reads before "<name>=<value>" in the error (``SHAPES``, ``DRAWN``,

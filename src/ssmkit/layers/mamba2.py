@@ -316,12 +316,16 @@ class Mamba2(SequenceLayer):
 
     def _gate_and_norm(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y (..., E/P, P) + D x, then the gated RMSNorm (or the bare gate) with z (..., E): (..., E). With the norm,
-        the skip goes into it (one pass over each row by the C kernel, ssmkit.ops.gated_norm)."""
+        the skip goes into it (one pass over each row by the C kernel, ssmkit.ops.gated_norm).
+
+        x is (..., E), the conv's output as split, not the scan's (..., E/P, P) view flattened back: torch 2.11 gave
+        that flatten of a transposed conv output (a dynamic-L export) the stride min(L, 2L), and its elementwise ops'
+        stride guards on it failed the export (GPU versions check of 2026-12-05)."""
         if self.norm is not None:
             D = self.D if self.D_has_hdim else self.D.unsqueeze(-1).expand(self.nheads, self.headdim).reshape(-1)  # (E,)
-            return self.norm(y.flatten(-2), z, x.flatten(-2), D)
+            return self.norm(y.flatten(-2), z, x, D)
         D = self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D.unsqueeze(-1)  # (E/P, P) or (E/P, 1)
-        y = (y + D * x).flatten(-2)  # (..., E)
+        y = (y + D * x.unflatten(-1, (self.nheads, self.headdim))).flatten(-2)  # (..., E)
         return y * F.silu(z)
 
     def _forward(self, x, state, return_state):
@@ -332,8 +336,8 @@ class Mamba2(SequenceLayer):
         with float32_core(x.device.type):  # z (B, L, E), [x', B', C'] (B, L, E + 2GN), δ (B, L, E/P); bf16 in autocast
             z, xBC, dt = (t.to(dtype) for t in pieces)
             xBC, conv_state = self.conv(xBC, None if state is None else state.conv, return_state, activation="silu")
-            xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
-            xs = xs.unflatten(-1, (self.nheads, self.headdim))  # (B, L, E/P, P)
+            x_flat, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+            xs = x_flat.unflatten(-1, (self.nheads, self.headdim))  # (B, L, E/P, P)
             dt = F.softplus(dt + self.dt_bias)  # (B, L, E/P)
             A = -torch.exp(self.A_log)  # (E/P,)
             backend = self._backend()
@@ -345,7 +349,7 @@ class Mamba2(SequenceLayer):
                 chunk_size=self.chunk_size,
                 backend=backend,  # "auto": the C kernel on the CPU, Triton on CUDA without a gradient, else chunked (ops.ssd)
             )  # (B, L, E/P, P), (B, E/P, P, N)
-            y = self._gate_and_norm(y, xs, z)  # (B, L, E)
+            y = self._gate_and_norm(y, x_flat, z)  # (B, L, E)
         out = apply_linear(self.out_proj, y).to(x.dtype)  # (B, L, H)
         return out, (Mamba2State(conv_state, ssm_state) if return_state else None)
 
@@ -379,8 +383,9 @@ class Mamba2(SequenceLayer):
         with float32_core(x_t.device.type):
             z, xBC, dt = self._split(zxbcdt.to(dtype))
             xBC, conv_state = self.conv.step(xBC, state.conv)  # (B, E + 2GN)
-            xs, B, C = F.silu(xBC).split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
-            xs = xs.unflatten(-1, (self.nheads, self.headdim))  # (B, E/P, P)
+            x_flat, B, C = F.silu(xBC).split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state],
+                                             -1)
+            xs = x_flat.unflatten(-1, (self.nheads, self.headdim))  # (B, E/P, P)
             dt = F.softplus(dt + self.dt_bias)  # (B, E/P)
             y, ssm_state = ssd_step(
                 xs, dt, -torch.exp(self.A_log),
@@ -388,7 +393,7 @@ class Mamba2(SequenceLayer):
                 C.unflatten(-1, (self.ngroups, self.d_state)),  # (B, G, N)
                 state.ssm,
             )  # (B, E/P, P), (B, E/P, P, N)
-            y = self._gate_and_norm(y, xs, z)  # (B, E)
+            y = self._gate_and_norm(y, x_flat, z)  # (B, E)
         return self.out_proj(y).to(x_t.dtype), Mamba2State(conv_state, ssm_state)
 
     def extra_repr(self) -> str:

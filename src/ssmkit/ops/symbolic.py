@@ -59,6 +59,7 @@ def scan(
             f"exporting with a dynamic sequence length needs torch's scan op (torch._higher_order_ops.scan), which "
             f"torch {torch.__version__} lacks: upgrade torch, or export at a fixed length"
         )
+    init = _in_the_inputs_graph(init, (*xs, *constants))
     xs = [x.movedim(dim, 0) if dim else x for x in xs]
     if reverse:
         xs = [x.flip(0) for x in xs]
@@ -72,6 +73,23 @@ def scan(
     last, ys = _scan_op(flat, [init], xs, additional_inputs=tuple(constants))
     ys = ys.flip(0) if reverse else ys
     return last, (ys.movedim(0, dim) if dim else ys)
+
+
+def _in_the_inputs_graph(init: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``init``'s values, in the autograd graph of every floating-point input: the first carry of :func:`scan`.
+
+    torch 2.11's scan op (the GPU machine's torch) passes the gradient from one step's carry to the one before only
+    where the first carry requires grad: with a zero or given state that does not, every gradient that crossed a
+    chunk came out wrong (an exported S4D's 3e-2 to 1.7 off at 70 steps, Mamba's too; torch 2.13 is right either
+    way). ``where(False, s, init)``, s one element of each input, gives init's own values and sends exactly zero to
+    the inputs (no 0·inf); it is in every program, as one exported without a gradient may run with one. A standard
+    contiguous init gives a standard contiguous carry (the ONNX Scan and the carries need those strides)."""
+    links = [x[(0,) * x.dim()] for x in inputs if x.is_floating_point() or x.is_complex()]
+    if not links:
+        return init
+    link = sum(x.real if x.is_complex() else x for x in links)  # () real
+    never = torch.zeros((), dtype=torch.bool, device=init.device)
+    return torch.where(never, link.to(dtype=init.dtype, device=init.device), init)
 
 
 def symbolic_length(L) -> bool:

@@ -323,15 +323,3 @@ def test_mamba2_c_step_gates_as_the_norm_it_runs(monkeypatch):
         s = run_steps(layer, x)[0]
     assert len(calls) == L  # the fused step ran
     assert rel_err(s, y) <= TOL
-
-
-@pytest.mark.parametrize("name", [n for n in layers.available() if "bidirectional" not in inspect.signature(
-    layers.layer_class(n).__init__).parameters])
-def test_a_causal_only_layer_refuses_bidirectional(name):
-    """``bidirectional`` of a layer without the option is read-only False (lead, from this probe's report): assigned
-    True it turned the layer's step off and dropped its states, a causal layer all the same."""
-    layer = make_layer(name)
-    assert layer.bidirectional is False and layer.supports("step")
-    with pytest.raises(AttributeError, match="has no bidirectional option|bidirectional is fixed at construction"):
-        layer.bidirectional = True
-    assert layer.bidirectional is False and layer.supports("step")

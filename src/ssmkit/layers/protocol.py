@@ -165,18 +165,7 @@ class SequenceLayer(nn.Module):
     zoo: ClassVar[ZooEntry | None] = None
 
     d_model: int
-
-    @property
-    def bidirectional(self) -> bool:
-        """Whether the output at t reads inputs after t: False here, for a layer without the option; a layer that takes
-        ``bidirectional=`` overrides it with a :class:`~ssmkit.layers.checks.FixedOption`. Read-only: assigning True to
-        a causal-only layer turned its ``step`` off and dropped its states without making it bidirectional."""
-        return False
-
-    @bidirectional.setter
-    def bidirectional(self, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} has no bidirectional option (it is causal only); got an assignment "
-                             f"of {value!r}")
+    bidirectional: bool = False
 
     # ------------------------------------------------------------------------------------------------------------
     # Capabilities

@@ -132,45 +132,13 @@ def _sigmoid(z):
 
 
 @triton.jit
-def _chunk(
-    u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2,
-    N: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+def _steps(
+    u_ptr, dl_ptr, B_ptr, A3, bias2, b, g, tt, live, L, H, G, h2, hm2, n2,
+    N: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
-    # the chunk's tiles: u, δ + b_Δ (T, BH); Δ (T, BH), zero past L; Ā, B̄u (T, BH, NP); B_t, C_t (T, 1, NP)
-    tt = t0 + tl.arange(0, T)[:, None].to(tl.int64)  # (T, 1)
-    m2 = (tt < L) & hm2  # (T, BH)
-    off = (b * L + tt) * H + h2
-    uu = tl.load(u_ptr + off, mask=m2, other=0.0)
-    x = tl.load(dl_ptr + off, mask=m2, other=0.0)
-    if HAS_BIAS:
-        x += bias2
-    if SOFTPLUS:
-        dt = _softplus(x)
-    else:
-        dt = x
-    dt = tl.where(m2, dt, 0.0)  # steps past L and channels past the block: Ā = 1, B̄u = 0
-    bc = ((b * L + tt) * G + g) * N + n2  # (T, NP)
-    if N == n2.shape[1]:  # N a power of two: no mask along the states (vector loads)
-        mbc = (tt < L) & (n2 >= 0)
-    else:
-        mbc = (tt < L) & (n2 < N)
-    Bt = tl.load(B_ptr + bc, mask=mbc, other=0.0)[:, None, :]  # (T, 1, NP)
-    Ct = tl.load(C_ptr + bc, mask=mbc, other=0.0)[:, None, :]
-    dA = tl.exp(dt[:, :, None] * A3)  # (T, BH, NP)
-    dBu = (dt * uu)[:, :, None] * Bt  # (T, BH, NP)
-    return uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu
-
-
-@triton.jit
-def _previous_steps(
-    u_ptr, dl_ptr, B_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2,
-    N: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-):
-    # Ā_{t-1}, B̄u_{t-1} (T, BH, NP) of the chunk's steps t0 + t, the tiles of _chunk one step back (row 0, the step
-    # before the chunk, and steps past L: Δ = 0)
-    tt = t0 - 1 + tl.arange(0, T)[:, None].to(tl.int64)  # (T, 1)
-    live = (tt >= t0) & (tt < L)
-    m2 = live & hm2
+    # the tiles of steps tt (T, 1) where live (T, 1): u, δ + b_Δ (T, BH); Δ (T, BH), zero where not live and past the
+    # block's channels (Ā = 1, B̄u = 0 there); B_t (T, 1, NP); Ā, B̄u (T, BH, NP)
+    m2 = live & hm2  # (T, BH)
     off = (b * L + tt) * H + h2
     uu = tl.load(u_ptr + off, mask=m2, other=0.0)
     x = tl.load(dl_ptr + off, mask=m2, other=0.0)
@@ -181,12 +149,43 @@ def _previous_steps(
     else:
         dt = x
     dt = tl.where(m2, dt, 0.0)
-    if N == n2.shape[1]:
+    bc = ((b * L + tt) * G + g) * N + n2  # (T, NP)
+    if N == n2.shape[1]:  # N a power of two: no mask along the states (vector loads)
         mbc = live & (n2 >= 0)
     else:
         mbc = live & (n2 < N)
-    Bt = tl.load(B_ptr + ((b * L + tt) * G + g) * N + n2, mask=mbc, other=0.0)[:, None, :]  # (T, 1, NP)
-    return tl.exp(dt[:, :, None] * A3), (dt * uu)[:, :, None] * Bt
+    Bt = tl.load(B_ptr + bc, mask=mbc, other=0.0)[:, None, :]  # (T, 1, NP)
+    dA = tl.exp(dt[:, :, None] * A3)  # (T, BH, NP)
+    dBu = (dt * uu)[:, :, None] * Bt  # (T, BH, NP)
+    return uu, x, dt, m2, off, bc, mbc, Bt, dA, dBu
+
+
+@triton.jit
+def _chunk(
+    u_ptr, dl_ptr, B_ptr, C_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2,
+    N: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    # the chunk's tiles (_steps at t0 ... t0 + T - 1, steps past L not live) and C_t (T, 1, NP)
+    tt = t0 + tl.arange(0, T)[:, None].to(tl.int64)  # (T, 1)
+    uu, x, dt, m2, off, bc, mbc, Bt, dA, dBu = _steps(
+        u_ptr, dl_ptr, B_ptr, A3, bias2, b, g, tt, tt < L, L, H, G, h2, hm2, n2, N, HAS_BIAS, SOFTPLUS
+    )
+    Ct = tl.load(C_ptr + bc, mask=mbc, other=0.0)[:, None, :]
+    return uu, x, dt, m2, off, bc, mbc, Bt, Ct, dA, dBu
+
+
+@triton.jit
+def _previous_steps(
+    u_ptr, dl_ptr, B_ptr, A3, bias2, b, g, t0, L, H, G, h2, hm2, n2,
+    N: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    # Ā_{t-1}, B̄u_{t-1} (T, BH, NP) of the chunk's steps t0 + t: _steps one step back, row 0 (the step before the
+    # chunk) and steps past L not live (Δ = 0)
+    tt = t0 - 1 + tl.arange(0, T)[:, None].to(tl.int64)  # (T, 1)
+    _, _, _, _, _, _, _, _, dA, dBu = _steps(
+        u_ptr, dl_ptr, B_ptr, A3, bias2, b, g, tt, (tt >= t0) & (tt < L), L, H, G, h2, hm2, n2, N, HAS_BIAS, SOFTPLUS
+    )
+    return dA, dBu
 
 
 @triton.jit

@@ -304,13 +304,11 @@ def test_early_stopping_stops_at_the_first_validation_without_a_lower_loss(tmp_p
     result = fit(MODEL, cfg, SPLITS["train"], SPLITS["val"], None, tmp_path / "a", progress=False, transform=halve)
     assert result["steps"] == stop
     assert result["val_loss"] == pytest.approx(losses[stop - 1], rel=1e-6)
-    # without a validation split nothing is monitored: the run goes on to max_steps
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # progress defaults to Lightning's bar (tqdm on stdout)
-        result = fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "b", transform=halve)
-    assert result["steps"] == cfg.max_steps
-    assert f"{cfg.max_steps}/{cfg.max_steps}" in printed.getvalue()
-    assert not any(k.startswith(("val_", "test_", "best_")) for k in result if k != "test_weights")  # no split
+    # without a validation split there is nothing to monitor: refused by name before anything is written (it went on
+    # to max_steps silently)
+    with pytest.raises(ValueError, match="early_stopping=1 stops on the validation loss, but no validation split"):
+        fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "b", transform=halve)
+    assert not (tmp_path / "b").exists()
 
 
 def test_resuming_a_finished_run_scores_the_validation_its_checkpoint_preceded(tmp_path):

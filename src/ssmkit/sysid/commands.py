@@ -10,6 +10,7 @@ input (default 1; 0 turns it off; :func:`ssmkit.sysid.workflow.periodic_steady_s
 
 Every option left unset takes the benchmark's recipe value (:mod:`ssmkit.sysid.recipes`); ``--recipe.*`` sets any
 recipe field (``--recipe.lr 0.01``, ``--recipe.timescale '[0.04, 4]'``, ``--recipe.output_range null`` for no limit;
+null only for the fields whose annotation admits None, a usage error naming the field otherwise;
 ``--recipe.combine average`` keeps the
 average of the restarts, a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`, instead of the best one). Writes
 ``results.json``, ``report.md``, ``simulation.png``, ``error_spectrum.png`` and ``model.pt``
@@ -30,8 +31,52 @@ import typing
 from ssmkit.sysid.recipes import Recipe, recipe_for
 
 
+def takes_null(annotation) -> bool:
+    """Whether a type annotation admits None (``Optional[X]``, ``X | None``, ``Union[..., None]``): the recipe fields
+    whose None has a meaning (no limit, the layer's default Δ, no early stopping, ...).
+
+    Args:
+        annotation: a resolved annotation (``typing.get_type_hints``).
+    """
+    return annotation is type(None) or type(None) in typing.get_args(annotation)
+
+
+def null_fields(given) -> list[str]:
+    """The recipe fields of ``given`` (the parsed ``--recipe.*`` options) set to None whose :class:`Recipe` annotation
+    does not admit None (:func:`takes_null`), in field order.
+
+    Args:
+        given: the parsed ``recipe`` options (a mapping, or None when none was given).
+    """
+    if not given:
+        return []
+    hints = typing.get_type_hints(Recipe)
+    return [f.name for f in dataclasses.fields(Recipe)
+            if f.name in given and given[f.name] is None and not takes_null(hints[f.name])]
+
+
+def _null_message(names: list[str]) -> str:
+    """The usage error of recipe options given null where their field has no None meaning."""
+    hints = typing.get_type_hints(Recipe)
+    options = ", ".join(f"--recipe.{n}" for n in names)
+    types = ", ".join(f"{n}: {getattr(hints[n], '__name__', hints[n])}" for n in names)
+    nullable = [f.name for f in dataclasses.fields(Recipe) if takes_null(hints[f.name])]
+    return (f"{options} cannot be null: the recipe field{'s' if len(names) > 1 else ''} ({types}) "
+            f"{'have' if len(names) > 1 else 'has'} no None meaning; give a value, or leave the option out to keep "
+            f"the benchmark's recipe value (null is taken by {', '.join(nullable)})")
+
+
 def _parser(prog: str):
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentParser as _ArgumentParser
+
+    class ArgumentParser(_ArgumentParser):
+        def parse_args(self, *args, **kwargs):
+            """Parse, then refuse a null for a recipe field that has no None meaning (a usage error naming it)."""
+            cfg = super().parse_args(*args, **kwargs)
+            names = null_fields(cfg.get("recipe"))
+            if names:
+                self.error(_null_message(names))
+            return cfg
 
     parser = ArgumentParser(prog=prog, description="Identify a system-identification benchmark with a deep Wiener "
                             "model; writes results.json, report.md and the figures.", default_env=False,
@@ -59,9 +104,12 @@ def _parser(prog: str):
     hints = typing.get_type_hints(Recipe)
     for f in dataclasses.fields(Recipe):
         # left out of the parsed options when not given (SUPPRESS), so that an explicit null sets None (no limit,
-        # the layer's default Δ, ...) where a default None could not tell it from "not given" (it was ignored)
+        # the layer's default Δ, ...) where a default None could not tell it from "not given" (it was ignored).
+        # Typed Optional for every field so that a null parses; parse_args then refuses it by name for a field
+        # whose annotation admits no None (takes_null), before any data is read
+        null = " or null" if takes_null(hints[f.name]) else ""
         parser.add_argument(f"--recipe.{f.name}", type=typing.Optional[hints[f.name]], default=argparse.SUPPRESS,
-                            help=f"recipe field {f.name} (default: the benchmark's recipe)")
+                            help=f"recipe field {f.name}{null} (default: the benchmark's recipe)")
     return parser
 
 
@@ -74,8 +122,15 @@ def recipe_from_args(benchmark: str, cfg) -> Recipe:
 
     Returns:
         the recipe.
+
+    Raises:
+        ValueError: for a recipe option given None whose field's annotation admits no None (:func:`null_fields`;
+            the command's parser refuses it first, as a usage error).
     """
     given = cfg.get("recipe") or {}
+    names = null_fields(given)
+    if names:  # options built without the parser (a mapping read from a file)
+        raise ValueError(_null_message(names))
     changes = {f.name: given[f.name] for f in dataclasses.fields(Recipe) if f.name in given}
     if cfg.steps is not None:
         changes["steps"] = cfg.steps
@@ -89,6 +144,22 @@ def recipe_from_args(benchmark: str, cfg) -> Recipe:
             changes.update(validation="tail", combine=changes.get("combine", "best"))
         changes.setdefault("first_layer_init", "layer")
     return dataclasses.replace(recipe_for(benchmark), **changes)
+
+
+def _validation_in_units(bench, history: dict) -> dict:
+    """A history's validation RMSEs in the benchmark's reporting units: ``best_val_rmse_per_output`` (data units,
+    when the history has it) output k × ``bench.scales[k]``, and ``best_val_rmse`` (their mean) × the scale the
+    outputs share; where the outputs' scales differ, the mean of the converted RMSEs (None without per-output RMSEs
+    to convert: a mean over outputs in different data units has no one factor)."""
+    entries = {}
+    if "best_val_rmse_per_output" in history:
+        entries["best_val_rmse_per_output"] = bench.in_units(history["best_val_rmse_per_output"])
+    per = entries.get("best_val_rmse_per_output")
+    if len(set(bench.scales)) == 1:
+        entries["best_val_rmse"] = history["best_val_rmse"] * bench.scales[0]
+    else:
+        entries["best_val_rmse"] = sum(per) / len(per) if per else None
+    return entries
 
 
 def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
@@ -134,11 +205,11 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "train_seconds": seconds,
         "steps_run": history["steps"],
         "best_step": history["best_step"],
-        "best_val_rmse": history["best_val_rmse"] * bench.scale,
+        "best_val_rmse_per_output": [],  # a history without them (a stub) records none
+        **_validation_in_units(bench, history),
         # the score early stopping and the choices minimised: the NRMSE averaged over the outputs (no unit)
         "best_val_nrmse": history.get("best_val_nrmse"),
-        "best_val_rmse_per_output": [v * bench.scale for v in history.get("best_val_rmse_per_output", [])],
-        "restarts": [{**r, "best_val_rmse": r["best_val_rmse"] * bench.scale} for r in history.get("restarts", [])],
+        "restarts": [{**r, **_validation_in_units(bench, r)} for r in history.get("restarts", [])],
         "chosen_seed": history.get("seed", cfg.seed),  # None for an ensemble (every run is kept)
         "combine": recipe.combine,
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -22,7 +22,8 @@ class Recipe:
         d_model: H, the width of the blocks.
         n_layers: the number of Wiener blocks.
         d_state: N, the state size per channel of each LTI layer.
-        activation: σ of the blocks.
+        activation: σ of the blocks, one of :data:`ssmkit.sysid.wiener.ACTIVATIONS`' names; None: no static
+            nonlinearity (linear blocks).
         timescale: (τ_min, τ_max) seconds, the range of the time unit of the layers' initial continuous dynamics
             (``DeepWiener``'s ``timescale``: Δ = Ts/τ samples, continuous poles λ/τ); None: the layer's default Δ.
         encoder_window: samples of past inputs and outputs read by the initial-state encoder (0: start from rest).
@@ -40,7 +41,8 @@ class Recipe:
         val_records: k > 0 holds the last k estimation records out of training whole and validates on their last
             ``val_fraction`` (for periodic data, whose tail repeats the trained periods); 0: the tail of every record.
         val_every: validate every this many steps.
-        patience: validations without a lower validation score before stopping.
+        patience: validations without a lower validation score before stopping (None: no early stopping; the
+            best validation's weights are still kept).
         weight_decay: AdamW weight decay of the non-SSM weights.
         ssm_weight_decay: weight decay of the SSM parameters (None: none).
         schedule: ``"constant"`` or ``"cosine"`` (the rates decay to 0 over ``steps``).
@@ -91,7 +93,7 @@ class Recipe:
     d_model: int = 16
     n_layers: int = 4
     d_state: int = 16
-    activation: str = "elu"
+    activation: str | None = "elu"
     timescale: tuple[float, float] | None = None
     encoder_window: int = 0
     train_records: int = 1
@@ -105,7 +107,7 @@ class Recipe:
     val_fraction: float = 0.2
     val_records: int = 0
     val_every: int = 25
-    patience: int = 40
+    patience: int | None = 40
     weight_decay: float = 0.0
     ssm_weight_decay: float | None = None
     schedule: str = "constant"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -68,10 +70,15 @@ class SysidBenchmark:
         train: estimation records.
         test: test records (the official ones).
         n_init: samples skipped at the start of each test record before scoring (the official window).
-        unit: the unit results are reported in (``"V"``, ``"m"``, ``"mV"``, ...).
-        scale: the factor from the data's unit to ``unit`` (1000 for mV of data in V).
+        unit: the unit results are reported in (``"V"``, ``"m"``, ``"mV"``, ...): one string for every output, or a
+            tuple of p strings, one per output (outputs in different units); :attr:`units` has one per output either
+            way.
+        scale: the factor from the data's unit to ``unit`` (1000 for mV of data in V): one number for every output
+            or a tuple of p, one per output; :attr:`scales` has one per output either way.
         published: published test results in ``unit``, with sources.
         notes: how the data were made or split.
+        output_names: a tuple of p names of the outputs, the labels of the report's figures and table (None:
+            ``"output 1"``, ..., ``"output p"``).
     """
 
     name: str
@@ -79,10 +86,11 @@ class SysidBenchmark:
     train: list[IORecord]
     test: list[IORecord]
     n_init: int
-    unit: str
-    scale: float = 1.0
+    unit: str | tuple[str, ...]
+    scale: float | tuple[float, ...] = 1.0
     published: list[Published] = field(default_factory=list)
     notes: str = ""
+    output_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         records = list(self.train) + list(self.test)
@@ -102,6 +110,17 @@ class SysidBenchmark:
             if abs(r.dt - first.dt) > 1e-9 * first.dt:
                 raise ValueError(f"every record must have the same sampling time: record {r.name!r} has dt = {r.dt} "
                                  f"s, {first.name!r} {first.dt} s (resample them to one Ts first)")
+        p = first.y.shape[1]
+        self.unit = _per_output("unit", self.unit, p, lambda v: isinstance(v, str) and v != "", "a non-empty string")
+        self.scale = _per_output("scale", self.scale, p, lambda v: not isinstance(v, bool) and isinstance(
+            v, numbers.Real) and math.isfinite(v) and v > 0, "a finite number > 0")
+        if self.output_names is not None:
+            names = self.output_names
+            if (not isinstance(names, (tuple, list)) or len(names) != p
+                    or not all(isinstance(n, str) and n for n in names)):
+                raise ValueError(f"output_names must be None or p = {p} non-empty strings, one per output; got "
+                                 f"{names!r}")
+            self.output_names = tuple(names)
 
     @property
     def dt(self) -> float:
@@ -117,3 +136,48 @@ class SysidBenchmark:
     def n_outputs(self) -> int:
         """p, the outputs per time step."""
         return self.train[0].y.shape[1]
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The reporting unit of each output: p strings (``unit`` repeated when it is one string)."""
+        return self.unit if isinstance(self.unit, tuple) else (self.unit,) * self.n_outputs
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """The factor from the data's unit to the reporting unit, per output: p numbers."""
+        if isinstance(self.scale, tuple):
+            return tuple(float(v) for v in self.scale)
+        return (float(self.scale),) * self.n_outputs
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The name of each output: ``output_names``, or ``"output 1"``, ..., ``"output p"``."""
+        return self.output_names or tuple(f"output {k + 1}" for k in range(self.n_outputs))
+
+    def in_units(self, values) -> list[float]:
+        """Per-output values in the data's units (RMSEs, MAEs) times each output's scale: in the reporting units.
+
+        Args:
+            values: p numbers, output k in output k's data unit.
+
+        Returns:
+            p floats, value k × ``scales[k]``.
+        """
+        values = [float(v) for v in values]
+        if len(values) != self.n_outputs:
+            raise ValueError(f"values must hold one number per output (p = {self.n_outputs}); got {len(values)}")
+        return [v * s for v, s in zip(values, self.scales)]
+
+
+def _per_output(name: str, value, p: int, ok, what: str):
+    """``value`` as declared when it is one value for every output, as a tuple when it is p values (a list too); a
+    ValueError naming ``name`` otherwise."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != p or not all(ok(v) for v in value):
+            raise ValueError(f"{name} must be {what} for every output or a tuple of p = {p} of them, one per output; "
+                             f"got {value!r}")
+        return tuple(value)
+    if not ok(value):
+        raise ValueError(f"{name} must be {what} for every output or a tuple of p = {p} of them, one per output; got "
+                         f"{value!r}")
+    return value

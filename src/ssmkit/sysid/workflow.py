@@ -3,7 +3,7 @@ or by one-step-ahead prediction error for comparison) and score its simulation o
 
     bench = load_benchmark("cascaded_tanks", folder)
     model, history = identify(bench, "s4d", recipe_for(bench.name))
-    scores = evaluate(model, bench)          # per test record, one value per output: RMSE (bench.unit), fit %, ...
+    scores = evaluate(model, bench)          # per test record, one value per output: RMSE (bench.units), fit %, ...
 
 Scoring follows the benchmark's protocol: the first ``n_init`` samples of every test record are not scored. A model
 with an initial-state encoder reads its state from the first ``encoder_window`` samples (≤ n_init: only data the
@@ -172,11 +172,11 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     Returns:
         the trained model (best validation weights; a WienerEnsemble with ``combine="average"``) and the training
         history (of the chosen run; with restarts also ``"restarts"``: [{"seed", "best_val_nrmse", "best_val_rmse",
-        "best_step", "steps", "seconds"} per run], ``"seed"``: the chosen run's seed and ``"seconds"``: the time of
-        all runs; with ``combine="average"`` the history holds ``"combine"``, ``"restarts"``, ``"seconds"``,
-        ``"mode"``, ``"best_val_nrmse"``, ``"best_val_rmse_per_output"`` and ``"best_val_rmse"`` (the ensemble's:
-        mean NRMSE over the outputs, RMSE per output in the data's units, their mean), ``"steps"`` (summed over the
-        runs), ``"best_step"`` (per run) and ``"seed"`` None).
+        "best_val_rmse_per_output", "best_step", "steps", "seconds"} per run], ``"seed"``: the chosen run's seed and
+        ``"seconds"``: the time of all runs; with ``combine="average"`` the history holds ``"combine"``,
+        ``"restarts"``, ``"seconds"``, ``"mode"``, ``"best_val_nrmse"``, ``"best_val_rmse_per_output"`` and
+        ``"best_val_rmse"`` (the ensemble's: mean NRMSE over the outputs, RMSE per output in the data's units, their
+        mean), ``"steps"`` (summed over the runs), ``"best_step"`` (per run) and ``"seed"`` None).
     """
     _check_recipe_counts(recipe)
     k = recipe.restarts
@@ -208,6 +208,8 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         runs.append({"seed": run_seed, "best_val_nrmse": history["best_val_nrmse"],
                      "best_val_rmse": history["best_val_rmse"], "best_step": history["best_step"],
                      "steps": history["steps"], "seconds": history["seconds"]})
+        if "best_val_rmse_per_output" in history:  # fit_simulation's always: what a report converts to each
+            runs[-1]["best_val_rmse_per_output"] = list(history["best_val_rmse_per_output"])  # output's unit
         members.append(model)
         if best is None or history["best_val_nrmse"] < best[1]["best_val_nrmse"]:  # the score, not a unit's RMSE
             best = (model, history)
@@ -479,7 +481,7 @@ def simulate_periodic(model: DeepWiener, record: IORecord, prime: int = 1) -> to
 def _scores(y_sim: torch.Tensor, r: IORecord, bench: SysidBenchmark) -> dict[str, Any]:
     scores = sysid_metrics(y_sim, r.y, n_init=bench.n_init)
     for key in ("rmse", "mae"):
-        scores[key] = [v * bench.scale for v in scores[key]]
+        scores[key] = bench.in_units(scores[key])  # output k × its own scale
     return scores
 
 
@@ -497,8 +499,8 @@ def evaluate(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulation",
 
     Returns:
         {"records": [{name, rmse, fit, ..., and with ``steady_state`` on a periodic record "steady_state":
-        {"prime": k, rmse, fit, ...}} per test record], "simulations": [(L, p) tensors]}; rmse and mae are in
-        ``bench.unit`` (data × ``bench.scale``).
+        {"prime": k, rmse, fit, ...}} per test record], "simulations": [(L, p) tensors]}; rmse and mae hold one
+        value per output, output k in ``bench.units[k]`` (data × ``bench.scales[k]``).
     """
     if steady_state is not None and (isinstance(steady_state, bool) or not isinstance(steady_state, int) or steady_state < 1):
         raise ValueError(f"steady_state must be None or an int k >= 1 (periods primed); got {steady_state!r}")
@@ -510,7 +512,8 @@ def evaluate(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulation",
         entry: dict[str, Any] = {"name": r.name, **_scores(y_sim, r, bench)}
         if mode == "prediction":
             one = predict_one_step(model, r)
-            entry["one_step_rmse"] = [v * bench.scale for v in sysid_metrics(one, r.y, n_init=max(bench.n_init, 1), names=("rmse",))["rmse"]]
+            one_step = sysid_metrics(one, r.y, n_init=max(bench.n_init, 1), names=("rmse",))["rmse"]
+            entry["one_step_rmse"] = bench.in_units(one_step)
         if steady_state is not None and r.period is not None:
             y_steady = simulate_periodic(model, r, steady_state)
             entry["steady_state"] = {"prime": steady_state, **_scores(y_steady, r, bench)}

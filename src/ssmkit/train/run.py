@@ -209,6 +209,10 @@ def fit(
         ``test_weights``; parameters, steps, training seconds, samples/s and tokens/s (over every step, those of a
         resumed run's earlier sessions included); ``machine`` (architecture, CPUs, torch version and threads, which a
         bit-exact rerun must match).
+
+    Raises:
+        ValueError: ``test_weights`` "best_val" or ``early_stopping`` set without a validation split (nothing to
+            select or monitor).
     """
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
@@ -222,6 +226,9 @@ def fit(
     if cfg.test_weights == "best_val" and val is None:
         raise ValueError("test_weights 'best_val' selects the test at the best validation, but no validation split "
                          "was given: give val, or use test_weights 'final'")
+    if cfg.early_stopping is not None and val is None:  # nothing to monitor: the run went on to max_steps silently
+        raise ValueError(f"early_stopping={cfg.early_stopping} stops on the validation loss, but no validation split "
+                         "was given: give val, or set early_stopping None")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no hardware and tip banners: results speak
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

@@ -69,3 +69,35 @@ def test_the_system_identification_example_runs_as_written(capsys):
     exec(compile("import dataclasses\n" + code, str(README), "exec"), {})
     rmse = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])  # one RMSE per output channel
     assert len(rmse) == 1 and 0 < rmse[0] < 100  # volts: a finite score of the two-step model on the test record
+
+
+def test_writing_your_own_layer_runs_as_written():
+    """The "Writing your own layer" block, in a fresh interpreter (it registers ``my_ema``, which must not stay
+    registered in this process: tests iterate the registry): the printed results are the checker's, and the layer it
+    defines agrees with a float64 loop of its equation."""
+    import subprocess
+    import sys
+
+    block = _block('@register("my_ema")')
+    check = block + '''
+x = torch.randn(2, 7, 4, dtype=torch.float64)
+layer = layer.double()
+y, h = layer(x)
+a = torch.sigmoid(layer.logit_a.detach())
+state = torch.zeros(2, 4, dtype=torch.float64)
+for t in range(7):
+    state = a * state + (1 - a) * x[:, t]
+    assert torch.allclose(y[:, t], state + layer.d.detach() * x[:, t], rtol=1e-14, atol=1e-14)
+assert torch.allclose(h, state, rtol=1e-14, atol=1e-14)
+print("loop ok", sorted(report))
+'''
+    root = README.parent
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=root, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout.splitlines()
+    assert out[0] == "passed: max relative error 0 (tolerance 1e-10)"
+    assert out[1].startswith("skipped: ") and "does not" in out[1]  # the layer's own "unsupported" reason
+    from ssmkit.layers.conformance import CHECKS
+
+    assert out[2] == f"loop ok {sorted(CHECKS)}"

@@ -6,12 +6,14 @@
 Files: ``protocol.py`` (the :class:`SequenceLayer` protocol, capabilities, block defaults), ``state.py`` (state
 specs), ``registry.py`` (``register``, ``build``, ``available``), ``marks.py`` (optimizer marks of SSM parameters),
 ``checks.py`` (constructor validators), ``cache.py`` (the value-keyed cache of the step), ``diagonal.py`` (the
-shared diagonal LTI implementation), ``mimo.py`` (the shared MIMO diagonal implementation of S5 and LRU), then one
-file per published layer.
+shared diagonal LTI implementation), ``mimo.py`` (the shared MIMO diagonal implementation of S5 and LRU),
+``conformance.py`` (``check_layer``: the protocol's checks for any layer, yours included), then one file per
+published layer.
 """
 
 from ssmkit.layers.attention import Attention, KVCache
 from ssmkit.layers.cache import frozen_parameters
+from ssmkit.layers.conformance import ConformanceError, check_layer
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.dlr import DLR
 from ssmkit.layers.dss import DSS
@@ -40,6 +42,7 @@ __all__ = [
     "Attention",
     "BlockDefaults",
     "Capabilities",
+    "ConformanceError",
     "DLR",
     "DSS",
     "DiagonalLTILayer",
@@ -73,6 +76,7 @@ __all__ = [
     "available",
     "build",
     "cat_states",
+    "check_layer",
     "detach_state",
     "frozen_parameters",
     "layer_class",

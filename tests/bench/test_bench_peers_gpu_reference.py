@@ -708,7 +708,7 @@ def test_gpu_scan_case(monkeypatch):
 def test_gpu_ssd_case(monkeypatch):
     calls = recorded(monkeypatch, gpu, "ssd", lambda x, dt, A, B, C, backend: (x * A[:, None], None))
     dims, n_bytes, forward, forward_backward, output = gpu._ssd_case("2,5,3,4,6", torch.device("cpu"))
-    assert dims == {"B": 2, "L": 5, "H": 3, "P": 4, "N": 6} and n_bytes == 4 * 2 * 5 * (2 * 3 * 4 + 3 + 2 * 6)
+    assert dims == {"B": 2, "L": 5, "H": 3, "P": 4, "N": 6} and n_bytes == 4 * 2 * 5 * (2 * 3 * 4 + 3 + 2 * 6) + 4 * 2 * 3 * 4 * 6  # + the final state
     g = torch.Generator().manual_seed(0)
     expected = [torch.randn(2, 5, 3, 4, generator=g), torch.nn.functional.softplus(torch.randn(2, 5, 3, generator=g)),
                 -(torch.rand(3, generator=g) * 3 + 0.5), torch.randn(2, 5, 1, 6, generator=g),

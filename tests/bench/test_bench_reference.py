@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 
 import pytest
@@ -110,26 +111,184 @@ def test_gemm_flops_is_two_size_cubed_over_the_best_product(monkeypatch, clock, 
 
 @pytest.mark.parametrize("B,L,H,N,s", [(2, 7, 3, 5, 4), (3, 1, 4, 2, 8)])
 def test_bounds_are_the_documented_element_counts(B, L, H, N, s):
-    """forward: u in, y out; forward+backward: u in and y out, then u again, dy in and du out; step per token: u in,
-    y out, a state of N read and written per channel; flops 6·B·L·H·N forward and step, 3x forward+backward."""
+    """The LTI op: forward: u in, y out; forward+backward: u in and y out, then u again, dy in and du out; step per
+    token: u in, y out, a state of N read and written per channel; flops 6·B·L·H·N forward and step, 3x
+    forward+backward."""
     u = y = du = dy = B * L * H  # elements
     state = B * H * N
-    assert limits.bound_bytes("forward", B, L, H, N, s) == (u + y) * s
-    assert limits.bound_bytes("forward_backward", B, L, H, N, s) == (u + y + u + dy + du) * s
-    assert limits.bound_bytes("step", B, L, H, N, s) == L * (B * H * s + B * H * s + 2 * state * s)
+    assert limits.lti_bytes("forward", B, L, H, N, s) == (u + y) * s
+    assert limits.lti_bytes("forward_backward", B, L, H, N, s) == (u + y + u + dy + du) * s
+    assert limits.lti_bytes("step", B, L, H, N, s) == L * (B * H * s + B * H * s + 2 * state * s)
     assert limits.bound_flops("forward", B, L, H, N) == 6 * B * L * H * N
     assert limits.bound_flops("step", B, L, H, N) == 6 * B * L * H * N
     assert limits.bound_flops("forward_backward", B, L, H, N) == 18 * B * L * H * N
     for mode in limits.MODES:
-        assert isinstance(limits.bound_bytes(mode, B, L, H, N, s), float)
+        assert isinstance(limits.lti_bytes(mode, B, L, H, N, s), float)
         assert isinstance(limits.bound_flops(mode, B, L, H, N), float)
+
+
+@pytest.mark.parametrize("B,L,E,N,G,R,gate,final,s", [(2, 7, 6, 5, 1, 3, True, False, 4),
+                                                      (3, 1, 4, 2, 2, None, False, True, 8)])
+def test_selective_bound_is_the_element_counts_of_its_tensors(B, L, E, N, G, R, gate, final, s):
+    """u, Δ (R or E per position), z (with the gate), B and C (G·N each) in, y out, the final state out when returned;
+    forward+backward: the inputs again, dy in and each input's gradient out; step: one position per token and the
+    state (E·N) read and written."""
+    u = z_ = y = dy = B * L * E
+    delta = B * L * (E if R is None else R)
+    z = z_ if gate else 0
+    b = c = B * L * G * N
+    inputs = u + delta + z + b + c
+    state = B * E * N if final else 0
+    kwargs = {"groups": G, "delta_width": R, "gate": gate, "final_state": final}
+    assert limits.selective_bytes("forward", B, L, E, N, s, **kwargs) == (inputs + y + state) * s
+    assert limits.selective_bytes("forward_backward", B, L, E, N, s, **kwargs) == (
+        inputs + y + state + inputs + dy + inputs) * s
+    per_token = (inputs + y) // L + 2 * B * E * N
+    assert limits.selective_bytes("step", B, L, E, N, s, **kwargs) == L * per_token * s
+    # Mamba-1 as the layer calls it: E = 2·64, N = 16, R = 4, gate, no final state: 420 elements per position
+    assert limits.selective_bytes("forward", 2, 512, 128, 16, 4, delta_width=4) == 2 * 512 * 420 * 4
+
+
+@pytest.mark.parametrize("B,L,H,P,N,G,s", [(2, 7, 4, 3, 5, 2, 4), (3, 1, 1, 2, 6, 1, 8)])
+def test_ssd_bound_is_the_element_counts_of_its_tensors(B, L, H, P, N, G, s):
+    """x (H·P), Δ (H), B and C (G·N) in, y (H·P) and the final state (H·P·N) out; forward+backward: the inputs again,
+    dy in, their gradients out (the final state's gradient not read); step: one position and the state in and out."""
+    x = y = dy = B * L * H * P
+    dt = B * L * H
+    b = c = B * L * G * N
+    inputs = x + dt + b + c
+    final = B * H * P * N
+    assert limits.ssd_bytes("forward", B, L, H, P, N, s, groups=G) == (inputs + y + final) * s
+    assert limits.ssd_bytes("forward_backward", B, L, H, P, N, s, groups=G) == (
+        inputs + y + final + inputs + dy + inputs) * s
+    assert limits.ssd_bytes("step", B, L, H, P, N, s, groups=G) == L * ((inputs + y) // L + 2 * final) * s
+    # the final state is what the earlier formula (bench gpu's, 4·B·L·(2HP + H + 2N)) left out
+    assert limits.ssd_bytes("forward", 2, 5, 3, 4, 6, 4) == 4 * 2 * 5 * (2 * 3 * 4 + 3 + 2 * 6) + 4 * 2 * 3 * 4 * 6
+
+
+@pytest.mark.parametrize("B,L,A,P,window,s", [(2, 7, 3, 4, None, 4), (3, 9, 1, 2, 4, 8), (1, 3, 2, 2, 5, 4)])
+def test_attention_bound_is_the_element_counts_of_its_tensors(B, L, A, P, window, s):
+    """q, k, v in, o out (no L×L scores); forward+backward: q, k, v again, do in, dq, dk, dv out; step t: q, k, v in,
+    the cached keys and values of the positions it sees in, the new key and value into the cache, o out."""
+    q = k = v = o = B * L * A * P
+    assert limits.attention_bytes("forward", B, L, A, P, s, window=window) == (q + k + v + o) * s
+    assert limits.attention_bytes("forward_backward", B, L, A, P, s, window=window) == (
+        2 * (q + k + v) + o + o + (q + k + v)) * s
+    total = 0
+    for t in range(L):
+        cached = t if window is None else min(t, window - 1)
+        total += B * A * P * (3 + 2 * cached + 2 + 1)
+    assert limits.attention_bytes("step", B, L, A, P, s, window=window) == total * s
+    if window is None:
+        assert limits.attention_bytes("step", B, L, A, P, s) == B * A * P * L * (L + 5) * s
+
+
+@pytest.mark.parametrize("B,L,D,s", [(2, 7, 3, 4), (3, 1, 5, 8)])
+def test_rglru_bound_is_the_element_counts_of_its_tensors(B, L, D, s):
+    """x, r, i in, h out; forward+backward: x, r, i again, dh in, dx, dr, di out; step: x, r, i and the state in,
+    the new state out."""
+    x = r = i = h = B * L * D
+    assert limits.rglru_bytes("forward", B, L, D, s) == (x + r + i + h) * s
+    assert limits.rglru_bytes("forward_backward", B, L, D, s) == (2 * (x + r + i) + h + h + (x + r + i)) * s
+    assert limits.rglru_bytes("step", B, L, D, s) == L * B * D * (3 + 1 + 1) * s
 
 
 def test_bounds_refuse_an_unknown_mode():
     with pytest.raises(ValueError, match=r"mode must be one of \('forward', 'forward_backward', 'step'\); got 'x'"):
         limits.bound_flops("x", 1, 1, 1, 1)
-    with pytest.raises(ValueError, match="mode must be one of"):
-        limits.bound_bytes("backward", 1, 1, 1, 1, 4)
+    for bytes_of in (lambda m: limits.lti_bytes(m, 1, 1, 1, 1, 4), lambda m: limits.selective_bytes(m, 1, 1, 1, 1, 4),
+                     lambda m: limits.ssd_bytes(m, 1, 1, 1, 1, 1, 4),
+                     lambda m: limits.attention_bytes(m, 1, 1, 1, 1, 4), lambda m: limits.rglru_bytes(m, 1, 1, 1, 4)):
+        with pytest.raises(ValueError, match=r"mode must be one of \('forward', 'forward_backward', 'step'\); got 'b'"):
+            bytes_of("b")
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: limits.lti_bytes("forward", 0, 1, 1, 1, 4), "batch must be an int >= 1; got 0"),
+    (lambda: limits.lti_bytes("forward", 1, 1, 1, 1, 2.0), "itemsize must be an int >= 1; got 2.0"),
+    (lambda: limits.selective_bytes("forward", 1, 1, 6, 1, 4, groups=4),
+     "groups must divide channels = 6; got groups=4"),
+    (lambda: limits.selective_bytes("forward", 1, 1, 6, 1, 4, delta_width=0), "delta_width must be an int >= 1; got 0"),
+    (lambda: limits.ssd_bytes("forward", 1, 1, 3, 2, 1, 4, groups=2), "groups must divide heads = 3; got groups=2"),
+    (lambda: limits.ssd_bytes("step", 1, -1, 3, 2, 1, 4), "length must be an int >= 1; got -1"),
+    (lambda: limits.attention_bytes("step", 1, 1, 1, 1, 4, window=0), "window must be an int >= 1; got 0"),
+    (lambda: limits.attention_bytes("forward", 1, 1, True, 1, 4), "heads must be an int >= 1; got True"),
+    (lambda: limits.rglru_bytes("forward", 1, 1, 0, 4), "channels must be an int >= 1; got 0"),
+])
+def test_bounds_refuse_sizes_that_are_not_positive_ints(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def test_every_registered_layer_has_a_core_op_declared_by_its_zoo_entry_or_the_table():
+    """Time-invariant layers (their zoo entries) run the LTI op; each time-varying one is in the table by class."""
+    ops = {name: limits.core_op(layers.layer_class(name)) for name in layers.available()}
+    assert set(ops.values()) <= set(limits.CORE_OPS)
+    assert limits.CORE_OPS == ("lti", "selective", "ssd", "attention", "rglru")
+    for name, op in ops.items():
+        cls = layers.layer_class(name)
+        if cls.zoo.time_varying:
+            assert cls in limits.TIME_VARYING_CORE_OPS, name
+        else:
+            assert op == "lti", name
+    assert {n: o for n, o in ops.items() if o != "lti"} == {"mamba": "selective", "mamba2": "ssd",
+                                                             "attention": "attention", "rglru": "rglru"}
+    assert (ops["mega"], ops["liquid_s4"]) == ("lti", "lti")  # time-varying, bounded by their LTI op
+
+    class MyMamba(layers.Mamba):  # a subclass keeps its base's op
+        pass
+
+    assert limits.core_op(MyMamba) == "selective"
+
+
+def test_core_op_refuses_a_layer_without_a_declared_op():
+    class Changing(layers.SequenceLayer):
+        zoo = layers.ZooEntry(paper="arXiv 0000.00000", structure="diagonal", parametrisation="a", discretisation="b",
+                              time_varying=True, stable_by_construction=False, stability="c", step_cost="O(H)",
+                              sequence_cost="O(L H)")
+
+    with pytest.raises(ValueError, match=r"Changing has no core op in TIME_VARYING_CORE_OPS and is not declared "
+                                         r"time-invariant \(its zoo entry says time-varying\)"):
+        limits.core_op(Changing)
+
+    class Undeclared(layers.SequenceLayer):
+        pass
+
+    with pytest.raises(ValueError, match=r"\(no zoo entry\): its bytes bound is unknown"):
+        limits.core_op(Undeclared)
+    with pytest.raises(ValueError, match="layer_class must be a SequenceLayer subclass; got 'mamba'"):
+        limits.core_op("mamba")
+
+
+@pytest.mark.parametrize("name,options,op,sizes", [
+    ("mamba", {"d_model": 40, "d_state": 6}, "selective", lambda m, B, L, s: limits.selective_bytes(
+        m, B, L, 80, 6, s, delta_width=3)),  # E = 2·40, R = ⌈40/16⌉
+    ("mamba", {"d_model": 32, "d_state": 4, "expand": 3, "dt_rank": 5}, "selective",
+     lambda m, B, L, s: limits.selective_bytes(m, B, L, 96, 4, s, delta_width=5)),
+    ("mamba2", {"d_model": 32, "d_state": 6, "headdim": 16, "ngroups": 2}, "ssd",
+     lambda m, B, L, s: limits.ssd_bytes(m, B, L, 4, 16, 6, s, groups=2)),  # E/P = 64/16 heads
+    ("attention", {"d_model": 12, "head_dim": 4}, "attention",
+     lambda m, B, L, s: limits.attention_bytes(m, B, L, 3, 4, s)),
+    ("attention", {"d_model": 12, "n_heads": 2, "head_dim": 8, "window": 3}, "attention",
+     lambda m, B, L, s: limits.attention_bytes(m, B, L, 2, 8, s, window=3)),
+    ("rglru", {"d_model": 8, "lru_width": 12}, "rglru", lambda m, B, L, s: limits.rglru_bytes(m, B, L, 12, s)),
+    ("s4d", {"d_model": 8, "d_state": 6}, "lti", lambda m, B, L, s: limits.lti_bytes(m, B, L, 8, 5, s)),
+])
+def test_layer_bytes_reads_the_op_sizes_from_the_layer(name, options, op, sizes):
+    """The sizes come from the built layer's options (inner channels, rank, heads, groups, window, width); the LTI
+    op takes the case's N (5 here, whatever the layer's)."""
+    layer = layers.build(name, **options)
+    for mode in limits.MODES:
+        for B, L, s in ((2, 9, 4), (1, 3, 8)):
+            assert limits.layer_bytes(layer, mode, B, L, 5, s) == (op, sizes(mode, B, L, s))
+
+
+def test_layer_bytes_counts_the_full_delta_when_mamba_forms_it_itself():
+    """A wrapped dt_proj (a LoRA, a hook) is called by the layer, which then hands the scan Δ (E per position)."""
+    layer = layers.build("mamba", d_model=16, d_state=4)
+    layer.dt_proj = torch.nn.Sequential(layer.dt_proj)
+    assert limits.layer_bytes(layer, "forward", 2, 5, 4, 4) == (
+        "selective", limits.selective_bytes("forward", 2, 5, 32, 4, 4))
 
 
 def test_time_interleaved_warms_up_then_times_each_function_once_per_round(clock):
@@ -425,12 +584,32 @@ def test_measure_case_rows_carry_the_bounds_and_the_fractions(monkeypatch, dtype
     for r in rows:
         t = statistics.median(times[r["impl"]])
         assert r["seconds"] == t and r["seconds_all"] == times[r["impl"]]
-        assert r["bound_bytes"] == b and r["bound_flops"] == f
+        assert r["bound_bytes"] == b and r["bound_flops"] == f and r["bytes_model"] == "lti"
         assert r["bytes_fraction"] == pytest.approx(b / 1e9 / t, rel=1e-14)
         assert r["flops_fraction"] == pytest.approx(f / 3e10 / t, rel=1e-14)
         assert r["case"] == f"s4d-B2-L24-H3-N6-{dtype}-forward_backward"
         assert (r["layer"], r["batch"], r["length"], r["d_model"], r["d_state"], r["dtype"], r["mode"]) == (
             "s4d", 2, 24, 3, 6, dtype, "forward_backward")
+
+
+@pytest.mark.parametrize("layer,H,mode,model,expected", [
+    # E = 2·24 = 48, R = ⌈24/16⌉ = 2, N = 6: per position u, δlow, z, B, C = 48 + 2 + 48 + 12 in, y = 48 out
+    ("mamba", 24, "forward", "selective", 2 * 10 * (110 + 48)),
+    ("mamba", 24, "forward_backward", "selective", 2 * 10 * (3 * 110 + 2 * 48)),
+    # E = 64, one head of P = 64, G = 1: x, Δ, B, C = 64 + 1 + 12 in, y = 64 out, the final state 64·6 out
+    ("mamba2", 32, "forward", "ssd", 2 * (10 * (77 + 64) + 384)),
+    ("mamba2", 32, "forward_backward", "ssd", 2 * (10 * (3 * 77 + 2 * 64) + 384)),
+    ("attention", 24, "forward", "attention", 4 * 2 * 10 * 64),  # one head of 64 (max(1, 24 // 64) heads)
+    ("rglru", 24, "step", "rglru", 5 * 2 * 10 * 24),
+])
+def test_measure_case_rows_use_the_bound_of_the_layers_core_op(monkeypatch, layer, H, mode, model, expected):
+    case = Case(layer, 2, 10, H, 6, "float32", mode)
+    monkeypatch.setattr(cases, "implementations", lambda *args: ({"ssmkit[auto]": None}, []))
+    monkeypatch.setattr(cases, "time_interleaved", lambda fns, repeats: {"ssmkit[auto]": [0.5]})
+    (row,), _ = cases.measure_case(case, [], None, False, 1, bandwidth=1e6, flops=1e9)
+    assert (row["bytes_model"], row["bound_bytes"]) == (model, expected * 4)
+    assert row["bytes_fraction"] == pytest.approx(expected * 4 / 1e6 / 0.5, rel=1e-14)
+    assert cases.bytes_bound(case) == (model, expected * 4)
 
 
 def plot_rows():

@@ -33,7 +33,7 @@ def test_gpu_bench_writes_results(tmp_path, capsys, monkeypatch):
         ("ssd", "mamba_ssm"),
         ("selective", "chunked"), ("selective", "triton"), ("selective", "triton:4,2,2,1"), ("selective", "mamba_ssm"),
         ("short_conv", "chunked"), ("short_conv", "causal_conv1d")]
-    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[6]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3)
+    assert rows[0]["bytes"] == 8 * 1 * 9 * 3 and rows[6]["bytes"] == 4 * 9 * (2 * 2 * 2 + 2 + 2 * 3) + 4 * 2 * 2 * 3
     assert rows[11]["bytes"] == 16 * 9 * 3 + 8 * 9 * 2
     # the FLOP bound: 6 flops per batch row, step, channel (and head channel) and state element
     assert rows[0]["flops"] == 6 * 1 * 9 * 3 * 4 and rows[6]["flops"] == 6 * 1 * 9 * 2 * 2 * 3

@@ -234,7 +234,7 @@ def test_gpu_rows_follow_the_shapes_and_the_table_the_json(tmp_path, capsys, mon
     by_hand = {  # bytes (float32), flops
         "scan": (4 * 1 * 8 * 3 * 2, 6 * 1 * 8 * 3 * 4),  # u read, y written; 6·B·L·H·N
         # x and y (H·P each), Δ (H), B and C (N each); 6·B·L·H·P·N
-        "ssd": (4 * 1 * 8 * (2 * 2 * 3 + 2 + 2 * 4), 6 * 1 * 8 * 2 * 3 * 4),
+        "ssd": (4 * 1 * 8 * (2 * 2 * 3 + 2 + 2 * 4) + 4 * 1 * 2 * 3 * 4, 6 * 1 * 8 * 2 * 3 * 4),  # + the final state
         "selective": (4 * 2 * 8 * 3 * 4 + 4 * 2 * 8 * 2 * 2, 6 * 2 * 8 * 3 * 2),  # u, δ, z, y (H); B, C (N)
         "short_conv": (4 * 1 * 8 * 3 * 2, 2 * 4 * 1 * 8 * 3),  # x read, y written; 2·W per output
     }

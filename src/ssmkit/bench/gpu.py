@@ -27,7 +27,7 @@ then y = Re(Σ C x) + D u by one einsum -- what a user composes from that primit
 ``mamba_chunk_scan_combined`` (chunks of 256, as its ``Mamba2`` module; it returns y alone where ssmkit's also returns
 the final state) when it imports -- from the installed package, or from the ``mamba_ssm`` folder of a checkout given
 by ``--mamba-ssm-src``, loaded without the package's ``__init__`` (which imports its CUDA extension, absent where it
-could not be built; the Triton modules need only einops); bound = bytes of x, Δ, B, C read and y written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
+could not be built; the Triton modules need only einops); bound = bytes of x, Δ, B, C read and y and the final state written; (4) ``selective_scan`` as a Mamba block calls it (D, gate z, Δ bias and softplus, B and C shared, no
 initial state; d_inner = H channels, N states) under ``chunked`` and ``triton``, the Triton kernel also at the tiles
 of ``--selective-tiles`` (:class:`ssmkit.ops.triton.selective.Tiles`), and mamba-ssm's ``selective_scan_fn``
 (CUDA) when it imports -- from the installed package, or from ``--mamba-ssm-src`` with its CUDA extension given by
@@ -65,6 +65,7 @@ import torch
 from ssmkit.bench import positive_int
 from ssmkit.bench.backward import OutputGradients
 from ssmkit.bench.core import machine
+from ssmkit.bench.limits import ssd_bytes
 from ssmkit.bench.peers import error_line
 from ssmkit.ops.scan import ssm_scan
 from ssmkit.ops.ssd import ssd
@@ -266,7 +267,7 @@ def _ssd_case(shape: str, device: torch.device, mamba_ssm_src: str | None = None
         with torch.no_grad():
             return call(backend, inputs)[0]
 
-    n_bytes = 4 * Bsz * L * (2 * H * P + H + 2 * N)  # x, Δ, B, C read; y written
+    n_bytes = ssd_bytes("forward", Bsz, L, H, P, N, 4)  # x, Δ, B, C read; y and the final state written
     return {"B": Bsz, "L": L, "H": H, "P": P, "N": N}, n_bytes, forward, forward_backward, output
 
 

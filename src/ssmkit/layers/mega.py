@@ -33,7 +33,10 @@ Choices (docs/design.md):
 - The ``"simple"`` bias has 2P - 1 entries, P = ``chunk_size`` (or ``max_positions`` without chunks); a longer span
   raises ValueError. The rotary bias has no length limit.
 - ``bidirectional=True`` (the encoder of the paper's LRA and classification models): a bidirectional EMA and
-  attention over the whole chunk; no state, no step.
+  attention over the whole chunk; no state, no step. ``forward(x, mask=...)`` takes a (B, L) padding mask there
+  (True at the tokens, as Hugging Face's ``attention_mask``; padding trailing): the EMA reads zeros at the padding
+  (its y = K ⊛ u has no bias, so they add exactly 0 in either direction) and attention gives the padded keys weight
+  0, so each item gets its unpadded sequence's outputs in one call (:class:`ssmkit.models.Block` passes its mask).
 
 Backends: the EMA's (``"reference"``: its loop; ``"native"`` (``"auto"`` on the CPU where it builds): the C kernel's
 real-mode scan; ``"chunked"`` (``"auto"`` elsewhere): the chunked scan; ``"fft"``: FFT convolution); the attention
@@ -152,6 +155,8 @@ class Mega(SequenceLayer):
     # the biases of eq. 7-14 (b_v; b_φ, b_z, b_γ and X' W_h's in b_mx; b_h; the offsets μ of Q and K) under their
     # paper names: ssmkit.train.param_groups keeps them out of weight decay as every parameter named ``bias``
     bias_parameters: ClassVar[tuple[str, ...]] = ("b_v", "b_mx", "b_h", "mu")
+    # forward takes a keyword ``mask`` (key padding, bidirectional): ssmkit.models.Block hands it its padding mask
+    takes_mask: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -270,7 +275,8 @@ class Mega(SequenceLayer):
             k: (B, G, K, Z) keys at positions 0..K-1.
             v: (B, G, K, V) values.
             offset: the position of the first query.
-            valid: (G, K) bool, False for padding keys.
+            valid: (G, K) bool, False for padding keys, or (B, G, K) with each item's own padding (a key padding
+                mask; every (item, group) row holds at least one True).
 
         Returns:
             (B, G, T, V).
@@ -278,7 +284,8 @@ class Mega(SequenceLayer):
         T, K = q.shape[2], k.shape[2]
         i = torch.arange(offset, offset + T, device=q.device)[:, None]  # (T, 1)
         j = torch.arange(K, device=q.device)[None, :]  # (1, K)
-        seen = valid[:, None, :] if self.bidirectional else valid[:, None, :] & (j <= i)  # (G, T, K)
+        valid_keys = valid[:, None, :] if valid.dim() == 2 else valid[:, :, None, :]  # (G, 1, K) or (B, G, 1, K)
+        seen = valid_keys if self.bidirectional else valid_keys & (j <= i)  # (G, T, K) (or with B in front)
         bias = self._relative_bias(T, K, offset, q.device)  # (T, K)
         scores = torch.matmul(q, k.transpose(-1, -2))  # (B, G, T, K)
         if self.attention == "softmax":
@@ -289,16 +296,22 @@ class Mega(SequenceLayer):
             weights = laplace(scores / count + bias) * seen  # (B, G, T, K)
         return torch.matmul(weights, v)  # (B, G, T, V)
 
-    def _attention(self, q, k_new, v_new, cache: tuple[torch.Tensor, torch.Tensor] | None, keep_cache: bool = True):
+    def _attention(self, q, k_new, v_new, cache: tuple[torch.Tensor, torch.Tensor] | None, keep_cache: bool = True,
+                   key_mask: torch.Tensor | None = None):
         """Attention of the new queries over the cache and the new keys, chunk by chunk; returns O (B, L, V) and the
-        keys and values to cache (None without ``keep_cache`` while exporting with a dynamic L)."""
+        keys and values to cache (None without ``keep_cache`` while exporting with a dynamic L). ``key_mask`` (B, L)
+        bool, without a cache: False at each item's padded keys, which get weight 0 (a group of padding only sees
+        all its keys instead: its queries are padding too, and a softmax over no key is NaN)."""
         c = 0 if cache is None else cache[0].shape[1]
         k = k_new if cache is None else torch.cat([cache[0], k_new], dim=1)  # (B, c+L, Z)
         v = v_new if cache is None else torch.cat([cache[1], v_new], dim=1)  # (B, c+L, V)
         Bsz, L, n = q.shape[0], q.shape[1], k.shape[1]
         symbolic = symbolic_length(n)  # exporting with a dynamic L: the chunked form, with no branch on L
         if self.chunk_size is None or (not symbolic and n <= self.chunk_size):  # one group (a step, a short call)
-            valid = torch.ones(1, n, dtype=torch.bool, device=q.device)
+            if key_mask is None:
+                valid = torch.ones(1, n, dtype=torch.bool, device=q.device)  # (1, n)
+            else:
+                valid = key_mask[:, None, :] | ~key_mask.any(-1)[:, None, None]  # (B, 1, n)
             O = self._attend(q[:, None], k[:, None], v[:, None], c, valid)[:, 0]  # (B, L, V)
             keep = n if self.chunk_size is None else n % self.chunk_size  # a finished chunk empties the cache
             return O, k[:, n - keep :], v[:, n - keep :]
@@ -311,6 +324,9 @@ class Mega(SequenceLayer):
         k_pad = F.pad(k, (0, 0, 0, pad)).reshape(Bsz, n_chunks, T, -1)  # (B, nc, T, Z)
         v_pad = F.pad(v, (0, 0, 0, pad)).reshape(Bsz, n_chunks, T, -1)  # (B, nc, T, V)
         valid = (torch.arange(n_chunks * T, device=q.device) < n).reshape(n_chunks, T)  # (nc, T)
+        if key_mask is not None:
+            valid = valid & F.pad(key_mask, (0, pad)).reshape(Bsz, n_chunks, T)  # (B, nc, T)
+            valid = valid | ~valid.any(-1, keepdim=True)  # (B, nc, T): a chunk of padding only sees all its keys
         O = self._attend(q_pad, k_pad, v_pad, 0, valid).reshape(Bsz, n_chunks * T, -1)  # (B, nc·T, V)
         keep = n % T  # the unfinished chunk's positions (0 at a boundary)
         if symbolic:  # gathers: slices at symbolic offsets would guard on sizes torch cannot bound
@@ -334,9 +350,11 @@ class Mega(SequenceLayer):
                 f"{self.chunk_size} positions; got {keys.shape[1]}"
             )
 
-    def _mega(self, x: torch.Tensor, state: MegaState | None, return_state: bool, step: bool = False):
+    def _mega(self, x: torch.Tensor, state: MegaState | None, return_state: bool, step: bool = False,
+              mask: torch.Tensor | None = None):
         """Y - X = φ ⊙ (Ĥ - X) of x (B, L, H) after ``state`` (eq. 6-15), and the next state (``step``: L = 1, the EMA
-        by its recurrent step)."""
+        by its recurrent step). ``mask`` (B, L) bool (bidirectional, no state): the EMA reads 0 where it is False
+        and attention skips those keys (see ``forward``)."""
         if state is not None:
             state = MegaState(*state)
             self._check_cache(state.keys, state.values)
@@ -345,7 +363,8 @@ class Mega(SequenceLayer):
             ema_out, ema_state = self.ema.step(x[:, 0], state.ema)  # (B, H)
             ema_out = ema_out.unsqueeze(1)  # (B, 1, H)
         else:
-            ema_out, ema_state = self.ema(x, None if state is None else state.ema, return_state)  # (B, L, H)
+            u = x if mask is None else torch.where(mask[..., None], x, 0.0)  # (B, L, H); y = K ⊛ u: zeros add 0
+            ema_out, ema_state = self.ema(u, None if state is None else state.ema, return_state)  # (B, L, H)
         mx = F.silu(ema_out)  # X' (eq. 6)
         value = F.silu(F.linear(x, self.W_v, self.b_v))  # V (eq. 10)
         phi_pre, zr, hx = torch.split(F.linear(mx, self.W_mx, self.b_mx), [H, Z + V, H], dim=-1)
@@ -354,10 +373,62 @@ class Mega(SequenceLayer):
         q = z * self.kappa[0] + self.mu[0]  # (B, L, Z) (eq. 8)
         k = z * self.kappa[1] + self.mu[1]  # (B, L, Z) (eq. 9)
         cache = None if state is None else (state.keys, state.values)
-        O, keys, values = self._attention(q, k, value, cache, return_state)  # (B, L, V)
+        O, keys, values = self._attention(q, k, value, cache, return_state, mask)  # (B, L, V)
         H_hat = F.silu(hx + F.linear(O * reset, self.U_h, self.b_h))  # Ĥ (eq. 14)
         y = phi * (H_hat - x)  # eq. 15 minus the input, which the block adds back
         return y, (MegaState(ema_state, keys, values) if return_state else None)
+
+    def forward(
+        self, x: torch.Tensor, state: MegaState | None = None, return_state: bool = True, *,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, MegaState | None]:
+        """Run the layer over a whole sequence (the protocol's ``forward``, plus a padding mask when bidirectional).
+
+        Args:
+            x: (B, L, H) real input, H = ``d_model``.
+            state: the state before x (:class:`MegaState`), or None for zeros (None when bidirectional).
+            return_state: compute and return the final state.
+            mask: (B, L) bool, True at each sequence's positions and False at its padding, which must trail (as
+                Hugging Face's ``attention_mask``; the opposite of ``nn.MultiheadAttention``'s ``key_padding_mask``);
+                or None, every position a token. Bidirectional only (a causal Mega's outputs at the positions never
+                read the padding after them). The padding is absent to every position: the EMA reads u = 0 there
+                (y = K ⊛ u + ω u has no bias, so it adds exactly 0 in either direction), attention gives the padded
+                keys weight 0 and the Laplace τ counts the item's keys only, so at its positions each item's y is its
+                unpadded sequence's alone (to round-off), gradients included; at the padding y is finite and
+                unspecified. One synchronisation (the check that the padding trails, and the calls run to the longest
+                item's end only).
+
+        Returns:
+            y (B, L, H) in x's dtype, and the final state (None when not asked for, or when bidirectional).
+        """
+        if mask is None:
+            return super().forward(x, state, return_state)
+        self._check_forward(x, state)
+        n_max, L = self._longest(mask, x), x.shape[1]
+        if n_max == 0:  # padding only: nothing to read
+            return x.new_zeros(x.shape), None
+        with float32_core(x.device.type):
+            y, _ = self._mega(x[:, :n_max].to(self.W_v.dtype), None, False, mask=mask[:, :n_max])  # (B, n_max, H)
+        return (F.pad(y, (0, 0, 0, L - n_max)) if n_max < L else y).to(x.dtype), None  # (B, L, H)
+
+    def _longest(self, mask: torch.Tensor, x: torch.Tensor) -> int:
+        """The longest item's length in the padding ``mask`` (B, L), after checking it (see ``forward``)."""
+        if not self.bidirectional:
+            raise ValueError("mask is for Mega(bidirectional=True): a causal Mega's outputs at each sequence's positions "
+                             "never read the right padding after them; pass mask=None")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:
+            raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {tuple(x.shape[:2])}; got "
+                             f"{tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.device != x.device:
+            raise ValueError(f"mask must be on x's device {x.device}; got {mask.device}")
+        lengths = mask.sum(dim=1)  # (B,)
+        trailing = (mask == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()
+        right_padded, n_max = torch.stack([trailing.to(lengths.dtype), lengths.max()]).tolist()  # one synchronisation
+        if not right_padded:
+            raise ValueError(f"{type(self).__name__}(bidirectional=True) with padding (mask) gives each item its "
+                             "unpadded prefix's outputs: the padding must trail every sequence (right padding); got "
+                             "padding before a position of the sequence")
+        return n_max
 
     def _forward(self, x: torch.Tensor, state: MegaState | None, return_state: bool):
         with float32_core(x.device.type):

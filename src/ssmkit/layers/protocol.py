@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar, ContextManager, Mapping
 
@@ -155,6 +156,12 @@ class SequenceLayer(nn.Module):
         block_defaults: what :class:`ssmkit.models.Block` puts after the layer by default.
         zoo: the layer's control-theoretic description (:class:`ssmkit.layers.ZooEntry`), declared by every
             registered class itself (``ssmkit zoo`` refuses an inherited or missing one).
+        anticausal: whether the class can run over a sequence in both directions (``bidirectional = True``); by
+            default, whether its constructor takes a ``bidirectional`` option. ``forward`` refuses
+            ``bidirectional = True`` on a class that cannot (assigned afterwards, it only turned ``step`` off).
+        takes_mask: whether ``forward`` takes a keyword-only ``mask`` (B, L) bool, True at each sequence's positions
+            and False at its right padding (bidirectional layers that are not a convolution, such as Mega):
+            :class:`ssmkit.models.Block` hands its padding mask to such a layer.
     """
 
     name: ClassVar[str] = ""
@@ -166,6 +173,13 @@ class SequenceLayer(nn.Module):
 
     d_model: int
     bidirectional: bool = False
+    anticausal: ClassVar[bool] = False
+    takes_mask: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "anticausal" not in cls.__dict__:  # declared by the class itself, or read from its constructor
+            cls.anticausal = "bidirectional" in inspect.signature(cls.__init__).parameters
 
     # ------------------------------------------------------------------------------------------------------------
     # Capabilities
@@ -232,6 +246,10 @@ class SequenceLayer(nn.Module):
             )
         check_sequence(x, self.d_model, "x")
         device = self._check_placement(x, "x")
+        if self.bidirectional and not self.anticausal:
+            raise ValueError(f"{type(self).__name__} runs causally only (its constructor has no bidirectional option), "
+                             f"but its bidirectional attribute is {self.bidirectional!r}: set it False (True only "
+                             "turned its step and state space off), or use a layer built with bidirectional=True")
         if state is not None:
             if self.bidirectional:
                 raise ValueError(f"{type(self).__name__}(bidirectional=True) has no recurrent state: pass state=None")

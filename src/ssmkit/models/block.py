@@ -55,6 +55,49 @@ def make_norm(norm: str | None, H: int, device, dtype) -> nn.Module:
     return nn.Identity()
 
 
+def _batch_statistics(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Whether ``bn`` normalises by the batch's statistics (training mode, or no running statistics), as torch's
+    ``_BatchNorm.forward`` decides."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``bn`` with batch statistics over the positions of x (B, L, H) where ``mask`` (B, L) is True: (B, L, H).
+
+    With n = Σ mask, per channel h:
+
+        μ_h = Σ_{mask} x_h / n,   σ²_h = Σ_{mask} (x_h - μ_h)² / n,   y_h = (x_h - μ_h) / √(σ²_h + ε) · w_h + b_h
+
+    at every position (at the padding y is finite and unspecified), and in training mode with running statistics
+    running_mean ← (1 - m) running_mean + m μ, running_var ← (1 - m) running_var + m σ² n / (n - 1), with m the
+    momentum (1 / num_batches_tracked, which counts this batch, for momentum None): what ``bn`` does to a batch of
+    the n positions alone. No synchronisation: with n < 2 (torch's batch norm refuses a batch of one value per
+    channel) the running statistics are left as they are, and n = 0 normalises by μ = 0, σ² = 0.
+    """
+    xs = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, L, H): statistics in float32 at least (autocast)
+    w = mask[..., None].to(xs.dtype)  # (B, L, 1)
+    n = w.sum()  # () the positions counted
+    mean = (xs * w).sum(dim=(0, 1)) / n.clamp_min(1.0)  # (H,)
+    xc = xs - mean  # (B, L, H)
+    var = (xc * xc * w).sum(dim=(0, 1)) / n.clamp_min(1.0)  # (H,) biased
+    y = xc * torch.rsqrt(var + bn.eps)  # (B, L, H)
+    if bn.weight is not None:
+        y = y * bn.weight + bn.bias
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            momentum = bn.momentum
+            if bn.num_batches_tracked is not None:
+                bn.num_batches_tracked.add_(1)
+                if momentum is None:  # a cumulative average (torch's rule)
+                    momentum = 1.0 / float(bn.num_batches_tracked)
+            momentum = 0.0 if momentum is None else momentum
+            counted = n >= 2  # () torch refuses fewer values per channel; skip the update instead of a sync
+            unbiased = var * n / (n - 1.0).clamp_min(1.0)  # (H,)
+            for running, batch in ((bn.running_mean, mean), (bn.running_var, unbiased)):
+                running.copy_(torch.where(counted, (1 - momentum) * running + momentum * batch, running))
+    return y.to(x.dtype)
+
+
 def _make_activation(activation: str | None) -> nn.Module:
     return {"gelu": nn.GELU(), "silu": nn.SiLU(), "relu": nn.ReLU(), "tanh": nn.Tanh(), None: nn.Identity()}[activation]
 
@@ -121,32 +164,37 @@ class Block(nn.Module):
 
         ``mask`` (B, L) bool, or None: True at each sequence's positions, False at its right padding. A bidirectional
         layer then gives, at the positions, exactly what it gives the unpadded sequence (``SequenceModel(pad_id=...)``
-        passes it): a convolution (a layer with a ``kernel``) reads zeros at the padding, which add nothing; another
-        bidirectional layer (Mega) runs each item's unpadded prefix, one call per distinct length (a ``ValueError`` if
-        the padding does not trail). A causal layer ignores the mask (its outputs at the positions do not read the
-        padding after them; its state is the one after the padding, as without a mask). Everything else in the block
-        acts position by position; the outputs at the padding are unspecified. Any real x is computed in the parameters'
-        dtype and answered in x's (as the layers; autocast aside)."""
+        passes it): a convolution (a layer with a ``kernel``) reads zeros at the padding, which add nothing; a layer
+        that declares ``takes_mask`` (Mega) gets the mask (``layer(z, mask=mask)``: its EMA reads zeros there, its
+        attention skips the padded keys; a ``ValueError`` if the padding does not trail); any other bidirectional
+        layer runs each item's unpadded prefix, one call per distinct length (padding must trail too). A causal layer
+        ignores the mask (its outputs at the positions do not read the padding after them; its state is the one after
+        the padding, as without a mask). A batch norm that takes batch statistics (training mode) takes them over the
+        positions only (see ``_normalize``). Everything else in the block acts position by position; the outputs at
+        the padding are unspecified. Any real x is computed in the parameters' dtype and answered in x's (as the
+        layers; autocast aside)."""
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2
                                  or mask.shape != getattr(x, "shape", (None, None))[:2]):
             raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {tuple(getattr(x, 'shape', ()))[:2]}; "
                              f"got {tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}")
         x, dtype = self._as_parameter_dtype(x)
-        z = self._normalize(x) if self.prenorm else x
+        z = self._normalize(x, mask) if self.prenorm else x
         if mask is not None and state is None and self.layer.bidirectional:  # (a state: the layer refuses it)
             z, state = self._bidirectional_without_padding(z, mask)
         else:
             z, state = self.layer(z, state, return_state=return_state)
         y = x + self.dropout(apply_module(self.out, self.activation(z)))  # (B, L, H); linears by row blocks
-        return (y if self.prenorm else self._normalize(y)).to(dtype), state
+        return (y if self.prenorm else self._normalize(y, mask)).to(dtype), state
 
     def _bidirectional_without_padding(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
         """The bidirectional layer's output (B, L, H) of z (B, L, H), at each item's positions (``mask`` (B, L), True
         there) as for the unpadded sequence alone (see ``forward``)."""
         if self.layer.supports("kernel"):  # y = K ⊛ u, no bias: a zero input at the padding contributes exactly 0
             return self.layer(torch.where(mask[..., None], z, 0.0), return_state=False)[0], None
-        # any other bidirectional layer (Mega: attention over the whole chunk): each item's prefix of length n, alone,
-        # grouped by length. The lengths are data (one synchronisation); only right padding has a prefix to run.
+        if self.layer.takes_mask:  # the layer masks the padding itself (Mega: EMA input, keys)
+            return self.layer(z, return_state=False, mask=mask)[0], None
+        # any other bidirectional layer (one of the user's): each item's prefix of length n, alone, grouped by
+        # length. The lengths are data (one synchronisation); only right padding has a prefix to run.
         B, L = mask.shape
         lengths = mask.sum(dim=1)  # (B,)
         trailing = (mask == (torch.arange(L, device=mask.device) < lengths[:, None])).all()  # the padding trails
@@ -172,13 +220,21 @@ class Block(nn.Module):
             where[i] = row
         return torch.cat(pieces).index_select(0, torch.tensor(where, device=z.device)), None  # (B, L, H)
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The norm of a sequence (B, L, H). A plain batch norm put in the place of ``_BatchNorm`` takes channels on
         axis 1, so (B, L, H) goes through (B, H, L): ``nn.SyncBatchNorm.convert_sync_batchnorm`` (distributed training)
         replaces every batch norm by a plain ``SyncBatchNorm``, which dropped ``_BatchNorm``'s own transpose and
-        normalised over time instead of channels (an error, or a silent wrong answer when L = H)."""
-        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm) and not isinstance(self.norm, _BatchNorm):
-            return self.norm(x.transpose(1, 2)).transpose(1, 2)  # (B, L, H) via (B, H, L)
+        normalised over time instead of channels (an error, or a silent wrong answer when L = H).
+
+        ``mask`` (B, L) bool, or None: a batch norm that takes batch statistics (training mode, or no running
+        statistics) takes them over the positions where it is True (:func:`masked_batch_norm`), as over a batch of
+        the unpadded sequences; not ``SyncBatchNorm``, whose statistics are gathered across processes by torch (it
+        still counts the padding). Without a mask, or in eval mode, the norm runs as it is."""
+        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
+            if mask is not None and _batch_statistics(self.norm) and not isinstance(self.norm, nn.SyncBatchNorm):
+                return masked_batch_norm(self.norm, x, mask)
+            if not isinstance(self.norm, _BatchNorm):
+                return self.norm(x.transpose(1, 2)).transpose(1, 2)  # (B, L, H) via (B, H, L)
         return self.norm(x)
 
     def _as_parameter_dtype(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:

@@ -64,13 +64,13 @@ class SequenceModel(nn.Module):
             loaders write it); None reads and pools every position. Pooling ignores the positions holding it ("mean"
             averages the others, "last" takes the last other one), as S4's ``use_lengths``, and the bidirectional layers
             read none of it: a convolution (a layer with a ``kernel``: S4, S4D, DSS, DLR, S5, LRU, EMA, SGConv built
-            with ``bidirectional=True``) reads zeros there, and any other bidirectional layer (Mega) runs each item's
-            unpadded prefix (one call per distinct length in the batch; ValueError for padding that does not trail). A
-            causal layer's outputs at the tokens never read the padding after them. So each item's pooled output and
-            logits, and with ``pool=None`` its per-step outputs at its tokens, equal the unpadded sequence's run alone
-            (to round-off), for every layer, pattern, norm and pool; in training mode, batch norm's statistics still
-            cover every position of the batch, padding included (as in S4's and S5's code), and dropout draws its own
-            mask. A causal layer reads leading padding: it changes the features at the tokens. The states ``forward``
+            with ``bidirectional=True``) reads zeros there, and Mega takes the mask itself (its EMA reads zeros there,
+            its attention skips the padded keys; one call; ValueError for padding that does not trail). A causal
+            layer's outputs at the tokens never read the padding after them. So each item's pooled output and logits,
+            and with ``pool=None`` its per-step outputs at its tokens, equal the unpadded sequence's run alone (to
+            round-off), for every layer, pattern, norm and pool; in training mode, batch norm takes its statistics
+            over the tokens only (not ``SyncBatchNorm``, whose statistics torch gathers across processes), and dropout
+            draws its own mask. A causal layer reads leading padding: it changes the features at the tokens. The states ``forward``
             returns are those after the padding (causal layers read it; continue a batch of prompts of different lengths
             item by item). The outputs at the padding positions are unspecified.
         device, dtype: of all parameters.

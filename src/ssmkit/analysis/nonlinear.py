@@ -182,13 +182,31 @@ class NonlinearSystem:
         return self._to_vector(nxt), y
 
     def update(self, x: Any, u: Any) -> np.ndarray:
-        """f: the next states (G, n) from G states x (G, n) (or one, (n,)) and inputs u (G, m) (or one, (m,))."""
+        """f: the next states x[k+1] = f(x[k], u[k]) of G points.
+
+        Args:
+            x: the states, (G, n) or one (n,) (a number when n = 1).
+            u: the inputs, (G, m) or one (m,) (a number when m = 1); one state or one input is paired with every
+                point of the other.
+
+        Returns:
+            (G, n) float64 (G = 1 for one point).
+        """
         xs, us = self._pair(x, u)
         with torch.no_grad():
             return self._f_h(xs, us)[0].numpy()
 
     def output(self, x: Any, u: Any) -> np.ndarray:
-        """h: the outputs (G, p) from G states x (G, n) (or one, (n,)) and inputs u (G, m) (or one, (m,))."""
+        """h: the outputs y[k] = h(x[k], u[k]) of G points.
+
+        Args:
+            x: the states, (G, n) or one (n,) (a number when n = 1).
+            u: the inputs, (G, m) or one (m,) (a number when m = 1); one state or one input is paired with every
+                point of the other.
+
+        Returns:
+            (G, p) float64 (G = 1 for one point).
+        """
         xs, us = self._pair(x, u)
         with torch.no_grad():
             return self._f_h(xs, us)[1].numpy()
@@ -272,7 +290,16 @@ class NonlinearSystem:
 
         The same numbers as ``equilibrium(u0, x0, tol, max_iter)`` followed by ``linearize(u0, x*)``, for one
         Jacobian pass less: Newton's last iteration computes the Jacobian at x* to test convergence, and that
-        Jacobian is the linearisation. Arguments and errors as :meth:`equilibrium`.
+        Jacobian is the linearisation. Errors as :meth:`equilibrium`.
+
+        Args:
+            u0: the constant input, (m,) or (G, m) for G points at once (a number when m = 1).
+            x0: the starting guesses, (n,) or (G, n); None: the state at rest (zeros).
+            tol: convergence when max |f(x, u0) - x| <= tol · (1 + max |x|) at every point.
+            max_iter: Newton iterations at most.
+
+        Returns:
+            x* (G, n) and y* (G, p), float64, and the :class:`StateSpace` bank of G systems at (x*, u0).
         """
         x, y, J = self._settle(u0, x0, tol, max_iter)
         return x.numpy(), y.numpy(), self._small_signal(J)

@@ -162,17 +162,28 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, State | None]:
         """x (B, L, H) -> (y (B, L, H), final state of the layer, or None when ``return_state`` is False).
 
-        ``mask`` (B, L) bool, or None: True at each sequence's positions, False at its right padding. A bidirectional
-        layer then gives, at the positions, exactly what it gives the unpadded sequence (``SequenceModel(pad_id=...)``
-        passes it): a convolution (a layer with a ``kernel``) reads zeros at the padding, which add nothing; a layer
-        that declares ``takes_mask`` (Mega) gets the mask (``layer(z, mask=mask)``: its EMA reads zeros there, its
-        attention skips the padded keys; a ``ValueError`` if the padding does not trail); any other bidirectional
-        layer runs each item's unpadded prefix, one call per distinct length (padding must trail too). A causal layer
-        ignores the mask (its outputs at the positions do not read the padding after them; its state is the one after
-        the padding, as without a mask). A batch norm that takes batch statistics (training mode) takes them over the
-        positions only (see ``_normalize``). Everything else in the block acts position by position; the outputs at
-        the padding are unspecified. Any real x is computed in the parameters' dtype and answered in x's (as the
-        layers; autocast aside)."""
+        y = x + dropout(out(σ(layer(norm(x))))) with ``prenorm``, else norm(x + dropout(out(σ(layer(x))))), σ the
+        activation and out the output projection. Everything but the layer acts position by position. Any real x is
+        computed in the parameters' dtype and answered in x's (as the layers; autocast aside).
+
+        Args:
+            x: (B, L, H) the block's input.
+            state: the layer's initial state (from ``initial_state``, ``step`` or ``forward``), or None: from rest.
+            return_state: compute and return the layer's final state.
+            mask: (B, L) bool, or None: True at each sequence's positions, False at its right padding. A bidirectional
+                layer then gives, at the positions, exactly what it gives the unpadded sequence
+                (``SequenceModel(pad_id=...)`` passes it): a convolution (a layer with a ``kernel``) reads zeros at the
+                padding, which add nothing; a layer that declares ``takes_mask`` (Mega) gets the mask
+                (``layer(z, mask=mask)``: its EMA reads zeros there, its attention skips the padded keys; a
+                ``ValueError`` if the padding does not trail); any other bidirectional layer runs each item's unpadded
+                prefix, one call per distinct length (padding must trail too). A causal layer ignores the mask (its
+                outputs at the positions do not read the padding after them; its state is the one after the padding,
+                as without a mask). A batch norm that takes batch statistics (training mode) takes them over the
+                positions only (see ``_normalize``). The outputs at the padding are unspecified.
+
+        Returns:
+            y: (B, L, H) in x's dtype; and the layer's final state (None when ``return_state`` is False).
+        """
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2
                                  or mask.shape != getattr(x, "shape", (None, None))[:2]):
             raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {tuple(getattr(x, 'shape', ()))[:2]}; "
@@ -247,7 +258,15 @@ class Block(nn.Module):
         return x, x.dtype
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x_t (B, H) -> (y_t (B, H), next state): one recurrent step of the block."""
+        """x_t (B, H) -> (y_t (B, H), next state): one recurrent step of the block.
+
+        Args:
+            x_t: (B, H) the block's input at one time step.
+            state: the layer's state (from ``initial_state``, ``step`` or ``forward``).
+
+        Returns:
+            y_t: (B, H) in x_t's dtype; and the layer's next state.
+        """
         if self.norm_name == "batch" and self.training:
             raise RuntimeError("Block(norm='batch').step needs eval mode: in training mode BatchNorm uses batch statistics")
         x_t, dtype = self._as_parameter_dtype(x_t)
@@ -255,6 +274,10 @@ class Block(nn.Module):
         z, state = self.layer.step(z, state)
         y = x_t + self.dropout(self.out(self.activation(z)))  # (B, H)
         return (y if self.prenorm else self.norm(y)).to(dtype), state
+
+    def extra_repr(self) -> str:
+        # the layer, activation, output projection and dropout print as the block's children
+        return f"d_model={self.d_model}, norm={self.norm_name!r}, prenorm={self.prenorm}"
 
     def initial_state(self, batch_size: int) -> State:
         """The layer's zero state for ``batch_size`` sequences."""

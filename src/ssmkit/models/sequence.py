@@ -15,6 +15,7 @@ item of a right-padded batch gets the answer of its unpadded sequence alone.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -187,7 +188,19 @@ class SequenceModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def extra_repr(self) -> str:
-        return f"layer={self._config.layer!r}, parameters={self.num_parameters():,}"
+        # the sizes and the layer always (d_input only for a real input); every other option where it differs from
+        # the default, so that the layer_options the layers' own lines may not show are printed here too
+        config = self._config
+        always = ("d_model", "n_layers", "layer", "d_output") if self.vocab_size is not None else (
+            "d_input", "d_model", "n_layers", "layer", "d_output")
+        shown = [f"{name}={getattr(config, name)!r}" for name in always]
+        for f in dataclasses.fields(config):
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                continue  # required: d_input, d_model, n_layers, layer, d_output
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if getattr(config, f.name) != default:
+                shown.append(f"{f.name}={getattr(config, f.name)!r}")
+        return ", ".join([*shown, f"parameters={self.num_parameters():,}"])
 
     def _encode(self, x: torch.Tensor, per_step: bool, pairs: bool = False) -> torch.Tensor:
         rank = 1 if per_step else 2
@@ -309,7 +322,16 @@ class SequenceModel(nn.Module):
         return h, (new_states if return_state else None)
 
     def step(self, x_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        """One time step: x_t (B, d_input) or token ids (B,) -> (out_t (B, d_output), next states)."""
+        """One time step: x_t (B, d_input) or token ids (B,) -> (out_t (B, d_output), next states).
+
+        Args:
+            x_t: (B, d_input) real, or (B,) token ids in [0, vocab_size) when ``vocab_size`` is set.
+            state: list of per-block states (from ``initial_state``, ``step`` or ``forward``); required.
+
+        Returns:
+            out_t: (B, d_output), the head at this step (in x_t's dtype for a real x_t outside autocast); and the list
+            of next block states.
+        """
         if self.pair:
             raise NotImplementedError("a pair model (pair=True) classifies whole pairs; step one tower's sequence with "
                                       "features() of a model built with pair=False")

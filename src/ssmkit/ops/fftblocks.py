@@ -135,6 +135,10 @@ def conv_grads_blocked(U: torch.Tensor, K_f: torch.Tensor, dy: torch.Tensor, n: 
         U, K_f: the forward's spectra û (B, H, n//2 + 1) and k̂ (H, n//2 + 1).
         dy: (B, L, H) gradient of y, on the CPU.
         n, L: the FFT and signal lengths.
+        need_u, need_k: whether to form ∂u and ∂k; the one not needed is returned as None (and not computed).
+
+    Returns:
+        (∂u (B, L, H) or None, ∂k (H, n) or None).
     """
     Bsz, _, H = dy.shape
     du = torch.empty_like(dy) if need_u else None  # (B, L, H)

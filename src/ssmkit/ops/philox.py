@@ -60,6 +60,10 @@ def keep_mask(n: int, seed: int, p: float, device: torch.device | str = "cpu") -
         n: number of elements.
         seed: in [0, 2^63).
         p: drop probability in [0, 1].
+        device: where the mask is drawn (the same bits on every device).
+
+    Returns:
+        (n,) bool, True where kept.
     """
     j = torch.arange((n + 3) // 4, dtype=torch.int64, device=device)  # one counter per 4 elements
     zeros = torch.zeros_like(j)

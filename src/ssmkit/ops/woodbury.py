@@ -70,7 +70,8 @@ def woodbury_reference(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
 
     Args:
         r: (S+R, C+R, H, W) complex Cauchy sums, r[a, b] = Σ_n a_n b_n / (z - λ_n) (any strides).
-        S: number of input vectors B_s; n_out: number of output vectors C̃_c.
+        S: number of input vectors B_s.
+        n_out: number of output vectors C̃_c.
         f: (W,) complex factor per evaluation point, r's dtype.
 
     Returns:

@@ -51,6 +51,18 @@ class Recipe:
             iterate).
         restarts: k trainings from different seeds, combined by ``combine`` (k times the cost;
             :func:`ssmkit.sysid.identify`).
+        first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
+            layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
+            automatic order; simulation mode only; with ``validation="kfold"`` from the parts of the records outside
+            the run's held-out block, :func:`ssmkit.sysid.workflow.outside_blocks`).
+        data_init_layers: with ``first_layer_init="data"``, how many leading Wiener blocks' layers start from the
+            same estimate (1: the first only; ``n_layers``: every layer); their other modes keep the layer's init.
+        level_weight: (level, w): training samples measured at or above ``level`` (physical units) weigh w in the
+            loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); ``level`` is one number for
+            every output or a list of one per output (None: that output not weighed); validation is unweighted.
+        first_activation: σ of the first Wiener block only (one of :data:`ssmkit.sysid.wiener.ACTIVATIONS`' names,
+            e.g. ``"tanh"``: a bounded first-block signal), the other blocks keeping ``activation``; None: every block
+            uses ``activation`` (:class:`ssmkit.sysid.wiener.DeepWiener`'s ``block_activations``).
         combine: how the k restarts become one model: ``"best"``, the run with the lowest validation score (the NRMSE
             averaged over the outputs; with one output the lowest validation RMSE), or
             ``"average"``, a :class:`ssmkit.sysid.ensemble.WienerEnsemble` averaging the k runs' outputs (k times the
@@ -70,18 +82,6 @@ class Recipe:
             (:class:`ssmkit.sysid.wiener.DeepWiener`).
         censor: with ``output_range``, train on measurements at a limit as censored (True) or as measured (False: the
             process is taken to stop at the limit; :class:`ssmkit.sysid.fit.SimulationFit`).
-        first_layer_init: ``"layer"`` (the layer's own initialisation, HiPPO for S4D) or ``"data"``: the first
-            layer's eigenvalues from a subspace estimate of the training records (:func:`ssmkit.sysid.init.init_from_data`,
-            automatic order; simulation mode only; with ``validation="kfold"`` from the parts of the records outside
-            the run's held-out block, :func:`ssmkit.sysid.workflow.outside_blocks`).
-        data_init_layers: with ``first_layer_init="data"``, how many leading Wiener blocks' layers start from the
-            same estimate (1: the first only; ``n_layers``: every layer); their other modes keep the layer's init.
-        level_weight: (level, w): training samples measured at or above ``level`` (physical units) weigh w in the
-            loss, the others 1 (None: all 1; :class:`ssmkit.sysid.fit.SimulationFit`); ``level`` is one number for
-            every output or a list of one per output (None: that output not weighed); validation is unweighted.
-        first_activation: σ of the first Wiener block only (one of :data:`ssmkit.sysid.wiener.ACTIVATIONS`' names,
-            e.g. ``"tanh"``: a bounded first-block signal), the other blocks keeping ``activation``; None: every block
-            uses ``activation`` (:class:`ssmkit.sysid.wiener.DeepWiener`'s ``block_activations``).
         train_encoder: n > 0 on a benchmark without an init window (its test simulates from rest, so
             ``encoder_window`` has nothing to read there): every training window starts from the state an
             initial-state encoder estimates from the n samples of inputs and outputs before it, instead of from rest

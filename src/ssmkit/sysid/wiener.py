@@ -213,6 +213,16 @@ class DeepWiener(nn.Module):
                 self.state_encoder[-1].weight.mul_(0.1)
                 self.state_encoder[-1].bias.zero_()
 
+    def extra_repr(self) -> str:
+        # the sizes, the layer and Ts always; every other constructor argument where it differs from the default
+        always = ("n_inputs", "n_outputs", "d_model", "n_layers", "layer", "dt")
+        defaults = {name: p.default for name, p in inspect.signature(DeepWiener).parameters.items()}
+        defaults["layer_options"] = {}  # None is stored as {}
+        shown = [f"{name}={self.arguments[name]!r}" for name in always]
+        shown += [f"{name}={value!r}" for name, value in self.arguments.items()
+                  if name not in always and value != defaults.get(name)]
+        return ", ".join(shown)
+
     # ------------------------------------------------------------------------------------------------------------
     # normalisation
 

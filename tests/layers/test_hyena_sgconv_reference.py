@@ -393,7 +393,7 @@ def test_sgconv_options_are_stored_and_shown():
               layer.bidirectional, layer.n_scales, layer.kernel_length, layer.window)
     assert stored == (H, 20, 3, 1.5, 2.5, 0.05, True, 4, 24, 23)
     assert repr(layer).endswith("(d_model=3, l_max=20, kernel_dim=3, n_scales=4, decay=(1.5, 2.5), "
-                                "bidirectional=True)")
+                                "bidirectional=True, lr=0.05)")
     assert SGConv(H, l_max=3, kernel_dim=3).state_spec().shape == (H, 2)
 
 

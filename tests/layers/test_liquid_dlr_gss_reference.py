@@ -308,7 +308,8 @@ def test_dlr_options_are_stored_shown_and_checked():
     assert (layer.d_model, layer.d_state, layer.init, layer.dt_min, layer.dt_max) == (H, 6, "randn", 2e-3, 3e-2)
     assert (layer.lr, layer.lr_W, layer.bidirectional) == (2e-4, 5e-4, True)
     assert layer.W.shape == (2, H, 3, 2) and layer.A_imag.shape == (3,) and layer.D.shape == (H,)
-    assert repr(layer).endswith("DLR(d_model=3, d_state=6, init='randn', bidirectional=True)")
+    assert repr(layer).endswith("DLR(d_model=3, d_state=6, init='randn', bidirectional=True, dt_min=0.002, dt_max=0.03, "
+                                "lr=0.0002, lr_W=0.0005)")
     marks = layers.optim_marks(layer)
     assert marks == {"A_sqrt_neg_real": {"lr": 2e-4, "weight_decay": 0.0}, "A_imag": {"lr": 2e-4, "weight_decay": 0.0},
                      "W": {"lr": 5e-4, "weight_decay": 0.0}}
@@ -381,7 +382,7 @@ def test_gss_widths_options_and_reset():
     assert layer.gate.weight.shape == (21, 7) and layer.up.weight.shape == (21, 4) and layer.out.weight.shape == (7, 21)
     assert layer.gate.bias is None and layer.down.bias is None and layer.up.bias is None
     assert layer.out.bias is not None and layer.out.bias.shape == (7,)
-    assert "d_model=7, d_state=6, expand=3, bottleneck=2\n" in repr(layer)
+    assert "d_model=7, d_state=6, expand=3, bottleneck=2, lr=0.002\n" in repr(layer)
     assert "GSSDiagonal(d_model=4, d_state=6)" in repr(layer)
     marks = {name: mark for name, _, mark in layers.marked_parameters(layer) if mark is not None}
     assert marks == {f"ssm.{n}": {"lr": 2e-3, "weight_decay": 0.0} for n in ("log_A_real", "log_A_imag")}

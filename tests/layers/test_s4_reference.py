@@ -284,7 +284,8 @@ def test_options_are_kept_shown_and_declared():
             "lr": 0.02, "bidirectional": True, "B_clip": 1.5}
     for name, value in kept.items():
         assert getattr(layer, name) == value, name
-    assert repr(layer) == "S4(d_model=6, d_state=10, l_max=7, init='lagt', n_ssm=3, bidirectional=True)"
+    assert repr(layer) == ("S4(d_model=6, d_state=10, l_max=7, init='lagt', n_ssm=3, bidirectional=True, dt_min=0.01, "
+                           "dt_max=0.2, lr=0.02, B_clip=1.5)")
     assert S4.backends == ("reference", "fft")
     caps = S4.capabilities
     assert caps.kernel and caps.state_space and caps.step

@@ -390,23 +390,6 @@ SKIP = ("device", "dtype", "d_model")
 # max_positions. Printed through a model, every one of them shows in SequenceModel's / DeepWiener's layer_options.
 _ANOTHER_CHANGE = "owned by another change: src/ssmkit/layers/{}.py"
 KNOWN_HIDDEN: dict[str, tuple[set[str], str]] = {
-    # each line prints the layer's main options; appending the changed others (one helper on SequenceLayer, a call
-    # in each extra_repr) changes the exact lines that tests/layers/test_s4_reference.py, test_liquid_dlr_gss_reference
-    # (DLR, GSS) and test_hyena_sgconv_reference (SGConv) assert: left to the lead (reported 2026-12-05)
-    "attention": ({"rotary_base"}, "lead's decision"),
-    "dlr": ({"dt_min", "dt_max", "lr", "lr_W"}, "lead's decision"),
-    "dss": ({"dt_min", "dt_max", "separate_dt", "lr"}, "lead's decision"),
-    "ema": ({"lr"}, "lead's decision"),
-    "gss": ({"lr"}, "lead's decision"),
-    "h3": ({"dt_min", "dt_max", "lr"}, "lead's decision"),
-    "hyena": ({"emb_dim", "n_inner", "sine_freq", "short_width", "lr"}, "lead's decision"),
-    "liquid_s4": ({"dt_min", "dt_max", "n_ssm", "lr", "B_clip"}, "lead's decision"),
-    "mamba": ({"dt_min", "dt_max", "dt_scale", "dt_init_floor", "conv_bias", "lr"}, "lead's decision"),
-    "mamba2": ({"A_init_range", "dt_min", "dt_max", "dt_init_floor", "conv_bias", "lr"}, "lead's decision"),
-    "mega": ({"max_positions", "lr"}, "lead's decision"),
-    "s4": ({"dt_min", "dt_max", "lr", "B_clip"}, "lead's decision"),
-    "s4d": ({"dt_min", "dt_max", "lr"}, "lead's decision"),
-    "sgconv": ({"lr"}, "lead's decision"),
     "lru": ({"lr"}, _ANOTHER_CHANGE.format("lru")),
     "rglru": ({"c", "a_min", "a_max", "out_init_scale", "lr"}, _ANOTHER_CHANGE.format("rglru")),
     "s5": ({"C_init", "dt_min", "dt_max", "clip_eigs", "step_rescale", "lr"}, _ANOTHER_CHANGE.format("s5")),

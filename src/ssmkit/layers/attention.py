@@ -223,7 +223,7 @@ class Attention(SequenceLayer):
         return y.squeeze(1).to(x_t.dtype), h
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, bias={self.bias}, "
             f"positional={self.positional!r}, window={self.window}"
         )

@@ -186,7 +186,7 @@ class DLR(DiagonalLTILayer):
         return self.d_state // 2
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, init={self.init!r}, "
             f"bidirectional={self.bidirectional}"
         )

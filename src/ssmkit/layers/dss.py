@@ -213,7 +213,7 @@ class DSS(DiagonalLTILayer):
         return self.d_state // 2
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, version={self.version!r}, "
             f"l_max={self.l_max}, bidirectional={self.bidirectional}"
         )

@@ -173,4 +173,6 @@ class EMA(DiagonalLTILayer):
         )
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_state={self.d_state}, bidirectional={self.bidirectional}"
+        return self._with_changed_options(
+            f"d_model={self.d_model}, d_state={self.d_state}, bidirectional={self.bidirectional}"
+        )

@@ -229,4 +229,6 @@ class GSS(SequenceLayer):
         return self.out(self.up(s) * g).to(x_t.dtype), h
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_state={self.d_state}, expand={self.expand}, bottleneck={self.bottleneck}"
+        return self._with_changed_options(
+            f"d_model={self.d_model}, d_state={self.d_state}, expand={self.expand}, bottleneck={self.bottleneck}"
+        )

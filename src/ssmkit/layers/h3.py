@@ -277,7 +277,7 @@ class H3(SequenceLayer):
         return y.to(x_t.dtype), H3State(shift, h.unflatten(0, (Bsz, self.head_dim, self.head_dim)))
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, head_dim={self.head_dim}, init={self.init!r}, "
             f"discretization={self.discretization!r}"
         )

@@ -343,4 +343,6 @@ class Hyena(SequenceLayer):
         return self.out_proj(y).to(x_t.dtype), HyenaState(conv_h, torch.stack(inputs, dim=1))
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, l_max={self.l_max}, order={self.order}, filter_width={self.filter_width}"
+        return self._with_changed_options(
+            f"d_model={self.d_model}, l_max={self.l_max}, order={self.order}, filter_width={self.filter_width}"
+        )

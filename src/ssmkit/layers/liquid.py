@@ -295,7 +295,7 @@ class LiquidS4(S4):
         return y, (LiquidS4State(h, past) if return_state else None)
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, l_max={self.l_max}, init={self.init!r}, "
             f"liquid_kernel={self.liquid_kernel!r}, liquid_degree={self.liquid_degree}, "
             f"liquid_contract={self.liquid_contract!r}"

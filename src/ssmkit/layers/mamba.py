@@ -292,7 +292,7 @@ class Mamba(SequenceLayer):
         return self.out_proj(y).to(x_t.dtype), MambaState(conv_state, ssm_state)
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
             f"dt_rank={self.rank}, dt_init={self.dt_init!r}"
         )

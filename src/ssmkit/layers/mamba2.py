@@ -397,7 +397,7 @@ class Mamba2(SequenceLayer):
         return self.out_proj(y).to(x_t.dtype), Mamba2State(conv_state, ssm_state)
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
             f"headdim={self.headdim}, ngroups={self.ngroups}, nheads={self.nheads}, chunk_size={self.chunk_size}, "
             f"rmsnorm={self.rmsnorm}, norm_before_gate={self.norm_before_gate}, D_has_hdim={self.D_has_hdim}"

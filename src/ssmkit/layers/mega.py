@@ -441,7 +441,7 @@ class Mega(SequenceLayer):
         return y.squeeze(1).to(x_t.dtype), h
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, d_qk={self.d_qk}, d_v={self.d_v}, "
             f"attention={self.attention!r}, chunk_size={self.chunk_size}, positional={self.positional!r}, "
             f"bidirectional={self.bidirectional}"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import re
 from dataclasses import dataclass
 from typing import ClassVar, ContextManager, Mapping
 
@@ -50,6 +51,8 @@ from ssmkit.ops.backend import get_backend
 from ssmkit.utils import check_floating, check_sequence
 
 CAPABILITIES = ("kernel", "state_space", "step")
+# the option values a layer's repr prints (not a module, tensor or method that happens to share an option's name)
+_PLAIN = (type(None), bool, int, float, str, tuple, list, dict)
 
 
 @dataclass(frozen=True)
@@ -404,4 +407,32 @@ class SequenceLayer(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement _state_space")
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}"
+        return self._with_changed_options(f"d_model={self.d_model}")
+
+    def _with_changed_options(self, shown: str, covered: tuple[str, ...] = ()) -> str:
+        """``shown`` (a layer's ``extra_repr``: ``d_model``, ``d_state`` and its main options), then ", name=value" for
+        every other constructor option whose value differs from the constructor's default (an initial Δ range, a
+        learning rate): a printed layer, or model, shows every choice it was built with.
+
+        Args:
+            shown: the options the layer always prints, "name=value, ...".
+            covered: options that ``shown`` prints under another name (SGConv's ``decay`` for ``decay_min`` and
+                ``decay_max``).
+
+        Returns:
+            ``shown``, followed by the changed options in signature order. An option is read from the attribute of its
+            name (:class:`~ssmkit.layers.checks.FixedOption` keeps each there); one without such an attribute, or whose
+            attribute is not a plain value (a number, string, tuple, ...), is left out.
+        """
+        named = set(re.findall(r"(\w+)=", shown)) | set(covered)
+        changed = []
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if (p.name in named or p.name in ("self", "device", "dtype") or p.default is p.empty
+                    or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
+                continue
+            value = getattr(self, p.name, p.default)
+            if not isinstance(value, _PLAIN):
+                continue
+            if not (type(value) is type(p.default) and value == p.default):
+                changed.append(f"{p.name}={value!r}")
+        return ", ".join([shown, *changed])

@@ -519,7 +519,7 @@ class S4(SequenceLayer):
         return StateSpace.from_ssm(A_z, B_z[..., None], C_z[:, None, :], D[:, None, None], dt=1.0)
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, l_max={self.l_max}, init={self.init!r}, "
             f"n_ssm={self.n_ssm}, bidirectional={self.bidirectional}"
         )

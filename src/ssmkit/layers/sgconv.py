@@ -267,7 +267,8 @@ class SGConv(SequenceLayer):
         return K if self.bidirectional else K[0]
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, l_max={self.l_max}, kernel_dim={self.kernel_dim}, n_scales={self.n_scales}, "
-            f"decay=({self.decay_min}, {self.decay_max}), bidirectional={self.bidirectional}"
+            f"decay=({self.decay_min}, {self.decay_max}), bidirectional={self.bidirectional}",
+            covered=("decay_min", "decay_max"),
         )

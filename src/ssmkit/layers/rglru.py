@@ -215,11 +215,14 @@ class RGLRU(SequenceLayer):
         check_lr(lr)
         factory = {"device": device, "dtype": parameter_dtype(dtype)}
         D = self.lru_width
-        with torch.random.fork_rng(devices=[]):  # their own inits draw nothing: reset_parameters draws everything
-            self.in_x = nn.Linear(d_model, D, **factory)
-            self.in_gate = nn.Linear(d_model, D, **factory)
-            self.conv = ShortConv(D, conv_width, bias=True, **factory)
-            self.out = nn.Linear(D, d_model, **factory)
+        # built on the meta device, then given memory: their own inits draw nothing (reset_parameters draws
+        # everything). Not fork_rng, which saves torch's global generator and restores it after their draws: another
+        # thread's draws in between were undone, its next numbers repeated.
+        meta, target = {**factory, "device": "meta"}, torch.empty(0, device=device).device
+        self.in_x = nn.Linear(d_model, D, **meta).to_empty(device=target)
+        self.in_gate = nn.Linear(d_model, D, **meta).to_empty(device=target)
+        self.conv = ShortConv(D, conv_width, bias=True, **meta).to_empty(device=target)
+        self.out = nn.Linear(D, d_model, **meta).to_empty(device=target)
         self.gate_a = BlockDiagonalLinear(D, n_heads, **factory)
         self.gate_x = BlockDiagonalLinear(D, n_heads, **factory)
         register_ssm_parameter(self, "Lambda", torch.empty(D, **factory), lr)

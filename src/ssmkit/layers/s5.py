@@ -55,7 +55,7 @@ from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.discretize import bilinear, zoh
+from ssmkit.ops.discretize import bilinear, widen, zoh
 from ssmkit.ops.hippo import s5_eigen
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
@@ -196,23 +196,34 @@ class S5(MIMODiagonalLTILayer):
     def continuous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Λ (M,) complex (Re clipped at -1e-4 with ``clip_eigs``), B̃ (M, H) complex and Δ (M,) (with ``step_rescale``)."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
+        return self._continuous(lambda t: t)
+
+    def _continuous(self, cast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Λ (M,), B̃ (M, H), Δ (M,) as :meth:`continuous`, each parameter read through ``cast`` first."""
         re = self.A_real.clamp(max=_CLIP) if self.clip_eigs else self.A_real
-        Lambda = torch.complex(re, self.A_imag)  # (M,)
-        return Lambda, torch.view_as_complex(self.B), self.step_rescale * torch.exp(self.log_dt)
+        Lambda = torch.complex(cast(re), cast(self.A_imag))  # (M,)
+        return Lambda, cast(torch.view_as_complex(self.B)), self.step_rescale * torch.exp(cast(self.log_dt))
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Λ̄ (M,), B̄ (M, H) and the output matrices (C, H, M), complex: 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u)."""
+        """Λ̄ (M,), B̄ (M, H) and the output matrices (C, H, M), complex: 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u).
+
+        Λ̄ = f(ΔΛ), B̄ = Δ g(ΔΛ) B̃ with f, g the rule's (module docstring), formed in double for a float32 layer and
+        rounded once: e^{ΔΛ} turns an absolute error of ΔΛ into a relative one of Λ̄, and a float32 Δ or ΔΛ is off by
+        |Im ΔΛ|·6e-8 (the zero-order hold of :mod:`ssmkit.ops.discretize` does the same).
+        """
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
-        Lambda, B_tilde, dt = self.continuous()
+        Lambda, B_tilde, dt = self._continuous(widen)  # (M,), (M, H), (M,): complex128 / float64 for a float32 layer
         rule = zoh if self.discretization == "zoh" else bilinear
         # One row of M systems with a unit step: z = ΔΛ and B = Δ give the rules' Ā = f(ΔΛ), B̄ = Δ·g(ΔΛ) exactly.
         # (A column (M, 1) with dt (M, 1) is the same math, but inductor's backward of it viewed a complex gradient
         # of stride (1, M) as real and failed: torch.compile of an S5 training step with zoh.)
         z, step_gain = (dt * Lambda)[None, :], dt.to(Lambda.dtype)[None, :]  # (1, M) each
         A_bar, gain = rule(z, step_gain, torch.ones_like(dt[:1, None]))  # (1, M) each: B̃ = 1
-        A_bar, gain = A_bar[0, :, None], gain[0, :, None]  # (M, 1) each
+        A_bar, B_bar = A_bar[0], gain[0, :, None] * B_tilde  # (M,), (M, H)
         C = torch.view_as_complex(self.C)  # (C, H, M)
-        return A_bar[:, 0], gain * B_tilde, (2 * C if self.conj_sym else C)  # (M,), (M, H), (C, H, M)
+        if A_bar.dtype != C.dtype:  # rounded once to the layer's precision
+            A_bar, B_bar = A_bar.to(C.dtype), B_bar.to(C.dtype)
+        return A_bar, B_bar, (2 * C if self.conj_sym else C)  # (M,), (M, H), (C, H, M)
 
     @property
     def n_modes(self) -> int:

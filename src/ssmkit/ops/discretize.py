@@ -17,6 +17,12 @@ The DPLR (S4) forms -- dense and Woodbury bilinear, and the O(N) step -- live in
 zero-order hold on the CPU under the ``"auto"`` and ``"native"`` backends a C version of it (:mod:`ssmkit.ops.native.zoh`:
 two calls instead of ~50 small ops, several of them on torch's thread pool, which beside a busy process each wait for a
 worker); :func:`zoh_reference` is the direct formula that the tests compare against.
+
+A single-precision zero-order hold is evaluated in double precision and rounded once, as the C code does (on MPS, which
+has no float64, in single). The sensitive step is z = Δ Λ: e^z turns z's absolute error into a relative one, and with
+Im z of order 10³ (fast poles, large N) a float32 z (or a float32 Δ = exp(log Δ)) is off by 10³·6e-8 = 6e-5 in phase.
+In float32 the torch path's S4D ∂log Δ was 1.2e-4 off its float64 value at N 256, Δ 0.5-5 (the C code 1.1e-7); formed
+from double, 8.6e-8. The cost is a few casts of (H, N) tensors.
 """
 
 from __future__ import annotations
@@ -35,6 +41,22 @@ from ssmkit.utils import check_floating
 # at |z| = 1 after 1/19! ~ 8e-18 (below float64 eps), and the direct formula loses at most ~e*eps for |z| >= 1.
 _SERIES_RADIUS = 1.0
 _SERIES_COEFFS = [1.0 / math.factorial(k + 1) for k in range(18)]  # coefficient of z^k
+
+_WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
+
+
+def widen(x: Tensor) -> Tensor:
+    """x in double precision when it is single precision (float32 -> float64, complex64 -> complex128), except on MPS
+    (no float64 there); else x itself. Differentiable: the gradient comes back in x's dtype.
+
+    Args:
+        x: real or complex tensor, any shape.
+
+    Returns:
+        x's values, of x's shape, in the wider dtype.
+    """
+    wide = _WIDE.get(x.dtype)
+    return x if wide is None or x.device.type == "mps" else x.to(wide)
 
 
 def _check_complex(x: Tensor, name: str, letters: str) -> None:
@@ -138,6 +160,7 @@ def zoh(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
 
     A_bar = exp(dt Lambda),  B_bar = (A_bar - 1)/Lambda * B = dt * B * (exp(z) - 1)/z with z = dt Lambda,
     the last form evaluated by a series for |z| < 1, so Lambda -> 0 gives B_bar -> dt B (values and gradients).
+    Single precision is evaluated in double and rounded once (module docstring), on every path.
 
     Args:
         Lambda: (H, N) complex continuous-time eigenvalues.
@@ -187,14 +210,30 @@ def zoh_log(log_neg_real: Tensor, imag: Tensor, B: Tensor, log_dt: Tensor) -> tu
         from ssmkit.ops.native.zoh import zoh_native_log
 
         return zoh_native_log(log_neg_real, imag, B, log_dt)
+    # Δ = exp(log Δ) in double, and so z = Δ Λ in zoh_torch (module docstring: a float32 Δ alone puts ~|Im z|·eps into
+    # the phase of Ā); Re Λ = -e^a rounded in single is off by |Re z|·eps in z, as Ā's own rounding (one op fewer than
+    # forming it in double: tests/perf)
     Lambda = torch.complex(-torch.exp(log_neg_real), imag)  # (H, M)
-    return zoh(Lambda, B, torch.exp(log_dt).unsqueeze(-1))
+    return zoh(Lambda, B, torch.exp(widen(log_dt)).unsqueeze(-1))
 
 
 def zoh_torch(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`zoh` by torch ops (after its checks): the path on every device, and the reference of the C code."""
+    """:func:`zoh` by torch ops (after its checks): the path on every device, and the reference of the C code.
+
+    A_bar = exp(z), B_bar = dt B φ(z), z = dt Lambda, evaluated in double for single-precision inputs (module docstring)
+    and rounded once to Lambda's dtype (also when dt is float64 and Lambda complex64): (H, N) complex each.
+    """
+    return _zoh_rounded(widen(Lambda), B, widen(dt), Lambda.dtype)
+
+
+def _zoh_rounded(Lambda: Tensor, B: Tensor, dt: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A_bar = exp(z), B_bar = (dt φ(z)) B, z = dt Lambda (Lambda (H, N) complex, dt (H, 1), perhaps wider than
+    ``dtype``; B (H, N) complex ``dtype``, promoted inside the product): each rounded to ``dtype`` once, (H, N)."""
     z = dt * Lambda  # (H, N)
-    return torch.exp(z), dt * B * _expm1_over_z(z)
+    A_bar, B_bar = torch.exp(z), dt * _expm1_over_z(z) * B  # (H, N) each
+    if A_bar.dtype != dtype:
+        A_bar, B_bar = A_bar.to(dtype), B_bar.to(dtype)
+    return A_bar, B_bar
 
 
 def _native_here(complex_parts: tuple[Tensor, ...], real_parts: tuple[Tensor, ...] = ()) -> bool:

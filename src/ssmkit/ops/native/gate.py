@@ -8,6 +8,9 @@ or crash marks the kernel unusable, with the reason, for the rest of the process
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from ssmkit.ops.native.build import NativeBuildError
@@ -270,16 +273,14 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         options = {"mamba2_step": [{"ngroups": 2}, {"norm_before_gate": True, "D_has_hdim": True, "conv_bias": False},
                                    {"rmsnorm": False}],
                    "mamba_step": [{}, {"conv_bias": False, "d_conv": 2}], "rglru_step": [{}, {"conv_width": 2}]}[op]
-        with torch.random.fork_rng(devices=[]):  # the layers draw their weights: the caller's generator is kept
-            torch.manual_seed(0)
-            for opts in options:
-                if op == "mamba2_step":  # 12 heads of 4
-                    layer = Mamba2(d_model=24, d_state=5, headdim=4, expand=2, dtype=dtype, **opts)
-                elif op == "mamba_step":
-                    layer = Mamba(d_model=24, d_state=5, dtype=dtype, **opts)
-                else:  # 3 blocks of 8 in the gates; the second row starts a segment at the fourth token
-                    layer = RGLRU(d_model=24, n_heads=3, dtype=dtype, **opts)
-                _smoke_step(layer, rand, dtype)
+        if op == "mamba2_step":  # 12 heads of 4
+            cls, sizes = Mamba2, {"d_model": 24, "d_state": 5, "headdim": 4, "expand": 2}
+        elif op == "mamba_step":
+            cls, sizes = Mamba, {"d_model": 24, "d_state": 5}
+        else:  # 3 blocks of 8 in the gates; the second row starts a segment at the fourth token
+            cls, sizes = RGLRU, {"d_model": 24, "n_heads": 3}
+        for opts in options:
+            _smoke_step(_undrawn_layer(functools.partial(cls, **sizes, **opts, dtype=dtype), rand), rand, dtype)
         return
     elif op == "causal_conv1d":
         from ssmkit.ops.conv import causal_conv1d_reference
@@ -310,6 +311,21 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         _compare(fast, ref, case, weight, dtype)
         if back is not None:
             _compare(*back, case, weight, dtype)
+
+
+def _undrawn_layer(build, rand) -> torch.nn.Module:
+    """The layer ``build()`` makes, on the CPU, with every parameter drawn from the smoke call's own generator (``rand``:
+    N(0, 1/fan-in) entries) instead of by the layer's initialisation. It is built on the meta device, so nothing is drawn
+    from torch's global generator, nor is it seeded, saved or restored: other threads may be drawing from it. (The
+    smoke call seeded it inside ``torch.random.fork_rng``: a thread drawing meanwhile got the seeded stream, and the
+    restore at the end undid its draws.)"""
+    with torch.device("meta"):
+        layer = build()
+    layer = layer.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in layer.parameters():  # a matrix's (or a convolution's) entries scaled by 1/√fan-in: outputs O(1)
+            p.copy_(rand(*p.shape) / math.sqrt(p.shape[-1] if p.dim() > 1 else 4))
+    return layer
 
 
 def _smoke_step(layer, rand, dtype: torch.dtype) -> None:

@@ -11,7 +11,8 @@ backward is written out rather than chained through autograd's nodes:
 
 so the skip costs one in-place pass each way (no product tensor, no separate sum of u's two gradients), the GEMMs of
 a gradient not asked for (or of an output not used: no zeros are materialised) are skipped, and no tensor of the
-forward is kept beyond u and the states x. Differentiated itself (``create_graph``), the backward is that of the same
+forward is kept beyond u and the states x. ∂W_out and ∂W_in, sums over all B·L steps, are formed by blocks of rows
+when the layer is narrow (:func:`_gram`). Differentiated itself (``create_graph``), the backward is that of the same
 three steps in tensor ops with the chunked scan (:mod:`ssmkit.ops.twice`).
 """
 
@@ -33,6 +34,32 @@ def _mm_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     the mean forward+backward 1.3-1.5x that of the whole GEMMs (2026-12-04: LRU 112 against 83 ms, S5 133 against
     91 ms, 50 interleaved rounds; docs/benchmarks.md, "Session of 2026-12-04 (20:09-)"). Whole GEMMs are kept."""
     return mm_rows(a, b, ROW_BLOCK)
+
+
+GRAM_BLOCK = 64  # rows per single-precision partial of a narrow weight gradient's sum over B·L (see _gram)
+GRAM_NARROW = 8  # at most this many columns on one side: a narrow product (see _gram)
+
+
+def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """aᵀ b = Σ_r a_rᵀ b_r (K, N) for tall a (B·L, K) and b (B·L, N): a weight gradient, a sum over every step of every
+    sequence. Narrow (min(K, N) ≤ GRAM_NARROW), as one batched GEMM of blocks of T = GRAM_BLOCK rows and torch's sum of
+    the (B·L/T, K, N) partials (pairwise, not a running sum; at most 1/8 of the inputs' size); wider, one GEMM.
+
+    MKL's GEMM of a narrow product streams all B·L rows into one float32 running sum per entry (at 131 072 rows of
+    nearly constant terms 9e-4 off with 8 columns or fewer on one side, 1e-6 with 12 or more): with a constant input
+    and the loss on every step (d_model 4, L 16 384) LRU's ∂C was 1.6e-4 off its float64 value and S5's 1.1e-4, LRU's
+    ∂B 3.3e-6; by blocks 4.0e-7, 1.7e-6 (S5: its float32 Λ̄'s own share) and 2.2e-7. Wider GEMMs block their sums
+    themselves (LRU at d_model 128, B 8, L 4 096: ∂C 1.4e-6, ∂B 2.1e-6; 64-row blocks gave 8.6e-7 and 5.2e-7 for
+    ~1.5x the GEMM's time: partials as large as the inputs).
+    """
+    n, K = a.shape
+    N = b.shape[1]
+    T = GRAM_BLOCK
+    if min(K, N) > GRAM_NARROW or n < 2 * T:
+        return a.mT @ b  # (K, N)
+    nb = n // T
+    head = torch.bmm(a[: nb * T].reshape(nb, T, K).mT, b[: nb * T].reshape(nb, T, N)).sum(0)  # (nb, K, N) -> (K, N)
+    return head if nb * T == n else head + a[nb * T:].mT @ b[nb * T:]  # (K, N) (not addmm_, whose GEMM adds the rows to the total one by one: 8e-7)
 
 
 class _NativeMimo(torch.autograd.Function):
@@ -68,7 +95,7 @@ class _NativeMimo(torch.autograd.Function):
         if g_y is not None:
             g_y = g_y.reshape(BL, H).contiguous()  # (B·L, H)
             if need_out:
-                g_out = x_packed.mT @ g_y  # (2M, H)
+                g_out = _gram(x_packed, g_y)  # (2M, H)
             if need_D and D is not None:
                 g_D = torch.linalg.vecdot(g_y, u, dim=0)  # (H,): Σ g ⊙ u
             g_x = _mm_rows(g_y, W_out.mT)  # (B·L, 2M)
@@ -80,7 +107,7 @@ class _NativeMimo(torch.autograd.Function):
             g_A = g_a if need_A else None
             g_v = (torch.view_as_real(g_b) if g_b.is_complex() else g_b).reshape(BL, -1)  # (B·L, 2M)
             if need_in:
-                g_in = u.mT @ g_v  # (H, 2M)
+                g_in = _gram(u, g_v)  # (H, 2M)
             if need_u:
                 g_u = _mm_rows(g_v, W_in.mT)  # (B·L, H)
                 if D is not None and g_y is not None:

@@ -119,6 +119,14 @@ def test_bounds_are_the_documented_element_counts(B, L, H, N, s):
     assert limits.lti_bytes("forward", B, L, H, N, s) == (u + y) * s
     assert limits.lti_bytes("forward_backward", B, L, H, N, s) == (u + y + u + dy + du) * s
     assert limits.lti_bytes("step", B, L, H, N, s) == L * (B * H * s + B * H * s + 2 * state * s)
+    # another fixed-size state (S reals per sequence), and a state growing by an entry of Q reals per token: token t
+    # reads the t entries held and writes the new one
+    S, Q = 11, 3
+    per_token = [B * H + B * H + 2 * B * S + B * Q * t + B * Q for t in range(L)]
+    assert limits.lti_bytes("step", B, L, H, N, s, state=S, cache=Q) == sum(per_token) * s
+    assert limits.lti_bytes("step", B, L, H, N, s, state=S) == L * (2 * B * H + 2 * B * S) * s
+    for mode in ("forward", "forward_backward"):  # the state is a step's only
+        assert limits.lti_bytes(mode, B, L, H, N, s, state=S, cache=Q) == limits.lti_bytes(mode, B, L, H, N, s)
     assert limits.bound_flops("forward", B, L, H, N) == 6 * B * L * H * N
     assert limits.bound_flops("step", B, L, H, N) == 6 * B * L * H * N
     assert limits.bound_flops("forward_backward", B, L, H, N) == 18 * B * L * H * N
@@ -206,6 +214,8 @@ def test_bounds_refuse_an_unknown_mode():
 @pytest.mark.parametrize("call,message", [
     (lambda: limits.lti_bytes("forward", 0, 1, 1, 1, 4), "batch must be an int >= 1; got 0"),
     (lambda: limits.lti_bytes("forward", 1, 1, 1, 1, 2.0), "itemsize must be an int >= 1; got 2.0"),
+    (lambda: limits.lti_bytes("step", 1, 1, 1, 1, 4, state=-1), "state must be an int >= 0 or None; got -1"),
+    (lambda: limits.lti_bytes("step", 1, 1, 1, 1, 4, cache=True), "cache must be an int >= 0; got True"),
     (lambda: limits.selective_bytes("forward", 1, 1, 6, 1, 4, groups=4),
      "groups must divide channels = 6; got groups=4"),
     (lambda: limits.selective_bytes("forward", 1, 1, 6, 1, 4, delta_width=0), "delta_width must be an int >= 1; got 0"),
@@ -272,11 +282,18 @@ def test_core_op_refuses_a_layer_without_a_declared_op():
     ("attention", {"d_model": 12, "n_heads": 2, "head_dim": 8, "window": 3}, "attention",
      lambda m, B, L, s: limits.attention_bytes(m, B, L, 2, 8, s, window=3)),
     ("rglru", {"d_model": 8, "lru_width": 12}, "rglru", lambda m, B, L, s: limits.rglru_bytes(m, B, L, 12, s)),
-    ("s4d", {"d_model": 8, "d_state": 6}, "lti", lambda m, B, L, s: limits.lti_bytes(m, B, L, 8, 5, s)),
+    # the LTI forward has no N; its step reads the layer's own state (N = 6: H·6 reals), not the case's N (5 here)
+    ("s4d", {"d_model": 8, "d_state": 6}, "lti", lambda m, B, L, s: limits.lti_bytes(m, B, L, 8, 5, s, state=48)),
+    ("s5", {"d_model": 8, "d_state": 32}, "lti",  # one system of M = 16 complex modes shared by the H channels
+     lambda m, B, L, s: limits.lti_bytes(m, B, L, 8, 5, s, state=32)),
+    ("hyena", {"d_model": 8, "order": 3}, "lti",  # order 3, O = 2: the short convolution's last 2 inputs of the
+     lambda m, B, L, s: limits.lti_bytes(m, B, L, 8, 5, s, state=64, cache=16)),  # (O + 2)·H projections, O·H per input
+    ("mega", {"d_model": 8, "d_state": 4}, "lti",  # the EMA's H·N; the key/value cache is attention's, left out
+     lambda m, B, L, s: limits.lti_bytes(m, B, L, 8, 5, s, state=32)),
 ])
 def test_layer_bytes_reads_the_op_sizes_from_the_layer(name, options, op, sizes):
-    """The sizes come from the built layer's options (inner channels, rank, heads, groups, window, width); the LTI
-    op takes the case's N (5 here, whatever the layer's)."""
+    """The sizes come from the built layer's options (inner channels, rank, heads, groups, window, width, an LTI
+    layer's state)."""
     layer = layers.build(name, **options)
     for mode in limits.MODES:
         for B, L, s in ((2, 9, 4), (1, 3, 8)):

@@ -27,6 +27,19 @@ Found:
    two SSD shapes, +0.6 % for Mamba-2 at the cases' default. ``bench gpu`` itself still uses its own formula (its
    SSD case and a pin in test_probe_bench_2026_12_05.py are not this probe's files).
 
+3. *The LTI step bound counted N reals of state per channel for every LTI layer* (B·H·(2 + 2N)·s per token), whatever
+   the layer's state. Now it counts the state the layer's ``step`` takes and returns (``limits.state_reals``, from
+   its ``state_spec``), read and written per token, and a state that grows by an entry per token
+   (Hyena's inputs so far, which each long convolution reads at every step) as its entries read and the new one
+   written; Mega's growing key/value cache is its attention's and stays out, as in its forward bound. At the cases'
+   default (B 8, 4096 steps, H 128, N 64, float32) the step bounds went, before -> after (MB): S5 and LRU 2181 -> 50.3
+   (one system of 32 complex modes, 256 bytes per row, where the old bound counted 32 KB: 43x above what the step
+   moves, not a lower bound), GSS 2181 -> 570 (its SSM runs on H/4 channels: 3.8x), H3 2181 -> 4295 (a shift SSM
+   beside the diagonal one: 2.0x), SGConv 2181 -> 34 360 (its last F - 1 = 1023 inputs per channel: 15.8x), Hyena
+   2181 -> 34 603 (15.9x: its fixed state is 3 KB per row, 10x smaller than the old count, but at step t it reads the
+   t·O·H inputs so far), Liquid-S4 2181 -> 2215 (+1.5 %: the last input beside S4's modes); S4, S4D, DSS, DLR, EMA and
+   Mega unchanged. The forward and forward+backward bounds are unchanged.
+
 Now each layer's op is declared once: :func:`ssmkit.bench.limits.core_op` reads ``TIME_VARYING_CORE_OPS`` (Mamba,
 Mamba-2, attention, RG-LRU by class; Mega and Liquid-S4 to the LTI op, which they run at least), else the zoo entry's
 ``time_varying``: a time-invariant layer runs the LTI scan or convolution. A time-varying layer without a declared op
@@ -40,6 +53,7 @@ import inspect
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
 import ssmkit.layers as layers
 import ssmkit.layers.attention as attention_module
@@ -185,8 +199,7 @@ def test_attention_step_bound_is_the_bytes_of_each_steps_attention_and_cache_wri
 
 @pytest.mark.parametrize("name", ["s4d", "s4", "lru", "hyena", "mega"])
 def test_lti_bound_is_the_bytes_of_the_layers_input_and_output(name):
-    """The LTI op reads u and writes y; forward+backward adds u again, dy and du; a step (S4D: N/2 complex modes per
-    channel) reads u and the state, writes y and the state."""
+    """The LTI op reads u and writes y; forward+backward adds u again, dy and du."""
     torch.manual_seed(0)
     B, L, H, N = BATCH, 7, 4, 6
     layer = layers.build(name, d_model=H, **({"d_state": N} if "d_state" in inspect.signature(
@@ -197,16 +210,56 @@ def test_lti_bound_is_the_bytes_of_the_layers_input_and_output(name):
     assert limits.layer_bytes(layer, "forward", B, L, N, 4) == ("lti", nbytes(x) + nbytes(y))
     assert limits.layer_bytes(layer, "forward_backward", B, L, N, 4)[1] == (
         nbytes(x) + nbytes(y) + nbytes(x) + nbytes(y) + nbytes(x.grad))
-    if name == "s4d":
-        state = layer.initial_state(B)
-        counted = 0
-        with torch.no_grad():
-            for x_t in x.detach().unbind(1):
-                y_t, new = layer.step(x_t, state)
-                counted += nbytes(x_t) + nbytes(state) + nbytes(y_t) + nbytes(new)
-                state = new
-        assert state.is_complex() and state.shape == (B, H, N // 2)
-        assert limits.layer_bytes(layer, "step", B, L, N, 4)[1] == counted
+
+
+LTI_LAYERS = [name for name in layers.available() if name not in OPS]  # every layer held to the LTI op
+STEP_STATES = {  # each layer's state at H 8, N 16, per sequence: what its step reads and writes
+    "s4d": "M = 8 complex modes per channel", "s4": "M = 8 complex modes per channel", "dss": "8 modes per channel",
+    "dlr": "8 modes per channel", "ema": "N = 16 reals per channel", "liquid_s4": "S4's modes and the last input",
+    "s5": "one system of M = 8 modes shared by the channels", "lru": "one system of 8 modes",
+    "gss": "8 modes of 2 channels (its SSM runs on H/4)", "h3": "the shift SSM's 15 past inputs and 8 modes",
+    "sgconv": "the last F - 1 = 1023 inputs per channel", "hyena": "the short convolution's last 2 inputs and every "
+    "input of the long convolution so far (a growing state)", "mega": "the EMA's N = 16 per channel and the keys and "
+    "values of the current chunk (attention's, left out of the LTI op's bound)",
+}
+ATTENTION_CACHE = {"mega"}  # growing state that belongs to the layer's attention, not to its LTI op
+
+
+def test_every_lti_layer_is_pinned():
+    assert sorted(LTI_LAYERS) == sorted(STEP_STATES)
+    assert all(limits.core_op(layers.layer_class(name)) == "lti" for name in LTI_LAYERS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", LTI_LAYERS)
+def test_lti_step_bound_is_the_bytes_of_the_steps_input_output_and_state(name, dtype):
+    """Each step from the initial state reads u and the state and writes y and the next state, as ``step`` is called.
+    A tensor of the state that keeps its shape is read and written whole; one that grows by an entry per step
+    (Hyena's inputs so far) has its entries read and the new one written (a functional step need not copy the
+    entries it keeps). Before, every layer was counted as N reals per channel (H·N = 128 here)."""
+    torch.manual_seed(0)
+    B, L, H, N = BATCH, 5, 8, 16
+    layer = layers.build(name, d_model=H, **({"d_state": N} if "d_state" in inspect.signature(
+        layers.layer_class(name)).parameters else {})).to(dtype)
+    state = layer.initial_state(B)
+    counted, grew = 0, False
+    with torch.no_grad():
+        for _ in range(L):
+            x_t = torch.randn(B, H, dtype=dtype)
+            y_t, new = layer.step(x_t, state)
+            counted += nbytes(x_t) + nbytes(y_t)
+            for old, now in zip(pytree.tree_leaves(state), pytree.tree_leaves(new), strict=True):
+                if old.shape == now.shape:
+                    counted += nbytes(old) + nbytes(now)
+                    continue
+                grew = True  # one axis one entry longer, the entries held kept
+                axis = next(i for i, (a, b) in enumerate(zip(old.shape, now.shape)) if a != b)
+                assert now.shape[axis] == old.shape[axis] + 1 and torch.equal(now.narrow(axis, 0, old.shape[axis]), old)
+                if name not in ATTENTION_CACHE:
+                    counted += nbytes(old) + (nbytes(now) - nbytes(old))  # the entries held, the new one
+            state = new
+    assert grew == (name in ("hyena", "mega"))
+    assert limits.layer_bytes(layer, "step", B, L, 99, dtype.itemsize) == ("lti", counted)
 
 
 def test_the_ssd_bound_counts_the_final_state_the_op_returns():

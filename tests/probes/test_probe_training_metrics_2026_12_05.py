@@ -34,8 +34,8 @@ Checked and right (kept as tests below):
 
 Noticed, left alone: ``logs/version_k/metrics.csv`` held the test rows of the final weights, of the best
 validation's weights and of every extra test split under the same ``test_loss`` / ``test_accuracy`` columns (labelled
-with result.json's names since the config probe of 2026-12-05); under DDP the logged ``train_loss`` is process 0's own batch, not the
-global batch's. No gradient accumulation, data-loader workers, EMA weights or seed averaging exist in ssmkit's
+with result.json's names since the config probe of 2026-12-05); under DDP the logged ``train_loss`` was process 0's own batch, not the
+global batch's (the global batch's since the leftovers probe of 2026-12-05). No gradient accumulation, data-loader workers, EMA weights or seed averaging exist in ssmkit's
 training (compare runs one seed per model), so none was checked.
 """
 

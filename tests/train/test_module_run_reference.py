@@ -384,21 +384,22 @@ def test_a_resume_names_every_changed_field_in_order(tmp_path):
 
 
 class _Strategy:
-    def __init__(self, others_finite: bool = True):
-        self.others_finite = others_finite
+    def __init__(self, others_finite: bool | None = None):
+        self.others_finite = others_finite  # a second process whose loss is finite or not; None: one process
         self.root_device = torch.device("cpu")
 
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002
-        # two processes, the other's loss finite or not: "all" needs both, "any" one
-        return (decision and self.others_finite) if all else (decision or self.others_finite)
-
     def reduce(self, tensor, reduce_op="sum"):
-        return tensor
+        if self.others_finite is None or tensor.dim() != 1:
+            return tensor
+        # the training step's (finite, loss sum, metric sum, count): the other process has the same batch's sums
+        other = tensor.clone()
+        other[0] = float(self.others_finite)
+        return tensor + other
 
 
 class _Trainer:
-    def __init__(self, rank=0, world=1, step=0, others_finite=True):
-        self.global_rank, self.world_size, self.global_step = rank, world, step
+    def __init__(self, rank=0, world=1, step=0, others_finite=None):
+        self.global_rank, self.world_size, self.global_step = rank, world if others_finite is None else 2, step
         self.strategy = _Strategy(others_finite)
 
 

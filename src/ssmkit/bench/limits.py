@@ -20,9 +20,9 @@ Counted: every tensor with a batch axis that the op reads or writes; the paramet
 call) are left out. A forward+backward reads the forward's inputs again (the gradients exist only after the
 forward), reads the gradient of each output the loss uses, and writes the gradient of each input: 3x the inputs, 2x
 y (the loss is of y alone) and 1x any other output (the SSD's final state). A ``step`` case runs L tokens from the
-initial state, each reading and writing the state. :func:`core_op` says which op a layer class runs
-(:data:`TIME_VARYING_CORE_OPS`, else its zoo entry) and :func:`layer_bytes` reads the op's sizes from the built
-layer.
+initial state, each reading and writing the state (an LTI layer's own, :func:`state_reals`). :func:`core_op` says
+which op a layer class runs (:data:`TIME_VARYING_CORE_OPS`, else its zoo entry) and :func:`layer_bytes` reads the
+op's sizes from the built layer.
 
 The FLOP bound is the fused-scan model for every layer: ``6·B·L·H·N`` forward (per batch row, step and channel: N/2
 complex modes, a complex multiply-add of the state, the input and the output term ≈ 12 real flops each);
@@ -33,10 +33,12 @@ The achieved fraction of a bound is bound time / measured time (1.0 = at the lim
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import torch
+import torch.utils._pytree as pytree
 
 import ssmkit.layers as layers
 from ssmkit.ops.rows import plain_linear
@@ -102,20 +104,30 @@ def _divides(groups: int, name: str, total: int, total_name: str) -> None:
         raise ValueError(f"{name} must divide {total_name} = {total}; got {name}={groups}")
 
 
-def lti_bytes(mode: str, batch: int, length: int, channels: int, d_state: int, itemsize: int) -> float:
+def lti_bytes(mode: str, batch: int, length: int, channels: int, d_state: int, itemsize: int,
+              state: int | None = None, cache: int = 0) -> float:
     """The minimum bytes of a diagonal LTI scan or FFT convolution y = K ⊛ u over H channels (the layer's u and y).
 
         forward           2·B·L·H·s       u read, y written
         forward+backward  5·B·L·H·s       the forward's u in, y out; the backward's u again, dy in, du out
-        step              L·B·H·(2 + 2N)·s   per token u in, y out, N reals of state per channel read and written
+        step              B·s·Σ_{t<L} (2·H + 2·state + cache·(t + 1))
+                          = B·s·(L·(2·H + 2·state + cache) + cache·L·(L - 1)/2)
+
+    A step reads u and writes y (H each), reads the fixed-size state and writes the next one (``state`` reals per
+    sequence; the default H·N is a bank of H systems of N reals, as S4D's N/2 complex modes per channel), and, where
+    the state also holds every input so far (Hyena's long convolutions), reads the t entries it holds at token t and
+    writes the new one (``cache`` reals per entry; a functional step must return the state, but need not copy the
+    entries it keeps). Complex entries count as two reals.
 
     The parameters (and the kernel K, which a fused kernel forms from them) are not counted; ``length`` counts the
-    tokens of a ``step`` case.
+    tokens of a ``step`` case, run from the initial state (an empty cache).
 
     Args:
         mode: one of :data:`MODES`.
         batch, length, channels, d_state: B, L, H, N.
         itemsize: s, bytes per element (4 for float32).
+        state: reals in one sequence's fixed-size state (a step only), or None for H·N.
+        cache: reals per entry of a state that grows by one entry per token (a step only), or 0.
     """
     _check_mode(mode)
     _check_sizes(batch=batch, length=length, channels=channels, d_state=d_state, itemsize=itemsize)
@@ -123,7 +135,33 @@ def lti_bytes(mode: str, batch: int, length: int, channels: int, d_state: int, i
         return 2.0 * batch * length * channels * itemsize
     if mode == "forward_backward":
         return 5.0 * batch * length * channels * itemsize
-    return float(length) * batch * channels * (2 * itemsize + 2 * d_state * itemsize)
+    state = channels * d_state if state is None else state
+    if isinstance(state, bool) or not isinstance(state, int) or state < 0:
+        raise ValueError(f"state must be an int >= 0 or None; got {state!r}")
+    if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+        raise ValueError(f"cache must be an int >= 0; got {cache!r}")
+    per_row = length * (2 * channels + 2 * state + cache) + cache * (length * (length - 1) // 2)
+    return float(itemsize) * batch * per_row
+
+
+def state_reals(layer: layers.SequenceLayer) -> tuple[int, int]:
+    """The reals of one sequence's state of ``layer`` (complex entries count twice), from its ``state_spec``: those of
+    the fixed-size tensors, and those of one entry of the tensors that grow by an entry per token (0 if none).
+
+    Args:
+        layer: a built layer with a recurrent step.
+
+    Returns:
+        (fixed-size reals, reals per entry of the growing tensors).
+    """
+    fixed = per_entry = 0
+    for spec in pytree.tree_leaves(layer.state_spec()):
+        reals = 2 if spec.dtype.is_complex else 1
+        if spec.growing is None:
+            fixed += math.prod(spec.shape) * reals
+        else:
+            per_entry += math.prod(n for axis, n in enumerate(spec.shape) if axis != spec.growing) * reals
+    return fixed, per_entry
 
 
 def selective_bytes(mode: str, batch: int, length: int, channels: int, d_state: int, itemsize: int,
@@ -296,8 +334,20 @@ def _selective_sizes(layer) -> dict:
     return {"channels": layer.d_inner, "d_state": layer.d_state, "delta_width": layer.rank if low else None}
 
 
+def _lti_state(layer, mode: str) -> dict:
+    """The state sizes of :func:`lti_bytes` for a step of ``layer``: its fixed-size state and, for a time-invariant
+    layer, the entries of its growing state (Hyena's inputs so far, which the long convolutions read at every token).
+    A time-varying layer held to the LTI op (Mega, Liquid-S4) counts its fixed-size state only: Mega's key/value cache
+    is its attention's, which the bound leaves out as the forward bound does."""
+    if mode != "step":
+        return {}
+    fixed, per_entry = state_reals(layer)
+    time_invariant = not any(cls in TIME_VARYING_CORE_OPS for cls in type(layer).__mro__)
+    return {"state": fixed, "cache": per_entry if time_invariant else 0}
+
+
 _LAYER_BYTES = {  # core op -> (layer, mode, B, L, N, s) -> bytes, the sizes read from the built layer
-    "lti": lambda layer, mode, B, L, N, s: lti_bytes(mode, B, L, layer.d_model, N, s),
+    "lti": lambda layer, mode, B, L, N, s: lti_bytes(mode, B, L, layer.d_model, N, s, **_lti_state(layer, mode)),
     "selective": lambda layer, mode, B, L, N, s: selective_bytes(mode, B, L, itemsize=s, **_selective_sizes(layer)),
     "ssd": lambda layer, mode, B, L, N, s: ssd_bytes(mode, B, L, layer.nheads, layer.headdim, layer.d_state, s,
                                                      groups=layer.ngroups),
@@ -311,7 +361,9 @@ CORE_OPS = tuple(_LAYER_BYTES)
 def layer_bytes(layer: layers.SequenceLayer, mode: str, batch: int, length: int, d_state: int,
                 itemsize: int) -> tuple[str, float]:
     """The bytes bound of a case of ``layer``: its core op (:func:`core_op`) and that op's minimum bytes, with the
-    op's sizes read from the layer (Mamba's inner channels and rank, Mamba-2's heads, attention's heads, ...).
+    op's sizes read from the layer (Mamba's inner channels and rank, Mamba-2's heads, attention's heads, ...; an LTI
+    step's state from the layer's ``state_spec``, :func:`state_reals`: S5's and LRU's M modes shared by the channels,
+    H3's two SSMs, SGConv's F - 1 past inputs per channel, Hyena's inputs so far).
 
     As the cases run it: ``return_state=False`` (no final state, except the SSD's, which the op always returns), the
     loss of y alone, steps from the layer's initial state.
@@ -320,7 +372,7 @@ def layer_bytes(layer: layers.SequenceLayer, mode: str, batch: int, length: int,
         layer: a built :class:`ssmkit.layers.SequenceLayer`.
         mode: one of :data:`MODES`.
         batch, length: B, L (tokens for ``step``).
-        d_state: the case's N (the LTI op's state size).
+        d_state: the case's N (an LTI step counts the state of the layer, which is built with this N).
         itemsize: s, bytes per element.
 
     Returns:

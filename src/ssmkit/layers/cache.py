@@ -12,7 +12,9 @@ an ensemble's stacked weights, ``grad``, ``jacrev``).
 The comparison reads every parameter once per lookup, which at batch size 1 costs about as much as the step's
 arithmetic. Inside :func:`frozen_parameters` (a promise that no parameter changes within the block, as in a
 generation loop) a cache compares the values once, at its first lookup in the block, and then trusts the same
-tensor objects for the rest of it.
+tensor objects on the same memory for the rest of it: a conversion inside the block (``model.double()``,
+``model.to(dtype)``, ``model.to(device)``) keeps each ``Parameter`` object but gives it new memory, so the next
+lookup compares again, sees another dtype or device and recomputes.
 
 Under ``torch.compile`` the lookup of a cache built with its ``compute`` (``ValueCache(compute)``), when no gradient
 can flow from the value, is one opaque op in the graph (``ssmkit::cached_value``, a ``torch.library`` custom op) that
@@ -55,9 +57,11 @@ def frozen_parameters() -> Iterator[None]:
     """Promise that no parameter changes inside the block, so that step caches skip their per-step comparison.
 
     Each cache still compares the parameter values once, at its first lookup inside the block (so weights changed
-    before the block are seen), and then reuses its value while it is given the same tensor objects. Changing a
-    parameter's values inside the block breaks the promise: ``step`` may then use the old values. The setting is
-    per thread (a ``ContextVar``); blocks nest.
+    before the block are seen), and then reuses its value while it is given the same tensor objects on the same
+    memory (``data_ptr``). Converting the model inside the block (``model.double()``, ``model.to(dtype)``,
+    ``model.to(device)``) is allowed: a conversion gives each parameter new memory, so the caches compare again and
+    recompute for the new dtype or device. Changing a parameter's values in place inside the block breaks the
+    promise: ``step`` may then use the old values. The setting is per thread (a ``ContextVar``); blocks nest.
 
         with torch.no_grad(), ssmkit.layers.frozen_parameters():
             for t in range(L):
@@ -70,11 +74,29 @@ def frozen_parameters() -> Iterator[None]:
         _FROZEN.reset(token)
 
 
-def _same_objects(refs: tuple[weakref.ref, ...], tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether ``tensors`` are the very objects ``refs`` point to (alive). Object ids are not enough: a weight made
-    for one step (``functional_call`` with a hypernetwork's output) dies after it, and the next step's weight is
-    often allocated at the same address, so it has the same id."""
-    return len(refs) == len(tensors) and all(ref() is t for ref, t in zip(refs, tensors))
+_Refs = tuple[tuple[weakref.ref, int], ...]  # (weak reference, data_ptr) of each source tensor
+
+
+def _same_objects(refs: _Refs, tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether ``tensors`` are the very objects ``refs`` point to (alive), each on the memory it had (``data_ptr``).
+
+    Object ids are not enough: a weight made for one step (``functional_call`` with a hypernetwork's output) dies
+    after it, and the next step's weight is often allocated at the same address, so it has the same id. The object is
+    not enough either: ``module.double()`` and ``module.to(device)`` keep each ``Parameter`` object and swap its
+    memory (``param.data = converted``), and a cache that trusted the object served float32 matrices to a float64
+    step, which raised (S4D, S5, H3, LRU, DSS, EMA, Mega, DLR). A conversion allocates the new memory while the old
+    is alive, so its address differs."""
+    if len(refs) != len(tensors):
+        return False
+    for (ref, ptr), t in zip(refs, tensors):  # a loop, not all(...): this runs at every step inside the block
+        if ref() is not t or t.data_ptr() != ptr:
+            return False
+    return True
+
+
+def _references(tensors: Sequence[torch.Tensor]) -> _Refs:
+    """Weak references to ``tensors`` with their memory addresses, for :func:`_same_objects`."""
+    return tuple((weakref.ref(t), t.data_ptr()) for t in tensors)
 
 
 def _same(snapshot: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> bool:
@@ -106,8 +128,9 @@ class ValueCache(Generic[V]):
                 structure, and a symbolic int is specialised (a guard on its value: the graph is compiled again for
                 another value)."""
         # (key, snapshot of the values, the value, the frozen scope it was last checked in, weak references to the
-        # source tensors: the objects themselves, whose ids a later tensor may reuse once they are freed)
-        self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, tuple[weakref.ref, ...]] | None = None
+        # source tensors with their memory addresses: the objects themselves, whose ids a later tensor may reuse once
+        # they are freed, on the memory they had, which a conversion such as module.double() replaces)
+        self._entry: tuple[Hashable, tuple[torch.Tensor, ...], V, int, _Refs] | None = None
         self._set_compute(compute, fake)
         self._register()
 
@@ -173,7 +196,7 @@ class ValueCache(Generic[V]):
                 return value
             if _same(snapshot, tensors):
                 if scope:
-                    self._entry = (key, snapshot, value, scope, tuple(map(weakref.ref, tensors)))
+                    self._entry = (key, snapshot, value, scope, _references(tensors))
                 return value
         # never inference tensors, even when filled inside torch.inference_mode(): a later step with autograd on (a
         # frozen layer, gradients wanted for its input) must be able to save the cached value for backward. Leaving
@@ -181,7 +204,7 @@ class ValueCache(Generic[V]):
         with torch.inference_mode(False), torch.no_grad():
             value = compute()
             snapshot = tuple(t.detach().clone() for t in tensors)
-        self._entry = (key, snapshot, value, scope, tuple(map(weakref.ref, tensors)))
+        self._entry = (key, snapshot, value, scope, _references(tensors))
         return value
 
     def get_unless_grad(self, tensors: Sequence[torch.Tensor], compute: Callable[[], V], key: Hashable = None) -> V:

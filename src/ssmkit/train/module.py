@@ -37,6 +37,10 @@ class SequenceLightningModule(pl.LightningModule):
     Both are saved as plain dicts in every checkpoint (``hyper_parameters``), so a checkpoint rebuilds its model. The
     model is float32, or float64 for ``train.precision == "64"``.
 
+    Each training step logs ``train_loss`` and ``train_<metric>`` of the global batch: with several processes, the
+    loss and metric sums of every process over their summed count of scored items (a mean weighted by each process's
+    share, which may differ: masked tokens), so the numbers do not depend on the number of processes.
+
     A test logs ``<split>_loss<suffix>`` and ``<split>_<metric><suffix>`` for ``test_names = (split, suffix)``,
     ``("test", "")`` by default (``test_loss``, ``test_accuracy``); :func:`ssmkit.train.fit` names each evaluation
     as its result record does (``("test", "_final")``, ``("test@1024", "_best_val")``), so every row of
@@ -71,19 +75,26 @@ class SequenceLightningModule(pl.LightningModule):
         x, y = batch
         loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x), y)
         loss = loss_sum / count.clamp_min(1.0)
-        finite = bool(torch.isfinite(loss))
-        # decided together: a process that stopped alone left the others in the gradient all-reduce (over gloo they
-        # failed with "Connection closed by peer", the cause only in the stopped rank's log; NCCL waits for its timeout)
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        finite = torch.isfinite(loss)
+        # One all-reduce per step, as before. The processes decide together whether to stop (one that stopped alone
+        # left the others in the gradient all-reduce: over gloo they failed with "Connection closed by peer", the
+        # cause only in the stopped rank's log; NCCL waits for its timeout), and the same call sums their losses,
+        # metrics and counts: the logged means are the global batch's (process 0's own share was logged before).
+        # Lightning's sync_dist=True would add an all-reduce per name and step, of the unweighted mean of the means.
+        parts = torch.stack([finite.to(loss_sum.dtype), loss_sum.detach(), metric_sum.detach().to(loss_sum.dtype),
+                             count.to(loss_sum.dtype)])
+        all_finite, global_loss, global_metric, global_count = self.trainer.strategy.reduce(parts, reduce_op="sum")
+        if int(all_finite) != self.trainer.world_size:
             where = f"; the last good checkpoint is in {self.checkpoint_dir}" if self.checkpoint_dir else ""
-            which = (f"is {float(loss.detach())}" if not finite else
+            which = (f"is {float(loss.detach())}" if not bool(finite) else
                      f"of another process is not finite (this process's: {float(loss.detach()):.6g})")
             raise NonFiniteLossError(
                 f"the training loss {which} at step {self.global_step} (batch {batch_idx}); training "
                 f"stopped before the update{where}. Lower the learning rate or clip gradients (grad_clip)."
             )
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log(f"train_{METRIC_NAMES[self.head]}", metric_sum / count.clamp_min(1.0), on_step=True, on_epoch=False)
+        global_count = global_count.clamp_min(1.0)
+        self.log("train_loss", global_loss / global_count, prog_bar=True, on_step=True, on_epoch=False)
+        self.log(f"train_{METRIC_NAMES[self.head]}", global_metric / global_count, on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

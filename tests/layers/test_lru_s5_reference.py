@@ -155,8 +155,8 @@ def test_lru_validation_and_repr():
     layer = layers.build("lru", **opts)
     assert all(getattr(layer, k) == v for k, v in opts.items())  # the options are kept under their names
     assert repr(layer).endswith(
-        "(d_model=2, d_state=4, r_min=0.1, r_max=0.7, max_phase=0.5, bidirectional=True)"
-    )
+        "(d_model=2, d_state=4, r_min=0.1, r_max=0.7, max_phase=0.5, bidirectional=True, lr=3e-05)"
+    )  # the main options, then every other one that differs from its default
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,8 +325,9 @@ def test_s5_validation_and_repr():
     layer = layers.build("s5", **opts)
     assert all(getattr(layer, k) == v for k, v in opts.items())  # the options are kept under their names
     assert repr(layer).endswith(
-        "(d_model=2, d_state=8, blocks=2, discretization='bilinear', conj_sym=False, bidirectional=True)"
-    )
+        "(d_model=2, d_state=8, blocks=2, discretization='bilinear', conj_sym=False, bidirectional=True, "
+        "C_init='lecun_normal', dt_min=0.01, dt_max=0.2, clip_eigs=True, step_rescale=0.5, lr=3e-05)"
+    )  # the main options, then every other one that differs from its default
 
 
 @pytest.mark.parametrize("name,methods", [("lru", ("eigenvalues", "discrete")), ("s5", ("continuous", "discrete"))])

@@ -179,7 +179,7 @@ class LRU(MIMODiagonalLTILayer):
         return self.d_state // 2
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, r_max={self.r_max}, "
             f"max_phase={self.max_phase}, bidirectional={self.bidirectional}"
         )

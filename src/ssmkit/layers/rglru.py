@@ -365,7 +365,7 @@ class RGLRU(SequenceLayer):
         return y.to(x_t.dtype), RGLRUState(conv1, h)
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, lru_width={self.lru_width}, n_heads={self.n_heads}, "
             f"conv_width={self.conv_width}, init={self.init!r}"
         )

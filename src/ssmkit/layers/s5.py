@@ -231,7 +231,7 @@ class S5(MIMODiagonalLTILayer):
         return self.d_state // 2
 
     def extra_repr(self) -> str:
-        return (
+        return self._with_changed_options(
             f"d_model={self.d_model}, d_state={self.d_state}, blocks={self.blocks}, "
             f"discretization={self.discretization!r}, conj_sym={self.conj_sym}, bidirectional={self.bidirectional}"
         )

@@ -54,10 +54,15 @@ def test_classification_sums_cross_entropy_and_correct_predictions():
     out.data[1, 3] += 5.0
     out.data[2, 0] += 5.0
     loss, metric, count = summed_loss_and_metric("classify", out, y)
-    assert loss.item() == pytest.approx(sum(_cross_entropy_rows(out.detach(), y)), rel=1e-6)
+    # a float64 output is scored in float64 (it was rounded to float32 first: 1.7e-8 relative here)
+    assert loss.item() == pytest.approx(sum(_cross_entropy_rows(out.detach(), y)), rel=1e-14)
     right = sum(_argmax(z) == t for z, t in zip(out.tolist(), y.tolist()))
     assert 0 < right < 7 and metric.item() == right and count.item() == 7.0
-    assert loss.dtype == metric.dtype == count.dtype == torch.float32 and loss.dim() == metric.dim() == count.dim() == 0
+    assert loss.dtype == metric.dtype == count.dtype == torch.float64 and loss.dim() == metric.dim() == count.dim() == 0
+    for half in (torch.bfloat16, torch.float16):  # autocast's logits: scored in float32
+        parts = summed_loss_and_metric("classify", out.detach().to(half), y)
+        assert all(p.dtype == torch.float32 for p in parts)
+        assert parts[0].item() == pytest.approx(sum(_cross_entropy_rows(out.detach().to(half).double(), y)), rel=1e-6)
     loss.backward()
     assert out.grad is not None and out.grad.abs().sum() > 0
     for bad_out, bad_y in [(out.detach(), y[:, None]), (out.detach()[:, :, None], y), (out.detach(), torch.cat([y, y[:1]]))]:
@@ -71,8 +76,8 @@ def test_regression_sums_squared_errors_over_every_element():
     y = torch.randn(3, 4, 2, generator=g, dtype=torch.float64)
     loss, metric, count = summed_loss_and_metric("regress", out, y)
     ref = sum((a - b) ** 2 for a, b in zip(out.detach().flatten().tolist(), y.flatten().tolist()))
-    assert loss.item() == pytest.approx(ref, rel=1e-6) and metric.item() == pytest.approx(ref, rel=1e-6)
-    assert count.item() == 24.0 and count.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref, rel=1e-14) and metric.item() == pytest.approx(ref, rel=1e-14)
+    assert count.item() == 24.0 and count.dtype == loss.dtype == torch.float64
     assert loss.requires_grad and not metric.requires_grad  # the metric is a detached copy
     with pytest.raises(ValueError, match="regression targets must have the output's shape"):
         summed_loss_and_metric("regress", out, y[:, :3])
@@ -92,7 +97,7 @@ def test_language_modelling_scores_only_the_unmasked_steps():
     rows = _cross_entropy_rows(torch.stack([out[b, t] for b, t in scored]), torch.tensor([int(y[b, t]) for b, t in scored]))
     right = sum(_argmax(out[b, t].tolist()) == y[b, t] for b, t in scored)
     assert IGNORE == -100 and count.item() == len(scored) == 6
-    assert loss.item() == pytest.approx(sum(rows), rel=1e-6)
+    assert loss.item() == pytest.approx(sum(rows), rel=1e-14) and loss.dtype == count.dtype == torch.float64
     assert 0 < right < 6 and right != 6 - right and metric.item() == right  # right and wrong counts differ
     for bad_out, bad_y in [(out[:, 0], y), (out, y[:, :4])]:
         with pytest.raises(ValueError, match="language modelling needs logits"):

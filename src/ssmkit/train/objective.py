@@ -24,28 +24,30 @@ def summed_loss_and_metric(head: str, out: torch.Tensor, y: torch.Tensor) -> tup
 
     Returns:
         the loss summed over scored items, the metric summed likewise (correct predictions, or squared errors),
-        and the number of scored items (float32 scalars; the mean loss is loss_sum / count).
+        and the number of scored items (scalars in float32, or float64 for a float64 output: a half-precision output
+        is scored in float32, a float64 one is not rounded to it; the mean loss is loss_sum / count).
     """
+    wide = torch.promote_types(out.dtype, torch.float32)  # float32 at least (autocast's bf16/f16 logits), float64 kept
     if head == "classify":
         if y.dim() != 1 or out.dim() != 2 or y.shape[0] != out.shape[0]:
             raise ValueError(f"classification needs logits (B, C) and labels (B,); got {tuple(out.shape)} and {tuple(y.shape)}")
-        loss = F.cross_entropy(out.float(), y, reduction="sum")
-        metric = (out.argmax(-1) == y).sum().float()
-        return loss, metric, torch.tensor(float(y.shape[0]), device=out.device)
+        loss = F.cross_entropy(out.to(wide), y, reduction="sum")
+        metric = (out.argmax(-1) == y).sum().to(wide)
+        return loss, metric, torch.tensor(float(y.shape[0]), dtype=wide, device=out.device)
     if head == "regress":
         if out.shape != y.shape:
             raise ValueError(f"regression targets must have the output's shape {tuple(out.shape)}; got {tuple(y.shape)}")
-        err = (out.float() - y.float()) ** 2
-        return err.sum(), err.sum().detach(), torch.tensor(float(err.numel()), device=out.device)
+        err = (out.to(wide) - y.to(wide)) ** 2
+        return err.sum(), err.sum().detach(), torch.tensor(float(err.numel()), dtype=wide, device=out.device)
     if head == "lm":
         if out.dim() != 3 or y.shape != out.shape[:2]:
             raise ValueError(f"language modelling needs logits (B, L, Y) and targets (B, L); got {tuple(out.shape)} and {tuple(y.shape)}")
-        flat = out.float().reshape(-1, out.shape[-1])
+        flat = out.to(wide).reshape(-1, out.shape[-1])
         target = y.reshape(-1)
         loss = F.cross_entropy(flat, target, ignore_index=IGNORE, reduction="sum")
         scored = target != IGNORE
-        metric = ((flat.argmax(-1) == target) & scored).sum().float()
-        return loss, metric, scored.sum().float()
+        metric = ((flat.argmax(-1) == target) & scored).sum().to(wide)
+        return loss, metric, scored.sum().to(wide)
     raise ValueError(f"head must be 'classify', 'regress' or 'lm'; got {head!r}")
 
 

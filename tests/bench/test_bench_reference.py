@@ -1,9 +1,10 @@
 """The bench suites' arithmetic against references written here (mutation testing, twenty-fifth round).
 
 References: the bounds of docs/benchmarks.md as closed forms (bytes = element counts × itemsize of u, y, du, dy and
-the state; flops 6·B·L·H·N); the timing statistics recomputed with ``statistics`` from times the test itself sets,
-through a fake clock (``time.perf_counter`` replaced by a counter that only the stubbed work advances) or a stubbed
-timer that returns scripted seconds; the cases' names and shapes read back from what each suite builds; the bare
+the state; flops per core op, each also counted independently in tests/probes/test_probe_bench_flops_2026_12_05.py);
+the timing statistics recomputed with ``statistics`` from times the test itself sets, through a fake clock
+(``time.perf_counter`` replaced by a counter that only the stubbed work advances) or a stubbed timer that returns
+scripted seconds; the cases' names and shapes read back from what each suite builds; the bare
 step as a float64 loop. No real time is asserted and nothing sleeps.
 """
 
@@ -112,8 +113,7 @@ def test_gemm_flops_is_two_size_cubed_over_the_best_product(monkeypatch, clock, 
 @pytest.mark.parametrize("B,L,H,N,s", [(2, 7, 3, 5, 4), (3, 1, 4, 2, 8)])
 def test_bounds_are_the_documented_element_counts(B, L, H, N, s):
     """The LTI op: forward: u in, y out; forward+backward: u in and y out, then u again, dy in and du out; step per
-    token: u in, y out, a state of N read and written per channel; flops 6·B·L·H·N forward and step, 3x
-    forward+backward."""
+    token: u in, y out, a state of N read and written per channel."""
     u = y = du = dy = B * L * H  # elements
     state = B * H * N
     assert limits.lti_bytes("forward", B, L, H, N, s) == (u + y) * s
@@ -127,12 +127,58 @@ def test_bounds_are_the_documented_element_counts(B, L, H, N, s):
     assert limits.lti_bytes("step", B, L, H, N, s, state=S) == L * (2 * B * H + 2 * B * S) * s
     for mode in ("forward", "forward_backward"):  # the state is a step's only
         assert limits.lti_bytes(mode, B, L, H, N, s, state=S, cache=Q) == limits.lti_bytes(mode, B, L, H, N, s)
-    assert limits.bound_flops("forward", B, L, H, N) == 6 * B * L * H * N
-    assert limits.bound_flops("step", B, L, H, N) == 6 * B * L * H * N
-    assert limits.bound_flops("forward_backward", B, L, H, N) == 18 * B * L * H * N
     for mode in limits.MODES:
         assert isinstance(limits.lti_bytes(mode, B, L, H, N, s), float)
-        assert isinstance(limits.bound_flops(mode, B, L, H, N), float)
+
+
+@pytest.mark.parametrize("B,L,H,M", [(2, 7, 3, 5), (3, 1, 4, 2)])
+def test_lti_flops_are_the_documented_closed_forms(B, L, H, M):
+    """Per step and batch row: a bank of complex modes 11 per channel and mode, of real modes 4; one shared system
+    6·M + 8·H·M (complex), M + 4·H·M (real); forward and step B·L times that, forward+backward 3x."""
+    per_step = {(True, False): 11 * H * M, (False, False): 4 * H * M,
+                (True, True): 6 * M + 8 * H * M, (False, True): M + 4 * H * M}
+    for (complex_modes, shared), n in per_step.items():
+        kwargs = {"complex_modes": complex_modes, "shared": shared}
+        assert limits.lti_flops("forward", B, L, H, M, **kwargs) == B * L * n
+        assert limits.lti_flops("step", B, L, H, M, **kwargs) == B * L * n
+        assert limits.lti_flops("forward_backward", B, L, H, M, **kwargs) == 3 * B * L * n
+        for mode in limits.MODES:
+            assert isinstance(limits.lti_flops(mode, B, L, H, M, **kwargs), float)
+
+
+@pytest.mark.parametrize("B,L,H,F", [(2, 7, 3, 4), (3, 1, 4, 2), (1, 300, 2, None), (2, 30, 3, 1000)])
+def test_conv_flops_take_the_cheaper_of_the_direct_sum_and_the_fft(B, L, H, F):
+    """Direct: 2 flops per tap an output sees; FFT at n = 2L: two real transforms and the spectra's product."""
+    taps = [min(t + 1, L if F is None else F) for t in range(L)]
+    direct = 2 * sum(taps)
+    n = 2 * L
+    r = 2 * n * math.log2(n) - 4 * n + 6
+    fft = 2 * r + 6 * (n // 2 - 1) + 2
+    assert limits.conv_flops("forward", B, L, H, F) == pytest.approx(B * H * min(direct, fft), rel=1e-15)
+    assert limits.conv_flops("forward_backward", B, L, H, F) == pytest.approx(
+        B * H * min(3 * direct, 4 * r + 3 * (fft - 2 * r)), rel=1e-15)
+    assert limits.conv_flops("step", B, L, H, F) == B * H * direct
+    assert (direct < fft) == (L < 300)  # both branches are taken
+
+
+def test_the_time_varying_ops_flops_are_the_documented_closed_forms():
+    B, L = 2, 7
+    E, N, R = 6, 5, 3
+    assert limits.selective_flops("forward", B, L, E, N) == B * L * E * (6 * N + 1)
+    assert limits.selective_flops("forward", B, L, E, N, delta_width=R) == B * L * E * (6 * N + 1 + 2 * R)
+    H, P = 4, 3
+    assert limits.ssd_flops("forward", B, L, H, P, N) == B * L * H * (5 * P * N + P + 1)
+    A, W = 3, 4
+    assert limits.attention_flops("forward", B, L, A, P) == 4 * B * A * P * L * (L + 1) // 2
+    assert limits.attention_flops("forward", B, L, A, P, window=W) == 4 * B * A * P * sum(
+        min(i + 1, W) for i in range(L))
+    assert limits.causal_pairs(L, W) == 10 + 3 * 4 and limits.causal_pairs(L, 99) == limits.causal_pairs(L) == 28
+    assert limits.rglru_flops("forward", B, L, E) == 6 * B * L * E
+    for fn in (lambda m: limits.selective_flops(m, B, L, E, N, delta_width=R), lambda m: limits.ssd_flops(
+            m, B, L, H, P, N), lambda m: limits.attention_flops(m, B, L, A, P, window=W),
+               lambda m: limits.rglru_flops(m, B, L, E)):
+        assert fn("step") == fn("forward") and fn("forward_backward") == 3 * fn("forward")
+        assert all(isinstance(fn(m), float) for m in limits.MODES)
 
 
 @pytest.mark.parametrize("B,L,E,N,G,R,gate,final,s", [(2, 7, 6, 5, 1, 3, True, False, 4),
@@ -202,13 +248,16 @@ def test_rglru_bound_is_the_element_counts_of_its_tensors(B, L, D, s):
 
 
 def test_bounds_refuse_an_unknown_mode():
-    with pytest.raises(ValueError, match=r"mode must be one of \('forward', 'forward_backward', 'step'\); got 'x'"):
-        limits.bound_flops("x", 1, 1, 1, 1)
-    for bytes_of in (lambda m: limits.lti_bytes(m, 1, 1, 1, 1, 4), lambda m: limits.selective_bytes(m, 1, 1, 1, 1, 4),
-                     lambda m: limits.ssd_bytes(m, 1, 1, 1, 1, 1, 4),
-                     lambda m: limits.attention_bytes(m, 1, 1, 1, 1, 4), lambda m: limits.rglru_bytes(m, 1, 1, 1, 4)):
+    layer = layers.build("s4d", d_model=2, d_state=4)
+    for bound in (lambda m: limits.lti_bytes(m, 1, 1, 1, 1, 4), lambda m: limits.selective_bytes(m, 1, 1, 1, 1, 4),
+                  lambda m: limits.ssd_bytes(m, 1, 1, 1, 1, 1, 4),
+                  lambda m: limits.attention_bytes(m, 1, 1, 1, 1, 4), lambda m: limits.rglru_bytes(m, 1, 1, 1, 4),
+                  lambda m: limits.lti_flops(m, 1, 1, 1, 1), lambda m: limits.conv_flops(m, 1, 1, 1),
+                  lambda m: limits.selective_flops(m, 1, 1, 1, 1), lambda m: limits.ssd_flops(m, 1, 1, 1, 1, 1),
+                  lambda m: limits.attention_flops(m, 1, 1, 1, 1), lambda m: limits.rglru_flops(m, 1, 1, 1),
+                  lambda m: limits.layer_flops(layer, m, 1, 1, 4)):
         with pytest.raises(ValueError, match=r"mode must be one of \('forward', 'forward_backward', 'step'\); got 'b'"):
-            bytes_of("b")
+            bound("b")
 
 
 @pytest.mark.parametrize("call,message", [
@@ -224,6 +273,17 @@ def test_bounds_refuse_an_unknown_mode():
     (lambda: limits.attention_bytes("step", 1, 1, 1, 1, 4, window=0), "window must be an int >= 1; got 0"),
     (lambda: limits.attention_bytes("forward", 1, 1, True, 1, 4), "heads must be an int >= 1; got True"),
     (lambda: limits.rglru_bytes("forward", 1, 1, 0, 4), "channels must be an int >= 1; got 0"),
+    (lambda: limits.lti_flops("forward", 1, 1, 2, 0), "modes must be an int >= 1; got 0"),
+    (lambda: limits.conv_flops("step", 1, 3, 2, taps=0), "taps must be an int >= 1; got 0"),
+    (lambda: limits.selective_flops("forward", 1, 1, 2, 3, delta_width=1.0),
+     "delta_width must be an int >= 1; got 1.0"),
+    (lambda: limits.ssd_flops("forward", 1, 1, 2, 0, 3), "headdim must be an int >= 1; got 0"),
+    (lambda: limits.attention_flops("forward", 1, 4, 1, 1, window=0), "window must be an int >= 1; got 0"),
+    (lambda: limits.rglru_flops("step", 0, 1, 1), "batch must be an int >= 1; got 0"),
+    (lambda: limits.rfft_flops(1), "n must be an int >= 2; got 1"),
+    (lambda: limits.causal_pairs(0), "length must be an int >= 1; got 0"),
+    (lambda: limits.layer_flops(layers.build("s4d", d_model=2, d_state=4), "forward", 1, 1, 0),
+     "d_state must be an int >= 1; got 0"),
 ])
 def test_bounds_refuse_sizes_that_are_not_positive_ints(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -264,7 +324,7 @@ def test_core_op_refuses_a_layer_without_a_declared_op():
     class Undeclared(layers.SequenceLayer):
         pass
 
-    with pytest.raises(ValueError, match=r"\(no zoo entry\): its bytes bound is unknown"):
+    with pytest.raises(ValueError, match=r"\(no zoo entry\): its bounds are unknown"):
         limits.core_op(Undeclared)
     with pytest.raises(ValueError, match="layer_class must be a SequenceLayer subclass; got 'mamba'"):
         limits.core_op("mamba")
@@ -596,12 +656,12 @@ def test_measure_case_rows_carry_the_bounds_and_the_fractions(monkeypatch, dtype
     assert notes == ["a note"]
     assert seen == [(case, ["loop"], "s4.py", True), (["ssmkit[auto]", "loop"], 4)]
     b = 5 * 2 * 24 * 3 * itemsize  # u in, y out; u, dy in, du out
-    f = 3 * 6 * 2 * 24 * 3 * 6
+    f = 3 * 11 * 2 * 24 * 3 * 3  # 3x the recurrence's 11 flops per batch row, step, channel and complex mode (N/2 = 3)
     assert [r["impl"] for r in rows] == ["ssmkit[auto]", "loop"]
     for r in rows:
         t = statistics.median(times[r["impl"]])
         assert r["seconds"] == t and r["seconds_all"] == times[r["impl"]]
-        assert r["bound_bytes"] == b and r["bound_flops"] == f and r["bytes_model"] == "lti"
+        assert r["bound_bytes"] == b and r["bound_flops"] == f and r["bytes_model"] == r["flops_model"] == "lti"
         assert r["bytes_fraction"] == pytest.approx(b / 1e9 / t, rel=1e-14)
         assert r["flops_fraction"] == pytest.approx(f / 3e10 / t, rel=1e-14)
         assert r["case"] == f"s4d-B2-L24-H3-N6-{dtype}-forward_backward"
@@ -609,24 +669,43 @@ def test_measure_case_rows_carry_the_bounds_and_the_fractions(monkeypatch, dtype
             "s4d", 2, 24, 3, 6, dtype, "forward_backward")
 
 
-@pytest.mark.parametrize("layer,H,mode,model,expected", [
-    # E = 2·24 = 48, R = ⌈24/16⌉ = 2, N = 6: per position u, δlow, z, B, C = 48 + 2 + 48 + 12 in, y = 48 out
-    ("mamba", 24, "forward", "selective", 2 * 10 * (110 + 48)),
-    ("mamba", 24, "forward_backward", "selective", 2 * 10 * (3 * 110 + 2 * 48)),
-    # E = 64, one head of P = 64, G = 1: x, Δ, B, C = 64 + 1 + 12 in, y = 64 out, the final state 64·6 out
-    ("mamba2", 32, "forward", "ssd", 2 * (10 * (77 + 64) + 384)),
-    ("mamba2", 32, "forward_backward", "ssd", 2 * (10 * (3 * 77 + 2 * 64) + 384)),
-    ("attention", 24, "forward", "attention", 4 * 2 * 10 * 64),  # one head of 64 (max(1, 24 // 64) heads)
-    ("rglru", 24, "step", "rglru", 5 * 2 * 10 * 24),
+@pytest.mark.parametrize("layer,H,N,mode,model,expected,flops", [
+    # E = 2·24 = 48, R = ⌈24/16⌉ = 2, N = 6: per position u, δlow, z, B, C = 48 + 2 + 48 + 12 in, y = 48 out;
+    # 48 channels of 6·6 + 1 + 2·2 flops
+    ("mamba", 24, 6, "forward", "selective", 2 * 10 * (110 + 48), 2 * 10 * 48 * 41),
+    ("mamba", 24, 6, "forward_backward", "selective", 2 * 10 * (3 * 110 + 2 * 48), 3 * 2 * 10 * 48 * 41),
+    # E = 64, one head of P = 64, G = 1: x, Δ, B, C = 64 + 1 + 12 in, y = 64 out, the final state 64·6 out;
+    # one head of 5·64·6 + 64 + 1 flops
+    ("mamba2", 32, 6, "forward", "ssd", 2 * (10 * (77 + 64) + 384), 2 * 10 * 1985),
+    ("mamba2", 32, 6, "forward_backward", "ssd", 2 * (10 * (3 * 77 + 2 * 64) + 384), 3 * 2 * 10 * 1985),
+    # one head of 64 (max(1, 24 // 64) heads): 4·64 flops per causal pair, 55 pairs over 10 positions
+    ("attention", 24, 6, "forward", "attention", 4 * 2 * 10 * 64, 4 * 2 * 64 * 55),
+    ("rglru", 24, 6, "step", "rglru", 5 * 2 * 10 * 24, 6 * 2 * 10 * 24),
+    # S5 at N 16: one system of M = 8 complex modes shared by the 24 channels, 6·8 + 8·24·8 flops per step
+    ("s5", 24, 16, "forward", "lti", 2 * 2 * 10 * 24, 2 * 10 * (48 + 1536)),
 ])
-def test_measure_case_rows_use_the_bound_of_the_layers_core_op(monkeypatch, layer, H, mode, model, expected):
-    case = Case(layer, 2, 10, H, 6, "float32", mode)
+def test_measure_case_rows_use_the_bound_of_the_layers_core_op(monkeypatch, layer, H, N, mode, model, expected,
+                                                                flops):
+    case = Case(layer, 2, 10, H, N, "float32", mode)
     monkeypatch.setattr(cases, "implementations", lambda *args: ({"ssmkit[auto]": None}, []))
     monkeypatch.setattr(cases, "time_interleaved", lambda fns, repeats: {"ssmkit[auto]": [0.5]})
     (row,), _ = cases.measure_case(case, [], None, False, 1, bandwidth=1e6, flops=1e9)
     assert (row["bytes_model"], row["bound_bytes"]) == (model, expected * 4)
+    assert (row["flops_model"], row["bound_flops"]) == (model, flops)
     assert row["bytes_fraction"] == pytest.approx(expected * 4 / 1e6 / 0.5, rel=1e-14)
+    assert row["flops_fraction"] == pytest.approx(flops / 1e9 / 0.5, rel=1e-14)
     assert cases.bytes_bound(case) == (model, expected * 4)
+    assert cases.flops_bound(case) == (model, flops)
+
+
+def test_the_bounds_read_the_layer_as_the_rows_time_it():
+    """SGConv's taps follow its l_max, which the timed layer sets to L (a step case's layer keeps the default 1 024):
+    a step of 2 000 tokens convolves up to 2 000 inputs per channel, or 1 024."""
+    forward = Case("sgconv", 1, 2000, 2, 4, "float32", "forward")
+    step = Case("sgconv", 1, 2000, 2, 4, "float32", "step")
+    assert cases.bound_layer(forward).kernel_length == 2048 and cases.bound_layer(step).kernel_length == 1024
+    assert cases.flops_bound(step) == ("lti", limits.conv_flops("step", 1, 2000, 2, taps=1024))
+    assert cases.flops_bound(forward) == ("lti", limits.conv_flops("forward", 1, 2000, 2, taps=2048))
 
 
 def plot_rows():

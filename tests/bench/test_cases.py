@@ -11,7 +11,7 @@ from ssmkit.bench.contention import busy_processes, count_ops
 from ssmkit.bench.contention import main as contention_main
 from ssmkit.bench.crossover import fft_span
 from ssmkit.bench.crossover import main as crossover_main
-from ssmkit.bench.limits import bound_flops, copy_bandwidth, gemm_flops, lti_bytes
+from ssmkit.bench.limits import copy_bandwidth, gemm_flops, lti_bytes, lti_flops
 from ssmkit.bench.peers import Case, PeerUnavailable, peer_runner
 
 TINY = ["--batch", "1", "--d-model", "3", "--d-state", "8", "--repeats", "1"]
@@ -29,12 +29,13 @@ def test_case_names_every_dimension():
 
 def test_bounds_follow_the_documented_model():
     # the LTI op: forward read u, write y (2·B·L·H·4 bytes); forward+backward also u, dy in and du out (5·B·L·H·4);
-    # 6·B·L·H·N flops (the other core ops: tests/bench/test_bench_reference.py)
+    # the recurrence's 11 flops per batch row, step, channel and complex mode (S4D at N 64: 32 modes; the other core
+    # ops: tests/bench/test_bench_reference.py, tests/probes/test_probe_bench_flops_2026_12_05.py)
     assert lti_bytes("forward", 8, 4096, 128, 64, 4) == 2 * 8 * 4096 * 128 * 4
     assert lti_bytes("forward_backward", 8, 4096, 128, 64, 4) == 5 * 8 * 4096 * 128 * 4
     assert lti_bytes("step", 2, 10, 3, 4, 4) == 10 * 2 * 3 * (8 + 32)
-    assert bound_flops("forward", 8, 4096, 128, 64) == 6 * 8 * 4096 * 128 * 64
-    assert bound_flops("forward_backward", 1, 1, 1, 1) == 18
+    assert lti_flops("forward", 8, 4096, 128, 32) == 11 * 8 * 4096 * 128 * 32
+    assert lti_flops("forward_backward", 1, 1, 1, 1) == 33
     with pytest.raises(ValueError, match="mode"):
         lti_bytes("sideways", 1, 1, 1, 1, 4)
 

@@ -11,17 +11,18 @@ the loop), and every peer of :mod:`ssmkit.bench.peers` that can run the case (th
 with the reason: not installed, no checkout, no such layer). ``step`` cases run L tokens one at a time.
 
 The same run measures the machine's copy bandwidth and GEMM rate (:mod:`ssmkit.bench.limits`) and reports for
-every row the achieved fraction of the bytes-moved bound and of the FLOP bound (bound time / measured time). The
-bytes bound is that of the layer's core op (:func:`bytes_bound`): the LTI scan or convolution of an LTI layer, the
-selective scan of Mamba, the SSD scan of Mamba-2, flash-style attention, the RG-LRU recurrence; each row names it
-(``bytes_model``). Outputs in ``--out``: ``bench.json`` (machine, limits, rows, notes, and ``notes_by_case``: each
-case's notes), ``time_vs_length.png`` (time against L per implementation, and time / L for the scans and the steps,
-time / (L log2 L) for the FFT paths -- ``ssmkit[fft]``, the official ``FFTConv``, and ``ssmkit[auto]`` of a layer
-whose only fast path is the FFT one, such as S4: flat lines = the expected complexity) and ``bounds.png`` (achieved
-fractions). Plots need matplotlib (skipped with a note otherwise). ``--out`` is created if missing; an existing
-folder is reused: its ``bench.json`` and plots are replaced (each file written whole, :mod:`ssmkit.files`), and a run
-that cannot plot removes the earlier run's plots, which would disagree with the new ``bench.json``. Every case's layer
-is built before anything is timed: a shape a layer rejects is a usage error naming the case.
+every row the achieved fraction of the bytes-moved bound and of the FLOP bound (bound time / measured time). Both
+are those of the layer's core op (:func:`bytes_bound`, :func:`flops_bound`): the LTI scan or convolution of an LTI
+layer, the selective scan of Mamba, the SSD scan of Mamba-2, flash-style attention, the RG-LRU recurrence; each row
+names it (``bytes_model`` and ``flops_model``, the same op). Outputs in ``--out``: ``bench.json`` (machine, limits,
+rows, notes, and ``notes_by_case``: each case's notes), ``time_vs_length.png`` (time against L per implementation,
+and time / L for the scans and the steps, time / (L log2 L) for the FFT paths -- ``ssmkit[fft]``, the official
+``FFTConv``, and ``ssmkit[auto]`` of a layer whose only fast path is the FFT one, such as S4: flat lines = the
+expected complexity) and ``bounds.png`` (achieved fractions). Plots need matplotlib (skipped with a note
+otherwise). ``--out`` is created if missing; an existing folder is reused: its ``bench.json`` and plots are replaced
+(each file written whole, :mod:`ssmkit.files`), and a run that cannot plot removes the earlier run's plots, which
+would disagree with the new ``bench.json``. Every case's layer is built before anything is timed: a shape a layer
+rejects is a usage error naming the case.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from ssmkit.bench import positive_int
 from ssmkit.bench.core import machine
 from ssmkit.bench.limits import (
     MODES,
-    bound_flops,
     copy_bandwidth,
     gemm_flops,
     layer_bytes,
+    layer_flops,
     median,
     time_interleaved,
 )
@@ -65,6 +66,18 @@ def unbuildable(cases: list[Case]) -> str | None:
                              for c in cases])
 
 
+def bound_layer(case: Case) -> layers.SequenceLayer:
+    """The layer of a case as its rows time it (:func:`ssmkit.bench.peers.ssmkit_runner`: ``l_max = L`` where the layer
+    has one, except for a ``step`` case), whose sizes the bounds read (SGConv's taps follow its ``l_max``).
+
+    Args:
+        case: the case.
+    """
+    from ssmkit.bench import core
+
+    return core.build_for_bench(case.layer, case.d_model, case.d_state, case.length if case.mode != "step" else None)
+
+
 def bytes_bound(case: Case) -> tuple[str, float]:
     """The bytes bound of a case: its layer's core op and the bytes that op must move at least
     (:func:`ssmkit.bench.limits.layer_bytes`, with the op's sizes read from the layer built at the case's shape).
@@ -75,10 +88,20 @@ def bytes_bound(case: Case) -> tuple[str, float]:
     Returns:
         (the core op's name, one of :data:`ssmkit.bench.limits.CORE_OPS`; bytes).
     """
-    from ssmkit.bench import core
+    return layer_bytes(bound_layer(case), case.mode, case.batch, case.length, case.d_state, case.torch_dtype.itemsize)
 
-    layer = core.build_for_bench(case.layer, case.d_model, case.d_state, None)
-    return layer_bytes(layer, case.mode, case.batch, case.length, case.d_state, case.torch_dtype.itemsize)
+
+def flops_bound(case: Case) -> tuple[str, float]:
+    """The FLOP bound of a case: its layer's core op and the flops that op must do at least
+    (:func:`ssmkit.bench.limits.layer_flops`, with the op's sizes read from the layer built at the case's shape).
+
+    Args:
+        case: the case.
+
+    Returns:
+        (the core op's name, one of :data:`ssmkit.bench.limits.CORE_OPS`; flops).
+    """
+    return layer_flops(bound_layer(case), case.mode, case.batch, case.length, case.d_state)
 
 
 def fft_path(row: dict) -> bool:
@@ -122,18 +145,19 @@ def implementations(case: Case, peers: list[str], s4_file: str | None, reference
 
 def measure_case(case: Case, peers: list[str], s4_file: str | None, reference: bool, repeats: int,
                  bandwidth: float, flops: float) -> tuple[list[dict], list[str]]:
-    """Rows (one per implementation) of one case, with the achieved fractions of both bounds (the bytes bound of the
-    layer's core op, :func:`bytes_bound`), and notes."""
+    """Rows (one per implementation) of one case, with the achieved fractions of both bounds (those of the layer's
+    core op, :func:`bytes_bound` and :func:`flops_bound`), and notes."""
     fns, notes = implementations(case, peers, s4_file, reference)
-    model, b = bytes_bound(case)
-    f = bound_flops(case.mode, case.batch, case.length, case.d_model, case.d_state)
+    layer = bound_layer(case)
+    model, b = layer_bytes(layer, case.mode, case.batch, case.length, case.d_state, case.torch_dtype.itemsize)
+    flops_model, f = layer_flops(layer, case.mode, case.batch, case.length, case.d_state)
     times = time_interleaved(fns, repeats)
     rows = []
     for name, ts in times.items():
         t = median(ts)
         rows.append({
             "case": case.name, **case.__dict__, "impl": name, "seconds": t, "seconds_all": ts,
-            "bytes_model": model, "bound_bytes": b, "bound_flops": f,
+            "bytes_model": model, "bound_bytes": b, "flops_model": flops_model, "bound_flops": f,
             "bytes_fraction": (b / bandwidth) / t, "flops_fraction": (f / flops) / t,
         })
     return rows, notes

@@ -1,8 +1,17 @@
-"""The ``ssmkit sysid`` command: identify a benchmark with a deep Wiener model and write the report.
+"""The ``ssmkit sysid`` command: identify a benchmark, or your own data, with a deep Wiener model and write the report.
 
     ssmkit sysid --benchmark cascaded_tanks --model s4d --data-folder DATA/cascaded_tanks [--steps 2000] [--out DIR]
     ssmkit sysid --benchmark bouc_wen --model s4d --data-folder DATA/bouc_wen --mode prediction
     ssmkit sysid --benchmark f16 --model s4d --data-folder DATA/f16gvt --device cuda
+    ssmkit sysid --data run1.csv --inputs u1,u2 --outputs y --dt 0.01 [--test-data run2.csv | --test-fraction 0.2]
+    ssmkit sysid --data log.csv --inputs valve --outputs level --time t --unit m --model s4d --out runs/tank
+
+Exactly one of ``--benchmark`` (a named benchmark) and ``--data`` (one or more CSV files with a header row, read by
+:func:`ssmkit.sysid.userdata.from_csv`: the ``--inputs`` and ``--outputs`` columns, comma-separated, sampled every
+``--dt`` seconds or at the stamps of the ``--time`` column) is given. Your own data are tested on ``--test-data`` files,
+or else on the last ``--test-fraction`` of each file (default 0.2), after an init window of ``--n-init`` samples that
+the initial-state encoder reads (default: 50, at most a tenth of the shortest test record); they train by the generic
+recipe :func:`ssmkit.sysid.recipes.recipe_for_data`, and the report has no published rows.
 
 A test record that is one or more periods of a periodic input (Bouc-Wen's multisine) is scored twice: from rest (the
 official protocol, the headline) and in periodic steady state after ``--steady-state-periods`` periods of the same
@@ -15,8 +24,8 @@ null only for the fields whose annotation admits None, a usage error naming the 
 average of the restarts, a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`, instead of the best one). Writes
 ``results.json``, ``report.md``, ``simulation.png``, ``error_spectrum.png`` and ``model.pt``
 (``DeepWiener.checkpoint`` or ``WienerEnsemble.checkpoint``: the model's arguments and weights, with the recipe;
-``ssmkit analyze model.pt`` analyses its LTI layers) to ``--out`` (default ``runs/sysid-<benchmark>-<model>``) and
-prints the results table.
+``ssmkit analyze model.pt`` analyses its LTI layers: poles, Bode plots, ``--onnx`` export) to ``--out`` (default
+``runs/sysid-<benchmark>-<model>``, with ``--data`` ``runs/sysid-<name>-<model>``) and prints the results table.
 """
 
 from __future__ import annotations
@@ -71,17 +80,46 @@ def _parser(prog: str):
 
     class ArgumentParser(_ArgumentParser):
         def parse_args(self, *args, **kwargs):
-            """Parse, then refuse a null for a recipe field that has no None meaning (a usage error naming it)."""
+            """Parse, then refuse a null for a recipe field that has no None meaning (a usage error naming it), and
+            options that do not say which data to identify (:func:`_check_source`)."""
             cfg = super().parse_args(*args, **kwargs)
             names = null_fields(cfg.get("recipe"))
             if names:
                 self.error(_null_message(names))
+            _check_source(self, cfg)
             return cfg
 
-    parser = ArgumentParser(prog=prog, description="Identify a system-identification benchmark with a deep Wiener "
-                            "model; writes results.json, report.md and the figures.", default_env=False,
-                            allow_abbrev=False)
-    parser.add_argument("--benchmark", type=str, required=True, help="cascaded_tanks, bouc_wen, f16, ...")
+    parser = ArgumentParser(prog=prog, description="Identify a system-identification benchmark, or your own data "
+                            "(--data), with a deep Wiener model; writes results.json, report.md and the figures.",
+                            default_env=False, allow_abbrev=False)
+    parser.add_argument("--benchmark", type=str, default=None,
+                        help="a named benchmark: cascaded_tanks, bouc_wen, f16, ... (or --data, not both)")
+    parser.add_argument("--data", type=str, nargs="+", default=None,
+                        help="your own data: one or more CSV files with a header row naming the columns, one "
+                             "experiment each (or --benchmark, not both); needs --inputs, --outputs and --dt or --time")
+    parser.add_argument("--inputs", type=str, default=None,
+                        help="with --data: the input columns' header names, comma-separated (u1,u2)")
+    parser.add_argument("--outputs", type=str, default=None,
+                        help="with --data: the output columns' header names, comma-separated (y)")
+    parser.add_argument("--dt", type=float, default=None, help="with --data: the sampling time Ts in seconds")
+    parser.add_argument("--time", type=str, default=None,
+                        help="with --data: a column of time stamps in seconds, uniformly spaced (instead of --dt)")
+    parser.add_argument("--test-data", dest="test_data", type=str, nargs="+", default=None,
+                        help="with --data: test files with the same columns (default: the tail of each --data file)")
+    parser.add_argument("--test-fraction", dest="test_fraction", type=float, default=None,
+                        help="with --data and no --test-data: the tail of each file held out as the test record "
+                             "(0.2 when not given)")
+    parser.add_argument("--n-init", dest="n_init", type=int, default=None,
+                        help="with --data: samples at the start of each test record read by the initial-state encoder "
+                             "and not scored (when not given: 50, at most a tenth of the shortest test record; 0: "
+                             "from rest)")
+    parser.add_argument("--unit", type=str, default=None,
+                        help="with --data: the outputs' unit, or one per output, comma-separated (default: data units)")
+    parser.add_argument("--name", type=str, default=None,
+                        help="with --data: the run's name in the report (default: the first file's name)")
+    parser.add_argument("--delimiter", type=str, default=None,
+                        help="with --data: the CSV field separator, one character or tab (default: the first of , ; "
+                             "tab in the header, else white space)")
     parser.add_argument("--model", type=str, default="s4d",
                         help="the LTI layer of the Wiener blocks: a layer with a state space (s4d, s4, dss, dlr, s5, "
                              "lru, ema). A recipe that starts the first layer from the data (cascaded_tanks, bouc_wen: "
@@ -113,12 +151,14 @@ def _parser(prog: str):
     return parser
 
 
-def recipe_from_args(benchmark: str, cfg) -> Recipe:
+def recipe_from_args(benchmark: str, cfg, base: Recipe | None = None) -> Recipe:
     """The benchmark's recipe with the command line's overrides.
 
     Args:
         benchmark: the benchmark's name.
         cfg: the parsed options.
+        base: the recipe the overrides change (None: :func:`~ssmkit.sysid.recipes.recipe_for` of ``benchmark``; your own
+            data take :func:`~ssmkit.sysid.recipes.recipe_for_data`).
 
     Returns:
         the recipe.
@@ -143,7 +183,7 @@ def recipe_from_args(benchmark: str, cfg) -> Recipe:
         if "validation" not in changes:
             changes.update(validation="tail", combine=changes.get("combine", "best"))
         changes.setdefault("first_layer_init", "layer")
-    return dataclasses.replace(recipe_for(benchmark), **changes)
+    return dataclasses.replace(recipe_for(benchmark) if base is None else base, **changes)
 
 
 def _validation_in_units(bench, history: dict) -> dict:
@@ -160,6 +200,85 @@ def _validation_in_units(bench, history: dict) -> dict:
     else:
         entries["best_val_rmse"] = sum(per) / len(per) if per else None
     return entries
+
+
+# the options that describe a user's CSV files: given with --benchmark, they would be ignored
+DATA_OPTIONS = {"inputs": "--inputs", "outputs": "--outputs", "dt": "--dt", "time": "--time",
+                "test_data": "--test-data", "test_fraction": "--test-fraction", "n_init": "--n-init", "unit": "--unit",
+                "name": "--name", "delimiter": "--delimiter"}
+
+
+def _check_source(parser, cfg) -> None:
+    """A usage error unless exactly one of ``--benchmark`` and ``--data`` is given, with the options that go with it:
+    ``--data`` needs ``--inputs``, ``--outputs`` and one of ``--dt`` / ``--time``, takes ``--test-data`` or
+    ``--test-fraction`` (not both) and no ``--data-folder``; ``--benchmark`` takes none of the data options."""
+    if (cfg.benchmark is None) == (cfg.data is None):
+        parser.error("give exactly one of --benchmark NAME (a named benchmark) and --data FILE.csv [FILE.csv ...] "
+                     "(your own data, with --inputs, --outputs and --dt or --time); got "
+                     + ("both" if cfg.data is not None else "neither"))
+    given = [flag for key, flag in DATA_OPTIONS.items() if cfg.get(key) is not None]
+    if cfg.benchmark is not None:
+        if given:
+            parser.error(f"{', '.join(given)} describe your own data and go with --data, not with --benchmark "
+                         f"{cfg.benchmark}")
+        return
+    if cfg.data_folder is not None:
+        parser.error("--data-folder holds a named benchmark's files; with --data give the CSV files themselves")
+    missing = [flag for key, flag in (("inputs", "--inputs"), ("outputs", "--outputs")) if cfg.get(key) is None]
+    if missing:
+        parser.error(f"--data needs {' and '.join(missing)}: the header names of the columns, comma-separated")
+    if (cfg.dt is None) == (cfg.time is None):
+        parser.error("--data needs the sampling time: --dt Ts (seconds) or --time COLUMN (time stamps), one of the "
+                     "two; got " + ("both" if cfg.dt is not None else "neither"))
+    if cfg.test_data is not None and cfg.test_fraction is not None:
+        parser.error("give --test-data FILE (separate test files) or --test-fraction F (the tail of each file), not "
+                     "both")
+
+
+def _columns(text: str) -> list[str]:
+    """A comma-separated list of names as a list (blanks around the names dropped)."""
+    return [c.strip() for c in text.split(",")]
+
+
+def _user_data(parser, cfg):
+    """The benchmark of ``--data`` (:func:`ssmkit.sysid.userdata.from_csv`) and what results.json records of it; a
+    file that cannot be read or is refused is a usage error naming the option and the reason."""
+    from ssmkit.sysid.userdata import DEFAULT_TEST_FRACTION, DEFAULT_UNIT, from_csv
+
+    units = [DEFAULT_UNIT] if cfg.unit is None else _columns(cfg.unit)
+    unit = units[0] if len(units) == 1 else units  # one unit for every output, or one per output
+    try:
+        bench = from_csv(cfg.data, _columns(cfg.inputs), _columns(cfg.outputs), dt=cfg.dt, time=cfg.time,
+                         test_path=cfg.test_data, test_fraction=cfg.test_fraction,
+                         delimiter="\t" if cfg.delimiter in ("tab", "\\t") else cfg.delimiter,
+                         name=cfg.name, unit=unit, n_init=cfg.n_init)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(f"--data: {error}")
+    fraction = None
+    if cfg.test_data is None:
+        fraction = DEFAULT_TEST_FRACTION if cfg.test_fraction is None else cfg.test_fraction
+    data = {"files": list(cfg.data), "test_files": cfg.test_data, "test_fraction": fraction,
+            "inputs": _columns(cfg.inputs), "outputs": _columns(cfg.outputs), "dt": bench.dt, "time_column": cfg.time,
+            "train_records": [{"name": r.name, "samples": len(r)} for r in bench.train],
+            "test_records": [{"name": r.name, "samples": len(r)} for r in bench.test]}
+    return bench, data
+
+
+def _user_recipe(parser, bench, cfg) -> Recipe:
+    """The generic recipe for ``bench`` (:func:`ssmkit.sysid.recipes.recipe_for_data`) with the command line's
+    overrides; a usage error where the data are too short for it, or for ``--recipe.train_records`` (the user's data
+    are what they are: nothing is simulated)."""
+    from ssmkit.sysid.recipes import recipe_for_data
+
+    try:
+        base = recipe_for_data(bench)
+    except ValueError as error:
+        parser.error(f"--data: {error}")
+    recipe = recipe_from_args(bench.name, cfg, base=base)
+    if recipe.train_records != 1:
+        parser.error(f"--recipe.train_records {recipe.train_records}: your own data have one record per file, "
+                     "nothing is simulated; leave it at 1")
+    return recipe
 
 
 def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
@@ -187,8 +306,12 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
 
     if cfg.model not in layers.available():  # before the data are read (a missing file would be reported first)
         parser.error(f"--model must be a registered layer, {layers.available()}; got {cfg.model!r}")
-    recipe = recipe_from_args(cfg.benchmark, cfg)
-    bench = load_benchmark(cfg.benchmark, cfg.data_folder, train_records=recipe.train_records)
+    if cfg.data is not None:
+        bench, data = _user_data(parser, cfg)
+        recipe = _user_recipe(parser, bench, cfg)
+    else:
+        recipe = recipe_from_args(cfg.benchmark, cfg)
+        bench, data = load_benchmark(cfg.benchmark, cfg.data_folder, train_records=recipe.train_records), None
     start = time.perf_counter()
     model, history = identify(bench, cfg.model, recipe, cfg.mode, seed=cfg.seed, log=cfg.log, device=device)
     seconds = time.perf_counter() - start
@@ -196,7 +319,7 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
     scores = evaluate(model, bench, cfg.mode, steady_state=steady)
     ensemble = history.get("combine") == "average" or history.get("validation") == "kfold"
     label = f"deep Wiener {cfg.model} ({cfg.mode})" + (f", average of {len(model)} runs" if ensemble else "")
-    out = cfg.out or os.path.join("runs", f"sysid-{cfg.benchmark}-{cfg.model}")
+    out = cfg.out or os.path.join("runs", f"sysid-{bench.name}-{cfg.model}")
     run = {
         "model": cfg.model,
         "mode": cfg.mode,
@@ -218,9 +341,11 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
     }
+    if data is not None:
+        run["data"] = data
     write_report(out, bench, label, scores, run, plots=not cfg.no_plots)
     checkpoint = model.checkpoint(recipe=dataclasses.asdict(recipe), model=cfg.model, mode=cfg.mode,
-                                  benchmark=cfg.benchmark)
+                                  benchmark=bench.name)
     # `ssmkit analyze` reads it; written to a temporary name and renamed, so an interrupted run leaves no half file
     atomic_write(os.path.join(out, "model.pt"), lambda f: torch.save(checkpoint, f))
     print(results_table(bench, label, scores))

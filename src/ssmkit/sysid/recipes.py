@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
+
+from ssmkit.sysid.records import SysidBenchmark
 
 # one output's sensor range (lo, hi), either limit None for none; Recipe.output_range is one for every output or a list
 # of one per output (the type the ``ssmkit sysid --recipe.output_range`` parser reads: '[null, 10]', '[[0, 1], null]')
@@ -191,7 +193,9 @@ RECIPES: dict[str, Recipe] = {
 
 
 def recipe_for(benchmark: str) -> Recipe:
-    """The default recipe of ``benchmark`` (a generic one for benchmarks without their own).
+    """The default recipe of ``benchmark``: its entry of :data:`RECIPES`, or ``Recipe()`` for a name without one (the
+    dataclass defaults; their ``timescale`` None is the layer's default Δ, which knows no Ts: data of your own take
+    :func:`recipe_for_data`).
 
     Args:
         benchmark: the benchmark's registry name.
@@ -200,3 +204,46 @@ def recipe_for(benchmark: str) -> Recipe:
         the recipe.
     """
     return RECIPES.get(benchmark, Recipe())
+
+
+# The generic recipe for data without a recipe of their own (ssmkit.sysid.userdata: a user's arrays or CSV files), a
+# modest model that trains in a minute or two on the CPU on a few thousand samples. Sizes: Recipe's defaults
+# (H = N = 16, 4 blocks; between Cascaded Tanks' H = 16, N = 8 and F-16's H = N = 16). Training: one run, tail
+# validation and early stopping as F-16 (the recipes that train several runs, k-fold or 24 000 steps were tuned to one
+# benchmark each). The timescale is set from Ts by recipe_for_data: Δ in 0.01-10 samples, the range the tuned recipes
+# share (F-16 0.01-10, Cascaded Tanks 0.1-10, Bouc-Wen 0.075-7.5 samples). Chosen by the validation NRMSE (estimation
+# data only; mean of seeds 0-1) on three simulated data sets: a 2nd-order resonance followed by tanh (2 000 samples at
+# 10 ms, tests/probes/test_probe_sysid_own_data_2026_12_05.py), tanks_surrogate with 0.02 V noise (1 024 + 1 024) and
+# wh_surrogate cut to 4 000 + 2 000: these sizes 0.037 / 0.036 / 0.041, two blocks 0.038 / 0.036 / 0.046, H = N = 8 in
+# two blocks 0.076 / 0.035 / 0.063, a data-driven first layer 0.026 / 0.036 / 0.047 (not taken: mixed, 1.5 times the
+# time, and s4d, s5, dlr and lru only). 17-73 s a run on one thread; most runs still improved at 2 000 steps (--steps).
+DATA_RECIPE = Recipe(d_model=16, n_layers=4, d_state=16, window=256, batch_size=16, steps=2000, lr=3e-3, val_every=25,
+                     patience=40)
+DATA_DELTA = (0.01, 10.0)  # Δ range in samples of recipe_for_data's timescale: τ = Ts/Δ in [Ts/10, 100·Ts]
+
+
+def recipe_for_data(bench: SysidBenchmark) -> Recipe:
+    """:data:`DATA_RECIPE` fitted to a benchmark without a recipe of its own (your own data,
+    :mod:`ssmkit.sysid.userdata`): ``timescale`` from Ts/10 to 100·Ts seconds (Δ = Ts/τ in 0.01-10 samples, S4D-Lin
+    time constants 2τ from Ts/5 to 200·Ts), ``encoder_window`` = ``bench.n_init`` (the encoder reads the test records'
+    unscored start) and ``window`` = min(256, the samples a training window can have: the shortest estimation record
+    less its validation tail and the encoder's samples).
+
+    Args:
+        bench: the benchmark (its Ts, init window and estimation records).
+
+    Returns:
+        the recipe.
+
+    Raises:
+        ValueError: when the shortest estimation record leaves fewer than 16 samples for a training window.
+    """
+    r = DATA_RECIPE
+    shortest = min(len(rec) for rec in bench.train)
+    room = int(round(shortest * (1 - r.val_fraction))) - bench.n_init
+    if room < 16:
+        raise ValueError(f"the shortest estimation record ({shortest} samples) leaves {room} samples for a training "
+                         f"window after its validation tail ({r.val_fraction:.0%}) and the encoder's {bench.n_init}: "
+                         "give longer records, or a smaller n_init")
+    timescale = (bench.dt / DATA_DELTA[1], bench.dt / DATA_DELTA[0])
+    return replace(r, timescale=timescale, encoder_window=bench.n_init, window=min(r.window, room))

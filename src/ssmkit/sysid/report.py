@@ -178,7 +178,8 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
     }
     write_text(folder / "results.json", json.dumps(results, indent=2, default=str))
     text = [f"# {bench.title}: {label}", "",
-            f"Simulation RMSE on the official test records after the first {bench.n_init} samples "
+            f"Simulation RMSE on the {'official ' if bench.published else ''}test records after the first "
+            f"{bench.n_init} samples "
             f"({bench.notes})", ""]
     if bench.n_outputs > 1:
         text += ["Outputs, in the order of each cell's values: "

@@ -1,0 +1,420 @@
+"""Your own data as a benchmark: inputs and outputs sampled every Ts seconds, from arrays or CSV files, become a
+:class:`~ssmkit.sysid.records.SysidBenchmark` that :func:`~ssmkit.sysid.workflow.identify`,
+:func:`~ssmkit.sysid.workflow.evaluate` and ``ssmkit sysid --data FILE.csv`` take like a named benchmark, trained by
+the generic recipe :func:`ssmkit.sysid.recipes.recipe_for_data`.
+
+:func:`from_arrays` takes one experiment, inputs u (L, m) or (L,) and outputs y (L, p) or (L,), time first, and Ts
+in seconds, as MATLAB's ``iddata`` does; :func:`from_csv` reads the named input and output columns of CSV files with a
+header row, sampled every ``dt`` seconds or at the stamps of a ``time`` column. The conventions, chosen as a MATLAB
+System Identification Toolbox or python-control user expects them:
+
+- Test data: a second experiment (``test=(u_test, y_test)``, ``test_path=``) is the test record, as MATLAB's
+  ``compare`` validates on a data set the model never saw. Without one the last ``test_fraction`` of each experiment
+  (default :data:`DEFAULT_TEST_FRACTION`, 20 %) is held out as the test record, ``z(1:N1)`` / ``z(N1+1:end)`` by hand
+  in MATLAB. Training then holds out the last 20 % of what is left for validation and early stopping (the recipe's
+  ``val_fraction``); the test record is never read before the final score.
+- Initial state: a test record starts wherever the system was (the tail of a run is not at rest), so, as
+  ``compare``'s default ``InitialCondition='e'`` estimates x0, the model's initial-state encoder reads the first
+  ``n_init`` samples of each test record (inputs and measured outputs) and only the samples after them are scored.
+  ``n_init`` defaults to :data:`DEFAULT_N_INIT` (50, the init window of most benchmarks here), at most a tenth of the
+  shortest test record; ``n_init=0`` simulates from rest and scores every sample.
+- Sampling: one uniform Ts in seconds for every record; a time column must be uniform to :data:`TIME_TOLERANCE` of Ts
+  (a ValueError names the largest deviation otherwise) and gives Ts = (t[L-1] - t[0]) / (L - 1).
+- Values: every sample must be a finite number; a NaN, an empty or a non-numeric cell is refused naming its row and
+  column (iddata keeps NaNs as missing samples; simulation-error training cannot skip them: fill or cut them first).
+- Units: one unit for every output or one per output; results are reported in it with a scale of 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import pathlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ssmkit.sysid.records import IORecord, SysidBenchmark
+from ssmkit.utils import check_sampling_time
+
+DEFAULT_TEST_FRACTION = 0.2  # the tail of each experiment held out as the test record when no test data are given
+DEFAULT_N_INIT = 50  # test samples read by the initial-state encoder and not scored (capped at a tenth of the record)
+TIME_TOLERANCE = 1e-3  # the largest deviation of a time stamp from the uniform grid, as a fraction of Ts
+DEFAULT_UNIT = "data units"  # the reporting unit when none is given
+
+
+def _as_channels(values, which: str, names: Sequence[str] | None = None) -> np.ndarray:
+    """``values`` (array-like, (L,) or (L, c)) as an (L, c) float64 array: ValueError for another rank, a time-last
+    array, no sample, or a non-finite value (named by row and channel)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{which} must be an array of numbers, (L,) or (L, channels); got {type(values).__name__} "
+                         f"({error})") from None
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"{which} must be (L,) or (L, channels) with L >= 1, time first; got shape {a.shape}")
+    if a.shape[0] < a.shape[1]:
+        raise ValueError(f"{which} is {a.shape}: fewer samples than channels. Arrays are time first, (L, channels); "
+                         f"a time-last (channels, L) array (python-control's layout) must be transposed ({which}.T)")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        channel = repr(names[col]) if names is not None and col < len(names) else str(col)
+        raise ValueError(f"{which} holds {int(bad.sum())} non-finite value(s); the first is {a[row, col]} at row "
+                         f"{row}, channel {channel}: fill or cut missing samples first")
+    return a
+
+
+def _names(names, count: int, which: str, default: str) -> tuple[str, ...]:
+    """``names`` (None, one string for one channel, or a sequence of ``count`` non-empty strings) as a tuple."""
+    if names is None:
+        return tuple(f"{default}{k + 1}" for k in range(count)) if count > 1 else (default,)
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    if len(names) != count or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"{which} must be None or {count} non-empty strings, one per channel; got {names!r}")
+    return names
+
+
+def _check_fraction(fraction, which: str) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"{which} must be a number in (0, 1), the tail of each experiment held out as the test "
+                         f"record; got {fraction!r}")
+    return float(fraction)
+
+
+def default_n_init(test_lengths: Sequence[int]) -> int:
+    """The default init window of a benchmark made of the user's data: :data:`DEFAULT_N_INIT` samples, at most a
+    tenth of the shortest test record.
+
+    Args:
+        test_lengths: the test records' lengths L.
+
+    Returns:
+        n_init, an int >= 0.
+    """
+    return min(DEFAULT_N_INIT, min(test_lengths) // 10)
+
+
+def _split(u: np.ndarray, y: np.ndarray, fraction: float, label: str) -> tuple[tuple, tuple, int]:
+    """(u, y) of the first 1 - ``fraction`` and of the last ``fraction`` of one experiment, and the cut."""
+    n = u.shape[0]
+    cut = n - int(round(n * fraction))
+    if cut < 2 or n - cut < 2:
+        raise ValueError(f"{label} ({n} samples) is too short to hold out {fraction:.0%} as the test record and "
+                         "train on the rest: give more samples or separate test data")
+    return (u[:cut], y[:cut]), (u[cut:], y[cut:]), cut
+
+
+def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_init: int | None,
+               input_names: tuple[str, ...], output_names: tuple[str, ...], source: str) -> SysidBenchmark:
+    """The SysidBenchmark of the user's records, with ``n_init`` checked (or its default) and the notes."""
+    lengths = [len(r) for r in test]
+    if n_init is None:
+        n_init = default_n_init(lengths)
+    elif isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 0 or n_init >= min(lengths):
+        raise ValueError(f"n_init must be None or an int in [0, {min(lengths)}) (samples of each test record read by "
+                         f"the initial-state encoder and not scored; the shortest test record has {min(lengths)}); "
+                         f"got {n_init!r}")
+    notes = (f"{source}; inputs {', '.join(input_names)}; outputs {', '.join(output_names)}; Ts = {train[0].dt:g} s; "
+             f"the first {n_init} samples of each test record are read by the initial-state encoder, not scored")
+    return SysidBenchmark(name=name, title=name, train=train, test=test, n_init=n_init, unit=unit, published=[],
+                          notes=notes, output_names=output_names)
+
+
+def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str | Sequence[str] = DEFAULT_UNIT,
+                input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+                n_init: int | None = None) -> SysidBenchmark:
+    """A benchmark of one measured experiment: inputs ``u`` and outputs ``y`` sampled every ``dt`` seconds, with a
+    test record held out as the module docstring says.
+
+    Args:
+        u: (L, m) or (L,) the inputs, time first (numpy array, tensor or nested lists; float64 is kept).
+        y: (L, p) or (L,) the measured outputs, time first.
+        dt: Ts, the sampling time in seconds.
+        test: the test data: None, the last :data:`DEFAULT_TEST_FRACTION` (20 %) of the experiment; a number in
+            (0, 1), that fraction of its tail; or a pair ``(u_test, y_test)`` of another experiment at the same Ts
+            (the whole experiment then trains).
+        name: the benchmark's name and title (reports, ``results.json``).
+        unit: the outputs' unit: one string for every output, or p strings, one per output.
+        input_names: m names of the inputs (None: ``"u"``, or ``"u1"``, ..., ``"um"``), written into the notes.
+        output_names: p names of the outputs (None: ``"y"``, or ``"y1"``, ..., ``"yp"``), the report's labels.
+        n_init: samples at the start of each test record read by the initial-state encoder and not scored (None:
+            :func:`default_n_init`; 0: simulate from rest and score every sample).
+
+    Returns:
+        the benchmark: one training record (records named ``name [:cut]`` and ``name [cut:]`` for a tail split, or
+        ``name`` and ``name test``), one test record, no published results.
+    """
+    dt = check_sampling_time(dt)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a non-empty string; got {name!r}")
+    u_a = _as_channels(u, "u")
+    y_a = _as_channels(y, "y")
+    if u_a.shape[0] != y_a.shape[0]:
+        raise ValueError(f"u and y must have one length L (time first); got u {u_a.shape} and y {y_a.shape}")
+    inputs = _names(input_names, u_a.shape[1], "input_names", "u")
+    outputs = _names(output_names, y_a.shape[1], "output_names", "y")
+    if test is None or isinstance(test, (int, float)) and not isinstance(test, bool):
+        fraction = DEFAULT_TEST_FRACTION if test is None else _check_fraction(test, "test")
+        (u_tr, y_tr), (u_te, y_te), cut = _split(u_a, y_a, fraction, "the experiment")
+        train = [IORecord(_tensor(u_tr), _tensor(y_tr), dt, f"{name} [:{cut}]")]
+        test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} [{cut}:]")]
+        source = f"the last {fraction:.0%} of the experiment held out as the test record"
+    elif isinstance(test, (tuple, list)) and len(test) == 2:
+        u_te = _as_channels(test[0], "u_test", inputs)
+        y_te = _as_channels(test[1], "y_test", outputs)
+        if u_te.shape[0] != y_te.shape[0]:
+            raise ValueError(f"u_test and y_test must have one length; got {u_te.shape} and {y_te.shape}")
+        if u_te.shape[1] != u_a.shape[1] or y_te.shape[1] != y_a.shape[1]:
+            raise ValueError(f"the test data must have the training data's m = {u_a.shape[1]} inputs and p = "
+                             f"{y_a.shape[1]} outputs; got u_test {u_te.shape} and y_test {y_te.shape}")
+        train = [IORecord(_tensor(u_a), _tensor(y_a), dt, name)]
+        test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} test")]
+        source = "a separate test experiment"
+    else:
+        raise ValueError(f"test must be None (the last {DEFAULT_TEST_FRACTION:.0%} held out), a fraction in (0, 1) "
+                         f"or a pair (u_test, y_test); got {type(test).__name__}")
+    return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source)
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+
+
+def _column_list(columns, which: str) -> list[str]:
+    """``columns`` (one name or a sequence of names) as a non-empty list of non-empty names."""
+    if isinstance(columns, str):
+        columns = [columns]
+    if not isinstance(columns, (list, tuple)) or not columns or not all(isinstance(c, str) and c.strip()
+                                                                        for c in columns):
+        raise ValueError(f"{which} must name one or more columns of the file (a list of header names); got {columns!r}")
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"{which} names a column twice: {list(columns)!r}")
+    return [c.strip() for c in columns]
+
+
+def _data_lines(f):
+    """(line number, text) of the lines of an open file that are neither blank nor ``#`` comments."""
+    for number, line in enumerate(f, 1):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            yield number, line
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_columns(path: str | os.PathLike, columns: Sequence[str],
+                 delimiter: str | None = None) -> dict[str, np.ndarray]:
+    """The named columns of a delimited text file with a header row, as float64 arrays.
+
+    The first line that is neither blank nor a ``#`` comment names the columns; every later such line is a row (blank
+    and ``#`` lines are skipped anywhere). Columns not asked for are not read (they may hold text). A UTF-8 byte-order
+    mark (a spreadsheet's CSV export) is ignored.
+
+    Args:
+        path: the file.
+        columns: the header names of the columns to read.
+        delimiter: the field separator; None: the first of ``","``, ``";"``, ``"\\t"`` found in the header line, else
+            runs of white space.
+
+    Returns:
+        {name: (L,) float64 array} for each name of ``columns``.
+
+    Raises:
+        ValueError: for a file without a header row or without rows, a column not in the header (naming the
+            header's columns), a row with too few fields, or an empty, non-numeric or non-finite cell (naming its
+            row, line and column).
+        FileNotFoundError: for a missing file.
+    """
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file at {os.fspath(path)!r}")
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n"):
+        raise ValueError(f"delimiter must be None (detected) or one character; got {delimiter!r}")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        lines = _data_lines(f)
+        first = next(lines, None)
+        if first is None:
+            raise ValueError(f"{path} holds no header row: the first line must name the columns")
+        sep = delimiter
+        if sep is None:
+            sep = next((s for s in (",", ";", "\t") if s in first[1]), None)
+
+        def split(line: str) -> list[str]:
+            return line.split() if sep is None else next(csv.reader([line], delimiter=sep))
+
+        header = [h.strip() for h in split(first[1])]
+        if header and all(_number(h) for h in header if h):
+            raise ValueError(f"{path} has no header row: line {first[0]} holds numbers ({first[1].strip()[:60]!r}); "
+                             "add a first line naming the columns (e.g. t,u,y)")
+        index = {}
+        for c in columns:
+            if c not in header:
+                raise ValueError(f"column {c!r} is not in {path.name}; its columns are {[h for h in header if h]}")
+            if header.count(c) > 1:
+                raise ValueError(f"column {c!r} appears {header.count(c)} times in {path.name}'s header")
+            index[c] = header.index(c)
+        need = max(index.values()) + 1
+        values: dict[str, list[float]] = {c: [] for c in columns}
+        for row, (number, line) in enumerate(lines, 1):
+            fields = split(line)
+            if len(fields) < need:
+                raise ValueError(f"{path.name}: row {row} (line {number}) has {len(fields)} fields, fewer than the "
+                                 f"{need} that reach column {header[need - 1]!r}")
+            for c, i in index.items():
+                text = fields[i].strip()
+                where = f"{path.name}: row {row} (line {number}), column {c!r}"
+                if not text:
+                    raise ValueError(f"{where} is empty: every sample must be a number (fill or cut missing samples)")
+                try:
+                    v = float(text)
+                except ValueError:
+                    raise ValueError(f"{where} is {text[:40]!r}, not a number") from None
+                if not math.isfinite(v):
+                    raise ValueError(f"{where} is {text!r}: every sample must be a finite number (fill or cut "
+                                     "missing samples)")
+                values[c].append(v)
+    if not values[columns[0]]:
+        raise ValueError(f"{path} holds a header but no rows of data")
+    return {c: np.asarray(v, dtype=np.float64) for c, v in values.items()}
+
+
+def sampling_time(t: np.ndarray, label: str = "time") -> float:
+    """Ts of uniformly spaced time stamps: (t[L-1] - t[0]) / (L - 1), after checking that every stamp lies within
+    :data:`TIME_TOLERANCE` · Ts of the uniform grid t[0] + k·Ts.
+
+    Args:
+        t: (L,) the time stamps in seconds, L >= 2.
+        label: what they are, for the messages (a file and column).
+
+    Returns:
+        Ts in seconds.
+
+    Raises:
+        ValueError: for fewer than 2 stamps, a non-increasing span, or a stamp off the grid (naming the largest
+            deviation, its row and its size in Ts).
+    """
+    t = np.asarray(t, dtype=np.float64).ravel()
+    if t.size < 2:
+        raise ValueError(f"{label}: a sampling time needs 2 or more time stamps; got {t.size}")
+    dt = (t[-1] - t[0]) / (t.size - 1)
+    if not (math.isfinite(dt) and dt > 0):
+        raise ValueError(f"{label}: the time stamps must increase; they run from {t[0]} to {t[-1]}")
+    deviation = np.abs(t - (t[0] + dt * np.arange(t.size)))
+    k = int(np.argmax(deviation))
+    if deviation[k] > TIME_TOLERANCE * dt:
+        raise ValueError(f"{label} is not uniformly sampled: the stamp of row {k + 1} (t = {t[k]:.10g} s) lies "
+                         f"{deviation[k]:.3g} s ({deviation[k] / dt:.3g} Ts) off the uniform grid of Ts = {dt:.10g} s, "
+                         f"more than the tolerance of {TIME_TOLERANCE:g} Ts; resample the data to one Ts, or give dt "
+                         "to take the rows as uniformly spaced")
+    return float(dt)
+
+
+def _paths(path, which: str) -> list[pathlib.Path]:
+    """One path or a non-empty list of paths as a list of Paths."""
+    if isinstance(path, (str, os.PathLike)):
+        return [pathlib.Path(path)]
+    if isinstance(path, (list, tuple)) and path and all(isinstance(p, (str, os.PathLike)) for p in path):
+        return [pathlib.Path(p) for p in path]
+    raise ValueError(f"{which} must be a file path or a non-empty list of file paths; got {path!r}")
+
+
+def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str | Sequence[str],
+             outputs: str | Sequence[str], dt: float | None = None, time: str | None = None,
+             test_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+             test_fraction: float | None = None, delimiter: str | None = None, name: str | None = None,
+             unit: str | Sequence[str] = DEFAULT_UNIT, n_init: int | None = None) -> SysidBenchmark:
+    """A benchmark of experiments stored as CSV files: the ``inputs`` and ``outputs`` columns of each file
+    (:func:`read_columns`), sampled every ``dt`` seconds or at the stamps of the ``time`` column, with the test records
+    of the module docstring.
+
+    Args:
+        path: the estimation file, or a list of files (one experiment each, trained as separate records).
+        inputs: the header names of the m input columns, in order.
+        outputs: the header names of the p output columns, in order (the report's labels).
+        dt: Ts in seconds; give it or ``time``, not both.
+        time: the header name of a column of time stamps in seconds (:func:`sampling_time`: uniform to
+            :data:`TIME_TOLERANCE` · Ts, the same Ts in every file to that tolerance; the first file's Ts is kept).
+        test_path: a test file, or a list of them, with the same columns (each a whole test record); None: the tail
+            of each estimation file.
+        test_fraction: without ``test_path``, the tail of each estimation file held out as a test record (None:
+            :data:`DEFAULT_TEST_FRACTION`, 20 %); not allowed with ``test_path``.
+        delimiter: the field separator (None: detected, :func:`read_columns`).
+        name: the benchmark's name and title (None: the first file's name without its suffix).
+        unit: the outputs' unit: one string for every output, or p strings, one per output.
+        n_init: samples at the start of each test record read by the initial-state encoder and not scored (None:
+            :func:`default_n_init`; 0: from rest).
+
+    Returns:
+        the benchmark: a training record per estimation file (``file [:cut]`` for a tail split, else ``file``), a test
+        record per test file or per estimation file's tail (``file [cut:]``), no published results.
+    """
+    files = _paths(path, "path")
+    test_files = None if test_path is None else _paths(test_path, "test_path")
+    ins = _column_list(inputs, "inputs")
+    outs = _column_list(outputs, "outputs")
+    both = sorted(set(ins) & set(outs))
+    if both:
+        raise ValueError(f"columns {both} are named as inputs and as outputs: a column is one or the other")
+    if (dt is None) == (time is None):
+        raise ValueError("give the sampling time: dt (Ts in seconds) or time (the name of a column of time stamps), "
+                         f"one of the two; got dt={dt!r}, time={time!r}")
+    if dt is not None:
+        dt = check_sampling_time(dt)
+    if time is not None:
+        if not isinstance(time, str) or not time.strip():
+            raise ValueError(f"time must be None or the header name of one column; got {time!r}")
+        time = time.strip()
+        if time in ins or time in outs:
+            raise ValueError(f"the time column {time!r} is also named as an input or an output")
+    if test_files is not None and test_fraction is not None:
+        raise ValueError("give test_path (separate test files) or test_fraction (the tail of each file), not both")
+    fraction = None
+    if test_files is None:
+        fraction = DEFAULT_TEST_FRACTION if test_fraction is None else _check_fraction(test_fraction, "test_fraction")
+    if name is None:
+        name = files[0].stem
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be None or a non-empty string; got {name!r}")
+    wanted = ins + outs + ([time] if time is not None else [])
+
+    def read(p: pathlib.Path) -> tuple[np.ndarray, np.ndarray, float | None]:
+        cols = read_columns(p, wanted, delimiter)
+        ts = sampling_time(cols[time], f"{p.name}, column {time!r}") if time is not None else None
+        return np.stack([cols[c] for c in ins], 1), np.stack([cols[c] for c in outs], 1), ts  # (L, m), (L, p)
+
+    experiments = [(p, *read(p)) for p in files]
+    tests = [(p, *read(p)) for p in test_files] if test_files is not None else []
+    if time is not None:
+        dt = experiments[0][3]
+        for p, _, _, ts in experiments[1:] + tests:
+            if abs(ts - dt) > TIME_TOLERANCE * dt:
+                raise ValueError(f"{p.name}'s time column gives Ts = {ts:.10g} s, {files[0].name}'s {dt:.10g} s: every "
+                                 "file must be sampled at one Ts (resample first)")
+    train, test_records = [], []
+    for p, u, y, _ in experiments:
+        if fraction is None:
+            train.append(IORecord(_tensor(u), _tensor(y), dt, p.name))
+            continue
+        (u_tr, y_tr), (u_te, y_te), cut = _split(u, y, fraction, p.name)
+        train.append(IORecord(_tensor(u_tr), _tensor(y_tr), dt, f"{p.name} [:{cut}]"))
+        test_records.append(IORecord(_tensor(u_te), _tensor(y_te), dt, f"{p.name} [{cut}:]"))
+    test_records += [IORecord(_tensor(u), _tensor(y), dt, p.name) for p, u, y, _ in tests]
+    source = (f"{', '.join(p.name for p in files)}; "
+              + (f"the last {fraction:.0%} of each file held out as a test record" if fraction is not None
+                 else f"test files {', '.join(p.name for p in test_files)}"))
+    return _benchmark(train, test_records, name, unit, n_init, tuple(ins), tuple(outs), source)

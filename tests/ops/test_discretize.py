@@ -180,3 +180,23 @@ def test_bad_shapes(device):
         bilinear_dplr(Lambda, P, B, dt)
     with pytest.raises(ValueError, match=r"P must be \(r, H, N/2\) complex"):
         bilinear_dplr(Lambda, P.real, B, dt[:, 0])
+
+
+def test_series_coefficients_made_in_inference_mode_serve_a_later_backward():
+    """The φ-series coefficients are made once per dtype and device; the first made inside ``torch.inference_mode``
+    (a generation loop) must still be saved by a later call's autograd, and the gradient equals the closed form."""
+    from ssmkit.ops import discretize
+
+    discretize._COEFFS.clear()
+    z = torch.tensor([0.3 + 0.2j, -0.5 + 0.1j], dtype=torch.complex128)
+    with torch.inference_mode():
+        discretize._expm1_over_z(z)
+    assert not discretize._COEFFS[(torch.complex128, z.device)].is_inference()
+    w = z.clone().requires_grad_()
+    phi = discretize._expm1_over_z(w)
+    (phi.real.sum() + phi.imag.sum()).backward()
+    # φ' = (z e^z - e^z + 1) / z²; torch's gradient of a real loss is ∂ℓ/∂Re z + i ∂ℓ/∂Im z, and for ℓ = Re φ + Im φ
+    # (φ holomorphic: ∂φ/∂Im z = i φ') that is (Re φ' + Im φ') + i (Re φ' - Im φ')
+    d = (z * torch.exp(z) - torch.exp(z) + 1) / z**2
+    expected = torch.complex(d.real + d.imag, d.real - d.imag)
+    torch.testing.assert_close(w.grad, expected, rtol=1e-12, atol=1e-12)

@@ -11,7 +11,9 @@ parts, z_n := Δ_re Re λ_n + i Δ_im Im λ_n (and 1/λ uses the raw λ):
 Both are the diagonal recurrence x_t = e^{z} x_{t-1} + u_t, y_t = Re(Σ_n W̃_n x_{t,n}) + D u_t with W̃ the factor in
 front of e^{l z}, which gives the step and the state-space views exactly. e^{z} - 1 is evaluated as z·φ(z) with
 φ(z) = (e^z - 1)/z by its series near 0 (the direct difference loses every digit as Δ → 0: at Δ = 1e-6 a float32
-kernel was 0.5-6 % off the float64 one; with φ it stays at float32 rounding).
+kernel was 0.5-6 % off the float64 one; with φ it stays at float32 rounding). A float32 layer forms Δ, z and both
+factors in double and rounds e^z and W̃ once (:meth:`DSS.discrete`): at fast poles (|Im z| ~ 10³) a float32 z put
+|Im z|·6e-8 into the phase of e^z (∂log Δ was 2.7e-4 off its float64 value, now 1e-7).
 
 Initialisation: λ = the eigenvalues with positive imaginary part of the skew part of HiPPO-LegS(2M), minus ½
 (shared by all channels); W real and imaginary parts each N(0, 1); D ~ N(0, 1); log Δ ~ U[log dt_min, log dt_max]
@@ -54,7 +56,7 @@ from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.discretize import exp_phi
+from ssmkit.ops.discretize import exp_phi, widen
 from ssmkit.ops.hippo import dss_eigenvalues
 
 VERSIONS = ("exp", "softmax")
@@ -189,13 +191,21 @@ class DSS(DiagonalLTILayer):
 
         DSS-exp: W̃ = W (e^z - 1)/λ = W φ(z) (z/λ); DSS-softmax: W̃ = W (e^z - 1) conj(x)/(|x|² + 1e-7) with
         x = λ (e^{L z} - 1) = λ L z φ(L z), L = l_max; φ(z) = (e^z - 1)/z evaluated stably near 0.
+
+        For a float32 layer Δ = e^{log Δ}, z = Δλ and everything read from z are formed in double and Ā and W̃ rounded
+        once (:func:`ssmkit.ops.discretize.widen`, as S5 and the zero-order hold): e^z turns an absolute error of z
+        into a relative one of Ā, and a float32 Δ or z is off by |Im z|·6e-8 (10³ at fast poles). Re λ = -e^a and
+        λ itself stay in single precision: their rounding moves z by |z|·6e-8 relative, as Ā's own rounding.
         """
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         re = -torch.exp(self.log_A_real) if self.version == "exp" else self.A_real  # (M,)
-        Lambda = torch.complex(re, self.A_imag)  # (M,)
-        dt = torch.exp(self.log_dt)  # (H, 2) or (H, 1)
-        dt_re, dt_im = dt[:, :1], dt[:, -1:]  # (H, 1) each
-        z = torch.complex(dt_re * re, dt_im * self.A_imag)  # (H, M): Δλ with separate steps
+        parts = torch.stack([re, self.A_imag], -1)  # (M, 2): Re λ, Im λ
+        Lambda = torch.view_as_complex(parts)  # (M,)
+        # Δ of Re λ and of Im λ (float64 for a float32 layer), contiguous: the product below must have pairs of stride
+        # 1 for view_as_complex whatever log Δ's layout (no op where it is contiguous already). One product of
+        # (H, 1, 2) steps and (M, 2) parts, not two products of slices and torch.complex: tests/perf counts the ops.
+        dt = torch.exp(widen(self.log_dt)).contiguous()  # (H, 2) or (H, 1)
+        z = torch.view_as_complex(dt[:, None] * parts)  # (H, M): Δ_re Re λ + i Δ_im Im λ, in Δ's precision
         A_bar, phi_z = exp_phi(z)  # (H, M) each: e^z, φ(z) (one C call on the CPU)
         W = torch.view_as_complex(self.W)  # (C, H, M)
         if self.version == "exp":
@@ -205,6 +215,8 @@ class DSS(DiagonalLTILayer):
             x = Lambda * Lz * exp_phi(Lz)[1]  # (H, M): λ (e^{L z} - 1)
             A_bar_minus_1 = z * phi_z  # (H, M): e^z - 1 without cancellation
             W_tilde = W * A_bar_minus_1 * _regularised_reciprocal(x)  # (C, H, M)
+        if A_bar.dtype != W.dtype:  # rounded once to the layer's precision
+            A_bar, W_tilde = A_bar.to(W.dtype), W_tilde.to(W.dtype)
         return A_bar, torch.ones_like(A_bar), W_tilde
 
     @property

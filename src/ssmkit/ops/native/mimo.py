@@ -57,6 +57,8 @@ def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     T = GRAM_BLOCK
     if min(K, N) > GRAM_NARROW or n < 2 * T:
         return a.mT @ b  # (K, N)
+    if K > N:  # the narrow side first: MKL's blocks of aᵀb with K > N ran ~4x slower (2.3 against 0.5 ms at B·L 32 768)
+        return _gram(b, a).mT  # (K, N)
     nb = n // T
     head = torch.bmm(a[: nb * T].reshape(nb, T, K).mT, b[: nb * T].reshape(nb, T, N)).sum(0)  # (nb, K, N) -> (K, N)
     return head if nb * T == n else head + a[nb * T:].mT @ b[nb * T:]  # (K, N) (not addmm_, whose GEMM adds the rows to the total one by one: 8e-7)

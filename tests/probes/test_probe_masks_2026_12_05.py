@@ -50,21 +50,13 @@ from ssmkit.layers import SequenceLayer, layer_class
 from ssmkit.models import Block, SequenceModel
 from ssmkit.models.block import _BatchNorm
 from tests.conftest import rel_err, variants
+from tests.probes.test_probe_padding_2026_12_05 import _batch  # (B, L) ids with trailing PAD, the same sizes
 
 F64 = torch.float64
 H, V, PAD, Y = 5, 11, 0, 3
 LENGTHS, L = (17, 11, 6, 1), 17
 TOL = 1e-12  # float64: the padded and the reference runs differ only by round-off
 MEGA = {**variants("mega")[0], "bidirectional": True}  # chunk_size 8: L = 17 is three chunks
-
-
-def _batch(lengths=LENGTHS, length=L, seed=1) -> torch.Tensor:
-    """(B, L) token ids, item i's first lengths[i] ids in 1..V-1, then PAD."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.full((len(lengths), length), PAD)
-    for i, n in enumerate(lengths):
-        x[i, :n] = torch.randint(1, V, (n,), generator=g)
-    return x
 
 
 def _mask(lengths, length) -> torch.Tensor:

@@ -270,3 +270,40 @@ def test_checkpoint_contexts_recompute_under_the_forward_backend_in_another_thre
     with recompute:
         assert ops.get_backend() == "chunked"
     assert ops.get_backend() == "auto"
+
+
+def test_a_forced_backend_does_not_evaluate_autos_choice(monkeypatch):
+    """``dispatch`` calls an op's ``auto`` choice only under ``"auto"``: with a backend forced, no op asks whether the C
+    or Triton kernels could run (which builds and smoke-tests them on first use: a first ``backend="reference"`` call
+    compiled C code it never ran)."""
+    import ssmkit.ops.mimo as mimo_mod
+    import ssmkit.ops.native.gate as gate
+    import ssmkit.ops.triton_gate as triton_gate
+    from ssmkit.ops import conv, recurrence, scan, selective
+
+    asked = []
+
+    def refuse(*args, **kwargs):
+        asked.append(args[0] if args else None)
+        return False
+
+    for module in (gate, conv, recurrence, scan, selective, mimo_mod):
+        monkeypatch.setattr(module, "prefer_native", refuse)
+    for module in (triton_gate, scan, selective):
+        monkeypatch.setattr(module, "prefer_triton", refuse)
+    g = torch.Generator().manual_seed(0)
+    B, L, H, N = 2, 5, 3, 4
+    u = torch.randn(B, L, H, generator=g, dtype=torch.float64)
+    A = torch.complex(-torch.rand(H, N, generator=g, dtype=torch.float64), torch.randn(H, N, generator=g, dtype=torch.float64))
+    A_bar = torch.exp(A * 0.1)
+    with use_backend("chunked"):
+        ops.ssm_scan(u, A_bar, torch.ones_like(A_bar), torch.ones_like(A_bar))
+        ops.linear_recurrence(torch.rand(B, L, H, generator=g, dtype=torch.float64), u)
+        ops.selective_scan(u, torch.rand(B, L, H, generator=g, dtype=torch.float64), -torch.rand(H, N, dtype=torch.float64),
+                           torch.randn(B, L, N, generator=g, dtype=torch.float64),
+                           torch.randn(B, L, N, generator=g, dtype=torch.float64))
+        ops.causal_conv1d(u, torch.randn(H, 4, generator=g, dtype=torch.float64), None)
+    assert asked == []
+    with use_backend("auto"):  # the same calls under "auto" do ask (the check can see a call)
+        ops.linear_recurrence(torch.rand(B, L, H, generator=g, dtype=torch.float64), u)
+    assert asked

@@ -107,14 +107,15 @@ def checkpoint_contexts() -> tuple[ContextManager[None], ContextManager[None]]:
     return use_backend(name), use_backend(name)
 
 
-def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str) -> F:
+def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str | Callable[[], str]) -> F:
     """The implementation of ``op`` for ``backend`` (None: the context's backend), from the op's table.
 
     Args:
         op: the op's name, for the error message.
         table: backend name -> implementation; the keys are the backends the op has (never ``"auto"``).
         backend: the per-call override, or None for :func:`get_backend`.
-        auto: the key of ``table`` that ``"auto"`` selects.
+        auto: the key of ``table`` that ``"auto"`` selects, or a function returning it, called only under ``"auto"``
+            (a forced backend then builds and smoke-tests no kernel it does not run).
 
     Returns:
         the implementation (a callable with the signature of the op's reference).
@@ -128,7 +129,7 @@ def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str) ->
     else:
         name, how = _check_name(backend, "backend"), "by its backend= argument"
     if name == "auto":
-        return table[auto]
+        return table[auto() if callable(auto) else auto]
     impl = table.get(name)
     if impl is None:
         has = ", ".join(repr(b) for b in ("auto", *table))

@@ -246,7 +246,7 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Te
     Returns:
         (..., W) complex, the broadcast batch shape of v, z, w followed by W.
     """
-    return dispatch("cauchy", _CAUCHY, backend, auto=_auto(v))(v, z, w)
+    return dispatch("cauchy", _CAUCHY, backend, auto=lambda: _auto(v))(v, z, w)
 
 
 def _check_pairs_args(v: Tensor, y: Tensor, w: Tensor) -> None:
@@ -322,7 +322,9 @@ def cauchy_pairs(v: Tensor, y: Tensor, w: Tensor, *, backend: str | None = None)
     """
     from ssmkit.ops.native.gate import prefer_native
 
-    auto = "native" if w.dtype == torch.complex128 and prefer_native("cauchy_pairs", w) else "chunked"
+    def auto() -> str:
+        return "native" if w.dtype == torch.complex128 and prefer_native("cauchy_pairs", w) else "chunked"
+
     return dispatch("cauchy_pairs", _CAUCHY_PAIRS, backend, auto=auto)(v, y, w)
 
 

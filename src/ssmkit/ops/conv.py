@@ -127,7 +127,7 @@ def causal_conv1d(
     Returns:
         y (B, L, H) and the final state (B, H, W-1) (None when not asked for).
     """
-    impl = dispatch("causal_conv1d", _CONV, backend, auto=_auto(x))
+    impl = dispatch("causal_conv1d", _CONV, backend, auto=lambda: _auto(x))
     return impl(x, weight, bias, state, return_state, activation)
 
 

@@ -132,5 +132,5 @@ def gated_rmsnorm(
     from ssmkit.ops.backend import dispatch
 
     _check(y, z, weight, groups, x, D)
-    impl = dispatch("gated_rmsnorm", _GATED, backend, auto=_auto([t for t in (y, z, weight, x, D) if t is not None]))
+    impl = dispatch("gated_rmsnorm", _GATED, backend, auto=lambda: _auto([t for t in (y, z, weight, x, D) if t is not None]))
     return impl(y, z, weight, groups, eps, norm_before_gate, x, D)

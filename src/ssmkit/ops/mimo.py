@@ -320,8 +320,10 @@ def mimo_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, M) in A_bar's dtype (or None).
     """
-    native = prefer_native("linear_recurrence", A_bar)  # A_bar on u's device (checked by the paths)
-    impl = dispatch("mimo_scan", _SCAN, backend, auto="native" if native else "chunked")
+    def auto() -> str:  # A_bar on u's device (checked by the paths)
+        return "native" if prefer_native("linear_recurrence", A_bar) else "chunked"
+
+    impl = dispatch("mimo_scan", _SCAN, backend, auto=auto)
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 
 

@@ -315,4 +315,4 @@ def linear_recurrence(
     Returns:
         h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
     """
-    return dispatch("linear_recurrence", _LINEAR_RECURRENCE, backend, auto=_auto(b))(a, b, h0)
+    return dispatch("linear_recurrence", _LINEAR_RECURRENCE, backend, auto=lambda: _auto(b))(a, b, h0)

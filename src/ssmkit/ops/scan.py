@@ -304,8 +304,10 @@ def ssm_scan(
     Returns:
         y (B, L, H) real in u's dtype, and the final state x_{L-1} (B, H, N) in A_bar's dtype (or None).
     """
-    use_kernel = TRITON_SCAN_IN_AUTO and prefer_triton(u, "ssm_scan")
-    auto = "triton" if use_kernel else auto_scan_backend(u, return_state, A_bar)
+    def auto() -> str:
+        use_kernel = TRITON_SCAN_IN_AUTO and prefer_triton(u, "ssm_scan")
+        return "triton" if use_kernel else auto_scan_backend(u, return_state, A_bar)
+
     impl = dispatch("ssm_scan", _SCAN, backend, auto=auto)
     return impl(u, A_bar, B_bar, C, state, D, return_state=return_state)
 

@@ -546,7 +546,7 @@ def selective_scan(
     Returns:
         y (B, L, H) and the final state h_{L-1} (B, H, N) (None when not asked for).
     """
-    impl = dispatch("selective_scan", _SELECTIVE_SCAN, backend, auto=_auto(u))
+    impl = dispatch("selective_scan", _SELECTIVE_SCAN, backend, auto=lambda: _auto(u))
     if delta_proj is not None:
         if impl is selective_scan_native:  # it checks its arguments, delta_proj among them
             return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, return_state, delta_proj=delta_proj)

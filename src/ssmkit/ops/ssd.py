@@ -356,7 +356,7 @@ def ssd(
         y (B, L, H, P) and the final state (B, H, P, N).
     """
     # (wants_grad passes over an argument that is not a tensor: the path's own checks name it)
-    impl = dispatch("ssd", _SSD, backend, auto=_auto(x, wants_grad(x, dt, A, B, C, h0)))
+    impl = dispatch("ssd", _SSD, backend, auto=lambda: _auto(x, wants_grad(x, dt, A, B, C, h0)))
     if impl is not ssd_reference:
         return impl(x, dt, A, B, C, h0, chunk_size=chunk_size)
     return impl(x, dt, A, B, C, h0)

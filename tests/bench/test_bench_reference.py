@@ -694,8 +694,7 @@ def test_measure_case_rows_use_the_bound_of_the_layers_core_op(monkeypatch, laye
     assert (row["flops_model"], row["bound_flops"]) == (model, flops)
     assert row["bytes_fraction"] == pytest.approx(expected * 4 / 1e6 / 0.5, rel=1e-14)
     assert row["flops_fraction"] == pytest.approx(flops / 1e9 / 0.5, rel=1e-14)
-    assert cases.bytes_bound(case) == (model, expected * 4)
-    assert cases.flops_bound(case) == (model, flops)
+    assert cases.case_bounds(case) == ((model, expected * 4), (model, flops))
 
 
 def test_the_bounds_read_the_layer_as_the_rows_time_it():
@@ -704,8 +703,8 @@ def test_the_bounds_read_the_layer_as_the_rows_time_it():
     forward = Case("sgconv", 1, 2000, 2, 4, "float32", "forward")
     step = Case("sgconv", 1, 2000, 2, 4, "float32", "step")
     assert cases.bound_layer(forward).kernel_length == 2048 and cases.bound_layer(step).kernel_length == 1024
-    assert cases.flops_bound(step) == ("lti", limits.conv_flops("step", 1, 2000, 2, taps=1024))
-    assert cases.flops_bound(forward) == ("lti", limits.conv_flops("forward", 1, 2000, 2, taps=2048))
+    assert cases.case_bounds(step)[1] == ("lti", limits.conv_flops("step", 1, 2000, 2, taps=1024))
+    assert cases.case_bounds(forward)[1] == ("lti", limits.conv_flops("forward", 1, 2000, 2, taps=2048))
 
 
 def plot_rows():

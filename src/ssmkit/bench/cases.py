@@ -12,7 +12,7 @@ with the reason: not installed, no checkout, no such layer). ``step`` cases run 
 
 The same run measures the machine's copy bandwidth and GEMM rate (:mod:`ssmkit.bench.limits`) and reports for
 every row the achieved fraction of the bytes-moved bound and of the FLOP bound (bound time / measured time). Both
-are those of the layer's core op (:func:`bytes_bound`, :func:`flops_bound`): the LTI scan or convolution of an LTI
+are those of the layer's core op (:func:`case_bounds`): the LTI scan or convolution of an LTI
 layer, the selective scan of Mamba, the SSD scan of Mamba-2, flash-style attention, the RG-LRU recurrence; each row
 names it (``bytes_model`` and ``flops_model``, the same op). Outputs in ``--out``: ``bench.json`` (machine, limits,
 rows, notes, and ``notes_by_case``: each case's notes), ``time_vs_length.png`` (time against L per implementation,
@@ -78,30 +78,20 @@ def bound_layer(case: Case) -> layers.SequenceLayer:
     return core.build_for_bench(case.layer, case.d_model, case.d_state, case.length if case.mode != "step" else None)
 
 
-def bytes_bound(case: Case) -> tuple[str, float]:
-    """The bytes bound of a case: its layer's core op and the bytes that op must move at least
-    (:func:`ssmkit.bench.limits.layer_bytes`, with the op's sizes read from the layer built at the case's shape).
+def case_bounds(case: Case) -> tuple[tuple[str, float], tuple[str, float]]:
+    """The bounds of a case, from its layer built once at the case's shape (:func:`bound_layer`): the bytes its core op
+    must move at least (:func:`ssmkit.bench.limits.layer_bytes`) and the flops it must do at least
+    (:func:`ssmkit.bench.limits.layer_flops`), each with the op's name.
 
     Args:
         case: the case.
 
     Returns:
-        (the core op's name, one of :data:`ssmkit.bench.limits.CORE_OPS`; bytes).
+        ((the core op's name, one of :data:`ssmkit.bench.limits.CORE_OPS`; bytes), (the same name; flops)).
     """
-    return layer_bytes(bound_layer(case), case.mode, case.batch, case.length, case.d_state, case.torch_dtype.itemsize)
-
-
-def flops_bound(case: Case) -> tuple[str, float]:
-    """The FLOP bound of a case: its layer's core op and the flops that op must do at least
-    (:func:`ssmkit.bench.limits.layer_flops`, with the op's sizes read from the layer built at the case's shape).
-
-    Args:
-        case: the case.
-
-    Returns:
-        (the core op's name, one of :data:`ssmkit.bench.limits.CORE_OPS`; flops).
-    """
-    return layer_flops(bound_layer(case), case.mode, case.batch, case.length, case.d_state)
+    layer = bound_layer(case)
+    return (layer_bytes(layer, case.mode, case.batch, case.length, case.d_state, case.torch_dtype.itemsize),
+            layer_flops(layer, case.mode, case.batch, case.length, case.d_state))
 
 
 def fft_path(row: dict) -> bool:
@@ -146,11 +136,9 @@ def implementations(case: Case, peers: list[str], s4_file: str | None, reference
 def measure_case(case: Case, peers: list[str], s4_file: str | None, reference: bool, repeats: int,
                  bandwidth: float, flops: float) -> tuple[list[dict], list[str]]:
     """Rows (one per implementation) of one case, with the achieved fractions of both bounds (those of the layer's
-    core op, :func:`bytes_bound` and :func:`flops_bound`), and notes."""
+    core op, :func:`case_bounds`), and notes."""
     fns, notes = implementations(case, peers, s4_file, reference)
-    layer = bound_layer(case)
-    model, b = layer_bytes(layer, case.mode, case.batch, case.length, case.d_state, case.torch_dtype.itemsize)
-    flops_model, f = layer_flops(layer, case.mode, case.batch, case.length, case.d_state)
+    (model, b), (flops_model, f) = case_bounds(case)
     times = time_interleaved(fns, repeats)
     rows = []
     for name, ts in times.items():

@@ -72,3 +72,33 @@ def check_finite_sequence(x: torch.Tensor, what: str) -> None:
         f"{what} is not finite (NaN or inf) from time step {t} on (first at batch item {b}, time step {t}; "
         f"{int(bad.sum())} non-finite values in all)"
     )
+
+
+def padding_lengths(mask: torch.Tensor) -> tuple[list[int], bool]:
+    """Each sequence's length in a (B, L) bool padding mask (True at its positions), and whether the padding trails
+    every sequence (right padding: mask[b, t] is True exactly for t < length_b); one synchronisation.
+
+    Args:
+        mask: (B, L) bool.
+
+    Returns:
+        the B lengths, and whether the batch is right-padded.
+    """
+    lengths = mask.sum(dim=1)  # (B,)
+    trailing = (mask == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()
+    *lengths_list, right_padded = torch.cat([lengths, trailing[None].to(lengths.dtype)]).tolist()
+    return lengths_list, bool(right_padded)
+
+
+def check_padding_mask(mask: object, x: object) -> None:
+    """Raise ``ValueError`` unless ``mask`` is a (B, L) bool tensor of the (B, L, ...) ``x``'s first two sizes.
+
+    Args:
+        mask: the padding mask, True at each sequence's positions.
+        x: the sequence it masks.
+    """
+    shape = tuple(getattr(x, "shape", ()))[:2]
+    if (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2 or len(shape) != 2
+            or tuple(mask.shape) != shape):
+        raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {shape}; got "
+                         f"{tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}")

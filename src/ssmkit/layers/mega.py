@@ -68,6 +68,7 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.symbolic import chunk_count, keep_first, symbolic_length
+from ssmkit.utils import check_padding_mask, padding_lengths
 
 ATTENTIONS = ("softmax", "laplace")
 POSITIONALS = ("simple", "rotary")
@@ -416,19 +417,15 @@ class Mega(SequenceLayer):
         if not self.bidirectional:
             raise ValueError("mask is for Mega(bidirectional=True): a causal Mega's outputs at each sequence's positions "
                              "never read the right padding after them; pass mask=None")
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:
-            raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {tuple(x.shape[:2])}; got "
-                             f"{tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}")
+        check_padding_mask(mask, x)
         if mask.device != x.device:
             raise ValueError(f"mask must be on x's device {x.device}; got {mask.device}")
-        lengths = mask.sum(dim=1)  # (B,)
-        trailing = (mask == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()
-        right_padded, n_max = torch.stack([trailing.to(lengths.dtype), lengths.max()]).tolist()  # one synchronisation
+        lengths, right_padded = padding_lengths(mask)  # one synchronisation
         if not right_padded:
             raise ValueError(f"{type(self).__name__}(bidirectional=True) with padding (mask) gives each item its "
                              "unpadded prefix's outputs: the padding must trail every sequence (right padding); got "
                              "padding before a position of the sequence")
-        return n_max
+        return max(lengths)
 
     def _forward(self, x: torch.Tensor, state: MegaState | None, return_state: bool):
         with float32_core(x.device.type):

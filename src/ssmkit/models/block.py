@@ -22,6 +22,7 @@ from ssmkit.layers.protocol import SequenceLayer
 from ssmkit.layers.state import State
 from ssmkit.models.dropout import Dropout
 from ssmkit.ops.rows import apply_module
+from ssmkit.utils import check_padding_mask, padding_lengths
 
 NORMS = ("layer", "batch", "rms", None)
 ACTIVATIONS = ("auto", "gelu", "silu", "relu", "tanh", None)
@@ -184,10 +185,8 @@ class Block(nn.Module):
         Returns:
             y: (B, L, H) in x's dtype; and the layer's final state (None when ``return_state`` is False).
         """
-        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2
-                                 or mask.shape != getattr(x, "shape", (None, None))[:2]):
-            raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {tuple(getattr(x, 'shape', ()))[:2]}; "
-                             f"got {tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask is not None:
+            check_padding_mask(mask, x)
         x, dtype = self._as_parameter_dtype(x)
         z = self._normalize(x, mask) if self.prenorm else x
         if mask is not None and state is None and self.layer.bidirectional:  # (a state: the layer refuses it)
@@ -207,9 +206,7 @@ class Block(nn.Module):
         # any other bidirectional layer (one of the user's): each item's prefix of length n, alone, grouped by
         # length. The lengths are data (one synchronisation); only right padding has a prefix to run.
         B, L = mask.shape
-        lengths = mask.sum(dim=1)  # (B,)
-        trailing = (mask == (torch.arange(L, device=mask.device) < lengths[:, None])).all()  # the padding trails
-        *lengths_list, right_padded = torch.cat([lengths, trailing[None].to(lengths.dtype)]).tolist()
+        lengths_list, right_padded = padding_lengths(mask)
         if not right_padded:
             raise ValueError(f"{type(self.layer).__name__}(bidirectional=True) with padding runs each item's unpadded "
                              "prefix: the padding must trail every sequence (right padding); got padding before a "

@@ -2,6 +2,7 @@
 ``get_task(name, **options)``); see ``ssmkit.data.task`` for what a task gives and ``ssmkit tasks`` for the list."""
 
 from ssmkit.data.adding import TRIVIAL_MSE, AddingTask, adding_problem
+from ssmkit.data.arrays import ArraysTask, from_arrays, read_arrays
 from ssmkit.data.bundled import DigitsTask, MNIST1DTask
 from ssmkit.data.cifar import LRAImageTask, SCIFARTask, read_cifar_batch
 from ssmkit.data.copying import CopyingTask, SelectiveCopyingTask, copying_data, selective_copying_data
@@ -21,6 +22,7 @@ from ssmkit.data.task import (
 __all__ = [
     "IGNORE_INDEX", "FileTask", "GeneratedTask", "Task", "TaskInfo", "available_tasks", "get_task", "register_task",
     "DataMissingError", "data_root", "ScaledSequences",
+    "from_arrays", "read_arrays", "ArraysTask",
     "TRIVIAL_MSE", "adding_problem", "AddingTask",
     "copying_data", "selective_copying_data", "CopyingTask", "SelectiveCopyingTask",
     "induction_heads_data", "InductionHeadsTask",

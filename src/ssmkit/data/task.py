@@ -1,6 +1,6 @@
 """Tasks by name: what a task gives (``TaskInfo``), the ``Task`` base classes and the registry.
 
-    ssmkit.data.available_tasks()                      # ["adding", "copying", ..., "sfashion", "smnist"]
+    ssmkit.data.available_tasks()                      # ["adding", "arrays", "copying", ..., "sfashion", "smnist"]
     task = ssmkit.data.get_task("mqar", length=64, num_kv_pairs=4, n_train=1000)
     task.info()                                        # shapes, classes, vocabulary, length, source
     task.present()                                     # False until generated / while the files are missing
@@ -62,6 +62,9 @@ class TaskInfo:
         pair: the inputs are pairs of sequences, (B, 2, L) token ids or (B, 2, L, H) features, to be encoded
             separately (a dual encoder, as LRA retrieval); the target is about the pair.
         pad_id: the token id that pads sequences to ``length`` (a model's pooling can skip it), or None.
+        per_step: ``"regress"`` targets are one value (or vector) per step, (B, L) or (B, L, n_classes), so the model
+            keeps every step (no pooling); False (the default): one per sequence. ``"tokens"`` targets are per step
+            always.
     """
 
     name: str
@@ -76,6 +79,7 @@ class TaskInfo:
     needs: str
     pair: bool = False
     pad_id: int | None = None
+    per_step: bool = False
 
 
 class Task:

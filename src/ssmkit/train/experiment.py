@@ -45,7 +45,8 @@ class Experiment:
         activation: the block activation (``"auto"`` (the default): the layer's default).
         mixer_out: the block output projection (``"auto"`` (the default): the layer's default).
         dropout: dropout in every block (default 0.0).
-        pool: ``"mean"`` (the default) or ``"last"`` for sequence-level targets (ignored for per-step targets).
+        pool: ``"mean"`` (the default) or ``"last"`` for sequence-level targets (ignored for per-step targets: tokens,
+            and a task whose ``TaskInfo.per_step`` is True).
         train: the training configuration (default ``TrainConfig()``; a dict is read by ``TrainConfig.from_dict``).
     """
 
@@ -89,7 +90,7 @@ class Experiment:
             d_output=info.n_classes,
             layer_options=dict(self.layer_options),
             head=head,
-            pool=None if head == "lm" else self.pool,
+            pool=None if head == "lm" or info.per_step else self.pool,
             vocab_size=info.vocab_size,
             pair=info.pair,
             pad_id=info.pad_id,
@@ -101,7 +102,9 @@ class Experiment:
         )
 
 
-def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_experiment(
+    experiment: Experiment, out_dir: str, resume: bool = False, progress: bool = True, task: Any = None
+) -> dict[str, Any]:
     """Load the task, build the model, train it (:func:`ssmkit.train.fit`), and return the result record.
 
     Args:
@@ -109,6 +112,9 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
         out_dir: the run folder.
         resume: continue from the run folder's last checkpoint.
         progress: show the progress bar.
+        task: a task object to train on (an :class:`ssmkit.data.Task`, e.g. one from ``ssmkit.data.from_arrays``)
+            instead of the registry's ``get_task(experiment.task, **experiment.task_options)``; its registry name
+            must be ``experiment.task``. None (the default): the registry's.
 
     Returns:
         the result record of :func:`ssmkit.train.fit`, with the task's title, the model and the test metric; a task
@@ -121,8 +127,13 @@ def run_experiment(experiment: Experiment, out_dir: str, resume: bool = False, p
     from ssmkit.data import get_task
     from ssmkit.train.run import fit
 
+    if task is not None and getattr(task, "name", None) != experiment.task:
+        raise ValueError(f"run_experiment: the task given is {getattr(task, 'name', type(task).__name__)!r}, but the "
+                         f"experiment names {experiment.task!r} (task.json records the experiment's): give "
+                         f"Experiment(task={getattr(task, 'name', '...')!r}, ...)")
     record = _same_task_record(experiment, out_dir, resume)
-    task = get_task(experiment.task, **experiment.task_options)
+    if task is None:
+        task = get_task(experiment.task, **experiment.task_options)
     info = task.info()
     splits = task.splits()
     tensors = {name: tuple(ds.tensors) for name, ds in splits.items()}

@@ -28,6 +28,7 @@ import time
 import torch
 
 from ssmkit.sysid.benchmarks import f16
+from ssmkit.sysid.commands import validation_in_units
 from ssmkit.sysid.metrics import fit_percent, rmse
 from ssmkit.sysid.recipes import recipe_for
 from ssmkit.sysid.workflow import evaluate, identify
@@ -68,7 +69,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     row = {"label": args.label, "set": {k: str(v) for k, v in changes.items()}, "seed": args.seed,
            "holdout_level": args.holdout_level, "steps": history["steps"], "best_step": history["best_step"],
-           "val_rmse": history["best_val_rmse"] * bench.scale, "seconds": round(seconds, 1),
+           "val_rmse": validation_in_units(bench, history)["best_val_rmse"], "seconds": round(seconds, 1),
            "parameters": sum(p.numel() for p in model.parameters()), "load_before": load_before,
            "load_after": os.getloadavg(), "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread"}
     if args.holdout_level is None:

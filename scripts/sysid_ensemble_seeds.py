@@ -8,7 +8,8 @@ and the average of the k runs' simulations (``combine="average"``, a :class:`ssm
 ``identify(..., seed=s)`` with ``restarts = k`` trains the run seeds s·k … s·k + k − 1, so the runs 0 … 5k−1 give
 ``--seed`` 0 … 4 of both combinations (runs are deterministic for a given code and seed). Each run's simulations go
 to ``--store/<label>.pt`` (a run already there is not trained again); one JSON line per run is printed with the machine
-load (``os.getloadavg``) before and after it. The test RMSE is printed for the record: choose on validation.
+load (``os.getloadavg``) before and after it. The test RMSE is printed for the record: choose on validation. RMSEs
+are in the benchmark's reporting units, output k × its own scale, and with several outputs the mean over them.
 
 With k-fold validation (the Cascaded Tanks recipe's default since tanks5; ``--set validation="'kfold'"`` elsewhere,
 ``--set validation="'tail'"`` for the tail) run seed s holds out block s mod k of k of the estimation record (what
@@ -34,9 +35,11 @@ import time
 import torch
 
 from ssmkit.sysid.benchmarks import load_benchmark
+from ssmkit.sysid.commands import validation_in_units
 from ssmkit.sysid.fit import fold_blocks, simulate_record, split_tail
 from ssmkit.sysid.metrics import rmse
 from ssmkit.sysid.recipes import recipe_for
+from ssmkit.sysid.report import unit_text
 from ssmkit.sysid.workflow import held_out, simulate_test, train_run
 from sysid_seeds import recipe_overrides  # scripts/ is on sys.path when a script runs
 
@@ -48,12 +51,21 @@ def _runs(text: str) -> list[int]:
     return [int(text)]
 
 
-def _val_score(sims: list[torch.Tensor], val, n: int) -> float:
-    return float(torch.atleast_1d(rmse([s[n:] for s in sims], [r.y[n:] for r in val])).mean())
+def _val_score(sims: list[torch.Tensor], val, n: int, bench) -> float:
+    """The validation RMSE after n samples, in the reporting units: the mean over the outputs of output k's RMSE ×
+    ``bench.scales[k]``."""
+    return bench.mean_in_units(rmse([s[n:] for s in sims], [r.y[n:] for r in val]))
 
 
 def _test_score(sims: list[torch.Tensor], bench) -> float:
-    return float(torch.atleast_1d(rmse(sims, [r.y for r in bench.test], n_init=bench.n_init)).mean()) * bench.scale
+    """The test RMSE after the init window, pooled over the test records, in the reporting units: the mean over the
+    outputs of output k's RMSE × ``bench.scales[k]``."""
+    return bench.mean_in_units(rmse(sims, [r.y for r in bench.test], n_init=bench.n_init))
+
+
+def _history_val(bench, history: dict) -> float:
+    """A run's best validation RMSE in the reporting units (``ssmkit sysid``'s ``best_val_rmse``)."""
+    return validation_in_units(bench, history)["best_val_rmse"]
 
 
 def main() -> None:
@@ -95,9 +107,9 @@ def main() -> None:
             else:
                 val_records = val if val is not None else split_tail(train, recipe.val_fraction, recipe.window + n_enc, n_enc + 2)[1]
                 val_sims = [simulate_record(model, r)[0].double() for r in val_records]
-                check = _val_score(val_sims, val_records, n_enc) * bench.scale
+                check = _val_score(val_sims, val_records, n_enc, bench)
         row = {"label": args.label, "model": args.model, "set": changes, "seed": seed, "fold": fold,
-               "steps": history["steps"], "best_step": history["best_step"], "val": history["best_val_rmse"] * bench.scale,
+               "steps": history["steps"], "best_step": history["best_step"], "val": _history_val(bench, history),
                "val_check": check, "test": _test_score(test_sims, bench),
                "seconds": round(seconds, 1), "load_before": load_before, "load_after": os.getloadavg()}
         print(json.dumps(row), flush=True)
@@ -121,7 +133,7 @@ def summarize(store, bench, recipe, train, val, k: int) -> None:
         best = min(members, key=lambda r: r["val"])
         mean_val = [torch.stack([m["val_sims"][i] for m in members]).mean(0) for i in range(len(val_records))]
         mean_test = [torch.stack([m["test_sims"][i] for m in members]).mean(0) for i in range(len(bench.test))]
-        avg = (_val_score(mean_val, val_records, n) * bench.scale, _test_score(mean_test, bench))
+        avg = (_val_score(mean_val, val_records, n, bench), _test_score(mean_test, bench))
         rows["best"][0].append(best["val"])
         rows["best"][1].append(best["test"])
         rows["average"][0].append(avg[0])
@@ -135,7 +147,7 @@ def summarize(store, bench, recipe, train, val, k: int) -> None:
     for name, (v, t) in rows.items():
         if len(v) > 1:
             print(f"{name} of {k} over --seed {groups}: validation {statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}, "
-                  f"test {statistics.mean(t):.3f} ± {statistics.stdev(t):.3f} ({bench.unit})")
+                  f"test {statistics.mean(t):.3f} ± {statistics.stdev(t):.3f} ({unit_text(bench)})")
 
 
 def _oof(members, bench, k: int) -> float:
@@ -145,7 +157,7 @@ def _oof(members, bench, k: int) -> float:
         for b in fold_blocks([len(r) for r in bench.train], k, i):
             lo = max(b.start, m["n_enc"])
             errors.append(m["est_sims"][b.record][lo:b.stop] - bench.train[b.record].y[lo:b.stop].double())
-    return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
+    return bench.mean_in_units(torch.cat(errors).pow(2).mean(0).sqrt())  # output k × its scale
 
 
 def _oof_average(members, bench, k: int) -> float:
@@ -159,7 +171,7 @@ def _oof_average(members, bench, k: int) -> float:
             lo = max(blk.start, a["n_enc"])
             sim = (a["est_sims"][blk.record][lo:blk.stop] + b["est_sims"][blk.record][lo:blk.stop]) / 2
             errors.append(sim - bench.train[blk.record].y[lo:blk.stop].double())
-    return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
+    return bench.mean_in_units(torch.cat(errors).pow(2).mean(0).sqrt())  # output k × its scale
 
 
 def _oof_of_g(runs, groups, bench, k: int, g: int) -> float:
@@ -172,7 +184,7 @@ def _oof_of_g(runs, groups, bench, k: int, g: int) -> float:
             lo = max(blk.start, members[0]["n_enc"])
             sim = torch.stack([m["est_sims"][blk.record][lo:blk.stop] for m in members]).mean(0)
             errors.append(sim - bench.train[blk.record].y[lo:blk.stop].double())
-    return float(torch.cat(errors).pow(2).mean(0).sqrt().mean()) * bench.scale
+    return bench.mean_in_units(torch.cat(errors).pow(2).mean(0).sqrt())  # output k × its scale
 
 
 def summarize_kfold(store, bench, k: int) -> None:
@@ -190,7 +202,7 @@ def summarize_kfold(store, bench, k: int) -> None:
               f"seconds {sum(m['seconds'] for m in members):.0f}")
     if len(vals) > 1:
         print(f"k-fold, average of {k} over --seed {groups}: validation {statistics.mean(vals):.3f} ± "
-              f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f} ({bench.unit})")
+              f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f} ({unit_text(bench)})")
     if len(groups) > 1:
         print("out of fold, each block scored by the average of the g runs that held it out (groups "
               f"{groups[0]}…): " + ", ".join(f"g = {g}: {_oof_of_g(runs, groups, bench, k, g):.3f}"
@@ -217,7 +229,7 @@ def summarize_kfold(store, bench, k: int) -> None:
               f"{statistics.stdev(vals):.3f}, test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f}; "
               f"average of {2 * k}: validation {statistics.mean(avg_vals):.3f} ± {statistics.stdev(avg_vals):.3f} "
               f"(out of fold averaged by block {statistics.mean(ens_vals):.3f} ± {statistics.stdev(ens_vals):.3f}), "
-              f"test {statistics.mean(avg_tests):.3f} ± {statistics.stdev(avg_tests):.3f} ({bench.unit})")
+              f"test {statistics.mean(avg_tests):.3f} ± {statistics.stdev(avg_tests):.3f} ({unit_text(bench)})")
 
 
 def _by_level(e: torch.Tensor, y: torch.Tensor) -> str:

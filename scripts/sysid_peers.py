@@ -59,6 +59,7 @@ from ssmkit.sysid.fit import split_tail
 from ssmkit.sysid.metrics import fit_percent, rmse
 from ssmkit.sysid.recipes import recipe_for
 from ssmkit.sysid.records import IORecord
+from ssmkit.sysid.report import unit_text
 from ssmkit.sysid.workflow import held_out, periodic_steady_state
 
 
@@ -271,33 +272,41 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"unknown peer {peer!r}: subnet or dynonet")
         scores = [{"name": r.name,
-                   "rmse": per_output(rmse(s, r.y, n_init=bench.n_init) * bench.scale),
+                   "rmse": in_units(bench, rmse(s, r.y, n_init=bench.n_init)),
                    "fit": per_output(fit_percent(s, r.y, n_init=bench.n_init))} for r, s in zip(bench.test, sims)]
         for entry, r, s in zip(scores, bench.test, sims):
             if args.also_skip:  # from rest, the first N samples unscored (dynoNet's BW_test.py: 300)
                 skipped = rmse(s, r.y, n_init=max(bench.n_init, args.also_skip))
-                entry[f"rmse_skip_{args.also_skip}"] = per_output(skipped * bench.scale)
+                entry[f"rmse_skip_{args.also_skip}"] = in_units(bench, skipped)
             if args.steady_state and r.period is not None:  # periodic steady state (not the official protocol)
                 with torch.no_grad():
                     steady = periodic_steady_state(from_rest, r.u, r.period, args.steady_state)
                 entry["steady_state"] = {"prime": args.steady_state,
-                                         "rmse": per_output(rmse(steady, r.y, n_init=bench.n_init) * bench.scale),
+                                         "rmse": in_units(bench, rmse(steady, r.y, n_init=bench.n_init)),
                                          "fit": per_output(fit_percent(steady, r.y, n_init=bench.n_init))}
         ys = [r.y for r in bench.test]  # every test record pooled (after each one's init window)
-        overall = {"rmse": per_output(rmse(sims, ys, n_init=bench.n_init) * bench.scale),
+        overall = {"rmse": in_units(bench, rmse(sims, ys, n_init=bench.n_init)),
                    "fit": per_output(fit_percent(sims, ys, n_init=bench.n_init))}
         entry = {"peer": peer, "version": version, "steps": steps, "train_seconds": seconds, "seed": args.seed,
                  "records": args.records, "train_records": len(train), "test": scores, "test_overall": overall,
                  "load_after": os.getloadavg()}
         results.append(entry)
         print(json.dumps(entry), flush=True)
-    meta = {"benchmark": bench.name, "unit": bench.unit, "n_init": bench.n_init, "val_fraction": recipe.val_fraction,
+    meta = {"benchmark": bench.name, "unit": unit_text(bench), "units": list(bench.units),
+            "outputs": list(bench.outputs), "n_init": bench.n_init, "val_fraction": recipe.val_fraction,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread",
             "python": sys.version.split()[0], "results": results}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(meta, f, indent=2)
     return 0
+
+
+def in_units(bench, score: torch.Tensor) -> float | list[float]:
+    """A per-output RMSE in the data's units, (p,) or 0-d, in the benchmark's reporting units (output k ×
+    ``bench.scales[k]``), as JSON (:func:`per_output`)."""
+    score = torch.atleast_1d(torch.as_tensor(score, dtype=torch.float64))
+    return per_output(score * torch.tensor(bench.scales, dtype=torch.float64))
 
 
 def per_output(score: torch.Tensor) -> float | list[float]:

@@ -6,7 +6,9 @@ mean ± sample std (the test RMSE is printed for the record; choose recipes on t
         [--out runs/seeds.jsonl]
 
 ``--set FIELD=VALUE`` overrides a recipe field (VALUE read as a Python literal). One JSON line per seed goes to
-``--out`` when given (appended), with the machine load (``os.getloadavg``) before and after the run.
+``--out`` when given (appended), with the machine load (``os.getloadavg``) before and after the run. RMSEs are in the
+benchmark's reporting units, output k × its own scale; with several outputs (the F-16's three accelerations) ``val``
+and ``test`` are means over the outputs and ``val_per_output`` / ``test_per_output`` keep each (``seed_scores``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import time
 import torch
 
 from ssmkit.sysid.benchmarks import load_benchmark
+from ssmkit.sysid.commands import validation_in_units
 from ssmkit.sysid.recipes import recipe_for
+from ssmkit.sysid.report import unit_text
 from ssmkit.sysid.workflow import evaluate, identify
 
 
@@ -35,6 +39,27 @@ def recipe_overrides(items: list[str]) -> dict:
     if isinstance(changes.get("timescale"), list):
         changes["timescale"] = tuple(changes["timescale"])
     return changes
+
+
+def seed_scores(bench, history: dict, scores: dict) -> dict:
+    """One seed's columns in the benchmark's reporting units, output k × ``bench.scales[k]``: ``val`` the validation
+    RMSE (``ssmkit sysid``'s ``best_val_rmse``: the mean over the outputs of the converted per-output RMSEs) with
+    ``val_per_output``, and ``test`` the test RMSE averaged over the test records and the outputs (``evaluate``'s
+    values are in the reporting units already) with ``test_per_output`` (each output's mean over the records).
+
+    Args:
+        bench: the benchmark.
+        history: :func:`ssmkit.sysid.workflow.identify`'s history (data units).
+        scores: :func:`ssmkit.sysid.workflow.evaluate`'s output on ``bench``.
+
+    Returns:
+        {"val", "val_per_output", "test", "test_per_output"}.
+    """
+    val = validation_in_units(bench, history)
+    records = scores["records"]
+    per_output = [sum(r["rmse"][k] for r in records) / len(records) for k in range(bench.n_outputs)]
+    return {"val": val["best_val_rmse"], "val_per_output": val.get("best_val_rmse_per_output"),
+            "test": sum(per_output) / len(per_output), "test_per_output": per_output}
 
 
 def main() -> None:
@@ -57,12 +82,11 @@ def main() -> None:
         start = time.perf_counter()
         model, history = identify(bench, args.model, recipe, seed=seed)
         seconds = time.perf_counter() - start
-        test = sum(r["rmse"][0] for r in evaluate(model, bench)["records"]) / len(bench.test)
-        val = history["best_val_rmse"] * bench.scale
-        vals.append(val)
-        tests.append(test)
+        columns = seed_scores(bench, history, evaluate(model, bench))
+        vals.append(columns["val"])
+        tests.append(columns["test"])
         row = {"label": args.label, "set": changes, "seed": seed, "steps": history["steps"],
-               "best_step": history["best_step"], "val": val, "test": test, "seconds": round(seconds, 1),
+               "best_step": history["best_step"], **columns, "seconds": round(seconds, 1),
                "load_before": load_before, "load_after": os.getloadavg()}
         print(json.dumps(row), flush=True)
         if args.out:
@@ -70,7 +94,8 @@ def main() -> None:
                 f.write(json.dumps(row) + "\n")
     if len(args.seeds) > 1:
         print(f"{args.label} {changes}: validation {statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}, "
-              f"test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f} ({bench.unit})")
+              f"test {statistics.mean(tests):.3f} ± {statistics.stdev(tests):.3f} ({unit_text(bench)}"
+              f"{f'; means over the {bench.n_outputs} outputs' if bench.n_outputs > 1 else ''})")
 
 
 if __name__ == "__main__":

@@ -417,8 +417,10 @@ def test_results_table_rows_by_hand():
         "|---|---|---|---|---|",
         "| **my model** | test A | 0.01235, 1.235e+04 | 95.43, -3.14 | this run |",
         "| **my model** | test B | 1, 2.5e-07 | 100.00, 0.01 | this run |",
-        "| someone | official test | 0.0001235 | – | a paper |",
-        "| other | official test | 9.877e+04 | – | x |",
+        "| someone | official test, one number for 2 outputs (the source states no aggregate: not compared with the "
+        "per-output values) | 0.0001235 | – | a paper |",
+        "| other | official test, one number for 2 outputs (the source states no aggregate: not compared with the "
+        "per-output values) | 9.877e+04 | – | x |",
     ]
     lines = results_table(bench, "m", report_scores()).split("\n")
     assert lines[2:6] == [
@@ -443,14 +445,15 @@ def test_write_report_files_without_plots(tmp_path, steady):
     assert written == ["results.json", "report.md"] and sorted(p.name for p in out.iterdir()) == sorted(written)
     assert json.loads((out / "results.json").read_text()) == {
         "benchmark": "toy", "title": "Toy bench", "unit": "mV", "units": ["mV", "mV"],
-        "outputs": ["output 1", "output 2"], "n_init": 3, "label": "lbl", "test": records,
-        "published": [{"method": "someone", "rmse": 0.000123456, "source": "a paper"},
-                      {"method": "other", "rmse": 98765.4, "source": "x"}],
+        "outputs": ["output 1", "output 2"], "inputs": ["input 1"], "input_units": [None], "n_init": 3,
+        "label": "lbl", "test": records,
+        "published": [{"method": "someone", "rmse": 0.000123456, "source": "a paper", "aggregate": None},
+                      {"method": "other", "rmse": 98765.4, "source": "x", "aggregate": None}],
         "seed": 7, "machine": "here"}
     text = (out / "report.md").read_text().split("\n")
     head = ["# Toy bench: lbl", "", "Simulation RMSE on the official test records after the first 3 samples "
-            "(split as stated)", "", "Outputs, in the order of each cell's values: output 1 (mV); output 2 (mV).",
-            ""] + results_table(bench, "lbl", scores).split("\n") + [""]
+            "(split as stated)", "", "Input: input 1.", "", "Outputs, in the order of each cell's values: output 1 (mV); "
+            "output 2 (mV).", ""] + results_table(bench, "lbl", scores).split("\n") + [""]
     assert text[:len(head)] == head
     rest = text[len(head):]
     if steady:

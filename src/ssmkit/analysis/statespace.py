@@ -380,18 +380,33 @@ class StateSpace:
             for g in range(self.nsystems)
         ]
 
-    def to_control(self) -> list[Any]:
+    def to_control(self, inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None) -> list[Any]:
         """One python-control ``StateSpace`` (discrete, ``dt`` set) per system; needs ``pip install control``.
 
         python-control's time responses (``forced_response``) take and return signals with time on the last
         axis, ``(m, L)`` -> ``(p, L)``; ssmkit puts time on axis 1 of ``(B, L, H)``. A SISO bank (one system per
         channel) becomes one block-diagonal MIMO system with ``control.append(*ss.to_control())``, whose input and
-        output j are channel j (tests/analysis/test_control_export.py).
+        output j are channel j (tests/analysis/test_control_export.py). ``to_scipy`` has no such names: scipy's
+        ``dlti`` carries none.
+
+        Args:
+            inputs: the m input signals' names, given to every system (python-control's ``inputs=``, for
+                ``control.interconnect`` by name; None: its defaults u[0] .. u[m-1]).
+            outputs: the p output signals' names, given to every system (None: y[0] .. y[p-1]).
 
         Returns:
             list of G ``control.StateSpace``.
         """
         self._require_real("to_control")
+        names = {}
+        for kind, given, count in (("inputs", inputs, self.ninputs), ("outputs", outputs, self.noutputs)):
+            if given is None:
+                continue
+            if not (isinstance(given, (list, tuple)) and len(given) == count and len(set(given)) == count
+                    and all(isinstance(g, str) and g for g in given)):
+                raise ValueError(f"{kind} must be None or {count} distinct non-empty names, one per "
+                                 f"{kind[:-1]} of each system; got {given!r}")
+            names[kind] = list(given)
         try:
             import control
         except ImportError as err:
@@ -399,7 +414,7 @@ class StateSpace:
                 "StateSpace.to_control needs python-control: pip install control (or pip install ssmkit[control])"
             ) from err
         return [
-            control.ss(self._A[g], self._B[g], self._C[g], self._D[g], self._dt) for g in range(self.nsystems)
+            control.ss(self._A[g], self._B[g], self._C[g], self._D[g], self._dt, **names) for g in range(self.nsystems)
         ]
 
     def _require_real(self, what: str) -> None:

@@ -13,7 +13,7 @@ from ssmkit.sysid.wiener import DeepWiener
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
 from ssmkit.sysid.recipes import RECIPES, Recipe, recipe_for, recipe_for_data
 from ssmkit.sysid.userdata import from_arrays, from_csv
-from ssmkit.sysid.workflow import build_model, evaluate, identify
+from ssmkit.sysid.workflow import build_model, evaluate, identify, signal_names, to_control
 
 __all__ = [
     "BENCHMARKS",
@@ -40,6 +40,8 @@ __all__ = [
     "prediction_record",
     "recipe_for",
     "recipe_for_data",
+    "signal_names",
+    "to_control",
     # your own data
     "from_arrays",
     "from_csv",

@@ -45,6 +45,9 @@ SOURCE = "nonlinearbenchmark.org (files as committed in forgi86/dynonet)"
 # the F-16 files' columns Acceleration1..3, named by where the accelerometer sits (the wing's next to the
 # nonlinear interface; Noël & Schoukens 2017): the report's labels
 F16_OUTPUTS = ("acceleration 1 (excitation point)", "acceleration 2 (right wing)", "acceleration 3 (payload)")
+# the inputs' names (the report's and an exported system's) and their unit where the data's documentation states it:
+# Bouc-Wen's u in N (its y the displacement, m); the F-16's Force column and the tanks' pump voltage have no stated unit
+F16_INPUT = "shaker force"
 
 
 def _file(folder: pathlib.Path, key: str, check: bool) -> pathlib.Path:
@@ -93,6 +96,7 @@ def cascaded_tanks(folder: str | os.PathLike | None = None, check: bool = True) 
         test=[IORecord(_t(cols["uVal"]), _t(cols["yVal"]), dt, "dataBenchmark.csv uVal/yVal")],
         n_init=50,
         unit="V",
+        input_names=("pump voltage",),
         published=[
             Published("best linear approximation (BLA) reference", 0.757, "issue 15 (its own BLA run)"),
             Published("CT SUBNET (Beintema et al. 2023)", 0.306, "arXiv 2405.10779 state-of-the-art table"),
@@ -140,6 +144,7 @@ def f16(folder: str | os.PathLike | None = None, output_index: int | None = None
         unit="m/s²",  # one unit for the three accelerations (bench.units: one per output)
         notes="FullMSine levels only (estimation 1,3,5,7; test 2,4,6); no verified published RMSE exists.",
         output_names=tuple(F16_OUTPUTS[i] for i in kept),
+        input_names=(F16_INPUT,),
     )
 
 
@@ -194,6 +199,9 @@ def bouc_wen(folder: str | os.PathLike | None = None, train_periods: int = 5, tr
         test=test,
         n_init=0,
         unit="m",
+        input_names=("force",),
+        input_unit="N",
+        output_names=("displacement",),
         published=[
             Published("PNLSS (Esfahani et al. 2017)", 1.87e-5, "forgi86/dynonet paper (arXiv 2006.02250), multisine "
                       "test; below the true system's from-rest score (4.62e-5): most likely not scored from rest on "

@@ -186,11 +186,20 @@ def recipe_from_args(benchmark: str, cfg, base: Recipe | None = None) -> Recipe:
     return dataclasses.replace(recipe_for(benchmark) if base is None else base, **changes)
 
 
-def _validation_in_units(bench, history: dict) -> dict:
+def validation_in_units(bench, history: dict) -> dict:
     """A history's validation RMSEs in the benchmark's reporting units: ``best_val_rmse_per_output`` (data units,
     when the history has it) output k × ``bench.scales[k]``, and ``best_val_rmse`` (their mean) × the scale the
     outputs share; where the outputs' scales differ, the mean of the converted RMSEs (None without per-output RMSEs
-    to convert: a mean over outputs in different data units has no one factor)."""
+    to convert: a mean over outputs in different data units has no one factor).
+
+    Args:
+        bench: the benchmark (its per-output scales).
+        history: a training history or one restart's entry (``best_val_rmse``, and ``best_val_rmse_per_output``
+            where recorded), in the data's units.
+
+    Returns:
+        {"best_val_rmse": float or None, and "best_val_rmse_per_output": p floats where the history has them}.
+    """
     entries = {}
     if "best_val_rmse_per_output" in history:
         entries["best_val_rmse_per_output"] = bench.in_units(history["best_val_rmse_per_output"])
@@ -329,10 +338,10 @@ def sysid_main(argv: list[str], prog: str = "ssmkit sysid") -> int:
         "steps_run": history["steps"],
         "best_step": history["best_step"],
         "best_val_rmse_per_output": [],  # a history without them (a stub) records none
-        **_validation_in_units(bench, history),
+        **validation_in_units(bench, history),
         # the score early stopping and the choices minimised: the NRMSE averaged over the outputs (no unit)
         "best_val_nrmse": history.get("best_val_nrmse"),
-        "restarts": [{**r, **_validation_in_units(bench, r)} for r in history.get("restarts", [])],
+        "restarts": [{**r, **validation_in_units(bench, r)} for r in history.get("restarts", [])],
         "chosen_seed": history.get("seed", cfg.seed),  # None for an ensemble (every run is kept)
         "combine": recipe.combine,
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -69,6 +69,7 @@ def wiener_hammerstein(folder: str | os.PathLike | None = None, check: bool = Tr
     return SysidBenchmark(
         name="wiener_hammerstein",
         title="Wiener-Hammerstein 2009",
+        input_names=("uBenchMark",),
         train=[_record(u[:100000], y[:100000], dt, "WienerHammerBenchMark.mat [5200:105200]")],
         test=[_record(u[100000:], y[100000:], dt, "WienerHammerBenchMark.mat [105200:184000]")],
         n_init=50,
@@ -114,6 +115,7 @@ def silverbox(folder: str | os.PathLike | None = None, check: bool = True) -> Sy
     return SysidBenchmark(
         name="silverbox",
         title="Silverbox",
+        input_names=("V1",),
         train=[_record(ms_u[:s], ms_y[:s], dt, "SNLS80mV.mat multisine, first 75 %")],
         test=[
             _record(ms_u[s:], ms_y[s:], dt, "test multisine (SNLS80mV.mat multisine, last 25 %)"),
@@ -160,6 +162,8 @@ def emps(folder: str | os.PathLike | None = None, check: bool = True) -> SysidBe
     return SysidBenchmark(
         name="emps",
         title="EMPS",
+        input_names=("vir (controller output voltage)",),
+        input_unit="V",
         train=records[:1],
         test=records[1:],
         n_init=20,
@@ -202,6 +206,7 @@ def ced(folder: str | os.PathLike | None = None, check: bool = True) -> SysidBen
     return SysidBenchmark(
         name="ced",
         title="Coupled Electric Drives",
+        input_names=("u",),
         train=train,
         test=test,
         n_init=10,
@@ -250,6 +255,7 @@ def parallel_wh(folder: str | os.PathLike | None = None, check: bool = True) -> 
     return SysidBenchmark(
         name="parallel_wh",
         title="Parallel Wiener-Hammerstein",
+        input_names=("u",),
         train=train,
         test=test,
         n_init=50,

@@ -50,14 +50,85 @@ class IORecord:
         return self.u.shape[0]
 
 
+# what one published number is on a benchmark of p > 1 outputs (``Published.aggregate``): its name in the report and
+# how this run's per-output RMSEs give the same number (outputs in one unit only)
+AGGREGATES = {
+    "mean": "mean over the outputs",  # (1/p) Σ_k RMSE_k
+    "rms": "root mean square over the outputs",  # sqrt((1/p) Σ_k RMSE_k²): the RMSE of every output's samples pooled
+}
+
+
 @dataclass
 class Published:
-    """A published result on a benchmark's test set: who, the simulation RMSE (in the benchmark's reporting unit),
-    and the source."""
+    """A published result on a benchmark's test set: who, the simulation RMSE in the benchmark's reporting units, and
+    the source.
+
+    Args:
+        method: who (the method, authors, year).
+        rmse: one number (a single-output benchmark, or an aggregate over the outputs named by ``aggregate``), or p
+            numbers, one per output in the order of the benchmark's ``output_names`` (output k in ``units[k]``):
+            per-output figures are compared with this run's per-output RMSEs, an aggregate with the same aggregate of
+            them.
+        source: where the number is published.
+        aggregate: None for per-output values (or the one output's value); for one number on a benchmark of several
+            outputs, which aggregate of the per-output RMSEs it is: ``"mean"`` (their mean) or ``"rms"`` (the root of
+            their mean square, the RMSE of all outputs pooled) (:data:`AGGREGATES`).
+    """
 
     method: str
-    rmse: float
+    rmse: float | tuple[float, ...]
     source: str
+    aggregate: str | None = None
+
+    def __post_init__(self) -> None:
+        def ok(v) -> bool:
+            return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0
+
+        if isinstance(self.rmse, (tuple, list)):
+            if not self.rmse or not all(ok(v) for v in self.rmse):
+                raise ValueError(f"published {self.method!r}: rmse must be a finite number >= 0 or a tuple of them, "
+                                 f"one per output; got {self.rmse!r}")
+            if self.aggregate is not None:
+                raise ValueError(f"published {self.method!r}: per-output values (a tuple rmse) take no aggregate; got "
+                                 f"aggregate={self.aggregate!r}")
+            self.rmse = tuple(float(v) for v in self.rmse)
+        elif not ok(self.rmse):
+            raise ValueError(f"published {self.method!r}: rmse must be a finite number >= 0 or a tuple of them, one "
+                             f"per output; got {self.rmse!r}")
+        if self.aggregate is not None and self.aggregate not in AGGREGATES:
+            raise ValueError(f"published {self.method!r}: aggregate must be None or one of {sorted(AGGREGATES)}; got "
+                             f"{self.aggregate!r}")
+
+    @property
+    def per_output(self) -> bool:
+        """Whether ``rmse`` holds one value per output (a tuple) rather than one number."""
+        return isinstance(self.rmse, tuple)
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        """``rmse`` as a tuple: the p per-output values, or the one number."""
+        return self.rmse if isinstance(self.rmse, tuple) else (float(self.rmse),)
+
+
+def aggregate(kind: str, values) -> float:
+    """An aggregate over the outputs of per-output values (RMSEs in one unit): ``"mean"``, (1/p) Σ v_k, or ``"rms"``,
+    sqrt((1/p) Σ v_k²) (:data:`AGGREGATES`).
+
+    Args:
+        kind: ``"mean"`` or ``"rms"``.
+        values: the p per-output values.
+
+    Returns:
+        the aggregate, a float.
+    """
+    values = [float(v) for v in values]
+    if kind not in AGGREGATES:
+        raise ValueError(f"kind must be one of {sorted(AGGREGATES)}; got {kind!r}")
+    if not values:
+        raise ValueError("values must hold one number per output; got none")
+    if kind == "mean":
+        return sum(values) / len(values)
+    return math.sqrt(sum(v * v for v in values) / len(values))
 
 
 @dataclass
@@ -75,10 +146,15 @@ class SysidBenchmark:
             way.
         scale: the factor from the data's unit to ``unit`` (1000 for mV of data in V): one number for every output
             or a tuple of p, one per output; :attr:`scales` has one per output either way.
-        published: published test results in ``unit``, with sources.
+        published: published test results in ``unit``, with sources (:class:`Published`: one number, or one per
+            output in the order of ``output_names``; checked against p here).
         notes: how the data were made or split.
         output_names: a tuple of p names of the outputs, the labels of the report's figures and table (None:
             ``"output 1"``, ..., ``"output p"``).
+        input_names: a tuple of m distinct names of the inputs, for the report and the names of an exported
+            system's inputs (python-control's ``inputs=``; None: ``"input 1"``, ..., ``"input m"``).
+        input_unit: the inputs' units in the data (an input is not rescaled): one string for every input, a tuple of m
+            strings or None (unknown), one per input; None where the data's documentation does not state it.
     """
 
     name: str
@@ -91,6 +167,8 @@ class SysidBenchmark:
     published: list[Published] = field(default_factory=list)
     notes: str = ""
     output_names: tuple[str, ...] | None = None
+    input_names: tuple[str, ...] | None = None
+    input_unit: str | tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         records = list(self.train) + list(self.test)
@@ -121,6 +199,29 @@ class SysidBenchmark:
                 raise ValueError(f"output_names must be None or p = {p} non-empty strings, one per output; got "
                                  f"{names!r}")
             self.output_names = tuple(names)
+        m = first.u.shape[1]
+        if self.input_names is not None:
+            names = self.input_names
+            if (not isinstance(names, (tuple, list)) or len(names) != m
+                    or not all(isinstance(n, str) and n for n in names) or len(set(names)) != m):
+                raise ValueError(f"input_names must be None or m = {m} distinct non-empty strings, one per input; got "
+                                 f"{names!r}")
+            self.input_names = tuple(names)
+        if self.input_unit is not None:
+            self.input_unit = _per_output("input_unit", self.input_unit, m,
+                                          lambda v: v is None or isinstance(v, str) and v != "",
+                                          "None or a non-empty string", "input")
+        published = list(self.published)
+        for pub in published:
+            if not isinstance(pub, Published):
+                raise ValueError(f"published must be a list of Published; got {type(pub).__name__}")
+            if pub.per_output and len(pub.rmse) != p:
+                raise ValueError(f"published {pub.method!r}: {len(pub.rmse)} per-output values for p = {p} outputs "
+                                 f"{self.outputs}: give one per output in that order (or one number)")
+            if pub.aggregate is not None and len(set(self.units)) > 1:
+                raise ValueError(f"published {pub.method!r}: an aggregate over outputs in different units "
+                                 f"{self.units} has no unit; give one value per output")
+        self.published = published
 
     @property
     def dt(self) -> float:
@@ -150,6 +251,17 @@ class SysidBenchmark:
         return (float(self.scale),) * self.n_outputs
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """The name of each input: ``input_names``, or ``"input 1"``, ..., ``"input m"``."""
+        return self.input_names or tuple(f"input {j + 1}" for j in range(self.n_inputs))
+
+    @property
+    def input_units(self) -> tuple[str | None, ...]:
+        """The data's unit of each input: m strings, None where it is not stated (``input_unit`` repeated when it is
+        one string or None)."""
+        return self.input_unit if isinstance(self.input_unit, tuple) else (self.input_unit,) * self.n_inputs
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         """The name of each output: ``output_names``, or ``"output 1"``, ..., ``"output p"``."""
         return self.output_names or tuple(f"output {k + 1}" for k in range(self.n_outputs))
@@ -168,16 +280,33 @@ class SysidBenchmark:
             raise ValueError(f"values must hold one number per output (p = {self.n_outputs}); got {len(values)}")
         return [v * s for v, s in zip(values, self.scales)]
 
+    def mean_in_units(self, values) -> float:
+        """The mean over the outputs of per-output values in the data's units, each converted to its reporting unit
+        first (:meth:`in_units`): (1/p) Σ_k values[k] × ``scales[k]``, the one number a score over several outputs is
+        summarised by (``ssmkit sysid``'s ``best_val_rmse``, the sysid scripts' columns).
 
-def _per_output(name: str, value, p: int, ok, what: str):
-    """``value`` as declared when it is one value for every output, as a tuple when it is p values (a list too); a
-    ValueError naming ``name`` otherwise."""
+        Args:
+            values: p numbers (a list, tuple or (p,) / 0-d tensor), output k in output k's data unit.
+
+        Returns:
+            the mean, a float.
+        """
+        if isinstance(values, torch.Tensor):
+            values = values.detach().reshape(-1).tolist()
+        converted = self.in_units(values)
+        return sum(converted) / len(converted)
+
+
+def _per_output(name: str, value, p: int, ok, what: str, channel: str = "output"):
+    """``value`` as declared when it is one value for every output (``channel``), as a tuple when it is p values (a
+    list too); a ValueError naming ``name`` otherwise."""
+    letter = "p" if channel == "output" else "m"
+    message = (f"{name} must be {what} for every {channel} or a tuple of {letter} = {p} of them, one per {channel}; "
+               f"got {value!r}")
     if isinstance(value, (tuple, list)):
         if len(value) != p or not all(ok(v) for v in value):
-            raise ValueError(f"{name} must be {what} for every output or a tuple of p = {p} of them, one per output; "
-                             f"got {value!r}")
+            raise ValueError(message)
         return tuple(value)
     if not ok(value):
-        raise ValueError(f"{name} must be {what} for every output or a tuple of p = {p} of them, one per output; got "
-                         f"{value!r}")
+        raise ValueError(message)
     return value

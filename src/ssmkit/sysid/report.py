@@ -1,7 +1,13 @@
 """The report of an identification run: ``results.json``, ``report.md`` (the test RMSE/fit table next to the
 published results, with their sources), ``simulation.png`` (simulated vs measured output, one panel per test record
 and output) and ``error_spectrum.png`` (amplitude spectra of the measured output and of the simulation error, one
-panel per output); every output labelled with its name and unit (``SysidBenchmark.outputs``, ``.units``).
+panel per output); every output labelled with its name and unit (``SysidBenchmark.outputs``, ``.units``), the inputs
+named with theirs where stated (``.inputs``, ``.input_units``).
+
+Published results are compared like with like: p per-output values (``Published.rmse`` a tuple) sit in the order of
+this run's values; one number on a benchmark of several outputs is the aggregate ``Published.aggregate`` names, and
+this run's same aggregate gets a row of its own; one number whose source states no aggregate is marked as not
+compared.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 import torch
 
 from ssmkit.files import save_figure, write_text
-from ssmkit.sysid.records import SysidBenchmark
+from ssmkit.sysid.records import AGGREGATES, Published, SysidBenchmark, aggregate
 
 
 def unit_text(bench: SysidBenchmark) -> str:
@@ -24,11 +30,33 @@ def unit_text(bench: SysidBenchmark) -> str:
     return units[0] if len(set(units)) == 1 else ", ".join(units)
 
 
+def published_record(bench: SysidBenchmark, pub: Published) -> str:
+    """The test-record cell of a published row: ``"official test"`` for per-output values (or a single output's),
+    with the aggregate for one number on several outputs, or a statement that it is not compared when its source
+    states no aggregate.
+
+    Args:
+        bench: the benchmark (its number of outputs).
+        pub: the published result.
+
+    Returns:
+        the cell's text.
+    """
+    if pub.per_output or bench.n_outputs == 1:
+        return "official test"
+    if pub.aggregate is not None:
+        return f"official test, {AGGREGATES[pub.aggregate]}"
+    return (f"official test, one number for {bench.n_outputs} outputs (the source states no aggregate: not compared "
+            "with the per-output values)")
+
+
 def results_table(bench: SysidBenchmark, label: str, scores: dict[str, Any]) -> str:
     """A markdown table: this run's test RMSE and fit % per test record, one value per output in the outputs' order
     (each RMSE in its output's unit; the header names :func:`unit_text`); a periodic record scored in periodic steady
-    state too gets a second row, marked as such (the official from-rest row stays the headline); then the published
-    results with their sources.
+    state too gets a second row, marked as such (the official from-rest row stays the headline); for each aggregate
+    over the outputs that a published result is given as (``Published.aggregate``), a row per test record with this
+    run's same aggregate of its RMSEs; then the published results with their sources, per-output values in the
+    outputs' order (:func:`published_record` names what each is).
 
     Args:
         bench: the benchmark (unit, published results).
@@ -51,8 +79,15 @@ def results_table(bench: SysidBenchmark, label: str, scores: dict[str, Any]) -> 
             k = steady["prime"]
             lines.append(f"| {label} | {rec['name']} | {rm} | {fit} | this run, periodic steady state ({k} "
                          f"period{'s' if k > 1 else ''} of the same input first; not the official protocol) |")
+    if bench.n_outputs > 1:
+        kinds = [k for k in AGGREGATES if any(pub.aggregate == k for pub in bench.published)]
+        for kind in kinds:  # this run's aggregate of the same kind as a published one, record by record
+            for rec in scores["records"]:
+                lines.append(f"| {label} | {rec['name']}, {AGGREGATES[kind]} | {aggregate(kind, rec['rmse']):.4g} | – "
+                             f"| this run (the aggregate the published values so marked are) |")
     for pub in bench.published:
-        lines.append(f"| {pub.method} | official test | {pub.rmse:.4g} | – | {pub.source} |")
+        rm = ", ".join(f"{v:.4g}" for v in pub.values)
+        lines.append(f"| {pub.method} | {published_record(bench, pub)} | {rm} | – | {pub.source} |")
     return "\n".join(lines)
 
 
@@ -65,6 +100,18 @@ def _pyplot():
     return plt
 
 
+def input_label(bench: SysidBenchmark, j: int) -> str:
+    """Input j's name with its unit where it is stated, ``"force (N)"``, else the name alone (``"shaker force"``)."""
+    unit = bench.input_units[j]
+    return bench.inputs[j] if unit is None else f"{bench.inputs[j]} ({unit})"
+
+
+def inputs_text(bench: SysidBenchmark) -> str:
+    """The inputs as report.md and the figures name them: ``"input: force (N)"``, ``"inputs: a (V); b"``."""
+    return (f"input{'s' if bench.n_inputs > 1 else ''}: "
+            + "; ".join(input_label(bench, j) for j in range(bench.n_inputs)))
+
+
 def output_label(bench: SysidBenchmark, k: int) -> str:
     """Output k's name with its unit, ``"acceleration 2 (right wing) (m/s²)"`` (how report.md lists the outputs)."""
     return f"{bench.outputs[k]} ({bench.units[k]})"
@@ -74,7 +121,7 @@ def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     """The measured output, the simulation and their difference over time, one panel (row) per test record and
     output, record by record (record i, output k in row i·p + k), each in the output's reporting unit
     (data × ``bench.scales[k]``), titled with the record's and the output's names, the unit on the y axis; the init
-    window shaded.
+    window shaded; the figure's title names the inputs (:func:`inputs_text`).
 
     Args:
         bench: the benchmark (its test records, outputs, units, scales and init window).
@@ -98,6 +145,7 @@ def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
                 ax.axvspan(0, bench.n_init * r.dt, color="0.9", label="init window (not scored)")
             ax.set(title=f"{bench.title}: {r.name}, {bench.outputs[k]}", xlabel="time (s)", ylabel=bench.units[k])
             ax.legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{bench.title}: simulated from the measured {inputs_text(bench)}")
     fig.tight_layout()
     return fig
 
@@ -105,7 +153,7 @@ def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
 def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     """Amplitude spectra |DFT| / L after the init window of the measured output (its mean removed) and of the
     simulation error, one panel (row) per output holding every test record's two curves, in the output's reporting
-    unit; DC left out.
+    unit; DC left out; the figure's title names the inputs (:func:`inputs_text`).
 
     Args:
         bench: the benchmark.
@@ -129,6 +177,7 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
         ax.set(title=f"{bench.title}: amplitude spectra of {bench.outputs[k]} after the init window",
                xlabel="frequency (Hz)", ylabel=f"|DFT| / L ({bench.units[k]})")
         ax.legend(fontsize=8)
+    fig.suptitle(f"{bench.title}: simulated from the measured {inputs_text(bench)}")
     fig.tight_layout()
     return fig
 
@@ -147,8 +196,10 @@ def _plots(folder: pathlib.Path, bench: SysidBenchmark, sims: list[torch.Tensor]
 def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, scores: dict[str, Any],
                  run: dict[str, Any], plots: bool = True) -> list[str]:
     """Write ``results.json``, ``report.md`` and (``plots``) the two figures into ``folder``. ``results.json`` holds
-    ``"unit"`` (one string: :func:`unit_text`), ``"units"`` and ``"outputs"`` (one per output) and the scores per test
-    record, one value per output in that output's unit.
+    ``"unit"`` (one string: :func:`unit_text`), ``"units"`` and ``"outputs"`` (one per output), ``"inputs"`` and
+    ``"input_units"`` (one per input, null where not stated), the scores per test record, one value per output in
+    that output's unit, and the published results (``"rmse"`` a list for per-output values, ``"aggregate"`` null or
+    what one number is).
 
     Args:
         folder: the output folder (created).
@@ -170,17 +221,20 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
         "unit": unit_text(bench),  # one string, as earlier results.json readers read it; "units": per output
         "units": list(bench.units),
         "outputs": list(bench.outputs),
+        "inputs": list(bench.inputs),
+        "input_units": list(bench.input_units),
         "n_init": bench.n_init,
         "label": label,
         "test": scores["records"],
-        "published": [{"method": p.method, "rmse": p.rmse, "source": p.source} for p in bench.published],
+        "published": [{"method": p.method, "rmse": list(p.rmse) if p.per_output else p.rmse, "source": p.source,
+                       "aggregate": p.aggregate} for p in bench.published],
         **run,
     }
     write_text(folder / "results.json", json.dumps(results, indent=2, default=str))
     text = [f"# {bench.title}: {label}", "",
             f"Simulation RMSE on the {'official ' if bench.published else ''}test records after the first "
             f"{bench.n_init} samples "
-            f"({bench.notes})", ""]
+            f"({bench.notes})", "", inputs_text(bench)[0].upper() + inputs_text(bench)[1:] + ".", ""]
     if bench.n_outputs > 1:
         text += ["Outputs, in the order of each cell's values: "
                  + "; ".join(output_label(bench, k) for k in range(bench.n_outputs)) + ".", ""]

@@ -126,7 +126,7 @@ def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_i
     notes = (f"{source}; inputs {', '.join(input_names)}; outputs {', '.join(output_names)}; Ts = {train[0].dt:g} s; "
              f"the first {n_init} samples of each test record are read by the initial-state encoder, not scored")
     return SysidBenchmark(name=name, title=name, train=train, test=test, n_init=n_init, unit=unit, published=[],
-                          notes=notes, output_names=output_names)
+                          notes=notes, output_names=output_names, input_names=input_names)
 
 
 def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str | Sequence[str] = DEFAULT_UNIT,

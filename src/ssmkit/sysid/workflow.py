@@ -519,3 +519,58 @@ def evaluate(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulation",
             entry["steady_state"] = {"prime": steady_state, **_scores(y_steady, r, bench)}
         records.append(entry)
     return {"records": records, "simulations": sims}
+
+
+def signal_names(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names of a model's inputs and outputs on ``bench``: ``bench.inputs`` and ``bench.outputs`` for a simulation
+    model (m inputs), and a predictor's (m + p inputs, [u_t, y_{t-1}]) inputs followed by ``"<output> (previous
+    sample)"`` per output.
+
+    Args:
+        model: a model of ``bench`` (its ``n_inputs`` and ``n_outputs``).
+        bench: the benchmark it was identified on.
+
+    Returns:
+        (input names, output names).
+    """
+    m, p = bench.n_inputs, bench.n_outputs
+    n_in, n_out = model.n_inputs, model.n_outputs
+    if n_out != p or n_in not in (m, m + p):
+        raise ValueError(f"the model takes {n_in} inputs and returns {n_out} outputs; a model of {bench.name!r} takes "
+                         f"m = {m} (simulation) or m + p = {m + p} (prediction) and returns p = {p}")
+    inputs = bench.inputs + (tuple(f"{o} (previous sample)" for o in bench.outputs) if n_in == m + p else ())
+    return inputs, bench.outputs
+
+
+def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark, u0=None, name: str | None = None):
+    """A model identified on ``bench`` as python-control systems whose input and output signals carry the benchmark's
+    names (:func:`signal_names`; ``control.interconnect`` wires signals by name), in the data's units, dt = Ts. Needs
+    python-control.
+
+    - ``u0`` None: the whole model, nonlinearities included, as one discrete ``control.NonlinearIOSystem``
+      (:meth:`ssmkit.analysis.NonlinearSystem.to_control`).
+    - ``u0`` given: the small-signal model at the equilibrium under each constant input u0
+      (:meth:`ssmkit.analysis.NonlinearSystem.operating_point`), one ``control.StateSpace`` per point
+      (:meth:`ssmkit.analysis.StateSpace.to_control`).
+
+    (``model.state_space()`` exports each block's LTI part alone, H internal channels in and out: no benchmark signal
+    names apply there; scipy's ``dlti`` carries no names.)
+
+    Args:
+        model: a DeepWiener or WienerEnsemble identified on ``bench``.
+        bench: the benchmark (its ``inputs`` and ``outputs`` name the signals).
+        u0: None, or the constant inputs of the operating points, (m,) for one point or (P, m), in the data's units.
+        name: the nonlinear system's name (python-control's default when None); only with ``u0`` None.
+
+    Returns:
+        a ``control.NonlinearIOSystem`` (``u0`` None), or a list of P ``control.StateSpace``.
+    """
+    from ssmkit.analysis.nonlinear import NonlinearSystem
+
+    inputs, outputs = signal_names(model, bench)
+    system = NonlinearSystem(model)
+    if u0 is None:
+        return system.to_control(name, inputs=list(inputs), outputs=list(outputs))
+    if name is not None:
+        raise ValueError("name names the nonlinear system (u0 None); the linearisations at u0 are not named")
+    return system.operating_point(u0)[2].to_control(inputs=list(inputs), outputs=list(outputs))

@@ -74,6 +74,27 @@ def frozen_parameters() -> Iterator[None]:
         _FROZEN.reset(token)
 
 
+def module_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of ``module`` and of its sub-modules, and the current value of each tensor
+    reparametrised there with ``torch.nn.utils.parametrize``: what a cache of a value computed by a sub-module must
+    watch. (Its ``original`` alone is not enough: registering a parametrization changes the value the sub-module
+    computes with while ``original`` keeps its own, and Hyena's step kept the filters of before the registration,
+    8e-2 from a fresh layer holding the new values.)
+
+    Args:
+        module: the module whose tensors are watched.
+
+    Returns:
+        the tensors, in a fixed order for a fixed module tree.
+    """
+    out = []
+    for m in module.modules():
+        out += [t for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
+        if "parametrizations" in m._modules:
+            out += [getattr(m, name) for name in m._modules["parametrizations"]]
+    return out
+
+
 _Refs = tuple[tuple[weakref.ref, int], ...]  # (weak reference, data_ptr) of each source tensor
 
 

@@ -63,6 +63,7 @@ from ssmkit.layers.checks import (
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.protocol import complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 
@@ -178,7 +179,7 @@ class DLR(DiagonalLTILayer):
         """Ā = λ (H, M) (the shared modes), B̄ = 1 (H, M) and W (C, H, M), all complex: y = Re(Σ W s) + D u."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         A_bar = self.eigenvalues().expand(self.d_model, -1)  # (H, M)
-        return A_bar, torch.ones_like(A_bar), torch.view_as_complex(self.W)  # (H, M), (H, M), (C, H, M)
+        return A_bar, torch.ones_like(A_bar), complex_pairs(self.W)  # (H, M), (H, M), (C, H, M)
 
     @property
     def n_modes(self) -> int:

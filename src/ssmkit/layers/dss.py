@@ -54,6 +54,7 @@ from ssmkit.layers.checks import (
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.protocol import complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import exp_phi, widen
@@ -207,7 +208,7 @@ class DSS(DiagonalLTILayer):
         dt = torch.exp(widen(self.log_dt)).contiguous()  # (H, 2) or (H, 1)
         z = torch.view_as_complex(dt[:, None] * parts)  # (H, M): Δ_re Re λ + i Δ_im Im λ, in Δ's precision
         A_bar, phi_z = exp_phi(z)  # (H, M) each: e^z, φ(z) (one C call on the CPU)
-        W = torch.view_as_complex(self.W)  # (C, H, M)
+        W = complex_pairs(self.W)  # (C, H, M)
         if self.version == "exp":
             W_tilde = W * phi_z * (z / Lambda)  # (C, H, M): W (e^z - 1)/λ
         else:

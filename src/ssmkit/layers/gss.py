@@ -48,7 +48,7 @@ from ssmkit.layers.checks import (
 )
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
+from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import zoh
@@ -105,10 +105,10 @@ class GSSDiagonal(DiagonalLTILayer):
         """Ā = e^{λ} (H, M), B̄ = (e^{λ} - 1)/λ · B (H, M) and C (1, H, M), complex: ZOH with Δ = 1."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         Lambda = torch.complex(-torch.exp(self.log_A_real), torch.exp(self.log_A_imag))  # (M,)
-        B = torch.view_as_complex(self.B)  # (H, M)
+        B = complex_pairs(self.B)  # (H, M)
         dt = torch.ones(self.d_model, 1, dtype=self.D.dtype, device=self.D.device)  # (H, 1): Δ = 1
         A_bar, B_bar = zoh(Lambda.expand_as(B), B, dt)
-        return A_bar, B_bar, torch.view_as_complex(self.C)  # (H, M), (H, M), (1, H, M)
+        return A_bar, B_bar, complex_pairs(self.C)  # (H, M), (H, M), (1, H, M)
 
     @property
     def n_modes(self) -> int:

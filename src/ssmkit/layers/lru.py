@@ -44,6 +44,7 @@ from ssmkit.layers.checks import (
 )
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
+from ssmkit.layers.protocol import complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import widen
@@ -170,8 +171,8 @@ class LRU(MIMODiagonalLTILayer):
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """λ (M,), γ ⊙ B (M, H) and C (C, H, M), complex: y = Re(C x) + D u."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
-        B_bar = torch.exp(self.log_gamma)[:, None] * torch.view_as_complex(self.B)  # (M, H)
-        return self.eigenvalues(), B_bar, torch.view_as_complex(self.C)
+        B_bar = torch.exp(self.log_gamma)[:, None] * complex_pairs(self.B)  # (M, H)
+        return self.eigenvalues(), B_bar, complex_pairs(self.C)
 
     @property
     def n_modes(self) -> int:

@@ -43,11 +43,12 @@ from typing import ClassVar, ContextManager, Mapping
 
 import torch
 from torch import nn
+from torch.nn.utils.prune import BasePruningMethod
 
 from ssmkit.layers.checks import check_batch_size, check_length
 from ssmkit.layers.state import State, StateSpec, check_state, zeros_from_spec
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.backend import get_backend
+from ssmkit.ops.backend import get_backend, tracing
 from ssmkit.utils import check_floating, check_sequence
 
 CAPABILITIES = ("kernel", "state_space", "step")
@@ -126,6 +127,56 @@ def fused_step_runs(layer: nn.Module, op: str, x: torch.Tensor, state: tuple, pa
     uniform = x.device == param.device and all(t.dtype == param.dtype and t.device == param.device
                                                for t in (*state, *params))  # (x is cast to the layer's dtype)
     return not records and uniform and not tracing() and prefer_native(op, param)
+
+
+def apply_pruning(module: nn.Module) -> None:
+    """Recompute every tensor ``torch.nn.utils.prune`` pruned in ``module`` and its sub-modules, as prune's forward
+    pre-hooks do: ``name = name_orig * name_mask``.
+
+    Prune keeps a pruned tensor as a plain attribute that only the module's ``__call__`` refreshes. ``step``,
+    ``kernel``, ``state_space`` and the read-outs (``discrete()``, ...) are not ``__call__`` (nor is a mixer's call of
+    its short convolution's ``step``), so after an optimizer step or a ``load_state_dict`` (both change
+    ``name_orig``) without a forward in between they read the old product: S4D's step 1.7 from its forward, its
+    kernel and state space as far, every cached layer and every mixer (Mamba 3e-4, Mamba-2 3e-2). A layer calls this
+    in :meth:`SequenceLayer._check_parameter_dtype`, before any weight is read; a module without pruning costs a walk
+    over its modules' hook dicts (0.2-1 µs).
+
+    Args:
+        module: the layer (its whole module tree is refreshed).
+    """
+    stack = [module]
+    while stack:  # (step calls this every time: a plain loop over the module dicts, no generators)
+        m = stack.pop()
+        if m is None:  # a sub-module slot set to None
+            continue
+        if m._forward_pre_hooks:
+            for hook in tuple(m._forward_pre_hooks.values()):
+                if isinstance(hook, BasePruningMethod):
+                    hook(m, ())
+        if m._modules:
+            stack.extend(m._modules.values())
+
+
+def complex_pairs(t: torch.Tensor) -> torch.Tensor:
+    """A real tensor of real and imaginary parts, paired on its last axis, as complex: ``torch.view_as_complex(t)``
+    where t's layout allows that view (no copy), else ``torch.complex(t[..., 0], t[..., 1])`` (the same numbers, and
+    gradients, in new memory).
+
+    A parameter's memory is not always its own: ``torch.nn.utils.vector_to_parameters`` makes each parameter a view
+    of one flat vector, and ``functional_call`` with slices of a flat buffer does the same, at whatever offset the
+    tensors before it leave. At an odd offset ``view_as_complex`` raised ("Tensor must have a storage_offset divisible
+    by 2") in the forward of S4, S4D, Liquid-S4, DSS, DLR, GSS, H3, LRU and S5. The layout is read only outside
+    torch.compile and torch.func transforms, which keep the view.
+
+    Args:
+        t: (..., 2) real: the real and imaginary parts along the last axis.
+
+    Returns:
+        (...) complex, t's precision.
+    """
+    if not tracing() and (t.stride(-1) != 1 or t.storage_offset() % 2 or any(s % 2 for s in t.stride()[:-1])):
+        return torch.complex(t[..., 0], t[..., 1])
+    return torch.view_as_complex(t)
 
 
 def with_skip(K: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
@@ -311,7 +362,11 @@ class SequenceLayer(nn.Module):
         return None
 
     def _check_parameter_dtype(self) -> None:
-        """Raise ``ValueError`` unless the parameters are float32 or float64 (see :meth:`_low_precision_dtype`)."""
+        """Raise ``ValueError`` unless the parameters are float32 or float64 (see :meth:`_low_precision_dtype`), then
+        refresh the tensors ``torch.nn.utils.prune`` pruned (:func:`apply_pruning`). Every entry that reads the weights
+        calls this first -- ``forward``, ``step``, ``kernel``, ``initial_state`` and the read-outs ``discrete()``,
+        ``eigenvalues()``, ``continuous()``, Hyena's ``filters()`` -- so each reads ``name_orig * name_mask`` as it is
+        now, not as the last ``__call__`` left it."""
         dtype = self._low_precision_dtype()
         if dtype is not None:
             raise ValueError(
@@ -320,6 +375,7 @@ class SequenceLayer(nn.Module):
                 "and run under torch.autocast, which keeps the SSM core in float32 (state_space() analyses "
                 "half-precision weights in float64; .float() converts the layer)"
             )
+        apply_pruning(self)
 
     def initial_state(self, batch_size: int) -> State:
         """The zero state of ``batch_size`` sequences, on the layer's device (see ``state_spec``).
@@ -385,6 +441,8 @@ class SequenceLayer(nn.Module):
         analysed as they are: the system is computed from a float64 copy of the layer, which holds exactly the same
         weights (python-control, too, converts whatever numbers it is given to float64)."""
         self._require("state_space")
+        with torch.no_grad():  # the pruned weights, as forward's hooks make them (and leaves, which deepcopy takes)
+            apply_pruning(self)
         if self._low_precision_dtype() is not None:
             with torch.no_grad():
                 return copy.deepcopy(self).to(torch.float64).state_space()

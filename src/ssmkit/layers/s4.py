@@ -91,7 +91,7 @@ from ssmkit.layers.checks import (
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.longconv import fit_length
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import Capabilities, SequenceLayer, float32_core, with_skip
+from ssmkit.layers.protocol import Capabilities, SequenceLayer, complex_pairs, float32_core, with_skip
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.state import TensorSpec
@@ -281,8 +281,8 @@ class S4(SequenceLayer):
         """(Λ (H, N/2), P (r, H, N/2), B (H, N/2)) complex and Δ (H,) real in precision ``real``, differentiable."""
         H, G = self.d_model, self.log_A_real.shape[0]
         Lambda = torch.complex(-torch.exp(self.log_A_real.to(real)), self.A_imag.to(real))  # (G, M)
-        P = torch.view_as_complex(self.P.to(real))  # (r, G, M)
-        B = torch.view_as_complex(self.B.to(real))  # (G, M)
+        P = complex_pairs(self.P.to(real))  # (r, G, M)
+        B = complex_pairs(self.B.to(real))  # (G, M)
         rep = H // G  # channel h uses copy h mod G
         return Lambda.repeat(rep, 1), P.repeat(1, rep, 1), B.repeat(rep, 1), torch.exp(self.log_dt.to(real))
 
@@ -294,7 +294,7 @@ class S4(SequenceLayer):
 
     def _C_tilde(self) -> Tensor:
         """C̃ (C, H, N/2) complex128."""
-        return torch.view_as_complex(self.C_tilde.to(_F64))
+        return complex_pairs(self.C_tilde.to(_F64))
 
     def _power_increment(self) -> Tensor:
         """Ā^{l_max} - I (H, N, N) in float64 and the real basis, from the increment Ā - I

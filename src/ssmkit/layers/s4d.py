@@ -50,6 +50,7 @@ from ssmkit.layers.checks import (
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
+from ssmkit.layers.protocol import complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 
@@ -155,13 +156,13 @@ class S4D(DiagonalLTILayer):
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Ā (H, M), B̄ (H, M) and 2C (C, H, M), complex, M = N/2: y = Re(Σ 2C x) + D u = 2 Re(Σ C x) + D u."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
-        B = torch.view_as_complex(self.B)  # (H, M)
+        B = complex_pairs(self.B)  # (H, M)
         if self.discretization == "zoh":  # Λ = -exp(log_A_real) + i A_imag, Δ = exp(log_dt) (in C on the CPU)
             A_bar, B_bar = zoh_log(self.log_A_real, self.A_imag, B, self.log_dt)
         else:
             Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)  # (H, M)
             A_bar, B_bar = bilinear(Lambda, B, torch.exp(self.log_dt).unsqueeze(-1))
-        return A_bar, B_bar, 2 * torch.view_as_complex(self.C)  # (H, M), (H, M), (C, H, M)
+        return A_bar, B_bar, 2 * complex_pairs(self.C)  # (H, M), (H, M), (C, H, M)
 
     @property
     def n_modes(self) -> int:

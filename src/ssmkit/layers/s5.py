@@ -53,6 +53,7 @@ from ssmkit.layers.checks import (
 from ssmkit.layers.init import lecun_normal, log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
+from ssmkit.layers.protocol import complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import bilinear, widen, zoh
@@ -202,7 +203,7 @@ class S5(MIMODiagonalLTILayer):
         """Λ (M,), B̃ (M, H), Δ (M,) as :meth:`continuous`, each parameter read through ``cast`` first."""
         re = self.A_real.clamp(max=_CLIP) if self.clip_eigs else self.A_real
         Lambda = torch.complex(cast(re), cast(self.A_imag))  # (M,)
-        return Lambda, cast(torch.view_as_complex(self.B)), self.step_rescale * torch.exp(cast(self.log_dt))
+        return Lambda, cast(complex_pairs(self.B)), self.step_rescale * torch.exp(cast(self.log_dt))
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Λ̄ (M,), B̄ (M, H) and the output matrices (C, H, M), complex: 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u).
@@ -220,7 +221,7 @@ class S5(MIMODiagonalLTILayer):
         z, step_gain = (dt * Lambda)[None, :], dt.to(Lambda.dtype)[None, :]  # (1, M) each
         A_bar, gain = rule(z, step_gain, torch.ones_like(dt[:1, None]))  # (1, M) each: B̃ = 1
         A_bar, B_bar = A_bar[0], gain[0, :, None] * B_tilde  # (M,), (M, H)
-        C = torch.view_as_complex(self.C)  # (C, H, M)
+        C = complex_pairs(self.C)  # (C, H, M)
         if A_bar.dtype != C.dtype:  # rounded once to the layer's precision
             A_bar, B_bar = A_bar.to(C.dtype), B_bar.to(C.dtype)
         return A_bar, B_bar, (2 * C if self.conj_sym else C)  # (M,), (M, H), (C, H, M)

@@ -19,6 +19,16 @@ gradient (loss = Σ w ⊙ y with a fixed random w, so that every output position
 run token by token in float32 from ``initial_state`` against the float64 forward. ``--rounded``: the split of a
 diagonal layer's error into the rounding of its discrete eigenvalues and the float32 algorithm (``measure_rounded``).
 Attention's reference forms the (L, L) scores, so its oracle is the reference loop only up to L = 16 384.
+
+    OMP_NUM_THREADS=1 python scripts/float32_long_accuracy.py --ops lru s4d real mamba mamba2 rglru \
+        [--lengths 4096 65536 262144] [--memory 1e4] [--ref-max 4096] [--json ops.json]
+
+``--ops``: the ops themselves (B = 1, H = 8, N = 32; see ``op_inputs``), each float32 run against the same op under
+the same backend in float64 on the same float32 numbers (no rounding of parameters: the error is the algorithm's),
+for every CPU backend of the op (``"reference"`` up to ``--ref-max``): relative errors of the output, the final state
+and the gradients of Σ w ⊙ y + Σ v ⊙ state with respect to the input and each parameter. ``--memory`` M sets how
+slow the modes are: 1 - |λ| (Δ|A| for Mamba and Mamba-2, 1 - a for RG-LRU) spans [0.1, 1] / M (M = 1e3, the default:
+|λ| in [0.999, 0.9999]; M = 1e5: [0.99999, 0.999999]).
 """
 
 from __future__ import annotations
@@ -228,6 +238,135 @@ def measure_rounded(name: str, d_model: int, length: int, backend: str, seed: in
     return row
 
 
+OP_BACKENDS = {"lru": ("native", "chunked", "fft", "reference"), "s4d": ("native", "chunked", "fft", "reference"),
+               "real": ("native", "chunked", "fft", "reference"), "mamba": ("native", "chunked", "reference"),
+               "mamba2": ("native", "chunked", "reference"), "rglru": ("native", "chunked", "reference")}
+
+
+def op_inputs(op: str, length: int, memory: float, seed: int, H: int = 8, N: int = 32) -> dict[str, torch.Tensor]:
+    """The float64 inputs of ``op`` (names as its arguments), already rounded to float32 (the same numbers in both
+    precisions). Slow modes: 1 - |λ| (Δ|A|, 1 - a) in [0.1, 1] / memory.
+
+    lru: Ā = r e^{iθ}, θ in [0, 0.2π), B̄ ~ √(1 - r²) CN(0, 1); s4d: Ā = exp(Δ(-1/2 + iπn)), Δ = 2/memory, B̄ by ZOH;
+    real: real Ā = r, B̄ ~ (1 - r) N(0, 1); mamba: Δ = softplus(δ), δ ~ softplus⁻¹(1/memory) + 0.1 N(0, 1), A in
+    [-2, -1]; mamba2: P = 8, Δ in [0.1, 0.2] / memory, A in [-5, -1], one group; rglru: a = σ(Λ) in 1 - [0.1, 1] /
+    memory, r in [0.1, 0.2] (a_t = a^{8 r_t}), i in [0, 1).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def ru(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    slow = 1e3 / memory
+    if op in ("lru", "s4d", "real"):
+        if op == "lru":
+            r = 1 - slow * (1e-3 - 9e-4 * ru(H, N))
+            A = torch.polar(r, 0.2 * math.pi * ru(H, N))
+            B = torch.complex(rn(H, N), rn(H, N)) * (1 - r**2).sqrt()
+        elif op == "s4d":
+            dt = 1e-3 * slow
+            A_c = torch.complex(torch.full((H, N), -0.5, dtype=torch.float64),
+                                math.pi * torch.arange(N, dtype=torch.float64).expand(H, N))
+            A = torch.exp(dt * A_c)
+            B = (A - 1) / A_c
+        else:
+            A = 1 - slow * (1e-3 - 9e-4 * ru(H, N))
+            B = (1 - A) * rn(H, N)
+        C = torch.complex(rn(H, N), rn(H, N)) if A.is_complex() else rn(H, N)
+        out = {"u": rn(1, length, H), "A_bar": A, "B_bar": B, "C": C, "D": rn(H)}
+    elif op == "mamba":
+        out = {"u": rn(1, length, H), "delta": 0.1 * rn(1, length, H) + math.log(math.expm1(1e-3 * slow)),
+               "A": -(1 + ru(H, N)), "B": rn(1, length, N), "C": rn(1, length, N), "D": rn(H)}
+    elif op == "mamba2":
+        out = {"x": rn(1, length, H, 8), "dt": 1e-4 * slow * (1 + ru(1, length, H)), "A": -(1 + 4 * ru(H)),
+               "B": rn(1, length, 1, N), "C": rn(1, length, 1, N)}
+    elif op == "rglru":
+        a = 1 - slow * (1e-3 - 9e-4 * ru(H))
+        out = {"x": rn(1, length, H), "r": 0.1 + 0.1 * ru(1, length, H), "i": ru(1, length, H),
+               "Lambda": torch.log(a / (1 - a))}
+    else:
+        raise ValueError(f"op must be one of {tuple(OP_BACKENDS)}; got {op!r}")
+    return {k: (v.to(torch.complex64) if v.is_complex() else v.float()).to(v.dtype) for k, v in out.items()}
+
+
+def op_call(op: str, a: dict[str, torch.Tensor], backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, final state) of ``op`` on the inputs ``a`` under ``backend``."""
+    from ssmkit.ops.rglru import rglru
+    from ssmkit.ops.scan import ssm_scan
+    from ssmkit.ops.selective import selective_scan
+    from ssmkit.ops.ssd import ssd
+
+    if op in ("lru", "s4d", "real"):
+        return ssm_scan(a["u"], a["A_bar"], a["B_bar"], a["C"], D=a["D"], backend=backend)
+    if op == "mamba":
+        return selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], delta_softplus=True, backend=backend)
+    if op == "mamba2":
+        return ssd(a["x"], a["dt"], a["A"], a["B"], a["C"], backend=backend)
+    return rglru(a["x"], a["r"], a["i"], a["Lambda"], backend=backend)
+
+
+def op_run(op: str, a64: dict[str, torch.Tensor], backend: str, dtype: torch.dtype, seed: int):
+    """y, the final state and the gradients of Σ w ⊙ y + Σ v ⊙ state (fixed random w, v) in ``dtype``."""
+    complex_of = {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype]
+    a = {k: v.to(complex_of if v.is_complex() else dtype).requires_grad_(True) for k, v in a64.items()}
+    y, h = op_call(op, a, backend)
+    g = torch.Generator().manual_seed(seed + 7)
+    h_real = torch.view_as_real(h) if h.is_complex() else h
+    w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    v = torch.randn(h_real.shape, generator=g, dtype=torch.float64).to(h_real.dtype)
+    grads = torch.autograd.grad((y * w).sum() + (h_real * v).sum(), list(a.values()), allow_unused=True)
+    return y.detach(), h.detach(), dict(zip(a, grads))
+
+
+def measure_op(op: str, length: int, memory: float, ref_max: int, seed: int) -> list[dict]:
+    """Float32 against float64 errors of ``op`` under each of its CPU backends (see the module docstring)."""
+    a64 = op_inputs(op, length, memory, seed)
+    rows = []
+    for backend in OP_BACKENDS[op]:
+        if backend == "reference" and length > ref_max:
+            continue
+        t = time.perf_counter()
+        try:
+            ref = op_run(op, a64, backend, torch.float64, seed)
+            got = op_run(op, a64, backend, torch.float32, seed)
+        except (RuntimeError, NotImplementedError) as e:
+            rows.append({"op": op, "L": length, "backend": backend, "error": str(e)[:120]})
+            continue
+        real = [torch.view_as_real(t) if t.is_complex() else t for t in (got[1], ref[1])]
+        row = {"op": op, "L": length, "memory": memory, "backend": backend, "y_rel": errors(got[0], ref[0])[0],
+               "state_rel": errors(*real)[0]}
+        for name, g64 in ref[2].items():
+            if g64 is not None:
+                g32, g64 = (torch.view_as_real(t) if t.is_complex() else t for t in (got[2][name], g64))
+                row[f"d{name}_rel"] = errors(g32, g64)[0]
+        row["seconds"] = round(time.perf_counter() - t, 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def op_table(rows: list[dict]) -> str:
+    """``measure_op`` rows as a markdown table: one line per (op, backend), y / state / worst gradient per length."""
+    lengths = sorted({r["L"] for r in rows if "y_rel" in r})
+    head = ["op", "backend"] + [f"y / state / worst grad, L={n}" for n in lengths]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    at = {(r["op"], r["backend"], r["L"]): r for r in rows if "y_rel" in r}
+    for op, backend in dict.fromkeys((r["op"], r["backend"]) for r in rows if "y_rel" in r):
+        cells = [op, backend]
+        for n in lengths:
+            r = at.get((op, backend, n))
+            if r is None:
+                cells.append("")
+                continue
+            worst = max((v, k[1:-4]) for k, v in r.items() if k.startswith("d") and k.endswith("_rel"))
+            cells.append(f"{r['y_rel']:.1e} / {r['state_rel']:.1e} / {worst[0]:.1e} ({worst[1]})")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     """The rows as one markdown table: a line per (layer, backend), the lengths side by side."""
     lengths = sorted({r["L"] for r in rows if r["backend"] != "step f32" and "y_rel" in r})
@@ -280,14 +419,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--rounded", nargs="*", default=None, help="instead: measure_rounded of these layers")
     parser.add_argument("--table", nargs="+", default=None, help="print these JSON files' rows as markdown; stop")
+    parser.add_argument("--ops", nargs="+", default=None, choices=tuple(OP_BACKENDS),
+                        help="instead: the ops themselves, float32 against float64 per backend (measure_op)")
+    parser.add_argument("--memory", type=float, default=1e3, help="--ops: 1 - |lambda| spans [0.1, 1] / memory")
     args = parser.parse_args(argv)
     if args.table:
         rows = [r for path in args.table for r in json.load(open(path))]
+        if rows and all("op" in r for r in rows):
+            print(op_table(rows))
+            return 0
         split = [r for r in rows if "rounded_rel" in r]
         print(table([r for r in rows if "rounded_rel" not in r]) if len(split) < len(rows) else rounded_table(split))
         return 0
     torch.set_num_threads(1)
     rows = []
+    if args.ops:
+        for op in args.ops:
+            for length in args.lengths:
+                rows += measure_op(op, length, args.memory, args.ref_max, args.seed)
+        if args.json:
+            write_json(args.json, rows, indent=1)
+        return 0
     if args.rounded is not None:
         for name in args.rounded:
             layer = build32(name, args.d_model, 8)

@@ -151,7 +151,7 @@ def unpack(z: torch.Tensor, is_complex: bool) -> torch.Tensor:
 
 def _chunk_operators(
     A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, T: int, D: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The per-channel matrices shared by every chunk of T steps (real, packed for GEMMs).
 
     D: (H,) real skip, or None; it is added to K_0, the Toeplitz diagonal (y_t += D u_t for free).
@@ -163,8 +163,10 @@ def _chunk_operators(
         from_state: (H, 2N, T) packed (or (H, N, T) real), so that x_packed @ from_state
             = Re Σ_n C_n Ā_n^{t+1} x_n (step 2).
         powers: (H, T+1, N) Ā^k for k = 0..T, complex (or real).
+        wide: (H, N, T+1) Ā^k for k = 0..T in double precision (A_bar's own on MPS), for the carry (:func:`_carry`).
     """
-    powers = wide_powers(A_bar, T + 1).transpose(1, 2).contiguous()  # (H, T+1, N)
+    wide = power_table(A_bar.to(_wide_dtype(A_bar)), T + 1)  # (H, N, T+1) in double precision (as wide_powers)
+    powers = wide.to(A_bar.dtype).transpose(1, 2).contiguous()  # (H, T+1, N), each power rounded once
     K = (powers[:, :T] * (C * B_bar)[:, None]).sum(-1)  # (H, T); an einsum here was 13 aten ops
     K = K.real if K.is_complex() else K
     if D is not None:
@@ -179,10 +181,54 @@ def _chunk_operators(
         from_state = pack(W.conj().resolve_conj()).transpose(1, 2)  # (H, 2N, T), rows (n, re/im): [Re, -Im]
     else:
         from_state = W.transpose(1, 2)  # (H, N, T)
-    return toeplitz, to_state, from_state, powers
+    return toeplitz, to_state, from_state, powers, wide
 
 
-def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_powers(A_T: torch.Tensor, wide: torch.Tensor | None, G: int) -> torch.Tensor:
+    """(Ā^T)^i for i = 0..G in double precision for a single-precision scan (see :func:`_carry`).
+
+    Args:
+        A_T: (H, N) Ā^T in the scan's dtype.
+        wide: (H, N, T+1) Ā^k computed in double precision from Ā (its last entry Ā^T, not the rounded A_T), or None:
+            A_T widened.
+        G: the group size.
+
+    Returns:
+        (H, N, G+1) in the wide dtype (A_T's own on MPS, which has no float64).
+    """
+    base = wide[..., -1] if wide is not None else A_T.to(_wide_dtype(A_T))  # (H, N)
+    return power_table(base, G + 1)  # (H, N, G+1)
+
+
+def _split(wide: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``wide`` as hi + lo in ``dtype``: hi = wide rounded, lo = (wide - hi) rounded (hi + lo = wide to ~eps²).
+
+    Args:
+        wide: a tensor in double precision, or already in ``dtype`` (a double-precision scan, or MPS).
+        dtype: the narrow dtype.
+
+    Returns:
+        (hi, lo), each wide's shape, in ``dtype``; lo is None when wide is already in ``dtype`` (it would be zero).
+    """
+    if wide.dtype == dtype:
+        return wide, None
+    hi = wide.to(dtype)
+    return hi, (wide - hi.to(wide.dtype)).to(dtype)
+
+
+def _times_split(acc: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """acc + (hi + lo) x as acc + lo x + hi x (one multiply-add when lo is None)."""
+    return torch.addcmul(acc if lo is None else torch.addcmul(acc, lo, x), hi, x)
+
+
+def _wide_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 (complex128) for a float32 (complex64) tensor off MPS (which has no float64); else t's dtype."""
+    return t.dtype if t.device.type == "mps" else _WIDE.get(t.dtype, t.dtype)
+
+
+def _carry(
+    z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None, wide: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The states between chunks: x_c = Ā^T x_{c-1} + z_c, with x_{-1} = x0, by a two-level loop.
 
     The nc chunks form ng groups of G ≈ √nc: one loop of G-1 steps scans every group at once, one loop of ng-1
@@ -190,10 +236,27 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
     carry costs ~2√nc + 20 aten ops instead of ~nc (issue 16: per-op overhead dominates under CPU contention)
     for ~3 passes over (H, B, nc, N) (the one-level loop made 2).
 
+    Beyond :data:`_FEW_GROUPS` group ends, the multiplier of the carry across the ng group ends, (Ā^T)^G, is computed
+    in double precision from Ā and applied
+    as a pair of single-precision numbers hi + lo (two multiply-adds per group end; the states stay in the scan's
+    dtype, each step rounding once, without bias); the powers (Ā^T)^i of the last product are computed in double and
+    rounded once. Before, the same rounded multiplier was applied at every group end: (Ā^T)^G from a float32 product of
+    G factors near 1 (a product of such factors is biased: it drops a positive correction below half an ulp, ~1 ulp
+    low per 64 factors), on top of Ā^T's own rounding. Near the unit circle such an error adds up linearly in nc: with
+    |λ| in [0.99999, 0.999999] (B 1, H 8, N 32) the output's relative error grew 5.5e-7, 7.8e-6, 2.6e-5 at
+    L = 4 096, 65 536, 262 144 (the C kernel's float32 loop: 1.0e-6, 4.2e-6, 6.9e-6; now 2.2e-7, 5.0e-7, 8.9e-7;
+    scripts/float32_long_accuracy.py --ops). Inside a group the rounded Ā^T is applied G ≈ √nc times only. (Carrying
+    the group ends in complex128 instead cost ~5 % of the carry's time, in its casts.) Up to :data:`_FEW_GROUPS`
+    group ends the powers stay float32 products of the rounded Ā^T, at most G <= 9 deep: their error is a few ulp
+    at most, and the ~13 aten ops the wide multiplier costs would take an S4D forward at L = 4 096 past issue 16's
+    150 (tests/perf).
+
     Args:
         z: (H, B, nc, N) every chunk's input part Σ_k Ā^{T-1-k} B̄ u_k (complex or real).
         A_T: (H, N) Ā^T.
         x0: (H, B, N) the state before the first chunk, or None for zeros.
+        wide: (H, N, T+1) Ā^k, k = 0..T, computed in double precision from Ā (Ā^T is its last entry), or None: A_T
+            widened.
 
     Returns:
         (H, B, nc, N) the state before each chunk, and (H, B, N) the state after the last chunk.
@@ -209,16 +272,21 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
     local = [cols[0]]  # inclusive scan inside each group, from a zero state
     for i in range(1, G):
         local.append(torch.addcmul(cols[i], A_g, local[-1]))  # (H, B, ng, N)
-    powers = power_table(A_T, G + 1)  # (H, N, G+1): (Ā^T)^i, i <= G ≈ √nc products deep (no wide copy needed)
-    A_G = powers[..., G][:, None, :].expand(H, Bsz, N)  # (H, B, N)
+    if ng <= _FEW_GROUPS:  # few group ends: (Ā^T)^i from the rounded Ā^T, as deep as G <= 8 products
+        powers = power_table(A_T, G + 1)  # (H, N, G+1)
+        A_hi, A_lo = powers[..., G][:, None, :].expand(H, Bsz, N), None  # (H, B, N)
+    else:
+        powers = _group_powers(A_T, wide, G)  # (H, N, G+1): (Ā^T)^i, i <= G, wide
+        A_hi, A_lo = (p if p is None else p[:, None, :].expand(H, Bsz, N) for p in _split(powers[..., G], z.dtype))
     ends = local[-1].unbind(2)  # ng × (H, B, N)
     carried = [x0 if x0 is not None else torch.zeros_like(ends[0])]  # the state before each group
-    for g in range(ng - 1):
-        carried.append(torch.addcmul(ends[g], A_G, carried[-1]))  # (H, B, N)
+    for g in range(ng - 1):  # end + (Ā^{TG})_lo x + (Ā^{TG})_hi x: the multiplier exact to ~eps²
+        carried.append(_times_split(ends[g], A_hi, A_lo, carried[-1]))  # (H, B, N)
     carried_t = torch.stack(carried, dim=2)  # (H, B, ng, N)
     # state before chunk g·G + i: (Ā^T)^i x_g + local[g, i-1] (nothing local for i = 0)
     before = torch.stack([torch.zeros_like(local[0]), *local[:-1]], dim=3)  # (H, B, ng, G, N)
-    decay = powers[..., :G].transpose(1, 2)[:, None, None]  # (H, 1, 1, G, N)
+    decay = powers[..., :G]
+    decay = (decay if decay.dtype == z.dtype else decay.to(z.dtype)).transpose(1, 2)[:, None, None]  # (H, 1, 1, G, N)
     prev = torch.addcmul(before, decay, carried_t.unsqueeze(3)).reshape(H, Bsz, -1, N)  # (H, B, ng·G, N)
     prev = prev[:, :, :nc] if pad else prev  # (H, B, nc, N)
     last = torch.addcmul(z[:, :, -1], A_T[:, None, :], prev[:, :, -1])  # (H, B, N): after chunk nc-1
@@ -226,9 +294,12 @@ def _carry(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple
 
 
 _GROUP = 8  # chunks per group of the compiled carry (_carry_doubling)
+_FEW_GROUPS = 8  # up to this many group ends (nc <= 72 chunks: L <= 4 608 at T = 64) _carry keeps its float32 powers
 
 
-def _carry_doubling(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _carry_doubling(
+    z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None, wide: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_carry` for torch.compile, with a graph that depends on the chunk count nc only through its octave.
 
     :func:`_carry`'s loops run ⌈√nc⌉ and nc/G times, so every chunk count (every length) compiled its own graph.
@@ -238,12 +309,15 @@ def _carry_doubling(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None)
     all groups at once, and the carry across the ng group ends runs by doubling (Hillis-Steele: ⌈log2 ng⌉ steps
     s_g += (Ā^{TG})^d s_{g-d}, d = 1, 2, 4, ..., whose comparisons d < ng are the only guards). A doubling over the
     chunks themselves cost ~log2(nc) passes over (H, B, nc, N) (EMA at L 4 096 compiled 1.7x its eager time); over
-    the group ends it is 1/G of that.
+    the group ends it is 1/G of that. As in :func:`_carry`, the multipliers of the carry across the group ends are
+    computed in double precision and applied as hi + lo pairs.
 
     Args:
         z: (H, B, nc, N) every chunk's input part (complex or real).
         A_T: (H, N) Ā^T.
         x0: (H, B, N) the state before the first chunk, or None for zeros.
+        wide: (H, N, T+1) Ā^k, k = 0..T, computed in double precision from Ā (Ā^T is its last entry), or None: A_T
+            widened.
 
     Returns:
         (H, B, nc, N) the state before each chunk, and (H, B, N) the state after the last chunk.
@@ -257,20 +331,24 @@ def _carry_doubling(z: torch.Tensor, A_T: torch.Tensor, x0: torch.Tensor | None)
     local = [cols[0]]  # inclusive scan inside each group, from a zero state
     for i in range(1, G):
         local.append(torch.addcmul(cols[i], A_g, local[-1]))  # (H, B, ng, N)
-    powers = power_table(A_T, G + 1)  # (H, N, G+1): (Ā^T)^i
-    p = powers[..., G][:, None, None, :]  # (H, 1, 1, N): (Ā^T)^G, then its squares
+    powers = _group_powers(A_T, wide, G)  # (H, N, G+1): (Ā^T)^i, wide
+    p = powers[..., G][:, None, None, :]  # (H, 1, 1, N): (Ā^T)^G, then its squares, wide
     s = local[-1]  # (H, B, ng, N): group ends; s_g becomes the state after group g (from x0 = 0)
     if x0 is not None:
-        s = torch.cat([torch.addcmul(s[:, :, :1], p, x0.unsqueeze(2)), s[:, :, 1:]], dim=2)
+        p_hi, p_lo = _split(p, z.dtype)
+        x0_ = x0.unsqueeze(2)  # (H, B, 1, N)
+        s = torch.cat([_times_split(s[:, :, :1], p_hi, p_lo, x0_), s[:, :, 1:]], dim=2)
     d = 1
     while d < ng:
-        s = torch.addcmul(s, p, F.pad(s, (0, 0, d, 0)).narrow(2, 0, ng))  # s_g += A^{Gd} s_{g-d} (0 for g < d)
+        p_hi, p_lo = _split(p, z.dtype)
+        shifted = F.pad(s, (0, 0, d, 0)).narrow(2, 0, ng)  # (H, B, ng, N): s_{g-d}, 0 for g < d
+        s = _times_split(s, p_hi, p_lo, shifted)  # s_g += A^{Gd} s_{g-d}
         p = p * p
         d *= 2
     first = x0 if x0 is not None else torch.zeros_like(s[:, :, 0])  # (H, B, N)
     carried = torch.cat([first.unsqueeze(2), s[:, :, :-1]], dim=2)  # (H, B, ng, N): the state before each group
     before = torch.stack([torch.zeros_like(local[0]), *local[:-1]], dim=3)  # (H, B, ng, G, N)
-    decay = powers[..., :G].transpose(1, 2)[:, None, None]  # (H, 1, 1, G, N)
+    decay = powers[..., :G].to(z.dtype).transpose(1, 2)[:, None, None]  # (H, 1, 1, G, N)
     prev = torch.addcmul(before, decay, carried.unsqueeze(3)).reshape(H, Bsz, -1, N).narrow(2, 0, nc)  # (H, B, nc, N)
     last = torch.addcmul(z[:, :, -1], A_T[:, None, :], prev[:, :, -1])  # (H, B, N): after chunk nc-1
     return prev, last
@@ -348,7 +426,7 @@ def ssm_scan_chunked(
     n_chunks = (L + 2 * T - 1) // T if generic else chunk_count(L, T)
     last = n_chunks - 1 - int(symbolic or generic)  # the last chunk with real steps
     r = L - last * T  # its number of real steps, 1..T
-    toeplitz, to_state, from_state, powers = _chunk_operators(A_bar, B_bar, C, T, D)
+    toeplitz, to_state, from_state, powers, wide = _chunk_operators(A_bar, B_bar, C, T, D)
     A_T = powers[:, T]  # (H, N)
 
     u_pad = F.pad(u, (0, 0, 0, n_chunks * T - L)) if symbolic or generic or r < T else u  # (B, nc·T, H); zeros after
@@ -364,9 +442,9 @@ def ssm_scan_chunked(
     if symbolic:  # one scan op over the symbolic chunk count
         x_prev_c, x = carry(A_T[:, None].expand(H, Bsz, N), z, x0, dim=2)
     elif generic:
-        x_prev_c, x = _carry_doubling(z, A_T, x0)
+        x_prev_c, x = _carry_doubling(z, A_T, x0, wide)
     else:
-        x_prev_c, x = _carry(z, A_T, x0)  # (H, B, nc, N) state before each chunk, (H, B, N) after the last one
+        x_prev_c, x = _carry(z, A_T, x0, wide)  # (H, B, nc, N) state before each chunk, (H, B, N) after the last
 
     # Step (2): contribution of the carried state to every step of its chunk, all chunks at once.
     x_prev = pack(x_prev_c).reshape(H, Bsz * n_chunks, from_state.shape[1])  # (H, B·nc, 2N)

@@ -83,6 +83,7 @@ def test_the_cli_takes_options_whole_and_lists_the_task(tmp_path, capsys):
     assert main(["tasks", "--root", str(tmp_path)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
     assert "--task_options.path" in rows["arrays"] and "missing" in rows["arrays"]
+    assert "yours: tokens (B, L) or float (B, L[, D])" in rows["arrays"] and "1 classes" not in rows["arrays"]
 
 
 @pytest.mark.parametrize("layout", ["npz", "folder"])

@@ -48,7 +48,7 @@ import dataclasses
 import os
 import pathlib
 import zipfile
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -162,6 +162,8 @@ class ArraysTask(Task):
             vocabulary also holds the padding id (``pad``, or the new id ``vocab`` that ``lengths_*`` pad with).
         pad: the token id that right-pads token inputs (default -1: none, or a new id for ``lengths_*``).
     """
+
+    shapes_from_data: ClassVar[bool] = True  # ``ssmkit tasks``: without data, no shapes to show
 
     path: str = ""
     target: str = "auto"

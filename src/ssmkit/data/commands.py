@@ -72,6 +72,8 @@ def describe(task, root: pathlib.Path) -> list[str]:
         given = f"float (B, {info.length}, {info.d_input})"
     target = {"classify": f"{info.n_classes} classes", "regress": f"{info.n_classes} value(s)",
               "tokens": f"per position, {info.n_classes} classes"}[info.target]
+    if getattr(task, "shapes_from_data", False) and not present:  # no data yet: the shapes are the user's
+        given, target = "yours: tokens (B, L) or float (B, L[, D])", "from y's dtype and shape"
     return [info.name, info.kind, given, target, info.title, status]
 
 

@@ -14,8 +14,8 @@ Found (fixed):
    mode, or no running statistics), takes them over the positions the mask marks (``masked_batch_norm``: masked mean,
    biased variance to normalise, unbiased n / (n - 1) for running_var, momentum None as torch's cumulative average):
    logits <= 3.4e-16, gradients <= 1.9e-14, running statistics <= 4.7e-16. Without a mask, and in eval mode, the norm
-   runs torch's own op as before (bit for bit). ``SyncBatchNorm`` is left as it is (its statistics are gathered
-   across processes by torch: it still counts the padding).
+   runs torch's own op as before (bit for bit). ``SyncBatchNorm`` was left as it was (it counted the padding) until
+   the next round (tests/models/test_sync_batch_norm.py: its statistics over every process's tokens).
 2. *Mega with padding ran each item's unpadded prefix, one call per distinct length* (a synchronisation and up to B
    calls). Mega's EMA is y = K ⊛ u + ω u with no bias, so zeros at the padding add exactly nothing in either
    direction; its attention and gates are position by position but for the keys; there is no norm over time inside

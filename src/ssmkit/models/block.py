@@ -62,25 +62,62 @@ def _batch_statistics(bn: nn.modules.batchnorm._BatchNorm) -> bool:
     return bn.training or (bn.running_mean is None and bn.running_var is None)
 
 
-def masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``bn`` with batch statistics over the positions of x (B, L, H) where ``mask`` (B, L) is True: (B, L, H).
+def sync_group(bn: nn.modules.batchnorm._BatchNorm):
+    """The process group whose statistics a ``SyncBatchNorm`` takes, or None (no sum across processes): another
+    batch norm, torch.distributed not initialised, or a group of one process.
 
-    With n = Σ mask, per channel h:
+    Args:
+        bn: the batch norm.
+    """
+    import torch.distributed as dist
+
+    if not isinstance(bn, nn.SyncBatchNorm) or not dist.is_available() or not dist.is_initialized():
+        return None
+    group = bn.process_group if bn.process_group is not None else dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _summed(t: torch.Tensor, group) -> torch.Tensor:
+    """Σ of t over the processes of ``group`` (differentiable: the gradient of each process's t is the sum of the
+    gradients), or t itself for no group."""
+    if group is None:
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t, group=group)
+
+
+def masked_batch_norm(
+    bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask: torch.Tensor, group=None
+) -> torch.Tensor:
+    """``bn`` with batch statistics over the positions of x (B, L, H) where ``mask`` (B, L) is True, on every process
+    of ``group``: (B, L, H).
+
+    With n = Σ mask, per channel h (the sums over every process of ``group``):
 
         μ_h = Σ_{mask} x_h / n,   σ²_h = Σ_{mask} (x_h - μ_h)² / n,   y_h = (x_h - μ_h) / √(σ²_h + ε) · w_h + b_h
 
     at every position (at the padding y is finite and unspecified), and in training mode with running statistics
     running_mean ← (1 - m) running_mean + m μ, running_var ← (1 - m) running_var + m σ² n / (n - 1), with m the
     momentum (1 / num_batches_tracked, which counts this batch, for momentum None): what ``bn`` does to a batch of
-    the n positions alone. No synchronisation: with n < 2 (torch's batch norm refuses a batch of one value per
-    channel) the running statistics are left as they are, and n = 0 normalises by μ = 0, σ² = 0.
+    the n positions alone (of every process's batch together, as ``SyncBatchNorm``). The sums over the processes are
+    two differentiable all-reduces (the counts with Σ x, then Σ (x - μ)²), so each process's gradient is that of the
+    loss summed over the processes, as torch's ``SyncBatchNorm`` gives. With n < 2 (torch's batch norm refuses a batch
+    of one value per channel) the running statistics are left as they are, and n = 0 normalises by μ = 0, σ² = 0.
+
+    Args:
+        bn: the batch norm (its affine weights, ε, momentum and running statistics).
+        x: (B, L, H) the sequence.
+        mask: (B, L) bool, True at the positions counted.
+        group: the process group to take the statistics over (:func:`sync_group`), or None for this process's batch.
     """
     xs = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, L, H): statistics in float32 at least (autocast)
     w = mask[..., None].to(xs.dtype)  # (B, L, 1)
-    n = w.sum()  # () the positions counted
-    mean = (xs * w).sum(dim=(0, 1)) / n.clamp_min(1.0)  # (H,)
+    sums = _summed(torch.cat([w.sum().reshape(1), (xs * w).sum(dim=(0, 1))]), group)  # (1 + H,): n, Σ x
+    n = sums[0]  # () the positions counted
+    mean = sums[1:] / n.clamp_min(1.0)  # (H,)
     xc = xs - mean  # (B, L, H)
-    var = (xc * xc * w).sum(dim=(0, 1)) / n.clamp_min(1.0)  # (H,) biased
+    var = _summed((xc * xc * w).sum(dim=(0, 1)), group) / n.clamp_min(1.0)  # (H,) biased
     y = xc * torch.rsqrt(var + bn.eps)  # (B, L, H)
     if bn.weight is not None:
         y = y * bn.weight + bn.bias
@@ -236,11 +273,17 @@ class Block(nn.Module):
 
         ``mask`` (B, L) bool, or None: a batch norm that takes batch statistics (training mode, or no running
         statistics) takes them over the positions where it is True (:func:`masked_batch_norm`), as over a batch of
-        the unpadded sequences; not ``SyncBatchNorm``, whose statistics are gathered across processes by torch (it
-        still counts the padding). Without a mask, or in eval mode, the norm runs as it is."""
+        the unpadded sequences; a ``SyncBatchNorm`` over several processes takes them over every process's positions
+        where it is True (its own all-reduces; torch's module counted the padding). A ``SyncBatchNorm`` over several
+        processes on the CPU, which torch's module refuses ("expected input tensor to be on GPU"), takes this path too,
+        every position counted. Without a mask, or in eval mode, the norm runs as it is."""
         if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
-            if mask is not None and _batch_statistics(self.norm) and not isinstance(self.norm, nn.SyncBatchNorm):
-                return masked_batch_norm(self.norm, x, mask)
+            if _batch_statistics(self.norm):
+                group = sync_group(self.norm)
+                if mask is None and group is not None and x.device.type == "cpu":
+                    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)  # (B, L)
+                if mask is not None:
+                    return masked_batch_norm(self.norm, x, mask, group)
             if not isinstance(self.norm, _BatchNorm):
                 return self.norm(x.transpose(1, 2)).transpose(1, 2)  # (B, L, H) via (B, H, L)
         return self.norm(x)

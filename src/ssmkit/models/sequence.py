@@ -70,7 +70,7 @@ class SequenceModel(nn.Module):
             layer's outputs at the tokens never read the padding after them. So each item's pooled output and logits,
             and with ``pool=None`` its per-step outputs at its tokens, equal the unpadded sequence's run alone (to
             round-off), for every layer, pattern, norm and pool; in training mode, batch norm takes its statistics
-            over the tokens only (not ``SyncBatchNorm``, whose statistics torch gathers across processes), and dropout
+            over the tokens only (a ``SyncBatchNorm`` over every process's tokens), and dropout
             draws its own mask. A causal layer reads leading padding: it changes the features at the tokens. The states ``forward``
             returns are those after the padding (causal layers read it; continue a batch of prompts of different lengths
             item by item). The outputs at the padding positions are unspecified.

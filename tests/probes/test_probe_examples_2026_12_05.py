@@ -186,10 +186,11 @@ NOT_CODE = {"models.block"}  # "prenorm:   y = x + Dropout(...)": equations that
 def test_every_example_is_covered():
     assert set(EXAMPLES) == COVERED | NOT_CODE
     counts = {name: len(blocks) for name, blocks in markdown_blocks().items()}
-    # README's six blocks run in tests/test_readme.py (the first again below; "Writing your own layer" in a
+    # README's seven blocks run in tests/test_readme.py (the first again below; "Writing your own layer" in a
     # subprocess: it registers a layer), "Your own data" in tests/probes/test_probe_sysid_own_data_2026_12_05.py,
-    # "Your own sequence data" in tests/probes/test_probe_ml_own_data_2026_12_05.py; design.md's one below
-    assert counts == {"README.md": 6, "benchmarks.md": 0, "design.md": 1, "results.md": 0}
+    # "Your own sequence data" in tests/probes/test_probe_ml_own_data_2026_12_05.py, "Closing the loop" in
+    # tests/probes/test_probe_closed_loop_2026_12_05.py; design.md's one below
+    assert counts == {"README.md": 7, "benchmarks.md": 0, "design.md": 1, "results.md": 0}
 
 
 # ---------------------------------------------------------------------------------------------------- markdown

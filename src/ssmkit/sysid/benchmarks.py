@@ -97,6 +97,7 @@ def cascaded_tanks(folder: str | os.PathLike | None = None, check: bool = True) 
         n_init=50,
         unit="V",
         input_names=("pump voltage",),
+        output_names=("lower tank level",),  # the water level of the lower tank, as the sensor's voltage
         published=[
             Published("best linear approximation (BLA) reference", 0.757, "issue 15 (its own BLA run)"),
             Published("CT SUBNET (Beintema et al. 2023)", 0.306, "arXiv 2405.10779 state-of-the-art table"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -544,31 +545,60 @@ def signal_names(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark) -> t
 
 def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark, u0=None, name: str | None = None):
     """A model identified on ``bench`` as python-control systems whose input and output signals carry the benchmark's
-    names (:func:`signal_names`; ``control.interconnect`` wires signals by name), in the data's units, dt = Ts. Needs
+    names (:func:`signal_names`; ``control.interconnect`` wires signals by name), dt = Ts = ``bench.dt``. Needs
     python-control.
 
     - ``u0`` None: the whole model, nonlinearities included, as one discrete ``control.NonlinearIOSystem``
-      (:meth:`ssmkit.analysis.NonlinearSystem.to_control`).
+      (:meth:`ssmkit.analysis.NonlinearSystem.to_control`) with n states x[0] .. x[n-1]; its zero state (the
+      model's rest state) is in general no equilibrium: start ``control.input_output_response`` at an operating
+      point from ``X0`` = its equilibrium x* (``NonlinearSystem(model).operating_point(u0)``).
     - ``u0`` given: the small-signal model at the equilibrium under each constant input u0
       (:meth:`ssmkit.analysis.NonlinearSystem.operating_point`), one ``control.StateSpace`` per point
-      (:meth:`ssmkit.analysis.StateSpace.to_control`).
+      (:meth:`ssmkit.analysis.StateSpace.to_control`): its signals, named as the plant's, are the deviations
+      δu = u − u0 and δy = y − y*(u0) (``operating_point`` gives x* and y*).
+
+    Units: the records' (``IORecord.u`` and ``.y``): the model normalises inside, so the exported systems take and
+    return physical values (Cascaded Tanks: volts in and out). ``bench.units[k]`` is the unit of output k times
+    ``bench.scales[k]`` (Wiener-Hammerstein's and Silverbox's outputs are in V, their RMSEs reported in mV).
+
+    Closing a loop: the model's output reads the same sample's input (y[k] = h(x[k], u[k]), the linearisation's
+    D ≠ 0), so with a controller that has direct feedthrough too (P, PI, PID) ``control.interconnect`` of the
+    nonlinear system meets an algebraic loop and raises "algebraic loop detected"; a controller that computes during
+    the sample (u[k] from the errors up to k − 1: strictly proper, D = 0) closes it. ``control.feedback`` of the
+    linearisations solves the loop as a linear equation. A model with ``output_range`` clips its output: at an
+    equilibrium beyond a limit the linearisation's C and D are 0 (the sensor reads the limit).
 
     (``model.state_space()`` exports each block's LTI part alone, H internal channels in and out: no benchmark signal
     names apply there; scipy's ``dlti`` carries no names.)
 
     Args:
-        model: a DeepWiener or WienerEnsemble identified on ``bench``.
+        model: a DeepWiener or WienerEnsemble identified on ``bench`` (its ``dt`` must be ``bench.dt``).
         bench: the benchmark (its ``inputs`` and ``outputs`` name the signals).
         u0: None, or the constant inputs of the operating points, (m,) for one point or (P, m), in the data's units.
         name: the nonlinear system's name (python-control's default when None); only with ``u0`` None.
 
     Returns:
         a ``control.NonlinearIOSystem`` (``u0`` None), or a list of P ``control.StateSpace``.
+
+    Raises:
+        ValueError: when the model's sampling time is not the benchmark's Ts (a model built for other data, or
+            without ``dt``: the exported systems would run at the model's dt under the benchmark's names), or when a
+            signal name holds a ``.`` (python-control reads ``sys.signal`` in ``interconnect``).
     """
     from ssmkit.analysis.nonlinear import NonlinearSystem
 
     inputs, outputs = signal_names(model, bench)
-    system = NonlinearSystem(model)
+    own = getattr(model, "dt", None)
+    if not isinstance(own, numbers.Real) or isinstance(own, bool) or not abs(own - bench.dt) <= 1e-9 * bench.dt:
+        raise ValueError(f"the model samples every dt = {own!r} s but {bench.name!r} every Ts = {bench.dt!r} s: "
+                         f"export a model identified on this benchmark (build_model sets dt = Ts; for a model trained "
+                         f"on these records with another dt, set model.dt = bench.dt first)")
+    dotted = [s for s in inputs + outputs if "." in s]
+    if dotted:
+        raise ValueError(f"python-control signal names cannot hold '.' (interconnect reads 'system.signal'); "
+                         f"{bench.name!r} names {dotted}: rename them (dataclasses.replace(bench, input_names=..., "
+                         f"output_names=...))")
+    system = NonlinearSystem(model, dt=bench.dt)
     if u0 is None:
         return system.to_control(name, inputs=list(inputs), outputs=list(outputs))
     if name is not None:

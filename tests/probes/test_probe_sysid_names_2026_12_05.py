@@ -135,6 +135,13 @@ def test_from_csv_names_the_inputs_by_their_columns(tmp_path):
     (tmp_path / "plant.csv").write_text("\n".join(rows) + "\n")
     bench = from_csv(tmp_path / "plant.csv", ["valve", "pump"], ["level"], time="t", unit="m")
     assert (bench.inputs, bench.outputs, bench.input_units) == (("valve", "pump"), ("level",), (None, None))
+    # the inputs' units, one for all or one per input (None: not stated); refused when the count is wrong
+    bench = from_csv(tmp_path / "plant.csv", ["valve", "pump"], ["level"], time="t", input_unit="V")
+    assert bench.input_units == ("V", "V")
+    bench = from_csv(tmp_path / "plant.csv", ["valve", "pump"], ["level"], time="t", input_unit=["%", None])
+    assert bench.input_units == ("%", None)
+    with pytest.raises(ValueError, match="input_unit"):
+        from_csv(tmp_path / "plant.csv", ["valve", "pump"], ["level"], time="t", input_unit=["V", "V", "V"])
 
 
 def test_exported_systems_carry_the_signal_names():

@@ -287,7 +287,8 @@ def test_the_command_identifies_a_csv_and_writes_the_report(tmp_path, data, caps
     write_csv(path, {"t": np.arange(1000) * TS, "u": data["u"][:1000], "y": data["y"][:1000]})
     out = tmp_path / "run"
     argv = ["sysid", "--data", str(path), "--inputs", "u", "--outputs", "y", "--time", "t", "--unit", "V", "--steps",
-            "3", "--recipe.d_model", "4", "--recipe.n_layers", "1", "--recipe.d_state", "4", "--out", str(out)]
+            "3", "--recipe.d_model", "4", "--recipe.n_layers", "1", "--recipe.d_state", "4", "--out", str(out),
+            "--input-unit", "N"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| **deep Wiener s4d (simulation)** | plant.csv [800:] |" in printed
@@ -295,6 +296,8 @@ def test_the_command_identifies_a_csv_and_writes_the_report(tmp_path, data, caps
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
     assert res["benchmark"] == "plant" and res["unit"] == "V" and res["outputs"] == ["y"] and res["published"] == []
+    assert res["inputs"] == ["u"] and res["input_units"] == ["N"]  # --input-unit (before: no way to give it)
+    assert "Input: u (N)." in (out / "report.md").read_text()
     # the user's own test records are not "official" (a named benchmark's report says so)
     assert "Simulation RMSE on the test records after the first 20 samples" in (out / "report.md").read_text()
     assert res["n_init"] == 20 and res["recipe"]["encoder_window"] == 20 and res["recipe"]["steps"] == 3

@@ -115,6 +115,8 @@ def _parser(prog: str):
                              "from rest)")
     parser.add_argument("--unit", type=str, default=None,
                         help="with --data: the outputs' unit, or one per output, comma-separated (default: data units)")
+    parser.add_argument("--input-unit", dest="input_unit", type=str, default=None,
+                        help="with --data: the inputs' unit, or one per input, comma-separated (default: not stated)")
     parser.add_argument("--name", type=str, default=None,
                         help="with --data: the run's name in the report (default: the first file's name)")
     parser.add_argument("--delimiter", type=str, default=None,
@@ -214,7 +216,7 @@ def validation_in_units(bench, history: dict) -> dict:
 # the options that describe a user's CSV files: given with --benchmark, they would be ignored
 DATA_OPTIONS = {"inputs": "--inputs", "outputs": "--outputs", "dt": "--dt", "time": "--time",
                 "test_data": "--test-data", "test_fraction": "--test-fraction", "n_init": "--n-init", "unit": "--unit",
-                "name": "--name", "delimiter": "--delimiter"}
+                "input_unit": "--input-unit", "name": "--name", "delimiter": "--delimiter"}
 
 
 def _check_source(parser, cfg) -> None:
@@ -256,11 +258,13 @@ def _user_data(parser, cfg):
 
     units = [DEFAULT_UNIT] if cfg.unit is None else _columns(cfg.unit)
     unit = units[0] if len(units) == 1 else units  # one unit for every output, or one per output
+    input_units = None if cfg.input_unit is None else _columns(cfg.input_unit)
+    input_unit = input_units[0] if input_units is not None and len(input_units) == 1 else input_units
     try:
         bench = from_csv(cfg.data, _columns(cfg.inputs), _columns(cfg.outputs), dt=cfg.dt, time=cfg.time,
                          test_path=cfg.test_data, test_fraction=cfg.test_fraction,
                          delimiter="\t" if cfg.delimiter in ("tab", "\\t") else cfg.delimiter,
-                         name=cfg.name, unit=unit, n_init=cfg.n_init)
+                         name=cfg.name, unit=unit, n_init=cfg.n_init, input_unit=input_unit)
     except (ValueError, FileNotFoundError) as error:
         parser.error(f"--data: {error}")
     fraction = None

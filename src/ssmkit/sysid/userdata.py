@@ -114,7 +114,8 @@ def _split(u: np.ndarray, y: np.ndarray, fraction: float, label: str) -> tuple[t
 
 
 def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_init: int | None,
-               input_names: tuple[str, ...], output_names: tuple[str, ...], source: str) -> SysidBenchmark:
+               input_names: tuple[str, ...], output_names: tuple[str, ...], source: str,
+               input_unit=None) -> SysidBenchmark:
     """The SysidBenchmark of the user's records, with ``n_init`` checked (or its default) and the notes."""
     lengths = [len(r) for r in test]
     if n_init is None:
@@ -126,12 +127,13 @@ def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_i
     notes = (f"{source}; inputs {', '.join(input_names)}; outputs {', '.join(output_names)}; Ts = {train[0].dt:g} s; "
              f"the first {n_init} samples of each test record are read by the initial-state encoder, not scored")
     return SysidBenchmark(name=name, title=name, train=train, test=test, n_init=n_init, unit=unit, published=[],
-                          notes=notes, output_names=output_names, input_names=input_names)
+                          notes=notes, output_names=output_names, input_names=input_names,
+                          input_unit=None if input_unit is None else _units(input_unit))
 
 
 def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str | Sequence[str] = DEFAULT_UNIT,
                 input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
-                n_init: int | None = None) -> SysidBenchmark:
+                n_init: int | None = None, input_unit: str | Sequence[str | None] | None = None) -> SysidBenchmark:
     """A benchmark of one measured experiment: inputs ``u`` and outputs ``y`` sampled every ``dt`` seconds, with a
     test record held out as the module docstring says.
 
@@ -148,6 +150,8 @@ def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str |
         output_names: p names of the outputs (None: ``"y"``, or ``"y1"``, ..., ``"yp"``), the report's labels.
         n_init: samples at the start of each test record read by the initial-state encoder and not scored (None:
             :func:`default_n_init`; 0: simulate from rest and score every sample).
+        input_unit: the inputs' unit: None (not stated), one string for every input, or m strings (or None), one
+            per input (the report's and ``results.json``'s; the inputs are not rescaled).
 
     Returns:
         the benchmark: one training record (records named ``name [:cut]`` and ``name [cut:]`` for a tail split, or
@@ -182,7 +186,12 @@ def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str |
     else:
         raise ValueError(f"test must be None (the last {DEFAULT_TEST_FRACTION:.0%} held out), a fraction in (0, 1) "
                          f"or a pair (u_test, y_test); got {type(test).__name__}")
-    return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source)
+    return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source, input_unit)
+
+
+def _units(value):
+    """One unit string, or a sequence of them (None for an input without a stated unit) as a tuple."""
+    return value if isinstance(value, str) else tuple(value)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -337,7 +346,8 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
              outputs: str | Sequence[str], dt: float | None = None, time: str | None = None,
              test_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              test_fraction: float | None = None, delimiter: str | None = None, name: str | None = None,
-             unit: str | Sequence[str] = DEFAULT_UNIT, n_init: int | None = None) -> SysidBenchmark:
+             unit: str | Sequence[str] = DEFAULT_UNIT, n_init: int | None = None,
+             input_unit: str | Sequence[str | None] | None = None) -> SysidBenchmark:
     """A benchmark of experiments stored as CSV files: the ``inputs`` and ``outputs`` columns of each file
     (:func:`read_columns`), sampled every ``dt`` seconds or at the stamps of the ``time`` column, with the test records
     of the module docstring.
@@ -358,6 +368,8 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         unit: the outputs' unit: one string for every output, or p strings, one per output.
         n_init: samples at the start of each test record read by the initial-state encoder and not scored (None:
             :func:`default_n_init`; 0: from rest).
+        input_unit: the inputs' unit: None (not stated), one string for every input, or m strings (or None), one
+            per input (the report's and ``results.json``'s; the inputs are not rescaled).
 
     Returns:
         the benchmark: a training record per estimation file (``file [:cut]`` for a tail split, else ``file``), a test
@@ -417,4 +429,4 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
     source = (f"{', '.join(p.name for p in files)}; "
               + (f"the last {fraction:.0%} of each file held out as a test record" if fraction is not None
                  else f"test files {', '.join(p.name for p in test_files)}"))
-    return _benchmark(train, test_records, name, unit, n_init, tuple(ins), tuple(outs), source)
+    return _benchmark(train, test_records, name, unit, n_init, tuple(ins), tuple(outs), source, input_unit)

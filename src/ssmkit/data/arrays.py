@@ -31,8 +31,9 @@ The conventions (docs/design.md, "Your own sequence data"):
   the option to set), as the model's head or embedding has no row for it.
 - Normalisation (``normalise=True``, float inputs): each input feature is standardised with the mean and the
   population standard deviation (ddof 0) of the *training split* (after the hold-out), over its samples and steps,
-  as scikit-learn's ``StandardScaler``; a constant feature keeps a scale of 1. ``task.mean`` and ``task.std``
-  (float64 (d_input,)) hold them once the data is loaded. Targets are never rescaled.
+  as scikit-learn's ``StandardScaler``; a feature constant over the training split has its value as its mean and a
+  scale of 1. ``task.mean`` and ``task.std`` (float64 (d_input,)) hold them once the data is loaded. Targets are never
+  rescaled.
 - Padding. ssmkit's models skip padding by its token id (``TaskInfo.pad_id``, the LRA Text convention), so variable
   lengths are for token inputs: right-padded with ``pad``, or cut by ``lengths_*``. The padding must trail each
   sequence (a pad id before a real token is refused) and every sequence must keep one real token. Float inputs
@@ -329,8 +330,11 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
     if not tokens_in:
         if task.normalise:
             train = out["train"][0].reshape(-1, out["train"][0].shape[-1])
-            mean = train.mean(0)
-            std = train.std(0)
+            # a feature constant over the training split: its value and a scale of 1 (numpy's mean of identical
+            # values can be off by rounding, 0.1 + 6e-16, which made their std that rounding, not 0)
+            constant = (train == train[:1]).all(0)
+            mean = np.where(constant, train[0], train.mean(0))
+            std = np.where(constant, 1.0, train.std(0))
             std = np.where(std > 0, std, 1.0)
         out = {s: (x if mean is None else (x - mean) / std, y) for s, (x, y) in out.items()}
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64 if tokens_in else np.float32)),

@@ -8,8 +8,10 @@ and the gate a is either time-varying, (B, L, *S) like b, or time-invariant, of 
 The fast path is a two-level scan in chunks of T steps: (1) each chunk's end state from zero and its gate
 product (Π_t a_t, or the power a^T of a time-invariant gate), for all chunks at once; (2) a carry across the
 L/T chunks; (3) every chunk again from its true start state. It uses only multiplications and additions (no
-division, no logarithm), so zero, tiny or huge gates behave as in the plain loop. Its backward is the
-adjoint recurrence (the same scan in reverse time with conj(a)), so it stores only the states.
+division, no logarithm), so zero, tiny or huge gates behave as in the plain loop; a caller that has the gates'
+logs (RG-LRU) may pass them, and the chunk products are then exp(Σ log a_t), accurate for gates near 1, where a
+float32 product drifts low. Its backward is the adjoint recurrence (the same scan in reverse time with conj(a)),
+so it stores only the states.
 """
 
 from __future__ import annotations
@@ -105,8 +107,74 @@ _WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
 _LOOP_WIDTH = 8192  # B·H from which one plain loop beats chunking on CPU (measured; see linear_recurrence_chunked)
 
 
+# The chunk products of time-varying gates (step 2's P). A float32 product of gates near 1 is biased low: with
+# p = 1 - ε and a = 1 - δ both on the grid of [1/2, 1), p·a = 1 - ε - δ + εδ rounds to 1 - ε - δ whenever εδ is
+# below half an ulp, so every factor drops its positive second-order term (over T = 64 gates with 1 - a ≈ 1e-5:
+# -6e-7 relative on average, ~10 ulps). The carry multiplies the state by one such product per chunk, so the
+# bias builds up over the memory of the mode: RG-LRU with σ(Λ) in [0.99999, 0.999999] (B 1, H 8, scripts/
+# float32_long_accuracy.py --ops rglru --memory 1e5) had errors in y against float64 on the same float32 inputs of
+# 2.1e-6 / 4.6e-5 / 9.9e-5 at L = 4 096 / 65 536 / 262 144 and 2.3e-4 in ∂Λ at 262 144 (the float32 loop: 8.5e-6 at
+# 65 536). Given log a_t (``log_a``, which RG-LRU forms anyway), a chunk's product is exp(Σ log a_t), the sum in
+# float32 (its small absolute error is the product's relative error) and exp in the carry's dtype: 3.4e-7 /
+# 2.8e-7 / 2.8e-7 in y, 8.2e-7 in ∂Λ. A float64 product of the float32 gates (as exp(Σ log1p(a_t - 1)) does)
+# reaches only 4.7e-6 / 4.4e-6 at 65 536 / 262 144 (the rounding of the gates themselves, which the logs never had)
+# and cost +31 % in RG-LRU's forward (an earlier probe); log1p(a - 1) alone takes 5.5 ms at B 8, L 4 096, H 128,
+# against 12 ms for the whole chunked scan. The sums read log a once more per scan (the adjoint's shifted gates are
+# a view, _chunk_log_sums): paired, one thread, B 8, L 4 096, H 128 (medians of three runs' per-pair ratios), RG-LRU's
+# op took +0.9 to +2.8 % forward and +2.3 to +3.5 % forward+backward, its layer -0.1 to +1.3 % and -0.5 to +0.9 %.
+def _gate_logs(log_a: torch.Tensor, shift: int) -> torch.Tensor:
+    """log g_t of the gates g_t = a_{t+shift} (g_t = 0, log -inf, where t + shift is outside [0, L)), written out.
+
+    Args:
+        log_a: (B, L, H) log a_t.
+        shift: -1, 0 or 1.
+
+    Returns:
+        (B, L, H) log g_t.
+    """
+    if shift == 0:
+        return log_a
+    if shift > 0:
+        return F.pad(log_a[:, 1:], (0, 0, 0, 1), value=-math.inf)  # (B, L, H)
+    return F.pad(log_a[:, :-1], (0, 0, 1, 0), value=-math.inf)  # (B, L, H)
+
+
+def _chunk_log_sums(log_a: torch.Tensor, shift: int, T: int, n_chunks: int, reverse: bool) -> torch.Tensor:
+    """Σ_t log g_t over each chunk of the scan, for the gates g_t = a_{t+shift} (see _gate_logs), from views of log_a.
+
+    The chunks are those of ``_recurrence_states``: T steps each, the padding (gates 1, logs 0) after the end, or
+    before the start when reversed. No (B, L, H) copy is made: the adjoint scan's shifted gates are a window offset.
+
+    Args:
+        log_a: (B, L, H) log a_t, L > T.
+        shift: -1, 0 or 1.
+        T: chunk length.
+        n_chunks: nc, the chunks of the padded length nc·T >= L.
+        reverse: the padding is before the start.
+
+    Returns:
+        (B, nc, H) the sums; -inf for the chunk that holds the zero gate of a shift (the first for -1, the last for 1).
+    """
+    Bsz, L, H = log_a.shape
+    start = (L - n_chunks * T if reverse else 0) + shift  # index of chunk 0's first gate in log_a (>= -T)
+    lo, hi = max(shift, 0), L + min(shift, 0)  # the indices of log_a that are gates (the rest: padding, logs 0)
+    first = 0 if start >= lo else 1  # chunks first..full-1 lie inside [lo, hi): one reshaped view
+    full = min(n_chunks, (hi - start) // T)
+    parts = [log_a[:, lo: start + T].sum(1, keepdim=True)] if first else []  # (B, 1, H): a chunk cut by lo
+    parts.append(log_a[:, start + first * T: start + full * T].reshape(Bsz, full - first, T, H).sum(2))
+    if full < n_chunks:  # the last chunk, cut by hi
+        parts.append(log_a[:, start + full * T: hi].sum(1, keepdim=True))  # (B, 1, H)
+    sums = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, nc, H)
+    if shift:
+        edge = torch.full_like(sums[:, :1], -math.inf)  # (B, 1, H)
+        sums = torch.cat([edge, sums[:, 1:]], dim=1) if shift < 0 else torch.cat([sums[:, :-1], edge], dim=1)
+    return sums  # (B, nc, H)
+
+
 def _recurrence_states(
-    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, T: int, reverse: bool
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, T: int, reverse: bool,
+    log_a: torch.Tensor | None = None,
+    shift: int = 0,
 ) -> torch.Tensor:
     """All states of h_t = a_t ⊙ h_{t-1} + b_t (or, reversed, h_t = a_t ⊙ h_{t+1} + b_t), no autograd graph.
 
@@ -122,6 +190,10 @@ def _recurrence_states(
         h0: (B, H) state before the first step (h_{-1}; h_L when reversed), or None for zeros.
         T: chunk length.
         reverse: run from t = L-1 down to 0.
+        log_a: (B, L, H) logs of the gates at an offset: log a_t = log_a[:, t + shift] (-inf, a_t = 0, where
+            t + shift is outside [0, L)); the chunk products are then exp(Σ log a_t) (see the note above _gate_logs).
+            None: the products of the gates.
+        shift: -1, 0 or 1, that offset (nonzero for the adjoint scan, whose gates are a shifted by one step).
 
     Returns:
         h: (B, L, H).
@@ -152,11 +224,21 @@ def _recurrence_states(
         for t in steps[1:]:
             g_end = torch.addcmul(b_c[:, :, t], gate(t), g_end)  # (B, nc, H)
         wide = b.dtype if b.device.type == "mps" else _WIDE.get(b.dtype, b.dtype)
-        P_end = int_power(a.to(wide), T).expand(Bsz, H) if invariant else a_c.prod(dim=2).to(wide)
+        if invariant:
+            P_end = int_power(a.to(wide), T).expand(Bsz, H)  # (B, H)
+        elif log_a is None:
+            P_end = a_c.prod(dim=2).to(wide)  # (B, nc, H)
+        else:  # written out and padded as a (a symbolic L: no window arithmetic on it)
+            log_c = F.pad(_gate_logs(log_a, shift), where, value=0.0).reshape(Bsz, -1, T, H)  # (B, nc, T, H)
+            P_end = torch.exp(log_c.sum(dim=2).to(wide))  # (B, nc, H)
         starts = carry(P_end, g_end.to(wide), h_in.to(wide), dim=1, reverse=reverse)[0].to(b.dtype)  # (B, nc, H)
     elif n_chunks == 1:
         starts = h_in[:, None]  # (B, 1, H)
     else:
+        wide = b.dtype if b.device.type == "mps" else _WIDE.get(b.dtype, b.dtype)  # MPS has no float64
+        if log_a is not None and not invariant:  # before step 1: a caller that has just formed a = exp(log a) (as
+            # rglru_torch) may still hold log a in cache
+            P_end = torch.exp(_chunk_log_sums(log_a, shift, T, n_chunks, reverse).to(wide))  # (B, nc, H)
         # 1. local scans from zero, keeping only each chunk's last value, and the chunk's gate product
         g_end = b_c[:, :, steps[0]].clone() if inplace else b_c[:, :, steps[0]]  # (B, nc, H)
         for t in steps[1:]:
@@ -165,8 +247,10 @@ def _recurrence_states(
             else:
                 g_end = torch.addcmul(b_c[:, :, t], gate(t), g_end)  # (B, nc, H)
         # 2. carry across chunks, in double precision for a single-precision scan (see _WIDE)
-        wide = b.dtype if b.device.type == "mps" else _WIDE.get(b.dtype, b.dtype)  # MPS has no float64
-        P_end = int_power(a.to(wide), T) if invariant else a_c.prod(dim=2).to(wide)  # (H,) or (B, nc, H)
+        if invariant:
+            P_end = int_power(a.to(wide), T)  # (H,)
+        elif log_a is None:
+            P_end = a_c.prod(dim=2).to(wide)  # (B, nc, H)
         g_wide, h_in = g_end.to(wide), h_in.to(wide)  # (B, nc, H), (B, H)
         order = range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)
         start_list = [None] * n_chunks
@@ -207,26 +291,29 @@ class _LinearRecurrence(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(a, b, h0, T, reverse):  # type: ignore[override]
-        return _recurrence_states(a, b, h0, T, reverse)  # (B, L, H)
+    def forward(a, b, h0, T, reverse, log_a, shift):  # type: ignore[override]
+        return _recurrence_states(a, b, h0, T, reverse, log_a, shift)  # (B, L, H)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        a, _, h0, T, reverse = inputs
-        ctx.save_for_backward(a, output, h0)
-        ctx.T, ctx.reverse = T, reverse
+        a, _, h0, T, reverse, log_a, shift = inputs
+        ctx.save_for_backward(a, output, h0, log_a)
+        ctx.T, ctx.reverse, ctx.shift = T, reverse, shift
 
     @staticmethod
     def backward(ctx, G):  # type: ignore[override]
-        a, h, h0 = ctx.saved_tensors
+        a, h, h0, log_a = ctx.saved_tensors
         invariant = a.dim() == 1
+        # the adjoint's gate logs: log_a itself at an offset of one (no copy); written out beyond the first order
+        log_adj = log_a if log_a is None or ctx.shift == 0 else _gate_logs(log_a, ctx.shift)  # (B, L, H)
+        shift_adj = 0 if log_a is None else (-1 if ctx.reverse else 1)
         if invariant:  # λ_t = G_t + conj(a) λ_{t±1}, from zero beyond the end
             a_adj = a.conj()  # (H,)
         elif not ctx.reverse:
             a_adj = F.pad(a[:, 1:].conj(), (0, 0, 0, 1))  # (B, L, H): conj(a_{t+1}), 0 at t = L-1
         else:
             a_adj = F.pad(a[:, :-1].conj(), (0, 0, 1, 0))  # (B, L, H): conj(a_{t-1}), 0 at t = 0
-        lam = _LinearRecurrence.apply(a_adj, G, None, ctx.T, not ctx.reverse)  # (B, L, H)
+        lam = _LinearRecurrence.apply(a_adj, G, None, ctx.T, not ctx.reverse, log_adj, shift_adj)  # (B, L, H)
         edge = -1 if ctx.reverse else 0
         grad_a = grad_h0 = None
         if ctx.needs_input_grad[0]:
@@ -239,11 +326,16 @@ class _LinearRecurrence(torch.autograd.Function):
             grad_a = (lam * h_prev_conj).sum((0, 1)) if invariant else lam * h_prev_conj  # (H,) or (B, L, H)
         if h0 is not None and ctx.needs_input_grad[2]:
             grad_h0 = lam[:, edge] * (a.conj() if invariant else a[:, edge].conj())  # (B, H)
-        return grad_a, lam, grad_h0, None, None
+        return grad_a, lam, grad_h0, None, None, None, None
 
 
 def linear_recurrence_chunked(
-    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, chunk_size: int | None = None
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+    log_a: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """First-order linear recurrence by a two-level chunked scan; equals :func:`linear_recurrence_reference`.
 
@@ -263,11 +355,24 @@ def linear_recurrence_chunked(
         chunk_size: T. None picks 64 when B·prod(S) < 8192, where a loop is bound by per-step dispatch
             (measured 3-15× faster than the loop for B·H <= 512, L = 4096, on a 2-core CPU), and T = L
             (one chunk, i.e. the plain loop, which moves the least memory) for wider inputs.
+        log_a: (B, L, *S) log a_t of real time-varying gates (a's shape and dtype; -inf where a_t = 0), or None.
+            Given, each chunk's gate product is exp(Σ_t log a_t), accurate for gates near 1 where a float32 product
+            drifts low (see the note above _gate_logs). The scan and its gradient still use a; no gradient flows
+            into log_a. Not used with a time-invariant a (its power a^T is already formed in float64).
 
     Returns:
         h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
     """
     invariant = _check_recurrence(a, b, h0)
+    if log_a is not None:
+        if a.is_complex():
+            raise ValueError(f"log_a is for real gates; got a complex a ({a.dtype})")
+        if not isinstance(log_a, torch.Tensor) or log_a.shape != a.shape or log_a.dtype != a.dtype:
+            found = f"{tuple(log_a.shape)} {log_a.dtype}" if isinstance(log_a, torch.Tensor) else type(log_a).__name__
+            raise ValueError(f"log_a must be log a: a tensor of a's shape {tuple(a.shape)} and dtype {a.dtype}; "
+                             f"got {found}")
+        if log_a.device != a.device:
+            raise ValueError(f"log_a must be on a's device {a.device}; got {log_a.device}")
     Bsz, L = b.shape[:2]
     S = tuple(b.shape[2:])
     H = math.prod(S)
@@ -276,7 +381,8 @@ def linear_recurrence_chunked(
     check_chunk_size(chunk_size)
     a_flat = a.reshape(H) if invariant else a.reshape(Bsz, L, H)  # (H,) or (B, L, H)
     h0_flat = None if h0 is None else h0.reshape(Bsz, H)  # (B, H)
-    h = _LinearRecurrence.apply(a_flat, b.reshape(Bsz, L, H), h0_flat, chunk_size, False)  # (B, L, H)
+    log_flat = None if log_a is None or invariant else log_a.detach().reshape(Bsz, L, H)  # (B, L, H)
+    h = _LinearRecurrence.apply(a_flat, b.reshape(Bsz, L, H), h0_flat, chunk_size, False, log_flat, 0)  # (B, L, H)
     h = h.reshape(Bsz, L, *S)  # (B, L, *S)
     return h, h[:, -1]  # (B, L, *S), (B, *S)
 
@@ -295,7 +401,12 @@ def _auto(b: torch.Tensor) -> str:
 
 
 def linear_recurrence(
-    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *, backend: str | None = None
+    a: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+    log_a: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """First-order linear recurrence h_t = a_t ⊙ h_{t-1} + b_t; the path is chosen by the backend.
 
@@ -311,8 +422,13 @@ def linear_recurrence(
         b: (B, L, *S) inputs, a's dtype.
         h0: (B, *S) initial state h_{-1}, or None for zeros.
         backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+        log_a: (B, L, *S) log a_t, or None: the chunked path then forms its chunk products as exp(Σ log a_t)
+            (see :func:`linear_recurrence_chunked`); the loop and the C kernel need no product and ignore it.
 
     Returns:
         h (B, L, *S) every state, and h_last = h_{L-1} (B, *S).
     """
-    return dispatch("linear_recurrence", _LINEAR_RECURRENCE, backend, auto=lambda: _auto(b))(a, b, h0)
+    impl = dispatch("linear_recurrence", _LINEAR_RECURRENCE, backend, auto=lambda: _auto(b))
+    if log_a is not None and impl is linear_recurrence_chunked:
+        return impl(a, b, h0, log_a=log_a)
+    return impl(a, b, h0)

@@ -19,6 +19,8 @@ CPU (:mod:`ssmkit.ops.native.rglru`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -100,13 +102,16 @@ def rglru_torch(
     """:func:`rglru` in PyTorch ops around :func:`ssmkit.ops.recurrence.linear_recurrence` (with ``backend``): the
     elementwise gate algebra, then the scan. Arguments and returns as :func:`rglru`."""
     log_a = -c * r * F.softplus(-Lambda)  # (B, L, H): log a^{c r_t} = c r_t log σ(Λ)
-    a = torch.exp(log_a)  # (B, L, H)
     multiplier = sqrt_bounded_gradient(-torch.expm1(2 * log_a))  # (B, L, H): √(1 - a_t²)
     if resets is not None:
         keep = ~resets[..., None]  # (B, L, 1)
-        a = a * keep  # (B, L, H): 0 at a segment start
+        log_a = log_a + torch.where(keep, 0.0, -math.inf).to(log_a.dtype)  # (B, L, H): log a_t = -inf, a_t = 0 there
         multiplier = torch.where(keep, multiplier, torch.ones_like(multiplier))  # (B, L, H): 1 there
-    return linear_recurrence(a, multiplier * (i * x), h0, backend=backend)  # (B, L, H), (B, H)
+    b = multiplier * (i * x)  # (B, L, H)
+    a = torch.exp(log_a)  # (B, L, H)
+    # with the logs the chunked scan forms its chunk products as exp(Σ log a_t): a float32 product of gates near 1
+    # drifts (ops/recurrence.py, the note above _gate_logs)
+    return linear_recurrence(a, b, h0, backend=backend, log_a=log_a)  # (B, L, H), (B, H)
 
 
 def _fused(x, r, i, Lambda, h0, resets, forced: bool) -> bool:

@@ -59,7 +59,21 @@ def wide_powers(a: torch.Tensor, n: int) -> torch.Tensor:
     Returns:
         (..., n) with [..., k] = a^k (a^0 = 1, also for a = 0), a's dtype.
     """
-    return power_table(a.to(_WIDE.get(a.dtype, a.dtype)), n).to(a.dtype)  # (..., n)
+    return wide_power_table(a, n).to(a.dtype)  # (..., n)
+
+
+def wide_power_table(a: torch.Tensor, n: int) -> torch.Tensor:
+    """a^k for k = 0..n-1 along a new last axis in double precision, not rounded (:func:`wide_powers` rounds it):
+    for a caller that needs both the rounded table and a wide entry of it (the carry's Ā^T, the final state's decay).
+
+    Args:
+        a: (...) complex or real.
+        n: number of powers.
+
+    Returns:
+        (..., n) with [..., k] = a^k, in float64 (complex128) for a float32 (complex64) a, else a's dtype.
+    """
+    return power_table(a.to(_WIDE.get(a.dtype, a.dtype)), n)  # (..., n)
 
 
 def wide_int_power(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -163,9 +177,9 @@ def _chunk_operators(
         from_state: (H, 2N, T) packed (or (H, N, T) real), so that x_packed @ from_state
             = Re Σ_n C_n Ā_n^{t+1} x_n (step 2).
         powers: (H, T+1, N) Ā^k for k = 0..T, complex (or real).
-        wide: (H, N, T+1) Ā^k for k = 0..T in double precision (A_bar's own on MPS), for the carry (:func:`_carry`).
+        wide: (H, N, T+1) Ā^k for k = 0..T in double precision, for the carry (:func:`_carry`).
     """
-    wide = power_table(A_bar.to(_wide_dtype(A_bar)), T + 1)  # (H, N, T+1) in double precision (as wide_powers)
+    wide = wide_power_table(A_bar, T + 1)  # (H, N, T+1) in double precision
     powers = wide.to(A_bar.dtype).transpose(1, 2).contiguous()  # (H, T+1, N), each power rounded once
     K = (powers[:, :T] * (C * B_bar)[:, None]).sum(-1)  # (H, T); an einsum here was 13 aten ops
     K = K.real if K.is_complex() else K

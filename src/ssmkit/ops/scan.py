@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.backend import dispatch
-from ssmkit.ops.chunked import pack, ssm_scan_chunked, transpose, unpack, wide_int_power
+from ssmkit.ops.chunked import pack, ssm_scan_chunked, transpose, unpack, wide_int_power, wide_power_table
 from ssmkit.ops.fftconv import causal_conv
 from ssmkit.ops.kernels import initial_state_output, vandermonde
 from ssmkit.ops.native.diagonal import native_diagonal_ok, ssm_scan_native
@@ -30,8 +30,6 @@ from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.powers import power_table
 from ssmkit.ops.symbolic import symbolic_length
 from ssmkit.ops.triton_gate import prefer_triton, ssm_scan_triton
-
-_WIDE = {torch.complex64: torch.complex128, torch.float32: torch.float64}
 
 # ----------------------------------------------------------------------------------------------------
 # References
@@ -136,7 +134,7 @@ def ssm_final_state_chunked(
     T = min(chunk_size, L)
     n_chunks = -(-L // T)
     # 1. Ā^k (k <= T) in double precision, and the rows Ā^{T-1-k} B̄ that map a chunk's inputs to its end state.
-    wide = power_table(A_bar.to(_WIDE.get(A_bar.dtype, A_bar.dtype)), T + 1)  # (H, N, T+1), double precision
+    wide = wide_power_table(A_bar, T + 1)  # (H, N, T+1), double precision
     powers = wide.to(A_bar.dtype)  # (H, N, T+1), each power rounded once
     to_state = pack((powers[..., :T].flip(-1) * B_bar[..., None]).transpose(1, 2))  # (H, T, 2N)
     # 2. Every chunk's input part as one GEMM (zero inputs before the start add nothing).

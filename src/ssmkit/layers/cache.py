@@ -87,12 +87,24 @@ def module_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
     Returns:
         the tensors, in a fixed order for a fixed module tree.
     """
-    out = []
-    for m in module.modules():
-        out += [t for t in (*m._parameters.values(), *m._buffers.values()) if t is not None]
-        if "parametrizations" in m._modules:
-            out += [getattr(m, name) for name in m._modules["parametrizations"]]
-    return out
+    return [t for m in module.modules() for t in own_tensors(m)]
+
+
+def own_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """``module``'s own parameters and buffers (not those of its sub-modules), and the current value of each of its
+    tensors reparametrised with ``torch.nn.utils.parametrize`` (which has left ``_parameters`` for
+    ``parametrizations.<name>.original``), read straight from the module's dicts (a step calls this every time).
+
+    Args:
+        module: the module.
+
+    Returns:
+        the tensors, in a fixed order.
+    """
+    own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+    if "parametrizations" in module._modules:
+        own += [getattr(module, name) for name in module._modules["parametrizations"]]
+    return own
 
 
 _Refs = tuple[tuple[weakref.ref, int], ...]  # (weak reference, data_ptr) of each source tensor

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn.utils.prune import BasePruningMethod
 
+from ssmkit.layers.cache import own_tensors
 from ssmkit.layers.checks import check_batch_size, check_length
 from ssmkit.layers.state import State, StateSpec, check_state, zeros_from_spec
 from ssmkit.layers.zoo import ZooEntry
@@ -410,10 +411,7 @@ class SequenceLayer(nn.Module):
         constraint) has left ``_parameters`` for ``parametrizations.<name>.original``: its current value is watched
         instead (without it a cache kept the first call's weights after a training step, and one whose tensors had
         all moved there never recomputed with autograd on, so they got no gradient)."""
-        own = [t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None]
-        if "parametrizations" in self._modules:
-            own += [getattr(self, name) for name in self._modules["parametrizations"]]
-        return own
+        return own_tensors(self)
 
     def kernel(self, L: int) -> torch.Tensor:
         """The convolution kernel of length L, including the skip at lag 0, so that y = K ⊛ u exactly.

@@ -47,7 +47,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from ssmkit.analysis.layerwise import sampling_time
-from ssmkit.analysis.statespace import StateSpace
+from ssmkit.analysis.statespace import StateSpace, check_signal_names
 from ssmkit.layers.state import state_from_vector, state_to_vector
 
 __all__ = ["NonlinearSystem"]
@@ -420,13 +420,7 @@ class NonlinearSystem:
             raise ValueError(f"name must be a str or None; got {name!r}")
         names = {}
         for kind, given, count in (("inputs", inputs, self.n_inputs), ("outputs", outputs, self.n_outputs)):
-            if given is None:
-                names[kind] = count
-            elif isinstance(given, (list, tuple)) and all(isinstance(g, str) and g for g in given) \
-                    and len(set(given)) == len(given) == count:
-                names[kind] = list(given)
-            else:
-                raise ValueError(f"{kind} must be None or {count} distinct non-empty names; got {given!r}")
+            names[kind] = count if given is None else check_signal_names(kind, given, count)
 
         recent: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}  # (x, u) -> (f, h) of the last few
         # points: one model step serves the update and the output at a point, and interconnect's signal passes ask

@@ -70,6 +70,28 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
                          f"({np.asarray(value).dtype})") from err
 
 
+
+def check_signal_names(kind: str, given: Sequence[str], count: int) -> list[str]:
+    """``given`` checked as the names of a system's ``count`` inputs or outputs (python-control's ``inputs=`` /
+    ``outputs=``): a list or tuple of ``count`` distinct non-empty strings.
+
+    Args:
+        kind: ``"inputs"`` or ``"outputs"`` (for the error).
+        given: the names.
+        count: how many the system has.
+
+    Returns:
+        the names as a list.
+
+    Raises:
+        ValueError: anything else, naming ``kind`` and ``count``.
+    """
+    if not (isinstance(given, (list, tuple)) and len(given) == count and len(set(given)) == count
+            and all(isinstance(g, str) and g for g in given)):
+        raise ValueError(f"{kind} must be None or {count} distinct non-empty names, one per {kind[:-1]}; got "
+                         f"{given!r}")
+    return list(given)
+
 class StateSpace:
     """A bank of G discrete-time LTI systems x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k].
 
@@ -400,13 +422,8 @@ class StateSpace:
         self._require_real("to_control")
         names = {}
         for kind, given, count in (("inputs", inputs, self.ninputs), ("outputs", outputs, self.noutputs)):
-            if given is None:
-                continue
-            if not (isinstance(given, (list, tuple)) and len(given) == count and len(set(given)) == count
-                    and all(isinstance(g, str) and g for g in given)):
-                raise ValueError(f"{kind} must be None or {count} distinct non-empty names, one per "
-                                 f"{kind[:-1]} of each system; got {given!r}")
-            names[kind] = list(given)
+            if given is not None:
+                names[kind] = check_signal_names(kind, given, count)
         try:
             import control
         except ImportError as err:

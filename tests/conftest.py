@@ -217,3 +217,29 @@ def state_err(a, b) -> float:
     la, lb = leaves(a), leaves(b)
     assert len(la) == len(lb)
     return max(rel_err(x, y) for x, y in zip(la, lb))
+
+
+def spawn_on_one_core(worker, args: tuple, nprocs: int, what: str, timeout: float = 300) -> None:
+    """Run ``worker(rank, *args)`` in ``nprocs`` spawned processes, all on one core (the highest of this process's
+    affinity: core 1 when the suite is pinned there; the spawned workers inherit it), and wait for them; a failure in
+    a worker is raised here, and processes still running after ``timeout`` seconds are killed and the test fails,
+    naming ``what``."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    pin = hasattr(os, "sched_setaffinity")
+    before = os.sched_getaffinity(0) if pin else None
+    if pin:
+        os.sched_setaffinity(0, {max(before)})
+    try:
+        workers = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+        deadline = time.monotonic() + timeout
+        while not workers.join(timeout=5):  # True once all have exited (raises if one failed)
+            if time.monotonic() > deadline:
+                for process in workers.processes:
+                    process.kill()
+                pytest.fail(f"{what} did not finish within {timeout:g} s")
+    finally:
+        if pin:
+            os.sched_setaffinity(0, before)

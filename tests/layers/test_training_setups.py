@@ -136,8 +136,9 @@ def test_detach_state_keeps_the_structure():
         detach_state({"h": h})
 
 
-def _effective_weights(layer) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer by its plain name, reparametrised tensors by their current value."""
+def effective_weights(layer) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by its plain name, reparametrised tensors by their current value, tensors pruned
+    with ``torch.nn.utils.prune`` as ``name_orig * name_mask`` (no layer names a tensor ``*_orig`` or ``*_mask``)."""
     out = {}
     for prefix, module in layer.named_modules():
         if "parametrizations" in prefix.split("."):
@@ -146,9 +147,14 @@ def _effective_weights(layer) -> dict[str, torch.Tensor]:
         if parametrize.is_parametrized(module):
             names += list(module.parametrizations.keys())
         for n in names:
+            if n.endswith("_mask"):
+                continue
+            plain = n[: -len("_orig")] if n.endswith("_orig") else n
             value = getattr(module, n)
+            if n.endswith("_orig"):
+                value = value * getattr(module, plain + "_mask")
             if value is not None:
-                out[f"{prefix}.{n}" if prefix else n] = value.detach().clone()
+                out[f"{prefix}.{plain}" if prefix else plain] = value.detach().clone()
     return out
 
 
@@ -174,7 +180,7 @@ def test_weight_norm_on_every_matrix_follows_training(name):
     optimizer.step()
     optimizer.zero_grad()
     fresh = make_layer(name, seed=5)
-    fresh.load_state_dict({**fresh.state_dict(), **_effective_weights(layer)})
+    fresh.load_state_dict({**fresh.state_dict(), **effective_weights(layer)})
     with torch.no_grad():
         expected = fresh(x)[0]
         assert rel_err(layer(x)[0], expected) <= 1e-13

@@ -8,13 +8,13 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from ssmkit.models import SequenceModel
+from tests.conftest import spawn_on_one_core
 
 WORLD = 2
 PAD = 0
@@ -72,26 +72,12 @@ def _worker(rank: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is "
+                    "not available in this PyTorch build")
 def test_sync_batch_norm_over_two_processes_equals_the_whole_batch_in_one():
-    import torch.multiprocessing as mp
-
-    pin = hasattr(os, "sched_setaffinity")
-    before = os.sched_getaffinity(0) if pin else None
-    if pin:
-        os.sched_setaffinity(0, {max(before)})  # both workers on one core (the spawned workers inherit it)
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            workers = mp.spawn(_worker, args=(folder,), nprocs=WORLD, join=False)
-            deadline = time.monotonic() + 300
-            while not workers.join(timeout=5):  # True once both have exited (raises if one failed)
-                if time.monotonic() > deadline:
-                    for process in workers.processes:
-                        process.kill()
-                    pytest.fail("the two processes did not finish within 300 s")
-            ranks = [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
-    finally:
-        if pin:
-            os.sched_setaffinity(0, before)
+    with tempfile.TemporaryDirectory() as folder:  # both workers on one core
+        spawn_on_one_core(_worker, (folder,), WORLD, "the two processes")
+        ranks = [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
     tokens, x, w_tokens, w_dense = _batch()
     for key, model, inputs, weights in (("tokens", _model(), tokens, w_tokens), ("dense", _dense_model(), x, w_dense)):
         want = _run(model, inputs, weights)  # the unconverted model on the whole batch: plain batch norm, masked

@@ -9,7 +9,6 @@ import copy
 import io
 import os
 import tempfile
-import time
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ import torch.distributed as dist
 import ssmkit.layers as layers
 from ssmkit.models import SequenceModel
 from ssmkit.train import param_groups, warmup_cosine
-from tests.conftest import variants
+from tests.conftest import spawn_on_one_core, variants
 
 NAMES = layers.available()
 
@@ -82,26 +81,9 @@ def _ddp_worker(rank: int, world: int, folder: str) -> None:
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is "
                     "not available in this PyTorch build")
 def test_ddp_on_two_processes_equals_one_process_on_the_whole_batch():
-    import torch.multiprocessing as mp
-
-    # two processes on one core (the highest of this process's affinity: core 1 when the suite is pinned there)
-    pin = hasattr(os, "sched_setaffinity")
-    before = os.sched_getaffinity(0) if pin else None
-    if pin:
-        os.sched_setaffinity(0, {max(before)})  # the spawned workers inherit it
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            workers = mp.spawn(_ddp_worker, args=(2, folder), nprocs=2, join=False)
-            deadline = time.monotonic() + 300
-            while not workers.join(timeout=5):  # True once both have exited (raises if one failed)
-                if time.monotonic() > deadline:
-                    for process in workers.processes:
-                        process.kill()
-                    pytest.fail("the two DDP processes did not finish within 300 s")
-            results = torch.load(os.path.join(folder, "results.pt"), weights_only=True)
-    finally:
-        if pin:
-            os.sched_setaffinity(0, before)
+    with tempfile.TemporaryDirectory() as folder:  # two processes on one core
+        spawn_on_one_core(_ddp_worker, (2, folder), 2, "the two DDP processes")
+        results = torch.load(os.path.join(folder, "results.pt"), weights_only=True)
     x, y = _data()
     for name in NAMES:
         model = _model(name, 0, torch.float64)

@@ -46,6 +46,7 @@ import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.models import Block, SequenceModel
 from tests.conftest import DEVICE, H, make_layer, rel_err, run_steps, runnable_backends, variants
+from tests.layers.test_training_setups import effective_weights
 
 B, L = 2, 9
 NAMES = layers.available()
@@ -99,30 +100,9 @@ class _Scale(nn.Module):
         return 1.5 * X
 
 
-def _effective(layer) -> dict[str, torch.Tensor]:
-    """Every tensor by its plain name: reparametrised ones by their current value, pruned ones as orig * mask."""
-    out = {}
-    for prefix, module in layer.named_modules():
-        if "parametrizations" in prefix.split("."):
-            continue
-        names = [*module._parameters, *module._buffers]
-        if parametrize.is_parametrized(module):
-            names += list(module.parametrizations.keys())
-        for n in names:
-            if n.endswith("_mask"):
-                continue
-            plain = n[: -len("_orig")] if n.endswith("_orig") else n
-            value = getattr(module, n)
-            if n.endswith("_orig"):
-                value = value * getattr(module, plain + "_mask")
-            if value is not None:
-                out[f"{prefix}.{plain}" if prefix else plain] = value.detach().clone()
-    return out
-
-
 def _fresh_with(layer, name: str) -> nn.Module:
     fresh = make_layer(name, seed=5)
-    fresh.load_state_dict(_effective(layer))
+    fresh.load_state_dict(effective_weights(layer))
     return fresh
 
 

@@ -19,8 +19,11 @@ install: $(VENV)/.installed
 
 # One pytest-xdist worker per core (each computing on one thread: tests/conftest.py), tests handed out as workers free up.
 # A test still running after TEST_TIMEOUT seconds (the slowest takes under a minute here) has its worker's stacks
-# printed and the worker ended (pytest-timeout's thread method, which also stops a test blocked inside C code): the
-# run goes on and names it, where a hang once held CI's whole time limit with nothing said.
+# printed and the worker ended (pytest-timeout's thread method, which also stops a test blocked inside C code that
+# released the GIL): the run goes on and names it, where a hang once held CI's whole time limit with nothing said. A
+# test blocked in C code that holds the GIL stops that timer too (it is a Python thread; this held CI's whole limit
+# again at stop 56): faulthandler's C watchdog (pyproject.toml, faulthandler_timeout, a little later) dumps every
+# thread's stack and ends the worker then.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 TEST_TIMEOUT ?= 900
 test: $(VENV)/.installed

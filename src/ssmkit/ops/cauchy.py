@@ -37,6 +37,7 @@ from torch import Tensor
 from ssmkit.ops._checks import REAL_OF
 from ssmkit.ops.backend import dispatch, get_backend, tracing
 from ssmkit.ops.dplr import dplr_matrix, increment_power
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.woodbury import woodbury
 
 _COMPLEX = (torch.complex64, torch.complex128)
@@ -187,7 +188,7 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     """
     _check_cauchy_args(v, z, w)
     v_g, z_g, w_g, batch = grouped(v, z, w)
-    return ungrouped(_CauchyMatmul.apply(v_g, z_g, w_g), batch)
+    return ungrouped(apply_function(_CauchyMatmul, v_g, z_g, w_g), batch)
 
 
 def grouped(v: Tensor, z: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, torch.Size]:

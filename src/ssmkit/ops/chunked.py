@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import exporting
 from ssmkit.ops.powers import int_power, power_table
 from ssmkit.ops.symbolic import carry, ceil_sqrt, chunk_count, keep_first, symbolic_length
@@ -123,7 +124,7 @@ class _Transpose(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _Transpose.apply(g)  # (R, S); through apply, so second derivatives work too
+        return apply_function(_Transpose, g)  # (R, S); through apply, so second derivatives work too
 
 
 def transpose(x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +136,7 @@ def transpose(x: torch.Tensor) -> torch.Tensor:
     Returns:
         its transpose, contiguous.
     """
-    return _Transpose.apply(x)
+    return apply_function(_Transpose, x)
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops.backend import dispatch
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import absent_if_zero, custom_ops_allowed, kernel_op
 
 _REAL_OF = {torch.float32: torch.float32, torch.float64: torch.float64,
@@ -354,7 +355,7 @@ def dense_final_state_tabled(
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise ValueError(f"max_length must be an int >= 1, or None; got {max_length!r}")
     if not W.is_complex() and torch.compiler.is_compiling() and custom_ops_allowed():
-        x = _CompiledCarry.apply(u, W, A_T)  # (H, B, N): one op each way (see _CompiledCarry)
+        x = apply_function(_CompiledCarry, u, W, A_T)  # (H, B, N): one op each way (see _CompiledCarry)
     else:
         n_chunks = None if max_length is None else max_length // W.shape[-1] + 1
         x = _chunk_sums_and_carry(u, W, A_T, n_chunks)  # (H, B, N)

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ssmkit.ops.dplr import bilinear_dplr  # noqa: F401  (re-export: the DPLR forms live in ssmkit.ops.dplr)
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.powers import power_table
 from ssmkit.utils import check_floating
 
@@ -119,7 +120,7 @@ def _expm1_over_z(z: Tensor) -> Tensor:
         e = torch.exp(z_direct)
         direct = (torch.expm1(z_direct).detach() + (e - e.detach())) / z_direct
     else:  # eagerly one op, as before (tests/perf)
-        direct = _Expm1.apply(z_direct) / z_direct
+        direct = apply_function(_Expm1, z_direct) / z_direct
     return torch.where(small, series, direct)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.gate import prefer_native
 
 _REAL = (torch.float32, torch.float64)
@@ -48,5 +49,5 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         from ssmkit.ops.native.dropout import NativeDropout
 
         seed = int(torch.empty((), dtype=torch.int64).random_().item())  # [0, 2^63): torch's default CPU generator
-        return NativeDropout.apply(x, float(p), seed)
+        return apply_function(NativeDropout, x, float(p), seed)
     return F.dropout(x, p, True)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops import fftblocks
 from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import custom_ops_allowed, exporting, kernel_op
 
 _REAL = (torch.float32, torch.float64)
@@ -245,7 +246,7 @@ def _circular_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if _blockwise(u, k.shape[-1]):
                 return fftblocks.conv_forward_blocked(u, k, keep_spectrum=False)[0]
-    return _CircularConv.apply(u, k)[0]
+    return apply_function(_CircularConv, u, k)[0]
 
 
 def causal_conv_fft(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

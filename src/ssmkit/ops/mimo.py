@@ -31,6 +31,7 @@ from torch.autograd import forward_ad
 from ssmkit.ops._checks import REAL_OF, check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
 from ssmkit.ops.chunked import pack, unpack, wide_powers
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.gate import prefer_native, require_native
 from ssmkit.ops.native.mimo import GRAM_BLOCK, GRAM_NARROW, _gram, mimo_native_unchecked
 from ssmkit.ops.opaque import exporting
@@ -231,7 +232,7 @@ def _tall_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return a @ w
     if not (w.requires_grad and torch.is_grad_enabled()) or min(w.shape) > GRAM_NARROW or a.shape[0] < 2 * GRAM_BLOCK:
         return a @ w
-    return _TallProduct.apply(a, w)
+    return apply_function(_TallProduct, a, w)
 
 
 def _project_scan_read(u, A_bar, B_bar, C, state, D, return_state, scan):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ssmkit.ops.function_call import apply_function
+
 
 def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
     """a^k for k = 0..n-1 along a new last axis, by one cumulative product (entry k is k products deep).
@@ -21,7 +23,7 @@ def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
     """
     # one cumprod over [1, a, a, ..., a] (6 ops whatever n; the former doubling loop took 3 ops per doubling, and
     # per-op dispatch dominates at these (H, N) sizes: issue 16). Depth n products: callers pass double precision.
-    return _PowerTable.apply(a, n)
+    return apply_function(_PowerTable, a, n)
 
 
 def _cumprod_table(a: torch.Tensor, n: int) -> torch.Tensor:

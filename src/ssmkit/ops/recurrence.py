@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.powers import int_power
@@ -313,7 +314,7 @@ class _LinearRecurrence(torch.autograd.Function):
             a_adj = F.pad(a[:, 1:].conj(), (0, 0, 0, 1))  # (B, L, H): conj(a_{t+1}), 0 at t = L-1
         else:
             a_adj = F.pad(a[:, :-1].conj(), (0, 0, 1, 0))  # (B, L, H): conj(a_{t-1}), 0 at t = 0
-        lam = _LinearRecurrence.apply(a_adj, G, None, ctx.T, not ctx.reverse, log_adj, shift_adj)  # (B, L, H)
+        lam = apply_function(_LinearRecurrence, a_adj, G, None, ctx.T, not ctx.reverse, log_adj, shift_adj)  # (B, L, H)
         edge = -1 if ctx.reverse else 0
         grad_a = grad_h0 = None
         if ctx.needs_input_grad[0]:
@@ -382,7 +383,8 @@ def linear_recurrence_chunked(
     a_flat = a.reshape(H) if invariant else a.reshape(Bsz, L, H)  # (H,) or (B, L, H)
     h0_flat = None if h0 is None else h0.reshape(Bsz, H)  # (B, H)
     log_flat = None if log_a is None or invariant else log_a.detach().reshape(Bsz, L, H)  # (B, L, H)
-    h = _LinearRecurrence.apply(a_flat, b.reshape(Bsz, L, H), h0_flat, chunk_size, False, log_flat, 0)  # (B, L, H)
+    h = apply_function(_LinearRecurrence, a_flat, b.reshape(Bsz, L, H), h0_flat, chunk_size, False, log_flat,
+                       0)  # (B, L, H)
     h = h.reshape(Bsz, L, *S)  # (B, L, *S)
     return h, h[:, -1]  # (B, L, *S), (B, *S)
 

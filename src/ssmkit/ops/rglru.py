@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.recurrence import linear_recurrence
 
 MAX_SQRT_GRADIENT = 1000.0  # recurrentgemma's bound on the derivative of the square root
@@ -62,7 +63,7 @@ def sqrt_bounded_gradient(v: torch.Tensor, max_grad: float = MAX_SQRT_GRADIENT) 
     Returns:
         (B, L, H) √v, v's shape and dtype.
     """
-    return _SqrtBoundedGradient.apply(v, float(max_grad))
+    return apply_function(_SqrtBoundedGradient, v, float(max_grad))
 
 
 def _check_rglru(x, r, i, Lambda, h0, resets) -> None:

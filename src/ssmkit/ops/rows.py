@@ -29,6 +29,7 @@ from torch import nn
 from torch.autograd import forward_ad
 
 from ssmkit.ops.backend import tracing
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import exporting
 from ssmkit.ops.twice import graph_backward
 
@@ -147,7 +148,7 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if not _blocked(x, weight):
         return _split_linear_torch(x, weight, bias, sizes)
     lead = x.shape[:-1]
-    outs = _SplitLinear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias, sizes)
+    outs = apply_function(_SplitLinear, x.reshape(-1, x.shape[-1]).contiguous(), weight, bias, sizes)
     return tuple(o.view(*lead, n) for o, n in zip(outs, sizes))
 
 
@@ -213,7 +214,7 @@ def linear_glu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if not _blocked(x, weight):
         return F.glu(F.linear(x, weight, bias), dim=-1)
     lead = x.shape[:-1]
-    y = _LinearGLU.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
+    y = apply_function(_LinearGLU, x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
     return y.view(*lead, weight.shape[0] // 2)
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native import selective_scan_native
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.triton_gate import prefer_triton, selective_scan_triton
@@ -476,7 +477,7 @@ def selective_scan_chunked(
         y, h = _scan_symbolic(dt, major(u), A_t, BC(B), BC(C), h0, chunk_size)
     else:
         keep_starts = torch.is_grad_enabled()  # the chunk-start states are kept only for a backward
-        y, h, _ = _SelectiveScan.apply(dt, major(u), A_t, BC(B), BC(C), h0, chunk_size, keep_starts)
+        y, h, _ = apply_function(_SelectiveScan, dt, major(u), A_t, BC(B), BC(C), h0, chunk_size, keep_starts)
     y = y.reshape(L, Bsz, H).transpose(0, 1).contiguous()  # (B, L, H)
     h = h.transpose(-1, -2).reshape(Bsz, H, N) if return_state else None  # (B, H, N)
     # 3. skip and gate

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.dplr import small_inverse
+from ssmkit.ops.function_call import apply_function
 
 
 def _check(r: Tensor, S: int, n_out: int, f: Tensor) -> None:
@@ -121,4 +122,4 @@ def woodbury(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
     _check(r, S, n_out, f)
     if r.shape[0] == S or tracing() or f.requires_grad:
         return _corrected(r, S, n_out, f)
-    return _Woodbury.apply(r, S, n_out, f)
+    return apply_function(_Woodbury, r, S, n_out, f)

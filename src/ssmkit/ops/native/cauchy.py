@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ssmkit.ops._checks import REAL_OF
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
@@ -48,7 +49,7 @@ class _NativeCauchy(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a double backward, through the blocked GEMMs (ops/twice.py)
             from ssmkit.ops.cauchy import _CauchyMatmul
 
-            return tuple(graph_backward(lambda v, z, w: (_CauchyMatmul.apply(v, z, w),), (v, z, w),
+            return tuple(graph_backward(lambda v, z, w: (apply_function(_CauchyMatmul, v, z, w),), (v, z, w),
                                         ctx.needs_input_grad, (g_out,)))
         need = list(ctx.needs_input_grad)
         grads = iter(_backward_kernel(v, z, w, g_out.resolve_conj().resolve_neg().contiguous(), *need))
@@ -138,4 +139,4 @@ def sums_unchecked(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.T
     v_g, z_g, w_g, batch = grouped(v, z, w)
     # the kernel reads memory: a lazy conj() view's holds the unconjugated values, a negated view's their negatives
     v_g, z_g, w_g = (t.resolve_conj().resolve_neg() for t in (v_g, z_g, w_g))
-    return ungrouped(_NativeCauchy.apply(v_g, z_g, w_g), batch)
+    return ungrouped(apply_function(_NativeCauchy, v_g, z_g, w_g), batch)

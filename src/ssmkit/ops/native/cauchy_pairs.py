@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.cauchy import backward_fake, forward_fake, sums_backward, sums_forward
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.twice import graph_backward
@@ -76,5 +77,6 @@ def pair_sums_unchecked(v: Tensor, y: Tensor, w: Tensor) -> Tensor:
     v_g = v.resolve_conj().reshape(math.prod(lead), H, M).transpose(0, 1).contiguous()  # (H, S, M)
     # the kernel reads memory: a lazy conj() view's holds the unconjugated values, a negated view's (y = z.conj().imag,
     # contiguous at one point of one channel) the negatives, and contiguous() keeps a contiguous view as it is
-    out = _NativeCauchyPairs.apply(v_g, y.resolve_neg().contiguous(), w.resolve_conj().contiguous())  # (H, S, W)
+    out = apply_function(_NativeCauchyPairs, v_g, y.resolve_neg().contiguous(),
+                         w.resolve_conj().contiguous())  # (H, S, W)
     return out.transpose(0, 1).reshape(*lead, H, y.shape[-1])

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
@@ -119,7 +120,7 @@ def conv_unchecked(x, weight, bias, state, return_state, activation):
     """:func:`causal_conv1d_native` after its checks (the smoke call enters here)."""
     if x.stride(2) != 1:
         x = x.contiguous()
-    y, st = _NativeConv.apply(x, weight, bias, state, activation == "silu")
+    y, st = apply_function(_NativeConv, x, weight, bias, state, activation == "silu")
     return y, (st if return_state else None)
 
 

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.parallel import ptr, run_checked
@@ -231,7 +232,7 @@ def scan_unchecked(u, A_bar, B_bar, C, state, D, return_state, chunk_size, rever
     if chunk_size is None:
         chunk_size = default_chunk(N, u.element_size())
     check_chunk_size(chunk_size)
-    y, x = _NativeDiagonal.apply(u.contiguous(), A_bar, B_bar, C, D, state, chunk_size, bool(reverse))
+    y, x = apply_function(_NativeDiagonal, u.contiguous(), A_bar, B_bar, C, D, state, chunk_size, bool(reverse))
     return y, (x if return_state else None)
 
 

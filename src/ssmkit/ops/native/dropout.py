@@ -16,6 +16,7 @@ import ctypes
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.parallel import ptr, run_parts
 from ssmkit.ops.philox import drop_threshold, keep_scale
@@ -51,5 +52,5 @@ class NativeDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         if torch.is_grad_enabled():  # create_graph: linear in g, so the same node again
-            return NativeDropout.apply(g, ctx.p, ctx.seed), None, None
+            return apply_function(NativeDropout, g, ctx.p, ctx.seed), None, None
         return masked_scale(g, ctx.p, ctx.seed), None, None

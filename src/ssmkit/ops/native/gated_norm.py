@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.parallel import ptr, run_checked
 from ssmkit.ops.opaque import kernel_op
@@ -117,7 +118,7 @@ class _NativeGatedNorm(torch.autograd.Function):
 def gated_rmsnorm_unchecked(y, z, weight, groups, eps, norm_before_gate, x=None, D=None):
     """:func:`ssmkit.ops.gated_norm.gated_rmsnorm` by the kernel, after its checks (the smoke call enters here)."""
     E = y.shape[-1]
-    out = _NativeGatedNorm.apply(y.reshape(-1, E).contiguous(), _rows(z, E), weight.contiguous(),
-                                 None if x is None else _rows(x, E), None if D is None else D.contiguous(), groups,
-                                 float(eps), bool(norm_before_gate))
+    out = apply_function(_NativeGatedNorm, y.reshape(-1, E).contiguous(), _rows(z, E), weight.contiguous(),
+                         None if x is None else _rows(x, E), None if D is None else D.contiguous(), groups,
+                         float(eps), bool(norm_before_gate))
     return out.view(y.shape)

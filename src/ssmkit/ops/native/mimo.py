@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.recurrence import recurrence_backward, recurrence_forward
 from ssmkit.ops.rows import mm_rows
 from ssmkit.ops.twice import graph_backward
@@ -139,5 +140,5 @@ def mimo_native_unchecked(
     docstring), after :func:`ssmkit.ops.mimo.mimo_scan_native`'s checks."""
     Bsz, L, H = u.shape
     x0 = None if state is None else state.resolve_conj().contiguous()
-    return _NativeMimo.apply(u.reshape(Bsz * L, H).contiguous(), W_in, A_bar.resolve_conj().contiguous(),
-                             W_out, D, x0, Bsz)
+    return apply_function(_NativeMimo, u.reshape(Bsz * L, H).contiguous(), W_in, A_bar.resolve_conj().contiguous(),
+                          W_out, D, x0, Bsz)

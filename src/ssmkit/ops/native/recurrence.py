@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmkit.ops._checks import REAL_OF
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_parts
@@ -147,7 +148,7 @@ def recurrence_unchecked(a, b, h0):
     K = math.prod(S)
     flat = lambda t, *lead: t.resolve_conj().reshape(*lead, K).contiguous()  # noqa: E731
     a_f = flat(a, Bsz, L) if a.shape == b.shape else flat(a)
-    h, h_last = _NativeRecurrence.apply(a_f, flat(b, Bsz, L), None if h0 is None else flat(h0, Bsz))
+    h, h_last = apply_function(_NativeRecurrence, a_f, flat(b, Bsz, L), None if h0 is None else flat(h0, Bsz))
     return h.reshape(Bsz, L, *S), h_last.reshape(Bsz, *S)
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.parallel import ptr, run_parts
 from ssmkit.ops.opaque import absent_if_zero, kernel_op
@@ -108,4 +109,4 @@ def rglru_unchecked(x, r, i, Lambda, c, h0=None, resets=None):
     """:func:`ssmkit.ops.rglru.rglru` by the kernel, after its checks (the smoke call enters here)."""
     cont = lambda t: None if t is None else t.contiguous()  # noqa: E731
     flags = None if resets is None else resets.contiguous().view(torch.uint8)
-    return _NativeRGLRU.apply(cont(x), cont(r), cont(i), cont(Lambda), float(c), cont(h0), flags)
+    return apply_function(_NativeRGLRU, cont(x), cont(r), cont(i), cont(Lambda), float(c), cont(h0), flags)

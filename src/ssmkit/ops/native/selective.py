@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr as _ptr, run_checked
@@ -244,6 +245,6 @@ def scan_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, state, r
     Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
     keep = wants_grad(u, delta, A, B, C, D, z, delta_bias, state, delta_proj)
-    out, h = _NativeScan.apply(delta.contiguous(), u.contiguous(), A, Bg, Cg, D, z, delta_bias, delta_proj,
-                               bool(delta_softplus), state, chunk_size, keep)
+    out, h = apply_function(_NativeScan, delta.contiguous(), u.contiguous(), A, Bg, Cg, D, z, delta_bias, delta_proj,
+                            bool(delta_softplus), state, chunk_size, keep)
     return out, (h if return_state else None)

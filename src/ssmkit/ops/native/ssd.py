@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import require_native
 from ssmkit.ops.native.parallel import ptr, run_checked
@@ -139,7 +140,7 @@ def ssd_unchecked(x, dt, A, B, C, h0=None, chunk_size=None):
     check_chunk_size(T)
     keep = wants_grad(x, dt, A, B, C, h0)
     c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    return _NativeSSD.apply(c(x), c(dt), c(A), c(B), c(C), c(h0), T, keep)
+    return apply_function(_NativeSSD, c(x), c(dt), c(A), c(B), c(C), c(h0), T, keep)
 
 
 def ssd_native(

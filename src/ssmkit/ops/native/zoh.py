@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.parallel import ptr
 from ssmkit.ops.opaque import kernel_op
@@ -107,14 +108,14 @@ def _backward_kernel(lam: Tensor, b: Tensor, d: Tensor, g_A: Optional[Tensor], g
 def zoh_native(Lambda: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
     """Zero-order hold by the C code, after :func:`ssmkit.ops.discretize.zoh`'s checks (the caller's): Λ, B (H, M)
     complex of one dtype, Δ (H, 1) of its real dtype, all on the CPU. Returns (Ā, B̄), each (H, M) complex."""
-    return _NativeZoh.apply(_real_view(Lambda), B, dt, 0)
+    return apply_function(_NativeZoh, _real_view(Lambda), B, dt, 0)
 
 
 def zoh_native_log(log_neg_real: Tensor, imag: Tensor, B: Tensor, log_dt: Tensor) -> tuple[Tensor, Tensor]:
     """Zero-order hold of Λ = -exp(log_neg_real) + i·imag with Δ = exp(log_dt) by the C code, after the checks of
     :func:`ssmkit.ops.discretize.zoh_log` (the caller's): the exponentials of the parameters are taken in C too.
     Returns (Ā, B̄), each (H, M) complex."""
-    return _NativeZoh.apply(torch.stack((log_neg_real, imag), -1), B, log_dt, LOG_RE | LOG_DT)
+    return apply_function(_NativeZoh, torch.stack((log_neg_real, imag), -1), B, log_dt, LOG_RE | LOG_DT)
 
 
 class _NativeExpPhi(torch.autograd.Function):
@@ -168,4 +169,4 @@ def _exp_phi_backward_kernel(zr: Tensor, g_e: Optional[Tensor], g_f: Optional[Te
 def exp_phi_native(z: Tensor) -> tuple[Tensor, Tensor]:
     """(e^z, (e^z - 1)/z) elementwise by the C code, after :func:`ssmkit.ops.discretize.exp_phi`'s checks (complex z on
     the CPU)."""
-    return _NativeExpPhi.apply(z)
+    return apply_function(_NativeExpPhi, z)

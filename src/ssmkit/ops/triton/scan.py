@@ -51,6 +51,7 @@ from torch import Tensor
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.chunked import ssm_scan_chunked, wide_int_power, wide_powers
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.recurrence import linear_recurrence_chunked
 from ssmkit.ops.twice import graph_backward, wants_grad
@@ -671,8 +672,8 @@ def ssm_scan_triton(
     A_c, B_c, C_c = (p.to(cdtype) for p in (A_bar, B_bar, C))  # real parameters: zero imaginary parts
     x0 = state.to(cdtype) if state is not None else None
     grad = wants_grad(u, A_bar, B_bar, C, state, D)
-    y, xL = _FusedScan.apply(u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program, intra_chunk == "matmul",
-                             grad)
+    y, xL = apply_function(_FusedScan, u, A_c, B_c, C_c, x0, D, chunk_size, block_h, chunks_per_program,
+                            intra_chunk == "matmul", grad)
     if not return_state:
         return y, None
     return y, (xL if is_complex else xL.real)

@@ -53,6 +53,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import kernel_op
 from ssmkit.ops.selective import selective_scan_chunked
 from ssmkit.ops.twice import graph_backward, wants_grad
@@ -532,7 +533,8 @@ def selective_scan_triton(
     Bg = (B if grouped else B.unsqueeze(2)).contiguous()  # (B, L, G, N)
     Cg = (C if grouped else C.unsqueeze(2)).contiguous()
     grad = wants_grad(u, delta, z, A, B, C, D, delta_bias, state)
-    y, h = _TritonSelectiveScan.apply(
+    y, h = apply_function(
+        _TritonSelectiveScan,
         u.contiguous(), delta.contiguous(), None if z is None else z.contiguous(), A, Bg, Cg, D, delta_bias, state,
         bool(delta_softplus), tiles, grad,
     )

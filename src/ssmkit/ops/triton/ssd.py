@@ -38,6 +38,7 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from ssmkit.ops._checks import check_chunk_size
+from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.ssd import _check_ssd, ssd_chunked
 from ssmkit.ops.twice import graph_backward, wants_grad
 
@@ -301,8 +302,8 @@ def ssd_triton(
         if not isinstance(tiles, Tiles):
             raise ValueError(f"ssd_triton: tiles must be a ssmkit.ops.triton.ssd.Tiles; got {type(tiles).__name__}")
         tiles.checked()
-        return _SSD.apply(x, dt, A, B, C, h0, tiles.chunk, tiles, backward, grad)
+        return apply_function(_SSD, x, dt, A, B, C, h0, tiles.chunk, tiles, backward, grad)
     asked = DEFAULT_CHUNK if chunk_size is None else chunk_size
     check_chunk_size(asked)
     T = default_tiles(P=x.shape[3], N=B.shape[3], T=max(16, triton.next_power_of_2(asked)), dtype=x.dtype)[0]
-    return _SSD.apply(x, dt, A, B, C, h0, T, None, backward, grad)
+    return apply_function(_SSD, x, dt, A, B, C, h0, T, None, backward, grad)

@@ -126,3 +126,26 @@ def test_threads_sharing_a_parameter_between_a_function_and_a_builtin_op_finish(
     # 2.13 and 2.11): a hang is ended by the time limit and fails the test
     run = subprocess.run([sys.executable, "-c", DEADLOCK], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "finished", run.stderr[-2000:]
+
+
+def test_every_function_in_the_source_is_called_through_apply_function():
+    # the parametrised tests reach the Functions the layers use; this reads the source for any other call site
+    import ast
+    import pathlib
+
+    import ssmkit
+
+    root = pathlib.Path(ssmkit.__file__).parent
+    functions, calls = set(), []
+    trees = {path: ast.parse(path.read_text()) for path in sorted(root.rglob("*.py"))}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("autograd.Function") for b in node.bases):
+                functions.add(node.name)
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "apply"
+                    and ast.unparse(node.func.value) in functions):
+                calls.append(f"{path.relative_to(root)}:{node.lineno} {ast.unparse(node.func)}")
+    assert len(functions) >= 25, functions  # the reader finds the Functions at all
+    assert calls == []

@@ -72,9 +72,10 @@ def wide_power_table(a: torch.Tensor, n: int) -> torch.Tensor:
         n: number of powers.
 
     Returns:
-        (..., n) with [..., k] = a^k, in float64 (complex128) for a float32 (complex64) a, else a's dtype.
+        (..., n) with [..., k] = a^k, in float64 (complex128) for a float32 (complex64) a off MPS (which has no
+        float64), else a's dtype.
     """
-    return power_table(a.to(_WIDE.get(a.dtype, a.dtype)), n)  # (..., n)
+    return power_table(a.to(_wide_dtype(a)), n)  # (..., n)
 
 
 def wide_int_power(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -87,7 +88,7 @@ def wide_int_power(a: torch.Tensor, n: int) -> torch.Tensor:
     Returns:
         (...) a^n, a's dtype.
     """
-    return int_power(a.to(_WIDE.get(a.dtype, a.dtype)), n).to(a.dtype)
+    return int_power(a.to(_wide_dtype(a)), n).to(a.dtype)
 
 
 def _transpose_copy(x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +179,7 @@ def _chunk_operators(
         from_state: (H, 2N, T) packed (or (H, N, T) real), so that x_packed @ from_state
             = Re Σ_n C_n Ā_n^{t+1} x_n (step 2).
         powers: (H, T+1, N) Ā^k for k = 0..T, complex (or real).
-        wide: (H, N, T+1) Ā^k for k = 0..T in double precision, for the carry (:func:`_carry`).
+        wide: (H, N, T+1) Ā^k for k = 0..T in double precision (A_bar's own on MPS), for the carry (:func:`_carry`).
     """
     wide = wide_power_table(A_bar, T + 1)  # (H, N, T+1) in double precision
     powers = wide.to(A_bar.dtype).transpose(1, 2).contiguous()  # (H, T+1, N), each power rounded once

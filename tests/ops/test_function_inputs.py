@@ -19,7 +19,7 @@ import torch
 import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.models import SequenceModel
-from tests.conftest import DEVICE, H, make_layer, runnable_backends, variants
+from tests.conftest import DEVICE, H, NEEDED_AT_TINY_WIDTH, make_layer, runnable_backends, variants
 
 NAMES = layers.available()
 CASES = [(name, i, backend) for name in NAMES for i in range(len(variants(name)))
@@ -56,7 +56,7 @@ def test_the_recorder_sees_a_leaf_handed_to_a_function(leaves_handed_over):
 @pytest.mark.parametrize("name,variant,backend", CASES, ids=[f"{n}-{i}-{b}" for n, i, b in CASES])
 def test_no_function_gets_a_parameter_itself(name, variant, backend, dtype, leaves_handed_over):
     layer = make_layer(name, variants(name)[variant], dtype=dtype)
-    x = torch.randn(2, 11, H, dtype=dtype, device=DEVICE, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    x = torch.randn(2, 11, H, dtype=dtype, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     x.requires_grad_(True)  # an input that requires grad is a leaf too
     with ops.use_backend(backend):
         y, h = layer(x)
@@ -78,7 +78,7 @@ def test_no_function_gets_a_parameter_itself(name, variant, backend, dtype, leav
 def test_no_function_in_a_training_model_gets_a_parameter_itself(name, leaves_handed_over):
     torch.manual_seed(0)
     model = SequenceModel(d_input=2, d_model=H * 2, n_layers=2, layer=name,
-                          layer_options={**variants(name)[0], **({"headdim": 2} if name == "mamba2" else {})},
+                          layer_options={**variants(name)[0], **NEEDED_AT_TINY_WIDTH.get(name, {})},
                           d_output=3, dropout=0.1, norm="batch", device=DEVICE, dtype=torch.float64).train()
     out, _ = model(torch.randn(2, 9, 2, dtype=torch.float64, device=DEVICE), return_state=False)
     out.square().sum().backward()

@@ -70,7 +70,6 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
                          f"({np.asarray(value).dtype})") from err
 
 
-
 def check_signal_names(kind: str, given: Sequence[str], count: int) -> list[str]:
     """``given`` checked as the names of a system's ``count`` inputs or outputs (python-control's ``inputs=`` /
     ``outputs=``): a list or tuple of ``count`` distinct non-empty strings.
@@ -91,6 +90,7 @@ def check_signal_names(kind: str, given: Sequence[str], count: int) -> list[str]
         raise ValueError(f"{kind} must be None or {count} distinct non-empty names, one per {kind[:-1]}; got "
                          f"{given!r}")
     return list(given)
+
 
 class StateSpace:
     """A bank of G discrete-time LTI systems x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k].

@@ -208,7 +208,8 @@ def test_results_json_holds_numpy_published_values_as_numbers(tmp_path):
     scores = {"records": [{"name": "test 0", "rmse": [1.0, 2.0, 3.0], "fit": [0.0, 0.0, 0.0]}], "simulations": []}
     report.write_report(tmp_path, bench, "lbl", scores, {}, plots=False)
     res = json.loads((tmp_path / "results.json").read_text())
-    assert res["published"] == [{"method": "np", "rmse": [3.0, 0.25, 1.0], "source": "s", "aggregate": None}]
+    assert res["published"] == [{"method": "np", "rmse": [3.0, 0.25, 1.0], "source": "s", "aggregate": None,
+                                 "record": None}]
     assert all(type(v) is float for v in res["published"][0]["rmse"])
 
 

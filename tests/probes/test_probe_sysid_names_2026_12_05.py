@@ -226,8 +226,8 @@ def test_published_json_and_refusals(tmp_path):
     report.write_report(tmp_path, bench, "lbl", scored(bench), {}, plots=False)
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["published"] == [{"method": "per output", "rmse": [0.5, 6.0, 0.125], "source": "paper A",
-                                 "aggregate": None},
-                                {"method": "rms one", "rmse": 5.5, "source": "C", "aggregate": "rms"}]
+                                 "aggregate": None, "record": None},
+                                {"method": "rms one", "rmse": 5.5, "source": "C", "aggregate": "rms", "record": None}]
     with pytest.raises(ValueError, match="2 per-output values for p = 3 outputs"):
         toy([Published("x", (1.0, 2.0), "s")])
     with pytest.raises(ValueError, match="per-output values .* take no aggregate"):

@@ -447,8 +447,9 @@ def test_write_report_files_without_plots(tmp_path, steady):
         "benchmark": "toy", "title": "Toy bench", "unit": "mV", "units": ["mV", "mV"],
         "outputs": ["output 1", "output 2"], "inputs": ["input 1"], "input_units": [None], "n_init": 3,
         "label": "lbl", "test": records,
-        "published": [{"method": "someone", "rmse": 0.000123456, "source": "a paper", "aggregate": None},
-                      {"method": "other", "rmse": 98765.4, "source": "x", "aggregate": None}],
+        "published": [{"method": "someone", "rmse": 0.000123456, "source": "a paper", "aggregate": None,
+                       "record": None},
+                      {"method": "other", "rmse": 98765.4, "source": "x", "aggregate": None, "record": None}],
         "seed": 7, "machine": "here"}
     text = (out / "report.md").read_text().split("\n")
     head = ["# Toy bench: lbl", "", "Simulation RMSE on the official test records after the first 3 samples "

@@ -206,10 +206,10 @@ def bouc_wen(folder: str | os.PathLike | None = None, train_periods: int = 5, tr
         published=[
             Published("PNLSS (Esfahani et al. 2017)", 1.87e-5, "forgi86/dynonet paper (arXiv 2006.02250), multisine "
                       "test; below the true system's from-rest score (4.62e-5): most likely not scored from rest on "
-                      "every sample"),
+                      "every sample", record=test[0].name),
             Published("dynoNet", 4.52e-5, "arXiv 2006.02250, multisine test (the paper's 'mm' is m); its BW_test.py "
-                      "simulates from rest and leaves the first 300 samples unscored"),
-            Published("NFIR (Belz et al. 2017)", 16.3e-5, "arXiv 2006.02250, multisine test"),
+                      "simulates from rest and leaves the first 300 samples unscored", record=test[0].name),
+            Published("NFIR (Belz et al. 2017)", 16.3e-5, "arXiv 2006.02250, multisine test", record=test[0].name),
         ],
         notes="training data simulated with ssmkit.sysid.boucwen (reproduces the official test output to 3e-13).",
     )

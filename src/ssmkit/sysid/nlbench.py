@@ -112,26 +112,32 @@ def silverbox(folder: str | os.PathLike | None = None, check: bool = True) -> Sy
     ms_u, ms_y = u[40650:127400], y[40650:127400]
     s = int(len(ms_u) * 0.75)
     arrow_u, arrow_y = u[100:40575], y[100:40575]
+    multisine = "test multisine (SNLS80mV.mat multisine, last 25 %)"
+    arrow = "test arrow full (SNLS80mV.mat [100:40575])"
+    arrow_short = "test arrow no extrapolation (first 32 000 of the arrow)"
     return SysidBenchmark(
         name="silverbox",
         title="Silverbox",
         input_names=("V1",),
         train=[_record(ms_u[:s], ms_y[:s], dt, "SNLS80mV.mat multisine, first 75 %")],
         test=[
-            _record(ms_u[s:], ms_y[s:], dt, "test multisine (SNLS80mV.mat multisine, last 25 %)"),
-            _record(arrow_u, arrow_y, dt, "test arrow full (SNLS80mV.mat [100:40575])"),
-            _record(arrow_u[:32000], arrow_y[:32000], dt, "test arrow no extrapolation (first 32 000 of the arrow)"),
+            _record(ms_u[s:], ms_y[s:], dt, multisine),
+            _record(arrow_u, arrow_y, dt, arrow),
+            _record(arrow_u[:32000], arrow_y[:32000], dt, arrow_short),
         ],
         n_init=50,
         unit="mV",
         scale=1000.0,
         published=[
-            Published("DT SUBNET (Beintema et al. 2021), multisine test", 0.36, B2),
-            Published("DT SUBNET (Beintema et al. 2021), arrow full", 1.4, B2),
-            Published("DT SUBNET (Beintema et al. 2021), arrow no extrapolation", 0.32, B2),
-            Published("PNLSS, arrow full", 0.26, B2),
-            Published("GRU baseline, multisine / arrow full / no extrapolation", 1.49, B1 + " (2.80 / 0.947 on the arrows)"),
-            Published("LTI state space baseline, multisine test", 6.96, B1 + " (14.4 / 6.58 on the arrows)"),
+            Published("DT SUBNET (Beintema et al. 2021), multisine test", 0.36, B2, record=multisine),
+            Published("DT SUBNET (Beintema et al. 2021), arrow full", 1.4, B2, record=arrow),
+            Published("DT SUBNET (Beintema et al. 2021), arrow no extrapolation", 0.32, B2,
+                      record=arrow_short),
+            Published("PNLSS, arrow full", 0.26, B2, record=arrow),
+            Published("GRU baseline, multisine / arrow full / no extrapolation", 1.49, B1 + " (2.80 / 0.947 on the arrows)",
+                      record=multisine),
+            Published("LTI state space baseline, multisine test", 6.96, B1 + " (14.4 / 6.58 on the arrows)",
+                      record=multisine),
         ],
         notes="nonlinear_benchmarks 1.0.1 split; tests: multisine, arrow full, arrow no extrapolation; init window 50.",
     )
@@ -212,10 +218,14 @@ def ced(folder: str | os.PathLike | None = None, check: bool = True) -> SysidBen
         n_init=10,
         unit="ticks/s",
         published=[
-            Published("CT SUBNET (Beintema et al. 2023), test 1 (low amplitude)", 0.115, B2),
-            Published("CT SUBNET (Beintema et al. 2023), test 2 (high amplitude)", 0.074, B2),
-            Published("DT SUBNET (Beintema et al. 2021), test 1 / test 2", 0.169, B2 + " (0.117 on test 2)"),
-            Published("LTI state space baseline, test 1 / test 2", 0.224, B1 + " (0.384 on test 2)"),
+            Published("CT SUBNET (Beintema et al. 2023), test 1 (low amplitude)", 0.115, B2,
+                      record=test[0].name),
+            Published("CT SUBNET (Beintema et al. 2023), test 2 (high amplitude)", 0.074, B2,
+                      record=test[1].name),
+            Published("DT SUBNET (Beintema et al. 2021), test 1 / test 2", 0.169, B2 + " (0.117 on test 2)",
+                      record=test[0].name),
+            Published("LTI state space baseline, test 1 / test 2", 0.224, B1 + " (0.384 on test 2)",
+                      record=test[0].name),
         ],
         notes="nonlinear_benchmarks 1.0.1 split (first 400 / last 100 of each record), init window 10 (1.0.0: 4).",
     )

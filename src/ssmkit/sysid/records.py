@@ -73,12 +73,16 @@ class Published:
         aggregate: None for per-output values (or the one output's value); for one number on a benchmark of several
             outputs, which aggregate of the per-output RMSEs it is: ``"mean"`` (their mean) or ``"rms"`` (the root of
             their mean square, the RMSE of all outputs pooled) (:data:`AGGREGATES`).
+        record: the name of the benchmark's test record the number is on (``IORecord.name``; checked by
+            :class:`SysidBenchmark`), where the source scores one record of several; None for the official test set
+            as a whole.
     """
 
     method: str
     rmse: float | tuple[float, ...]
     source: str
     aggregate: str | None = None
+    record: str | None = None
 
     def __post_init__(self) -> None:
         def ok(v) -> bool:
@@ -95,6 +99,9 @@ class Published:
         elif not ok(self.rmse):
             raise ValueError(f"published {self.method!r}: rmse must be a finite number >= 0 or a tuple of them, one "
                              f"per output; got {self.rmse!r}")
+        if self.record is not None and (not isinstance(self.record, str) or not self.record.strip()):
+            raise ValueError(f"published {self.method!r}: record must be None or a test record's name (a non-empty "
+                             f"string); got {self.record!r}")
         if self.aggregate is not None and self.aggregate not in AGGREGATES:
             raise ValueError(f"published {self.method!r}: aggregate must be None or one of {sorted(AGGREGATES)}; got "
                              f"{self.aggregate!r}")
@@ -221,6 +228,9 @@ class SysidBenchmark:
             if pub.aggregate is not None and len(set(self.units)) > 1:
                 raise ValueError(f"published {pub.method!r}: an aggregate over outputs in different units "
                                  f"{self.units} has no unit; give one value per output")
+            if pub.record is not None and pub.record not in [r.name for r in self.test]:
+                raise ValueError(f"published {pub.method!r}: record {pub.record!r} is not one of the test records "
+                                 f"{[r.name for r in self.test]}")
         self.published = published
 
     @property

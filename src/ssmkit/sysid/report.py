@@ -31,9 +31,9 @@ def unit_text(bench: SysidBenchmark) -> str:
 
 
 def published_record(bench: SysidBenchmark, pub: Published) -> str:
-    """The test-record cell of a published row: ``"official test"`` for per-output values (or a single output's),
-    with the aggregate for one number on several outputs, or a statement that it is not compared when its source
-    states no aggregate.
+    """The test-record cell of a published row: the record it is on (``Published.record``, else ``"official
+    test"``), with the aggregate for one number on several outputs, or a statement that it is not compared when its
+    source states no aggregate.
 
     Args:
         bench: the benchmark (its number of outputs).
@@ -42,12 +42,13 @@ def published_record(bench: SysidBenchmark, pub: Published) -> str:
     Returns:
         the cell's text.
     """
+    record = "official test" if pub.record is None else pub.record
     if pub.per_output or bench.n_outputs == 1:
-        return "official test"
+        return record
     if pub.aggregate is not None:
-        return f"official test, {AGGREGATES[pub.aggregate]}"
-    return (f"official test, one number for {bench.n_outputs} outputs (the source states no aggregate: not compared "
-            "with the per-output values)")
+        return f"{record}, {AGGREGATES[pub.aggregate]}"
+    return (f"{record}, one number for {bench.n_outputs} outputs (the source states no aggregate: not compared with "
+            "the per-output values)")
 
 
 def results_table(bench: SysidBenchmark, label: str, scores: dict[str, Any]) -> str:
@@ -227,7 +228,7 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
         "label": label,
         "test": scores["records"],
         "published": [{"method": p.method, "rmse": list(p.rmse) if p.per_output else p.rmse, "source": p.source,
-                       "aggregate": p.aggregate} for p in bench.published],
+                       "aggregate": p.aggregate, "record": p.record} for p in bench.published],
         **run,
     }
     write_text(folder / "results.json", json.dumps(results, indent=2, default=str))

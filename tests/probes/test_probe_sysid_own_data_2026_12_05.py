@@ -310,6 +310,7 @@ def test_the_command_identifies_a_csv_and_writes_the_report(tmp_path, data, caps
     from ssmkit.sysid import DeepWiener
 
     model = DeepWiener.from_checkpoint(torch.load(out / "model.pt", weights_only=True))
+    assert model.signals == {"inputs": ("u",), "outputs": ("y",)}  # the columns' names, saved (stop 58)
     u = torch.as_tensor(data["u"][800:1000], dtype=torch.float32)[None, :, None]  # (B, L, m)
     y = torch.as_tensor(data["y"][800:1000], dtype=torch.float32)[None, :, None]
     with torch.no_grad():

@@ -243,6 +243,7 @@ def test_recipe_first_activation_sets_the_first_block_only():
 
     class Bench:  # what build_model reads of a benchmark
         n_inputs, n_outputs, dt, n_init = 1, 1, 4.0, 50
+        name, inputs, outputs = "stub", ("u",), ("y",)  # the signals' names (stop 58)
 
     m = build_model(Bench(), "s4d", Recipe(d_model=2, n_layers=3, d_state=2, first_activation="tanh"))
     assert [type(s).__name__ for s in m.block_activations] == ["Tanh", "ELU", "ELU"]

@@ -26,6 +26,9 @@ class Bench:
 
     def __init__(self, m=1, p=1, dt=0.5, n_init=20):
         self.n_inputs, self.n_outputs, self.dt, self.n_init = m, p, dt, n_init
+        self.name = "stub"  # and the signals' names (stop 58)
+        self.inputs = tuple(f"input {j + 1}" for j in range(m))
+        self.outputs = tuple(f"output {k + 1}" for k in range(p))
 
 
 def ramp_record(n: int, k: int, name: str, p: int = 1) -> IORecord:

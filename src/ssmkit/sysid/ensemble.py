@@ -62,6 +62,26 @@ class WienerEnsemble(nn.Module):
         """The first member's input mean (its dtype and device are the ensemble's)."""
         return self.members[0].u_mean
 
+    @property
+    def signals(self) -> dict[str, tuple[str, ...]] | None:
+        """The members' signal names (:meth:`DeepWiener.name_signals`), None unless every member has the same."""
+        first = self.members[0].signals
+        return first if all(m.signals == first for m in self.members) else None
+
+    def name_signals(self, inputs: Sequence[str], outputs: Sequence[str]) -> "WienerEnsemble":
+        """Name every member's inputs and outputs (:meth:`DeepWiener.name_signals`).
+
+        Args:
+            inputs: the ``n_inputs`` distinct input names.
+            outputs: the ``n_outputs`` distinct output names.
+
+        Returns:
+            the ensemble.
+        """
+        for m in self.members:
+            m.name_signals(inputs, outputs)
+        return self
+
     def __len__(self) -> int:
         return len(self.members)
 
@@ -137,12 +157,16 @@ class WienerEnsemble(nn.Module):
             metadata: more plain entries to store beside the model (recipe, benchmark, mode, ...).
 
         Returns:
-            {"wiener_ensemble": [each member's constructor arguments], "state_dict": ..., **metadata}.
+            {"wiener_ensemble": [each member's constructor arguments], "state_dict": ..., "signals": the members'
+            signal names as lists (only when named, :attr:`signals`), **metadata}.
         """
-        for key in ("wiener_ensemble", "deep_wiener", "state_dict"):
+        for key in ("wiener_ensemble", "deep_wiener", "state_dict", "signals"):
             if key in metadata:
                 raise ValueError(f"metadata must not set {key!r}: the model sets it")
-        return {"wiener_ensemble": [dict(m.arguments) for m in self.members], "state_dict": self.state_dict(), **metadata}
+        signals = self.signals
+        named = {} if signals is None else {"signals": {k: list(v) for k, v in signals.items()}}
+        return {"wiener_ensemble": [dict(m.arguments) for m in self.members], "state_dict": self.state_dict(), **named,
+                **metadata}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "WienerEnsemble":
@@ -150,7 +174,8 @@ class WienerEnsemble(nn.Module):
         weights; weights loaded strictly).
 
         Args:
-            checkpoint: a dict with ``wiener_ensemble`` (a list of member arguments) and ``state_dict``.
+            checkpoint: a dict with ``wiener_ensemble`` (a list of member arguments) and ``state_dict`` (and
+                ``signals``, the members' names, when saved).
 
         Returns:
             the ensemble, in eval mode.
@@ -167,6 +192,8 @@ class WienerEnsemble(nn.Module):
             members.append(DeepWiener(**dict(arguments), dtype=dtype))
         model = cls(members)
         model.load_state_dict(state)
+        if checkpoint.get("signals") is not None:
+            model.name_signals(**checkpoint["signals"])
         return model.eval()
 
     # ------------------------------------------------------------------------------------------------------------

@@ -61,6 +61,17 @@ from ssmkit.utils import check_sampling_time
 ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
 
 
+def _check_signals(inputs, outputs, m: int, p: int) -> dict[str, tuple[str, ...]]:
+    """The signal names of :meth:`DeepWiener.name_signals`, checked (m distinct inputs, p distinct outputs)."""
+    checked = {}
+    for what, value, n in (("inputs", inputs, m), ("outputs", outputs, p)):
+        if (not isinstance(value, (tuple, list)) or len(value) != n or len(set(value)) != n
+                or not all(isinstance(v, str) and v.strip() for v in value)):
+            raise ValueError(f"{what} must be {n} distinct non-empty strings, one per {what[:-1]}; got {value!r}")
+        checked[what] = tuple(value)
+    return checked
+
+
 class DeepWiener(nn.Module):
     """A deep Wiener model of an m-input p-output system (see the module docstring).
 
@@ -198,6 +209,8 @@ class DeepWiener(nn.Module):
         if block_activations is not None:
             self.block_activations = nn.ModuleList(ACTIVATIONS[a]() for a in block_activations)
         self.decoder = nn.Linear(d_model, n_outputs, **factory)
+        # the names of the inputs and outputs (name_signals; build_model sets them from the benchmark)
+        self.signals: dict[str, tuple] | None = None
         with torch.no_grad():
             for skip in self.skips:
                 skip.weight.copy_(torch.eye(d_model))  # start as a residual stack: x^ℓ = σ(η) + x^{ℓ-1}
@@ -410,6 +423,24 @@ class DeepWiener(nn.Module):
         self.arguments["encoder_window"] = 0
 
     # ------------------------------------------------------------------------------------------------------------
+    # signals
+
+    def name_signals(self, inputs: Sequence[str], outputs: Sequence[str]) -> "DeepWiener":
+        """Name the model's inputs and outputs: :func:`ssmkit.sysid.to_control` then names the python-control
+        systems' signals without a benchmark, and :meth:`checkpoint` saves the names. ``build_model`` names them
+        after the benchmark's (:func:`ssmkit.sysid.signal_names`).
+
+        Args:
+            inputs: the ``n_inputs`` distinct input names (a predictor's previous outputs included).
+            outputs: the ``n_outputs`` distinct output names.
+
+        Returns:
+            the model (its ``signals``: ``{"inputs": (...), "outputs": (...)}``).
+        """
+        self.signals = _check_signals(inputs, outputs, self.n_inputs, self.n_outputs)
+        return self
+
+    # ------------------------------------------------------------------------------------------------------------
     # saving
 
     def checkpoint(self, **metadata: Any) -> dict[str, Any]:
@@ -419,12 +450,14 @@ class DeepWiener(nn.Module):
             metadata: more plain entries to store beside the model (recipe, benchmark, mode, ...).
 
         Returns:
-            {"deep_wiener": the constructor's arguments (``arguments``), "state_dict": ..., **metadata}.
+            {"deep_wiener": the constructor's arguments (``arguments``), "state_dict": ..., "signals": the names of
+            :meth:`name_signals` as lists (only when named), **metadata}.
         """
-        for key in ("deep_wiener", "state_dict"):
+        for key in ("deep_wiener", "state_dict", "signals"):
             if key in metadata:
                 raise ValueError(f"metadata must not set {key!r}: the model sets it")
-        return {"deep_wiener": dict(self.arguments), "state_dict": self.state_dict(), **metadata}
+        named = {} if self.signals is None else {"signals": {k: list(v) for k, v in self.signals.items()}}
+        return {"deep_wiener": dict(self.arguments), "state_dict": self.state_dict(), **named, **metadata}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "DeepWiener":
@@ -432,7 +465,8 @@ class DeepWiener(nn.Module):
         weights; weights loaded strictly).
 
         Args:
-            checkpoint: a dict with ``deep_wiener`` (the constructor's arguments) and ``state_dict``.
+            checkpoint: a dict with ``deep_wiener`` (the constructor's arguments) and ``state_dict`` (and
+                ``signals``, the names of :meth:`name_signals`, when saved).
 
         Returns:
             the model, in eval mode.
@@ -444,6 +478,8 @@ class DeepWiener(nn.Module):
         dtype = checkpoint_dtype(state["u_mean"].dtype if "u_mean" in state else None)
         model = cls(**dict(checkpoint["deep_wiener"]), dtype=dtype)
         model.load_state_dict(state)
+        if checkpoint.get("signals") is not None:
+            model.name_signals(**checkpoint["signals"])
         return model.eval()
 
     # ------------------------------------------------------------------------------------------------------------

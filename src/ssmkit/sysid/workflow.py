@@ -59,7 +59,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
 
     Returns:
         the untrained model (with ``recipe.train_encoder`` = n > 0: with an encoder of n samples, which
-        :func:`train_run` drops after training).
+        :func:`train_run` drops after training), its signals named after the benchmark's (:func:`signal_names`,
+        :meth:`DeepWiener.name_signals`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -92,10 +93,11 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
             raise ValueError(f"first_activation must be None or one of {[a for a in ACTIVATIONS if a]}; got "
                              f"{recipe.first_activation!r}")
         sigmas = (recipe.first_activation,) + (recipe.activation,) * (recipe.n_layers - 1)
-    return DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
-                      layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
-                      encoder_window=encoder, time_varying=time_varying, output_range=recipe.output_range,
-                      block_activations=sigmas, device=device, dtype=dtype)
+    model = DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
+                       layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
+                       encoder_window=encoder, time_varying=time_varying, output_range=recipe.output_range,
+                       block_activations=sigmas, device=device, dtype=dtype)
+    return model.name_signals(*signal_names(model, bench))
 
 
 def fit_config(recipe: Recipe, seed: int = 0) -> SimulationFit:
@@ -522,18 +524,27 @@ def evaluate(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulation",
     return {"records": records, "simulations": sims}
 
 
-def signal_names(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def signal_names(model: DeepWiener | WienerEnsemble,
+                 bench: SysidBenchmark | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The names of a model's inputs and outputs on ``bench``: ``bench.inputs`` and ``bench.outputs`` for a simulation
     model (m inputs), and a predictor's (m + p inputs, [u_t, y_{t-1}]) inputs followed by ``"<output> (previous
-    sample)"`` per output.
+    sample)"`` per output. Without ``bench``, the names the model carries (``model.signals``: set by
+    :func:`build_model` and :meth:`DeepWiener.name_signals`, saved in its checkpoint).
 
     Args:
         model: a model of ``bench`` (its ``n_inputs`` and ``n_outputs``).
-        bench: the benchmark it was identified on.
+        bench: the benchmark it was identified on, or None for the model's own names.
 
     Returns:
         (input names, output names).
     """
+    if bench is None:
+        signals = getattr(model, "signals", None)
+        if signals is None:
+            raise ValueError("the model's signals are not named: pass the benchmark it was identified on, or name them "
+                             "(model.name_signals(inputs, outputs); build_model and identify name them after the "
+                             "benchmark, and its checkpoint keeps them)")
+        return signals["inputs"], signals["outputs"]
     m, p = bench.n_inputs, bench.n_outputs
     n_in, n_out = model.n_inputs, model.n_outputs
     if n_out != p or n_in not in (m, m + p):
@@ -543,10 +554,12 @@ def signal_names(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark) -> t
     return inputs, bench.outputs
 
 
-def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark, u0=None, name: str | None = None):
+def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark | None = None, u0=None,
+               name: str | None = None):
     """A model identified on ``bench`` as python-control systems whose input and output signals carry the benchmark's
-    names (:func:`signal_names`; ``control.interconnect`` wires signals by name), dt = Ts = ``bench.dt``. Needs
-    python-control.
+    names (:func:`signal_names`; ``control.interconnect`` wires signals by name), dt = Ts = ``bench.dt``. Without
+    ``bench``, the model's own names (``model.signals``: a model from :func:`build_model` or :func:`identify`, or one
+    loaded from its checkpoint, has them) and dt = ``model.dt``. Needs python-control.
 
     - ``u0`` None: the whole model, nonlinearities included, as one discrete ``control.NonlinearIOSystem``
       (:meth:`ssmkit.analysis.NonlinearSystem.to_control`) with n states x[0] .. x[n-1]; its zero state (the
@@ -573,7 +586,7 @@ def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark, u0=Non
 
     Args:
         model: a DeepWiener or WienerEnsemble identified on ``bench`` (its ``dt`` must be ``bench.dt``).
-        bench: the benchmark (its ``inputs`` and ``outputs`` name the signals).
+        bench: the benchmark (its ``inputs`` and ``outputs`` name the signals), or None for the model's own names.
         u0: None, or the constant inputs of the operating points, (m,) for one point or (P, m), in the data's units.
         name: the nonlinear system's name (python-control's default when None); only with ``u0`` None.
 
@@ -589,16 +602,19 @@ def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark, u0=Non
 
     inputs, outputs = signal_names(model, bench)
     own = getattr(model, "dt", None)
-    if not isinstance(own, numbers.Real) or isinstance(own, bool) or not abs(own - bench.dt) <= 1e-9 * bench.dt:
+    if bench is not None and (not isinstance(own, numbers.Real) or isinstance(own, bool)
+                              or not abs(own - bench.dt) <= 1e-9 * bench.dt):
         raise ValueError(f"the model samples every dt = {own!r} s but {bench.name!r} every Ts = {bench.dt!r} s: "
                          f"export a model identified on this benchmark (build_model sets dt = Ts; for a model trained "
                          f"on these records with another dt, set model.dt = bench.dt first)")
     dotted = [s for s in inputs + outputs if "." in s]
     if dotted:
+        rename = ("dataclasses.replace(bench, input_names=..., output_names=...)" if bench is not None
+                  else "model.name_signals(inputs, outputs)")
+        who = repr(bench.name) if bench is not None else "the model"
         raise ValueError(f"python-control signal names cannot hold '.' (interconnect reads 'system.signal'); "
-                         f"{bench.name!r} names {dotted}: rename them (dataclasses.replace(bench, input_names=..., "
-                         f"output_names=...))")
-    system = NonlinearSystem(model, dt=bench.dt)
+                         f"{who} names {dotted}: rename them ({rename})")
+    system = NonlinearSystem(model, dt=own if bench is None else bench.dt)
     if u0 is None:
         return system.to_control(name, inputs=list(inputs), outputs=list(outputs))
     if name is not None:

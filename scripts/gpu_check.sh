@@ -31,7 +31,8 @@
 #            (six smoke calls: the first compilation of 12 kernels)                           (ENV_S, 120 s)
 #   kernels  tests/ops/test_triton.py on CUDA: the Triton kernels against their references at real sizes, the
 #            L = 2^20 S4D, Mamba and Mamba-2 runs, the gate's smoke calls; and tests/ops/test_compile_triton.py (the
-#            kernels as custom ops inside torch.compile graphs, never run on CUDA before); KERNEL_WORKERS (4) processes
+#            kernels as custom ops inside torch.compile graphs, never run on CUDA before), test_triton_adversarial.py
+#            and test_triton_mutants_reference.py (the cases the interpreter's mutation probe added); KERNEL_WORKERS (4) processes
 #                                                                                           (KERNELS_S, 150 s)
 #   bench    ssmkit bench gpu: ssm_scan (chunked / fft / triton) and ssd (chunked / triton), float32, at
 #            B,H,d_state,L = 8,128,64,{1024,4096,16384}; 1,128,64,1048576; 64,768,64,4096 and SSD B,L,H,P,N =
@@ -119,16 +120,20 @@ run_pytest() {  # run_pytest SECONDS ARGS...: pytest under SIGINT at the limit (
   timeout -s INT -k 20 "$s" "$PYTHON" -m pytest -q -p no:cacheprovider -p no:benchmark -rfEs "$@"
 }
 
+# the kernels stage's tests (the suite stage leaves them out)
+KERNEL_TESTS="tests/ops/test_triton.py tests/ops/test_compile_triton.py tests/ops/test_triton_adversarial.py
+tests/ops/test_triton_mutants_reference.py"
+
 run_kernels() {
   # shellcheck disable=SC2046
   run_pytest "$(limit "${KERNELS_S:-150}")" --durations=15 $(pytest_opts "${KERNEL_WORKERS:-4}") \
-    --junitxml="$LOG/kernels.xml" tests/ops/test_triton.py tests/ops/test_compile_triton.py > "$LOG/kernels.txt" 2>&1
+    --junitxml="$LOG/kernels.xml" $KERNEL_TESTS > "$LOG/kernels.txt" 2>&1
 }
 
 run_suite() {
   # shellcheck disable=SC2046
   run_pytest "$(limit "${SUITE_S:-300}")" --durations=25 $(pytest_opts "${WORKERS:-14}") \
-    --ignore=tests/ops/test_triton.py --ignore=tests/ops/test_compile_triton.py --junitxml="$LOG/suite.xml" tests > "$LOG/suite.txt" 2>&1
+    $(printf -- '--ignore=%s ' $KERNEL_TESTS) --junitxml="$LOG/suite.xml" tests > "$LOG/suite.txt" 2>&1
 }
 
 run_bench() {  # one bench process per op (selective first: issue 16's speed target), each printing its table when

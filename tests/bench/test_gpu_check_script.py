@@ -26,8 +26,9 @@ needs_shell = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("t
                                  reason="needs bash and timeout")
 
 
-def run_bench_stage(tmp_path: pathlib.Path, carried: bool) -> list[str]:
-    """The bench stage's interpreter calls, from a tree with (or without) the carried peers."""
+def run_stages(tmp_path: pathlib.Path, carried: bool, stages: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Run the named stages with the stand-in interpreter, from a tree with (or without) the carried peers: the
+    script's output and the interpreter's calls."""
     tree = tmp_path / "tree"
     (tree / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "gpu_check.sh", tree / "scripts" / "gpu_check.sh")
@@ -42,11 +43,17 @@ def run_bench_stage(tmp_path: pathlib.Path, carried: bool) -> list[str]:
     python.chmod(0o755)
     calls = tmp_path / "calls.txt"
     env = {**os.environ, "PYTHON": str(python), "CALLS": str(calls), "OUT": str(tmp_path / "out"), "TOTAL_S": "60"}
-    done = subprocess.run(["bash", "scripts/gpu_check.sh", "bench"], cwd=tree, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", *stages], cwd=tree, env=env, capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "bench: ok" in done.stdout and "| a bench row |" in done.stdout
-    return [line for line in calls.read_text().splitlines() if "ssmkit.bench gpu" in line]
+    return done.stdout, calls.read_text().splitlines()
+
+
+def run_bench_stage(tmp_path: pathlib.Path, carried: bool) -> list[str]:
+    """The bench stage's interpreter calls, from a tree with (or without) the carried peers."""
+    out, calls = run_stages(tmp_path, carried, ("bench",))
+    assert "bench: ok" in out and "| a bench row |" in out
+    return [line for line in calls if "ssmkit.bench gpu" in line]
 
 
 @needs_shell
@@ -68,3 +75,16 @@ def test_bench_stage_without_the_peers(tmp_path):
     calls = run_bench_stage(tmp_path, carried=False)
     assert len(calls) == 4 and not any("--mamba-ssm" in c or "--causal-conv1d" in c for c in calls)
     assert calls[0].startswith("-m ssmkit.bench gpu --scan-shapes --ssd-shapes --short-conv-shapes --json ")
+
+
+@needs_shell
+def test_kernel_tests_run_in_the_kernels_stage_and_not_again_in_the_suite(tmp_path):
+    kernel_tests = ["tests/ops/test_triton.py", "tests/ops/test_compile_triton.py", "tests/ops/test_triton_adversarial.py",
+                    "tests/ops/test_triton_mutants_reference.py"]
+    for name in kernel_tests:  # each file the stage names exists
+        assert (ROOT / name).is_file(), name
+    _, calls = run_stages(tmp_path, carried=False, stages=("kernels", "suite"))
+    kernels, suite = [c.split() for c in calls if c.startswith("-m pytest")]
+    assert kernels[-len(kernel_tests):] == kernel_tests and "tests" not in kernels
+    assert [w for w in suite if w.startswith("--ignore=")] == [f"--ignore={name}" for name in kernel_tests]
+    assert suite[-1] == "tests"

@@ -150,8 +150,10 @@ def test_autocast_forward_and_backward(name, dtype):
         # forward differ by ~1e-7 in float32 before it (Hyena: its FFT convolution against the step's direct sum), so
         # an output can round to the neighbouring bf16/fp16 value. On the H200 one Hyena output did: one rounding step
         # at |y| 0.25 of max |y| 0.375 (2^-9/0.375 = 5.2e-3 in bf16, 2^-12/0.375 = 6.5e-4 in fp16). Allowed off the
-        # CPU: one unit of the autocast dtype's rounding (eps) relative to max |y|
-        lax = name in LOW_PRECISION_PROJECTIONS and DEVICE.type != "cpu"
+        # CPU: one unit of the autocast dtype's rounding (eps) relative to max |y|. On the CPU too for RG-LRU: its C
+        # scan carries a compensated state (rglru_scan.c) that its step, a float32 state, does not (~1e-7 apart in
+        # float32; one bf16 output rounded the other way here: 2.0e-4)
+        lax = name in LOW_PRECISION_PROJECTIONS and (DEVICE.type != "cpu" or name == "rglru")
         bound = torch.finfo(dtype).eps if lax else 1e-5  # (a state of projected inputs, Hyena's, rounds the same way)
         assert y_steps.dtype == torch.float32 and rel_err(y_steps, y_full) < bound
         assert state_err(h_steps, h_full) < bound

@@ -10,26 +10,38 @@
 #else
 #define SQRT sqrtf /* (sqrt of a float went through double in the forward's vector loop) */
 #endif
-/* 1 - a² = -expm1(2 log a) from log a ≤ 0 and a = e^{log a}: by -expm1 where 2 log a > -1/2 (a > 0.78: 1 - a² would
- * lose bits to cancellation there), else 1 - a² itself (≥ 0.39: no cancellation). In float, expm1 near 0 is its Taylor
- * series through x^8 (relative error below 2e-8 for |x| < 1/2): branch-free, so the loops vectorise, and no second
- * exponential. */
-static inline real one_minus_a2(real la, real a) {
+
+/* The gate a = e^{la} of one element from la = log a ≤ 0: e = e^{la} (common.h's expr in float), em1 = a - 1 =
+ * expm1(la), and v = 1 - a² = -expm1(2 la).
+ *
+ * Near 1 a float32 a is too coarse for a scan: its rounding (up to half an ulp, 3e-8) is 0.3 % of 1 - a = 1e-5, random
+ * from step to step, and the state adds such errors up over its memory 1/(1 - a). So in float em1 is expm1(la) itself
+ * where |la| < 1/4 (a > 0.78), by its Taylor series through la^7 (remainder below 2e-9 relative; branch-free, so the
+ * loops vectorise, and no second exponential), and e - 1 elsewhere (exact for e ≥ 1/2, and no cancellation to fear
+ * there); v = -em1 (2 + em1), with no cancellation at either end. In double e and v are libm's exp(la) and
+ * -expm1(2 la), and em1 = e - 1 (exact for e ≥ 1/2: the same a as e). */
+static inline void gate_parts(real la, real *e, real *em1, real *v) {
 #ifdef SS_DOUBLE
-    return -expm1(2 * la);
+    *e = exp(la);
+    *em1 = *e - 1;
+    *v = -expm1(2 * la);
 #else
-    const real x = 2 * la;
+    const real a = expr(la);
+    const real x = la;
     const real p = x * (1.0f + x * (0.5f + x * (1.0f / 6 + x * (1.0f / 24 + x * (1.0f / 120 + x * (1.0f / 720 +
-                   x * (1.0f / 5040 + x * (1.0f / 40320))))))));
-    return x > -0.5f ? -p : 1.0f - a * a;
+                   x * (1.0f / 5040)))))));
+    const real m1 = x > -0.25f && x < 0.25f ? p : a - 1.0f; /* (log a > 0: c r < 0, a > 1) */
+    *e = a;
+    *em1 = m1;
+    *v = -m1 * (2.0f + m1);
 #endif
 }
 
-/* a_t and m_t of one element (a reset gives 0 and 1). */
+/* a_t and m_t of one element (a reset gives 0 and 1): a = e^{log a} (gate_parts' e), m = √v. */
 static inline void gates(real r, real sp, real c, int reset, real *a, real *m) {
     const real la = (-c * r) * sp;
-    const real e = expr(la);
-    const real v = one_minus_a2(la, e);
+    real e, em1, v;
+    gate_parts(la, &e, &em1, &v);
     *a = reset ? 0 : e;
     *m = reset ? 1 : SQRT(v);
 }

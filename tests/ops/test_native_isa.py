@@ -36,7 +36,9 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
     tests = [str(ROOT / "tests/ops" / name) for name in ("test_native.py", "test_selective_delta_proj.py",
                                                          "test_ssd_native.py", "test_gated_norm.py",
                                                          "test_rglru_native.py", "test_native_spectral.py",
-                                                         "test_fftblocks.py", "test_cauchy_pairs.py")]
+                                                         "test_fftblocks.py", "test_cauchy_pairs.py",
+                                                         "test_rglru_native_float32_long.py",
+                                                         "test_native_mutants_reference.py")]
     tests.append(str(ROOT / "tests/layers/test_native_steps.py"))  # the mixers' fused steps
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)

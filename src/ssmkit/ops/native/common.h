@@ -39,19 +39,21 @@ typedef float real;
  * is exact to float32 rounding); e^r by the degree-6 minimax polynomial above. x is clamped below at -88: the result is
  * then 0 (k = -127 gives the bit pattern of 0.0); no branches, so the loops vectorise. Above 88.7 the exponent field
  * overflows: only for x ≤ 88 (expr clamps there first). */
+#define EXP_LOG2E 1.4426950408889634f
+#define EXP_LN2_HI 0.693145751953125f /* ln 2, high part (exact product with k for |k| < 2^8) */
+#define EXP_LN2_LO 1.428606765330187e-06f /* ln 2, low part */
+/* e^r by its degree-6 minimax polynomial (relative error; module docstring), Horner's order; r a float or a vector of
+ * floats (expr_le88 and rglru_scan.c's expr_v share it) */
+#define EXP_POLY(r)                                                                                                    \
+    ((((((1.383684576e-03f * (r) + 8.374815807e-03f) * (r) + 4.166822508e-02f) * (r) + 1.666641980e-01f) * (r) +       \
+       4.999999106e-01f) * (r) + 1.0f) * (r) + 1.0f)
 static inline real expr_le88(real x) {
     x = x < -88.0f ? -88.0f : x;
-    int32_t k = (int32_t)(x * 1.4426950408889634f + 128.5f) - 128; /* round: truncation of a positive number */
+    int32_t k = (int32_t)(x * EXP_LOG2E + 128.5f) - 128; /* round: truncation of a positive number */
     float kf = (float)k;
-    float r = x - kf * 0.693145751953125f;   /* ln 2, high part (exact product for |k| < 2^8) */
-    r = r - kf * 1.428606765330187e-06f;     /* ln 2, low part */
-    float p = 1.383684576e-03f; /* e^r by its degree-6 minimax polynomial (relative error; module docstring) */
-    p = p * r + 8.374815807e-03f;
-    p = p * r + 4.166822508e-02f;
-    p = p * r + 1.666641980e-01f;
-    p = p * r + 4.999999106e-01f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float r = x - kf * EXP_LN2_HI;
+    r = r - kf * EXP_LN2_LO;
+    const float p = EXP_POLY(r);
     union {
         int32_t i;
         float f;

@@ -20,6 +20,11 @@
  * loops vectorise, and no second exponential), and e - 1 elsewhere (exact for e ≥ 1/2, and no cancellation to fear
  * there); v = -em1 (2 + em1), with no cancellation at either end. In double e and v are libm's exp(la) and
  * -expm1(2 la), and em1 = e - 1 (exact for e ≥ 1/2: the same a as e). */
+/* expm1(x) for |x| < 1/4 by its Taylor series through x^7, Horner's order; x a float or a vector of floats (gate_parts
+ * and rglru_scan.c's gate_parts_v share it) */
+#define EXPM1_TAYLOR(x)                                                                                                \
+    ((x) * (1.0f + (x) * (0.5f + (x) * (1.0f / 6 + (x) * (1.0f / 24 + (x) * (1.0f / 120 + (x) * (1.0f / 720 +          \
+                                                                                                  (x) * (1.0f / 5040))))))))
 static inline void gate_parts(real la, real *e, real *em1, real *v) {
 #ifdef SS_DOUBLE
     *e = exp(la);
@@ -28,8 +33,7 @@ static inline void gate_parts(real la, real *e, real *em1, real *v) {
 #else
     const real a = expr(la);
     const real x = la;
-    const real p = x * (1.0f + x * (0.5f + x * (1.0f / 6 + x * (1.0f / 24 + x * (1.0f / 120 + x * (1.0f / 720 +
-                   x * (1.0f / 5040)))))));
+    const real p = EXPM1_TAYLOR(x);
     const real m1 = x > -0.25f && x < 0.25f ? p : a - 1.0f; /* (log a > 0: c r < 0, a > 1) */
     *e = a;
     *em1 = m1;

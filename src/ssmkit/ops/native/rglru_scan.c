@@ -162,25 +162,17 @@ static inline vec_t vsplat(real x) { return (vec_t){0} + x; }
 /* common.h's expr, lane by lane, with the same operations */
 static inline vec_t expr_v(vec_t x0) {
     const vec_t x = vsel(x0 < -88.0f, vsplat(-88.0f), x0);
-    const vint_t k = __builtin_convertvector(x * 1.4426950408889634f + 128.5f, vint_t) - 128;
+    const vint_t k = __builtin_convertvector(x * EXP_LOG2E + 128.5f, vint_t) - 128;
     const vec_t kf = __builtin_convertvector(k, vec_t);
-    vec_t r = x - kf * 0.693145751953125f;
-    r = r - kf * 1.428606765330187e-06f;
-    vec_t p = vsplat(1.383684576e-03f);
-    p = p * r + 8.374815807e-03f;
-    p = p * r + 4.166822508e-02f;
-    p = p * r + 1.666641980e-01f;
-    p = p * r + 4.999999106e-01f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const vec_t y = p * (vec_t)((k + 127) << 23);
+    vec_t r = x - kf * EXP_LN2_HI;
+    r = r - kf * EXP_LN2_LO;
+    const vec_t y = EXP_POLY(r) * (vec_t)((k + 127) << 23);
     return vsel(x0 > 88.0f, vsplat((real)INFINITY), y);
 }
 /* rglru_gates.h's gate_parts, lane by lane */
 static inline void gate_parts_v(vec_t la, vec_t *e, vec_t *em1, vec_t *v) {
     const vec_t a = expr_v(la), x = la;
-    const vec_t p = x * (1.0f + x * (0.5f + x * (1.0f / 6 + x * (1.0f / 24 + x * (1.0f / 120 + x * (1.0f / 720 +
-                    x * (1.0f / 5040)))))));
+    const vec_t p = EXPM1_TAYLOR(x);
     const vec_t m1 = vsel((x > -0.25f) & (x < 0.25f), p, a - 1.0f);
     *e = a;
     *em1 = m1;

@@ -4,7 +4,10 @@ would not catch: each test here kills mutants that passed them, each against the
 The selective scan's float32 exp(Δ A) by 2^(Δ A log2 e) without its upper clamp (exp2_le0) is right only for
 Δ A ≤ 0 on builds without AVX-512 (the AVX-512 vector form scales by 2^k exactly): the kernel takes it when softplus
 makes Δ ≥ 0 and A ≤ 0, and must not without softplus, where a negative δ + b_Δ gives Δ A > 0 (a mutant that took it
-there passed every other test; killed here on an AVX2 build)."""
+there passed every other test; killed here on an AVX2 build).
+
+Without softplus Δ = δ + b_Δ and ∂Δ/∂δ = 1: the kernel's gradients of δ, b_Δ (and of δlow, W_Δ with delta_proj) on
+that path had no test (a mutant that took softplus' as 0 there passed every other test)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 import torch
 
 from ssmkit.ops.native import native_available, selective_scan_native
+from ssmkit.ops.selective import selective_scan_reference
 from tests.conftest import DEVICE, rel_err
 
 F64, F32 = torch.float64, torch.float32
@@ -35,3 +39,49 @@ def test_selective_float32_without_softplus_overflows_like_the_loop():
     want = torch.exp(x)
     assert torch.isinf(y.flatten()[0]) and y.flatten()[0] > 0
     assert rel_err(y.flatten()[1:], want[1:]) < 5e-7
+
+
+@pytest.mark.parametrize("low_rank", [False, True], ids=["delta", "delta_proj"])
+def test_selective_gradients_without_softplus_equal_the_loop_in_float64(low_rank):
+    # Δ = δ + b_Δ (no softplus), positive; every input's gradient of a weighted sum of y and the final state against
+    # the float64 loop's autograd (δ = δlow W_Δᵀ formed before the loop when low_rank)
+    g = torch.Generator().manual_seed(0)
+    Bsz, L, H, N, R = 2, 5, 3, 2, 2
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    u, B, C, h0, D, z = r(Bsz, L, H), r(Bsz, L, N), r(Bsz, L, N), r(Bsz, H, N), r(H), r(Bsz, L, H)
+    A = -torch.rand(H, N, generator=g, dtype=F64) - 0.5
+    bias = 0.5 + 0.1 * r(H)
+    delta = torch.rand(Bsz, L, R if low_rank else H, generator=g, dtype=F64) * 0.5
+    W = 0.5 * r(H, R)
+    gy, gh = r(Bsz, L, H), r(Bsz, H, N)
+    leaves = [u, delta, A, B, C, D, z, bias, h0, *([W] if low_rank else [])]
+    out = {}
+    for name in ("ref", "native"):
+        p = [t.clone().requires_grad_() for t in leaves]
+        if name == "ref":
+            d = torch.nn.functional.linear(p[1], p[9]) if low_rank else p[1]
+            y, h = selective_scan_reference(p[0], d, *p[2:8], delta_softplus=False, state=p[8])
+        else:
+            y, h = selective_scan_native(*p[:8], delta_softplus=False, state=p[8], delta_proj=p[9] if low_rank else None)
+        out[name] = [y, h, *torch.autograd.grad((y * gy).sum() + (h * gh).sum(), p)]
+    for a, b in zip(out["native"], out["ref"]):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_the_selective_smoke_call_reaches_the_full_block_code(monkeypatch):
+    # the gate's smoke call decides whether "auto" runs the kernel; with 35 channels per group (H 70, G 2) it ran the
+    # lane loops only, and 12 mutants of the full-block vector code (forward, adjoint, recompute, ∂W_Δ rows) passed
+    # it, caught by the tests alone. Each of its kernel calls must now have a group of >= 64 channels (selective_scan.c's
+    # VEC: one full block) and a tail beyond it
+    import ssmkit.ops.native.selective as kernel
+    from ssmkit.ops.native import gate
+
+    real, widths = kernel.scan_unchecked, []
+
+    def spy(u, delta, A, B, *rest):
+        widths.append(u.shape[2] // (B.shape[2] if B.dim() == 4 else 1))  # channels per group
+        return real(u, delta, A, B, *rest)
+
+    monkeypatch.setattr(kernel, "scan_unchecked", spy)
+    gate._smoke("selective_scan", F32)
+    assert widths and all(w > 64 and w % 64 != 0 for w in widths), widths

@@ -29,6 +29,16 @@ def check_sampling_time(dt: object, name: str = "dt") -> float:
     return float(dt)
 
 
+def distinct_names(given: object, count: int) -> bool:
+    """Whether ``given`` is a list or tuple of ``count`` distinct strings, none empty or whitespace only: the names of a
+    system's inputs or outputs. One rule for every place that takes signal names (``SysidBenchmark``'s
+    ``input_names`` / ``output_names``, ``DeepWiener.name_signals``, ``to_control``'s ``inputs`` / ``outputs``); each
+    raises its own ``ValueError`` naming the argument.
+    """
+    return (isinstance(given, (list, tuple)) and len(given) == count and len(set(given)) == count
+            and all(isinstance(g, str) and g.strip() for g in given))
+
+
 def check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:
     """Check a (B, L, H) floating sequence with H = ``d_model`` and L >= 1."""
     check_floating(x, name)

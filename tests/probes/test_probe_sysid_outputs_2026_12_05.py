@@ -214,7 +214,7 @@ def test_a_unit_scale_or_names_of_the_wrong_size_are_refused():
         three_outputs(scales=0.0)
     with pytest.raises(ValueError, match=r"unit must be a non-empty string .* got ''"):
         three_outputs(units="")
-    with pytest.raises(ValueError, match=r"output_names must be None or p = 3 non-empty strings, one per output"):
+    with pytest.raises(ValueError, match=r"output_names must be None or p = 3 distinct non-empty strings, one per output"):
         three_outputs(names=["a", "b"])
     with pytest.raises(ValueError, match=r"values must hold one number per output \(p = 3\); got 2"):
         three_outputs().in_units([1.0, 2.0])

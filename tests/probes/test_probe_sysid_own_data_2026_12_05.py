@@ -228,7 +228,7 @@ def test_from_arrays_splits_and_checks(data):
         from_arrays(u, y, TS, test="last")
     with pytest.raises(ValueError, match=r"the test data must have the training data's m = 1 inputs"):
         from_arrays(u, y, TS, test=(np.stack([u, u], 1), y))
-    with pytest.raises(ValueError, match="input_names must be None or 1 non-empty strings"):
+    with pytest.raises(ValueError, match="input_names must be None or 1 distinct non-empty strings"):
         from_arrays(u, y, TS, input_names=["a", "b"])
 
 

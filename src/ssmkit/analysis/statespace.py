@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ssmkit.analysis import frequency, norms
-from ssmkit.utils import check_sampling_time
+from ssmkit.utils import check_sampling_time, distinct_names
 
 if TYPE_CHECKING:  # scipy.signal costs ~45 MiB: imported by `to_scipy` only, never by `import ssmkit`
     import scipy.signal
@@ -72,7 +72,7 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
 
 def check_signal_names(kind: str, given: Sequence[str], count: int) -> list[str]:
     """``given`` checked as the names of a system's ``count`` inputs or outputs (python-control's ``inputs=`` /
-    ``outputs=``): a list or tuple of ``count`` distinct non-empty strings.
+    ``outputs=``): a list or tuple of ``count`` distinct non-empty strings (:func:`ssmkit.utils.distinct_names`).
 
     Args:
         kind: ``"inputs"`` or ``"outputs"`` (for the error).
@@ -85,8 +85,7 @@ def check_signal_names(kind: str, given: Sequence[str], count: int) -> list[str]
     Raises:
         ValueError: anything else, naming ``kind`` and ``count``.
     """
-    if not (isinstance(given, (list, tuple)) and len(given) == count and len(set(given)) == count
-            and all(isinstance(g, str) and g for g in given)):
+    if not distinct_names(given, count):
         raise ValueError(f"{kind} must be None or {count} distinct non-empty names, one per {kind[:-1]}; got "
                          f"{given!r}")
     return list(given)

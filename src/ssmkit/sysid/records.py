@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssmkit.utils import check_sampling_time
+from ssmkit.utils import check_sampling_time, distinct_names
 
 
 @dataclass
@@ -201,16 +201,14 @@ class SysidBenchmark:
             v, numbers.Real) and math.isfinite(v) and v > 0, "a finite number > 0")
         if self.output_names is not None:
             names = self.output_names
-            if (not isinstance(names, (tuple, list)) or len(names) != p
-                    or not all(isinstance(n, str) and n for n in names)):
-                raise ValueError(f"output_names must be None or p = {p} non-empty strings, one per output; got "
+            if not distinct_names(names, p):
+                raise ValueError(f"output_names must be None or p = {p} distinct non-empty strings, one per output; got "
                                  f"{names!r}")
             self.output_names = tuple(names)
         m = first.u.shape[1]
         if self.input_names is not None:
             names = self.input_names
-            if (not isinstance(names, (tuple, list)) or len(names) != m
-                    or not all(isinstance(n, str) and n for n in names) or len(set(names)) != m):
+            if not distinct_names(names, m):
                 raise ValueError(f"input_names must be None or m = {m} distinct non-empty strings, one per input; got "
                                  f"{names!r}")
             self.input_names = tuple(names)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ssmkit.sysid.records import IORecord, SysidBenchmark
-from ssmkit.utils import check_sampling_time
+from ssmkit.utils import check_sampling_time, distinct_names
 
 DEFAULT_TEST_FRACTION = 0.2  # the tail of each experiment held out as the test record when no test data are given
 DEFAULT_N_INIT = 50  # test samples read by the initial-state encoder and not scored (capped at a tenth of the record)
@@ -72,15 +72,17 @@ def _as_channels(values, which: str, names: Sequence[str] | None = None) -> np.n
 
 
 def _names(names, count: int, which: str, default: str) -> tuple[str, ...]:
-    """``names`` (None, one string for one channel, or a sequence of ``count`` non-empty strings) as a tuple."""
+    """``names`` (None, one string for one channel, or a sequence of ``count`` distinct non-empty strings) as a
+    tuple."""
     if names is None:
         return tuple(f"{default}{k + 1}" for k in range(count)) if count > 1 else (default,)
     if isinstance(names, str):
         names = (names,)
-    names = tuple(names)
-    if len(names) != count or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ValueError(f"{which} must be None or {count} non-empty strings, one per channel; got {names!r}")
-    return names
+    elif hasattr(names, "__iter__"):  # a NumPy array or a pandas Index of names too
+        names = tuple(names)
+    if not distinct_names(names, count):
+        raise ValueError(f"{which} must be None or {count} distinct non-empty strings, one per channel; got {names!r}")
+    return tuple(names)
 
 
 def _check_fraction(fraction, which: str) -> float:

@@ -56,7 +56,7 @@ from ssmkit.layers.checks import check_positive_int, checkpoint_dtype, parameter
 from ssmkit.layers.registry import build, layer_class
 from ssmkit.layers.state import TensorSpec, check_state, state_from_vector, zeros_from_spec
 from ssmkit.models.pattern import check_layer_options
-from ssmkit.utils import check_sampling_time
+from ssmkit.utils import check_sampling_time, distinct_names
 
 ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
 
@@ -65,8 +65,7 @@ def _check_signals(inputs, outputs, m: int, p: int) -> dict[str, tuple[str, ...]
     """The signal names of :meth:`DeepWiener.name_signals`, checked (m distinct inputs, p distinct outputs)."""
     checked = {}
     for what, value, n in (("inputs", inputs, m), ("outputs", outputs, p)):
-        if (not isinstance(value, (tuple, list)) or len(value) != n or len(set(value)) != n
-                or not all(isinstance(v, str) and v.strip() for v in value)):
+        if not distinct_names(value, n):
             raise ValueError(f"{what} must be {n} distinct non-empty strings, one per {what[:-1]}; got {value!r}")
         checked[what] = tuple(value)
     return checked

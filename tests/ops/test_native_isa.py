@@ -38,7 +38,11 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
                                                          "test_rglru_native.py", "test_native_spectral.py",
                                                          "test_fftblocks.py", "test_cauchy_pairs.py",
                                                          "test_rglru_native_float32_long.py",
-                                                         "test_native_mutants_reference.py")]
+                                                         "test_native_mutants_reference.py",
+                                                         "test_native_mutants_conv_norm.py",
+                                                         "test_native_mutants_spectral.py",
+                                                         "test_native_mutants_recurrence.py",
+                                                         "test_native_mutants_steps.py")]
     tests.append(str(ROOT / "tests/layers/test_native_steps.py"))  # the mixers' fused steps
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)

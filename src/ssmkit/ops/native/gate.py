@@ -156,12 +156,18 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         _compare(recurrence_unchecked, linear_recurrence_reference, [a, bc, hc], weight, dtype)
         args = [torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype), rand(Bsz, L, H), rand(Bsz, H)]
         _compare(recurrence_unchecked, linear_recurrence_reference, args, weight, dtype)
+        # and the other two full-block copies (real time-invariant, complex time-varying): without them a mutant that
+        # ran the real time-invariant block as complex passed the smoke call and crashed in the tests
+        _compare(recurrence_unchecked, linear_recurrence_reference, [args[0][0, 0], *args[1:]], weight, dtype)
+        _compare(recurrence_unchecked, linear_recurrence_reference, [a * args[0], bc, hc], weight, dtype)
         return
     elif op == "cauchy":
         from ssmkit.ops.cauchy import cauchy_reference
         from ssmkit.ops.native.cauchy import sums_unchecked
 
-        S, G, N, W = 2, 3, 5, 70  # two numerators per channel; two blocks of points (64 and a tail of 6)
+        # two numerators per channel; the points in blocks of 64 forward and 256 backward, each with a tail (at W 70
+        # the backward ran one block: 5 mutants of its block loop passed the smoke call, caught by the tests alone)
+        S, G, N, W = 2, 3, 5, 300
         cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         v = torch.complex(rand(S, G, N), rand(S, G, N)).to(cdtype)
         z = torch.complex(torch.zeros(G, W, dtype=f64), 10 * torch.rand(G, W, generator=g, dtype=f64)).to(cdtype)
@@ -169,17 +175,25 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         weight = torch.linspace(-1, 1, W, dtype=dtype)
         pair = lambda fn: lambda *a: (fn(*a), a[2])  # noqa: E731  (the sums, and w as a stand-in "state")
         _compare(pair(sums_unchecked), pair(cauchy_reference), [v, z, w], weight.view(1, 1, W), dtype)
+        # and with the points fixed (S4's): the backward without ∂z
+        fixed = lambda fn: lambda v, w: (fn(v, z, w), w)  # noqa: E731
+        _compare(fixed(sums_unchecked), fixed(cauchy_reference), [v, w], weight.view(1, 1, W), dtype)
         return
     elif op == "zoh":
-        from ssmkit.ops.discretize import zoh_torch
-        from ssmkit.ops.native.zoh import zoh_native
+        from ssmkit.ops.discretize import exp_phi_torch, zoh_torch
+        from ssmkit.ops.native.zoh import exp_phi_native, zoh_native, zoh_native_log
 
-        H, M = 3, 4  # |Δ Λ| on both sides of the series' radius 1
+        # |Δ Λ| from ~0.05 to ~7, on both sides of the series' radius 1 (with Δ drawn from [0, 1) every |Δ Λ| was above
+        # 1.2: the series ran in no smoke call); Λ and Δ as given, in S4D's log form (zoh_log), and exp_phi (DSS)
+        H, M = 3, 4
         cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
         lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) * 2, 3 * rand(H, M).double()).to(cdtype)
-        args = [lam, torch.complex(rand(H, M), rand(H, M)).to(cdtype), torch.rand(H, 1, generator=g, dtype=f64).to(dtype)]
+        B, dt = torch.complex(rand(H, M), rand(H, M)).to(cdtype), torch.tensor([[0.03], [0.3], [1.0]], dtype=dtype)
         weight = torch.linspace(-1, 1, M, dtype=dtype).view(1, M)
-        _compare(zoh_native, zoh_torch, args, weight, dtype)
+        _compare(zoh_native, zoh_torch, [lam, B, dt], weight, dtype)
+        from_log = lambda a, b, B, log_dt: zoh_torch(torch.complex(-a.exp(), b), B, log_dt.exp()[:, None])  # noqa: E731
+        _compare(zoh_native_log, from_log, [(-lam.real).log(), lam.imag, B, dt.log().view(H)], weight, dtype)
+        _compare(exp_phi_native, exp_phi_torch, [dt * lam], weight, dtype)
         return
     elif op == "cauchy_pairs":
         from ssmkit.ops.cauchy import cauchy_pairs_reference
@@ -211,9 +225,12 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         U, dY, K = (torch.complex(rand(*s), rand(*s)).to(cdtype) for s in ((b, c, F), (b, c, F), (c, F)))
         acc = torch.complex(rand(c, F), rand(c, F)).to(cdtype)
         want_acc, want_dY = acc + (U.conj() * dY).sum(0), dY * K.conj()
+        dY_u, dY_k, acc_k, dY_0 = dY.clone(), dY.clone(), acc.clone(), dY.clone()
         spectral_grads(U, dY, K, acc)
+        spectral_grads(None, dY_u, K, None)  # and each half alone (fftblocks asks for the one gradient it needs)
+        spectral_grads(U, dY_k, None, acc_k)
         tol = 1e-12 if dtype == torch.float64 else 1e-5
-        for a, w in ((acc, want_acc), (dY, want_dY)):
+        for a, w in ((acc, want_acc), (dY, want_dY), (dY_u, want_dY), (acc_k, want_acc), (dY_k, dY_0)):
             if not bool(((a - w).abs().max() <= tol * w.abs().max()).item()):
                 raise RuntimeError("the kernel's result differs from the reference")
         return
@@ -257,16 +274,21 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         from ssmkit.ops.native.rglru import rglru_unchecked
         from ssmkit.ops.rglru import rglru_torch
 
-        Bsz, L, H = 2, 11, 70  # two channel blocks; gates near 0 and 1 (a_t near 1: the expm1 series; near 0: e^x - 1)
-        gate = lambda: torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype) * 0.98 + 0.01  # noqa: E731
+        # gates near 0 and 1 (a_t near 1: the expm1 series; near 0: e^x - 1); two channel blocks, a full one and one of
+        # 6, 26 or 42 channels: the per-lane loop, and float32 passes of 2 and 3 vectors ending in one that overlaps
+        # the one before it (AVX-512; AVX2: passes of 2, the last overlapping). With H 70 alone the overlapping vector
+        # and the 3-vector pass ran in no smoke call (2 mutants there passed it, one of them writing past the block)
+        Bsz, L = 2, 11
         resets = torch.zeros(Bsz, L, dtype=torch.bool)
         resets[0, 3] = resets[1, 0] = True
-        args = [rand(Bsz, L, H), gate(), gate(), rand(H) * 3, rand(Bsz, H)]
         weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
-        for flags in (None, resets):
-            fast = lambda x, r, i, Lam, h0: rglru_unchecked(x, r, i, Lam, 8.0, h0, flags)  # noqa: E731
-            ref = lambda x, r, i, Lam, h0: rglru_torch(x, r, i, Lam, 8.0, h0, flags, "reference")  # noqa: E731
-            _compare(fast, ref, args, weight, dtype)
+        for H in (70, 90, 106):
+            gate = lambda: torch.rand(Bsz, L, H, generator=g, dtype=f64).to(dtype) * 0.98 + 0.01  # noqa: E731
+            args = [rand(Bsz, L, H), gate(), gate(), rand(H) * 3, rand(Bsz, H)]
+            for flags in (None, resets):
+                fast = lambda x, r, i, Lam, h0: rglru_unchecked(x, r, i, Lam, 8.0, h0, flags)  # noqa: E731
+                ref = lambda x, r, i, Lam, h0: rglru_torch(x, r, i, Lam, 8.0, h0, flags, "reference")  # noqa: E731
+                _compare(fast, ref, args, weight, dtype)
         return
     elif op in ("mamba2_step", "mamba_step", "rglru_step"):
         from ssmkit.layers.mamba import Mamba  # (layers import ops: imported here, when the smoke call runs)
@@ -274,7 +296,7 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         from ssmkit.layers.rglru import RGLRU
 
         options = {"mamba2_step": [{"ngroups": 2}, {"norm_before_gate": True, "D_has_hdim": True, "conv_bias": False},
-                                   {"rmsnorm": False}],
+                                   {"rmsnorm": False}, {"rmsnorm": False, "D_has_hdim": True}],  # both skips unnormed
                    "mamba_step": [{}, {"conv_bias": False, "d_conv": 2}], "rglru_step": [{}, {"conv_width": 2}]}[op]
         if op == "mamba2_step":  # 12 heads of 4
             cls, sizes = Mamba2, {"d_model": 24, "d_state": 5, "headdim": 4, "expand": 2}
@@ -289,10 +311,22 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         from ssmkit.ops.conv import causal_conv1d_reference
         from ssmkit.ops.native.conv import conv_unchecked
 
-        Bsz, L, H, W = 2, 6, 70, 4  # two channel blocks; L > W - 1 and a state
+        # W = 4 (the fused four-tap loops) with a bias, a state and SiLU, one channel's pre-activation near -100 (SiLU's
+        # e^{-a} past float32's range: expr, not expr_le88); then over two time blocks (64 steps and a tail of 6) W = 4
+        # without a bias or a state, and W = 3 (the tap-by-tap loops) without SiLU. With the first case alone (L 6), 17
+        # of 39 mutants of causal_conv.c passed the smoke call; it refuses 15 of them now (one, SiLU' past float32's
+        # range, was caught by no test either; the other two: one equivalent, one of x's time stride: x is contiguous)
+        Bsz, L, H, W = 2, 6, 70, 4  # L > W - 1 and a state
         args = [rand(Bsz, L, H), rand(H, W), rand(H), rand(Bsz, H, W - 1)]
-        fast = lambda *a: conv_unchecked(*a, True, "silu")  # noqa: E731
-        ref = lambda *a: (lambda y, s: (torch.nn.functional.silu(y), s))(*causal_conv1d_reference(*a))  # noqa: E731
+        args[2][0] = -100.0  # (and y + 1 compared: the loss's gradient is not ~0 there, where SiLU is, so SiLU' counts)
+        silu = lambda y, s: (torch.nn.functional.silu(y), s)  # noqa: E731
+        fast = lambda *a: (lambda y, s: (y + 1, s))(*conv_unchecked(*a, True, "silu"))  # noqa: E731
+        ref = lambda *a: (lambda y, s: (y + 1, s))(*silu(*causal_conv1d_reference(*a)))  # noqa: E731
+        long = torch.linspace(-1, 1, 70, dtype=dtype).view(1, 70, 1)
+        _compare(lambda x, w: conv_unchecked(x, w, None, None, True, "silu"),
+                 lambda x, w: silu(*causal_conv1d_reference(x, w)), [rand(Bsz, 70, H), rand(H, 4)], long, dtype)
+        _compare(lambda *a: conv_unchecked(*a, True, None), causal_conv1d_reference,
+                 [rand(Bsz, 70, H), rand(H, 3), rand(H), rand(Bsz, H, 2)], long, dtype)
     else:
         from ssmkit.ops.native.diagonal import scan_unchecked
         from ssmkit.ops.scan import ssm_scan_reference

@@ -321,18 +321,20 @@ class Hyena(SequenceLayer):
         return y.to(x.dtype), HyenaState(conv_h, torch.stack(inputs, dim=1).transpose(2, 3).contiguous())
 
     def _step_filters(self, n: int) -> torch.Tensor:
-        """(O, H, >= n) the filters for a step at position n - 1, cached (grown by doubling) while the filter's tensors
-        keep their values (reparametrised ones by their current values), no gradient is needed and no hook is on the
-        filter (a forward hook may change its output, and ``forward`` calls it every time: a cached value left the hook
-        out of the step: 5e-3 to 2.5e-2 from the forward)."""
+        """(O, H, n) the filters for a step at position n - 1, reversed in time (tap n-1-s at column s, oldest input
+        first): a view of a reversed copy cached (grown by doubling) while the filter's tensors keep their values
+        (reparametrised ones by their current values), no gradient is needed and no hook is on the filter (a forward
+        hook may change its output, and ``forward`` calls it every time: a cached value left the hook out of the step:
+        5e-3 to 2.5e-2 from the forward)."""
         tensors = module_tensors(self.filter)
         if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or _hooked(self.filter):
-            return self.filters(n)
+            return self.filters(n).flip(-1)
         if n > self._step_length:
             self._step_length = max(n, 2 * self._step_length, self.l_max)
             self._step_cache.clear()
-        h = self._step_cache.get(tensors, lambda: self.filters(self._step_length))
-        return h if h.shape[-1] >= n else self.filters(n)  # another thread grew the length meanwhile
+        h = self._step_cache.get(tensors, lambda: self.filters(self._step_length).flip(-1))
+        # the last n columns of the reversed filters are taps n-1 .. 0 (another thread may have grown the length)
+        return h[..., h.shape[-1] - n:] if h.shape[-1] >= n else self.filters(n).flip(-1)
 
     def _step(self, x_t: torch.Tensor, state: HyenaState):
         """One step of the recurrence, each long convolution summed over all its inputs so far: O(t·H) at step t."""
@@ -342,15 +344,18 @@ class Hyena(SequenceLayer):
             zc, conv_h = self.short_conv.step(z, state.conv)
             *gates, v = zc.split(H, dim=-1)  # (B, H) each
             n = state.inputs.shape[-1] + 1
-            h = self._step_filters(n)[:, :, :n].flip(-1)  # (O, H, n): tap n-1-s at column s (oldest input first)
-            inputs = []
+            h = self._step_filters(n)  # (O, H, n): tap n-1-s at column s (oldest input first)
+            newest = []
             for o in range(O):
                 z_o = gates[O - o] * v  # (B, H)
-                past = torch.cat([state.inputs[:, o], z_o.unsqueeze(-1)], dim=-1)  # (B, H, n)
-                v = (past * h[o]).sum(-1) + self.filter_bias[o] * z_o
-                inputs.append(past)
+                # Σ_s h_{n-1-s} z_s: the inputs so far against taps n-1 .. 1, the newest input by tap 0 (the state
+                # is extended once, after the loop)
+                past = (state.inputs[:, o] * h[o, :, :-1]).sum(-1)
+                v = past + (h[o, :, -1] + self.filter_bias[o]) * z_o
+                newest.append(z_o)
             y = gates[0] * v
-        return self.out_proj(y).to(x_t.dtype), HyenaState(conv_h, torch.stack(inputs, dim=1))
+            inputs = torch.cat([state.inputs, torch.stack(newest, dim=1).unsqueeze(-1)], dim=-1)  # (B, O, H, n)
+        return self.out_proj(y).to(x_t.dtype), HyenaState(conv_h, inputs)
 
     def extra_repr(self) -> str:
         return self._with_changed_options(

@@ -42,3 +42,19 @@ def test_a_script_without_a_main_guard_can_start_the_pool(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "True", "True"]  # the rows; __file__ restored; a script's spec is None
+
+
+def test_the_pool_is_closed_and_joined_not_terminated():
+    # leaving the block normally: every worker took the end-of-work sentinel and exited with 0 (Pool's own `with`
+    # terminates: -SIGTERM); leaving it by an exception: the pool is terminated and the exception goes on
+    with process_pool(2) as pool:
+        workers = list(pool._pool)  # noqa: SLF001
+        assert pool.map(math.sqrt, [16.0, 25.0]) == [4.0, 5.0]
+    assert [w.exitcode for w in workers] == [0, 0]
+    try:
+        with process_pool(2) as pool:
+            workers = list(pool._pool)  # noqa: SLF001
+            raise KeyError("stop")
+    except KeyError as e:
+        assert e.args == ("stop",)
+    assert all(not w.is_alive() for w in workers)

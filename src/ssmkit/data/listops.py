@@ -31,6 +31,7 @@ and S5 (``masked_meanpool``) pool ListOps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -225,21 +226,18 @@ def generate_listops(
         raise ValueError(f"need 0 <= min_length < max_length; got {min_length}, {max_length}")
     found: dict[str, int] = {}
     job = (seed, 0, draws_per_chunk, min_length, max_length, max_depth, max_args)
-    batch = 2 * workers  # chunks per round: Pool.imap would drain an endless job list at once
-    pool = process_pool(workers) if workers > 1 else None  # never forked from this (threaded) process: data/pool.py
-    try:
+    batch = 2 * workers  # chunks per round (an endless job list would be drawn at once)
+    with process_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:  # never forked: data/pool.py
         start = 0
         while len(found) < n:
             jobs = [job[:1] + (c,) + job[2:] for c in range(start, start + batch)]
-            for rows in (pool.imap(_chunk, jobs) if pool else map(_chunk, jobs)):  # in chunk order
+            # the pool's round whole (no job is left running when the pool closes); in chunk order
+            for rows in (pool.map(_chunk, jobs) if pool else map(_chunk, jobs)):
                 for text, label in rows:
                     found.setdefault(text, label)
                     if len(found) == n:
                         return list(found.items())
             start += batch
-    finally:
-        if pool:
-            pool.terminate()
     return list(found.items())
 
 

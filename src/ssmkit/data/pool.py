@@ -50,8 +50,24 @@ def _main_module_hidden() -> Iterator[None]:
                 main.__dict__[name] = value
 
 
-def process_pool(workers: int) -> Pool:
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[Pool]:
     """A ``multiprocessing`` pool of ``workers`` processes started by :func:`start_method`, without re-importing the
-    main module in them (see the module docstring): only functions importable from a module run in it."""
+    main module in them (see the module docstring): only functions importable from a module run in it.
+
+    Used as ``with process_pool(n) as pool:``. On leaving the block normally the pool is closed and joined: its
+    workers take the end-of-work sentinel and exit (code 0), nothing is killed; ``Pool.terminate()`` (what the
+    pool's own ``with`` does) kills workers that may be idle inside a locked read of the task queue, or still
+    starting, and runs only when the block raises. (A CI run on 2026-12-06 lost a worker in ``generate_listops(...,
+    workers=2)`` with the forkserver start, which then left the pool by ``terminate`` with a worker possibly still
+    starting; xdist returned no stack, so where it hung is not known.)
+    """
     with _main_module_hidden():
-        return multiprocessing.get_context(start_method()).Pool(workers)
+        pool = multiprocessing.get_context(start_method()).Pool(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()

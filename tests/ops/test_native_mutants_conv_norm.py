@@ -36,11 +36,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _conv_grads(fn, leaves, gy, gs):
-    """y, the final state and the gradients of Σ gy ⊙ y + Σ gs ⊙ state with respect to every leaf."""
+def _grads(fn, leaves, *gouts):
+    """fn's outputs (one tensor, or a tuple such as y and the final state) and the gradients of Σ_k Σ gouts[k] ⊙
+    output k with respect to every leaf."""
     p = [t.clone().requires_grad_() for t in leaves]
-    y, s = fn(*p)
-    return [y, s, *torch.autograd.grad((y * gy).sum() + (s * gs).sum(), p)]
+    out = fn(*p)
+    outs = out if isinstance(out, tuple) else (out,)
+    return [*outs, *torch.autograd.grad(sum((o * g).sum() for o, g in zip(outs, gouts, strict=True)), p)]
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])
@@ -60,8 +62,8 @@ def test_conv_width_four_without_bias_equals_the_loop_in_float64(state, activati
         y, s = causal_conv1d_reference(x, w, None, *st)
         return act(y), s
 
-    got = _conv_grads(lambda x, w, *st: causal_conv1d_native(x, w, None, *st, activation=activation), leaves, gy, gs)
-    for a, b in zip(got, _conv_grads(ref, leaves, gy, gs)):
+    got = _grads(lambda x, w, *st: causal_conv1d_native(x, w, None, *st, activation=activation), leaves, gy, gs)
+    for a, b in zip(got, _grads(ref, leaves, gy, gs)):
         assert rel_err(a, b) < 1e-12
 
 
@@ -76,10 +78,10 @@ def test_conv_float32_silu_past_the_exponentials_range_equals_the_loop(W):
     r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
     leaves64 = [0.01 * r(Bsz, L, H), r(H, W), torch.linspace(-120.0, 120.0, H, dtype=F64), r(Bsz, H, W - 1) * 0.01]
     gy, gs = r(Bsz, L, H), r(Bsz, H, W - 1)
-    want = _conv_grads(lambda x, w, b, st: (lambda y, s: (F.silu(y), s))(*causal_conv1d_reference(x, w, b, st)),
+    want = _grads(lambda x, w, b, st: (lambda y, s: (F.silu(y), s))(*causal_conv1d_reference(x, w, b, st)),
                        leaves64, gy, gs)
     leaves32 = [t.float() for t in leaves64]
-    got = _conv_grads(lambda *a: causal_conv1d_native(*a, activation="silu"), leaves32, gy.float(), gs.float())
+    got = _grads(lambda *a: causal_conv1d_native(*a, activation="silu"), leaves32, gy.float(), gs.float())
     assert (got[0][..., : H // 3] <= 0).all()  # SiLU of a ≤ -40: 0 or a tiny negative
     for a, b in zip(got, want):
         assert torch.isfinite(a).all() and rel_err(a, b) < 2e-6
@@ -107,13 +109,6 @@ def test_the_conv_smoke_call_reaches_every_path_of_the_kernel(monkeypatch):
     assert any(s for L, W, b, s, a in calls) and {a for *_, a in calls} == {None, "silu"}
     assert any(L > 64 and L % 64 != 0 and a is None for L, W, b, s, a in calls)
     assert any(L > 64 and L % 64 != 0 and a == "silu" for L, W, b, s, a in calls)
-
-
-def _grads(fn, leaves, gout):
-    """fn's output and the gradients of Σ gout ⊙ output with respect to every leaf."""
-    p = [t.clone().requires_grad_() for t in leaves]
-    out = fn(*p)
-    return [out, *torch.autograd.grad((out * gout).sum(), p)]
 
 
 def _norm_formula(y, z, w, G, eps, nbg):

@@ -320,8 +320,9 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         args = [rand(Bsz, L, H), rand(H, W), rand(H), rand(Bsz, H, W - 1)]
         args[2][0] = -100.0  # (and y + 1 compared: the loss's gradient is not ~0 there, where SiLU is, so SiLU' counts)
         silu = lambda y, s: (torch.nn.functional.silu(y), s)  # noqa: E731
-        fast = lambda *a: (lambda y, s: (y + 1, s))(*conv_unchecked(*a, True, "silu"))  # noqa: E731
-        ref = lambda *a: (lambda y, s: (y + 1, s))(*silu(*causal_conv1d_reference(*a)))  # noqa: E731
+        shift = lambda y, s: (y + 1, s)  # noqa: E731
+        fast = lambda *a: shift(*conv_unchecked(*a, True, "silu"))  # noqa: E731
+        ref = lambda *a: shift(*silu(*causal_conv1d_reference(*a)))  # noqa: E731
         long = torch.linspace(-1, 1, 70, dtype=dtype).view(1, 70, 1)
         _compare(lambda x, w: conv_unchecked(x, w, None, None, True, "silu"),
                  lambda x, w: silu(*causal_conv1d_reference(x, w)), [rand(Bsz, 70, H), rand(H, 4)], long, dtype)

@@ -178,11 +178,16 @@ class Attention(SequenceLayer):
         """The longest cache kept: window - 1 positions, or None (unbounded)."""
         return None if self.window is None else self.window - 1
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v (B, A, L, P) of x (B, L, H)."""
+    def _heads(self, x: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, A, L, P) of x (B, L, H), q and k rotated at the positions start, start + 1, ... (start (B, 1)
+        float64) with rotary positions; q and k are rotated in one call (one set of angles for both)."""
         Bsz, L, _ = x.shape
-        qkv = self.qkv(x).reshape(Bsz, L, 3, self.n_heads, self.head_dim)  # (B, L, 3, A, P)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, A, L, P)
+        qkv = self.qkv(x).reshape(Bsz, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, A, L, P)
+        qk, v = qkv[:2], qkv[2]  # (2, B, A, L, P), (B, A, L, P)
+        if self.positional == "rotary":
+            positions = (start + torch.arange(L, device=x.device))[:, None]  # (B, 1, L): broadcast over q/k and heads
+            qk = rotary(qk, positions, self.rotary_base)
+        q, k = qk.unbind(0)
         return q, k, v
 
     def _attend(self, x: torch.Tensor, state: KVCache | None, backend: str, return_state: bool):
@@ -193,11 +198,8 @@ class Attention(SequenceLayer):
         without a window) and the position p0 + L."""
         Bsz, L, _ = x.shape
         state = None if state is None else KVCache(*state)  # a plain tuple is accepted too
-        q, k, v = self._heads(x)  # (B, A, L, P)
         start = x.new_zeros((Bsz, 1), dtype=torch.float64) if state is None else state.position  # (B, 1)
-        if self.positional == "rotary":
-            positions = (start + torch.arange(L, device=x.device))[:, None]  # (B, 1, L): broadcast over the heads
-            q, k = rotary(q, positions, self.rotary_base), rotary(k, positions, self.rotary_base)  # (B, A, L, P)
+        q, k, v = self._heads(x, start)  # (B, A, L, P)
         if state is not None:
             check_cache(state, self.cache_limit)
             k = torch.cat([state.keys, k], dim=2)  # (B, A, K, P): cache first

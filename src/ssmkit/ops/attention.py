@@ -183,8 +183,8 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
     P = x.shape[-1]
     if P % 2:
         raise ValueError(f"rotary positions need an even head dimension P; got P={P}")
-    theta = base ** (-torch.arange(0, P // 2, dtype=torch.float64, device=x.device) * 2.0 / P)  # (P/2,)
-    angle = positions.to(torch.float64)[..., None] * theta  # (..., L, P/2)
+    theta = base ** (torch.arange(0, P, 2, dtype=torch.float64, device=x.device) / -P)  # (P/2,): 2k / -P exactly
+    angle = positions.to(torch.float64).unsqueeze(-1) * theta  # (..., L, P/2)
     cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)  # (..., L, P/2)
     x1, x2 = x[..., : P // 2], x[..., P // 2 :]  # (..., L, P/2)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (..., L, P)

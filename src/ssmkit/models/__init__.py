@@ -1,8 +1,10 @@
-"""Models built from layers: the residual Wiener block, the sequence model, its configuration and layer patterns."""
+"""Models built from layers: the residual Wiener block, the sequence model, its configuration and layer patterns, and
+generation with a token language model."""
 
 from ssmkit.models.block import Block
 from ssmkit.models.config import SequenceModelConfig
+from ssmkit.models.generate import filter_logits, generate, next_tokens
 from ssmkit.models.pattern import interleave
 from ssmkit.models.sequence import SequenceModel
 
-__all__ = ["Block", "SequenceModel", "SequenceModelConfig", "interleave"]
+__all__ = ["Block", "SequenceModel", "SequenceModelConfig", "filter_logits", "generate", "interleave", "next_tokens"]

@@ -345,6 +345,35 @@ class SequenceModel(nn.Module):
             new_states.append(s)
         return self._as_input_dtype(self.head(self.final_norm(h)), x_t), new_states
 
+    def generate(
+        self,
+        prompts: torch.Tensor | list[torch.Tensor],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Continue token prompts, the prompts by ``forward`` and each new token by ``step`` (a ``head="lm"`` model).
+
+        :func:`ssmkit.models.generate` with this model (its docstring gives the sampling rules and the batching).
+
+        Args:
+            prompts: (B, L) token ids, or a list of 1-D token tensors of any lengths >= 1.
+            max_new_tokens: the most tokens added to each prompt.
+            temperature: 0 for greedy decoding, else the softmax temperature of the draws.
+            top_k, top_p: sample among the k most likely tokens, then within the nucleus of mass p (None: all).
+            eos_id: a stream stops after producing this token (None: never).
+            generator: the ``torch.Generator`` of the draws.
+
+        Returns:
+            (B, L + n) ids for a tensor (eos_id after a stream's eos), or a list of 1-D tensors for a list.
+        """
+        from ssmkit.models.generate import generate
+
+        return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
+
     def initial_state(self, batch_size: int) -> list:
         """Zero states, one per block."""
         return [block.initial_state(batch_size) for block in self.blocks]

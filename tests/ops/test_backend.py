@@ -272,6 +272,35 @@ def test_checkpoint_contexts_recompute_under_the_forward_backend_in_another_thre
     assert ops.get_backend() == "auto"
 
 
+def test_checkpoint_contexts_can_be_entered_again_nested_and_in_threads():
+    # a backward after backward(retain_graph=True) recomputes again: the contexts were generators, good for one entry
+    with ops.use_backend("reference"):
+        forward, recompute = ops.checkpoint_contexts()
+    seen = []
+    for _ in range(2):
+        with recompute:
+            seen.append(ops.get_backend())
+            with ops.use_backend("chunked"):
+                with recompute:
+                    seen.append(ops.get_backend())
+                seen.append(ops.get_backend())
+            seen.append(ops.get_backend())
+        seen.append(ops.get_backend())
+    assert seen == ["reference", "reference", "chunked", "reference", "auto"] * 2
+
+    def other():
+        with recompute:
+            seen.append(ops.get_backend())
+        seen.append(ops.get_backend())
+
+    with ops.use_backend("fft"), recompute:
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        seen.append(ops.get_backend())
+    assert seen[-3:] == ["reference", "auto", "reference"] and ops.get_backend() == "auto"
+
+
 def test_a_forced_backend_does_not_evaluate_autos_choice(monkeypatch):
     """``dispatch`` calls an op's ``auto`` choice only under ``"auto"``: with a backend forced, no op asks whether the C
     or Triton kernels could run (which builds and smoke-tests them on first use: a first ``backend="reference"`` call

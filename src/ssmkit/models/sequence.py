@@ -26,6 +26,7 @@ from ssmkit.layers.registry import build
 from ssmkit.models.block import NORM_EPS, Block
 from ssmkit.models.config import SequenceModelConfig
 from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
+from ssmkit.models.recompute import checkpointed_block
 from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.rows import weight_dtype_device
@@ -75,6 +76,11 @@ class SequenceModel(nn.Module):
             returns are those after the padding (causal layers read it; continue a batch of prompts of different lengths
             item by item). The outputs at the padding positions are unspecified.
         device, dtype: of all parameters.
+
+    ``model.activation_checkpointing = True`` (an attribute, False at construction; ``TrainConfig`` sets it for
+    training) keeps only each block's input in a forward that records gradients and recomputes the block in the
+    backward (:func:`ssmkit.models.recompute.checkpointed_block`): the activation memory of one block instead of all,
+    for one more forward pass; the gradients, dropout masks and batch-norm statistics are those without it.
 
     ``step`` returns the head applied to the current time step (what ``pool="last"`` or ``pool=None`` gives at that
     step); a ``pool="mean"`` model's running mean is not formed. ``num_parameters()`` counts the parameters.
@@ -142,6 +148,7 @@ class SequenceModel(nn.Module):
         self.pair = pair
         self.pad_id = pad_id
         self.check_finite = check_finite
+        self.activation_checkpointing = False  # a training choice (TrainConfig), not part of the model's config
         factory = {"device": device, "dtype": dtype}
         if vocab_size is not None:
             self.encoder: nn.Module = nn.Embedding(vocab_size, d_model, **factory)
@@ -310,7 +317,10 @@ class SequenceModel(nn.Module):
         keep = None if self.pad_id is None else x != self.pad_id  # (B, L): the bidirectional layers skip the rest
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
-            h, s = block(h, s, return_state=return_state, mask=keep)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                h, s = checkpointed_block(block, h, s, return_state, keep)  # recomputed in the backward
+            else:
+                h, s = block(h, s, return_state=return_state, mask=keep)
             if self.check_finite:
                 self._check_finite(h, f"the output of block {i}", pairs)
             new_states.append(s)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from typing import Callable, ContextManager, Iterator, Mapping, TypeVar
 
 import torch
@@ -100,11 +101,30 @@ def checkpoint_contexts() -> tuple[ContextManager[None], ContextManager[None]]:
     another path and the checkpoint refused it ("A different number of tensors was saved", an H200). Under
     ``"auto"`` nothing differs; the reentrant checkpoint takes no ``context_fn``, and recomputes under ``"auto"`` there.
 
+    Both contexts can be entered again (a backward after ``backward(retain_graph=True)`` recomputes once more; a
+    ``use_backend`` block, a generator, could be entered once and failed there).
+
     Returns:
         (the forward's context, the recomputation's context).
     """
     name = get_backend()
-    return use_backend(name), use_backend(name)
+    return BackendContext(name), BackendContext(name)
+
+
+class BackendContext:
+    """A ``with`` block under one backend that can be entered any number of times, nested or from several threads
+    (each entry restores, on its exit, the backend its own thread had)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = _check_name(name, "backend")
+        self._tokens = threading.local()
+
+    def __enter__(self) -> None:
+        stack = self._tokens.__dict__.setdefault("stack", [])
+        stack.append(_BACKEND.set(self._name))
+
+    def __exit__(self, *exc: object) -> None:
+        _BACKEND.reset(self._tokens.stack.pop())
 
 
 def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str | Callable[[], str]) -> F:

@@ -48,6 +48,10 @@ class TrainConfig:
             lowest, the first of equal scores; how the published LRA numbers are selected, docs/design.md
             "besttest"). Both are always recorded, as ``test_<metric>_final`` and ``test_<metric>_best_val``;
             ``"best_val"`` needs a validation split.
+        activation_checkpointing: keep only each block's input in the training forward and recompute the block in
+            the backward (``SequenceModel.activation_checkpointing``): the activations of one block in memory instead
+            of every block's, for one more forward pass; the same gradients, dropout masks and batch-norm statistics.
+            True or False (False, the default).
     """
 
     batch_size: int = 32
@@ -69,6 +73,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     log_every: int = 50
     test_weights: str = "final"
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "devices", "log_every"):
@@ -102,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"early_stopping must be None or a positive int; got {self.early_stopping!r}")
         if self.test_weights not in TEST_WEIGHTS:
             raise ValueError(f"test_weights must be one of {TEST_WEIGHTS}; got {self.test_weights!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError(f"activation_checkpointing must be True or False; got {self.activation_checkpointing!r}")
         if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or isinstance(
                 self.eval_batch_size, bool) or self.eval_batch_size < 1):
             raise ValueError(f"eval_batch_size must be None or a positive int; got {self.eval_batch_size!r}")

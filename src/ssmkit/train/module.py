@@ -55,6 +55,7 @@ class SequenceLightningModule(pl.LightningModule):
         self.model_config = model_cfg
         self.train_config = train_cfg
         self.model = SequenceModel.from_config(model_cfg)
+        self.model.activation_checkpointing = train_cfg.activation_checkpointing
         if train_cfg.precision == "64":
             # float64 from the start, as Lightning's "64-true" converts it: Lightning loads a checkpoint's weights into
             # the module as built (``fit(ckpt_path=...)`` before converting it, ``load_from_checkpoint``), so a float32

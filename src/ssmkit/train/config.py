@@ -52,6 +52,11 @@ class TrainConfig:
             the backward (``SequenceModel.activation_checkpointing``): the activations of one block in memory instead
             of every block's, for one more forward pass; the same gradients, dropout masks and batch-norm statistics.
             True or False (False, the default).
+        micro_batches: split each step's ``batch_size`` samples into this many parts, run one after the other with
+            their gradients accumulated before the update (gradient accumulation): the activations of one part in
+            memory, the same step (the gradient of the whole batch's mean loss, each part weighted by the items it
+            scores; batch norm takes each part's statistics, dropout draws a mask per part). At most ``batch_size``
+            (default 1).
     """
 
     batch_size: int = 32
@@ -74,9 +79,10 @@ class TrainConfig:
     log_every: int = 50
     test_weights: str = "final"
     activation_checkpointing: bool = False
+    micro_batches: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_steps", "devices", "log_every"):
+        for name in ("batch_size", "max_steps", "devices", "log_every", "micro_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
@@ -84,6 +90,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0; got {value!r}")
+        if self.micro_batches > self.batch_size:
+            raise ValueError(f"micro_batches must be <= batch_size = {self.batch_size} (each part holds a sample at "
+                             f"least); got {self.micro_batches}")
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps must be < max_steps = {self.max_steps}; got {self.warmup_steps}")
         # numpy's range, which Lightning's seed_everything enforces (it raised only when fit started)

@@ -18,7 +18,7 @@ import torch
 from ssmkit.models import SequenceModel, SequenceModelConfig
 from ssmkit.train.batches import EvalBatches, StepBatches, eval_batches
 from ssmkit.train.config import TrainConfig
-from ssmkit.train.objective import METRIC_NAMES, summed_loss_and_metric
+from ssmkit.train.objective import METRIC_NAMES, scored_count, summed_loss_and_metric
 from ssmkit.train.optim import param_groups
 from ssmkit.train.schedule import warmup_cosine
 
@@ -74,9 +74,12 @@ class SequenceLightningModule(pl.LightningModule):
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x), y)
-        loss = loss_sum / count.clamp_min(1.0)
-        finite = torch.isfinite(loss)
+        if self.train_config.micro_batches == 1:
+            loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x), y)
+            loss = loss_sum / count.clamp_min(1.0)
+            finite = torch.isfinite(loss)
+        else:
+            loss, loss_sum, metric_sum, count, finite = self._micro_batches(x, y)
         # One all-reduce per step, as before. The processes decide together whether to stop (one that stopped alone
         # left the others in the gradient all-reduce: over gloo they failed with "Connection closed by peer", the
         # cause only in the stopped rank's log; NCCL waits for its timeout), and the same call sums their losses,
@@ -97,6 +100,42 @@ class SequenceLightningModule(pl.LightningModule):
         self.log("train_loss", global_loss / global_count, prog_bar=True, on_step=True, on_epoch=False)
         self.log(f"train_{METRIC_NAMES[self.head]}", global_metric / global_count, on_step=True, on_epoch=False)
         return loss
+
+    def _micro_batches(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The step's batch in ``micro_batches`` parts (gradient accumulation): (loss, loss sum, metric sum, count,
+        all finite) of the whole batch.
+
+        Part i's loss is its loss sum over the whole batch's count, loss_i = Σ_{part i} ℓ / n, so the parts' gradients
+        add up to the gradient of the batch's mean loss Σ ℓ / n, also where the parts score different numbers of items
+        (a language model's ignored targets: a mean of the parts' means would weigh them wrongly). Every part but the
+        last is back-propagated here, through the strategy (the mixed-precision loss scale applies); their gradients
+        stay in ``.grad``, to which Lightning adds the last part's from the returned loss. Under DDP the reducer ignores
+        gradient hooks until its module's forward returns, so the parts here are not all-reduced and the last backward
+        all-reduces the accumulated gradients once. The returned loss carries the last part's graph and the value of
+        the whole batch's loss."""
+        self.zero_grad()  # this step's gradients start here (see optimizer_zero_grad)
+        total = scored_count(self.head, y).clamp_min(1.0)
+        parts = list(zip(torch.tensor_split(x, self.train_config.micro_batches),
+                         torch.tensor_split(y, self.train_config.micro_batches)))
+        done, loss_sum, metric_sum, count, finite = None, 0.0, 0.0, 0.0, True
+        for i, (x_i, y_i) in enumerate(parts):
+            part_loss, part_metric, part_count = summed_loss_and_metric(self.head, self(x_i), y_i)
+            loss_i = part_loss / total.to(part_loss.dtype)
+            finite = finite & torch.isfinite(loss_i)
+            loss_sum, metric_sum, count = loss_sum + part_loss.detach(), metric_sum + part_metric, count + part_count
+            if i < len(parts) - 1:
+                self.trainer.strategy.backward(loss_i, None)  # into .grad; the update comes after the last part
+                done = loss_i.detach() if done is None else done + loss_i.detach()
+            else:
+                loss = loss_i if done is None else loss_i + done  # the last part's graph, the whole batch's value
+        return loss, loss_sum, metric_sum, count, finite
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning zeroes the gradients between ``training_step`` and the backward of the loss it returns: with
+        ``micro_batches`` the parts back-propagated inside the step would be lost, so ``training_step`` zeroes them
+        before its first part instead."""
+        if self.train_config.micro_batches == 1:
+            optimizer.zero_grad()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # metrics.csv's step is Lightning's count of batches that stepped, which equals the global step before every

@@ -51,4 +51,20 @@ def summed_loss_and_metric(head: str, out: torch.Tensor, y: torch.Tensor) -> tup
     raise ValueError(f"head must be 'classify', 'regress' or 'lm'; got {head!r}")
 
 
+def scored_count(head: str, y: torch.Tensor) -> torch.Tensor:
+    """The number of scored items of targets ``y``, as :func:`summed_loss_and_metric` counts them (without the
+    model's output): the labels (classify), the target values (regress), the targets other than -100 (lm).
+
+    Args:
+        head: ``"classify"``, ``"regress"`` or ``"lm"``.
+        y: the targets.
+
+    Returns:
+        a float64 scalar on y's device.
+    """
+    if head == "lm":
+        return (y != IGNORE).sum().to(torch.float64)
+    return torch.tensor(float(y.shape[0] if head == "classify" else y.numel()), dtype=torch.float64, device=y.device)
+
+
 METRIC_NAMES = {"classify": "accuracy", "regress": "mse", "lm": "accuracy"}

@@ -20,8 +20,8 @@ too). A resume may change what decides when the run stops, what it validates, lo
 ``max_time``, ``early_stopping`` (the run stops where an uninterrupted run with the new patience would, or at once if
 that step is behind it), ``val_every`` (the best validation is chosen among those that ran, before and after),
 ``checkpoint_every``, ``log_every``, ``eval_batch_size`` (validation sums in another order: the last bits may differ),
-``test_weights``, ``accelerator``, ``strategy``, ``activation_checkpointing`` (the same gradients) and ``devices`` with
-``devices × batch_size`` kept (not bit for bit:
+``test_weights``, ``accelerator``, ``strategy``, ``activation_checkpointing`` and ``micro_batches`` (the same step's
+gradient) and ``devices`` with ``devices × batch_size`` kept (not bit for bit:
 each process draws its own dropout masks). It refuses (:func:`check_same_run`, a ValueError naming each field with its
 saved and given value) another model, ``lr``, ``weight_decay``, ``warmup_steps``, ``lr_floor`` or ``max_steps``
 (restored by the optimiser and the schedule: new values would be ignored; ``max_steps`` may change when ``lr_floor``
@@ -103,10 +103,10 @@ RESTORED_FIELDS = ("lr", "weight_decay", "max_steps", "warmup_steps", "lr_floor"
 # clipping, the dtype the saved weights are loaded into and computed in, the batch order and a random transform's draws
 # (from the seed); and the samples of a step, devices × batch_size (the devices may change with the product kept)
 STEP_FIELDS = ("grad_clip", "precision", "seed")
-# what a resume may change: when the run stops, what it validates, records and writes, where it runs, and whether the
-# blocks are recomputed in the backward (the same gradients)
+# what a resume may change: when the run stops, what it validates, records and writes, where it runs, and how a step's
+# memory is spent (blocks recomputed in the backward, the batch in parts: the same step's gradient)
 FREE_FIELDS = ("max_time", "early_stopping", "val_every", "checkpoint_every", "log_every", "eval_batch_size",
-               "test_weights", "accelerator", "strategy", "activation_checkpointing")
+               "test_weights", "accelerator", "strategy", "activation_checkpointing", "micro_batches")
 
 
 def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_config: TrainConfig, path: str,

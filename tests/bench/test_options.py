@@ -7,7 +7,7 @@ import pytest
 
 from ssmkit.bench import SUITES, run
 
-SIZES = {"core": "--d-model", "step": "--d-model", "ssd": "--heads", "selective": "--d-model", "gpu": "--copy-bytes",
+SIZES = {"core": "--d-model", "step": "--d-model", "generate": "--d-model", "ssd": "--heads", "selective": "--d-model", "gpu": "--copy-bytes",
          "cases": "--d-model", "contention": "--d-model", "crossover": "--d-model"}
 
 

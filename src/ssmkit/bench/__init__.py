@@ -2,6 +2,7 @@
 
     core   forward and forward+backward of S4D and S4: fast paths against the reference loops
     step   recurrent generation: each layer's ``step`` against the bare diagonal-SSM step arithmetic
+    generate  a token language model per layer: the prompt's cost and each new token's (``ssmkit.models.generate``)
     ssd    Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step
     selective  one Mamba block: the chunked selective scan against the per-step loop and mambapy, with peak memory
     gpu    the scan, SSD and selective-scan ops under every backend (triton included) against the copy bandwidth
@@ -22,6 +23,7 @@ import importlib
 SUITES = {
     "core": "forward and forward+backward of S4D and S4: fast paths against the reference loops",
     "step": "recurrent step of each layer (tokens/s) against the bare diagonal-SSM step arithmetic",
+    "generate": "a token language model per layer: the prompt's cost and each new token's, greedy and sampled",
     "ssd": "Mamba-2: the chunked SSD scan against its loop, and the mamba2 layer's forward and step",
     "selective": "one Mamba block: chunked selective scan against the per-step loop and mambapy, with peak memory",
     "gpu": "the scan, SSD and selective-scan ops under every backend (triton included) against the copy bandwidth",

@@ -50,7 +50,8 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """The logits with every token outside the top-k and then outside the top-p nucleus set to -inf.
 
-    Top-k keeps the k largest logits of each row (ties at the k-th value: those ``torch.topk`` returns). Top-p keeps
+    Top-k keeps the k largest logits of each row and every logit equal to the k-th largest (ties at the k-th value
+    are all kept, as Hugging Face's top-k filter does: a row may keep more than k tokens). Top-p keeps
     the fewest largest-probability tokens whose softmax probabilities (over the tokens top-k kept) sum to at least p:
     a token is kept when the probability mass of the tokens sorted before it is below p (the most likely token
     always), arXiv 1904.09751 §3.1.
@@ -96,16 +97,31 @@ def next_tokens(
         top_k, top_p: see :func:`filter_logits`.
         generator: the ``torch.Generator`` of the draws (on the logits' device), or None for torch's default one.
 
+    The draws are computed in float64 from the logits less each row's largest one, so any temperature > 0 is
+    accepted: as T -> 0 the draw tends to the argmax (shared among tied maxima), and a +inf logit is drawn for sure.
+
     Returns:
         (B,) int64 token ids.
+
+    Raises:
+        ValueError: a row holds a NaN logit, or no logit above -inf (no token to choose).
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
         found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"logits must be a real floating (B, V) tensor; got {found}")
     _check_sampling(temperature, top_k, top_p, logits.shape[1])
+    bad = torch.isnan(logits).any(dim=1) | (logits == -math.inf).all(dim=1)  # (B,)
+    if bool(bad.any()):  # argmax took a NaN for the largest logit; multinomial raised a RuntimeError on inf/nan
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"logits must hold no NaN and at least one logit above -inf per row; row {row} is "
+                         f"{logits[row].tolist()} (a model that produced NaN: check its weights and input)")
     if temperature == 0:
         return torch.argmax(logits, dim=1)  # (B,)
-    kept = filter_logits(logits.float() / temperature, top_k, top_p)  # (B, V)
+    top = logits.amax(dim=1, keepdim=True)  # (B, 1)
+    # the largest logit at 0, the others below it: logits / T overflowed to inf for T below ~1e-38 (float32) and
+    # a +inf logit gave inf - inf; float64 keeps the differences of a float64 model's logits
+    shifted = torch.where(logits == top, 0.0, logits.double() - top.double())  # (B, V) <= 0
+    kept = filter_logits(shifted / temperature, top_k, top_p)  # (B, V)
     probs = torch.softmax(kept, dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
 

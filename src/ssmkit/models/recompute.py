@@ -54,7 +54,8 @@ class _Recomputation:
 def checkpointed_block(
     block: nn.Module, x: torch.Tensor, state: State | None, return_state: bool, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, State | None]:
-    """``block(x, state, return_state=return_state, mask=mask)`` under a non-reentrant activation checkpoint.
+    """``block(x, state, return_state=return_state, mask=mask)`` under a non-reentrant activation checkpoint
+    (inside torch.func transforms, which refuse the checkpoint's saved-tensor hooks, the block runs without one).
 
     Args:
         block: a :class:`ssmkit.models.Block` (or any module with that call).
@@ -66,6 +67,9 @@ def checkpointed_block(
     Returns:
         what the block returns: (y (B, L, H), the final state or None).
     """
+    if torch._C._are_functorch_transforms_active():  # torch.func (grad, vjp, jacrev, vmap) refuses the saved-tensor
+        # hooks the checkpoint is made of ("don't yet support saved tensor hooks"): the block runs as without it
+        return block(x, state, return_state=return_state, mask=mask)
     if torch.compiler.is_compiling():  # dynamo takes the checkpoint as one of its own operators, without context_fn
         return checkpoint(block, x, state, return_state, mask, use_reentrant=False)
     forward_context, recompute_context = checkpoint_contexts()

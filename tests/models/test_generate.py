@@ -210,3 +210,14 @@ def test_bad_arguments_raise_value_errors_naming_them():
         filter_logits(torch.zeros(V), 2)
     with pytest.raises(ValueError, match="logits"):
         next_tokens(torch.zeros(2, V, dtype=torch.long))
+
+
+def test_a_compiled_step_generates_the_same_tokens():
+    # the README's recipe for the selective and attention layers: model.step = torch.compile(model.step); the batch
+    # shrinks as a stream stops (a recompile), the tokens stay the same
+    model = _lm(["mamba"], {"mamba": variants("mamba")[0]}, dtype=torch.float32)
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4])]
+    want = generate(model, prompts, 6, temperature=0)
+    model.step = torch.compile(model.step)
+    got = generate(model, prompts, 6, temperature=0)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -39,10 +39,18 @@ def _step(model, x, checkpointing, backward=None):
             torch.rand(3, device=DEVICE))
 
 
+def _equal(a, b):
+    """Bit for bit on the CPU (deterministic kernels); on a GPU to float64 round-off (atomic sums in some backwards
+    add in another order from run to run, with or without the checkpoint)."""
+    if a.device.type == "cpu":
+        return torch.equal(a, b)
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def _same(a, b):
-    assert torch.equal(a[0], b[0])
-    assert all(torch.equal(g, h) for g, h in zip(a[1], b[1]))
-    assert all(torch.equal(u, v) for u, v in zip(a[2], b[2]))  # running statistics updated once
+    assert _equal(a[0], b[0])
+    assert all(_equal(g, h) for g, h in zip(a[1], b[1]))
+    assert all(_equal(u, v) for u, v in zip(a[2], b[2]))  # running statistics updated once
     assert torch.equal(a[3], b[3])  # the generator's stream after the step is untouched by the recomputation
 
 
@@ -70,8 +78,8 @@ def test_a_padded_token_hybrid_and_its_states():
         return y.detach(), [p.grad.clone() for p in model.parameters()], leaves
 
     (ya, ga, sa), (yb, gb, sb) = run(False), run(True)
-    assert torch.equal(ya, yb) and all(torch.equal(g, h) for g, h in zip(ga, gb))
-    assert all(torch.equal(s, t) for s, t in zip(sa, sb))  # the final states come out of the checkpoint unchanged
+    assert _equal(ya, yb) and all(_equal(g, h) for g, h in zip(ga, gb))
+    assert all(_equal(s, t) for s, t in zip(sa, sb))  # the final states come out of the checkpoint unchanged
 
 
 def _saved_bytes(model, x):
@@ -111,7 +119,7 @@ def test_a_second_backward_recomputes_again():
 
     model.zero_grad()
     second = _step(model, x, True, backward=twice)
-    assert all(torch.equal(2 * g, h) for g, h in zip(first[1], second[1]))
+    assert all(_equal(2 * g, h) for g, h in zip(first[1], second[1]))
 
 
 def test_the_recomputation_keeps_the_forward_backend_in_another_thread():
@@ -137,7 +145,7 @@ def test_the_recomputation_keeps_the_forward_backend_in_another_thread():
     thread.start()
     thread.join()
     assert not errors
-    assert all(torch.equal(g, p.grad) for g, p in zip(want[1], model.parameters()))
+    assert all(_equal(g, p.grad) for g, p in zip(want[1], model.parameters()))
 
 
 def test_without_gradients_nothing_is_checkpointed_and_the_outputs_agree():
@@ -149,8 +157,8 @@ def test_without_gradients_nothing_is_checkpointed_and_the_outputs_agree():
     model.activation_checkpointing = False
     with torch.no_grad():
         y, states = model(x)
-    assert torch.equal(y, y_ck)
-    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(states),
+    assert _equal(y, y_ck)
+    assert all(_equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(states),
                                                   torch.utils._pytree.tree_leaves(states_ck)))
 
 

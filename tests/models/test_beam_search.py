@@ -141,3 +141,11 @@ def test_the_beam_follows_its_algorithm(K, alpha):
             score, new = _beam_reference(model, prompt, 6, K, alpha, eos_id)
             assert result.tokens[b].tolist() == prompt.tolist() + new, (b, eos_id)
             assert float(result.scores[b]) == pytest.approx(score, rel=1e-10)
+
+
+def test_nan_logits_are_refused():
+    model = _lm(["s4d"])
+    with torch.no_grad():
+        model.head.bias[1] = float("nan")
+    with pytest.raises(ValueError, match="logits hold NaN"):
+        beam_search(model, torch.tensor([[1, 2]]), 3, 2)

@@ -57,14 +57,16 @@ def beam_search(
 ) -> BeamResult:
     """The highest-scoring continuation of each prompt found by a beam of ``num_beams`` hypotheses (module docstring).
 
-    Runs without gradients, in the model's mode (call ``model.eval()`` first), inside
-    :func:`ssmkit.layers.frozen_parameters`.
+    Runs without gradients, in the model's mode (call ``model.eval()`` first: in training mode dropout draws a new
+    mask at every forward and step, so the scores are not the eval model's), inside
+    :func:`ssmkit.layers.frozen_parameters`. Tied log-probabilities go to the earlier beam, then the lower token id.
 
     Args:
         model: a token language model, ``SequenceModel(vocab_size=V, head="lm", pool=None, d_output=V)``.
         prompts: (B, L) token ids, L >= 1.
         max_new_tokens: the most tokens added to a prompt (>= 1).
-        num_beams: K, the hypotheses kept per prompt (>= 1; 1 is greedy decoding).
+        num_beams: K, the hypotheses kept per prompt (>= 1; 1 is greedy decoding when ``eos_id`` is None: with an
+            ``eos_id`` one beam continues past a finished hypothesis and the better of them by score is returned).
         length_penalty: α in score = Σ log p / n^α (0: the plain sum, which favours short hypotheses; 1: the mean).
         eos_id: the token that ends a hypothesis, or None (every hypothesis has ``max_new_tokens`` tokens).
 
@@ -83,6 +85,12 @@ def beam_search(
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not math.isfinite(
             length_penalty):
         raise ValueError(f"length_penalty must be a finite number; got {length_penalty!r}")
+    try:  # n^α for every n <= max_new_tokens must be a finite float (a float power raises OverflowError past it)
+        float(max_new_tokens) ** abs(length_penalty)
+    except OverflowError:
+        raise ValueError(f"length_penalty must have max_new_tokens^|length_penalty| a finite float (|length_penalty| "
+                         f"<= {709.78 / math.log(max_new_tokens):.4g} for max_new_tokens={max_new_tokens}); got "
+                         f"{length_penalty!r}") from None
     if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab):
         raise ValueError(f"eos_id must be None or a token id in [0, {vocab}); got {eos_id!r}")
     with torch.no_grad(), frozen_parameters():
@@ -92,13 +100,21 @@ def beam_search(
     return BeamResult(tokens, torch.tensor([score for score, _ in found], dtype=torch.float64))
 
 
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax of (Ba, V) logits in float64; ValueError for a NaN (a model that produced one: every score would
+    be NaN, and no comparison would pick a hypothesis)."""
+    if bool(torch.isnan(logits).any()):
+        raise ValueError("the model's logits hold NaN (check its weights and input): beam search cannot rank them")
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
 def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K: int, alpha: float,
             eos_id: int | None) -> list[tuple[float, list[int]]]:
     """(score, new tokens) of each prompt's best hypothesis."""
     device = model.head.weight.device
     B = prompts.shape[0]
     logits, state = model(prompts.to(device), return_state=True)  # (B, L, V)
-    logp = torch.log_softmax(logits[:, -1].double(), dim=-1)  # (B, V): the first new token
+    logp = _log_probs(logits[:, -1])  # (B, V): the first new token
     # live beams: per prompt a list of (log-probability sum, tokens); their rows in the batch are prompt-major
     live: list[list[tuple[float, list[int]]]] = [[(0.0, [])] for _ in range(B)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
@@ -114,7 +130,13 @@ def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K:
                 continue
             sums = torch.tensor([s for s, _ in beams], dtype=torch.float64, device=device)[:, None] + logp[
                 row: row + len(beams)]  # (beams, V): each extension's log-probability sum
-            top_sums, top = torch.topk(sums.flatten(), min(2 * K, sums.numel()))  # the best extensions, in order
+            # the 2K best extensions, in order; ties go to the earlier beam, then the lower token id (as greedy
+            # decoding's first of tied maxima; topk's choice and order among equal values are unspecified): every
+            # extension at least the 2K-th best, in index order, then a stable sort
+            flat = sums.flatten()
+            top = torch.nonzero(flat >= torch.topk(flat, min(2 * K, flat.numel())).values[-1]).flatten()
+            top = top[torch.sort(flat[top], descending=True, stable=True).indices[: 2 * K]]
+            top_sums = flat[top]
             chosen = []
             for total, flat in zip(top_sums.tolist(), top.tolist()):
                 beam, token = divmod(flat, sums.shape[1])
@@ -142,5 +164,5 @@ def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K:
         index = torch.tensor(keep_rows, device=device)
         state = select_state(state, index)  # the kept beams' states, prompt-major; a beam kept twice is copied
         out, state = model.step(torch.tensor(next_tokens, device=device), state)  # (Ba, V)
-        logp = torch.log_softmax(out.double(), dim=-1)
+        logp = _log_probs(out)
     return [max(f, key=lambda h: h[0]) if f else (-math.inf, []) for f in finished]

@@ -15,6 +15,9 @@ def test_quickstart_runs(capsys):
     exec(compile(blocks[0], str(README), "exec"), namespace)
     assert namespace["y"].shape == (8, 1000, 64) and namespace["y3"].shape == (2, 10, 64)
     assert namespace["ss"].nstates == 64 and namespace["ss"].nsystems == 64
+    tokens = namespace["tokens"]  # the generation line: 8 prompt tokens + 16 new ones, ids in the vocabulary
+    assert tokens.shape == (2, 24) and tokens.dtype == namespace["torch"].int64 and 0 <= int(tokens.min())
+    assert int(tokens.max()) < 100
     assert "(64, 64) True" in capsys.readouterr().out
 
 

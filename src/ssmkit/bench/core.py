@@ -35,15 +35,26 @@ def _once(fn) -> float:
     return time.perf_counter() - start
 
 
-def build_for_bench(name: str, d_model: int, d_state: int, length: int | None = None) -> layers.SequenceLayer:
-    """Layer ``name`` with ``d_model`` channels, ``d_state`` when the layer has a state size (attention has none), and
-    ``l_max = length`` when given and the layer has an ``l_max`` (S4 attunes C̃ to it: a shorter one costs a doubling
-    in every call; the official S4 is timed with ``l_max = L`` too)."""
+def bench_options(name: str, d_state: int, length: int | None = None) -> dict:
+    """The options the suites build layer ``name`` with: ``d_state`` when the layer has a state size (attention has
+    none), and ``l_max = length`` when given and the layer has an ``l_max`` (S4 attunes C̃ to it: a shorter one costs
+    a doubling in every call; the official S4 is timed with ``l_max = L`` too).
+
+    Args:
+        name: a registered layer.
+        d_state: N.
+        length: L, or None.
+    """
     params = inspect.signature(layers.layer_class(name)).parameters
     options = {"d_state": d_state} if "d_state" in params else {}
     if length is not None and "l_max" in params:
         options["l_max"] = length
-    return layers.build(name, d_model=d_model, **options)
+    return options
+
+
+def build_for_bench(name: str, d_model: int, d_state: int, length: int | None = None) -> layers.SequenceLayer:
+    """Layer ``name`` with ``d_model`` channels and :func:`bench_options`."""
+    return layers.build(name, d_model=d_model, **bench_options(name, d_state, length))
 
 
 def unbuildable(specs: list[tuple[str, str, int, int, int | None]]) -> str | None:

@@ -18,7 +18,6 @@ the rounds (this shared VM drifts by ±50 %: a layer's rows compare within a run
 from __future__ import annotations
 
 import argparse
-import inspect
 import statistics
 import time
 
@@ -26,7 +25,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.bench import positive_int
-from ssmkit.bench.core import machine, unbuildable
+from ssmkit.bench.core import bench_options, machine, unbuildable
 from ssmkit.models import SequenceModel, generate
 
 SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}  # the sampled row's settings (top-k at most V)
@@ -46,8 +45,7 @@ def language_model(name: str, d_model: int, n_layers: int, vocab: int, d_state: 
     Returns:
         the model.
     """
-    takes_state = "d_state" in inspect.signature(layers.layer_class(name)).parameters
-    options = {"d_state": d_state} if takes_state else None
+    options = bench_options(name, d_state)
     return SequenceModel(1, d_model, n_layers, name, options, vocab, head="lm", pool=None, vocab_size=vocab).eval()
 
 

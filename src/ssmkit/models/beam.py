@@ -22,8 +22,9 @@ from typing import NamedTuple
 import torch
 
 from ssmkit.layers.cache import frozen_parameters
+from ssmkit.layers.checks import check_positive_int
 from ssmkit.layers.state import select_state
-from ssmkit.models.generate import _check_model
+from ssmkit.models.generate import _check_model, check_eos
 from ssmkit.models.sequence import SequenceModel
 
 __all__ = ["BeamResult", "beam_search"]
@@ -79,9 +80,8 @@ def beam_search(
             or prompts.is_floating_point() or prompts.is_complex() or prompts.dtype == torch.bool:
         found = f"{tuple(prompts.shape)} {prompts.dtype}" if isinstance(prompts, torch.Tensor) else type(prompts).__name__
         raise ValueError(f"prompts must be integer token ids (B, L) with B, L >= 1; got {found}")
-    for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+    check_positive_int(max_new_tokens, "max_new_tokens")
+    check_positive_int(num_beams, "num_beams")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not math.isfinite(
             length_penalty):
         raise ValueError(f"length_penalty must be a finite number; got {length_penalty!r}")
@@ -91,8 +91,7 @@ def beam_search(
         raise ValueError(f"length_penalty must have max_new_tokens^|length_penalty| a finite float (|length_penalty| "
                          f"<= {709.78 / math.log(max_new_tokens):.4g} for max_new_tokens={max_new_tokens}); got "
                          f"{length_penalty!r}") from None
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab):
-        raise ValueError(f"eos_id must be None or a token id in [0, {vocab}); got {eos_id!r}")
+    check_eos(eos_id, vocab)
     with torch.no_grad(), frozen_parameters():
         found = _search(model, prompts.long(), max_new_tokens, num_beams, float(length_penalty), eos_id)
     tokens = [torch.cat([prompt, torch.tensor(new, dtype=torch.long, device=prompts.device)])
@@ -118,14 +117,12 @@ def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K:
     # live beams: per prompt a list of (log-probability sum, tokens); their rows in the batch are prompt-major
     live: list[list[tuple[float, list[int]]]] = [[(0.0, [])] for _ in range(B)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    done = [False] * B
     for length in range(1, max_new_tokens + 1):
-        new_live, keep_rows, next_tokens = [], [], []
+        new_live, keep_rows, step_tokens = [], [], []
         row = 0
         for b in range(B):
             beams = live[b]
-            if done[b] or not beams:
-                row += len(beams)
+            if not beams:  # the prompt has stopped (or every extension ended at eos)
                 new_live.append([])
                 continue
             sums = torch.tensor([s for s, _ in beams], dtype=torch.float64, device=device)[:, None] + logp[
@@ -138,8 +135,8 @@ def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K:
             top = top[torch.sort(flat[top], descending=True, stable=True).indices[: 2 * K]]
             top_sums = flat[top]
             chosen = []
-            for total, flat in zip(top_sums.tolist(), top.tolist()):
-                beam, token = divmod(flat, sums.shape[1])
+            for total, index in zip(top_sums.tolist(), top.tolist()):
+                beam, token = divmod(index, sums.shape[1])
                 tokens = beams[beam][1] + [token]
                 if token == eos_id:
                     finished[b].append((total / length ** alpha, tokens))
@@ -153,16 +150,16 @@ def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K:
                 chosen = []
             elif len(finished[b]) == K and chosen and finished[b][-1][0] >= _bound(chosen[0][0], length,
                                                                                  max_new_tokens, alpha):
-                done[b], chosen = True, []  # no live beam can beat the worst of the K finished
+                chosen = []  # no live beam can beat the worst of the K finished: the prompt stops
             new_live.append([(t, tk) for t, tk, _ in chosen])
             keep_rows += [r for _, _, r in chosen]
-            next_tokens += [tk[-1] for _, tk, _ in chosen]
+            step_tokens += [tk[-1] for _, tk, _ in chosen]
             row += len(beams)
         live = new_live
         if not keep_rows:
             break
         index = torch.tensor(keep_rows, device=device)
         state = select_state(state, index)  # the kept beams' states, prompt-major; a beam kept twice is copied
-        out, state = model.step(torch.tensor(next_tokens, device=device), state)  # (Ba, V)
+        out, state = model.step(torch.tensor(step_tokens, device=device), state)  # (Ba, V)
         logp = _log_probs(out)
     return [max(f, key=lambda h: h[0]) if f else (-math.inf, []) for f in finished]

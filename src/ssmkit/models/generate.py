@@ -47,6 +47,19 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, 
         raise ValueError(f"top_p must be None or a number in (0, 1]; got {top_p!r}")
 
 
+def _check_logits(logits: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``logits`` is a real floating (B, V) tensor."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a real floating (B, V) tensor; got {found}")
+
+
+def check_eos(eos_id: int | None, vocab: int) -> None:
+    """Raise ``ValueError`` unless ``eos_id`` is None or a token id in [0, vocab)."""
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab):
+        raise ValueError(f"eos_id must be None or a token id in [0, {vocab}); got {eos_id!r}")
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """The logits with every token outside the top-k and then outside the top-p nucleus set to -inf.
 
@@ -64,10 +77,13 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     Returns:
         (B, V) logits, -inf outside the kept tokens (a new tensor; ``logits`` is not changed).
     """
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a real floating (B, V) tensor; got {found}")
+    _check_logits(logits)
     _check_sampling(1.0, top_k, top_p, logits.shape[1])
+    return _filtered(logits, top_k, top_p)
+
+
+def _filtered(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """:func:`filter_logits` without its checks (the caller made them)."""
     out = logits.clone()
     if top_k is not None and top_k < logits.shape[1]:
         kth = torch.topk(out, top_k, dim=1).values[:, -1:]  # (B, 1): the k-th largest logit
@@ -106,9 +122,7 @@ def next_tokens(
     Raises:
         ValueError: a row holds a NaN logit, or no logit above -inf (no token to choose).
     """
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a real floating (B, V) tensor; got {found}")
+    _check_logits(logits)
     _check_sampling(temperature, top_k, top_p, logits.shape[1])
     bad = torch.isnan(logits).any(dim=1) | (logits == -math.inf).all(dim=1)  # (B,)
     if bool(bad.any()):  # argmax took a NaN for the largest logit; multinomial raised a RuntimeError on inf/nan
@@ -121,7 +135,7 @@ def next_tokens(
     # the largest logit at 0, the others below it: logits / T overflowed to inf for T below ~1e-38 (float32) and
     # a +inf logit gave inf - inf; float64 keeps the differences of a float64 model's logits
     shifted = torch.where(logits == top, 0.0, logits.double() - top.double())  # (B, V) <= 0
-    kept = filter_logits(shifted / temperature, top_k, top_p)  # (B, V)
+    kept = _filtered(shifted / temperature, top_k, top_p)  # (B, V): checked above
     probs = torch.softmax(kept, dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
 
@@ -198,8 +212,7 @@ def generate(
     _check_sampling(temperature, top_k, top_p, vocab)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab):
-        raise ValueError(f"eos_id must be None or a token id in [0, {vocab}); got {eos_id!r}")
+    check_eos(eos_id, vocab)
     rows = _check_prompts(prompts)
     device = model.head.weight.device
     lengths = [row.numel() for row in rows]

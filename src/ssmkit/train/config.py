@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ssmkit.layers.checks import check_flag
+
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
 TEST_WEIGHTS = ("final", "best_val")
 
@@ -116,8 +118,7 @@ class TrainConfig:
             raise ValueError(f"early_stopping must be None or a positive int; got {self.early_stopping!r}")
         if self.test_weights not in TEST_WEIGHTS:
             raise ValueError(f"test_weights must be one of {TEST_WEIGHTS}; got {self.test_weights!r}")
-        if not isinstance(self.activation_checkpointing, bool):
-            raise ValueError(f"activation_checkpointing must be True or False; got {self.activation_checkpointing!r}")
+        check_flag(self.activation_checkpointing, "activation_checkpointing")
         if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or isinstance(
                 self.eval_batch_size, bool) or self.eval_batch_size < 1):
             raise ValueError(f"eval_batch_size must be None or a positive int; got {self.eval_batch_size!r}")

@@ -217,6 +217,9 @@ class SequenceLayer(nn.Module):
         takes_mask: whether ``forward`` takes a keyword-only ``mask`` (B, L) bool, True at each sequence's positions
             and False at its right padding (bidirectional layers that are not a convolution, such as Mega):
             :class:`ssmkit.models.Block` hands its padding mask to such a layer.
+        takes_intervals: whether ``forward`` takes a keyword-only ``intervals`` (B, L) and ``step`` an ``interval``
+            (B,): the time since the previous sample in nominal sampling periods, for irregularly sampled sequences
+            (S5): :class:`ssmkit.models.Block` and :class:`ssmkit.models.SequenceModel` hand them to such a layer.
     """
 
     name: ClassVar[str] = ""
@@ -230,6 +233,7 @@ class SequenceLayer(nn.Module):
     bidirectional: bool = False
     anticausal: ClassVar[bool] = False
     takes_mask: ClassVar[bool] = False
+    takes_intervals: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

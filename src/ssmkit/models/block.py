@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from ssmkit.layers.checks import check_choice
 from ssmkit.layers.protocol import SequenceLayer
+from ssmkit.layers.registry import available, layer_class
 from ssmkit.layers.state import State
 from ssmkit.models.dropout import Dropout
 from ssmkit.ops.rows import apply_module
@@ -196,7 +197,8 @@ class Block(nn.Module):
         self.dropout = Dropout(dropout)  # an nn.Dropout whose CPU mask is drawn in C (models/dropout.py)
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, return_state: bool = True, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, state: State | None = None, return_state: bool = True, mask: torch.Tensor | None = None,
+        intervals: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State | None]:
         """x (B, L, H) -> (y (B, L, H), final state of the layer, or None when ``return_state`` is False).
 
@@ -218,15 +220,22 @@ class Block(nn.Module):
                 outputs at the positions do not read the padding after them; its state is the one after the padding,
                 as without a mask). A batch norm that takes batch statistics (training mode) takes them over the
                 positions only (see ``_normalize``). The outputs at the padding are unspecified.
+            intervals: (B, L) real > 0, or None (regular sampling): the time from the previous sample to each sample
+                in nominal sampling periods, handed to a layer that declares ``takes_intervals`` (S5); a
+                ``ValueError`` for any other layer.
 
         Returns:
             y: (B, L, H) in x's dtype; and the layer's final state (None when ``return_state`` is False).
         """
         if mask is not None:
             check_padding_mask(mask, x)
+        if intervals is not None:
+            self._check_takes_intervals()
         x, dtype = self._as_parameter_dtype(x)
         z = self._normalize(x, mask) if self.prenorm else x
-        if mask is not None and state is None and self.layer.bidirectional:  # (a state: the layer refuses it)
+        if intervals is not None:
+            z, state = self.layer(z, state, return_state=return_state, intervals=intervals)
+        elif mask is not None and state is None and self.layer.bidirectional:  # (a state: the layer refuses it)
             z, state = self._bidirectional_without_padding(z, mask)
         else:
             z, state = self.layer(z, state, return_state=return_state)
@@ -297,21 +306,34 @@ class Block(nn.Module):
             return x.to(p.dtype), x.dtype
         return x, x.dtype
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def _check_takes_intervals(self) -> None:
+        """Raise ``ValueError`` unless the layer takes sampling intervals (declares ``takes_intervals``)."""
+        if not self.layer.takes_intervals:
+            takers = [name for name in available() if layer_class(name).takes_intervals]
+            raise ValueError(f"{type(self.layer).__name__} does not take sampling intervals (it has no irregular-"
+                             f"sampling form); the layers that do: {takers}")
+
+    def step(
+        self, x_t: torch.Tensor, state: State, interval: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
         """x_t (B, H) -> (y_t (B, H), next state): one recurrent step of the block.
 
         Args:
             x_t: (B, H) the block's input at one time step.
             state: the layer's state (from ``initial_state``, ``step`` or ``forward``).
+            interval: (B,) real > 0, or None: the time since the previous sample in nominal sampling periods, for a
+                layer that declares ``takes_intervals`` (as ``forward``'s ``intervals``).
 
         Returns:
             y_t: (B, H) in x_t's dtype; and the layer's next state.
         """
         if self.norm_name == "batch" and self.training:
             raise RuntimeError("Block(norm='batch').step needs eval mode: in training mode BatchNorm uses batch statistics")
+        if interval is not None:
+            self._check_takes_intervals()
         x_t, dtype = self._as_parameter_dtype(x_t)
         z = self.norm(x_t) if self.prenorm else x_t
-        z, state = self.layer.step(z, state)
+        z, state = self.layer.step(z, state) if interval is None else self.layer.step(z, state, interval=interval)
         y = x_t + self.dropout(self.out(self.activation(z)))  # (B, H)
         return (y if self.prenorm else self.norm(y)).to(dtype), state
 

@@ -52,9 +52,11 @@ class _Recomputation:
 
 
 def checkpointed_block(
-    block: nn.Module, x: torch.Tensor, state: State | None, return_state: bool, mask: torch.Tensor | None
+    block: nn.Module, x: torch.Tensor, state: State | None, return_state: bool, mask: torch.Tensor | None,
+    intervals: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, State | None]:
-    """``block(x, state, return_state=return_state, mask=mask)`` under a non-reentrant activation checkpoint
+    """``block(x, state, return_state=return_state, mask=mask, intervals=intervals)`` under a non-reentrant activation
+    checkpoint
     (inside torch.func transforms, which refuse the checkpoint's saved-tensor hooks, the block runs without one).
 
     Args:
@@ -63,21 +65,23 @@ def checkpointed_block(
         state: the layer's initial state, or None.
         return_state: compute and return the layer's final state.
         mask: (B, L) bool positions of right-padded sequences, or None.
+        intervals: (B, L) sampling intervals for a layer that takes them, or None.
 
     Returns:
         what the block returns: (y (B, L, H), the final state or None).
     """
     if torch._C._are_functorch_transforms_active():  # torch.func (grad, vjp, jacrev, vmap) refuses the saved-tensor
         # hooks the checkpoint is made of ("don't yet support saved tensor hooks"): the block runs as without it
-        return block(x, state, return_state=return_state, mask=mask)
+        return block(x, state, return_state=return_state, mask=mask, intervals=intervals)
     if torch.compiler.is_compiling():  # dynamo takes the checkpoint as one of its own operators, without context_fn
-        return checkpoint(block, x, state, return_state, mask, use_reentrant=False)
+        return checkpoint(block, x, state, return_state, mask, intervals, use_reentrant=False)
     forward_context, recompute_context = checkpoint_contexts()
 
     def contexts() -> tuple[ContextManager[None], ContextManager[None]]:
         return forward_context, _Recomputation(block, recompute_context)
 
-    def run(x: torch.Tensor, state: State | None, mask: torch.Tensor | None) -> tuple[torch.Tensor, State | None]:
-        return block(x, state, return_state=return_state, mask=mask)
+    def run(x: torch.Tensor, state: State | None, mask: torch.Tensor | None,
+            intervals: torch.Tensor | None) -> tuple[torch.Tensor, State | None]:
+        return block(x, state, return_state=return_state, mask=mask, intervals=intervals)
 
-    return checkpoint(run, x, state, mask, use_reentrant=False, context_fn=contexts)
+    return checkpoint(run, x, state, mask, intervals, use_reentrant=False, context_fn=contexts)

@@ -258,7 +258,8 @@ class SequenceModel(nn.Module):
         return out.to(x.dtype)
 
     def forward(
-        self, x: torch.Tensor, state: list | None = None, return_state: bool = True
+        self, x: torch.Tensor, state: list | None = None, return_state: bool = True,
+        intervals: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list | None]:
         """Run whole sequences.
 
@@ -272,6 +273,9 @@ class SequenceModel(nn.Module):
                 and averages the per-step outputs itself); ``pool="last"`` is the one-pass result unless ``pad_id``
                 fills the whole last chunk.
             return_state: compute and return the final block states (False skips that work; training needs none).
+            intervals: (B, L) real > 0, or None (regular sampling): for an irregularly sampled sequence, the time from
+                the previous sample to each sample in nominal sampling periods, handed to every block's layer (each
+                must declare ``takes_intervals``, as S5 does; a ``ValueError`` otherwise). Not for pair models.
 
         Returns:
             out: (B, d_output) when pooled, else (B, L, d_output), in x's dtype for a real x outside autocast (as the
@@ -279,6 +283,8 @@ class SequenceModel(nn.Module):
             ``return_state`` is False; with ``pair``, the states of the 2B sequences, item i's at 2i and 2i + 1).
         """
         if self.pair:
+            if intervals is not None:
+                raise ValueError("a pair model (pair=True) takes no intervals: build the towers with pair=False")
             # the rank, trailing size and token dtype are checked here: after the flattening, the checks of one
             # sequence named the (2B, ...) shape and asked for (B, L) token ids
             tokens = self.vocab_size is not None
@@ -290,11 +296,12 @@ class SequenceModel(nn.Module):
             features, states = self._features(x.flatten(0, 1), state, return_state, pairs=True)  # (2B, H)
             a, b = features.unflatten(0, (-1, 2)).unbind(1)  # (B, H) each
             return self._as_input_dtype(self.head(a, b), x), states
-        features, states = self.features(x, state, return_state)
+        features, states = self.features(x, state, return_state, intervals)
         return self._as_input_dtype(self.head(features), x), states
 
     def features(
-        self, x: torch.Tensor, state: list | None = None, return_state: bool = True
+        self, x: torch.Tensor, state: list | None = None, return_state: bool = True,
+        intervals: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list | None]:
         """The normalised, pooled output of the last block: what the head reads (one sequence per item).
 
@@ -302,25 +309,28 @@ class SequenceModel(nn.Module):
             x: (B, L, d_input) real, or (B, L) token ids when ``vocab_size`` is set.
             state: list of per-block states, or None.
             return_state: compute and return the final block states.
+            intervals: (B, L) sampling intervals, or None (as ``forward``).
 
         Returns:
             (B, H) when pooled, else (B, L, H); and the list of final block states (or None).
         """
-        return self._features(x, state, return_state)
+        return self._features(x, state, return_state, intervals=intervals)
 
     def _features(
-        self, x: torch.Tensor, state: list | None, return_state: bool, pairs: bool = False
+        self, x: torch.Tensor, state: list | None, return_state: bool, pairs: bool = False,
+        intervals: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list | None]:
         """``features``; ``pairs``: x holds the 2B sequences of B pairs (for the finite check's names)."""
         h = self._encode(x, per_step=False, pairs=pairs)  # (B, L, H)
+        extra = {} if intervals is None else {"intervals": intervals}  # only a layer that takes them gets them
         states = self._check_states(state)
         keep = None if self.pad_id is None else x != self.pad_id  # (B, L): the bidirectional layers skip the rest
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
             if self.activation_checkpointing and torch.is_grad_enabled():
-                h, s = checkpointed_block(block, h, s, return_state, keep)  # recomputed in the backward
+                h, s = checkpointed_block(block, h, s, return_state, keep, intervals)  # recomputed in the backward
             else:
-                h, s = block(h, s, return_state=return_state, mask=keep)
+                h, s = block(h, s, return_state=return_state, mask=keep, **extra)
             if self.check_finite:
                 self._check_finite(h, f"the output of block {i}", pairs)
             new_states.append(s)
@@ -331,12 +341,16 @@ class SequenceModel(nn.Module):
             h = masked_last(h, keep)  # (B, H)
         return h, (new_states if return_state else None)
 
-    def step(self, x_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+    def step(
+        self, x_t: torch.Tensor, state: list, interval: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list]:
         """One time step: x_t (B, d_input) or token ids (B,) -> (out_t (B, d_output), next states).
 
         Args:
             x_t: (B, d_input) real, or (B,) token ids in [0, vocab_size) when ``vocab_size`` is set.
             state: list of per-block states (from ``initial_state``, ``step`` or ``forward``); required.
+            interval: (B,) real > 0, or None: the time since the previous sample in nominal sampling periods (as
+                ``forward``'s ``intervals``), for blocks whose layers take intervals.
 
         Returns:
             out_t: (B, d_output), the head at this step (in x_t's dtype for a real x_t outside autocast); and the list
@@ -349,7 +363,7 @@ class SequenceModel(nn.Module):
         states = self._check_states(state, required=True)
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
-            h, s = block.step(h, s)
+            h, s = block.step(h, s) if interval is None else block.step(h, s, interval=interval)
             if self.check_finite:
                 check_finite_sequence(h[:, None], f"the output of block {i}")
             new_states.append(s)

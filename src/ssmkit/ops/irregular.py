@@ -1,0 +1,235 @@
+"""A diagonal MIMO state-space model sampled at irregular times (S5, Smith et al., arXiv 2208.04933, the variable
+observation interval of its pendulum regression: the discretisation is done per step with that step's interval).
+
+The continuous-time system dx/ds = Λ x + B̃ u(s), Λ (M,) diagonal complex, is observed at times whose gaps are
+τ_t (B, L) nominal sampling periods; mode m advances Δ_m τ_t in its own time (Δ (M,), the learned step per mode,
+so τ = 1 everywhere is the regularly sampled layer). The input u_t is held over the gap that ends at sample t (the
+zero-order hold in the SSM convention x_t = Ā x_{t-1} + B̄ u_t). With z_t = Δ τ_t Λ:
+
+    ZOH:      Ā_t = exp(z_t),                 B̄_t = Δ τ_t g(z_t) B̃,   g(z) = (e^z − 1)/z   (= (Ā_t − 1)/Λ · B̃)
+    bilinear: Ā_t = (1 + z_t/2)/(1 − z_t/2),  B̄_t = Δ τ_t/(1 − z_t/2) B̃
+    x_t = Ā_t ⊙ x_{t-1} + B̄_t u_t,   y_t = Re(C x_t) + D ⊙ u_t
+
+B̄_t is a per-step scaling of the modes, so the input projection v = u B̃ᵀ stays one GEMM for all t and the
+per-step coefficients are (B, L, M): never (B, L, H, M).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.ops.backend import dispatch
+from ssmkit.ops.discretize import bilinear, widen, zoh
+from ssmkit.ops.mimo import _check_mimo, _project_scan_read
+from ssmkit.ops.recurrence import linear_recurrence
+
+RULES = ("zoh", "bilinear")
+
+
+def check_intervals(intervals: object, shape: tuple[int, ...], device: torch.device, name: str = "intervals") -> None:
+    """Raise ``ValueError`` unless ``intervals`` is a real floating tensor of ``shape`` on ``device`` whose entries are
+    all finite and > 0 (the time from the previous sample, in nominal sampling periods).
+
+    Args:
+        intervals: the tensor to check.
+        shape: the shape it must have ((B, L) for a sequence, (B,) for one step).
+        device: the device it must be on.
+        name: its name in the message.
+    """
+    want = f"a real floating tensor of shape {tuple(shape)}"
+    if not isinstance(intervals, torch.Tensor) or not intervals.is_floating_point():
+        raise ValueError(f"{name} must be {want} (the time since the previous sample, in nominal sampling periods); "
+                         f"got {getattr(intervals, 'dtype', type(intervals).__name__)}")
+    if tuple(intervals.shape) != tuple(shape):
+        raise ValueError(f"{name} must be {want}; got shape {tuple(intervals.shape)}")
+    if intervals.device != device:
+        raise ValueError(f"{name} must be on {device} like the input; got {intervals.device}")
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(intervals).all() and (intervals > 0).all()):
+        raise ValueError(f"{name} must be finite and > 0 (the time since the previous sample); got min "
+                         f"{intervals.min().item():.6g}, max {intervals.max().item():.6g}")
+
+
+def irregular_discretize(
+    Lambda: torch.Tensor, dt: torch.Tensor, intervals: torch.Tensor, rule: str = "zoh"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ā_t = f(z_t) and the input gains Δ τ_t g(z_t), z_t = Δ τ_t Λ, of every step (module docstring).
+
+    Single precision is evaluated in double and rounded once (as the regular discretisation of
+    :mod:`ssmkit.ops.discretize`: e^z turns an absolute error of z into a relative one of Ā).
+
+    Args:
+        Lambda: (M,) complex continuous-time eigenvalues.
+        dt: (M,) real positive step per mode.
+        intervals: (*T) real positive gaps in nominal sampling periods ((B, L) for a sequence, (B,) for a step).
+        rule: ``"zoh"`` or ``"bilinear"``.
+
+    Returns:
+        (A_bar, gain): each (*T, M), complex, Λ's dtype; B̄_t = gain_t[:, None] * B̃.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
+    if not Lambda.is_complex() or Lambda.dim() != 1:
+        raise ValueError(f"Lambda must be (M,) complex; got {tuple(Lambda.shape)} {Lambda.dtype}")
+    if dt.shape != Lambda.shape or dt.is_complex():
+        raise ValueError(f"dt must be (M,) = {tuple(Lambda.shape)} real; got {tuple(dt.shape)} {dt.dtype}")
+    step = widen(intervals).to(widen(dt).dtype)[..., None] * widen(dt)  # (*T, M): Δ τ_t per mode, double
+    z = step * widen(Lambda)  # (*T, M) complex double
+    flat, gain_in = z.reshape(-1, z.shape[-1]), step.to(z.dtype).reshape(-1, z.shape[-1])  # (T', M) each
+    one = torch.ones_like(step.reshape(-1, z.shape[-1])[:, :1])  # (T', 1): the rules' dt, z carries the step
+    A_bar, gain = (zoh if rule == "zoh" else bilinear)(flat, gain_in, one)  # (T', M) each
+    return A_bar.reshape(z.shape).to(Lambda.dtype), gain.reshape(z.shape).to(Lambda.dtype)
+
+
+def irregular_scan_reference(
+    u: torch.Tensor,
+    A_bar: torch.Tensor,
+    gain: torch.Tensor,
+    B_tilde: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x_t = Ā_t ⊙ x_{t-1} + gain_t ⊙ (B̃ u_t), y_t = Re(C x_t) + D ⊙ u_t by a plain loop (the oracle of
+    :func:`irregular_scan`).
+
+    Args:
+        u: (B, L, H) real input.
+        A_bar: (B, L, M) complex per-step state factors.
+        gain: (B, L, M) complex per-step input gains.
+        B_tilde: (M, H) complex continuous-time input matrix.
+        C: (H, M) complex output matrix (2·C for conjugate-pair halves).
+        state: (B, M) complex x_{-1}, or None for zeros.
+        D: (H,) real skip, or None.
+        return_state: whether to return the final state (else None in its place).
+
+    Returns:
+        y (B, L, H) real in u's dtype, and x_{L-1} (B, M) (or None).
+    """
+    _check_irregular(u, A_bar, gain, B_tilde, C, state, D)
+    x = state if state is not None else u.new_zeros((u.shape[0], B_tilde.shape[0]), dtype=B_tilde.dtype)  # (B, M)
+    ys = []
+    for t, u_t in enumerate(u.unbind(1)):
+        x = A_bar[:, t] * x + gain[:, t] * (u_t.to(B_tilde.dtype) @ B_tilde.transpose(0, 1))  # (B, M)
+        ys.append((x @ C.transpose(0, 1)).real)  # (B, H)
+    y = torch.stack(ys, dim=1)  # (B, L, H)
+    return (y if D is None else y + D * u), (x if return_state else None)
+
+
+def irregular_scan_chunked(
+    u: torch.Tensor,
+    A_bar: torch.Tensor,
+    gain: torch.Tensor,
+    B_tilde: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+    recurrence_backend: str = "chunked",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`irregular_scan_reference` in three steps: v = u B̃ᵀ (one real GEMM), the time-varying recurrence
+    x_t = Ā_t ⊙ x_{t-1} + gain_t ⊙ v_t (:func:`ssmkit.ops.recurrence.linear_recurrence`, chunked or the C kernel),
+    y = Re(x Cᵀ) + D u (one real GEMM). Memory O(B·L·M).
+
+    Args:
+        u: (B, L, H) real input.
+        A_bar: (B, L, M) complex per-step state factors.
+        gain: (B, L, M) complex per-step input gains.
+        B_tilde: (M, H) complex continuous-time input matrix.
+        C: (H, M) complex output matrix (2·C for conjugate-pair halves).
+        state: (B, M) complex x_{-1}, or None for zeros.
+        D: (H,) real skip, or None.
+        return_state: whether to return the final state (else None in its place).
+        recurrence_backend: the recurrence's backend (``"chunked"``, ``"native"`` or ``"auto"``).
+
+    Returns:
+        y (B, L, H) real in u's dtype, and x_{L-1} (B, M) (or None).
+    """
+    _check_irregular(u, A_bar, gain, B_tilde, C, state, D)
+
+    def scan(_, v: torch.Tensor, h0: torch.Tensor | None):  # the layer's Ā is per step here
+        return linear_recurrence(A_bar, gain * v, h0, backend=recurrence_backend)
+
+    return _project_scan_read(u, A_bar, B_tilde, C, state, D, return_state, scan)
+
+
+def _irregular_native(u, A_bar, gain, B_tilde, C, state=None, D=None, *, return_state=True):
+    """:func:`irregular_scan_chunked` with the recurrence's own ``"auto"`` choice (its C kernel on the CPU)."""
+    return irregular_scan_chunked(u, A_bar, gain, B_tilde, C, state, D, return_state=return_state,
+                                  recurrence_backend="auto")
+
+
+_SCAN = {"reference": irregular_scan_reference, "chunked": irregular_scan_chunked, "native": _irregular_native}
+
+
+def irregular_scan(
+    u: torch.Tensor,
+    A_bar: torch.Tensor,
+    gain: torch.Tensor,
+    B_tilde: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The irregularly sampled MIMO diagonal SSM (module docstring) over a sequence; the path by the backend:
+    ``"reference"`` -> the loop; ``"chunked"`` -> GEMMs and the chunked recurrence; ``"native"`` and ``"auto"`` ->
+    GEMMs and the recurrence's own choice (its C kernel on the CPU where it runs); ``"fft"``, ``"triton"`` raise.
+
+    Args:
+        u: (B, L, H) real input.
+        A_bar: (B, L, M) complex per-step state factors.
+        gain: (B, L, M) complex per-step input gains.
+        B_tilde: (M, H) complex continuous-time input matrix.
+        C: (H, M) complex output matrix (2·C for conjugate-pair halves).
+        state: (B, M) complex x_{-1}, or None for zeros.
+        D: (H,) real skip, or None.
+        return_state: whether to return the final state (else None in its place).
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        y (B, L, H) real in u's dtype, and x_{L-1} (B, M) (or None).
+    """
+    impl = dispatch("irregular_scan", _SCAN, backend, auto=lambda: "native")
+    return impl(u, A_bar, gain, B_tilde, C, state, D, return_state=return_state)
+
+
+def irregular_step(
+    u_t: torch.Tensor,
+    A_bar: torch.Tensor,
+    gain: torch.Tensor,
+    B_tilde: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor,
+    D: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step x_t = Ā_t ⊙ x_{t-1} + gain_t ⊙ (B̃ u_t), y_t = Re(C x_t) + D ⊙ u_t.
+
+    Args:
+        u_t: (B, H) real input.
+        A_bar, gain: (B, M) complex, this step's (:func:`irregular_discretize` of the (B,) intervals).
+        B_tilde: (M, H) complex continuous-time input matrix.
+        C: (H, M) complex output matrix (2·C for conjugate-pair halves).
+        state: (B, M) complex x_{t-1}.
+        D: (H,) real skip, or None.
+
+    Returns:
+        y_t (B, H) real and x_t (B, M).
+    """
+    x = A_bar * state + gain * (u_t.to(B_tilde.dtype) @ B_tilde.transpose(0, 1))  # (B, M)
+    y = (x @ C.transpose(0, 1)).real  # (B, H)
+    return (y if D is None else torch.addcmul(y, D, u_t)), x
+
+
+def _check_irregular(u, A_bar, gain, B_tilde, C, state, D) -> None:
+    """The MIMO scan's checks with B̃ as its B̄, and the per-step coefficients (B, L, M) complex."""
+    _check_mimo(u, B_tilde.new_ones(B_tilde.shape[0]), B_tilde, C, state, D)
+    want = (*u.shape[:2], B_tilde.shape[0])
+    for name, t in (("A_bar", A_bar), ("gain", gain)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != want or t.dtype != B_tilde.dtype:
+            raise ValueError(f"{name} must be (B, L, M) = {want} {B_tilde.dtype}; got "
+                             f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', type(t).__name__)}")

@@ -1,0 +1,274 @@
+"""Irregularly sampled sequences: ``forward(..., intervals=)`` and ``step(..., interval=)`` of the layers that declare
+``takes_intervals`` (S5, arXiv 2208.04933), and their path through Block and SequenceModel.
+
+Parametrised over ``ssmkit.layers.available()``: a layer that declares ``takes_intervals`` is checked against the
+exact samples of its continuous-time system (scipy's matrix exponential of the augmented system with the input held
+over each gap), its own step loop, the regular forward (all intervals 1), chunking, causality and gradients; every
+other layer is refused by Block with a ValueError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import ssmkit.layers as layers
+import ssmkit.ops as ops
+from ssmkit.models import Block, SequenceModel
+from tests.conftest import DEVICE, H, make_layer, rel_err, runnable_backends, variants
+
+NAMES = layers.available()
+TAKERS = [name for name in NAMES if layers.layer_class(name).takes_intervals]
+CASES = [(name, opts) for name in TAKERS for opts in variants(name)]
+IDS = [f"{name}-{i}" for name in TAKERS for i in range(len(variants(name)))]
+B, L = 2, 13
+
+
+def _intervals(batch: int = B, length: int = L, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """Gaps between 0.05 and 3 nominal periods: short, regular and long ones."""
+    g = torch.Generator().manual_seed(seed)
+    return (0.05 + 2.95 * torch.rand(batch, length, generator=g, dtype=torch.float64)).to(DEVICE, dtype)
+
+
+def _input(seed: int = 1, dtype=torch.float64, length: int = L) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, length, H, generator=g, dtype=torch.float64).to(DEVICE, dtype)
+
+
+def _exact_samples(layer, x: torch.Tensor, intervals: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """y (B, L, H) and the final state (B, M) of dx/ds = diag(ΔΛ) x + diag(Δ) B̃ u(s) in nominal time s, the input
+    held over each gap, sampled at the cumulative gaps: x_t = e^{A τ} x_{t-1} + ∫_0^τ e^{A s} ds B u_t from the
+    matrix exponential of [[A, B], [0, 0]] τ (the zero-order hold, independent of ssmkit's discretisation)."""
+    Lam, Bt, dt = (t.detach().cpu().numpy() for t in layer.continuous())
+    C = torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()
+    C = 2 * C if layer.conj_sym else C
+    D = layer.D.detach().cpu().numpy()
+    M = Lam.shape[0]
+    aug = np.zeros((M + H, M + H), complex)
+    aug[:M, :M], aug[:M, M:] = np.diag(dt * Lam), dt[:, None] * Bt
+    u, tau = x.detach().cpu().numpy(), intervals.detach().cpu().numpy()
+    ys, finals = np.zeros(u.shape), []
+    for b in range(u.shape[0]):
+        state = np.zeros(M, complex)
+        for t in range(u.shape[1]):
+            E = scipy.linalg.expm(aug * tau[b, t])
+            state = E[:M, :M] @ state + E[:M, M:] @ u[b, t]
+            ys[b, t] = (C @ state).real + D * u[b, t]
+        finals.append(state)
+    return ys, np.stack(finals)
+
+
+@pytest.mark.parametrize("name, opts", [(n, o) for n, o in CASES if o.get("discretization", "zoh") == "zoh"],
+                         ids=[i for i, (n, o) in zip(IDS, CASES) if o.get("discretization", "zoh") == "zoh"])
+def test_zoh_forward_is_the_exact_sampling_of_the_continuous_system(name, opts):
+    layer = make_layer(name, opts)
+    x, tau = _input(), _intervals()
+    y, h = layer(x, intervals=tau)
+    y_ref, h_ref = _exact_samples(layer, x, tau)
+    assert np.abs(y.detach().cpu().numpy() - y_ref).max() < 1e-10 * max(1.0, np.abs(y_ref).max())
+    assert np.abs(h.detach().cpu().numpy() - h_ref).max() < 1e-10 * max(1.0, np.abs(h_ref).max())
+
+
+@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+def test_bilinear_and_zoh_steps_follow_the_per_step_rules(name, opts):
+    """Each step's Ā_t, B̄_t from the rule's closed form in numpy: ZOH e^z, (e^z-1)/Λ B̃; bilinear (1+z/2)/(1-z/2),
+    Δτ/(1-z/2) B̃, z = Δ τ_t Λ."""
+    layer = make_layer(name, opts)
+    x, tau = _input(), _intervals(seed=3)
+    y = layer(x, intervals=tau)[0].detach().cpu().numpy()
+    Lam, Bt, dt = (t.detach().cpu().numpy() for t in layer.continuous())
+    C = torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy() * (2 if layer.conj_sym else 1)
+    D, u, taus = layer.D.detach().cpu().numpy(), x.cpu().numpy(), tau.cpu().numpy()
+    for b in range(B):
+        state = np.zeros(Lam.shape, complex)
+        for t in range(L):
+            z = dt * taus[b, t] * Lam
+            if layer.discretization == "zoh":
+                A_bar, B_bar = np.exp(z), ((np.exp(z) - 1) / Lam)[:, None] * Bt
+            else:
+                A_bar, B_bar = (1 + z / 2) / (1 - z / 2), (dt * taus[b, t] / (1 - z / 2))[:, None] * Bt
+            state = A_bar * state + B_bar @ u[b, t]
+            expected = (C @ state).real + D * u[b, t]
+            assert np.abs(y[b, t] - expected).max() < 1e-10 * max(1.0, np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unit_intervals_give_the_regular_forward_and_a_constant_the_rescaled_step(name, opts, dtype):
+    layer = make_layer(name, opts, dtype=dtype)
+    x = _input(dtype=dtype)
+    y, h = layer(x)
+    y1, h1 = layer(x, intervals=torch.ones(B, L, device=DEVICE, dtype=dtype))
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert rel_err(y1, y) < tol and rel_err(h1, h) < tol
+    if "step_rescale" in layer.__init__.__code__.co_varnames:  # S5: c everywhere = the layer with step_rescale × c
+        rescaled = layers.build(name, d_model=H, device=DEVICE, dtype=dtype,
+                                **{**opts, "step_rescale": opts.get("step_rescale", 1.0) * 0.37})
+        rescaled.load_state_dict(layer.state_dict())
+        yc, hc = layer(x, intervals=torch.full((B, L), 0.37, device=DEVICE, dtype=dtype))
+        assert rel_err(yc, rescaled(x)[0]) < tol and rel_err(hc, rescaled(x)[1]) < tol
+
+
+@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+def test_step_with_each_interval_equals_forward_on_every_backend(name, opts):
+    layer = make_layer(name, opts)
+    x, tau = _input(), _intervals(seed=5)
+    state = layer.initial_state(B)
+    ys = []
+    for t in range(L):
+        y_t, state = layer.step(x[:, t], state, interval=tau[:, t])
+        ys.append(y_t)
+    y_steps = torch.stack(ys, dim=1)
+    for backend in ("auto", *runnable_backends(type(layer))):
+        with ops.use_backend(backend):
+            y, h = layer(x, intervals=tau)
+        assert rel_err(y, y_steps) < 1e-10, backend
+        assert rel_err(h, state) < 1e-10, backend
+
+
+@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+def test_chunked_calls_equal_one_call_with_gradients(name, opts):
+    layer = make_layer(name, opts)
+    x, tau = _input().requires_grad_(), _intervals(seed=7).requires_grad_()
+    y, h = layer(x, intervals=tau)
+    k = 6
+    ya, ha = layer(x[:, :k], intervals=tau[:, :k])
+    yb, hb = layer(x[:, k:], ha, intervals=tau[:, k:])
+    y2 = torch.cat([ya, yb], dim=1)
+    assert rel_err(y2, y) < 1e-10 and rel_err(hb, h) < 1e-10
+    w = torch.randn_like(y)
+    grads = torch.autograd.grad((y * w).sum() + h.abs().sum(), [x, tau, *layer.parameters()])
+    grads2 = torch.autograd.grad((y2 * w).sum() + hb.abs().sum(), [x, tau, *layer.parameters()])
+    for g, g2 in zip(grads, grads2):
+        assert rel_err(g2, g) < 1e-9
+
+
+@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+def test_output_at_t_reads_no_later_input_or_interval(name, opts):
+    layer = make_layer(name, opts)
+    x, tau = _input(), _intervals(seed=9)
+    y = layer(x, intervals=tau)[0]
+    t = 7
+    x2, tau2 = x.clone(), tau.clone()
+    x2[:, t + 1:] += 1.0
+    tau2[:, t + 1:] *= 2.5
+    y2 = layer(x2, intervals=tau2)[0]
+    assert torch.equal(y2[:, : t + 1], y[:, : t + 1])
+    assert (y2[:, t + 1:] - y[:, t + 1:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+def test_gradients_of_every_backend_equal_the_loop_and_finite_differences(name, opts):
+    layer = make_layer(name, opts)
+    x, tau = _input(length=7).requires_grad_(), _intervals(length=7, seed=11).requires_grad_()
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    def grads(backend):
+        with ops.use_backend(backend):
+            y, h = layer(x, intervals=tau)
+        loss = (y * torch.linspace(-1, 1, y.numel(), device=DEVICE, dtype=y.dtype).view_as(y)).sum() + h.abs().sum()
+        return torch.autograd.grad(loss, [x, tau, *params])
+
+    reference = grads("reference")
+    for backend in ("auto", *runnable_backends(type(layer))):
+        for g, g_ref in zip(grads(backend), reference):
+            assert rel_err(g, g_ref) < 1e-9, backend
+    # the interval's gradient against a central difference of the loss (independent of autograd)
+    eps = 1e-6
+    with torch.no_grad():
+        def loss_at(t):
+            y, h = layer(x, intervals=t)
+            return ((y * torch.linspace(-1, 1, y.numel(), device=DEVICE, dtype=y.dtype).view_as(y)).sum()
+                    + h.abs().sum()).item()
+        bump = torch.zeros_like(tau)
+        bump[1, 3] = eps
+        fd = (loss_at(tau + bump) - loss_at(tau - bump)) / (2 * eps)
+    assert abs(reference[1][1, 3].item() - fd) < 1e-6 * max(1.0, abs(fd))
+
+
+def test_float32_layer_follows_the_float64_one():
+    layer64 = make_layer("s5", variants("s5")[0])
+    layer32 = make_layer("s5", variants("s5")[0], dtype=torch.float32)
+    layer32.load_state_dict(layer64.state_dict())
+    x, tau = _input(length=200), _intervals(length=200)
+    y64 = layer64(x, intervals=tau)[0]
+    y32 = layer32(x.float(), intervals=tau.float())[0]
+    assert y32.dtype == torch.float32
+    assert rel_err(y32.double(), y64) < 1e-5
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.ones(B, L + 1), r"shape \(2, 13\)"),
+    (torch.ones(B, L, 1), r"shape \(2, 13\)"),
+    (torch.ones(B, L, dtype=torch.int64), "real floating"),
+    (torch.ones(B, L, dtype=torch.complex128), "real floating"),
+    ([[1.0] * L] * B, "real floating"),
+    (torch.zeros(B, L), "finite and > 0"),
+    (-torch.ones(B, L), "finite and > 0"),
+    (torch.full((B, L), float("nan")), "finite and > 0"),
+    (torch.full((B, L), float("inf")), "finite and > 0"),
+])
+def test_bad_intervals_are_refused_by_name(bad, match):
+    layer = make_layer("s5", variants("s5")[0])
+    if isinstance(bad, torch.Tensor):
+        bad = bad.to(DEVICE)
+    with pytest.raises(ValueError, match=match):
+        layer(_input(), intervals=bad)
+    with pytest.raises(ValueError, match="interval"):
+        layer.step(_input()[:, 0], layer.initial_state(B), interval=torch.ones(B, 2, device=DEVICE))
+    with pytest.raises(ValueError, match="finite and > 0"):
+        layer.step(_input()[:, 0], layer.initial_state(B), interval=torch.zeros(B, device=DEVICE))
+
+
+def test_a_bidirectional_layer_refuses_intervals():
+    layer = make_layer("s5", {**variants("s5")[0], "bidirectional": True})
+    with pytest.raises(ValueError, match="bidirectional"):
+        layer(_input(), intervals=_intervals())
+    with pytest.raises(ValueError, match="bidirectional"):
+        Block(layer).to(torch.float64)(_input(), intervals=_intervals(), mask=torch.ones(B, L, dtype=torch.bool, device=DEVICE))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not layers.layer_class(n).takes_intervals])
+def test_blocks_of_other_layers_refuse_intervals_naming_those_that_take_them(name):
+    block = Block(make_layer(name))
+    with pytest.raises(ValueError, match=r"does not take sampling intervals.*" + "|".join(TAKERS)):
+        block(_input(), intervals=_intervals())
+    if block.layer.supports("step"):
+        with pytest.raises(ValueError, match="does not take sampling intervals"):
+            block.step(_input()[:, 0], block.initial_state(B), interval=torch.ones(B, device=DEVICE, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_model_forward_with_intervals_equals_its_step_loop(checkpointing):
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=2, d_model=H, n_layers=2, layer="s5", layer_options=variants("s5")[0],
+                          d_output=4, head="regress", pool=None, dropout=0.0).to(DEVICE, torch.float64)
+    model.activation_checkpointing = checkpointing
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(B, L, 2, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    tau = _intervals(seed=13)
+    out, states = model(x, intervals=tau)
+    state, outs = model.initial_state(B), []
+    for t in range(L):
+        o, state = model.step(x[:, t], state, interval=tau[:, t])
+        outs.append(o)
+    assert rel_err(torch.stack(outs, dim=1), out) < 1e-10
+    for a, b in zip(states, state):
+        assert rel_err(a, b) < 1e-10
+    regular = model(x)[0]
+    assert (regular - out).abs().max() > 1e-3  # the intervals change the answer
+    grad = torch.autograd.grad(out.square().sum(), x)[0]
+    model.activation_checkpointing = not checkpointing
+    grad2 = torch.autograd.grad(model(x, intervals=tau)[0].square().sum(), x)[0]
+    assert rel_err(grad2, grad) < 1e-12
+
+
+def test_a_hybrid_model_with_a_layer_without_intervals_is_refused():
+    model = SequenceModel(d_input=2, d_model=H, n_layers=2, layer=["s5", "s4d"],
+                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}},
+                          d_output=4, head="regress", pool=None).to(DEVICE, torch.float64)
+    x = torch.randn(B, L, 2, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="S4D does not take sampling intervals"):
+        model(x, intervals=_intervals())

@@ -44,6 +44,8 @@ from typing import ClassVar, ContextManager, Mapping
 import torch
 from torch import nn
 from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ssmkit.layers.cache import own_tensors
 from ssmkit.layers.checks import check_batch_size, check_length
@@ -131,16 +133,23 @@ def fused_step_runs(layer: nn.Module, op: str, x: torch.Tensor, state: tuple, pa
 
 
 def apply_pruning(module: nn.Module) -> None:
-    """Recompute every tensor ``torch.nn.utils.prune`` pruned in ``module`` and its sub-modules, as prune's forward
-    pre-hooks do: ``name = name_orig * name_mask``.
+    """Recompute every tensor that a forward pre-hook of ``torch.nn.utils`` computes from others in ``module`` and its
+    sub-modules, as the hooks do in ``__call__``: a tensor ``torch.nn.utils.prune`` pruned (``name = name_orig *
+    name_mask``), and one the legacy, hook-based ``torch.nn.utils.weight_norm`` (``name = g · v / ‖v‖``, Salimans &
+    Kingma, arXiv 1602.07868) or ``torch.nn.utils.spectral_norm`` (``name = name_orig / σ``, σ from the hook's
+    vectors u and v, Miyato et al., arXiv 1802.05957) reparametrises.
 
-    Prune keeps a pruned tensor as a plain attribute that only the module's ``__call__`` refreshes. ``step``,
-    ``kernel``, ``state_space`` and the read-outs (``discrete()``, ...) are not ``__call__`` (nor is a mixer's call of
-    its short convolution's ``step``), so after an optimizer step or a ``load_state_dict`` (both change
-    ``name_orig``) without a forward in between they read the old product: S4D's step 1.7 from its forward, its
-    kernel and state space as far, every cached layer and every mixer (Mamba 3e-4, Mamba-2 3e-2). A layer calls this
-    in :meth:`SequenceLayer._check_parameter_dtype`, before any weight is read; a module without pruning costs a walk
-    over its modules' hook dicts (0.2-1 µs).
+    Each keeps the tensor as a plain attribute that only the module's ``__call__`` refreshes. ``step``, ``kernel``,
+    ``state_space`` and the read-outs (``discrete()``, ...) are not ``__call__`` (nor is a mixer's call of its short
+    convolution's ``step``), so after an optimizer step or a ``load_state_dict`` (both change the originals) without
+    a forward in between they read the old value: pruned, S4D's step 1.7 from its forward, its kernel and state space
+    as far, every cached layer and every mixer (Mamba 3e-4, Mamba-2 3e-2); with the legacy weight norm on an SSM
+    tensor, the step of DLR 0.57, H3 0.86, LRU 0.14 (its state space 1.9), SGConv 0.14, and on the short convolution
+    of Mamba 0.22, Mamba-2 0.33, RG-LRU 0.75 (and, with autograd on, a step read the last forward's graph). Spectral
+    norm is recomputed from the hook's current u and v without a power iteration (``__call__`` runs one in training
+    mode): in eval mode this is the forward's weight exactly, and reading the layer never changes u and v. A layer
+    calls this in :meth:`SequenceLayer._check_parameter_dtype`, before any weight is read; a module without such hooks
+    costs a walk over its modules' hook dicts (0.2-1 µs).
 
     Args:
         module: the layer (its whole module tree is refreshed).
@@ -152,8 +161,10 @@ def apply_pruning(module: nn.Module) -> None:
             continue
         if m._forward_pre_hooks:
             for hook in tuple(m._forward_pre_hooks.values()):
-                if isinstance(hook, BasePruningMethod):
+                if isinstance(hook, (BasePruningMethod, WeightNorm)):
                     hook(m, ())
+                elif isinstance(hook, SpectralNorm):
+                    setattr(m, hook.name, hook.compute_weight(m, do_power_iteration=False))
         if m._modules:
             stack.extend(m._modules.values())
 

@@ -26,6 +26,11 @@ IDS = [f"{name}-{i}" for name in TAKERS for i in range(len(variants(name)))]
 B, L = 2, 13
 
 
+def _backends(layer) -> tuple[str, ...]:
+    """The layer's runnable backends with intervals: all but ``"fft"`` (the sampled system is time-varying)."""
+    return tuple(b for b in ("auto", *runnable_backends(type(layer))) if b != "fft")
+
+
 def _intervals(batch: int = B, length: int = L, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     """Gaps between 0.05 and 3 nominal periods: short, regular and long ones."""
     g = torch.Generator().manual_seed(seed)
@@ -37,27 +42,50 @@ def _input(seed: int = 1, dtype=torch.float64, length: int = L) -> torch.Tensor:
     return torch.randn(B, length, H, generator=g, dtype=torch.float64).to(DEVICE, dtype)
 
 
-def _exact_samples(layer, x: torch.Tensor, intervals: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """y (B, L, H) and the final state (B, M) of dx/ds = diag(ΔΛ) x + diag(Δ) B̃ u(s) in nominal time s, the input
-    held over each gap, sampled at the cumulative gaps: x_t = e^{A τ} x_{t-1} + ∫_0^τ e^{A s} ds B u_t from the
-    matrix exponential of [[A, B], [0, 0]] τ (the zero-order hold, independent of ssmkit's discretisation)."""
-    Lam, Bt, dt = (t.detach().cpu().numpy() for t in layer.continuous())
-    C = torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()
-    C = 2 * C if layer.conj_sym else C
+def _continuous_system(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The layer as one continuous-time system in nominal time s, dx/ds = diag(e) x + B_c u, y = Re(C_c x) + D u:
+    e (n,) the modes' eigenvalues times their steps Δ, B_c (n, H), C_c (H, n) (factor 2 of conjugate pairs in C_c),
+    D (H,), read from the layer's parameters (``continuous()`` and C). A new layer that declares ``takes_intervals``
+    needs its branch here (the test fails until it has one)."""
+    Lam, Bin, dt = (t.detach().cpu().numpy() for t in layer.continuous())
     D = layer.D.detach().cpu().numpy()
-    M = Lam.shape[0]
-    aug = np.zeros((M + H, M + H), complex)
-    aug[:M, :M], aug[:M, M:] = np.diag(dt * Lam), dt[:, None] * Bt
+    if type(layer).__name__ == "S5":  # one MIMO system: Λ (M,), B̃ (M, H), Δ (M,)
+        C = torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()
+        return dt * Lam, dt[:, None] * Bin, (2 * C if layer.conj_sym else C), D
+    if type(layer).__name__ == "S4D":  # H SISO systems: Λ, B (H, M), Δ (H,), output 2 Re(C x)
+        Hn, M = Lam.shape
+        C = 2 * torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()  # (H, M)
+        B_c, C_c = np.zeros((Hn * M, Hn), complex), np.zeros((Hn, Hn * M), complex)
+        for h in range(Hn):
+            B_c[h * M:(h + 1) * M, h] = dt[h] * Bin[h]
+            C_c[h, h * M:(h + 1) * M] = C[h]
+        return (dt[:, None] * Lam).reshape(-1), B_c, C_c, D
+    raise AssertionError(f"no continuous-time oracle for {type(layer).__name__}: add its branch")
+
+
+def _exact_samples(layer, x: torch.Tensor, intervals: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """y (B, L, H) and the final state of the layer's continuous system (:func:`_continuous_system`), the input held
+    over each gap, sampled at the cumulative gaps: x_t = e^{A τ} x_{t-1} + ∫_0^τ e^{A s} ds B u_t from the matrix
+    exponential of [[A, B], [0, 0]] τ (the zero-order hold, independent of ssmkit's discretisation)."""
+    e, B_c, C_c, D = _continuous_system(layer)
+    n = e.shape[0]
+    aug = np.zeros((n + H, n + H), complex)
+    aug[:n, :n], aug[:n, n:] = np.diag(e), B_c
     u, tau = x.detach().cpu().numpy(), intervals.detach().cpu().numpy()
     ys, finals = np.zeros(u.shape), []
     for b in range(u.shape[0]):
-        state = np.zeros(M, complex)
+        state = np.zeros(n, complex)
         for t in range(u.shape[1]):
             E = scipy.linalg.expm(aug * tau[b, t])
-            state = E[:M, :M] @ state + E[:M, M:] @ u[b, t]
-            ys[b, t] = (C @ state).real + D * u[b, t]
+            state = E[:n, :n] @ state + E[:n, n:] @ u[b, t]
+            ys[b, t] = (C_c @ state).real + D * u[b, t]
         finals.append(state)
     return ys, np.stack(finals)
+
+
+def _flat_state(h: torch.Tensor) -> np.ndarray:
+    """The layer's state (B, M) or (B, H, M) as (B, n) in the order of :func:`_continuous_system`."""
+    return h.detach().cpu().reshape(h.shape[0], -1).numpy()
 
 
 @pytest.mark.parametrize("name, opts", [(n, o) for n, o in CASES if o.get("discretization", "zoh") == "zoh"],
@@ -68,29 +96,28 @@ def test_zoh_forward_is_the_exact_sampling_of_the_continuous_system(name, opts):
     y, h = layer(x, intervals=tau)
     y_ref, h_ref = _exact_samples(layer, x, tau)
     assert np.abs(y.detach().cpu().numpy() - y_ref).max() < 1e-10 * max(1.0, np.abs(y_ref).max())
-    assert np.abs(h.detach().cpu().numpy() - h_ref).max() < 1e-10 * max(1.0, np.abs(h_ref).max())
+    assert np.abs(_flat_state(h) - h_ref).max() < 1e-10 * max(1.0, np.abs(h_ref).max())
 
 
 @pytest.mark.parametrize("name, opts", CASES, ids=IDS)
 def test_bilinear_and_zoh_steps_follow_the_per_step_rules(name, opts):
-    """Each step's Ā_t, B̄_t from the rule's closed form in numpy: ZOH e^z, (e^z-1)/Λ B̃; bilinear (1+z/2)/(1-z/2),
-    Δτ/(1-z/2) B̃, z = Δ τ_t Λ."""
+    """Each step's Ā_t, B̄_t from the rule's closed form in numpy, with z = τ_t e (e: the modes' ΔΛ): ZOH e^z,
+    (e^z - 1)/e · B_c; bilinear (1 + z/2)/(1 - z/2), τ/(1 - z/2) · B_c."""
     layer = make_layer(name, opts)
     x, tau = _input(), _intervals(seed=3)
     y = layer(x, intervals=tau)[0].detach().cpu().numpy()
-    Lam, Bt, dt = (t.detach().cpu().numpy() for t in layer.continuous())
-    C = torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy() * (2 if layer.conj_sym else 1)
-    D, u, taus = layer.D.detach().cpu().numpy(), x.cpu().numpy(), tau.cpu().numpy()
+    e, B_c, C_c, D = _continuous_system(layer)
+    u, taus = x.cpu().numpy(), tau.cpu().numpy()
     for b in range(B):
-        state = np.zeros(Lam.shape, complex)
+        state = np.zeros(e.shape, complex)
         for t in range(L):
-            z = dt * taus[b, t] * Lam
+            z = taus[b, t] * e
             if layer.discretization == "zoh":
-                A_bar, B_bar = np.exp(z), ((np.exp(z) - 1) / Lam)[:, None] * Bt
+                A_bar, B_bar = np.exp(z), ((np.exp(z) - 1) / e)[:, None] * B_c
             else:
-                A_bar, B_bar = (1 + z / 2) / (1 - z / 2), (dt * taus[b, t] / (1 - z / 2))[:, None] * Bt
+                A_bar, B_bar = (1 + z / 2) / (1 - z / 2), (taus[b, t] / (1 - z / 2))[:, None] * B_c
             state = A_bar * state + B_bar @ u[b, t]
-            expected = (C @ state).real + D * u[b, t]
+            expected = (C_c @ state).real + D * u[b, t]
             assert np.abs(y[b, t] - expected).max() < 1e-10 * max(1.0, np.abs(expected).max())
 
 
@@ -121,7 +148,7 @@ def test_step_with_each_interval_equals_forward_on_every_backend(name, opts):
         y_t, state = layer.step(x[:, t], state, interval=tau[:, t])
         ys.append(y_t)
     y_steps = torch.stack(ys, dim=1)
-    for backend in ("auto", *runnable_backends(type(layer))):
+    for backend in _backends(layer):
         with ops.use_backend(backend):
             y, h = layer(x, intervals=tau)
         assert rel_err(y, y_steps) < 1e-10, backend
@@ -172,7 +199,7 @@ def test_gradients_of_every_backend_equal_the_loop_and_finite_differences(name, 
         return torch.autograd.grad(loss, [x, tau, *params])
 
     reference = grads("reference")
-    for backend in ("auto", *runnable_backends(type(layer))):
+    for backend in _backends(layer):
         for g, g_ref in zip(grads(backend), reference):
             assert rel_err(g, g_ref) < 1e-9, backend
     # the interval's gradient against a central difference of the loss (independent of autograd)
@@ -186,6 +213,13 @@ def test_gradients_of_every_backend_equal_the_loop_and_finite_differences(name, 
         bump[1, 3] = eps
         fd = (loss_at(tau + bump) - loss_at(tau - bump)) / (2 * eps)
     assert abs(reference[1][1, 3].item() - fd) < 1e-6 * max(1.0, abs(fd))
+
+
+@pytest.mark.parametrize("name", [n for n in TAKERS if "fft" in layers.layer_class(n).backends])
+def test_a_forced_fft_backend_is_refused_with_intervals(name):
+    layer = make_layer(name)
+    with ops.use_backend("fft"), pytest.raises(RuntimeError, match="'fft' was forced.*only the backends"):
+        layer(_input(), intervals=_intervals())
 
 
 def test_float32_layer_follows_the_float64_one():
@@ -222,8 +256,9 @@ def test_bad_intervals_are_refused_by_name(bad, match):
         layer.step(_input()[:, 0], layer.initial_state(B), interval=torch.zeros(B, device=DEVICE))
 
 
-def test_a_bidirectional_layer_refuses_intervals():
-    layer = make_layer("s5", {**variants("s5")[0], "bidirectional": True})
+@pytest.mark.parametrize("name", TAKERS)
+def test_a_bidirectional_layer_refuses_intervals(name):
+    layer = make_layer(name, {**variants(name)[0], "bidirectional": True})
     with pytest.raises(ValueError, match="bidirectional"):
         layer(_input(), intervals=_intervals())
     with pytest.raises(ValueError, match="bidirectional"):
@@ -266,9 +301,9 @@ def test_a_model_forward_with_intervals_equals_its_step_loop(checkpointing):
 
 
 def test_a_hybrid_model_with_a_layer_without_intervals_is_refused():
-    model = SequenceModel(d_input=2, d_model=H, n_layers=2, layer=["s5", "s4d"],
-                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}},
+    model = SequenceModel(d_input=2, d_model=H, n_layers=3, layer=["s5", "s4d", "dss"],
+                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}, "dss": {"d_state": 4}},
                           d_output=4, head="regress", pool=None).to(DEVICE, torch.float64)
     x = torch.randn(B, L, 2, dtype=torch.float64, device=DEVICE)
-    with pytest.raises(ValueError, match="S4D does not take sampling intervals"):
+    with pytest.raises(ValueError, match="DSS does not take sampling intervals"):
         model(x, intervals=_intervals())

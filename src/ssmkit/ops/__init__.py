@@ -13,7 +13,8 @@ its counter-based mask, the C kernel's reference; ``dropout()`` stays in its mod
 ``dplr`` (S4's DPLR matrix, discretisation and O(N) step), ``conv`` (the short causal depthwise convolution with state), ``dense`` (final state of a dense recurrence),
 ``ssd`` (Mamba-2's scan with a scalar decay per head), ``gated_norm`` (Mamba-2's skip, gate and grouped RMSNorm), ``selective`` (Mamba's selective scan), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
 (HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:
-scan, kernel, step; ``irregular``: its scan and step at irregular sampling times), ``twice`` (a kernel's backward when it is itself differentiated: through the chunked path),
+scan, kernel, step; ``irregular``: its scan and step at irregular sampling times; ``irregular_bank``: the same for
+a bank of SISO systems, S4D's), ``twice`` (a kernel's backward when it is itself differentiated: through the chunked path),
 ``function_call`` (every ``torch.autograd.Function`` is called through :func:`apply_function`: views of parameters,
 not the parameters, so threads sharing a model cannot deadlock inside PyTorch).
 """
@@ -43,6 +44,7 @@ from ssmkit.ops.dplr import (
 )
 from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.irregular import irregular_discretize, irregular_scan, irregular_scan_reference, irregular_step
+from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_scan_reference, bank_irregular_step
 from ssmkit.ops.fftconv import bidirectional_conv, bidirectional_conv_reference, causal_conv, causal_conv_reference
 from ssmkit.ops.gated_norm import gated_rmsnorm, gated_rmsnorm_reference
 from ssmkit.ops.hippo import MEASURES, NPLR, dss_eigenvalues, nplr, rank_correction, s4d_eigenvalues, s4d_input_matrix, transition
@@ -72,6 +74,9 @@ __all__ = [
     "MEASURES",
     "MIMOStepCoefficients",
     "NPLR",
+    "bank_irregular_scan",
+    "bank_irregular_scan_reference",
+    "bank_irregular_step",
     "bidirectional_conv",
     "bidirectional_conv_reference",
     "bilinear",

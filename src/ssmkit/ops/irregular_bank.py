@@ -1,0 +1,272 @@
+"""A bank of H diagonal SISO systems (S4D, arXiv 2206.11893) sampled at irregular times.
+
+Channel h is the continuous-time system dx/ds = Λ_h ⊙ x + B_h u_h(s) with M complex modes, observed at times whose
+gaps are τ_t (B, L) nominal sampling periods; channel h advances Δ_h τ_t in its own time (Δ (H,), the learned step,
+so τ = 1 everywhere is the regularly sampled layer). The input is held over the gap that ends at sample t (the
+zero-order hold in the SSM convention x_t = Ā x_{t-1} + B̄ u_t). With z_t = Δ_h τ_t Λ_h:
+
+    ZOH:      Ā_t = exp(z_t),                 B̄_t = Δ_h τ_t g(z_t) B_h,   g(z) = (e^z − 1)/z
+    bilinear: Ā_t = (1 + z_t/2)/(1 − z_t/2),  B̄_t = Δ_h τ_t/(1 − z_t/2) B_h
+    x_t = Ā_t ⊙ x_{t-1} + B̄_t u_t,   y_t = Re(Σ_m C_{h,m} x_{t,m}) + D_h u_t
+
+Unlike S5's modes (:mod:`ssmkit.ops.irregular`), every channel, mode and step has its own decay here: the
+coefficients are (B, L, H, M). The chunked path forms them for T steps at a time and runs each chunk under an
+activation checkpoint (``torch.utils.checkpoint``, non-reentrant) that keeps only the chunk's inputs and its start
+state: memory O(B·L·H + B·T·H·M + B·H·M·L/T), never the (B, L, H, M) tensor; the backward recomputes one chunk at a
+time. The coefficients are formed in double for a single-precision layer and rounded once (e^z turns an absolute
+error of z into a relative one of Ā, as :mod:`ssmkit.ops.discretize`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ssmkit.ops.backend import checkpoint_contexts, dispatch
+from ssmkit.ops.discretize import bilinear, widen, zoh
+from ssmkit.ops.recurrence import linear_recurrence
+from ssmkit.utils import check_floating
+
+RULES = ("zoh", "bilinear")
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def bank_irregular_coefficients(
+    Lambda: torch.Tensor, B: torch.Tensor, dt: torch.Tensor, intervals: torch.Tensor, rule: str,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ā_t and B̄_t of every step (module docstring), formed in double and rounded once to ``dtype``.
+
+    Args:
+        Lambda: (H, M) complex continuous-time eigenvalues.
+        B: (H, M) complex input vectors.
+        dt: (H,) real positive step per channel.
+        intervals: (*T) real positive gaps in nominal sampling periods ((B, T) for a chunk, (B,) for a step).
+        rule: ``"zoh"`` or ``"bilinear"``.
+        dtype: the complex dtype of the result.
+
+    Returns:
+        (A_bar, B_bar): each (*T, H, M) complex ``dtype``.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
+    wide_dt = widen(dt)
+    step = widen(intervals).to(wide_dt.dtype)[..., None] * wide_dt  # (*T, H): Δ_h τ_t
+    z = step[..., None] * widen(Lambda)  # (*T, H, M)
+    gain = (step[..., None] * widen(B)).to(z.dtype)  # (*T, H, M): Δ_h τ_t B_h
+    M = z.shape[-1]
+    one = torch.ones_like(step.reshape(-1, 1))  # (T'·H, 1): the rules' dt, z carries the step
+    A_bar, B_bar = (zoh if rule == "zoh" else bilinear)(z.reshape(-1, M), gain.reshape(-1, M), one)
+    return A_bar.reshape(z.shape).to(dtype), B_bar.reshape(z.shape).to(dtype)
+
+
+def _check_bank(u, Lambda, B, C, dt, intervals, D, state) -> None:
+    """Validate u (B, L, H), Λ, B, C (H, M) complex, Δ (H,), the gaps (B, L), D (H,) and the state (B, H, M)."""
+    check_floating(u, "u")
+    if u.dim() != 3 or 0 in u.shape:
+        raise ValueError(f"u must be (B, L, H) with B, L, H >= 1; got {tuple(u.shape)}")
+    Bsz, L, H = u.shape
+    if not isinstance(Lambda, torch.Tensor) or not Lambda.is_complex() or Lambda.dim() != 2 or Lambda.shape[0] != H:
+        raise ValueError(f"Lambda must be (H, M) complex with H = {H}; got "
+                         f"{tuple(getattr(Lambda, 'shape', ()))} {getattr(Lambda, 'dtype', type(Lambda).__name__)}")
+    M = Lambda.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor) or not t.is_complex() or tuple(t.shape) != (H, M):
+            raise ValueError(f"{name} must be (H, M) = ({H}, {M}) complex; got "
+                             f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', type(t).__name__)}")
+    for name, t, shape in (("dt", dt, (H,)), ("intervals", intervals, (Bsz, L)), ("D", D, (H,))):
+        if t is not None and (not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != shape):
+            raise ValueError(f"{name} must be {shape} real; got "
+                             f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', type(t).__name__)}")
+    if state is not None and (not isinstance(state, torch.Tensor) or tuple(state.shape) != (Bsz, H, M)
+                              or state.dtype != _COMPLEX[u.dtype]):
+        raise ValueError(f"state must be (B, H, M) = ({Bsz}, {H}, {M}) {_COMPLEX[u.dtype]}; got "
+                         f"{tuple(getattr(state, 'shape', ()))} {getattr(state, 'dtype', type(state).__name__)}")
+
+
+def bank_irregular_scan_reference(
+    u: torch.Tensor,
+    Lambda: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt: torch.Tensor,
+    intervals: torch.Tensor,
+    D: torch.Tensor | None = None,
+    rule: str = "zoh",
+    state: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The irregularly sampled bank (module docstring) by a plain loop over time: the oracle of
+    :func:`bank_irregular_scan`.
+
+    Args:
+        u: (B, L, H) real input.
+        Lambda: (H, M) complex continuous-time eigenvalues.
+        B: (H, M) complex input vectors.
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        dt: (H,) real positive step per channel.
+        intervals: (B, L) real positive gaps in nominal sampling periods.
+        D: (H,) real skip, or None.
+        rule: ``"zoh"`` or ``"bilinear"``.
+        state: (B, H, M) complex x_{-1} (u's complex dtype), or None for zeros.
+        return_state: whether to return the final state (else None in its place).
+
+    Returns:
+        y (B, L, H) real in u's dtype, and x_{L-1} (B, H, M) (or None).
+    """
+    _check_bank(u, Lambda, B, C, dt, intervals, D, state)
+    dtype = _COMPLEX[u.dtype]
+    x = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=dtype)  # (B, H, M)
+    ys = []
+    for t, u_t in enumerate(u.unbind(1)):
+        A_bar, B_bar = bank_irregular_coefficients(Lambda, B, dt, intervals[:, t], rule, dtype)  # (B, H, M)
+        x = A_bar * x + B_bar * u_t[..., None]
+        ys.append((x * C.to(dtype)).sum(-1).real)  # (B, H)
+    y = torch.stack(ys, dim=1)  # (B, L, H)
+    return (y if D is None else y + D * u), (x if return_state else None)
+
+
+def _chunk(u_c, tau_c, h0, Lambda, B, C, dt, D, rule: str, backend: str):
+    """One chunk of T steps: its coefficients (B, T, H, M), the recurrence from h0, the read-out and the skip."""
+    A_bar, B_bar = bank_irregular_coefficients(Lambda, B, dt, tau_c, rule, h0.dtype)  # (B, T, H, M)
+    h, h_last = linear_recurrence(A_bar, B_bar * u_c[..., None], h0, backend=backend)  # (B, T, H, M), (B, H, M)
+    y = (h * C.to(h.dtype)).sum(-1).real  # (B, T, H)
+    return (y if D is None else y + D * u_c), h_last
+
+
+def bank_irregular_scan_chunked(
+    u: torch.Tensor,
+    Lambda: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt: torch.Tensor,
+    intervals: torch.Tensor,
+    D: torch.Tensor | None = None,
+    rule: str = "zoh",
+    state: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+    chunk_size: int = 64,
+    recurrence_backend: str = "chunked",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`bank_irregular_scan_reference` chunk by chunk, each chunk's (B, T, H, M) coefficients formed, scanned
+    (:func:`ssmkit.ops.recurrence.linear_recurrence`) and read out under an activation checkpoint when autograd
+    records (module docstring), recomputed under the backend in force at the call
+    (:func:`ssmkit.ops.backend.checkpoint_contexts`); inside torch.func transforms, which refuse the checkpoint's
+    hooks, without one.
+
+    Args:
+        u: (B, L, H) real input.
+        Lambda: (H, M) complex continuous-time eigenvalues.
+        B: (H, M) complex input vectors.
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        dt: (H,) real positive step per channel.
+        intervals: (B, L) real positive gaps in nominal sampling periods.
+        D: (H,) real skip, or None.
+        rule: ``"zoh"`` or ``"bilinear"``.
+        state: (B, H, M) complex x_{-1}, or None for zeros.
+        return_state: whether to return the final state (else None in its place).
+        chunk_size: T, the steps whose coefficients are held at once (>= 1).
+        recurrence_backend: the recurrence's backend inside a chunk (``"chunked"``, ``"native"`` or ``"auto"``).
+
+    Returns:
+        y (B, L, H) real in u's dtype, and x_{L-1} (B, H, M) (or None).
+    """
+    _check_bank(u, Lambda, B, C, dt, intervals, D, state)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+    h = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=_COMPLEX[u.dtype])
+    recompute = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+    ys = []
+    for t0 in range(0, u.shape[1], chunk_size):
+        args = (u[:, t0:t0 + chunk_size], intervals[:, t0:t0 + chunk_size], h, Lambda, B, C, dt, D, rule,
+                recurrence_backend)
+        if recompute:  # recomputed under the backend in force here (the backward may run elsewhere); no randomness
+            y_c, h = checkpoint(_chunk, *args, use_reentrant=False, context_fn=checkpoint_contexts,
+                                preserve_rng_state=False)
+        else:
+            y_c, h = _chunk(*args)
+        ys.append(y_c)
+    return torch.cat(ys, dim=1), (h if return_state else None)
+
+
+def _bank_native(u, Lambda, B, C, dt, intervals, D=None, rule="zoh", state=None, *, return_state=True):
+    """:func:`bank_irregular_scan_chunked` with the recurrence's own ``"auto"`` choice (its C kernel on the CPU)."""
+    return bank_irregular_scan_chunked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state=return_state,
+                                       recurrence_backend="auto")
+
+
+_SCAN = {"reference": bank_irregular_scan_reference, "chunked": bank_irregular_scan_chunked, "native": _bank_native}
+
+
+def bank_irregular_scan(
+    u: torch.Tensor,
+    Lambda: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt: torch.Tensor,
+    intervals: torch.Tensor,
+    D: torch.Tensor | None = None,
+    rule: str = "zoh",
+    state: torch.Tensor | None = None,
+    *,
+    return_state: bool = True,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The irregularly sampled bank (module docstring) over a sequence; the path by the backend: ``"reference"`` ->
+    the loop; ``"chunked"`` -> chunks of coefficients and the chunked recurrence; ``"native"`` and ``"auto"`` -> the
+    same chunks with the recurrence's own choice (its C kernel on the CPU where it runs); ``"fft"`` and ``"triton"``
+    raise (the system is time-varying: no convolution kernel).
+
+    Args:
+        u: (B, L, H) real input.
+        Lambda: (H, M) complex continuous-time eigenvalues.
+        B: (H, M) complex input vectors.
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        dt: (H,) real positive step per channel.
+        intervals: (B, L) real positive gaps in nominal sampling periods.
+        D: (H,) real skip, or None.
+        rule: ``"zoh"`` or ``"bilinear"``.
+        state: (B, H, M) complex x_{-1}, or None for zeros.
+        return_state: whether to return the final state (else None in its place).
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        y (B, L, H) real in u's dtype, and x_{L-1} (B, H, M) (or None).
+    """
+    impl = dispatch("bank_irregular_scan", _SCAN, backend, auto="native")
+    return impl(u, Lambda, B, C, dt, intervals, D, rule, state, return_state=return_state)
+
+
+def bank_irregular_step(
+    u_t: torch.Tensor,
+    Lambda: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt: torch.Tensor,
+    interval: torch.Tensor,
+    state: torch.Tensor,
+    D: torch.Tensor | None = None,
+    rule: str = "zoh",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step x_t = Ā_t ⊙ x_{t-1} + B̄_t u_t, y_t = Re(Σ_m C x_t) + D u_t after a gap of ``interval``.
+
+    Args:
+        u_t: (B, H) real input.
+        Lambda: (H, M) complex continuous-time eigenvalues.
+        B: (H, M) complex input vectors.
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        dt: (H,) real positive step per channel.
+        interval: (B,) real positive gap in nominal sampling periods.
+        state: (B, H, M) complex x_{t-1}.
+        D: (H,) real skip, or None.
+        rule: ``"zoh"`` or ``"bilinear"``.
+
+    Returns:
+        y_t (B, H) real and x_t (B, H, M).
+    """
+    A_bar, B_bar = bank_irregular_coefficients(Lambda, B, dt, interval, rule, state.dtype)  # (B, H, M)
+    x = A_bar * state + B_bar * u_t[..., None]
+    y = (x * C.to(x.dtype)).sum(-1).real  # (B, H)
+    return (y if D is None else y + D * u_t), x

@@ -13,7 +13,8 @@ Two paths, one signature:
 - ``causal_attention_chunked`` (backend ``"chunked"``): ``torch.nn.functional.scaled_dot_product_attention``; with no
   cache and no window one call with ``is_causal`` (PyTorch's flash kernel: no Lq × K matrix), else blocks of T queries,
   each with the keys it can see and an explicit mask of T × (its keys): memory O(T·K) per block, O(T·(T + window)) with
-  a window.
+  a window. Under forward-mode AD (:func:`ssmkit.ops.backend.forward_ad_active`) every call takes PyTorch's math
+  kernel (``SDPBackend.MATH``, made of differentiable ops): the CPU flash kernel has no forward derivative.
 
 Rotary positions (Su et al., "RoFormer", arXiv 2104.09864, §3.4.2) rotate the pairs (x_k, x_{k+P/2}) of a query or key
 at position t by the angle t·θ_k, θ_k = base^{-2k/P}: then q_i · k_j depends on the positions only through i - j.
@@ -26,10 +27,41 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.backend import dispatch
+from ssmkit.ops.backend import dispatch, forward_ad_active
 from ssmkit.ops.symbolic import symbolic_length
 
 _QUERY_BLOCK = 256  # T: queries per block of the masked path (mask and scores T × K per block)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+          is_causal: bool = False) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal)``; under forward-mode AD by PyTorch's
+    math kernel (composite ops, which forward AD differentiates; the fused CPU and GPU kernels have no forward
+    derivative), or, on a torch without ``torch.nn.attention.sdpa_kernel``, by the same formula written out.
+
+    Args:
+        q: (B, A, L, P) queries.
+        k: (B, A, K, P) keys.
+        v: (B, A, K, P) values.
+        attn_mask: (L, K) bool, True where attention is allowed, or None.
+        is_causal: the causal mask of L = K positions instead of ``attn_mask``.
+
+    Returns:
+        (B, A, L, P).
+    """
+    if not forward_ad_active():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        Lq, K = q.shape[2], k.shape[2]
+        mask = causal_mask(Lq, K, None, q.device) if is_causal else attn_mask
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, A, L, K)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, A, L, P)
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
 
 def _check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> None:
@@ -120,12 +152,12 @@ def causal_attention_chunked(
     _check_attention_args(q, k, v, window)
     Lq, K = q.shape[2], k.shape[2]
     if symbolic_length(Lq) and not (K == Lq and window is None):  # exporting with a dynamic L: no block loop
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Lq, K, window, q.device))  # (B, A, L, P)
+        return _sdpa(q, k, v, attn_mask=causal_mask(Lq, K, window, q.device))  # (B, A, L, P)
     if K == Lq and (window is None or window >= K):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, A, L, P)
+        return _sdpa(q, k, v, is_causal=True)  # (B, A, L, P)
     if Lq == 1:  # one step: its keys are the last `window` (or all), every one of them seen
         first = 0 if window is None else max(0, K - window)
-        return F.scaled_dot_product_attention(q, k[:, :, first:], v[:, :, first:])  # (B, A, 1, P)
+        return _sdpa(q, k[:, :, first:], v[:, :, first:])  # (B, A, 1, P)
     outputs = []
     for s in range(0, Lq, _QUERY_BLOCK):
         e = min(s + _QUERY_BLOCK, Lq)
@@ -133,7 +165,7 @@ def causal_attention_chunked(
         first = 0 if window is None else max(0, K - Lq + s - window + 1)
         mask = causal_mask(e - s, last, window, q.device, first)  # (T, last - first)
         outputs.append(
-            F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, first:last], v[:, :, first:last], attn_mask=mask)
+            _sdpa(q[:, :, s:e], k[:, :, first:last], v[:, :, first:last], attn_mask=mask)
         )  # (B, A, T, P)
     return torch.cat(outputs, dim=2)  # (B, A, L, P)
 

@@ -11,7 +11,12 @@ Every dispatching op has ONE table from backend name to implementation, and ever
                      compiler and usable only where its smoke call succeeded);
     ``"auto"``       the op's own choice among the names of its table (``"triton"`` only on CUDA, where it runs;
                      ``"native"`` only on the CPU, where it runs, also under torch.compile (as custom ops), never
-                     while torch.func transforms or torch.export trace).
+                     while torch.func transforms or torch.export trace, nor under forward-mode AD).
+
+Forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``, ``jacfwd``, ``hessian``; :func:`forward_ad_active`)
+runs through every op: ``"auto"`` takes the PyTorch paths, whose ``torch.autograd.Function`` s have a ``jvp`` (a twin
+class that :func:`ssmkit.ops.function_call.apply_function` calls there) or are bypassed by their composite ops, and a
+forced ``"native"`` or ``"triton"`` raises (:func:`check_forward_ad`): their kernels compute no tangent.
 
 The backend in force is a :class:`contextvars.ContextVar` (default ``"auto"``): :func:`set_backend` and
 :func:`use_backend` change it for the current thread or asyncio task only, and :func:`use_backend` restores
@@ -33,6 +38,7 @@ import threading
 from typing import Callable, ContextManager, Iterator, Mapping, TypeVar
 
 import torch
+from torch.autograd import forward_ad
 
 BACKENDS = ("auto", "reference", "chunked", "fft", "triton", "native")
 
@@ -142,7 +148,8 @@ def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str | C
 
     Raises:
         ValueError: ``backend`` is not one of :data:`BACKENDS`.
-        RuntimeError: the op has no such backend (names the op and the backends it has).
+        RuntimeError: the op has no such backend (names the op and the backends it has), or a kernel backend
+            (``"native"``, ``"triton"``) was forced while forward-mode AD is active (:func:`check_forward_ad`).
     """
     if backend is None:
         name, how = get_backend(), "by ssmkit.ops.set_backend/use_backend"
@@ -154,14 +161,67 @@ def dispatch(op: str, table: Mapping[str, F], backend: str | None, auto: str | C
     if impl is None:
         has = ", ".join(repr(b) for b in ("auto", *table))
         raise RuntimeError(f"{op}: backend {name!r} was forced {how} but {op} has only the backends {has}")
+    check_forward_ad(op, name)
     return impl
 
 
+KERNEL_BACKENDS = ("native", "triton")  # the backends whose kernels have no forward-mode derivative
+
+
+def check_forward_ad(op: str, name: str) -> None:
+    """Raise ``RuntimeError`` when backend ``name`` is a kernel backend (:data:`KERNEL_BACKENDS`) and forward-mode AD
+    is active (:func:`forward_ad_active`): a C or Triton kernel computes no tangent, so its result would carry none
+    (a wrong, zero derivative) or fail inside PyTorch with a message about custom Functions.
+
+    Args:
+        op: the op's name, first in the message.
+        name: the backend about to run.
+    """
+    if name in KERNEL_BACKENDS and forward_ad_active():
+        raise RuntimeError(
+            f"{op}: backend {name!r} cannot run under forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, "
+            f"jacfwd, hessian): its kernels have no forward derivative; use 'auto', 'chunked' or 'reference' there"
+        )
+
+
+def forward_ad_active() -> bool:
+    """True while forward-mode automatic differentiation may run through the ops: inside a
+    ``torch.autograd.forward_ad.dual_level()`` block, or while a ``torch.func.jvp`` transform is active (alone, or inside
+    ``jacfwd``, ``hessian`` = ``jacfwd(jacrev)``, or nested in ``vmap`` / ``grad``).
+
+    What it checks, exactly: (1) ``torch.autograd.forward_ad._current_level >= 0``, the level that ``dual_level``
+    enters (``torch.func.jvp`` enters one too, at its outermost nesting); (2) when a functorch transform is active,
+    whether functorch's interpreter stack holds a ``Jvp`` interpreter (``torch._C._functorch.get_interpreter_stack()``,
+    each entry's ``key()``), which covers a jvp nested where no dual level is open. It is a property of the context, not
+    of the tensors: a plain tensor computed inside a dual level takes the forward-AD paths too. False while
+    torch.compile traces (dynamo does not trace forward-mode AD; the check is kept out of its graphs).
+
+    Under forward AD no op calls a C or Triton kernel (they have no forward derivative): ``"auto"`` takes the PyTorch
+    paths (:func:`ssmkit.ops.opaque.custom_ops_allowed` is False), a forced ``"native"`` or ``"triton"`` raises
+    (:func:`dispatch`), every fast path takes its out-of-place form (:func:`tracing` is True: ``out=`` ops have no
+    forward derivative), and every ``torch.autograd.Function`` of the ops either has a ``jvp`` or is bypassed by its
+    composite ops (docs/design.md, "Forward-mode AD").
+    """
+    if torch.compiler.is_compiling():
+        return False
+    if getattr(forward_ad, "_current_level", -1) >= 0:
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return any(level.key() == _JVP for level in stack)
+
+
+_JVP = getattr(getattr(torch._C._functorch, "TransformType", None), "Jvp", None)
+
+
 def tracing() -> bool:
-    """True while torch.func transforms (vmap, grad, jacrev, ...) or torch.compile trace the ops.
+    """True while torch.func transforms (vmap, grad, jacrev, jvp, ...) or torch.compile trace the ops, or forward-mode
+    AD runs through them (:func:`forward_ad_active`).
 
     Fast paths that write into fresh buffers in place (``out=``, blocked slice copies) take their functional
-    form then, which vmap batches and dynamo captures; in eager mode the in-place form saves memory traffic.
-    This is the one place where that choice is made.
+    form then, which vmap batches, dynamo captures and forward-mode AD differentiates (an ``out=`` op has no forward
+    derivative); in eager mode the in-place form saves memory traffic. This is the one place where that choice is made.
     """
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or getattr(forward_ad, "_current_level", -1) >= 0)

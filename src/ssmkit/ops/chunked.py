@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size, check_params, check_skip
 from ssmkit.ops.backend import tracing
-from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.function_call import apply_function, jvp_twin
 from ssmkit.ops.opaque import exporting
 from ssmkit.ops.powers import int_power, power_table
 from ssmkit.ops.symbolic import carry, ceil_sqrt, chunk_count, keep_first, symbolic_length
@@ -111,6 +111,8 @@ class _Transpose(torch.autograd.Function):
 
     Plain ``x.t().contiguous()`` hands its backward a strided view, and batched GEMMs on such views fall
     off the BLAS path on CPU (measured > 10× slower); this keeps every gradient contiguous.
+
+    Forward-mode AD: :class:`_TransposeJvp` (the map is linear: ẏ = ẋᵀ).
     """
 
     generate_vmap_rule = True
@@ -126,6 +128,16 @@ class _Transpose(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return apply_function(_Transpose, g)  # (R, S); through apply, so second derivatives work too
+
+
+@jvp_twin(_Transpose)
+class _TransposeJvp(_Transpose):
+    """:class:`_Transpose` with its forward derivative, called under forward-mode AD (``ops.function_call``): the map is
+    linear, so the tangent is the same contiguous transpose, ẏ = ẋᵀ."""
+
+    @staticmethod
+    def jvp(ctx, x_dot: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _transpose_copy(x_dot)  # (S, R)
 
 
 def transpose(x: torch.Tensor) -> torch.Tensor:

@@ -308,7 +308,8 @@ class _CompiledCarry(torch.autograd.Function):
     """:func:`_chunk_sums_and_carry` (real tables) as two custom ops inside a compiled graph. Traced, the carry's
     backward ran in the graph even when the final state reached no loss (a compiled graph passes zeros for an unused
     output, where eager autograd never visits it): 127 GEMMs and the chunk sums' backward, ~60 % of a compiled S4
-    layer's extra time over eager at B 8, L 4 096, H 128, N 64. The backward op returns zeros at once then."""
+    layer's extra time over eager at B 8, L 4 096, H 128, N 64. The backward op returns zeros at once then. Used only
+    while torch.compile traces, never under forward-mode AD (``custom_ops_allowed`` is False there)."""
 
     @staticmethod
     def forward(u: Tensor, W: Tensor, A_T: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ssmkit.ops.dplr import bilinear_dplr  # noqa: F401  (re-export: the DPLR forms live in ssmkit.ops.dplr)
 from ssmkit.ops.backend import tracing
-from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.function_call import apply_function, jvp_twin
 from ssmkit.ops.powers import power_table
 from ssmkit.utils import check_floating
 
@@ -128,7 +128,10 @@ class _Expm1(torch.autograd.Function):
     """e^z - 1 with e^z as its derivative. torch differentiates expm1 as expm1(z) + 1, which where Re z << 0 is
     expm1's rounding (~eps), not e^z ≈ 0; φ'(z) = (e^z - φ)/z then carries eps/|z| against the true 1/z²: at z = ΔΛ
     with Δ = e^30 the float64 ∂Im Λ was 1.2 % off and ∂log Δ 2e-3 for 0, a float32 S4D's ∂log Δ at Δ = e^10 4e-3 of
-    its largest gradient (the C code was right). The backward is built of torch ops: double backward works."""
+    its largest gradient (the C code was right). The backward is built of torch ops: double backward works.
+
+    Forward-mode AD: :func:`_expm1_over_z` takes its torch-ops form there (``tracing()`` is True under forward AD),
+    so this Function is not called; its twin :class:`_Expm1Jvp` serves a caller that reaches it all the same."""
 
     generate_vmap_rule = True
 
@@ -144,6 +147,22 @@ class _Expm1(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         (z,) = ctx.saved_tensors
         return grad * torch.exp(z).conj()
+
+
+@jvp_twin(_Expm1)
+class _Expm1Jvp(_Expm1):
+    """:class:`_Expm1` with its forward derivative, called under forward-mode AD (``ops.function_call``): ż e^z, the
+    same derivative as its backward (e^z ≈ 0 where Re z << 0, not expm1's rounding)."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _Expm1.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def jvp(ctx, z_dot):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return z_dot * torch.exp(z)
 
 
 def exp_phi(z: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops import fftblocks
-from ssmkit.ops.backend import dispatch, tracing
-from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.backend import dispatch, forward_ad_active, tracing
+from ssmkit.ops.function_call import apply_function, jvp_twin
 from ssmkit.ops.opaque import custom_ops_allowed, exporting, kernel_op
 
 _REAL = (torch.float32, torch.float64)
@@ -207,6 +207,10 @@ class _CircularConv(torch.autograd.Function):
     derivatives are exact too. The forward also returns the spectra û, k̂ (non-differentiable) so that
     ``setup_context`` can save them; every step is a pure tensor op, so torch.func's generated vmap rule
     batches it.
+
+    Forward-mode AD: :class:`_CircularConvJvp`. Under forward AD the backward recomputes the spectra from u and k, as
+    under ``create_graph``, so that forward over reverse (``torch.func.hessian``) sees their tangents (the saved
+    spectra carry none).
     """
 
     generate_vmap_rule = True
@@ -231,12 +235,41 @@ class _CircularConv(torch.autograd.Function):
         u, k, U, K_f = ctx.saved_tensors
         n, L = k.shape[-1], u.shape[1]
         need_u, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if torch.is_grad_enabled():  # create_graph=True: spectra with history, for second derivatives
+        if torch.is_grad_enabled() or forward_ad_active():  # create_graph=True or forward AD: spectra with history
+            # (second derivatives) or with tangents (forward-over-reverse)
             U, K_f = _time_spectrum(u, n), torch.fft.rfft(k)
         elif torch.compiler.is_compiling() and custom_ops_allowed():  # one op in a compiled graph (see _opaque)
             du, dk = _conv_backward(u, k, U, K_f, dy, need_u, need_k)
             return (du if need_u else None), (dk if need_k else None)
         return _conv_grads(U, K_f, dy, n, L, need_u, need_k)
+
+
+@jvp_twin(_CircularConv)
+class _CircularConvJvp(_CircularConv):
+    """:class:`_CircularConv` with its forward derivative, called under forward-mode AD (``ops.function_call``): y is
+    bilinear in (u, k), so ẏ = irfft(rfft(u̇) · k̂ + û · rfft(k̇))[:L] from the forward's spectra (one rfft per tangent
+    and one irfft, exact). The spectra outputs get no tangent."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _CircularConv.setup_context(ctx, inputs, output)
+        u, k = inputs
+        ctx.save_for_forward(*output[1:])  # û, k̂
+        ctx.n, ctx.L = k.shape[-1], u.shape[1]
+
+    @staticmethod
+    def jvp(ctx, u_dot: torch.Tensor | None, k_dot: torch.Tensor | None):
+        U, K_f = ctx.saved_tensors
+        n, L = ctx.n, ctx.L
+        Y_dot = None  # (B, H, n//2 + 1): the spectrum of ẏ
+        if u_dot is not None:
+            Y_dot = _time_spectrum(u_dot, n) * K_f
+        if k_dot is not None:
+            term = U * torch.fft.rfft(k_dot)  # (B, H, n//2 + 1)
+            Y_dot = term if Y_dot is None else Y_dot + term
+        if Y_dot is None:
+            return None, None, None
+        return _from_spectrum(Y_dot, n, L), None, None  # (B, L, H)
 
 
 def _circular_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch.autograd import forward_ad
 
 from ssmkit.ops._checks import REAL_OF, check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
@@ -198,7 +197,8 @@ class _TallProduct(torch.autograd.Function):
     a d_model 4 forward+backward). ∂w is formed as (gᵀ a)ᵀ where a has more columns than g: the same sums, in the
     orientation of a narrow GEMM that MKL runs fast (at B·L 32 768, aᵀg with 64 rows and 4 columns took 2.6 ms, gᵀa
     0.5 ms; autograd's backward took the fast one from W_out's column-major layout). The backward is made of tensor
-    ops, so a double backward (``create_graph``) differentiates through it.
+    ops, so a double backward (``create_graph``) differentiates through it. It has no forward derivative: under
+    forward-mode AD :func:`_tall_product` is ``a @ w``.
     """
 
     @staticmethod
@@ -226,7 +226,7 @@ def _tall_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     torch.export, forward-mode AD or autocast (whose half-precision product would meet the saved single-precision a
     in the backward) it is ``a @ w``, checked first (no comparison of symbolic sizes in a traced graph), as
     :mod:`ssmkit.ops.rows` does."""
-    if tracing() or exporting() or getattr(forward_ad, "_current_level", -1) >= 0:
+    if tracing() or exporting():  # tracing(): forward-mode AD too
         return a @ w
     if torch.is_autocast_enabled(a.device.type):
         return a @ w

@@ -27,6 +27,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from ssmkit.ops.backend import forward_ad_active
+
 NAMESPACE = "ssmkit"
 
 
@@ -117,9 +119,10 @@ def exporting() -> bool:
 def custom_ops_allowed() -> bool:
     """Whether ssmkit's custom ops (the kernel calls, the compiled value-cache lookup) may stand here: True in eager
     mode and while torch.compile traces, False while a torch.func transform (the ops have no batching rule) or
-    ``torch.export`` (a program naming ssmkit's ops could not run without ssmkit) traces. The one test that
+    ``torch.export`` (a program naming ssmkit's ops could not run without ssmkit) traces, and under forward-mode AD
+    (:func:`ssmkit.ops.backend.forward_ad_active`: the kernels compute no tangent). The one test that
     ``prefer_native``, ``prefer_triton`` and ``layers.cache`` share."""
-    return not (torch._C._are_functorch_transforms_active() or exporting())
+    return not (torch._C._are_functorch_transforms_active() or exporting() or forward_ad_active())
 
 
 def absent_if_zero(grad: torch.Tensor | None) -> torch.Tensor | None:

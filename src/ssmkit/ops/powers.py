@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.function_call import apply_function, jvp_twin
 
 
 def power_table(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -39,6 +39,8 @@ class _PowerTable(torch.autograd.Function):
     cumprod's own backward divides by its input, which gives NaN where a is tiny and its powers underflow; this one
     multiplies the saved table by k instead (exact at a = 0 too). Pure tensor ops, so torch.func's generated vmap
     rule batches it and double backward goes through the saved table.
+
+    Forward-mode AD: :class:`_PowerTableJvp`.
     """
 
     generate_vmap_rule = True
@@ -60,6 +62,25 @@ class _PowerTable(torch.autograd.Function):
         k = torch.arange(1, n, dtype=table.real.dtype, device=table.device)  # (n-1,)
         derivative = table[..., :-1] * k  # (..., n-1): d a^k / da = k a^{k-1}
         return (g[..., 1:] * derivative.conj()).sum(-1), None
+
+
+@jvp_twin(_PowerTable)
+class _PowerTableJvp(_PowerTable):
+    """:class:`_PowerTable` with its forward derivative, called under forward-mode AD (``ops.function_call``):
+    d(a^k) = k a^{k-1} ȧ from the same table (entry 0 has tangent 0), exact at a = 0 too."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _PowerTable.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def jvp(ctx, a_dot: torch.Tensor, _n):  # type: ignore[override]
+        (table,) = ctx.saved_tensors  # (..., n)
+        n = table.shape[-1]
+        k = torch.arange(n, dtype=table.real.dtype, device=table.device)  # (n,)
+        previous = torch.cat([torch.zeros_like(table[..., :1]), table[..., :-1]], dim=-1)  # (..., n): a^{k-1}, 0 at k = 0
+        return previous * k * a_dot.unsqueeze(-1)  # (..., n): k a^{k-1} ȧ
 
 
 def int_power(a: torch.Tensor, n: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
 from ssmkit.ops.backend import dispatch, tracing
-from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.function_call import apply_function, jvp_twin
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.native.recurrence import linear_recurrence_native
 from ssmkit.ops.powers import int_power
@@ -278,6 +278,23 @@ def _recurrence_states(
     return h[:, pad:]  # (B, L, H)
 
 
+def _previous_states(h: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """The state before each step: h_{t-1} (h_{t+1} when reversed), h0 (or zeros) at the first step.
+
+    Args:
+        h: (B, L, H) every state.
+        h0: (B, H) the state before the first step, or None for zeros.
+        reverse: the scan runs from t = L-1 down to 0.
+
+    Returns:
+        (B, L, H).
+    """
+    first = h0[:, None] if h0 is not None else torch.zeros_like(h[:, :1])  # (B, 1, H)
+    if not reverse:
+        return torch.cat([first, h[:, :-1]], dim=1)  # (B, L, H)
+    return torch.cat([h[:, 1:], first], dim=1)  # (B, L, H)
+
+
 class _LinearRecurrence(torch.autograd.Function):
     """h = scan(a, b, h0) with the adjoint recurrence as backward; a (B, L, H) time-varying or (H,) invariant.
 
@@ -287,6 +304,8 @@ class _LinearRecurrence(torch.autograd.Function):
     time-invariant a), ∂ℓ/∂h0 = conj(a_0) λ_0. The reversed direction mirrors this. The adjoint is this same
     Function run in the other direction, so gradients of any order work; every step is a tensor op, so
     torch.func's generated vmap rule batches forward and backward.
+
+    Forward-mode AD: :class:`_LinearRecurrenceJvp`.
     """
 
     generate_vmap_rule = True
@@ -328,6 +347,34 @@ class _LinearRecurrence(torch.autograd.Function):
         if h0 is not None and ctx.needs_input_grad[2]:
             grad_h0 = lam[:, edge] * (a.conj() if invariant else a[:, edge].conj())  # (B, H)
         return grad_a, lam, grad_h0, None, None, None, None
+
+
+@jvp_twin(_LinearRecurrence)
+class _LinearRecurrenceJvp(_LinearRecurrence):
+    """:class:`_LinearRecurrence` with its forward derivative, called under forward-mode AD (``ops.function_call``).
+
+    Differentiating h_t = a_t h_{t-1} + b_t gives the same recurrence for the tangent,
+    ḣ_t = a_t ḣ_{t-1} + (ȧ_t h_{t-1} + ḃ_t), ḣ_{-1} = ḣ0 (every map holomorphic: no conjugate), so the tangent is the
+    same chunked scan (same gates, same gate logs) driven by ȧ_t h_{t-1} + ḃ_t: one more scan, exact. The backward is
+    made of tensor ops and of this Function, so forward over reverse (``torch.func.hessian``) differentiates it too.
+    """
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _LinearRecurrence.setup_context(ctx, inputs, output)
+        a, _, h0, _, _, log_a, _ = inputs
+        ctx.save_for_forward(a, output, h0, log_a)
+
+    @staticmethod
+    def jvp(ctx, a_dot, b_dot, h0_dot, _T, _reverse, _log_a_dot, _shift):  # type: ignore[override]
+        a, h, h0, log_a = ctx.saved_tensors
+        forcing = b_dot  # (B, L, H): ḃ_t + ȧ_t h_{t-1}
+        if a_dot is not None:
+            term = a_dot * _previous_states(h, h0, ctx.reverse)  # (B, L, H)
+            forcing = term if forcing is None else forcing + term
+        if forcing is None:
+            forcing = torch.zeros_like(h)  # (B, L, H): only ḣ0 drives the tangent
+        return _recurrence_states(a, forcing, h0_dot, ctx.T, ctx.reverse, log_a, ctx.shift)  # (B, L, H)
 
 
 def linear_recurrence_chunked(
@@ -415,7 +462,8 @@ def linear_recurrence(
     (arXiv 2303.06349 eq. 1; a_t = a for a time-invariant gate.) Backends: ``"reference"`` ->
     :func:`linear_recurrence_reference` (loop); ``"chunked"`` -> :func:`linear_recurrence_chunked` (two-level
     chunked scan); ``"native"`` -> :func:`ssmkit.ops.native.linear_recurrence_native` (C kernel, CPU); ``"auto"`` ->
-    ``"native"`` on the CPU where it runs and no torch.func transform or export traces, else ``"chunked"``;
+    ``"native"`` on the CPU where it runs and no torch.func transform, export or forward-mode AD traces, else
+    ``"chunked"`` (under forward-mode AD its tangent is the same chunked scan: ``_LinearRecurrenceJvp``);
     ``"fft"`` and ``"triton"`` raise.
 
     Args:

@@ -24,14 +24,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.function_call import apply_function, jvp_twin
 from ssmkit.ops.recurrence import linear_recurrence
 
 MAX_SQRT_GRADIENT = 1000.0  # recurrentgemma's bound on the derivative of the square root
 
 
 class _SqrtBoundedGradient(torch.autograd.Function):
-    """√v with the backward g / √max(4v, 1/G²): the true derivative 1/(2√v), clipped at G."""
+    """√v with the backward g / √max(4v, 1/G²): the true derivative 1/(2√v), clipped at G.
+
+    Forward-mode AD: :class:`_SqrtBoundedGradientJvp`.
+    """
 
     generate_vmap_rule = True
 
@@ -49,6 +52,23 @@ class _SqrtBoundedGradient(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         (v,) = ctx.saved_tensors
         return grad / torch.sqrt(torch.clamp(4.0 * v, min=1.0 / ctx.max_grad**2)), None
+
+
+@jvp_twin(_SqrtBoundedGradient)
+class _SqrtBoundedGradientJvp(_SqrtBoundedGradient):
+    """:class:`_SqrtBoundedGradient` with its forward derivative, called under forward-mode AD (``ops.function_call``):
+    the same clipped derivative, v̇ / √max(4v, 1/G²), so that forward and reverse mode give one Jacobian (``jacfwd`` =
+    ``jacrev``); it differs from the true derivative 1/(2√v) only where that exceeds G."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _SqrtBoundedGradient.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def jvp(ctx, v_dot, _max_grad):  # type: ignore[override]
+        (v,) = ctx.saved_tensors
+        return v_dot / torch.sqrt(torch.clamp(4.0 * v, min=1.0 / ctx.max_grad**2))
 
 
 def sqrt_bounded_gradient(v: torch.Tensor, max_grad: float = MAX_SQRT_GRADIENT) -> torch.Tensor:

@@ -26,7 +26,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd import forward_ad
 
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.function_call import apply_function
@@ -61,7 +60,7 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Te
 
 def _blocked(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the row-blocked path applies to ``x @ weightᵀ`` (see the module docstring)."""
-    if tracing() or exporting() or getattr(forward_ad, "_current_level", -1) >= 0:
+    if tracing() or exporting():  # tracing(): forward-mode AD too
         return False  # checked first: a comparison of symbolic sizes below would add a guard to the traced graph
     return (
         x.device.type == "cpu"
@@ -75,7 +74,8 @@ def _blocked(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 class _SplitLinear(torch.autograd.Function):
     """Inputs: x (M, K) contiguous, the weight (ΣN_k, K), the bias (ΣN_k,) or None, and the sizes N_k. Outputs: one
-    (M, N_k) tensor per piece."""
+    (M, N_k) tensor per piece. No forward derivative: under forward-mode AD the pieces are ``F.linear``'s
+    (:func:`_blocked` is False there)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, sizes):  # type: ignore[override]
@@ -160,7 +160,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class _LinearGLU(torch.autograd.Function):
     """Inputs: x (M, K) contiguous, the weight (2N, K) and the bias (2N,) or None. Output: y (M, N) = a ⊙ σ(g) with
     [a, g] = x Wᵀ + b (the halves), block by block: one GEMM per block forms both halves into one (M, 2N) tensor,
-    kept for the backward."""
+    kept for the backward. No forward derivative: under forward-mode AD the call is ``F.glu(F.linear(...))``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):  # type: ignore[override]

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops._checks import check_chunk_size
-from ssmkit.ops.backend import dispatch, tracing
-from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.backend import dispatch, forward_ad_active, tracing
+from ssmkit.ops.function_call import apply_function, jvp_twin
 from ssmkit.ops.native import selective_scan_native
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.triton_gate import prefer_triton, selective_scan_triton
@@ -299,6 +299,10 @@ class _SelectiveScan(torch.autograd.Function):
     Differentiated itself (``create_graph``), the backward is autograd's through :func:`_core_loop`: the states it
     recomputes from the saved chunk starts would carry no history (the starts are saved outside the graph), so the
     gradients' dependence on everything before each chunk (and on h0) would be lost.
+
+    Forward-mode AD: :class:`_SelectiveScanJvp`. Under forward over reverse (``torch.func.hessian``) the backward
+    recomputes the chunk starts from h0 by the forward (so that they carry tangents) instead of reading the saved ones,
+    which carry none, and its tensor ops differentiate forward.
     """
 
     generate_vmap_rule = True
@@ -334,6 +338,8 @@ class _SelectiveScan(torch.autograd.Function):
         dt, u, A, B, C, starts, h0 = ctx.saved_tensors
         if torch.is_grad_enabled() and not tracing():  # create_graph: a double backward (ops/twice.py)
             return (*graph_backward(_core_loop, (dt, u, A, B, C, h0), ctx.needs_input_grad[:6], (g_y, g_h)), None, None)
+        if forward_ad_active():  # forward-over-reverse: chunk starts that carry tangents (see the class docstring)
+            starts = _SelectiveScan.forward(dt, u, A, B, C, h0, ctx.T, True)[2]  # (nc, B, G, N, P)
         g_y, g_h = g_y.contiguous(), g_h.contiguous()  # (L, B, G, P), (B, G, N, P); as traced under torch.compile
         T, L = ctx.T, u.shape[0]
         inplace = not (tracing() or torch.is_grad_enabled())
@@ -372,6 +378,77 @@ class _SelectiveScan(torch.autograd.Function):
         g_h0 = lam_next if ctx.has_h0 else None  # Ā_0 ⊙ λ_0 of the first chunk
         cat = lambda parts: torch.cat(parts[::-1])  # noqa: E731  (chunks were visited last first)
         return cat(g_dt), cat(g_u), g_A, cat(g_B), cat(g_C), g_h0, None, None
+
+
+@jvp_twin(_SelectiveScan)
+class _SelectiveScanJvp(_SelectiveScan):
+    """:class:`_SelectiveScan` with its forward derivative, called under forward-mode AD (``ops.function_call``).
+
+    The tangent of the state obeys the same recurrence,
+    ḣ_t = Ā_t ⊙ ḣ_{t-1} + Ā_t ⊙ (Δ̇_t A + Δ_t Ȧ) ⊙ h_{t-1} + Ḃ_t (Δu)_t + B_t (Δ̇u + Δu̇)_t, and ẏ_t = Ċ_t · h_t + C_t · ḣ_t,
+    run chunk by chunk beside the recomputed states (:func:`_tangent_scan`: one chunk of (T, B, G, N, P) at a time,
+    as the forward; about twice the forward's work). The chunk starts get no tangent (they are not differentiable).
+    """
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _SelectiveScan.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:6])  # Δ, u, A, B, C, h0
+
+    @staticmethod
+    def jvp(ctx, dt_dot, u_dot, A_dot, B_dot, C_dot, h0_dot, _T, _keep_starts):  # type: ignore[override]
+        dt, u, A, B, C, h0 = ctx.saved_tensors
+        y_dot, h_dot = _tangent_scan((dt, u, A, B, C, h0), (dt_dot, u_dot, A_dot, B_dot, C_dot, h0_dot), ctx.T)
+        return y_dot, h_dot, None
+
+
+def _tangent_scan(primals, tangents, T):
+    """The tangents (ẏ, ḣ_{L-1}) of :class:`_SelectiveScan`'s core for the input tangents (None: zero), chunk by chunk.
+
+    ḣ_t = Ā_t ⊙ ḣ_{t-1} + Ā_t ⊙ (Δ̇_t A + Δ_t Ȧ) ⊙ h_{t-1} + Ḃ_t (Δu)_t + B_t (Δ̇_t u_t + Δ_t u̇_t),
+    ẏ_t = C_t · ḣ_t + Ċ_t · h_t  (the derivative of arXiv 2312.00752 Algorithm 2's recurrence, h_{-1} = h0, ḣ_{-1} = ḣ0).
+
+    Args:
+        primals: dt, u (L, B, G, P), A (G, N, P), B, C (L, B, G, N), h0 (B, G, N, P) or None.
+        tangents: their tangents, each of its primal's shape, or None.
+        T: chunk length.
+
+    Returns:
+        ẏ (L, B, G, P) and ḣ_{L-1} (B, G, N, P).
+    """
+    dt, u, A, B, C, h0 = primals
+    dt_dot, u_dot, A_dot, B_dot, C_dot, h0_dot = tangents
+    L = u.shape[0]
+    A2 = A * LOG2_E  # (G, N, P)
+    h = h0 if h0 is not None else u.new_zeros(*B.shape[1:], u.shape[-1])  # (B, G, N, P)
+    h_dot = h0_dot if h0_dot is not None else torch.zeros_like(h)  # (B, G, N, P)
+    dtu_dot = None  # (L, B, G, P): the tangent of Δu
+    if dt_dot is not None:
+        dtu_dot = dt_dot * u
+    if u_dot is not None:
+        dtu_dot = dt * u_dot if dtu_dot is None else dtu_dot + dt * u_dot
+    y_dots = []
+    for t0 in range(0, L, T):
+        t1 = min(t0 + T, L)
+        A_bar, Bu, dtu = _chunk_inputs(dt, u, A2, B, t0, t1)  # (T, B, G, N, P) x2, (T, B, G, P)
+        hs = _scan_chunk(A_bar, Bu, h, inplace=False)  # (T, B, G, N, P)
+        forcing = torch.zeros_like(hs)  # (T, B, G, N, P)
+        if dt_dot is not None or A_dot is not None:
+            rate = 0.0 if dt_dot is None else dt_dot[t0:t1].unsqueeze(-2) * A  # (T, B, G, N, P): (Δ̇ A + Δ Ȧ)
+            if A_dot is not None:
+                rate = rate + dt[t0:t1].unsqueeze(-2) * A_dot
+            forcing = forcing + A_bar * rate * torch.cat([h.unsqueeze(0), hs[:-1]])  # (T, B, G, N, P)
+        if B_dot is not None:
+            forcing = forcing + B_dot[t0:t1].unsqueeze(-1) * dtu.unsqueeze(-2)  # (T, B, G, N, P)
+        if dtu_dot is not None:
+            forcing = forcing + B[t0:t1].unsqueeze(-1) * dtu_dot[t0:t1].unsqueeze(-2)  # (T, B, G, N, P)
+        h_dots = _scan_chunk(A_bar, forcing, h_dot, inplace=False)  # (T, B, G, N, P)
+        y_dot = torch.matmul(C[t0:t1].unsqueeze(-2), h_dots).squeeze(-2)  # (T, B, G, P)
+        if C_dot is not None:
+            y_dot = y_dot + torch.matmul(C_dot[t0:t1].unsqueeze(-2), hs).squeeze(-2)  # (T, B, G, P)
+        y_dots.append(y_dot)
+        h, h_dot = hs[-1], h_dots[-1]  # (B, G, N, P)
+    return torch.cat(y_dots), h_dot  # (L, B, G, P), (B, G, N, P)
 
 
 def _scan_symbolic(dt, u, A, B, C, h0, T):
@@ -525,7 +602,9 @@ def selective_scan(
     call, or the CPU interpreter under ``TRITON_INTERPRET=1``); ``"auto"`` -> ``"triton"`` on CUDA where it runs,
     ``"native"`` on the CPU where it runs, when nothing traces, else ``"chunked"``; ``"fft"`` raises. The scan runs in
     the dtype of its inputs; call it outside autocast (layers use ``float32_core``). The native and triton paths'
-    backwards are not themselves differentiable: force ``"chunked"`` for a double backward.
+    backwards are not themselves differentiable: force ``"chunked"`` for a double backward. Under forward-mode AD
+    (``torch.autograd.forward_ad``, ``torch.func.jvp``, ``jacfwd``, ``hessian``) ``"auto"`` runs ``"chunked"``, whose
+    tangents come from the same chunked scan (``_SelectiveScanJvp``); a forced ``"native"`` or ``"triton"`` raises.
 
     Args:
         u: (B, L, H) input.

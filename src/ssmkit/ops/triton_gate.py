@@ -19,6 +19,8 @@ naming ssmkit's ops could not run without ssmkit). Under ``torch.compile`` the s
 launches are custom ops (:mod:`ssmkit.ops.opaque`), so a compiled model runs those kernels; SSD's is not (its
 backward differentiates the chunked path inside the autograd function, which a compiled backward cannot run), so a
 compiled Mamba-2 takes the chunked SSD. A forced ``"triton"`` that cannot run raises ``RuntimeError`` with the reason.
+The kernels compute no forward-mode tangent: under forward-mode AD ``"auto"`` never picks them and a forced
+``"triton"`` raises (:func:`ssmkit.ops.backend.check_forward_ad`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import threading
 
 import torch
 
+from ssmkit.ops.backend import check_forward_ad
 from ssmkit.ops.opaque import custom_ops_allowed
 
 _STATUS: dict[tuple, tuple[bool, str]] = {}
@@ -190,12 +193,14 @@ def prefer_triton(t: torch.Tensor, op: str) -> bool:
 
 
 def require_triton(op: str, t: torch.Tensor) -> None:
-    """Raise ``RuntimeError`` naming ``op`` and the reason unless its kernel runs on t's device in t's dtype.
+    """Raise ``RuntimeError`` naming ``op`` and the reason unless its kernel runs on t's device in t's dtype, and no
+    forward-mode AD is active (the kernels compute no tangent: :func:`ssmkit.ops.backend.check_forward_ad`).
 
     Args:
         op: ``"ssm_scan"``, ``"ssd"`` or ``"selective_scan"``.
         t: the op's first input.
     """
+    check_forward_ad(op, "triton")
     ok, reason = triton_status(t.device, op, t.dtype)
     if not ok:
         raise RuntimeError(f"{op}: backend 'triton' was forced but cannot run on {t.device} ({t.dtype}): {reason}")

@@ -83,7 +83,9 @@ def woodbury_reference(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
 
 
 class _Woodbury(torch.autograd.Function):
-    """:func:`woodbury_reference` as one node; the backward of the module docstring, into one buffer."""
+    """:func:`woodbury_reference` as one node; the backward of the module docstring, into one buffer. It has no
+    forward derivative: under forward-mode AD (``tracing()`` is True there) :func:`woodbury` runs the reference's
+    tensor ops instead."""
 
     @staticmethod
     def forward(ctx, r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:  # type: ignore[override]
@@ -118,7 +120,7 @@ class _Woodbury(torch.autograd.Function):
 
 def woodbury(r: Tensor, S: int, n_out: int, f: Tensor) -> Tensor:
     """:func:`woodbury_reference`'s result by one autograd node (eagerly; the reference's ops under torch.func,
-    torch.compile and torch.export, and when r has no rank part). Same arguments and result."""
+    torch.compile, torch.export and forward-mode AD, and when r has no rank part). Same arguments and result."""
     _check(r, S, n_out, f)
     if r.shape[0] == S or tracing() or f.requires_grad:
         return _corrected(r, S, n_out, f)

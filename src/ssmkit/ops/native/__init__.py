@@ -11,7 +11,9 @@ S5 and LRU), the RG-LRU's gates and scan (:mod:`ssmkit.ops.native.rglru`), Mamba
 :mod:`ssmkit.ops.native.cauchy_pairs`), the
 zero-order hold, dropout's masked scale (:mod:`ssmkit.ops.native.dropout`) and the FFT convolution's passes
 around its transforms (:mod:`ssmkit.ops.native.spectral`). Without a compiler (or
-with ``SSMKIT_NATIVE=0``) the backend reports why and ``"auto"`` keeps the PyTorch paths.
+with ``SSMKIT_NATIVE=0``) the backend reports why and ``"auto"`` keeps the PyTorch paths. The kernels compute no
+forward-mode tangent: under forward-mode AD ``"auto"`` never calls them and a forced ``"native"`` raises
+(:func:`ssmkit.ops.backend.check_forward_ad`).
 """
 
 from ssmkit.ops.native.cauchy import cauchy_native

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ssmkit.ops.backend import check_forward_ad
 from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
@@ -52,7 +53,8 @@ def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, st
 
 def require_native(name: str, op: str, dtype: torch.dtype, device: torch.device, what: str) -> None:
     """Raise ``RuntimeError`` unless a call of ``name`` forced to the ``"native"`` backend can run ``op``'s kernel: the
-    inputs on the CPU, and the kernel usable for ``dtype`` (:func:`native_status`'s reason otherwise).
+    inputs on the CPU, the kernel usable for ``dtype`` (:func:`native_status`'s reason otherwise), and no forward-mode
+    AD active (the kernels compute no tangent: :func:`ssmkit.ops.backend.check_forward_ad`).
 
     Args:
         name: the public op's name, first in the message.
@@ -61,6 +63,7 @@ def require_native(name: str, op: str, dtype: torch.dtype, device: torch.device,
         device: the device of the inputs (the one reported when it is not the CPU).
         what: how the message names the inputs on ``device`` (``"x is"``, ``"the inputs are"``).
     """
+    check_forward_ad(name, "native")
     if device.type != "cpu":
         raise RuntimeError(f"{name}: backend 'native' runs on the CPU; {what} on {device}")
     ok, why = native_status(op, dtype)

@@ -400,7 +400,8 @@ def _mixer_part(layer: nn.Module, part: torch.Tensor) -> torch.Tensor:
 
 def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opset_version: int = 18) -> OnnxExport:
     """Write ``model.step`` as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` (module docstring), with a
-    dynamic batch axis unless ``batch_size`` is given.
+    dynamic batch axis unless ``batch_size`` is given. The graph is the regularly sampled model: it has no input for
+    the sampling intervals that S5 and S4D take (``step(..., interval=)``).
 
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 

@@ -264,7 +264,9 @@ def export_onnx_sequence(
     opset_version: int = 18,
 ) -> OnnxExport:
     """Write ``model``'s forward as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` for any sequence
-    length in [2, max_length] (module docstring), with a dynamic batch axis unless ``batch_size`` is given.
+    length in [2, max_length] (module docstring), with a dynamic batch axis unless ``batch_size`` is given. The graph
+    is the regularly sampled model: it has no input for the sampling intervals that S5 and S4D take
+    (``forward(..., intervals=)``).
 
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ssmkit.ops.backend import checkpoint_contexts, dispatch
 from ssmkit.ops.discretize import widen
+from ssmkit.ops.irregular import zoh_exp_parts
 from ssmkit.ops.recurrence import linear_recurrence
 from ssmkit.utils import check_floating
 
@@ -57,9 +58,8 @@ def _coefficient_parts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Re Ā, Im Ā, Re B̄, Im B̄ of every step (each (*T, H, M), real, in double for single-precision inputs).
 
-    ZOH in real arithmetic (torch's complex exp and products are 5-10x slower than exp, cos, sin and products of the
-    parts): with z = x + iy, e^z = e^x (cos y + i sin y) and e^z − 1 = expm1(x) cos y − 2 sin²(y/2) + i e^x sin y,
-    which loses no digit as z → 0 (no series needed), and B̄ = Δτ g(z) B = (e^z − 1) · B/Λ."""
+    ZOH in real arithmetic (:func:`ssmkit.ops.irregular.zoh_exp_parts`: e^z and e^z − 1 without cancellation), and
+    B̄ = Δτ g(z) B = (e^z − 1) · B/Λ (S4D's Re Λ = −e^a < 0: Λ ≠ 0)."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
     wide_dt = widen(dt)
@@ -70,10 +70,7 @@ def _coefficient_parts(
         half = 1 - z / 2
         A_bar, B_bar = (1 + z / 2) / half, step * B / half
         return A_bar.real, A_bar.imag, B_bar.real, B_bar.imag
-    x, y = step * Lambda.real, step * Lambda.imag  # (*T, H, M) each
-    ex, cos, sin = torch.exp(x), torch.cos(y), torch.sin(y)
-    A_re, A_im = ex * cos, ex * sin
-    E_re = torch.expm1(x) * cos - 2 * torch.sin(y / 2).square()  # Re(e^z − 1); its Im is A_im
+    A_re, A_im, E_re = zoh_exp_parts(step * Lambda.real, step * Lambda.imag)  # (*T, H, M) each; Im(e^z − 1) = A_im
     W = B / Lambda  # (H, M)
     return A_re, A_im, E_re * W.real - A_im * W.imag, E_re * W.imag + A_im * W.real
 

@@ -27,6 +27,24 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
+def unpack_batch(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs, targets, intervals or None) of a batch: (inputs, targets), or (inputs, targets, intervals) for an
+    irregularly sampled split (intervals (B, L), the time from each sample's predecessor in nominal sampling periods,
+    handed to the model's layers: ``SequenceModel.forward(..., intervals=)``).
+
+    Args:
+        batch: the batch's tensors.
+
+    Returns:
+        (x, y, intervals), intervals None for a two-tensor batch.
+    """
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    raise ValueError(f"a batch must be (inputs, targets) or (inputs, targets, intervals); got {len(batch)} tensors")
+
+
 class SequenceLightningModule(pl.LightningModule):
     """Trains a :class:`SequenceModel` for its head's objective (:mod:`ssmkit.train.objective`).
 
@@ -68,18 +86,19 @@ class SequenceLightningModule(pl.LightningModule):
         self._rng_restored = False  # this process's own generator states came from a checkpoint
         self._rng_step = 0  # the step a process r > 0 derives its seed at (a checkpoint without per-process states)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.model(x, return_state=False)
-        return out
+    def forward(self, x: torch.Tensor, intervals: torch.Tensor | None = None) -> torch.Tensor:
+        if intervals is None:
+            return self.model(x, return_state=False)[0]
+        return self.model(x, return_state=False, intervals=intervals)[0]
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+        x, y, intervals = unpack_batch(batch)
         if self.train_config.micro_batches == 1:
-            loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x), y)
+            loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x, intervals), y)
             loss = loss_sum / count.clamp_min(1.0)
             finite = torch.isfinite(loss)
         else:
-            loss, loss_sum, metric_sum, count, finite = self._micro_batches(x, y)
+            loss, loss_sum, metric_sum, count, finite = self._micro_batches(x, y, intervals)
         # One all-reduce per step, as before. The processes decide together whether to stop (one that stopped alone
         # left the others in the gradient all-reduce: over gloo they failed with "Connection closed by peer", the
         # cause only in the stopped rank's log; NCCL waits for its timeout), and the same call sums their losses,
@@ -101,7 +120,9 @@ class SequenceLightningModule(pl.LightningModule):
         self.log(f"train_{METRIC_NAMES[self.head]}", global_metric / global_count, on_step=True, on_epoch=False)
         return loss
 
-    def _micro_batches(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _micro_batches(
+        self, x: torch.Tensor, y: torch.Tensor, intervals: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """The step's batch in ``micro_batches`` parts (gradient accumulation): (loss, loss sum, metric sum, count,
         all finite) of the whole batch.
 
@@ -115,11 +136,12 @@ class SequenceLightningModule(pl.LightningModule):
         the whole batch's loss."""
         self.zero_grad()  # this step's gradients start here (see optimizer_zero_grad)
         total = scored_count(self.head, y).clamp_min(1.0)
-        parts = list(zip(torch.tensor_split(x, self.train_config.micro_batches),
-                         torch.tensor_split(y, self.train_config.micro_batches)))
+        n = self.train_config.micro_batches
+        interval_parts = [None] * n if intervals is None else torch.tensor_split(intervals, n)
+        parts = list(zip(torch.tensor_split(x, n), torch.tensor_split(y, n), interval_parts))
         done, loss_sum, metric_sum, count, finite = None, 0.0, 0.0, 0.0, True
-        for i, (x_i, y_i) in enumerate(parts):
-            part_loss, part_metric, part_count = summed_loss_and_metric(self.head, self(x_i), y_i)
+        for i, (x_i, y_i, intervals_i) in enumerate(parts):
+            part_loss, part_metric, part_count = summed_loss_and_metric(self.head, self(x_i, intervals_i), y_i)
             loss_i = part_loss / total.to(part_loss.dtype)
             finite = finite & torch.isfinite(loss_i)
             loss_sum, metric_sum, count = loss_sum + part_loss.detach(), metric_sum + part_metric, count + part_count
@@ -145,8 +167,8 @@ class SequenceLightningModule(pl.LightningModule):
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step
 
     def _accumulate(self, stage: str, batch: Sequence[torch.Tensor]) -> None:
-        x, y = batch
-        parts = summed_loss_and_metric(self.head, self(x), y)
+        x, y, intervals = unpack_batch(batch)
+        parts = summed_loss_and_metric(self.head, self(x, intervals), y)
         sums = self._sums.setdefault(stage, [torch.zeros((), device=self.device) for _ in range(3)])
         for i, part in enumerate(parts):
             sums[i] = sums[i] + part.detach().to(sums[i].device)

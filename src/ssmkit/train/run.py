@@ -186,7 +186,9 @@ def fit(
         model: the model configuration.
         train_config: optimiser, schedule, budget, precision, checkpoints (:class:`TrainConfig`).
         train: (inputs, targets) of the training split: inputs (n, L, d_input) or token ids (n, L); targets as
-            the head needs (:mod:`ssmkit.train.objective`).
+            the head needs (:mod:`ssmkit.train.objective`). An irregularly sampled split is (inputs, targets,
+            intervals), intervals (n, L) > 0 in nominal sampling periods, for models whose layers take them (S5, S4D;
+            ``SequenceModel.forward(..., intervals=)``); every split then carries its intervals.
         val: the validation split, or None.
         test: the test split, or None.
         out_dir: the run folder.

@@ -518,9 +518,10 @@ def test_bidirectional_s5_in_a_padded_model_refuses_intervals():
         model(x, intervals=_gaps((B, L), seed=78))
 
 
-def test_generate_deep_wiener_and_pair_models_take_no_intervals():
-    """None of them silently drops the intervals: ``generate`` and ``DeepWiener`` have no such argument (Python's
-    TypeError names it), a pair model refuses them by name."""
+def test_generate_and_pair_models_take_no_intervals_and_deep_wiener_uses_them():
+    """None of them silently drops the intervals: ``generate`` has no such argument (Python's TypeError names it), a
+    pair model refuses them by name; ``DeepWiener`` takes them since the lead's change of the same day (its output
+    moves with them; tests/sysid/test_wiener_intervals.py holds the values)."""
     lm = _model(d_output=11, head="lm", pool=None, vocab_size=11)
     prompt = torch.randint(0, 11, (B, 3), device=DEVICE)
     with pytest.raises(TypeError, match="intervals"):
@@ -529,10 +530,9 @@ def test_generate_deep_wiener_and_pair_models_take_no_intervals():
     wiener = DeepWiener(1, 1, d_model=3, n_layers=1, layer="s5", layer_options={"d_state": 4, "blocks": 1},
                         device=DEVICE, dtype=torch.float64)
     u = _randn(B, L, 1, seed=80)
-    with pytest.raises(TypeError, match="intervals"):
-        wiener(u, intervals=_gaps((B, L), seed=81))
-    with pytest.raises(TypeError, match="interval"):
-        wiener.step(u[:, 0], wiener.initial_state(B), interval=_gaps((B,), seed=82))
+    assert (wiener(u, intervals=_gaps((B, L), seed=81))[0] - wiener(u)[0]).abs().max() > 1e-6
+    y_t = wiener.step(u[:, 0], wiener.initial_state(B), interval=_gaps((B,), seed=82))[0]
+    assert (y_t - wiener.step(u[:, 0], wiener.initial_state(B))[0]).abs().max() > 1e-9
     pair = _model(vocab_size=11, pair=True, head="classify", pool="mean")
     with pytest.raises(ValueError, match="pair model"):
         pair(torch.randint(0, 11, (B, 2, L), device=DEVICE), intervals=_gaps((B, L), seed=83))

@@ -280,7 +280,8 @@ class DeepWiener(nn.Module):
         """The state at rest: one zero state per block."""
         return [layer.initial_state(batch_size) for layer in self.layers]
 
-    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True, saturate: bool = True):
+    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True, saturate: bool = True,
+                intervals: torch.Tensor | None = None):
         """Simulate: u (B, L, m) in physical units -> y (B, L, p) in physical units, from ``state`` (None: rest).
 
         Args:
@@ -288,6 +289,10 @@ class DeepWiener(nn.Module):
             state: per-block states (``initial_state``, ``estimate_state``, ``step`` or a previous call), or None.
             return_state: also return the final states.
             saturate: clip the output to ``output_range`` (when set); False gives the unclipped ŷ (training).
+            intervals: None (samples every Ts), or (B, L) real > 0: the time from the previous sample to each
+                sample in units of the sampling time Ts, (t_k − t_{k−1}) / Ts, for data with missing or irregular
+                samples; each block's continuous-time system is sampled at those times with the input held over each
+                gap (layers that declare ``takes_intervals``: S5, S4D; a ValueError otherwise).
 
         Returns:
             y (B, L, p) in u's dtype (the parameters' for integer u), and the list of final block states (None when
@@ -298,16 +303,18 @@ class DeepWiener(nn.Module):
         states = state if state is not None else [None] * len(self.layers)
         if len(states) != len(self.layers):
             raise ValueError(f"state must be a list of {len(self.layers)} block states; got {len(states)}")
+        self._check_takes_intervals(intervals)
+        extra = {} if intervals is None else {"intervals": intervals}
         x = self.encoder((u - self.u_mean) / self.u_std)  # (B, L, H)
         finals = []
         for layer, skip, sigma, s in zip(self.layers, self.skips, self._sigmas(), states):
-            eta, s = layer(x, s, return_state=return_state)
+            eta, s = layer(x, s, return_state=return_state, **extra)
             x = sigma(eta) + skip(x)
             finals.append(s)
         y = self.decoder(x) * self.y_std + self.y_mean  # (B, L, p)
         return (self.saturate(y) if saturate else y).to(out_dtype), (finals if return_state else None)
 
-    def step(self, u_t: torch.Tensor, state: list):
+    def step(self, u_t: torch.Tensor, state: list, interval: torch.Tensor | None = None):
         """One sample: u_t (B, m) -> y_t (B, p) and the next states (what a controller runs on line).
 
         y_t depends on u_t itself (direct feedthrough: each block's D + C B̄ in the control convention, and the
@@ -317,6 +324,8 @@ class DeepWiener(nn.Module):
         Args:
             u_t: (B, m) inputs at one sample, any real dtype.
             state: per-block states.
+            interval: None (one sampling time Ts since the previous sample), or (B,) real > 0: the time since the
+                previous sample in units of Ts (as ``forward``'s ``intervals``).
 
         Returns:
             y_t (B, p) in u_t's dtype (the parameters' for integer u_t), and the next states.
@@ -325,13 +334,22 @@ class DeepWiener(nn.Module):
         out_dtype, u_t = self._as_model_dtype(u_t)
         if not isinstance(state, (list, tuple)) or len(state) != len(self.layers):
             raise ValueError(f"state must be a list of {len(self.layers)} block states (from initial_state)")
+        self._check_takes_intervals(interval)
+        extra = {} if interval is None else {"interval": interval}
         x = self.encoder((u_t - self.u_mean) / self.u_std)  # (B, H)
         nxt = []
         for layer, skip, sigma, s in zip(self.layers, self.skips, self._sigmas(), state):
-            eta, s = layer.step(x, s)
+            eta, s = layer.step(x, s, **extra)
             x = sigma(eta) + skip(x)
             nxt.append(s)
         return self.saturate(self.decoder(x) * self.y_std + self.y_mean).to(out_dtype), nxt
+
+    def _check_takes_intervals(self, intervals: torch.Tensor | None) -> None:
+        """Raise ``ValueError`` when sampling intervals are given and a block's layer does not take them."""
+        if intervals is not None and not all(layer.takes_intervals for layer in self.layers):
+            name = next(type(layer).__name__ for layer in self.layers if not layer.takes_intervals)
+            raise ValueError(f"{name} does not take sampling intervals (it has no irregular-sampling form); build the "
+                             "model with layer='s5' or 's4d' for data with missing or irregular samples")
 
     def _sigmas(self) -> list[nn.Module]:
         """σ_ℓ of every block."""

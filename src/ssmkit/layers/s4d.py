@@ -27,14 +27,12 @@ Backends: ``"chunked"`` (and ``"auto"``) = the chunked scan; ``"fft"`` = kernel 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ssmkit.ops.discretize import bilinear, zoh_log
 from ssmkit.ops.hippo import s4d_eigenvalues, s4d_input_matrix
-from ssmkit.ops.irregular import check_intervals
 from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_step
 from ssmkit.layers.checks import (
     ATTUNED,
@@ -53,7 +51,8 @@ from ssmkit.layers.checks import (
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import complex_pairs, float32_core
+from ssmkit.layers.irregular import IrregularSampling
+from ssmkit.layers.protocol import complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 
@@ -62,7 +61,7 @@ DISCRETIZATIONS = ("zoh", "bilinear")
 
 
 @register("s4d")
-class S4D(DiagonalLTILayer):
+class S4D(IrregularSampling, DiagonalLTILayer):
     """Diagonal state-space layer (S4D), arXiv 2206.11893.
 
     Args:
@@ -90,8 +89,6 @@ class S4D(DiagonalLTILayer):
     dt_max = FixedOption(DRAWN)
     lr = FixedOption(MARKS)
     bidirectional = FixedOption(SHAPES)
-
-    takes_intervals: ClassVar[bool] = True  # forward(..., intervals=), step(..., interval=): irregular sampling
 
     zoo = ZooEntry(
         paper="arXiv 2206.11893",
@@ -175,65 +172,17 @@ class S4D(DiagonalLTILayer):
         return (torch.complex(-torch.exp(self.log_A_real), self.A_imag), complex_pairs(self.B),
                 torch.exp(self.log_dt))
 
-    def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None, return_state: bool = True, *,
-        intervals: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run the layer over a whole sequence, regularly sampled or at irregular times.
+    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
+        """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`): (y, final state)."""
+        Lambda, B, dt = self.continuous()  # (H, M), (H, M), (H,)
+        return bank_irregular_scan(u, Lambda, B, 2 * complex_pairs(self.C)[0], dt, intervals, self.D,
+                                   self.discretization, state, return_state=return_state, backend=backend)
 
-        Args:
-            x: (B, L, H) real input, H = ``d_model``.
-            state: the state before the first input, or None for zeros (must be None when bidirectional).
-            return_state: compute and return the final state.
-            intervals: None (regular sampling), or (B, L) real > 0: the time from the previous sample to each sample
-                in nominal sampling periods (the first: from the state's time). Each step is discretised with its
-                own interval, Ā_t = exp(Δ τ_t Λ) and B̄_t = (Ā_t − 1)/Λ · B under ZOH (bilinear alike;
-                :mod:`ssmkit.ops.irregular_bank`): the exact samples of each channel's continuous-time system with
-                the input held over each gap. All ones gives the regular forward. Causal layers only; the backends
-                ``"reference"``, ``"chunked"`` and ``"native"`` (no ``"fft"``: the sampled system is time-varying).
-
-        Returns:
-            y (B, L, H) in x's dtype, and the final state (None when not asked for, or when bidirectional).
-        """
-        if intervals is None:
-            return super().forward(x, state, return_state)
-        self._check_forward(x, state)
-        if self.bidirectional:
-            raise ValueError("S4D(bidirectional=True) takes no intervals: its anti-causal kernel has no defined "
-                             "sampling times; build the layer with bidirectional=False for irregularly sampled sequences")
-        check_intervals(intervals, tuple(x.shape[:2]), x.device)
-        backend = self._backend()
-        with float32_core(x.device.type):
-            u = x.to(self.D.dtype)
-            Lambda, B, dt = self.continuous()  # (H, M), (H, M), (H,)
-            y, h = bank_irregular_scan(u, Lambda, B, 2 * complex_pairs(self.C)[0], dt, intervals, self.D,
-                                       self.discretization, state, return_state=bool(return_state), backend=backend)
-        return y.to(x.dtype), h
-
-    def step(
-        self, x_t: torch.Tensor, state: torch.Tensor, *, interval: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One recurrent step, regularly sampled or after an ``interval``.
-
-        Args:
-            x_t: (B, H) real input at one time step.
-            state: the current state (from ``initial_state``, ``step`` or ``forward``).
-            interval: None (one nominal sampling period), or (B,) real > 0: the time since the previous sample in
-                nominal sampling periods (as ``forward``'s ``intervals``).
-
-        Returns:
-            y_t (B, H) in x_t's dtype, and the next state.
-        """
-        if interval is None:
-            return super().step(x_t, state)
-        self._check_step(x_t, state)
-        check_intervals(interval, tuple(x_t.shape[:1]), x_t.device, "interval")
-        with float32_core(x_t.device.type):
-            u = x_t.to(self.D.dtype)
-            Lambda, B, dt = self.continuous()
-            y, h = bank_irregular_step(u, Lambda, B, 2 * complex_pairs(self.C)[0], dt, interval, state, self.D,
-                                       self.discretization)
-        return y.to(x_t.dtype), h
+    def _step_irregular(self, u_t, interval, state):
+        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`)."""
+        Lambda, B, dt = self.continuous()
+        return bank_irregular_step(u_t, Lambda, B, 2 * complex_pairs(self.C)[0], dt, interval, state, self.D,
+                                   self.discretization)
 
     @property
     def n_modes(self) -> int:

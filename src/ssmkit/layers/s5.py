@@ -33,7 +33,6 @@ Backends: ``"chunked"`` (and ``"auto"``) = :func:`ssmkit.ops.mimo.mimo_scan_chun
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -54,12 +53,13 @@ from ssmkit.layers.checks import (
 from ssmkit.layers.init import lecun_normal, log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
-from ssmkit.layers.protocol import complex_pairs, float32_core
+from ssmkit.layers.irregular import IrregularSampling
+from ssmkit.layers.protocol import complex_pairs
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import bilinear, widen, zoh
 from ssmkit.ops.hippo import s5_eigen
-from ssmkit.ops.irregular import check_intervals, irregular_discretize, irregular_scan, irregular_step
+from ssmkit.ops.irregular import irregular_discretize, irregular_scan, irregular_step
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -67,7 +67,7 @@ _CLIP = -1e-4  # the official bound on Re Λ with clip_eigs
 
 
 @register("s5")
-class S5(MIMODiagonalLTILayer):
+class S5(IrregularSampling, MIMODiagonalLTILayer):
     """Simplified state space layer (S5), arXiv 2208.04933: one MIMO diagonal SSM over all channels.
 
     Args:
@@ -104,8 +104,6 @@ class S5(MIMODiagonalLTILayer):
     step_rescale = FixedOption(ATTUNED)
     lr = FixedOption(MARKS)
     bidirectional = FixedOption(SHAPES)
-
-    takes_intervals: ClassVar[bool] = True  # forward(..., intervals=), step(..., interval=): irregular sampling
 
     zoo = ZooEntry(
         paper='arXiv 2208.04933',
@@ -230,66 +228,19 @@ class S5(MIMODiagonalLTILayer):
             A_bar, B_bar = A_bar.to(C.dtype), B_bar.to(C.dtype)
         return A_bar, B_bar, (2 * C if self.conj_sym else C)  # (M,), (M, H), (C, H, M)
 
-    def forward(
-        self, x: torch.Tensor, state: torch.Tensor | None = None, return_state: bool = True, *,
-        intervals: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run the layer over a whole sequence, regularly sampled or at irregular times.
+    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
+        """The system sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular`; a constant gap c equals
+        ``step_rescale`` times c): (y, final state)."""
+        Lambda, B_tilde, dt = self.continuous()  # (M,), (M, H), (M,)
+        A_bar, gain = irregular_discretize(Lambda, dt, intervals, self.discretization)  # (B, L, M) each
+        return irregular_scan(u, A_bar, gain, B_tilde, self._output_matrix(), state, self.D,
+                              return_state=return_state, backend=backend)
 
-        Args:
-            x: (B, L, H) real input, H = ``d_model``.
-            state: the state before the first input, or None for zeros (must be None when bidirectional).
-            return_state: compute and return the final state.
-            intervals: None (regular sampling), or (B, L) real > 0: the time from the previous sample to each sample
-                in nominal sampling periods (the first: from the state's time). Each step is discretised with its
-                own interval, Ā_t = exp(Δ τ_t Λ) and B̄_t = (Ā_t − 1)/Λ · B̃ under ZOH (bilinear alike;
-                :mod:`ssmkit.ops.irregular`): the exact samples of the continuous-time system with the input held
-                over each gap. All ones gives the regular forward; a constant c, the layer with ``step_rescale``
-                multiplied by c. Causal layers only.
-
-        Returns:
-            y (B, L, H) in x's dtype, and the final state (None when not asked for, or when bidirectional).
-        """
-        if intervals is None:
-            return super().forward(x, state, return_state)
-        self._check_forward(x, state)
-        if self.bidirectional:
-            raise ValueError("S5(bidirectional=True) takes no intervals: its backward scan has no defined sampling "
-                             "times; build the layer with bidirectional=False for irregularly sampled sequences")
-        check_intervals(intervals, tuple(x.shape[:2]), x.device)
-        backend = self._backend()
-        with float32_core(x.device.type):
-            u = x.to(self.D.dtype)
-            Lambda, B_tilde, dt = self.continuous()  # (M,), (M, H), (M,)
-            A_bar, gain = irregular_discretize(Lambda, dt, intervals, self.discretization)  # (B, L, M) each
-            y, h = irregular_scan(u, A_bar, gain, B_tilde, self._output_matrix(), state, self.D,
-                                  return_state=bool(return_state), backend=backend)
-        return y.to(x.dtype), h
-
-    def step(
-        self, x_t: torch.Tensor, state: torch.Tensor, *, interval: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One recurrent step, regularly sampled or after an ``interval``.
-
-        Args:
-            x_t: (B, H) real input at one time step.
-            state: the current state (from ``initial_state``, ``step`` or ``forward``).
-            interval: None (one nominal sampling period), or (B,) real > 0: the time since the previous sample in
-                nominal sampling periods (as ``forward``'s ``intervals``).
-
-        Returns:
-            y_t (B, H) in x_t's dtype, and the next state.
-        """
-        if interval is None:
-            return super().step(x_t, state)
-        self._check_step(x_t, state)
-        check_intervals(interval, tuple(x_t.shape[:1]), x_t.device, "interval")
-        with float32_core(x_t.device.type):
-            u = x_t.to(self.D.dtype)
-            Lambda, B_tilde, dt = self.continuous()
-            A_bar, gain = irregular_discretize(Lambda, dt, interval, self.discretization)  # (B, M) each
-            y, h = irregular_step(u, A_bar, gain, B_tilde, self._output_matrix(), state, self.D)
-        return y.to(x_t.dtype), h
+    def _step_irregular(self, u_t, interval, state):
+        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular.irregular_step`)."""
+        Lambda, B_tilde, dt = self.continuous()
+        A_bar, gain = irregular_discretize(Lambda, dt, interval, self.discretization)  # (B, M) each
+        return irregular_step(u_t, A_bar, gain, B_tilde, self._output_matrix(), state, self.D)
 
     def _output_matrix(self) -> torch.Tensor:
         """The causal output matrix (H, M): 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u), else C̃."""

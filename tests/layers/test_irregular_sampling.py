@@ -17,13 +17,22 @@ import torch
 import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.models import Block, SequenceModel
-from tests.conftest import DEVICE, H, make_layer, rel_err, runnable_backends, variants
+from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, runnable_backends, state_err, variants
 
 NAMES = layers.available()
 TAKERS = [name for name in NAMES if layers.layer_class(name).takes_intervals]
 CASES = [(name, opts) for name in TAKERS for opts in variants(name)]
 IDS = [f"{name}-{i}" for name in TAKERS for i in range(len(variants(name)))]
+# the layers whose continuous-time system the scipy oracle samples (LTI: ``continuous()``); the selective ones
+# (Mamba: Δ_t scaled by the gap) are checked against the regular layer, their step loop, chunks and gradients
+LTI_CASES = [(n, o) for n, o in CASES if hasattr(layers.layer_class(n), "continuous")]
+LTI_IDS = [i for i, (n, o) in zip(IDS, CASES) if hasattr(layers.layer_class(n), "continuous")]
 B, L = 2, 13
+
+
+def _size(state) -> torch.Tensor:
+    """Σ |entries| of a state (a tensor or a tuple of them): a scalar that reads every part of it."""
+    return sum(t.abs().sum() for t in leaves(state))
 
 
 def _backends(layer) -> tuple[str, ...]:
@@ -88,8 +97,8 @@ def _flat_state(h: torch.Tensor) -> np.ndarray:
     return h.detach().cpu().reshape(h.shape[0], -1).numpy()
 
 
-@pytest.mark.parametrize("name, opts", [(n, o) for n, o in CASES if o.get("discretization", "zoh") == "zoh"],
-                         ids=[i for i, (n, o) in zip(IDS, CASES) if o.get("discretization", "zoh") == "zoh"])
+@pytest.mark.parametrize("name, opts", [(n, o) for n, o in LTI_CASES if o.get("discretization", "zoh") == "zoh"],
+                         ids=[i for i, (n, o) in zip(LTI_IDS, LTI_CASES) if o.get("discretization", "zoh") == "zoh"])
 def test_zoh_forward_is_the_exact_sampling_of_the_continuous_system(name, opts):
     layer = make_layer(name, opts)
     x, tau = _input(), _intervals()
@@ -99,7 +108,7 @@ def test_zoh_forward_is_the_exact_sampling_of_the_continuous_system(name, opts):
     assert np.abs(_flat_state(h) - h_ref).max() < 1e-10 * max(1.0, np.abs(h_ref).max())
 
 
-@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+@pytest.mark.parametrize("name, opts", LTI_CASES, ids=LTI_IDS)
 def test_bilinear_and_zoh_steps_follow_the_per_step_rules(name, opts):
     """Each step's Ā_t, B̄_t from the rule's closed form in numpy, with z = τ_t e (e: the modes' ΔΛ): ZOH e^z,
     (e^z - 1)/e · B_c; bilinear (1 + z/2)/(1 - z/2), τ/(1 - z/2) · B_c."""
@@ -121,6 +130,57 @@ def test_bilinear_and_zoh_steps_follow_the_per_step_rules(name, opts):
             assert np.abs(y[b, t] - expected).max() < 1e-10 * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.parametrize("opts", variants("mamba"))
+def test_mamba_scales_each_steps_delta_by_its_gap(opts):
+    """Mamba with intervals against a loop written here from arXiv 2312.00752 Algorithm 2 with Δ_t τ_t:
+    h_t = exp(τ_t Δ_t A) h_{t-1} + τ_t Δ_t B_t x_t, y_t = (C_t · h_t + D x_t) SiLU(z_t), out = W_out y."""
+    layer = make_layer("mamba", opts)
+    x, tau = _input(), _intervals(seed=15)
+    out = layer(x, intervals=tau)[0]
+    with torch.no_grad():
+        xs, z = layer.in_proj(x).chunk(2, dim=-1)  # (B, L, H_in) each
+        xc = layer.conv1d(xs, None, False, activation="silu")[0]
+        delta_low, Bt, Ct = layer.x_proj(xc).split([layer.rank, layer.d_state, layer.d_state], dim=-1)
+        delta = torch.nn.functional.softplus(layer.dt_proj(delta_low) + layer.dt_bias) * tau[..., None]  # (B, L, H_in)
+        A = -torch.exp(layer.A_log)  # (H_in, N)
+        h = torch.zeros(B, *A.shape, dtype=x.dtype, device=DEVICE)
+        ys = []
+        for t in range(L):
+            h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * xc[:, t])[..., None] * Bt[:, t, None, :]
+            y_t = (h * Ct[:, t, None, :]).sum(-1) + layer.D * xc[:, t]
+            ys.append(y_t * torch.nn.functional.silu(z[:, t]))
+        expected = layer.out_proj(torch.stack(ys, dim=1))
+    assert rel_err(out, expected) < 1e-12
+
+
+@pytest.mark.parametrize("opts", variants("mamba2"))
+def test_mamba2_scales_each_steps_delta_by_its_gap(opts):
+    """Mamba-2 with intervals against a loop written here from arXiv 2405.21060 §7 with Δ_t τ_t per head:
+    H_t = exp(τ_t Δ_t A) H_{t-1} + τ_t Δ_t x_t B_tᵀ, y_t = H_t C_t (+ D x_t and the gated norm, the layer's own)."""
+    layer = make_layer("mamba2", opts)
+    x, tau = _input(), _intervals(seed=17)
+    out = layer(x, intervals=tau)[0]
+    E, G, N, nh, P = layer.d_inner, layer.ngroups, layer.d_state, layer.nheads, layer.headdim
+    with torch.no_grad():
+        z, xBC, dt = layer.in_proj(x).split([E, E + 2 * G * N, nh], dim=-1)
+        xBC = layer.conv(xBC, None, False, activation="silu")[0]
+        xf, Bt, Ct = xBC.split([E, G * N, G * N], dim=-1)
+        xs, Bt, Ct = xf.unflatten(-1, (nh, P)), Bt.unflatten(-1, (G, N)), Ct.unflatten(-1, (G, N))
+        delta = torch.nn.functional.softplus(dt + layer.dt_bias) * tau[..., None]  # (B, L, nh)
+        A = -torch.exp(layer.A_log)  # (nh,)
+        group = torch.arange(nh, device=DEVICE) // (nh // G)  # the group of each head
+        state = torch.zeros(B, nh, P, N, dtype=x.dtype, device=DEVICE)
+        ys = []
+        for t in range(L):
+            decay = torch.exp(delta[:, t] * A)[..., None, None]  # (B, nh, 1, 1)
+            inflow = (delta[:, t, :, None] * xs[:, t])[..., None] * Bt[:, t, group, None, :]  # (B, nh, P, N)
+            state = decay * state + inflow
+            ys.append((state * Ct[:, t, group, None, :]).sum(-1))  # (B, nh, P)
+        y = torch.stack(ys, dim=1)  # (B, L, nh, P)
+        expected = layer.out_proj(layer._gate_and_norm(y, xf, z))
+    assert rel_err(out, expected) < 1e-12
+
+
 @pytest.mark.parametrize("name, opts", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_unit_intervals_give_the_regular_forward_and_a_constant_the_rescaled_step(name, opts, dtype):
@@ -129,13 +189,13 @@ def test_unit_intervals_give_the_regular_forward_and_a_constant_the_rescaled_ste
     y, h = layer(x)
     y1, h1 = layer(x, intervals=torch.ones(B, L, device=DEVICE, dtype=dtype))
     tol = 1e-10 if dtype == torch.float64 else 1e-5
-    assert rel_err(y1, y) < tol and rel_err(h1, h) < tol
+    assert rel_err(y1, y) < tol and state_err(h1, h) < tol
     if "step_rescale" in layer.__init__.__code__.co_varnames:  # S5: c everywhere = the layer with step_rescale × c
         rescaled = layers.build(name, d_model=H, device=DEVICE, dtype=dtype,
                                 **{**opts, "step_rescale": opts.get("step_rescale", 1.0) * 0.37})
         rescaled.load_state_dict(layer.state_dict())
         yc, hc = layer(x, intervals=torch.full((B, L), 0.37, device=DEVICE, dtype=dtype))
-        assert rel_err(yc, rescaled(x)[0]) < tol and rel_err(hc, rescaled(x)[1]) < tol
+        assert rel_err(yc, rescaled(x)[0]) < tol and state_err(hc, rescaled(x)[1]) < tol
 
 
 @pytest.mark.parametrize("name, opts", CASES, ids=IDS)
@@ -152,7 +212,7 @@ def test_step_with_each_interval_equals_forward_on_every_backend(name, opts):
         with ops.use_backend(backend):
             y, h = layer(x, intervals=tau)
         assert rel_err(y, y_steps) < 1e-10, backend
-        assert rel_err(h, state) < 1e-10, backend
+        assert state_err(h, state) < 1e-10, backend
 
 
 @pytest.mark.parametrize("name, opts", CASES, ids=IDS)
@@ -164,10 +224,10 @@ def test_chunked_calls_equal_one_call_with_gradients(name, opts):
     ya, ha = layer(x[:, :k], intervals=tau[:, :k])
     yb, hb = layer(x[:, k:], ha, intervals=tau[:, k:])
     y2 = torch.cat([ya, yb], dim=1)
-    assert rel_err(y2, y) < 1e-10 and rel_err(hb, h) < 1e-10
+    assert rel_err(y2, y) < 1e-10 and state_err(hb, h) < 1e-10
     w = torch.randn_like(y)
-    grads = torch.autograd.grad((y * w).sum() + h.abs().sum(), [x, tau, *layer.parameters()])
-    grads2 = torch.autograd.grad((y2 * w).sum() + hb.abs().sum(), [x, tau, *layer.parameters()])
+    grads = torch.autograd.grad((y * w).sum() + _size(h), [x, tau, *layer.parameters()])
+    grads2 = torch.autograd.grad((y2 * w).sum() + _size(hb), [x, tau, *layer.parameters()])
     for g, g2 in zip(grads, grads2):
         assert rel_err(g2, g) < 1e-9
 
@@ -195,7 +255,7 @@ def test_gradients_of_every_backend_equal_the_loop_and_finite_differences(name, 
     def grads(backend):
         with ops.use_backend(backend):
             y, h = layer(x, intervals=tau)
-        loss = (y * torch.linspace(-1, 1, y.numel(), device=DEVICE, dtype=y.dtype).view_as(y)).sum() + h.abs().sum()
+        loss = (y * torch.linspace(-1, 1, y.numel(), device=DEVICE, dtype=y.dtype).view_as(y)).sum() + _size(h)
         return torch.autograd.grad(loss, [x, tau, *params])
 
     reference = grads("reference")
@@ -208,7 +268,7 @@ def test_gradients_of_every_backend_equal_the_loop_and_finite_differences(name, 
         def loss_at(t):
             y, h = layer(x, intervals=t)
             return ((y * torch.linspace(-1, 1, y.numel(), device=DEVICE, dtype=y.dtype).view_as(y)).sum()
-                    + h.abs().sum()).item()
+                    + _size(h)).item()
         bump = torch.zeros_like(tau)
         bump[1, 3] = eps
         fd = (loss_at(tau + bump) - loss_at(tau - bump)) / (2 * eps)
@@ -256,7 +316,7 @@ def test_bad_intervals_are_refused_by_name(bad, match):
         layer.step(_input()[:, 0], layer.initial_state(B), interval=torch.zeros(B, device=DEVICE))
 
 
-@pytest.mark.parametrize("name", TAKERS)
+@pytest.mark.parametrize("name", [n for n in TAKERS if layers.layer_class(n).anticausal])
 def test_a_bidirectional_layer_refuses_intervals(name):
     layer = make_layer(name, {**variants(name)[0], "bidirectional": True})
     with pytest.raises(ValueError, match="bidirectional"):

@@ -51,6 +51,7 @@ from ssmkit.layers.checks import (
     check_positive_int,
     parameter_dtype,
 )
+from ssmkit.layers.irregular import IrregularSampling
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
@@ -78,7 +79,7 @@ def _check_positive_float(value: object, name: str) -> None:
 
 
 @register("mamba")
-class Mamba(SequenceLayer):
+class Mamba(IrregularSampling, SequenceLayer):
     """The Mamba-1 mixer (selective SSM with its projections, convolution and gate), arXiv 2312.00752.
 
     Args:
@@ -239,21 +240,36 @@ class Mamba(SequenceLayer):
         return apply_split_linear(self.in_proj, x, (self.d_inner, self.d_inner))  # (B, L, H_in) each
 
     def _forward(self, x: torch.Tensor, state: MambaState | None, return_state: bool) -> tuple[torch.Tensor, MambaState | None]:
-        backend = self._backend()
+        return self._run(x, state, return_state, self._backend())
+
+    def _forward_irregular(self, u: torch.Tensor, intervals: torch.Tensor, state: MambaState | None,
+                           return_state: bool, backend: str) -> tuple[torch.Tensor, MambaState | None]:
+        """The sequence at the gaps ``intervals`` (:mod:`ssmkit.layers.irregular`): every step's Δ_t times its gap
+        τ_t, h_t = exp(τ_t Δ_t A) h_{t-1} + τ_t Δ_t B_t u_t (Mamba's discretisation with the elapsed time; the short
+        convolution stays a convolution over samples)."""
+        return self._run(u, state, return_state, backend, intervals)
+
+    def _run(self, x: torch.Tensor, state: MambaState | None, return_state: bool, backend: str,
+             intervals: torch.Tensor | None = None) -> tuple[torch.Tensor, MambaState | None]:
+        """The forward (module docstring), with each step's Δ scaled by its gap where ``intervals`` (B, L) is given."""
         dtype = self.A_log.dtype
         xs, z = self._in_projection(x.to(dtype))  # (B, L, H_in) each (bf16/fp16 under autocast)
         with float32_core(x.device.type):
             xs, z = xs.to(dtype), z.to(dtype)
             xc, conv_state = self.conv1d(xs, None if state is None else state.conv, return_state, activation="silu")  # (B, L, H_in)
             delta_low, B, C, A = self._scan_inputs(xc)
-            if plain_linear(self.dt_proj):  # W_Δ δlow formed inside the scan (the native kernel fuses it)
+            bias, softplus = self.dt_bias, True  # b_Δ and the softplus inside the scan
+            if intervals is not None:  # Δ_t τ_t formed here: the gap scales the step after the softplus
+                delta = F.softplus(self.dt_proj(delta_low) + self.dt_bias) * intervals[..., None].to(dtype)
+                delta_proj, bias, softplus = None, None, False
+            elif plain_linear(self.dt_proj):  # W_Δ δlow formed inside the scan (the native kernel fuses it)
                 delta, delta_proj = delta_low, self.dt_proj.weight
             else:  # a wrapped or hooked dt_proj (LoRA, an activation probe) is called, as _step calls it
                 delta, delta_proj = self.dt_proj(delta_low), None
             y, ssm_state = selective_scan(
-                xc, delta, A, B, C, self.D, z, self.dt_bias, True,
+                xc, delta, A, B, C, self.D, z, bias, softplus,
                 None if state is None else state.ssm, return_state, backend=backend, delta_proj=delta_proj,
-            )  # (B, L, H_in): b_Δ is added inside the scan
+            )  # (B, L, H_in)
         y = apply_linear(self.out_proj, y).to(x.dtype)  # (B, L, H)
         return y, (MambaState(conv_state, ssm_state) if return_state else None)
 
@@ -278,8 +294,14 @@ class Mamba(SequenceLayer):
         )  # (B, H_in), (B, H_in, W - 1), (B, H_in, N)
         return self.out_proj(y).to(x_t.dtype), MambaState(conv_state, ssm_state)
 
-    def _step_torch(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
-        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients)."""
+    def _step_irregular(self, u_t: torch.Tensor, interval: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One step after the gap ``interval`` (B,): Δ_t τ_t as in :meth:`_forward_irregular`."""
+        return self._step_torch(u_t, state, interval)
+
+    def _step_torch(self, x_t: torch.Tensor, state: MambaState,
+                    interval: torch.Tensor | None = None) -> tuple[torch.Tensor, MambaState]:
+        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients); with
+        ``interval`` (B,), Δ times the gap."""
         dtype = self.A_log.dtype
         xs, z = self.in_proj(x_t.to(dtype)).chunk(2, dim=-1)  # (B, H_in) each
         with float32_core(x_t.device.type):
@@ -288,7 +310,11 @@ class Mamba(SequenceLayer):
             xc = F.silu(xc)
             delta_low, B, C, A = self._scan_inputs(xc)
             delta = self.dt_proj(delta_low)  # (B, H_in): b_Δ is added inside the step
-            y, ssm_state = selective_step(xc, delta, A, B, C, self.D, z, self.dt_bias, True, state.ssm)  # (B, H_in)
+            if interval is None:
+                y, ssm_state = selective_step(xc, delta, A, B, C, self.D, z, self.dt_bias, True, state.ssm)  # (B, H_in)
+            else:
+                delta = F.softplus(delta + self.dt_bias) * interval[:, None].to(dtype)  # (B, H_in): Δ_t τ_t
+                y, ssm_state = selective_step(xc, delta, A, B, C, self.D, z, None, False, state.ssm)  # (B, H_in)
         return self.out_proj(y).to(x_t.dtype), MambaState(conv_state, ssm_state)
 
     def extra_repr(self) -> str:

@@ -51,6 +51,7 @@ from ssmkit.layers.checks import (
     check_positive_int,
     parameter_dtype,
 )
+from ssmkit.layers.irregular import IrregularSampling
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer, float32_core, fused_step_runs
 from ssmkit.layers.registry import register
@@ -133,7 +134,7 @@ def _unfilled(module: nn.Module, device: torch.device | str | None) -> nn.Module
 
 
 @register("mamba2")
-class Mamba2(SequenceLayer):
+class Mamba2(IrregularSampling, SequenceLayer):
     """Mamba-2 mixer (SSD with a scalar decay per head, gates, short conv and projections), arXiv 2405.21060.
 
     Args:
@@ -329,6 +330,16 @@ class Mamba2(SequenceLayer):
         return y * F.silu(z)
 
     def _forward(self, x, state, return_state):
+        return self._run(x, state, return_state, self._backend())
+
+    def _forward_irregular(self, u, intervals, state, return_state, backend):
+        """The sequence at the gaps ``intervals`` (:mod:`ssmkit.layers.irregular`): every step's Δ_t times its gap
+        τ_t, H_t = exp(τ_t Δ_t A) H_{t-1} + τ_t Δ_t x_t B_tᵀ (the SSD discretisation with the elapsed time; the short
+        convolution stays a convolution over samples)."""
+        return self._run(u, state, return_state, backend, intervals)
+
+    def _run(self, x, state, return_state, backend, intervals=None):
+        """The forward (module docstring), with each step's Δ scaled by its gap where ``intervals`` (B, L) is given."""
         dtype = self.A_log.dtype
         Bsz, L, _ = x.shape
         E = self.d_inner
@@ -339,8 +350,9 @@ class Mamba2(SequenceLayer):
             x_flat, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
             xs = x_flat.unflatten(-1, (self.nheads, self.headdim))  # (B, L, E/P, P)
             dt = F.softplus(dt + self.dt_bias)  # (B, L, E/P)
+            if intervals is not None:
+                dt = dt * intervals[..., None].to(dtype)  # Δ_t τ_t
             A = -torch.exp(self.A_log)  # (E/P,)
-            backend = self._backend()
             y, ssm_state = ssd(
                 xs, dt, A,
                 B.unflatten(-1, (self.ngroups, self.d_state)),  # (B, L, G, N)
@@ -376,8 +388,13 @@ class Mamba2(SequenceLayer):
         )  # (B, E), (B, E + 2GN, d_conv - 1), (B, E/P, P, N)
         return self.out_proj(y).to(x_t.dtype), Mamba2State(conv_state, ssm_state)
 
-    def _step_torch(self, x_t, state):
-        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients)."""
+    def _step_irregular(self, u_t, interval, state):
+        """One step after the gap ``interval`` (B,): Δ_t τ_t as in :meth:`_forward_irregular`."""
+        return self._step_torch(u_t, state, interval)
+
+    def _step_torch(self, x_t, state, interval=None):
+        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients); with
+        ``interval`` (B,), Δ times the gap."""
         dtype = self.A_log.dtype
         zxbcdt = self.in_proj(x_t.to(dtype))  # (B, 2E + 2GN + E/P)
         with float32_core(x_t.device.type):
@@ -387,6 +404,8 @@ class Mamba2(SequenceLayer):
                                              -1)
             xs = x_flat.unflatten(-1, (self.nheads, self.headdim))  # (B, E/P, P)
             dt = F.softplus(dt + self.dt_bias)  # (B, E/P)
+            if interval is not None:
+                dt = dt * interval[:, None].to(dtype)  # Δ_t τ_t
             y, ssm_state = ssd_step(
                 xs, dt, -torch.exp(self.A_log),
                 B.unflatten(-1, (self.ngroups, self.d_state)),  # (B, G, N)

@@ -8,7 +8,7 @@ import pytest
 from ssmkit.bench import SUITES, run
 
 SIZES = {"core": "--d-model", "step": "--d-model", "generate": "--d-model", "ssd": "--heads", "selective": "--d-model", "gpu": "--copy-bytes",
-         "cases": "--d-model", "contention": "--d-model", "crossover": "--d-model"}
+         "cases": "--d-model", "contention": "--d-model", "crossover": "--d-model", "irregular": "--d-model"}
 
 
 @pytest.mark.parametrize("value", ["0", "-4", "two"])

@@ -9,6 +9,7 @@
     cases       named cases (layer × B × L × H × N × dtype × mode) against the machine's limits and the peers
     contention  each case alone, then beside N busy processes: ssmkit's and the peers' slow-downs
     crossover   the chunked scan against the FFT path over L: the entries of ``auto``'s table
+    irregular   each layer that takes sampling intervals, regularly sampled and at random gaps
 
 Each suite is a module with ``main(argv, prog) -> int`` that parses its own options; it is imported only
 when run.
@@ -30,6 +31,7 @@ SUITES = {
     "cases": "named cases against the machine's copy bandwidth and GEMM rate and the peers: table, JSON, PNG",
     "contention": "each case alone, then beside N busy processes: ssmkit's and the peers' slow-downs",
     "crossover": "the chunked scan against the FFT path over L: the entries of auto's table (ssmkit.ops.scan)",
+    "irregular": "each layer that takes sampling intervals, regularly sampled and at random gaps (forward, backward)",
 }
 
 

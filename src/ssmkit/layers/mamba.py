@@ -294,7 +294,8 @@ class Mamba(IrregularSampling, SequenceLayer):
         )  # (B, H_in), (B, H_in, W - 1), (B, H_in, N)
         return self.out_proj(y).to(x_t.dtype), MambaState(conv_state, ssm_state)
 
-    def _step_irregular(self, u_t: torch.Tensor, interval: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+    def _step_irregular(self, u_t: torch.Tensor, interval: torch.Tensor,
+                        state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One step after the gap ``interval`` (B,): Δ_t τ_t as in :meth:`_forward_irregular`."""
         return self._step_torch(u_t, state, interval)
 

@@ -292,7 +292,8 @@ class DeepWiener(nn.Module):
             intervals: None (samples every Ts), or (B, L) real > 0: the time from the previous sample to each
                 sample in units of the sampling time Ts, (t_k − t_{k−1}) / Ts, for data with missing or irregular
                 samples; each block's continuous-time system is sampled at those times with the input held over each
-                gap (layers that declare ``takes_intervals``: S5, S4D; a ValueError otherwise).
+                gap (layers that declare ``takes_intervals``: S5, S4D, and Mamba, Mamba-2 with ``time_varying``,
+                whose Δ_t is scaled by the gap; a ValueError otherwise).
 
         Returns:
             y (B, L, p) in u's dtype (the parameters' for integer u), and the list of final block states (None when
@@ -348,8 +349,9 @@ class DeepWiener(nn.Module):
         """Raise ``ValueError`` when sampling intervals are given and a block's layer does not take them."""
         if intervals is not None and not all(layer.takes_intervals for layer in self.layers):
             name = next(type(layer).__name__ for layer in self.layers if not layer.takes_intervals)
-            raise ValueError(f"{name} does not take sampling intervals (it has no irregular-sampling form); build the "
-                             "model with layer='s5' or 's4d' for data with missing or irregular samples")
+            raise ValueError(f"{name} does not take sampling intervals (it has no irregular-sampling form); build "
+                             "the model with layer='s5' or 's4d' (or a selective layer that takes them) for data with "
+                             "missing or irregular samples")
 
     def _sigmas(self) -> list[nn.Module]:
         """σ_ℓ of every block."""

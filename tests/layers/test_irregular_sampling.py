@@ -282,9 +282,10 @@ def test_a_forced_fft_backend_is_refused_with_intervals(name):
         layer(_input(), intervals=_intervals())
 
 
-def test_float32_layer_follows_the_float64_one():
-    layer64 = make_layer("s5", variants("s5")[0])
-    layer32 = make_layer("s5", variants("s5")[0], dtype=torch.float32)
+@pytest.mark.parametrize("name", TAKERS)
+def test_float32_layer_follows_the_float64_one(name):
+    layer64 = make_layer(name, variants(name)[0])
+    layer32 = make_layer(name, variants(name)[0], dtype=torch.float32)
     layer32.load_state_dict(layer64.state_dict())
     x, tau = _input(length=200), _intervals(length=200)
     y64 = layer64(x, intervals=tau)[0]

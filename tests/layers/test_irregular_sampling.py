@@ -368,3 +368,26 @@ def test_a_hybrid_model_with_a_layer_without_intervals_is_refused():
     x = torch.randn(B, L, 2, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match="DSS does not take sampling intervals"):
         model(x, intervals=_intervals())
+
+
+@pytest.mark.parametrize("name", TAKERS)
+def test_under_autocast_unit_intervals_give_the_regular_layer(name):
+    """Under bf16 autocast a mixer's projections run in bf16 and its SSM core in float32, with or without intervals
+    (the intervals' handling once entered float32 around the whole layer: Mamba 8e-3 from its regular output)."""
+    if DEVICE.type != "cpu":
+        pytest.skip("bf16 autocast on the CPU")
+    layer = make_layer(name, dtype=torch.float32)
+    x = _input(dtype=torch.float32, length=16)
+    ones = torch.ones(B, 16, device=DEVICE)
+    y32 = layer(x)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_reg, y_one = layer(x)[0], layer(x, intervals=ones)[0]
+        s, steps = layer.initial_state(B), []
+        for t in range(16):
+            y_t, s = layer.step(x[:, t], s, interval=ones[:, t])
+            steps.append(y_t)
+    if hasattr(layers.layer_class(name), "continuous"):  # an LTI core: float32 throughout
+        assert rel_err(y_one, y_reg) < 1e-5 and rel_err(torch.stack(steps, 1), y_reg) < 1e-5
+    else:  # the bf16 projections' rounding is in both, and far from the float32 layer
+        gap = (y_reg - y32).abs().max()
+        assert gap > 1e-4 and (y_one - y_reg).abs().max() < 0.1 * gap

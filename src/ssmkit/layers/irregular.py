@@ -16,15 +16,15 @@ from typing import ClassVar
 
 import torch
 
-from ssmkit.layers.protocol import float32_core
 from ssmkit.ops.irregular import check_intervals
 
 
 class IrregularSampling:
     """Mixin (before the layer's base class) giving a causal continuous-time layer the ``intervals`` of
     :mod:`ssmkit.layers.irregular`. The layer implements ``_forward_irregular(u, intervals, state, return_state,
-    backend)`` and ``_step_irregular(u_t, interval, state)`` on inputs already in its parameters' dtype (inside
-    ``float32_core``), and holds ``D`` (its skip, whose dtype is the parameters')."""
+    backend)`` and ``_step_irregular(u_t, interval, state)`` on inputs already in its parameters' dtype, each entering
+    ``float32_core`` around its SSM core itself (a mixer's projections stay under autocast, as in its regular forward),
+    and holds ``D`` (its skip, whose dtype is the parameters')."""
 
     takes_intervals: ClassVar[bool] = True
 
@@ -53,9 +53,7 @@ class IrregularSampling:
                              "no defined sampling times; build the layer with bidirectional=False for irregularly "
                              "sampled sequences")
         check_intervals(intervals, tuple(x.shape[:2]), x.device)
-        backend = self._backend()
-        with float32_core(x.device.type):
-            y, h = self._forward_irregular(x.to(self.D.dtype), intervals, state, bool(return_state), backend)
+        y, h = self._forward_irregular(x.to(self.D.dtype), intervals, state, bool(return_state), self._backend())
         return y.to(x.dtype), h
 
     def step(self, x_t: torch.Tensor, state, *, interval: torch.Tensor | None = None):
@@ -74,6 +72,5 @@ class IrregularSampling:
             return super().step(x_t, state)
         self._check_step(x_t, state)
         check_intervals(interval, tuple(x_t.shape[:1]), x_t.device, "interval")
-        with float32_core(x_t.device.type):
-            y, h = self._step_irregular(x_t.to(self.D.dtype), interval, state)
+        y, h = self._step_irregular(x_t.to(self.D.dtype), interval, state)
         return y.to(x_t.dtype), h

@@ -52,7 +52,7 @@ from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.irregular import IrregularSampling
-from ssmkit.layers.protocol import complex_pairs
+from ssmkit.layers.protocol import complex_pairs, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 
@@ -174,15 +174,17 @@ class S4D(IrregularSampling, DiagonalLTILayer):
 
     def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
         """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`): (y, final state)."""
-        Lambda, B, dt = self.continuous()  # (H, M), (H, M), (H,)
-        return bank_irregular_scan(u, Lambda, B, 2 * complex_pairs(self.C)[0], dt, intervals, self.D,
-                                   self.discretization, state, return_state=return_state, backend=backend)
+        with float32_core(u.device.type):
+            Lambda, B, dt = self.continuous()  # (H, M), (H, M), (H,)
+            return bank_irregular_scan(u, Lambda, B, 2 * complex_pairs(self.C)[0], dt, intervals, self.D,
+                                       self.discretization, state, return_state=return_state, backend=backend)
 
     def _step_irregular(self, u_t, interval, state):
         """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`)."""
-        Lambda, B, dt = self.continuous()
-        return bank_irregular_step(u_t, Lambda, B, 2 * complex_pairs(self.C)[0], dt, interval, state, self.D,
-                                   self.discretization)
+        with float32_core(u_t.device.type):
+            Lambda, B, dt = self.continuous()
+            return bank_irregular_step(u_t, Lambda, B, 2 * complex_pairs(self.C)[0], dt, interval, state, self.D,
+                                       self.discretization)
 
     @property
     def n_modes(self) -> int:

@@ -54,7 +54,7 @@ from ssmkit.layers.init import lecun_normal, log_uniform_log_dt
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.irregular import IrregularSampling
-from ssmkit.layers.protocol import complex_pairs
+from ssmkit.layers.protocol import complex_pairs, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import bilinear, widen, zoh
@@ -231,16 +231,18 @@ class S5(IrregularSampling, MIMODiagonalLTILayer):
     def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
         """The system sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular`; a constant gap c equals
         ``step_rescale`` times c): (y, final state)."""
-        Lambda, B_tilde, dt = self.continuous()  # (M,), (M, H), (M,)
-        A_bar, gain = irregular_discretize(Lambda, dt, intervals, self.discretization)  # (B, L, M) each
-        return irregular_scan(u, A_bar, gain, B_tilde, self._output_matrix(), state, self.D,
-                              return_state=return_state, backend=backend)
+        with float32_core(u.device.type):
+            Lambda, B_tilde, dt = self.continuous()  # (M,), (M, H), (M,)
+            A_bar, gain = irregular_discretize(Lambda, dt, intervals, self.discretization)  # (B, L, M) each
+            return irregular_scan(u, A_bar, gain, B_tilde, self._output_matrix(), state, self.D,
+                                  return_state=return_state, backend=backend)
 
     def _step_irregular(self, u_t, interval, state):
         """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular.irregular_step`)."""
-        Lambda, B_tilde, dt = self.continuous()
-        A_bar, gain = irregular_discretize(Lambda, dt, interval, self.discretization)  # (B, M) each
-        return irregular_step(u_t, A_bar, gain, B_tilde, self._output_matrix(), state, self.D)
+        with float32_core(u_t.device.type):
+            Lambda, B_tilde, dt = self.continuous()
+            A_bar, gain = irregular_discretize(Lambda, dt, interval, self.discretization)  # (B, M) each
+            return irregular_step(u_t, A_bar, gain, B_tilde, self._output_matrix(), state, self.D)
 
     def _output_matrix(self) -> torch.Tensor:
         """The causal output matrix (H, M): 2C̃ with ``conj_sym`` (y = 2 Re(C̃ x) + D u), else C̃."""

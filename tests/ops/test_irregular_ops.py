@@ -151,3 +151,16 @@ def test_bank_inputs_are_checked_by_name(bad, match):
         bank_irregular_coefficients(Lambda, B, dt, tau, "euler", torch.complex128)
     with pytest.raises(ValueError, match="chunk_size"):
         bank_irregular_scan_chunked(u, Lambda, B, C, dt, tau, chunk_size=0)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_default_chunks_with_and_without_autograd_equal_the_loop(grad):
+    """chunk_size None: 16 steps a chunk without autograd, 64 with it; over 100 steps both are several chunks."""
+    g = torch.Generator().manual_seed(4)
+    u0, Lambda, B, C, dt, _, D, h0 = _bank(seed=4)
+    u = torch.randn(Bsz, 100, H, generator=g, dtype=torch.float64).to(DEVICE)
+    tau = (0.1 + 2 * torch.rand(Bsz, 100, generator=g, dtype=torch.float64)).to(DEVICE)
+    with torch.set_grad_enabled(grad):
+        y, h = bank_irregular_scan_chunked(u, Lambda, B, C, dt, tau, D, "zoh", h0)
+    y_ref, h_ref = bank_irregular_scan_reference(u, Lambda, B, C, dt, tau, D, "zoh", h0)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(h, h_ref) < 1e-12

@@ -177,7 +177,7 @@ def bank_irregular_scan_chunked(
     state: torch.Tensor | None = None,
     *,
     return_state: bool = True,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     recurrence_backend: str = "chunked",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`bank_irregular_scan_reference` chunk by chunk, each chunk's (B, T, H, M) coefficients formed, scanned
@@ -197,21 +197,23 @@ def bank_irregular_scan_chunked(
         rule: ``"zoh"`` or ``"bilinear"``.
         state: (B, H, M) complex x_{-1}, or None for zeros.
         return_state: whether to return the final state (else None in its place).
-        chunk_size: T, the steps whose coefficients are held at once (>= 1).
+        chunk_size: T, the steps whose coefficients are held at once (>= 1), or None: 64 where autograd records (the
+            backward keeps a start state per chunk: B·H·M·L/T), 16 otherwise (a chunk's (B, T, H, M) tensors stay in
+            cache: forward 2.1 s against 2.9-3.9 s at T = 64 at B 8, L 4096, H 128, N 64 on 2 cores).
         recurrence_backend: the recurrence's backend inside a chunk (``"chunked"``, ``"native"`` or ``"auto"``).
 
     Returns:
         y (B, L, H) real in u's dtype, and x_{L-1} (B, H, M) (or None).
     """
     _check_bank(u, Lambda, B, C, dt, intervals, D, state)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
     h = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=_COMPLEX[u.dtype])
     recompute = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+    T = chunk_size if chunk_size is not None else (64 if torch.is_grad_enabled() else 16)
     ys = []
-    for t0 in range(0, u.shape[1], chunk_size):
-        args = (u[:, t0:t0 + chunk_size], intervals[:, t0:t0 + chunk_size], h, Lambda, B, C, dt, D, rule,
-                recurrence_backend)
+    for t0 in range(0, u.shape[1], T):
+        args = (u[:, t0:t0 + T], intervals[:, t0:t0 + T], h, Lambda, B, C, dt, D, rule, recurrence_backend)
         if recompute:  # recomputed under the backend in force here (the backward may run elsewhere); no randomness
             y_c, h = checkpoint(_chunk, *args, use_reentrant=False, context_fn=checkpoint_contexts,
                                 preserve_rng_state=False)

@@ -61,9 +61,12 @@ def _continuous_system(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     if type(layer).__name__ == "S5":  # one MIMO system: Λ (M,), B̃ (M, H), Δ (M,)
         C = torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()
         return dt * Lam, dt[:, None] * Bin, (2 * C if layer.conj_sym else C), D
-    if type(layer).__name__ == "S4D":  # H SISO systems: Λ, B (H, M), Δ (H,), output 2 Re(C x)
+    if type(layer).__name__ in ("S4D", "DSS"):  # H SISO systems: Λ, B (H, M), Δ (H,); output 2 Re(C x) / Re(W x)
         Hn, M = Lam.shape
-        C = 2 * torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()  # (H, M)
+        if type(layer).__name__ == "S4D":
+            C = 2 * torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()  # (H, M)
+        else:  # DSS's state is read out by W̃ (its discrete output vectors)
+            C = layer.discrete()[2][0].detach().cpu().numpy()  # (H, M)
         B_c, C_c = np.zeros((Hn * M, Hn), complex), np.zeros((Hn, Hn * M), complex)
         for h in range(Hn):
             B_c[h * M:(h + 1) * M, h] = dt[h] * Bin[h]
@@ -121,7 +124,7 @@ def test_bilinear_and_zoh_steps_follow_the_per_step_rules(name, opts):
         state = np.zeros(e.shape, complex)
         for t in range(L):
             z = taus[b, t] * e
-            if layer.discretization == "zoh":
+            if getattr(layer, "discretization", "zoh") == "zoh":  # (DSS: e^z, ZOH-like)
                 A_bar, B_bar = np.exp(z), ((np.exp(z) - 1) / e)[:, None] * B_c
             else:
                 A_bar, B_bar = (1 + z / 2) / (1 - z / 2), (taus[b, t] / (1 - z / 2))[:, None] * B_c
@@ -362,11 +365,11 @@ def test_a_model_forward_with_intervals_equals_its_step_loop(checkpointing):
 
 
 def test_a_hybrid_model_with_a_layer_without_intervals_is_refused():
-    model = SequenceModel(d_input=2, d_model=H, n_layers=3, layer=["s5", "s4d", "dss"],
-                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}, "dss": {"d_state": 4}},
+    model = SequenceModel(d_input=2, d_model=H, n_layers=3, layer=["s5", "s4d", "lru"],
+                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}, "lru": {"d_state": 4}},
                           d_output=4, head="regress", pool=None).to(DEVICE, torch.float64)
     x = torch.randn(B, L, 2, dtype=torch.float64, device=DEVICE)
-    with pytest.raises(ValueError, match="DSS does not take sampling intervals"):
+    with pytest.raises(ValueError, match="LRU does not take sampling intervals"):
         model(x, intervals=_intervals())
 
 

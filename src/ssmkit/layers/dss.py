@@ -53,12 +53,14 @@ from ssmkit.layers.checks import (
 )
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.irregular import IrregularSampling
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import complex_pairs
+from ssmkit.layers.protocol import complex_pairs, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import exp_phi, widen
 from ssmkit.ops.hippo import dss_eigenvalues
+from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_step
 
 VERSIONS = ("exp", "softmax")
 _SOFTMAX_EPS = 1e-7  # the official regulariser of 1/(λ(e^{L z} - 1))
@@ -83,7 +85,7 @@ def _regularised_reciprocal(x: torch.Tensor) -> torch.Tensor:
 
 
 @register("dss")
-class DSS(DiagonalLTILayer):
+class DSS(IrregularSampling, DiagonalLTILayer):
     """Diagonal state space layer (DSS), arXiv 2203.14343.
 
     Args:
@@ -199,26 +201,55 @@ class DSS(DiagonalLTILayer):
         λ itself stay in single precision: their rounding moves z by |z|·6e-8 relative, as Ā's own rounding.
         """
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
-        re = -torch.exp(self.log_A_real) if self.version == "exp" else self.A_real  # (M,)
-        parts = torch.stack([re, self.A_imag], -1)  # (M, 2): Re λ, Im λ
-        Lambda = torch.view_as_complex(parts)  # (M,)
-        # Δ of Re λ and of Im λ (float64 for a float32 layer), contiguous: the product below must have pairs of stride
-        # 1 for view_as_complex whatever log Δ's layout (no op where it is contiguous already). One product of
-        # (H, 1, 2) steps and (M, 2) parts, not two products of slices and torch.complex: tests/perf counts the ops.
-        dt = torch.exp(widen(self.log_dt)).contiguous()  # (H, 2) or (H, 1)
-        z = torch.view_as_complex(dt[:, None] * parts)  # (H, M): Δ_re Re λ + i Δ_im Im λ, in Δ's precision
+        Lambda, z = self._eigenvalues()
         A_bar, phi_z = exp_phi(z)  # (H, M) each: e^z, φ(z) (one C call on the CPU)
         W = complex_pairs(self.W)  # (C, H, M)
         if self.version == "exp":
             W_tilde = W * phi_z * (z / Lambda)  # (C, H, M): W (e^z - 1)/λ
         else:
-            Lz = self.l_max * z  # (H, M)
-            x = Lambda * Lz * exp_phi(Lz)[1]  # (H, M): λ (e^{L z} - 1)
             A_bar_minus_1 = z * phi_z  # (H, M): e^z - 1 without cancellation
-            W_tilde = W * A_bar_minus_1 * _regularised_reciprocal(x)  # (C, H, M)
+            W_tilde = W * A_bar_minus_1 * self._softmax_factor(Lambda, z)  # (C, H, M)
         if A_bar.dtype != W.dtype:  # rounded once to the layer's precision
             A_bar, W_tilde = A_bar.to(W.dtype), W_tilde.to(W.dtype)
         return A_bar, torch.ones_like(A_bar), W_tilde
+
+    def _eigenvalues(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """λ (M,) and z (H, M) = Δ_re Re λ + i Δ_im Im λ (Δ and z in double for a float32 layer)."""
+        re = -torch.exp(self.log_A_real) if self.version == "exp" else self.A_real  # (M,)
+        parts = torch.stack([re, self.A_imag], -1)  # (M, 2): Re λ, Im λ
+        # Δ of Re λ and of Im λ (float64 for a float32 layer), contiguous: the product below must have pairs of stride
+        # 1 for view_as_complex whatever log Δ's layout (no op where it is contiguous already). One product of
+        # (H, 1, 2) steps and (M, 2) parts, not two products of slices and torch.complex: tests/perf counts the ops.
+        dt = torch.exp(widen(self.log_dt)).contiguous()  # (H, 2) or (H, 1)
+        return torch.view_as_complex(parts), torch.view_as_complex(dt[:, None] * parts)  # (M,), (H, M)
+
+    def _softmax_factor(self, Lambda: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """DSS-softmax's normalisation 1/(λ (e^{L z} − 1)), regularised (:func:`_regularised_reciprocal`), L = l_max."""
+        Lz = self.l_max * z  # (H, M)
+        return _regularised_reciprocal(Lambda * Lz * exp_phi(Lz)[1])  # x = λ (e^{L z} - 1)
+
+    def continuous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer as H SISO continuous-time systems in nominal time (a sampling period is 1) in the coordinates of
+        its state, whose zero-order hold over a unit step is the layer's recurrence x_t = e^z x_{t-1} + u_t (read out
+        by W̃, :meth:`discrete`): eigenvalues z (H, M), input vectors B = z/(e^z − 1) = 1/φ(z) (H, M) (so that the
+        ZOH's (e^z − 1) B/z is 1) and steps Δ = 1 (H,). In double for a float32 layer (as :meth:`discrete` forms z)."""
+        self._check_parameter_dtype()
+        _, z = self._eigenvalues()
+        return z, 1 / exp_phi(z)[1], torch.ones(z.shape[0], dtype=z.real.dtype, device=z.device)
+
+    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
+        """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`), in the layer's own state
+        coordinates (x_t = e^{τ z} x_{t-1} + (e^{τ z} − 1)/(e^z − 1) u_t, read out by W̃): (y, final state)."""
+        with float32_core(u.device.type):
+            z, B, dt = self.continuous()  # (H, M), (H, M), (H,)
+            return bank_irregular_scan(u, z, B, self.discrete()[2][0], dt, intervals, self.D, "zoh", state,
+                                       return_state=return_state, backend=backend)
+
+    def _step_irregular(self, u_t, interval, state):
+        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`)."""
+        with float32_core(u_t.device.type):
+            z, B, dt = self.continuous()
+            return bank_irregular_step(u_t, z, B, self.discrete()[2][0], dt, interval, state, self.D, "zoh")
 
     @property
     def n_modes(self) -> int:

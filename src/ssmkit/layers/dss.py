@@ -58,6 +58,7 @@ from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import complex_pairs, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
+from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.discretize import exp_phi, widen
 from ssmkit.ops.hippo import dss_eigenvalues
 from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_step
@@ -200,6 +201,15 @@ class DSS(IrregularSampling, DiagonalLTILayer):
         into a relative one of Ā, and a float32 Δ or z is off by |Im z|·6e-8 (10³ at fast poles). Re λ = -e^a and
         λ itself stay in single precision: their rounding moves z by |z|·6e-8 relative, as Ā's own rounding.
         """
+        _, A_bar, _, W_tilde = self._exponentials()
+        dtype = COMPLEX_OF[self.W.dtype]
+        if A_bar.dtype != dtype:  # rounded once to the layer's precision
+            A_bar, W_tilde = A_bar.to(dtype), W_tilde.to(dtype)
+        return A_bar, torch.ones_like(A_bar), W_tilde
+
+    def _exponentials(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z, e^z, φ(z) (H, M) and W̃ (C, H, M) in Δ's precision (double for a float32 layer), from one e^z: what
+        :meth:`discrete` and the irregular path (:meth:`_irregular_system`) read."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         Lambda, z = self._eigenvalues()
         A_bar, phi_z = exp_phi(z)  # (H, M) each: e^z, φ(z) (one C call on the CPU)
@@ -209,9 +219,7 @@ class DSS(IrregularSampling, DiagonalLTILayer):
         else:
             A_bar_minus_1 = z * phi_z  # (H, M): e^z - 1 without cancellation
             W_tilde = W * A_bar_minus_1 * self._softmax_factor(Lambda, z)  # (C, H, M)
-        if A_bar.dtype != W.dtype:  # rounded once to the layer's precision
-            A_bar, W_tilde = A_bar.to(W.dtype), W_tilde.to(W.dtype)
-        return A_bar, torch.ones_like(A_bar), W_tilde
+        return z, A_bar, phi_z, W_tilde
 
     def _eigenvalues(self) -> tuple[torch.Tensor, torch.Tensor]:
         """λ (M,) and z (H, M) = Δ_re Re λ + i Δ_im Im λ (Δ and z in double for a float32 layer)."""
@@ -233,23 +241,28 @@ class DSS(IrregularSampling, DiagonalLTILayer):
         its state, whose zero-order hold over a unit step is the layer's recurrence x_t = e^z x_{t-1} + u_t (read out
         by W̃, :meth:`discrete`): eigenvalues z (H, M), input vectors B = z/(e^z − 1) = 1/φ(z) (H, M) (so that the
         ZOH's (e^z − 1) B/z is 1) and steps Δ = 1 (H,). In double for a float32 layer (as :meth:`discrete` forms z)."""
-        self._check_parameter_dtype()
-        _, z = self._eigenvalues()
-        return z, 1 / exp_phi(z)[1], torch.ones(z.shape[0], dtype=z.real.dtype, device=z.device)
+        return self._irregular_system()[:3]
+
+    def _irregular_system(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`continuous`'s z, 1/φ(z), Δ = 1 and the causal output W̃ (H, M) of :meth:`discrete` (rounded as
+        there), from one e^z."""
+        z, _, phi_z, W_tilde = self._exponentials()
+        ones = torch.ones(z.shape[0], dtype=z.real.dtype, device=z.device)  # (H,)
+        return z, 1 / phi_z, ones, W_tilde[0].to(COMPLEX_OF[self.W.dtype])
 
     def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
         """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`), in the layer's own state
         coordinates (x_t = e^{τ z} x_{t-1} + (e^{τ z} − 1)/(e^z − 1) u_t, read out by W̃): (y, final state)."""
         with float32_core(u.device.type):
-            z, B, dt = self.continuous()  # (H, M), (H, M), (H,)
-            return bank_irregular_scan(u, z, B, self.discrete()[2][0], dt, intervals, self.D, "zoh", state,
+            z, B, dt, W_tilde = self._irregular_system()  # (H, M), (H, M), (H,), (H, M)
+            return bank_irregular_scan(u, z, B, W_tilde, dt, intervals, self.D, "zoh", state,
                                        return_state=return_state, backend=backend)
 
     def _step_irregular(self, u_t, interval, state):
         """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`)."""
         with float32_core(u_t.device.type):
-            z, B, dt = self.continuous()
-            return bank_irregular_step(u_t, z, B, self.discrete()[2][0], dt, interval, state, self.D, "zoh")
+            z, B, dt, W_tilde = self._irregular_system()
+            return bank_irregular_step(u_t, z, B, W_tilde, dt, interval, state, self.D, "zoh")
 
     @property
     def n_modes(self) -> int:

@@ -17,7 +17,21 @@ from typing import ClassVar
 
 import torch
 
+from ssmkit.layers.registry import available, layer_class
 from ssmkit.ops.irregular import check_intervals
+
+
+def require_intervals(layer: torch.nn.Module) -> None:
+    """Raise ``ValueError`` unless ``layer`` takes sampling intervals (declares ``takes_intervals``), naming it and the
+    registered layers that do (what a Block, a SequenceModel or a DeepWiener handed intervals checks per layer).
+
+    Args:
+        layer: a sequence layer.
+    """
+    if not getattr(layer, "takes_intervals", False):
+        takers = [name for name in available() if layer_class(name).takes_intervals]
+        raise ValueError(f"{type(layer).__name__} does not take sampling intervals (it has no irregular-sampling "
+                         f"form); the layers that do: {takers}")
 
 
 class IrregularSampling:

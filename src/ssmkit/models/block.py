@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ssmkit.layers.checks import check_choice
 from ssmkit.layers.protocol import SequenceLayer
-from ssmkit.layers.registry import available, layer_class
+from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.state import State
 from ssmkit.models.dropout import Dropout
 from ssmkit.ops.rows import apply_module
@@ -230,7 +230,7 @@ class Block(nn.Module):
         if mask is not None:
             check_padding_mask(mask, x)
         if intervals is not None:
-            self._check_takes_intervals()
+            require_intervals(self.layer)
         x, dtype = self._as_parameter_dtype(x)
         z = self._normalize(x, mask) if self.prenorm else x
         if intervals is not None:
@@ -306,13 +306,6 @@ class Block(nn.Module):
             return x.to(p.dtype), x.dtype
         return x, x.dtype
 
-    def _check_takes_intervals(self) -> None:
-        """Raise ``ValueError`` unless the layer takes sampling intervals (declares ``takes_intervals``)."""
-        if not self.layer.takes_intervals:
-            takers = [name for name in available() if layer_class(name).takes_intervals]
-            raise ValueError(f"{type(self.layer).__name__} does not take sampling intervals (it has no irregular-"
-                             f"sampling form); the layers that do: {takers}")
-
     def step(
         self, x_t: torch.Tensor, state: State, interval: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
@@ -330,7 +323,7 @@ class Block(nn.Module):
         if self.norm_name == "batch" and self.training:
             raise RuntimeError("Block(norm='batch').step needs eval mode: in training mode BatchNorm uses batch statistics")
         if interval is not None:
-            self._check_takes_intervals()
+            require_intervals(self.layer)
         x_t, dtype = self._as_parameter_dtype(x_t)
         z = self.norm(x_t) if self.prenorm else x_t
         z, state = self.layer.step(z, state) if interval is None else self.layer.step(z, state, interval=interval)

@@ -323,7 +323,6 @@ class SequenceModel(nn.Module):
     ) -> tuple[torch.Tensor, list | None]:
         """``features``; ``pairs``: x holds the 2B sequences of B pairs (for the finite check's names)."""
         h = self._encode(x, per_step=False, pairs=pairs)  # (B, L, H)
-        extra = {} if intervals is None else {"intervals": intervals}  # only a layer that takes them gets them
         states = self._check_states(state)
         keep = None if self.pad_id is None else x != self.pad_id  # (B, L): the bidirectional layers skip the rest
         new_states = []
@@ -331,7 +330,7 @@ class SequenceModel(nn.Module):
             if self.activation_checkpointing and torch.is_grad_enabled():
                 h, s = checkpointed_block(block, h, s, return_state, keep, intervals)  # recomputed in the backward
             else:
-                h, s = block(h, s, return_state=return_state, mask=keep, **extra)
+                h, s = block(h, s, return_state=return_state, mask=keep, intervals=intervals)
             if self.check_finite:
                 self._check_finite(h, f"the output of block {i}", pairs)
             new_states.append(s)
@@ -364,7 +363,7 @@ class SequenceModel(nn.Module):
         states = self._check_states(state, required=True)
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
-            h, s = block.step(h, s) if interval is None else block.step(h, s, interval=interval)
+            h, s = block.step(h, s, interval=interval)
             if self.check_finite:
                 check_finite_sequence(h[:, None], f"the output of block {i}")
             new_states.append(s)

@@ -7,6 +7,7 @@ import torch
 from ssmkit.utils import check_floating
 
 REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def check_params(u: torch.Tensor, state: torch.Tensor | None, **params: torch.Tensor) -> None:

@@ -26,22 +26,22 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.backend import dispatch
 from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import absent_if_zero, custom_ops_allowed, kernel_op
 
 _REAL_OF = {torch.float32: torch.float32, torch.float64: torch.float64,
             torch.complex64: torch.float32, torch.complex128: torch.float64}
-_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _work_dtype(u: Tensor, A_bar: Tensor) -> torch.dtype:
     """The result's dtype: u's precision, complex when A_bar is complex."""
-    return _COMPLEX_OF[u.dtype] if A_bar.is_complex() else u.dtype
+    return COMPLEX_OF[u.dtype] if A_bar.is_complex() else u.dtype
 
 
 def _check_dense_args(u: Tensor, A_bar: Tensor, B_bar: Tensor, state: Tensor | None) -> None:
-    if not isinstance(u, Tensor) or u.dtype not in _COMPLEX_OF:
+    if not isinstance(u, Tensor) or u.dtype not in COMPLEX_OF:
         got = u.dtype if isinstance(u, Tensor) else type(u).__name__
         raise ValueError(f"u must be a real (B, L, H) float32 or float64 tensor; got {got}")
     if u.dim() != 3 or u.shape[1] < 1:

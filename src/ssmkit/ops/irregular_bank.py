@@ -22,15 +22,12 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.backend import checkpoint_contexts, dispatch
 from ssmkit.ops.discretize import widen
-from ssmkit.ops.irregular import zoh_exp_parts
+from ssmkit.ops.irregular import RULES, zoh_exp_parts
 from ssmkit.ops.recurrence import linear_recurrence
 from ssmkit.utils import check_floating
-
-RULES = ("zoh", "bilinear")
-_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-
 
 def bank_irregular_coefficients(
     Lambda: torch.Tensor, B: torch.Tensor, dt: torch.Tensor, intervals: torch.Tensor, rule: str,
@@ -107,8 +104,8 @@ def _check_bank(u, Lambda, B, C, dt, intervals, D, state) -> None:
             raise ValueError(f"{name} must be {shape} real; got "
                              f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', type(t).__name__)}")
     if state is not None and (not isinstance(state, torch.Tensor) or tuple(state.shape) != (Bsz, H, M)
-                              or state.dtype != _COMPLEX[u.dtype]):
-        raise ValueError(f"state must be (B, H, M) = ({Bsz}, {H}, {M}) {_COMPLEX[u.dtype]}; got "
+                              or state.dtype != COMPLEX_OF[u.dtype]):
+        raise ValueError(f"state must be (B, H, M) = ({Bsz}, {H}, {M}) {COMPLEX_OF[u.dtype]}; got "
                          f"{tuple(getattr(state, 'shape', ()))} {getattr(state, 'dtype', type(state).__name__)}")
 
 
@@ -144,7 +141,7 @@ def bank_irregular_scan_reference(
         y (B, L, H) real in u's dtype, and x_{L-1} (B, H, M) (or None).
     """
     _check_bank(u, Lambda, B, C, dt, intervals, D, state)
-    dtype = _COMPLEX[u.dtype]
+    dtype = COMPLEX_OF[u.dtype]
     x = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=dtype)  # (B, H, M)
     ys = []
     for t, u_t in enumerate(u.unbind(1)):
@@ -208,7 +205,7 @@ def bank_irregular_scan_chunked(
     _check_bank(u, Lambda, B, C, dt, intervals, D, state)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
-    h = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=_COMPLEX[u.dtype])
+    h = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=COMPLEX_OF[u.dtype])
     recompute = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
     T = chunk_size if chunk_size is not None else (64 if torch.is_grad_enabled() else 16)
     ys = []

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.checks import check_positive_int, checkpoint_dtype, parameter_dtype
+from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.registry import build, layer_class
 from ssmkit.layers.state import TensorSpec, check_state, state_from_vector, zeros_from_spec
 from ssmkit.models.pattern import check_layer_options
@@ -347,11 +348,9 @@ class DeepWiener(nn.Module):
 
     def _check_takes_intervals(self, intervals: torch.Tensor | None) -> None:
         """Raise ``ValueError`` when sampling intervals are given and a block's layer does not take them."""
-        if intervals is not None and not all(layer.takes_intervals for layer in self.layers):
-            name = next(type(layer).__name__ for layer in self.layers if not layer.takes_intervals)
-            raise ValueError(f"{name} does not take sampling intervals (it has no irregular-sampling form); build "
-                             "the model with layer='s5' or 's4d' (or a selective layer that takes them) for data with "
-                             "missing or irregular samples")
+        if intervals is not None:
+            for layer in self.layers:
+                require_intervals(layer)
 
     def _sigmas(self) -> list[nn.Module]:
         """σ_ℓ of every block."""

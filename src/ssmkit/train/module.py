@@ -87,8 +87,6 @@ class SequenceLightningModule(pl.LightningModule):
         self._rng_step = 0  # the step a process r > 0 derives its seed at (a checkpoint without per-process states)
 
     def forward(self, x: torch.Tensor, intervals: torch.Tensor | None = None) -> torch.Tensor:
-        if intervals is None:
-            return self.model(x, return_state=False)[0]
         return self.model(x, return_state=False, intervals=intervals)[0]
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.build import bind
 from ssmkit.ops.native.gate import native_status
@@ -45,7 +46,6 @@ SIGNATURES = {  # the C functions of diagonal_scan.c: (argument types, result ty
     "dsr_backward": ([_p] * 11 + [_i64] * 9, ctypes.c_int),
     "dsr_sum_partials": ([_p] * 2 + [_i64] * 3, None),
 }
-COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def default_chunk(N: int, itemsize: int) -> int:

@@ -42,14 +42,16 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
                                                          "test_native_mutants_conv_norm.py",
                                                          "test_native_mutants_spectral.py",
                                                          "test_native_mutants_recurrence.py",
-                                                         "test_native_mutants_steps.py")]
+                                                         "test_native_mutants_steps.py",
+                                                         "test_native_irregular_bank.py")]
     tests.append(str(ROOT / "tests/layers/test_native_steps.py"))  # the mixers' fused steps
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert " passed" in out.stdout.splitlines()[-1]
     # the kernels were built afresh, with the flag, in the subprocess's own cache
-    assert {"selective_scan", "diagonal_scan", "causal_conv", "ssd_scan", "spectral", "cauchy_pairs"} <= {
+    assert {"selective_scan", "diagonal_scan", "causal_conv", "ssd_scan", "spectral", "cauchy_pairs",
+            "irregular_bank"} <= {
         p.name.split("-")[0] for p in cache.glob("*.so")}
     objdump = subprocess.run(["objdump", "-d", str(next(cache.glob("selective_scan-float32-*.so")))],
                              capture_output=True, text=True) if os.path.exists("/usr/bin/objdump") else None

@@ -221,7 +221,17 @@ def bank_irregular_scan_chunked(
 
 
 def _bank_native(u, Lambda, B, C, dt, intervals, D=None, rule="zoh", state=None, *, return_state=True):
-    """:func:`bank_irregular_scan_chunked` with the recurrence's own ``"auto"`` choice (its C kernel on the CPU)."""
+    """The bank by its C kernel (:mod:`ssmkit.ops.native.irregular_bank`: each step's coefficients formed in registers,
+    never stored) where it runs: u on the CPU in float32 or float64, the kernel built and checked
+    (:func:`ssmkit.ops.native.gate.prefer_native`: not under a torch.func transform, torch.export or forward-mode AD);
+    elsewhere :func:`bank_irregular_scan_chunked` with the
+    recurrence's own ``"auto"`` choice."""
+    from ssmkit.ops.native.gate import prefer_native
+    from ssmkit.ops.native.irregular_bank import bank_unchecked
+
+    _check_bank(u, Lambda, B, C, dt, intervals, D, state)
+    if u.dtype in (torch.float32, torch.float64) and prefer_native("bank_irregular", u):
+        return bank_unchecked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state)
     return bank_irregular_scan_chunked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state=return_state,
                                        recurrence_backend="auto")
 
@@ -245,7 +255,8 @@ def bank_irregular_scan(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The irregularly sampled bank (module docstring) over a sequence; the path by the backend: ``"reference"`` ->
     the loop; ``"chunked"`` -> chunks of coefficients and the chunked recurrence; ``"native"`` and ``"auto"`` -> the
-    same chunks with the recurrence's own choice (its C kernel on the CPU where it runs); ``"fft"`` and ``"triton"``
+    C kernel on the CPU where it runs (:func:`_bank_native`), else the same chunks with the recurrence's own choice;
+    ``"fft"`` and ``"triton"``
     raise (the system is time-varying: no convolution kernel).
 
     Args:

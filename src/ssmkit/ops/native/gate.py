@@ -18,7 +18,7 @@ from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
-       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks", "cauchy_pairs")
+       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks", "cauchy_pairs", "bank_irregular")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -197,6 +197,25 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         from_log = lambda a, b, B, log_dt: zoh_torch(torch.complex(-a.exp(), b), B, log_dt.exp()[:, None])  # noqa: E731
         _compare(zoh_native_log, from_log, [(-lam.real).log(), lam.imag, B, dt.log().view(H)], weight, dtype)
         _compare(exp_phi_native, exp_phi_torch, [dt * lam], weight, dtype)
+        return
+    elif op == "bank_irregular":
+        from ssmkit.ops.irregular_bank import bank_irregular_scan_reference
+        from ssmkit.ops.native.irregular_bank import bank_unchecked
+
+        # three channel blocks with a tail (4 or 8 channels each), a span boundary (64 steps) inside L, an initial
+        # state, gaps from 0.05 to 3 (and their gradients), |Δ Λ| on both sides of 1; both rules
+        Bsz, L, H, M = 2, 70, 19, 3
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        crand = lambda *s: torch.complex(rand(*s), rand(*s)).to(cdtype)  # noqa: E731
+        lam = torch.complex(-0.1 - torch.rand(H, M, generator=g, dtype=f64), 4 * rand(H, M).double()).to(cdtype)
+        dt = (0.02 + torch.rand(H, generator=g, dtype=f64)).to(dtype)
+        tau = (0.05 + 2.95 * torch.rand(Bsz, L, generator=g, dtype=f64)).to(dtype)
+        args = [rand(Bsz, L, H), lam, crand(H, M), crand(H, M), dt, tau, rand(H), crand(Bsz, H, M)]
+        weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
+        for rule in ("zoh", "bilinear"):
+            fast = lambda *a: bank_unchecked(*a[:7], rule, a[7], True)  # noqa: E731
+            ref = lambda *a: bank_irregular_scan_reference(*a[:7], rule, a[7])  # noqa: E731
+            _compare(fast, ref, args, weight, dtype)
         return
     elif op == "cauchy_pairs":
         from ssmkit.ops.cauchy import cauchy_pairs_reference

@@ -1,0 +1,394 @@
+/* A bank of diagonal SISO systems sampled at irregular times (S4D arXiv 2206.11893, DSS arXiv 2203.14343) on the CPU,
+ * forward and backward, with every step's coefficients formed in registers.
+ *
+ * Channel h, mode n, step t of batch row b, with s = τ_{b,t} (the gap in nominal periods), z = Δ_h Λ_{h,n} and w the
+ * rule's input vector:
+ *
+ *     ZOH:      A_t = e^{s z},                  b_t = (e^{s z} − 1) w            (w = B/Λ)
+ *     bilinear: A_t = (1 + s z/2) q_t,          b_t = s q_t w,  q_t = 1/(1 − s z/2)   (w = Δ B)
+ *     x_t = A_t x_{t-1} + b_t u_t,              y_t = Re(Σ_n C_n x_{t,n}) + D u_t
+ *
+ * u, y (B, L, H) in the build's real type, τ (B, L) in double; z, w, C given as real and imaginary parts (N, H) in double;
+ * x (B, H, N) complex of the real type (interleaved). All arithmetic is in double, also in the float build (the
+ * coefficients of a float32 layer formed in double, as ssmkit.ops.irregular_bank does, and the state kept in double):
+ * e^{sz} − 1 as expm1(s Re z) cos(s Im z) − 2 sin²(s Im z / 2) + i e^{s Re z} sin(s Im z) from expm1 and one sincos of
+ * the half angle (no cancellation for small |s z|), by the vector polynomials below (a step whose half phases may
+ * exceed 1.6e6 takes libm's sin and cos, lane by lane, instead of the vector sincos).
+ *
+ * Items are (b, block of W channels), W = one vector of doubles (8 with AVX-512, 4 with AVX2); an item keeps its N × W
+ * complex states in local arrays. The forward stores the state every S steps into a checkpoint buffer when a gradient
+ * will be asked for. The backward runs the spans of S steps from the last: it recomputes the span's states and
+ * coefficients from its checkpoint into buffers, then runs the adjoint λ_t = ∂ℓ/∂x_t (PyTorch's convention for complex
+ * gradients: ∂ℓ/∂Re + i ∂ℓ/∂Im) backwards:
+ *
+ *     λ_t = g_t conj(C) + conj(A_{t+1}) λ_{t+1}      (λ_{L-1} = g_{x_{L-1}} + g_{L-1} conj(C))
+ *     ∂A_t = λ_t conj(x_{t-1}),  ∂b_t = λ_t u_t,  ∂C += g_t conj(x_t),  ∂u_t = Re(conj(b_t) λ_t) + D g_t,
+ *     ∂D += g_t u_t,  ∂x_{-1} = conj(A_0) λ_0
+ *
+ * and the chain rule to z, w and s (holomorphic maps: the gradient of p = f(z) is conj(f'(z)) ∂p):
+ *
+ *     ZOH:      ∂w += conj(E) ∂b,  ∂A' = ∂A + conj(w) ∂b,  ∂z += s conj(A) ∂A',  ∂s += Re(conj(z A) ∂A')   (E = A − 1)
+ *     bilinear: ∂w += s conj(q) ∂b,  ∂z += s conj(q²) (∂A + (s/2) conj(w) ∂b),  ∂s += Re(conj(z q²) ∂A + conj(w q²) ∂b)
+ *
+ * (d/dz of (1 + sz/2)/(1 − sz/2) is s q², d/ds of s q is q².) ∂z, ∂w, ∂C, ∂D sum over batch and time: an item writes
+ * its batch row's partial sums for its channels (written once: the buffer needs no zeroing), summed by the caller;
+ * ∂s sums over channels: an item writes its own row of partials (n_items, L), summed by the caller.
+ *
+ * Compiled twice: as float and with -DSS_DOUBLE as double (the types of u, τ, y and the states in memory).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#define W (VBYTES / 8) /* channels per item: one vector of doubles */
+#define S_SPAN 64       /* steps between checkpoints: the backward's span */
+
+typedef double vd __attribute__((vector_size(VBYTES)));
+typedef int64_t vi __attribute__((vector_size(VBYTES)));
+
+static inline vd vld(const double *p) {
+    vd v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void vst(double *p, vd v) { memcpy(p, &v, sizeof v); }
+static inline vd splat(double a) { return (vd){0} + a; }
+/* a clamped to [lo, hi] by compare masks and bit selects (a NaN stays NaN) */
+static inline vd vclamp(vd a, double lo, double hi) {
+    const vi low = a < lo, high = a > hi;
+    const vi bits = (low & (vi)splat(lo)) | (high & (vi)splat(hi)) | (~(low | high) & (vi)a);
+    return (vd)bits;
+}
+
+/* Rounding to an integer by the 1.5·2^52 addition (|x| < 2^51): the sum's low mantissa bits hold round(x). */
+#define ROUND_MAGIC 6755399441055744.0
+
+/* e^a − 1 for a vector a (clamped to [−700, 700]): 2^k (p + 1) − 1 = 2^k p + (2^k − 1) with k = round(a / ln 2),
+ * r = a − k ln 2 (Cody-Waite, ln 2 in two parts) ∈ [−0.347, 0.347] and p = e^r − 1 by its Taylor polynomial to r^13
+ * (remainder below 2e-16 relative); exact for k = 0, no cancellation for small |a|. Also returns 2^k (p + 1) = e^a in
+ * *e. */
+static inline vd expm1_v(vd a, vd *e) {
+    a = vclamp(a, -700.0, 700.0);
+    const vd big = splat(ROUND_MAGIC);
+    const vd kr = a * 1.4426950408889634 + big;
+    const vd k = kr - big;
+    const vd r = (a - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    vd p = splat(1.0 / 6227020800.0);
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = (p * r) * r + r;
+    const vi ki = (vi)kr - (vi)big;        /* k as an integer */
+    const vd two_k = (vd)((ki + 1023) << 52); /* 2^k (k ∈ [−1010, 1010]: normal) */
+    *e = two_k * p + two_k;
+    return two_k * p + (two_k - 1.0);
+}
+
+/* sin x and cos x for a vector x, |x| ≤ PHASE_LIMIT (below; the products lose bits beyond): q = round(2x/π), r = x − q π/2 (Cody-Waite,
+ * π/2 in three parts, each product with q exact) ∈ [−π/4, π/4], sin r and cos r by their Taylor polynomials to r^15
+ * and r^16 (remainders below 1e-16), then the quadrant: (sin, cos) x = (s, c), (c, −s), (−s, −c), (−c, s) for q mod 4
+ * = 0, 1, 2, 3, by bit operations (no branches). */
+static inline void sincos_v(vd x, vd *sin_out, vd *cos_out) {
+    const vd big = splat(ROUND_MAGIC);
+    const vd qr = x * 0.63661977236758134308 + big;
+    const vd q = qr - big;
+    const vd r = ((x - q * 1.57079632673412561417e+00) - q * 6.07710050630396597660e-11) -
+                 q * 2.02226624871116645580e-21;
+    const vd r2 = r * r;
+    vd ps = splat(1.0 / 1307674368000.0);
+    ps = ps * r2 - 1.0 / 6227020800.0;
+    ps = ps * r2 + 1.0 / 39916800.0;
+    ps = ps * r2 - 1.0 / 362880.0;
+    ps = ps * r2 + 1.0 / 5040.0;
+    ps = ps * r2 - 1.0 / 120.0;
+    ps = ps * r2 + 1.0 / 6.0;
+    const vd s = r - (r * r2) * ps;
+    vd pc = splat(1.0 / 20922789888000.0);
+    pc = pc * r2 - 1.0 / 87178291200.0;
+    pc = pc * r2 + 1.0 / 479001600.0;
+    pc = pc * r2 - 1.0 / 3628800.0;
+    pc = pc * r2 + 1.0 / 40320.0;
+    pc = pc * r2 - 1.0 / 720.0;
+    pc = pc * r2 + 1.0 / 24.0;
+    pc = pc * r2 - 0.5;
+    const vd c = pc * r2 + 1.0;
+    const vi qi = (vi)qr - (vi)big;
+    const vi swap = -(qi & 1); /* all ones where q is odd */
+    const vi sbits = (vi)s, cbits = (vi)c;
+    const vi sin_bits = (swap & cbits) | (~swap & sbits), cos_bits = (swap & sbits) | (~swap & cbits);
+    const vi sign = (vi){0} + INT64_MIN;
+    *sin_out = (vd)(sin_bits ^ ((qi << 62) & sign));        /* negative for q mod 4 = 2, 3 */
+    *cos_out = (vd)(cos_bits ^ (((qi + 1) << 62) & sign)); /* negative for q mod 4 = 1, 2 */
+}
+
+/* sin x and cos x lane by lane by libm (its exact range reduction), for the steps whose phases exceed sincos_v's
+ * range. */
+#define PHASE_LIMIT 1.6e6 /* < 2^20 π/2: sincos_v's products q · (π/2 part) stay exact */
+static void sincos_libm(vd x, vd *sin_out, vd *cos_out) {
+    for (int c = 0; c < W; c++) (*sin_out)[c] = sin(x[c]), (*cos_out)[c] = cos(x[c]);
+}
+
+/* A step's coefficients for one mode of W channels: A = Ar + i Ai, and aux (E = A − 1 for ZOH, q for bilinear); wide:
+ * some half phase s Im z / 2 of the step may exceed PHASE_LIMIT (libm's sin and cos then). */
+typedef struct {
+    vd Ar, Ai, xr, xi;
+} coef_t;
+
+static inline coef_t coefficients(double s, vd zr, vd zi, int bilinear, int wide) {
+    coef_t c;
+    if (bilinear) {
+        const vd hr = 1.0 - (0.5 * s) * zr, hi = -(0.5 * s) * zi; /* 1 − s z/2 */
+        const vd inv = 1.0 / (hr * hr + hi * hi);
+        c.xr = hr * inv, c.xi = -hi * inv; /* q */
+        const vd nr = 1.0 + (0.5 * s) * zr, ni = (0.5 * s) * zi;
+        c.Ar = nr * c.xr - ni * c.xi, c.Ai = nr * c.xi + ni * c.xr;
+        return c;
+    }
+    vd ea, sh, ch;
+    const vd em1 = expm1_v(s * zr, &ea);
+    if (wide)
+        sincos_libm((0.5 * s) * zi, &sh, &ch);
+    else
+        sincos_v((0.5 * s) * zi, &sh, &ch);
+    const vd s2 = 2.0 * sh * sh; /* 1 − cos θ */
+    c.xr = em1 * (1.0 - s2) - s2;  /* Re(e^{sz} − 1) */
+    c.xi = ea * (2.0 * sh * ch);   /* Im e^{sz} */
+    c.Ar = 1.0 + c.xr, c.Ai = c.xi;
+    return c;
+}
+
+/* b_t = E w (ZOH) or s q w (bilinear). */
+static inline void input_coef(const coef_t *c, double s, vd wr, vd wi, int bilinear, vd *br, vd *bi) {
+    vd er = c->xr, ei = c->xi;
+    if (bilinear) er *= s, ei *= s;
+    *br = er * wr - ei * wi, *bi = er * wi + ei * wr;
+}
+
+typedef struct {
+    const double *zr, *zi, *wr, *wi, *cr, *ci; /* (N, H) each */
+    const real *D;                             /* (H,) or NULL */
+    int64_t L, H, N, bilinear;
+} params_t;
+
+/* Whether a step of gap s may have a half phase |s Im z| / 2 beyond PHASE_LIMIT, for zimax = max |Im z| of the item. */
+static inline int wide_phase(double s, double zimax) { return !(0.5 * s * zimax < PHASE_LIMIT); }
+
+static double max_abs(const double *v, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) m = fabs(v[i]) > m ? fabs(v[i]) : m;
+    return m;
+}
+
+/* The item's parameters: 6 arrays of N vectors (its W channels; zeros beyond the last channel, where z = 0 gives A = 1
+ * and b = 0: finite). */
+static void load_params(double *pv, const params_t *P, int64_t h0, int64_t w) {
+    const double *src[6] = {P->zr, P->zi, P->wr, P->wi, P->cr, P->ci};
+    for (int k = 0; k < 6; k++)
+        for (int64_t n = 0; n < P->N; n++)
+            for (int64_t c = 0; c < W; c++) pv[(k * P->N + n) * W + c] = c < w ? src[k][n * P->H + h0 + c] : 0.0;
+}
+
+static inline vd load_row(const real *p, int64_t w) {
+    vd v = {0};
+    for (int64_t c = 0; c < w; c++) v[c] = (double)p[c];
+    return v;
+}
+static inline void store_row(real *p, vd v, int64_t w) {
+    for (int64_t c = 0; c < w; c++) p[c] = (real)v[c];
+}
+
+/* Number of items for (B, H), and the doubles of checkpoint buffer an item uses for length L and N modes. */
+int64_t SUFFIX(ib_items)(int64_t Bsz, int64_t H) { return Bsz * ((H + W - 1) / W); }
+int64_t SUFFIX(ib_ckpt_size)(int64_t L, int64_t N) { return ((L + S_SPAN - 1) / S_SPAN) * 2 * N * W; }
+int64_t SUFFIX(ib_lanes)(void) { return W; }
+
+/* Load x (B, H, N) complex of the real type, the item's columns, into xr, xi (N × W doubles); zeros when x is NULL. */
+static void load_state(double *xr, double *xi, const real *x, int64_t b, int64_t h0, int64_t w, const params_t *P) {
+    for (int64_t n = 0; n < P->N; n++)
+        for (int64_t c = 0; c < W; c++) {
+            const int64_t at = ((b * P->H + h0 + c) * P->N + n) * 2;
+            xr[n * W + c] = x != NULL && c < w ? (double)x[at] : 0.0;
+            xi[n * W + c] = x != NULL && c < w ? (double)x[at + 1] : 0.0;
+        }
+}
+static void store_state(real *x, const double *xr, const double *xi, int64_t b, int64_t h0, int64_t w,
+                        const params_t *P) {
+    for (int64_t n = 0; n < P->N; n++)
+        for (int64_t c = 0; c < w; c++) {
+            const int64_t at = ((b * P->H + h0 + c) * P->N + n) * 2;
+            x[at] = (real)xr[n * W + c], x[at + 1] = (real)xi[n * W + c];
+        }
+}
+
+static int forward_item(const real *u, const double *tau, const real *x0, real *y, real *xL, double *ckpt,
+                        const params_t *P, int64_t item) {
+    const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
+    const int64_t w = H - h0 < W ? H - h0 : W;
+    double *buf = alloc_lines(sizeof(double) * 8 * N * W);
+    if (buf == NULL) return 1;
+    double *pv = buf, *xr = buf + 6 * N * W, *xi = buf + 7 * N * W;
+    load_params(pv, P, h0, w);
+    load_state(xr, xi, x0, b, h0, w, P);
+    const double zimax = max_abs(pv + N * W, N * W);
+    const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
+    double *ck = ckpt == NULL ? NULL : ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * 2 * N * W);
+    for (int64_t t = 0; t < L; t++) {
+        if (ck != NULL && t % S_SPAN == 0) {
+            memcpy(ck + (t / S_SPAN) * 2 * N * W, xr, sizeof(double) * N * W);
+            memcpy(ck + (t / S_SPAN) * 2 * N * W + N * W, xi, sizeof(double) * N * W);
+        }
+        const double s = (double)tau[b * L + t];
+        const int wide = wide_phase(s, zimax);
+        const vd uv = load_row(u + (b * L + t) * H + h0, w);
+        vd acc = Dv * uv;
+        for (int64_t n = 0; n < N; n++) {
+            const vd zr = vld(pv + n * W), zi = vld(pv + (N + n) * W);
+            const coef_t c = coefficients(s, zr, zi, (int)P->bilinear, wide);
+            vd br, bi;
+            input_coef(&c, s, vld(pv + (2 * N + n) * W), vld(pv + (3 * N + n) * W), (int)P->bilinear, &br, &bi);
+            const vd a = vld(xr + n * W), e = vld(xi + n * W);
+            const vd nr = c.Ar * a - c.Ai * e + br * uv, ni = c.Ar * e + c.Ai * a + bi * uv;
+            vst(xr + n * W, nr), vst(xi + n * W, ni);
+            acc += vld(pv + (4 * N + n) * W) * nr - vld(pv + (5 * N + n) * W) * ni;
+        }
+        store_row(y + (b * L + t) * H + h0, acc, w);
+    }
+    if (xL != NULL) store_state(xL, xr, xi, b, h0, w, P);
+    free(buf);
+    return 0;
+}
+
+int SUFFIX(ib_forward)(const real *u, const double *tau, const double *zr, const double *zi, const double *wr,
+                       const double *wi, const double *cr, const double *ci, const real *D, const real *x0, real *y,
+                       real *xL, double *ckpt, int64_t L, int64_t H, int64_t N, int64_t bilinear, int64_t item0,
+                       int64_t item1, int64_t nthreads) {
+    const params_t P = {zr, zi, wr, wi, cr, ci, D, L, H, N, bilinear};
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++) failed |= forward_item(u, tau, x0, y, xL, ckpt, &P, item);
+    return failed;
+}
+
+/* The backward of one item. g (B, 7, N, H) double: the batch row's partial sums ∂Re z, ∂Im z, ∂Re w, ∂Im w, ∂Re C,
+ * ∂Im C and ∂D (row 6's first H values); g_tau (n_items, L) double or NULL. */
+static int backward_item(const real *u, const double *tau, const real *gy, const real *gx,
+                         const double *ckpt, real *gu, real *gx0, double *g, double *g_tau, const params_t *P,
+                         int64_t item) {
+    const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
+    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W, bil = P->bilinear;
+    /* parameters 6 NW; λ 2 NW; sums ∂z, ∂w, ∂C 6 NW; the span's states (S + 1) 2 NW and coefficients S 4 NW */
+    double *buf = alloc_lines(sizeof(double) * NW * (14 + 2 * (S_SPAN + 1) + 4 * S_SPAN));
+    if (buf == NULL) return 1;
+    double *pv = buf, *lr = buf + 6 * NW, *li = buf + 7 * NW, *sums = buf + 8 * NW, *xs = buf + 14 * NW;
+    double *cs = xs + 2 * (S_SPAN + 1) * NW;
+    memset(sums, 0, sizeof(double) * 6 * NW);
+    load_params(pv, P, h0, w);
+    load_state(lr, li, gx, b, h0, w, P);
+    const double zimax = max_abs(pv + N * W, NW);
+    const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
+    vd gD = {0};
+    const double *ck = ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * 2 * NW);
+    for (int64_t t0 = (L - 1) / S_SPAN * S_SPAN; t0 >= 0; t0 -= S_SPAN) {
+        const int64_t nt = L - t0 < S_SPAN ? L - t0 : S_SPAN;
+        /* the span's states: xs[0] = x_{t0-1} (the checkpoint), xs[i + 1] = x_{t0+i}; coefficients cs[i] = A, aux */
+        memcpy(xs, ck + (t0 / S_SPAN) * 2 * NW, sizeof(double) * 2 * NW);
+        for (int64_t i = 0; i < nt; i++) {
+            const int64_t t = t0 + i;
+            const double s = (double)tau[b * L + t];
+            const int wide = wide_phase(s, zimax);
+            const vd uv = load_row(u + (b * L + t) * H + h0, w);
+            const double *xp = xs + i * 2 * NW;
+            double *xn = xs + (i + 1) * 2 * NW, *cc = cs + i * 4 * NW;
+            for (int64_t n = 0; n < N; n++) {
+                const coef_t c = coefficients(s, vld(pv + n * W), vld(pv + (N + n) * W), (int)bil, wide);
+                vd br, bi;
+                input_coef(&c, s, vld(pv + (2 * N + n) * W), vld(pv + (3 * N + n) * W), (int)bil, &br, &bi);
+                const vd a = vld(xp + n * W), e = vld(xp + NW + n * W);
+                vst(xn + n * W, c.Ar * a - c.Ai * e + br * uv);
+                vst(xn + NW + n * W, c.Ar * e + c.Ai * a + bi * uv);
+                vst(cc + n * W, c.Ar), vst(cc + NW + n * W, c.Ai), vst(cc + 2 * NW + n * W, c.xr);
+                vst(cc + 3 * NW + n * W, c.xi);
+            }
+        }
+        for (int64_t i = nt - 1; i >= 0; i--) {
+            const int64_t t = t0 + i;
+            const double s = (double)tau[b * L + t];
+            const vd uv = load_row(u + (b * L + t) * H + h0, w), gv = load_row(gy + (b * L + t) * H + h0, w);
+            const double *xp = xs + i * 2 * NW, *xn = xs + (i + 1) * 2 * NW, *cc = cs + i * 4 * NW;
+            vd gu_v = Dv * gv, gs = {0};
+            gD += gv * uv;
+            for (int64_t n = 0; n < N; n++) {
+                const vd zr = vld(pv + n * W), zi = vld(pv + (N + n) * W);
+                const vd wr = vld(pv + (2 * N + n) * W), wi = vld(pv + (3 * N + n) * W);
+                const vd cr = vld(pv + (4 * N + n) * W), ci = vld(pv + (5 * N + n) * W);
+                const vd Ar = vld(cc + n * W), Ai = vld(cc + NW + n * W);
+                const vd xr_ = vld(cc + 2 * NW + n * W), xi_ = vld(cc + 3 * NW + n * W); /* E or q */
+                const vd pr = vld(xp + n * W), pi = vld(xp + NW + n * W);                /* x_{t-1} */
+                const vd qr = vld(xn + n * W), qi = vld(xn + NW + n * W);                /* x_t */
+                const vd l_r = vld(lr + n * W) + gv * cr, l_i = vld(li + n * W) - gv * ci; /* λ_t */
+                double *sm = sums + n * W;
+                vst(sm + 4 * NW, vld(sm + 4 * NW) + gv * qr); /* ∂C += g conj(x_t) */
+                vst(sm + 5 * NW, vld(sm + 5 * NW) - gv * qi);
+                const vd dAr = l_r * pr + l_i * pi, dAi = l_i * pr - l_r * pi; /* λ conj(x_{t-1}) */
+                const vd dbr = l_r * uv, dbi = l_i * uv;                        /* λ u */
+                vd er = xr_, ei = xi_;
+                if (bil) er *= s, ei *= s; /* b = (er + i ei) w */
+                gu_v += (er * wr - ei * wi) * l_r + (er * wi + ei * wr) * l_i;
+                vst(sm + 2 * NW, vld(sm + 2 * NW) + er * dbr + ei * dbi); /* ∂w += conj(aux') ∂b */
+                vst(sm + 3 * NW, vld(sm + 3 * NW) + er * dbi - ei * dbr);
+                if (!bil) {
+                    const vd gAr = dAr + wr * dbr + wi * dbi, gAi = dAi + wr * dbi - wi * dbr; /* ∂A + conj(w) ∂b */
+                    vst(sm, vld(sm) + s * (Ar * gAr + Ai * gAi));                          /* s conj(A) ∂A' */
+                    vst(sm + NW, vld(sm + NW) + s * (Ar * gAi - Ai * gAr));
+                    gs += (zr * Ar - zi * Ai) * gAr + (zr * Ai + zi * Ar) * gAi; /* Re(conj(z A) ∂A') */
+                } else {
+                    const vd q2r = xr_ * xr_ - xi_ * xi_, q2i = 2.0 * xr_ * xi_; /* q² */
+                    const double hs = 0.5 * s;
+                    const vd mr = dAr + hs * (wr * dbr + wi * dbi), mi = dAi + hs * (wr * dbi - wi * dbr);
+                    vst(sm, vld(sm) + s * (q2r * mr + q2i * mi)); /* s conj(q²) (∂A + (s/2) conj(w) ∂b) */
+                    vst(sm + NW, vld(sm + NW) + s * (q2r * mi - q2i * mr));
+                    const vd zqr = zr * q2r - zi * q2i, zqi = zr * q2i + zi * q2r;
+                    const vd wqr = wr * q2r - wi * q2i, wqi = wr * q2i + wi * q2r;
+                    gs += zqr * dAr + zqi * dAi + wqr * dbr + wqi * dbi;
+                }
+                vst(lr + n * W, Ar * l_r + Ai * l_i); /* λ ← conj(A_t) λ_t */
+                vst(li + n * W, Ar * l_i - Ai * l_r);
+            }
+            store_row(gu + (b * L + t) * H + h0, gu_v, w);
+            if (g_tau != NULL) {
+                double tot = 0;
+                for (int64_t c = 0; c < w; c++) tot += gs[c];
+                g_tau[item * L + t] = tot;
+            }
+        }
+    }
+    if (gx0 != NULL) store_state(gx0, lr, li, b, h0, w, P);
+    double *gb = g + b * 7 * N * H;
+    for (int k = 0; k < 6; k++)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < w; c++) gb[(k * N + n) * H + h0 + c] = sums[(k * N + n) * W + c];
+    for (int64_t c = 0; c < w; c++) gb[6 * N * H + h0 + c] = gD[c];
+    free(buf);
+    return 0;
+}
+
+int SUFFIX(ib_backward)(const real *u, const double *tau, const double *zr, const double *zi, const double *wr,
+                        const double *wi, const double *cr, const double *ci, const real *D, const real *gy, const real *gx, const double *ckpt, real *gu, real *gx0, double *g,
+                        double *g_tau, int64_t L, int64_t H, int64_t N, int64_t bilinear, int64_t item0, int64_t item1,
+                        int64_t nthreads) {
+    const params_t P = {zr, zi, wr, wi, cr, ci, D, L, H, N, bilinear};
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++)
+        failed |= backward_item(u, tau, gy, gx, ckpt, gu, gx0, g, g_tau, &P, item);
+    return failed;
+}

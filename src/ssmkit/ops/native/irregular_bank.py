@@ -1,0 +1,180 @@
+"""The irregularly sampled diagonal bank (S4D arXiv 2206.11893, DSS arXiv 2203.14343) by the compiled C kernel
+(``irregular_bank.c``), forward and backward, on the CPU.
+
+Channel h, mode n, step t, with s = τ_t the gap, z = Δ_h Λ_{h,n}:
+
+    ZOH:      x_t = e^{s z} x_{t-1} + (e^{s z} − 1) (B/Λ) u_t
+    bilinear: x_t = (1 + s z/2)/(1 − s z/2) x_{t-1} + s Δ B/(1 − s z/2) u_t
+    y_t = Re(Σ_n C_n x_{t,n}) + D u_t
+
+-- the semantics of :func:`ssmkit.ops.irregular_bank.bank_irregular_scan_reference`. The PyTorch path forms the
+(B, T, H, M) coefficients chunk by chunk, a dozen passes over memory per chunk in double; the kernel forms each step's
+coefficients in registers (e^{sz} − 1 from expm1 and a sincos of the half angle, vector polynomials in double) and
+never stores them, the state in double too. Its backward recomputes each span of 64 steps from a state checkpointed by
+the forward (B·H·M·L/64 complex doubles, kept only when a gradient will be asked for) and runs the adjoint backwards
+(``irregular_bank.c`` derives the gradients), with the gradient of the gaps τ as well.
+
+Phases |τ Δ Im Λ| up to 3.2e6 are reduced by the kernel's vector code; a step whose phases may exceed that takes
+libm's sin and cos lane by lane (slower, as exact). Usable where ``native_status("bank_irregular", dtype)`` says so
+(:mod:`ssmkit.ops.native.gate`). Under torch.compile the kernel calls are custom ops (:mod:`ssmkit.ops.opaque`);
+torch.func transforms, torch.export and forward-mode AD take the PyTorch path. Differentiated itself
+(``create_graph``), the backward is that of the PyTorch path (:mod:`ssmkit.ops.twice`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ssmkit.ops._checks import COMPLEX_OF
+from ssmkit.ops.function_call import apply_function
+from ssmkit.ops.native.build import bind
+from ssmkit.ops.native.parallel import ptr, run_checked
+from ssmkit.ops.opaque import absent_if_zero, kernel_op
+from ssmkit.ops.twice import graph_backward, wants_grad
+
+_i64, _p = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {  # the C functions of irregular_bank.c: (argument types, result type)
+    "ib_items": ([_i64] * 2, _i64),
+    "ib_ckpt_size": ([_i64] * 2, _i64),
+    "ib_forward": ([_p] * 13 + [_i64] * 7, ctypes.c_int),
+    "ib_backward": ([_p] * 16 + [_i64] * 7, ctypes.c_int),
+}
+def _parts(Z: Tensor) -> list[Tensor]:
+    """(H, M) complex128 -> [Re, Im] as contiguous (M, H) doubles (the kernel's layout)."""
+    Z = Z.resolve_conj()
+    return [Z.real.t().contiguous(), Z.imag.t().contiguous()]
+
+
+def _run(fns: dict, entry: str, Bsz: int, H: int, args: list) -> None:
+    """Run ``entry`` over all items (batch rows × channel blocks) on :func:`run_checked`'s threads."""
+    run_checked(fns[entry], fns["ib_items"](Bsz, H), args, fns["openmp"],
+                f"bank_irregular_scan native: the {entry[3:]} could not allocate its buffers")
+
+
+def _forward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, x0, keep, bilinear):
+    Bsz, L, H = u.shape
+    return [torch.empty_like(u), u.new_empty(Bsz, H, zr.shape[0], dtype=COMPLEX_OF[u.dtype]),
+            u.new_empty(0, dtype=torch.float64)]
+
+
+@kernel_op("bank_irregular_forward", _forward_fake)
+def _forward_kernel(
+    u: Tensor, tau: Tensor, zr: Tensor, zi: Tensor, wr: Tensor, wi: Tensor, cr: Tensor, ci: Tensor,
+    D: Optional[Tensor], x0: Optional[Tensor], keep: bool, bilinear: bool,
+) -> list[Tensor]:
+    """The C forward: [y (B, L, H), x_{L-1} (B, H, M) complex, the checkpoints (doubles; empty unless ``keep``)] from u
+    (B, L, H), τ (B, L) double, the parts of z, w, C (M, H) double, D (H,) and x0 (B, H, M) complex, or None, all
+    contiguous."""
+    fns = bind("irregular_bank.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    M = zr.shape[0]
+    y = torch.empty_like(u)
+    xL = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype])
+    n_ckpt = fns["ib_items"](Bsz, H) * fns["ib_ckpt_size"](L, M) if keep else 0
+    ckpt = torch.empty(n_ckpt, dtype=torch.float64)
+    args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(x0), ptr(y), ptr(xL),
+            ptr(ckpt) if keep else None, L, H, M, int(bilinear)]
+    _run(fns, "ib_forward", Bsz, H, args)
+    return [y, xL, ckpt]
+
+
+def _backward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, g_y, g_x, ckpt, bilinear, want_tau, want_x0):
+    Bsz, L, H = u.shape
+    M = zr.shape[0]
+    extra = [u.new_empty(Bsz, L, dtype=torch.float64)] if want_tau else []
+    extra += [u.new_empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype])] if want_x0 else []
+    return [torch.empty_like(u), u.new_empty(7, M, H, dtype=torch.float64), *extra]
+
+
+@kernel_op("bank_irregular_backward", _backward_fake)
+def _backward_kernel(
+    u: Tensor, tau: Tensor, zr: Tensor, zi: Tensor, wr: Tensor, wi: Tensor, cr: Tensor, ci: Tensor,
+    D: Optional[Tensor], g_y: Tensor, g_x: Optional[Tensor], ckpt: Tensor, bilinear: bool, want_tau: bool,
+    want_x0: bool,
+) -> list[Tensor]:
+    """The C backward: [∂u (B, L, H), the parameters' gradients (7, M, H) double: ∂z, ∂w, ∂C (re, im) and ∂D (row 6's
+    first H values), then ∂τ (B, L) double when ``want_tau``, then ∂x0 (B, H, M) when ``want_x0``], from the forward's
+    inputs, its checkpoints and the outputs' gradients g_y (B, L, H) and g_x (B, H, M) (None: unused), contiguous."""
+    fns = bind("irregular_bank.c", u.dtype, SIGNATURES)
+    Bsz, L, H = u.shape
+    M = zr.shape[0]
+    g_x = absent_if_zero(g_x)
+    n_items = fns["ib_items"](Bsz, H)
+    g_u = torch.empty_like(u)
+    g_x0 = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype]) if want_x0 else None
+    g = torch.empty(Bsz, 7, M, H, dtype=torch.float64)  # per batch row (a fixed summation order)
+    g_tau = torch.empty(n_items, L, dtype=torch.float64) if want_tau else None  # per item: summed over blocks below
+    args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(g_y), ptr(g_x), ptr(ckpt), ptr(g_u),
+            ptr(g_x0), ptr(g), ptr(g_tau), L, H, M, int(bilinear)]
+    _run(fns, "ib_backward", Bsz, H, args)
+    out = [g_u, g.sum(0)]
+    if want_tau:
+        out.append(g_tau.view(Bsz, n_items // Bsz, L).sum(1))
+    return out + ([] if g_x0 is None else [g_x0])
+
+
+class _NativeBank(torch.autograd.Function):
+    """The irregularly sampled bank by the C kernel (module docstring).
+
+    Inputs: u (B, L, H) real contiguous, τ (B, L) real, z, w, C (H, M) complex128, D (H,) of u's dtype or None, x0
+    (B, H, M) complex of u's precision or None, keep (checkpoint for a backward), bilinear. Outputs y (B, L, H) and
+    x_{L-1} (B, H, M).
+    """
+
+    @staticmethod
+    def forward(ctx, u, tau, z, w, C, D, x0, keep, bilinear):  # type: ignore[override]
+        pars = [*_parts(z), *_parts(w), *_parts(C)]
+        tau_c = tau.to(torch.float64).contiguous()
+        Dc = None if D is None else D.contiguous()
+        x0c = None if x0 is None else x0.resolve_conj().contiguous()
+        y, xL, ckpt = _forward_kernel(u, tau_c, *pars, Dc, x0c, keep, bilinear)
+        ctx.save_for_backward(u, tau_c, *pars, Dc, ckpt, tau, z, w, C, D, x0)
+        ctx.bilinear, ctx.has_D, ctx.has_x0 = bilinear, D is not None, x0 is not None
+        ctx.set_materialize_grads(False)
+        return y, xL
+
+    @staticmethod
+    def backward(ctx, g_y, g_x):  # type: ignore[override]
+        u, tau_c, *pars = ctx.saved_tensors[:8]
+        Dc, ckpt = ctx.saved_tensors[8:10]
+        if torch.is_grad_enabled():  # create_graph: a double backward, through the PyTorch path (ops/twice.py)
+            given = (u, *ctx.saved_tensors[10:])
+            path = lambda *a: _torch_path(*a, ctx.bilinear)  # noqa: E731
+            return (*graph_backward(path, given, ctx.needs_input_grad[:7], (g_y, g_x)), None, None)
+        g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
+        g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
+        want_tau, want_x0 = ctx.needs_input_grad[1], ctx.has_x0
+        g_u, g, *rest = _backward_kernel(u, tau_c, *pars, Dc, g_y, g_xc, ckpt, ctx.bilinear, want_tau, want_x0)
+        g_tau = rest.pop(0).to(ctx.saved_tensors[10].dtype) if want_tau else None
+        g_x0 = rest.pop(0) if want_x0 else None
+        cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (M, H) pair -> (H, M) complex
+        g_D = g[6, 0].to(Dc.dtype) if ctx.has_D else None
+        return g_u, g_tau, cplx(0), cplx(2), cplx(4), g_D, g_x0, None, None
+
+
+def _torch_path(u, tau, z, w, C, D, x0, bilinear):
+    """The op in PyTorch from the kernel's inputs (the double backward's path): the bank of
+    :mod:`ssmkit.ops.irregular_bank` with Δ = 1, Λ = z and B = w Λ (ZOH: B̄ = (e^{sz} − 1) B/Λ) or B = w (bilinear)."""
+    from ssmkit.ops.irregular_bank import bank_irregular_scan_chunked
+
+    one = torch.ones(z.shape[0], dtype=u.dtype, device=u.device)
+    B = w if bilinear else w * z
+    return bank_irregular_scan_chunked(u, z, B.to(z.dtype), C.to(z.dtype), one, tau, D, "bilinear" if bilinear
+                                       else "zoh", x0)
+
+
+def bank_unchecked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state):
+    """The bank by the kernel after the public function's checks (the smoke call enters here): z = Δ Λ and the rule's
+    input vector w (B/Λ, or Δ B) formed in double by autograd-recorded torch ops, then the kernel."""
+    Lw, Bw, Cw, dtw = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in (Lambda, B, C, dt))
+    z = dtw[:, None] * Lw
+    bilinear = rule == "bilinear"
+    w = dtw[:, None] * Bw if bilinear else Bw / Lw
+    keep = wants_grad(u, intervals, Lambda, B, C, dt, D, state)
+    D = None if D is None else D.to(u.dtype)
+    y, x = apply_function(_NativeBank, u.contiguous(), intervals, z, w, Cw, D, state, keep, bilinear)
+    return y, (x if return_state else None)

@@ -1,0 +1,158 @@
+"""The C kernel of the irregularly sampled diagonal bank (``ssmkit/ops/native/irregular_bank.c``; S4D arXiv 2206.11893,
+DSS arXiv 2203.14343) against the float64 loop of :func:`ssmkit.ops.irregular_bank.bank_irregular_scan_reference`:
+outputs, final state and the gradient of every input (the gaps included), both rules, both precisions, channel blocks
+with tails and spans of 64 steps crossed; its vector expm1 and sincos against scipy's complex expm1 and numpy's exp
+(tiny |τ Δ Λ|, phases up to 10^9: the vector range reduction and libm's beyond it); a double backward; torch.compile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.special
+import torch
+
+from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_scan_reference
+from ssmkit.ops.native.gate import native_status
+from ssmkit.ops.native.irregular_bank import bank_unchecked
+from tests.conftest import DEVICE
+
+pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="a CPU kernel")
+F64 = torch.float64
+COMPLEX = {torch.float32: torch.complex64, F64: torch.complex128}
+
+
+def _kernel_ok(dtype) -> None:
+    ok, why = native_status("bank_irregular", dtype)
+    if not ok:
+        pytest.skip(f"the native kernel cannot run here: {why}")
+
+
+def _problem(Bsz, L, H, M, seed=0):
+    """A bank in float64: u, Λ (Re in [-1.1, -0.1], Im up to ±12), B, C, Δ in [0.02, 1.02], gaps in [0.05, 3], D, x0."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    c = lambda *s: torch.complex(r(*s), r(*s))  # noqa: E731
+    lam = torch.complex(-0.1 - torch.rand(H, M, generator=g, dtype=F64), 4 * r(H, M))
+    dt = 0.02 + torch.rand(H, generator=g, dtype=F64)
+    tau = 0.05 + 2.95 * torch.rand(Bsz, L, generator=g, dtype=F64)
+    return [r(Bsz, L, H), lam, c(H, M), c(H, M), dt, tau, r(H), c(Bsz, H, M)]
+
+
+def _grads(fn, args, weight, wanted=None):
+    """fn's (y, h) and the gradients of a loss reading both (weights across time: every step counts differently)."""
+    leaves = [a.clone().requires_grad_() for a in args]
+    y, h = fn(*leaves)
+    loss = (y * weight[:, : y.shape[1]]).square().sum() + h.abs().square().sum()
+    return [y.detach(), h.detach(), *torch.autograd.grad(loss, leaves)]
+
+
+def _cast(args, dtype):
+    return [a.to(COMPLEX[dtype] if a.is_complex() else dtype) for a in args]
+
+
+@pytest.mark.parametrize("rule", ["zoh", "bilinear"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape", [(2, 70, 19, 3), (1, 130, 5, 1), (3, 64, 8, 4)])
+def test_kernel_matches_the_float64_loop_with_every_gradient(rule, dtype, shape):
+    _kernel_ok(dtype)
+    args = _problem(*shape)
+    weight = torch.linspace(-1, 1, shape[1], dtype=F64).view(1, -1, 1)
+    want = _grads(lambda *a: bank_irregular_scan_reference(*a[:7], rule, a[7]), args, weight)
+    got = _grads(lambda *a: bank_unchecked(*a[:7], rule, a[7], True), _cast(args, dtype), weight.to(dtype))
+    tol = 1e-11 if dtype == F64 else 1e-5  # relative to each quantity's largest entry (float32: state kept in double)
+    names = ["y", "x_L", "du", "dLambda", "dB", "dC", "ddt", "dtau", "dD", "dx0"]
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == (COMPLEX[dtype] if b.is_complex() else dtype), name
+        err = (a.to(b.dtype) - b).abs().max() / b.abs().max()
+        assert err < tol, (name, float(err))
+
+
+@pytest.mark.parametrize("rule", ["zoh", "bilinear"])
+def test_without_state_skip_or_gap_gradient_and_with_one_output_used(rule):
+    _kernel_ok(F64)
+    u, lam, B, C, dt, tau, _, _ = _problem(2, 67, 11, 2, seed=3)
+    for use in ("y", "state"):  # the final state's gradient absent (None), then the output's
+        leaves = [t.clone().requires_grad_() for t in (u, lam, B, C, dt)]
+        grads = []
+        for fn in (bank_unchecked, None):
+            if fn is None:
+                y, h = bank_irregular_scan_reference(*leaves, tau, None, rule)
+            else:
+                y, h = fn(*leaves, tau, None, rule, None, True)
+            loss = y.sin().sum() if use == "y" else (h * h.conj()).real.sum()
+            grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
+        for a, b in zip(*grads):
+            if b is None:  # C when only the state is read: the kernel gives zeros
+                assert a is None or not a.any()
+            else:
+                assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    y, h = bank_unchecked(u, lam, B, C, dt, tau, None, rule, None, False)
+    assert h is None and torch.allclose(y, bank_irregular_scan_reference(u, lam, B, C, dt, tau, None, rule)[0],
+                                        rtol=1e-11, atol=1e-12)
+
+
+def test_one_step_from_zero_is_the_exact_zoh_input_term_for_tiny_and_large_phases():
+    """x_0 = (e^{τΔΛ} − 1) B/Λ · u_0 from a zero state: scipy's complex expm1 (accurate for tiny arguments) and numpy's
+    exp for phases of 10^2 to 10^9 (the vector range reduction up to 3.2e6, libm's sin and cos beyond), in float64;
+    one wide phase in a block sends the whole step to libm, the other lanes too."""
+    _kernel_ok(F64)
+    lam = torch.tensor([-1e-3 + 1e-4j, -0.5 + 1e-9j, -0.5 + 50j, -0.01 + 1e4j, -1e-6 + 1e6j, -2.0 + 3.1e6j],
+                       dtype=torch.complex128).view(6, 1)
+    H = lam.shape[0]
+    dt = torch.tensor([1e-6, 1e-8, 1.0, 0.1, 1.0, 1.0], dtype=F64)
+    B = torch.ones(H, 1, dtype=torch.complex128)
+    u = torch.ones(1, 1, H, dtype=F64)
+    for gap in (0.3, 1e3):  # the second: phases up to 3e9 (libm's path for every lane of the step)
+        tau = torch.tensor([[gap]], dtype=F64)
+        _, x = bank_unchecked(u, lam, B, B, dt, tau, None, "zoh", None, True)
+        z = (gap * dt[:, None] * lam).numpy()
+        want = scipy.special.expm1(z) / lam.numpy()
+        rel = np.abs(x[0].numpy() - want) / np.abs(want)
+        assert rel.max() < 1e-12 * max(1.0, np.abs(z.imag).max() / 1e5), (gap, rel)  # phases' own rounding above 1e5
+        # the decay itself: x after a second step of zero input is e^{τz} x
+        _, x2 = bank_unchecked(torch.zeros(1, 1, H, dtype=F64), lam, B, B, dt, tau, None, "zoh", x, True)
+        err = np.abs(x2[0].numpy() - np.exp(z) * x[0].numpy()) / np.abs(x[0].numpy())
+        assert err.max() < 1e-12 * max(1.0, np.abs(z.imag).max() / 1e5), (gap, err)
+
+
+@pytest.mark.parametrize("rule", ["zoh", "bilinear"])
+def test_a_double_backward_goes_through_the_pytorch_path(rule):
+    """create_graph: the gradient of ‖∂ℓ/∂u‖² with respect to Λ and the gaps equals the loop's."""
+    _kernel_ok(F64)
+    args = _problem(2, 12, 5, 2, seed=7)
+    out = []
+    for fn in (lambda *a: bank_unchecked(*a[:7], rule, a[7], True),
+               lambda *a: bank_irregular_scan_reference(*a[:7], rule, a[7])):
+        leaves = [a.clone().requires_grad_() for a in args]
+        y, h = fn(*leaves)
+        (g_u,) = torch.autograd.grad(y.sin().sum() + h.abs().sum(), leaves[0], create_graph=True)
+        out.append(torch.autograd.grad(g_u.square().sum(), [leaves[1], leaves[5]]))
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_the_public_op_takes_the_kernel_and_agrees_with_the_chunked_path():
+    _kernel_ok(torch.float32)
+    args = _cast(_problem(2, 40, 9, 3, seed=9), torch.float32)
+    y_n, h_n = bank_irregular_scan(*args[:7], "zoh", args[7], backend="native")
+    y_c, h_c = bank_irregular_scan(*args[:7], "zoh", args[7], backend="chunked")
+    assert torch.allclose(y_n, y_c, rtol=1e-4, atol=1e-5) and torch.allclose(h_n, h_c, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # no checkpoints kept: the same forward
+        y_0, _ = bank_irregular_scan(*args[:7], "zoh", args[7], backend="native")
+    assert torch.equal(y_0, y_n)
+
+
+def test_the_kernel_runs_as_a_custom_op_under_torch_compile():
+    _kernel_ok(torch.float32)
+    args = _cast(_problem(1, 20, 6, 2, seed=11), torch.float32)
+    u = args[0].clone().requires_grad_()
+
+    def f(u):
+        return bank_irregular_scan(u, *args[1:7], "zoh", args[7], backend="native")[0].square().sum()
+
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(u)
+    (g_got,) = torch.autograd.grad(got, u)
+    want = f(u)
+    (g_want,) = torch.autograd.grad(want, u)
+    assert torch.allclose(got, want, rtol=1e-5) and torch.allclose(g_got, g_want, rtol=1e-5, atol=1e-6)

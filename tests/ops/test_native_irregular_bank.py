@@ -156,3 +156,19 @@ def test_the_kernel_runs_as_a_custom_op_under_torch_compile():
     want = f(u)
     (g_want,) = torch.autograd.grad(want, u)
     assert torch.allclose(got, want, rtol=1e-5) and torch.allclose(g_got, g_want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads, openmp", [(3, "1"), (3, "0")], ids=["3-openmp", "3-python-threads"])
+def test_threads_give_the_one_thread_result_bit_for_bit(threads, openmp, monkeypatch):
+    """The partial sums belong to the items (batch row, channel block), not to threads: three OpenMP threads, and
+    three Python threads over a library built without OpenMP, give the one-thread result exactly."""
+    _kernel_ok(F64)
+    args = _problem(3, 70, 21, 2, seed=13)
+    weight = torch.linspace(-1, 1, 70, dtype=F64).view(1, -1, 1)
+    fn = lambda *a: bank_unchecked(*a[:7], "zoh", a[7], True)  # noqa: E731
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    one = _grads(fn, args, weight)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setenv("SSMKIT_NATIVE_OPENMP", openmp)
+    for a, b in zip(_grads(fn, args, weight), one):
+        assert torch.equal(a, b)

@@ -1,10 +1,13 @@
 """Irregularly sampled sequences: ``forward(..., intervals=)`` and ``step(..., interval=)`` of the layers that declare
-``takes_intervals`` (S5, arXiv 2208.04933), and their path through Block and SequenceModel.
+``takes_intervals`` (S5, arXiv 2208.04933, and the others of :mod:`ssmkit.layers.irregular`), and their path through
+Block and SequenceModel.
 
 Parametrised over ``ssmkit.layers.available()``: a layer that declares ``takes_intervals`` is checked against the
 exact samples of its continuous-time system (scipy's matrix exponential of the augmented system with the input held
-over each gap), its own step loop, the regular forward (all intervals 1), chunking, causality and gradients; every
-other layer is refused by Block with a ValueError.
+over each gap; for the layers defined in discrete time, LRU, EMA and DLR, the system whose unit-step hold is their
+recurrence, from numpy's principal logarithm of their eigenvalues), its own step loop, the regular forward (all
+intervals 1), chunking, causality and gradients; every other layer is refused by Block with a ValueError. The
+selective layers (Mamba, Mamba-2, RG-LRU) are checked against loops written here from their papers.
 """
 
 from __future__ import annotations
@@ -51,27 +54,49 @@ def _input(seed: int = 1, dtype=torch.float64, length: int = L) -> torch.Tensor:
     return torch.randn(B, length, H, generator=g, dtype=torch.float64).to(DEVICE, dtype)
 
 
+def _bank(e: np.ndarray, Bin: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """H SISO systems of M modes each, e, Bin, C (H, M), as one system with H·M modes: e (H·M,), B_c (H·M, H),
+    C_c (H, H·M) (block diagonal)."""
+    Hn, M = e.shape
+    B_c, C_c = np.zeros((Hn * M, Hn), complex), np.zeros((Hn, Hn * M), complex)
+    for h in range(Hn):
+        B_c[h * M:(h + 1) * M, h] = Bin[h]
+        C_c[h, h * M:(h + 1) * M] = C[h]
+    return e.reshape(-1), B_c, C_c
+
+
+def _unit_hold(Lam_bar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A discrete-time recurrence x_t = Λ̄ x_{t-1} + B̄ u_t read as the unit-step ZOH of dx/ds = e x + B_c u: e = log Λ̄
+    on numpy's principal branch (Im in (−π, π]) and the factor e/(Λ̄ − 1) that B_c = e/(Λ̄ − 1) B̄ applies (the
+    ZOH over one period, (e^e − 1)/e B_c, gives B̄ back)."""
+    e = np.log(Lam_bar.astype(complex))
+    return e, e / (Lam_bar - 1)
+
+
 def _continuous_system(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The layer as one continuous-time system in nominal time s, dx/ds = diag(e) x + B_c u, y = Re(C_c x) + D u:
     e (n,) the modes' eigenvalues times their steps Δ, B_c (n, H), C_c (H, n) (factor 2 of conjugate pairs in C_c),
-    D (H,), read from the layer's parameters (``continuous()`` and C). A new layer that declares ``takes_intervals``
-    needs its branch here (the test fails until it has one)."""
-    Lam, Bin, dt = (t.detach().cpu().numpy() for t in layer.continuous())
+    D (H,), read from the layer's parameters (``continuous()`` and C; for the layers defined in discrete time, LRU,
+    EMA and DLR, from their ``discrete()`` matrices and numpy's principal logarithm, not from ``continuous()``). A new
+    layer that declares ``takes_intervals`` needs its branch here (the test fails until it has one)."""
     D = layer.D.detach().cpu().numpy()
+    name = type(layer).__name__
+    if name in ("LRU", "EMA", "DLR"):
+        A_bar, B_bar, C = (t.detach().cpu().numpy() for t in layer.discrete())  # LRU (M,), (M, H), (1, H, M)
+        e, hold = _unit_hold(A_bar)
+        if name == "LRU":  # one MIMO system, y = Re(C x)
+            return e, hold[:, None] * B_bar, C[0], D
+        return (*_bank(e, hold * B_bar, C[0]), D)  # a bank (H, M): EMA real modes, DLR B̄ = 1; y = Re(C x)
+    Lam, Bin, dt = (t.detach().cpu().numpy() for t in layer.continuous())
     if type(layer).__name__ == "S5":  # one MIMO system: Λ (M,), B̃ (M, H), Δ (M,)
         C = torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()
         return dt * Lam, dt[:, None] * Bin, (2 * C if layer.conj_sym else C), D
     if type(layer).__name__ in ("S4D", "DSS"):  # H SISO systems: Λ, B (H, M), Δ (H,); output 2 Re(C x) / Re(W x)
-        Hn, M = Lam.shape
         if type(layer).__name__ == "S4D":
             C = 2 * torch.view_as_complex(layer.C[0].detach().cpu().contiguous()).numpy()  # (H, M)
         else:  # DSS's state is read out by W̃ (its discrete output vectors)
             C = layer.discrete()[2][0].detach().cpu().numpy()  # (H, M)
-        B_c, C_c = np.zeros((Hn * M, Hn), complex), np.zeros((Hn, Hn * M), complex)
-        for h in range(Hn):
-            B_c[h * M:(h + 1) * M, h] = dt[h] * Bin[h]
-            C_c[h, h * M:(h + 1) * M] = C[h]
-        return (dt[:, None] * Lam).reshape(-1), B_c, C_c, D
+        return (*_bank(dt[:, None] * Lam, dt[:, None] * Bin, C), D)
     raise AssertionError(f"no continuous-time oracle for {type(layer).__name__}: add its branch")
 
 
@@ -182,6 +207,94 @@ def test_mamba2_scales_each_steps_delta_by_its_gap(opts):
         y = torch.stack(ys, dim=1)  # (B, L, nh, P)
         expected = layer.out_proj(layer._gate_and_norm(y, xf, z))
     assert rel_err(out, expected) < 1e-12
+
+
+@pytest.mark.parametrize("opts", variants("rglru"))
+def test_rglru_holds_each_gate_over_its_gap(opts):
+    """RG-LRU with intervals and a segment reset against a loop written here from arXiv 2402.19427 §2.4, each step
+    the unit-step ZOH of its own gate over its gap: a_t = σ(Λ)^{c r_t}, h_t = a_t^τ h_{t-1} + (1 − a_t^τ)/(1 − a_t)
+    √(1 − a_t²) i_t x_t (a reset: h_t = i_t x_t), y = W_out(GeLU(W_y u) ⊙ h); forward and its step loop."""
+    layer = make_layer("rglru", opts)
+    x, tau = _input(), _intervals(seed=19)
+    resets = torch.zeros(B, L, dtype=torch.bool, device=DEVICE)
+    resets[1, 4] = True
+    out = layer(x, None, True, resets, intervals=tau)[0]
+    with torch.no_grad():
+        g = torch.nn.functional.gelu(layer.in_gate(x), approximate="tanh")  # (B, L, D)
+        v = layer.conv(layer.in_x(x), None, False, resets)[0]  # (B, L, D)
+        r, i = torch.sigmoid(layer.gate_a(v)), torch.sigmoid(layer.gate_x(v))
+        a = torch.sigmoid(layer.Lambda) ** (layer.c * r)  # (B, L, D)
+        h, hs = torch.zeros(B, layer.lru_width, dtype=x.dtype, device=DEVICE), []
+        for t in range(L):
+            decay = a[:, t] ** tau[:, t, None]
+            gain = (1 - decay) / (1 - a[:, t]) * torch.sqrt(1 - a[:, t] ** 2)
+            start = resets[:, t, None]
+            h = torch.where(start, 0.0, decay) * h + torch.where(start, 1.0, gain) * i[:, t] * v[:, t]
+            hs.append(h)
+        expected = layer.out(torch.stack(hs, dim=1) * g)
+    assert rel_err(out, expected) < 1e-12
+    state, ys = layer.initial_state(B), []
+    for t in range(L):
+        y_t, state = layer.step(x[:, t], state, resets[:, t], interval=tau[:, t])
+        ys.append(y_t)
+    assert rel_err(torch.stack(ys, dim=1), expected) < 1e-12
+
+
+def test_lru_reads_a_phase_past_pi_on_the_principal_branch():
+    """One LRU mode λ = e^{−0.1 + i 3π/2} (phase stored past π): a gap τ = 0.5 from x = 1 with input 1 gives, by hand,
+    λ^τ = e^{−0.05} e^{−iπ/4} (principal log −0.1 − iπ/2, not e^{i 3π/4}) and the input gain (λ^τ − 1)/(λ − 1) γ B."""
+    layer = layers.build("lru", d_model=1, d_state=2, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        layer.log_nu.fill_(np.log(0.1))
+        layer.log_theta.fill_(np.log(1.5 * np.pi))
+        layer.log_gamma.fill_(np.log(0.7))
+        layer.B.copy_(torch.tensor([[[0.3, -0.4]]], dtype=torch.float64))
+        layer.C.copy_(torch.tensor([[[[1.0, 0.0]]]]))
+        layer.D.fill_(0.0)
+    lam, half = np.exp(-0.1) * -1j, np.exp(-0.05) * np.exp(-1j * np.pi / 4)
+    want = half * 1.0 + (half - 1) / (lam - 1) * 0.7 * (0.3 - 0.4j)
+    one = torch.ones(1, dtype=torch.float64, device=DEVICE)
+    y, x = layer.step(one[:, None], torch.ones(1, 1, dtype=torch.complex128, device=DEVICE), interval=0.5 * one)
+    assert abs(x.item() - want) < 1e-15 and abs(y.item() - want.real) < 1e-15
+
+
+def test_ema_after_a_gap_by_hand_and_at_saturated_logits():
+    """Mega's EMA with α = δ = ½ (q = ¾), β = 1: a gap τ = 2 from h = 1 with input 1 gives q² + (1 − q²) β/δ = 0.5625 +
+    0.875 (steady state β/δ = 2); a gap of 400 forgets the state (2 within 1e-12). And at logits of 25 (q = 1 − αδ
+    ≈ 2.8e-11, which 1 − σσ forms with 4e-6 relative error in double) z = log q to 1e-13 of mpmath's."""
+    mpmath = pytest.importorskip("mpmath")
+    layer = layers.build("ema", d_model=1, d_state=1, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        layer.logit_alpha.fill_(0.0)
+        layer.logit_delta.fill_(0.0)
+        layer.beta.fill_(1.0)
+        layer.gamma.fill_(1.0)
+        layer.D.fill_(0.0)
+    one = torch.ones(1, 1, dtype=torch.float64, device=DEVICE)
+    y, h = layer.step(one, one[..., None], interval=2.0 * one[0])
+    assert abs(h.item() - 1.4375) < 1e-15 and abs(y.item() - 1.4375) < 1e-15
+    assert abs(layer.step(one, one[..., None], interval=400.0 * one[0])[1].item() - 2.0) < 1e-12
+    with torch.no_grad():
+        layer.logit_alpha.fill_(25.0)
+        layer.logit_delta.fill_(25.0)
+    mpmath.mp.dps = 40
+    sigma = 1 / (1 + mpmath.exp(-25))
+    want = float(mpmath.log(1 - sigma * sigma))
+    assert abs(layer.continuous()[0].real.item() - want) < 1e-13 * abs(want)
+
+
+def test_dlr_refuses_a_mode_at_one_with_intervals():
+    """A DLR mode with a = 0 and b = 0 is λ = 1 (an undamped integrator): the regular layer runs, intervals are
+    refused by name (the ZOH sampler's (e^{τz} − 1)/z is 0/0 there)."""
+    layer = make_layer("dlr")  # "omega": b_0 = 0
+    with torch.no_grad():
+        layer.A_sqrt_neg_real[0] = 0.0
+    x, tau = _input(), _intervals()
+    assert torch.isfinite(layer(x)[0]).all()
+    with pytest.raises(ValueError, match="eigenvalue exactly 1"):
+        layer(x, intervals=tau)
+    with pytest.raises(ValueError, match="eigenvalue exactly 1"):
+        layer.step(x[:, 0], layer.initial_state(B), interval=tau[:, 0])
 
 
 @pytest.mark.parametrize("name, opts", CASES, ids=IDS)
@@ -365,11 +478,11 @@ def test_a_model_forward_with_intervals_equals_its_step_loop(checkpointing):
 
 
 def test_a_hybrid_model_with_a_layer_without_intervals_is_refused():
-    model = SequenceModel(d_input=2, d_model=H, n_layers=3, layer=["s5", "s4d", "lru"],
-                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}, "lru": {"d_state": 4}},
+    model = SequenceModel(d_input=2, d_model=H, n_layers=3, layer=["s5", "s4d", "s4"],
+                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}, "s4": variants("s4")[0]},
                           d_output=4, head="regress", pool=None).to(DEVICE, torch.float64)
     x = torch.randn(B, L, 2, dtype=torch.float64, device=DEVICE)
-    with pytest.raises(ValueError, match="LRU does not take sampling intervals"):
+    with pytest.raises(ValueError, match="S4 does not take sampling intervals"):
         model(x, intervals=_intervals())
 
 

@@ -13,7 +13,7 @@ from tests.conftest import DEVICE, rel_err
 
 def _model(layer: str, seed: int = 0) -> DeepWiener:
     torch.manual_seed(seed)
-    options = {"s5": {"d_state": 4, "blocks": 1}, "s4d": {"d_state": 4}, "dlr": {"d_state": 4}}[layer]
+    options = {"s5": {"d_state": 4, "blocks": 1}, "s4d": {"d_state": 4}, "s4": {"d_state": 4, "l_max": 16}}[layer]
     return DeepWiener(2, 1, d_model=3, n_layers=2, layer=layer, layer_options=options, dt=0.5,
                       device=DEVICE, dtype=torch.float64)
 
@@ -46,9 +46,9 @@ def test_forward_with_intervals_equals_its_step_loop_and_the_hand_composed_block
 
 
 def test_a_model_of_layers_without_intervals_refuses_them():
-    model = _model("dlr")
+    model = _model("s4")
     u, tau = _data()
-    with pytest.raises(ValueError, match="DLR does not take sampling intervals"):
+    with pytest.raises(ValueError, match="S4 does not take sampling intervals"):
         model(u, intervals=tau)
-    with pytest.raises(ValueError, match="DLR does not take sampling intervals"):
+    with pytest.raises(ValueError, match="S4 does not take sampling intervals"):
         model.step(u[:, 0], model.initial_state(2), interval=tau[:, 0])

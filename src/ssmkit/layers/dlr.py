@@ -38,6 +38,15 @@ Not carried over from the official code: ``max_kernel_length`` (a truncated kern
 two kernels and has no state of M modes), and several output channels (the GELU and output projection live in
 :class:`ssmkit.models.Block`). ``bidirectional=True`` adds a second W sharing Λ, as the official code does; its
 anti-causal kernel acts from lag -1 (the current input counted once).
+
+Irregular sampling (``forward(..., intervals=)``, ``step(..., interval=)``; not in the paper;
+:mod:`ssmkit.ops.irregular_discrete`): the recurrence s_t = λ ⊙ s_{t-1} + 𝟙 u_t is read as the unit-step zero-order
+hold of ds/dt = z ⊙ s + z/(λ − 1) u with z = log λ on the principal branch, z = −a² + i arg λ (b modulo 2π into
+(−π, π], :func:`ssmkit.ops.irregular_discrete.principal_angle`: the ``"omega"`` init's roots of unity above π turn
+backwards, and its mode at b = π, a real negative λ, turns +π in float32 and float64 alike), so a gap of τ periods
+gives s_t = λ^τ ⊙ s_{t-1} + (λ^τ − 1)/(λ − 1) u_t (τ = 1: the layer). A mode at λ = 1 exactly (a = 0 and
+b ≡ 0 mod 2π: an undamped integrator) is refused with intervals
+(:func:`ssmkit.ops.irregular_discrete.check_no_unit_mode`).
 """
 
 from __future__ import annotations
@@ -62,16 +71,20 @@ from ssmkit.layers.checks import (
 )
 from ssmkit.layers.diagonal import DiagonalLTILayer
 from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.irregular import IrregularSampling
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import complex_pairs
+from ssmkit.layers.protocol import complex_pairs, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
+from ssmkit.ops.discretize import exp_phi, widen
+from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_step
+from ssmkit.ops.irregular_discrete import check_no_unit_mode, principal_angle
 
 INITS = ("omega", "randn")
 
 
 @register("dlr")
-class DLR(DiagonalLTILayer):
+class DLR(IrregularSampling, DiagonalLTILayer):
     """Diagonal linear RNN layer (DLR), arXiv 2212.00768: K_l = Re Σ_n W_n λ_n^l with λ_n = e^{-a_n² + i b_n}.
 
     Args:
@@ -180,6 +193,36 @@ class DLR(DiagonalLTILayer):
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         A_bar = self.eigenvalues().expand(self.d_model, -1)  # (H, M)
         return A_bar, torch.ones_like(A_bar), complex_pairs(self.W)  # (H, M), (H, M), (C, H, M)
+
+    def continuous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer as H SISO continuous-time systems in nominal time (a sampling period is 1) in the coordinates of
+        its state, whose zero-order hold over a unit step is s_t = λ ⊙ s_{t-1} + 𝟙 u_t: eigenvalues z = log λ =
+        −a² + i arg λ (H, M) on the principal branch (module docstring), input vectors z/(λ − 1) = 1/φ(z) (H, M),
+        φ(z) = (e^z − 1)/z, and steps Δ = 1 (H,). Complex128/float64 for a float32 layer."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
+        a, b = widen(self.A_sqrt_neg_real), widen(self.A_imag)  # (M,) each
+        z = torch.complex(-a.square(), principal_angle(b)).expand(self.d_model, -1)  # (H, M), shared modes
+        return z, 1 / exp_phi(z)[1], torch.ones_like(a[:1]).expand(self.d_model)  # (H, M), (H, M), (H,)
+
+    def _irregular_system(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`continuous` (refusing a mode at λ = 1) and the causal W (H, M)."""
+        z, B, dt = self.continuous()
+        check_no_unit_mode(z, type(self).__name__)
+        return z, B, dt, complex_pairs(self.W)[0]
+
+    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
+        """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`), in the layer's own state
+        coordinates (module docstring): (y, final state)."""
+        with float32_core(u.device.type):
+            z, B, dt, W = self._irregular_system()  # (H, M), (H, M), (H,), (H, M)
+            return bank_irregular_scan(u, z, B, W, dt, intervals, self.D, "zoh", state, return_state=return_state,
+                                       backend=backend)
+
+    def _step_irregular(self, u_t, interval, state):
+        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`)."""
+        with float32_core(u_t.device.type):
+            z, B, dt, W = self._irregular_system()
+            return bank_irregular_step(u_t, z, B, W, dt, interval, state, self.D, "zoh")
 
     @property
     def n_modes(self) -> int:

@@ -22,6 +22,13 @@ exp(l·log(1 - αδ)) in float32 -- the same numbers up to rounding). ``bidirect
 α, δ, β, γ (as the official code) for an anti-causal kernel whose tap 0 acts at lag -1 (the current input is
 counted once, by the causal kernel; the official code counts it in both directions). ω is shared.
 The official ``truncation`` (a kernel shorter than L) is not offered.
+
+Irregular sampling (``forward(..., intervals=)``, ``step(..., interval=)``; :mod:`ssmkit.ops.irregular_discrete`):
+h_t = q ⊙ h_{t-1} + αβ u_t with q = 1 − αδ ∈ (0, 1) is the unit-step zero-order hold of dh/ds = z h + z/(q − 1) αβ u,
+z = log q real (no branch to choose: q > 0), so a gap of τ periods gives h_t = q^τ ⊙ h_{t-1} + (1 − q^τ) β/δ ⊙ u_t
+(τ = 1: αβ; a long gap forgets the state and holds the input at its steady state β/δ). z is formed without
+cancellation, log(1 − σ(a)σ(d)) = log(e^{−a} + e^{−d} + e^{−a−d}) − softplus(−a) − softplus(−d), and the bank of
+:mod:`ssmkit.ops.irregular_bank` runs the real modes as complex ones with zero imaginary part (the state stays real).
 """
 
 from __future__ import annotations
@@ -29,21 +36,26 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.layers.checks import MARKS, SHAPES, FixedOption, check_flag, check_lr, check_positive_int, parameter_dtype
 from ssmkit.layers.diagonal import DiagonalLTILayer, two_sided_scans
+from ssmkit.layers.irregular import IrregularSampling
 from ssmkit.layers.marks import register_ssm_parameter
-from ssmkit.layers.protocol import with_skip
+from ssmkit.layers.protocol import float32_core, with_skip
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
+from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.backend import get_backend
+from ssmkit.ops.discretize import widen
 from ssmkit.ops.fftconv import bidirectional_conv
+from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_step
 from ssmkit.ops.kernels import vandermonde
 
 
 @register("ema")
-class EMA(DiagonalLTILayer):
+class EMA(IrregularSampling, DiagonalLTILayer):
     """Multi-dimensional damped exponential moving average (Mega's EMA), arXiv 2209.10655 eq. 2-3.
 
     Args:
@@ -126,6 +138,41 @@ class EMA(DiagonalLTILayer):
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         A_bar, B_bar, C = self.directions()
         return A_bar[0], B_bar[0], C[:1]
+
+    def continuous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The causal EMA as H SISO continuous-time systems in nominal time (a sampling period is 1), whose
+        zero-order hold over a unit step is h_t = q h_{t-1} + αβ u_t (q = 1 − αδ): eigenvalues z = log q (H, N) and
+        input vectors z/(q − 1) αβ = −z β/δ (H, N), both real values as complex (the bank's form), and steps Δ = 1
+        (H,). z by the cancellation-free form of the module docstring; in double for a float32 layer."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
+        a, d = widen(self.logit_alpha[0]), widen(self.logit_delta[0])  # (H, N) each
+        z = torch.logsumexp(torch.stack([-a, -d, -a - d]), dim=0) - F.softplus(-a) - F.softplus(-d)  # (H, N): log q
+        B = -z * widen(self.beta[0]) * (1 + torch.exp(-d))  # (H, N): -z β/δ, 1/δ = 1 + e^{-d}
+        zeros = torch.zeros_like(z)
+        return torch.complex(z, zeros), torch.complex(B, zeros), torch.ones_like(z[:, 0])  # (H, N), (H, N), (H,)
+
+    def _irregular_bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`continuous` and the read-out γ/√N (H, N) as complex, in the layer's complex dtype."""
+        z, B, dt = self.continuous()
+        C = self.gamma[0] / math.sqrt(self.d_state)  # (H, N)
+        return z, B, dt, torch.complex(C, torch.zeros_like(C)).to(COMPLEX_OF[self.D.dtype])
+
+    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
+        """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`; module docstring), the real
+        state carried as a complex one with zero imaginary part: (y, final state (B, H, N) real)."""
+        with float32_core(u.device.type):
+            z, B, dt, C = self._irregular_bank()
+            h0 = None if state is None else state.to(COMPLEX_OF[self.D.dtype])  # (B, H, N)
+            y, h = bank_irregular_scan(u, z, B, C, dt, intervals, self.D, "zoh", h0, return_state=return_state,
+                                       backend=backend)
+            return y, (None if h is None else h.real.contiguous())
+
+    def _step_irregular(self, u_t, interval, state):
+        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`)."""
+        with float32_core(u_t.device.type):
+            z, B, dt, C = self._irregular_bank()
+            y, h = bank_irregular_step(u_t, z, B, C, dt, interval, state.to(COMPLEX_OF[self.D.dtype]), self.D, "zoh")
+            return y, h.real.contiguous()
 
     @property
     def n_modes(self) -> int:

@@ -1,14 +1,18 @@
 """Irregularly sampled sequences for continuous-time layers: ``forward(x, state, intervals=)`` and
-``step(x_t, state, interval=)`` (S5 arXiv 2208.04933, S4D arXiv 2206.11893, DSS arXiv 2203.14343, Mamba
-arXiv 2312.00752, Mamba-2 arXiv 2405.21060).
+``step(x_t, state, interval=)`` (S5 arXiv 2208.04933, S4D arXiv 2206.11893, DSS arXiv 2203.14343, LRU arXiv
+2303.06349, Mega's EMA arXiv 2209.10655, DLR arXiv 2212.00768, Mamba arXiv 2312.00752, Mamba-2 arXiv 2405.21060,
+RG-LRU arXiv 2402.19427).
 
 ``intervals`` (B, L) > 0 is the time from the previous sample to each sample in nominal sampling periods (the first
 from the state's instant). Each step is discretised with its own gap τ_t. The LTI layers: x_t = Ā_t x_{t-1} + B̄_t u_t
 with, under ZOH, Ā_t = exp(Δ τ_t Λ) and B̄_t = (Ā_t − 1)/Λ · B (bilinear alike), the exact samples of the layer's
-continuous-time system with the input held over each gap (:mod:`ssmkit.ops.irregular` for a MIMO system, S5;
-:mod:`ssmkit.ops.irregular_bank` for a SISO bank, S4D and DSS). The selective layers: each step's Δ_t times τ_t in
-their own discretisation, exp(τ_t Δ_t A) and τ_t Δ_t B_t. All ones is the regular layer. This mixin does the argument
-handling.
+continuous-time system with the input held over each gap (:mod:`ssmkit.ops.irregular` for a MIMO system, S5 and LRU;
+:mod:`ssmkit.ops.irregular_bank` for a SISO bank, S4D, DSS, EMA and DLR). The layers defined in discrete time (DSS's
+recurrence, LRU, EMA, DLR) are read as the unit-step ZOH of the system with eigenvalues z = log λ (principal branch),
+Ā_t = λ^{τ_t}, B̄_t = (λ^{τ_t} − 1)/(λ − 1) · B̄ (:mod:`ssmkit.ops.irregular_discrete`). The selective layers: each
+step's Δ_t times τ_t in their own discretisation, exp(τ_t Δ_t A) and τ_t Δ_t B_t; RG-LRU's gate a_t the same way,
+a_t^{τ_t} with its input (a_t^{τ_t} − 1)/(a_t − 1) √(1 − a_t²) (its own forward and step, which also take segment
+resets). All ones is the regular layer. This mixin does the argument handling.
 """
 
 from __future__ import annotations

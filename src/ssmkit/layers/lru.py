@@ -22,6 +22,12 @@ own learning rate ``lr`` and no weight decay (minimal-LRU: the "ssm" group at ha
 C and D are trained like every layer's C and D. ``bidirectional`` (an ssmkit extension, not in the paper) adds a
 backward recurrence with the same λ, γ, B and its own C, as S5 does (:mod:`ssmkit.layers.mimo`).
 Backends: ``"chunked"`` (and ``"auto"``) = :func:`ssmkit.ops.mimo.mimo_scan_chunked`; ``"reference"`` = the loop.
+
+Irregular sampling (``forward(..., intervals=)``, ``step(..., interval=)``; :mod:`ssmkit.ops.irregular_discrete`):
+the recurrence is read as the unit-step zero-order hold of dx/ds = z ⊙ x + z/(λ − 1) ⊙ γ B u with z = log λ on the
+principal branch, z = −max(e^ν, 1e-6) + i arg λ (arg in (−π, π], its cut moved 1e-6 past π: the phase e^θ modulo
+2π, :func:`ssmkit.ops.irregular_discrete.principal_angle`), so a gap of τ periods gives
+x_t = λ^τ ⊙ x_{t-1} + (λ^τ − 1)/(λ − 1) ⊙ γ B u_t (τ = 1: the layer; the state keeps its coordinates).
 """
 
 from __future__ import annotations
@@ -42,18 +48,22 @@ from ssmkit.layers.checks import (
     check_positive_int,
     parameter_dtype,
 )
+from ssmkit.layers.irregular import IrregularSampling
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
-from ssmkit.layers.protocol import complex_pairs
+from ssmkit.layers.protocol import complex_pairs, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.discretize import widen
+from ssmkit.ops._checks import COMPLEX_OF
+from ssmkit.ops.discretize import exp_phi, widen
+from ssmkit.ops.irregular import irregular_discretize, irregular_scan, irregular_step
+from ssmkit.ops.irregular_discrete import principal_angle
 
 RATE_FLOOR = 1e-6  # smallest decay rate exp(ν): |λ| <= exp(-1e-6) < 1 in float32
 
 
 @register("lru")
-class LRU(MIMODiagonalLTILayer):
+class LRU(IrregularSampling, MIMODiagonalLTILayer):
     """Linear recurrent unit (LRU), arXiv 2303.06349: one MIMO diagonal recurrence over all channels.
 
     Args:
@@ -173,6 +183,37 @@ class LRU(MIMODiagonalLTILayer):
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         B_bar = torch.exp(self.log_gamma)[:, None] * complex_pairs(self.B)  # (M, H)
         return self.eigenvalues(), B_bar, complex_pairs(self.C)
+
+    def continuous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The recurrence as one continuous-time MIMO system in nominal time (a sampling period is 1) in the
+        coordinates of its state, whose zero-order hold over a unit step is x_t = λ ⊙ x_{t-1} + γ ⊙ B u_t: eigenvalues
+        z = log λ (M,) on the principal branch (module docstring), input matrix z/(λ − 1) ⊙ γ B = γ B/φ(z) (M, H),
+        φ(z) = (e^z − 1)/z, and steps Δ = 1 (M,). Complex128/float64 for a float32 layer (as :meth:`eigenvalues`
+        forms λ)."""
+        self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
+        rate = torch.exp(widen(self.log_nu)).clamp(min=RATE_FLOOR)  # (M,)
+        z = torch.complex(-rate, principal_angle(torch.exp(widen(self.log_theta))))  # (M,): log λ, |Im z| <= π
+        gain = torch.exp(widen(self.log_gamma)) / exp_phi(z)[1]  # (M,): γ/φ(z) = γ z/(λ − 1)
+        return z, gain[:, None] * widen(complex_pairs(self.B)), torch.ones_like(rate)  # (M,), (M, H), (M,)
+
+    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
+        """The system sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular`, with :meth:`continuous`'s
+        z, γ B/φ(z) and Δ = 1; coefficients formed in double and rounded once): (y, final state)."""
+        with float32_core(u.device.type):
+            z, B_tilde, dt = self.continuous()  # (M,), (M, H), (M,)
+            A_bar, gain = irregular_discretize(z, dt, intervals, "zoh")  # (B, L, M) each
+            dtype = COMPLEX_OF[self.D.dtype]
+            return irregular_scan(u, A_bar.to(dtype), gain.to(dtype), B_tilde.to(dtype), complex_pairs(self.C)[0],
+                                  state, self.D, return_state=return_state, backend=backend)
+
+    def _step_irregular(self, u_t, interval, state):
+        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular.irregular_step`)."""
+        with float32_core(u_t.device.type):
+            z, B_tilde, dt = self.continuous()
+            A_bar, gain = irregular_discretize(z, dt, interval, "zoh")  # (B, M) each
+            dtype = COMPLEX_OF[self.D.dtype]
+            return irregular_step(u_t, A_bar.to(dtype), gain.to(dtype), B_tilde.to(dtype), complex_pairs(self.C)[0],
+                                  state, self.D)
 
     @property
     def n_modes(self) -> int:

@@ -30,6 +30,16 @@ State (:class:`RGLRUState`): ``conv`` (B, D, 3) the last three convolution input
 the latest segment start zeroed (so a chunk boundary within three steps of a reset continues exactly: recurrentgemma
 keeps them and would let the next step see across the reset); ``h`` (B, D) the RG-LRU state, in the parameters'
 dtype (float32, float64 for a float64 layer), also under autocast, where only W_x, W_y and W_out run in bf16/fp16.
+
+Irregular sampling (``forward(..., intervals=)``, ``step(..., interval=)``; not in the paper; as Mamba's,
+docs/design.md): each step's recurrence is read as the unit-step zero-order hold of its own gate,
+dh/ds = log a_t h + log a_t/(a_t − 1) √(1 − a_t²) i_t x_t, so a gap of τ_t periods gives
+
+    h_t = a_t^{τ_t} h_{t-1} + (a_t^{τ_t} − 1)/(a_t − 1) √(1 − a_t²) i_t x_t
+
+(:func:`ssmkit.ops.irregular_discrete.rglru_irregular`; τ = 1: the layer). The decay is exact in the elapsed time and
+the input is held over the gap, as LRU's with intervals; the gates and the short convolution stay functions of the
+samples (they have no time constant to scale). Segment resets keep their meaning (a_t = 0, input i_t x_t).
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.shortconv import ShortConv
 from ssmkit.layers.state import TensorSpec, exportable_state
+from ssmkit.ops.irregular import check_intervals
+from ssmkit.ops.irregular_discrete import rglru_irregular, rglru_irregular_step
 from ssmkit.ops.rows import apply_linear, plain_module
 from ssmkit.ops.rglru import rglru, rglru_step
 
@@ -146,6 +158,9 @@ class RGLRU(SequenceLayer):
     }
     backends: ClassVar[tuple[str, ...]] = ("reference", "chunked", "native")
     block_defaults: ClassVar[BlockDefaults] = BlockDefaults(activation=None, mixer_out=None)
+    # intervals (module docstring), declared here and not by the IrregularSampling mixin: its forward and step have
+    # no segment resets, which this layer's take beside the intervals
+    takes_intervals: ClassVar[bool] = True
 
     # the constructor options, fixed at construction (checks.FixedOption: assigned later, each was ignored,
     # half-applied or broke the layer)
@@ -265,8 +280,10 @@ class RGLRU(SequenceLayer):
         state: RGLRUState | None = None,
         return_state: bool = True,
         resets: torch.Tensor | None = None,
+        *,
+        intervals: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RGLRUState | None]:
-        """Run the block over a whole sequence (the protocol's ``forward``, plus segment starts).
+        """Run the block over a whole sequence (the protocol's ``forward``, plus segment starts and sampling times).
 
         Args:
             x: (B, L, H) real input, H = ``d_model``.
@@ -274,6 +291,8 @@ class RGLRU(SequenceLayer):
             return_state: compute and return the final state.
             resets: (B, L) bool, True at the first step of a segment (state and convolution do not reach across
                 it), or None for no resets.
+            intervals: None (regular sampling), or (B, L) real > 0: the time from the previous sample to each sample
+                in nominal sampling periods, the first from the state's instant (module docstring).
 
         Returns:
             y (B, L, H) in x's dtype, and the final state (None when not asked for).
@@ -281,17 +300,22 @@ class RGLRU(SequenceLayer):
         self._check_forward(x, state)
         if resets is not None:
             _check_resets(resets, tuple(x.shape[:2]), x.device, "resets", "(B, L)")
-        return self._forward(x, state, bool(return_state), resets)
+        if intervals is not None:
+            check_intervals(intervals, tuple(x.shape[:2]), x.device)
+        return self._forward(x, state, bool(return_state), resets, intervals)
 
     def step(
-        self, x_t: torch.Tensor, state: RGLRUState, reset: torch.Tensor | None = None
+        self, x_t: torch.Tensor, state: RGLRUState, reset: torch.Tensor | None = None, *,
+        interval: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RGLRUState]:
-        """One recurrent step (the protocol's ``step``, plus a segment start per sequence).
+        """One recurrent step (the protocol's ``step``, plus a segment start per sequence and the gap before it).
 
         Args:
             x_t: (B, H) real input at one time step.
             state: the current state (:class:`RGLRUState`).
             reset: (B,) bool, True for the sequences that start a segment at this step, or None.
+            interval: None (one nominal sampling period), or (B,) real > 0: the time since the previous sample in
+                nominal sampling periods (as ``forward``'s ``intervals``).
 
         Returns:
             y_t (B, H) in x_t's dtype, and the next state.
@@ -299,6 +323,9 @@ class RGLRU(SequenceLayer):
         self._check_step(x_t, state)
         if reset is not None:
             _check_resets(reset, (x_t.shape[0],), x_t.device, "reset", "(B,)")
+        if interval is not None:
+            check_intervals(interval, tuple(x_t.shape[:1]), x_t.device, "interval")
+            return self._step_torch(x_t, state, reset, interval)
         return self._step(x_t, state, reset)
 
     def _gates(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,7 +333,8 @@ class RGLRU(SequenceLayer):
         return torch.sigmoid(self.gate_a(v)), torch.sigmoid(self.gate_x(v))
 
     def _forward(self, x: torch.Tensor, state: RGLRUState | None, return_state: bool,
-                 resets: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState | None]:
+                 resets: torch.Tensor | None = None,
+                 intervals: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState | None]:
         backend = self._backend()  # auto: the C kernel (gates and scan in one pass) on the CPU where it runs
         dtype = self.Lambda.dtype
         u = x.to(dtype)
@@ -316,7 +344,10 @@ class RGLRU(SequenceLayer):
         with float32_core(x.device.type):
             v, conv_last = self.conv(z.to(dtype), conv0, return_state, resets)  # (B, L, D)
             r, i = self._gates(v)  # (B, L, D) each
-            h, h_last = rglru(v, r, i, self.Lambda, self.c, h0, resets, backend=backend)  # (B, L, D), (B, D)
+            if intervals is None:
+                h, h_last = rglru(v, r, i, self.Lambda, self.c, h0, resets, backend=backend)  # (B, L, D), (B, D)
+            else:  # each gate held over its gap (module docstring)
+                h, h_last = rglru_irregular(v, r, i, self.Lambda, self.c, intervals, h0, resets, backend=backend)
         y = apply_linear(self.out, h * g)  # (B, L, H)
         return y.to(x.dtype), (RGLRUState(conv_last, h_last) if return_state else None)
 
@@ -347,9 +378,10 @@ class RGLRU(SequenceLayer):
         )  # (B, D), (B, D, W - 1), (B, D)
         return self.out(out).to(x_t.dtype), RGLRUState(conv1, h)  # (out: h ⊙ g in the parameters' dtype)
 
-    def _step_torch(self, x_t: torch.Tensor, state: RGLRUState,
-                    reset: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState]:
-        """One step in PyTorch ops (the reference of the fused step, and the step that records gradients)."""
+    def _step_torch(self, x_t: torch.Tensor, state: RGLRUState, reset: torch.Tensor | None = None,
+                    interval: torch.Tensor | None = None) -> tuple[torch.Tensor, RGLRUState]:
+        """One step in PyTorch ops (the reference of the fused step, the step that records gradients, and the step
+        after a gap ``interval`` (B,))."""
         dtype = self.Lambda.dtype
         u = x_t.to(dtype)
         g = F.gelu(self.in_gate(u), approximate="tanh")  # (B, D)
@@ -360,7 +392,10 @@ class RGLRU(SequenceLayer):
                 conv0 = conv0 * ~reset[:, None, None]  # (B, D, W-1): the past of a new segment is zero
             v, conv1 = self.conv.step(z.to(dtype), conv0)  # (B, D)
             r, i = self._gates(v)  # (B, D) each
-            h = rglru_step(v, r, i, self.Lambda, self.c, h0, reset)  # (B, D)
+            if interval is None:
+                h = rglru_step(v, r, i, self.Lambda, self.c, h0, reset)  # (B, D)
+            else:
+                h = rglru_irregular_step(v, r, i, self.Lambda, self.c, interval, h0, reset)  # (B, D)
         y = self.out(h * g)  # (B, H)
         return y.to(x_t.dtype), RGLRUState(conv1, h)
 

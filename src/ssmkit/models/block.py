@@ -222,7 +222,8 @@ class Block(nn.Module):
                 positions only (see ``_normalize``). The outputs at the padding are unspecified.
             intervals: (B, L) real > 0, or None (regular sampling): the time from the previous sample to each sample
                 in nominal sampling periods, handed to a layer that declares ``takes_intervals`` (S5, S4D, DSS,
-                Mamba, Mamba-2: :mod:`ssmkit.layers.irregular`); a ``ValueError`` for any other layer.
+                LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU: :mod:`ssmkit.layers.irregular`); a ``ValueError`` for any other
+                layer.
 
         Returns:
             y: (B, L, H) in x's dtype; and the layer's final state (None when ``return_state`` is False).

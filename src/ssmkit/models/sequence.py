@@ -275,8 +275,8 @@ class SequenceModel(nn.Module):
             return_state: compute and return the final block states (False skips that work; training needs none).
             intervals: (B, L) real > 0, or None (regular sampling): for an irregularly sampled sequence, the time from
                 the previous sample to each sample in nominal sampling periods, handed to every block's layer (each
-                must declare ``takes_intervals``: S5, S4D, DSS, Mamba, Mamba-2; a ``ValueError`` otherwise). Not for pair
-                models.
+                must declare ``takes_intervals``: S5, S4D, DSS, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU; a ``ValueError``
+                otherwise). Not for pair models.
 
         Returns:
             out: (B, d_output) when pooled, else (B, L, d_output), in x's dtype for a real x outside autocast (as the

@@ -293,8 +293,8 @@ class DeepWiener(nn.Module):
             intervals: None (samples every Ts), or (B, L) real > 0: the time from the previous sample to each
                 sample in units of the sampling time Ts, (t_k − t_{k−1}) / Ts, for data with missing or irregular
                 samples; each block's continuous-time system is sampled at those times with the input held over each
-                gap (layers that declare ``takes_intervals``: S5, S4D, and Mamba, Mamba-2 with ``time_varying``,
-                whose Δ_t is scaled by the gap; a ValueError otherwise).
+                gap (layers that declare ``takes_intervals``: S5, S4D, DSS, LRU, EMA, DLR, and Mamba, Mamba-2,
+                RG-LRU with ``time_varying``, whose Δ_t or gate is scaled by the gap; a ValueError otherwise).
 
         Returns:
             y (B, L, p) in u's dtype (the parameters' for integer u), and the list of final block states (None when

@@ -34,6 +34,19 @@ Validation simulates every record that holds a block from its start (the encoder
 ``encoder_window`` samples) and scores the blocks only, so the held-out samples are reached after a long free run,
 as the test record's samples are.
 
+Irregularly sampled records (``IORecord.t``; :attr:`ssmkit.sysid.records.IORecord.intervals`): a training window
+carries the intervals of its samples, τ_k = (t_k − t_{k−1}) / Ts, the first of them the real gap from the sample
+before the window (the state it starts from stands for that instant; τ_0 = 1 at a record's first sample), and the
+model simulates it with ``intervals=`` (each block's continuous-time system sampled at those times); validation and
+:func:`simulate_record` pass a record's intervals the same way. A model whose layers take no intervals is refused
+before training (:func:`ssmkit.layers.irregular.require_intervals`). An initial-state encoder reads its
+``encoder_window`` samples as they come, without their times: it is a learned map, trained end to end on windows of
+the same records (so on their gap patterns), and the simulation after it runs with the real gaps, the first from the
+encoder's last sample. Its estimate cannot tell a short gap from a long one inside its window, so on gaps unlike the
+training records' it is poorer (the error it leaves fades over a stable model's memory); ``encoder_window=0`` with a
+``washout`` starts every window from rest instead. A regularly sampled record (``t`` None) runs exactly as before
+(no intervals; the same arithmetic), also beside irregular ones (its windows then carry gaps of 1).
+
 A model with an ``output_range`` (a saturating sensor) is trained on its unclipped output with measurements at a
 limit treated as censored (:meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`); with ``censor=False`` they are
 scored as measured instead (ŷ − y on both sides: the process itself is taken to stop at the limit, as a tank that
@@ -43,6 +56,7 @@ overflows there does), while the model still clips its simulated output to the r
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 import warnings
@@ -51,6 +65,7 @@ from typing import Any
 
 import torch
 
+from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid.averaging import WeightAverage
 from ssmkit.sysid.metrics import rmse
@@ -259,8 +274,8 @@ def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val
         if cut < min_train or len(r) - cut < min_val:
             raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short to hold out {fraction:.0%} and keep "
                              f"{min_train} samples for training windows: lower window or val_fraction")
-        train.append(IORecord(r.u[:cut], r.y[:cut], r.dt, f"{r.name} [:{cut}]"))
-        val.append(IORecord(r.u[cut:], r.y[cut:], r.dt, f"{r.name} [{cut}:]"))
+        train.append(r.part(0, cut, f"{r.name} [:{cut}]"))  # the sample times cut with them (None: regular)
+        val.append(r.part(cut, len(r), f"{r.name} [{cut}:]"))
     return train, val
 
 
@@ -282,7 +297,8 @@ def _groups(model: DeepWiener, cfg: SimulationFit) -> list[dict]:
 
 def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False) -> tuple[torch.Tensor, int]:
     """Simulate a whole record: from the encoder's state after its first ``encoder_window`` samples (those are then
-    not simulated), or from rest.
+    not simulated), or from rest. An irregularly sampled record is simulated with its intervals (module docstring):
+    from rest with all of them (τ_0 = 1), after the encoder with those of the samples after it.
 
     Args:
         model: the model.
@@ -296,13 +312,36 @@ def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
     u = record.u.to(**to)[None]
     y = record.y.to(**to)[None]
+    tau = None if record.t is None else _model_intervals(model, [record])[0][None]  # (1, L)
     n = 0 if from_rest else model.encoder_window
     if n:
         state = model.estimate_state(u[:, :n], y[:, :n])
-        y_sim, _ = model(u[:, n:], state, return_state=False)
+        if tau is None:
+            y_sim, _ = model(u[:, n:], state, return_state=False)
+        else:
+            y_sim, _ = model(u[:, n:], state, return_state=False, intervals=tau[:, n:])
         return torch.cat([y[0, :n], y_sim[0]]).cpu(), n
-    y_sim, _ = model(u, return_state=False)
+    if tau is None:
+        y_sim, _ = model(u, return_state=False)
+    else:
+        y_sim, _ = model(u, return_state=False, intervals=tau)
     return y_sim[0].cpu(), 0
+
+
+def _model_intervals(model: DeepWiener, records: list[IORecord]) -> list[torch.Tensor]:
+    """Each record's intervals (L,) in the model's dtype on its device (ones for a regularly sampled record), after
+    checking that ``model`` takes intervals: every layer declares ``takes_intervals`` (the ValueError of
+    :func:`ssmkit.layers.irregular.require_intervals`, naming the layers that do), and a model without a DeepWiener's
+    layers (a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`) has a forward with ``intervals``."""
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList):
+        for layer in layers:
+            require_intervals(layer)
+    if "intervals" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"{type(model).__name__}.forward takes no sampling intervals: it cannot simulate irregularly "
+                         "sampled records (IORecord.t); use one DeepWiener whose layers take them")
+    to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
+    return [(torch.ones(len(r), dtype=torch.float64) if r.t is None else r.intervals).to(**to) for r in records]
 
 
 @torch.no_grad()
@@ -491,6 +530,9 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     for r in train:
         if len(r) < cfg.window + n_enc:
             raise ValueError(f"record {r.name!r} has {len(r)} samples, fewer than window + encoder_window = {cfg.window + n_enc}")
+    if any(r.t is not None for r in list(train) + list(val or [])):
+        _model_intervals(model, [])  # a model that cannot take intervals is refused here, before training
+    taus = _model_intervals(model, train) if any(r.t is not None for r in train) else None
     masks, pairs = _block_windows(train, blocks, cfg.window, n_enc) if blocks else (None, None)
     if masks is None:
         model.set_normalisation([r.u for r in train], [r.y for r in train])
@@ -532,7 +574,11 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         u_b = torch.stack([us[i][o: o + n_enc + cfg.window] for i, o in drawn])
         y_b = torch.stack([ys[i][o: o + n_enc + cfg.window] for i, o in drawn])
         state = model.estimate_state(u_b[:, :n_enc], y_b[:, :n_enc]) if n_enc else None
-        y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False)
+        if taus is None:
+            y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False)
+        else:  # the gaps of the simulated samples, the first from the sample before them
+            tau_b = torch.stack([taus[i][o + n_enc: o + n_enc + cfg.window] for i, o in drawn])
+            y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False, intervals=tau_b)
         err = (model.censored_error(y_hat, y_b[:, n_enc:]) if cfg.censor else y_hat - y_b[:, n_enc:]) / model.y_std
         square = err ** 2
         if levels is not None:  # (B, window, p): w where the measured output is at or above its output's level

@@ -6,6 +6,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ssmkit.utils import check_sampling_time, distinct_names
@@ -13,16 +14,25 @@ from ssmkit.utils import check_sampling_time, distinct_names
 
 @dataclass
 class IORecord:
-    """One experiment: an input and the measured output, sampled every ``dt`` seconds.
+    """One experiment: an input and the measured output, sampled every ``dt`` seconds, or at the times ``t``.
+
+    Irregular sampling (``t`` given): sample k is taken at t_k seconds, and the model is simulated with the intervals
+    τ_k = (t_k − t_{k−1}) / Ts in units of the nominal sampling time Ts = ``dt`` (:attr:`intervals`; the layers'
+    ``intervals=``, docs/design.md "Stop 61"): each sample's input u_k is held over the gap (t_{k−1}, t_k] that ends
+    at it, the SSM convention x_k = Ā_k x_{k−1} + B̄_k u_k. The time before the first sample is not known: τ_0 = 1
+    (a start from rest one nominal period before it, as the S5 code's irregular experiments prepend a 1).
 
     Args:
         u: (L, m) inputs, float64, physical units.
         y: (L, p) outputs, float64, physical units.
-        dt: the sampling time Ts (s).
+        dt: the sampling time Ts (s); with ``t``, the nominal one, the unit of the intervals.
         name: where it comes from (file, level, seed).
         period: P when the input is periodic with P samples and the record holds a whole number L / P of its
             periods (a multisine test); None otherwise. Enables the periodic-steady-state score
-            (:func:`ssmkit.sysid.workflow.periodic_steady_state`); the official score does not use it.
+            (:func:`ssmkit.sysid.workflow.periodic_steady_state`); the official score does not use it. Regular
+            records only (None with ``t``).
+        t: None (sample k at k · ``dt``), or (L,) the sample times in seconds, strictly increasing and finite
+            (stored as a float64 tensor on the CPU; any origin).
     """
 
     u: torch.Tensor
@@ -30,6 +40,7 @@ class IORecord:
     dt: float
     name: str = ""
     period: int | None = None
+    t: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for which in ("u", "y"):
@@ -45,9 +56,83 @@ class IORecord:
             if isinstance(p, bool) or not isinstance(p, int) or p < 1 or self.u.shape[0] % p:
                 raise ValueError(f"period must be None or an int P >= 1 dividing the record's length "
                                  f"{self.u.shape[0]} (a whole number of periods); got {p!r}")
+        if self.t is not None:
+            self.t = _sample_times(self.t, self.u.shape[0], self.name)
+            if self.period is not None:
+                raise ValueError(f"record {self.name!r}: period needs a regularly sampled record (P samples per "
+                                 f"period); this one has sample times t: give period=None")
+            _gaps(self.t, self.dt, self.name)  # every τ_k finite and > 0 in units of dt, not only the times
 
     def __len__(self) -> int:
         return self.u.shape[0]
+
+    @property
+    def irregular(self) -> bool:
+        """Whether the record has sample times ``t`` (then it is simulated with :attr:`intervals`)."""
+        return self.t is not None
+
+    @property
+    def intervals(self) -> torch.Tensor | None:
+        """The sampling intervals in units of ``dt``: (L,) float64 τ_k = (t_k − t_{k−1}) / dt for k ≥ 1 and τ_0 = 1
+        (the class docstring), on the CPU; None for a regularly sampled record (``t`` None: every τ_k is 1, and the
+        model is run without intervals)."""
+        return None if self.t is None else _gaps(self.t, self.dt, self.name)
+
+    def part(self, start: int, stop: int, name: str) -> "IORecord":
+        """Samples [start, stop) as a record of their own (the same ``dt``, the times ``t`` cut with them, no
+        ``period``). Its τ_0 is 1 again: a part simulated from rest starts one nominal period before its first
+        sample; one whose state an encoder estimates from its first samples keeps the real gaps after them.
+
+        Args:
+            start: the first sample.
+            stop: one past the last.
+            name: the part's name.
+
+        Returns:
+            the record.
+        """
+        t = None if self.t is None else self.t[start:stop]
+        return IORecord(self.u[start:stop], self.y[start:stop], self.dt, name, t=t)
+
+
+def _sample_times(t, length: int, name: str) -> torch.Tensor:
+    """``t`` as an (L,) float64 CPU tensor of strictly increasing finite times, or a ValueError naming the record
+    and what was expected."""
+    where = f"record {name!r}: " if name else ""
+    if isinstance(t, torch.Tensor):
+        times = t.detach().cpu()
+    else:  # a NumPy array or a list: read as given (a list of floats would become float32 through torch)
+        try:
+            times = torch.from_numpy(np.array(t))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}t must be None or the (L,) sample times in seconds, L = {length}; got "
+                             f"{type(t).__name__} ({error})") from None
+    if times.is_complex() or times.dtype == torch.bool:  # what is left is floating or integer: real times
+        raise ValueError(f"{where}t must be None or the (L,) real sample times in seconds; got dtype {times.dtype}")
+    times = times.to(torch.float64)
+    if tuple(times.shape) != (length,):
+        raise ValueError(f"{where}t must be None or the (L,) sample times in seconds, one per sample of u and y "
+                         f"(L = {length}); got shape {tuple(times.shape)}")
+    bad = ~torch.isfinite(times)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{where}t must hold finite sample times; t[{k}] = {float(times[k])}")
+    steps = times[1:] - times[:-1]
+    if bool((steps <= 0).any()):
+        k = int((steps <= 0).nonzero()[0, 0]) + 1
+        raise ValueError(f"{where}t must increase strictly (one time per sample, in order); t[{k}] = "
+                         f"{float(times[k]):.10g} s follows t[{k - 1}] = {float(times[k - 1]):.10g} s")
+    return times
+
+
+def _gaps(t: torch.Tensor, dt: float, name: str) -> torch.Tensor:
+    """τ (L,) of :attr:`IORecord.intervals`: 1, then (t_k − t_{k−1}) / dt; a ValueError where a gap over dt is not
+    a finite number > 0 (it underflowed or overflowed)."""
+    tau = torch.cat([torch.ones(1, dtype=torch.float64), (t[1:] - t[:-1]) / dt])
+    if not bool(torch.isfinite(tau).all()) or not bool((tau > 0).all()):
+        raise ValueError(f"record {name!r}: the gaps of t over dt = {dt} s must be finite and > 0 (intervals in "
+                         f"nominal sampling times); got min {float(tau.min()):.6g}, max {float(tau.max()):.6g}")
+    return tau
 
 
 # what one published number is on a benchmark of p > 1 outputs (``Published.aggregate``): its name in the report and

@@ -20,6 +20,11 @@ System Identification Toolbox or python-control user expects them:
   shortest test record; ``n_init=0`` simulates from rest and scores every sample.
 - Sampling: one uniform Ts in seconds for every record; a time column must be uniform to :data:`TIME_TOLERANCE` of Ts
   (a ValueError names the largest deviation otherwise) and gives Ts = (t[L-1] - t[0]) / (L - 1).
+- Irregular sampling (opt-in: ``from_csv(..., irregular=True)`` with a time column, ``from_arrays(..., t=times)``):
+  the stamps need only increase strictly; the records keep them (``IORecord.t``) and are simulated with their
+  intervals (t_k − t_{k−1}) / Ts, and Ts is the nominal sampling time, by default the median gap
+  (:func:`median_sampling_time`: the typical period of a logger that drops or jitters samples, not moved by a few long
+  gaps as the mean would be). The model's layers must take intervals (S4D, S5, DSS, ...; the default ``s4d`` does).
 - Values: every sample must be a finite number; a NaN, an empty or a non-numeric cell is refused naming its row and
   column (iddata keeps NaNs as missing samples; simulation-error training cannot skip them: fill or cut them first).
 - Units: one unit for every output or one per output; results are reported in it with a scale of 1.
@@ -126,26 +131,32 @@ def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_i
         raise ValueError(f"n_init must be None or an int in [0, {min(lengths)}) (samples of each test record read by "
                          f"the initial-state encoder and not scored; the shortest test record has {min(lengths)}); "
                          f"got {n_init!r}")
-    notes = (f"{source}; inputs {', '.join(input_names)}; outputs {', '.join(output_names)}; Ts = {train[0].dt:g} s; "
+    sampling = f"Ts = {train[0].dt:g} s"
+    if any(r.t is not None for r in train + test):
+        sampling = f"irregularly sampled, nominal Ts = {train[0].dt:g} s (the records keep their sample times)"
+    notes = (f"{source}; inputs {', '.join(input_names)}; outputs {', '.join(output_names)}; {sampling}; "
              f"the first {n_init} samples of each test record are read by the initial-state encoder, not scored")
     return SysidBenchmark(name=name, title=name, train=train, test=test, n_init=n_init, unit=unit, published=[],
                           notes=notes, output_names=output_names, input_names=input_names,
                           input_unit=None if input_unit is None else _units(input_unit))
 
 
-def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str | Sequence[str] = DEFAULT_UNIT,
+def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit: str | Sequence[str] = DEFAULT_UNIT,
                 input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
-                n_init: int | None = None, input_unit: str | Sequence[str | None] | None = None) -> SysidBenchmark:
-    """A benchmark of one measured experiment: inputs ``u`` and outputs ``y`` sampled every ``dt`` seconds, with a
-    test record held out as the module docstring says.
+                n_init: int | None = None, input_unit: str | Sequence[str | None] | None = None,
+                t=None) -> SysidBenchmark:
+    """A benchmark of one measured experiment: inputs ``u`` and outputs ``y`` sampled every ``dt`` seconds (or at the
+    times ``t``), with a test record held out as the module docstring says.
 
     Args:
         u: (L, m) or (L,) the inputs, time first (numpy array, tensor or nested lists; float64 is kept).
         y: (L, p) or (L,) the measured outputs, time first.
-        dt: Ts, the sampling time in seconds.
+        dt: Ts, the sampling time in seconds; with ``t``, the nominal Ts, the unit of the intervals (None: the
+            median gap of ``t``, :func:`median_sampling_time`).
         test: the test data: None, the last :data:`DEFAULT_TEST_FRACTION` (20 %) of the experiment; a number in
-            (0, 1), that fraction of its tail; or a pair ``(u_test, y_test)`` of another experiment at the same Ts
-            (the whole experiment then trains).
+            (0, 1), that fraction of its tail; a pair ``(u_test, y_test)`` of another experiment at the same Ts
+            (the whole experiment then trains); or a triple ``(u_test, y_test, t_test)``, another experiment with its
+            sample times (needed with ``t``).
         name: the benchmark's name and title (reports, ``results.json``).
         unit: the outputs' unit: one string for every output, or p strings, one per output.
         input_names: m names of the inputs (None: ``"u"``, or ``"u1"``, ..., ``"um"``), written into the notes.
@@ -154,27 +165,34 @@ def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str |
             :func:`default_n_init`; 0: simulate from rest and score every sample).
         input_unit: the inputs' unit: None (not stated), one string for every input, or m strings (or None), one
             per input (the report's and ``results.json``'s; the inputs are not rescaled).
+        t: None (sample k at k · ``dt``), or (L,) the sample times in seconds, strictly increasing (irregular
+            sampling, module docstring): the records keep them (``IORecord.t``, split with the samples).
 
     Returns:
         the benchmark: one training record (records named ``name [:cut]`` and ``name [cut:]`` for a tail split, or
         ``name`` and ``name test``), one test record, no published results.
     """
-    dt = check_sampling_time(dt)
+    if t is None or dt is not None:
+        dt = check_sampling_time(dt)  # (None is allowed with t only: the median gap)
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty string; got {name!r}")
     u_a = _as_channels(u, "u")
     y_a = _as_channels(y, "y")
     if u_a.shape[0] != y_a.shape[0]:
         raise ValueError(f"u and y must have one length L (time first); got u {u_a.shape} and y {y_a.shape}")
+    times = None if t is None else _as_times(t, u_a.shape[0], "t")
+    if dt is None:
+        dt = median_sampling_time(times, "t")
     inputs = _names(input_names, u_a.shape[1], "input_names", "u")
     outputs = _names(output_names, y_a.shape[1], "output_names", "y")
     if test is None or isinstance(test, (int, float)) and not isinstance(test, bool):
         fraction = DEFAULT_TEST_FRACTION if test is None else _check_fraction(test, "test")
         (u_tr, y_tr), (u_te, y_te), cut = _split(u_a, y_a, fraction, "the experiment")
-        train = [IORecord(_tensor(u_tr), _tensor(y_tr), dt, f"{name} [:{cut}]")]
-        test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} [{cut}:]")]
+        t_tr, t_te = (None, None) if times is None else (times[:cut], times[cut:])
+        train = [IORecord(_tensor(u_tr), _tensor(y_tr), dt, f"{name} [:{cut}]", t=_times(t_tr))]
+        test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} [{cut}:]", t=_times(t_te))]
         source = f"the last {fraction:.0%} of the experiment held out as the test record"
-    elif isinstance(test, (tuple, list)) and len(test) == 2:
+    elif isinstance(test, (tuple, list)) and len(test) in (2, 3):
         u_te = _as_channels(test[0], "u_test", inputs)
         y_te = _as_channels(test[1], "y_test", outputs)
         if u_te.shape[0] != y_te.shape[0]:
@@ -182,13 +200,36 @@ def from_arrays(u, y, dt: float, test=None, name: str = "user_data", unit: str |
         if u_te.shape[1] != u_a.shape[1] or y_te.shape[1] != y_a.shape[1]:
             raise ValueError(f"the test data must have the training data's m = {u_a.shape[1]} inputs and p = "
                              f"{y_a.shape[1]} outputs; got u_test {u_te.shape} and y_test {y_te.shape}")
-        train = [IORecord(_tensor(u_a), _tensor(y_a), dt, name)]
-        test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} test")]
+        if times is not None and len(test) == 2:
+            raise ValueError("with sample times t, give the test experiment's too: test=(u_test, y_test, t_test)")
+        t_te = _as_times(test[2], u_te.shape[0], "t_test") if len(test) == 3 else None
+        train = [IORecord(_tensor(u_a), _tensor(y_a), dt, name, t=_times(times))]
+        test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} test", t=_times(t_te))]
         source = "a separate test experiment"
     else:
         raise ValueError(f"test must be None (the last {DEFAULT_TEST_FRACTION:.0%} held out), a fraction in (0, 1) "
-                         f"or a pair (u_test, y_test); got {type(test).__name__}")
+                         f"or a pair (u_test, y_test), or a triple (u_test, y_test, t_test) with its sample times; got "
+                         f"{type(test).__name__}")
     return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source, input_unit)
+
+
+def _as_times(t, length: int, which: str) -> np.ndarray:
+    """``t`` as an (L,) float64 array of strictly increasing finite sample times (:func:`check_times`), L =
+    ``length``."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().numpy()
+    try:
+        a = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{which} must be an array of sample times in seconds, (L,); got {type(t).__name__} "
+                         f"({error})") from None
+    if a.shape != (length,):
+        raise ValueError(f"{which} must hold one sample time per sample, shape ({length},); got shape {a.shape}")
+    return check_times(a, which)
+
+
+def _times(t: np.ndarray | None) -> torch.Tensor | None:
+    return None if t is None else _tensor(t)
 
 
 def _units(value):
@@ -335,6 +376,52 @@ def sampling_time(t: np.ndarray, label: str = "time") -> float:
     return float(dt)
 
 
+def check_times(t: np.ndarray, label: str = "time") -> np.ndarray:
+    """Time stamps that may be irregularly spaced, checked: 2 or more, finite and strictly increasing.
+
+    Args:
+        t: (L,) the time stamps in seconds.
+        label: what they are, for the messages (a file and column).
+
+    Returns:
+        t as an (L,) float64 array.
+
+    Raises:
+        ValueError: for fewer than 2 stamps, a non-finite stamp, or a stamp not after the one before it (naming its
+            row and both times).
+    """
+    t = np.asarray(t, dtype=np.float64).ravel()
+    if t.size < 2:
+        raise ValueError(f"{label}: irregular sampling needs 2 or more time stamps; got {t.size}")
+    bad = ~np.isfinite(t)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"{label}: the time stamp of row {k + 1} is {t[k]}: every stamp must be a finite number")
+    steps = np.diff(t)
+    if (steps <= 0).any():
+        k = int(np.argmax(steps <= 0)) + 1
+        raise ValueError(f"{label}: the time stamps must increase strictly; row {k + 1} (t = {t[k]:.10g} s) follows "
+                         f"row {k} (t = {t[k - 1]:.10g} s)")
+    return t
+
+
+def median_sampling_time(t, label: str = "time") -> float:
+    """The nominal Ts of irregularly spaced time stamps: the median of the gaps t[k] - t[k-1] (the period a logger
+    that drops or jitters samples mostly keeps; a few long gaps do not move it, as they would move the mean
+    (t[L-1] - t[0]) / (L - 1) of :func:`sampling_time`). Pooled over several records when given a list of them.
+
+    Args:
+        t: (L,) the time stamps in seconds (:func:`check_times`), or a list of such arrays (one per record).
+        label: what they are, for the messages.
+
+    Returns:
+        Ts in seconds.
+    """
+    stamps = list(t) if isinstance(t, (list, tuple)) and t and not np.isscalar(t[0]) else [t]
+    gaps = np.concatenate([np.diff(check_times(s, label)) for s in stamps])
+    return float(np.median(gaps))
+
+
 def _paths(path, which: str) -> list[pathlib.Path]:
     """One path or a non-empty list of paths as a list of Paths."""
     if isinstance(path, (str, os.PathLike)):
@@ -349,7 +436,7 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
              test_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              test_fraction: float | None = None, delimiter: str | None = None, name: str | None = None,
              unit: str | Sequence[str] = DEFAULT_UNIT, n_init: int | None = None,
-             input_unit: str | Sequence[str | None] | None = None) -> SysidBenchmark:
+             input_unit: str | Sequence[str | None] | None = None, irregular: bool = False) -> SysidBenchmark:
     """A benchmark of experiments stored as CSV files: the ``inputs`` and ``outputs`` columns of each file
     (:func:`read_columns`), sampled every ``dt`` seconds or at the stamps of the ``time`` column, with the test records
     of the module docstring.
@@ -360,7 +447,8 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         outputs: the header names of the p output columns, in order (the report's labels).
         dt: Ts in seconds; give it or ``time``, not both.
         time: the header name of a column of time stamps in seconds (:func:`sampling_time`: uniform to
-            :data:`TIME_TOLERANCE` · Ts, the same Ts in every file to that tolerance; the first file's Ts is kept).
+            :data:`TIME_TOLERANCE` · Ts, the same Ts in every file to that tolerance; the first file's Ts is kept;
+            with ``irregular``, any strictly increasing stamps).
         test_path: a test file, or a list of them, with the same columns (each a whole test record); None: the tail
             of each estimation file.
         test_fraction: without ``test_path``, the tail of each estimation file held out as a test record (None:
@@ -372,6 +460,9 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
             :func:`default_n_init`; 0: from rest).
         input_unit: the inputs' unit: None (not stated), one string for every input, or m strings (or None), one
             per input (the report's and ``results.json``'s; the inputs are not rescaled).
+        irregular: with ``time``, take the stamps as they are (irregular sampling, module docstring): the records
+            keep them (``IORecord.t``) and Ts is the median gap of the estimation files' stamps pooled
+            (:func:`median_sampling_time`); False: they must be uniform (:func:`sampling_time`).
 
     Returns:
         the benchmark: a training record per estimation file (``file [:cut]`` for a tail split, else ``file``), a test
@@ -387,6 +478,9 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
     if (dt is None) == (time is None):
         raise ValueError("give the sampling time: dt (Ts in seconds) or time (the name of a column of time stamps), "
                          f"one of the two; got dt={dt!r}, time={time!r}")
+    if not isinstance(irregular, bool) or irregular and time is None:
+        raise ValueError(f"irregular must be a bool, True only with a time column (time=...): the sample times come "
+                         f"from it; got irregular={irregular!r}, time={time!r}")
     if dt is not None:
         dt = check_sampling_time(dt)
     if time is not None:
@@ -406,28 +500,38 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         raise ValueError(f"name must be None or a non-empty string; got {name!r}")
     wanted = ins + outs + ([time] if time is not None else [])
 
-    def read(p: pathlib.Path) -> tuple[np.ndarray, np.ndarray, float | None]:
+    def read(p: pathlib.Path) -> tuple[np.ndarray, np.ndarray, float | np.ndarray | None]:
+        """(u (L, m), y (L, p), the file's Ts, or with ``irregular`` its checked stamps (L,), or None)."""
         cols = read_columns(p, wanted, delimiter)
-        ts = sampling_time(cols[time], f"{p.name}, column {time!r}") if time is not None else None
-        return np.stack([cols[c] for c in ins], 1), np.stack([cols[c] for c in outs], 1), ts  # (L, m), (L, p)
+        label = f"{p.name}, column {time!r}"
+        ts = None
+        if time is not None:
+            ts = check_times(cols[time], label) if irregular else sampling_time(cols[time], label)
+        return np.stack([cols[c] for c in ins], 1), np.stack([cols[c] for c in outs], 1), ts
 
     experiments = [(p, *read(p)) for p in files]
     tests = [(p, *read(p)) for p in test_files] if test_files is not None else []
-    if time is not None:
+    if irregular:  # the files keep their stamps; Ts is nominal, the median gap of the estimation files
+        dt = median_sampling_time([ts for _, _, _, ts in experiments], "the estimation files' time columns")
+    elif time is not None:
         dt = experiments[0][3]
         for p, _, _, ts in experiments[1:] + tests:
             if abs(ts - dt) > TIME_TOLERANCE * dt:
                 raise ValueError(f"{p.name}'s time column gives Ts = {ts:.10g} s, {files[0].name}'s {dt:.10g} s: every "
                                  "file must be sampled at one Ts (resample first)")
+
+    def stamps(ts, start: int = 0, stop: int | None = None) -> torch.Tensor | None:
+        return _times(ts[start:stop]) if irregular else None  # the record's times (irregular), else None
+
     train, test_records = [], []
-    for p, u, y, _ in experiments:
+    for p, u, y, ts in experiments:
         if fraction is None:
-            train.append(IORecord(_tensor(u), _tensor(y), dt, p.name))
+            train.append(IORecord(_tensor(u), _tensor(y), dt, p.name, t=stamps(ts)))
             continue
         (u_tr, y_tr), (u_te, y_te), cut = _split(u, y, fraction, p.name)
-        train.append(IORecord(_tensor(u_tr), _tensor(y_tr), dt, f"{p.name} [:{cut}]"))
-        test_records.append(IORecord(_tensor(u_te), _tensor(y_te), dt, f"{p.name} [{cut}:]"))
-    test_records += [IORecord(_tensor(u), _tensor(y), dt, p.name) for p, u, y, _ in tests]
+        train.append(IORecord(_tensor(u_tr), _tensor(y_tr), dt, f"{p.name} [:{cut}]", t=stamps(ts, 0, cut)))
+        test_records.append(IORecord(_tensor(u_te), _tensor(y_te), dt, f"{p.name} [{cut}:]", t=stamps(ts, cut)))
+    test_records += [IORecord(_tensor(u), _tensor(y), dt, p.name, t=stamps(ts)) for p, u, y, ts in tests]
     source = (f"{', '.join(p.name for p in files)}; "
               + (f"the last {fraction:.0%} of each file held out as a test record" if fraction is not None
                  else f"test files {', '.join(p.name for p in test_files)}"))

@@ -160,6 +160,9 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     every run (``"average"``) or of the run with the lowest score on each block (``"best"``), and the validation RMSE
     and score are the kept runs' out-of-fold RMSE and NRMSE pooled over the K blocks (each run scored on the block it
     never saw; a cross-validation estimate of one run's error over the whole estimation data, not the ensemble's).
+    Irregularly sampled records (``IORecord.t``) train and validate with their intervals (:mod:`ssmkit.sysid.fit`), by
+    simulation error with tail validation and ``combine="best"``, the first layer from its own initialisation (the
+    other choices are refused with a ValueError).
 
     Args:
         bench: the benchmark.
@@ -196,6 +199,7 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
         raise ValueError(f"data_init_layers must be an int in [1, n_layers = {recipe.n_layers}]; got {layers!r}")
     folds = _check_validation(recipe)
     kfold = folds is not None
+    _check_irregular(bench, recipe, mode)
     if kfold and mode != "simulation":
         raise ValueError("validation='kfold' holds out blocks of outputs, which a predictor reads as inputs "
                          "(y_{t-1}): use validation='tail' in prediction mode")
@@ -272,6 +276,26 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
     return model, history
 
 
+def _check_irregular(bench: SysidBenchmark, recipe: Recipe, mode: str) -> None:
+    """Raise ``ValueError`` for what cannot use irregularly sampled records (``IORecord.t``) yet: prediction mode (its
+    shifted records, :func:`~ssmkit.sysid.prediction.prediction_record`, carry no sample times), a data-driven first
+    layer (its subspace and ARX estimates assume one Ts) and an ensemble result (``WienerEnsemble.forward`` takes no
+    intervals). Regularly sampled benchmarks pass."""
+    irregular = [r.name for r in list(bench.train) + list(bench.test) if r.t is not None]
+    if not irregular:
+        return
+    if mode != "simulation":
+        raise ValueError(f"records {irregular} are irregularly sampled (IORecord.t): train them by simulation error "
+                         f"(mode 'simulation'); mode {mode!r} trains on shifted records that carry no sample times")
+    if recipe.first_layer_init == "data":
+        raise ValueError(f"records {irregular} are irregularly sampled (IORecord.t): first_layer_init='data' estimates "
+                         "poles by subspace or ARX methods that assume one sampling time; use first_layer_init='layer'")
+    if recipe.combine == "average" or recipe.validation == "kfold":
+        raise ValueError(f"records {irregular} are irregularly sampled (IORecord.t): combine='average' and "
+                         "validation='kfold' return a WienerEnsemble, whose forward takes no sampling intervals; use "
+                         "combine='best' with validation='tail'")
+
+
 def _check_recipe_counts(recipe: Recipe) -> None:
     """Raise ``ValueError`` for a count of ``recipe`` that is not an int in its range, before anything compares it
     (a string ``n_layers`` raised TypeError; ``train_records`` and ``folds`` were not read where unused)."""
@@ -319,7 +343,7 @@ def outside_blocks(records: list[IORecord], blocks: list[Block]) -> list[IORecor
         start = 0
         for lo, hi in cuts + [(len(r), len(r))]:
             if lo > start:
-                pieces.append(IORecord(r.u[start:lo], r.y[start:lo], r.dt, f"{r.name}[{start}:{lo}]"))
+                pieces.append(r.part(start, lo, f"{r.name}[{start}:{lo}]"))
             start = max(start, hi)
     return pieces
 

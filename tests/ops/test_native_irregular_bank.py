@@ -172,3 +172,18 @@ def test_threads_give_the_one_thread_result_bit_for_bit(threads, openmp, monkeyp
     monkeypatch.setenv("SSMKIT_NATIVE_OPENMP", openmp)
     for a, b in zip(_grads(fn, args, weight), one):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_real_modes_skip_the_phases_and_match_the_loop(dtype):
+    """Every Im Λ 0 (Mega's EMA runs its real modes so): the kernel's steps take sin 0, cos 1; outputs and gradients
+    (Im Λ's included: the derivative of e^{τΔΛ} is analytic) against the float64 loop."""
+    _kernel_ok(dtype)
+    args = _problem(2, 70, 11, 3, seed=17)
+    args[1] = torch.complex(args[1].real, torch.zeros_like(args[1].real))
+    weight = torch.linspace(-1, 1, 70, dtype=F64).view(1, -1, 1)
+    want = _grads(lambda *a: bank_irregular_scan_reference(*a[:7], "zoh", a[7]), args, weight)
+    got = _grads(lambda *a: bank_unchecked(*a[:7], "zoh", a[7], True), _cast(args, dtype), weight.to(dtype))
+    tol = 1e-11 if dtype == F64 else 1e-5
+    for a, b in zip(got, want):
+        assert (a.to(b.dtype) - b).abs().max() / b.abs().max() < tol

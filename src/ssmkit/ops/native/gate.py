@@ -216,6 +216,8 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
             fast = lambda *a: bank_unchecked(*a[:7], rule, a[7], True)  # noqa: E731
             ref = lambda *a: bank_irregular_scan_reference(*a[:7], rule, a[7])  # noqa: E731
             _compare(fast, ref, args, weight, dtype)
+        # and real modes (every Im Λ 0: Mega's EMA), whose steps skip the sines and cosines
+        _compare(fast, ref, [args[0], (lam.real + 0j).to(cdtype), *args[2:]], weight, dtype)
         return
     elif op == "cauchy_pairs":
         from ssmkit.ops.cauchy import cauchy_pairs_reference

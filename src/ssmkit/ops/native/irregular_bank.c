@@ -137,13 +137,16 @@ static void sincos_libm(vd x, vd *sin_out, vd *cos_out) {
     for (int c = 0; c < W; c++) (*sin_out)[c] = sin(x[c]), (*cos_out)[c] = cos(x[c]);
 }
 
-/* A step's coefficients for one mode of W channels: A = Ar + i Ai, and aux (E = A − 1 for ZOH, q for bilinear); wide:
- * some half phase s Im z / 2 of the step may exceed PHASE_LIMIT (libm's sin and cos then). */
+/* How a step forms its phases' sines and cosines (phase_kind): none (every Im z of the item is 0: real modes, Mega's
+ * EMA; sin 0 and cos 1), the vector polynomials, or libm's (some half phase s Im z / 2 may exceed PHASE_LIMIT). */
+enum { PHASE_NONE, PHASE_VECTOR, PHASE_LIBM };
+
+/* A step's coefficients for one mode of W channels: A = Ar + i Ai, and aux (E = A − 1 for ZOH, q for bilinear). */
 typedef struct {
     vd Ar, Ai, xr, xi;
 } coef_t;
 
-static inline coef_t coefficients(double s, vd zr, vd zi, int bilinear, int wide) {
+static inline coef_t coefficients(double s, vd zr, vd zi, int bilinear, int phase) {
     coef_t c;
     if (bilinear) {
         const vd hr = 1.0 - (0.5 * s) * zr, hi = -(0.5 * s) * zi; /* 1 − s z/2 */
@@ -155,10 +158,12 @@ static inline coef_t coefficients(double s, vd zr, vd zi, int bilinear, int wide
     }
     vd ea, sh, ch;
     const vd em1 = expm1_v(s * zr, &ea);
-    if (wide)
+    if (phase == PHASE_LIBM)
         sincos_libm((0.5 * s) * zi, &sh, &ch);
-    else
+    else if (phase == PHASE_VECTOR)
         sincos_v((0.5 * s) * zi, &sh, &ch);
+    else
+        sh = (vd){0}, ch = splat(1.0);
     const vd s2 = 2.0 * sh * sh; /* 1 − cos θ */
     c.xr = em1 * (1.0 - s2) - s2;  /* Re(e^{sz} − 1) */
     c.xi = ea * (2.0 * sh * ch);   /* Im e^{sz} */
@@ -179,8 +184,10 @@ typedef struct {
     int64_t L, H, N, bilinear;
 } params_t;
 
-/* Whether a step of gap s may have a half phase |s Im z| / 2 beyond PHASE_LIMIT, for zimax = max |Im z| of the item. */
-static inline int wide_phase(double s, double zimax) { return !(0.5 * s * zimax < PHASE_LIMIT); }
+/* The phase_kind of a step of gap s, for zimax = max |Im z| of the item. */
+static inline int phase_kind(double s, double zimax) {
+    return zimax == 0 ? PHASE_NONE : 0.5 * s * zimax < PHASE_LIMIT ? PHASE_VECTOR : PHASE_LIBM;
+}
 
 static double max_abs(const double *v, int64_t n) {
     double m = 0;
@@ -247,12 +254,12 @@ static int forward_item(const real *u, const double *tau, const real *x0, real *
             memcpy(ck + (t / S_SPAN) * 2 * N * W + N * W, xi, sizeof(double) * N * W);
         }
         const double s = (double)tau[b * L + t];
-        const int wide = wide_phase(s, zimax);
+        const int phase = phase_kind(s, zimax);
         const vd uv = load_row(u + (b * L + t) * H + h0, w);
         vd acc = Dv * uv;
         for (int64_t n = 0; n < N; n++) {
             const vd zr = vld(pv + n * W), zi = vld(pv + (N + n) * W);
-            const coef_t c = coefficients(s, zr, zi, (int)P->bilinear, wide);
+            const coef_t c = coefficients(s, zr, zi, (int)P->bilinear, phase);
             vd br, bi;
             input_coef(&c, s, vld(pv + (2 * N + n) * W), vld(pv + (3 * N + n) * W), (int)P->bilinear, &br, &bi);
             const vd a = vld(xr + n * W), e = vld(xi + n * W);
@@ -304,12 +311,12 @@ static int backward_item(const real *u, const double *tau, const real *gy, const
         for (int64_t i = 0; i < nt; i++) {
             const int64_t t = t0 + i;
             const double s = (double)tau[b * L + t];
-            const int wide = wide_phase(s, zimax);
+            const int phase = phase_kind(s, zimax);
             const vd uv = load_row(u + (b * L + t) * H + h0, w);
             const double *xp = xs + i * 2 * NW;
             double *xn = xs + (i + 1) * 2 * NW, *cc = cs + i * 4 * NW;
             for (int64_t n = 0; n < N; n++) {
-                const coef_t c = coefficients(s, vld(pv + n * W), vld(pv + (N + n) * W), (int)bil, wide);
+                const coef_t c = coefficients(s, vld(pv + n * W), vld(pv + (N + n) * W), (int)bil, phase);
                 vd br, bi;
                 input_coef(&c, s, vld(pv + (2 * N + n) * W), vld(pv + (3 * N + n) * W), (int)bil, &br, &bi);
                 const vd a = vld(xp + n * W), e = vld(xp + NW + n * W);

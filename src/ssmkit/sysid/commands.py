@@ -5,13 +5,17 @@
     ssmkit sysid --benchmark f16 --model s4d --data-folder DATA/f16gvt --device cuda
     ssmkit sysid --data run1.csv --inputs u1,u2 --outputs y --dt 0.01 [--test-data run2.csv | --test-fraction 0.2]
     ssmkit sysid --data log.csv --inputs valve --outputs level --time t --unit m --model s4d --out runs/tank
+    ssmkit sysid --data log.csv --inputs valve --outputs level --time t --irregular   # a logger that drops samples
 
 Exactly one of ``--benchmark`` (a named benchmark) and ``--data`` (one or more CSV files with a header row, read by
 :func:`ssmkit.sysid.userdata.from_csv`: the ``--inputs`` and ``--outputs`` columns, comma-separated, sampled every
 ``--dt`` seconds or at the stamps of the ``--time`` column) is given. Your own data are tested on ``--test-data`` files,
 or else on the last ``--test-fraction`` of each file (default 0.2), after an init window of ``--n-init`` samples that
 the initial-state encoder reads (default: 50, at most a tenth of the shortest test record); they train by the generic
-recipe :func:`ssmkit.sysid.recipes.recipe_for_data`, and the report has no published rows.
+recipe :func:`ssmkit.sysid.recipes.recipe_for_data`, and the report has no published rows. A ``--time`` column must
+be uniform unless ``--irregular`` is given: then its stamps need only increase strictly, the records keep them, Ts is
+the median gap and the model simulates each block's continuous-time system at the real sample times
+(``from_csv(..., irregular=True)``; a ``--model`` whose layer takes intervals: s4d, s5, dss, ...).
 
 A test record that is one or more periods of a periodic input (Bouc-Wen's multisine) is scored twice: from rest (the
 official protocol, the headline) and in periodic steady state after ``--steady-state-periods`` periods of the same
@@ -103,7 +107,12 @@ def _parser(prog: str):
                         help="with --data: the output columns' header names, comma-separated (y)")
     parser.add_argument("--dt", type=float, default=None, help="with --data: the sampling time Ts in seconds")
     parser.add_argument("--time", type=str, default=None,
-                        help="with --data: a column of time stamps in seconds, uniformly spaced (instead of --dt)")
+                        help="with --data: a column of time stamps in seconds, uniformly spaced (instead of --dt; any "
+                             "strictly increasing stamps with --irregular)")
+    parser.add_argument("--irregular", action="store_true",
+                        help="with --data and --time: the time stamps may be irregularly spaced (dropped or jittered "
+                             "samples); the model is simulated at the real times, Ts the median gap (default: a "
+                             "non-uniform --time column is refused)")
     parser.add_argument("--test-data", dest="test_data", type=str, nargs="+", default=None,
                         help="with --data: test files with the same columns (default: the tail of each --data file)")
     parser.add_argument("--test-fraction", dest="test_fraction", type=float, default=None,
@@ -222,12 +231,14 @@ DATA_OPTIONS = {"inputs": "--inputs", "outputs": "--outputs", "dt": "--dt", "tim
 def _check_source(parser, cfg) -> None:
     """A usage error unless exactly one of ``--benchmark`` and ``--data`` is given, with the options that go with it:
     ``--data`` needs ``--inputs``, ``--outputs`` and one of ``--dt`` / ``--time``, takes ``--test-data`` or
-    ``--test-fraction`` (not both) and no ``--data-folder``; ``--benchmark`` takes none of the data options."""
+    ``--test-fraction`` (not both), ``--irregular`` only with ``--time``, and no ``--data-folder``; ``--benchmark``
+    takes none of the data options."""
     if (cfg.benchmark is None) == (cfg.data is None):
         parser.error("give exactly one of --benchmark NAME (a named benchmark) and --data FILE.csv [FILE.csv ...] "
                      "(your own data, with --inputs, --outputs and --dt or --time); got "
                      + ("both" if cfg.data is not None else "neither"))
     given = [flag for key, flag in DATA_OPTIONS.items() if cfg.get(key) is not None]
+    given += ["--irregular"] if cfg.irregular else []  # a flag: False when not given
     if cfg.benchmark is not None:
         if given:
             parser.error(f"{', '.join(given)} describe your own data and go with --data, not with --benchmark "
@@ -241,6 +252,9 @@ def _check_source(parser, cfg) -> None:
     if (cfg.dt is None) == (cfg.time is None):
         parser.error("--data needs the sampling time: --dt Ts (seconds) or --time COLUMN (time stamps), one of the "
                      "two; got " + ("both" if cfg.dt is not None else "neither"))
+    if cfg.irregular and cfg.time is None:
+        parser.error("--irregular takes the sample times from a time column: give --time COLUMN (the stamps in "
+                     "seconds) instead of --dt (samples every Ts are regular by definition)")
     if cfg.test_data is not None and cfg.test_fraction is not None:
         parser.error("give --test-data FILE (separate test files) or --test-fraction F (the tail of each file), not "
                      "both")
@@ -264,7 +278,8 @@ def _user_data(parser, cfg):
         bench = from_csv(cfg.data, _columns(cfg.inputs), _columns(cfg.outputs), dt=cfg.dt, time=cfg.time,
                          test_path=cfg.test_data, test_fraction=cfg.test_fraction,
                          delimiter="\t" if cfg.delimiter in ("tab", "\\t") else cfg.delimiter,
-                         name=cfg.name, unit=unit, n_init=cfg.n_init, input_unit=input_unit)
+                         name=cfg.name, unit=unit, n_init=cfg.n_init, input_unit=input_unit,
+                         irregular=cfg.irregular)
     except (ValueError, FileNotFoundError) as error:
         parser.error(f"--data: {error}")
     fraction = None
@@ -272,6 +287,7 @@ def _user_data(parser, cfg):
         fraction = DEFAULT_TEST_FRACTION if cfg.test_fraction is None else cfg.test_fraction
     data = {"files": list(cfg.data), "test_files": cfg.test_data, "test_fraction": fraction,
             "inputs": _columns(cfg.inputs), "outputs": _columns(cfg.outputs), "dt": bench.dt, "time_column": cfg.time,
+            "irregular": cfg.irregular,
             "train_records": [{"name": r.name, "samples": len(r)} for r in bench.train],
             "test_records": [{"name": r.name, "samples": len(r)} for r in bench.test]}
     return bench, data

@@ -5,6 +5,10 @@
 Each member keeps its own normalisation, blocks and initial-state encoder; the ensemble's state is the list of the
 members' states (``[state_1, …, state_k]``, each a DeepWiener state), so ``forward``, ``step``, ``initial_state`` and
 ``estimate_state`` follow the layer protocol exactly as a DeepWiener does and a controller runs ``step`` on line.
+Irregularly sampled data: ``forward(..., intervals=)`` and ``step(..., interval=)`` hand the same gaps (in units of
+the shared Ts) to every member, so the average is that of the members' simulations at the same sample times
+(:meth:`DeepWiener.forward`; every member's layers must take intervals). ``estimate_state`` reads its window without
+times, as a member's encoder does.
 The ensemble is itself a deep Wiener-type model with k parallel branches whose outputs are averaged (a sum of k
 Wiener cascades, scaled by 1/k): every branch is δISS when its LTI blocks are Schur stable, hence so is the average.
 
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from ssmkit.layers.checks import checkpoint_dtype
+from ssmkit.layers.irregular import require_intervals
 from ssmkit.sysid.wiener import DeepWiener
 
 _SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window")
@@ -96,13 +101,17 @@ class WienerEnsemble(nn.Module):
         """The state at rest: one DeepWiener rest state per member."""
         return [m.initial_state(batch_size) for m in self.members]
 
-    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True):
+    def forward(self, u: torch.Tensor, state: list | None = None, return_state: bool = True,
+                intervals: torch.Tensor | None = None):
         """Simulate every member and average: u (B, L, m) -> y (B, L, p), from ``state`` (None: rest).
 
         Args:
             u: (B, L, m) inputs in physical units.
             state: the members' states (``initial_state``, ``estimate_state``, ``step`` or a previous call), or None.
             return_state: also return the final states.
+            intervals: None (samples every Ts), or (B, L) real > 0: the time from the previous sample to each sample
+                in units of Ts, given to every member (:meth:`DeepWiener.forward`); a ValueError naming the layer
+                when a member's layers do not take intervals, before any member runs.
 
         Returns:
             y (B, L, p), the mean of the members' outputs, and the list of their final states (None when not asked).
@@ -110,30 +119,44 @@ class WienerEnsemble(nn.Module):
         if state is None:
             state = [None] * len(self.members)
         self._check_state(state)
+        self._check_takes_intervals(intervals)
+        extra = {} if intervals is None else {"intervals": intervals}
         ys, finals = [], []
         for member, s in zip(self.members, state):
-            y, s = member(u, s, return_state=return_state)
+            y, s = member(u, s, return_state=return_state, **extra)
             ys.append(y)
             finals.append(s)
         return torch.stack(ys).mean(0), (finals if return_state else None)
 
-    def step(self, u_t: torch.Tensor, state: list):
+    def step(self, u_t: torch.Tensor, state: list, interval: torch.Tensor | None = None):
         """One sample: u_t (B, m) -> y_t (B, p), the mean of the members' steps, and the next states.
 
         Args:
             u_t: (B, m) inputs at one sample.
             state: the members' states.
+            interval: None (one Ts since the previous sample), or (B,) real > 0: the time since the previous sample
+                in units of Ts, given to every member (:meth:`DeepWiener.step`).
 
         Returns:
             y_t (B, p) and the next states.
         """
         self._check_state(state)
+        self._check_takes_intervals(interval)
+        extra = {} if interval is None else {"interval": interval}
         ys, nxt = [], []
         for member, s in zip(self.members, state):
-            y, s = member.step(u_t, s)
+            y, s = member.step(u_t, s, **extra)
             ys.append(y)
             nxt.append(s)
         return torch.stack(ys).mean(0), nxt
+
+    def _check_takes_intervals(self, intervals: torch.Tensor | None) -> None:
+        """Raise ``ValueError`` when sampling intervals are given and a layer of any member does not take them
+        (:func:`~ssmkit.layers.irregular.require_intervals`), before any member has run."""
+        if intervals is not None:
+            for member in self.members:
+                for layer in member.layers:
+                    require_intervals(layer)
 
     def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor) -> list:
         """Every member's state after a window of measured data, by its own initial-state encoder.

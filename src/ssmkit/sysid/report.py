@@ -4,6 +4,14 @@ and output) and ``error_spectrum.png`` (amplitude spectra of the measured output
 panel per output); every output labelled with its name and unit (``SysidBenchmark.outputs``, ``.units``), the inputs
 named with theirs where stated (``.inputs``, ``.input_units``).
 
+Irregularly sampled test records (``IORecord.t``): the time axis is the record's sample times from its first sample
+(:func:`time_axis`; ``k · Ts`` for a regular record), and the amplitude spectra are Lomb-Scargle periodograms at the
+sample times (Lomb 1976, Scargle 1982; :func:`lomb_scargle_amplitude`) on the |DFT| / L scale, so a regular record's
+FFT spectrum and an irregular record's read alike (on uniform times they are equal at every frequency below Ts's
+Nyquist), at the frequencies k / (t_{L−1} − t_0 + Ts) below 1 / (2 Ts), Ts the nominal (median) gap
+(:func:`spectrum_frequencies`). report.md says so. The scores weigh every sample alike whatever its gap, as the
+metrics and MATLAB's ``compare`` do (:mod:`ssmkit.sysid.metrics`).
+
 Published results are compared like with like: p per-output values (``Published.rmse`` a tuple) sit in the order of
 this run's values; one number on a benchmark of several outputs is the aggregate ``Published.aggregate`` names, and
 this run's same aggregate gets a row of its own; one number whose source states no aggregate is marked as not
@@ -118,11 +126,96 @@ def output_label(bench: SysidBenchmark, k: int) -> str:
     return f"{bench.outputs[k]} ({bench.units[k]})"
 
 
+def time_axis(record) -> np.ndarray:
+    """A record's sample times in seconds from its first sample: k · Ts for a regularly sampled record, t_k − t_0 for
+    an irregularly sampled one (``IORecord.t``).
+
+    Args:
+        record: an :class:`~ssmkit.sysid.records.IORecord`.
+
+    Returns:
+        (L,) float64 times, the first 0.
+    """
+    if record.t is None:
+        return np.arange(len(record)) * record.dt
+    t = record.t.detach().cpu().numpy().astype(np.float64)
+    return t - t[0]
+
+
+MAX_FREQUENCIES = 1000  # the frequencies of an irregular record's spectrum at most (its cost is samples × frequencies)
+
+
+def spectrum_frequencies(t: np.ndarray, dt: float, most: int = MAX_FREQUENCIES) -> np.ndarray:
+    """The frequencies (Hz) of an irregularly sampled signal's amplitude spectrum: f_k = k / T with T = t_{L−1} −
+    t_0 + Ts, for k >= 1 while f_k < 1 / (2 Ts) (on uniform times, numpy's ``rfftfreq`` of the L samples at Ts without
+    DC and without the Nyquist frequency); with more than ``most`` of them, ``most`` values of k spaced evenly on a log scale (the
+    figure's axes are logarithmic).
+
+    Args:
+        t: (L,) the sample times in seconds, increasing.
+        dt: Ts, the nominal sampling time in seconds.
+        most: the most frequencies returned.
+
+    Returns:
+        the frequencies in Hz, increasing (none when the signal spans less than two nominal periods).
+    """
+    span = float(t[-1] - t[0]) + dt
+    count = int(np.ceil(span / (2 * dt) * (1 - 1e-9))) - 1  # k / span < 1 / (2 Ts), also when t rounds a grid
+    k = np.arange(1, max(count, 0) + 1, dtype=np.float64)
+    if count > most:
+        k = np.unique(np.round(np.geomspace(1, count, most)))
+    return k / span
+
+
+def lomb_scargle_amplitude(t: np.ndarray, x: np.ndarray, f: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """The amplitude spectrum of samples x_j at times t_j by the Lomb-Scargle periodogram (Lomb 1976, Scargle 1982):
+
+        P(ω) = ½ [(Σ x_j cos ω(t_j − τ))² / Σ cos² ω(t_j − τ) + (Σ x_j sin ω(t_j − τ))² / Σ sin² ω(t_j − τ)],
+        tan 2ωτ = Σ sin 2ωt_j / Σ cos 2ωt_j,        amplitude sqrt(P / L),
+
+    the least-squares fit of a cos ωt + b sin ωt to the samples; sqrt(P / L) is |DFT| / L on uniform times at the
+    frequencies k / (L Ts), 0 < k < L / 2 (a sinusoid of amplitude A reads A / 2 there, as in the FFT spectrum). A
+    term whose denominator is 0 (a frequency at which every sample sits on a zero of the sine) counts 0. Several
+    signals at the same times share the cosines and sines (the cost is L × frequencies of each).
+
+    Args:
+        t: (L,) the sample times in seconds (relative to the first sample keeps ωt small).
+        x: (L,) the samples, or several signals at those times as the columns of an array of L rows (the caller
+            removes a mean: no offset is fitted).
+        f: the frequencies in Hz.
+        chunk: frequencies formed at once (memory chunk × L doubles per array).
+
+    Returns:
+        one amplitude per frequency (a row of one per signal for several), in x's unit.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty((len(f),) + x.shape[1:])
+    for lo in range(0, len(f), chunk):
+        w = 2 * np.pi * np.asarray(f[lo: lo + chunk], dtype=np.float64)[:, None]  # (chunk, 1)
+        c, s = np.cos(w * t), np.sin(w * t)
+        xc, xs = c @ x, s @ x
+        cc, ss, cs = (c * c).sum(1), (s * s).sum(1), (c * s).sum(1)
+        two_tau = np.arctan2(2 * cs, cc - ss)  # 2ωτ
+        ct, st = np.cos(two_tau / 2), np.sin(two_tau / 2)
+        if x.ndim == 2:  # sums of every signal against the coefficients of their frequency
+            ct, st, cc, ss, cs = (a[:, None] for a in (ct, st, cc, ss, cs))  # one column per signal
+        num_c, num_s = ct * xc + st * xs, ct * xs - st * xc
+        den_c = ct * ct * cc + 2 * ct * st * cs + st * st * ss
+        den_s = ct * ct * ss - 2 * ct * st * cs + st * st * cc
+        tiny = 1e-12 * len(t)
+        power = 0.5 * (np.where(den_c > tiny, num_c ** 2 / np.maximum(den_c, tiny), 0.0)
+                       + np.where(den_s > tiny, num_s ** 2 / np.maximum(den_s, tiny), 0.0))
+        out[lo: lo + chunk] = np.sqrt(power / len(t))
+    return out
+
+
 def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     """The measured output, the simulation and their difference over time, one panel (row) per test record and
     output, record by record (record i, output k in row i·p + k), each in the output's reporting unit
-    (data × ``bench.scales[k]``), titled with the record's and the output's names, the unit on the y axis; the init
-    window shaded; the figure's title names the inputs (:func:`inputs_text`).
+    (data × ``bench.scales[k]``), titled with the record's and the output's names, the unit on the y axis, against the
+    time from the record's first sample (:func:`time_axis`: its sample times when irregularly sampled); the init
+    window shaded up to the first scored sample; the figure's title names the inputs (:func:`inputs_text`).
 
     Args:
         bench: the benchmark (its test records, outputs, units, scales and init window).
@@ -136,14 +229,14 @@ def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     rows = len(bench.test) * p
     fig, axes = plt.subplots(rows, 1, figsize=(11, 3 * rows), squeeze=False)
     for i, (r, y_sim) in enumerate(zip(bench.test, sims)):
-        t = np.arange(len(r)) * r.dt
+        t = time_axis(r)
         for k, scale in enumerate(bench.scales):
             ax = axes[i * p + k, 0]
             ax.plot(t, r.y[:, k].numpy() * scale, label="measured", lw=1)
             ax.plot(t, y_sim[:, k].numpy() * scale, label="simulated", lw=1)
             ax.plot(t, (y_sim[:, k] - r.y[:, k]).numpy() * scale, label="error", lw=0.8)
             if bench.n_init:
-                ax.axvspan(0, bench.n_init * r.dt, color="0.9", label="init window (not scored)")
+                ax.axvspan(0, t[bench.n_init], color="0.9", label="init window (not scored)")
             ax.set(title=f"{bench.title}: {r.name}, {bench.outputs[k]}", xlabel="time (s)", ylabel=bench.units[k])
             ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(f"{bench.title}: simulated from the measured {inputs_text(bench)}")
@@ -154,7 +247,9 @@ def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
 def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     """Amplitude spectra |DFT| / L after the init window of the measured output (its mean removed) and of the
     simulation error, one panel (row) per output holding every test record's two curves, in the output's reporting
-    unit; DC left out; the figure's title names the inputs (:func:`inputs_text`).
+    unit; DC left out; an irregularly sampled record's by the Lomb-Scargle periodogram at its sample times on the same
+    scale (:func:`lomb_scargle_amplitude` at :func:`spectrum_frequencies`); the figure's title names the inputs
+    (:func:`inputs_text`).
 
     Args:
         bench: the benchmark.
@@ -172,6 +267,13 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
         for r, y_sim in zip(bench.test, sims):
             y = r.y[n:, k].numpy() * scale
             e = (y_sim[n:, k] - r.y[n:, k]).numpy() * scale
+            if r.t is not None:  # at the sample times: Lomb-Scargle on the |DFT| / L scale
+                t = time_axis(r)[n:]
+                f = spectrum_frequencies(t, r.dt)
+                amplitude = lomb_scargle_amplitude(t - t[0], np.stack([y - y.mean(), e], 1), f)
+                ax.loglog(f, amplitude[:, 0], lw=0.8, label=f"measured, {r.name} (Lomb-Scargle)")
+                ax.loglog(f, amplitude[:, 1], lw=0.8, label=f"error, {r.name} (Lomb-Scargle)")
+                continue
             f = np.fft.rfftfreq(len(y), r.dt)[1:]  # without DC (the measured mean is removed)
             ax.loglog(f, np.abs(np.fft.rfft(y - y.mean()))[1:] / len(y), lw=0.8, label=f"measured, {r.name}")
             ax.loglog(f, np.abs(np.fft.rfft(e))[1:] / len(y), lw=0.8, label=f"error, {r.name}")
@@ -181,6 +283,25 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     fig.suptitle(f"{bench.title}: simulated from the measured {inputs_text(bench)}")
     fig.tight_layout()
     return fig
+
+
+def irregular_note(names: list[str], plots: bool = True) -> str:
+    """report.md's paragraph on irregularly sampled test records: what the scores weigh and, with the figures, what
+    their time axis and spectra are (module docstring).
+
+    Args:
+        names: the irregularly sampled test records' names.
+        plots: the report has the figures.
+    """
+    text = (f"Irregularly sampled test record{'s' if len(names) > 1 else ''} ({', '.join(names)}): simulated at the "
+            "sample times; the scores weigh every sample alike, whatever its gap.")
+    if plots:
+        text += (" The time axis is the sample times from the record's first sample. The amplitude spectra are "
+                 "Lomb-Scargle periodograms at the sample times on the |DFT| / L scale (a sinusoid of amplitude A "
+                 "reads A / 2), below 1 / (2 Ts) with Ts the nominal (median) gap; what lies above that frequency is not "
+                 "resolved: it aliases into the band, spread out rather than folded at one frequency where the gaps "
+                 "vary much.")
+    return text
 
 
 def _plots(folder: pathlib.Path, bench: SysidBenchmark, sims: list[torch.Tensor]) -> list[str]:
@@ -229,6 +350,8 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
         "test": scores["records"],
         "published": [{"method": p.method, "rmse": list(p.rmse) if p.per_output else p.rmse, "source": p.source,
                        "aggregate": p.aggregate, "record": p.record} for p in bench.published],
+        **({"irregular_test_records": [r.name for r in bench.test if r.t is not None]}
+           if any(r.t is not None for r in bench.test) else {}),
         **run,
     }
     write_text(folder / "results.json", json.dumps(results, indent=2, default=str))
@@ -245,6 +368,9 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
                  "simulated after the same input's periods from rest, and only the record is scored (no measured "
                  "output used). It leaves out the transient of the start from rest that the official protocol "
                  "scores; the official score is the headline.", ""]
+    irregular = [r.name for r in bench.test if r.t is not None]
+    if irregular:
+        text += [irregular_note(irregular, plots), ""]
     written = ["results.json", "report.md"]
     if plots:
         written += _plots(folder, bench, scores["simulations"])

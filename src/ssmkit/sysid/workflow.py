@@ -161,8 +161,9 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     and score are the kept runs' out-of-fold RMSE and NRMSE pooled over the K blocks (each run scored on the block it
     never saw; a cross-validation estimate of one run's error over the whole estimation data, not the ensemble's).
     Irregularly sampled records (``IORecord.t``) train and validate with their intervals (:mod:`ssmkit.sysid.fit`), by
-    simulation error with tail validation and ``combine="best"``, the first layer from its own initialisation (the
-    other choices are refused with a ValueError).
+    simulation error, the first layer from its own initialisation (prediction mode and ``first_layer_init="data"``
+    are refused with a ValueError); restarts, ``combine="average"`` and k-fold validation work as on regular records
+    (a WienerEnsemble hands the intervals to every member; a held-out block is simulated with its record's gaps).
 
     Args:
         bench: the benchmark.
@@ -278,9 +279,9 @@ def train_run(bench: SysidBenchmark, layer: str, recipe: Recipe, train: list[IOR
 
 def _check_irregular(bench: SysidBenchmark, recipe: Recipe, mode: str) -> None:
     """Raise ``ValueError`` for what cannot use irregularly sampled records (``IORecord.t``) yet: prediction mode (its
-    shifted records, :func:`~ssmkit.sysid.prediction.prediction_record`, carry no sample times), a data-driven first
-    layer (its subspace and ARX estimates assume one Ts) and an ensemble result (``WienerEnsemble.forward`` takes no
-    intervals). Regularly sampled benchmarks pass."""
+    shifted records, :func:`~ssmkit.sysid.prediction.prediction_record`, carry no sample times) and a data-driven
+    first layer (its subspace and ARX estimates assume one Ts). Ensembles (``combine="average"``, k-fold) pass: a
+    :class:`~ssmkit.sysid.ensemble.WienerEnsemble` takes intervals. Regularly sampled benchmarks pass."""
     irregular = [r.name for r in list(bench.train) + list(bench.test) if r.t is not None]
     if not irregular:
         return
@@ -290,10 +291,6 @@ def _check_irregular(bench: SysidBenchmark, recipe: Recipe, mode: str) -> None:
     if recipe.first_layer_init == "data":
         raise ValueError(f"records {irregular} are irregularly sampled (IORecord.t): first_layer_init='data' estimates "
                          "poles by subspace or ARX methods that assume one sampling time; use first_layer_init='layer'")
-    if recipe.combine == "average" or recipe.validation == "kfold":
-        raise ValueError(f"records {irregular} are irregularly sampled (IORecord.t): combine='average' and "
-                         "validation='kfold' return a WienerEnsemble, whose forward takes no sampling intervals; use "
-                         "combine='best' with validation='tail'")
 
 
 def _check_recipe_counts(recipe: Recipe) -> None:
@@ -427,8 +424,13 @@ def simulate_test(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulat
 
     Raises:
         ValueError: when the model's initial-state encoder reads more samples than the benchmark leaves unscored
-            (``encoder_window > n_init``): its simulation would hold measured outputs at scored samples.
+            (``encoder_window > n_init``): its simulation would hold measured outputs at scored samples; for a
+            predictor on irregularly sampled test records (``IORecord.t``: its free run takes no sample times).
     """
+    irregular = [r.name for r in bench.test if r.t is not None]
+    if irregular and mode != "simulation":
+        raise ValueError(f"test records {irregular} are irregularly sampled (IORecord.t): a predictor's free run "
+                         f"(mode {mode!r}) takes no sample times; evaluate a simulation model (mode 'simulation')")
     window = getattr(model, "encoder_window", 0)
     if mode == "simulation" and window > bench.n_init:
         raise ValueError(f"the model's encoder_window {window} exceeds the benchmark's init window n_init = "

@@ -332,7 +332,12 @@ def _model_intervals(model: DeepWiener, records: list[IORecord]) -> list[torch.T
     """Each record's intervals (L,) in the model's dtype on its device (ones for a regularly sampled record), after
     checking that ``model`` takes intervals: every layer declares ``takes_intervals`` (the ValueError of
     :func:`ssmkit.layers.irregular.require_intervals`, naming the layers that do), and a model without a DeepWiener's
-    layers (a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`) has a forward with ``intervals``."""
+    layers (a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`) has a forward with ``intervals``.
+
+    The intervals are in units of the *model's* sampling time ``model.dt`` (the unit of its layers' time,
+    :meth:`DeepWiener.forward`): a record whose nominal ``dt`` differs (another file's median gap, arrays given their
+    own Ts) has its intervals scaled by record.dt / model.dt, so its samples are simulated at their real times, not at
+    times stretched by the ratio of the two nominal periods (τ_0, one record period from rest, scales alike)."""
     layers = getattr(model, "layers", None)
     if isinstance(layers, torch.nn.ModuleList):
         for layer in layers:
@@ -341,7 +346,19 @@ def _model_intervals(model: DeepWiener, records: list[IORecord]) -> list[torch.T
         raise ValueError(f"{type(model).__name__}.forward takes no sampling intervals: it cannot simulate irregularly "
                          "sampled records (IORecord.t); use one DeepWiener whose layers take them")
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
-    return [(torch.ones(len(r), dtype=torch.float64) if r.t is None else r.intervals).to(**to) for r in records]
+    return [(torch.ones(len(r), dtype=torch.float64) if r.t is None else _in_model_periods(r, model)).to(**to)
+            for r in records]
+
+
+def _in_model_periods(record: IORecord, model: DeepWiener) -> torch.Tensor:
+    """An irregular record's intervals (L,) float64 in units of ``model.dt``: (t_k − t_{k−1}) / model.dt (τ_0 =
+    record.dt / model.dt); the record's own :attr:`~ssmkit.sysid.records.IORecord.intervals` where the two periods are
+    equal (bit for bit) or the model states none."""
+    own = getattr(model, "dt", None)
+    tau = record.intervals
+    if own is None or float(own) == record.dt:
+        return tau
+    return tau * (record.dt / float(own))
 
 
 @torch.no_grad()

@@ -109,6 +109,7 @@ def _sample_times(t, length: int, name: str) -> torch.Tensor:
                              f"{type(t).__name__} ({error})") from None
     if times.is_complex() or times.dtype == torch.bool:  # what is left is floating or integer: real times
         raise ValueError(f"{where}t must be None or the (L,) real sample times in seconds; got dtype {times.dtype}")
+    given = times.dtype
     times = times.to(torch.float64)
     if tuple(times.shape) != (length,):
         raise ValueError(f"{where}t must be None or the (L,) sample times in seconds, one per sample of u and y "
@@ -122,7 +123,38 @@ def _sample_times(t, length: int, name: str) -> torch.Tensor:
         k = int((steps <= 0).nonzero()[0, 0]) + 1
         raise ValueError(f"{where}t must increase strictly (one time per sample, in order); t[{k}] = "
                          f"{float(times[k]):.10g} s follows t[{k - 1}] = {float(times[k - 1]):.10g} s")
+    check_time_resolution(times, given, where)
     return times
+
+
+# the largest relative error of a gap that rounding narrow floating-point stamps may cause before they are refused
+GAP_RESOLUTION = 1e-4
+
+
+def check_time_resolution(times: torch.Tensor, given, where: str = "") -> None:
+    """Raise ``ValueError`` when sample times ``t`` came as floating-point values narrower than float64 (float32:
+    torch's default) whose rounding may move a gap by more than :data:`GAP_RESOLUTION` of the smallest one: a stamp
+    near |t| is resolved to eps·|t| (float32 at t = 1 000 s: 6e-5 s), so the gaps t_k − t_{k−1}, and with them the
+    intervals the model is simulated with, would be silently off (5.7 % at 1 ms gaps there). Exact stamps (integers,
+    small times) pass.
+
+    Args:
+        times: (L,) float64 strictly increasing times, as converted.
+        given: the dtype they came in (a torch or NumPy dtype).
+        where: the message's prefix (the record's or the argument's name).
+    """
+    narrow = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7, torch.float32: 2.0 ** -23}
+    eps = narrow.get(given) if isinstance(given, torch.dtype) else (
+        float(np.finfo(given).eps) if np.issubdtype(given, np.floating) and np.finfo(given).bits < 64 else None)
+    if eps is None or times.numel() < 2:
+        return
+    resolution = eps * float(times.abs().max())  # a gap's rounding error is at most this
+    smallest = float((times[1:] - times[:-1]).min())
+    if resolution > GAP_RESOLUTION * smallest:
+        raise ValueError(f"{where}t is {given}: its stamps up to |t| = {float(times.abs().max()):.10g} s are resolved "
+                         f"to about {resolution:.3g} s, more than {GAP_RESOLUTION:g} of the smallest gap "
+                         f"({smallest:.3g} s), so the intervals would be silently wrong; give the times as float64 "
+                         "(or a NumPy array or list), or subtract the first time before the conversion")
 
 
 def _gaps(t: torch.Tensor, dt: float, name: str) -> torch.Tensor:

@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ssmkit.sysid.records import IORecord, SysidBenchmark
+from ssmkit.sysid.records import IORecord, SysidBenchmark, check_time_resolution
 from ssmkit.utils import check_sampling_time, distinct_names
 
 DEFAULT_TEST_FRACTION = 0.2  # the tail of each experiment held out as the test record when no test data are given
@@ -217,7 +217,10 @@ def _as_times(t, length: int, which: str) -> np.ndarray:
     """``t`` as an (L,) float64 array of strictly increasing finite sample times (:func:`check_times`), L =
     ``length``."""
     if isinstance(t, torch.Tensor):
+        given = t.dtype
         t = t.detach().cpu().numpy()
+    else:
+        given = getattr(t, "dtype", None)  # a NumPy array's; a list is read in float64
     try:
         a = np.asarray(t, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -225,7 +228,10 @@ def _as_times(t, length: int, which: str) -> np.ndarray:
                          f"({error})") from None
     if a.shape != (length,):
         raise ValueError(f"{which} must hold one sample time per sample, shape ({length},); got shape {a.shape}")
-    return check_times(a, which)
+    a = check_times(a, which)
+    if given is not None:  # float32 stamps may have lost the gaps already (records.check_time_resolution)
+        check_time_resolution(torch.from_numpy(a), given, f"{which}: ")
+    return a
 
 
 def _times(t: np.ndarray | None) -> torch.Tensor | None:

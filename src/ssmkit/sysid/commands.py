@@ -113,6 +113,10 @@ def _parser(prog: str):
                         help="with --data and --time: the time stamps may be irregularly spaced (dropped or jittered "
                              "samples); the model is simulated at the real times, Ts the median gap (default: a "
                              "non-uniform --time column is refused)")
+    parser.add_argument("--hold", choices=("sample", "previous"), default=None,
+                        help="with --data: the input over the gap before sample k: 'sample' (u_k, as given; the "
+                             "default) or 'previous' (u_{k-1}: commands applied at the sample times and held until the "
+                             "next sample, an actuator's zero-order hold; for irregularly sampled logs especially)")
     parser.add_argument("--test-data", dest="test_data", type=str, nargs="+", default=None,
                         help="with --data: test files with the same columns (default: the tail of each --data file)")
     parser.add_argument("--test-fraction", dest="test_fraction", type=float, default=None,
@@ -225,7 +229,7 @@ def validation_in_units(bench, history: dict) -> dict:
 # the options that describe a user's CSV files: given with --benchmark, they would be ignored
 DATA_OPTIONS = {"inputs": "--inputs", "outputs": "--outputs", "dt": "--dt", "time": "--time",
                 "test_data": "--test-data", "test_fraction": "--test-fraction", "n_init": "--n-init", "unit": "--unit",
-                "input_unit": "--input-unit", "name": "--name", "delimiter": "--delimiter"}
+                "input_unit": "--input-unit", "name": "--name", "delimiter": "--delimiter", "hold": "--hold"}
 
 
 def _check_source(parser, cfg) -> None:
@@ -279,7 +283,7 @@ def _user_data(parser, cfg):
                          test_path=cfg.test_data, test_fraction=cfg.test_fraction,
                          delimiter="\t" if cfg.delimiter in ("tab", "\\t") else cfg.delimiter,
                          name=cfg.name, unit=unit, n_init=cfg.n_init, input_unit=input_unit,
-                         irregular=cfg.irregular)
+                         irregular=cfg.irregular, hold=cfg.hold or "sample")
     except (ValueError, FileNotFoundError) as error:
         parser.error(f"--data: {error}")
     fraction = None
@@ -287,7 +291,7 @@ def _user_data(parser, cfg):
         fraction = DEFAULT_TEST_FRACTION if cfg.test_fraction is None else cfg.test_fraction
     data = {"files": list(cfg.data), "test_files": cfg.test_data, "test_fraction": fraction,
             "inputs": _columns(cfg.inputs), "outputs": _columns(cfg.outputs), "dt": bench.dt, "time_column": cfg.time,
-            "irregular": cfg.irregular,
+            "irregular": cfg.irregular, "hold": cfg.hold or "sample",
             "train_records": [{"name": r.name, "samples": len(r)} for r in bench.train],
             "test_records": [{"name": r.name, "samples": len(r)} for r in bench.test]}
     return bench, data

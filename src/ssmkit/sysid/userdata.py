@@ -44,6 +44,7 @@ import torch
 from ssmkit.sysid.records import IORecord, SysidBenchmark, check_time_resolution
 from ssmkit.utils import check_sampling_time, distinct_names
 
+HOLDS = ("sample", "previous")  # which input a model sees over the gap ending at sample k (IORecord.held_previous)
 DEFAULT_TEST_FRACTION = 0.2  # the tail of each experiment held out as the test record when no test data are given
 DEFAULT_N_INIT = 50  # test samples read by the initial-state encoder and not scored (capped at a tenth of the record)
 TIME_TOLERANCE = 1e-3  # the largest deviation of a time stamp from the uniform grid, as a fraction of Ts
@@ -120,10 +121,20 @@ def _split(u: np.ndarray, y: np.ndarray, fraction: float, label: str) -> tuple[t
     return (u[:cut], y[:cut]), (u[cut:], y[cut:]), cut
 
 
+def _check_hold(hold: object) -> None:
+    """Raise ``ValueError`` unless ``hold`` is one of :data:`HOLDS`."""
+    if not isinstance(hold, str) or hold not in HOLDS:
+        raise ValueError(f"hold must be one of {HOLDS} (the input over the gap before sample k: u_k as given, or "
+                         f"u_{{k-1}} held from the previous sample); got {hold!r}")
+
+
 def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_init: int | None,
                input_names: tuple[str, ...], output_names: tuple[str, ...], source: str,
-               input_unit=None) -> SysidBenchmark:
-    """The SysidBenchmark of the user's records, with ``n_init`` checked (or its default) and the notes."""
+               input_unit=None, hold: str = "sample") -> SysidBenchmark:
+    """The SysidBenchmark of the user's records, with ``n_init`` checked (or its default) and the notes; with ``hold``
+    ``"previous"`` every record's inputs held from the previous sample (:meth:`IORecord.held_previous`)."""
+    if hold == "previous":
+        train, test = [r.held_previous() for r in train], [r.held_previous() for r in test]
     lengths = [len(r) for r in test]
     if n_init is None:
         n_init = default_n_init(lengths)
@@ -134,6 +145,8 @@ def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_i
     sampling = f"Ts = {train[0].dt:g} s"
     if any(r.t is not None for r in train + test):
         sampling = f"irregularly sampled, nominal Ts = {train[0].dt:g} s (the records keep their sample times)"
+    if hold == "previous":
+        sampling += "; each input held from its sample until the next (the model sees u_{k-1} over the gap ending at k)"
     notes = (f"{source}; inputs {', '.join(input_names)}; outputs {', '.join(output_names)}; {sampling}; "
              f"the first {n_init} samples of each test record are read by the initial-state encoder, not scored")
     return SysidBenchmark(name=name, title=name, train=train, test=test, n_init=n_init, unit=unit, published=[],
@@ -144,7 +157,7 @@ def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_i
 def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit: str | Sequence[str] = DEFAULT_UNIT,
                 input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
                 n_init: int | None = None, input_unit: str | Sequence[str | None] | None = None,
-                t=None) -> SysidBenchmark:
+                t=None, hold: str = "sample") -> SysidBenchmark:
     """A benchmark of one measured experiment: inputs ``u`` and outputs ``y`` sampled every ``dt`` seconds (or at the
     times ``t``), with a test record held out as the module docstring says.
 
@@ -167,11 +180,15 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
             per input (the report's and ``results.json``'s; the inputs are not rescaled).
         t: None (sample k at k · ``dt``), or (L,) the sample times in seconds, strictly increasing (irregular
             sampling, module docstring): the records keep them (``IORecord.t``, split with the samples).
+        hold: which input acts over the gap before sample k: ``"sample"`` (u_k, the models' convention: inputs as
+            given) or ``"previous"`` (u_{k-1}: commands applied at the sample times and held until the next sample,
+            an actuator's ZOH; :meth:`IORecord.held_previous`, for irregularly sampled logs especially).
 
     Returns:
         the benchmark: one training record (records named ``name [:cut]`` and ``name [cut:]`` for a tail split, or
         ``name`` and ``name test``), one test record, no published results.
     """
+    _check_hold(hold)
     if t is None or dt is not None:
         dt = check_sampling_time(dt)  # (None is allowed with t only: the median gap)
     if not isinstance(name, str) or not name.strip():
@@ -210,7 +227,7 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         raise ValueError(f"test must be None (the last {DEFAULT_TEST_FRACTION:.0%} held out), a fraction in (0, 1) "
                          f"or a pair (u_test, y_test), or a triple (u_test, y_test, t_test) with its sample times; got "
                          f"{type(test).__name__}")
-    return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source, input_unit)
+    return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source, input_unit, hold)
 
 
 def _as_times(t, length: int, which: str) -> np.ndarray:
@@ -442,7 +459,8 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
              test_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              test_fraction: float | None = None, delimiter: str | None = None, name: str | None = None,
              unit: str | Sequence[str] = DEFAULT_UNIT, n_init: int | None = None,
-             input_unit: str | Sequence[str | None] | None = None, irregular: bool = False) -> SysidBenchmark:
+             input_unit: str | Sequence[str | None] | None = None, irregular: bool = False,
+             hold: str = "sample") -> SysidBenchmark:
     """A benchmark of experiments stored as CSV files: the ``inputs`` and ``outputs`` columns of each file
     (:func:`read_columns`), sampled every ``dt`` seconds or at the stamps of the ``time`` column, with the test records
     of the module docstring.
@@ -469,11 +487,14 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         irregular: with ``time``, take the stamps as they are (irregular sampling, module docstring): the records
             keep them (``IORecord.t``) and Ts is the median gap of the estimation files' stamps pooled
             (:func:`median_sampling_time`); False: they must be uniform (:func:`sampling_time`).
+        hold: which input acts over the gap before sample k: ``"sample"`` (u_k, as given) or ``"previous"`` (u_{k-1},
+            commands held from their sample until the next: :meth:`IORecord.held_previous`; see :func:`from_arrays`).
 
     Returns:
         the benchmark: a training record per estimation file (``file [:cut]`` for a tail split, else ``file``), a test
         record per test file or per estimation file's tail (``file [cut:]``), no published results.
     """
+    _check_hold(hold)
     files = _paths(path, "path")
     test_files = None if test_path is None else _paths(test_path, "test_path")
     ins = _column_list(inputs, "inputs")
@@ -541,4 +562,4 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
     source = (f"{', '.join(p.name for p in files)}; "
               + (f"the last {fraction:.0%} of each file held out as a test record" if fraction is not None
                  else f"test files {', '.join(p.name for p in test_files)}"))
-    return _benchmark(train, test_records, name, unit, n_init, tuple(ins), tuple(outs), source, input_unit)
+    return _benchmark(train, test_records, name, unit, n_init, tuple(ins), tuple(outs), source, input_unit, hold)

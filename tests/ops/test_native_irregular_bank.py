@@ -187,3 +187,15 @@ def test_real_modes_skip_the_phases_and_match_the_loop(dtype):
     tol = 1e-11 if dtype == F64 else 1e-5
     for a, b in zip(got, want):
         assert (a.to(b.dtype) - b).abs().max() / b.abs().max() < tol
+
+
+def test_a_steps_decay_is_exact_to_its_own_size_however_small():
+    """e^{τΔΛ} to 1e-15 of its own size down to e^-699 (a mutation probe: Re e^{sz} formed as 1 + Re(e^{sz} − 1) was 0
+    at e^-50, 1.5e-8 off at e^-20): a state decayed from 1 with no input, against numpy's exp."""
+    _kernel_ok(F64)
+    z = np.array([-50 + 7j, -20 - 4.7j, -5 + 1j, -300 - 10j, -699 + 3.1j, -0.1 + 1.5708j, -1e-9 + 1e-9j])
+    lam = torch.tensor(z, dtype=torch.complex128).view(-1, 1)
+    H = lam.shape[0]
+    _, x = bank_unchecked(torch.zeros(1, 1, H, dtype=F64), lam, lam, lam, torch.ones(H, dtype=F64),
+                          torch.ones(1, 1, dtype=F64), None, "zoh", torch.ones(1, H, 1, dtype=torch.complex128), True)
+    assert (np.abs(x[0, :, 0].numpy() - np.exp(z)) / np.abs(np.exp(z))).max() < 1e-15

@@ -216,8 +216,12 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
             fast = lambda *a: bank_unchecked(*a[:7], rule, a[7], True)  # noqa: E731
             ref = lambda *a: bank_irregular_scan_reference(*a[:7], rule, a[7])  # noqa: E731
             _compare(fast, ref, args, weight, dtype)
-        # and real modes (every Im Λ 0: Mega's EMA), whose steps skip the sines and cosines
-        _compare(fast, ref, [args[0], (lam.real + 0j).to(cdtype), *args[2:]], weight, dtype)
+            # and real modes (every Im Λ 0: Mega's EMA), whose ZOH steps skip the sines and cosines, and a real first
+            # mode among complex ones (S4D-Lin's n = 0): a block's phases are judged by all of its modes (after the
+            # loop, this ran the bilinear rule only, which forms no sines: wrong real-mode steps passed it)
+            for modes in (lam.real + 0j, torch.cat([lam[:, :1].real + 0j, lam[:, 1:]], 1)):
+                _compare(fast, ref, [args[0], modes.to(cdtype), *args[2:]], weight, dtype)
+        _smoke_bank_lanes(dtype)
         return
     elif op == "cauchy_pairs":
         from ssmkit.ops.cauchy import cauchy_pairs_reference
@@ -373,6 +377,43 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         _compare(fast, ref, case, weight, dtype)
         if back is not None:
             _compare(*back, case, weight, dtype)
+
+
+def _smoke_bank_lanes(dtype: torch.dtype) -> None:
+    """The irregular bank's ZOH input term of one step, lane by lane: x = (e^z − 1) w from x = 0 with u = 1, Δ = τ = 1
+    and B = Λ = z (w = B/Λ as the kernel's wrapper forms it), against expm1(a) cos b − 2 sin²(b/2) + i e^a sin b in
+    float64 (e^a at a ≥ −700: the kernel's clamp), each lane to 1e-14 (float32: 2e-7) of its |e^z − 1|. The lanes, in
+    blocks of 8 whose half phases b/2 are of one range (the AVX-512 and AVX2 items): Re z from −1e-12 to past the
+    clamp at −700 and half phases at sincos' quadrant edges; half phases of 1e5 to 1.5e6 (the vector reduction's three
+    parts of π/2); half phases past 1.6e6 (libm's sin and cos, every lane of the step); real modes (no sines and
+    cosines); slight phases, 1e-4 to 1e-11 (not the real modes' shortcut). The bank above draws |sz| of 1e-3 to 40
+    only: wrong bits of the vector expm1 and sincos (a dropped Cody-Waite part, a polynomial term, the clamp's masks,
+    libm's lane loop, the real modes' sine) passed it with the float64 kernel 1e-12 to 1e-5 off and the float32 one up
+    to 1e-6 (a mutation probe: 11 mutants of irregular_bank.c that its tests caught, 7 that they missed)."""
+    from ssmkit.ops.native.irregular_bank import bank_unchecked
+
+    q = [(-0.01, 2 * (math.pi / 4 + k * math.pi / 2) - 1e-9) for k in (-2, -1, 0, 1)]
+    lanes = [(-1e-12, 1e-4), (-3e-10, 3e-11), (-0.3466, 0.2), (-0.3465, 1.5707), (-3.0, 2.4), (-20.0, -4.7),
+             (-50.0, 7.0), (-300.0, -10.0), (-800.0, 1.0), (-1000.0, -2.0), (-745.5, 0.0), (-710.0, 3.0), *q]
+    lanes += [(-1e-3, (-1) ** k * (2e5 + 3.9e5 * k)) for k in range(8)]  # half phases 1e5 to 1.5e6
+    lanes += [(-1e-3, (-1) ** k * (3.3e6 + 4.1e5 * k)) for k in range(4)]  # past 1.6e6
+    lanes += [(-1e-3, (-1) ** k * 10.0 ** (8 + k)) for k in range(4)]
+    lanes += [(a, 0.0) for a in (-1e-9, -0.3466, -2.0, -50.0, -699.0, -800.0, -1e-3, -1.5)]  # real: no phases
+    lanes += [(-10.0 ** -k, (-1) ** k * 10.0 ** -(k + 4)) for k in range(8)]  # slight phases, 1e-4 to 1e-11
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    lam = torch.tensor([complex(a, b) for a, b in lanes], dtype=torch.complex128).to(cdtype).view(-1, 1)
+    H = lam.shape[0]
+    with torch.no_grad():
+        _, x = bank_unchecked(torch.ones(1, 1, H, dtype=dtype), lam, lam, lam, torch.ones(H, dtype=dtype),
+                              torch.ones(1, 1, dtype=dtype), None, "zoh", None, True)
+    z = lam.to(torch.complex128)[:, 0]
+    a, b = z.real, z.imag
+    e = torch.complex(torch.expm1(a) * torch.cos(b) - 2 * torch.sin(b / 2) ** 2,
+                      torch.exp(a.clamp_min(-700.0)) * torch.sin(b))
+    want = e * (z / z)  # w = B/Λ = Λ/Λ: 1 to rounding
+    tol = 1e-14 if dtype == torch.float64 else 2e-7
+    if not bool(((x[0, :, 0].to(torch.complex128) - want).abs() <= tol * want.abs()).all().item()):
+        raise RuntimeError("the kernel's result differs from the reference")
 
 
 def _undrawn_layer(build, rand) -> torch.nn.Module:

@@ -167,7 +167,7 @@ static inline coef_t coefficients(double s, vd zr, vd zi, int bilinear, int phas
     const vd s2 = 2.0 * sh * sh; /* 1 − cos θ */
     c.xr = em1 * (1.0 - s2) - s2;  /* Re(e^{sz} − 1) */
     c.xi = ea * (2.0 * sh * ch);   /* Im e^{sz} */
-    c.Ar = 1.0 + c.xr, c.Ai = c.xi;
+    c.Ar = ea * (1.0 - s2), c.Ai = c.xi; /* e^a cos θ: 1 + Re(e^{sz} − 1) lost the relative accuracy of a tiny e^a */
     return c;
 }
 
@@ -186,7 +186,7 @@ typedef struct {
 
 /* The phase_kind of a step of gap s, for zimax = max |Im z| of the item. */
 static inline int phase_kind(double s, double zimax) {
-    return zimax == 0 ? PHASE_NONE : 0.5 * s * zimax < PHASE_LIMIT ? PHASE_VECTOR : PHASE_LIBM;
+    return zimax == 0 ? PHASE_NONE : 0.5 * fabs(s) * zimax < PHASE_LIMIT ? PHASE_VECTOR : PHASE_LIBM;
 }
 
 static double max_abs(const double *v, int64_t n) {

@@ -230,7 +230,7 @@ def _bank_native(u, Lambda, B, C, dt, intervals, D=None, rule="zoh", state=None,
     from ssmkit.ops.native.irregular_bank import bank_unchecked
 
     _check_bank(u, Lambda, B, C, dt, intervals, D, state)
-    if u.dtype in (torch.float32, torch.float64) and prefer_native("bank_irregular", u):
+    if prefer_native("bank_irregular", u):  # (False for a dtype the kernels are not built for)
         return bank_unchecked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state)
     return bank_irregular_scan_chunked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state=return_state,
                                        recurrence_backend="auto")

@@ -216,7 +216,6 @@ static inline void store_row(real *p, vd v, int64_t w) {
 /* Number of items for (B, H), and the doubles of checkpoint buffer an item uses for length L and N modes. */
 int64_t SUFFIX(ib_items)(int64_t Bsz, int64_t H) { return Bsz * ((H + W - 1) / W); }
 int64_t SUFFIX(ib_ckpt_size)(int64_t L, int64_t N) { return ((L + S_SPAN - 1) / S_SPAN) * 2 * N * W; }
-int64_t SUFFIX(ib_lanes)(void) { return W; }
 
 /* Load x (B, H, N) complex of the real type, the item's columns, into xr, xi (N × W doubles); zeros when x is NULL. */
 static void load_state(double *xr, double *xi, const real *x, int64_t b, int64_t h0, int64_t w, const params_t *P) {

@@ -55,10 +55,18 @@ def _run(fns: dict, entry: str, Bsz: int, H: int, args: list) -> None:
                 f"bank_irregular_scan native: the {entry[3:]} could not allocate its buffers")
 
 
+def _ckpt_numel(fns: dict, u: Tensor, M: int, keep: bool) -> int:
+    """The doubles of the forward's checkpoints for u (B, L, H) and M modes: every item's states every 64 steps
+    (none unless ``keep``)."""
+    Bsz, L, H = u.shape
+    return fns["ib_items"](Bsz, H) * fns["ib_ckpt_size"](L, M) if keep else 0
+
+
 def _forward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, x0, keep, bilinear):
     Bsz, L, H = u.shape
+    n_ckpt = _ckpt_numel(bind("irregular_bank.c", u.dtype, SIGNATURES), u, zr.shape[0], keep)
     return [torch.empty_like(u), u.new_empty(Bsz, H, zr.shape[0], dtype=COMPLEX_OF[u.dtype]),
-            u.new_empty(0, dtype=torch.float64)]
+            u.new_empty(n_ckpt, dtype=torch.float64)]
 
 
 @kernel_op("bank_irregular_forward", _forward_fake)
@@ -74,8 +82,7 @@ def _forward_kernel(
     M = zr.shape[0]
     y = torch.empty_like(u)
     xL = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype])
-    n_ckpt = fns["ib_items"](Bsz, H) * fns["ib_ckpt_size"](L, M) if keep else 0
-    ckpt = torch.empty(n_ckpt, dtype=torch.float64)
+    ckpt = torch.empty(_ckpt_numel(fns, u, M, keep), dtype=torch.float64)
     args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(x0), ptr(y), ptr(xL),
             ptr(ckpt) if keep else None, L, H, M, int(bilinear)]
     _run(fns, "ib_forward", Bsz, H, args)

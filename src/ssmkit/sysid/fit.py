@@ -69,6 +69,7 @@ from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid.averaging import WeightAverage
 from ssmkit.sysid.metrics import rmse
+from ssmkit.sysid.prediction import check_period
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener, channel_scale
 from ssmkit.train.schedule import warmup_cosine
@@ -298,7 +299,9 @@ def _groups(model: DeepWiener, cfg: SimulationFit) -> list[dict]:
 def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False) -> tuple[torch.Tensor, int]:
     """Simulate a whole record: from the encoder's state after its first ``encoder_window`` samples (those are then
     not simulated), or from rest. An irregularly sampled record is simulated with its intervals (module docstring):
-    from rest with all of them (τ_0 = 1), after the encoder with those of the samples after it.
+    from rest with all of them (τ_0 = 1), after the encoder with those of the samples after it. A regularly sampled
+    record whose Ts is not the model's ``dt`` is simulated at its real times too, with constant intervals Ts / dt,
+    by a model whose layers take intervals (a continuous-time model read at another rate), and refused by another.
 
     Args:
         model: the model.
@@ -312,7 +315,7 @@ def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
     u = record.u.to(**to)[None]
     y = record.y.to(**to)[None]
-    tau = None if record.t is None else _model_intervals(model, [record])[0][None]  # (1, L)
+    tau = None if _in_step(model, record) else _model_intervals(model, [record], record)[0][None]  # (1, L)
     n = 0 if from_rest else model.encoder_window
     if n:
         state = model.estimate_state(u[:, :n], y[:, :n])
@@ -328,8 +331,15 @@ def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False
     return y_sim[0].cpu(), 0
 
 
-def _model_intervals(model: DeepWiener, records: list[IORecord]) -> list[torch.Tensor]:
-    """Each record's intervals (L,) in the model's dtype on its device (ones for a regularly sampled record), after
+def _in_step(model: DeepWiener, record: IORecord) -> bool:
+    """Whether ``record`` runs in samples, without intervals: it is regularly sampled at the model's ``dt`` (or the
+    model states none)."""
+    own = getattr(model, "dt", None)
+    return record.t is None and (own is None or math.isclose(record.dt, float(own), rel_tol=1e-9))
+
+
+def _model_intervals(model: DeepWiener, records: list[IORecord], why: IORecord | None = None) -> list[torch.Tensor]:
+    """Each record's intervals (L,) in the model's dtype on its device (:func:`_in_model_periods`), after
     checking that ``model`` takes intervals: every layer declares ``takes_intervals`` (the ValueError of
     :func:`ssmkit.layers.irregular.require_intervals`, naming the layers that do), and a model without a DeepWiener's
     layers (a :class:`~ssmkit.sysid.ensemble.WienerEnsemble`) has a forward with ``intervals``.
@@ -339,24 +349,30 @@ def _model_intervals(model: DeepWiener, records: list[IORecord]) -> list[torch.T
     own Ts) has its intervals scaled by record.dt / model.dt, so its samples are simulated at their real times, not at
     times stretched by the ratio of the two nominal periods (τ_0, one record period from rest, scales alike)."""
     layers = getattr(model, "layers", None)
-    if isinstance(layers, torch.nn.ModuleList):
-        for layer in layers:
-            require_intervals(layer)
-    if "intervals" not in inspect.signature(model.forward).parameters:
-        raise ValueError(f"{type(model).__name__}.forward takes no sampling intervals: it cannot simulate irregularly "
-                         "sampled records (IORecord.t); use one DeepWiener whose layers take them")
+    try:
+        if isinstance(layers, torch.nn.ModuleList):
+            for layer in layers:
+                require_intervals(layer)
+        if "intervals" not in inspect.signature(model.forward).parameters:
+            raise ValueError(f"{type(model).__name__}.forward takes no sampling intervals: it cannot simulate "
+                             "irregularly sampled records (IORecord.t); use one DeepWiener whose layers take them")
+    except ValueError as error:
+        if why is None or why.t is not None:
+            raise
+        raise ValueError(f"record {why.name!r} samples every Ts = {why.dt!r} s but the model every dt = "
+                         f"{float(model.dt)!r} s, and its layers cannot run at another rate ({error})") from None
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
-    return [(torch.ones(len(r), dtype=torch.float64) if r.t is None else _in_model_periods(r, model)).to(**to)
-            for r in records]
+    return [_in_model_periods(r, model).to(**to) for r in records]
 
 
 def _in_model_periods(record: IORecord, model: DeepWiener) -> torch.Tensor:
-    """An irregular record's intervals (L,) float64 in units of ``model.dt``: (t_k − t_{k−1}) / model.dt (τ_0 =
-    record.dt / model.dt); the record's own :attr:`~ssmkit.sysid.records.IORecord.intervals` where the two periods are
-    equal (bit for bit) or the model states none."""
+    """A record's intervals (L,) float64 in units of ``model.dt``: (t_k − t_{k−1}) / model.dt (τ_0 = record.dt /
+    model.dt), record.dt / model.dt throughout for a regularly sampled record; the record's own
+    :attr:`~ssmkit.sysid.records.IORecord.intervals` (ones where regular) where the two periods are equal (to
+    1e-9) or the model states none."""
     own = getattr(model, "dt", None)
-    tau = record.intervals
-    if own is None or float(own) == record.dt:
+    tau = record.intervals if record.t is not None else torch.ones(len(record), dtype=torch.float64)
+    if own is None or math.isclose(record.dt, float(own), rel_tol=1e-9):
         return tau
     return tau * (record.dt / float(own))
 
@@ -538,6 +554,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         raise ValueError(f"average must be None or a number in [0, 1); got {cfg.average!r}")
     levels = None if cfg.level_weight is None else _levels(cfg.level_weight[0], model.n_outputs)
     n_enc = model.encoder_window
+    check_period(model, list(train) + list(val or []))
     if blocks is not None:
         if val is not None:
             raise ValueError("give either validation records (val) or held-out blocks, not both")

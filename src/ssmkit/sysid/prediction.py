@@ -14,6 +14,8 @@ tells how much a predictor trained on one-step error loses when it has to simula
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ssmkit.sysid.records import IORecord
@@ -49,6 +51,24 @@ def check_predictor(model: DeepWiener, n_inputs: int, n_outputs: int) -> None:
                          f"got {model.n_inputs} and {model.n_outputs}")
 
 
+def check_period(model: DeepWiener, records: list[IORecord]) -> None:
+    """Raise ``ValueError`` unless every record is sampled every ``model.dt`` (to 1e-9 relative; a model stating no
+    ``dt`` passes): training, and a predictor's one-step and free-run simulation, run sample by sample, so data at
+    another rate would silently stand for the model's (python-control's ``forced_response`` refuses a time grid off
+    a discrete system's dt alike). Irregularly sampled records compare their nominal Ts.
+
+    Args:
+        model: the model (its ``dt``, seconds).
+        records: the records (each its ``dt``).
+    """
+    own = getattr(model, "dt", None)
+    for r in records:
+        if own is not None and not math.isclose(r.dt, float(own), rel_tol=1e-9):
+            raise ValueError(f"the model samples every dt = {float(own)!r} s but record {r.name!r} every Ts = {r.dt!r} "
+                             f"s: build the model with its data's Ts (DeepWiener(..., dt={r.dt!r}); build_model does), "
+                             "or resample the data")
+
+
 @torch.no_grad()
 def predict_one_step(model: DeepWiener, record: IORecord) -> torch.Tensor:
     """One-step-ahead predictions ŷ_t from the measured y_{t-1} (t ≥ 1), from rest; ŷ_0 is the measured y_0.
@@ -61,6 +81,7 @@ def predict_one_step(model: DeepWiener, record: IORecord) -> torch.Tensor:
         ŷ (L, p).
     """
     check_predictor(model, record.u.shape[1], record.y.shape[1])
+    check_period(model, [record])
     shifted = prediction_record(record)
     dtype = model.u_mean.dtype
     y_hat, _ = model(shifted.u.to(device=model.u_mean.device, dtype=dtype)[None], return_state=False)
@@ -83,6 +104,7 @@ def free_run(model: DeepWiener, record: IORecord, n_warm: int = 0) -> torch.Tens
         ŷ (L, p), equal to the measurement in the first ``n_warm`` samples.
     """
     check_predictor(model, record.u.shape[1], record.y.shape[1])
+    check_period(model, [record])
     if not isinstance(n_warm, int) or not 1 <= n_warm < len(record):
         raise ValueError(f"n_warm must be an int in [1, {len(record) - 1}] (samples read from the measurement); got {n_warm!r}")
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}

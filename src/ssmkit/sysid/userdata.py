@@ -54,8 +54,7 @@ DEFAULT_UNIT = "data units"  # the reporting unit when none is given
 def _as_channels(values, which: str, names: Sequence[str] | None = None) -> np.ndarray:
     """``values`` (array-like, (L,) or (L, c)) as an (L, c) float64 array: ValueError for another rank, a time-last
     array, no sample, or a non-finite value (named by row and channel)."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
+    values = _real_numbers(values, which)
     try:
         a = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -75,6 +74,21 @@ def _as_channels(values, which: str, names: Sequence[str] | None = None) -> np.n
         raise ValueError(f"{which} holds {int(bad.sum())} non-finite value(s); the first is {a[row, col]} at row "
                          f"{row}, channel {channel}: fill or cut missing samples first")
     return a
+
+
+def _real_numbers(values, which: str):
+    """``values`` with a tensor as a NumPy array (bfloat16 and other types NumPy lacks widened to float64, exactly);
+    ValueError for complex data (NumPy's float64 conversion would drop the imaginary part with only a warning)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+        if values.is_complex():
+            raise ValueError(f"{which} must be real; got a {values.dtype} tensor")
+        if values.is_floating_point() and values.dtype not in (torch.float16, torch.float32, torch.float64):
+            values = values.to(torch.float64)  # bfloat16, float8: no NumPy type
+        return values.numpy()
+    if np.iscomplexobj(values):
+        raise ValueError(f"{which} must be real; got complex values")
+    return values
 
 
 def _names(names, count: int, which: str, default: str) -> tuple[str, ...]:
@@ -233,11 +247,8 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
 def _as_times(t, length: int, which: str) -> np.ndarray:
     """``t`` as an (L,) float64 array of strictly increasing finite sample times (:func:`check_times`), L =
     ``length``."""
-    if isinstance(t, torch.Tensor):
-        given = t.dtype
-        t = t.detach().cpu().numpy()
-    else:
-        given = getattr(t, "dtype", None)  # a NumPy array's; a list is read in float64
+    given = getattr(t, "dtype", None)  # a tensor's or NumPy array's; a list is read in float64
+    t = _real_numbers(t, which)
     try:
         a = np.asarray(t, dtype=np.float64)
     except (TypeError, ValueError) as error:

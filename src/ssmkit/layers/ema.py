@@ -28,7 +28,7 @@ h_t = q ⊙ h_{t-1} + αβ u_t with q = 1 − αδ ∈ (0, 1) is the unit-step z
 z = log q real (no branch to choose: q > 0), so a gap of τ periods gives h_t = q^τ ⊙ h_{t-1} + (1 − q^τ) β/δ ⊙ u_t
 (τ = 1: αβ; a long gap forgets the state and holds the input at its steady state β/δ). z is formed without
 cancellation, log(1 − σ(a)σ(d)) = log(e^{−a} + e^{−d} + e^{−a−d}) − softplus(−a) − softplus(−d), and the bank of
-:mod:`ssmkit.ops.irregular_bank` runs the real modes as complex ones with zero imaginary part (the state stays real).
+:mod:`ssmkit.ops.irregular_bank` runs them as real modes (real z, B, C and state: its C kernel's real variant).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import float32_core, with_skip
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.backend import get_backend
 from ssmkit.ops.discretize import widen
 from ssmkit.ops.fftconv import bidirectional_conv
@@ -152,27 +151,25 @@ class EMA(IrregularSampling, DiagonalLTILayer):
         return torch.complex(z, zeros), torch.complex(B, zeros), torch.ones_like(z[:, 0])  # (H, N), (H, N), (H,)
 
     def _irregular_bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`continuous` and the read-out γ/√N (H, N) as complex, in the layer's complex dtype."""
+        """:meth:`continuous` as real modes (z, B real (H, N), in double for a float32 layer) and the read-out γ/√N
+        (H, N), real in the layer's dtype."""
         z, B, dt = self.continuous()
-        C = self.gamma[0] / math.sqrt(self.d_state)  # (H, N)
-        return z, B, dt, torch.complex(C, torch.zeros_like(C)).to(COMPLEX_OF[self.D.dtype])
+        return z.real, B.real, dt, self.gamma[0] / math.sqrt(self.d_state)
 
     def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
-        """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`; module docstring), the real
-        state carried as a complex one with zero imaginary part: (y, final state (B, H, N) real)."""
+        """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`; module docstring) as real
+        modes, the state real: (y, final state (B, H, N) real)."""
         with float32_core(u.device.type):
             z, B, dt, C = self._irregular_bank()
-            h0 = None if state is None else state.to(COMPLEX_OF[self.D.dtype])  # (B, H, N)
-            y, h = bank_irregular_scan(u, z, B, C, dt, intervals, self.D, "zoh", h0, return_state=return_state,
+            h0 = None if state is None else state.to(self.D.dtype)  # (B, H, N)
+            return bank_irregular_scan(u, z, B, C, dt, intervals, self.D, "zoh", h0, return_state=return_state,
                                        backend=backend)
-            return y, (None if h is None else h.real.contiguous())
 
     def _step_irregular(self, u_t, interval, state):
-        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`)."""
+        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`), real modes."""
         with float32_core(u_t.device.type):
             z, B, dt, C = self._irregular_bank()
-            y, h = bank_irregular_step(u_t, z, B, C, dt, interval, state.to(COMPLEX_OF[self.D.dtype]), self.D, "zoh")
-            return y, h.real.contiguous()
+            return bank_irregular_step(u_t, z, B, C, dt, interval, state.to(self.D.dtype), self.D, "zoh")
 
     @property
     def n_modes(self) -> int:

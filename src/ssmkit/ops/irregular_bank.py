@@ -15,6 +15,10 @@ activation checkpoint (``torch.utils.checkpoint``, non-reentrant) that keeps onl
 state: memory O(B·L·H + B·T·H·M + B·H·M·L/T), never the (B, L, H, M) tensor; the backward recomputes one chunk at a
 time. The coefficients are formed in double for a single-precision layer and rounded once (e^z turns an absolute
 error of z into a relative one of Ā, as :mod:`ssmkit.ops.discretize`).
+
+Real modes (Mega's EMA, arXiv 2209.10655: :mod:`ssmkit.layers.ema`): Λ, B and C given as real tensors make the bank
+real, with a real state (u's dtype) and Ā = e^z, B̄ = (e^z − 1) B/Λ (ZOH) by expm1, no phases; the C kernel runs them
+in its real variant (no complex arithmetic). Complex tensors whose imaginary parts are 0 stay a complex bank.
 """
 
 from __future__ import annotations
@@ -36,16 +40,19 @@ def bank_irregular_coefficients(
     """Ā_t and B̄_t of every step (module docstring), formed in double and rounded once to ``dtype``.
 
     Args:
-        Lambda: (H, M) complex continuous-time eigenvalues.
-        B: (H, M) complex input vectors.
+        Lambda: (H, M) complex continuous-time eigenvalues (real: real modes).
+        B: (H, M) complex input vectors (real with a real Λ).
         dt: (H,) real positive step per channel.
         intervals: (*T) real positive gaps in nominal sampling periods ((B, T) for a chunk, (B,) for a step).
         rule: ``"zoh"`` or ``"bilinear"``.
-        dtype: the complex dtype of the result.
+        dtype: the dtype of the result: complex, or real for real modes.
 
     Returns:
-        (A_bar, B_bar): each (*T, H, M) complex ``dtype``.
+        (A_bar, B_bar): each (*T, H, M) of ``dtype``.
     """
+    if not Lambda.is_complex():
+        A_bar, B_bar = _real_coefficients(Lambda, B, dt, intervals, rule)
+        return A_bar.to(dtype), B_bar.to(dtype)
     A_re, A_im, B_re, B_im = _coefficient_parts(Lambda, B, dt, intervals, rule)
     return _as_complex(A_re, A_im, dtype), _as_complex(B_re, B_im, dtype)
 
@@ -72,6 +79,23 @@ def _coefficient_parts(
     return A_re, A_im, E_re * W.real - A_im * W.imag, E_re * W.imag + A_im * W.real
 
 
+def _real_coefficients(
+    Lambda: torch.Tensor, B: torch.Tensor, dt: torch.Tensor, intervals: torch.Tensor, rule: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ā and B̄ of every step for real modes (each (*T, H, M), real, in double for single-precision inputs): ZOH
+    Ā = e^z, B̄ = (e^z − 1) B/Λ with e^z − 1 by expm1 (no cancellation for small |z|); bilinear as the complex rule."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
+    wide_dt = widen(dt)
+    step = widen(intervals).to(wide_dt.dtype)[..., None, None] * wide_dt[:, None]  # (*T, H, 1): Δ_h τ_t
+    Lambda, B = widen(Lambda), widen(B)
+    z = step * Lambda  # (*T, H, M)
+    if rule == "bilinear":
+        half = 1 - z / 2
+        return (1 + z / 2) / half, step * B / half
+    return torch.exp(z), torch.expm1(z) * (B / Lambda)
+
+
 def _as_complex(re: torch.Tensor, im: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """re + i·im as a complex ``dtype`` tensor (rounded once from the parts' precision)."""
     real = torch.float32 if dtype == torch.complex64 else torch.float64
@@ -80,32 +104,45 @@ def _as_complex(re: torch.Tensor, im: torch.Tensor, dtype: torch.dtype) -> torch
 
 def _read_out(h: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """Re(Σ_m C_{h,m} x_{..., h, m}) of the states h (..., H, M) in real arithmetic: (..., H)."""
+    if not h.is_complex():  # real modes
+        return (h * C.to(h.dtype)).sum(-1)
     real = torch.view_as_real(h)  # (..., H, M, 2)
     C_pair = torch.stack((C.real, -C.imag), dim=-1).to(real.dtype)  # (H, M, 2)
     return (real * C_pair).sum((-2, -1))
 
 
+def _state_dtype(u: torch.Tensor, Lambda: torch.Tensor) -> torch.dtype:
+    """The state's dtype: u's complex dtype for complex modes, u's dtype for real ones."""
+    return COMPLEX_OF[u.dtype] if Lambda.is_complex() else u.dtype
+
+
 def _check_bank(u, Lambda, B, C, dt, intervals, D, state) -> None:
-    """Validate u (B, L, H), Λ, B, C (H, M) complex, Δ (H,), the gaps (B, L), D (H,) and the state (B, H, M)."""
+    """Validate u (B, L, H), Λ, B, C (H, M) all complex or all real (real modes), Δ (H,), the gaps (B, L), D (H,) and
+    the state (B, H, M) (complex, or of u's dtype for real modes)."""
     check_floating(u, "u")
     if u.dim() != 3 or 0 in u.shape:
         raise ValueError(f"u must be (B, L, H) with B, L, H >= 1; got {tuple(u.shape)}")
     Bsz, L, H = u.shape
-    if not isinstance(Lambda, torch.Tensor) or not Lambda.is_complex() or Lambda.dim() != 2 or Lambda.shape[0] != H:
-        raise ValueError(f"Lambda must be (H, M) complex with H = {H}; got "
+    if (not isinstance(Lambda, torch.Tensor) or not (Lambda.is_complex() or Lambda.is_floating_point())
+            or Lambda.dim() != 2 or Lambda.shape[0] != H):
+        raise ValueError(f"Lambda must be (H, M) complex (or real: real modes) with H = {H}; got "
                          f"{tuple(getattr(Lambda, 'shape', ()))} {getattr(Lambda, 'dtype', type(Lambda).__name__)}")
     M = Lambda.shape[1]
     for name, t in (("B", B), ("C", C)):
-        if not isinstance(t, torch.Tensor) or not t.is_complex() or tuple(t.shape) != (H, M):
-            raise ValueError(f"{name} must be (H, M) = ({H}, {M}) complex; got "
+        if (not isinstance(t, torch.Tensor) or tuple(t.shape) != (H, M)
+                or not (t.is_complex() or t.is_floating_point())):
+            raise ValueError(f"{name} must be (H, M) = ({H}, {M}) complex (real for real modes); got "
                              f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', type(t).__name__)}")
+    if not Lambda.is_complex() == B.is_complex() == C.is_complex():
+        raise ValueError(f"Lambda must be complex with complex B and C, or real with real B and C (real modes); got "
+                         f"Lambda {Lambda.dtype}, B {B.dtype}, C {C.dtype}")
     for name, t, shape in (("dt", dt, (H,)), ("intervals", intervals, (Bsz, L)), ("D", D, (H,))):
         if t is not None and (not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != shape):
             raise ValueError(f"{name} must be {shape} real; got "
                              f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', type(t).__name__)}")
     if state is not None and (not isinstance(state, torch.Tensor) or tuple(state.shape) != (Bsz, H, M)
-                              or state.dtype != COMPLEX_OF[u.dtype]):
-        raise ValueError(f"state must be (B, H, M) = ({Bsz}, {H}, {M}) {COMPLEX_OF[u.dtype]}; got "
+                              or state.dtype != _state_dtype(u, Lambda)):
+        raise ValueError(f"state must be (B, H, M) = ({Bsz}, {H}, {M}) {_state_dtype(u, Lambda)}; got "
                          f"{tuple(getattr(state, 'shape', ()))} {getattr(state, 'dtype', type(state).__name__)}")
 
 
@@ -127,33 +164,40 @@ def bank_irregular_scan_reference(
 
     Args:
         u: (B, L, H) real input.
-        Lambda: (H, M) complex continuous-time eigenvalues.
-        B: (H, M) complex input vectors.
-        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        Lambda: (H, M) complex continuous-time eigenvalues (real: real modes, module docstring).
+        B: (H, M) complex input vectors (real with a real Λ).
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves; real with a real Λ).
         dt: (H,) real positive step per channel.
         intervals: (B, L) real positive gaps in nominal sampling periods.
         D: (H,) real skip, or None.
         rule: ``"zoh"`` or ``"bilinear"``.
-        state: (B, H, M) complex x_{-1} (u's complex dtype), or None for zeros.
+        state: (B, H, M) complex x_{-1} (u's complex dtype; u's dtype for real modes), or None for zeros.
         return_state: whether to return the final state (else None in its place).
 
     Returns:
         y (B, L, H) real in u's dtype, and x_{L-1} (B, H, M) (or None).
     """
     _check_bank(u, Lambda, B, C, dt, intervals, D, state)
-    dtype = COMPLEX_OF[u.dtype]
+    dtype = _state_dtype(u, Lambda)
     x = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=dtype)  # (B, H, M)
     ys = []
     for t, u_t in enumerate(u.unbind(1)):
         A_bar, B_bar = bank_irregular_coefficients(Lambda, B, dt, intervals[:, t], rule, dtype)  # (B, H, M)
         x = A_bar * x + B_bar * u_t[..., None]
-        ys.append((x * C.to(dtype)).sum(-1).real)  # (B, H): complex arithmetic, the oracle of _read_out
+        y_t = (x * C.to(dtype)).sum(-1)  # (B, H): complex arithmetic, the oracle of _read_out
+        ys.append(y_t.real if y_t.is_complex() else y_t)
     y = torch.stack(ys, dim=1)  # (B, L, H)
     return (y if D is None else y + D * u), (x if return_state else None)
 
 
 def _chunk(u_c, tau_c, h0, Lambda, B, C, dt, D, rule: str, backend: str):
     """One chunk of T steps: its coefficients (B, T, H, M), the recurrence from h0, the read-out and the skip."""
+    if not Lambda.is_complex():  # real modes
+        A_bar, B_bar = _real_coefficients(Lambda, B, dt, tau_c, rule)  # (B, T, H, M) each
+        Bu = (B_bar * u_c[..., None].to(B_bar.dtype)).to(h0.dtype)
+        h, h_last = linear_recurrence(A_bar.to(h0.dtype), Bu, h0, backend=backend)
+        y = _read_out(h, C)
+        return (y if D is None else y + D * u_c), h_last
     A_re, A_im, B_re, B_im = _coefficient_parts(Lambda, B, dt, tau_c, rule)  # (B, T, H, M) each
     u = u_c[..., None].to(B_re.dtype)  # (B, T, H, 1)
     A_bar, Bu = _as_complex(A_re, A_im, h0.dtype), _as_complex(B_re * u, B_im * u, h0.dtype)
@@ -185,14 +229,14 @@ def bank_irregular_scan_chunked(
 
     Args:
         u: (B, L, H) real input.
-        Lambda: (H, M) complex continuous-time eigenvalues.
-        B: (H, M) complex input vectors.
-        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        Lambda: (H, M) complex continuous-time eigenvalues (real: real modes, module docstring).
+        B: (H, M) complex input vectors (real with a real Λ).
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves; real with a real Λ).
         dt: (H,) real positive step per channel.
         intervals: (B, L) real positive gaps in nominal sampling periods.
         D: (H,) real skip, or None.
         rule: ``"zoh"`` or ``"bilinear"``.
-        state: (B, H, M) complex x_{-1}, or None for zeros.
+        state: (B, H, M) complex x_{-1} (real for real modes), or None for zeros.
         return_state: whether to return the final state (else None in its place).
         chunk_size: T, the steps whose coefficients are held at once (>= 1), or None: 64 where autograd records (the
             backward keeps a start state per chunk: B·H·M·L/T), 16 otherwise (a chunk's (B, T, H, M) tensors stay in
@@ -205,7 +249,7 @@ def bank_irregular_scan_chunked(
     _check_bank(u, Lambda, B, C, dt, intervals, D, state)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
-    h = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=COMPLEX_OF[u.dtype])
+    h = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=_state_dtype(u, Lambda))
     recompute = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
     T = chunk_size if chunk_size is not None else (64 if torch.is_grad_enabled() else 16)
     ys = []
@@ -261,14 +305,14 @@ def bank_irregular_scan(
 
     Args:
         u: (B, L, H) real input.
-        Lambda: (H, M) complex continuous-time eigenvalues.
-        B: (H, M) complex input vectors.
-        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        Lambda: (H, M) complex continuous-time eigenvalues (real: real modes, module docstring).
+        B: (H, M) complex input vectors (real with a real Λ).
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves; real with a real Λ).
         dt: (H,) real positive step per channel.
         intervals: (B, L) real positive gaps in nominal sampling periods.
         D: (H,) real skip, or None.
         rule: ``"zoh"`` or ``"bilinear"``.
-        state: (B, H, M) complex x_{-1}, or None for zeros.
+        state: (B, H, M) complex x_{-1} (real for real modes), or None for zeros.
         return_state: whether to return the final state (else None in its place).
         backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
 
@@ -294,12 +338,12 @@ def bank_irregular_step(
 
     Args:
         u_t: (B, H) real input.
-        Lambda: (H, M) complex continuous-time eigenvalues.
-        B: (H, M) complex input vectors.
-        C: (H, M) complex output vectors (2·C for conjugate-pair halves).
+        Lambda: (H, M) complex continuous-time eigenvalues (real: real modes, module docstring).
+        B: (H, M) complex input vectors (real with a real Λ).
+        C: (H, M) complex output vectors (2·C for conjugate-pair halves; real with a real Λ).
         dt: (H,) real positive step per channel.
         interval: (B,) real positive gap in nominal sampling periods.
-        state: (B, H, M) complex x_{t-1}.
+        state: (B, H, M) complex x_{t-1} (real for real modes).
         D: (H,) real skip, or None.
         rule: ``"zoh"`` or ``"bilinear"``.
 

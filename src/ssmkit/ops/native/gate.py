@@ -221,6 +221,8 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
             # loop, this ran the bilinear rule only, which forms no sines: wrong real-mode steps passed it)
             for modes in (lam.real + 0j, torch.cat([lam[:, :1].real + 0j, lam[:, 1:]], 1)):
                 _compare(fast, ref, [args[0], modes.to(cdtype), *args[2:]], weight, dtype)
+            # and real tensors Λ, B, C and x0: the kernel's real variant (ib_forward_real / ib_backward_real)
+            _compare(fast, ref, [a.real.contiguous() if a.is_complex() else a for a in args], weight, dtype)
         _smoke_bank_lanes(dtype)
         return
     elif op == "cauchy_pairs":

@@ -34,6 +34,9 @@
  * its batch row's partial sums for its channels (written once: the buffer needs no zeroing), summed by the caller;
  * ∂s sums over channels: an item writes its own row of partials (n_items, L), summed by the caller.
  *
+ * Real modes (z, w, C all real: Mega's EMA) have their own forward and backward, ib_forward_real and
+ * ib_backward_real, below: a real state and adjoint, no sines (the comment there derives their gradients).
+ *
  * Compiled twice: as float and with -DSS_DOUBLE as double (the types of u, τ, y and the states in memory).
  */
 #include <stdlib.h>
@@ -305,5 +308,234 @@ int SUFFIX(ib_backward)(const real *u, const double *tau, const double *zr, cons
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
         failed |= backward_item(u, tau, gy, gx, ckpt, gu, gx0, g, g_tau, &P, item);
+    return failed;
+}
+
+/* ---- Real modes: every z, w, C real (Mega's EMA: ssmkit.layers.ema), the state, the adjoint and the gradients real.
+ *
+ * z, w, C (N, H) double; x (B, H, N) of the real type. The coefficients in registers without sines:
+ *
+ *     ZOH:      A_t = e^{s z},  E_t = e^{s z} − 1 (expm1_v: both from one polynomial),  b_t = E_t w
+ *     bilinear: q_t = 1/(1 − s z/2),  A_t = (1 + s z/2) q_t,  b_t = s q_t w
+ *     x_t = A_t x_{t-1} + b_t u_t,  y_t = Σ_n C_n x_{t,n} + D u_t
+ *
+ * The backward, with λ_t = ∂ℓ/∂x_t (the complex kernel's recursion without conjugates):
+ *
+ *     λ_t = g_t C + A_{t+1} λ_{t+1}      (λ_{L-1} = g_{x_{L-1}} + g_{L-1} C)
+ *     ∂A_t = λ_t x_{t-1},  ∂b_t = λ_t u_t,  ∂C += g_t x_t,  ∂u_t = Σ_n b_t λ_t + D g_t,  ∂D += g_t u_t,
+ *     ∂x_{-1} = A_0 λ_0
+ *
+ * and the chain rule to z, w and s:
+ *
+ *     ZOH (∂A/∂z = ∂E/∂z = s A, ∂A/∂s = ∂E/∂s = z A):
+ *         ∂w += E ∂b,  ∂A' = ∂A + w ∂b,  ∂z += s A ∂A',  ∂s += z A ∂A'
+ *     bilinear (∂A/∂z = s q², ∂(s q)/∂z = s² q²/2, ∂A/∂s = z q², ∂(s q)/∂s = q + s q² z/2 = q²):
+ *         ∂w += s q ∂b,  ∂z += s q² (∂A + (s/2) w ∂b),  ∂s += q² (z ∂A + w ∂b)
+ *
+ * Items, checkpoints (the state every S steps: N × W doubles per span), partial sums and threads as the complex
+ * kernel's; the gradients' buffer g is (B, 4, N, H): ∂z, ∂w, ∂C and ∂D (row 3's first H values).
+ */
+typedef struct {
+    const double *z, *w, *c; /* (N, H) each */
+    const real *D;           /* (H,) or NULL */
+    int64_t L, H, N, bilinear;
+} rparams_t;
+
+int64_t SUFFIX(ib_ckpt_size_real)(int64_t L, int64_t N) { return ((L + S_SPAN - 1) / S_SPAN) * N * W; }
+
+/* The item's parameters: z, w, C as 3 arrays of N vectors (zeros beyond the last channel: A = 1, b = 0). */
+static void load_params_real(double *pv, const rparams_t *P, int64_t h0, int64_t w) {
+    const double *src[3] = {P->z, P->w, P->c};
+    for (int k = 0; k < 3; k++)
+        for (int64_t n = 0; n < P->N; n++)
+            for (int64_t c = 0; c < W; c++) pv[(k * P->N + n) * W + c] = c < w ? src[k][n * P->H + h0 + c] : 0.0;
+}
+
+/* x (B, H, N) of the real type, the item's columns, into N × W doubles (zeros when x is NULL), and back. */
+static void load_state_real(double *xs, const real *x, int64_t b, int64_t h0, int64_t w, const rparams_t *P) {
+    for (int64_t n = 0; n < P->N; n++)
+        for (int64_t c = 0; c < W; c++)
+            xs[n * W + c] = x != NULL && c < w ? (double)x[(b * P->H + h0 + c) * P->N + n] : 0.0;
+}
+static void store_state_real(real *x, const double *xs, int64_t b, int64_t h0, int64_t w, const rparams_t *P) {
+    for (int64_t n = 0; n < P->N; n++)
+        for (int64_t c = 0; c < w; c++) x[(b * P->H + h0 + c) * P->N + n] = (real)xs[n * W + c];
+}
+
+/* A and aux (E for ZOH, q for bilinear) of a step of gap s. */
+static inline vd coefficients_real(double s, vd z, int bilinear, vd *aux) {
+    if (bilinear) {
+        const vd q = 1.0 / (1.0 - (0.5 * s) * z);
+        *aux = q;
+        return (1.0 + (0.5 * s) * z) * q;
+    }
+    vd A;
+    *aux = expm1_v(s * z, &A);
+    return A;
+}
+
+/* One step of the item's N modes from x (updated in place): the read-out Σ_n C x_t (two partial sums: the adds of
+ * one chain wait on each other). `bilinear` a constant at each call: one copy of the loop per rule. */
+static inline vd step_real(double s, vd uv, const double *pv, double *x, int64_t N, int bilinear) {
+    vd acc0 = {0}, acc1 = {0};
+    for (int64_t n = 0; n < N; n++) {
+        vd aux;
+        const vd A = coefficients_real(s, vld(pv + n * W), bilinear, &aux);
+        const vd b = (bilinear ? s * aux : aux) * vld(pv + (N + n) * W);
+        const vd xn = A * vld(x + n * W) + b * uv;
+        vst(x + n * W, xn);
+        if (n & 1)
+            acc1 += vld(pv + (2 * N + n) * W) * xn;
+        else
+            acc0 += vld(pv + (2 * N + n) * W) * xn;
+    }
+    return acc0 + acc1;
+}
+
+static int forward_item_real(const real *u, const double *tau, const real *x0, real *y, real *xL, double *ckpt,
+                             const rparams_t *P, int64_t item) {
+    const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
+    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W;
+    double *buf = alloc_lines(sizeof(double) * 4 * NW);
+    if (buf == NULL) return 1;
+    double *pv = buf, *x = buf + 3 * NW;
+    load_params_real(pv, P, h0, w);
+    load_state_real(x, x0, b, h0, w, P);
+    const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
+    double *ck = ckpt == NULL ? NULL : ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * NW);
+    for (int64_t t = 0; t < L; t++) {
+        if (ck != NULL && t % S_SPAN == 0) memcpy(ck + (t / S_SPAN) * NW, x, sizeof(double) * NW);
+        const double s = (double)tau[b * L + t];
+        const vd uv = load_row(u + (b * L + t) * H + h0, w);
+        const vd acc = P->bilinear ? step_real(s, uv, pv, x, N, 1) : step_real(s, uv, pv, x, N, 0);
+        store_row(y + (b * L + t) * H + h0, acc + Dv * uv, w);
+    }
+    if (xL != NULL) store_state_real(xL, x, b, h0, w, P);
+    free(buf);
+    return 0;
+}
+
+int SUFFIX(ib_forward_real)(const real *u, const double *tau, const double *z, const double *wv, const double *c,
+                            const real *D, const real *x0, real *y, real *xL, double *ckpt, int64_t L, int64_t H,
+                            int64_t N, int64_t bilinear, int64_t item0, int64_t item1, int64_t nthreads) {
+    const rparams_t P = {z, wv, c, D, L, H, N, bilinear};
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++) failed |= forward_item_real(u, tau, x0, y, xL, ckpt, &P, item);
+    return failed;
+}
+
+/* A span's recomputation: the states xs[i + 1] = x_{t0+i} from xs[0] = x_{t0-1}, and each step's A and aux into cs
+ * (2 NW per step). */
+static inline void recompute_span_real(const real *u, const double *tau, const double *pv, double *xs, double *cs,
+                                       int64_t b, int64_t h0, int64_t w, int64_t t0, int64_t nt, const rparams_t *P,
+                                       int bilinear) {
+    const int64_t N = P->N, NW = N * W, L = P->L, H = P->H;
+    for (int64_t i = 0; i < nt; i++) {
+        const double s = (double)tau[b * L + t0 + i];
+        const vd uv = load_row(u + (b * L + t0 + i) * H + h0, w);
+        const double *xp = xs + i * NW;
+        double *xn = xs + (i + 1) * NW, *cc = cs + i * 2 * NW;
+        for (int64_t n = 0; n < N; n++) {
+            vd aux;
+            const vd A = coefficients_real(s, vld(pv + n * W), bilinear, &aux);
+            const vd bv = (bilinear ? s * aux : aux) * vld(pv + (N + n) * W);
+            vst(xn + n * W, A * vld(xp + n * W) + bv * uv);
+            vst(cc + n * W, A), vst(cc + NW + n * W, aux);
+        }
+    }
+}
+
+/* The adjoint over one step t (module comment of the real modes): λ (lam) from λ_{t+1} A_{t+1} to A_t λ_t, the sums
+ * ∂z, ∂w, ∂C (sums: 3 NW) updated; returns ∂u_t's mode sum in *gu_v and ∂s_t's lanes. */
+static inline vd adjoint_step_real(double s, vd uv, vd gv, const double *pv, const double *xp, const double *xn,
+                                   const double *cc, double *lam, double *sums, int64_t N, int bilinear, vd *gu_v) {
+    const int64_t NW = N * W;
+    vd gs = {0}, gu = {0};
+    for (int64_t n = 0; n < N; n++) {
+        const vd z = vld(pv + n * W), wv = vld(pv + (N + n) * W), c = vld(pv + (2 * N + n) * W);
+        const vd A = vld(cc + n * W), aux = vld(cc + NW + n * W); /* E or q */
+        const vd l = vld(lam + n * W) + gv * c;                   /* λ_t */
+        double *sm = sums + n * W;
+        vst(sm + 2 * NW, vld(sm + 2 * NW) + gv * vld(xn + n * W)); /* ∂C += g x_t */
+        const vd dA = l * vld(xp + n * W), db = l * uv;            /* ∂A = λ x_{t-1}, ∂b = λ u */
+        const vd e = bilinear ? s * aux : aux;                     /* b = e w */
+        gu += (e * wv) * l;
+        vst(sm + NW, vld(sm + NW) + e * db); /* ∂w += e ∂b */
+        if (!bilinear) {
+            const vd gA = A * (dA + wv * db); /* A ∂A' */
+            vst(sm, vld(sm) + s * gA);        /* ∂z += s A ∂A' */
+            gs += z * gA;                     /* ∂s += z A ∂A' */
+        } else {
+            const vd q2 = aux * aux;
+            vst(sm, vld(sm) + (s * q2) * (dA + (0.5 * s) * wv * db)); /* s q² (∂A + (s/2) w ∂b) */
+            gs += q2 * (z * dA + wv * db);                              /* q² (z ∂A + w ∂b) */
+        }
+        vst(lam + n * W, A * l); /* λ ← A_t λ_t */
+    }
+    *gu_v += gu;
+    return gs;
+}
+
+/* The backward of one item. g (B, 4, N, H) double: the batch row's partial sums ∂z, ∂w, ∂C and ∂D (row 3's first H
+ * values); g_tau (n_items, L) double or NULL. */
+static int backward_item_real(const real *u, const double *tau, const real *gy, const real *gx, const double *ckpt,
+                              real *gu, real *gx0, double *g, double *g_tau, const rparams_t *P, int64_t item) {
+    const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
+    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W;
+    const int bil = (int)P->bilinear;
+    /* parameters 3 NW; λ NW; sums ∂z, ∂w, ∂C 3 NW; the span's states (S + 1) NW and coefficients S 2 NW */
+    double *buf = alloc_lines(sizeof(double) * NW * (7 + (S_SPAN + 1) + 2 * S_SPAN));
+    if (buf == NULL) return 1;
+    double *pv = buf, *lam = buf + 3 * NW, *sums = buf + 4 * NW, *xs = buf + 7 * NW, *cs = xs + (S_SPAN + 1) * NW;
+    memset(sums, 0, sizeof(double) * 3 * NW);
+    load_params_real(pv, P, h0, w);
+    load_state_real(lam, gx, b, h0, w, P);
+    const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
+    vd gD = {0};
+    const double *ck = ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * NW);
+    for (int64_t t0 = (L - 1) / S_SPAN * S_SPAN; t0 >= 0; t0 -= S_SPAN) {
+        const int64_t nt = L - t0 < S_SPAN ? L - t0 : S_SPAN;
+        memcpy(xs, ck + (t0 / S_SPAN) * NW, sizeof(double) * NW);
+        if (bil)
+            recompute_span_real(u, tau, pv, xs, cs, b, h0, w, t0, nt, P, 1);
+        else
+            recompute_span_real(u, tau, pv, xs, cs, b, h0, w, t0, nt, P, 0);
+        for (int64_t i = nt - 1; i >= 0; i--) {
+            const int64_t t = t0 + i;
+            const double s = (double)tau[b * L + t];
+            const vd uv = load_row(u + (b * L + t) * H + h0, w), gv = load_row(gy + (b * L + t) * H + h0, w);
+            const double *xp = xs + i * NW, *xn = xs + (i + 1) * NW, *cc = cs + i * 2 * NW;
+            vd gu_v = Dv * gv;
+            gD += gv * uv;
+            const vd gs = bil ? adjoint_step_real(s, uv, gv, pv, xp, xn, cc, lam, sums, N, 1, &gu_v)
+                              : adjoint_step_real(s, uv, gv, pv, xp, xn, cc, lam, sums, N, 0, &gu_v);
+            store_row(gu + (b * L + t) * H + h0, gu_v, w);
+            if (g_tau != NULL) {
+                double tot = 0;
+                for (int64_t c = 0; c < w; c++) tot += gs[c];
+                g_tau[item * L + t] = tot;
+            }
+        }
+    }
+    if (gx0 != NULL) store_state_real(gx0, lam, b, h0, w, P);
+    double *gb = g + b * 4 * N * H;
+    for (int k = 0; k < 3; k++)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t c = 0; c < w; c++) gb[(k * N + n) * H + h0 + c] = sums[(k * N + n) * W + c];
+    for (int64_t c = 0; c < w; c++) gb[3 * N * H + h0 + c] = gD[c];
+    free(buf);
+    return 0;
+}
+
+int SUFFIX(ib_backward_real)(const real *u, const double *tau, const double *z, const double *wv, const double *c,
+                             const real *D, const real *gy, const real *gx, const double *ckpt, real *gu, real *gx0,
+                             double *g, double *g_tau, int64_t L, int64_t H, int64_t N, int64_t bilinear,
+                             int64_t item0, int64_t item1, int64_t nthreads) {
+    const rparams_t P = {z, wv, c, D, L, H, N, bilinear};
+    int failed = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t item = item0; item < item1; item++)
+        failed |= backward_item_real(u, tau, gy, gx, ckpt, gu, gx0, g, g_tau, &P, item);
     return failed;
 }

@@ -11,7 +11,9 @@ with probability ``--drop`` (the same draw for every variant), so the kept sampl
   voltage is a command applied at the sample times, so over the gap before sample k the last known command is
   u_{k-1});
 - ``ignored``: the same kept samples as if taken every Ts (what a model without intervals can do);
-- ``full``: every sample (what the thinning costs).
+- ``full``: every sample (what the thinning costs);
+- ``times-encoder``, ``previous-encoder``: ``times`` and ``previous`` with an initial-state encoder that also reads
+  its window's sample intervals (``Recipe.encoder_times``; the other variants' encoder reads the values only).
 
 Each is scored by the RMSE (V) of its free-run simulation of the test record at the same instants: the kept test
 samples after the 50th kept one (every variant's encoder has read its 50 samples by then; the full model simulates
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=800, help="optimizer steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["times", "previous", "ignored", "full"],
-                        choices=["times", "previous", "ignored", "full"])
+                        choices=["times", "previous", "ignored", "full", "times-encoder", "previous-encoder"])
     parser.add_argument("--data", default="../shared/data/cascaded_tanks", help="the folder of dataBenchmark.csv")
     args = parser.parse_args(argv)
     bench = cascaded_tanks(args.data)
@@ -81,11 +83,12 @@ def main(argv: list[str] | None = None) -> None:
             if variant == "full":
                 data, at = bench, test_keep[test_keep >= start]
             else:
-                irregular, previous = variant != "ignored", variant == "previous"
+                irregular, previous = variant != "ignored", variant.startswith("previous")
                 data = dataclasses.replace(bench, train=[thin(bench.train[0], train_keep, irregular, previous)],
                                            test=[thin(bench.test[0], test_keep, irregular, previous)])
                 at = (test_keep >= start).nonzero().squeeze(1)
-            model, _ = identify(data, "s4d", recipe, seed=seed)
+            times = dataclasses.replace(recipe, encoder_times=variant.endswith("-encoder"))
+            model, _ = identify(data, "s4d", times, seed=seed)
             results[variant].append(score(model, data.test[0], at))
             print(f"seed {seed} {variant}: test RMSE {results[variant][-1]:.3f} V", flush=True)
     for variant, values in results.items():

@@ -36,7 +36,8 @@ def _record(L: int, m: int, p: int, seed: int = 0) -> IORecord:
 def _predictor(m: int, p: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> DeepWiener:
     """A 2-block predictor (m + p inputs, p outputs), every parameter moved off its init, normalisation set."""
     torch.manual_seed(seed)
-    model = DeepWiener(m + p, p, d_model=3, n_layers=2, layer="s4d", layer_options={"d_state": 4}, dtype=dtype)
+    model = DeepWiener(m + p, p, d_model=3, n_layers=2, layer="s4d", layer_options={"d_state": 4}, dt=0.25,
+                       dtype=dtype)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))

@@ -29,7 +29,7 @@ from ssmkit.layers.checks import checkpoint_dtype
 from ssmkit.layers.irregular import require_intervals
 from ssmkit.sysid.wiener import DeepWiener
 
-_SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window")
+_SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window", "encoder_times")
 
 
 class WienerEnsemble(nn.Module):
@@ -61,6 +61,7 @@ class WienerEnsemble(nn.Module):
         self.n_inputs, self.n_outputs = first.n_inputs, first.n_outputs
         self.dt = first.dt
         self.encoder_window = first.encoder_window
+        self.encoder_times = first.encoder_times
 
     @property
     def u_mean(self) -> torch.Tensor:
@@ -158,17 +159,21 @@ class WienerEnsemble(nn.Module):
                 for layer in member.layers:
                     require_intervals(layer)
 
-    def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor) -> list:
+    def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor, intervals: torch.Tensor | None = None) -> list:
         """Every member's state after a window of measured data, by its own initial-state encoder.
 
         Args:
             u_past: (B, n, m) the n = ``encoder_window`` inputs before the simulation starts.
             y_past: (B, n, p) the measured outputs there.
+            intervals: with ``encoder_times`` (every member's alike), None or (B, n) the window samples' intervals
+                (:meth:`DeepWiener.estimate_state`); else None.
 
         Returns:
             the members' states, to pass to ``forward``.
         """
-        return [m.estimate_state(u_past, y_past) for m in self.members]
+        if intervals is None:
+            return [m.estimate_state(u_past, y_past) for m in self.members]
+        return [m.estimate_state(u_past, y_past, intervals) for m in self.members]
 
     # ------------------------------------------------------------------------------------------------------------
     # saving

@@ -318,7 +318,7 @@ def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False
     tau = None if _in_step(model, record) else _model_intervals(model, [record], record)[0][None]  # (1, L)
     n = 0 if from_rest else model.encoder_window
     if n:
-        state = model.estimate_state(u[:, :n], y[:, :n])
+        state = estimate_state(model, u[:, :n], y[:, :n], None if tau is None else tau[:, :n])
         if tau is None:
             y_sim, _ = model(u[:, n:], state, return_state=False)
         else:
@@ -329,6 +329,23 @@ def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False
     else:
         y_sim, _ = model(u, return_state=False, intervals=tau)
     return y_sim[0].cpu(), 0
+
+
+def estimate_state(model: DeepWiener, u_past: torch.Tensor, y_past: torch.Tensor,
+                   intervals: torch.Tensor | None) -> list:
+    """``model.estimate_state`` of a window, handed the window's ``intervals`` where the model's encoder reads sample
+    times (``encoder_times``; None: sampled every ``dt``), else without them (an encoder blind to the times, or a
+    regularly sampled window).
+
+    Args:
+        model: a DeepWiener or WienerEnsemble with an initial-state encoder.
+        u_past: (B, n, m) the window's inputs.
+        y_past: (B, n, p) its measured outputs.
+        intervals: (B, n) the window samples' intervals in periods of ``model.dt``, or None.
+    """
+    if getattr(model, "encoder_times", False):
+        return model.estimate_state(u_past, y_past, intervals)
+    return model.estimate_state(u_past, y_past)
 
 
 def _in_step(model: DeepWiener, record: IORecord) -> bool:
@@ -607,7 +624,10 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
             drawn = [pairs[j] for j in torch.randint(len(pairs), (cfg.batch_size,), generator=g).tolist()]
         u_b = torch.stack([us[i][o: o + n_enc + cfg.window] for i, o in drawn])
         y_b = torch.stack([ys[i][o: o + n_enc + cfg.window] for i, o in drawn])
-        state = model.estimate_state(u_b[:, :n_enc], y_b[:, :n_enc]) if n_enc else None
+        state = None
+        if n_enc:  # the encoder's samples' gaps too, where it reads them
+            tau_e = None if taus is None else torch.stack([taus[i][o: o + n_enc] for i, o in drawn])
+            state = estimate_state(model, u_b[:, :n_enc], y_b[:, :n_enc], tau_e)
         if taus is None:
             y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False)
         else:  # the gaps of the simulated samples, the first from the sample before them

@@ -90,6 +90,9 @@ class Recipe:
             with ``washout`` samples out of the loss (SUBNET's training windows); validation still simulates from rest,
             and the encoder is dropped from the trained model (:meth:`ssmkit.sysid.wiener.DeepWiener.drop_encoder`).
             0: off. Simulation mode only.
+        encoder_times: the initial-state encoder also reads its window's sample intervals
+            (:class:`ssmkit.sysid.wiener.DeepWiener`'s ``encoder_times``; for irregularly sampled records); False: it
+            reads the values only. Needs an encoder (``encoder_window`` or ``train_encoder``).
     """
 
     d_model: int = 16
@@ -126,6 +129,7 @@ class Recipe:
     output_range: Union[Range, list[Optional[Range]], None] = None
     censor: bool = True
     train_encoder: int = 0
+    encoder_times: bool = False
 
 
 # Timescales: until probe 4 a timescale (a, b) meant Δ·Ts in [a, b] s (Δ = a/Ts .. b/Ts samples), which moved the

@@ -41,6 +41,12 @@ log-uniformly in [τ_min, τ_max] makes the initial dynamics in seconds independ
 time constants 2τ): the same timescale fits the same process sampled at another rate. Two layers read it otherwise:
 DLR's Δ sets only its modes' decay (its initial phases 2πn/M are per sample, so their frequencies in Hz scale as
 1/Ts), and S5 multiplies its Δ by its ``step_rescale`` as well.
+
+Irregular sampling and the encoder (``encoder_times``, opt-in): the blocks simulate irregularly sampled data with
+``forward(..., intervals=)``, but the initial-state encoder is a learned map of the window's samples, by default
+blind to when they were taken (deepSI's encoder assumes one Ts alike). With ``encoder_times=True`` it also reads
+log τ_k of each window sample (0 for a sample one period after the one before it), so a window of widely spaced
+samples and one of close samples with the same values give different states; ``estimate_state(u, y, intervals=)``.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.registry import build, layer_class
 from ssmkit.layers.state import TensorSpec, check_state, state_from_vector, zeros_from_spec
 from ssmkit.models.pattern import check_layer_options
+from ssmkit.ops.irregular import check_intervals
 from ssmkit.utils import check_sampling_time, distinct_names
 
 ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
@@ -98,6 +105,9 @@ class DeepWiener(nn.Module):
             training treats measurements at a limit as censored. None: no clipping.
         block_activations: one σ per block (``n_layers`` names from the same choices as ``activation``, None for
             none) in place of ``activation`` (module docstring); None: every block uses ``activation``.
+        encoder_times: the initial-state encoder also reads the log of each window sample's interval (the time since
+            the sample before it, in periods of ``dt``: 0 for regular sampling), so its estimate knows when the
+            samples it read were taken (module docstring); needs ``encoder_window`` > 0.
         device, dtype: of the parameters.
     """
 
@@ -117,6 +127,7 @@ class DeepWiener(nn.Module):
         time_varying: bool = False,
         output_range: Sequence | None = None,
         block_activations: Sequence[str | None] | None = None,
+        encoder_times: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -139,6 +150,10 @@ class DeepWiener(nn.Module):
         if isinstance(encoder_window, bool) or not isinstance(encoder_window, int) or encoder_window < 0:
             raise ValueError(f"encoder_window must be an int >= 0; got {encoder_window!r}")
         check_positive_int(encoder_hidden, "encoder_hidden")
+        if not isinstance(encoder_times, bool):
+            raise ValueError(f"encoder_times must be a bool; got {encoder_times!r}")
+        if encoder_times and not encoder_window:
+            raise ValueError("encoder_times reads the encoder window's sample times: give encoder_window > 0")
         output_range = _check_range(output_range, n_outputs)
         if block_activations is not None:
             if (not isinstance(block_activations, (tuple, list)) or len(block_activations) != n_layers
@@ -183,6 +198,8 @@ class DeepWiener(nn.Module):
             self.arguments["output_range"] = output_range
         if block_activations is not None:  # likewise
             self.arguments["block_activations"] = block_activations
+        if encoder_times:  # likewise
+            self.arguments["encoder_times"] = True
         self.output_range = output_range
         self._limits = _limits(output_range)  # (lo, hi): two floats, or two p-lists with ∓inf for none
         self.lti = bool(cls.capabilities.state_space)
@@ -190,6 +207,7 @@ class DeepWiener(nn.Module):
         self.dt = float(dt)
         self.layer_name = layer
         self.encoder_window = encoder_window
+        self.encoder_times = encoder_times
         self.register_buffer("u_mean", torch.zeros(n_inputs, **factory))
         self.register_buffer("u_std", torch.ones(n_inputs, **factory))
         self.register_buffer("y_mean", torch.zeros(n_outputs, **factory))
@@ -218,7 +236,7 @@ class DeepWiener(nn.Module):
         self.state_encoder = None
         if encoder_window:
             self.state_encoder = nn.Sequential(
-                nn.Linear(encoder_window * (n_inputs + n_outputs), encoder_hidden, **factory),
+                nn.Linear(encoder_window * (n_inputs + n_outputs + int(encoder_times)), encoder_hidden, **factory),
                 nn.Tanh(),
                 nn.Linear(encoder_hidden, sum(sizes), **factory),
             )
@@ -402,12 +420,15 @@ class DeepWiener(nn.Module):
             raise ValueError(f"y must be (..., {self.n_outputs}) for n_outputs={self.n_outputs}; got {tuple(y.shape)}")
         return y.new_tensor(lo), y.new_tensor(hi)
 
-    def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor) -> list:
+    def estimate_state(self, u_past: torch.Tensor, y_past: torch.Tensor, intervals: torch.Tensor | None = None) -> list:
         """The block states after a window of measured data, by the initial-state encoder (``encoder_window`` = n).
 
         Args:
             u_past: (B, n, m) the n inputs before the simulation starts.
             y_past: (B, n, p) the n measured outputs there.
+            intervals: with ``encoder_times``: None (the window sampled every ``dt``) or (B, n) real > 0, each window
+                sample's time since the sample before it in periods of ``dt``; without it, None only (the encoder
+                reads no times).
 
         Returns:
             per-block states to pass to ``forward``.
@@ -425,7 +446,16 @@ class DeepWiener(nn.Module):
                 f"got {tuple(u_past.shape)} and {tuple(y_past.shape)}"
             )
         u_past, y_past = u_past.to(self.u_mean.dtype), y_past.to(self.y_mean.dtype)  # float64 records, float32 model
-        features = torch.cat([(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std], dim=-1)
+        parts = [(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std]
+        if intervals is not None and not self.encoder_times:
+            raise ValueError("this DeepWiener's encoder reads no sample times: build it with encoder_times=True to "
+                             "give it the window's intervals")
+        if self.encoder_times:
+            if intervals is None:
+                intervals = u_past.new_ones(u_past.shape[:2])
+            check_intervals(intervals, tuple(u_past.shape[:2]), u_past.device)
+            parts.append(torch.log(intervals.to(u_past.dtype))[..., None])  # 0 at the nominal period
+        features = torch.cat(parts, dim=-1)
         v = self.state_encoder(features.flatten(1))  # (B, Σ sizes)
         states = state_from_vector(v, [zeros_from_spec(layer.state_spec(), 1, v.device) for layer in self.layers])
         for layer, s in zip(self.layers, states):
@@ -438,7 +468,9 @@ class DeepWiener(nn.Module):
         state, :attr:`ssmkit.sysid.recipes.Recipe.train_encoder`) on a benchmark whose test starts from rest."""
         self.state_encoder = None
         self.encoder_window = 0
+        self.encoder_times = False
         self.arguments["encoder_window"] = 0
+        self.arguments.pop("encoder_times", None)
 
     # ------------------------------------------------------------------------------------------------------------
     # signals

@@ -27,8 +27,8 @@ to the intervals; padded token models (``pool="mean"``, ``"last"``) each item as
 ``step`` untouched by calls with intervals; hybrids (each block's layer takes the intervals or the model refuses);
 a bidirectional S5 in a padded model refused; ``generate``, ``DeepWiener`` and a pair model refuse intervals.
 
-Left (reported, not fixed): under torch.compile the intervals' value check is skipped (no graph break), so a
-negative or zero interval runs silently there (eagerly it is refused); the ONNX exports (``export_onnx``,
+Left (reported, not fixed; under torch.compile the intervals' value check, skipped here then, is an assertion in the
+graph since: tests/layers/test_intervals_compiled_check.py): the ONNX exports (``export_onnx``,
 ``export_onnx_sequence``) have no intervals input and export the regularly sampled model without saying so; on the
 torch path of the zero-order hold (any device but the CPU's C kernel: the GPU, or the "chunked" and "reference"
 backends) the per-step discretisation evaluates φ(z) = (e^z − 1)/z by its 18-power table on the whole (B, L, M)

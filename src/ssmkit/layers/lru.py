@@ -56,7 +56,7 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.discretize import exp_phi, widen
-from ssmkit.ops.irregular import irregular_discretize, irregular_scan, irregular_step
+from ssmkit.ops.irregular import irregular_discretize, irregular_ssm_scan, irregular_step
 from ssmkit.ops.irregular_discrete import principal_angle
 
 RATE_FLOOR = 1e-6  # smallest decay rate exp(ν): |λ| <= exp(-1e-6) < 1 in float32
@@ -198,13 +198,14 @@ class LRU(IrregularSampling, MIMODiagonalLTILayer):
 
     def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
         """The system sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular`, with :meth:`continuous`'s
-        z, γ B/φ(z) and Δ = 1; coefficients formed in double and rounded once): (y, final state)."""
+        z, γ B/φ(z) and Δ = 1; each step's coefficients formed in double: in registers by the C kernel of
+        :func:`ssmkit.ops.irregular.irregular_ssm_scan` on the CPU, else as tensors rounded once): (y, final state)."""
         with float32_core(u.device.type):
             z, B_tilde, dt = self.continuous()  # (M,), (M, H), (M,)
-            A_bar, gain = irregular_discretize(z, dt, intervals, "zoh")  # (B, L, M) each
             dtype = COMPLEX_OF[self.D.dtype]
-            return irregular_scan(u, A_bar.to(dtype), gain.to(dtype), B_tilde.to(dtype), complex_pairs(self.C)[0],
-                                  state, self.D, return_state=return_state, backend=backend)
+            # the C kernel forms each step's coefficients in registers on the CPU; elsewhere (B, L, M) tensors
+            return irregular_ssm_scan(u, z, B_tilde.to(dtype), complex_pairs(self.C)[0], dt, intervals, state, self.D,
+                                      "zoh", return_state=return_state, backend=backend)
 
     def _step_irregular(self, u_t, interval, state):
         """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular.irregular_step`)."""

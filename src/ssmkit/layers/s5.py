@@ -59,7 +59,7 @@ from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
 from ssmkit.ops.discretize import bilinear, widen, zoh
 from ssmkit.ops.hippo import s5_eigen
-from ssmkit.ops.irregular import irregular_discretize, irregular_scan, irregular_step
+from ssmkit.ops.irregular import irregular_discretize, irregular_ssm_scan, irregular_step
 
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -233,9 +233,9 @@ class S5(IrregularSampling, MIMODiagonalLTILayer):
         ``step_rescale`` times c): (y, final state)."""
         with float32_core(u.device.type):
             Lambda, B_tilde, dt = self.continuous()  # (M,), (M, H), (M,)
-            A_bar, gain = irregular_discretize(Lambda, dt, intervals, self.discretization)  # (B, L, M) each
-            return irregular_scan(u, A_bar, gain, B_tilde, self._output_matrix(), state, self.D,
-                                  return_state=return_state, backend=backend)
+            # the C kernel forms each step's coefficients in registers on the CPU; elsewhere (B, L, M) tensors
+            return irregular_ssm_scan(u, Lambda, B_tilde, self._output_matrix(), dt, intervals, state, self.D,
+                                      self.discretization, return_state=return_state, backend=backend)
 
     def _step_irregular(self, u_t, interval, state):
         """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular.irregular_step`)."""

@@ -11,7 +11,11 @@ zero-order hold in the SSM convention x_t = Ā x_{t-1} + B̄ u_t). With z_t = Δ
     x_t = Ā_t ⊙ x_{t-1} + B̄_t u_t,   y_t = Re(C x_t) + D ⊙ u_t
 
 B̄_t is a per-step scaling of the modes, so the input projection v = u B̃ᵀ stays one GEMM for all t and the
-per-step coefficients are (B, L, M): never (B, L, H, M).
+per-step coefficients are (B, L, M): never (B, L, H, M). :func:`irregular_ssm_scan` takes Λ, Δ and the gaps instead
+of the coefficients: on the CPU its ``"native"``/``"auto"`` path runs the recurrence by the C kernel of
+:mod:`ssmkit.ops.native.irregular_mimo`, which forms each step's coefficients in registers (no (B, L, M) coefficient
+tensors: S5's and LRU's forward with gaps at ~1.3x the regular one instead of ~6.5x); elsewhere, and as its reference,
+:func:`irregular_discretize` and :func:`irregular_scan`.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ RULES = ("zoh", "bilinear")
 def check_intervals(intervals: object, shape: tuple[int, ...], device: torch.device, name: str = "intervals") -> None:
     """Raise ``ValueError`` unless ``intervals`` is a real floating tensor of ``shape`` on ``device`` whose entries are
     all finite and > 0 (the time from the previous sample, in nominal sampling periods). The values are checked
-    eagerly and under ``torch.func.grad``/``jacrev``/``jvp``; not while torch.compile traces (no graph break) nor
-    under ``vmap`` over the intervals, where they cannot be branched on.
+    eagerly and under ``torch.func.grad``/``jacrev``/``jvp``; under torch.compile on the CPU by an assertion in the
+    graph (a RuntimeError with this message when the compiled code runs: no graph break; on CUDA not at all, where a
+    failed device assertion would end the process's CUDA context); not under ``vmap`` over the intervals, where they
+    cannot be branched on.
 
     Args:
         intervals: the tensor to check.
@@ -46,7 +52,11 @@ def check_intervals(intervals: object, shape: tuple[int, ...], device: torch.dev
         raise ValueError(f"{name} must be {want}; got shape {tuple(intervals.shape)}")
     if intervals.device != device:
         raise ValueError(f"{name} must be on {device} like the input; got {intervals.device}")
-    if not torch.compiler.is_compiling() and not _finite_and_positive(intervals):
+    if torch.compiler.is_compiling():
+        if intervals.device.type == "cpu":  # checked in the graph, at run time (RuntimeError: no branch on values)
+            torch._assert_async(torch.isfinite(intervals).all() & (intervals > 0).all(),
+                                f"{name} must be finite and > 0 (the time since the previous sample)")
+    elif not _finite_and_positive(intervals):
         raise ValueError(f"{name} must be finite and > 0 (the time since the previous sample); got min "
                          f"{intervals.min().item():.6g}, max {intervals.max().item():.6g}")
 
@@ -238,6 +248,94 @@ def irregular_scan(
     return impl(u, A_bar, gain, B_tilde, C, state, D, return_state=return_state)
 
 
+def _ssm_reference(u, Lambda, B_tilde, C, dt, intervals, state=None, D=None, rule="zoh", *, return_state=True):
+    """:func:`irregular_discretize` (rounded to B̃'s dtype), then :func:`irregular_scan_reference`."""
+    _check_continuous(u, Lambda, B_tilde, C, dt, intervals, state, D, rule)
+    A_bar, gain = (t.to(B_tilde.dtype) for t in irregular_discretize(Lambda, dt, intervals, rule))
+    return irregular_scan_reference(u, A_bar, gain, B_tilde, C, state, D, return_state=return_state)
+
+
+def _ssm_chunked(u, Lambda, B_tilde, C, dt, intervals, state=None, D=None, rule="zoh", *, return_state=True,
+                 recurrence_backend="chunked"):
+    """:func:`irregular_discretize` (rounded to B̃'s dtype), then :func:`irregular_scan_chunked`."""
+    _check_continuous(u, Lambda, B_tilde, C, dt, intervals, state, D, rule)
+    A_bar, gain = (t.to(B_tilde.dtype) for t in irregular_discretize(Lambda, dt, intervals, rule))
+    return irregular_scan_chunked(u, A_bar, gain, B_tilde, C, state, D, return_state=return_state,
+                                  recurrence_backend=recurrence_backend)
+
+
+def _ssm_native(u, Lambda, B_tilde, C, dt, intervals, state=None, D=None, rule="zoh", *, return_state=True):
+    """The modes by the C kernel of :mod:`ssmkit.ops.native.irregular_mimo` (each step's coefficients formed in
+    registers, never stored) between the two GEMMs, where it runs: u on the CPU in float32 or float64, the kernel built
+    and checked (:func:`ssmkit.ops.native.gate.prefer_native`: not under a torch.func transform, torch.export or
+    forward-mode AD); elsewhere :func:`_ssm_chunked` with the recurrence's own ``"auto"`` choice. z = Δ Λ and the
+    rule's input factor w (1/Λ, or Δ) are formed in double by autograd-recorded torch ops (the gradients reach Λ and Δ
+    through them)."""
+    from ssmkit.ops.native.gate import prefer_native
+    from ssmkit.ops.native.irregular_mimo import modes_unchecked
+
+    _check_continuous(u, Lambda, B_tilde, C, dt, intervals, state, D, rule)
+    if not (prefer_native("irregular_mimo", u) and B_tilde.is_complex()):
+        return _ssm_chunked(u, Lambda, B_tilde, C, dt, intervals, state, D, rule, return_state=return_state,
+                            recurrence_backend="auto")
+    Lw = widen(Lambda).to(torch.complex128)
+    dtw = widen(dt).to(torch.float64)
+    z = dtw * Lw  # (M,)
+    w = dtw.to(torch.complex128) if rule == "bilinear" else 1 / Lw  # (M,)
+
+    def scan(_, v: torch.Tensor, h0: torch.Tensor | None):
+        x = modes_unchecked(v, z, w, intervals, h0, rule)  # (B, L, M)
+        return x, x[:, -1]
+
+    return _project_scan_read(u, B_tilde, B_tilde, C, state, D, return_state, scan)
+
+
+_SSM = {"reference": _ssm_reference, "chunked": _ssm_chunked, "native": _ssm_native}
+
+
+def irregular_ssm_scan(
+    u: torch.Tensor,
+    Lambda: torch.Tensor,
+    B_tilde: torch.Tensor,
+    C: torch.Tensor,
+    dt: torch.Tensor,
+    intervals: torch.Tensor,
+    state: torch.Tensor | None = None,
+    D: torch.Tensor | None = None,
+    rule: str = "zoh",
+    *,
+    return_state: bool = True,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The irregularly sampled MIMO diagonal SSM (module docstring) from its continuous-time parameters: v = u B̃ᵀ,
+    x_t = Ā_t ⊙ x_{t-1} + gain_t ⊙ v_t with Ā_t = f(Δ τ_t Λ), gain_t = Δ τ_t g(Δ τ_t Λ) (the rule's), y = Re(x Cᵀ) + D u.
+    The path by the backend: ``"reference"`` -> :func:`irregular_discretize` and the loop; ``"chunked"`` -> the
+    (B, L, M) coefficients by :func:`irregular_discretize`, GEMMs and the chunked recurrence; ``"native"`` and
+    ``"auto"`` -> GEMMs around the C kernel of :mod:`ssmkit.ops.native.irregular_mimo`, which forms each step's
+    coefficients in registers (no (B, L, M) coefficient tensors), on the CPU where it runs, else the coefficients
+    and the recurrence's own choice; ``"fft"``, ``"triton"`` raise. The coefficients are formed in double and rounded
+    to B̃'s dtype on the tensor paths; the kernel keeps them and the state in double.
+
+    Args:
+        u: (B, L, H) real input.
+        Lambda: (M,) complex continuous-time eigenvalues.
+        B_tilde: (M, H) complex continuous-time input matrix (the dtype of the scan).
+        C: (H, M) complex output matrix (2·C for conjugate-pair halves), B̃'s dtype.
+        dt: (M,) real positive step per mode.
+        intervals: (B, L) real positive gaps in nominal sampling periods.
+        state: (B, M) complex x_{-1} of B̃'s dtype, or None for zeros.
+        D: (H,) real skip, or None.
+        rule: ``"zoh"`` or ``"bilinear"``.
+        return_state: whether to return the final state (else None in its place).
+        backend: one of :data:`ssmkit.ops.BACKENDS` for this call, or None for the context's backend.
+
+    Returns:
+        y (B, L, H) real in u's dtype, and x_{L-1} (B, M) (or None).
+    """
+    impl = dispatch("irregular_ssm_scan", _SSM, backend, auto=lambda: "native")
+    return impl(u, Lambda, B_tilde, C, dt, intervals, state, D, rule, return_state=return_state)
+
+
 def irregular_step(
     u_t: torch.Tensor,
     A_bar: torch.Tensor,
@@ -273,3 +371,24 @@ def _check_irregular(u, A_bar, gain, B_tilde, C, state, D) -> None:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != want or t.dtype != B_tilde.dtype:
             raise ValueError(f"{name} must be (B, L, M) = {want} {B_tilde.dtype}; got "
                              f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', type(t).__name__)}")
+
+
+def _check_continuous(u, Lambda, B_tilde, C, dt, intervals, state, D, rule) -> None:
+    """The MIMO scan's checks with B̃ as its B̄; Λ (M,) complex, Δ (M,) real, the gaps (B, L) real on u's device and
+    the rule (the gaps' values are the caller's: :func:`check_intervals`)."""
+    _check_mimo(u, B_tilde.new_ones(B_tilde.shape[0]), B_tilde, C, state, D)
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
+    M = B_tilde.shape[0]
+    if not isinstance(Lambda, torch.Tensor) or not Lambda.is_complex() or tuple(Lambda.shape) != (M,):
+        raise ValueError(f"Lambda must be (M,) = ({M},) complex; got {tuple(getattr(Lambda, 'shape', ()))} "
+                         f"{getattr(Lambda, 'dtype', type(Lambda).__name__)}")
+    if not isinstance(dt, torch.Tensor) or not dt.is_floating_point() or tuple(dt.shape) != (M,):
+        raise ValueError(f"dt must be (M,) = ({M},) real; got {tuple(getattr(dt, 'shape', ()))} "
+                         f"{getattr(dt, 'dtype', type(dt).__name__)}")
+    want = tuple(u.shape[:2])
+    if not isinstance(intervals, torch.Tensor) or not intervals.is_floating_point() or tuple(intervals.shape) != want:
+        raise ValueError(f"intervals must be a real floating tensor of shape {want}; got "
+                         f"{tuple(getattr(intervals, 'shape', ()))} {getattr(intervals, 'dtype', type(intervals).__name__)}")
+    if intervals.device != u.device:
+        raise ValueError(f"intervals must be on {u.device} like the input; got {intervals.device}")

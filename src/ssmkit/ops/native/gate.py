@@ -18,7 +18,8 @@ from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
-       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks", "cauchy_pairs", "bank_irregular")
+       "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks", "cauchy_pairs", "bank_irregular",
+       "irregular_mimo")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -264,6 +265,9 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
             if not bool(((a - w).abs().max() <= tol * w.abs().max()).item()):
                 raise RuntimeError("the kernel's result differs from the reference")
         return
+    elif op == "irregular_mimo":
+        _smoke_irregular_mimo(dtype, rand, g)
+        return
     elif op == "dropout":
         from ssmkit.ops.native.dropout import masked_scale
         from ssmkit.ops.philox import dropout_reference
@@ -450,3 +454,35 @@ def _smoke_step(layer, rand, dtype: torch.dtype) -> None:
             for a, b in zip((y_fast, *fused), (y_slow, *slow)):
                 if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):
                     raise RuntimeError("the kernel's result differs from the reference")
+
+
+def _smoke_irregular_mimo(dtype: torch.dtype, rand, g: torch.Generator) -> None:
+    """The irregularly sampled MIMO modes' kernel (:mod:`ssmkit.ops.native.irregular_mimo`) against the float64 loop
+    x_t = Ā_t x_{t-1} + gain_t v_t with Ā, gain from :func:`ssmkit.ops.irregular.irregular_discretize`: states, the
+    final state and the gradients of v, Λ, Δ, the gaps and x0, both rules; 37 modes (items of 4 vectors: with AVX-512
+    a full one and one of a 5-mode vector and three empty ones; with AVX2 two full ones and a tail), gaps from 0.05 to
+    3 with |Δ τ Λ| on both sides of 1, then real modes (no phases)."""
+    from ssmkit.ops.irregular import irregular_discretize
+    from ssmkit.ops.native.irregular_mimo import modes_unchecked
+    from ssmkit.ops.recurrence import linear_recurrence_reference
+
+    Bsz, L, M = 2, 11, 37
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    crand = lambda *s: torch.complex(rand(*s), rand(*s)).to(cdtype)  # noqa: E731
+    lam = torch.complex(-0.1 - torch.rand(M, generator=g, dtype=torch.float64), 4 * rand(M).double())
+    dt = 0.02 + torch.rand(M, generator=g, dtype=torch.float64)
+    tau = (0.05 + 2.95 * torch.rand(Bsz, L, generator=g, dtype=torch.float64)).to(dtype)
+    weight = torch.linspace(-1, 1, 2 * L, dtype=dtype).view(1, 2 * L, 1)
+    for rule in ("zoh", "bilinear"):
+        def fast(v, Lam, d, t, x0):
+            w = d.to(Lam.dtype) if rule == "bilinear" else 1 / Lam
+            x = modes_unchecked(v, d * Lam, w, t, x0, rule)
+            return x, x[:, -1]
+
+        def ref(v, Lam, d, t, x0):
+            A_bar, gain = irregular_discretize(Lam, d, t, rule)
+            x = linear_recurrence_reference(A_bar.to(cdtype), gain.to(cdtype) * v, x0)[0]
+            return x, x[:, -1]
+
+        for modes in (lam, lam.real + 0j):
+            _compare(fast, ref, [crand(Bsz, L, M), modes, dt, tau, crand(Bsz, M)], weight, dtype)

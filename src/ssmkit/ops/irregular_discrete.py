@@ -84,7 +84,9 @@ def check_no_unit_mode(z: torch.Tensor, layer: str) -> None:
 def hold_ratio(log_a: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """(a^τ − 1)/(a − 1) = expm1(τ log a)/expm1(log a) elementwise for real decays 0 ≤ a < 1: the factor by which a
     gap of τ periods scales the input of a unit-step zero-order hold (module docstring). τ where log a = 0 (its
-    limit: a float32 gate r_t that underflowed), 1 where log a = −inf (a = 0: a reset).
+    limit: a float32 gate r_t that underflowed), 1 where log a = −inf (a = 0: a reset). Its derivatives are the
+    limits there too: at log a = 0, ∂/∂τ = 1 and ∂/∂log a = τ(τ − 1)/2 (the first-order term of τ + τ(τ − 1)/2 ·
+    log a + ...); at log a = −inf both 0 (the other branch's arguments are replaced by −1, so no 0 · ∞ reaches them).
 
     Args:
         log_a: (*) real log a ≤ 0 (−inf allowed).
@@ -93,10 +95,12 @@ def hold_ratio(log_a: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     Returns:
         the ratio, of the broadcast shape, log_a's dtype.
     """
-    zero = log_a == 0
-    den = torch.where(zero, torch.ones_like(log_a), torch.expm1(log_a))
-    num = torch.expm1(torch.where(zero, torch.ones_like(log_a), log_a) * tau)
-    return torch.where(zero, tau.to(log_a.dtype), num / den)
+    tau = tau.to(log_a.dtype)
+    zero, reset = log_a == 0, log_a == -math.inf
+    safe = torch.where(zero | reset, -torch.ones_like(log_a), log_a)  # finite and < 0: both branches' gradients finite
+    ratio = torch.expm1(safe * tau) / torch.expm1(safe)
+    limit = tau + tau * (tau - 1) / 2 * torch.where(zero, log_a, torch.zeros_like(log_a))  # τ, with its slope in log a
+    return torch.where(zero, limit, torch.where(reset, torch.ones_like(ratio), ratio))
 
 
 def _rglru_coefficients(r, i, x, Lambda, c: float, tau, resets):

@@ -75,13 +75,29 @@ def test_from_csv_holds_every_record_and_refuses_an_unknown_hold(tmp_path):
     bench = from_csv(path, "u", "y", time="t", irregular=True, hold="previous")
     plain = from_csv(path, "u", "y", time="t", irregular=True)
     for held, given in zip(bench.train + bench.test, plain.train + plain.test):
-        assert torch.equal(held.u, given.held_previous().u) and torch.equal(held.t, given.t)
+        assert torch.equal(held.t, given.t)
+    # the whole log held before the tail is split off: the test record starts with the known command u_{cut-1}
+    held = torch.cat([r.u for r in bench.train + bench.test])[:, 0].numpy()
+    assert np.array_equal(held, np.concatenate([u[:1], u[:-1]]))
+    assert held[len(bench.train[0])] == u[len(bench.train[0]) - 1]
     assert "held from its sample" in bench.notes
     for bad in ("next", None, 1):
         with pytest.raises(ValueError, match="hold must be one of"):
             from_csv(path, "u", "y", time="t", irregular=True, hold=bad)
         with pytest.raises(ValueError, match="hold must be one of"):
             from_arrays(u, y, TS, t=t, hold=bad)
+
+
+def test_from_arrays_holds_each_experiment_before_the_split():
+    """Found by a mutation probe: the tail split came first, so the test record's first input was its own u_cut
+    (unknown over the gap before it), not u_{cut-1}; a separate test experiment is held on its own."""
+    u = np.arange(1.0, 11.0)
+    bench = from_arrays(u, np.zeros(10), 0.1, hold="previous", n_init=0)
+    assert bench.train[0].u[:, 0].tolist() == [1, 1, 2, 3, 4, 5, 6, 7]
+    assert bench.test[0].u[:, 0].tolist() == [8, 9]
+    other = from_arrays(u, np.zeros(10), 0.1, test=(u[:4] + 20, np.zeros(4)), hold="previous", n_init=0)
+    assert other.train[0].u[:, 0].tolist() == [1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert other.test[0].u[:, 0].tolist() == [21, 21, 22, 23]
 
 
 def test_the_command_reads_held_commands_and_says_so(tmp_path, capsys):

@@ -142,13 +142,19 @@ def _check_hold(hold: object) -> None:
                          f"u_{{k-1}} held from the previous sample); got {hold!r}")
 
 
+def _held(u: np.ndarray, hold: str) -> np.ndarray:
+    """The inputs (L, m) of one whole experiment as the models read them: with ``hold`` ``"previous"`` each sample's
+    input replaced by the previous sample's, u'_k = u_{k−1} (u'_0 = u_0; :meth:`IORecord.held_previous`). Applied
+    before an experiment is split into training and test records, so the test record's first input is the known
+    u_{cut−1}, not its own."""
+    return np.concatenate([u[:1], u[:-1]]) if hold == "previous" else u
+
+
 def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_init: int | None,
                input_names: tuple[str, ...], output_names: tuple[str, ...], source: str,
                input_unit=None, hold: str = "sample") -> SysidBenchmark:
-    """The SysidBenchmark of the user's records, with ``n_init`` checked (or its default) and the notes; with ``hold``
-    ``"previous"`` every record's inputs held from the previous sample (:meth:`IORecord.held_previous`)."""
-    if hold == "previous":
-        train, test = [r.held_previous() for r in train], [r.held_previous() for r in test]
+    """The SysidBenchmark of the user's records, with ``n_init`` checked (or its default) and the notes (``hold``: how
+    the callers read the inputs, :func:`_held`)."""
     lengths = [len(r) for r in test]
     if n_init is None:
         n_init = default_n_init(lengths)
@@ -207,7 +213,7 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         dt = check_sampling_time(dt)  # (None is allowed with t only: the median gap)
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty string; got {name!r}")
-    u_a = _as_channels(u, "u")
+    u_a = _held(_as_channels(u, "u"), hold)
     y_a = _as_channels(y, "y")
     if u_a.shape[0] != y_a.shape[0]:
         raise ValueError(f"u and y must have one length L (time first); got u {u_a.shape} and y {y_a.shape}")
@@ -224,7 +230,7 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} [{cut}:]", t=_times(t_te))]
         source = f"the last {fraction:.0%} of the experiment held out as the test record"
     elif isinstance(test, (tuple, list)) and len(test) in (2, 3):
-        u_te = _as_channels(test[0], "u_test", inputs)
+        u_te = _held(_as_channels(test[0], "u_test", inputs), hold)
         y_te = _as_channels(test[1], "y_test", outputs)
         if u_te.shape[0] != y_te.shape[0]:
             raise ValueError(f"u_test and y_test must have one length; got {u_te.shape} and {y_te.shape}")
@@ -545,7 +551,7 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         ts = None
         if time is not None:
             ts = check_times(cols[time], label) if irregular else sampling_time(cols[time], label)
-        return np.stack([cols[c] for c in ins], 1), np.stack([cols[c] for c in outs], 1), ts
+        return _held(np.stack([cols[c] for c in ins], 1), hold), np.stack([cols[c] for c in outs], 1), ts
 
     experiments = [(p, *read(p)) for p in files]
     tests = [(p, *read(p)) for p in test_files] if test_files is not None else []

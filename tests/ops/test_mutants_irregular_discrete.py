@@ -127,3 +127,16 @@ def test_float32_gates_near_one_over_long_gaps_follow_a_float64_loop():
     h, _ = rglru_irregular(*args[:4], 8.0, args[4], backend="chunked")
     err = np.abs(h.double().cpu().numpy() - want).max() / np.abs(want).max()
     assert err < 2e-6, err  # 5e-7 with the logs; 9.5e-6 with the float32 products
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "native"])
+def test_rglru_irregular_refuses_intervals_of_another_shape(backend):
+    """Reported by the probe: an (L,) tensor of intervals broadcast over the batch on the scan paths (the reference
+    loop indexed [:, t] and failed); every backend now asks for (B, L) and for values > 0."""
+    B, L, H = 2, 5, 3
+    g = torch.Generator().manual_seed(0)
+    x, r, i = (torch.rand(B, L, H, generator=g) for _ in range(3))
+    lam = torch.randn(H, generator=g)
+    for bad, match in ((torch.ones(L), r"shape \(2, 5\); got shape \(5,\)"), (-torch.ones(B, L), "finite and > 0")):
+        with pytest.raises(ValueError, match=match):
+            rglru_irregular(x, r, i, lam, 8.0, bad, backend=backend)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.ops.backend import dispatch
+from ssmkit.ops.irregular import check_intervals
 from ssmkit.ops.recurrence import linear_recurrence
 from ssmkit.ops.rglru import _check_rglru, sqrt_bounded_gradient
 
@@ -128,6 +129,7 @@ def rglru_irregular_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rglru_irregular` by a plain loop over time (its oracle). Arguments and returns as there."""
     _check_rglru(x, r, i, Lambda, h0, resets)
+    check_intervals(intervals, tuple(x.shape[:2]), x.device)  # an (L,) tensor broadcast on the scan paths
     h = h0 if h0 is not None else torch.zeros_like(x[:, 0])  # (B, H)
     hs = []
     for t in range(x.shape[1]):
@@ -141,6 +143,7 @@ def _rglru_irregular_scan(x, r, i, Lambda, c, intervals, h0=None, resets=None, *
     """The coefficients of every step, then :func:`ssmkit.ops.recurrence.linear_recurrence` on
     ``recurrence_backend`` (with the logs of the gates, for the chunk products)."""
     _check_rglru(x, r, i, Lambda, h0, resets)
+    check_intervals(intervals, tuple(x.shape[:2]), x.device)  # an (L,) tensor broadcast on the scan paths
     a, log_a, b = _rglru_coefficients(r, i, x, Lambda, c, intervals[..., None].to(x.dtype), resets)  # (B, L, H) each
     return linear_recurrence(a, b, h0, backend=recurrence_backend, log_a=log_a)
 

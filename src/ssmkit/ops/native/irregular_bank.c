@@ -49,40 +49,6 @@
 
 #include "vmath.h"
 
-/* How a step forms its phases' sines and cosines (phase_kind): none (every Im z of the item is 0: real modes, Mega's
- * EMA; sin 0 and cos 1), the vector polynomials, or libm's (some half phase s Im z / 2 may exceed PHASE_LIMIT). */
-enum { PHASE_NONE, PHASE_VECTOR, PHASE_LIBM };
-
-/* A step's coefficients for one mode of W channels: A = Ar + i Ai, and aux (E = A − 1 for ZOH, q for bilinear). */
-typedef struct {
-    vd Ar, Ai, xr, xi;
-} coef_t;
-
-static inline coef_t coefficients(double s, vd zr, vd zi, int bilinear, int phase) {
-    coef_t c;
-    if (bilinear) {
-        const vd hr = 1.0 - (0.5 * s) * zr, hi = -(0.5 * s) * zi; /* 1 − s z/2 */
-        const vd inv = 1.0 / (hr * hr + hi * hi);
-        c.xr = hr * inv, c.xi = -hi * inv; /* q */
-        const vd nr = 1.0 + (0.5 * s) * zr, ni = (0.5 * s) * zi;
-        c.Ar = nr * c.xr - ni * c.xi, c.Ai = nr * c.xi + ni * c.xr;
-        return c;
-    }
-    vd ea, sh, ch;
-    const vd em1 = expm1_v(s * zr, &ea);
-    if (phase == PHASE_LIBM)
-        sincos_libm((0.5 * s) * zi, &sh, &ch);
-    else if (phase == PHASE_VECTOR)
-        sincos_v((0.5 * s) * zi, &sh, &ch);
-    else
-        sh = (vd){0}, ch = splat(1.0);
-    const vd s2 = 2.0 * sh * sh; /* 1 − cos θ */
-    c.xr = em1 * (1.0 - s2) - s2;  /* Re(e^{sz} − 1) */
-    c.xi = ea * (2.0 * sh * ch);   /* Im e^{sz} */
-    c.Ar = ea * (1.0 - s2), c.Ai = c.xi; /* e^a cos θ: 1 + Re(e^{sz} − 1) lost the relative accuracy of a tiny e^a */
-    return c;
-}
-
 /* b_t = E w (ZOH) or s q w (bilinear). */
 static inline void input_coef(const coef_t *c, double s, vd wr, vd wi, int bilinear, vd *br, vd *bi) {
     vd er = c->xr, ei = c->xi;
@@ -95,11 +61,6 @@ typedef struct {
     const real *D;                             /* (H,) or NULL */
     int64_t L, H, N, bilinear;
 } params_t;
-
-/* The phase_kind of a step of gap s, for zimax = max |Im z| of the item. */
-static inline int phase_kind(double s, double zimax) {
-    return zimax == 0 ? PHASE_NONE : 0.5 * fabs(s) * zimax < PHASE_LIMIT ? PHASE_VECTOR : PHASE_LIBM;
-}
 
 static double max_abs(const double *v, int64_t n) {
     double m = 0;
@@ -170,7 +131,7 @@ static int forward_item(const real *u, const double *tau, const real *x0, real *
         vd acc = Dv * uv;
         for (int64_t n = 0; n < N; n++) {
             const vd zr = vld(pv + n * W), zi = vld(pv + (N + n) * W);
-            const coef_t c = coefficients(s, zr, zi, (int)P->bilinear, phase);
+            const coef_t c = coefficients(s, zr, zi, (int)P->bilinear, phase, 0);
             vd br, bi;
             input_coef(&c, s, vld(pv + (2 * N + n) * W), vld(pv + (3 * N + n) * W), (int)P->bilinear, &br, &bi);
             const vd a = vld(xr + n * W), e = vld(xi + n * W);
@@ -227,7 +188,7 @@ static int backward_item(const real *u, const double *tau, const real *gy, const
             const double *xp = xs + i * 2 * NW;
             double *xn = xs + (i + 1) * 2 * NW, *cc = cs + i * 4 * NW;
             for (int64_t n = 0; n < N; n++) {
-                const coef_t c = coefficients(s, vld(pv + n * W), vld(pv + (N + n) * W), (int)bil, phase);
+                const coef_t c = coefficients(s, vld(pv + n * W), vld(pv + (N + n) * W), (int)bil, phase, 0);
                 vd br, bi;
                 input_coef(&c, s, vld(pv + (2 * N + n) * W), vld(pv + (3 * N + n) * W), (int)bil, &br, &bi);
                 const vd a = vld(xp + n * W), e = vld(xp + NW + n * W);

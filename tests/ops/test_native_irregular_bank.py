@@ -245,8 +245,8 @@ def test_real_modes_take_the_real_kernel_and_match_a_float64_loop_with_every_gra
     args = _real_problem(*shape)
     weight = torch.linspace(-1, 1, shape[1], dtype=F64).view(1, -1, 1)
     want = _grads(lambda *a: _real_loop(*a[:7], rule, a[7]), args, weight)
-    y, _ = bank_unchecked(*[a.to(dtype).requires_grad_() for a in args[:7]], rule, args[7].to(dtype), True)
-    assert y.grad_fn.name() == "_NativeBankRealBackward"
+    y, x = bank_unchecked(*[a.to(dtype).requires_grad_() for a in args[:7]], rule, args[7].to(dtype), True)
+    assert y.grad_fn.name() == "_NativeBankBackward" and x.dtype == dtype  # the kernel, with a real state
     got = _grads(lambda *a: bank_unchecked(*a[:7], rule, a[7], True), _cast(args, dtype), weight.to(dtype))
     tol = 1e-12 if dtype == F64 else 2e-6  # relative to each quantity's largest entry (float32: state kept in double)
     for name, a, b in zip(_NAMES, got, want):

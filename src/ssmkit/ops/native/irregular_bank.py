@@ -28,7 +28,7 @@ torch.func transforms, torch.export and forward-mode AD take the PyTorch path. D
 from __future__ import annotations
 
 import ctypes
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -133,45 +133,6 @@ def _backward_kernel(
     return out + ([] if g_x0 is None else [g_x0])
 
 
-class _NativeBank(torch.autograd.Function):
-    """The irregularly sampled bank by the C kernel (module docstring).
-
-    Inputs: u (B, L, H) real contiguous, τ (B, L) real, z, w, C (H, M) complex128, D (H,) of u's dtype or None, x0
-    (B, H, M) complex of u's precision or None, keep (checkpoint for a backward), bilinear. Outputs y (B, L, H) and
-    x_{L-1} (B, H, M).
-    """
-
-    @staticmethod
-    def forward(ctx, u, tau, z, w, C, D, x0, keep, bilinear):  # type: ignore[override]
-        pars = [*_parts(z), *_parts(w), *_parts(C)]
-        tau_c = tau.to(torch.float64).contiguous()
-        Dc = None if D is None else D.contiguous()
-        x0c = None if x0 is None else x0.resolve_conj().contiguous()
-        y, xL, ckpt = _forward_kernel(u, tau_c, *pars, Dc, x0c, keep, bilinear)
-        ctx.save_for_backward(u, tau_c, *pars, Dc, ckpt, tau, z, w, C, D, x0)
-        ctx.bilinear, ctx.has_D, ctx.has_x0 = bilinear, D is not None, x0 is not None
-        ctx.set_materialize_grads(False)
-        return y, xL
-
-    @staticmethod
-    def backward(ctx, g_y, g_x):  # type: ignore[override]
-        u, tau_c, *pars = ctx.saved_tensors[:8]
-        Dc, ckpt = ctx.saved_tensors[8:10]
-        if torch.is_grad_enabled():  # create_graph: a double backward, through the PyTorch path (ops/twice.py)
-            given = (u, *ctx.saved_tensors[10:])
-            path = lambda *a: _torch_path(*a, ctx.bilinear)  # noqa: E731
-            return (*graph_backward(path, given, ctx.needs_input_grad[:7], (g_y, g_x)), None, None)
-        g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
-        g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
-        want_tau, want_x0 = ctx.needs_input_grad[1], ctx.has_x0
-        g_u, g, *rest = _backward_kernel(u, tau_c, *pars, Dc, g_y, g_xc, ckpt, ctx.bilinear, want_tau, want_x0)
-        g_tau = rest.pop(0).to(ctx.saved_tensors[10].dtype) if want_tau else None
-        g_x0 = rest.pop(0) if want_x0 else None
-        cplx = lambda r: torch.complex(g[r], g[r + 1]).t()  # noqa: E731  (M, H) pair -> (H, M) complex
-        g_D = g[6, 0].to(Dc.dtype) if ctx.has_D else None
-        return g_u, g_tau, cplx(0), cplx(2), cplx(4), g_D, g_x0, None, None
-
-
 def _forward_real_fake(u, tau, z, w, C, D, x0, keep, bilinear):
     Bsz, L, H = u.shape
     n_ckpt = _ckpt_numel(bind("irregular_bank.c", u.dtype, SIGNATURES), u, z.shape[0], keep, True)
@@ -232,43 +193,70 @@ def _backward_real_kernel(
     return out + ([] if g_x0 is None else [g_x0])
 
 
-class _NativeBankReal(torch.autograd.Function):
-    """The irregularly sampled bank of real modes by the C kernel's real variant (``ib_forward_real``: a real state,
-    no sines).
+class _Variant(NamedTuple):
+    """How the bank's Function talks to one variant of the kernel: ``pack`` turns z, w, C (H, M) into the kernel's
+    parameter arrays, ``forward``/``backward`` are its custom ops, ``unpack`` turns the backward's parameter rows into
+    (∂z, ∂w, ∂C (H, M), ∂D (H,) as a row of doubles)."""
 
-    Inputs: u (B, L, H) real contiguous, τ (B, L) real, z, w, C (H, M) float64, D (H,) of u's dtype or None, x0
-    (B, H, M) of u's dtype or None, keep (checkpoint for a backward), bilinear. Outputs y (B, L, H) and x_{L-1}
-    (B, H, M) of u's dtype.
+    pack: Callable[[Tensor, Tensor, Tensor], list[Tensor]]
+    forward: Callable[..., list[Tensor]]
+    backward: Callable[..., list[Tensor]]
+    unpack: Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+def _complex_pair(g: Tensor, r: int) -> Tensor:
+    """Rows r, r + 1 of the backward's (rows, M, H) doubles as one (H, M) complex gradient."""
+    return torch.complex(g[r], g[r + 1]).t()
+
+
+_VARIANTS = {  # by whether the modes are real
+    False: _Variant(lambda z, w, C: [*_parts(z), *_parts(w), *_parts(C)], _forward_kernel, _backward_kernel,
+                    lambda g: (_complex_pair(g, 0), _complex_pair(g, 2), _complex_pair(g, 4), g[6, 0])),
+    True: _Variant(lambda z, w, C: [p.t().contiguous() for p in (z, w, C)], _forward_real_kernel,
+                   _backward_real_kernel, lambda g: (g[0].t(), g[1].t(), g[2].t(), g[3, 0])),
+}
+
+
+class _NativeBank(torch.autograd.Function):
+    """The irregularly sampled bank by the C kernel (module docstring), its complex or real variant.
+
+    Inputs: real (the variant: Λ, B, C were real tensors), u (B, L, H) real contiguous, τ (B, L) real, z, w, C (H, M)
+    complex128 (float64 for real modes), D (H,) of u's dtype or None, x0 (B, H, M) complex of u's precision (u's dtype
+    for real modes) or None, keep (checkpoint for a backward), bilinear. Outputs y (B, L, H) and x_{L-1} (B, H, M).
     """
 
     @staticmethod
-    def forward(ctx, u, tau, z, w, C, D, x0, keep, bilinear):  # type: ignore[override]
-        pars = [p.t().contiguous() for p in (z, w, C)]  # (M, H): the kernel's layout
+    def forward(ctx, real, u, tau, z, w, C, D, x0, keep, bilinear):  # type: ignore[override]
+        variant = _VARIANTS[real]
+        pars = variant.pack(z, w, C)
         tau_c = tau.to(torch.float64).contiguous()
         Dc = None if D is None else D.contiguous()
-        x0c = None if x0 is None else x0.contiguous()
-        y, xL, ckpt = _forward_real_kernel(u, tau_c, *pars, Dc, x0c, keep, bilinear)
+        x0c = None if x0 is None else x0.resolve_conj().contiguous()
+        y, xL, ckpt = variant.forward(u, tau_c, *pars, Dc, x0c, keep, bilinear)
         ctx.save_for_backward(u, tau_c, *pars, Dc, ckpt, tau, z, w, C, D, x0)
-        ctx.bilinear, ctx.has_D, ctx.has_x0 = bilinear, D is not None, x0 is not None
+        ctx.real, ctx.n_pars, ctx.bilinear = real, len(pars), bilinear
+        ctx.has_D, ctx.has_x0 = D is not None, x0 is not None
         ctx.set_materialize_grads(False)
         return y, xL
 
     @staticmethod
     def backward(ctx, g_y, g_x):  # type: ignore[override]
-        u, tau_c, *pars = ctx.saved_tensors[:5]
-        Dc, ckpt = ctx.saved_tensors[5:7]
+        n = ctx.n_pars
+        u, tau_c, *pars = ctx.saved_tensors[: 2 + n]
+        Dc, ckpt = ctx.saved_tensors[2 + n: 4 + n]
+        given = ctx.saved_tensors[4 + n:]  # tau, z, w, C, D, x0 as passed
         if torch.is_grad_enabled():  # create_graph: a double backward, through the PyTorch path (ops/twice.py)
-            given = (u, *ctx.saved_tensors[7:])
             path = lambda *a: _torch_path(*a, ctx.bilinear)  # noqa: E731
-            return (*graph_backward(path, given, ctx.needs_input_grad[:7], (g_y, g_x)), None, None)
+            return (None, *graph_backward(path, (u, *given), ctx.needs_input_grad[1:8], (g_y, g_x)), None, None)
         g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
-        g_xc = None if g_x is None else g_x.contiguous()
-        want_tau, want_x0 = ctx.needs_input_grad[1], ctx.has_x0
-        g_u, g, *rest = _backward_real_kernel(u, tau_c, *pars, Dc, g_y, g_xc, ckpt, ctx.bilinear, want_tau, want_x0)
-        g_tau = rest.pop(0).to(ctx.saved_tensors[7].dtype) if want_tau else None
+        g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
+        want_tau, want_x0 = ctx.needs_input_grad[2], ctx.has_x0
+        variant = _VARIANTS[ctx.real]
+        g_u, g, *rest = variant.backward(u, tau_c, *pars, Dc, g_y, g_xc, ckpt, ctx.bilinear, want_tau, want_x0)
+        g_tau = rest.pop(0).to(given[0].dtype) if want_tau else None
         g_x0 = rest.pop(0) if want_x0 else None
-        g_D = g[3, 0].to(Dc.dtype) if ctx.has_D else None
-        return g_u, g_tau, g[0].t(), g[1].t(), g[2].t(), g_D, g_x0, None, None
+        g_z, g_w, g_C, g_D = variant.unpack(g)
+        return None, g_u, g_tau, g_z, g_w, g_C, (g_D.to(Dc.dtype) if ctx.has_D else None), g_x0, None, None
 
 
 def _torch_path(u, tau, z, w, C, D, x0, bilinear):
@@ -292,6 +280,6 @@ def bank_unchecked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state)
     w = dtw[:, None] * Bw if bilinear else Bw / Lw
     keep = wants_grad(u, intervals, Lambda, B, C, dt, D, state)
     D = None if D is None else D.to(u.dtype)
-    bank = _NativeBank if Lambda.is_complex() else _NativeBankReal
-    y, x = apply_function(bank, u.contiguous(), intervals, z, w, Cw, D, state, keep, bilinear)
+    real = not Lambda.is_complex()
+    y, x = apply_function(_NativeBank, real, u.contiguous(), intervals, z, w, Cw, D, state, keep, bilinear)
     return y, (x if return_state else None)

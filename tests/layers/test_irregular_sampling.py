@@ -478,11 +478,12 @@ def test_a_model_forward_with_intervals_equals_its_step_loop(checkpointing):
 
 
 def test_a_hybrid_model_with_a_layer_without_intervals_is_refused():
-    model = SequenceModel(d_input=2, d_model=H, n_layers=3, layer=["s5", "s4d", "s4"],
-                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4}, "s4": variants("s4")[0]},
+    model = SequenceModel(d_input=2, d_model=H, n_layers=3, layer=["s5", "s4d", "liquid_s4"],
+                          layer_options={"s5": variants("s5")[0], "s4d": {"d_state": 4},
+                                         "liquid_s4": variants("liquid_s4")[0]},
                           d_output=4, head="regress", pool=None).to(DEVICE, torch.float64)
     x = torch.randn(B, L, 2, dtype=torch.float64, device=DEVICE)
-    with pytest.raises(ValueError, match="S4 does not take sampling intervals"):
+    with pytest.raises(ValueError, match="LiquidS4 does not take sampling intervals"):
         model(x, intervals=_intervals())
 
 
@@ -502,7 +503,7 @@ def test_under_autocast_unit_intervals_give_the_regular_layer(name):
         for t in range(16):
             y_t, s = layer.step(x[:, t], s, interval=ones[:, t])
             steps.append(y_t)
-    if hasattr(layers.layer_class(name), "continuous"):  # an LTI core: float32 throughout
+    if layers.layer_class(name).capabilities.state_space:  # an LTI core: float32 throughout
         assert rel_err(y_one, y_reg) < 1e-5 and rel_err(torch.stack(steps, 1), y_reg) < 1e-5
     else:  # the bf16 projections' rounding is in both, and far from the float32 layer
         gap = (y_reg - y32).abs().max()

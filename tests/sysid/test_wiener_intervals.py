@@ -13,9 +13,10 @@ from tests.conftest import DEVICE, rel_err
 
 def _model(layer: str, seed: int = 0) -> DeepWiener:
     torch.manual_seed(seed)
-    options = {"s5": {"d_state": 4, "blocks": 1}, "s4d": {"d_state": 4}, "s4": {"d_state": 4, "l_max": 16}}[layer]
+    options = {"s5": {"d_state": 4, "blocks": 1}, "s4d": {"d_state": 4},
+               "liquid_s4": {"d_state": 4, "l_max": 16}}[layer]
     return DeepWiener(2, 1, d_model=3, n_layers=2, layer=layer, layer_options=options, dt=0.5,
-                      device=DEVICE, dtype=torch.float64)
+                      time_varying=layer == "liquid_s4", device=DEVICE, dtype=torch.float64)
 
 
 def _data(B: int = 2, L: int = 11, seed: int = 1):
@@ -46,9 +47,9 @@ def test_forward_with_intervals_equals_its_step_loop_and_the_hand_composed_block
 
 
 def test_a_model_of_layers_without_intervals_refuses_them():
-    model = _model("s4")
+    model = _model("liquid_s4")  # S4 takes intervals; Liquid-S4 does not (its liquid terms read past gaps)
     u, tau = _data()
-    with pytest.raises(ValueError, match="S4 does not take sampling intervals"):
+    with pytest.raises(ValueError, match="LiquidS4 does not take sampling intervals"):
         model(u, intervals=tau)
-    with pytest.raises(ValueError, match="S4 does not take sampling intervals"):
+    with pytest.raises(ValueError, match="LiquidS4 does not take sampling intervals"):
         model.step(u[:, 0], model.initial_state(2), interval=tau[:, 0])

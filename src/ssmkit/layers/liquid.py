@@ -45,6 +45,13 @@ Departures from the official code (raminmh/liquid-s4, ``src/models/sequence/ss/s
   of length 2L), which is not a convolution; here KB is the exact causal convolution above.
 - No ``allcombs=True`` (all p-combinations of past inputs have no finite causal state) and no bidirectional form.
 
+No sampling intervals (``takes_intervals`` False, although S4 has them): with each step's own Ā_t, B̄_t (Δ_t = Δ τ_t)
+the degree-p term that the liquid recurrence leaves at lag 0 is B̄_k u_k (1ᵀB̄_{k-1} u_{k-1}) ... (1ᵀB̄_{k-p+1}
+u_{k-p+1}) = B̄_k β_{k-1} ... β_{k-p+1} u^{(p)}_k: its coefficient reads the p-1 PREVIOUS gaps (β_j = 1ᵀB̄_j depends
+on τ_j), which the state (x, the last P-1 inputs) does not hold, and the contraction f of the products cannot fold
+them into the stored inputs. A per-step form needs the last P-1 gaps in the state (a third field, which the regular
+forward and ``step`` would have to read and write too); β_k^{p-1} of the current gap alone would be another model.
+
 Backends: ``"fft"`` (and ``"auto"``) = S4's DPLR kernel + FFT convolutions; ``"reference"`` = the step loop (the
 oracle). The layer is not linear in u, so it has neither ``kernel`` nor ``state_space``.
 """
@@ -58,6 +65,7 @@ from torch import Tensor
 
 from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.checks import ATTUNED, SHAPES, FixedOption, check_choice
+from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.protocol import Capabilities, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
@@ -172,6 +180,7 @@ class LiquidS4(S4):
         "state_space": "its liquid terms are products of inputs, so it is not a linear time-invariant system",
     }
     backends: ClassVar[tuple[str, ...]] = ("reference", "fft")
+    takes_intervals: ClassVar[bool] = False  # S4's irregular sampling has no liquid terms (module docstring)
 
     # the liquid options, fixed at construction as S4's (checks.FixedOption): the trained parameters are
     # attuned to them, and liquid_degree shapes the state
@@ -293,6 +302,14 @@ class LiquidS4(S4):
             ys.append(y_t)
         y = torch.stack(ys, dim=1).to(out_dtype)  # (B, L, H)
         return y, (LiquidS4State(h, past) if return_state else None)
+
+    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
+        """Refused (``takes_intervals`` False): S4's irregular forward would drop the liquid terms."""
+        require_intervals(self)
+
+    def _step_irregular(self, u_t, interval, state):
+        """Refused (``takes_intervals`` False), as :meth:`_forward_irregular`."""
+        require_intervals(self)
 
     def extra_repr(self) -> str:
         return self._with_changed_options(

@@ -89,6 +89,7 @@ from ssmkit.layers.checks import (
     parameter_dtype,
 )
 from ssmkit.layers.init import log_uniform_log_dt
+from ssmkit.layers.irregular import IrregularSampling
 from ssmkit.layers.longconv import fit_length
 from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import Capabilities, SequenceLayer, complex_pairs, float32_core, with_skip
@@ -106,6 +107,7 @@ from ssmkit.ops.dplr import (
     increment_power,
 )
 from ssmkit.ops.fftconv import bidirectional_conv, causal_conv
+from ssmkit.ops.irregular_dplr import dplr_irregular_coefficients, dplr_irregular_scan, dplr_irregular_step
 from ssmkit.ops.hippo import nplr
 
 INITS = ("legs", "legt", "lagt", "fout")
@@ -153,7 +155,7 @@ def _from_real_row(c: Tensor) -> Tensor:
 
 
 @register("s4")
-class S4(SequenceLayer):
+class S4(IrregularSampling, SequenceLayer):
     """Structured state-space layer with a DPLR state matrix (S4), arXiv 2111.00396.
 
     Args:
@@ -494,9 +496,44 @@ class S4(SequenceLayer):
             ys.append(y_t)
         return torch.stack(ys, dim=1).to(out_dtype), (h if return_state else None)  # (B, L, H)
 
+    # ------------------------------------------------------------------------------------------------------------
+    # Irregular sampling (ssmkit.layers.irregular)
+
+    def _irregular_system(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Λ (H, N/2), P (r, H, N/2), B (H, N/2), C_true (H, N/2) complex128 and Δ (H,) float64 of the sampled
+        system; C_true as ``step`` gets it (cached without a gradient, :meth:`_step_coefficients`)."""
+        Lambda, P, B, dt = self._ssm(_F64)
+        return Lambda, P, B, self._step_coefficients()[1], dt
+
+    def _state_dtype(self) -> torch.dtype:
+        """The state's complex dtype: complex128 for a float64 layer, complex64 otherwise (``state_spec``)."""
+        return _C128 if self.D.dtype == _F64 else torch.complex64
+
+    def _forward_irregular(
+        self, u: Tensor, intervals: Tensor, state: Tensor | None, return_state: bool, backend: str
+    ) -> tuple[Tensor, Tensor | None]:
+        """The bilinear DPLR recurrence with each step's own Δ_t = Δ τ_t (:mod:`ssmkit.ops.irregular_dplr`), in
+        float64 as ``step`` (the state rounded once, at the end, to the layer's complex dtype): (y, final state)."""
+        with float32_core(u.device.type):
+            Lambda, P, B, C, dt = self._irregular_system()
+            x0 = None if state is None else state.to(_C128)
+            y, h = dplr_irregular_scan(u.to(_F64), Lambda, P, B, C, dt, intervals.to(_F64), self.D.to(_F64), x0,
+                                       return_state=return_state, backend=backend)
+        return y.to(u.dtype), (None if h is None else h.to(self._state_dtype()))
+
+    def _step_irregular(self, u_t: Tensor, interval: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One bilinear DPLR step of Δ_t = Δ τ (:func:`ssmkit.ops.irregular_dplr.dplr_irregular_step`), in float64
+        as ``step``."""
+        with float32_core(u_t.device.type):
+            Lambda, P, B, C, dt = self._irregular_system()
+            coeffs = dplr_irregular_coefficients(Lambda, P, dt, interval.to(_F64))  # (B, H, N/2), ...
+            u = u_t.to(_F64)
+            y, h = dplr_irregular_step(u, state.to(_C128), coeffs, P, B, C)
+        return (y + self.D.to(_F64) * u).to(u_t.dtype), h.to(state.dtype)
+
     def state_spec(self) -> TensorSpec:
         """The kept half x of the conjugate-pair state: (H, N/2) complex64 (complex128 for a float64 layer)."""
-        return TensorSpec((self.d_model, self.d_state // 2), torch.complex128 if self.D.dtype == _F64 else torch.complex64)
+        return TensorSpec((self.d_model, self.d_state // 2), self._state_dtype())
 
     def state_device(self) -> torch.device:
         return self.D.device

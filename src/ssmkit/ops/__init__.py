@@ -14,7 +14,8 @@ its counter-based mask, the C kernel's reference; ``dropout()`` stays in its mod
 ``ssd`` (Mamba-2's scan with a scalar decay per head), ``gated_norm`` (Mamba-2's skip, gate and grouped RMSNorm), ``selective`` (Mamba's selective scan), ``discretize`` (ZOH and bilinear for diagonal systems), ``hippo``
 (HiPPO matrices), ``diagonal`` (the layers' views of a diagonal SSM), ``mimo`` (the MIMO diagonal SSM of S5 and LRU:
 scan, kernel, step; ``irregular``: its scan and step at irregular sampling times; ``irregular_bank``: the same
-for a bank of SISO systems, S4D's), ``twice`` (a kernel's backward when it is itself differentiated: through the chunked path),
+for a bank of SISO systems, S4D's; ``irregular_discrete``: LRU's, EMA's, DLR's and RG-LRU's; ``irregular_dplr``:
+S4's DPLR system), ``twice`` (a kernel's backward when it is itself differentiated: through the chunked path),
 ``function_call`` (every ``torch.autograd.Function`` is called through :func:`apply_function`: views of parameters,
 not the parameters, so threads sharing a model cannot deadlock inside PyTorch).
 """

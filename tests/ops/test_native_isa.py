@@ -45,7 +45,8 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
                                                          "test_native_mutants_steps.py",
                                                          "test_native_irregular_bank.py",
                                                          "test_native_mutants_irregular_bank.py",
-                                                         "test_native_irregular_mimo.py")]
+                                                         "test_native_irregular_mimo.py",
+                                                         "test_native_irregular_dplr.py")]
     tests.append(str(ROOT / "tests/layers/test_native_steps.py"))  # the mixers' fused steps
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -53,7 +54,7 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
     assert " passed" in out.stdout.splitlines()[-1]
     # the kernels were built afresh, with the flag, in the subprocess's own cache
     assert {"selective_scan", "diagonal_scan", "causal_conv", "ssd_scan", "spectral", "cauchy_pairs",
-            "irregular_bank", "irregular_mimo"} <= {
+            "irregular_bank", "irregular_mimo", "irregular_dplr"} <= {
         p.name.split("-")[0] for p in cache.glob("*.so")}
     objdump = subprocess.run(["objdump", "-d", str(next(cache.glob("selective_scan-float32-*.so")))],
                              capture_output=True, text=True) if os.path.exists("/usr/bin/objdump") else None

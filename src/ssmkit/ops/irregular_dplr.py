@@ -23,9 +23,10 @@ Paths: ``"reference"`` -- a loop over time, each step's coefficients formed from
 chunk under an activation checkpoint when autograd records (non-reentrant, recomputed under the backend in force at
 the call, :func:`ssmkit.ops.backend.checkpoint_contexts`; without one inside torch.func transforms, which refuse its
 hooks): the backward keeps one state per chunk, O(B·H·N·L/T), and one chunk's graph, not the L steps' intermediates.
-Both cost O(B·L·H·N r) in L sequential steps of batched ops (no parallel scan: the transition is dense). ``"fft"``
-and the kernel backends raise: the sampled system is time-varying and has no C kernel yet. Computed in the inputs'
-precision (S4 passes float64/complex128, as its ``step``).
+Both cost O(B·L·H·N r) in L sequential steps of batched ops (no parallel scan: the transition is dense). ``"native"``
+(and ``"auto"`` on the CPU when no gradient will be asked for: inference, simulation, validation) -- the forward-only
+C kernel :mod:`ssmkit.ops.native.irregular_dplr` (r ≤ 2), else the chunks; ``"fft"`` and ``"triton"`` raise.
+Computed in the inputs' precision (S4 passes float64/complex128, as its ``step``).
 """
 
 from __future__ import annotations
@@ -253,7 +254,25 @@ def dplr_irregular_scan_chunked(
     return (y if D is None else y + D * u), (x if return_state else None)
 
 
-_SCAN = {"reference": dplr_irregular_scan_reference, "chunked": dplr_irregular_scan_chunked}
+def _dplr_native(u, Lambda, P, B, C, dt, intervals, D=None, state=None, *, return_state=True):
+    """The forward by its C kernel (:mod:`ssmkit.ops.native.irregular_dplr`: each step's coefficients formed in
+    registers, the state in local arrays) where it runs and no gradient will be asked for: u on the CPU in the real
+    dtype of Λ, rank r ≤ 2, the kernel built and checked (:func:`ssmkit.ops.native.gate.prefer_native`: not under a
+    torch.func transform, torch.export or forward-mode AD) and no input requiring grad under grad mode
+    (:func:`ssmkit.ops.twice.wants_grad`); elsewhere :func:`dplr_irregular_scan_chunked` (training keeps it)."""
+    from ssmkit.ops._checks import REAL_OF
+    from ssmkit.ops.native.gate import prefer_native
+    from ssmkit.ops.native.irregular_dplr import MAX_RANK, dplr_unchecked
+    from ssmkit.ops.twice import wants_grad
+
+    _check_scan(u, Lambda, P, B, C, dt, intervals, D, state)
+    if (P.shape[0] <= MAX_RANK and REAL_OF.get(Lambda.dtype) == u.dtype
+            and not wants_grad(u, Lambda, P, B, C, dt, intervals, D, state) and prefer_native("irregular_dplr", u)):
+        return dplr_unchecked(u, Lambda, P, B, C, dt, intervals, D, state, return_state)
+    return dplr_irregular_scan_chunked(u, Lambda, P, B, C, dt, intervals, D, state, return_state=return_state)
+
+
+_SCAN = {"reference": dplr_irregular_scan_reference, "chunked": dplr_irregular_scan_chunked, "native": _dplr_native}
 
 
 def dplr_irregular_scan(
@@ -271,8 +290,9 @@ def dplr_irregular_scan(
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """The irregularly sampled DPLR system (module docstring) over a sequence; the path by the backend:
-    ``"reference"`` -> the loop; ``"chunked"`` and ``"auto"`` -> chunks of coefficients under checkpoints; the
-    others raise.
+    ``"reference"`` -> the loop; ``"chunked"`` -> chunks of coefficients under checkpoints; ``"native"`` and
+    ``"auto"`` -> the forward-only C kernel on the CPU when no gradient will be asked for (:func:`_dplr_native`),
+    else the chunks; the others raise.
 
     Args:
         u: (B, L, H) real input (Λ's real dtype).
@@ -290,5 +310,5 @@ def dplr_irregular_scan(
     Returns:
         y (B, L, H) real, and x_{L-1} (B, H, N/2) (or None).
     """
-    impl = dispatch("dplr_irregular_scan", _SCAN, backend, auto="chunked")
+    impl = dispatch("dplr_irregular_scan", _SCAN, backend, auto="native")
     return impl(u, Lambda, P, B, C, dt, intervals, D, state, return_state=return_state)

@@ -19,7 +19,7 @@ from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
 OPS = ("selective_scan", "ssm_scan", "causal_conv1d", "linear_recurrence", "cauchy", "zoh", "dropout", "ssd",
        "gated_norm", "rglru", "mamba2_step", "mamba_step", "rglru_step", "fft_blocks", "cauchy_pairs", "bank_irregular",
-       "irregular_mimo")
+       "irregular_mimo", "irregular_dplr")
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
@@ -268,6 +268,9 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
     elif op == "irregular_mimo":
         _smoke_irregular_mimo(dtype, rand, g)
         return
+    elif op == "irregular_dplr":
+        _smoke_irregular_dplr(dtype, rand, g)
+        return
     elif op == "dropout":
         from ssmkit.ops.native.dropout import masked_scale
         from ssmkit.ops.philox import dropout_reference
@@ -486,3 +489,29 @@ def _smoke_irregular_mimo(dtype: torch.dtype, rand, g: torch.Generator) -> None:
 
         for modes in (lam, lam.real + 0j):
             _compare(fast, ref, [crand(Bsz, L, M), modes, dt, tau, crand(Bsz, M)], weight, dtype)
+
+
+def _smoke_irregular_dplr(dtype: torch.dtype, rand, g: torch.Generator) -> None:
+    """The irregularly sampled DPLR forward's kernel (:mod:`ssmkit.ops.native.irregular_dplr`, forward only: no
+    gradients) against the loop :func:`ssmkit.ops.irregular_dplr.dplr_irregular_scan_reference` in the same dtype: y
+    and the final state, ranks 1 and 2, an initial state, a skip D, 11 channels (a full channel block and a tail with
+    AVX2's 4 lanes and AVX-512's 8), gaps from 0.05 to 5."""
+    from ssmkit.ops.irregular_dplr import dplr_irregular_scan_reference
+    from ssmkit.ops.native.irregular_dplr import dplr_unchecked
+
+    Bsz, L, H, M = 2, 9, 11, 3
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    crand = lambda *s: torch.complex(rand(*s), rand(*s)).to(cdtype)  # noqa: E731
+    lam = torch.complex(-0.1 - torch.rand(H, M, generator=g, dtype=torch.float64), 4 * rand(H, M).double()).to(cdtype)
+    dt = (0.02 + torch.rand(H, generator=g, dtype=torch.float64)).to(dtype)
+    tau = (0.05 + 4.95 * torch.rand(Bsz, L, generator=g, dtype=torch.float64)).to(dtype)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for r in (1, 2):
+        args = [rand(Bsz, L, H), lam, 0.5 * crand(r, H, M), crand(H, M), crand(H, M), dt, tau, rand(H),
+                crand(Bsz, H, M)]
+        with torch.no_grad():
+            y, x = dplr_unchecked(*args, True)
+            y_ref, x_ref = dplr_irregular_scan_reference(*args)
+        for a, b in ((y, y_ref), (x, x_ref)):
+            if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):
+                raise RuntimeError("the kernel's result differs from the reference")

@@ -16,63 +16,6 @@
 
 #ifndef W
 #define W (VBYTES / 8) /* lanes of a vector of doubles */
-/* ---- A diagonal mode's step after a gap of s nominal periods (the irregularly sampled kernels), z = Δλ, with the
- * rule's coefficients formed in registers:
- *     ZOH:      A = e^{s z} = e^{s Re z}(1 − 2 sin²θ) + i e^{s Re z} 2 sinθ cosθ,  aux = A − 1 without cancellation
- *     bilinear: q = 1/(1 − s z/2),  A = (1 + s z/2) q,  aux = q
- * with θ = s Im z / 2 (one sincos of the half angle). */
-/* How a step forms its phases' sines and cosines: none (every Im z of the item is 0: real modes), the vector
- * polynomials, or libm's (some half phase s Im z / 2 may exceed PHASE_LIMIT). */
-enum { PHASE_NONE, PHASE_VECTOR, PHASE_LIBM };
-
-/* A step's coefficients for W modes: A = Ar + i Ai, and aux (E = A − 1 for ZOH, q for bilinear). */
-typedef struct {
-    vd Ar, Ai, xr, xi;
-} coef_t;
-
-/* e^a − 1 and e^a lane by lane by libm, for a step where some |a| may pass expm1_v's clamp at 700 (e^a overflows to
- * inf there, as torch's exp; e^{-745} underflows to 0). Not inlined: a vector written lane by lane in the caller is
- * kept in memory for the whole loop. */
-__attribute__((noinline)) static void expm1_libm(vd a, vd *em1, vd *ea) {
-    double m[W], e[W];
-    for (int c = 0; c < W; c++) m[c] = expm1(a[c]), e[c] = exp(a[c]);
-    *em1 = vld(m), *ea = vld(e);
-}
-
-static inline coef_t coefficients(double s, vd zr, vd zi, int bilinear, int phase, int wide) {
-    coef_t c;
-    if (bilinear) {
-        const vd hr = 1.0 - (0.5 * s) * zr, hi = -(0.5 * s) * zi; /* 1 − s z/2 */
-        const vd inv = 1.0 / (hr * hr + hi * hi);
-        c.xr = hr * inv, c.xi = -hi * inv; /* q */
-        const vd nr = 1.0 + (0.5 * s) * zr, ni = (0.5 * s) * zi;
-        c.Ar = nr * c.xr - ni * c.xi, c.Ai = nr * c.xi + ni * c.xr;
-        return c;
-    }
-    vd ea, sh, ch;
-    const vd a = s * zr;
-    vd em1 = expm1_v(a, &ea);
-    if (wide) expm1_libm(a, &em1, &ea);
-    if (phase == PHASE_LIBM)
-        sincos_libm((0.5 * s) * zi, &sh, &ch);
-    else if (phase == PHASE_VECTOR)
-        sincos_v((0.5 * s) * zi, &sh, &ch);
-    else
-        sh = (vd){0}, ch = splat(1.0);
-    const vd s2 = 2.0 * sh * sh;         /* 1 − cos θ */
-    c.xr = em1 * (1.0 - s2) - s2;        /* Re(e^{sz} − 1) */
-    c.xi = ea * (2.0 * sh * ch);         /* Im e^{sz} */
-    c.Ar = ea * (1.0 - s2), c.Ai = c.xi; /* e^a cos θ (not 1 + Re E: a tiny e^a keeps its relative accuracy) */
-    return c;
-}
-
-/* The phase kind of a step of gap s, for zimax = max |Im z| of the item; whether its |s Re z| may exceed 700, for
- * zrmax = max |Re z|. */
-static inline int phase_kind(double s, double zimax) {
-    return zimax == 0 ? PHASE_NONE : 0.5 * fabs(s) * zimax < PHASE_LIMIT ? PHASE_VECTOR : PHASE_LIBM;
-}
-static inline int wide_real(double s, double zrmax) { return !(fabs(s) * zrmax <= 700.0); /* (NaN: wide) */ }
-
 #endif
 
 typedef double vd __attribute__((vector_size(VBYTES)));

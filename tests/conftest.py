@@ -219,11 +219,24 @@ def state_err(a, b) -> float:
     return max(rel_err(x, y) for x, y in zip(la, lb))
 
 
+def _traced_worker(rank: int, worker, *args) -> None:
+    """``worker(rank, *args)`` in a spawned process that dumps every thread's stack to stderr on SIGUSR1 (what
+    :func:`spawn_on_one_core` sends a process still running at its timeout, before killing it: a rare hang of the DDP
+    test, once with one worker gone and nothing on stderr, left no trace of where it waited)."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    worker(rank, *args)
+
+
 def spawn_on_one_core(worker, args: tuple, nprocs: int, what: str, timeout: float = 300) -> None:
     """Run ``worker(rank, *args)`` in ``nprocs`` spawned processes, all on one core (the highest of this process's
     affinity: core 1 when the suite is pinned there; the spawned workers inherit it), and wait for them; a failure in
-    a worker is raised here, and processes still running after ``timeout`` seconds are killed and the test fails,
-    naming ``what``."""
+    a worker is raised here, and processes still running after ``timeout`` seconds have their stacks dumped to stderr
+    (SIGUSR1, :func:`_traced_worker`), are killed, and the test fails naming ``what`` and the processes' exit codes."""
+    import signal
     import time
 
     import torch.multiprocessing as mp
@@ -233,13 +246,19 @@ def spawn_on_one_core(worker, args: tuple, nprocs: int, what: str, timeout: floa
     if pin:
         os.sched_setaffinity(0, {max(before)})
     try:
-        workers = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+        workers = mp.spawn(_traced_worker, args=(worker, *args), nprocs=nprocs, join=False)
         deadline = time.monotonic() + timeout
         while not workers.join(timeout=5):  # True once all have exited (raises if one failed)
             if time.monotonic() > deadline:
+                codes = [process.exitcode for process in workers.processes]  # None: still running
+                for process in workers.processes:
+                    if process.exitcode is None and hasattr(signal, "SIGUSR1"):
+                        os.kill(process.pid, signal.SIGUSR1)  # its stacks to stderr
+                time.sleep(2)
                 for process in workers.processes:
                     process.kill()
-                pytest.fail(f"{what} did not finish within {timeout:g} s")
+                pytest.fail(f"{what} did not finish within {timeout:g} s (exit codes {codes}: None = still running; "
+                            "the running ones' stacks are on stderr)")
     finally:
         if pin:
             os.sched_setaffinity(0, before)

@@ -66,6 +66,7 @@ class IrregularSampling:
         """
         if intervals is None:
             return super().forward(x, state, return_state)
+        require_intervals(self)  # a subclass may declare takes_intervals False (Liquid-S4 under S4)
         self._check_forward(x, state)
         if self.bidirectional:
             raise ValueError(f"{type(self).__name__}(bidirectional=True) takes no intervals: its anti-causal part has "
@@ -89,6 +90,7 @@ class IrregularSampling:
         """
         if interval is None:
             return super().step(x_t, state)
+        require_intervals(self)
         self._check_step(x_t, state)
         check_intervals(interval, tuple(x_t.shape[:1]), x_t.device, "interval")
         y, h = self._step_irregular(x_t.to(self.D.dtype), interval, state)

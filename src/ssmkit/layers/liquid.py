@@ -65,7 +65,6 @@ from torch import Tensor
 
 from ssmkit.layers.cache import ValueCache
 from ssmkit.layers.checks import ATTUNED, SHAPES, FixedOption, check_choice
-from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.protocol import Capabilities, float32_core
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
@@ -180,7 +179,8 @@ class LiquidS4(S4):
         "state_space": "its liquid terms are products of inputs, so it is not a linear time-invariant system",
     }
     backends: ClassVar[tuple[str, ...]] = ("reference", "fft")
-    takes_intervals: ClassVar[bool] = False  # S4's irregular sampling has no liquid terms (module docstring)
+    takes_intervals: ClassVar[bool] = False  # S4's irregular sampling has no liquid terms (module docstring);
+    # the IrregularSampling mixin inherited from S4 refuses intervals for it
 
     # the liquid options, fixed at construction as S4's (checks.FixedOption): the trained parameters are
     # attuned to them, and liquid_degree shapes the state
@@ -302,14 +302,6 @@ class LiquidS4(S4):
             ys.append(y_t)
         y = torch.stack(ys, dim=1).to(out_dtype)  # (B, L, H)
         return y, (LiquidS4State(h, past) if return_state else None)
-
-    def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
-        """Refused (``takes_intervals`` False): S4's irregular forward would drop the liquid terms."""
-        require_intervals(self)
-
-    def _step_irregular(self, u_t, interval, state):
-        """Refused (``takes_intervals`` False), as :meth:`_forward_irregular`."""
-        require_intervals(self)
 
     def extra_repr(self) -> str:
         return self._with_changed_options(

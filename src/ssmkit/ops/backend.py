@@ -117,6 +117,40 @@ def checkpoint_contexts() -> tuple[ContextManager[None], ContextManager[None]]:
     return BackendContext(name), BackendContext(name)
 
 
+def checkpointed_chunks(chunk: Callable, u: torch.Tensor, intervals: torch.Tensor, state, T: int,
+                        *params) -> tuple[torch.Tensor, object]:
+    """Run ``chunk(u_c, tau_c, state, *params) -> (y_c, state)`` over the chunks of T steps of u (B, L, ...) and
+    ``intervals`` (B, L), the state carried from chunk to chunk: each chunk under a non-reentrant activation checkpoint
+    when autograd records (the backward keeps a chunk's inputs and start state, and recomputes it under the backend
+    in force here, :func:`checkpoint_contexts`; no randomness), plainly otherwise and inside torch.func transforms,
+    which refuse the checkpoint's hooks. The irregularly sampled scans' chunk loop.
+
+    Args:
+        chunk: the function of one chunk.
+        u: (B, L, ...) the input, chunked along dim 1.
+        intervals: (B, L) the gaps, chunked alike.
+        state: the state before the first chunk.
+        T: the chunk length (>= 1).
+        params: the chunk function's other arguments, the same for every chunk.
+
+    Returns:
+        the chunks' outputs concatenated along dim 1, and the state after the last chunk.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    recompute = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+    ys = []
+    for t0 in range(0, u.shape[1], T):
+        args = (u[:, t0:t0 + T], intervals[:, t0:t0 + T], state, *params)
+        if recompute:
+            y_c, state = checkpoint(chunk, *args, use_reentrant=False, context_fn=checkpoint_contexts,
+                                    preserve_rng_state=False)
+        else:
+            y_c, state = chunk(*args)
+        ys.append(y_c)
+    return torch.cat(ys, dim=1), state
+
+
 class BackendContext:
     """A ``with`` block under one backend that can be entered any number of times, nested or from several threads
     (each entry restores, on its exit, the backend its own thread had)."""

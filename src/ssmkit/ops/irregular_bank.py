@@ -24,10 +24,9 @@ in its real variant (no complex arithmetic). Complex tensors whose imaginary par
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ssmkit.ops._checks import COMPLEX_OF
-from ssmkit.ops.backend import checkpoint_contexts, dispatch
+from ssmkit.ops.backend import checkpointed_chunks, dispatch
 from ssmkit.ops.discretize import widen
 from ssmkit.ops.irregular import RULES, zoh_exp_parts
 from ssmkit.ops.recurrence import linear_recurrence
@@ -250,18 +249,9 @@ def bank_irregular_scan_chunked(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
     h = state if state is not None else u.new_zeros((u.shape[0], *Lambda.shape), dtype=_state_dtype(u, Lambda))
-    recompute = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
     T = chunk_size if chunk_size is not None else (64 if torch.is_grad_enabled() else 16)
-    ys = []
-    for t0 in range(0, u.shape[1], T):
-        args = (u[:, t0:t0 + T], intervals[:, t0:t0 + T], h, Lambda, B, C, dt, D, rule, recurrence_backend)
-        if recompute:  # recomputed under the backend in force here (the backward may run elsewhere); no randomness
-            y_c, h = checkpoint(_chunk, *args, use_reentrant=False, context_fn=checkpoint_contexts,
-                                preserve_rng_state=False)
-        else:
-            y_c, h = _chunk(*args)
-        ys.append(y_c)
-    return torch.cat(ys, dim=1), (h if return_state else None)
+    y, h = checkpointed_chunks(_chunk, u, intervals, h, T, Lambda, B, C, dt, D, rule, recurrence_backend)
+    return y, (h if return_state else None)
 
 
 def _bank_native(u, Lambda, B, C, dt, intervals, D=None, rule="zoh", state=None, *, return_state=True):

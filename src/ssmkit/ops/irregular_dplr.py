@@ -35,9 +35,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from ssmkit.ops.backend import checkpoint_contexts, dispatch
+from ssmkit.ops.backend import checkpointed_chunks, dispatch
 from ssmkit.ops.dplr import _check_dplr, small_inverse
 from ssmkit.utils import check_floating
 
@@ -239,18 +238,8 @@ def dplr_irregular_scan_chunked(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1; got {chunk_size!r}")
     x = _start(u, Lambda, state)  # (B, H, N/2)
-    recompute = torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
     T = 64 if chunk_size is None else chunk_size
-    ys = []
-    for t0 in range(0, u.shape[1], T):
-        args = (u[:, t0:t0 + T], intervals[:, t0:t0 + T], x, Lambda, P, B, C, dt)
-        if recompute:  # recomputed under the backend in force here (the backward may run elsewhere); no randomness
-            y_c, x = checkpoint(_chunk, *args, use_reentrant=False, context_fn=checkpoint_contexts,
-                                preserve_rng_state=False)
-        else:
-            y_c, x = _chunk(*args)
-        ys.append(y_c)
-    y = torch.cat(ys, dim=1)  # (B, L, H)
+    y, x = checkpointed_chunks(_chunk, u, intervals, x, T, Lambda, P, B, C, dt)  # (B, L, H), x_{L-1}
     return (y if D is None else y + D * u), (x if return_state else None)
 
 

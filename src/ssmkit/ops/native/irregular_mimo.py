@@ -157,17 +157,14 @@ def modes_torch(v: Tensor, tau: Tensor, z: Tensor, w: Tensor, x0: Tensor | None,
     Returns:
         x (B, L, M), every state.
     """
-    from ssmkit.ops.irregular import zoh_exp_parts
+    from ssmkit.ops.irregular import irregular_discretize
     from ssmkit.ops.recurrence import linear_recurrence
 
-    s = tau.to(torch.float64)[..., None]  # (B, L, 1)
-    sz = s * z  # (B, L, M)
-    if bilinear:
-        q = 1 / (1 - sz / 2)
-        A, gain = (1 + sz / 2) * q, s * q * w
-    else:
-        A_re, A_im, E_re = zoh_exp_parts(sz.real, sz.imag)
-        A, gain = torch.complex(A_re, A_im), torch.complex(E_re, A_im) * w
+    # the layers' coefficients with Λ = z and Δ = 1: gain' = τ g(τ z) = (e^{τz} − 1)/z (ZOH) or τ q (bilinear), so the
+    # kernel's b = (e^{τz} − 1) w is gain' z w and its τ q w is gain' w
+    one = torch.ones(z.shape, dtype=torch.float64, device=z.device)
+    A, gain = irregular_discretize(z, one, tau, "bilinear" if bilinear else "zoh")
+    gain = gain * (w if bilinear else z * w)
     return linear_recurrence(A.to(v.dtype), gain.to(v.dtype) * v, x0)[0]
 
 

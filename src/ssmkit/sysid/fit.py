@@ -69,7 +69,7 @@ from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid.averaging import WeightAverage
 from ssmkit.sysid.metrics import rmse
-from ssmkit.sysid.prediction import check_period
+from ssmkit.sysid.prediction import at_model_period, check_period
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener, channel_scale
 from ssmkit.train.schedule import warmup_cosine
@@ -351,8 +351,7 @@ def estimate_state(model: DeepWiener, u_past: torch.Tensor, y_past: torch.Tensor
 def _in_step(model: DeepWiener, record: IORecord) -> bool:
     """Whether ``record`` runs in samples, without intervals: it is regularly sampled at the model's ``dt`` (or the
     model states none)."""
-    own = getattr(model, "dt", None)
-    return record.t is None and (own is None or math.isclose(record.dt, float(own), rel_tol=1e-9))
+    return record.t is None and at_model_period(model, record)
 
 
 def _model_intervals(model: DeepWiener, records: list[IORecord], why: IORecord | None = None) -> list[torch.Tensor]:
@@ -387,11 +386,10 @@ def _in_model_periods(record: IORecord, model: DeepWiener) -> torch.Tensor:
     model.dt), record.dt / model.dt throughout for a regularly sampled record; the record's own
     :attr:`~ssmkit.sysid.records.IORecord.intervals` (ones where regular) where the two periods are equal (to
     1e-9) or the model states none."""
-    own = getattr(model, "dt", None)
     tau = record.intervals if record.t is not None else torch.ones(len(record), dtype=torch.float64)
-    if own is None or math.isclose(record.dt, float(own), rel_tol=1e-9):
+    if at_model_period(model, record):
         return tau
-    return tau * (record.dt / float(own))
+    return tau * (record.dt / float(model.dt))
 
 
 @torch.no_grad()

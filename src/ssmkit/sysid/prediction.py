@@ -51,6 +51,18 @@ def check_predictor(model: DeepWiener, n_inputs: int, n_outputs: int) -> None:
                          f"got {model.n_inputs} and {model.n_outputs}")
 
 
+def at_model_period(model: DeepWiener, record: IORecord) -> bool:
+    """Whether ``record``'s (nominal) sampling time is the model's ``dt``, to 1e-9 relative; True for a model that
+    states no ``dt``.
+
+    Args:
+        model: the model (its ``dt``, seconds).
+        record: the record (its ``dt``).
+    """
+    own = getattr(model, "dt", None)
+    return own is None or math.isclose(record.dt, float(own), rel_tol=1e-9)
+
+
 def check_period(model: DeepWiener, records: list[IORecord]) -> None:
     """Raise ``ValueError`` unless every record is sampled every ``model.dt`` (to 1e-9 relative; a model stating no
     ``dt`` passes): training, and a predictor's one-step and free-run simulation, run sample by sample, so data at
@@ -61,11 +73,10 @@ def check_period(model: DeepWiener, records: list[IORecord]) -> None:
         model: the model (its ``dt``, seconds).
         records: the records (each its ``dt``).
     """
-    own = getattr(model, "dt", None)
     for r in records:
-        if own is not None and not math.isclose(r.dt, float(own), rel_tol=1e-9):
-            raise ValueError(f"the model samples every dt = {float(own)!r} s but record {r.name!r} every Ts = {r.dt!r} "
-                             f"s: build the model with its data's Ts (DeepWiener(..., dt={r.dt!r}); build_model does), "
+        if not at_model_period(model, r):
+            raise ValueError(f"the model samples every dt = {float(model.dt)!r} s but record {r.name!r} every Ts = "
+                             f"{r.dt!r} s: build the model with its data's Ts (DeepWiener(..., dt={r.dt!r}); build_model does), "
                              "or resample the data")
 
 

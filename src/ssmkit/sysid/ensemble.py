@@ -171,8 +171,6 @@ class WienerEnsemble(nn.Module):
         Returns:
             the members' states, to pass to ``forward``.
         """
-        if intervals is None:
-            return [m.estimate_state(u_past, y_past) for m in self.members]
         return [m.estimate_state(u_past, y_past, intervals) for m in self.members]
 
     # ------------------------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ or else on the last ``--test-fraction`` of each file (default 0.2), after an ini
 the initial-state encoder reads (default: 50, at most a tenth of the shortest test record); they train by the generic
 recipe :func:`ssmkit.sysid.recipes.recipe_for_data`, and the report has no published rows. A ``--time`` column must
 be uniform unless ``--irregular`` is given: then its stamps need only increase strictly, the records keep them, Ts is
-the median gap and the model simulates each block's continuous-time system at the real sample times
-(``from_csv(..., irregular=True)``; a ``--model`` whose layer takes intervals: s4d, s5, dss, ...).
+``--dt`` (the nominal period, e.g. the logger's) or else the median gap, and the model simulates each block's
+continuous-time system at the real sample times (``from_csv(..., irregular=True)``; a ``--model`` whose layer takes
+intervals: s4d, s5, dss, ...).
 
 A test record that is one or more periods of a periodic input (Bouc-Wen's multisine) is scored twice: from rest (the
 official protocol, the headline) and in periodic steady state after ``--steady-state-periods`` periods of the same
@@ -105,14 +106,16 @@ def _parser(prog: str):
                         help="with --data: the input columns' header names, comma-separated (u1,u2)")
     parser.add_argument("--outputs", type=str, default=None,
                         help="with --data: the output columns' header names, comma-separated (y)")
-    parser.add_argument("--dt", type=float, default=None, help="with --data: the sampling time Ts in seconds")
+    parser.add_argument("--dt", type=float, default=None,
+                        help="with --data: the sampling time Ts in seconds (with --time and --irregular: the nominal "
+                             "Ts, e.g. the logger's period; default there the median gap)")
     parser.add_argument("--time", type=str, default=None,
                         help="with --data: a column of time stamps in seconds, uniformly spaced (instead of --dt; any "
                              "strictly increasing stamps with --irregular)")
     parser.add_argument("--irregular", action="store_true",
                         help="with --data and --time: the time stamps may be irregularly spaced (dropped or jittered "
-                             "samples); the model is simulated at the real times, Ts the median gap (default: a "
-                             "non-uniform --time column is refused)")
+                             "samples); the model is simulated at the real times, Ts the median gap or --dt "
+                             "(default: a non-uniform --time column is refused)")
     parser.add_argument("--hold", choices=("sample", "previous"), default=None,
                         help="with --data: the input over the gap before sample k: 'sample' (u_k, as given; the "
                              "default) or 'previous' (u_{k-1}: commands applied at the sample times and held until the "
@@ -234,9 +237,9 @@ DATA_OPTIONS = {"inputs": "--inputs", "outputs": "--outputs", "dt": "--dt", "tim
 
 def _check_source(parser, cfg) -> None:
     """A usage error unless exactly one of ``--benchmark`` and ``--data`` is given, with the options that go with it:
-    ``--data`` needs ``--inputs``, ``--outputs`` and one of ``--dt`` / ``--time``, takes ``--test-data`` or
-    ``--test-fraction`` (not both), ``--irregular`` only with ``--time``, and no ``--data-folder``; ``--benchmark``
-    takes none of the data options."""
+    ``--data`` needs ``--inputs``, ``--outputs`` and one of ``--dt`` / ``--time`` (both with ``--irregular``),
+    takes ``--test-data`` or ``--test-fraction`` (not both), ``--irregular`` only with ``--time``, and no
+    ``--data-folder``; ``--benchmark`` takes none of the data options."""
     if (cfg.benchmark is None) == (cfg.data is None):
         parser.error("give exactly one of --benchmark NAME (a named benchmark) and --data FILE.csv [FILE.csv ...] "
                      "(your own data, with --inputs, --outputs and --dt or --time); got "
@@ -253,9 +256,11 @@ def _check_source(parser, cfg) -> None:
     missing = [flag for key, flag in (("inputs", "--inputs"), ("outputs", "--outputs")) if cfg.get(key) is None]
     if missing:
         parser.error(f"--data needs {' and '.join(missing)}: the header names of the columns, comma-separated")
-    if (cfg.dt is None) == (cfg.time is None):
+    nominal = cfg.irregular and cfg.dt is not None and cfg.time is not None  # the stamps, --dt the nominal Ts
+    if (cfg.dt is None) == (cfg.time is None) and not nominal:
         parser.error("--data needs the sampling time: --dt Ts (seconds) or --time COLUMN (time stamps), one of the "
-                     "two; got " + ("both" if cfg.dt is not None else "neither"))
+                     "two; got " + ("both (they go together only with --irregular: --dt is then the nominal Ts)"
+                                    if cfg.dt is not None else "neither"))
     if cfg.irregular and cfg.time is None:
         parser.error("--irregular takes the sample times from a time column: give --time COLUMN (the stamps in "
                      "seconds) instead of --dt (samples every Ts are regular by definition)")

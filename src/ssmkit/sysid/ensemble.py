@@ -7,8 +7,8 @@ members' states (``[state_1, …, state_k]``, each a DeepWiener state), so ``for
 ``estimate_state`` follow the layer protocol exactly as a DeepWiener does and a controller runs ``step`` on line.
 Irregularly sampled data: ``forward(..., intervals=)`` and ``step(..., interval=)`` hand the same gaps (in units of
 the shared Ts) to every member, so the average is that of the members' simulations at the same sample times
-(:meth:`DeepWiener.forward`; every member's layers must take intervals). ``estimate_state`` reads its window without
-times, as a member's encoder does.
+(:meth:`DeepWiener.forward`; every member's layers must take intervals). ``estimate_state`` hands the window's
+intervals to every member's encoder when the members read them (``encoder_times``, which they share).
 The ensemble is itself a deep Wiener-type model with k parallel branches whose outputs are averaged (a sum of k
 Wiener cascades, scaled by 1/k): every branch is δISS when its LTI blocks are Schur stable, hence so is the average.
 
@@ -59,9 +59,18 @@ class WienerEnsemble(nn.Module):
                                  f"members[{i}] is {m.u_mean.dtype}")
         self.members = nn.ModuleList(members)
         self.n_inputs, self.n_outputs = first.n_inputs, first.n_outputs
-        self.dt = first.dt
         self.encoder_window = first.encoder_window
         self.encoder_times = first.encoder_times
+
+    @property
+    def dt(self) -> float:
+        """Ts in seconds, the members' (they share it): assigning it sets every member's, so a checkpoint saves it."""
+        return self.members[0].dt
+
+    @dt.setter
+    def dt(self, value: float) -> None:
+        for m in self.members:
+            m.dt = value
 
     @property
     def u_mean(self) -> torch.Tensor:

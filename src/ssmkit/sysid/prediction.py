@@ -33,8 +33,25 @@ def prediction_record(record: IORecord) -> IORecord:
     """
     if len(record) < 2:
         raise ValueError(f"record {record.name!r} needs at least 2 samples for one-step-ahead prediction; got {len(record)}")
+    check_regular([record], "one-step-ahead prediction")
     u = torch.cat([record.u[1:], record.y[:-1]], dim=-1)
     return IORecord(u, record.y[1:], record.dt, f"{record.name} (one-step-ahead)")
+
+
+def check_regular(records: list[IORecord], what: str) -> None:
+    """Raise ``ValueError`` for an irregularly sampled record (``IORecord.t``): a predictor reads [u_t, y_{t-1}]
+    sample by sample, one period apart, and its records carry no sample times, so the gaps would be silently
+    ignored (the one-step record dropped ``t``; the free run stepped without ``interval``).
+
+    Args:
+        records: the records.
+        what: what refuses them, for the message.
+    """
+    irregular = [r.name for r in records if r.t is not None]
+    if irregular:
+        raise ValueError(f"{what} runs a predictor sample by sample, one period apart: records {irregular} are "
+                         "irregularly sampled (IORecord.t), and their gaps would be ignored; simulate them with a "
+                         "simulation model (ssmkit.sysid.fit.simulate_record), which takes the sample times")
 
 
 def check_predictor(model: DeepWiener, n_inputs: int, n_outputs: int) -> None:
@@ -92,6 +109,7 @@ def predict_one_step(model: DeepWiener, record: IORecord) -> torch.Tensor:
         ŷ (L, p).
     """
     check_predictor(model, record.u.shape[1], record.y.shape[1])
+    check_regular([record], "predict_one_step")
     check_period(model, [record])
     shifted = prediction_record(record)
     dtype = model.u_mean.dtype
@@ -115,6 +133,7 @@ def free_run(model: DeepWiener, record: IORecord, n_warm: int = 0) -> torch.Tens
         ŷ (L, p), equal to the measurement in the first ``n_warm`` samples.
     """
     check_predictor(model, record.u.shape[1], record.y.shape[1])
+    check_regular([record], "free_run")
     check_period(model, [record])
     if not isinstance(n_warm, int) or not 1 <= n_warm < len(record):
         raise ValueError(f"n_warm must be an int in [1, {len(record) - 1}] (samples read from the measurement); got {n_warm!r}")

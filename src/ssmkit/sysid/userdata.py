@@ -411,8 +411,9 @@ def sampling_time(t: np.ndarray, label: str = "time") -> float:
     if deviation[k] > TIME_TOLERANCE * dt:
         raise ValueError(f"{label} is not uniformly sampled: the stamp of row {k + 1} (t = {t[k]:.10g} s) lies "
                          f"{deviation[k]:.3g} s ({deviation[k] / dt:.3g} Ts) off the uniform grid of Ts = {dt:.10g} s, "
-                         f"more than the tolerance of {TIME_TOLERANCE:g} Ts; resample the data to one Ts, or give dt "
-                         "to take the rows as uniformly spaced")
+                         f"more than the tolerance of {TIME_TOLERANCE:g} Ts; resample the data to one Ts, give dt "
+                         "to take the rows as uniformly spaced, or keep the stamps as irregular sampling (a logger "
+                         "that drops or jitters samples: from_csv(..., irregular=True), ssmkit sysid --irregular)")
     return float(dt)
 
 
@@ -486,10 +487,12 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         path: the estimation file, or a list of files (one experiment each, trained as separate records).
         inputs: the header names of the m input columns, in order.
         outputs: the header names of the p output columns, in order (the report's labels).
-        dt: Ts in seconds; give it or ``time``, not both.
+        dt: Ts in seconds; give it or ``time``, not both, except with ``irregular``: then the nominal Ts, the unit
+            of the intervals and the exported systems' dt (the logger's period when it is known; None: the median
+            gap, which is a multiple of it once most samples are dropped: 8 s for a 4 s logger missing 60 %).
         time: the header name of a column of time stamps in seconds (:func:`sampling_time`: uniform to
             :data:`TIME_TOLERANCE` · Ts, the same Ts in every file to that tolerance; the first file's Ts is kept;
-            with ``irregular``, any strictly increasing stamps).
+            with ``irregular``, any strictly increasing stamps, and ``dt`` may be given too).
         test_path: a test file, or a list of them, with the same columns (each a whole test record); None: the tail
             of each estimation file.
         test_fraction: without ``test_path``, the tail of each estimation file held out as a test record (None:
@@ -502,8 +505,8 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         input_unit: the inputs' unit: None (not stated), one string for every input, or m strings (or None), one
             per input (the report's and ``results.json``'s; the inputs are not rescaled).
         irregular: with ``time``, take the stamps as they are (irregular sampling, module docstring): the records
-            keep them (``IORecord.t``) and Ts is the median gap of the estimation files' stamps pooled
-            (:func:`median_sampling_time`); False: they must be uniform (:func:`sampling_time`).
+            keep them (``IORecord.t``) and Ts is ``dt``, or else the median gap of the estimation files' stamps
+            pooled (:func:`median_sampling_time`); False: they must be uniform (:func:`sampling_time`).
         hold: which input acts over the gap before sample k: ``"sample"`` (u_k, as given) or ``"previous"`` (u_{k-1},
             commands held from their sample until the next: :meth:`IORecord.held_previous`; see :func:`from_arrays`).
 
@@ -519,12 +522,13 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
     both = sorted(set(ins) & set(outs))
     if both:
         raise ValueError(f"columns {both} are named as inputs and as outputs: a column is one or the other")
-    if (dt is None) == (time is None):
-        raise ValueError("give the sampling time: dt (Ts in seconds) or time (the name of a column of time stamps), "
-                         f"one of the two; got dt={dt!r}, time={time!r}")
     if not isinstance(irregular, bool) or irregular and time is None:
         raise ValueError(f"irregular must be a bool, True only with a time column (time=...): the sample times come "
                          f"from it; got irregular={irregular!r}, time={time!r}")
+    if (dt is None) == (time is None) and not (irregular and dt is not None):
+        raise ValueError("give the sampling time: dt (Ts in seconds) or time (the name of a column of time stamps), "
+                         f"one of the two; got dt={dt!r}, time={time!r} (both go together only with irregular=True: "
+                         "dt is then the nominal Ts)")
     if dt is not None:
         dt = check_sampling_time(dt)
     if time is not None:
@@ -555,9 +559,9 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
 
     experiments = [(p, *read(p)) for p in files]
     tests = [(p, *read(p)) for p in test_files] if test_files is not None else []
-    if irregular:  # the files keep their stamps; Ts is nominal, the median gap of the estimation files
+    if irregular and dt is None:  # the files keep their stamps; Ts is nominal, the median gap of the estimation files
         dt = median_sampling_time([ts for _, _, _, ts in experiments], "the estimation files' time columns")
-    elif time is not None:
+    elif not irregular and time is not None:  # uniform stamps: the first file's Ts, the same in every file
         dt = experiments[0][3]
         for p, _, _, ts in experiments[1:] + tests:
             if abs(ts - dt) > TIME_TOLERANCE * dt:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Sequence
 
 import torch
@@ -243,6 +244,22 @@ class DeepWiener(nn.Module):
             with torch.no_grad():
                 self.state_encoder[-1].weight.mul_(0.1)
                 self.state_encoder[-1].bias.zero_()
+
+    @property
+    def dt(self) -> float:
+        """Ts in seconds: the data's sampling time, the unit of ``forward``'s ``intervals`` and the exported systems'
+        dt. Kept in :attr:`arguments`, so an assigned value is the one the repr shows and :meth:`checkpoint` saves (a
+        plain attribute had reverted to the constructor's value on loading: a model re-labelled to its data's Ts, as
+        :func:`~ssmkit.sysid.to_control`'s message suggests, came back at the old one and its records were then
+        simulated with intervals scaled by the ratio)."""
+        return self.arguments["dt"]
+
+    @dt.setter
+    def dt(self, value: float) -> None:
+        # stored as given (a broken value is refused by whoever reads it: the analysis, a checkpoint's loading), a
+        # real number as a plain float (a NumPy scalar would not load under torch.load(weights_only=True))
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        self.arguments["dt"] = float(value) if real else value
 
     def extra_repr(self) -> str:
         # the sizes, the layer and Ts always; every other constructor argument where it differs from the default

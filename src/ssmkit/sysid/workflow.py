@@ -28,9 +28,9 @@ import torch
 
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
-from ssmkit.sysid.fit import (Block, SimulationFit, _is_int, block_errors, fit_simulation, fold_blocks, output_scales,
-                              scored_outputs, simulate_record, split_tail, tail_validation, validation_rmse,
-                              validation_score)
+from ssmkit.sysid.fit import (Block, SimulationFit, _in_step, _is_int, _model_intervals, block_errors, fit_simulation,
+                              fold_blocks, output_scales, scored_outputs, simulate_record, split_tail, tail_validation,
+                              validation_rmse, validation_score)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -493,7 +493,9 @@ def periodic_steady_state(simulate: Callable[[torch.Tensor], torch.Tensor], u: t
 @torch.no_grad()
 def simulate_periodic(model: DeepWiener, record: IORecord, prime: int = 1) -> torch.Tensor:
     """A model's periodic steady state on a periodic record (:func:`periodic_steady_state`; from rest, the encoder
-    is not used: it would read measured outputs).
+    is not used: it would read measured outputs). A record whose Ts is not the model's ``dt`` runs at its real times,
+    with constant intervals Ts / dt, as :func:`~ssmkit.sysid.fit.simulate_record` runs it (the official score), and
+    is refused by a model whose layers take no intervals.
 
     Args:
         model: the model (simulation mode).
@@ -506,9 +508,14 @@ def simulate_periodic(model: DeepWiener, record: IORecord, prime: int = 1) -> to
     if record.period is None:
         raise ValueError(f"record {record.name!r} has no period: the periodic steady state needs IORecord.period")
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
+    # None at the model's period; else Ts / dt per sample (the record is regular: one constant gap throughout)
+    gap = None if _in_step(model, record) else float(_model_intervals(model, [record], record)[0][0])
 
     def simulate(u: torch.Tensor) -> torch.Tensor:
-        return model(u.to(**to)[None], return_state=False)[0][0].cpu()
+        if gap is None:
+            return model(u.to(**to)[None], return_state=False)[0][0].cpu()
+        tau = torch.full((1, u.shape[0]), gap, **to)
+        return model(u.to(**to)[None], return_state=False, intervals=tau)[0][0].cpu()
 
     return periodic_steady_state(simulate, record.u, record.period, prime)
 
@@ -637,8 +644,10 @@ def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark | None 
     if bench is not None and (not isinstance(own, numbers.Real) or isinstance(own, bool)
                               or not abs(own - bench.dt) <= 1e-9 * bench.dt):
         raise ValueError(f"the model samples every dt = {own!r} s but {bench.name!r} every Ts = {bench.dt!r} s: "
-                         f"export a model identified on this benchmark (build_model sets dt = Ts; for a model trained "
-                         f"on these records with another dt, set model.dt = bench.dt first)")
+                         f"export a model identified on this benchmark (build_model sets dt = Ts); a model trained at "
+                         f"its own dt (on other records, or with sample times) is a model at that dt: export it "
+                         f"without the benchmark, to_control(model); only for a model left at a wrong dt that ran "
+                         f"these records sample by sample, set model.dt = bench.dt first")
     dotted = [s for s in inputs + outputs if "." in s]
     if dotted:
         rename = ("dataclasses.replace(bench, input_names=..., output_names=...)" if bench is not None

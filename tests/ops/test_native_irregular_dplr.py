@@ -2,9 +2,9 @@
 2111.00396) against the float64 loop :func:`ssmkit.ops.irregular_dplr.dplr_irregular_scan_reference` (outputs and
 final state, ranks 1 and 2, odd L, channels in a full block and a tail, an initial state, gaps from 0.05 to 5) and a
 dense numpy oracle (each step's Ā_t = (I − Δ_t A/2)⁻¹(I + Δ_t A/2) on the full conjugate-pair state by
-``numpy.linalg.solve``); the dispatch: ``"auto"`` takes the kernel under no_grad and the PyTorch path when a gradient
-is needed (its gradients those of the loop); S4 with intervals under no_grad, all four inits, ``"auto"`` against
-``"reference"``.
+``numpy.linalg.solve``); the dispatch: ``"auto"`` takes the kernel under no_grad and also when a gradient is needed
+(its gradients those of the loop; the backward's own tests: ``test_native_irregular_dplr_backward.py``); S4 with
+intervals under no_grad, all four inits, ``"auto"`` against ``"reference"``.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class _Count:
         return self.fn(*args)
 
 
-def test_auto_takes_the_kernel_without_a_gradient_and_the_torch_path_with_one(monkeypatch):
+def test_auto_takes_the_kernel_with_and_without_a_gradient(monkeypatch):
     _kernel_ok()
     count = _Count(native_dplr.dplr_unchecked)
     monkeypatch.setattr(native_dplr, "dplr_unchecked", count)
@@ -125,10 +125,10 @@ def test_auto_takes_the_kernel_without_a_gradient_and_the_torch_path_with_one(mo
     assert count.calls == 1 and _rel(y, y_ref) < 1e-12 and _rel(h, h_ref) < 1e-12
     y, h = dplr_irregular_scan(*args, backend="native")  # nothing requires grad: the kernel too
     assert count.calls == 2 and y.grad_fn is None
-    # a gradient needed: the PyTorch path, with the loop's gradients
+    # a gradient needed: the kernel and its C backward, with the loop's gradients
     leaves = [a.clone().requires_grad_() for a in args]
     y, h = dplr_irregular_scan(*leaves, backend="auto")
-    assert count.calls == 2 and y.grad_fn is not None
+    assert count.calls == 3 and y.grad_fn is not None
     w = torch.linspace(-1, 1, 13, dtype=F64).view(1, -1, 1)
     grads = torch.autograd.grad((y * w).sum() + h.abs().square().sum(), leaves)
     ref_leaves = [a.clone().requires_grad_() for a in args]

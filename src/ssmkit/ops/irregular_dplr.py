@@ -24,9 +24,11 @@ chunk under an activation checkpoint when autograd records (non-reentrant, recom
 the call, :func:`ssmkit.ops.backend.checkpoint_contexts`; without one inside torch.func transforms, which refuse its
 hooks): the backward keeps one state per chunk, O(B·H·N·L/T), and one chunk's graph, not the L steps' intermediates.
 Both cost O(B·L·H·N r) in L sequential steps of batched ops (no parallel scan: the transition is dense). ``"native"``
-(and ``"auto"`` on the CPU when no gradient will be asked for: inference, simulation, validation) -- the forward-only
-C kernel :mod:`ssmkit.ops.native.irregular_dplr` (r ≤ 2), else the chunks; ``"fft"`` and ``"triton"`` raise.
-Computed in the inputs' precision (S4 passes float64/complex128, as its ``step``).
+(and ``"auto"`` on the CPU) -- the C kernel :mod:`ssmkit.ops.native.irregular_dplr` (r ≤ 2), forward and backward
+(inference and training: its forward keeps one state per 64 steps, its backward recomputes each chunk's states and
+runs the step's adjoint, derived in ``irregular_dplr.c``), else the chunks (ranks above 2, other devices, torch.func
+transforms, torch.export, forward-mode AD; a double backward differentiates the chunks); ``"fft"`` and ``"triton"``
+raise. Computed in the inputs' precision (S4 passes float64/complex128, as its ``step``).
 """
 
 from __future__ import annotations
@@ -244,19 +246,18 @@ def dplr_irregular_scan_chunked(
 
 
 def _dplr_native(u, Lambda, P, B, C, dt, intervals, D=None, state=None, *, return_state=True):
-    """The forward by its C kernel (:mod:`ssmkit.ops.native.irregular_dplr`: each step's coefficients formed in
-    registers, the state in local arrays) where it runs and no gradient will be asked for: u on the CPU in the real
-    dtype of Λ, rank r ≤ 2, the kernel built and checked (:func:`ssmkit.ops.native.gate.prefer_native`: not under a
-    torch.func transform, torch.export or forward-mode AD) and no input requiring grad under grad mode
-    (:func:`ssmkit.ops.twice.wants_grad`); elsewhere :func:`dplr_irregular_scan_chunked` (training keeps it)."""
+    """The scan by its C kernel (:mod:`ssmkit.ops.native.irregular_dplr`: each step's coefficients formed in
+    registers, the state in local arrays; with a gradient to record, an autograd Function whose C backward recomputes
+    the states from one checkpoint per 64 steps) where it runs: u on the CPU in the real dtype of Λ, rank r ≤ 2, the
+    kernel built and checked (:func:`ssmkit.ops.native.gate.prefer_native`: not under a torch.func transform,
+    torch.export or forward-mode AD); elsewhere :func:`dplr_irregular_scan_chunked`. A double backward
+    (``create_graph``) differentiates the chunked path (:mod:`ssmkit.ops.twice`)."""
     from ssmkit.ops._checks import REAL_OF
     from ssmkit.ops.native.gate import prefer_native
     from ssmkit.ops.native.irregular_dplr import MAX_RANK, dplr_unchecked
-    from ssmkit.ops.twice import wants_grad
 
     _check_scan(u, Lambda, P, B, C, dt, intervals, D, state)
-    if (P.shape[0] <= MAX_RANK and REAL_OF.get(Lambda.dtype) == u.dtype
-            and not wants_grad(u, Lambda, P, B, C, dt, intervals, D, state) and prefer_native("irregular_dplr", u)):
+    if P.shape[0] <= MAX_RANK and REAL_OF.get(Lambda.dtype) == u.dtype and prefer_native("irregular_dplr", u):
         return dplr_unchecked(u, Lambda, P, B, C, dt, intervals, D, state, return_state)
     return dplr_irregular_scan_chunked(u, Lambda, P, B, C, dt, intervals, D, state, return_state=return_state)
 
@@ -280,8 +281,8 @@ def dplr_irregular_scan(
 ) -> tuple[Tensor, Tensor | None]:
     """The irregularly sampled DPLR system (module docstring) over a sequence; the path by the backend:
     ``"reference"`` -> the loop; ``"chunked"`` -> chunks of coefficients under checkpoints; ``"native"`` and
-    ``"auto"`` -> the forward-only C kernel on the CPU when no gradient will be asked for (:func:`_dplr_native`),
-    else the chunks; the others raise.
+    ``"auto"`` -> the C kernel (forward and backward) on the CPU for r ≤ 2 (:func:`_dplr_native`), else the chunks;
+    the others raise.
 
     Args:
         u: (B, L, H) real input (Λ's real dtype).

@@ -492,10 +492,12 @@ def _smoke_irregular_mimo(dtype: torch.dtype, rand, g: torch.Generator) -> None:
 
 
 def _smoke_irregular_dplr(dtype: torch.dtype, rand, g: torch.Generator) -> None:
-    """The irregularly sampled DPLR forward's kernel (:mod:`ssmkit.ops.native.irregular_dplr`, forward only: no
-    gradients) against the loop :func:`ssmkit.ops.irregular_dplr.dplr_irregular_scan_reference` in the same dtype: y
-    and the final state, ranks 1 and 2, an initial state, a skip D, 11 channels (a full channel block and a tail with
-    AVX2's 4 lanes and AVX-512's 8), gaps from 0.05 to 5."""
+    """The irregularly sampled DPLR kernel (:mod:`ssmkit.ops.native.irregular_dplr`) against the loop
+    :func:`ssmkit.ops.irregular_dplr.dplr_irregular_scan_reference` in the same dtype: the forward alone (y and the
+    final state), then through autograd every gradient (u, Λ, P, B, C, Δ, the gaps, D and the initial state, from y
+    and the final state) with checkpoints every 4 steps (two chunk boundaries in L 9, the last chunk partial); ranks 1
+    and 2, an initial state, a skip D, 11 channels (a full channel block and a tail with AVX2's 4 lanes and AVX-512's
+    8), gaps from 0.05 to 5."""
     from ssmkit.ops.irregular_dplr import dplr_irregular_scan_reference
     from ssmkit.ops.native.irregular_dplr import dplr_unchecked
 
@@ -515,3 +517,5 @@ def _smoke_irregular_dplr(dtype: torch.dtype, rand, g: torch.Generator) -> None:
         for a, b in ((y, y_ref), (x, x_ref)):
             if not bool(((a - b).abs().max() <= tol * b.abs().max().clamp_min(1.0)).item()):
                 raise RuntimeError("the kernel's result differs from the reference")
+        fast = lambda *a: dplr_unchecked(*a, True, 4)  # noqa: E731  (the C backward, chunks of 4 steps)
+        _compare(fast, dplr_irregular_scan_reference, args, torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1), dtype)

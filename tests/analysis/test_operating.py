@@ -280,3 +280,20 @@ def test_sweeps_are_frozen_and_the_defaults_are_as_documented():
     np.testing.assert_allclose(sw.y, sw.u, rtol=0, atol=1e-15)
     np.testing.assert_allclose(sw.spectral_radius, 0.5, rtol=1e-15)
     np.testing.assert_allclose(sw.dc_gain, 1.0, rtol=1e-15)
+
+
+def test_a_named_model_reports_its_equilibria_under_its_signal_names(tmp_path):
+    # (found by the new-user probe of 2026-12-06: the table, the plot and the JSON said u[1] / y[0] although the
+    # model's checkpoint carries the names)
+    pytest.importorskip("matplotlib")
+    model = _model().name_signals(["valve", "pump"], ["level", "flow"])
+    sweeps = operating_sweeps(model)
+    assert [s.input_label() for s in sweeps] == ["valve", "pump"] and sweeps[1].output_label(0) == "level"
+    paths = write_report(model, str(tmp_path), title="dw", channels=2)
+    record = json.load(open(paths["json"]))
+    assert record["equilibria"][1]["input_name"] == "pump" and record["equilibria"][1]["output_names"] == ["level", "flow"]
+    y = sweeps[1].y[:, 1]
+    assert f"| pump | [-8, 4] | flow | [{y.min():.4g}, {y.max():.4g}] |" in open(paths["summary"]).read()
+    unnamed = operating_sweeps(_model())[1]  # the same equilibria, the index labels
+    np.testing.assert_allclose(unnamed.y, sweeps[1].y, rtol=1e-12)
+    assert (unnamed.input_label(), unnamed.output_label(1)) == ("u[1]", "y[1]")

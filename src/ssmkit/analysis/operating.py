@@ -38,6 +38,9 @@ class OperatingSweep:
         y: (G, p) the steady-state outputs y*.
         spectral_radius: (G,) the largest pole magnitude of the linearisation at each equilibrium.
         dc_gain: (G, p, m) the linearisation's DC gain C (I - A)⁻¹ B + D at each point (∂y*/∂u).
+        input_names: the model's m input names (``model.signals``: a model from ``build_model`` or ``identify``,
+            or named by ``name_signals``), or None: then ``u[i]``.
+        output_names: its p output names, or None: then ``y[k]``.
     """
 
     input: int
@@ -45,6 +48,20 @@ class OperatingSweep:
     y: np.ndarray
     spectral_radius: np.ndarray
     dc_gain: np.ndarray
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
+
+    def input_label(self) -> str:
+        """The swept input's name, or ``u[i]``."""
+        return self.input_names[self.input] if self.input_names is not None else f"u[{self.input}]"
+
+    def output_label(self, k: int) -> str:
+        """Output k's name, or ``y[k]``.
+
+        Args:
+            k: the output's index.
+        """
+        return self.output_names[k] if self.output_names is not None else f"y[{k}]"
 
     @property
     def stable(self) -> bool:
@@ -81,6 +98,8 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
     if largest > max_states:
         return f"its state vector has {largest} numbers, more than max_states = {max_states}"
     mu, sigma = stats
+    signals = getattr(model, "signals", None)  # a DeepWiener's (an ensemble's: its members' common) names, or None
+    names = (tuple(signals["inputs"]), tuple(signals["outputs"])) if isinstance(signals, dict) else (None, None)
     sweeps = []
     for i in range(systems[0].n_inputs):
         u = np.tile(mu, (points, 1))
@@ -91,7 +110,8 @@ def operating_sweeps(model: nn.Module, points: int = 21, max_states: int = 2048)
             ys.append(y)
             gains.append(local.dcgain())
             radii.append([spectral_radius(A) for A in local.A])
-        sweeps.append(OperatingSweep(i, u, np.mean(ys, axis=0), np.max(radii, axis=0), np.mean(gains, axis=0)))
+        sweeps.append(OperatingSweep(i, u, np.mean(ys, axis=0), np.max(radii, axis=0), np.mean(gains, axis=0),
+                                     *names))
     return sweeps
 
 

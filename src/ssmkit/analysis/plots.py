@@ -230,14 +230,14 @@ def plot_equilibria(sweeps: Sequence[OperatingSweep], path: str, channels: int =
     for row, sweep in zip(axes, sweeps):
         u = sweep.u[:, sweep.input]
         for k in range(min(channels, sweep.y.shape[1])):
-            row[0].plot(u, sweep.y[:, k], marker=".", lw=0.9, label=f"y[{k}]")
-        row[0].set_title(f"equilibria along u[{sweep.input}] (others at their means): y*", fontsize=9)
+            row[0].plot(u, sweep.y[:, k], marker=".", lw=0.9, label=sweep.output_label(k))
+        row[0].set_title(f"equilibria along {sweep.input_label()} (others at their means): y*", fontsize=9)
         row[0].legend(fontsize=7)
         row[1].plot(u, sweep.spectral_radius, marker=".", lw=0.9)
         row[1].axhline(1.0, color="k", lw=0.6, ls="--")
         row[1].set_title("spectral radius of the linearisation there", fontsize=9)
         for ax in row:
-            ax.set_xlabel(f"u[{sweep.input}]")
+            ax.set_xlabel(sweep.input_label())
             ax.grid(True, lw=0.3)
     save_figure(fig, path)
     return path

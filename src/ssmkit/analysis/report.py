@@ -135,8 +135,8 @@ def _sweep_lines(sweeps: list[OperatingSweep] | str) -> list[str]:
         i, u = sw.input, sw.u[:, sw.input]
         for k in range(sw.y.shape[1]):
             gain = sw.dc_gain[:, k, i]
-            lines.append(f"| u[{i}] | [{_fmt(u.min())}, {_fmt(u.max())}] | y[{k}] | [{_fmt(sw.y[:, k].min())}, "
-                         f"{_fmt(sw.y[:, k].max())}] | [{_fmt(gain.min())}, {_fmt(gain.max())}] | "
+            lines.append(f"| {sw.input_label()} | [{_fmt(u.min())}, {_fmt(u.max())}] | {sw.output_label(k)} | "
+                         f"[{_fmt(sw.y[:, k].min())}, {_fmt(sw.y[:, k].max())}] | [{_fmt(gain.min())}, {_fmt(gain.max())}] | "
                          f"{sw.spectral_radius.max():.6f} | {'yes' if sw.stable else '**NO**'} |")
     return lines
 
@@ -298,8 +298,9 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
     }
     if sweeps is not None:
         record["equilibria"] = sweeps if isinstance(sweeps, str) else [
-            {"input": sw.input, "u": _clean(sw.u), "y": _clean(sw.y), "spectral_radius": _clean(sw.spectral_radius),
-             "dc_gain": _clean(sw.dc_gain)} for sw in sweeps]
+            {"input": sw.input, "input_name": sw.input_label(),
+             "output_names": [sw.output_label(k) for k in range(sw.y.shape[1])], "u": _clean(sw.u), "y": _clean(sw.y),
+             "spectral_radius": _clean(sw.spectral_radius), "dc_gain": _clean(sw.dc_gain)} for sw in sweeps]
     paths["json"] = os.path.join(out, "analysis.json")
     write_text(paths["json"], json.dumps(record, indent=1, allow_nan=False))
     paths["summary"] = os.path.join(out, "summary.md")

@@ -296,12 +296,14 @@ def _groups(model: DeepWiener, cfg: SimulationFit) -> list[dict]:
     return groups
 
 
+@torch.no_grad()
 def simulate_record(model: DeepWiener, record: IORecord, from_rest: bool = False) -> tuple[torch.Tensor, int]:
     """Simulate a whole record: from the encoder's state after its first ``encoder_window`` samples (those are then
     not simulated), or from rest. An irregularly sampled record is simulated with its intervals (module docstring):
     from rest with all of them (τ_0 = 1), after the encoder with those of the samples after it. A regularly sampled
     record whose Ts is not the model's ``dt`` is simulated at its real times too, with constant intervals Ts / dt,
     by a model whose layers take intervals (a continuous-time model read at another rate), and refused by another.
+    Evaluation, without a gradient (the result plots and converts to NumPy as it is).
 
     Args:
         model: the model.

@@ -6,6 +6,7 @@
     ssmkit sysid --data run1.csv --inputs u1,u2 --outputs y --dt 0.01 [--test-data run2.csv | --test-fraction 0.2]
     ssmkit sysid --data log.csv --inputs valve --outputs level --time t --unit m --model s4d --out runs/tank
     ssmkit sysid --data log.csv --inputs valve --outputs level --time t --irregular   # a logger that drops samples
+    ssmkit sysid --data log.csv --inputs valve --outputs level --dt 0.5 --missing-outputs   # gaps in the level column
 
 Exactly one of ``--benchmark`` (a named benchmark) and ``--data`` (one or more CSV files with a header row, read by
 :func:`ssmkit.sysid.userdata.from_csv`: the ``--inputs`` and ``--outputs`` columns, comma-separated, sampled every
@@ -16,7 +17,10 @@ recipe :func:`ssmkit.sysid.recipes.recipe_for_data`, and the report has no publi
 be uniform unless ``--irregular`` is given: then its stamps need only increase strictly, the records keep them, Ts is
 ``--dt`` (the nominal period, e.g. the logger's) or else the median gap, and the model simulates each block's
 continuous-time system at the real sample times (``from_csv(..., irregular=True)``; a ``--model`` whose layer takes
-intervals: s4d, s5, dss, ...).
+intervals: s4d, s5, dss, ...). With ``--missing-outputs`` an empty or NaN cell of an output column is a missing
+measurement (``from_csv(..., missing_outputs=True)``): the model is simulated over every sample with the known inputs,
+trained and scored where the outputs were measured (results.json's ``samples``: how many, per test record
+and output).
 
 A test record that is one or more periods of a periodic input (Bouc-Wen's multisine) is scored twice: from rest (the
 official protocol, the headline) and in periodic steady state after ``--steady-state-periods`` periods of the same
@@ -120,6 +124,10 @@ def _parser(prog: str):
                         help="with --data: the input over the gap before sample k: 'sample' (u_k, as given; the "
                              "default) or 'previous' (u_{k-1}: commands applied at the sample times and held until the "
                              "next sample, an actuator's zero-order hold; for irregularly sampled logs especially)")
+    parser.add_argument("--missing-outputs", dest="missing_outputs", action="store_true",
+                        help="with --data: an empty or NaN cell in an output column is a missing measurement; the "
+                             "model is simulated over every sample with the known inputs, trained and scored where "
+                             "the output was measured (default: such a cell is refused; inputs must be known)")
     parser.add_argument("--test-data", dest="test_data", type=str, nargs="+", default=None,
                         help="with --data: test files with the same columns (default: the tail of each --data file)")
     parser.add_argument("--test-fraction", dest="test_fraction", type=float, default=None,
@@ -246,6 +254,7 @@ def _check_source(parser, cfg) -> None:
                      + ("both" if cfg.data is not None else "neither"))
     given = [flag for key, flag in DATA_OPTIONS.items() if cfg.get(key) is not None]
     given += ["--irregular"] if cfg.irregular else []  # a flag: False when not given
+    given += ["--missing-outputs"] if cfg.missing_outputs else []
     if cfg.benchmark is not None:
         if given:
             parser.error(f"{', '.join(given)} describe your own data and go with --data, not with --benchmark "
@@ -288,7 +297,7 @@ def _user_data(parser, cfg):
                          test_path=cfg.test_data, test_fraction=cfg.test_fraction,
                          delimiter="\t" if cfg.delimiter in ("tab", "\\t") else cfg.delimiter,
                          name=cfg.name, unit=unit, n_init=cfg.n_init, input_unit=input_unit,
-                         irregular=cfg.irregular, hold=cfg.hold or "sample")
+                         irregular=cfg.irregular, hold=cfg.hold or "sample", missing_outputs=cfg.missing_outputs)
     except (ValueError, FileNotFoundError) as error:
         parser.error(f"--data: {error}")
     fraction = None
@@ -296,10 +305,19 @@ def _user_data(parser, cfg):
         fraction = DEFAULT_TEST_FRACTION if cfg.test_fraction is None else cfg.test_fraction
     data = {"files": list(cfg.data), "test_files": cfg.test_data, "test_fraction": fraction,
             "inputs": _columns(cfg.inputs), "outputs": _columns(cfg.outputs), "dt": bench.dt, "time_column": cfg.time,
-            "irregular": cfg.irregular, "hold": cfg.hold or "sample",
-            "train_records": [{"name": r.name, "samples": len(r)} for r in bench.train],
-            "test_records": [{"name": r.name, "samples": len(r)} for r in bench.test]}
+            "irregular": cfg.irregular, "hold": cfg.hold or "sample", "missing_outputs": cfg.missing_outputs,
+            "train_records": [_record_entry(r, cfg.missing_outputs) for r in bench.train],
+            "test_records": [_record_entry(r, cfg.missing_outputs) for r in bench.test]}
     return bench, data
+
+
+def _record_entry(record, missing_outputs: bool) -> dict:
+    """What results.json records of one of the user's records: its name and length, and with ``--missing-outputs``
+    how many output samples were not measured (NaN cells of ``IORecord.y``)."""
+    entry = {"name": record.name, "samples": len(record)}
+    if missing_outputs:
+        entry["missing_outputs"] = record.n_missing
+    return entry
 
 
 def _user_recipe(parser, bench, cfg) -> Recipe:

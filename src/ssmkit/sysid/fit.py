@@ -47,6 +47,21 @@ training records' it is poorer (the error it leaves fades over a stable model's 
 ``washout`` starts every window from rest instead. A regularly sampled record (``t`` None) runs exactly as before
 (no intervals; the same arithmetic), also beside irregular ones (its windows then carry gaps of 1).
 
+Missing outputs (NaN in ``IORecord.y``: an output sample that was not measured, per sample and output channel;
+:class:`ssmkit.sysid.records.IORecord`): the inputs are known at every sample, so the model is simulated over every
+sample as before, and the loss is the masked mean over the measured output samples (each (sample, output) cell that
+was measured weighs the same; M_{t,k} = 1 where y_{t,k} was measured, 0 where not or held out)
+
+    loss = Σ_{b,t,k} w_t · M_{b,t,k} · |(ŷ_{b,t,k} − y_{b,t,k}) / σ_k|² / max(1, Σ_{b,t,k} M_{b,t,k})
+
+with the missing targets filled by 0 before the difference (a NaN times a zero weight would still be NaN in the
+gradient), so a window, or a whole batch, without a measured output contributes nothing and no NaN. The output
+normalisation (μ_k, σ_k) is the mean and population std of the measured samples of each output; validation scores
+the measured samples only (:func:`validation_rmse`, :func:`measured_rms`, :func:`output_scales`). The initial-state
+encoder reads a missing output in its window as the training mean (0 once normalised;
+:meth:`ssmkit.sysid.wiener.DeepWiener.estimate_state`): the simplest fill, learned around end to end on windows with
+the same gaps. Records measured throughout run exactly as before (the same arithmetic).
+
 A model with an ``output_range`` (a saturating sensor) is trained on its unclipped output with measurements at a
 limit treated as censored (:meth:`ssmkit.sysid.wiener.DeepWiener.censored_error`); with ``censor=False`` they are
 scored as measured instead (ŷ − y on both sides: the process itself is taken to stop at the limit, as a tank that
@@ -395,9 +410,55 @@ def _in_model_periods(record: IORecord, model: DeepWiener) -> torch.Tensor:
 
 
 @torch.no_grad()
+def set_normalisation(model: DeepWiener, u: list[torch.Tensor], y: list[torch.Tensor]) -> None:
+    """``model.set_normalisation`` of training records whose outputs may be missing (NaN; module docstring): the
+    inputs' statistics as before, and each output's mean μ_k and scale σ_k (population std, 1 for a constant output:
+    :func:`ssmkit.sysid.wiener.channel_scale`) over the samples where it was measured. Outputs measured throughout
+    take ``model.set_normalisation`` unchanged.
+
+    Args:
+        model: the DeepWiener.
+        u: (L, m) input records.
+        y: (L, p) output records, NaN where not measured.
+    """
+    yy = torch.cat(list(y))
+    seen = ~torch.isnan(yy)
+    if bool(seen.all()):
+        model.set_normalisation(u, y)
+        return
+    for k in range(yy.shape[1]):
+        if not bool(seen[:, k].any()):
+            raise ValueError(f"output {k + 1} of {yy.shape[1]} is not measured at any training sample (NaN "
+                             "throughout): it has nothing to be trained or normalised on")
+    model.set_normalisation(u, [torch.where(seen, yy, torch.zeros_like(yy))])  # the inputs'; the outputs' below
+    model.y_mean.copy_(torch.stack([yy[seen[:, k], k].mean() for k in range(yy.shape[1])]))
+    model.y_std.copy_(torch.cat([channel_scale(yy[seen[:, k], k:k + 1]) for k in range(yy.shape[1])]))
+
+
+def measured_rms(errors: torch.Tensor, measured: torch.Tensor) -> list[float]:
+    """The RMS per output of ``errors`` over the samples whose measurement is known (``measured`` not NaN):
+    sqrt(Σ_{t: y_{t,k} measured} e_{t,k}² / T_k); a NaN error at a measured sample (a diverged simulation) shows.
+
+    Args:
+        errors: (n, p) errors ŷ − y.
+        measured: (n, p) the measured outputs, NaN where not measured.
+
+    Returns:
+        one RMS per output channel (NaN for one with no measured sample).
+    """
+    seen = ~torch.isnan(measured)
+    errors = errors.double()
+    if bool(seen.all()):
+        return errors.pow(2).mean(0).sqrt().tolist()
+    square = torch.where(seen, errors.pow(2), torch.zeros_like(errors))
+    return (square.sum(0) / seen.sum(0)).sqrt().tolist()
+
+
+@torch.no_grad()
 def validation_rmse(model: DeepWiener, records: list[IORecord], from_rest: bool = False) -> list[float]:
     """The RMSE per output of ``model``'s simulation of whole records (:func:`simulate_record`; the samples that fed
-    the encoder are not scored), pooled over the records, in the data's unit.
+    the encoder are not scored), pooled over the records, in the data's unit, over the measured samples (a missing
+    output, NaN, is left out).
 
     Args:
         model: a DeepWiener (or a model with the same ``forward``/``estimate_state``: a WienerEnsemble).
@@ -408,7 +469,7 @@ def validation_rmse(model: DeepWiener, records: list[IORecord], from_rest: bool 
         one RMSE per output channel.
     """
     sims = [simulate_record(model, r, from_rest) for r in records]  # on the CPU, as the measurements are moved
-    score = rmse([s[n:] for s, n in sims], [r.y[n:].cpu() for r, (_, n) in zip(records, sims)])
+    score = rmse([s[n:] for s, n in sims], [r.y[n:].cpu() for r, (_, n) in zip(records, sims)], skip_missing=True)
     return torch.atleast_1d(score).tolist()
 
 
@@ -425,7 +486,7 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
 
     Returns:
         (errors (n, p) ŷ − y pooled over the blocks, in the data's unit; the block samples' measured outputs (n, p)),
-        on the CPU.
+        on the CPU; both NaN where an output was not measured (:func:`measured_rms` leaves those out).
     """
     errors, measured, sims = [], [], {}
     with torch.no_grad():
@@ -442,7 +503,8 @@ def block_errors(model: DeepWiener, records: list[IORecord], blocks: list[Block]
 
 def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block],
                from_rest: bool = False) -> list[float]:
-    """The RMSE per output of ``model``'s simulation on held-out blocks, pooled over them (:func:`block_errors`).
+    """The RMSE per output of ``model``'s simulation on held-out blocks, pooled over them (:func:`block_errors`), over
+    their measured samples (:func:`measured_rms`).
 
     Args:
         model: a DeepWiener (or a WienerEnsemble).
@@ -453,8 +515,8 @@ def block_rmse(model: DeepWiener, records: list[IORecord], blocks: list[Block],
     Returns:
         one RMSE per output channel.
     """
-    err, _ = block_errors(model, records, blocks, from_rest)
-    return err.double().pow(2).mean(0).sqrt().tolist()
+    err, measured = block_errors(model, records, blocks, from_rest)
+    return measured_rms(err, measured)
 
 
 def scored_outputs(records: list[IORecord], n: int, blocks: list[Block] | None = None) -> torch.Tensor:
@@ -467,7 +529,7 @@ def scored_outputs(records: list[IORecord], n: int, blocks: list[Block] | None =
         blocks: held-out blocks, or None.
 
     Returns:
-        (L, p) float64 on the CPU, L the scored samples of all the records or blocks.
+        (L, p) float64 on the CPU, L the scored samples of all the records or blocks (NaN where not measured).
     """
     if blocks is None:
         return torch.cat([r.y[n:].cpu().double() for r in records])
@@ -475,16 +537,28 @@ def scored_outputs(records: list[IORecord], n: int, blocks: list[Block] | None =
 
 
 def output_scales(measured: torch.Tensor) -> list[float]:
-    """s_k of the validation score (module docstring): the population std of each output over the scored samples,
-    1 for an output constant there up to rounding (:func:`ssmkit.sysid.wiener.channel_scale`).
+    """s_k of the validation score (module docstring): the population std of each output over the scored samples
+    where it was measured (NaN: missing, left out), 1 for an output constant there up to rounding
+    (:func:`ssmkit.sysid.wiener.channel_scale`).
 
     Args:
-        measured: (L, p) the scored measurements (:func:`scored_outputs`).
+        measured: (L, p) the scored measurements (:func:`scored_outputs`), NaN where not measured.
 
     Returns:
         p scales, in the outputs' units.
+
+    Raises:
+        ValueError: for an output not measured at any scored sample (no score can be computed for it).
     """
-    return channel_scale(measured.double()).tolist()
+    y = measured.double()
+    seen = ~torch.isnan(y)
+    if bool(seen.all()):
+        return channel_scale(y).tolist()
+    for k in range(y.shape[1]):
+        if not bool(seen[:, k].any()):
+            raise ValueError(f"output {k + 1} of {y.shape[1]} is not measured at any scored validation sample: its "
+                             "validation RMSE has no sample; hold out a longer part (val_fraction, folds) or measure it")
+    return [float(channel_scale(y[seen[:, k], k:k + 1])[0]) for k in range(y.shape[1])]
 
 
 def validation_score(rmse_per_output: list[float], scales: list[float]) -> tuple[list[float], float]:
@@ -586,12 +660,13 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     taus = _model_intervals(model, train) if any(r.t is not None for r in train) else None
     masks, pairs = _block_windows(train, blocks, cfg.window, n_enc) if blocks else (None, None)
     if masks is None:
-        model.set_normalisation([r.u for r in train], [r.y for r in train])
+        set_normalisation(model, [r.u for r in train], [r.y for r in train])
     else:  # the held-out outputs do not enter the scaling either
-        model.set_normalisation([r.u for r in train], [r.y[m] for r, m in zip(train, masks)])
+        set_normalisation(model, [r.u for r in train], [r.y[m] for r, m in zip(train, masks)])
     dtype, device = model.u_mean.dtype, model.u_mean.device  # the records move to the model's device once
     us = [r.u.to(device=device, dtype=dtype) for r in train]
     ys = [r.y.to(device=device, dtype=dtype) for r in train]
+    missing = any(r.n_missing for r in train)  # NaN outputs: the masked loss (module docstring)
     lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64)
     g = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(_groups(model, cfg))
@@ -633,11 +708,21 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         else:  # the gaps of the simulated samples, the first from the sample before them
             tau_b = torch.stack([taus[i][o + n_enc: o + n_enc + cfg.window] for i, o in drawn])
             y_hat, _ = model(u_b[:, n_enc:], state, return_state=False, saturate=False, intervals=tau_b)
-        err = (model.censored_error(y_hat, y_b[:, n_enc:]) if cfg.censor else y_hat - y_b[:, n_enc:]) / model.y_std
+        target = y_b[:, n_enc:]  # (B, window, p)
+        if missing:  # filled where not measured, so that no NaN reaches the loss or its gradient
+            seen = ~torch.isnan(target)
+            target = torch.where(seen, target, torch.zeros_like(target))
+        err = (model.censored_error(y_hat, target) if cfg.censor else y_hat - target) / model.y_std
         square = err ** 2
         if levels is not None:  # (B, window, p): w where the measured output is at or above its output's level
-            square = square * torch.where(y_b[:, n_enc:] >= levels, float(cfg.level_weight[1]), 1.0).to(dtype)
-        if masks is None:
+            square = square * torch.where(target >= levels, float(cfg.level_weight[1]), 1.0).to(dtype)
+        if missing:  # the mean over the measured cells outside held-out blocks (module docstring)
+            if masks is not None:
+                held = torch.stack([masks[i][o + n_enc: o + n_enc + cfg.window] for i, o in drawn])
+                seen = seen & held.to(device)[:, :, None]  # (B, window, p)
+            m = seen.to(dtype)
+            loss = (weights[None, :, None] * m * square).sum() / m.sum().clamp(min=1)
+        elif masks is None:
             loss = (weights[None, :, None] * square).mean()
         else:  # held-out samples weigh 0; the mean is over the scored ones
             m = torch.stack([masks[i][o + n_enc: o + n_enc + cfg.window] for i, o in drawn])

@@ -63,6 +63,11 @@ def _arrays(records: Sequence[IORecord] | IORecord) -> list[tuple[np.ndarray, np
     if len(widths) > 1:
         raise ValueError(f"every record must have the same inputs m and outputs p; got (m, p) in {sorted(widths)}")
     _check_one_period(recs)
+    missing = [r.name for r in recs if r.n_missing]
+    if missing:
+        raise ValueError(f"records {missing} have missing outputs (NaN in IORecord.y): the ARX and subspace estimates "
+                         "read every output sample; estimate from records measured throughout, or keep the layer's "
+                         "own initialisation")
     return [(r.u.detach().cpu().numpy().astype(np.float64), r.y.detach().cpu().numpy().astype(np.float64)) for r in recs]
 
 

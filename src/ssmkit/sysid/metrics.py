@@ -20,12 +20,19 @@ averaged). Signals are time first, (L,) or (L, p): a (p, L) signal, python-contr
 channels and is refused. A NaN in either signal makes that channel's scores NaN (nothing is masked: a diverged
 simulation shows), and a constant measured output (std 0) gives an infinite NRMSE and a fit of -inf %.
 
+Missing measurements (``skip_missing=True``; :class:`ssmkit.sysid.records.IORecord` marks an output sample that was not
+measured by NaN in ``y``): a NaN in ``y_true`` is a missing sample and is left out of that channel's sums, so every
+score, std, range and mean above runs over the channel's measured samples after the window (T_k of them, output k:
+RMSE_k = sqrt(Σ_{t measured} e_t² / T_k)); a NaN in ``y_pred`` at a measured sample still shows. A channel with no
+measured sample after the window scores NaN. :func:`sysid_metrics` reports T_k as ``"samples"``.
+
 MATLAB's names differ: ``goodnessOfFit(y_hat, y, 'NRMSE')`` returns 1 - NRMSE (a fit, 1 = perfect: ``fit / 100``
 here) and ``'NMSE'`` returns 1 - NRMSE² (R² here); ``compare`` reports fit %.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -66,39 +73,73 @@ def _pooled(y_pred, y_true, n_init: int) -> tuple[torch.Tensor, torch.Tensor, bo
     return torch.cat(ps), torch.cat(ts), flat
 
 
-def rmse(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+def _measured(t: torch.Tensor, skip_missing: bool) -> torch.Tensor | None:
+    """The (T, p) mask of the measured samples of pooled measurements ``t`` (not NaN) when ``skip_missing`` is set and
+    some are missing; None when every sample counts (the plain formulas, unchanged)."""
+    if not isinstance(skip_missing, bool):
+        raise ValueError(f"skip_missing must be a bool (True: a NaN in y_true is a missing sample, left out); got "
+                         f"{skip_missing!r}")
+    if not skip_missing:
+        return None
+    missing = torch.isnan(t)
+    return ~missing if bool(missing.any()) else None
+
+
+def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean over time (dim 0) per channel of x (T, p), over the samples where ``mask`` is True (all with None):
+    Σ_{t: mask} x_t / T_k, NaN for a channel without such a sample."""
+    if mask is None:
+        return x.mean(0)
+    return torch.where(mask, x, torch.zeros_like(x)).sum(0) / mask.sum(0)
+
+
+def _scale(t: torch.Tensor, mask: torch.Tensor | None, normalise: str) -> torch.Tensor:
+    """The measured output's population std or range (max − min) per channel, over the samples where ``mask`` is
+    True (all with None)."""
+    if mask is None:
+        return t.std(0, correction=0) if normalise == "std" else t.amax(0) - t.amin(0)
+    if normalise == "std":
+        return _mean((t - _mean(t, mask)) ** 2, mask).sqrt()
+    inf = torch.full_like(t, math.inf)
+    return torch.where(mask, t, -inf).amax(0) - torch.where(mask, t, inf).amin(0)
+
+
+def rmse(y_pred, y_true, n_init: int = 0, skip_missing: bool = False) -> torch.Tensor:
     """Root-mean-square error per output channel, in the output's unit.
 
     Args:
         y_pred: (L,) or (L, p) simulated output, or a list of them (one per experiment).
         y_true: the measured output(s), same shapes.
         n_init: samples skipped at the start of each experiment.
+        skip_missing: a NaN in ``y_true`` is a missing measurement, left out (module docstring); False: it makes
+            the channel's score NaN.
 
     Returns:
         (p,) float64 (a 0-d tensor for (L,) signals).
     """
     p, t, flat = _pooled(y_pred, y_true, n_init)
-    out = ((p - t) ** 2).mean(0).sqrt()
+    out = _mean((p - t) ** 2, _measured(t, skip_missing)).sqrt()
     return out.squeeze(0) if flat else out
 
 
-def mae(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+def mae(y_pred, y_true, n_init: int = 0, skip_missing: bool = False) -> torch.Tensor:
     """Mean absolute error per output channel (same arguments and shapes as :func:`rmse`).
 
     Args:
         y_pred: (L,) or (L, p) simulated output, or a list of them.
         y_true: the measured output(s).
         n_init: samples skipped at the start of each experiment.
+        skip_missing: a NaN in ``y_true`` is a missing measurement, left out (module docstring).
 
     Returns:
         (p,) float64 (0-d for (L,) signals).
     """
     p, t, flat = _pooled(y_pred, y_true, n_init)
-    out = (p - t).abs().mean(0)
+    out = _mean((p - t).abs(), _measured(t, skip_missing))
     return out.squeeze(0) if flat else out
 
 
-def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std") -> torch.Tensor:
+def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std", skip_missing: bool = False) -> torch.Tensor:
     """RMSE divided by the measured output's std (default) or range, after the window.
 
     Args:
@@ -106,6 +147,8 @@ def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std") -> torch.Tens
         y_true: the measured output(s).
         n_init: samples skipped at the start of each experiment.
         normalise: ``"std"`` (population std of y_true, the standard) or ``"range"`` (max - min, SysIdentPy).
+        skip_missing: a NaN in ``y_true`` is a missing measurement, left out of the RMSE and of the std or range
+            (module docstring).
 
     Returns:
         (p,) float64 (0-d for (L,) signals).
@@ -113,41 +156,44 @@ def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std") -> torch.Tens
     if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be one of {NORMALISATIONS}; got {normalise!r}")
     p, t, flat = _pooled(y_pred, y_true, n_init)
-    err = ((p - t) ** 2).mean(0).sqrt()
-    scale = t.std(0, correction=0) if normalise == "std" else t.amax(0) - t.amin(0)
-    out = err / scale
+    mask = _measured(t, skip_missing)
+    err = _mean((p - t) ** 2, mask).sqrt()
+    out = err / _scale(t, mask, normalise)
     return out.squeeze(0) if flat else out
 
 
-def fit_percent(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+def fit_percent(y_pred, y_true, n_init: int = 0, skip_missing: bool = False) -> torch.Tensor:
     """The standard fit index 100 (1 - RMSE / std(y)) per output channel.
 
     Args:
         y_pred: (L,) or (L, p) simulated output, or a list of them.
         y_true: the measured output(s).
         n_init: samples skipped at the start of each experiment.
+        skip_missing: a NaN in ``y_true`` is a missing measurement, left out (module docstring).
 
     Returns:
         (p,) float64 in percent (0-d for (L,) signals).
     """
-    return 100.0 * (1.0 - nrmse(y_pred, y_true, n_init))
+    return 100.0 * (1.0 - nrmse(y_pred, y_true, n_init, skip_missing=skip_missing))
 
 
-def r_squared(y_pred, y_true, n_init: int = 0) -> torch.Tensor:
+def r_squared(y_pred, y_true, n_init: int = 0, skip_missing: bool = False) -> torch.Tensor:
     """R² = 1 - (RMSE / std(y))² per output channel (the window is honoured, unlike a known pitfall elsewhere).
 
     Args:
         y_pred: (L,) or (L, p) simulated output, or a list of them.
         y_true: the measured output(s).
         n_init: samples skipped at the start of each experiment.
+        skip_missing: a NaN in ``y_true`` is a missing measurement, left out (module docstring).
 
     Returns:
         (p,) float64 (0-d for (L,) signals).
     """
-    return 1.0 - nrmse(y_pred, y_true, n_init) ** 2
+    return 1.0 - nrmse(y_pred, y_true, n_init, skip_missing=skip_missing) ** 2
 
 
-def sysid_metrics(y_pred, y_true, n_init: int = 0, names: Sequence[str] = ("rmse", "nrmse", "fit", "r2", "mae")) -> dict[str, list[float]]:
+def sysid_metrics(y_pred, y_true, n_init: int = 0, names: Sequence[str] = ("rmse", "nrmse", "fit", "r2", "mae"),
+                  skip_missing: bool = False) -> dict[str, list[float]]:
     """Every metric at once, as plain lists (one value per output channel) for reports.
 
     Args:
@@ -155,17 +201,20 @@ def sysid_metrics(y_pred, y_true, n_init: int = 0, names: Sequence[str] = ("rmse
         y_true: the measured output(s).
         n_init: samples skipped at the start of each experiment.
         names: which of ``rmse``, ``nrmse``, ``nrmse_range``, ``fit``, ``r2``, ``mae`` to compute.
+        skip_missing: a NaN in ``y_true`` is a missing measurement, left out of every score (module docstring).
 
     Returns:
-        {name: [value per output channel]} plus ``n_init``.
+        {name: [value per output channel]} plus ``n_init`` and ``samples`` (T_k, the samples scored per output
+        channel, pooled over the experiments: all of them after the windows, or with ``skip_missing`` the measured
+        ones).
     """
     table = {
-        "rmse": lambda: rmse(y_pred, y_true, n_init),
-        "nrmse": lambda: nrmse(y_pred, y_true, n_init),
-        "nrmse_range": lambda: nrmse(y_pred, y_true, n_init, normalise="range"),
-        "fit": lambda: fit_percent(y_pred, y_true, n_init),
-        "r2": lambda: r_squared(y_pred, y_true, n_init),
-        "mae": lambda: mae(y_pred, y_true, n_init),
+        "rmse": lambda: rmse(y_pred, y_true, n_init, skip_missing),
+        "nrmse": lambda: nrmse(y_pred, y_true, n_init, skip_missing=skip_missing),
+        "nrmse_range": lambda: nrmse(y_pred, y_true, n_init, normalise="range", skip_missing=skip_missing),
+        "fit": lambda: fit_percent(y_pred, y_true, n_init, skip_missing),
+        "r2": lambda: r_squared(y_pred, y_true, n_init, skip_missing),
+        "mae": lambda: mae(y_pred, y_true, n_init, skip_missing),
     }
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):  # "rmse" or None
         raise ValueError(f"names must be a list or tuple of metric names from {sorted(table)}; got {names!r}")
@@ -174,4 +223,7 @@ def sysid_metrics(y_pred, y_true, n_init: int = 0, names: Sequence[str] = ("rmse
         raise ValueError(f"unknown metric names {unknown}; known: {sorted(table)}")
     out: dict[str, list[float]] = {name: torch.atleast_1d(table[name]()).tolist() for name in names}
     out["n_init"] = [float(n_init)]
+    _, t, _ = _pooled(y_pred, y_true, n_init)
+    mask = _measured(t, skip_missing)
+    out["samples"] = [t.shape[0]] * t.shape[1] if mask is None else mask.sum(0).tolist()
     return out

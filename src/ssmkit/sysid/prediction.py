@@ -10,6 +10,9 @@ Training minimises the one-step prediction error on windows of the shifted recor
 *simulation* of a model, so :func:`free_run` runs the predictor in closed loop, feeding back its own ŷ_{t-1} in
 place of the measurement after the first ``n_warm`` samples (there it reads the measured outputs): the comparison
 tells how much a predictor trained on one-step error loses when it has to simulate.
+
+A predictor reads the measured y_{t-1} at every step, so records with missing outputs (NaN in ``IORecord.y``) are
+refused (:func:`check_measured`); a simulation model takes them (:mod:`ssmkit.sysid.fit`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def prediction_record(record: IORecord) -> IORecord:
     if len(record) < 2:
         raise ValueError(f"record {record.name!r} needs at least 2 samples for one-step-ahead prediction; got {len(record)}")
     check_regular([record], "one-step-ahead prediction")
+    check_measured([record], "one-step-ahead prediction")
     u = torch.cat([record.u[1:], record.y[:-1]], dim=-1)
     return IORecord(u, record.y[1:], record.dt, f"{record.name} (one-step-ahead)")
 
@@ -52,6 +56,21 @@ def check_regular(records: list[IORecord], what: str) -> None:
         raise ValueError(f"{what} runs a predictor sample by sample, one period apart: records {irregular} are "
                          "irregularly sampled (IORecord.t), and their gaps would be ignored; simulate them with a "
                          "simulation model (ssmkit.sysid.fit.simulate_record), which takes the sample times")
+
+
+def check_measured(records: list[IORecord], what: str) -> None:
+    """Raise ``ValueError`` for a record with missing outputs (NaN in ``IORecord.y``): a predictor reads the measured
+    y_{t-1} as an input at every step, and a missing one has no value to read.
+
+    Args:
+        records: the records.
+        what: what refuses them, for the message.
+    """
+    gaps = [f"{r.name!r} ({r.n_missing} missing)" for r in records if r.n_missing]
+    if gaps:
+        raise ValueError(f"{what} reads the measured output y_{{t-1}} at every step, and records {', '.join(gaps)} "
+                         "have missing outputs (NaN in IORecord.y); train and score them with a simulation model "
+                         "(mode 'simulation': ssmkit.sysid.fit.simulate_record), which reads only the known inputs")
 
 
 def check_predictor(model: DeepWiener, n_inputs: int, n_outputs: int) -> None:
@@ -110,6 +129,7 @@ def predict_one_step(model: DeepWiener, record: IORecord) -> torch.Tensor:
     """
     check_predictor(model, record.u.shape[1], record.y.shape[1])
     check_regular([record], "predict_one_step")
+    check_measured([record], "predict_one_step")
     check_period(model, [record])
     shifted = prediction_record(record)
     dtype = model.u_mean.dtype
@@ -126,7 +146,8 @@ def free_run(model: DeepWiener, record: IORecord, n_warm: int = 0) -> torch.Tens
 
     Args:
         model: a predictor (m + p inputs, p outputs).
-        record: the experiment; its outputs are read only in the warm-up window.
+        record: the experiment; its outputs are read only in the warm-up window (they must be measured there;
+            missing outputs after it are not read).
         n_warm: samples with measured outputs fed back (≥ 1; the benchmark's init window is the honest choice).
 
     Returns:
@@ -137,6 +158,8 @@ def free_run(model: DeepWiener, record: IORecord, n_warm: int = 0) -> torch.Tens
     check_period(model, [record])
     if not isinstance(n_warm, int) or not 1 <= n_warm < len(record):
         raise ValueError(f"n_warm must be an int in [1, {len(record) - 1}] (samples read from the measurement); got {n_warm!r}")
+    if bool(torch.isnan(record.y[:n_warm]).any()):  # after the warm-up the outputs are not read
+        check_measured([record.part(0, n_warm, f"{record.name} [:{n_warm}]")], "free_run's warm-up")
     to = {"device": model.u_mean.device, "dtype": model.u_mean.dtype}
     u, y = record.u.to(**to), record.y.to(**to)
     state = model.initial_state(1)

@@ -22,9 +22,16 @@ class IORecord:
     at it, the SSM convention x_k = Ā_k x_{k−1} + B̄_k u_k. The time before the first sample is not known: τ_0 = 1
     (a start from rest one nominal period before it, as the S5 code's irregular experiments prepend a 1).
 
+    Missing outputs: NaN in ``y`` marks an output sample that was not measured (a dropped reading, a gap in one
+    channel's log, an output sampled slower than the inputs), per sample and output channel (:attr:`measured`). The
+    inputs are known at every sample (a non-finite u is refused), so the model is simulated over every sample and
+    trained and scored only where the output was measured (:mod:`ssmkit.sysid.fit`, :mod:`ssmkit.sysid.metrics`'s
+    ``skip_missing``). Being part of ``y``, the marks follow every slice, split, concatenation and device move of
+    it; a record without NaN is measured throughout. An infinite output is refused (it is no measurement).
+
     Args:
-        u: (L, m) inputs, float64, physical units.
-        y: (L, p) outputs, float64, physical units.
+        u: (L, m) inputs, float64, physical units; finite.
+        y: (L, p) outputs, float64, physical units; NaN where not measured (the class docstring), else finite.
         dt: the sampling time Ts (s); with ``t``, the nominal one, the unit of the intervals.
         name: where it comes from (file, level, seed).
         period: P when the input is periodic with P samples and the record holds a whole number L / P of its
@@ -50,6 +57,7 @@ class IORecord:
                 raise ValueError(f"{which} must be a (L, {'m' if which == 'u' else 'p'}) tensor with L >= 1; got {found}")
         if self.u.shape[0] != self.y.shape[0]:
             raise ValueError(f"u and y must have one length L; got {self.u.shape[0]} and {self.y.shape[0]}")
+        _check_values(self.u, self.y, self.name)
         self.dt = check_sampling_time(self.dt)  # a NumPy scalar Ts becomes a float (JSON, comparisons)
         if self.period is not None:
             p = self.period
@@ -65,6 +73,17 @@ class IORecord:
 
     def __len__(self) -> int:
         return self.u.shape[0]
+
+    @property
+    def measured(self) -> torch.Tensor:
+        """(L, p) bool, True where output k was measured at sample t (``y`` not NaN; the class docstring), on
+        ``y``'s device."""
+        return ~torch.isnan(self.y)
+
+    @property
+    def n_missing(self) -> int:
+        """The number of output samples not measured (NaN cells of ``y``); 0 for a record measured throughout."""
+        return int(torch.isnan(self.y).sum())
 
     @property
     def irregular(self) -> bool:
@@ -107,6 +126,23 @@ class IORecord:
         """
         t = None if self.t is None else self.t[start:stop]
         return IORecord(self.u[start:stop], self.y[start:stop], self.dt, name, t=t)
+
+
+def _check_values(u: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` for a non-finite input (the inputs drive the simulation at every sample: they must be
+    known) or an infinite output (NaN marks a missing output; ±inf is no measurement), naming the first sample."""
+    where = f"record {name!r}: " if name else ""
+    bad = ~torch.isfinite(u)
+    if bool(bad.any()):
+        t, j = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{where}u must be finite at every sample: the inputs drive the simulation and must be known "
+                         f"(only outputs may be missing); u[{t}, {j}] = {float(u[t, j])} ({int(bad.sum())} non-finite "
+                         "in all)")
+    bad = torch.isinf(y)
+    if bool(bad.any()):
+        t, k = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{where}y must hold finite measurements, or NaN where an output was not measured; "
+                         f"y[{t}, {k}] = {float(y[t, k])}")
 
 
 def _sample_times(t, length: int, name: str) -> torch.Tensor:

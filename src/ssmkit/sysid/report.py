@@ -232,7 +232,9 @@ def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
         t = time_axis(r)
         for k, scale in enumerate(bench.scales):
             ax = axes[i * p + k, 0]
-            ax.plot(t, r.y[:, k].numpy() * scale, label="measured", lw=1)
+            # missing outputs (NaN) break the line: an isolated measured sample between two gaps shows as a dot
+            gaps = bool(torch.isnan(r.y[:, k]).any())
+            ax.plot(t, r.y[:, k].numpy() * scale, label="measured", lw=1, marker="." if gaps else None, ms=2)
             ax.plot(t, y_sim[:, k].numpy() * scale, label="simulated", lw=1)
             ax.plot(t, (y_sim[:, k] - r.y[:, k]).numpy() * scale, label="error", lw=0.8)
             if bench.n_init:
@@ -247,8 +249,9 @@ def simulation_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
 def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     """Amplitude spectra |DFT| / L after the init window of the measured output (its mean removed) and of the
     simulation error, one panel (row) per output holding every test record's two curves, in the output's reporting
-    unit; DC left out; an irregularly sampled record's by the Lomb-Scargle periodogram at its sample times on the same
-    scale (:func:`lomb_scargle_amplitude` at :func:`spectrum_frequencies`); the figure's title names the inputs
+    unit; DC left out; an irregularly sampled record's, and one with missing outputs (NaN in ``y``: at its measured
+    samples), by the Lomb-Scargle periodogram at its sample times on the same scale (:func:`lomb_scargle_amplitude`
+    at :func:`spectrum_frequencies`); the figure's title names the inputs
     (:func:`inputs_text`).
 
     Args:
@@ -267,9 +270,10 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
         for r, y_sim in zip(bench.test, sims):
             y = r.y[n:, k].numpy() * scale
             e = (y_sim[n:, k] - r.y[n:, k]).numpy() * scale
-            if r.t is not None:  # at the sample times: Lomb-Scargle on the |DFT| / L scale
-                t = time_axis(r)[n:]
-                f = spectrum_frequencies(t, r.dt)
+            seen = ~np.isnan(y)  # missing outputs (NaN) are left out: the measured samples are irregular in time
+            if r.t is not None or not seen.all():  # at the sample times: Lomb-Scargle on the |DFT| / L scale
+                t, y, e = time_axis(r)[n:][seen], y[seen], e[seen]
+                f = spectrum_frequencies(time_axis(r)[n:], r.dt)
                 amplitude = lomb_scargle_amplitude(t - t[0], np.stack([y - y.mean(), e], 1), f)
                 ax.loglog(f, amplitude[:, 0], lw=0.8, label=f"measured, {r.name} (Lomb-Scargle)")
                 ax.loglog(f, amplitude[:, 1], lw=0.8, label=f"error, {r.name} (Lomb-Scargle)")
@@ -283,6 +287,27 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     fig.suptitle(f"{bench.title}: simulated from the measured {inputs_text(bench)}")
     fig.tight_layout()
     return fig
+
+
+def missing_note(bench: SysidBenchmark, records: list[dict[str, Any]]) -> str:
+    """report.md's sentence on test records with missing outputs (NaN in ``IORecord.y``): how many samples each
+    output was scored on (``sysid_metrics``'s ``samples``: the measured ones after the init window) of how many; ""
+    when every test record is measured throughout.
+
+    Args:
+        bench: the benchmark (its test records and init window).
+        records: :func:`ssmkit.sysid.workflow.evaluate`'s ``"records"``, one per test record.
+    """
+    parts = []
+    for r, rec in zip(bench.test, records):
+        if r.n_missing and "samples" in rec:
+            counts = ", ".join(str(int(c)) for c in rec["samples"])
+            parts.append(f"{r.name}: {counts} of {len(r) - bench.n_init}")
+    if not parts:
+        return ""
+    return ("Missing outputs: the test records are simulated over every sample with the known inputs and scored "
+            "where the output was measured; samples scored per output (after the init window): " + "; ".join(parts)
+            + ".")
 
 
 def irregular_note(names: list[str], plots: bool = True) -> str:
@@ -371,6 +396,9 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
     irregular = [r.name for r in bench.test if r.t is not None]
     if irregular:
         text += [irregular_note(irregular, plots), ""]
+    missing = missing_note(bench, scores["records"])
+    if missing:
+        text += [missing, ""]
     written = ["results.json", "report.md"]
     if plots:
         written += _plots(folder, bench, scores["simulations"])

@@ -26,7 +26,14 @@ System Identification Toolbox or python-control user expects them:
   (:func:`median_sampling_time`: the typical period of a logger that drops or jitters samples, not moved by a few long
   gaps as the mean would be). The model's layers must take intervals (S4D, S5, DSS, ...; the default ``s4d`` does).
 - Values: every sample must be a finite number; a NaN, an empty or a non-numeric cell is refused naming its row and
-  column (iddata keeps NaNs as missing samples; simulation-error training cannot skip them: fill or cut them first).
+  column (fill or cut missing samples first), except with ``missing_outputs=True``.
+- Missing outputs (opt-in: ``missing_outputs=True``, ``ssmkit sysid --missing-outputs``): a NaN in the output array,
+  an empty or NaN cell in an output column, is an output sample that was not measured (a sensor that drops readings,
+  a logger with gaps in one channel, outputs sampled slower than the inputs), kept as NaN in the record's ``y``
+  (:class:`~ssmkit.sysid.records.IORecord`). The inputs must still be known at every sample (a NaN input is
+  refused). The model is simulated over every sample with the known inputs and trained and scored only where the
+  output was measured, as iddata keeps NaNs as missing samples; every output must be measured somewhere in the
+  training records and, after ``n_init``, in every test record.
 - Units: one unit for every output or one per output; results are reported in it with a scale of 1.
 """
 
@@ -51,9 +58,10 @@ TIME_TOLERANCE = 1e-3  # the largest deviation of a time stamp from the uniform 
 DEFAULT_UNIT = "data units"  # the reporting unit when none is given
 
 
-def _as_channels(values, which: str, names: Sequence[str] | None = None) -> np.ndarray:
+def _as_channels(values, which: str, names: Sequence[str] | None = None, missing: bool = False) -> np.ndarray:
     """``values`` (array-like, (L,) or (L, c)) as an (L, c) float64 array: ValueError for another rank, a time-last
-    array, no sample, or a non-finite value (named by row and channel)."""
+    array, no sample, or a non-finite value (named by row and channel); with ``missing`` (outputs), NaN passes as a
+    missing sample and only ±inf is refused."""
     values = _real_numbers(values, which)
     try:
         a = np.asarray(values, dtype=np.float64)
@@ -67,12 +75,19 @@ def _as_channels(values, which: str, names: Sequence[str] | None = None) -> np.n
     if a.shape[0] < a.shape[1]:
         raise ValueError(f"{which} is {a.shape}: fewer samples than channels. Arrays are time first, (L, channels); "
                          f"a time-last (channels, L) array (python-control's layout) must be transposed ({which}.T)")
-    bad = ~np.isfinite(a)
+    bad = np.isinf(a) if missing else ~np.isfinite(a)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         channel = repr(names[col]) if names is not None and col < len(names) else str(col)
+        if missing:
+            hint = "an output is a finite measurement, or NaN where it was not measured"
+        elif which.startswith("y"):
+            hint = ("fill or cut missing samples first, or read NaN outputs as missing samples "
+                    "(missing_outputs=True)")
+        else:
+            hint = "fill or cut missing samples first (inputs must be known at every sample; only outputs may be missing)"
         raise ValueError(f"{which} holds {int(bad.sum())} non-finite value(s); the first is {a[row, col]} at row "
-                         f"{row}, channel {channel}: fill or cut missing samples first")
+                         f"{row}, channel {channel}: {hint}")
     return a
 
 
@@ -162,11 +177,17 @@ def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_i
         raise ValueError(f"n_init must be None or an int in [0, {min(lengths)}) (samples of each test record read by "
                          f"the initial-state encoder and not scored; the shortest test record has {min(lengths)}); "
                          f"got {n_init!r}")
+    _check_measured(train, test, n_init, output_names)
     sampling = f"Ts = {train[0].dt:g} s"
     if any(r.t is not None for r in train + test):
         sampling = f"irregularly sampled, nominal Ts = {train[0].dt:g} s (the records keep their sample times)"
     if hold == "previous":
         sampling += "; each input held from its sample until the next (the model sees u_{k-1} over the gap ending at k)"
+    missing = sum(r.n_missing for r in train + test)
+    if missing:
+        cells = sum(r.y.numel() for r in train + test)
+        sampling += (f"; {missing} of {cells} output samples not measured (NaN: simulated with the known inputs, "
+                     "trained and scored where measured)")
     notes = (f"{source}; inputs {', '.join(input_names)}; outputs {', '.join(output_names)}; {sampling}; "
              f"the first {n_init} samples of each test record are read by the initial-state encoder, not scored")
     return SysidBenchmark(name=name, title=name, train=train, test=test, n_init=n_init, unit=unit, published=[],
@@ -177,7 +198,7 @@ def _benchmark(train: list[IORecord], test: list[IORecord], name: str, unit, n_i
 def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit: str | Sequence[str] = DEFAULT_UNIT,
                 input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
                 n_init: int | None = None, input_unit: str | Sequence[str | None] | None = None,
-                t=None, hold: str = "sample") -> SysidBenchmark:
+                t=None, hold: str = "sample", missing_outputs: bool = False) -> SysidBenchmark:
     """A benchmark of one measured experiment: inputs ``u`` and outputs ``y`` sampled every ``dt`` seconds (or at the
     times ``t``), with a test record held out as the module docstring says.
 
@@ -203,18 +224,22 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         hold: which input acts over the gap before sample k: ``"sample"`` (u_k, the models' convention: inputs as
             given) or ``"previous"`` (u_{k-1}: commands applied at the sample times and held until the next sample,
             an actuator's ZOH; :meth:`IORecord.held_previous`, for irregularly sampled logs especially).
+        missing_outputs: NaN in ``y`` (and ``y_test``) marks an output sample that was not measured (module
+            docstring: trained and scored where measured); False: a NaN output is refused. Inputs must be finite
+            either way.
 
     Returns:
         the benchmark: one training record (records named ``name [:cut]`` and ``name [cut:]`` for a tail split, or
         ``name`` and ``name test``), one test record, no published results.
     """
     _check_hold(hold)
+    _check_missing_flag(missing_outputs)
     if t is None or dt is not None:
         dt = check_sampling_time(dt)  # (None is allowed with t only: the median gap)
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty string; got {name!r}")
     u_a = _held(_as_channels(u, "u"), hold)
-    y_a = _as_channels(y, "y")
+    y_a = _as_channels(y, "y", missing=missing_outputs)
     if u_a.shape[0] != y_a.shape[0]:
         raise ValueError(f"u and y must have one length L (time first); got u {u_a.shape} and y {y_a.shape}")
     times = None if t is None else _as_times(t, u_a.shape[0], "t")
@@ -231,7 +256,7 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         source = f"the last {fraction:.0%} of the experiment held out as the test record"
     elif isinstance(test, (tuple, list)) and len(test) in (2, 3):
         u_te = _held(_as_channels(test[0], "u_test", inputs), hold)
-        y_te = _as_channels(test[1], "y_test", outputs)
+        y_te = _as_channels(test[1], "y_test", outputs, missing=missing_outputs)
         if u_te.shape[0] != y_te.shape[0]:
             raise ValueError(f"u_test and y_test must have one length; got {u_te.shape} and {y_te.shape}")
         if u_te.shape[1] != u_a.shape[1] or y_te.shape[1] != y_a.shape[1]:
@@ -248,6 +273,26 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
                          f"or a pair (u_test, y_test), or a triple (u_test, y_test, t_test) with its sample times; got "
                          f"{type(test).__name__}")
     return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source, input_unit, hold)
+
+
+def _check_missing_flag(missing_outputs: object) -> None:
+    """Raise ``ValueError`` unless ``missing_outputs`` is a bool."""
+    if not isinstance(missing_outputs, bool):
+        raise ValueError(f"missing_outputs must be a bool (True: NaN or empty output samples are missing "
+                         f"measurements); got {missing_outputs!r}")
+
+
+def _check_measured(train: list[IORecord], test: list[IORecord], n_init: int, outputs: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` for an output with no measured sample in the training records (nothing to train or
+    normalise it on), or none after the first ``n_init`` samples of a test record (nothing to score)."""
+    for k, name in enumerate(outputs):
+        if not any(bool(r.measured[:, k].any()) for r in train):
+            raise ValueError(f"output {name!r} is not measured at any sample of the training records "
+                             f"{[r.name for r in train]}: it cannot be trained")
+        for r in test:
+            if not bool(r.measured[n_init:, k].any()):
+                raise ValueError(f"output {name!r} is not measured at any sample of test record {r.name!r} after its "
+                                 f"first n_init = {n_init} samples: there is nothing to score")
 
 
 def _as_times(t, length: int, which: str) -> np.ndarray:
@@ -309,8 +354,8 @@ def _number(text: str) -> bool:
     return True
 
 
-def read_columns(path: str | os.PathLike, columns: Sequence[str],
-                 delimiter: str | None = None) -> dict[str, np.ndarray]:
+def read_columns(path: str | os.PathLike, columns: Sequence[str], delimiter: str | None = None,
+                 missing: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """The named columns of a delimited text file with a header row, as float64 arrays.
 
     The first line that is neither blank nor a ``#`` comment names the columns; every later such line is a row (blank
@@ -322,6 +367,8 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str],
         columns: the header names of the columns to read.
         delimiter: the field separator; None: the first of ``","``, ``";"``, ``"\\t"`` found in the header line, else
             runs of white space.
+        missing: names of ``columns`` whose empty or NaN cells are read as NaN, missing samples (the output columns
+            of ``from_csv(..., missing_outputs=True)``); every other cell must hold a finite number.
 
     Returns:
         {name: (L,) float64 array} for each name of ``columns``.
@@ -329,7 +376,7 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str],
     Raises:
         ValueError: for a file without a header row or without rows, a column not in the header (naming the
             header's columns), a row with too few fields, or an empty, non-numeric or non-finite cell (naming its
-            row, line and column).
+            row, line and column; an empty or NaN cell of a ``missing`` column passes).
         FileNotFoundError: for a missing file.
     """
     path = pathlib.Path(path).expanduser()
@@ -337,6 +384,13 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str],
         raise FileNotFoundError(f"no data file at {os.fspath(path)!r}")
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n"):
         raise ValueError(f"delimiter must be None (detected) or one character; got {delimiter!r}")
+    missing = set(missing)
+    if missing - set(columns):
+        raise ValueError(f"missing must name columns that are read, {list(columns)}; got {sorted(missing)}")
+    gap = ("fill or cut missing samples; an output column may hold missing samples with "
+           "from_csv(..., missing_outputs=True), ssmkit sysid --missing-outputs")
+    if missing:  # the others are inputs or time stamps: they must be known
+        gap = f"only the output columns {sorted(missing)} may hold missing samples"
     with open(path, newline="", encoding="utf-8-sig") as f:
         lines = _data_lines(f)
         first = next(lines, None)
@@ -370,15 +424,17 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str],
             for c, i in index.items():
                 text = fields[i].strip()
                 where = f"{path.name}: row {row} (line {number}), column {c!r}"
+                if not text and c in missing:
+                    values[c].append(math.nan)
+                    continue
                 if not text:
-                    raise ValueError(f"{where} is empty: every sample must be a number (fill or cut missing samples)")
+                    raise ValueError(f"{where} is empty: every sample must be a number ({gap})")
                 try:
                     v = float(text)
                 except ValueError:
                     raise ValueError(f"{where} is {text[:40]!r}, not a number") from None
-                if not math.isfinite(v):
-                    raise ValueError(f"{where} is {text!r}: every sample must be a finite number (fill or cut "
-                                     "missing samples)")
+                if not math.isfinite(v) and not (math.isnan(v) and c in missing):
+                    raise ValueError(f"{where} is {text!r}: every sample must be a finite number ({gap})")
                 values[c].append(v)
     if not values[columns[0]]:
         raise ValueError(f"{path} holds a header but no rows of data")
@@ -478,7 +534,7 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
              test_fraction: float | None = None, delimiter: str | None = None, name: str | None = None,
              unit: str | Sequence[str] = DEFAULT_UNIT, n_init: int | None = None,
              input_unit: str | Sequence[str | None] | None = None, irregular: bool = False,
-             hold: str = "sample") -> SysidBenchmark:
+             hold: str = "sample", missing_outputs: bool = False) -> SysidBenchmark:
     """A benchmark of experiments stored as CSV files: the ``inputs`` and ``outputs`` columns of each file
     (:func:`read_columns`), sampled every ``dt`` seconds or at the stamps of the ``time`` column, with the test records
     of the module docstring.
@@ -509,12 +565,16 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
             pooled (:func:`median_sampling_time`); False: they must be uniform (:func:`sampling_time`).
         hold: which input acts over the gap before sample k: ``"sample"`` (u_k, as given) or ``"previous"`` (u_{k-1},
             commands held from their sample until the next: :meth:`IORecord.held_previous`; see :func:`from_arrays`).
+        missing_outputs: an empty or NaN cell of an output column is an output sample that was not measured (module
+            docstring); False: it is refused, naming its row and column. Input and time cells must hold numbers
+            either way.
 
     Returns:
         the benchmark: a training record per estimation file (``file [:cut]`` for a tail split, else ``file``), a test
         record per test file or per estimation file's tail (``file [cut:]``), no published results.
     """
     _check_hold(hold)
+    _check_missing_flag(missing_outputs)
     files = _paths(path, "path")
     test_files = None if test_path is None else _paths(test_path, "test_path")
     ins = _column_list(inputs, "inputs")
@@ -550,7 +610,7 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
 
     def read(p: pathlib.Path) -> tuple[np.ndarray, np.ndarray, float | np.ndarray | None]:
         """(u (L, m), y (L, p), the file's Ts, or with ``irregular`` its checked stamps (L,), or None)."""
-        cols = read_columns(p, wanted, delimiter)
+        cols = read_columns(p, wanted, delimiter, missing=outs if missing_outputs else ())
         label = f"{p.name}, column {time!r}"
         ts = None
         if time is not None:

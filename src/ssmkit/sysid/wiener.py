@@ -442,7 +442,10 @@ class DeepWiener(nn.Module):
 
         Args:
             u_past: (B, n, m) the n inputs before the simulation starts.
-            y_past: (B, n, p) the n measured outputs there.
+            y_past: (B, n, p) the n measured outputs there; NaN where an output was not measured (a missing sample,
+                :class:`~ssmkit.sysid.records.IORecord`): the encoder reads it as the training mean y_mean, 0 once
+                normalised (the simplest fill; the encoder, trained end to end on windows with the same gaps, learns
+                what the measured samples tell it).
             intervals: with ``encoder_times``: None (the window sampled every ``dt``) or (B, n) real > 0, each window
                 sample's time since the sample before it in periods of ``dt``; without it, None only (the encoder
                 reads no times).
@@ -463,6 +466,7 @@ class DeepWiener(nn.Module):
                 f"got {tuple(u_past.shape)} and {tuple(y_past.shape)}"
             )
         u_past, y_past = u_past.to(self.u_mean.dtype), y_past.to(self.y_mean.dtype)  # float64 records, float32 model
+        y_past = torch.where(torch.isnan(y_past), self.y_mean, y_past)  # a missing output: 0 once normalised
         parts = [(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std]
         if intervals is not None and not self.encoder_times:
             raise ValueError("this DeepWiener's encoder reads no sample times: build it with encoder_times=True to "

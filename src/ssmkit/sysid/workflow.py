@@ -9,6 +9,12 @@ Scoring follows the benchmark's protocol: the first ``n_init`` samples of every 
 with an initial-state encoder reads its state from the first ``encoder_window`` samples (≤ n_init: only data the
 protocol leaves unscored); a predictor reads the measured outputs there and then runs free (:func:`free_run`).
 
+Missing outputs (NaN in ``IORecord.y``; :mod:`ssmkit.sysid.fit`): training, validation and the test scores use the
+measured samples only (``sysid_metrics(..., skip_missing=True)``; each record's ``"samples"`` says how many were
+scored per output), the simulation runs over every sample with the known inputs. Prediction mode (its input is the
+measured y_{t-1}) and ``first_layer_init="data"`` (its subspace and ARX estimates read every output sample) refuse
+such records.
+
 Periodic steady state (opt-in, ``evaluate(..., steady_state=k)``; not the official protocol): a test record that is a
 whole number of periods of a periodic input (``IORecord.period``, e.g. Bouc-Wen's multisine test, one period of the
 *steady-state* response) can also be scored after priming: the model is simulated from rest on k periods of the same
@@ -29,8 +35,8 @@ import torch
 from ssmkit.layers.registry import layer_class
 from ssmkit.sysid.ensemble import WienerEnsemble
 from ssmkit.sysid.fit import (Block, SimulationFit, _in_step, _is_int, _model_intervals, block_errors, fit_simulation,
-                              fold_blocks, output_scales, scored_outputs, simulate_record, split_tail, tail_validation,
-                              validation_rmse, validation_score)
+                              fold_blocks, measured_rms, output_scales, scored_outputs, simulate_record, split_tail,
+                              tail_validation, validation_rmse, validation_score)
 from ssmkit.sysid.init import init_from_data
 from ssmkit.sysid.metrics import sysid_metrics
 from ssmkit.sysid.prediction import free_run, predict_one_step, prediction_record
@@ -207,6 +213,7 @@ def identify(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "sim
     folds = _check_validation(recipe)
     kfold = folds is not None
     _check_irregular(bench, recipe, mode)
+    _check_missing(bench, recipe, mode)
     if kfold and mode != "simulation":
         raise ValueError("validation='kfold' holds out blocks of outputs, which a predictor reads as inputs "
                          "(y_{t-1}): use validation='tail' in prediction mode")
@@ -299,6 +306,21 @@ def _check_irregular(bench: SysidBenchmark, recipe: Recipe, mode: str) -> None:
                          "poles by subspace or ARX methods that assume one sampling time; use first_layer_init='layer'")
 
 
+def _check_missing(bench: SysidBenchmark, recipe: Recipe, mode: str) -> None:
+    """Raise ``ValueError`` for what cannot use records with missing outputs (NaN in ``IORecord.y``): prediction mode
+    (a predictor's input is the measured y_{t-1}) and a data-driven first layer (its subspace and ARX estimates read
+    every output sample). Simulation training and scoring take them (module docstring)."""
+    gaps = [r.name for r in list(bench.train) + list(bench.test) if r.n_missing]
+    if not gaps:
+        return
+    if mode != "simulation":
+        raise ValueError(f"records {gaps} have missing outputs (NaN in IORecord.y): train them by simulation error "
+                         f"(mode 'simulation'); mode {mode!r} reads the measured y_{{t-1}} as an input at every step")
+    if recipe.first_layer_init == "data":
+        raise ValueError(f"records {gaps} have missing outputs (NaN in IORecord.y): first_layer_init='data' estimates "
+                         "poles by subspace or ARX methods that read every output sample; use first_layer_init='layer'")
+
+
 def _check_recipe_counts(recipe: Recipe) -> None:
     """Raise ``ValueError`` for a count of ``recipe`` that is not an int in its range, before anything compares it
     (a string ``n_layers`` raised TypeError; ``train_records`` and ``folds`` were not read where unused)."""
@@ -353,7 +375,8 @@ def outside_blocks(records: list[IORecord], blocks: list[Block]) -> list[IORecor
 
 def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord], folds: list[int], k: int) -> list[float]:
     """The k-fold validation RMSE per output: member j simulated on ``records`` and scored on block ``folds[j]`` of k
-    (:func:`ssmkit.sysid.fit.fold_blocks`, the block it was not trained on), the errors pooled over the members.
+    (:func:`ssmkit.sysid.fit.fold_blocks`, the block it was not trained on), the errors pooled over the members, over
+    the measured samples (:func:`ssmkit.sysid.fit.measured_rms`).
 
     Args:
         members: the runs.
@@ -364,7 +387,7 @@ def out_of_fold_rmse(members: list[DeepWiener], records: list[IORecord], folds: 
     Returns:
         one RMSE per output channel.
     """
-    return _out_of_fold_errors(members, records, folds, k)[0].pow(2).mean(0).sqrt().tolist()
+    return measured_rms(*_out_of_fold_errors(members, records, folds, k))
 
 
 def _out_of_fold_errors(members: list[DeepWiener], records: list[IORecord], folds: list[int],
@@ -391,7 +414,7 @@ def _fold_ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train:
     if recipe.combine == "best":  # runs on one block are scored on the same samples, hence the same s_k
         keep = [min((i for i in keep if folds[i] == f), key=lambda i: runs[i]["best_val_nrmse"]) for f in range(k)]
     errors, measured = _out_of_fold_errors([members[i] for i in keep], train, [folds[i] for i in keep], k)
-    scores = _validation_entries(errors.pow(2).mean(0).sqrt().tolist(), measured)
+    scores = _validation_entries(measured_rms(errors, measured), measured)
     for i, run in enumerate(runs):
         run["fold"], run["kept"] = folds[i], i in keep
     history = {"combine": recipe.combine, "validation": "kfold", "folds": k, "mode": mode, "restarts": runs,
@@ -521,7 +544,7 @@ def simulate_periodic(model: DeepWiener, record: IORecord, prime: int = 1) -> to
 
 
 def _scores(y_sim: torch.Tensor, r: IORecord, bench: SysidBenchmark) -> dict[str, Any]:
-    scores = sysid_metrics(y_sim, r.y, n_init=bench.n_init)
+    scores = sysid_metrics(y_sim, r.y, n_init=bench.n_init, skip_missing=True)  # over the measured samples
     for key in ("rmse", "mae"):
         scores[key] = bench.in_units(scores[key])  # output k × its own scale
     return scores
@@ -540,9 +563,11 @@ def evaluate(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulation",
             after k primed periods (module docstring; not the official protocol); None: the official score only.
 
     Returns:
-        {"records": [{name, rmse, fit, ..., and with ``steady_state`` on a periodic record "steady_state":
-        {"prime": k, rmse, fit, ...}} per test record], "simulations": [(L, p) tensors]}; rmse and mae hold one
-        value per output, output k in ``bench.units[k]`` (data × ``bench.scales[k]``).
+        {"records": [{name, rmse, fit, ..., samples, and with ``steady_state`` on a periodic record
+        "steady_state": {"prime": k, rmse, fit, ...}} per test record], "simulations": [(L, p) tensors]}; rmse and
+        mae hold one value per output, output k in ``bench.units[k]`` (data × ``bench.scales[k]``), scored over the
+        samples after the init window where the output was measured (``samples``: how many, per output; module
+        docstring).
     """
     if steady_state is not None and (isinstance(steady_state, bool) or not isinstance(steady_state, int) or steady_state < 1):
         raise ValueError(f"steady_state must be None or an int k >= 1 (periods primed); got {steady_state!r}")

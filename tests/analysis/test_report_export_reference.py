@@ -619,11 +619,11 @@ def test_analyze_passes_its_options_on_and_prints_the_summary(tmp_path, capsys, 
     assert capsys.readouterr().out == (f"SUMMARY of {path}\nanalysis in {out}: poles.png, analysis.json, "
                                        "summary.md\n")
     onnx = []
-    monkeypatch.setattr(commands, "_write_onnx", lambda m, o: onnx.append((m, o)) or 7)
+    monkeypatch.setattr(commands, "_write_onnx", lambda m, o, gaps: onnx.append((m, o, gaps)) or 7)
     assert commands.analyze_main([path, "--out", str(tmp_path / "o"), "--dt", "0.125", "--channels", "1",
                                   "--no-plots", "--onnx"]) == 7
     assert fake_report[1][1:] == (str(tmp_path / "o"), {"title": path, "dt": 0.125, "channels": 1, "plots": False})
-    assert onnx == [(fake_report[1][0], str(tmp_path / "o"))]
+    assert onnx == [(fake_report[1][0], str(tmp_path / "o"), False)]
     for argv, message in ((["--channels", "0"], "--channels must be >= 1; got 0"),
                           (["--dt", "nan"], "--dt must be the sampling time in seconds, a finite number > 0; got nan"),
                           (["--dt", "0"], "a finite number > 0; got 0.0")):
@@ -659,6 +659,7 @@ class _NotAWeight:
 class _Info:
     def __init__(self, path, names, shapes):
         self.path, self.state_names, self.state_shapes = path, names, shapes
+        self.interval_name = None  # the regularly sampled graphs (OnnxExport's field)
 
 
 def _exporters(monkeypatch, step, sequence):
@@ -697,7 +698,7 @@ def test_write_onnx_prints_each_graphs_inputs_and_falls_back_to_a_stateless_sequ
                    "outputs y and next_state_0, ...",
                    f"{tmp_path / 'sequence.onnx'}: inputs u (B, L, 4), state_0..state_1 (B, 3, 2, 2), state_2 (B, 5); "
                    "outputs y and next_state_0, ..."]
-    assert calls == [("step", "step.onnx", {}), ("sequence", "sequence.onnx", {})]
+    assert calls == [("step", "step.onnx", {"intervals": False}), ("sequence", "sequence.onnx", {"intervals": False})]
     calls.clear()
     growing = NotImplementedError("the state grows: export with with_state=False")
     calls = _exporters(monkeypatch, growing, lambda kw: ((), ()) if kw.get("with_state") is False else growing)
@@ -707,7 +708,7 @@ def test_write_onnx_prints_each_graphs_inputs_and_falls_back_to_a_stateless_sequ
     assert printed.out.splitlines() == [
         "sequence.onnx: without a state (from rest), the model's state grows with the sequence",
         f"{tmp_path / 'sequence.onnx'}: inputs u (B, L, 2), no state; outputs y"]
-    assert calls == [("step", "step.onnx", {}), ("sequence", "sequence.onnx", {}),
+    assert calls == [("step", "step.onnx", {"intervals": False}), ("sequence", "sequence.onnx", {"intervals": False}),
                      ("sequence", "sequence.onnx", {"with_state": False})]
     _exporters(monkeypatch, ImportError("no onnxscript"), NotImplementedError("complex state"))
     assert _write_onnx(_M(), str(tmp_path)) == 1

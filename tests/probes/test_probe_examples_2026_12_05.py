@@ -381,13 +381,23 @@ def test_onnx_step_example(in_tmp):
     code = EXAMPLES["analysis.onnx_export"]
     ns = {"ssmkit": ssmkit, "onnxruntime": onnxruntime, "model": model, "u_t": u_t}
     state_line = "state = info.initial_state(batch_size=4)"
-    head, tail = code.split(state_line)
+    jitter_line = 'info = ssmkit.analysis.export_onnx(model, "jitter.onnx", intervals=True)'
+    regular, jitter = code.split(jitter_line)
+    head, tail = regular.split(state_line)
     run(head + state_line, ns)
     assert all(isinstance(s, np.ndarray) and not s.any() for s in ns["state"])  # numpy zeros, one per part
     run(tail, ns)
     with torch.no_grad():
         y, _ = model.step(torch.from_numpy(u_t), model.initial_state(4))
     np.testing.assert_allclose(ns["y"], y.numpy(), rtol=0, atol=1e-5)
+    # the irregular example: each row's own gap since its previous sample (added 2026-12-06)
+    ns.update(dt_since_last=np.array([0.05, 0.1, 0.4, 2.5], dtype=np.float32), Ts=np.float32(0.1))
+    run(jitter_line + jitter, ns)
+    with torch.no_grad():
+        y_gaps, _ = model.step(torch.from_numpy(u_t), model.initial_state(4),
+                               interval=torch.tensor([0.5, 1.0, 4.0, 25.0]))
+    np.testing.assert_allclose(ns["y"], y_gaps.numpy(), rtol=0, atol=1e-5)
+    assert not np.allclose(ns["y"][[0, 2, 3]], y.numpy()[[0, 2, 3]], atol=1e-3)  # the gaps matter (row 1: one period)
 
 
 def test_onnx_sequence_example(in_tmp):

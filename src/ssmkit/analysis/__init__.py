@@ -11,6 +11,7 @@
     onnx_export.py  a model's one-step function as an ONNX graph in real arithmetic (embedded controllers)
     onnx_sequence.py  a model's whole-sequence forward as an ONNX graph for any length (real chunked scans)
     onnx_liquid.py  Liquid-S4 in real arithmetic for both exports (S4's core driven by the liquid input)
+    onnx_irregular.py  the LTI layers at irregular sampling times, for both exports' ``intervals=True``
     zoo.py          the control-theoretic table of the registered layers (``ssmkit zoo``)
     commands.py     ``ssmkit analyze`` and ``ssmkit zoo``
 
@@ -30,6 +31,7 @@ from ssmkit.analysis.nonlinear import NonlinearSystem
 from ssmkit.analysis.norms import hinf_norm, sigma_max
 from ssmkit.analysis.operating import OperatingSweep, operating_sweeps
 from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
+from ssmkit.analysis.onnx_irregular import RealIrregularDPLR, RealIrregularModes, irregular_model
 from ssmkit.analysis.onnx_sequence import RealLTISequence, export_onnx_sequence, real_sequence_model
 from ssmkit.analysis.reduction import balanced_truncation, gramians, h2_norm, hankel_singular_values
 from ssmkit.analysis.report import write_report
@@ -41,6 +43,8 @@ __all__ = [
     "NonlinearSystem",
     "OnnxExport",
     "OperatingSweep",
+    "RealIrregularDPLR",
+    "RealIrregularModes",
     "RealLTISequence",
     "RealLTIStep",
     "SchurForm",
@@ -53,6 +57,7 @@ __all__ = [
     "h2_norm",
     "hankel_singular_values",
     "hinf_norm",
+    "irregular_model",
     "lti_layers",
     "modal_transfer",
     "onnx_state",

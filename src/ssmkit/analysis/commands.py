@@ -1,6 +1,7 @@
 """The analysis commands of the ``ssmkit`` CLI: ``analyze`` (a checkpoint's LTI layers) and ``zoo`` (the layer table).
 
     ssmkit analyze runs/adding-s4d/checkpoints/last.ckpt [--out DIR] [--dt 0.004] [--channels 8] [--no-plots]
+        [--onnx [--intervals]]
     ssmkit zoo [--checkpoint CKPT] [--out DIR] [--format markdown|csv]
 
 ``analyze`` rebuilds the model from the checkpoint's configuration (``hyper_parameters["model"]``, written by
@@ -104,7 +105,14 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
                         help="also write the model as ONNX graphs into the output folder: step.onnx (one step, for a "
                         "controller) and sequence.onnx (a whole sequence of any length), in real arithmetic; needs "
                         "ssmkit[onnx]")
+    parser.add_argument("--intervals", action="store_true",
+                        help="with --onnx: graphs for irregularly sampled data, with one more input after u: "
+                        "interval (B) in step.onnx, intervals (B, L) in sequence.onnx, the time since the previous "
+                        "sample in sampling periods (every layer must take intervals: s4d, s5, dss, dlr, lru, ema, s4, "
+                        "mamba, mamba2, rglru)")
     args = parser.parse_args(argv)
+    if args.intervals and not args.onnx:
+        parser.error("--intervals adds the sampling-interval input to the ONNX graphs: give it with --onnx")
     if args.dt is not None and not (math.isfinite(args.dt) and args.dt > 0):
         parser.error(f"--dt must be the sampling time in seconds, a finite number > 0; got {args.dt}")
     if args.channels < 1:
@@ -121,14 +129,15 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
     with open(paths["summary"]) as f:
         print(f.read(), end="")
     print(f"analysis in {out}: " + ", ".join(os.path.basename(p) for p in paths.values()))
-    return _write_onnx(model, out) if args.onnx else 0
+    return _write_onnx(model, out, args.intervals) if args.onnx else 0
 
 
-def _write_onnx(model, out: str) -> int:
+def _write_onnx(model, out: str, intervals: bool = False) -> int:
     """Write step.onnx and sequence.onnx into ``out`` and print their inputs; 1 (and the reasons) if one is not written.
 
     A model whose state grows with the sequence (attention, Mega, Hyena) has no step graph, and its sequence graph is
-    written without a state (``u -> y`` from rest), which is said."""
+    written without a state (``u -> y`` from rest), which is said. With ``intervals`` both graphs take the sampling
+    intervals after ``u`` (``export_onnx(..., intervals=True)``); a model with a layer that takes none gets neither."""
     from ssmkit.analysis.onnx_export import export_onnx
     from ssmkit.analysis.onnx_sequence import export_onnx_sequence
 
@@ -139,17 +148,20 @@ def _write_onnx(model, out: str) -> int:
         path = os.path.join(out, name)
         try:
             try:
-                info = export(model, path)
+                info = export(model, path, intervals=intervals)
             except NotImplementedError as err:
                 if export is not export_onnx_sequence or "with_state=False" not in str(err):
                     raise
                 info = export_onnx_sequence(model, path, with_state=False)
                 print(f"{name}: without a state (from rest), the model's state grows with the sequence")
-        except (NotImplementedError, ImportError) as err:
+        except (NotImplementedError, ImportError, ValueError) as err:
+            if isinstance(err, ValueError) and not intervals:  # (with intervals: a layer that takes none, said)
+                raise
             print(f"{name} not written: {err}", file=sys.stderr)
             failed = 1
             continue
-        print(f"{info.path}: inputs {u}, {_state_summary(info.state_names, info.state_shapes)}; outputs y"
+        gaps = {"interval": ", interval (B)", "intervals": ", intervals (B, L)"}.get(info.interval_name, "")
+        print(f"{info.path}: inputs {u}{gaps}, {_state_summary(info.state_names, info.state_shapes)}; outputs y"
               + (" and next_state_0, ..." if info.state_names else ""))
     return failed
 

@@ -26,6 +26,19 @@ it.
 The batch axis of the graph's input, state and outputs is dynamic (named ``batch``): a graph exported once runs with
 any batch size (1 for a controller, more to simulate several scenarios). ``batch_size=B`` fixes it instead, for
 runtimes that want static shapes. The trace uses an example batch of 2 (torch.export specialises a size-1 axis).
+
+Samples that arrive with jitter or gaps: ``export_onnx(model, path, intervals=True)`` writes ``(u, interval, state_0,
+...) -> (y, next_state_0, ...)``, ``interval`` (B,) the time since the previous sample in nominal sampling periods
+(``model.step(u_t, state, interval=)``; ones are the regular step), for a model whose layers all take intervals. Its
+LTI layers hold their continuous-time systems and form each step's coefficients from the gap
+(:mod:`ssmkit.analysis.onnx_irregular`); the states are the regular graph's. ``OnnxExport.feed`` builds a run's
+inputs and checks the gaps: onnxruntime refuses an interval of another rank or dtype, but a graph cannot check values
+(a gap <= 0 runs, into a growing or meaningless state).
+
+    info = ssmkit.analysis.export_onnx(model, "jitter.onnx", intervals=True)
+    session = onnxruntime.InferenceSession("jitter.onnx")
+    state = info.initial_state(batch_size=4)
+    y, *state = session.run(None, info.feed(u_t, state, intervals=dt_since_last / Ts))   # gaps (B,) in periods
 """
 
 from __future__ import annotations
@@ -188,10 +201,11 @@ def real_step_model(model: nn.Module) -> nn.Module:
     return _replace_lti_layers(model, lambda system, dtype: RealLTIStep(system, dtype=dtype))
 
 
-def _replace_lti_layers(model: nn.Module, make) -> nn.Module:
+def _replace_lti_layers(model: nn.Module, make, make_layer=None) -> nn.Module:
     """A copy of ``model`` (eval mode, no ``check_finite``) with each outer LTI layer replaced by
     ``make(layer.state_space(), dtype)`` on the layer's device (`real_step_model`), each LTI core of a mixer likewise,
-    and each Liquid-S4 layer by a `RealLiquidS4` whose S4 core is made by ``make``."""
+    and each Liquid-S4 layer by a `RealLiquidS4` whose S4 core is made by ``make``; with ``make_layer``, the LTI
+    layers by ``make_layer(layer, dtype)`` instead (the exports at irregular times, which read the layer itself)."""
     from ssmkit.analysis.onnx_liquid import RealLiquidS4
     from ssmkit.layers.liquid import LiquidS4
 
@@ -208,6 +222,8 @@ def _replace_lti_layers(model: nn.Module, make) -> nn.Module:
         if isinstance(layer, LiquidS4):
             with float32_core(layer.state_device().type):
                 replacement = RealLiquidS4(layer, make, dtype)
+        elif make_layer is not None:
+            replacement = make_layer(layer, dtype)
         else:
             replacement = make(layer.state_space(), dtype)
         replacement = replacement.to(layer.state_device())
@@ -267,21 +283,29 @@ def _unflatten(template: Any, flat: list[torch.Tensor], start: int = 0) -> tuple
 
 
 class StepFunction(nn.Module):
-    """``(u_t, *state parts) -> (y_t, *next state parts)``: a model's step with a flat list of real state tensors.
+    """``(u_t, *state parts) -> (y_t, *next state parts)``: a model's step with a flat list of real state tensors;
+    with ``with_interval``, ``(u_t, interval, *state parts)`` and ``step(u_t, state, interval=interval)``.
 
     Args:
         model: a model with ``step(u_t, state)`` and ``initial_state(batch_size)`` (see `real_step_model`).
+        with_interval: the second input is the interval (B,) handed to ``step``.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, with_interval: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.with_interval = with_interval
         self._template = model.initial_state(1)
 
-    def forward(self, u_t: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One step: u_t (B, m) (or token ids (B,)) and the flat state parts -> y_t (B, p) and the next parts."""
-        structured, _ = _unflatten(self._template, list(state))
-        y, new = self.model.step(u_t, structured)
+    def forward(self, u_t: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step: u_t (B, m) (or token ids (B,)), [the interval (B,)] and the flat state parts -> y_t (B, p) and
+        the next parts."""
+        if self.with_interval:
+            structured, _ = _unflatten(self._template, list(inputs[1:]))
+            y, new = self.model.step(u_t, structured, interval=inputs[0])
+        else:
+            structured, _ = _unflatten(self._template, list(inputs))
+            y, new = self.model.step(u_t, structured)
         return (y, *_flatten(new))
 
 
@@ -297,6 +321,10 @@ class OnnxExport:
         state_shapes: each state part's shape for one sequence (without the batch axis).
         state_dtypes: each state part's numpy dtype.
         batch_size: the graph's fixed batch size, or None when its batch axis is dynamic (any B).
+        interval_name: the sampling-interval input that follows ``u`` (``intervals=True``): ``"interval"`` (B,) in
+            the step graph, ``"intervals"`` (B, L) in the sequence graph, the time since the previous sample in
+            nominal sampling periods; None when the graph has none (the regularly sampled model).
+        interval_dtype: that input's numpy dtype (the model's parameters' float dtype), or None.
     """
 
     path: str
@@ -306,6 +334,53 @@ class OnnxExport:
     state_shapes: tuple[tuple[int, ...], ...]
     state_dtypes: tuple[np.dtype, ...]
     batch_size: int | None = None
+    interval_name: str | None = None
+    interval_dtype: np.dtype | None = None
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Every input of the graph, in order: ``u``, the interval input when there is one, the state parts."""
+        return (self.input_name,) + ((self.interval_name,) if self.interval_name else ()) + self.state_names
+
+    def feed(self, u: np.ndarray, state: list[np.ndarray] | None = None, intervals=None) -> dict[str, np.ndarray]:
+        """The inputs of one ``session.run`` by name, checked: ``session.run(None, info.feed(u, state, tau))``.
+
+        onnxruntime itself refuses an input of another rank or dtype (and the graphs tested, an interval of another
+        batch size, in one of their ops), but a graph cannot check values; here the gaps must have exactly the shape
+        of ``u``'s leading axes ((B,) for the step graph, (B, L) for the sequence graph) and be finite and > 0.
+
+        Args:
+            u: the input, (B, m) (or (B,) token ids) for the step graph, (B, L, m) (or (B, L)) for the sequence graph.
+            state: the state parts in the order of ``state_names``, or None for `initial_state` of u's batch.
+            intervals: the gaps since the previous sample (array-like, converted to ``interval_dtype``), required
+                exactly when the graph has an interval input.
+
+        Returns:
+            {input name: array} for every input of the graph.
+        """
+        u = np.asarray(u)
+        if self.interval_name is None and intervals is not None:
+            raise ValueError("this graph has no interval input (exported with intervals=False): it is the regularly "
+                             "sampled model; export with intervals=True for irregular samples")
+        feed = {self.input_name: u}
+        if self.interval_name is not None:
+            want = tuple(u.shape[:1] if self.interval_name == "interval" else u.shape[:2])
+            if intervals is None:
+                raise ValueError(f"this graph takes {self.interval_name!r} {want}: the time since the previous sample "
+                                 "in nominal sampling periods (ones for regular samples)")
+            tau = np.asarray(intervals, dtype=self.interval_dtype)
+            if tau.shape != want:
+                raise ValueError(f"{self.interval_name} must have the shape {want} of u's leading axes; got {tau.shape}")
+            if not (np.isfinite(tau).all() and (tau > 0).all()):
+                raise ValueError(f"{self.interval_name} must be finite and > 0 (the time since the previous sample); got "
+                                 f"min {tau.min():.6g}, max {tau.max():.6g}")
+            feed[self.interval_name] = tau
+        parts = self.initial_state(u.shape[0]) if state is None else list(state)
+        if len(parts) != len(self.state_names):
+            raise ValueError(f"state must hold {len(self.state_names)} parts ({', '.join(self.state_names)}); "
+                             f"got {len(parts)}")
+        feed.update(zip(self.state_names, parts))
+        return feed
 
     def initial_state(self, batch_size: int | None = None) -> list[np.ndarray]:
         """Zero states, one numpy array (B, *shape) per state part (the rest state of the model).
@@ -398,10 +473,17 @@ def _mixer_part(layer: nn.Module, part: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(part)
 
 
-def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opset_version: int = 18) -> OnnxExport:
+def export_onnx(
+    model: nn.Module, path: str, batch_size: int | None = None, opset_version: int = 18, intervals: bool = False
+) -> OnnxExport:
     """Write ``model.step`` as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` (module docstring), with a
-    dynamic batch axis unless ``batch_size`` is given. The graph is the regularly sampled model: it has no input for
-    the sampling intervals that S5 and S4D take (``step(..., interval=)``).
+    dynamic batch axis unless ``batch_size`` is given. Without ``intervals`` the graph is the regularly sampled model.
+    With ``intervals=True`` it is ``(u, interval, state_0, ...) -> (y, next_state_0, ...)`` computing
+    ``model.step(u_t, state, interval=interval)``: ``interval`` (B,) in the parameters' float dtype, the time since the
+    previous sample in nominal sampling periods (as ``step``'s; ones give the regular step), for a model whose layers
+    all take intervals (S5, S4D, DSS, DLR, LRU, EMA, S4, Mamba, Mamba-2, RG-LRU): the LTI layers hold their
+    continuous-time systems and form each step's coefficients from the gap (:mod:`ssmkit.analysis.onnx_irregular`),
+    the gated layers keep their own ``step`` with the interval. The states are the regular graph's.
 
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 
@@ -411,25 +493,43 @@ def export_onnx(model: nn.Module, path: str, batch_size: int | None = None, opse
         path: the ONNX file to write.
         batch_size: None (default) for a dynamic batch axis (any B at run time); an int B fixes it.
         opset_version: the ONNX opset.
+        intervals: add the input ``interval`` (module docstring of :mod:`ssmkit.analysis.onnx_irregular`).
 
     Returns:
-        an :class:`OnnxExport` describing the graph.
+        an :class:`OnnxExport` describing the graph (``interval_name`` says whether it has the interval input).
+
+    Raises:
+        ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
+    if not isinstance(intervals, bool):
+        raise ValueError(f"intervals must be a bool; got {intervals!r}")
     example = batch_size or 2  # a size-1 axis would be specialised by torch.export
     # traced on the CPU whatever the model's device (an ONNX file holds no device; the runtime picks its own): the
     # graph of a CUDA model is the one its CPU copy gives, and the model itself stays where it is
     u = _example_input(model, example).cpu()
-    converted = real_step_model(model).cpu()
+    if intervals:
+        from ssmkit.analysis.onnx_irregular import irregular_model
+
+        converted = irregular_model(model).cpu()
+        interval = ("interval", torch.ones(example, dtype=_float_dtype(model)))
+    else:
+        converted, interval = real_step_model(model).cpu(), None
     state = _state_parts(converted, example)
     dynamic = None
     if batch_size is None:
         batch = torch.export.Dim("batch")
-        dynamic = ({0: batch}, tuple({0: batch} for _ in state))  # (u_t, *state): the batch axis of every input
+        # (u_t, *inputs), inputs = ([interval], *state): the batch axis of every input
+        dynamic = ({0: batch}, tuple({0: batch} for _ in range(len(state) + intervals)))
     # with autograd on: the step caches compare parameter values (torch.equal) when it is off, which is not traceable
-    return _write_graph(StepFunction(converted).eval(), u, state, path, dynamic, opset_version, batch_size,
-                        grad=True, what=f"{type(model).__name__}.step")
+    return _write_graph(StepFunction(converted, with_interval=intervals).eval(), u, state, path, dynamic,
+                        opset_version, batch_size, grad=True, what=f"{type(model).__name__}.step", interval=interval)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The model's parameters' float dtype (float32 for a model without one): the dtype of the interval input."""
+    return next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
 
 
 def _state_parts(converted: nn.Module, batch_size: int) -> list[torch.Tensor]:
@@ -461,17 +561,20 @@ def _write_graph(
     grad: bool,
     what: str,
     check=None,
+    interval: tuple[str, torch.Tensor] | None = None,
 ) -> OnnxExport:
-    """Export ``fn(u, *state)`` to ``path`` (written under a temporary name, renamed once whole and checked by
-    ``check(partial_path)``) and describe it; the exporter's errors become NotImplementedError naming ``what``."""
+    """Export ``fn(u, [interval], *state)`` to ``path`` (written under a temporary name, renamed once whole and checked
+    by ``check(partial_path)``) and describe it; the exporter's errors become NotImplementedError naming ``what``.
+    ``interval``: (its input name, an example) for a graph with sampling intervals, else None."""
     names = tuple(f"state_{i}" for i in range(len(state)))
     outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
+    extra_names, extra = ([interval[0]], (interval[1],)) if interval is not None else ([], ())
     target = Path(path)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         with torch.set_grad_enabled(grad):
             try:
-                torch.onnx.export(fn, (u, *state), str(partial), input_names=["u", *names],
+                torch.onnx.export(fn, (u, *extra, *state), str(partial), input_names=["u", *extra_names, *names],
                                   output_names=list(outputs), opset_version=opset_version, dynamo=True,
                                   external_data=False, optimize=True, verbose=False, dynamic_shapes=dynamic)
             except ImportError:
@@ -488,6 +591,8 @@ def _write_graph(
         state_shapes=tuple(tuple(p.shape[1:]) for p in state),
         state_dtypes=tuple(np.dtype(str(p.dtype).removeprefix("torch.")) for p in state),
         batch_size=batch_size,
+        interval_name=interval[0] if interval is not None else None,
+        interval_dtype=np.dtype(str(interval[1].dtype).removeprefix("torch.")) if interval is not None else None,
     )
 
 

@@ -24,6 +24,10 @@ The states are those of `RealLTIStep` (the step graph of `export_onnx`): the sam
 The other layers (gated mixers) keep their own ``forward``, exported as traced: Mamba, Mamba-2, RG-LRU and
 attention convert; a layer whose state is complex or whose forward the exporter cannot convert makes
 `export_onnx_sequence` raise ``NotImplementedError``.
+
+``intervals=True`` writes ``(u, intervals, state_0, ...) -> (y, next_state_0, ...)`` for irregularly sampled records,
+``intervals`` (B, L) as ``forward``'s: the LTI layers then run a ``Scan`` over time whose body is their step at each
+gap (:mod:`ssmkit.analysis.onnx_irregular`), the gated layers their own forward with the intervals.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ssmkit.analysis.onnx_export import (
     RealLTIStep,
     _example_input,
     _flatten,
+    _float_dtype,
     _replace_lti_layers,
     _state_parts,
     _unflatten,
@@ -231,26 +236,31 @@ def real_sequence_model(model: nn.Module, chunk_size: int | None = None) -> nn.M
 
 
 class SequenceFunction(nn.Module):
-    """``(u, *state parts) -> (y, *final state parts)``: a model's forward with a flat list of real state tensors.
+    """``(u, *state parts) -> (y, *final state parts)``: a model's forward with a flat list of real state tensors;
+    with ``with_intervals``, ``(u, intervals, *state parts)`` and ``forward(u, state, intervals=intervals)``.
 
     Args:
         model: a model with ``forward(u, state, return_state=True)`` and ``initial_state(batch_size)``.
         with_state: False for ``u -> y`` from rest (no state in or out).
+        with_intervals: the second input is the intervals (B, L) handed to ``forward``.
     """
 
-    def __init__(self, model: nn.Module, with_state: bool = True) -> None:
+    def __init__(self, model: nn.Module, with_state: bool = True, with_intervals: bool = False) -> None:
         super().__init__()
         self.model = model
         self.with_state = with_state
+        self.with_intervals = with_intervals
         self._template = model.initial_state(1) if with_state else None
 
-    def forward(self, u: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """A whole sequence: u (B, L, m) (or token ids (B, L)) and the flat state parts -> y and the final parts
-        (without state: u -> y, from rest)."""
+    def forward(self, u: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A whole sequence: u (B, L, m) (or token ids (B, L)), [the intervals (B, L)] and the flat state parts -> y
+        and the final parts (without state: u -> y, from rest)."""
+        extra = {"intervals": inputs[0]} if self.with_intervals else {}
+        state = inputs[1:] if self.with_intervals else inputs
         if not self.with_state:
-            return (self.model(u, None, return_state=False)[0],)
+            return (self.model(u, None, return_state=False, **extra)[0],)
         structured, _ = _unflatten(self._template, list(state))
-        y, new = self.model(u, structured, return_state=True)
+        y, new = self.model(u, structured, return_state=True, **extra)
         return (y, *_flatten(new))
 
 
@@ -262,11 +272,17 @@ def export_onnx_sequence(
     chunk_size: int | None = None,
     with_state: bool = True,
     opset_version: int = 18,
+    intervals: bool = False,
 ) -> OnnxExport:
     """Write ``model``'s forward as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` for any sequence
-    length in [2, max_length] (module docstring), with a dynamic batch axis unless ``batch_size`` is given. The graph
-    is the regularly sampled model: it has no input for the sampling intervals that S5 and S4D take
-    (``forward(..., intervals=)``).
+    length in [2, max_length] (module docstring), with a dynamic batch axis unless ``batch_size`` is given. Without
+    ``intervals`` the graph is the regularly sampled model. With ``intervals=True`` it is ``(u, intervals, state_0,
+    ...) -> (y, next_state_0, ...)`` computing ``model(u, state, intervals=intervals)``: ``intervals`` (B, L) in the
+    parameters' float dtype, the time from the previous sample to each sample in nominal sampling periods, for a model
+    whose layers all take intervals; its LTI layers run at those gaps in real arithmetic
+    (:mod:`ssmkit.analysis.onnx_irregular`: a ``Scan`` over time whose body is their step, its coefficients formed
+    from the gap), the gated layers keep their own forward with the intervals. The states are the regular graphs'
+    (the step graph with ``intervals=True`` continues a record where this one stopped).
 
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 
@@ -276,10 +292,11 @@ def export_onnx_sequence(
         path: the ONNX file to write.
         batch_size: None (default) for a dynamic batch axis; an int B fixes it.
         max_length: the longest L the graph declares (torch.export's range of the length axis).
-        chunk_size: T of the LTI layers' chunked algorithm, or None for `default_chunk`.
+        chunk_size: T of the LTI layers' chunked algorithm, or None for `default_chunk` (None with ``intervals``).
         with_state: False for a graph ``u -> y`` from rest, with no state in or out: then the layers whose state
             grows with the sequence (attention's key/value cache, Mega, Hyena) export too.
         opset_version: the ONNX opset.
+        intervals: add the input ``intervals`` (above).
 
     Returns:
         an :class:`OnnxExport` describing the graph (its states are the step graph's, `onnx_state` maps a model
@@ -288,12 +305,23 @@ def export_onnx_sequence(
     Raises:
         NotImplementedError: a layer's state is complex or grows, or its forward could not be converted (the message
             names it).
+        ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
     if not (isinstance(max_length, int) and max_length >= 3):
         raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
-    converted = real_sequence_model(model, chunk_size).cpu()  # traced on the CPU whatever the model's device
+    if not isinstance(intervals, bool):
+        raise ValueError(f"intervals must be a bool; got {intervals!r}")
+    if intervals:  # traced on the CPU whatever the model's device
+        from ssmkit.analysis.onnx_irregular import irregular_model
+
+        if chunk_size is not None:
+            raise ValueError("chunk_size is the regular graph's chunk length; with intervals=True the LTI layers run "
+                             "one step per Scan iteration (ssmkit.analysis.onnx_irregular): leave it None")
+        converted = irregular_model(model).cpu()
+    else:
+        converted = real_sequence_model(model, chunk_size).cpu()
     example_b = batch_size or 2  # torch.export specialises a size-1 axis
     example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
     step_input = _example_input(model, example_b).cpu()
@@ -309,11 +337,14 @@ def export_onnx_sequence(
     length = torch.export.Dim("length", min=2, max=max_length)
     batch = torch.export.Dim("batch") if batch_size is None else None
     dims_u = {1: length} if batch is None else {0: batch, 1: length}
-    dynamic = (dims_u, tuple({0: batch} if batch is not None else {} for _ in state)) if state else (dims_u,)
+    # (u, *inputs), inputs = ([intervals (B, L): the axes of u's], *state)
+    rest = ((dims_u,) if intervals else ()) + tuple({0: batch} if batch is not None else {} for _ in state)
+    dynamic = (dims_u, rest) if rest else (dims_u,)
+    interval = ("intervals", torch.ones(u.shape[:2], dtype=_float_dtype(model))) if intervals else None
     # autograd off: with it on, torch traced the scan op's autograd form, which failed on Mamba's
-    return _write_graph(SequenceFunction(converted, with_state).eval(), u, state, path, dynamic, opset_version, batch_size,
-                        grad=False, what=f"{type(model).__name__}'s forward",
-                        check=lambda partial: _check_dynamic_length(partial, type(model).__name__))
+    return _write_graph(SequenceFunction(converted, with_state, intervals).eval(), u, state, path, dynamic,
+                        opset_version, batch_size, grad=False, what=f"{type(model).__name__}'s forward",
+                        check=lambda partial: _check_dynamic_length(partial, type(model).__name__), interval=interval)
 
 
 def _check_dynamic_length(path: Path, name: str) -> None:

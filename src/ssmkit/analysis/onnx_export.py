@@ -89,7 +89,35 @@ def _modal_form(system: StateSpace) -> tuple[np.ndarray, ...] | None:
     return lam, B_c, C_c, D
 
 
-class RealLTIStep(nn.Module):
+class RealState:
+    """The state bookkeeping of the real LTI modules that stand in for a layer in the exported graphs
+    (`RealLTIStep`, :mod:`ssmkit.analysis.onnx_irregular`'s): zeros of ``state_shape()`` per sequence in ``dtype``,
+    on the device of the buffer ``D``, described as a layer describes its state."""
+
+    def state_spec(self):
+        """The state of one sequence as a layer describes it (`ssmkit.layers.TensorSpec`): a mixer holding this
+        realisation in place of its LTI core (GSS, H3) checks its state against it."""
+        from ssmkit.layers.state import TensorSpec
+
+        return TensorSpec(self.state_shape(), self.dtype)
+
+    def state_device(self) -> torch.device:
+        """The device of the buffers and the state."""
+        return self.D.device
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """Zeros (B, *state_shape()) in the buffers' dtype and device.
+
+        Args:
+            batch_size: B.
+
+        Returns:
+            the rest state of B sequences.
+        """
+        return torch.zeros((batch_size,) + self.state_shape(), dtype=self.dtype, device=self.D.device)
+
+
+class RealLTIStep(RealState, nn.Module):
     """One step of an LTI layer's exported realisation in real arithmetic: y = C x + D u, x' = A x + B u.
 
     Args:
@@ -127,31 +155,9 @@ class RealLTIStep(nn.Module):
             for name, value in (("A", real.A), ("B", real.B), ("C", real.C), ("D", real.D)):
                 self.register_buffer(name, as_t(value))
 
-    def state_spec(self):
-        """The state of one sequence as a layer describes it (`ssmkit.layers.TensorSpec`): a mixer holding this
-        realisation in place of its LTI core (GSS, H3) checks its state against it."""
-        from ssmkit.layers.state import TensorSpec
-
-        return TensorSpec(self.state_shape(), self.dtype)
-
-    def state_device(self) -> torch.device:
-        """The device of the buffers and the state."""
-        return self.D.device
-
     def state_shape(self) -> tuple[int, ...]:
         """The state of one sequence: (G, M, 2) modal, (G, n) dense."""
         return (self.G, self.M, 2) if self.kind == "modal" else (self.G, self.n)
-
-    def initial_state(self, batch_size: int) -> torch.Tensor:
-        """Zeros (B, *state_shape()) in the buffers' dtype and device.
-
-        Args:
-            batch_size: B.
-
-        Returns:
-            (B, G, M, 2) or (B, G, n).
-        """
-        return torch.zeros((batch_size,) + self.state_shape(), dtype=self.dtype, device=self.D.device)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (B, G·m) -> y_t (B, G·p) and the next state (same shape as ``state``).

@@ -49,6 +49,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ssmkit.analysis.onnx_export import RealState
 from ssmkit.ops.symbolic import scan, symbolic_length
 
 __all__ = ["ContinuousModes", "RealIrregularDPLR", "RealIrregularModes", "continuous_modes", "dplr_step",
@@ -228,7 +229,7 @@ def _expm1(x: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
     return torch.where(small, kahan, ex - 1)
 
 
-class RealIrregularModes(nn.Module):
+class RealIrregularModes(RealState, nn.Module):
     """A modal or diagonal LTI layer at irregular sampling times in real arithmetic: ``step(x_t, state, interval=)``
     and ``forward(x, state, return_state, intervals=)`` (module docstring), states in `RealLTIStep`'s layout.
 
@@ -269,27 +270,6 @@ class RealIrregularModes(nn.Module):
     def state_shape(self) -> tuple[int, ...]:
         """The state of one sequence, as `RealLTIStep`'s: (G, M, 2) modal, (G, n) diagonal."""
         return self._shape
-
-    def state_spec(self):
-        """The state of one sequence as a layer describes it (`ssmkit.layers.TensorSpec`)."""
-        from ssmkit.layers.state import TensorSpec
-
-        return TensorSpec(self.state_shape(), self.dtype)
-
-    def state_device(self) -> torch.device:
-        """The device of the buffers and the state."""
-        return self.D.device
-
-    def initial_state(self, batch_size: int) -> torch.Tensor:
-        """Zeros (B, *state_shape()).
-
-        Args:
-            batch_size: B.
-
-        Returns:
-            (B, G, M, 2) or (B, G, n).
-        """
-        return torch.zeros((batch_size,) + self.state_shape(), dtype=self.dtype, device=self.D.device)
 
     def _pairs(self, state: torch.Tensor) -> torch.Tensor:
         """A state in the graph's layout as (Re x, Im x) pairs (B, G, M, 2) (Im x = 0 for real modes)."""
@@ -408,7 +388,7 @@ def _over_time(step, h: torch.Tensor, u: torch.Tensor, tau: torch.Tensor, consts
     return h, torch.stack(ys, dim=1)
 
 
-class RealIrregularDPLR(nn.Module):
+class RealIrregularDPLR(RealState, nn.Module):
     """S4 at irregular sampling times in real arithmetic (module docstring): the bilinear DPLR step with Δ_t = Δ τ
     by Woodbury (:mod:`ssmkit.ops.irregular_dplr`), in float64, the state (B, H, N) = [Re x, Im x] as S4's regular
     dense realisation.
@@ -448,27 +428,6 @@ class RealIrregularDPLR(nn.Module):
     def state_shape(self) -> tuple[int, ...]:
         """The state of one sequence: (H, N) = [Re x, Im x]."""
         return (self.d_model, 2 * self.M)
-
-    def state_spec(self):
-        """The state of one sequence as a layer describes it (`ssmkit.layers.TensorSpec`)."""
-        from ssmkit.layers.state import TensorSpec
-
-        return TensorSpec(self.state_shape(), self.dtype)
-
-    def state_device(self) -> torch.device:
-        """The device of the buffers and the state."""
-        return self.D.device
-
-    def initial_state(self, batch_size: int) -> torch.Tensor:
-        """Zeros (B, H, N).
-
-        Args:
-            batch_size: B.
-
-        Returns:
-            (B, H, N).
-        """
-        return torch.zeros((batch_size,) + self.state_shape(), dtype=self.dtype, device=self.D.device)
 
     def step(
         self, x_t: torch.Tensor, state: torch.Tensor, interval: torch.Tensor | None = None

@@ -96,6 +96,13 @@ def contract(v: Tensor, kind: str | None) -> Tensor:
     if kind == "tanh":
         return torch.tanh(v)
     if kind == "lecun":
+        if v.dtype == torch.float64:
+            # the constants as 0-dim float64 tensors (the same bits as the Python floats in eager): torch 2.13's ONNX
+            # exporter writes a Python float that multiplies a float64 tensor rounded to float32 (2.9e-8 relative
+            # here). Only in float64: a 0-dim bfloat16/float16 tensor would round them, where a Python float enters
+            # the kernel in float32
+            outer, inner = (torch.tensor(c, dtype=v.dtype) for c in (1.7159, 0.666))
+            return outer * torch.tanh(inner * v)
         return 1.7159 * torch.tanh(0.666 * v)
     return v
 

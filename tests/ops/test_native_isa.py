@@ -46,7 +46,9 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
                                                          "test_native_irregular_bank.py",
                                                          "test_native_mutants_irregular_bank.py",
                                                          "test_native_irregular_mimo.py",
-                                                         "test_native_irregular_dplr.py")]
+                                                         "test_native_irregular_dplr.py",
+                                                         "test_native_irregular_dplr_backward.py",
+                                                         "test_native_mutants_irregular_mimo.py")]
     tests.append(str(ROOT / "tests/layers/test_native_steps.py"))  # the mixers' fused steps
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)

@@ -426,13 +426,28 @@ def set_normalisation(model: DeepWiener, u: list[torch.Tensor], y: list[torch.Te
     if bool(seen.all()):
         model.set_normalisation(u, y)
         return
-    for k in range(yy.shape[1]):
-        if not bool(seen[:, k].any()):
-            raise ValueError(f"output {k + 1} of {yy.shape[1]} is not measured at any training sample (NaN "
-                             "throughout): it has nothing to be trained or normalised on")
+    columns = _measured_columns(yy, "training sample (NaN throughout)", "it has nothing to be trained or normalised on")
     model.set_normalisation(u, [torch.where(seen, yy, torch.zeros_like(yy))])  # the inputs'; the outputs' below
-    model.y_mean.copy_(torch.stack([yy[seen[:, k], k].mean() for k in range(yy.shape[1])]))
-    model.y_std.copy_(torch.cat([channel_scale(yy[seen[:, k], k:k + 1]) for k in range(yy.shape[1])]))
+    model.y_mean.copy_(torch.stack([c.mean() for c in columns]))
+    model.y_std.copy_(torch.cat([channel_scale(c) for c in columns]))
+
+
+def _measured_columns(y: torch.Tensor, where: str, why: str) -> list[torch.Tensor]:
+    """Each output's measured samples (not NaN) as a (T_k, 1) column, or a ``ValueError`` naming an output with none.
+
+    Args:
+        y: (L, p) outputs, NaN where not measured.
+        where: what the samples are, for the message ("training sample", ...).
+        why: why an output needs one, for the message.
+
+    Returns:
+        p columns (T_k, 1), T_k >= 1.
+    """
+    seen = ~torch.isnan(y)
+    for k in range(y.shape[1]):
+        if not bool(seen[:, k].any()):
+            raise ValueError(f"output {k + 1} of {y.shape[1]} is not measured at any {where}: {why}")
+    return [y[seen[:, k], k:k + 1] for k in range(y.shape[1])]
 
 
 def measured_rms(errors: torch.Tensor, measured: torch.Tensor) -> list[float]:
@@ -551,14 +566,11 @@ def output_scales(measured: torch.Tensor) -> list[float]:
         ValueError: for an output not measured at any scored sample (no score can be computed for it).
     """
     y = measured.double()
-    seen = ~torch.isnan(y)
-    if bool(seen.all()):
+    if not bool(torch.isnan(y).any()):
         return channel_scale(y).tolist()
-    for k in range(y.shape[1]):
-        if not bool(seen[:, k].any()):
-            raise ValueError(f"output {k + 1} of {y.shape[1]} is not measured at any scored validation sample: its "
-                             "validation RMSE has no sample; hold out a longer part (val_fraction, folds) or measure it")
-    return [float(channel_scale(y[seen[:, k], k:k + 1])[0]) for k in range(y.shape[1])]
+    columns = _measured_columns(y, "scored validation sample", "its validation RMSE has no sample; hold out a longer "
+                               "part (val_fraction, folds) or measure it")
+    return [float(channel_scale(c)[0]) for c in columns]
 
 
 def validation_score(rmse_per_output: list[float], scales: list[float]) -> tuple[list[float], float]:

@@ -50,6 +50,8 @@ import torch
 from torch import nn
 
 from ssmkit.analysis.onnx_export import RealState
+from ssmkit.ops.irregular import zoh_exp_parts
+from ssmkit.ops.irregular_discrete import check_no_unit_mode
 from ssmkit.ops.symbolic import scan, symbolic_length
 
 __all__ = ["ContinuousModes", "RealIrregularDPLR", "RealIrregularModes", "continuous_modes", "dplr_step",
@@ -140,9 +142,8 @@ def continuous_modes(layer: nn.Module) -> ContinuousModes:
         W = (B / Lambda[:, None] if rule == "zoh" else dt[:, None] * B)[None]  # (1, M, H)
         C_g, D_g = C[None], torch.diag(D)[None]  # (1, H, M), (1, H, H)
         A_want, B_want = A_bar[None], B_bar[None]  # (1, M), (1, M, H)
-    if rule == "zoh" and bool((mu == 0).any()):
-        raise ValueError(f"{name} has a mode with eigenvalue exactly 1 (log-eigenvalue 0), which the zero-order hold's "
-                         "(e^{τμ} − 1) B/Λ cannot evaluate; move its parameters off that point to export with intervals")
+    if rule == "zoh":  # (e^{τμ} − 1) B/Λ: no mode at λ = 1
+        check_no_unit_mode(mu, name)
     modes = ContinuousModes(mu, W, C_g, D_g, rule, not getattr(layer, "complex_modes", True))
     A_one, E_one = _complex_coefficients(modes, torch.ones((), dtype=_F64))  # (G, M) each: τ = 1
     B_one = E_one[..., None] * W  # (G, M, m)
@@ -160,8 +161,8 @@ def _complex_coefficients(modes: ContinuousModes, tau: torch.Tensor) -> tuple[to
     """Ā_τ and E(τ) (..., G, M) complex128 of the gaps ``tau`` (...) by the rule (for the constructor's check)."""
     z = tau[..., None, None] * modes.mu
     if modes.rule == "zoh":
-        return torch.exp(z), torch.expm1(z.real) * torch.cos(z.imag) - 2 * torch.sin(z.imag / 2) ** 2 + 1j * (
-            torch.exp(z.real) * torch.sin(z.imag))
+        A_re, A_im, E_re = zoh_exp_parts(z.real, z.imag)
+        return torch.complex(A_re, A_im), torch.complex(E_re, A_im)
     return (1 + z / 2) / (1 - z / 2), tau[..., None, None] / (1 - z / 2)
 
 
@@ -541,7 +542,7 @@ def irregular_model(model: nn.Module) -> nn.Module:
             parameters are float16/bfloat16.
         NotImplementedError: an LTI layer whose continuous-time form cannot be exported (S4 of rank > 2).
     """
-    from ssmkit.analysis.onnx_export import RealLTIStep, _replace_lti_layers
+    from ssmkit.analysis.onnx_export import _replace_lti_layers
 
     require_irregular_export(model)
 
@@ -549,8 +550,6 @@ def irregular_model(model: nn.Module) -> nn.Module:
         from ssmkit.layers.s4 import S4
 
         if isinstance(layer, S4):
-            if RealLTIStep(layer.state_space()).kind != "dense":  # pragma: no cover - S4's realisation is dense
-                raise NotImplementedError("S4's realisation is not the dense [Re x, Im x] one the exports expect")
             return RealIrregularDPLR(layer, dtype)
         return RealIrregularModes(layer, dtype)
 

@@ -8,7 +8,8 @@ members' states (``[state_1, …, state_k]``, each a DeepWiener state), so ``for
 Irregularly sampled data: ``forward(..., intervals=)`` and ``step(..., interval=)`` hand the same gaps (in units of
 the shared Ts) to every member, so the average is that of the members' simulations at the same sample times
 (:meth:`DeepWiener.forward`; every member's layers must take intervals). ``estimate_state`` hands the window's
-intervals to every member's encoder when the members read them (``encoder_times``, which they share).
+intervals to every member's encoder when the members read them (``encoder_times``, which they share); the members
+share ``encoder_mask`` too (whether their encoders read which window outputs were measured).
 The ensemble is itself a deep Wiener-type model with k parallel branches whose outputs are averaged (a sum of k
 Wiener cascades, scaled by 1/k): every branch is δISS when its LTI blocks are Schur stable, hence so is the average.
 
@@ -29,15 +30,15 @@ from ssmkit.layers.checks import checkpoint_dtype
 from ssmkit.layers.irregular import require_intervals
 from ssmkit.sysid.wiener import DeepWiener
 
-_SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window", "encoder_times")
+_SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window", "encoder_times", "encoder_mask")
 
 
 class WienerEnsemble(nn.Module):
     """The average of k deep Wiener models' outputs (see the module docstring).
 
     Args:
-        members: k >= 1 :class:`DeepWiener` models with the same inputs, outputs, sampling time, encoder window and
-            parameter dtype (the restarts of one recipe).
+        members: k >= 1 :class:`DeepWiener` models with the same inputs, outputs, sampling time, encoder window
+            (and its ``encoder_times`` and ``encoder_mask``) and parameter dtype (the restarts of one recipe).
     """
 
     def __init__(self, members: Sequence[DeepWiener]) -> None:
@@ -61,6 +62,7 @@ class WienerEnsemble(nn.Module):
         self.n_inputs, self.n_outputs = first.n_inputs, first.n_outputs
         self.encoder_window = first.encoder_window
         self.encoder_times = first.encoder_times
+        self.encoder_mask = first.encoder_mask
 
     @property
     def dt(self) -> float:
@@ -173,7 +175,7 @@ class WienerEnsemble(nn.Module):
 
         Args:
             u_past: (B, n, m) the n = ``encoder_window`` inputs before the simulation starts.
-            y_past: (B, n, p) the measured outputs there.
+            y_past: (B, n, p) the measured outputs there (NaN where missing: :meth:`DeepWiener.estimate_state`).
             intervals: with ``encoder_times`` (every member's alike), None or (B, n) the window samples' intervals
                 (:meth:`DeepWiener.estimate_state`); else None.
 

@@ -93,6 +93,10 @@ class Recipe:
         encoder_times: the initial-state encoder also reads its window's sample intervals
             (:class:`ssmkit.sysid.wiener.DeepWiener`'s ``encoder_times``; for irregularly sampled records); False: it
             reads the values only. Needs an encoder (``encoder_window`` or ``train_encoder``).
+        encoder_mask: the initial-state encoder also reads, per window sample and output, 1 where the output was
+            measured and 0 where it is missing (:class:`ssmkit.sysid.wiener.DeepWiener`'s ``encoder_mask``; for records
+            with missing outputs, which it reads as the training mean); False: it reads the filled values only. Needs
+            an encoder (``encoder_window`` or ``train_encoder``).
     """
 
     d_model: int = 16
@@ -130,6 +134,7 @@ class Recipe:
     censor: bool = True
     train_encoder: int = 0
     encoder_times: bool = False
+    encoder_mask: bool = False
 
 
 # Timescales: until probe 4 a timescale (a, b) meant Δ·Ts in [a, b] s (Δ = a/Ts .. b/Ts samples), which moved the

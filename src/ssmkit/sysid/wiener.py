@@ -47,6 +47,13 @@ Irregular sampling and the encoder (``encoder_times``, opt-in): the blocks simul
 blind to when they were taken (deepSI's encoder assumes one Ts alike). With ``encoder_times=True`` it also reads
 log τ_k of each window sample (0 for a sample one period after the one before it), so a window of widely spaced
 samples and one of close samples with the same values give different states; ``estimate_state(u, y, intervals=)``.
+
+Missing outputs and the encoder (``encoder_mask``, opt-in): a window's output that was not measured (NaN) reaches the
+encoder as the training mean μ_y, 0 once normalised, the same number as a measured sample at the mean. With
+``encoder_mask=True`` the encoder also reads, per window sample k and output j, the indicator M_kj = 1 where y_kj was
+measured and 0 where it is missing (taken from the NaN of ``y_past``), so its features per sample are
+[(u_k − μ_u)/σ_u, M_k ⊙ (y_k − μ_y)/σ_y, M_k, log τ_k (with ``encoder_times``)]: the usual input of a network that
+imputes by learning (the missing-indicator method; Lipton et al., arXiv 1606.04130; Che et al., arXiv 1606.01865).
 """
 
 from __future__ import annotations
@@ -109,6 +116,9 @@ class DeepWiener(nn.Module):
         encoder_times: the initial-state encoder also reads the log of each window sample's interval (the time since
             the sample before it, in periods of ``dt``: 0 for regular sampling), so its estimate knows when the
             samples it read were taken (module docstring); needs ``encoder_window`` > 0.
+        encoder_mask: the initial-state encoder also reads, per window sample and output, 1 where the output was
+            measured and 0 where it is missing (NaN in ``estimate_state``'s ``y_past``), so a missing sample (read as
+            the mean) differs from a measured one at the mean (module docstring); needs ``encoder_window`` > 0.
         device, dtype: of the parameters.
     """
 
@@ -129,6 +139,7 @@ class DeepWiener(nn.Module):
         output_range: Sequence | None = None,
         block_activations: Sequence[str | None] | None = None,
         encoder_times: bool = False,
+        encoder_mask: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -155,6 +166,11 @@ class DeepWiener(nn.Module):
             raise ValueError(f"encoder_times must be a bool; got {encoder_times!r}")
         if encoder_times and not encoder_window:
             raise ValueError("encoder_times reads the encoder window's sample times: give encoder_window > 0")
+        if not isinstance(encoder_mask, bool):
+            raise ValueError(f"encoder_mask must be a bool; got {encoder_mask!r}")
+        if encoder_mask and not encoder_window:
+            raise ValueError("encoder_mask tells the encoder which window outputs were measured: give "
+                             "encoder_window > 0")
         output_range = _check_range(output_range, n_outputs)
         if block_activations is not None:
             if (not isinstance(block_activations, (tuple, list)) or len(block_activations) != n_layers
@@ -201,6 +217,8 @@ class DeepWiener(nn.Module):
             self.arguments["block_activations"] = block_activations
         if encoder_times:  # likewise
             self.arguments["encoder_times"] = True
+        if encoder_mask:  # likewise
+            self.arguments["encoder_mask"] = True
         self.output_range = output_range
         self._limits = _limits(output_range)  # (lo, hi): two floats, or two p-lists with ∓inf for none
         self.lti = bool(cls.capabilities.state_space)
@@ -209,6 +227,7 @@ class DeepWiener(nn.Module):
         self.layer_name = layer
         self.encoder_window = encoder_window
         self.encoder_times = encoder_times
+        self.encoder_mask = encoder_mask
         self.register_buffer("u_mean", torch.zeros(n_inputs, **factory))
         self.register_buffer("u_std", torch.ones(n_inputs, **factory))
         self.register_buffer("y_mean", torch.zeros(n_outputs, **factory))
@@ -236,8 +255,10 @@ class DeepWiener(nn.Module):
         sizes = [_real_size(layer_.state_spec()) for layer_ in self.layers]  # (refuses growing states)
         self.state_encoder = None
         if encoder_window:
+            # per window sample: m inputs, p outputs, p measured-indicators (encoder_mask), log τ (encoder_times)
+            per_sample = n_inputs + n_outputs * (1 + int(encoder_mask)) + int(encoder_times)
             self.state_encoder = nn.Sequential(
-                nn.Linear(encoder_window * (n_inputs + n_outputs + int(encoder_times)), encoder_hidden, **factory),
+                nn.Linear(encoder_window * per_sample, encoder_hidden, **factory),
                 nn.Tanh(),
                 nn.Linear(encoder_hidden, sum(sizes), **factory),
             )
@@ -445,7 +466,8 @@ class DeepWiener(nn.Module):
             y_past: (B, n, p) the n measured outputs there; NaN where an output was not measured (a missing sample,
                 :class:`~ssmkit.sysid.records.IORecord`): the encoder reads it as the training mean y_mean, 0 once
                 normalised (the simplest fill; the encoder, trained end to end on windows with the same gaps, learns
-                what the measured samples tell it).
+                what the measured samples tell it); with ``encoder_mask`` it also reads 1 where each output was
+                measured, 0 where it is NaN (module docstring).
             intervals: with ``encoder_times``: None (the window sampled every ``dt``) or (B, n) real > 0, each window
                 sample's time since the sample before it in periods of ``dt``; without it, None only (the encoder
                 reads no times).
@@ -466,8 +488,11 @@ class DeepWiener(nn.Module):
                 f"got {tuple(u_past.shape)} and {tuple(y_past.shape)}"
             )
         u_past, y_past = u_past.to(self.u_mean.dtype), y_past.to(self.y_mean.dtype)  # float64 records, float32 model
-        y_past = torch.where(torch.isnan(y_past), self.y_mean, y_past)  # a missing output: 0 once normalised
+        missing = torch.isnan(y_past)
+        y_past = torch.where(missing, self.y_mean, y_past)  # a missing output: 0 once normalised
         parts = [(u_past - self.u_mean) / self.u_std, (y_past - self.y_mean) / self.y_std]
+        if self.encoder_mask:  # M = 1 where measured: a missing sample is no longer a measured one at the mean
+            parts.append((~missing).to(y_past.dtype))
         if intervals is not None and not self.encoder_times:
             raise ValueError("this DeepWiener's encoder reads no sample times: build it with encoder_times=True to "
                              "give it the window's intervals")
@@ -490,8 +515,10 @@ class DeepWiener(nn.Module):
         self.state_encoder = None
         self.encoder_window = 0
         self.encoder_times = False
+        self.encoder_mask = False
         self.arguments["encoder_window"] = 0
         self.arguments.pop("encoder_times", None)
+        self.arguments.pop("encoder_mask", None)
 
     # ------------------------------------------------------------------------------------------------------------
     # signals

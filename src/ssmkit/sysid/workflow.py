@@ -98,6 +98,12 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
         raise ValueError("encoder_times gives the initial-state encoder its window's sample times, and this model has "
                          f"no encoder (mode {mode!r}, encoder_window {recipe.encoder_window}, benchmark n_init "
                          f"{bench.n_init}, train_encoder {n_train})")
+    if not isinstance(recipe.encoder_mask, bool):
+        raise ValueError(f"encoder_mask must be a bool; got {recipe.encoder_mask!r}")
+    if recipe.encoder_mask and not encoder:
+        raise ValueError("encoder_mask tells the initial-state encoder which window outputs were measured, and this "
+                         f"model has no encoder (mode {mode!r}, encoder_window {recipe.encoder_window}, benchmark "
+                         f"n_init {bench.n_init}, train_encoder {n_train})")
     time_varying = not layer_class(layer).capabilities.state_space  # a selective layer, named by the caller
     sigmas = None
     if recipe.first_activation is not None:  # the first block's σ, the others the recipe's activation
@@ -108,7 +114,8 @@ def build_model(bench: SysidBenchmark, layer: str, recipe: Recipe, mode: str = "
     model = DeepWiener(n_in, bench.n_outputs, d_model=recipe.d_model, n_layers=recipe.n_layers, layer=layer,
                        layer_options=options, activation=recipe.activation, dt=bench.dt, timescale=timescale,
                        encoder_window=encoder, time_varying=time_varying, output_range=recipe.output_range,
-                       block_activations=sigmas, encoder_times=recipe.encoder_times, device=device, dtype=dtype)
+                       block_activations=sigmas, encoder_times=recipe.encoder_times,
+                       encoder_mask=recipe.encoder_mask, device=device, dtype=dtype)
     return model.name_signals(*signal_names(model, bench))
 
 

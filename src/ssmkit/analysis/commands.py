@@ -163,7 +163,19 @@ def _write_onnx(model, out: str, intervals: bool = False) -> int:
         gaps = {"interval": ", interval (B)", "intervals": ", intervals (B, L)"}.get(info.interval_name, "")
         print(f"{info.path}: inputs {u}{gaps}, {_state_summary(info.state_names, info.state_shapes)}; outputs y"
               + (" and next_state_0, ..." if info.state_names else ""))
+    if intervals and not failed:  # the gaps' unit: a model trained at the median gap counts that, not the logger's
+        print(f"interval, intervals: {_interval_unit(model)}")
     return failed
+
+
+def _interval_unit(model) -> str:
+    """What the graphs' interval input counts, for the printed summary: the time since the previous sample in periods
+    of the model's Ts (``model.dt``, seconds, which a DeepWiener carries: with sample times its median gap, or the
+    ``--dt`` it was given), or in sampling periods for a model without one."""
+    dt = getattr(model, "dt", None)
+    if isinstance(dt, (int, float)) and not isinstance(dt, bool):
+        return f"the time since the previous sample in periods of the model's Ts = {dt:g} s"
+    return "the time since the previous sample in the model's sampling periods"
 
 
 def _state_summary(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]) -> str:

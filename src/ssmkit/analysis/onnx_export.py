@@ -353,7 +353,9 @@ class OnnxExport:
 
         onnxruntime itself refuses an input of another rank or dtype (and the graphs tested, an interval of another
         batch size, in one of their ops), but a graph cannot check values; here the gaps must have exactly the shape
-        of ``u``'s leading axes ((B,) for the step graph, (B, L) for the sequence graph) and be finite and > 0.
+        of ``u``'s leading axes ((B,) for the step graph, (B, L) for the sequence graph) and be finite and > 0, and
+        every state part the shape (B, *its shape in ``state_shapes``) (onnxruntime broadcast a state of batch 1
+        against a larger batch of ``u`` in the graphs with intervals).
 
         Args:
             u: the input, (B, m) (or (B,) token ids) for the step graph, (B, L, m) (or (B, L)) for the sequence graph.
@@ -385,6 +387,13 @@ class OnnxExport:
         if len(parts) != len(self.state_names):
             raise ValueError(f"state must hold {len(self.state_names)} parts ({', '.join(self.state_names)}); "
                              f"got {len(parts)}")
+        for name, part, shape in zip(self.state_names, parts, self.state_shapes):
+            # onnxruntime broadcasts a part of batch 1 (or of a size-1 axis) against u's batch in the graphs with
+            # intervals: a state of another batch ran, every sequence starting from that one state
+            found = tuple(np.shape(part))
+            if found != (u.shape[0],) + tuple(shape):
+                raise ValueError(f"{name} must have the shape {(u.shape[0],) + tuple(shape)} (u's batch, then the "
+                                 f"state part's shape; initial_state(batch_size={u.shape[0]}) gives zeros of it); got {found}")
         feed.update(zip(self.state_names, parts))
         return feed
 
@@ -424,14 +433,17 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
 
     Args:
         model: the model that was exported.
-        state: its per-layer state list.
+        state: its per-layer state list (a bare layer's: the layer's own state, or a list of it).
 
     Returns:
         the numpy state parts, in the order of ``OnnxExport.state_names``.
     """
     from ssmkit.layers.liquid import LiquidS4
+    from ssmkit.layers.protocol import SequenceLayer
 
     layers = [m for _, m in _outer_layers(model)]
+    if isinstance(model, SequenceLayer) and not isinstance(state, list):  # a bare layer's own state: one entry
+        state = [state]
     if isinstance(state, list):
         state = _layer_entries(state)
     if not isinstance(state, (list, tuple)) or len(state) != len(layers):
@@ -494,7 +506,8 @@ def export_onnx(
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 
     Args:
-        model: a SequenceModel (real inputs (B, d_input) or token ids (B,)) or a DeepWiener, in eval mode or not
+        model: a SequenceModel (real inputs (B, d_input) or token ids (B,)), a DeepWiener or a bare sequence layer
+            (its d_model channels in and out; `onnx_state` takes its own state), in eval mode or not
             (the exported copy is put in eval mode), on any device (the graph is traced from a CPU copy).
         path: the ONNX file to write.
         batch_size: None (default) for a dynamic batch axis (any B at run time); an int B fixes it.
@@ -603,11 +616,19 @@ def _write_graph(
 
 
 def _example_input(model: nn.Module, batch_size: int) -> torch.Tensor:
+    """A zero input (B, width) of ``model``'s step: token ids for a token model; the width is ``d_input`` (a
+    SequenceModel), ``n_inputs`` (a DeepWiener) or, for a bare sequence layer, its ``d_model`` channels (before,
+    a bare layer was refused as having no input width, though its export is the layer's own step and forward)."""
+    from ssmkit.layers.protocol import SequenceLayer
+
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
     if getattr(model, "vocab_size", None) is not None:
         return torch.zeros(batch_size, dtype=torch.int64, device=device)
     width = getattr(model, "d_input", None) or getattr(model, "n_inputs", None)
+    if width is None and isinstance(model, SequenceLayer):
+        width = model.d_model
     if width is None:
-        raise ValueError(f"cannot tell the input width of {type(model).__name__}: it needs d_input or n_inputs")
+        raise ValueError(f"cannot tell the input width of {type(model).__name__}: export a SequenceModel (d_input), a "
+                         "DeepWiener (n_inputs) or a sequence layer (d_model)")
     dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
     return torch.zeros(batch_size, width, dtype=dtype, device=device)

@@ -167,6 +167,25 @@ def spectrum_frequencies(t: np.ndarray, dt: float, most: int = MAX_FREQUENCIES) 
     return k / span
 
 
+def measured_period(t: np.ndarray, dt: float) -> float:
+    """The period that bounds the spectrum of an output with missing samples: the median gap between its measured
+    samples at times ``t``, at least ``dt`` (Ts). An output measured at every tenth sample (sampled slower than the
+    inputs) resolves nothing above 1 / (20 Ts): its Lomb-Scargle periodogram is periodic in frequency with period
+    1 / (10 Ts), so up to 1 / (2 Ts) the figure drew nine images of its band as if they were signal (a sinusoid at
+    0.02 Hz, Ts = 1 s, read 0.5 at 0.08, 0.12, ..., 0.48 Hz too). Samples missing at random leave the median gap at
+    Ts and the band as it was.
+
+    Args:
+        t: (T,) the measured samples' times in seconds, increasing.
+        dt: Ts, the record's (nominal) sampling time in seconds.
+
+    Returns:
+        the period in seconds (``dt`` with fewer than two measured samples).
+    """
+    gaps = np.diff(np.asarray(t, dtype=np.float64))
+    return max(float(dt), float(np.median(gaps))) if gaps.size else float(dt)
+
+
 def lomb_scargle_amplitude(t: np.ndarray, x: np.ndarray, f: np.ndarray, chunk: int = 64) -> np.ndarray:
     """The amplitude spectrum of samples x_j at times t_j by the Lomb-Scargle periodogram (Lomb 1976, Scargle 1982):
 
@@ -251,8 +270,9 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
     simulation error, one panel (row) per output holding every test record's two curves, in the output's reporting
     unit; DC left out; an irregularly sampled record's, and one with missing outputs (NaN in ``y``: at its measured
     samples), by the Lomb-Scargle periodogram at its sample times on the same scale (:func:`lomb_scargle_amplitude`
-    at :func:`spectrum_frequencies`); the figure's title names the inputs
-    (:func:`inputs_text`).
+    at :func:`spectrum_frequencies`; with missing outputs below 1 / (2 T_m), T_m the median gap between the measured
+    samples, :func:`measured_period`; no curve for a record with no measured sample of the output after its init
+    window); the figure's title names the inputs (:func:`inputs_text`).
 
     Args:
         bench: the benchmark.
@@ -271,9 +291,14 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
             y = r.y[n:, k].numpy() * scale
             e = (y_sim[n:, k] - r.y[n:, k]).numpy() * scale
             seen = ~np.isnan(y)  # missing outputs (NaN) are left out: the measured samples are irregular in time
+            if not seen.any():  # output k not measured after this record's init window: nothing to draw (an
+                continue  # IndexError on the empty times stopped the report before report.md was written)
             if r.t is not None or not seen.all():  # at the sample times: Lomb-Scargle on the |DFT| / L scale
-                t, y, e = time_axis(r)[n:][seen], y[seen], e[seen]
-                f = spectrum_frequencies(time_axis(r)[n:], r.dt)
+                times = time_axis(r)[n:]
+                t, y, e = times[seen], y[seen], e[seen]
+                f = spectrum_frequencies(times, r.dt)
+                if not seen.all():  # not above the measured samples' own Nyquist frequency (measured_period)
+                    f = f[f < 1 / (2 * measured_period(t, r.dt))]
                 amplitude = lomb_scargle_amplitude(t - t[0], np.stack([y - y.mean(), e], 1), f)
                 ax.loglog(f, amplitude[:, 0], lw=0.8, label=f"measured, {r.name} (Lomb-Scargle)")
                 ax.loglog(f, amplitude[:, 1], lw=0.8, label=f"error, {r.name} (Lomb-Scargle)")
@@ -283,7 +308,10 @@ def spectrum_figure(bench: SysidBenchmark, sims: list[torch.Tensor]):
             ax.loglog(f, np.abs(np.fft.rfft(e))[1:] / len(y), lw=0.8, label=f"error, {r.name}")
         ax.set(title=f"{bench.title}: amplitude spectra of {bench.outputs[k]} after the init window",
                xlabel="frequency (Hz)", ylabel=f"|DFT| / L ({bench.units[k]})")
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:  # no test record measures output k after its init window
+            ax.text(0.5, 0.5, "not measured after the init window", transform=ax.transAxes, ha="center")
     fig.suptitle(f"{bench.title}: simulated from the measured {inputs_text(bench)}")
     fig.tight_layout()
     return fig

@@ -16,6 +16,13 @@ read with ``allow_pickle=False``; any other name is refused, so a misspelt ``x_v
 - ``lengths_train``, ``lengths_val``, ``lengths_test`` (optional, token inputs only): (B,) ints in [1, L], each
   sequence's length; the steps after it are replaced by the padding id (``pad``, or a new id ``vocab`` when
   ``pad`` is -1) and their per-step targets by -100.
+- ``intervals_train``, ``intervals_val``, ``intervals_test`` (optional; irregularly sampled sequences): numbers (B, L),
+  finite and > 0, the time from each sample's predecessor in nominal sampling periods (the first from the
+  sequence's start: 1 reads it as the regular layer's first step), as ``SequenceModel.forward(..., intervals=)``.
+  With ``intervals_train`` every split given as files needs its own (held-out splits take x_train's rows), and every
+  split is then (inputs, targets, intervals), which ``ssmkit.train.fit`` hands to the model; its layers must take
+  intervals (S4D, S5, DSS, S4, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU). The gaps are kept in float64 and never
+  normalised; those of steps after a token sequence's length (padding) may hold anything and are set to 1.
 
 The conventions (docs/design.md, "Your own sequence data"):
 
@@ -59,9 +66,10 @@ from ssmkit.data.store import DataMissingError
 from ssmkit.data.task import IGNORE_INDEX, Task, TaskInfo, register_task
 
 SPLITS = ("train", "val", "test")
-KEYS = tuple(f"{p}_{s}" for s in SPLITS for p in ("x", "y")) + tuple(f"lengths_{s}" for s in SPLITS)
+KEYS = (tuple(f"{p}_{s}" for s in SPLITS for p in ("x", "y")) + tuple(f"lengths_{s}" for s in SPLITS)
+        + tuple(f"intervals_{s}" for s in SPLITS))
 TARGETS = ("auto", "classify", "tokens", "regress")
-_NEEDS = "x_train, y_train (optional: x_val, y_val, x_test, y_test, lengths_*)"
+_NEEDS = "x_train, y_train (optional: x_val, y_val, x_test, y_test, lengths_*, intervals_*)"
 _WHERE = "the .npz file or .npy folder of --task_options.path"
 
 
@@ -256,7 +264,8 @@ class ArraysTask(Task):
 
 
 def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
-    """(TaskInfo, {split: (x, y) tensors}, mean, std) of the user's arrays, checked (module docstring)."""
+    """(TaskInfo, {split: (x, y) or (x, y, intervals) tensors}, mean, std) of the user's arrays, checked (module
+    docstring)."""
     found = sorted(k for k, v in arrays.items() if v is not None)
     if "x_train" not in found or "y_train" not in found:
         raise ValueError(f"arrays: {where} must hold x_train and y_train; found {found or 'no arrays'}")
@@ -267,6 +276,14 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
             raise ValueError(f"arrays: {where} holds {have} but not {lack}; found {found}")
         if f"lengths_{split}" in a and f"x_{split}" not in a:
             raise ValueError(f"arrays: lengths_{split} is given without x_{split}; found {found}")
+        if f"intervals_{split}" in a and f"x_{split}" not in a:
+            raise ValueError(f"arrays: intervals_{split} is given without x_{split}; found {found}")
+        if f"x_{split}" in a and (f"intervals_{split}" in a) != ("intervals_train" in a):
+            have, lack = ("intervals_train", f"intervals_{split}") if "intervals_train" in a else (
+                f"intervals_{split}", "intervals_train")
+            raise ValueError(f"arrays: {where} holds {have} but not {lack}: every split of irregularly sampled data "
+                             "needs its intervals (a split without them would run as regularly sampled); found "
+                             f"{found}")
 
     x0 = a["x_train"]
     _check_dtype(x0, "x_train", "if")
@@ -301,6 +318,18 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
         _check_dtype(y, f"y_{split}", "if")
         if y.dtype.kind == "f":
             _check_finite(y, f"y_{split}")
+        intervals = a.get(f"intervals_{split}")
+        if intervals is not None:
+            _check_dtype(intervals, f"intervals_{split}", "if")  # integer gaps (whole periods) are read as floats
+            if intervals.shape != x.shape[:2]:
+                raise ValueError(f"intervals_{split} must be (B, L) = {x.shape[:2]}, x_{split}'s; got shape "
+                                 f"{intervals.shape}")
+            own = np.ones(x.shape[:2], dtype=bool)  # the sequences' own steps: not after a length, not the pad id
+            if tokens_in and lengths is not None:
+                own &= np.arange(x.shape[1])[None, :] < lengths[:, None]
+            if tokens_in and task.pad >= 0:
+                own &= x != task.pad
+            _check_gaps(intervals, own, f"intervals_{split}")
     if not tokens_in and (task.pad != -1 or any(k.startswith("lengths_") for k in a)):
         raise ValueError("arrays: variable lengths (lengths_* or pad) need token inputs: ssmkit's models skip padding "
                          "by its token id, and float inputs have no padding mask; pad float sequences to one length, "
@@ -311,8 +340,10 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
     # labels and vocabulary from y_train / x_train as given (before the hold-out), so a rare class held out is known
     n_classes, ids, pad_id, vocab = _sizes(task, a, target, tokens_in)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split, (x, y, lengths, origin) in parts.items():
+    gaps: dict[str, np.ndarray] = {}
+    for split, (x, y, lengths, intervals, origin) in parts.items():
         x, y = _shape(x, y, target, tokens_in, origin)
+        keep = np.ones(x.shape[:2], dtype=bool)
         if tokens_in:
             x, y, keep = _pad(x, y, lengths, pad_id, target, origin)
             if int(x[keep].min()) < 0:
@@ -325,6 +356,8 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
                                  "(--task_options.vocab) if the ids are right")
         if target != "regress":
             _check_labels(y, n_classes, target, origin[1], bool(task.n_classes))
+        if intervals is not None:  # checked above; 1 at the padding, which may hold anything
+            gaps[split] = np.ascontiguousarray(np.where(keep, np.asarray(intervals, dtype=np.float64), 1.0))
         out[split] = (x, y)
     mean = std = None
     if not tokens_in:
@@ -338,15 +371,17 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
             std = np.where(std > 0, std, 1.0)
         out = {s: (x if mean is None else (x - mean) / std, y) for s, (x, y) in out.items()}
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64 if tokens_in else np.float32)),
-                   torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if target == "regress" else np.int64)))
+                   torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if target == "regress" else np.int64)),
+                   *((torch.from_numpy(gaps[s]),) if s in gaps else ()))
                for s, (x, y) in out.items()}
-    xt, yt = tensors["train"]
+    xt, yt = tensors["train"][:2]
     d_output = int(yt.shape[-1]) if target == "regress" else n_classes
     held = [f"{s} {100 * f:g} %" for s, f in (("test", task.test_fraction), ("val", task.val_fraction))
             if f"x_{s}" not in a and f > 0]
     source = (f"{where}; splits: {', '.join(f'{s} {int(t[0].shape[0])}' for s, t in tensors.items())}"
               + (f" ({', '.join(held)} of x_train held out, seed {task.seed})" if held else "")
-              + ("; inputs standardised with the training split's mean and std" if mean is not None else ""))
+              + ("; inputs standardised with the training split's mean and std" if mean is not None else "")
+              + ("; irregularly sampled (intervals_*)" if gaps else ""))
     title = "arrays: " + (pathlib.Path(task.path).name if task._given is None else "from_arrays")
     info = TaskInfo(name=task.name, title=title, kind="files", target=target, length=int(xt.shape[1]),
                     d_input=None if tokens_in else int(xt.shape[2]), vocab_size=vocab if tokens_in else None,
@@ -376,8 +411,9 @@ def _target(option: str, y: np.ndarray, x: np.ndarray) -> str:
 
 
 def _hold_out(task: ArraysTask, a: dict[str, np.ndarray]) -> dict[str, tuple]:
-    """{split: (x, y, lengths or None, (x name, y name))}: the files' splits and those held out of x_train."""
-    x, y, lengths = a["x_train"], a["y_train"], a.get("lengths_train")
+    """{split: (x, y, lengths or None, intervals or None, (x, y, lengths, intervals names))}: the files' splits and
+    those held out of x_train."""
+    x, y, lengths, intervals = a["x_train"], a["y_train"], a.get("lengths_train"), a.get("intervals_train")
     if lengths is not None and lengths.shape[:1] != x.shape[:1]:
         raise ValueError(f"lengths_train must be (B,) with x_train's B = {x.shape[0]}; got {lengths.shape}")
     b = x.shape[0]
@@ -396,13 +432,14 @@ def _hold_out(task: ArraysTask, a: dict[str, np.ndarray]) -> dict[str, tuple]:
     parts = {}
     for split in SPLITS:
         if f"x_{split}" in a and split != "train":
-            parts[split] = (a[f"x_{split}"], a[f"y_{split}"], a.get(f"lengths_{split}"),
-                            (f"x_{split}", f"y_{split}", f"lengths_{split}"))
+            parts[split] = (a[f"x_{split}"], a[f"y_{split}"], a.get(f"lengths_{split}"), a.get(f"intervals_{split}"),
+                            (f"x_{split}", f"y_{split}", f"lengths_{split}", f"intervals_{split}"))
         elif len(index[split]):
             i = index[split]
             held = "" if split == "train" else f" (held out for {split})"
-            origin = (f"x_train{held}", f"y_train{held}", f"lengths_train{held}")
-            parts[split] = (x[i], y[i], None if lengths is None else lengths[i], origin)
+            origin = (f"x_train{held}", f"y_train{held}", f"lengths_train{held}", f"intervals_train{held}")
+            parts[split] = (x[i], y[i], None if lengths is None else lengths[i],
+                            None if intervals is None else intervals[i], origin)
     return parts
 
 
@@ -499,6 +536,18 @@ def _pad(x: np.ndarray, y: np.ndarray, lengths, pad_id, target: str, origin: tup
     return x, y, keep
 
 
+def _check_gaps(intervals: np.ndarray, own: np.ndarray, name: str) -> None:
+    """ValueError unless the intervals (B, L) are finite and > 0 at the steps ``own`` marks (the sequences' own; the
+    padding after a token sequence's length may hold anything), naming the first bad one by its index in the file."""
+    gaps = np.asarray(intervals, dtype=np.float64)
+    bad = own & ~(np.isfinite(gaps) & (gaps > 0))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} holds {int(bad.sum())} interval(s) that are not finite and > 0; the first is "
+                         f"{gaps[where]} at index {where}: each is the time since the previous sample, in nominal "
+                         "sampling periods (merge samples taken at the same time)")
+
+
 def _check_labels(y: np.ndarray, n_classes: int, target: str, name: str, given: bool) -> None:
     scored = y[y != IGNORE_INDEX] if target == "tokens" else y
     if scored.size and (scored.min() < 0 or scored.max() >= n_classes):
@@ -512,7 +561,7 @@ def _check_labels(y: np.ndarray, n_classes: int, target: str, name: str, given: 
 def from_arrays(x_train, y_train, x_val=None, y_val=None, x_test=None, y_test=None, lengths_train=None,
                 lengths_val=None, lengths_test=None, target: str = "auto", val_fraction: float = 0.1,
                 test_fraction: float = 0.2, seed: int = 0, normalise: bool = True, n_classes: int = 0, vocab: int = 0,
-                pad: int = -1) -> ArraysTask:
+                pad: int = -1, intervals_train=None, intervals_val=None, intervals_test=None) -> ArraysTask:
     """The ``arrays`` task of arrays in memory (numpy arrays, tensors or nested lists), checked and split as the
     module docstring says; its ``info()`` and ``splits()`` feed :func:`ssmkit.train.fit` (with
     ``Experiment.model_config(task.info())`` for the model).
@@ -535,6 +584,9 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, x_test=None, y_test=No
         n_classes: classes (0: inferred from y_train).
         vocab: token ids (0: inferred from x_train).
         pad: the padding token id (-1: none).
+        intervals_train: (B, L) gaps of irregularly sampled x_train in nominal sampling periods, or None (regular).
+        intervals_val: (B, L) gaps of x_val (needed with x_val when intervals_train is given).
+        intervals_test: (B, L) gaps of x_test (needed with x_test when intervals_train is given).
 
     Returns:
         the task, its arrays checked and split (a ValueError says what is wrong).
@@ -542,7 +594,8 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, x_test=None, y_test=No
     task = ArraysTask(target=target, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                       normalise=normalise, n_classes=n_classes, vocab=vocab, pad=pad)
     given = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "x_test": x_test,
-             "y_test": y_test, "lengths_train": lengths_train, "lengths_val": lengths_val, "lengths_test": lengths_test}
+             "y_test": y_test, "lengths_train": lengths_train, "lengths_val": lengths_val, "lengths_test": lengths_test,
+             "intervals_train": intervals_train, "intervals_val": intervals_val, "intervals_test": intervals_test}
     task._given = {k: v for k, v in given.items() if v is not None}
     task._load()
     return task

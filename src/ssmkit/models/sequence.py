@@ -275,8 +275,12 @@ class SequenceModel(nn.Module):
             return_state: compute and return the final block states (False skips that work; training needs none).
             intervals: (B, L) real > 0, or None (regular sampling): for an irregularly sampled sequence, the time from
                 the previous sample to each sample in nominal sampling periods, handed to every block's layer (each
-                must declare ``takes_intervals``: S5, S4D, DSS, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU; a ``ValueError``
-                otherwise). Not for pair models.
+                must declare ``takes_intervals``: S5, S4D, DSS, S4, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU; a
+                ``ValueError`` otherwise). The first is the time since the state's instant: from rest, how long the
+                first input is held before it is sampled (1 gives the regular layer's first step; a small one leaves
+                the first sample almost out of the state). With ``pad_id``, give the padding any positive gap (0 is
+                refused): the causal layers never read it into the tokens' outputs, but the returned states are those
+                after it. Not for pair models.
 
         Returns:
             out: (B, d_output) when pooled, else (B, L, d_output), in x's dtype for a real x outside autocast (as the

@@ -56,6 +56,20 @@ def seeded_rngs(*key: int) -> Iterator[None]:
         random.setstate(states[2])
 
 
+def _transformed(transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
+                 batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``transform(batch)``, refused (ValueError) where it drops the intervals of an (inputs, targets, intervals) batch:
+    the model then ran the split as regularly sampled without a word (a transform written for (inputs, targets)
+    batches, ``lambda b: (b[0] / 255, b[1])``). A transform that forms the intervals of a two-tensor batch is kept."""
+    out = transform(batch)
+    if len(batch) == 3 and (not isinstance(out, (tuple, list)) or len(out) != 3):
+        got = len(out) if isinstance(out, (tuple, list)) else type(out).__name__
+        raise ValueError(f"the transform was given an (inputs, targets, intervals) batch and returned {got} tensors: "
+                         "it must return all three (without the intervals the model would run the batch as regularly "
+                         "sampled)")
+    return out
+
+
 def _check_tensors(tensors: Sequence[torch.Tensor]) -> int:
     if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
         raise ValueError("tensors must be a non-empty sequence of tensors (inputs, targets, ...)")
@@ -136,7 +150,7 @@ class StepBatches:
             batch = tuple(t[idx] for t in self.tensors)
             if self.transform is not None:
                 with seeded_rngs(_TRAIN, self.seed, step, self.rank):
-                    batch = self.transform(batch)
+                    batch = _transformed(self.transform, batch)
             yield batch
             step += 1
 
@@ -188,6 +202,6 @@ def eval_batches(
         done = []
         for i, b in enumerate(batches):
             with seeded_rngs(_EVAL, rank, world_size, i):
-                done.append(transform(b))
+                done.append(_transformed(transform, b))
         batches = done
     return EvalBatches(batches)

@@ -164,6 +164,44 @@ def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_conf
         )
 
 
+def _check_splits(splits: dict[str, Sequence[torch.Tensor] | None], transform: Callable | None,
+                  model: SequenceModelConfig) -> None:
+    """Refuse splits that are not all (inputs, targets) or all (inputs, targets, intervals), intervals for a model
+    with a layer that takes none, and, without a ``transform`` (which may form the batches' intervals itself),
+    intervals that are not (n, L) of their inputs, finite and > 0, naming the split before anything is trained.
+
+    A split without intervals beside others with them was scored as regularly sampled without a word (probe of
+    2026-12-06: a test split given as (x, y) took the training run's model through its regular path, test loss 3.73
+    where its intervals gave 3.71), and bad intervals in the test split failed only after the whole run had trained.
+    """
+    from ssmkit.layers.registry import available, layer_class
+    from ssmkit.ops.irregular import check_intervals
+
+    given = {name: split for name, split in splits.items() if split is not None}
+    counts = {name: len(split) for name, split in given.items()}
+    bad = {name: n for name, n in counts.items() if n not in (2, 3)}
+    if bad:
+        raise ValueError(f"a split must be (inputs, targets) or (inputs, targets, intervals); got {bad} tensors")
+    if len(set(counts.values())) > 1:
+        irregular = sorted(name for name, n in counts.items() if n == 3)
+        regular = sorted(name for name, n in counts.items() if n == 2)
+        raise ValueError(f"the splits {irregular} carry intervals (inputs, targets, intervals) but {regular} do not: "
+                         "a split without them would run as regularly sampled; give every split its intervals, or none")
+    names = [model.layer] if isinstance(model.layer, str) else list(model.layer)
+    refusing = sorted({n for n in names if n in available() and not layer_class(n).takes_intervals})
+    if 3 in counts.values() and refusing:
+        takers = [n for n in available() if layer_class(n).takes_intervals]
+        raise ValueError(f"the splits carry intervals, but the model's layers {refusing} take none (no "
+                         f"irregular-sampling form); the layers that do: {takers}")
+    if transform is not None:
+        return
+    for name, split in given.items():
+        if len(split) == 3:
+            x, tau = split[0], split[2]
+            check_intervals(tau, tuple(x.shape[:2]), tau.device if isinstance(tau, torch.Tensor) else x.device,
+                            f"the {name} split's intervals")
+
+
 def fit(
     model: SequenceModelConfig,
     train_config: TrainConfig,
@@ -187,8 +225,11 @@ def fit(
         train_config: optimiser, schedule, budget, precision, checkpoints (:class:`TrainConfig`).
         train: (inputs, targets) of the training split: inputs (n, L, d_input) or token ids (n, L); targets as
             the head needs (:mod:`ssmkit.train.objective`). An irregularly sampled split is (inputs, targets,
-            intervals), intervals (n, L) > 0 in nominal sampling periods, for models whose layers take them (S5, S4D;
-            ``SequenceModel.forward(..., intervals=)``); every split then carries its intervals.
+            intervals), intervals (n, L) > 0 in nominal sampling periods, for models whose layers take them (S5, S4D,
+            DSS, S4, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU; ``SequenceModel.forward(..., intervals=)``); every split
+            then carries its intervals (a ValueError names the splits that lack them, a layer of the model that
+            takes none, and, without a ``transform``, intervals that are not (n, L) of their inputs, finite and > 0,
+            before anything is trained).
         val: the validation split, or None.
         test: the test split, or None.
         out_dir: the run folder.
@@ -198,7 +239,7 @@ def fit(
         extra_callbacks: more Lightning callbacks (e.g. to stop a run in tests).
         labels: entries to put first in the result record (task, model, ...).
         transform: applied to every batch of every split (e.g. stored integers to scaled floats), or None.
-        extra_tests: more evaluation splits by name, each an (inputs, targets) pair of tensors scored like ``test``
+        extra_tests: more evaluation splits by name, each (inputs, targets) (or with intervals) scored like ``test``
             (e.g. ``test@1024``: induction heads at a longer length than trained); their metrics are recorded as
             ``<name>_loss`` and ``<name>_<metric>``.
         records: more records of the run's configuration by name, each written to ``out_dir/<name>.json`` with
@@ -233,6 +274,7 @@ def fit(
     if cfg.early_stopping is not None and val is None:  # nothing to monitor: the run went on to max_steps silently
         raise ValueError(f"early_stopping={cfg.early_stopping} stops on the validation loss, but no validation split "
                          "was given: give val, or set early_stopping None")
+    _check_splits({"train": train, "val": val, "test": test, **(extra_tests or {})}, transform, model)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no hardware and tip banners: results speak
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

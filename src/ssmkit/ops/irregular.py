@@ -46,8 +46,10 @@ def check_intervals(intervals: object, shape: tuple[int, ...], device: torch.dev
     """
     want = f"a real floating tensor of shape {tuple(shape)}"
     if not isinstance(intervals, torch.Tensor) or not intervals.is_floating_point():
+        got = (f"a tensor of {intervals.dtype}" if isinstance(intervals, torch.Tensor)
+               else f"{type(intervals).__module__}.{type(intervals).__name__}".removeprefix("builtins."))
         raise ValueError(f"{name} must be {want} (the time since the previous sample, in nominal sampling periods); "
-                         f"got {getattr(intervals, 'dtype', type(intervals).__name__)}")
+                         f"got {got}" + ("" if isinstance(intervals, torch.Tensor) else " (torch.as_tensor converts it)"))
     if tuple(intervals.shape) != tuple(shape):
         raise ValueError(f"{name} must be {want}; got shape {tuple(intervals.shape)}")
     if intervals.device != device:
@@ -57,8 +59,11 @@ def check_intervals(intervals: object, shape: tuple[int, ...], device: torch.dev
             torch._assert_async(torch.isfinite(intervals).all() & (intervals > 0).all(),
                                 f"{name} must be finite and > 0 (the time since the previous sample)")
     elif not _finite_and_positive(intervals):
-        raise ValueError(f"{name} must be finite and > 0 (the time since the previous sample); got min "
-                         f"{intervals.min().item():.6g}, max {intervals.max().item():.6g}")
+        bad = ~(torch.isfinite(intervals) & (intervals > 0))
+        first = tuple(int(i) for i in bad.nonzero()[0])  # row-major: the first batch item, then its first step
+        where = ", ".join(f"{axis} {i}" for axis, i in zip(("batch item", "step"), first))
+        raise ValueError(f"{name} must be finite and > 0 (the time since the previous sample; merge samples taken at "
+                         f"the same time); {int(bad.sum())} {'is' if int(bad.sum()) == 1 else 'are'} not, the first {intervals[first].item():.6g} at {where}")
 
 
 def _finite_and_positive(intervals: torch.Tensor) -> bool:

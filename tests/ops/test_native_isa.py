@@ -45,6 +45,7 @@ def test_native_kernels_built_without_avx512_pass_their_tests(tmp_path):
                                                          "test_native_mutants_steps.py",
                                                          "test_native_irregular_bank.py",
                                                          "test_native_mutants_irregular_bank.py",
+                                                         "test_native_irregular_bank_table.py",
                                                          "test_native_irregular_mimo.py",
                                                          "test_native_irregular_dplr.py",
                                                          "test_native_irregular_dplr_backward.py",

@@ -19,6 +19,11 @@ error of z into a relative one of Ā, as :mod:`ssmkit.ops.discretize`).
 Real modes (Mega's EMA, arXiv 2209.10655: :mod:`ssmkit.layers.ema`): Λ, B and C given as real tensors make the bank
 real, with a real state (u's dtype) and Ā = e^z, B̄ = (e^z − 1) B/Λ (ZOH) by expm1, no phases; the C kernel runs them
 in its real variant (no complex arithmetic). Complex tensors whose imaginary parts are 0 stay a complex bank.
+
+Few distinct gaps (samples dropped from a regular grid: τ ∈ {1, 2, 3, …}): the coefficients depend on a step only
+through its gap, so the C kernel forms them once per distinct gap of a row, Ā[k], B̄[k], and steps by a lookup,
+x_t = Ā[k_t] x_{t-1} + B̄[k_t] u_t, where the row's K distinct gaps are at most L/8 (bit-identical results;
+:mod:`ssmkit.ops.native.irregular_bank`: the rule and the figures).
 """
 
 from __future__ import annotations
@@ -256,10 +261,10 @@ def bank_irregular_scan_chunked(
 
 def _bank_native(u, Lambda, B, C, dt, intervals, D=None, rule="zoh", state=None, *, return_state=True):
     """The bank by its C kernel (:mod:`ssmkit.ops.native.irregular_bank`: each step's coefficients formed in registers,
-    never stored) where it runs: u on the CPU in float32 or float64, the kernel built and checked
-    (:func:`ssmkit.ops.native.gate.prefer_native`: not under a torch.func transform, torch.export or forward-mode AD);
-    elsewhere :func:`bank_irregular_scan_chunked` with the
-    recurrence's own ``"auto"`` choice."""
+    never stored, or once per distinct gap of a row whose gaps take few values) where it runs: u on the CPU in float32
+    or float64, the kernel built and checked (:func:`ssmkit.ops.native.gate.prefer_native`: not under a torch.func
+    transform, torch.export or forward-mode AD); elsewhere :func:`bank_irregular_scan_chunked` with the recurrence's
+    own ``"auto"`` choice."""
     from ssmkit.ops.native.gate import prefer_native
     from ssmkit.ops.native.irregular_bank import bank_unchecked
 

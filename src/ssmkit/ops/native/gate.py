@@ -201,7 +201,7 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         return
     elif op == "bank_irregular":
         from ssmkit.ops.irregular_bank import bank_irregular_scan_reference
-        from ssmkit.ops.native.irregular_bank import bank_unchecked
+        from ssmkit.ops.native.irregular_bank import bank_unchecked, gap_table
 
         # three channel blocks with a tail (4 or 8 channels each), a span boundary (64 steps) inside L, an initial
         # state, gaps from 0.05 to 3 (and their gradients), |Δ Λ| on both sides of 1; both rules
@@ -213,6 +213,12 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
         tau = (0.05 + 2.95 * torch.rand(Bsz, L, generator=g, dtype=f64)).to(dtype)
         args = [rand(Bsz, L, H), lam, crand(H, M), crand(H, M), dt, tau, rand(H), crand(Bsz, H, M)]
         weight = torch.linspace(-1, 1, L, dtype=dtype).view(1, L, 1)
+        # a first row of 3 distinct gaps (the kernels' gap tables) beside a second of 70 (per step)
+        few = torch.tensor([1.0, 2.0, 0.5], dtype=f64)[torch.randint(0, 3, (L,), generator=g)]
+        few[:3] = torch.tensor([1.0, 2.0, 0.5], dtype=f64)
+        tau_few = torch.stack([few.to(dtype), tau[1]])
+        if gap_table(tau_few.to(f64).contiguous(), M, False).count.tolist() != [3, 0]:
+            raise RuntimeError("the gap-table rule no longer picks the smoke call's rows")
         for rule in ("zoh", "bilinear"):
             fast = lambda *a: bank_unchecked(*a[:7], rule, a[7], True)  # noqa: E731
             ref = lambda *a: bank_irregular_scan_reference(*a[:7], rule, a[7])  # noqa: E731
@@ -224,6 +230,9 @@ def _smoke(op: str, dtype: torch.dtype) -> None:
                 _compare(fast, ref, [args[0], modes.to(cdtype), *args[2:]], weight, dtype)
             # and real tensors Λ, B, C and x0: the kernel's real variant (ib_forward_real / ib_backward_real)
             _compare(fast, ref, [a.real.contiguous() if a.is_complex() else a for a in args], weight, dtype)
+            # and gaps of few values (dropped samples): the kernels' gap tables, complex and real
+            for case in (args, [a.real.contiguous() if a.is_complex() else a for a in args]):
+                _compare(fast, ref, [*case[:5], tau_few, *case[6:]], weight, dtype)
         _smoke_bank_lanes(dtype)
         return
     elif op == "cauchy_pairs":

@@ -37,6 +37,18 @@
  * Real modes (z, w, C all real: Mega's EMA) have their own forward and backward, ib_forward_real and
  * ib_backward_real, below: a real state and adjoint, no sines (the comment there derives their gradients).
  *
+ * Gap tables. The coefficients depend on the step only through s: a row whose gaps take few distinct values s_1 … s_K
+ * (samples dropped from a regular grid: τ ∈ {1, 2, 3, …}) has its K coefficient sets formed once per item, by the same
+ * routine, into a table (per gap: A, aux = E or q, and b = E w or s q w, each N × W; 6 N W doubles, 3 N W for real
+ * modes), and each step reads entry k_t = the index of τ_{b,t} among them:
+ *
+ *     x_t = A[k_t] x_{t-1} + b[k_t] u_t      (the backward's recomputation as well; its adjoint reads A[k_t], aux[k_t])
+ *
+ * The same values as the per-step path's, bit for bit (the same expressions on the same doubles), at a table lookup
+ * instead of an expm1 and a sincos per mode and step; ∂s stays per step. The caller passes the rows' distinct gaps
+ * (B, L) double, the index (B, L) int32 and each row's count K (B,), 0 for a row that forms its coefficients per step
+ * (the caller's rule: ssmkit.ops.native.irregular_bank), or NULL for all rows.
+ *
  * Compiled twice: as float and with -DSS_DOUBLE as double (the types of u, τ, y and the states in memory).
  */
 #include <stdlib.h>
@@ -56,10 +68,22 @@ static inline void input_coef(const coef_t *c, double s, vd wr, vd wi, int bilin
     *br = er * wr - ei * wi, *bi = er * wi + ei * wr;
 }
 
+/* The rows' gap tables' inputs (header comment): gaps (B, L) double, row b's distinct gaps in its first K_b entries;
+ * ix (B, L) each step's entry; count (B,) K_b, 0 where the row takes the per-step path. ix NULL: every row does. */
+typedef struct {
+    const double *gaps;
+    const int32_t *ix;
+    const int64_t *count;
+} gtab_t;
+
+/* K_b when row b takes a gap table, else 0. */
+static inline int64_t table_gaps(const gtab_t *G, int64_t b) { return G->ix == NULL ? 0 : G->count[b]; }
+
 typedef struct {
     const double *zr, *zi, *wr, *wi, *cr, *ci; /* (N, H) each */
     const real *D;                             /* (H,) or NULL */
     int64_t L, H, N, bilinear;
+    gtab_t G;
 } params_t;
 
 static double max_abs(const double *v, int64_t n) {
@@ -108,22 +132,76 @@ static void store_state(real *x, const double *xr, const double *xi, int64_t b, 
         }
 }
 
+/* Row b's gap table for the item's modes (pv: load_params' arrays): per distinct gap s_k, 6 sections of N × W doubles
+ * A (re, im), aux (E or q: re, im), b (re, im), formed by coefficients and input_coef as the per-step path forms
+ * them (header comment). */
+static void build_table(double *tab, const params_t *P, const double *pv, int64_t b, int64_t K, double zimax) {
+    const int64_t N = P->N, NW = N * W;
+    const int bil = (int)P->bilinear;
+    for (int64_t k = 0; k < K; k++) {
+        const double s = P->G.gaps[b * P->L + k];
+        const int phase = phase_kind(s, zimax);
+        double *tk = tab + k * 6 * NW;
+        for (int64_t n = 0; n < N; n++) {
+            const coef_t c = coefficients(s, vld(pv + n * W), vld(pv + (N + n) * W), bil, phase, 0);
+            vd br, bi;
+            input_coef(&c, s, vld(pv + (2 * N + n) * W), vld(pv + (3 * N + n) * W), bil, &br, &bi);
+            vst(tk + n * W, c.Ar), vst(tk + NW + n * W, c.Ai), vst(tk + 2 * NW + n * W, c.xr);
+            vst(tk + 3 * NW + n * W, c.xi), vst(tk + 4 * NW + n * W, br), vst(tk + 5 * NW + n * W, bi);
+        }
+    }
+}
+
+/* One step of the item's N modes from the table entry tk (x in place); returns acc + Re(Σ_n C x_t) (acc = D u: the
+ * per-step path's order of the sums). */
+static inline vd table_step(const double *tk, vd uv, vd acc, const double *pv, double *xr, double *xi, int64_t N) {
+    const int64_t NW = N * W;
+    for (int64_t n = 0; n < N; n++) {
+        const vd Ar = vld(tk + n * W), Ai = vld(tk + NW + n * W);
+        const vd br = vld(tk + 4 * NW + n * W), bi = vld(tk + 5 * NW + n * W);
+        const vd a = vld(xr + n * W), e = vld(xi + n * W);
+        const vd nr = Ar * a - Ai * e + br * uv, ni = Ar * e + Ai * a + bi * uv;
+        vst(xr + n * W, nr), vst(xi + n * W, ni);
+        acc += vld(pv + (4 * N + n) * W) * nr - vld(pv + (5 * N + n) * W) * ni;
+    }
+    return acc;
+}
+
+/* The backward's recomputation of one step from the table entry tk: xn = A x_p + b u (2 N W doubles each). */
+static inline void table_states(const double *tk, vd uv, const double *xp, double *xn, int64_t N) {
+    const int64_t NW = N * W;
+    for (int64_t n = 0; n < N; n++) {
+        const vd Ar = vld(tk + n * W), Ai = vld(tk + NW + n * W);
+        const vd br = vld(tk + 4 * NW + n * W), bi = vld(tk + 5 * NW + n * W);
+        const vd a = vld(xp + n * W), e = vld(xp + NW + n * W);
+        vst(xn + n * W, Ar * a - Ai * e + br * uv);
+        vst(xn + NW + n * W, Ar * e + Ai * a + bi * uv);
+    }
+}
+
 static int forward_item(const real *u, const double *tau, const real *x0, real *y, real *xL, double *ckpt,
                         const params_t *P, int64_t item) {
     const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
-    const int64_t w = H - h0 < W ? H - h0 : W;
-    double *buf = alloc_lines(sizeof(double) * 8 * N * W);
+    const int64_t w = H - h0 < W ? H - h0 : W, K = table_gaps(&P->G, b);
+    double *buf = alloc_lines(sizeof(double) * (8 + 6 * K) * N * W);
     if (buf == NULL) return 1;
-    double *pv = buf, *xr = buf + 6 * N * W, *xi = buf + 7 * N * W;
+    double *pv = buf, *xr = buf + 6 * N * W, *xi = buf + 7 * N * W, *tab = buf + 8 * N * W;
     load_params(pv, P, h0, w);
     load_state(xr, xi, x0, b, h0, w, P);
     const double zimax = max_abs(pv + N * W, N * W);
     const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
     double *ck = ckpt == NULL ? NULL : ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * 2 * N * W);
+    if (K > 0) build_table(tab, P, pv, b, K, zimax);
     for (int64_t t = 0; t < L; t++) {
         if (ck != NULL && t % S_SPAN == 0) {
             memcpy(ck + (t / S_SPAN) * 2 * N * W, xr, sizeof(double) * N * W);
             memcpy(ck + (t / S_SPAN) * 2 * N * W + N * W, xi, sizeof(double) * N * W);
+        }
+        if (K > 0) { /* the row's gap table: entry ix[t] */
+            const vd uv = load_row(u + (b * L + t) * H + h0, w);
+            const vd acc = table_step(tab + (int64_t)P->G.ix[b * L + t] * 6 * N * W, uv, Dv * uv, pv, xr, xi, N);
+            store_row(y + (b * L + t) * H + h0, acc, w);
+            continue;
         }
         const double s = (double)tau[b * L + t];
         const int phase = phase_kind(s, zimax);
@@ -148,9 +226,10 @@ static int forward_item(const real *u, const double *tau, const real *x0, real *
 
 int SUFFIX(ib_forward)(const real *u, const double *tau, const double *zr, const double *zi, const double *wr,
                        const double *wi, const double *cr, const double *ci, const real *D, const real *x0, real *y,
-                       real *xL, double *ckpt, int64_t L, int64_t H, int64_t N, int64_t bilinear, int64_t item0,
-                       int64_t item1, int64_t nthreads) {
-    const params_t P = {zr, zi, wr, wi, cr, ci, D, L, H, N, bilinear};
+                       real *xL, double *ckpt, const double *gaps, const int32_t *gix, const int64_t *gcount,
+                       int64_t L, int64_t H, int64_t N, int64_t bilinear, int64_t item0, int64_t item1,
+                       int64_t nthreads) {
+    const params_t P = {zr, zi, wr, wi, cr, ci, D, L, H, N, bilinear, {gaps, gix, gcount}};
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++) failed |= forward_item(u, tau, x0, y, xL, ckpt, &P, item);
@@ -163,16 +242,18 @@ static int backward_item(const real *u, const double *tau, const real *gy, const
                          const double *ckpt, real *gu, real *gx0, double *g, double *g_tau, const params_t *P,
                          int64_t item) {
     const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
-    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W, bil = P->bilinear;
-    /* parameters 6 NW; λ 2 NW; sums ∂z, ∂w, ∂C 6 NW; the span's states (S + 1) 2 NW and coefficients S 4 NW */
-    double *buf = alloc_lines(sizeof(double) * NW * (14 + 2 * (S_SPAN + 1) + 4 * S_SPAN));
+    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W, bil = P->bilinear, K = table_gaps(&P->G, b);
+    /* parameters 6 NW; λ 2 NW; sums ∂z, ∂w, ∂C 6 NW; the span's states (S + 1) 2 NW; the span's coefficients S 4 NW,
+     * or the row's gap table K 6 NW */
+    double *buf = alloc_lines(sizeof(double) * NW * (14 + 2 * (S_SPAN + 1) + (K > 0 ? 6 * K : 4 * S_SPAN)));
     if (buf == NULL) return 1;
     double *pv = buf, *lr = buf + 6 * NW, *li = buf + 7 * NW, *sums = buf + 8 * NW, *xs = buf + 14 * NW;
-    double *cs = xs + 2 * (S_SPAN + 1) * NW;
+    double *cs = xs + 2 * (S_SPAN + 1) * NW; /* or the table */
     memset(sums, 0, sizeof(double) * 6 * NW);
     load_params(pv, P, h0, w);
     load_state(lr, li, gx, b, h0, w, P);
     const double zimax = max_abs(pv + N * W, NW);
+    if (K > 0) build_table(cs, P, pv, b, K, zimax);
     const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
     vd gD = {0};
     const double *ck = ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * 2 * NW);
@@ -180,7 +261,10 @@ static int backward_item(const real *u, const double *tau, const real *gy, const
         const int64_t nt = L - t0 < S_SPAN ? L - t0 : S_SPAN;
         /* the span's states: xs[0] = x_{t0-1} (the checkpoint), xs[i + 1] = x_{t0+i}; coefficients cs[i] = A, aux */
         memcpy(xs, ck + (t0 / S_SPAN) * 2 * NW, sizeof(double) * 2 * NW);
-        for (int64_t i = 0; i < nt; i++) {
+        for (int64_t i = 0; i < nt && K > 0; i++) /* the states from the table's A and b */
+            table_states(cs + (int64_t)P->G.ix[b * L + t0 + i] * 6 * NW, load_row(u + (b * L + t0 + i) * H + h0, w),
+                         xs + i * 2 * NW, xs + (i + 1) * 2 * NW, N);
+        for (int64_t i = 0; i < nt && K == 0; i++) {
             const int64_t t = t0 + i;
             const double s = (double)tau[b * L + t];
             const int phase = phase_kind(s, zimax);
@@ -202,7 +286,8 @@ static int backward_item(const real *u, const double *tau, const real *gy, const
             const int64_t t = t0 + i;
             const double s = (double)tau[b * L + t];
             const vd uv = load_row(u + (b * L + t) * H + h0, w), gv = load_row(gy + (b * L + t) * H + h0, w);
-            const double *xp = xs + i * 2 * NW, *xn = xs + (i + 1) * 2 * NW, *cc = cs + i * 4 * NW;
+            const double *xp = xs + i * 2 * NW, *xn = xs + (i + 1) * 2 * NW;
+            const double *cc = K > 0 ? cs + (int64_t)P->G.ix[b * L + t] * 6 * NW : cs + i * 4 * NW; /* A, aux */
             vd gu_v = Dv * gv, gs = {0};
             gD += gv * uv;
             for (int64_t n = 0; n < N; n++) {
@@ -261,10 +346,11 @@ static int backward_item(const real *u, const double *tau, const real *gy, const
 }
 
 int SUFFIX(ib_backward)(const real *u, const double *tau, const double *zr, const double *zi, const double *wr,
-                        const double *wi, const double *cr, const double *ci, const real *D, const real *gy, const real *gx, const double *ckpt, real *gu, real *gx0, double *g,
-                        double *g_tau, int64_t L, int64_t H, int64_t N, int64_t bilinear, int64_t item0, int64_t item1,
-                        int64_t nthreads) {
-    const params_t P = {zr, zi, wr, wi, cr, ci, D, L, H, N, bilinear};
+                        const double *wi, const double *cr, const double *ci, const real *D, const real *gy,
+                        const real *gx, const double *ckpt, real *gu, real *gx0, double *g, double *g_tau,
+                        const double *gaps, const int32_t *gix, const int64_t *gcount, int64_t L, int64_t H, int64_t N,
+                        int64_t bilinear, int64_t item0, int64_t item1, int64_t nthreads) {
+    const params_t P = {zr, zi, wr, wi, cr, ci, D, L, H, N, bilinear, {gaps, gix, gcount}};
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)
@@ -301,6 +387,7 @@ typedef struct {
     const double *z, *w, *c; /* (N, H) each */
     const real *D;           /* (H,) or NULL */
     int64_t L, H, N, bilinear;
+    gtab_t G;
 } rparams_t;
 
 int64_t SUFFIX(ib_ckpt_size_real)(int64_t L, int64_t N) { return ((L + S_SPAN - 1) / S_SPAN) * N * W; }
@@ -368,24 +455,59 @@ static inline vd step_real(double s, vd uv, const double *pv, double *x, int64_t
     return acc0 + acc1;
 }
 
+/* Row b's gap table for real modes (the complex kernel's build_table): per distinct gap, A, aux (E or q) and the input
+ * coefficient b (E w or s q w), N × W doubles each, as coefficients_real and step_real form them. */
+static void build_table_real(double *tab, const rparams_t *P, const double *pv, int64_t b, int64_t K, double zmax) {
+    const int64_t N = P->N, NW = N * W;
+    const int bil = (int)P->bilinear;
+    for (int64_t k = 0; k < K; k++) {
+        const double s = P->G.gaps[b * P->L + k];
+        const int wide = !bil && wide_real(s, zmax);
+        double *tk = tab + k * 3 * NW;
+        for (int64_t n = 0; n < N; n++) {
+            vd aux;
+            const vd A = coefficients_real(s, vld(pv + n * W), bil, wide, &aux);
+            vst(tk + n * W, A), vst(tk + NW + n * W, aux);
+            vst(tk + 2 * NW + n * W, (bil ? s * aux : aux) * vld(pv + (N + n) * W));
+        }
+    }
+}
+
+/* step_real from the table entry tk: x_t = A x_{t-1} + b u_t in place, the read-out Σ_n C x_t (step_real's sums). */
+static inline vd table_step_real(const double *tk, vd uv, const double *pv, double *x, int64_t N) {
+    const int64_t NW = N * W;
+    vd acc0 = {0}, acc1 = {0};
+    for (int64_t n = 0; n < N; n++) {
+        const vd xn = vld(tk + n * W) * vld(x + n * W) + vld(tk + 2 * NW + n * W) * uv;
+        vst(x + n * W, xn);
+        if (n & 1)
+            acc1 += vld(pv + (2 * N + n) * W) * xn;
+        else
+            acc0 += vld(pv + (2 * N + n) * W) * xn;
+    }
+    return acc0 + acc1;
+}
+
 static int forward_item_real(const real *u, const double *tau, const real *x0, real *y, real *xL, double *ckpt,
                              const rparams_t *P, int64_t item) {
     const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
-    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W;
-    double *buf = alloc_lines(sizeof(double) * 4 * NW);
+    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W, K = table_gaps(&P->G, b);
+    double *buf = alloc_lines(sizeof(double) * (4 + 3 * K) * NW);
     if (buf == NULL) return 1;
-    double *pv = buf, *x = buf + 3 * NW;
+    double *pv = buf, *x = buf + 3 * NW, *tab = buf + 4 * NW;
     load_params_real(pv, P, h0, w);
     load_state_real(x, x0, b, h0, w, P);
     const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
     const double zmax = max_abs(pv, NW);
     double *ck = ckpt == NULL ? NULL : ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * NW);
+    if (K > 0) build_table_real(tab, P, pv, b, K, zmax);
     for (int64_t t = 0; t < L; t++) {
         if (ck != NULL && t % S_SPAN == 0) memcpy(ck + (t / S_SPAN) * NW, x, sizeof(double) * NW);
         const double s = (double)tau[b * L + t];
         const vd uv = load_row(u + (b * L + t) * H + h0, w);
-        const vd acc = P->bilinear ? step_real(s, uv, pv, x, N, 1, 0)
-                                   : step_real(s, uv, pv, x, N, 0, wide_real(s, zmax));
+        const vd acc = K > 0 ? table_step_real(tab + (int64_t)P->G.ix[b * L + t] * 3 * NW, uv, pv, x, N)
+                       : P->bilinear ? step_real(s, uv, pv, x, N, 1, 0)
+                                     : step_real(s, uv, pv, x, N, 0, wide_real(s, zmax));
         store_row(y + (b * L + t) * H + h0, acc + Dv * uv, w);
     }
     if (xL != NULL) store_state_real(xL, x, b, h0, w, P);
@@ -394,9 +516,10 @@ static int forward_item_real(const real *u, const double *tau, const real *x0, r
 }
 
 int SUFFIX(ib_forward_real)(const real *u, const double *tau, const double *z, const double *wv, const double *c,
-                            const real *D, const real *x0, real *y, real *xL, double *ckpt, int64_t L, int64_t H,
-                            int64_t N, int64_t bilinear, int64_t item0, int64_t item1, int64_t nthreads) {
-    const rparams_t P = {z, wv, c, D, L, H, N, bilinear};
+                            const real *D, const real *x0, real *y, real *xL, double *ckpt, const double *gaps,
+                            const int32_t *gix, const int64_t *gcount, int64_t L, int64_t H, int64_t N,
+                            int64_t bilinear, int64_t item0, int64_t item1, int64_t nthreads) {
+    const rparams_t P = {z, wv, c, D, L, H, N, bilinear, {gaps, gix, gcount}};
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++) failed |= forward_item_real(u, tau, x0, y, xL, ckpt, &P, item);
@@ -423,6 +546,20 @@ static inline void recompute_span_real(const real *u, const double *tau, const d
             vst(xn + n * W, A * vld(xp + n * W) + bv * uv);
             vst(cc + n * W, A), vst(cc + NW + n * W, aux);
         }
+    }
+}
+
+/* recompute_span_real's states from the row's gap table tab (its coefficients stay in the table). */
+static void table_span_real(const real *u, const double *tab, double *xs, int64_t b, int64_t h0, int64_t w, int64_t t0,
+                            int64_t nt, const rparams_t *P) {
+    const int64_t N = P->N, NW = N * W, L = P->L, H = P->H;
+    for (int64_t i = 0; i < nt; i++) {
+        const double *tk = tab + (int64_t)P->G.ix[b * L + t0 + i] * 3 * NW;
+        const vd uv = load_row(u + (b * L + t0 + i) * H + h0, w);
+        const double *xp = xs + i * NW;
+        double *xn = xs + (i + 1) * NW;
+        for (int64_t n = 0; n < N; n++)
+            vst(xn + n * W, vld(tk + n * W) * vld(xp + n * W) + vld(tk + 2 * NW + n * W) * uv);
     }
 }
 
@@ -462,22 +599,26 @@ static inline vd adjoint_step_real(double s, vd uv, vd gv, const double *pv, con
 static int backward_item_real(const real *u, const double *tau, const real *gy, const real *gx, const double *ckpt,
                               real *gu, real *gx0, double *g, double *g_tau, const rparams_t *P, int64_t item) {
     const int64_t nblk = (P->H + W - 1) / W, b = item / nblk, h0 = (item % nblk) * W, N = P->N, L = P->L, H = P->H;
-    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W;
+    const int64_t w = H - h0 < W ? H - h0 : W, NW = N * W, K = table_gaps(&P->G, b);
     const int bil = (int)P->bilinear;
-    /* parameters 3 NW; λ NW; sums ∂z, ∂w, ∂C 3 NW; the span's states (S + 1) NW and coefficients S 2 NW */
-    double *buf = alloc_lines(sizeof(double) * NW * (7 + (S_SPAN + 1) + 2 * S_SPAN));
+    /* parameters 3 NW; λ NW; sums ∂z, ∂w, ∂C 3 NW; the span's states (S + 1) NW; the span's coefficients S 2 NW, or
+     * the row's gap table K 3 NW */
+    double *buf = alloc_lines(sizeof(double) * NW * (7 + (S_SPAN + 1) + (K > 0 ? 3 * K : 2 * S_SPAN)));
     if (buf == NULL) return 1;
     double *pv = buf, *lam = buf + 3 * NW, *sums = buf + 4 * NW, *xs = buf + 7 * NW, *cs = xs + (S_SPAN + 1) * NW;
     memset(sums, 0, sizeof(double) * 3 * NW);
     load_params_real(pv, P, h0, w);
     load_state_real(lam, gx, b, h0, w, P);
+    if (K > 0) build_table_real(cs, P, pv, b, K, max_abs(pv, NW)); /* cs: the table */
     const vd Dv = P->D == NULL ? (vd){0} : load_row(P->D + h0, w);
     vd gD = {0};
     const double *ck = ckpt + item * (((L + S_SPAN - 1) / S_SPAN) * NW);
     for (int64_t t0 = (L - 1) / S_SPAN * S_SPAN; t0 >= 0; t0 -= S_SPAN) {
         const int64_t nt = L - t0 < S_SPAN ? L - t0 : S_SPAN;
         memcpy(xs, ck + (t0 / S_SPAN) * NW, sizeof(double) * NW);
-        if (bil)
+        if (K > 0)
+            table_span_real(u, cs, xs, b, h0, w, t0, nt, P);
+        else if (bil)
             recompute_span_real(u, tau, pv, xs, cs, b, h0, w, t0, nt, P, 1);
         else
             recompute_span_real(u, tau, pv, xs, cs, b, h0, w, t0, nt, P, 0);
@@ -485,7 +626,8 @@ static int backward_item_real(const real *u, const double *tau, const real *gy, 
             const int64_t t = t0 + i;
             const double s = (double)tau[b * L + t];
             const vd uv = load_row(u + (b * L + t) * H + h0, w), gv = load_row(gy + (b * L + t) * H + h0, w);
-            const double *xp = xs + i * NW, *xn = xs + (i + 1) * NW, *cc = cs + i * 2 * NW;
+            const double *xp = xs + i * NW, *xn = xs + (i + 1) * NW;
+            const double *cc = K > 0 ? cs + (int64_t)P->G.ix[b * L + t] * 3 * NW : cs + i * 2 * NW; /* A, aux */
             vd gu_v = Dv * gv;
             gD += gv * uv;
             const vd gs = bil ? adjoint_step_real(s, uv, gv, pv, xp, xn, cc, lam, sums, N, 1, &gu_v)
@@ -510,9 +652,10 @@ static int backward_item_real(const real *u, const double *tau, const real *gy, 
 
 int SUFFIX(ib_backward_real)(const real *u, const double *tau, const double *z, const double *wv, const double *c,
                              const real *D, const real *gy, const real *gx, const double *ckpt, real *gu, real *gx0,
-                             double *g, double *g_tau, int64_t L, int64_t H, int64_t N, int64_t bilinear,
-                             int64_t item0, int64_t item1, int64_t nthreads) {
-    const rparams_t P = {z, wv, c, D, L, H, N, bilinear};
+                             double *g, double *g_tau, const double *gaps, const int32_t *gix, const int64_t *gcount,
+                             int64_t L, int64_t H, int64_t N, int64_t bilinear, int64_t item0, int64_t item1,
+                             int64_t nthreads) {
+    const rparams_t P = {z, wv, c, D, L, H, N, bilinear, {gaps, gix, gcount}};
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int64_t item = item0; item < item1; item++)

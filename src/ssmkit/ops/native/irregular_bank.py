@@ -18,6 +18,18 @@ adjoint, e^{sz} and e^{sz} − 1 from one expm1, no sines and no complex product
 thread: forward+backward in half the complex kernel's time on the same modes; the forward, bound by the exponential,
 13-35 % less over three runs).
 
+Gap tables. The coefficients depend on a step only through its gap s = τ_{b,t} (τ is shared by the channels), and the
+gaps of a record with dropped samples take few values (τ ∈ {1, 2, 3, …}). :func:`gap_table` finds each row's K
+distinct gaps (one sort per row) and each step's index k_t among them; a row with K ≤ L / TABLE_RATIO whose table fits
+TABLE_BYTES has its kernel items form the K coefficient sets once (A, E or q, b = E w or s q w per mode, by the same
+routine) and step by a lookup, x_t = A[k_t] x_{t-1} + b[k_t] u_t, the backward's recomputation and adjoint too. The
+results are those of the per-step path bit for bit (the same expressions on the same doubles); other rows keep it. The
+S4D layer at B 8, L 4096, H 128, d_state 64 (32 modes), gaps from dropping 30 % of samples (6 to 9 distinct per row),
+one thread: forward 306 -> 74 ms, forward+backward 889 -> 371 ms (the adjoint's arithmetic stays per step; the regular
+layer: 13 and 74 ms); Mega's EMA (16 real modes) 72 -> 32 and 268 -> 190 ms. In the kernel a lookup costs about a fifth
+of a formed step (forward), and a table of L/4 gaps broke even on forward+backward (L/16: 2.4x and 1.8x faster still):
+hence TABLE_RATIO 8.
+
 Phases |τ Δ Im Λ| up to 3.2e6 are reduced by the kernel's vector code; a step whose phases may exceed that takes
 libm's sin and cos lane by lane (slower, as exact). Usable where ``native_status("bank_irregular", dtype)`` says so
 (:mod:`ssmkit.ops.native.gate`). Under torch.compile the kernel calls are custom ops (:mod:`ssmkit.ops.opaque`);
@@ -44,12 +56,56 @@ _i64, _p = ctypes.c_int64, ctypes.c_void_p
 SIGNATURES = {  # the C functions of irregular_bank.c: (argument types, result type)
     "ib_items": ([_i64] * 2, _i64),
     "ib_ckpt_size": ([_i64] * 2, _i64),
-    "ib_forward": ([_p] * 13 + [_i64] * 7, ctypes.c_int),
-    "ib_backward": ([_p] * 16 + [_i64] * 7, ctypes.c_int),
+    "ib_forward": ([_p] * 16 + [_i64] * 7, ctypes.c_int),
+    "ib_backward": ([_p] * 19 + [_i64] * 7, ctypes.c_int),
     "ib_ckpt_size_real": ([_i64] * 2, _i64),
-    "ib_forward_real": ([_p] * 10 + [_i64] * 7, ctypes.c_int),
-    "ib_backward_real": ([_p] * 13 + [_i64] * 7, ctypes.c_int),
+    "ib_forward_real": ([_p] * 13 + [_i64] * 7, ctypes.c_int),
+    "ib_backward_real": ([_p] * 16 + [_i64] * 7, ctypes.c_int),
 }
+TABLE_RATIO = 8  # a row takes a gap table when its K distinct gaps number at most L / TABLE_RATIO ...
+TABLE_BYTES = 4 << 20  # ... and one item's table (K · 6 · M · 8 lanes doubles; half for real modes) fits in 4 MiB
+
+
+class GapTable(NamedTuple):
+    """The rows' distinct gaps for the kernel's gap tables (``irregular_bank.c``'s header comment): ``gaps`` (B, L)
+    double, row b's K_b distinct gaps (as bit patterns: 0.0 and −0.0 apart) in its first K_b entries, zeros after;
+    ``index`` (B, L) int32, each step's entry, gaps[b, index[b, t]] = τ[b, t]; ``count`` (B,) int64, K_b where the row
+    takes its table (:func:`gap_table`'s rule), else 0."""
+
+    gaps: Tensor
+    index: Tensor
+    count: Tensor
+
+
+def gap_table(tau: Tensor, modes: int, real_modes: bool) -> Optional[GapTable]:
+    """The rows' distinct gaps and each step's index among them, by one sort per row (no unique per row, no data
+    dependent shape: the tables are (B, L) whatever K), and the rule that picks the rows whose kernel forms each distinct
+    gap's coefficients once (a table lookup per step) instead of per step: K_b · TABLE_RATIO ≤ L and the table's
+    K_b · 6 · M · 8 doubles (3 for real modes; 8 lanes: the widest vector) within TABLE_BYTES. None when L <
+    TABLE_RATIO (no row can qualify).
+
+    Args:
+        tau: (B, L) float64 contiguous gaps.
+        modes: M, the modes per channel.
+        real_modes: the real variant (half the table per gap).
+
+    Returns:
+        a :class:`GapTable`, or None.
+    """
+    Bsz, L = tau.shape
+    if L < TABLE_RATIO:
+        return None
+    bits, order = tau.view(torch.int64).sort(dim=1)  # equal gaps (equal bit patterns) side by side
+    fresh = torch.ones_like(bits, dtype=torch.bool)
+    fresh[:, 1:] = bits[:, 1:] != bits[:, :-1]
+    rank = fresh.cumsum(1) - 1  # (B, L): each sorted step's entry
+    index = torch.empty_like(rank).scatter_(1, order, rank).to(torch.int32)
+    gaps = torch.zeros_like(bits).scatter_(1, rank, bits).view(torch.float64)  # duplicates write the same bits
+    count = rank[:, -1] + 1
+    per_gap = (3 if real_modes else 6) * modes * 8 * 8  # bytes of one gap's entry at 8 lanes
+    count = torch.where((count * TABLE_RATIO <= L) & (count * per_gap <= TABLE_BYTES), count, 0)
+    return GapTable(gaps, index, count)
+
 
 def _parts(Z: Tensor) -> list[Tensor]:
     """(H, M) complex128 -> [Re, Im] as contiguous (M, H) doubles (the kernel's layout)."""
@@ -71,7 +127,7 @@ def _ckpt_numel(fns: dict, u: Tensor, M: int, keep: bool, real_modes: bool = Fal
     return fns["ib_items"](Bsz, H) * size if keep else 0
 
 
-def _forward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, x0, keep, bilinear):
+def _forward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, x0, gaps, index, count, keep, bilinear):
     Bsz, L, H = u.shape
     n_ckpt = _ckpt_numel(bind("irregular_bank.c", u.dtype, SIGNATURES), u, zr.shape[0], keep)
     return [torch.empty_like(u), u.new_empty(Bsz, H, zr.shape[0], dtype=COMPLEX_OF[u.dtype]),
@@ -81,11 +137,12 @@ def _forward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, x0, keep, bilinear):
 @kernel_op("bank_irregular_forward", _forward_fake)
 def _forward_kernel(
     u: Tensor, tau: Tensor, zr: Tensor, zi: Tensor, wr: Tensor, wi: Tensor, cr: Tensor, ci: Tensor,
-    D: Optional[Tensor], x0: Optional[Tensor], keep: bool, bilinear: bool,
+    D: Optional[Tensor], x0: Optional[Tensor], gaps: Optional[Tensor], index: Optional[Tensor],
+    count: Optional[Tensor], keep: bool, bilinear: bool,
 ) -> list[Tensor]:
     """The C forward: [y (B, L, H), x_{L-1} (B, H, M) complex, the checkpoints (doubles; empty unless ``keep``)] from u
-    (B, L, H), τ (B, L) double, the parts of z, w, C (M, H) double, D (H,) and x0 (B, H, M) complex, or None, all
-    contiguous."""
+    (B, L, H), τ (B, L) double, the parts of z, w, C (M, H) double, D (H,) and x0 (B, H, M) complex, or None, and the
+    gap tables' inputs (:class:`GapTable`'s fields, or None: every step its own coefficients), all contiguous."""
     fns = bind("irregular_bank.c", u.dtype, SIGNATURES)
     Bsz, L, H = u.shape
     M = zr.shape[0]
@@ -93,12 +150,13 @@ def _forward_kernel(
     xL = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype])
     ckpt = torch.empty(_ckpt_numel(fns, u, M, keep), dtype=torch.float64)
     args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(x0), ptr(y), ptr(xL),
-            ptr(ckpt) if keep else None, L, H, M, int(bilinear)]
+            ptr(ckpt) if keep else None, ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_forward", Bsz, H, args)
     return [y, xL, ckpt]
 
 
-def _backward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, g_y, g_x, ckpt, bilinear, want_tau, want_x0):
+def _backward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, g_y, g_x, ckpt, gaps, index, count, bilinear, want_tau,
+                   want_x0):
     Bsz, L, H = u.shape
     M = zr.shape[0]
     extra = [u.new_empty(Bsz, L, dtype=torch.float64)] if want_tau else []
@@ -109,12 +167,13 @@ def _backward_fake(u, tau, zr, zi, wr, wi, cr, ci, D, g_y, g_x, ckpt, bilinear, 
 @kernel_op("bank_irregular_backward", _backward_fake)
 def _backward_kernel(
     u: Tensor, tau: Tensor, zr: Tensor, zi: Tensor, wr: Tensor, wi: Tensor, cr: Tensor, ci: Tensor,
-    D: Optional[Tensor], g_y: Tensor, g_x: Optional[Tensor], ckpt: Tensor, bilinear: bool, want_tau: bool,
-    want_x0: bool,
+    D: Optional[Tensor], g_y: Tensor, g_x: Optional[Tensor], ckpt: Tensor, gaps: Optional[Tensor],
+    index: Optional[Tensor], count: Optional[Tensor], bilinear: bool, want_tau: bool, want_x0: bool,
 ) -> list[Tensor]:
     """The C backward: [∂u (B, L, H), the parameters' gradients (7, M, H) double: ∂z, ∂w, ∂C (re, im) and ∂D (row 6's
     first H values), then ∂τ (B, L) double when ``want_tau``, then ∂x0 (B, H, M) when ``want_x0``], from the forward's
-    inputs, its checkpoints and the outputs' gradients g_y (B, L, H) and g_x (B, H, M) (None: unused), contiguous."""
+    inputs, its checkpoints, its gap tables' inputs (or None) and the outputs' gradients g_y (B, L, H) and g_x
+    (B, H, M) (None: unused), contiguous."""
     fns = bind("irregular_bank.c", u.dtype, SIGNATURES)
     Bsz, L, H = u.shape
     M = zr.shape[0]
@@ -125,7 +184,7 @@ def _backward_kernel(
     g = torch.empty(Bsz, 7, M, H, dtype=torch.float64)  # per batch row (a fixed summation order)
     g_tau = torch.empty(n_items, L, dtype=torch.float64) if want_tau else None  # per item: summed over blocks below
     args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(g_y), ptr(g_x), ptr(ckpt), ptr(g_u),
-            ptr(g_x0), ptr(g), ptr(g_tau), L, H, M, int(bilinear)]
+            ptr(g_x0), ptr(g), ptr(g_tau), ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_backward", Bsz, H, args)
     out = [g_u, g.sum(0)]
     if want_tau:
@@ -133,7 +192,7 @@ def _backward_kernel(
     return out + ([] if g_x0 is None else [g_x0])
 
 
-def _forward_real_fake(u, tau, z, w, C, D, x0, keep, bilinear):
+def _forward_real_fake(u, tau, z, w, C, D, x0, gaps, index, count, keep, bilinear):
     Bsz, L, H = u.shape
     n_ckpt = _ckpt_numel(bind("irregular_bank.c", u.dtype, SIGNATURES), u, z.shape[0], keep, True)
     return [torch.empty_like(u), u.new_empty(Bsz, H, z.shape[0]), u.new_empty(n_ckpt, dtype=torch.float64)]
@@ -141,12 +200,12 @@ def _forward_real_fake(u, tau, z, w, C, D, x0, keep, bilinear):
 
 @kernel_op("bank_irregular_forward_real", _forward_real_fake)
 def _forward_real_kernel(
-    u: Tensor, tau: Tensor, z: Tensor, w: Tensor, C: Tensor, D: Optional[Tensor], x0: Optional[Tensor], keep: bool,
-    bilinear: bool,
+    u: Tensor, tau: Tensor, z: Tensor, w: Tensor, C: Tensor, D: Optional[Tensor], x0: Optional[Tensor],
+    gaps: Optional[Tensor], index: Optional[Tensor], count: Optional[Tensor], keep: bool, bilinear: bool,
 ) -> list[Tensor]:
     """The C forward of real modes: [y (B, L, H), x_{L-1} (B, H, M) of u's dtype, the checkpoints (doubles; empty
     unless ``keep``)] from u (B, L, H), τ (B, L) double, z, w, C (M, H) double, D (H,) and x0 (B, H, M) of u's dtype,
-    or None, all contiguous."""
+    or None, and the gap tables' inputs (:class:`GapTable`'s fields, or None), all contiguous."""
     fns = bind("irregular_bank.c", u.dtype, SIGNATURES)
     Bsz, L, H = u.shape
     M = z.shape[0]
@@ -154,12 +213,12 @@ def _forward_real_kernel(
     xL = u.new_empty(Bsz, H, M)
     ckpt = torch.empty(_ckpt_numel(fns, u, M, keep, True), dtype=torch.float64)
     args = [ptr(u), ptr(tau), ptr(z), ptr(w), ptr(C), ptr(D), ptr(x0), ptr(y), ptr(xL), ptr(ckpt) if keep else None,
-            L, H, M, int(bilinear)]
+            ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_forward_real", Bsz, H, args)
     return [y, xL, ckpt]
 
 
-def _backward_real_fake(u, tau, z, w, C, D, g_y, g_x, ckpt, bilinear, want_tau, want_x0):
+def _backward_real_fake(u, tau, z, w, C, D, g_y, g_x, ckpt, gaps, index, count, bilinear, want_tau, want_x0):
     Bsz, L, H = u.shape
     M = z.shape[0]
     extra = [u.new_empty(Bsz, L, dtype=torch.float64)] if want_tau else []
@@ -170,11 +229,13 @@ def _backward_real_fake(u, tau, z, w, C, D, g_y, g_x, ckpt, bilinear, want_tau, 
 @kernel_op("bank_irregular_backward_real", _backward_real_fake)
 def _backward_real_kernel(
     u: Tensor, tau: Tensor, z: Tensor, w: Tensor, C: Tensor, D: Optional[Tensor], g_y: Tensor, g_x: Optional[Tensor],
-    ckpt: Tensor, bilinear: bool, want_tau: bool, want_x0: bool,
+    ckpt: Tensor, gaps: Optional[Tensor], index: Optional[Tensor], count: Optional[Tensor], bilinear: bool,
+    want_tau: bool, want_x0: bool,
 ) -> list[Tensor]:
     """The C backward of real modes: [∂u (B, L, H), the parameters' gradients (4, M, H) double: ∂z, ∂w, ∂C and ∂D
     (row 3's first H values), then ∂τ (B, L) double when ``want_tau``, then ∂x0 (B, H, M) when ``want_x0``], from the
-    forward's inputs, its checkpoints and the outputs' gradients g_y (B, L, H) and g_x (B, H, M) (None: unused)."""
+    forward's inputs, its checkpoints, its gap tables' inputs (or None) and the outputs' gradients g_y (B, L, H) and
+    g_x (B, H, M) (None: unused)."""
     fns = bind("irregular_bank.c", u.dtype, SIGNATURES)
     Bsz, L, H = u.shape
     M = z.shape[0]
@@ -185,7 +246,7 @@ def _backward_real_kernel(
     g = torch.empty(Bsz, 4, M, H, dtype=torch.float64)  # per batch row (a fixed summation order)
     g_tau = torch.empty(n_items, L, dtype=torch.float64) if want_tau else None  # per item: summed over blocks below
     args = [ptr(u), ptr(tau), ptr(z), ptr(w), ptr(C), ptr(D), ptr(g_y), ptr(g_x), ptr(ckpt), ptr(g_u), ptr(g_x0),
-            ptr(g), ptr(g_tau), L, H, M, int(bilinear)]
+            ptr(g), ptr(g_tau), ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_backward_real", Bsz, H, args)
     out = [g_u, g.sum(0)]
     if want_tau:
@@ -232,8 +293,9 @@ class _NativeBank(torch.autograd.Function):
         tau_c = tau.to(torch.float64).contiguous()
         Dc = None if D is None else D.contiguous()
         x0c = None if x0 is None else x0.resolve_conj().contiguous()
-        y, xL, ckpt = variant.forward(u, tau_c, *pars, Dc, x0c, keep, bilinear)
-        ctx.save_for_backward(u, tau_c, *pars, Dc, ckpt, tau, z, w, C, D, x0)
+        table = gap_table(tau_c, z.shape[1], real) or GapTable(None, None, None)
+        y, xL, ckpt = variant.forward(u, tau_c, *pars, Dc, x0c, *table, keep, bilinear)
+        ctx.save_for_backward(u, tau_c, *pars, Dc, ckpt, *table, tau, z, w, C, D, x0)
         ctx.real, ctx.n_pars, ctx.bilinear = real, len(pars), bilinear
         ctx.has_D, ctx.has_x0 = D is not None, x0 is not None
         ctx.set_materialize_grads(False)
@@ -243,8 +305,8 @@ class _NativeBank(torch.autograd.Function):
     def backward(ctx, g_y, g_x):  # type: ignore[override]
         n = ctx.n_pars
         u, tau_c, *pars = ctx.saved_tensors[: 2 + n]
-        Dc, ckpt = ctx.saved_tensors[2 + n: 4 + n]
-        given = ctx.saved_tensors[4 + n:]  # tau, z, w, C, D, x0 as passed
+        Dc, ckpt, *table = ctx.saved_tensors[2 + n: 7 + n]
+        given = ctx.saved_tensors[7 + n:]  # tau, z, w, C, D, x0 as passed
         if torch.is_grad_enabled():  # create_graph: a double backward, through the PyTorch path (ops/twice.py)
             path = lambda *a: _torch_path(*a, ctx.bilinear)  # noqa: E731
             return (None, *graph_backward(path, (u, *given), ctx.needs_input_grad[1:8], (g_y, g_x)), None, None)
@@ -252,7 +314,8 @@ class _NativeBank(torch.autograd.Function):
         g_xc = None if g_x is None else g_x.resolve_conj().contiguous()
         want_tau, want_x0 = ctx.needs_input_grad[2], ctx.has_x0
         variant = _VARIANTS[ctx.real]
-        g_u, g, *rest = variant.backward(u, tau_c, *pars, Dc, g_y, g_xc, ckpt, ctx.bilinear, want_tau, want_x0)
+        g_u, g, *rest = variant.backward(u, tau_c, *pars, Dc, g_y, g_xc, ckpt, *table, ctx.bilinear, want_tau,
+                                         want_x0)
         g_tau = rest.pop(0).to(given[0].dtype) if want_tau else None
         g_x0 = rest.pop(0) if want_x0 else None
         g_z, g_w, g_C, g_D = variant.unpack(g)

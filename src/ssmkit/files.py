@@ -12,6 +12,7 @@ checkpoint or a result written by one user (or by root while a container image i
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import secrets
@@ -63,15 +64,56 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), text=True)
 
 
-def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> None:
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, through dicts, lists and tuples (a tuple
+    becomes a list, as JSON writes it); other values as they are.
+
+    Args:
+        obj: a JSON-ready structure.
+
+    Returns:
+        the same structure, JSON's ``null`` where a number was NaN or infinite.
+    """
+    if isinstance(obj, float):  # numpy's float64 too (a float subclass)
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: Any, indent: int = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """``obj`` as strict JSON text (RFC 8259, which has no NaN or Infinity): every non-finite float written as
+    ``null`` (:func:`finite_or_null`: an undefined NRMSE or fit, a diverged run's score, the inf best values of a run
+    without validation), where Python's ``json`` would write the tokens ``NaN`` and ``-Infinity`` that JavaScript's
+    ``JSON.parse``, jq and most other readers refuse. ``allow_nan=False`` guards the rest: a non-finite number that
+    :func:`finite_or_null` does not reach (a float dict key) raises ValueError instead of writing invalid JSON.
+
+    Args:
+        obj: the JSON-ready structure.
+        indent: as for ``json.dumps``.
+        default: as for ``json.dumps``: how to write an object JSON has no type for (None: TypeError).
+
+    Returns:
+        the JSON text.
+    """
+    return json.dumps(finite_or_null(obj), indent=indent, default=default, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj: object, indent: int = 2, strict: bool = False) -> None:
     """``json.dump(obj)`` into ``path`` atomically (the benchmarks' and the trainer's JSON files).
 
     Args:
         path: the destination (its folder is created).
         obj: a JSON-serialisable object.
         indent: as for ``json.dump``.
+        strict: strict JSON (:func:`strict_json`: NaN and ±inf written as null) for files of results, whose scores may
+            be undefined or diverged; False (Python's ``NaN``/``Infinity`` tokens) for configurations read back by
+            ssmkit, where an inf option must come back as inf.
     """
-    atomic_write(path, lambda f: json.dump(obj, f, indent=indent), text=True)
+    text = strict_json(obj, indent) if strict else json.dumps(obj, indent=indent)
+    atomic_write(path, lambda f: f.write(text), text=True)
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:

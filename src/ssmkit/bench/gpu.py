@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench gpu"
         from ssmkit.files import write_json
 
         write_json(args.json, {"header": header, "bandwidth_Bps": bandwidth, "gemm_flops_per_s": flop_rate,
-                               "results": rows})
+                               "results": rows}, strict=True)  # an inf or NaN difference written as null
     return 0
 
 

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ssmkit.bench irre
     if args.json:
         from ssmkit.files import write_json
 
-        write_json(args.json, {"machine": machine(), "options": vars(args), "results": rows})
+        write_json(args.json, {"machine": machine(), "options": vars(args), "results": rows}, strict=True)  # inf: null
     return 0
 
 

@@ -17,7 +17,8 @@ recipe :func:`ssmkit.sysid.recipes.recipe_for_data`, and the report has no publi
 be uniform unless ``--irregular`` is given: then its stamps need only increase strictly, the records keep them, Ts is
 ``--dt`` (the nominal period, e.g. the logger's) or else the median gap, and the model simulates each block's
 continuous-time system at the real sample times (``from_csv(..., irregular=True)``; a ``--model`` whose layer takes
-intervals: s4d, s5, dss, ...). With ``--missing-outputs`` an empty or NaN cell of an output column is a missing
+intervals: s4d, s5, dss, ...). With ``--missing-outputs`` an empty, NaN or ``NA`` cell of an output column (or
+another marker of :data:`ssmkit.sysid.userdata.MISSING_MARKERS`, or one absent from a row that ends early) is a missing
 measurement (``from_csv(..., missing_outputs=True)``): the model is simulated over every sample with the known inputs,
 trained and scored where the outputs were measured (results.json's ``samples``: how many, per test record
 and output).
@@ -125,7 +126,8 @@ def _parser(prog: str):
                              "default) or 'previous' (u_{k-1}: commands applied at the sample times and held until the "
                              "next sample, an actuator's zero-order hold; for irregularly sampled logs especially)")
     parser.add_argument("--missing-outputs", dest="missing_outputs", action="store_true",
-                        help="with --data: an empty or NaN cell in an output column is a missing measurement; the "
+                        help="with --data: an empty, NaN or NA cell in an output column (also N/A, n/a, #N/A, #NA, "
+                             "<NA>, NULL, null, None, or one absent from a short row) is a missing measurement; the "
                              "model is simulated over every sample with the known inputs, trained and scored where "
                              "the output was measured (default: such a cell is refused; inputs must be known)")
     parser.add_argument("--test-data", dest="test_data", type=str, nargs="+", default=None,

@@ -19,8 +19,12 @@ the NRMSE averaged over the p outputs,
     score = (1/p) Σ_k RMSE_k / s_k,     s_k = std of the scored validation samples of output k      (population std)
 
 so that no output's unit decides (a position in m beside a force in kN: the mean of the RMSEs in physical units
-followed the larger one alone); s_k is fixed by the validation data (1 for an output constant there, as the model's
-normalisation does), so with one output the score is RMSE / s, the same choice as by RMSE. The per-output RMSEs in
+followed the larger one alone); s_k is fixed by the validation data, so with one output the score is RMSE / s, the
+same choice as by RMSE. Where output k is constant over its scored validation samples (std 0 up to rounding,
+:func:`ssmkit.sysid.metrics.undefined_scale`; a single measured sample, possible with missing outputs, is such a case)
+its std gives no NRMSE, and s_k is the model's output scale σ_k instead (the std of its training samples, by which the
+loss normalises it; 1 if it is constant there too): the score stays unit-free and defined, never a NaN that no step
+could improve on, nor an RMSE in the output's own unit beside the other outputs' NRMSEs. The per-output RMSEs in
 physical units are recorded too (``val_rmse``, ``best_val_rmse_per_output``). With
 ``average`` = β the validated (and kept) weights are the exponential moving average of the iterates
 (:class:`ssmkit.sysid.averaging.WeightAverage`), not the last iterate. SSM parameters keep their marked learning rates
@@ -83,7 +87,7 @@ import torch
 from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.marks import marked_parameters
 from ssmkit.sysid.averaging import WeightAverage
-from ssmkit.sysid.metrics import rmse
+from ssmkit.sysid.metrics import rmse, undefined_scale
 from ssmkit.sysid.prediction import at_model_period, check_period
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener, channel_scale
@@ -551,44 +555,63 @@ def scored_outputs(records: list[IORecord], n: int, blocks: list[Block] | None =
     return torch.cat([records[b.record].y[max(b.start, n):b.stop].cpu().double() for b in blocks])
 
 
-def output_scales(measured: torch.Tensor) -> list[float]:
+def output_scales(measured: torch.Tensor, fallback: list[float] | None = None) -> list[float]:
     """s_k of the validation score (module docstring): the population std of each output over the scored samples
-    where it was measured (NaN: missing, left out), 1 for an output constant there up to rounding
-    (:func:`ssmkit.sysid.wiener.channel_scale`).
+    where it was measured (NaN: missing, left out). For an output constant there up to rounding
+    (:func:`ssmkit.sysid.metrics.undefined_scale`; one measured sample is such a case) that std gives no NRMSE:
+    s_k is then ``fallback[k]``, the model's output scale σ_k (the std of the training samples, by which the loss
+    normalises the output: unit-free as the other outputs' NRMSEs), or NaN without a fallback (the output is then
+    left out of the mean score: :func:`validation_score`).
 
     Args:
         measured: (L, p) the scored measurements (:func:`scored_outputs`), NaN where not measured.
+        fallback: p scales for the outputs whose std is undefined (``model.y_std``), or None (NaN there).
 
     Returns:
         p scales, in the outputs' units.
 
     Raises:
-        ValueError: for an output not measured at any scored sample (no score can be computed for it).
+        ValueError: for an output not measured at any scored sample (no score can be computed for it), or a
+            fallback that is not p positive finite numbers.
     """
     y = measured.double()
-    if not bool(torch.isnan(y).any()):
-        return channel_scale(y).tolist()
-    columns = _measured_columns(y, "scored validation sample", "its validation RMSE has no sample; hold out a longer "
-                               "part (val_fraction, folds) or measure it")
-    return [float(channel_scale(c)[0]) for c in columns]
+    p = y.shape[1]
+    if fallback is not None:
+        fallback = [float(f) for f in fallback]
+        if len(fallback) != p or not all(math.isfinite(f) and f > 0 for f in fallback):
+            raise ValueError(f"fallback must be None or {p} positive finite scales, one per output; got {fallback}")
+    columns = [y] if not bool(torch.isnan(y).any()) else _measured_columns(
+        y, "scored validation sample", "its validation RMSE has no sample; hold out a longer part (val_fraction, "
+        "folds) or measure it")
+    std = torch.cat([c.std(0, correction=0) for c in columns])  # (p,): one column (L, p) or p columns (T_k, 1)
+    undefined = undefined_scale(std, torch.cat([c.mean(0) for c in columns]))
+    return [(math.nan if fallback is None else fallback[k]) if bool(undefined[k]) else float(std[k])
+            for k in range(p)]
 
 
 def validation_score(rmse_per_output: list[float], scales: list[float]) -> tuple[list[float], float]:
     """The validation score of per-output RMSEs: NRMSE_k = RMSE_k / s_k and their mean over the outputs (what early
-    stopping, the kept weights and the comparison of restarts minimise; module docstring).
+    stopping, the kept weights and the comparison of restarts minimise; module docstring). An output whose s_k is
+    NaN (undefined, :func:`output_scales` without a fallback) has a NaN NRMSE and is left out of the mean, which is
+    then over the others (NaN when no output has a scale); a NaN or inf RMSE (a diverged simulation) still makes the
+    mean NaN or inf, so that it is never the best.
 
     Args:
         rmse_per_output: p RMSEs in the outputs' units.
-        scales: the p scales s_k (:func:`output_scales`).
+        scales: the p scales s_k (:func:`output_scales`), NaN where undefined.
 
     Returns:
-        ([NRMSE per output], their mean).
+        ([NRMSE per output], their mean over the outputs with a scale).
     """
     if len(rmse_per_output) != len(scales):
         raise ValueError(f"rmse_per_output and scales must have one entry per output; got {len(rmse_per_output)} and "
                          f"{len(scales)}")
     per = [float(r) / s for r, s in zip(rmse_per_output, scales)]
-    return per, sum(per) / len(per)
+    scored = [n for n, s in zip(per, scales) if not math.isnan(s)]
+    diverged = [float(r) for r, s in zip(rmse_per_output, scales) if math.isnan(s) and not math.isfinite(float(r))]
+    if diverged:  # NaN or inf
+        return per, math.nan if any(math.isnan(r) for r in diverged) else math.inf
+    return per, sum(scored) / len(scored) if scored else math.nan
 
 
 def _check_blocks(blocks: list[Block], train: list[IORecord], n_enc: int) -> None:
@@ -635,10 +658,11 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
 
     Returns:
         {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [RMSE per
-        output, physical units])], "val_nrmse": [(step, [NRMSE per output])], "val_y_std": [s_k per output] (None
-        without validation), "best_step", "best_val_nrmse" (the lowest score: the mean NRMSE over the outputs),
-        "best_val_rmse_per_output" and "best_val_rmse" (their mean) at the best step, "seconds", "steps"}; the
-        best values are inf before a finite score.
+        output, physical units])], "val_nrmse": [(step, [NRMSE per output])], "val_y_std": [s_k per output] (σ_k
+        where the validation std is undefined: :func:`output_scales`; None without validation), "best_step",
+        "best_val_nrmse" (the lowest score: the mean NRMSE over the outputs), "best_val_rmse_per_output" and
+        "best_val_rmse" (their mean) at the best step, "seconds", "steps"}; the best values are inf before a finite
+        score.
 
     Warns:
         RuntimeWarning: when validation ran and no validation scored a finite RMSE (the run diverged before the
@@ -697,7 +721,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
                                "best_val_rmse_per_output": [math.inf] * model.n_outputs}
     if val or blocks:  # the score's s_k: fixed by the validation data, the same for every step and every run on them
         n_val = 0 if cfg.validate_from_rest else n_enc
-        history["val_y_std"] = output_scales(scored_outputs(val if val else train, n_val, None if val else blocks))
+        held_y = scored_outputs(val if val else train, n_val, None if val else blocks)
+        history["val_y_std"] = output_scales(held_y, fallback=model.y_std.tolist())  # σ_k where its std is undefined
     best_state = copy.deepcopy(model.state_dict())
     average = WeightAverage(model, cfg.average) if cfg.average is not None else None
     bad, start = 0, time.perf_counter()

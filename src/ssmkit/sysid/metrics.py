@@ -18,7 +18,14 @@ Several experiments are pooled (one RMSE and one std over all their samples afte
 reports one fit per experiment instead); several outputs are scored separately (one value per channel, never
 averaged). Signals are time first, (L,) or (L, p): a (p, L) signal, python-control's layout, has fewer samples than
 channels and is refused. A NaN in either signal makes that channel's scores NaN (nothing is masked: a diverged
-simulation shows), and a constant measured output (std 0) gives an infinite NRMSE and a fit of -inf %.
+simulation shows).
+
+An output that is constant over its scored samples (std 0 up to rounding, std ≤ 10 ε |ȳ| with ε float64's machine
+epsilon: :func:`undefined_scale`, the rule by which :func:`ssmkit.sysid.wiener.channel_scale` normalises such a channel
+by 1) has no normalisation: its NRMSE (both ``normalise`` choices), fit % and R² are NaN, undefined, not inf (0/0 for a
+perfect simulation; the std rounding leaves, 1.4e-17 for 50 samples of 0.1, made an RMSE of 0.01 an NRMSE of 7e14),
+while its RMSE and MAE stay defined in its unit. One measured sample after the window (possible with missing
+outputs) is such a case: its std is 0.
 
 Missing measurements (``skip_missing=True``; :class:`ssmkit.sysid.records.IORecord` marks an output sample that was not
 measured by NaN in ``y``): a NaN in ``y_true`` is a missing sample and is left out of that channel's sums, so every
@@ -93,15 +100,37 @@ def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return torch.where(mask, x, torch.zeros_like(x)).sum(0) / mask.sum(0)
 
 
+def undefined_scale(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Where an output's NRMSE has no normalisation: its samples are constant up to rounding,
+
+        std ≤ 10 ε |mean|        (ε: float64's machine epsilon)
+
+    (one sample, or samples equal up to rounding: the population std of 50 copies of 0.1 is 1.4e-17, not 0), the
+    test :func:`ssmkit.sysid.wiener.channel_scale` applies to normalise such a channel by 1.
+
+    Args:
+        std: (p,) the population std of each output over its scored samples.
+        mean: (p,) their mean.
+
+    Returns:
+        (p,) bool, True where the output is constant (False for NaN: an output with no sample is NaN already).
+    """
+    return std <= 10 * torch.finfo(torch.float64).eps * mean.abs()
+
+
 def _scale(t: torch.Tensor, mask: torch.Tensor | None, normalise: str) -> torch.Tensor:
     """The measured output's population std or range (max − min) per channel, over the samples where ``mask`` is
-    True (all with None)."""
+    True (all with None); NaN for a channel constant there (:func:`undefined_scale`: its NRMSE is undefined)."""
     if mask is None:
-        return t.std(0, correction=0) if normalise == "std" else t.amax(0) - t.amin(0)
-    if normalise == "std":
-        return _mean((t - _mean(t, mask)) ** 2, mask).sqrt()
-    inf = torch.full_like(t, math.inf)
-    return torch.where(mask, t, -inf).amax(0) - torch.where(mask, t, inf).amin(0)
+        mean, std = t.mean(0), t.std(0, correction=0)
+        spread = t.amax(0) - t.amin(0)
+    else:
+        mean = _mean(t, mask)
+        std = _mean((t - mean) ** 2, mask).sqrt()
+        inf = torch.full_like(t, math.inf)
+        spread = torch.where(mask, t, -inf).amax(0) - torch.where(mask, t, inf).amin(0)
+    scale = std if normalise == "std" else spread
+    return torch.where(undefined_scale(std, mean), torch.full_like(scale, math.nan), scale)
 
 
 def rmse(y_pred, y_true, n_init: int = 0, skip_missing: bool = False) -> torch.Tensor:
@@ -151,7 +180,8 @@ def nrmse(y_pred, y_true, n_init: int = 0, normalise: str = "std", skip_missing:
             (module docstring).
 
     Returns:
-        (p,) float64 (0-d for (L,) signals).
+        (p,) float64 (0-d for (L,) signals); NaN for an output constant over its scored samples, one measured
+        sample included (:func:`undefined_scale`: no normalisation).
     """
     if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be one of {NORMALISATIONS}; got {normalise!r}")
@@ -172,7 +202,7 @@ def fit_percent(y_pred, y_true, n_init: int = 0, skip_missing: bool = False) -> 
         skip_missing: a NaN in ``y_true`` is a missing measurement, left out (module docstring).
 
     Returns:
-        (p,) float64 in percent (0-d for (L,) signals).
+        (p,) float64 in percent (0-d for (L,) signals); NaN where the NRMSE is undefined (a constant output).
     """
     return 100.0 * (1.0 - nrmse(y_pred, y_true, n_init, skip_missing=skip_missing))
 

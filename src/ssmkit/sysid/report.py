@@ -20,14 +20,13 @@ compared.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
 import numpy as np
 import torch
 
-from ssmkit.files import save_figure, write_text
+from ssmkit.files import save_figure, strict_json, write_text
 from ssmkit.sysid.records import AGGREGATES, Published, SysidBenchmark, aggregate
 
 
@@ -374,7 +373,9 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
     ``"unit"`` (one string: :func:`unit_text`), ``"units"`` and ``"outputs"`` (one per output), ``"inputs"`` and
     ``"input_units"`` (one per input, null where not stated), the scores per test record, one value per output in
     that output's unit, and the published results (``"rmse"`` a list for per-output values, ``"aggregate"`` null or
-    what one number is).
+    what one number is). It is strict JSON (:func:`strict_json`): a score that is not a finite number (the NaN
+    NRMSE, fit and R² of an output constant over its scored samples, a diverged simulation's NaN, the inf best
+    validation values of a run without validation) is written as ``null``.
 
     Args:
         folder: the output folder (created).
@@ -407,7 +408,7 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
            if any(r.t is not None for r in bench.test) else {}),
         **run,
     }
-    write_text(folder / "results.json", json.dumps(results, indent=2, default=str))
+    write_text(folder / "results.json", strict_json(results, default=str))
     text = [f"# {bench.title}: {label}", "",
             f"Simulation RMSE on the {'official ' if bench.published else ''}test records after the first "
             f"{bench.n_init} samples "

@@ -25,15 +25,19 @@ System Identification Toolbox or python-control user expects them:
   intervals (t_k − t_{k−1}) / Ts, and Ts is the nominal sampling time, by default the median gap
   (:func:`median_sampling_time`: the typical period of a logger that drops or jitters samples, not moved by a few long
   gaps as the mean would be). The model's layers must take intervals (S4D, S5, DSS, ...; the default ``s4d`` does).
-- Values: every sample must be a finite number; a NaN, an empty or a non-numeric cell is refused naming its row and
-  column (fill or cut missing samples first), except with ``missing_outputs=True``.
+- Values: every sample must be a finite number; a NaN, an empty, a missing-value marker (``NA``, ...) or a
+  non-numeric cell is refused naming its row and column (fill or cut missing samples first), except with
+  ``missing_outputs=True``.
 - Missing outputs (opt-in: ``missing_outputs=True``, ``ssmkit sysid --missing-outputs``): a NaN in the output array,
-  an empty or NaN cell in an output column, is an output sample that was not measured (a sensor that drops readings,
-  a logger with gaps in one channel, outputs sampled slower than the inputs), kept as NaN in the record's ``y``
-  (:class:`~ssmkit.sysid.records.IORecord`). The inputs must still be known at every sample (a NaN input is
-  refused). The model is simulated over every sample with the known inputs and trained and scored only where the
-  output was measured, as iddata keeps NaNs as missing samples; every output must be measured somewhere in the
-  training records and, after ``n_init``, in every test record.
+  or in an output column an empty or NaN cell, a missing-value marker of :data:`MISSING_MARKERS` (R's ``NA``, Excel's
+  ``#N/A``, ``NULL``, ``None``, ...: pandas' default ``na_values``, case as written) or a cell absent from a row that
+  ends early (fewer fields than the header: pandas' ``read_csv`` and R's ``read.csv`` fill it with NaN, NA), is an
+  output sample that was not measured (a sensor that drops readings, a logger with gaps in one channel, outputs
+  sampled slower than the inputs), kept as NaN in the record's ``y`` (:class:`~ssmkit.sysid.records.IORecord`). The
+  inputs must still be known at every sample (a NaN input, a marker or an absent input cell is refused). The model
+  is simulated over every sample with the known inputs and trained and scored only where the output was measured, as
+  iddata keeps NaNs as missing samples; every output must be measured somewhere in the training records and, after
+  ``n_init``, in every test record.
 - Units: one unit for every output or one per output; results are reported in it with a scale of 1.
 """
 
@@ -56,6 +60,10 @@ DEFAULT_TEST_FRACTION = 0.2  # the tail of each experiment held out as the test 
 DEFAULT_N_INIT = 50  # test samples read by the initial-state encoder and not scored (capped at a tenth of the record)
 TIME_TOLERANCE = 1e-3  # the largest deviation of a time stamp from the uniform grid, as a fraction of Ts
 DEFAULT_UNIT = "data units"  # the reporting unit when none is given
+# CSV cells read as a missing output sample with missing_outputs=True (besides an empty cell and a NaN that float()
+# reads, "nan" in any case): pandas.read_csv's default na_values less the old MSVC printf spellings of NaN
+# ("1.#QNAN", "-1.#IND", ...) and Bloomberg's "#N/A N/A"; R's write.csv writes NA, Excel's NA() #N/A, databases NULL.
+MISSING_MARKERS = ("NA", "N/A", "n/a", "#N/A", "#NA", "<NA>", "NULL", "null", "None")
 
 
 def _as_channels(values, which: str, names: Sequence[str] | None = None, missing: bool = False) -> np.ndarray:
@@ -338,11 +346,15 @@ def _column_list(columns, which: str) -> list[str]:
     return [c.strip() for c in columns]
 
 
-def _data_lines(f):
-    """(line number, text) of the lines of an open file that are neither blank nor ``#`` comments."""
-    for number, line in enumerate(f, 1):
+def _data_lines(numbered, split=None):
+    """The (line number, text) pairs of ``numbered`` (``enumerate(open file, 1)``, read on from where it stands)
+    whose line is neither blank nor a ``#`` comment. With ``split`` (the rows' field splitter), a ``#`` line whose
+    first field is the missing-value marker ``#N/A`` or ``#NA`` (:data:`MISSING_MARKERS`) is a row whose first cell
+    is missing, not a comment: skipping it would shift every later sample by one (``#NA = not measured`` in a comma
+    separated file stays a comment; in a file separated by white space it is a row, refused loudly)."""
+    for number, line in numbered:
         text = line.strip()
-        if text and not text.startswith("#"):
+        if text and (not text.startswith("#") or split is not None and split(text)[0].strip() in ("#N/A", "#NA")):
             yield number, line
 
 
@@ -352,6 +364,17 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _missing_cell(text: str) -> bool:
+    """Whether a stripped cell is a missing value: empty, one of :data:`MISSING_MARKERS`, or a NaN that ``float``
+    reads (``nan`` in any case, with a sign)."""
+    if not text or text in MISSING_MARKERS:
+        return True
+    try:
+        return math.isnan(float(text))
+    except ValueError:
+        return False
 
 
 def read_columns(path: str | os.PathLike, columns: Sequence[str], delimiter: str | None = None,
@@ -367,16 +390,20 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str], delimiter: str
         columns: the header names of the columns to read.
         delimiter: the field separator; None: the first of ``","``, ``";"``, ``"\\t"`` found in the header line, else
             runs of white space.
-        missing: names of ``columns`` whose empty or NaN cells are read as NaN, missing samples (the output columns
-            of ``from_csv(..., missing_outputs=True)``); every other cell must hold a finite number.
+        missing: names of ``columns`` whose missing cells are read as NaN, missing samples (the output columns of
+            ``from_csv(..., missing_outputs=True)``): an empty cell, a missing-value marker (:data:`MISSING_MARKERS`:
+            R's ``NA``, Excel's ``#N/A``, ``NULL``, ...) or ``NaN``, and a cell absent from a row that ends early
+            (fewer fields than the header, as pandas' ``read_csv`` and R's ``read.csv`` fill it); every other cell
+            must hold a finite number.
 
     Returns:
         {name: (L,) float64 array} for each name of ``columns``.
 
     Raises:
         ValueError: for a file without a header row or without rows, a column not in the header (naming the
-            header's columns), a row with too few fields, or an empty, non-numeric or non-finite cell (naming its
-            row, line and column; an empty or NaN cell of a ``missing`` column passes).
+            header's columns), a row too short to reach a column that is not ``missing`` (naming the row, line and
+            the absent columns), or an empty, non-numeric or non-finite cell (naming its row, line and column; a
+            missing cell of a ``missing`` column passes, and a missing-value marker elsewhere is named as one).
         FileNotFoundError: for a missing file.
     """
     path = pathlib.Path(path).expanduser()
@@ -392,8 +419,8 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str], delimiter: str
     if missing:  # the others are inputs or time stamps: they must be known
         gap = f"only the output columns {sorted(missing)} may hold missing samples"
     with open(path, newline="", encoding="utf-8-sig") as f:
-        lines = _data_lines(f)
-        first = next(lines, None)
+        numbered = enumerate(f, 1)
+        first = next(_data_lines(numbered), None)
         if first is None:
             raise ValueError(f"{path} holds no header row: the first line must name the columns")
         sep = delimiter
@@ -414,26 +441,31 @@ def read_columns(path: str | os.PathLike, columns: Sequence[str], delimiter: str
             if header.count(c) > 1:
                 raise ValueError(f"column {c!r} appears {header.count(c)} times in {path.name}'s header")
             index[c] = header.index(c)
-        need = max(index.values()) + 1
         values: dict[str, list[float]] = {c: [] for c in columns}
-        for row, (number, line) in enumerate(lines, 1):
+        for row, (number, line) in enumerate(_data_lines(numbered, split), 1):  # the lines after the header
             fields = split(line)
-            if len(fields) < need:
+            absent = [c for c, i in index.items() if i >= len(fields) and c not in missing]
+            if absent:
+                last = max(absent, key=index.get)
                 raise ValueError(f"{path.name}: row {row} (line {number}) has {len(fields)} fields, fewer than the "
-                                 f"{need} that reach column {header[need - 1]!r}")
+                                 f"{index[last] + 1} that reach column {last!r}: it ends before column(s) {absent} "
+                                 f"({gap})")
             for c, i in index.items():
-                text = fields[i].strip()
+                text = fields[i].strip() if i < len(fields) else ""  # absent: a missing column's (checked above)
                 where = f"{path.name}: row {row} (line {number}), column {c!r}"
-                if not text and c in missing:
+                if c in missing and _missing_cell(text):
                     values[c].append(math.nan)
                     continue
                 if not text:
                     raise ValueError(f"{where} is empty: every sample must be a number ({gap})")
+                if text in MISSING_MARKERS:
+                    raise ValueError(f"{where} is {text!r}, a missing-value marker: every sample must be a number "
+                                     f"({gap})")
                 try:
                     v = float(text)
                 except ValueError:
                     raise ValueError(f"{where} is {text[:40]!r}, not a number") from None
-                if not math.isfinite(v) and not (math.isnan(v) and c in missing):
+                if not math.isfinite(v):
                     raise ValueError(f"{where} is {text!r}: every sample must be a finite number ({gap})")
                 values[c].append(v)
     if not values[columns[0]]:
@@ -565,9 +597,10 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
             pooled (:func:`median_sampling_time`); False: they must be uniform (:func:`sampling_time`).
         hold: which input acts over the gap before sample k: ``"sample"`` (u_k, as given) or ``"previous"`` (u_{k-1},
             commands held from their sample until the next: :meth:`IORecord.held_previous`; see :func:`from_arrays`).
-        missing_outputs: an empty or NaN cell of an output column is an output sample that was not measured (module
-            docstring); False: it is refused, naming its row and column. Input and time cells must hold numbers
-            either way.
+        missing_outputs: a missing cell of an output column (empty, ``NaN``, a marker of :data:`MISSING_MARKERS`
+            such as R's ``NA``, or absent from a row that ends early) is an output sample that was not measured
+            (module docstring); False: it is refused, naming its row and column and this option. Input and time
+            cells must hold numbers either way.
 
     Returns:
         the benchmark: a training record per estimation file (``file [:cut]`` for a tail split, else ``file``), a test

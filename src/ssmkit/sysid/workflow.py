@@ -405,10 +405,11 @@ def _out_of_fold_errors(members: list[DeepWiener], records: list[IORecord], fold
     return torch.cat([e for e, _ in pairs]).double(), torch.cat([y for _, y in pairs]).double()
 
 
-def _validation_entries(rmse_per_output: list[float], measured: torch.Tensor) -> dict[str, Any]:
+def _validation_entries(rmse_per_output: list[float], measured: torch.Tensor, fallback: list[float]) -> dict[str, Any]:
     """The validation entries of an ensemble's history: its score (mean NRMSE over the outputs, s_k from the scored
-    measurements), its RMSE per output and their mean (data's units)."""
-    _, score = validation_score(rmse_per_output, output_scales(measured))
+    measurements, ``fallback`` (the members' output scale σ_k) where an output is constant there, as each run's own
+    validation: :func:`ssmkit.sysid.fit.output_scales`), its RMSE per output and their mean (data's units)."""
+    _, score = validation_score(rmse_per_output, output_scales(measured, fallback))
     return {"best_val_nrmse": score, "best_val_rmse": sum(rmse_per_output) / len(rmse_per_output),
             "best_val_rmse_per_output": list(rmse_per_output)}
 
@@ -421,7 +422,7 @@ def _fold_ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train:
     if recipe.combine == "best":  # runs on one block are scored on the same samples, hence the same s_k
         keep = [min((i for i in keep if folds[i] == f), key=lambda i: runs[i]["best_val_nrmse"]) for f in range(k)]
     errors, measured = _out_of_fold_errors([members[i] for i in keep], train, [folds[i] for i in keep], k)
-    scores = _validation_entries(measured_rms(errors, measured), measured)
+    scores = _validation_entries(measured_rms(errors, measured), measured, members[keep[0]].y_std.tolist())
     for i, run in enumerate(runs):
         run["fold"], run["kept"] = folds[i], i in keep
     history = {"combine": recipe.combine, "validation": "kfold", "folds": k, "mode": mode, "restarts": runs,
@@ -436,7 +437,8 @@ def _ensemble(members: list[DeepWiener], runs: list[dict[str, Any]], train: list
     model = WienerEnsemble(members)
     val = tail_validation(train, val, recipe.val_fraction, recipe.window, model.encoder_window)[1]  # as the runs had
     if val:
-        scores = _validation_entries(validation_rmse(model, val), scored_outputs(val, model.encoder_window))
+        scores = _validation_entries(validation_rmse(model, val), scored_outputs(val, model.encoder_window),
+                                     members[0].y_std.tolist())
     else:
         scores = {"best_val_nrmse": math.inf, "best_val_rmse": math.inf,
                   "best_val_rmse_per_output": [math.inf] * model.n_outputs}

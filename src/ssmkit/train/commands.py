@@ -346,7 +346,7 @@ def write_results(results: list[dict[str, Any]], out: str) -> None:
     """
     from ssmkit.files import atomic_write, write_json, write_text
 
-    write_json(os.path.join(out, "results.json"), results)
+    write_json(os.path.join(out, "results.json"), results, strict=True)  # a diverged run's NaN: null
     write_text(os.path.join(out, "results.md"), results_table(results) + "\n")
     keys = sorted({k for r in results for k in r}, key=lambda k: (k not in ("task", "model"), k))
 

@@ -395,7 +395,7 @@ def fit(
     result.update({f"{k}_best_val": v for k, v in at_best.items()})
     result["test_weights"] = cfg.test_weights
     if trainer.is_global_zero:
-        write_json(os.path.join(out_dir, "result.json"), result)
+        write_json(os.path.join(out_dir, "result.json"), result, strict=True)  # a diverged run's NaN: null
     if cfg.test_weights == "best_val" and best is not None and best.weights is None and final:
         raise RuntimeError(f"test_weights 'best_val', but no validation ran (val_every {cfg.val_every}, the run "
                            f"stopped at step {trainer.global_step}); result.json holds the final weights' tests")

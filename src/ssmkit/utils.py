@@ -112,3 +112,34 @@ def check_padding_mask(mask: object, x: object) -> None:
             or tuple(mask.shape) != shape):
         raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {shape}; got "
                          f"{tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}")
+
+
+def check_lengths(lengths: object, shape: tuple[int, ...], steps: int, device: torch.device, values: bool = True,
+                  name: str = "lengths") -> None:
+    """Raise ``ValueError`` unless ``lengths`` is an integer tensor of ``shape`` on ``device`` whose entries lie in
+    [1, ``steps``]: each right-padded sequence's length (its steps 0, ..., length - 1 are its own, the rest padding).
+
+    Args:
+        lengths: the tensor to check.
+        shape: the shape it must have ((B,) for a batch of sequences, (B, 2) for a batch of pairs).
+        steps: the padded length L.
+        device: the device it must be on (the input's).
+        values: check the entries too (one synchronisation); False where they cannot be branched on (torch.compile,
+            torch.func transforms), as the token ids.
+        name: its name in the message.
+    """
+    want = f"{name} must be an integer tensor {tuple(shape)} of each sequence's length in [1, L = {steps}] (right padding)"
+    if (not isinstance(lengths, torch.Tensor) or lengths.is_floating_point() or lengths.is_complex()
+            or lengths.dtype == torch.bool):
+        got = (f"a tensor of {lengths.dtype}" if isinstance(lengths, torch.Tensor)
+               else f"{type(lengths).__module__}.{type(lengths).__name__}".removeprefix("builtins."))
+        raise ValueError(f"{want}; got {got}")
+    if tuple(lengths.shape) != tuple(shape):
+        raise ValueError(f"{want}; got shape {tuple(lengths.shape)}")
+    if lengths.device != device:
+        raise ValueError(f"{name} must be on {device} like the input; got {lengths.device}")
+    if values and lengths.numel():
+        low, high = torch.stack([lengths.min(), lengths.max()]).tolist()
+        if low < 1 or high > steps:
+            raise ValueError(f"{name} must be in [1, L = {steps}] (each sequence keeps at least one step); found "
+                             f"{low} to {high}")

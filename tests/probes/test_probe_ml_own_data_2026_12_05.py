@@ -175,8 +175,12 @@ def test_token_lengths_and_padding():
         from_arrays(np.array([[0, 0, 0], [1, 1, 1]]), np.array([0, 1]), pad=0, val_fraction=0, test_fraction=0)
     with pytest.raises(ValueError, match=r"lengths_train must be in \[1, L = 4\]; found 0"):
         from_arrays(x, x, lengths_train=np.array([4, 2, 0, 3, 4]), val_fraction=0, test_fraction=0)
-    with pytest.raises(ValueError, match=r"need token inputs.*float inputs have no padding mask"):
-        from_arrays(np.ones((4, 3)), np.array([0, 1, 0, 1]), lengths_train=np.array([3, 2, 3, 1]))
+    # float sequences of different lengths: since 2026-12-06 each split carries its lengths, (x, y, lengths)
+    train = from_arrays(np.ones((4, 3)), np.array([0, 1, 0, 1]), lengths_train=np.array([3, 2, 3, 1]),
+                        val_fraction=0, test_fraction=0).splits()["train"].tensors
+    assert len(train) == 3 and train[2].tolist() == [3, 2, 3, 1]
+    with pytest.raises(ValueError, match=r"need token inputs"):
+        from_arrays(np.ones((4, 3)), np.array([0, 1, 0, 1]), pad=0)
 
 
 def test_copy_task_with_lengths_trains_above_chance(tmp_path):

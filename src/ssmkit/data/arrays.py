@@ -13,16 +13,21 @@ read with ``allow_pickle=False``; any other name is refused, so a misspelt ``x_v
   (``"classify"``); integers (B, L) one class a step (``"tokens"``; -100 marks a step without a loss); floats
   (B,) one value a sequence, floats (B, L) or (B, L, d_output) values a step (``"regress"``; the per-step ones set
   ``TaskInfo.per_step``, so the model keeps every step whatever ``pool`` says).
-- ``lengths_train``, ``lengths_val``, ``lengths_test`` (optional, token inputs only): (B,) ints in [1, L], each
-  sequence's length; the steps after it are replaced by the padding id (``pad``, or a new id ``vocab`` when
-  ``pad`` is -1) and their per-step targets by -100.
+- ``lengths_train``, ``lengths_val``, ``lengths_test`` (optional): (B,) ints in [1, L], each sequence's length; the
+  steps after it are padding and may hold anything (NaN included). Token inputs: they are replaced by the padding id
+  (``pad``, or a new id ``vocab`` when ``pad`` is -1). Float inputs: they are set to 0 and every split is
+  (inputs, targets, lengths) (a split without its own lengths file has every sequence full length, L), which
+  ``ssmkit.train.fit`` hands to the model (``SequenceModel.forward(..., lengths=)``: pooling, bidirectional layers
+  and batch norms skip the padding) and to the objective. Either way per-step targets after a length become -100
+  (classes) or 0 and unscored (values, by the lengths).
 - ``intervals_train``, ``intervals_val``, ``intervals_test`` (optional; irregularly sampled sequences): numbers (B, L),
   finite and > 0, the time from each sample's predecessor in nominal sampling periods (the first from the
   sequence's start: 1 reads it as the regular layer's first step), as ``SequenceModel.forward(..., intervals=)``.
   With ``intervals_train`` every split given as files needs its own (held-out splits take x_train's rows), and every
   split is then (inputs, targets, intervals), which ``ssmkit.train.fit`` hands to the model; its layers must take
   intervals (S4D, S5, DSS, S4, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU). The gaps are kept in float64 and never
-  normalised; those of steps after a token sequence's length (padding) may hold anything and are set to 1.
+  normalised; those of steps after a sequence's length (padding) may hold anything and are set to 1. With float
+  lengths too, a split is (inputs, targets, intervals, lengths).
 
 The conventions (docs/design.md, "Your own sequence data"):
 
@@ -37,17 +42,18 @@ The conventions (docs/design.md, "Your own sequence data"):
   ``y_val``/``y_test``/``x_val``/``x_test`` outside them is refused (a ValueError naming the split, the value and
   the option to set), as the model's head or embedding has no row for it.
 - Normalisation (``normalise=True``, float inputs): each input feature is standardised with the mean and the
-  population standard deviation (ddof 0) of the *training split* (after the hold-out), over its samples and steps,
-  as scikit-learn's ``StandardScaler``; a feature constant over the training split has its value as its mean and a
-  scale of 1. ``task.mean`` and ``task.std`` (float64 (d_input,)) hold them once the data is loaded. Targets are never
-  rescaled.
-- Padding. ssmkit's models skip padding by its token id (``TaskInfo.pad_id``, the LRA Text convention), so variable
-  lengths are for token inputs: right-padded with ``pad``, or cut by ``lengths_*``. The padding must trail each
-  sequence (a pad id before a real token is refused) and every sequence must keep one real token. Float inputs
-  have no padding mask: ``lengths_*`` or ``pad`` with float inputs is refused.
-- Values. Float inputs and targets must be finite; integer labels and tokens must be >= 0 (-100 allowed for
-  per-step targets); bool, complex, text and object arrays are refused, as are integer features (B, L, d_input)
-  (cast them to float). Every split must hold at least one sample, and ``x`` and ``y`` the same number B.
+  population standard deviation (ddof 0) of the *training split* (after the hold-out), over its samples and steps
+  (the steps within the lengths, with ``lengths_*``), as scikit-learn's ``StandardScaler``; a feature constant over
+  the training split has its value as its mean and a scale of 1. ``task.mean`` and ``task.std`` (float64
+  (d_input,)) hold them once the data is loaded. Targets are never rescaled.
+- Padding. ssmkit's models skip right padding by its token id (``TaskInfo.pad_id``, the LRA Text convention) or by
+  each sequence's length (``SequenceModel.forward(..., lengths=)``). Token inputs: right-padded with ``pad``, or
+  cut by ``lengths_*``; the padding must trail each sequence (a pad id before a real token is refused) and every
+  sequence must keep one real token. Float inputs: cut by ``lengths_*`` (carried in the splits, as above); ``pad``
+  is refused (a float has no padding value).
+- Values. Float inputs and targets must be finite (within the lengths); integer labels and tokens must be >= 0 (-100
+  allowed for per-step targets); bool, complex, text and object arrays are refused, as are integer features
+  (B, L, d_input) (cast them to float). Every split must hold at least one sample, and ``x`` and ``y`` the same number B.
 """
 
 from __future__ import annotations
@@ -139,8 +145,12 @@ def _check_dtype(a: np.ndarray, name: str, allowed: str) -> None:
                          + (" (cast bool labels with .astype(int))" if a.dtype.kind == "b" else ""))
 
 
-def _check_finite(a: np.ndarray, name: str) -> None:
+def _check_finite(a: np.ndarray, name: str, within: np.ndarray | None = None) -> None:
+    """ValueError naming the first non-finite value of ``a``, at the steps ``within`` (B, L) marks (None: anywhere;
+    the steps after a sequence's length may hold anything)."""
     bad = ~np.isfinite(a)
+    if within is not None:
+        bad &= within.reshape(*within.shape, *([1] * (a.ndim - 2)))
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or inf); the first is {a[where]} at "
@@ -307,33 +317,41 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x_{split} and y_{split} must hold the same number of samples B; got x_{split} "
                              f"{x.shape} and y_{split} {y.shape}")
-        if not tokens_in:
-            _check_finite(x, f"x_{split}")
-            if x.shape[2:] != x0.shape[2:]:
-                raise ValueError(f"x_{split} must have x_train's features per step; got {x.shape}, x_train {x0.shape}")
         lengths = a.get(f"lengths_{split}")
         if lengths is not None and (lengths.dtype.kind not in "iu" or lengths.shape != x.shape[:1]):
             raise ValueError(f"lengths_{split} must be (B,) integers with x_{split}'s B = {x.shape[0]}; got dtype "
                              f"{lengths.dtype}, shape {lengths.shape}")
+        within = np.ones(x.shape[:2], dtype=bool)  # (B, L): the steps within each sequence's length
+        if lengths is not None and not tokens_in:  # (token lengths are checked where the padding id is written)
+            if lengths.min() < 1 or lengths.max() > x.shape[1]:
+                raise ValueError(f"lengths_{split} must be in [1, L = {x.shape[1]}]; found {int(lengths.min())} to "
+                                 f"{int(lengths.max())}")
+            within = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        if not tokens_in:
+            _check_finite(x, f"x_{split}", within)
+            if x.shape[2:] != x0.shape[2:]:
+                raise ValueError(f"x_{split} must have x_train's features per step; got {x.shape}, x_train {x0.shape}")
         _check_dtype(y, f"y_{split}", "if")
         if y.dtype.kind == "f":
-            _check_finite(y, f"y_{split}")
+            per_step = y.ndim >= 2 and y.shape[1] == x.shape[1]  # (B, L) or (B, L, d): values a step
+            _check_finite(y, f"y_{split}", within if per_step else None)
         intervals = a.get(f"intervals_{split}")
         if intervals is not None:
             _check_dtype(intervals, f"intervals_{split}", "if")  # integer gaps (whole periods) are read as floats
             if intervals.shape != x.shape[:2]:
                 raise ValueError(f"intervals_{split} must be (B, L) = {x.shape[:2]}, x_{split}'s; got shape "
                                  f"{intervals.shape}")
-            own = np.ones(x.shape[:2], dtype=bool)  # the sequences' own steps: not after a length, not the pad id
+            own = within.copy()  # the sequences' own steps: not after a length, not the pad id
             if tokens_in and lengths is not None:
                 own &= np.arange(x.shape[1])[None, :] < lengths[:, None]
             if tokens_in and task.pad >= 0:
                 own &= x != task.pad
             _check_gaps(intervals, own, f"intervals_{split}")
-    if not tokens_in and (task.pad != -1 or any(k.startswith("lengths_") for k in a)):
-        raise ValueError("arrays: variable lengths (lengths_* or pad) need token inputs: ssmkit's models skip padding "
-                         "by its token id, and float inputs have no padding mask; pad float sequences to one length, "
-                         "or cut them to their shortest")
+    if not tokens_in and task.pad != -1:
+        raise ValueError("arrays: padding ids (pad) need token inputs: a float has no padding value; give float "
+                         "sequences of different lengths as lengths_* (each sequence's length, the steps after it "
+                         "padding)")
+    float_lengths = not tokens_in and any(k.startswith("lengths_") for k in a)
 
     target = _target(task.target, a["y_train"], x0)
     parts = _hold_out(task, a)
@@ -341,9 +359,15 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
     n_classes, ids, pad_id, vocab = _sizes(task, a, target, tokens_in)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     gaps: dict[str, np.ndarray] = {}
+    kept: dict[str, np.ndarray] = {}  # float inputs with lengths_*: each split's (B,) lengths (L where not given)
     for split, (x, y, lengths, intervals, origin) in parts.items():
         x, y = _shape(x, y, target, tokens_in, origin)
         keep = np.ones(x.shape[:2], dtype=bool)
+        if float_lengths:
+            kept[split] = (np.full(x.shape[0], x.shape[1], dtype=np.int64) if lengths is None
+                           else lengths.astype(np.int64))
+            keep = np.arange(x.shape[1])[None, :] < kept[split][:, None]
+            x, y = _cut(x, y, keep, target)
         if tokens_in:
             x, y, keep = _pad(x, y, lengths, pad_id, target, origin)
             if int(x[keep].min()) < 0:
@@ -362,7 +386,9 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
     mean = std = None
     if not tokens_in:
         if task.normalise:
-            train = out["train"][0].reshape(-1, out["train"][0].shape[-1])
+            xt = out["train"][0]  # (B, L, d_input)
+            train = (xt[kept["train"][:, None] > np.arange(xt.shape[1])[None, :]] if float_lengths
+                     else xt.reshape(-1, xt.shape[-1]))  # (steps, d_input): the valid steps
             # a feature constant over the training split: its value and a scale of 1 (numpy's mean of identical
             # values can be off by rounding, 0.1 + 6e-16, which made their std that rounding, not 0)
             constant = (train == train[:1]).all(0)
@@ -370,9 +396,13 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
             std = np.where(constant, 1.0, train.std(0))
             std = np.where(std > 0, std, 1.0)
         out = {s: (x if mean is None else (x - mean) / std, y) for s, (x, y) in out.items()}
+        if float_lengths:  # the padding stays 0 after the standardisation (the model does not read it)
+            out = {s: (np.where(np.arange(x.shape[1])[None, :, None] < kept[s][:, None, None], x, 0.0), y)
+                   for s, (x, y) in out.items()}
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64 if tokens_in else np.float32)),
                    torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if target == "regress" else np.int64)),
-                   *((torch.from_numpy(gaps[s]),) if s in gaps else ()))
+                   *((torch.from_numpy(gaps[s]),) if s in gaps else ()),
+                   *((torch.from_numpy(kept[s]),) if s in kept else ()))
                for s, (x, y) in out.items()}
     xt, yt = tensors["train"][:2]
     d_output = int(yt.shape[-1]) if target == "regress" else n_classes
@@ -381,7 +411,8 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
     source = (f"{where}; splits: {', '.join(f'{s} {int(t[0].shape[0])}' for s, t in tensors.items())}"
               + (f" ({', '.join(held)} of x_train held out, seed {task.seed})" if held else "")
               + ("; inputs standardised with the training split's mean and std" if mean is not None else "")
-              + ("; irregularly sampled (intervals_*)" if gaps else ""))
+              + ("; irregularly sampled (intervals_*)" if gaps else "")
+              + ("; variable lengths (lengths_*), carried in the splits" if float_lengths else ""))
     title = "arrays: " + (pathlib.Path(task.path).name if task._given is None else "from_arrays")
     info = TaskInfo(name=task.name, title=title, kind="files", target=target, length=int(xt.shape[1]),
                     d_input=None if tokens_in else int(xt.shape[2]), vocab_size=vocab if tokens_in else None,
@@ -446,9 +477,12 @@ def _hold_out(task: ArraysTask, a: dict[str, np.ndarray]) -> dict[str, tuple]:
 def _sizes(task: ArraysTask, a: dict[str, np.ndarray], target: str, tokens_in: bool) -> tuple:
     """(n_classes, real token ids, pad id, vocabulary with the pad id) from the options or x_train / y_train."""
     n_classes = 0
+    x, lengths = a["x_train"], a.get("lengths_train")
+    within = np.ones(x.shape[:2], dtype=bool) if lengths is None else np.arange(x.shape[1])[None] < lengths[:, None]
     if target != "regress":
-        y = a["y_train"].astype(np.int64)
-        scored = y[y != IGNORE_INDEX] if target == "tokens" else y.ravel()
+        y = a["y_train"]
+        # per-step labels after a length (padding, set to -100) may hold anything: not counted
+        scored = (y[(y != IGNORE_INDEX) & within] if target == "tokens" else y.ravel()).astype(np.int64)
         if scored.size == 0:
             raise ValueError("arrays: y_train has no scored label (every one is -100)")
         if scored.min() < 0:
@@ -460,9 +494,7 @@ def _sizes(task: ArraysTask, a: dict[str, np.ndarray], target: str, tokens_in: b
                              "given")
     if not tokens_in:
         return n_classes, None, None, None
-    x, lengths = a["x_train"], a.get("lengths_train")
-    mask = np.ones(x.shape, dtype=bool) if lengths is None else np.arange(x.shape[1])[None] < lengths[:, None]
-    real = x[mask & (x != task.pad)]  # the real tokens: within the lengths, not the pad id
+    real = x[within & (x != task.pad)]  # the real tokens: within the lengths, not the pad id
     top = int(real.max()) + 1 if real.size else 0
     if task.vocab and top > task.vocab:
         raise ValueError(f"arrays: x_train holds token {top - 1}, outside [0, vocab = {task.vocab}) given")
@@ -536,6 +568,17 @@ def _pad(x: np.ndarray, y: np.ndarray, lengths, pad_id, target: str, origin: tup
     return x, y, keep
 
 
+def _cut(x: np.ndarray, y: np.ndarray, keep: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Float inputs (B, L, d_input) with 0 at the steps after each length (``keep`` (B, L) False there), which may hold
+    anything; per-step targets -100 (classes) or 0 (values, left unscored by the lengths) there."""
+    x = np.where(keep[..., None], x, 0.0)
+    if target == "tokens":
+        y = np.where(keep, y, IGNORE_INDEX)
+    elif target == "regress" and y.ndim == 3:  # (B, L, d_output) values a step
+        y = np.where(keep[..., None], y, 0.0)
+    return x, y
+
+
 def _check_gaps(intervals: np.ndarray, own: np.ndarray, name: str) -> None:
     """ValueError unless the intervals (B, L) are finite and > 0 at the steps ``own`` marks (the sequences' own; the
     padding after a token sequence's length may hold anything), naming the first bad one by its index in the file."""
@@ -573,7 +616,8 @@ def from_arrays(x_train, y_train, x_val=None, y_val=None, x_test=None, y_test=No
         y_val: validation targets (with ``x_val``).
         x_test: test inputs (None: ``test_fraction`` of x_train held out).
         y_test: test targets (with ``x_test``).
-        lengths_train: (B,) lengths of the token sequences of x_train, or None.
+        lengths_train: (B,) lengths of the sequences of x_train (tokens or floats; the steps after them are padding),
+            or None.
         lengths_val: (B,) lengths of x_val's, or None.
         lengths_test: (B,) lengths of x_test's, or None.
         target: ``"auto"``, ``"classify"``, ``"tokens"`` or ``"regress"`` (:class:`ArraysTask`).

@@ -212,7 +212,7 @@ class Block(nn.Module):
             return_state: compute and return the layer's final state.
             mask: (B, L) bool, or None: True at each sequence's positions, False at its right padding. A bidirectional
                 layer then gives, at the positions, exactly what it gives the unpadded sequence
-                (``SequenceModel(pad_id=...)`` passes it): a convolution (a layer with a ``kernel``) reads zeros at the
+                (``SequenceModel(pad_id=...)`` and ``SequenceModel.forward(..., lengths=)`` pass it): a convolution (a layer with a ``kernel``) reads zeros at the
                 padding, which add nothing; a layer that declares ``takes_mask`` (Mega) gets the mask
                 (``layer(z, mask=mask)``: its EMA reads zeros there, its attention skips the padded keys; a
                 ``ValueError`` if the padding does not trail); any other bidirectional layer runs each item's unpadded

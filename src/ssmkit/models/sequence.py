@@ -10,7 +10,8 @@ Hybrids are configuration: ``layer`` may be a list with one layer name per block
 Pairs are configuration too: ``pair=True`` makes a dual encoder (LRA retrieval, arXiv 2011.04006): inputs (B, 2, L),
 each sequence encoded by the same blocks and pooled, and a :class:`ssmkit.models.dual.DualEncoderHead` on
 [a, b, a ⊙ b, a − b]. ``pad_id`` keeps padding tokens out of the pooling and out of the bidirectional layers: each
-item of a right-padded batch gets the answer of its unpadded sequence alone.
+item of a right-padded batch gets the answer of its unpadded sequence alone. ``forward(x, lengths=...)`` marks the
+padding by each sequence's length instead, for real inputs too (padded recordings), and takes the same path.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ssmkit.models.recompute import checkpointed_block
 from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.rows import weight_dtype_device
-from ssmkit.utils import check_floating, check_finite_sequence
+from ssmkit.utils import check_floating, check_finite_sequence, check_lengths
 
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
@@ -74,7 +75,8 @@ class SequenceModel(nn.Module):
             over the tokens only (a ``SyncBatchNorm`` over every process's tokens), and dropout
             draws its own mask. A causal layer reads leading padding: it changes the features at the tokens. The states ``forward``
             returns are those after the padding (causal layers read it; continue a batch of prompts of different lengths
-            item by item). The outputs at the padding positions are unspecified.
+            item by item). The outputs at the padding positions are unspecified. ``forward``'s ``lengths`` (B,)
+            marks right padding by length instead (or as well), for real inputs too, and takes this same path.
         device, dtype: of all parameters.
 
     ``model.activation_checkpointing = True`` (an attribute, False at construction; ``TrainConfig`` sets it for
@@ -209,7 +211,10 @@ class SequenceModel(nn.Module):
                 shown.append(f"{f.name}={getattr(config, f.name)!r}")
         return ", ".join([*shown, f"parameters={self.num_parameters():,}"])
 
-    def _encode(self, x: torch.Tensor, per_step: bool, pairs: bool = False) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, per_step: bool, pairs: bool = False,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's (B, L, H) (or (B, H) per step) of a checked x; ``lengths`` (B,) are checked against x, and a
+        real x is read as 0 after each length (its padding may hold anything, NaN included)."""
         rank = 1 if per_step else 2
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a tensor; got {type(x).__name__}")
@@ -222,12 +227,17 @@ class SequenceModel(nn.Module):
                 # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
                 raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "
                                  f"{int(x.min())} to {int(x.max())}")
+            if lengths is not None:
+                check_lengths(lengths, (x.shape[0],), x.shape[1], x.device, values=not tracing())
             self._check_device(x)
             return self.encoder(x)
         check_floating(x, "x")
         want = f"(B, {self.d_input})" if per_step else f"(B, L, {self.d_input})"
         if x.dim() != rank + 1 or x.shape[-1] != self.d_input or (not per_step and x.shape[1] == 0):
             raise ValueError(f"x must be {want} for d_input={self.d_input}; got {tuple(x.shape)}")
+        if lengths is not None:
+            check_lengths(lengths, (x.shape[0],), x.shape[1], x.device, values=not tracing())
+            x = torch.where(self._keep(x, lengths)[..., None], x, 0.0)  # (B, L, d_input): padding read as 0
         if self.check_finite:
             self._check_finite(x if not per_step else x[:, None], "the input x", pairs)
         self._check_device(x)
@@ -259,7 +269,7 @@ class SequenceModel(nn.Module):
 
     def forward(
         self, x: torch.Tensor, state: list | None = None, return_state: bool = True,
-        intervals: torch.Tensor | None = None,
+        intervals: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list | None]:
         """Run whole sequences.
 
@@ -280,11 +290,22 @@ class SequenceModel(nn.Module):
                 first input is held before it is sampled (1 gives the regular layer's first step; a small one leaves
                 the first sample almost out of the state). With ``pad_id``, give the padding any positive gap (0 is
                 refused): the causal layers never read it into the tokens' outputs, but the returned states are those
-                after it. Not for pair models.
+                after it. Not for pair models. With ``lengths`` likewise: the padding's gaps must be > 0 too.
+            lengths: (B,) integer tensor on x's device, or None: each sequence's length n_b in [1, L] for a batch of
+                right-padded sequences, real or token ids (with ``pair``, (B, 2): each document's). Steps t >= n_b
+                are padding and take the ``pad_id`` path: pooling, the bidirectional layers, Mega and batch-norm
+                statistics skip them (see ``pad_id`` in the class docstring), so each item's pooled output, and with
+                ``pool=None`` its outputs at t < n_b, equal its unpadded sequence's run alone. Real padding may hold
+                anything (NaN and inf included): it is read as 0 (its input gradient is 0); token padding holds ids
+                in [0, vocab_size) as any x. With ``pad_id`` too, a step is kept where it is within its length and
+                does not hold the pad id. The returned states are those after all L steps (the causal layers read
+                the padding, real padding as zeros), as with ``pad_id``; to continue each sequence from its own end,
+                run its prefix alone or ``step`` it. The values are checked eagerly (a ``ValueError`` outside [1, L]),
+                not under torch.compile or torch.func transforms (as token ids), where a length > L reads every step.
 
         Returns:
             out: (B, d_output) when pooled, else (B, L, d_output), in x's dtype for a real x outside autocast (as the
-            layers); and the list of final block states (None when
+            layers), unspecified at the padding steps; and the list of final block states (None when
             ``return_state`` is False; with ``pair``, the states of the 2B sequences, item i's at 2i and 2i + 1).
         """
         if self.pair:
@@ -298,15 +319,19 @@ class SequenceModel(nn.Module):
                 want = ("integer token ids (B, 2, L)" if tokens
                         else f"(B, 2, L, {self.d_input}) for d_input={self.d_input}")
                 raise ValueError(f"a pair model (pair=True) reads pairs {want}; got {tuple(x.shape)} {x.dtype}")
-            features, states = self._features(x.flatten(0, 1), state, return_state, pairs=True)  # (2B, H)
+            if lengths is not None:  # (B, 2) -> (2B,): item i's documents at 2i and 2i + 1, as x's
+                check_lengths(lengths, (x.shape[0], 2), x.shape[2], x.device, values=False)
+                lengths = lengths.flatten()
+            features, states = self._features(x.flatten(0, 1), state, return_state, pairs=True,
+                                              lengths=lengths)  # (2B, H)
             a, b = features.unflatten(0, (-1, 2)).unbind(1)  # (B, H) each
             return self._as_input_dtype(self.head(a, b), x), states
-        features, states = self.features(x, state, return_state, intervals)
+        features, states = self.features(x, state, return_state, intervals, lengths)
         return self._as_input_dtype(self.head(features), x), states
 
     def features(
         self, x: torch.Tensor, state: list | None = None, return_state: bool = True,
-        intervals: torch.Tensor | None = None,
+        intervals: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list | None]:
         """The normalised, pooled output of the last block: what the head reads (one sequence per item).
 
@@ -315,20 +340,21 @@ class SequenceModel(nn.Module):
             state: list of per-block states, or None.
             return_state: compute and return the final block states.
             intervals: (B, L) sampling intervals, or None (as ``forward``).
+            lengths: (B,) each right-padded sequence's length in [1, L], or None (as ``forward``).
 
         Returns:
             (B, H) when pooled, else (B, L, H); and the list of final block states (or None).
         """
-        return self._features(x, state, return_state, intervals=intervals)
+        return self._features(x, state, return_state, intervals=intervals, lengths=lengths)
 
     def _features(
         self, x: torch.Tensor, state: list | None, return_state: bool, pairs: bool = False,
-        intervals: torch.Tensor | None = None,
+        intervals: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list | None]:
         """``features``; ``pairs``: x holds the 2B sequences of B pairs (for the finite check's names)."""
-        h = self._encode(x, per_step=False, pairs=pairs)  # (B, L, H)
+        h = self._encode(x, per_step=False, pairs=pairs, lengths=lengths)  # (B, L, H); lengths checked
         states = self._check_states(state)
-        keep = None if self.pad_id is None else x != self.pad_id  # (B, L): the bidirectional layers skip the rest
+        keep = self._keep(x, lengths)  # (B, L) or None: the bidirectional layers, batch norm and pool skip the rest
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
             if self.activation_checkpointing and torch.is_grad_enabled():
@@ -344,6 +370,16 @@ class SequenceModel(nn.Module):
         elif self.pool == "last":
             h = masked_last(h, keep)  # (B, H)
         return h, (new_states if return_state else None)
+
+    def _keep(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
+        """The (B, L) bool mask of the steps each sequence of x (B, L, ...) keeps: t < lengths[b] (right padding by
+        length; lengths checked by ``_encode``), and x[b, t] != pad_id for a model with ``pad_id``; None when neither
+        is given (every step)."""
+        keep = None if self.pad_id is None else x != self.pad_id  # (B, L)
+        if lengths is None:
+            return keep
+        within = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, L)
+        return within if keep is None else keep & within
 
     def step(
         self, x_t: torch.Tensor, state: list, interval: torch.Tensor | None = None

@@ -56,17 +56,73 @@ def seeded_rngs(*key: int) -> Iterator[None]:
         random.setstate(states[2])
 
 
+def is_lengths(t: object) -> bool:
+    """Whether ``t`` is a batch's lengths: an integer tensor (bool aside). Intervals are real floating tensors (the
+    model and :func:`ssmkit.ops.irregular.check_intervals` refuse integer ones), so the kind tells them apart.
+
+    Args:
+        t: a batch's third or fourth entry.
+    """
+    return (isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex()
+            and t.dtype != torch.bool)
+
+
+def unpack_batch(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                         torch.Tensor | None]:
+    """(inputs, targets, intervals or None, lengths or None) of a batch. The forms, positional, the kind telling the
+    optional entries apart (:func:`is_lengths`):
+
+        (inputs, targets)
+        (inputs, targets, intervals)             intervals (B, L) real > 0: irregular sampling
+        (inputs, targets, lengths)               lengths (B,) integers in [1, L]: right-padded sequences
+        (inputs, targets, intervals, lengths)
+
+    Intervals go to ``SequenceModel.forward(..., intervals=)`` (the time from each sample's predecessor in nominal
+    sampling periods), lengths to ``forward(..., lengths=)`` (the steps after each length are padding, left out of
+    the model's pooling, bidirectional layers and batch norms) and to the objective (per-step targets after a length
+    are not scored: :func:`ssmkit.train.objective.summed_loss_and_metric`).
+
+    Args:
+        batch: the batch's tensors.
+
+    Returns:
+        (x, y, intervals, lengths), each of the last two None where the batch lacks it.
+    """
+    n = len(batch)
+    if n == 2:
+        return batch[0], batch[1], None, None
+    if n == 3:
+        return (batch[0], batch[1], None, batch[2]) if is_lengths(batch[2]) else (batch[0], batch[1], batch[2], None)
+    if n == 4 and is_lengths(batch[3]) and not is_lengths(batch[2]):
+        return batch[0], batch[1], batch[2], batch[3]
+    kinds = ", ".join(str(getattr(t, "dtype", type(t).__name__)) for t in batch)
+    raise ValueError("a batch must be (inputs, targets, lengths), (inputs, targets, intervals, lengths), "
+                     f"(inputs, targets) or (inputs, targets, intervals); got {n} tensors ({kinds}): intervals are "
+                     "real, lengths integers, and lengths come last")
+
+
+def _form(batch: Sequence[torch.Tensor]) -> str:
+    """The batch's form in words, e.g. "(inputs, targets, intervals)"."""
+    _, _, intervals, lengths = unpack_batch(batch)
+    return "(" + ", ".join(["inputs", "targets"] + ["intervals"] * (intervals is not None)
+                           + ["lengths"] * (lengths is not None)) + ")"
+
+
 def _transformed(transform: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
                  batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """``transform(batch)``, refused (ValueError) where it drops the intervals of an (inputs, targets, intervals) batch:
-    the model then ran the split as regularly sampled without a word (a transform written for (inputs, targets)
-    batches, ``lambda b: (b[0] / 255, b[1])``). A transform that forms the intervals of a two-tensor batch is kept."""
+    """``transform(batch)``, refused (ValueError) where it drops the intervals or lengths of a batch that has them:
+    the model then ran the split as regularly sampled, or read its padding, without a word (a transform written for
+    (inputs, targets) batches, ``lambda b: (b[0] / 255, b[1])``). A transform that forms the intervals of a two-tensor
+    batch is kept."""
     out = transform(batch)
-    if len(batch) == 3 and (not isinstance(out, (tuple, list)) or len(out) != 3):
+    if len(batch) >= 3 and (not isinstance(out, (tuple, list)) or len(out) != len(batch)):
         got = len(out) if isinstance(out, (tuple, list)) else type(out).__name__
-        raise ValueError(f"the transform was given an (inputs, targets, intervals) batch and returned {got} tensors: "
-                         "it must return all three (without the intervals the model would run the batch as regularly "
-                         "sampled)")
+        _, _, intervals, lengths = unpack_batch(batch)
+        lost = " and ".join(what for what, t in (("intervals", intervals), ("lengths", lengths)) if t is not None)
+        effect = ("run the batch as regularly sampled" if lengths is None else "read the padding"
+                  if intervals is None else "run the batch as regularly sampled and read its padding")
+        raise ValueError(f"the transform was given an {_form(batch)} batch and returned {got} tensors: it must return "
+                         f"all {('three', 'four')[len(batch) - 3]} (without the {lost} the model would {effect})")
     return out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ssmkit.models import SequenceModel, SequenceModelConfig
-from ssmkit.train.batches import EvalBatches, StepBatches, eval_batches
+from ssmkit.train.batches import EvalBatches, StepBatches, eval_batches, unpack_batch  # noqa: F401 (re-exported)
 from ssmkit.train.config import TrainConfig
 from ssmkit.train.objective import METRIC_NAMES, scored_count, summed_loss_and_metric
 from ssmkit.train.optim import param_groups
@@ -25,24 +25,6 @@ from ssmkit.train.schedule import warmup_cosine
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-def unpack_batch(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(inputs, targets, intervals or None) of a batch: (inputs, targets), or (inputs, targets, intervals) for an
-    irregularly sampled split (intervals (B, L), the time from each sample's predecessor in nominal sampling periods,
-    handed to the model's layers: ``SequenceModel.forward(..., intervals=)``).
-
-    Args:
-        batch: the batch's tensors.
-
-    Returns:
-        (x, y, intervals), intervals None for a two-tensor batch.
-    """
-    if len(batch) == 2:
-        return batch[0], batch[1], None
-    if len(batch) == 3:
-        return batch[0], batch[1], batch[2]
-    raise ValueError(f"a batch must be (inputs, targets) or (inputs, targets, intervals); got {len(batch)} tensors")
 
 
 class SequenceLightningModule(pl.LightningModule):
@@ -86,17 +68,18 @@ class SequenceLightningModule(pl.LightningModule):
         self._rng_restored = False  # this process's own generator states came from a checkpoint
         self._rng_step = 0  # the step a process r > 0 derives its seed at (a checkpoint without per-process states)
 
-    def forward(self, x: torch.Tensor, intervals: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(x, return_state=False, intervals=intervals)[0]
+    def forward(self, x: torch.Tensor, intervals: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x, return_state=False, intervals=intervals, lengths=lengths)[0]
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y, intervals = unpack_batch(batch)
+        x, y, intervals, lengths = unpack_batch(batch)
         if self.train_config.micro_batches == 1:
-            loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x, intervals), y)
+            loss_sum, metric_sum, count = summed_loss_and_metric(self.head, self(x, intervals, lengths), y, lengths)
             loss = loss_sum / count.clamp_min(1.0)
             finite = torch.isfinite(loss)
         else:
-            loss, loss_sum, metric_sum, count, finite = self._micro_batches(x, y, intervals)
+            loss, loss_sum, metric_sum, count, finite = self._micro_batches(x, y, intervals, lengths)
         # One all-reduce per step, as before. The processes decide together whether to stop (one that stopped alone
         # left the others in the gradient all-reduce: over gloo they failed with "Connection closed by peer", the
         # cause only in the stopped rank's log; NCCL waits for its timeout), and the same call sums their losses,
@@ -119,7 +102,8 @@ class SequenceLightningModule(pl.LightningModule):
         return loss
 
     def _micro_batches(
-        self, x: torch.Tensor, y: torch.Tensor, intervals: torch.Tensor | None = None
+        self, x: torch.Tensor, y: torch.Tensor, intervals: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """The step's batch in ``micro_batches`` parts (gradient accumulation): (loss, loss sum, metric sum, count,
         all finite) of the whole batch.
@@ -133,13 +117,15 @@ class SequenceLightningModule(pl.LightningModule):
         all-reduces the accumulated gradients once. The returned loss carries the last part's graph and the value of
         the whole batch's loss."""
         self.zero_grad()  # this step's gradients start here (see optimizer_zero_grad)
-        total = scored_count(self.head, y).clamp_min(1.0)
+        total = scored_count(self.head, y, lengths).clamp_min(1.0)
         n = self.train_config.micro_batches
         interval_parts = [None] * n if intervals is None else torch.tensor_split(intervals, n)
-        parts = list(zip(torch.tensor_split(x, n), torch.tensor_split(y, n), interval_parts))
+        length_parts = [None] * n if lengths is None else torch.tensor_split(lengths, n)
+        parts = list(zip(torch.tensor_split(x, n), torch.tensor_split(y, n), interval_parts, length_parts))
         done, loss_sum, metric_sum, count, finite = None, 0.0, 0.0, 0.0, True
-        for i, (x_i, y_i, intervals_i) in enumerate(parts):
-            part_loss, part_metric, part_count = summed_loss_and_metric(self.head, self(x_i, intervals_i), y_i)
+        for i, (x_i, y_i, intervals_i, lengths_i) in enumerate(parts):
+            part_loss, part_metric, part_count = summed_loss_and_metric(self.head, self(x_i, intervals_i, lengths_i),
+                                                                        y_i, lengths_i)
             loss_i = part_loss / total.to(part_loss.dtype)
             finite = finite & torch.isfinite(loss_i)
             loss_sum, metric_sum, count = loss_sum + part_loss.detach(), metric_sum + part_metric, count + part_count
@@ -165,8 +151,8 @@ class SequenceLightningModule(pl.LightningModule):
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step
 
     def _accumulate(self, stage: str, batch: Sequence[torch.Tensor]) -> None:
-        x, y, intervals = unpack_batch(batch)
-        parts = summed_loss_and_metric(self.head, self(x, intervals), y)
+        x, y, intervals, lengths = unpack_batch(batch)
+        parts = summed_loss_and_metric(self.head, self(x, intervals, lengths), y, lengths)
         sums = self._sums.setdefault(stage, [torch.zeros((), device=self.device) for _ in range(3)])
         for i, part in enumerate(parts):
             sums[i] = sums[i] + part.detach().to(sums[i].device)
@@ -299,7 +285,8 @@ class TensorDataModule(pl.LightningDataModule):
     """Training, validation and test tensors served as step-indexed batches (:class:`StepBatches`).
 
     Args:
-        train: (inputs, targets) tensors of the training split.
+        train: (inputs, targets) tensors of the training split, or a form with intervals and / or lengths
+            (:func:`ssmkit.train.batches.unpack_batch`).
         val: the validation split, or None.
         test: the test split, or None.
         batch_size: samples per process and step.

@@ -4,6 +4,11 @@
     regress:   squared error of outputs against targets of their shape;  metric: mean squared error
     lm:        cross-entropy of per-step logits (B, L, Y) against (B, L); metric: accuracy over the scored steps
                (targets equal to -100 are not scored: copying and recall tasks score only their answer steps)
+
+With ``lengths`` (B,) (right-padded sequences: steps t >= lengths[b] are padding), the per-step objectives score the
+steps t < lengths[b] only: an ``lm`` target there counts as -100, a per-step regression error (outputs (B, L, ...))
+as absent (neither summed nor counted, whatever the target holds there, NaN included). A pooled output (B, C) or
+(B, d_output) has one target per sequence; ``lengths`` changes nothing there (the model's pooling skipped the padding).
 """
 
 from __future__ import annotations
@@ -14,13 +19,27 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def summed_loss_and_metric(head: str, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _within(lengths: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor | None:
+    """The (B, L) bool mask t < lengths[b] of a per-step output (B, L, ...) (None for no lengths or a pooled output)."""
+    if lengths is None or out.dim() < 3:
+        return None
+    if lengths.shape != out.shape[:1]:
+        raise ValueError(f"lengths must be (B,) = ({out.shape[0]},), one per sequence of the output "
+                         f"{tuple(out.shape)}; got {tuple(lengths.shape)}")
+    return torch.arange(out.shape[1], device=out.device) < lengths.to(out.device)[:, None]  # (B, L)
+
+
+def summed_loss_and_metric(
+    head: str, out: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums over a batch, so that batches and processes combine exactly: (loss sum, metric sum, count).
 
     Args:
         head: ``"classify"``, ``"regress"`` or ``"lm"``.
         out: the model output: (B, C) logits, (B, ...) regression outputs, or (B, L, Y) logits.
         y: (B,) labels, targets of ``out``'s shape, or (B, L) token targets (``-100`` = not scored).
+        lengths: (B,) integer lengths of right-padded sequences, or None: per-step outputs are scored at the steps
+            t < lengths[b] only (module docstring).
 
     Returns:
         the loss summed over scored items, the metric summed likewise (correct predictions, or squared errors),
@@ -37,13 +56,22 @@ def summed_loss_and_metric(head: str, out: torch.Tensor, y: torch.Tensor) -> tup
     if head == "regress":
         if out.shape != y.shape:
             raise ValueError(f"regression targets must have the output's shape {tuple(out.shape)}; got {tuple(y.shape)}")
-        err = (out.to(wide) - y.to(wide)) ** 2
-        return err.sum(), err.sum().detach(), torch.tensor(float(err.numel()), dtype=wide, device=out.device)
+        diff = out.to(wide) - y.to(wide)
+        within = _within(lengths, out)
+        if within is None:
+            err = diff ** 2
+            return err.sum(), err.sum().detach(), torch.tensor(float(err.numel()), dtype=wide, device=out.device)
+        within = within.reshape(*within.shape, *([1] * (out.dim() - 2)))  # (B, L, 1, ...)
+        err = torch.where(within, diff, 0.0) ** 2  # where before the square: a NaN target at the padding gets no
+        # gradient (a NaN times the where's zero would be one)
+        count = within.sum().to(wide) * float(out[0, 0].numel())  # scored steps × values a step
+        return err.sum(), err.sum().detach(), count
     if head == "lm":
         if out.dim() != 3 or y.shape != out.shape[:2]:
             raise ValueError(f"language modelling needs logits (B, L, Y) and targets (B, L); got {tuple(out.shape)} and {tuple(y.shape)}")
         flat = out.to(wide).reshape(-1, out.shape[-1])
-        target = y.reshape(-1)
+        within = _within(lengths, out)
+        target = (y if within is None else torch.where(within, y, IGNORE)).reshape(-1)
         loss = F.cross_entropy(flat, target, ignore_index=IGNORE, reduction="sum")
         scored = target != IGNORE
         metric = ((flat.argmax(-1) == target) & scored).sum().to(wide)
@@ -51,19 +79,28 @@ def summed_loss_and_metric(head: str, out: torch.Tensor, y: torch.Tensor) -> tup
     raise ValueError(f"head must be 'classify', 'regress' or 'lm'; got {head!r}")
 
 
-def scored_count(head: str, y: torch.Tensor) -> torch.Tensor:
+def scored_count(head: str, y: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """The number of scored items of targets ``y``, as :func:`summed_loss_and_metric` counts them (without the
-    model's output): the labels (classify), the target values (regress), the targets other than -100 (lm).
+    model's output): the labels (classify), the target values (regress), the targets other than -100 (lm); with
+    ``lengths``, those of per-step targets ((B, L) for lm, (B, L, ...) for regress) at steps t < lengths[b] only.
 
     Args:
         head: ``"classify"``, ``"regress"`` or ``"lm"``.
         y: the targets.
+        lengths: (B,) integer lengths of right-padded sequences, or None.
 
     Returns:
         a float64 scalar on y's device.
     """
+    per_step = (head == "lm" and y.dim() == 2) or (head == "regress" and y.dim() >= 3)
+    within = None
+    if lengths is not None and per_step:
+        within = torch.arange(y.shape[1], device=y.device) < lengths.to(y.device)[:, None]  # (B, L)
     if head == "lm":
-        return (y != IGNORE).sum().to(torch.float64)
+        scored = y != IGNORE
+        return (scored if within is None else scored & within).sum().to(torch.float64)
+    if within is not None:
+        return within.sum().to(torch.float64) * float(y[0, 0].numel())
     return torch.tensor(float(y.shape[0] if head == "classify" else y.numel()), dtype=torch.float64, device=y.device)
 
 

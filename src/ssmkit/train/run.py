@@ -166,40 +166,60 @@ def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_conf
 
 def _check_splits(splits: dict[str, Sequence[torch.Tensor] | None], transform: Callable | None,
                   model: SequenceModelConfig) -> None:
-    """Refuse splits that are not all (inputs, targets) or all (inputs, targets, intervals), intervals for a model
-    with a layer that takes none, and, without a ``transform`` (which may form the batches' intervals itself),
-    intervals that are not (n, L) of their inputs, finite and > 0, naming the split before anything is trained.
+    """Refuse splits that are not all of one form ((inputs, targets), with intervals, with lengths, with both:
+    :func:`ssmkit.train.batches.unpack_batch`), intervals for a model with a layer that takes none, and, without a
+    ``transform`` (which may form the batches' intervals itself), intervals that are not (n, L) of their inputs,
+    finite and > 0, and lengths that are not (n,) integers in [1, L] ((n, 2) for a pair model), naming the split before
+    anything is trained.
 
     A split without intervals beside others with them was scored as regularly sampled without a word (probe of
     2026-12-06: a test split given as (x, y) took the training run's model through its regular path, test loss 3.73
     where its intervals gave 3.71), and bad intervals in the test split failed only after the whole run had trained.
+    A split without lengths beside others with them would read its padding likewise.
     """
     from ssmkit.layers.registry import available, layer_class
     from ssmkit.ops.irregular import check_intervals
+    from ssmkit.train.batches import unpack_batch
+    from ssmkit.utils import check_lengths
 
     given = {name: split for name, split in splits.items() if split is not None}
     counts = {name: len(split) for name, split in given.items()}
-    bad = {name: n for name, n in counts.items() if n not in (2, 3)}
+    bad = {name: n for name, n in counts.items() if n not in (2, 3, 4)}
     if bad:
-        raise ValueError(f"a split must be (inputs, targets) or (inputs, targets, intervals); got {bad} tensors")
-    if len(set(counts.values())) > 1:
-        irregular = sorted(name for name, n in counts.items() if n == 3)
-        regular = sorted(name for name, n in counts.items() if n == 2)
-        raise ValueError(f"the splits {irregular} carry intervals (inputs, targets, intervals) but {regular} do not: "
-                         "a split without them would run as regularly sampled; give every split its intervals, or none")
+        raise ValueError(f"a split must be (inputs, targets) or (inputs, targets, intervals), each optionally with "
+                         f"lengths last; got {bad} tensors")
+    parts = {}
+    for name, split in given.items():
+        try:
+            parts[name] = unpack_batch(tuple(split))
+        except ValueError as error:
+            raise ValueError(f"the {name} split: {error}") from None
+    for k, what, effect in ((2, "intervals", "run as regularly sampled"), (3, "lengths", "read its padding")):
+        having = sorted(name for name, p in parts.items() if p[k] is not None)
+        lacking = sorted(name for name, p in parts.items() if p[k] is None)
+        if having and lacking:
+            form = "(inputs, targets, intervals)" if k == 2 else "(inputs, targets, lengths)"
+            raise ValueError(f"the splits {having} carry {what} {form} but {lacking} do not: a split without them "
+                             f"would {effect}; give every split its {what}, or none")
     names = [model.layer] if isinstance(model.layer, str) else list(model.layer)
     refusing = sorted({n for n in names if n in available() and not layer_class(n).takes_intervals})
-    if 3 in counts.values() and refusing:
+    if any(p[2] is not None for p in parts.values()) and refusing:
         takers = [n for n in available() if layer_class(n).takes_intervals]
         raise ValueError(f"the splits carry intervals, but the model's layers {refusing} take none (no "
                          f"irregular-sampling form); the layers that do: {takers}")
     if transform is not None:
         return
-    for name, split in given.items():
-        if len(split) == 3:
-            x, tau = split[0], split[2]
+    for name, (x, _, tau, lengths) in parts.items():
+        if tau is not None:
             check_intervals(tau, tuple(x.shape[:2]), tau.device if isinstance(tau, torch.Tensor) else x.device,
                             f"the {name} split's intervals")
+        if lengths is not None:
+            if not model.pair and lengths.dim() == 2 and tuple(lengths.shape) == tuple(x.shape[:2]):
+                raise ValueError(f"the {name} split's third tensor is integer ({lengths.dtype}) and (n, L) = "
+                                 f"{tuple(lengths.shape)}: read as lengths, which are (n,); if it holds intervals "
+                                 "(whole sampling periods), give them as floats: intervals.double()")
+            shape, steps = ((x.shape[0], 2), x.shape[2]) if model.pair else ((x.shape[0],), x.shape[1])
+            check_lengths(lengths, shape, steps, lengths.device, name=f"the {name} split's lengths")
 
 
 def fit(
@@ -229,7 +249,11 @@ def fit(
             DSS, S4, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU; ``SequenceModel.forward(..., intervals=)``); every split
             then carries its intervals (a ValueError names the splits that lack them, a layer of the model that
             takes none, and, without a ``transform``, intervals that are not (n, L) of their inputs, finite and > 0,
-            before anything is trained).
+            before anything is trained). Right-padded sequences of different lengths (real inputs too) add their
+            lengths last: (inputs, targets, lengths) or (inputs, targets, intervals, lengths), lengths (n,) integers
+            in [1, L] ((n, 2) for a pair model), told from intervals by their integer dtype; the model skips the
+            padding (``SequenceModel.forward(..., lengths=)``) and per-step losses and metrics score the steps within
+            the lengths only (:mod:`ssmkit.train.objective`); every split then carries its lengths.
         val: the validation split, or None.
         test: the test split, or None.
         out_dir: the run folder.

@@ -1,9 +1,11 @@
 """Control-theoretic analysis of LTI layers: state-space banks, poles, stability, frequency response, norms.
 
-    statespace.py   StateSpace, the bank of discrete-time systems that LTI layers export
+    statespace.py   StateSpace, the bank of discrete-time systems that LTI layers export (or continuous ones, dt = 0)
+    sampling.py     exact conversions between a sampled system and its continuous one (ZOH logarithm, Tustin)
     frequency.py    transfer functions through a complex Schur form (modal sum, back substitution, real part)
     norms.py        σ_max and the H-infinity norm by grid search; hinf.py: the certified one (Cayley + Hamiltonian)
-    nonlinear.py    a whole model as x[k+1] = f(x[k], u[k]): equilibria, linearisation, python-control nlsys
+    nonlinear.py    a whole model as x[k+1] = f(x[k], u[k]): equilibria, linearisation, python-control nlsys;
+                    ContinuousWiener: a deep Wiener model's blocks as one ODE (continuous-time nlsys)
     operating.py    a DeepWiener's equilibria along each input: static characteristic, local gain and stability
     reduction.py    Gramians, Hankel singular values, the H2 norm, balanced truncation (model order reduction)
     layerwise.py    every LTI layer of a model: poles (discrete, continuous), margin, time constants, DC gain, H∞
@@ -27,7 +29,7 @@ from ssmkit.analysis.frequency import (
     triangular_transfer,
 )
 from ssmkit.analysis.layerwise import LayerAnalysis, analyze_model, lti_layers
-from ssmkit.analysis.nonlinear import NonlinearSystem
+from ssmkit.analysis.nonlinear import ContinuousWiener, NonlinearSystem
 from ssmkit.analysis.norms import hinf_norm, sigma_max
 from ssmkit.analysis.operating import OperatingSweep, operating_sweeps
 from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
@@ -40,6 +42,7 @@ from ssmkit.analysis.zoo import pole_statistics, zoo_table
 
 __all__ = [
     "LayerAnalysis",
+    "ContinuousWiener",
     "NonlinearSystem",
     "OnnxExport",
     "OperatingSweep",

@@ -34,6 +34,18 @@ Everything is computed on the CPU in float64 by a copy of the model (the model i
 :class:`ssmkit.sysid.WienerEnsemble` is solved member by member (its Jacobian is block diagonal, its output the
 members' mean): the same answers at k times one member's cost instead of (k n)³. Layers whose
 state grows with time (attention's cache, Mega, Hyena) have no finite state vector and are refused by name.
+
+**Continuous time** (:class:`ContinuousWiener`): a deep Wiener model of LTI blocks is the sampling of an ODE,
+
+    ẋ_ℓ = A_ℓ x_ℓ + B_ℓ v_ℓ,   η_ℓ = C_ℓ x_ℓ + D_ℓ v_ℓ,   v_{ℓ+1} = σ_ℓ(η_ℓ) + S_ℓ v_ℓ,
+    v_1 = E (u − μ_u)/s_u + b_E,   y = sat(W v_{L+1} + b_W) ⊙ s_y + μ_y,
+
+with each block's (A_ℓ, B_ℓ, C_ℓ, D_ℓ) its exported system converted by
+``to_continuous("zoh", hold="sample")``: the layer's own continuous system (Λ, B, C, D) in seconds, since the
+models hold each input u_k over the interval (t_{k−1}, t_k] that ends at sample k. Sampled that way, one block
+gives the model's outputs exactly; between stacked blocks the discrete model holds each block's input over the
+interval too (its value at the interval's end), where the ODE passes the signal on as it moves, so the two differ by
+O(Ts) and the discrete model run on finer sample times (``forward(..., intervals=)``) tends to the ODE.
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from ssmkit.analysis.layerwise import sampling_time
 from ssmkit.analysis.statespace import StateSpace, check_signal_names
 from ssmkit.layers.state import state_from_vector, state_to_vector
 
-__all__ = ["NonlinearSystem"]
+__all__ = ["ContinuousWiener", "NonlinearSystem"]
 
 F64 = torch.float64
 _JACOBIAN_ELEMENTS = 1 << 24  # the Jacobian rows computed in one batch: points · (n + p) · (n + m) at most this
@@ -84,6 +96,27 @@ def _as_points(value: Any, width: int, name: str, width_name: str) -> torch.Tens
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite")
     return torch.as_tensor(arr, dtype=F64)
+
+
+def _paired(x: Any, u: Any, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """States (G, n) and inputs (G, m) as float64 tensors of one number G of points: one state or one input is
+    paired with every point of the other."""
+    xs = _as_points(x, n, "x", "n_states")
+    us = _as_points(u, m, "u", "n_inputs")
+    if xs.shape[0] != us.shape[0]:
+        if xs.shape[0] != 1 and us.shape[0] != 1:
+            raise ValueError(f"x and u must give the same number of points (or one of them one); got "
+                             f"{xs.shape[0]} and {us.shape[0]}")
+        G = max(xs.shape[0], us.shape[0])
+        xs, us = xs.expand(G, -1), us.expand(G, -1)
+    return xs, us
+
+
+def _sigmas(member: nn.Module) -> list[nn.Module]:
+    """σ_ℓ of every block of a DeepWiener (its ``block_activations``, else ``activation`` for each)."""
+    if member.block_activations is not None:
+        return list(member.block_activations)
+    return [member.activation] * len(member.layers)
 
 
 class NonlinearSystem:
@@ -212,15 +245,7 @@ class NonlinearSystem:
             return self._f_h(xs, us)[1].numpy()
 
     def _pair(self, x: Any, u: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        xs = _as_points(x, self.n_states, "x", "n_states")
-        us = _as_points(u, self.n_inputs, "u", "n_inputs")
-        if xs.shape[0] != us.shape[0]:
-            if xs.shape[0] != 1 and us.shape[0] != 1:
-                raise ValueError(f"x and u must give the same number of points (or one of them one); got "
-                                 f"{xs.shape[0]} and {us.shape[0]}")
-            G = max(xs.shape[0], us.shape[0])
-            xs, us = xs.expand(G, -1), us.expand(G, -1)
-        return xs, us
+        return _paired(x, u, self.n_states, self.n_inputs)
 
     def _join(self, parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
         """An ensemble's (state or f (G, n), h (G, p), Jacobian (G, n + p, n + m)) from its members' in order: states
@@ -445,3 +470,205 @@ class NonlinearSystem:
 
         return control.nlsys(updfcn, outfcn, inputs=names["inputs"], outputs=names["outputs"], states=self.n_states,
                              dt=self.dt, name=name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# continuous time
+
+
+def _block_diagonal(system: StateSpace) -> tuple[torch.Tensor, ...]:
+    """A real bank of G systems (n, m, p) as one system on the G m channels: A (G n, G n), B (G n, G m),
+    C (G p, G n), D (G p, G m) block diagonal, float64 (channels g m .. (g + 1) m − 1 drive system g)."""
+    import scipy.linalg
+
+    return tuple(torch.from_numpy(scipy.linalg.block_diag(*M)) for M in (system.A, system.B, system.C, system.D))
+
+
+class ContinuousWiener:
+    """A deep Wiener model (or a :class:`ssmkit.sysid.WienerEnsemble` of them) as the continuous-time nonlinear system
+    ẋ(t) = f(x(t), u(t)), y(t) = h(x(t), u(t)) whose sampling it is (module docstring, "Continuous time").
+
+    The state x is every block's continuous state, the blocks in order (an ensemble: its members in order), each in
+    the coordinates of the block's exported system (:meth:`ssmkit.analysis.StateSpace.to_continuous`; at a sample
+    time t_k it is the block's exported state after sample k), in the model's units of time: seconds when ``dt`` is
+    Ts in seconds. u and y are the model's inputs and outputs in physical units. An ensemble's output is its members'
+    mean.
+
+    Sampling convention: hold each input u_k over (t_{k−1}, t_k] and read y_k = h(x(t_k), u_k). For a model of one
+    block this reproduces ``model(u)`` exactly; for stacked blocks within O(Ts) (the module docstring).
+
+    Args:
+        model: a :class:`ssmkit.sysid.DeepWiener` (or ``WienerEnsemble``) of LTI blocks (no ``time_varying`` layer)
+            whose exported systems convert (no eigenvalue 0 or on the negative real axis: ``to_continuous``).
+
+    Attributes:
+        n_states, n_inputs, n_outputs: n, m and p.
+        dt: the sampling time Ts the blocks were converted at (the model's ``dt``).
+        blocks: the continuous-time :class:`StateSpace` bank of every block, in the state's order.
+
+    Raises:
+        ValueError: for another model, a time-varying (selective) block, or a block whose system does not convert,
+            naming the block.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        from ssmkit.sysid.ensemble import WienerEnsemble
+        from ssmkit.sysid.wiener import DeepWiener
+
+        members = list(model.members) if isinstance(model, WienerEnsemble) else [model]
+        if not all(isinstance(member, DeepWiener) for member in members):
+            raise ValueError(f"ContinuousWiener needs a DeepWiener or a WienerEnsemble; got {type(model).__name__}")
+        self.dt, _ = sampling_time(model)
+        self.n_inputs, self.n_outputs = model.n_inputs, model.n_outputs
+        self._members = [copy.deepcopy(member).to(device="cpu", dtype=F64).eval().requires_grad_(False)
+                         for member in members]
+        self.blocks: list[StateSpace] = []
+        self._systems: list[list[tuple[torch.Tensor, ...]]] = []  # per member, per block: (A, B, C, D)
+        for i, member in enumerate(self._members):
+            where = f"member {i}, " if len(members) > 1 else ""
+            systems = []
+            for ell, layer in enumerate(member.layers):
+                if not layer.supports("state_space"):
+                    raise ValueError(f"ContinuousWiener needs LTI blocks: {where}block {ell} ({type(layer).__name__}) "
+                                     f"is time-varying (its step or gate depends on the input), so it has no "
+                                     f"continuous-time LTI system; export such a model in discrete time")
+                exported = layer.state_space()  # dt = 1: in samples
+                try:
+                    system = StateSpace(exported.A, exported.B, exported.C, exported.D, dt=self.dt).to_real()
+                    system = system.to_continuous("zoh", hold="sample")
+                except ValueError as err:
+                    raise ValueError(f"ContinuousWiener: {where}block {ell} ({type(layer).__name__}): {err}") from err
+                self.blocks.append(system)
+                systems.append(_block_diagonal(system))
+            self._systems.append(systems)
+        self.n_states = sum(A.shape[0] for systems in self._systems for A, _, _, _ in systems)
+
+    def _f_h(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f (G, n) and h (G, p) at G points x (G, n), u (G, m): the module docstring's equations, member by member."""
+        rates, outputs, start = [], [], 0
+        for member, systems in zip(self._members, self._systems):
+            v = member.encoder((u - member.u_mean) / member.u_std)  # (G, H): v_1
+            for (A, B, C, D), skip, sigma in zip(systems, member.skips, _sigmas(member)):
+                x_ell = x[:, start:start + A.shape[0]]  # (G, n_ℓ)
+                start += A.shape[0]
+                rates.append(x_ell @ A.T + v @ B.T)  # (G, n_ℓ): A x + B v
+                v = sigma(x_ell @ C.T + v @ D.T) + skip(v)  # (G, H): σ(C x + D v) + S v
+            outputs.append(member.saturate(member.decoder(v) * member.y_std + member.y_mean))  # (G, p)
+        return torch.cat(rates, 1), torch.stack(outputs).mean(0)
+
+    def _pair(self, x: Any, u: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return _paired(x, u, self.n_states, self.n_inputs)
+
+    def derivative(self, x: Any, u: Any) -> np.ndarray:
+        """f: the state's rate of change ẋ(t) = f(x(t), u(t)) at G points.
+
+        Args:
+            x: the states, (G, n) or one (n,) (a number when n = 1).
+            u: the inputs, (G, m) or one (m,) (a number when m = 1); one state or one input is paired with every
+                point of the other.
+
+        Returns:
+            (G, n) float64, per unit of the model's time (per second when ``dt`` is in seconds).
+        """
+        with torch.no_grad():
+            return self._f_h(*self._pair(x, u))[0].numpy()
+
+    def output(self, x: Any, u: Any) -> np.ndarray:
+        """h: the outputs y(t) = h(x(t), u(t)) at G points.
+
+        Args:
+            x: the states, (G, n) or one (n,) (a number when n = 1).
+            u: the inputs, (G, m) or one (m,) (a number when m = 1); one state or one input is paired with every
+                point of the other.
+
+        Returns:
+            (G, p) float64.
+        """
+        with torch.no_grad():
+            return self._f_h(*self._pair(x, u))[1].numpy()
+
+    def operating_point(self, u0: Any) -> tuple[np.ndarray, np.ndarray, StateSpace]:
+        """The equilibria f(x*, u0) = 0 under constant inputs, their outputs y* = h(x*, u0), and the small-signal
+        models there, δẋ = A δx + B δu, δy = C δx + D δu with A = ∂f/∂x, B = ∂f/∂u, C = ∂h/∂x, D = ∂h/∂u (exact,
+        reverse-mode autodiff).
+
+        The equilibrium is solved block by block: x_ℓ* = −A_ℓ^{-1} B_ℓ v_ℓ, so η_ℓ = (D_ℓ − C_ℓ A_ℓ^{-1} B_ℓ) v_ℓ,
+        the block's DC gain; y* is the discrete model's (:meth:`NonlinearSystem.equilibrium`), whose blocks have the
+        same DC gains.
+
+        Args:
+            u0: the constant input, (m,) or (G, m) for G points (a number when m = 1).
+
+        Returns:
+            x* (G, n) and y* (G, p), float64, and the continuous-time :class:`StateSpace` bank of G systems at
+            (x*, u0).
+
+        Raises:
+            ValueError: when a block has a pole at s = 0 (an integrator: no unique equilibrium), naming it.
+        """
+        us = _as_points(u0, self.n_inputs, "u0", "n_inputs")
+        parts = []
+        with torch.no_grad():
+            for i, (member, systems) in enumerate(zip(self._members, self._systems)):
+                v = member.encoder((us - member.u_mean) / member.u_std)  # (G, H)
+                for ell, ((A, B, C, D), skip, sigma) in enumerate(zip(systems, member.skips, _sigmas(member))):
+                    if bool((torch.linalg.eigvals(A).abs() <= 1e-12 * max(1.0, float(A.abs().max()))).any()):
+                        where = f"member {i}, " if len(self._members) > 1 else ""
+                        raise ValueError(f"operating_point: {where}block {ell} has a pole at s = 0 (an integrator): "
+                                         f"no unique equilibrium")
+                    x_ell = torch.linalg.solve(A, -(v @ B.T).T).T  # (G, n_ℓ): A x + B v = 0
+                    parts.append(x_ell)
+                    v = sigma(x_ell @ C.T + v @ D.T) + skip(v)
+        x = torch.cat(parts, 1)  # (G, n)
+        n = self.n_states
+        jacobians, outputs = [], []
+        for point in range(x.shape[0]):
+            def joint(xu):
+                f, h = self._f_h(xu[None, :n], xu[None, n:])
+                return torch.cat([f[0], h[0]])  # (n + p,)
+
+            xu = torch.cat([x[point], us[point]])  # (n + m,)
+            jacobians.append(torch.autograd.functional.jacobian(joint, xu))  # (n + p, n + m)
+            with torch.no_grad():
+                outputs.append(joint(xu)[n:])
+        J = torch.stack(jacobians).numpy()  # (G, n + p, n + m)
+        system = StateSpace.from_continuous(J[:, :n, :n], J[:, :n, n:], J[:, n:, :n], J[:, n:, n:])
+        return x.numpy(), torch.stack(outputs).numpy(), system
+
+    def to_control(self, name: str | None = None, inputs: Sequence[str] | None = None,
+                   outputs: Sequence[str] | None = None) -> Any:
+        """The model as a continuous-time ``control.NonlinearIOSystem`` (``control.nlsys``, dt = 0) whose update
+        function is ẋ = :meth:`derivative` and output function :meth:`output`, for ``control.input_output_response``
+        (solve_ivp), ``control.find_eqpt``, ``control.linearize`` and ``control.interconnect``. Needs python-control.
+
+        Its state is at rest at x = 0 (the model's rest state), in general no equilibrium: start from x* of
+        :meth:`operating_point`. python-control interpolates the input linearly between the time points it is given;
+        a sampled command is held exactly by simulating interval by interval.
+
+        Args:
+            name: the system's name (python-control's default when None).
+            inputs: the m input signals' names (default u[0] .. u[m-1]).
+            outputs: the p output signals' names (default y[0] .. y[p-1]). The n states are x[0] .. x[n-1].
+
+        Returns:
+            a ``control.NonlinearIOSystem`` with dt = 0.
+        """
+        try:
+            import control
+        except ImportError as err:
+            raise ImportError("ContinuousWiener.to_control needs python-control: pip install control "
+                              "(or pip install ssmkit[control])") from err
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"name must be a str or None; got {name!r}")
+        names = {}
+        for kind, given, count in (("inputs", inputs, self.n_inputs), ("outputs", outputs, self.n_outputs)):
+            names[kind] = count if given is None else check_signal_names(kind, given, count)
+
+        def updfcn(t, x, u, params):
+            return self.derivative(np.atleast_1d(x), np.atleast_1d(u))[0]
+
+        def outfcn(t, x, u, params):
+            return self.output(np.atleast_1d(x), np.atleast_1d(u))[0]
+
+        return control.nlsys(updfcn, outfcn, inputs=names["inputs"], outputs=names["outputs"], states=self.n_states,
+                             dt=0, name=name)

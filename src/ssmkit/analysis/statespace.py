@@ -15,16 +15,24 @@ The SSM papers write the recurrence with the state already updated by the curren
 (S4, arXiv:2111.00396, eq. 3): x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k + D u_k. With ξ[k] := x_{k-1} this is
 ξ[k+1] = Ā ξ[k] + B̄ u[k], y[k] = C Ā ξ[k] + (D + C B̄) u[k], so A = Ā, B = B̄, C' = C Ā, D' = D + C B̄
 (`StateSpace.from_ssm`, `StateSpace.from_diagonal`).
+
+Continuous time: a bank may also hold G continuous-time systems ẋ = A x + B u, y = C x + D u, with dt = 0 as in
+python-control (`StateSpace.from_continuous`, `is_continuous`). `to_continuous` finds the continuous system whose
+sampling gives a discrete bank exactly (zero-order hold by the principal matrix logarithm, or the inverse Tustin map)
+and `to_discrete` samples it back. Poles are then in s, the frequency response is H(jω), and `to_scipy` / `to_control`
+give ``scipy.signal.lti`` / ``control.ss(..., dt=0)``.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from ssmkit.analysis import frequency, norms
+from ssmkit.analysis.sampling import tustin_inverse, tustin_sample, zoh_logarithm, zoh_sample, _check_sampling_rule
 from ssmkit.utils import check_sampling_time, distinct_names
 
 if TYPE_CHECKING:  # scipy.signal costs ~45 MiB: imported by `to_scipy` only, never by `import ssmkit`
@@ -92,7 +100,8 @@ def check_signal_names(kind: str, given: Sequence[str], count: int) -> list[str]
 
 
 class StateSpace:
-    """A bank of G discrete-time LTI systems x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k].
+    """A bank of G discrete-time LTI systems x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (or continuous-time
+    ones, ẋ = A x + B u: `from_continuous`, `to_continuous`).
 
     System g has state x (n), input u (m) and output y (p): ``A[g]`` (n, n), ``B[g]`` (n, m), ``C[g]`` (p, n),
     ``D[g]`` (p, m), sampled every ``dt`` seconds. This is the convention of python-control and scipy.signal.
@@ -122,6 +131,14 @@ class StateSpace:
     Matrices are stored as read-only numpy arrays (float64, or complex128 when any of A, B, C, D is complex),
     copied from the torch tensors (detached, moved to the CPU) or arrays given.
 
+    Continuous time: `from_continuous` (or `to_continuous` of a discrete bank) holds ẋ = A x + B u, y = C x + D u
+    instead, with ``dt`` = 0 and ``is_continuous`` True (python-control's dt = 0); the constructor itself takes a
+    sampling time > 0 only. Every method describes the continuous system then: `poles` are in s, `stable_mask` asks
+    Re s < 0, `dcgain` is H(0) = D − C A^{-1} B, `frequency_response` is H(jω), `hinf_norm` is the sup over ω of
+    σ_max(H(jω)) (through the Tustin image, which keeps it), `to_scipy` gives ``scipy.signal.lti``, `to_control`
+    ``control.ss(..., dt=0)`` and `to_discrete` samples the bank; `simulate`, `h2_norm`, `gram`, `hsvd` and `balred`
+    are discrete-time only and say so.
+
     Args:
         A: (G, n, n) state matrix (real or complex).
         B: (G, n, m) input matrix (real or complex).
@@ -132,8 +149,39 @@ class StateSpace:
 
     def __init__(self, A: Any, B: Any, C: Any, D: Any, dt: float = 1.0) -> None:
         self._A, self._B, self._C, self._D = self._validate(A, B, C, D, ("A", "B", "C", "D"))
-        self._dt = check_sampling_time(dt)
+        try:
+            self._dt = check_sampling_time(dt)
+        except ValueError as err:
+            if isinstance(dt, numbers.Real) and not isinstance(dt, bool) and dt == 0:
+                raise ValueError(f"{err} (dt = 0 is python-control's continuous time: "
+                                 f"StateSpace.from_continuous(A, B, C, D))") from None
+            raise
         self._schur: frequency.SchurForm | None = None
+
+    @classmethod
+    def from_continuous(cls, A: Any, B: Any, C: Any, D: Any) -> StateSpace:
+        """The bank of G continuous-time systems ẋ = A x + B u, y = C x + D u (``dt`` = 0, as python-control's).
+
+        Args:
+            A: (G, n, n) state matrix (real or complex).
+            B: (G, n, m) input matrix (real or complex).
+            C: (G, p, n) output matrix (real or complex).
+            D: (G, p, m) feedthrough matrix (real or complex).
+
+        Returns:
+            a continuous-time StateSpace (``is_continuous`` True, ``dt`` 0.0).
+        """
+        system = cls.__new__(cls)
+        system._A, system._B, system._C, system._D = cls._validate(A, B, C, D, ("A", "B", "C", "D"))
+        system._dt = 0.0
+        system._schur = None
+        return system
+
+    def _same_time(self, A: Any, B: Any, C: Any, D: Any) -> StateSpace:
+        """A bank of the given matrices in this bank's time domain (the same dt, or continuous)."""
+        if self.is_continuous:
+            return StateSpace.from_continuous(A, B, C, D)
+        return StateSpace(A, B, C, D, self._dt)
 
     @staticmethod
     def _validate(A: Any, B: Any, C: Any, D: Any, names: Sequence[str]) -> tuple[np.ndarray, ...]:
@@ -183,8 +231,13 @@ class StateSpace:
 
     @property
     def dt(self) -> float:
-        """Sampling time in seconds."""
+        """Sampling time in seconds; 0.0 for a continuous-time bank (python-control's dt = 0)."""
         return self._dt
+
+    @property
+    def is_continuous(self) -> bool:
+        """True for a bank of continuous-time systems ẋ = A x + B u (``dt`` = 0), False for a sampled one."""
+        return self._dt == 0.0
 
     @property
     def nstates(self) -> int:
@@ -234,7 +287,7 @@ class StateSpace:
         sel = np.arange(G)[index]  # (G',) selected system indices
         if sel.size == 0:
             raise ValueError(f"index selects no system of the G = {G} in the bank; got {index!r}")
-        return StateSpace(self._A[sel], self._B[sel], self._C[sel], self._D[sel], self._dt)
+        return self._same_time(self._A[sel], self._B[sel], self._C[sel], self._D[sel])
 
     def __repr__(self) -> str:
         return (
@@ -382,27 +435,120 @@ class StateSpace:
         A_R = np.block([[A.real, -A.imag], [A.imag, A.real]])  # (G, 2n, 2n)
         B_R = np.concatenate([B.real, B.imag], axis=1)  # (G, 2n, m)
         C_R = np.concatenate([C.real, -C.imag], axis=2)  # (G, p, 2n)
-        return StateSpace(A_R, B_R, C_R, self._D.real, self._dt)
+        return self._same_time(A_R, B_R, C_R, self._D.real)
 
-    def to_scipy(self) -> list["scipy.signal.dlti"]:
-        """One ``scipy.signal.dlti`` (a ``StateSpaceDiscrete``, with ``dt``) per system.
+    def to_continuous(self, method: str = "zoh", hold: str = "previous") -> StateSpace:
+        """The continuous-time bank whose sampling at ``dt`` by ``method`` gives this discrete bank exactly.
 
-        scipy's ``dlsim`` takes and returns signals with time on axis 0, ``(L, m)`` -> ``(L, p)``; ssmkit
-        puts time on axis 1 of ``(B, L, H)``.
+        Methods (each the inverse of scipy's ``cont2discrete`` and python-control's ``sample`` of that name):
+            ``"zoh"`` (default) -- zero-order hold: [[A_c, B_c], [0, 0]] = logm([[A, B], [0, I]]) / dt, the
+            principal matrix logarithm (`zoh_logarithm`; it holds at an eigenvalue 1, an integrator). Poles
+            s = log(z)/dt with |Im s| < π/dt: a mode above the Nyquist frequency comes back aliased.
+            ``"bilinear"`` -- the inverse Tustin map (`tustin_inverse`): with F = (A + I)^{-1},
+            A_c = (2/dt)(A − I) F, B_c = (2/dt) F B, C_c = 2 C F, D_c = D − C F B.
+
+        Holds (``"zoh"``: which input acts over the interval (t_{k-1}, t_k] before sample k; the words of
+        ``ssmkit.sysid.from_arrays``' ``hold``):
+            ``"previous"`` (default) -- u[k-1], each input held from its own sample until the next: the control
+            convention (scipy, python-control, ``scipy.signal.lsim`` with ``interp=False``). Then C_c = C, D_c = D and
+            y[k] = y(t_k) = C x(t_k) + D u[k] reads the state *before* u[k]'s interval.
+            ``"sample"`` -- u[k], held over the interval that ends at sample k: the convention of ssmkit's models and
+            records (``IORecord``; a layer's sample times, ``intervals=``). The state x(t_k) is then the one *after*
+            u[k]'s interval, x(t_k) = A ξ[k] + B u[k] in this bank's state ξ, and y[k] = C_c x(t_k) + D_c u[k] with
+            C_c = C A^{-1}, D_c = D − C A^{-1} B. For a layer's export (C = C_paper Ā, D = D_paper + C_paper B̄; class
+            docstring) this is the layer's own continuous system: C_c = C_paper, D_c = D_paper, as its
+            ``continuous()`` (Λ, B) with its C and D, whatever ``dt``.
+
+        A complex bank stays complex (complex logarithm; the output is still the real part), and converts where
+        its real realisation `to_real` may not (an eigenvalue on the negative real axis).
+
+        Args:
+            method: ``"zoh"`` or ``"bilinear"``.
+            hold: ``"previous"`` or ``"sample"`` (``"zoh"`` only).
 
         Returns:
-            list of G ``scipy.signal.StateSpaceDiscrete``.
+            a continuous-time StateSpace (``dt`` = 0) with A (G, n, n), B (G, n, m), C (G, p, n), D (G, p, m).
+
+        Raises:
+            ValueError: for a bank that is continuous already; with ``"zoh"``, for a system with an eigenvalue 0
+                (a pure delay) or, in a real bank, one on the negative real axis (no real logarithm); with
+                ``"bilinear"``, for an eigenvalue −1. The message names the system index and the eigenvalue.
+        """
+        if self.is_continuous:
+            raise ValueError("to_continuous needs a discrete-time bank; this one is continuous already (dt = 0)")
+        _check_sampling_rule(method, hold)
+        mats = [np.empty_like(M) for M in (self._A, self._B, self._C, self._D)]
+        for g in range(self.nsystems):
+            A, B, C, D = self._A[g], self._B[g], self._C[g], self._D[g]
+            if method == "bilinear":
+                mats[0][g], mats[1][g], mats[2][g], mats[3][g] = tustin_inverse(A, B, C, D, self._dt, g)
+                continue
+            mats[0][g], mats[1][g] = zoh_logarithm(A, B, self._dt, g)
+            if hold == "sample":  # C A^{-1}, D - C A^{-1} B: A is invertible (no eigenvalue 0, checked above)
+                C_Ainv = np.linalg.solve(A.T, C.T).T  # (p, n)
+                C, D = C_Ainv, D - C_Ainv @ B
+            mats[2][g], mats[3][g] = C, D
+        return StateSpace.from_continuous(*mats)
+
+    def to_discrete(self, dt: float, method: str = "zoh", hold: str = "previous") -> StateSpace:
+        """The bank of this continuous-time one sampled every ``dt`` seconds by ``method``: the inverse of
+        `to_continuous` (same methods and holds), as scipy's ``cont2discrete`` and python-control's ``sample``.
+
+        ``"zoh"``: [[A, B], [0, I]] = exp(dt [[A_c, B_c], [0, 0]]) (`zoh_sample`); with ``hold="previous"``
+        C = C_c, D = D_c, with ``hold="sample"`` C = C_c A, D = D_c + C_c B. ``"bilinear"``: `tustin_sample`.
+
+        Args:
+            dt: the sampling time in seconds, > 0.
+            method: ``"zoh"`` or ``"bilinear"``.
+            hold: ``"previous"`` or ``"sample"`` (``"zoh"`` only).
+
+        Returns:
+            a discrete-time StateSpace with A (G, n, n), B (G, n, m), C (G, p, n), D (G, p, m) and this ``dt``.
+
+        Raises:
+            ValueError: for a bank that is discrete already, a bad ``dt``, and with ``"bilinear"`` an eigenvalue
+                s = 2/dt (naming the system).
+        """
+        if not self.is_continuous:
+            raise ValueError(f"to_discrete needs a continuous-time bank; this one is sampled already "
+                             f"(dt = {self._dt}): to_continuous() first")
+        dt = check_sampling_time(dt)
+        _check_sampling_rule(method, hold)
+        mats = [np.empty_like(M) for M in (self._A, self._B, self._C, self._D)]
+        for g in range(self.nsystems):
+            A_c, B_c, C_c, D_c = self._A[g], self._B[g], self._C[g], self._D[g]
+            if method == "bilinear":
+                mats[0][g], mats[1][g], mats[2][g], mats[3][g] = tustin_sample(A_c, B_c, C_c, D_c, dt, g)
+                continue
+            A, B = zoh_sample(A_c, B_c, dt)
+            mats[0][g], mats[1][g] = A, B
+            mats[2][g], mats[3][g] = (C_c @ A, D_c + C_c @ B) if hold == "sample" else (C_c, D_c)
+        return StateSpace(*mats, dt=dt)
+
+    def to_scipy(self) -> list["scipy.signal.dlti | scipy.signal.lti"]:
+        """One ``scipy.signal.dlti`` (a ``StateSpaceDiscrete``, with ``dt``) per system; for a continuous-time bank one
+        ``scipy.signal.lti`` (a ``StateSpaceContinuous``).
+
+        scipy's ``dlsim`` and ``lsim`` take and return signals with time on axis 0, ``(L, m)`` -> ``(L, p)``;
+        ssmkit puts time on axis 1 of ``(B, L, H)``. ``lsim(..., interp=False)`` holds each input from its sample
+        (`to_continuous`' ``hold="previous"``).
+
+        Returns:
+            list of G ``scipy.signal.StateSpaceDiscrete`` (``StateSpaceContinuous`` when continuous).
         """
         import scipy.signal
 
         self._require_real("to_scipy")
+        if self.is_continuous:
+            return [scipy.signal.lti(self._A[g], self._B[g], self._C[g], self._D[g]) for g in range(self.nsystems)]
         return [
             scipy.signal.dlti(self._A[g], self._B[g], self._C[g], self._D[g], dt=self._dt)
             for g in range(self.nsystems)
         ]
 
     def to_control(self, inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None) -> list[Any]:
-        """One python-control ``StateSpace`` (discrete, ``dt`` set) per system; needs ``pip install control``.
+        """One python-control ``StateSpace`` (discrete, ``dt`` set; continuous, ``dt`` = 0, for a continuous-time bank)
+        per system; needs ``pip install control``.
 
         python-control's time responses (``forced_response``) take and return signals with time on the last
         axis, ``(m, L)`` -> ``(p, L)``; ssmkit puts time on axis 1 of ``(B, L, H)``. A SISO bank (one system per
@@ -439,6 +585,11 @@ class StateSpace:
                 f"{what} needs a real system; this bank is complex (output = real part): call to_real() first"
             )
 
+    def _require_discrete(self, what: str) -> None:
+        if self.is_continuous:
+            raise ValueError(f"{what} is discrete-time only; this bank is continuous (dt = 0): sample it first with "
+                             f"to_discrete(dt), or use python-control (to_control())")
+
     # ----------------------------------------------------------------------------------------------------------
     # analysis
     def poles(self) -> np.ndarray:
@@ -450,15 +601,19 @@ class StateSpace:
         return np.linalg.eigvals(self._A).astype(np.complex128)
 
     def stable_mask(self) -> np.ndarray:
-        """Whether each system is asymptotically stable: every pole strictly inside the unit circle.
+        """Whether each system is asymptotically stable: every pole strictly inside the unit circle (|z| < 1), or for
+        a continuous-time bank strictly in the left half-plane (Re s < 0).
 
         Returns:
             (G,) bool.
         """
+        if self.is_continuous:
+            return np.all(self.poles().real < 0.0, axis=1)
         return np.all(np.abs(self.poles()) < 1.0, axis=1)
 
     def is_stable(self) -> bool:
-        """True when every system of the bank is asymptotically stable (all poles with |z| < 1)."""
+        """True when every system of the bank is asymptotically stable (all poles with |z| < 1; Re s < 0 when
+        continuous)."""
         return bool(self.stable_mask().all())
 
     def zeros(self) -> list[np.ndarray]:
@@ -495,15 +650,17 @@ class StateSpace:
         return out
 
     def dcgain(self) -> np.ndarray:
-        """Steady-state gain C (I - A)^{-1} B + D of each system (the real part for a complex bank).
+        """Steady-state gain C (I - A)^{-1} B + D of each system (the real part for a complex bank); for a
+        continuous-time bank H(0) = C (-A)^{-1} B + D.
 
-        A system with a pole at z = 1 exactly (I - A singular) gets inf, as in python-control.
+        A system with a pole at z = 1 (s = 0 when continuous) exactly (I - A, or A, singular) gets inf, as in
+        python-control.
 
         Returns:
             (G, p, m) float64.
         """
         G, n = self.nsystems, self.nstates
-        I_minus_A = np.eye(n) - self._A  # (G, n, n)
+        I_minus_A = -self._A if self.is_continuous else np.eye(n) - self._A  # (G, n, n)
         out = np.full((G, self.noutputs, self.ninputs), np.inf)
         for g in range(G):
             try:
@@ -514,7 +671,8 @@ class StateSpace:
         return out
 
     def frequency_response(self, omega: Any) -> np.ndarray:
-        """Frequency response H(z) = C (zI - A)^{-1} B + D at z = exp(1j · omega · dt), omega in rad/s.
+        """Frequency response H(z) = C (zI - A)^{-1} B + D at z = exp(1j · omega · dt), omega in rad/s; for a
+        continuous-time bank at s = 1j · omega (python-control's convention for ``dt`` = 0).
 
         This is python-control's convention for discrete systems (``sys.frequency_response(omega)``, which
         returns an object whose ``.complex`` is this array per system; its Nyquist frequency is pi / dt and
@@ -534,8 +692,8 @@ class StateSpace:
         w = np.atleast_1d(_as_array(omega, "omega"))
         if np.iscomplexobj(w) or w.ndim != 1:
             raise ValueError(f"omega must be a real 1-D array (W,) in rad/s; got {w.dtype} {tuple(w.shape)}")
-        z = np.broadcast_to(np.exp(1j * w * self._dt), (self.nsystems, w.size))  # (G, W)
-        return self._physical(z)
+        points = 1j * w if self.is_continuous else np.exp(1j * w * self._dt)  # (W,) s or z
+        return self._physical(np.broadcast_to(points, (self.nsystems, w.size)))  # (G, W) -> (G, p, m, W)
 
     def hinf_norm(self, method: str = "hamiltonian", tol: float = 1e-10) -> np.ndarray:
         """H-infinity norm of each system: sup over θ in [0, π] of σ_max(H(e^{jθ})); inf if not stable.
@@ -551,7 +709,10 @@ class StateSpace:
             precision times the peak's conditioning when the peak lies in one of those brackets (~1e-15 relative for 1 - |λ| = 0.1,
             ~1e-12 for 1e-4, ~1e-9 for 1e-6), but not certified.
         A system with any pole on or outside the unit circle gets inf, even when that mode is uncontrollable or
-        unobservable. A complex bank uses its physical (real-part) response.
+        unobservable. A complex bank uses its physical (real-part) response. A continuous-time bank: the sup over
+        ω >= 0 of σ_max(H(jω)), computed on its Tustin image at dt = 2 (``to_discrete(2.0, "bilinear")``:
+        z = (1 + s)/(1 - s) maps jω onto the unit circle, so the norm is the same); inf unless every pole has
+        Re s < 0.
 
         Args:
             method: ``"hamiltonian"`` or ``"grid"``.
@@ -560,6 +721,14 @@ class StateSpace:
         Returns:
             (G,) float64.
         """
+        if self.is_continuous:
+            if method not in ("hamiltonian", "grid"):
+                raise ValueError(f"method must be one of ('hamiltonian', 'grid'); got {method!r}")
+            if method == "hamiltonian":
+                from ssmkit.analysis import hinf
+
+                hinf.check_tolerance(tol)  # also when no system is stable, as for a discrete bank
+            return self._on_tustin_image(lambda image: image.hinf_norm(method, tol), ())
         if method == "grid":
             out = np.full(self.nsystems, np.inf)
             stable = np.flatnonzero(self.stable_mask())
@@ -579,6 +748,9 @@ class StateSpace:
         (1 + 2 tol 4^k) γ_lo, wider but still certified, for poles within about 1e-5 of the unit circle (relative
         width ~5e-8 at 1 - |λ| = 1e-6, ~2e-4 at 1e-8, ~3e-3 at 1e-9 and 1e-10).
 
+        A continuous-time bank is bracketed on its Tustin image at dt = 2 (as `hinf_norm`; the frequency is
+        ω = tan(θ/2)).
+
         Args:
             tol: relative width of the bracket, > 0.
 
@@ -588,12 +760,23 @@ class StateSpace:
         from ssmkit.analysis import hinf
 
         hinf.check_tolerance(tol)  # also when no system is stable (nothing would read it)
+        if self.is_continuous:
+            return self._on_tustin_image(lambda image: image.hinf_bounds(tol), (2,))
         real = self.to_real()
         out = np.full((self.nsystems, 2), np.inf)
         for g in np.flatnonzero(self.stable_mask()):
             sub = real[int(g)]
             gain = lambda theta, sub=sub: sub._sigma_max(theta[None])[0]  # noqa: E731  (W,) -> (W,)
             out[g] = hinf.hinf_bracket(real.A[g], real.B[g], real.C[g], real.D[g], gain, tol)
+        return out
+
+    def _on_tustin_image(self, norm: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """``norm`` of the Tustin image at dt = 2 (z = (1 + s)/(1 - s)) of the stable systems of a continuous bank,
+        inf for the others: (G, *shape). The image keeps the H∞ norm (jω -> e^{jθ}, ω = tan(θ/2))."""
+        out = np.full((self.nsystems, *shape), np.inf)
+        stable = np.flatnonzero(self.stable_mask())
+        if stable.size:  # Re s < 0: no eigenvalue at s = 1 = 2/dt, so the map exists
+            out[stable] = norm(self[stable].to_discrete(2.0, "bilinear"))
         return out
 
     def h2_norm(self) -> np.ndarray:
@@ -605,6 +788,7 @@ class StateSpace:
         """
         from ssmkit.analysis import reduction
 
+        self._require_discrete("h2_norm")
         return reduction.h2_norm(self)
 
     def gram(self, kind: str = "c") -> np.ndarray:
@@ -620,6 +804,7 @@ class StateSpace:
         """
         from ssmkit.analysis import reduction
 
+        self._require_discrete("gram")
         if kind not in ("c", "o"):
             raise ValueError(f"kind must be 'c' (controllability) or 'o' (observability); got {kind!r}")
         return reduction.gramians(self)[0 if kind == "c" else 1]
@@ -634,6 +819,7 @@ class StateSpace:
         """
         from ssmkit.analysis import reduction
 
+        self._require_discrete("hsvd")
         return reduction.hankel_singular_values(self)
 
     def balred(self, order: int) -> StateSpace:
@@ -648,6 +834,7 @@ class StateSpace:
         """
         from ssmkit.analysis import reduction
 
+        self._require_discrete("balred")
         return reduction.balanced_truncation(self, order)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -692,6 +879,9 @@ class StateSpace:
             y (B, L, G*p) float64 torch tensor, on u's device when u is a torch tensor (else on the CPU);
             with ``return_state``, the pair (y, x[L]) with x[L] (B, G, n) float64 (complex128 if complex).
         """
+        if self.is_continuous:
+            raise ValueError("simulate is discrete-time only; this bank is continuous (dt = 0): to_discrete(dt)"
+                             ".simulate(u) holds each input over its sample (ZOH), or scipy.signal.lsim on to_scipy()")
         G, n, m, p = self.nsystems, self.nstates, self.ninputs, self.noutputs
         dev = u.device if isinstance(u, torch.Tensor) else torch.device("cpu")
         ut = _as_tensor(u, "u")

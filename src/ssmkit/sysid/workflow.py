@@ -628,7 +628,7 @@ def signal_names(model: DeepWiener | WienerEnsemble,
 
 
 def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark | None = None, u0=None,
-               name: str | None = None):
+               name: str | None = None, continuous: bool = False):
     """A model identified on ``bench`` as python-control systems whose input and output signals carry the benchmark's
     names (:func:`signal_names`; ``control.interconnect`` wires signals by name), dt = Ts = ``bench.dt``. Without
     ``bench``, the model's own names (``model.signals``: a model from :func:`build_model` or :func:`identify`, or one
@@ -657,22 +657,36 @@ def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark | None 
     (``model.state_space()`` exports each block's LTI part alone, H internal channels in and out: no benchmark signal
     names apply there; scipy's ``dlti`` carries no names.)
 
+    Continuous time (``continuous=True``): the same exports of the ODE whose sampling the model is
+    (:class:`ssmkit.analysis.nonlinear.ContinuousWiener`: each block's continuous system, ``StateSpace.to_continuous``
+    with ``hold="sample"``, between the static nonlinearities and skips), in seconds, dt = 0: a continuous
+    ``control.NonlinearIOSystem`` (``u0`` None), or its linearisations at the equilibria under u0 (one continuous
+    ``control.StateSpace`` per point; the same equilibria and DC gains as the discrete model's). Holding each input
+    u_k over (t_{k−1}, t_k] and reading y at t_k gives the model's outputs exactly for a model of one block and
+    within O(Ts) for stacked blocks (where the discrete model holds each block's input over the interval). Needs LTI
+    blocks (no ``time_varying`` layer) whose systems convert (no eigenvalue 0 or on the negative real axis).
+
     Args:
         model: a DeepWiener or WienerEnsemble identified on ``bench`` (its ``dt`` must be ``bench.dt``).
         bench: the benchmark (its ``inputs`` and ``outputs`` name the signals), or None for the model's own names.
         u0: None, or the constant inputs of the operating points, (m,) for one point or (P, m), in the data's units.
         name: the nonlinear system's name (python-control's default when None); only with ``u0`` None.
+        continuous: False (default) for the discrete-time systems at dt = Ts, True for the continuous-time ones.
 
     Returns:
-        a ``control.NonlinearIOSystem`` (``u0`` None), or a list of P ``control.StateSpace``.
+        a ``control.NonlinearIOSystem`` (``u0`` None), or a list of P ``control.StateSpace``; dt = Ts, or 0 with
+        ``continuous``.
 
     Raises:
         ValueError: when the model's sampling time is not the benchmark's Ts (a model built for other data, or
             without ``dt``: the exported systems would run at the model's dt under the benchmark's names), or when a
-            signal name holds a ``.`` (python-control reads ``sys.signal`` in ``interconnect``).
+            signal name holds a ``.`` (python-control reads ``sys.signal`` in ``interconnect``); with ``continuous``,
+            for a time-varying block or one whose system does not convert (naming the block).
     """
-    from ssmkit.analysis.nonlinear import NonlinearSystem
+    from ssmkit.analysis.nonlinear import ContinuousWiener, NonlinearSystem
 
+    if not isinstance(continuous, bool):
+        raise ValueError(f"continuous must be a bool; got {continuous!r}")
     inputs, outputs = signal_names(model, bench)
     own = getattr(model, "dt", None)
     if bench is not None and (not isinstance(own, numbers.Real) or isinstance(own, bool)
@@ -689,9 +703,17 @@ def to_control(model: DeepWiener | WienerEnsemble, bench: SysidBenchmark | None 
         who = repr(bench.name) if bench is not None else "the model"
         raise ValueError(f"python-control signal names cannot hold '.' (interconnect reads 'system.signal'); "
                          f"{who} names {dotted}: rename them ({rename})")
+    unnamed = "name names the nonlinear system (u0 None); the linearisations at u0 are not named"
+    if continuous:
+        flow = ContinuousWiener(model)
+        if u0 is None:
+            return flow.to_control(name, inputs=list(inputs), outputs=list(outputs))
+        if name is not None:
+            raise ValueError(unnamed)
+        return flow.operating_point(u0)[2].to_control(inputs=list(inputs), outputs=list(outputs))
     system = NonlinearSystem(model, dt=own if bench is None else bench.dt)
     if u0 is None:
         return system.to_control(name, inputs=list(inputs), outputs=list(outputs))
     if name is not None:
-        raise ValueError("name names the nonlinear system (u0 None); the linearisations at u0 are not named")
+        raise ValueError(unnamed)
     return system.operating_point(u0)[2].to_control(inputs=list(inputs), outputs=list(outputs))

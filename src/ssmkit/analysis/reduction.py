@@ -1,4 +1,5 @@
-"""Gramians, Hankel singular values, the H2 norm and balanced truncation of a bank of discrete-time systems.
+"""Gramians, Hankel singular values, the H2 norm and balanced truncation of a bank of discrete- or continuous-time
+systems.
 
 For a Schur-stable system x[k+1] = A x[k] + B u[k], y[k] = C x[k] + D u[k] (real: a complex bank is taken through
 its real realisation, `StateSpace.to_real`, whose output is the physical real part):
@@ -8,18 +9,31 @@ its real realisation, `StateSpace.to_real`, whose output is the physical real pa
     Hankel singular values    σ_1 ≥ σ_2 ≥ … ≥ σ_n ≥ 0,    σ_i² the eigenvalues of Wc Wo,
     H2 norm                   ‖G‖₂² = Σ_k ‖g_k‖_F² = tr(D Dᵀ + C Wc Cᵀ)   (g_0 = D, g_k = C A^{k−1} B).
 
+For a Hurwitz-stable continuous-time system ẋ = A x + B u, y = C x + D u (a bank with dt = 0, every pole Re s < 0):
+
+    controllability Gramian   Wc = ∫_0^∞ e^{At} B Bᵀ e^{Aᵀt} dt,   the solution of  A Wc + Wc Aᵀ + B Bᵀ = 0,
+    observability Gramian     Wo = ∫_0^∞ e^{Aᵀt} Cᵀ C e^{At} dt,   the solution of  Aᵀ Wo + Wo A + Cᵀ C = 0,
+    H2 norm                   ‖G‖₂² = ∫_0^∞ ‖C e^{At} B‖_F² dt = tr(C Wc Cᵀ)   when D = 0,
+
+and the same Hankel singular values and balancing. With D ≠ 0 the impulse response holds D δ(t), of infinite
+energy: the H2 norm is inf (as python-control's ``norm(sys, 2)``, which warns), not an error, like that of an
+unstable system.
+
 The Stein (discrete Lyapunov) equations are solved in the complex Schur basis A = Z T Zᴴ, one column of the
 transformed solution at a time against a triangular matrix (Barraud, "A numerical algorithm to solve AᵀXA − X = Q",
-IEEE TAC 22(5), 1977): O(n³) per system, batched over the bank. The Hankel singular values and the balancing
-transformation use square-root factors of the Gramians and one SVD (Laub, Heath, Paige & Ward, IEEE TAC 32(2),
-1987), never the product Wc Wo.
+IEEE TAC 22(5), 1977): O(n³) per system, batched over the bank; the continuous Lyapunov equations the same way
+(Bartels & Stewart, "Solution of the matrix equation AX + XB = C", CACM 15(9), 1972). The Hankel singular values and
+the balancing transformation use square-root factors of the Gramians and one SVD (Laub, Heath, Paige & Ward, IEEE
+TAC 32(2), 1987), never the product Wc Wo.
 
-Balanced truncation (Moore, IEEE TAC 26(1), 1981) keeps the r states of largest σ_i. In discrete time the reduced
-system is stable (Pernebo & Silverman, IEEE TAC 27(2), 1982) and ‖G − G_r‖_∞ ≤ 2 Σ_{i>r} σ_i (Al-Saggaf &
-Franklin, IEEE TAC 32(9), 1987); D is kept, so the error at high frequency is bounded too.
+Balanced truncation (Moore, IEEE TAC 26(1), 1981) keeps the r states of largest σ_i. The reduced system is stable
+(Pernebo & Silverman, IEEE TAC 27(2), 1982) and ‖G − G_r‖_∞ ≤ 2 Σ_{i>r} σ_i (continuous time: Enns, CDC 1984, and
+Glover, Int. J. Control 39(6), 1984; discrete time: Al-Saggaf & Franklin, IEEE TAC 32(9), 1987); D is kept, so the
+error at high frequency is bounded too. In continuous time the reduced system is balanced again (its Gramians are
+diag(σ_1, …, σ_r)); in discrete time it is not.
 
 python-control 0.10 computes Gramians and balanced truncation only through slycot and has no discrete-time Hankel
-singular values; these are plain NumPy/SciPy/PyTorch and work on a whole bank at once.
+singular values; these are plain NumPy/SciPy/PyTorch and work on a whole bank at once, in either time domain.
 
 Letters: G systems of a bank, n states, m inputs, p outputs, r the reduced order.
 """
@@ -34,9 +48,10 @@ import torch
 if TYPE_CHECKING:
     from ssmkit.analysis.statespace import StateSpace
 
-__all__ = ["balanced_truncation", "gramians", "h2_and_hankel", "h2_norm", "hankel_singular_values", "solve_stein"]
+__all__ = ["balanced_truncation", "gramians", "h2_and_hankel", "h2_norm", "hankel_singular_values", "solve_lyapunov",
+           "solve_stein"]
 
-_CHUNK_ELEMENTS = 1 << 22  # complex entries per (G', n, n) temporary of `solve_stein` (64 MiB): large banks go in parts
+_CHUNK_ELEMENTS = 1 << 22  # complex entries per (G', n, n) temporary of the solvers (64 MiB): large banks go in parts
 
 
 def solve_stein(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
@@ -77,10 +92,54 @@ def solve_stein(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
     return Y.numpy()
 
 
+def solve_lyapunov(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
+    """Solve T Y + Y Tᴴ + Q = 0 (``adjoint=False``) or Tᴴ Y + Y T + Q = 0 (``adjoint=True``) for upper triangular T.
+
+    Column j of the first satisfies (T + conj(T_jj) I) Y[:, j] = −Q[:, j] − Σ_{l>j} conj(T_jl) Y[:, l] (solved for
+    j = n−1 down to 0); of the second, (Tᴴ + T_jj I) Y[:, j] = −Q[:, j] − Σ_{l<j} T_lj Y[:, l] (j = 0 up). Each is
+    triangular with diagonal T_ii + conj(T_jj), non-zero when every Re T_ii < 0 (Bartels & Stewart, CACM 15(9),
+    1972, with a triangular rather than quasi-triangular T).
+
+    Args:
+        T: (G, n, n) complex upper triangular, every Re T_ii < 0.
+        Q: (G, n, n) complex right-hand sides.
+        adjoint: which of the two equations.
+
+    Returns:
+        (G, n, n) complex128 solution Y.
+    """
+    G, n = T.shape[0], T.shape[1]
+    step = max(1, _CHUNK_ELEMENTS // max(n * n, 1))  # systems per pass, as `solve_stein`
+    if G > step:
+        return np.concatenate([solve_lyapunov(T[i:i + step], Q[i:i + step], adjoint) for i in range(0, G, step)])
+    Tt = torch.from_numpy(np.ascontiguousarray(T, np.complex128))  # (G, n, n)
+    Qt = torch.from_numpy(np.ascontiguousarray(Q, np.complex128))  # (G, n, n)
+    eye = torch.eye(n, dtype=torch.complex128)
+    Th = Tt.conj().transpose(1, 2)  # (G, n, n) lower triangular
+    Y = torch.zeros(G, n, n, dtype=torch.complex128)
+    order = range(n) if adjoint else range(n - 1, -1, -1)
+    for j in order:
+        if adjoint:
+            v = Y[:, :, :j] @ Tt[:, :j, j, None]  # (G, n, 1): Σ_{l<j} T_lj Y[:, l]
+            M = Th + Tt[:, j, j, None, None] * eye  # (G, n, n) lower
+        else:
+            v = Y[:, :, j + 1:] @ Tt[:, j, j + 1:, None].conj()  # (G, n, 1): Σ_{l>j} conj(T_jl) Y[:, l]
+            M = Tt + Tt[:, j, j, None, None].conj() * eye  # (G, n, n) upper
+        rhs = -Qt[:, :, j, None] - v
+        Y[:, :, j] = torch.linalg.solve_triangular(M, rhs, upper=not adjoint)[:, :, 0]
+    return Y.numpy()
+
+
 def _real_and_stable(system: StateSpace, what: str) -> StateSpace:
-    """The real realisation of ``system``; ``ValueError`` naming the systems that are not Schur stable."""
+    """The real realisation of ``system``; ``ValueError`` naming the systems that are not Schur stable (Hurwitz
+    stable, every pole Re s < 0, for a continuous-time bank)."""
     real = system.to_real()
     bad = np.flatnonzero(~real.stable_mask())
+    if bad.size and real.is_continuous:
+        edge = real.poles().real.max(1)  # (G,) rightmost pole's real part
+        shown = ", ".join(f"{int(g)} (max Re s = {edge[g]:.6g})" for g in bad[:5]) + (" …" if bad.size > 5 else "")
+        raise ValueError(f"{what} needs Hurwitz-stable systems (every pole Re s < 0) in continuous time; not stable: "
+                         f"system {shown}")
     if bad.size:
         rho = np.abs(real.poles()).max(1)  # (G,)
         shown = ", ".join(f"{int(g)} (|z| = {rho[g]:.6g})" for g in bad[:5]) + (" …" if bad.size > 5 else "")
@@ -89,23 +148,27 @@ def _real_and_stable(system: StateSpace, what: str) -> StateSpace:
 
 
 def gramians(system: StateSpace) -> tuple[np.ndarray, np.ndarray]:
-    """The controllability and observability Gramians of each system of the bank (module docstring).
+    """The controllability and observability Gramians of each system of the bank (module docstring): of the Stein
+    equations for a sampled bank, of the continuous Lyapunov equations for a continuous one (dt = 0).
 
     Args:
-        system: a bank of G Schur-stable systems (a complex bank is taken as its real realisation, 2n states).
+        system: a bank of G stable systems, Schur (|z| < 1) or, continuous, Hurwitz (Re s < 0) (a complex bank is
+            taken as its real realisation, 2n states).
 
     Returns:
         the controllability Gramian Wc and the observability Gramian Wo, each (G, n, n) float64, symmetric
         positive semi-definite.
 
     Raises:
-        ValueError: a system has a pole on or outside the unit circle (its Gramians do not exist).
+        ValueError: a system has a pole on or outside the unit circle (continuous: with Re s >= 0); its Gramians do
+            not exist.
     """
     return _solve(_real_and_stable(system, "a Gramian"), "co")  # type: ignore[return-value]
 
 
 def _solve(real: StateSpace, kinds: str) -> tuple[np.ndarray, ...]:
-    """The Gramians named by ``kinds`` ("c", "o", "co") of a real, stable bank, from one Schur form per system."""
+    """The Gramians named by ``kinds`` ("c", "o", "co") of a real, stable bank, from one Schur form per system
+    (`solve_stein` for a sampled bank, `solve_lyapunov` for a continuous one)."""
     import scipy.linalg  # here, not at module top: `import ssmkit` stays free of scipy
 
     G, n = real.nsystems, real.nstates
@@ -114,14 +177,15 @@ def _solve(real: StateSpace, kinds: str) -> tuple[np.ndarray, ...]:
     for g in range(G):
         T[g], Z[g] = scipy.linalg.schur(real.A[g].astype(np.complex128), output="complex")  # A = Z T Zᴴ
     Zh = Z.conj().transpose(0, 2, 1)  # (G, n, n)
+    solve = solve_lyapunov if real.is_continuous else solve_stein
     out = []
     for kind in kinds:
         if kind == "c":
             Bt = Zh @ real.B  # (G, n, m)
-            Y = solve_stein(T, Bt @ Bt.conj().transpose(0, 2, 1), adjoint=False)  # Zᴴ Wc Z
+            Y = solve(T, Bt @ Bt.conj().transpose(0, 2, 1), adjoint=False)  # Zᴴ Wc Z
         else:
             Ct = real.C @ Z  # (G, p, n)
-            Y = solve_stein(T, Ct.conj().transpose(0, 2, 1) @ Ct, adjoint=True)  # Zᴴ Wo Z
+            Y = solve(T, Ct.conj().transpose(0, 2, 1) @ Ct, adjoint=True)  # Zᴴ Wo Z
         W = Z @ Y @ Zh
         out.append(((W + W.conj().transpose(0, 2, 1)) / 2).real)
     return tuple(out)
@@ -143,8 +207,13 @@ def _hankel_from(Wc: np.ndarray, Wo: np.ndarray) -> np.ndarray:
 
 
 def _h2_from(real: StateSpace, Wc: np.ndarray) -> np.ndarray:
-    """(G,) √tr(D Dᵀ + C Wc Cᵀ) of a real bank."""
-    energy = np.einsum("gpn,gnk,gpk->g", real.C, Wc, real.C) + np.einsum("gpm,gpm->g", real.D, real.D)  # (G,)
+    """(G,) √tr(D Dᵀ + C Wc Cᵀ) of a real sampled bank; √tr(C Wc Cᵀ) of a continuous one, inf where D ≠ 0."""
+    energy = np.einsum("gpn,gnk,gpk->g", real.C, Wc, real.C)  # (G,)
+    feedthrough = np.einsum("gpm,gpm->g", real.D, real.D)  # (G,) ‖D‖_F²
+    if real.is_continuous:
+        energy = np.where(feedthrough > 0, np.inf, energy)  # D δ(t) in the impulse response
+    else:
+        energy = energy + feedthrough
     return np.sqrt(np.clip(energy, 0.0, None))
 
 
@@ -152,7 +221,8 @@ def hankel_singular_values(system: StateSpace) -> np.ndarray:
     """The Hankel singular values σ_1 ≥ … ≥ σ_n of each system: the singular values of Loᵀ Lc (module docstring).
 
     Args:
-        system: a bank of G Schur-stable systems (a complex bank as its real realisation, 2n values).
+        system: a bank of G stable systems (Schur, or Hurwitz when continuous; a complex bank as its real
+            realisation, 2n values).
 
     Returns:
         (G, n) float64, decreasing along the last axis.
@@ -161,13 +231,15 @@ def hankel_singular_values(system: StateSpace) -> np.ndarray:
 
 
 def h2_norm(system: StateSpace) -> np.ndarray:
-    """‖G‖₂ = √tr(D Dᵀ + C Wc Cᵀ) of each system (the root of the energy of its impulse response, g_0 = D).
+    """‖G‖₂ = √tr(D Dᵀ + C Wc Cᵀ) of each system (the root of the energy of its impulse response, g_0 = D); of a
+    continuous-time system √tr(C Wc Cᵀ) = (∫_0^∞ ‖C e^{At} B‖_F² dt)^{1/2}, inf when D ≠ 0 (module docstring).
 
     Args:
         system: a bank of G systems (a complex bank as its physical real-part output).
 
     Returns:
-        (G,) float64; inf for a system with a pole on or outside the unit circle.
+        (G,) float64; inf for a system with a pole on or outside the unit circle (continuous: Re s >= 0, or
+        D ≠ 0).
     """
     return h2_and_hankel(system)[0]
 
@@ -201,16 +273,19 @@ def balanced_truncation(system: StateSpace, order: int) -> StateSpace:
 
     With Loᵀ Lc = U Σ Vᵀ: T_r = Lc V_r Σ_r^{-1/2}, T_r⁺ = Σ_r^{-1/2} U_rᵀ Loᵀ, and the reduced system is
     (T_r⁺ A T_r, T_r⁺ B, C T_r, D): the first r states of the balanced realisation (r = n gives it whole, with both
-    Gramians equal to diag(σ_1, …, σ_n); unlike in continuous time, a truncated discrete system is stable but no
-    longer balanced). Its error is bounded by ‖G − G_r‖_∞ ≤ 2 Σ_{i>r} σ_i (`hankel_singular_values`).
+    Gramians equal to diag(σ_1, …, σ_n); a truncated continuous system is balanced with Gramians diag(σ_1, …, σ_r),
+    a truncated discrete one is stable but no longer balanced). Its error is bounded by ‖G − G_r‖_∞ ≤ 2 Σ_{i>r} σ_i
+    (`hankel_singular_values`) in either time domain.
 
     Args:
-        system: a bank of G Schur-stable systems (a complex bank is reduced from its real realisation).
+        system: a bank of G stable systems, Schur or, continuous (dt = 0), Hurwitz (a complex bank is reduced from
+            its real realisation).
         order: r, 1 <= r <= n (the real realisation's n), and σ_r of every system above its rounding level
             (n·eps·σ_1): an r past a system's numerical order would divide by a zero singular value.
 
     Returns:
-        a real StateSpace bank with A (G, r, r), B (G, r, m), C (G, p, r), the same D and dt.
+        a real StateSpace bank with A (G, r, r), B (G, r, m), C (G, p, r), the same D and dt (continuous for a
+        continuous bank).
 
     Raises:
         ValueError: a system is not stable, ``order`` is not an int in [1, n], or exceeds a system's numerical
@@ -235,4 +310,7 @@ def balanced_truncation(system: StateSpace, order: int) -> StateSpace:
     scale = 1.0 / np.sqrt(s[:, :r])  # (G, r)
     Tr = Lc @ Vh[:, :r, :].transpose(0, 2, 1) * scale[:, None, :]  # (G, n, r)
     Ti = scale[:, :, None] * U[:, :, :r].transpose(0, 2, 1) @ Lo.transpose(0, 2, 1)  # (G, r, n)
-    return StateSpace(Ti @ real.A @ Tr, Ti @ real.B, real.C @ Tr, real.D, real.dt)
+    mats = (Ti @ real.A @ Tr, Ti @ real.B, real.C @ Tr, real.D)
+    if real.is_continuous:
+        return StateSpace.from_continuous(*mats)
+    return StateSpace(*mats, real.dt)

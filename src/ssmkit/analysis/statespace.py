@@ -136,8 +136,8 @@ class StateSpace:
     sampling time > 0 only. Every method describes the continuous system then: `poles` are in s, `stable_mask` asks
     Re s < 0, `dcgain` is H(0) = D − C A^{-1} B, `frequency_response` is H(jω), `hinf_norm` is the sup over ω of
     σ_max(H(jω)) (through the Tustin image, which keeps it), `to_scipy` gives ``scipy.signal.lti``, `to_control`
-    ``control.ss(..., dt=0)`` and `to_discrete` samples the bank; `simulate`, `h2_norm`, `gram`, `hsvd` and `balred`
-    are discrete-time only and say so.
+    ``control.ss(..., dt=0)`` and `to_discrete` samples the bank; `h2_norm`, `gram`, `hsvd` and `balred` solve the
+    continuous Lyapunov equations (`ssmkit.analysis.reduction`); `simulate` is discrete-time only and says so.
 
     Args:
         A: (G, n, n) state matrix (real or complex).
@@ -585,11 +585,6 @@ class StateSpace:
                 f"{what} needs a real system; this bank is complex (output = real part): call to_real() first"
             )
 
-    def _require_discrete(self, what: str) -> None:
-        if self.is_continuous:
-            raise ValueError(f"{what} is discrete-time only; this bank is continuous (dt = 0): sample it first with "
-                             f"to_discrete(dt), or use python-control (to_control())")
-
     # ----------------------------------------------------------------------------------------------------------
     # analysis
     def poles(self) -> np.ndarray:
@@ -782,19 +777,21 @@ class StateSpace:
     def h2_norm(self) -> np.ndarray:
         """H2 norm of each system, √(Σ_k ‖g_k‖_F²) over its impulse response g_0 = D, g_k = C A^{k-1} B; inf if not
         stable (`ssmkit.analysis.reduction.h2_norm`: √tr(D Dᵀ + C Wc Cᵀ); python-control's ``norm(sys, 2)``).
+        Continuous-time bank: (∫_0^∞ ‖C e^{At} B‖_F² dt)^{1/2} = √tr(C Wc Cᵀ), inf when not Hurwitz stable or when
+        D ≠ 0 (the impulse response then holds D δ(t); python-control returns inf too, with a warning).
 
         Returns:
             (G,) float64.
         """
         from ssmkit.analysis import reduction
 
-        self._require_discrete("h2_norm")
         return reduction.h2_norm(self)
 
     def gram(self, kind: str = "c") -> np.ndarray:
         """Controllability (``"c"``: Wc = Σ A^k B Bᵀ Aᵀ^k) or observability (``"o"``: Wo = Σ Aᵀ^k Cᵀ C A^k) Gramian
         of each system, as python-control's ``gram(sys, kind)`` (which needs slycot); of `to_real()` for a complex
-        bank. Raises ``ValueError`` for a system that is not Schur stable.
+        bank. Raises ``ValueError`` for a system that is not Schur stable. Continuous-time bank: the solutions of
+        A Wc + Wc Aᵀ + B Bᵀ = 0 and Aᵀ Wo + Wo A + Cᵀ C = 0, for Hurwitz-stable systems (every pole Re s < 0).
 
         Args:
             kind: ``"c"`` or ``"o"``.
@@ -804,7 +801,6 @@ class StateSpace:
         """
         from ssmkit.analysis import reduction
 
-        self._require_discrete("gram")
         if kind not in ("c", "o"):
             raise ValueError(f"kind must be 'c' (controllability) or 'o' (observability); got {kind!r}")
         return reduction.gramians(self)[0 if kind == "c" else 1]
@@ -812,29 +808,32 @@ class StateSpace:
     def hsvd(self) -> np.ndarray:
         """Hankel singular values σ_1 ≥ … ≥ σ_n of each system (python-control's ``hsvd``, continuous time only
         there): how many states matter; balanced truncation to r states errs by at most 2 Σ_{i>r} σ_i in H∞.
-        Of `to_real()` for a complex bank; ``ValueError`` for a system that is not Schur stable.
+        Of `to_real()` for a complex bank; ``ValueError`` for a system that is not Schur stable (continuous-time
+        bank: Hurwitz stable, from its continuous Gramians; the Tustin map `to_discrete(dt, "bilinear")` keeps the values).
 
         Returns:
             (G, n) float64, decreasing.
         """
         from ssmkit.analysis import reduction
 
-        self._require_discrete("hsvd")
         return reduction.hankel_singular_values(self)
 
     def balred(self, order: int) -> StateSpace:
         """Balanced truncation of every system to ``order`` states (python-control's ``balred(sys, order)``, which
         needs slycot): stable, with ‖G − G_r‖_∞ ≤ 2 Σ_{i>r} σ_i (`hsvd`); `ssmkit.analysis.reduction`.
 
+        A continuous-time bank is reduced in continuous time (its Gramians; Hurwitz-stable systems only) and the
+        result is continuous and balanced (Gramians diag(σ_1, …, σ_r)).
+
         Args:
             order: r, 1 <= r <= n (of the real realisation), within every system's numerical order.
 
         Returns:
-            a real StateSpace with A (G, r, r), B (G, r, m), C (G, p, r), the same D and dt.
+            a real StateSpace with A (G, r, r), B (G, r, m), C (G, p, r), the same D and dt (continuous for a
+            continuous bank).
         """
         from ssmkit.analysis import reduction
 
-        self._require_discrete("balred")
         return reduction.balanced_truncation(self, order)
 
     # ----------------------------------------------------------------------------------------------------------

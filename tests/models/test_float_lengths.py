@@ -267,3 +267,20 @@ def test_bad_lengths_are_refused_with_what_was_expected():
         model(x, lengths=torch.empty(4, dtype=torch.int64, device="meta"))
     for dtype in (torch.int32, torch.int16, torch.uint8):  # any integer dtype
         assert rel_err(model(x, lengths=lengths.to(dtype))[0], model(x, lengths=lengths)[0]) == 0.0
+
+
+def test_the_gaps_after_a_length_may_hold_anything():
+    # with lengths, the padding's intervals are read as 1 (a probe, 2026-12-06: a NaN gap in the padding was refused
+    # by the layers' check, naming a padding step, though the padding's inputs may hold anything)
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=2, d_model=6, n_layers=2, layer="s4d", d_output=3, pool="mean").double().eval()
+    x = torch.randn(3, 9, 2, dtype=torch.float64)
+    tau = 0.5 + torch.rand(3, 9, dtype=torch.float64)
+    lengths = torch.tensor([9, 4, 6])
+    tau_nan = tau.clone()
+    tau_nan[1, 4:], tau_nan[2, 6:] = float("nan"), 0.0
+    out, _ = model(x, lengths=lengths, intervals=tau_nan)
+    alone = torch.cat([model(x[i:i + 1, :n], intervals=tau[i:i + 1, :n])[0] for i, n in enumerate(lengths.tolist())])
+    torch.testing.assert_close(out, alone, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"intervals must be finite and > 0"):  # within a length it is still refused
+        model(x, lengths=lengths, intervals=torch.where(torch.arange(9) == 2, 0.0, tau))

@@ -290,7 +290,8 @@ class SequenceModel(nn.Module):
                 first input is held before it is sampled (1 gives the regular layer's first step; a small one leaves
                 the first sample almost out of the state). With ``pad_id``, give the padding any positive gap (0 is
                 refused): the causal layers never read it into the tokens' outputs, but the returned states are those
-                after it. Not for pair models. With ``lengths`` likewise: the padding's gaps must be > 0 too.
+                after it. Not for pair models. With ``lengths``, the gaps after each length are read as 1 (they may
+                hold anything, NaN included, as the padding's inputs).
             lengths: (B,) integer tensor on x's device, or None: each sequence's length n_b in [1, L] for a batch of
                 right-padded sequences, real or token ids (with ``pair``, (B, 2): each document's). Steps t >= n_b
                 are padding and take the ``pad_id`` path: pooling, the bidirectional layers, Mega and batch-norm
@@ -355,6 +356,10 @@ class SequenceModel(nn.Module):
         h = self._encode(x, per_step=False, pairs=pairs, lengths=lengths)  # (B, L, H); lengths checked
         states = self._check_states(state)
         keep = self._keep(x, lengths)  # (B, L) or None: the bidirectional layers, batch norm and pool skip the rest
+        if (lengths is not None and isinstance(intervals, torch.Tensor) and intervals.is_floating_point()
+                and intervals.shape == x.shape[:2] and intervals.device == x.device):  # else the layers refuse it
+            within = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, L): the padding's gaps are 1
+            intervals = torch.where(within, intervals, torch.ones((), dtype=intervals.dtype, device=x.device))
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
             if self.activation_checkpointing and torch.is_grad_enabled():

@@ -6,6 +6,7 @@ References: one process on the concatenated batch (DDP), the uninterrupted run (
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import os
 import tempfile
@@ -40,41 +41,52 @@ def _groups(model, groups) -> list[tuple[float, float, list[str]]]:
 
 
 def _ddp_worker(rank: int, world: int, folder: str) -> None:
-    from torch.nn.parallel import DistributedDataParallel
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     x, y = _data()
     xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
     results = {}
     for name in NAMES:
-        model = _model(name, 0, torch.float64)
-        ddp = DistributedDataParallel(model)
-        opt = torch.optim.AdamW(param_groups(ddp, lr=1e-2, weight_decay=0.1))
-        out, _ = ddp(xs)
-        ((out - ys) ** 2).mean().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        opt.step()
-        # save the wrapped model and the optimizer, load them into another seed's wrapped model and a fresh optimizer
-        buffer = io.BytesIO()
-        torch.save({"model": ddp.state_dict(), "opt": opt.state_dict()}, buffer)
-        buffer.seek(0)
-        saved = torch.load(buffer, weights_only=True)
-        other = DistributedDataParallel(_model(name, 9, torch.float64))
-        other_opt = torch.optim.AdamW(param_groups(other, lr=1e-2, weight_decay=0.1))
-        other.load_state_dict(saved["model"])
-        other_opt.load_state_dict(saved["opt"])
-        for m, o in ((ddp, opt), (other, other_opt)):  # one more step on both
-            o.zero_grad()
-            out, _ = m(xs)
-            ((out - ys) ** 2).mean().backward()
-            o.step()
-        same = all(torch.equal(a, b) for a, b in zip(ddp.state_dict().values(), other.state_dict().values()))
-        results[name] = {"grads": grads, "groups": _groups(ddp, opt.param_groups),
-                         "loaded_groups": _groups(other, other_opt.param_groups), "continued_equal": same}
+        results[name] = _ddp_case(name, xs, ys)  # its DDP wrappers freed on return, while both processes run
+        gc.collect()
+        dist.barrier()
     if rank == 0:
         torch.save(results, os.path.join(folder, "results.pt"))
+    dist.barrier()  # neither process tears the group down while the other may still use it
     dist.destroy_process_group()
+
+
+def _ddp_case(name: str, xs: torch.Tensor, ys: torch.Tensor) -> dict:
+    """One layer's DDP step, save/load and continued step in this process (:func:`_ddp_worker`). A rare hang (rank 1
+    still running after rank 0 had exited cleanly, its stack at the call of the worker, i.e. in freeing the worker's
+    locals) is most likely the last case's DDP wrappers being destroyed after ``destroy_process_group`` with the peer
+    gone; here each case's wrappers are freed at its return, the group alive and both processes at a barrier after."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = _model(name, 0, torch.float64)
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.AdamW(param_groups(ddp, lr=1e-2, weight_decay=0.1))
+    out, _ = ddp(xs)
+    ((out - ys) ** 2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    # save the wrapped model and the optimizer, load them into another seed's wrapped model and a fresh optimizer
+    buffer = io.BytesIO()
+    torch.save({"model": ddp.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    other = DistributedDataParallel(_model(name, 9, torch.float64))
+    other_opt = torch.optim.AdamW(param_groups(other, lr=1e-2, weight_decay=0.1))
+    other.load_state_dict(saved["model"])
+    other_opt.load_state_dict(saved["opt"])
+    for m, o in ((ddp, opt), (other, other_opt)):  # one more step on both
+        o.zero_grad()
+        out, _ = m(xs)
+        ((out - ys) ** 2).mean().backward()
+        o.step()
+    same = all(torch.equal(a, b) for a, b in zip(ddp.state_dict().values(), other.state_dict().values()))
+    return {"grads": grads, "groups": _groups(ddp, opt.param_groups),
+            "loaded_groups": _groups(other, other_opt.param_groups), "continued_equal": same}
 
 
 @pytest.mark.slow

@@ -73,6 +73,16 @@ def solve_stein(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
     step = max(1, _CHUNK_ELEMENTS // max(n * n, 1))  # systems per pass: a few (G', n, n) complex temporaries
     if G > step:
         return np.concatenate([solve_stein(T[i:i + step], Q[i:i + step], adjoint) for i in range(0, G, step)])
+    # column j: (I − d R) Y[:, j] = Q[:, j] + R v, R = T (Tᴴ for the adjoint), d = conj(T_jj) (T_jj)
+    return _column_sweep(T, Q, adjoint, lambda R, d, eye, q, v: (eye - d * R, q + R @ v))
+
+
+def _column_sweep(T: np.ndarray, Q: np.ndarray, adjoint: bool, column) -> np.ndarray:
+    """The column-by-column solution Y (G, n, n) complex128 shared by :func:`solve_stein` and :func:`solve_lyapunov`:
+    column j solves a triangular system (M, rhs) = ``column(R, d, I, Q[:, j], v)`` with R = T (upper) and
+    d = conj(T_jj), v = Σ_{l>j} conj(T_jl) Y[:, l] (j = n−1 down to 0), or for the ``adjoint`` equation R = Tᴴ
+    (lower), d = T_jj, v = Σ_{l<j} T_lj Y[:, l] (j = 0 up)."""
+    G, n = T.shape[0], T.shape[1]
     Tt = torch.from_numpy(np.ascontiguousarray(T, np.complex128))  # (G, n, n)
     Qt = torch.from_numpy(np.ascontiguousarray(Q, np.complex128))  # (G, n, n)
     eye = torch.eye(n, dtype=torch.complex128)
@@ -82,12 +92,10 @@ def solve_stein(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
     for j in order:
         if adjoint:
             v = Y[:, :, :j] @ Tt[:, :j, j, None]  # (G, n, 1): Σ_{l<j} T_lj Y[:, l]
-            M = eye - Tt[:, j, j, None, None] * Th  # (G, n, n) lower
-            rhs = Qt[:, :, j, None] + Th @ v
+            M, rhs = column(Th, Tt[:, j, j, None, None], eye, Qt[:, :, j, None], v)  # (G, n, n) lower
         else:
-            w = Y[:, :, j + 1:] @ Tt[:, j, j + 1:, None].conj()  # (G, n, 1): Σ_{l>j} conj(T_jl) Y[:, l]
-            M = eye - Tt[:, j, j, None, None].conj() * Tt  # (G, n, n) upper
-            rhs = Qt[:, :, j, None] + Tt @ w
+            v = Y[:, :, j + 1:] @ Tt[:, j, j + 1:, None].conj()  # (G, n, 1): Σ_{l>j} conj(T_jl) Y[:, l]
+            M, rhs = column(Tt, Tt[:, j, j, None, None].conj(), eye, Qt[:, :, j, None], v)  # (G, n, n) upper
         Y[:, :, j] = torch.linalg.solve_triangular(M, rhs, upper=not adjoint)[:, :, 0]
     return Y.numpy()
 
@@ -112,22 +120,8 @@ def solve_lyapunov(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
     step = max(1, _CHUNK_ELEMENTS // max(n * n, 1))  # systems per pass, as `solve_stein`
     if G > step:
         return np.concatenate([solve_lyapunov(T[i:i + step], Q[i:i + step], adjoint) for i in range(0, G, step)])
-    Tt = torch.from_numpy(np.ascontiguousarray(T, np.complex128))  # (G, n, n)
-    Qt = torch.from_numpy(np.ascontiguousarray(Q, np.complex128))  # (G, n, n)
-    eye = torch.eye(n, dtype=torch.complex128)
-    Th = Tt.conj().transpose(1, 2)  # (G, n, n) lower triangular
-    Y = torch.zeros(G, n, n, dtype=torch.complex128)
-    order = range(n) if adjoint else range(n - 1, -1, -1)
-    for j in order:
-        if adjoint:
-            v = Y[:, :, :j] @ Tt[:, :j, j, None]  # (G, n, 1): Σ_{l<j} T_lj Y[:, l]
-            M = Th + Tt[:, j, j, None, None] * eye  # (G, n, n) lower
-        else:
-            v = Y[:, :, j + 1:] @ Tt[:, j, j + 1:, None].conj()  # (G, n, 1): Σ_{l>j} conj(T_jl) Y[:, l]
-            M = Tt + Tt[:, j, j, None, None].conj() * eye  # (G, n, n) upper
-        rhs = -Qt[:, :, j, None] - v
-        Y[:, :, j] = torch.linalg.solve_triangular(M, rhs, upper=not adjoint)[:, :, 0]
-    return Y.numpy()
+    # column j: (R + d I) Y[:, j] = −Q[:, j] − v, R = T (Tᴴ for the adjoint), d = conj(T_jj) (T_jj)
+    return _column_sweep(T, Q, adjoint, lambda R, d, eye, q, v: (R + d * eye, -q - v))
 
 
 def _real_and_stable(system: StateSpace, what: str) -> StateSpace:

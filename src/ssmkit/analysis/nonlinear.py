@@ -112,6 +112,23 @@ def _paired(x: Any, u: Any, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]
     return xs, us
 
 
+def _control_and_names(owner: str, system: Any, name: Any, inputs: Any, outputs: Any) -> tuple[Any, dict]:
+    """python-control (ImportError naming ``owner``'s to_control and how to install it) and the nlsys signal
+    arguments {"inputs": names or m, "outputs": names or p} of ``system`` (its n_inputs, n_outputs), ``name``
+    checked (a str or None)."""
+    try:
+        import control
+    except ImportError as err:
+        raise ImportError(f"{owner}.to_control needs python-control: pip install control "
+                          "(or pip install ssmkit[control])") from err
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"name must be a str or None; got {name!r}")
+    names = {}
+    for kind, given, count in (("inputs", inputs, system.n_inputs), ("outputs", outputs, system.n_outputs)):
+        names[kind] = count if given is None else check_signal_names(kind, given, count)
+    return control, names
+
+
 def _sigmas(member: nn.Module) -> list[nn.Module]:
     """σ_ℓ of every block of a DeepWiener (its ``block_activations``, else ``activation`` for each)."""
     if member.block_activations is not None:
@@ -436,16 +453,7 @@ class NonlinearSystem:
             inputs: the m input signals' names (default u[0] .. u[m-1]).
             outputs: the p output signals' names (default y[0] .. y[p-1]). The n states are x[0] .. x[n-1].
         """
-        try:
-            import control
-        except ImportError as err:
-            raise ImportError("NonlinearSystem.to_control needs python-control: pip install control "
-                              "(or pip install ssmkit[control])") from err
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"name must be a str or None; got {name!r}")
-        names = {}
-        for kind, given, count in (("inputs", inputs, self.n_inputs), ("outputs", outputs, self.n_outputs)):
-            names[kind] = count if given is None else check_signal_names(kind, given, count)
+        control, names = _control_and_names("NonlinearSystem", self, name, inputs, outputs)
 
         recent: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}  # (x, u) -> (f, h) of the last few
         # points: one model step serves the update and the output at a point, and interconnect's signal passes ask
@@ -653,16 +661,7 @@ class ContinuousWiener:
         Returns:
             a ``control.NonlinearIOSystem`` with dt = 0.
         """
-        try:
-            import control
-        except ImportError as err:
-            raise ImportError("ContinuousWiener.to_control needs python-control: pip install control "
-                              "(or pip install ssmkit[control])") from err
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"name must be a str or None; got {name!r}")
-        names = {}
-        for kind, given, count in (("inputs", inputs, self.n_inputs), ("outputs", outputs, self.n_outputs)):
-            names[kind] = count if given is None else check_signal_names(kind, given, count)
+        control, names = _control_and_names("ContinuousWiener", self, name, inputs, outputs)
 
         def updfcn(t, x, u, params):
             return self.derivative(np.atleast_1d(x), np.atleast_1d(u))[0]

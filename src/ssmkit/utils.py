@@ -143,3 +143,17 @@ def check_lengths(lengths: object, shape: tuple[int, ...], steps: int, device: t
         if low < 1 or high > steps:
             raise ValueError(f"{name} must be in [1, L = {steps}] (each sequence keeps at least one step); found "
                              f"{low} to {high}")
+
+
+def length_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """The (B, L) bool mask t < lengths[b] of right-padded sequences (True at each sequence's own steps), on
+    ``lengths``' device.
+
+    Args:
+        lengths: (B,) integer lengths.
+        steps: the padded length L.
+
+    Returns:
+        (B, L) bool.
+    """
+    return torch.arange(steps, device=lengths.device) < lengths[:, None]

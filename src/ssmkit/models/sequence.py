@@ -31,7 +31,7 @@ from ssmkit.models.recompute import checkpointed_block
 from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.rows import weight_dtype_device
-from ssmkit.utils import check_floating, check_finite_sequence, check_lengths
+from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, length_mask
 
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
@@ -358,8 +358,8 @@ class SequenceModel(nn.Module):
         keep = self._keep(x, lengths)  # (B, L) or None: the bidirectional layers, batch norm and pool skip the rest
         if (lengths is not None and isinstance(intervals, torch.Tensor) and intervals.is_floating_point()
                 and intervals.shape == x.shape[:2] and intervals.device == x.device):  # else the layers refuse it
-            within = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, L): the padding's gaps are 1
-            intervals = torch.where(within, intervals, torch.ones((), dtype=intervals.dtype, device=x.device))
+            intervals = torch.where(length_mask(lengths, x.shape[1]), intervals,  # the padding's gaps are 1
+                                    torch.ones((), dtype=intervals.dtype, device=x.device))
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
             if self.activation_checkpointing and torch.is_grad_enabled():
@@ -383,7 +383,7 @@ class SequenceModel(nn.Module):
         keep = None if self.pad_id is None else x != self.pad_id  # (B, L)
         if lengths is None:
             return keep
-        within = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, L)
+        within = length_mask(lengths, x.shape[1])  # (B, L)
         return within if keep is None else keep & within
 
     def step(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit.utils import length_mask
+
 IGNORE = -100
 
 
@@ -26,7 +28,7 @@ def _within(lengths: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor | N
     if lengths.shape != out.shape[:1]:
         raise ValueError(f"lengths must be (B,) = ({out.shape[0]},), one per sequence of the output "
                          f"{tuple(out.shape)}; got {tuple(lengths.shape)}")
-    return torch.arange(out.shape[1], device=out.device) < lengths.to(out.device)[:, None]  # (B, L)
+    return length_mask(lengths.to(out.device), out.shape[1])  # (B, L)
 
 
 def summed_loss_and_metric(
@@ -95,7 +97,7 @@ def scored_count(head: str, y: torch.Tensor, lengths: torch.Tensor | None = None
     per_step = (head == "lm" and y.dim() == 2) or (head == "regress" and y.dim() >= 3)
     within = None
     if lengths is not None and per_step:
-        within = torch.arange(y.shape[1], device=y.device) < lengths.to(y.device)[:, None]  # (B, L)
+        within = length_mask(lengths.to(y.device), y.shape[1])  # (B, L)
     if head == "lm":
         scored = y != IGNORE
         return (scored if within is None else scored & within).sum().to(torch.float64)

@@ -25,11 +25,6 @@ slow mode over 1 000 steps, every output and gradient to 2e-7 of the float64 loo
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -37,10 +32,10 @@ import torch
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.irregular_bank import bank_unchecked
 from tests.conftest import DEVICE, rel_err
+from tests.ops.native_builds import passes_without_fma
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="a CPU kernel")
 F64, F32, C128 = torch.float64, torch.float32, torch.complex128
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _kernel_ok(dtype) -> None:
@@ -162,13 +157,6 @@ def test_a_build_without_fused_multiply_add_takes_libm_past_the_vector_range(tmp
     # the two float64 tests above again, in a subprocess whose kernels are built with -ffp-contract=off (its own
     # cache folder): there the vector range reduction's products q · (π/2's parts) are exact only for q < 2^21
     _kernel_ok(F64)
-    flags = f"{os.environ.get('SSMKIT_NATIVE_CFLAGS', '')} -ffp-contract=off".strip()
-    env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": flags, "SSMKIT_NATIVE_CACHE": str(tmp_path / "cache"),
-           "SSMKIT_TEST_DEVICE": "cpu"}
-    here = str(Path(__file__).resolve())
-    tests = [f"{here}::test_zoh_input_term_is_exact_in_every_lane_for_decays_and_phases_of_every_range",
-             f"{here}::test_gradients_at_phases_past_the_vector_range_equal_the_float64_loop"]
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "2 passed" in out.stdout.splitlines()[-1], out.stdout[-4000:] + out.stderr[-2000:]
-    assert any((tmp_path / "cache").glob("irregular_bank-float64-*.so"))  # built afresh, with the flag
+    tests = ["test_zoh_input_term_is_exact_in_every_lane_for_decays_and_phases_of_every_range",
+             "test_gradients_at_phases_past_the_vector_range_equal_the_float64_loop"]
+    passes_without_fma(__file__, tests, tmp_path / "cache", "irregular_bank")  # built afresh, with the flag

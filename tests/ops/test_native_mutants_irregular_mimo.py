@@ -26,11 +26,6 @@ them, against float64 references written here (a torch loop of complex exp and i
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -38,10 +33,10 @@ import torch
 from ssmkit.ops.native.gate import native_status
 from ssmkit.ops.native.irregular_mimo import modes_unchecked
 from tests.conftest import DEVICE, rel_err
+from tests.ops.native_builds import passes_without_fma
 
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="a CPU kernel")
 F64, F32, C128, C64 = torch.float64, torch.float32, torch.complex128, torch.complex64
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _kernel_ok(dtype, op="irregular_mimo") -> None:
@@ -210,16 +205,9 @@ def test_a_build_without_fused_multiply_add_takes_libm_past_the_vector_range(tmp
     # FMA contraction far beyond it, and mutants that never took libm in the backward, or took it from half phases of
     # 1.6e7 only, passed)
     _kernel_ok(F64)
-    flags = f"{os.environ.get('SSMKIT_NATIVE_CFLAGS', '')} -ffp-contract=off".strip()
-    env = {**os.environ, "SSMKIT_NATIVE_CFLAGS": flags, "SSMKIT_NATIVE_CACHE": str(tmp_path / "cache"),
-           "SSMKIT_TEST_DEVICE": "cpu"}
-    here = str(Path(__file__).resolve())
-    tests = [f"{here}::test_one_step_is_exact_in_every_mode_for_decays_and_phases_of_every_range",
-             f"{here}::test_gradients_at_phases_past_the_vector_range_equal_the_float64_loop"]
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "2 passed" in out.stdout.splitlines()[-1], out.stdout[-4000:] + out.stderr[-2000:]
-    assert any((tmp_path / "cache").glob("irregular_mimo-float64-*.so"))  # built afresh, with the flag
+    tests = ["test_one_step_is_exact_in_every_mode_for_decays_and_phases_of_every_range",
+             "test_gradients_at_phases_past_the_vector_range_equal_the_float64_loop"]
+    passes_without_fma(__file__, tests, tmp_path / "cache", "irregular_mimo")  # built afresh, with the flag
 
 
 def test_float32_keeps_state_adjoint_and_sums_in_double_over_a_thousand_steps():

@@ -15,7 +15,9 @@ read with ``allow_pickle=False``; any other name is refused, so a misspelt ``x_v
   ``TaskInfo.per_step``, so the model keeps every step whatever ``pool`` says).
 - ``lengths_train``, ``lengths_val``, ``lengths_test`` (optional): (B,) ints in [1, L], each sequence's length; the
   steps after it are padding and may hold anything (NaN included). Token inputs: they are replaced by the padding id
-  (``pad``, or a new id ``vocab`` when ``pad`` is -1). Float inputs: they are set to 0 and every split is
+  (``pad``, or a new id ``vocab`` when ``pad`` is -1); with per-step values (regress), padded token inputs (by
+  ``lengths_*`` or ``pad``) carry each sequence's number of real tokens too, (inputs, targets, lengths), so that the
+  padding's values are not scored. Float inputs: they are set to 0 and every split is
   (inputs, targets, lengths) (a split without its own lengths file has every sequence full length, L), which
   ``ssmkit.train.fit`` hands to the model (``SequenceModel.forward(..., lengths=)``: pooling, bidirectional layers
   and batch norms skip the padding) and to the objective. Either way per-step targets after a length become -100
@@ -331,21 +333,21 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
             _check_finite(x, f"x_{split}", within)
             if x.shape[2:] != x0.shape[2:]:
                 raise ValueError(f"x_{split} must have x_train's features per step; got {x.shape}, x_train {x0.shape}")
+        own = within.copy()  # (B, L) the sequences' own steps: not after a length, not the pad id
+        if tokens_in and lengths is not None:
+            own &= np.arange(x.shape[1])[None, :] < lengths[:, None]
+        if tokens_in and task.pad >= 0:
+            own &= x != task.pad
         _check_dtype(y, f"y_{split}", "if")
         if y.dtype.kind == "f":
             per_step = y.ndim >= 2 and y.shape[1] == x.shape[1]  # (B, L) or (B, L, d): values a step
-            _check_finite(y, f"y_{split}", within if per_step else None)
+            _check_finite(y, f"y_{split}", own if per_step else None)  # the padding's values may hold anything
         intervals = a.get(f"intervals_{split}")
         if intervals is not None:
             _check_dtype(intervals, f"intervals_{split}", "if")  # integer gaps (whole periods) are read as floats
             if intervals.shape != x.shape[:2]:
                 raise ValueError(f"intervals_{split} must be (B, L) = {x.shape[:2]}, x_{split}'s; got shape "
                                  f"{intervals.shape}")
-            own = within.copy()  # the sequences' own steps: not after a length, not the pad id
-            if tokens_in and lengths is not None:
-                own &= np.arange(x.shape[1])[None, :] < lengths[:, None]
-            if tokens_in and task.pad >= 0:
-                own &= x != task.pad
             _check_gaps(intervals, own, f"intervals_{split}")
     if not tokens_in and task.pad != -1:
         raise ValueError("arrays: padding ids (pad) need token inputs: a float has no padding value; give float "
@@ -378,6 +380,8 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
                 raise ValueError(f"{origin[0]} holds token {top}, outside the vocabulary [0, {ids}) "
                                  f"{'given' if task.vocab else 'inferred from x_train'}: give vocab={top + 1} "
                                  "(--task_options.vocab) if the ids are right")
+            if pad_id is not None and target == "regress" and y.ndim == 3:
+                kept[split], y = _token_lengths(keep, y)
         if target != "regress":
             _check_labels(y, n_classes, target, origin[1], bool(task.n_classes))
         if intervals is not None:  # checked above; 1 at the padding, which may hold anything
@@ -412,7 +416,8 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
               + (f" ({', '.join(held)} of x_train held out, seed {task.seed})" if held else "")
               + ("; inputs standardised with the training split's mean and std" if mean is not None else "")
               + ("; irregularly sampled (intervals_*)" if gaps else "")
-              + ("; variable lengths (lengths_*), carried in the splits" if float_lengths else ""))
+              + ("; variable lengths (lengths_*), carried in the splits" if float_lengths else
+                 "; padded tokens' lengths carried in the splits (per-step values)" if kept else ""))
     title = "arrays: " + (pathlib.Path(task.path).name if task._given is None else "from_arrays")
     info = TaskInfo(name=task.name, title=title, kind="files", target=target, length=int(xt.shape[1]),
                     d_input=None if tokens_in else int(xt.shape[2]), vocab_size=vocab if tokens_in else None,
@@ -422,8 +427,10 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
 
 
 def _target(option: str, y: np.ndarray, x: np.ndarray) -> str:
-    """The target kind: the option, or inferred from y_train's dtype and shape."""
-    integral = y.dtype.kind in "iu" or (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all())
+    """The target kind: the option, or inferred from y_train's dtype and shape. Float labels must be whole numbers
+    where finite: a non-finite one is padding (``_build`` refused any other), e.g. NaN after a length."""
+    finite = y[np.isfinite(y)] if y.dtype.kind == "f" else y
+    integral = y.dtype.kind in "iu" or (y.dtype.kind == "f" and (finite == np.round(finite)).all())
     target = option
     if option == "auto":
         target = ("classify" if y.ndim == 1 else "tokens") if y.dtype.kind in "iu" else "regress"
@@ -475,13 +482,19 @@ def _hold_out(task: ArraysTask, a: dict[str, np.ndarray]) -> dict[str, tuple]:
 
 
 def _sizes(task: ArraysTask, a: dict[str, np.ndarray], target: str, tokens_in: bool) -> tuple:
-    """(n_classes, real token ids, pad id, vocabulary with the pad id) from the options or x_train / y_train."""
+    """(n_classes, real token ids, pad id, vocabulary with the pad id) from the options or x_train / y_train.
+
+    Per-step labels at the padding (after a length, or at the ``pad`` id of token inputs; :func:`_pad` and
+    :func:`_cut` set them to -100) are not counted: a pad-only token file whose labels held 99 there was given 100
+    classes, where the same file cut by ``lengths_train`` got its 3."""
     n_classes = 0
     x, lengths = a["x_train"], a.get("lengths_train")
     within = np.ones(x.shape[:2], dtype=bool) if lengths is None else np.arange(x.shape[1])[None] < lengths[:, None]
+    if tokens_in and task.pad >= 0:
+        within = within & (x != task.pad)  # (B, L) the pad id is padding too
     if target != "regress":
         y = a["y_train"]
-        # per-step labels after a length (padding, set to -100) may hold anything: not counted
+        # per-step labels at the padding (set to -100) may hold anything: not counted
         scored = (y[(y != IGNORE_INDEX) & within] if target == "tokens" else y.ravel()).astype(np.int64)
         if scored.size == 0:
             raise ValueError("arrays: y_train has no scored label (every one is -100)")
@@ -505,7 +518,8 @@ def _sizes(task: ArraysTask, a: dict[str, np.ndarray], target: str, tokens_in: b
 
 
 def _shape(x: np.ndarray, y: np.ndarray, target: str, tokens_in: bool, origin: tuple) -> tuple:
-    """x as (B, L) ids or (B, L, d_input) float64, y as (B,) / (B, L) labels or (B, d_output) / (B, L, d_output)."""
+    """x as (B, L) ids or (B, L, d_input) float64, y as (B,) / (B, L) labels or (B, d_output) / (B, L, d_output);
+    float labels as int64, a non-finite one (padding: the finite check of ``_build`` ran before) as -100."""
     if not tokens_in:
         x = np.asarray(x, dtype=np.float64)
         x = x[..., None] if x.ndim == 2 else x
@@ -525,8 +539,11 @@ def _shape(x: np.ndarray, y: np.ndarray, target: str, tokens_in: bool, origin: t
         elif y.ndim == 2:
             y = y[..., None]
     if target != "regress":
-        if y.dtype.kind == "f" and not (y == np.round(y)).all():
-            raise ValueError(f"{origin[1]}: labels must be whole numbers; got non-integral {y.dtype} values")
+        if y.dtype.kind == "f":  # a non-finite label is padding (``_build`` refused any other): -100 (no loss)
+            finite = np.isfinite(y)
+            if not (y[finite] == np.round(y[finite])).all():
+                raise ValueError(f"{origin[1]}: labels must be whole numbers; got non-integral {y.dtype} values")
+            y = np.where(finite, y, IGNORE_INDEX)
         y = y.astype(np.int64)
     return x, y
 
@@ -577,6 +594,14 @@ def _cut(x: np.ndarray, y: np.ndarray, keep: np.ndarray, target: str) -> tuple[n
     elif target == "regress" and y.ndim == 3:  # (B, L, d_output) values a step
         y = np.where(keep[..., None], y, 0.0)
     return x, y
+
+
+def _token_lengths(keep: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths (B,), y) of right-padded token inputs with per-step values y (B, L, d_output): each sequence's number
+    of real tokens (``keep`` (B, L) True there; :func:`_pad` checked that the padding trails, so they are its first
+    steps), and y with 0 at the padding. The objective has no pad id: without the lengths in the splits it scored
+    the padding's values, (out - y)² at every step, in the loss and the MSE."""
+    return keep.sum(axis=1).astype(np.int64), np.where(keep[..., None], y, 0.0)
 
 
 def _check_gaps(intervals: np.ndarray, own: np.ndarray, name: str) -> None:

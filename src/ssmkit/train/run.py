@@ -49,6 +49,7 @@ from ssmkit.models import SequenceModelConfig
 from ssmkit.models.config import as_plain
 from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
 from ssmkit.train.config import TrainConfig
+from ssmkit.utils import length_mask
 
 _LIGHTNING_PRECISION = {"32": "32-true", "64": "64-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
@@ -169,8 +170,8 @@ def _check_splits(splits: dict[str, Sequence[torch.Tensor] | None], transform: C
     """Refuse splits that are not all of one form ((inputs, targets), with intervals, with lengths, with both:
     :func:`ssmkit.train.batches.unpack_batch`), intervals for a model with a layer that takes none, and, without a
     ``transform`` (which may form the batches' intervals itself), intervals that are not (n, L) of their inputs,
-    finite and > 0, and lengths that are not (n,) integers in [1, L] ((n, 2) for a pair model), naming the split before
-    anything is trained.
+    finite and > 0 (at the steps within the lengths, with lengths: :func:`_within_lengths`), and lengths that are not
+    (n,) integers in [1, L] ((n, 2) for a pair model), naming the split before anything is trained.
 
     A split without intervals beside others with them was scored as regularly sampled without a word (probe of
     2026-12-06: a test split given as (x, y) took the training run's model through its regular path, test loss 3.73
@@ -201,6 +202,8 @@ def _check_splits(splits: dict[str, Sequence[torch.Tensor] | None], transform: C
             form = "(inputs, targets, intervals)" if k == 2 else "(inputs, targets, lengths)"
             raise ValueError(f"the splits {having} carry {what} {form} but {lacking} do not: a split without them "
                              f"would {effect}; give every split its {what}, or none")
+    if transform is None:  # (a transform may form a batch's intervals from what the split holds)
+        _refuse_real_lengths(parts, model.pair)
     names = [model.layer] if isinstance(model.layer, str) else list(model.layer)
     refusing = sorted({n for n in names if n in available() and not layer_class(n).takes_intervals})
     if any(p[2] is not None for p in parts.values()) and refusing:
@@ -210,9 +213,6 @@ def _check_splits(splits: dict[str, Sequence[torch.Tensor] | None], transform: C
     if transform is not None:
         return
     for name, (x, _, tau, lengths) in parts.items():
-        if tau is not None:
-            check_intervals(tau, tuple(x.shape[:2]), tau.device if isinstance(tau, torch.Tensor) else x.device,
-                            f"the {name} split's intervals")
         if lengths is not None:
             if not model.pair and lengths.dim() == 2 and tuple(lengths.shape) == tuple(x.shape[:2]):
                 raise ValueError(f"the {name} split's third tensor is integer ({lengths.dtype}) and (n, L) = "
@@ -220,6 +220,57 @@ def _check_splits(splits: dict[str, Sequence[torch.Tensor] | None], transform: C
                                  "(whole sampling periods), give them as floats: intervals.double()")
             shape, steps = ((x.shape[0], 2), x.shape[2]) if model.pair else ((x.shape[0],), x.shape[1])
             check_lengths(lengths, shape, steps, lengths.device, name=f"the {name} split's lengths")
+        if tau is not None:
+            check_intervals(_within_lengths(tau, lengths, x), tuple(x.shape[:2]),
+                            tau.device if isinstance(tau, torch.Tensor) else x.device, f"the {name} split's intervals")
+
+
+def _refuse_real_lengths(parts: dict[str, tuple], pair: bool) -> None:
+    """Refuse a split's intervals (a real third entry, :func:`ssmkit.train.batches.unpack_batch`) that have the shape
+    of lengths, (n,), and any intervals of a pair model (which takes none), with a ValueError that says lengths are
+    integers. Lengths given as floats, a list or a numpy array were read as intervals and refused as "intervals must
+    be a real floating tensor of shape (n, L)", or, beside a layer without an irregular form, as intervals that layer
+    does not take; a pair model's (n, 2) float lengths passed as intervals (n, L = 2) until its first training step.
+
+    Args:
+        parts: {split name: (x, y, intervals or None, lengths or None)}.
+        pair: whether the model is a pair model.
+    """
+    for name, (x, _, tau, lengths) in parts.items():
+        if tau is None:
+            continue
+        if hasattr(tau, "shape"):  # a tensor or a numpy array
+            shape = tuple(tau.shape)
+        else:
+            shape = (len(tau),) if isinstance(tau, (list, tuple)) else ()
+        like = (x.shape[0], 2) if pair else (x.shape[0],)
+        if not pair and (lengths is not None or shape != like):
+            continue  # intervals, checked later
+        what = (f"{tau.dtype} tensor" if isinstance(tau, torch.Tensor)
+                else f"{type(tau).__module__}.{type(tau).__name__}".removeprefix("builtins."))
+        read = "(n, L), which a pair model (pair=True) takes none of" if pair else f"(n, L) = {tuple(x.shape[:2])}"
+        hint = (f": lengths {like} are an integer tensor, e.g. torch.as_tensor(lengths, dtype=torch.int64)"
+                if shape == like else "")
+        raise ValueError(f"the {name} split's third tensor ({what} of shape {shape}) is read as intervals {read}"
+                         + hint)
+
+
+def _within_lengths(tau: object, lengths: torch.Tensor | None, x: torch.Tensor) -> object:
+    """A split's intervals as the model reads them: with lengths (n,), 1 at the steps t >= lengths[b] (padding, which
+    may hold anything, NaN included: ``SequenceModel.forward(..., lengths=)`` reads its gaps as 1), so that only the
+    gaps within the lengths are checked; ``tau`` itself where it is not a real (n, L) tensor of x (the check names
+    what is wrong). ``fit`` refused a NaN gap in the padding that the model takes.
+
+    Args:
+        tau: the split's intervals.
+        lengths: its checked lengths, or None.
+        x: its inputs (n, L, ...).
+    """
+    if (lengths is None or lengths.dim() != 1 or not isinstance(tau, torch.Tensor) or not tau.is_floating_point()
+            or tuple(tau.shape) != tuple(x.shape[:2])):
+        return tau
+    within = length_mask(lengths.to(tau.device), x.shape[1])  # (n, L)
+    return torch.where(within, tau, torch.ones((), dtype=tau.dtype, device=tau.device))
 
 
 def fit(
@@ -248,12 +299,14 @@ def fit(
             intervals), intervals (n, L) > 0 in nominal sampling periods, for models whose layers take them (S5, S4D,
             DSS, S4, LRU, EMA, DLR, Mamba, Mamba-2, RG-LRU; ``SequenceModel.forward(..., intervals=)``); every split
             then carries its intervals (a ValueError names the splits that lack them, a layer of the model that
-            takes none, and, without a ``transform``, intervals that are not (n, L) of their inputs, finite and > 0,
-            before anything is trained). Right-padded sequences of different lengths (real inputs too) add their
-            lengths last: (inputs, targets, lengths) or (inputs, targets, intervals, lengths), lengths (n,) integers
-            in [1, L] ((n, 2) for a pair model), told from intervals by their integer dtype; the model skips the
-            padding (``SequenceModel.forward(..., lengths=)``) and per-step losses and metrics score the steps within
-            the lengths only (:mod:`ssmkit.train.objective`); every split then carries its lengths.
+            takes none, and, without a ``transform``, intervals that are not (n, L) of their inputs, finite and > 0
+            within the lengths (the padding's gaps may hold anything), before anything is trained). Right-padded
+            sequences of different lengths (real inputs too) add their lengths last: (inputs, targets, lengths) or
+            (inputs, targets, intervals, lengths), lengths (n,) integers in [1, L] ((n, 2) for a pair model), told
+            from intervals by their integer dtype (real lengths, a list or a numpy array are refused, naming them);
+            the model skips the padding (``SequenceModel.forward(..., lengths=)``) and per-step losses and metrics
+            score the steps within the lengths only (:mod:`ssmkit.train.objective`); every split then carries its
+            lengths.
         val: the validation split, or None.
         test: the test split, or None.
         out_dir: the run folder.

@@ -256,6 +256,11 @@ def test_results_json_is_strict_with_null_for_undefined_scores(tmp_path):
     assert rec["fit"][1] is None and rec["nrmse"][1] is None and rec["r2"][1] is None
     assert res["best_val_nrmse"] is None and res["best_val_rmse_per_output"] == [None, None]
     assert res["nested"] == [{"x": None}] and res["units"] == ["V", "V"]
+    # report.md: the constant output's fit is written "undefined" (it printed "nan"), with the sentence saying why
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| **run** | test |"))
+    assert row.split(" | ")[3] == f"{rec['fit'][0]:.2f}, undefined" and "nan" not in row
+    assert "marked undefined belongs to an output that is constant" in md
 
 
 def test_strict_json_writes_null_and_refuses_what_it_cannot_clean():

@@ -155,9 +155,29 @@ def gramians(system: StateSpace) -> tuple[np.ndarray, np.ndarray]:
 
     Raises:
         ValueError: a system has a pole on or outside the unit circle (continuous: with Re s >= 0); its Gramians do
-            not exist.
+            not exist. Also for a pole within rounding of that boundary where the solve meets it (a Gramian not
+            finite), naming the system.
     """
-    return _solve(_real_and_stable(system, "a Gramian"), "co")  # type: ignore[return-value]
+    return _solve_bounded(_real_and_stable(system, "a Gramian"), "co", "a Gramian")  # type: ignore[return-value]
+
+
+def _unbounded(Ws: tuple[np.ndarray, ...]) -> np.ndarray:
+    """(G,) True where a computed Gramian is not finite: the Schur form of a system that `stable_mask` (eigenvalues
+    by LAPACK's dgeev) calls stable has a diagonal entry on the boundary to rounding (Re T_ii = 0, or |T_ii| = 1),
+    a pole within rounding of the imaginary axis or the unit circle, and the solver divided by 0 there."""
+    return np.any([~np.isfinite(W).all(axis=(1, 2)) for W in Ws], axis=0)
+
+
+def _solve_bounded(real: StateSpace, kinds: str, what: str) -> tuple[np.ndarray, ...]:
+    """`_solve`, with ``ValueError`` naming the systems whose Gramians came out unbounded (`_unbounded`), where a NaN
+    Gramian (and from it a NaN H2 norm, or numpy's "SVD did not converge" in the Hankel values) would follow."""
+    Ws = _solve(real, kinds)
+    bad = np.flatnonzero(_unbounded(Ws))
+    if bad.size:
+        edge = "the imaginary axis" if real.is_continuous else "the unit circle"
+        raise ValueError(f"{what} needs stable systems; system {', '.join(str(int(g)) for g in bad[:5])} has a pole "
+                         f"within rounding of {edge} (marginally stable: its Gramian is unbounded)")
+    return Ws
 
 
 def _solve(real: StateSpace, kinds: str) -> tuple[np.ndarray, ...]:
@@ -233,7 +253,7 @@ def h2_norm(system: StateSpace) -> np.ndarray:
 
     Returns:
         (G,) float64; inf for a system with a pole on or outside the unit circle (continuous: Re s >= 0, or
-        D ≠ 0).
+        D ≠ 0), or within rounding of it where the Gramian comes out unbounded.
     """
     return h2_and_hankel(system)[0]
 
@@ -256,9 +276,13 @@ def h2_and_hankel(system: StateSpace, hankel: bool = False) -> tuple[np.ndarray,
     if stable.size:
         sub = real[stable]
         Wc, Wo = _solve(sub, "co") if hankel else (_solve(sub, "c")[0], None)  # sub is real and stable
-        h2[stable] = _h2_from(sub, Wc)
-        if hankel:
-            hsv[stable] = _hankel_from(Wc, Wo)
+        bounded = ~_unbounded((Wc,) if Wo is None else (Wc, Wo))  # (G',) a pole on the boundary to rounding: inf
+        stable, Wc, Wo = stable[bounded], Wc[bounded], None if Wo is None else Wo[bounded]
+        if stable.size:
+            sub = sub[bounded]
+            h2[stable] = _h2_from(sub, Wc)
+            if hankel:
+                hsv[stable] = _hankel_from(Wc, Wo)
     return h2, hsv
 
 
@@ -292,7 +316,7 @@ def balanced_truncation(system: StateSpace, order: int) -> StateSpace:
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= n:
         raise ValueError(f"order must be an int r with 1 <= r <= n = {n} (the real realisation's states); got {order!r}")
     r = int(order)
-    Lc, Lo = _square_roots(*_solve(real, "co"))  # real and stable: checked above
+    Lc, Lo = _square_roots(*_solve_bounded(real, "co", "balanced truncation"))  # real and stable: checked above
     U, s, Vh = np.linalg.svd(Lo.transpose(0, 2, 1) @ Lc)  # (G, n, n), (G, n), (G, n, n)
     floor = n * np.finfo(np.float64).eps * s[:, :1]  # (G, 1) rounding level of each system
     rank = (s > floor).sum(1)  # (G,) numerical orders

@@ -11,6 +11,8 @@ integrator, is fine), computed as 2 logm(sqrtm(·)) and checked by expm (module 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 METHODS = ("zoh", "bilinear")  # the sampling rules of `StateSpace.to_continuous` and `to_discrete`
@@ -43,6 +45,23 @@ def _near_singular(M: np.ndarray) -> float:
     return 100 * M.shape[0] * np.finfo(np.float64).eps * max(1.0, float(np.linalg.norm(M, 1)))
 
 
+def _on_negative_axis(z: complex) -> bool:
+    """Whether z lies on the negative real axis to within √eps of its modulus in Im z (where a real matrix's principal
+    logarithm turns complex, or its computation meets the branch cut)."""
+    return z.real < 0 and abs(z.imag) <= np.sqrt(np.finfo(np.float64).eps) * abs(z)
+
+
+def _inaccurate_logarithm(A: np.ndarray, g: int, residual: float) -> str:
+    """The refusal for a zero-order-hold logarithm that missed with no eigenvalue on the negative real axis: the
+    eigenvalues are ill-conditioned (a far from normal A, as S4's HiPPO-based matrix: its eigenvector basis has
+    κ₂ ~ 1e9 at N = 64), so the computed logarithm does not reproduce A; named with κ₂ of that basis."""
+    kappa = np.linalg.cond(np.linalg.eig(A)[1])
+    return (f"to_continuous('zoh'): the logarithm of system {g} is inaccurate (exp(logm) misses [[A, B], [0, I]] by "
+            f"{residual:.2g} relative) with no eigenvalue on the negative real axis: A is far from normal (its "
+            f"eigenvector basis has condition number {kappa:.2g}), so its matrix logarithm cannot be computed to "
+            f"1e-8; method='bilinear' converts it (no logarithm)")
+
+
 def zoh_logarithm(A: np.ndarray, B: np.ndarray, dt: float, g: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The continuous (A_c, B_c) whose zero-order hold over dt is (A, B): the principal matrix logarithm
 
@@ -67,8 +86,9 @@ def zoh_logarithm(A: np.ndarray, B: np.ndarray, dt: float, g: int = 0) -> tuple[
 
     Raises:
         ValueError: for an eigenvalue 0 (to rounding; no logarithm: a pure delay), or when the logarithm does not
-            reproduce [[A, B], [0, I]] to 1e-8 (a real A with an eigenvalue on the negative real axis, which no real
-            continuous system samples to), naming the system and the eigenvalue.
+            reproduce [[A, B], [0, I]] to 1e-8: a real A with an eigenvalue on the negative real axis, which no real
+            continuous system samples to (naming the system and the eigenvalue), or, with none there, an A so far
+            from normal that its logarithm is inaccurate (naming the condition number of its eigenvector basis).
     """
     import scipy.linalg
 
@@ -80,7 +100,10 @@ def zoh_logarithm(A: np.ndarray, B: np.ndarray, dt: float, g: int = 0) -> tuple[
                          f"(a pure delay): no continuous system samples to it (its logarithm does not exist)")
     Phi = np.zeros((n + m, n + m), dtype=np.result_type(A, B))  # [[A, B], [0, I]]
     Phi[:n, :n], Phi[:n, n:], Phi[n:, n:] = A, B, np.eye(m)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # scipy's "logm result may be inaccurate" is not passed on: the expm residual below decides, and a refusal
+        # says why (the warning, e.g. "approximate err = 2e+58" for S4's eigenvalue on the negative axis, came first)
+        warnings.simplefilter("ignore", RuntimeWarning)
         # log Φ = 2 log Φ^{1/2}: the principal square root (in real arithmetic for a real Φ) halves every argument, so
         # the logarithm meets no eigenvalue near its branch cut; a conjugate pair at the Nyquist frequency
         # (z = −r ± i0, a real rotation by π: DLR's default modes) then keeps a real logarithm, ±iπ + log r, where
@@ -94,11 +117,41 @@ def zoh_logarithm(A: np.ndarray, B: np.ndarray, dt: float, g: int = 0) -> tuple[
             raise ValueError(f"to_continuous('zoh'): the logarithm of system {g} is inaccurate (exp(logm) misses "
                              f"[[A, B], [0, I]] by {residual:.2g} relative); eigenvalues {np.round(z, 6)}")
         worst = int(np.argmax(np.abs(np.angle(z))))  # the eigenvalue nearest the negative real axis
+        if not _on_negative_axis(z[worst]):
+            raise ValueError(_inaccurate_logarithm(A, g, residual))
         raise ValueError(f"to_continuous('zoh'): system {g} has the eigenvalue z = {_number(z[worst])} on (or within "
                          f"rounding of) the negative real axis: its principal logarithm is complex, so no real "
                          f"continuous system samples to it by a zero-order hold (exp(logm) misses by "
                          f"{residual:.2g}); method='bilinear' converts it")
     return log_phi[:n, :n] / dt, log_phi[:n, n:] / dt
+
+
+def sample_hold_output(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The output map of `StateSpace.to_continuous`' ``hold="sample"``: y[k] = C_c x(t_k) + D_c u[k] with x(t_k) the
+    state after u[k]'s interval, x(t_k) = A ξ[k] + B u[k], so
+
+        C_c = C A^{-1},   D_c = D − C A^{-1} B,
+
+    and entries of D_c at the rounding level of that difference set to 0: |D_c| <= 4 (n + κ₁(A)) eps (|D| +
+    |C A^{-1}| |B|) elementwise (the error of a backward-stable solve, κ₁ the 1-norm condition number; measured at
+    most κ₁/30). A layer without a skip (D_paper = 0) exports D = C_paper B̄, and its own continuous system then has
+    D_c = 0 exactly rather than a residue of 1e-17, which would make its continuous H2 norm infinite (a feedthrough
+    puts D δ(t) in the impulse response; python-control's ``norm(sys, 2)`` tests D ≠ 0 exactly, too).
+
+    Args:
+        A: (n, n) discrete state matrix, invertible (no eigenvalue 0: `zoh_logarithm` refuses those first).
+        B: (n, m) discrete input matrix.
+        C: (p, n) discrete output matrix.
+        D: (p, m) discrete feedthrough.
+
+    Returns:
+        C_c (p, n) and D_c (p, m).
+    """
+    n = A.shape[0]
+    C_Ainv = np.linalg.solve(A.T, C.T).T  # (p, n): C A^{-1}
+    D_c = D - C_Ainv @ B  # (p, m)
+    level = 4 * (n + np.linalg.cond(A, 1)) * np.finfo(np.float64).eps * (np.abs(D) + np.abs(C_Ainv) @ np.abs(B))
+    return C_Ainv, np.where(np.abs(D_c) <= level, 0.0, D_c).astype(D_c.dtype, copy=False)
 
 
 def tustin_inverse(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray, dt: float,

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ssmkit.analysis import frequency, norms
-from ssmkit.analysis.sampling import tustin_inverse, tustin_sample, zoh_logarithm, zoh_sample, _check_sampling_rule
+from ssmkit.analysis.sampling import (sample_hold_output, tustin_inverse, tustin_sample, zoh_logarithm, zoh_sample,
+                                       _check_sampling_rule)
 from ssmkit.utils import check_sampling_time, distinct_names
 
 if TYPE_CHECKING:  # scipy.signal costs ~45 MiB: imported by `to_scipy` only, never by `import ssmkit`
@@ -455,9 +456,10 @@ class StateSpace:
             ``"sample"`` -- u[k], held over the interval that ends at sample k: the convention of ssmkit's models and
             records (``IORecord``; a layer's sample times, ``intervals=``). The state x(t_k) is then the one *after*
             u[k]'s interval, x(t_k) = A ξ[k] + B u[k] in this bank's state ξ, and y[k] = C_c x(t_k) + D_c u[k] with
-            C_c = C A^{-1}, D_c = D − C A^{-1} B. For a layer's export (C = C_paper Ā, D = D_paper + C_paper B̄; class
-            docstring) this is the layer's own continuous system: C_c = C_paper, D_c = D_paper, as its
-            ``continuous()`` (Λ, B) with its C and D, whatever ``dt``.
+            C_c = C A^{-1}, D_c = D − C A^{-1} B (`sample_hold_output`: an entry of D_c at the rounding level of that
+            difference is 0, so a layer without a skip has D_c = 0 and a finite H2 norm). For a layer's export
+            (C = C_paper Ā, D = D_paper + C_paper B̄; class docstring) this is the layer's own continuous system:
+            C_c = C_paper, D_c = D_paper, as its ``continuous()`` (Λ, B) with its C and D, whatever ``dt``.
 
         A complex bank stays complex (complex logarithm; the output is still the real part), and converts where
         its real realisation `to_real` may not (an eigenvalue on the negative real axis).
@@ -485,8 +487,7 @@ class StateSpace:
                 continue
             mats[0][g], mats[1][g] = zoh_logarithm(A, B, self._dt, g)
             if hold == "sample":  # C A^{-1}, D - C A^{-1} B: A is invertible (no eigenvalue 0, checked above)
-                C_Ainv = np.linalg.solve(A.T, C.T).T  # (p, n)
-                C, D = C_Ainv, D - C_Ainv @ B
+                C, D = sample_hold_output(A, B, C, D)  # a residue of the difference at rounding level is 0
             mats[2][g], mats[3][g] = C, D
         return StateSpace.from_continuous(*mats)
 
@@ -705,9 +706,9 @@ class StateSpace:
             ~1e-12 for 1e-4, ~1e-9 for 1e-6), but not certified.
         A system with any pole on or outside the unit circle gets inf, even when that mode is uncontrollable or
         unobservable. A complex bank uses its physical (real-part) response. A continuous-time bank: the sup over
-        ω >= 0 of σ_max(H(jω)), computed on its Tustin image at dt = 2 (``to_discrete(2.0, "bilinear")``:
-        z = (1 + s)/(1 - s) maps jω onto the unit circle, so the norm is the same); inf unless every pole has
-        Re s < 0.
+        ω >= 0 of σ_max(H(jω)), computed per system on its Tustin image at dt = 2/ω₀ (``to_discrete(2 / ω₀,
+        "bilinear")``, ω₀ = √(min |s| max |s|) over its poles: z = (1 + s/ω₀)/(1 - s/ω₀) maps jω onto the unit circle,
+        so the norm is the same, and keeps the poles off it at any time scale); inf unless every pole has Re s < 0.
 
         Args:
             method: ``"hamiltonian"`` or ``"grid"``.
@@ -743,8 +744,8 @@ class StateSpace:
         (1 + 2 tol 4^k) γ_lo, wider but still certified, for poles within about 1e-5 of the unit circle (relative
         width ~5e-8 at 1 - |λ| = 1e-6, ~2e-4 at 1e-8, ~3e-3 at 1e-9 and 1e-10).
 
-        A continuous-time bank is bracketed on its Tustin image at dt = 2 (as `hinf_norm`; the frequency is
-        ω = tan(θ/2)).
+        A continuous-time bank is bracketed on its Tustin image at dt = 2/ω₀ (as `hinf_norm`; the frequency is
+        ω = ω₀ tan(θ/2)).
 
         Args:
             tol: relative width of the bracket, > 0.
@@ -766,12 +767,22 @@ class StateSpace:
         return out
 
     def _on_tustin_image(self, norm: Any, shape: tuple[int, ...]) -> np.ndarray:
-        """``norm`` of the Tustin image at dt = 2 (z = (1 + s)/(1 - s)) of the stable systems of a continuous bank,
-        inf for the others: (G, *shape). The image keeps the H∞ norm (jω -> e^{jθ}, ω = tan(θ/2))."""
+        """``norm`` of the Tustin image of each stable system of a continuous bank, inf for the others: (G, *shape).
+
+        System g is mapped at dt = 2/ω₀ with ω₀ = √(min |s| · max |s|) over its poles, z = (1 + s/ω₀)/(1 − s/ω₀):
+        jω -> e^{jθ} with ω = ω₀ tan(θ/2) for any ω₀ > 0, so the image keeps the H∞ norm, and ω₀ at the poles' scale
+        keeps them away from the unit circle. (At a fixed dt = 2, ω₀ = 1, a lightly damped pair at 10⁶ rad/s lies
+        within 2e-9 of the circle, and the norm and its certified bracket erred by 8e-8 relative: the bracket missed
+        the closed form; a pair at 10⁻⁶ rad/s widened the bracket to 3e-3.)"""
         out = np.full((self.nsystems, *shape), np.inf)
         stable = np.flatnonzero(self.stable_mask())
-        if stable.size:  # Re s < 0: no eigenvalue at s = 1 = 2/dt, so the map exists
-            out[stable] = norm(self[stable].to_discrete(2.0, "bilinear"))
+        if stable.size:  # Re s < 0: no eigenvalue at s = ω₀ = 2/dt, so the map exists
+            size = np.abs(self.poles()[stable])  # (G', n): every |s| > 0
+            omega0 = np.sqrt(size.min(1)) * np.sqrt(size.max(1))  # (G',) no under/overflow of the product
+            images = [tustin_sample(self._A[g], self._B[g], self._C[g], self._D[g], 2.0 / w, int(g))
+                      for g, w in zip(stable, omega0)]
+            # one bank of the images (each at its own dt): the norm of a sampled bank does not depend on its dt
+            out[stable] = norm(StateSpace(*(np.stack([image[k] for image in images]) for k in range(4)), dt=1.0))
         return out
 
     def h2_norm(self) -> np.ndarray:

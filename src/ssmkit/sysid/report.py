@@ -20,6 +20,7 @@ compared.
 
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Any
 
@@ -77,13 +78,13 @@ def results_table(bench: SysidBenchmark, label: str, scores: dict[str, Any]) -> 
     lines = [f"| method | test record | RMSE ({unit_text(bench)}) | fit % | source |", "|---|---|---|---|---|"]
     for rec in scores["records"]:
         rm = ", ".join(f"{v:.4g}" for v in rec["rmse"])
-        fit = ", ".join(f"{v:.2f}" for v in rec["fit"])
+        fit = ", ".join(_fit_text(v) for v in rec["fit"])
         steady = rec.get("steady_state")
         source = "this run, from rest (official, headline)" if steady else "this run"
         lines.append(f"| **{label}** | {rec['name']} | {rm} | {fit} | {source} |")
         if steady:
             rm = ", ".join(f"{v:.4g}" for v in steady["rmse"])
-            fit = ", ".join(f"{v:.2f}" for v in steady["fit"])
+            fit = ", ".join(_fit_text(v) for v in steady["fit"])
             k = steady["prime"]
             lines.append(f"| {label} | {rec['name']} | {rm} | {fit} | this run, periodic steady state ({k} "
                          f"period{'s' if k > 1 else ''} of the same input first; not the official protocol) |")
@@ -97,6 +98,23 @@ def results_table(bench: SysidBenchmark, label: str, scores: dict[str, Any]) -> 
         rm = ", ".join(f"{v:.4g}" for v in pub.values)
         lines.append(f"| {pub.method} | {published_record(bench, pub)} | {rm} | – | {pub.source} |")
     return "\n".join(lines)
+
+
+def _fit_text(fit: float | None) -> str:
+    """A fit % for report.md: two decimals, or "undefined" where it is not a number (an output constant over its
+    scored samples has no spread to normalise by: NaN in the scores, null in results.json; "nan" was printed)."""
+    return "undefined" if fit is None or math.isnan(fit) else f"{fit:.2f}"
+
+
+def undefined_fit_note(scores: dict[str, Any]) -> str:
+    """report.md's sentence under the table when a test record's fit % is undefined, else ""."""
+    parts = [rec["fit"] for rec in scores["records"]]
+    parts += [rec["steady_state"]["fit"] for rec in scores["records"] if rec.get("steady_state")]
+    if not any(v is None or math.isnan(v) for fits in parts for v in fits):
+        return ""
+    return ("A fit % marked undefined belongs to an output that is constant (up to rounding) over its scored "
+            "samples: fit = 100 (1 − RMSE / std(y)) divides by its spread there, which is 0, and only the RMSE is "
+            "defined (or to a simulation that diverged, whose RMSE is nan too).")
 
 
 def _pyplot():
@@ -417,6 +435,8 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
         text += ["Outputs, in the order of each cell's values: "
                  + "; ".join(output_label(bench, k) for k in range(bench.n_outputs)) + ".", ""]
     text += [table, ""]
+    if undefined_fit_note(scores):
+        text += [undefined_fit_note(scores), ""]
     if any("steady_state" in rec for rec in scores["records"]):
         text += ["Periodic steady state: a test record that is a whole number of periods of a periodic input is also "
                  "simulated after the same input's periods from rest, and only the record is scored (no measured "

@@ -64,6 +64,11 @@ def test_the_cli_trains_on_an_npz_to_better_than_chance(tmp_path, capsys):
     assert result["task"] == "arrays: own.npz"
     assert result["test_accuracy"] >= base + 0.2, (result["test_accuracy"], base)  # 0.883 vs 0.525 when written
     saved = json.loads((out / "task.json").read_text())
+    # the training split's statistics the model's inputs were standardised with (stop 66: the run folder did not say,
+    # and raw inputs fed to its exported graphs gave wrong outputs): numpy's, over the training items' steps
+    train = x[held_out(b, 0, 0.2, 0.1)["train"]].astype(np.float64)
+    assert saved.pop("input_mean") == pytest.approx([train.mean()], rel=1e-12)
+    assert saved.pop("input_std") == pytest.approx([train.std()], rel=1e-12)
     assert saved == {"task": "arrays", "task_options": {"path": str(tmp_path / "own.npz")}}
     capsys.readouterr()
 

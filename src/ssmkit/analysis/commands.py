@@ -129,22 +129,23 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
     with open(paths["summary"]) as f:
         print(f.read(), end="")
     print(f"analysis in {out}: " + ", ".join(os.path.basename(p) for p in paths.values()))
-    return _write_onnx(model, out, args.intervals) if args.onnx else 0
+    return _write_onnx(model, out, args.intervals, _standardisation_line(args.checkpoint)) if args.onnx else 0
 
 
-def _write_onnx(model, out: str, intervals: bool = False) -> int:
+def _write_onnx(model, out: str, intervals: bool = False, standardised: str | None = None) -> int:
     """Write step.onnx and sequence.onnx into ``out`` and print their inputs; 1 (and the reasons) if one is not written.
 
     A model whose state grows with the sequence (attention, Mega, Hyena) has no step graph, and its sequence graph is
     written without a state (``u -> y`` from rest), which is said. With ``intervals`` both graphs take the sampling
-    intervals after ``u`` (``export_onnx(..., intervals=True)``); a model with a layer that takes none gets neither."""
+    intervals after ``u`` (``export_onnx(..., intervals=True)``); a model with a layer that takes none gets neither.
+    ``standardised``: the line saying how the inputs were standardised in training (`_standardisation_line`), or
+    None."""
     from ssmkit.analysis.onnx_export import export_onnx
     from ssmkit.analysis.onnx_sequence import export_onnx_sequence
 
-    m = getattr(model, "d_input", None) or getattr(model, "n_inputs", None) or "m"
     failed = 0
-    for name, export, u in (("step.onnx", export_onnx, f"u (B, {m})"),
-                            ("sequence.onnx", export_onnx_sequence, f"u (B, L, {m})")):
+    for name, export, u in zip(("step.onnx", "sequence.onnx"), (export_onnx, export_onnx_sequence),
+                               _input_summary(model)):
         path = os.path.join(out, name)
         try:
             try:
@@ -165,7 +166,49 @@ def _write_onnx(model, out: str, intervals: bool = False) -> int:
               + (" and next_state_0, ..." if info.state_names else ""))
     if intervals and not failed:  # the gaps' unit: a model trained at the median gap counts that, not the logger's
         print(f"interval, intervals: {_interval_unit(model)}")
+    if standardised is not None:
+        print(standardised)
     return failed
+
+
+def _standardisation_line(checkpoint: str) -> str | None:
+    """The line that says how to standardise the graphs' input ``u``, when the run folder of ``checkpoint``
+    (``<run>/checkpoints/*.ckpt``) has a ``task.json`` with the training split's ``input_mean`` and ``input_std``
+    (an ``arrays`` run with ``normalise``: the model was trained on (x − mean)/std, so the graphs take that too); else
+    None.
+
+    Args:
+        checkpoint: the checkpoint path given to ``ssmkit analyze``.
+    """
+    import json
+
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    record = os.path.join(os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder, "task.json")
+    try:
+        with open(record) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), list) for k in ("input_mean", "input_std")):
+        return None
+    mean, std = ("[" + ", ".join(f"{x:.6g}" for x in saved[k]) + "]" for k in ("input_mean", "input_std"))
+    return (f"u: standardise the inputs as in training, (x - mean) / std per feature, mean {mean}, std {std} "
+            "(task.json: input_mean, input_std)")
+
+
+def _input_summary(model) -> tuple[str, str]:
+    """How the step and sequence graphs take ``u``, for the printed summary: int64 token ids ``u (B)`` and ``u (B, L)``
+    for a model with an embedding (``vocab_size``, e.g. an ``arrays`` run on token inputs), else features ``u (B, m)``
+    and ``u (B, L, m)``, m the model's ``d_input`` (``n_inputs`` for a DeepWiener). A token model was printed as
+    ``u (B, L, 1)`` (its ``d_input`` placeholder), while its graphs take integer ids without a feature axis.
+
+    Args:
+        model: the exported model.
+    """
+    if getattr(model, "vocab_size", None) is not None:
+        return "u (B) int64 token ids", "u (B, L) int64 token ids"
+    m = getattr(model, "d_input", None) or getattr(model, "n_inputs", None) or "m"
+    return f"u (B, {m})", f"u (B, L, {m})"
 
 
 def _interval_unit(model) -> str:

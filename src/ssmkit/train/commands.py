@@ -264,12 +264,24 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
     unknown = [m for m in models if m not in available()]
     if unknown:  # checked before the first run: a misspelt last name failed only after the others had trained
         parser.error(f"--models names unknown layers {unknown}; layers: {', '.join(available())} (or 'all')")
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:  # the second run of a name found the first's checkpoints in <out>/<name> after the first had trained
+        parser.error(f"--models names {repeated} more than once: each model trains in its own sub-folder named after "
+                     "it, so name each layer once")
     steps, seconds = parse_budget(cfg.budget)
     options = per_model_options(base.layer_options, models)
-    if cfg.fail_below is not None:
-        from ssmkit.data import get_task
+    from ssmkit.data import get_task
 
-        target = get_task(base.task, **base.task_options).info().target
+    task = get_task(base.task, **base.task_options)  # read once: every model trains and is scored on these splits
+    without = _layers_without_intervals(task, models)
+    if without:  # fit refused them only when their turn came, after the models before them had trained
+        from ssmkit.layers.registry import layer_class
+
+        takers = [n for n in available() if layer_class(n).takes_intervals]
+        parser.error(f"the task's splits carry sampling intervals (irregularly sampled data), and --models names "
+                     f"layers that take none: {without}; the layers that do: {', '.join(takers)}")
+    if cfg.fail_below is not None:
+        target = task.info().target
         if target == "regress":  # no accuracy: every model read as 0 % and failed, whatever its error
             parser.error(f"--fail-below is a pass mark on test accuracy, and {base.task!r} is a regression task "
                          "(its results have an MSE, no accuracy)")
@@ -282,7 +294,8 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
         train = budget_config(base.train, steps, seconds)
         experiment = dataclasses.replace(base, model=name, layer_options=options[name], train=train)
         print(f"== {name}: {cfg.budget} on {base.task}", file=sys.stderr)
-        result = run_experiment(experiment, os.path.join(out, name), resume=cfg.resume, progress=not cfg.no_progress)
+        result = run_experiment(experiment, os.path.join(out, name), resume=cfg.resume, progress=not cfg.no_progress,
+                                task=task)
         results.append(result)
     table = results_table(results)
     print(table)
@@ -294,6 +307,31 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
             print(f"below the pass mark {cfg.fail_below:.0%}: {', '.join(low)}", file=sys.stderr)
             return 1
     return 0
+
+
+def _layers_without_intervals(task: Any, models: list[str]) -> list[str]:
+    """The names of ``models`` whose layer has no irregular-sampling form, when ``task``'s splits carry intervals
+    ((inputs, targets, intervals[, lengths]): :func:`ssmkit.train.batches.unpack_batch`); [] otherwise.
+
+    ``compare`` checks them before the first run: ``fit`` refused such a layer only when its turn came
+    (``--models s4d,hyena`` on irregularly sampled arrays trained s4d, then failed, writing no results).
+
+    Args:
+        task: the loaded task (its ``splits()`` are read).
+        models: the compared layer names (registered ones).
+
+    Returns:
+        the names, in the order given.
+    """
+    from ssmkit.layers.registry import layer_class
+    from ssmkit.train.batches import unpack_batch
+
+    without = [m for m in models if not layer_class(m).takes_intervals]
+    if not without:  # nothing to refuse: the splits are not read here
+        return []
+    irregular = any(unpack_batch(tuple(ds.tensors))[2] is not None for ds in task.splits().values()
+                    if hasattr(ds, "tensors") and len(ds.tensors) in (2, 3, 4))
+    return without if irregular else []
 
 
 def _metric(result: dict[str, Any]) -> tuple[str, float | None]:

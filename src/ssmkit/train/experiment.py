@@ -121,8 +121,10 @@ def run_experiment(
         with extra test splits ``test@<L>`` (induction heads at longer lengths) adds ``test@<L>_<metric>`` for each.
 
     The run folder also gets ``task.json`` (the task's name and options, beside fit's ``model.json`` and
-    ``train.json``); a resume with another task or other task options is refused (``ValueError``): it trained on,
-    and tested, other data than the saved run's without a word.
+    ``train.json``, and for a task that standardised its inputs, the ``arrays`` task's ``normalise``, the training
+    split's ``input_mean`` and ``input_std`` that the model's inputs must be standardised with: the model, its
+    checkpoints and its ONNX graphs take (x − mean)/std); a resume with another task or other task options is refused
+    (``ValueError``): it trained on, and tested, other data than the saved run's without a word.
     """
     from ssmkit.data import get_task
     from ssmkit.train.run import fit
@@ -136,6 +138,7 @@ def run_experiment(
         task = get_task(experiment.task, **experiment.task_options)
     info = task.info()
     splits = task.splits()
+    record = {**record, **_standardisation_record(task)}
     tensors = {name: tuple(ds.tensors) for name, ds in splits.items()}
     transform = _batch_transform(next(iter(splits.values())))
     config = experiment.model_config(info)
@@ -144,6 +147,17 @@ def run_experiment(
     return fit(config, experiment.train, tensors["train"], tensors.get("val"), tensors.get("test"), out_dir,
                resume=resume, progress=progress, labels=labels, transform=transform, extra_tests=extra or None,
                records={"task": record})
+
+
+def _standardisation_record(task: Any) -> dict[str, list[float]]:
+    """``{"input_mean": [...], "input_std": [...]}`` (per input feature) of a task that standardised its float inputs
+    with its training split's statistics (the ``arrays`` task's ``mean`` and ``std``), else {}. A model trained on them
+    expects standardised inputs: without this record, a run folder (and the graphs ``ssmkit analyze --onnx`` writes from
+    it) gave no way to know, and raw inputs gave wrong outputs without a word."""
+    mean, std = getattr(task, "mean", None), getattr(task, "std", None)
+    if mean is None or std is None:
+        return {}
+    return {"input_mean": [float(v) for v in mean], "input_std": [float(v) for v in std]}
 
 
 def _same_task_record(experiment: Experiment, out_dir: str, resume: bool) -> dict[str, Any]:

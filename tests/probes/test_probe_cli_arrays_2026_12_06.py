@@ -91,6 +91,7 @@ def test_compare_on_irregular_padded_arrays_scores_the_unpadded_items(tmp_path, 
             mine = _mse_by_hand(ckpt / weights, x, y, lengths, gaps, split[items], mean, std)
             assert result[key] == pytest.approx(mine, rel=2e-5, abs=1e-7), (name, key)
         assert result["test_mse"] == result["test_mse_final"]
+        assert result["val_step"] == 4  # which validation val_mse is of (stop 66: the record did not say)
     table = (out / "results.md").read_text()
     for name, result in results.items():
         assert f"| {name} | {result['test_mse']:.4g} |" in table
@@ -148,3 +149,20 @@ def test_analyze_says_how_the_onnx_graphs_take_u(vocab):
     assert step.startswith(f"u {want}") and ("int64" in step) == (u.dtype == torch.int64)
     assert sequence.startswith("u (B, L)" if vocab else "u (B, L, 3)")
     assert ("token ids" in sequence) == (vocab is not None)
+
+
+def test_the_record_names_the_step_of_its_last_validation(tmp_path):
+    # 3 steps, validation every 2: val_* are step 2's (not the final weights'), which the record now says
+    pytest.importorskip("lightning")
+    from ssmkit.models import SequenceModelConfig
+    from ssmkit.train import TrainConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 6, 1, generator=g), torch.randint(0, 2, (24,), generator=g)
+    model = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=2, layer_options={"d_state": 4})
+    train = TrainConfig(batch_size=8, max_steps=3, warmup_steps=0, val_every=2, checkpoint_every=0,
+                        accelerator="cpu")
+    result = fit(model, train, (x[:16], y[:16]), (x[16:], y[16:]), None, str(tmp_path / "run"), progress=False)
+    assert result["val_step"] == 2 == result["best_val_step"] and result["steps"] == 3
+    assert result["val_loss"] == result["best_val_loss"]  # the one validation, at step 2
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["val_step"] == 2

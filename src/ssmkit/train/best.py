@@ -58,8 +58,10 @@ class BestValidation(pl.Callback):
 
     After ``fit``: ``step`` (the optimizer step of the best validation, None if none ran), ``score`` (its monitored
     value), ``loss`` (its validation loss) and ``weights`` (the module's ``state_dict`` at that step, on the CPU);
-    ``last``, the metrics of the latest validation (``{"val_loss": ..., "val_<metric>": ...}``, empty if none ran),
-    kept in every checkpoint too, so that a resumed run that validates no more still reports them. ``patience``, an
+    ``last``, the metrics of the latest validation and its optimizer step (``{"val_loss": ..., "val_<metric>": ...,
+    "val_step": ...}``, empty if none ran; the result record said which validation its val_* were of nowhere: with
+    ``val_every`` 2 and 3 steps they are step 2's, not the final weights'), kept in every checkpoint too, so that a
+    resumed run that validates no more still reports them. ``patience``, an
     optional :class:`Patience`, is told every validation's loss (those :meth:`catch_up` scores included).
     """
 
@@ -76,7 +78,7 @@ class BestValidation(pl.Callback):
 
     def _offer(self, trainer: pl.Trainer, module: pl.LightningModule, step: int, score: float, loss: float) -> None:
         self.last_validated = step
-        self.last = {"val_loss": loss, self.key: score}
+        self.last = {"val_loss": loss, self.key: score, "val_step": step}
         if is_better(score, self.score, self.mode):
             self.step, self.score, self.loss = step, score, loss
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

@@ -324,7 +324,8 @@ def fit(
             the task and its options, ``task.json``).
 
     Returns:
-        the result record (also written to ``out_dir/result.json``): the last validation's metrics; the test metrics
+        the result record (also written to ``out_dir/result.json``): the last validation's metrics and its optimizer
+        step ``val_step`` (validation runs every ``val_every`` steps: not always at the final weights); the test metrics
         (and those of ``extra_tests``) at the weights ``train_config.test_weights`` selects, and each also as
         ``<name>_final`` and ``<name>_best_val``; ``best_val_step``, ``best_val_epoch`` (epochs of training data
         seen), ``best_val_loss`` and ``best_val_<metric>`` of the best validation (with a validation split);

@@ -251,6 +251,8 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
     args = parser.parse_args(argv)
     if args.d_model < 1:
         parser.error(f"--d-model must be >= 1; got {args.d_model}")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):  # was a FileExistsError traceback
+        parser.error(f"--out must be a folder (zoo.md, zoo.csv and poles.csv go into it); {args.out!r} is a file")
     from ssmkit.analysis import zoo
 
     table = zoo.zoo_table(d_model=args.d_model)
@@ -265,9 +267,9 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
         if measured is not None:
             print("\n" + files["poles.csv"], end="")
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        for name, body in files.items():
-            with open(os.path.join(args.out, name), "w") as f:
-                f.write(body)
+        from ssmkit.files import write_text
+
+        for name, body in files.items():  # each whole or not at all (UTF-8: the table holds λ, τ, √, —)
+            write_text(os.path.join(args.out, name), body)
         print(f"{', '.join(files)} in {args.out}")
     return 0

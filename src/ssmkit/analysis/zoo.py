@@ -191,8 +191,13 @@ def to_markdown(rows: Sequence[dict[str, Any]], measured: Sequence[dict[str, Any
     lines = ["# The ssmkit zoo (generated from the registered layers; arXiv 2403.16899's axes)", ""]
     lines += _markdown_table(rows, ZOO_COLUMNS)
     lines += ["", "state_size: real numbers per sequence at the given width with the layer's defaults "
-              "(complex entries count twice). Costs are big-O per sequence (H width, N state, L length, E inner "
-              "channels, T chunk)."]
+              "(complex entries count twice; — where the state grows with L or the layer has no step). "
+              "lti: the mixing (A, B, C) does not depend on the input; gates around an LTI core (gss, h3, hyena) "
+              "leave it yes although the layer as a whole is not linear (their state_space is no). "
+              "stable_by_construction: the transition stays inside the unit disc for every parameter value (and every "
+              "input, for time-varying layers); for layers without a "
+              "recurrence (FIR kernels, attention) it means bounded outputs for bounded inputs. "
+              "Costs are big-O per sequence (H width, N state, L length, E inner channels, T chunk)."]
     if measured is not None:
         lines += ["", "## Measured poles of the checkpoint", ""]
         lines += _markdown_table(measured, ("name", "layer", "spectral_radius", "stability_margin", "slowest_tau",

@@ -619,11 +619,11 @@ def test_analyze_passes_its_options_on_and_prints_the_summary(tmp_path, capsys, 
     assert capsys.readouterr().out == (f"SUMMARY of {path}\nanalysis in {out}: poles.png, analysis.json, "
                                        "summary.md\n")
     onnx = []
-    monkeypatch.setattr(commands, "_write_onnx", lambda m, o, gaps: onnx.append((m, o, gaps)) or 7)
+    monkeypatch.setattr(commands, "_write_onnx", lambda m, o, gaps, scaled: onnx.append((m, o, gaps, scaled)) or 7)
     assert commands.analyze_main([path, "--out", str(tmp_path / "o"), "--dt", "0.125", "--channels", "1",
                                   "--no-plots", "--onnx"]) == 7
     assert fake_report[1][1:] == (str(tmp_path / "o"), {"title": path, "dt": 0.125, "channels": 1, "plots": False})
-    assert onnx == [(fake_report[1][0], str(tmp_path / "o"), False)]
+    assert onnx == [(fake_report[1][0], str(tmp_path / "o"), False, None)]  # None: no task.json beside the file
     for argv, message in ((["--channels", "0"], "--channels must be >= 1; got 0"),
                           (["--dt", "nan"], "--dt must be the sampling time in seconds, a finite number > 0; got nan"),
                           (["--dt", "0"], "a finite number > 0; got 0.0")):
@@ -718,6 +718,9 @@ def test_write_onnx_prints_each_graphs_inputs_and_falls_back_to_a_stateless_sequ
     _exporters(monkeypatch, ((), ()), ((), ()))
     assert _write_onnx(_M(d_input=None, n_inputs=None), str(tmp_path)) == 0
     assert "inputs u (B, m), no state; outputs y\n" in capsys.readouterr().out  # the width unknown: "m"
+    # the training's input standardisation (task.json's input_mean, input_std) is said last
+    assert _write_onnx(_M(d_input=4), str(tmp_path), standardised="u: standardise (x - mean) / std") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "u: standardise (x - mean) / std"
 
 
 def test_state_summary_groups_consecutive_parts_of_one_shape():

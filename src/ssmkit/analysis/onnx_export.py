@@ -22,7 +22,8 @@ The LTI cores inside other layers (GSS's diagonal SSM, H3's S4D) are replaced th
 :class:`ssmkit.analysis.onnx_liquid.RealLiquidS4` (S4's real core driven by its liquid input). The other layers
 (gated, time-varying mixers) keep their own ``step``, exported as traced; a layer whose state grows (attention's
 cache, Mega, Hyena), or whose step the exporter cannot trace, makes `export_onnx` raise ``NotImplementedError`` naming
-it.
+it; so does a bidirectional layer, up front: it reads the future and has no step (`export_onnx_sequence` with
+``with_state=False`` writes its whole-sequence graph from rest).
 The batch axis of the graph's input, state and outputs is dynamic (named ``batch``): a graph exported once runs with
 any batch size (1 for a controller, more to simulate several scenarios). ``batch_size=B`` fixes it instead, for
 runtimes that want static shapes. The trace uses an example batch of 2 (torch.export specialises a size-1 axis).
@@ -519,6 +520,8 @@ def export_onnx(
 
     Raises:
         ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one).
+        NotImplementedError: a bidirectional layer (it reads the future: no step), or a layer whose state is complex
+            or grows, or whose step could not be converted (the message names it).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
@@ -534,6 +537,8 @@ def export_onnx(
         converted = irregular_model(model).cpu()
         interval = ("interval", torch.ones(example, dtype=_float_dtype(model)))
     else:
+        _refuse_bidirectional(model, f"{type(model).__name__}.step", "export_onnx_sequence(model, path, "
+                              "with_state=False) would be the whole-sequence graph from rest")
         converted, interval = real_step_model(model).cpu(), None
     state = _state_parts(converted, example)
     dynamic = None
@@ -544,6 +549,27 @@ def export_onnx(
     # with autograd on: the step caches compare parameter values (torch.equal) when it is off, which is not traceable
     return _write_graph(StepFunction(converted, with_interval=intervals).eval(), u, state, path, dynamic,
                         opset_version, batch_size, grad=True, what=f"{type(model).__name__}.step", interval=interval)
+
+
+def _bidirectional_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The sequence layers of ``model`` (outer or nested, ``model`` itself included) built with ``bidirectional=True``."""
+    from ssmkit.layers.protocol import SequenceLayer
+
+    return [(name, layer) for name, layer in model.named_modules()
+            if isinstance(layer, SequenceLayer) and getattr(layer, "bidirectional", False)]
+
+
+def _refuse_bidirectional(model: nn.Module, what: str, hint: str) -> None:
+    """Raise NotImplementedError naming the first bidirectional layer of ``model``: its output at time t reads the
+    inputs after t (arXiv 2111.00396's two-sided kernel), so it has no causal step and no state; ``hint`` says what to
+    do instead. Before, the step export failed later with a misleading "state part 0 is complex"."""
+    found = _bidirectional_layers(model)
+    if found:
+        name, layer = found[0]
+        raise NotImplementedError(
+            f"{what} cannot be exported: layer {name or '(the model)'!r} ({type(layer).__name__}) is bidirectional: its "
+            f"output at time t reads the inputs after t (the future), so it has no causal step and no state; {hint}"
+        )
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:

@@ -21,6 +21,10 @@ with A^r from the squarings A^{2^k} selected by the bits of r.
 
 The states are those of `RealLTIStep` (the step graph of `export_onnx`): the same layout, so `onnx_state` maps a
 ``forward`` state onto this graph too, and a simulation may go on in the step graph from where this one stopped.
+A bidirectional diagonal layer (S4D, DSS, DLR, EMA, S5, LRU built with ``bidirectional=True``, also Mega's EMA core)
+has no state and no step; from rest (``with_state=False``) it becomes `RealBidirectionalSequence`: the chunked scan of
+its causal direction plus that of its anti-causal direction run on the reversed sequence and reversed back (its own
+forward computes the two-sided kernel for the concrete L, which torch.export cannot trace at a symbolic L).
 The other layers (gated mixers) keep their own ``forward``, exported as traced: Mamba, Mamba-2, RG-LRU and
 attention convert; a layer whose state is complex or whose forward the exporter cannot convert makes
 `export_onnx_sequence` raise ``NotImplementedError``.
@@ -47,6 +51,8 @@ from ssmkit.analysis.onnx_export import (
     _flatten,
     _float_dtype,
     _replace_lti_layers,
+    _bidirectional_layers,
+    _refuse_bidirectional,
     _state_parts,
     _unflatten,
     _write_graph,
@@ -218,6 +224,110 @@ class RealLTISequence(RealLTIStep):
         return h + h_in
 
 
+class RealBidirectionalSequence(nn.Module):
+    """A bidirectional diagonal layer over a whole sequence from rest, in real arithmetic, for any L: the causal scan
+    of the sequence plus the causal scan of the time-reversed sequence, reversed (arXiv 2111.00396's two-sided
+    kernel), each a `RealLTISequence` of the layer's realisation of one direction (`bidirectional_systems`):
+
+        y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s≥t+δ} K1[s-t-δ] u_s
+
+    S4D, DSS, DLR and EMA (δ = 1, tap 0 of K1 at lag -1: in reversed time τ = L-1-t the anti-causal output is
+    z_{τ-1}, z the scan's output, z_{-1} = 0); S5 and LRU (δ = 0: the backward scan includes the current input, its
+    own skip being 0). The layer's own forward computes a kernel of the concrete length L (``vandermonde``), which
+    torch.export cannot do at a symbolic length; the chunked scans here take any L.
+
+    Args:
+        causal: the causal direction's system (with the skip D).
+        anticausal: the anti-causal direction's system in reversed time (no skip).
+        delay: δ, 1 or 0.
+        dtype: real dtype of the operators (float32 or float64).
+        chunk_size: T of both scans, or None for `default_chunk`.
+    """
+
+    bidirectional = True
+
+    def __init__(self, causal: StateSpace, anticausal: StateSpace, delay: int, dtype: torch.dtype = torch.float32,
+                 chunk_size: int | None = None) -> None:
+        super().__init__()
+        if delay not in (0, 1):
+            raise ValueError(f"delay must be 0 or 1; got {delay!r}")
+        self.causal = RealLTISequence(causal, dtype, chunk_size)
+        self.anticausal = RealLTISequence(anticausal, dtype, chunk_size)
+        self.delay = delay
+        self.T = max(self.causal.T, self.anticausal.T)  # the exporter's example length reads it
+
+    def forward(self, x: torch.Tensor, state: None = None, return_state: bool = False) -> tuple[torch.Tensor, None]:
+        """x (B, L, H) -> y (B, L, H) from rest (a bidirectional layer has no state).
+
+        Args:
+            x: (B, L, H) input.
+            state: must be None.
+            return_state: ignored (no state).
+
+        Returns:
+            y (B, L, H) in x's dtype, and None.
+        """
+        if state is not None:
+            raise ValueError("a bidirectional layer has no recurrent state: pass state=None")
+        y, _ = self.causal(x, None, return_state=False)
+        z, _ = self.anticausal(x.flip(1), None, return_state=False)  # (B, L, H): z_τ, τ = L-1-t
+        if self.delay:
+            z = keep_first(F.pad(z, (0, 0, 1, 0)), 1, x.shape[1])  # z_{τ-1}, z_{-1} = 0
+        return y + z.flip(1), None
+
+
+def bidirectional_systems(layer: nn.Module) -> tuple[StateSpace, StateSpace, int] | None:
+    """The causal and the (time-reversed) anti-causal system of a bidirectional diagonal layer and the delay δ of
+    `RealBidirectionalSequence`, or None for a layer of another kind.
+
+    A SISO diagonal bank (``DiagonalLTILayer``: S4D, DSS, DLR; EMA through ``directions()``, each direction its own
+    modes): (Ā, B̄, C[0], D) and (Ā, B̄, C[1], 0) by ``StateSpace.from_diagonal``, δ = 1. A MIMO diagonal layer (S5,
+    LRU): ``StateSpace.from_diagonal_mimo`` likewise, δ = 0 (``ssmkit.layers.mimo``: both scans include u_t).
+
+    Args:
+        layer: a sequence layer with ``bidirectional=True``.
+
+    Returns:
+        (causal, anticausal, δ), or None.
+    """
+    from ssmkit.layers.diagonal import DiagonalLTILayer
+    from ssmkit.layers.mimo import MIMODiagonalLTILayer
+
+    with torch.no_grad():
+        if isinstance(layer, DiagonalLTILayer):
+            if callable(getattr(layer, "directions", None)):  # EMA: (2, H, N) each
+                A_bar, B_bar, C = (t.detach().cpu() for t in layer.directions())
+            else:  # the modes shared: (H, M), (H, M), (2, H, M)
+                A_bar, B_bar, C = (t.detach().cpu() for t in layer.discrete())
+                A_bar, B_bar = torch.stack([A_bar, A_bar]), torch.stack([B_bar, B_bar])
+            make, delay = StateSpace.from_diagonal, 1
+        elif isinstance(layer, MIMODiagonalLTILayer):
+            A_bar, B_bar, C = (t.detach().cpu() for t in layer.discrete())  # (M,), (M, H), (2, H, M)
+            A_bar, B_bar = torch.stack([A_bar, A_bar]), torch.stack([B_bar, B_bar])
+            make, delay = StateSpace.from_diagonal_mimo, 0
+        else:
+            return None
+        D = layer.D.detach().cpu()
+        causal = make(A_bar[0], B_bar[0], C[0], D, conjugate_pairs=False)
+        anticausal = make(A_bar[1], B_bar[1], C[1], None, conjugate_pairs=False)
+    return causal, anticausal, delay
+
+
+def _replace_bidirectional_layers(converted: nn.Module, chunk_size: int | None) -> nn.Module:
+    """Replace every bidirectional diagonal layer of ``converted`` (a copy) by its `RealBidirectionalSequence`."""
+    for name, layer in _bidirectional_layers(converted):
+        systems = bidirectional_systems(layer)
+        if systems is None:
+            continue
+        dtype = next((t.dtype for t in layer.parameters() if t.is_floating_point()), torch.float32)
+        replacement = RealBidirectionalSequence(*systems, dtype=dtype, chunk_size=chunk_size).to(layer.state_device())
+        if not name:
+            return replacement
+        parent_name, _, child = name.rpartition(".")
+        setattr(converted.get_submodule(parent_name) if parent_name else converted, child, replacement)
+    return converted
+
+
 def real_sequence_model(model: nn.Module, chunk_size: int | None = None) -> nn.Module:
     """A copy of ``model`` (eval mode) whose LTI layers are replaced by their `RealLTISequence`: its ``forward``,
     ``step`` and ``initial_state`` then use real states only, and equal the model's.
@@ -304,7 +414,7 @@ def export_onnx_sequence(
 
     Raises:
         NotImplementedError: a layer's state is complex or grows, or its forward could not be converted (the message
-            names it).
+            names it); with ``with_state=True``, a bidirectional layer (it has no state: export it from rest).
         ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
@@ -321,13 +431,16 @@ def export_onnx_sequence(
                              "one step per Scan iteration (ssmkit.analysis.onnx_irregular): leave it None")
         converted = irregular_model(model).cpu()
     else:
-        converted = real_sequence_model(model, chunk_size).cpu()
+        converted = _replace_bidirectional_layers(real_sequence_model(model, chunk_size), chunk_size).cpu()
     example_b = batch_size or 2  # torch.export specialises a size-1 axis
     example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
     step_input = _example_input(model, example_b).cpu()
     u = step_input[:, None].expand((example_b, example_l) + tuple(step_input.shape[1:])).contiguous()
     if not isinstance(with_state, bool):
         raise ValueError(f"with_state must be a bool; got {with_state!r}")
+    if with_state:
+        _refuse_bidirectional(model, f"{type(model).__name__}'s forward with a state",
+                              "export it from rest with with_state=False")
     try:
         state = _state_parts(converted, example_b) if with_state else []
     except NotImplementedError as err:
@@ -342,9 +455,22 @@ def export_onnx_sequence(
     dynamic = (dims_u, rest) if rest else (dims_u,)
     interval = ("intervals", torch.ones(u.shape[:2], dtype=_float_dtype(model))) if intervals else None
     # autograd off: with it on, torch traced the scan op's autograd form, which failed on Mamba's
-    return _write_graph(SequenceFunction(converted, with_state, intervals).eval(), u, state, path, dynamic,
-                        opset_version, batch_size, grad=False, what=f"{type(model).__name__}'s forward",
-                        check=lambda partial: _check_dynamic_length(partial, type(model).__name__), interval=interval)
+    try:
+        return _write_graph(SequenceFunction(converted, with_state, intervals).eval(), u, state, path, dynamic,
+                            opset_version, batch_size, grad=False, what=f"{type(model).__name__}'s forward",
+                            check=lambda partial: _check_dynamic_length(partial, type(model).__name__),
+                            interval=interval)
+    except NotImplementedError as err:
+        left = _bidirectional_layers(converted)  # those without a real two-direction realisation kept their forward
+        if not left:
+            raise
+        name, layer = left[0]
+        raise NotImplementedError(
+            f"layer {name or '(the model)'!r} ({type(layer).__name__}) is bidirectional and has no real two-scan "
+            "realisation here, so its own forward (a two-sided kernel of the concrete length, complex arithmetic) was "
+            "traced and could not be converted; the diagonal layers (S4D, DSS, DLR, EMA, S5, LRU) export "
+            f"bidirectionally from rest, as two real scans ({err})"
+        ) from err
 
 
 def _check_dynamic_length(path: Path, name: str) -> None:

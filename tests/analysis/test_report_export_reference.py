@@ -745,13 +745,15 @@ def test_zoo_prints_and_writes_the_tables(tmp_path, capsys, monkeypatch):
     measured = zoo.pole_statistics(model)
     default = zoo.zoo_table()
     assert commands.zoo_main(["--checkpoint", "c.ckpt", "--format", "csv", "--out", str(tmp_path / "z")]) == 0
-    assert capsys.readouterr().out == (zoo.to_csv(default) + "\n" + zoo.to_csv(default, measured)
-                                       + f"zoo.md, zoo.csv, poles.csv in {tmp_path / 'z'}\n")
+    printed = capsys.readouterr()  # the tables alone on stdout (`> table.csv`), the files written on stderr
+    assert printed.out == zoo.to_csv(default) + "\n" + zoo.to_csv(default, measured)
+    assert printed.err == f"zoo.md, zoo.csv, poles.csv in {tmp_path / 'z'}\n"
     files = {name: open(tmp_path / "z" / name).read() for name in sorted(os.listdir(tmp_path / "z"))}
     assert files == {"poles.csv": zoo.to_csv(default, measured), "zoo.csv": zoo.to_csv(default),
                      "zoo.md": zoo.to_markdown(default, measured)}
     assert commands.zoo_main(["--format", "csv", "--out", str(tmp_path / "z")]) == 0  # an existing folder
-    assert capsys.readouterr().out == zoo.to_csv(default) + f"zoo.md, zoo.csv in {tmp_path / 'z'}\n"
+    printed = capsys.readouterr()
+    assert printed.out == zoo.to_csv(default) and printed.err == f"zoo.md, zoo.csv in {tmp_path / 'z'}\n"
     assert open(tmp_path / "z" / "zoo.md").read() == zoo.to_markdown(default)
     with pytest.raises(SystemExit) as exit_:
         commands.zoo_main(["--d-model", "0"])

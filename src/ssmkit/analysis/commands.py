@@ -271,5 +271,6 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
 
         for name, body in files.items():  # each whole or not at all (UTF-8: the table holds λ, τ, √, —)
             write_text(os.path.join(args.out, name), body)
-        print(f"{', '.join(files)} in {args.out}")
+        # on stderr: stdout holds the table alone (`--format csv > table.csv` had the status line as its last row)
+        print(f"{', '.join(files)} in {args.out}", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ with A^r from the squarings A^{2^k} selected by the bits of r.
 
 The states are those of `RealLTIStep` (the step graph of `export_onnx`): the same layout, so `onnx_state` maps a
 ``forward`` state onto this graph too, and a simulation may go on in the step graph from where this one stopped.
-A bidirectional diagonal layer (S4D, DSS, DLR, EMA, S5, LRU built with ``bidirectional=True``, also Mega's EMA core)
+A bidirectional LTI layer (S4, S4D, DSS, DLR, EMA, S5, LRU built with ``bidirectional=True``, also Mega's EMA core)
 has no state and no step; from rest (``with_state=False``) it becomes `RealBidirectionalSequence`: the chunked scan of
 its causal direction plus that of its anti-causal direction run on the reversed sequence and reversed back (its own
 forward computes the two-sided kernel for the concrete L, which torch.export cannot trace at a symbolic L).
@@ -231,14 +231,15 @@ class RealBidirectionalSequence(nn.Module):
 
         y_t = Σ_{s≤t} K0[t-s] u_s + Σ_{s≥t+δ} K1[s-t-δ] u_s
 
-    S4D, DSS, DLR and EMA (δ = 1, tap 0 of K1 at lag -1: in reversed time τ = L-1-t the anti-causal output is
+    S4, S4D, DSS, DLR and EMA (δ = 1, tap 0 of K1 at lag -1: in reversed time τ = L-1-t the anti-causal output is
     z_{τ-1}, z the scan's output, z_{-1} = 0); S5 and LRU (δ = 0: the backward scan includes the current input, its
     own skip being 0). The layer's own forward computes a kernel of the concrete length L (``vandermonde``), which
     torch.export cannot do at a symbolic length; the chunked scans here take any L.
 
     Args:
         causal: the causal direction's system (with the skip D).
-        anticausal: the anti-causal direction's system in reversed time (no skip).
+        anticausal: the anti-causal direction's system in reversed time (no skip of the layer's; its feedthrough
+            is the kernel's tap 0, K1[0], in the exported convention of ``StateSpace.from_ssm``).
         delay: δ, 1 or 0.
         dtype: real dtype of the operators (float32 or float64).
         chunk_size: T of both scans, or None for `default_chunk`.
@@ -282,7 +283,8 @@ def bidirectional_systems(layer: nn.Module) -> tuple[StateSpace, StateSpace, int
 
     A SISO diagonal bank (``DiagonalLTILayer``: S4D, DSS, DLR; EMA through ``directions()``, each direction its own
     modes): (Ā, B̄, C[0], D) and (Ā, B̄, C[1], 0) by ``StateSpace.from_diagonal``, δ = 1. A MIMO diagonal layer (S5,
-    LRU): ``StateSpace.from_diagonal_mimo`` likewise, δ = 0 (``ssmkit.layers.mimo``: both scans include u_t).
+    LRU): ``StateSpace.from_diagonal_mimo`` likewise, δ = 0 (``ssmkit.layers.mimo``: both scans include u_t). S4
+    (DPLR, exactly the class: a subclass may change the forward): `_s4_systems`, δ = 1.
 
     Args:
         layer: a sequence layer with ``bidirectional=True``.
@@ -292,8 +294,11 @@ def bidirectional_systems(layer: nn.Module) -> tuple[StateSpace, StateSpace, int
     """
     from ssmkit.layers.diagonal import DiagonalLTILayer
     from ssmkit.layers.mimo import MIMODiagonalLTILayer
+    from ssmkit.layers.s4 import S4
 
     with torch.no_grad():
+        if type(layer) is S4:
+            return _s4_systems(layer)
         if isinstance(layer, DiagonalLTILayer):
             if callable(getattr(layer, "directions", None)):  # EMA: (2, H, N) each
                 A_bar, B_bar, C = (t.detach().cpu() for t in layer.directions())
@@ -311,6 +316,33 @@ def bidirectional_systems(layer: nn.Module) -> tuple[StateSpace, StateSpace, int
         causal = make(A_bar[0], B_bar[0], C[0], D, conjugate_pairs=False)
         anticausal = make(A_bar[1], B_bar[1], C[1], None, conjugate_pairs=False)
     return causal, anticausal, delay
+
+
+def _s4_systems(layer: nn.Module) -> tuple[StateSpace, StateSpace, int]:
+    """The two directions of a bidirectional S4 layer (arXiv 2111.00396) as real dense systems, and δ = 1.
+
+    S4's two-sided kernel is K_c[l] = C_c,trueᵀ Ā^l B̄ (c = 0 causal, 1 anti-causal; one Ā, B̄, two C̃), applied as
+    y_t = Σ_{s≤t} K_0[t-s] u_s + Σ_{s>t} K_1[s-t-1] u_s + D u_t (``bidirectional_conv``: tap 0 of K_1 at lag -1).
+    The trained C̃_c = (I - Ā^{l_max})ᵀ C_c,true are solved for C_c,true (``S4._C_true``, as ``state_space`` does);
+    the kernel at any length, attuned by doubling, is that of C_c,true, so the scans hold at every L. Each direction
+    is ``StateSpace.from_ssm`` of (Ā, B̄, [2 Re C_c,true, -2 Im C_c,true]) in the real basis z = [Re x, Im x] of the
+    half state (``S4._real_system``), with the skip D on the causal one.
+
+    Args:
+        layer: an S4 layer with ``bidirectional=True``.
+
+    Returns:
+        (causal, anticausal, 1).
+    """
+    from ssmkit.layers.s4 import _to_real_row
+
+    with torch.no_grad():
+        A_z, B_z = (t.detach().cpu() for t in layer._real_system())  # (H, N, N), (H, N) float64
+        C_z = _to_real_row(layer._C_true().detach().cpu())  # (2, H, N)
+        D = layer.D.detach().cpu().to(torch.float64)[:, None, None]  # (H, 1, 1)
+        causal = StateSpace.from_ssm(A_z, B_z[..., None], C_z[0][:, None, :], D)
+        anticausal = StateSpace.from_ssm(A_z, B_z[..., None], C_z[1][:, None, :], torch.zeros_like(D))
+    return causal, anticausal, 1
 
 
 def _replace_bidirectional_layers(converted: nn.Module, chunk_size: int | None) -> nn.Module:
@@ -468,7 +500,7 @@ def export_onnx_sequence(
         raise NotImplementedError(
             f"layer {name or '(the model)'!r} ({type(layer).__name__}) is bidirectional and has no real two-scan "
             "realisation here, so its own forward (a two-sided kernel of the concrete length, complex arithmetic) was "
-            "traced and could not be converted; the diagonal layers (S4D, DSS, DLR, EMA, S5, LRU) export "
+            "traced and could not be converted; the LTI layers (S4, S4D, DSS, DLR, EMA, S5, LRU) export "
             f"bidirectionally from rest, as two real scans ({err})"
         ) from err
 

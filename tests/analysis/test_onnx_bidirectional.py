@@ -58,10 +58,12 @@ def test_two_real_scans_equal_the_two_sided_convolution_of_the_layer_kernel(name
 
 @pytest.mark.parametrize("name, head, pool", [("s4d", "classify", "mean"), ("ema", "regress", None),
                                               ("s5", "regress", None), ("mega", "classify", "mean"),
-                                              ("s4", "regress", None)])
+                                              ("s4", "regress", None), ("sgconv", "classify", "mean")])
 def test_the_whole_sequence_graph_from_rest_equals_the_forward(tmp_path, name, head, pool):
     """Traced at L = 131; run at (B, L) = (1, 5) and (3, 200). Mega: its bidirectional EMA core replaced, its
-    attention traced. S4 with l_max = 32: L = 5 below it, L = 200 above it (its forward attunes C̃ to 256)."""
+    attention traced. S4 with l_max = 32: L = 5 below it, L = 200 above it (its forward attunes C̃ to 256). SGConv: no
+    realisation (an FIR kernel), its own forward traced (onnxruntime's float32 DFT at lengths other than powers of
+    two is less accurate than torch's FFT: 1e-4, as Hyena's in tests/analysis/test_onnx_sequence.py)."""
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
     model = _model(name, head, pool, {"s4d": {"d_state": 4}, "s4": {"d_state": 8, "l_max": 32}}.get(name))
@@ -73,7 +75,7 @@ def test_the_whole_sequence_graph_from_rest_equals_the_forward(tmp_path, name, h
         with torch.no_grad():
             y, _ = model(u)
         got = torch.from_numpy(session.run(None, {"u": u.numpy()})[0])
-        assert got.shape == y.shape and rel_err(got, y) <= 1e-5, (B, L)
+        assert got.shape == y.shape and rel_err(got, y) <= (1e-4 if name == "sgconv" else 1e-5), (B, L)
 
 
 @pytest.mark.parametrize("init", ["legs", "fout"])

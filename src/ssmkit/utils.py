@@ -157,3 +157,18 @@ def length_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
         (B, L) bool.
     """
     return torch.arange(steps, device=lengths.device) < lengths[:, None]
+
+
+def unit_gaps_after(intervals: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``intervals`` (B, L) with 1 at the steps t >= lengths[b]: the gaps of right-padded sequences as
+    ``SequenceModel.forward(..., lengths=)`` reads them (the padding's may hold anything, NaN included).
+
+    Args:
+        intervals: (B, L) real gaps.
+        lengths: (B,) integer lengths (moved to the intervals' device).
+
+    Returns:
+        (B, L) in the intervals' dtype and device.
+    """
+    within = length_mask(lengths.to(intervals.device), intervals.shape[1])  # (B, L)
+    return torch.where(within, intervals, torch.ones((), dtype=intervals.dtype, device=intervals.device))

@@ -110,28 +110,28 @@ def test_compare_on_irregular_padded_arrays_scores_the_unpadded_items(tmp_path, 
     assert _standardisation_line(str(tmp_path / "elsewhere" / "model.pt")) is None  # no task.json: nothing said
 
 
+def _compare_refused(tmp_path, capsys, models: str) -> str:
+    """``ssmkit compare --models <models>`` on irregular arrays: exit 2 before any training (no out folder); its
+    stderr."""
+    _irregular_file(tmp_path / "irr.npz", b=20)
+    out = tmp_path / "c"
+    argv = ["compare", "--task", "arrays", "--task_options.path", str(tmp_path / "irr.npz"), "--models", models,
+            "--budget", "2", "--out", str(out), *TINY]
+    assert cli_main(argv) == 2
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
 def test_compare_refuses_a_layer_without_intervals_before_training(tmp_path, capsys):
     # `--models s4d,hyena` on irregular arrays trained s4d, then fit refused hyena: exit 1, no results, and the
     # s4d sub-folder blocked a rerun
-    _irregular_file(tmp_path / "irr.npz", b=20)
-    out = tmp_path / "c"
-    argv = ["compare", "--task", "arrays", "--task_options.path", str(tmp_path / "irr.npz"), "--models", "s4d,hyena",
-            "--budget", "2", "--out", str(out), *TINY]
-    assert cli_main(argv) == 2
-    err = capsys.readouterr().err
+    err = _compare_refused(tmp_path, capsys, "s4d,hyena")
     assert "layers that take none: ['hyena']" in err and "s4d" in err.split("the layers that do:")[1]
-    assert not out.exists()
 
 
 def test_compare_refuses_a_layer_named_twice_before_training(tmp_path, capsys):
     # `--models s4d,s4d` trained s4d, then its second run found <out>/s4d's checkpoints and failed
-    _irregular_file(tmp_path / "irr.npz", b=20)
-    out = tmp_path / "c"
-    argv = ["compare", "--task", "arrays", "--task_options.path", str(tmp_path / "irr.npz"), "--models", "s4d,lru,s4d",
-            "--budget", "2", "--out", str(out), *TINY]
-    assert cli_main(argv) == 2
-    assert "--models names ['s4d'] more than once" in capsys.readouterr().err
-    assert not out.exists()
+    assert "--models names ['s4d'] more than once" in _compare_refused(tmp_path, capsys, "s4d,lru,s4d")
 
 
 @pytest.mark.parametrize("vocab", [None, 7])

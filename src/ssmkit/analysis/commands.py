@@ -76,11 +76,15 @@ def load_model(path: str):
     return model.eval()
 
 
-def _default_out(checkpoint: str) -> str:
+def _run_folder(checkpoint: str) -> str:
+    """The run folder of a checkpoint: the folder above ``checkpoints/`` (``ssmkit train``'s layout), else the file's
+    own folder (a ``model.pt`` of ``ssmkit sysid``)."""
     folder = os.path.dirname(os.path.abspath(checkpoint))
-    if os.path.basename(folder) == "checkpoints":
-        folder = os.path.dirname(folder)
-    return os.path.join(folder, "analysis")
+    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+
+
+def _default_out(checkpoint: str) -> str:
+    return os.path.join(_run_folder(checkpoint), "analysis")
 
 
 def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
@@ -182,10 +186,8 @@ def _standardisation_line(checkpoint: str) -> str | None:
     """
     import json
 
-    folder = os.path.dirname(os.path.abspath(checkpoint))
-    record = os.path.join(os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder, "task.json")
     try:
-        with open(record) as f:
+        with open(os.path.join(_run_folder(checkpoint), "task.json")) as f:
             saved = json.load(f)
     except (OSError, ValueError):
         return None

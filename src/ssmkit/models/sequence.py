@@ -31,7 +31,7 @@ from ssmkit.models.recompute import checkpointed_block
 from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.rows import weight_dtype_device
-from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, length_mask
+from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, length_mask, unit_gaps_after
 
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
@@ -358,8 +358,7 @@ class SequenceModel(nn.Module):
         keep = self._keep(x, lengths)  # (B, L) or None: the bidirectional layers, batch norm and pool skip the rest
         if (lengths is not None and isinstance(intervals, torch.Tensor) and intervals.is_floating_point()
                 and intervals.shape == x.shape[:2] and intervals.device == x.device):  # else the layers refuse it
-            intervals = torch.where(length_mask(lengths, x.shape[1]), intervals,  # the padding's gaps are 1
-                                    torch.ones((), dtype=intervals.dtype, device=x.device))
+            intervals = unit_gaps_after(intervals, lengths)  # the padding's gaps are 1
         new_states = []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
             if self.activation_checkpointing and torch.is_grad_enabled():

@@ -435,8 +435,9 @@ def write_report(folder: str | pathlib.Path, bench: SysidBenchmark, label: str, 
         text += ["Outputs, in the order of each cell's values: "
                  + "; ".join(output_label(bench, k) for k in range(bench.n_outputs)) + ".", ""]
     text += [table, ""]
-    if undefined_fit_note(scores):
-        text += [undefined_fit_note(scores), ""]
+    note = undefined_fit_note(scores)
+    if note:
+        text += [note, ""]
     if any("steady_state" in rec for rec in scores["records"]):
         text += ["Periodic steady state: a test record that is a whole number of periods of a periodic input is also "
                  "simulated after the same input's periods from rest, and only the record is scored (no measured "

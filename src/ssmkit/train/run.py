@@ -49,7 +49,7 @@ from ssmkit.models import SequenceModelConfig
 from ssmkit.models.config import as_plain
 from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
 from ssmkit.train.config import TrainConfig
-from ssmkit.utils import length_mask
+from ssmkit.utils import unit_gaps_after
 
 _LIGHTNING_PRECISION = {"32": "32-true", "64": "64-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
@@ -269,8 +269,7 @@ def _within_lengths(tau: object, lengths: torch.Tensor | None, x: torch.Tensor) 
     if (lengths is None or lengths.dim() != 1 or not isinstance(tau, torch.Tensor) or not tau.is_floating_point()
             or tuple(tau.shape) != tuple(x.shape[:2])):
         return tau
-    within = length_mask(lengths.to(tau.device), x.shape[1])  # (n, L)
-    return torch.where(within, tau, torch.ones((), dtype=tau.dtype, device=tau.device))
+    return unit_gaps_after(tau, lengths)
 
 
 def fit(

@@ -328,14 +328,14 @@ def _build(task: ArraysTask, arrays: dict[str, Any], where: str) -> tuple:
             if lengths.min() < 1 or lengths.max() > x.shape[1]:
                 raise ValueError(f"lengths_{split} must be in [1, L = {x.shape[1]}]; found {int(lengths.min())} to "
                                  f"{int(lengths.max())}")
-            within = np.arange(x.shape[1])[None, :] < lengths[:, None]
+            within = _length_mask(lengths, x.shape[1])
         if not tokens_in:
             _check_finite(x, f"x_{split}", within)
             if x.shape[2:] != x0.shape[2:]:
                 raise ValueError(f"x_{split} must have x_train's features per step; got {x.shape}, x_train {x0.shape}")
         own = within.copy()  # (B, L) the sequences' own steps: not after a length, not the pad id
         if tokens_in and lengths is not None:
-            own &= np.arange(x.shape[1])[None, :] < lengths[:, None]
+            own &= _length_mask(lengths, x.shape[1])
         if tokens_in and task.pad >= 0:
             own &= x != task.pad
         _check_dtype(y, f"y_{split}", "if")
@@ -489,7 +489,7 @@ def _sizes(task: ArraysTask, a: dict[str, np.ndarray], target: str, tokens_in: b
     classes, where the same file cut by ``lengths_train`` got its 3."""
     n_classes = 0
     x, lengths = a["x_train"], a.get("lengths_train")
-    within = np.ones(x.shape[:2], dtype=bool) if lengths is None else np.arange(x.shape[1])[None] < lengths[:, None]
+    within = np.ones(x.shape[:2], dtype=bool) if lengths is None else _length_mask(lengths, x.shape[1])
     if tokens_in and task.pad >= 0:
         within = within & (x != task.pad)  # (B, L) the pad id is padding too
     if target != "regress":
@@ -563,7 +563,7 @@ def _pad(x: np.ndarray, y: np.ndarray, lengths, pad_id, target: str, origin: tup
         if lengths.min() < 1 or lengths.max() > steps:
             raise ValueError(f"{origin[2]} must be in [1, L = {steps}]; found {int(lengths.min())} to "
                              f"{int(lengths.max())}")
-        real = np.arange(steps)[None, :] < lengths[:, None]
+        real = _length_mask(lengths, steps)
         if (x[real] == pad_id).any():
             row, t = (int(i) for i in np.argwhere(real & (x == pad_id))[0])
             raise ValueError(f"{origin[0]}: sequence {row} holds the padding id {pad_id} at step {t}, within its length "
@@ -594,6 +594,11 @@ def _cut(x: np.ndarray, y: np.ndarray, keep: np.ndarray, target: str) -> tuple[n
     elif target == "regress" and y.ndim == 3:  # (B, L, d_output) values a step
         y = np.where(keep[..., None], y, 0.0)
     return x, y
+
+
+def _length_mask(lengths: np.ndarray, steps: int) -> np.ndarray:
+    """The (B, L) bool mask t < lengths[b] of right-padded sequences (numpy's :func:`ssmkit.utils.length_mask`)."""
+    return np.arange(steps)[None, :] < lengths[:, None]
 
 
 def _token_lengths(keep: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -153,3 +153,24 @@ def test_markdown_says_what_lti_and_stable_by_construction_mean():
     assert "the layer as a whole is not linear (their state_space is no)" in note
     assert "for layers without a recurrence (FIR kernels, attention) it means bounded outputs for bounded inputs" in note
     assert "— where the state grows with L or the layer has no step" in note
+
+
+def test_out_without_checkpoint_removes_an_earlier_runs_poles_csv(tmp_path, capsys):
+    # a poles.csv from an earlier `--checkpoint` run stayed beside the fresh zoo.md, which no longer lists those
+    # measured poles: the folder read as one run's output but mixed two (a stop-66 Left item)
+    from ssmkit.models import SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(d_input=1, d_model=2, n_layers=1, layer="lru", layer_options={"d_state": 2}, d_output=1,
+                          head="regress", pool=None)
+    path = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": {"model": model.config.to_dict()},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    out = tmp_path / "z"
+    run_zoo(["--checkpoint", str(path), "--out", str(out)])
+    assert sorted(os.listdir(out)) == ["poles.csv", "zoo.csv", "zoo.md"]
+    capsys.readouterr()
+    run_zoo(["--out", str(out)])
+    assert sorted(os.listdir(out)) == ["zoo.csv", "zoo.md"]
+    assert (out / "zoo.md").read_text(encoding="utf-8") == zoo.to_markdown(zoo.zoo_table())
+    assert f"removed {out / 'poles.csv'}" in capsys.readouterr().err

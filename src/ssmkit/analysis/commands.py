@@ -7,7 +7,8 @@
 ``analyze`` rebuilds the model from the checkpoint's configuration (``hyper_parameters["model"]``, written by
 ``ssmkit train``; or a DeepWiener's arguments, as in the ``model.pt`` that ``ssmkit sysid`` writes; see `load_model`), loads its weights and writes the report of :func:`ssmkit.analysis.write_report` (default folder:
 ``analysis/`` beside the checkpoints folder). ``zoo`` prints the table of :mod:`ssmkit.analysis.zoo`; with
-``--out`` it writes ``zoo.md``, ``zoo.csv`` (and ``poles.csv`` with ``--checkpoint``) there.
+``--out`` it writes ``zoo.md``, ``zoo.csv`` (and ``poles.csv`` with ``--checkpoint``; without it, an earlier run's
+``poles.csv`` there is removed, so the folder holds one run's output) there.
 """
 
 from __future__ import annotations
@@ -246,7 +247,8 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
     parser.add_argument("--checkpoint", default=None,
                         help="a checkpoint of 'ssmkit train' or the model.pt of 'ssmkit sysid': add measured pole "
                         "statistics")
-    parser.add_argument("--out", default=None, help="write zoo.md, zoo.csv (and poles.csv) into this folder")
+    parser.add_argument("--out", default=None, help="write zoo.md, zoo.csv (and poles.csv) into this folder; "
+                        "without --checkpoint an earlier run's poles.csv there is removed")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="what to print (default markdown)")
     parser.add_argument("--d-model", dest="d_model", type=int, default=64,
                         help="width at which state sizes are counted (default 64)")
@@ -275,4 +277,9 @@ def zoo_main(argv: list[str], prog: str = "ssmkit zoo") -> int:
             write_text(os.path.join(args.out, name), body)
         # on stderr: stdout holds the table alone (`--format csv > table.csv` had the status line as its last row)
         print(f"{', '.join(files)} in {args.out}", file=sys.stderr)
+        stale = os.path.join(args.out, "poles.csv")
+        if measured is None and os.path.isfile(stale):  # an earlier --checkpoint's poles beside this zoo.md
+            os.remove(stale)
+            print(f"removed {stale}: it held an earlier checkpoint's poles (this run has no --checkpoint)",
+                  file=sys.stderr)
     return 0

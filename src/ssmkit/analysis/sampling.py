@@ -5,12 +5,18 @@ to_continuous` and ``to_discrete``), the inverses of scipy's ``cont2discrete``:
     bilinear (Tustin, scipy's α = 1/2):  A = (I − dt A_c/2)⁻¹ (I + dt A_c/2),  with F = (A + I)⁻¹:
                       A_c = (2/dt)(A − I) F,  B_c = (2/dt) F B,  C_c = 2 C F,  D_c = D − C F B
 
+Tustin with frequency prewarping (python-control's ``sample(..., "bilinear", prewarp_frequency=ω)``): the same map
+over the warped step T_w = 2 tan(ω dt/2)/ω in place of dt (`prewarped_step`), so that H_d(e^{jω dt}) = H_c(jω)
+exactly at ω (the plain map matches s = jω only at ω → 0; it sends jω' to e^{jω dt} with ω' = (2/dt) tan(ω dt/2)).
+
 The zero-order hold's inverse is the principal matrix logarithm of the augmented matrix (an eigenvalue 1, an
 integrator, is fine), computed as 2 logm(sqrtm(·)) and checked by expm (module functions below).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import numpy as np
@@ -32,6 +38,35 @@ def _check_sampling_rule(method: object, hold: object) -> None:
     if hold == "sample" and method != "zoh":
         raise ValueError(f"hold='sample' describes a zero-order hold (method='zoh'); the {method} map has no hold: "
                          f"use hold='previous'")
+
+
+def prewarped_step(dt: float, method: str, frequency: object) -> float:
+    """The step of the Tustin map: ``dt``, or with ``frequency`` = ω (rad/s) prewarped, T_w = 2 tan(ω dt/2)/ω, the
+    step at which s = jω and z = e^{jω dt} correspond exactly (python-control's ``prewarp_frequency``).
+
+    Args:
+        dt: the sampling time in seconds, > 0.
+        method: the sampling rule (prewarping applies to ``"bilinear"`` only).
+        frequency: None, or the frequency ω in rad/s to match, 0 < ω < π/dt (below the Nyquist frequency).
+
+    Returns:
+        the step in seconds.
+
+    Raises:
+        ValueError: for a frequency with another method than ``"bilinear"``, not a finite real number, or outside
+            (0, π/dt).
+    """
+    if frequency is None:
+        return dt
+    if method != "bilinear":
+        raise ValueError(f"prewarp_frequency is a Tustin ('bilinear') option; method={method!r} has no frequency "
+                         f"warping to correct")
+    ok = isinstance(frequency, numbers.Real) and not isinstance(frequency, bool)
+    if not (ok and math.isfinite(float(frequency)) and 0.0 < float(frequency) < math.pi / dt):
+        raise ValueError(f"prewarp_frequency must be a frequency in rad/s in (0, π/dt) = (0, {math.pi / dt:.6g}) "
+                         f"(below the Nyquist frequency of dt = {dt:.6g} s); got {frequency!r}")
+    w = float(frequency)
+    return 2.0 * math.tan(w * dt / 2.0) / w
 
 
 def _number(z: complex) -> str:

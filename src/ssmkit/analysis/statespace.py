@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from ssmkit.analysis import frequency, norms
-from ssmkit.analysis.sampling import (sample_hold_output, tustin_inverse, tustin_sample, zoh_logarithm, zoh_sample,
-                                       _check_sampling_rule)
+from ssmkit.analysis.sampling import (prewarped_step, sample_hold_output, tustin_inverse, tustin_sample, zoh_logarithm,
+                                       zoh_sample, _check_sampling_rule)
 from ssmkit.utils import check_sampling_time, distinct_names
 
 if TYPE_CHECKING:  # scipy.signal costs ~45 MiB: imported by `to_scipy` only, never by `import ssmkit`
@@ -438,7 +438,8 @@ class StateSpace:
         C_R = np.concatenate([C.real, -C.imag], axis=2)  # (G, p, 2n)
         return self._same_time(A_R, B_R, C_R, self._D.real)
 
-    def to_continuous(self, method: str = "zoh", hold: str = "previous") -> StateSpace:
+    def to_continuous(self, method: str = "zoh", hold: str = "previous",
+                      prewarp_frequency: float | None = None) -> StateSpace:
         """The continuous-time bank whose sampling at ``dt`` by ``method`` gives this discrete bank exactly.
 
         Methods (each the inverse of scipy's ``cont2discrete`` and python-control's ``sample`` of that name):
@@ -446,7 +447,9 @@ class StateSpace:
             principal matrix logarithm (`zoh_logarithm`; it holds at an eigenvalue 1, an integrator). Poles
             s = log(z)/dt with |Im s| < π/dt: a mode above the Nyquist frequency comes back aliased.
             ``"bilinear"`` -- the inverse Tustin map (`tustin_inverse`): with F = (A + I)^{-1},
-            A_c = (2/dt)(A − I) F, B_c = (2/dt) F B, C_c = 2 C F, D_c = D − C F B.
+            A_c = (2/dt)(A − I) F, B_c = (2/dt) F B, C_c = 2 C F, D_c = D − C F B. With ``prewarp_frequency``
+            = ω (rad/s), the map over T_w = 2 tan(ω dt/2)/ω in place of dt (python-control's name and rule), so
+            the continuous response at ω equals the discrete one at e^{jω dt} exactly.
 
         Holds (``"zoh"``: which input acts over the interval (t_{k-1}, t_k] before sample k; the words of
         ``ssmkit.sysid.from_arrays``' ``hold``):
@@ -467,6 +470,8 @@ class StateSpace:
         Args:
             method: ``"zoh"`` or ``"bilinear"``.
             hold: ``"previous"`` or ``"sample"`` (``"zoh"`` only).
+            prewarp_frequency: None, or the frequency in rad/s, 0 < ω < π/dt, where the Tustin map is made exact
+                (``"bilinear"`` only).
 
         Returns:
             a continuous-time StateSpace (``dt`` = 0) with A (G, n, n), B (G, n, m), C (G, p, n), D (G, p, m).
@@ -474,16 +479,18 @@ class StateSpace:
         Raises:
             ValueError: for a bank that is continuous already; with ``"zoh"``, for a system with an eigenvalue 0
                 (a pure delay) or, in a real bank, one on the negative real axis (no real logarithm); with
-                ``"bilinear"``, for an eigenvalue −1. The message names the system index and the eigenvalue.
+                ``"bilinear"``, for an eigenvalue −1. The message names the system index and the eigenvalue. For a
+                ``prewarp_frequency`` outside (0, π/dt) or with ``"zoh"``.
         """
         if self.is_continuous:
             raise ValueError("to_continuous needs a discrete-time bank; this one is continuous already (dt = 0)")
         _check_sampling_rule(method, hold)
+        step = prewarped_step(self._dt, method, prewarp_frequency)
         mats = [np.empty_like(M) for M in (self._A, self._B, self._C, self._D)]
         for g in range(self.nsystems):
             A, B, C, D = self._A[g], self._B[g], self._C[g], self._D[g]
             if method == "bilinear":
-                mats[0][g], mats[1][g], mats[2][g], mats[3][g] = tustin_inverse(A, B, C, D, self._dt, g)
+                mats[0][g], mats[1][g], mats[2][g], mats[3][g] = tustin_inverse(A, B, C, D, step, g)
                 continue
             mats[0][g], mats[1][g] = zoh_logarithm(A, B, self._dt, g)
             if hold == "sample":  # C A^{-1}, D - C A^{-1} B: A is invertible (no eigenvalue 0, checked above)
@@ -491,35 +498,42 @@ class StateSpace:
             mats[2][g], mats[3][g] = C, D
         return StateSpace.from_continuous(*mats)
 
-    def to_discrete(self, dt: float, method: str = "zoh", hold: str = "previous") -> StateSpace:
+    def to_discrete(self, dt: float, method: str = "zoh", hold: str = "previous",
+                    prewarp_frequency: float | None = None) -> StateSpace:
         """The bank of this continuous-time one sampled every ``dt`` seconds by ``method``: the inverse of
         `to_continuous` (same methods and holds), as scipy's ``cont2discrete`` and python-control's ``sample``.
 
         ``"zoh"``: [[A, B], [0, I]] = exp(dt [[A_c, B_c], [0, 0]]) (`zoh_sample`); with ``hold="previous"``
-        C = C_c, D = D_c, with ``hold="sample"`` C = C_c A, D = D_c + C_c B. ``"bilinear"``: `tustin_sample`.
+        C = C_c, D = D_c, with ``hold="sample"`` C = C_c A, D = D_c + C_c B. ``"bilinear"``: `tustin_sample`, with
+        ``prewarp_frequency`` = ω over T_w = 2 tan(ω dt/2)/ω (python-control's ``sample(..., prewarp_frequency=ω)``):
+        the discrete response at e^{jω dt} equals the continuous one at ω exactly.
 
         Args:
             dt: the sampling time in seconds, > 0.
             method: ``"zoh"`` or ``"bilinear"``.
             hold: ``"previous"`` or ``"sample"`` (``"zoh"`` only).
+            prewarp_frequency: None, or the frequency in rad/s, 0 < ω < π/dt, where the Tustin map is made exact
+                (``"bilinear"`` only).
 
         Returns:
             a discrete-time StateSpace with A (G, n, n), B (G, n, m), C (G, p, n), D (G, p, m) and this ``dt``.
 
         Raises:
             ValueError: for a bank that is discrete already, a bad ``dt``, and with ``"bilinear"`` an eigenvalue
-                s = 2/dt (naming the system).
+                s = 2/T (naming the system; T = dt, or T_w when prewarped); for a ``prewarp_frequency`` outside
+                (0, π/dt) or with ``"zoh"``.
         """
         if not self.is_continuous:
             raise ValueError(f"to_discrete needs a continuous-time bank; this one is sampled already "
                              f"(dt = {self._dt}): to_continuous() first")
         dt = check_sampling_time(dt)
         _check_sampling_rule(method, hold)
+        step = prewarped_step(dt, method, prewarp_frequency)
         mats = [np.empty_like(M) for M in (self._A, self._B, self._C, self._D)]
         for g in range(self.nsystems):
             A_c, B_c, C_c, D_c = self._A[g], self._B[g], self._C[g], self._D[g]
             if method == "bilinear":
-                mats[0][g], mats[1][g], mats[2][g], mats[3][g] = tustin_sample(A_c, B_c, C_c, D_c, dt, g)
+                mats[0][g], mats[1][g], mats[2][g], mats[3][g] = tustin_sample(A_c, B_c, C_c, D_c, step, g)
                 continue
             A, B = zoh_sample(A_c, B_c, dt)
             mats[0][g], mats[1][g] = A, B

@@ -178,7 +178,7 @@ COVERED = {
     "analysis.layerwise", "analysis.onnx_export", "analysis.onnx_sequence", "analysis.operating", "analysis.report",
     "analysis.zoo", "data.task", "layers", "layers.protocol", "models.config", "models.pattern", "sysid.averaging",
     "sysid.benchmarks", "sysid.fit", "sysid.init", "sysid.nlbench", "sysid.recipes", "sysid.surrogates",
-    "sysid.workflow", "train", "train.run",
+    "sysid.workflow", "train", "train.run", "train.transfer",
 }
 NOT_CODE = {"models.block"}  # "prenorm:   y = x + Dropout(...)": equations that happen to parse as annotations
 
@@ -564,3 +564,31 @@ def test_workflow_example():
     assert len(records) == len(ns["bench"].test) == 1
     assert len(records[0]["rmse"]) == 1 and 0 < records[0]["rmse"][0] < 100  # one value per output, in V
     assert {"rmse", "fit"} <= set(records[0])
+
+
+def test_transfer_example(in_tmp):
+    # train/transfer.py's fine-tuning lines: a source run folder (placeholder "runs/pretrain", written here in
+    # fit's checkpoint layout) with a 1-output head, loaded into a 3-class model (`config`, the placeholder)
+    from ssmkit.models import SequenceModel, SequenceModelConfig
+    from ssmkit.train import freeze_parameters, load_weights, param_groups
+
+    common = dict(d_input=2, d_model=4, n_layers=2, layer="s4d", layer_options={"d_state": 4}, pool="mean")
+    torch.manual_seed(0)
+    source = SequenceModel(d_output=1, head="regress", **common)
+    (in_tmp / "runs" / "pretrain" / "checkpoints").mkdir(parents=True)
+    torch.save({"hyper_parameters": {"model": source.config.to_dict()},
+                "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}},
+               in_tmp / "runs" / "pretrain" / "checkpoints" / "last.ckpt")
+    config = SequenceModelConfig(d_output=3, head="classify", **common)
+    ns, _, comments = run(EXAMPLES["train.transfer"], {"SequenceModel": SequenceModel, "config": config, "torch": torch,
+                                                        "load_weights": load_weights, "param_groups": param_groups,
+                                                        "freeze_parameters": freeze_parameters})
+    model, report = ns["model"], ns["report"]
+    summary = report.summary()
+    assert summary.startswith(f"initialised from {'runs/pretrain/checkpoints/last.ckpt'}: loaded ")
+    assert "the head differs, not loaded" in summary and "head differs, not loaded" in " ".join(comments.values())
+    for name, value in source.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(model.state_dict()[name], value), name
+    trainable = {id(p) for group in ns["optimizer"].param_groups for p in group["params"]}
+    assert trainable == {id(model.head.weight), id(model.head.bias)}  # the backbone frozen, left out

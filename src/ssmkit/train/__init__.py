@@ -3,8 +3,8 @@
     from ssmkit.train import TrainConfig, fit
     fit(model_config, TrainConfig(max_steps=2000), train=(inputs, targets), val=val_split, test=test_split, out_dir="runs/a")
 
-``param_groups``, ``TrainConfig``, ``warmup_cosine`` and the batch order import only torch; ``fit`` and
-``SequenceLightningModule`` import Lightning when first used.
+``param_groups``, ``TrainConfig``, ``warmup_cosine``, the batch order and fine-tuning's ``load_weights`` and
+``freeze_parameters`` import only torch; ``fit`` and ``SequenceLightningModule`` import Lightning when first used.
 """
 
 from ssmkit.train.batches import StepBatches, eval_batches
@@ -12,13 +12,17 @@ from ssmkit.train.config import TrainConfig
 from ssmkit.train.objective import summed_loss_and_metric
 from ssmkit.train.optim import param_groups
 from ssmkit.train.schedule import WarmupCosine, warmup_cosine
+from ssmkit.train.transfer import LoadReport, freeze_parameters, load_weights
 
 __all__ = [
+    "LoadReport",
     "StepBatches",
     "TrainConfig",
     "WarmupCosine",
     "eval_batches",
     "fit",
+    "freeze_parameters",
+    "load_weights",
     "param_groups",
     "summed_loss_and_metric",
     "warmup_cosine",

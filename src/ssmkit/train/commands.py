@@ -1,6 +1,7 @@
 """The training commands of the ``ssmkit`` CLI: ``train``, ``compare`` and ``configs``.
 
     ssmkit train --task mnist1d --model s4d --train.max_steps 2000 [--config file.yaml | lra/listops-s4] [--resume]
+    ssmkit train --task mnist1d --model s4d --init-from runs/pretrain [--freeze backbone]   # fine-tune another run
     ssmkit compare --task mnist1d --models s4d,s5,mamba --budget 500      # steps; or 90s / 5m / 1h of training
     ssmkit configs                                                         # the shipped experiment configs
 
@@ -105,8 +106,17 @@ def _parser(prog: str, compare: bool):
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the output folder from its last checkpoint (give the run's options "
                              "again: --task is still required; another task, model, lr, schedule, grad_clip, "
-                             "precision, seed or batch size is refused; max_time, early_stopping, val_every, "
-                             "checkpoint_every, log_every and the evaluation options may change)")
+                             "precision, seed, batch size, init_from or freeze is refused; max_time, early_stopping, "
+                             "val_every, checkpoint_every, log_every and the evaluation options may change)")
+    if not compare:
+        parser.add_argument("--init-from", dest="init_from", type=str, default=None,
+                            help="start a new run from another run's weights (fine-tuning): a run folder (its "
+                                 "checkpoints/last.ckpt) or a checkpoint file; tensors load by name and shape, a head "
+                                 "of another size keeps its initialisation (said in one line), another model is "
+                                 "refused; the same as --train.init_from")
+        parser.add_argument("--freeze", type=str, default=None,
+                            help="comma-separated parts kept fixed: backbone (train the head only), ssm (the SSM "
+                                 "parameters), or module names (encoder, blocks.0, ...); the same as --train.freeze")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -167,6 +177,10 @@ def train_main(argv: list[str], prog: str = "ssmkit train") -> int:
     parser = _parser(prog, compare=False)
     cfg = parser.parse_args(_resolve_config_args(argv))
     experiment = _experiment(parser, cfg)
+    try:
+        experiment.train = transfer_options(experiment.train, cfg.init_from, cfg.freeze)
+    except ValueError as error:
+        parser.error(str(error))
     model = experiment.model if isinstance(experiment.model, str) else "+".join(experiment.model)
     out = cfg.out or os.path.join("runs", f"{experiment.task}-{model}")
     from ssmkit.train.experiment import run_experiment
@@ -175,6 +189,32 @@ def train_main(argv: list[str], prog: str = "ssmkit train") -> int:
     print(json.dumps(result, indent=2))
     print(f"results in {out}")
     return 0
+
+
+def transfer_options(train: TrainConfig, init_from: str | None, freeze: str | None) -> TrainConfig:
+    """``train`` with ``ssmkit train``'s ``--init-from`` and ``--freeze`` (shorthands of ``--train.init_from`` and
+    ``--train.freeze``); a shorthand and its long form that disagree are refused.
+
+    Args:
+        train: the experiment's training configuration.
+        init_from: ``--init-from``'s value, or None.
+        freeze: ``--freeze``'s value (comma-separated parts), or None.
+
+    Returns:
+        the training configuration.
+    """
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if init_from is not None:
+        if train.init_from is not None and train.init_from != init_from:
+            raise ValueError(f"--init-from {init_from!r} and --train.init_from {train.init_from!r} disagree: give one")
+        changes["init_from"] = init_from
+    if freeze is not None:
+        if train.freeze is not None and train.freeze != freeze:
+            raise ValueError(f"--freeze {freeze!r} and --train.freeze {train.freeze!r} disagree: give one")
+        changes["freeze"] = freeze
+    return dataclasses.replace(train, **changes) if changes else train
 
 
 def parse_budget(text: str) -> tuple[int | None, float | None]:
@@ -268,6 +308,10 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
     if repeated:  # the second run of a name found the first's checkpoints in <out>/<name> after the first had trained
         parser.error(f"--models names {repeated} more than once: each model trains in its own sub-folder named after "
                      "it, so name each layer once")
+    if base.train.init_from is not None and len(models) > 1:  # one source fits one model: the others failed late
+        parser.error(f"--train.init_from starts every compared model from one run's weights ({base.train.init_from}), "
+                     f"which fit one model only; compare {models} from their own initialisations, or fine-tune each "
+                     "with 'ssmkit train --init-from'")
     steps, seconds = parse_budget(cfg.budget)
     options = per_model_options(base.layer_options, models)
     from ssmkit.data import get_task

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,16 @@ class TrainConfig:
             memory, the same step (the gradient of the whole batch's mean loss, each part weighted by the items it
             scores; batch norm takes each part's statistics, dropout draws a mask per part). At most ``batch_size``
             (default 1).
+        init_from: start from another run's weights (fine-tuning): a run folder (its ``checkpoints/last.ckpt``, the
+            final weights) or a checkpoint file (``best_val.ckpt``, ``step<N>.ckpt``, or a file of
+            ``torch.save(model.state_dict())``). Every parameter and buffer is loaded from the tensor of the same
+            name and shape; a head of another size (another number of classes or outputs) keeps its fresh
+            initialisation, and a model that differs elsewhere is refused (:func:`ssmkit.train.load_weights`). The
+            optimiser, schedule and step start afresh (default None: the model's own initialisation).
+        freeze: the parts of the model kept fixed (left out of the optimiser): ``backbone`` (all but the head: train
+            the head only), ``ssm`` (the SSM parameters Δ, A/Λ, B, P) or module names (``encoder``, ``blocks.0``,
+            ...; :func:`ssmkit.train.freeze_parameters`), several separated by commas as in ssm,encoder (default
+            None: every parameter trains).
     """
 
     batch_size: int = 32
@@ -82,6 +93,8 @@ class TrainConfig:
     test_weights: str = "final"
     activation_checkpointing: bool = False
     micro_batches: int = 1
+    init_from: str | None = None
+    freeze: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "devices", "log_every", "micro_batches"):
@@ -119,9 +132,22 @@ class TrainConfig:
         if self.test_weights not in TEST_WEIGHTS:
             raise ValueError(f"test_weights must be one of {TEST_WEIGHTS}; got {self.test_weights!r}")
         check_flag(self.activation_checkpointing, "activation_checkpointing")
+        if self.init_from is not None and not (isinstance(self.init_from, (str, os.PathLike))
+                                               and os.fspath(self.init_from)):
+            raise ValueError(f"init_from must be None or a path (a run folder or a checkpoint file); got "
+                             f"{self.init_from!r}")
+        if self.init_from is not None:
+            self.init_from = os.fspath(self.init_from)  # a plain string in train.json and the checkpoints
+        if self.freeze is not None and not (isinstance(self.freeze, str) and all(self.frozen_parts())):
+            raise ValueError(f"freeze must be None or comma-separated part names (e.g. 'backbone' or 'ssm,encoder'); "
+                             f"got {self.freeze!r}")
         if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or isinstance(
                 self.eval_batch_size, bool) or self.eval_batch_size < 1):
             raise ValueError(f"eval_batch_size must be None or a positive int; got {self.eval_batch_size!r}")
+
+    def frozen_parts(self) -> list[str]:
+        """The parts ``freeze`` names, as a list (``"ssm, encoder"`` → ``["ssm", "encoder"]``; None → [])."""
+        return [] if self.freeze is None else [part.strip() for part in self.freeze.split(",")]
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict."""

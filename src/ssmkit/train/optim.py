@@ -41,7 +41,9 @@ def param_groups(
     Unmarked parameters get ``lr`` and ``weight_decay``, except norm weights and biases (parameters named ``bias``, and
     those a module lists in its ``bias_parameters``, as Mega's ``b_v``), which get no weight decay unless
     ``decay_norms_and_biases``. Marked SSM parameters get their marks (a mark without ``lr`` keeps the global
-    ``lr``). Groups with equal (lr, weight decay) are merged; the first group holds the decayed parameters.
+    ``lr``). Groups with equal (lr, weight decay) are merged; the first group holds the decayed parameters. Frozen
+    parameters (``requires_grad`` False, e.g. by :func:`ssmkit.train.freeze_parameters`) are left out: no update and
+    no weight decay.
 
     Args:
         model: any module.

@@ -26,8 +26,11 @@ each process draws its own dropout masks). It refuses (:func:`check_same_run`, a
 saved and given value) another model, ``lr``, ``weight_decay``, ``warmup_steps``, ``lr_floor`` or ``max_steps``
 (restored by the optimiser and the schedule: new values would be ignored; ``max_steps`` may change when ``lr_floor``
 is 1, a constant rate after the warm-up, e.g. to train longer), and another ``grad_clip``, ``precision``, ``seed`` or
-``devices × batch_size`` (what every later step computes: the steps after the resume would be another run's). To
-change those, start a new run in another ``out_dir``.
+``devices × batch_size`` (what every later step computes: the steps after the resume would be another run's), and
+another ``init_from`` or ``freeze``. To change those, start a new run in another ``out_dir``, e.g. from this run's
+weights: ``TrainConfig(init_from=<this run's folder>, lr=...)`` loads them into a fresh run with its own optimiser,
+schedule and step count (:mod:`ssmkit.train.transfer`; a head of another size keeps its initialisation), and
+``freeze="backbone"`` trains the head alone.
 
 Data parallelism (``devices=N``, ``strategy="ddp"``) is Lightning's: on CPU it runs N processes over gloo; on a
 cluster the same code runs under ``torchrun`` or SLURM (Lightning reads their environment variables).
@@ -39,6 +42,7 @@ import datetime
 import logging
 import os
 import platform
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -104,6 +108,9 @@ RESTORED_FIELDS = ("lr", "weight_decay", "max_steps", "warmup_steps", "lr_floor"
 # clipping, the dtype the saved weights are loaded into and computed in, the batch order and a random transform's draws
 # (from the seed); and the samples of a step, devices × batch_size (the devices may change with the product kept)
 STEP_FIELDS = ("grad_clip", "precision", "seed")
+# the run's origin and what its optimiser trains: the weights it started from (recorded, not read again: the
+# checkpoint holds the weights) and the frozen parts (the optimiser's groups hold the others only)
+TRANSFER_FIELDS = ("init_from", "freeze")
 # what a resume may change: when the run stops, what it validates, records and writes, where it runs, and how a step's
 # memory is spent (blocks recomputed in the backward, the batch in parts: the same step's gradient)
 FREE_FIELDS = ("max_time", "early_stopping", "val_every", "checkpoint_every", "log_every", "eval_batch_size",
@@ -120,9 +127,10 @@ def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_conf
     :data:`STEP_FIELDS` and the samples of a step (``devices × batch_size``) are not restored but decide what every
     later step computes: another seed gave another batch order from the resumed step on, another batch size other
     steps, another precision the saved weights rounded to float32 or widened to float64, all accepted before. Both are
-    refused; ``max_steps`` may change when ``lr_floor`` is 1 (a constant rate after the warm-up: the longer run is the
-    one the saved run would have been), to no fewer than the checkpoint's ``step``. The :data:`FREE_FIELDS` and
-    ``devices`` (with ``devices × batch_size`` kept) may change.
+    refused, and so are another ``init_from`` (the run's origin, which its records name) and ``freeze`` (the
+    optimiser's groups hold the other parameters); ``max_steps`` may change when ``lr_floor`` is 1 (a constant rate
+    after the warm-up: the longer run is the one the saved run would have been), to no fewer than the checkpoint's
+    ``step``. The :data:`FREE_FIELDS` and ``devices`` (with ``devices × batch_size`` kept) may change.
 
     Args:
         saved: the checkpoint's ``hyper_parameters`` ({"model": ..., "train": ...} as plain dicts).
@@ -144,7 +152,7 @@ def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_conf
 
     # older checkpoints lack some fields: only those they hold are compared
     flat = saved_train.get("lr_floor") == 1 == given_train["lr_floor"]
-    for k in RESTORED_FIELDS + STEP_FIELDS:
+    for k in RESTORED_FIELDS + STEP_FIELDS + TRANSFER_FIELDS:
         if k == "max_steps" and flat and changed(k) and (step is None or given_train[k] >= step):
             continue  # a constant rate after the warm-up: a longer (or shorter) budget trains the same steps
         if changed(k):
@@ -159,10 +167,19 @@ def check_same_run(saved: dict[str, Any], model: SequenceModelConfig, train_conf
         raise ValueError(
             f"resume continues the run saved in {path} with its own model, optimiser and schedule, but the "
             f"configuration given differs ({'; '.join(changes)}): give the saved configuration (model.json, train.json "
-            "in the run folder), or start a new run in another out_dir. A resume keeps the model, lr, weight_decay, "
-            "warmup_steps, lr_floor, max_steps (unless lr_floor is 1), grad_clip, precision, seed and batch_size × "
-            f"devices; it may change {', '.join(FREE_FIELDS)} and devices"
+            "in the run folder), or start a new run in another out_dir (with init_from set to this run's folder, "
+            "from its weights: --init-from). A resume keeps the model, lr, weight_decay, "
+            "warmup_steps, lr_floor, max_steps (unless lr_floor is 1), grad_clip, precision, seed, init_from, "
+            f"freeze and batch_size × devices; it may change {', '.join(FREE_FIELDS)} and devices"
         )
+
+
+def _say(line: str) -> None:
+    """Print ``line`` to stderr from the first process only (each data-parallel process runs ``fit``)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(line, file=sys.stderr)
 
 
 def _check_splits(splits: dict[str, Sequence[torch.Tensor] | None], transform: Callable | None,
@@ -330,7 +347,9 @@ def fit(
         seen), ``best_val_loss`` and ``best_val_<metric>`` of the best validation (with a validation split);
         ``test_weights``; parameters, steps, training seconds, samples/s and tokens/s (over every step, those of a
         resumed run's earlier sessions included); ``machine`` (architecture, CPUs, torch version and threads, which a
-        bit-exact rerun must match).
+        bit-exact rerun must match); with ``init_from``, ``init_from`` (the checkpoint file read, absolute; the line
+        :meth:`ssmkit.train.transfer.LoadReport.summary` says what it loaded goes to stderr), and with ``freeze``,
+        ``trainable_parameters``.
 
     Raises:
         ValueError: ``test_weights`` "best_val" or ``early_stopping`` set without a validation split (nothing to
@@ -343,6 +362,7 @@ def fit(
     from ssmkit.train.best import BestValidation, Patience
     from ssmkit.train.checkpoint import AtomicCheckpointIO, PeriodicCheckpoints, load_checkpoint
     from ssmkit.train.module import SequenceLightningModule, TensorDataModule
+    from ssmkit.train.transfer import checkpoint_file, freeze_parameters, load_weights
 
     cfg = train_config
     if cfg.test_weights == "best_val" and val is None:
@@ -373,6 +393,10 @@ def fit(
 
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SequenceLightningModule(model, cfg)
+    if cfg.init_from is not None and resume_from is None:  # a resumed run's checkpoint holds its weights
+        _say(load_weights(module.model, cfg.init_from).summary())
+    if cfg.freeze is not None:  # before Lightning builds the optimiser: param_groups leaves the frozen parameters out
+        freeze_parameters(module.model, cfg.frozen_parts())
     module.checkpoint_dir = ckpt_dir
     data = TensorDataModule(train, val, test, cfg.batch_size, cfg.eval_batch_size or cfg.batch_size, cfg.seed, transform)
     every = cfg.checkpoint_every or cfg.max_steps
@@ -419,6 +443,9 @@ def fit(
         "samples_per_second": throughput.samples / throughput.seconds if throughput.seconds else None,
         "tokens_per_second": throughput.tokens / throughput.seconds if throughput.seconds else None,
         "resumed_from": resume_from,
+        **({"init_from": os.path.abspath(checkpoint_file(cfg.init_from))} if cfg.init_from is not None else {}),
+        **({"trainable_parameters": module.model.num_parameters(trainable_only=True)} if cfg.freeze is not None
+           else {}),
         # what bit-exact reruns need to match (README, "Reproducible runs"): PyTorch's GEMMs and sums round differently
         # on other thread counts, and the native kernels are compiled for this CPU
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

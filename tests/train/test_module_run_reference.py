@@ -336,6 +336,45 @@ def test_tokens_count_time_steps_of_ids_pairs_and_features():
     assert _tokens(torch.zeros(5, 7)) == 35  # a float (B, L) input: every step
 
 
+def test_tokens_leave_out_the_padding_of_lengths_and_pad_ids():
+    # tokens_per_second counted a padded batch's padding (a stop-66 Left item); now only t < n_b and ids != pad_id
+    from ssmkit.train.run import _tokens
+
+    rng = np.random.default_rng(0)
+    n = np.array([7, 1, 4, 6, 2])
+    assert _tokens(torch.randn(5, 7, 3), torch.tensor(n)) == n.sum()  # features: steps within each length
+    ids = rng.integers(0, 4, size=(5, 7))  # id 0 is the pad id
+    assert _tokens(torch.tensor(ids)) == 35
+    assert _tokens(torch.tensor(ids), None, 0) == (ids != 0).sum()
+    within = np.arange(7)[None, :] < n[:, None]
+    assert _tokens(torch.tensor(ids), torch.tensor(n), 0) == (within & (ids != 0)).sum()
+    pairs, pair_n = rng.integers(0, 4, size=(5, 2, 7)), rng.integers(1, 8, size=(5, 2))
+    want = ((np.arange(7)[None, None, :] < pair_n[..., None]) & (pairs != 0)).sum()
+    assert _tokens(torch.tensor(pairs), torch.tensor(pair_n), 0) == want
+    assert _tokens(torch.randn(5, 2, 7, 3), torch.tensor(pair_n)) == pair_n.sum()
+
+
+def test_fit_counts_the_tokens_within_the_lengths(tmp_path, monkeypatch):
+    import ssmkit.train.run as run_module
+
+    class Clock:  # a quarter second per reading: each step takes 0.25 s
+        now = 0.0
+
+        def perf_counter(self):
+            self.now += 0.25
+            return self.now
+
+    monkeypatch.setattr(run_module, "time", Clock())
+    g = torch.Generator().manual_seed(0)
+    x, lengths = torch.randn(12, 6, 1, generator=g), torch.full((12,), 4)  # every item 4 steps of 6: any batch
+    y = (x[:, :4].sum(dim=(1, 2)) > 0).long()
+    model = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=2, layer_options={"d_state": 2})
+    cfg = TrainConfig(batch_size=4, max_steps=3, warmup_steps=1, log_every=1)
+    result = fit(model, cfg, (x, y, lengths), None, None, tmp_path / "run", progress=False)
+    assert result["samples_per_second"] == 4 / 0.25
+    assert result["tokens_per_second"] == 4 * 4 / 0.25  # was 4 * 6 / 0.25: the padding counted
+
+
 def test_a_time_limit_stops_after_the_first_step_and_a_resume_without_last_starts_fresh(tmp_path):
     cfg = config(max_time=1e-9, val_every=0, checkpoint_every=0, precision="32")
     result = fit(MODEL, cfg, SPLITS["train"], None, None, tmp_path / "a", progress=False)

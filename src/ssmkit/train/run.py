@@ -51,6 +51,7 @@ import torch
 from ssmkit.files import write_json
 from ssmkit.models import SequenceModelConfig
 from ssmkit.models.config import as_plain
+from ssmkit.train.batches import unpack_batch
 from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
 from ssmkit.train.config import TrainConfig
 from ssmkit.utils import unit_gaps_after
@@ -78,9 +79,9 @@ class _Throughput:
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
                 self.seconds += time.perf_counter() - self._start
-                x = batch[0]
+                x, _, _, lengths = unpack_batch(batch)
                 self.samples += int(x.shape[0]) * trainer.world_size
-                self.tokens += _tokens(x) * trainer.world_size
+                self.tokens += _tokens(x, lengths, getattr(module.model, "pad_id", None)) * trainer.world_size
 
             def state_dict(self) -> dict[str, Any]:
                 return {"seconds": self.seconds, "samples": self.samples, "tokens": self.tokens}
@@ -91,13 +92,21 @@ class _Throughput:
         return Throughput()
 
 
-def _tokens(x: torch.Tensor) -> int:
-    """Time steps in a batch of inputs: token ids (B, L) or pairs (B, 2, L) count every id; features (B, L, H) or pairs
-    (B, 2, L, H) count every step, not every feature."""
+def _tokens(x: torch.Tensor, lengths: torch.Tensor | None = None, pad_id: int | None = None) -> int:
+    """Time steps in a batch of inputs, padding left out: token ids (B, L) or pairs (B, 2, L) count every id but the
+    model's ``pad_id``; features (B, L, H) or pairs (B, 2, L, H) count every step, not every feature; with ``lengths``
+    ((B,) or a pair's (B, 2)) only the steps t < n of each sequence count (a padded batch's ``tokens_per_second``
+    counted its padding, as much as 2x the tokens trained on at lengths spread over [L/2, L])."""
     if x.dim() <= 1:
         return int(x.shape[0]) if x.dim() == 1 else 1
-    steps = x.numel()
-    return int(steps // x.shape[-1]) if x.is_floating_point() and x.dim() >= 3 else int(steps)
+    features = x.is_floating_point() and x.dim() >= 3
+    L = x.shape[-2] if features else x.shape[-1]
+    keep = torch.ones(x.shape[:-1] if features else x.shape, dtype=torch.bool, device=x.device)  # (..., L)
+    if lengths is not None:
+        keep &= torch.arange(L, device=x.device) < lengths.to(x.device)[..., None]
+    if pad_id is not None and not x.is_floating_point():
+        keep &= x != pad_id
+    return int(keep.sum())
 
 
 # the TrainConfig fields a resumed run takes from the checkpoint (the optimiser's groups and the schedule's state), not

@@ -405,11 +405,25 @@ def test_onnx_sequence_example(in_tmp):
     onnxruntime = pytest.importorskip("onnxruntime")
     model = _wiener(n_inputs=2)
     u = np.random.default_rng(0).standard_normal((1, 37, 2)).astype(np.float32)
+    # the second block's placeholders: a bidirectional classifier and a right-padded batch with its lengths
+    from ssmkit.models import SequenceModel
+
+    torch.manual_seed(0)
+    classifier = SequenceModel(d_input=2, d_model=4, n_layers=1, layer="s4d",
+                               layer_options={"d_state": 4, "bidirectional": True}, d_output=3, head="classify",
+                               pool="mean").eval()
+    u_padded = np.random.default_rng(1).standard_normal((2, 13, 2)).astype(np.float32)
+    lengths = np.array([7, 13])
     ns, _, _ = run(EXAMPLES["analysis.onnx_sequence"], {"ssmkit": ssmkit, "onnxruntime": onnxruntime,
-                                                        "model": model, "u": u})
+                                                        "model": model, "u": u, "classifier": classifier,
+                                                        "u_padded": u_padded, "lengths": lengths})
     with torch.no_grad():
         y, _ = model(torch.from_numpy(u))
+        alone = classifier(torch.from_numpy(u_padded[:1, :7]))[0]  # the short item by itself
+        padded = classifier(torch.from_numpy(u_padded), lengths=torch.from_numpy(lengths))[0]
     np.testing.assert_allclose(ns["y"], y.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ns["logits"], padded.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ns["logits"][:1], alone.numpy(), rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- sysid

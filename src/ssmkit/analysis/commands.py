@@ -143,8 +143,9 @@ def _write_onnx(model, out: str, intervals: bool = False, standardised: str | No
     A model whose state grows with the sequence (attention, Mega, Hyena) has no step graph, and its sequence graph is
     written without a state (``u -> y`` from rest), which is said. With ``intervals`` both graphs take the sampling
     intervals after ``u`` (``export_onnx(..., intervals=True)``); a model with a layer that takes none gets neither.
-    ``standardised``: the line saying how the inputs were standardised in training (`_standardisation_line`), or
-    None."""
+    sequence.onnx of a model whose answers depend on where each sequence ends (a pool, or a bidirectional layer) takes
+    each right-padded sequence's ``lengths`` (B,) too (`_sequence_options`). ``standardised``: the line saying how the
+    inputs were standardised in training (`_standardisation_line`), or None."""
     from ssmkit.analysis.onnx_export import export_onnx
     from ssmkit.analysis.onnx_sequence import export_onnx_sequence
 
@@ -152,13 +153,14 @@ def _write_onnx(model, out: str, intervals: bool = False, standardised: str | No
     for name, export, u in zip(("step.onnx", "sequence.onnx"), (export_onnx, export_onnx_sequence),
                                _input_summary(model)):
         path = os.path.join(out, name)
+        options = _sequence_options(model) if export is export_onnx_sequence else {}
         try:
             try:
-                info = export(model, path, intervals=intervals)
+                info = export(model, path, intervals=intervals, **options)
             except NotImplementedError as err:
                 if export is not export_onnx_sequence or "with_state=False" not in str(err):
                     raise
-                info = export_onnx_sequence(model, path, with_state=False)
+                info = export_onnx_sequence(model, path, with_state=False, **options)
                 print(f"{name}: without a state (from rest), the model's state grows with the sequence")
         except (NotImplementedError, ImportError, ValueError) as err:
             if isinstance(err, ValueError) and not intervals:  # (with intervals: a layer that takes none, said)
@@ -167,6 +169,7 @@ def _write_onnx(model, out: str, intervals: bool = False, standardised: str | No
             failed = 1
             continue
         gaps = {"interval": ", interval (B)", "intervals": ", intervals (B, L)"}.get(info.interval_name, "")
+        gaps += ", lengths (B) int64" if getattr(info, "lengths_name", None) else ""
         print(f"{info.path}: inputs {u}{gaps}, {_state_summary(info.state_names, info.state_shapes)}; outputs y"
               + (" and next_state_0, ..." if info.state_names else ""))
     if intervals and not failed:  # the gaps' unit: a model trained at the median gap counts that, not the logger's
@@ -174,6 +177,24 @@ def _write_onnx(model, out: str, intervals: bool = False, standardised: str | No
     if standardised is not None:
         print(standardised)
     return failed
+
+
+def _sequence_options(model) -> dict:
+    """``{"lengths": True}`` for a model whose forward takes ``lengths`` and whose answers depend on where each
+    sequence ends (a pool, or a bidirectional layer: without the input, a padded batch in sequence.onnx gave the
+    shorter items wrong answers, silently), else {}.
+
+    Args:
+        model: the exported model.
+    """
+    from torch import nn
+
+    from ssmkit.analysis.onnx_export import _bidirectional_layers
+    from ssmkit.analysis.onnx_sequence import _takes_lengths
+
+    if not isinstance(model, nn.Module) or not _takes_lengths(model):
+        return {}
+    return {"lengths": True} if getattr(model, "pool", None) is not None or _bidirectional_layers(model) else {}
 
 
 def _standardisation_line(checkpoint: str) -> str | None:

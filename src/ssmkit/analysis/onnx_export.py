@@ -332,6 +332,9 @@ class OnnxExport:
             the step graph, ``"intervals"`` (B, L) in the sequence graph, the time since the previous sample in
             nominal sampling periods; None when the graph has none (the regularly sampled model).
         interval_dtype: that input's numpy dtype (the model's parameters' float dtype), or None.
+        lengths_name: ``"lengths"`` for a sequence graph exported with ``lengths=True`` (after ``u`` and the
+            intervals): int64 (B,), each right-padded sequence's length in [1, L], as ``SequenceModel.forward``'s
+            ``lengths``; None when the graph has none.
     """
 
     path: str
@@ -343,13 +346,17 @@ class OnnxExport:
     batch_size: int | None = None
     interval_name: str | None = None
     interval_dtype: np.dtype | None = None
+    lengths_name: str | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        """Every input of the graph, in order: ``u``, the interval input when there is one, the state parts."""
-        return (self.input_name,) + ((self.interval_name,) if self.interval_name else ()) + self.state_names
+        """Every input of the graph, in order: ``u``, the interval input and the lengths when there are, the state
+        parts."""
+        return ((self.input_name,) + ((self.interval_name,) if self.interval_name else ())
+                + ((self.lengths_name,) if self.lengths_name else ()) + self.state_names)
 
-    def feed(self, u: np.ndarray, state: list[np.ndarray] | None = None, intervals=None) -> dict[str, np.ndarray]:
+    def feed(self, u: np.ndarray, state: list[np.ndarray] | None = None, intervals=None,
+             lengths=None) -> dict[str, np.ndarray]:
         """The inputs of one ``session.run`` by name, checked: ``session.run(None, info.feed(u, state, tau))``.
 
         onnxruntime itself refuses an input of another rank or dtype (and the graphs tested, an interval of another
@@ -363,6 +370,9 @@ class OnnxExport:
             state: the state parts in the order of ``state_names``, or None for `initial_state` of u's batch.
             intervals: the gaps since the previous sample (array-like, converted to ``interval_dtype``), required
                 exactly when the graph has an interval input.
+            lengths: each right-padded sequence's length (B,) in [1, L] (integers, converted to int64), for a graph
+                with the lengths input; None gives L to every sequence (no padding). A graph without that input
+                refuses them.
 
         Returns:
             {input name: array} for every input of the graph.
@@ -384,6 +394,11 @@ class OnnxExport:
                 raise ValueError(f"{self.interval_name} must be finite and > 0 (the time since the previous sample); got "
                                  f"min {tau.min():.6g}, max {tau.max():.6g}")
             feed[self.interval_name] = tau
+        if self.lengths_name is not None:
+            feed[self.lengths_name] = self._lengths(u, lengths)
+        elif lengths is not None:
+            raise ValueError("this graph has no lengths input (exported with lengths=False): it reads every step of u; "
+                             "export_onnx_sequence(..., lengths=True) writes one for right-padded batches")
         parts = self.initial_state(u.shape[0]) if state is None else list(state)
         if len(parts) != len(self.state_names):
             raise ValueError(f"state must hold {len(self.state_names)} parts ({', '.join(self.state_names)}); "
@@ -397,6 +412,23 @@ class OnnxExport:
                                  f"state part's shape; initial_state(batch_size={u.shape[0]}) gives zeros of it); got {found}")
         feed.update(zip(self.state_names, parts))
         return feed
+
+    def _lengths(self, u: np.ndarray, lengths) -> np.ndarray:
+        """The lengths input of ``feed``: int64 (B,) in [1, L] of u (B, L, ...), checked (the graph cannot check values:
+        a length above L read every step, one of 0 or below pooled nothing); None gives every sequence L."""
+        if u.ndim < 2:
+            raise ValueError(f"u must be (B, L, ...) for the sequence graph; got {u.shape}")
+        B, L = u.shape[:2]
+        if lengths is None:
+            return np.full(B, L, dtype=np.int64)
+        found = np.asarray(lengths)
+        if found.dtype.kind not in "iu" or found.shape != (B,):
+            raise ValueError(f"lengths must be integers (B,) = ({B},), each right-padded sequence's length in "
+                             f"[1, L = {L}]; got {found.shape} {found.dtype}")
+        if found.size and (found.min() < 1 or found.max() > L):
+            raise ValueError(f"lengths must be in [1, L = {L}] (each sequence keeps at least one step); found "
+                             f"{found.min()} to {found.max()}")
+        return found.astype(np.int64)
 
     def initial_state(self, batch_size: int | None = None) -> list[np.ndarray]:
         """Zero states, one numpy array (B, *shape) per state part (the rest state of the model).
@@ -607,13 +639,17 @@ def _write_graph(
     what: str,
     check=None,
     interval: tuple[str, torch.Tensor] | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> OnnxExport:
-    """Export ``fn(u, [interval], *state)`` to ``path`` (written under a temporary name, renamed once whole and checked
-    by ``check(partial_path)``) and describe it; the exporter's errors become NotImplementedError naming ``what``.
-    ``interval``: (its input name, an example) for a graph with sampling intervals, else None."""
+    """Export ``fn(u, [interval], [lengths], *state)`` to ``path`` (written under a temporary name, renamed once whole
+    and checked by ``check(partial_path)``) and describe it; the exporter's errors become NotImplementedError naming
+    ``what``. ``interval``: (its input name, an example) for a graph with sampling intervals, else None; ``lengths``:
+    an example (B,) int64 for a sequence graph with the input ``lengths``, else None."""
     names = tuple(f"state_{i}" for i in range(len(state)))
     outputs = ("y",) + tuple(f"next_state_{i}" for i in range(len(state)))
     extra_names, extra = ([interval[0]], (interval[1],)) if interval is not None else ([], ())
+    if lengths is not None:
+        extra_names, extra = extra_names + ["lengths"], extra + (lengths,)
     target = Path(path)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
@@ -638,6 +674,7 @@ def _write_graph(
         batch_size=batch_size,
         interval_name=interval[0] if interval is not None else None,
         interval_dtype=np.dtype(str(interval[1].dtype).removeprefix("torch.")) if interval is not None else None,
+        lengths_name="lengths" if lengths is not None else None,
     )
 
 

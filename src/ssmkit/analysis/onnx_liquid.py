@@ -33,6 +33,10 @@ class RealLiquidS4(nn.Module):
         dtype: real dtype of the buffers and the state.
     """
 
+    # causal (Liquid-S4 has no bidirectional form): a Block given a padding mask (SequenceModel.forward(..., lengths=)
+    # or a pad_id) runs it as it is; without the attribute the Block's check failed the export of such a model
+    bidirectional = False
+
     def __init__(self, layer: nn.Module, make_core: Callable, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         with torch.no_grad():

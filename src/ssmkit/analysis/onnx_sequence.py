@@ -32,10 +32,21 @@ attention convert; a layer whose state is complex or whose forward the exporter 
 ``intervals=True`` writes ``(u, intervals, state_0, ...) -> (y, next_state_0, ...)`` for irregularly sampled records,
 ``intervals`` (B, L) as ``forward``'s: the LTI layers then run a ``Scan`` over time whose body is their step at each
 gap (:mod:`ssmkit.analysis.onnx_irregular`), the gated layers their own forward with the intervals.
+
+``lengths=True`` adds ``lengths`` (B,) int64 after ``u`` (and the intervals) for right-padded batches, computing
+``model(u, state, lengths=lengths)``: a bidirectional layer then reads zeros after each item's end (both scans are
+linear without a bias, so the anti-causal one starts from rest at the item's own end), Mega also skips the padded keys,
+and the pool takes each item's own steps; each item gets its unpadded sequence's answer. Without it a padded batch is
+read whole, and the shorter items' answers are wrong without a word.
+
+    info = ssmkit.analysis.export_onnx_sequence(classifier, "classifier.onnx", with_state=False, lengths=True)
+    session = onnxruntime.InferenceSession("classifier.onnx")
+    logits, = session.run(None, info.feed(u_padded, lengths=lengths))    # lengths (B,) in [1, L]
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -52,13 +63,16 @@ from ssmkit.analysis.onnx_export import (
     _float_dtype,
     _replace_lti_layers,
     _bidirectional_layers,
+    _outer_layers,
     _refuse_bidirectional,
     _state_parts,
     _unflatten,
     _write_graph,
 )
 from ssmkit.analysis.statespace import StateSpace
+from ssmkit.layers.protocol import SequenceLayer, float32_core
 from ssmkit.ops.symbolic import chunk_count, keep_first, scan, symbolic_length
+from ssmkit.utils import length_mask, unit_gaps_after
 
 __all__ = ["RealLTISequence", "SequenceFunction", "export_onnx_sequence", "real_sequence_model"]
 
@@ -117,6 +131,9 @@ class RealLTISequence(RealLTIStep):
         dtype: real dtype of the operators and the state (float32 or float64).
         chunk_size: T, or None for `default_chunk`.
     """
+
+    # a causal layer: a Block given a padding mask (``SequenceModel.forward(..., lengths=)``) runs it as it is
+    bidirectional = False
 
     def __init__(self, system: StateSpace, dtype: torch.dtype = torch.float32, chunk_size: int | None = None) -> None:
         super().__init__(system, dtype=dtype)
@@ -236,6 +253,11 @@ class RealBidirectionalSequence(nn.Module):
     own skip being 0). The layer's own forward computes a kernel of the concrete length L (``vandermonde``), which
     torch.export cannot do at a symbolic length; the chunked scans here take any L.
 
+    Right padding (``mask`` (B, L), True at each sequence's steps, as ``ssmkit.models.Block`` hands a layer that
+    declares ``takes_mask``): the input is read as 0 at the padding. Both sums are linear in u with no bias, so a zero
+    adds exactly 0, and at t < n_b the anti-causal sum reads u_s for t < s < n_b only, starting from rest at the item's
+    own end: each item's outputs at its steps are its unpadded sequence's, as the layer's own forward with a mask.
+
     Args:
         causal: the causal direction's system (with the skip D).
         anticausal: the anti-causal direction's system in reversed time (no skip of the layer's; its feedthrough
@@ -246,6 +268,7 @@ class RealBidirectionalSequence(nn.Module):
     """
 
     bidirectional = True
+    takes_mask = True  # forward(x, mask=...): Block hands it the padding mask of SequenceModel.forward(..., lengths=)
 
     def __init__(self, causal: StateSpace, anticausal: StateSpace, delay: int, dtype: torch.dtype = torch.float32,
                  chunk_size: int | None = None) -> None:
@@ -257,19 +280,38 @@ class RealBidirectionalSequence(nn.Module):
         self.delay = delay
         self.T = max(self.causal.T, self.anticausal.T)  # the exporter's example length reads it
 
-    def forward(self, x: torch.Tensor, state: None = None, return_state: bool = False) -> tuple[torch.Tensor, None]:
+    def supports(self, capability: str) -> bool:
+        """No ``kernel``, ``state_space`` or ``step`` method (a Block asks before it hands over its mask).
+
+        Args:
+            capability: the capability's name.
+
+        Returns:
+            False.
+        """
+        return False
+
+    def forward(self, x: torch.Tensor, state: None = None, return_state: bool = False, *,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         """x (B, L, H) -> y (B, L, H) from rest (a bidirectional layer has no state).
 
         Args:
             x: (B, L, H) input.
             state: must be None.
             return_state: ignored (no state).
+            mask: (B, L) bool, True at each sequence's steps and False at its right padding, which is read as 0
+                (class docstring), or None: every step.
 
         Returns:
-            y (B, L, H) in x's dtype, and None.
+            y (B, L, H) in x's dtype (unspecified at the padding), and None.
         """
         if state is not None:
             raise ValueError("a bidirectional layer has no recurrent state: pass state=None")
+        if mask is not None:
+            if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"mask must be a (B, L) bool tensor of x's (B, L) = {tuple(x.shape[:2])}; got "
+                                 f"{tuple(mask.shape)} {mask.dtype}")
+            x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         y, _ = self.causal(x, None, return_state=False)
         z, _ = self.anticausal(x.flip(1), None, return_state=False)  # (B, L, H): z_τ, τ = L-1-t
         if self.delay:
@@ -379,31 +421,129 @@ def real_sequence_model(model: nn.Module, chunk_size: int | None = None) -> nn.M
 
 class SequenceFunction(nn.Module):
     """``(u, *state parts) -> (y, *final state parts)``: a model's forward with a flat list of real state tensors;
-    with ``with_intervals``, ``(u, intervals, *state parts)`` and ``forward(u, state, intervals=intervals)``.
+    with ``with_intervals``, ``(u, intervals, *state parts)`` and ``forward(u, state, intervals=intervals)``; with
+    ``with_lengths``, the lengths (B,) follow (after the intervals), ``forward(u, state, lengths=lengths)``.
+
+    A bare sequence layer takes no lengths: it reads u as 0 after each length (as ``SequenceModel`` reads real
+    padding), and a bidirectional one that declares ``takes_mask`` gets the mask too (`RealBidirectionalSequence`,
+    Mega's `_MaskedMega`: its attention skips the padded keys), as ``ssmkit.models.Block`` hands them theirs.
 
     Args:
         model: a model with ``forward(u, state, return_state=True)`` and ``initial_state(batch_size)``.
         with_state: False for ``u -> y`` from rest (no state in or out).
         with_intervals: the second input is the intervals (B, L) handed to ``forward``.
+        with_lengths: the next input is the lengths (B,) of right-padded sequences.
     """
 
-    def __init__(self, model: nn.Module, with_state: bool = True, with_intervals: bool = False) -> None:
+    def __init__(self, model: nn.Module, with_state: bool = True, with_intervals: bool = False,
+                 with_lengths: bool = False) -> None:
         super().__init__()
         self.model = model
         self.with_state = with_state
         self.with_intervals = with_intervals
+        self.with_lengths = with_lengths
+        self.takes_lengths = _takes_lengths(model)
         self._template = model.initial_state(1) if with_state else None
 
     def forward(self, u: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """A whole sequence: u (B, L, m) (or token ids (B, L)), [the intervals (B, L)] and the flat state parts -> y
-        and the final parts (without state: u -> y, from rest)."""
+        """A whole sequence: u (B, L, m) (or token ids (B, L)), [the intervals (B, L)], [the lengths (B,)] and the
+        flat state parts -> y and the final parts (without state: u -> y, from rest)."""
         extra = {"intervals": inputs[0]} if self.with_intervals else {}
-        state = inputs[1:] if self.with_intervals else inputs
-        if not self.with_state:
-            return (self.model(u, None, return_state=False, **extra)[0],)
-        structured, _ = _unflatten(self._template, list(state))
-        y, new = self.model(u, structured, return_state=True, **extra)
-        return (y, *_flatten(new))
+        lengths = inputs[int(self.with_intervals)] if self.with_lengths else None
+        state = inputs[int(self.with_intervals) + int(self.with_lengths):]
+        structured = _unflatten(self._template, list(state))[0] if self.with_state else None
+        y, new = self._run(u, structured, extra, lengths)
+        return (y, *_flatten(new)) if self.with_state else (y,)
+
+    def _run(self, u: torch.Tensor, state, extra: dict, lengths: torch.Tensor | None):
+        """``model(u, state, return_state=with_state, **extra)``, with the lengths when there are (class docstring)."""
+        if lengths is None:
+            return self.model(u, state, return_state=self.with_state, **extra)
+        if self.takes_lengths:
+            return self.model(u, state, return_state=self.with_state, lengths=lengths, **extra)
+        mask = length_mask(lengths, u.shape[1])  # (B, L): a bare layer
+        u = torch.where(mask[..., None], u, torch.zeros((), dtype=u.dtype, device=u.device))  # (NaN padding too)
+        if "intervals" in extra:
+            extra = {"intervals": unit_gaps_after(extra["intervals"], lengths)}
+        if state is None and getattr(self.model, "bidirectional", False) and getattr(self.model, "takes_mask", False):
+            return self.model(u, None, return_state=False, mask=mask, **extra)
+        return self.model(u, state, return_state=self.with_state, **extra)
+
+
+def _takes_lengths(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``lengths`` (a SequenceModel's does)."""
+    return "lengths" in inspect.signature(model.forward).parameters
+
+
+class _MaskedMega(nn.Module):
+    """A bidirectional Mega (its EMA core already a `RealBidirectionalSequence`) with a padding mask, traceable at a
+    symbolic length.
+
+    ``Mega.forward(x, mask=)`` runs to the longest item's end only, a data-dependent length torch.export cannot trace;
+    this runs the layer's masked whole-sequence computation over the whole padded length instead. The EMA reads 0 at
+    the padding and attention gives the padded keys weight 0 (Mega's own masking; the relative bias is a function of
+    i - j, the same at any length), so at each item's steps the outputs are the shorter call's: its unpadded
+    sequence's alone.
+
+    Args:
+        mega: the bidirectional Mega layer (a converted copy).
+    """
+
+    bidirectional = True
+    takes_mask = True
+
+    def __init__(self, mega: nn.Module) -> None:
+        super().__init__()
+        self.mega = mega
+        self.d_model = mega.d_model
+
+    def supports(self, capability: str) -> bool:
+        """The layer's own answer.
+
+        Args:
+            capability: ``"kernel"``, ``"state_space"`` or ``"step"``.
+
+        Returns:
+            whether the Mega layer has it.
+        """
+        return self.mega.supports(capability)
+
+    def forward(self, x: torch.Tensor, state: None = None, return_state: bool = False, *,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        """x (B, L, H) -> y (B, L, H) from rest, the padding (``mask`` False) absent to every step.
+
+        Args:
+            x: (B, L, H) input.
+            state: must be None (a bidirectional Mega has none).
+            return_state: ignored (no state).
+            mask: (B, L) bool, True at each sequence's steps, or None: every step.
+
+        Returns:
+            y (B, L, H) in x's dtype (unspecified at the padding), and None.
+        """
+        if mask is None:
+            return self.mega(x, state, return_state)
+        if state is not None:
+            raise ValueError("a bidirectional Mega has no recurrent state: pass state=None")
+        with float32_core(x.device.type):
+            y, _ = self.mega._mega(x.to(self.mega.W_v.dtype), None, False, mask=mask)
+        return y.to(x.dtype), None
+
+
+def _traceable_masks(converted: nn.Module) -> nn.Module:
+    """``converted`` (a copy) ready for a padding mask (the graphs with a lengths input): each bidirectional Mega
+    wrapped in `_MaskedMega` (the causal stand-ins, `RealLTISequence` and `RealLiquidS4`, say ``bidirectional =
+    False`` themselves, which a Block given a mask reads)."""
+    from ssmkit.layers.mega import Mega
+
+    for name, layer in _outer_layers(converted):
+        if not (isinstance(layer, Mega) and layer.bidirectional):
+            continue
+        if not name:
+            return _MaskedMega(layer)
+        parent_name, _, child = name.rpartition(".")
+        setattr(converted.get_submodule(parent_name) if parent_name else converted, child, _MaskedMega(layer))
+    return converted
 
 
 def export_onnx_sequence(
@@ -415,6 +555,7 @@ def export_onnx_sequence(
     with_state: bool = True,
     opset_version: int = 18,
     intervals: bool = False,
+    lengths: bool = False,
 ) -> OnnxExport:
     """Write ``model``'s forward as an ONNX graph ``(u, state_0, ...) -> (y, next_state_0, ...)`` for any sequence
     length in [2, max_length] (module docstring), with a dynamic batch axis unless ``batch_size`` is given. Without
@@ -425,6 +566,15 @@ def export_onnx_sequence(
     (:mod:`ssmkit.analysis.onnx_irregular`: a ``Scan`` over time whose body is their step, its coefficients formed
     from the gap), the gated layers keep their own forward with the intervals. The states are the regular graphs'
     (the step graph with ``intervals=True`` continues a record where this one stopped).
+
+    With ``lengths=True`` the graph takes ``lengths`` (B,) int64 after ``u`` (and the intervals): each right-padded
+    sequence's length in [1, L], computing ``model(u, state, lengths=lengths)`` (without it, a padded batch is read
+    whole: a bidirectional layer's anti-causal scan starts at L, not at each item's end, and a pool averages the
+    padding, so the shorter items' answers are wrong, silently). The padding is read as 0, the bidirectional layers
+    give each item its unpadded sequence's outputs (their scans read zeros after its end, which add nothing; Mega masks
+    its attention keys too), and pooling takes each item's own steps; the states are those after all L steps, as
+    ``forward``'s. A bare sequence layer reads u as 0 after each length. ``OnnxExport.feed`` checks the values
+    (the graph cannot: a length above L reads every step).
 
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 
@@ -439,15 +589,18 @@ def export_onnx_sequence(
             grows with the sequence (attention's key/value cache, Mega, Hyena) export too.
         opset_version: the ONNX opset.
         intervals: add the input ``intervals`` (above).
+        lengths: add the input ``lengths`` (above), for a model whose forward takes ``lengths`` (a SequenceModel)
+            or a bare sequence layer.
 
     Returns:
         an :class:`OnnxExport` describing the graph (its states are the step graph's, `onnx_state` maps a model
-        state onto them; none without state).
+        state onto them; none without state; ``lengths_name`` says whether it has the lengths input).
 
     Raises:
         NotImplementedError: a layer's state is complex or grows, or its forward could not be converted (the message
             names it); with ``with_state=True``, a bidirectional layer (it has no state: export it from rest).
-        ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one).
+        ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one); with
+            ``lengths=True``, a model whose forward takes no lengths (a DeepWiener).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
@@ -455,6 +608,12 @@ def export_onnx_sequence(
         raise ValueError(f"max_length must be an int >= 3; got {max_length!r}")
     if not isinstance(intervals, bool):
         raise ValueError(f"intervals must be a bool; got {intervals!r}")
+    if not isinstance(lengths, bool):
+        raise ValueError(f"lengths must be a bool; got {lengths!r}")
+    if lengths and not (isinstance(model, SequenceLayer) or _takes_lengths(model)):
+        raise ValueError(f"lengths=True: {type(model).__name__}'s forward takes no lengths (each right-padded "
+                         "sequence's length); export a SequenceModel or a sequence layer with it, or run each record "
+                         "at its own length")
     if intervals:  # traced on the CPU whatever the model's device
         from ssmkit.analysis.onnx_irregular import irregular_model
 
@@ -464,6 +623,9 @@ def export_onnx_sequence(
         converted = irregular_model(model).cpu()
     else:
         converted = _replace_bidirectional_layers(real_sequence_model(model, chunk_size), chunk_size).cpu()
+    # a padding mask reaches the layers with lengths=True and with a pad_id (before, a token model with pad_id and a
+    # bidirectional Mega, or Liquid-S4 from rest, failed to export)
+    converted = _traceable_masks(converted)
     example_b = batch_size or 2  # torch.export specialises a size-1 axis
     example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
     step_input = _example_input(model, example_b).cpu()
@@ -482,16 +644,19 @@ def export_onnx_sequence(
     length = torch.export.Dim("length", min=2, max=max_length)
     batch = torch.export.Dim("batch") if batch_size is None else None
     dims_u = {1: length} if batch is None else {0: batch, 1: length}
-    # (u, *inputs), inputs = ([intervals (B, L): the axes of u's], *state)
-    rest = ((dims_u,) if intervals else ()) + tuple({0: batch} if batch is not None else {} for _ in state)
+    # (u, *inputs), inputs = ([intervals (B, L): the axes of u's], [lengths (B,)], *state)
+    batch_only = {0: batch} if batch is not None else {}
+    rest = (((dims_u,) if intervals else ()) + ((batch_only,) if lengths else ())
+            + tuple({0: batch} if batch is not None else {} for _ in state))
     dynamic = (dims_u, rest) if rest else (dims_u,)
     interval = ("intervals", torch.ones(u.shape[:2], dtype=_float_dtype(model))) if intervals else None
+    example_lengths = example_l - torch.arange(example_b, dtype=torch.int64) % example_l if lengths else None
     # autograd off: with it on, torch traced the scan op's autograd form, which failed on Mamba's
     try:
-        return _write_graph(SequenceFunction(converted, with_state, intervals).eval(), u, state, path, dynamic,
-                            opset_version, batch_size, grad=False, what=f"{type(model).__name__}'s forward",
+        return _write_graph(SequenceFunction(converted, with_state, intervals, lengths).eval(), u, state, path,
+                            dynamic, opset_version, batch_size, grad=False, what=f"{type(model).__name__}'s forward",
                             check=lambda partial: _check_dynamic_length(partial, type(model).__name__),
-                            interval=interval)
+                            interval=interval, lengths=example_lengths)
     except NotImplementedError as err:
         left = _bidirectional_layers(converted)  # those without a real two-direction realisation kept their forward
         if not left:

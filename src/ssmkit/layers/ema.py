@@ -27,8 +27,20 @@ Irregular sampling (``forward(..., intervals=)``, ``step(..., interval=)``; :mod
 h_t = q ⊙ h_{t-1} + αβ u_t with q = 1 − αδ ∈ (0, 1) is the unit-step zero-order hold of dh/ds = z h + z/(q − 1) αβ u,
 z = log q real (no branch to choose: q > 0), so a gap of τ periods gives h_t = q^τ ⊙ h_{t-1} + (1 − q^τ) β/δ ⊙ u_t
 (τ = 1: αβ; a long gap forgets the state and holds the input at its steady state β/δ). z is formed without
-cancellation, log(1 − σ(a)σ(d)) = log(e^{−a} + e^{−d} + e^{−a−d}) − softplus(−a) − softplus(−d), and the bank of
-:mod:`ssmkit.ops.irregular_bank` runs them as real modes (real z, B, C and state: its C kernel's real variant).
+cancellation (:func:`log_q`): log1p(−αδ) where αδ < ½, αδ from logsigmoid(a) + logsigmoid(d); elsewhere
+log(1 − σ(a)σ(d)) = log(e^{−a} + e^{−d} + e^{−a−d}) − softplus(−a) − softplus(−d).
+
+The layer samples its modes from z and w = −β/δ (the hold's B/Λ; 1/δ = 1 + e^{−d}) as Ā_t = e^{τz} = q^τ and
+B̄_t = (e^{τz} − 1) w (:func:`gap_coefficients`), not from the input vector B = z w of :meth:`EMA.continuous`: the form
+B̄ = (e^{τz} − 1) B/Λ differentiates w = B/Λ through B and through Λ into two terms of size |w ∂w/z| that cancel to
+round-off (1e-16 of their size), where the true ∂z, Σ_t τ_t q^{τ_t} (…), is 1e-87 at τ = 1e3. e^x − 1 is expm1(x)
+with the derivatives of e^x (autograd's derivative of expm1, (e^x − 1) + 1, is 0 where e^x < 1e-16: the gaps'
+gradient at long gaps). The scans: a loop
+(``"reference"``); chunks of coefficients and the chunked recurrence, each chunk under an activation checkpoint
+(``"chunked"``, and ``"auto"`` off the CPU); the C kernel of :mod:`ssmkit.ops.irregular_bank` in its real variant,
+handed z and w themselves (``"native"``, and ``"auto"`` on the CPU where it runs:
+:func:`ssmkit.ops.native.irregular_bank.bank_ratio_unchecked`). Every coefficient is formed in double for a float32
+layer and rounded once.
 """
 
 from __future__ import annotations
@@ -46,11 +58,107 @@ from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import float32_core, with_skip
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.backend import get_backend
+from ssmkit.ops.backend import checkpointed_chunks, dispatch, get_backend
 from ssmkit.ops.discretize import widen
 from ssmkit.ops.fftconv import bidirectional_conv
-from ssmkit.ops.irregular_bank import bank_irregular_scan, bank_irregular_step
 from ssmkit.ops.kernels import vandermonde
+from ssmkit.ops.native.gate import prefer_native
+from ssmkit.ops.native.irregular_bank import bank_ratio_unchecked
+from ssmkit.ops.recurrence import linear_recurrence
+
+LOG_HALF = -math.log(2.0)  # log αδ below it: q = 1 − αδ > ½, z by log1p (log_q)
+
+
+def log_q(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """z = log q = log(1 − σ(a)σ(d)) to the accuracy its arguments allow wherever q lies in (0, 1), its derivatives
+    too: where αδ < ½ (q near 1, z ≈ −αδ), log1p(−e^s) with s = log α + log δ = logsigmoid(a) + logsigmoid(d) (the
+    difference form below leaves z = −5e-14 at a = −30 as 1e-14 of noise, of either sign, and autograd's σ' = σ(1 − σ)
+    loses 1 − α where α → 1); elsewhere (q ≤ ½, a, d ≥ 0) log(e^{−a} + e^{−d} + e^{−a−d}) − softplus(−a) − softplus(−d),
+    free of the cancellation of 1 − σσ near q = 0.
+
+    Args:
+        a: logits of α (any shape).
+        d: logits of δ (a's shape).
+
+    Returns:
+        z, a's shape, real and ≤ 0.
+    """
+    s = F.logsigmoid(a) + F.logsigmoid(d)  # log αδ
+    near_one = s < LOG_HALF
+    small = torch.log1p(-torch.exp(torch.where(near_one, s, torch.full_like(s, -1.0))))  # (−1: a finite derivative)
+    return torch.where(near_one, small, torch.logsumexp(torch.stack([-a, -d, -a - d]), dim=0) - F.softplus(-a)
+                       - F.softplus(-d))
+
+
+def gap_coefficients(z: torch.Tensor, w: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ā = e^{τz} = q^τ and B̄ = (e^{τz} − 1) w = (1 − q^τ) β/δ of the modes after the gaps τ (module docstring):
+    e^x − 1 is expm1(x) in value and e^x in every derivative (expm1's own, (e^x − 1) + 1, is 0 or round-off where
+    e^x ≪ 1: the gaps' gradient at long gaps), so that the derivatives of z, w and τ keep their relative accuracy;
+    in z's dtype.
+
+    Args:
+        z: (H, N) real log q.
+        w: (H, N) real −β/δ.
+        tau: (*T) real positive gaps in nominal sampling periods.
+
+    Returns:
+        (A_bar, B_bar): each (*T, H, N) of z's dtype.
+    """
+    x = tau.to(z.dtype)[..., None, None] * z  # (*T, H, N): τ z ≤ 0
+    A_bar = torch.exp(x)
+    E = torch.expm1(x).detach() + (A_bar - A_bar.detach())  # e^x − 1 (+ an exact 0) whose derivatives are e^x's
+    return A_bar, E * w
+
+
+def _step(u_t, tau_t, h, z, w, C, D):
+    """One step of the sampled modes: h (B, H, N) after the gaps tau_t (B,), the read-out (B, H) and the skip."""
+    A_bar, B_bar = gap_coefficients(z, w, tau_t)  # (B, H, N) each, in z's dtype
+    h = A_bar.to(h.dtype) * h + B_bar.to(h.dtype) * u_t[..., None]
+    return (h * C).sum(-1) + D * u_t, h
+
+
+def _zeros_if_none(h, u, z):
+    """The state h (B, H, N), or zeros of u's dtype for None."""
+    return u.new_zeros(u.shape[0], *z.shape) if h is None else h
+
+
+def _scan_reference(u, z, w, C, D, intervals, h):
+    """The sampled modes by a plain loop over time from h (B, H, N) or zeros (None): (y (B, L, H), h_{L-1})."""
+    h = _zeros_if_none(h, u, z)
+    ys = []
+    for u_t, tau_t in zip(u.unbind(1), intervals.unbind(1)):
+        y_t, h = _step(u_t, tau_t, h, z, w, C, D)
+        ys.append(y_t)
+    return torch.stack(ys, dim=1), h
+
+
+def _chunk(u_c, tau_c, h0, z, w, C, D, recurrence_backend: str):
+    """One chunk of T steps: its coefficients (B, T, H, N), B̄ u in z's dtype rounded once, the recurrence from h0,
+    the read-out and the skip."""
+    A_bar, B_bar = gap_coefficients(z, w, tau_c)  # (B, T, H, N) each
+    Bu = (B_bar * u_c[..., None].to(B_bar.dtype)).to(h0.dtype)
+    h, h_last = linear_recurrence(A_bar.to(h0.dtype), Bu, h0, backend=recurrence_backend)
+    return (h * C).sum(-1) + D * u_c, h_last
+
+
+def _scan_chunked(u, z, w, C, D, intervals, h, recurrence_backend: str = "chunked"):
+    """The sampled modes chunk by chunk (:func:`ssmkit.ops.backend.checkpointed_chunks`: each chunk under an
+    activation checkpoint when autograd records), T = 64 steps where autograd records, 16 otherwise (the bank's
+    choice, :func:`ssmkit.ops.irregular_bank.bank_irregular_scan_chunked`), from h (B, H, N) or zeros (None)."""
+    T = 64 if torch.is_grad_enabled() else 16
+    return checkpointed_chunks(_chunk, u, intervals, _zeros_if_none(h, u, z), T, z, w, C, D, recurrence_backend)
+
+
+def _scan_native(u, z, w, C, D, intervals, h):
+    """The bank's C kernel from z and w where it runs (u on the CPU, the kernel built and checked, nothing tracing:
+    :func:`ssmkit.ops.native.gate.prefer_native`), else the chunks with the recurrence's own choice; from h (B, H, N)
+    or zeros (None)."""
+    if prefer_native("bank_irregular", u):
+        return bank_ratio_unchecked(u, z, w, C, intervals, D, h, True)
+    return _scan_chunked(u, z, w, C, D, intervals, h, "auto")
+
+
+_SCANS = {"reference": _scan_reference, "chunked": _scan_chunked, "native": _scan_native}
 
 
 @register("ema")
@@ -142,34 +250,35 @@ class EMA(IrregularSampling, DiagonalLTILayer):
         """The causal EMA as H SISO continuous-time systems in nominal time (a sampling period is 1), whose
         zero-order hold over a unit step is h_t = q h_{t-1} + αβ u_t (q = 1 − αδ): eigenvalues z = log q (H, N) and
         input vectors z/(q − 1) αβ = −z β/δ (H, N), both real values as complex (the bank's form), and steps Δ = 1
-        (H,). z by the cancellation-free form of the module docstring; in double for a float32 layer."""
+        (H,). z by the cancellation-free form of the module docstring; in double for a float32 layer. (The layer's
+        own irregular sampling takes z and w = −β/δ apart: module docstring.)"""
+        z, w, _ = self._irregular_modes()
+        zeros = torch.zeros_like(z)
+        return torch.complex(z, zeros), torch.complex(z * w, zeros), torch.ones_like(z[:, 0])  # (H, N), (H, N), (H,)
+
+    def _irregular_modes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z = log q and w = −β/δ (H, N) real, in double for a float32 layer, and the read-out γ/√N (H, N) in the
+        layer's dtype (module docstring)."""
         self._check_parameter_dtype()  # float32/float64 only, as forward: a clear ValueError for .half() weights
         a, d = widen(self.logit_alpha[0]), widen(self.logit_delta[0])  # (H, N) each
-        z = torch.logsumexp(torch.stack([-a, -d, -a - d]), dim=0) - F.softplus(-a) - F.softplus(-d)  # (H, N): log q
-        B = -z * widen(self.beta[0]) * (1 + torch.exp(-d))  # (H, N): -z β/δ, 1/δ = 1 + e^{-d}
-        zeros = torch.zeros_like(z)
-        return torch.complex(z, zeros), torch.complex(B, zeros), torch.ones_like(z[:, 0])  # (H, N), (H, N), (H,)
-
-    def _irregular_bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`continuous` as real modes (z, B real (H, N), in double for a float32 layer) and the read-out γ/√N
-        (H, N), real in the layer's dtype."""
-        z, B, dt = self.continuous()
-        return z.real, B.real, dt, self.gamma[0] / math.sqrt(self.d_state)
+        w = -widen(self.beta[0]) * (1 + torch.exp(-d))  # (H, N): −β/δ, 1/δ = 1 + e^{−d}
+        return log_q(a, d), w, self.gamma[0] / math.sqrt(self.d_state)
 
     def _forward_irregular(self, u, intervals, state, return_state: bool, backend: str):
-        """The bank sampled at the gaps ``intervals`` (:mod:`ssmkit.ops.irregular_bank`; module docstring) as real
-        modes, the state real: (y, final state (B, H, N) real)."""
+        """The modes sampled at the gaps ``intervals`` (module docstring) by the backend's scan: (y, final state
+        (B, H, N) real, or None)."""
+        scan = dispatch("EMA irregular scan", _SCANS, backend, auto="native")
         with float32_core(u.device.type):
-            z, B, dt, C = self._irregular_bank()
+            z, w, C = self._irregular_modes()
             h0 = None if state is None else state.to(self.D.dtype)  # (B, H, N)
-            return bank_irregular_scan(u, z, B, C, dt, intervals, self.D, "zoh", h0, return_state=return_state,
-                                       backend=backend)
+            y, h = scan(u, z, w, C, self.D, intervals, h0)
+            return y, (h if return_state else None)
 
     def _step_irregular(self, u_t, interval, state):
-        """One step after the gap ``interval`` (:func:`ssmkit.ops.irregular_bank.bank_irregular_step`), real modes."""
+        """One step after the gap ``interval`` (module docstring), real modes: (y_t (B, H), state (B, H, N))."""
         with float32_core(u_t.device.type):
-            z, B, dt, C = self._irregular_bank()
-            return bank_irregular_step(u_t, z, B, C, dt, interval, state.to(self.D.dtype), self.D, "zoh")
+            z, w, C = self._irregular_modes()
+            return _step(u_t, interval, state.to(self.D.dtype), z, w, C, self.D)
 
     @property
     def n_modes(self) -> int:

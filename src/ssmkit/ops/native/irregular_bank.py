@@ -327,10 +327,35 @@ def _torch_path(u, tau, z, w, C, D, x0, bilinear):
     :mod:`ssmkit.ops.irregular_bank` with Δ = 1, Λ = z and B = w Λ (ZOH: B̄ = (e^{sz} − 1) B/Λ) or B = w (bilinear)."""
     from ssmkit.ops.irregular_bank import bank_irregular_scan_chunked
 
+    if not bilinear and not z.is_complex():  # real ZOH: from w itself (B = w z, then B/Λ, cancels in ∂z: Mega's EMA)
+        return _real_zoh_path(u, tau, z, w, C, D, x0)
     one = torch.ones(z.shape[0], dtype=u.dtype, device=u.device)
     B = w if bilinear else w * z
     return bank_irregular_scan_chunked(u, z, B.to(z.dtype), C.to(z.dtype), one, tau, D, "bilinear" if bilinear
                                        else "zoh", x0)
+
+
+def _real_zoh_chunk(u_c, tau_c, h0, z, w, C, D):
+    """One chunk of :func:`_real_zoh_path`: A = e^{sz}, b = (e^{sz} − 1) w (expm1's value with e^{sz}'s derivatives:
+    expm1's own, (e^{sz} − 1) + 1, cancels at long gaps), the recurrence and the read-out."""
+    from ssmkit.ops.recurrence import linear_recurrence
+
+    s = tau_c.to(z.dtype)[..., None, None] * z  # (B, T, H, M)
+    A = torch.exp(s)
+    b = (torch.expm1(s).detach() + (A - A.detach())) * w * u_c[..., None].to(z.dtype)  # (+ an exact 0)
+    h, h_last = linear_recurrence(A.to(u_c.dtype), b.to(u_c.dtype), h0, backend="chunked")
+    y = (h * C.to(h.dtype)).sum(-1)
+    return (y if D is None else y + D * u_c), h_last
+
+
+def _real_zoh_path(u, tau, z, w, C, D, x0):
+    """The real ZOH op in PyTorch from z and w = B/Λ themselves (the double backward's path of real modes, as the
+    kernel's forward and backward take them: Mega's EMA hands the kernel a closed-form w, :func:`bank_ratio_unchecked`),
+    chunks of 64 steps under activation checkpoints (:func:`ssmkit.ops.backend.checkpointed_chunks`)."""
+    from ssmkit.ops.backend import checkpointed_chunks
+
+    h0 = u.new_zeros(u.shape[0], *z.shape) if x0 is None else x0
+    return checkpointed_chunks(_real_zoh_chunk, u, tau, h0, 64, z, w, C, D)
 
 
 def bank_unchecked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state):
@@ -345,4 +370,17 @@ def bank_unchecked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state)
     D = None if D is None else D.to(u.dtype)
     real = not Lambda.is_complex()
     y, x = apply_function(_NativeBank, real, u.contiguous(), intervals, z, w, Cw, D, state, keep, bilinear)
+    return y, (x if return_state else None)
+
+
+def bank_ratio_unchecked(u, z, w, C, intervals, D, state, return_state):
+    """The real ZOH bank by the kernel's real variant from the kernel's own inputs: z = Δ Λ and w = B/Λ (H, M) real,
+    given rather than formed as B/Λ, C (H, M) real, after the caller's checks (u on the CPU where
+    ``prefer_native("bank_irregular", u)``). For a layer that has w in closed form (Mega's EMA, w = −β/δ:
+    :mod:`ssmkit.layers.ema`): w = B/Λ with B ∝ Λ would return the gradient of z as two terms of size |w ∂w/z| that
+    cancel to round-off, where the kernel's own ∂z = Σ s e^{sz} (∂A + w ∂b) is small (e^{sz} at long gaps)."""
+    keep = wants_grad(u, intervals, z, w, C, D, state)
+    z, w, C = (t.to(torch.float64) for t in (z, w, C))
+    D = None if D is None else D.to(u.dtype)
+    y, x = apply_function(_NativeBank, True, u.contiguous(), intervals, z, w, C, D, state, keep, False)
     return y, (x if return_state else None)

@@ -52,14 +52,15 @@ class _NativeConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_y, g_st):  # type: ignore[override]
-        x, wt, bias, state = ctx.saved_tensors[:4]
+        saved = ctx.saved_tensors  # (read once: torch.utils.checkpoint unpacks each saved tensor once)
+        x, wt, bias, state = saved[:4]
         if torch.is_grad_enabled():  # create_graph: a double backward, through F.conv1d (ops/twice.py)
             from ssmkit.ops.conv import causal_conv1d_torch
 
             def torch_path(x, weight, bias, state):
                 return causal_conv1d_torch(x, weight, bias, state, True, "silu" if ctx.silu else None)
 
-            given = (x, *ctx.saved_tensors[4:])
+            given = (x, *saved[4:])
             return (*graph_backward(torch_path, given, ctx.needs_input_grad[:4], (g_y, g_st)), None)
         g_y = torch.zeros_like(x) if g_y is None else g_y.contiguous()
         g_st = None if g_st is None else g_st.contiguous()

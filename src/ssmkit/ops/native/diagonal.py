@@ -87,7 +87,8 @@ class _NativeDiagonal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y, g_x):  # type: ignore[override]
         k = 3 + ctx.n_pars  # u, the parameters' parts, D, x0
-        u, *pars, Dc, x0c = ctx.saved_tensors[:k]
+        saved = ctx.saved_tensors  # (read once: torch.utils.checkpoint unpacks each saved tensor once)
+        u, *pars, Dc, x0c = saved[:k]
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             from ssmkit.ops.chunked import ssm_scan_chunked
 
@@ -97,7 +98,7 @@ class _NativeDiagonal(torch.autograd.Function):
                 y, x = ssm_scan_chunked(u.flip(1), A_bar, B_bar, C, x0, D)
                 return y.flip(1), x
 
-            given = (u, *ctx.saved_tensors[k:])
+            given = (u, *saved[k:])
             return (*graph_backward(chunked, given, ctx.needs_input_grad[:6], (g_y, g_x)), None, None)
         g_y = torch.zeros_like(u) if g_y is None else g_y.contiguous()
         g_xc = None if g_x is None else g_x.resolve_conj().contiguous()

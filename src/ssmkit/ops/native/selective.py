@@ -78,7 +78,8 @@ class _NativeScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_h):  # type: ignore[override]
-        delta, u, At, B, C, D, z, bias, ckpt, Wt, W = ctx.saved_tensors[:11]
+        saved = ctx.saved_tensors  # (read once: torch.utils.checkpoint unpacks each saved tensor once)
+        delta, u, At, B, C, D, z, bias, ckpt, Wt, W = saved[:11]
         if torch.is_grad_enabled():  # create_graph: a double backward, through the chunked scan (ops/twice.py)
             from ssmkit.ops.selective import selective_scan_chunked
 
@@ -86,7 +87,7 @@ class _NativeScan(torch.autograd.Function):
                 delta = delta if W is None else torch.nn.functional.linear(delta, W)
                 return selective_scan_chunked(u, delta, A, B, C, D, z, bias, ctx.softplus, h0)
 
-            A, D, z, bias, h0 = ctx.saved_tensors[11:]
+            A, D, z, bias, h0 = saved[11:]
             given = (delta, u, A, B, C, D, z, bias, W, h0)
             needs = ctx.needs_input_grad[:9] + ctx.needs_input_grad[10:11]
             g = graph_backward(chunked, given, needs, (g_out, g_h))

@@ -65,9 +65,10 @@ class _NativeZoh(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_A, g_B):  # type: ignore[override]
-        lam, b, d = ctx.saved_tensors[:3]
+        saved = ctx.saved_tensors  # (read once: torch.utils.checkpoint unpacks each saved tensor once)
+        lam, b, d = saved[:3]
         if torch.is_grad_enabled():  # create_graph: a double backward, through the torch path (ops/twice.py)
-            given = ctx.saved_tensors[3:]
+            given = saved[3:]
             return (*graph_backward(_torch_path(ctx.flags), given, ctx.needs_input_grad[:3], (g_A, g_B)), None)
         g_A, g_B = (None if g is None else _real_view(g) for g in (g_A, g_B))
         g_lam, g_b, g_d = _backward_kernel(lam, b, d, g_A, g_B, ctx.flags)

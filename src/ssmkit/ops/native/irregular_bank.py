@@ -304,9 +304,10 @@ class _NativeBank(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y, g_x):  # type: ignore[override]
         n = ctx.n_pars
-        u, tau_c, *pars = ctx.saved_tensors[: 2 + n]
-        Dc, ckpt, *table = ctx.saved_tensors[2 + n: 7 + n]
-        given = ctx.saved_tensors[7 + n:]  # tau, z, w, C, D, x0 as passed
+        saved = ctx.saved_tensors  # (read once: torch.utils.checkpoint unpacks each saved tensor once)
+        u, tau_c, *pars = saved[: 2 + n]
+        Dc, ckpt, *table = saved[2 + n: 7 + n]
+        given = saved[7 + n:]  # tau, z, w, C, D, x0 as passed
         if torch.is_grad_enabled():  # create_graph: a double backward, through the PyTorch path (ops/twice.py)
             path = lambda *a: _torch_path(*a, ctx.bilinear)  # noqa: E731
             return (None, *graph_backward(path, (u, *given), ctx.needs_input_grad[1:8], (g_y, g_x)), None, None)
@@ -323,16 +324,17 @@ class _NativeBank(torch.autograd.Function):
 
 
 def _torch_path(u, tau, z, w, C, D, x0, bilinear):
-    """The op in PyTorch from the kernel's inputs (the double backward's path): the bank of
-    :mod:`ssmkit.ops.irregular_bank` with Δ = 1, Λ = z and B = w Λ (ZOH: B̄ = (e^{sz} − 1) B/Λ) or B = w (bilinear)."""
+    """The op in PyTorch from the kernel's inputs (the double backward's path): ZOH from z and w themselves
+    (:func:`_real_zoh_path`, :func:`_complex_zoh_path`); bilinear as the bank of :mod:`ssmkit.ops.irregular_bank` with
+    Δ = 1, Λ = z and B = w."""
     from ssmkit.ops.irregular_bank import bank_irregular_scan_chunked
 
     if not bilinear and not z.is_complex():  # real ZOH: from w itself (B = w z, then B/Λ, cancels in ∂z: Mega's EMA)
         return _real_zoh_path(u, tau, z, w, C, D, x0)
+    if not bilinear:  # complex ZOH alike (S4D, DSS, DLR: ∂z off by ~1e-16 absolute where it is 1e-26 at long gaps)
+        return _complex_zoh_path(u, tau, z, w, C, D, x0)
     one = torch.ones(z.shape[0], dtype=u.dtype, device=u.device)
-    B = w if bilinear else w * z
-    return bank_irregular_scan_chunked(u, z, B.to(z.dtype), C.to(z.dtype), one, tau, D, "bilinear" if bilinear
-                                       else "zoh", x0)
+    return bank_irregular_scan_chunked(u, z, w.to(z.dtype), C.to(z.dtype), one, tau, D, "bilinear", x0)
 
 
 def _real_zoh_chunk(u_c, tau_c, h0, z, w, C, D):
@@ -356,6 +358,33 @@ def _real_zoh_path(u, tau, z, w, C, D, x0):
 
     h0 = u.new_zeros(u.shape[0], *z.shape) if x0 is None else x0
     return checkpointed_chunks(_real_zoh_chunk, u, tau, h0, 64, z, w, C, D)
+
+
+def _complex_zoh_chunk(u_c, tau_c, h0, z, w, C, D):
+    """One chunk of :func:`_complex_zoh_path`: A = e^{sz}, b = (e^{sz} − 1) w u with e^{sz} and e^{sz} − 1 by
+    :func:`ssmkit.ops.irregular.zoh_exp_parts` (no cancellation in the values or their derivatives), the recurrence in
+    the state's dtype and the read-out Re(Σ C h)."""
+    from ssmkit.ops.irregular import zoh_exp_parts
+    from ssmkit.ops.irregular_bank import _read_out
+    from ssmkit.ops.recurrence import linear_recurrence
+
+    s = tau_c.to(z.real.dtype)[..., None, None] * z  # (B, T, H, M)
+    A_re, A_im, E_re = zoh_exp_parts(s.real, s.imag)
+    b = torch.complex(E_re, A_im) * w * u_c[..., None].to(A_re.dtype)  # (B, T, H, M): (e^{sz} − 1) w u
+    h, h_last = linear_recurrence(torch.complex(A_re, A_im).to(h0.dtype), b.to(h0.dtype), h0, backend="chunked")
+    y = _read_out(h, C)
+    return (y if D is None else y + D * u_c), h_last
+
+
+def _complex_zoh_path(u, tau, z, w, C, D, x0):
+    """The complex ZOH op in PyTorch from z and w = B/Λ as the kernel takes them (the double backward's path): never
+    B = w z and then B/Λ, whose derivative in z is two terms of size |w ∂w/z| cancelling to round-off (an absolute
+    error of ~1e-16 in ∂z, so in the gradients of Δ and Λ where they are 1e-26 at long gaps: S4D, DSS, DLR),
+    chunks of 64 steps under activation checkpoints (:func:`ssmkit.ops.backend.checkpointed_chunks`)."""
+    from ssmkit.ops.backend import checkpointed_chunks
+
+    h0 = u.new_zeros(u.shape[0], *z.shape, dtype=COMPLEX_OF[u.dtype]) if x0 is None else x0
+    return checkpointed_chunks(_complex_zoh_chunk, u, tau, h0, 64, z, w, C, D)
 
 
 def bank_unchecked(u, Lambda, B, C, dt, intervals, D, rule, state, return_state):

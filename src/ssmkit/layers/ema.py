@@ -31,13 +31,13 @@ cancellation (:func:`log_q`): log1p(−αδ) where αδ < ½, αδ from logsigmo
 log(1 − σ(a)σ(d)) = log(e^{−a} + e^{−d} + e^{−a−d}) − softplus(−a) − softplus(−d).
 
 The layer samples its modes from z and w = −β/δ (the hold's B/Λ; 1/δ = 1 + e^{−d}) as Ā_t = e^{τz} = q^τ and
-B̄_t = (e^{τz} − 1) w (:func:`gap_coefficients`), not from the input vector B = z w of :meth:`EMA.continuous`: the form
-B̄ = (e^{τz} − 1) B/Λ differentiates w = B/Λ through B and through Λ into two terms of size |w ∂w/z| that cancel to
+B̄_t = (e^{τz} − 1) w (:func:`ssmkit.ops.irregular.real_zoh_coefficients`), not from the input vector B = z w of
+:meth:`EMA.continuous`: the form B̄ = (e^{τz} − 1) B/Λ differentiates w = B/Λ through B and through Λ into two terms of size |w ∂w/z| that cancel to
 round-off (1e-16 of their size), where the true ∂z, Σ_t τ_t q^{τ_t} (…), is 1e-87 at τ = 1e3. e^x − 1 is expm1(x)
 with the derivatives of e^x (autograd's derivative of expm1, (e^x − 1) + 1, is 0 where e^x < 1e-16: the gaps'
 gradient at long gaps). The scans: a loop
 (``"reference"``); chunks of coefficients and the chunked recurrence, each chunk under an activation checkpoint
-(``"chunked"``, and ``"auto"`` off the CPU); the C kernel of :mod:`ssmkit.ops.irregular_bank` in its real variant,
+(``"chunked"``, and ``"auto"`` off the CPU: :func:`ssmkit.ops.irregular_bank.real_zoh_scan`); the C kernel of :mod:`ssmkit.ops.irregular_bank` in its real variant,
 handed z and w themselves (``"native"``, and ``"auto"`` on the CPU where it runs:
 :func:`ssmkit.ops.native.irregular_bank.bank_ratio_unchecked`). Every coefficient is formed in double for a float32
 layer and rounded once.
@@ -58,13 +58,14 @@ from ssmkit.layers.marks import register_ssm_parameter
 from ssmkit.layers.protocol import float32_core, with_skip
 from ssmkit.layers.registry import register
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.backend import checkpointed_chunks, dispatch, get_backend
+from ssmkit.ops.backend import dispatch, get_backend
 from ssmkit.ops.discretize import widen
 from ssmkit.ops.fftconv import bidirectional_conv
+from ssmkit.ops.irregular import real_zoh_coefficients
+from ssmkit.ops.irregular_bank import real_zoh_scan
 from ssmkit.ops.kernels import vandermonde
 from ssmkit.ops.native.gate import prefer_native
 from ssmkit.ops.native.irregular_bank import bank_ratio_unchecked
-from ssmkit.ops.recurrence import linear_recurrence
 
 LOG_HALF = -math.log(2.0)  # log αδ below it: q = 1 − αδ > ½, z by log1p (log_q)
 
@@ -90,29 +91,9 @@ def log_q(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
                        - F.softplus(-d))
 
 
-def gap_coefficients(z: torch.Tensor, w: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ā = e^{τz} = q^τ and B̄ = (e^{τz} − 1) w = (1 − q^τ) β/δ of the modes after the gaps τ (module docstring):
-    e^x − 1 is expm1(x) in value and e^x in every derivative (expm1's own, (e^x − 1) + 1, is 0 or round-off where
-    e^x ≪ 1: the gaps' gradient at long gaps), so that the derivatives of z, w and τ keep their relative accuracy;
-    in z's dtype.
-
-    Args:
-        z: (H, N) real log q.
-        w: (H, N) real −β/δ.
-        tau: (*T) real positive gaps in nominal sampling periods.
-
-    Returns:
-        (A_bar, B_bar): each (*T, H, N) of z's dtype.
-    """
-    x = tau.to(z.dtype)[..., None, None] * z  # (*T, H, N): τ z ≤ 0
-    A_bar = torch.exp(x)
-    E = torch.expm1(x).detach() + (A_bar - A_bar.detach())  # e^x − 1 (+ an exact 0) whose derivatives are e^x's
-    return A_bar, E * w
-
-
 def _step(u_t, tau_t, h, z, w, C, D):
     """One step of the sampled modes: h (B, H, N) after the gaps tau_t (B,), the read-out (B, H) and the skip."""
-    A_bar, B_bar = gap_coefficients(z, w, tau_t)  # (B, H, N) each, in z's dtype
+    A_bar, B_bar = real_zoh_coefficients(z, w, tau_t)  # (B, H, N) each, in z's dtype
     h = A_bar.to(h.dtype) * h + B_bar.to(h.dtype) * u_t[..., None]
     return (h * C).sum(-1) + D * u_t, h
 
@@ -132,21 +113,12 @@ def _scan_reference(u, z, w, C, D, intervals, h):
     return torch.stack(ys, dim=1), h
 
 
-def _chunk(u_c, tau_c, h0, z, w, C, D, recurrence_backend: str):
-    """One chunk of T steps: its coefficients (B, T, H, N), B̄ u in z's dtype rounded once, the recurrence from h0,
-    the read-out and the skip."""
-    A_bar, B_bar = gap_coefficients(z, w, tau_c)  # (B, T, H, N) each
-    Bu = (B_bar * u_c[..., None].to(B_bar.dtype)).to(h0.dtype)
-    h, h_last = linear_recurrence(A_bar.to(h0.dtype), Bu, h0, backend=recurrence_backend)
-    return (h * C).sum(-1) + D * u_c, h_last
-
-
 def _scan_chunked(u, z, w, C, D, intervals, h, recurrence_backend: str = "chunked"):
-    """The sampled modes chunk by chunk (:func:`ssmkit.ops.backend.checkpointed_chunks`: each chunk under an
+    """The sampled modes chunk by chunk (:func:`ssmkit.ops.irregular_bank.real_zoh_scan`: each chunk under an
     activation checkpoint when autograd records), T = 64 steps where autograd records, 16 otherwise (the bank's
     choice, :func:`ssmkit.ops.irregular_bank.bank_irregular_scan_chunked`), from h (B, H, N) or zeros (None)."""
     T = 64 if torch.is_grad_enabled() else 16
-    return checkpointed_chunks(_chunk, u, intervals, _zeros_if_none(h, u, z), T, z, w, C, D, recurrence_backend)
+    return real_zoh_scan(u, intervals, z, w, C, D, _zeros_if_none(h, u, z), T, recurrence_backend)
 
 
 def _scan_native(u, z, w, C, D, intervals, h):

@@ -142,6 +142,27 @@ def zoh_exp_parts(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
     return A_re, ex * sin, torch.where(x < -1, A_re - 1, near)  # fast decay: exact derivatives (docstring)
 
 
+def real_zoh_coefficients(z: torch.Tensor, w: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real modes held over the gaps τ: Ā = e^{τz} and B̄ = (e^{τz} − 1) w, with w = B/Λ given in closed form (never
+    formed as B/Λ from a B built from Λ, whose derivative in z is two terms of size |w ∂w/z| cancelling to round-off
+    where the true one is e^{τz}-small: Mega's EMA, w = −β/δ). e^x − 1 is expm1(x) in value and e^x in every
+    derivative (expm1's own, (e^x − 1) + 1, is 0 or round-off where e^x ≪ 1: the gaps' gradient at long gaps), so
+    the derivatives of z, w and τ keep their relative accuracy; in z's dtype.
+
+    Args:
+        z: (H, N) real z = Δ Λ ≤ 0.
+        w: (H, N) real B/Λ.
+        tau: (*T) real positive gaps in nominal sampling periods.
+
+    Returns:
+        (A_bar, B_bar): each (*T, H, N) of z's dtype.
+    """
+    x = tau.to(z.dtype)[..., None, None] * z  # (*T, H, N): τ z ≤ 0
+    A_bar = torch.exp(x)
+    E = torch.expm1(x).detach() + (A_bar - A_bar.detach())  # e^x − 1 (+ an exact 0) whose derivatives are e^x's
+    return A_bar, E * w
+
+
 def irregular_scan_reference(
     u: torch.Tensor,
     A_bar: torch.Tensor,

@@ -33,7 +33,7 @@ import torch
 from ssmkit.ops._checks import COMPLEX_OF
 from ssmkit.ops.backend import checkpointed_chunks, dispatch
 from ssmkit.ops.discretize import widen
-from ssmkit.ops.irregular import RULES, zoh_exp_parts
+from ssmkit.ops.irregular import RULES, real_zoh_coefficients, zoh_exp_parts
 from ssmkit.ops.recurrence import linear_recurrence
 from ssmkit.utils import check_floating
 
@@ -257,6 +257,40 @@ def bank_irregular_scan_chunked(
     T = chunk_size if chunk_size is not None else (64 if torch.is_grad_enabled() else 16)
     y, h = checkpointed_chunks(_chunk, u, intervals, h, T, Lambda, B, C, dt, D, rule, recurrence_backend)
     return y, (h if return_state else None)
+
+
+def real_zoh_chunk(u_c, tau_c, h0, z, w, C, D, recurrence_backend: str = "chunked"):
+    """One chunk of :func:`real_zoh_scan`: the coefficients (B, T, H, N) in z's dtype, B̄ u rounded once to the
+    state's dtype, the recurrence from h0 (B, H, N), the read-out Σ C h and the skip (D None: none)."""
+    A_bar, B_bar = real_zoh_coefficients(z, w, tau_c)  # (B, T, H, N) each
+    Bu = (B_bar * u_c[..., None].to(B_bar.dtype)).to(h0.dtype)
+    h, h_last = linear_recurrence(A_bar.to(h0.dtype), Bu, h0, backend=recurrence_backend)
+    y = (h * C.to(h.dtype)).sum(-1)
+    return (y if D is None else y + D * u_c), h_last
+
+
+def real_zoh_scan(u: torch.Tensor, intervals: torch.Tensor, z: torch.Tensor, w: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor | None, h0: torch.Tensor, T: int = 64,
+                  recurrence_backend: str = "chunked") -> tuple[torch.Tensor, torch.Tensor]:
+    """Real ZOH modes from z = Δ Λ and w = B/Λ given in closed form (:func:`ssmkit.ops.irregular.
+    real_zoh_coefficients`), chunk by chunk under activation checkpoints (:func:`ssmkit.ops.backend.
+    checkpointed_chunks`): Mega's EMA, and the PyTorch path of the C kernel's double backward for real modes.
+
+    Args:
+        u: (B, L, H) input.
+        intervals: (B, L) gaps in nominal sampling periods.
+        z: (H, N) real z.
+        w: (H, N) real w.
+        C: (H, N) real read-out.
+        D: (H,) skip, or None.
+        h0: (B, H, N) initial state.
+        T: steps per chunk.
+        recurrence_backend: the chunk recurrence's backend (:func:`ssmkit.ops.recurrence.linear_recurrence`).
+
+    Returns:
+        y (B, L, H) and the final state (B, H, N).
+    """
+    return checkpointed_chunks(real_zoh_chunk, u, intervals, h0, T, z, w, C, D, recurrence_backend)
 
 
 def _bank_native(u, Lambda, B, C, dt, intervals, D=None, rule="zoh", state=None, *, return_state=True):

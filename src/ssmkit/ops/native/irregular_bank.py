@@ -325,39 +325,16 @@ class _NativeBank(torch.autograd.Function):
 
 def _torch_path(u, tau, z, w, C, D, x0, bilinear):
     """The op in PyTorch from the kernel's inputs (the double backward's path): ZOH from z and w themselves
-    (:func:`_real_zoh_path`, :func:`_complex_zoh_path`); bilinear as the bank of :mod:`ssmkit.ops.irregular_bank` with
-    Δ = 1, Λ = z and B = w."""
-    from ssmkit.ops.irregular_bank import bank_irregular_scan_chunked
+    (:func:`ssmkit.ops.irregular_bank.real_zoh_scan`, :func:`_complex_zoh_path`); bilinear as the bank of
+    :mod:`ssmkit.ops.irregular_bank` with Δ = 1, Λ = z and B = w."""
+    from ssmkit.ops.irregular_bank import bank_irregular_scan_chunked, real_zoh_scan
 
     if not bilinear and not z.is_complex():  # real ZOH: from w itself (B = w z, then B/Λ, cancels in ∂z: Mega's EMA)
-        return _real_zoh_path(u, tau, z, w, C, D, x0)
+        return real_zoh_scan(u, tau, z, w, C, D, u.new_zeros(u.shape[0], *z.shape) if x0 is None else x0)
     if not bilinear:  # complex ZOH alike (S4D, DSS, DLR: ∂z off by ~1e-16 absolute where it is 1e-26 at long gaps)
         return _complex_zoh_path(u, tau, z, w, C, D, x0)
     one = torch.ones(z.shape[0], dtype=u.dtype, device=u.device)
     return bank_irregular_scan_chunked(u, z, w.to(z.dtype), C.to(z.dtype), one, tau, D, "bilinear", x0)
-
-
-def _real_zoh_chunk(u_c, tau_c, h0, z, w, C, D):
-    """One chunk of :func:`_real_zoh_path`: A = e^{sz}, b = (e^{sz} − 1) w (expm1's value with e^{sz}'s derivatives:
-    expm1's own, (e^{sz} − 1) + 1, cancels at long gaps), the recurrence and the read-out."""
-    from ssmkit.ops.recurrence import linear_recurrence
-
-    s = tau_c.to(z.dtype)[..., None, None] * z  # (B, T, H, M)
-    A = torch.exp(s)
-    b = (torch.expm1(s).detach() + (A - A.detach())) * w * u_c[..., None].to(z.dtype)  # (+ an exact 0)
-    h, h_last = linear_recurrence(A.to(u_c.dtype), b.to(u_c.dtype), h0, backend="chunked")
-    y = (h * C.to(h.dtype)).sum(-1)
-    return (y if D is None else y + D * u_c), h_last
-
-
-def _real_zoh_path(u, tau, z, w, C, D, x0):
-    """The real ZOH op in PyTorch from z and w = B/Λ themselves (the double backward's path of real modes, as the
-    kernel's forward and backward take them: Mega's EMA hands the kernel a closed-form w, :func:`bank_ratio_unchecked`),
-    chunks of 64 steps under activation checkpoints (:func:`ssmkit.ops.backend.checkpointed_chunks`)."""
-    from ssmkit.ops.backend import checkpointed_chunks
-
-    h0 = u.new_zeros(u.shape[0], *z.shape) if x0 is None else x0
-    return checkpointed_chunks(_real_zoh_chunk, u, tau, h0, 64, z, w, C, D)
 
 
 def _complex_zoh_chunk(u_c, tau_c, h0, z, w, C, D):

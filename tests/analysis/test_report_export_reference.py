@@ -753,8 +753,11 @@ def test_zoo_prints_and_writes_the_tables(tmp_path, capsys, monkeypatch):
                      "zoo.md": zoo.to_markdown(default, measured)}
     assert commands.zoo_main(["--format", "csv", "--out", str(tmp_path / "z")]) == 0  # an existing folder
     printed = capsys.readouterr()
-    assert printed.out == zoo.to_csv(default) and printed.err == f"zoo.md, zoo.csv in {tmp_path / 'z'}\n"
+    assert printed.out == zoo.to_csv(default) and printed.err == (  # the earlier run's poles.csv removed, said
+        f"zoo.md, zoo.csv in {tmp_path / 'z'}\nremoved {tmp_path / 'z' / 'poles.csv'}: it held an earlier "
+        "checkpoint's poles (this run has no --checkpoint)\n")
     assert open(tmp_path / "z" / "zoo.md").read() == zoo.to_markdown(default)
+    assert sorted(os.listdir(tmp_path / "z")) == ["zoo.csv", "zoo.md"]
     with pytest.raises(SystemExit) as exit_:
         commands.zoo_main(["--d-model", "0"])
     assert exit_.value.code == 2 and "--d-model must be >= 1; got 0" in capsys.readouterr().err

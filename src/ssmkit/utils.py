@@ -147,16 +147,16 @@ def check_lengths(lengths: object, shape: tuple[int, ...], steps: int, device: t
 
 def length_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     """The (B, L) bool mask t < lengths[b] of right-padded sequences (True at each sequence's own steps), on
-    ``lengths``' device.
+    ``lengths``' device; for lengths of any shape (*S) (a pair model's (B, 2)), the (*S, L) mask.
 
     Args:
-        lengths: (B,) integer lengths.
+        lengths: (B,) integer lengths, or (*S).
         steps: the padded length L.
 
     Returns:
-        (B, L) bool.
+        (B, L) bool, or (*S, L).
     """
-    return torch.arange(steps, device=lengths.device) < lengths[:, None]
+    return torch.arange(steps, device=lengths.device) < lengths[..., None]
 
 
 def unit_gaps_after(intervals: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ from ssmkit.models.config import as_plain
 from ssmkit.train.batches import unpack_batch
 from ssmkit.train.checkpoint import save_atomic  # noqa: F401  (re-exported for users writing their own files)
 from ssmkit.train.config import TrainConfig
-from ssmkit.utils import unit_gaps_after
+from ssmkit.utils import length_mask, unit_gaps_after
 
 _LIGHTNING_PRECISION = {"32": "32-true", "64": "64-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
@@ -103,7 +103,7 @@ def _tokens(x: torch.Tensor, lengths: torch.Tensor | None = None, pad_id: int | 
     L = x.shape[-2] if features else x.shape[-1]
     keep = torch.ones(x.shape[:-1] if features else x.shape, dtype=torch.bool, device=x.device)  # (..., L)
     if lengths is not None:
-        keep &= torch.arange(L, device=x.device) < lengths.to(x.device)[..., None]
+        keep &= length_mask(lengths.to(x.device), L)  # (..., L)
     if pad_id is not None and not x.is_floating_point():
         keep &= x != pad_id
     return int(keep.sum())

@@ -222,6 +222,7 @@ def test_hyena_initialisation_follows_the_official_laws():
     assert torch.equal(f.freq, torch.full((40,), 7.0, dtype=F64))
     target = math.log(1e-2)
     expected = torch.tensor([target / 1.5 + c * (target / 0.3 - target / 1.5) / 95 for c in range(96)], dtype=F64)
+    expected = expected.reshape(48, 2).T.reshape(96)  # stage o of channel h takes the (2h + o)-th rate (official order)
     assert rel_err(f.deltas, expected) < 1e-14
     for w, fan_in in ((f.w_in, 5), (f.b_in, 5), (f.w_hidden, 40), (f.b_hidden, 40), (f.w_out, 40),
                       (layer.in_proj.weight, 48), (layer.out_proj.weight, 48), (layer.short_conv.weight, 3)):

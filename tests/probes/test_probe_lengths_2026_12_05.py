@@ -370,6 +370,7 @@ def hyena_reference(layer, u):
     for k in range(f.n_inner):
         a = torch.sin(w * (a @ f.w_hidden[k].double().T + f.b_hidden[k].double()))
     delta = torch.linspace(math.log(1e-2) / 1.5, math.log(1e-2) / 0.3, f.channels, dtype=F64)
+    delta = delta.reshape(H, O).T.reshape(O * H)  # stage o of channel h: the (h·O + o)-th rate (official order)
     h = ((a @ f.w_out.double().T) * torch.exp(-t * delta.abs())).T.reshape(O, H, L)  # (O, H, L)
     p = u @ layer.in_proj.weight.double().T + layer.in_proj.bias.double()  # (B, L, (O+2)H)
     W = layer.short_conv.weight.double()  # (channels, width)

@@ -13,9 +13,11 @@ Implicit filters (§3.3; Algorithm 2, the filter): with normalised time t_n = n/
     PosEnc(n) = [t_n, cos(2π f_k n / l_max), -sin(2π f_k n / l_max)],  f_k = linspace(1e-4, bands - 1, bands)
     FFN = Linear emb_dim→F, sin(ω ⊙ ·), then n_inner × [Linear F→F, sin(ω ⊙ ·)], then Linear F→(N-1)·H without bias
 
-one trainable frequency vector ω shared by every sine layer (init ``sine_freq``), δ_c linearly spaced between
-log(1e-2)/1.5 and log(1e-2)/0.3 over the (N-1)·H filter channels (frozen), b_o ~ N(0, 1), the FFN initialised as
-``nn.Linear`` (trained with lr 1e-3, weight decay 0, as the official filter).
+one trainable frequency vector ω shared by every sine layer (init ``sine_freq``), δ linearly spaced between
+log(1e-2)/1.5 and log(1e-2)/0.3 over the (N-1)·H filter channels in the official operator's channel order (frozen):
+filter o of channel h takes the (h·(N-1) + o)-th value (safari ``src/models/sequence/hyena.py`` reads its filter
+channels as ``(v o)``, so the stages interleave over the whole range; stored here at c = o·H + h), b_o ~ N(0, 1), the
+FFN initialised as ``nn.Linear`` (trained with lr 1e-3, weight decay 0, as the official filter).
 
 Choices (docs/design.md, "Hyena"):
 - PosEnc is computed from n for any length rather than stored as a parameter of l_max rows (the official code trains
@@ -262,10 +264,16 @@ class Hyena(SequenceLayer):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Initialise every parameter: projections and short convolution as ``nn.Linear``/``nn.Conv1d``, the filter
-        FFN as ``nn.Linear``, the filter bias b ~ N(0, 1) (the only re-init path)."""
+        FFN as ``nn.Linear``, the filter bias b ~ N(0, 1), the decay rates δ in the official channel order (the
+        only re-init path)."""
         self.in_proj.reset_parameters()
         self.short_conv.reset_parameters()
         self.filter.reset_parameters()
+        # The official operator takes filter channel h·O + o for stage o of channel h ('c l (v o) -> c o v l'), so its
+        # linspace of δ interleaves the stages; ours is stored stage-major (c = o·H + h): reorder it (O = 1: no-op).
+        # Without this, an order-3 layer gave its first stage only the slowest half of the decay rates.
+        O, H = self.order - 1, self.d_model
+        self.filter.deltas.copy_(self.filter.deltas.reshape(H, O).T.reshape(O * H))
         self.filter_bias.copy_(torch.randn(self.filter_bias.shape, dtype=torch.float64))
         self.out_proj.reset_parameters()
 

@@ -175,7 +175,8 @@ def _wiener(n_inputs=1, n_layers=2, dt=0.5):
 # ---------------------------------------------------------------------------------------------------- coverage
 
 COVERED = {
-    "analysis.layerwise", "analysis.onnx_export", "analysis.onnx_sequence", "analysis.operating", "analysis.report",
+    "analysis.layerwise", "analysis.onnx_export", "analysis.onnx_pair", "analysis.onnx_sequence", "analysis.operating",
+    "analysis.report",
     "analysis.zoo", "data.task", "layers", "layers.protocol", "models.config", "models.pattern", "sysid.averaging",
     "sysid.benchmarks", "sysid.fit", "sysid.init", "sysid.nlbench", "sysid.recipes", "sysid.surrogates",
     "sysid.workflow", "train", "train.run", "train.transfer",
@@ -422,6 +423,29 @@ def test_onnx_sequence_example(in_tmp):
         alone = classifier(torch.from_numpy(u_padded[:1, :7]))[0]  # the short item by itself
         padded = classifier(torch.from_numpy(u_padded), lengths=torch.from_numpy(lengths))[0]
     np.testing.assert_allclose(ns["y"], y.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ns["logits"], padded.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ns["logits"][:1], alone.numpy(), rtol=0, atol=1e-5)
+
+
+def test_onnx_pair_example(in_tmp):
+    """The pair graph's example: each pair's logits are its two unpadded documents' (the model run with lengths, and
+    the short document of pair 0 alone)."""
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from ssmkit.models import SequenceModel
+
+    torch.manual_seed(0)
+    matcher = SequenceModel(d_input=2, d_model=4, n_layers=1, layer="s4d", layer_options={"d_state": 4},
+                            d_output=2, head="classify", pool="mean", pair=True).eval()
+    u_pairs = np.random.default_rng(2).standard_normal((2, 2, 9, 2)).astype(np.float32)
+    lengths = np.array([[4, 9], [9, 6]])
+    ns, _, _ = run(EXAMPLES["analysis.onnx_pair"], {"ssmkit": ssmkit, "onnxruntime": onnxruntime,
+                                                   "matcher": matcher, "u_pairs": u_pairs, "lengths": lengths})
+    with torch.no_grad():
+        padded = matcher(torch.from_numpy(u_pairs), lengths=torch.from_numpy(lengths))[0]
+        first = matcher.features(torch.from_numpy(u_pairs[:1, 0, :4]), return_state=False)[0]
+        second = matcher.features(torch.from_numpy(u_pairs[:1, 1]), return_state=False)[0]
+        alone = matcher.head(first, second)
     np.testing.assert_allclose(ns["logits"], padded.numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(ns["logits"][:1], alone.numpy(), rtol=0, atol=1e-5)
 

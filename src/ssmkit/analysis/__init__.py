@@ -12,6 +12,7 @@
     plots.py        PNG figures (poles, Bode, impulse/step responses, kernels); report.py: summary.md + JSON + PNGs
     onnx_export.py  a model's one-step function as an ONNX graph in real arithmetic (embedded controllers)
     onnx_sequence.py  a model's whole-sequence forward as an ONNX graph for any length (real chunked scans)
+    onnx_pair.py    a pair model's (dual encoder's) whole-pair graph: u (B, 2, L, ...), lengths (B, 2)
     onnx_liquid.py  Liquid-S4 in real arithmetic for both exports (S4's core driven by the liquid input)
     onnx_irregular.py  the LTI layers at irregular sampling times, for both exports' ``intervals=True``
     zoo.py          the control-theoretic table of the registered layers (``ssmkit zoo``)
@@ -33,6 +34,7 @@ from ssmkit.analysis.nonlinear import ContinuousWiener, NonlinearSystem
 from ssmkit.analysis.norms import hinf_norm, sigma_max
 from ssmkit.analysis.operating import OperatingSweep, operating_sweeps
 from ssmkit.analysis.onnx_export import OnnxExport, RealLTIStep, export_onnx, onnx_state, real_step_model
+from ssmkit.analysis.onnx_pair import PairOnnxExport
 from ssmkit.analysis.onnx_irregular import RealIrregularDPLR, RealIrregularModes, irregular_model
 from ssmkit.analysis.onnx_sequence import RealLTISequence, export_onnx_sequence, real_sequence_model
 from ssmkit.analysis.reduction import balanced_truncation, gramians, h2_norm, hankel_singular_values
@@ -46,6 +48,7 @@ __all__ = [
     "NonlinearSystem",
     "OnnxExport",
     "OperatingSweep",
+    "PairOnnxExport",
     "RealIrregularDPLR",
     "RealIrregularModes",
     "RealLTISequence",

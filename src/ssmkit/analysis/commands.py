@@ -160,7 +160,7 @@ def _write_onnx(model, out: str, intervals: bool = False, standardised: str | No
             except NotImplementedError as err:
                 if export is not export_onnx_sequence or "with_state=False" not in str(err):
                     raise
-                info = export_onnx_sequence(model, path, with_state=False, **options)
+                info = export_onnx_sequence(model, path, **{**options, "with_state": False})
                 print(f"{name}: without a state (from rest), the model's state grows with the sequence")
         except (NotImplementedError, ImportError, ValueError) as err:
             if isinstance(err, ValueError) and not intervals:  # (with intervals: a layer that takes none, said)
@@ -169,7 +169,8 @@ def _write_onnx(model, out: str, intervals: bool = False, standardised: str | No
             failed = 1
             continue
         gaps = {"interval": ", interval (B)", "intervals": ", intervals (B, L)"}.get(info.interval_name, "")
-        gaps += ", lengths (B) int64" if getattr(info, "lengths_name", None) else ""
+        if getattr(info, "lengths_name", None):
+            gaps += ", lengths (B, 2) int64" if getattr(model, "pair", False) is True else ", lengths (B) int64"
         print(f"{info.path}: inputs {u}{gaps}, {_state_summary(info.state_names, info.state_shapes)}; outputs y"
               + (" and next_state_0, ..." if info.state_names else ""))
     if intervals and not failed:  # the gaps' unit: a model trained at the median gap counts that, not the logger's
@@ -182,7 +183,8 @@ def _write_onnx(model, out: str, intervals: bool = False, standardised: str | No
 def _sequence_options(model) -> dict:
     """``{"lengths": True}`` for a model whose forward takes ``lengths`` and whose answers depend on where each
     sequence ends (a pool, or a bidirectional layer: without the input, a padded batch in sequence.onnx gave the
-    shorter items wrong answers, silently), else {}.
+    shorter items wrong answers, silently), with ``"with_state": False`` for a pair model (its graph has no state:
+    :mod:`ssmkit.analysis.onnx_pair`), else {}.
 
     Args:
         model: the exported model.
@@ -194,6 +196,8 @@ def _sequence_options(model) -> dict:
 
     if not isinstance(model, nn.Module) or not _takes_lengths(model):
         return {}
+    if getattr(model, "pair", False) is True:  # a whole-pair graph: from rest (no state), each document's length
+        return {"lengths": True, "with_state": False}
     return {"lengths": True} if getattr(model, "pool", None) is not None or _bidirectional_layers(model) else {}
 
 
@@ -229,10 +233,11 @@ def _input_summary(model) -> tuple[str, str]:
     Args:
         model: the exported model.
     """
+    pair = getattr(model, "pair", False) is True  # a pair model's sequence graph takes pairs (B, 2, L, ...)
     if getattr(model, "vocab_size", None) is not None:
-        return "u (B) int64 token ids", "u (B, L) int64 token ids"
+        return "u (B) int64 token ids", "u (B, 2, L) int64 token ids" if pair else "u (B, L) int64 token ids"
     m = getattr(model, "d_input", None) or getattr(model, "n_inputs", None) or "m"
-    return f"u (B, {m})", f"u (B, L, {m})"
+    return f"u (B, {m})", f"u (B, 2, L, {m})" if pair else f"u (B, L, {m})"
 
 
 def _interval_unit(model) -> str:

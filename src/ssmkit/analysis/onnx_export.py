@@ -552,13 +552,19 @@ def export_onnx(
 
     Raises:
         ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one).
-        NotImplementedError: a bidirectional layer (it reads the future: no step), or a layer whose state is complex
-            or grows, or whose step could not be converted (the message names it).
+        NotImplementedError: a bidirectional layer (it reads the future: no step), a pair model (``pair=True``: no
+            step), or a layer whose state is complex or grows, or whose step could not be converted (the message
+            names it).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
     if not isinstance(intervals, bool):
         raise ValueError(f"intervals must be a bool; got {intervals!r}")
+    if getattr(model, "pair", False) is True:  # (before: a long torch.export traceback about (B, 2, L) pairs)
+        raise NotImplementedError(
+            f"{type(model).__name__}.step cannot be exported: a pair model (pair=True) classifies whole pairs of "
+            "documents, so it has no step; export_onnx_sequence(model, path, with_state=False, lengths=True) writes "
+            "its whole-pair graph, and a model built with pair=False (its tower) has a step")
     example = batch_size or 2  # a size-1 axis would be specialised by torch.export
     # traced on the CPU whatever the model's device (an ONNX file holds no device; the runtime picks its own): the
     # graph of a CUDA model is the one its CPU copy gives, and the model itself stays where it is

@@ -42,12 +42,20 @@ read whole, and the shorter items' answers are wrong without a word.
     info = ssmkit.analysis.export_onnx_sequence(classifier, "classifier.onnx", with_state=False, lengths=True)
     session = onnxruntime.InferenceSession("classifier.onnx")
     logits, = session.run(None, info.feed(u_padded, lengths=lengths))    # lengths (B,) in [1, L]
+
+A pair model (``SequenceModel(pair=True)``, a dual encoder) exports from rest (``with_state=False``) with u
+(B, 2, L, m) (or (B, 2, L) token ids), and with ``lengths=True`` ``lengths`` (B, 2), each document's own length, as its
+``forward(lengths=)``; ``info`` is then a `PairOnnxExport`, whose ``feed`` checks them so
+(:mod:`ssmkit.analysis.onnx_pair`). A bidirectional Mega without chunks reads its simple bias at offsets clamped to
+its table (`_MaskedMega`), so a padded batch longer than ``max_positions`` whose items fit runs exactly, as in torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+import types
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +77,7 @@ from ssmkit.analysis.onnx_export import (
     _unflatten,
     _write_graph,
 )
+from ssmkit.analysis.onnx_pair import PairOnnxExport, check_pair_export, pair_example
 from ssmkit.analysis.statespace import StateSpace
 from ssmkit.layers.protocol import SequenceLayer, float32_core
 from ssmkit.ops.symbolic import chunk_count, keep_first, scan, symbolic_length
@@ -422,7 +431,8 @@ def real_sequence_model(model: nn.Module, chunk_size: int | None = None) -> nn.M
 class SequenceFunction(nn.Module):
     """``(u, *state parts) -> (y, *final state parts)``: a model's forward with a flat list of real state tensors;
     with ``with_intervals``, ``(u, intervals, *state parts)`` and ``forward(u, state, intervals=intervals)``; with
-    ``with_lengths``, the lengths (B,) follow (after the intervals), ``forward(u, state, lengths=lengths)``.
+    ``with_lengths``, the lengths (B,) follow (after the intervals), ``forward(u, state, lengths=lengths)`` (a pair
+    model's (B, 2), with u (B, 2, L, ...)).
 
     A bare sequence layer takes no lengths: it reads u as 0 after each length (as ``SequenceModel`` reads real
     padding), and a bidirectional one that declares ``takes_mask`` gets the mask too (`RealBidirectionalSequence`,
@@ -485,8 +495,15 @@ class _MaskedMega(nn.Module):
     i - j, the same at any length), so at each item's steps the outputs are the shorter call's: its unpadded
     sequence's alone.
 
+    Without chunks, the simple bias b_rel[i, j] is a table of the offsets |i - j| < P = ``max_positions``: Mega's own
+    forward reads a padded batch of L > P whose items are all at most P long (it stops at the longest), where a graph
+    over the whole L indexed the table out of range (onnxruntime refused the run). Here the table is read at the
+    offset clamped to [-(P-1), P-1]: within an item of n <= P steps no offset is clamped, and its padded keys get weight
+    0 whatever their bias, so its outputs are exact; an item longer than P (its forward raises ``ValueError``) gets NaN
+    outputs instead of a clamped answer.
+
     Args:
-        mega: the bidirectional Mega layer (a converted copy).
+        mega: the bidirectional Mega layer (a converted copy; its relative bias is replaced so, without chunks).
     """
 
     bidirectional = True
@@ -496,6 +513,9 @@ class _MaskedMega(nn.Module):
         super().__init__()
         self.mega = mega
         self.d_model = mega.d_model
+        self.reach = mega.span if mega.chunk_size is None and mega.positional == "simple" else None
+        if self.reach is not None:  # (the copy's own method: torch.export traces the clamped table)
+            mega._relative_bias = types.MethodType(_clamped_simple_bias, mega)
 
     def supports(self, capability: str) -> bool:
         """The layer's own answer.
@@ -519,15 +539,30 @@ class _MaskedMega(nn.Module):
             mask: (B, L) bool, True at each sequence's steps, or None: every step.
 
         Returns:
-            y (B, L, H) in x's dtype (unspecified at the padding), and None.
+            y (B, L, H) in x's dtype (unspecified at the padding; NaN for an item longer than ``max_positions``
+            without chunks), and None.
         """
-        if mask is None:
+        if mask is None and self.reach is None:
             return self.mega(x, state, return_state)
         if state is not None:
             raise ValueError("a bidirectional Mega has no recurrent state: pass state=None")
+        if mask is None:  # every step (the item's length L, which may exceed the table: a tensor, not a branch)
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         with float32_core(x.device.type):
             y, _ = self.mega._mega(x.to(self.mega.W_v.dtype), None, False, mask=mask)
+        if self.reach is not None:  # n_b, the end of each item's steps: NaN beyond the table (forward raises there)
+            ends = torch.where(mask, torch.arange(1, x.shape[1] + 1, device=x.device), 0).amax(-1)  # (B,)
+            y = torch.where((ends > self.reach)[:, None, None], float("nan"), y)
         return y.to(x.dtype), None
+
+
+def _clamped_simple_bias(mega: nn.Module, T: int, K: int, offset: int, device: torch.device) -> torch.Tensor:
+    """Mega's simple relative bias b_rel[i, j] (queries at offset..offset+T-1, keys at 0..K-1: (T, K)) read at the
+    offset d = i - j clamped to [-(P-1), P-1], P = ``max_positions`` (`_MaskedMega`): the table's own entry
+    P - 1 - d wherever |d| < P, the edge's beyond (no ``ValueError``, which torch.export cannot branch on)."""
+    d = torch.arange(offset, offset + T, device=device)[:, None] - torch.arange(K, device=device)  # (T, K)
+    edge = mega.span - 1
+    return mega.rel_bias[edge - d.clamp(-edge, edge)]
 
 
 def _traceable_masks(converted: nn.Module) -> nn.Module:
@@ -576,11 +611,15 @@ def export_onnx_sequence(
     ``forward``'s. A bare sequence layer reads u as 0 after each length. ``OnnxExport.feed`` checks the values
     (the graph cannot: a length above L reads every step).
 
+    A pair model (``pair=True``) is written from rest only (``with_state=False``), without intervals: u (B, 2, L, m)
+    (or (B, 2, L) token ids), B and L dynamic, and with ``lengths=True`` ``lengths`` (B, 2) int64, each pair's two
+    documents' lengths (:mod:`ssmkit.analysis.onnx_pair`); each pair's logits are those of its two unpadded documents.
+
     Needs ``onnx`` and ``onnxscript`` (``pip install ssmkit[onnx]``).
 
     Args:
-        model: a SequenceModel (real inputs (B, L, d_input) or token ids (B, L)) or a DeepWiener, on any device
-            (the graph is traced from a CPU copy).
+        model: a SequenceModel (real inputs (B, L, d_input) or token ids (B, L); a pair model's (B, 2, L, d_input)
+            or (B, 2, L)) or a DeepWiener, on any device (the graph is traced from a CPU copy).
         path: the ONNX file to write.
         batch_size: None (default) for a dynamic batch axis; an int B fixes it.
         max_length: the longest L the graph declares (torch.export's range of the length axis).
@@ -590,17 +629,19 @@ def export_onnx_sequence(
         opset_version: the ONNX opset.
         intervals: add the input ``intervals`` (above).
         lengths: add the input ``lengths`` (above), for a model whose forward takes ``lengths`` (a SequenceModel)
-            or a bare sequence layer.
+            or a bare sequence layer; (B, 2) for a pair model.
 
     Returns:
         an :class:`OnnxExport` describing the graph (its states are the step graph's, `onnx_state` maps a model
-        state onto them; none without state; ``lengths_name`` says whether it has the lengths input).
+        state onto them; none without state; ``lengths_name`` says whether it has the lengths input); for a pair
+        model a `PairOnnxExport` (its ``feed`` takes u (B, 2, L, ...) and lengths (B, 2)).
 
     Raises:
         NotImplementedError: a layer's state is complex or grows, or its forward could not be converted (the message
-            names it); with ``with_state=True``, a bidirectional layer (it has no state: export it from rest).
-        ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one); with
-            ``lengths=True``, a model whose forward takes no lengths (a DeepWiener).
+            names it); with ``with_state=True``, a bidirectional layer (it has no state: export it from rest) or a pair
+            model (it classifies whole pairs).
+        ValueError: with ``intervals=True``, a layer that takes no intervals (or a bidirectional one), or a pair
+            model; with ``lengths=True``, a model whose forward takes no lengths (a DeepWiener).
     """
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None (a dynamic batch axis) or an int >= 1; got {batch_size!r}")
@@ -614,6 +655,11 @@ def export_onnx_sequence(
         raise ValueError(f"lengths=True: {type(model).__name__}'s forward takes no lengths (each right-padded "
                          "sequence's length); export a SequenceModel or a sequence layer with it, or run each record "
                          "at its own length")
+    if not isinstance(with_state, bool):
+        raise ValueError(f"with_state must be a bool; got {with_state!r}")
+    pair = getattr(model, "pair", False) is True  # a dual encoder: u (B, 2, L, ...), lengths (B, 2), no state
+    if pair:
+        check_pair_export(with_state, intervals)
     if intervals:  # traced on the CPU whatever the model's device
         from ssmkit.analysis.onnx_irregular import irregular_model
 
@@ -629,9 +675,11 @@ def export_onnx_sequence(
     example_b = batch_size or 2  # torch.export specialises a size-1 axis
     example_l = min(max_length, 2 * max((getattr(m, "T", 1) for m in converted.modules()), default=1) + 3)
     step_input = _example_input(model, example_b).cpu()
-    u = step_input[:, None].expand((example_b, example_l) + tuple(step_input.shape[1:])).contiguous()
-    if not isinstance(with_state, bool):
-        raise ValueError(f"with_state must be a bool; got {with_state!r}")
+    if pair:
+        u, example_lengths = pair_example(step_input, example_l, lengths)
+    else:
+        u = step_input[:, None].expand((example_b, example_l) + tuple(step_input.shape[1:])).contiguous()
+        example_lengths = example_l - torch.arange(example_b, dtype=torch.int64) % example_l if lengths else None
     if with_state:
         _refuse_bidirectional(model, f"{type(model).__name__}'s forward with a state",
                               "export it from rest with with_state=False")
@@ -643,22 +691,22 @@ def export_onnx_sequence(
         raise NotImplementedError(f"{err}; with_state=False exports the forward from rest, without a state") from None
     length = torch.export.Dim("length", min=2, max=max_length)
     batch = torch.export.Dim("batch") if batch_size is None else None
-    dims_u = {1: length} if batch is None else {0: batch, 1: length}
+    time_axis = 2 if pair else 1  # u (B, 2, L, ...) of a pair model
+    dims_u = {time_axis: length} if batch is None else {0: batch, time_axis: length}
     # (u, *inputs), inputs = ([intervals (B, L): the axes of u's], [lengths (B,)], *state)
     batch_only = {0: batch} if batch is not None else {}
     rest = (((dims_u,) if intervals else ()) + ((batch_only,) if lengths else ())
             + tuple({0: batch} if batch is not None else {} for _ in state))
     dynamic = (dims_u, rest) if rest else (dims_u,)
     interval = ("intervals", torch.ones(u.shape[:2], dtype=_float_dtype(model))) if intervals else None
-    example_lengths = example_l - torch.arange(example_b, dtype=torch.int64) % example_l if lengths else None
     # autograd off: with it on, torch traced the scan op's autograd form, which failed on Mamba's
     try:
-        return _write_graph(SequenceFunction(converted, with_state, intervals, lengths).eval(), u, state, path,
+        info = _write_graph(SequenceFunction(converted, with_state, intervals, lengths).eval(), u, state, path,
                             dynamic, opset_version, batch_size, grad=False, what=f"{type(model).__name__}'s forward",
-                            check=lambda partial: _check_dynamic_length(partial, type(model).__name__),
+                            check=lambda partial: _check_dynamic_length(partial, type(model).__name__, time_axis),
                             interval=interval, lengths=example_lengths)
     except NotImplementedError as err:
-        left = _bidirectional_layers(converted)  # those without a real two-direction realisation kept their forward
+        left = _unconverted_bidirectional(converted)  # those without a real two-direction realisation: their forward
         if not left:
             raise
         name, layer = left[0]
@@ -668,10 +716,20 @@ def export_onnx_sequence(
             "traced and could not be converted; the LTI layers (S4, S4D, DSS, DLR, EMA, S5, LRU) export "
             f"bidirectionally from rest, as two real scans ({err})"
         ) from err
+    return PairOnnxExport(**{f.name: getattr(info, f.name) for f in dataclasses.fields(info)}) if pair else info
 
 
-def _check_dynamic_length(path: Path, name: str) -> None:
-    """Raise unless the graph's input ``u`` has a symbolic length axis.
+def _unconverted_bidirectional(converted: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The bidirectional layers of ``converted`` that kept their own two-sided forward: not a Mega (its EMA core is
+    a `RealBidirectionalSequence` there; before, a Mega that failed for another reason, its attention's span, was
+    blamed on a two-sided kernel in complex arithmetic)."""
+    from ssmkit.layers.mega import Mega
+
+    return [(name, layer) for name, layer in _bidirectional_layers(converted) if not isinstance(layer, Mega)]
+
+
+def _check_dynamic_length(path: Path, name: str, axis: int = 1) -> None:
+    """Raise unless the graph's input ``u`` has a symbolic length axis (``axis``: 1, or 2 for pairs (B, 2, L, ...)).
 
     When torch.export cannot keep L symbolic, the ONNX exporter falls back to a draft export that specialises L to the
     example's length and writes a graph for that one length, with a warning only.
@@ -679,8 +737,9 @@ def _check_dynamic_length(path: Path, name: str) -> None:
     import onnx
 
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    if len(dims) < 2 or not dims[1].dim_param:
+    if len(dims) <= axis or not dims[axis].dim_param:
         raise NotImplementedError(
-            f"{name}'s forward was exported for one sequence length only ({dims[1].dim_value if len(dims) > 1 else '?'}): "
+            f"{name}'s forward was exported for one sequence length only "
+            f"({dims[axis].dim_value if len(dims) > axis else '?'}): "
             "a layer's forward branches on L; export the step with export_onnx instead"
         )

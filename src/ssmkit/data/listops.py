@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ssmkit.data.task import (
-    FileTask, GeneratedTask, TaskInfo, check_positive, register_task,
+    FileTask, GeneratedTask, TaskInfo, check_labels, check_positive, register_task,
 )
 from ssmkit.data.pool import process_pool
 from ssmkit.data.store import data_root
@@ -52,6 +52,7 @@ OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 VOCAB = ("<pad>", "<unk>", "<eos>", *[str(d) for d in range(10)], *OPERATORS, "X")
 TOKEN_ID = {t: i for i, t in enumerate(VOCAB)}
 PAD, UNK, EOS = 0, 1, 2
+STALL_DRAWS = 200_000  # candidate trees drawn without a new distinct expression before generate_listops gives up
 
 Tree = Union[int, tuple]  # a digit, or (operator, [children])
 
@@ -206,7 +207,9 @@ def generate_listops(
     """Draw ``n`` distinct expressions with min_length < length < max_length, in generation order.
 
     Chunks of ``draws_per_chunk`` candidate trees are drawn (by ``workers`` processes when > 1) and consumed in
-    chunk order, so the result does not depend on ``workers``.
+    chunk order, so the result does not depend on ``workers``. When the options admit fewer than ``n`` distinct
+    expressions (a narrow length window, a small ``max_depth``), ``STALL_DRAWS`` candidates in a row without a new
+    one raise a ``ValueError`` (the LRA generator loops forever there, and so did this one).
 
     Args:
         n: distinct expressions wanted.
@@ -228,15 +231,22 @@ def generate_listops(
     job = (seed, 0, draws_per_chunk, min_length, max_length, max_depth, max_args)
     batch = 2 * workers  # chunks per round (an endless job list would be drawn at once)
     with process_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:  # never forked: data/pool.py
-        start = 0
+        start, stalled = 0, 0
         while len(found) < n:
             jobs = [job[:1] + (c,) + job[2:] for c in range(start, start + batch)]
             # the pool's round whole (no job is left running when the pool closes); in chunk order
             for rows in (pool.map(_chunk, jobs) if pool else map(_chunk, jobs)):
+                before = len(found)
                 for text, label in rows:
                     found.setdefault(text, label)
                     if len(found) == n:
                         return list(found.items())
+                stalled = 0 if len(found) > before else stalled + draws_per_chunk
+                if stalled >= STALL_DRAWS:  # checked per chunk: the same chunk whatever the number of workers
+                    raise ValueError(
+                        f"only {len(found)} distinct expressions with {min_length} < length < {max_length} (max_depth "
+                        f"{max_depth}, max_args {max_args}) turned up, none new in the last {stalled} draws; {n} "
+                        "were asked for: widen the length window, raise max_depth or ask for fewer")
             start += batch
     return list(found.items())
 
@@ -275,6 +285,7 @@ def read_listops_tsv(path: str | os.PathLike, l_max: int) -> tuple[torch.Tensor,
             source, _, target = line.rstrip("\n").rpartition("\t")
             if not source or not target.strip().isdigit():
                 raise ValueError(f"{path}:{i}: expected 'expression<TAB>label'; got {line[:60]!r}")
+            check_labels([int(target)], 10, f"{path}:{i}")  # ListOps values are digits
             xs.append(encode(tokenize(source), l_max))
             ys.append(int(target))
     if not xs:
@@ -317,6 +328,8 @@ class ListOpsTask(GeneratedTask):
                        max_depth=self.max_depth)
         if self.max_args < 2:
             raise ValueError(f"max_args must be >= 2; got {self.max_args}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: every CPU); got {self.workers}")
         if not 0 <= self.min_length < self.max_length:
             raise ValueError(f"need 0 <= min_length < max_length; got {self.min_length}, {self.max_length}")
 

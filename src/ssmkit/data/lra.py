@@ -26,7 +26,8 @@ padded to ``l_max``. Text and Retrieval declare ``pad_id`` 0, so mean pooling sk
   ``pathfinder32/curv_baseline/imgs/0/sample_172.png``, which S4 leaves out by name. A PNG that is missing or cannot
   be decoded is an error (S4's loader reads every other row; skipping it would shrink the set, move every image of
   the seeded split and be cached). Decoding 200,000 PNGs takes minutes, so the decoded pixels are cached under
-  ``<root>/generated/<task>-decoded/`` (atomic write), keyed by the folder and its metadata files.
+  ``<root>/generated/<task>-decoded/`` (atomic write), keyed by the folder and its metadata files (names, sizes and
+  SHA-256 of their contents).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmkit.data.sequences import ScaledSequences, split_off
-from ssmkit.data.store import cached, data_root
+from ssmkit.data.store import cached, data_root, sha256_file
 from ssmkit.data.task import FileTask, TaskInfo, register_task
 
 BYTE_VOCAB = 257  # 0 = padding, byte b -> b + 1
@@ -141,7 +142,8 @@ def read_aan_tsv(path: str | os.PathLike, l_max: int, decode: bool = False) -> t
             S4 and S5 read them.
 
     Returns:
-        x (B, 2, L) int16 ids (the two documents, each padded with 0 to L = ``l_max``); y (B,) int64 labels.
+        x (B, 2, L) int16 ids (the two documents, each padded with 0 to L = ``l_max``); y (B,) int64 labels (a label
+        other than 0 or 1 is a ``ValueError`` naming the line).
     """
     xs, ys = [], []
     with open(path, encoding="utf-8") as f:
@@ -150,7 +152,13 @@ def read_aan_tsv(path: str | os.PathLike, l_max: int, decode: bool = False) -> t
             if len(cells) != 5:
                 raise ValueError(f"{path}:{i}: expected 5 tab-separated cells (label, id1, id2, text1, text2); "
                                  f"got {len(cells)}")
-            ys.append(int(float(cells[0])))
+            try:
+                label = float(cells[0])  # the release writes 0 / 1 (or 0.0 / 1.0)
+            except ValueError:
+                label = None
+            if label not in (0.0, 1.0):  # float("x") named neither file nor line, and a 2 passed
+                raise ValueError(f"{path}:{i}: expected the label (1st cell) 0 or 1; got {cells[0][:20]!r}")
+            ys.append(int(label))
             first, second = (encode_bytes(_document(c) if decode else c, l_max) for c in cells[3:5])
             xs.append(np.stack([first, second]))
     if not xs:
@@ -214,7 +222,8 @@ def read_pathfinder_folder(folder: str | os.PathLike, size: int) -> tuple[torch.
     Returns:
         pixels (B, L, 1) uint8 with L = size², raster order; labels (B,) int64. Rows naming an empty (0-byte)
         PNG are left out (the release's one known defect); a ``ValueError`` names the PNGs that are missing or
-        cannot be decoded (a partly extracted release), before anything is cached.
+        cannot be decoded (a partly extracted release), before anything is cached, and a row whose label is not 0
+        or 1 (the metadata file and line).
     """
     from PIL import Image
 
@@ -224,12 +233,14 @@ def read_pathfinder_folder(folder: str | os.PathLike, size: int) -> tuple[torch.
         raise ValueError(f"{folder}/metadata: no .npy metadata files")
     xs, ys, bad = [], [], []
     for meta in metas:
-        for line in meta.read_text().splitlines():
+        for number, line in enumerate(meta.read_text().splitlines(), 1):
             cells = line.split()
             if not cells:
                 continue
             if len(cells) < 4:
                 raise ValueError(f"{meta}: expected rows 'subfolder file_name index label ...'; got {line!r}")
+            if cells[3] not in ("0", "1"):  # int() would name neither the file nor the line; 2 would pass
+                raise ValueError(f"{meta}:{number}: expected the label (4th cell) 0 or 1; got {line!r}")
             path = folder / cells[0] / cells[1]
             if path.is_file() and path.stat().st_size == 0:
                 continue  # the release's known empty file (S4 leaves it out by name)
@@ -286,7 +297,8 @@ class _PathfinderFiles(FileTask):
         """
         self.check_present(root)
         folder = self.folder(root)
-        stamp = sorted((p.name, p.stat().st_size) for p in (folder / "metadata").glob("*.npy"))
+        # the metadata's contents, not only their sizes: a label corrected in place keeps the file's size
+        stamp = sorted((p.name, p.stat().st_size, sha256_file(p)) for p in (folder / "metadata").glob("*.npy"))
         options = {"folder": str(folder.resolve()), "metadata": stamp}
         tensors = cached(f"{self.name}-decoded", options, lambda: dict(zip(("x", "y"),
                          read_pathfinder_folder(folder, self.size))), root)

@@ -404,6 +404,8 @@ class PathfinderTask(GeneratedTask):
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {self.preset!r}")
         check_positive(n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: every CPU); got {self.workers}")
 
     def options(self) -> dict:
         """The cache key: every option but ``workers``."""

@@ -47,12 +47,19 @@ def read_samples(path: str | os.PathLike) -> np.ndarray:
 
     A file whose data stop before the sample count its header declares (cut short, e.g. by an interrupted
     extraction) is refused with a ``ValueError`` naming it: read as it is, it would become a shorter clip, zero-padded
-    in SC35 and dropped from SC10's full-length clips, silently.
+    in SC35 and dropped from SC10's full-length clips, silently. So is a file that is not a PCM WAV file at all (the
+    ``wave`` module's errors do not name the file).
 
     Args:
         path: the .wav file.
     """
-    with wave.open(str(path), "rb") as f:
+    try:
+        f = wave.open(str(path), "rb")
+    except (wave.Error, EOFError) as error:  # not RIFF/WAVE, not PCM, or cut inside the header
+        why = str(error) or "empty or cut short"
+        raise ValueError(f"{path}: not a 16-bit PCM WAV file ({type(error).__name__}: {why}); "
+                         "extract the release again") from error
+    with f:
         if f.getsampwidth() != 2 or f.getnchannels() != 1 or f.getframerate() != SAMPLE_RATE:
             raise ValueError(f"{path}: expected 16-bit mono PCM at {SAMPLE_RATE} Hz; got {8 * f.getsampwidth()}-bit, "
                              f"{f.getnchannels()} channels, {f.getframerate()} Hz")

@@ -280,6 +280,22 @@ def check_positive(**sizes: int) -> None:
             raise ValueError(f"{key} must be an int >= 1; got {value!r}")
 
 
+def check_labels(labels: np.ndarray, n_classes: int, where: object) -> None:
+    """Raise ``ValueError`` naming ``where`` unless every label is in ``[0, n_classes)``: a label outside would pass the
+    loader and fail later inside the loss (or a CUDA assert), far from the file that held it.
+
+    Args:
+        labels: (B,) labels as read.
+        n_classes: the number of classes.
+        where: the file (or file and line) the labels came from, for the message.
+    """
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        bad = labels[(labels < 0) | (labels >= n_classes)]
+        raise ValueError(f"{where}: expected labels 0..{n_classes - 1}; got {len(bad)} outside, e.g. {bad[0]} "
+                         f"(is this the right data set?)")
+
+
 _TASKS: dict[str, type[Task]] = {}
 
 T = TypeVar("T", bound=type)

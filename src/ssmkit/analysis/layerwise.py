@@ -195,9 +195,14 @@ def analyze_layer(name: str, layer: nn.Module, dt: float, hinf_tol: float = 1e-1
 
     Returns:
         the :class:`LayerAnalysis`.
+
+    Raises:
+        ValueError: for a layer whose realisation holds a NaN or inf (non-finite parameters), naming the layer, the
+            system and the matrix.
     """
     exported = layer.state_space()
     system = StateSpace(exported.A, exported.B, exported.C, exported.D, dt=dt).to_real()
+    system._require_finite(f"the analysis of layer {name!r}")  # names the layer, not only the system
     z = system.poles()  # (G, n)
     with np.errstate(divide="ignore"):
         s = np.log(z.astype(np.complex128)) / dt  # (G, n): z = e^{s dt}

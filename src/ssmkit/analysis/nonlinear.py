@@ -143,7 +143,8 @@ class NonlinearSystem:
         model: a :class:`ssmkit.sysid.DeepWiener`, or a :class:`ssmkit.models.SequenceModel` with real inputs
             (``d_input``; not token ids), or any module with ``initial_state(batch_size)``, ``step(u_t, state)`` ->
             (y_t (B, p), next state) and ``n_inputs`` or ``d_input``. Its layers must have ``step`` and a state of
-            fixed size. A float64 copy on the CPU, in eval mode, is what is analysed.
+            fixed size, and its parameters finite (a ValueError names those that are not). A float64 copy on the CPU,
+            in eval mode, is what is analysed.
         dt: the sampling time in seconds; None takes the model's ``dt`` (a DeepWiener's Ts), else 1.0 in samples.
 
     Attributes:
@@ -166,6 +167,11 @@ class NonlinearSystem:
         _leaves(user_state)  # refuses a part that is not a tensor, by its path
         self._user_like = pytree.tree_map(lambda t: t.detach().cpu(), user_state)  # the user's dtypes, for states out
         self._model = copy.deepcopy(model).to(device="cpu", dtype=F64).eval().requires_grad_(False)
+        broken = [name for name, p in self._model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:  # else Newton's "no convergence ... residual nan" or LAPACK's "must not contain infs or NaNs"
+            verb = "holds" if len(broken) == 1 else "hold"
+            raise ValueError(f"NonlinearSystem needs a model with finite parameters; {', '.join(broken[:3])}"
+                             f"{' …' if len(broken) > 3 else ''} {verb} NaN or inf (a diverged training?)")
         template = self._model.initial_state(1)
         leaves = _leaves(template)
         for path, t in leaves:

@@ -126,7 +126,9 @@ def solve_lyapunov(T: np.ndarray, Q: np.ndarray, adjoint: bool) -> np.ndarray:
 
 def _real_and_stable(system: StateSpace, what: str) -> StateSpace:
     """The real realisation of ``system``; ``ValueError`` naming the systems that are not Schur stable (Hurwitz
-    stable, every pole Re s < 0, for a continuous-time bank)."""
+    stable, every pole Re s < 0, for a continuous-time bank), or for a NaN or inf entry naming the system and the
+    matrix (`StateSpace._require_finite`)."""
+    system._require_finite(what)
     real = system.to_real()
     bad = np.flatnonzero(~real.stable_mask())
     if bad.size and real.is_continuous:
@@ -268,7 +270,12 @@ def h2_and_hankel(system: StateSpace, hankel: bool = False) -> tuple[np.ndarray,
 
     Returns:
         (G,) float64 H2 norms, and (G, n) float64 Hankel singular values (n of the real realisation) or None.
+
+    Raises:
+        ValueError: for a NaN or inf entry of A, B, C or D, naming the system and the matrix (its Gramian would come
+            out NaN and the system be reported as unbounded).
     """
+    system._require_finite("the H2 norm and Hankel singular values" if hankel else "the H2 norm")
     real = system.to_real()
     h2 = np.full(real.nsystems, np.inf)
     hsv = np.full((real.nsystems, real.nstates), np.nan) if hankel else None

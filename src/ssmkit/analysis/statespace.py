@@ -485,6 +485,7 @@ class StateSpace:
         if self.is_continuous:
             raise ValueError("to_continuous needs a discrete-time bank; this one is continuous already (dt = 0)")
         _check_sampling_rule(method, hold)
+        self._require_finite("to_continuous")
         step = prewarped_step(self._dt, method, prewarp_frequency)
         mats = [np.empty_like(M) for M in (self._A, self._B, self._C, self._D)]
         for g in range(self.nsystems):
@@ -528,6 +529,7 @@ class StateSpace:
                              f"(dt = {self._dt}): to_continuous() first")
         dt = check_sampling_time(dt)
         _check_sampling_rule(method, hold)
+        self._require_finite("to_discrete")
         step = prewarped_step(dt, method, prewarp_frequency)
         mats = [np.empty_like(M) for M in (self._A, self._B, self._C, self._D)]
         for g in range(self.nsystems):
@@ -594,6 +596,26 @@ class StateSpace:
             control.ss(self._A[g], self._B[g], self._C[g], self._D[g], self._dt, **names) for g in range(self.nsystems)
         ]
 
+    def _require_finite(self, what: str, letters: str = "ABCD") -> None:
+        """Raise ``ValueError`` when a matrix named in ``letters`` holds a NaN or inf, naming the matrix, the first
+        such system and how many there are: LAPACK refuses such input with numpy's bare "Array must not contain infs
+        or NaNs", which named neither the system nor the cause (a model whose parameters diverged).
+
+        Args:
+            what: what needs the finite matrices, for the message.
+            letters: which of A, B, C, D it reads.
+        """
+        for letter in letters:
+            M = getattr(self, "_" + letter)  # (G, rows, cols)
+            bad = np.flatnonzero(~np.isfinite(M).reshape(M.shape[0], -1).all(axis=1))  # systems with a NaN or inf
+            if bad.size:
+                g = int(bad[0])
+                value = M[g][~np.isfinite(M[g])].ravel()[0]
+                more = f" (and {bad.size - 1} more of the G = {self.nsystems})" if bad.size > 1 else ""
+                raise ValueError(f"{what} needs finite matrices; {letter} of system {g}{more} holds {value} (a model "
+                                 f"whose parameters are not finite: a diverged training?; or a linearisation at a "
+                                 f"point where the model is not finite)")
+
     def _require_real(self, what: str) -> None:
         if self.is_complex:
             raise ValueError(
@@ -607,7 +629,11 @@ class StateSpace:
 
         Returns:
             (G, n) complex.
+
+        Raises:
+            ValueError: for a non-finite entry of A, naming the system.
         """
+        self._require_finite("poles", "A")
         return np.linalg.eigvals(self._A).astype(np.complex128)
 
     def stable_mask(self) -> np.ndarray:
@@ -644,6 +670,7 @@ class StateSpace:
         """
         import scipy.linalg
 
+        self._require_finite("zeros")
         if self.is_complex:
             return self.to_real().zeros()
         n, m, p = self.nstates, self.ninputs, self.noutputs
@@ -702,6 +729,9 @@ class StateSpace:
         w = np.atleast_1d(_as_array(omega, "omega"))
         if np.iscomplexobj(w) or w.ndim != 1:
             raise ValueError(f"omega must be a real 1-D array (W,) in rad/s; got {w.dtype} {tuple(w.shape)}")
+        if not np.isfinite(w).all():  # e^{j·inf·dt} is NaN: a silent NaN response
+            raise ValueError(f"omega must be finite frequencies in rad/s; got {w[~np.isfinite(w)][0]} at index "
+                             f"{int(np.flatnonzero(~np.isfinite(w))[0])}")
         points = 1j * w if self.is_continuous else np.exp(1j * w * self._dt)  # (W,) s or z
         return self._physical(np.broadcast_to(points, (self.nsystems, w.size)))  # (G, W) -> (G, p, m, W)
 
@@ -731,6 +761,7 @@ class StateSpace:
         Returns:
             (G,) float64.
         """
+        self._require_finite("hinf_norm")
         if self.is_continuous:
             if method not in ("hamiltonian", "grid"):
                 raise ValueError(f"method must be one of ('hamiltonian', 'grid'); got {method!r}")
@@ -770,6 +801,7 @@ class StateSpace:
         from ssmkit.analysis import hinf
 
         hinf.check_tolerance(tol)  # also when no system is stable (nothing would read it)
+        self._require_finite("hinf_bounds")
         if self.is_continuous:
             return self._on_tustin_image(lambda image: image.hinf_bounds(tol), (2,))
         real = self.to_real()
@@ -866,6 +898,7 @@ class StateSpace:
     def _schur_form(self) -> frequency.SchurForm:
         """The complex Schur form of every system (`frequency.schur_form`), computed once (A, B, C are read-only)."""
         if self._schur is None:
+            self._require_finite("the frequency response", "A")  # a NaN in B, C or D only makes H NaN
             self._schur = frequency.schur_form(self._A, self._B, self._C)
         return self._schur
 

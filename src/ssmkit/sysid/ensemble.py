@@ -241,9 +241,16 @@ class WienerEnsemble(nn.Module):
         return [ss for m in self.members for ss in m.state_space()]
 
     def spectral_radius(self) -> float:
-        """The largest pole magnitude over every LTI block of every member (< 1: all Schur stable; nan without any)."""
-        radii = [r for r in (m.spectral_radius() for m in self.members) if not math.isnan(r)]
-        return max(radii, default=math.nan)
+        """The largest pole magnitude over every LTI block of every member (< 1: all Schur stable; nan without any,
+        and nan when a member's block has a non-finite state matrix: a diverged member has no poles, and the others'
+        radius was reported while :meth:`is_stable` said False)."""
+        radii = []
+        for member in self.members:
+            r = member.spectral_radius()
+            if math.isnan(r) and member.state_space():  # LTI blocks, but one of them is not finite
+                return math.nan
+            radii.append(r)
+        return max((r for r in radii if not math.isnan(r)), default=math.nan)
 
     def is_stable(self) -> bool:
         """Whether every member is stable (:meth:`DeepWiener.is_stable`), hence every branch and the average δISS."""

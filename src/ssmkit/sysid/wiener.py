@@ -597,10 +597,15 @@ class DeepWiener(nn.Module):
         return out
 
     def spectral_radius(self) -> float:
-        """The largest pole magnitude over every LTI block (< 1: every block Schur stable; nan without LTI blocks)."""
+        """The largest pole magnitude over every LTI block (< 1: every block Schur stable; nan without LTI blocks, and
+        for a block whose state matrix holds a NaN or inf: parameters that diverged have no poles, and
+        :meth:`is_stable` is then False, where the poles' LAPACK call raised)."""
         import numpy as np
 
-        return max((float(np.abs(ss.poles()).max()) for ss in self.state_space()), default=math.nan)
+        systems = self.state_space()
+        if any(not np.isfinite(ss.A).all() for ss in systems):
+            return math.nan
+        return max((float(np.abs(ss.poles()).max()) for ss in systems), default=math.nan)
 
     def is_stable(self) -> bool:
         """Whether every block is LTI and Schur stable, hence the model δISS (module docstring; False for a model

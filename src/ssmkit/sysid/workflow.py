@@ -461,7 +461,8 @@ def simulate_test(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulat
         one (L, p) simulation per test record.
 
     Raises:
-        ValueError: when the model's initial-state encoder reads more samples than the benchmark leaves unscored
+        ValueError: when a simulation model's inputs and outputs (``n_inputs``, ``n_outputs``) are not the benchmark's
+            m and p; when the model's initial-state encoder reads more samples than the benchmark leaves unscored
             (``encoder_window > n_init``): its simulation would hold measured outputs at scored samples; for a
             predictor on irregularly sampled test records (``IORecord.t``: its free run takes no sample times).
     """
@@ -469,6 +470,14 @@ def simulate_test(model: DeepWiener, bench: SysidBenchmark, mode: str = "simulat
     if irregular and mode != "simulation":
         raise ValueError(f"test records {irregular} are irregularly sampled (IORecord.t): a predictor's free run "
                          f"(mode {mode!r}) takes no sample times; evaluate a simulation model (mode 'simulation')")
+    m, p = bench.n_inputs, bench.n_outputs
+    sizes = (getattr(model, "n_inputs", None), getattr(model, "n_outputs", None))  # a DeepWiener's, an ensemble's
+    if mode == "simulation" and None not in sizes and sizes != (m, p):
+        # else an error about shapes: the forward's "u must be (B, L, 2)", or the metrics' "y_pred and y_true must
+        # have one shape ... (73728, 1) and (73728, 3)" after the whole simulation, naming neither the model nor the data
+        raise ValueError(f"the model takes {model.n_inputs} input(s) and returns {model.n_outputs} output(s); "
+                         f"{bench.name!r} has m = {m} input(s) {list(bench.inputs)} and p = {p} output(s) "
+                         f"{list(bench.outputs)}: evaluate a model identified on it")
     window = getattr(model, "encoder_window", 0)
     if mode == "simulation" and window > bench.n_init:
         raise ValueError(f"the model's encoder_window {window} exceeds the benchmark's init window n_init = "

@@ -322,8 +322,8 @@ def test_lengths_against_the_window_and_the_encoder():
     m = small(encoder_window=5)
     cfg = dict(window=10, batch_size=2, steps=1, val_every=1)
     fit_simulation(small(encoder_window=5), [record(35)], config=SimulationFit(**cfg, val_fraction=0.2))  # 28 + 7
-    with pytest.raises(ValueError, match="too short to hold out"):
-        fit_simulation(m, [record(30)], config=SimulationFit(**cfg, val_fraction=0.2))  # 24 + 6
+    with pytest.raises(ValueError, match=r"too short for its validation tail: the last 20% holds 6 samples, fewer than the 7"):
+        fit_simulation(m, [record(30)], config=SimulationFit(**cfg, val_fraction=0.2))  # 24 + 6: the tail is short
     with pytest.raises(ValueError, match="too short to hold out"):
         fit_simulation(m, [record(30)], config=SimulationFit(**cfg, val_fraction=0.6))  # 12 + 18
     with pytest.raises(ValueError, match="fewer than window \\+ encoder_window = 15"):

@@ -8,7 +8,8 @@ instead of the last iterate.
 
 The rate warms up, β_t = min(β, 1 - 1/t) at the t-th update: the first 1/(1 - β) updates give the plain mean of the
 iterates seen so far (θ̄_1 = θ_1, the initial weights get no weight), later ones the exponential average with horizon
-~1/(1 - β) steps. Floating-point parameters and buffers are averaged; other buffers (integer counters) are copied.
+~1/(1 - β) steps. Floating-point parameters and buffers are averaged; other buffers (integer counters) are copied;
+a tensor held under several names (tied weights) is folded in once.
 Polyak & Juditsky 1992 (averaging of stochastic-approximation iterates); the warm-up is the running mean.
 """
 
@@ -45,13 +46,21 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         """Fold ``model``'s current weights into the average.
 
+        A tensor held under several names (tied weights: ``state_dict`` lists a shared parameter once per name) is
+        folded in once; folding it once per name would give it the rate β_t^k for k names.
+
         Args:
             model: the module being trained (the same structure as the one given to the constructor).
         """
         beta = self.rate()
         mine = self.module.state_dict()
+        done: set[tuple] = set()
         for name, value in model.state_dict().items():
             target = mine[name]
+            key = (target.data_ptr(), target.dtype, tuple(target.shape), target.stride())
+            if target.numel() and key in done:
+                continue
+            done.add(key)
             if target.is_floating_point() or target.is_complex():
                 target.mul_(beta).add_(value.detach(), alpha=1.0 - beta)
             else:

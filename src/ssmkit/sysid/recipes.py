@@ -245,14 +245,21 @@ def recipe_for_data(bench: SysidBenchmark) -> Recipe:
         the recipe.
 
     Raises:
-        ValueError: when the shortest estimation record leaves fewer than 16 samples for a training window.
+        ValueError: when the shortest estimation record leaves fewer than 16 samples for a training window, or a
+            validation tail shorter than the encoder's ``n_init`` samples + 2 (the tail is simulated from the encoder's
+            state after its first ``n_init`` samples; :func:`ssmkit.sysid.fit.split_tail` refuses it).
     """
     r = DATA_RECIPE
     shortest = min(len(rec) for rec in bench.train)
-    room = int(round(shortest * (1 - r.val_fraction))) - bench.n_init
+    cut = int(round(shortest * (1 - r.val_fraction)))
+    room = cut - bench.n_init
     if room < 16:
         raise ValueError(f"the shortest estimation record ({shortest} samples) leaves {room} samples for a training "
                          f"window after its validation tail ({r.val_fraction:.0%}) and the encoder's {bench.n_init}: "
                          "give longer records, or a smaller n_init")
+    if shortest - cut < bench.n_init + 2:
+        raise ValueError(f"the shortest estimation record ({shortest} samples) leaves a validation tail "
+                         f"({r.val_fraction:.0%}) of {shortest - cut} samples, fewer than the encoder's {bench.n_init} "
+                         "+ 2 it needs: give longer records, or a smaller n_init")
     timescale = (bench.dt / DATA_DELTA[1], bench.dt / DATA_DELTA[0])
     return replace(r, timescale=timescale, encoder_window=bench.n_init, window=min(r.window, room))

@@ -114,7 +114,7 @@ def test_yaml_without_pyyaml_says_how_to_install_it(monkeypatch):
 
 @pytest.mark.parametrize("n_layers, every, offset, want", [
     (6, 3, None, "AAIAAI"),  # Griffin: two recurrent blocks, then attention
-    (8, 8, None, "AAAAAAAI"),  # Jamba: one attention block in eight
+    (8, 8, None, "AAAAAAAI"),  # one attention block in eight, last (Jamba-v0.1 has it at offset 4)
     (7, 3, None, "AAIAAIA"),
     (7, 3, 0, "IAAIAAI"),
     (7, 3, 1, "AIAAIAA"),

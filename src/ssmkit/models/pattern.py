@@ -1,10 +1,12 @@
 """Layer patterns: which registered layer each block of a :class:`ssmkit.models.SequenceModel` uses.
 
 A hybrid model is configuration, not code: ``SequenceModel(layer=[...])`` takes one layer name per block, and
-:func:`interleave` writes the usual patterns (Griffin: two Hawk blocks, then local attention; Jamba: one attention
-block in eight; GSS-Transformer, H3 + attention).
+:func:`interleave` writes the usual patterns (Griffin, arXiv 2402.19427: two recurrent blocks, then local attention;
+Jamba, arXiv 2403.19887: one attention block in eight, at position 4 of each period in Jamba-v0.1's configuration,
+attn_layer_period = 8, attn_layer_offset = 4; GSS-Transformer, H3 + attention).
 
-    interleave("rglru", "attention", n_layers=6, every=3)   # ['rglru', 'rglru', 'attention'] * 2
+    interleave("rglru", "attention", n_layers=6, every=3)            # ['rglru', 'rglru', 'attention'] * 2
+    interleave("mamba", "attention", n_layers=32, every=8, offset=4)  # Jamba-v0.1: attention at blocks 4, 12, 20, 28
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def interleave(base: str, insert: str, n_layers: int, every: int, offset: int | 
         n_layers: the number of blocks.
         every: the period, >= 1 (1: every block is ``insert``).
         offset: the position of ``insert`` within each period, 0 <= offset < every; None = the last position
-            (every - 1), so each period ends with ``insert`` as in Griffin and Jamba.
+            (every - 1), so each period ends with ``insert`` as in Griffin (Jamba-v0.1 puts its attention block at
+            position 4 of 8: ``offset=4``).
 
     Returns:
         the list of layer names, one per block.

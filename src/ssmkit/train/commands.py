@@ -239,7 +239,9 @@ def parse_budget(text: str) -> tuple[int | None, float | None]:
 
 def budget_config(train: TrainConfig, steps: int | None, seconds: float | None) -> TrainConfig:
     """``train`` with a comparison's budget: ``max_steps = steps`` (a warm-up as long or longer shortened to a tenth
-    of the budget), or ``max_time = seconds``.
+    of the budget, and a validation period longer than the budget set to 0: one validation, at the end, where the run
+    would have validated never and a shipped config's ``test_weights: best_val`` was refused), or
+    ``max_time = seconds``.
 
     Args:
         train: the experiment's training configuration.
@@ -254,7 +256,9 @@ def budget_config(train: TrainConfig, steps: int | None, seconds: float | None) 
     if steps is None:
         return dataclasses.replace(train, max_time=seconds)
     warmup = train.warmup_steps if train.warmup_steps < steps else steps // 10
-    return dataclasses.replace(train, max_steps=steps, warmup_steps=warmup)  # both at once: each is checked against the other
+    val_every = train.val_every if train.val_every <= steps else 0
+    # max_steps and warmup_steps at once: each is checked against the other
+    return dataclasses.replace(train, max_steps=steps, warmup_steps=warmup, val_every=val_every)
 
 
 def per_model_options(layer_options: dict[str, Any], models: list[str]) -> dict[str, dict[str, Any]]:

@@ -31,10 +31,13 @@ class TrainConfig:
         lr_floor: the cosine schedule's final factor (default 0: the rate decays to zero).
         grad_clip: clip the gradient norm to this value (default None: no clipping).
         precision: ``"32"`` (the default), ``"64"`` (float64 parameters), ``"bf16-mixed"`` or ``"16-mixed"``
-            (autocast; the SSM cores stay float32).
+            (autocast; the SSM cores stay float32; ``"16-mixed"`` on a GPU only: the CPU has no float16 autocast,
+            and :func:`ssmkit.train.fit` refuses it there rather than train in bfloat16 under its name).
         seed: the seed of the initialisation, the batch order and a random transform's draws, in [0, 2**32 - 1]
             (default 0).
-        val_every: validate every this many steps (0: only at the end; default 250).
+        val_every: validate every this many steps (0: only at the end; default 250); a period longer than
+            ``max_steps`` never validates (``ssmkit train`` refuses it with ``test_weights`` ``"best_val"`` or
+            ``early_stopping``).
         checkpoint_every: write a checkpoint every this many steps (0: only at the end; default 250); each replaces
             the one before (``checkpoints/step<N>.ckpt`` and ``last.ckpt`` hold the newest), so earlier steps are
             not kept.

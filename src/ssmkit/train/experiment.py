@@ -124,7 +124,9 @@ def run_experiment(
     ``train.json``, and for a task that standardised its inputs, the ``arrays`` task's ``normalise``, the training
     split's ``input_mean`` and ``input_std`` that the model's inputs must be standardised with: the model, its
     checkpoints and its ONNX graphs take (x − mean)/std); a resume with another task or other task options is refused
-    (``ValueError``): it trained on, and tested, other data than the saved run's without a word.
+    (``ValueError``): it trained on, and tested, other data than the saved run's without a word. A fresh run whose
+    ``val_every`` exceeds ``max_steps`` (it would never validate) with ``test_weights`` ``"best_val"`` or
+    ``early_stopping`` set is refused before the task is loaded (``ValueError``), not after it has trained.
     """
     from ssmkit.data import get_task
     from ssmkit.train.run import fit
@@ -134,6 +136,7 @@ def run_experiment(
                          f"experiment names {experiment.task!r} (task.json records the experiment's): give "
                          f"Experiment(task={getattr(task, 'name', '...')!r}, ...)")
     record = _same_task_record(experiment, out_dir, resume)
+    _check_validation_period(experiment.train, out_dir, resume)
     if task is None:
         task = get_task(experiment.task, **experiment.task_options)
     info = task.info()
@@ -147,6 +150,34 @@ def run_experiment(
     return fit(config, experiment.train, tensors["train"], tensors.get("val"), tensors.get("test"), out_dir,
                resume=resume, progress=progress, labels=labels, transform=transform, extra_tests=extra or None,
                records={"task": record})
+
+
+def _check_validation_period(train: Any, out_dir: str, resume: bool) -> None:
+    """Refuse, before the task is loaded, a fresh run that can never validate (``val_every`` > ``max_steps``) while
+    ``test_weights`` is ``"best_val"`` or ``early_stopping`` is set, both of which need a validation.
+
+    A shipped config overridden as its header suggests (``--config sequential/smnist-s4 --train.max_steps 1000``: its
+    ``val_every`` is 1,080 and ``test_weights`` ``best_val``) trained the whole run and then failed with a
+    RuntimeError and a traceback; in ``ssmkit compare`` the first model's run failed so, and none was compared. A run
+    resumed from a checkpoint is not checked (its earlier sessions may have validated at another period).
+
+    Args:
+        train: the experiment's :class:`TrainConfig`.
+        out_dir: the run folder.
+        resume: whether the run continues from ``out_dir``'s last checkpoint.
+    """
+    if train.val_every <= train.max_steps:
+        return
+    if resume and os.path.isfile(os.path.join(out_dir, "checkpoints", "last.ckpt")):
+        return
+    needs = [what for what, wanted in (("test_weights 'best_val'", train.test_weights == "best_val"),
+                                       (f"early_stopping {train.early_stopping}", train.early_stopping is not None))
+             if wanted]
+    if needs:
+        raise ValueError(f"val_every {train.val_every} > max_steps {train.max_steps}: the run would never validate, "
+                         f"but {' and '.join(needs)} needs a validation; set val_every to at most {train.max_steps} "
+                         f"(--train.val_every {train.max_steps}, or 0: validate once, at the end)"
+                         + (", or test_weights 'final'" if train.test_weights == "best_val" else ""))
 
 
 def _standardisation_record(task: Any) -> dict[str, list[float]]:

@@ -22,15 +22,18 @@ def _version(path: str) -> tuple[int, str]:
 
 
 def _curve(run_dir: str, key: str) -> tuple[list[int], list[float]]:
-    """A run's logged ``key`` by step (1-based), over its log versions in order (a resumed run starts the next)."""
-    steps, values = [], []
+    """A run's logged ``key`` by step (1-based, increasing), over its log versions in order (a resumed run starts the
+    next). A resumed run repeats the steps after its last checkpoint, and logs their validations again in its new
+    version: the later version's value of a step is kept (the curve went back to the repeated steps, drawing each
+    twice)."""
+    by_step: dict[int, float] = {}
     for path in sorted(glob.glob(os.path.join(run_dir, "logs", "version_*", "metrics.csv")), key=_version):
         with open(path) as f:
             for row in csv.DictReader(f):
                 if row.get(key):
-                    steps.append(int(row["step"]) + 1)
-                    values.append(float(row[key]))
-    return steps, values
+                    by_step[int(row["step"]) + 1] = float(row[key])
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
 
 
 def plot_comparison(results: list[dict[str, Any]], out: str) -> str:

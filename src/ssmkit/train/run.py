@@ -298,6 +298,24 @@ def _within_lengths(tau: object, lengths: torch.Tensor | None, x: torch.Tensor) 
     return unit_gaps_after(tau, lengths)
 
 
+def _check_precision(trainer: Any, precision: str) -> None:
+    """Refuse a run whose precision Lightning replaced: on the CPU, ``"16-mixed"`` (float16 autocast, which the CPU
+    lacks) became ``"bf16-mixed"`` with a warning only, and the run trained in bfloat16 while ``train.json`` and every
+    checkpoint said ``16-mixed`` (a resume of it, or a rerun on a GPU, was then another run).
+
+    Args:
+        trainer: the built Lightning trainer.
+        precision: the ``TrainConfig.precision`` asked for.
+    """
+    wanted = _LIGHTNING_PRECISION[precision]
+    used = str(trainer.precision)
+    if used != wanted:
+        where = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+        raise ValueError(f"precision {precision!r} is not available on the {where} (Lightning would train in "
+                         f"{used!r} instead); choose 'bf16-mixed', '32' or '64' on the CPU, or run '16-mixed' on a GPU "
+                         "(--train.accelerator gpu)")
+
+
 def fit(
     model: SequenceModelConfig,
     train_config: TrainConfig,
@@ -362,7 +380,7 @@ def fit(
 
     Raises:
         ValueError: ``test_weights`` "best_val" or ``early_stopping`` set without a validation split (nothing to
-            select or monitor).
+            select or monitor); a ``precision`` the accelerator lacks (``"16-mixed"`` on the CPU), before training.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
@@ -438,6 +456,7 @@ def fit(
         default_root_dir=out_dir,
         use_distributed_sampler=False,
     )
+    _check_precision(trainer, cfg.precision)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if os.path.isfile(last) and load_checkpoint(last)["global_step"] != trainer.global_step or not os.path.isfile(last):
         trainer.save_checkpoint(last)  # the final weights (the periodic checkpoints stop at a multiple of the period)

@@ -24,7 +24,7 @@ import torch
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.checks import check_positive_int
 from ssmkit.layers.state import select_state
-from ssmkit.models.generate import _check_model, check_eos
+from ssmkit.models.generate import _check_model, _check_prompt_ids, check_eos
 from ssmkit.models.sequence import SequenceModel
 
 __all__ = ["BeamResult", "beam_search"]
@@ -80,6 +80,7 @@ def beam_search(
             or prompts.is_floating_point() or prompts.is_complex() or prompts.dtype == torch.bool:
         found = f"{tuple(prompts.shape)} {prompts.dtype}" if isinstance(prompts, torch.Tensor) else type(prompts).__name__
         raise ValueError(f"prompts must be integer token ids (B, L) with B, L >= 1; got {found}")
+    _check_prompt_ids(list(prompts.long()), model.vocab_size)  # each prompt named, before any work
     check_positive_int(max_new_tokens, "max_new_tokens")
     check_positive_int(num_beams, "num_beams")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not math.isfinite(

@@ -54,6 +54,23 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits must be a real floating (B, V) tensor; got {found}")
 
 
+def _check_generator(generator: torch.Generator | None) -> None:
+    """Raise ``ValueError`` unless ``generator`` is None or a ``torch.Generator`` (greedy decoding ignored anything
+    else, and a draw raised torch's TypeError only after the prompt's forward)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be None or a torch.Generator; got {type(generator).__name__}")
+
+
+def _check_prompt_ids(rows: list[torch.Tensor], vocab_size: int) -> None:
+    """Raise ``ValueError`` naming the first prompt holding an id outside [0, vocab_size) (eagerly, before any work:
+    an id past the shortest prompt's length reached the model only at its ``step``, whose message named no prompt)."""
+    for i, row in enumerate(rows):
+        low, high = int(row.min()), int(row.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"prompt {i} must hold token ids in [0, vocab_size) = [0, {vocab_size}); got ids from "
+                             f"{low} to {high}")
+
+
 def check_eos(eos_id: int | None, vocab: int) -> None:
     """Raise ``ValueError`` unless ``eos_id`` is None or a token id in [0, vocab)."""
     if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab):
@@ -124,6 +141,7 @@ def next_tokens(
     """
     _check_logits(logits)
     _check_sampling(temperature, top_k, top_p, logits.shape[1])
+    _check_generator(generator)
     bad = torch.isnan(logits).any(dim=1) | (logits == -math.inf).all(dim=1)  # (B,)
     if bool(bad.any()):  # argmax took a NaN for the largest logit; multinomial raised a RuntimeError on inf/nan
         row = int(bad.nonzero()[0, 0])
@@ -213,7 +231,9 @@ def generate(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
     check_eos(eos_id, vocab)
+    _check_generator(generator)
     rows = _check_prompts(prompts)
+    _check_prompt_ids(rows, model.vocab_size)
     device = model.head.weight.device
     lengths = [row.numel() for row in rows]
     new: list[list[int]] = [[] for _ in rows]

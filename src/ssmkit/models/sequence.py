@@ -223,6 +223,8 @@ class SequenceModel(nn.Module):
                 want = "(B,)" if per_step else "(B, L)"
                 raise ValueError(f"x must be integer token ids {want}; got {tuple(x.shape)} {x.dtype} (ids are "
                                  "int64 or int32, as nn.Embedding reads them)")
+            if not per_step and x.shape[1] == 0:  # the layers named the embedding's (B, 0, H) instead
+                raise ValueError(f"x must be token ids (B, L) of length L >= 1; got {tuple(x.shape)}")
             if x.numel() and not tracing() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):  # eager only:
                 # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
                 raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "

@@ -41,6 +41,7 @@ class SequenceModelConfig:
         check_finite: raise on the first non-finite value (see ``SequenceModel``).
         pair: inputs are pairs (B, 2, L) encoded by a dual encoder (LRA retrieval).
         pad_id: the id of right padding, which pooling and bidirectional layers skip (``SequenceModel``), or None.
+        tie_embeddings: share the embedding matrix with the LM head (``SequenceModel``; a token LM only).
     """
 
     d_input: int
@@ -60,6 +61,7 @@ class SequenceModelConfig:
     check_finite: bool = False
     pair: bool = False
     pad_id: int | None = None
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         # JSON's containers, as the saved config is read back: a tuple (layer=("s4d", "lru"), an option's range)

@@ -36,6 +36,7 @@ from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, l
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
 TOKEN_DTYPES = (torch.int64, torch.int32)  # the ids nn.Embedding reads
+TIED_EMBEDDING_STD = 0.02  # the official Mamba LM's embedding init (initializer_range), for a tied head
 
 
 class SequenceModel(nn.Module):
@@ -77,6 +78,13 @@ class SequenceModel(nn.Module):
             returns are those after the padding (causal layers read it; continue a batch of prompts of different lengths
             item by item). The outputs at the padding positions are unspecified. ``forward``'s ``lengths`` (B,)
             marks right padding by length instead (or as well), for real inputs too, and takes this same path.
+        tie_embeddings: share the embedding matrix with the LM head (its weight is ``encoder.weight``, no bias), as
+            the official Mamba LM and GPT-2 tie them (Press & Wolf, arXiv 1608.05859); needs ``vocab_size``,
+            ``head="lm"`` and ``d_output == vocab_size``. The shared matrix is drawn N(0, 0.02²), the official Mamba
+            LM's embedding init (an untied embedding keeps ``nn.Embedding``'s N(0, 1)): logits h·Eᵀ of a normalised
+            h of width H then start with a standard deviation 0.02·√H rather than √H. Part of the config, so
+            ``from_config`` and a training resume rebuild the tie (a tie made by hand, ``m.head.weight =
+            m.encoder.weight``, is not).
         device, dtype: of all parameters.
 
     ``model.activation_checkpointing = True`` (an attribute, False at construction; ``TrainConfig`` sets it for
@@ -107,6 +115,7 @@ class SequenceModel(nn.Module):
         check_finite: bool = False,
         pair: bool = False,
         pad_id: int | None = None,
+        tie_embeddings: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -119,7 +128,7 @@ class SequenceModel(nn.Module):
         check_choice(pool, POOLS, "pool")
         if head == "lm" and pool is not None:
             raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
-        for name, value in (("pair", pair), ("check_finite", check_finite)):
+        for name, value in (("pair", pair), ("check_finite", check_finite), ("tie_embeddings", tie_embeddings)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False; got {value!r}")
         if vocab_size is not None:
@@ -130,6 +139,10 @@ class SequenceModel(nn.Module):
                                    or not 0 <= pad_id < vocab_size):
             raise ValueError(f"pad_id must be None or a token id in [0, vocab_size) of a token model; got {pad_id!r} "
                              f"with vocab_size={vocab_size!r}")
+        if tie_embeddings and (vocab_size is None or head != "lm" or d_output != vocab_size):
+            raise ValueError("tie_embeddings=True shares the embedding matrix with the LM head: it needs vocab_size, "
+                             f"head='lm' and d_output == vocab_size; got vocab_size={vocab_size!r}, head={head!r}, "
+                             f"d_output={d_output!r}")
         names = check_pattern(layer, n_layers)
         block_options = options_per_block(layer, names, layer_options)
         options = dict(layer_options or {})
@@ -139,8 +152,8 @@ class SequenceModel(nn.Module):
         self._config = SequenceModelConfig(
             d_input=d_input, d_model=d_model, n_layers=n_layers, layer=layer, d_output=d_output,
             layer_options=options, head=head, pool=pool, vocab_size=vocab_size, pair=pair, pad_id=pad_id, norm=norm,
-            prenorm=prenorm,
-            activation=activation, mixer_out=mixer_out, dropout=dropout, check_finite=check_finite,
+            prenorm=prenorm, activation=activation, mixer_out=mixer_out, dropout=dropout, check_finite=check_finite,
+            tie_embeddings=tie_embeddings,
         )
         self.d_input = d_input
         self.d_model = d_model
@@ -171,6 +184,11 @@ class SequenceModel(nn.Module):
         self.final_norm = (nn.LayerNorm(d_model, eps=NORM_EPS, **factory) if (prenorm and norm is not None)
                            else nn.Identity())
         self.head: nn.Module = DualEncoderHead(d_model, d_output, **factory) if pair else nn.Linear(d_model, d_output, **factory)
+        if tie_embeddings:  # one matrix: logits = h Eᵀ (no bias); drawn as the official Mamba LM draws its embedding
+            self.head = nn.Linear(d_model, d_output, bias=False, device="meta")  # (its own weight replaced below)
+            self.head.weight = self.encoder.weight
+            with torch.no_grad():
+                self.encoder.weight.normal_(0.0, TIED_EMBEDDING_STD)
 
     @classmethod
     def from_config(

@@ -47,6 +47,8 @@ class Experiment:
         dropout: dropout in every block (default 0.0).
         pool: ``"mean"`` (the default) or ``"last"`` for sequence-level targets (ignored for per-step targets: tokens,
             and a task whose ``TaskInfo.per_step`` is True).
+        tie_embeddings: share the embedding matrix with the LM head of a next-token task, ``SequenceModel``'s option
+            (False, the default).
         train: the training configuration (default ``TrainConfig()``; a dict is read by ``TrainConfig.from_dict``).
     """
 
@@ -62,6 +64,7 @@ class Experiment:
     mixer_out: str | None = "auto"
     dropout: float = 0.0
     pool: str | None = "mean"
+    tie_embeddings: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,7 @@ class Experiment:
             activation=self.activation,
             mixer_out=self.mixer_out,
             dropout=self.dropout,
+            tie_embeddings=self.tie_embeddings,
         )
 
 

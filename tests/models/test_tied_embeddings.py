@@ -1,0 +1,130 @@
+"""``SequenceModel(tie_embeddings=True)``: the LM head shares the embedding matrix (Press & Wolf, arXiv 1608.05859; the
+official Mamba LM's ``tie_embeddings``), as part of the config.
+
+References are independent of the code under test: the logits as h·Eᵀ from the model's own features and embedding
+matrix, an untied twin holding the same matrices for the gradient (the tied gradient is the sum of the embedding's and
+the head's), the official Mamba LM's parameter count written out, and torch's own optimiser state.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+from ssmkit.models import SequenceModel, SequenceModelConfig
+from ssmkit.train.experiment import Experiment
+from tests.conftest import DEVICE
+
+F64 = torch.float64
+V, H = 23, 8
+
+
+def _lm(tie: bool = True, layer="s4d", dtype=F64, seed=0) -> SequenceModel:
+    torch.manual_seed(seed)
+    return SequenceModel(d_input=1, d_model=H, n_layers=2, layer=layer, d_output=V, head="lm", pool=None,
+                         vocab_size=V, tie_embeddings=tie, device=DEVICE, dtype=dtype)
+
+
+def test_the_head_is_the_embedding_transposed_without_a_bias():
+    model = _lm().eval()
+    assert model.head.weight is model.encoder.weight and model.head.bias is None
+    x = torch.randint(0, V, (3, 7), device=DEVICE)
+    with torch.no_grad():
+        logits, _ = model(x)
+        h = model.final_norm(_hidden(model, x))
+    assert torch.allclose(logits, h @ model.encoder.weight.T, rtol=0, atol=1e-12)
+
+
+def _hidden(model: SequenceModel, x: torch.Tensor) -> torch.Tensor:
+    """The last block's (B, L, H) output, before the final norm (the blocks run one by one here)."""
+    h = model.encoder(x)
+    for block in model.blocks:
+        h, _ = block(h)
+    return h
+
+
+def test_the_shared_matrix_is_drawn_as_the_official_lm_and_counted_once():
+    model = _lm(layer="mamba", dtype=torch.float32)
+    std = float(model.encoder.weight.detach().std())
+    assert 0.017 < std < 0.023  # N(0, 0.02²): V·H = 184 draws
+    untied = _lm(tie=False, layer="mamba", dtype=torch.float32)
+    assert float(untied.encoder.weight.detach().std()) > 0.5  # nn.Embedding's N(0, 1) when not tied
+    # the untied model holds a head V·H and its bias V more; parameters() and the optimiser see the matrix once
+    assert untied.num_parameters() - model.num_parameters() == V * H + V
+    assert sum(p.numel() for p in model.parameters()) == model.num_parameters()
+    optimiser = torch.optim.AdamW(model.parameters())
+    assert sum(1 for group in optimiser.param_groups for p in group["params"] if p is model.encoder.weight) == 1
+    # the official Mamba LM (d 8, 2 layers, vocab V, tied, RMSNorm blocks and final norm): embedding + 2 mixers +
+    # 3 RMSNorm weights; ours has a LayerNorm as its final norm (a bias of H more)
+    E, N, R, W = 2 * H, 16, 1, 4  # inner width, d_state, dt_rank = ceil(8 / 16), conv width
+    mixer = H * 2 * E + E * W + E + E * (R + 2 * N) + R * E + E + E * N + E + E * H
+    official = V * H + 2 * (mixer + H) + H
+    rms = SequenceModel(d_input=1, d_model=H, n_layers=2, layer="mamba", d_output=V, head="lm", pool=None,
+                        vocab_size=V, norm="rms", tie_embeddings=True)
+    assert rms.num_parameters() == official + H
+
+
+def test_the_gradient_is_the_sum_of_both_uses():
+    tied = _lm()
+    untied = _lm(tie=False)
+    untied.load_state_dict({k: v for k, v in tied.state_dict().items()}, strict=False)
+    with torch.no_grad():
+        untied.head.weight.copy_(tied.encoder.weight)
+        untied.head.bias.zero_()
+    x = torch.randint(0, V, (2, 6), device=DEVICE)
+    for model in (tied, untied):
+        model(x)[0].square().mean().backward()
+    want = untied.encoder.weight.grad + untied.head.weight.grad
+    assert torch.allclose(tied.encoder.weight.grad, want, rtol=0, atol=1e-12)
+
+
+def test_the_tie_survives_the_config_a_copy_and_a_state_dict():
+    model = _lm()
+    config = SequenceModelConfig.from_json(model.config.to_json())
+    assert config.tie_embeddings is True
+    rebuilt = SequenceModel.from_config(config, device=DEVICE, dtype=F64)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randint(0, V, (2, 5), device=DEVICE)
+    for other in (rebuilt, copy.deepcopy(model)):
+        assert other.head.weight is other.encoder.weight
+        assert torch.equal(other(x)[0], model(x)[0])
+    # an older config without the key reads as untied
+    old = model.config.to_dict()
+    del old["tie_embeddings"]
+    assert SequenceModelConfig.from_dict(old).tie_embeddings is False
+    # generation through the tied head: greedy decoding equals re-running the forward and taking the argmax
+    prompt = x[:, :2]
+    out = model.generate(prompt, max_new_tokens=3, temperature=0)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(3):
+            seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(torch.as_tensor(out), seq)
+
+
+def test_the_experiment_passes_it_to_the_model():
+    from ssmkit.data import get_task
+
+    info = get_task("induction_heads", train_length=16, test_lengths=[32], vocab_size=6, n_train=4, n_val=2,
+                    n_test=2).info()
+    config = Experiment(task="induction_heads", tie_embeddings=True, d_model=8, n_layers=1).model_config(info)
+    assert config.tie_embeddings is True and config.head == "lm"
+    model = SequenceModel.from_config(config)
+    assert model.head.weight is model.encoder.weight
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(vocab_size=None, d_input=3), "needs vocab_size, head='lm' and d_output == vocab_size; got vocab_size=None"),
+    (dict(head="classify", pool="mean"), "got vocab_size=23, head='classify'"),
+    (dict(d_output=V + 1), f"d_output={V + 1}"),
+    (dict(tie_embeddings=1), "tie_embeddings must be True or False; got 1"),
+])
+def test_a_tie_that_cannot_be_is_refused(options, message):
+    kwargs = dict(d_input=1, d_model=H, n_layers=1, layer="s4d", d_output=V, head="lm", pool=None, vocab_size=V,
+                  tie_embeddings=True)
+    kwargs.update(options)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SequenceModel(**kwargs)

@@ -133,6 +133,8 @@ class _CauchyMatmul(torch.autograd.Function):
                 out[:, :, m0 : m0 + step] = torch.bmm(v, c)  # (G, S, m); bmm, not @: 1 aten op instead of 4
         if out is not None:
             return out
+        if not blocks:  # no points (W = 0) while tracing: the empty sums, not torch.cat of no blocks
+            return v.new_zeros(G, S, W)  # (G, S, 0)
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)  # (G, S, W)
 
     @staticmethod
@@ -214,8 +216,8 @@ def cauchy_matmul(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
 
     arXiv 2111.00396 §3.3. The Cauchy matrix 1/(z_m - w_n) depends only on the batch dimensions shared with z and
     w (the channels G); the leading dimensions of v that z and w do not have (the S stacked products) reuse it:
-    a (G, S, N) @ (G, N, W) product, built and applied in blocks of points of at most 4 MB (also in the backward, which
-    recomputes the blocks, so memory stays O(G·(S·N + S·W)) whatever the length).
+    a (G, S, N) @ (G, N, W) product, built and applied in blocks of points of at most ``_BLOCK_BYTES`` (8 MB; also in
+    the backward, which recomputes the blocks, so memory stays O(G·(S·N + S·W)) whatever the length).
 
     Args:
         v: (..., N) complex numerators.

@@ -29,7 +29,21 @@ __all__ = ["PairOnnxExport"]
 class PairOnnxExport(OnnxExport):
     """What `export_onnx_sequence` wrote for a pair model: `OnnxExport`'s fields, u (B, 2, L, m) (or (B, 2, L) token
     ids) and, with ``lengths_name``, ``lengths`` (B, 2) int64, the two documents' lengths of each pair; ``feed``
-    checks them so (module docstring)."""
+    checks them so (module docstring).
+
+    Attributes:
+        path: the ONNX file.
+        input_name: the input's name (``"u"``): the pairs (B, 2, L, m) or (B, 2, L).
+        state_names: empty (a pair graph has no state).
+        output_names: ``("y",)``, the logits (B, C).
+        state_shapes: empty.
+        state_dtypes: empty.
+        batch_size: the graph's fixed batch size, or None when its batch axis is dynamic (any B).
+        interval_name: None (a pair model takes no intervals).
+        interval_dtype: None.
+        lengths_name: ``"lengths"`` for a graph exported with ``lengths=True``: int64 (B, 2), each document's length
+            in [1, L]; else None.
+    """
 
     def _lengths(self, u: np.ndarray, lengths) -> np.ndarray:
         """The lengths input of ``feed``: int64 (B, 2) in [1, L] of u (B, 2, L, ...), checked (the graph cannot check

@@ -419,16 +419,8 @@ class OnnxExport:
         if u.ndim < 2:
             raise ValueError(f"u must be (B, L, ...) for the sequence graph; got {u.shape}")
         B, L = u.shape[:2]
-        if lengths is None:
-            return np.full(B, L, dtype=np.int64)
-        found = np.asarray(lengths)
-        if found.dtype.kind not in "iu" or found.shape != (B,):
-            raise ValueError(f"lengths must be integers (B,) = ({B},), each right-padded sequence's length in "
-                             f"[1, L = {L}]; got {found.shape} {found.dtype}")
-        if found.size and (found.min() < 1 or found.max() > L):
-            raise ValueError(f"lengths must be in [1, L = {L}] (each sequence keeps at least one step); found "
-                             f"{found.min()} to {found.max()}")
-        return found.astype(np.int64)
+        return _checked_lengths(lengths, "(B,)", (B,), L, f"each right-padded sequence's length in [1, L = {L}]",
+                               "sequence")
 
     def initial_state(self, batch_size: int | None = None) -> list[np.ndarray]:
         """Zero states, one numpy array (B, *shape) per state part (the rest state of the model).
@@ -587,6 +579,33 @@ def export_onnx(
     # with autograd on: the step caches compare parameter values (torch.equal) when it is off, which is not traceable
     return _write_graph(StepFunction(converted, with_interval=intervals).eval(), u, state, path, dynamic,
                         opset_version, batch_size, grad=True, what=f"{type(model).__name__}.step", interval=interval)
+
+
+def _checked_lengths(lengths, layout: str, shape: tuple[int, ...], L: int, meaning: str, item: str) -> np.ndarray:
+    """The ``lengths`` input of a sequence graph's ``feed``: integers of ``shape`` in [1, L], checked (the graph cannot
+    check values: a length above L read every step, one of 0 or below pooled nothing), as int64; None gives every
+    item L.
+
+    Args:
+        lengths: the lengths given to ``feed``, or None.
+        layout: the shape in letters for the message (``"(B,)"``, ``"(B, 2)"``).
+        shape: the shape they must have.
+        L: the length of u.
+        meaning: what each length is, for the message.
+        item: what keeps at least one step (``"sequence"``, ``"document"``), for the message.
+
+    Returns:
+        int64 of ``shape``.
+    """
+    if lengths is None:
+        return np.full(shape, L, dtype=np.int64)
+    found = np.asarray(lengths)
+    if found.dtype.kind not in "iu" or found.shape != shape:
+        raise ValueError(f"lengths must be integers {layout} = {shape}, {meaning}; got {found.shape} {found.dtype}")
+    if found.size and (found.min() < 1 or found.max() > L):
+        raise ValueError(f"lengths must be in [1, L = {L}] (each {item} keeps at least one step); found "
+                         f"{found.min()} to {found.max()}")
+    return found.astype(np.int64)
 
 
 def _bidirectional_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

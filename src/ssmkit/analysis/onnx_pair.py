@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssmkit.analysis.onnx_export import OnnxExport
+from ssmkit.analysis.onnx_export import OnnxExport, _checked_lengths
 
 __all__ = ["PairOnnxExport"]
 
@@ -59,16 +59,9 @@ class PairOnnxExport(OnnxExport):
         if u.ndim < 3 or u.shape[1] != 2:
             raise ValueError(f"u must be pairs (B, 2, L, ...) for a pair model's sequence graph; got {u.shape}")
         B, L = u.shape[0], u.shape[2]
-        if lengths is None:
-            return np.full((B, 2), L, dtype=np.int64)
-        found = np.asarray(lengths)
-        if found.dtype.kind not in "iu" or found.shape != (B, 2):
-            raise ValueError(f"lengths must be integers (B, 2) = ({B}, 2), each document's length in [1, L = {L}] "
-                             f"(a pair model's lengths, as forward's); got {found.shape} {found.dtype}")
-        if found.size and (found.min() < 1 or found.max() > L):
-            raise ValueError(f"lengths must be in [1, L = {L}] (each document keeps at least one step); found "
-                             f"{found.min()} to {found.max()}")
-        return found.astype(np.int64)
+        return _checked_lengths(lengths, "(B, 2)", (B, 2), L,
+                               f"each document's length in [1, L = {L}] (a pair model's lengths, as forward's)",
+                               "document")
 
 
 def check_pair_export(with_state: bool, intervals: bool) -> None:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import ssmkit.layers as layers
-from tests.conftest import DEVICE
+from tests.conftest import DEVICE, rel_err, run_steps
 
 F64, C128 = torch.float64, torch.complex128
 H = 3
@@ -59,17 +59,13 @@ def x_in(B: int = 2, L: int = 11, seed: int = 1, h: int = H) -> torch.Tensor:
     return torch.randn(B, L, h, generator=torch.Generator().manual_seed(seed), dtype=F64).to(DEVICE)
 
 
-def step_all(layer, x: torch.Tensor) -> torch.Tensor:
-    state, ys = layer.initial_state(x.shape[0]), []
-    for t in range(x.shape[1]):
-        y_t, state = layer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1)
+def step_all(layer, x: torch.Tensor, state=None) -> torch.Tensor:
+    """The outputs (B, L, H) of ``layer.step`` over x from ``state`` (:func:`tests.conftest.run_steps`)."""
+    return run_steps(layer, x, state)[0]
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> None:
-    a, b = d64(a), d64(b)
-    err = (a - b).abs().max().item() / max(b.abs().max().item(), 1e-300)
+    err = rel_err(a, b)  # max |a - b| / max |b| in double precision
     assert err < tol, f"relative error {err:.3e} >= {tol:.1e}"
 
 

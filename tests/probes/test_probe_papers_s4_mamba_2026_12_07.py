@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 import ssmkit.layers as layers
 from ssmkit.train import param_groups
-from tests.conftest import DEVICE
+from tests.conftest import DEVICE, rel_err, run_steps
 
 F64, C128 = torch.float64, torch.complex128
 H = 3
@@ -72,18 +72,13 @@ def x_in(B: int = 2, L: int = 11, seed: int = 1, h: int = H) -> torch.Tensor:
 
 
 def step_all(layer, x: torch.Tensor, state=None) -> torch.Tensor:
-    state = layer.initial_state(x.shape[0]) if state is None else state
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = layer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, dim=1)
+    """The outputs (B, L, H) of ``layer.step`` over x from ``state`` (:func:`tests.conftest.run_steps`)."""
+    return run_steps(layer, x, state)[0]
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> None:
-    a, b = d64(a), d64(b)
     assert a.shape == b.shape, (a.shape, b.shape)
-    err = (a - b).abs().max().item() / max(b.abs().max().item(), 1e-300)
+    err = rel_err(a, b)  # max |a - b| / max |b| in double precision
     assert err < tol, f"relative error {err:.3e} >= {tol:.1e}"
 
 

@@ -183,12 +183,13 @@ class SequenceModel(nn.Module):
         )
         self.final_norm = (nn.LayerNorm(d_model, eps=NORM_EPS, **factory) if (prenorm and norm is not None)
                            else nn.Identity())
-        self.head: nn.Module = DualEncoderHead(d_model, d_output, **factory) if pair else nn.Linear(d_model, d_output, **factory)
         if tie_embeddings:  # one matrix: logits = h Eᵀ (no bias); drawn as the official Mamba LM draws its embedding
-            self.head = nn.Linear(d_model, d_output, bias=False, device="meta")  # (its own weight replaced below)
+            self.head: nn.Module = nn.Linear(d_model, d_output, bias=False, device="meta")  # (its weight replaced)
             self.head.weight = self.encoder.weight
             with torch.no_grad():
                 self.encoder.weight.normal_(0.0, TIED_EMBEDDING_STD)
+        else:
+            self.head = DualEncoderHead(d_model, d_output, **factory) if pair else nn.Linear(d_model, d_output, **factory)
 
     @classmethod
     def from_config(

@@ -194,6 +194,31 @@ def test_the_option_is_checked_and_a_run_without_validation_has_only_final(tmp_p
     assert "test_accuracy_final" in kept and "test_accuracy" not in kept and "best_val_step" not in kept
 
 
+def test_a_run_its_time_limit_stops_between_validations_is_validated_where_it_stopped(tmp_path, monkeypatch):
+    # Lightning's timer (max_time) sets should_stop, and Lightning validates at a step where the run stops: the final
+    # weights are among the candidates, and a run stopped before its first validation still has one (a time budget on
+    # a shipped config, whose val_every is longer, relies on it). The timer reads a fake clock: one second a reading.
+    import types
+
+    import lightning.pytorch.callbacks.timer as timer
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(timer, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
+    train, val, test = splits("classify")
+    config = model_config("classify")
+    result = fit(config, train_config(max_time=2.5), train, val, test, tmp_path, progress=False)
+    stopped = result["steps"]
+    assert 0 < stopped < 4 and result["val_step"] == result["best_val_step"] == stopped  # val_every is 4
+    final = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == stopped
+    val_loss, val_accuracy = direct(config, final["state_dict"], val)
+    assert result["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+    assert result["val_accuracy"] == pytest.approx(val_accuracy, rel=1e-5, abs=1e-7)
+    kept = load_checkpoint(tmp_path / "checkpoints" / "best_val.ckpt")["state_dict"]
+    assert all(torch.equal(kept[k], final["state_dict"][k]) for k in kept)
+    assert result["test_accuracy"] == result["test_accuracy_best_val"] == result["test_accuracy_final"]
+
+
 def test_the_monitored_metric_and_its_direction():
     assert monitored("classify") == ("val_accuracy", "max") and monitored("lm") == ("val_accuracy", "max")
     assert monitored("regress") == ("val_mse", "min")

@@ -404,8 +404,11 @@ def test_decoded_clips_are_cached_and_rebuilt_when_the_folder_changes(tmp_path, 
     assert len(cache) == 1
     stamp = json.loads(cache[0].with_suffix(".json").read_text())["options"]
     assert stamp["folder"] == str(base.resolve())
-    assert stamp["files"] == [[w, 2] for w in WORDS10] + [
-        ["validation_list.txt", len("yes/m0_nohash_0.wav\n")], ["testing_list.txt", len("no/m0_nohash_0.wav\n")]]
+    wavs = {w: [p.stat() for p in (base / w).iterdir()] for w in WORDS10}
+    assert stamp["files"] == [[w, 2, sum(s.st_size for s in wavs[w]), max(s.st_mtime_ns for s in wavs[w])]
+                              for w in WORDS10] + [
+        ["validation_list.txt", hashlib.sha256(b"yes/m0_nohash_0.wav\n").hexdigest()],
+        ["testing_list.txt", hashlib.sha256(b"no/m0_nohash_0.wav\n").hexdigest()]]
     calls = []
     monkeypatch.setattr(speech, "read_wav", lambda path, length=16000: calls.append(path))
     again = task.splits(tmp_path)  # from the cache: nothing decoded
@@ -415,6 +418,20 @@ def test_decoded_clips_are_cached_and_rebuilt_when_the_folder_changes(tmp_path, 
     rebuilt = task.splits(tmp_path)
     assert len(rebuilt["train"]) == len(first["train"]) + 1
     assert len(sorted((tmp_path / "generated" / "sc10-decoded").glob("*.pt"))) == 2
+    # a clip replaced in place (same count, same size) and a list corrected at the same length: decoded again
+    clip = base / "up" / "f09_nohash_0.wav"
+    write_wav(clip, [7] * 20)
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))  # a later write on a coarse clock
+    replaced = task.splits(tmp_path)
+    x, y = replaced["train"].tensors
+    ups = x[y == WORDS10.index("up"), :, 0]
+    want = torch.zeros(16000, dtype=ups.dtype)
+    assert any(torch.equal(row, want.index_fill(0, torch.arange(20), 7)) for row in ups)
+    assert not any(torch.equal(row, want.index_fill(0, torch.arange(20), 5)) for row in ups)
+    (base / "testing_list.txt").write_text("go/m0_nohash_0.wav\n")  # the same length as "no/m0_nohash_0.wav\n"
+    moved = task.splits(tmp_path)
+    assert len(moved["test"]) == 1 and moved["test"].tensors[1].tolist() == [WORDS10.index("go")]
+    assert len(sorted((tmp_path / "generated" / "sc10-decoded").glob("*.pt"))) == 4
 
 
 def stratified_reference(labels: list[int], seed: int):

@@ -8,7 +8,8 @@ default is CKConv's random split of the full-length clips, see :class:`SC10Task`
 word.
 Each clip is zero-padded at the end (or cut) to 16,000 samples and scaled to [−1, 1) (sample / 32768), giving
 (B, 16000, 1). Decoded clips are cached under ``<root>/generated/<task>-decoded*/`` (atomic write), keyed by the
-folder, the number of files in each word folder and the sizes of the two lists.
+folder, the number, total size and newest modification time of the WAV files in each word folder, and the SHA-256 of
+the two lists.
 
 Normalisation (``normalize``): ``"position"`` (the default) standardises every time step l with the mean and standard
 deviation (n − 1 denominator) of the training clips at that step, after padding:
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from ssmkit.data.sequences import ScaledSequences
-from ssmkit.data.store import cached, data_root
+from ssmkit.data.store import cached, data_root, sha256_file
 from ssmkit.data.task import FileTask, TaskInfo, register_task
 
 WORDS35 = (
@@ -162,9 +163,17 @@ class _SpeechCommands(FileTask):
         return out
 
     def _stamp(self, base: pathlib.Path) -> dict:
-        stamp = [(w, len(os.listdir(base / w))) for w in self.words]
-        stamp += [(n, (base / n).stat().st_size) for n in ("validation_list.txt", "testing_list.txt")]
-        return {"folder": str(base.resolve()), "files": stamp}
+        """The decoded cache's key: the folder; per word the number of WAV files, their total size and the newest
+        modification time; the SHA-256 of the two lists. Keyed by the counts alone, a clip replaced in place, or a
+        list corrected at the same length, kept the old decode; hashing the 2.3 GB of clips at every load would
+        cost more than decoding them, their sizes and times are the make-style witness."""
+        files = []
+        for word in self.words:
+            stats = [path.stat() for path in (base / word).glob("*.wav")]
+            newest = max((s.st_mtime_ns for s in stats), default=0)
+            files.append((word, len(stats), sum(s.st_size for s in stats), newest))
+        files += [(n, sha256_file(base / n)) for n in ("validation_list.txt", "testing_list.txt")]
+        return {"folder": str(base.resolve()), "files": files}
 
     def _tensors(self, root: str | os.PathLike | None) -> dict[str, torch.Tensor]:
         """``{split}_x`` (B, L, 1) int16 and ``{split}_y`` (B,) for train / val / test."""

@@ -128,3 +128,55 @@ def test_a_tie_that_cannot_be_is_refused(options, message):
     kwargs.update(options)
     with pytest.raises(ValueError, match=re.escape(message)):
         SequenceModel(**kwargs)
+
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_a_meta_build_reset_module_by_module_draws_the_shared_matrix_as_a_direct_build(order):
+    # FSDP-style initialisation: build on meta, to_empty, then reset every module that can. to_empty gave the head
+    # and the embedding a matrix each (the model then trained two), and the head (an nn.Linear) re-drew its matrix
+    # with Kaiming's uniform, the embedding with N(0, 1)
+    model = SequenceModel(d_input=1, d_model=64, n_layers=1, layer="s4d", d_output=V, head="lm", pool=None,
+                          vocab_size=V, tie_embeddings=True, device="meta").to_empty(device=DEVICE)
+    assert model.head.weight is model.encoder.weight
+    assert sum(p.numel() for p in model.parameters()) == model.num_parameters()
+    modules = list(model.modules()) if order == "forward" else list(model.modules())[::-1]
+    for seed, replay in ((1, False), (1, True)):
+        torch.manual_seed(seed)
+        for module in modules:
+            if replay and module is model.encoder:  # the generator's state at the embedding's reset
+                want = torch.empty(V, 64, device=DEVICE).normal_(0.0, 0.02)
+                break
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    assert model.head.weight is model.encoder.weight and model.head.bias is None
+    assert torch.equal(model.encoder.weight.detach(), want)  # the embedding's one N(0, 0.02²) draw, not overwritten
+    std = float(model.encoder.weight.detach().std())
+    assert 0.018 < std < 0.022  # V·64 = 1 472 draws; Kaiming's U(±1/8) has std 0.072, N(0, 1) std 1
+
+
+def test_loads_keep_the_tie_and_refuse_an_untied_state_dict():
+    source, target = _lm(seed=1), _lm(seed=2)
+    target.load_state_dict(source.state_dict(), assign=True)  # loading into a meta build: each got its own matrix
+    assert target.head.weight is target.encoder.weight
+    assert torch.equal(target.encoder.weight, source.encoder.weight)
+    x = torch.randint(0, V, (2, 5), device=DEVICE)
+    with torch.no_grad():
+        assert torch.equal(target.eval()(x)[0], source.eval()(x)[0])
+    # a state dict holding the matrix once (either name) loads strictly
+    for kept in ("encoder.weight", "head.weight"):
+        fresh = _lm(seed=3)
+        state = {k: v for k, v in source.state_dict().items() if k in (kept,) or k not in ("encoder.weight",
+                                                                                            "head.weight")}
+        fresh.load_state_dict(state)
+        assert fresh.head.weight is fresh.encoder.weight and torch.equal(fresh.encoder.weight, source.encoder.weight)
+    # an untied model's matrices: the head's silently overwrote the embedding; now refused, nothing changed
+    untied = _lm(tie=False, seed=4).state_dict()
+    del untied["head.bias"]
+    before = target.encoder.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"head.weight differs from encoder.weight, but this model ties them"):
+        target.load_state_dict(untied)
+    assert torch.equal(target.encoder.weight, before)
+    untied["head.weight"] = untied["encoder.weight"]
+    target.load_state_dict(untied)
+    assert torch.equal(target.encoder.weight, untied["encoder.weight"])

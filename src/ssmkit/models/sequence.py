@@ -29,6 +29,7 @@ from ssmkit.models.config import SequenceModelConfig
 from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.recompute import checkpointed_block
 from ssmkit.models.pattern import check_pattern, options_per_block
+from ssmkit.models.tied import TiedEmbedding, TiedHead, check_tied_load, retie_after_load
 from ssmkit.ops.backend import tracing
 from ssmkit.ops.rows import weight_dtype_device
 from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, length_mask, unit_gaps_after
@@ -36,7 +37,6 @@ from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, l
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
 TOKEN_DTYPES = (torch.int64, torch.int32)  # the ids nn.Embedding reads
-TIED_EMBEDDING_STD = 0.02  # the official Mamba LM's embedding init (initializer_range), for a tied head
 
 
 class SequenceModel(nn.Module):
@@ -84,7 +84,9 @@ class SequenceModel(nn.Module):
             LM's embedding init (an untied embedding keeps ``nn.Embedding``'s N(0, 1)): logits h·Eᵀ of a normalised
             h of width H then start with a standard deviation 0.02·√H rather than √H. Part of the config, so
             ``from_config`` and a training resume rebuild the tie (a tie made by hand, ``m.head.weight =
-            m.encoder.weight``, is not).
+            m.encoder.weight``, is not). The tie survives ``to_empty`` and ``load_state_dict(assign=True)``, a
+            reset of every module draws the matrix once, and a state dict whose two matrices differ is refused
+            (``ssmkit.models.tied``).
         device, dtype: of all parameters.
 
     ``model.activation_checkpointing = True`` (an attribute, False at construction; ``TrainConfig`` sets it for
@@ -166,7 +168,8 @@ class SequenceModel(nn.Module):
         self.activation_checkpointing = False  # a training choice (TrainConfig), not part of the model's config
         factory = {"device": device, "dtype": dtype}
         if vocab_size is not None:
-            self.encoder: nn.Module = nn.Embedding(vocab_size, d_model, **factory)
+            embedding = TiedEmbedding if tie_embeddings else nn.Embedding  # tied: N(0, 0.02²), as the official LM
+            self.encoder: nn.Module = embedding(vocab_size, d_model, **factory)
         else:
             self.encoder = nn.Linear(d_input, d_model, **factory)
         self.blocks = nn.ModuleList(
@@ -183,11 +186,10 @@ class SequenceModel(nn.Module):
         )
         self.final_norm = (nn.LayerNorm(d_model, eps=NORM_EPS, **factory) if (prenorm and norm is not None)
                            else nn.Identity())
-        if tie_embeddings:  # one matrix: logits = h Eᵀ (no bias); drawn as the official Mamba LM draws its embedding
-            self.head: nn.Module = nn.Linear(d_model, d_output, bias=False, device="meta")  # (its weight replaced)
-            self.head.weight = self.encoder.weight
-            with torch.no_grad():
-                self.encoder.weight.normal_(0.0, TIED_EMBEDDING_STD)
+        if tie_embeddings:  # one matrix: logits = h Eᵀ (no bias), drawn by the embedding alone (models/tied.py)
+            self.head: nn.Module = TiedHead(self.encoder)
+            self.register_load_state_dict_pre_hook(check_tied_load)
+            self.register_load_state_dict_post_hook(retie_after_load)
         else:
             self.head = DualEncoderHead(d_model, d_output, **factory) if pair else nn.Linear(d_model, d_output, **factory)
 
@@ -214,6 +216,14 @@ class SequenceModel(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         """The number of parameters (each shared tensor once); only those with ``requires_grad`` if asked."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def _apply(self, fn, recurse: bool = True) -> "SequenceModel":
+        # a conversion that replaces Parameter objects (to_empty from the meta device) gave the tied head and the
+        # embedding a matrix each: tie them again (models/tied.py)
+        super()._apply(fn, recurse)
+        if isinstance(self.head, TiedHead):
+            self.head.weight = self.encoder.weight
+        return self
 
     def extra_repr(self) -> str:
         # the sizes and the layer always (d_input only for a real input); every other option where it differs from

@@ -97,12 +97,14 @@ def test_one_pole_channels_against_their_closed_forms_with_an_explicit_ts():
     _check_figures(r, "")
 
 
-def test_a_model_that_carries_ts_is_analysed_in_seconds_and_an_explicit_dt_wins():
+def test_a_model_that_carries_ts_is_analysed_in_seconds_and_a_dt_must_agree_with_it():
     model = WithTs(one_pole_ema(), TS)
     assert sampling_time(model) == (TS, True) and model_dt(model) == TS
     (r,) = analyze_model(model)
     _check_figures(r, "inner")
-    (r2,) = analyze_model(WithTs(one_pole_ema(), 7.0), dt=TS)  # the given dt, not the carried 7 s
+    with pytest.raises(ValueError, match=r"dt = 0\.05 s disagrees with the model.s own sampling time Ts = 7\.0 s"):
+        analyze_model(WithTs(one_pole_ema(), 7.0), dt=TS)  # its poles were identified at 7 s, not at the given dt
+    (r2,) = analyze_model(WithTs(one_pole_ema(), TS), dt=TS)
     _check_figures(r2, "inner")
     bare = nn.Sequential(one_pole_ema())
     assert sampling_time(bare) == (1.0, False) and model_dt(bare) == 1.0

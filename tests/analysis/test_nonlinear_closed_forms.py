@@ -444,7 +444,9 @@ def test_what_the_constructor_refuses_and_accepts():
     assert NonlinearSystem(_Custom(real, d_input=2, n_inputs=None)).n_inputs == 2  # d_input when no n_inputs
     flat = NonlinearSystem(_Custom(lambda B: [torch.zeros(B, dtype=F64)]))  # a state (B,): one number per sample
     assert flat.n_states == 1 and flat.model_state([2.0])[0].shape == (1,)
-    assert NonlinearSystem(_Custom(real, dt=0.25)).dt == 0.25 and NonlinearSystem(_Custom(real, dt=0.25), 2.0).dt == 2.0
+    assert NonlinearSystem(_Custom(real, dt=0.25)).dt == 0.25 and NonlinearSystem(_Custom(real), 2.0).dt == 2.0
+    with pytest.raises(ValueError, match=r"dt = 2\.0 s disagrees with the model.s own sampling time Ts = 0\.25 s"):
+        NonlinearSystem(_Custom(real, dt=0.25), 2.0)
     for bad in (0, True, 2.0, None):
         with pytest.raises(ValueError, match=rf"n_inputs or d_input \(an int >= 1\); got {bad!r}"):
             NonlinearSystem(_Custom(real, n_inputs=bad))

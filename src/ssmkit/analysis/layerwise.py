@@ -5,20 +5,23 @@
 
 Each layer that has a state-space realisation (``layer.supports("state_space")``) is exported as a
 :class:`StateSpace` bank sampled every ``dt`` seconds (a model's ``dt`` attribute, e.g. a DeepWiener's Ts, else 1:
-time in samples). Its discrete poles z (those of the real realisation: conjugates included) map to the equivalent
-continuous poles s = log(z) / dt (the ZOH correspondence z = e^{s dt}; Δ-discretised layers such as S4D-ZOH give back
-Δλ / dt exactly, up to the branch of the logarithm; for bilinear layers such as S4, whose z is the Cayley map of Δλ,
-log(z) / dt is the continuous pole of the discrete system, not Δλ / dt). The stability margin is 1 - ρ with
-ρ = max |z| the spectral radius; a mode's time constant is τ = -dt / log |z| (the e-folding time of its envelope).
-The Hankel singular values σ_i say how many states matter: balanced truncation to r states errs by at most
-2 Σ_{i>r} σ_i in H∞ (`ssmkit.analysis.reduction`), so `reduced_order` is the smallest r whose bound is within a
-fraction of the layer's H∞ norm.
+time in samples; a ``dt`` given for a model that carries its own must agree with it). Its discrete poles z (those of
+the real realisation: conjugates included) map to the equivalent continuous poles s = log(z) / dt (the ZOH
+correspondence z = e^{s dt}; Δ-discretised layers such as S4D-ZOH give back Δλ / dt exactly, up to the branch of the
+logarithm; for bilinear layers such as S4, whose z is the Cayley map of Δλ, log(z) / dt is the continuous pole of the
+discrete system, not Δλ / dt). The stability margin is 1 - ρ with ρ = max |z| the spectral radius; a mode's time
+constant is τ = -dt / log |z| (the e-folding time of its envelope). The Hankel singular values σ_i say how many
+states matter: balanced truncation to r states errs by at most 2 Σ_{i>r} σ_i in H∞ (`ssmkit.analysis.reduction`), so
+`reduced_order` is the smallest r whose bound is within a fraction of the layer's H∞ norm. r = 0 says that the
+layer's feed-through D alone is within it (‖G − D‖_∞ ≤ 2 Σ_i σ_i): no state is needed, and the reduced system is the
+memoryless y = D u, not a `StateSpace.balred` result (balred takes 1 <= r; a StateSpace has at least one state).
 
 Letters: G systems of a bank, n states, m inputs, p outputs.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Iterator
@@ -32,6 +35,8 @@ from ssmkit.utils import check_sampling_time
 
 __all__ = ["LayerAnalysis", "analyze_model", "lti_layers", "model_dt", "reduced_order", "sampling_time",
            "skipped_layers", "time_constants"]
+
+_SAME_STEP = 1e-6  # a given dt agrees with a model's own Ts within this relative difference (a Ts read from float32)
 
 
 @dataclass(frozen=True)
@@ -77,13 +82,15 @@ class LayerAnalysis:
 
     def reduced_order(self, rel: float = 0.01) -> np.ndarray:
         """Per system, the fewest states r whose balanced truncation is certified within ``rel`` of its H∞ norm:
-        the smallest r with 2 Σ_{i>r} σ_i <= rel ‖G‖_∞ (-1 for an unstable system).
+        the smallest r with 2 Σ_{i>r} σ_i <= rel ‖G‖_∞ (-1 for an unstable system; 0 when the feed-through D alone
+        is within the bound, see :func:`reduced_order`).
 
         Args:
             rel: the admitted H∞ error as a fraction of the norm, > 0.
 
         Returns:
-            (G,) int64.
+            (G,) int64: r >= 1 is an order for ``self.system.balred``; 0 means "no state: the memoryless
+            y = D u", which balred (1 <= r) has no system for.
         """
         return reduced_order(self.hankel, self.hinf, rel)
 
@@ -91,9 +98,14 @@ class LayerAnalysis:
 def sampling_time(model: nn.Module, dt: float | None = None) -> tuple[float, bool]:
     """The time step to analyse ``model`` with, and whether it is in seconds.
 
-    ``dt`` when given; else the model's own ``dt`` attribute when it is a number (a DeepWiener's Ts); else 1.0 with
-    the time axis in samples. A given or carried ``dt`` that is not a finite number > 0 raises ``ValueError``
-    (a model that carries ``dt = 0`` or NaN is broken, not "in samples").
+    The model's own ``dt`` attribute when it is a number (a DeepWiener's Ts: the step its layers' discrete poles
+    z were identified at); a given ``dt`` must then agree with it (to 1e-6 relative: a Ts read from float32) and is
+    refused otherwise, with a ``ValueError`` naming both values: analysing z at another step would put every
+    continuous pole s = log(z) / dt, time constant and frequency on another time axis while still saying seconds
+    (set ``model.dt`` first where the model's Ts is wrong). A given ``dt`` is used as the sampling time of a model
+    without a numeric ``dt`` of its own (or whose own is broken, 0 or NaN); neither given: 1.0 with the time axis in
+    samples. A given or carried ``dt`` that is not a finite number > 0 raises ``ValueError`` (a model that carries
+    ``dt = 0`` or NaN is broken, not "in samples").
 
     Args:
         model: any module.
@@ -101,11 +113,21 @@ def sampling_time(model: nn.Module, dt: float | None = None) -> tuple[float, boo
 
     Returns:
         (dt as a float, True when the time axis is seconds).
+
+    Raises:
+        ValueError: ``dt`` or the model's own ``dt`` is not a finite number > 0, or ``dt`` disagrees with the
+            model's own.
     """
-    if dt is not None:
-        return check_sampling_time(dt), True
     own = getattr(model, "dt", None)
-    if isinstance(own, numbers.Real) and not isinstance(own, bool):
+    carried = isinstance(own, numbers.Real) and not isinstance(own, bool)
+    if dt is not None:
+        step = check_sampling_time(dt)
+        if carried and math.isfinite(own) and own > 0 and not abs(step - own) <= _SAME_STEP * own:
+            raise ValueError(f"dt = {step!r} s disagrees with the model's own sampling time Ts = {float(own)!r} s "
+                             f"(its dt attribute, the step its poles were identified at): leave dt out (None), or "
+                             f"set model.dt first if the model's Ts is wrong")
+        return step, True
+    if carried:
         return check_sampling_time(own, "the model's dt"), True
     return 1.0, False
 
@@ -168,13 +190,21 @@ def time_constants(poles: np.ndarray, dt: float) -> np.ndarray:
 def reduced_order(hankel: np.ndarray, hinf: np.ndarray, rel: float = 0.01) -> np.ndarray:
     """The smallest r with 2 Σ_{i>r} σ_i <= rel · hinf per system (the balanced-truncation bound); -1 where σ is NaN.
 
+    Al-Saggaf & Franklin's bound ‖G − G_r‖_∞ <= 2 Σ_{i>r} σ_i (`ssmkit.analysis.reduction`) holds for r = 0 too,
+    with G_0 = D, the system's feed-through: r = 0 is returned when D alone is within ``rel`` of ‖G‖_∞ (a layer
+    whose states barely reach its output, or never: σ = 0). It is a result, not an order for
+    :meth:`StateSpace.balred`, which takes 1 <= r (a StateSpace has at least one state) and refuses r past a
+    system's numerical order, so none for σ = 0: the reduced system of r = 0 is the memoryless y = D u.
+
     Args:
         hankel: (G, n) Hankel singular values, decreasing (NaN rows for unstable systems).
         hinf: (G,) H∞ norms.
         rel: the admitted error as a fraction of the norm, > 0.
 
     Returns:
-        (G,) int64.
+        (G,) int64 in {-1, 0, 1, ..., n}: -1 unstable, 0 the feed-through D alone, r >= 1 states for ``balred(r)``
+        (unless ``rel`` is near rounding, ~n·eps·σ_1 / ‖G‖_∞, where r may count states balred finds numerically
+        absent).
     """
     if not (isinstance(rel, (int, float)) and not isinstance(rel, bool) and rel > 0):
         raise ValueError(f"rel must be a number > 0 (a fraction of the H∞ norm); got {rel!r}")
@@ -232,11 +262,15 @@ def analyze_model(model: nn.Module, dt: float | None = None, hinf_tol: float = 1
 
     Args:
         model: a SequenceModel, a DeepWiener, a layer, or any module holding ssmkit layers.
-        dt: sampling time in seconds; None = the model's ``dt`` attribute if it has one, else 1 (samples).
+        dt: sampling time in seconds; None = the model's ``dt`` attribute if it has one, else 1 (samples). For a
+            model with a ``dt`` of its own (a DeepWiener's Ts) it must agree with it (`sampling_time`).
         hinf_tol: relative width of the certified H∞ bracket.
 
     Returns:
         one :class:`LayerAnalysis` per LTI layer (empty if the model has none; see `skipped_layers`).
+
+    Raises:
+        ValueError: ``dt`` is not a finite number > 0, or disagrees with the model's own ``dt`` (naming both).
     """
     step, _ = sampling_time(model, dt)
     return [analyze_layer(name, layer, step, hinf_tol) for name, layer in lti_layers(model)]

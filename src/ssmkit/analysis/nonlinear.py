@@ -146,6 +146,9 @@ class NonlinearSystem:
             fixed size, and its parameters finite (a ValueError names those that are not). A float64 copy on the CPU,
             in eval mode, is what is analysed.
         dt: the sampling time in seconds; None takes the model's ``dt`` (a DeepWiener's Ts), else 1.0 in samples.
+            For a model with a ``dt`` of its own it must agree with it: the model steps at its Ts, so another dt
+            would re-time ``to_control`` and every linearisation (a ValueError names both values; set
+            ``model.dt`` first where the model's Ts is wrong); it is used as given for a model without one.
 
     Attributes:
         n_states, n_inputs, n_outputs: n, m and p.

@@ -6,8 +6,9 @@ target folder (``../``), a symbolic or hard link, a device, a FIFO or any other 
 archive refused with a ``ValueError`` naming the member. Only directories and regular files are written, with
 their bytes streamed by us (never ``extractall``), so permissions, owners and timestamps from the archive are not
 applied. An archive that is cut short (an interrupted download) or corrupt is a ``ValueError`` naming the archive
-(tar: found while listing the members, before anything is written; zip: a member whose CRC fails, after the members
-before it); each file is written whole or not at all.
+(tar: found while listing the members; zip: a member whose CRC fails, named too). Nothing is half-written: the
+members are extracted into a temporary folder inside the target (``.ssmkit-extract-<random>``) and renamed into
+place only once every one of them was read whole, so a failure leaves the target folder (created) as it was.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import gzip
 import lzma
 import os
 import pathlib
+import shutil
 import stat
 import tarfile
+import tempfile
 import zipfile
 import zlib
+from typing import IO, Callable
 
 from ssmkit.files import copy_stream
 
@@ -75,15 +79,8 @@ def _extract_tar(archive: pathlib.Path, target: pathlib.Path) -> list[pathlib.Pa
             if not (m.isfile() or m.isdir()):
                 raise ValueError(f"refusing archive member {m.name!r}: a device, FIFO or other special file")
             plan.append((m, _inside(target, m.name)))
-        written = []
-        for m, path in plan:  # 2. write directories and regular files only
-            if m.isdir():
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            with tar.extractfile(m) as src:
-                copy_stream(path, src)  # whole or not at all
-            written.append(path)
-    return written
+        return _write_all(archive, target, [(m.name, m.isdir(), path, lambda m=m: tar.extractfile(m))
+                                            for m, path in plan])  # 2. directories and regular files only
 
 
 def _extract_zip(archive: pathlib.Path, target: pathlib.Path) -> list[pathlib.Path]:
@@ -96,12 +93,43 @@ def _extract_zip(archive: pathlib.Path, target: pathlib.Path) -> list[pathlib.Pa
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise ValueError(f"refusing archive member {info.filename!r}: a device, FIFO or other special file")
             plan.append((info, _inside(target, info.filename)))
+        return _write_all(archive, target, [(info.filename, info.is_dir(), path, lambda info=info: z.open(info))
+                                            for info, path in plan])  # 2. directories and regular files only
+
+
+def _write_all(archive: pathlib.Path, target: pathlib.Path,
+               plan: list[tuple[str, bool, pathlib.Path, Callable[[], IO[bytes]]]]) -> list[pathlib.Path]:
+    """Write the checked members (name, is a directory, destination, opener) all or none: each into a temporary folder
+    inside ``target`` first, then, once every one was read whole (a zip member's CRC checked at its end), renamed into
+    place. A member that cannot be read is a ``ValueError`` naming the archive and the member; the temporary folder
+    is removed in every case.
+
+    Returns:
+        the destinations of the files written, in the archive's order.
+    """
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".ssmkit-extract-", dir=target))
+    try:
+        for name, is_dir, path, opener in plan:  # 1. everything into the temporary folder
+            temporary = staging / path.relative_to(target)
+            if is_dir:
+                temporary.mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                with opener() as src:
+                    copy_stream(temporary, src)
+            except _BROKEN as error:
+                raise ValueError(f"{archive}: the archive is cut short or corrupt ({type(error).__name__}: {error}) "
+                                 f"in member {name!r}; nothing was extracted; download it again") from error
         written = []
-        for info, path in plan:  # 2. write directories and regular files only
-            if info.is_dir():
+        for _, is_dir, path, _ in plan:  # 2. into place: directories made, files renamed (the same file system)
+            if is_dir:
                 path.mkdir(parents=True, exist_ok=True)
                 continue
-            with z.open(info) as src:
-                copy_stream(path, src)  # whole or not at all
+            temporary = staging / path.relative_to(target)
+            if temporary.exists():  # else a second member of the same name, already moved (the last one wins)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temporary, path)
             written.append(path)
-    return written
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -255,7 +255,7 @@ def write_report(model: nn.Module, out: str, title: str = "model", dt: float | N
         model: a SequenceModel, a DeepWiener or any module holding ssmkit layers.
         out: the output folder (created).
         title: what the summary calls the model (the checkpoint path).
-        dt: sampling time in seconds (None: the model's ``dt``, else 1).
+        dt: sampling time in seconds (None: the model's ``dt``, else 1; a model's own must agree with it).
         channels: the most channels per layer in the figures.
         plots: draw the figures (False: markdown and JSON only).
 

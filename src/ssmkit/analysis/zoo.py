@@ -124,7 +124,7 @@ def pole_statistics(model: nn.Module, dt: float | None = None) -> list[dict[str,
 
     Args:
         model: a SequenceModel, a DeepWiener or any module holding ssmkit layers.
-        dt: sampling time in seconds (None: the model's ``dt``, else 1).
+        dt: sampling time in seconds (None: the model's ``dt``, else 1; a model's own must agree with it).
 
     Returns:
         a list of dicts with ``name``, ``layer``, ``spectral_radius``, ``stability_margin``, ``slowest_tau``,

@@ -14,6 +14,12 @@ sets), ``analyze`` and ``zoo`` (control analysis) and ``sysid``
     ssmkit tasks                 # every task and whether its data is present
     ssmkit data get mnist        # fetch MNIST and verify its SHA-256 values
     ssmkit sysid --help          # identify a sysid benchmark (deep Wiener model), report and figures
+    ssmkit --import mylayers train --task adding --model my_ema   # a layer of your own: its module imported first
+
+``--import MODULE`` (before the command; repeatable) imports a module of the user's -- a module name, found from the
+current folder too, or the path of a ``.py`` file -- so that the layers it registers (``@ssmkit.layers.register``)
+can be named on the command line, in a config and in a run's ``model.json`` (``train``, ``compare``, ``analyze`` of
+its checkpoints, ``zoo``).
 
 Each command parses its own options (``--help`` included), so this parser only picks the command; its
 module is imported when the command runs. Exit status: the command's own, 0 for ``--help``, and 2 with a
@@ -43,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep structured state-space models for PyTorch: training, comparisons, benchmarks and the demo.",
         epilog="Run 'ssmkit COMMAND --help' for a command's options.",
     )
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (a module name, or the path of a .py file; repeatable): the layers "
+                             "it registers can then be named, e.g. 'ssmkit --import mylayers train --model my_ema ...'")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
     commands.add_parser("train", help="train one model on one task", add_help=False)
     commands.add_parser("compare", help="train several models with the same budget: table, results files, plot",
@@ -65,8 +74,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_user_module(spec: str) -> None:
+    """Import a user's module so that the layers it registers are known by name (``ssmkit --import``).
+
+    Args:
+        spec: a module name (``mylayers``, ``lab.layers``), looked up from the current folder too, as ``python -m``
+            does; or the path of a ``.py`` file, imported under its stem.
+
+    Raises:
+        ValueError: no such module or file (the error the module itself raises while importing propagates).
+    """
+    import importlib
+    import importlib.util
+
+    if spec.endswith(".py") or os.sep in spec or (os.altsep and os.altsep in spec):
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path):
+            raise ValueError(f"--import {spec!r}: no such file (give a module name, or the path of a .py file)")
+        name = os.path.splitext(os.path.basename(path))[0]
+        found = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(found)
+        sys.modules[name] = module  # as an import would: pickles and dataclasses of the module find it
+        try:
+            found.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return
+    if os.getcwd() not in sys.path and "" not in sys.path:  # the ssmkit script's sys.path starts at its own folder
+        sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as missing:
+        if missing.name is None or not spec.startswith(missing.name):
+            raise  # the module was found: one it imports is missing
+        raise ValueError(f"--import {spec!r}: no module named {missing.name!r} from {os.getcwd()} or sys.path (run "
+                         "from the folder that holds it, or give the path of its .py file)") from None
+
+
 def _dispatch(argv: list[str]) -> int:
     args, rest = build_parser().parse_known_args(argv)
+    for spec in args.imports:
+        import_user_module(spec)
     if args.command == "bench":
         from ssmkit.bench import run as run_suite
 

@@ -4,11 +4,11 @@
     layer = ssmkit.layers.build("s4d", d_model=64, d_state=64, init="inv")
 
 Files: ``protocol.py`` (the :class:`SequenceLayer` protocol, capabilities, block defaults), ``state.py`` (state
-specs), ``registry.py`` (``register``, ``build``, ``available``), ``marks.py`` (optimizer marks of SSM parameters),
-``checks.py`` (constructor validators), ``cache.py`` (the value-keyed cache of the step), ``diagonal.py`` (the
-shared diagonal LTI implementation), ``mimo.py`` (the shared MIMO diagonal implementation of S5 and LRU),
-``conformance.py`` (``check_layer``: the protocol's checks for any layer, yours included), then one file per
-published layer.
+specs), ``registry.py`` (``register``, ``unregister``, ``build``, ``available``), ``marks.py`` (optimizer marks of
+SSM parameters), ``checks.py`` (constructor validators), ``cache.py`` (the value-keyed cache of the step),
+``diagonal.py`` (the shared diagonal LTI implementation), ``mimo.py`` (the shared MIMO diagonal implementation of
+S5 and LRU), ``conformance.py`` (``check_layer``: the protocol's checks for any layer, yours included), then one file
+per published layer.
 """
 
 from ssmkit.layers.attention import Attention, KVCache
@@ -29,7 +29,7 @@ from ssmkit.layers.liquid import LiquidS4
 from ssmkit.layers.marks import marked_parameters, optim_marks, register_ssm_parameter
 from ssmkit.layers.mimo import MIMODiagonalLTILayer
 from ssmkit.layers.protocol import BlockDefaults, Capabilities, SequenceLayer
-from ssmkit.layers.registry import available, build, layer_class, register
+from ssmkit.layers.registry import available, build, layer_class, register, unregister
 from ssmkit.layers.rglru import RGLRU, RGLRUState
 from ssmkit.layers.s4 import S4
 from ssmkit.layers.s4d import S4D
@@ -85,4 +85,5 @@ __all__ = [
     "register",
     "register_ssm_parameter",
     "select_state",
+    "unregister",
 ]

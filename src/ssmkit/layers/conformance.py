@@ -3,10 +3,11 @@
 ``check_estimator`` does for estimators and gymnasium's ``check_env`` for environments.
 
 A layer written outside this repository (a subclass of ``SequenceLayer``, registered or not) is checked with
-``ssmkit.layers.check_layer(layer)``: on a copy converted to float64, in eval mode, at small shapes (B = 2, L = 24
-and the layer's own H by default), it runs the checks named in :data:`CHECKS`, in that order, and raises a
-:class:`ConformanceError` (an ``AssertionError``, so pytest reports it as a failed assertion) at the first one that
-fails, naming the check, what differed, the measured error and the tolerance. It returns what each check found.
+``ssmkit.layers.check_layer(layer)``: on a copy converted to float64, in eval mode (training mode too for
+``causality``), at small shapes (B = 2, L = 24 and the layer's own H by default), it runs the checks named in
+:data:`CHECKS`, in that order, and raises a :class:`ConformanceError` (an ``AssertionError``, so pytest reports it as
+a failed assertion) at the first one that fails, naming the check, what differed, the measured error and the
+tolerance. It returns what each check found.
 
 Every equality is measured as a relative error, max |a - b| / max |b| over the whole tensor (a state: the largest
 over its tensors), against ``rtol`` (float64 1e-10, float32 1e-5: docs/design.md rule 1); gradients against
@@ -20,13 +21,18 @@ The checks:
   ``initial_state(b)`` matches it and is zero.
 - ``output``: y (B, L, H) finite and not all zero in x's dtype, the final state matching the spec (None when
   bidirectional), x left unchanged, ``return_state=False`` giving None and the same y; L = 1 works.
-- ``purity``: ``forward`` and its backward write no parameter or buffer; the same call twice gives the same output.
-- ``causality``: changing x from time t0 on leaves y before t0 unchanged (to rounding), and changes y after it.
-- ``batch``: each batch item's output and final state equal the item run alone, while another item holds NaN and inf.
-- ``chunked``: ``forward(x[:, :k])`` continued by ``forward(x[:, k:], state)`` equals ``forward(x)``, output, final
-  state and gradients.
+- ``purity``: ``forward`` and its backward write no parameter or buffer (no in-place write at all, even one that
+  leaves the values as they were); the same call twice gives the same output.
+- ``causality``: changing x from time t0 on leaves y before t0 unchanged (to rounding), for every t0, and changes y
+  after it; in training mode too (``layer.train()``, at t0 = 1 and L/2, dropout masks drawn from one seed), where a
+  leak would train the layer on the future.
+- ``batch``: each batch item's output and final state equal the item run alone, while another item holds NaN and inf;
+  forward leaves the state it is given unchanged.
+- ``chunked``: ``forward(x, initial_state(B))`` equals ``forward(x)`` (state None means zeros), and
+  ``forward(x[:, :k])`` continued by ``forward(x[:, k:], state)`` equals ``forward(x)``, output, final state and
+  gradients.
 - ``step``: ``step`` over x from a state equals ``forward(x, state)``, output and final state; it writes no
-  parameter or buffer.
+  parameter or buffer, and neither its input x_t nor the state it is given.
 - ``gradients``: every trainable parameter, the input and the initial state receive a finite gradient (an exactly
   zero one is named in the result, not failed: a zero-initialised gate downstream gives one).
 - ``gradcheck``: ``torch.autograd.gradcheck`` of y with respect to x and the parameters (float64 only).
@@ -267,6 +273,21 @@ def _check_output(s: _Setup) -> str:
     return _passed(err, s.rtol)
 
 
+def _kept(state: State | None) -> list[torch.Tensor]:
+    """Copies of a state's tensors, to check afterwards that a call left the state it was given alone."""
+    return [t.detach().clone() for t in _leaves(state)]
+
+
+def _left_alone(state: State | None, before: list[torch.Tensor], call: str) -> None:
+    """Raise a failure unless the tensors of ``state`` still hold the values ``before`` (:func:`_kept`): ``call``
+    must return a new state and leave its argument as it was (a caller may continue one state twice: beam search,
+    several continuations of one prompt)."""
+    for i, (now, was) in enumerate(zip(_leaves(state), before)):
+        if not _same(now.detach(), was):
+            raise _Failure(f"{call} wrote into the state it was given (state tensor {i}): a layer must return a new "
+                           "state and leave its argument alone (a caller may continue one state twice)")
+
+
 def _snapshot(layer: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in (*layer.named_parameters(), *layer.named_buffers())}
 
@@ -276,11 +297,24 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
 
 
-def _unchanged(layer: nn.Module, before: dict[str, torch.Tensor], during: str) -> None:
-    """Raise a failure unless the layer's parameters and buffers hold the values of the snapshot ``before``."""
+def _versions(layer: nn.Module) -> dict[str, int]:
+    """The version counter of every parameter and buffer: an in-place write moves it even where it leaves the
+    values as they were (``clamp_`` of weights inside the clamp's range)."""
+    return {name: t._version for name, t in (*layer.named_parameters(), *layer.named_buffers())}
+
+
+def _unchanged(layer: nn.Module, before: dict[str, torch.Tensor], during: str,
+               versions: dict[str, int] | None = None) -> None:
+    """Raise a failure unless the layer's parameters and buffers hold the values of the snapshot ``before`` and,
+    where ``versions`` (:func:`_versions`) is given, were not written in place at all."""
     for name, value in _snapshot(layer).items():
         if name not in before or not _same(value, before[name]):
             raise _Failure(f"{name} changed during {during}: a layer must not write its parameters or buffers")
+    now = _versions(layer)
+    for name, version in (versions or {}).items():
+        if now.get(name) != version:
+            raise _Failure(f"{name} was written in place during {during} (its values happen to be unchanged at "
+                           "these weights): a layer must not write its parameters or buffers")
 
 
 def _check_purity(s: _Setup) -> str:
@@ -288,7 +322,7 @@ def _check_purity(s: _Setup) -> str:
     of the parameters and the input: docs/design.md rule 5), and the same call twice gives the same y. (The ``step``
     check asserts the same of ``step``.)"""
     layer = s.layer
-    before = _snapshot(layer)
+    before, versions = _snapshot(layer), _versions(layer)
     x = s.randn(s.B, s.L, s.H)
     y, _ = layer(x)
     if y.requires_grad:
@@ -296,15 +330,16 @@ def _check_purity(s: _Setup) -> str:
     with torch.no_grad():
         y_again, _ = layer(x)
     layer.zero_grad(set_to_none=True)
-    _unchanged(layer, before, "forward and backward")
+    _unchanged(layer, before, "forward and backward", versions)
     err = _require(_rel_err(y_again, y), s.rtol, "the same forward call twice gave different outputs")
     return _passed(err, s.rtol)
 
 
 def _check_causality(s: _Setup) -> str:
-    """For t0 in {1, L/2}: x' = x with x'[:, t0:] moved by noise gives max |y'[:, :t0] - y[:, :t0]| <= tol max |y|
-    (CAUSAL_TOLERANCE: rounding only) and y'[:, t0:] != y[:, t0:] (the check sees the layer respond). Skipped for a
-    bidirectional layer."""
+    """For every t0 in 1..L-1: x' = x with x'[:, t0:] moved by noise gives max |y'[:, :t0] - y[:, :t0]| <= tol max |y|
+    (CAUSAL_TOLERANCE: rounding only), and for t0 in {1, L/2} y'[:, t0:] != y[:, t0:] (the check sees the layer
+    respond); then, for t0 in {1, L/2}, the leak again in training mode (each call's dropout masks from one seed).
+    Skipped for a bidirectional layer."""
     layer = s.layer
     if layer.bidirectional:
         raise _Skipped("bidirectional: the output depends on later inputs by design")
@@ -314,17 +349,43 @@ def _check_causality(s: _Setup) -> str:
     with torch.no_grad():
         y, _ = layer(x)
         scale = float(y.abs().max().clamp_min(1e-300))
-        for t0 in sorted({1, s.L // 2}):
+        for t0 in range(1, s.L):  # every t0: a leak at an internal chunk's boundary shows at that t0 alone
             moved = x.clone()
             moved[:, t0:] += s.randn(s.B, s.L - t0, s.H)
             y2, _ = layer(moved)
             leak = float((y2[:, :t0] - y[:, :t0]).abs().max()) / scale
             worst = max(worst, _require(leak, tol, f"y before t0={t0} changed when x changed from t0 on: the layer "
                                                    "sees the future"))
-            if not float((y2[:, t0:] - y[:, t0:]).abs().max()) / scale > tol:
+            # (the response from t0 on is asked for at t0 = 1 and L/2 only: a layer without a skip, y_t = C h_{t-1},
+            # answers x_{L-1} after the end of the sequence)
+            if t0 in (1, s.L // 2) and not float((y2[:, t0:] - y[:, t0:]).abs().max()) / scale > tol:
                 raise _Failure(f"y from t0={t0} on did not change when x did: the layer ignores its input, so "
                                "causality cannot be checked")
+    # training mode, where the layer is trained: the same at t0 = 1 and L/2, each call's dropout masks from one seed
+    layer.train()
+    try:
+        with torch.no_grad():
+            y = _seeded(lambda: layer(x)[0], s)
+            scale = float(y.abs().max().clamp_min(1e-300))
+            for t0 in sorted({1, s.L // 2}):
+                moved = x.clone()
+                moved[:, t0:] += s.randn(s.B, s.L - t0, s.H)
+                y2 = _seeded(lambda v=moved: layer(v)[0], s)
+                leak = float((y2[:, :t0] - y[:, :t0]).abs().max()) / scale
+                worst = max(worst, _require(leak, tol, f"in training mode (layer.train()), y before t0={t0} changed "
+                                                       "when x changed from t0 on: the layer sees the future while "
+                                                       "it is trained"))
+    finally:
+        layer.eval()
     return f"passed: max relative leak {worst:.2g} (tolerance {tol:.2g})"
+
+
+def _seeded(call: Callable[[], torch.Tensor], s: _Setup) -> torch.Tensor:
+    """``call()`` with the random number generators seeded from ``s.seed`` and restored afterwards: two calls draw
+    the same dropout masks."""
+    with torch.random.fork_rng(devices=[s.device] if s.device.type == "cuda" else []):
+        torch.manual_seed(s.seed)
+        return call()
 
 
 def _check_batch(s: _Setup) -> str:
@@ -337,7 +398,9 @@ def _check_batch(s: _Setup) -> str:
     bad[0, 1, 0], bad[0, s.L // 2, s.H - 1] = float("nan"), float("inf")
     worst = 0.0
     with torch.no_grad():
+        before = _kept(h0)
         y, h = layer(bad, h0)
+        _left_alone(h0, before, "forward")
         for b in range(1, s.B):
             alone_state = None if h0 is None else select_state(h0, [b])
             y_b, h_b = layer(x[b:b + 1], alone_state)
@@ -356,7 +419,8 @@ def _grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor
 
 
 def _check_chunked(s: _Setup) -> str:
-    """y, h = forward(x); for k in {1, L/2, L-1}: forward(x[:, :k]) = (y_1, h_1), forward(x[:, k:], h_1) = (y_2,
+    """y, h = forward(x) equals forward(x, initial_state(B)) (``rtol``: None means the zero state, which forward
+    leaves unchanged); for k in {1, L/2, L-1}: forward(x[:, :k]) = (y_1, h_1), forward(x[:, k:], h_1) = (y_2,
     h_2) with cat(y_1, y_2) = y and h_2 = h (``rtol``), and the gradients of Σ g ⊙ y with respect to x and the
     parameters agree between the one pass and the two chunks (``grad_rtol``)."""
     layer = s.layer
@@ -375,6 +439,15 @@ def _check_chunked(s: _Setup) -> str:
                                         "forward(x) in y"))
             worst = max(worst, _require(_state_err(h2, h), s.rtol,
                                         f"the final state after chunks split at {k} differs from forward(x)'s"))
+        h0 = layer.initial_state(s.B)  # the empty first chunk: state=None means the zero state initial_state gives
+        before = _kept(h0)
+        y0, h_0 = layer(x, h0)
+        _left_alone(h0, before, "forward")
+        worst = max(worst, _require(_rel_err(y0, y), s.rtol, f"forward(x, initial_state({s.B})) differs from "
+                                    "forward(x) in y: state=None must mean the zero state initial_state gives"))
+        worst = max(worst, _require(_state_err(h_0, h), s.rtol, f"forward(x, initial_state({s.B})) differs from "
+                                    "forward(x) in the final state: state=None must mean the zero state "
+                                    "initial_state gives"))
     g = s.randn(s.B, s.L, s.H)
     k = s.L // 2
     one = _grads((layer(x)[0] * g).sum(), [x, *params])
@@ -405,14 +478,20 @@ def _check_step(s: _Setup) -> str:
     h0 = s.prefix_state()
     with torch.no_grad():
         y, h = layer(x, h0)
-        before = _snapshot(layer)
+        before, versions = _snapshot(layer), _versions(layer)
+        x_before = x.clone()
         state, ys = h0, []
         for t in range(s.L):
-            y_t, state = layer.step(x[:, t], state)
+            given = _kept(state)
+            y_t, next_state = layer.step(x[:, t], state)
+            _left_alone(state, given, f"step (at t={t})")
+            state = next_state
             if t == 0 and (y_t.shape != (s.B, s.H) or y_t.dtype != x.dtype):
                 raise _Failure(f"step's y_t must be {(s.B, s.H)} {x.dtype}; got {tuple(y_t.shape)} {y_t.dtype}")
             ys.append(y_t)
-    _unchanged(layer, before, "step")
+        if not torch.equal(x, x_before):
+            raise _Failure("step wrote into its input x_t")
+    _unchanged(layer, before, "step", versions)
     err = _require(_rel_err(torch.stack(ys, 1), y), s.rtol, "stepping token by token differs from forward in y")
     err = max(err, _require(_state_err(state, h), s.rtol, "the state after stepping differs from forward's"))
     return _passed(err, s.rtol)
@@ -529,7 +608,12 @@ def _check_state_space(s: _Setup) -> str:
     if not layer.supports("state_space"):
         _expect_not_implemented(layer.state_space, "state_space")
         raise _Skipped(layer.unsupported("state_space"))
+    from ssmkit.analysis.statespace import StateSpace
+
     ss = layer.state_space()
+    if not isinstance(ss, StateSpace):
+        raise _Failure(f"state_space() must return an ssmkit.analysis.StateSpace (A, B, C, D in the control "
+                       f"convention, dt); got {type(ss).__name__}")
     if ss.nsystems * ss.ninputs != s.H or ss.nsystems * ss.noutputs != s.H:
         raise _Failure(f"state_space() must map H = {s.H} inputs to H outputs; got {ss.nsystems} systems of "
                        f"{ss.ninputs} inputs and {ss.noutputs} outputs")
@@ -597,8 +681,9 @@ def check_layer(
     """Check that a layer follows the layer protocol: run :data:`CHECKS` in order and raise at the first failure.
 
     The checks run on a copy of the layer (the caller's layer is not changed), converted to ``dtype`` and ``device``,
-    in eval mode (dropout off), on random inputs x (B, L, H) with H = ``layer.d_model``, drawn from ``seed``. Each
-    check, with the equation or property it asserts, is described in this module's docstring.
+    in eval mode (dropout off; ``causality`` also looks at training mode), on random inputs x (B, L, H) with
+    H = ``layer.d_model``, drawn from ``seed``. Each check, with the equation or property it asserts, is described in
+    this module's docstring.
 
     Args:
         layer: a :class:`SequenceLayer` (registered or not), or a callable without arguments that builds one (e.g.

@@ -215,7 +215,8 @@ class SequenceLayer(nn.Module):
     layer raises the same clear errors.
 
     Class attributes:
-        name: the registry name (set by :func:`ssmkit.layers.register`).
+        name: the registry name (set by :func:`ssmkit.layers.register`); "" for a class not registered itself (a
+            subclass does not inherit its parent's name, so analyses report it by its own class name).
         capabilities: what the layer class can do (:class:`Capabilities`).
         missing: why a capability is absent, by capability name (the ``NotImplementedError`` message).
         backends: the backends (``ssmkit.ops.set_backend``) under which ``forward`` runs, besides ``"auto"``.
@@ -248,6 +249,8 @@ class SequenceLayer(nn.Module):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # a registry name is the class's own: a subclass of S4D is not "s4d"
+            cls.name = ""
         if "anticausal" not in cls.__dict__:  # declared by the class itself, or read from its constructor
             cls.anticausal = "bidirectional" in inspect.signature(cls.__init__).parameters
 

@@ -63,7 +63,9 @@ def check_pattern(layer: str | Sequence[str], n_layers: int) -> list[str]:
         raise ValueError(f"a layer pattern needs one name per block: n_layers={n_layers} names; got {len(names)}: {list(names)}")
     unknown = sorted(set(names) - set(available()))
     if unknown:
-        raise ValueError(f"unknown layer names {unknown} in the pattern; registered layers: {available()}")
+        raise ValueError(f"unknown layer names {unknown} in the pattern; registered layers: {available()} (a layer "
+                         "of your own is registered when the module defining it is imported: import it first; on "
+                         "the command line, ssmkit --import MODULE ...)")
     return list(names)
 
 

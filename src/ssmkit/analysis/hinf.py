@@ -196,7 +196,7 @@ def hinf_bracket(
         tol: relative width of the bracket, > 0.
 
     Returns:
-        (γ_lo, γ_hi) floats.
+        (γ_lo, γ_hi) floats; (0, 0) for G ≡ 0 (D = 0 and C Aᵏ B = 0 for k < n).
     """
     check_tolerance(tol)
     poles = np.linalg.eigvals(A)  # (n,)
@@ -208,7 +208,10 @@ def hinf_bracket(
     def certified(lo: float, gamma: float) -> tuple[bool, float]:
         # (no eigenvalue of H(γ) within axis_tol of the axis, and no gain above γ_lo (1 + tol) at the frequencies of,
         # and between, those within the wider check band -- which rounding may have moved off the axis; that gain)
-        lam = np.linalg.eigvals(balance(hamiltonian(Ac, Bc, Cc, Dc, gamma)))  # (2n,)
+        # far from 1, H(γ) of G as H(1) of G/γ (C_c/γ, D_c/γ): the same eigenvalues (similar through diag(γ I, I/γ))
+        # without γ² under- or overflowing (a norm below 1e-154 made R = γ² I - D_cᵀ D_c exactly 0: "Singular matrix")
+        scale = 1.0 if 1e-100 < gamma < 1e100 else gamma
+        lam = np.linalg.eigvals(balance(hamiltonian(Ac, Bc, Cc / scale, Dc / scale, gamma / scale)))  # (2n,)
         near = _on_axis(lam, _CHECK_BAND)  # (k,)
         best = float(gain(2.0 * np.arctan(np.concatenate([near, _mid(near)]))).max()) if near.size else 0.0
         return best <= lo * (1.0 + tol) and _on_axis(lam, axis_tol).size == 0, best
@@ -217,8 +220,8 @@ def hinf_bracket(
     theta = np.concatenate([[0.0, np.pi], np.abs(np.angle(poles)), np.linspace(0.0, np.pi, 9)])
     values = gain(theta)  # (W,)
     lo = float(values.max())
-    if lo == 0.0 and not (np.any(C) and np.any(B)) and not np.any(D):
-        return 0.0, 0.0  # G ≡ 0
+    if lo == 0.0 and _is_zero(A, B, C, D):
+        return 0.0, 0.0  # G ≡ 0 (also with B, C ≠ 0: C Aᵏ B = 0 for the reachable modes none of C observes)
     lo = max(lo, np.finfo(np.float64).tiny)
     # 2. two-step iteration: test (1 + 2 tol) γ_lo; raise γ_lo at the midpoints of the crossings
     for _ in range(_MAX_ITERS):
@@ -240,6 +243,19 @@ def hinf_bracket(
                 raise RuntimeError(f"the Hamiltonian test could not certify an upper bound above γ_lo = {lo:.6g}")
         lo = new
     raise RuntimeError(f"the H∞ iteration did not converge in {_MAX_ITERS} steps (last γ_lo = {lo:.6g})")
+
+
+def _is_zero(A: np.ndarray, B: np.ndarray, C: np.ndarray, D: np.ndarray) -> bool:
+    """Whether G(z) = C (zI - A)^{-1} B + D is identically 0: D = 0 and C Aᵏ B = 0 for k < n, exactly (by
+    Cayley-Hamilton every Markov parameter C Aᵏ B is then 0)."""
+    if np.any(D):
+        return False
+    AkB = B  # (n, m)
+    for _ in range(A.shape[0]):
+        if np.any(C @ AkB):
+            return False
+        AkB = A @ AkB
+    return True
 
 
 def _mid(omega: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ _HINF_PEAKS = 4
 def sigma_max(H: np.ndarray) -> np.ndarray:
     """Largest singular value σ_max(H) of each p × m response matrix H[g, :, :, w].
 
-    A row or column (p = 1 or m = 1) is a vector, whose σ_max is its Euclidean norm; otherwise an SVD.
+    A row or column (p = 1 or m = 1) is a vector, whose σ_max is its Euclidean norm (computed as max |h| ·
+    ‖h / max |h|‖, so that no square under- or overflows for |h| beyond 1e±154); otherwise an SVD.
 
     Args:
         H: (G, p, m, W) complex responses.
@@ -42,7 +43,11 @@ def sigma_max(H: np.ndarray) -> np.ndarray:
         raise ValueError(f"H must be (G, p, m, W) (4 dimensions); got {tuple(H.shape)}")
     H = H.transpose(0, 3, 1, 2)  # (G, W, p, m)
     if H.shape[2] == 1 or H.shape[3] == 1:
-        return np.sqrt((np.abs(H) ** 2).sum((2, 3)))  # (G, W): a vector's norm is its σ_max
+        # a vector's norm is its σ_max; scaled by its largest entry so that |H|² cannot under- or overflow
+        size = np.abs(H)  # (G, W, p, m)
+        top = size.max((2, 3))  # (G, W)
+        unit = np.where((top > 0.0) & (top < np.inf), top, 1.0)[..., None, None]  # (G, W, 1, 1)
+        return top * np.sqrt(((size / unit) ** 2).sum((2, 3)))  # (G, W): inf stays inf, NaN NaN
     return np.linalg.svd(H, compute_uv=False)[..., 0]  # (G, W)
 
 

@@ -180,3 +180,20 @@ def test_loads_keep_the_tie_and_refuse_an_untied_state_dict():
     untied["head.weight"] = untied["encoder.weight"]
     target.load_state_dict(untied)
     assert torch.equal(target.encoder.weight, untied["encoder.weight"])
+
+
+def test_init_from_an_untied_source_loads_its_embedding_into_the_tied_head():
+    from ssmkit.train import load_weights
+
+    untied, tied = _lm(tie=False, seed=5), _lm(seed=6)
+    report = load_weights(tied, untied.state_dict())  # it raised: the two matrices differ
+    assert report.untied_head_skipped and "head.weight" not in report.loaded and not report.head_not_loaded
+    assert "is not loaded: this model's head is its embedding" in report.summary()
+    assert tied.head.weight is tied.encoder.weight and torch.equal(tied.encoder.weight, untied.encoder.weight)
+    source = untied.state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in tied.state_dict().items() if not k.startswith("head."))
+    with pytest.raises(ValueError, match=r"the head differs from the source's \(head.weight: the source's is not its "
+                                         r"embedding, this model's is\)"):
+        load_weights(_lm(seed=7), untied.state_dict(), skip_mismatched_head=False)
+    again = load_weights(_lm(seed=8), tied.state_dict())  # a tied source: everything loads
+    assert not again.untied_head_skipped and "head.weight" in again.loaded

@@ -46,18 +46,25 @@ class LoadReport:
         head_not_loaded: the head tensors left as they were (shape differs from the source's, or absent there),
             each with (model shape, source shape or None).
         source_model: the source run's model configuration (a checkpoint's ``hyper_parameters["model"]``), or None.
+        untied_head_skipped: the model ties its head to its embedding (``tie_embeddings``) and the source's
+            ``head.weight`` was another matrix than its ``encoder.weight`` (an untied source): the head is the loaded
+            embedding, the source's head matrix is not loaded.
     """
 
     source: str
     loaded: list[str] = field(default_factory=list)
     head_not_loaded: dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]] = field(default_factory=dict)
     source_model: dict[str, Any] | None = None
+    untied_head_skipped: bool = False
 
     def summary(self) -> str:
         """One line: the source, the tensors loaded, and the head tensors left at the model's own values."""
         line = f"initialised from {self.source}: loaded {len(self.loaded)} tensors"
         if self.head_not_loaded:
             line += f"; the head differs, not loaded, kept at its initialisation: {self.head_shapes()}"
+        if self.untied_head_skipped:
+            line += ("; the source's head.weight is not loaded: this model's head is its embedding (tie_embeddings), "
+                     "loaded from the source's encoder.weight")
         return line
 
     def head_shapes(self) -> str:
@@ -172,10 +179,18 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
         theirs = tensors.get(name)
         if theirs is None or theirs.shape != value.shape:
             report.head_not_loaded[name] = (tuple(value.shape), None if theirs is None else tuple(theirs.shape))
-    if report.head_not_loaded and not skip_mismatched_head:
-        raise ValueError(f"init_from {where!r}: the head differs from the source's ({report.head_shapes()}); pass "
+    head, encoder = getattr(model, "head", None), getattr(model, "encoder", None)
+    if (getattr(head, "weight", None) is not None and head.weight is getattr(encoder, "weight", None)
+            and "head.weight" not in report.head_not_loaded and "encoder.weight" in tensors
+            and not torch.equal(tensors["head.weight"], tensors["encoder.weight"])):
+        # a tied model's head is its embedding: an untied source's head matrix has nowhere to go
+        report.untied_head_skipped = True
+    if (report.head_not_loaded or report.untied_head_skipped) and not skip_mismatched_head:
+        differs = report.head_shapes() or "head.weight: the source's is not its embedding, this model's is"
+        raise ValueError(f"init_from {where!r}: the head differs from the source's ({differs}); pass "
                          "skip_mismatched_head=True to keep it at its initialisation")
-    chosen = {k: tensors[k] for k in own if k not in report.head_not_loaded}
+    chosen = {k: tensors[k] for k in own if k not in report.head_not_loaded
+              and not (report.untied_head_skipped and k == "head.weight")}
     model.load_state_dict(chosen, strict=False)
     report.loaded = list(chosen)
     return report

@@ -234,6 +234,23 @@ class StateSpaceAsTuple(AuthorEMA):
         return ss.A, ss.B, ss.C, ss.D  # the matrices, not a StateSpace
 
 
+class StateInAnotherBasis(AuthorEMA):
+    """Carries s = 2h as its state, while its realisation's state is h: from zero all agree, but an exported graph
+    started from the layer's state (onnx_state) continues it wrongly (the lead's addition)."""
+
+    def _forward(self, x, state, return_state):
+        h = x.new_zeros(x.shape[0], self.d_model) if state is None else state / 2
+        ys = []
+        for t in range(x.shape[1]):
+            y_t, h = AuthorEMA._step(self, x[:, t], h)
+            ys.append(y_t)
+        return torch.stack(ys, 1), (2 * h if return_state else None)
+
+    def _step(self, x_t, state):
+        y_t, h = AuthorEMA._step(self, x_t, state / 2)
+        return y_t, 2 * h
+
+
 class StepWritesItsInput(AuthorEMA):
     def _forward(self, x, state, return_state):
         h = x.new_zeros(x.shape[0], self.d_model) if state is None else state
@@ -272,6 +289,8 @@ WRONG = [
                                "mean the zero state"),
     (StateSpaceAsTuple, "state_space", r"state_space\(\) must return an ssmkit.analysis.StateSpace .*; got tuple"),
     (StepWritesItsInput, "step", "step wrote into its input x_t"),
+    (StateInAnotherBasis, "state_space", r"stepping the real realisation of state_space\(\) from the layer's state "
+                                         r"\(onnx_state's layout\) differs from forward\(x, state\)"),
     (LeaksWhileTraining, "causality", r"in training mode \(layer.train\(\)\), y before t0=1 changed when x changed "
                                       "from t0 on: the layer sees the future while it is trained"),
 ]

@@ -45,6 +45,7 @@ inputs and checks the gaps: onnxruntime refuses an interval of another rank or d
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -476,21 +477,7 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
     out = []
     for layer, entry in zip(layers, state):
         if layer.supports("state_space"):
-            real = RealLTIStep(layer.state_space())
-            if real.kind == "dense" and entry.is_complex() and 2 * entry.shape[-1] == real.n:
-                entry = torch.cat([entry.real, entry.imag], -1)  # (B, H, N/2) -> (B, H, N): the basis [Re x, Im x]
-            elif real.kind == "diagonal" and entry.is_complex() and 2 * entry.shape[-1] == real.n:
-                # complex modes with real eigenvalues (S4D init="real"): their 2x2 blocks [[a, 0], [0, a]] are
-                # diagonal, in the basis (Re x_1, Im x_1, Re x_2, ...) of the modal form
-                entry = torch.view_as_real(entry).flatten(-2)  # (B, H, M) complex -> (B, H, 2M)
-            elif entry.is_complex() != (real.kind == "modal"):
-                raise NotImplementedError(
-                    f"{type(layer).__name__}'s state {tuple(entry.shape)} has no direct counterpart in the exported "
-                    f"graph's {real.kind} realisation: start the ONNX graph from zeros"
-                )
-            elif entry.is_complex():
-                entry = torch.view_as_real(entry)  # (..., 2): the modal form's (Re, Im) pairs
-            entry = entry.reshape((entry.shape[0],) + real.state_shape())  # (B, G, M, 2) or (B, G, n)
+            entry = realisation_state(RealLTIStep(layer.state_space()), entry, type(layer).__name__)
         elif isinstance(layer, LiquidS4):  # (S4's dense basis [Re x, Im x], the last inputs): RealLiquidS4's state
             entry = [torch.cat([entry.ssm.real, entry.ssm.imag], -1), entry.inputs]
         else:
@@ -499,6 +486,42 @@ def onnx_state(model: nn.Module, state: list) -> list[np.ndarray]:
         out += [part.detach().cpu().to(dtype if part.is_floating_point() else part.dtype).numpy()
                 for part in _flatten(entry)]
     return out
+
+
+def realisation_state(real: RealLTIStep, entry: torch.Tensor, owner: str) -> torch.Tensor:
+    """An LTI layer's state as the state of its exported real realisation ``real`` (:func:`onnx_state`'s layouts):
+    a modal form's (B, G, M, 2) ``view_as_real`` of the complex modes; a dense realisation (S4) in the real basis
+    z = [Re x, Im x] of the layer's complex state (B, H, N/2) -> (B, H, N); a real diagonal one the layer's own state,
+    or, for complex modes with real eigenvalues (S4D ``init="real"``), ``view_as_real`` flattened to (B, H, 2M).
+    The conformance kit checks that the realisation continues from it as the layer does (``check_layer``'s
+    ``state_space``).
+
+    Args:
+        real: the layer's realisation, ``RealLTIStep(layer.state_space())``.
+        entry: the layer's state, one tensor (B, ...).
+        owner: the layer's name, for the error.
+
+    Raises:
+        NotImplementedError: the state has no counterpart in the realisation (start the graph from zeros).
+    """
+    if real.kind == "dense" and entry.is_complex() and 2 * entry.shape[-1] == real.n:
+        entry = torch.cat([entry.real, entry.imag], -1)  # (B, H, N/2) -> (B, H, N): the basis [Re x, Im x]
+    elif real.kind == "diagonal" and entry.is_complex() and 2 * entry.shape[-1] == real.n:
+        # complex modes with real eigenvalues (S4D init="real"): their 2x2 blocks [[a, 0], [0, a]] are
+        # diagonal, in the basis (Re x_1, Im x_1, Re x_2, ...) of the modal form
+        entry = torch.view_as_real(entry).flatten(-2)  # (B, H, M) complex -> (B, H, 2M)
+    elif entry.is_complex() != (real.kind == "modal"):
+        raise NotImplementedError(
+            f"{owner}'s state {tuple(entry.shape)} has no direct counterpart in the exported graph's {real.kind} "
+            "realisation: start the ONNX graph from zeros"
+        )
+    elif entry.is_complex():
+        entry = torch.view_as_real(entry)  # (..., 2): the modal form's (Re, Im) pairs
+    shape = (entry.shape[0],) + real.state_shape()
+    if entry.numel() != math.prod(shape):
+        raise NotImplementedError(f"{owner}'s state {tuple(entry.shape)} has no direct counterpart in the exported "
+                                  f"graph's {real.kind} realisation {shape[1:]}: start the ONNX graph from zeros")
+    return entry.reshape(shape)  # (B, G, M, 2) or (B, G, n)
 
 
 def _mixer_part(layer: nn.Module, part: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,9 @@ The checks:
 - ``gradcheck``: ``torch.autograd.gradcheck`` of y with respect to x and the parameters (float64 only).
 - ``kernel``: y equals the exported kernel's convolution, y_t = Σ_{s≤t} K[t-s] u_s (+ Σ_{s>t} K_1[s-t-1] u_s when
   bidirectional).
-- ``state_space``: simulating ``state_space()`` from a zero state reproduces y.
+- ``state_space``: simulating ``state_space()`` from a zero state reproduces y, and its real realisation (the ONNX
+  graph's) started from a layer's state, in ``onnx_state``'s layout, reproduces y and the final state: an exported
+  system continues a layer's state as the layer does.
 
 What is not checked here, since an arbitrary layer need not have it: the agreement of the backends a layer declares
 (each backend can be forced with ``ssmkit.ops.use_backend`` around a call of ``check_layer``), autocast, long
@@ -602,8 +604,11 @@ def _convolve(K: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _check_state_space(s: _Setup) -> str:
-    """S = state_space() has G·m = G·p = H, and S.simulate(x) from x[0] = 0 equals forward(x) (``rtol``). Without the
-    capability, ``state_space`` raises ``NotImplementedError``."""
+    """S = state_space() has G·m = G·p = H, and S.simulate(x) from x[0] = 0 equals forward(x) (``rtol``); from a
+    reachable state h_0 (:meth:`_Setup.prefix_state`), S's real realisation (``RealLTIStep``, the exported graph's)
+    stepped from h_0 in ``onnx_state``'s layout (``realisation_state``) equals forward(x, h_0), output and final
+    state (not checked, and said so, for a state without such a layout). Without the capability,
+    ``state_space`` raises ``NotImplementedError``."""
     layer = s.layer
     if not layer.supports("state_space"):
         _expect_not_implemented(layer.state_space, "state_space")
@@ -622,6 +627,34 @@ def _check_state_space(s: _Setup) -> str:
         y, _ = layer(x)
     y_sim = ss.simulate(x.detach().double().cpu())
     err = _require(_rel_err(y_sim, y.double().cpu()), s.rtol, "simulating state_space() differs from forward")
+    h0 = s.prefix_state()
+    if h0 is None:
+        return _passed(err, s.rtol)
+    from ssmkit.analysis.onnx_export import RealLTIStep, realisation_state
+
+    real = RealLTIStep(ss, torch.float64)
+    if not isinstance(h0, torch.Tensor):
+        return f"{_passed(err, s.rtol)}; from a state: not checked (the state is not one tensor)"
+    def f64(state: torch.Tensor) -> torch.Tensor:
+        return state.detach().cpu().to(torch.complex128 if state.is_complex() else torch.float64)
+
+    try:
+        z = realisation_state(real, f64(h0), type(layer).__name__)
+    except NotImplementedError as why:
+        return f"{_passed(err, s.rtol)}; from a state: not checked ({why})"
+    with torch.no_grad():
+        y, h = layer(x, h0)
+        ys = []
+        for t in range(s.L):
+            y_t, z = real.step(x[:, t].detach().double().cpu(), z)
+            ys.append(y_t)
+    from_state = "from the layer's state (onnx_state's layout)"
+    err = max(err, _require(_rel_err(torch.stack(ys, 1), y.double().cpu()), s.rtol,
+                            f"stepping the real realisation of state_space() {from_state} differs from forward(x, "
+                            "state): an exported graph started from a layer's state (onnx_state, a controller) "
+                            "would continue it wrongly"))
+    err = max(err, _require(_rel_err(z, realisation_state(real, f64(h), type(layer).__name__)),
+                            s.rtol, f"the final state of the realisation stepped {from_state} differs from forward's"))
     return _passed(err, s.rtol)
 
 

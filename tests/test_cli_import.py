@@ -16,37 +16,13 @@ from ssmkit.cli import main as cli_main
 from ssmkit.layers import available, unregister
 
 LAYER = '''
-import torch
-from torch import nn
-
-from ssmkit.layers import SequenceLayer, TensorSpec, register
+from ssmkit.layers import register
+from tests.probes.test_probe_layer_author_2026_12_07 import AuthorEMA
 
 
 @register("{name}")
-class UserEMA(SequenceLayer):
-    """h_t = a h_(t-1) + (1 - a) x_t, y_t = h_t + d x_t per channel."""
-
-    def __init__(self, d_model: int, device=None, dtype=None):
-        super().__init__()
-        self.d_model = d_model
-        self.logit_a = nn.Parameter(torch.zeros(d_model, device=device, dtype=dtype))
-        self.d = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
-
-    def state_spec(self):
-        return TensorSpec((self.d_model,), self.d.dtype)
-
-    def _forward(self, x, state, return_state):
-        h = x.new_zeros(x.shape[0], self.d_model) if state is None else state
-        ys = []
-        for t in range(x.shape[1]):
-            y_t, h = self._step(x[:, t], h)
-            ys.append(y_t)
-        return torch.stack(ys, 1), (h if return_state else None)
-
-    def _step(self, x_t, state):
-        a = torch.sigmoid(self.logit_a)
-        h = a * state + (1 - a) * x_t
-        return h + self.d * x_t, h
+class UserEMA(AuthorEMA):
+    """The README's layer (h_t = a h_(t-1) + (1 - a) x_t, y_t = h_t + d x_t), in the user's own module."""
 '''
 
 TINY = ["--task", "adding", "--task_options", "{length: 8, n_train: 16, n_val: 8, n_test: 8}", "--d_model", "4",

@@ -173,3 +173,27 @@ def test_analyze_onnx_of_a_growing_state_writes_the_sequence_graph_from_rest(tmp
     assert "step.onnx not written" in printed.err and "growing axis" in printed.err
     assert "sequence.onnx: without a state" in printed.out and "inputs u (B, L, 2), no state; outputs y" in printed.out
     assert sorted(os.listdir(tmp_path)) == ["sequence.onnx"]
+
+
+def test_analyze_takes_the_run_folder_train_prints(tmp_path, capsys):
+    # `ssmkit train` ends with "results in runs/<task>-<model>"; `ssmkit analyze runs/<task>-<model>` said "no
+    # checkpoint at" (it took files only); a sysid run folder holds model.pt
+    from ssmkit.models import SequenceModel, SequenceModelConfig
+
+    config = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=1, head="regress",
+                                 layer_options={"d_state": 2})
+    model = SequenceModel.from_config(config)
+    run = tmp_path / "runs" / "adding-s4d"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"hyper_parameters": {"model": config.to_dict()},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               run / "checkpoints" / "last.ckpt")
+    loaded = load_model(str(run))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert cli_main(["analyze", str(run), "--no-plots"]) == 0
+    assert (run / "analysis" / "summary.md").is_file()  # beside checkpoints/, as for the file
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at '.*empty': a folder, holding none of "
+                                                r"checkpoints/last.ckpt, model.pt, last.ckpt"):
+        cli_main(["analyze", str(empty)])

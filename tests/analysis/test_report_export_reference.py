@@ -569,8 +569,9 @@ def test_load_model_reads_each_layout_and_skips_the_other_weights(tmp_path):
     with pytest.raises(ValueError, match=r"no hyper_parameters\['model'\].*found keys \['hyper_parameters', "
                                          r"'state_dict'\]"):
         load_model(str(tmp_path / "none.pt"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint at '"):
-        load_model(str(tmp_path))  # a folder is not a file
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint at '.*': a folder, holding none of"):
+        load_model(str(tmp_path / "empty"))  # a folder stands for its run's checkpoint, if it holds one
     torch.save({"hyper_parameters": {"model": {}}}, tmp_path / "nostate.pt")
     with pytest.raises(ValueError, match="holds no state_dict"):
         load_model(str(tmp_path / "nostate.pt"))

@@ -32,16 +32,18 @@ def load_model(path: str):
     a WienerEnsemble file (``wiener_ensemble``: the members' arguments, ``state_dict``; ``--recipe.combine average``)
     gives the ensemble, whose layers are named by member (``members.0.layers.0``, ...).
 
+    A run folder stands for its checkpoint (:func:`_checkpoint_path`): ``ssmkit train`` prints "results in
+    runs/<task>-<model>", and that folder was refused ("no checkpoint at").
+
     Args:
-        path: the checkpoint file (read with ``torch.load(weights_only=True)``).
+        path: the checkpoint file (read with ``torch.load(weights_only=True)``), or a run folder.
 
     Returns:
         the model.
     """
     import torch
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
+    path = _checkpoint_path(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path!r} holds no state_dict: not a checkpoint of 'ssmkit train' nor a DeepWiener file")
@@ -77,6 +79,32 @@ def load_model(path: str):
     return model.eval()
 
 
+_RUN_CHECKPOINTS = (os.path.join("checkpoints", "last.ckpt"), "model.pt", "last.ckpt")
+"""What a folder given as a checkpoint stands for, in this order: an ``ssmkit train`` run's final weights, an
+``ssmkit sysid`` run's model, a checkpoints folder's final weights."""
+
+
+def _checkpoint_path(path: str) -> str:
+    """The checkpoint file ``path`` names: the file itself, or in a folder the first of :data:`_RUN_CHECKPOINTS`
+    present.
+
+    Args:
+        path: a checkpoint file or a run folder.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder holding none of them (naming what was looked for).
+    """
+    if os.path.isdir(path):
+        for name in _RUN_CHECKPOINTS:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}: a folder, holding none of "
+                                f"{', '.join(_RUN_CHECKPOINTS)}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
+    return path
+
+
 def _run_folder(checkpoint: str) -> str:
     """The run folder of a checkpoint: the folder above ``checkpoints/`` (``ssmkit train``'s layout), else the file's
     own folder (a ``model.pt`` of ``ssmkit sysid``)."""
@@ -98,7 +126,8 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
         "writes summary.md, analysis.json and PNG figures.",
     )
     parser.add_argument("checkpoint", help="a checkpoint written by 'ssmkit train' (checkpoints/last.ckpt), or the "
-                        "model.pt of an 'ssmkit sysid' run (a DeepWiener: {'deep_wiener': its arguments, 'state_dict'})")
+                        "model.pt of an 'ssmkit sysid' run (a DeepWiener: {'deep_wiener': its arguments, 'state_dict'}), "
+                        "or the run folder itself")
     parser.add_argument("--out", default=None, help="output folder (default: analysis/ beside checkpoints/, or beside "
                         "the file)")
     parser.add_argument("--dt", type=float, default=None,
@@ -129,7 +158,7 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
     if args.dt is not None and isinstance(own, float) and abs(args.dt - own) > 1e-12 * own:
         parser.error(f"the model carries its sampling time Ts = {own:g} s; --dt {args.dt:g} would put its poles, time "
                      "constants and frequencies on another time axis: leave --dt out")
-    out = args.out or _default_out(args.checkpoint)
+    out = args.out or _default_out(_checkpoint_path(args.checkpoint))
     paths = write_report(model, out, title=args.checkpoint, dt=args.dt, channels=args.channels, plots=not args.no_plots)
     with open(paths["summary"]) as f:
         print(f.read(), end="")

@@ -510,7 +510,9 @@ def test_quantize_dynamic_float16_equals_the_rounded_weights(name):
         x = torch.randn(2, 12, 3)
         want = rounded(x)[0]
         got = quantised(x)[0]
-        assert rel_err(got, want) < 1e-6
+        # float32 rounding of two GEMM kernels (fbgemm's fp16 one and the float32 one): ~2e-7, Mega's attention
+        # amplifies it to 2.4e-6 on an AMD EPYC (1e-6 held on the Xeon); unrounded weights are 1.4e-4 to 9e-3 off
+        assert rel_err(got, want) < 1e-5
         assert rel_err(_model_steps(quantised, x)[0], got) < 1e-5  # the step view of the quantised model
 
 

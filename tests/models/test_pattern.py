@@ -7,7 +7,7 @@ import torch
 
 import ssmkit.layers as layers
 from ssmkit.models import SequenceModel, SequenceModelConfig, interleave
-from tests.conftest import DEVICE, H, rel_err, state_err, variants
+from tests.conftest import DEVICE, H, rel_err, run_steps, state_err, variants
 
 # one block of every registered layer that runs step by step, each with its small test options
 STEP_NAMES = [name for name in layers.available() if layers.layer_class(name).capabilities.step]
@@ -38,12 +38,8 @@ def test_a_hybrid_of_every_layer_decodes_as_its_forward():
         y, states = model(x)
         _, s = model(x[:, :9])
         y_tail, s_chunked = model(x[:, 9:], s)
-        ys = []
-        s = model.initial_state(2)
-        for t in range(23):
-            y_t, s = model.step(x[:, t], s)
-            ys.append(y_t)
-    assert rel_err(torch.stack(ys, 1), y) < 1e-10
+        stepped, s = run_steps(model, x)
+    assert rel_err(stepped, y) < 1e-10
     assert rel_err(y_tail, y[:, 9:]) < 1e-10
     for a, b, c in zip(s, s_chunked, states):
         assert state_err(a, c) < 1e-10 and state_err(b, c) < 1e-10
@@ -75,9 +71,6 @@ def test_griffin_style_hybrid_with_local_attention_decodes_as_its_forward():
     x = torch.randn(2, 15, 2, device=DEVICE, dtype=torch.float64)
     with torch.no_grad():
         y, _ = model(x)
-        s, ys = model.initial_state(2), []
-        for t in range(15):
-            y_t, s = model.step(x[:, t], s)
-            ys.append(y_t)
-    assert rel_err(torch.stack(ys, 1), y) < 1e-10
+        stepped, _ = run_steps(model, x)
+    assert rel_err(stepped, y) < 1e-10
     assert model.blocks[2].layer.window == 4

@@ -30,6 +30,7 @@ import ssmkit
 from ssmkit.layers import Capabilities, ConformanceError, SequenceLayer, TensorSpec, check_layer, register
 from ssmkit.layers.conformance import CHECKS
 from ssmkit.layers.registry import available, build, layer_class, unregister
+from tests.conftest import run_steps
 
 F64 = torch.float64
 H = 3
@@ -145,11 +146,8 @@ def test_registered_at_run_time_it_builds_by_name_in_a_model_and_in_a_pattern():
         x = torch.randn(2, 9, 2, dtype=F64)
         with torch.no_grad():
             y, _ = model(x)
-            state, ys = model.initial_state(2), []
-            for t in range(9):
-                y_t, state = model.step(x[:, t], state)
-                ys.append(y_t)
-        torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-10, atol=1e-12)
+            stepped, _ = run_steps(model, x)
+        torch.testing.assert_close(stepped, y, rtol=1e-10, atol=1e-12)
         with pytest.raises(UnknownOptionError, match=r"layer 'probe_author_ema' has no option\(s\) \['d_state'\]"):
             SequenceModel(d_input=2, d_model=H, n_layers=1, layer="probe_author_ema", d_output=2, head="regress",
                           pool=None, layer_options={"d_state": 4})

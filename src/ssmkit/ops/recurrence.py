@@ -214,16 +214,21 @@ def _recurrence_states(
     b_c = b.reshape(Bsz, -1, T, H)  # (B, nc, T, H)
     a_c = None if invariant else a.reshape(Bsz, -1, T, H)  # (B, nc, T, H)
 
+    # every step's slice at once: one unbind, not an index per use (under torch.export each index of a tensor of
+    # symbolic shape costs its own stride arithmetic: 4T of them took most of an export's time)
+    b_t = b_c.unbind(2)  # T x (B, nc, H)
+    a_t = None if invariant else a_c.unbind(2)  # T x (B, nc, H)
+
     def gate(t: int) -> torch.Tensor:
-        return a if invariant else a_c[:, :, t]  # (H,) or (B, nc, H)
+        return a if invariant else a_t[t]  # (H,) or (B, nc, H)
 
     inplace = not tracing()
     steps = range(T - 1, -1, -1) if reverse else range(T)
     h_in = h0 if h0 is not None else b.new_zeros(Bsz, H)  # (B, H)
     if symbolic:  # 1., 2. as below, the carry by one scan op over the symbolic chunk count
-        g_end = b_c[:, :, steps[0]]  # (B, nc, H)
+        g_end = b_t[steps[0]]  # (B, nc, H)
         for t in steps[1:]:
-            g_end = torch.addcmul(b_c[:, :, t], gate(t), g_end)  # (B, nc, H)
+            g_end = torch.addcmul(b_t[t], gate(t), g_end)  # (B, nc, H)
         wide = b.dtype if b.device.type == "mps" else _WIDE.get(b.dtype, b.dtype)
         if invariant:
             P_end = int_power(a.to(wide), T).expand(Bsz, H)  # (B, H)
@@ -241,12 +246,12 @@ def _recurrence_states(
             # rglru_torch) may still hold log a in cache
             P_end = torch.exp(_chunk_log_sums(log_a, shift, T, n_chunks, reverse).to(wide))  # (B, nc, H)
         # 1. local scans from zero, keeping only each chunk's last value, and the chunk's gate product
-        g_end = b_c[:, :, steps[0]].clone() if inplace else b_c[:, :, steps[0]]  # (B, nc, H)
+        g_end = b_t[steps[0]].clone() if inplace else b_t[steps[0]]  # (B, nc, H)
         for t in steps[1:]:
             if inplace:
-                torch.addcmul(b_c[:, :, t], gate(t), g_end, out=g_end)  # (B, nc, H)
+                torch.addcmul(b_t[t], gate(t), g_end, out=g_end)  # (B, nc, H)
             else:
-                g_end = torch.addcmul(b_c[:, :, t], gate(t), g_end)  # (B, nc, H)
+                g_end = torch.addcmul(b_t[t], gate(t), g_end)  # (B, nc, H)
         # 2. carry across chunks, in double precision for a single-precision scan (see _WIDE)
         if invariant:
             P_end = int_power(a.to(wide), T)  # (H,)
@@ -263,12 +268,13 @@ def _recurrence_states(
     prev = starts
     if inplace:  # written straight into the output
         h = torch.empty_like(b_c)  # (B, nc, T, H)
+        h_t = h.unbind(2)  # T x (B, nc, H) views
         for t in steps:
-            prev = torch.addcmul(b_c[:, :, t], gate(t), prev, out=h[:, :, t])  # (B, nc, H)
+            prev = torch.addcmul(b_t[t], gate(t), prev, out=h_t[t])  # (B, nc, H)
     else:
         outs = [None] * T
         for t in steps:
-            prev = outs[t] = torch.addcmul(b_c[:, :, t], gate(t), prev)  # (B, nc, H)
+            prev = outs[t] = torch.addcmul(b_t[t], gate(t), prev)  # (B, nc, H)
         h = torch.stack(outs, dim=2)  # (B, nc, T, H)
     h = h.reshape(Bsz, n_chunks * T, H)  # (B, nc·T, H)
     if not reverse:

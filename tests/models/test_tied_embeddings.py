@@ -197,3 +197,18 @@ def test_init_from_an_untied_source_loads_its_embedding_into_the_tied_head():
         load_weights(_lm(seed=7), untied.state_dict(), skip_mismatched_head=False)
     again = load_weights(_lm(seed=8), tied.state_dict())  # a tied source: everything loads
     assert not again.untied_head_skipped and "head.weight" in again.loaded
+
+
+def test_init_from_a_source_without_a_head_matrix_loads_the_embedding_as_the_tied_head():
+    """A source holding the embedding but no ``head.weight`` (a state dict saved without it): the tied head is the
+    loaded embedding. The report said "the head differs, not loaded, kept at its initialisation", and
+    ``skip_mismatched_head=False`` refused it."""
+    from ssmkit.train import load_weights
+
+    source = {k: v for k, v in _lm(tie=False, seed=9).state_dict().items() if k != "head.weight"}
+    for skip in (True, False):
+        tied = _lm(seed=10)
+        report = load_weights(tied, source, skip_mismatched_head=skip)
+        assert not report.head_not_loaded and not report.untied_head_skipped
+        assert "head" not in report.summary() and "head.weight" in report.loaded
+        assert tied.head.weight is tied.encoder.weight and torch.equal(tied.head.weight, source["encoder.weight"])

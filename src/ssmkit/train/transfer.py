@@ -173,26 +173,26 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
         raise ValueError(f"init_from {where!r}: the source's model differs from this one beyond the head, so its "
                          f"weights do not fit (tensors {'; '.join(parts)}){_model_difference(source_model, model)}. "
                          "Only the head may differ (another number of classes or outputs)")
+    head, encoder = getattr(model, "head", None), getattr(model, "encoder", None)
+    tied = getattr(head, "weight", None) is not None and head.weight is getattr(encoder, "weight", None)
     for name, value in own.items():
-        if not _is_head(name):
-            continue
+        if not _is_head(name) or (tied and name == "head.weight"):
+            continue  # a tied head's matrix is the embedding, loaded (or refused above) as encoder.weight
         theirs = tensors.get(name)
         if theirs is None or theirs.shape != value.shape:
             report.head_not_loaded[name] = (tuple(value.shape), None if theirs is None else tuple(theirs.shape))
-    head, encoder = getattr(model, "head", None), getattr(model, "encoder", None)
-    if (getattr(head, "weight", None) is not None and head.weight is getattr(encoder, "weight", None)
-            and "head.weight" not in report.head_not_loaded and "encoder.weight" in tensors
-            and not torch.equal(tensors["head.weight"], tensors["encoder.weight"])):
+    if tied and "head.weight" in tensors and not torch.equal(tensors["head.weight"], tensors["encoder.weight"]):
         # a tied model's head is its embedding: an untied source's head matrix has nowhere to go
         report.untied_head_skipped = True
     if (report.head_not_loaded or report.untied_head_skipped) and not skip_mismatched_head:
         differs = report.head_shapes() or "head.weight: the source's is not its embedding, this model's is"
         raise ValueError(f"init_from {where!r}: the head differs from the source's ({differs}); pass "
                          "skip_mismatched_head=True to keep it at its initialisation")
-    chosen = {k: tensors[k] for k in own if k not in report.head_not_loaded
-              and not (report.untied_head_skipped and k == "head.weight")}
+    chosen = {k: tensors[k] for k in own if k not in report.head_not_loaded and k in tensors
+              and not (tied and k == "head.weight")}
     model.load_state_dict(chosen, strict=False)
-    report.loaded = list(chosen)
+    # a tied head holds the source's embedding now: loaded unless the source's head was another matrix
+    report.loaded = [k for k in own if k in chosen or (tied and k == "head.weight" and not report.untied_head_skipped)]
     return report
 
 

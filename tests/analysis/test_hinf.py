@@ -301,3 +301,20 @@ def test_lti_layers_at_d_state_8_get_tol_wide_brackets(name):
         dense = ss._sigma_max(np.broadcast_to(theta, (ss.nsystems, theta.size))).max(1)
         assert np.all(dense <= bounds[:, 1])
         np.testing.assert_allclose(bounds[:, 1], (1 + 2e-10) * bounds[:, 0], rtol=1e-15)
+
+
+def test_hinf_bracket_from_a_gain_that_vanishes_at_every_starting_sample():
+    """A G ≢ 0 whose gain is exactly 0 at θ = 0, π, the pole angles and the coarse grid: the iteration started from
+    the smallest float, where C/γ overflowed (non-finite Hamiltonian). Its other samples (at most n zeros of each
+    entry on the circle) give the true starting value; the bracket is the unmodified system's."""
+    rng = np.random.default_rng(7)
+    A, B, C, D = _random_stable(rng, 3, 1, 1, radius=0.8)
+    true = _gain(A, B, C, D)
+    start = np.concatenate([[0.0, np.pi], np.abs(np.angle(np.linalg.eigvals(A))), np.linspace(0.0, np.pi, 9)])
+
+    def vanishing(theta):
+        return np.where(np.isin(theta, start), 0.0, true(theta))
+
+    lo, hi = hinf_bracket(A, B, C, D, vanishing)
+    want = hinf_bracket(A, B, C, D, true)
+    assert lo > 0 and math.isclose(lo, want[0], rel_tol=1e-9) and lo <= hi <= lo * (1 + 1e-9)

@@ -222,6 +222,12 @@ def hinf_bracket(
     lo = float(values.max())
     if lo == 0.0 and _is_zero(A, B, C, D):
         return 0.0, 0.0  # G ≡ 0 (also with B, C ≠ 0: C Aᵏ B = 0 for the reachable modes none of C observes)
+    if lo == 0.0:
+        # G ≢ 0 vanishes at every sample: each entry of G(e^{iθ}) is a ratio of polynomials in z of degree <= n, so it
+        # has at most n zeros on the circle, and n + 2 other angles in (0, π) find a nonzero gain (the iteration
+        # from the smallest float scaled C/γ past the largest one)
+        k = A.shape[0] + 2
+        lo = float(gain((np.arange(k) + 0.5) * np.pi / k).max())  # (k,) midpoints of k equal parts of [0, π]
     lo = max(lo, np.finfo(np.float64).tiny)
     # 2. two-step iteration: test (1 + 2 tol) γ_lo; raise γ_lo at the midpoints of the crossings
     for _ in range(_MAX_ITERS):

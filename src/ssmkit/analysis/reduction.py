@@ -329,6 +329,10 @@ def balanced_truncation(system: StateSpace, order: int) -> StateSpace:
     rank = (s > floor).sum(1)  # (G,) numerical orders
     if r > rank.min():
         g = int(rank.argmin())
+        if rank[g] == 0:  # σ_1 = 0: no state is both reachable and observable, G(z) = D
+            raise ValueError(f"system {g} has no reachable and observable state (its Hankel singular values are all 0, "
+                             "G(z) = D): balanced truncation has no order >= 1 to give it; reduce the other systems "
+                             "on their own")
         raise ValueError(f"order {r} exceeds the numerical order of system {g} ({int(rank[g])}: σ_{r} = "
                          f"{s[g, r - 1]:.3g} is at the rounding level of σ_1 = {s[g, 0]:.3g}); every system of the bank "
                          f"supports order <= {int(rank.min())}")

@@ -146,7 +146,9 @@ def test_warmup_cosine_scheduler_scales_each_groups_own_rate_and_defaults_to_a_z
 
 @pytest.mark.parametrize("args, name", [((-1, 5), "warmup_steps"), ((1.0, 5), "warmup_steps"), ((True, 5), "warmup_steps"),
                                         ((3, 3), "total_steps"), ((3, 2), "total_steps"), ((0, True), "total_steps"),
-                                        ((0, 5.0), "total_steps"), ((1, 5, -0.01), "floor"), ((1, 5, 1.01), "floor")])
+                                        ((0, 5.0), "total_steps"), ((1, 5, -0.01), "floor"), ((1, 5, 1.01), "floor"),
+                                        ((1, 5, True), "floor"), ((1, 5, "0.1"), "floor"),
+                                        ((1, 5, float("nan")), "floor")])
 def test_warmup_cosine_refuses_bad_settings_by_name(args, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
         WarmupCosine(*args)

@@ -11,6 +11,7 @@ with ``weights_only=True``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -29,8 +30,9 @@ class WarmupCosine:
             raise ValueError(f"warmup_steps must be an int >= 0; got {warmup_steps!r}")
         if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps <= warmup_steps:
             raise ValueError(f"total_steps must be an int > warmup_steps = {warmup_steps}; got {total_steps!r}")
-        if not 0.0 <= floor <= 1.0:
-            raise ValueError(f"floor must be in [0, 1]; got {floor!r}")
+        if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0.0 <= floor <= 1.0:
+            # a bool passed as 1.0 and a string raised TypeError from the comparison
+            raise ValueError(f"floor must be a number in [0, 1]; got {floor!r}")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.floor = float(floor)

@@ -304,7 +304,9 @@ def test_an_ensemble_is_solved_member_by_member_as_the_whole_would_be():
     as one system (the generic path: one Newton iteration over every member's state, one dense Jacobian)."""
     from ssmkit.sysid import WienerEnsemble
 
-    ensemble = WienerEnsemble([_wiener("s4d", seed=0), _wiener("s4d", seed=1), _wiener("s4d", seed=2)])
+    # 16 states per channel (the default 64 made the whole's dense Jacobian 2 305 rows: 14 s, with nothing more tested)
+    small = {"layer_options": {"d_state": 16}}
+    ensemble = WienerEnsemble([_wiener("s4d", seed=s, **small) for s in range(3)])
     split = NonlinearSystem(ensemble)
     whole = NonlinearSystem(ensemble)
     whole._members = None  # the generic path

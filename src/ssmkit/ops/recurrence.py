@@ -260,9 +260,11 @@ def _recurrence_states(
         g_wide, h_in = g_end.to(wide), h_in.to(wide)  # (B, nc, H), (B, H)
         order = range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)
         start_list = [None] * n_chunks
+        g_c = g_wide.unbind(1)  # nc x (B, H)
+        P_c = [P_end] * n_chunks if invariant else P_end.unbind(1)  # nc x (H,) or (B, H)
         for c in order:
             start_list[c] = h_in
-            h_in = torch.addcmul(g_wide[:, c], P_end if invariant else P_end[:, c], h_in)  # (B, H)
+            h_in = torch.addcmul(g_c[c], P_c[c], h_in)  # (B, H)
         starts = torch.stack(start_list, dim=1).to(b.dtype)  # (B, nc, H)
     # 3. every chunk from its start state
     prev = starts

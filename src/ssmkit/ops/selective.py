@@ -202,13 +202,14 @@ def _scan_chunk(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, inplace: bool
     Returns:
         (T, ...) every state.
     """
+    steps = zip(a.unbind(0), b.unbind(0))  # one unbind each, not two indexes a step
     if inplace:
-        for t in range(b.shape[0]):
-            h = torch.addcmul(b[t], a[t], h, out=b[t])
+        for a_t, b_t in steps:
+            h = torch.addcmul(b_t, a_t, h, out=b_t)
         return b
     outs = []
-    for t in range(b.shape[0]):
-        h = torch.addcmul(b[t], a[t], h)
+    for a_t, b_t in steps:
+        h = torch.addcmul(b_t, a_t, h)
         outs.append(h)
     return torch.stack(outs)
 
@@ -226,15 +227,16 @@ def _adjoint_chunk(A_bar: torch.Tensor, g: torch.Tensor, carry: torch.Tensor, in
         (T, ...) λ.
     """
     T = g.shape[0]
+    g_t, a_t = g.unbind(0), A_bar.unbind(0)  # one unbind each, not two or three indexes a step
     if inplace:
-        lam = g[T - 1].add_(carry)
+        lam = g_t[T - 1].add_(carry)
         for t in range(T - 2, -1, -1):
-            lam = torch.addcmul(g[t], A_bar[t + 1], lam, out=g[t])
+            lam = torch.addcmul(g_t[t], a_t[t + 1], lam, out=g_t[t])
         return g
     outs = [None] * T
-    lam = outs[T - 1] = g[T - 1] + carry
+    lam = outs[T - 1] = g_t[T - 1] + carry
     for t in range(T - 2, -1, -1):
-        lam = outs[t] = torch.addcmul(g[t], A_bar[t + 1], lam)
+        lam = outs[t] = torch.addcmul(g_t[t], a_t[t + 1], lam)
     return torch.stack(outs)
 
 

@@ -171,10 +171,12 @@ def test_a_checkpoint_missing_or_adding_a_weight_is_refused_and_a_whole_one_load
         torch.testing.assert_close(WienerEnsemble.from_checkpoint(saved)(u)[0], want, rtol=0, atol=1e-13)
     weight = next(k for k in saved["state_dict"] if k.startswith("members.1.layers.0."))
     lost = {**saved, "state_dict": {k: v for k, v in saved["state_dict"].items() if k != weight}}
-    with pytest.raises(RuntimeError, match=rf"Missing key\(s\) in state_dict: \"{weight}\""):
+    # a ValueError naming the weight (it was torch's RuntimeError)
+    with pytest.raises(ValueError, match=rf"(?s)WienerEnsemble checkpoint's weights do not fit .*Missing key\(s\) in "
+                                         rf"state_dict: \"{weight}\""):
         WienerEnsemble.from_checkpoint(lost)
     foreign = {**saved, "state_dict": {**saved["state_dict"], "members.2.u_mean": torch.zeros(1, dtype=torch.float64)}}
-    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"members.2.u_mean\""):
+    with pytest.raises(ValueError, match=r"Unexpected key\(s\) in state_dict: \"members.2.u_mean\""):
         WienerEnsemble.from_checkpoint(foreign)
 
 
@@ -193,3 +195,20 @@ def test_one_beam_over_a_one_token_vocabulary_stops_at_its_first_eos(alpha):
     result = beam_search(model, prompts, 4, 1, length_penalty=alpha, eos_id=0)
     assert [t.tolist() for t in result.tokens] == [[0, 0, 0, 0], [0, 0, 0, 0]]
     assert result.scores.dtype == torch.float64 and result.scores.tolist() == [0.0, 0.0]  # log 1 / 1^α
+
+
+def test_a_deep_wiener_checkpoint_whose_weights_do_not_fit_is_a_value_error():
+    """(lead) A weight of another shape, or a lost one, in a DeepWiener checkpoint: a ValueError naming it (torch's
+    RuntimeError before); the whole checkpoint loads to the same outputs."""
+    model = _members(1)[0].eval()
+    saved = model.checkpoint()
+    u = torch.randn(1, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(DeepWiener.from_checkpoint(saved)(u)[0], model(u)[0], rtol=0, atol=0)
+    name = next(k for k, v in saved["state_dict"].items() if k.startswith("layers.0.") and v.dim() >= 1)
+    grown = {**saved, "state_dict": {**saved["state_dict"], name: torch.cat([saved["state_dict"][name]] * 2)}}
+    with pytest.raises(ValueError, match=rf"(?s)DeepWiener checkpoint's weights do not fit .*size mismatch for {name}"):
+        DeepWiener.from_checkpoint(grown)
+    lost = {**saved, "state_dict": {k: v for k, v in saved["state_dict"].items() if k != name}}
+    with pytest.raises(ValueError, match=rf"Missing key\(s\) in state_dict: \"{name}\""):
+        DeepWiener.from_checkpoint(lost)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ssmkit.layers.checks import checkpoint_dtype
 from ssmkit.layers.irregular import require_intervals
-from ssmkit.sysid.wiener import DeepWiener
+from ssmkit.sysid.wiener import DeepWiener, load_strictly
 
 _SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window", "encoder_times", "encoder_mask")
 
@@ -228,7 +228,7 @@ class WienerEnsemble(nn.Module):
             dtype = checkpoint_dtype(state[key].dtype if key in state else None)  # half weights: float32
             members.append(DeepWiener(**dict(arguments), dtype=dtype))
         model = cls(members)
-        model.load_state_dict(state)
+        load_strictly(model, state, "WienerEnsemble")
         if checkpoint.get("signals") is not None:
             model.name_signals(**checkpoint["signals"])
         return model.eval()

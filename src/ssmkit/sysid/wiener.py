@@ -87,6 +87,22 @@ def _check_signals(inputs, outputs, m: int, p: int) -> dict[str, tuple[str, ...]
     return checked
 
 
+def load_strictly(model: nn.Module, state: dict[str, Any], what: str) -> None:
+    """``model.load_state_dict(state)`` (strict), with a checkpoint whose weights do not fit the model its own
+    arguments build (a weight lost or added, another shape) as a ValueError naming them (torch's RuntimeError text).
+
+    Args:
+        model: the model the checkpoint's arguments built.
+        state: the checkpoint's ``state_dict``.
+        what: the checkpoint's kind, for the message (``"DeepWiener"``).
+    """
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"the {what} checkpoint's weights do not fit the model its arguments build (a weight "
+                         f"missing, added or of another shape): {err}") from err
+
+
 class DeepWiener(nn.Module):
     """A deep Wiener model of an m-input p-output system (see the module docstring).
 
@@ -575,7 +591,7 @@ class DeepWiener(nn.Module):
         # the saved dtype; float32 for weights saved in half precision (layers keep float32/float64 parameters)
         dtype = checkpoint_dtype(state["u_mean"].dtype if "u_mean" in state else None)
         model = cls(**dict(checkpoint["deep_wiener"]), dtype=dtype)
-        model.load_state_dict(state)
+        load_strictly(model, state, "DeepWiener")
         if checkpoint.get("signals") is not None:
             model.name_signals(**checkpoint["signals"])
         return model.eval()

@@ -188,8 +188,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
         differs = report.head_shapes() or "head.weight: the source's is not its embedding, this model's is"
         raise ValueError(f"init_from {where!r}: the head differs from the source's ({differs}); pass "
                          "skip_mismatched_head=True to keep it at its initialisation")
-    chosen = {k: tensors[k] for k in own if k not in report.head_not_loaded and k in tensors
-              and not (tied and k == "head.weight")}
+    chosen = {k: tensors[k] for k in own if k not in report.head_not_loaded and not (tied and k == "head.weight")}
     model.load_state_dict(chosen, strict=False)
     # a tied head holds the source's embedding now: loaded unless the source's head was another matrix
     report.loaded = [k for k in own if k in chosen or (tied and k == "head.weight" and not report.untied_head_skipped)]

@@ -153,12 +153,13 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
         parser.error(f"--channels must be >= 1; got {args.channels}")
     from ssmkit.analysis.report import write_report
 
-    model = load_model(args.checkpoint)
+    checkpoint = _checkpoint_path(args.checkpoint)  # a run folder: its checkpoint, found once
+    model = load_model(checkpoint)
     own = getattr(model, "dt", None)
     if args.dt is not None and isinstance(own, float) and abs(args.dt - own) > 1e-12 * own:
         parser.error(f"the model carries its sampling time Ts = {own:g} s; --dt {args.dt:g} would put its poles, time "
                      "constants and frequencies on another time axis: leave --dt out")
-    out = args.out or _default_out(_checkpoint_path(args.checkpoint))
+    out = args.out or _default_out(checkpoint)
     paths = write_report(model, out, title=args.checkpoint, dt=args.dt, channels=args.channels, plots=not args.no_plots)
     with open(paths["summary"]) as f:
         print(f.read(), end="")

@@ -110,7 +110,8 @@ def test_load_weights_sources_a_file_a_state_dict_and_best_val(source, tmp_path)
     load_weights(double, source)
     assert double.encoder.weight.dtype == torch.float64
     assert torch.equal(double.encoder.weight, ckpt_weights(source)["encoder.weight"].double())
-    with pytest.raises(FileNotFoundError, match="without checkpoints/last.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"init_from: no checkpoint at '.*': a folder, holding none of "
+                       r"checkpoints/last.ckpt, model.pt, last.ckpt \(give a run folder"):
         load_weights(fresh(0), tmp_path)
 
 
@@ -262,3 +263,33 @@ def test_cli_init_from_and_freeze(source, tmp_path, capsys):
                      "--models", "s4d,dss", "--budget", "2", "--train.init_from", source, "--no-progress",
                      "--out", str(tmp_path / "c")]) == 2
     assert "fit one model only" in capsys.readouterr().err and not (tmp_path / "c" / "s4d").exists()
+
+
+def test_a_folder_stands_for_one_checkpoint_by_the_rule_analyze_follows(tmp_path):
+    """init_from and ``ssmkit analyze`` read a folder by one rule (``checkpoint_file``): an ``ssmkit train`` run's
+    checkpoints/last.ckpt before a model.pt beside it; an ``ssmkit sysid`` run's model.pt (a DeepWiener) is named as
+    such by init_from, which takes SequenceModel weights only (it had said "a run folder without
+    checkpoints/last.ckpt")."""
+    from ssmkit.analysis.commands import load_model
+    from ssmkit.sysid import DeepWiener
+    from ssmkit.train.transfer import checkpoint_file
+
+    wiener = DeepWiener(1, 1, d_model=4, n_layers=1, layer_options={"d_state": 2})
+    sysid_run = tmp_path / "sysid-run"
+    sysid_run.mkdir()
+    torch.save(wiener.checkpoint(), sysid_run / "model.pt")
+    assert checkpoint_file(sysid_run) == os.path.join(str(sysid_run), "model.pt")
+    assert isinstance(load_model(str(sysid_run)), DeepWiener)
+    with pytest.raises(ValueError, match=r"is a DeepWiener file \(the model.pt of an 'ssmkit sysid' run\), not the "
+                       r"weights of a SequenceModel"):
+        load_weights(fresh(0), sysid_run)
+    both = tmp_path / "both"
+    (both / "checkpoints").mkdir(parents=True)
+    model = fresh(1)
+    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()}},
+               both / "checkpoints" / "last.ckpt")
+    torch.save(wiener.checkpoint(), both / "model.pt")
+    assert checkpoint_file(both) == os.path.join(str(both), "checkpoints", "last.ckpt")
+    other = fresh(2)
+    load_weights(other, both)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in other.state_dict().items())

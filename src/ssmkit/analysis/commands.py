@@ -32,8 +32,9 @@ def load_model(path: str):
     a WienerEnsemble file (``wiener_ensemble``: the members' arguments, ``state_dict``; ``--recipe.combine average``)
     gives the ensemble, whose layers are named by member (``members.0.layers.0``, ...).
 
-    A run folder stands for its checkpoint (:func:`_checkpoint_path`): ``ssmkit train`` prints "results in
-    runs/<task>-<model>", and that folder was refused ("no checkpoint at").
+    A run folder stands for its checkpoint (:func:`ssmkit.train.transfer.checkpoint_file`, the rule ``init_from``
+    follows too): ``ssmkit train`` prints "results in runs/<task>-<model>", and that folder was refused ("no checkpoint
+    at").
 
     Args:
         path: the checkpoint file (read with ``torch.load(weights_only=True)``), or a run folder.
@@ -43,7 +44,9 @@ def load_model(path: str):
     """
     import torch
 
-    path = _checkpoint_path(path)
+    from ssmkit.train.transfer import checkpoint_file
+
+    path = checkpoint_file(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path!r} holds no state_dict: not a checkpoint of 'ssmkit train' nor a DeepWiener file")
@@ -77,32 +80,6 @@ def load_model(path: str):
     model = SequenceModel.from_config(SequenceModelConfig.from_dict(dict(hyper["model"])), dtype=dtype)
     model.load_state_dict(weights)
     return model.eval()
-
-
-_RUN_CHECKPOINTS = (os.path.join("checkpoints", "last.ckpt"), "model.pt", "last.ckpt")
-"""What a folder given as a checkpoint stands for, in this order: an ``ssmkit train`` run's final weights, an
-``ssmkit sysid`` run's model, a checkpoints folder's final weights."""
-
-
-def _checkpoint_path(path: str) -> str:
-    """The checkpoint file ``path`` names: the file itself, or in a folder the first of :data:`_RUN_CHECKPOINTS`
-    present.
-
-    Args:
-        path: a checkpoint file or a run folder.
-
-    Raises:
-        FileNotFoundError: no such file, or a folder holding none of them (naming what was looked for).
-    """
-    if os.path.isdir(path):
-        for name in _RUN_CHECKPOINTS:
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}: a folder, holding none of "
-                                f"{', '.join(_RUN_CHECKPOINTS)}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
-    return path
 
 
 def _run_folder(checkpoint: str) -> str:
@@ -153,7 +130,9 @@ def analyze_main(argv: list[str], prog: str = "ssmkit analyze") -> int:
         parser.error(f"--channels must be >= 1; got {args.channels}")
     from ssmkit.analysis.report import write_report
 
-    checkpoint = _checkpoint_path(args.checkpoint)  # a run folder: its checkpoint, found once
+    from ssmkit.train.transfer import checkpoint_file
+
+    checkpoint = checkpoint_file(args.checkpoint)  # a run folder: its checkpoint, found once
     model = load_model(checkpoint)
     own = getattr(model, "dt", None)
     if args.dt is not None and isinstance(own, float) and abs(args.dt - own) > 1e-12 * own:

@@ -316,6 +316,17 @@ def _check_precision(trainer: Any, precision: str) -> None:
                          "(--train.accelerator gpu)")
 
 
+def _source_file(init_from: str | os.PathLike) -> str:
+    """The file ``init_from`` names for a resumed run's records (which reads no source): the file a folder stands for
+    while it is there, else the path as given (the source may be gone by then)."""
+    from ssmkit.train.transfer import checkpoint_file
+
+    try:
+        return checkpoint_file(init_from)
+    except FileNotFoundError:
+        return os.fspath(init_from)
+
+
 def fit(
     model: SequenceModelConfig,
     train_config: TrainConfig,
@@ -389,7 +400,7 @@ def fit(
     from ssmkit.train.best import BestValidation, Patience
     from ssmkit.train.checkpoint import AtomicCheckpointIO, PeriodicCheckpoints, load_checkpoint
     from ssmkit.train.module import SequenceLightningModule, TensorDataModule
-    from ssmkit.train.transfer import checkpoint_file, freeze_parameters, load_weights
+    from ssmkit.train.transfer import freeze_parameters, load_weights
 
     cfg = train_config
     if cfg.test_weights == "best_val" and val is None:
@@ -420,8 +431,11 @@ def fit(
 
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SequenceLightningModule(model, cfg)
+    source_read = None  # the file init_from named, as read
     if cfg.init_from is not None and resume_from is None:  # a resumed run's checkpoint holds its weights
-        _say(load_weights(module.model, cfg.init_from).summary())
+        loaded = load_weights(module.model, cfg.init_from)
+        source_read = loaded.source
+        _say(loaded.summary())
     if cfg.freeze is not None:  # before Lightning builds the optimiser: param_groups leaves the frozen parameters out
         freeze_parameters(module.model, cfg.frozen_parts())
     module.checkpoint_dir = ckpt_dir
@@ -471,7 +485,8 @@ def fit(
         "samples_per_second": throughput.samples / throughput.seconds if throughput.seconds else None,
         "tokens_per_second": throughput.tokens / throughput.seconds if throughput.seconds else None,
         "resumed_from": resume_from,
-        **({"init_from": os.path.abspath(checkpoint_file(cfg.init_from))} if cfg.init_from is not None else {}),
+        **({"init_from": os.path.abspath(source_read or _source_file(cfg.init_from))} if cfg.init_from is not None
+           else {}),
         **({"trainable_parameters": module.model.num_parameters(trainable_only=True)} if cfg.freeze is not None
            else {}),
         # what bit-exact reruns need to match (README, "Reproducible runs"): PyTorch's GEMMs and sums round differently

@@ -74,21 +74,34 @@ class LoadReport:
                          for name, (shape, theirs) in self.head_not_loaded.items())
 
 
+RUN_CHECKPOINTS = (os.path.join("checkpoints", "last.ckpt"), "model.pt", "last.ckpt")
+"""What a folder given as a checkpoint stands for, the first present in this order: an ``ssmkit train`` run's final
+weights, an ``ssmkit sysid`` run's model, a checkpoints folder's final weights."""
+
+
 def checkpoint_file(source: str | os.PathLike) -> str:
-    """The checkpoint a source names: a run folder's ``checkpoints/last.ckpt`` (the final weights), or the file.
+    """The checkpoint a source names: the file itself, or in a folder the first of :data:`RUN_CHECKPOINTS` present
+    (a run folder's ``checkpoints/last.ckpt``: the final weights). ``init_from``, ``ssmkit analyze`` and
+    :func:`ssmkit.analysis.commands.load_model` read a folder by this one rule.
 
     Args:
-        source: a run folder (one that holds ``checkpoints/``), a checkpoint folder, or a file.
+        source: a run folder (of ``ssmkit train`` or ``ssmkit sysid``), a checkpoints folder, or a file.
 
     Returns:
-        the file's path (not checked to exist).
+        the file's path.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder holding none of them (naming what was looked for).
     """
     path = os.fspath(source)
-    if not os.path.isdir(path):
-        return path
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.join(path, "checkpoints", "last.ckpt")
-    return os.path.join(path, "last.ckpt")
+    if os.path.isdir(path):
+        for name in RUN_CHECKPOINTS:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise FileNotFoundError(f"no checkpoint at {path!r}: a folder, holding none of {', '.join(RUN_CHECKPOINTS)}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    return path
 
 
 def source_state(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict | None, str]:
@@ -103,12 +116,19 @@ def source_state(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[st
     if isinstance(source, Mapping):
         data, where = source, "<state dict>"
     else:
-        where = checkpoint_file(source)
-        if not os.path.isfile(where):
-            what = "a run folder without checkpoints/last.ckpt" if os.path.isdir(os.fspath(source)) else "no file"
-            raise FileNotFoundError(f"init_from {os.fspath(source)!r}: {what} at {where!r} (give a run folder, or a "
-                                    "checkpoint file such as runs/a/checkpoints/best_val.ckpt)")
+        try:
+            where = checkpoint_file(source)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"init_from: {error} (give a run folder, or a checkpoint file such as "
+                                    "runs/a/checkpoints/best_val.ckpt)") from None
         data = torch.load(where, map_location="cpu", weights_only=True)
+        wiener = next((key for key in ("deep_wiener", "wiener_ensemble") if isinstance(data, Mapping) and key in data),
+                      None)
+        if wiener is not None:
+            raise ValueError(f"init_from {where!r} is a {'DeepWiener' if wiener == 'deep_wiener' else 'WienerEnsemble'}"
+                             " file (the model.pt of an 'ssmkit sysid' run), not the weights of a SequenceModel: "
+                             "init_from takes a run of 'ssmkit train' or a SequenceModel's state_dict (load the "
+                             "file with ssmkit.analysis.commands.load_model)")
     config = None
     if isinstance(data.get("state_dict"), Mapping):  # a Lightning checkpoint: {"state_dict": ..., "hyper_parameters"}
         config = (data.get("hyper_parameters") or {}).get("model")

@@ -39,6 +39,12 @@ def distinct_names(given: object, count: int) -> bool:
             and all(isinstance(g, str) and g.strip() for g in given))
 
 
+def percent(fraction: float) -> str:
+    """A fraction as a percentage for messages and notes, to four significant digits: 0.2 -> "20%", 0.125 ->
+    "12.5%" (the format ``{:.0%}`` wrote "12%")."""
+    return f"{100 * fraction:.4g}%"
+
+
 def check_sequence(x: torch.Tensor, d_model: int, name: str = "x") -> None:
     """Check a (B, L, H) floating sequence with H = ``d_model`` and L >= 1."""
     check_floating(x, name)

@@ -254,13 +254,14 @@ class SequenceModel(nn.Module):
                                  "int64 or int32, as nn.Embedding reads them)")
             if not per_step and x.shape[1] == 0:  # the layers named the embedding's (B, 0, H) instead
                 raise ValueError(f"x must be token ids (B, L) of length L >= 1; got {tuple(x.shape)}")
-            if x.numel() and not tracing() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):  # eager only:
+            self._check_device(x)  # first: a tensor on another device (or on meta) has no values to check here
+            if (x.numel() and not tracing() and x.device.type != "meta"  # eager only, and meta tensors hold no values:
+                    and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size)):
                 # the values are data, which torch.compile, torch.export (ONNX) and torch.func cannot branch on
                 raise ValueError(f"x must hold token ids in [0, vocab_size) = [0, {self.vocab_size}); got ids from "
                                  f"{int(x.min())} to {int(x.max())}")
             if lengths is not None:
                 check_lengths(lengths, (x.shape[0],), x.shape[1], x.device, values=not tracing())
-            self._check_device(x)
             return self.encoder(x)
         check_floating(x, "x")
         want = f"(B, {self.d_input})" if per_step else f"(B, L, {self.d_input})"

@@ -92,6 +92,7 @@ from ssmkit.sysid.prediction import at_model_period, check_period
 from ssmkit.sysid.records import IORecord
 from ssmkit.sysid.wiener import DeepWiener, channel_scale
 from ssmkit.train.schedule import warmup_cosine
+from ssmkit.utils import percent
 
 SCHEDULES = ("constant", "cosine")
 
@@ -292,11 +293,11 @@ def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val
     for r in records:
         cut = int(round(len(r) * (1 - fraction)))
         if cut < min_train:
-            raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short to hold out {fraction:.0%} and keep "
+            raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short to hold out {percent(fraction)} and keep "
                              f"{min_train} samples for training windows: lower window or val_fraction")
         if len(r) - cut < min_val:  # (the same message as above blamed the window, which was not the limit)
             raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short for its validation tail: the last "
-                             f"{fraction:.0%} holds {len(r) - cut} samples, fewer than the {min_val} it needs (the "
+                             f"{percent(fraction)} holds {len(r) - cut} samples, fewer than the {min_val} it needs (the "
                              "encoder's window + 2): raise val_fraction, or lower the encoder's window")
         train.append(r.part(0, cut, f"{r.name} [:{cut}]"))  # the sample times cut with them (None: regular)
         val.append(r.part(cut, len(r), f"{r.name} [{cut}:]"))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 from ssmkit.sysid.records import SysidBenchmark
+from ssmkit.utils import percent
 
 # one output's sensor range (lo, hi), either limit None for none; Recipe.output_range is one for every output or a list
 # of one per output (the type the ``ssmkit sysid --recipe.output_range`` parser reads: '[null, 10]', '[[0, 1], null]')
@@ -255,11 +256,11 @@ def recipe_for_data(bench: SysidBenchmark) -> Recipe:
     room = cut - bench.n_init
     if room < 16:
         raise ValueError(f"the shortest estimation record ({shortest} samples) leaves {room} samples for a training "
-                         f"window after its validation tail ({r.val_fraction:.0%}) and the encoder's {bench.n_init}: "
+                         f"window after its validation tail ({percent(r.val_fraction)}) and the encoder's {bench.n_init}: "
                          "give longer records, or a smaller n_init")
     if shortest - cut < bench.n_init + 2:
         raise ValueError(f"the shortest estimation record ({shortest} samples) leaves a validation tail "
-                         f"({r.val_fraction:.0%}) of {shortest - cut} samples, fewer than the encoder's {bench.n_init} "
+                         f"({percent(r.val_fraction)}) of {shortest - cut} samples, fewer than the encoder's {bench.n_init} "
                          "+ 2 it needs: give longer records, or a smaller n_init")
     timescale = (bench.dt / DATA_DELTA[1], bench.dt / DATA_DELTA[0])
     return replace(r, timescale=timescale, encoder_window=bench.n_init, window=min(r.window, room))

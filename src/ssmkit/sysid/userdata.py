@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 import pathlib
 from typing import Sequence
@@ -53,7 +54,7 @@ import numpy as np
 import torch
 
 from ssmkit.sysid.records import IORecord, SysidBenchmark, check_time_resolution
-from ssmkit.utils import check_sampling_time, distinct_names
+from ssmkit.utils import check_sampling_time, distinct_names, percent
 
 HOLDS = ("sample", "previous")  # which input a model sees over the gap ending at sample k (IORecord.held_previous)
 DEFAULT_TEST_FRACTION = 0.2  # the tail of each experiment held out as the test record when no test data are given
@@ -129,7 +130,7 @@ def _names(names, count: int, which: str, default: str) -> tuple[str, ...]:
 
 
 def _check_fraction(fraction, which: str) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
         raise ValueError(f"{which} must be a number in (0, 1), the tail of each experiment held out as the test "
                          f"record; got {fraction!r}")
     return float(fraction)
@@ -153,7 +154,7 @@ def _split(u: np.ndarray, y: np.ndarray, fraction: float, label: str) -> tuple[t
     n = u.shape[0]
     cut = n - int(round(n * fraction))
     if cut < 2 or n - cut < 2:
-        raise ValueError(f"{label} ({n} samples) is too short to hold out {fraction:.0%} as the test record and "
+        raise ValueError(f"{label} ({n} samples) is too short to hold out {percent(fraction)} as the test record and "
                          "train on the rest: give more samples or separate test data")
     return (u[:cut], y[:cut]), (u[cut:], y[cut:]), cut
 
@@ -255,13 +256,13 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         dt = median_sampling_time(times, "t")
     inputs = _names(input_names, u_a.shape[1], "input_names", "u")
     outputs = _names(output_names, y_a.shape[1], "output_names", "y")
-    if test is None or isinstance(test, (int, float)) and not isinstance(test, bool):
+    if test is None or isinstance(test, numbers.Real) and not isinstance(test, bool):  # numpy scalars too
         fraction = DEFAULT_TEST_FRACTION if test is None else _check_fraction(test, "test")
         (u_tr, y_tr), (u_te, y_te), cut = _split(u_a, y_a, fraction, "the experiment")
         t_tr, t_te = (None, None) if times is None else (times[:cut], times[cut:])
         train = [IORecord(_tensor(u_tr), _tensor(y_tr), dt, f"{name} [:{cut}]", t=_times(t_tr))]
         test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} [{cut}:]", t=_times(t_te))]
-        source = f"the last {fraction:.0%} of the experiment held out as the test record"
+        source = f"the last {percent(fraction)} of the experiment held out as the test record"
     elif isinstance(test, (tuple, list)) and len(test) in (2, 3):
         u_te = _held(_as_channels(test[0], "u_test", inputs), hold)
         y_te = _as_channels(test[1], "y_test", outputs, missing=missing_outputs)
@@ -277,7 +278,7 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} test", t=_times(t_te))]
         source = "a separate test experiment"
     else:
-        raise ValueError(f"test must be None (the last {DEFAULT_TEST_FRACTION:.0%} held out), a fraction in (0, 1) "
+        raise ValueError(f"test must be None (the last {percent(DEFAULT_TEST_FRACTION)} held out), a fraction in (0, 1) "
                          f"or a pair (u_test, y_test), or a triple (u_test, y_test, t_test) with its sample times; got "
                          f"{type(test).__name__}")
     return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source, input_unit, hold)
@@ -674,6 +675,6 @@ def from_csv(path: str | os.PathLike | Sequence[str | os.PathLike], inputs: str 
         test_records.append(IORecord(_tensor(u_te), _tensor(y_te), dt, f"{p.name} [{cut}:]", t=stamps(ts, cut)))
     test_records += [IORecord(_tensor(u), _tensor(y), dt, p.name, t=stamps(ts)) for p, u, y, ts in tests]
     source = (f"{', '.join(p.name for p in files)}; "
-              + (f"the last {fraction:.0%} of each file held out as a test record" if fraction is not None
+              + (f"the last {percent(fraction)} of each file held out as a test record" if fraction is not None
                  else f"test files {', '.join(p.name for p in test_files)}"))
     return _benchmark(train, test_records, name, unit, n_init, tuple(ins), tuple(outs), source, input_unit, hold)

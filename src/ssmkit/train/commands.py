@@ -28,6 +28,7 @@ from typing import Any
 
 from ssmkit.train.config import TrainConfig
 from ssmkit.train.experiment import Experiment
+from ssmkit.utils import percent
 
 _PACKAGE_CONFIGS = "configs"
 
@@ -352,7 +353,7 @@ def compare_main(argv: list[str], prog: str = "ssmkit compare") -> int:
     if cfg.fail_below is not None:
         low = [r["model"] for r in results if r.get("test_accuracy", r.get("val_accuracy", 0.0)) < cfg.fail_below]
         if low:
-            print(f"below the pass mark {cfg.fail_below:.0%}: {', '.join(low)}", file=sys.stderr)
+            print(f"below the pass mark {percent(cfg.fail_below)}: {', '.join(low)}", file=sys.stderr)
             return 1
     return 0
 

@@ -293,12 +293,12 @@ def split_tail(records: list[IORecord], fraction: float, min_train: int, min_val
     for r in records:
         cut = int(round(len(r) * (1 - fraction)))
         if cut < min_train:
-            raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short to hold out {percent(fraction)} and keep "
-                             f"{min_train} samples for training windows: lower window or val_fraction")
+            raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short to hold out {percent(fraction)} and "
+                             f"keep {min_train} samples for training windows: lower window or val_fraction")
         if len(r) - cut < min_val:  # (the same message as above blamed the window, which was not the limit)
             raise ValueError(f"record {r.name!r} ({len(r)} samples) is too short for its validation tail: the last "
-                             f"{percent(fraction)} holds {len(r) - cut} samples, fewer than the {min_val} it needs (the "
-                             "encoder's window + 2): raise val_fraction, or lower the encoder's window")
+                             f"{percent(fraction)} holds {len(r) - cut} samples, fewer than the {min_val} it needs "
+                             "(the encoder's window + 2): raise val_fraction, or lower the encoder's window")
         train.append(r.part(0, cut, f"{r.name} [:{cut}]"))  # the sample times cut with them (None: regular)
         val.append(r.part(cut, len(r), f"{r.name} [{cut}:]"))
     return train, val

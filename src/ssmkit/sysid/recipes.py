@@ -256,11 +256,11 @@ def recipe_for_data(bench: SysidBenchmark) -> Recipe:
     room = cut - bench.n_init
     if room < 16:
         raise ValueError(f"the shortest estimation record ({shortest} samples) leaves {room} samples for a training "
-                         f"window after its validation tail ({percent(r.val_fraction)}) and the encoder's {bench.n_init}: "
-                         "give longer records, or a smaller n_init")
+                         f"window after its validation tail ({percent(r.val_fraction)}) and the encoder's "
+                         f"{bench.n_init}: give longer records, or a smaller n_init")
     if shortest - cut < bench.n_init + 2:
         raise ValueError(f"the shortest estimation record ({shortest} samples) leaves a validation tail "
-                         f"({percent(r.val_fraction)}) of {shortest - cut} samples, fewer than the encoder's {bench.n_init} "
-                         "+ 2 it needs: give longer records, or a smaller n_init")
+                         f"({percent(r.val_fraction)}) of {shortest - cut} samples, fewer than the encoder's "
+                         f"{bench.n_init} + 2 it needs: give longer records, or a smaller n_init")
     timescale = (bench.dt / DATA_DELTA[1], bench.dt / DATA_DELTA[0])
     return replace(r, timescale=timescale, encoder_window=bench.n_init, window=min(r.window, room))

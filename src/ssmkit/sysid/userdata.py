@@ -278,9 +278,9 @@ def from_arrays(u, y, dt: float | None, test=None, name: str = "user_data", unit
         test_records = [IORecord(_tensor(u_te), _tensor(y_te), dt, f"{name} test", t=_times(t_te))]
         source = "a separate test experiment"
     else:
-        raise ValueError(f"test must be None (the last {percent(DEFAULT_TEST_FRACTION)} held out), a fraction in (0, 1) "
-                         f"or a pair (u_test, y_test), or a triple (u_test, y_test, t_test) with its sample times; got "
-                         f"{type(test).__name__}")
+        raise ValueError(f"test must be None (the last {percent(DEFAULT_TEST_FRACTION)} held out), a fraction in "
+                         f"(0, 1) or a pair (u_test, y_test), or a triple (u_test, y_test, t_test) with its sample "
+                         f"times; got {type(test).__name__}")
     return _benchmark(train, test_records, name, unit, n_init, inputs, outputs, source, input_unit, hold)
 
 

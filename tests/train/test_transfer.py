@@ -293,3 +293,19 @@ def test_a_folder_stands_for_one_checkpoint_by_the_rule_analyze_follows(tmp_path
     other = fresh(2)
     load_weights(other, both)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in other.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", ["source", "freeze"])
+def test_a_run_that_cannot_start_writes_no_records(tmp_path, bad):
+    """A source that cannot be loaded (an ``ssmkit sysid`` folder) or a part that cannot be frozen is refused before
+    the run folder gets model.json/train.json (they were written first, and stayed, claiming a run)."""
+    from ssmkit.sysid import DeepWiener
+
+    sysid_run = tmp_path / "sysid-run"
+    sysid_run.mkdir()
+    torch.save(DeepWiener(1, 1, d_model=4, n_layers=1).checkpoint(), sysid_run / "model.pt")
+    cfg = train_config(init_from=str(sysid_run)) if bad == "source" else train_config(freeze="nothing_of_that_name")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="is a DeepWiener file" if bad == "source" else "freeze 'nothing_of_that_name'"):
+        fit(config(), cfg, splits()["train"], None, None, out, progress=False)
+    assert not any(name.endswith(".json") for name in os.listdir(out))

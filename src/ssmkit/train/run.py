@@ -424,11 +424,6 @@ def fit(
         saved, step = checkpoint.get("hyper_parameters", {}), checkpoint.get("global_step")
         del checkpoint  # Lightning reads it again; its weights need not stay in memory meanwhile
         check_same_run(saved, model, cfg, resume_from, step=step)
-    write_json(os.path.join(out_dir, "model.json"), model.to_dict())
-    write_json(os.path.join(out_dir, "train.json"), cfg.to_dict())
-    for name, record in (records or {}).items():
-        write_json(os.path.join(out_dir, f"{name}.json"), record)
-
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = SequenceLightningModule(model, cfg)
     source_read = None  # the file init_from named, as read
@@ -438,6 +433,12 @@ def fit(
         _say(loaded.summary())
     if cfg.freeze is not None:  # before Lightning builds the optimiser: param_groups leaves the frozen parameters out
         freeze_parameters(module.model, cfg.frozen_parts())
+    # the run's records once it can start: a source that cannot be loaded or a part that cannot be frozen leaves no
+    # model.json/train.json claiming a run in out_dir
+    write_json(os.path.join(out_dir, "model.json"), model.to_dict())
+    write_json(os.path.join(out_dir, "train.json"), cfg.to_dict())
+    for name, record in (records or {}).items():
+        write_json(os.path.join(out_dir, f"{name}.json"), record)
     module.checkpoint_dir = ckpt_dir
     data = TensorDataModule(train, val, test, cfg.batch_size, cfg.eval_batch_size or cfg.batch_size, cfg.seed, transform)
     every = cfg.checkpoint_every or cfg.max_steps

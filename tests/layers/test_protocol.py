@@ -15,6 +15,7 @@ import torch
 
 import ssmkit.layers as layers
 import ssmkit.ops as ops
+import ssmkit.ops.hippo as hippo
 from tests.conftest import (
     DEVICE, H, build_default, leaves, make_layer, rel_err, run_steps, runnable_backends, state_err, state_map, variants,
 )
@@ -421,6 +422,28 @@ def test_deferred_initialisation_on_the_meta_device(name):
     layer.reset_parameters()
     torch.manual_seed(4)
     direct = build_default(name, d_model=H, device=DEVICE)
+    for (n, a), b in zip(layer.state_dict().items(), direct.state_dict().values()):
+        assert torch.equal(a, b), n
+    x = torch.randn(2, 9, H, device=DEVICE)
+    assert torch.equal(layer(x)[0], direct(x)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deferred_initialisation_inside_a_meta_device_block(name):
+    # PyTorch's other deferred build, `with torch.device("meta"): ...`, makes meta the default device of every factory
+    # call, the init's constants included. The HiPPO/DSS/S5 inits used to build their eigendecompositions there
+    # ("Tensor.item() cannot be called on meta tensors") or cache a meta result that failed every later build of that
+    # size in the process ("Cannot copy out of meta tensor"). The caches are emptied first so the block fills them.
+    hippo._nplr_cached.cache_clear()
+    hippo._dss_eigenvalues_cached.cache_clear()
+    with torch.device("meta"):
+        meta = build_default(name, d_model=H)
+    assert all(p.device.type == "meta" for p in meta.parameters())
+    layer = meta.to_empty(device=DEVICE)
+    torch.manual_seed(4)
+    layer.reset_parameters()
+    torch.manual_seed(4)
+    direct = build_default(name, d_model=H, device=DEVICE)  # after the block: the caches hold CPU tensors
     for (n, a), b in zip(layer.state_dict().items(), direct.state_dict().values()):
         assert torch.equal(a, b), n
     x = torch.randn(2, 9, H, device=DEVICE)

@@ -1,6 +1,8 @@
 """HiPPO transition matrices and their normal-plus-low-rank (NPLR) forms, plus the S4D and DSS inits.
 
-Implements, in float64 / complex128 on the CPU (cast by the caller):
+Implements, in float64 / complex128 on the CPU (cast by the caller; also inside a ``torch.device("meta")`` or
+``torch.device("cuda")`` block, whose default device would otherwise reach the factory calls and, through the caches,
+every later build in the process):
 - the HiPPO matrices of "HiPPO: Recurrent Memory with Optimal Polynomial Projections" (arXiv 2008.07669) and
   "How to Train Your HiPPO: State Space Models with Generalized Orthogonal Basis Projections" (arXiv 2206.12037),
   in the layout of the official state-spaces/s4 code (LegT halved, FouT with a dead state at index 1);
@@ -34,6 +36,19 @@ _REAL_PART = {"legs": -0.5, "legt": 0.0, "lagt": 0.0, "fout": 0.0}
 _PHASE_TOL = 1e-9
 
 
+def _on_cpu(function):
+    """Run ``function`` with the CPU as the default device: a constant of this module is a CPU tensor whatever device
+    a ``with torch.device(...)`` block around the caller names (a meta build would otherwise cache meta tensors, and
+    every later layer of that size would fail with "Cannot copy out of meta tensor")."""
+
+    @functools.wraps(function)
+    def on_cpu(*args, **kwargs):
+        with torch.device("cpu"):
+            return function(*args, **kwargs)
+
+    return on_cpu
+
+
 class NPLR(NamedTuple):
     """Half (one member per conjugate pair) of the NPLR form of a HiPPO matrix; see :func:`nplr`."""
 
@@ -55,6 +70,7 @@ def _check_N(N: int, name: str = "N", even: bool = False, why: str = "") -> None
         raise ValueError(f"{name} must be even{why}; got {N}")
 
 
+@_on_cpu
 def transition(measure: str, N: int) -> tuple[Tensor, Tensor]:
     """The HiPPO state matrix A and input vector B of a measure (continuous time, dx/dt = A x + B u).
 
@@ -101,6 +117,7 @@ def transition(measure: str, N: int) -> tuple[Tensor, Tensor]:
     return A, B
 
 
+@_on_cpu
 def rank_correction(measure: str, N: int) -> Tensor:
     """The low-rank term P with A + sum_i P_i P_i^T normal (arXiv 2111.00396 Thm. 1; 2206.12037 for LegT/FouT).
 
@@ -138,6 +155,7 @@ def _fix_phase(V: Tensor) -> Tensor:
     return V * (pivot.abs() / pivot)[None, :]  # (N, M)
 
 
+@_on_cpu
 def nplr(measure: str, N: int, B_clip: float | None = 2.0) -> NPLR:
     """Normal-plus-low-rank form of a HiPPO matrix, keeping one member of each conjugate eigenvalue pair.
 
@@ -202,6 +220,7 @@ def _nplr_cached(measure: str, N: int, B_clip: float | None) -> NPLR:
     return NPLR(Lambda.to(_C128), P_t, B_t, V)
 
 
+@_on_cpu
 def s4d_eigenvalues(init: str, N: int) -> Tensor:
     """Diagonal S4D init eigenvalues, one per conjugate pair, with Im lambda <= 0 (arXiv 2206.11893 §4).
 
@@ -235,6 +254,7 @@ def s4d_eigenvalues(init: str, N: int) -> Tensor:
     return torch.complex(torch.full_like(n, -0.5), -imag)
 
 
+@_on_cpu
 def s4d_input_matrix(init: str, N: int) -> Tensor:
     """S4D init input vector B, one entry per conjugate pair (arXiv 2206.11893 §4).
 
@@ -257,6 +277,7 @@ def s4d_input_matrix(init: str, N: int) -> Tensor:
     return torch.ones(N // 2, dtype=_C128)
 
 
+@_on_cpu
 def dss_eigenvalues(N_modes: int) -> Tensor:
     """DSS init: the Im > 0 eigenvalues of the skew part of HiPPO-LegS(2 N_modes), minus 1/2 (arXiv 2203.14343 §3).
 
@@ -284,6 +305,7 @@ def _dss_eigenvalues_cached(N_modes: int) -> Tensor:
     return torch.complex(torch.full_like(w, -0.5), w)
 
 
+@_on_cpu
 def s5_eigen(P: int, blocks: int, conj_sym: bool = True) -> tuple[Tensor, Tensor]:
     """S5's init: eigenvalues and eigenvectors of the normal part of HiPPO-LegS, block-diagonal with J blocks.
 

@@ -19,6 +19,8 @@ mask's lengths (given the lengths the test passed). Everything else runs as is.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -314,3 +316,52 @@ def test_a_forced_native_backend_refuses_meta_by_name(meta_allowed, name):
     layer = build(name, d_model=H, device=META, **_options(name))
     with ops.use_backend("native"), pytest.raises(RuntimeError, match=r"backend 'native' .*runs on the CPU; .* on meta"):
         layer(torch.randn(B, T, H, device=META))
+
+
+def _outputs_on_cpu(name: str, backend: str, block: bool) -> list[torch.Tensor]:
+    """forward (with a given state), backward and two steps of layer ``name`` on CPU tensors, optionally inside a
+    ``with torch.device("meta")`` block: the outputs, the final state, the input's and parameters' gradients, the
+    steps' outputs."""
+    torch.manual_seed(0)
+    layer = build(name, d_model=H, **_options(name)).double()
+    x = torch.randn(B, T, H, dtype=torch.float64, requires_grad=True)
+    outs = []
+    with ops.use_backend(backend), (torch.device("meta") if block else contextlib.nullcontext()):
+        _, h0 = layer(x[:, :3].detach())
+        y, h = layer(x, h0)
+        y.square().sum().backward()
+        outs += [y.detach(), *_tensors(h), x.grad, *(p.grad for p in layer.parameters() if p.grad is not None)]
+        if layer.supports("step"):
+            with torch.no_grad():
+                state = layer.initial_state(B)
+                for t in range(2):
+                    y_t, state = layer.step(x[:, t].detach(), state)
+                    outs += [y_t, *_tensors(state)]
+    return outs
+
+
+@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_cpu_inputs_inside_a_meta_default_device_block_run_as_outside_it(name, backend):
+    # `with torch.device(...)` (or torch.set_default_device) changes where a factory call without `device=` puts its
+    # tensor, not where the inputs are. The C kernels' wrappers allocated their outputs so ("native kernel: expected
+    # a CPU tensor, got one on meta"): S4, S4D, DSS, DLR, GSS, H3 and Liquid-S4 failed in such a block.
+    if backend not in ("auto", *layer_class(name).backends):
+        pytest.skip(f"{name} has no {backend} backend")
+    outside, inside = _outputs_on_cpu(name, backend, False), _outputs_on_cpu(name, backend, True)
+    assert len(inside) == len(outside)
+    for a, b in zip(inside, outside):
+        assert a.device.type == "cpu" and torch.equal(a, b)
+
+
+def test_the_native_smoke_call_runs_on_the_cpu_inside_a_meta_default_device_block(monkeypatch):
+    # The first native call of a process runs a smoke call that draws from a CPU generator: inside a meta (or cuda)
+    # default-device block it failed, and the kernel was marked unusable for the rest of the process (slow, silently).
+    from ssmkit.ops.native import gate
+
+    monkeypatch.setattr(gate, "_STATUS", {})
+    with torch.device("meta"):
+        inside = gate.native_status("ssm_scan", torch.float64)
+    monkeypatch.setattr(gate, "_STATUS", {})
+    outside = gate.native_status("ssm_scan", torch.float64)  # ok where a C compiler is, else the same reason
+    assert inside == outside

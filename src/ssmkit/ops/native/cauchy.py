@@ -67,7 +67,7 @@ def sums_forward(source: str, entry: str, signatures: dict, v: Tensor, z: Tensor
     fns = bind(source, REAL_OF[v.dtype], signatures)
     G, S, N = v.shape
     W = z.shape[-1]
-    out = torch.empty(G, S, W, dtype=v.dtype)
+    out = torch.empty(G, S, W, dtype=v.dtype, device="cpu")
     run_checked(fns[entry], G, [ptr(v), ptr(z), ptr(w), ptr(out), G, S, N, W], fns["openmp"],
                 f"{source}: the forward could not allocate its buffer")
     return [out]

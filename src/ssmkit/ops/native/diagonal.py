@@ -140,7 +140,7 @@ def _forward_kernel(
     Bsz, L, H = u.shape
     N = Ar.shape[0]
     y = torch.empty_like(u)
-    xL = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype])
+    xL = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype], device="cpu")
     args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(y), ptr(xL), Bsz, L, H, N, T, int(rev)]
     _run_items(fns, "ds_forward", Bsz, H, args)
     return [y, xL]
@@ -166,7 +166,7 @@ def _backward_kernel(
     N = Ar.shape[0]
     g_x = absent_if_zero(g_x)
     g_u = torch.empty_like(u)
-    g_x0 = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype]) if x0 is not None else None
+    g_x0 = torch.empty(Bsz, H, N, dtype=COMPLEX_OF[u.dtype], device="cpu") if x0 is not None else None
     g = u.new_empty(Bsz, 7, N, H)  # per batch row (a fixed summation order): ∂Ā, ∂B̄, ∂C (re, im) and ∂D
     args = [ptr(u), *map(ptr, (Ar, Ai, Br, Bi, Cr, Ci)), ptr(D), ptr(x0), ptr(g_y), ptr(g_x), ptr(g_u), ptr(g_x0),
             ptr(g), Bsz, L, H, N, T, int(rev)]

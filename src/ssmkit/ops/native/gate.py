@@ -41,8 +41,10 @@ def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, st
     if key not in _STATUS:
         try:
             # the smoke call differentiates: its tensors must not be inference tensors, even when the process's first
-            # call comes inside torch.inference_mode (a server's), which failed it and lost the kernel for the process
-            with torch.inference_mode(False):
+            # call comes inside torch.inference_mode (a server's), which failed it and lost the kernel for the process;
+            # and its tensors are the CPU's inside a `with torch.device("meta"/"cuda")` block too (its generator draws
+            # failed there, and the kernel was lost for the process just the same)
+            with torch.inference_mode(False), torch.device("cpu"):
                 _smoke(op, dtype)
             _STATUS[key] = (True, "built and checked against the reference")
         except NativeBuildError as err:

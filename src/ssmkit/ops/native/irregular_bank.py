@@ -147,8 +147,8 @@ def _forward_kernel(
     Bsz, L, H = u.shape
     M = zr.shape[0]
     y = torch.empty_like(u)
-    xL = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype])
-    ckpt = torch.empty(_ckpt_numel(fns, u, M, keep), dtype=torch.float64)
+    xL = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype], device="cpu")
+    ckpt = torch.empty(_ckpt_numel(fns, u, M, keep), dtype=torch.float64, device="cpu")
     args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(x0), ptr(y), ptr(xL),
             ptr(ckpt) if keep else None, ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_forward", Bsz, H, args)
@@ -180,9 +180,9 @@ def _backward_kernel(
     g_x = absent_if_zero(g_x)
     n_items = fns["ib_items"](Bsz, H)
     g_u = torch.empty_like(u)
-    g_x0 = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype]) if want_x0 else None
-    g = torch.empty(Bsz, 7, M, H, dtype=torch.float64)  # per batch row (a fixed summation order)
-    g_tau = torch.empty(n_items, L, dtype=torch.float64) if want_tau else None  # per item: summed over blocks below
+    g_x0 = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype], device="cpu") if want_x0 else None
+    g = torch.empty(Bsz, 7, M, H, dtype=torch.float64, device="cpu")  # per batch row (a fixed summation order)
+    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None  # per item: summed over blocks below
     args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(g_y), ptr(g_x), ptr(ckpt), ptr(g_u),
             ptr(g_x0), ptr(g), ptr(g_tau), ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_backward", Bsz, H, args)
@@ -211,7 +211,7 @@ def _forward_real_kernel(
     M = z.shape[0]
     y = torch.empty_like(u)
     xL = u.new_empty(Bsz, H, M)
-    ckpt = torch.empty(_ckpt_numel(fns, u, M, keep, True), dtype=torch.float64)
+    ckpt = torch.empty(_ckpt_numel(fns, u, M, keep, True), dtype=torch.float64, device="cpu")
     args = [ptr(u), ptr(tau), ptr(z), ptr(w), ptr(C), ptr(D), ptr(x0), ptr(y), ptr(xL), ptr(ckpt) if keep else None,
             ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_forward_real", Bsz, H, args)
@@ -243,8 +243,8 @@ def _backward_real_kernel(
     n_items = fns["ib_items"](Bsz, H)
     g_u = torch.empty_like(u)
     g_x0 = u.new_empty(Bsz, H, M) if want_x0 else None
-    g = torch.empty(Bsz, 4, M, H, dtype=torch.float64)  # per batch row (a fixed summation order)
-    g_tau = torch.empty(n_items, L, dtype=torch.float64) if want_tau else None  # per item: summed over blocks below
+    g = torch.empty(Bsz, 4, M, H, dtype=torch.float64, device="cpu")  # per batch row (a fixed summation order)
+    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None  # per item: summed over blocks below
     args = [ptr(u), ptr(tau), ptr(z), ptr(w), ptr(C), ptr(D), ptr(g_y), ptr(g_x), ptr(ckpt), ptr(g_u), ptr(g_x0),
             ptr(g), ptr(g_tau), ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_backward_real", Bsz, H, args)

@@ -75,8 +75,8 @@ def _forward_kernel(
     Bsz, L, H = u.shape
     M, r = lr.shape[0], pr.shape[0]
     y = torch.empty_like(u)
-    xL = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype])
-    ck = torch.empty(Bsz, _n_chunks(L, chunk), H, M, dtype=torch.complex128)
+    xL = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype], device="cpu")
+    ck = torch.empty(Bsz, _n_chunks(L, chunk), H, M, dtype=torch.complex128, device="cpu")
     args = [ptr(u), ptr(tau), *map(ptr, (lr, li, br, bi, cr, ci, pr, pi, dt)), ptr(D), ptr(x0), ptr(y), ptr(xL),
             ptr(ck) if chunk > 0 else None, L, H, M, r, chunk]
     run_checked(fns["id_forward"], fns["id_items"](Bsz, H), args, fns["openmp"],
@@ -109,10 +109,10 @@ def _backward_kernel(
     g_x = absent_if_zero(g_x)
     n_items = fns["id_items"](Bsz, H)
     g_u = torch.empty_like(u)
-    g_x0 = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype]) if want_x0 else None
-    g = torch.empty(Bsz, 6 + 2 * r, M, H, dtype=torch.float64)  # per batch row (a fixed summation order)
-    g_dd = torch.empty(Bsz, 2, H, dtype=torch.float64)
-    g_tau = torch.empty(n_items, L, dtype=torch.float64) if want_tau else None  # per item: summed over blocks below
+    g_x0 = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype], device="cpu") if want_x0 else None
+    g = torch.empty(Bsz, 6 + 2 * r, M, H, dtype=torch.float64, device="cpu")  # per batch row (a fixed summation order)
+    g_dd = torch.empty(Bsz, 2, H, dtype=torch.float64, device="cpu")
+    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None  # per item: summed over blocks below
     args = [ptr(u), ptr(tau), *map(ptr, (lr, li, br, bi, cr, ci, pr, pi, dt)), ptr(D), ptr(ck), ptr(g_y), ptr(g_x),
             ptr(g_u), ptr(g_x0), ptr(g), ptr(g_dd), ptr(g_tau), L, H, M, r, chunk]
     run_checked(fns["id_backward"], n_items, args, fns["openmp"],

@@ -318,12 +318,12 @@ def test_a_forced_native_backend_refuses_meta_by_name(meta_allowed, name):
         layer(torch.randn(B, T, H, device=META))
 
 
-def _outputs_on_cpu(name: str, backend: str, block: bool) -> list[torch.Tensor]:
+def _outputs_on_cpu(name: str, options: dict, backend: str, block: bool) -> list[torch.Tensor]:
     """forward (with a given state), backward and two steps of layer ``name`` on CPU tensors, optionally inside a
     ``with torch.device("meta")`` block: the outputs, the final state, the input's and parameters' gradients, the
-    steps' outputs."""
+    steps' outputs and states."""
     torch.manual_seed(0)
-    layer = build(name, d_model=H, **_options(name)).double()
+    layer = build(name, d_model=H, **options).double()
     x = torch.randn(B, T, H, dtype=torch.float64, requires_grad=True)
     outs = []
     with ops.use_backend(backend), (torch.device("meta") if block else contextlib.nullcontext()):
@@ -340,18 +340,52 @@ def _outputs_on_cpu(name: str, backend: str, block: bool) -> list[torch.Tensor]:
     return outs
 
 
-@pytest.mark.parametrize("name", available())
-@pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_cpu_inputs_inside_a_meta_default_device_block_run_as_outside_it(name, backend):
+def _block_cases() -> list:
+    cases = []
+    for name in available():
+        for i, options in enumerate(variants(name)):
+            cases.append(pytest.param(name, options, "auto", id=f"{name}-{i}-auto"))
+        if "reference" in layer_class(name).backends:
+            cases.append(pytest.param(name, variants(name)[0], "reference", id=f"{name}-0-reference"))
+    return cases
+
+
+@pytest.mark.parametrize("name, options, backend", _block_cases())
+def test_cpu_inputs_inside_a_meta_default_device_block_run_as_outside_it(name, options, backend):
     # `with torch.device(...)` (or torch.set_default_device) changes where a factory call without `device=` puts its
     # tensor, not where the inputs are. The C kernels' wrappers allocated their outputs so ("native kernel: expected
-    # a CPU tensor, got one on meta"): S4, S4D, DSS, DLR, GSS, H3 and Liquid-S4 failed in such a block.
-    if backend not in ("auto", *layer_class(name).backends):
-        pytest.skip(f"{name} has no {backend} backend")
-    outside, inside = _outputs_on_cpu(name, backend, False), _outputs_on_cpu(name, backend, True)
+    # a CPU tensor, got one on meta"): S4, S4D, DSS, DLR, GSS, H3 and Liquid-S4 failed in such a block, and so did
+    # Liquid-S4's float64 "lecun" contraction (its constants as 0-dim tensors of the default device).
+    options = {**NEEDED_AT_TINY_WIDTH.get(name, {}), **options}
+    outside, inside = (_outputs_on_cpu(name, options, backend, block) for block in (False, True))
     assert len(inside) == len(outside)
     for a, b in zip(inside, outside):
         assert a.device.type == "cpu" and torch.equal(a, b)
+
+
+def test_dropout_state_selection_and_blocked_fft_inside_a_meta_default_device_block():
+    # the native dropout's seed (a CPU draw), select_state's list index and the blocked FFT convolution's spectrum
+    # buffer were made on the default device: inside a meta block, "Cannot copy out of meta tensor" / a meta buffer
+    from ssmkit.layers import select_state
+    from ssmkit.ops import dropout as dropout_module
+    from ssmkit.ops import fftblocks
+
+    x = torch.randn(4, 64, 8, dtype=torch.float64)
+    state = [torch.randn(4, 3), None, (torch.randn(4, 2, 5),)]
+    u, k = torch.randn(2, 300, 16, dtype=torch.float64), torch.randn(16, 600, dtype=torch.float64)
+    results = []
+    for block in (False, True):
+        with torch.device("meta") if block else contextlib.nullcontext():
+            torch.manual_seed(5)
+            dropped = dropout_module.dropout(x, 0.3, training=True)
+            rows = select_state(state, [2, 0])
+            y, spectrum, _ = fftblocks.conv_forward_blocked(u, k)
+        results.append([dropped, *_tensors(rows), y, spectrum])
+    assert (results[0][0] == 0).any() and rows[1] is None
+    for a, b in zip(*results):
+        assert a.device.type == "cpu" and torch.equal(a, b)
+    want = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=600) * torch.fft.rfft(k, n=600), n=600)[..., :300]
+    assert torch.allclose(results[1][-2], want.transpose(1, 2), rtol=0, atol=1e-12)
 
 
 def test_the_native_smoke_call_runs_on_the_cpu_inside_a_meta_default_device_block(monkeypatch):

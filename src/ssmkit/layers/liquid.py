@@ -101,7 +101,7 @@ def contract(v: Tensor, kind: str | None) -> Tensor:
             # exporter writes a Python float that multiplies a float64 tensor rounded to float32 (2.9e-8 relative
             # here). Only in float64: a 0-dim bfloat16/float16 tensor would round them, where a Python float enters
             # the kernel in float32
-            outer, inner = (torch.tensor(c, dtype=v.dtype) for c in (1.7159, 0.666))
+            outer, inner = (torch.tensor(c, dtype=v.dtype, device="cpu") for c in (1.7159, 0.666))  # scalars
             return outer * torch.tanh(inner * v)
         return 1.7159 * torch.tanh(0.666 * v)
     return v

@@ -236,7 +236,7 @@ def select_state(state: Any, index: torch.Tensor | list[int] | slice) -> Any:
     if not isinstance(index, slice):
         if isinstance(index, (list, tuple)):
             flags = bool(index) and all(isinstance(v, bool) for v in index)
-            index = torch.tensor(index, dtype=torch.bool if flags else torch.long)
+            index = torch.tensor(index, dtype=torch.bool if flags else torch.long, device="cpu")
         if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point() or index.is_complex():
             raise ValueError(f"index must be 1-D integer indices, a boolean mask of {B} entries, or a slice; got "
                              f"{index!r}")

@@ -48,6 +48,6 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if _native(x):
         from ssmkit.ops.native.dropout import NativeDropout
 
-        seed = int(torch.empty((), dtype=torch.int64).random_().item())  # [0, 2^63): torch's default CPU generator
+        seed = int(torch.empty((), dtype=torch.int64, device="cpu").random_().item())  # [0, 2^63): the default CPU generator
         return apply_function(NativeDropout, x, float(p), seed)
     return F.dropout(x, p, True)

@@ -113,7 +113,7 @@ def conv_forward_blocked(u: torch.Tensor, k: torch.Tensor, keep_spectrum: bool =
     """
     (Bsz, L, H), n = u.shape, k.shape[-1]
     K_f = torch.fft.rfft(k)  # (H, n//2 + 1)
-    U = torch.empty(Bsz, H, n // 2 + 1, dtype=K_f.dtype) if keep_spectrum else None  # (B, H, n//2 + 1)
+    U = torch.empty(Bsz, H, n // 2 + 1, dtype=K_f.dtype, device=u.device) if keep_spectrum else None  # (B, H, n//2 + 1)
     y = torch.empty_like(u)  # (B, L, H)
     pad = _Padded(u, L, n)
     for bs, hs in _blocks(Bsz, H, n, u.element_size()):

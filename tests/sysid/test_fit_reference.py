@@ -4,6 +4,7 @@ edges, the window draws enumerated from the inputs the model sees, early stoppin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -368,3 +369,26 @@ def test_level_weight_counts_a_sample_at_the_level_and_accepts_w_zero():
         cfg = SimulationFit(window=window, batch_size=2, steps=1, lr=0.0, val_fraction=0.0, level_weight=(level, w))
         loss = fit_simulation(copy.deepcopy(m), [r], config=cfg)["train_loss"][0]
         assert loss == pytest.approx(float(np.mean(weight * e2)), rel=1e-12)
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_a_fit_inside_a_meta_default_device_block_equals_one_outside_it(held_out):
+    # `with torch.device("meta")` (or torch.set_default_device("cuda")) moves every factory call without `device=`.
+    # The window draws (a CPU generator's rand/randint), the records' lengths and the held-out blocks' masks were made
+    # on that device ("Expected a 'cpu' device type for generator", "Cannot copy out of meta tensor"). The same fit
+    # in and out of such a block gives the same weights and history.
+    records = [record(90, seed=1), record(70, seed=2)]
+    blocks = [Block(0, 40, 60)] if held_out else None
+    cfg = SimulationFit(window=20, batch_size=3, steps=3, lr=0.01, val_every=2, val_fraction=0.0 if held_out else 0.2)
+    results = []
+    for block in (False, True):
+        torch.manual_seed(0)
+        m = small()
+        with torch.device("meta") if block else contextlib.nullcontext():
+            history = fit_simulation(m, records, config=cfg, blocks=blocks)
+        results.append((m.state_dict(), history))
+    (weights, history), (weights_in, history_in) = results
+    assert history_in["train_loss"] == history["train_loss"] and history_in["val_rmse"] == history["val_rmse"]
+    assert len(history["train_loss"]) == 3 and history["val_rmse"]
+    for name, value in weights.items():
+        assert weights_in[name].device.type == "cpu" and torch.equal(weights_in[name], value), name

@@ -152,3 +152,19 @@ def test_checkpoints_carry_the_cuda_generator_of_the_model():
     with seeded_rngs(1, 2):
         torch.rand(3)
     assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_batch_order_inside_a_meta_default_device_block_is_the_order_outside_it():
+    # StepBatches' permutation (a CPU generator's randperm), positions and index buffer, and eval_batches' shard, were
+    # made on a `with torch.device(...)` block's device: in a meta block the step's indices came out meta and failed
+    # ("aten::_unique2 ... Meta tensors"). The order is a function of (seed, epoch) alone, in the block or not.
+    x, y = torch.randn(10, 5, 2), torch.randint(0, 3, (10,))
+    want = [StepBatches([x, y], batch_size=4, seed=1).indices(s) for s in range(4)]  # 16 draws: crosses an epoch
+    with torch.device("meta"):
+        got = [StepBatches([x, y], batch_size=4, seed=1).indices(s) for s in range(4)]
+        shard = eval_batches([x, y], batch_size=3, rank=1, world_size=2)
+    g = torch.Generator().manual_seed(1 * 1_000_003 + 0)
+    first_epoch = torch.randperm(10, generator=g)
+    assert torch.equal(want[0], first_epoch[:4]) and torch.equal(want[1], first_epoch[4:8])
+    assert all(t.device.type == "cpu" and torch.equal(t, w) for t, w in zip(got, want))
+    assert [b[0].device.type for b in shard] == ["cpu", "cpu"] and torch.equal(torch.cat([b[0] for b in shard]), x[1::2])

@@ -633,7 +633,7 @@ def _block_windows(train: list[IORecord], blocks: list[Block], window: int, n_en
     """The training windows' admissible (record, offset) pairs and each record's output mask (1 outside blocks)."""
     masks, pairs = [], []
     for i, r in enumerate(train):
-        mask = torch.ones(len(r), dtype=torch.bool)
+        mask = torch.ones(len(r), dtype=torch.bool, device="cpu")
         for b in blocks:
             if b.record == i:
                 mask[b.start:b.stop] = False
@@ -708,7 +708,7 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     us = [r.u.to(device=device, dtype=dtype) for r in train]
     ys = [r.y.to(device=device, dtype=dtype) for r in train]
     missing = any(r.n_missing for r in train)  # NaN outputs: the masked loss (module docstring)
-    lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64)
+    lengths = torch.tensor([len(r) - cfg.window - n_enc + 1 for r in train], dtype=torch.float64, device="cpu")
     g = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(_groups(model, cfg))
     scheduler = warmup_cosine(optimizer, 0, cfg.steps) if cfg.schedule == "cosine" else None
@@ -735,10 +735,11 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
     for step in range(1, cfg.steps + 1):
         if pairs is None:
             which = torch.multinomial(lengths, cfg.batch_size, replacement=True, generator=g)
-            offsets = (torch.rand(cfg.batch_size, generator=g, dtype=torch.float64) * lengths[which]).long()
+            draws = torch.rand(cfg.batch_size, generator=g, dtype=torch.float64, device="cpu")
+            offsets = (draws * lengths[which]).long()
             drawn = list(zip(which.tolist(), offsets.tolist()))
         else:
-            drawn = [pairs[j] for j in torch.randint(len(pairs), (cfg.batch_size,), generator=g).tolist()]
+            drawn = [pairs[j] for j in torch.randint(len(pairs), (cfg.batch_size,), generator=g, device="cpu").tolist()]
         u_b = torch.stack([us[i][o: o + n_enc + cfg.window] for i, o in drawn])
         y_b = torch.stack([ys[i][o: o + n_enc + cfg.window] for i, o in drawn])
         state = None

@@ -284,7 +284,7 @@ def set_discrete_poles(layer: torch.nn.Module, z: np.ndarray) -> None:
         raise ValueError(f"z must hold 1..{M} modes with 0 < |z| < 1 (use modes()); got {z.size} with |z| in "
                          f"[{np.abs(z).min() if z.size else 0}, {np.abs(z).max() if z.size else 0}]")
     k = z.size
-    zt = torch.as_tensor(z)
+    zt = torch.as_tensor(z, device="cpu")
     logz = torch.log(zt)  # (k,) log|z| + i arg z
     if kind in ("s4d", "s5"):
         dt = torch.exp(layer.log_dt.detach().double()).cpu()  # S4D (H,), S5 (M,); z is on the CPU

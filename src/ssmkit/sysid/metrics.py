@@ -58,7 +58,8 @@ def _pooled(y_pred, y_true, n_init: int) -> tuple[torch.Tensor, torch.Tensor, bo
         raise ValueError(f"n_init must be an int >= 0 (samples skipped at the start of each experiment); got {n_init!r}")
     ps, ts, flat = [], [], True
     for i, (p, t) in enumerate(zip(preds, trues)):
-        p, t = torch.as_tensor(p), torch.as_tensor(t)
+        # a tensor stays where it is (as_tensor would move it to a `with torch.device(...)` block's device)
+        p, t = (x if isinstance(x, torch.Tensor) else torch.as_tensor(x, device="cpu") for x in (p, t))
         if p.is_complex() or t.is_complex():  # .to(float64) would drop the imaginary part with only a warning
             raise ValueError(f"experiment {i}: y_pred and y_true must be real signals; got {p.dtype} and {t.dtype}")
         if p.shape != t.shape:

@@ -181,9 +181,9 @@ class StepBatches:
         if self._order is None or self._order[0] != epoch:
             if self.shuffle:
                 g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                order = torch.randperm(self.n, generator=g)
+                order = torch.randperm(self.n, generator=g, device="cpu")
             else:
-                order = torch.arange(self.n)
+                order = torch.arange(self.n, device="cpu")
             self._order = (epoch, order)
         return self._order[1]
 
@@ -191,9 +191,9 @@ class StepBatches:
         """The sample indices of this rank at optimizer step ``step``: (batch_size,) int64."""
         G = self.batch_size * self.world_size
         first = step * G + self.rank * self.batch_size
-        positions = torch.arange(first, first + self.batch_size)
+        positions = torch.arange(first, first + self.batch_size, device="cpu")
         epochs = positions // self.n
-        out = torch.empty(self.batch_size, dtype=torch.long)
+        out = torch.empty(self.batch_size, dtype=torch.long, device="cpu")
         for e in epochs.unique().tolist():
             where = epochs == e
             out[where] = self._epoch_order(e)[positions[where] % self.n]
@@ -252,7 +252,7 @@ def eval_batches(
     check_positive_int(batch_size, "batch_size")
     if n < world_size:
         raise ValueError(f"an evaluation split needs at least world_size = {world_size} samples; got {n}")
-    mine = torch.arange(rank, n, world_size)
+    mine = torch.arange(rank, n, world_size, device="cpu")
     batches = [tuple(t[mine[s:s + batch_size]] for t in tensors) for s in range(0, len(mine), batch_size)]
     if transform is not None:
         done = []

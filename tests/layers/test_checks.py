@@ -86,6 +86,11 @@ def test_forward_on_the_meta_device_says_to_initialise_first(name):
     if layer.supports("step"):
         with pytest.raises(ValueError, match="not on 'meta'"):
             layer.step(x[:, 0], layer.initial_state(2))
+    # kernel and state_space failed in autocast's dispatch ("unknown device type for autocast")
+    for capability, read in (("kernel", lambda: layer.kernel(7)), ("state_space", layer.state_space)):
+        if layer.supports(capability):
+            with pytest.raises(ValueError, match=r"not on 'meta'.*to_empty"):
+                read()
 
 
 @pytest.mark.parametrize("name", NAMES)

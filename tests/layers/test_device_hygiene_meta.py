@@ -10,11 +10,11 @@ PyTorch's own device check, which meta runs for most ops, and :class:`CrossDevic
 records every torch call whose tensor arguments mix meta and CPU tensors -- it also covers the ops whose meta kernels
 skip the check (``einsum``, ``linear``, ``conv1d``, ``index_select``, ``gather``: tested below).
 
-Layers refuse meta on purpose (``SequenceLayer._check_placement``: meta only defers initialisation), and a few
-checks read values, which meta tensors do not have; the fixture :func:`meta_allowed` lifts exactly those for the
-test: the refusal, autocast's query (no autocast for meta), the value checks of intervals, lengths, token ids and
-DLR's unit modes, the step caches' ``torch.equal`` comparison (always recompute), and Mega's read of its padding
-mask's lengths (given the lengths the test passed). Everything else runs as is.
+Layers refuse meta on purpose (``SequenceLayer._check_placement`` and ``_refuse_meta``: meta only defers
+initialisation), and a few checks read values, which meta tensors do not have; the fixture :func:`meta_allowed` lifts
+exactly those for the test: the refusals, autocast's query (no autocast for meta), the value checks of intervals,
+lengths, token ids and DLR's unit modes, the step caches' ``torch.equal`` comparison (always recompute), and Mega's
+read of its padding mask's lengths (given the lengths the test passed). Everything else runs as is.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def meta_allowed(monkeypatch):
     unit_mode = dlr_module.check_no_unit_mode
     same = layer_cache._same
     monkeypatch.setattr(SequenceLayer, "_check_placement", placement)
+    monkeypatch.setattr(SequenceLayer, "_refuse_meta", lambda self, device: None)  # kernel's and state_space's
     monkeypatch.setattr(torch, "is_autocast_enabled",
                         lambda *a: False if a and a[0] == "meta" else autocast_enabled(*a))
     monkeypatch.setattr(irregular_ops, "_finite_and_positive", lambda t: t.device.type == "meta" or finite(t))

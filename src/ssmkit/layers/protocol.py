@@ -366,11 +366,17 @@ class SequenceLayer(nn.Module):
         device = self.state_device()
         if x.device != device:
             raise ValueError(f"{name} must be on the layer's device {device}; got {x.device}")
+        self._refuse_meta(device)
+        self._check_parameter_dtype()
+        return device
+
+    def _refuse_meta(self, device: torch.device) -> None:
+        """Raise ``ValueError`` for a layer on the meta device: it has no values to compute with (``forward``, ``step``,
+        ``kernel`` and ``state_space`` say so; before, the last two failed in autocast's dispatch: "unknown device type
+        for autocast")."""
         if device.type == "meta":
             raise ValueError(f"{type(self).__name__} runs on a real device, not on 'meta' (which only defers the "
                              "initialisation): call to_empty(device=...) and reset_parameters() first")
-        self._check_parameter_dtype()
-        return device
 
     def _low_precision_dtype(self) -> torch.dtype | None:
         """The parameters' dtype when it is not float32 or float64, else None (read on the first one: the layer's own,
@@ -444,6 +450,7 @@ class SequenceLayer(nn.Module):
         """
         self._require("kernel")
         check_length(L)
+        self._refuse_meta(self.state_device())
         self._check_parameter_dtype()
         with float32_core(self.state_device().type):  # as forward computes it: not in autocast's bf16/fp16
             return self._kernel(L)
@@ -457,6 +464,7 @@ class SequenceLayer(nn.Module):
         analysed as they are: the system is computed from a float64 copy of the layer, which holds exactly the same
         weights (python-control, too, converts whatever numbers it is given to float64)."""
         self._require("state_space")
+        self._refuse_meta(self.state_device())
         with torch.no_grad():  # the pruned weights, as forward's hooks make them (and leaves, which deepcopy takes)
             apply_pruning(self)
         if self._low_precision_dtype() is not None:

@@ -182,3 +182,18 @@ def test_an_option_is_read_as_a_plain_attribute_so_dynamo_traces_no_descriptor()
     assert torch.equal(compiled(x), x * 3 + 2)
     module.chunk = 5
     assert torch.equal(compiled(x), x * 3 + 5)
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_a_model_on_the_meta_device_says_to_initialise_first(tokens):
+    # a meta SequenceModel failed in its blocks' autocast query ("unknown device type for autocast") before any layer
+    # could say what to do
+    from ssmkit.models import SequenceModel
+
+    options = dict(d_input=1, vocab_size=7, head="lm", pool=None, d_output=7) if tokens else dict(d_input=3, d_output=2)
+    model = SequenceModel(d_model=H, n_layers=2, layer="s4d", device="meta", **options)
+    x = (torch.zeros(2, 5, dtype=torch.long, device="meta") if tokens else torch.zeros(2, 5, 3, device="meta"))
+    with pytest.raises(ValueError, match=r"not on 'meta'.*to_empty\(device=...\)"):
+        model(x)
+    with pytest.raises(ValueError, match=r"not on 'meta'.*to_empty\(device=...\)"):
+        model.step(x[:, 0], model.initial_state(2))

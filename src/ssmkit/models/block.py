@@ -300,8 +300,10 @@ class Block(nn.Module):
 
     def _as_parameter_dtype(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
         """(x in the parameters' dtype outside autocast, x's dtype): a float64 input into a float32 block failed in
-        its norm with "mixed dtype"."""
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
+        its norm with "mixed dtype". On the meta device (no autocast there: asking failed with "unknown device type
+        for autocast") the layer's own check says to initialise first."""
+        if (not isinstance(x, torch.Tensor) or not x.is_floating_point()
+                or (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type))):
             return x, getattr(x, "dtype", None)  # the layer's checks name a bad input
         for p in self.parameters():
             return x.to(p.dtype), x.dtype

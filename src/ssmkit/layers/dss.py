@@ -71,9 +71,10 @@ def _regularised_reciprocal(x: torch.Tensor) -> torch.Tensor:
     """conj(x)/(|x|² + 1e-7) elementwise, without forming |x|² where it would overflow.
 
     For |x| > 1 it is evaluated as (conj(x)/|x|)/(|x| + 1e-7/|x|), the same number: a growing DSS-softmax mode has
-    |x| ~ e^{L Re z}, whose square overflows float32 once L·Re(z) > 44, which made its W̃ (and its whole part of the
-    kernel) exactly 0 while the state itself stays finite up to L·Re(z) < 88. Each branch sees only inputs where it
-    is finite, so the unused one gives no NaN gradient.
+    |x| ~ e^{L Re z}, whose square overflows once L·Re(z) > 354 (double; a float32 layer forms this factor in double
+    too, see ``discrete``), which made its W̃ (and its whole part of the kernel) exactly 0 while the state itself
+    stays finite up to L·Re(z) < 709. Each branch sees only inputs where it is finite, so the unused one gives no NaN
+    gradient.
     """
     s = x.abs()
     big = s > 1

@@ -167,4 +167,5 @@ def test_batch_order_inside_a_meta_default_device_block_is_the_order_outside_it(
     first_epoch = torch.randperm(10, generator=g)
     assert torch.equal(want[0], first_epoch[:4]) and torch.equal(want[1], first_epoch[4:8])
     assert all(t.device.type == "cpu" and torch.equal(t, w) for t, w in zip(got, want))
-    assert [b[0].device.type for b in shard] == ["cpu", "cpu"] and torch.equal(torch.cat([b[0] for b in shard]), x[1::2])
+    assert [b[0].device.type for b in shard] == ["cpu", "cpu"]
+    assert torch.equal(torch.cat([b[0] for b in shard]), x[1::2])

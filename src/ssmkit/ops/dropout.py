@@ -48,6 +48,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if _native(x):
         from ssmkit.ops.native.dropout import NativeDropout
 
-        seed = int(torch.empty((), dtype=torch.int64, device="cpu").random_().item())  # [0, 2^63): the default CPU generator
+        # [0, 2^63) from torch's default CPU generator (named: a `with torch.device(...)` block must not move it)
+        seed = int(torch.empty((), dtype=torch.int64, device="cpu").random_().item())
         return apply_function(NativeDropout, x, float(p), seed)
     return F.dropout(x, p, True)

@@ -182,7 +182,8 @@ def _backward_kernel(
     g_u = torch.empty_like(u)
     g_x0 = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype], device="cpu") if want_x0 else None
     g = torch.empty(Bsz, 7, M, H, dtype=torch.float64, device="cpu")  # per batch row (a fixed summation order)
-    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None  # per item: summed over blocks below
+    # per item: summed over blocks below
+    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None
     args = [ptr(u), ptr(tau), *map(ptr, (zr, zi, wr, wi, cr, ci)), ptr(D), ptr(g_y), ptr(g_x), ptr(ckpt), ptr(g_u),
             ptr(g_x0), ptr(g), ptr(g_tau), ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_backward", Bsz, H, args)
@@ -244,7 +245,8 @@ def _backward_real_kernel(
     g_u = torch.empty_like(u)
     g_x0 = u.new_empty(Bsz, H, M) if want_x0 else None
     g = torch.empty(Bsz, 4, M, H, dtype=torch.float64, device="cpu")  # per batch row (a fixed summation order)
-    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None  # per item: summed over blocks below
+    # per item: summed over blocks below
+    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None
     args = [ptr(u), ptr(tau), ptr(z), ptr(w), ptr(C), ptr(D), ptr(g_y), ptr(g_x), ptr(ckpt), ptr(g_u), ptr(g_x0),
             ptr(g), ptr(g_tau), ptr(gaps), ptr(index), ptr(count), L, H, M, int(bilinear)]
     _run(fns, "ib_backward_real", Bsz, H, args)

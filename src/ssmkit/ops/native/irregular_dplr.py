@@ -112,7 +112,8 @@ def _backward_kernel(
     g_x0 = torch.empty(Bsz, H, M, dtype=COMPLEX_OF[u.dtype], device="cpu") if want_x0 else None
     g = torch.empty(Bsz, 6 + 2 * r, M, H, dtype=torch.float64, device="cpu")  # per batch row (a fixed summation order)
     g_dd = torch.empty(Bsz, 2, H, dtype=torch.float64, device="cpu")
-    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None  # per item: summed over blocks below
+    # per item: summed over blocks below
+    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None
     args = [ptr(u), ptr(tau), *map(ptr, (lr, li, br, bi, cr, ci, pr, pi, dt)), ptr(D), ptr(ck), ptr(g_y), ptr(g_x),
             ptr(g_u), ptr(g_x0), ptr(g), ptr(g_dd), ptr(g_tau), L, H, M, r, chunk]
     run_checked(fns["id_backward"], n_items, args, fns["openmp"],

@@ -99,7 +99,8 @@ def _backward_kernel(
     g_v = torch.empty_like(v)
     g_x0 = None if x0 is None else torch.empty_like(x0)
     g = torch.empty(Bsz, 4, M, dtype=torch.float64, device="cpu")  # per batch row (a fixed summation order)
-    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None  # per item: summed over blocks below
+    # per item: summed over blocks below
+    g_tau = torch.empty(n_items, L, dtype=torch.float64, device="cpu") if want_tau else None
     args = [ptr(v), ptr(tau), *map(ptr, (zr, zi, wr, wi)), ptr(x0), ptr(x), ptr(g_x), ptr(g_v), ptr(g_x0), ptr(g),
             ptr(g_tau), L, M, int(bilinear)]
     _run(fns, "im_backward", Bsz, M, args)

@@ -54,8 +54,8 @@ def paper_loop(layer: RGLRU, u: torch.Tensor, resets: torch.Tensor | None = None
     return torch.stack(ys, 1), RGLRUState(past.transpose(1, 2), h)
 
 
-def random_block(**options) -> RGLRU:
-    torch.manual_seed(0)
+def random_block(seed: int = 0, **options) -> RGLRU:
+    torch.manual_seed(seed)
     layer = RGLRU(H, device=DEVICE, dtype=torch.float64, **options)
     with torch.no_grad():  # nonzero biases and a stronger conv, so that every term shows
         for name, p in layer.named_parameters():

@@ -22,6 +22,7 @@ from ssmkit.ops.native import native_available
 from ssmkit.ops.ssd import ssd, ssd_chunked, ssd_reference
 from tests.conftest import DEVICE, H, rel_err, run_steps
 from tests.layers.test_mamba2 import mixer_loop
+from tests.layers.test_rglru import random_block
 
 F64 = torch.float64
 
@@ -153,15 +154,8 @@ def test_ssd_batched_products_sliced_by_several_rows_per_call(monkeypatch):
 # layers/rglru.py
 
 
-def _rglru(seed: int = 4, **options):
-    torch.manual_seed(seed)
-    layer = layers.build("rglru", d_model=H, lru_width=4, n_heads=2, device=DEVICE, dtype=F64, **options)
-    with torch.no_grad():  # nonzero biases and a stronger conv, so that every term shows
-        for name, p in layer.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.3 * torch.randn_like(p))
-        layer.conv.weight.mul_(10)
-    return layer
+def _rglru(seed: int = 4):
+    return random_block(seed, lru_width=4, n_heads=2)  # nonzero biases and a stronger conv: every term shows
 
 
 def test_rglru_step_calls_a_hooked_recurrence_gate_as_the_forward_does():

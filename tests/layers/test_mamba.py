@@ -33,6 +33,9 @@ def test_initialisation_follows_the_official_code():
     constant = Mamba(8, dt_init="constant", dt_scale=2.0, dt_rank=4, dt_min=1e-5, dt_max=1e-5, dt_init_floor=1e-3)
     assert torch.allclose(constant.dt_proj.weight, torch.full((16, 4), 2.0 * 4**-0.5))
     assert torch.allclose(torch.nn.functional.softplus(constant.dt_bias), torch.full((16,), 1e-3))  # the floor
+    unfloored = Mamba(8, dt_min=1e-5, dt_max=1e-5, dt_init_floor=0.0, dtype=torch.float64)  # 0: no floor (as Mamba-2)
+    assert torch.allclose(torch.nn.functional.softplus(unfloored.dt_bias), torch.full((16,), 1e-5, dtype=torch.float64),
+                          rtol=1e-12, atol=0)
     assert set(layers.optim_marks(layer)) == {"A_log", "dt_bias"}
     assert layer.block_defaults == layers.BlockDefaults(None, None)
 
@@ -166,7 +169,8 @@ def test_same_weights_give_mambapys_steps():
         ({"dt_min": 0.2, "dt_max": 0.1}, "0 < dt_min <= dt_max"),
         ({"dt_init": "zeros"}, r"dt_init must be one of \('random', 'constant'\)"),
         ({"dt_scale": -1.0}, "dt_scale must be a finite float > 0"),
-        ({"dt_init_floor": float("nan")}, "dt_init_floor must be a finite float > 0"),
+        ({"dt_init_floor": float("nan")}, "dt_init_floor must be a finite float >= 0"),
+        ({"dt_init_floor": -1e-4}, "dt_init_floor must be a finite float >= 0"),
         ({"lr": -1.0}, "lr must be a finite float >= 0"),
         ({"dtype": torch.bfloat16}, "dtype must be torch.float32 or torch.float64"),
     ],

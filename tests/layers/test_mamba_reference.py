@@ -360,7 +360,7 @@ def test_zoo_flags_follow_the_papers(name):
 @pytest.mark.parametrize("options,match", [
     ({"d_model": 0}, "d_model must be a positive int"),
     ({"dt_scale": 0.0}, "dt_scale must be a finite float > 0"),
-    ({"dt_init_floor": 0.0}, "dt_init_floor must be a finite float > 0"),
+    ({"dt_init_floor": -1e-9}, "dt_init_floor must be a finite float >= 0"),
     ({"dt_rank": 0}, r"dt_rank \(or 'auto'\) must be a positive int"),
     ({"conv_bias": 1}, "conv_bias must be True or False"),
     ({"bias": None}, "bias must be True or False"),

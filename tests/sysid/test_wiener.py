@@ -280,5 +280,11 @@ def test_model_and_fit_arguments_raise_value_errors_that_name_them():
     cfg = SimulationFit(window=30, steps=1, val_fraction=0.0)
     with pytest.raises(ValueError, match="blocks must be Block\\(record, start, stop\\) with record an index into the 1"):
         fit_simulation(m, [r], config=cfg, blocks=[Block(1, 0, 10)])
+    for empty in ([], ()):  # not "no validation": None holds out the tail
+        with pytest.raises(ValueError, match="blocks must be a non-empty list of Block"):
+            fit_simulation(m, [r], config=cfg, blocks=empty)
+    for pair in ([Block(0, 0, 10), Block(0, 9, 12)], [Block(0, 20, 25), Block(0, 20, 25)]):
+        with pytest.raises(ValueError, match="blocks must not overlap; Block.* and Block.* share samples"):
+            fit_simulation(m, [r], config=cfg, blocks=pair)
     with pytest.raises(ValueError, match="no training window of 30 \\+ 0 samples avoids the held-out blocks"):
         fit_simulation(m, [r], config=cfg, blocks=[Block(0, 0, 40)])

@@ -93,7 +93,7 @@ class Mamba(IrregularSampling, SequenceLayer):
             ``"random"`` -- uniform on ±R^{-½}·dt_scale (the official default);
             ``"constant"`` -- every entry R^{-½}·dt_scale.
         dt_scale: scale of W_Δ's initialisation.
-        dt_init_floor: lower bound of the initial Δ.
+        dt_init_floor: lower bound of the initial Δ (>= 0; 0 = no floor).
         conv_bias: learn a bias in the convolution.
         bias: learn biases in the in- and out-projections.
         lr: learning rate of A_log and the Δ bias b_Δ (weight decay 0); None = the global lr (the official
@@ -182,7 +182,10 @@ class Mamba(IrregularSampling, SequenceLayer):
         check_dt_range(dt_min, dt_max)
         check_choice(dt_init, DT_INITS, "dt_init")
         _check_positive_float(dt_scale, "dt_scale")
-        _check_positive_float(dt_init_floor, "dt_init_floor")
+        if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or not (
+            math.isfinite(dt_init_floor) and dt_init_floor >= 0
+        ):  # 0: no floor (Δ₀ >= dt_min > 0 already), as the official code and Mamba-2 allow
+            raise ValueError(f"dt_init_floor must be a finite float >= 0; got {dt_init_floor!r}")
         check_lr(lr)
         device = torch.empty(0, device=device).device  # None -> the default device (skip_init needs a real one)
         factory = {"device": device, "dtype": parameter_dtype(dtype)}

@@ -620,6 +620,9 @@ def validation_score(rmse_per_output: list[float], scales: list[float]) -> tuple
 
 
 def _check_blocks(blocks: list[Block], train: list[IORecord], n_enc: int) -> None:
+    if not isinstance(blocks, (list, tuple)) or not blocks:
+        raise ValueError(f"blocks must be a non-empty list of Block(record, start, stop), or None to hold out the tail "
+                         f"of every record; got {blocks!r}")
     for b in blocks:
         if not isinstance(b, Block) or not 0 <= b.record < len(train):
             raise ValueError(f"blocks must be Block(record, start, stop) with record an index into the {len(train)} "
@@ -627,6 +630,10 @@ def _check_blocks(blocks: list[Block], train: list[IORecord], n_enc: int) -> Non
         if not 0 <= b.start < b.stop <= len(train[b.record]) or b.stop - max(b.start, n_enc) < 1:
             raise ValueError(f"block {b!r} must satisfy 0 <= start < stop <= {len(train[b.record])} (the record's "
                              f"length) and hold a sample after the encoder's first {n_enc}")
+    spans = sorted((b.record, b.start, b.stop, i) for i, b in enumerate(blocks))
+    for (r0, _, stop0, i), (r1, start1, _, j) in zip(spans, spans[1:]):
+        if r0 == r1 and start1 < stop0:  # a shared sample would be scored twice in the pooled RMSE
+            raise ValueError(f"blocks must not overlap; {blocks[i]!r} and {blocks[j]!r} share samples")
 
 
 def _block_windows(train: list[IORecord], blocks: list[Block], window: int, n_enc: int):
@@ -658,8 +665,8 @@ def fit_simulation(model: DeepWiener, train: list[IORecord], val: list[IORecord]
         val: validation records, or None to hold out the tail of every estimation record.
         config: the options.
         log: print progress lines.
-        blocks: held-out blocks of ``train`` to validate on instead of ``val`` or a tail (module docstring); None:
-            no blocks.
+        blocks: held-out blocks of ``train`` to validate on instead of ``val`` or a tail (module docstring), a
+            non-empty list of blocks that do not overlap; None: no blocks.
 
     Returns:
         {"train_loss": [...], "lr": [the unmarked group's rate after each step], "val_rmse": [(step, [RMSE per

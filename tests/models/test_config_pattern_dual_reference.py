@@ -23,7 +23,8 @@ from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean, pair_f
 from ssmkit.models.pattern import check_layer_options, check_pattern, interleave, options_per_block
 
 FIELDS = ["d_input", "d_model", "n_layers", "layer", "d_output", "layer_options", "head", "pool", "vocab_size", "norm",
-          "prenorm", "activation", "mixer_out", "dropout", "check_finite", "pair", "pad_id", "tie_embeddings"]
+          "prenorm", "activation", "mixer_out", "dropout", "check_finite", "pair", "pad_id", "tie_embeddings",
+          "final_norm"]
 
 
 def full_config_dict() -> dict:
@@ -31,7 +32,8 @@ def full_config_dict() -> dict:
     return {"d_input": 2, "d_model": 6, "n_layers": 3, "layer": ["s4d", "dss", "s4d"], "d_output": 5,
             "layer_options": {"s4d": {"d_state": 4}, "dss": {"d_state": 6}}, "head": "regress", "pool": "last",
             "vocab_size": 11, "norm": "rms", "prenorm": False, "activation": "gelu", "mixer_out": "linear",
-            "dropout": 0.25, "check_finite": True, "pair": True, "pad_id": 0, "tie_embeddings": True}
+            "dropout": 0.25, "check_finite": True, "pair": True, "pad_id": 0, "tie_embeddings": True,
+            "final_norm": "rms"}
 
 
 def test_config_fields_and_documented_defaults():
@@ -41,7 +43,7 @@ def test_config_fields_and_documented_defaults():
                                 "layer_options": {}, "head": "classify", "pool": "mean", "vocab_size": None,
                                 "norm": "layer", "prenorm": True, "activation": "auto", "mixer_out": "auto",
                                 "dropout": 0.0, "check_finite": False, "pair": False, "pad_id": None,
-                                "tie_embeddings": False}
+                                "tie_embeddings": False, "final_norm": "auto"}
 
 
 def test_config_round_trips_through_dict_json_and_yaml():

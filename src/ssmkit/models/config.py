@@ -42,6 +42,8 @@ class SequenceModelConfig:
         pair: inputs are pairs (B, 2, L) encoded by a dual encoder (LRA retrieval).
         pad_id: the id of right padding, which pooling and bidirectional layers skip (``SequenceModel``), or None.
         tie_embeddings: share the embedding matrix with the LM head (``SequenceModel``; a token LM only).
+        final_norm: the norm after the last block: ``"auto"`` (a LayerNorm after a pre-norm stack), ``"layer"``,
+            ``"rms"`` or None (``SequenceModel``).
     """
 
     d_input: int
@@ -62,6 +64,7 @@ class SequenceModelConfig:
     pair: bool = False
     pad_id: int | None = None
     tie_embeddings: bool = False
+    final_norm: str | None = "auto"
 
     def __post_init__(self) -> None:
         # JSON's containers, as the saved config is read back: a tuple (layer=("s4d", "lru"), an option's range)

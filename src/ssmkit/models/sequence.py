@@ -24,7 +24,7 @@ from torch import nn
 
 from ssmkit.layers.checks import check_choice, check_positive_int
 from ssmkit.layers.registry import build
-from ssmkit.models.block import NORM_EPS, Block
+from ssmkit.models.block import Block, make_norm
 from ssmkit.models.config import SequenceModelConfig
 from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.recompute import checkpointed_block
@@ -36,6 +36,7 @@ from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, l
 
 HEADS = ("classify", "regress", "lm")
 POOLS = ("mean", "last", None)
+FINAL_NORMS = ("auto", "layer", "rms", None)
 TOKEN_DTYPES = (torch.int64, torch.int32)  # the ids nn.Embedding reads
 
 
@@ -57,8 +58,7 @@ class SequenceModel(nn.Module):
         pool: ``"mean"`` over time, ``"last"`` time step, or None (per-step outputs).
         vocab_size: if given, inputs are token ids (B, L) embedded by ``nn.Embedding``.
         norm, prenorm, activation, mixer_out, dropout: block options (see :class:`Block`; ``"auto"`` activation and
-            output projection are the layer's declared defaults). A pre-norm stack (``prenorm`` and a ``norm``) ends
-            with a LayerNorm before the pooling and head, whichever ``norm`` the blocks use.
+            output projection are the layer's declared defaults).
         check_finite: check the input and every block's output for NaN/inf and raise ``ValueError`` naming the
             first bad batch item and time step (off by default: it costs a pass over every activation).
         pair: inputs are pairs (B, 2, L) of sequences (or (B, 2, L, d_input)), each encoded separately by the same
@@ -87,6 +87,10 @@ class SequenceModel(nn.Module):
             m.encoder.weight``, is not). The tie survives ``to_empty`` and ``load_state_dict(assign=True)``, a
             reset of every module draws the matrix once, and a state dict whose two matrices differ is refused
             (``ssmkit.models.tied``).
+        final_norm: the normalisation after the last block, before the pooling and head: ``"auto"`` (the default)
+            = a LayerNorm after a pre-norm stack (``prenorm`` and a ``norm``), whichever ``norm`` the blocks use, and
+            none otherwise; ``"layer"`` (LayerNorm) or ``"rms"`` (RMSNorm, as the official Mamba LMs' ``norm_f``),
+            each with ε = 1e-5; or None (none).
         device, dtype: of all parameters.
 
     ``model.activation_checkpointing = True`` (an attribute, False at construction; ``TrainConfig`` sets it for
@@ -118,6 +122,7 @@ class SequenceModel(nn.Module):
         pair: bool = False,
         pad_id: int | None = None,
         tie_embeddings: bool = False,
+        final_norm: str | None = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -128,6 +133,7 @@ class SequenceModel(nn.Module):
             check_positive_int(value, name)
         check_choice(head, HEADS, "head")
         check_choice(pool, POOLS, "pool")
+        check_choice(final_norm, FINAL_NORMS, "final_norm")
         if head == "lm" and pool is not None:
             raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
         for name, value in (("pair", pair), ("check_finite", check_finite), ("tie_embeddings", tie_embeddings)):
@@ -155,7 +161,7 @@ class SequenceModel(nn.Module):
             d_input=d_input, d_model=d_model, n_layers=n_layers, layer=layer, d_output=d_output,
             layer_options=options, head=head, pool=pool, vocab_size=vocab_size, pair=pair, pad_id=pad_id, norm=norm,
             prenorm=prenorm, activation=activation, mixer_out=mixer_out, dropout=dropout, check_finite=check_finite,
-            tie_embeddings=tie_embeddings,
+            tie_embeddings=tie_embeddings, final_norm=final_norm,
         )
         self.d_input = d_input
         self.d_model = d_model
@@ -184,8 +190,9 @@ class SequenceModel(nn.Module):
             )
             for name, opts in zip(names, block_options)
         )
-        self.final_norm = (nn.LayerNorm(d_model, eps=NORM_EPS, **factory) if (prenorm and norm is not None)
-                           else nn.Identity())
+        if final_norm == "auto":
+            final_norm = "layer" if (prenorm and norm is not None) else None
+        self.final_norm = make_norm(final_norm, d_model, **factory)
         if tie_embeddings:  # one matrix: logits = h Eᵀ (no bias), drawn by the embedding alone (models/tied.py)
             self.head: nn.Module = TiedHead(self.encoder)
             self.register_load_state_dict_pre_hook(check_tied_load)

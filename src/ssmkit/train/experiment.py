@@ -49,6 +49,8 @@ class Experiment:
             and a task whose ``TaskInfo.per_step`` is True).
         tie_embeddings: share the embedding matrix with the LM head of a next-token task, ``SequenceModel``'s option
             (False, the default).
+        final_norm: the norm after the last block, ``SequenceModel``'s option: ``"auto"`` (the default: a LayerNorm
+            after a pre-norm stack), ``"layer"``, ``"rms"`` or None.
         train: the training configuration (default ``TrainConfig()``; a dict is read by ``TrainConfig.from_dict``).
     """
 
@@ -65,6 +67,7 @@ class Experiment:
     dropout: float = 0.0
     pool: str | None = "mean"
     tie_embeddings: bool = False
+    final_norm: str | None = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -103,6 +106,7 @@ class Experiment:
             mixer_out=self.mixer_out,
             dropout=self.dropout,
             tie_embeddings=self.tie_embeddings,
+            final_norm=self.final_norm,
         )
 
 

@@ -104,3 +104,31 @@ print("loop ok", sorted(report))
     from ssmkit.layers.conformance import CHECKS
 
     assert out[2] == f"loop ok {sorted(CHECKS)}"
+
+
+def test_the_official_checkpoint_block_runs_as_written(tmp_path):
+    """The official-checkpoint block on a small random Mamba LM saved in the official layout (the block's names and
+    arguments are what is checked; tests/models/test_official_reference.py checks the numbers): the model it loads
+    gives the saved model's logits, and the folder it writes back loads to the same model."""
+    import torch
+
+    import ssmkit
+
+    code = _block("load_mamba")
+    assert '"path/to/mamba-130m"' in code and '"path/to/out"' in code
+    torch.manual_seed(0)
+    source = ssmkit.models.SequenceModel(d_input=1, d_model=8, n_layers=2, layer="mamba", d_output=24, head="lm",
+                                         pool=None, vocab_size=24, norm="rms", final_norm="rms", activation=None,
+                                         mixer_out=None, tie_embeddings=True)
+    ssmkit.models.save_mamba(source, tmp_path / "in")
+    code = code.replace('"path/to/mamba-130m"', repr(str(tmp_path / "in"))).replace(
+        '"path/to/out"', repr(str(tmp_path / "out")))
+    ids = torch.randint(0, 24, (2, 6))
+    namespace = {"ids": ids}
+    exec(compile(code, str(README), "exec"), namespace)
+    with torch.no_grad():
+        want, _ = source(ids)
+    assert torch.allclose(namespace["logits"], want, rtol=0, atol=1e-6)
+    assert namespace["tokens"].shape == (2, 26)
+    again, _ = ssmkit.models.load_mamba(tmp_path / "out")(ids)
+    assert torch.equal(again, namespace["logits"])

@@ -350,6 +350,21 @@ def _layer_options(state: dict[str, torch.Tensor], kind: str, cfg: _Config) -> d
     if inner % d_model:
         raise ValueError(f"the inner width {inner} is not a multiple of d_model {d_model}: ssmkit's expand is an int")
     options["expand"] = inner // d_model
+    read = {"d_state": options["d_state"], "d_conv": options["d_conv"], "expand": options["expand"],
+            "inner": inner, "dt_rank": options.get("dt_rank"), "headdim": options.get("headdim"),
+            "heads": heads if kind == "mamba2" else None}
+    for names, key in ((("d_state", "state_size"), "d_state"), (("d_conv", "conv_kernel"), "d_conv"),
+                       (("expand",), "expand"), (("intermediate_size",), "inner"),
+                       (("dt_rank", "time_step_rank"), "dt_rank"), (("headdim", "head_dim"), "headdim"),
+                       (("num_heads",), "heads")):
+        given = cfg.get(*names)
+        if given is None or read[key] is None:
+            continue
+        if given == "auto" and key == "dt_rank":
+            given = math.ceil(d_model / 16)
+        if given != read[key]:
+            raise ValueError(f"config {names[0]} = {given!r}, but the state dict's tensors give {read[key]}: the "
+                             f"config and the weights disagree (a config.json from another checkpoint?)")
     return options
 
 

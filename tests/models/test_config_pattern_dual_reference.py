@@ -24,7 +24,7 @@ from ssmkit.models.pattern import check_layer_options, check_pattern, interleave
 
 FIELDS = ["d_input", "d_model", "n_layers", "layer", "d_output", "layer_options", "head", "pool", "vocab_size", "norm",
           "prenorm", "activation", "mixer_out", "dropout", "check_finite", "pair", "pad_id", "tie_embeddings",
-          "final_norm"]
+          "final_norm", "head_bias"]
 
 
 def full_config_dict() -> dict:
@@ -33,7 +33,7 @@ def full_config_dict() -> dict:
             "layer_options": {"s4d": {"d_state": 4}, "dss": {"d_state": 6}}, "head": "regress", "pool": "last",
             "vocab_size": 11, "norm": "rms", "prenorm": False, "activation": "gelu", "mixer_out": "linear",
             "dropout": 0.25, "check_finite": True, "pair": True, "pad_id": 0, "tie_embeddings": True,
-            "final_norm": "rms"}
+            "final_norm": "rms", "head_bias": False}
 
 
 def test_config_fields_and_documented_defaults():
@@ -43,7 +43,8 @@ def test_config_fields_and_documented_defaults():
                                 "layer_options": {}, "head": "classify", "pool": "mean", "vocab_size": None,
                                 "norm": "layer", "prenorm": True, "activation": "auto", "mixer_out": "auto",
                                 "dropout": 0.0, "check_finite": False, "pair": False, "pad_id": None,
-                                "tie_embeddings": False, "final_norm": "auto"}
+                                "tie_embeddings": False, "final_norm": "auto",
+                                "head_bias": True}
 
 
 def test_config_round_trips_through_dict_json_and_yaml():

@@ -177,7 +177,7 @@ def _wiener(n_inputs=1, n_layers=2, dt=0.5):
 COVERED = {
     "analysis.layerwise", "analysis.onnx_export", "analysis.onnx_pair", "analysis.onnx_sequence", "analysis.operating",
     "analysis.report",
-    "analysis.zoo", "data.task", "layers", "layers.protocol", "models.config", "models.pattern", "sysid.averaging",
+    "analysis.zoo", "data.task", "layers", "layers.protocol", "models.config", "models.official", "models.pattern", "sysid.averaging",
     "sysid.benchmarks", "sysid.fit", "sysid.init", "sysid.nlbench", "sysid.recipes", "sysid.surrogates",
     "sysid.workflow", "train", "train.run", "train.transfer",
 }
@@ -187,11 +187,11 @@ NOT_CODE = {"models.block"}  # "prenorm:   y = x + Dropout(...)": equations that
 def test_every_example_is_covered():
     assert set(EXAMPLES) == COVERED | NOT_CODE
     counts = {name: len(blocks) for name, blocks in markdown_blocks().items()}
-    # README's seven blocks run in tests/test_readme.py (the first again below; "Writing your own layer" in a
+    # README's eight blocks run in tests/test_readme.py (the first again below; "Writing your own layer" in a
     # subprocess: it registers a layer), "Your own data" in tests/probes/test_probe_sysid_own_data_2026_12_05.py,
     # "Your own sequence data" in tests/probes/test_probe_ml_own_data_2026_12_05.py, "Closing the loop" in
     # tests/probes/test_probe_closed_loop_2026_12_05.py; design.md's one below
-    assert counts == {"README.md": 7, "benchmarks.md": 0, "design.md": 1, "results.md": 0}
+    assert counts == {"README.md": 8, "benchmarks.md": 0, "design.md": 1, "results.md": 0}
 
 
 # ---------------------------------------------------------------------------------------------------- markdown
@@ -602,6 +602,25 @@ def test_workflow_example():
     assert len(records) == len(ns["bench"].test) == 1
     assert len(records[0]["rmse"]) == 1 and 0 < records[0]["rmse"][0] < 100  # one value per output, in V
     assert {"rmse", "fit"} <= set(records[0])
+
+
+def test_official_checkpoint_example(in_tmp):
+    # models/official.py's lines on a small random Mamba LM saved in the official layout at the placeholder
+    # "path/to/mamba-130m"; `ids` (the tokenizer's output in the example) is given
+    import ssmkit
+
+    torch.manual_seed(0)
+    source = ssmkit.models.SequenceModel(d_input=1, d_model=8, n_layers=2, layer="mamba2",
+                                         layer_options={"headdim": 4, "d_state": 4}, d_output=16, head="lm", pool=None,
+                                         vocab_size=16, norm="rms", final_norm="rms", activation=None, mixer_out=None,
+                                         head_bias=False)
+    ssmkit.models.save_mamba(source, in_tmp / "path" / "to" / "mamba-130m")
+    ids = torch.randint(0, 16, (2, 5))
+    ns, _, _ = run(EXAMPLES["models.official"], {"ssmkit": ssmkit, "ids": ids})
+    with torch.no_grad():
+        want, _ = source(ids)
+    assert torch.allclose(ns["logits"], want, rtol=0, atol=1e-6) and not ns["model"].training
+    assert sorted(p.name for p in (in_tmp / "path" / "to" / "out").iterdir()) == ["config.json", "pytorch_model.bin"]
 
 
 def test_transfer_example(in_tmp):

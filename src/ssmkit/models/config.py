@@ -44,6 +44,7 @@ class SequenceModelConfig:
         tie_embeddings: share the embedding matrix with the LM head (``SequenceModel``; a token LM only).
         final_norm: the norm after the last block: ``"auto"`` (a LayerNorm after a pre-norm stack), ``"layer"``,
             ``"rms"`` or None (``SequenceModel``).
+        head_bias: the linear head's bias (``SequenceModel``).
     """
 
     d_input: int
@@ -65,6 +66,7 @@ class SequenceModelConfig:
     pad_id: int | None = None
     tie_embeddings: bool = False
     final_norm: str | None = "auto"
+    head_bias: bool = True
 
     def __post_init__(self) -> None:
         # JSON's containers, as the saved config is read back: a tuple (layer=("s4d", "lru"), an option's range)

@@ -10,8 +10,8 @@ Mamba (Gu & Dao, arXiv 2312.00752) and Mamba-2 (Dao & Gu, arXiv 2405.21060) publ
 with RMSNorm(x) = x / √(mean(x²) + 1e-5) · w and W = E when tied. The official code adds the residual before the next
 block's norm ("Add -> Norm -> Mixer", fused), which is this sum. It is the SequenceModel with ``head="lm"``,
 ``pool=None``, ``norm="rms"``, ``prenorm=True``, ``final_norm="rms"``, no block activation or output projection and
-the ``"mamba"`` or ``"mamba2"`` layer (an untied head's bias is zero: the official ``lm_head`` has none), whose parameters are the official mixer's (module for module; the Δ bias of
-Mamba-1 is ``dt_bias`` here, its ``dt_proj.bias`` there, and the depthwise convolution's weight is (C, K) here,
+the ``"mamba"`` or ``"mamba2"`` layer and, untied, ``head_bias=False`` (the official ``lm_head`` has no bias), whose
+parameters are the official mixer's (module for module; the Δ bias of Mamba-1 is ``dt_bias`` here, its ``dt_proj.bias`` there, and the depthwise convolution's weight is (C, K) here,
 (C, 1, K) there). The vocabulary is the embedding's rows: the official models pad it to a multiple of 8 (50 277
 tokens -> 50 280 rows), and the padding rows are kept, so logits have those columns too.
 
@@ -65,18 +65,24 @@ def load_mamba(source: Mapping[str, torch.Tensor] | str | os.PathLike, config: M
             a path: a
             weights file (``.safetensors`` with the ``safetensors`` package, else a ``torch.save`` file read with
             ``weights_only=True``) or a folder holding ``model.safetensors`` or ``pytorch_model.bin`` (or their
-            sharded ``*.index.json``) and, optionally, ``config.json``.
+            sharded ``*.index.json``) and, optionally, ``config.json``. A prefix that every key shares before the
+            official names (``model.``, ``_orig_mod.`` of ``torch.compile``, ``module.``) is dropped; tensors on the
+            meta device or not floating point are refused.
         config: the checkpoint's config (``config.json`` read as a dict: ``mamba_ssm``'s ``MambaConfig`` fields or
-            Hugging Face's), or None: a folder's ``config.json`` if it has one, else everything from the tensors'
+            Hugging Face's), or None: the ``config.json`` of the folder (or of the weights file's folder) if
+            there is one, else everything from the tensors'
             shapes with the official defaults (Mamba-2: one group, the gate after the norm; tied when the state
             dict's ``lm_head.weight`` is absent or equals the embedding). Sizes come from the shapes either way, and
             a config that disagrees with them is refused.
         device, dtype: of the model (float32 or float64; the weights are converted).
 
     Returns:
-        the model, with ``layer`` ``"mamba"`` or ``"mamba2"`` and ``vocab_size`` the embedding's rows.
+        the model, with ``layer`` ``"mamba"`` or ``"mamba2"``, ``vocab_size`` the embedding's rows and an untied head
+        without a bias (``head_bias=False``), so that its config rebuilds it (a training run from ``model.config``).
     """
     state, found = _read(source)
+    state = _unprefixed(state)
+    _check_values(state)
     if config is None:
         config = found
     if config is not None and not isinstance(config, Mapping):
@@ -94,9 +100,11 @@ def load_mamba(source: Mapping[str, torch.Tensor] | str | os.PathLike, config: M
     with torch.device("meta"):  # no random draw of weights about to be replaced (a 2.8B model's init takes minutes)
         model = SequenceModel(d_input=1, d_model=d_model, n_layers=n_layers, layer=kind, layer_options=options,
                               d_output=vocab, head="lm", pool=None, vocab_size=vocab, norm="rms", prenorm=True,
-                              activation=None, mixer_out=None, final_norm="rms", tie_embeddings=tied, dtype=dtype)
-    model.to_empty(device=device if device is not None else "cpu")
-    ours = _to_ssmkit(state, style, kind, n_layers, tied, dtype)
+                              activation=None, mixer_out=None, final_norm="rms", tie_embeddings=tied, head_bias=False,
+                              dtype=dtype)
+    target = torch.device(device if device is not None else "cpu")
+    model.to_empty(device=target)
+    ours = {k: v.to(device=target) for k, v in _to_ssmkit(state, style, kind, n_layers, tied, dtype).items()}
     expected = set(model.state_dict()) | {name for name, _ in model.named_buffers()}  # non-persistent ones too
     if set(ours) != expected:  # every parameter and buffer comes from the checkpoint, none stays uninitialised
         raise ValueError(f"the checkpoint does not fill this model: missing {sorted(expected - set(ours))[:6]}, "
@@ -112,7 +120,8 @@ def mamba_state_dict(model: SequenceModel, style: str = "mamba_ssm") -> dict[str
     """The official state dict of ``model`` (the inverse of :func:`load_mamba`): ``mamba_ssm``'s
     ``MambaLMHeadModel`` keys (``style="mamba_ssm"``) or Hugging Face's (``"hf"``), ``lm_head.weight`` included (the
     embedding's tensor when tied, as the official modules' own ``state_dict`` gives it), detached, on the model's device
-    and in its dtype.
+    and in its dtype. A weight reparametrised with ``torch.nn.utils.parametrize`` (a LoRA adapter, weight norm) is
+    exported as the weight the model computes with (the adapter merged); a ``torch.compile``'d model is read through.
 
     Args:
         model: a SequenceModel of the form :func:`load_mamba` builds (module docstring).
@@ -124,8 +133,9 @@ def mamba_state_dict(model: SequenceModel, style: str = "mamba_ssm") -> dict[str
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}; got {style!r}")
+    model = _unwrapped(model)
     kind = _convertible(model)
-    ours = {k: v.detach() for k, v in model.state_dict().items()}
+    ours = _effective_tensors(model)
     out = {_EMBEDDING[style]: ours["encoder.weight"]}
     back = {v: k for k, v in _KEYS[kind].items()}
     for i in range(len(model.blocks)):
@@ -140,7 +150,8 @@ def mamba_state_dict(model: SequenceModel, style: str = "mamba_ssm") -> dict[str
     out["backbone.norm_f.weight"] = ours["final_norm.weight"]
     out["lm_head.weight"] = ours["head.weight"]
     if "head.bias" in ours and bool(ours["head.bias"].any()):
-        raise ValueError("this model's untied LM head has a non-zero bias; the official lm_head has none")
+        raise ValueError("this model's untied LM head has a non-zero bias; the official lm_head has none: build the "
+                         "model with head_bias=False (as load_mamba does)")
     return out
 
 
@@ -155,6 +166,7 @@ def mamba_config(model: SequenceModel) -> dict[str, Any]:
     Returns:
         the config dict.
     """
+    model = _unwrapped(model)
     kind = _convertible(model)
     layer = model.blocks[0].layer
     ssm_cfg: dict[str, Any] = {"d_state": layer.d_state, "d_conv": layer.d_conv, "expand": layer.expand,
@@ -201,10 +213,7 @@ def _read(source) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
                          f"{type(source).__name__}")
     path = os.fspath(source)
     if os.path.isdir(path):
-        config = None
-        if os.path.isfile(os.path.join(path, "config.json")):
-            with open(os.path.join(path, "config.json")) as f:
-                config = json.load(f)
+        config = _config_json(path)
         for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                      "pytorch_model.bin.index.json"):
             if os.path.isfile(os.path.join(path, name)):
@@ -212,7 +221,16 @@ def _read(source) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
         raise ValueError(f"{path}: no model.safetensors, pytorch_model.bin or sharded index (*.index.json) in the folder")
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file or folder")
-    return _read_weights(path), None
+    return _read_weights(path), _config_json(os.path.dirname(path) or ".")
+
+
+def _config_json(folder: str) -> dict[str, Any] | None:
+    """``folder``'s config.json as a dict, or None when it has none."""
+    name = os.path.join(folder, "config.json")
+    if not os.path.isfile(name):
+        return None
+    with open(name) as f:
+        return json.load(f)
 
 
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -235,9 +253,37 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _unprefixed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict without a prefix that every key shares before the official names (``model.`` of a training
+    wrapper, ``_orig_mod.`` of a ``torch.compile``'d module, ``module.`` of DistributedDataParallel)."""
+    if any(name in state for name in _EMBEDDING.values()):
+        return state
+    found = [k for k in state if k.endswith(tuple("." + name for name in _EMBEDDING.values()))]
+    if len(found) == 1:
+        prefix = found[0][: found[0].rindex("backbone.")]
+        if all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _check_values(state: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors that hold no weights: on the meta device, or not floating point (a quantised checkpoint)."""
+    for key, value in state.items():
+        if value.is_meta:
+            raise ValueError(f"{key} is on the meta device (a shape without values): load_mamba needs the checkpoint's "
+                             f"values (for the structure alone, pass the real tensors with device='meta')")
+        if not value.is_floating_point():
+            raise ValueError(f"{key} is {value.dtype}: the official checkpoints hold floating-point weights "
+                             f"(a quantised checkpoint is not convertible)")
+
+
 def _layout(state: dict[str, torch.Tensor]) -> tuple[str, str, int]:
     """(key style, layer name, number of blocks) of an official state dict, refusing what is not a Mamba LM."""
     styles = [s for s in STYLES if _EMBEDDING[s] in state]
+    if len(styles) != 1 and any(k == "encoder.weight" or k.endswith(".encoder.weight") for k in state):
+        raise ValueError("this is an ssmkit SequenceModel's state dict (encoder.weight, blocks.*), not an official "
+                         "checkpoint: load it with SequenceModel.from_config(config).load_state_dict(state), or "
+                         "write the official layout with save_mamba / mamba_state_dict")
     if len(styles) != 1:
         raise ValueError(f"not an official Mamba LM state dict: expected one of {sorted(_EMBEDDING.values())} "
                          f"(mamba_ssm's MambaLMHeadModel or Hugging Face's Mamba*ForCausalLM); keys start "
@@ -386,8 +432,6 @@ def _to_ssmkit(state: dict[str, torch.Tensor], style: str, kind: str, n_layers: 
     """The official state dict under ssmkit's keys, in ``dtype``; an official key without a place is refused."""
     out = {"encoder.weight": state[_EMBEDDING[style]], "final_norm.weight": state.get("backbone.norm_f.weight")}
     out["head.weight"] = out["encoder.weight"] if tied else state.get("lm_head.weight")
-    if not tied and out["head.weight"] is not None:  # an untied head is SequenceModel's nn.Linear: its bias is zero
-        out["head.bias"] = out["head.weight"].new_zeros(out["head.weight"].shape[0])
     known = {_EMBEDDING[style], "backbone.norm_f.weight", "lm_head.weight"}
     for key, value in state.items():
         match = _LAYER.match(key)
@@ -408,6 +452,29 @@ def _to_ssmkit(state: dict[str, torch.Tensor], style: str, kind: str, n_layers: 
         else:
             raise ValueError(f"unexpected key {key!r} in the state dict (not a {kind} block's)")
     return {k: v.to(dtype) for k, v in out.items() if v is not None}
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``torch.compile`` wrapper (its ``_orig_mod``), else ``model``."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
+def _effective_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()``, detached, but a tensor that ``torch.nn.utils.parametrize`` reparametrised (LoRA,
+    weight norm) by the value the model computes with, under its own name (``in_proj.weight``, not
+    ``in_proj.parametrizations.weight.original``); the parametrizations' own tensors are left out."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        owner, marker, rest = key.partition(".parametrizations.")  # owner.parametrizations.<tensor>.original
+        if not marker:
+            out[key] = value.detach()
+            continue
+        tensor = rest.split(".")[0]
+        if f"{owner}.{tensor}" not in out:
+            with torch.no_grad():
+                out[f"{owner}.{tensor}"] = getattr(model.get_submodule(owner), tensor).detach()
+    return out
 
 
 def _convertible(model: SequenceModel) -> str:

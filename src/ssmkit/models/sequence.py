@@ -91,6 +91,8 @@ class SequenceModel(nn.Module):
             = a LayerNorm after a pre-norm stack (``prenorm`` and a ``norm``), whichever ``norm`` the blocks use, and
             none otherwise; ``"layer"`` (LayerNorm) or ``"rms"`` (RMSNorm, as the official Mamba LMs' ``norm_f``),
             each with ε = 1e-5; or None (none).
+        head_bias: the linear head's bias (True, the default); False: outputs h Wᵀ, as the official Mamba LM's
+            untied ``lm_head``. A tied head never has one; a dual encoder's head keeps its own (``pair`` needs True).
         device, dtype: of all parameters.
 
     ``model.activation_checkpointing = True`` (an attribute, False at construction; ``TrainConfig`` sets it for
@@ -123,6 +125,7 @@ class SequenceModel(nn.Module):
         pad_id: int | None = None,
         tie_embeddings: bool = False,
         final_norm: str | None = "auto",
+        head_bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -136,11 +139,14 @@ class SequenceModel(nn.Module):
         check_choice(final_norm, FINAL_NORMS, "final_norm")
         if head == "lm" and pool is not None:
             raise ValueError(f"head='lm' predicts every step: pool must be None; got {pool!r}")
-        for name, value in (("pair", pair), ("check_finite", check_finite), ("tie_embeddings", tie_embeddings)):
+        for name, value in (("pair", pair), ("check_finite", check_finite), ("tie_embeddings", tie_embeddings),
+                            ("head_bias", head_bias)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False; got {value!r}")
         if vocab_size is not None:
             check_positive_int(vocab_size, "vocab_size")
+        if pair and not head_bias:
+            raise ValueError("head_bias=False is for the linear head: a dual encoder (pair=True) has its own head")
         if pair and (head != "classify" or pool is None):
             raise ValueError(f"pair=True (a dual encoder) needs head='classify' and a pool; got head={head!r}, pool={pool!r}")
         if pad_id is not None and (vocab_size is None or isinstance(pad_id, bool) or not isinstance(pad_id, int)
@@ -161,7 +167,7 @@ class SequenceModel(nn.Module):
             d_input=d_input, d_model=d_model, n_layers=n_layers, layer=layer, d_output=d_output,
             layer_options=options, head=head, pool=pool, vocab_size=vocab_size, pair=pair, pad_id=pad_id, norm=norm,
             prenorm=prenorm, activation=activation, mixer_out=mixer_out, dropout=dropout, check_finite=check_finite,
-            tie_embeddings=tie_embeddings, final_norm=final_norm,
+            tie_embeddings=tie_embeddings, final_norm=final_norm, head_bias=head_bias,
         )
         self.d_input = d_input
         self.d_model = d_model
@@ -198,21 +204,27 @@ class SequenceModel(nn.Module):
             self.register_load_state_dict_pre_hook(check_tied_load)
             self.register_load_state_dict_post_hook(retie_after_load)
         else:
-            self.head = DualEncoderHead(d_model, d_output, **factory) if pair else nn.Linear(d_model, d_output, **factory)
+            self.head = (DualEncoderHead(d_model, d_output, **factory) if pair
+                         else nn.Linear(d_model, d_output, bias=head_bias, **factory))
 
     @classmethod
     def from_config(
-        cls, config: SequenceModelConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        cls, config: SequenceModelConfig | dict[str, Any], device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> "SequenceModel":
         """Build the model a :class:`SequenceModelConfig` describes.
 
         Args:
-            config: the configuration.
+            config: the configuration (a :class:`SequenceModelConfig`, or its dict, as ``to_dict`` gives it).
             device, dtype: of all parameters.
 
         Returns:
             the model.
         """
+        if isinstance(config, dict):
+            config = SequenceModelConfig.from_dict(config)
+        if not isinstance(config, SequenceModelConfig):
+            raise ValueError(f"config must be a SequenceModelConfig or its dict; got {type(config).__name__}")
         return cls(**config.to_dict(), device=device, dtype=dtype)
 
     @property

@@ -51,6 +51,7 @@ class Experiment:
             (False, the default).
         final_norm: the norm after the last block, ``SequenceModel``'s option: ``"auto"`` (the default: a LayerNorm
             after a pre-norm stack), ``"layer"``, ``"rms"`` or None.
+        head_bias: the linear head's bias, ``SequenceModel``'s option (True, the default).
         train: the training configuration (default ``TrainConfig()``; a dict is read by ``TrainConfig.from_dict``).
     """
 
@@ -68,6 +69,7 @@ class Experiment:
     pool: str | None = "mean"
     tie_embeddings: bool = False
     final_norm: str | None = "auto"
+    head_bias: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class Experiment:
             dropout=self.dropout,
             tie_embeddings=self.tie_embeddings,
             final_norm=self.final_norm,
+            head_bias=self.head_bias,
         )
 
 

@@ -116,6 +116,11 @@ def source_state(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[st
     if isinstance(source, Mapping):
         data, where = source, "<state dict>"
     else:
+        official = [name for name in ("pytorch_model.bin", "model.safetensors")
+                    if os.path.isfile(os.path.join(os.fspath(source), name))]
+        if official:
+            raise ValueError(f"init_from {os.fspath(source)!r} holds {official[0]}, an official (mamba_ssm or Hugging "
+                             f"Face) checkpoint: load it with ssmkit.models.load_mamba and train that model")
         try:
             where = checkpoint_file(source)
         except FileNotFoundError as error:
@@ -138,6 +143,9 @@ def source_state(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[st
         raise ValueError(f"init_from {where!r} holds no tensors (expected a checkpoint or a state_dict)")
     if all(k.startswith(_PREFIX) for k in tensors):
         tensors = {k[len(_PREFIX):]: v for k, v in tensors.items()}
+    if any(k.endswith(("backbone.embedding.weight", "backbone.embeddings.weight")) for k in tensors):
+        raise ValueError(f"init_from {where!r} is an official Mamba LM state dict (backbone.*, lm_head), not a "
+                         f"SequenceModel's: load it with ssmkit.models.load_mamba and train that model")
     return tensors, (dict(config) if isinstance(config, Mapping) else None), where
 
 

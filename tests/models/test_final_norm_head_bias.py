@@ -1,4 +1,5 @@
-"""``SequenceModel(final_norm=...)``: the normalisation after the last block ("auto", "layer", "rms" or None).
+"""``SequenceModel(final_norm=..., head_bias=...)``: the normalisation after the last block ("auto", "layer", "rms" or
+None) and the linear head's bias (the official Mamba LM's untied ``lm_head`` has none).
 
 References are independent of the code under test: the norms written out in float64 (x / √(mean(x²) + 1e-5) · w for
 RMSNorm, (x − mean) / √(var + 1e-5) · w + b for LayerNorm) applied to the features of a twin without a final norm
@@ -105,3 +106,31 @@ def test_the_experiment_passes_it_to_the_model():
 def test_an_unknown_final_norm_is_refused(bad):
     with pytest.raises(ValueError, match=r"final_norm must be one of \('auto', 'layer', 'rms', None\)"):
         _model(bad)
+
+
+def test_a_head_without_bias_is_the_features_times_the_weight():
+    torch.manual_seed(3)
+    model = SequenceModel(d_input=3, d_model=8, n_layers=1, layer="s4d", d_output=5, pool="mean", head_bias=False,
+                          device=DEVICE, dtype=F64)
+    assert model.head.bias is None and "head.bias" not in model.state_dict()
+    x = torch.randn(2, 7, 3, device=DEVICE, dtype=F64)
+    with torch.no_grad():
+        h, _ = model.features(x)
+        got, _ = model(x)
+    assert float((got - h @ model.head.weight.detach().T).abs().max()) < 1e-14
+    with_bias = SequenceModel(d_input=3, d_model=8, n_layers=1, layer="s4d", d_output=5, device=DEVICE, dtype=F64)
+    assert model.num_parameters() == with_bias.num_parameters() - 5
+    again = SequenceModel.from_config(SequenceModelConfig.from_json(model.config.to_json()))
+    assert again.head.bias is None and again.config.head_bias is False
+
+
+def test_head_bias_is_checked_and_passed_by_the_experiment():
+    from ssmkit.data import get_task
+
+    with pytest.raises(ValueError, match="head_bias must be True or False; got 0"):
+        SequenceModel(d_input=3, d_model=8, n_layers=1, layer="s4d", d_output=5, head_bias=0)
+    with pytest.raises(ValueError, match=r"head_bias=False is for the linear head: a dual encoder \(pair=True\)"):
+        SequenceModel(d_input=3, d_model=8, n_layers=1, layer="s4d", d_output=5, pair=True, head_bias=False)
+    info = get_task("adding", length=16, n_train=4, n_val=2, n_test=2).info()
+    config = Experiment(task="adding", head_bias=False, d_model=8, n_layers=1).model_config(info)
+    assert config.head_bias is False and SequenceModel.from_config(config).head.bias is None

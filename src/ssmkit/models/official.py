@@ -9,10 +9,10 @@ Mamba (Gu & Dao, arXiv 2312.00752) and Mamba-2 (Dao & Gu, arXiv 2405.21060) publ
 
 with RMSNorm(x) = x / √(mean(x²) + 1e-5) · w and W = E when tied. The official code adds the residual before the next
 block's norm ("Add -> Norm -> Mixer", fused), which is this sum. It is the SequenceModel with ``head="lm"``,
-``pool=None``, ``norm="rms"``, ``prenorm=True``, ``final_norm="rms"``, no block activation or output projection and
-the ``"mamba"`` or ``"mamba2"`` layer and, untied, ``head_bias=False`` (the official ``lm_head`` has no bias), whose
-parameters are the official mixer's (module for module; the Δ bias of Mamba-1 is ``dt_bias`` here, its ``dt_proj.bias`` there, and the depthwise convolution's weight is (C, K) here,
-(C, 1, K) there). The vocabulary is the embedding's rows: the official models pad it to a multiple of 8 (50 277
+``pool=None``, ``norm="rms"``, ``prenorm=True``, ``final_norm="rms"``, no block activation or output projection,
+the ``"mamba"`` or ``"mamba2"`` layer and, untied, ``head_bias=False`` (the official ``lm_head`` has no bias). Its
+parameters are the official mixer's, module for module: the Δ bias of Mamba-1 is ``dt_bias`` here, its
+``dt_proj.bias`` there, and the depthwise convolution's weight is (C, K) here, (C, 1, K) there. The vocabulary is the embedding's rows: the official models pad it to a multiple of 8 (50 277
 tokens -> 50 280 rows), and the padding rows are kept, so logits have those columns too.
 
     model = ssmkit.models.load_mamba("path/to/mamba-130m")     # a folder: config.json + pytorch_model.bin
@@ -60,20 +60,18 @@ def load_mamba(source: Mapping[str, torch.Tensor] | str | os.PathLike, config: M
 
     Args:
         source: the model's state dict (``mamba_ssm``'s ``MambaLMHeadModel`` keys, or Hugging Face's
-            ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` keys, told apart by the embedding's name; its tensors as
-            the official modules hold them: the embedding (V, H), each depthwise convolution's weight (C, 1, K)), or
-            a path: a
-            weights file (``.safetensors`` with the ``safetensors`` package, else a ``torch.save`` file read with
-            ``weights_only=True``) or a folder holding ``model.safetensors`` or ``pytorch_model.bin`` (or their
+            ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` keys, told apart by the embedding's name; its tensors as the
+            official modules hold them: the embedding (V, H), each depthwise convolution's weight (C, 1, K)), or a
+            path: a weights file (``.safetensors`` with the ``safetensors`` package, else a ``torch.save`` file read
+            with ``weights_only=True``) or a folder holding ``model.safetensors`` or ``pytorch_model.bin`` (or their
             sharded ``*.index.json``) and, optionally, ``config.json``. A prefix that every key shares before the
             official names (``model.``, ``_orig_mod.`` of ``torch.compile``, ``module.``) is dropped; tensors on the
             meta device or not floating point are refused.
         config: the checkpoint's config (``config.json`` read as a dict: ``mamba_ssm``'s ``MambaConfig`` fields or
-            Hugging Face's), or None: the ``config.json`` of the folder (or of the weights file's folder) if
-            there is one, else everything from the tensors'
-            shapes with the official defaults (Mamba-2: one group, the gate after the norm; tied when the state
-            dict's ``lm_head.weight`` is absent or equals the embedding). Sizes come from the shapes either way, and
-            a config that disagrees with them is refused.
+            Hugging Face's), or None: the ``config.json`` of the folder (or of the weights file's folder) if there is
+            one, else everything from the tensors' shapes with the official defaults (Mamba-2: one group, the gate
+            after the norm; tied when the state dict's ``lm_head.weight`` is absent or equals the embedding). Sizes
+            come from the shapes either way, and a config that disagrees with them is refused.
         device, dtype: of the model (float32 or float64; the weights are converted).
 
     Returns:
@@ -90,7 +88,7 @@ def load_mamba(source: Mapping[str, torch.Tensor] | str | os.PathLike, config: M
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
     style, kind, n_layers = _layout(state)
-    cfg = _Config(dict(config or {}), style)
+    cfg = _Config(dict(config or {}))
     cfg.refuse_unsupported()
     options = _layer_options(state, kind, cfg)
     embedding = state[_EMBEDDING[style]]
@@ -325,7 +323,7 @@ def _layout(state: dict[str, torch.Tensor]) -> tuple[str, str, int]:
 class _Config:
     """The options of an official config dict (mamba_ssm's or Hugging Face's field names) that shapes cannot give."""
 
-    def __init__(self, config: dict[str, Any], style: str) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.raw = config
         self.ssm = dict(config.get("ssm_cfg") or {})
 

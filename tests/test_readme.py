@@ -121,14 +121,15 @@ def test_the_official_checkpoint_block_runs_as_written(tmp_path):
                                          pool=None, vocab_size=24, norm="rms", final_norm="rms", activation=None,
                                          mixer_out=None, tie_embeddings=True)
     ssmkit.models.save_mamba(source, tmp_path / "in")
+    assert "vocab_limit=50277" in code  # the tokenizer's ids of the real checkpoint; here 20 of the 24 rows
     code = code.replace('"path/to/mamba-130m"', repr(str(tmp_path / "in"))).replace(
-        '"path/to/out"', repr(str(tmp_path / "out")))
+        '"path/to/out"', repr(str(tmp_path / "out"))).replace("vocab_limit=50277", "vocab_limit=20")
     ids = torch.randint(0, 24, (2, 6))
     namespace = {"ids": ids}
     exec(compile(code, str(README), "exec"), namespace)
     with torch.no_grad():
         want, _ = source(ids)
     assert torch.allclose(namespace["logits"], want, rtol=0, atol=1e-6)
-    assert namespace["tokens"].shape == (2, 26)
+    assert namespace["tokens"].shape == (2, 26) and int(namespace["tokens"][:, 6:].max()) < 20
     again, _ = ssmkit.models.load_mamba(tmp_path / "out")(ids)
     assert torch.equal(again, namespace["logits"])

@@ -12,6 +12,10 @@ the worst of them any more (a live beam's best reachable score: its sum over the
 its current length otherwise; log-probabilities are <= 0). After ``max_new_tokens`` the live beams count as finished.
 The result is each prompt's best finished hypothesis. The prompts run by ``forward`` in one pass, each new token by
 one ``step`` of the K beams of every prompt, the states reordered along the batch axis as beams are kept and dropped.
+
+With ``vocab_limit`` = V' only the ids < V' extend a beam (the tokenizer's ids of an LM whose embedding pads them, as
+``load_mamba``'s official LMs), and log p is the log-softmax of the first V' logits: the model's distribution
+renormalised over them, the one :func:`ssmkit.models.generate` samples with the same ``vocab_limit``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from ssmkit.layers.cache import frozen_parameters
 from ssmkit.layers.checks import check_positive_int
 from ssmkit.layers.state import select_state
-from ssmkit.models.generate import _check_model, _check_prompt_ids, check_eos
+from ssmkit.models.generate import _check_model, _check_prompt_ids, _check_vocab_limit, check_eos
 from ssmkit.models.sequence import SequenceModel
 
 __all__ = ["BeamResult", "beam_search"]
@@ -55,6 +59,7 @@ def beam_search(
     num_beams: int,
     length_penalty: float = 1.0,
     eos_id: int | None = None,
+    vocab_limit: int | None = None,
 ) -> BeamResult:
     """The highest-scoring continuation of each prompt found by a beam of ``num_beams`` hypotheses (module docstring).
 
@@ -70,12 +75,15 @@ def beam_search(
             ``eos_id`` one beam continues past a finished hypothesis and the better of them by score is returned).
         length_penalty: α in score = Σ log p / n^α (0: the plain sum, which favours short hypotheses; 1: the mean).
         eos_id: the token that ends a hypothesis, or None (every hypothesis has ``max_new_tokens`` tokens).
+        vocab_limit: only ids < vocab_limit extend a beam (1 <= vocab_limit <= d_output): the tokenizer's vocabulary
+            when the model's is padded past it (``load_mamba``'s official LMs: 50 277 ids of 50 280 rows); None: every
+            id. log p is then the log-softmax of the first ``vocab_limit`` logits, and ``eos_id`` must lie below it.
 
     Returns:
         a :class:`BeamResult`: each prompt's best hypothesis and its score.
     """
     _check_model(model)
-    vocab = model.config.d_output
+    vocab = _check_vocab_limit(vocab_limit, model.config.d_output)  # the ids that may extend a beam
     if not isinstance(prompts, torch.Tensor) or prompts.dim() != 2 or prompts.shape[0] < 1 or prompts.shape[1] < 1 \
             or prompts.is_floating_point() or prompts.is_complex() or prompts.dtype == torch.bool:
         found = f"{tuple(prompts.shape)} {prompts.dtype}" if isinstance(prompts, torch.Tensor) else type(prompts).__name__
@@ -94,27 +102,28 @@ def beam_search(
                          f"{length_penalty!r}") from None
     check_eos(eos_id, vocab)
     with torch.no_grad(), frozen_parameters():
-        found = _search(model, prompts.long(), max_new_tokens, num_beams, float(length_penalty), eos_id)
+        found = _search(model, prompts.long(), max_new_tokens, num_beams, float(length_penalty), eos_id, vocab)
     tokens = [torch.cat([prompt, torch.tensor(new, dtype=torch.long, device=prompts.device)])
               for prompt, (_, new) in zip(prompts.long(), found)]
     return BeamResult(tokens, torch.tensor([score for score, _ in found], dtype=torch.float64))
 
 
-def _log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """log_softmax of (Ba, V) logits in float64; ValueError for a NaN (a model that produced one: every score would
-    be NaN, and no comparison would pick a hypothesis)."""
+def _log_probs(logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """log_softmax of the first ``vocab`` columns of (Ba, V) logits in float64, (Ba, vocab); ValueError for a NaN
+    there (a model that produced one: every score would be NaN, and no comparison would pick a hypothesis)."""
+    logits = logits[:, :vocab]  # (Ba, vocab): the ids that may extend a beam
     if bool(torch.isnan(logits).any()):
         raise ValueError("the model's logits hold NaN (check its weights and input): beam search cannot rank them")
     return torch.log_softmax(logits.double(), dim=-1)
 
 
 def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K: int, alpha: float,
-            eos_id: int | None) -> list[tuple[float, list[int]]]:
+            eos_id: int | None, vocab: int) -> list[tuple[float, list[int]]]:
     """(score, new tokens) of each prompt's best hypothesis."""
     device = model.head.weight.device
     B = prompts.shape[0]
     logits, state = model(prompts.to(device), return_state=True)  # (B, L, V)
-    logp = _log_probs(logits[:, -1])  # (B, V): the first new token
+    logp = _log_probs(logits[:, -1], vocab)  # (B, vocab): the first new token
     # live beams: per prompt a list of (log-probability sum, tokens); their rows in the batch are prompt-major
     live: list[list[tuple[float, list[int]]]] = [[(0.0, [])] for _ in range(B)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
@@ -162,5 +171,5 @@ def _search(model: SequenceModel, prompts: torch.Tensor, max_new_tokens: int, K:
         index = torch.tensor(keep_rows, device=device)
         state = select_state(state, index)  # the kept beams' states, prompt-major; a beam kept twice is copied
         out, state = model.step(torch.tensor(step_tokens, device=device), state)  # (Ba, V)
-        logp = _log_probs(out)
+        logp = _log_probs(out, vocab)
     return [max(f, key=lambda h: h[0]) if f else (-math.inf, []) for f in finished]

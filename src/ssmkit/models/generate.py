@@ -16,6 +16,9 @@ The next token (Holtzman et al., "The Curious Case of Neural Text Degeneration",
   the nucleus of ``top_p`` (when given): the fewest most likely tokens whose probability sums to at least ``top_p``
   (after the temperature and the top-k cut, renormalised); ties are broken by the order ``torch.sort`` gives. This is
   the order in which Hugging Face's ``generate`` applies the three.
+With ``vocab_limit`` = V' the logits are first cut to their first V' columns (the official Mamba decoder's
+``vocab_size``): an LM whose embedding pads the tokenizer's ids (``load_mamba``: 50 277 ids, 50 280 rows) then never
+yields a padding id, and ``top_k`` / ``top_p`` count the real ids only.
 
 Prompts of different lengths in one batch: all streams advance together. The batch's shortest prompt length L_min is
 run by ``forward``; from there each stream takes its own prompt's next token while it has one (teacher forcing
@@ -71,6 +74,17 @@ def _check_prompt_ids(rows: list[torch.Tensor], vocab_size: int) -> None:
                              f"{low} to {high}")
 
 
+def _check_vocab_limit(vocab_limit: int | None, vocab: int) -> int:
+    """The ids a decoder may choose, [0, returned): ``vocab_limit`` when given, else ``vocab`` (the head's outputs);
+    ``ValueError`` unless ``vocab_limit`` is None or an int in [1, vocab]."""
+    if vocab_limit is None:
+        return vocab
+    if isinstance(vocab_limit, bool) or not isinstance(vocab_limit, int) or not 1 <= vocab_limit <= vocab:
+        raise ValueError(f"vocab_limit must be None or an int in [1, {vocab}] (the head's outputs); got "
+                         f"{vocab_limit!r}")
+    return vocab_limit
+
+
 def check_eos(eos_id: int | None, vocab: int) -> None:
     """Raise ``ValueError`` unless ``eos_id`` is None or a token id in [0, vocab)."""
     if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab):
@@ -120,15 +134,23 @@ def next_tokens(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor:
     """The next token of each row: the argmax for ``temperature = 0``, else one draw from softmax(logits / T) over the
-    tokens :func:`filter_logits` keeps.
+    tokens :func:`filter_logits` keeps, among the ids below ``vocab_limit`` only.
+
+    With ``vocab_limit`` = V' the logits are cut to their first V' columns before anything else (as the official Mamba
+    decoder's ``vocab_size``, state-spaces/mamba ``mamba_ssm/utils/generation.py``): the ids >= V' get probability
+    exactly 0, never win the argmax, and ``top_k`` / ``top_p`` count the first V' ids only (softmax renormalised over
+    them).
 
     Args:
         logits: (B, V) real logits of the next token.
         temperature: T >= 0; 0 for greedy (``top_k`` and ``top_p`` then change nothing).
         top_k, top_p: see :func:`filter_logits`.
         generator: the ``torch.Generator`` of the draws (on the logits' device), or None for torch's default one.
+        vocab_limit: only ids < vocab_limit are chosen (1 <= vocab_limit <= V): the tokenizer's vocabulary when the
+            model's is padded past it (an official Mamba LM's 50 277 of 50 280); None: every id.
 
     The draws are computed in float64 from the logits less each row's largest one, so any temperature > 0 is
     accepted: as T -> 0 the draw tends to the argmax (shared among tied maxima), and a +inf logit is drawn for sure.
@@ -137,11 +159,14 @@ def next_tokens(
         (B,) int64 token ids.
 
     Raises:
-        ValueError: a row holds a NaN logit, or no logit above -inf (no token to choose).
+        ValueError: a row holds a NaN logit, or no logit above -inf (no token to choose), among its first
+            ``vocab_limit`` columns.
     """
     _check_logits(logits)
-    _check_sampling(temperature, top_k, top_p, logits.shape[1])
+    vocab = _check_vocab_limit(vocab_limit, logits.shape[1])
+    _check_sampling(temperature, top_k, top_p, vocab)
     _check_generator(generator)
+    logits = logits[:, :vocab]  # (B, V'): the ids a token may take (a view; the same ids)
     bad = torch.isnan(logits).any(dim=1) | (logits == -math.inf).all(dim=1)  # (B,)
     if bool(bad.any()):  # argmax took a NaN for the largest logit; multinomial raised a RuntimeError on inf/nan
         row = int(bad.nonzero()[0, 0])
@@ -203,6 +228,7 @@ def generate(
     top_p: float | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    vocab_limit: int | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Continue each prompt by up to ``max_new_tokens`` tokens: the prompts by ``forward``, the new tokens by ``step``.
 
@@ -219,6 +245,10 @@ def generate(
         eos_id: a stream stops after producing this token (kept as its last token); None to always add
             ``max_new_tokens``.
         generator: the ``torch.Generator`` of the draws (on the model's device), for reproducible samples.
+        vocab_limit: only ids < vocab_limit are generated (1 <= vocab_limit <= d_output): the tokenizer's vocabulary
+            when the model's is padded past it (``load_mamba``'s official LMs: 50 277 ids of 50 280 rows); None: every
+            id. The logits are cut to their first ``vocab_limit`` columns before the temperature, ``top_k`` and
+            ``top_p`` (see :func:`next_tokens`); ``top_k`` and ``eos_id`` must then lie within it.
 
     Returns:
         For a (B, L) tensor: (B, L + n) int64 ids, n the most tokens any stream added; a stream that stopped at
@@ -226,7 +256,7 @@ def generate(
         followed by its new tokens (ending at its ``eos_id`` when it produced one).
     """
     _check_model(model)
-    vocab = model.config.d_output
+    vocab = _check_vocab_limit(vocab_limit, model.config.d_output)  # the ids a new token may take
     _check_sampling(temperature, top_k, top_p, vocab)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
@@ -239,7 +269,8 @@ def generate(
     new: list[list[int]] = [[] for _ in rows]
     if max_new_tokens > 0:
         with torch.no_grad(), frozen_parameters():  # no weight changes in here: the step caches check once
-            _decode(model, rows, lengths, new, max_new_tokens, temperature, top_k, top_p, eos_id, generator, device)
+            _decode(model, rows, lengths, new, max_new_tokens, temperature, top_k, top_p, eos_id, generator, device,
+                    vocab)
     out = [torch.cat([row, torch.tensor(extra, dtype=torch.long, device=row.device)]) for row, extra in zip(rows, new)]
     if not isinstance(prompts, torch.Tensor):
         return out
@@ -260,6 +291,7 @@ def _decode(
     eos_id: int | None,
     generator: torch.Generator | None,
     device: torch.device,
+    vocab: int,
 ) -> None:
     """Fill ``new[b]`` with stream b's generated tokens (see :func:`generate`; the streams advance together)."""
     start = min(lengths)  # every stream's prompt runs in parallel up to here
@@ -273,12 +305,12 @@ def _decode(
     while True:
         free = [lengths[b] <= position for b in active]  # past its prompt: the token is generated
         if all(free):
-            token = next_tokens(logits, temperature, top_k, top_p, generator)  # (Ba,)
+            token = next_tokens(logits, temperature, top_k, top_p, generator, vocab)  # (Ba,)
         else:
             token = prompt[:, position].clone()  # (Ba,) the prompts' own tokens
             if any(free):
                 mask = torch.tensor(free, device=device)
-                token[mask] = next_tokens(logits[mask], temperature, top_k, top_p, generator)
+                token[mask] = next_tokens(logits[mask], temperature, top_k, top_p, generator, vocab)
         keep = []
         for b, generated, value in zip(active, free, token.tolist()):
             if generated:

@@ -473,6 +473,7 @@ class SequenceModel(nn.Module):
         top_p: float | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        vocab_limit: int | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Continue token prompts, the prompts by ``forward`` and each new token by ``step`` (a ``head="lm"`` model).
 
@@ -485,13 +486,15 @@ class SequenceModel(nn.Module):
             top_k, top_p: sample among the k most likely tokens, then within the nucleus of mass p (None: all).
             eos_id: a stream stops after producing this token (None: never).
             generator: the ``torch.Generator`` of the draws.
+            vocab_limit: only ids < vocab_limit are generated: the tokenizer's vocabulary when the model's is padded
+                past it (``load_mamba``'s official LMs); None: every id.
 
         Returns:
             (B, L + n) ids for a tensor (eos_id after a stream's eos), or a list of 1-D tensors for a list.
         """
         from ssmkit.models.generate import generate
 
-        return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
+        return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, eos_id, generator, vocab_limit)
 
     def initial_state(self, batch_size: int) -> list:
         """Zero states, one per block."""

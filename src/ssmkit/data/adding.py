@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from ssmkit.data.task import GeneratedTask, TaskInfo, check_positive, register_task, split_generator
+from ssmkit.data.task import GeneratedTask, TaskInfo, check_positive, draw_splits, register_task
 
 TRIVIAL_MSE = 1.0 / 6.0
 
@@ -78,7 +78,4 @@ class AddingTask(GeneratedTask):
 
     def generate(self) -> dict[str, torch.Tensor]:
         """Draw the three splits."""
-        out = {}
-        for i, (split, n) in enumerate(zip(("train", "val", "test"), (self.n_train, self.n_val, self.n_test))):
-            out[f"{split}_x"], out[f"{split}_y"] = adding_problem(n, self.length, split_generator(self.seed, i))
-        return out
+        return draw_splits(self, lambda n, generator: adding_problem(n, self.length, generator))

@@ -18,12 +18,16 @@ included, so 14 data symbols), which is our reading of the paper and is labelled
 from __future__ import annotations
 
 import dataclasses
-
 import torch
 
 from ssmkit.data.task import (
-    IGNORE_INDEX, GeneratedTask, TaskInfo, check_positive, compact_ids, register_task, split_generator,
+    IGNORE_INDEX, GeneratedTask, TaskInfo, check_positive, compact_ids, draw_splits, register_task,
 )
+
+
+def _compacted(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids x and targets y in the smallest integer dtype that holds them (:func:`compact_ids`)."""
+    return compact_ids(x), compact_ids(y)
 
 
 def copying_data(
@@ -128,11 +132,8 @@ class CopyingTask(GeneratedTask):
 
     def generate(self) -> dict[str, torch.Tensor]:
         """Draw the three splits."""
-        out = {}
-        for i, (split, n) in enumerate(zip(("train", "val", "test"), (self.n_train, self.n_val, self.n_test))):
-            x, y = copying_data(n, self.delay, self.n_tokens, self.vocab_size, split_generator(self.seed, i))
-            out[f"{split}_x"], out[f"{split}_y"] = compact_ids(x), compact_ids(y)
-        return out
+        return draw_splits(self, lambda n, generator: _compacted(
+            *copying_data(n, self.delay, self.n_tokens, self.vocab_size, generator)))
 
 
 @register_task("selective_copying")
@@ -172,8 +173,5 @@ class SelectiveCopyingTask(GeneratedTask):
 
     def generate(self) -> dict[str, torch.Tensor]:
         """Draw the three splits."""
-        out = {}
-        for i, (split, n) in enumerate(zip(("train", "val", "test"), (self.n_train, self.n_val, self.n_test))):
-            x, y = selective_copying_data(n, self.length, self.n_tokens, self.vocab_size, split_generator(self.seed, i))
-            out[f"{split}_x"], out[f"{split}_y"] = compact_ids(x), compact_ids(y)
-        return out
+        return draw_splits(self, lambda n, generator: _compacted(
+            *selective_copying_data(n, self.length, self.n_tokens, self.vocab_size, generator)))

@@ -240,6 +240,25 @@ def split_generator(seed: int, split: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def draw_splits(task: GeneratedTask, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+                ) -> dict[str, torch.Tensor]:
+    """The three splits of a generated task: split i of (train, val, test) (i = 0, 1, 2) is
+    ``draw(n_i, split_generator(task.seed, i))`` with n_i = ``task.n_train``, ``n_val``, ``n_test`` -- independent,
+    reproducible draws per split (:func:`ssmkit.data.task.split_generator`).
+
+    Args:
+        task: the task (its ``seed``, ``n_train``, ``n_val`` and ``n_test``).
+        draw: called with n and the split's generator, returns the inputs and targets of n sequences.
+
+    Returns:
+        ``{"train_x": ..., "train_y": ..., "val_x": ..., "val_y": ..., "test_x": ..., "test_y": ...}``.
+    """
+    out = {}
+    for i, (split, n) in enumerate(zip(("train", "val", "test"), (task.n_train, task.n_val, task.n_test))):
+        out[f"{split}_x"], out[f"{split}_y"] = draw(n, split_generator(task.seed, i))
+    return out
+
+
 def check_option_types(task: Task) -> None:
     """Raise ``ValueError`` naming the first option of a (dataclass) task whose value is not of its default's kind: an
     int option takes an int (not a bool), a float option a finite number, a str option a str, a bool option a bool.

@@ -61,6 +61,7 @@ from ssmkit.layers.zoo import ZooEntry
 from ssmkit.layers.s4d import DISCRETIZATIONS, INITS, S4D
 from ssmkit.layers.state import TensorSpec, exportable_state
 from ssmkit.ops.conv import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
+from ssmkit.ops.backend import autocast_enabled
 from ssmkit.ops.rows import weight_dtype_device
 
 
@@ -258,7 +259,7 @@ class H3(SequenceLayer):
             s, h = self.ssm(z, h0, return_state)  # (B·P·P, L, H)
             s = s.reshape(Bsz, P, P, L, H).permute(0, 3, 1, 2, 4)  # (B, L, P, P, H)
             o = self._gate(q, s)  # (B, L, d_model)
-        y = self.out_proj(o if torch.is_autocast_enabled(x.device.type) else o.to(weight_dtype_device(self.out_proj)[0]))
+        y = self.out_proj(o if autocast_enabled(x.device.type) else o.to(weight_dtype_device(self.out_proj)[0]))
         if not return_state:
             return y.to(x.dtype), None
         return y.to(x.dtype), H3State(shift, h.unflatten(0, (Bsz, P, P)))
@@ -273,7 +274,7 @@ class H3(SequenceLayer):
             z = self._pairs(k, v).flatten(0, 2)  # (B·P·P, H)
             s, h = self.ssm.step(z, state.ssm.flatten(0, 2))  # (B·P·P, H), (B·P·P, H, N/2)
             o = self._gate(q, s.unflatten(0, (Bsz, self.head_dim, self.head_dim)))  # (B, d_model)
-        y = self.out_proj(o if torch.is_autocast_enabled(x_t.device.type) else o.to(weight_dtype_device(self.out_proj)[0]))
+        y = self.out_proj(o if autocast_enabled(x_t.device.type) else o.to(weight_dtype_device(self.out_proj)[0]))
         return y.to(x_t.dtype), H3State(shift, h.unflatten(0, (Bsz, self.head_dim, self.head_dim)))
 
     def extra_repr(self) -> str:

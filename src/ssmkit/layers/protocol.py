@@ -51,7 +51,7 @@ from ssmkit.layers.cache import own_tensors
 from ssmkit.layers.checks import check_batch_size, check_length
 from ssmkit.layers.state import State, StateSpec, check_state, zeros_from_spec
 from ssmkit.layers.zoo import ZooEntry
-from ssmkit.ops.backend import get_backend, tracing
+from ssmkit.ops.backend import autocast_enabled, get_backend, tracing
 from ssmkit.utils import check_floating, check_sequence
 
 CAPABILITIES = ("kernel", "state_space", "step")
@@ -100,7 +100,7 @@ def float32_core(device_type: str) -> ContextManager:
     Returns:
         a context manager (a no-op when autocast is not enabled on that device).
     """
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 

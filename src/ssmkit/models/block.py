@@ -22,6 +22,7 @@ from ssmkit.layers.protocol import SequenceLayer
 from ssmkit.layers.irregular import require_intervals
 from ssmkit.layers.state import State
 from ssmkit.models.dropout import Dropout
+from ssmkit.ops.backend import autocast_enabled
 from ssmkit.ops.rows import apply_module
 from ssmkit.utils import check_padding_mask, padding_lengths
 
@@ -303,7 +304,7 @@ class Block(nn.Module):
         its norm with "mixed dtype". On the meta device (no autocast there: asking failed with "unknown device type
         for autocast") the layer's own check says to initialise first."""
         if (not isinstance(x, torch.Tensor) or not x.is_floating_point()
-                or (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type))):
+                or autocast_enabled(x.device.type)):
             return x, getattr(x, "dtype", None)  # the layer's checks name a bad input
         for p in self.parameters():
             return x.to(p.dtype), x.dtype

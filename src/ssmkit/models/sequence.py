@@ -30,7 +30,7 @@ from ssmkit.models.dual import DualEncoderHead, masked_last, masked_mean
 from ssmkit.models.recompute import checkpointed_block
 from ssmkit.models.pattern import check_pattern, options_per_block
 from ssmkit.models.tied import TiedEmbedding, TiedHead, check_tied_load, retie_after_load
-from ssmkit.ops.backend import tracing
+from ssmkit.ops.backend import autocast_enabled, tracing
 from ssmkit.ops.rows import weight_dtype_device
 from ssmkit.utils import check_floating, check_finite_sequence, check_lengths, length_mask, unit_gaps_after
 
@@ -314,7 +314,7 @@ class SequenceModel(nn.Module):
 
     def _as_input_dtype(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``out`` in x's dtype for a real input outside autocast (as the layers answer), else as the head gave it."""
-        if self.vocab_size is not None or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
+        if self.vocab_size is not None or not x.is_floating_point() or autocast_enabled(x.device.type):
             return out
         return out.to(x.dtype)
 

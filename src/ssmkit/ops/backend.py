@@ -259,3 +259,17 @@ def tracing() -> bool:
     """
     return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
             or getattr(forward_ad, "_current_level", -1) >= 0)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` (``torch.is_autocast_enabled(device_type)``), and False for a
+    device type autocast does not know (``"meta"``: asking torch raised "unknown device type for autocast"). The one
+    place where the ops, layers and models ask; under torch.compile dynamo folds both queries to constants.
+
+    Args:
+        device_type: a tensor's ``device.type`` (``"cpu"``, ``"cuda"``, ``"meta"``, ...).
+
+    Returns:
+        True where autocast is available for that device type and enabled there.
+    """
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)

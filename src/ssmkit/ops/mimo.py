@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from ssmkit.ops._checks import REAL_OF, check_chunk_size
-from ssmkit.ops.backend import dispatch, tracing
+from ssmkit.ops.backend import autocast_enabled, dispatch, tracing
 from ssmkit.ops.chunked import pack, unpack, wide_powers
 from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.native.gate import prefer_native, require_native
@@ -228,7 +228,7 @@ def _tall_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     :mod:`ssmkit.ops.rows` does."""
     if tracing() or exporting():  # tracing(): forward-mode AD too
         return a @ w
-    if torch.is_autocast_enabled(a.device.type):
+    if autocast_enabled(a.device.type):
         return a @ w
     if not (w.requires_grad and torch.is_grad_enabled()) or min(w.shape) > GRAM_NARROW or a.shape[0] < 2 * GRAM_BLOCK:
         return a @ w

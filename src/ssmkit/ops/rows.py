@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.ops.backend import tracing
+from ssmkit.ops.backend import autocast_enabled, tracing
 from ssmkit.ops.function_call import apply_function
 from ssmkit.ops.opaque import exporting
 from ssmkit.ops.twice import graph_backward
@@ -67,7 +67,7 @@ def _blocked(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype in (torch.float32, torch.float64)
         and weight.dtype == x.dtype
         and x.dim() >= 2
-        and not torch.is_autocast_enabled("cpu")
+        and not autocast_enabled("cpu")
         and x.numel() > 2 * ROW_BLOCK * x.shape[-1]
     )
 

@@ -28,7 +28,9 @@ from torch import nn
 
 from ssmkit.layers.checks import checkpoint_dtype
 from ssmkit.layers.irregular import require_intervals
-from ssmkit.sysid.wiener import DeepWiener, load_strictly
+from ssmkit.sysid.wiener import (
+    DEEP_WIENER_KEY, ENSEMBLE_KEY, STATE_KEY, DeepWiener, checkpoint_entries, finish_loading,
+)
 
 _SHARED = ("n_inputs", "n_outputs", "dt", "encoder_window", "encoder_times", "encoder_mask")
 
@@ -197,13 +199,8 @@ class WienerEnsemble(nn.Module):
             {"wiener_ensemble": [each member's constructor arguments], "state_dict": ..., "signals": the members'
             signal names as lists (only when named, :attr:`signals`), **metadata}.
         """
-        for key in ("wiener_ensemble", "deep_wiener", "state_dict", "signals"):
-            if key in metadata:
-                raise ValueError(f"metadata must not set {key!r}: the model sets it")
-        signals = self.signals
-        named = {} if signals is None else {"signals": {k: list(v) for k, v in signals.items()}}
-        return {"wiener_ensemble": [dict(m.arguments) for m in self.members], "state_dict": self.state_dict(), **named,
-                **metadata}
+        return checkpoint_entries(ENSEMBLE_KEY, [dict(m.arguments) for m in self.members], self.state_dict(),
+                                  self.signals, metadata, reserved=(DEEP_WIENER_KEY,))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "WienerEnsemble":
@@ -217,21 +214,17 @@ class WienerEnsemble(nn.Module):
         Returns:
             the ensemble, in eval mode.
         """
-        if (not isinstance(checkpoint, dict) or "wiener_ensemble" not in checkpoint or "state_dict" not in checkpoint
-                or not isinstance(checkpoint["wiener_ensemble"], (list, tuple)) or not checkpoint["wiener_ensemble"]):
-            raise ValueError("a WienerEnsemble checkpoint is a dict with 'wiener_ensemble' (a non-empty list of member "
-                             "arguments) and 'state_dict'")
-        state = checkpoint["state_dict"]
+        if (not isinstance(checkpoint, dict) or ENSEMBLE_KEY not in checkpoint or STATE_KEY not in checkpoint
+                or not isinstance(checkpoint[ENSEMBLE_KEY], (list, tuple)) or not checkpoint[ENSEMBLE_KEY]):
+            raise ValueError(f"a WienerEnsemble checkpoint is a dict with {ENSEMBLE_KEY!r} (a non-empty list of member "
+                             f"arguments) and {STATE_KEY!r}")
+        state = checkpoint[STATE_KEY]
         members = []
-        for i, arguments in enumerate(checkpoint["wiener_ensemble"]):
+        for i, arguments in enumerate(checkpoint[ENSEMBLE_KEY]):
             key = f"members.{i}.u_mean"
             dtype = checkpoint_dtype(state[key].dtype if key in state else None)  # half weights: float32
             members.append(DeepWiener(**dict(arguments), dtype=dtype))
-        model = cls(members)
-        load_strictly(model, state, "WienerEnsemble")
-        if checkpoint.get("signals") is not None:
-            model.name_signals(**checkpoint["signals"])
-        return model.eval()
+        return finish_loading(cls(members), checkpoint, "WienerEnsemble")
 
     # ------------------------------------------------------------------------------------------------------------
     # analysis

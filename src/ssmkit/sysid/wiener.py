@@ -74,6 +74,12 @@ from ssmkit.models.pattern import check_layer_options
 from ssmkit.ops.irregular import check_intervals
 from ssmkit.utils import check_sampling_time, distinct_names
 
+# the keys of a saved model (:meth:`DeepWiener.checkpoint`, :meth:`ssmkit.sysid.ensemble.WienerEnsemble.checkpoint`)
+DEEP_WIENER_KEY = "deep_wiener"  # a DeepWiener's constructor arguments
+ENSEMBLE_KEY = "wiener_ensemble"  # a WienerEnsemble's list of member arguments
+STATE_KEY = "state_dict"  # the weights
+SIGNALS_KEY = "signals"  # the signal names, only when named
+
 ACTIVATIONS = {"elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, None: nn.Identity}
 
 
@@ -101,6 +107,47 @@ def load_strictly(model: nn.Module, state: dict[str, Any], what: str) -> None:
     except RuntimeError as err:
         raise ValueError(f"the {what} checkpoint's weights do not fit the model its arguments build (a weight "
                          f"missing, added or of another shape): {err}") from err
+
+
+def checkpoint_entries(key: str, arguments: Any, state: dict[str, Any], signals: dict[str, tuple[str, ...]] | None,
+                       metadata: dict[str, Any], reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The dict a model's ``checkpoint`` returns: ``{key: arguments, STATE_KEY: state, SIGNALS_KEY: the signal names
+    as lists (only when named), **metadata}``, with metadata that would overwrite one of the model's keys refused.
+
+    Args:
+        key: the model's key (``DEEP_WIENER_KEY``, ``ENSEMBLE_KEY``).
+        arguments: what the model is rebuilt from (its constructor's arguments, or the members').
+        state: its ``state_dict()``.
+        signals: its signal names (``{"inputs": (...), "outputs": (...)}``) or None.
+        metadata: the plain entries to store beside the model.
+        reserved: further keys that metadata must not set (checked after ``key``, before the weights and names).
+
+    Returns:
+        the checkpoint dict.
+    """
+    for name in (key, *reserved, STATE_KEY, SIGNALS_KEY):
+        if name in metadata:
+            raise ValueError(f"metadata must not set {name!r}: the model sets it")
+    named = {} if signals is None else {SIGNALS_KEY: {k: list(v) for k, v in signals.items()}}
+    return {key: arguments, STATE_KEY: state, **named, **metadata}
+
+
+def finish_loading(model: nn.Module, checkpoint: dict[str, Any], what: str) -> nn.Module:
+    """The last steps of a ``from_checkpoint``: the checkpoint's weights loaded strictly (:func:`load_strictly`), its
+    signal names given back (when saved), and the model in eval mode.
+
+    Args:
+        model: the model the checkpoint's arguments built.
+        checkpoint: the checkpoint dict (``STATE_KEY`` and optionally ``SIGNALS_KEY``).
+        what: the checkpoint's kind, for the message (``"DeepWiener"``).
+
+    Returns:
+        the model, in eval mode.
+    """
+    load_strictly(model, checkpoint[STATE_KEY], what)
+    if checkpoint.get(SIGNALS_KEY) is not None:
+        model.name_signals(**checkpoint[SIGNALS_KEY])
+    return model.eval()
 
 
 class DeepWiener(nn.Module):
@@ -567,11 +614,7 @@ class DeepWiener(nn.Module):
             {"deep_wiener": the constructor's arguments (``arguments``), "state_dict": ..., "signals": the names of
             :meth:`name_signals` as lists (only when named), **metadata}.
         """
-        for key in ("deep_wiener", "state_dict", "signals"):
-            if key in metadata:
-                raise ValueError(f"metadata must not set {key!r}: the model sets it")
-        named = {} if self.signals is None else {"signals": {k: list(v) for k, v in self.signals.items()}}
-        return {"deep_wiener": dict(self.arguments), "state_dict": self.state_dict(), **named, **metadata}
+        return checkpoint_entries(DEEP_WIENER_KEY, dict(self.arguments), self.state_dict(), self.signals, metadata)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "DeepWiener":
@@ -585,16 +628,13 @@ class DeepWiener(nn.Module):
         Returns:
             the model, in eval mode.
         """
-        if not isinstance(checkpoint, dict) or "deep_wiener" not in checkpoint or "state_dict" not in checkpoint:
-            raise ValueError("a DeepWiener checkpoint is a dict with 'deep_wiener' (its arguments) and 'state_dict'")
-        state = checkpoint["state_dict"]
+        if not isinstance(checkpoint, dict) or DEEP_WIENER_KEY not in checkpoint or STATE_KEY not in checkpoint:
+            raise ValueError(f"a DeepWiener checkpoint is a dict with {DEEP_WIENER_KEY!r} (its arguments) and "
+                             f"{STATE_KEY!r}")
+        state = checkpoint[STATE_KEY]
         # the saved dtype; float32 for weights saved in half precision (layers keep float32/float64 parameters)
         dtype = checkpoint_dtype(state["u_mean"].dtype if "u_mean" in state else None)
-        model = cls(**dict(checkpoint["deep_wiener"]), dtype=dtype)
-        load_strictly(model, state, "DeepWiener")
-        if checkpoint.get("signals") is not None:
-            model.name_signals(**checkpoint["signals"])
-        return model.eval()
+        return finish_loading(cls(**dict(checkpoint[DEEP_WIENER_KEY]), dtype=dtype), checkpoint, "DeepWiener")
 
     # ------------------------------------------------------------------------------------------------------------
     # analysis

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 import threading
 from typing import Callable, ContextManager, Iterator, Mapping, TypeVar
 
@@ -70,7 +71,26 @@ def set_backend(name: str) -> None:
     _BACKEND.set(_check_name(name, "backend"))
 
 
-@torch.compiler.assume_constant_result
+def constant_under_compile(fn: F) -> F:
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` when ssmkit is imported (that
+    import took 1.4 s of a 3.3 s ``import ssmkit``, and every process paid it, compiled or not). Torch's decorator only
+    marks the function (``fn._dynamo_marked_constant = True``, which dynamo reads when it traces a call of ``fn``:
+    called once while tracing, its answer kept in the graph); this one sets the same mark, and where ``torch._dynamo``
+    is already loaded it is torch's own decorator. tests/ops/test_backend.py checks that both set the same attributes.
+
+    Args:
+        fn: a function whose answer a compiled graph may keep.
+
+    Returns:
+        ``fn``, marked.
+    """
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@constant_under_compile
 def _context_backend() -> str:
     # dynamo cannot trace ContextVar.get; read it at trace time and bake the value in (see the module docstring)
     return _BACKEND.get()

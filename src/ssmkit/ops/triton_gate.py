@@ -32,7 +32,7 @@ import threading
 
 import torch
 
-from ssmkit.ops.backend import check_forward_ad
+from ssmkit.ops.backend import check_forward_ad, constant_under_compile
 from ssmkit.ops.opaque import custom_ops_allowed
 
 _STATUS: dict[tuple, tuple[bool, str]] = {}
@@ -123,7 +123,7 @@ def _isolated(fn, device: torch.device) -> None:
         raise failure[0]
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, its answer kept in the graph
+@constant_under_compile  # under torch.compile: called once while tracing, its answer kept in the graph
 def triton_status(device: torch.device | str, op: str = "ssm_scan", dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
     """Whether ``op``'s Triton kernel runs on ``device`` in ``dtype``, and why not (``(True, "")`` when it does).
 

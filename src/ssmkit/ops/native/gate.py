@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ssmkit.ops.backend import check_forward_ad
+from ssmkit.ops.backend import check_forward_ad, constant_under_compile
 from ssmkit.ops.native.build import NativeBuildError
 from ssmkit.ops.opaque import custom_ops_allowed, eager_views_and_autograd
 
@@ -24,7 +24,7 @@ DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _STATUS: dict[tuple[str, str], tuple[bool, str]] = {}
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: called once while tracing, its answer kept in the graph
+@constant_under_compile  # under torch.compile: called once while tracing, its answer kept in the graph
 def native_status(op: str, dtype: torch.dtype = torch.float32) -> tuple[bool, str]:
     """Whether the native kernel of ``op`` runs here for real dtype ``dtype``, and why not: (ok, reason).
 

@@ -13,7 +13,7 @@ import torch
 
 from ssmkit.models import SequenceModel, SequenceModelConfig
 from ssmkit.train.experiment import Experiment
-from tests.conftest import DEVICE
+from tests.conftest import DEVICE, run_steps
 
 F64 = torch.float64
 
@@ -73,13 +73,9 @@ def test_step_equals_the_forward_with_an_rms_final_norm():
     x = torch.randn(2, 9, 3, device=DEVICE, dtype=F64)
     with torch.no_grad():
         want, _ = model(x)
-        state = model.initial_state(2)
-        steps = []
-        for t in range(9):
-            y_t, state = model.step(x[:, t], state)
-            steps.append(y_t)
-    for t, y_t in enumerate(steps):
-        assert float((y_t - want[:, t]).abs().max()) < 1e-12
+        steps, _ = run_steps(model, x)
+    for t in range(9):
+        assert float((steps[:, t] - want[:, t]).abs().max()) < 1e-12
 
 
 def test_the_config_keeps_it_and_an_older_config_reads_as_auto():

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.models import load_mamba, mamba_state_dict
+from tests.conftest import run_steps
 
 F64 = torch.float64
 D_MODEL = 16
@@ -457,11 +458,10 @@ def test_step_by_step_decoding_follows_the_reference(layer, options):
     model = load_mamba(sd, config, dtype=F64)
     ids = _ids(seed=15, length=7)
     expected = reference_logits(sd, ids, ngroups=G)
-    state = model.initial_state(BATCH)
     with torch.no_grad():
-        for t in range(ids.shape[1]):
-            out, state = model.step(ids[:, t], state)
-            assert _rel(out, expected[:, t]) < TOL64, t
+        steps, _ = run_steps(model, ids)
+    for t in range(ids.shape[1]):
+        assert _rel(steps[:, t], expected[:, t]) < TOL64, t
     # greedy generation: each new token is the reference's argmax after the sequence so far
     prompt = ids[:, :3]
     generated = model.generate(prompt, max_new_tokens=6, temperature=0)

@@ -102,7 +102,7 @@ def load_mamba(source: Mapping[str, torch.Tensor] | str | os.PathLike, config: M
                               dtype=dtype)
     target = torch.device(device if device is not None else "cpu")
     model.to_empty(device=target)
-    ours = {k: v.to(device=target) for k, v in _to_ssmkit(state, style, kind, n_layers, tied, dtype).items()}
+    ours = _to_ssmkit(state, style, kind, n_layers, tied, dtype, target)
     expected = set(model.state_dict()) | {name for name, _ in model.named_buffers()}  # non-persistent ones too
     if set(ours) != expected:  # every parameter and buffer comes from the checkpoint, none stays uninitialised
         raise ValueError(f"the checkpoint does not fill this model: missing {sorted(expected - set(ours))[:6]}, "
@@ -426,8 +426,9 @@ def _tied(state: dict[str, torch.Tensor], embedding: torch.Tensor, cfg: _Config)
 
 
 def _to_ssmkit(state: dict[str, torch.Tensor], style: str, kind: str, n_layers: int, tied: bool,
-               dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The official state dict under ssmkit's keys, in ``dtype``; an official key without a place is refused."""
+               dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """The official state dict under ssmkit's keys, in ``dtype`` on ``device`` (one copy each); an official key
+    without a place is refused."""
     out = {"encoder.weight": state[_EMBEDDING[style]], "final_norm.weight": state.get("backbone.norm_f.weight")}
     out["head.weight"] = out["encoder.weight"] if tied else state.get("lm_head.weight")
     known = {_EMBEDDING[style], "backbone.norm_f.weight", "lm_head.weight"}
@@ -449,7 +450,7 @@ def _to_ssmkit(state: dict[str, torch.Tensor], style: str, kind: str, n_layers: 
             out[f"blocks.{i}.layer.{ours}"] = value
         else:
             raise ValueError(f"unexpected key {key!r} in the state dict (not a {kind} block's)")
-    return {k: v.to(dtype) for k, v in out.items() if v is not None}
+    return {k: v.to(device=device, dtype=dtype) for k, v in out.items() if v is not None}
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:

@@ -76,7 +76,7 @@ def constant_under_compile(fn: F) -> F:
     import took 1.4 s of a 3.3 s ``import ssmkit``, and every process paid it, compiled or not). Torch's decorator only
     marks the function (``fn._dynamo_marked_constant = True``, which dynamo reads when it traces a call of ``fn``:
     called once while tracing, its answer kept in the graph); this one sets the same mark, and where ``torch._dynamo``
-    is already loaded it is torch's own decorator. tests/ops/test_backend.py checks that both set the same attributes.
+    is already loaded it is torch's own decorator. tests/test_import.py checks that both set the same attributes.
 
     Args:
         fn: a function whose answer a compiled graph may keep.

@@ -26,6 +26,41 @@ import ssmkit.ops as ops
 from ssmkit.layers.state import map_state
 
 DEVICE = torch.device(os.environ.get("SSMKIT_TEST_DEVICE", "cpu"))
+
+
+def _share_the_onnx_registry() -> None:
+    """``torch.onnx.export(dynamo=True)`` builds its registry of ONNX functions anew at every call (0.6 s of CPU:
+    onnxscript parses the source of ~500 functions), a fixed cost of each of the suite's ~200 exports. The registry is
+    only read while a graph is exported, so the suite builds one per opset and hands each export its own copy of the
+    table (a caller's ``custom_translation_table`` registers into the copy). The exported graphs are unchanged: the
+    same functions are dispatched. Test-only: the library does not patch torch. Skipped where torch's exporter lacks
+    the private class (another torch release): the exports then build their own, as before."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:  # pragma: no cover - torch without the dynamo exporter
+        return
+    registry = getattr(_registration, "ONNXRegistry", None)
+    build = getattr(registry, "from_torchlib", None)
+    if build is None or not hasattr(registry(), "functions"):  # pragma: no cover - another torch release
+        return
+    built: dict = {}
+    signature = inspect.signature(build)
+
+    def from_torchlib(cls, *args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = (cls, tuple(bound.arguments.items()))  # (the opset)
+        if key not in built:
+            built[key] = build.__func__(cls, *args, **kwargs)
+        copy = object.__new__(cls)
+        copy.__dict__.update(built[key].__dict__)
+        copy.functions = {op: list(entries) for op, entries in built[key].functions.items()}
+        return copy
+
+    registry.from_torchlib = classmethod(from_torchlib)
+
+
+_share_the_onnx_registry()
 H = 3  # channels of the layer tests (distinct from B = 2 and the state sizes, so a swapped axis cannot broadcast)
 
 # Small per-layer options that keep the tests fast; the variants widen the grid (every init and discretisation of a

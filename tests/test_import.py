@@ -18,22 +18,47 @@ from tests.interpreters import run_python
 SRC = str(pathlib.Path(ssmkit.__file__).resolve().parents[1])
 
 
+WATCHED = ["scipy", "scipy.signal", "scipy.linalg", "ssmkit.analysis", "torch._dynamo"]
+
+
 def loaded_after(code: str) -> dict[str, bool]:
     """Run ``code`` in a new interpreter; report which of the watched modules it loaded."""
-    watched = ["scipy", "scipy.signal", "scipy.linalg", "ssmkit.analysis", "torch._dynamo"]
-    probe = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {watched!r}}}))"
+    probe = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {WATCHED!r}}}))"
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = run_python(["-c", probe], env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_model_path_never_imports_scipy_signal():
-    loaded = loaded_after(
-        "import torch, ssmkit, ssmkit.layers\n"
-        "y, h = ssmkit.layers.build('s4d', d_model=4)(torch.randn(1, 5, 4))\n"
-        "assert y.shape == (1, 5, 4)"
+@pytest.fixture(scope="module")
+def model_path() -> dict:
+    """One new interpreter for the model-path tests below (a module a test must not see loaded stays unloaded in a run
+    that does what each of them did, and more): it marks a function with ``constant_under_compile`` first (nothing
+    else imported yet), runs an S4D and a Mamba layer (ssmkit.models imported), records the watched modules, and only
+    then makes torch's own mark (which loads torch._dynamo)."""
+    probe = (
+        "import sys, json\n"
+        "from ssmkit.ops.backend import constant_under_compile\n"
+        "ours = constant_under_compile(lambda: 0)\n"
+        "lazy = 'torch._dynamo' not in sys.modules\n"
+        "import torch, ssmkit, ssmkit.layers, ssmkit.models\n"
+        "for name in ('s4d', 'mamba'):\n"
+        "    y, h = ssmkit.layers.build(name, d_model=4)(torch.randn(1, 5, 4))\n"
+        "    assert y.shape == (1, 5, 4)\n"
+        f"loaded = {{m: m in sys.modules for m in {WATCHED!r}}}\n"
+        "theirs = torch.compiler.assume_constant_result(lambda: 0)\n"
+        "print(json.dumps({'loaded': loaded, 'lazy': lazy, 'ours': sorted(vars(ours).items()),"
+        " 'theirs': sorted(vars(theirs).items())}))"
     )
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the two interpreters' time it replaces: a cold native cache compiles both layers' kernels here
+    done = run_python(["-c", probe], env=env, timeout=240)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_model_path_never_imports_scipy_signal(model_path):
+    loaded = model_path["loaded"]
     assert not loaded["scipy.signal"] and not loaded["ssmkit.analysis"], loaded
 
 
@@ -56,27 +81,9 @@ def test_unknown_attribute_raises_attribute_error():
         ssmkit.not_a_module  # noqa: B018
 
 
-def test_the_model_path_never_imports_dynamo_and_the_compile_mark_is_torchs():
+def test_the_model_path_never_imports_dynamo_and_the_compile_mark_is_torchs(model_path):
     """``ops.backend.constant_under_compile`` marks a function as ``torch.compiler.assume_constant_result`` does, without
     importing torch._dynamo (the decorator did, at every ``import ssmkit``): the model path leaves torch._dynamo
     unloaded, and the mark equals the one torch's own decorator sets (the attributes dynamo reads when it traces)."""
-    loaded = loaded_after(
-        "import torch, ssmkit, ssmkit.layers, ssmkit.models\n"
-        "y, h = ssmkit.layers.build('mamba', d_model=4)(torch.randn(1, 5, 4))\n"
-        "assert y.shape == (1, 5, 4)"
-    )
-    assert not loaded["torch._dynamo"], loaded
-    probe = (
-        "import sys, json\n"
-        "from ssmkit.ops.backend import constant_under_compile\n"
-        "ours = constant_under_compile(lambda: 0)\n"
-        "lazy = 'torch._dynamo' not in sys.modules\n"
-        "import torch\n"
-        "theirs = torch.compiler.assume_constant_result(lambda: 0)\n"
-        "print(json.dumps([lazy, sorted(vars(ours).items()), sorted(vars(theirs).items())]))"
-    )
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = run_python(["-c", probe], env=env)
-    assert done.returncode == 0, done.stderr
-    lazy, ours, theirs = json.loads(done.stdout.strip().splitlines()[-1])
-    assert lazy and ours == theirs == [["_dynamo_marked_constant", True]]
+    assert not model_path["loaded"]["torch._dynamo"], model_path["loaded"]
+    assert model_path["lazy"] and model_path["ours"] == model_path["theirs"] == [["_dynamo_marked_constant", True]]

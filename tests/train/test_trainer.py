@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -19,17 +21,31 @@ from ssmkit.train.checkpoint import load_checkpoint, save_atomic  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# A tiny task: the sign of a sequence's sum (learnable by a linear SSM in a few dozen steps).
-RUN = textwrap.dedent(
+# A tiny task: the sign of a sequence's sum (learnable by a linear SSM in a few dozen steps). Each process run below
+# trains several of these runs in order (RUNS): Lightning starts the second DDP process at the first fit, and later
+# fits reuse the pair, so each run costs its training, not two more interpreters importing torch and Lightning. A run
+# that kills its processes or raises (a non-finite loss) is the last of its list.
+RUNS = textwrap.dedent(
     """
-    import hashlib, os, signal, sys
-    import torch
-    import lightning.pytorch as pl
-    from ssmkit.models import SequenceModelConfig
-    from ssmkit.train import TrainConfig, fit
+    import json, sys
+    from tests.train.test_trainer import nan_on_one_rank, tiny_run
 
-    out_dir, kill_at, resume, devices = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-    torch.set_num_threads(1)
+    for kind, *args in json.loads(sys.argv[1]):
+        (nan_on_one_rank if kind == "nan" else tiny_run)(*args)
+    """
+)
+
+
+def tiny_run(out_dir, kill_at: int = -1, resume: bool = False, devices: int = 1) -> dict:
+    """Train the tiny task into ``out_dir`` on ``devices`` processes, writing each process's generator state at each
+    step's start to ``rng-rank<r>.txt``; with ``kill_at >= 0`` SIGKILL every process at the end of that step (a real
+    kill: no clean-up, no final checkpoint)."""
+    import hashlib
+    import signal
+
+    import lightning.pytorch as pl
+
+    out_dir = os.fspath(out_dir)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 12, 1, generator=g)
     y = (x.sum(dim=(1, 2)) > 0).long()
@@ -38,30 +54,37 @@ RUN = textwrap.dedent(
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             state = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
             with open(os.path.join(out_dir, f"rng-rank{trainer.global_rank}.txt"), "a") as f:
-                f.write(f"{trainer.global_step} {state}\\n")
+                f.write(f"{trainer.global_step} {state}\n")
 
     class Kill(pl.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no clean-up, no final checkpoint
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    model = SequenceModelConfig(d_input=1, d_model=8, n_layers=2, layer="s4d", d_output=2,
-                                layer_options={"d_state": 4}, dropout=0.1)
-    train = TrainConfig(batch_size=8, max_steps=10, warmup_steps=2, val_every=5, checkpoint_every=4, lr=1e-2,
-                        devices=devices, strategy="ddp" if devices > 1 else "auto", log_every=1)
-    result = fit(model, train, (x[:64], y[:64]), (x[64:], y[64:]), None, out_dir, resume=resume, progress=False,
-                 extra_callbacks=[Generators(), *([Kill()] if kill_at >= 0 else [])])
-    print("RESULT", result["steps"], result.get("val_accuracy"))
-    """
-)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the runs compared bit for bit compute on one thread, in a child or in this process
+    try:
+        model = SequenceModelConfig(d_input=1, d_model=8, n_layers=2, layer="s4d", d_output=2,
+                                    layer_options={"d_state": 4}, dropout=0.1)
+        train = TrainConfig(batch_size=8, max_steps=10, warmup_steps=2, val_every=5, checkpoint_every=4, lr=1e-2,
+                            devices=devices, strategy="ddp" if devices > 1 else "auto", log_every=1)
+        result = fit(model, train, (x[:64], y[:64]), (x[64:], y[64:]), None, out_dir, resume=resume, progress=False,
+                     extra_callbacks=[Generators(), *([Kill()] if kill_at >= 0 else [])])
+    finally:
+        torch.set_num_threads(threads)
+    print("RESULT", os.path.basename(out_dir), result["steps"], result.get("val_accuracy"), flush=True)
+    return result
 
 
-def run(tmp_path, out_dir, kill_at=-1, resume=False, devices=1) -> subprocess.CompletedProcess:
-    script = tmp_path / "run.py"
-    script.write_text(RUN)
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, str(script), str(out_dir), str(kill_at), "1" if resume else "0", str(devices)],
-                          capture_output=True, text=True, env=env, timeout=600)
+def run(tmp_path, *runs) -> subprocess.CompletedProcess:
+    """One child process training ``runs`` in order, each ``("tiny", out_dir, kill_at, resume, devices)`` (see
+    :func:`tiny_run`) or ``("nan", out_dir)`` (:func:`nan_on_one_rank`)."""
+    script = tmp_path / "runs.py"
+    script.write_text(RUNS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(script), json.dumps([[str(a) if isinstance(a, os.PathLike) else a
+                                                                      for a in r] for r in runs])],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
 def weights(out_dir) -> dict[str, torch.Tensor]:
@@ -152,14 +175,14 @@ def test_resume_refuses_a_changed_model_or_schedule(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
-    whole = run(tmp_path, tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = run(tmp_path, tmp_path / "killed", kill_at=6)
-    assert killed.returncode == -9  # SIGKILL at step 6: the last checkpoint is step 4's
+    # the uninterrupted run, then the killed one, in one child; the resumed run in this process (a fresh Trainer and
+    # module: what resume restores comes from the checkpoint, nothing from the child)
+    done = run(tmp_path, ("tiny", tmp_path / "whole", -1, False, 1), ("tiny", tmp_path / "killed", 6, False, 1))
+    assert "RESULT whole 10" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == -9, done.stderr[-3000:]  # SIGKILL at step 6: the last checkpoint is step 4's
+    assert "RESULT killed" not in done.stdout
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 4
-    resumed = run(tmp_path, tmp_path / "killed", resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "RESULT 10" in resumed.stdout
+    assert tiny_run(tmp_path / "killed", resume=True)["steps"] == 10
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 10
     a, b = weights(tmp_path / "whole"), weights(tmp_path / "killed")
     assert a.keys() == b.keys()
@@ -172,25 +195,33 @@ def generator_states(out_dir, rank: int) -> dict[int, str]:
         return {int(step): state for step, state in (line.split() for line in f)}
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """The DDP runs of the tests below, on two gloo processes, in two pairs of processes: the first trains the
+    uninterrupted run ``ddp`` and the run ``killed`` (SIGKILL at step 6, both processes); the second resumes
+    ``killed`` to step 10, then runs ``nan`` (:func:`nan_on_one_rank`), which stops both processes with an error."""
+    folder = tmp_path_factory.mktemp("ddp")
+    first = run(folder, ("tiny", folder / "ddp", -1, False, 2), ("tiny", folder / "killed", 6, False, 2))
+    second = run(folder, ("tiny", folder / "killed", -1, True, 2), ("nan", folder / "nan"))
+    return folder, first, second
+
+
 @pytest.mark.slow
-def test_data_parallel_on_two_cpu_processes_with_own_dropout_masks_and_exact_resume(tmp_path):
-    done = run(tmp_path, tmp_path / "ddp", devices=2)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "RESULT 10" in done.stdout
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt")["global_step"] == 10
+def test_data_parallel_on_two_cpu_processes_with_own_dropout_masks_and_exact_resume(two_processes):
+    folder, first, second = two_processes
+    assert "RESULT ddp 10" in first.stdout, first.stderr[-3000:]
+    assert load_checkpoint(folder / "ddp" / "checkpoints" / "last.ckpt")["global_step"] == 10
     # each process draws its own dropout masks (they shared rank 0's stream: seed_everything seeds every process alike)
-    whole = [generator_states(tmp_path / "ddp", r) for r in (0, 1)]
+    whole = [generator_states(folder / "ddp", r) for r in (0, 1)]
     assert sorted(whole[0]) == sorted(whole[1]) == list(range(10))
     assert all(whole[0][s] != whole[1][s] for s in range(10))
     # killed at step 6 (both processes), resumed from step 4's checkpoint: every process continues its own stream
-    killed = run(tmp_path, tmp_path / "killed", kill_at=6, devices=2)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 4
-    resumed = run(tmp_path, tmp_path / "killed", resume=True, devices=2)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "RESULT 10" in resumed.stdout
-    assert [generator_states(tmp_path / "killed", r) for r in (0, 1)] == whole
-    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "killed")
+    assert first.returncode == -9, first.stderr[-3000:]
+    assert "RESULT killed" not in first.stdout
+    assert "RESULT killed 10" in second.stdout, second.stderr[-3000:]  # the resumed run returned (before "nan" ran)
+    assert load_checkpoint(folder / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 10
+    assert [generator_states(folder / "killed", r) for r in (0, 1)] == whole
+    a, b = weights(folder / "ddp"), weights(folder / "killed")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on the CPU
 
@@ -203,13 +234,8 @@ def test_process_seeds_differ_by_process_and_step():
     assert process_seed(0, 1) == process_seed(0, 1, 0)  # a function of its arguments only
 
 
-NAN_ON_ONE_RANK = textwrap.dedent(
-    """
-    import sys
-    import torch
-    from ssmkit.models import SequenceModelConfig
-    from ssmkit.train import StepBatches, TrainConfig, fit
-
+def nan_on_one_rank(out_dir) -> None:
+    """Train on two processes where process 1's batch of step 2 holds a NaN (raises NonFiniteLossError)."""
     torch.set_num_threads(1)
     x = torch.randn(32, 6, 1, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 2, (32,), generator=torch.Generator().manual_seed(1))
@@ -217,26 +243,20 @@ NAN_ON_ONE_RANK = textwrap.dedent(
     model = SequenceModelConfig(d_input=1, d_model=4, n_layers=1, layer="s4d", d_output=2, layer_options={"d_state": 4})
     train = TrainConfig(batch_size=4, max_steps=10, warmup_steps=0, val_every=0, checkpoint_every=1, devices=2,
                         strategy="ddp")
-    fit(model, train, (x, y), None, None, sys.argv[1], progress=False)
-    """
-)
+    fit(model, train, (x, y), None, None, out_dir, progress=False)
 
 
 @pytest.mark.slow
-def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
+def test_a_non_finite_loss_on_one_process_stops_every_process(two_processes):
     # the check was per process: the rank with the NaN raised alone and rank 0 (the process the user runs) failed in the
     # gradient all-reduce with gloo's "Connection closed by peer" (NCCL would wait for its timeout)
-    script = tmp_path / "nan.py"
-    script.write_text(NAN_ON_ONE_RANK)
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env,
-                          timeout=600)
+    folder, _, done = two_processes
     assert done.returncode != 0
     assert "[rank0]: ssmkit.train.module.NonFiniteLossError: the training loss of another process is not finite" in (
         done.stderr), done.stderr[-3000:]
     assert "NonFiniteLossError: the training loss is nan at step 2" in done.stderr
     assert "Connection closed" not in done.stderr
-    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    last = load_checkpoint(folder / "nan" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 2 and all(bool(torch.isfinite(t).all()) for t in last["state_dict"].values())
 
 

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.layers.state import map_state
+from tests.triton_interp import use_lane_parallel_scans
 
 DEVICE = torch.device(os.environ.get("SSMKIT_TEST_DEVICE", "cpu"))
 
@@ -221,9 +222,10 @@ def device() -> torch.device:
 
 
 @pytest.fixture(autouse=True)
-def _reset_backend_and_seed():
+def _reset_backend_and_seed(monkeypatch):
     ops.set_backend("auto")
     torch.manual_seed(0)
+    use_lane_parallel_scans(monkeypatch)  # Triton's interpreter: its scans lane-parallel (tests/triton_interp.py)
     yield
     ops.set_backend("auto")
 

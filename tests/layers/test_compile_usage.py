@@ -189,6 +189,22 @@ def _aot_recording():
     return aot_autograd(fw_compiler=record, bw_compiler=record), targets
 
 
+_TRAINING: dict[str, tuple] = {}
+
+
+def _compiled_s4_for_training():
+    """An S4 layer, compiled through :func:`_aot_recording`, and the recorded targets, built once per process and
+    shared by the two tests below: they differ only in the loss, taken outside the compiled forward, so one graph (its
+    forward and backward) serves both; each zeroes the gradients before its own run. A ``torch._dynamo.reset()`` in
+    between only makes the next call compile again."""
+    if not _TRAINING:
+        torch._dynamo.reset()
+        layer = _layer("s4")
+        backend, targets = _aot_recording()
+        _TRAINING["s4"] = layer, targets, torch.compile(layer, backend=backend, fullgraph=True)
+    return _TRAINING["s4"]
+
+
 @pytest.mark.parametrize("use_state", [False, True])
 def test_compiled_s4_training_gradients_equal_eager_with_and_without_the_final_state_in_the_loss(use_state):
     """A compiled graph passes zeros as the gradient of an output nothing used, so the final state's chunked carry
@@ -196,10 +212,8 @@ def test_compiled_s4_training_gradients_equal_eager_with_and_without_the_final_s
     (``ops.dense._CompiledCarry``) whose backward returns zeros at once for a zero gradient, and the FFT convolution's
     passes are ops (``ops.fftconv._opaque``). Gradients of every parameter and of x against eager autograd, with the
     state in the loss (the carry's backward runs: checked against autograd) and without (the zero shortcut)."""
-    torch._dynamo.reset()
-    layer = _layer("s4")
-    backend, targets = _aot_recording()
-    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    layer, targets, compiled = _compiled_s4_for_training()
+    torch.manual_seed(2)  # the same x whichever of the two tests built the layer
     x = torch.randn(2, 200, H, device=DEVICE)
     grads = []
     for model in (compiled, layer):

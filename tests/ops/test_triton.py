@@ -11,6 +11,7 @@ blocks of 4, N = 5 in a tile of 8); these run in CI wherever triton is installed
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 
 import pytest
@@ -21,6 +22,7 @@ from ssmkit.ops.selective import selective_scan, selective_scan_chunked, selecti
 from ssmkit.ops.ssd import ssd, ssd_chunked, ssd_reference
 from ssmkit.ops.triton_gate import prefer_triton, triton_status
 from tests.conftest import DEVICE, rel_err
+from tests.triton_interp import TRITON_GENERIC_SCAN, scan_every_lane_at_once
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton, or the dev extra)")
@@ -90,6 +92,44 @@ def test_the_interpreter_is_enabled_by_a_smoke_call_per_op_and_dtype():
         for dtype in (torch.float32, torch.float64):
             assert triton_status("cpu", op, dtype) == (True, ""), (op, dtype)
     assert triton_status("cpu", "ssm_scan", torch.float16) == (False, "the Triton kernels take float32 or float64 inputs; got torch.float16")
+
+
+@needs_triton
+@pytest.mark.skipif(TRITON_GENERIC_SCAN is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="Triton's interpreter (TRITON_INTERPRET=1) with its ScanOps.generic_scan")
+def test_the_faster_interpreter_scan_is_bitwise_the_same(monkeypatch):
+    # every kernel with an associative scan (the scan form's forward and reverse backward, the matmul form's along
+    # axis 1 both ways, the selective scan's three over (T, BH, NP) tiles, the SSD backward's exclusive sum), values
+    # and gradients, by scan_every_lane_at_once (the other tests') and by Triton's own element-by-element scan: the
+    # same bits
+    from triton.runtime import interpreter
+
+    from ssmkit.ops.triton.scan import ssm_scan_triton
+    from ssmkit.ops.triton.selective import Tiles, selective_scan_triton
+    from ssmkit.ops.triton.ssd import ssd_triton
+
+    def run():
+        scan = [cast(t, torch.float64) for t in scan_inputs("complex", L=9, H=2, N=3, Bsz=1)]
+        mm = [cast(t, torch.float64) for t in scan_inputs("real", L=32, H=1, N=2, Bsz=1)]
+        tiles = Tiles(chunk=4, forward_chunk=2, block_h=2, backward_block_h=2)
+        return [
+            *scan_values_and_grads(lambda *a: ssm_scan_triton(*a, chunk_size=4, chunks_per_program=1), scan, True, True),
+            *scan_values_and_grads(lambda *a: ssm_scan_triton(*a, chunk_size=16, intra_chunk="matmul"), mm, True, True),
+            *selective_values_and_grads(lambda **a: selective_scan_triton(**a, tiles=tiles),
+                                        selective_inputs(L=5, H=3, N=2, G=None, Bsz=1), torch.float64, EVERY_INPUT,
+                                        True)[1],
+            *ssd_values_and_grads(ssd_triton, [cast(t, torch.float64) for t in ssd_inputs(L=5, H=1, P=2, G=1, N=2,
+                                                                                          Bsz=1)]),
+        ]
+
+    assert interpreter.ScanOps.generic_scan is scan_every_lane_at_once  # conftest's autouse fixture
+    fast = run()
+    calls = []
+    monkeypatch.setattr(interpreter.ScanOps, "generic_scan", lambda *a: calls.append(1) or TRITON_GENERIC_SCAN(*a))
+    slow = run()
+    assert len(calls) >= 30 and len(fast) == len(slow) == 35  # every launch's scans by Triton's loop
+    for i, (a, b) in enumerate(zip(fast, slow)):
+        assert a.dtype == b.dtype and torch.equal(a, b), i
 
 
 # ----------------------------------------------------------------------------------------------------

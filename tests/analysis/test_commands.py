@@ -133,27 +133,24 @@ def test_analyze_a_deep_wiener_file(tmp_path):
     assert record["dt"] == 0.004 and [l["name"] for l in record["layers"]] == ["layers.0", "layers.1"]
 
 
-def test_analyze_writes_the_onnx_graphs_of_a_deep_wiener(tmp_path, capsys):
-    """``--onnx``: step.onnx and sequence.onnx beside the report; onnxruntime's sequence output equals the model's."""
+def test_analyze_writes_the_onnx_graphs_of_a_deep_wiener(tmp_path_factory):
+    """``--onnx``: step.onnx and sequence.onnx beside the report; onnxruntime's sequence output equals the model's. A
+    float64 two-block DeepWiener (tests/analysis/onnx_cache.py: the command runs once per process, its graphs shared
+    with tests/analysis/test_onnx_sequence.py's DeepWiener test)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from ssmkit.sysid.wiener import DeepWiener
+    from tests.analysis.onnx_cache import analyzed_deep_wiener
 
-    arguments = {"n_inputs": 1, "n_outputs": 1, "d_model": 3, "n_layers": 2, "layer": "s4d",
-                 "layer_options": {"d_state": 4}, "dt": 0.004}
+    run = analyzed_deep_wiener(tmp_path_factory)
+    assert run.code == 0
+    assert "step.onnx: inputs u (B, 1), state_0..state_1 (B, 4, 4, 2); outputs y" in run.printed
+    assert "sequence.onnx: inputs u (B, L, 1), state_0..state_1 (B, 4, 4, 2)" in run.printed
     torch.manual_seed(0)
-    model = DeepWiener(**arguments).eval()
-    torch.save({"deep_wiener": arguments, "state_dict": model.state_dict()}, tmp_path / "model.pt")
-    assert cli_main(["analyze", str(tmp_path / "model.pt"), "--out", str(tmp_path / "a"), "--no-plots",
-                     "--onnx"]) == 0
-    printed = capsys.readouterr().out
-    assert "step.onnx: inputs u (B, 1), state_0..state_1 (B, 3, 2, 2); outputs y" in printed
-    assert "sequence.onnx: inputs u (B, L, 1), state_0..state_1 (B, 3, 2, 2)" in printed
-    u = torch.randn(1, 90, 1)
+    u = torch.randn(1, 90, 1, dtype=torch.float64)
     with torch.no_grad():
-        want, _ = model(u)
-    session = ort.InferenceSession(str(tmp_path / "a" / "sequence.onnx"), providers=["CPUExecutionProvider"])
-    zeros = {f"state_{i}": torch.zeros(1, 3, 2, 2).numpy() for i in range(2)}
+        want, _ = run.model(u)
+    session = ort.InferenceSession(run.sequence.path, providers=["CPUExecutionProvider"])
+    zeros = {f"state_{i}": torch.zeros(1, 4, 4, 2, dtype=torch.float64).numpy() for i in range(2)}
     got = torch.from_numpy(session.run(None, {"u": u.numpy(), **zeros})[0])
     assert rel_err(got, want) <= 1e-5
 

@@ -54,6 +54,14 @@ class Exported:
         self.step_session = _session(self.step.path, dtype)
         self.sequence_session = _session(self.sequence.path, dtype)
 
+    @classmethod
+    def of(cls, model, step, sequence, dtype):
+        """The graphs ``step`` and ``sequence`` (`OnnxExport`) of ``model``, written elsewhere."""
+        g = cls.__new__(cls)
+        g.model, g.dtype, g.step, g.sequence = model, dtype, step, sequence
+        g.step_session, g.sequence_session = _session(step.path, dtype), _session(sequence.path, dtype)
+        return g
+
     def run_sequence(self, u, tau, parts):
         y, *parts = self.sequence_session.run(None, self.sequence.feed(u.numpy(), parts, tau.numpy()))
         return torch.from_numpy(y), parts
@@ -187,15 +195,20 @@ def test_float64_graphs_of_a_bilinear_s5(tmp_path):
     assert _states_err(parts, model, final) <= 1e-9
 
 
-def test_a_deep_wiener_built_for_irregular_records_simulates_them_in_onnxruntime(tmp_path):
+def test_a_deep_wiener_built_for_irregular_records_simulates_them_in_onnxruntime(tmp_path, tmp_path_factory):
     """The DeepWiener whose S4D block is a known continuous-time system (tests/sysid/test_irregular_records.py):
     onnxruntime's graphs, fed the record's intervals, give scipy's exact samples at the record's times; continued from
-    the oracle's state after sample 39 by the step graph; the regular graph (no intervals) another system."""
+    the oracle's state after sample 39 by the step graph; the regular graph (no intervals) another system. The graphs
+    with intervals are those ``ssmkit analyze --onnx --intervals`` wrote (tests/analysis/onnx_cache.py: one run per
+    process, shared with test_analyze_writes_the_graphs_with_intervals and the 2026-12-06 probe)."""
+    from tests.analysis.onnx_cache import analyzed_realisation
     from tests.sysid.test_irregular_records import irregular_record, realisation, sampled
 
     r = irregular_record(4, 120, "r")
+    run = analyzed_realisation(tmp_path_factory)
     model, v_row = realisation()
-    g = Exported(model, tmp_path, torch.float64)
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), model.state_dict().values()))
+    g = Exported.of(model, run.step, run.sequence, torch.float64)
     u, tau = r.u[None], r.intervals[None]  # (1, L, 1), (1, L)
     scale = float(r.y.abs().max())
     y, _ = g.run_sequence(u, tau, None)
@@ -312,27 +325,25 @@ def test_bad_interval_inputs_are_refused(exported):
 # the command line
 
 
-def test_analyze_writes_the_graphs_with_intervals(tmp_path, capsys):
-    """``ssmkit analyze model.pt --onnx --intervals`` on the DeepWiener of a known continuous system: the graphs take
-    the intervals, and the sequence graph gives scipy's samples at the record's times."""
+def test_analyze_writes_the_graphs_with_intervals(tmp_path_factory, capsys):
+    """``ssmkit analyze model.pt --onnx --intervals`` on the DeepWiener of a known continuous system (one run per
+    process: tests/analysis/onnx_cache.py): the graphs take the intervals, and the sequence graph gives scipy's
+    samples at the record's times."""
     from ssmkit.cli import main as cli_main
-    from tests.sysid.test_irregular_records import TS, irregular_record, realisation
+    from tests.analysis.onnx_cache import analyzed_realisation
+    from tests.sysid.test_irregular_records import irregular_record
 
-    model, _ = realisation()
-    arguments = {"n_inputs": 1, "n_outputs": 1, "d_model": 1, "n_layers": 1, "layer": "s4d",
-                 "layer_options": {"d_state": 2, "lr": 1e-3}, "activation": None, "dt": TS}
-    torch.save({"deep_wiener": arguments, "state_dict": model.state_dict()}, tmp_path / "model.pt")
-    assert cli_main(["analyze", str(tmp_path / "model.pt"), "--out", str(tmp_path / "a"), "--no-plots", "--onnx",
-                     "--intervals"]) == 0
-    printed = capsys.readouterr().out
+    run = analyzed_realisation(tmp_path_factory)
+    assert run.code == 0
+    printed = run.printed
     assert "step.onnx: inputs u (B, 1), interval (B), state_0 (B, 1, 1, 2); outputs y" in printed
     assert "sequence.onnx: inputs u (B, L, 1), intervals (B, L), state_0 (B, 1, 1, 2)" in printed
     r = irregular_record(5, 80, "r")
-    session = _session(str(tmp_path / "a" / "sequence.onnx"), torch.float64)
+    session = _session(run.sequence.path, torch.float64)
     y = session.run(None, {"u": r.u[None].numpy(), "intervals": r.intervals[None].numpy(),
                            "state_0": np.zeros((1, 1, 1, 2))})[0]
     assert float(np.abs(y[0] - r.y.numpy()).max()) < 1e-9 * float(r.y.abs().max())
-    assert cli_main(["analyze", str(tmp_path / "model.pt"), "--no-plots", "--intervals"]) == 2
+    assert cli_main(["analyze", run.model_pt, "--no-plots", "--intervals"]) == 2
     assert "give it with --onnx" in capsys.readouterr().err
 
 

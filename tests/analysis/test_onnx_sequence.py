@@ -7,11 +7,12 @@ and for a model with a gated mixer, at lengths
 and batch sizes other than the traced ones, and its final state is continued by the step graph of `export_onnx`.
 """
 
+import numpy as np
 import pytest
 import torch
 
 from ssmkit import layers
-from ssmkit.analysis.onnx_export import export_onnx, onnx_state
+from ssmkit.analysis.onnx_export import onnx_state
 from ssmkit.analysis.onnx_sequence import RealLTISequence, _check_dynamic_length, export_onnx_sequence, real_sequence_model
 from ssmkit.models import SequenceModel
 from ssmkit.sysid import DeepWiener
@@ -163,17 +164,20 @@ def test_onnx_sequence_graph_runs_every_length_and_batch(tmp_path, name):
         assert rel_err(got, y_more) <= 1e-5 and _same_states(final, onnx_state(model, s_more)) <= 1e-5, (B, L)
 
 
-def test_a_deep_wiener_simulates_in_onnx_and_the_step_graph_continues(tmp_path):
-    """float64 DeepWiener (S4D): the sequence graph simulates a record, the step graph of `export_onnx` carries on
-    from the sequence graph's final state, and both equal the model's own forward."""
+def test_a_deep_wiener_simulates_in_onnx_and_the_step_graph_continues(tmp_path_factory):
+    """float64 DeepWiener (two S4D blocks): the sequence graph simulates a record, the step graph of `export_onnx`
+    carries on from the sequence graph's final state, and both equal the model's own forward. The graphs are those
+    ``ssmkit analyze --onnx`` writes with `export_onnx_sequence` and `export_onnx` (tests/analysis/onnx_cache.py: one
+    run per process, shared with tests/analysis/test_commands.py)."""
+    from tests.analysis.onnx_cache import analyzed_deep_wiener
+
+    run = analyzed_deep_wiener(tmp_path_factory)
+    model, sequence, step = run.model, run.sequence, run.step
+    assert run.code == 0 and sequence.state_dtypes == step.state_dtypes == (np.dtype(np.float64),) * 2
     torch.manual_seed(0)
-    model = DeepWiener(n_inputs=1, n_outputs=1, d_model=4, n_layers=2, layer="s4d",
-                       layer_options={"d_state": 8}, dtype=torch.float64).eval()
     u = torch.randn(1, 300, 1, dtype=torch.float64)
     with torch.no_grad():
         want, _ = model(u)
-    sequence = export_onnx_sequence(model, str(tmp_path / "simulate.onnx"))
-    step = export_onnx(model, str(tmp_path / "step.onnx"))
     seq_session = _session(sequence.path)
     step_session = _session(step.path)
     got, parts = _run(seq_session, sequence, u[:, :250], sequence.initial_state(1))
@@ -210,7 +214,7 @@ def test_without_state_the_growing_state_layers_export_from_rest(tmp_path, name)
     """``with_state=False``: ``u -> y`` from rest. Attention (a key/value cache), Mega (its EMA core replaced, its
     attention traced) and Hyena (an FFT convolution: its inverse FFT written as a full inverse DFT while exporting)."""
     pytest.importorskip("onnxscript")
-    model = _model(name, torch.float32)
+    model = _model(name, torch.float32, n_layers=1)  # one block: the layer's forward is what is tested
     info = export_onnx_sequence(model, str(tmp_path / f"{name}.onnx"), with_state=False)
     assert info.state_names == () and info.output_names == ("y",)
     session = _session(info.path)

@@ -151,24 +151,27 @@ def test_feed_refuses_a_state_of_another_batch(bare):
     assert np.abs(y - want.numpy()).max() <= 1e-12 * float(want.abs().max())
 
 
-def test_analyze_says_the_intervals_are_in_periods_of_the_models_ts(tmp_path, capsys):
-    """A DeepWiener at Ts = 4 s: the printed summary names the unit, and the sequence graph fed the gaps in seconds
-    divided by 4 equals the model's forward with those intervals (gaps of 4 s: its regular forward)."""
-    from ssmkit.analysis.commands import _write_onnx
+def test_analyze_says_the_intervals_are_in_periods_of_the_models_ts(tmp_path_factory):
+    """A DeepWiener at Ts = 0.1 s (tests/sysid/test_irregular_records.py's realisation, through ``ssmkit analyze --onnx
+    --intervals``, run once per process: tests/analysis/onnx_cache.py): the printed summary names the unit, and the
+    sequence graph fed the gaps in seconds divided by 0.1 equals the model's forward with those intervals (gaps of
+    0.1 s: its regular forward)."""
+    from tests.analysis.onnx_cache import analyzed_realisation
+    from tests.sysid.test_irregular_records import TS
 
+    run = analyzed_realisation(tmp_path_factory)
+    assert TS == 0.1 and run.code == 0
+    assert "interval, intervals: the time since the previous sample in periods of the model's Ts = 0.1 s" in run.printed
+    model = run.model
+    session = _session(run.sequence.path)
+    seconds = np.array([[0.1, 0.1, 0.25, 0.05, 0.1, 0.75]])
     torch.manual_seed(0)
-    model = DeepWiener(1, 1, d_model=2, n_layers=1, layer="s4d", layer_options={"d_state": 2}, dt=4.0, dtype=F64)
-    assert _write_onnx(model.eval(), str(tmp_path), intervals=True) == 0
-    assert "interval, intervals: the time since the previous sample in periods of the model's Ts = 4 s" in (
-        capsys.readouterr().out)
-    session = _session(str(tmp_path / "sequence.onnx"))
-    seconds = np.array([[4.0, 4.0, 10.0, 2.0, 4.0, 30.0]])
     u = torch.randn(1, 6, 1, dtype=F64)
     state = [np.zeros((1,) + tuple(i.shape[1:])) for i in session.get_inputs()[2:]]
-    feed = {"u": u.numpy(), "intervals": seconds / 4.0, **{i.name: s for i, s in zip(session.get_inputs()[2:], state)}}
+    feed = {"u": u.numpy(), "intervals": seconds / TS, **{i.name: s for i, s in zip(session.get_inputs()[2:], state)}}
     y = session.run(None, feed)[0]
     with torch.no_grad():
-        want, _ = model(u, intervals=torch.from_numpy(seconds / 4.0))
+        want, _ = model(u, intervals=torch.from_numpy(seconds / TS))
         regular, _ = model(u[:, :2])
     assert np.abs(y - want.numpy()).max() <= 1e-12 * float(want.abs().max())
     assert np.abs(y[:, :2] - regular.numpy()).max() <= 1e-12 * float(regular.abs().max())

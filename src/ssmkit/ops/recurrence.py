@@ -202,10 +202,10 @@ def _recurrence_states(
     Bsz, L, H = b.shape
     invariant = a.dim() == 1
     symbolic = symbolic_length(L)  # exporting with a dynamic L: no branch on L (ops/symbolic.py)
-    # exporting, steps 1. and 3. below are traced step by step (2T ops): chunks of at most 16 exported an RG-LRU
-    # block's ONNX sequence graph in 13 s of CPU against 32 s at 64, and onnxruntime ran it as fast (L = 4 096:
-    # 19 against 22 ms; 8 was no faster) (docs/benchmarks.md)
-    T = min(T, 16) if symbolic else min(T, L)
+    # exporting, steps 1. and 3. below are traced step by step (2T ops): chunks of at most 32 exported an RG-LRU
+    # block's ONNX sequence graph (d_model 128) in 11 s of CPU against 21 s at 64, and onnxruntime ran it as fast
+    # (L = 4 096, one thread: 21 against 22 ms); 16 exported no faster and ran 1.4x slower (docs/benchmarks.md)
+    T = min(T, 32) if symbolic else min(T, L)
     n_chunks = chunk_count(L, T)  # (a symbolic L gets one more chunk, all padding)
     pad = n_chunks * T - L
     if symbolic or pad:  # padded steps lie after the end of the scan (before its start when reversed), cut off

@@ -455,15 +455,15 @@ def _tangent_scan(primals, tangents, T):
 
 def _scan_symbolic(dt, u, A, B, C, h0, T):
     """The core of :class:`_SelectiveScan` for a symbolic L (``torch.export`` with a dynamic length): the steps
-    padded with Δ = 0 (Ā = 1, no input: the state stays) to whole chunks of T (at most 8), one more chunk than needed
+    padded with Δ = 0 (Ā = 1, no input: the state stays) to whole chunks of T (at most 16), one more chunk than needed
     so that torch can bound the count, and the chunks run by one ``scan`` op whose body is :func:`_core_loop` over T
     steps.
     dt, u (L, B, G, P), A (G, N, P), B, C (L, B, G, N), h0 (B, G, N, P) or None -> y (L, B, G, P), h (B, G, N, P)."""
     L = u.shape[0]
-    # the body is traced step by step, so its length sets the export's cost: 8 steps exported a Mamba block's ONNX
-    # sequence graph in 12 s of CPU against 30-35 s at 32, and onnxruntime ran it faster too (L = 4 096, d_model 16:
-    # 264 against 375 ms; d_model 128: 432 against 624 ms); 4 and 16 were slower at both (docs/benchmarks.md)
-    T = min(T, 8)
+    # the body is traced step by step, so its length sets the export's cost: 16 steps exported a Mamba block's ONNX
+    # sequence graph (d_model 128) in 14 s of CPU against 28 s at 32, and onnxruntime ran it as fast (L = 4 096, one
+    # thread: 119 against 126 ms); 8 exported no faster and ran 1.5x slower (docs/benchmarks.md, stop 74)
+    T = min(T, 16)
     n_chunks = chunk_count(L, T)  # one more than needed, all padding
     pad = n_chunks * T - L
     dt, u, B, C = (F.pad(x, (0, 0, 0, 0, 0, 0, 0, pad)) for x in (dt, u, B, C))  # (nc·T, ...): zeros after the end

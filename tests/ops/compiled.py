@@ -47,13 +47,17 @@ def assert_close(got, want, tol):
             assert a.shape == b.shape and rel_err(a, b) < tol
 
 
-def check_compiled_kernel(fn, inputs, op, backend, kernel, use_state):
-    """Compile ``fn(backend, *inputs)`` with ``fullgraph=True`` through a :class:`Recorder`: its forward graph must hold
-    exactly the custom op ``<op>_forward`` and its backward graph ``<op>_backward``; its outputs and gradients must
-    equal ``fn(kernel, ...)``'s, eager (1e-12: the same kernel, float64), and the reference's (1e-9)."""
+def compile_recorded(fn):
+    """``fn`` compiled with ``fullgraph=True`` (static shapes) through a new :class:`Recorder`: (recorder, compiled)."""
     rec = Recorder()
     torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False)
+    return rec, torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False)
+
+
+def check_compiled_run(rec, compiled, fn, inputs, op, backend, kernel, use_state):
+    """Run ``compiled`` (``fn`` by :func:`compile_recorded`, with ``rec``) at ``backend``: its forward graph must hold
+    exactly the custom op ``<op>_forward`` and its backward graph ``<op>_backward``; its outputs and gradients must
+    equal ``fn(kernel, ...)``'s, eager (1e-12: the same kernel, float64), and the reference's (1e-9)."""
     got = run_loss(compiled, backend, inputs, use_state)
     assert rec.ssmkit_ops(rec.forward) == {f"{op}_forward"}
     assert rec.ssmkit_ops(rec.backward) == {f"{op}_backward"}
@@ -61,3 +65,8 @@ def check_compiled_kernel(fn, inputs, op, backend, kernel, use_state):
     ref = run_loss(fn, "reference", inputs, use_state)
     assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
     assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+
+
+def check_compiled_kernel(fn, inputs, op, backend, kernel, use_state):
+    """Compile ``fn(backend, *inputs)`` (:func:`compile_recorded`) and check it (:func:`check_compiled_run`)."""
+    check_compiled_run(*compile_recorded(fn), fn, inputs, op, backend, kernel, use_state)

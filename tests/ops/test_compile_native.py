@@ -20,7 +20,7 @@ from ssmkit.ops.native import native_available
 from ssmkit.ops.rglru import rglru
 from ssmkit.ops.ssd import ssd
 from tests.conftest import DEVICE
-from tests.ops.compiled import Recorder, assert_close, run_loss
+from tests.ops.compiled import Recorder, assert_close, check_compiled_run, compile_recorded, run_loss
 
 F64, C128 = torch.float64, torch.complex128
 pytestmark = pytest.mark.skipif(
@@ -116,34 +116,25 @@ _SHARED: dict[str, tuple] = {}
 
 
 def _compiled_case(name: str):
-    """Case ``name``'s inputs (L 37), its function, and that function compiled as ``check_compiled_kernel`` compiles it
-    (``fullgraph=True``, ``dynamic=False``, through a :class:`Recorder`), built once per process and shared by the
-    case's two tests: the loss (the final state in it or not) is taken outside the compiled function, so the same graph
-    serves both, and each test runs its own loss, forward and backward, through it. A ``torch._dynamo.reset()`` in
-    between (another test) only makes the next call compile again, into the same recorder."""
+    """Case ``name``'s inputs (L 37), its function, and that function compiled by ``compile_recorded`` with its
+    recorder, built once per process and shared by the case's two tests: the loss (the final state in it or not) is
+    taken outside the compiled function, so the same graph serves both, and each test runs its own loss, forward and
+    backward, through it. A ``torch._dynamo.reset()`` in between (another test) only makes the next call compile
+    again, into the same recorder."""
     if name not in _SHARED:
         inputs, fn = CASES[name][1](torch.Generator().manual_seed(0), 37)
-        rec = Recorder()
-        torch._dynamo.reset()
-        _SHARED[name] = inputs, fn, rec, torch.compile(fn, fullgraph=True, backend=rec.backend, dynamic=False)
+        _SHARED[name] = inputs, fn, *compile_recorded(fn)
     return _SHARED[name]
 
 
 @pytest.mark.parametrize("use_state", [True, False], ids=["state-used", "state-unused"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_compiled_auto_runs_the_kernels_and_equals_eager(name, use_state):
-    """``check_compiled_kernel`` (tests/ops/compiled.py) with the compiled function shared by the two losses: the
-    forward graph holds exactly ``<op>_forward``, the backward graph ``<op>_backward``; outputs and gradients equal
-    the native kernel's run eagerly (1e-12) and the reference's (1e-9)."""
-    op = CASES[name][0]
+    """``check_compiled_run`` (tests/ops/compiled.py) with the compiled function shared by the two losses: the forward
+    graph holds exactly ``<op>_forward``, the backward graph ``<op>_backward``; outputs and gradients equal the native
+    kernel's run eagerly (1e-12) and the reference's (1e-9)."""
     inputs, fn, rec, compiled = _compiled_case(name)
-    got = run_loss(compiled, None, inputs, use_state)
-    assert rec.ssmkit_ops(rec.forward) == {f"{op}_forward"}
-    assert rec.ssmkit_ops(rec.backward) == {f"{op}_backward"}
-    eager = run_loss(fn, "native", inputs, use_state)
-    ref = run_loss(fn, "reference", inputs, use_state)
-    assert_close([*got[0], *got[1]], [*eager[0], *eager[1]], 1e-12)
-    assert_close([*got[0], *got[1]], [*ref[0], *ref[1]], 1e-9)
+    check_compiled_run(rec, compiled, fn, inputs, CASES[name][0], None, "native", use_state)
 
 
 @pytest.mark.parametrize("name", ["ssm_scan", "ssm_scan (real modes)", "selective_scan", "causal_conv1d", "mimo_scan",

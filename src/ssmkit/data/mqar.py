@@ -21,7 +21,7 @@ import dataclasses
 import torch
 
 from ssmkit.data.task import (
-    IGNORE_INDEX, GeneratedTask, TaskInfo, check_positive, compact_ids, register_task, split_generator,
+    IGNORE_INDEX, GeneratedTask, TaskInfo, check_positive, compact_ids, draw_splits, register_task,
 )
 
 POWER_A = 0.01  # Zoology's power-law exponent a
@@ -101,10 +101,6 @@ class MQARTask(GeneratedTask):
                         self.vocab_size, "Arora et al. 2023, Zoology (arXiv 2312.04927)", "nothing (generated)")
 
     def generate(self) -> dict[str, torch.Tensor]:
-        """Draw the three splits."""
-        out = {}
-        for i, (split, n) in enumerate(zip(("train", "val", "test"), (self.n_train, self.n_val, self.n_test))):
-            x, y = mqar_data(n, self.length, self.num_kv_pairs, self.vocab_size,
-                             generator=split_generator(self.seed, i))
-            out[f"{split}_x"], out[f"{split}_y"] = compact_ids(x), compact_ids(y)
-        return out
+        """Draw the three splits (:func:`~ssmkit.data.task.draw_splits`: split i from ``split_generator(seed, i)``)."""
+        return draw_splits(self, lambda n, generator: tuple(map(compact_ids, mqar_data(
+            n, self.length, self.num_kv_pairs, self.vocab_size, generator=generator))))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ssmkit.layers.checks import check_flag
+from ssmkit.train.transfer import split_parts
 
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
 TEST_WEIGHTS = ("final", "best_val")
@@ -149,8 +150,9 @@ class TrainConfig:
             raise ValueError(f"eval_batch_size must be None or a positive int; got {self.eval_batch_size!r}")
 
     def frozen_parts(self) -> list[str]:
-        """The parts ``freeze`` names, as a list (``"ssm, encoder"`` → ``["ssm", "encoder"]``; None → [])."""
-        return [] if self.freeze is None else [part.strip() for part in self.freeze.split(",")]
+        """The parts ``freeze`` names, as a list (``"ssm, encoder"`` → ``["ssm", "encoder"]``; None → []), split as
+        :func:`ssmkit.train.freeze_parameters` splits a string (:func:`~ssmkit.train.transfer.split_parts`)."""
+        return [] if self.freeze is None else split_parts(self.freeze)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict."""

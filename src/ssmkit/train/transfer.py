@@ -223,6 +223,20 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
     return report
 
 
+def split_parts(text: str) -> list[str]:
+    """The part names of one comma-separated string, each stripped of spaces (``"ssm, encoder"`` → ``["ssm",
+    "encoder"]``); an empty name (``"ssm,"``, ``""``) is kept, for the caller to refuse. ``TrainConfig.freeze`` and
+    :func:`freeze_parameters` read a string by this one rule.
+
+    Args:
+        text: the names, separated by commas.
+
+    Returns:
+        the names in order.
+    """
+    return [part.strip() for part in text.split(",")]
+
+
 def freeze_parameters(model: nn.Module, parts: str | list[str] | tuple[str, ...]) -> list[str]:
     """Keep ``parts`` of ``model`` fixed in training: ``requires_grad_(False)`` on their parameters, which
     :func:`ssmkit.train.param_groups` then leaves out of the optimizer (no update, no weight decay).
@@ -235,14 +249,22 @@ def freeze_parameters(model: nn.Module, parts: str | list[str] | tuple[str, ...]
 
     Args:
         model: the model.
-        parts: the parts to freeze, a list or one comma-separated string (``"ssm,encoder"``; an empty list freezes
-            nothing).
+        parts: the parts to freeze, a list or one comma-separated string (``"ssm,encoder"``, read by
+            :func:`split_parts` as ``TrainConfig.freeze`` is; an empty list freezes nothing).
 
     Returns:
         the names of the frozen parameters.
+
+    Raises:
+        ValueError: ``parts`` is not a string, list or tuple of part names, or holds an empty name (``"ssm,"``); a
+            part names no parameter of the model; or the parts leave no parameter to train.
     """
+    given = parts
     if isinstance(parts, str):
-        parts = [part.strip() for part in parts.split(",")]
+        parts = split_parts(parts)
+    if not isinstance(parts, (list, tuple)) or not all(isinstance(part, str) and part for part in parts):
+        raise ValueError(f"freeze: parts must be part names, a list of them or one comma-separated string (e.g. "
+                         f"'backbone' or 'ssm,encoder'), none of them empty; got {given!r}")
     names = [name for name, _ in model.named_parameters()]
     marked = {name for name, _, marks in marked_parameters(model) if marks is not None}
     chosen: set[str] = set()

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 import ssmkit.layers as layers
 import ssmkit.ops as ops
 from ssmkit.models import SequenceModel, SequenceModelConfig
-from tests.conftest import rel_err, variants
+from tests.conftest import DEVICE, H, rel_err, variants
 
 
 def _layer(name: str, dtype=torch.float32, seed: int = 1, d_model: int = 4):
@@ -80,30 +80,20 @@ def test_exported_model_runs_other_lengths_and_batches_with_both_dims_declared()
         assert all(rel_err(a, b) < 1e-5 for a, b in zip(h_p, h_e))
 
 
-def test_onnx_export_of_mamba2_runs_another_length_in_onnxruntime():
+def test_onnx_export_of_mamba2_runs_another_length_in_onnxruntime(tmp_path_factory):
+    # the graph of Mamba-2's forward (d_model 3, L dynamic in [2, 4096]) that tests/layers/test_dynamic_export.py runs
+    # too, exported once per process (tests/layers/export_cache.py), run by onnxruntime at two other lengths
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    from tests.layers.export_cache import onnx_forward
 
-    class Forward(torch.nn.Module):
-        def __init__(self, layer):
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, x):
-            return self.layer(x, return_state=False)[0]
-
-    module = Forward(_layer("mamba2")).eval()
-    import tempfile, os  # noqa: E401
-
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        path = os.path.join(tmp, "m.onnx")
-        torch.onnx.export(module, (torch.randn(2, 12, 4),), path, dynamo=True, verbose=False,
-                          dynamic_shapes=({1: Dim("L", min=2, max=300)},))
-        session = ort.InferenceSession(path)
+    exported = onnx_forward("mamba2", tmp_path_factory)
+    session = ort.InferenceSession(exported.path)
+    with torch.no_grad():
         for L in (5, 37):
-            x = torch.randn(2, L, 4)
-            got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-            assert rel_err(torch.from_numpy(got), module(x)) < 1e-5
+            x = torch.randn(2, L, H, device=DEVICE)
+            got = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0]
+            assert rel_err(torch.from_numpy(got), exported.module(x)) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,6 +339,18 @@ def _run(tmp_path, layer: str, precision: str, stop: int | None = None, resume: 
         return None
 
 
+_WHOLE_RUNS: dict = {}
+
+
+def _whole_run(tmp_path_factory, layer: str, precision: str):
+    """The uninterrupted run of ``_run(..., layer, precision)``, once per process (the resumed run's reference and the
+    float64 checkpoint that Lightning loads): (fit's result, the run's folder). Read only: no test changes either."""
+    if (layer, precision) not in _WHOLE_RUNS:
+        folder = tmp_path_factory.mktemp(f"whole_{layer}_{precision}")
+        _WHOLE_RUNS[layer, precision] = (_run(folder, layer, precision, name="whole"), folder / "whole")
+    return _WHOLE_RUNS[layer, precision]
+
+
 def _last_weights(folder):
     from ssmkit.train.checkpoint import load_checkpoint
 
@@ -356,15 +358,15 @@ def _last_weights(folder):
 
 
 @pytest.mark.parametrize("layer, precision, stop", [("s4d", "64", 5), ("mamba", "64", 4), ("mamba2", "bf16-mixed", 7)])
-def test_a_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, layer, precision, stop):
+def test_a_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, tmp_path_factory, layer, precision, stop):
     # precision "64": Lightning loaded the checkpoint's float64 weights into the float32 module it was given and
     # converted it to float64 only afterwards, so a resumed run started from float32-rounded weights and ended 2.4e-7
     # (S4D) from the uninterrupted one. The module is float64 from the start now.
-    whole = _run(tmp_path, layer, precision, name="whole")
+    whole, whole_folder = _whole_run(tmp_path_factory, layer, precision)
     assert _run(tmp_path, layer, precision, stop=stop, name="cut") is None
     resumed = _run(tmp_path, layer, precision, resume=True, name="cut")
     assert resumed["resumed_from"] is not None and resumed["steps"] == whole["steps"] == 9
-    a, b = _last_weights(tmp_path / "whole"), _last_weights(tmp_path / "cut")
+    a, b = _last_weights(whole_folder), _last_weights(tmp_path / "cut")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a[next(iter(a))].dtype == (torch.float64 if precision == "64" else torch.float32)
@@ -372,14 +374,14 @@ def test_a_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, layer,
         assert whole[key] == resumed[key], key
 
 
-def test_lightning_load_from_checkpoint_keeps_a_float64_run_in_float64(tmp_path):
+def test_lightning_load_from_checkpoint_keeps_a_float64_run_in_float64(tmp_path_factory):
     # SequenceLightningModule.load_from_checkpoint of a precision "64" run built a float32 module and rounded the
-    # weights into it (2.3e-7), silently
+    # weights into it (2.3e-7), silently. The run: the resumed test's uninterrupted S4D run in float64 (shared).
     from ssmkit.train.module import SequenceLightningModule
 
-    _run(tmp_path, "s4d", "64")
-    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    saved = _last_weights(tmp_path / "run")
+    _, folder = _whole_run(tmp_path_factory, "s4d", "64")
+    path = folder / "checkpoints" / "last.ckpt"
+    saved = _last_weights(folder)
     module = SequenceLightningModule.load_from_checkpoint(path)
     loaded = module.state_dict()
     assert all(loaded[k].dtype == torch.float64 and torch.equal(loaded[k], saved[k]) for k in saved)

@@ -304,6 +304,20 @@ def test_a_compiled_float64_forward_with_its_final_state_equals_the_step_loop():
     assert counter.frame_count == 3
 
 
+def _aot_eager_default_partition():
+    """aot_eager (AOT autograd, no code generation) with AOT's default partition: the backward reads the forward's
+    saved activations where aot_eager's min-cut partition (inductor's) searches which ones to recompute, a sixth of a
+    training graph's compilation here. The graphs dynamo compiles (their guards and count), the outputs and the
+    gradients do not depend on the partition; aot_eager's min-cut one stays checked for every layer, S4 included, in
+    tests/layers/test_transforms.py::test_compile_fullgraph_matches_eager."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._dynamo.backends.debugging import boxed_nop
+    from torch._functorch.partitioners import default_partition
+
+    return aot_autograd(fw_compiler=boxed_nop, bw_compiler=boxed_nop, partition_fn=default_partition,
+                        keep_inference_input_mutations=True)
+
+
 @pytest.mark.parametrize("with_state", [False, True])
 def test_compiled_s4_training_with_the_final_state_keeps_one_graph_per_attuned_length(with_state):
     """With a gradient the plan is traced: T from L_k, Ā^L (an initial state's term) by L's bits over L_k's
@@ -313,7 +327,7 @@ def test_compiled_s4_training_with_the_final_state_keeps_one_graph_per_attuned_l
     own)."""
     torch._dynamo.reset()
     layer = _layer("s4")
-    counter = CompileCounterWithBackend("aot_eager")
+    counter = CompileCounterWithBackend(_aot_eager_default_partition())
     compiled = torch.compile(layer, backend=counter, fullgraph=True)
     for L in (100, 150, 256, 512, 150):
         x = torch.randn(2, L, H, device=DEVICE)
@@ -339,7 +353,7 @@ def test_a_compiled_model_of_s4_blocks_trains_with_one_graph_per_attuned_length(
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = SequenceModel(3, H, 2, "s4", {**variants("s4")[0], "l_max": 256}, 2, pool="mean", device=DEVICE)
-    counter = CompileCounterWithBackend("aot_eager")
+    counter = CompileCounterWithBackend(_aot_eager_default_partition())
     compiled = torch.compile(model, backend=counter, fullgraph=True)
     for L in (30, 60, 100, 200, 300):
         x = torch.randn(2, L, 3, device=DEVICE)

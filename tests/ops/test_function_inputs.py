@@ -24,7 +24,8 @@ from tests.conftest import DEVICE, H, NEEDED_AT_TINY_WIDTH, make_layer, runnable
 NAMES = layers.available()
 CASES = [(name, i, backend) for name in NAMES for i in range(len(variants(name)))
          for backend in ("auto", *runnable_backends(layers.layer_class(name)))]
-ORIGINAL = torch.autograd.Function.__dict__["apply"].__func__
+# Function.apply as defined (a Python classmethod before torch 2.14, a C classmethod_descriptor since), bound to cls
+ORIGINAL = torch.autograd.Function.__dict__["apply"]
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def leaves_handed_over(monkeypatch) -> list[str]:
             for k, a in enumerate(args):
                 if isinstance(a, torch.Tensor) and a.is_leaf and a.requires_grad:
                     seen.append(f"{cls.__module__}.{cls.__name__} argument {k} {tuple(a.shape)}")
-        return ORIGINAL(cls, *args, **kwargs)
+        return ORIGINAL.__get__(None, cls)(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd.Function, "apply", classmethod(apply))
     return seen

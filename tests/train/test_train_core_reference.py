@@ -440,6 +440,14 @@ def test_best_validation_state_round_trips_and_refuses_another_monitor():
 # ---------------------------------------------------------------------------------------------------- checkpoint
 
 
+class _RunsCode:
+    """A pickle that calls a function when loaded (``print`` here; an attacker's would be ``os.system``): what a
+    weights-only load must refuse. (An exception object was used before: torch 2.14 loads built-in exceptions.)"""
+
+    def __reduce__(self):
+        return print, ("a checkpoint ran code while loading",)
+
+
 def test_checkpoint_io_writes_reads_with_map_location_and_removes(tmp_path):
     io = AtomicCheckpointIO()
     path = tmp_path / "sub" / "a.ckpt"
@@ -451,7 +459,7 @@ def test_checkpoint_io_writes_reads_with_map_location_and_removes(tmp_path):
     assert load_checkpoint(path, map_location="meta")["w"].device.type == "meta"
     with pytest.raises(ValueError, match="storage_options"):
         io.save_checkpoint({"w": torch.zeros(1)}, path, storage_options={})
-    torch.save({"obj": ValueError("code")}, tmp_path / "unsafe.ckpt")
+    torch.save({"obj": _RunsCode()}, tmp_path / "unsafe.ckpt")
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         io.load_checkpoint(tmp_path / "unsafe.ckpt")
     io.remove_checkpoint(path)

@@ -18,6 +18,7 @@ pytest.importorskip("lightning")
 from ssmkit.models import SequenceModelConfig  # noqa: E402
 from ssmkit.train import NonFiniteLossError, StepBatches, TrainConfig, WarmupCosine, eval_batches, fit  # noqa: E402
 from ssmkit.train.checkpoint import load_checkpoint, save_atomic  # noqa: E402
+from tests.train.test_train_core_reference import _RunsCode  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -145,7 +146,7 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path):
         save_atomic({"w": torch.zeros(3), "bad": Bad()}, path)
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))  # the old file is intact
     assert os.listdir(tmp_path) == ["a.ckpt"]  # and no temporary file is left behind
-    torch.save({"obj": Exception("code")}, tmp_path / "unsafe.ckpt")
+    torch.save({"obj": _RunsCode()}, tmp_path / "unsafe.ckpt")
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         load_checkpoint(tmp_path / "unsafe.ckpt")
 

@@ -15,18 +15,19 @@ import dataclasses
 import torch
 from torch.export import Dim
 
-from tests.conftest import DEVICE, H, make_layer, variants
+from tests.conftest import DEVICE, H, leaves, make_layer, variants
 
 
 class Forward(torch.nn.Module):
-    """The layer's forward as a module of x alone, without its final state."""
+    """The layer's forward as a module of x alone: y, or (y, the final state's tensors) with ``return_state``."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, return_state: bool = False):
         super().__init__()
-        self.layer = layer
+        self.layer, self.return_state = layer, return_state
 
     def forward(self, x):
-        return self.layer(x, return_state=False)[0]
+        y, h = self.layer(x, return_state=self.return_state)
+        return (y, *leaves(h)) if self.return_state else y
 
 
 @dataclasses.dataclass(frozen=True)

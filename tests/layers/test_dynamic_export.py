@@ -20,18 +20,7 @@ from torch.utils._pytree import tree_map
 from ssmkit import layers
 from ssmkit.models import SequenceModel
 from tests.conftest import DEVICE, H, leaves, make_layer, rel_err, variants
-
-
-class _Forward(torch.nn.Module):
-    """The layer's forward as a module of x alone, with or without the final state."""
-
-    def __init__(self, layer, return_state: bool):
-        super().__init__()
-        self.layer, self.return_state = layer, return_state
-
-    def forward(self, x):
-        y, h = self.layer(x, return_state=self.return_state)
-        return (y, *leaves(h)) if self.return_state else y
+from tests.layers.export_cache import Forward, onnx_forward
 
 
 class _Forwards(torch.nn.Module):
@@ -73,15 +62,15 @@ def test_long_convolutions_export_for_every_length_with_their_state(name):
     for opts in variants(name):
         layer = make_layer(name, opts, dtype=torch.float32).eval()
         # exported at 12, run below and above the kernel and window lengths (l_max 8-64) and at the range's ends
-        _check(_Forward(layer, return_state=True), 12, 2, 1024, (2, 5, 12, 40, 333, 1024))
+        _check(Forward(layer, return_state=True), 12, 2, 1024, (2, 5, 12, 40, 333, 1024))
 
 
 @pytest.mark.parametrize("name", ["s4", "liquid_s4"])
 def test_s4_exports_for_every_length_within_l_max_and_within_an_octave(name):
     opts = variants(name)[0]  # l_max 32
     layer = make_layer(name, opts, dtype=torch.float32).eval()
-    _check(_Forward(layer, return_state=False), 12, 2, 32, (2, 7, 31, 32))
-    _check(_Forward(layer, return_state=False), 200, 129, 256, (129, 130, 200, 255, 256))  # C̃ attuned to 256
+    _check(Forward(layer, return_state=False), 12, 2, 32, (2, 7, 31, 32))
+    _check(Forward(layer, return_state=False), 200, 129, 256, (129, 130, 200, 255, 256))  # C̃ attuned to 256
 
 
 @pytest.mark.parametrize("layer", ["s4", "s4d", "mamba"])
@@ -134,7 +123,7 @@ def test_every_layer_exports_for_every_length(name):
     with torch.no_grad():
         if name in _WITHOUT_STATE:
             example = torch.randn(2, 12, H, dtype=torch.float64, device=DEVICE)
-            module, args, dims = _Forward(layer, return_state=False), (example,), None
+            module, args, dims = Forward(layer, return_state=False), (example,), None
         else:
             # a state that is not zero
             _, state = layer(torch.randn(2, 5, H, dtype=torch.float64, device=DEVICE), return_state=True)
@@ -190,8 +179,6 @@ def test_real_valued_layers_export_their_whole_sequence_forward_to_onnx_for_ever
     L in [2, 4096], once per process (tests/layers/export_cache.py: the probe of 2026-12-05 runs Mamba-2's graph too)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from tests.layers.export_cache import onnx_forward
-
     exported = onnx_forward(name, tmp_path_factory)
     module = exported.module
     with torch.no_grad():
